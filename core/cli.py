@@ -1,0 +1,171 @@
+"""Command line: ``python -m core predict|evaluate|train``. JSON on stdout, progress on stderr, never a traceback.
+
+Exit status: 0 when every file was classified, 1 when any was rejected, 2 for bad usage or an unusable model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from core.classifier import Classifier
+from core.config import model_card_path
+from core.errors import FileTooLarge, ModelError, ScanError
+from core.imaging import DEFAULT_LIMITS
+from core.metrics import classification_report, percentiles_ms
+from core.pipeline import analyse
+
+EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ""}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad usage as one JSON line on stdout (and exits 2) instead of free text."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        _emit({"error": {"code": "bad_usage", "message": message}}, sys.stdout)
+        self.exit(EXIT_USAGE)
+
+
+def _emit(obj: dict[str, Any], stream: TextIO) -> None:
+    stream.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    stream.flush()
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def _read_bytes(path: Path) -> bytes:
+    if not path.is_file():
+        raise FileNotFoundError
+    size = path.stat().st_size
+    if size > DEFAULT_LIMITS.max_bytes:
+        raise FileTooLarge(
+            f"The file is {size / 2**20:.1f} MB; the limit is {DEFAULT_LIMITS.max_bytes / 2**20:.0f} MB."
+        )
+    return path.read_bytes()
+
+
+def _classify_file(path: Path, classifier: Classifier, frame: int | None) -> dict[str, Any]:
+    """One file -> its JSON result or its JSON error (never raises for a bad file)."""
+    try:
+        analysis = analyse(_read_bytes(path), classifier, DEFAULT_LIMITS, frame)
+    except FileNotFoundError:
+        return {"file": str(path), **_error("not_found", "No such file.")}
+    except PermissionError:
+        return {"file": str(path), **_error("unreadable", "The file cannot be read (permission denied).")}
+    except ScanError as error:
+        return {"file": str(path), **_error(error.code, str(error))}
+    except Exception:  # a bug must not stop a batch nor print a traceback
+        return {"file": str(path), **_error("internal_error", "Unexpected error while analysing this file.")}
+    return {"file": str(path), **analysis.prediction.to_json()}
+
+
+def _load(card: str | None) -> Classifier:
+    return Classifier.from_card(Path(card) if card else model_card_path())
+
+
+def _progress(items: Sequence[Any], description: str) -> Iterator[Any]:
+    from tqdm import tqdm
+
+    return iter(tqdm(items, desc=description, file=sys.stderr, disable=len(items) < 20, leave=False))
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    classifier = _load(args.model)
+    status = EXIT_OK
+    for name in _progress(args.files, "predict"):
+        result = _classify_file(Path(name), classifier, args.frame)
+        if "error" in result:
+            status = EXIT_REJECTED
+        _emit(result, sys.stdout)
+    return status
+
+
+def _labelled_files(root: Path) -> list[tuple[str, Path]]:
+    return [
+        (folder.name, path)
+        for folder in sorted(p for p in root.iterdir() if p.is_dir())
+        for path in sorted(folder.iterdir())
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+    ]
+
+
+def evaluate_folder(root: Path, classifier: Classifier) -> dict[str, Any]:
+    """Score ``root/<label>/*``; folder ``tumour`` means tumour present, subtype unknown."""
+    import numpy as np
+
+    files = _labelled_files(root)
+    true: list[str] = []
+    rows: list[list[float]] = []
+    latencies: list[float] = []
+    rejected: dict[str, int] = {}
+    for label, path in _progress(files, "evaluate"):
+        result = _classify_file(path, classifier, None)
+        if "error" in result:
+            code = result["error"]["code"]
+            rejected[code] = rejected.get(code, 0) + 1
+            continue
+        true.append(label)
+        rows.append([result["probabilities"][name] for name in classifier.card.labels])
+        latencies.append(result["timings_ms"]["total"])
+    report = classification_report(
+        true,
+        np.asarray(rows).reshape(len(rows), len(classifier.card.labels)),
+        classifier.card.labels,
+        classifier.card.negative_label,
+    )
+    report.update(
+        {
+            "model": {"name": classifier.card.name, "version": classifier.card.version},
+            "data": str(root),
+            "files": len(files),
+            "rejected": rejected,
+            "latency_ms": percentiles_ms(latencies),
+        }
+    )
+    return report
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    root = Path(args.dir)
+    if not root.is_dir():
+        _emit(_error("not_found", f"{root} is not a directory."), sys.stdout)
+        return EXIT_USAGE
+    started = time.perf_counter()
+    report = evaluate_folder(root, _load(args.model))
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    _emit(report, sys.stdout)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m core", description="Brain-tumour MRI triage from the command line.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    predict = commands.add_parser("predict", help="classify scans, one JSON line per file")
+    predict.add_argument("--model", help="model card JSON (default: the shipped model or $BTD_MODEL)")
+    predict.add_argument("--frame", type=int, default=None, help="frame index for multi-frame DICOM files")
+    predict.add_argument("files", nargs="+", metavar="FILE")
+    predict.set_defaults(run=cmd_predict)
+    evaluate = commands.add_parser("evaluate", help="score DIR/<label>/* and print JSON metrics")
+    evaluate.add_argument("--model", help="model card JSON (default: the shipped model or $BTD_MODEL)")
+    evaluate.add_argument("dir", metavar="DIR")
+    evaluate.set_defaults(run=cmd_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except ModelError as error:
+        _emit(_error(error.code, str(error)), sys.stdout)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,63 @@
+"""Domain errors: each names one reason a scan cannot be used, in words a radiologist understands.
+
+The edges (CLI, Streamlit pages) translate them once: ``code`` becomes the JSON error code and ``str(error)`` the
+message shown to the user. Messages never contain file names or metadata read from the file.
+"""
+
+from __future__ import annotations
+
+
+class ScanError(Exception):
+    """Base class for a scan that cannot be read, cropped or classified."""
+
+    code = "scan_error"
+
+
+class EmptyFile(ScanError):
+    code = "empty_file"
+
+
+class FileTooLarge(ScanError):
+    code = "file_too_large"
+
+
+class UnsupportedFormat(ScanError):
+    code = "unsupported_format"
+
+
+class CorruptImage(ScanError):
+    code = "corrupt_image"
+
+
+class ImageTooLarge(ScanError):
+    code = "image_too_large"
+
+
+class ImageTooSmall(ScanError):
+    code = "image_too_small"
+
+
+class MultiFrameImage(ScanError):
+    code = "multi_frame"
+
+
+class UnsupportedDicom(ScanError):
+    code = "unsupported_dicom"
+
+
+class NoPixelData(ScanError):
+    code = "no_pixel_data"
+
+
+class WrongModality(ScanError):
+    code = "wrong_modality"
+
+
+class NoBrainFound(ScanError):
+    code = "no_brain_found"
+
+
+class ModelError(Exception):
+    """The model file or its card cannot be used (missing, hash mismatch, shape disagrees with the card)."""
+
+    code = "model_error"

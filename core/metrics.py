@@ -1,0 +1,75 @@
+"""Classification metrics as plain functions of labels and probabilities (used by evaluate and by training)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
+    """ECE over equal-width confidence bins: sum over bins of |accuracy - mean confidence| x bin share."""
+    confidence = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
+    if confidence.size == 0:
+        return float("nan")
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    error = 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            error += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
+    return float(error)
+
+
+def classification_report(
+    true: Sequence[str],
+    probabilities: np.ndarray,
+    labels: Sequence[str],
+    negative_label: str,
+) -> dict[str, Any]:
+    """Metrics for rows whose true label is one of ``labels``, plus tumour-vs-none figures.
+
+    Rows with the true label ``"tumour"`` (tumour present, subtype unknown) count only towards tumour sensitivity.
+    """
+    labels = list(labels)
+    true = np.asarray(list(true), dtype=object)
+    probabilities = np.asarray(probabilities, dtype=np.float64).reshape(len(true), len(labels))
+    predicted = np.array([labels[i] for i in probabilities.argmax(axis=1)], dtype=object)
+    known = np.isin(true, labels)
+    report: dict[str, Any] = {"n": len(true), "n_labelled": int(known.sum())}
+    if known.any():
+        t, p = true[known], predicted[known]
+        report["accuracy"] = float((t == p).mean())
+        matrix = [[int(((t == a) & (p == b)).sum()) for b in labels] for a in labels]
+        report["confusion_matrix"] = {"labels": labels, "rows_true_columns_predicted": matrix}
+        per_class = {}
+        for label in labels:
+            tp = int(((t == label) & (p == label)).sum())
+            predicted_n, true_n = int((p == label).sum()), int((t == label).sum())
+            per_class[label] = {
+                "precision": tp / predicted_n if predicted_n else None,
+                "recall": tp / true_n if true_n else None,
+                "support": true_n,
+            }
+        report["per_class"] = per_class
+        confidence = probabilities[known].max(axis=1)
+        report["expected_calibration_error"] = expected_calibration_error(confidence, t == p)
+    negative = labels.index(negative_label)
+    tumour_probability = 1.0 - probabilities[:, negative]
+    is_tumour = true != negative_label
+    flagged = tumour_probability >= 0.5
+    positives, negatives = int(is_tumour.sum()), int((~is_tumour).sum())
+    report["tumour_sensitivity"] = float((flagged & is_tumour).sum() / positives) if positives else None
+    report["tumour_specificity"] = float((~flagged & ~is_tumour).sum() / negatives) if negatives else None
+    report["tumour_positives"], report["tumour_negatives"] = positives, negatives
+    return report
+
+
+def percentiles_ms(values: Sequence[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p95": None}
+    p50, p95 = np.percentile(np.asarray(values, dtype=np.float64), (50, 95))
+    return {"p50": round(float(p50), 3), "p95": round(float(p95), 3)}

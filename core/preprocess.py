@@ -1,0 +1,72 @@
+"""The one path from a decoded slice to the model's input tensor, shared by training and inference.
+
+Steps: crop to the brain box (when the card says so), pad to a square with black so the anatomy keeps its aspect,
+resize to the card's input size, then scale intensities per image as the card says:
+- ``"unit"``: x / 255 (the original Flask model);
+- ``"percentile"``: the 1st percentile -> 0 and the 99th -> 1, clipped to [0, 1] (removes each source's
+  brightness and contrast, one of the shortcuts the training data offers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+SCALINGS = ("unit", "percentile")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the model expects: a ``size`` x ``size`` image with ``channels`` (1 or 3) channels."""
+
+    size: int
+    channels: int = 1
+    crop: bool = True
+    scaling: str = "percentile"
+
+    def __post_init__(self) -> None:
+        if self.size < 8 or self.channels not in (1, 3) or self.scaling not in SCALINGS:
+            raise ValueError(f"unsupported input spec: {self}")
+
+
+def crop_square(pixels: np.ndarray, box: tuple[int, int, int, int] | None) -> np.ndarray:
+    """Cut ``box`` (x0, y0, x1, y1) out of a 2-D slice and pad it with black to a centred square."""
+    if box is not None:
+        x0, y0, x1, y1 = box
+        pixels = pixels[y0:y1, x0:x1]
+    height, width = pixels.shape
+    side = max(height, width)
+    if height == width:
+        return pixels
+    top, left = (side - height) // 2, (side - width) // 2
+    return cv2.copyMakeBorder(pixels, top, side - height - top, left, side - width - left, cv2.BORDER_CONSTANT, value=0)
+
+
+def resize_square(square: np.ndarray, size: int) -> np.ndarray:
+    """Resize a square uint8 image to ``size`` x ``size`` (area averaging when shrinking)."""
+    if square.shape[0] == size:
+        return square
+    interpolation = cv2.INTER_AREA if square.shape[0] > size else cv2.INTER_LINEAR
+    return cv2.resize(square, (size, size), interpolation=interpolation)
+
+
+def scale_intensities(image: np.ndarray, scaling: str) -> np.ndarray:
+    """uint8 (or float in 0..255) image -> float32 model input in [0, 1], per ``scaling``."""
+    values = image.astype(np.float32)
+    if scaling == "unit":
+        return values / 255.0
+    low, high = np.percentile(values, (1.0, 99.0))
+    if high - low < 1e-3:
+        return np.zeros_like(values)
+    return np.clip((values - low) / (high - low), 0.0, 1.0)
+
+
+def to_model_input(pixels: np.ndarray, box: tuple[int, int, int, int] | None, spec: InputSpec) -> np.ndarray:
+    """Slice + brain box -> float32 array of shape (size, size, channels), exactly as the model was trained."""
+    square = resize_square(crop_square(pixels, box if spec.crop else None), spec.size)
+    scaled = scale_intensities(square, spec.scaling)
+    if spec.channels == 3:
+        return np.repeat(scaled[:, :, None], 3, axis=2)
+    return scaled[:, :, None]

@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from tests.scans import write_model_card
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "brain-mri"
+
+
+@pytest.fixture(scope="session")
+def tiny_card(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-class logits model with its card, built once per test session."""
+    return write_model_card(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tiny_card: Path):
+    from core.classifier import Classifier
+
+    return Classifier.from_card(tiny_card)

@@ -1,0 +1,152 @@
+"""Image fixtures generated in code: synthetic brain-like slices, encoders and tiny models with cards.
+
+Nothing here is a real scan; the ``ZZCANARY`` strings are planted to prove identities never leak.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+CANARY = "ZZCANARY"
+
+
+def synthetic_slice(
+    size: int = 512, *, tumour: bool = False, seed: int = 0, offset: tuple[int, int] = (0, 0)
+) -> np.ndarray:
+    """A head-like uint8 slice: black background, skull ring, textured brain, dark ventricles, optional lesion."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    cy, cx = size * 0.5 + offset[0], size * 0.5 + offset[1]
+    ry, rx = size * 0.40, size * 0.32
+    r = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2
+    image = np.zeros((size, size), np.float32)
+    image[r <= 1.0] = 200.0
+    brain = r <= 0.85
+    texture = rng.normal(0, 1, (size // 8 + 1, size // 8 + 1)).astype(np.float32)
+    texture = np.kron(texture, np.ones((8, 8), np.float32))[:size, :size]
+    image[brain] = 105.0 + 12.0 * texture[brain]
+    ventricles = ((yy - cy) / (ry * 0.22)) ** 2 + ((xx - cx) / (rx * 0.12)) ** 2 <= 1.0
+    image[ventricles] = 30.0
+    if tumour:
+        ty, tx = cy - ry * 0.35, cx + rx * 0.35
+        lesion = ((yy - ty) ** 2 + (xx - tx) ** 2) <= (size * 0.07) ** 2
+        image[lesion] = 240.0
+    image += rng.normal(0, 2, image.shape).astype(np.float32)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def png_bytes(array: np.ndarray, mode: str | None = None, **save: object) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode=mode).save(buffer, "PNG", **save)
+    return buffer.getvalue()
+
+
+def jpeg_bytes(array: np.ndarray, quality: int = 92, **save: object) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "JPEG", quality=quality, **save)
+    return buffer.getvalue()
+
+
+def dicom_bytes(
+    stored: np.ndarray,
+    *,
+    photometric: str = "MONOCHROME2",
+    window: tuple[float, float] | None = None,
+    rescale: tuple[float, float] | None = None,
+    modality: str = "MR",
+    transfer_syntax: str | None = None,
+    pixel_data: bool = True,
+    frames: int = 1,
+    truncate_pixels: int = 0,
+    preamble: bool = True,
+) -> bytes:
+    """An MR image DICOM file with a planted patient name; ``stored`` is uint16 (frames stacked on axis 0)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = MRImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.PatientName = f"{CANARY}^Test"
+    ds.PatientID = "MRN123"
+    ds.Modality = modality
+    ds.MagneticFieldStrength = 1.5
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.ScanningSequence = "SE"
+    ds.Rows, ds.Columns = int(stored.shape[-2]), int(stored.shape[-1])
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    if rescale is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = rescale
+    if pixel_data:
+        raw = stored.astype("<u2").tobytes()
+        ds.PixelData = raw[: len(raw) - truncate_pixels] if truncate_pixels else raw
+    if transfer_syntax is not None:
+        from pydicom.uid import UID
+
+        uid = UID(transfer_syntax)
+        if uid.is_compressed and pixel_data:
+            ds.compress(uid)
+        else:
+            ds.file_meta.TransferSyntaxUID = uid
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    data = buffer.getvalue()
+    return data if preamble else data[132:]
+
+
+def build_tiny_model(size: int = 32, channels: int = 1, output: str = "logits", seed: int = 0):
+    """A few-hundred-parameter Keras CNN with a deterministic init (a stand-in until a trained model is used)."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((size, size, channels))
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    units, activation = {"logits": (4, None), "softmax": (4, "softmax"), "sigmoid": (1, "sigmoid")}[output]
+    return keras.Model(inputs, keras.layers.Dense(units, activation=activation)(x))
+
+
+def write_model_card(
+    directory: Path, *, output: str = "logits", size: int = 32, channels: int = 1, name: str = "tiny"
+) -> Path:
+    """Save a tiny model and its card into ``directory``; returns the card path."""
+    model = build_tiny_model(size, channels, output)
+    weights = directory / f"{name}.keras"
+    model.save(weights)
+    labels = ["notumor", "tumour"] if output == "sigmoid" else ["glioma", "meningioma", "notumor", "pituitary"]
+    card = {
+        "name": name,
+        "version": "0.0.1-test",
+        "labels": labels,
+        "negative_label": "notumor",
+        "input": {
+            "size": size,
+            "channels": channels,
+            "crop": True,
+            "scaling": "unit" if channels == 3 else "percentile",
+        },
+        "output": output,
+        "threshold": 0.5,
+        "calibration": {"temperature": 1.0},
+        "weights": {"file": weights.name, "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()},
+    }
+    path = directory / f"{name}.json"
+    path.write_text(json.dumps(card, indent=2))
+    return path
