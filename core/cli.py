@@ -157,7 +157,32 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", help="model card JSON (default: the shipped model or $BTD_MODEL)")
     evaluate.add_argument("dir", metavar="DIR")
     evaluate.set_defaults(run=cmd_evaluate)
+    train = commands.add_parser("train", help="train, calibrate and write a model with its card")
+    train.add_argument("--data", action="append", required=True, metavar="DIR", help="DIR/<label>/* (repeatable)")
+    train.add_argument("--out", default="models", metavar="DIR")
+    train.add_argument("--epochs", type=int, default=None)
+    train.add_argument("--size", type=int, default=None, help="input side in pixels")
+    train.add_argument("--name", default=None)
+    train.add_argument("--seed", type=int, default=None)
+    train.set_defaults(run=cmd_train)
     return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from core.training import TrainConfig, train
+
+    overrides = {k: getattr(args, k) for k in ("epochs", "size", "name", "seed") if getattr(args, k) is not None}
+    config = replace(TrainConfig(), **overrides)
+    missing = [d for d in args.data if not Path(d).is_dir()]
+    if missing:
+        _emit(_error("not_found", f"not a directory: {', '.join(missing)}"), sys.stdout)
+        return EXIT_USAGE
+    command = "python -m core " + " ".join(sys.argv[1:] if sys.argv[0].endswith("__main__.py") else ["train"])
+    card = train([Path(d) for d in args.data], Path(args.out), config, command)
+    _emit({"model": card["name"], "version": card["version"], "metrics": card["metrics"]}, sys.stdout)
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import struct
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -231,7 +232,13 @@ def _read_raster(data: bytes, fmt: str, limits: Limits) -> tuple[np.ndarray, flo
     except ScanError:
         raise
     except Image.DecompressionBombError as error:
-        raise ImageTooLarge(f"The {what} declares more pixels than can be decoded safely.") from error
+        size = "far more pixels"
+        if fmt == "png" and len(data) >= 24:
+            width, height = struct.unpack(">II", data[16:24])  # IHDR, right after the signature
+            size = f"{width} x {height} pixels"
+        raise ImageTooLarge(
+            f"The {what} declares {size}; the limit is {limits.max_pixels / 1e6:.0f} megapixels."
+        ) from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise CorruptImage(f"The {what} file is damaged or incomplete ({_describe(error)}).") from error
 

@@ -57,7 +57,7 @@ def scale_intensities(image: np.ndarray, scaling: str) -> np.ndarray:
     values = image.astype(np.float32)
     if scaling == "unit":
         return values / 255.0
-    low, high = np.percentile(values, (1.0, 99.0))
+    low, high = (float(v) for v in np.percentile(values, (1.0, 99.0)))
     if high - low < 1e-3:
         return np.zeros_like(values)
     return np.clip((values - low) / (high - low), 0.0, 1.0)

@@ -102,7 +102,15 @@ def dicom_bytes(
 
         uid = UID(transfer_syntax)
         if uid.is_compressed and pixel_data:
-            ds.compress(uid)
+            try:
+                ds.compress(uid)
+            except NotImplementedError:  # no encoder (video syntaxes): wrap placeholder bytes as one fragment
+                from pydicom.encaps import encapsulate
+
+                ds.file_meta.TransferSyntaxUID = uid
+                ds.PixelData = encapsulate([b"\x00" * 64])
+                ds["PixelData"].VR = "OB"
+                ds["PixelData"].is_undefined_length = True
         else:
             ds.file_meta.TransferSyntaxUID = uid
     buffer = io.BytesIO()

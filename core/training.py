@@ -1,0 +1,482 @@
+"""Train, calibrate and describe the classifier: ``python -m core train --data DIR [--data DIR] --out models/``.
+
+Designed against the training collection's shortcut (every "notumor" image is an axial web slice, mostly twins):
+- near-identical images (48 x 48 thumbnails correlated >= 0.97) are grouped, and whole groups fall on one side of a
+  stratified train/validation split; duplicates are down-weighted so the few hundred distinct notumor slices do not
+  count as 1,500;
+- folder ``tumour`` (tumour present, subtype unknown: the web-style tumour scans) trains P(tumour) = 1 - P(notumor)
+  through a loss on the set of allowed labels;
+- inputs go through exactly the inference path (:func:`core.imaging.read_scan`, :func:`core.roi.find_brain`,
+  :mod:`core.preprocess`), so crop, fixed geometry and per-image intensity normalisation remove what a source
+  leaves behind; augmentation varies geometry, margins, resolution, gamma, contrast, blur, noise, JPEG quality and
+  the whole intensity histogram (re-rendered with another scan's histogram);
+- a calibration temperature is fitted on the validation split, and the card records validation metrics, recall on
+  held-back web-style tumour scans and a shortcut probe (tumour scans re-rendered with a notumor scan's histogram).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from core.errors import NoBrainFound, ScanError
+from core.imaging import read_scan_file
+from core.metrics import classification_report, expected_calibration_error
+from core.preprocess import InputSpec, crop_square, resize_square, scale_intensities, to_model_input
+from core.roi import find_brain
+
+CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
+NEGATIVE = "notumor"
+UNKNOWN_TUMOUR = "tumour"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm"}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (recorded in the card)."""
+
+    size: int = 160
+    widths: tuple[int, ...] = (24, 48, 96, 192)
+    epochs: int = 45
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    patience: int = 8
+    val_fraction: float = 0.2
+    unknown_val_fraction: float = 0.35
+    unknown_weight: float = 3.0
+    twin_threshold: float = 0.97
+    seed: int = 20261125
+    name: str = "btd-cnn"
+    version: str = "1.0.0"
+
+
+@dataclass
+class Dataset:
+    """Decoded training images (uint8 gray, full frame) with labels, sources and twin groups."""
+
+    paths: list[Path]
+    labels: list[str]
+    images: list[np.ndarray]
+    groups: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
+
+
+# --- data ---------------------------------------------------------------------------------------------------
+
+
+def collect(data_dirs: Sequence[Path]) -> list[tuple[Path, str]]:
+    """``DIR/<label>/*`` for each DIR; labels must be the four classes or ``tumour``."""
+    found: list[tuple[Path, str]] = []
+    for root in data_dirs:
+        for folder in sorted(p for p in Path(root).iterdir() if p.is_dir()):
+            if folder.name not in (*CLASSES, UNKNOWN_TUMOUR):
+                raise ValueError(f"unknown class folder {folder}")
+            found += [(p, folder.name) for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    return found
+
+
+def load(items: Sequence[tuple[Path, str]], log: Any = None) -> tuple[Dataset, dict[str, int]]:
+    """Decode every file with the app's reader; files it rejects are counted and left out."""
+    dataset = Dataset(paths=[], labels=[], images=[])
+    rejected: dict[str, int] = {}
+    for i, (path, label) in enumerate(items):
+        try:
+            pixels = read_scan_file(path).pixels
+            find_brain(pixels)
+        except ScanError as error:
+            rejected[error.code] = rejected.get(error.code, 0) + 1
+            continue
+        dataset.paths.append(path)
+        dataset.labels.append(label)
+        dataset.images.append(pixels)
+        if log and (i + 1) % 1000 == 0:
+            log(f"read {i + 1}/{len(items)} images")
+    return dataset, rejected
+
+
+def thumbnails(images: Sequence[np.ndarray], side: int = 48) -> np.ndarray:
+    """Zero-mean, unit-norm 48 x 48 thumbnails: their dot product is the Pearson correlation."""
+    rows = np.stack([cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA).ravel() for img in images])
+    rows = rows.astype(np.float32)
+    rows -= rows.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows / np.where(norms > 0, norms, 1.0)
+
+
+def twin_groups(thumbs: np.ndarray, threshold: float) -> np.ndarray:
+    """Union-find over pairs with correlation >= ``threshold``; returns a group id per image."""
+    parent = np.arange(len(thumbs))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for start in range(0, len(thumbs), 1024):
+        block = thumbs[start : start + 1024] @ thumbs.T
+        for a, b in zip(*np.nonzero(block >= threshold), strict=True):
+            i, j = root(start + int(a)), root(int(b))
+            if i != j:
+                parent[max(i, j)] = min(i, j)
+    return np.array([root(i) for i in range(len(thumbs))])
+
+
+def split(labels: Sequence[str], groups: np.ndarray, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified group split: each label's groups are shuffled and taken until the label's validation share."""
+    rng = np.random.default_rng(config.seed)
+    labels_arr = np.asarray(labels)
+    val: list[int] = []
+    for label in sorted(set(labels)):
+        fraction = config.unknown_val_fraction if label == UNKNOWN_TUMOUR else config.val_fraction
+        members = np.nonzero(labels_arr == label)[0]
+        label_groups = np.unique(groups[members])
+        rng.shuffle(label_groups)
+        target, taken = fraction * len(members), 0
+        for g in label_groups:
+            if taken >= target:
+                break
+            chosen = [int(i) for i in np.nonzero(groups == g)[0]]
+            val += chosen
+            taken += sum(labels_arr[i] == label for i in chosen)
+    val_idx = np.array(sorted(set(val)))
+    train_idx = np.setdiff1d(np.arange(len(labels)), val_idx)
+    return train_idx, val_idx
+
+
+def label_masks(labels: Sequence[str]) -> np.ndarray:
+    """(N, 4) allowed-label masks: one-hot for a known class, every tumour class for ``tumour``."""
+    masks = np.zeros((len(labels), len(CLASSES)), np.float32)
+    for i, label in enumerate(labels):
+        if label == UNKNOWN_TUMOUR:
+            masks[i] = [c != NEGATIVE for c in CLASSES]
+        else:
+            masks[i, CLASSES.index(label)] = 1.0
+    return masks
+
+
+def sample_weights(labels: Sequence[str], groups: np.ndarray, unknown_weight: float) -> np.ndarray:
+    """1 / twin-group size, balanced so every known class carries equal total weight; mean weight 1."""
+    labels_arr = np.asarray(labels)
+    _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    weights = 1.0 / counts[inverse].astype(np.float64)
+    for label in CLASSES:
+        members = labels_arr == label
+        if members.any():
+            weights[members] /= weights[members].sum()
+    unknown = labels_arr == UNKNOWN_TUMOUR
+    if unknown.any() and (~unknown).any():
+        weights[unknown] = unknown_weight * weights[~unknown].mean()
+    return (weights / weights.mean()).astype(np.float32)
+
+
+# --- augmentation -------------------------------------------------------------------------------------------
+
+
+def match_histogram(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Re-render uint8 ``image`` with the intensity distribution of uint8 ``reference`` (CDF matching)."""
+    src_cdf = np.cumsum(np.bincount(image.ravel(), minlength=256)).astype(np.float64)
+    ref_cdf = np.cumsum(np.bincount(reference.ravel(), minlength=256)).astype(np.float64)
+    mapping = np.interp(src_cdf / src_cdf[-1], ref_cdf / ref_cdf[-1], np.arange(256))
+    return mapping.astype(np.uint8)[image]
+
+
+def augment(pixels: np.ndarray, rng: np.random.Generator, spec: InputSpec, reference: np.ndarray | None) -> np.ndarray:
+    """One randomly varied model input from a full-frame slice, through the inference crop and scaling."""
+    height, width = pixels.shape
+    matrix = cv2.getRotationMatrix2D((width / 2, height / 2), rng.uniform(-15, 15), rng.uniform(0.9, 1.1))
+    matrix[:, 2] += rng.uniform(-0.06, 0.06, 2) * (width, height)
+    moved = cv2.warpAffine(pixels, matrix, (width, height), flags=cv2.INTER_LINEAR, borderValue=0)
+    if rng.random() < 0.5:
+        moved = np.ascontiguousarray(moved[:, ::-1])
+    try:
+        box = find_brain(moved, margin=rng.uniform(0.0, 0.12)).box
+    except NoBrainFound:
+        moved, box = pixels, find_brain(pixels).box
+    square = crop_square(moved, box)
+    if rng.random() < 0.3:
+        square = resize_square(square, int(rng.integers(spec.size // 3, spec.size)))
+    square = resize_square(square, spec.size)
+    if reference is not None and rng.random() < 0.25:
+        square = match_histogram(square, reference)
+    x = square.astype(np.float32) / 255.0
+    x = x ** math.exp(rng.uniform(math.log(0.6), math.log(1.7)))
+    x = (x - 0.5) * rng.uniform(0.75, 1.25) + 0.5 + rng.uniform(-0.08, 0.08)
+    if rng.random() < 0.3:
+        x = cv2.GaussianBlur(x, (0, 0), rng.uniform(0.4, 1.3))
+    if rng.random() < 0.3:
+        x = x + rng.normal(0, rng.uniform(0.005, 0.04), x.shape).astype(np.float32)
+    image = np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if rng.random() < 0.3:
+        ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 95))])
+        if ok:
+            image = cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE)
+    return scale_intensities(image, spec.scaling)[:, :, None]
+
+
+# --- model --------------------------------------------------------------------------------------------------
+
+
+def build_model(config: TrainConfig) -> Any:
+    """A small VGG-style CNN (conv-BN-ReLU pairs, max-pooling, global average pooling) ending in 4 logits."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((config.size, config.size, 1), name="scan")
+    x = layers.Conv2D(config.widths[0], 3, strides=2, padding="same", use_bias=False)(inputs)
+    x = layers.ReLU()(layers.BatchNormalization()(x))
+    for stage, width in enumerate(config.widths):
+        for _ in range(2):
+            x = layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
+            x = layers.ReLU()(layers.BatchNormalization()(x))
+        if stage < len(config.widths) - 1:
+            x = layers.MaxPooling2D()(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(0.3)(x)
+    outputs = layers.Dense(len(CLASSES), name="logits")(x)
+    return keras.Model(inputs, outputs, name=config.name)
+
+
+def allowed_label_nll(masks: Any, logits: Any) -> Any:
+    """-log P(true label set): -log p_c for a known class, -log(1 - p_notumor) for a tumour of unknown type."""
+    from keras import ops
+
+    log_p = ops.log_softmax(logits, axis=-1)
+    return -ops.logsumexp(log_p + (masks - 1.0) * 1e4, axis=-1)
+
+
+def _batches(images, indices, masks, weights, config, references, epoch_seed):
+    import keras
+
+    class AugmentedBatches(keras.utils.PyDataset):
+        def __init__(self) -> None:
+            super().__init__()
+            self.epoch = 0
+            self.order = np.array(indices)
+
+        def __len__(self) -> int:
+            return math.ceil(len(indices) / config.batch_size)
+
+        def __getitem__(self, i: int):
+            rng = np.random.default_rng((epoch_seed, self.epoch, i))
+            if i == 0:
+                self.order = np.random.default_rng((epoch_seed, self.epoch)).permutation(indices)
+            chosen = self.order[i * config.batch_size : (i + 1) * config.batch_size]
+            spec = InputSpec(config.size)
+            x = np.stack(
+                [augment(images[j], rng, spec, references[int(rng.integers(len(references)))]) for j in chosen]
+            )
+            return x, masks[chosen], weights[chosen]
+
+        def on_epoch_end(self) -> None:
+            self.epoch += 1
+
+    return AugmentedBatches()
+
+
+def inference_inputs(images: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
+    """Model inputs exactly as the app computes them (crop, square, resize, scale)."""
+    return np.stack([to_model_input(img, find_brain(img).box, spec) for img in images])
+
+
+def fit_temperature(logits: np.ndarray, masks: np.ndarray) -> float:
+    """Temperature minimising the allowed-label NLL on validation logits (golden-section search on log T)."""
+
+    def nll(log_t: float) -> float:
+        z = logits / math.exp(log_t)
+        z = z - z.max(axis=1, keepdims=True)
+        log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        allowed = np.where(masks > 0, log_p, -np.inf)
+        top = allowed.max(axis=1, keepdims=True)
+        return float(-(top[:, 0] + np.log(np.exp(allowed - top).sum(axis=1))).mean())
+
+    low, high = math.log(0.25), math.log(8.0)
+    ratio = (math.sqrt(5) - 1) / 2
+    for _ in range(60):
+        a, b = high - ratio * (high - low), low + ratio * (high - low)
+        if nll(a) < nll(b):
+            high = b
+        else:
+            low = a
+    return round(math.exp((low + high) / 2), 4)
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+# --- the run ------------------------------------------------------------------------------------------------
+
+
+def _log(message: str) -> None:
+    print(f"[train {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _code_version() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def validation_report(
+    logits: np.ndarray, labels: Sequence[str], temperature: float, inputs: np.ndarray, model: Any
+) -> dict[str, Any]:
+    """Metrics on the validation split, web-style tumour recall, and the histogram shortcut probe."""
+    probs = softmax(logits / temperature)
+    report = classification_report(labels, probs, CLASSES, NEGATIVE)
+    labels_arr = np.asarray(labels)
+    tumour_p = 1.0 - probs[:, CLASSES.index(NEGATIVE)]
+    unknown = labels_arr == UNKNOWN_TUMOUR
+    report["web_tumour_recall"] = float((tumour_p[unknown] >= 0.5).mean()) if unknown.any() else None
+    report["web_tumour_n"] = int(unknown.sum())
+    known = np.isin(labels_arr, CLASSES)
+    confidence = probs.max(axis=1)
+    report["expected_calibration_error_uncalibrated"] = expected_calibration_error(
+        softmax(logits)[known].max(axis=1), (np.asarray(CLASSES)[logits.argmax(1)] == labels_arr)[known]
+    )
+    report["mean_confidence"] = float(confidence[known].mean()) if known.any() else None
+    # Shortcut probe: known-subtype tumour scans re-rendered with a random notumor scan's histogram.
+    tumour_rows = np.nonzero(known & (labels_arr != NEGATIVE))[0]
+    normal_rows = np.nonzero(labels_arr == NEGATIVE)[0]
+    if len(tumour_rows) and len(normal_rows):
+        rng = np.random.default_rng(0)
+        probe = []
+        for i in tumour_rows:
+            ref = (inputs[rng.choice(normal_rows), :, :, 0] * 255).astype(np.uint8)
+            img = (inputs[i, :, :, 0] * 255).astype(np.uint8)
+            probe.append(scale_intensities(match_histogram(img, ref), "percentile")[:, :, None])
+        probe_logits = np.asarray(model.predict(np.stack(probe), batch_size=64, verbose=0))
+        probe_p = 1.0 - softmax(probe_logits / temperature)[:, CLASSES.index(NEGATIVE)]
+        report["shortcut_probe_tumour_recall"] = float((probe_p >= 0.5).mean())
+        report["shortcut_probe_n"] = len(tumour_rows)
+    return report
+
+
+def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command: str) -> dict[str, Any]:
+    """Run the whole training; writes ``<name>.keras``, ``<name>.json`` (card) and ``<name>.split.json``."""
+    import keras
+    import tensorflow as tf
+
+    started = time.time()
+    keras.utils.set_random_seed(config.seed)
+    tf.config.experimental.enable_op_determinism()
+    items = collect(data_dirs)
+    _log(f"{len(items)} files in {len(data_dirs)} folder(s)")
+    data, rejected = load(items, _log)
+    data.groups = twin_groups(thumbnails(data.images), config.twin_threshold)
+    n_groups = len(np.unique(data.groups))
+    _log(f"decoded {len(data.images)}, rejected {rejected}; {n_groups} twin groups")
+    train_idx, val_idx = split(data.labels, data.groups, config)
+    assert not set(data.groups[train_idx]) & set(data.groups[val_idx]), "a twin group straddles the split"
+    masks = label_masks(data.labels)
+    weights = sample_weights(data.labels, data.groups, config.unknown_weight)
+    spec = InputSpec(config.size)
+    val_inputs = inference_inputs([data.images[i] for i in val_idx], spec)
+    val_labels = [data.labels[i] for i in val_idx]
+    references = [
+        resize_square(crop_square(data.images[i], find_brain(data.images[i]).box), config.size) for i in train_idx[::7]
+    ]
+    _log(f"train {len(train_idx)}, validation {len(val_idx)} images")
+
+    model = build_model(config)
+    model.compile(optimizer=keras.optimizers.AdamW(config.learning_rate, weight_decay=1e-4), loss=allowed_label_nll)
+    batches = _batches(data.images, train_idx, masks, weights, config, references, config.seed)
+
+    class EpochLog(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            logits = np.asarray(self.model.predict(val_inputs, batch_size=128, verbose=0))
+            report = classification_report(val_labels, softmax(logits), CLASSES, NEGATIVE)
+            logs = logs or {}
+            _log(
+                f"epoch {epoch + 1}/{config.epochs} loss {logs.get('loss', float('nan')):.4f} "
+                f"val_loss {logs.get('val_loss', float('nan')):.4f} val_acc {report.get('accuracy', 0):.4f} "
+                f"sens {report['tumour_sensitivity']:.4f} spec {report['tumour_specificity']:.4f} "
+                f"lr {float(self.model.optimizer.learning_rate):.2e} ({time.time() - started:.0f}s)"
+            )
+
+    history = model.fit(
+        batches,
+        validation_data=(val_inputs, masks[val_idx]),
+        epochs=config.epochs,
+        verbose=0,
+        callbacks=[
+            EpochLog(),
+            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=3, min_lr=1e-5),
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True),
+        ],
+    )
+    logits = np.asarray(model.predict(val_inputs, batch_size=128, verbose=0))
+    temperature = fit_temperature(logits, masks[val_idx])
+    report = validation_report(logits, val_labels, temperature, val_inputs, model)
+    headline = ("accuracy", "tumour_sensitivity", "tumour_specificity", "expected_calibration_error")
+    headline += ("web_tumour_recall", "shortcut_probe_tumour_recall")
+    _log(f"temperature {temperature}; validation {json.dumps({k: report.get(k) for k in headline})}")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights_path = out_dir / f"{config.name}.keras"
+    model.compile(optimizer="adam", loss=None)  # keep the custom loss out of the saved file
+    model.save(weights_path)
+    root = Path(os.path.commonpath([str(Path(d).resolve().parent) for d in data_dirs]))
+    split_file = out_dir / f"{config.name}.split.json"
+    split_file.write_text(
+        json.dumps(
+            {
+                "root": "paths are relative to the folder that holds the training folders",
+                "validation": [[str(data.paths[i].resolve().relative_to(root)), data.labels[i]] for i in val_idx],
+            },
+            indent=0,
+        )
+    )
+    card = {
+        "name": config.name,
+        "version": config.version,
+        "labels": list(CLASSES),
+        "negative_label": NEGATIVE,
+        "input": asdict(spec),
+        "output": "logits",
+        "calibration": {"temperature": temperature, "fitted_on": "validation split (allowed-label NLL)"},
+        "weights": {"file": weights_path.name, "sha256": hashlib.sha256(weights_path.read_bytes()).hexdigest()},
+        "parameters": int(model.count_params()),
+        "metrics": {"validation": report},
+        "data": {
+            "folders": [str(d) for d in data_dirs],
+            "files": len(items),
+            "decoded": len(data.images),
+            "rejected": rejected,
+            "twin_groups": n_groups,
+            "twin_rule": f"48x48 thumbnail correlation >= {config.twin_threshold}; groups never straddle the split",
+            "train": len(train_idx),
+            "validation": len(val_idx),
+            "validation_per_label": {label: val_labels.count(label) for label in sorted(set(val_labels))},
+            "split_file": split_file.name,
+        },
+        "training": {
+            "command": command,
+            "config": asdict(config),
+            "epochs_run": len(history.history.get("loss", [])),
+            "seconds": round(time.time() - started),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, TensorFlow {tf.__version__}",
+            "code_version": _code_version(),
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    }
+    (out_dir / f"{config.name}.json").write_text(json.dumps(card, indent=2))
+    _log(f"wrote {weights_path} ({weights_path.stat().st_size / 1e6:.2f} MB) in {time.time() - started:.0f}s")
+    return card

@@ -1,0 +1,104 @@
+"""The classifier: built from its card, hash-checked, calibrated, binary or 4-class, safe across threads."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.classifier import Classifier, ModelCard, calibrated_probabilities
+from core.errors import ModelError
+from core.pipeline import analyse
+from core.preprocess import InputSpec, to_model_input
+from tests.scans import png_bytes, synthetic_slice, write_model_card
+
+
+def test_four_class_prediction_follows_the_card(tiny_classifier: Classifier) -> None:
+    prediction = analyse(png_bytes(synthetic_slice(512, tumour=True)), tiny_classifier).prediction
+    assert set(prediction.probabilities) == {"glioma", "meningioma", "notumor", "pituitary"}
+    assert sum(prediction.probabilities.values()) == pytest.approx(1.0, abs=1e-6)
+    assert prediction.tumour_probability == pytest.approx(1 - prediction.probabilities["notumor"])
+    assert prediction.label == max(prediction.probabilities, key=prediction.probabilities.get)
+    assert prediction.model_name == "tiny" and prediction.model_version == "0.0.1-test"
+    assert set(prediction.timings_ms) == {"read", "crop", "preprocess", "predict", "total"}
+    x0, y0, x1, y1 = prediction.roi
+    assert 0 <= x0 < x1 <= 512 and 0 <= y0 < y1 <= 512
+    assert json.loads(json.dumps(prediction.to_json()))["model"] == {"name": "tiny", "version": "0.0.1-test"}
+
+
+def test_binary_sigmoid_model_like_the_flask_app(tmp_path: Path) -> None:
+    classifier = Classifier.from_card(write_model_card(tmp_path, output="sigmoid", channels=3, size=40, name="flask"))
+    prediction = analyse(png_bytes(synthetic_slice(256)), classifier).prediction
+    assert set(prediction.probabilities) == {"notumor", "tumour"}
+    expected = "tumour" if prediction.probabilities["tumour"] >= 0.5 else "notumor"
+    assert prediction.label == expected
+    assert prediction.tumour_probability == pytest.approx(prediction.probabilities["tumour"])
+
+
+def test_refuses_weights_whose_hash_differs_from_the_card(tmp_path: Path, tiny_card: Path) -> None:
+    shutil.copy(tiny_card, tmp_path / tiny_card.name)
+    weights = tmp_path / "tiny.keras"
+    shutil.copy(tiny_card.parent / "tiny.keras", weights)
+    with weights.open("ab") as handle:
+        handle.write(b"tampered")
+    with pytest.raises(ModelError, match="does not match its card"):
+        Classifier.from_card(tmp_path / tiny_card.name)
+
+
+def test_refuses_missing_weights_and_malformed_cards(tmp_path: Path) -> None:
+    card = tmp_path / "card.json"
+    card.write_text(
+        json.dumps(
+            {
+                "name": "x",
+                "version": "1",
+                "labels": ["a", "notumor"],
+                "output": "logits",
+                "input": {"size": 32},
+                "weights": {"file": "none.keras", "sha256": "0" * 64},
+            }
+        )
+    )
+    with pytest.raises(ModelError, match="missing"):
+        Classifier.from_card(card)
+    card.write_text("{not json")
+    with pytest.raises(ModelError, match="not valid JSON"):
+        ModelCard.from_file(card)
+    card.write_text(json.dumps({"name": "x"}))
+    with pytest.raises(ModelError, match="incomplete"):
+        ModelCard.from_file(card)
+
+
+def test_refuses_a_model_whose_shape_disagrees_with_its_card(tmp_path: Path) -> None:
+    path = write_model_card(tmp_path, size=32)
+    card = json.loads(path.read_text())
+    card["input"]["size"] = 64
+    path.write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="takes input"):
+        Classifier.from_card(path)
+
+
+def test_temperature_softens_without_changing_the_ranking(tiny_card: Path) -> None:
+    card = ModelCard.from_file(tiny_card)
+    logits = np.array([[2.0, 0.5, -1.0, 0.0]])
+    sharp = calibrated_probabilities(logits, card)
+    soft = calibrated_probabilities(logits, ModelCard(**{**card.__dict__, "temperature": 2.0}))
+    assert sharp.argmax() == soft.argmax() and soft.max() < sharp.max()
+    assert soft.sum() == pytest.approx(1.0)
+
+
+def test_concurrent_sessions_get_their_own_answers(tiny_classifier: Classifier) -> None:
+    spec: InputSpec = tiny_classifier.card.input
+    images = [synthetic_slice(128, tumour=i % 2 == 0, seed=i) for i in range(16)]
+    inputs = [to_model_input(img, (0, 0, 128, 128), spec)[None] for img in images]
+    # Make the inputs clearly different so cross-talk would show.
+    inputs = [x * (0.2 + 0.05 * i) for i, x in enumerate(inputs)]
+    expected = [tiny_classifier.probabilities(x)[0] for x in inputs]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda k: tiny_classifier.probabilities(inputs[k % 16])[0], range(160)))
+    for k, result in enumerate(results):
+        np.testing.assert_allclose(result, expected[k % 16], rtol=1e-5, atol=1e-6)

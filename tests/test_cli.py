@@ -1,0 +1,140 @@
+"""`python -m core`: JSON lines, JSON errors for every rejected file, exit codes 0/1/2, never a traceback."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.cli import main
+from tests.scans import dicom_bytes, jpeg_bytes, png_bytes, synthetic_slice
+from tests.test_imaging import bomb_png
+
+ROOT = Path(__file__).resolve().parents[1]
+PREDICTION_KEYS = {"file", "label", "probabilities", "tumour_probability", "roi", "model", "timings_ms"}
+
+
+def bad_inputs() -> dict[str, tuple[bytes, str]]:
+    """Every kind of bad upload, built here, with the error code the CLI must give it."""
+    jpeg = jpeg_bytes(synthetic_slice(256))
+    png = bytearray(png_bytes(synthetic_slice(128)))
+    png[png.find(b"IDAT") + 8] ^= 0xFF  # damage the compressed data: CRC no longer matches
+    animated = io.BytesIO()
+    frames = [Image.fromarray(synthetic_slice(96, seed=s)) for s in range(2)]
+    frames[0].save(animated, "PNG", save_all=True, append_images=frames[1:])
+    stored = (synthetic_slice(128).astype(np.uint16) * 16).astype(np.uint16)
+    return {
+        "empty.png": (b"", "empty_file"),
+        "report.png": (b"%PDF-1.4\n" + b"x" * 300, "unsupported_format"),
+        "archive.png": (b"PK\x03\x04" + b"\x00" * 300, "unsupported_format"),
+        "page.png": (b"<html><body>hello</body></html>" + b" " * 300, "unsupported_format"),
+        "truncated.jpg": (jpeg[: len(jpeg) // 2], "corrupt_image"),
+        "badcrc.png": (bytes(png), "corrupt_image"),
+        "noiend.png": (png_bytes(synthetic_slice(128))[:-12], "corrupt_image"),
+        "bomb.png": (bomb_png(), "image_too_large"),
+        "tiny.png": (png_bytes(synthetic_slice(40)), "image_too_small"),
+        "animated.png": (animated.getvalue(), "multi_frame"),
+        "black.png": (png_bytes(np.zeros((128, 128), np.uint8)), "no_brain_found"),
+        "white.png": (png_bytes(np.full((128, 128), 255, np.uint8)), "no_brain_found"),
+        "nopreamble.dcm": (dicom_bytes(stored, preamble=False), "unsupported_format"),
+        "nopixels.dcm": (dicom_bytes(stored, pixel_data=False), "no_pixel_data"),
+        "truncated.dcm": (dicom_bytes(stored, truncate_pixels=4000), "corrupt_image"),
+        "video.dcm": (dicom_bytes(stored, transfer_syntax="1.2.840.10008.1.2.4.100"), "unsupported_dicom"),
+        "colour.dcm": (dicom_bytes(stored, photometric="RGB"), "unsupported_dicom"),
+        "volume.dcm": (dicom_bytes(np.stack([stored, stored]), frames=2), "multi_frame"),
+        "ct.dcm": (dicom_bytes(stored, modality="CT"), "wrong_modality"),
+    }
+
+
+def run_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[dict]]:
+    code = main(args)
+    out = capsys.readouterr().out
+    return code, [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def test_predict_prints_one_json_line_per_file(tmp_path: Path, tiny_card: Path, capsys) -> None:
+    files = []
+    for i, data in enumerate([png_bytes(synthetic_slice(512, tumour=True)), jpeg_bytes(synthetic_slice(300))]):
+        files.append(tmp_path / f"scan{i}")
+        files[-1].write_bytes(data)
+    code, lines = run_main(["predict", "--model", str(tiny_card), *map(str, files)], capsys)
+    assert code == 0 and len(lines) == 2
+    for line, path in zip(lines, files, strict=True):
+        assert set(line) == PREDICTION_KEYS and line["file"] == str(path)
+        assert line["label"] in line["probabilities"]
+        assert line["tumour_probability"] == pytest.approx(1 - line["probabilities"]["notumor"], abs=1e-5)
+
+
+def test_every_bad_input_gets_its_specific_json_error(tmp_path: Path, tiny_card: Path, capsys) -> None:
+    cases = bad_inputs()
+    for name, (data, _) in cases.items():
+        (tmp_path / name).write_bytes(data)
+    good = tmp_path / "good.png"
+    good.write_bytes(png_bytes(synthetic_slice(256)))
+    paths = [str(tmp_path / name) for name in cases] + [str(good), str(tmp_path / "missing.png")]
+    code, lines = run_main(["predict", "--model", str(tiny_card), *paths], capsys)
+    assert code == 1
+    by_file = {Path(line["file"]).name: line for line in lines}
+    for name, (_, expected_code) in cases.items():
+        assert by_file[name]["error"]["code"] == expected_code, name
+        assert by_file[name]["error"]["message"]
+    assert by_file["missing.png"]["error"]["code"] == "not_found"
+    assert "label" in by_file["good.png"]  # a bad file never stops the batch
+
+
+def test_bad_usage_exits_2_with_json(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict"])
+    assert exit_info.value.code == 2
+    assert json.loads(capsys.readouterr().out)["error"]["code"] == "bad_usage"
+
+
+def test_unusable_model_exits_2_with_json(tmp_path: Path, capsys) -> None:
+    scan = tmp_path / "scan.png"
+    scan.write_bytes(png_bytes(synthetic_slice(128)))
+    code, lines = run_main(["predict", "--model", str(tmp_path / "nope.json"), str(scan)], capsys)
+    assert code == 2 and lines[0]["error"]["code"] == "model_error"
+
+
+def test_evaluate_scores_a_labelled_folder(tmp_path: Path, tiny_card: Path, capsys) -> None:
+    for label in ("glioma", "meningioma", "notumor", "pituitary", "tumour"):
+        (tmp_path / label).mkdir()
+        for i in range(2):
+            data = png_bytes(synthetic_slice(160, tumour=label != "notumor", seed=i))
+            (tmp_path / label / f"{i}.png").write_bytes(data)
+    (tmp_path / "notumor" / "broken.png").write_bytes(b"%PDF-1.4 nope" * 30)
+    code, lines = run_main(["evaluate", "--model", str(tiny_card), str(tmp_path)], capsys)
+    report = lines[0]
+    assert code == 0
+    assert report["n"] == 10 and report["n_labelled"] == 8 and report["rejected"] == {"unsupported_format": 1}
+    assert 0 <= report["accuracy"] <= 1
+    assert report["confusion_matrix"]["labels"] == ["glioma", "meningioma", "notumor", "pituitary"]
+    assert sum(map(sum, report["confusion_matrix"]["rows_true_columns_predicted"])) == 8
+    assert set(report["per_class"]["glioma"]) == {"precision", "recall", "support"}
+    assert report["tumour_positives"] == 8 and report["tumour_negatives"] == 2
+    assert {"tumour_sensitivity", "tumour_specificity", "expected_calibration_error"} <= set(report)
+    assert report["latency_ms"]["p50"] > 0 and report["latency_ms"]["p95"] >= report["latency_ms"]["p50"]
+
+
+def test_cli_process_never_prints_a_traceback(tmp_path: Path, tiny_card: Path) -> None:
+    for name, (data, _) in list(bad_inputs().items())[:6]:
+        (tmp_path / name).write_bytes(data)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "core", "predict", "--model", str(tiny_card), *map(str, sorted(tmp_path.iterdir()))],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stdout + done.stderr
+    assert all("error" in json.loads(line) for line in done.stdout.splitlines())

@@ -1,0 +1,146 @@
+"""DICOM reading: display pipeline, compressed syntaxes, multi-frame, and every bad case in RELIABILITY.md."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core.errors import (
+    CorruptImage,
+    ImageTooLarge,
+    MultiFrameImage,
+    NoPixelData,
+    UnsupportedDicom,
+    UnsupportedFormat,
+    WrongModality,
+)
+from core.imaging import read_scan
+from core.pipeline import analyse
+from core.roi import find_brain
+from tests.scans import CANARY, dicom_bytes, synthetic_slice
+
+MAX_12_BIT = 4095
+
+
+def stored_slice(size: int = 128) -> np.ndarray:
+    return (synthetic_slice(size).astype(np.uint16) * 16).astype(np.uint16)
+
+
+def test_reads_mr_dicom_with_window() -> None:
+    stored = stored_slice()
+    scan = read_scan(dicom_bytes(stored, window=(2048, 4096)))
+    assert scan.format == "dicom" and scan.pixels.dtype == np.uint8 and scan.pixels.shape == (128, 128)
+    expected = np.clip(((stored - 2047.5) / 4095 + 0.5) * 255 + 0.5, 0, 255).astype(np.uint8)
+    assert np.abs(scan.pixels.astype(int) - expected).max() <= 1
+
+
+def test_first_of_several_windows_is_used() -> None:
+    stored = stored_slice()
+    narrow = read_scan(dicom_bytes(stored, window=([1000, 3000], [400, 4000])))
+    first_only = read_scan(dicom_bytes(stored, window=(1000, 400)))
+    assert np.array_equal(narrow.pixels, first_only.pixels)
+
+
+def test_modality_lut_is_applied_before_the_window() -> None:
+    stored = stored_slice()
+    # Rescale doubles values and shifts them; the window is in rescaled units, so output equals the plain case.
+    rescaled = read_scan(dicom_bytes(stored, rescale=(2.0, -100.0), window=(2 * 2048 - 100, 2 * 4096)))
+    plain = read_scan(dicom_bytes(stored, window=(2048, 4096)))
+    assert np.abs(rescaled.pixels.astype(int) - plain.pixels.astype(int)).max() <= 1
+
+
+def test_percentile_stretch_without_window() -> None:
+    scan = read_scan(dicom_bytes(stored_slice()))
+    assert scan.pixels.min() == 0 and scan.pixels.max() == 255
+
+
+@pytest.mark.parametrize("window", [None, (2048, 4096)])
+def test_monochrome1_and_monochrome2_give_same_crop_and_prediction(window, tiny_classifier) -> None:
+    stored = stored_slice(256)
+    inverted = (MAX_12_BIT - stored).astype(np.uint16)
+    mono1_window = None if window is None else (MAX_12_BIT - window[0], window[1])
+    mono2 = dicom_bytes(stored, window=window)
+    mono1 = dicom_bytes(inverted, photometric="MONOCHROME1", window=mono1_window)
+    a, b = read_scan(mono2), read_scan(mono1)
+    assert np.abs(a.pixels.astype(int) - b.pixels.astype(int)).max() <= 1
+    assert find_brain(a.pixels).box == find_brain(b.pixels).box
+    pa, pb = analyse(mono2, tiny_classifier).prediction, analyse(mono1, tiny_classifier).prediction
+    assert pa.label == pb.label and pa.roi == pb.roi
+    assert pa.tumour_probability == pytest.approx(pb.tumour_probability, abs=1e-3)
+
+
+def test_rejects_dicom_without_preamble() -> None:
+    with pytest.raises(UnsupportedFormat, match="preamble"):
+        read_scan(dicom_bytes(stored_slice(), preamble=False))
+
+
+def test_decodes_rle_compressed_dicom() -> None:
+    stored = stored_slice()
+    plain = read_scan(dicom_bytes(stored, window=(2048, 4096)))
+    compressed = read_scan(dicom_bytes(stored, window=(2048, 4096), transfer_syntax="1.2.840.10008.1.2.5"))
+    assert compressed.acquisition["TransferSyntax"] == "RLE Lossless"
+    assert np.array_equal(plain.pixels, compressed.pixels)
+
+
+def test_rejects_undecodable_transfer_syntax_by_name() -> None:
+    data = dicom_bytes(stored_slice(), transfer_syntax="1.2.840.10008.1.2.4.100")  # MPEG2 video
+    with pytest.raises(UnsupportedDicom, match="MPEG2"):
+        read_scan(data)
+
+
+def test_rejects_dicom_without_pixel_data() -> None:
+    with pytest.raises(NoPixelData):
+        read_scan(dicom_bytes(stored_slice(), pixel_data=False))
+
+
+def test_rejects_truncated_pixel_data() -> None:
+    with pytest.raises(CorruptImage, match=r"truncated|cannot be decoded"):
+        read_scan(dicom_bytes(stored_slice(), truncate_pixels=5000))
+
+
+def test_refuses_oversized_dicom_from_the_header() -> None:
+    data = dicom_bytes(stored_slice(), pixel_data=False)
+    # Patch Rows/Columns (US, little endian) to 20000 x 20000 in the header without adding pixels.
+    rows_tag, cols_tag = b"\x28\x00\x10\x00US\x02\x00", b"\x28\x00\x11\x00US\x02\x00"
+    data = data.replace(rows_tag + (128).to_bytes(2, "little"), rows_tag + (20000).to_bytes(2, "little"))
+    data = data.replace(cols_tag + (128).to_bytes(2, "little"), cols_tag + (20000).to_bytes(2, "little"))
+    with pytest.raises(ImageTooLarge, match="20000 x 20000"):
+        read_scan(data)
+
+
+def test_multi_frame_needs_an_explicit_frame() -> None:
+    frames = np.stack([stored_slice(), (stored_slice() // 2).astype(np.uint16), stored_slice()])
+    data = dicom_bytes(frames, frames=3, window=(2048, 4096))
+    with pytest.raises(MultiFrameImage, match="3 frames"):
+        read_scan(data)
+    second = read_scan(data, frame=1)
+    first = read_scan(data, frame=0)
+    assert second.frame == 1 and second.pixels.mean() < first.pixels.mean()
+    with pytest.raises(MultiFrameImage, match="does not exist"):
+        read_scan(data, frame=3)
+
+
+def test_rejects_colour_dicom() -> None:
+    with pytest.raises(UnsupportedDicom, match="colour"):
+        read_scan(dicom_bytes(stored_slice(), photometric="RGB"))
+
+
+def test_rejects_other_modalities_and_warns_for_secondary_capture() -> None:
+    with pytest.raises(WrongModality, match="CT"):
+        read_scan(dicom_bytes(stored_slice(), modality="CT"))
+    scan = read_scan(dicom_bytes(stored_slice(), modality="OT"))
+    assert scan.warnings and "not MR" in scan.warnings[0]
+
+
+def test_corrupt_dicom_header_is_rejected_cleanly() -> None:
+    data = bytearray(dicom_bytes(stored_slice()))
+    data[140:400] = b"\xff" * 260
+    with pytest.raises((CorruptImage, NoPixelData)):
+        read_scan(bytes(data))
+
+
+def test_acquisition_facts_are_non_identifying() -> None:
+    scan = read_scan(dicom_bytes(stored_slice()))
+    facts = dict(scan.acquisition)
+    assert facts["Modality"] == "MR" and facts["Plane"] == "axial" and facts["MagneticFieldStrength"] == "1.5"
+    assert CANARY not in repr(facts) and "MRN123" not in repr(facts)

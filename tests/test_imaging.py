@@ -1,0 +1,218 @@
+"""Reading uploads: every bad input in RELIABILITY.md 'Uploaded images' gets its own specific error."""
+
+from __future__ import annotations
+
+import io
+import struct
+import tracemalloc
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image, PngImagePlugin
+
+from core.errors import (
+    CorruptImage,
+    EmptyFile,
+    FileTooLarge,
+    ImageTooLarge,
+    ImageTooSmall,
+    MultiFrameImage,
+    UnsupportedFormat,
+)
+from core.imaging import Limits, read_scan, sniff_format, stretch_to_uint8
+from tests.scans import CANARY, jpeg_bytes, png_bytes, synthetic_slice
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def bomb_png(width: int = 30000, height: int = 30000) -> bytes:
+    """A few-KB PNG whose header declares ``width`` x ``height`` 8-bit gray pixels."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    rows = zlib.compress(b"\x00" * (width + 1) * 64, 9)  # only the first rows: the file stays tiny
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", rows) + _png_chunk(b"IEND", b"")
+
+
+def test_reads_png_as_2d_uint8() -> None:
+    image = synthetic_slice(256)
+    scan = read_scan(png_bytes(image))
+    assert scan.format == "png"
+    assert scan.pixels.dtype == np.uint8 and scan.pixels.shape == (256, 256)
+    assert np.array_equal(scan.pixels, image)
+    assert len(scan.sha256) == 64 and scan.colourfulness == 0.0
+
+
+def test_reads_jpeg_close_to_source() -> None:
+    image = synthetic_slice(256)
+    scan = read_scan(jpeg_bytes(image, quality=95))
+    assert scan.format == "jpeg" and scan.pixels.shape == (256, 256)
+    assert np.abs(scan.pixels.astype(int) - image).mean() < 3
+
+
+@pytest.mark.parametrize(
+    ("data", "named"),
+    [
+        (b"%PDF-1.7\n1 0 obj\n" + b"x" * 200, "PDF"),
+        (b"PK\x03\x04" + b"\x00" * 200, "ZIP"),
+        (b"II*\x00" + b"\x00" * 200, "TIFF"),
+        (b"GIF89a" + b"\x00" * 200, "GIF"),
+        (b"<!DOCTYPE html><html><body>scan</body></html>" + b" " * 200, "HTML"),
+        (b"MZ\x90\x00" + b"\x00" * 200, "executable"),
+        (b"\x7fELF\x02\x01" + b"\x00" * 200, "executable"),
+        (b"just some text, renamed to scan.png" * 10, "not a PNG, JPEG or DICOM"),
+    ],
+)
+def test_rejects_non_images_renamed_png_by_content(data: bytes, named: str) -> None:
+    with pytest.raises(UnsupportedFormat, match=named):
+        read_scan(data)
+
+
+def test_sniffs_each_supported_format() -> None:
+    image = synthetic_slice(64)
+    assert sniff_format(png_bytes(image)) == "png"
+    assert sniff_format(jpeg_bytes(image)) == "jpeg"
+    assert sniff_format(b"\x00" * 128 + b"DICM" + b"\x00" * 64) == "dicom"
+
+
+def test_rejects_empty_file() -> None:
+    with pytest.raises(EmptyFile):
+        read_scan(b"")
+
+
+def test_rejects_file_over_the_upload_limit() -> None:
+    with pytest.raises(FileTooLarge, match="limit"):
+        read_scan(png_bytes(synthetic_slice(128)), Limits(max_bytes=1000))
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.6, 0.9])
+def test_rejects_truncated_jpeg(keep: float) -> None:
+    data = jpeg_bytes(synthetic_slice(256))
+    with pytest.raises(CorruptImage, match=r"ends early|damaged"):
+        read_scan(data[: int(len(data) * keep)])
+
+
+def test_rejects_png_with_bad_crc() -> None:
+    data = bytearray(png_bytes(synthetic_slice(128)))
+    at = data.find(b"IDAT")
+    length = struct.unpack(">I", data[at - 4 : at])[0]
+    data[at + 4 + length] ^= 0xFF  # first byte of the IDAT CRC
+    with pytest.raises(CorruptImage, match="checksum"):
+        read_scan(bytes(data))
+
+
+def test_rejects_png_without_iend() -> None:
+    data = png_bytes(synthetic_slice(128))
+    with pytest.raises(CorruptImage):
+        read_scan(data[:-12])
+
+
+def test_refuses_decompression_bomb_from_header_with_bounded_memory() -> None:
+    data = bomb_png()
+    assert len(data) < 64 * 1024
+    tracemalloc.start()
+    with pytest.raises(ImageTooLarge, match="30000 x 30000"):
+        read_scan(data)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 20 * 2**20  # the 900-megapixel image was never allocated
+
+
+def test_rejects_animated_png() -> None:
+    frames = [Image.fromarray(synthetic_slice(128, seed=s)) for s in range(3)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "PNG", save_all=True, append_images=frames[1:])
+    with pytest.raises(MultiFrameImage, match="3 frames"):
+        read_scan(buffer.getvalue())
+
+
+def test_rescales_16bit_png_instead_of_truncating() -> None:
+    twelve_bit = (synthetic_slice(128).astype(np.uint16) * 16).astype(np.uint16)  # 0..4080, typical MRI export
+    buffer = io.BytesIO()
+    Image.fromarray(twelve_bit).save(buffer, "PNG")
+    scan = read_scan(buffer.getvalue())
+    assert scan.pixels.dtype == np.uint8
+    assert scan.pixels.max() == 255  # the high byte alone would top out at 15
+    assert np.corrcoef(scan.pixels.ravel(), twelve_bit.ravel())[0, 1] > 0.99
+
+
+def test_alpha_is_composited_over_black() -> None:
+    gray = synthetic_slice(128)
+    alpha = np.full_like(gray, 255)
+    alpha[:, :32] = 0  # transparent strip
+    rgba = np.dstack([gray, gray, gray, alpha])
+    scan = read_scan(png_bytes(rgba))
+    assert scan.pixels[:, :32].max() == 0
+    assert np.array_equal(scan.pixels[:, 32:], gray[:, 32:])
+    la = read_scan(png_bytes(np.dstack([gray, alpha]), mode="LA"))
+    assert np.array_equal(la.pixels, scan.pixels)
+
+
+@pytest.mark.parametrize("mode", ["P", "1", "RGB"])
+def test_other_png_modes_give_the_same_gray_path(mode: str) -> None:
+    gray = synthetic_slice(128)
+    image = Image.fromarray(gray).convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    scan = read_scan(buffer.getvalue())
+    expected = np.asarray(image.convert("L"))
+    assert scan.pixels.shape == (128, 128)
+    assert np.abs(scan.pixels.astype(int) - expected).max() <= 1
+
+
+def test_cmyk_jpeg_is_read_as_gray() -> None:
+    gray = synthetic_slice(128)
+    buffer = io.BytesIO()
+    Image.fromarray(gray).convert("CMYK").save(buffer, "JPEG", quality=95)
+    scan = read_scan(buffer.getvalue())
+    assert scan.pixels.shape == (128, 128)
+    assert np.corrcoef(scan.pixels.ravel(), gray.ravel())[0, 1] > 0.98
+
+
+def test_exif_orientation_is_applied() -> None:
+    gray = np.zeros((96, 128), np.uint8)
+    gray[:, :16] = 255  # bright left edge
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    data = jpeg_bytes(gray, quality=95, exif=exif.tobytes())
+    scan = read_scan(data)
+    assert scan.pixels.shape == (128, 96)
+    assert scan.pixels[:16].mean() > 200  # the left edge is now on top
+
+
+def test_colour_photo_reports_colourfulness() -> None:
+    rng = np.random.default_rng(0)
+    colour = rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    assert read_scan(png_bytes(colour)).colourfulness > 0.3
+    gray3 = np.dstack([synthetic_slice(128)] * 3)
+    assert read_scan(png_bytes(gray3)).colourfulness == 0.0
+
+
+def test_rejects_tiny_image() -> None:
+    with pytest.raises(ImageTooSmall, match="at least 64"):
+        read_scan(png_bytes(synthetic_slice(48)))
+
+
+def test_rejects_extreme_aspect_ratio() -> None:
+    with pytest.raises(ImageTooSmall, match="elongated"):
+        read_scan(png_bytes(np.zeros((64, 1000), np.uint8)))
+
+
+def test_metadata_never_surfaces_in_the_scan() -> None:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Patient", f"{CANARY} Test MRN123")
+    scan_png = read_scan(png_bytes(synthetic_slice(128), pnginfo=info))
+    exif = Image.Exif()
+    exif[0x010E] = f"{CANARY} MRN123"  # ImageDescription
+    scan_jpeg = read_scan(jpeg_bytes(synthetic_slice(128), exif=exif.tobytes()))
+    for scan in (scan_png, scan_jpeg):
+        text = repr(scan) + repr(dict(scan.acquisition)) + repr(scan.warnings)
+        assert CANARY not in text and "MRN123" not in text
+
+
+def test_stretch_maps_percentiles_and_survives_flat_input() -> None:
+    values = np.linspace(0, 1000, 10000).reshape(100, 100)
+    out = stretch_to_uint8(values)
+    assert out.min() == 0 and out.max() == 255
+    assert stretch_to_uint8(np.full((10, 10), 7.0)).max() == 0

@@ -1,0 +1,103 @@
+"""The training path stays alive (one short epoch on generated images) and keeps twins on one side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from core.classifier import Classifier
+from core.imaging import read_scan
+from core.pipeline import analyse
+from core.preprocess import InputSpec
+from core.training import (
+    TrainConfig,
+    augment,
+    fit_temperature,
+    label_masks,
+    match_histogram,
+    sample_weights,
+    split,
+    thumbnails,
+    train,
+    twin_groups,
+)
+from tests.scans import jpeg_bytes, png_bytes, synthetic_slice
+
+
+def make_folder(root: Path, per_class: int = 6) -> Path:
+    for k, label in enumerate(("glioma", "meningioma", "notumor", "pituitary", "tumour")):
+        (root / label).mkdir(parents=True)
+        for i in range(per_class):
+            image = synthetic_slice(128, tumour=label != "notumor", seed=100 * k + i, offset=(4 * i - 10, 3 * k - 6))
+            (root / label / f"{i}.png").write_bytes(png_bytes(image))
+    return root
+
+
+def test_smoke_training_writes_a_loadable_model_and_card(tmp_path: Path) -> None:
+    data = make_folder(tmp_path / "data")
+    config = TrainConfig(size=32, widths=(8, 16), epochs=1, batch_size=8, name="smoke")
+    card = train([data], tmp_path / "models", config, "pytest smoke")
+    assert card["training"]["epochs_run"] == 1 and card["training"]["command"] == "pytest smoke"
+    assert card["data"]["decoded"] == 30
+    on_disk = json.loads((tmp_path / "models" / "smoke.json").read_text())
+    assert on_disk["weights"]["sha256"] == card["weights"]["sha256"]
+    classifier = Classifier.from_card(tmp_path / "models" / "smoke.json")
+    prediction = analyse(png_bytes(synthetic_slice(256)), classifier).prediction
+    assert prediction.model_name == "smoke" and sum(prediction.probabilities.values()) > 0.999
+    split_file = json.loads((tmp_path / "models" / "smoke.split.json").read_text())
+    assert len(split_file["validation"]) == card["data"]["validation"]
+
+
+def test_near_identical_twins_share_a_group_and_one_side_of_the_split() -> None:
+    base = [synthetic_slice(96, seed=s, offset=(3 * s, -2 * s), tumour=s % 2 == 0) for s in range(12)]
+    # Twins: the same slice re-encoded as JPEG and resized, as in the public collection.
+    twins = [read_scan(jpeg_bytes(b, 70)).pixels for b in base]
+    images = base + twins
+    groups = twin_groups(thumbnails(images), 0.97)
+    for i in range(12):
+        assert groups[i] == groups[12 + i]
+    labels = ["glioma" if i % 2 else "notumor" for i in range(12)] * 2
+    train_idx, val_idx = split(labels, groups, TrainConfig(val_fraction=0.3))
+    assert len(val_idx) and len(train_idx)
+    assert not set(groups[train_idx]) & set(groups[val_idx])
+
+
+def test_unknown_subtype_tumours_may_be_any_tumour_class() -> None:
+    masks = label_masks(["glioma", "tumour", "notumor"])
+    assert masks.tolist() == [[1, 0, 0, 0], [1, 1, 0, 1], [0, 0, 1, 0]]
+
+
+def test_twins_are_down_weighted_and_classes_balanced() -> None:
+    labels = ["notumor"] * 4 + ["glioma"] * 2
+    groups = np.array([0, 0, 0, 1, 2, 3])  # three twins of one notumor slice
+    weights = sample_weights(labels, groups, unknown_weight=3.0)
+    assert weights[:4].sum() == np.float32(weights[4:].sum())
+    assert weights[0] < weights[3]
+
+
+def test_augmentation_keeps_the_model_input_contract() -> None:
+    rng = np.random.default_rng(0)
+    spec = InputSpec(64)
+    image = synthetic_slice(224, tumour=True)
+    for _ in range(10):
+        x = augment(image, rng, spec, reference=synthetic_slice(64, seed=3))
+        assert x.shape == (64, 64, 1) and x.dtype == np.float32 and x.min() >= 0 and x.max() <= 1
+
+
+def test_histogram_matching_takes_the_reference_distribution() -> None:
+    image = synthetic_slice(128)
+    reference = (synthetic_slice(128, seed=5).astype(np.float32) ** 0.7 * 6).clip(0, 255).astype(np.uint8)
+    matched = match_histogram(image, reference)
+    assert abs(float(np.median(matched)) - float(np.median(reference))) <= 3
+
+
+def test_temperature_fit_recovers_an_overconfident_scale() -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2, (6000, 4))
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    true = np.array([rng.choice(4, p=row) for row in p])  # labels drawn from softmax(logits): calibrated at T = 1
+    masks = np.eye(4, dtype=np.float32)[true]
+    assert 0.9 < fit_temperature(logits, masks) < 1.1
+    assert 2.7 < fit_temperature(logits * 3.0, masks) < 3.3
