@@ -61,3 +61,21 @@ class ModelError(Exception):
     """The model file or its card cannot be used (missing, hash mismatch, shape disagrees with the card)."""
 
     code = "model_error"
+
+
+class StoreError(Exception):
+    """The results database refused or failed an operation; the message is safe to show (no credentials)."""
+
+    code = "store_error"
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached (or is locked) right now; the caller may retry later."""
+
+    code = "store_unavailable"
+
+
+class InvalidRecord(StoreError):
+    """A record failed validation and was not written."""
+
+    code = "invalid_record"

@@ -1,0 +1,139 @@
+"""Store benchmark: fill SQLite with synthetic records, then time every dashboard aggregate and single inserts.
+
+    .venv/bin/python bench/store.py [--records 1000000] [--path /tmp/btd-bench.sqlite3] [--mongodb-uri URI]
+
+Records spread over two years with a weekly rhythm, four classes, several model versions. The database file is
+reused when it already holds the requested number of records. Prints a table and one JSON object (milliseconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from core.records import Filters, Record, record_id
+from core.store import MongoStore, SQLiteStore
+
+LABELS = ("glioma", "meningioma", "notumor", "pituitary")
+VERSIONS = ("0.9.0", "1.0.0", "1.1.0", "1.2.0")
+END = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def synthetic(n: int, seed: int = 0, offset: int = 0) -> list[Record]:
+    rng = np.random.default_rng(seed)
+    seconds = rng.uniform(0, 730 * 86400, n)
+    weekday_keep = rng.random(n)
+    labels = rng.choice(4, n, p=(0.2, 0.15, 0.5, 0.15))
+    confidence = np.clip(rng.beta(8, 1.5, n), 0.26, 1.0)
+    records = []
+    for i in range(n):
+        created = END - timedelta(seconds=float(seconds[i]))
+        if created.weekday() >= 5 and weekday_keep[i] < 0.6:  # fewer scans at weekends
+            created -= timedelta(days=2)
+        label = LABELS[labels[i]]
+        c = float(confidence[i])
+        probabilities = {name: (c if name == label else (1 - c) / 3) for name in LABELS}
+        version = VERSIONS[min(3, int((730 * 86400 - seconds[i]) / (730 * 86400 / 4)))]
+        sha = f"{offset + i:064x}"
+        records.append(
+            Record(
+                id=record_id(sha, "btd-cnn", version, None),
+                created_at=created,
+                image_sha256=sha,
+                image_format="png",
+                image_width=512,
+                image_height=512,
+                image_bytes=150_000,
+                model_name="btd-cnn",
+                model_version=version,
+                label=label,
+                probabilities=probabilities,
+                tumour_probability=1 - probabilities["notumor"],
+                is_tumour=label != "notumor",
+                roi=(10, 12, 500, 498),
+                timings_ms={"total": 20.0},
+                uploader="bench",
+            )
+        )
+    return records
+
+
+def timed(fn, repeats: int = 7) -> dict[str, float]:
+    fn()  # warm the page cache
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1000)
+    return {"p50": round(statistics.median(samples), 2), "max": round(max(samples), 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--path", default="/tmp/btd-bench.sqlite3")
+    parser.add_argument("--mongodb-uri", default=None, help="benchmark a real MongoDB instead of SQLite")
+    args = parser.parse_args()
+
+    store = MongoStore.connect(args.mongodb_uri, "btd_bench") if args.mongodb_uri else SQLiteStore(Path(args.path))
+    report: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "store": store.describe()}
+    have = store.summary().total
+    if have < args.records:
+        if have and not args.mongodb_uri:
+            Path(args.path).unlink()
+            for suffix in ("-wal", "-shm"):
+                Path(args.path + suffix).unlink(missing_ok=True)
+            store = SQLiteStore(Path(args.path))
+        started = time.perf_counter()
+        chunk = 50_000
+        for start in range(0, args.records, chunk):
+            store.add_many(synthetic(min(chunk, args.records - start), seed=start, offset=start))
+            print(f"inserted {start + chunk:,}", file=sys.stderr, end="\r")
+        report["bulk_insert_records_per_s"] = round(args.records / (time.perf_counter() - started))
+    last_30 = Filters(start=END - timedelta(days=30), end=END)
+    one_year = Filters(start=END - timedelta(days=365), end=END, model_versions=("1.1.0", "1.2.0"))
+    queries = {
+        "summary (all)": lambda: store.summary(),
+        "summary (last 30 days)": lambda: store.summary(last_30),
+        "daily counts (all, Europe/Paris)": lambda: store.daily_counts(Filters(), "Europe/Paris"),
+        "daily counts (1 year, 2 models, America/New_York)": lambda: store.daily_counts(one_year, "America/New_York"),
+        "confidence histogram (all)": lambda: store.confidence_histogram(),
+        "confidence histogram (tumour classes)": lambda: store.confidence_histogram(
+            Filters(labels=("glioma", "meningioma", "pituitary"))
+        ),
+        "per model version (all)": lambda: store.by_model(),
+        "latest 50": lambda: store.recent(50),
+        "model versions": lambda: store.model_versions(),
+    }
+    report["records"] = store.summary().total
+    report["aggregates_ms"] = {name: timed(fn) for name, fn in queries.items()}
+    fresh = synthetic(200, seed=999_999, offset=10**12 + time.time_ns() // 1000)
+    samples = []
+    for record in fresh:
+        record = Record(**{**record.__dict__, "created_at": datetime.now(UTC)})
+        t0 = time.perf_counter()
+        store.add(record)
+        samples.append((time.perf_counter() - t0) * 1000)
+    report["single_insert_ms"] = {
+        "p50": round(statistics.median(samples), 3),
+        "p95": round(float(np.percentile(samples, 95)), 3),
+    }
+    for name, figures in report["aggregates_ms"].items():
+        print(f"{name:52} p50 {figures['p50']:8.2f} ms   max {figures['max']:8.2f} ms", file=sys.stderr)
+    print(f"{'single insert':52} p50 {report['single_insert_ms']['p50']:8.3f} ms", file=sys.stderr)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

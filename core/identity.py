@@ -1,0 +1,45 @@
+"""Pseudonymous patient references: a keyed HMAC-SHA256 of what the user typed, never the text or a plain hash.
+
+The key comes from configuration (``BTD_HMAC_KEY`` or ``[identity] hmac_key`` in secrets). For the embedded
+single-machine mode, :func:`local_key` creates a random key file in the data directory on first use (mode 0600);
+losing it means new references no longer match old ones, so back it up with the database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+KEY_FILE = "patient-ref.key"
+
+
+def normalise(text: str) -> str:
+    """Case, surrounding and repeated whitespace do not change the reference."""
+    return " ".join(text.split()).casefold()
+
+
+def pseudonymise(text: str | None, key: bytes) -> str | None:
+    """HMAC-SHA256 hex of the normalised text, or None when nothing was typed."""
+    if text is None or not normalise(text):
+        return None
+    if len(key) < 16:
+        raise ValueError("the patient-reference key must be at least 16 bytes")
+    return hmac.new(key, normalise(text).encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def local_key(data_dir: Path) -> bytes:
+    """Read the embedded-mode key from ``data_dir``, creating a random one on first use."""
+    path = data_dir / KEY_FILE
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process created it first
+            pass
+        else:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_hex(32))
+    return bytes.fromhex(path.read_text().strip())

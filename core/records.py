@@ -1,0 +1,184 @@
+"""What the database keeps about one analysed scan, and the filters and aggregates the dashboard asks for.
+
+A :class:`Record` holds no direct patient identity: a pseudonymous reference (keyed HMAC), the uploader's user
+name, UTC time, the image's SHA-256, format and size, the model, the verdict, the crop box, timings, the input
+gate's decision, and review fields that stay empty until a radiologist reviews it. No pixels, no file names, no
+DICOM header text. Its ``id`` is the idempotency key: the same image, model version and patient reference always
+make the same id, so saving twice keeps one record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING
+
+from core.errors import InvalidRecord
+
+if TYPE_CHECKING:
+    from core.pipeline import Analysis
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+GATE_DECISIONS = ("accepted", "needs_review", "rejected")
+REVIEW_VERDICTS = ("agree", "disagree", "uncertain")
+
+
+def record_id(image_sha256: str, model_name: str, model_version: str, patient_ref: str | None) -> str:
+    """The idempotency key: SHA-256 over image hash, model and patient reference."""
+    text = "\x1f".join((image_sha256, model_name, model_version, patient_ref or ""))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Record:
+    id: str
+    created_at: datetime
+    image_sha256: str
+    image_format: str
+    image_width: int
+    image_height: int
+    image_bytes: int
+    model_name: str
+    model_version: str
+    label: str
+    probabilities: Mapping[str, float]
+    tumour_probability: float
+    is_tumour: bool
+    roi: tuple[int, int, int, int]
+    timings_ms: Mapping[str, float] = field(default_factory=dict)
+    patient_ref: str | None = None
+    uploader: str | None = None
+    gate: str = "accepted"
+    gate_score: float | None = None
+    reviewer: str | None = None
+    review_verdict: str | None = None
+    final_label: str | None = None
+    review_note: str | None = None
+    reviewed_at: datetime | None = None
+
+    @property
+    def confidence(self) -> float:
+        """The probability of the predicted label."""
+        return float(self.probabilities[self.label])
+
+    def validate(self) -> Record:
+        """Raise :class:`InvalidRecord` unless every field is well-formed; returns self for chaining."""
+        problems = []
+        if not _HEX64.match(self.image_sha256):
+            problems.append("image_sha256 is not a SHA-256 hex digest")
+        if self.id != record_id(self.image_sha256, self.model_name, self.model_version, self.patient_ref):
+            problems.append("id is not the idempotency key of this image, model and patient reference")
+        if self.patient_ref is not None and not _HEX64.match(self.patient_ref):
+            problems.append("patient_ref is not a keyed hash")
+        if self.created_at.tzinfo is None or self.created_at.utcoffset() != UTC.utcoffset(None):
+            problems.append("created_at must be a UTC datetime")
+        if self.image_format not in ("png", "jpeg", "dicom"):
+            problems.append("image_format is unknown")
+        if min(self.image_width, self.image_height, self.image_bytes) <= 0:
+            problems.append("image size must be positive")
+        if not self.model_name or not self.model_version:
+            problems.append("model name and version are required")
+        probabilities = dict(self.probabilities)
+        values = list(probabilities.values())
+        if self.label not in probabilities:
+            problems.append("label is not one of the probabilities' labels")
+        if not values or not all(isinstance(p, float | int) and math.isfinite(p) and 0 <= p <= 1 for p in values):
+            problems.append("probabilities must be finite numbers in [0, 1]")
+        elif abs(sum(values) - 1.0) > 1e-3:
+            problems.append("probabilities must sum to 1")
+        if not (math.isfinite(self.tumour_probability) and 0 <= self.tumour_probability <= 1):
+            problems.append("tumour_probability must be in [0, 1]")
+        if len(self.roi) != 4 or not all(isinstance(v, int) and v >= 0 for v in self.roi):
+            problems.append("roi must be four non-negative integers")
+        elif not (self.roi[0] < self.roi[2] and self.roi[1] < self.roi[3]):
+            problems.append("roi must have positive width and height")
+        if self.gate not in GATE_DECISIONS:
+            problems.append("gate decision is unknown")
+        if self.review_verdict is not None and self.review_verdict not in REVIEW_VERDICTS:
+            problems.append("review verdict is unknown")
+        if problems:
+            raise InvalidRecord("Record refused: " + "; ".join(problems) + ".")
+        return self
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which records an aggregate covers: ``start`` inclusive, ``end`` exclusive (UTC), optional labels/models."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+    labels: tuple[str, ...] = ()
+    model_versions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Summary:
+    total: int
+    tumour: int
+    per_class: Mapping[str, int]
+    mean_confidence: float | None
+    first: datetime | None
+    last: datetime | None
+
+    @property
+    def tumour_rate(self) -> float | None:
+        return self.tumour / self.total if self.total else None
+
+
+@dataclass(frozen=True)
+class DayCount:
+    """Scans and tumour verdicts on one local calendar day (in the time zone the query asked for)."""
+
+    day: date
+    total: int
+    tumour: int
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    model_name: str
+    model_version: str
+    total: int
+    tumour: int
+    mean_confidence: float
+    first: datetime
+    last: datetime
+
+
+def new_record(
+    analysis: Analysis,
+    *,
+    patient_ref: str | None,
+    uploader: str | None,
+    negative_label: str,
+    created_at: datetime | None = None,
+    gate: str = "accepted",
+    gate_score: float | None = None,
+) -> Record:
+    """The record of one analysis (validated). ``patient_ref`` must already be pseudonymised."""
+    prediction, scan = analysis.prediction, analysis.scan
+    return Record(
+        id=record_id(scan.sha256, prediction.model_name, prediction.model_version, patient_ref),
+        created_at=created_at or datetime.now(UTC),
+        image_sha256=scan.sha256,
+        image_format=scan.format,
+        image_width=scan.width,
+        image_height=scan.height,
+        image_bytes=scan.size_bytes,
+        model_name=prediction.model_name,
+        model_version=prediction.model_version,
+        label=prediction.label,
+        probabilities=dict(prediction.probabilities),
+        tumour_probability=prediction.tumour_probability,
+        is_tumour=prediction.label != negative_label,
+        roi=tuple(int(v) for v in prediction.roi),  # type: ignore[arg-type]
+        timings_ms=dict(prediction.timings_ms),
+        patient_ref=patient_ref,
+        uploader=uploader,
+        gate=gate,
+        gate_score=gate_score,
+    ).validate()

@@ -1,0 +1,292 @@
+"""One contract suite, run against SQLite, mongomock and (when BTD_TEST_MONGODB_URI is set) a real MongoDB.
+
+mongomock checks the pipelines' logic; it is not a server. The real-server run is the only proof of indexes,
+the validator and write concern, and it needs a MongoDB the tests can reach.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from core.errors import InvalidRecord, StoreError, StoreUnavailable
+from core.identity import local_key, pseudonymise
+from core.records import DayCount, Filters, Record, record_id
+from core.stats import roll_up, suppress_small
+from core.store import MongoStore, SQLiteStore, open_store, utc_offset_segments
+
+LABELS = ("glioma", "meningioma", "notumor", "pituitary")
+
+
+def make_record(
+    n: int,
+    created_at: datetime,
+    label: str = "glioma",
+    version: str = "1.0.0",
+    confidence: float = 0.9,
+    patient: str | None = None,
+) -> Record:
+    rest = (1.0 - confidence) / 3
+    probabilities = {name: (confidence if name == label else rest) for name in LABELS}
+    sha = f"{n:064x}"
+    return Record(
+        id=record_id(sha, "btd-cnn", version, patient),
+        created_at=created_at,
+        image_sha256=sha,
+        image_format="png",
+        image_width=512,
+        image_height=512,
+        image_bytes=12345,
+        model_name="btd-cnn",
+        model_version=version,
+        label=label,
+        probabilities=probabilities,
+        tumour_probability=1.0 - probabilities["notumor"],
+        is_tumour=label != "notumor",
+        roi=(10, 20, 300, 400),
+        timings_ms={"total": 12.5},
+        patient_ref=patient,
+        uploader="dr-test",
+    )
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+# Fixed data: around the Europe/Paris spring-forward night (2026-03-29, 02:00 -> 03:00 local), and other months.
+FIXTURE = [
+    make_record(1, utc(2026, 3, 28, 23, 30), "glioma", "1.0.0", 0.95),  # Paris 03-29 00:30 (CET)
+    make_record(2, utc(2026, 3, 29, 0, 30), "notumor", "1.0.0", 0.80),  # Paris 03-29 01:30
+    make_record(3, utc(2026, 3, 29, 21, 30), "pituitary", "1.0.0", 0.62),  # Paris 03-29 23:30 (CEST)
+    make_record(4, utc(2026, 3, 29, 22, 30), "notumor", "1.0.0", 0.99),  # Paris 03-30 00:30
+    make_record(5, utc(2026, 2, 10, 12, 0), "meningioma", "0.9.0", 0.51),
+    make_record(6, utc(2026, 2, 11, 12, 0), "glioma", "0.9.0", 0.70),
+    make_record(7, utc(2026, 4, 1, 8, 0), "notumor", "1.0.0", 0.97),
+    make_record(8, utc(2026, 4, 6, 8, 0), "glioma", "1.0.0", 0.88),
+]
+
+
+def _stores() -> list[str]:
+    kinds = ["sqlite", "mongomock"]
+    if os.environ.get("BTD_TEST_MONGODB_URI"):
+        kinds.append("mongodb")
+    return kinds
+
+
+@pytest.fixture(params=_stores())
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLiteStore | MongoStore]:
+    if request.param == "sqlite":
+        yield SQLiteStore(tmp_path / "results.sqlite3")
+    elif request.param == "mongomock":
+        import mongomock
+
+        yield MongoStore(mongomock.MongoClient(tz_aware=True), collection=f"scans_{uuid.uuid4().hex[:8]}")
+    else:
+        database = f"btd_test_{uuid.uuid4().hex[:8]}"
+        real = MongoStore.connect(os.environ["BTD_TEST_MONGODB_URI"], database)
+        yield real
+        real._client.drop_database(database)
+
+
+@pytest.fixture
+def filled(store: SQLiteStore | MongoStore) -> SQLiteStore | MongoStore:
+    for record in FIXTURE:
+        assert store.add(record) is True
+    return store
+
+
+def test_same_upload_saves_one_record(store) -> None:
+    record = FIXTURE[0]
+    assert store.add(record) is True
+    assert store.add(record) is False
+    assert store.add(replace(record, created_at=record.created_at + timedelta(minutes=5))) is False
+    assert store.summary().total == 1
+
+
+def test_round_trip_keeps_every_field(store) -> None:
+    record = make_record(42, utc(2026, 5, 1, 9, 15, 30), "pituitary", patient="a" * 64)
+    store.add(record)
+    back = store.get(record.id)
+    assert back == record
+    assert back.created_at.tzinfo is not None and back.created_at == record.created_at
+    assert store.get("0" * 64) is None
+
+
+def test_invalid_records_are_refused_before_the_database(store) -> None:
+    good = FIXTURE[0]
+    bad = [
+        replace(good, probabilities={"glioma": 0.7, "notumor": 0.7}),
+        replace(good, tumour_probability=1.5),
+        replace(good, created_at=datetime(2026, 1, 1)),  # naive
+        replace(good, image_sha256="not-a-hash"),
+        replace(good, roi=(10, 10, 5, 5)),
+        replace(good, label="cat"),
+        replace(good, patient_ref="ZZCANARY Test"),
+        replace(good, id="f" * 64),
+    ]
+    for record in bad:
+        with pytest.raises(InvalidRecord):
+            store.add(record)
+    assert store.summary().total == 0
+
+
+def test_summary_counts_and_rates(filled) -> None:
+    summary = filled.summary()
+    assert summary.total == 8 and summary.tumour == 5
+    assert summary.tumour_rate == pytest.approx(5 / 8)
+    assert dict(summary.per_class) == {"glioma": 3, "notumor": 3, "pituitary": 1, "meningioma": 1}
+    assert summary.mean_confidence == pytest.approx((0.95 + 0.80 + 0.62 + 0.99 + 0.51 + 0.70 + 0.97 + 0.88) / 8)
+    assert summary.first == utc(2026, 2, 10, 12, 0) and summary.last == utc(2026, 4, 6, 8, 0)
+
+
+def test_filters_by_date_label_and_model(filled) -> None:
+    march = Filters(start=utc(2026, 3, 1), end=utc(2026, 4, 1))
+    assert filled.summary(march).total == 4
+    assert filled.summary(Filters(labels=("notumor",))).total == 3
+    assert filled.summary(Filters(model_versions=("0.9.0",))).total == 2
+    both = Filters(start=utc(2026, 3, 1), labels=("glioma", "pituitary"), model_versions=("1.0.0",))
+    assert filled.summary(both).total == 3
+    assert filled.summary(Filters(start=utc(2030, 1, 1))).total == 0
+    assert filled.summary(Filters(start=utc(2030, 1, 1))).tumour_rate is None
+
+
+def test_days_follow_the_viewers_time_zone_across_dst(filled) -> None:
+    march = Filters(start=utc(2026, 3, 28), end=utc(2026, 3, 31))
+    paris = filled.daily_counts(march, "Europe/Paris")
+    assert paris == [DayCount(date(2026, 3, 29), 3, 2), DayCount(date(2026, 3, 30), 1, 0)]
+    in_utc = filled.daily_counts(march, "UTC")
+    assert in_utc == [DayCount(date(2026, 3, 28), 1, 1), DayCount(date(2026, 3, 29), 3, 1)]
+    tokyo = filled.daily_counts(march, "Asia/Tokyo")  # +9: 08:30, 09:30, 06:30 and 07:30 the next days
+    assert [(d.day.day, d.total) for d in tokyo] == [(29, 2), (30, 2)]
+
+
+def test_weeks_and_months_roll_up_from_days(filled) -> None:
+    days = filled.daily_counts(Filters(), "Europe/Paris")
+    assert sum(d.total for d in days) == 8
+    months = roll_up(days, "month")
+    assert [(m.start, m.total, m.tumour) for m in months] == [
+        (date(2026, 2, 1), 2, 2),
+        (date(2026, 3, 1), 4, 2),
+        (date(2026, 4, 1), 2, 1),
+    ]
+    weeks = roll_up(days, "week")
+    assert weeks[0].start == date(2026, 2, 9)  # a Monday
+    assert all(w.start.weekday() == 0 for w in weeks)
+    assert sum(w.total for w in weeks) == 8
+
+
+def test_confidence_histogram(filled) -> None:
+    counts = filled.confidence_histogram(bins=10)
+    assert len(counts) == 10 and sum(counts) == 8
+    assert counts[9] == 3  # 0.95, 0.99, 0.97
+    assert counts[8] == 2 and counts[7] == 1 and counts[6] == 1 and counts[5] == 1
+
+
+def test_per_model_version(filled) -> None:
+    rows = filled.by_model()
+    assert [(r.model_version, r.total, r.tumour) for r in rows] == [("0.9.0", 2, 2), ("1.0.0", 6, 3)]
+    assert rows[0].mean_confidence == pytest.approx((0.51 + 0.70) / 2)
+    assert filled.model_versions() == ["0.9.0", "1.0.0"]
+
+
+def test_latest_records_newest_first(filled) -> None:
+    latest = filled.recent(3)
+    assert [r.image_sha256[-1] for r in latest] == ["8", "7", "4"]
+    assert [r.label for r in filled.recent(5, Filters(labels=("notumor",)))] == ["notumor"] * 3
+
+
+def test_review_fields_start_empty_and_can_be_set(filled) -> None:
+    record = FIXTURE[2]
+    assert filled.get(record.id).review_verdict is None
+    filled.review(record.id, "dr-review", "disagree", "meningioma", "enhancing dural tail")
+    reviewed = filled.get(record.id)
+    assert (reviewed.reviewer, reviewed.review_verdict, reviewed.final_label) == ("dr-review", "disagree", "meningioma")
+    assert reviewed.reviewed_at is not None
+    with pytest.raises(InvalidRecord):
+        filled.review(record.id, "dr-review", "maybe", None, "")
+
+
+def test_offset_segments_find_the_transition() -> None:
+    segments = utc_offset_segments(
+        "Europe/Paris", int(utc(2026, 3, 1).timestamp() * 1000), int(utc(2026, 4, 30).timestamp() * 1000)
+    )
+    assert [offset for _, offset in segments] == [3_600_000, 7_200_000]
+    assert segments[1][0] == int(utc(2026, 3, 29, 1, 0).timestamp() * 1000)
+
+
+def test_small_cells_are_suppressed() -> None:
+    assert [suppress_small(n) for n in (0, 1, 4, 5, 12)] == [0, None, None, 5, 12]
+
+
+# --- SQLite faults ------------------------------------------------------------------------------------------
+
+
+def test_corrupt_sqlite_file_gives_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "results.sqlite3"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match="corrupt"):
+        SQLiteStore(path)
+
+
+def test_locked_sqlite_file_gives_a_retryable_error(tmp_path: Path) -> None:
+    path = tmp_path / "results.sqlite3"
+    store = SQLiteStore(path, busy_timeout_s=0.2)
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StoreUnavailable, match="locked"):
+            store.add(FIXTURE[0])
+    finally:
+        blocker.execute("ROLLBACK")
+    assert store.add(FIXTURE[0]) is True
+
+
+def test_concurrent_writers_keep_one_record_per_upload(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "results.sqlite3")
+    results: list[bool] = []
+    lock = threading.Lock()
+
+    def save(k: int) -> None:
+        outcome = store.add(FIXTURE[k % 4])
+        with lock:
+            results.append(outcome)
+
+    threads = [threading.Thread(target=save, args=(k,)) for k in range(24)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results.count(True) == 4 and store.summary().total == 4
+
+
+def test_unreachable_mongodb_fails_within_three_seconds() -> None:
+    import time
+
+    started = time.perf_counter()
+    with pytest.raises(StoreUnavailable, match="cannot be reached"):
+        # Port 9 on loopback (discard): nothing listens, so the connection is refused at once.
+        open_store("mongodb://127.0.0.1:9/?directConnection=true", Path("/nonexistent")).ping()
+    assert time.perf_counter() - started < 3.5
+
+
+# --- identities ---------------------------------------------------------------------------------------------
+
+
+def test_patient_reference_is_a_keyed_hash_of_normalised_text(tmp_path: Path) -> None:
+    key = local_key(tmp_path)
+    assert local_key(tmp_path) == key and len(key) == 32
+    assert oct((tmp_path / "patient-ref.key").stat().st_mode)[-3:] == "600"
+    ref = pseudonymise("  ZZCANARY   Test ", key)
+    assert ref == pseudonymise("zzcanary test", key)
+    assert ref != pseudonymise("zzcanary test", b"another key of 16+ bytes")
+    assert "ZZCANARY" not in ref.upper() and len(ref) == 64
+    assert pseudonymise("   ", key) is None
