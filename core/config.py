@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = PROJECT_ROOT / "models"
@@ -14,3 +16,30 @@ def model_card_path() -> Path:
     """The card of the model to serve: ``BTD_MODEL`` (a card path) or the shipped ``models/btd-cnn.json``."""
     configured = os.environ.get("BTD_MODEL")
     return Path(configured) if configured else MODELS_DIR / f"{DEFAULT_MODEL_NAME}.json"
+
+
+def data_dir() -> Path:
+    """Where the embedded database and the local patient-reference key live: ``BTD_DATA_DIR`` or ``data/``."""
+    return Path(os.environ.get("BTD_DATA_DIR") or PROJECT_ROOT / "data")
+
+
+def mongodb_uri(secrets: Mapping[str, Any]) -> str | None:
+    """``MONGODB_URI`` from the environment, else ``[mongo] uri`` from the Streamlit secrets; None = embedded."""
+    return os.environ.get("MONGODB_URI") or (secrets.get("mongo") or {}).get("uri") or None
+
+
+def patient_key(secrets: Mapping[str, Any], shared_database: bool) -> bytes | None:
+    """The HMAC key for patient references: ``BTD_HMAC_KEY`` or ``[identity] hmac_key`` (hex or text).
+
+    With the embedded database a local random key is created on first run. With a shared MongoDB every replica
+    must use the same configured key; None means none is configured and patient references are disabled.
+    """
+    from core.identity import local_key
+
+    configured = os.environ.get("BTD_HMAC_KEY") or (secrets.get("identity") or {}).get("hmac_key")
+    if configured:
+        try:
+            return bytes.fromhex(configured)
+        except ValueError:
+            return configured.encode("utf-8")
+    return None if shared_database else local_key(data_dir())

@@ -290,3 +290,14 @@ def test_patient_reference_is_a_keyed_hash_of_normalised_text(tmp_path: Path) ->
     assert ref != pseudonymise("zzcanary test", b"another key of 16+ bytes")
     assert "ZZCANARY" not in ref.upper() and len(ref) == 64
     assert pseudonymise("   ", key) is None
+
+
+def test_mongodb_indexes_serve_the_dashboard_queries(store) -> None:
+    if not isinstance(store, MongoStore):
+        pytest.skip("MongoDB only")
+    store.add(FIXTURE[0])
+    keys = {tuple(name for name, _ in spec["key"]) for spec in store._collection.index_information().values()}
+    assert {("created_at", "model_version", "label"), ("model_version", "created_at"), ("label", "created_at")} <= keys
+    if os.environ.get("BTD_TEST_MONGODB_URI"):  # a real server: the date-range query must use an index
+        plan = store._collection.find({"created_at": {"$gte": utc(2026, 1, 1)}}).explain()
+        assert "IXSCAN" in str(plan["queryPlanner"]["winningPlan"])

@@ -1,0 +1,89 @@
+"""Scan page: upload one scan or a batch; for each, the original, the brain crop and the verdict; saved once."""
+
+import pandas as pd
+import streamlit as st
+
+from core.errors import ModelError
+from core.identity import pseudonymise
+from core.triage import NOT_SAVED, analyse_upload, save, summary_row
+from ui import resources
+from ui.page import setup_page
+from ui.render import scan_panel
+
+setup_page("Scan")
+st.title("Scan triage")
+
+try:
+    classifier = resources.current_classifier()
+except ModelError as error:
+    st.error(f"The model cannot be used: {error}")
+    st.stop()
+
+# Per-session memory (never shared between sessions): analyses and save outcomes keyed by upload and model.
+analyses = st.session_state.setdefault("analyses", {})
+saves = st.session_state.setdefault("saves", {})
+
+
+def retry_unsaved() -> None:
+    for key in [k for k, status in saves.items() if status.state == NOT_SAVED]:
+        del saves[key]
+
+
+key = resources.current_patient_key()
+patient_text = st.text_input(
+    "Patient reference (optional, enter before uploading)",
+    help="Kept only as a keyed hash, never as typed. Links this patient's scans without storing who they are.",
+    disabled=key is None,
+    placeholder="e.g. the local study number" if key else "Patient references need [identity] hmac_key in secrets",
+)
+uploads = st.file_uploader(
+    "MRI slices: PNG, JPEG or DICOM",
+    type=["png", "jpg", "jpeg", "dcm", "dicom"],
+    accept_multiple_files=True,
+    help="Each file is checked by its content; one brain slice per file (choose a frame for DICOM volumes).",
+)
+if not uploads:
+    st.info("Drop one scan or a whole batch. Each is cropped to the brain and classified; results are saved once.")
+    st.stop()
+
+store = resources.current_store()
+patient_ref = pseudonymise(patient_text, key) if key else None
+uploader = st.user.get("email")  # None unless the deployment configures sign-in
+model_tag = f"{classifier.card.name}:{classifier.card.version}"
+progress = st.progress(0.0, text="Analysing…") if len(uploads) > 1 else None
+rows = []
+for index, upload in enumerate(uploads, start=1):
+    data = upload.getvalue()
+    cache_key = (upload.file_id, model_tag)
+    if cache_key not in analyses:
+        analyses[cache_key] = analyse_upload(data, classifier)
+    outcome = analyses[cache_key]
+    status = None
+    if outcome.analysis is not None:
+        if cache_key not in saves:
+            saves[cache_key] = save(
+                outcome.analysis,
+                store,
+                patient_ref=patient_ref,
+                uploader=uploader,
+                negative_label=classifier.card.negative_label,
+            )
+        status = saves[cache_key]
+    scan_panel(index, outcome, status)
+    st.divider()
+    rows.append(summary_row(index, outcome, status))
+    if progress:
+        progress.progress(index / len(uploads), text=f"Analysed {index} of {len(uploads)} scans")
+
+table = pd.DataFrame(rows)
+st.subheader("Batch summary")
+classified = sum(row["result"] == "classified" for row in rows)
+tumours = sum(row["label"] not in (None, classifier.card.negative_label) for row in rows)
+st.caption(f"{classified} of {len(rows)} scans classified; {tumours} with a tumour verdict.")
+st.dataframe(table, hide_index=True, use_container_width=True)
+left, right = st.columns(2)
+left.download_button(
+    "Download results (CSV)", table.to_csv(index=False).encode("utf-8"), "scan-results.csv", "text/csv"
+)
+if any(status.state == NOT_SAVED for status in saves.values()):
+    right.button("Retry saving", on_click=retry_unsaved, type="primary")

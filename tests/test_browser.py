@@ -1,0 +1,137 @@
+"""End to end in Debian chromium: start `streamlit run`, upload a scan, wait for the verdict, check statistics.
+
+Skipped when /usr/bin/chromium is missing (`.ci/run` installs it). Screenshots go to artifacts/.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.scans import png_bytes, synthetic_slice
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = ROOT / "artifacts"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (.ci/run installs it)"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`streamlit run` on a free loopback port with a fresh data directory and the shipped (or a tiny) model."""
+    from tests.scans import write_model_card
+
+    shipped = ROOT / "models" / "btd-cnn.json"
+    card = shipped if shipped.exists() else write_model_card(tmp_path_factory.mktemp("model"))
+    port = free_port()
+    env = {
+        **os.environ,
+        "BTD_MODEL": str(card),
+        "BTD_DATA_DIR": str(tmp_path_factory.mktemp("data")),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    env.pop("MONGODB_URI", None)
+    log = (tmp_path_factory.mktemp("log") / "streamlit.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.3)
+    else:
+        process.terminate()
+        pytest.fail("streamlit did not start within 60 s")
+    yield url
+    process.terminate()
+    process.wait(timeout=20)
+    log.close()
+
+
+def wait_idle(page) -> None:
+    page.wait_for_timeout(250)
+    page.locator("[data-testid='stApp'][data-test-script-state='notRunning']").wait_for(
+        state="attached", timeout=60_000
+    )
+
+
+def test_upload_to_verdict_and_statistics_in_chromium(server: str) -> None:
+    from playwright.sync_api import FilePayload, expect, sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(server)
+        wait_idle(page)
+        expect(page.get_by_text("Scan triage")).to_be_visible(timeout=60_000)
+        expect(page.get_by_test_id("stSidebar").get_by_text("version")).to_be_visible(timeout=60_000)  # model warm
+
+        scan = png_bytes(synthetic_slice(512, tumour=True, seed=7))
+        started = time.perf_counter()
+        page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(
+            [FilePayload(name="scan.png", mimeType="image/png", buffer=scan)]
+        )
+        expect(page.get_by_test_id("stMetricLabel").filter(has_text="Verdict")).to_be_visible(timeout=30_000)
+        seconds = time.perf_counter() - started
+        wait_idle(page)
+        expect(page.get_by_test_id("stImage")).to_have_count(2)
+        page.screenshot(path=str(ARTIFACTS / "scan-page.png"), full_page=True)
+        (ARTIFACTS / "upload-to-verdict-seconds.txt").write_text(f"{seconds:.3f}\n")
+        print(f"upload to verdict: {seconds:.3f} s")
+
+        too_big = b"\x89PNG\r\n\x1a\n" + b"\x00" * (51 * 2**20)
+        page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(
+            [FilePayload(name="huge.png", mimeType="image/png", buffer=too_big)]
+        )
+        expect(page.get_by_text("50.0MB or smaller", exact=False).first).to_be_visible(timeout=30_000)
+
+        page.get_by_test_id("stSidebarNav").get_by_text("Statistics").click()
+        wait_idle(page)
+        scans_metric = page.get_by_test_id("stMetric").filter(has_text="Scans")
+        expect(scans_metric.get_by_test_id("stMetricValue")).to_have_text("1", timeout=30_000)
+        expect(page.get_by_test_id("stPlotlyChart").first).to_be_visible()
+        page.screenshot(path=str(ARTIFACTS / "statistics-page.png"), full_page=True)
+        browser.close()
+    assert seconds < 10  # the 1.5 s target is measured and reported, not asserted in a shared CI machine
+
+
+def test_upload_endpoint_refuses_requests_without_the_xsrf_token(server: str) -> None:
+    request = urllib.request.Request(
+        f"{server}/_stcore/upload_file/session/file", data=b"x", method="PUT", headers={"Content-Type": "image/png"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(request, timeout=5)
+    assert error.value.code == 403
