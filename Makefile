@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8501
 
-.PHONY: run test lint format bench clean
+.PHONY: run test lint format audit bench clean
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ format: $(VENV)/.dev
 
 test: lint
 	$(PY) -m pytest
+
+audit: $(VENV)/.dev
+	$(PY) -m pip_audit -r requirements.txt --progress-spinner off
 
 bench: $(VENV)/.dev
 	$(PY) bench/pipeline.py

@@ -4,8 +4,8 @@ import streamlit as st
 
 navigation = st.navigation(
     [
-        st.Page("pages/scan.py", title="Scan", icon="🧠", default=True),
-        st.Page("pages/statistics.py", title="Statistics", icon="📈"),
+        st.Page("pages/scan.py", title="Scan", icon=":material/neurology:", default=True),
+        st.Page("pages/statistics.py", title="Statistics", icon=":material/monitoring:"),
     ]
 )
 navigation.run()

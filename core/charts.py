@@ -27,6 +27,7 @@ def tumour_rate_figure(periods: Sequence[PeriodRate], period: str) -> go.Figure:
     figure.add_scatter(x=starts, y=rates, name="tumour rate %", mode="lines+markers", line_color="#c0392b")
     figure.update_layout(
         title=f"Tumour rate per {period}",
+        xaxis={"type": "category", "title": f"{period} starting"},
         yaxis={"title": "tumour rate %", "range": [0, 100], "side": "left"},
         yaxis2={"title": "scans", "overlaying": "y", "side": "right", "showgrid": False},
         legend={"orientation": "h", "y": -0.2},
@@ -35,12 +36,13 @@ def tumour_rate_figure(periods: Sequence[PeriodRate], period: str) -> go.Figure:
     return figure
 
 
-def class_mix_figure(per_class: Mapping[str, int]) -> go.Figure:
+def class_mix_figure(per_class: Mapping[str, int], names: Mapping[str, str] | None = None) -> go.Figure:
+    """Scans per predicted class, largest first; ``names`` maps labels to display names."""
     labels = sorted(per_class, key=lambda name: -per_class[name])
     figure = go.Figure(
         go.Bar(
             x=[per_class[name] for name in labels],
-            y=labels,
+            y=[(names or {}).get(name, name) for name in labels],
             orientation="h",
             marker_color=[CLASS_COLOURS.get(name, "#566573") for name in labels],
         )
@@ -59,13 +61,13 @@ def confidence_figure(counts: Sequence[int]) -> go.Figure:
     return figure
 
 
-def probabilities_figure(probabilities: Mapping[str, float]) -> go.Figure:
-    """Horizontal bars of one scan's class probabilities, in percent."""
+def probabilities_figure(probabilities: Mapping[str, float], names: Mapping[str, str] | None = None) -> go.Figure:
+    """Horizontal bars of one scan's class probabilities, in percent; ``names`` maps labels to display names."""
     labels = list(probabilities)
     figure = go.Figure(
         go.Bar(
             x=[probabilities[name] * 100 for name in labels],
-            y=labels,
+            y=[(names or {}).get(name, name) for name in labels],
             orientation="h",
             marker_color=[CLASS_COLOURS.get(name, "#566573") for name in labels],
             text=[f"{probabilities[name] * 100:.1f}%" for name in labels],

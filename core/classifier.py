@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import ModelError
+from core.gate import GatePolicy, GateResult
 from core.preprocess import InputSpec
 
 OUTPUT_KINDS = ("logits", "softmax", "sigmoid")
@@ -45,6 +46,7 @@ class ModelCard:
     temperature: float = 1.0
     threshold: float = 0.5
     metrics: Mapping[str, Any] = field(default_factory=dict)
+    gate: Mapping[str, Any] = field(default_factory=dict)
     path: Path | None = None
 
     @classmethod
@@ -76,6 +78,7 @@ class ModelCard:
                 temperature=float(raw.get("calibration", {}).get("temperature", 1.0)),
                 threshold=float(raw.get("threshold", 0.5)),
                 metrics=raw.get("metrics", {}),
+                gate=raw.get("gate", {}),
                 path=path,
             )
         except (KeyError, TypeError, ValueError) as error:
@@ -112,9 +115,11 @@ class Prediction:
     model_name: str
     model_version: str
     timings_ms: Mapping[str, float]
+    gate: GateResult | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
+            **({"gate": self.gate.to_json()} if self.gate else {}),
             "label": self.label,
             "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
             "tumour_probability": round(self.tumour_probability, 6),
@@ -205,11 +210,19 @@ class Classifier:
         if units != expected_units:
             raise ModelError(f"Model {self.card.name} has {units} outputs, its card implies {expected_units}.")
 
+    def scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Float32 batch (N, size, size, channels) -> (raw model outputs, calibrated probabilities)."""
+        with self._lock:
+            raw = np.asarray(self._forward(batch.astype(np.float32, copy=False)))
+        return raw, calibrated_probabilities(raw, self.card)
+
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Float32 batch (N, size, size, channels) -> calibrated probabilities (N, len(labels))."""
-        with self._lock:
-            raw = self._forward(batch.astype(np.float32, copy=False))
-        return calibrated_probabilities(np.asarray(raw), self.card)
+        return self.scores(batch)[1]
+
+    @property
+    def gate_policy(self) -> GatePolicy:
+        return GatePolicy.from_card(self.card.gate)
 
     def verdict(self, probabilities: np.ndarray) -> tuple[str, dict[str, float], float]:
         """One row of calibrated probabilities -> (label, {label: p}, tumour probability)."""

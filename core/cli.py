@@ -16,6 +16,7 @@ from typing import Any, TextIO
 from core.classifier import Classifier
 from core.config import model_card_path
 from core.errors import FileTooLarge, ModelError, ScanError
+from core.gate import REJECTED
 from core.imaging import DEFAULT_LIMITS
 from core.metrics import classification_report, percentiles_ms
 from core.pipeline import analyse
@@ -64,6 +65,10 @@ def _classify_file(path: Path, classifier: Classifier, frame: int | None) -> dic
         return {"file": str(path), **_error(error.code, str(error))}
     except Exception:  # a bug must not stop a batch nor print a traceback
         return {"file": str(path), **_error("internal_error", "Unexpected error while analysing this file.")}
+    gate = analysis.prediction.gate
+    if gate is not None and gate.decision == REJECTED:  # never a diagnosis for what is not a brain MRI
+        message = "This does not look like a brain MRI slice: " + "; ".join(gate.reasons) + "."
+        return {"file": str(path), "gate": gate.to_json(), **_error("not_brain_mri", message)}
     return {"file": str(path), **analysis.prediction.to_json()}
 
 

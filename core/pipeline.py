@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.classifier import Classifier, Prediction
+from core.gate import assess
 from core.imaging import DEFAULT_LIMITS, Limits, Scan, read_scan
 from core.preprocess import to_model_input
 from core.roi import BrainRegion, find_brain
@@ -18,7 +19,8 @@ from core.roi import BrainRegion, find_brain
 
 @dataclass(frozen=True, eq=False)
 class Analysis:
-    """Everything the UI draws for one scan: the decoded scan, the brain region, the model input and the verdict."""
+    """Everything the UI draws for one scan: the decoded scan, the brain region, the model input and the verdict
+    (whose ``gate`` says whether it may be shown as a diagnosis)."""
 
     scan: Scan
     region: BrainRegion
@@ -35,9 +37,13 @@ def analyse(data: bytes, classifier: Classifier, limits: Limits = DEFAULT_LIMITS
     crop_done = time.perf_counter()
     model_input = to_model_input(scan.pixels, region.box, classifier.card.input)
     prep_done = time.perf_counter()
-    probabilities = classifier.probabilities(model_input[None])[0]
+    raw, calibrated = classifier.scores(model_input[None])
+    probabilities = calibrated[0]
     predict_done = time.perf_counter()
     label, by_label, tumour_probability = classifier.verdict(probabilities)
+    card = classifier.card
+    logits = raw[0] if card.output == "logits" else None
+    gate = assess(scan, region, logits, probabilities, card.temperature, classifier.gate_policy)
     timings = {
         "read": (read_done - started) * 1000,
         "crop": (crop_done - read_done) * 1000,
@@ -53,5 +59,6 @@ def analyse(data: bytes, classifier: Classifier, limits: Limits = DEFAULT_LIMITS
         model_name=classifier.card.name,
         model_version=classifier.card.version,
         timings_ms=timings,
+        gate=gate,
     )
     return Analysis(scan=scan, region=region, model_input=model_input, prediction=prediction)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 GATE_DECISIONS = ("accepted", "needs_review", "rejected")
+SHOWN = ("accepted", "needs_review")  # gate decisions whose verdict was shown to the user
 REVIEW_VERDICTS = ("agree", "disagree", "uncertain")
 
 
@@ -107,12 +108,15 @@ class Record:
 
 @dataclass(frozen=True)
 class Filters:
-    """Which records an aggregate covers: ``start`` inclusive, ``end`` exclusive (UTC), optional labels/models."""
+    """Which records an aggregate covers: ``start`` inclusive, ``end`` exclusive (UTC); empty tuples mean all.
+
+    Dashboards of diagnoses use ``gates=SHOWN`` so scans the input gate rejected never count as verdicts."""
 
     start: datetime | None = None
     end: datetime | None = None
     labels: tuple[str, ...] = ()
     model_versions: tuple[str, ...] = ()
+    gates: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,7 @@ class Summary:
     total: int
     tumour: int
     per_class: Mapping[str, int]
+    per_gate: Mapping[str, int]
     mean_confidence: float | None
     first: datetime | None
     last: datetime | None

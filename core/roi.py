@@ -20,17 +20,24 @@ MIN_AREA_FRACTION = 0.02
 MIN_CONTRAST = 2.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class BrainRegion:
     """``box`` is (x0, y0, x1, y1) in the scan's pixel coordinates, x1/y1 exclusive, margin included.
 
     ``area_fraction`` is the brain contour's area over the image area; ``fill`` is the contour area over its own
-    bounding rectangle (an ellipse fills about 0.79).
+    bounding rectangle (an ellipse fills about 0.79); ``contour`` is the outline, (N, 2) in scan pixels.
     """
 
     box: tuple[int, int, int, int]
     area_fraction: float
     fill: float
+    contour: np.ndarray
+
+    def mask(self, shape: tuple[int, int]) -> np.ndarray:
+        """The filled brain outline as a boolean image of ``shape``."""
+        canvas = np.zeros(shape, np.uint8)
+        cv2.fillPoly(canvas, [self.contour.astype(np.int32)], 1)
+        return canvas.astype(bool)
 
 
 def find_brain(pixels: np.ndarray, margin: float = 0.04) -> BrainRegion:
@@ -64,4 +71,5 @@ def find_brain(pixels: np.ndarray, margin: float = 0.04) -> BrainRegion:
     y0 = max(0, int(np.floor((y - pad) / scale)))
     x1 = min(width, int(np.ceil((x + w + pad) / scale)))
     y1 = min(height, int(np.ceil((y + h + pad) / scale)))
-    return BrainRegion(box=(x0, y0, x1, y1), area_fraction=area / image_area, fill=area / float(w * h))
+    outline = (contour.reshape(-1, 2).astype(np.float32) / scale).round().astype(np.int32)
+    return BrainRegion(box=(x0, y0, x1, y1), area_fraction=area / image_area, fill=area / float(w * h), contour=outline)

@@ -153,6 +153,28 @@ def _as_utc(value: datetime | int) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+_SUMMARY_KEYS = ("label", "gate", "n", "tumour", "confidence", "first", "last")
+
+
+def _summary(rows: Sequence[Mapping[str, Any]]) -> Summary:
+    """Fold (label, gate) group rows into a :class:`Summary`; ``first``/``last`` are ms or datetimes."""
+    total = sum(row["n"] for row in rows)
+    per_class: dict[str, int] = {}
+    per_gate: dict[str, int] = {}
+    for row in rows:
+        per_class[row["label"]] = per_class.get(row["label"], 0) + row["n"]
+        per_gate[row["gate"]] = per_gate.get(row["gate"], 0) + row["n"]
+    return Summary(
+        total=total,
+        tumour=sum(row["tumour"] for row in rows),
+        per_class=per_class,
+        per_gate=per_gate,
+        mean_confidence=sum(row["confidence"] for row in rows) / total if total else None,
+        first=_as_utc(min(row["first"] for row in rows)) if rows else None,
+        last=_as_utc(max(row["last"] for row in rows)) if rows else None,
+    )
+
+
 def _days(rows: Sequence[tuple[int, int, int]]) -> list[DayCount]:
     return [DayCount(day=date(1970, 1, 1) + timedelta(days=int(d)), total=int(n), tumour=int(t)) for d, n, t in rows]
 
@@ -187,14 +209,14 @@ CREATE TABLE IF NOT EXISTS scans (
     review_note TEXT,
     reviewed_ms INTEGER
 );
-CREATE INDEX IF NOT EXISTS scans_by_time ON scans (created_ms, model_version, label, is_tumour, confidence);
-CREATE INDEX IF NOT EXISTS scans_by_label ON scans (label, is_tumour, confidence, created_ms, model_version);
+CREATE INDEX IF NOT EXISTS scans_by_time ON scans (created_ms, model_version, label, gate, is_tumour, confidence);
+CREATE INDEX IF NOT EXISTS scans_by_label ON scans (label, gate, is_tumour, confidence, created_ms, model_version);
 CREATE INDEX IF NOT EXISTS scans_by_version
-    ON scans (model_version, model_name, created_ms, label, is_tumour, confidence);
+    ON scans (model_version, model_name, created_ms, label, gate, is_tumour, confidence);
 CREATE INDEX IF NOT EXISTS scans_by_quarter
-    ON scans (created_ms / 900000, created_ms, is_tumour, model_version, label);
+    ON scans (created_ms / 900000, created_ms, is_tumour, model_version, label, gate);
 CREATE INDEX IF NOT EXISTS scans_by_confidence
-    ON scans (CAST(confidence * 20 AS INTEGER), created_ms, model_version, label);
+    ON scans (CAST(confidence * 20 AS INTEGER), created_ms, model_version, label, gate);
 """
 # Covering indexes let every dashboard query stream through one index in group order (no sort of a million
 # rows): by label for the summary, by model for the version table, by quarter-hour (every time zone's offset is
@@ -311,6 +333,9 @@ class SQLiteStore:
         if filters.model_versions:
             clauses.append(f"model_version IN ({', '.join('?' * len(filters.model_versions))})")
             params += list(filters.model_versions)
+        if filters.gates:
+            clauses.append(f"gate IN ({', '.join('?' * len(filters.gates))})")
+            params += list(filters.gates)
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
@@ -329,19 +354,11 @@ class SQLiteStore:
     def summary(self, filters: Filters = EVERYTHING) -> Summary:
         where, params = self._where(filters)
         rows = self._query(
-            "SELECT label, count(*), sum(is_tumour), sum(confidence), min(created_ms), max(created_ms) "
-            f"FROM scans{where} GROUP BY label",
+            "SELECT label, gate, count(*), sum(is_tumour), sum(confidence), min(created_ms), max(created_ms) "
+            f"FROM scans{where} GROUP BY label, gate",
             params,
         )
-        total = sum(row[1] for row in rows)
-        return Summary(
-            total=total,
-            tumour=sum(row[2] for row in rows),
-            per_class={row[0]: row[1] for row in rows},
-            mean_confidence=sum(row[3] for row in rows) / total if total else None,
-            first=from_ms(min(row[4] for row in rows)) if rows else None,
-            last=from_ms(max(row[5] for row in rows)) if rows else None,
-        )
+        return _summary([dict(zip(_SUMMARY_KEYS, row, strict=True)) for row in rows])
 
     def _time_range(self, filters: Filters) -> tuple[int, int] | None:
         where, params = self._where(filters)
@@ -445,7 +462,7 @@ _VALIDATOR = {
 }  # fmt: skip
 
 _INDEXES = (
-    [("created_at", 1), ("model_version", 1), ("label", 1)],
+    [("created_at", 1), ("model_version", 1), ("label", 1), ("gate", 1)],
     [("model_version", 1), ("created_at", 1)],
     [("label", 1), ("created_at", 1)],
 )
@@ -561,6 +578,8 @@ class MongoStore:
             match["label"] = {"$in": list(filters.labels)}
         if filters.model_versions:
             match["model_version"] = {"$in": list(filters.model_versions)}
+        if filters.gates:
+            match["gate"] = {"$in": list(filters.gates)}
         return match
 
     def _aggregate(self, pipeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -583,7 +602,7 @@ class MongoStore:
                 {"$match": self._match(filters)},
                 {
                     "$group": {
-                        "_id": "$label",
+                        "_id": {"label": "$label", "gate": "$gate"},
                         "n": {"$sum": 1},
                         "tumour": {"$sum": {"$cond": ["$is_tumour", 1, 0]}},
                         "confidence": {"$sum": "$confidence"},
@@ -593,15 +612,7 @@ class MongoStore:
                 },
             ]
         )
-        total = sum(row["n"] for row in rows)
-        return Summary(
-            total=total,
-            tumour=sum(row["tumour"] for row in rows),
-            per_class={row["_id"]: row["n"] for row in rows},
-            mean_confidence=sum(row["confidence"] for row in rows) / total if total else None,
-            first=_as_utc(min(row["first"] for row in rows)) if rows else None,
-            last=_as_utc(max(row["last"] for row in rows)) if rows else None,
-        )
+        return _summary([{**row, **row["_id"]} for row in rows])
 
     def daily_counts(self, filters: Filters, timezone: str) -> list[DayCount]:
         summary = self.summary(filters)

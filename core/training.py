@@ -51,10 +51,12 @@ class TrainConfig:
 
     size: int = 160
     widths: tuple[int, ...] = (24, 48, 96, 192)
-    epochs: int = 45
+    epochs: int = 40
     batch_size: int = 32
-    learning_rate: float = 2e-3
-    patience: int = 8
+    learning_rate: float = 1e-3
+    warmup_epochs: int = 2
+    patience: int = 10
+    max_minutes: float = 75.0
     val_fraction: float = 0.2
     unknown_val_fraction: float = 0.35
     unknown_weight: float = 3.0
@@ -237,11 +239,11 @@ def build_model(config: TrainConfig) -> Any:
 
     inputs = keras.Input((config.size, config.size, 1), name="scan")
     x = layers.Conv2D(config.widths[0], 3, strides=2, padding="same", use_bias=False)(inputs)
-    x = layers.ReLU()(layers.BatchNormalization()(x))
+    x = layers.ReLU()(layers.BatchNormalization(momentum=0.9)(x))
     for stage, width in enumerate(config.widths):
         for _ in range(2):
             x = layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
-            x = layers.ReLU()(layers.BatchNormalization()(x))
+            x = layers.ReLU()(layers.BatchNormalization(momentum=0.9)(x))
         if stage < len(config.widths) - 1:
             x = layers.MaxPooling2D()(x)
     x = layers.GlobalAveragePooling2D()(x)
@@ -396,10 +398,19 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
     _log(f"train {len(train_idx)}, validation {len(val_idx)} images")
 
     model = build_model(config)
-    model.compile(optimizer=keras.optimizers.AdamW(config.learning_rate, weight_decay=1e-4), loss=allowed_label_nll)
     batches = _batches(data.images, train_idx, masks, weights, config, references, config.seed)
+    steps = config.epochs * len(batches)
+    warmup = min(config.warmup_epochs * len(batches), steps // 2)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        config.learning_rate / 10, steps - warmup, alpha=0.02, warmup_target=config.learning_rate, warmup_steps=warmup
+    )
+    model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4), loss=allowed_label_nll)
 
     class EpochLog(keras.callbacks.Callback):
+        """Prints validation figures each epoch, keeps the best weights, and stops at the time budget."""
+
+        best_loss, best_weights = math.inf, None
+
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
             logits = np.asarray(self.model.predict(val_inputs, batch_size=128, verbose=0))
             report = classification_report(val_labels, softmax(logits), CLASSES, NEGATIVE)
@@ -410,18 +421,27 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
                 f"sens {report['tumour_sensitivity']:.4f} spec {report['tumour_specificity']:.4f} "
                 f"lr {float(self.model.optimizer.learning_rate):.2e} ({time.time() - started:.0f}s)"
             )
+            if logs.get("val_loss", math.inf) < self.best_loss:
+                self.best_loss, self.best_weights = logs["val_loss"], self.model.get_weights()
+            if time.time() - started > config.max_minutes * 60:
+                _log(f"time budget of {config.max_minutes:g} minutes reached: stopping")
+                self.model.stop_training = True
 
-    history = model.fit(
-        batches,
-        validation_data=(val_inputs, masks[val_idx]),
-        epochs=config.epochs,
-        verbose=0,
-        callbacks=[
-            EpochLog(),
-            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=3, min_lr=1e-5),
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True),
-        ],
-    )
+    epoch_log = EpochLog()
+
+    try:
+        model.fit(
+            batches,
+            validation_data=(val_inputs, masks[val_idx]),
+            epochs=config.epochs,
+            verbose=0,
+            callbacks=[epoch_log, keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience)],
+        )
+    except KeyboardInterrupt:  # Ctrl-C: keep the best epoch so far and finish calibration and the card
+        _log("interrupted: finishing with the best epoch so far")
+    epochs_run = len(model.history.history.get("loss", [])) if model.history else 0
+    if epoch_log.best_weights is not None:
+        model.set_weights(epoch_log.best_weights)
     logits = np.asarray(model.predict(val_inputs, batch_size=128, verbose=0))
     temperature = fit_temperature(logits, masks[val_idx])
     report = validation_report(logits, val_labels, temperature, val_inputs, model)
@@ -470,7 +490,8 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
         "training": {
             "command": command,
             "config": asdict(config),
-            "epochs_run": len(history.history.get("loss", [])),
+            "epochs_run": epochs_run,
+            "best_val_loss": round(float(epoch_log.best_loss), 5),
             "seconds": round(time.time() - started),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, TensorFlow {tf.__version__}",
             "code_version": _code_version(),

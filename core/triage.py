@@ -12,6 +12,7 @@ from typing import Any
 
 from core.classifier import Classifier
 from core.errors import ScanError, StoreError
+from core.gate import NEEDS_REVIEW, REJECTED
 from core.pipeline import Analysis, analyse
 from core.records import new_record
 from core.store import Store
@@ -49,7 +50,15 @@ def save(
 ) -> SaveStatus:
     """Write the record once; a second call for the same upload answers 'already saved'."""
     try:
-        record = new_record(analysis, patient_ref=patient_ref, uploader=uploader, negative_label=negative_label)
+        gate = analysis.prediction.gate
+        record = new_record(
+            analysis,
+            patient_ref=patient_ref,
+            uploader=uploader,
+            negative_label=negative_label,
+            gate=gate.decision if gate else "accepted",
+            gate_score=gate.energy if gate else None,
+        )
         created = store.add(record)
     except StoreError as error:
         return SaveStatus(NOT_SAVED, str(error))
@@ -63,9 +72,14 @@ def summary_row(index: int, outcome: ScanOutcome, status: SaveStatus | None) -> 
         return {**row, "result": "rejected", "label": None, "tumour_probability": None, "confidence": None,
                 "model_version": None, "saved": None, "reason": outcome.error_message}  # fmt: skip
     prediction = outcome.analysis.prediction
+    gate = prediction.gate
+    if gate is not None and gate.decision == REJECTED:
+        return {**row, "result": "not a brain MRI", "label": None, "tumour_probability": None, "confidence": None,
+                "model_version": prediction.model_version, "saved": status.state if status else None,
+                "reason": "; ".join(gate.reasons)}  # fmt: skip
     return {
         **row,
-        "result": "classified",
+        "result": "needs review" if gate is not None and gate.decision == NEEDS_REVIEW else "classified",
         "label": prediction.label,
         "tumour_probability": round(prediction.tumour_probability, 4),
         "confidence": round(max(prediction.probabilities.values()), 4),

@@ -4,11 +4,13 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import ModelError
+from core.explain import overlay
+from core.gate import REJECTED
 from core.identity import pseudonymise
 from core.triage import NOT_SAVED, analyse_upload, save, summary_row
 from ui import resources
 from ui.page import setup_page
-from ui.render import scan_panel
+from ui.render import model_view, pretty, scan_panel
 
 setup_page("Scan")
 st.title("Scan triage")
@@ -22,6 +24,7 @@ except ModelError as error:
 # Per-session memory (never shared between sessions): analyses and save outcomes keyed by upload and model.
 analyses = st.session_state.setdefault("analyses", {})
 saves = st.session_state.setdefault("saves", {})
+heatmaps = st.session_state.setdefault("heatmaps", {})
 
 
 def retry_unsaved() -> None:
@@ -41,6 +44,13 @@ uploads = st.file_uploader(
     type=["png", "jpg", "jpeg", "dcm", "dicom"],
     accept_multiple_files=True,
     help="Each file is checked by its content; one brain slice per file (choose a frame for DICOM volumes).",
+)
+explain_as = st.columns([1, 1, 2])
+opacity = explain_as[0].slider("Heat map opacity", 0.0, 1.0, 0.45, 0.05)
+explained_class = explain_as[1].selectbox(
+    "Explain",
+    ["predicted class", *classifier.card.labels],
+    format_func=lambda x: x if x == "predicted class" else pretty(x),
 )
 if not uploads:
     st.info("Drop one scan or a whole batch. Each is cropped to the brain and classified; results are saved once.")
@@ -69,7 +79,13 @@ for index, upload in enumerate(uploads, start=1):
                 negative_label=classifier.card.negative_label,
             )
         status = saves[cache_key]
-    scan_panel(index, outcome, status)
+    heat = None
+    if outcome.analysis is not None and outcome.analysis.prediction.gate.decision != REJECTED:
+        label = outcome.analysis.prediction.label if explained_class == "predicted class" else explained_class
+        if (cache_key, label) not in heatmaps:
+            heatmaps[(cache_key, label)] = resources.current_explainer().explain(outcome.analysis, label).on_input
+        heat = overlay(model_view(outcome.analysis.model_input), heatmaps[(cache_key, label)], opacity)
+    scan_panel(index, outcome, status, heat)
     st.divider()
     rows.append(summary_row(index, outcome, status))
     if progress:

@@ -12,7 +12,7 @@ from core.records import Filters
 from core.stats import PERIODS, roll_up
 from ui import resources
 from ui.page import setup_page
-from ui.render import pretty
+from ui.render import LABEL_NAMES, pretty
 
 REFRESH_SECONDS = 30
 
@@ -104,9 +104,7 @@ def live_dashboard() -> None:
     periods = roll_up(days, period)
     st.plotly_chart(tumour_rate_figure(periods, period), use_container_width=True, key="rate")
     left, right = st.columns(2)
-    left.plotly_chart(
-        class_mix_figure({pretty(k): v for k, v in summary.per_class.items()}), use_container_width=True, key="mix"
-    )
+    left.plotly_chart(class_mix_figure(summary.per_class, LABEL_NAMES), use_container_width=True, key="mix")
     right.plotly_chart(
         confidence_figure(query("histogram", filters, timezone, source)), use_container_width=True, key="confidence"
     )

@@ -87,13 +87,13 @@ def wait_idle(page) -> None:
     )
 
 
-def test_upload_to_verdict_and_statistics_in_chromium(server: str) -> None:
+def test_upload_to_verdict_and_statistics_in_chromium(server: str, tmp_path: Path) -> None:
     from playwright.sync_api import FilePayload, expect, sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page = browser.new_page(viewport={"width": 1400, "height": 1500})
         page.goto(server)
         wait_idle(page)
         expect(page.get_by_text("Scan triage")).to_be_visible(timeout=60_000)
@@ -107,22 +107,26 @@ def test_upload_to_verdict_and_statistics_in_chromium(server: str) -> None:
         expect(page.get_by_test_id("stMetricLabel").filter(has_text="Verdict")).to_be_visible(timeout=30_000)
         seconds = time.perf_counter() - started
         wait_idle(page)
-        expect(page.get_by_test_id("stImage")).to_have_count(2)
+        expect(page.get_by_test_id("stImage")).to_have_count(3)
+        page.locator("[data-testid='stPlotlyChart'] .main-svg").first.wait_for(timeout=30_000)
+        page.wait_for_timeout(1500)  # let the table canvas paint before the screenshot
         page.screenshot(path=str(ARTIFACTS / "scan-page.png"), full_page=True)
         (ARTIFACTS / "upload-to-verdict-seconds.txt").write_text(f"{seconds:.3f}\n")
         print(f"upload to verdict: {seconds:.3f} s")
 
-        too_big = b"\x89PNG\r\n\x1a\n" + b"\x00" * (51 * 2**20)
-        page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(
-            [FilePayload(name="huge.png", mimeType="image/png", buffer=too_big)]
-        )
+        too_big = tmp_path / "huge.png"
+        with too_big.open("wb") as handle:
+            handle.write(b"\x89PNG\r\n\x1a\n")
+            handle.truncate(51 * 2**20)
+        page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files([str(too_big)])
         expect(page.get_by_text("50.0MB or smaller", exact=False).first).to_be_visible(timeout=30_000)
 
         page.get_by_test_id("stSidebarNav").get_by_text("Statistics").click()
         wait_idle(page)
         scans_metric = page.get_by_test_id("stMetric").filter(has_text="Scans")
         expect(scans_metric.get_by_test_id("stMetricValue")).to_have_text("1", timeout=30_000)
-        expect(page.get_by_test_id("stPlotlyChart").first).to_be_visible()
+        page.locator("[data-testid='stPlotlyChart'] .main-svg").first.wait_for(timeout=30_000)
+        page.wait_for_timeout(1500)
         page.screenshot(path=str(ARTIFACTS / "statistics-page.png"), full_page=True)
         browser.close()
     assert seconds < 10  # the 1.5 s target is measured and reported, not asserted in a shared CI machine

@@ -18,7 +18,7 @@ from tests.scans import dicom_bytes, jpeg_bytes, png_bytes, synthetic_slice
 from tests.test_imaging import bomb_png
 
 ROOT = Path(__file__).resolve().parents[1]
-PREDICTION_KEYS = {"file", "label", "probabilities", "tumour_probability", "roi", "model", "timings_ms"}
+PREDICTION_KEYS = {"file", "label", "probabilities", "tumour_probability", "roi", "model", "timings_ms", "gate"}
 
 
 def bad_inputs() -> dict[str, tuple[bytes, str]]:

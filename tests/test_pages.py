@@ -46,7 +46,7 @@ def test_scan_page_shows_original_crop_and_verdict_and_saves_once(app_environmen
     scan = png_bytes(synthetic_slice(512, tumour=True))
     app.file_uploader[0].set_value([("ZZCANARY_MRN123.png", scan, "image/png")]).run()
     assert not app.exception
-    assert len(app.get("image")) == 2  # original with box, crop as the model sees it
+    assert len(app.get("image")) == 3  # original with box, crop as the model sees it, where it looked
     assert app.metric[0].label == "Verdict"
     assert app.metric[0].value in {"Glioma", "Meningioma", "Pituitary tumour", "No tumour"}
     spec = json.loads(app.get("plotly_chart")[0].proto.spec)
@@ -71,9 +71,10 @@ def test_bad_file_gets_its_reason_and_the_batch_goes_on(app_environment: Path) -
     errors = [e.value for e in app.error]
     assert any("PDF document" in e for e in errors)
     assert any("No brain region" in e for e in errors)
-    assert len(app.get("image")) == 2  # the good one
+    assert len(app.get("image")) == 3  # the good one
     table = app.dataframe[0].value
-    assert list(table["result"]) == ["rejected", "classified", "rejected"]
+    assert table["result"][0] == "rejected" and table["result"][2] == "rejected"
+    assert table["result"][1] in ("classified", "needs review")  # the tiny test model is unsure of everything
     assert SQLiteStore(app_environment / "results.sqlite3").summary().total == 1
 
 

@@ -297,7 +297,25 @@ def test_mongodb_indexes_serve_the_dashboard_queries(store) -> None:
         pytest.skip("MongoDB only")
     store.add(FIXTURE[0])
     keys = {tuple(name for name, _ in spec["key"]) for spec in store._collection.index_information().values()}
-    assert {("created_at", "model_version", "label"), ("model_version", "created_at"), ("label", "created_at")} <= keys
+    assert {
+        ("created_at", "model_version", "label", "gate"),
+        ("model_version", "created_at"),
+        ("label", "created_at"),
+    } <= keys
     if os.environ.get("BTD_TEST_MONGODB_URI"):  # a real server: the date-range query must use an index
         plan = store._collection.find({"created_at": {"$gte": utc(2026, 1, 1)}}).explain()
         assert "IXSCAN" in str(plan["queryPlanner"]["winningPlan"])
+
+
+def test_gate_decisions_are_counted_and_rejected_scans_left_out_of_verdicts(store) -> None:
+    from core.records import SHOWN
+
+    store.add(FIXTURE[0])
+    store.add(replace(make_record(60, utc(2026, 3, 2), "glioma"), gate="rejected", gate_score=3.5))
+    store.add(replace(make_record(61, utc(2026, 3, 3), "notumor", confidence=0.55), gate="needs_review"))
+    everything = store.summary()
+    assert dict(everything.per_gate) == {"accepted": 1, "rejected": 1, "needs_review": 1}
+    shown = store.summary(Filters(gates=SHOWN))
+    assert shown.total == 2 and shown.tumour == 1
+    assert sum(d.total for d in store.daily_counts(Filters(gates=SHOWN), "UTC")) == 2
+    assert store.get(make_record(60, utc(2026, 3, 2)).id).gate_score == 3.5

@@ -36,5 +36,5 @@ def setup_page(title: str) -> None:
         if problem:
             st.error(f"{store.describe()}: {problem}")
         else:
-            st.success(store.describe(), icon="✅")
+            st.success(store.describe(), icon=":material/check_circle:")
         st.caption("A decision aid for trained readers; every verdict needs a radiologist's review.")

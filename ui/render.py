@@ -7,6 +7,7 @@ import numpy as np
 import streamlit as st
 
 from core.charts import probabilities_figure
+from core.gate import NEEDS_REVIEW, REJECTED
 from core.triage import NOT_SAVED, SaveStatus, ScanOutcome
 
 LABEL_NAMES = {
@@ -36,41 +37,47 @@ def model_view(model_input: np.ndarray) -> np.ndarray:
     return (np.clip(model_input[:, :, 0], 0, 1) * 255).astype(np.uint8)
 
 
-def scan_panel(index: int, outcome: ScanOutcome, status: SaveStatus | None) -> None:
-    """Original with box | crop as the model sees it | verdict, probabilities and save status."""
+def scan_panel(index: int, outcome: ScanOutcome, status: SaveStatus | None, heat: np.ndarray | None) -> None:
+    """Original with box | crop as the model sees it | where it looked | verdict, probabilities, save status.
+
+    ``heat`` is the Grad-CAM overlay on the crop (RGB), or None when there is nothing to explain.
+    """
     if outcome.analysis is None:
         st.error(f"Scan {index} (sha {outcome.sha256[:12]}) was not analysed: {outcome.error_message}")
         return
     analysis = outcome.analysis
-    scan, prediction = analysis.scan, analysis.prediction
-    original, crop, verdict = st.columns([1, 1, 1.2])
+    scan, prediction, gate = analysis.scan, analysis.prediction, analysis.prediction.gate
+    original, crop, looked, verdict = st.columns([1, 1, 1, 1.3])
     original.image(
         with_box(scan.pixels, prediction.roi),
         caption=f"Scan {index} · {scan.format.upper()} {scan.width}×{scan.height} · brain region boxed",
         use_container_width=True,
     )
     side = analysis.model_input.shape[0]
-    crop.image(
-        model_view(analysis.model_input),
-        caption=f"Brain region as the model sees it ({side} px)",
-        use_container_width=True,
-    )
+    crop.image(model_view(analysis.model_input), caption=f"As the model sees it ({side} px)", use_container_width=True)
     with verdict:
-        tumour = prediction.tumour_probability
-        st.metric("Verdict", pretty(prediction.label), help="The most probable class after calibration.")
-        st.markdown(f"Tumour probability **{tumour:.1%}** · model {prediction.model_name} {prediction.model_version}")
-        st.plotly_chart(
-            probabilities_figure({pretty(k): v for k, v in prediction.probabilities.items()}),
-            use_container_width=True,
-            config={"displayModeBar": False},
-            key=f"probabilities-{index}-{outcome.sha256[:12]}",
-        )
-        if status is None:
-            pass
-        elif status.state == NOT_SAVED:
-            st.warning(f"Not saved: {status.message}", icon="⚠️")
+        if gate is not None and gate.decision == REJECTED:
+            st.error("Not a brain MRI slice the model can read: " + "; ".join(gate.reasons) + ". No verdict given.")
         else:
+            if gate is not None and gate.decision == NEEDS_REVIEW:
+                st.warning(f"Needs review: {'; '.join(gate.reasons)}.", icon=":material/rate_review:")
+            st.metric("Verdict", pretty(prediction.label), help="The most probable class after calibration.")
+            st.markdown(
+                f"Tumour probability **{prediction.tumour_probability:.1%}** · "
+                f"model {prediction.model_name} {prediction.model_version}"
+            )
+            st.plotly_chart(
+                probabilities_figure(prediction.probabilities, LABEL_NAMES),
+                use_container_width=True,
+                config={"displayModeBar": False},
+                key=f"probabilities-{index}-{outcome.sha256[:12]}",
+            )
+        if status is not None and status.state == NOT_SAVED:
+            st.warning(f"Not saved: {status.message}", icon=":material/warning:")
+        elif status is not None:
             st.caption(f"Result {status.state}. Analysed in {prediction.timings_ms['total']:.0f} ms.")
+    if heat is not None:
+        looked.image(heat, caption="Where the model looked (Grad-CAM)", use_container_width=True)
     for warning in scan.warnings:
         st.warning(warning)
     if scan.acquisition:

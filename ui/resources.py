@@ -10,6 +10,7 @@ import streamlit as st
 
 from core.classifier import Classifier
 from core.config import data_dir, model_card_path, mongodb_uri, patient_key
+from core.explain import Explainer
 from core.store import MongoStore, SQLiteStore, open_store
 
 
@@ -61,3 +62,13 @@ def storage_health(description: str, _store: Any) -> str | None:
     except Exception as error:  # StoreError subclasses carry a message safe to show
         return str(error)
     return None
+
+
+@st.cache_resource(show_spinner=False)
+def explainer(card_path: str) -> Explainer:
+    """Grad-CAM for the served model (model-level state only, shared by every session)."""
+    return Explainer(classifier(card_path))
+
+
+def current_explainer() -> Explainer:
+    return explainer(str(model_card_path()))

@@ -1,0 +1,121 @@
+"""Where the model looked: Grad-CAM (Selvaraju et al., 2017) for any class, aligned to the crop and the scan.
+
+The target is the last layer with a spatial (4-D) output, found by inspecting the model (for a model nested
+inside another, the nested model itself when it outputs a feature map). The class score is the model's output
+for that class before calibration (logits for the shipped model). The heat map is ReLU(sum_k w_k A_k) with
+w_k the spatially averaged gradients, scaled to [0, 1], resized to the model input (the padded square crop),
+and mapped back to the scan's pixels through the same box and padding as :func:`core.preprocess.crop_square`.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from core.classifier import Classifier
+from core.pipeline import Analysis
+
+
+def last_spatial_layer(model: Any) -> Any:
+    """The last layer (searched from the output back) whose output is a 4-D feature map."""
+    for layer in reversed(model.layers):
+        shape = getattr(layer, "output", None)
+        shape = getattr(shape, "shape", None)
+        if shape is not None and len(shape) == 4 and min(int(s or 0) for s in shape[1:3]) > 1:
+            return layer
+    raise ValueError("the model has no convolutional feature map to explain")
+
+
+@dataclass(frozen=True, eq=False)
+class Heatmap:
+    """``on_input``: (size, size) in [0, 1] over the model input; ``on_scan``: the same over the scan's pixels."""
+
+    label: str
+    on_input: np.ndarray
+    on_scan: np.ndarray
+
+
+class Explainer:
+    """Grad-CAM for one classifier; build once and share (calls are serialised like the classifier's)."""
+
+    def __init__(self, classifier: Classifier) -> None:
+        import keras
+        import tensorflow as tf
+
+        self.classifier = classifier
+        model = classifier.model
+        target = last_spatial_layer(model)
+        self._probe = keras.Model(model.inputs, [target.output, model.output])
+        spec = classifier.card.input
+        self._lock = threading.Lock()
+
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec((1, spec.size, spec.size, spec.channels), tf.float32),
+                tf.TensorSpec((), tf.int32),
+            ],
+            reduce_retracing=True,
+        )
+        @tf.autograph.experimental.do_not_convert
+        def grad_cam(batch: Any, class_index: Any) -> Any:
+            with tf.GradientTape() as tape:
+                features, outputs = self._probe(batch, training=False)
+                if outputs.shape[-1] > 1:
+                    score = outputs[:, class_index]
+                else:  # one sigmoid unit: its output for labels[1], its negation for labels[0]
+                    score = outputs[:, 0] * (2.0 * tf.cast(class_index, tf.float32) - 1.0)
+            gradients = tape.gradient(score, features)
+            weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
+            return tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))[0]
+
+        self._grad_cam = grad_cam
+
+    def explain(self, analysis: Analysis, label: str | None = None) -> Heatmap:
+        """Heat map for ``label`` (default: the predicted label)."""
+        label = label or analysis.prediction.label
+        labels = self.classifier.card.labels
+        if label not in labels:
+            raise ValueError(f"unknown label {label!r}")
+        batch = analysis.model_input[None].astype(np.float32)
+        with self._lock:
+            cam = np.asarray(self._grad_cam(batch, np.int32(labels.index(label))))
+        size = analysis.model_input.shape[0]
+        peak = float(cam.max())
+        on_input = cv2.resize(cam / peak if peak > 0 else cam, (size, size), interpolation=cv2.INTER_LINEAR)
+        on_input = np.clip(on_input, 0.0, 1.0).astype(np.float32)
+        return Heatmap(
+            label=label, on_input=on_input, on_scan=to_scan(on_input, analysis, self.classifier.card.input.crop)
+        )
+
+
+def to_scan(on_input: np.ndarray, analysis: Analysis, cropped: bool = True) -> np.ndarray:
+    """Map a map over the model input back onto the scan: undo the resize, the square padding and the crop."""
+    height, width = analysis.scan.pixels.shape
+    if not cropped:
+        return cv2.resize(on_input, (width, height), interpolation=cv2.INTER_LINEAR)
+    x0, y0, x1, y1 = analysis.region.box
+    crop_w, crop_h = x1 - x0, y1 - y0
+    side = max(crop_w, crop_h)
+    square = cv2.resize(on_input, (side, side), interpolation=cv2.INTER_LINEAR)
+    top, left = (side - crop_h) // 2, (side - crop_w) // 2
+    on_scan = np.zeros((height, width), np.float32)
+    on_scan[y0:y1, x0:x1] = square[top : top + crop_h, left : left + crop_w]
+    return on_scan
+
+
+def overlay(pixels: np.ndarray, heat: np.ndarray, opacity: float = 0.45) -> np.ndarray:
+    """RGB image: the gray slice with the heat map blended in (JET colour map) at ``opacity``."""
+    gray = cv2.cvtColor(pixels, cv2.COLOR_GRAY2RGB)
+    colour = cv2.cvtColor(cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    weight = (opacity * heat)[:, :, None]  # cold areas stay gray
+    return (gray * (1 - weight) + colour * weight).astype(np.uint8)
+
+
+def concentration(heat: np.ndarray, mask: np.ndarray) -> float:
+    """Mean heat inside ``mask`` over mean heat outside it (inf when nothing outside is warm)."""
+    inside, outside = float(heat[mask].mean()), float(heat[~mask].mean()) if (~mask).any() else 0.0
+    return inside / outside if outside > 0 else float("inf")

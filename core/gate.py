@@ -1,0 +1,118 @@
+"""The input gate: is this a brain MRI slice the model was built for, and is its verdict clear enough to show?
+
+Decisions, in order:
+- ``rejected`` with reasons when cheap image checks fail (colour, no brain-sized region, a region the shape of a
+  page or a frame, a bright background) or when the model's energy score says the input is unlike its training
+  data (energy = -T * logsumexp(logits / T), Liu et al. 2020; threshold fitted on the validation split);
+- ``needs_review`` when the verdict is uncertain (top probability low, or the two best classes nearly tied);
+- ``accepted`` otherwise.
+
+The image thresholds were read off the training collection (5,772 slices: colourfulness at most 0.048, brain
+region 8.5-99 % of the frame with 0.1 % quantiles 20 % and 88 %, fill 0.51-0.90 at the 0.1/99.9 % quantiles,
+background median at most 0.18) and set outside those ranges so that real scans pass.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.imaging import Scan
+from core.roi import BrainRegion
+
+ACCEPTED, NEEDS_REVIEW, REJECTED = "accepted", "needs_review", "rejected"
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    max_colourfulness: float = 0.06
+    min_area: float = 0.10
+    max_area: float = 0.98
+    min_fill: float = 0.40
+    max_fill: float = 0.95
+    max_background: float = 0.25
+    max_energy: float | None = None  # from the card; None = no model-based check
+    review_below_confidence: float = 0.60
+    review_below_margin: float = 0.15
+
+    @classmethod
+    def from_card(cls, card_gate: Mapping[str, Any] | None) -> GatePolicy:
+        known = {k: v for k, v in (card_gate or {}).items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+@dataclass(frozen=True)
+class GateResult:
+    decision: str
+    reasons: tuple[str, ...]
+    energy: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        energy = None if self.energy is None else round(self.energy, 4)
+        return {"decision": self.decision, "reasons": list(self.reasons), "energy": energy}
+
+
+def energy(logits: np.ndarray, temperature: float) -> float:
+    """Free energy of one row of logits; lower means more like the training data."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    top = z.max()
+    return float(-temperature * (top + np.log(np.exp(z - top).sum())))
+
+
+def background_level(scan: Scan, region: BrainRegion) -> float:
+    """Median intensity (0..1) outside the brain outline; MRI backgrounds are near black."""
+    outside = scan.pixels[~region.mask(scan.pixels.shape)]
+    return float(np.median(outside)) / 255.0 if outside.size else 0.0
+
+
+def image_reasons(scan: Scan, region: BrainRegion, policy: GatePolicy) -> list[str]:
+    reasons = []
+    if scan.colourfulness > policy.max_colourfulness:
+        reasons.append("it is a colour image; MRI slices are grayscale")
+    if not policy.min_area <= region.area_fraction <= policy.max_area:
+        reasons.append(f"the head region covers {region.area_fraction:.0%} of the frame, unlike a brain slice")
+    if not policy.min_fill <= region.fill <= policy.max_fill:
+        reasons.append("the brightest region does not have the shape of a head")
+    if background_level(scan, region) > policy.max_background:
+        reasons.append("its background is bright, unlike an MRI slice")
+    return reasons
+
+
+def assess(
+    scan: Scan,
+    region: BrainRegion,
+    logits: np.ndarray | None,
+    probabilities: Sequence[float],
+    temperature: float,
+    policy: GatePolicy,
+) -> GateResult:
+    """Gate decision for one analysed scan (``logits`` None when the model outputs probabilities only)."""
+    reasons = image_reasons(scan, region, policy)
+    score = energy(logits, temperature) if logits is not None else None
+    if score is not None and policy.max_energy is not None and score > policy.max_energy:
+        reasons.append("the model finds it unlike any brain MRI it was trained on")
+    if reasons:
+        return GateResult(REJECTED, tuple(reasons), score)
+    ranked = sorted(probabilities, reverse=True)
+    if ranked[0] < policy.review_below_confidence:
+        return GateResult(NEEDS_REVIEW, (f"low confidence ({ranked[0]:.0%})",), score)
+    if len(ranked) > 1 and ranked[0] - ranked[1] < policy.review_below_margin:
+        return GateResult(NEEDS_REVIEW, ("two classes are nearly tied",), score)
+    return GateResult(ACCEPTED, (), score)
+
+
+def fit_energy_threshold(energies: Sequence[float], quantile: float = 0.995) -> float:
+    """The validation energy below which ``quantile`` of real scans fall."""
+    return round(float(np.quantile(np.asarray(energies, dtype=np.float64), quantile)), 4)
+
+
+def write_policy(card_path: Path, policy: GatePolicy, fitted_on: str) -> None:
+    """Record the gate policy in the model card (the weights and their hash are unchanged)."""
+    card = json.loads(card_path.read_text())
+    card["gate"] = {**asdict(policy), "fitted_on": fitted_on}
+    card_path.write_text(json.dumps(card, indent=2))
