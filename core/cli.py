@@ -102,11 +102,17 @@ def _labelled_files(root: Path) -> list[tuple[str, Path]]:
     ]
 
 
-def evaluate_folder(root: Path, classifier: Classifier) -> dict[str, Any]:
-    """Score ``root/<label>/*``; folder ``tumour`` means tumour present, subtype unknown."""
+def evaluate_folder(root: Path, classifier: Classifier, split: Path | None = None) -> dict[str, Any]:
+    """Score ``root/<label>/*`` (or the validation files a split lists under ``root``); folder ``tumour`` means
+    tumour present, subtype unknown. Scans the input gate rejects are counted under ``rejected``."""
     import numpy as np
 
-    files = _labelled_files(root)
+    if split is None:
+        files = _labelled_files(root)
+    else:
+        from core.training import read_split
+
+        files = read_split(split, root)
     true: list[str] = []
     rows: list[list[float]] = []
     latencies: list[float] = []
@@ -144,7 +150,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         _emit(_error("not_found", f"{root} is not a directory."), sys.stdout)
         return EXIT_USAGE
     started = time.perf_counter()
-    report = evaluate_folder(root, _load(args.model))
+    report = evaluate_folder(root, _load(args.model), Path(args.split) if args.split else None)
     report["seconds"] = round(time.perf_counter() - started, 1)
     _emit(report, sys.stdout)
     return EXIT_OK
@@ -160,8 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(run=cmd_predict)
     evaluate = commands.add_parser("evaluate", help="score DIR/<label>/* and print JSON metrics")
     evaluate.add_argument("--model", help="model card JSON (default: the shipped model or $BTD_MODEL)")
+    evaluate.add_argument("--split", help="score only the files listed in a training split file, under DIR")
     evaluate.add_argument("dir", metavar="DIR")
     evaluate.set_defaults(run=cmd_evaluate)
+    fit_gate = commands.add_parser("fit-gate", help="fit the input gate's energy threshold on the validation split")
+    fit_gate.add_argument("--model", help="model card JSON (default: the shipped model)")
+    fit_gate.add_argument("--data", required=True, metavar="ROOT", help="the folder that holds the training folders")
+    fit_gate.set_defaults(run=cmd_fit_gate)
     train = commands.add_parser("train", help="train, calibrate and write a model with its card")
     train.add_argument("--data", action="append", required=True, metavar="DIR", help="DIR/<label>/* (repeatable)")
     train.add_argument("--out", default="models", metavar="DIR")
@@ -171,6 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=None)
     train.set_defaults(run=cmd_train)
     return parser
+
+
+def cmd_fit_gate(args: argparse.Namespace) -> int:
+    from core.training import fit_gate
+
+    card = Path(args.model) if args.model else model_card_path()
+    _emit(fit_gate(card, Path(args.data)), sys.stdout)
+    return EXIT_OK
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -498,6 +498,46 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
         },
     }
-    (out_dir / f"{config.name}.json").write_text(json.dumps(card, indent=2))
+    card_path = out_dir / f"{config.name}.json"
+    card_path.write_text(json.dumps(card, indent=2))
+    _log(f"input gate fitted: {fit_gate(card_path, root)}")
+    card = json.loads(card_path.read_text())
     _log(f"wrote {weights_path} ({weights_path.stat().st_size / 1e6:.2f} MB) in {time.time() - started:.0f}s")
     return card
+
+
+def read_split(split_file: Path, root: Path) -> list[tuple[str, Path]]:
+    """(label, path) of the validation files a split file lists, under ``root``."""
+    entries = json.loads(split_file.read_text())["validation"]
+    return [(label, root / relative) for relative, label in entries]
+
+
+def fit_gate(card_path: Path, root: Path, quantile: float = 0.995) -> dict[str, Any]:
+    """Fit the gate's energy threshold on the validation split and write the gate policy into the card.
+
+    Returns the fitted threshold and the share of validation scans the whole gate then rejects.
+    """
+    from core.classifier import Classifier
+    from core.gate import GatePolicy, energy, fit_energy_threshold, image_reasons, write_policy
+    from core.imaging import read_scan_file
+
+    classifier = Classifier.from_card(card_path)
+    card = classifier.card
+    energies, image_rejected = [], 0
+    files = read_split(card_path.with_name(card_path.stem + ".split.json"), root)
+    for _, path in files:
+        scan = read_scan_file(path)
+        region = find_brain(scan.pixels)
+        raw, _ = classifier.scores(to_model_input(scan.pixels, region.box, card.input)[None])
+        energies.append(energy(raw[0], card.temperature))
+        image_rejected += bool(image_reasons(scan, region, GatePolicy()))
+    threshold = fit_energy_threshold(energies, quantile)
+    rejected = sum(bool(e > threshold) for e in energies) + image_rejected
+    policy = GatePolicy(max_energy=threshold)
+    write_policy(card_path, policy, f"validation split ({len(files)} scans), energy quantile {quantile}")
+    return {
+        "max_energy": threshold,
+        "validation_scans": len(files),
+        "validation_rejected_at_most": rejected,
+        "validation_rejected_fraction_at_most": round(rejected / len(files), 4),
+    }

@@ -1,5 +1,6 @@
 """Statistics page: live aggregates of saved results for supervisors (refreshes itself; exportable)."""
 
+from dataclasses import replace
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, available_timezones
 
@@ -8,7 +9,7 @@ import streamlit as st
 
 from core.charts import class_mix_figure, confidence_figure, tumour_rate_figure
 from core.errors import StoreError
-from core.records import Filters
+from core.records import SHOWN, Filters
 from core.stats import PERIODS, roll_up
 from ui import resources
 from ui.page import setup_page
@@ -61,17 +62,19 @@ picked = controls[3].multiselect("Model versions", versions, placeholder="all ve
 paused = controls[4].toggle("Pause", help=f"Stop refreshing (every {REFRESH_SECONDS} s)")
 
 start_day, end_day = chosen if isinstance(chosen, tuple) and len(chosen) == 2 else (chosen[0], chosen[0])
-filters = Filters(
+everything = Filters(
     start=local_midnight(start_day, timezone),
     end=local_midnight(end_day + timedelta(days=1), timezone),
     model_versions=tuple(picked),
 )
+filters = replace(everything, gates=SHOWN)  # verdicts only: scans the input gate rejected are counted apart
 
 
 @st.fragment(run_every=None if paused else REFRESH_SECONDS)
 def live_dashboard() -> None:
     try:
         summary = query("summary", filters, timezone, source)
+        gates = query("summary", everything, timezone, source).per_gate
     except StoreError as error:
         st.error(f"The results database cannot be read: {error}")
         return
@@ -83,21 +86,19 @@ def live_dashboard() -> None:
         )
         return
     today_start = local_midnight(datetime.now(ZoneInfo(timezone)).date(), timezone)
-    today_summary = query("summary", Filters(start=today_start, model_versions=tuple(picked)), timezone, source)
-    week = query(
-        "summary",
-        Filters(start=today_start - timedelta(days=7), end=today_start, model_versions=tuple(picked)),
-        timezone,
-        source,
-    )
-    kpis = st.columns(4 + len(summary.per_class))
-    kpis[0].metric("Scans", f"{summary.total:,}")
+    today_summary = query("summary", replace(filters, start=today_start, end=None), timezone, source)
+    week = query("summary", replace(filters, start=today_start - timedelta(days=7), end=today_start), timezone, source)
+    kpis = st.columns(6)
+    kpis[0].metric("Scans with a verdict", f"{summary.total:,}")
     kpis[1].metric("Tumour rate", f"{summary.tumour_rate:.1%}")
     kpis[2].metric(
         "Today", f"{today_summary.total:,}", delta=f"{today_summary.total - week.total / 7:+.1f} vs 7-day mean"
     )
     kpis[3].metric("Mean confidence", f"{summary.mean_confidence:.1%}")
-    for column, (label, count) in zip(kpis[4:], sorted(summary.per_class.items()), strict=False):
+    kpis[4].metric("Flagged for review", f"{gates.get('needs_review', 0):,}")
+    kpis[5].metric("Rejected (not brain MRI)", f"{gates.get('rejected', 0):,}")
+    classes = st.columns(max(1, len(summary.per_class)))
+    for column, (label, count) in zip(classes, sorted(summary.per_class.items()), strict=False):
         column.metric(pretty(label), f"{count:,}")
 
     days = query("days", filters, timezone, source)

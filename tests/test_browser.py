@@ -123,7 +123,7 @@ def test_upload_to_verdict_and_statistics_in_chromium(server: str, tmp_path: Pat
 
         page.get_by_test_id("stSidebarNav").get_by_text("Statistics").click()
         wait_idle(page)
-        scans_metric = page.get_by_test_id("stMetric").filter(has_text="Scans")
+        scans_metric = page.get_by_test_id("stMetric").filter(has_text="Scans with a verdict")
         expect(scans_metric.get_by_test_id("stMetricValue")).to_have_text("1", timeout=30_000)
         page.locator("[data-testid='stPlotlyChart'] .main-svg").first.wait_for(timeout=30_000)
         page.wait_for_timeout(1500)

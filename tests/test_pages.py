@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -91,10 +92,12 @@ def test_statistics_page_charts_the_stores_aggregates(app_environment: Path) -> 
     labels = ["glioma"] * 6 + ["notumor"] * 4 + ["pituitary"] * 2
     for i, label in enumerate(labels):
         store.add(make_record(i + 1, now - timedelta(days=i % 3, minutes=5), label))
+    store.add(replace(make_record(99, now - timedelta(minutes=1), "glioma"), gate="rejected"))  # not counted
     app = page("statistics.py").run()
     assert not app.exception
     metrics = {m.label: m.value for m in app.metric}
-    assert metrics["Scans"] == "12" and metrics["Tumour rate"] == "66.7%"
+    assert metrics["Scans with a verdict"] == "12" and metrics["Tumour rate"] == "66.7%"
+    assert metrics["Flagged for review"] == "0" and metrics["Rejected (not brain MRI)"] == "1"
     assert metrics["Glioma"] == "6" and metrics["No tumour"] == "4"
     charts = {
         json.loads(c.proto.spec)["layout"]["title"]["text"]: json.loads(c.proto.spec) for c in app.get("plotly_chart")

@@ -43,6 +43,7 @@ def test_smoke_training_writes_a_loadable_model_and_card(tmp_path: Path) -> None
     assert card["data"]["decoded"] == 30
     on_disk = json.loads((tmp_path / "models" / "smoke.json").read_text())
     assert on_disk["weights"]["sha256"] == card["weights"]["sha256"]
+    assert on_disk["gate"]["max_energy"] is not None  # the input gate was fitted on the validation split
     classifier = Classifier.from_card(tmp_path / "models" / "smoke.json")
     prediction = analyse(png_bytes(synthetic_slice(256)), classifier).prediction
     assert prediction.model_name == "smoke" and sum(prediction.probabilities.values()) > 0.999
