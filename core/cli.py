@@ -15,9 +15,9 @@ from typing import Any, TextIO
 
 from core.classifier import Classifier
 from core.config import model_card_path
-from core.errors import FileTooLarge, ModelError, ScanError
+from core.errors import ModelError, ScanError
 from core.gate import REJECTED
-from core.imaging import DEFAULT_LIMITS
+from core.imaging import DEFAULT_LIMITS, read_file_bytes
 from core.metrics import classification_report, percentiles_ms
 from core.pipeline import analyse
 
@@ -42,22 +42,11 @@ def _error(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 
 
-def _read_bytes(path: Path) -> bytes:
-    if not path.is_file():
-        raise FileNotFoundError
-    size = path.stat().st_size
-    if size > DEFAULT_LIMITS.max_bytes:
-        raise FileTooLarge(
-            f"The file is {size / 2**20:.1f} MB; the limit is {DEFAULT_LIMITS.max_bytes / 2**20:.0f} MB."
-        )
-    return path.read_bytes()
-
-
 def _classify_file(path: Path, classifier: Classifier, frame: int | None) -> dict[str, Any]:
     """One file -> its JSON result or its JSON error (never raises for a bad file)."""
     try:
-        analysis = analyse(_read_bytes(path), classifier, DEFAULT_LIMITS, frame)
-    except FileNotFoundError:
+        analysis = analyse(read_file_bytes(path), classifier, DEFAULT_LIMITS, frame)
+    except (FileNotFoundError, IsADirectoryError):
         return {"file": str(path), **_error("not_found", "No such file.")}
     except PermissionError:
         return {"file": str(path), **_error("unreadable", "The file cannot be read (permission denied).")}

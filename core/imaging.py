@@ -169,14 +169,19 @@ def read_scan(data: bytes, limits: Limits = DEFAULT_LIMITS, frame: int | None = 
     return Scan(pixels=pixels, format=fmt, sha256=digest, size_bytes=len(data), colourfulness=colourfulness)
 
 
-def read_scan_file(path: str | Path, limits: Limits = DEFAULT_LIMITS, frame: int | None = None) -> Scan:
-    """Like :func:`read_scan` for a file on disk; the size is checked before the file is read."""
+def read_file_bytes(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> bytes:
+    """A file's bytes, refused from its size on disk before it is read (OSError when it cannot be read)."""
     size = Path(path).stat().st_size
     if size > limits.max_bytes:
         raise FileTooLarge(
             f"The file is {size / 2**20:.1f} MB; the limit is {limits.max_bytes / 2**20:.0f} MB per scan."
         )
-    return read_scan(Path(path).read_bytes(), limits, frame)
+    return Path(path).read_bytes()
+
+
+def read_scan_file(path: str | Path, limits: Limits = DEFAULT_LIMITS, frame: int | None = None) -> Scan:
+    """Like :func:`read_scan` for a file on disk."""
+    return read_scan(read_file_bytes(path, limits), limits, frame)
 
 
 def check_dimensions(width: int, height: int, limits: Limits) -> None:
