@@ -170,7 +170,7 @@ class Classifier:
     def __init__(self, card: ModelCard, model: Any) -> None:
         self.card = card
         self.model = model
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()  # one forward pass at a time (shared with the explainer)
         self._forward = _compiled_forward(model, card.input)
 
     @classmethod
@@ -212,7 +212,7 @@ class Classifier:
 
     def scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Float32 batch (N, size, size, channels) -> (raw model outputs, calibrated probabilities)."""
-        with self._lock:
+        with self.lock:
             raw = np.asarray(self._forward(batch.astype(np.float32, copy=False)))
         return raw, calibrated_probabilities(raw, self.card)
 

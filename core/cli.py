@@ -205,5 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModelError as error:
         _emit(_error(error.code, str(error)), sys.stdout)
         return EXIT_USAGE
+    except (OSError, ValueError, KeyError) as error:  # a missing split file, an unreadable folder, ...
+        _emit(_error("bad_input", f"{type(error).__name__}: {error}"), sys.stdout)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

@@ -39,7 +39,10 @@ def patient_key(secrets: Mapping[str, Any], shared_database: bool) -> bytes | No
     configured = os.environ.get("BTD_HMAC_KEY") or (secrets.get("identity") or {}).get("hmac_key")
     if configured:
         try:
-            return bytes.fromhex(configured)
+            key = bytes.fromhex(configured)
         except ValueError:
-            return configured.encode("utf-8")
+            key = configured.encode("utf-8")
+        if len(key) < 16:
+            raise ValueError("the configured patient-reference key is shorter than 16 bytes")
+        return key
     return None if shared_database else local_key(data_dir())

@@ -1,7 +1,8 @@
 """Domain errors: each names one reason a scan cannot be used, in words a radiologist understands.
 
 The edges (CLI, Streamlit pages) translate them once: ``code`` becomes the JSON error code and ``str(error)`` the
-message shown to the user. Messages never contain file names or metadata read from the file.
+message shown to the user. Messages never contain file names or identifying metadata (they may name a
+DICOM enumerated value such as a modality or a photometric interpretation).
 """
 
 from __future__ import annotations

@@ -9,7 +9,6 @@ and mapped back to the scan's pixels through the same box and padding as :func:`
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +39,7 @@ class Heatmap:
 
 
 class Explainer:
-    """Grad-CAM for one classifier; build once and share (calls are serialised like the classifier's)."""
+    """Grad-CAM for one classifier; build once and share (calls take the classifier's lock)."""
 
     def __init__(self, classifier: Classifier) -> None:
         import keras
@@ -51,7 +50,6 @@ class Explainer:
         target = last_spatial_layer(model)
         self._probe = keras.Model(model.inputs, [target.output, model.output])
         spec = classifier.card.input
-        self._lock = threading.Lock()
 
         @tf.function(
             input_signature=[
@@ -81,7 +79,7 @@ class Explainer:
         if label not in labels:
             raise ValueError(f"unknown label {label!r}")
         batch = analysis.model_input[None].astype(np.float32)
-        with self._lock:
+        with self.classifier.lock:  # the model runs one pass at a time, classification and explanation alike
             cam = np.asarray(self._grad_cam(batch, np.int32(labels.index(label))))
         size = analysis.model_input.shape[0]
         peak = float(cam.max())

@@ -287,6 +287,19 @@ def _to_gray(image: Image.Image) -> tuple[np.ndarray, float]:
 
 
 def _read_dicom(data: bytes, limits: Limits, frame: int | None) -> tuple[np.ndarray, dict[str, str], tuple[str, ...]]:
+    """pydicom converts header values lazily: a malformed value (an empty window, frames = "x") surfaces as a
+    ValueError wherever it is first read, so every read below is one guarded step."""
+    try:
+        return _read_dicom_checked(data, limits, frame)
+    except ScanError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError) as error:
+        raise CorruptImage("The DICOM header holds invalid values; it cannot be displayed reliably.") from error
+
+
+def _read_dicom_checked(
+    data: bytes, limits: Limits, frame: int | None
+) -> tuple[np.ndarray, dict[str, str], tuple[str, ...]]:
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 

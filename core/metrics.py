@@ -57,10 +57,8 @@ def classification_report(
         report["per_class"] = per_class
         confidence = probabilities[known].max(axis=1)
         report["expected_calibration_error"] = expected_calibration_error(confidence, t == p)
-    negative = labels.index(negative_label)
-    tumour_probability = 1.0 - probabilities[:, negative]
     is_tumour = true != negative_label
-    flagged = tumour_probability >= 0.5
+    flagged = predicted != negative_label  # the app's decision rule: the most probable class
     positives, negatives = int(is_tumour.sum()), int((~is_tumour).sum())
     report["tumour_sensitivity"] = float((flagged & is_tumour).sum() / positives) if positives else None
     report["tumour_specificity"] = float((~flagged & ~is_tumour).sum() / negatives) if negatives else None

@@ -691,5 +691,10 @@ class MongoStore:
 def open_store(mongodb_uri: str | None, data_dir: Path) -> SQLiteStore | MongoStore:
     """MongoDB when a URI is configured, else the embedded SQLite file ``data_dir/results.sqlite3``."""
     if mongodb_uri:
-        return MongoStore.connect(mongodb_uri)
+        from pymongo.errors import PyMongoError
+
+        try:
+            return MongoStore.connect(mongodb_uri)
+        except (PyMongoError, ValueError) as error:  # ConfigurationError, InvalidURI, unresolvable SRV record
+            raise StoreError(f"The MongoDB URI cannot be used ({type(error).__name__}).") from error
     return SQLiteStore(data_dir / "results.sqlite3")

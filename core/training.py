@@ -464,15 +464,16 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
             indent=0,
         )
     )
+    weights_sha256 = hashlib.sha256(weights_path.read_bytes()).hexdigest()
     card = {
         "name": config.name,
-        "version": config.version,
+        "version": f"{config.version}+{weights_sha256[:8]}",  # every retrain is a distinct version in the records
         "labels": list(CLASSES),
         "negative_label": NEGATIVE,
         "input": asdict(spec),
         "output": "logits",
         "calibration": {"temperature": temperature, "fitted_on": "validation split (allowed-label NLL)"},
-        "weights": {"file": weights_path.name, "sha256": hashlib.sha256(weights_path.read_bytes()).hexdigest()},
+        "weights": {"file": weights_path.name, "sha256": weights_sha256},
         "parameters": int(model.count_params()),
         "metrics": {"validation": report},
         "data": {

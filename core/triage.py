@@ -7,6 +7,7 @@ Bad files become outcomes with a reason (never exceptions), so a batch always fi
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ from core.records import new_record
 from core.store import Store
 
 SAVED, ALREADY_SAVED, NOT_SAVED = "saved", "already saved", "not saved"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, eq=False)
@@ -43,12 +45,18 @@ def analyse_upload(data: bytes, classifier: Classifier) -> ScanOutcome:
         return ScanOutcome(sha256=sha256, analysis=analyse(data, classifier))
     except ScanError as error:
         return ScanOutcome(sha256=sha256, error_code=error.code, error_message=str(error))
+    except Exception:  # a bug must not stop the batch; the user gets a plain reason, the log the details
+        logger.exception("unexpected error while analysing an upload (sha256 %s)", sha256[:12])
+        return ScanOutcome(sha256=sha256, error_code="internal_error", error_message="Unexpected error; try again.")
 
 
 def save(
     analysis: Analysis, store: Store, *, patient_ref: str | None, uploader: str | None, negative_label: str
 ) -> SaveStatus:
-    """Write the record once; a second call for the same upload answers 'already saved'."""
+    """Write the record once; a second call for the same upload answers 'already saved'. ``store`` None means
+    the database could not be opened: the result is reported as not saved."""
+    if store is None:
+        return SaveStatus(NOT_SAVED, "the results database is unavailable")
     try:
         gate = analysis.prediction.gate
         record = new_record(

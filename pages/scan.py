@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from core.errors import ModelError
+from core.errors import ModelError, StoreError
 from core.explain import overlay
 from core.gate import REJECTED
 from core.identity import pseudonymise
@@ -32,7 +32,11 @@ def retry_unsaved() -> None:
         del saves[key]
 
 
-key = resources.current_patient_key()
+try:
+    key = resources.current_patient_key()
+except ValueError as error:
+    key = None
+    st.error(f"Patient references are disabled: {error}.")
 patient_text = st.text_input(
     "Patient reference (optional, enter before uploading)",
     help="Kept only as a keyed hash, never as typed. Links this patient's scans without storing who they are.",
@@ -56,7 +60,11 @@ if not uploads:
     st.info("Drop one scan or a whole batch. Each is cropped to the brain and classified; results are saved once.")
     st.stop()
 
-store = resources.current_store()
+try:
+    store = resources.current_store()
+except StoreError as error:
+    store = None  # verdicts are still shown, marked "not saved"
+    st.error(f"Results cannot be saved: {error}")
 patient_ref = pseudonymise(patient_text, key) if key else None
 uploader = st.user.get("email")  # None unless the deployment configures sign-in
 model_tag = f"{classifier.card.name}:{classifier.card.version}"
@@ -69,16 +77,17 @@ for index, upload in enumerate(uploads, start=1):
         analyses[cache_key] = analyse_upload(data, classifier)
     outcome = analyses[cache_key]
     status = None
+    save_key = (*cache_key, patient_ref)  # a reference typed later is a different record, saved when it is typed
     if outcome.analysis is not None:
-        if cache_key not in saves:
-            saves[cache_key] = save(
+        if save_key not in saves:
+            saves[save_key] = save(
                 outcome.analysis,
                 store,
                 patient_ref=patient_ref,
                 uploader=uploader,
                 negative_label=classifier.card.negative_label,
             )
-        status = saves[cache_key]
+        status = saves[save_key]
     heat = None
     if outcome.analysis is not None and outcome.analysis.prediction.gate.decision != REJECTED:
         label = outcome.analysis.prediction.label if explained_class == "predicted class" else explained_class
@@ -91,11 +100,17 @@ for index, upload in enumerate(uploads, start=1):
     if progress:
         progress.progress(index / len(uploads), text=f"Analysed {index} of {len(uploads)} scans")
 
+# Forget removed uploads so a long session does not keep every image it has seen.
+current = {upload.file_id for upload in uploads}
+for memory in (analyses, saves, heatmaps):
+    for stale in [k for k in memory if (k[0][0] if isinstance(k[0], tuple) else k[0]) not in current]:
+        del memory[stale]
+
 table = pd.DataFrame(rows)
 st.subheader("Batch summary")
-classified = sum(row["result"] == "classified" for row in rows)
+with_verdict = sum(row["label"] is not None for row in rows)
 tumours = sum(row["label"] not in (None, classifier.card.negative_label) for row in rows)
-st.caption(f"{classified} of {len(rows)} scans classified; {tumours} with a tumour verdict.")
+st.caption(f"{with_verdict} of {len(rows)} scans have a verdict; {tumours} of them a tumour.")
 st.dataframe(table, hide_index=True, use_container_width=True)
 left, right = st.columns(2)
 left.download_button(

@@ -10,7 +10,7 @@ import streamlit as st
 from core.charts import class_mix_figure, confidence_figure, tumour_rate_figure
 from core.errors import StoreError
 from core.records import SHOWN, Filters
-from core.stats import PERIODS, roll_up
+from core.stats import PERIODS, roll_up, suppress_small
 from ui import resources
 from ui.page import setup_page
 from ui.render import LABEL_NAMES, pretty
@@ -19,13 +19,18 @@ REFRESH_SECONDS = 30
 
 setup_page("Statistics")
 st.title("Statistics")
-store = resources.current_store()
+try:
+    store = resources.current_store()
+except StoreError as error:
+    st.error(f"The results database cannot be opened: {error}")
+    st.stop()
 source = store.describe()
 
 
 @st.cache_data(ttl=REFRESH_SECONDS, show_spinner=False)
-def query(kind: str, filters: Filters, timezone: str, _source: str) -> object:
-    """One aggregate from the database, cached for at most one refresh period (shared: no patient data)."""
+def query(kind: str, filters: Filters, timezone: str, source: str) -> object:
+    """One aggregate from the database (``source`` names it, for the cache key), cached for at most one refresh
+    period. Shared by all sessions, so it returns aggregates and display rows only: no patient references."""
     if kind == "summary":
         return store.summary(filters)
     if kind == "days":
@@ -35,7 +40,17 @@ def query(kind: str, filters: Filters, timezone: str, _source: str) -> object:
     if kind == "models":
         return store.by_model(filters)
     if kind == "recent":
-        return store.recent(50, filters)
+        return [
+            {
+                "time": r.created_at.astimezone(ZoneInfo(timezone)).strftime("%Y-%m-%d %H:%M"),
+                "verdict": pretty(r.label),
+                "tumour probability": round(r.tumour_probability, 3),
+                "confidence": round(r.confidence, 3),
+                "model": r.model_version,
+                "reviewed": r.review_verdict or "",
+            }
+            for r in store.recent(50, filters)
+        ]
     if kind == "versions":
         return store.model_versions()
     raise ValueError(kind)
@@ -46,13 +61,12 @@ def local_midnight(day: date, timezone: str) -> datetime:
 
 
 browser_zone = st.context.timezone if st.context.timezone in available_timezones() else "UTC"
-controls = st.columns([1.4, 1, 1, 1.2, 0.8])
-today = datetime.now(ZoneInfo(browser_zone)).date()
-chosen = controls[0].date_input("Dates", (today - timedelta(days=89), today), max_value=today + timedelta(days=1))
-period = controls[1].radio("Group by", PERIODS, horizontal=True, index=0)
-timezone = controls[2].selectbox(
-    "Time zone", sorted({browser_zone, "UTC", "Europe/London", "Europe/Paris", "America/New_York", "Asia/Tokyo"})
-)
+zones = sorted({browser_zone, "UTC", "Europe/London", "Europe/Paris", "America/New_York", "Asia/Tokyo"})
+controls = st.columns([1, 1.4, 1, 1.2, 0.8])
+timezone = controls[0].selectbox("Time zone", zones, index=zones.index(browser_zone))
+today = datetime.now(ZoneInfo(timezone)).date()
+chosen = controls[1].date_input("Dates", (today - timedelta(days=89), today), max_value=today + timedelta(days=1))
+period = controls[2].radio("Group by", PERIODS, horizontal=True, index=0)
 try:
     versions = query("versions", Filters(), timezone, source)
 except StoreError as error:
@@ -61,7 +75,11 @@ except StoreError as error:
 picked = controls[3].multiselect("Model versions", versions, placeholder="all versions")
 paused = controls[4].toggle("Pause", help=f"Stop refreshing (every {REFRESH_SECONDS} s)")
 
-start_day, end_day = chosen if isinstance(chosen, tuple) and len(chosen) == 2 else (chosen[0], chosen[0])
+days_chosen = list(chosen) if isinstance(chosen, tuple | list) else [chosen]
+if not days_chosen:
+    st.info("Choose a start and an end date.")
+    st.stop()
+start_day, end_day = days_chosen[0], days_chosen[-1]
 everything = Filters(
     start=local_midnight(start_day, timezone),
     end=local_midnight(end_day + timedelta(days=1), timezone),
@@ -73,11 +91,14 @@ filters = replace(everything, gates=SHOWN)  # verdicts only: scans the input gat
 @st.fragment(run_every=None if paused else REFRESH_SECONDS)
 def live_dashboard() -> None:
     try:
-        summary = query("summary", filters, timezone, source)
-        gates = query("summary", everything, timezone, source).per_gate
+        dashboard()
     except StoreError as error:
         st.error(f"The results database cannot be read: {error}")
-        return
+
+
+def dashboard() -> None:
+    summary = query("summary", filters, timezone, source)
+    gates = query("summary", everything, timezone, source).per_gate
     st.caption(f"Updated at {datetime.now(ZoneInfo(timezone)):%H:%M:%S} ({timezone}) · {source}")
     if summary.total == 0:
         st.info(
@@ -85,9 +106,11 @@ def live_dashboard() -> None:
             "analysed on the Scan page (or back-filled with `python -m core predict`)."
         )
         return
-    today_start = local_midnight(datetime.now(ZoneInfo(timezone)).date(), timezone)
+    local_today = datetime.now(ZoneInfo(timezone)).date()
+    today_start = local_midnight(local_today, timezone)
     today_summary = query("summary", replace(filters, start=today_start, end=None), timezone, source)
-    week = query("summary", replace(filters, start=today_start - timedelta(days=7), end=today_start), timezone, source)
+    week_start = local_midnight(local_today - timedelta(days=7), timezone)
+    week = query("summary", replace(filters, start=week_start, end=today_start), timezone, source)
     kpis = st.columns(6)
     kpis[0].metric("Scans with a verdict", f"{summary.total:,}")
     kpis[1].metric("Tumour rate", f"{summary.tumour_rate:.1%}")
@@ -128,23 +151,14 @@ def live_dashboard() -> None:
     st.dataframe(models, hide_index=True, use_container_width=True)
 
     st.subheader("Latest results")
-    latest = pd.DataFrame(
-        [
-            {
-                "time": r.created_at.astimezone(ZoneInfo(timezone)).strftime("%Y-%m-%d %H:%M"),
-                "verdict": pretty(r.label),
-                "tumour probability": round(r.tumour_probability, 3),
-                "confidence": round(r.confidence, 3),
-                "model": r.model_version,
-                "reviewed": r.review_verdict or "",
-            }
-            for r in query("recent", filters, timezone, source)
-        ]
-    )
+    latest = pd.DataFrame(query("recent", filters, timezone, source))
     st.dataframe(latest, hide_index=True, use_container_width=True)
 
-    export = pd.DataFrame(
-        [{"period_start": p.start.isoformat(), "scans": p.total, "tumour": p.tumour} for p in periods]
+    export = pd.DataFrame(  # counts of 1-4 are withheld: small cells can identify patients
+        [
+            {"period_start": p.start.isoformat(), "scans": suppress_small(p.total), "tumour": suppress_small(p.tumour)}
+            for p in periods
+        ]
     )
     st.download_button(
         "Export these aggregates (CSV)",

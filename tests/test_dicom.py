@@ -144,3 +144,14 @@ def test_acquisition_facts_are_non_identifying() -> None:
     facts = dict(scan.acquisition)
     assert facts["Modality"] == "MR" and facts["Plane"] == "axial" and facts["MagneticFieldStrength"] == "1.5"
     assert CANARY not in repr(facts) and "MRN123" not in repr(facts)
+
+
+def test_malformed_header_values_are_rejected_not_crashed() -> None:
+    data = dicom_bytes(stored_slice(), window=(2048, 4096))
+    # Replace the WindowCenter value ("2048") with spaces: pydicom only fails when the value is read.
+    tag = b"\x28\x00\x50\x10DS"
+    at = data.find(tag)
+    length = int.from_bytes(data[at + 6 : at + 8], "little")
+    broken = data[: at + 8] + b"x" * length + data[at + 8 + length :]
+    with pytest.raises(CorruptImage, match="invalid values"):
+        read_scan(broken)

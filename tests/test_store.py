@@ -319,3 +319,26 @@ def test_gate_decisions_are_counted_and_rejected_scans_left_out_of_verdicts(stor
     assert shown.total == 2 and shown.tumour == 1
     assert sum(d.total for d in store.daily_counts(Filters(gates=SHOWN), "UTC")) == 2
     assert store.get(make_record(60, utc(2026, 3, 2)).id).gate_score == 3.5
+
+
+def test_unusable_mongodb_uri_is_a_store_error() -> None:
+    with pytest.raises(StoreError, match="MongoDB URI"):
+        open_store("mongodb://user:secret@host:notaport/", Path("/nonexistent"))
+
+
+def test_saving_without_a_database_reports_not_saved(tiny_classifier) -> None:
+    from core.pipeline import analyse
+    from core.triage import NOT_SAVED, save
+    from tests.scans import png_bytes, synthetic_slice
+
+    analysis = analyse(png_bytes(synthetic_slice(128)), tiny_classifier)
+    status = save(analysis, None, patient_ref=None, uploader=None, negative_label="notumor")
+    assert status.state == NOT_SAVED and "unavailable" in status.message
+
+
+def test_a_short_configured_patient_key_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.config import patient_key
+
+    monkeypatch.setenv("BTD_HMAC_KEY", "abcd")
+    with pytest.raises(ValueError, match="shorter than 16 bytes"):
+        patient_key({}, shared_database=True)
