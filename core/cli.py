@@ -169,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--size", type=int, default=None, help="input side in pixels")
     train.add_argument("--name", default=None)
     train.add_argument("--seed", type=int, default=None)
+    train.add_argument("--version", default=None, help="model version (the weights' hash is appended)")
+    train.add_argument("--unknown-weight", type=float, default=None, help="weight of tumour-of-unknown-type scans")
     train.set_defaults(run=cmd_train)
     return parser
 
@@ -186,7 +188,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from core.training import TrainConfig, train
 
-    overrides = {k: getattr(args, k) for k in ("epochs", "size", "name", "seed") if getattr(args, k) is not None}
+    names = ("epochs", "size", "name", "seed", "version", "unknown_weight")
+    overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     config = replace(TrainConfig(), **overrides)
     missing = [d for d in args.data if not Path(d).is_dir()]
     if missing:

@@ -9,7 +9,7 @@ Decisions, in order:
 
 The image thresholds were read off the training collection (5,772 slices: colourfulness at most 0.048, brain
 region 8.5-99 % of the frame with 0.1 % quantiles 20 % and 88 %, fill 0.51-0.90 at the 0.1/99.9 % quantiles,
-background median at most 0.18) and set outside those ranges so that real scans pass.
+background median at most 0.18, flatness at most 0.39) and set outside those ranges so that real scans pass.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ class GatePolicy:
     min_fill: float = 0.40
     max_fill: float = 0.95
     max_background: float = 0.25
+    max_flatness: float = 0.45
     max_energy: float | None = None  # from the card; None = no model-based check
     review_below_confidence: float = 0.60
     review_below_margin: float = 0.15
@@ -70,6 +71,17 @@ def background_level(scan: Scan, region: BrainRegion) -> float:
     return float(np.median(outside)) / 255.0 if outside.size else 0.0
 
 
+def flatness(scan: Scan, region: BrainRegion) -> float:
+    """Share of the head region's pixels within 2 grey levels of its most common value: drawings and graphics
+    are mostly flat, scans are textured (training slices: at most 0.39)."""
+    inside = scan.pixels[region.mask(scan.pixels.shape)]
+    if inside.size == 0:
+        return 1.0
+    counts = np.bincount(inside, minlength=256)
+    mode = int(counts.argmax())
+    return float(counts[max(0, mode - 2) : mode + 3].sum() / inside.size)
+
+
 def image_reasons(scan: Scan, region: BrainRegion, policy: GatePolicy) -> list[str]:
     reasons = []
     if scan.colourfulness > policy.max_colourfulness:
@@ -80,6 +92,8 @@ def image_reasons(scan: Scan, region: BrainRegion, policy: GatePolicy) -> list[s
         reasons.append("the brightest region does not have the shape of a head")
     if background_level(scan, region) > policy.max_background:
         reasons.append("its background is bright, unlike an MRI slice")
+    if flatness(scan, region) > policy.max_flatness:
+        reasons.append("the head region is mostly one flat intensity, like a drawing rather than a scan")
     return reasons
 
 

@@ -377,6 +377,7 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
     import tensorflow as tf
 
     started = time.time()
+    code_version = _code_version()  # the code that runs, not whatever HEAD is when training ends
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
     items = collect(data_dirs)
@@ -495,7 +496,7 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
             "best_val_loss": round(float(epoch_log.best_loss), 5),
             "seconds": round(time.time() - started),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, TensorFlow {tf.__version__}",
-            "code_version": _code_version(),
+            "code_version": code_version,
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
         },
     }
