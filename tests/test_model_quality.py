@@ -45,7 +45,9 @@ def validation() -> list[tuple[str, Path]]:
 
 
 def handful(validation: list[tuple[str, Path]], label: str, n: int = 8) -> list[Path]:
-    return [path for truth, path in validation if truth == label][:n]
+    """``n`` validation scans of ``label`` spread over the split (files are grouped by source in their folders)."""
+    paths = [path for truth, path in validation if truth == label]
+    return paths[:: max(1, len(paths) // n)][:n]
 
 
 def png(pixels: np.ndarray) -> bytes:
