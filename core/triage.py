@@ -93,5 +93,5 @@ def summary_row(index: int, outcome: ScanOutcome, status: SaveStatus | None) -> 
         "confidence": round(max(prediction.probabilities.values()), 4),
         "model_version": prediction.model_version,
         "saved": status.state if status else None,
-        "reason": status.message if status and status.message else None,
+        "reason": status.message if status else "",
     }

@@ -117,3 +117,11 @@ def test_batch_of_fifty_scans_gets_a_progress_bar_and_one_record_each(app_enviro
     assert len(app.dataframe[0].value) == 50
     assert SQLiteStore(app_environment / "results.sqlite3").summary().total == 50
     assert app.download_button[0].label == "Download results (CSV)"
+
+
+def test_two_sessions_never_see_each_others_uploads() -> None:
+    first, second = page("scan.py").run(), page("scan.py").run()
+    first.file_uploader[0].set_value([("a.png", png_bytes(synthetic_slice(256, tumour=True)), "image/png")]).run()
+    second.run()
+    assert len(first.get("image")) == 3
+    assert not second.get("image") and second.info  # still the empty state
