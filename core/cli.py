@@ -15,11 +15,12 @@ from typing import Any, TextIO
 
 from core.classifier import Classifier
 from core.config import model_card_path
-from core.errors import ModelError, ScanError
+from core.errors import ModelError, ScanError, StoreError
 from core.gate import REJECTED
 from core.imaging import DEFAULT_LIMITS, read_file_bytes
 from core.metrics import classification_report, percentiles_ms
-from core.pipeline import analyse
+from core.pipeline import Analysis, analyse
+from core.triage import save
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ""}
@@ -42,23 +43,23 @@ def _error(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 
 
-def _classify_file(path: Path, classifier: Classifier, frame: int | None) -> dict[str, Any]:
-    """One file -> its JSON result or its JSON error (never raises for a bad file)."""
+def _classify_file(path: Path, classifier: Classifier, frame: int | None) -> tuple[dict[str, Any], Analysis | None]:
+    """One file -> (its JSON result or JSON error, the analysis when there is one); never raises for a bad file."""
     try:
         analysis = analyse(read_file_bytes(path), classifier, DEFAULT_LIMITS, frame)
     except (FileNotFoundError, IsADirectoryError):
-        return {"file": str(path), **_error("not_found", "No such file.")}
+        return {"file": str(path), **_error("not_found", "No such file.")}, None
     except PermissionError:
-        return {"file": str(path), **_error("unreadable", "The file cannot be read (permission denied).")}
+        return {"file": str(path), **_error("unreadable", "The file cannot be read (permission denied).")}, None
     except ScanError as error:
-        return {"file": str(path), **_error(error.code, str(error))}
+        return {"file": str(path), **_error(error.code, str(error))}, None
     except Exception:  # a bug must not stop a batch nor print a traceback
-        return {"file": str(path), **_error("internal_error", "Unexpected error while analysing this file.")}
+        return {"file": str(path), **_error("internal_error", "Unexpected error while analysing this file.")}, None
     gate = analysis.prediction.gate
     if gate is not None and gate.decision == REJECTED:  # never a diagnosis for what is not a brain MRI
         message = "This does not look like a brain MRI slice: " + "; ".join(gate.reasons) + "."
-        return {"file": str(path), "gate": gate.to_json(), **_error("not_brain_mri", message)}
-    return {"file": str(path), **analysis.prediction.to_json()}
+        return {"file": str(path), "gate": gate.to_json(), **_error("not_brain_mri", message)}, analysis
+    return {"file": str(path), **analysis.prediction.to_json()}, analysis
 
 
 def _load(card: str | None) -> Classifier:
@@ -73,11 +74,26 @@ def _progress(items: Sequence[Any], description: str) -> Iterator[Any]:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     classifier = _load(args.model)
+    store = None
+    if args.save:  # back-fill: the database the app uses (MONGODB_URI, else BTD_DATA_DIR's SQLite file)
+        from core.config import data_dir, mongodb_uri
+        from core.store import open_store
+
+        try:
+            store = open_store(mongodb_uri({}), data_dir())
+        except StoreError as error:
+            _emit(_error(error.code, str(error)), sys.stdout)
+            return EXIT_USAGE
     status = EXIT_OK
     for name in _progress(args.files, "predict"):
-        result = _classify_file(Path(name), classifier, args.frame)
+        result, analysis = _classify_file(Path(name), classifier, args.frame)
         if "error" in result:
             status = EXIT_REJECTED
+        if args.save and analysis is not None:  # gate-rejected scans are recorded as such, like in the app
+            saved = save(
+                analysis, store, patient_ref=None, uploader="cli", negative_label=classifier.card.negative_label
+            )
+            result["saved"] = saved.state + (f": {saved.message}" if saved.message else "")
         _emit(result, sys.stdout)
     return status
 
@@ -107,7 +123,7 @@ def evaluate_folder(root: Path, classifier: Classifier, split: Path | None = Non
     latencies: list[float] = []
     rejected: dict[str, int] = {}
     for label, path in _progress(files, "evaluate"):
-        result = _classify_file(path, classifier, None)
+        result, _ = _classify_file(path, classifier, None)
         if "error" in result:
             code = result["error"]["code"]
             rejected[code] = rejected.get(code, 0) + 1
@@ -151,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="classify scans, one JSON line per file")
     predict.add_argument("--model", help="model card JSON (default: the shipped model or $BTD_MODEL)")
     predict.add_argument("--frame", type=int, default=None, help="frame index for multi-frame DICOM files")
+    predict.add_argument("--save", action="store_true", help="also save each result to the app's database")
     predict.add_argument("files", nargs="+", metavar="FILE")
     predict.set_defaults(run=cmd_predict)
     evaluate = commands.add_parser("evaluate", help="score DIR/<label>/* and print JSON metrics")

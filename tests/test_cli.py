@@ -138,3 +138,18 @@ def test_cli_process_never_prints_a_traceback(tmp_path: Path, tiny_card: Path) -
     assert done.returncode == 1
     assert "Traceback" not in done.stdout + done.stderr
     assert all("error" in json.loads(line) for line in done.stdout.splitlines())
+
+
+def test_predict_can_back_fill_the_database_once(tmp_path: Path, tiny_card: Path, capsys, monkeypatch) -> None:
+    from core.store import SQLiteStore
+
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("MONGODB_URI", raising=False)
+    scan = tmp_path / "ZZCANARY_scan.png"
+    scan.write_bytes(png_bytes(synthetic_slice(256, tumour=True)))
+    code, lines = run_main(["predict", "--save", "--model", str(tiny_card), str(scan)], capsys)
+    assert code == 0 and lines[0]["saved"] == "saved"
+    code, lines = run_main(["predict", "--save", "--model", str(tiny_card), str(scan)], capsys)
+    assert lines[0]["saved"] == "already saved"
+    store = SQLiteStore(tmp_path / "data" / "results.sqlite3")
+    assert store.summary().total == 1 and store.recent(1)[0].uploader == "cli"
