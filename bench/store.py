@@ -15,6 +15,7 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,8 +23,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.records import Filters, Record, record_id
+from core.records import Filters, Record
 from core.store import MongoStore, SQLiteStore
+from tests.test_store import make_record
 
 LABELS = ("glioma", "meningioma", "notumor", "pituitary")
 VERSIONS = ("0.9.0", "1.0.0", "1.1.0", "1.2.0")
@@ -43,29 +45,8 @@ def synthetic(n: int, seed: int = 0, offset: int = 0) -> list[Record]:
             created -= timedelta(days=2)
         label = LABELS[labels[i]]
         c = float(confidence[i])
-        probabilities = {name: (c if name == label else (1 - c) / 3) for name in LABELS}
         version = VERSIONS[min(3, int((730 * 86400 - seconds[i]) / (730 * 86400 / 4)))]
-        sha = f"{offset + i:064x}"
-        records.append(
-            Record(
-                id=record_id(sha, "btd-cnn", version, None),
-                created_at=created,
-                image_sha256=sha,
-                image_format="png",
-                image_width=512,
-                image_height=512,
-                image_bytes=150_000,
-                model_name="btd-cnn",
-                model_version=version,
-                label=label,
-                probabilities=probabilities,
-                tumour_probability=1 - probabilities["notumor"],
-                is_tumour=label != "notumor",
-                roi=(10, 12, 500, 498),
-                timings_ms={"total": 20.0},
-                uploader="bench",
-            )
-        )
+        records.append(make_record(offset + i, created, label, version, c))
     return records
 
 
@@ -121,7 +102,7 @@ def main() -> None:
     fresh = synthetic(200, seed=999_999, offset=10**12 + time.time_ns() // 1000)
     samples = []
     for record in fresh:
-        record = Record(**{**record.__dict__, "created_at": datetime.now(UTC)})
+        record = replace(record, created_at=datetime.now(UTC))
         t0 = time.perf_counter()
         store.add(record)
         samples.append((time.perf_counter() - t0) * 1000)

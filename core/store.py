@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from core.errors import InvalidRecord, StoreError, StoreUnavailable
-from core.records import DayCount, Filters, ModelRow, Record, Summary
+from core.records import REVIEW_VERDICTS, DayCount, Filters, ModelRow, Record, Summary
 
 DAY_MS = 86_400_000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -430,8 +430,6 @@ class SQLiteStore:
 
 
 def _check_review(record: Record, verdict: str, final_label: str | None) -> None:
-    from core.records import REVIEW_VERDICTS
-
     if verdict not in REVIEW_VERDICTS:
         raise InvalidRecord(f"Review verdict must be one of {', '.join(REVIEW_VERDICTS)}.")
     if final_label is not None and final_label not in record.probabilities:

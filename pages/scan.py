@@ -91,9 +91,10 @@ for index, upload in enumerate(uploads, start=1):
     heat = None
     if outcome.analysis is not None and outcome.analysis.prediction.gate.decision != REJECTED:
         label = outcome.analysis.prediction.label if explained_class == "predicted class" else explained_class
-        if (cache_key, label) not in heatmaps:
-            heatmaps[(cache_key, label)] = resources.current_explainer().explain(outcome.analysis, label).on_input
-        heat = overlay(model_view(outcome.analysis.model_input), heatmaps[(cache_key, label)], opacity)
+        heat_key = (*cache_key, label)
+        if heat_key not in heatmaps:
+            heatmaps[heat_key] = resources.current_explainer().explain(outcome.analysis, label).on_input
+        heat = overlay(model_view(outcome.analysis.model_input), heatmaps[heat_key], opacity)
     scan_panel(index, outcome, status, heat)
     st.divider()
     rows.append(summary_row(index, outcome, status))
@@ -103,7 +104,7 @@ for index, upload in enumerate(uploads, start=1):
 # Forget removed uploads so a long session does not keep every image it has seen.
 current = {upload.file_id for upload in uploads}
 for memory in (analyses, saves, heatmaps):
-    for stale in [k for k in memory if (k[0][0] if isinstance(k[0], tuple) else k[0]) not in current]:
+    for stale in [k for k in memory if k[0] not in current]:  # every key starts with the upload's file_id
         del memory[stale]
 
 table = pd.DataFrame(rows)
