@@ -56,6 +56,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     warmup_epochs: int = 2
     patience: int = 10
+    average_from: float = 0.6  # weights are also averaged over the epochs after this share of the schedule
     max_minutes: float = 75.0
     val_fraction: float = 0.2
     unknown_val_fraction: float = 0.35
@@ -408,9 +409,11 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
     model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4), loss=allowed_label_nll)
 
     class EpochLog(keras.callbacks.Callback):
-        """Prints validation figures each epoch, keeps the best weights, and stops at the time budget."""
+        """Prints validation figures each epoch, keeps the best weights and a running average of the late epochs'
+        weights (stochastic weight averaging, which evens out epoch-to-epoch noise), stops at the time budget."""
 
-        best_loss, best_weights = math.inf, None
+        best_loss, best_weights, best_epoch = math.inf, None, 0
+        sum_weights, averaged = None, 0
 
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
             logits = np.asarray(self.model.predict(val_inputs, batch_size=128, verbose=0))
@@ -424,6 +427,15 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
             )
             if logs.get("val_loss", math.inf) < self.best_loss:
                 self.best_loss, self.best_weights = logs["val_loss"], self.model.get_weights()
+                self.best_epoch = epoch + 1
+            if epoch + 1 > config.average_from * config.epochs:
+                weights = self.model.get_weights()
+                self.sum_weights = (
+                    weights
+                    if self.sum_weights is None
+                    else [a + b for a, b in zip(self.sum_weights, weights, strict=True)]
+                )
+                self.averaged += 1
             if time.time() - started > config.max_minutes * 60:
                 _log(f"time budget of {config.max_minutes:g} minutes reached: stopping")
                 self.model.stop_training = True
@@ -441,8 +453,17 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
     except KeyboardInterrupt:  # Ctrl-C: keep the best epoch so far and finish calibration and the card
         _log("interrupted: finishing with the best epoch so far")
     epochs_run = len(model.history.history.get("loss", [])) if model.history else 0
+    chosen = f"epoch {epoch_log.best_epoch}"
+    if epoch_log.averaged > 1:  # the average of the late epochs, when it beats the best single epoch
+        model.set_weights([w / epoch_log.averaged for w in epoch_log.sum_weights])
+        average_loss = float(model.evaluate(val_inputs, masks[val_idx], batch_size=128, verbose=0))
+        _log(f"average of the last {epoch_log.averaged} epochs: val_loss {average_loss:.4f}")
+        if average_loss < epoch_log.best_loss:
+            epoch_log.best_loss, epoch_log.best_weights = average_loss, None
+            chosen = f"average of epochs {epochs_run - epoch_log.averaged + 1}-{epochs_run}"
     if epoch_log.best_weights is not None:
         model.set_weights(epoch_log.best_weights)
+    _log(f"weights kept: {chosen}")
     logits = np.asarray(model.predict(val_inputs, batch_size=128, verbose=0))
     temperature = fit_temperature(logits, masks[val_idx])
     report = validation_report(logits, val_labels, temperature, val_inputs, model)
@@ -493,6 +514,7 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
             "command": command,
             "config": asdict(config),
             "epochs_run": epochs_run,
+            "weights_kept": chosen,
             "best_val_loss": round(float(epoch_log.best_loss), 5),
             "seconds": round(time.time() - started),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, TensorFlow {tf.__version__}",
