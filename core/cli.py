@@ -122,11 +122,13 @@ def evaluate_folder(root: Path, classifier: Classifier, split: Path | None = Non
     rows: list[list[float]] = []
     latencies: list[float] = []
     rejected: dict[str, int] = {}
+    rejected_by_label: dict[str, int] = {}  # refused scans are not scored: say whose they were
     for label, path in _progress(files, "evaluate"):
         result, _ = _classify_file(path, classifier, None)
         if "error" in result:
             code = result["error"]["code"]
             rejected[code] = rejected.get(code, 0) + 1
+            rejected_by_label[label] = rejected_by_label.get(label, 0) + 1
             continue
         true.append(label)
         rows.append([result["probabilities"][name] for name in classifier.card.labels])
@@ -143,6 +145,7 @@ def evaluate_folder(root: Path, classifier: Classifier, split: Path | None = Non
             "data": str(root),
             "files": len(files),
             "rejected": rejected,
+            "rejected_by_label": rejected_by_label,
             "latency_ms": percentiles_ms(latencies),
         }
     )

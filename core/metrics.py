@@ -7,6 +7,10 @@ from typing import Any
 
 import numpy as np
 
+from core.classifier import decide
+
+UNKNOWN_TYPE = "tumour"  # the folder name of tumour scans whose type is not given
+
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
     """ECE over equal-width confidence bins: sum over bins of |accuracy - mean confidence| x bin share."""
@@ -29,15 +33,18 @@ def classification_report(
     probabilities: np.ndarray,
     labels: Sequence[str],
     negative_label: str,
+    threshold: float = 0.5,
 ) -> dict[str, Any]:
-    """Metrics for rows whose true label is one of ``labels``, plus tumour-vs-none figures.
+    """Metrics for rows whose true label is one of ``labels``, plus tumour-vs-none figures, all with the app's
+    decision rule (:func:`core.classifier.decide`).
 
-    Rows with the true label ``"tumour"`` (tumour present, subtype unknown) count only towards tumour sensitivity.
+    Rows with the true label ``"tumour"`` (tumour present, subtype unknown: the web-style scans) count towards tumour
+    sensitivity and give their own recall, ``unknown_type_tumour_recall``.
     """
     labels = list(labels)
     true = np.asarray(list(true), dtype=object)
     probabilities = np.asarray(probabilities, dtype=np.float64).reshape(len(true), len(labels))
-    predicted = np.array([labels[i] for i in probabilities.argmax(axis=1)], dtype=object)
+    predicted = np.array(decide(probabilities, labels, negative_label, threshold), dtype=object)
     known = np.isin(true, labels)
     report: dict[str, Any] = {"n": len(true), "n_labelled": int(known.sum())}
     if known.any():
@@ -55,14 +62,18 @@ def classification_report(
                 "support": true_n,
             }
         report["per_class"] = per_class
-        confidence = probabilities[known].max(axis=1)
+        chosen = probabilities[np.arange(len(true)), [labels.index(label) for label in predicted]]
+        confidence = chosen[known]  # the probability of the label the app shows
         report["expected_calibration_error"] = expected_calibration_error(confidence, t == p)
     is_tumour = true != negative_label
-    flagged = predicted != negative_label  # the app's decision rule: the most probable class
+    flagged = predicted != negative_label
     positives, negatives = int(is_tumour.sum()), int((~is_tumour).sum())
     report["tumour_sensitivity"] = float((flagged & is_tumour).sum() / positives) if positives else None
     report["tumour_specificity"] = float((~flagged & ~is_tumour).sum() / negatives) if negatives else None
     report["tumour_positives"], report["tumour_negatives"] = positives, negatives
+    unknown = true == UNKNOWN_TYPE
+    report["unknown_type_tumour_recall"] = float(flagged[unknown].mean()) if unknown.any() else None
+    report["unknown_type_tumour_n"] = int(unknown.sum())
     return report
 
 

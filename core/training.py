@@ -33,15 +33,16 @@ from typing import Any
 import cv2
 import numpy as np
 
+from core.classifier import decide
 from core.errors import NoBrainFound, ScanError
 from core.imaging import read_scan_file
-from core.metrics import classification_report, expected_calibration_error
+from core.metrics import UNKNOWN_TYPE, classification_report
 from core.preprocess import InputSpec, crop_square, resize_square, scale_intensities, to_model_input
 from core.roi import find_brain
 
 CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
 NEGATIVE = "notumor"
-UNKNOWN_TUMOUR = "tumour"
+UNKNOWN_TUMOUR = UNKNOWN_TYPE
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm"}
 
 
@@ -344,17 +345,11 @@ def validation_report(
     """Metrics on the validation split, web-style tumour recall, and the histogram shortcut probe."""
     probs = softmax(logits / temperature)
     report = classification_report(labels, probs, CLASSES, NEGATIVE)
+    uncalibrated = classification_report(labels, softmax(logits), CLASSES, NEGATIVE)
+    report["expected_calibration_error_uncalibrated"] = uncalibrated.get("expected_calibration_error")
     labels_arr = np.asarray(labels)
-    tumour_p = 1.0 - probs[:, CLASSES.index(NEGATIVE)]
-    unknown = labels_arr == UNKNOWN_TUMOUR
-    report["web_tumour_recall"] = float((tumour_p[unknown] >= 0.5).mean()) if unknown.any() else None
-    report["web_tumour_n"] = int(unknown.sum())
     known = np.isin(labels_arr, CLASSES)
-    confidence = probs.max(axis=1)
-    report["expected_calibration_error_uncalibrated"] = expected_calibration_error(
-        softmax(logits)[known].max(axis=1), (np.asarray(CLASSES)[logits.argmax(1)] == labels_arr)[known]
-    )
-    report["mean_confidence"] = float(confidence[known].mean()) if known.any() else None
+    report["mean_confidence"] = float(probs.max(axis=1)[known].mean()) if known.any() else None
     # Shortcut probe: known-subtype tumour scans re-rendered with a random notumor scan's histogram.
     tumour_rows = np.nonzero(known & (labels_arr != NEGATIVE))[0]
     normal_rows = np.nonzero(labels_arr == NEGATIVE)[0]
@@ -366,8 +361,8 @@ def validation_report(
             img = (inputs[i, :, :, 0] * 255).astype(np.uint8)
             probe.append(scale_intensities(match_histogram(img, ref), "percentile")[:, :, None])
         probe_logits = np.asarray(model.predict(np.stack(probe), batch_size=64, verbose=0))
-        probe_p = 1.0 - softmax(probe_logits / temperature)[:, CLASSES.index(NEGATIVE)]
-        report["shortcut_probe_tumour_recall"] = float((probe_p >= 0.5).mean())
+        probe_labels = decide(softmax(probe_logits / temperature), CLASSES, NEGATIVE)
+        report["shortcut_probe_tumour_recall"] = float(np.mean([label != NEGATIVE for label in probe_labels]))
         report["shortcut_probe_n"] = len(tumour_rows)
     return report
 
@@ -468,7 +463,7 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
     temperature = fit_temperature(logits, masks[val_idx])
     report = validation_report(logits, val_labels, temperature, val_inputs, model)
     headline = ("accuracy", "tumour_sensitivity", "tumour_specificity", "expected_calibration_error")
-    headline += ("web_tumour_recall", "shortcut_probe_tumour_recall")
+    headline += ("unknown_type_tumour_recall", "shortcut_probe_tumour_recall")
     _log(f"temperature {temperature}; validation {json.dumps({k: report.get(k) for k in headline})}")
 
     out_dir.mkdir(parents=True, exist_ok=True)

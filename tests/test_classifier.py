@@ -22,7 +22,8 @@ def test_four_class_prediction_follows_the_card(tiny_classifier: Classifier) -> 
     assert set(prediction.probabilities) == {"glioma", "meningioma", "notumor", "pituitary"}
     assert sum(prediction.probabilities.values()) == pytest.approx(1.0, abs=1e-6)
     assert prediction.tumour_probability == pytest.approx(1 - prediction.probabilities["notumor"])
-    assert prediction.label == max(prediction.probabilities, key=prediction.probabilities.get)
+    # the verdict agrees with the tumour probability shown beside it (core.classifier.decide)
+    assert (prediction.label == "notumor") == (prediction.tumour_probability < 0.5)
     assert prediction.model_name == "tiny" and prediction.model_version == "0.0.1-test"
     assert set(prediction.timings_ms) == {"read", "crop", "preprocess", "predict", "total"}
     x0, y0, x1, y1 = prediction.roi

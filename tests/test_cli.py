@@ -114,6 +114,7 @@ def test_evaluate_scores_a_labelled_folder(tmp_path: Path, tiny_card: Path, caps
     report = lines[0]
     assert code == 0
     assert report["n"] == 10 and report["n_labelled"] == 8 and report["rejected"] == {"unsupported_format": 1}
+    assert report["rejected_by_label"] == {"notumor": 1} and report["unknown_type_tumour_n"] == 2
     assert 0 <= report["accuracy"] <= 1
     assert report["confusion_matrix"]["labels"] == ["glioma", "meningioma", "notumor", "pituitary"]
     assert sum(map(sum, report["confusion_matrix"]["rows_true_columns_predicted"])) == 8

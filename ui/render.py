@@ -61,7 +61,11 @@ def scan_panel(index: int, outcome: ScanOutcome, status: SaveStatus | None, heat
         else:
             if gate is not None and gate.decision == NEEDS_REVIEW:
                 st.warning(f"Needs review: {'; '.join(gate.reasons)}.", icon=":material/rate_review:")
-            st.metric("Verdict", pretty(prediction.label), help="The most probable class after calibration.")
+            st.metric(
+                "Verdict",
+                pretty(prediction.label),
+                help="Tumour when the calibrated tumour probability reaches 50 %; then the most probable tumour type.",
+            )
             st.markdown(
                 f"Tumour probability **{prediction.tumour_probability:.1%}** · "
                 f"model {prediction.model_name} {prediction.model_version}"
