@@ -9,7 +9,8 @@ Designed against the training collection's shortcut (every "notumor" image is an
 - inputs go through exactly the inference path (:func:`core.imaging.read_scan`, :func:`core.roi.find_brain`,
   :mod:`core.preprocess`), so crop, fixed geometry and per-image intensity normalisation remove what a source
   leaves behind; augmentation varies geometry, margins, resolution, gamma, contrast, blur, noise, JPEG quality and
-  the whole intensity histogram (re-rendered with another scan's histogram);
+  the whole intensity histogram (re-rendered with another scan's histogram) and, optionally, the tissue contrasts
+  themselves (a random intensity curve, so lesions are learnt by shape rather than by one sequence's grey levels);
 - a calibration temperature is fitted on the validation split, and the card records validation metrics, recall on
   held-back web-style tumour scans and a shortcut probe (tumour scans re-rendered with a notumor scan's histogram).
 """
@@ -62,6 +63,7 @@ class TrainConfig:
     val_fraction: float = 0.2
     unknown_val_fraction: float = 0.35
     unknown_weight: float = 3.0
+    contrast_remap: float = 0.0  # share of training inputs whose grey levels go through a random intensity curve
     twin_threshold: float = 0.97
     seed: int = 20261125
     name: str = "btd-cnn"
@@ -198,7 +200,25 @@ def match_histogram(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return mapping.astype(np.uint8)[image]
 
 
-def augment(pixels: np.ndarray, rng: np.random.Generator, spec: InputSpec, reference: np.ndarray | None) -> np.ndarray:
+def remap_contrast(image: np.ndarray, rng: np.random.Generator, knots: int = 6) -> np.ndarray:
+    """Pass uint8 ``image`` through a random, possibly non-monotone intensity curve that keeps black black.
+
+    The result has another sequence's tissue contrasts (what is dark in T1 may be bright, as in T2 or FLAIR), so a
+    lesion has to be recognised by its shape and texture rather than by the grey levels of the sequences one
+    source happened to use: the tumour scans here are mostly contrast-enhanced T1, the normal ones web T2/FLAIR.
+    """
+    xs = np.linspace(0, 255, knots)
+    ys = np.concatenate([[0.0], rng.uniform(0.1, 1.0, knots - 1)]) * 255
+    return np.interp(np.arange(256), xs, ys).astype(np.uint8)[image]
+
+
+def augment(
+    pixels: np.ndarray,
+    rng: np.random.Generator,
+    spec: InputSpec,
+    reference: np.ndarray | None,
+    contrast_remap: float = 0.0,
+) -> np.ndarray:
     """One randomly varied model input from a full-frame slice, through the inference crop and scaling."""
     height, width = pixels.shape
     matrix = cv2.getRotationMatrix2D((width / 2, height / 2), rng.uniform(-15, 15), rng.uniform(0.9, 1.1))
@@ -216,6 +236,8 @@ def augment(pixels: np.ndarray, rng: np.random.Generator, spec: InputSpec, refer
     square = resize_square(square, spec.size)
     if reference is not None and rng.random() < 0.25:
         square = match_histogram(square, reference)
+    if rng.random() < contrast_remap:
+        square = remap_contrast(square, rng)
     x = square.astype(np.float32) / 255.0
     x = x ** math.exp(rng.uniform(math.log(0.6), math.log(1.7)))
     x = (x - 0.5) * rng.uniform(0.75, 1.25) + 0.5 + rng.uniform(-0.08, 0.08)
@@ -281,7 +303,10 @@ def _batches(images, indices, masks, weights, config, references, epoch_seed):
             chosen = self.order[i * config.batch_size : (i + 1) * config.batch_size]
             spec = InputSpec(config.size)
             x = np.stack(
-                [augment(images[j], rng, spec, references[int(rng.integers(len(references)))]) for j in chosen]
+                [
+                    augment(images[j], rng, spec, references[int(rng.integers(len(references)))], config.contrast_remap)
+                    for j in chosen
+                ]
             )
             return x, masks[chosen], weights[chosen]
 

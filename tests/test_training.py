@@ -17,6 +17,7 @@ from core.training import (
     fit_temperature,
     label_masks,
     match_histogram,
+    remap_contrast,
     sample_weights,
     split,
     thumbnails,
@@ -87,6 +88,20 @@ def test_augmentation_keeps_the_model_input_contract() -> None:
     for _ in range(10):
         x = augment(image, rng, spec, reference=synthetic_slice(64, seed=3))
         assert x.shape == (64, 64, 1) and x.dtype == np.float32 and x.min() >= 0 and x.max() <= 1
+
+
+def test_contrast_remap_keeps_black_black_and_changes_tissue_contrast() -> None:
+    image = synthetic_slice(128, tumour=True)
+    curves = [remap_contrast(image, np.random.default_rng(seed)) for seed in range(20)]
+    for remapped in curves:
+        assert remapped.shape == image.shape and remapped.dtype == np.uint8
+        assert remapped[image == 0].max() == 0  # the background stays black
+    tissue = image > 40
+    # some curves invert the ordering of tissue grey levels (a T1-like slice gets a T2-like look)
+    correlations = [np.corrcoef(image[tissue], remapped[tissue])[0, 1] for remapped in curves]
+    assert min(correlations) < 0 < max(correlations)
+    x = augment(image, np.random.default_rng(1), InputSpec(64), reference=None, contrast_remap=1.0)
+    assert x.shape == (64, 64, 1) and x.min() >= 0 and x.max() <= 1
 
 
 def test_histogram_matching_takes_the_reference_distribution() -> None:
