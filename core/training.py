@@ -316,6 +316,23 @@ def _batches(images, indices, masks, weights, config, references, epoch_seed):
     return AugmentedBatches()
 
 
+def recompute_batch_norm(model: Any, batches: Any, limit: int = 60) -> None:
+    """Batch-norm statistics that belong to averaged weights: a plain mean over training batches (averaging the
+    epochs' running statistics would not match the averaged convolutions)."""
+    from keras import layers
+
+    norms = [layer for layer in model.layers if isinstance(layer, layers.BatchNormalization)]
+    saved = [layer.momentum for layer in norms]
+    try:
+        for k in range(min(limit, len(batches))):
+            for layer in norms:
+                layer.momentum = k / (k + 1)  # moving = k/(k+1) moving + batch/(k+1): the mean of the k+1 batches
+            model(batches[k][0], training=True)
+    finally:
+        for layer, momentum in zip(norms, saved, strict=True):
+            layer.momentum = momentum
+
+
 def inference_inputs(images: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
     """Model inputs exactly as the app computes them (crop, square, resize, scale)."""
     return np.stack([to_model_input(img, find_brain(img).box, spec) for img in images])
@@ -476,6 +493,7 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
     chosen = f"epoch {epoch_log.best_epoch}"
     if epoch_log.averaged > 1:  # the average of the late epochs, when it beats the best single epoch
         model.set_weights([w / epoch_log.averaged for w in epoch_log.sum_weights])
+        recompute_batch_norm(model, batches)
         average_loss = float(model.evaluate(val_inputs, masks[val_idx], batch_size=128, verbose=0))
         _log(f"average of the last {epoch_log.averaged} epochs: val_loss {average_loss:.4f}")
         if average_loss < epoch_log.best_loss:

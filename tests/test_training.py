@@ -17,6 +17,7 @@ from core.training import (
     fit_temperature,
     label_masks,
     match_histogram,
+    recompute_batch_norm,
     remap_contrast,
     sample_weights,
     split,
@@ -119,3 +120,17 @@ def test_temperature_fit_recovers_an_overconfident_scale() -> None:
     masks = np.eye(4, dtype=np.float32)[true]
     assert 0.9 < fit_temperature(logits, masks) < 1.1
     assert 2.7 < fit_temperature(logits * 3.0, masks) < 3.3
+
+
+def test_batch_norm_statistics_are_recomputed_as_the_mean_over_batches() -> None:
+    import keras
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.BatchNormalization(momentum=0.9)(inputs))
+    rng = np.random.default_rng(0)
+    batches = [(rng.normal(loc, 1.0, (16, 4)).astype(np.float32),) for loc in (1.0, 2.0, 6.0)]
+    recompute_batch_norm(model, batches)
+    norm = model.layers[-1]
+    expected = np.mean([b[0].mean(axis=0) for b in batches], axis=0)
+    np.testing.assert_allclose(np.asarray(norm.moving_mean), expected, rtol=1e-5)
+    assert norm.momentum == 0.9  # restored for any later training
