@@ -191,7 +191,6 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=None)
     train.add_argument("--version", default=None, help="model version (the weights' hash is appended)")
     train.add_argument("--unknown-weight", type=float, default=None, help="weight of tumour-of-unknown-type scans")
-    train.add_argument("--contrast-remap", type=float, default=None, help="share of inputs given random contrasts")
     train.set_defaults(run=cmd_train)
     return parser
 
@@ -209,7 +208,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from core.training import TrainConfig, train
 
-    names = ("epochs", "size", "name", "seed", "version", "unknown_weight", "contrast_remap")
+    names = ("epochs", "size", "name", "seed", "version", "unknown_weight")
     overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     config = replace(TrainConfig(), **overrides)
     missing = [d for d in args.data if not Path(d).is_dir()]

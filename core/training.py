@@ -9,8 +9,7 @@ Designed against the training collection's shortcut (every "notumor" image is an
 - inputs go through exactly the inference path (:func:`core.imaging.read_scan`, :func:`core.roi.find_brain`,
   :mod:`core.preprocess`), so crop, fixed geometry and per-image intensity normalisation remove what a source
   leaves behind; augmentation varies geometry, margins, resolution, gamma, contrast, blur, noise, JPEG quality and
-  the whole intensity histogram (re-rendered with another scan's histogram) and, optionally, the tissue contrasts
-  themselves (a random intensity curve, so lesions are learnt by shape rather than by one sequence's grey levels);
+  the whole intensity histogram (re-rendered with another scan's histogram);
 - a calibration temperature is fitted on the validation split, and the card records validation metrics, recall on
   held-back web-style tumour scans and a shortcut probe (tumour scans re-rendered with a notumor scan's histogram).
 """
@@ -58,12 +57,10 @@ class TrainConfig:
     learning_rate: float = 1e-3
     warmup_epochs: int = 2
     patience: int = 10
-    average_from: float = 0.6  # weights are also averaged over the epochs after this share of the schedule
     max_minutes: float = 75.0
     val_fraction: float = 0.2
     unknown_val_fraction: float = 0.35
     unknown_weight: float = 3.0
-    contrast_remap: float = 0.0  # share of training inputs whose grey levels go through a random intensity curve
     twin_threshold: float = 0.97
     seed: int = 20261125
     name: str = "btd-cnn"
@@ -200,25 +197,7 @@ def match_histogram(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return mapping.astype(np.uint8)[image]
 
 
-def remap_contrast(image: np.ndarray, rng: np.random.Generator, knots: int = 6) -> np.ndarray:
-    """Pass uint8 ``image`` through a random, possibly non-monotone intensity curve that keeps black black.
-
-    The result has another sequence's tissue contrasts (what is dark in T1 may be bright, as in T2 or FLAIR), so a
-    lesion has to be recognised by its shape and texture rather than by the grey levels of the sequences one
-    source happened to use: the tumour scans here are mostly contrast-enhanced T1, the normal ones web T2/FLAIR.
-    """
-    xs = np.linspace(0, 255, knots)
-    ys = np.concatenate([[0.0], rng.uniform(0.1, 1.0, knots - 1)]) * 255
-    return np.interp(np.arange(256), xs, ys).astype(np.uint8)[image]
-
-
-def augment(
-    pixels: np.ndarray,
-    rng: np.random.Generator,
-    spec: InputSpec,
-    reference: np.ndarray | None,
-    contrast_remap: float = 0.0,
-) -> np.ndarray:
+def augment(pixels: np.ndarray, rng: np.random.Generator, spec: InputSpec, reference: np.ndarray | None) -> np.ndarray:
     """One randomly varied model input from a full-frame slice, through the inference crop and scaling."""
     height, width = pixels.shape
     matrix = cv2.getRotationMatrix2D((width / 2, height / 2), rng.uniform(-15, 15), rng.uniform(0.9, 1.1))
@@ -236,8 +215,6 @@ def augment(
     square = resize_square(square, spec.size)
     if reference is not None and rng.random() < 0.25:
         square = match_histogram(square, reference)
-    if rng.random() < contrast_remap:
-        square = remap_contrast(square, rng)
     x = square.astype(np.float32) / 255.0
     x = x ** math.exp(rng.uniform(math.log(0.6), math.log(1.7)))
     x = (x - 0.5) * rng.uniform(0.75, 1.25) + 0.5 + rng.uniform(-0.08, 0.08)
@@ -303,10 +280,7 @@ def _batches(images, indices, masks, weights, config, references, epoch_seed):
             chosen = self.order[i * config.batch_size : (i + 1) * config.batch_size]
             spec = InputSpec(config.size)
             x = np.stack(
-                [
-                    augment(images[j], rng, spec, references[int(rng.integers(len(references)))], config.contrast_remap)
-                    for j in chosen
-                ]
+                [augment(images[j], rng, spec, references[int(rng.integers(len(references)))]) for j in chosen]
             )
             return x, masks[chosen], weights[chosen]
 
@@ -314,23 +288,6 @@ def _batches(images, indices, masks, weights, config, references, epoch_seed):
             self.epoch += 1
 
     return AugmentedBatches()
-
-
-def recompute_batch_norm(model: Any, batches: Any, limit: int = 60) -> None:
-    """Batch-norm statistics that belong to averaged weights: a plain mean over training batches (averaging the
-    epochs' running statistics would not match the averaged convolutions)."""
-    from keras import layers
-
-    norms = [layer for layer in model.layers if isinstance(layer, layers.BatchNormalization)]
-    saved = [layer.momentum for layer in norms]
-    try:
-        for k in range(min(limit, len(batches))):
-            for layer in norms:
-                layer.momentum = k / (k + 1)  # moving = k/(k+1) moving + batch/(k+1): the mean of the k+1 batches
-            model(batches[k][0], training=True)
-    finally:
-        for layer, momentum in zip(norms, saved, strict=True):
-            layer.momentum = momentum
 
 
 def inference_inputs(images: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
@@ -446,11 +403,9 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
     model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4), loss=allowed_label_nll)
 
     class EpochLog(keras.callbacks.Callback):
-        """Prints validation figures each epoch, keeps the best weights and a running average of the late epochs'
-        weights (stochastic weight averaging, which evens out epoch-to-epoch noise), stops at the time budget."""
+        """Prints validation figures each epoch, keeps the best weights, and stops at the time budget."""
 
-        best_loss, best_weights, best_epoch = math.inf, None, 0
-        sum_weights, averaged = None, 0
+        best_loss, best_weights = math.inf, None
 
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
             logits = np.asarray(self.model.predict(val_inputs, batch_size=128, verbose=0))
@@ -464,15 +419,6 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
             )
             if logs.get("val_loss", math.inf) < self.best_loss:
                 self.best_loss, self.best_weights = logs["val_loss"], self.model.get_weights()
-                self.best_epoch = epoch + 1
-            if epoch + 1 > config.average_from * config.epochs:
-                weights = self.model.get_weights()
-                self.sum_weights = (
-                    weights
-                    if self.sum_weights is None
-                    else [a + b for a, b in zip(self.sum_weights, weights, strict=True)]
-                )
-                self.averaged += 1
             if time.time() - started > config.max_minutes * 60:
                 _log(f"time budget of {config.max_minutes:g} minutes reached: stopping")
                 self.model.stop_training = True
@@ -490,18 +436,8 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
     except KeyboardInterrupt:  # Ctrl-C: keep the best epoch so far and finish calibration and the card
         _log("interrupted: finishing with the best epoch so far")
     epochs_run = len(model.history.history.get("loss", [])) if model.history else 0
-    chosen = f"epoch {epoch_log.best_epoch}"
-    if epoch_log.averaged > 1:  # the average of the late epochs, when it beats the best single epoch
-        model.set_weights([w / epoch_log.averaged for w in epoch_log.sum_weights])
-        recompute_batch_norm(model, batches)
-        average_loss = float(model.evaluate(val_inputs, masks[val_idx], batch_size=128, verbose=0))
-        _log(f"average of the last {epoch_log.averaged} epochs: val_loss {average_loss:.4f}")
-        if average_loss < epoch_log.best_loss:
-            epoch_log.best_loss, epoch_log.best_weights = average_loss, None
-            chosen = f"average of epochs {epochs_run - epoch_log.averaged + 1}-{epochs_run}"
     if epoch_log.best_weights is not None:
         model.set_weights(epoch_log.best_weights)
-    _log(f"weights kept: {chosen}")
     logits = np.asarray(model.predict(val_inputs, batch_size=128, verbose=0))
     temperature = fit_temperature(logits, masks[val_idx])
     report = validation_report(logits, val_labels, temperature, val_inputs, model)
@@ -552,7 +488,6 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
             "command": command,
             "config": asdict(config),
             "epochs_run": epochs_run,
-            "weights_kept": chosen,
             "best_val_loss": round(float(epoch_log.best_loss), 5),
             "seconds": round(time.time() - started),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, TensorFlow {tf.__version__}",

@@ -17,8 +17,6 @@ from core.training import (
     fit_temperature,
     label_masks,
     match_histogram,
-    recompute_batch_norm,
-    remap_contrast,
     sample_weights,
     split,
     thumbnails,
@@ -39,11 +37,9 @@ def make_folder(root: Path, per_class: int = 6) -> Path:
 
 def test_smoke_training_writes_a_loadable_model_and_card(tmp_path: Path) -> None:
     data = make_folder(tmp_path / "data")
-    config = TrainConfig(size=32, widths=(8, 16), epochs=2, batch_size=8, name="smoke", average_from=0.0)
+    config = TrainConfig(size=32, widths=(8, 16), epochs=1, batch_size=8, name="smoke")
     card = train([data], tmp_path / "models", config, "pytest smoke")
-    assert card["training"]["epochs_run"] == 2 and card["training"]["command"] == "pytest smoke"
-    # the best single epoch or the average of both, whichever had the lower validation loss
-    assert card["training"]["weights_kept"] in {"epoch 1", "epoch 2", "average of epochs 1-2"}
+    assert card["training"]["epochs_run"] == 1 and card["training"]["command"] == "pytest smoke"
     assert card["data"]["decoded"] == 30
     on_disk = json.loads((tmp_path / "models" / "smoke.json").read_text())
     assert on_disk["weights"]["sha256"] == card["weights"]["sha256"]
@@ -91,20 +87,6 @@ def test_augmentation_keeps_the_model_input_contract() -> None:
         assert x.shape == (64, 64, 1) and x.dtype == np.float32 and x.min() >= 0 and x.max() <= 1
 
 
-def test_contrast_remap_keeps_black_black_and_changes_tissue_contrast() -> None:
-    image = synthetic_slice(128, tumour=True)
-    curves = [remap_contrast(image, np.random.default_rng(seed)) for seed in range(20)]
-    for remapped in curves:
-        assert remapped.shape == image.shape and remapped.dtype == np.uint8
-        assert remapped[image == 0].max() == 0  # the background stays black
-    tissue = image > 40
-    # some curves invert the ordering of tissue grey levels (a T1-like slice gets a T2-like look)
-    correlations = [np.corrcoef(image[tissue], remapped[tissue])[0, 1] for remapped in curves]
-    assert min(correlations) < 0 < max(correlations)
-    x = augment(image, np.random.default_rng(1), InputSpec(64), reference=None, contrast_remap=1.0)
-    assert x.shape == (64, 64, 1) and x.min() >= 0 and x.max() <= 1
-
-
 def test_histogram_matching_takes_the_reference_distribution() -> None:
     image = synthetic_slice(128)
     reference = (synthetic_slice(128, seed=5).astype(np.float32) ** 0.7 * 6).clip(0, 255).astype(np.uint8)
@@ -120,17 +102,3 @@ def test_temperature_fit_recovers_an_overconfident_scale() -> None:
     masks = np.eye(4, dtype=np.float32)[true]
     assert 0.9 < fit_temperature(logits, masks) < 1.1
     assert 2.7 < fit_temperature(logits * 3.0, masks) < 3.3
-
-
-def test_batch_norm_statistics_are_recomputed_as_the_mean_over_batches() -> None:
-    import keras
-
-    inputs = keras.Input((4,))
-    model = keras.Model(inputs, keras.layers.BatchNormalization(momentum=0.9)(inputs))
-    rng = np.random.default_rng(0)
-    batches = [(rng.normal(loc, 1.0, (16, 4)).astype(np.float32),) for loc in (1.0, 2.0, 6.0)]
-    recompute_batch_norm(model, batches)
-    norm = model.layers[-1]
-    expected = np.mean([b[0].mean(axis=0) for b in batches], axis=0)
-    np.testing.assert_allclose(np.asarray(norm.moving_mean), expected, rtol=1e-5)
-    assert norm.momentum == 0.9  # restored for any later training
