@@ -138,6 +138,7 @@ def evaluate_folder(root: Path, classifier: Classifier, split: Path | None = Non
         np.asarray(rows).reshape(len(rows), len(classifier.card.labels)),
         classifier.card.labels,
         classifier.card.negative_label,
+        classifier.card.threshold,
     )
     report.update(
         {
