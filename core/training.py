@@ -42,7 +42,6 @@ from core.roi import find_brain
 
 CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
 NEGATIVE = "notumor"
-UNKNOWN_TUMOUR = UNKNOWN_TYPE
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm"}
 
 
@@ -85,7 +84,7 @@ def collect(data_dirs: Sequence[Path]) -> list[tuple[Path, str]]:
     found: list[tuple[Path, str]] = []
     for root in data_dirs:
         for folder in sorted(p for p in Path(root).iterdir() if p.is_dir()):
-            if folder.name not in (*CLASSES, UNKNOWN_TUMOUR):
+            if folder.name not in (*CLASSES, UNKNOWN_TYPE):
                 raise ValueError(f"unknown class folder {folder}")
             found += [(p, folder.name) for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
     return found
@@ -144,7 +143,7 @@ def split(labels: Sequence[str], groups: np.ndarray, config: TrainConfig) -> tup
     labels_arr = np.asarray(labels)
     val: list[int] = []
     for label in sorted(set(labels)):
-        fraction = config.unknown_val_fraction if label == UNKNOWN_TUMOUR else config.val_fraction
+        fraction = config.unknown_val_fraction if label == UNKNOWN_TYPE else config.val_fraction
         members = np.nonzero(labels_arr == label)[0]
         label_groups = np.unique(groups[members])
         rng.shuffle(label_groups)
@@ -164,7 +163,7 @@ def label_masks(labels: Sequence[str]) -> np.ndarray:
     """(N, 4) allowed-label masks: one-hot for a known class, every tumour class for ``tumour``."""
     masks = np.zeros((len(labels), len(CLASSES)), np.float32)
     for i, label in enumerate(labels):
-        if label == UNKNOWN_TUMOUR:
+        if label == UNKNOWN_TYPE:
             masks[i] = [c != NEGATIVE for c in CLASSES]
         else:
             masks[i, CLASSES.index(label)] = 1.0
@@ -180,7 +179,7 @@ def sample_weights(labels: Sequence[str], groups: np.ndarray, unknown_weight: fl
         members = labels_arr == label
         if members.any():
             weights[members] /= weights[members].sum()
-    unknown = labels_arr == UNKNOWN_TUMOUR
+    unknown = labels_arr == UNKNOWN_TYPE
     if unknown.any() and (~unknown).any():
         weights[unknown] = unknown_weight * weights[~unknown].mean()
     return (weights / weights.mean()).astype(np.float32)
