@@ -70,6 +70,7 @@ class ModelCard:
                     channels=int(spec.get("channels", 1)),
                     crop=bool(spec.get("crop", True)),
                     scaling=str(spec.get("scaling", "percentile")),
+                    mirror=bool(spec.get("mirror", False)),
                 ),
                 output=str(raw["output"]),
                 weights_file=str(raw["weights"]["file"]),

@@ -192,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=None)
     train.add_argument("--version", default=None, help="model version (the weights' hash is appended)")
     train.add_argument("--unknown-weight", type=float, default=None, help="weight of tumour-of-unknown-type scans")
+    train.add_argument(
+        "--mirror", action=argparse.BooleanOptionalAction, default=None, help="add the left-right asymmetry channel"
+    )
     train.set_defaults(run=cmd_train)
     return parser
 
@@ -209,7 +212,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from core.training import TrainConfig, train
 
-    names = ("epochs", "size", "name", "seed", "version", "unknown_weight")
+    names = ("epochs", "size", "name", "seed", "version", "unknown_weight", "mirror")
     overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     config = replace(TrainConfig(), **overrides)
     missing = [d for d in args.data if not Path(d).is_dir()]

@@ -5,6 +5,10 @@ resize to the card's input size, then scale intensities per image as the card sa
 - ``"unit"``: x / 255 (the original Flask model);
 - ``"percentile"``: the 1st percentile -> 0 and the 99th -> 1, clipped to [0, 1] (removes each source's
   brightness and contrast, one of the shortcuts the training data offers).
+
+With ``mirror`` the model gets a second channel: the left-right asymmetry of the scaled crop, |s - flip(s)| of the
+crop smoothed by a Gaussian of 2 % of its side. The crop is centred on the head, so on axial and coronal slices the
+midline is near the centre column: normal anatomy largely cancels, a one-sided mass does not (the cue a reader uses).
 """
 
 from __future__ import annotations
@@ -19,15 +23,20 @@ SCALINGS = ("unit", "percentile")
 
 @dataclass(frozen=True)
 class InputSpec:
-    """What the model expects: a ``size`` x ``size`` image with ``channels`` (1 or 3) channels."""
+    """What the model expects: a ``size`` x ``size`` image with ``channels`` channels.
+
+    1 channel: the scaled slice; 3: the same repeated (RGB models); 2 (``mirror``): the slice and its asymmetry.
+    """
 
     size: int
     channels: int = 1
     crop: bool = True
     scaling: str = "percentile"
+    mirror: bool = False
 
     def __post_init__(self) -> None:
-        if self.size < 8 or self.channels not in (1, 3) or self.scaling not in SCALINGS:
+        valid_channels = (2,) if self.mirror else (1, 3)
+        if self.size < 8 or self.channels not in valid_channels or self.scaling not in SCALINGS:
             raise ValueError(f"unsupported input spec: {self}")
 
 
@@ -63,10 +72,22 @@ def scale_intensities(image: np.ndarray, scaling: str) -> np.ndarray:
     return np.clip((values - low) / (high - low), 0.0, 1.0)
 
 
-def to_model_input(pixels: np.ndarray, box: tuple[int, int, int, int] | None, spec: InputSpec) -> np.ndarray:
-    """Slice + brain box -> float32 array of shape (size, size, channels), exactly as the model was trained."""
-    square = resize_square(crop_square(pixels, box if spec.crop else None), spec.size)
-    scaled = scale_intensities(square, spec.scaling)
+def asymmetry(scaled: np.ndarray) -> np.ndarray:
+    """|s - flip(s)| of the smoothed square ``scaled`` image (Gaussian sigma 2 % of its side), float32."""
+    smooth = cv2.GaussianBlur(scaled, (0, 0), 0.02 * scaled.shape[1])
+    return np.abs(smooth - smooth[:, ::-1])
+
+
+def channels(scaled: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """A scaled (size, size) image -> the (size, size, channels) array the model takes."""
+    if spec.mirror:
+        return np.dstack([scaled, asymmetry(scaled)])
     if spec.channels == 3:
         return np.repeat(scaled[:, :, None], 3, axis=2)
     return scaled[:, :, None]
+
+
+def to_model_input(pixels: np.ndarray, box: tuple[int, int, int, int] | None, spec: InputSpec) -> np.ndarray:
+    """Slice + brain box -> float32 array of shape (size, size, channels), exactly as the model was trained."""
+    square = resize_square(crop_square(pixels, box if spec.crop else None), spec.size)
+    return channels(scale_intensities(square, spec.scaling), spec)

@@ -37,7 +37,7 @@ from core.classifier import decide
 from core.errors import NoBrainFound, ScanError
 from core.imaging import read_scan_file
 from core.metrics import UNKNOWN_TYPE, classification_report
-from core.preprocess import InputSpec, crop_square, resize_square, scale_intensities, to_model_input
+from core.preprocess import InputSpec, channels, crop_square, resize_square, scale_intensities, to_model_input
 from core.roi import find_brain
 
 CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
@@ -60,10 +60,15 @@ class TrainConfig:
     val_fraction: float = 0.2
     unknown_val_fraction: float = 0.35
     unknown_weight: float = 3.0
+    mirror: bool = True
     twin_threshold: float = 0.97
     seed: int = 20261125
     name: str = "btd-cnn"
-    version: str = "1.0.0"
+    version: str = "1.4.0"
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return InputSpec(self.size, channels=2 if self.mirror else 1, mirror=self.mirror)
 
 
 @dataclass
@@ -226,7 +231,7 @@ def augment(pixels: np.ndarray, rng: np.random.Generator, spec: InputSpec, refer
         ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 95))])
         if ok:
             image = cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE)
-    return scale_intensities(image, spec.scaling)[:, :, None]
+    return channels(scale_intensities(image, spec.scaling), spec)
 
 
 # --- model --------------------------------------------------------------------------------------------------
@@ -237,7 +242,7 @@ def build_model(config: TrainConfig) -> Any:
     import keras
     from keras import layers
 
-    inputs = keras.Input((config.size, config.size, 1), name="scan")
+    inputs = keras.Input((config.size, config.size, config.input_spec.channels), name="scan")
     x = layers.Conv2D(config.widths[0], 3, strides=2, padding="same", use_bias=False)(inputs)
     x = layers.ReLU()(layers.BatchNormalization(momentum=0.9)(x))
     for stage, width in enumerate(config.widths):
@@ -277,7 +282,7 @@ def _batches(images, indices, masks, weights, config, references, epoch_seed):
             if i == 0:
                 self.order = np.random.default_rng((epoch_seed, self.epoch)).permutation(indices)
             chosen = self.order[i * config.batch_size : (i + 1) * config.batch_size]
-            spec = InputSpec(config.size)
+            spec = config.input_spec
             x = np.stack(
                 [augment(images[j], rng, spec, references[int(rng.integers(len(references)))]) for j in chosen]
             )
@@ -330,15 +335,17 @@ def _log(message: str) -> None:
 
 
 def _code_version() -> str:
+    """The commit that runs, with ``-dirty`` when the working tree has uncommitted changes."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
+        command = ["git", "describe", "--always", "--dirty", "--abbrev=7"]
+        out = subprocess.run(command, capture_output=True, text=True, timeout=5)
         return out.stdout.strip() or "unknown"
     except OSError:
         return "unknown"
 
 
 def validation_report(
-    logits: np.ndarray, labels: Sequence[str], temperature: float, inputs: np.ndarray, model: Any
+    logits: np.ndarray, labels: Sequence[str], temperature: float, inputs: np.ndarray, model: Any, spec: InputSpec
 ) -> dict[str, Any]:
     """Metrics on the validation split, web-style tumour recall, and the histogram shortcut probe."""
     probs = softmax(logits / temperature)
@@ -357,7 +364,7 @@ def validation_report(
         for i in tumour_rows:
             ref = (inputs[rng.choice(normal_rows), :, :, 0] * 255).astype(np.uint8)
             img = (inputs[i, :, :, 0] * 255).astype(np.uint8)
-            probe.append(scale_intensities(match_histogram(img, ref), "percentile")[:, :, None])
+            probe.append(channels(scale_intensities(match_histogram(img, ref), spec.scaling), spec))
         probe_logits = np.asarray(model.predict(np.stack(probe), batch_size=64, verbose=0))
         probe_labels = decide(softmax(probe_logits / temperature), CLASSES, NEGATIVE)
         report["shortcut_probe_tumour_recall"] = float(np.mean([label != NEGATIVE for label in probe_labels]))
@@ -384,7 +391,7 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
     assert not set(data.groups[train_idx]) & set(data.groups[val_idx]), "a twin group straddles the split"
     masks = label_masks(data.labels)
     weights = sample_weights(data.labels, data.groups, config.unknown_weight)
-    spec = InputSpec(config.size)
+    spec = config.input_spec
     val_inputs = inference_inputs([data.images[i] for i in val_idx], spec)
     val_labels = [data.labels[i] for i in val_idx]
     references = [
@@ -439,7 +446,7 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
         model.set_weights(epoch_log.best_weights)
     logits = np.asarray(model.predict(val_inputs, batch_size=128, verbose=0))
     temperature = fit_temperature(logits, masks[val_idx])
-    report = validation_report(logits, val_labels, temperature, val_inputs, model)
+    report = validation_report(logits, val_labels, temperature, val_inputs, model, spec)
     headline = ("accuracy", "tumour_sensitivity", "tumour_specificity", "expected_calibration_error")
     headline += ("unknown_type_tumour_recall", "shortcut_probe_tumour_recall")
     _log(f"temperature {temperature}; validation {json.dumps({k: report.get(k) for k in headline})}")

@@ -132,9 +132,16 @@ def build_tiny_model(size: int = 32, channels: int = 1, output: str = "logits", 
 
 
 def write_model_card(
-    directory: Path, *, output: str = "logits", size: int = 32, channels: int = 1, name: str = "tiny"
+    directory: Path,
+    *,
+    output: str = "logits",
+    size: int = 32,
+    channels: int = 1,
+    name: str = "tiny",
+    mirror: bool = False,
 ) -> Path:
-    """Save a tiny model and its card into ``directory``; returns the card path."""
+    """Save a tiny model and its card into ``directory``; returns the card path (``mirror``: 2-channel input)."""
+    channels = 2 if mirror else channels
     model = build_tiny_model(size, channels, output)
     weights = directory / f"{name}.keras"
     model.save(weights)
@@ -149,6 +156,7 @@ def write_model_card(
             "channels": channels,
             "crop": True,
             "scaling": "unit" if channels == 3 else "percentile",
+            "mirror": mirror,
         },
         "output": output,
         "threshold": 0.5,

@@ -44,11 +44,21 @@ def test_smoke_training_writes_a_loadable_model_and_card(tmp_path: Path) -> None
     on_disk = json.loads((tmp_path / "models" / "smoke.json").read_text())
     assert on_disk["weights"]["sha256"] == card["weights"]["sha256"]
     assert on_disk["gate"]["max_energy"] is not None  # the input gate was fitted on the validation split
+    assert on_disk["input"] == {"size": 32, "channels": 2, "crop": True, "scaling": "percentile", "mirror": True}
+    assert on_disk["training"]["code_version"] not in ("", "unknown")
     classifier = Classifier.from_card(tmp_path / "models" / "smoke.json")
     prediction = analyse(png_bytes(synthetic_slice(256)), classifier).prediction
     assert prediction.model_name == "smoke" and sum(prediction.probabilities.values()) > 0.999
     split_file = json.loads((tmp_path / "models" / "smoke.split.json").read_text())
     assert len(split_file["validation"]) == card["data"]["validation"]
+
+
+def test_training_without_the_mirror_channel_gives_a_one_channel_model(tmp_path: Path) -> None:
+    config = TrainConfig(size=32, widths=(8, 16), epochs=1, batch_size=8, name="plain", mirror=False)
+    card = train([make_folder(tmp_path / "data")], tmp_path / "models", config, "pytest plain")
+    assert card["input"]["channels"] == 1 and card["input"]["mirror"] is False
+    classifier = Classifier.from_card(tmp_path / "models" / "plain.json")
+    assert classifier.model.input_shape == (None, 32, 32, 1)
 
 
 def test_near_identical_twins_share_a_group_and_one_side_of_the_split() -> None:
