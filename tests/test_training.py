@@ -61,6 +61,19 @@ def test_training_without_the_mirror_channel_gives_a_one_channel_model(tmp_path:
     assert classifier.model.input_shape == (None, 32, 32, 1)
 
 
+def test_the_same_command_twice_gives_bit_identical_weights(tmp_path: Path) -> None:
+    import keras
+
+    data = make_folder(tmp_path / "data")
+    config = TrainConfig(size=32, widths=(8, 16), epochs=2, batch_size=8, name="twice")
+    weights = []
+    for run in ("a", "b"):
+        train([data], tmp_path / run, config, "pytest twice")
+        weights.append(keras.saving.load_model(tmp_path / run / "twice.keras", compile=False).get_weights())
+    assert len(weights[0]) == len(weights[1]) > 0
+    assert all(np.array_equal(x, y) for x, y in zip(*weights, strict=True))
+
+
 def test_near_identical_twins_share_a_group_and_one_side_of_the_split() -> None:
     base = [synthetic_slice(96, seed=s, offset=(3 * s, -2 * s), tumour=s % 2 == 0) for s in range(12)]
     # Twins: the same slice re-encoded as JPEG and resized, as in the public collection.
