@@ -195,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--mirror", action=argparse.BooleanOptionalAction, default=None, help="add the left-right asymmetry channel"
     )
+    train.add_argument(
+        "--synthetic-lesions", type=float, default=None, metavar="P", help="share of normal scans given a lesion"
+    )
     train.set_defaults(run=cmd_train)
     return parser
 
@@ -212,7 +215,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from core.training import TrainConfig, train
 
-    names = ("epochs", "size", "name", "seed", "version", "unknown_weight", "mirror")
+    names = ("epochs", "size", "name", "seed", "version", "unknown_weight", "mirror", "synthetic_lesions")
     overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     config = replace(TrainConfig(), **overrides)
     missing = [d for d in args.data if not Path(d).is_dir()]

@@ -61,10 +61,11 @@ class TrainConfig:
     unknown_val_fraction: float = 0.35
     unknown_weight: float = 3.0
     mirror: bool = True
+    synthetic_lesions: float = 0.3
     twin_threshold: float = 0.97
     seed: int = 20261125
     name: str = "btd-cnn"
-    version: str = "1.4.0"
+    version: str = "1.5.0"
 
     @property
     def input_spec(self) -> InputSpec:
@@ -201,8 +202,76 @@ def match_histogram(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return mapping.astype(np.uint8)[image]
 
 
-def augment(pixels: np.ndarray, rng: np.random.Generator, spec: InputSpec, reference: np.ndarray | None) -> np.ndarray:
-    """One randomly varied model input from a full-frame slice, through the inference crop and scaling."""
+def _smooth_noise(shape: tuple[int, int], sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Low-frequency noise with unit standard deviation (for irregular outlines and texture)."""
+    noise = cv2.GaussianBlur(rng.standard_normal(shape).astype(np.float32), (0, 0), max(sigma, 0.5))
+    return noise / max(float(noise.std()), 1e-6)
+
+
+def synthetic_lesion(square: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+    """Paste a random tumour-like lesion into a uint8 square brain crop; None when no room inside the brain.
+
+    The training collection has almost no axial tumour scans in web style: every axial web slice is normal, so a
+    network can learn "axial web slice = no tumour". A lesion painted into those very slices (irregular outline,
+    bright, dark or ring-enhancing, optional oedema halo and mass effect pushing the anatomy aside) is a tumour scan
+    of that source, so the slice's look stops predicting the label.
+    """
+    side = square.shape[0]
+    _, bright = cv2.threshold(cv2.GaussianBlur(square, (5, 5), 0), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    contours, _ = cv2.findContours(bright, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return None
+    head = cv2.drawContours(np.zeros_like(square), [max(contours, key=cv2.contourArea)], -1, 255, cv2.FILLED)
+    inner = cv2.erode(head, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (int(0.3 * side) | 1,) * 2))
+    ys, xs = np.nonzero(inner)
+    if len(xs) < 20:
+        return None
+    brain = square[head > 0].astype(np.float32)
+    median, high = float(np.median(brain)), float(np.percentile(brain, 99))
+    pick = int(rng.integers(len(xs)))
+    cx, cy = float(xs[pick]), float(ys[pick])
+    radius = side * rng.uniform(0.05, 0.15)
+    angle, aspect = rng.uniform(0, np.pi), rng.uniform(0.65, 1.0)
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
+    dx, dy = xx - cx, yy - cy
+    rho = np.sqrt(dx * dx + dy * dy) + 1e-6
+    image = square.astype(np.float32)
+    if rng.random() < 0.5:  # mass effect: tissue around the lesion pushed outwards
+        push = (
+            rng.uniform(0.1, 0.4)
+            * radius
+            * np.where(rho < radius, rho / radius, np.exp(-(((rho - radius) / radius) ** 2)))
+        )
+        image = cv2.remap(image, xx - dx / rho * push, yy - dy / rho * push, cv2.INTER_LINEAR)
+    u = (dx * np.cos(angle) + dy * np.sin(angle)) / radius
+    v = (-dx * np.sin(angle) + dy * np.cos(angle)) / (radius * aspect)
+    dist = np.sqrt(u * u + v * v) + 0.25 * _smooth_noise((side, side), radius / 2, rng)
+    texture = 1.0 + rng.uniform(0.03, 0.15) * _smooth_noise((side, side), rng.uniform(1, 3), rng)
+    kind = rng.choice(("bright", "dark", "ring"))
+    if kind == "bright":
+        core, level = 1.0, rng.uniform(max(median, 0.8 * high), 1.15 * high)
+    elif kind == "dark":
+        core, level = 1.0, rng.uniform(0.25, 0.7) * median
+    else:
+        core, level = rng.uniform(0.5, 0.8), rng.uniform(0.25, 0.8) * median
+    rim = rng.uniform(max(median, 0.85 * high), 1.15 * high)
+    if rng.random() < 0.5:  # oedema: a soft halo, brighter or darker than the tissue it replaces
+        halo = np.clip((1.0 + rng.uniform(0.3, 1.0) - dist) / 0.5, 0, 1) * rng.uniform(0.2, 0.5)
+        image = image * (1 + halo * rng.choice((-0.4, 0.5)))
+    edge = rng.uniform(0.5, 2.0)
+    outer = cv2.GaussianBlur((dist < 1.0).astype(np.float32), (0, 0), edge)
+    inner_core = cv2.GaussianBlur((dist < core).astype(np.float32), (0, 0), edge)
+    image = image * (1 - outer) + rim * texture * (outer - inner_core) + level * texture * inner_core
+    return np.clip(image + 0.5, 0, 255).astype(np.uint8)
+
+
+def augment(
+    pixels: np.ndarray, rng: np.random.Generator, spec: InputSpec, reference: np.ndarray | None, lesion: bool = False
+) -> tuple[np.ndarray, bool]:
+    """One randomly varied model input from a full-frame slice, through the inference crop and scaling.
+
+    With ``lesion`` a synthetic lesion is painted into the crop; the flag returned says whether one was.
+    """
     height, width = pixels.shape
     matrix = cv2.getRotationMatrix2D((width / 2, height / 2), rng.uniform(-15, 15), rng.uniform(0.9, 1.1))
     matrix[:, 2] += rng.uniform(-0.06, 0.06, 2) * (width, height)
@@ -217,6 +286,9 @@ def augment(pixels: np.ndarray, rng: np.random.Generator, spec: InputSpec, refer
     if rng.random() < 0.3:
         square = resize_square(square, int(rng.integers(spec.size // 3, spec.size)))
     square = resize_square(square, spec.size)
+    painted = synthetic_lesion(square, rng) if lesion else None
+    if painted is not None:
+        square = painted
     if reference is not None and rng.random() < 0.25:
         square = match_histogram(square, reference)
     x = square.astype(np.float32) / 255.0
@@ -231,7 +303,7 @@ def augment(pixels: np.ndarray, rng: np.random.Generator, spec: InputSpec, refer
         ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 95))])
         if ok:
             image = cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE)
-    return channels(scale_intensities(image, spec.scaling), spec)
+    return channels(scale_intensities(image, spec.scaling), spec), painted is not None
 
 
 # --- model --------------------------------------------------------------------------------------------------
@@ -268,6 +340,9 @@ def allowed_label_nll(masks: Any, logits: Any) -> Any:
 def _batches(images, indices, masks, weights, config, references, epoch_seed):
     import keras
 
+    negative = CLASSES.index(NEGATIVE)
+    tumour_mask = label_masks([UNKNOWN_TYPE])[0]
+
     class AugmentedBatches(keras.utils.PyDataset):
         def __init__(self) -> None:
             super().__init__()
@@ -282,11 +357,15 @@ def _batches(images, indices, masks, weights, config, references, epoch_seed):
             if i == 0:
                 self.order = np.random.default_rng((epoch_seed, self.epoch)).permutation(indices)
             chosen = self.order[i * config.batch_size : (i + 1) * config.batch_size]
-            spec = config.input_spec
-            x = np.stack(
-                [augment(images[j], rng, spec, references[int(rng.integers(len(references)))]) for j in chosen]
-            )
-            return x, masks[chosen], weights[chosen]
+            spec, inputs, batch_masks = config.input_spec, [], masks[chosen].copy()
+            for row, j in enumerate(chosen):
+                reference = references[int(rng.integers(len(references)))]
+                lesion = bool(masks[j, negative] == 1.0) and rng.random() < config.synthetic_lesions
+                x, painted = augment(images[j], rng, spec, reference, lesion)
+                inputs.append(x)
+                if painted:  # now a tumour scan of the normal scan's source, subtype unknown
+                    batch_masks[row] = tumour_mask
+            return np.stack(inputs), batch_masks, weights[chosen]
 
         def on_epoch_end(self) -> None:
             self.epoch += 1
@@ -347,7 +426,7 @@ def _code_version() -> str:
 def validation_report(
     logits: np.ndarray, labels: Sequence[str], temperature: float, inputs: np.ndarray, model: Any, spec: InputSpec
 ) -> dict[str, Any]:
-    """Metrics on the validation split, web-style tumour recall, and the histogram shortcut probe."""
+    """Metrics on the validation split, web-style tumour recall, and the histogram and lesion shortcut probes."""
     probs = softmax(logits / temperature)
     report = classification_report(labels, probs, CLASSES, NEGATIVE)
     uncalibrated = classification_report(labels, softmax(logits), CLASSES, NEGATIVE)
@@ -369,6 +448,15 @@ def validation_report(
         probe_labels = decide(softmax(probe_logits / temperature), CLASSES, NEGATIVE)
         report["shortcut_probe_tumour_recall"] = float(np.mean([label != NEGATIVE for label in probe_labels]))
         report["shortcut_probe_n"] = len(tumour_rows)
+    # Lesion probe: normal validation scans (never trained on) with a synthetic lesion painted in.
+    if len(normal_rows):
+        rng = np.random.default_rng(1)
+        painted = [synthetic_lesion((inputs[i, :, :, 0] * 255).astype(np.uint8), rng) for i in normal_rows]
+        probe = [channels(scale_intensities(p, spec.scaling), spec) for p in painted if p is not None]
+        probe_logits = np.asarray(model.predict(np.stack(probe), batch_size=64, verbose=0))
+        probe_labels = decide(softmax(probe_logits / temperature), CLASSES, NEGATIVE)
+        report["lesion_probe_tumour_recall"] = float(np.mean([label != NEGATIVE for label in probe_labels]))
+        report["lesion_probe_n"] = len(probe)
     return report
 
 
@@ -448,7 +536,7 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
     temperature = fit_temperature(logits, masks[val_idx])
     report = validation_report(logits, val_labels, temperature, val_inputs, model, spec)
     headline = ("accuracy", "tumour_sensitivity", "tumour_specificity", "expected_calibration_error")
-    headline += ("unknown_type_tumour_recall", "shortcut_probe_tumour_recall")
+    headline += ("unknown_type_tumour_recall", "shortcut_probe_tumour_recall", "lesion_probe_tumour_recall")
     _log(f"temperature {temperature}; validation {json.dumps({k: report.get(k) for k in headline})}")
 
     out_dir.mkdir(parents=True, exist_ok=True)

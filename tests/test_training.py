@@ -106,7 +106,8 @@ def test_augmentation_keeps_the_model_input_contract() -> None:
     spec = InputSpec(64)
     image = synthetic_slice(224, tumour=True)
     for _ in range(10):
-        x = augment(image, rng, spec, reference=synthetic_slice(64, seed=3))
+        x, painted = augment(image, rng, spec, reference=synthetic_slice(64, seed=3))
+        assert not painted
         assert x.shape == (64, 64, 1) and x.dtype == np.float32 and x.min() >= 0 and x.max() <= 1
 
 
