@@ -209,7 +209,7 @@ def _smooth_noise(shape: tuple[int, int], sigma: float, rng: np.random.Generator
 
 
 def synthetic_lesion(square: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
-    """Paste a random tumour-like lesion into a uint8 square brain crop; None when no room inside the brain.
+    """Paste a random tumour-like lesion into a uint8 square brain crop; None when none fits or it would not show.
 
     The training collection has almost no axial tumour scans in web style: every axial web slice is normal, so a
     network can learn "axial web slice = no tumour". A lesion painted into those very slices (irregular outline,
@@ -236,12 +236,11 @@ def synthetic_lesion(square: np.ndarray, rng: np.random.Generator) -> np.ndarray
     dx, dy = xx - cx, yy - cy
     rho = np.sqrt(dx * dx + dy * dy) + 1e-6
     image = square.astype(np.float32)
+    # 0 on the head's outline (3 px in), 1 from 8 % of the side further in: skull and background stay put
+    inside = np.clip((cv2.distanceTransform(head, cv2.DIST_L2, 5) - 3) / (0.08 * side), 0, 1)
     if rng.random() < 0.5:  # mass effect: tissue around the lesion pushed outwards
-        push = (
-            rng.uniform(0.1, 0.4)
-            * radius
-            * np.where(rho < radius, rho / radius, np.exp(-(((rho - radius) / radius) ** 2)))
-        )
+        falloff = np.where(rho < radius, rho / radius, np.exp(-(((rho - radius) / radius) ** 2)))
+        push = rng.uniform(0.1, 0.4) * radius * falloff * inside
         image = cv2.remap(image, xx - dx / rho * push, yy - dy / rho * push, cv2.INTER_LINEAR)
     u = (dx * np.cos(angle) + dy * np.sin(angle)) / radius
     v = (-dx * np.sin(angle) + dy * np.cos(angle)) / (radius * aspect)
@@ -256,13 +255,16 @@ def synthetic_lesion(square: np.ndarray, rng: np.random.Generator) -> np.ndarray
         core, level = rng.uniform(0.5, 0.8), rng.uniform(0.25, 0.8) * median
     rim = rng.uniform(max(median, 0.85 * high), 1.15 * high)
     if rng.random() < 0.5:  # oedema: a soft halo, brighter or darker than the tissue it replaces
-        halo = np.clip((1.0 + rng.uniform(0.3, 1.0) - dist) / 0.5, 0, 1) * rng.uniform(0.2, 0.5)
+        halo = np.clip((1.0 + rng.uniform(0.3, 1.0) - dist) / 0.5, 0, 1) * rng.uniform(0.2, 0.5) * inside
         image = image * (1 + halo * rng.choice((-0.4, 0.5)))
     edge = rng.uniform(0.5, 2.0)
-    outer = cv2.GaussianBlur((dist < 1.0).astype(np.float32), (0, 0), edge)
-    inner_core = cv2.GaussianBlur((dist < core).astype(np.float32), (0, 0), edge)
+    outer = cv2.GaussianBlur((dist < 1.0).astype(np.float32), (0, 0), edge) * inside
+    inner_core = cv2.GaussianBlur((dist < core).astype(np.float32), (0, 0), edge) * inside
     image = image * (1 - outer) + rim * texture * (outer - inner_core) + level * texture * inner_core
-    return np.clip(image + 0.5, 0, 255).astype(np.uint8)
+    painted = np.clip(image + 0.5, 0, 255).astype(np.uint8)
+    lesion = outer > 0.5
+    contrast = np.abs(painted[lesion].astype(np.float32) - square[lesion]).mean() if lesion.sum() >= 20 else 0.0
+    return painted if contrast >= max(20.0, 0.5 * float(brain.std())) else None  # an invisible lesion is no tumour
 
 
 def augment(

@@ -12,13 +12,16 @@ from core.imaging import read_scan
 from core.pipeline import analyse
 from core.preprocess import InputSpec
 from core.training import (
+    CLASSES,
     TrainConfig,
+    _batches,
     augment,
     fit_temperature,
     label_masks,
     match_histogram,
     sample_weights,
     split,
+    synthetic_lesion,
     thumbnails,
     train,
     twin_groups,
@@ -109,6 +112,41 @@ def test_augmentation_keeps_the_model_input_contract() -> None:
         x, painted = augment(image, rng, spec, reference=synthetic_slice(64, seed=3))
         assert not painted
         assert x.shape == (64, 64, 1) and x.dtype == np.float32 and x.min() >= 0 and x.max() <= 1
+
+
+def test_a_synthetic_lesion_is_painted_inside_the_head_and_nowhere_else() -> None:
+    square = synthetic_slice(160)
+    changed_somewhere = 0
+    for seed in range(12):
+        painted = synthetic_lesion(square, np.random.default_rng(seed))
+        assert painted is not None and painted.shape == square.shape and painted.dtype == np.uint8
+        changed = np.abs(painted.astype(int) - square.astype(int)) > 20
+        assert changed.sum() >= 30  # a visible lesion, not a few stray pixels
+        outside_head = square < 10  # the black background around the skull
+        assert not (changed & outside_head).any()
+        changed_somewhere += int(changed.any())
+    assert np.array_equal(
+        synthetic_lesion(square, np.random.default_rng(3)), synthetic_lesion(square, np.random.default_rng(3))
+    )
+    assert synthetic_lesion(np.zeros((160, 160), np.uint8), np.random.default_rng(0)) is None  # no head: no lesion
+
+
+def test_normal_scans_given_a_lesion_train_as_tumours_of_unknown_type() -> None:
+    labels = ["notumor"] * 8 + ["glioma"] * 8
+    images = [synthetic_slice(128, tumour=label != "notumor", seed=i) for i, label in enumerate(labels)]
+    masks, weights = label_masks(labels), np.ones(len(labels), np.float32)
+    references = [synthetic_slice(64, seed=99)]
+    for share in (0.0, 1.0):
+        config = TrainConfig(size=64, batch_size=16, synthetic_lesions=share)
+        x, batch_masks, _ = _batches(images, np.arange(16), masks, weights, config, references, 0)[0]
+        normal = label_masks(["notumor"])[0]
+        tumour_of_unknown_type = label_masks(["tumour"])[0]
+        order_labels = [tuple(row) for row in batch_masks]
+        glioma = tuple(np.eye(len(CLASSES), dtype=np.float32)[CLASSES.index("glioma")])
+        assert order_labels.count(glioma) == 8  # known tumour classes keep their label
+        expected = tuple(tumour_of_unknown_type if share else normal)
+        assert order_labels.count(expected) == 8
+        assert x.shape == (16, 64, 64, 2)
 
 
 def test_histogram_matching_takes_the_reference_distribution() -> None:
