@@ -198,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--synthetic-lesions", type=float, default=None, metavar="P", help="share of normal scans given a lesion"
     )
+    train.add_argument("--learning-rate", type=float, default=None, help="peak learning rate")
+    train.add_argument("--init", metavar="CARD", help="start from this model (same input and validation split)")
     train.set_defaults(run=cmd_train)
     return parser
 
@@ -215,7 +217,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from core.training import TrainConfig, train
 
-    names = ("epochs", "size", "name", "seed", "version", "unknown_weight", "mirror", "synthetic_lesions")
+    names = (
+        "epochs",
+        "size",
+        "name",
+        "seed",
+        "version",
+        "unknown_weight",
+        "mirror",
+        "synthetic_lesions",
+        "learning_rate",
+        "init",
+    )
     overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     config = replace(TrainConfig(), **overrides)
     missing = [d for d in args.data if not Path(d).is_dir()]

@@ -62,6 +62,7 @@ class TrainConfig:
     unknown_weight: float = 3.0
     mirror: bool = True
     synthetic_lesions: float = 0.3
+    init: str | None = None  # a model card to start from (fine-tuning); it must have been validated on this split
     twin_threshold: float = 0.97
     seed: int = 20261125
     name: str = "btd-cnn"
@@ -375,6 +376,24 @@ def _batches(images, indices, masks, weights, config, references, epoch_seed):
     return AugmentedBatches()
 
 
+def initial_weights(model: Any, card_path: Path, spec: InputSpec, split_entries: list[list[str]]) -> dict[str, str]:
+    """Copy a trained model's weights into ``model`` (fine-tuning); returns its version and weights' SHA-256.
+
+    Refused unless it takes the same input and was validated on exactly this run's validation split: otherwise the
+    new model would be trained on scans it is then judged on.
+    """
+    from core.classifier import Classifier
+
+    start = Classifier.from_card(card_path)  # checks the weights' SHA-256
+    if start.card.input != spec:
+        raise ValueError(f"{card_path} takes {start.card.input}, this run {spec}")
+    split_file = card_path.with_name(card_path.stem + ".split.json")
+    if not split_file.is_file() or json.loads(split_file.read_text())["validation"] != split_entries:
+        raise ValueError(f"{card_path} was not validated on this run's split: fine-tuning it would leak")
+    model.set_weights(start.model.get_weights())
+    return {"version": start.card.version, "sha256": start.card.weights_sha256}
+
+
 def inference_inputs(images: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
     """Model inputs exactly as the app computes them (crop, square, resize, scale)."""
     return np.stack([to_model_input(img, find_brain(img).box, spec) for img in images])
@@ -488,8 +507,13 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
         resize_square(crop_square(data.images[i], find_brain(data.images[i]).box), config.size) for i in train_idx[::7]
     ]
     _log(f"train {len(train_idx)}, validation {len(val_idx)} images")
+    root = Path(os.path.commonpath([str(Path(d).resolve().parent) for d in data_dirs]))
+    split_entries = [[str(data.paths[i].resolve().relative_to(root)), data.labels[i]] for i in val_idx]
 
     model = build_model(config)
+    started_from = initial_weights(model, Path(config.init), spec, split_entries) if config.init else None
+    if started_from:
+        _log(f"starting from {started_from['version']}")
     batches = _batches(data.images, train_idx, masks, weights, config, references, config.seed)
     steps = config.epochs * len(batches)
     warmup = min(config.warmup_epochs * len(batches), steps // 2)
@@ -545,14 +569,10 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
     weights_path = out_dir / f"{config.name}.keras"
     model.compile(optimizer="adam", loss=None)  # keep the custom loss out of the saved file
     model.save(weights_path)
-    root = Path(os.path.commonpath([str(Path(d).resolve().parent) for d in data_dirs]))
     split_file = out_dir / f"{config.name}.split.json"
     split_file.write_text(
         json.dumps(
-            {
-                "root": "paths are relative to the folder that holds the training folders",
-                "validation": [[str(data.paths[i].resolve().relative_to(root)), data.labels[i]] for i in val_idx],
-            },
+            {"root": "paths are relative to the folder that holds the training folders", "validation": split_entries},
             indent=0,
         )
     )
@@ -583,6 +603,7 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
         "training": {
             "command": command,
             "config": asdict(config),
+            "started_from": started_from,
             "epochs_run": epochs_run,
             "best_val_loss": round(float(epoch_log.best_loss), 5),
             "seconds": round(time.time() - started),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,25 @@ def test_training_without_the_mirror_channel_gives_a_one_channel_model(tmp_path:
     assert card["input"]["channels"] == 1 and card["input"]["mirror"] is False
     classifier = Classifier.from_card(tmp_path / "models" / "plain.json")
     assert classifier.model.input_shape == (None, 32, 32, 1)
+
+
+def test_fine_tuning_starts_from_a_model_validated_on_the_same_split_and_refuses_any_other(tmp_path: Path) -> None:
+    import keras
+    import pytest
+
+    data = make_folder(tmp_path / "data")
+    config = TrainConfig(size=32, widths=(8, 16), epochs=1, batch_size=8, name="base")
+    base = train([data], tmp_path / "base", config, "pytest base")
+    tuned_config = replace(config, name="tuned", init=str(tmp_path / "base" / "base.json"), learning_rate=1e-4)
+    tuned = train([data], tmp_path / "tuned", tuned_config, "pytest tuned")
+    assert tuned["training"]["started_from"] == {"version": base["version"], "sha256": base["weights"]["sha256"]}
+    before = keras.saving.load_model(tmp_path / "base" / "base.keras", compile=False).get_weights()
+    after = keras.saving.load_model(tmp_path / "tuned" / "tuned.keras", compile=False).get_weights()
+    assert any(not np.array_equal(a, b) for a, b in zip(before, after, strict=True))  # it did train further
+    with pytest.raises(ValueError, match="split"):  # another seed gives another split: its validation scans leak
+        train([data], tmp_path / "leak", replace(tuned_config, seed=7), "pytest leak")
+    with pytest.raises(ValueError, match="takes"):
+        train([data], tmp_path / "plain", replace(tuned_config, mirror=False), "pytest plain")
 
 
 def test_the_same_command_twice_gives_bit_identical_weights(tmp_path: Path) -> None:
