@@ -61,12 +61,12 @@ class TrainConfig:
     unknown_val_fraction: float = 0.35
     unknown_weight: float = 3.0
     mirror: bool = True
-    synthetic_lesions: float = 0.3
+    synthetic_lesions: float = 0.0  # share of normal training scans given a synthetic lesion (1.5.0 trials: 0.3)
     init: str | None = None  # a model card to start from (fine-tuning); it must have been validated on this split
     twin_threshold: float = 0.97
     seed: int = 20261125
     name: str = "btd-cnn"
-    version: str = "1.5.0"
+    version: str = "1.4.0"
 
     @property
     def input_spec(self) -> InputSpec:
@@ -343,7 +343,7 @@ def allowed_label_nll(masks: Any, logits: Any) -> Any:
 def _batches(images, indices, masks, weights, config, references, epoch_seed):
     import keras
 
-    negative = CLASSES.index(NEGATIVE)
+    negative, share = CLASSES.index(NEGATIVE), config.synthetic_lesions  # share 0 draws nothing: 1.4.0's stream
     tumour_mask = label_masks([UNKNOWN_TYPE])[0]
 
     class AugmentedBatches(keras.utils.PyDataset):
@@ -363,7 +363,7 @@ def _batches(images, indices, masks, weights, config, references, epoch_seed):
             spec, inputs, batch_masks = config.input_spec, [], masks[chosen].copy()
             for row, j in enumerate(chosen):
                 reference = references[int(rng.integers(len(references)))]
-                lesion = bool(masks[j, negative] == 1.0) and rng.random() < config.synthetic_lesions
+                lesion = bool(masks[j, negative] == 1.0) and share > 0 and rng.random() < share
                 x, painted = augment(images[j], rng, spec, reference, lesion)
                 inputs.append(x)
                 if painted:  # now a tumour scan of the normal scan's source, subtype unknown
@@ -535,8 +535,16 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
                 f"epoch {epoch + 1}/{config.epochs} loss {logs.get('loss', float('nan')):.4f} "
                 f"val_loss {logs.get('val_loss', float('nan')):.4f} val_acc {report.get('accuracy', 0):.4f} "
                 f"sens {report['tumour_sensitivity']:.4f} spec {report['tumour_specificity']:.4f} "
+                f"web {report['unknown_type_tumour_recall'] or 0:.3f} "
                 f"lr {float(self.model.optimizer.learning_rate):.2e} ({time.time() - started:.0f}s)"
             )
+            if epoch == 0 and (time.time() - started) * config.epochs > config.max_minutes * 60:
+                fits = max(1, int(config.max_minutes * 60 / (time.time() - started)))
+                _log(
+                    f"at this machine's pace {config.epochs} epochs overrun the {config.max_minutes:g}-minute "
+                    f"budget: training stops near epoch {fits}, before the learning rate has decayed; "
+                    f"--epochs {fits} schedules a whole run that fits"
+                )
             if logs.get("val_loss", math.inf) < self.best_loss:
                 self.best_loss, self.best_weights = logs["val_loss"], self.model.get_weights()
             if time.time() - started > config.max_minutes * 60:
