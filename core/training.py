@@ -10,8 +10,11 @@ Designed against the training collection's shortcut (every "notumor" image is an
   :mod:`core.preprocess`), so crop, fixed geometry and per-image intensity normalisation remove what a source
   leaves behind; augmentation varies geometry, margins, resolution, gamma, contrast, blur, noise, JPEG quality and
   the whole intensity histogram (re-rendered with another scan's histogram);
+- optionally (``--synthetic-lesions P``, off for the shipped model) a share of normal scans gets a painted lesion and
+  trains as a tumour of unknown type;
 - a calibration temperature is fitted on the validation split, and the card records validation metrics, recall on
-  held-back web-style tumour scans and a shortcut probe (tumour scans re-rendered with a notumor scan's histogram).
+  held-back web-style tumour scans and two shortcut probes (tumour scans re-rendered with a notumor scan's
+  histogram; normal scans with a synthetic lesion painted in).
 """
 
 from __future__ import annotations
@@ -470,10 +473,10 @@ def validation_report(
         report["shortcut_probe_tumour_recall"] = float(np.mean([label != NEGATIVE for label in probe_labels]))
         report["shortcut_probe_n"] = len(tumour_rows)
     # Lesion probe: normal validation scans (never trained on) with a synthetic lesion painted in.
-    if len(normal_rows):
-        rng = np.random.default_rng(1)
-        painted = [synthetic_lesion((inputs[i, :, :, 0] * 255).astype(np.uint8), rng) for i in normal_rows]
-        probe = [channels(scale_intensities(p, spec.scaling), spec) for p in painted if p is not None]
+    rng = np.random.default_rng(1)
+    painted = [synthetic_lesion((inputs[i, :, :, 0] * 255).astype(np.uint8), rng) for i in normal_rows]
+    probe = [channels(scale_intensities(p, spec.scaling), spec) for p in painted if p is not None]
+    if probe:
         probe_logits = np.asarray(model.predict(np.stack(probe), batch_size=64, verbose=0))
         probe_labels = decide(softmax(probe_logits / temperature), CLASSES, NEGATIVE)
         report["lesion_probe_tumour_recall"] = float(np.mean([label != NEGATIVE for label in probe_labels]))
