@@ -50,6 +50,9 @@ def test_smoke_training_writes_a_loadable_model_and_card(tmp_path: Path) -> None
     assert on_disk["gate"]["max_energy"] is not None  # the input gate was fitted on the validation split
     assert on_disk["input"] == {"size": 32, "channels": 2, "crop": True, "scaling": "percentile", "mirror": True}
     assert on_disk["training"]["code_version"] not in ("", "unknown")
+    assert on_disk["training"]["started_from"] is None and on_disk["training"]["config"]["synthetic_lesions"] == 0.0
+    validation = on_disk["metrics"]["validation"]
+    assert 0.0 <= validation["lesion_probe_tumour_recall"] <= 1.0 and validation["lesion_probe_n"] >= 1
     classifier = Classifier.from_card(tmp_path / "models" / "smoke.json")
     prediction = analyse(png_bytes(synthetic_slice(256)), classifier).prediction
     assert prediction.model_name == "smoke" and sum(prediction.probabilities.values()) > 0.999
