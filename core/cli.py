@@ -235,6 +235,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if missing:
         _emit(_error("not_found", f"not a directory: {', '.join(missing)}"), sys.stdout)
         return EXIT_USAGE
+    if args.init and not Path(args.init).is_file():
+        _emit(_error("not_found", f"no model card at {args.init}"), sys.stdout)
+        return EXIT_USAGE
     command = "python -m core " + " ".join(sys.argv[1:] if sys.argv[0].endswith("__main__.py") else ["train"])
     card = train([Path(d) for d in args.data], Path(args.out), config, command)
     _emit({"model": card["name"], "version": card["version"], "metrics": card["metrics"]}, sys.stdout)

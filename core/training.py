@@ -494,6 +494,8 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
     items = collect(data_dirs)
+    if not items:
+        raise ValueError(f"no PNG, JPEG or DICOM files in <class>/ folders under {', '.join(map(str, data_dirs))}")
     _log(f"{len(items)} files in {len(data_dirs)} folder(s)")
     data, rejected = load(items, _log)
     data.groups = twin_groups(thumbnails(data.images), config.twin_threshold)

@@ -103,6 +103,16 @@ def test_unusable_model_exits_2_with_json(tmp_path: Path, capsys) -> None:
     assert code == 2 and lines[0]["error"]["code"] == "model_error"
 
 
+def test_train_refuses_a_missing_starting_model_and_an_empty_folder_with_json(tmp_path: Path, capsys) -> None:
+    (tmp_path / "data" / "notumor").mkdir(parents=True)
+    data = str(tmp_path / "data")
+    code, lines = run_main(["train", "--data", data, "--init", str(tmp_path / "nope.json")], capsys)
+    assert code == 2 and lines[0]["error"]["code"] == "not_found" and "nope.json" in lines[0]["error"]["message"]
+    code, lines = run_main(["train", "--data", data, "--out", str(tmp_path / "out")], capsys)
+    assert code != 0 and "no PNG, JPEG or DICOM files" in lines[0]["error"]["message"]
+    assert not (tmp_path / "out").exists()
+
+
 def test_evaluate_scores_a_labelled_folder(tmp_path: Path, tiny_card: Path, capsys) -> None:
     for label in ("glioma", "meningioma", "notumor", "pituitary", "tumour"):
         (tmp_path / label).mkdir()
