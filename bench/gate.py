@@ -31,7 +31,7 @@ from core.errors import ScanError
 from core.explain import Explainer, concentration
 from core.gate import REJECTED
 from core.pipeline import analyse
-from core.training import read_split
+from core.training import read_split, split_file_of
 from tests.ood import KINDS, make
 from tests.scans import png_bytes
 
@@ -62,7 +62,7 @@ def main() -> None:
     report["non_mri_rejected"] = {"overall": round(float(np.mean(list(per_kind.values()))), 4), **per_kind}
 
     if args.data:
-        files = read_split(card.with_name(card.stem + ".split.json"), Path(args.data))
+        files = read_split(split_file_of(card), Path(args.data))
         outcomes = [refused(path.read_bytes(), classifier) for _, path in files]
         reasons: dict[str, int] = {}
         for is_refused, why in outcomes:

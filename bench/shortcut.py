@@ -27,7 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from core.classifier import Classifier
 from core.config import model_card_path
 from core.imaging import read_scan_file
-from core.training import inference_inputs, read_split, validation_report
+from core.training import inference_inputs, read_split, split_file_of, validation_report
 
 FIGURES = (
     "accuracy",
@@ -50,7 +50,7 @@ def main() -> None:
     card_path = Path(args.model) if args.model else model_card_path()
     classifier = Classifier.from_card(card_path)
     card = classifier.card
-    entries = read_split(card_path.with_name(card_path.stem + ".split.json"), Path(args.data))
+    entries = read_split(split_file_of(card_path), Path(args.data))
     inputs = inference_inputs([read_scan_file(path).pixels for _, path in entries], card.input)
     logits = np.asarray(classifier.model.predict(inputs, batch_size=64, verbose=0))
     report = validation_report(

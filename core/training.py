@@ -390,7 +390,7 @@ def initial_weights(model: Any, card_path: Path, spec: InputSpec, split_entries:
     start = Classifier.from_card(card_path)  # checks the weights' SHA-256
     if start.card.input != spec:
         raise ValueError(f"{card_path} takes {start.card.input}, this run {spec}")
-    split_file = card_path.with_name(card_path.stem + ".split.json")
+    split_file = split_file_of(card_path)
     if not split_file.is_file() or json.loads(split_file.read_text())["validation"] != split_entries:
         raise ValueError(f"{card_path} was not validated on this run's split: fine-tuning it would leak")
     model.set_weights(start.model.get_weights())
@@ -447,6 +447,13 @@ def _code_version() -> str:
         return "unknown"
 
 
+def _share_called_tumour(model: Any, inputs: Sequence[np.ndarray], temperature: float) -> float:
+    """Share of model inputs the app's rule would call a tumour."""
+    logits = np.asarray(model.predict(np.stack(inputs), batch_size=64, verbose=0))
+    labels = decide(softmax(logits / temperature), CLASSES, NEGATIVE)
+    return float(np.mean([label != NEGATIVE for label in labels]))
+
+
 def validation_report(
     logits: np.ndarray, labels: Sequence[str], temperature: float, inputs: np.ndarray, model: Any, spec: InputSpec
 ) -> dict[str, Any]:
@@ -468,18 +475,14 @@ def validation_report(
             ref = (inputs[rng.choice(normal_rows), :, :, 0] * 255).astype(np.uint8)
             img = (inputs[i, :, :, 0] * 255).astype(np.uint8)
             probe.append(channels(scale_intensities(match_histogram(img, ref), spec.scaling), spec))
-        probe_logits = np.asarray(model.predict(np.stack(probe), batch_size=64, verbose=0))
-        probe_labels = decide(softmax(probe_logits / temperature), CLASSES, NEGATIVE)
-        report["shortcut_probe_tumour_recall"] = float(np.mean([label != NEGATIVE for label in probe_labels]))
+        report["shortcut_probe_tumour_recall"] = _share_called_tumour(model, probe, temperature)
         report["shortcut_probe_n"] = len(tumour_rows)
     # Lesion probe: normal validation scans (never trained on) with a synthetic lesion painted in.
     rng = np.random.default_rng(1)
     painted = [synthetic_lesion((inputs[i, :, :, 0] * 255).astype(np.uint8), rng) for i in normal_rows]
     probe = [channels(scale_intensities(p, spec.scaling), spec) for p in painted if p is not None]
     if probe:
-        probe_logits = np.asarray(model.predict(np.stack(probe), batch_size=64, verbose=0))
-        probe_labels = decide(softmax(probe_logits / temperature), CLASSES, NEGATIVE)
-        report["lesion_probe_tumour_recall"] = float(np.mean([label != NEGATIVE for label in probe_labels]))
+        report["lesion_probe_tumour_recall"] = _share_called_tumour(model, probe, temperature)
         report["lesion_probe_n"] = len(probe)
     return report
 
@@ -633,6 +636,11 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
     return card
 
 
+def split_file_of(card_path: Path) -> Path:
+    """The validation split file written beside a model card (``<name>.split.json``)."""
+    return card_path.with_name(card_path.stem + ".split.json")
+
+
 def read_split(split_file: Path, root: Path) -> list[tuple[str, Path]]:
     """(label, path) of the validation files a split file lists, under ``root``."""
     entries = json.loads(split_file.read_text())["validation"]
@@ -651,7 +659,7 @@ def fit_gate(card_path: Path, root: Path, quantile: float = 0.995) -> dict[str, 
     classifier = Classifier.from_card(card_path)
     card = classifier.card
     energies, image_rejected = [], 0
-    files = read_split(card_path.with_name(card_path.stem + ".split.json"), root)
+    files = read_split(split_file_of(card_path), root)
     for _, path in files:
         scan = read_scan_file(path)
         region = find_brain(scan.pixels)
