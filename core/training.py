@@ -221,6 +221,8 @@ def synthetic_lesion(square: np.ndarray, rng: np.random.Generator) -> np.ndarray
     of that source, so the slice's look stops predicting the label.
     """
     side = square.shape[0]
+    # Bright tissue by Otsu, not the crop's outline (find_brain): that one takes in the face and neck on sagittal and
+    # low axial slices, and lesions then land in orbits and sinuses.
     _, bright = cv2.threshold(cv2.GaussianBlur(square, (5, 5), 0), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     contours, _ = cv2.findContours(bright, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
