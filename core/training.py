@@ -10,8 +10,8 @@ Designed against the training collection's shortcut (every "notumor" image is an
   :mod:`core.preprocess`), so crop, fixed geometry and per-image intensity normalisation remove what a source
   leaves behind; augmentation varies geometry, margins, resolution, gamma, contrast, blur, noise, JPEG quality and
   the whole intensity histogram (re-rendered with another scan's histogram);
-- optionally (``--synthetic-lesions P``, off for the shipped model) a share of normal scans gets a painted lesion and
-  trains as a tumour of unknown type;
+- optionally (``--synthetic-lesions P``) a share of normal scans also trains as a counterfactual twin: the same
+  augmented scan with a painted lesion, labelled tumour of unknown type, so that only the lesion tells them apart;
 - a calibration temperature is fitted on the validation split, and the card records validation metrics, recall on
   held-back web-style tumour scans and two shortcut probes (tumour scans re-rendered with a notumor scan's
   histogram; normal scans with a synthetic lesion painted in).
@@ -19,6 +19,7 @@ Designed against the training collection's shortcut (every "notumor" image is an
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -64,7 +65,7 @@ class TrainConfig:
     unknown_val_fraction: float = 0.35
     unknown_weight: float = 3.0
     mirror: bool = True
-    synthetic_lesions: float = 0.0  # share of normal training scans given a synthetic lesion (1.5.0 trials: 0.3)
+    synthetic_lesions: float = 0.0  # share of normal training scans that also train with a painted lesion
     init: str | None = None  # a model card to start from (fine-tuning); it must have been validated on this split
     twin_threshold: float = 0.97
     seed: int = 20261125
@@ -275,10 +276,11 @@ def synthetic_lesion(square: np.ndarray, rng: np.random.Generator) -> np.ndarray
 
 def augment(
     pixels: np.ndarray, rng: np.random.Generator, spec: InputSpec, reference: np.ndarray | None, lesion: bool = False
-) -> tuple[np.ndarray, bool]:
+) -> tuple[np.ndarray, np.ndarray | None]:
     """One randomly varied model input from a full-frame slice, through the inference crop and scaling.
 
-    With ``lesion`` a synthetic lesion is painted into the crop; the flag returned says whether one was.
+    With ``lesion`` the second value is the same input with a synthetic lesion painted into the crop (None when no
+    visible one fits): every other random choice is shared, so the pair differs only by the lesion.
     """
     height, width = pixels.shape
     matrix = cv2.getRotationMatrix2D((width / 2, height / 2), rng.uniform(-15, 15), rng.uniform(0.9, 1.1))
@@ -295,8 +297,16 @@ def augment(
         square = resize_square(square, int(rng.integers(spec.size // 3, spec.size)))
     square = resize_square(square, spec.size)
     painted = synthetic_lesion(square, rng) if lesion else None
-    if painted is not None:
-        square = painted
+    if painted is None:
+        return _vary_appearance(square, rng, spec, reference), None
+    twin = copy.deepcopy(rng)  # the lesioned copy takes the same appearance draws
+    return _vary_appearance(square, rng, spec, reference), _vary_appearance(painted, twin, spec, reference)
+
+
+def _vary_appearance(
+    square: np.ndarray, rng: np.random.Generator, spec: InputSpec, reference: np.ndarray | None
+) -> np.ndarray:
+    """Histogram, gamma, contrast, brightness, blur, noise and JPEG quality, then the inference scaling."""
     if reference is not None and rng.random() < 0.25:
         square = match_histogram(square, reference)
     x = square.astype(np.float32) / 255.0
@@ -311,7 +321,7 @@ def augment(
         ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 95))])
         if ok:
             image = cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE)
-    return channels(scale_intensities(image, spec.scaling), spec), painted is not None
+    return channels(scale_intensities(image, spec.scaling), spec)
 
 
 # --- model --------------------------------------------------------------------------------------------------
@@ -365,15 +375,19 @@ def _batches(images, indices, masks, weights, config, references, epoch_seed):
             if i == 0:
                 self.order = np.random.default_rng((epoch_seed, self.epoch)).permutation(indices)
             chosen = self.order[i * config.batch_size : (i + 1) * config.batch_size]
-            spec, inputs, batch_masks = config.input_spec, [], masks[chosen].copy()
-            for row, j in enumerate(chosen):
+            spec, inputs, batch_masks, batch_weights = config.input_spec, [], [], []
+            for j in chosen:
                 reference = references[int(rng.integers(len(references)))]
                 lesion = bool(masks[j, negative] == 1.0) and share > 0 and rng.random() < share
-                x, painted = augment(images[j], rng, spec, reference, lesion)
-                inputs.append(x)
-                if painted:  # now a tumour scan of the normal scan's source, subtype unknown
-                    batch_masks[row] = tumour_mask
-            return np.stack(inputs), batch_masks, weights[chosen]
+                x, with_lesion = augment(images[j], rng, spec, reference, lesion)
+                rows = [(x, masks[j])]
+                if with_lesion is not None:  # its twin with a lesion: a tumour scan of this source, subtype unknown
+                    rows.append((with_lesion, tumour_mask))
+                for model_input, mask in rows:
+                    inputs.append(model_input)
+                    batch_masks.append(mask)
+                    batch_weights.append(weights[j])
+            return np.stack(inputs), np.stack(batch_masks), np.asarray(batch_weights, np.float32)
 
         def on_epoch_end(self) -> None:
             self.epoch += 1

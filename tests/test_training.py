@@ -132,8 +132,8 @@ def test_augmentation_keeps_the_model_input_contract() -> None:
     spec = InputSpec(64)
     image = synthetic_slice(224, tumour=True)
     for _ in range(10):
-        x, painted = augment(image, rng, spec, reference=synthetic_slice(64, seed=3))
-        assert not painted
+        x, with_lesion = augment(image, rng, spec, reference=synthetic_slice(64, seed=3))
+        assert with_lesion is None
         assert x.shape == (64, 64, 1) and x.dtype == np.float32 and x.min() >= 0 and x.max() <= 1
 
 
@@ -154,22 +154,25 @@ def test_a_synthetic_lesion_is_painted_inside_the_head_and_nowhere_else() -> Non
     assert synthetic_lesion(np.zeros((160, 160), np.uint8), np.random.default_rng(0)) is None  # no head: no lesion
 
 
-def test_normal_scans_given_a_lesion_train_as_tumours_of_unknown_type() -> None:
+def test_normal_scans_also_train_as_lesioned_twins_of_unknown_tumour_type() -> None:
     labels = ["notumor"] * 8 + ["glioma"] * 8
     images = [synthetic_slice(128, tumour=label != "notumor", seed=i) for i, label in enumerate(labels)]
-    masks, weights = label_masks(labels), np.ones(len(labels), np.float32)
+    masks, weights = label_masks(labels), np.arange(1, 17, dtype=np.float32)
     references = [synthetic_slice(64, seed=99)]
+    normal, tumour_of_unknown_type = (tuple(label_masks([label])[0]) for label in ("notumor", "tumour"))
+    glioma = tuple(np.eye(len(CLASSES), dtype=np.float32)[CLASSES.index("glioma")])
     for share in (0.0, 1.0):
         config = TrainConfig(size=64, batch_size=16, synthetic_lesions=share)
-        x, batch_masks, _ = _batches(images, np.arange(16), masks, weights, config, references, 0)[0]
-        normal = label_masks(["notumor"])[0]
-        tumour_of_unknown_type = label_masks(["tumour"])[0]
-        order_labels = [tuple(row) for row in batch_masks]
-        glioma = tuple(np.eye(len(CLASSES), dtype=np.float32)[CLASSES.index("glioma")])
-        assert order_labels.count(glioma) == 8  # known tumour classes keep their label
-        expected = tuple(tumour_of_unknown_type if share else normal)
-        assert order_labels.count(expected) == 8
-        assert x.shape == (16, 64, 64, 2)
+        x, batch_masks, batch_weights = _batches(images, np.arange(16), masks, weights, config, references, 0)[0]
+        rows = [tuple(row) for row in batch_masks]
+        assert rows.count(glioma) == 8 and rows.count(normal) == 8  # every scan keeps its own label
+        assert rows.count(tumour_of_unknown_type) == (8 if share else 0)
+        assert x.shape == (len(rows), 64, 64, 2) and batch_weights.shape == (len(rows),)
+        for i in (i for i, row in enumerate(rows) if row == tumour_of_unknown_type):
+            assert rows[i - 1] == normal and batch_weights[i] == batch_weights[i - 1]  # right after its normal twin
+            difference = np.abs(x[i, :, :, 0] - x[i - 1, :, :, 0])
+            assert (difference > 0.08).sum() >= 10  # the lesion shows
+            assert (difference > 0.15).mean() < 0.25  # and is most of the difference (scaling may shift the rest)
 
 
 def test_histogram_matching_takes_the_reference_distribution() -> None:
