@@ -196,7 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--mirror", action=argparse.BooleanOptionalAction, default=None, help="add the left-right asymmetry channel"
     )
     train.add_argument(
-        "--synthetic-lesions", type=float, default=None, metavar="P", help="share of normal scans given a lesion"
+        "--synthetic-lesions",
+        type=float,
+        default=None,
+        metavar="P",
+        help="share of normal scans also trained with a lesion",
     )
     train.add_argument("--learning-rate", type=float, default=None, help="peak learning rate")
     train.add_argument("--init", metavar="CARD", help="start from this model (same input and validation split)")
