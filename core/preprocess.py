@@ -89,5 +89,9 @@ def channels(scaled: np.ndarray, spec: InputSpec) -> np.ndarray:
 
 def to_model_input(pixels: np.ndarray, box: tuple[int, int, int, int] | None, spec: InputSpec) -> np.ndarray:
     """Slice + brain box -> float32 array of shape (size, size, channels), exactly as the model was trained."""
-    square = resize_square(crop_square(pixels, box if spec.crop else None), spec.size)
+    return square_to_input(resize_square(crop_square(pixels, box if spec.crop else None), spec.size), spec)
+
+
+def square_to_input(square: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """The last step of :func:`to_model_input`: a (size, size) crop -> intensity scaling and channels."""
     return channels(scale_intensities(square, spec.scaling), spec)

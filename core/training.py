@@ -41,7 +41,7 @@ from core.classifier import decide
 from core.errors import NoBrainFound, ScanError
 from core.imaging import read_scan_file
 from core.metrics import UNKNOWN_TYPE, classification_report
-from core.preprocess import InputSpec, channels, crop_square, resize_square, scale_intensities, to_model_input
+from core.preprocess import InputSpec, crop_square, resize_square, square_to_input, to_model_input
 from core.roi import find_brain
 
 CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
@@ -321,7 +321,7 @@ def _vary_appearance(
         ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 95))])
         if ok:
             image = cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE)
-    return channels(scale_intensities(image, spec.scaling), spec)
+    return square_to_input(image, spec)
 
 
 # --- model --------------------------------------------------------------------------------------------------
@@ -484,19 +484,22 @@ def validation_report(
     # Shortcut probe: known-subtype tumour scans re-rendered with a random notumor scan's histogram.
     tumour_rows = np.nonzero(known & (labels_arr != NEGATIVE))[0]
     normal_rows = np.nonzero(labels_arr == NEGATIVE)[0]
+
+    def crop(row: int) -> np.ndarray:  # the grayscale channel back to uint8
+        return (inputs[row, :, :, 0] * 255).astype(np.uint8)
+
     if len(tumour_rows) and len(normal_rows):
         rng = np.random.default_rng(0)
         probe = []
         for i in tumour_rows:
-            ref = (inputs[rng.choice(normal_rows), :, :, 0] * 255).astype(np.uint8)
-            img = (inputs[i, :, :, 0] * 255).astype(np.uint8)
-            probe.append(channels(scale_intensities(match_histogram(img, ref), spec.scaling), spec))
+            ref = crop(rng.choice(normal_rows))
+            probe.append(square_to_input(match_histogram(crop(i), ref), spec))
         report["shortcut_probe_tumour_recall"] = _share_called_tumour(model, probe, temperature)
         report["shortcut_probe_n"] = len(tumour_rows)
     # Lesion probe: normal validation scans (never trained on) with a synthetic lesion painted in.
     rng = np.random.default_rng(1)
-    painted = [synthetic_lesion((inputs[i, :, :, 0] * 255).astype(np.uint8), rng) for i in normal_rows]
-    probe = [channels(scale_intensities(p, spec.scaling), spec) for p in painted if p is not None]
+    painted = [synthetic_lesion(crop(i), rng) for i in normal_rows]
+    probe = [square_to_input(p, spec) for p in painted if p is not None]
     if probe:
         report["lesion_probe_tumour_recall"] = _share_called_tumour(model, probe, temperature)
         report["lesion_probe_n"] = len(probe)
