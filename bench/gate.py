@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -30,6 +29,7 @@ from core.config import model_card_path
 from core.errors import ScanError
 from core.explain import Explainer, concentration
 from core.gate import REJECTED
+from core.metrics import machine
 from core.pipeline import analyse
 from core.training import read_split, split_file_of
 from tests.ood import KINDS, make
@@ -53,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     card = Path(args.model) if args.model else model_card_path()
     classifier = Classifier.from_card(card)
-    report: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "model": classifier.card.version}
+    report: dict = {"machine": machine(), "model": classifier.card.version}
 
     per_kind = {}
     for k, kind in enumerate(KINDS):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -26,6 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from core.classifier import Classifier
 from core.config import model_card_path
+from core.metrics import machine
 from core.pipeline import analyse
 from tests.scans import png_bytes, synthetic_slice
 
@@ -39,7 +39,7 @@ def main() -> None:
     classifier = Classifier.from_card(Path(args.model) if args.model else model_card_path())
     scans = [png_bytes(synthetic_slice(512, tumour=i % 2 == 0, seed=i)) for i in range(args.scans)]
     alone = [analyse(data, classifier).prediction.probabilities for data in scans]
-    report: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "scans_per_session": args.scans}
+    report: dict = {"machine": machine(), "scans_per_session": args.scans}
     for sessions in args.sessions:
 
         def session(offset: int) -> tuple[list[float], int]:

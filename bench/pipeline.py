@@ -16,7 +16,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from core.classifier import Classifier
 from core.config import model_card_path
 from core.imaging import read_scan, read_scan_file
+from core.metrics import machine
 from core.pipeline import analyse
 from core.preprocess import to_model_input
 from core.roi import find_brain
@@ -121,7 +121,7 @@ def main() -> None:
     ours = bench_ours(data, Path(args.model) if args.model else model_card_path(), args.repeats)
     peer = bench_peer(data, args.repeats)
     report = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+        "machine": machine(),
         "scans": len(data),
         "size": args.size,
         "source": args.dir or "synthetic",

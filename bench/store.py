@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -23,6 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from core.metrics import machine
 from core.records import Filters, Record
 from core.store import MongoStore, SQLiteStore
 from tests.test_store import make_record
@@ -68,7 +67,7 @@ def main() -> None:
     args = parser.parse_args()
 
     store = MongoStore.connect(args.mongodb_uri, "btd_bench") if args.mongodb_uri else SQLiteStore(Path(args.path))
-    report: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "store": store.describe()}
+    report: dict = {"machine": machine(), "store": store.describe()}
     have = store.summary().total
     if have < args.records:
         if have and not args.mongodb_uri:

@@ -18,7 +18,7 @@ from core.config import model_card_path
 from core.errors import ModelError, ScanError, StoreError
 from core.gate import REJECTED
 from core.imaging import DEFAULT_LIMITS, read_file_bytes
-from core.metrics import classification_report, percentiles_ms
+from core.metrics import classification_report, machine, percentiles_ms
 from core.pipeline import Analysis, analyse
 from core.triage import save
 
@@ -148,6 +148,7 @@ def evaluate_folder(root: Path, classifier: Classifier, split: Path | None = Non
             "rejected": rejected,
             "rejected_by_label": rejected_by_label,
             "latency_ms": percentiles_ms(latencies),
+            "machine": machine(),
         }
     )
     return report

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import platform
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -74,7 +77,26 @@ def classification_report(
     unknown = true == UNKNOWN_TYPE
     report["unknown_type_tumour_recall"] = float(flagged[unknown].mean()) if unknown.any() else None
     report["unknown_type_tumour_n"] = int(unknown.sum())
+    # How far each headline proportion could be from the truth on this many scans (24 web-style scans: +-15 points)
+    intervals = {
+        "tumour_sensitivity": wilson_interval(int((flagged & is_tumour).sum()), positives),
+        "tumour_specificity": wilson_interval(int((~flagged & ~is_tumour).sum()), negatives),
+        "unknown_type_tumour_recall": wilson_interval(int(flagged[unknown].sum()), int(unknown.sum())),
+    }
+    if known.any():
+        intervals["accuracy"] = wilson_interval(int((true[known] == predicted[known]).sum()), int(known.sum()))
+    report["wilson_95"] = intervals
     return report
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> list[float] | None:
+    """95 % Wilson score interval of a proportion: honest at small n and near 0 or 1, where the normal one is not."""
+    if n <= 0:
+        return None
+    share = successes / n
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(float(centre - half), 4), round(float(centre + half), 4)]
 
 
 def percentiles_ms(values: Sequence[float]) -> dict[str, float | None]:
@@ -82,3 +104,14 @@ def percentiles_ms(values: Sequence[float]) -> dict[str, float | None]:
         return {"p50": None, "p95": None}
     p50, p95 = np.percentile(np.asarray(values, dtype=np.float64), (50, 95))
     return {"p50": round(float(p50), 3), "p95": round(float(p95), 3)}
+
+
+def machine() -> str:
+    """Where a timing was taken (CPU model when the system says it, architecture, cores): a latency means nothing
+    without it, and the 2-core machines of this project differ by more than 2x."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:  # not Linux
+        lines = []
+    names = [line.partition(":")[2].strip() for line in lines if line.startswith("model name")]
+    return ", ".join([*names[:1], platform.machine(), f"{os.cpu_count()} CPU cores"])

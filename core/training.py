@@ -24,7 +24,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -40,7 +39,7 @@ import numpy as np
 from core.classifier import decide
 from core.errors import NoBrainFound, ScanError
 from core.imaging import read_scan_file
-from core.metrics import UNKNOWN_TYPE, classification_report
+from core.metrics import UNKNOWN_TYPE, classification_report, machine
 from core.preprocess import InputSpec, crop_square, resize_square, square_to_input, to_model_input
 from core.roi import find_brain
 
@@ -642,7 +641,7 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
             "epochs_run": epochs_run,
             "best_val_loss": round(float(epoch_log.best_loss), 5),
             "seconds": round(time.time() - started),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, TensorFlow {tf.__version__}",
+            "machine": f"{machine()}, TensorFlow {tf.__version__}",
             "code_version": code_version,
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
         },

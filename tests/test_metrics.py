@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import platform
+
 import numpy as np
 import pytest
 
 from core.classifier import decide
-from core.metrics import classification_report, expected_calibration_error
+from core.metrics import classification_report, expected_calibration_error, machine, wilson_interval
 
 LABELS = ("glioma", "meningioma", "notumor", "pituitary")
 
@@ -58,12 +61,28 @@ def test_report_counts_with_the_decision_rule_and_scores_unknown_type_tumours() 
     assert report["tumour_sensitivity"] == pytest.approx(5 / 6)  # 3 known + 2 of 3 web tumours
     assert report["tumour_specificity"] == pytest.approx(1 / 2)
     assert report["unknown_type_tumour_recall"] == pytest.approx(2 / 3) and report["unknown_type_tumour_n"] == 3
+    assert report["wilson_95"]["unknown_type_tumour_recall"] == wilson_interval(2, 3)
+    assert report["wilson_95"]["tumour_specificity"] == wilson_interval(1, 2)
+    assert report["wilson_95"]["accuracy"] == wilson_interval(4, 5)
     # confidence is the probability of the label shown: 0.2, 0.8, 0.3, 0.9, 1.0 for the labelled rows
     expected = expected_calibration_error(np.array([0.2, 0.8, 0.3, 0.9, 1.0]), np.array([1, 1, 0, 1, 1]))
     assert report["expected_calibration_error"] == pytest.approx(expected)
+
+
+def test_wilson_interval_matches_published_values_and_stays_inside_0_1() -> None:
+    assert wilson_interval(5, 10) == pytest.approx([0.2366, 0.7634], abs=1e-4)  # textbook values
+    assert wilson_interval(0, 10) == pytest.approx([0.0, 0.2775], abs=1e-4)
+    low, high = wilson_interval(20, 24)
+    assert 0.6 < low < 0.7 and 0.9 < high < 0.95  # 20 of 24 web-style scans: the 90 % target is inside
+    assert wilson_interval(1145, 1145)[1] == pytest.approx(1.0) and wilson_interval(0, 0) is None
 
 
 def test_expected_calibration_error_of_perfectly_calibrated_bins_is_zero() -> None:
     confidence = np.array([0.75] * 4 + [1.0] * 2)
     assert expected_calibration_error(confidence, np.array([1, 1, 1, 0, 1, 1])) == pytest.approx(0.0)
     assert expected_calibration_error(np.array([0.9, 0.9]), np.array([0, 0])) == pytest.approx(0.9)
+
+
+def test_machine_names_the_cpu_and_its_cores_for_every_timing_report() -> None:
+    described = machine()
+    assert described.endswith(f"{os.cpu_count()} CPU cores") and platform.machine() in described
