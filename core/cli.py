@@ -203,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="P",
         help="share of normal scans also trained with a lesion",
     )
+    train.add_argument("--rotation", type=float, default=None, metavar="DEG", help="augmentation's largest turn")
     train.add_argument("--learning-rate", type=float, default=None, help="peak learning rate")
     train.add_argument("--init", metavar="CARD", help="start from this model (same input and validation split)")
     train.set_defaults(run=cmd_train)
@@ -231,6 +232,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "unknown_weight",
         "mirror",
         "synthetic_lesions",
+        "rotation",
         "learning_rate",
         "init",
     )

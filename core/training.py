@@ -65,6 +65,7 @@ class TrainConfig:
     unknown_weight: float = 3.0
     mirror: bool = True
     synthetic_lesions: float = 0.0  # share of normal training scans that also train with a painted lesion
+    rotation: float = 15.0  # augmentation turns scans by up to this many degrees either way
     init: str | None = None  # a model card to start from (fine-tuning); it must have been validated on this split
     twin_threshold: float = 0.97
     seed: int = 20261125
@@ -274,7 +275,12 @@ def synthetic_lesion(square: np.ndarray, rng: np.random.Generator) -> np.ndarray
 
 
 def augment(
-    pixels: np.ndarray, rng: np.random.Generator, spec: InputSpec, reference: np.ndarray | None, lesion: bool = False
+    pixels: np.ndarray,
+    rng: np.random.Generator,
+    spec: InputSpec,
+    reference: np.ndarray | None,
+    lesion: bool = False,
+    rotation: float = 15.0,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """One randomly varied model input from a full-frame slice, through the inference crop and scaling.
 
@@ -282,7 +288,7 @@ def augment(
     visible one fits): every other random choice is shared, so the pair differs only by the lesion.
     """
     height, width = pixels.shape
-    matrix = cv2.getRotationMatrix2D((width / 2, height / 2), rng.uniform(-15, 15), rng.uniform(0.9, 1.1))
+    matrix = cv2.getRotationMatrix2D((width / 2, height / 2), rng.uniform(-rotation, rotation), rng.uniform(0.9, 1.1))
     matrix[:, 2] += rng.uniform(-0.06, 0.06, 2) * (width, height)
     moved = cv2.warpAffine(pixels, matrix, (width, height), flags=cv2.INTER_LINEAR, borderValue=0)
     if rng.random() < 0.5:
@@ -378,7 +384,7 @@ def _batches(images, indices, masks, weights, config, references, epoch_seed):
             for j in chosen:
                 reference = references[int(rng.integers(len(references)))]
                 lesion = bool(masks[j, negative] == 1.0) and share > 0 and rng.random() < share
-                x, with_lesion = augment(images[j], rng, spec, reference, lesion)
+                x, with_lesion = augment(images[j], rng, spec, reference, lesion, config.rotation)
                 rows = [(x, masks[j])]
                 if with_lesion is not None:  # its twin with a lesion: a tumour scan of this source, subtype unknown
                     rows.append((with_lesion, tumour_mask))

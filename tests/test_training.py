@@ -137,6 +137,24 @@ def test_augmentation_keeps_the_model_input_contract() -> None:
         assert x.shape == (64, 64, 1) and x.dtype == np.float32 and x.min() >= 0 and x.max() <= 1
 
 
+def test_augmentation_turns_scans_only_as_far_as_the_rotation_setting_allows() -> None:
+    import cv2
+
+    head = cv2.ellipse(np.zeros((256, 256), np.uint8), (128, 128), (100, 45), 0, 0, 360, 180, -1)
+
+    def turns(rotation: float) -> list[float]:  # the long axis of the head in each augmented input, in degrees
+        rng, angles = np.random.default_rng(1), []
+        for _ in range(24):
+            x, _ = augment(head, rng, InputSpec(64), reference=None, rotation=rotation)
+            m = cv2.moments((x[..., 0] > 0.5 * x.max()).astype(np.uint8), binaryImage=True)
+            angles.append(abs(np.degrees(0.5 * np.arctan2(2 * m["mu11"], m["mu20"] - m["mu02"]))))
+        return angles
+
+    assert max(turns(0)) < 4
+    wide = turns(40)
+    assert max(wide) > 25 and max(wide) < 45
+
+
 def test_a_synthetic_lesion_is_painted_inside_the_head_and_nowhere_else() -> None:
     square = synthetic_slice(160)
     changed_somewhere = 0
