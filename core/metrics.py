@@ -52,7 +52,8 @@ def classification_report(
     report: dict[str, Any] = {"n": len(true), "n_labelled": int(known.sum())}
     if known.any():
         t, p = true[known], predicted[known]
-        report["accuracy"] = float((t == p).mean())
+        correct = int((t == p).sum())
+        report["accuracy"] = correct / len(t)
         matrix = [[int(((t == a) & (p == b)).sum()) for b in labels] for a in labels]
         report["confusion_matrix"] = {"labels": labels, "rows_true_columns_predicted": matrix}
         per_class = {}
@@ -71,21 +72,22 @@ def classification_report(
     is_tumour = true != negative_label
     flagged = predicted != negative_label
     positives, negatives = int(is_tumour.sum()), int((~is_tumour).sum())
-    report["tumour_sensitivity"] = float((flagged & is_tumour).sum() / positives) if positives else None
-    report["tumour_specificity"] = float((~flagged & ~is_tumour).sum() / negatives) if negatives else None
+    found, cleared = int((flagged & is_tumour).sum()), int((~flagged & ~is_tumour).sum())
+    report["tumour_sensitivity"] = found / positives if positives else None
+    report["tumour_specificity"] = cleared / negatives if negatives else None
     report["tumour_positives"], report["tumour_negatives"] = positives, negatives
     unknown = true == UNKNOWN_TYPE
-    report["unknown_type_tumour_recall"] = float(flagged[unknown].mean()) if unknown.any() else None
-    report["unknown_type_tumour_n"] = int(unknown.sum())
+    unknown_n, unknown_found = int(unknown.sum()), int(flagged[unknown].sum())
+    report["unknown_type_tumour_recall"] = unknown_found / unknown_n if unknown_n else None
+    report["unknown_type_tumour_n"] = unknown_n
     # How far each headline proportion could be from the truth on this many scans (24 web-style scans: +-15 points)
-    intervals = {
-        "tumour_sensitivity": wilson_interval(int((flagged & is_tumour).sum()), positives),
-        "tumour_specificity": wilson_interval(int((~flagged & ~is_tumour).sum()), negatives),
-        "unknown_type_tumour_recall": wilson_interval(int(flagged[unknown].sum()), int(unknown.sum())),
+    report["wilson_95"] = {
+        "tumour_sensitivity": wilson_interval(found, positives),
+        "tumour_specificity": wilson_interval(cleared, negatives),
+        "unknown_type_tumour_recall": wilson_interval(unknown_found, unknown_n),
     }
     if known.any():
-        intervals["accuracy"] = wilson_interval(int((true[known] == predicted[known]).sum()), int(known.sum()))
-    report["wilson_95"] = intervals
+        report["wilson_95"]["accuracy"] = wilson_interval(correct, len(t))
     return report
 
 

@@ -280,7 +280,7 @@ def augment(
     spec: InputSpec,
     reference: np.ndarray | None,
     lesion: bool = False,
-    rotation: float = 15.0,
+    rotation: float = TrainConfig.rotation,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """One randomly varied model input from a full-frame slice, through the inference crop and scaling.
 
