@@ -423,16 +423,21 @@ def inference_inputs(images: Sequence[np.ndarray], spec: InputSpec) -> np.ndarra
     return np.stack([to_model_input(img, find_brain(img).box, spec) for img in images])
 
 
+def mean_nll(logits: np.ndarray, masks: np.ndarray, temperature: float = 1.0) -> float:
+    """Mean allowed-label NLL of rows of logits (the training loss, unweighted): the validation loss."""
+    z = np.asarray(logits, np.float64) / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    allowed = np.where(masks > 0, log_p, -np.inf)
+    top = allowed.max(axis=1, keepdims=True)
+    return float(-(top[:, 0] + np.log(np.exp(allowed - top).sum(axis=1))).mean())
+
+
 def fit_temperature(logits: np.ndarray, masks: np.ndarray) -> float:
     """Temperature minimising the allowed-label NLL on validation logits (golden-section search on log T)."""
 
     def nll(log_t: float) -> float:
-        z = logits / math.exp(log_t)
-        z = z - z.max(axis=1, keepdims=True)
-        log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-        allowed = np.where(masks > 0, log_p, -np.inf)
-        top = allowed.max(axis=1, keepdims=True)
-        return float(-(top[:, 0] + np.log(np.exp(allowed - top).sum(axis=1))).mean())
+        return mean_nll(logits, masks, math.exp(log_t))
 
     low, high = math.log(0.25), math.log(8.0)
     ratio = (math.sqrt(5) - 1) / 2
@@ -562,7 +567,10 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
             logits = np.asarray(self.model.predict(val_inputs, batch_size=128, verbose=0))
             report = classification_report(val_labels, softmax(logits), CLASSES, NEGATIVE)
-            logs = logs or {}
+            logs = logs if logs is not None else {}
+            # One validation pass an epoch: the loss comes from these logits, and EarlyStopping (next in the list)
+            # and the history read it from the same dict.
+            logs["val_loss"] = mean_nll(logits, masks[val_idx])
             _log(
                 f"epoch {epoch + 1}/{config.epochs} loss {logs.get('loss', float('nan')):.4f} "
                 f"val_loss {logs.get('val_loss', float('nan')):.4f} val_acc {report.get('accuracy', 0):.4f} "
@@ -588,7 +596,6 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
     try:
         model.fit(
             batches,
-            validation_data=(val_inputs, masks[val_idx]),
             epochs=config.epochs,
             verbose=0,
             callbacks=[epoch_log, keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience)],

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from core.classifier import Classifier
-from core.imaging import read_scan
+from core.imaging import read_scan, read_scan_file
 from core.pipeline import analyse
 from core.preprocess import InputSpec
 from core.training import (
@@ -18,8 +18,11 @@ from core.training import (
     _batches,
     augment,
     fit_temperature,
+    inference_inputs,
     label_masks,
     match_histogram,
+    mean_nll,
+    read_split,
     sample_weights,
     split,
     synthetic_lesion,
@@ -58,6 +61,12 @@ def test_smoke_training_writes_a_loadable_model_and_card(tmp_path: Path) -> None
     assert prediction.model_name == "smoke" and sum(prediction.probabilities.values()) > 0.999
     split_file = json.loads((tmp_path / "models" / "smoke.split.json").read_text())
     assert len(split_file["validation"]) == card["data"]["validation"]
+    # the validation loss that chose the kept epoch is the allowed-label NLL of the kept model's validation logits
+    entries = read_split(tmp_path / "models" / "smoke.split.json", tmp_path)
+    inputs = inference_inputs([read_scan_file(path).pixels for _, path in entries], classifier.card.input)
+    logits = classifier.model.predict(inputs, verbose=0)
+    kept_loss = mean_nll(logits, label_masks([label for label, _ in entries]))
+    assert abs(kept_loss - card["training"]["best_val_loss"]) < 1e-4
 
 
 def test_training_without_the_mirror_channel_gives_a_one_channel_model(tmp_path: Path) -> None:
