@@ -1,0 +1,80 @@
+"""Do verdicts survive a tilted or shifted head? Validation scans turned or shifted, then read as the app reads them.
+
+    .venv/bin/python bench/robustness.py --data ../shared/data/brain-mri [--model CARD ...] [--tumour-step 3]
+
+Scans from elsewhere are rarely framed like the training collection. Each normal validation scan and every
+``--tumour-step``-th known-type tumour scan of the first model's split is turned by 10, -20 or 25 degrees, or shifted
+by 15 % of its width (whole frame, black fill), then goes through the app's crop, input and decision rule.
+Prints, per model and movement, the share of normal scans called tumour and the share of tumour scans found, as one
+JSON object per model; give several ``--model`` cards (validated on the same split) to compare them in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from core.classifier import Classifier, decide
+from core.config import model_card_path
+from core.imaging import read_scan_file
+from core.metrics import UNKNOWN_TYPE
+from core.preprocess import to_model_input
+from core.roi import find_brain
+from core.training import NEGATIVE, read_split, split_file_of
+
+MOVES = {"unmoved": (0.0, 0.0), "10 deg": (10.0, 0.0), "-20 deg": (-20.0, 0.0), "25 deg": (25.0, 0.0)}
+MOVES["shift 15 %"] = (0.0, 0.15)
+
+
+def moved(pixels: np.ndarray, angle: float, shift: float) -> np.ndarray:
+    """The whole frame turned about its centre by ``angle`` degrees and shifted right by ``shift`` of its width."""
+    height, width = pixels.shape
+    matrix = cv2.getRotationMatrix2D((width / 2, height / 2), angle, 1.0)
+    matrix[0, 2] += shift * width
+    return cv2.warpAffine(pixels, matrix, (width, height), flags=cv2.INTER_LINEAR, borderValue=0)
+
+
+def called_tumour(classifier: Classifier, images: list[np.ndarray]) -> np.ndarray:
+    """The app's verdict on each full frame, as booleans (True = tumour)."""
+    card = classifier.card
+    inputs = np.stack([to_model_input(img, find_brain(img).box, card.input) for img in images])
+    probabilities = np.concatenate([classifier.probabilities(inputs[i : i + 128]) for i in range(0, len(inputs), 128)])
+    return np.array([label != card.negative_label for label in decide(probabilities, card.labels, card.negative_label)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="the folder that holds the training folders")
+    parser.add_argument("--model", action="append", help="model card (repeatable; default: the shipped model)")
+    parser.add_argument("--tumour-step", type=int, default=3, help="use every n-th known-type tumour scan")
+    args = parser.parse_args()
+    cards = [Path(m) for m in args.model] if args.model else [model_card_path()]
+    entries = read_split(split_file_of(cards[0]), Path(args.data))
+    normal = [read_scan_file(path).pixels for label, path in entries if label == NEGATIVE]
+    known = [path for label, path in entries if label not in (NEGATIVE, UNKNOWN_TYPE)]
+    tumour = [read_scan_file(path).pixels for path in known[:: args.tumour_step]]
+    for card_path in cards:
+        classifier = Classifier.from_card(card_path)
+        figures = {}
+        for name, (angle, shift) in MOVES.items():
+            normal_flags = called_tumour(classifier, [moved(img, angle, shift) for img in normal])
+            tumour_flags = called_tumour(classifier, [moved(img, angle, shift) for img in tumour])
+            figures[name] = {
+                "normal_called_tumour": round(float(normal_flags.mean()), 4),
+                "tumour_found": round(float(tumour_flags.mean()), 4),
+            }
+        result = {"model": classifier.card.version, "normal_scans": len(normal), "tumour_scans": len(tumour)}
+        print(json.dumps({**result, "moves": figures}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
