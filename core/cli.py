@@ -205,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--rotation", type=float, default=None, metavar="DEG", help="augmentation's largest turn")
     train.add_argument("--learning-rate", type=float, default=None, help="peak learning rate")
+    train.add_argument("--max-minutes", type=float, default=None, help="time budget (default 75; resumes included)")
     train.add_argument("--init", metavar="CARD", help="start from this model (same input and validation split)")
     train.set_defaults(run=cmd_train)
     return parser
@@ -234,6 +235,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "synthetic_lesions",
         "rotation",
         "learning_rate",
+        "max_minutes",
         "init",
     )
     overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}

@@ -456,6 +456,71 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+# --- resuming -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """Where a run stands after its last finished epoch (what a checkpoint holds besides the variables)."""
+
+    epochs_done: int = 0
+    seconds: float = 0.0  # training time of the earlier parts of a resumed run
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    best_weights: list[np.ndarray] | None = None
+    stopped: bool = False  # early, by patience or the time budget
+    resumed: list[dict[str, Any]] = field(default_factory=list)
+
+
+def run_key(config: TrainConfig, split_entries: list[list[str]]) -> str:
+    """Identifies a run: its settings (all but the time budget) and its validation split. A checkpoint resumes only
+    the run it came from."""
+    settings = {**asdict(config), "max_minutes": None}
+    text = json.dumps({"config": settings, "validation": split_entries}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """``<out>/<name>.checkpoint.npz``, rewritten after every epoch: every model variable (the dropout's random
+    state included), the optimizer's (its step count drives the learning-rate schedule), the best epoch's weights
+    and :class:`Progress`. Rerunning the same command after an interruption resumes from it with the same random
+    streams, so the weights are those of an uninterrupted run; it is deleted once the run has written its model."""
+
+    path: Path
+    key: str
+
+    def save(self, model: Any, progress: Progress, seconds: float) -> None:
+        arrays = {f"model_{i}": np.asarray(v) for i, v in enumerate(model.variables)}
+        arrays |= {f"optimizer_{i}": np.asarray(v) for i, v in enumerate(model.optimizer.variables)}
+        arrays |= {f"best_{i}": w for i, w in enumerate(progress.best_weights or [])}
+        state = {**asdict(progress), "best_weights": None, "seconds": seconds, "key": self.key}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_name(self.path.name + ".partial")
+        with partial.open("wb") as out:  # a file object: numpy would otherwise append ".npz" to the name
+            np.savez(out, state=np.array(json.dumps(state)), **arrays)
+        os.replace(partial, self.path)  # a kill while writing leaves the previous checkpoint whole
+
+    def restore(self, model: Any) -> Progress:
+        """Load the checkpoint into a compiled ``model``; refused when it belongs to another run."""
+        with np.load(self.path) as saved:
+            state = json.loads(str(saved["state"]))
+            if state.pop("key") != self.key:
+                raise ValueError(
+                    f"{self.path} belongs to another run (other settings or split): delete it or change --out"
+                )
+            model.optimizer.build(model.trainable_variables)
+            for prefix, variables in (("model", model.variables), ("optimizer", model.optimizer.variables)):
+                for i, variable in enumerate(variables):
+                    variable.assign(saved[f"{prefix}_{i}"])
+            best = [saved[name] for name in sorted((k for k in saved.files if k.startswith("best_")), key=_index)]
+        return Progress(**{**state, "best_weights": best or None})
+
+
+def _index(name: str) -> int:
+    return int(name.rsplit("_", 1)[1])
+
+
 # --- the run ------------------------------------------------------------------------------------------------
 
 
@@ -558,53 +623,63 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
         config.learning_rate / 10, steps - warmup, alpha=0.02, warmup_target=config.learning_rate, warmup_steps=warmup
     )
     model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4), loss=allowed_label_nll)
+    checkpoint = Checkpoint(out_dir / f"{config.name}.checkpoint.npz", run_key(config, split_entries))
+    progress = checkpoint.restore(model) if checkpoint.path.is_file() else Progress()
+    if progress.epochs_done:
+        _log(f"resuming from {checkpoint.path.name} after epoch {progress.epochs_done} ({progress.seconds:.0f}s)")
+        progress.resumed.append({"after_epoch": progress.epochs_done, "code_version": code_version})
+    batches.epoch = progress.epochs_done  # the augmentation stream of the epoch it resumes at
+
+    def elapsed() -> float:
+        return progress.seconds + time.time() - started
 
     class EpochLog(keras.callbacks.Callback):
-        """Prints validation figures each epoch, keeps the best weights, and stops at the time budget."""
-
-        best_loss, best_weights = math.inf, None
+        """Prints validation figures each epoch, keeps the best weights, stops early or at the time budget, and
+        saves a checkpoint that the same command resumes from after an interruption."""
 
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
             logits = np.asarray(self.model.predict(val_inputs, batch_size=128, verbose=0))
             report = classification_report(val_labels, softmax(logits), CLASSES, NEGATIVE)
-            logs = logs if logs is not None else {}
-            # One validation pass an epoch: the loss comes from these logits, and EarlyStopping (next in the list)
-            # and the history read it from the same dict.
-            logs["val_loss"] = mean_nll(logits, masks[val_idx])
+            val_loss = mean_nll(logits, masks[val_idx])  # one validation pass an epoch
             _log(
-                f"epoch {epoch + 1}/{config.epochs} loss {logs.get('loss', float('nan')):.4f} "
-                f"val_loss {logs.get('val_loss', float('nan')):.4f} val_acc {report.get('accuracy', 0):.4f} "
+                f"epoch {epoch + 1}/{config.epochs} loss {(logs or {}).get('loss', float('nan')):.4f} "
+                f"val_loss {val_loss:.4f} val_acc {report.get('accuracy', 0):.4f} "
                 f"sens {report['tumour_sensitivity']:.4f} spec {report['tumour_specificity']:.4f} "
                 f"web {report['unknown_type_tumour_recall'] or 0:.3f} "
-                f"lr {float(self.model.optimizer.learning_rate):.2e} ({time.time() - started:.0f}s)"
+                f"lr {float(self.model.optimizer.learning_rate):.2e} ({elapsed():.0f}s)"
             )
-            if epoch == 0 and (time.time() - started) * config.epochs > config.max_minutes * 60:
-                fits = max(1, int(config.max_minutes * 60 / (time.time() - started)))
+            if epoch == 0 and elapsed() * config.epochs > config.max_minutes * 60:
+                fits = max(1, int(config.max_minutes * 60 / elapsed()))
                 _log(
                     f"at this machine's pace {config.epochs} epochs overrun the {config.max_minutes:g}-minute "
                     f"budget: training stops near epoch {fits}, before the learning rate has decayed; "
-                    f"--epochs {fits} schedules a whole run that fits"
+                    f"--epochs {fits} schedules a whole run that fits, --max-minutes a longer budget"
                 )
-            if logs.get("val_loss", math.inf) < self.best_loss:
-                self.best_loss, self.best_weights = logs["val_loss"], self.model.get_weights()
-            if time.time() - started > config.max_minutes * 60:
+            progress.epochs_done = epoch + 1
+            if val_loss < progress.best_loss:
+                progress.best_loss, progress.best_epoch = val_loss, epoch + 1
+                progress.best_weights = self.model.get_weights()
+            if progress.epochs_done - progress.best_epoch >= config.patience:
+                _log(f"no better validation loss for {config.patience} epochs: stopping")
+                progress.stopped = True
+            if elapsed() > config.max_minutes * 60:
                 _log(f"time budget of {config.max_minutes:g} minutes reached: stopping")
-                self.model.stop_training = True
+                progress.stopped = True
+            self.model.stop_training = progress.stopped
+            checkpoint.save(self.model, progress, elapsed())
 
-    epoch_log = EpochLog()
-
+    finished = False
     try:
-        model.fit(
-            batches,
-            epochs=config.epochs,
-            verbose=0,
-            callbacks=[epoch_log, keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience)],
-        )
+        if progress.epochs_done < config.epochs and not progress.stopped:
+            model.fit(
+                batches, epochs=config.epochs, initial_epoch=progress.epochs_done, verbose=0, callbacks=[EpochLog()]
+            )
+        finished = True
     except KeyboardInterrupt:  # Ctrl-C: keep the best epoch so far and finish calibration and the card
-        _log("interrupted: finishing with the best epoch so far")
-    epochs_run = len(model.history.history.get("loss", [])) if model.history else 0
-    if epoch_log.best_weights is not None:
-        model.set_weights(epoch_log.best_weights)
+        _log(f"interrupted: finishing with the best epoch so far; the same command resumes from {checkpoint.path}")
+    epochs_run = progress.epochs_done
+    if progress.best_weights is not None:
+        model.set_weights(progress.best_weights)
     logits = np.asarray(model.predict(val_inputs, batch_size=128, verbose=0))
     temperature = fit_temperature(logits, masks[val_idx])
     report = validation_report(logits, val_labels, temperature, val_inputs, model, spec)
@@ -652,8 +727,9 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
             "config": asdict(config),
             "started_from": started_from,
             "epochs_run": epochs_run,
-            "best_val_loss": round(float(epoch_log.best_loss), 5),
-            "seconds": round(time.time() - started),
+            "best_val_loss": round(float(progress.best_loss), 5),
+            "seconds": round(elapsed()),
+            "resumed": progress.resumed,
             "machine": f"{machine()}, TensorFlow {tf.__version__}",
             "code_version": code_version,
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -663,6 +739,8 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
     card_path.write_text(json.dumps(card, indent=2))
     _log(f"input gate fitted: {fit_gate(card_path, root)}")
     card = json.loads(card_path.read_text())
+    if finished:
+        checkpoint.path.unlink(missing_ok=True)
     _log(f"wrote {weights_path} ({weights_path.stat().st_size / 1e6:.2f} MB) in {time.time() - started:.0f}s")
     return card
 

@@ -109,6 +109,47 @@ def test_the_same_command_twice_gives_bit_identical_weights(tmp_path: Path) -> N
     assert all(np.array_equal(x, y) for x, y in zip(*weights, strict=True))
 
 
+def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_weights_of_an_uninterrupted_one(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import pytest
+
+    import core.training
+
+    class Killed(Exception):
+        pass
+
+    save, seen, die_after = core.training.Checkpoint.save, {}, {"epoch": None}
+
+    def save_and_record(self, model, progress, seconds):  # every epoch's variables; "dies" after one epoch if told
+        save(self, model, progress, seconds)
+        seen[(self.path.parent.name, progress.epochs_done)] = [np.array(v) for v in model.variables]
+        if progress.epochs_done == die_after["epoch"]:
+            raise Killed
+
+    monkeypatch.setattr(core.training.Checkpoint, "save", save_and_record)
+    data = make_folder(tmp_path / "data")
+    config = TrainConfig(size=32, widths=(8, 16), epochs=3, batch_size=8, name="long")
+    whole = train([data], tmp_path / "whole", config, "pytest whole")
+    assert whole["training"]["resumed"] == [] and not (tmp_path / "whole" / "long.checkpoint.npz").exists()
+    die_after["epoch"] = 2
+    with pytest.raises(Killed):
+        train([data], tmp_path / "parts", config, "pytest parts")
+    assert (tmp_path / "parts" / "long.checkpoint.npz").is_file() and not (tmp_path / "parts" / "long.keras").exists()
+    with pytest.raises(ValueError, match="another run"):  # other settings must not continue this run
+        train([data], tmp_path / "parts", replace(config, learning_rate=5e-4), "pytest other")
+    die_after["epoch"] = None
+    resumed = train([data], tmp_path / "parts", config, "pytest parts")
+    assert [part["after_epoch"] for part in resumed["training"]["resumed"]] == [2]
+    assert resumed["training"]["epochs_run"] == 3
+    assert resumed["training"]["best_val_loss"] == whole["training"]["best_val_loss"]
+    assert not (tmp_path / "parts" / "long.checkpoint.npz").exists()  # a finished run leaves no checkpoint
+    # the epoch trained after resuming (optimizer state, learning-rate step, augmentation and dropout streams
+    # restored) ends with the very variables of the uninterrupted run's third epoch
+    assert all(np.array_equal(x, y) for x, y in zip(seen[("whole", 3)], seen[("parts", 3)], strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(seen[("whole", 2)], seen[("whole", 3)], strict=True))
+
+
 def test_near_identical_twins_share_a_group_and_one_side_of_the_split() -> None:
     base = [synthetic_slice(96, seed=s, offset=(3 * s, -2 * s), tumour=s % 2 == 0) for s in range(12)]
     # Twins: the same slice re-encoded as JPEG and resized, as in the public collection.
