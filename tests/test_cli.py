@@ -113,6 +113,28 @@ def test_train_refuses_a_missing_starting_model_and_an_empty_folder_with_json(tm
     assert not (tmp_path / "out").exists()
 
 
+def test_every_train_option_reaches_the_training_settings(tmp_path: Path, capsys, monkeypatch) -> None:
+    import core.training
+
+    seen = {}
+
+    def fake_train(data_dirs, out_dir, config, command):
+        seen["config"] = config
+        return {"name": config.name, "version": config.version, "metrics": {}}
+
+    monkeypatch.setattr(core.training, "train", fake_train)
+    (tmp_path / "data" / "notumor").mkdir(parents=True)
+    options = ["--epochs", "7", "--size", "96", "--name", "m", "--seed", "3", "--version", "9.9.9"]
+    options += ["--unknown-weight", "4", "--no-mirror", "--synthetic-lesions", "0.2", "--rotation", "25"]
+    options += ["--learning-rate", "5e-4", "--max-minutes", "240"]
+    code, lines = run_main(["train", "--data", str(tmp_path / "data"), *options], capsys)
+    assert code == 0 and lines[0]["version"] == "9.9.9"
+    config = seen["config"]
+    assert (config.epochs, config.size, config.name, config.seed, config.version) == (7, 96, "m", 3, "9.9.9")
+    assert (config.unknown_weight, config.mirror, config.synthetic_lesions, config.rotation) == (4.0, False, 0.2, 25.0)
+    assert (config.learning_rate, config.max_minutes) == (5e-4, 240.0)
+
+
 def test_evaluate_scores_a_labelled_folder(tmp_path: Path, tiny_card: Path, capsys) -> None:
     for label in ("glioma", "meningioma", "notumor", "pituitary", "tumour"):
         (tmp_path / label).mkdir()

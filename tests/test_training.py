@@ -139,7 +139,7 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_weights_of_an_uni
     with pytest.raises(ValueError, match="another run"):  # other settings must not continue this run
         train([data], tmp_path / "parts", replace(config, learning_rate=5e-4), "pytest other")
     die_after["epoch"] = None
-    resumed = train([data], tmp_path / "parts", config, "pytest parts")
+    resumed = train([data], tmp_path / "parts", replace(config, max_minutes=120.0), "pytest parts")  # a new budget
     assert [part["after_epoch"] for part in resumed["training"]["resumed"]] == [2]
     assert resumed["training"]["epochs_run"] == 3
     assert resumed["training"]["best_val_loss"] == whole["training"]["best_val_loss"]
