@@ -23,13 +23,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from core.classifier import Classifier, decide
+from core.classifier import Classifier
 from core.config import model_card_path
 from core.imaging import read_scan_file
 from core.metrics import UNKNOWN_TYPE
-from core.preprocess import to_model_input
-from core.roi import find_brain
-from core.training import NEGATIVE, read_split, split_file_of
+from core.training import NEGATIVE, inference_inputs, read_split, share_called_tumour, split_file_of
 
 MOVES = {"unmoved": (0.0, 0.0), "10 deg": (10.0, 0.0), "-20 deg": (-20.0, 0.0), "25 deg": (25.0, 0.0)}
 MOVES["shift 15 %"] = (0.0, 0.15)
@@ -41,14 +39,6 @@ def moved(pixels: np.ndarray, angle: float, shift: float) -> np.ndarray:
     matrix = cv2.getRotationMatrix2D((width / 2, height / 2), angle, 1.0)
     matrix[0, 2] += shift * width
     return cv2.warpAffine(pixels, matrix, (width, height), flags=cv2.INTER_LINEAR, borderValue=0)
-
-
-def called_tumour(classifier: Classifier, images: list[np.ndarray]) -> np.ndarray:
-    """The app's verdict on each full frame, as booleans (True = tumour)."""
-    card = classifier.card
-    inputs = np.stack([to_model_input(img, find_brain(img).box, card.input) for img in images])
-    probabilities = np.concatenate([classifier.probabilities(inputs[i : i + 128]) for i in range(0, len(inputs), 128)])
-    return np.array([label != card.negative_label for label in decide(probabilities, card.labels, card.negative_label)])
 
 
 def main() -> None:
@@ -64,14 +54,14 @@ def main() -> None:
     tumour = [read_scan_file(path).pixels for path in known[:: args.tumour_step]]
     for card_path in cards:
         classifier = Classifier.from_card(card_path)
+        model, spec, t = classifier.model, classifier.card.input, classifier.card.temperature
         figures = {}
         for name, (angle, shift) in MOVES.items():
-            normal_flags = called_tumour(classifier, [moved(img, angle, shift) for img in normal])
-            tumour_flags = called_tumour(classifier, [moved(img, angle, shift) for img in tumour])
-            figures[name] = {
-                "normal_called_tumour": round(float(normal_flags.mean()), 4),
-                "tumour_found": round(float(tumour_flags.mean()), 4),
-            }
+            shares = [
+                share_called_tumour(model, inference_inputs([moved(img, angle, shift) for img in images], spec), t)
+                for images in (normal, tumour)
+            ]
+            figures[name] = {"normal_called_tumour": round(shares[0], 4), "tumour_found": round(shares[1], 4)}
         result = {"model": classifier.card.version, "normal_scans": len(normal), "tumour_scans": len(tumour)}
         print(json.dumps({**result, "moves": figures}), flush=True)
 

@@ -538,7 +538,7 @@ def _code_version() -> str:
         return "unknown"
 
 
-def _share_called_tumour(model: Any, inputs: Sequence[np.ndarray], temperature: float) -> float:
+def share_called_tumour(model: Any, inputs: Sequence[np.ndarray], temperature: float) -> float:
     """Share of model inputs the app's rule would call a tumour."""
     logits = np.asarray(model.predict(np.stack(inputs), batch_size=64, verbose=0))
     labels = decide(softmax(logits / temperature), CLASSES, NEGATIVE)
@@ -569,14 +569,14 @@ def validation_report(
         for i in tumour_rows:
             ref = crop(rng.choice(normal_rows))
             probe.append(square_to_input(match_histogram(crop(i), ref), spec))
-        report["shortcut_probe_tumour_recall"] = _share_called_tumour(model, probe, temperature)
+        report["shortcut_probe_tumour_recall"] = share_called_tumour(model, probe, temperature)
         report["shortcut_probe_n"] = len(tumour_rows)
     # Lesion probe: normal validation scans (never trained on) with a synthetic lesion painted in.
     rng = np.random.default_rng(1)
     painted = [synthetic_lesion(crop(i), rng) for i in normal_rows]
     probe = [square_to_input(p, spec) for p in painted if p is not None]
     if probe:
-        report["lesion_probe_tumour_recall"] = _share_called_tumour(model, probe, temperature)
+        report["lesion_probe_tumour_recall"] = share_called_tumour(model, probe, temperature)
         report["lesion_probe_n"] = len(probe)
     return report
 
@@ -677,7 +677,6 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
         finished = True
     except KeyboardInterrupt:  # Ctrl-C: keep the best epoch so far and finish calibration and the card
         _log(f"interrupted: finishing with the best epoch so far; the same command resumes from {checkpoint.path}")
-    epochs_run = progress.epochs_done
     if progress.best_weights is not None:
         model.set_weights(progress.best_weights)
     logits = np.asarray(model.predict(val_inputs, batch_size=128, verbose=0))
@@ -726,7 +725,7 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
             "command": command,
             "config": asdict(config),
             "started_from": started_from,
-            "epochs_run": epochs_run,
+            "epochs_run": progress.epochs_done,
             "best_val_loss": round(float(progress.best_loss), 5),
             "seconds": round(elapsed()),
             "resumed": progress.resumed,
@@ -741,7 +740,7 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
     card = json.loads(card_path.read_text())
     if finished:
         checkpoint.path.unlink(missing_ok=True)
-    _log(f"wrote {weights_path} ({weights_path.stat().st_size / 1e6:.2f} MB) in {time.time() - started:.0f}s")
+    _log(f"wrote {weights_path} ({weights_path.stat().st_size / 1e6:.2f} MB) in {elapsed():.0f}s")
     return card
 
 
