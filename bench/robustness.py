@@ -17,9 +17,6 @@ import os
 import sys
 from pathlib import Path
 
-import cv2
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -27,18 +24,22 @@ from core.classifier import Classifier
 from core.config import model_card_path
 from core.imaging import read_scan_file
 from core.metrics import UNKNOWN_TYPE
-from core.training import NEGATIVE, inference_inputs, read_split, share_called_tumour, split_file_of
+from core.training import (
+    NEGATIVE,
+    inference_inputs,
+    move_frame,
+    read_split,
+    share_called_tumour,
+    split_file_of,
+)
 
-MOVES = {"unmoved": (0.0, 0.0), "10 deg": (10.0, 0.0), "-20 deg": (-20.0, 0.0), "25 deg": (25.0, 0.0)}
-MOVES["shift 15 %"] = (0.0, 0.15)
-
-
-def moved(pixels: np.ndarray, angle: float, shift: float) -> np.ndarray:
-    """The whole frame turned about its centre by ``angle`` degrees and shifted right by ``shift`` of its width."""
-    height, width = pixels.shape
-    matrix = cv2.getRotationMatrix2D((width / 2, height / 2), angle, 1.0)
-    matrix[0, 2] += shift * width
-    return cv2.warpAffine(pixels, matrix, (width, height), flags=cv2.INTER_LINEAR, borderValue=0)
+MOVES = {  # name: (degrees, shift right as a share of the width)
+    "unmoved": (0.0, 0.0),
+    "10 deg": (10.0, 0.0),
+    "-20 deg": (-20.0, 0.0),
+    "25 deg": (25.0, 0.0),
+    "shift 15 %": (0.0, 0.15),
+}
 
 
 def main() -> None:
@@ -57,10 +58,10 @@ def main() -> None:
         model, spec, t = classifier.model, classifier.card.input, classifier.card.temperature
         figures = {}
         for name, (angle, shift) in MOVES.items():
-            shares = [
-                share_called_tumour(model, inference_inputs([moved(img, angle, shift) for img in images], spec), t)
-                for images in (normal, tumour)
-            ]
+            shares = []
+            for images in (normal, tumour):
+                inputs = inference_inputs([move_frame(img, angle, shift=(shift, 0.0)) for img in images], spec)
+                shares.append(share_called_tumour(model, inputs, t))
             figures[name] = {"normal_called_tumour": round(shares[0], 4), "tumour_found": round(shares[1], 4)}
         result = {"model": classifier.card.version, "normal_scans": len(normal), "tumour_scans": len(tumour)}
         print(json.dumps({**result, "moves": figures}), flush=True)

@@ -274,6 +274,15 @@ def synthetic_lesion(square: np.ndarray, rng: np.random.Generator) -> np.ndarray
     return painted if contrast >= max(20.0, 0.5 * float(brain.std())) else None  # an invisible lesion is no tumour
 
 
+def move_frame(pixels: np.ndarray, angle: float, scale: float = 1.0, shift: Sequence[float] = (0.0, 0.0)) -> np.ndarray:
+    """The whole frame turned by ``angle`` degrees and scaled about its centre, then shifted by ``shift`` (x, y) as
+    shares of its width and height, black fill: how a head can sit in a scan from elsewhere."""
+    height, width = pixels.shape
+    matrix = cv2.getRotationMatrix2D((width / 2, height / 2), angle, scale)
+    matrix[:, 2] += np.asarray(shift, np.float64) * (width, height)
+    return cv2.warpAffine(pixels, matrix, (width, height), flags=cv2.INTER_LINEAR, borderValue=0)
+
+
 def augment(
     pixels: np.ndarray,
     rng: np.random.Generator,
@@ -287,10 +296,8 @@ def augment(
     With ``lesion`` the second value is the same input with a synthetic lesion painted into the crop (None when no
     visible one fits): every other random choice is shared, so the pair differs only by the lesion.
     """
-    height, width = pixels.shape
-    matrix = cv2.getRotationMatrix2D((width / 2, height / 2), rng.uniform(-rotation, rotation), rng.uniform(0.9, 1.1))
-    matrix[:, 2] += rng.uniform(-0.06, 0.06, 2) * (width, height)
-    moved = cv2.warpAffine(pixels, matrix, (width, height), flags=cv2.INTER_LINEAR, borderValue=0)
+    angle, scale = rng.uniform(-rotation, rotation), rng.uniform(0.9, 1.1)
+    moved = move_frame(pixels, angle, scale, rng.uniform(-0.06, 0.06, 2))
     if rng.random() < 0.5:
         moved = np.ascontiguousarray(moved[:, ::-1])
     try:
