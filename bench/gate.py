@@ -24,14 +24,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from core.classifier import Classifier
 from core.config import model_card_path
 from core.errors import ScanError
-from core.explain import Explainer, concentration
-from core.gate import REJECTED
-from core.metrics import machine
-from core.pipeline import analyse
-from core.training import read_split, split_file_of
+from core.evaluation.metrics import machine
+from core.evaluation.splits import read_split, split_file_of
+from core.model.analysis import analyse
+from core.model.classifier import Classifier
+from core.model.explain import Explainer, concentration
+from core.model.gate import REJECTED
 from tests.ood import KINDS, make
 from tests.scans import png_bytes
 

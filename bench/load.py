@@ -23,10 +23,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from core.classifier import Classifier
 from core.config import model_card_path
-from core.metrics import machine
-from core.pipeline import analyse
+from core.evaluation.metrics import machine
+from core.model.analysis import analyse
+from core.model.classifier import Classifier
 from tests.scans import png_bytes, synthetic_slice
 
 

@@ -25,13 +25,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from core.classifier import Classifier
 from core.config import model_card_path
+from core.evaluation.metrics import machine
 from core.imaging import read_scan, read_scan_file
-from core.metrics import machine
-from core.pipeline import analyse
-from core.preprocess import to_model_input
-from core.roi import find_brain
+from core.model.analysis import analyse
+from core.model.classifier import Classifier
+from core.model.preprocess import to_model_input
+from core.model.roi import find_brain
 
 
 def scans(folder: str | None, limit: int, size: int | None) -> list[bytes]:

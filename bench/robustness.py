@@ -20,18 +20,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from core.classifier import Classifier
 from core.config import model_card_path
+from core.evaluation.splits import read_split, split_file_of
 from core.imaging import read_scan_file
-from core.metrics import UNKNOWN_TYPE
-from core.training import (
-    NEGATIVE,
-    inference_inputs,
-    move_frame,
-    read_split,
-    share_called_tumour,
-    split_file_of,
-)
+from core.model.classifier import Classifier
+from core.model.decision import UNKNOWN_TYPE
+from core.training.augment import move_frame
+from core.training.config import NEGATIVE
+from core.training.probes import inference_inputs, share_called_tumour
 
 MOVES = {  # name: (degrees, shift right as a share of the width)
     "unmoved": (0.0, 0.0),

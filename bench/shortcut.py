@@ -24,10 +24,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from core.classifier import Classifier
 from core.config import model_card_path
+from core.evaluation.splits import read_split, split_file_of
 from core.imaging import read_scan_file
-from core.training import inference_inputs, read_split, split_file_of, validation_report
+from core.model.classifier import Classifier
+from core.training.probes import inference_inputs, validation_report
 
 FIGURES = (
     "accuracy",

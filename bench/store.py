@@ -21,9 +21,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.metrics import machine
-from core.records import Filters, Record
-from core.store import MongoStore, SQLiteStore
+from core.evaluation.metrics import machine
+from core.storage.mongo import MongoStore
+from core.storage.records import Filters, Record
+from core.storage.sqlite import SQLiteStore
 from tests.test_store import make_record
 
 LABELS = ("glioma", "meningioma", "notumor", "pituitary")

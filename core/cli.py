@@ -13,17 +13,16 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from core.classifier import Classifier
 from core.config import model_card_path
 from core.errors import ModelError, ScanError, StoreError
-from core.gate import REJECTED
-from core.imaging import DEFAULT_LIMITS, read_file_bytes
-from core.metrics import classification_report, machine, percentiles_ms
-from core.pipeline import Analysis, analyse
-from core.triage import save
+from core.evaluation.evaluate import evaluate_folder
+from core.imaging import read_file_bytes
+from core.model.classifier import Classifier
+from core.model.gate import REJECTED
+from core.services.resources import load_classifier, open_results_store
+from core.services.triage import ScanOutcome, analyse_upload, save
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ""}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,115 +42,53 @@ def _error(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 
 
-def _classify_file(path: Path, classifier: Classifier, frame: int | None) -> tuple[dict[str, Any], Analysis | None]:
-    """One file -> (its JSON result or JSON error, the analysis when there is one); never raises for a bad file."""
+def _classify_file(path: Path, classifier: Classifier, frame: int | None) -> tuple[dict[str, Any], ScanOutcome]:
+    """One file -> (its JSON result or JSON error, its outcome); never raises for a bad file."""
     try:
-        analysis = analyse(read_file_bytes(path), classifier, DEFAULT_LIMITS, frame)
-    except (FileNotFoundError, IsADirectoryError):
-        return {"file": str(path), **_error("not_found", "No such file.")}, None
-    except PermissionError:
-        return {"file": str(path), **_error("unreadable", "The file cannot be read (permission denied).")}, None
+        data = read_file_bytes(path)
     except ScanError as error:
-        return {"file": str(path), **_error(error.code, str(error))}, None
-    except Exception:  # a bug must not stop a batch nor print a traceback
-        return {"file": str(path), **_error("internal_error", "Unexpected error while analysing this file.")}, None
-    gate = analysis.prediction.gate
-    if gate is not None and gate.decision == REJECTED:  # never a diagnosis for what is not a brain MRI
+        return {"file": str(path), **_error(error.code, str(error))}, ScanOutcome("")
+    except (FileNotFoundError, IsADirectoryError):
+        return {"file": str(path), **_error("not_found", "No such file.")}, ScanOutcome("")
+    except OSError:
+        return {"file": str(path), **_error("unreadable", "The file cannot be read (permission denied).")}, ScanOutcome(
+            ""
+        )
+    outcome = analyse_upload(data, classifier, frame)
+    if outcome.analysis is None:
+        return {"file": str(path), **_error(outcome.error_code or "scan_error", outcome.error_message or "")}, outcome
+    gate = outcome.analysis.prediction.gate
+    if gate.decision == REJECTED:  # never a diagnosis for what is not a brain MRI
         message = "This does not look like a brain MRI slice: " + "; ".join(gate.reasons) + "."
-        return {"file": str(path), "gate": gate.to_json(), **_error("not_brain_mri", message)}, analysis
-    return {"file": str(path), **analysis.prediction.to_json()}, analysis
+        return {"file": str(path), "gate": gate.to_json(), **_error("not_brain_mri", message)}, outcome
+    return {"file": str(path), **outcome.analysis.prediction.to_json()}, outcome
 
 
-def _load(card: str | None) -> Classifier:
-    return Classifier.from_card(Path(card) if card else model_card_path())
-
-
-def _progress(items: Sequence[Any], description: str) -> Iterator[Any]:
+def _progress(items: Sequence[Any], description: str = "") -> Iterator[Any]:
     from tqdm import tqdm
 
     return iter(tqdm(items, desc=description, file=sys.stderr, disable=len(items) < 20, leave=False))
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    classifier = _load(args.model)
+    classifier = load_classifier(args.model)
     store = None
     if args.save:  # back-fill: the database the app uses (MONGODB_URI, else BTD_DATA_DIR's SQLite file)
-        from core.config import data_dir, mongodb_uri
-        from core.store import open_store
-
         try:
-            store = open_store(mongodb_uri({}), data_dir())
+            store = open_results_store()
         except StoreError as error:
             _emit(_error(error.code, str(error)), sys.stdout)
             return EXIT_USAGE
     status = EXIT_OK
     for name in _progress(args.files, "predict"):
-        result, analysis = _classify_file(Path(name), classifier, args.frame)
+        result, outcome = _classify_file(Path(name), classifier, args.frame)
         if "error" in result:
             status = EXIT_REJECTED
-        if args.save and analysis is not None:  # gate-rejected scans are recorded as such, like in the app
-            saved = save(
-                analysis, store, patient_ref=None, uploader="cli", negative_label=classifier.card.negative_label
-            )
+        if args.save and outcome.analysis is not None:  # gate-rejected scans are recorded as such, like in the app
+            saved = save(outcome.analysis, store, patient_ref=None, uploader="cli")
             result["saved"] = saved.state + (f": {saved.message}" if saved.message else "")
         _emit(result, sys.stdout)
     return status
-
-
-def _labelled_files(root: Path) -> list[tuple[str, Path]]:
-    return [
-        (folder.name, path)
-        for folder in sorted(p for p in root.iterdir() if p.is_dir())
-        for path in sorted(folder.iterdir())
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
-    ]
-
-
-def evaluate_folder(root: Path, classifier: Classifier, split: Path | None = None) -> dict[str, Any]:
-    """Score ``root/<label>/*`` (or the validation files a split lists under ``root``); folder ``tumour`` means
-    tumour present, subtype unknown. Scans the input gate rejects are counted under ``rejected``."""
-    import numpy as np
-
-    if split is None:
-        files = _labelled_files(root)
-    else:
-        from core.training import read_split
-
-        files = read_split(split, root)
-    true: list[str] = []
-    rows: list[list[float]] = []
-    latencies: list[float] = []
-    rejected: dict[str, int] = {}
-    rejected_by_label: dict[str, int] = {}  # refused scans are not scored: say whose they were
-    for label, path in _progress(files, "evaluate"):
-        result, _ = _classify_file(path, classifier, None)
-        if "error" in result:
-            code = result["error"]["code"]
-            rejected[code] = rejected.get(code, 0) + 1
-            rejected_by_label[label] = rejected_by_label.get(label, 0) + 1
-            continue
-        true.append(label)
-        rows.append([result["probabilities"][name] for name in classifier.card.labels])
-        latencies.append(result["timings_ms"]["total"])
-    report = classification_report(
-        true,
-        np.asarray(rows).reshape(len(rows), len(classifier.card.labels)),
-        classifier.card.labels,
-        classifier.card.negative_label,
-        classifier.card.threshold,
-    )
-    report.update(
-        {
-            "model": {"name": classifier.card.name, "version": classifier.card.version},
-            "data": str(root),
-            "files": len(files),
-            "rejected": rejected,
-            "rejected_by_label": rejected_by_label,
-            "latency_ms": percentiles_ms(latencies),
-            "machine": machine(),
-        }
-    )
-    return report
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -160,7 +97,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         _emit(_error("not_found", f"{root} is not a directory."), sys.stdout)
         return EXIT_USAGE
     started = time.perf_counter()
-    report = evaluate_folder(root, _load(args.model), Path(args.split) if args.split else None)
+    split = Path(args.split) if args.split else None
+    report = evaluate_folder(root, load_classifier(args.model), split, lambda files: _progress(files, "evaluate"))
     report["seconds"] = round(time.perf_counter() - started, 1)
     _emit(report, sys.stdout)
     return EXIT_OK
@@ -212,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_fit_gate(args: argparse.Namespace) -> int:
-    from core.training import fit_gate
+    from core.training.gate_fit import fit_gate
 
     card = Path(args.model) if args.model else model_card_path()
     _emit(fit_gate(card, Path(args.data)), sys.stdout)
@@ -222,7 +160,8 @@ def cmd_fit_gate(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from core.training import TrainConfig, train
+    from core.training.config import TrainConfig
+    from core.training.run import train
 
     names = (
         "epochs",

@@ -39,7 +39,13 @@ class ImageTooSmall(ScanError):
 
 
 class MultiFrameImage(ScanError):
+    """A frame must be chosen (or does not exist); ``frames`` is how many the file holds, when known."""
+
     code = "multi_frame"
+
+    def __init__(self, message: str, frames: int | None = None) -> None:
+        super().__init__(message)
+        self.frames = frames
 
 
 class UnsupportedDicom(ScanError):

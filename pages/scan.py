@@ -4,32 +4,60 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import ModelError, StoreError
-from core.explain import overlay
-from core.gate import REJECTED
-from core.identity import pseudonymise
-from core.triage import NOT_SAVED, analyse_upload, save, summary_row
+from core.services.triage import NOT_SAVED, NOT_UPDATED, apply_patient_reference, retry_save, summary_row, triage
 from ui import resources
+from ui.batch import Upload, batch
 from ui.page import setup_page
-from ui.render import model_view, pretty, scan_panel
+from ui.render import pretty, scan_panel
 
 setup_page("Scan")
 st.title("Scan triage")
 
 try:
     classifier = resources.current_classifier()
+    explainer = resources.current_explainer()
 except ModelError as error:
     st.error(f"The model cannot be used: {error}")
     st.stop()
 
-# Per-session memory (never shared between sessions): analyses and save outcomes keyed by upload and model.
-analyses = st.session_state.setdefault("analyses", {})
-saves = st.session_state.setdefault("saves", {})
-heatmaps = st.session_state.setdefault("heatmaps", {})
+session = batch()  # this session's uploads and results, kept when the page is left and opened again
+
+
+def open_store():
+    try:
+        return resources.current_store()
+    except StoreError as error:
+        st.error(f"Results cannot be saved: {error}")
+        return None  # verdicts are still shown, marked "not saved"
+
+
+def reference_changed() -> None:
+    """A typed or corrected reference applies to this session's results in place (never a second record)."""
+    session.patient_text = st.session_state["patient_text"]
+    reference, store = resources.patient_reference(session.patient_text), open_store()
+    for upload in session:
+        for frame, result in upload.results.items():
+            upload.results[frame] = apply_patient_reference(result, store, reference)
+
+
+def uploader_changed() -> None:
+    session.uploader_changed(f.file_id for f in st.session_state.get(session.uploader_key) or [])
+
+
+def choose_frame(upload: Upload, frame: int) -> None:
+    if frame not in upload.results and upload.data is not None:
+        upload.results[frame] = triage(
+            upload.data, classifier, explainer, open_store(), frame=frame,
+            patient_ref=resources.patient_reference(session.patient_text), uploader=resources.current_user(),
+        )  # fmt: skip
+    upload.frame = frame
 
 
 def retry_unsaved() -> None:
-    for key in [k for k, status in saves.items() if status.state == NOT_SAVED]:
-        del saves[key]
+    reference, store = resources.patient_reference(session.patient_text), open_store()
+    for upload in session:
+        for frame, result in upload.results.items():
+            upload.results[frame] = retry_save(result, store, reference)
 
 
 try:
@@ -37,85 +65,73 @@ try:
 except ValueError as error:
     key = None
     st.error(f"Patient references are disabled: {error}.")
-patient_text = st.text_input(
-    "Patient reference (optional, enter before uploading)",
-    help="Kept only as a keyed hash, never as typed. Links this patient's scans without storing who they are.",
+if "patient_text" not in st.session_state:  # coming back to the page: the widget starts from what was typed
+    st.session_state["patient_text"] = session.patient_text
+st.text_input(
+    "Patient reference (optional)",
+    key="patient_text",
+    on_change=reference_changed,
+    help="Kept only as a keyed hash, never as typed. Links this patient's scans without storing who they are. "
+    "Typed or corrected after uploading, it is applied to the results already saved.",
     disabled=key is None,
     placeholder="e.g. the local study number" if key else "Patient references need [identity] hmac_key in secrets",
 )
+if session.uploader_key not in st.session_state:
+    session.seen = set()  # a fresh uploader (first visit, or back from another page) shows no files yet
 uploads = st.file_uploader(
-    "MRI slices: PNG, JPEG or DICOM",
-    type=["png", "jpg", "jpeg", "dcm", "dicom"],
+    "MRI slices: PNG, JPEG or DICOM (any file name)",
     accept_multiple_files=True,
-    help="Each file is checked by its content; one brain slice per file (choose a frame for DICOM volumes).",
+    key=session.uploader_key,
+    on_change=uploader_changed,
+    help="Each file is checked by its content, so DICOM files without an extension are fine. One slice per file; "
+    "multi-frame DICOM files get a frame picker.",
 )
-explain_as = st.columns([1, 1, 2])
-opacity = explain_as[0].slider("Heat map opacity", 0.0, 1.0, 0.45, 0.05)
-explained_class = explain_as[1].selectbox(
-    "Explain",
-    ["predicted class", *classifier.card.labels],
-    format_func=lambda x: x if x == "predicted class" else pretty(x),
-)
-if not uploads:
+new = [upload for upload in uploads or [] if upload.file_id not in session.uploads]
+if new:
+    store = open_store()
+    reference, uploader = resources.patient_reference(session.patient_text), resources.current_user()
+    progress = st.progress(0.0, text="Analysing…") if len(new) > 1 else None
+    for done, file in enumerate(new, start=1):
+        data = file.getvalue()
+        result = triage(data, classifier, explainer, store, patient_ref=reference, uploader=uploader)
+        upload = Upload(file.file_id, file.name, {result.frame: result}, frame=result.frame)
+        if result.frames > 1:  # keep the bytes for the other frames; show the first one now
+            upload.data = data
+            if result.needs_frame:
+                choose_frame(upload, 0)
+        session.uploads[file.file_id] = upload
+        if progress:
+            progress.progress(done / len(new), text=f"Analysed {done} of {len(new)} scans")
+    session.seen |= {file.file_id for file in uploads or []}
+
+if not len(session):
     st.info("Drop one scan or a whole batch. Each is cropped to the brain and classified; results are saved once.")
     st.stop()
+if not uploads:
+    st.caption("These results are kept from earlier in this session.")
 
-try:
-    store = resources.current_store()
-except StoreError as error:
-    store = None  # verdicts are still shown, marked "not saved"
-    st.error(f"Results cannot be saved: {error}")
-patient_ref = pseudonymise(patient_text, key) if key else None
-uploader = st.user.get("email")  # None unless the deployment configures sign-in
-model_tag = f"{classifier.card.name}:{classifier.card.version}"
-progress = st.progress(0.0, text="Analysing…") if len(uploads) > 1 else None
-rows = []
-for index, upload in enumerate(uploads, start=1):
-    data = upload.getvalue()
-    cache_key = (upload.file_id, model_tag)
-    if cache_key not in analyses:
-        analyses[cache_key] = analyse_upload(data, classifier)
-    outcome = analyses[cache_key]
-    status = None
-    save_key = (*cache_key, patient_ref)  # a reference typed later is a different record, saved when it is typed
-    if outcome.analysis is not None:
-        if save_key not in saves:
-            saves[save_key] = save(
-                outcome.analysis,
-                store,
-                patient_ref=patient_ref,
-                uploader=uploader,
-                negative_label=classifier.card.negative_label,
-            )
-        status = saves[save_key]
-    heat = None
-    if outcome.analysis is not None and outcome.analysis.prediction.gate.decision != REJECTED:
-        label = outcome.analysis.prediction.label if explained_class == "predicted class" else explained_class
-        heat_key = (*cache_key, label)
-        if heat_key not in heatmaps:
-            heatmaps[heat_key] = resources.current_explainer().explain(outcome.analysis, label).on_input
-        heat = overlay(model_view(outcome.analysis.model_input), heatmaps[heat_key], opacity)
-    scan_panel(index, outcome, status, heat)
+for index, upload in enumerate(session, start=1):
+    scan_panel(index, upload, classifier.card.labels, choose_frame)
     st.divider()
-    rows.append(summary_row(index, outcome, status))
-    if progress:
-        progress.progress(index / len(uploads), text=f"Analysed {index} of {len(uploads)} scans")
 
-# Forget removed uploads so a long session does not keep every image it has seen.
-current = {upload.file_id for upload in uploads}
-for memory in (analyses, saves, heatmaps):
-    for stale in [k for k in memory if k[0] not in current]:  # every key starts with the upload's file_id
-        del memory[stale]
-
+rows = [summary_row(index, upload.name, upload.current, pretty)
+        for index, upload in enumerate(session, start=1) if upload.current is not None]  # fmt: skip
 table = pd.DataFrame(rows)
 st.subheader("Batch summary")
-with_verdict = sum(row["label"] is not None for row in rows)
-tumours = sum(row["label"] not in (None, classifier.card.negative_label) for row in rows)
-st.caption(f"{with_verdict} of {len(rows)} scans have a verdict; {tumours} of them a tumour.")
-st.dataframe(table, hide_index=True, use_container_width=True)
-left, right = st.columns(2)
-left.download_button(
-    "Download results (CSV)", table.to_csv(index=False).encode("utf-8"), "scan-results.csv", "text/csv"
+verdicts = [row for row in rows if row["verdict"] is not None]
+tumours = sum(1 for row in verdicts if row["verdict"] != pretty(classifier.card.negative_label))
+review = sum(1 for row in rows if row["result"] == "needs review")
+st.caption(
+    f"{len(rows)} files received; {len(verdicts)} have a verdict, {tumours} of them a tumour; "
+    f"{review} need review. File names are shown here only: they are never saved."
 )
-if any(status.state == NOT_SAVED for status in saves.values()):
+st.dataframe(table, hide_index=True, width="stretch")
+left, middle, right = st.columns([1.2, 1, 1])
+with_names = left.checkbox("Include file names in the CSV", help="File names can carry patient identities.")
+export = table if with_names else table.drop(columns=["file"])
+middle.download_button(
+    "Download results (CSV)", export.to_csv(index=False).encode("utf-8"), "scan-results.csv", "text/csv"
+)
+if any(result.status and result.status.state in (NOT_SAVED, NOT_UPDATED) for result in session.results()):
     right.button("Retry saving", on_click=retry_unsaved, type="primary")
+st.button("Clear this session's results", on_click=session.clear, type="tertiary")

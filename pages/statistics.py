@@ -1,17 +1,17 @@
-"""Statistics page: live aggregates of saved results for supervisors (refreshes itself; exportable)."""
+"""Statistics page: live aggregates of saved results for supervisors (refreshes itself; exportable).
 
-from dataclasses import replace
-from datetime import UTC, date, datetime, time, timedelta
+Everything shown follows the small-count rule: counts from 1 to 4, and rates that would reveal them, are withheld.
+"""
+
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo, available_timezones
 
 import pandas as pd
 import streamlit as st
 
-from core.charts import class_mix_figure, confidence_figure, tumour_rate_figure
 from core.errors import StoreError
-from core.records import SHOWN, Filters
-from core.stats import PERIODS, roll_up, suppress_small
-from ui import resources
+from core.services import statistics
+from ui import charts, resources
 from ui.page import setup_page
 from ui.render import LABEL_NAMES, pretty
 
@@ -28,51 +28,36 @@ source = store.describe()
 
 
 @st.cache_data(ttl=REFRESH_SECONDS, show_spinner=False)
-def query(kind: str, filters: Filters, timezone: str, source: str) -> object:
-    """One aggregate from the database (``source`` names it, for the cache key), cached for at most one refresh
-    period. Shared by all sessions, so it returns aggregates and display rows only: no patient references."""
-    if kind == "summary":
-        return store.summary(filters)
-    if kind == "days":
-        return store.daily_counts(filters, timezone)
-    if kind == "histogram":
-        return store.confidence_histogram(filters)
-    if kind == "models":
-        return store.by_model(filters)
-    if kind == "recent":
-        return [
-            {
-                "time": r.created_at.astimezone(ZoneInfo(timezone)).strftime("%Y-%m-%d %H:%M"),
-                "verdict": pretty(r.label),
-                "tumour probability": round(r.tumour_probability, 3),
-                "confidence": round(r.confidence, 3),
-                "model": r.model_version,
-                "reviewed": r.review_verdict or "",
-            }
-            for r in store.recent(50, filters)
-        ]
-    if kind == "versions":
-        return store.model_versions()
-    raise ValueError(kind)
+def board(start_day: date, end_day: date, timezone: str, period: str, versions: tuple[str, ...], source: str):
+    """The dashboard's aggregates, cached for at most one refresh period and shared by all sessions: aggregates
+    only, small counts already withheld (``source`` names the database, for the cache key)."""
+    del source
+    return statistics.dashboard(
+        store, start_day=start_day, end_day=end_day, timezone=timezone, period=period, versions=versions
+    )
 
 
-def local_midnight(day: date, timezone: str) -> datetime:
-    return datetime.combine(day, time(0), ZoneInfo(timezone)).astimezone(UTC)
+@st.cache_data(ttl=REFRESH_SECONDS, show_spinner=False)
+def versions(source: str) -> list[str]:
+    del source
+    return statistics.model_versions(store)
 
 
 browser_zone = st.context.timezone if st.context.timezone in available_timezones() else "UTC"
 zones = sorted({browser_zone, "UTC", "Europe/London", "Europe/Paris", "America/New_York", "Asia/Tokyo"})
 controls = st.columns([1, 1.4, 1, 1.2, 0.8])
-timezone = controls[0].selectbox("Time zone", zones, index=zones.index(browser_zone))
+timezone = controls[0].selectbox("Time zone", zones, index=zones.index(browser_zone), key="stats_zone")
 today = datetime.now(ZoneInfo(timezone)).date()
-chosen = controls[1].date_input("Dates", (today - timedelta(days=89), today), max_value=today + timedelta(days=1))
-period = controls[2].radio("Group by", PERIODS, horizontal=True, index=0)
+if "stats_dates" not in st.session_state:  # set once: a time-zone change keeps the chosen range
+    st.session_state["stats_dates"] = (today - timedelta(days=89), today)
+chosen = controls[1].date_input("Dates", key="stats_dates", max_value=today + timedelta(days=1))
+period = controls[2].radio("Group by", statistics.PERIODS, horizontal=True, index=0, key="stats_period")
 try:
-    versions = query("versions", Filters(), timezone, source)
+    available = versions(source)
 except StoreError as error:
     st.error(f"The results database cannot be read: {error}")
     st.stop()
-picked = controls[3].multiselect("Model versions", versions, placeholder="all versions")
+picked = controls[3].multiselect("Model versions", available, placeholder="all versions", key="stats_versions")
 paused = controls[4].toggle("Pause", help=f"Stop refreshing (every {REFRESH_SECONDS} s)")
 
 days_chosen = list(chosen) if isinstance(chosen, tuple | list) else [chosen]
@@ -80,90 +65,79 @@ if not days_chosen:
     st.info("Choose a start and an end date.")
     st.stop()
 start_day, end_day = days_chosen[0], days_chosen[-1]
-everything = Filters(
-    start=local_midnight(start_day, timezone),
-    end=local_midnight(end_day + timedelta(days=1), timezone),
-    model_versions=tuple(picked),
-)
-filters = replace(everything, gates=SHOWN)  # verdicts only: scans the input gate rejected are counted apart
+
+
+def number(value: int | None) -> str:
+    return f"{value:,}" if value is not None else "fewer than 5"
 
 
 @st.fragment(run_every=None if paused else REFRESH_SECONDS)
 def live_dashboard() -> None:
     try:
-        dashboard()
+        dashboard = board(start_day, end_day, timezone, period, tuple(picked), source)
     except StoreError as error:
         st.error(f"The results database cannot be read: {error}")
-
-
-def dashboard() -> None:
-    summary = query("summary", filters, timezone, source)
-    gates = query("summary", everything, timezone, source).per_gate
+        return
     st.caption(f"Updated at {datetime.now(ZoneInfo(timezone)):%H:%M:%S} ({timezone}) · {source}")
-    if summary.total == 0:
+    if dashboard.empty:
         st.info(
             "No saved results in this date range and model selection yet. Results appear here as soon as scans are "
-            "analysed on the Scan page (or back-filled with `python -m core predict`)."
+            "analysed on the Scan page (or back-filled with `python -m core predict --save`)."
         )
         return
-    local_today = datetime.now(ZoneInfo(timezone)).date()
-    today_start = local_midnight(local_today, timezone)
-    today_summary = query("summary", replace(filters, start=today_start, end=None), timezone, source)
-    week_start = local_midnight(local_today - timedelta(days=7), timezone)
-    week = query("summary", replace(filters, start=week_start, end=today_start), timezone, source)
     kpis = st.columns(6)
-    kpis[0].metric("Scans with a verdict", f"{summary.total:,}")
-    kpis[1].metric("Tumour rate", f"{summary.tumour_rate:.1%}")
-    kpis[2].metric(
-        "Today", f"{today_summary.total:,}", delta=f"{today_summary.total - week.total / 7:+.1f} vs 7-day mean"
-    )
-    kpis[3].metric("Mean confidence", f"{summary.mean_confidence:.1%}")
-    kpis[4].metric("Flagged for review", f"{gates.get('needs_review', 0):,}")
-    kpis[5].metric("Rejected (not brain MRI)", f"{gates.get('rejected', 0):,}")
-    classes = st.columns(max(1, len(summary.per_class)))
-    for column, (label, count) in zip(classes, sorted(summary.per_class.items()), strict=False):
-        column.metric(pretty(label), f"{count:,}")
+    kpis[0].metric("Scans with a verdict", number(dashboard.scans))
+    rate = dashboard.tumour_rate
+    kpis[1].metric(
+        "Tumour rate",
+        f"{rate:.1%}" if rate is not None else "withheld",
+        help=None if dashboard.tumour_interval is None else
+        "95 % interval {:.1%} to {:.1%}".format(*dashboard.tumour_interval),
+    )  # fmt: skip
+    change = None
+    if dashboard.today is not None and dashboard.week_mean is not None:
+        difference = dashboard.today - dashboard.week_mean
+        change = None if round(difference, 1) == 0 else f"{difference:+.1f} vs 7-day mean"
+    kpis[2].metric("Today", number(dashboard.today), delta=change, delta_color="off")
+    kpis[3].metric("Mean confidence", "withheld" if dashboard.mean_confidence is None else
+                   f"{dashboard.mean_confidence:.1%}")  # fmt: skip
+    kpis[4].metric("Flagged for review", number(dashboard.flagged))
+    kpis[5].metric("Rejected (not brain MRI)", number(dashboard.rejected))
+    classes = st.columns(max(1, len(dashboard.per_class)))
+    for column, (label, count) in zip(classes, dashboard.per_class.items(), strict=False):
+        column.metric(pretty(label), number(count))
 
-    days = query("days", filters, timezone, source)
-    periods = roll_up(days, period)
-    st.plotly_chart(tumour_rate_figure(periods, period), use_container_width=True, key="rate")
+    st.plotly_chart(charts.rate(dashboard), width="stretch", key="rate")
     left, right = st.columns(2)
-    left.plotly_chart(class_mix_figure(summary.per_class, LABEL_NAMES), use_container_width=True, key="mix")
-    right.plotly_chart(
-        confidence_figure(query("histogram", filters, timezone, source)), use_container_width=True, key="confidence"
+    left.plotly_chart(charts.mix(dashboard, LABEL_NAMES), width="stretch", key="mix")
+    right.plotly_chart(charts.confidence(dashboard), width="stretch", key="confidence")
+    st.caption(
+        "Counts from 1 to 4, and rates that would reveal them, are withheld: small counts can identify patients. "
+        "Periods without scans are shown as zero. The shaded band is the tumour rate's 95 % interval."
     )
-    st.caption("Rates for periods with fewer than 5 scans are not drawn: small counts can identify patients.")
 
     st.subheader("By model version")
-    models = pd.DataFrame(
-        [
-            {
-                "model": f"{m.model_name} {m.model_version}",
-                "scans": m.total,
-                "tumour rate": round(m.tumour / m.total, 4),
-                "mean confidence": round(m.mean_confidence, 4),
-                "first": m.first.astimezone(ZoneInfo(timezone)).strftime("%Y-%m-%d"),
-                "last": m.last.astimezone(ZoneInfo(timezone)).strftime("%Y-%m-%d"),
-            }
-            for m in query("models", filters, timezone, source)
-        ]
-    )
-    st.dataframe(models, hide_index=True, use_container_width=True)
-
-    st.subheader("Latest results")
-    latest = pd.DataFrame(query("recent", filters, timezone, source))
-    st.dataframe(latest, hide_index=True, use_container_width=True)
-
-    export = pd.DataFrame(  # counts of 1-4 are withheld: small cells can identify patients
-        [
-            {"period_start": p.start.isoformat(), "scans": suppress_small(p.total), "tumour": suppress_small(p.tumour)}
-            for p in periods
-        ]
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "model": m.model,
+                    "scans": number(m.scans),
+                    "tumour rate": None if m.tumour_rate is None else round(m.tumour_rate, 4),
+                    "mean confidence": None if m.mean_confidence is None else round(m.mean_confidence, 4),
+                    "first": m.first.isoformat(),
+                    "last": m.last.isoformat(),
+                }
+                for m in dashboard.models
+            ]
+        ),
+        hide_index=True,
+        width="stretch",
     )
     st.download_button(
         "Export these aggregates (CSV)",
-        export.to_csv(index=False).encode("utf-8"),
-        f"tumour-rate-per-{period}.csv",
+        statistics.export_csv(dashboard),
+        f"tumour-rate-per-{period}-{datetime.now(UTC):%Y%m%d}.csv",
         "text/csv",
     )
 

@@ -20,6 +20,6 @@ def tiny_card(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_classifier(tiny_card: Path):
-    from core.classifier import Classifier
+    from core.model.classifier import Classifier
 
     return Classifier.from_card(tiny_card)

@@ -1,40 +1,94 @@
-"""Figures are pure functions of aggregate rows: check the data they draw."""
+"""Figures and the dashboard are pure functions of aggregate rows: check the data they draw."""
 
 from __future__ import annotations
 
-from datetime import date
+import csv
+import io
+from datetime import UTC, date, datetime, timedelta
 
-from core.charts import CLASS_COLOURS, class_mix_figure, confidence_figure, probabilities_figure, tumour_rate_figure
-from core.stats import PeriodRate
+from core.analytics.charts import CLASS_COLOURS, WITHHELD, class_mix_figure, confidence_figure, tumour_rate_figure
+from core.analytics.stats import roll_up, safe_rate, wilson_interval
+from core.services.statistics import dashboard, export_csv
+from core.storage.records import DayCount
+from core.storage.sqlite import SQLiteStore
+from tests.test_store import make_record
 
 
-def test_tumour_rate_hides_rates_of_small_periods() -> None:
-    periods = [
-        PeriodRate(date(2026, 3, 2), 10, 4),
-        PeriodRate(date(2026, 3, 9), 3, 3),
-        PeriodRate(date(2026, 3, 16), 5, 0),
-    ]
-    figure = tumour_rate_figure(periods, "week")
-    bars, line = figure.data
-    assert list(bars.y) == [10, 3, 5]
-    assert list(line.y) == [40.0, None, 0.0]
-    assert list(line.x) == ["2026-03-02", "2026-03-09", "2026-03-16"]
+def test_the_rate_is_drawn_above_the_counts_with_its_interval() -> None:
+    figure = tumour_rate_figure(
+        ["2026-03-02", "2026-03-09", "2026-03-16"], [10, None, 0], [0.4, None, None], [(0.17, 0.69), None, None], "week"
+    )
+    rate = next(trace for trace in figure.data if trace.name == "tumour rate %")
+    bars = next(trace for trace in figure.data if trace.type == "bar")
+    assert list(rate.y) == [40.0, None, None]
+    assert rate.yaxis == "y" and bars.yaxis == "y2"  # two panels: the line is never hidden behind a bar
+    assert figure.layout.yaxis.domain[0] > figure.layout.yaxis2.domain[1]  # the rate panel sits above
+    band = [trace for trace in figure.data if trace.name == "95 % interval" or trace.hoverinfo == "skip"]
+    assert [list(trace.y) for trace in band] == [[69.0, None, None], [17.0, None, None]]
+    assert list(bars.y) == [10, 0, 0] and bars.customdata[1] == WITHHELD  # withheld: no bar, said in the hover
+    assert figure.layout.yaxis2.tickformat == ",d" and figure.layout.yaxis2.dtick >= 1  # whole scans only
     assert figure.layout.title.text == "Tumour rate per week"
 
 
-def test_class_mix_is_sorted_and_coloured_by_label() -> None:
-    figure = class_mix_figure({"notumor": 3, "glioma": 7}, {"notumor": "No tumour", "glioma": "Glioma"})
+def test_class_mix_is_sorted_and_coloured_by_label_with_withheld_classes_last() -> None:
+    figure = class_mix_figure(
+        {"notumor": 6, "glioma": 7, "pituitary": None}, {"notumor": "No tumour", "glioma": "Glioma"}
+    )
     bar = figure.data[0]
-    assert list(bar.y) == ["Glioma", "No tumour"] and list(bar.x) == [7, 3]
-    assert list(bar.marker.color) == [CLASS_COLOURS["glioma"], CLASS_COLOURS["notumor"]]
+    assert list(bar.y) == ["Glioma", "No tumour", "pituitary"] and list(bar.x) == [7, 6, 0]
+    assert list(bar.marker.color)[:2] == [CLASS_COLOURS["glioma"], CLASS_COLOURS["notumor"]]
+    assert bar.customdata[2] == WITHHELD
 
 
-def test_confidence_histogram_bins_span_zero_to_one() -> None:
-    bar = confidence_figure([0, 1, 2, 3, 4]).data[0]
-    assert list(bar.y) == [0, 1, 2, 3, 4]
-    assert list(bar.x) == [0.1, 0.3, 0.5, 0.7, 0.9]
+def test_confidence_histogram_starts_where_calls_start() -> None:
+    figure = confidence_figure([0] * 10 + [0, 1, 2, None, 4, 5, 6, 7, 8, 9])
+    bar = figure.data[0]
+    assert list(bar.y)[10:] == [0, 1, 2, 0, 4, 5, 6, 7, 8, 9]
+    assert abs(bar.x[0] - 0.025) < 1e-9 and figure.layout.xaxis.range == (0.5, 1)
+    assert figure.layout.yaxis.tickformat == ",d"
 
 
-def test_probabilities_are_drawn_in_percent() -> None:
-    bar = probabilities_figure({"glioma": 0.25, "notumor": 0.75}).data[0]
-    assert list(bar.x) == [25.0, 75.0] and list(bar.text) == ["25.0%", "75.0%"]
+def test_periods_without_scans_are_listed_as_zero() -> None:
+    days = [DayCount(date(2026, 3, 2), 7, 2), DayCount(date(2026, 3, 5), 3, 1)]
+    periods = roll_up(days, "day", date(2026, 3, 1), date(2026, 3, 6))
+    assert [p.start.day for p in periods] == [1, 2, 3, 4, 5, 6]
+    assert [p.total for p in periods] == [0, 7, 0, 0, 3, 0]
+    weeks = roll_up(days, "week", date(2026, 3, 1), date(2026, 3, 20))
+    assert [(p.start.isoformat(), p.total) for p in weeks] == [
+        ("2026-02-23", 0), ("2026-03-02", 10), ("2026-03-09", 0), ("2026-03-16", 0)
+    ]  # fmt: skip
+
+
+def test_rates_that_would_reveal_a_small_count_are_withheld() -> None:
+    assert safe_rate(5, 10) == 0.5
+    assert safe_rate(0, 12) == 0.0
+    assert safe_rate(2, 12) is None  # two tumours
+    assert safe_rate(9, 12) is None  # three without
+    assert safe_rate(4, 4) is None  # four scans
+    low, high = wilson_interval(20, 24)
+    assert round(low, 3) == 0.641 and round(high, 3) == 0.933
+
+
+def test_dashboard_withholds_small_counts_everywhere_and_the_export_names_its_filters(tmp_path) -> None:
+    store = SQLiteStore(tmp_path / "results.sqlite3")
+    now = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
+    labels = ["glioma"] * 6 + ["notumor"] * 6 + ["pituitary"] * 2
+    for i, label in enumerate(labels):
+        store.add(make_record(i + 1, now - timedelta(days=2, minutes=i), label))
+    store.add(make_record(99, now - timedelta(minutes=5), "glioma"))  # one scan today
+    board = dashboard(store, start_day=date(2026, 11, 10), end_day=date(2026, 11, 20), timezone="UTC", period="day",
+                      now=now)  # fmt: skip
+    assert board.scans == 15 and board.tumour_rate == 9 / 15
+    assert board.today is None  # one scan today: withheld, and no change arrow is computed from it
+    assert board.per_class == {"glioma": 7, "notumor": 6, "pituitary": None}
+    by_day = {row.start.day: row for row in board.periods}
+    assert len(board.periods) == 11 and by_day[11].scans == 0  # an empty day stays on the chart
+    assert by_day[18].scans == 14 and by_day[18].rate is not None
+    assert by_day[20].scans is None and by_day[20].rate is None and by_day[20].tumours is None
+    assert all(n is None or n == 0 or n >= 5 for n in board.histogram)
+    text = export_csv(board).decode()
+    assert text.startswith("# dates: 2026-11-10 to 2026-11-20 (UTC)") and "model versions: all" in text
+    rows = list(csv.DictReader(io.StringIO("\n".join(line for line in text.splitlines() if not line.startswith("#")))))
+    assert rows[-1] == {"period_start": "2026-11-20", "scans": "", "tumour": "", "tumour_rate": "",
+                        "rate_95_low": "", "rate_95_high": ""}  # fmt: skip
+    assert rows[1]["scans"] == "0"

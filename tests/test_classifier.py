@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.classifier import Classifier, ModelCard, calibrated_probabilities
 from core.errors import ModelError
-from core.pipeline import analyse
-from core.preprocess import InputSpec, to_model_input
+from core.model.analysis import analyse
+from core.model.card import ModelCard
+from core.model.classifier import Classifier, calibrated_probabilities
+from core.model.preprocess import InputSpec, to_model_input
 from tests.scans import png_bytes, synthetic_slice, write_model_card
 
 

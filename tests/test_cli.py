@@ -18,7 +18,9 @@ from tests.scans import dicom_bytes, jpeg_bytes, png_bytes, synthetic_slice
 from tests.test_imaging import bomb_png
 
 ROOT = Path(__file__).resolve().parents[1]
-PREDICTION_KEYS = {"file", "label", "probabilities", "tumour_probability", "roi", "model", "timings_ms", "gate"}
+PREDICTION_KEYS = {
+    "file", "label", "probabilities", "tumour_probability", "confidence", "roi", "model", "timings_ms", "gate"
+}  # fmt: skip
 
 
 def bad_inputs() -> dict[str, tuple[bytes, str]]:
@@ -114,7 +116,7 @@ def test_train_refuses_a_missing_starting_model_and_an_empty_folder_with_json(tm
 
 
 def test_every_train_option_reaches_the_training_settings(tmp_path: Path, capsys, monkeypatch) -> None:
-    import core.training
+    import core.training.run
 
     seen = {}
 
@@ -122,7 +124,7 @@ def test_every_train_option_reaches_the_training_settings(tmp_path: Path, capsys
         seen["config"] = config
         return {"name": config.name, "version": config.version, "metrics": {}}
 
-    monkeypatch.setattr(core.training, "train", fake_train)
+    monkeypatch.setattr(core.training.run, "train", fake_train)
     (tmp_path / "data" / "notumor").mkdir(parents=True)
     options = ["--epochs", "7", "--size", "96", "--name", "m", "--seed", "3", "--version", "9.9.9"]
     options += ["--unknown-weight", "4", "--no-mirror", "--synthetic-lesions", "0.2", "--rotation", "25"]
@@ -174,7 +176,7 @@ def test_cli_process_never_prints_a_traceback(tmp_path: Path, tiny_card: Path) -
 
 
 def test_predict_can_back_fill_the_database_once(tmp_path: Path, tiny_card: Path, capsys, monkeypatch) -> None:
-    from core.store import SQLiteStore
+    from core.storage.sqlite import SQLiteStore
 
     monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.delenv("MONGODB_URI", raising=False)

@@ -15,8 +15,8 @@ from core.errors import (
     WrongModality,
 )
 from core.imaging import read_scan
-from core.pipeline import analyse
-from core.roi import find_brain
+from core.model.analysis import analyse
+from core.model.roi import find_brain
 from tests.scans import CANARY, dicom_bytes, synthetic_slice
 
 MAX_12_BIT = 4095

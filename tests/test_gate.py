@@ -8,14 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.classifier import Classifier
 from core.cli import main
 from core.errors import ScanError
-from core.explain import Explainer, concentration, overlay
-from core.gate import ACCEPTED, NEEDS_REVIEW, REJECTED, GatePolicy, assess, energy
 from core.imaging import read_scan
-from core.pipeline import analyse
-from core.roi import find_brain
+from core.model.analysis import analyse
+from core.model.classifier import Classifier
+from core.model.decision import DecisionRule
+from core.model.explain import Explainer, concentration, overlay
+from core.model.gate import ACCEPTED, NEEDS_REVIEW, REJECTED, GatePolicy, assess, energy, with_review
+from core.model.roi import find_brain
 from tests.ood import KINDS, collection, make
 from tests.scans import png_bytes, synthetic_slice
 
@@ -51,21 +52,29 @@ def test_energy_is_lower_for_confident_logits() -> None:
     assert energy(np.array([9.0, 0.0, 0.0, 0.0]), 1.0) < energy(np.array([0.1, 0.0, 0.0, 0.0]), 1.0)
 
 
-def test_near_ties_and_low_confidence_need_review() -> None:
+def test_review_is_decided_on_the_tumour_probability_not_on_the_largest_class() -> None:
+    """A no-tumour verdict at P(tumour) = 0.38 is flagged; a 0.98 tumour split between two types is not."""
     scan = read_scan(png_bytes(synthetic_slice(256)))
     region = find_brain(scan.pixels)
-    policy = GatePolicy()
-    assert assess(scan, region, None, [0.9, 0.05, 0.03, 0.02], 1.0, policy).decision == ACCEPTED
-    assert assess(scan, region, None, [0.5, 0.2, 0.2, 0.1], 1.0, policy).decision == NEEDS_REVIEW
-    tie = assess(scan, region, None, [0.62, 0.38, 0.0, 0.0], 1.0, GatePolicy(review_below_margin=0.3))
-    assert tie.decision == NEEDS_REVIEW and "tied" in tie.reasons[0]
+    rule = DecisionRule(review_band=(0.2, 0.8))
+    accepted = assess(scan, region, None, 1.0, GatePolicy())
+    assert accepted.decision == ACCEPTED
+    doubtful = rule.apply([0.19, 0.19, 0.62, 0.0])  # "no tumour", but P(tumour) = 0.38
+    assert doubtful.label == "notumor" and doubtful.confidence == pytest.approx(0.62)
+    flagged = with_review(accepted, doubtful.review_reasons)
+    assert flagged.decision == NEEDS_REVIEW and "38%" in flagged.reasons[0]
+    split = rule.apply([0.49, 0.49, 0.02, 0.0])  # a clear tumour, type unclear between two
+    assert split.is_tumour and split.confidence == pytest.approx(0.98)
+    assert with_review(accepted, split.review_reasons).decision == ACCEPTED
+    refused = assess(scan, region, None, 1.0, GatePolicy(max_colourfulness=-1))
+    assert with_review(refused, doubtful.review_reasons) is refused  # a refusal stays a refusal
 
 
 def test_energy_threshold_from_the_card_refuses_unfamiliar_inputs() -> None:
     scan = read_scan(png_bytes(synthetic_slice(256)))
     region = find_brain(scan.pixels)
     strict = GatePolicy(max_energy=-20.0)
-    result = assess(scan, region, np.array([1.0, 0.5, 0.2, 0.1]), [0.9, 0.05, 0.03, 0.02], 1.0, strict)
+    result = assess(scan, region, np.array([1.0, 0.5, 0.2, 0.1]), 1.0, strict)
     assert result.decision == REJECTED and "unlike any brain MRI" in result.reasons[0]
     assert result.to_json()["energy"] == pytest.approx(energy(np.array([1.0, 0.5, 0.2, 0.1]), 1.0), abs=1e-4)
 

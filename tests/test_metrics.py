@@ -8,8 +8,8 @@ import platform
 import numpy as np
 import pytest
 
-from core.classifier import decide
-from core.metrics import classification_report, expected_calibration_error, machine, wilson_interval
+from core.evaluation.metrics import classification_report, expected_calibration_error, machine, wilson_interval
+from core.model.decision import DecisionRule, decide
 
 LABELS = ("glioma", "meningioma", "notumor", "pituitary")
 
@@ -64,9 +64,22 @@ def test_report_counts_with_the_decision_rule_and_scores_unknown_type_tumours() 
     assert report["wilson_95"]["unknown_type_tumour_recall"] == wilson_interval(2, 3)
     assert report["wilson_95"]["tumour_specificity"] == wilson_interval(1, 2)
     assert report["wilson_95"]["accuracy"] == wilson_interval(4, 5)
-    # confidence is the probability of the label shown: 0.2, 0.8, 0.3, 0.9, 1.0 for the labelled rows
-    expected = expected_calibration_error(np.array([0.2, 0.8, 0.3, 0.9, 1.0]), np.array([1, 1, 0, 1, 1]))
+    # four-class calibration: the top class's probability against whether it is the true class (labelled rows)
+    expected = expected_calibration_error(np.array([0.4, 0.8, 0.3, 0.9, 1.0]), np.array([0, 1, 0, 1, 1]))
     assert report["expected_calibration_error"] == pytest.approx(expected)
+    # the call's calibration: its confidence (P(tumour) or 1 - P(tumour)) against whether the call was right
+    calls = expected_calibration_error(
+        np.array([0.6, 0.8, 0.7, 0.9, 0.9, 0.7, 0.6, 1.0]), np.array([1, 1, 0, 1, 1, 0, 1, 1])
+    )
+    assert report["tumour_calibration_error"] == pytest.approx(calls)
+
+
+def test_type_uncertain_verdicts_count_as_found_tumours_but_not_as_right_types() -> None:
+    rule = DecisionRule(labels=tuple(LABELS), subtype_min_share=0.6)
+    probabilities = np.array([[0.45, 0.40, 0.15, 0.0], [0.80, 0.05, 0.15, 0.0]])
+    assert rule.labels_of(probabilities) == ["tumour", "glioma"]
+    report = classification_report(["glioma", "glioma"], probabilities, LABELS, "notumor", rule)
+    assert report["tumour_sensitivity"] == 1.0 and report["accuracy"] == 0.5
 
 
 def test_wilson_interval_matches_published_values_and_stays_inside_0_1() -> None:

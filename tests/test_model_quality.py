@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.classifier import Classifier
 from core.config import MODELS_DIR
 from core.errors import ScanError
-from core.explain import Explainer, concentration
-from core.gate import REJECTED
+from core.evaluation.splits import read_split
 from core.imaging import read_scan_file
-from core.pipeline import analyse
-from core.training import read_split
+from core.model.analysis import analyse
+from core.model.classifier import Classifier
+from core.model.explain import Explainer, concentration
+from core.model.gate import REJECTED
 from tests.conftest import SHARED_DATA
 from tests.ood import collection
 

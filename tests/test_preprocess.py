@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.classifier import Classifier
-from core.pipeline import analyse
-from core.preprocess import InputSpec, asymmetry, to_model_input
-from core.roi import find_brain
+from core.model.analysis import analyse
+from core.model.classifier import Classifier
+from core.model.preprocess import InputSpec, asymmetry, to_model_input
+from core.model.roi import find_brain
 from tests.scans import png_bytes, synthetic_slice, write_model_card
 
 MIRROR = InputSpec(96, channels=2, mirror=True)

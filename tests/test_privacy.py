@@ -7,9 +7,9 @@ from pathlib import Path
 from PIL import PngImagePlugin
 
 from core.identity import local_key, pseudonymise
-from core.pipeline import analyse
-from core.records import new_record
-from core.store import SQLiteStore
+from core.model.analysis import analyse
+from core.services.triage import new_record
+from core.storage.sqlite import SQLiteStore
 from tests.scans import CANARY, dicom_bytes, png_bytes, synthetic_slice
 
 
@@ -28,7 +28,6 @@ def test_identities_never_reach_the_database_file(tmp_path: Path, tiny_classifie
             analysis,
             patient_ref=pseudonymise(f"{CANARY} Test", key),
             uploader="dr-test",
-            negative_label="notumor",
         )
         assert store.add(record)
     assert store.summary().total == 2

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from core.errors import NoBrainFound
-from core.roi import find_brain
+from core.model.roi import find_brain
 from tests.scans import synthetic_slice
 
 

@@ -17,11 +17,14 @@ from pathlib import Path
 
 import pytest
 
+from core.analytics.stats import roll_up, suppress_small
 from core.errors import InvalidRecord, StoreError, StoreUnavailable
 from core.identity import local_key, pseudonymise
-from core.records import DayCount, Filters, Record, record_id
-from core.stats import roll_up, suppress_small
-from core.store import MongoStore, SQLiteStore, open_store, utc_offset_segments
+from core.storage import open_store
+from core.storage.mongo import MongoStore
+from core.storage.records import DayCount, Filters, Record, record_id
+from core.storage.sqlite import SQLiteStore
+from core.storage.timebuckets import utc_offset_segments
 
 LABELS = ("glioma", "meningioma", "notumor", "pituitary")
 
@@ -33,12 +36,15 @@ def make_record(
     version: str = "1.0.0",
     confidence: float = 0.9,
     patient: str | None = None,
+    frame: int | None = None,
 ) -> Record:
-    rest = (1.0 - confidence) / 3
-    probabilities = {name: (confidence if name == label else rest) for name in LABELS}
+    """A record whose decision confidence is ``confidence`` (the rest of the mass on the opposite call)."""
+    other = "glioma" if label == "notumor" else "notumor"
+    probabilities = {name: 0.0 for name in LABELS} | {label: confidence, other: 1.0 - confidence}
     sha = f"{n:064x}"
     return Record(
-        id=record_id(sha, "btd-cnn", version, patient),
+        id=record_id(sha, "btd-cnn", version, frame),
+        frame=frame,
         created_at=created_at,
         image_sha256=sha,
         image_format="png",
@@ -136,6 +142,36 @@ def test_invalid_records_are_refused_before_the_database(store) -> None:
     for record in bad:
         with pytest.raises(InvalidRecord):
             store.add(record)
+    assert store.summary().total == 0
+
+
+def test_patient_reference_is_an_attribute_not_part_of_the_identity(store) -> None:
+    record = FIXTURE[0]
+    assert store.add(record) is True
+    assert store.add(replace(record, patient_ref="a" * 64)) is False  # the same upload: still one result
+    assert store.set_patient_ref(record.id, "b" * 64) is True  # typed or corrected later: updated in place
+    assert store.set_patient_ref(record.id, "b" * 64) is False
+    assert store.get(record.id).patient_ref == "b" * 64 and store.summary().total == 1
+    assert store.set_patient_ref(record.id, None) is True and store.get(record.id).patient_ref is None
+    with pytest.raises(InvalidRecord):
+        store.set_patient_ref("0" * 64, "b" * 64)
+
+
+def test_frames_of_one_file_are_separate_results(store) -> None:
+    first = make_record(70, utc(2026, 5, 1), "glioma", frame=0)
+    second = make_record(70, utc(2026, 5, 1, 0, 1), "notumor", frame=1)
+    assert first.id != second.id
+    assert store.add(first) is True and store.add(second) is True
+    assert store.add(first) is False
+    assert store.summary().total == 2 and store.get(second.id).frame == 1
+
+
+def test_a_row_the_database_refuses_raises_instead_of_counting_as_saved(store, monkeypatch) -> None:
+    if isinstance(store, MongoStore) and not os.environ.get("BTD_TEST_MONGODB_URI"):
+        pytest.skip("mongomock does not enforce $jsonSchema validators; a real server does")
+    monkeypatch.setattr(Record, "validate", lambda self: self)  # reach the database's own checks
+    with pytest.raises(InvalidRecord):
+        store.add(replace(FIXTURE[0], image_format="gif"))
     assert store.summary().total == 0
 
 
@@ -308,7 +344,7 @@ def test_mongodb_indexes_serve_the_dashboard_queries(store) -> None:
 
 
 def test_gate_decisions_are_counted_and_rejected_scans_left_out_of_verdicts(store) -> None:
-    from core.records import SHOWN
+    from core.storage.records import SHOWN
 
     store.add(FIXTURE[0])
     store.add(replace(make_record(60, utc(2026, 3, 2), "glioma"), gate="rejected", gate_score=3.5))
@@ -327,12 +363,12 @@ def test_unusable_mongodb_uri_is_a_store_error() -> None:
 
 
 def test_saving_without_a_database_reports_not_saved(tiny_classifier) -> None:
-    from core.pipeline import analyse
-    from core.triage import NOT_SAVED, save
+    from core.model.analysis import analyse
+    from core.services.triage import NOT_SAVED, save
     from tests.scans import png_bytes, synthetic_slice
 
     analysis = analyse(png_bytes(synthetic_slice(128)), tiny_classifier)
-    status = save(analysis, None, patient_ref=None, uploader=None, negative_label="notumor")
+    status = save(analysis, None, patient_ref=None, uploader=None)
     assert status.state == NOT_SAVED and "unavailable" in status.message
 
 
@@ -342,3 +378,81 @@ def test_a_short_configured_patient_key_is_refused(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("BTD_HMAC_KEY", "abcd")
     with pytest.raises(ValueError, match="shorter than 16 bytes"):
         patient_key({}, shared_database=True)
+
+
+# --- schema versions, migrations, a data directory that goes away ------------------------------------------
+
+ROUND_1_DATABASE = Path(__file__).parent / "data" / "results-v1.sqlite3"
+
+
+def test_a_round_1_database_opens_and_is_upgraded_in_place(tmp_path: Path) -> None:
+    """tests/data/results-v1.sqlite3 was written by the round-1 code (commit 65ccfa9): eight rows, three of them
+    one upload saved again as its patient reference was typed and corrected, one reviewed."""
+    import shutil
+
+    path = tmp_path / "results.sqlite3"
+    shutil.copy(ROUND_1_DATABASE, path)
+    store = SQLiteStore(path)
+    assert store.schema_version() == 2
+    assert (tmp_path / "results.sqlite3.v1.bak").exists()  # the file as it was, beside it
+    assert store.summary().total == 6  # the three copies of one upload are one result now
+    merged = store.get(record_id(f"{4:064x}", "btd-cnn", "1.4.0+ab12cd34"))
+    assert merged.patient_ref == "c" * 64  # the last reference typed
+    assert merged.created_at == utc(2026, 11, 20, 12, 0)  # the first save
+    assert merged.confidence == pytest.approx(0.85)  # the call's confidence, P(tumour), not P(meningioma) 0.55
+    reviewed = store.get(record_id(f"{1:064x}", "btd-cnn", "1.4.0+ab12cd34"))
+    assert (reviewed.reviewer, reviewed.review_verdict) == ("dr-old", "agree")
+    assert dict(store.summary().per_gate) == {"accepted": 4, "needs_review": 1, "rejected": 1}
+    assert store.add(merged) is False
+    assert SQLiteStore(path).schema_version() == 2  # opening again changes nothing
+
+
+def test_a_database_from_a_newer_release_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "results.sqlite3"
+    SQLiteStore(path)
+    sqlite3.connect(path).execute("PRAGMA user_version = 99").connection.close()
+    with pytest.raises(StoreError, match="newer"):
+        SQLiteStore(path)
+
+
+def test_a_round_1_mongodb_collection_is_upgraded_on_first_use() -> None:
+    import mongomock
+
+    client = mongomock.MongoClient(tz_aware=True)
+    old = client["brain_mri_triage"]["scans_v1"]
+    for n, minute, patient in ((4, 0, None), (4, 1, "b" * 64), (4, 2, "c" * 64), (5, 0, None)):
+        document = {**make_record(n, utc(2026, 11, 20, n, minute), "meningioma").__dict__}
+        document.pop("frame")
+        document.update(_id=uuid.uuid4().hex, patient_ref=patient, confidence=0.55)
+        old.insert_one(document)
+    store = MongoStore(client, collection="scans_v1")
+    assert store.summary().total == 2 and store.schema_version() == 2
+    merged = store.get(record_id(f"{4:064x}", "btd-cnn", "1.0.0"))
+    assert merged.patient_ref == "c" * 64 and merged.confidence == pytest.approx(0.9)
+
+
+def test_deleting_the_data_directory_while_running_does_not_break_saving(tmp_path: Path) -> None:
+    import shutil
+
+    store = SQLiteStore(tmp_path / "data" / "results.sqlite3")
+    assert store.add(FIXTURE[0])
+    shutil.rmtree(tmp_path / "data")
+    (tmp_path / "data").mkdir()  # an operator restores an empty directory
+    store.ping()  # reconnects and creates the schema instead of "no such table"
+    assert store.add(FIXTURE[1]) is True and store.summary().total == 1
+
+
+def test_health_check_fails_when_a_save_would(tmp_path: Path) -> None:
+    path = tmp_path / "results.sqlite3"
+    store = SQLiteStore(path)
+    store.ping()
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("DROP TABLE scans")
+    other.close()
+    with pytest.raises(StoreError):
+        store.ping()
+
+
+def test_database_file_is_private(tmp_path: Path) -> None:
+    SQLiteStore(tmp_path / "results.sqlite3").add(FIXTURE[0])
+    assert oct((tmp_path / "results.sqlite3").stat().st_mode)[-3:] == "600"

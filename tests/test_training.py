@@ -8,28 +8,19 @@ from pathlib import Path
 
 import numpy as np
 
-from core.classifier import Classifier
+from core.evaluation.splits import read_split
 from core.imaging import read_scan, read_scan_file
-from core.pipeline import analyse
-from core.preprocess import InputSpec
-from core.training import (
-    CLASSES,
-    TrainConfig,
-    _batches,
-    augment,
-    fit_temperature,
-    inference_inputs,
-    label_masks,
-    match_histogram,
-    mean_nll,
-    read_split,
-    sample_weights,
-    split,
-    synthetic_lesion,
-    thumbnails,
-    train,
-    twin_groups,
-)
+from core.model.analysis import analyse
+from core.model.classifier import Classifier
+from core.model.preprocess import InputSpec
+from core.training.augment import augment, match_histogram
+from core.training.calibration import fit_temperature, mean_nll
+from core.training.config import CLASSES, TrainConfig
+from core.training.data import label_masks, sample_weights, split, thumbnails, twin_groups
+from core.training.lesions import synthetic_lesion
+from core.training.network import _batches
+from core.training.probes import inference_inputs
+from core.training.run import train
 from tests.scans import jpeg_bytes, png_bytes, synthetic_slice
 
 
@@ -114,20 +105,20 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_weights_of_an_uni
 ) -> None:
     import pytest
 
-    import core.training
+    import core.training.checkpoint
 
     class Killed(Exception):
         pass
 
-    save, seen, die_after = core.training.Checkpoint.save, {}, {"epoch": None}
+    save, seen, die_after = core.training.checkpoint.Checkpoint.save, {}, {"epoch": None}
 
     def save_and_record(self, model, progress, seconds):  # every epoch's variables; "dies" after one epoch if told
         save(self, model, progress, seconds)
-        seen[(self.path.parent.name, progress.epochs_done)] = [np.array(v) for v in model.variables]
+        seen[(self.path.parent.name, progress.epochs_done)] = [v.numpy() for v in model.variables]
         if progress.epochs_done == die_after["epoch"]:
             raise Killed
 
-    monkeypatch.setattr(core.training.Checkpoint, "save", save_and_record)
+    monkeypatch.setattr(core.training.checkpoint.Checkpoint, "save", save_and_record)
     data = make_folder(tmp_path / "data")
     config = TrainConfig(size=32, widths=(8, 16), epochs=3, batch_size=8, name="long")
     whole = train([data], tmp_path / "whole", config, "pytest whole")

@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+
 import streamlit as st
 
 from core.errors import ModelError, StoreError
 from ui import resources
 
 
+def configure_logging() -> None:
+    """One structured line per event on stderr (``event=... code=...``), set up once per process."""
+    logger = logging.getLogger("btd")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def setup_page(title: str) -> None:
     """Page config and the sidebar: which model answers and where results are kept, with their health."""
+    configure_logging()
     st.set_page_config(page_title=f"{title} · Brain MRI triage", page_icon="🧠", layout="wide")
     with st.sidebar:
         st.markdown("### Model")
         try:
-            card = resources.current_classifier().card
+            card = resources.current_card()
         except ModelError as error:
             st.error(str(error))
         else:

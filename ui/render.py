@@ -1,89 +1,120 @@
-"""Small render helpers: the three-column panel for one scan, drawn the same way for every upload."""
+"""Render helpers: one panel per uploaded scan, drawn the same way for every upload, each a fragment so that its
+own controls (frame, heat-map class and opacity) re-run that panel alone."""
 
 from __future__ import annotations
 
-import cv2
-import numpy as np
+from collections.abc import Callable
+
+import pandas as pd
 import streamlit as st
 
-from core.charts import probabilities_figure
-from core.gate import NEEDS_REVIEW, REJECTED
-from core.triage import NOT_SAVED, SaveStatus, ScanOutcome
+from core.model.gate import NEEDS_REVIEW, REJECTED
+from core.services.triage import NOT_SAVED, NOT_UPDATED, Triaged
+from ui.batch import Upload
 
 LABEL_NAMES = {
     "glioma": "Glioma",
     "meningioma": "Meningioma",
     "pituitary": "Pituitary tumour",
     "notumor": "No tumour",
-    "tumour": "Tumour",
+    "tumour": "Tumour, type uncertain",
 }
+PREDICTED = "predicted class"
 
 
 def pretty(label: str) -> str:
     return LABEL_NAMES.get(label, label)
 
 
-def with_box(pixels: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-    """The gray slice as RGB with the brain box drawn in (line width scales with the image)."""
-    rgb = cv2.cvtColor(pixels, cv2.COLOR_GRAY2RGB)
-    thickness = max(1, round(max(pixels.shape) / 200))
-    x0, y0, x1, y1 = box
-    cv2.rectangle(rgb, (x0, y0), (x1 - 1, y1 - 1), (0, 200, 120), thickness)
-    return rgb
+def probability_table(probabilities: dict[str, float]) -> None:
+    """Class probabilities as bars in a small table (cheaper to re-draw than one chart per scan)."""
+    frame = pd.DataFrame(
+        {"class": [pretty(k) for k in probabilities], "probability": [v * 100 for v in probabilities.values()]}
+    )
+    st.dataframe(
+        frame,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "probability": st.column_config.ProgressColumn("probability", format="%.1f %%", min_value=0, max_value=100)
+        },
+    )
 
 
-def model_view(model_input: np.ndarray) -> np.ndarray:
-    """The model's input tensor as an 8-bit image."""
-    return (np.clip(model_input[:, :, 0], 0, 1) * 255).astype(np.uint8)
+def _verdict(result: Triaged) -> None:
+    view = result.view
+    assert view is not None
+    prediction, gate = view.prediction, view.prediction.gate
+    if gate.decision == REJECTED:
+        st.error("Not a brain MRI slice the model can read: " + "; ".join(gate.reasons) + ". No verdict given.")
+    else:
+        if gate.decision == NEEDS_REVIEW:
+            st.warning(f"Needs review: {'; '.join(gate.reasons)}.", icon=":material/rate_review:")
+        st.metric(
+            "Verdict",
+            pretty(prediction.label),
+            help="Tumour when the calibrated tumour probability reaches the model's threshold; then the most "
+            "probable tumour type, or 'type uncertain' when no type stands out.",
+        )
+        st.markdown(
+            f"Tumour probability **{prediction.tumour_probability:.1%}** · confidence of this call "
+            f"{prediction.confidence:.1%} · model {prediction.model_name} {prediction.model_version}"
+        )
+        probability_table(dict(prediction.probabilities))
+    status = result.status
+    if status is not None and status.state in (NOT_SAVED, NOT_UPDATED):
+        st.warning(f"{status.state.capitalize()}: {status.message}", icon=":material/warning:")
+    elif status is not None:
+        st.caption(f"Result {status.state}. Analysed in {prediction.timings_ms['total']:.0f} ms.")
 
 
-def scan_panel(index: int, outcome: ScanOutcome, status: SaveStatus | None, heat: np.ndarray | None) -> None:
-    """Original with box | crop as the model sees it | where it looked | verdict, probabilities, save status.
-
-    ``heat`` is the Grad-CAM overlay on the crop (RGB), or None when there is nothing to explain.
-    """
-    if outcome.analysis is None:
-        st.error(f"Scan {index} (sha {outcome.sha256[:12]}) was not analysed: {outcome.error_message}")
+@st.fragment
+def scan_panel(
+    index: int, upload: Upload, labels: tuple[str, ...], choose_frame: Callable[[Upload, int], None]
+) -> None:
+    """Original with box | crop as the model sees it | where it looked | verdict, probabilities, save status."""
+    st.markdown(f"**Scan {index}** · {upload.name}")
+    frames = upload.frames
+    if frames > 1:
+        shown = upload.frame if upload.frame is not None else 0
+        chosen = st.number_input(
+            f"Frame (0 to {frames - 1})", 0, frames - 1, shown, key=f"frame-{upload.file_id}",
+            help="This file holds several frames; each frame analysed is its own result.",
+        )  # fmt: skip
+        if upload.frame is None or chosen != upload.frame:
+            choose_frame(upload, int(chosen))
+            st.rerun()  # the batch summary below changes too
+    result = upload.current
+    if result is None or result.view is None:
+        message = result.error_message if result is not None else "Not analysed."
+        st.error(f"Not analysed: {message}")
         return
-    analysis = outcome.analysis
-    scan, prediction, gate = analysis.scan, analysis.prediction, analysis.prediction.gate
+    view = result.view
     original, crop, looked, verdict = st.columns([1, 1, 1, 1.3])
     original.image(
-        with_box(scan.pixels, prediction.roi),
-        caption=f"Scan {index} · {scan.format.upper()} {scan.width}×{scan.height} · brain region boxed",
-        use_container_width=True,
+        view.original_png,
+        caption=f"{view.format.upper()} {view.width}×{view.height}"
+        + (f" · frame {view.frame}" if view.frame is not None else "")
+        + " · brain region boxed",
+        width="stretch",
     )
-    side = analysis.model_input.shape[0]
-    crop.image(model_view(analysis.model_input), caption=f"As the model sees it ({side} px)", use_container_width=True)
+    crop.image(view.crop, caption=f"As the model sees it ({view.crop.shape[0]} px)", width="stretch")
+    if view.heat:
+        controls = looked.columns(2)
+        explained = controls[0].selectbox(
+            "Explain", [PREDICTED, *labels], key=f"explain-{upload.file_id}",
+            format_func=lambda x: x if x == PREDICTED else pretty(x), label_visibility="collapsed",
+        )  # fmt: skip
+        opacity = controls[1].slider(
+            "Opacity", 0.0, 1.0, 0.45, 0.05, key=f"opacity-{upload.file_id}", label_visibility="collapsed"
+        )
+        label = explained if explained != PREDICTED else view.explained or labels[0]
+        looked.image(view.overlay(label, opacity), caption=f"Where the model looked for {pretty(label)} (Grad-CAM)",
+                     width="stretch")  # fmt: skip
     with verdict:
-        if gate is not None and gate.decision == REJECTED:
-            st.error("Not a brain MRI slice the model can read: " + "; ".join(gate.reasons) + ". No verdict given.")
-        else:
-            if gate is not None and gate.decision == NEEDS_REVIEW:
-                st.warning(f"Needs review: {'; '.join(gate.reasons)}.", icon=":material/rate_review:")
-            st.metric(
-                "Verdict",
-                pretty(prediction.label),
-                help="Tumour when the calibrated tumour probability reaches 50 %; then the most probable tumour type.",
-            )
-            st.markdown(
-                f"Tumour probability **{prediction.tumour_probability:.1%}** · "
-                f"model {prediction.model_name} {prediction.model_version}"
-            )
-            st.plotly_chart(
-                probabilities_figure(prediction.probabilities, LABEL_NAMES),
-                use_container_width=True,
-                config={"displayModeBar": False},
-                key=f"probabilities-{index}-{outcome.sha256[:12]}",
-            )
-        if status is not None and status.state == NOT_SAVED:
-            st.warning(f"Not saved: {status.message}", icon=":material/warning:")
-        elif status is not None:
-            st.caption(f"Result {status.state}. Analysed in {prediction.timings_ms['total']:.0f} ms.")
-    if heat is not None:
-        looked.image(heat, caption="Where the model looked (Grad-CAM)", use_container_width=True)
-    for warning in scan.warnings:
+        _verdict(result)
+    for warning in view.warnings:
         st.warning(warning)
-    if scan.acquisition:
+    if view.acquisition:
         with st.expander("Acquisition (DICOM, non-identifying)"):
-            st.table({"field": list(scan.acquisition), "value": list(scan.acquisition.values())})
+            st.table(pd.DataFrame({"field": list(view.acquisition), "value": list(view.acquisition.values())}))

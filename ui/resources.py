@@ -1,17 +1,26 @@
-"""Process-wide resources, built once and shared by every session (nothing per patient is cached here)."""
+"""Process-wide resources, built once and shared by every session (nothing per patient is cached here).
+
+The model card is read without TensorFlow, so pages that only show it (Statistics) never load the model.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
-from core.classifier import Classifier
 from core.config import data_dir, model_card_path, mongodb_uri, patient_key
-from core.explain import Explainer
-from core.store import MongoStore, SQLiteStore, open_store
+from core.model.card import ModelCard
+from core.model.classifier import Classifier
+from core.model.explain import Explainer
+from core.services.resources import load_classifier, load_explainer
+from core.storage import open_store
+from core.storage.protocol import Store
+
+logger = logging.getLogger("btd.ui")
 
 
 def secrets() -> Mapping[str, Any]:
@@ -22,24 +31,44 @@ def secrets() -> Mapping[str, Any]:
         return {}
 
 
+@st.cache_resource(show_spinner=False)
+def _card(card_path: str) -> ModelCard:
+    return ModelCard.from_file(card_path)
+
+
+def current_card() -> ModelCard:
+    """The served model's card (no TensorFlow import)."""
+    return _card(str(model_card_path()))
+
+
 @st.cache_resource(show_spinner="Loading the model…")
-def classifier(card_path: str) -> Classifier:
+def _classifier(card_path: str) -> Classifier:
     """The model named by ``card_path``, hash-checked and loaded once for every session."""
-    return Classifier.from_card(Path(card_path))
+    return load_classifier(card_path)
 
 
 def current_classifier() -> Classifier:
-    return classifier(str(model_card_path()))
+    return _classifier(str(model_card_path()))
 
 
 @st.cache_resource(show_spinner=False)
-def store(uri: str | None, directory: str) -> SQLiteStore | MongoStore:
+def _explainer(card_path: str) -> Explainer:
+    """Grad-CAM for the served model (model-level state only, shared by every session)."""
+    return load_explainer(_classifier(card_path))
+
+
+def current_explainer() -> Explainer:
+    return _explainer(str(model_card_path()))
+
+
+@st.cache_resource(show_spinner=False)
+def _store(uri: str | None, directory: str) -> Store:
     """The results database client (MongoDB when a URI is configured, else the embedded SQLite file)."""
     return open_store(uri, Path(directory))
 
 
-def current_store() -> SQLiteStore | MongoStore:
-    return store(mongodb_uri(secrets()), str(data_dir()))
+def current_store() -> Store:
+    return _store(mongodb_uri(secrets()), str(data_dir()))
 
 
 @st.cache_resource(show_spinner=False)
@@ -53,22 +82,35 @@ def current_patient_key() -> bytes | None:
     return _patient_key(bool(mongodb_uri(secrets())), identity.get("hmac_key"))
 
 
+_last_health: dict[str, str] = {}  # the last state logged per store
+
+
 @st.cache_data(ttl=10, show_spinner=False)
 def storage_health(description: str, _store: Any) -> str | None:
-    """None when the database answers, else the reason (checked at most every 10 s)."""
-    del description  # cache key
+    """None when a save would succeed, else the reason (checked at most every 10 s). A change of state is logged
+    once (``event=store_state``), not on every page view."""
+    problem, state = None, "healthy"
     try:
         _store.ping()
     except Exception as error:  # StoreError subclasses carry a message safe to show
-        return str(error)
-    return None
+        problem, state = str(error), getattr(error, "code", "store_error")
+    if _last_health.get(description, "unknown") != state:
+        logger.warning("event=store_state state=%s", state)
+        _last_health[description] = state
+    return problem
 
 
-@st.cache_resource(show_spinner=False)
-def explainer(card_path: str) -> Explainer:
-    """Grad-CAM for the served model (model-level state only, shared by every session)."""
-    return Explainer(classifier(card_path))
+def patient_reference(text: str) -> str | None:
+    """The keyed hash of what the user typed (None when nothing was typed or references are disabled)."""
+    from core.identity import pseudonymise
+
+    key = current_patient_key()
+    return pseudonymise(text, key) if key else None
 
 
-def current_explainer() -> Explainer:
-    return explainer(str(model_card_path()))
+def current_user() -> str | None:
+    """The signed-in user's e-mail when the deployment configures Streamlit authentication, else None."""
+    try:
+        return st.user.get("email")
+    except Exception:  # no [auth] configured: st.user has no fields
+        return None

@@ -10,9 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from core.classifier import decide
-
-UNKNOWN_TYPE = "tumour"  # the folder name of tumour scans whose type is not given
+from core.analytics.stats import wilson_interval as wilson
+from core.model.decision import UNKNOWN_TYPE, DecisionRule, decision_confidence
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
@@ -36,18 +35,22 @@ def classification_report(
     probabilities: np.ndarray,
     labels: Sequence[str],
     negative_label: str,
-    threshold: float = 0.5,
+    rule: DecisionRule | None = None,
 ) -> dict[str, Any]:
     """Metrics for rows whose true label is one of ``labels``, plus tumour-vs-none figures, all with the app's
-    decision rule (:func:`core.classifier.decide`).
+    decision rule (:class:`core.model.decision.DecisionRule`; the default rule of these labels when None).
 
     Rows with the true label ``"tumour"`` (tumour present, subtype unknown: the web-style scans) count towards tumour
-    sensitivity and give their own recall, ``unknown_type_tumour_recall``.
+    sensitivity and give their own recall, ``unknown_type_tumour_recall``. A "tumour, type uncertain" verdict is
+    a found tumour but not a right subtype. Two calibration errors: ``expected_calibration_error`` of the
+    four-class probabilities (top label against the truth, rows of a known label) and ``tumour_calibration_error``
+    of the decision's confidence against whether the tumour / no-tumour call was right (every row).
     """
     labels = list(labels)
     true = np.asarray(list(true), dtype=object)
     probabilities = np.asarray(probabilities, dtype=np.float64).reshape(len(true), len(labels))
-    predicted = np.array(decide(probabilities, labels, negative_label, threshold), dtype=object)
+    rule = rule or DecisionRule(labels=tuple(labels), negative_label=negative_label)
+    predicted = np.array(rule.labels_of(probabilities), dtype=object)
     known = np.isin(true, labels)
     report: dict[str, Any] = {"n": len(true), "n_labelled": int(known.sum())}
     if known.any():
@@ -66,11 +69,15 @@ def classification_report(
                 "support": true_n,
             }
         report["per_class"] = per_class
-        chosen = probabilities[np.arange(len(true)), [labels.index(label) for label in predicted]]
-        confidence = chosen[known]  # the probability of the label the app shows
-        report["expected_calibration_error"] = expected_calibration_error(confidence, t == p)
+        top = probabilities[known]
+        top_label = np.asarray(labels, dtype=object)[top.argmax(axis=1)]
+        report["expected_calibration_error"] = expected_calibration_error(top.max(axis=1), top_label == t)
     is_tumour = true != negative_label
     flagged = predicted != negative_label
+    tumour_probability = 1.0 - probabilities[:, labels.index(negative_label)]
+    if len(true):
+        confidence = decision_confidence(tumour_probability, flagged)
+        report["tumour_calibration_error"] = expected_calibration_error(confidence, flagged == is_tumour)
     positives, negatives = int(is_tumour.sum()), int((~is_tumour).sum())
     found, cleared = int((flagged & is_tumour).sum()), int((~flagged & ~is_tumour).sum())
     report["tumour_sensitivity"] = found / positives if positives else None
@@ -91,14 +98,11 @@ def classification_report(
     return report
 
 
-def wilson_interval(successes: int, n: int, z: float = 1.959964) -> list[float] | None:
-    """95 % Wilson score interval of a proportion: honest at small n and near 0 or 1, where the normal one is not."""
-    if n <= 0:
-        return None
-    share = successes / n
-    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [round(float(centre - half), 4), round(float(centre + half), 4)]
+def wilson_interval(successes: int, n: int) -> list[float] | None:
+    """95 % Wilson score interval of a proportion, rounded: honest at small n and near 0 or 1, where the normal
+    one is not."""
+    interval = wilson(successes, n)
+    return None if interval is None else [round(interval[0], 4), round(interval[1], 4)]
 
 
 def percentiles_ms(values: Sequence[float]) -> dict[str, float | None]:

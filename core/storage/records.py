@@ -1,10 +1,13 @@
 """What the database keeps about one analysed scan, and the filters and aggregates the dashboard asks for.
 
 A :class:`Record` holds no direct patient identity: a pseudonymous reference (keyed HMAC), the uploader's user
-name, UTC time, the image's SHA-256, format and size, the model, the verdict, the crop box, timings, the input
-gate's decision, and review fields that stay empty until a radiologist reviews it. No pixels, no file names, no
-DICOM header text. Its ``id`` is the idempotency key: the same image, model version and patient reference always
-make the same id, so saving twice keeps one record.
+name, UTC time, the image's SHA-256, format and size, the frame read from a multi-frame file, the model, the
+verdict, the crop box, timings, the input gate's decision, and review fields that stay empty until a radiologist
+reviews it. No pixels, no file names, no DICOM header text.
+
+Identity: ``id`` = SHA-256 over image hash, model name and version, and frame (:func:`record_id`). The same
+upload analysed by the same model is always the same record, so saving twice keeps one. The patient reference
+is an attribute of that record: typing or correcting it later updates the record in place.
 """
 
 from __future__ import annotations
@@ -15,23 +18,25 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import TYPE_CHECKING
 
 from core.errors import InvalidRecord
 
-if TYPE_CHECKING:
-    from core.pipeline import Analysis
-
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+IMAGE_FORMATS = ("png", "jpeg", "dicom")
 GATE_DECISIONS = ("accepted", "needs_review", "rejected")
 SHOWN = ("accepted", "needs_review")  # gate decisions whose verdict was shown to the user
 REVIEW_VERDICTS = ("agree", "disagree", "uncertain")
+UNKNOWN_TYPE = "tumour"  # a tumour verdict whose type is uncertain
 
 
-def record_id(image_sha256: str, model_name: str, model_version: str, patient_ref: str | None) -> str:
-    """The idempotency key: SHA-256 over image hash, model and patient reference."""
-    text = "\x1f".join((image_sha256, model_name, model_version, patient_ref or ""))
+def record_id(image_sha256: str, model_name: str, model_version: str, frame: int | None = None) -> str:
+    """The identity of a result: SHA-256 over image hash, model, version and frame (None: a single-frame file)."""
+    text = "\x1f".join((image_sha256, model_name, model_version, "" if frame is None else str(int(frame))))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def is_patient_ref(value: str | None) -> bool:
+    return value is None or bool(_HEX64.match(value))
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,7 @@ class Record:
     is_tumour: bool
     roi: tuple[int, int, int, int]
     timings_ms: Mapping[str, float] = field(default_factory=dict)
+    frame: int | None = None
     patient_ref: str | None = None
     uploader: str | None = None
     gate: str = "accepted"
@@ -63,21 +69,23 @@ class Record:
 
     @property
     def confidence(self) -> float:
-        """The probability of the predicted label."""
-        return float(self.probabilities[self.label])
+        """The probability that the tumour / no-tumour call is right (:mod:`core.model.decision`)."""
+        return float(self.tumour_probability if self.is_tumour else 1.0 - self.tumour_probability)
 
     def validate(self) -> Record:
         """Raise :class:`InvalidRecord` unless every field is well-formed; returns self for chaining."""
         problems = []
         if not _HEX64.match(self.image_sha256):
             problems.append("image_sha256 is not a SHA-256 hex digest")
-        if self.id != record_id(self.image_sha256, self.model_name, self.model_version, self.patient_ref):
-            problems.append("id is not the idempotency key of this image, model and patient reference")
-        if self.patient_ref is not None and not _HEX64.match(self.patient_ref):
+        if self.frame is not None and (not isinstance(self.frame, int) or self.frame < 0):
+            problems.append("frame must be a non-negative integer")
+        elif self.id != record_id(self.image_sha256, self.model_name, self.model_version, self.frame):
+            problems.append("id is not the identity of this image, model and frame")
+        if not is_patient_ref(self.patient_ref):
             problems.append("patient_ref is not a keyed hash")
         if self.created_at.tzinfo is None or self.created_at.utcoffset() != UTC.utcoffset(None):
             problems.append("created_at must be a UTC datetime")
-        if self.image_format not in ("png", "jpeg", "dicom"):
+        if self.image_format not in IMAGE_FORMATS:
             problems.append("image_format is unknown")
         if min(self.image_width, self.image_height, self.image_bytes) <= 0:
             problems.append("image size must be positive")
@@ -85,7 +93,7 @@ class Record:
             problems.append("model name and version are required")
         probabilities = dict(self.probabilities)
         values = list(probabilities.values())
-        if self.label not in probabilities:
+        if self.label not in probabilities and not (self.label == UNKNOWN_TYPE and self.is_tumour):
             problems.append("label is not one of the probabilities' labels")
         if not values or not all(isinstance(p, float | int) and math.isfinite(p) and 0 <= p <= 1 for p in values):
             problems.append("probabilities must be finite numbers in [0, 1]")
@@ -152,38 +160,3 @@ class ModelRow:
     mean_confidence: float
     first: datetime
     last: datetime
-
-
-def new_record(
-    analysis: Analysis,
-    *,
-    patient_ref: str | None,
-    uploader: str | None,
-    negative_label: str,
-    created_at: datetime | None = None,
-    gate: str = "accepted",
-    gate_score: float | None = None,
-) -> Record:
-    """The record of one analysis (validated). ``patient_ref`` must already be pseudonymised."""
-    prediction, scan = analysis.prediction, analysis.scan
-    return Record(
-        id=record_id(scan.sha256, prediction.model_name, prediction.model_version, patient_ref),
-        created_at=created_at or datetime.now(UTC),
-        image_sha256=scan.sha256,
-        image_format=scan.format,
-        image_width=scan.width,
-        image_height=scan.height,
-        image_bytes=scan.size_bytes,
-        model_name=prediction.model_name,
-        model_version=prediction.model_version,
-        label=prediction.label,
-        probabilities=dict(prediction.probabilities),
-        tumour_probability=prediction.tumour_probability,
-        is_tumour=prediction.label != negative_label,
-        roi=tuple(int(v) for v in prediction.roi),  # type: ignore[arg-type]
-        timings_ms=dict(prediction.timings_ms),
-        patient_ref=patient_ref,
-        uploader=uploader,
-        gate=gate,
-        gate_score=gate_score,
-    ).validate()

@@ -15,8 +15,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from core.classifier import Classifier
-from core.pipeline import Analysis
+from core.model.analysis import Analysis, Prediction
+from core.model.classifier import Classifier
 
 
 def last_spatial_layer(model: Any) -> Any:
@@ -72,21 +72,35 @@ class Explainer:
 
         self._grad_cam = grad_cam
 
-    def explain(self, analysis: Analysis, label: str | None = None) -> Heatmap:
-        """Heat map for ``label`` (default: the predicted label)."""
-        label = label or analysis.prediction.label
+    def heat_on_input(self, model_input: np.ndarray, label: str) -> np.ndarray:
+        """Grad-CAM of ``label`` over one model input: (size, size) float32 in [0, 1]."""
         labels = self.classifier.card.labels
         if label not in labels:
             raise ValueError(f"unknown label {label!r}")
-        batch = analysis.model_input[None].astype(np.float32)
+        batch = model_input[None].astype(np.float32)
         with self.classifier.lock:  # the model runs one pass at a time, classification and explanation alike
             cam = np.asarray(self._grad_cam(batch, np.int32(labels.index(label))))
-        size = analysis.model_input.shape[0]
+        size = model_input.shape[0]
         peak = float(cam.max())
         on_input = cv2.resize(cam / peak if peak > 0 else cam, (size, size), interpolation=cv2.INTER_LINEAR)
-        on_input = np.clip(on_input, 0.0, 1.0).astype(np.float32)
+        return np.clip(on_input, 0.0, 1.0).astype(np.float32)
+
+    def explain(self, analysis: Analysis, label: str | None = None) -> Heatmap:
+        """Heat map for ``label`` (default: the predicted label; the most probable type for "tumour, type
+        uncertain"), over the model input and over the scan."""
+        label = label or self.default_label(analysis.prediction)
+        on_input = self.heat_on_input(analysis.model_input, label)
         return Heatmap(
             label=label, on_input=on_input, on_scan=to_scan(on_input, analysis, self.classifier.card.input.crop)
+        )
+
+    def default_label(self, prediction: Prediction) -> str:
+        """The label to explain by default: the verdict's, or for "tumour, type uncertain" the most probable type."""
+        if prediction.label in self.classifier.card.labels:
+            return prediction.label
+        return max(
+            (label for label in self.classifier.card.labels if label != self.classifier.card.negative_label),
+            key=lambda label: prediction.probabilities[label],
         )
 
 

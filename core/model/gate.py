@@ -1,11 +1,10 @@
-"""The input gate: is this a brain MRI slice the model was built for, and is its verdict clear enough to show?
+"""The input gate: is this a brain MRI slice the model was built for?
 
-Decisions, in order:
 - ``rejected`` with reasons when cheap image checks fail (colour, no brain-sized region, a region the shape of a
   page or a frame, a bright background) or when the model's energy score says the input is unlike its training
   data (energy = -T * logsumexp(logits / T), Liu et al. 2020; threshold fitted on the validation split);
-- ``needs_review`` when the verdict is uncertain (top probability low, or the two best classes nearly tied);
-- ``accepted`` otherwise.
+- ``accepted`` otherwise; an accepted verdict becomes ``needs_review`` when the decision rule says so (its tumour
+  probability is in the card's review band: :mod:`core.model.decision`), see :func:`with_review`.
 
 The image thresholds were read off the training collection (5,772 slices: colourfulness at most 0.048, brain
 region 8.5-99 % of the frame with 0.1 % quantiles 20 % and 88 %, fill 0.51-0.90 at the 0.1/99.9 % quantiles,
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from core.imaging import Scan
-from core.roi import BrainRegion
+from core.model.roi import BrainRegion
 
 ACCEPTED, NEEDS_REVIEW, REJECTED = "accepted", "needs_review", "rejected"
 
@@ -38,8 +37,6 @@ class GatePolicy:
     max_background: float = 0.25
     max_flatness: float = 0.45
     max_energy: float | None = None  # from the card; None = no model-based check
-    review_below_confidence: float = 0.60
-    review_below_margin: float = 0.15
 
     @classmethod
     def from_card(cls, card_gate: Mapping[str, Any] | None) -> GatePolicy:
@@ -98,26 +95,21 @@ def image_reasons(scan: Scan, region: BrainRegion, policy: GatePolicy) -> list[s
 
 
 def assess(
-    scan: Scan,
-    region: BrainRegion,
-    logits: np.ndarray | None,
-    probabilities: Sequence[float],
-    temperature: float,
-    policy: GatePolicy,
+    scan: Scan, region: BrainRegion, logits: np.ndarray | None, temperature: float, policy: GatePolicy
 ) -> GateResult:
-    """Gate decision for one analysed scan (``logits`` None when the model outputs probabilities only)."""
+    """Accepted or rejected, for one analysed scan (``logits`` None when the model outputs probabilities only)."""
     reasons = image_reasons(scan, region, policy)
     score = energy(logits, temperature) if logits is not None else None
     if score is not None and policy.max_energy is not None and score > policy.max_energy:
         reasons.append("the model finds it unlike any brain MRI it was trained on")
-    if reasons:
-        return GateResult(REJECTED, tuple(reasons), score)
-    ranked = sorted(probabilities, reverse=True)
-    if ranked[0] < policy.review_below_confidence:
-        return GateResult(NEEDS_REVIEW, (f"low confidence ({ranked[0]:.0%})",), score)
-    if len(ranked) > 1 and ranked[0] - ranked[1] < policy.review_below_margin:
-        return GateResult(NEEDS_REVIEW, ("two classes are nearly tied",), score)
-    return GateResult(ACCEPTED, (), score)
+    return GateResult(REJECTED if reasons else ACCEPTED, tuple(reasons), score)
+
+
+def with_review(gate: GateResult, review_reasons: Sequence[str]) -> GateResult:
+    """An accepted verdict the decision rule wants reviewed becomes ``needs_review`` with those reasons."""
+    if gate.decision != ACCEPTED or not review_reasons:
+        return gate
+    return GateResult(NEEDS_REVIEW, tuple(review_reasons), gate.energy)
 
 
 def fit_energy_threshold(energies: Sequence[float], quantile: float = 0.995) -> float:

@@ -1,0 +1,1 @@
+"""Statistics and Plotly figures derived from the stores' aggregates (never from raw records)."""

@@ -1,0 +1,93 @@
+"""Dashboard figures derived from database aggregates (never from raw records): periods, rates, the small-count
+rule.
+
+The small-count rule, one for everything a non-admin sees: a count from 1 to ``SMALL_CELL - 1`` is withheld, and
+so is any rate from which such a count could be recovered (fewer than ``SMALL_CELL`` scans, tumours or non-tumours
+behind it). Zero is shown: an empty period is a fact (an outage day), not a patient.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+from core.storage.records import DayCount
+
+PERIODS = ("day", "week", "month")
+SMALL_CELL = 5
+
+
+@dataclass(frozen=True)
+class PeriodRate:
+    """Scans and tumour verdicts in one period starting on ``start`` (a local date)."""
+
+    start: date
+    total: int
+    tumour: int
+
+    @property
+    def rate(self) -> float:
+        return self.tumour / self.total if self.total else 0.0
+
+
+def period_start(day: date, period: str) -> date:
+    if period == "day":
+        return day
+    if period == "week":
+        return day - timedelta(days=day.weekday())  # ISO weeks start on Monday
+    if period == "month":
+        return day.replace(day=1)
+    raise ValueError(f"period must be one of {PERIODS}")
+
+
+def _next_period(start: date, period: str) -> date:
+    if period == "day":
+        return start + timedelta(days=1)
+    if period == "week":
+        return start + timedelta(days=7)
+    return (start.replace(day=28) + timedelta(days=4)).replace(day=1)
+
+
+def roll_up(
+    days: Sequence[DayCount], period: str, first: date | None = None, last: date | None = None
+) -> list[PeriodRate]:
+    """Sum day rows into days, Monday-start weeks or calendar months (days come from the database).
+
+    With ``first`` and ``last`` every period of that range is listed, those without scans as zero: a day the
+    service was down stays visible instead of vanishing from the chart and the export.
+    """
+    totals: dict[date, list[int]] = {}
+    if first is not None and last is not None:
+        start = period_start(first, period)
+        while start <= last:
+            totals[start] = [0, 0]
+            start = _next_period(start, period)
+    for row in days:
+        bucket = totals.setdefault(period_start(row.day, period), [0, 0])
+        bucket[0] += row.total
+        bucket[1] += row.tumour
+    return [PeriodRate(start, total, tumour) for start, (total, tumour) in sorted(totals.items())]
+
+
+def suppress_small(count: int, threshold: int = SMALL_CELL) -> int | None:
+    """Counts from 1 to threshold - 1 are withheld (None) so small cells cannot re-identify patients."""
+    return None if 0 < count < threshold else count
+
+
+def safe_rate(part: int, total: int, threshold: int = SMALL_CELL) -> float | None:
+    """``part / total``, or None when the total, the part or the rest is a withheld small count (or zero total)."""
+    if total < threshold or 0 < part < threshold or 0 < total - part < threshold:
+        return None
+    return part / total
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float] | None:
+    """95 % Wilson score interval of a proportion (None for n = 0)."""
+    if n <= 0:
+        return None
+    share = successes / n
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)

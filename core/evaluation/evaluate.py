@@ -1,0 +1,83 @@
+"""Score a model on a folder of labelled scans (``python -m core evaluate``), through the app's own pipeline."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.errors import ScanError
+from core.evaluation.metrics import classification_report, machine, percentiles_ms
+from core.evaluation.splits import read_split
+from core.imaging import read_file_bytes
+from core.model.analysis import analyse
+from core.model.classifier import Classifier
+from core.model.gate import REJECTED
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ""}
+
+
+def _labelled_files(root: Path) -> list[tuple[str, Path]]:
+    return [
+        (folder.name, path)
+        for folder in sorted(p for p in root.iterdir() if p.is_dir())
+        for path in sorted(folder.iterdir())
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+    ]
+
+
+def score_file(path: Path, classifier: Classifier) -> tuple[str | None, list[float] | None, float | None]:
+    """(error code, probabilities in label order, latency ms) of one file as the app would read it."""
+    try:
+        analysis = analyse(read_file_bytes(path), classifier)
+    except ScanError as error:
+        return error.code, None, None
+    except OSError:
+        return "unreadable", None, None
+    prediction = analysis.prediction
+    if prediction.gate.decision == REJECTED:
+        return "not_brain_mri", None, None
+    return None, [prediction.probabilities[name] for name in classifier.card.labels], prediction.timings_ms["total"]
+
+
+def evaluate_folder(
+    root: Path,
+    classifier: Classifier,
+    split: Path | None = None,
+    progress: Callable[[list[Any]], Iterable[Any]] = iter,
+) -> dict[str, Any]:
+    """Score ``root/<label>/*`` (or the validation files a split lists under ``root``); folder ``tumour`` means
+    tumour present, subtype unknown. Scans the input gate rejects are counted under ``rejected``."""
+    files = _labelled_files(root) if split is None else read_split(split, root)
+    card = classifier.card
+    true: list[str] = []
+    rows: list[list[float]] = []
+    latencies: list[float] = []
+    rejected: dict[str, int] = {}
+    rejected_by_label: dict[str, int] = {}  # refused scans are not scored: say whose they were
+    for label, path in progress(files):
+        code, probabilities, latency = score_file(path, classifier)
+        if code is not None:
+            rejected[code] = rejected.get(code, 0) + 1
+            rejected_by_label[label] = rejected_by_label.get(label, 0) + 1
+            continue
+        true.append(label)
+        rows.append(probabilities)
+        latencies.append(latency)
+    report = classification_report(
+        true, np.asarray(rows).reshape(len(rows), len(card.labels)), card.labels, card.negative_label, card.rule
+    )
+    report.update(
+        {
+            "model": {"name": card.name, "version": card.version},
+            "data": str(root),
+            "files": len(files),
+            "rejected": rejected,
+            "rejected_by_label": rejected_by_label,
+            "latency_ms": percentiles_ms(latencies),
+            "machine": machine(),
+        }
+    )
+    return report

@@ -1,0 +1,17 @@
+"""The validation split file written beside a model card, read by evaluation and fine-tuning."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def split_file_of(card_path: Path) -> Path:
+    """The validation split file written beside a model card (``<name>.split.json``)."""
+    return card_path.with_name(card_path.stem + ".split.json")
+
+
+def read_split(split_file: Path, root: Path) -> list[tuple[str, Path]]:
+    """(label, path) of the validation files a split file lists, under ``root``."""
+    entries = json.loads(split_file.read_text())["validation"]
+    return [(label, root / relative) for relative, label in entries]

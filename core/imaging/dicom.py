@@ -1,0 +1,262 @@
+"""DICOM through pydicom: header first, then one frame, then the display transform a radiologist's viewer applies.
+
+- The header is read with ``stop_before_pixels`` and checked (size, frames, colour, modality, transfer syntax)
+  before any pixel is decoded; never ``force=True``.
+- Compressed syntaxes are decoded by the pylibjpeg plugins (JPEG, JPEG-LS, JPEG 2000, RLE) or refused by name.
+- Display (PS3.3 C.11): modality LUT (rescale slope and intercept) first; then the VOI LUT (on integer values, as
+  its table is indexed) or the first window (LINEAR, LINEAR_EXACT or SIGMOID, straight to 0..255); a percentile
+  stretch when neither is present; MONOCHROME1 inverted last.
+- Only non-identifying acquisition facts (:data:`ACQUISITION_FIELDS`) leave this module.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+
+from core.errors import CorruptImage, MultiFrameImage, NoPixelData, ScanError, UnsupportedDicom, WrongModality
+from core.imaging.limits import Limits, check_decoded_size, check_dimensions, stretch_to_uint8
+
+# DICOM modalities the model may see. Secondary captures and "other" are allowed with a warning because MR
+# slices are often exported that way; any other declared modality is refused.
+_MR_MODALITIES = {"MR"}
+_TOLERATED_MODALITIES = {"OT", "SC", ""}
+
+# Non-identifying acquisition facts kept from a DICOM header (shown in the app, never stored as free text).
+ACQUISITION_FIELDS: tuple[str, ...] = (
+    "Modality",
+    "MagneticFieldStrength",
+    "ScanningSequence",
+    "SequenceVariant",
+    "MRAcquisitionType",
+    "RepetitionTime",
+    "EchoTime",
+    "SliceThickness",
+    "PixelSpacing",
+    "PhotometricInterpretation",
+    "BitsStored",
+)
+
+# The working copy of one frame is float64 after the modality LUT.
+_WORKING_BYTES_PER_PIXEL = 8
+
+_HEADER_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError)
+_VALUE_ERRORS = (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError)
+
+
+def read_dicom(data: bytes, limits: Limits, frame: int | None) -> tuple[np.ndarray, dict[str, str], tuple[str, ...]]:
+    """(display pixels, acquisition facts, warnings) of one frame of a DICOM file.
+
+    pydicom converts header values lazily: a malformed value (an empty window, frames = "x") surfaces as a
+    ValueError wherever it is first read, so every read below is one guarded step.
+    """
+    try:
+        return _read_checked(data, limits, frame)
+    except ScanError:
+        raise
+    except _VALUE_ERRORS as error:
+        raise CorruptImage("The DICOM header holds invalid values; it cannot be displayed reliably.") from error
+
+
+def count_frames(data: bytes) -> int:
+    """How many frames a DICOM file holds, from its header alone (1 for a single slice)."""
+    try:
+        return int(_header(data).get("NumberOfFrames", 1) or 1)
+    except ScanError:
+        raise
+    except _VALUE_ERRORS as error:
+        raise CorruptImage("The DICOM header holds invalid values; it cannot be displayed reliably.") from error
+
+
+def _header(data: bytes) -> Any:
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return dcmread(io.BytesIO(data), stop_before_pixels=True)
+    except (InvalidDicomError, *_HEADER_ERRORS) as error:
+        raise CorruptImage("The DICOM file is damaged: its header cannot be read.") from error
+
+
+def _read_checked(data: bytes, limits: Limits, frame: int | None) -> tuple[np.ndarray, dict[str, str], tuple[str, ...]]:
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    header = _header(data)
+    notes = check_modality(str(header.get("Modality", "") or "").upper())
+    rows, columns = header.get("Rows"), header.get("Columns")
+    if rows is None or columns is None:
+        raise NoPixelData(
+            "The DICOM file holds no image (no Rows/Columns): it may be a report or a structured document."
+        )
+    check_dimensions(int(columns), int(rows), limits)
+    check_decoded_size(int(columns), int(rows), _WORKING_BYTES_PER_PIXEL, limits)
+    frames = int(header.get("NumberOfFrames", 1) or 1)
+    if frames > 1 and frame is None:
+        raise MultiFrameImage(
+            f"This DICOM file holds {frames} frames (a volume or a series); choose one frame (0 to {frames - 1}) "
+            "or export the slice you want as a single-frame file.",
+            frames=frames,
+        )
+    if frame is not None and not 0 <= frame < frames:
+        raise MultiFrameImage(f"Frame {frame} does not exist: this DICOM file holds {frames} frame(s).", frames=frames)
+    samples = int(header.get("SamplesPerPixel", 1) or 1)
+    photometric = str(header.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise UnsupportedDicom(
+            f"This DICOM image is in colour ({photometric}); the model reads grayscale MRI (MONOCHROME1/2) only."
+        )
+    check_transfer_syntax(header)
+
+    try:
+        dataset = dcmread(io.BytesIO(data))
+    except (InvalidDicomError, *_HEADER_ERRORS) as error:
+        raise CorruptImage("The DICOM file is damaged: its pixel data cannot be read.") from error
+    if "PixelData" not in dataset:
+        raise NoPixelData("The DICOM file has an image header but no pixel data.")
+    pixels = decode_frame(dataset, frame if frames > 1 else None)
+    return display(pixels, dataset), acquisition_facts(dataset), notes
+
+
+def check_modality(modality: str) -> tuple[str, ...]:
+    """Warnings for a tolerated modality; refuses one the model was not trained on."""
+    if modality in _MR_MODALITIES:
+        return ()
+    if modality in _TOLERATED_MODALITIES:
+        return (f"The DICOM modality is '{modality or 'missing'}', not MR: check that this is an MRI slice.",)
+    raise WrongModality(f"This DICOM file is modality {modality}; the model was trained on brain MRI (MR) only.")
+
+
+def check_transfer_syntax(header: Any) -> None:
+    """Refuse, by name, a compressed transfer syntax that no installed decoder handles."""
+    from pydicom.pixels import get_decoder
+
+    meta = getattr(header, "file_meta", None)
+    uid = getattr(meta, "TransferSyntaxUID", None)
+    if uid is None or not uid.is_compressed:
+        return
+    try:
+        available = get_decoder(uid).is_available
+    except (NotImplementedError, ValueError, KeyError):
+        available = False
+    if not available:
+        raise UnsupportedDicom(
+            f"This DICOM file is compressed with '{uid.name}', which this installation cannot decode. "
+            "Export it uncompressed (Explicit VR Little Endian)."
+        )
+
+
+def decode_frame(dataset: Any, frame: int | None) -> np.ndarray:
+    """The stored values of one frame (``frame`` None: the only one) as a 2-D array."""
+    from pydicom.pixels import pixel_array
+
+    try:
+        pixels = pixel_array(dataset, index=frame) if frame is not None else dataset.pixel_array
+    except (ValueError, RuntimeError, NotImplementedError, AttributeError, KeyError, TypeError) as error:
+        text = str(error).lower()
+        if "length" in text or "less than" in text or "expected" in text or "truncat" in text:
+            raise CorruptImage("The DICOM pixel data is truncated: the file ends before the image does.") from error
+        raise CorruptImage("The DICOM pixel data cannot be decoded.") from error
+    if pixels.ndim != 2:
+        raise UnsupportedDicom(f"Unexpected DICOM pixel layout {pixels.shape}; a single grayscale slice is needed.")
+    return pixels
+
+
+def display(stored: np.ndarray, dataset: Any) -> np.ndarray:
+    """Stored values -> displayed uint8: modality LUT, VOI LUT or window (first of several), else stretch."""
+    from pydicom.pixels import apply_modality_lut
+
+    values = apply_modality_lut(stored, dataset)
+    voi_sequence = dataset.get("VOILUTSequence")
+    if voi_sequence:
+        shown = apply_voi_table(values, dataset)
+    elif "WindowCenter" in dataset and "WindowWidth" in dataset:
+        shown = apply_window(values, *first_window(dataset), window_function(dataset))
+    else:
+        shown = stretch_to_uint8(values)
+    if str(dataset.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        shown = 255 - shown
+    return shown
+
+
+def apply_voi_table(values: np.ndarray, dataset: Any) -> np.ndarray:
+    """The first VOI LUT table, looked up with integer values (a table is indexed by them: pydicom warns that a
+    float input gives wrong results), its output range scaled to 0..255."""
+    from pydicom.pixels import apply_voi
+
+    descriptor = dataset.VOILUTSequence[0].LUTDescriptor
+    out_max = 2 ** int(descriptor[2]) - 1
+    integral = np.rint(values).astype(np.int64) if values.dtype.kind == "f" else values
+    shown = apply_voi(integral, dataset, index=0).astype(np.float64) * (255.0 / out_max)
+    return np.clip(shown + 0.5, 0, 255).astype(np.uint8)
+
+
+def first_window(dataset: Any) -> tuple[float, float]:
+    """(centre, width) of the first window the header offers."""
+    center_value, width_value = dataset.WindowCenter, dataset.WindowWidth
+    center = float(center_value[0]) if dataset["WindowCenter"].VM > 1 else float(center_value)
+    width = float(width_value[0]) if dataset["WindowWidth"].VM > 1 else float(width_value)
+    return center, width
+
+
+def window_function(dataset: Any) -> str:
+    return str(dataset.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+
+
+def apply_window(values: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
+    """DICOM PS3.3 C.11.2.1.2 window (LINEAR, LINEAR_EXACT or SIGMOID) straight to the 0..255 output range.
+
+    A width the function does not allow (LINEAR below 1, others not above 0) falls back to a percentile stretch;
+    a LINEAR width of exactly 1 is the standard's step at ``center - 0.5``.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if function == "SIGMOID":
+        if width <= 0:
+            return stretch_to_uint8(values)
+        shown = 255.0 / (1.0 + np.exp(np.clip(-4.0 * (values - center) / width, -700, 700)))
+        return np.clip(shown + 0.5, 0, 255).astype(np.uint8)
+    if function == "LINEAR_EXACT":
+        if width <= 0:
+            return stretch_to_uint8(values)
+    elif width < 1:
+        return stretch_to_uint8(values)
+    else:  # LINEAR: the standard's half-pixel shift and width - 1
+        center, width = center - 0.5, width - 1.0
+    below, above = values <= center - width / 2, values > center + width / 2
+    shown = np.empty(values.shape, np.float64)
+    shown[below], shown[above] = 0.0, 255.0
+    between = ~(below | above)
+    if width > 0:  # at width 0 (LINEAR width 1) every value is below or above: a step
+        shown[between] = ((values[between] - center) / width + 0.5) * 255.0
+    return np.clip(shown + 0.5, 0, 255).astype(np.uint8)
+
+
+def acquisition_facts(dataset: Any) -> dict[str, str]:
+    facts: dict[str, str] = {}
+    for name in ACQUISITION_FIELDS:
+        value = dataset.get(name)
+        if value not in (None, ""):
+            facts[name] = str(value) if not isinstance(value, (list, tuple)) else "\\".join(str(v) for v in value)
+    plane = plane_of(dataset.get("ImageOrientationPatient"))
+    if plane:
+        facts["Plane"] = plane
+    meta = getattr(dataset, "file_meta", None)
+    uid = getattr(meta, "TransferSyntaxUID", None)
+    if uid is not None:
+        facts["TransferSyntax"] = str(uid.name)
+    return facts
+
+
+def plane_of(orientation: Any) -> str | None:
+    """Axial, coronal or sagittal from ImageOrientationPatient (the normal's dominant axis)."""
+    try:
+        row = np.array([float(v) for v in orientation[:3]])
+        col = np.array([float(v) for v in orientation[3:6]])
+    except (TypeError, ValueError, IndexError):
+        return None
+    normal = np.abs(np.cross(row, col))
+    if not np.isfinite(normal).all() or normal.max() == 0:
+        return None
+    return ("sagittal", "coronal", "axial")[int(np.argmax(normal))]

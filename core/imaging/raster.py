@@ -1,0 +1,121 @@
+"""PNG and JPEG through Pillow: header checked before decoding, damaged files refused, one path to 8-bit gray.
+
+- Dimensions and the decoded size are checked from the header (:mod:`core.imaging.limits`); large JPEGs are decoded
+  at a reduced scale (DCT scaling), and anything larger than the working side is reduced right after decoding.
+- The bomb check stays on, truncated files are refused (``LOAD_TRUNCATED_IMAGES`` stays False), PNG chunk CRCs
+  and the IEND marker are verified, animations are refused.
+- EXIF orientation is applied, transparency composited over black, colour converted with ITU-R 601 luma, and
+  16-bit or float rasters percentile-stretched to 8 bits (not truncated to the high byte).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+import warnings
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps
+
+from core.errors import CorruptImage, ImageTooLarge, MultiFrameImage, ScanError
+from core.imaging.limits import Limits, check_decoded_size, check_dimensions, stretch_to_uint8
+
+# Bytes per pixel of the largest working copy a mode needs (Pillow keeps multi-band images at 4 bytes a pixel;
+# palette images are expanded to RGB(A) before use).
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+_HIGH_DEPTH = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def read_raster(data: bytes, fmt: str, limits: Limits) -> tuple[np.ndarray, float, tuple[int, int]]:
+    """Decode a PNG or JPEG to (uint8 gray pixels, colourfulness 0..1, size as declared (width, height))."""
+    pillow_format = "PNG" if fmt == "png" else "JPEG"
+    what = fmt.upper()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # Image.open reads the header only: dimensions are checked before any pixel is decoded.
+            with Image.open(io.BytesIO(data), formats=[pillow_format]) as header:
+                declared = header.size
+                check_dimensions(declared[0], declared[1], limits)
+                frames = getattr(header, "n_frames", 1)
+                if frames > 1:
+                    raise MultiFrameImage(
+                        f"This {what} holds {frames} frames (an animation); upload a single still slice."
+                    )
+                if fmt == "png":
+                    header.verify()  # chunk CRCs and the IEND marker
+            with Image.open(io.BytesIO(data), formats=[pillow_format]) as image:
+                image = _decode_within_budget(image, limits)
+                image = ImageOps.exif_transpose(image)
+                pixels, colourfulness = _to_gray(image)
+                return pixels, colourfulness, declared
+    except ScanError:
+        raise
+    except Image.DecompressionBombError as error:
+        size = "far more pixels"
+        if fmt == "png" and len(data) >= 24:
+            width, height = struct.unpack(">II", data[16:24])  # IHDR, right after the signature
+            size = f"{width} x {height} pixels"
+        raise ImageTooLarge(
+            f"The {what} declares {size}; the limit is {limits.max_pixels / 1e6:.0f} megapixels."
+        ) from error
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise CorruptImage(f"The {what} file is damaged or incomplete ({_describe(error)}).") from error
+
+
+def _decode_within_budget(image: Image.Image, limits: Limits) -> Image.Image:
+    """Decode at most ``max_decoded_bytes`` and return an image no larger than the working side."""
+    side = limits.working_side
+    width, height = image.size
+    if image.format == "JPEG" and max(width, height) > side:
+        ratio = side / max(width, height)
+        image.draft(image.mode, (math.ceil(width * ratio), math.ceil(height * ratio)))  # DCT-domain downscale
+    check_decoded_size(*image.size, _BYTES_PER_PIXEL.get(image.mode, 4), limits)
+    image.load()  # raises on truncated data
+    if max(image.size) <= side:
+        return image
+    factor = math.ceil(max(image.size) / side)
+    if image.mode.startswith("I;16"):
+        pixels = np.asarray(image)
+        size = (max(1, image.size[0] // factor), max(1, image.size[1] // factor))
+        return Image.fromarray(cv2.resize(pixels, size, interpolation=cv2.INTER_AREA))
+    if image.mode in ("1", "P"):
+        image = image.convert("L" if image.mode == "1" else ("RGBA" if "transparency" in image.info else "RGB"))
+    return image.reduce(factor)
+
+
+def _describe(error: Exception) -> str:
+    text = str(error).lower()
+    if "truncated" in text or isinstance(error, EOFError):
+        return "the data ends early"
+    if "checksum" in text or "crc" in text:
+        return "a checksum does not match"
+    return "it cannot be decoded"
+
+
+def _to_gray(image: Image.Image) -> tuple[np.ndarray, float]:
+    """One documented path from any Pillow mode to uint8 gray; returns (pixels, colourfulness in 0..1)."""
+    mode = image.mode
+    if mode in _HIGH_DEPTH:
+        return stretch_to_uint8(np.asarray(image)), 0.0
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
+        image = image.convert("L" if mode == "1" else "RGB")
+    elif mode == "PA":
+        image = image.convert("RGBA")
+    if image.mode in ("LA", "La", "RGBA", "RGBa"):
+        # Transparent areas become black, the background of an MRI slice.
+        image = image.convert("RGBA")
+        black = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(black, image).convert("RGB")
+    if image.mode == "RGB":
+        rgb = np.asarray(image)
+        sample = rgb[::4, ::4].astype(np.int16)
+        colourfulness = float((sample.max(axis=2) - sample.min(axis=2)).mean() / 255.0)
+        return np.asarray(image.convert("L")), colourfulness
+    if image.mode != "L":
+        image = image.convert("L")
+    return np.asarray(image), 0.0

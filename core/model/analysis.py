@@ -1,0 +1,105 @@
+"""Bytes in, verdict out: read -> crop -> preprocess -> predict -> decide -> gate, with per-stage timings.
+
+The app, the CLI, the evaluator and the benchmarks all call :func:`analyse`; nothing else strings the stages
+together. Pure: no storage, no screen.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from core.imaging import DEFAULT_LIMITS, Limits, Scan, read_scan
+from core.model.classifier import Classifier
+from core.model.gate import GateResult, assess, with_review
+from core.model.preprocess import to_model_input
+from core.model.roi import BrainRegion, find_brain
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One verdict. ``roi`` is (x0, y0, x1, y1) in the scan's pixels; timings are milliseconds per stage;
+    ``confidence`` is the probability that the tumour / no-tumour call is right (:mod:`core.model.decision`)."""
+
+    label: str
+    probabilities: Mapping[str, float]
+    tumour_probability: float
+    confidence: float
+    is_tumour: bool
+    roi: tuple[int, int, int, int]
+    model_name: str
+    model_version: str
+    timings_ms: Mapping[str, float]
+    gate: GateResult
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "gate": self.gate.to_json(),
+            "label": self.label,
+            "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
+            "tumour_probability": round(self.tumour_probability, 6),
+            "confidence": round(self.confidence, 6),
+            "roi": list(self.roi),
+            "model": {"name": self.model_name, "version": self.model_version},
+            "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class Analysis:
+    """Everything the UI draws for one scan: the decoded scan, the brain region, the model input and the verdict
+    (whose ``gate`` says whether it may be shown as a diagnosis)."""
+
+    scan: Scan
+    region: BrainRegion
+    model_input: np.ndarray
+    prediction: Prediction
+
+
+def analyse(data: bytes, classifier: Classifier, limits: Limits = DEFAULT_LIMITS, frame: int | None = None) -> Analysis:
+    """Run the whole pipeline on uploaded bytes. Raises a :class:`core.errors.ScanError` for an unusable scan."""
+    started = time.perf_counter()
+    scan = read_scan(data, limits, frame)
+    read_done = time.perf_counter()
+    return analyse_scan(scan, classifier, {"read": (read_done - started) * 1000}, read_done)
+
+
+def analyse_scan(
+    scan: Scan, classifier: Classifier, timings: dict[str, float] | None = None, started: float | None = None
+) -> Analysis:
+    """The pipeline from a decoded scan on (crop, preprocess, predict, decide, gate)."""
+    started = time.perf_counter() if started is None else started
+    timings = dict(timings or {})
+    region = find_brain(scan.pixels)
+    crop_done = time.perf_counter()
+    card = classifier.card
+    model_input = to_model_input(scan.pixels, region.box, card.input)
+    prep_done = time.perf_counter()
+    raw, calibrated = classifier.scores(model_input[None])
+    predict_done = time.perf_counter()
+    decision = card.rule.apply(calibrated[0])
+    logits = raw[0] if card.output == "logits" else None
+    gate = with_review(assess(scan, region, logits, card.temperature, classifier.gate_policy), decision.review_reasons)
+    timings |= {
+        "crop": (crop_done - started) * 1000,
+        "preprocess": (prep_done - crop_done) * 1000,
+        "predict": (predict_done - prep_done) * 1000,
+    }
+    timings["total"] = sum(timings.values())
+    prediction = Prediction(
+        label=decision.label,
+        probabilities={label: float(p) for label, p in zip(card.labels, calibrated[0], strict=True)},
+        tumour_probability=decision.tumour_probability,
+        confidence=decision.confidence,
+        is_tumour=decision.is_tumour,
+        roi=region.box,
+        model_name=card.name,
+        model_version=card.version,
+        timings_ms=timings,
+        gate=gate,
+    )
+    return Analysis(scan=scan, region=region, model_input=model_input, prediction=prediction)

@@ -1,0 +1,110 @@
+"""The classifier: a Keras model bundled with its card (labels, input spec, calibration, decision rule).
+
+Build one with :meth:`Classifier.from_card`; it refuses weights whose SHA-256 differs from the card's.
+Calibrated probabilities are ``softmax(z / T)`` (or ``sigmoid(z / T)``), where ``z`` are the logits (recovered as
+``log p`` from probability outputs) and ``T`` is the card's temperature. Tumour probability = 1 - P(negative label).
+
+One instance is shared by every Streamlit session: the forward pass runs under a lock, with ``training=False``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.errors import ModelError
+from core.model.card import ModelCard, sha256_file
+from core.model.gate import GatePolicy
+from core.model.preprocess import InputSpec
+
+
+def calibrated_probabilities(raw: np.ndarray, card: ModelCard) -> np.ndarray:
+    """Model outputs (N, units) -> calibrated probabilities (N, len(labels)) as the card declares."""
+    raw = np.asarray(raw, dtype=np.float64)
+    if card.output == "sigmoid":
+        p = np.clip(raw.reshape(len(raw), -1)[:, 0], 1e-7, 1 - 1e-7)
+        positive = 1.0 / (1.0 + np.exp(-np.log(p / (1 - p)) / card.temperature))
+        return np.stack([1.0 - positive, positive], axis=1)
+    logits = np.log(np.clip(raw, 1e-12, None)) if card.output == "softmax" else raw
+    scaled = logits / card.temperature
+    scaled -= scaled.max(axis=1, keepdims=True)
+    exp = np.exp(scaled)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def _compiled_forward(model: Any, spec: InputSpec) -> Any:
+    """``model(x, training=False)`` as one traced graph: 5x less per-call overhead than eager on a CPU."""
+    import tensorflow as tf
+
+    signature = [tf.TensorSpec((None, spec.size, spec.size, spec.channels), tf.float32)]
+
+    @tf.autograph.experimental.do_not_convert
+    def forward(batch: Any) -> Any:
+        return model(batch, training=False)
+
+    return tf.function(forward, input_signature=signature, reduce_retracing=True)
+
+
+class Classifier:
+    """A loaded model and its card. Thread-safe: one forward pass at a time."""
+
+    def __init__(self, card: ModelCard, model: Any) -> None:
+        self.card = card
+        self.model = model
+        self.lock = threading.Lock()  # one forward pass at a time (shared with the explainer)
+        self._forward = _compiled_forward(model, card.input)
+
+    @classmethod
+    def from_card(cls, card_path: str | Path) -> Classifier:
+        """Read the card, check the weights' SHA-256 against it, then load the Keras model (compile=False)."""
+        card = ModelCard.from_file(card_path)
+        weights = card.weights_path
+        if not weights.is_file():
+            raise ModelError(f"Weights file {weights.name} named by card {card.name} is missing.")
+        actual = sha256_file(weights)
+        if actual != card.weights_sha256:
+            raise ModelError(
+                f"Weights file {weights.name} does not match its card (SHA-256 {actual[:12]}..., card says "
+                f"{card.weights_sha256[:12]}...): refusing to load it."
+            )
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import keras
+
+        try:
+            model = keras.saving.load_model(weights, compile=False, safe_mode=True)
+        except Exception as error:  # Keras raises many types for a bad file; all mean "cannot use it"
+            raise ModelError(f"Weights file {weights.name} cannot be loaded as a Keras model.") from error
+        classifier = cls(card, model)
+        classifier._check_shapes()
+        spec = card.input
+        classifier.probabilities(np.zeros((1, spec.size, spec.size, spec.channels), np.float32))  # trace once now
+        return classifier
+
+    def _check_shapes(self) -> None:
+        spec = self.card.input
+        expected_in = (spec.size, spec.size, spec.channels)
+        actual_in = tuple(self.model.input_shape[1:])
+        if actual_in != expected_in:
+            raise ModelError(f"Model {self.card.name} takes input {actual_in}, its card says {expected_in}.")
+        units = int(self.model.output_shape[-1])
+        expected_units = 1 if self.card.output == "sigmoid" else len(self.card.labels)
+        if units != expected_units:
+            raise ModelError(f"Model {self.card.name} has {units} outputs, its card implies {expected_units}.")
+
+    def scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Float32 batch (N, size, size, channels) -> (raw model outputs, calibrated probabilities)."""
+        with self.lock:
+            raw = np.asarray(self._forward(batch.astype(np.float32, copy=False)))
+        return raw, calibrated_probabilities(raw, self.card)
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """Float32 batch (N, size, size, channels) -> calibrated probabilities (N, len(labels))."""
+        return self.scores(batch)[1]
+
+    @property
+    def gate_policy(self) -> GatePolicy:
+        return GatePolicy.from_card(self.card.gate)

@@ -1,0 +1,109 @@
+"""The one decision rule: calibrated probabilities -> the verdict, its confidence and whether it needs review.
+
+Used by the app, the CLI, the batch CSV, the evaluator, training and the statistics alike:
+- **verdict**: tumour when P(tumour) = 1 - P(no tumour) reaches ``threshold``, and then the most probable tumour
+  type, so the verdict never contradicts the tumour probability shown beside it (a plain arg-max can say "no
+  tumour" at P(tumour) = 0.55 when three tumour types share that mass). When the most probable type holds less
+  than ``subtype_min_share`` of P(tumour), the verdict is ``"tumour"``: tumour, type uncertain.
+- **confidence** of the decision: the probability that the tumour / no-tumour call is right, P(tumour) for a
+  tumour verdict and 1 - P(tumour) for a no-tumour one. It is what the records store and the charts show.
+- **review band**: a verdict whose P(tumour) lies in ``[low, high)`` needs a radiologist's review first. The bounds
+  are chosen on validation data and stated in the model card (``decision``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+UNKNOWN_TYPE = "tumour"  # tumour present, type not given (a data folder) or uncertain (a verdict)
+DEFAULT_REVIEW_BAND = (0.2, 0.8)
+
+
+def decide(
+    probabilities: np.ndarray,
+    labels: Sequence[str],
+    negative_label: str,
+    threshold: float = 0.5,
+    subtype_min_share: float | None = None,
+) -> list[str]:
+    """Rows of calibrated probabilities -> verdict labels (see the module docstring)."""
+    labels = list(labels)
+    p = np.asarray(probabilities, dtype=np.float64).reshape(-1, len(labels))
+    negative = labels.index(negative_label)
+    tumour_scores = p.copy()
+    tumour_scores[:, negative] = -np.inf
+    tumour_label = tumour_scores.argmax(axis=1)
+    tumour_probability = 1.0 - p[:, negative]
+    positive = tumour_probability >= threshold
+    uncertain = np.zeros(len(p), bool)
+    if subtype_min_share is not None and len(labels) > 2:
+        share = p[np.arange(len(p)), tumour_label] / np.maximum(tumour_probability, 1e-12)
+        uncertain = share < subtype_min_share
+    return [
+        (UNKNOWN_TYPE if vague else labels[int(t)]) if flag else negative_label
+        for t, flag, vague in zip(tumour_label, positive, uncertain, strict=True)
+    ]
+
+
+def decision_confidence(tumour_probability: float | np.ndarray, is_tumour: bool | np.ndarray) -> Any:
+    """The probability that the tumour / no-tumour call is right."""
+    return np.where(is_tumour, tumour_probability, 1.0 - np.asarray(tumour_probability))
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A verdict: ``review_reasons`` is empty unless the verdict needs a radiologist's review before use."""
+
+    label: str
+    is_tumour: bool
+    tumour_probability: float
+    confidence: float
+    review_reasons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DecisionRule:
+    """Threshold, review band and subtype rule of one model (from its card)."""
+
+    labels: tuple[str, ...] = ("glioma", "meningioma", "notumor", "pituitary")
+    negative_label: str = "notumor"
+    threshold: float = 0.5
+    review_band: tuple[float, float] = DEFAULT_REVIEW_BAND
+    subtype_min_share: float | None = None
+
+    @classmethod
+    def from_card(cls, raw: Mapping[str, Any], labels: Sequence[str], negative_label: str) -> DecisionRule:
+        decision = raw.get("decision") or {}
+        band = decision.get("review_band", DEFAULT_REVIEW_BAND)
+        share = decision.get("subtype_min_share")
+        rule = cls(
+            labels=tuple(labels),
+            negative_label=negative_label,
+            threshold=float(raw.get("threshold", decision.get("threshold", 0.5))),
+            review_band=(float(band[0]), float(band[1])),
+            subtype_min_share=None if share is None else float(share),
+        )
+        low, high = rule.review_band
+        if not 0.0 <= low <= rule.threshold <= high <= 1.0:
+            raise ValueError("the review band must hold the threshold and lie within [0, 1]")
+        return rule
+
+    def labels_of(self, probabilities: np.ndarray) -> list[str]:
+        return decide(probabilities, self.labels, self.negative_label, self.threshold, self.subtype_min_share)
+
+    def apply(self, probabilities: Sequence[float]) -> Decision:
+        """One row of calibrated probabilities (in ``labels`` order) -> the decision."""
+        row = np.asarray(probabilities, dtype=np.float64)
+        label = self.labels_of(row[None])[0]
+        tumour_probability = float(1.0 - row[self.labels.index(self.negative_label)])
+        is_tumour = label != self.negative_label
+        confidence = float(decision_confidence(tumour_probability, is_tumour))
+        reasons = []
+        low, high = self.review_band
+        if low <= tumour_probability < high:
+            reasons.append(f"tumour probability {tumour_probability:.0%} is in the review band ({low:.0%}-{high:.0%})")
+        return Decision(label, is_tumour, tumour_probability, confidence, tuple(reasons))

@@ -1,0 +1,31 @@
+"""Building the process-wide resources from configuration: the model and the results store.
+
+The UI caches what these return (``st.cache_resource``); the CLI calls them once per command. Nothing here runs
+at import time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from core.config import data_dir, model_card_path, mongodb_uri
+from core.model.classifier import Classifier
+from core.model.explain import Explainer
+from core.storage import open_store
+from core.storage.protocol import Store
+
+
+def load_classifier(card_path: str | Path | None = None) -> Classifier:
+    """The model named by ``card_path`` (default: ``BTD_MODEL`` or the shipped card), hash-checked and loaded."""
+    return Classifier.from_card(Path(card_path) if card_path else model_card_path())
+
+
+def load_explainer(classifier: Classifier) -> Explainer:
+    return Explainer(classifier)
+
+
+def open_results_store(secrets: Mapping[str, Any] | None = None) -> Store:
+    """The configured database: MongoDB when a URI is set (environment or secrets), else the embedded SQLite file."""
+    return open_store(mongodb_uri(secrets or {}), data_dir())

@@ -1,0 +1,166 @@
+"""The supervisor's dashboard as one use case: every figure computed by the store's aggregates, then put under
+the small-count rule (:mod:`core.analytics.stats`) before anything leaves this module.
+
+The page draws what :func:`dashboard` returns and offers :func:`export_csv`; both show the same numbers, and the
+export names the filters it was made with.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from core.analytics.stats import PERIODS, roll_up, safe_rate, suppress_small, wilson_interval
+from core.storage.protocol import Store
+from core.storage.records import SHOWN, Filters
+
+
+@dataclass(frozen=True)
+class PeriodRow:
+    start: date
+    scans: int | None
+    tumours: int | None
+    rate: float | None
+    interval: tuple[float, float] | None
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    model: str
+    scans: int | None
+    tumour_rate: float | None
+    mean_confidence: float | None
+    first: date
+    last: date
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    """What a non-admin may see of the chosen range, small counts withheld (None)."""
+
+    start_day: date
+    end_day: date
+    timezone: str
+    period: str
+    versions: tuple[str, ...]
+    scans: int | None
+    tumour_rate: float | None
+    tumour_interval: tuple[float, float] | None
+    mean_confidence: float | None
+    today: int | None
+    week_mean: float | None
+    flagged: int | None
+    rejected: int | None
+    per_class: Mapping[str, int | None]
+    periods: tuple[PeriodRow, ...]
+    histogram: tuple[int | None, ...]
+    models: tuple[VersionRow, ...]
+
+    @property
+    def empty(self) -> bool:
+        return self.scans == 0 and not self.rejected
+
+
+def local_midnight(day: date, timezone: str) -> datetime:
+    return datetime.combine(day, time(0), ZoneInfo(timezone)).astimezone(UTC)
+
+
+def dashboard(
+    store: Store,
+    *,
+    start_day: date,
+    end_day: date,
+    timezone: str,
+    period: str,
+    versions: Sequence[str] = (),
+    now: datetime | None = None,
+) -> Dashboard:
+    """Aggregates of verdicts (scans the gate rejected counted apart) from ``start_day`` to ``end_day`` inclusive,
+    local days in ``timezone``."""
+    if period not in PERIODS:
+        raise ValueError(f"period must be one of {PERIODS}")
+    everything = Filters(
+        start=local_midnight(start_day, timezone),
+        end=local_midnight(end_day + timedelta(days=1), timezone),
+        model_versions=tuple(versions),
+    )
+    shown = replace(everything, gates=SHOWN)
+    summary = store.summary(shown)
+    gates = store.summary(everything).per_gate
+    local_today = (now or datetime.now(UTC)).astimezone(ZoneInfo(timezone)).date()
+    today_start = local_midnight(local_today, timezone)
+    today = store.summary(replace(shown, start=today_start, end=today_start + timedelta(days=1))).total
+    week = store.summary(replace(shown, start=local_midnight(local_today - timedelta(days=7), timezone),
+                                 end=today_start)).total  # fmt: skip
+    periods = roll_up(store.daily_counts(shown, timezone), period, start_day, end_day)
+    rate = safe_rate(summary.tumour, summary.total)
+    return Dashboard(
+        start_day=start_day,
+        end_day=end_day,
+        timezone=timezone,
+        period=period,
+        versions=tuple(versions),
+        scans=suppress_small(summary.total),
+        tumour_rate=rate,
+        tumour_interval=wilson_interval(summary.tumour, summary.total) if rate is not None else None,
+        mean_confidence=summary.mean_confidence if suppress_small(summary.total) else None,
+        today=suppress_small(today),
+        week_mean=week / 7 if suppress_small(week) is not None else None,
+        flagged=suppress_small(gates.get("needs_review", 0)),
+        rejected=suppress_small(gates.get("rejected", 0)),
+        per_class={label: suppress_small(n) for label, n in sorted(summary.per_class.items())},
+        periods=tuple(
+            PeriodRow(
+                p.start,
+                suppress_small(p.total),
+                p.tumour if safe_rate(p.tumour, p.total) is not None or p.total == 0 else None,
+                safe_rate(p.tumour, p.total),
+                wilson_interval(p.tumour, p.total) if safe_rate(p.tumour, p.total) is not None else None,
+            )
+            for p in periods
+        ),
+        histogram=tuple(suppress_small(n) for n in store.confidence_histogram(shown)),
+        models=tuple(
+            VersionRow(
+                model=f"{m.model_name} {m.model_version}",
+                scans=suppress_small(m.total),
+                tumour_rate=safe_rate(m.tumour, m.total),
+                mean_confidence=m.mean_confidence if suppress_small(m.total) else None,
+                first=m.first.astimezone(ZoneInfo(timezone)).date(),
+                last=m.last.astimezone(ZoneInfo(timezone)).date(),
+            )
+            for m in store.by_model(shown)
+        ),
+    )
+
+
+def model_versions(store: Store) -> list[str]:
+    return store.model_versions()
+
+
+def export_csv(board: Dashboard) -> bytes:
+    """The per-period figures as CSV, preceded by comment lines naming the filters (withheld cells empty)."""
+    buffer = io.StringIO()
+    buffer.write(f"# dates: {board.start_day.isoformat()} to {board.end_day.isoformat()} ({board.timezone})\n")
+    buffer.write(f"# group by: {board.period}; model versions: {', '.join(board.versions) or 'all'}\n")
+    buffer.write("# verdicts shown to users only (scans refused by the input gate are not counted); "
+                 "counts from 1 to 4 are withheld (empty)\n")  # fmt: skip
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["period_start", "scans", "tumour", "tumour_rate", "rate_95_low", "rate_95_high"])
+    for row in board.periods:
+        low, high = row.interval if row.interval else (None, None)
+        writer.writerow([
+            row.start.isoformat(), _cell(row.scans), _cell(row.tumours), _cell(row.rate, 4), _cell(low, 4),
+            _cell(high, 4),
+        ])  # fmt: skip
+    return buffer.getvalue().encode("utf-8")
+
+
+def _cell(value: float | int | None, digits: int | None = None) -> str:
+    if value is None:
+        return ""
+    return str(round(value, digits)) if digits is not None else str(value)

@@ -1,0 +1,237 @@
+"""Uploads through analysis and saving, as the Scan page and the CLI use them.
+
+Bad files become outcomes with a reason (never exceptions), so a batch always finishes. A result is saved once
+under its identity (image + model + frame); the patient reference is an attribute set or corrected later
+(:func:`set_patient_reference`) without making a second record. Saving reports "saved", "already saved" or "not
+saved" with the reason, and never writes half a record. Every refusal and save failure is one log line with its
+code (never a file name or an identity).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from core.errors import MultiFrameImage, ScanError, StoreError
+from core.imaging import frames_in
+from core.model.analysis import Analysis, analyse
+from core.model.classifier import Classifier
+from core.model.explain import Explainer
+from core.model.gate import NEEDS_REVIEW, REJECTED
+from core.services.views import ScanView, scan_view
+from core.storage.protocol import Store
+from core.storage.records import Record, record_id
+
+SAVED, ALREADY_SAVED, NOT_SAVED, NOT_UPDATED = "saved", "already saved", "not saved", "reference not updated"
+logger = logging.getLogger("btd.triage")
+
+
+@dataclass(frozen=True, eq=False)
+class ScanOutcome:
+    """The result for one upload (one frame of it): an analysis, or the code and message of why there is none.
+
+    ``frames`` is how many frames the file holds; a multi-frame file analysed without a chosen frame has the
+    error code ``multi_frame`` and a frame must be picked.
+    """
+
+    sha256: str
+    analysis: Analysis | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    frames: int = 1
+    frame: int | None = None
+
+    @property
+    def needs_frame(self) -> bool:
+        return self.error_code == MultiFrameImage.code and self.frames > 1 and self.frame is None
+
+
+@dataclass(frozen=True)
+class SaveStatus:
+    state: str
+    message: str = ""
+    record_id: str | None = None
+
+
+def analyse_upload(data: bytes, classifier: Classifier, frame: int | None = None) -> ScanOutcome:
+    """Analyse one upload (``frame`` of a multi-frame DICOM); never raises for a bad file."""
+    sha256 = hashlib.sha256(data).hexdigest()
+    frames = 1
+    try:
+        frames = frames_in(data)
+        return ScanOutcome(sha256=sha256, analysis=analyse(data, classifier, frame=frame), frames=frames, frame=frame)
+    except ScanError as error:
+        frames = getattr(error, "frames", None) or frames
+        if not (isinstance(error, MultiFrameImage) and frame is None):  # a frame to pick is not a refusal
+            logger.info("event=upload_refused code=%s", error.code)
+        return ScanOutcome(sha256, None, error.code, str(error), frames=frames, frame=frame)
+    except Exception:  # a bug must not stop the batch; the user gets a plain reason, the log the details
+        logger.exception("event=analysis_failed code=internal_error")
+        return ScanOutcome(sha256, None, "internal_error", "Unexpected error; try again.", frames=frames, frame=frame)
+
+
+def new_record(
+    analysis: Analysis, *, patient_ref: str | None, uploader: str | None, created_at: datetime | None = None
+) -> Record:
+    """The record of one analysis (validated). ``patient_ref`` must already be pseudonymised."""
+    prediction, scan = analysis.prediction, analysis.scan
+    return Record(
+        id=record_id(scan.sha256, prediction.model_name, prediction.model_version, scan.frame),
+        created_at=created_at or datetime.now(UTC),
+        image_sha256=scan.sha256,
+        image_format=scan.format,
+        image_width=scan.width,
+        image_height=scan.height,
+        image_bytes=scan.size_bytes,
+        frame=scan.frame,
+        model_name=prediction.model_name,
+        model_version=prediction.model_version,
+        label=prediction.label,
+        probabilities=dict(prediction.probabilities),
+        tumour_probability=prediction.tumour_probability,
+        is_tumour=prediction.is_tumour,
+        roi=tuple(int(v) for v in prediction.roi),  # type: ignore[arg-type]
+        timings_ms=dict(prediction.timings_ms),
+        patient_ref=patient_ref,
+        uploader=uploader,
+        gate=prediction.gate.decision,
+        gate_score=prediction.gate.energy,
+    ).validate()
+
+
+def save(analysis: Analysis, store: Store | None, *, patient_ref: str | None, uploader: str | None) -> SaveStatus:
+    """Write the record once; a second call for the same upload and model answers 'already saved'. ``store`` None
+    means the database could not be opened: the result is reported as not saved."""
+    return save_record(new_record(analysis, patient_ref=patient_ref, uploader=uploader), store)
+
+
+def save_record(record: Record, store: Store | None) -> SaveStatus:
+    """Insert ``record`` once (see :func:`save`); every failure is a status with its reason and one log line."""
+    if store is None:
+        logger.warning("event=save_failed code=store_unavailable")
+        return SaveStatus(NOT_SAVED, "the results database is unavailable", record.id)
+    try:
+        created = store.add(record)
+    except StoreError as error:
+        logger.warning("event=save_failed code=%s", error.code)
+        return SaveStatus(NOT_SAVED, str(error), record.id)
+    return SaveStatus(SAVED if created else ALREADY_SAVED, record_id=record.id)
+
+
+def apply_patient_reference(triaged: Triaged, store: Store | None, patient_ref: str | None) -> Triaged:
+    """Set or correct the patient reference of a result in place (one record, never a second). A result not yet
+    saved just takes the new reference for its next save."""
+    if triaged.record is None or triaged.record.patient_ref == patient_ref:
+        return triaged
+    record = replace(triaged.record, patient_ref=patient_ref)
+    if triaged.status is None or triaged.status.state == NOT_SAVED or store is None:
+        return replace(triaged, record=record)
+    try:
+        store.set_patient_ref(record.id, patient_ref)
+    except StoreError as error:
+        logger.warning("event=reference_update_failed code=%s", error.code)
+        status = SaveStatus(NOT_UPDATED, f"the patient reference was not updated: {error}", record.id)
+        return replace(triaged, status=status)
+    return replace(triaged, record=record, status=SaveStatus(triaged.status.state, record_id=record.id))
+
+
+@dataclass(frozen=True, eq=False)
+class Triaged:
+    """One upload (one frame of it) after analysis and saving, as a session keeps it: display-size images
+    (:class:`core.services.views.ScanView`) and the small record, never the decoded scan."""
+
+    sha256: str
+    frames: int
+    frame: int | None
+    view: ScanView | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    record: Record | None = None
+    status: SaveStatus | None = None
+
+    @property
+    def needs_frame(self) -> bool:
+        return self.error_code == MultiFrameImage.code and self.frames > 1 and self.frame is None
+
+    def outcome(self) -> ScanOutcome:
+        """The fields the batch table needs, without the analysis."""
+        return ScanOutcome(self.sha256, None, self.error_code, self.error_message, self.frames, self.frame)
+
+
+def triage(
+    data: bytes,
+    classifier: Classifier,
+    explainer: Explainer | None,
+    store: Store | None,
+    *,
+    patient_ref: str | None,
+    uploader: str | None,
+    frame: int | None = None,
+) -> Triaged:
+    """Analyse one upload (or one frame), save its result once, and keep only what the screen needs."""
+    outcome = analyse_upload(data, classifier, frame)
+    if outcome.analysis is None:
+        return Triaged(outcome.sha256, outcome.frames, frame, None, outcome.error_code, outcome.error_message)
+    record = new_record(outcome.analysis, patient_ref=patient_ref, uploader=uploader)
+    view = scan_view(outcome.analysis, explainer)
+    return Triaged(
+        outcome.sha256, outcome.frames, outcome.analysis.scan.frame, view, record=record,
+        status=save_record(record, store),
+    )  # fmt: skip
+
+
+def retry_save(triaged: Triaged, store: Store | None, patient_ref: str | None) -> Triaged:
+    """Save again a result that was not saved (or whose reference was not updated), with the reference typed now."""
+    if triaged.record is None or triaged.status is None:
+        return triaged
+    if triaged.status.state == NOT_UPDATED:
+        previous = replace(triaged, status=SaveStatus(SAVED, record_id=triaged.record.id))
+        return apply_patient_reference(previous, store, patient_ref)
+    if triaged.status.state != NOT_SAVED:
+        return triaged
+    record = replace(triaged.record, patient_ref=patient_ref)
+    status = save_record(record, store)
+    if status.state == ALREADY_SAVED:  # saved meanwhile (another replica): make sure it has this reference
+        return apply_patient_reference(replace(triaged, status=status), store, patient_ref)
+    return replace(triaged, record=record, status=status)
+
+
+def result_state(result: Triaged) -> str:
+    """What happened to one upload, in the words of the batch table."""
+    if result.view is None:
+        return "choose a frame" if result.needs_frame else "rejected"
+    decision = result.view.prediction.gate.decision
+    return {REJECTED: "not a brain MRI", NEEDS_REVIEW: "needs review"}.get(decision, "classified")
+
+
+def summary_row(index: int, name: str, result: Triaged, pretty: Callable[[str], str] = str) -> dict[str, Any]:
+    """One row of the batch table and CSV. ``name`` is the file name, shown in the session only: the caller
+    leaves it out of the CSV unless the user asks for it (names can carry patient identities)."""
+    row: dict[str, Any] = {"scan": index, "file": name, "frame": result.frame, "sha256": result.sha256[:12]}
+    state = result_state(result)
+    empty = {"verdict": None, "tumour_probability": None, "confidence": None}
+    saved = result.status.state if result.status else None
+    if result.view is None:
+        return {**row, "result": state, **empty, "model_version": None, "saved": saved,
+                "reason": result.error_message}  # fmt: skip
+    prediction = result.view.prediction
+    if state == "not a brain MRI":
+        return {**row, "result": state, **empty, "model_version": prediction.model_version, "saved": saved,
+                "reason": "; ".join(prediction.gate.reasons)}  # fmt: skip
+    reasons = list(prediction.gate.reasons)
+    if result.status is not None and result.status.message:
+        reasons.append(result.status.message)
+    return {
+        **row,
+        "result": state,
+        "verdict": pretty(prediction.label),
+        "tumour_probability": round(prediction.tumour_probability, 4),
+        "confidence": round(prediction.confidence, 4),
+        "model_version": prediction.model_version,
+        "saved": saved,
+        "reason": "; ".join(reasons),
+    }

@@ -1,0 +1,37 @@
+"""Results storage: one protocol (:mod:`core.storage.protocol`), two implementations with the same behaviour and
+one contract test suite: SQLite (embedded default, :mod:`core.storage.sqlite`) and MongoDB
+(:mod:`core.storage.mongo`), with schema versions and migrations (:mod:`core.storage.migrations`).
+
+Every aggregate runs inside the database (SQL ``GROUP BY``, aggregation pipelines). Calendar days in a chosen time
+zone are computed in the database with the zone's UTC offsets over the queried range (:mod:`.timebuckets`).
+Never imports the model or the screen.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from core.errors import StoreError
+
+if TYPE_CHECKING:
+    from core.storage.mongo import MongoStore
+    from core.storage.sqlite import SQLiteStore
+
+DATABASE_FILE = "results.sqlite3"
+
+
+def open_store(mongodb_uri: str | None, data_dir: Path) -> SQLiteStore | MongoStore:
+    """MongoDB when a URI is configured, else the embedded SQLite file ``data_dir/results.sqlite3``."""
+    if mongodb_uri:
+        from pymongo.errors import PyMongoError
+
+        from core.storage.mongo import MongoStore
+
+        try:
+            return MongoStore.connect(mongodb_uri)
+        except (PyMongoError, ValueError) as error:  # ConfigurationError, InvalidURI, unresolvable SRV record
+            raise StoreError(f"The MongoDB URI cannot be used ({type(error).__name__}).") from error
+    from core.storage.sqlite import SQLiteStore
+
+    return SQLiteStore(data_dir / DATABASE_FILE)

@@ -1,0 +1,212 @@
+"""Schema versions of both stores, and the steps that upgrade an older database in place.
+
+SQLite keeps its version in ``PRAGMA user_version``; MongoDB in the ``meta`` collection (``_id: "schema"``).
+- version 1 (round 1): a result's id included the patient reference, so typing the reference after uploading
+  saved the same image again; the record's confidence was P(label).
+- version 2: id = image + model + version + frame; the patient reference is an attribute; ``frame`` column;
+  confidence = the probability that the tumour / no-tumour call is right. Upgrading merges the copies version 1
+  made of one upload into one result (the earliest, with the latest patient reference and review given).
+
+An upgrade runs in one transaction after a backup copy of the file (``<file>.v<N>.bak``); a database newer than
+this code is refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+from core.errors import StoreError
+from core.storage.protocol import SCHEMA_VERSION
+from core.storage.records import record_id
+
+logger = logging.getLogger("btd.storage")
+
+SQLITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS scans (
+    id TEXT PRIMARY KEY,
+    created_ms INTEGER NOT NULL,
+    patient_ref TEXT CHECK (patient_ref IS NULL OR length(patient_ref) = 64),
+    uploader TEXT,
+    image_sha256 TEXT NOT NULL CHECK (length(image_sha256) = 64),
+    image_format TEXT NOT NULL CHECK (image_format IN ('png', 'jpeg', 'dicom')),
+    image_width INTEGER NOT NULL CHECK (image_width > 0),
+    image_height INTEGER NOT NULL CHECK (image_height > 0),
+    image_bytes INTEGER NOT NULL CHECK (image_bytes > 0),
+    frame INTEGER CHECK (frame IS NULL OR frame >= 0),
+    model_name TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    label TEXT NOT NULL,
+    is_tumour INTEGER NOT NULL CHECK (is_tumour IN (0, 1)),
+    tumour_probability REAL NOT NULL CHECK (tumour_probability BETWEEN 0 AND 1),
+    confidence REAL NOT NULL CHECK (confidence BETWEEN 0 AND 1),
+    probabilities TEXT NOT NULL,
+    roi TEXT NOT NULL,
+    timings_ms TEXT NOT NULL,
+    gate TEXT NOT NULL DEFAULT 'accepted' CHECK (gate IN ('accepted', 'needs_review', 'rejected')),
+    gate_score REAL,
+    reviewer TEXT,
+    review_verdict TEXT,
+    final_label TEXT,
+    review_note TEXT,
+    reviewed_ms INTEGER
+);
+CREATE INDEX IF NOT EXISTS scans_by_time ON scans (created_ms, model_version, label, gate, is_tumour, confidence);
+CREATE INDEX IF NOT EXISTS scans_by_label ON scans (label, gate, is_tumour, confidence, created_ms, model_version);
+CREATE INDEX IF NOT EXISTS scans_by_version
+    ON scans (model_version, model_name, created_ms, label, gate, is_tumour, confidence);
+CREATE INDEX IF NOT EXISTS scans_by_quarter
+    ON scans (created_ms / 900000, created_ms, is_tumour, model_version, label, gate);
+CREATE INDEX IF NOT EXISTS scans_by_confidence
+    ON scans (CAST(confidence * 20 AS INTEGER), created_ms, model_version, label, gate);
+CREATE INDEX IF NOT EXISTS scans_by_patient ON scans (patient_ref, created_ms) WHERE patient_ref IS NOT NULL;
+"""
+# Covering indexes let every dashboard query stream through one index in group order (no sort of a million
+# rows): by label for the summary, by model for the version table, by quarter-hour (every time zone's offset is
+# a multiple of 15 minutes) for calendar days, by twentieth of confidence for the histogram.
+
+
+def _create_schema(connection: sqlite3.Connection) -> None:
+    # statement by statement: executescript would commit the migration's transaction half-way
+    for statement in SQLITE_SCHEMA.split(";"):
+        if statement.strip():
+            connection.execute(statement)
+
+
+def migrate_sqlite(connection: sqlite3.Connection, path: Path) -> int:
+    """Bring the file to :data:`SCHEMA_VERSION` (creating it when empty); returns the version found."""
+    found = int(connection.execute("PRAGMA user_version").fetchone()[0])
+    if found == SCHEMA_VERSION:
+        return found
+    if found > SCHEMA_VERSION:
+        raise StoreError(
+            f"The results database has schema version {found}, newer than this release understands "
+            f"({SCHEMA_VERSION}); upgrade the application."
+        )
+    has_table = connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'scans'").fetchone()
+    if has_table:  # round 1 never set a version: a table without one is version 1
+        _backup(connection, path, max(found, 1))  # before the write lock: the backup reads the whole file
+    connection.execute("BEGIN IMMEDIATE")  # one writer migrates; others wait on the busy timeout
+    try:
+        found = int(connection.execute("PRAGMA user_version").fetchone()[0])  # another process may have done it
+        if found < SCHEMA_VERSION and has_table:
+            found = max(found, 1)
+            if found == 1:
+                merged = _sqlite_v1_to_v2(connection)
+                logger.warning("event=store_migrated store=sqlite from=1 to=2 merged_duplicates=%d", merged)
+        _create_schema(connection)
+        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    return found
+
+
+def _backup(connection: sqlite3.Connection, path: Path, version: int) -> None:
+    target = path.with_name(f"{path.name}.v{version}.bak")
+    if target.exists():
+        return
+    copy = sqlite3.connect(target)
+    try:
+        connection.backup(copy)
+    finally:
+        copy.close()
+    target.chmod(0o600)
+
+
+def _sqlite_v1_to_v2(connection: sqlite3.Connection) -> int:
+    """Re-key every result by image + model (frame: none in version 1) and merge the copies; returns how many
+    rows were merged away."""
+    connection.create_function(
+        "result_id", 3, lambda sha, name, version: record_id(sha, name, version), deterministic=True
+    )
+    before = connection.execute("SELECT count(*) FROM scans").fetchone()[0]
+    connection.execute("ALTER TABLE scans RENAME TO scans_v1")
+    for statement in ("DROP INDEX IF EXISTS scans_by_time", "DROP INDEX IF EXISTS scans_by_label",
+                      "DROP INDEX IF EXISTS scans_by_version", "DROP INDEX IF EXISTS scans_by_quarter",
+                      "DROP INDEX IF EXISTS scans_by_confidence"):  # fmt: skip
+        connection.execute(statement)
+    _create_schema(connection)
+    same = "o.image_sha256 = s.image_sha256 AND o.model_name = s.model_name AND o.model_version = s.model_version"
+    connection.execute(
+        f"""
+        INSERT INTO scans (id, created_ms, patient_ref, uploader, image_sha256, image_format, image_width,
+            image_height, image_bytes, frame, model_name, model_version, label, is_tumour, tumour_probability,
+            confidence, probabilities, roi, timings_ms, gate, gate_score, reviewer, review_verdict, final_label,
+            review_note, reviewed_ms)
+        SELECT result_id(s.image_sha256, s.model_name, s.model_version), s.created_ms,
+            (SELECT o.patient_ref FROM scans_v1 o WHERE {same} AND o.patient_ref IS NOT NULL
+             ORDER BY o.created_ms DESC LIMIT 1),
+            s.uploader, s.image_sha256, s.image_format, s.image_width, s.image_height, s.image_bytes, NULL,
+            s.model_name, s.model_version, s.label, s.is_tumour, s.tumour_probability,
+            CASE WHEN s.is_tumour THEN s.tumour_probability ELSE 1 - s.tumour_probability END,
+            s.probabilities, s.roi, s.timings_ms, s.gate, s.gate_score,
+            r.reviewer, r.review_verdict, r.final_label, r.review_note, r.reviewed_ms
+        FROM (SELECT *, row_number() OVER (PARTITION BY image_sha256, model_name, model_version
+                                           ORDER BY created_ms, id) AS copy
+              FROM scans_v1) AS s
+        LEFT JOIN (SELECT o.*, row_number() OVER (PARTITION BY o.image_sha256, o.model_name, o.model_version
+                                                  ORDER BY o.reviewed_ms DESC) AS latest
+                   FROM scans_v1 o WHERE o.reviewed_ms IS NOT NULL) AS r
+            ON r.image_sha256 = s.image_sha256 AND r.model_name = s.model_name
+            AND r.model_version = s.model_version AND r.latest = 1
+        WHERE s.copy = 1
+        """
+    )
+    after = connection.execute("SELECT count(*) FROM scans").fetchone()[0]
+    connection.execute("DROP TABLE scans_v1")
+    return int(before - after)
+
+
+# --- MongoDB --------------------------------------------------------------------------------------------------
+
+
+def migrate_mongo(database: Any, collection: Any) -> int:
+    """Bring a MongoDB collection to :data:`SCHEMA_VERSION`; returns the version found.
+
+    Version 1 documents are re-keyed by inserting the merged copy under its new ``_id`` before deleting the old
+    ones, so an interrupted upgrade loses nothing and the next start finishes it (inserts are idempotent).
+    """
+    meta = database["meta"]
+    state = meta.find_one({"_id": "schema"})
+    found = int(state["version"]) if state else (1 if collection.find_one({}, {"_id": 1}) else SCHEMA_VERSION)
+    if found > SCHEMA_VERSION:
+        raise StoreError(
+            f"The results database has schema version {found}, newer than this release understands "
+            f"({SCHEMA_VERSION}); upgrade the application."
+        )
+    if found == 1:
+        merged = _mongo_v1_to_v2(collection)
+        logger.warning("event=store_migrated store=mongodb from=1 to=2 merged_duplicates=%d", merged)
+    if found != SCHEMA_VERSION or state is None:
+        meta.update_one({"_id": "schema"}, {"$set": {"version": SCHEMA_VERSION}}, upsert=True)
+    return found
+
+
+def _mongo_v1_to_v2(collection: Any) -> int:
+    from pymongo.errors import DuplicateKeyError
+
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for document in collection.find({"frame": {"$exists": False}}):
+        key = record_id(document["image_sha256"], document["model_name"], document["model_version"])
+        groups.setdefault(key, []).append(document)
+    merged = 0
+    for key, copies in groups.items():
+        copies.sort(key=lambda d: (d["created_at"], d["_id"]))
+        keep = dict(copies[0])
+        references = [d["patient_ref"] for d in copies if d.get("patient_ref")]
+        reviewed = sorted((d for d in copies if d.get("reviewed_at")), key=lambda d: d["reviewed_at"])
+        keep.update(_id=key, frame=None, patient_ref=references[-1] if references else None)
+        keep["confidence"] = keep["tumour_probability"] if keep["is_tumour"] else 1.0 - keep["tumour_probability"]
+        if reviewed:
+            for field in ("reviewer", "review_verdict", "final_label", "review_note", "reviewed_at"):
+                keep[field] = reviewed[-1].get(field)
+        with suppress(DuplicateKeyError):  # an interrupted upgrade already wrote it
+            collection.insert_one(keep)
+        collection.delete_many({"_id": {"$in": [d["_id"] for d in copies if d["_id"] != key]}})
+        merged += len(copies) - 1
+    return merged

@@ -1,0 +1,314 @@
+"""The shared store: MongoDB through pymongo, for several app replicas or sites on one history.
+
+One collection, ``_id`` = the result's identity, ``w="majority"`` writes, 2 s server selection and 3 s operation
+timeouts instead of pymongo's 30 s, a ``$jsonSchema`` validator, indexes for every dashboard query, UTC datetimes.
+The collection, its indexes and any schema upgrade (:mod:`core.storage.migrations`) are set up on first use, not
+in the constructor, so the app starts while the database is down. Same contract as the SQLite store.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
+from itertools import pairwise
+from typing import Any
+
+from core.errors import InvalidRecord, StoreError, StoreUnavailable
+from core.storage.migrations import migrate_mongo
+from core.storage.protocol import (
+    EVERYTHING,
+    HISTOGRAM_BINS,
+    SCHEMA_VERSION,
+    check_review,
+    day_rows,
+    fold_summary,
+    record_to_row,
+    row_to_record,
+)
+from core.storage.records import DayCount, Filters, ModelRow, Record, Summary
+from core.storage.timebuckets import DAY_MS, EPOCH, as_utc, to_ms, utc_offset_segments
+
+logger = logging.getLogger("btd.storage")
+
+
+_VALIDATOR = {
+    "$jsonSchema": {
+        "bsonType": "object",
+        "required": [
+            "_id", "created_at", "image_sha256", "image_format", "model_name", "model_version", "label",
+            "is_tumour", "tumour_probability", "confidence", "probabilities", "roi",
+        ],
+        "properties": {
+            "created_at": {"bsonType": "date"},
+            "image_sha256": {"bsonType": "string", "pattern": "^[0-9a-f]{64}$"},
+            "image_format": {"enum": ["png", "jpeg", "dicom"]},
+            "label": {"bsonType": "string"},
+            "is_tumour": {"bsonType": "bool"},
+            "tumour_probability": {"bsonType": "double", "minimum": 0, "maximum": 1},
+            "confidence": {"bsonType": "double", "minimum": 0, "maximum": 1},
+            "roi": {"bsonType": "array", "minItems": 4, "maxItems": 4},
+            "patient_ref": {"bsonType": ["string", "null"], "pattern": "^[0-9a-f]{64}$"},
+            "frame": {"bsonType": ["int", "long", "null"], "minimum": 0},
+            "gate": {"enum": ["accepted", "needs_review", "rejected"]},
+        },
+    }
+}  # fmt: skip
+
+_INDEXES = (
+    [("created_at", 1), ("model_version", 1), ("label", 1), ("gate", 1)],
+    [("model_version", 1), ("created_at", 1)],
+    [("label", 1), ("created_at", 1)],
+    [("patient_ref", 1), ("created_at", 1)],
+)
+
+
+class MongoStore:
+    """The shared store: one collection, ``_id`` = idempotency key, majority writes, short timeouts."""
+
+    def __init__(self, client: Any, database: str = "brain_mri_triage", collection: str = "scans") -> None:
+        from pymongo import WriteConcern
+
+        self._client = client
+        self._db = client[database]
+        self._name = collection
+        self._collection = self._db[collection].with_options(write_concern=WriteConcern("majority", wtimeout=3000))
+        self._schema_ready = False
+
+    def _ensure_schema(self) -> None:
+        """Create the validated collection and its indexes on first use (not in the constructor: the app builds
+        the store once and must start even while the database is down)."""
+        if self._schema_ready:
+            return
+        if self._name not in self._db.list_collection_names():
+            # Another replica may create it first; a server may refuse validators to this user: indexes still apply.
+            with suppress(Exception):
+                self._db.create_collection(self._name, validator=_VALIDATOR)
+        migrate_mongo(self._db, self._collection)
+        for keys in _INDEXES:
+            self._collection.create_index(keys)
+        self._schema_ready = True
+
+    @classmethod
+    def connect(cls, uri: str, database: str = "brain_mri_triage") -> MongoStore:
+        """A client with 2 s server selection and 3 s operations instead of pymongo's 30 s defaults."""
+        from pymongo import MongoClient
+
+        client = MongoClient(
+            uri,
+            serverSelectionTimeoutMS=2000,
+            connectTimeoutMS=2000,
+            timeoutMS=3000,
+            w="majority",
+            tz_aware=True,
+            appname="brain-mri-triage",
+        )
+        return cls(client, database)
+
+    def describe(self) -> str:
+        nodes = getattr(self._client, "nodes", None) or ()
+        hosts = ", ".join(f"{host}:{port}" for host, port in sorted(nodes)) or "configured host"
+        return f"MongoDB {hosts} / {self._db.name}.{self._name}"
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        from pymongo.errors import (
+            ConnectionFailure,
+            OperationFailure,
+            PyMongoError,
+            ServerSelectionTimeoutError,
+            WriteError,
+        )
+
+        try:
+            self._ensure_schema()
+            yield
+        except (ServerSelectionTimeoutError, ConnectionFailure) as error:
+            raise StoreUnavailable("MongoDB cannot be reached right now.") from error
+        except WriteError as error:
+            if error.code == 121:  # DocumentValidationFailure
+                raise InvalidRecord("MongoDB's schema validator refused the record.") from error
+            raise StoreError(f"MongoDB refused the write (code {error.code}).") from error
+        except OperationFailure as error:
+            raise StoreError(f"MongoDB refused the operation (code {error.code}).") from error
+        except PyMongoError as error:
+            if "timed out" in str(error).lower() or "timeout" in type(error).__name__.lower():
+                raise StoreUnavailable("MongoDB did not answer in time.") from error
+            raise StoreError(f"MongoDB failed: {type(error).__name__}.") from error
+
+    def schema_version(self) -> int:
+        with self._errors():
+            state = self._db["meta"].find_one({"_id": "schema"})
+        return int(state["version"]) if state else SCHEMA_VERSION
+
+    def ping(self) -> None:
+        with self._errors():
+            self._client.admin.command("ping")
+
+    def add(self, record: Record) -> bool:
+        from pymongo.errors import DuplicateKeyError
+
+        record.validate()
+        document = record_to_row(record)
+        document["_id"] = document.pop("id")
+        with self._errors():
+            try:
+                self._collection.insert_one(document)
+            except DuplicateKeyError:
+                return False
+        return True
+
+    def set_patient_ref(self, record_id: str, patient_ref: str | None) -> bool:
+        """Set or correct the pseudonymous reference of a saved result; False when it already had this one."""
+        with self._errors():
+            result = self._collection.update_one(
+                {"_id": record_id, "patient_ref": {"$ne": patient_ref}}, {"$set": {"patient_ref": patient_ref}}
+            )
+        if result.matched_count == 0 and self.get(record_id) is None:
+            raise InvalidRecord("No such record.")
+        return result.modified_count == 1
+
+    def add_many(self, records: Sequence[Record]) -> int:
+        from pymongo.errors import BulkWriteError
+
+        documents = []
+        for record in records:
+            document = record_to_row(record.validate())
+            document["_id"] = document.pop("id")
+            documents.append(document)
+        with self._errors():
+            try:
+                return len(self._collection.insert_many(documents, ordered=False).inserted_ids)
+            except BulkWriteError as error:
+                refused = [e for e in error.details.get("writeErrors", []) if e.get("code") != 11000]
+                if refused:  # only duplicates are "already saved"; anything else is a refused record
+                    message = f"MongoDB refused {len(refused)} record(s) (code {refused[0]['code']})."
+                    raise InvalidRecord(message) from error
+                return int(error.details.get("nInserted", 0))
+
+    @staticmethod
+    def _decode(document: Mapping[str, Any]) -> Record:
+        return row_to_record({**document, "id": document["_id"]})
+
+    @staticmethod
+    def _match(filters: Filters) -> dict[str, Any]:
+        match: dict[str, Any] = {}
+        if filters.start is not None or filters.end is not None:
+            match["created_at"] = {}
+            if filters.start is not None:
+                match["created_at"]["$gte"] = filters.start
+            if filters.end is not None:
+                match["created_at"]["$lt"] = filters.end
+        if filters.labels:
+            match["label"] = {"$in": list(filters.labels)}
+        if filters.model_versions:
+            match["model_version"] = {"$in": list(filters.model_versions)}
+        if filters.gates:
+            match["gate"] = {"$in": list(filters.gates)}
+        return match
+
+    def _aggregate(self, pipeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        with self._errors():
+            return list(self._collection.aggregate(pipeline))
+
+    def get(self, record_id: str) -> Record | None:
+        with self._errors():
+            document = self._collection.find_one({"_id": record_id})
+        return self._decode(document) if document else None
+
+    def recent(self, limit: int, filters: Filters = EVERYTHING) -> list[Record]:
+        with self._errors():
+            cursor = self._collection.find(self._match(filters)).sort("created_at", -1).limit(limit)
+            return [self._decode(document) for document in cursor]
+
+    def summary(self, filters: Filters = EVERYTHING) -> Summary:
+        rows = self._aggregate(
+            [
+                {"$match": self._match(filters)},
+                {
+                    "$group": {
+                        "_id": {"label": "$label", "gate": "$gate"},
+                        "n": {"$sum": 1},
+                        "tumour": {"$sum": {"$cond": ["$is_tumour", 1, 0]}},
+                        "confidence": {"$sum": "$confidence"},
+                        "first": {"$min": "$created_at"},
+                        "last": {"$max": "$created_at"},
+                    }
+                },
+            ]
+        )
+        return fold_summary([{**row, **row["_id"]} for row in rows])
+
+    def daily_counts(self, filters: Filters, timezone: str) -> list[DayCount]:
+        summary = self.summary(filters)
+        if summary.first is None or summary.last is None:
+            return []
+        segments = utc_offset_segments(timezone, to_ms(summary.first), to_ms(summary.last))
+        ms = {"$subtract": ["$created_at", EPOCH]}
+        branches = [
+            {"case": {"$lt": [ms, boundary]}, "then": previous_offset}
+            for (_, previous_offset), (boundary, _) in pairwise(segments)
+        ]
+        offset: Any = {"$switch": {"branches": branches, "default": segments[-1][1]}} if branches else segments[0][1]
+        day = {"$floor": {"$divide": [{"$add": [ms, offset]}, DAY_MS]}}
+        rows = self._aggregate(
+            [
+                {"$match": self._match(filters)},
+                {"$group": {"_id": day, "n": {"$sum": 1}, "tumour": {"$sum": {"$cond": ["$is_tumour", 1, 0]}}}},
+                {"$sort": {"_id": 1}},
+            ]
+        )
+        return day_rows([(row["_id"], row["n"], row["tumour"]) for row in rows])
+
+    def confidence_histogram(self, filters: Filters = EVERYTHING, bins: int = HISTOGRAM_BINS) -> list[int]:
+        bucket = {"$min": [{"$floor": {"$multiply": ["$confidence", bins]}}, bins - 1]}
+        rows = self._aggregate([{"$match": self._match(filters)}, {"$group": {"_id": bucket, "n": {"$sum": 1}}}])
+        counts = [0] * bins
+        for row in rows:
+            counts[int(row["_id"])] = int(row["n"])
+        return counts
+
+    def by_model(self, filters: Filters = EVERYTHING) -> list[ModelRow]:
+        rows = self._aggregate(
+            [
+                {"$match": self._match(filters)},
+                {
+                    "$group": {
+                        "_id": {"name": "$model_name", "version": "$model_version"},
+                        "n": {"$sum": 1},
+                        "tumour": {"$sum": {"$cond": ["$is_tumour", 1, 0]}},
+                        "confidence": {"$avg": "$confidence"},
+                        "first": {"$min": "$created_at"},
+                        "last": {"$max": "$created_at"},
+                    }
+                },
+                {"$sort": {"first": 1}},
+            ]
+        )
+        return [
+            ModelRow(
+                row["_id"]["name"], row["_id"]["version"], int(row["n"]), int(row["tumour"]),
+                float(row["confidence"]), as_utc(row["first"]), as_utc(row["last"]),
+            )
+            for row in rows
+        ]  # fmt: skip
+
+    def model_versions(self) -> list[str]:
+        with self._errors():
+            return sorted(self._collection.distinct("model_version"))
+
+    def review(self, record_id: str, reviewer: str, verdict: str, final_label: str | None, note: str) -> None:
+        current = self.get(record_id)
+        if current is None:
+            raise InvalidRecord("No such record to review.")
+        check_review(current, verdict, final_label)
+        update = {
+            "reviewer": reviewer,
+            "review_verdict": verdict,
+            "final_label": final_label,
+            "review_note": note,
+            "reviewed_at": datetime.now(UTC),
+        }
+        with self._errors():
+            self._collection.update_one({"_id": record_id}, {"$set": update})

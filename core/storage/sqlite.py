@@ -1,0 +1,295 @@
+"""The embedded store: one SQLite file (standard library), WAL journal, ``synchronous=FULL``, busy timeout.
+
+Safe to share between threads: each thread has its own connection. The file is created with mode 0600. Before
+each use a connection checks that its file is still the one it opened: when the data directory was deleted or
+the file replaced while the app runs, it reconnects and creates (or migrates) the schema instead of failing with
+"no such table" until a restart. :meth:`SQLiteStore.ping` checks what a save needs (the table, a write lock).
+
+Schema versions live in ``PRAGMA user_version``; :mod:`core.storage.migrations` upgrades an older file in place
+(after a backup copy beside it) the first time it is opened.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+from core.errors import InvalidRecord, StoreError, StoreUnavailable
+from core.storage.migrations import migrate_sqlite
+from core.storage.protocol import (
+    EVERYTHING,
+    HISTOGRAM_BINS,
+    check_review,
+    day_rows,
+    fold_summary,
+    record_to_row,
+    row_to_record,
+)
+from core.storage.records import DayCount, Filters, ModelRow, Record, Summary
+from core.storage.timebuckets import DAY_MS, QUARTER_MS, from_ms, to_ms, utc_offset_segments
+
+logger = logging.getLogger("btd.storage")
+
+_COLUMNS = (
+    "id, created_ms, patient_ref, uploader, image_sha256, image_format, image_width, image_height, image_bytes, "
+    "frame, model_name, model_version, label, is_tumour, tumour_probability, confidence, probabilities, roi, "
+    "timings_ms, gate, gate_score, reviewer, review_verdict, final_label, review_note, reviewed_ms"
+)
+_SUMMARY_KEYS = ("label", "gate", "n", "tumour", "confidence", "first", "last")
+
+
+class SQLiteStore:
+    """The embedded store: one SQLite file, WAL journal, 5 s busy timeout, one connection per thread."""
+
+    def __init__(self, path: Path, busy_timeout_s: float = 5.0) -> None:
+        self.path = Path(path)
+        self._busy_timeout_s = busy_timeout_s
+        self._local = threading.local()
+        self._migrate_lock = threading.Lock()
+        with self._errors():
+            self._connection()
+
+    # --- connections --------------------------------------------------------------------------------------
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        try:
+            status = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return status.st_dev, status.st_ino
+
+    def _connection(self) -> sqlite3.Connection:
+        connection = getattr(self._local, "connection", None)
+        if connection is not None and self._file_identity() != self._local.identity:
+            logger.warning("event=store_file_replaced store=sqlite action=reconnect")
+            connection.close()
+            connection = None
+        if connection is None:
+            connection = self._open()
+            self._local.connection = connection
+            self._local.identity = self._file_identity()
+        return connection
+
+    def _open(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():  # created private: results are clinical data
+            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+        connection = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None)
+        connection.row_factory = sqlite3.Row
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=FULL")
+        connection.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_s * 1000)}")
+        with self._migrate_lock:
+            migrate_sqlite(connection, self.path)
+        return connection
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.IntegrityError as error:
+            raise InvalidRecord(f"The results database refused the record ({error}).") from error
+        except sqlite3.OperationalError as error:
+            text = str(error).lower()
+            if "locked" in text or "busy" in text:
+                raise StoreUnavailable("The results database is locked by another process; try again.") from error
+            if "unable to open" in text or "readonly" in text or "disk i/o" in text:
+                raise StoreUnavailable("The results database file cannot be opened for writing.") from error
+            raise StoreError(f"The results database failed: {error}.") from error
+        except sqlite3.DatabaseError as error:
+            raise StoreError(
+                "The results database file is corrupt or is not a database; restore it from a backup."
+            ) from error
+
+    def describe(self) -> str:
+        return f"SQLite file {self.path}"
+
+    def schema_version(self) -> int:
+        with self._errors():
+            return int(self._connection().execute("PRAGMA user_version").fetchone()[0])
+
+    def ping(self) -> None:
+        """Succeeds only when a save would: the file opens, the table exists, a write lock can be taken."""
+        with self._errors():
+            connection = self._connection()
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                connection.execute("SELECT 1 FROM scans LIMIT 0").fetchall()
+            finally:
+                connection.execute("ROLLBACK")
+
+    # --- writes -------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _values(record: Record) -> tuple[Any, ...]:
+        row = record_to_row(record)
+        return (
+            row["id"], to_ms(record.created_at), row["patient_ref"], row["uploader"], row["image_sha256"],
+            row["image_format"], row["image_width"], row["image_height"], row["image_bytes"], row["frame"],
+            row["model_name"], row["model_version"], row["label"], int(row["is_tumour"]), row["tumour_probability"],
+            row["confidence"], json.dumps(row["probabilities"]), json.dumps(row["roi"]), json.dumps(row["timings_ms"]),
+            row["gate"], row["gate_score"], row["reviewer"], row["review_verdict"], row["final_label"],
+            row["review_note"], to_ms(record.reviewed_at) if record.reviewed_at else None,
+        )  # fmt: skip
+
+    _INSERT = f"INSERT INTO scans ({_COLUMNS}) VALUES ({', '.join('?' * 26)}) ON CONFLICT(id) DO NOTHING"
+
+    def add(self, record: Record) -> bool:
+        """Insert once: False when a record with this identity exists. A row the schema refuses raises
+        :class:`InvalidRecord` (``ON CONFLICT(id)`` ignores only the identity, never a broken row)."""
+        record.validate()
+        with self._errors():
+            cursor = self._connection().execute(self._INSERT, self._values(record))
+        return cursor.rowcount == 1
+
+    def add_many(self, records: Sequence[Record]) -> int:
+        """Bulk insert in one transaction (back-fills, benchmarks); returns how many were new."""
+        connection = self._connection()
+        with self._errors():
+            before = connection.total_changes
+            connection.execute("BEGIN")
+            try:
+                connection.executemany(self._INSERT, [self._values(record.validate()) for record in records])
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+            return connection.total_changes - before
+
+    def set_patient_ref(self, record_id: str, patient_ref: str | None) -> bool:
+        """Set or correct the pseudonymous reference of a saved result; False when it already had this one."""
+        with self._errors():
+            cursor = self._connection().execute(
+                "UPDATE scans SET patient_ref = ? WHERE id = ? AND patient_ref IS NOT ?",
+                (patient_ref, record_id, patient_ref),
+            )
+        if cursor.rowcount == 0 and self.get(record_id) is None:
+            raise InvalidRecord("No such record.")
+        return cursor.rowcount == 1
+
+    def review(self, record_id: str, reviewer: str, verdict: str, final_label: str | None, note: str) -> None:
+        current = self.get(record_id)
+        if current is None:
+            raise InvalidRecord("No such record to review.")
+        check_review(current, verdict, final_label)
+        with self._errors():
+            self._connection().execute(
+                "UPDATE scans SET reviewer = ?, review_verdict = ?, final_label = ?, review_note = ?, reviewed_ms = ? "
+                "WHERE id = ?",
+                (reviewer, verdict, final_label, note, to_ms(datetime.now(UTC)), record_id),
+            )
+
+    # --- reads --------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _decode(row: sqlite3.Row) -> Record:
+        data = dict(row)
+        data["created_at"] = from_ms(data.pop("created_ms"))
+        reviewed = data.pop("reviewed_ms")
+        data["reviewed_at"] = from_ms(reviewed) if reviewed is not None else None
+        for key in ("probabilities", "roi", "timings_ms"):
+            data[key] = json.loads(data[key])
+        return row_to_record(data)
+
+    @staticmethod
+    def _where(filters: Filters) -> tuple[str, list[Any]]:
+        clauses, params = [], []
+        if filters.start is not None:
+            clauses.append("created_ms >= ?")
+            params.append(to_ms(filters.start))
+        if filters.end is not None:
+            clauses.append("created_ms < ?")
+            params.append(to_ms(filters.end))
+        for column, values in (("label", filters.labels), ("model_version", filters.model_versions),
+                               ("gate", filters.gates)):  # fmt: skip
+            if values:
+                clauses.append(f"{column} IN ({', '.join('?' * len(values))})")
+                params += list(values)
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._errors():
+            return self._connection().execute(sql, params).fetchall()
+
+    def get(self, record_id: str) -> Record | None:
+        rows = self._query(f"SELECT {_COLUMNS} FROM scans WHERE id = ?", (record_id,))
+        return self._decode(rows[0]) if rows else None
+
+    def recent(self, limit: int, filters: Filters = EVERYTHING) -> list[Record]:
+        where, params = self._where(filters)
+        rows = self._query(f"SELECT {_COLUMNS} FROM scans{where} ORDER BY created_ms DESC LIMIT ?", [*params, limit])
+        return [self._decode(row) for row in rows]
+
+    def summary(self, filters: Filters = EVERYTHING) -> Summary:
+        where, params = self._where(filters)
+        rows = self._query(
+            "SELECT label, gate, count(*), sum(is_tumour), sum(confidence), min(created_ms), max(created_ms) "
+            f"FROM scans{where} GROUP BY label, gate",
+            params,
+        )
+        return fold_summary([dict(zip(_SUMMARY_KEYS, row, strict=True)) for row in rows])
+
+    def _time_range(self, filters: Filters) -> tuple[int, int] | None:
+        where, params = self._where(filters)
+        first, last = self._query(f"SELECT min(created_ms), max(created_ms) FROM scans{where}", params)[0]
+        return None if first is None else (first, last)
+
+    def daily_counts(self, filters: Filters, timezone: str) -> list[DayCount]:
+        span = self._time_range(filters)
+        if span is None:
+            return []
+        segments = utc_offset_segments(timezone, *span)
+        cases = " ".join("WHEN quarter_ms < ? THEN ?" for _ in segments[1:])
+        offset_sql = f"CASE {cases} ELSE ? END" if cases else "?"
+        offset_params: list[Any] = []
+        for (_, previous_offset), (boundary, _) in pairwise(segments):
+            offset_params += [boundary, previous_offset]
+        offset_params.append(segments[-1][1])
+        where, params = self._where(filters)
+        rows = self._query(
+            f"SELECT (quarter_ms + {offset_sql}) / {DAY_MS} AS day, sum(n), sum(tumour) FROM ("
+            f"  SELECT created_ms / {QUARTER_MS} * {QUARTER_MS} AS quarter_ms, count(*) AS n, sum(is_tumour) AS tumour"
+            f"  FROM scans{where} GROUP BY created_ms / {QUARTER_MS}"
+            ") GROUP BY day ORDER BY day",
+            [*offset_params, *params],
+        )
+        return day_rows([tuple(row) for row in rows])
+
+    def confidence_histogram(self, filters: Filters = EVERYTHING, bins: int = HISTOGRAM_BINS) -> list[int]:
+        """Counts of the decision's confidence in ``bins`` equal bins over [0, 1] (bins divides 20)."""
+        if HISTOGRAM_BINS % bins:
+            raise ValueError(f"bins must divide {HISTOGRAM_BINS}")
+        where, params = self._where(filters)
+        rows = self._query(
+            f"SELECT CAST(confidence * 20 AS INTEGER), count(*) FROM scans{where} "
+            "GROUP BY CAST(confidence * 20 AS INTEGER)",
+            params,
+        )
+        counts = [0] * bins
+        for twentieth, count in rows:
+            counts[min(int(twentieth), HISTOGRAM_BINS - 1) * bins // HISTOGRAM_BINS] += int(count)
+        return counts
+
+    def by_model(self, filters: Filters = EVERYTHING) -> list[ModelRow]:
+        where, params = self._where(filters)
+        rows = self._query(
+            "SELECT model_name, model_version, count(*), sum(is_tumour), avg(confidence), min(created_ms), "
+            f"max(created_ms) FROM scans{where} GROUP BY model_version, model_name ORDER BY min(created_ms)",
+            params,
+        )
+        return [
+            ModelRow(name, version, int(n), int(t), float(c), from_ms(first), from_ms(last))
+            for name, version, n, t, c, first, last in rows
+        ]
+
+    def model_versions(self) -> list[str]:
+        return [row[0] for row in self._query("SELECT DISTINCT model_version FROM scans ORDER BY model_version")]

@@ -1,0 +1,54 @@
+"""Instants as UTC milliseconds, and the UTC offsets of a time zone over a range (for calendar days in the DB).
+
+Every time zone's offset is a multiple of 15 minutes, so a local calendar day is a sum of UTC quarter-hours: both
+stores group by quarter-hour and shift each by the zone's offset at that instant (daylight saving included).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+DAY_MS = 86_400_000
+QUARTER_MS = 900_000
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_ms(moment: datetime) -> int:
+    return round((moment - EPOCH).total_seconds() * 1000)
+
+
+def from_ms(ms: int) -> datetime:
+    return EPOCH + timedelta(milliseconds=ms)
+
+
+def as_utc(value: datetime | int) -> datetime:
+    """A datetime from either store (naive UTC, aware, or milliseconds) as an aware UTC datetime."""
+    if isinstance(value, int):
+        return from_ms(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utc_offset_segments(timezone: str, start_ms: int, end_ms: int) -> list[tuple[int, int]]:
+    """[(from_ms, offset_ms), ...]: the zone's UTC offset from each instant on, covering [start_ms, end_ms]."""
+    zone = ZoneInfo(timezone)
+
+    def offset(ms: int) -> int:
+        return int(from_ms(ms).astimezone(zone).utcoffset().total_seconds() * 1000)
+
+    segments = [(start_ms, offset(start_ms))]
+    step = 6 * 3_600_000  # zone transitions are at least months apart; 6 h steps never straddle two
+    at = start_ms
+    while at < end_ms:
+        nxt = min(at + step, end_ms)
+        if offset(nxt) != segments[-1][1]:
+            low, high = at, nxt  # offset(low) is the old one, offset(high) the new: find the first new instant
+            while high - low > 1:
+                mid = (low + high) // 2
+                if offset(mid) == segments[-1][1]:
+                    low = mid
+                else:
+                    high = mid
+            segments.append((high, offset(nxt)))
+        at = nxt
+    return segments

@@ -1,0 +1,222 @@
+"""Train, calibrate and describe the classifier: ``python -m core train --data DIR [--data DIR] --out models/``.
+
+Designed against the training collection's shortcut (every "notumor" image is an axial web slice, mostly twins):
+- near-identical images (48 x 48 thumbnails correlated >= 0.97) are grouped, and whole groups fall on one side of a
+  stratified train/validation split; duplicates are down-weighted so the few hundred distinct notumor slices do not
+  count as 1,500;
+- folder ``tumour`` (tumour present, subtype unknown: the web-style tumour scans) trains P(tumour) = 1 - P(notumor)
+  through a loss on the set of allowed labels;
+- inputs go through exactly the inference path (:func:`core.imaging.read_scan`, :func:`core.roi.find_brain`,
+  :mod:`core.preprocess`), so crop, fixed geometry and per-image intensity normalisation remove what a source
+  leaves behind; augmentation varies geometry, margins, resolution, gamma, contrast, blur, noise, JPEG quality and
+  the whole intensity histogram (re-rendered with another scan's histogram);
+- optionally (``--synthetic-lesions P``) a share of normal scans also trains as a counterfactual twin: the same
+  augmented scan with a painted lesion, labelled tumour of unknown type, so that only the lesion tells them apart;
+- a calibration temperature is fitted on the validation split, and the card records validation metrics, recall on
+  held-back web-style tumour scans and two shortcut probes (tumour scans re-rendered with a notumor scan's
+  histogram; normal scans with a synthetic lesion painted in).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.evaluation.metrics import classification_report, machine
+from core.model.preprocess import crop_square, resize_square
+from core.model.roi import find_brain
+from core.training.calibration import fit_temperature, mean_nll, softmax
+from core.training.checkpoint import Checkpoint, Progress, run_key
+from core.training.config import CLASSES, NEGATIVE, TrainConfig
+from core.training.data import collect, label_masks, load, sample_weights, split, thumbnails, twin_groups
+from core.training.gate_fit import fit_gate
+from core.training.network import _batches, allowed_label_nll, build_model, initial_weights
+from core.training.probes import inference_inputs, validation_report
+
+
+def _log(message: str) -> None:
+    print(f"[train {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _code_version() -> str:
+    """The commit that runs, with ``-dirty`` when the working tree has uncommitted changes."""
+    try:
+        command = ["git", "describe", "--always", "--dirty", "--abbrev=7"]
+        out = subprocess.run(command, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command: str) -> dict[str, Any]:
+    """Run the whole training; writes ``<name>.keras``, ``<name>.json`` (card) and ``<name>.split.json``."""
+    import keras
+    import tensorflow as tf
+
+    started = time.time()
+    code_version = _code_version()  # the code that runs, not whatever HEAD is when training ends
+    keras.utils.set_random_seed(config.seed)
+    tf.config.experimental.enable_op_determinism()
+    items = collect(data_dirs)
+    if not items:
+        raise ValueError(f"no PNG, JPEG or DICOM files in <class>/ folders under {', '.join(map(str, data_dirs))}")
+    _log(f"{len(items)} files in {len(data_dirs)} folder(s)")
+    data, rejected = load(items, _log)
+    data.groups = twin_groups(thumbnails(data.images), config.twin_threshold)
+    n_groups = len(np.unique(data.groups))
+    _log(f"decoded {len(data.images)}, rejected {rejected}; {n_groups} twin groups")
+    train_idx, val_idx = split(data.labels, data.groups, config)
+    assert not set(data.groups[train_idx]) & set(data.groups[val_idx]), "a twin group straddles the split"
+    masks = label_masks(data.labels)
+    weights = sample_weights(data.labels, data.groups, config.unknown_weight)
+    spec = config.input_spec
+    val_inputs = inference_inputs([data.images[i] for i in val_idx], spec)
+    val_labels = [data.labels[i] for i in val_idx]
+    references = [
+        resize_square(crop_square(data.images[i], find_brain(data.images[i]).box), config.size) for i in train_idx[::7]
+    ]
+    _log(f"train {len(train_idx)}, validation {len(val_idx)} images")
+    root = Path(os.path.commonpath([str(Path(d).resolve().parent) for d in data_dirs]))
+    split_entries = [[str(data.paths[i].resolve().relative_to(root)), data.labels[i]] for i in val_idx]
+
+    model = build_model(config)
+    started_from = initial_weights(model, Path(config.init), spec, split_entries) if config.init else None
+    if started_from:
+        _log(f"starting from {started_from['version']}")
+    batches = _batches(data.images, train_idx, masks, weights, config, references, config.seed)
+    steps = config.epochs * len(batches)
+    warmup = min(config.warmup_epochs * len(batches), steps // 2)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        config.learning_rate / 10, steps - warmup, alpha=0.02, warmup_target=config.learning_rate, warmup_steps=warmup
+    )
+    model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4), loss=allowed_label_nll)
+    checkpoint = Checkpoint(out_dir / f"{config.name}.checkpoint.npz", run_key(config, split_entries))
+    progress = checkpoint.restore(model) if checkpoint.path.is_file() else Progress()
+    if progress.epochs_done:
+        _log(f"resuming from {checkpoint.path.name} after epoch {progress.epochs_done} ({progress.seconds:.0f}s)")
+        progress.resumed.append({"after_epoch": progress.epochs_done, "code_version": code_version})
+    batches.epoch = progress.epochs_done  # the augmentation stream of the epoch it resumes at
+
+    def elapsed() -> float:
+        return progress.seconds + time.time() - started
+
+    class EpochLog(keras.callbacks.Callback):
+        """Prints validation figures each epoch, keeps the best weights, stops early or at the time budget, and
+        saves a checkpoint that the same command resumes from after an interruption."""
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            logits = np.asarray(self.model.predict(val_inputs, batch_size=128, verbose=0))
+            report = classification_report(val_labels, softmax(logits), CLASSES, NEGATIVE)
+            val_loss = mean_nll(logits, masks[val_idx])  # one validation pass an epoch
+            _log(
+                f"epoch {epoch + 1}/{config.epochs} loss {(logs or {}).get('loss', float('nan')):.4f} "
+                f"val_loss {val_loss:.4f} val_acc {report.get('accuracy', 0):.4f} "
+                f"sens {report['tumour_sensitivity']:.4f} spec {report['tumour_specificity']:.4f} "
+                f"web {report['unknown_type_tumour_recall'] or 0:.3f} "
+                f"lr {float(self.model.optimizer.learning_rate):.2e} ({elapsed():.0f}s)"
+            )
+            if epoch == 0 and elapsed() * config.epochs > config.max_minutes * 60:
+                fits = max(1, int(config.max_minutes * 60 / elapsed()))
+                _log(
+                    f"at this machine's pace {config.epochs} epochs overrun the {config.max_minutes:g}-minute "
+                    f"budget: training stops near epoch {fits}, before the learning rate has decayed; "
+                    f"--epochs {fits} schedules a whole run that fits, --max-minutes a longer budget"
+                )
+            progress.epochs_done = epoch + 1
+            if val_loss < progress.best_loss:
+                progress.best_loss, progress.best_epoch = val_loss, epoch + 1
+                progress.best_weights = self.model.get_weights()
+            if progress.epochs_done - progress.best_epoch >= config.patience:
+                _log(f"no better validation loss for {config.patience} epochs: stopping")
+                progress.stopped = True
+            if elapsed() > config.max_minutes * 60:
+                _log(f"time budget of {config.max_minutes:g} minutes reached: stopping")
+                progress.stopped = True
+            self.model.stop_training = progress.stopped
+            checkpoint.save(self.model, progress, elapsed())
+
+    finished = False
+    try:
+        if progress.epochs_done < config.epochs and not progress.stopped:
+            model.fit(
+                batches, epochs=config.epochs, initial_epoch=progress.epochs_done, verbose=0, callbacks=[EpochLog()]
+            )
+        finished = True
+    except KeyboardInterrupt:  # Ctrl-C: keep the best epoch so far and finish calibration and the card
+        _log(f"interrupted: finishing with the best epoch so far; the same command resumes from {checkpoint.path}")
+    if progress.best_weights is not None:
+        model.set_weights(progress.best_weights)
+    logits = np.asarray(model.predict(val_inputs, batch_size=128, verbose=0))
+    temperature = fit_temperature(logits, masks[val_idx])
+    report = validation_report(logits, val_labels, temperature, val_inputs, model, spec)
+    headline = ("accuracy", "tumour_sensitivity", "tumour_specificity", "expected_calibration_error")
+    headline += ("unknown_type_tumour_recall", "shortcut_probe_tumour_recall", "lesion_probe_tumour_recall")
+    _log(f"temperature {temperature}; validation {json.dumps({k: report.get(k) for k in headline})}")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights_path = out_dir / f"{config.name}.keras"
+    model.compile(optimizer="adam", loss=None)  # keep the custom loss out of the saved file
+    model.save(weights_path)
+    split_file = out_dir / f"{config.name}.split.json"
+    split_file.write_text(
+        json.dumps(
+            {"root": "paths are relative to the folder that holds the training folders", "validation": split_entries},
+            indent=0,
+        )
+    )
+    weights_sha256 = hashlib.sha256(weights_path.read_bytes()).hexdigest()
+    card = {
+        "name": config.name,
+        "version": f"{config.version}+{weights_sha256[:8]}",  # every retrain is a distinct version in the records
+        "labels": list(CLASSES),
+        "negative_label": NEGATIVE,
+        "input": asdict(spec),
+        "output": "logits",
+        "calibration": {"temperature": temperature, "fitted_on": "validation split (allowed-label NLL)"},
+        "weights": {"file": weights_path.name, "sha256": weights_sha256},
+        "parameters": int(model.count_params()),
+        "metrics": {"validation": report},
+        "data": {
+            "folders": [str(d) for d in data_dirs],
+            "files": len(items),
+            "decoded": len(data.images),
+            "rejected": rejected,
+            "twin_groups": n_groups,
+            "twin_rule": f"48x48 thumbnail correlation >= {config.twin_threshold}; groups never straddle the split",
+            "train": len(train_idx),
+            "validation": len(val_idx),
+            "validation_per_label": {label: val_labels.count(label) for label in sorted(set(val_labels))},
+            "split_file": split_file.name,
+        },
+        "training": {
+            "command": command,
+            "config": asdict(config),
+            "started_from": started_from,
+            "epochs_run": progress.epochs_done,
+            "best_val_loss": round(float(progress.best_loss), 5),
+            "seconds": round(elapsed()),
+            "resumed": progress.resumed,
+            "machine": f"{machine()}, TensorFlow {tf.__version__}",
+            "code_version": code_version,
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    }
+    card_path = out_dir / f"{config.name}.json"
+    card_path.write_text(json.dumps(card, indent=2))
+    _log(f"input gate fitted: {fit_gate(card_path, root)}")
+    card = json.loads(card_path.read_text())
+    if finished:
+        checkpoint.path.unlink(missing_ok=True)
+    _log(f"wrote {weights_path} ({weights_path.stat().st_size / 1e6:.2f} MB) in {elapsed():.0f}s")
+    return card

@@ -1,0 +1,79 @@
+"""The Scan page's per-session memory: the uploads of this session and their results, kept across reruns and
+across leaving the page and coming back (Streamlit forgets a widget's value once its page is left).
+
+Only display-size views and small records are kept (:class:`core.services.triage.Triaged`); the uploaded bytes
+only of multi-frame files, whose other frames may still be chosen. Nothing here is shared between sessions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import streamlit as st
+
+from core.services.triage import Triaged
+
+STATE_KEY = "scan_batch"
+
+
+@dataclass
+class Upload:
+    """One uploaded file: its name (shown in this session only), results per frame analysed, the chosen frame."""
+
+    file_id: str
+    name: str
+    results: dict[int | None, Triaged] = field(default_factory=dict)
+    frame: int | None = None  # the frame shown (multi-frame files)
+    data: bytes | None = None  # kept for multi-frame files only
+
+    @property
+    def current(self) -> Triaged | None:
+        return self.results.get(self.frame)
+
+    @property
+    def frames(self) -> int:
+        return next(iter(self.results.values())).frames if self.results else 1
+
+
+@dataclass
+class Batch:
+    """``seen``: the file ids the uploader widget last showed (a fresh widget after coming back to the page shows
+    none, so a batch restored from this memory is not mistaken for files the user removed)."""
+
+    uploads: dict[str, Upload] = field(default_factory=dict)  # by the uploader's file_id, in upload order
+    patient_text: str = ""
+    seen: set[str] = field(default_factory=set)
+    generation: int = 0  # part of the uploader's key: a new generation is an empty uploader
+
+    def __iter__(self) -> Iterator[Upload]:
+        return iter(self.uploads.values())
+
+    def __len__(self) -> int:
+        return len(self.uploads)
+
+    def uploader_changed(self, file_ids: Iterable[str]) -> None:
+        """The uploader now shows ``file_ids``: forget the uploads the user removed from it (files still in flight
+        are not in a widget value yet, and arrive on a later run: nothing is dropped for them)."""
+        current = set(file_ids)
+        for file_id in self.seen - current:
+            self.uploads.pop(file_id, None)
+        self.seen = current
+
+    def clear(self) -> None:
+        self.uploads.clear()
+        self.seen = set()
+        self.generation += 1
+
+    @property
+    def uploader_key(self) -> str:
+        return f"uploads-{self.generation}"
+
+    def results(self) -> Iterator[Triaged]:
+        for upload in self:
+            yield from upload.results.values()
+
+
+def batch() -> Batch:
+    """This session's batch (created on first use)."""
+    return st.session_state.setdefault(STATE_KEY, Batch())
