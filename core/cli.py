@@ -145,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--learning-rate", type=float, default=None, help="peak learning rate")
     train.add_argument("--max-minutes", type=float, default=None, help="time budget (default 75; resumes included)")
     train.add_argument("--init", metavar="CARD", help="start from this model (same input and validation split)")
+    train.add_argument("--samples-per-epoch", type=int, default=None, help="images drawn per epoch (0: all)")
+    train.add_argument("--transplants", type=float, default=None, metavar="P",
+                       help="share of normal scans also trained with a real tumour transplanted in")  # fmt: skip
+    train.add_argument("--min-tumour-pixels", type=int, default=None, help="smallest tumour mask trained as tumour")
+    train.add_argument("--hold-out", action="append", default=None, metavar="INSTITUTION",
+                       help="leave this institution out of training and validation; score it apart (repeatable)")  # fmt: skip
     train.set_defaults(run=cmd_train)
     return parser
 
@@ -176,8 +182,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         "learning_rate",
         "max_minutes",
         "init",
+        "samples_per_epoch",
+        "transplants",
+        "min_tumour_pixels",
     )
     overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    if args.hold_out:
+        overrides["hold_out"] = tuple(args.hold_out)
     config = replace(TrainConfig(), **overrides)
     missing = [d for d in args.data if not Path(d).is_dir()]
     if missing:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -13,7 +13,6 @@ from core.errors import NoBrainFound
 from core.model.preprocess import InputSpec, crop_square, resize_square, square_to_input
 from core.model.roi import find_brain
 from core.training.config import TrainConfig
-from core.training.lesions import synthetic_lesion
 
 
 def match_histogram(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -38,13 +37,14 @@ def augment(
     rng: np.random.Generator,
     spec: InputSpec,
     reference: np.ndarray | None,
-    lesion: bool = False,
+    lesion: Callable[[np.ndarray, np.random.Generator], np.ndarray | None] | None = None,
     rotation: float = TrainConfig.rotation,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """One randomly varied model input from a full-frame slice, through the inference crop and scaling.
 
-    With ``lesion`` the second value is the same input with a synthetic lesion painted into the crop (None when no
-    visible one fits): every other random choice is shared, so the pair differs only by the lesion.
+    With ``lesion`` (a function that puts a lesion into a square crop: a transplant or a painted one) the second
+    value is the same input with that lesion (None when none fits): every other random choice is shared, so the
+    pair differs only by the lesion.
     """
     angle, scale = rng.uniform(-rotation, rotation), rng.uniform(0.9, 1.1)
     moved = move_frame(pixels, angle, scale, rng.uniform(-0.06, 0.06, 2))
@@ -58,17 +58,48 @@ def augment(
     if rng.random() < 0.3:
         square = resize_square(square, int(rng.integers(spec.size // 3, spec.size)))
     square = resize_square(square, spec.size)
-    painted = synthetic_lesion(square, rng) if lesion else None
+    painted = lesion(square, rng) if lesion is not None else None
     if painted is None:
         return _vary_appearance(square, rng, spec, reference), None
     twin = copy.deepcopy(rng)  # the lesioned copy takes the same appearance draws
     return _vary_appearance(square, rng, spec, reference), _vary_appearance(painted, twin, spec, reference)
 
 
+def _head_mask(square: np.ndarray) -> np.ndarray:
+    """The head: everything above a low threshold (a third of Otsu's), its largest region filled."""
+    level = max(8.0, 0.3 * float(cv2.threshold(square, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[0]))
+    _, above = cv2.threshold(square, level, 255, cv2.THRESH_BINARY)
+    contours, _ = cv2.findContours(above, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return np.zeros(square.shape, bool)
+    return cv2.drawContours(np.zeros_like(square), [max(contours, key=cv2.contourArea)], -1, 255, cv2.FILLED) > 0
+
+
+def vary_sequence(square: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Looks the collections differ by: another sequence's contrast (intensities inverted inside the head, as T1
+    against T2), a skull-stripped brain (the outer rim of the head removed), and the dark, low-contrast slices of
+    some scanners."""
+    draw = rng.random(3)
+    if draw[0] < 0.08:
+        head = _head_mask(square)
+        square = np.where(head, 255 - square, 0).astype(np.uint8)
+    if draw[1] < 0.12:
+        head = _head_mask(square).astype(np.uint8) * 255
+        side = square.shape[0]
+        brain = cv2.erode(head, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (int(0.12 * side) | 1,) * 2))
+        square = np.where(brain > 0, square, 0).astype(np.uint8)
+    if draw[2] < 0.2:
+        dark = rng.uniform(0.35, 0.75)
+        square = np.clip(square.astype(np.float32) * dark + rng.uniform(0, 10), 0, 255).astype(np.uint8)
+    return square
+
+
 def _vary_appearance(
     square: np.ndarray, rng: np.random.Generator, spec: InputSpec, reference: np.ndarray | None
 ) -> np.ndarray:
-    """Histogram, gamma, contrast, brightness, blur, noise and JPEG quality, then the inference scaling."""
+    """Sequence look, histogram, gamma, contrast, brightness, blur, noise and JPEG quality, then the inference
+    scaling."""
+    square = vary_sequence(square, rng)
     if reference is not None and rng.random() < 0.25:
         square = match_histogram(square, reference)
     x = square.astype(np.float32) / 255.0

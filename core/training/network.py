@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from core.model.preprocess import InputSpec
 from core.training.augment import augment
 from core.training.config import CLASSES, NEGATIVE, TrainConfig
 from core.training.data import label_masks
+from core.training.lesions import synthetic_lesion
+from core.training.transplants import Donor, transplant
 
 
 def build_model(config: TrainConfig) -> Any:
@@ -45,39 +48,63 @@ def allowed_label_nll(masks: Any, logits: Any) -> Any:
     return -ops.logsumexp(log_p + (masks - 1.0) * 1e4, axis=-1)
 
 
-def _batches(images, indices, masks, weights, config, references, epoch_seed):
+def batches(
+    images: Sequence[np.ndarray],
+    indices: np.ndarray,
+    probabilities: np.ndarray,
+    masks: np.ndarray,
+    config: TrainConfig,
+    references: Sequence[np.ndarray],
+    donors: Sequence[Donor] = (),
+) -> Any:
+    """The epochs' augmented batches: each epoch draws ``samples_per_epoch`` of ``indices`` with ``probabilities``
+    (:func:`core.training.data.sampling_weights`), seeded by the run's seed, the epoch and the batch, so a resumed
+    run sees the very batches an uninterrupted one would. A normal scan also trains as a counterfactual twin with
+    a transplanted (share ``transplants``, when there are donors) or painted (``synthetic_lesions``) lesion,
+    labelled tumour of unknown type."""
     import keras
 
-    negative, share = CLASSES.index(NEGATIVE), config.synthetic_lesions  # share 0 draws nothing: 1.4.0's stream
+    negative = CLASSES.index(NEGATIVE)
     tumour_mask = label_masks([UNKNOWN_TYPE])[0]
+    per_epoch = config.samples_per_epoch or len(indices)
+    transplant_share = config.transplants if donors else 0.0
+
+    def lesion_for(j: int, rng: np.random.Generator) -> Callable[[np.ndarray, np.random.Generator], Any] | None:
+        if masks[j, negative] != 1.0:
+            return None
+        draw = rng.random()
+        if draw < transplant_share:
+            donor = donors[int(rng.integers(len(donors)))]
+            return lambda square, r: transplant(square, donor, r)
+        if draw < transplant_share + config.synthetic_lesions:
+            return synthetic_lesion
+        return None
 
     class AugmentedBatches(keras.utils.PyDataset):
         def __init__(self) -> None:
             super().__init__()
             self.epoch = 0
-            self.order = np.array(indices)
+            self.order = np.asarray(indices)
 
         def __len__(self) -> int:
-            return math.ceil(len(indices) / config.batch_size)
+            return math.ceil(per_epoch / config.batch_size)
 
-        def __getitem__(self, i: int):
-            rng = np.random.default_rng((epoch_seed, self.epoch, i))
+        def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            rng = np.random.default_rng((config.seed, self.epoch, i))
             if i == 0:
-                self.order = np.random.default_rng((epoch_seed, self.epoch)).permutation(indices)
+                draw = np.random.default_rng((config.seed, self.epoch))
+                self.order = draw.choice(indices, size=per_epoch, replace=True, p=probabilities)
             chosen = self.order[i * config.batch_size : (i + 1) * config.batch_size]
-            spec, inputs, batch_masks, batch_weights = config.input_spec, [], [], []
+            spec, inputs, batch_masks = config.input_spec, [], []
             for j in chosen:
                 reference = references[int(rng.integers(len(references)))]
-                lesion = bool(masks[j, negative] == 1.0) and share > 0 and rng.random() < share
-                x, with_lesion = augment(images[j], rng, spec, reference, lesion, config.rotation)
-                rows = [(x, masks[j])]
-                if with_lesion is not None:  # its twin with a lesion: a tumour scan of this source, subtype unknown
-                    rows.append((with_lesion, tumour_mask))
-                for model_input, mask in rows:
-                    inputs.append(model_input)
-                    batch_masks.append(mask)
-                    batch_weights.append(weights[j])
-            return np.stack(inputs), np.stack(batch_masks), np.asarray(batch_weights, np.float32)
+                x, with_lesion = augment(images[j], rng, spec, reference, lesion_for(int(j), rng), config.rotation)
+                inputs.append(x)
+                batch_masks.append(masks[j])
+                if with_lesion is not None:  # its twin with a lesion: a tumour scan of this source, type unknown
+                    inputs.append(with_lesion)
+                    batch_masks.append(tumour_mask)
+            return np.stack(inputs), np.stack(batch_masks), np.ones(len(inputs), np.float32)
 
         def on_epoch_end(self) -> None:
             self.epoch += 1

@@ -7,14 +7,16 @@ from typing import Any
 
 import numpy as np
 
+from core.analytics.stats import wilson_interval
 from core.evaluation.metrics import classification_report
-from core.model.decision import decide
+from core.model.decision import DecisionRule, decide
 from core.model.preprocess import InputSpec, square_to_input, to_model_input
 from core.model.roi import find_brain
 from core.training.augment import match_histogram
 from core.training.calibration import softmax
 from core.training.config import CLASSES, NEGATIVE
 from core.training.lesions import synthetic_lesion
+from core.training.sources import Item
 
 
 def inference_inputs(images: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
@@ -63,3 +65,113 @@ def validation_report(
         report["lesion_probe_tumour_recall"] = share_called_tumour(model, probe, temperature)
         report["lesion_probe_n"] = len(probe)
     return report
+
+
+# --- per source -----------------------------------------------------------------------------------------------
+
+LGG_MIN_TUMOUR = 300  # tumour slices scored for sensitivity: a clearly visible tumour
+LGG_MIN_HEAD = 15_000  # tumour-free slices scored for specificity: enough head for a verdict
+LGG_SCORED_SEQUENCES = ("flair", "t1c")
+
+
+def source_report(probabilities: np.ndarray, items: Sequence[Item], rule: DecisionRule | None = None) -> dict[str, Any]:
+    """Figures per source, the LGG figures the targets name (sensitivity on FLAIR and post-contrast T1 slices
+    with at least 300 tumour pixels, specificity on tumour-free slices with at least 15,000 head pixels, each per
+    institution), the share of normal heads called tumour per plane, and calibration per source."""
+    rule = rule or DecisionRule(labels=CLASSES, negative_label=NEGATIVE)
+    labels = [item.label for item in items]
+    report: dict[str, Any] = {}
+    for source in sorted({item.source for item in items}):
+        rows = [k for k, item in enumerate(items) if item.source == source]
+        part = classification_report([labels[k] for k in rows], probabilities[rows], CLASSES, NEGATIVE, rule)
+        report[source] = {key: part.get(key) for key in (
+            "n", "accuracy", "tumour_sensitivity", "tumour_specificity", "tumour_positives", "tumour_negatives",
+            "unknown_type_tumour_recall", "expected_calibration_error", "tumour_calibration_error", "wilson_95",
+        )}  # fmt: skip
+        if any(item.institution for item in (items[k] for k in rows)):
+            report[source]["targets"] = lgg_targets(probabilities[rows], [items[k] for k in rows], rule)
+        planes = sorted({items[k].plane for k in rows if items[k].plane and items[k].label == NEGATIVE})
+        if planes and source != "LGG":
+            report[source]["called_tumour_by_plane"] = {
+                plane: _share_called([k for k in rows if items[k].plane == plane], probabilities, rule)
+                for plane in planes
+            }
+    return report
+
+
+def lgg_targets(probabilities: np.ndarray, items: Sequence[Item], rule: DecisionRule) -> dict[str, Any]:
+    """Sensitivity and specificity as the targets define them, per institution and pooled, with intervals."""
+    called = np.array([label != NEGATIVE for label in rule.labels_of(probabilities)])
+    out: dict[str, Any] = {}
+    for institution in ["all", *sorted({item.institution for item in items})]:
+        mine = [k for k, item in enumerate(items) if institution in ("all", item.institution)]
+        tumour = [k for k in mine if items[k].label != NEGATIVE and (items[k].tumour_pixels or 0) >= LGG_MIN_TUMOUR
+                  and items[k].sequence in LGG_SCORED_SEQUENCES]  # fmt: skip
+        normal = [k for k in mine if items[k].label == NEGATIVE and (items[k].head_pixels or 0) >= LGG_MIN_HEAD]
+        found, cleared = int(called[tumour].sum()), int((~called[normal]).sum())
+        by_sequence = {
+            sequence: _proportion(int(called[[k for k in tumour if items[k].sequence == sequence]].sum()),
+                                  len([k for k in tumour if items[k].sequence == sequence]))
+            for sequence in LGG_SCORED_SEQUENCES
+        }  # fmt: skip
+        subtype = [k for k in tumour if called[k]]
+        right_type = sum(rule.labels_of(probabilities[k : k + 1])[0] == "glioma" for k in subtype)
+        out[institution] = {
+            "sensitivity": _proportion(found, len(tumour)),
+            "specificity": _proportion(cleared, len(normal)),
+            "sensitivity_by_sequence": by_sequence,
+            "glioma_named_among_found": _proportion(right_type, len(subtype)),
+        }
+    return out
+
+
+def _share_called(rows: Sequence[int], probabilities: np.ndarray, rule: DecisionRule) -> dict[str, Any]:
+    labels = rule.labels_of(probabilities[list(rows)]) if rows else []
+    return _proportion(sum(label != NEGATIVE for label in labels), len(rows))
+
+
+def _proportion(successes: int, n: int) -> dict[str, Any]:
+    return {"value": successes / n if n else None, "n": n, "wilson_95": wilson_interval(successes, n)}
+
+
+def fit_review_band(
+    tumour_probability: np.ndarray, is_tumour: np.ndarray, max_error: float = 0.02, threshold: float = 0.5
+) -> tuple[float, float]:
+    """The narrowest band [low, high) around ``threshold`` such that validation calls outside it are wrong at
+    most ``max_error`` of the time on each side (no-tumour calls below ``low``, tumour calls from ``high``)."""
+    p = np.asarray(tumour_probability, np.float64)
+    truth = np.asarray(is_tumour, bool)
+
+    def missed_below(low: float) -> float:  # tumours among the no-tumour calls below ``low``
+        chosen = p < low
+        return float(truth[chosen].mean()) if chosen.any() else 0.0
+
+    def false_from(high: float) -> float:  # normal scans among the tumour calls from ``high``
+        chosen = p >= high
+        return float((~truth[chosen]).mean()) if chosen.any() else 0.0
+
+    steps = np.round(np.arange(0.0, 0.5001, 0.01), 2)
+    low = next((threshold - g for g in steps if missed_below(threshold - g) <= max_error), 0.0)
+    high = next((threshold + g for g in steps if false_from(threshold + g) <= max_error), 1.0)
+    return round(float(max(low, 0.0)), 2), round(float(min(high, 1.0)), 2)
+
+
+def fit_subtype_share(probabilities: np.ndarray, labels: Sequence[str], min_accuracy: float = 0.9) -> float | None:
+    """The smallest share of P(tumour) the top type must hold for the verdict to name it, such that named types
+    of validation tumours of known type are right at least ``min_accuracy`` of the time (None: always name)."""
+    p = np.asarray(probabilities, np.float64)
+    negative = CLASSES.index(NEGATIVE)
+    tumour_probability = 1.0 - p[:, negative]
+    typed = np.array([label in CLASSES and label != NEGATIVE for label in labels]) & (tumour_probability >= 0.5)
+    if not typed.any():
+        return None
+    scores = p.copy()
+    scores[:, negative] = -1
+    top = scores.argmax(axis=1)
+    share = p[np.arange(len(p)), top] / np.maximum(tumour_probability, 1e-12)
+    right = np.array([CLASSES[t] == label for t, label in zip(top, labels, strict=True)])
+    for cut in np.round(np.arange(0.5, 1.0, 0.02), 2):
+        named = typed & (share >= cut)
+        if named.any() and right[named].mean() >= min_accuracy:
+            return None if cut == 0.5 else float(cut)
+    return 0.98

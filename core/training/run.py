@@ -33,16 +33,25 @@ from typing import Any
 
 import numpy as np
 
-from core.evaluation.metrics import classification_report, machine
+from core.evaluation.metrics import machine
+from core.model.decision import DecisionRule
 from core.model.preprocess import crop_square, resize_square
 from core.model.roi import find_brain
 from core.training.calibration import fit_temperature, mean_nll, softmax
 from core.training.checkpoint import Checkpoint, Progress, run_key
 from core.training.config import CLASSES, NEGATIVE, TrainConfig
-from core.training.data import collect, label_masks, load, sample_weights, split, thumbnails, twin_groups
+from core.training.data import assign_units, label_masks, load, sampling_weights, split_dataset
 from core.training.gate_fit import fit_gate
-from core.training.network import _batches, allowed_label_nll, build_model, initial_weights
-from core.training.probes import inference_inputs, validation_report
+from core.training.network import allowed_label_nll, batches, build_model, initial_weights
+from core.training.probes import (
+    fit_review_band,
+    fit_subtype_share,
+    inference_inputs,
+    source_report,
+    validation_report,
+)
+from core.training.sources import discover
+from core.training.transplants import donors
 
 
 def _log(message: str) -> None:
@@ -59,6 +68,18 @@ def _code_version() -> str:
         return "unknown"
 
 
+def source_balanced_nll(logits: np.ndarray, masks: np.ndarray, sources: Sequence[str], labels: Sequence[str]) -> float:
+    """The validation loss that picks the kept epoch: the allowed-label NLL of each source, averaged, so a large
+    source does not outvote a small one. Scans of unknown tumour type (the web-style ones) never take part: they
+    are too few to choose anything on, and they are what the model is scored on."""
+    chosen = np.array([label in CLASSES for label in labels])
+    sources_arr = np.asarray(sources)
+    return float(np.mean([
+        mean_nll(logits[chosen & (sources_arr == s)], masks[chosen & (sources_arr == s)])
+        for s in sorted(set(sources_arr[chosen]))
+    ]))  # fmt: skip
+
+
 def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command: str) -> dict[str, Any]:
     """Run the whole training; writes ``<name>.keras``, ``<name>.json`` (card) and ``<name>.split.json``."""
     import keras
@@ -68,35 +89,42 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
     code_version = _code_version()  # the code that runs, not whatever HEAD is when training ends
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
-    items = collect(data_dirs)
+    items = discover(data_dirs)
     if not items:
         raise ValueError(f"no PNG, JPEG or DICOM files in <class>/ folders under {', '.join(map(str, data_dirs))}")
     _log(f"{len(items)} files in {len(data_dirs)} folder(s)")
     data, rejected = load(items, _log)
-    data.groups = twin_groups(thumbnails(data.images), config.twin_threshold)
-    n_groups = len(np.unique(data.groups))
-    _log(f"decoded {len(data.images)}, rejected {rejected}; {n_groups} twin groups")
-    train_idx, val_idx = split(data.labels, data.groups, config)
-    assert not set(data.groups[train_idx]) & set(data.groups[val_idx]), "a twin group straddles the split"
-    masks = label_masks(data.labels)
-    weights = sample_weights(data.labels, data.groups, config.unknown_weight)
+    assign_units(data, config.twin_threshold)
+    _log(f"decoded {len(data.images)}, rejected {rejected}; {len(set(data.units))} split units")
+    train_idx, val_idx, held_idx = split_dataset(data, config)
+    assert not set(data.units[train_idx]) & set(data.units[val_idx]), "a split unit straddles the split"
+    labels = data.labels
+    masks = label_masks(labels)
+    probabilities = sampling_weights(data, train_idx, config)
     spec = config.input_spec
     val_inputs = inference_inputs([data.images[i] for i in val_idx], spec)
-    val_labels = [data.labels[i] for i in val_idx]
+    val_items = [data.items[i] for i in val_idx]
+    val_labels = [labels[i] for i in val_idx]
+    val_sources = [item.source for item in val_items]
     references = [
         resize_square(crop_square(data.images[i], find_brain(data.images[i]).box), config.size) for i in train_idx[::7]
     ]
-    _log(f"train {len(train_idx)}, validation {len(val_idx)} images")
+    lesion_donors = donors([data.items[i] for i in train_idx], [data.images[i] for i in train_idx])
+    _log(f"train {len(train_idx)}, validation {len(val_idx)}, held out {len(held_idx)}; {len(lesion_donors)} donors")
     root = Path(os.path.commonpath([str(Path(d).resolve().parent) for d in data_dirs]))
-    split_entries = [[str(data.paths[i].resolve().relative_to(root)), data.labels[i]] for i in val_idx]
+
+    def entries(indices: np.ndarray) -> list[list[str]]:
+        return [[str(data.items[i].path.resolve().relative_to(root)), labels[i]] for i in indices]
+
+    split_entries = entries(val_idx)
 
     model = build_model(config)
     started_from = initial_weights(model, Path(config.init), spec, split_entries) if config.init else None
     if started_from:
         _log(f"starting from {started_from['version']}")
-    batches = _batches(data.images, train_idx, masks, weights, config, references, config.seed)
-    steps = config.epochs * len(batches)
-    warmup = min(config.warmup_epochs * len(batches), steps // 2)
+    stream = batches(data.images, train_idx, probabilities, masks, config, references, lesion_donors)
+    steps = config.epochs * len(stream)
+    warmup = min(config.warmup_epochs * len(stream), steps // 2)
     schedule = keras.optimizers.schedules.CosineDecay(
         config.learning_rate / 10, steps - warmup, alpha=0.02, warmup_target=config.learning_rate, warmup_steps=warmup
     )
@@ -106,7 +134,7 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
     if progress.epochs_done:
         _log(f"resuming from {checkpoint.path.name} after epoch {progress.epochs_done} ({progress.seconds:.0f}s)")
         progress.resumed.append({"after_epoch": progress.epochs_done, "code_version": code_version})
-    batches.epoch = progress.epochs_done  # the augmentation stream of the epoch it resumes at
+    stream.epoch = progress.epochs_done  # the augmentation stream of the epoch it resumes at
 
     def elapsed() -> float:
         return progress.seconds + time.time() - started
@@ -117,17 +145,20 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
 
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
             logits = np.asarray(self.model.predict(val_inputs, batch_size=128, verbose=0))
-            report = classification_report(val_labels, softmax(logits), CLASSES, NEGATIVE)
-            val_loss = mean_nll(logits, masks[val_idx])  # one validation pass an epoch
+            val_loss = source_balanced_nll(logits, masks[val_idx], val_sources, val_labels)  # one pass an epoch
+            per_source = source_report(softmax(logits), val_items)
+            figures = " ".join(
+                f"{source}[acc {r.get('accuracy') or 0:.3f} sens {r.get('tumour_sensitivity') or 0:.3f} "
+                f"spec {r.get('tumour_specificity') or 0:.3f}]"
+                for source, r in per_source.items()
+            )
             _log(
                 f"epoch {epoch + 1}/{config.epochs} loss {(logs or {}).get('loss', float('nan')):.4f} "
-                f"val_loss {val_loss:.4f} val_acc {report.get('accuracy', 0):.4f} "
-                f"sens {report['tumour_sensitivity']:.4f} spec {report['tumour_specificity']:.4f} "
-                f"web {report['unknown_type_tumour_recall'] or 0:.3f} "
-                f"lr {float(self.model.optimizer.learning_rate):.2e} ({elapsed():.0f}s)"
+                f"val_loss {val_loss:.4f} {figures} lr {float(self.model.optimizer.learning_rate):.2e} "
+                f"({elapsed():.0f}s)"
             )
-            if epoch == 0 and elapsed() * config.epochs > config.max_minutes * 60:
-                fits = max(1, int(config.max_minutes * 60 / elapsed()))
+            if epoch == progress.epochs_done and elapsed() * config.epochs / (epoch + 1) > config.max_minutes * 60:
+                fits = max(1, int(config.max_minutes * 60 / (elapsed() / (epoch + 1))))
                 _log(
                     f"at this machine's pace {config.epochs} epochs overrun the {config.max_minutes:g}-minute "
                     f"budget: training stops near epoch {fits}, before the learning rate has decayed; "
@@ -150,7 +181,7 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
     try:
         if progress.epochs_done < config.epochs and not progress.stopped:
             model.fit(
-                batches, epochs=config.epochs, initial_epoch=progress.epochs_done, verbose=0, callbacks=[EpochLog()]
+                stream, epochs=config.epochs, initial_epoch=progress.epochs_done, verbose=0, callbacks=[EpochLog()]
             )
         finished = True
     except KeyboardInterrupt:  # Ctrl-C: keep the best epoch so far and finish calibration and the card
@@ -158,11 +189,30 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
     if progress.best_weights is not None:
         model.set_weights(progress.best_weights)
     logits = np.asarray(model.predict(val_inputs, batch_size=128, verbose=0))
-    temperature = fit_temperature(logits, masks[val_idx])
+    known = np.array([label in CLASSES for label in val_labels])  # never fit on the web-style scans
+    temperature = fit_temperature(logits[known], masks[val_idx][known])
+    calibrated = softmax(logits / temperature)
+    tumour_probability = 1.0 - calibrated[:, CLASSES.index(NEGATIVE)]
+    band = fit_review_band(tumour_probability[known], np.array([label != NEGATIVE for label in val_labels])[known])
+    subtype_share = fit_subtype_share(calibrated[known], [label for label, k in zip(val_labels, known) if k])
+    rule = DecisionRule(CLASSES, NEGATIVE, 0.5, band, subtype_share)
     report = validation_report(logits, val_labels, temperature, val_inputs, model, spec)
+    report["per_source"] = source_report(calibrated, val_items, rule)
+    held_out: dict[str, Any] | None = None
+    if len(held_idx):
+        held_inputs = inference_inputs([data.images[i] for i in held_idx], spec)
+        held_probabilities = softmax(np.asarray(model.predict(held_inputs, batch_size=128, verbose=0)) / temperature)
+        held_out = {
+            "institutions": list(config.hold_out),
+            "per_source": source_report(held_probabilities, [data.items[i] for i in held_idx], rule),
+        }
     headline = ("accuracy", "tumour_sensitivity", "tumour_specificity", "expected_calibration_error")
     headline += ("unknown_type_tumour_recall", "shortcut_probe_tumour_recall", "lesion_probe_tumour_recall")
-    _log(f"temperature {temperature}; validation {json.dumps({k: report.get(k) for k in headline})}")
+    _log(f"temperature {temperature}; band {band}; subtype share {subtype_share}")
+    _log(f"validation {json.dumps({k: report.get(k) for k in headline})}")
+    _log(f"per source {json.dumps(report['per_source'], default=str)}")
+    if held_out:
+        _log(f"held out {json.dumps(held_out, default=str)}")
 
     out_dir.mkdir(parents=True, exist_ok=True)
     weights_path = out_dir / f"{config.name}.keras"
@@ -171,11 +221,16 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
     split_file = out_dir / f"{config.name}.split.json"
     split_file.write_text(
         json.dumps(
-            {"root": "paths are relative to the folder that holds the training folders", "validation": split_entries},
+            {
+                "root": "paths are relative to the folder that holds the training folders",
+                "validation": split_entries,
+                "held_out": entries(held_idx),
+            },
             indent=0,
         )
     )
     weights_sha256 = hashlib.sha256(weights_path.read_bytes()).hexdigest()
+    sources = sorted({item.source for item in data.items})
     card = {
         "name": config.name,
         "version": f"{config.version}+{weights_sha256[:8]}",  # every retrain is a distinct version in the records
@@ -183,20 +238,42 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
         "negative_label": NEGATIVE,
         "input": asdict(spec),
         "output": "logits",
-        "calibration": {"temperature": temperature, "fitted_on": "validation split (allowed-label NLL)"},
+        "threshold": 0.5,
+        "decision": {
+            "review_band": list(band),
+            "subtype_min_share": subtype_share,
+            "fitted_on": "validation split: calls outside the band wrong at most 2 % of the time on each side; "
+            "a named type right at least 90 % of the time",
+        },
+        "calibration": {
+            "temperature": temperature,
+            "fitted_on": "validation split, scans of a known class (allowed-label NLL)",
+        },
         "weights": {"file": weights_path.name, "sha256": weights_sha256},
         "parameters": int(model.count_params()),
-        "metrics": {"validation": report},
+        "metrics": {"validation": report, **({"held_out": held_out} if held_out else {})},
         "data": {
             "folders": [str(d) for d in data_dirs],
             "files": len(items),
             "decoded": len(data.images),
             "rejected": rejected,
-            "twin_groups": n_groups,
-            "twin_rule": f"48x48 thumbnail correlation >= {config.twin_threshold}; groups never straddle the split",
+            "per_source": {
+                source: {
+                    label: {
+                        "train": sum(1 for i in train_idx if data.items[i].source == source and labels[i] == label),
+                        "validation": sum(1 for i in val_idx if data.items[i].source == source and labels[i] == label),
+                        "held_out": sum(1 for i in held_idx if data.items[i].source == source and labels[i] == label),
+                    }
+                    for label in sorted({item.label for item in data.items if item.source == source})
+                }
+                for source in sources
+            },
+            "split_units": "patients (LGG), subjects (Normal-heads), near-identical-twin groups (48x48 thumbnail "
+            f"correlation >= {config.twin_threshold}) elsewhere; a unit never straddles the split",
+            "lesion_donors": len(lesion_donors),
             "train": len(train_idx),
             "validation": len(val_idx),
-            "validation_per_label": {label: val_labels.count(label) for label in sorted(set(val_labels))},
+            "held_out": len(held_idx),
             "split_file": split_file.name,
         },
         "training": {
@@ -204,6 +281,7 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
             "config": asdict(config),
             "started_from": started_from,
             "epochs_run": progress.epochs_done,
+            "best_epoch": progress.best_epoch,
             "best_val_loss": round(float(progress.best_loss), 5),
             "seconds": round(elapsed()),
             "resumed": progress.resumed,
@@ -213,7 +291,7 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
         },
     }
     card_path = out_dir / f"{config.name}.json"
-    card_path.write_text(json.dumps(card, indent=2))
+    card_path.write_text(json.dumps(card, indent=2, default=list))
     _log(f"input gate fitted: {fit_gate(card_path, root)}")
     card = json.loads(card_path.read_text())
     if finished:

@@ -1,0 +1,95 @@
+"""Lesion transplants: a real tumour region from one patient's slice blended into a normal slice of another.
+
+The donors are tumour slices with a hand-drawn mask (the LGG collection's FLAIR and post-contrast T1 slices of
+training patients). Each donor region (the mask, slightly dilated, and its pixels) is scaled to the recipient's
+crop, placed inside the recipient's brain, and blended with Poisson image editing (OpenCV's ``seamlessClone``),
+which keeps the lesion's own texture and edges while matching the surrounding intensities. The result is a tumour
+scan of the recipient's source and sequence, so only the lesion tells it from its untouched twin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from core.imaging import read_scan_file
+from core.training.sources import Item
+
+DONOR_SEQUENCES = ("flair", "t1c")
+
+
+@dataclass(frozen=True)
+class Donor:
+    """A tumour region: ``patch`` (uint8 pixels around the lesion) and ``mask`` (uint8 0/255, same shape);
+    ``frame_side`` is the side of the slice it came from (to scale it like its head)."""
+
+    patch: np.ndarray
+    mask: np.ndarray
+    frame_side: int
+
+
+def donors(items: Sequence[Item], images: Sequence[np.ndarray], min_pixels: int = 300) -> list[Donor]:
+    """Donor regions from tumour slices with a mask of at least ``min_pixels`` (FLAIR and post-contrast T1)."""
+    found = []
+    for item, image in zip(items, images, strict=True):
+        if item.mask is None or item.sequence not in DONOR_SEQUENCES or (item.tumour_pixels or 0) < min_pixels:
+            continue
+        mask = read_scan_file(item.mask).pixels
+        if mask.shape != image.shape:
+            continue
+        mask = (mask > 127).astype(np.uint8) * 255
+        mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7)))
+        ys, xs = np.nonzero(mask)
+        if len(xs) < min_pixels:
+            continue
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        found.append(Donor(image[y0:y1, x0:x1].copy(), mask[y0:y1, x0:x1].copy(), max(image.shape)))
+    return found
+
+
+def brain_interior(square: np.ndarray) -> np.ndarray:
+    """Where a lesion may be placed: bright tissue by Otsu, largest region, eroded by 15 % of the side."""
+    side = square.shape[0]
+    _, bright = cv2.threshold(cv2.GaussianBlur(square, (5, 5), 0), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    contours, _ = cv2.findContours(bright, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return np.zeros_like(square)
+    head = cv2.drawContours(np.zeros_like(square), [max(contours, key=cv2.contourArea)], -1, 255, cv2.FILLED)
+    return cv2.erode(head, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (int(0.3 * side) | 1,) * 2))
+
+
+def transplant(square: np.ndarray, donor: Donor, rng: np.random.Generator) -> np.ndarray | None:
+    """``square`` (a uint8 brain crop) with ``donor``'s lesion blended in; None when it does not fit or show."""
+    side = square.shape[0]
+    inner = brain_interior(square)
+    ys, xs = np.nonzero(inner)
+    if len(xs) < 20:
+        return None
+    # the donor's head filled about 75 % of its frame; the recipient crop is about 90 % head
+    scale = side / (0.8 * donor.frame_side) * rng.uniform(0.7, 1.3)
+    height, width = (max(3, round(d * scale)) for d in donor.patch.shape)
+    if height >= side - 4 or width >= side - 4:
+        return None
+    patch = cv2.resize(donor.patch, (width, height), interpolation=cv2.INTER_AREA)
+    mask = (cv2.resize(donor.mask, (width, height), interpolation=cv2.INTER_NEAREST) > 127).astype(np.uint8) * 255
+    if rng.random() < 0.5:
+        patch, mask = patch[:, ::-1].copy(), mask[:, ::-1].copy()
+    pick = int(rng.integers(len(xs)))
+    cx = int(np.clip(xs[pick], width // 2 + 2, side - width // 2 - 3))
+    cy = int(np.clip(ys[pick], height // 2 + 2, side - height // 2 - 3))
+    mask[0, :], mask[-1, :], mask[:, 0], mask[:, -1] = 0, 0, 0, 0  # seamlessClone needs a border inside the patch
+    if mask.sum() < 20 * 255:
+        return None
+    blended = cv2.seamlessClone(
+        cv2.cvtColor(patch, cv2.COLOR_GRAY2BGR), cv2.cvtColor(square, cv2.COLOR_GRAY2BGR), mask, (cx, cy),
+        cv2.NORMAL_CLONE,
+    )  # fmt: skip
+    result = cv2.cvtColor(blended, cv2.COLOR_BGR2GRAY)
+    changed = np.abs(result.astype(np.int16) - square).astype(np.float32)
+    region = changed[changed > 0]
+    if region.size < 20 or float(np.percentile(region, 90)) < 12:
+        return None  # an invisible lesion is no tumour
+    return result
