@@ -149,8 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--transplants", type=float, default=None, metavar="P",
                        help="share of normal scans also trained with a real tumour transplanted in")  # fmt: skip
     train.add_argument("--min-tumour-pixels", type=int, default=None, help="smallest tumour mask trained as tumour")
-    train.add_argument("--hold-out", action="append", default=None, metavar="INSTITUTION",
-                       help="leave this institution out of training and validation; score it apart (repeatable)")  # fmt: skip
+    train.add_argument(
+        "--hold-out",
+        action="append",
+        default=None,
+        metavar="INSTITUTION",
+        help="leave this institution out of training and validation; score it apart (repeatable)",
+    )
     train.set_defaults(run=cmd_train)
     return parser
 

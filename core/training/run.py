@@ -194,7 +194,9 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
     calibrated = softmax(logits / temperature)
     tumour_probability = 1.0 - calibrated[:, CLASSES.index(NEGATIVE)]
     band = fit_review_band(tumour_probability[known], np.array([label != NEGATIVE for label in val_labels])[known])
-    subtype_share = fit_subtype_share(calibrated[known], [label for label, k in zip(val_labels, known) if k])
+    subtype_share = fit_subtype_share(
+        calibrated[known], [label for label, k in zip(val_labels, known, strict=True) if k]
+    )
     rule = DecisionRule(CLASSES, NEGATIVE, 0.5, band, subtype_share)
     report = validation_report(logits, val_labels, temperature, val_inputs, model, spec)
     report["per_source"] = source_report(calibrated, val_items, rule)
