@@ -28,12 +28,12 @@ from core.config import model_card_path
 from core.errors import ScanError
 from core.evaluation.metrics import machine
 from core.evaluation.splits import read_split, split_file_of
+from core.imaging.negatives import KINDS, make
+from core.imaging.phantoms import png_bytes
 from core.model.analysis import analyse
 from core.model.classifier import Classifier
 from core.model.explain import Explainer, concentration
 from core.model.gate import REJECTED
-from tests.ood import KINDS, make
-from tests.scans import png_bytes
 
 
 def refused(data: bytes, classifier: Classifier) -> tuple[bool, str]:

@@ -25,9 +25,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from core.config import model_card_path
 from core.evaluation.metrics import machine
+from core.imaging.phantoms import png_bytes, synthetic_slice
 from core.model.analysis import analyse
 from core.model.classifier import Classifier
-from tests.scans import png_bytes, synthetic_slice
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ def scans(folder: str | None, limit: int, size: int | None) -> list[bytes]:
     from PIL import Image
 
     if folder is None:
-        from tests.scans import synthetic_slice
+        from core.imaging.phantoms import synthetic_slice
 
         arrays = [synthetic_slice(size or 512, tumour=i % 2 == 0, seed=i) for i in range(limit)]
     else:

@@ -23,13 +23,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.evaluation.metrics import machine
 from core.storage.mongo import MongoStore
-from core.storage.records import Filters, Record
+from core.storage.records import Filters, Record, record_id
 from core.storage.sqlite import SQLiteStore
-from tests.test_store import make_record
 
 LABELS = ("glioma", "meningioma", "notumor", "pituitary")
 VERSIONS = ("0.9.0", "1.0.0", "1.1.0", "1.2.0")
 END = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def make_record(n: int, created_at: datetime, label: str, version: str, confidence: float) -> Record:
+    """A synthetic result whose call has ``confidence`` (the rest of the mass on the opposite call)."""
+    other = "glioma" if label == "notumor" else "notumor"
+    probabilities = {name: 0.0 for name in LABELS} | {label: confidence, other: 1.0 - confidence}
+    sha = f"{n:064x}"
+    return Record(
+        id=record_id(sha, "btd-cnn", version),
+        created_at=created_at,
+        image_sha256=sha,
+        image_format="png",
+        image_width=512,
+        image_height=512,
+        image_bytes=12345,
+        model_name="btd-cnn",
+        model_version=version,
+        label=label,
+        probabilities=probabilities,
+        tumour_probability=1.0 - probabilities["notumor"],
+        is_tumour=label != "notumor",
+        roi=(10, 20, 300, 400),
+        timings_ms={"total": 12.5},
+        uploader="bench",
+    )
 
 
 def synthetic(n: int, seed: int = 0, offset: int = 0) -> list[Record]:
@@ -37,7 +61,7 @@ def synthetic(n: int, seed: int = 0, offset: int = 0) -> list[Record]:
     seconds = rng.uniform(0, 730 * 86400, n)
     weekday_keep = rng.random(n)
     labels = rng.choice(4, n, p=(0.2, 0.15, 0.5, 0.15))
-    confidence = np.clip(rng.beta(8, 1.5, n), 0.26, 1.0)
+    confidence = np.clip(rng.beta(8, 1.5, n), 0.5, 1.0)  # a call is at least 50 % sure
     records = []
     for i in range(n):
         created = END - timedelta(seconds=float(seconds[i]))

@@ -155,3 +155,73 @@ def test_malformed_header_values_are_rejected_not_crashed() -> None:
     broken = data[: at + 8] + b"x" * length + data[at + 8 + length :]
     with pytest.raises(CorruptImage, match="invalid values"):
         read_scan(broken)
+
+
+# --- VOI: checked against pydicom's own implementation ----------------------------------------------------------
+
+
+def voi_dataset(stored: np.ndarray, **fields: object):
+    """A minimal MR dataset for the display transform (unsigned 12-bit), with extra VOI fields."""
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    for name, value in fields.items():
+        setattr(ds, name, value)
+    return ds
+
+
+def pydicom_window_as_uint8(stored: np.ndarray, ds) -> np.ndarray:
+    """pydicom's apply_windowing (output range 0..2**BitsStored - 1 without rescale) scaled to 0..255."""
+    from pydicom.pixels import apply_windowing
+
+    shown = apply_windowing(stored.astype(np.float64), ds) * (255.0 / MAX_12_BIT)
+    return np.clip(shown + 0.5, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("function", "center", "width"),
+    [("LINEAR", 2048, 4096), ("LINEAR", 1500, 300), ("LINEAR", 2000, 1), ("LINEAR_EXACT", 1500, 300),
+     ("LINEAR_EXACT", 2000, 0.5), ("SIGMOID", 1800, 600)],
+)  # fmt: skip
+def test_windows_match_pydicom(function: str, center: float, width: float) -> None:
+    from core.imaging.dicom import display
+
+    stored = np.tile(np.arange(0, 4096, 16, dtype=np.uint16), (64, 1))[:, :256]
+    ds = voi_dataset(stored, WindowCenter=center, WindowWidth=width, VOILUTFunction=function)
+    ours = display(stored, ds)
+    assert np.abs(ours.astype(int) - pydicom_window_as_uint8(stored, ds).astype(int)).max() <= 1
+    if width == 1:  # the standard's step at centre - 0.5: no division by zero, no NaN cast to uint8
+        assert set(np.unique(ours)) == {0, 255}
+        assert ours[0, np.searchsorted(stored[0], 1999.5)] == 255 and ours[0, 0] == 0
+
+
+@pytest.mark.parametrize("bits", [8, 12])
+def test_voi_lut_sequence_is_looked_up_with_integers_as_the_standard_says(bits: int) -> None:
+    import warnings
+
+    from pydicom.dataset import Dataset
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    from core.imaging.dicom import display
+
+    stored = np.tile(np.arange(0, 4096, 16, dtype=np.uint16), (32, 1))
+    top = 2**bits - 1
+    table = [int(v) for v in np.clip((np.arange(256) / 255) ** 1.5 * top, 0, top)]
+    item = Dataset()
+    item.LUTDescriptor = [256, 1000, bits]  # 256 entries from stored value 1000
+    item.LUTData = table
+    ds = voi_dataset(stored, VOILUTSequence=[item], RescaleSlope=1.0, RescaleIntercept=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pydicom warns when a LUT is applied to floats: it must not happen here
+        ours = display(stored, ds)
+    expected_index = np.clip(stored.astype(int) - 1000, 0, 255)  # below the table: first entry; past it: last
+    expected = np.clip(np.asarray(table)[expected_index] * 255.0 / top + 0.5, 0, 255).astype(np.uint8)
+    assert np.array_equal(ours, expected)
+    inside = (stored >= 1000) & (stored < 1256)  # where pydicom 3.0.2 computes it right for every table depth
+    reference = apply_voi_lut(np.rint(apply_modality_lut(stored, ds)).astype(np.int64), ds, index=0)
+    scaled = np.clip(reference.astype(np.float64) * 255.0 / top + 0.5, 0, 255).astype(np.uint8)
+    assert np.array_equal(ours[inside], scaled[inside])
+    assert ours[0, -1] == 255  # far past the table: its last entry (pydicom's 8-bit index wraps there)

@@ -11,13 +11,13 @@ import pytest
 from core.cli import main
 from core.errors import ScanError
 from core.imaging import read_scan
+from core.imaging.negatives import KINDS, collection, make
 from core.model.analysis import analyse
 from core.model.classifier import Classifier
 from core.model.decision import DecisionRule
 from core.model.explain import Explainer, concentration, overlay
 from core.model.gate import ACCEPTED, NEEDS_REVIEW, REJECTED, GatePolicy, assess, energy, with_review
 from core.model.roi import find_brain
-from tests.ood import KINDS, collection, make
 from tests.scans import png_bytes, synthetic_slice
 
 

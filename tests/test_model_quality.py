@@ -18,12 +18,12 @@ from core.config import MODELS_DIR
 from core.errors import ScanError
 from core.evaluation.splits import read_split
 from core.imaging import read_scan_file
+from core.imaging.negatives import collection
 from core.model.analysis import analyse
 from core.model.classifier import Classifier
 from core.model.explain import Explainer, concentration
 from core.model.gate import REJECTED
 from tests.conftest import SHARED_DATA
-from tests.ood import collection
 
 CARD = MODELS_DIR / "btd-cnn.json"
 pytestmark = [

@@ -182,14 +182,23 @@ def display(stored: np.ndarray, dataset: Any) -> np.ndarray:
 
 
 def apply_voi_table(values: np.ndarray, dataset: Any) -> np.ndarray:
-    """The first VOI LUT table, looked up with integer values (a table is indexed by them: pydicom warns that a
-    float input gives wrong results), its output range scaled to 0..255."""
-    from pydicom.pixels import apply_voi
+    """The first VOI LUT table (PS3.3 C.11.2.1.1), its output range scaled to 0..255.
 
-    descriptor = dataset.VOILUTSequence[0].LUTDescriptor
-    out_max = 2 ** int(descriptor[2]) - 1
-    integral = np.rint(values).astype(np.int64) if values.dtype.kind == "f" else values
-    shown = apply_voi(integral, dataset, index=0).astype(np.float64) * (255.0 / out_max)
+    A table is indexed by integer values, so the modality output is rounded first (pydicom warns that a float
+    input gives wrong results). Values below the first mapped one take the first entry, values past the table the
+    last (the lookup is done here because pydicom 3.0.2 computes the index in the table's own 8-bit type, which
+    wraps values more than 255 past the first mapped one round to the start of an 8-bit table).
+    """
+    item = dataset.VOILUTSequence[0]
+    entries, first, bits = (int(v) for v in item.LUTDescriptor)
+    entries = entries or 65536
+    data = item.LUTData
+    if isinstance(data, bytes):  # OW: 16-bit words, little endian
+        table = np.frombuffer(data, dtype="<u2")[:entries].astype(np.float64)
+    else:
+        table = np.asarray([data] if isinstance(data, int | float) else list(data), dtype=np.float64)[:entries]
+    index = np.clip(np.rint(values).astype(np.int64) - first, 0, len(table) - 1)
+    shown = table[index] * (255.0 / (2**bits - 1))
     return np.clip(shown + 0.5, 0, 255).astype(np.uint8)
 
 

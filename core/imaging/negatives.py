@@ -1,4 +1,5 @@
-"""Images that are not brain MRI, generated in code, for the input gate's tests and measurements.
+"""Images that are not brain MRI, generated in code: negatives for fitting the input gate, and for its tests and
+measurements.
 
 Kinds: uniform and 1/f ("natural-image-like") noise, random shapes, text documents, chest-X-ray-like
 radiographs, colour photographs (gradients and shapes), and gray photographs with a brain-like blob.
