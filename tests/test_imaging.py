@@ -7,6 +7,7 @@ import struct
 import tracemalloc
 import zlib
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
@@ -216,3 +217,26 @@ def test_stretch_maps_percentiles_and_survives_flat_input() -> None:
     out = stretch_to_uint8(values)
     assert out.min() == 0 and out.max() == 255
     assert stretch_to_uint8(np.full((10, 10), 7.0)).max() == 0
+
+
+def test_a_16_bit_png_too_large_once_decoded_is_refused_from_its_header() -> None:
+    """A few-hundred-KB PNG declaring 6000 x 6000 16-bit pixels would take 72 MB decoded (and a gigabyte in
+    float copies): refused before decoding (bench/memory.py measures the memory)."""
+    header = struct.pack(">IIBBBBB", 6000, 6000, 16, 0, 0, 0, 0)
+    rows = zlib.compress(b"\x00" * (2 * 6000 + 1) * 64, 9)
+    data = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", rows) + _png_chunk(b"IEND", b"")
+    with pytest.raises(ImageTooLarge, match="69 MB once decoded"):
+        read_scan(data)
+
+
+def test_an_image_over_the_working_side_is_reduced_once_decoded_and_says_so() -> None:
+    large = cv2.resize(synthetic_slice(256), (3000, 3000), interpolation=cv2.INTER_LINEAR)
+    for data in (png_bytes(large), jpeg_bytes(large)):
+        scan = read_scan(data, Limits(working_side=1024))
+        assert max(scan.pixels.shape) <= 1024 and scan.pixels.shape[0] >= 512
+        assert "reduced from 3000 x 3000" in scan.warnings[0]
+    sixteen = Image.fromarray(cv2.resize(synthetic_slice(256), (2100, 2100)).astype(np.uint16) * 16)
+    buffer = io.BytesIO()
+    sixteen.save(buffer, "PNG")
+    scan = read_scan(buffer.getvalue(), Limits(working_side=1024))
+    assert scan.pixels.dtype == np.uint8 and max(scan.pixels.shape) <= 1024 and scan.pixels.max() == 255
