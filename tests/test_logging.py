@@ -1,0 +1,57 @@
+"""Every refusal, save failure and storage state change is one structured log line: a code, never a file name or
+an identity."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from core.errors import StoreUnavailable
+from core.services.triage import analyse_upload, save
+from tests.scans import CANARY, png_bytes, synthetic_slice
+
+
+class BrokenStore:
+    def add(self, record):
+        raise StoreUnavailable("MongoDB cannot be reached right now.")
+
+
+def test_a_refused_upload_is_one_line_with_its_code(caplog, tiny_classifier) -> None:
+    with caplog.at_level(logging.INFO, logger="btd"):
+        outcome = analyse_upload(f"%PDF-1.7 {CANARY} Smith".encode() * 10, tiny_classifier)
+    assert outcome.error_code == "unsupported_format"
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("btd")]
+    assert lines == ["event=upload_refused code=unsupported_format"]
+    assert CANARY not in caplog.text
+
+
+def test_a_save_failure_is_one_line_with_its_code(caplog, tiny_classifier) -> None:
+    analysis = analyse_upload(png_bytes(synthetic_slice(256)), tiny_classifier).analysis
+    with caplog.at_level(logging.INFO, logger="btd"):
+        status = save(analysis, BrokenStore(), patient_ref="a" * 64, uploader=f"{CANARY}@example.org")
+    assert status.state == "not saved"
+    assert [r.getMessage() for r in caplog.records] == ["event=save_failed code=store_unavailable"]
+    assert CANARY not in caplog.text and "a" * 64 not in caplog.text
+
+
+def test_a_storage_state_change_is_logged_once(caplog, tmp_path: Path) -> None:
+    import streamlit as st
+
+    from ui.resources import storage_health
+
+    class Flaky:
+        down = False
+
+        def ping(self) -> None:
+            if self.down:
+                raise StoreUnavailable("MongoDB cannot be reached right now.")
+
+    store = Flaky()
+    with caplog.at_level(logging.INFO, logger="btd"):
+        for down in (False, False, True, True, False):
+            st.cache_data.clear()
+            store.down = down
+            storage_health(f"test {tmp_path}", store)
+    states = [r.getMessage() for r in caplog.records if r.name == "btd.ui"]
+    assert states == ["event=store_state state=healthy", "event=store_state state=store_unavailable",
+                      "event=store_state state=healthy"]  # fmt: skip
