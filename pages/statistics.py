@@ -67,8 +67,11 @@ if not days_chosen:
 start_day, end_day = days_chosen[0], days_chosen[-1]
 
 
+WITHHELD = "fewer than 5: withheld, because small counts can identify patients"
+
+
 def number(value: int | None) -> str:
-    return f"{value:,}" if value is not None else "fewer than 5"
+    return f"{value:,}" if value is not None else "<5"
 
 
 @st.fragment(run_every=None if paused else REFRESH_SECONDS)
@@ -86,7 +89,7 @@ def live_dashboard() -> None:
         )
         return
     kpis = st.columns(6)
-    kpis[0].metric("Scans with a verdict", number(dashboard.scans))
+    kpis[0].metric("Scans with a verdict", number(dashboard.scans), help=None if dashboard.scans else WITHHELD)
     rate = dashboard.tumour_rate
     kpis[1].metric(
         "Tumour rate",
@@ -98,7 +101,8 @@ def live_dashboard() -> None:
     if dashboard.today is not None and dashboard.week_mean is not None:
         difference = dashboard.today - dashboard.week_mean
         change = None if round(difference, 1) == 0 else f"{difference:+.1f} vs 7-day mean"
-    kpis[2].metric("Today", number(dashboard.today), delta=change, delta_color="off")
+    kpis[2].metric("Today", number(dashboard.today), delta=change, delta_color="off",
+                   help=WITHHELD if dashboard.today is None else None)  # fmt: skip
     kpis[3].metric("Mean confidence", "withheld" if dashboard.mean_confidence is None else
                    f"{dashboard.mean_confidence:.1%}")  # fmt: skip
     kpis[4].metric("Flagged for review", number(dashboard.flagged))

@@ -18,13 +18,12 @@ def test_the_rate_is_drawn_above_the_counts_with_its_interval() -> None:
     figure = tumour_rate_figure(
         ["2026-03-02", "2026-03-09", "2026-03-16"], [10, None, 0], [0.4, None, None], [(0.17, 0.69), None, None], "week"
     )
-    rate = next(trace for trace in figure.data if trace.name == "tumour rate %")
+    rate = next(trace for trace in figure.data if trace.type == "scatter")
     bars = next(trace for trace in figure.data if trace.type == "bar")
     assert list(rate.y) == [40.0, None, None]
     assert rate.yaxis == "y" and bars.yaxis == "y2"  # two panels: the line is never hidden behind a bar
     assert figure.layout.yaxis.domain[0] > figure.layout.yaxis2.domain[1]  # the rate panel sits above
-    band = [trace for trace in figure.data if trace.name == "95 % interval" or trace.hoverinfo == "skip"]
-    assert [list(trace.y) for trace in band] == [[69.0, None, None], [17.0, None, None]]
+    assert list(rate.error_y.array) == [29.0, None, None] and list(rate.error_y.arrayminus) == [23.0, None, None]
     assert list(bars.y) == [10, 0, 0] and bars.customdata[1] == WITHHELD  # withheld: no bar, said in the hover
     assert figure.layout.yaxis2.tickformat == ",d" and figure.layout.yaxis2.dtick >= 1  # whole scans only
     assert figure.layout.title.text == "Tumour rate per week"

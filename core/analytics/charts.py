@@ -43,26 +43,24 @@ def tumour_rate_figure(
     intervals: Sequence[tuple[float, float] | None],
     period: str,
 ) -> go.Figure:
-    """Two panels on one time axis: the tumour rate (percent) with its 95 % interval above, scans per period below.
-
-    ``scans`` None and ``rates`` None are withheld small counts; zero-scan periods are drawn as zero.
-    """
+    """Two panels on one time axis: the tumour rate (percent) with its 95 % interval as error bars above, scans per
+    period below. ``scans`` None and ``rates`` None are withheld small counts; zero-scan periods are drawn as zero."""
     figure = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.62, 0.38], vertical_spacing=0.06)
-    low = [None if i is None else round(i[0] * 100, 2) for i in intervals]
-    high = [None if i is None else round(i[1] * 100, 2) for i in intervals]
-    figure.add_scatter(x=list(starts), y=high, mode="lines", line={"width": 0}, showlegend=False, hoverinfo="skip",
-                       row=1, col=1)  # fmt: skip
-    figure.add_scatter(
-        x=list(starts), y=low, mode="lines", line={"width": 0}, fill="tonexty", fillcolor="rgba(192,57,43,0.15)",
-        name="95 % interval", hoverinfo="skip", row=1, col=1,
-    )  # fmt: skip
+    percent = [None if r is None else round(r * 100, 2) for r in rates]
+    above = [
+        None if i is None or r is None else round(i[1] * 100 - r, 2) for i, r in zip(intervals, percent, strict=True)
+    ]
+    below = [
+        None if i is None or r is None else round(r - i[0] * 100, 2) for i, r in zip(intervals, percent, strict=True)
+    ]
     figure.add_scatter(
         x=list(starts),
-        y=[None if r is None else round(r * 100, 2) for r in rates],
+        y=percent,
         mode="lines+markers",
-        name="tumour rate %",
+        name="tumour rate % (95 % interval)",
         line_color="#c0392b",
         connectgaps=False,
+        error_y={"type": "data", "array": above, "arrayminus": below, "color": "rgba(192,57,43,0.45)", "width": 2},
         hovertemplate="%{x}: %{y:.1f} %<extra>tumour rate</extra>",
         row=1,
         col=1,
@@ -80,10 +78,11 @@ def tumour_rate_figure(
     figure.update_layout(
         title=f"Tumour rate per {period}",
         legend={"orientation": "h", "y": -0.15},
+        bargap=0.15,
         **{**_LAYOUT, "height": 420},
     )
-    figure.update_xaxes(type="category", row=1, col=1)
-    figure.update_xaxes(type="category", title=f"{period} starting", row=2, col=1)
+    figure.update_xaxes(type="date", row=1, col=1)
+    figure.update_xaxes(type="date", title=f"{period} starting", row=2, col=1)
     figure.update_yaxes(title="tumour rate %", range=[0, 100], row=1, col=1)
     figure.update_yaxes(title="scans", **count_ticks(max((n or 0) for n in scans) if scans else 0), row=2, col=1)
     return figure

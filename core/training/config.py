@@ -22,14 +22,14 @@ class TrainConfig:
     """
 
     size: int = 128
-    widths: tuple[int, ...] = (24, 48, 96, 192)
-    epochs: int = 30
+    widths: tuple[int, ...] = (16, 32, 64, 128)  # 298k parameters: about 14 ms a training image on 2 cores
+    epochs: int = 20
     batch_size: int = 32
     samples_per_epoch: int = 6000
     learning_rate: float = 1e-3
     warmup_epochs: int = 2
     patience: int = 10
-    max_minutes: float = 240.0
+    max_minutes: float = 180.0
     val_fraction: float = 0.2
     unknown_val_fraction: float = 0.35
     unit_val_fraction: float = 0.2  # patients or subjects held out for validation, per institution
