@@ -122,6 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     fit_gate.add_argument("--model", help="model card JSON (default: the shipped model)")
     fit_gate.add_argument("--data", required=True, metavar="ROOT", help="the folder that holds the training folders")
     fit_gate.set_defaults(run=cmd_fit_gate)
+    fit_decision = commands.add_parser(
+        "fit-decision", help="fit the review band and the subtype rule on the validation split, into the card"
+    )
+    fit_decision.add_argument("--model", help="model card JSON (default: the shipped model)")
+    fit_decision.add_argument(
+        "--data", required=True, metavar="ROOT", help="the folder that holds the training folders"
+    )
+    fit_decision.set_defaults(run=cmd_fit_decision)
     train = commands.add_parser("train", help="train, calibrate and write a model with its card")
     train.add_argument("--data", action="append", required=True, metavar="DIR", help="DIR/<label>/* (repeatable)")
     train.add_argument("--out", default="models", metavar="DIR")
@@ -165,6 +173,14 @@ def cmd_fit_gate(args: argparse.Namespace) -> int:
 
     card = Path(args.model) if args.model else model_card_path()
     _emit(fit_gate(card, Path(args.data)), sys.stdout)
+    return EXIT_OK
+
+
+def cmd_fit_decision(args: argparse.Namespace) -> int:
+    from core.training.gate_fit import fit_decision
+
+    card = Path(args.model) if args.model else model_card_path()
+    _emit(fit_decision(card, Path(args.data)), sys.stdout)
     return EXIT_OK
 
 

@@ -39,3 +39,44 @@ def fit_gate(card_path: Path, root: Path, quantile: float = 0.995) -> dict[str, 
         "validation_rejected_at_most": rejected,
         "validation_rejected_fraction_at_most": round(rejected / len(files), 4),
     }
+
+
+def fit_decision(
+    card_path: Path, root: Path, max_error: float = 0.02, min_type_accuracy: float = 0.9
+) -> dict[str, Any]:
+    """Fit the review band and the subtype rule on the validation split's scans of a known class and write them
+    into the card's ``decision`` (the weights and their hash are unchanged). Returns what was written."""
+    import json
+
+    import numpy as np
+
+    from core.imaging import read_scan_file
+    from core.model.classifier import Classifier
+    from core.training.config import CLASSES, NEGATIVE
+    from core.training.probes import fit_review_band, fit_subtype_share
+
+    classifier = Classifier.from_card(card_path)
+    card = classifier.card
+    labels, rows = [], []
+    for label, path in read_split(split_file_of(card_path), root):
+        if label not in CLASSES:
+            continue  # never fit on the web-style scans of unknown type
+        scan = read_scan_file(path)
+        region = find_brain(scan.pixels)
+        rows.append(classifier.probabilities(to_model_input(scan.pixels, region.box, card.input)[None])[0])
+        labels.append(label)
+    probabilities = np.asarray(rows)
+    tumour_probability = 1.0 - probabilities[:, list(card.labels).index(NEGATIVE)]
+    band = fit_review_band(tumour_probability, np.array([label != NEGATIVE for label in labels]), max_error)
+    share = fit_subtype_share(probabilities, labels, min_type_accuracy)
+    decision = {
+        "review_band": list(band),
+        "subtype_min_share": share,
+        "fitted_on": f"validation split ({len(labels)} scans of a known class): every call less than 80 % sure, "
+        "widened until calls outside the band are wrong at most "
+        f"{max_error:.0%} of the time on each side; a named type right at least {min_type_accuracy:.0%} of the time",
+    }
+    raw = json.loads(card_path.read_text())
+    raw["decision"] = decision
+    card_path.write_text(json.dumps(raw, indent=2))
+    return decision

@@ -135,10 +135,15 @@ def _proportion(successes: int, n: int) -> dict[str, Any]:
 
 
 def fit_review_band(
-    tumour_probability: np.ndarray, is_tumour: np.ndarray, max_error: float = 0.02, threshold: float = 0.5
+    tumour_probability: np.ndarray,
+    is_tumour: np.ndarray,
+    max_error: float = 0.02,
+    threshold: float = 0.5,
+    least_confidence: float = 0.8,
 ) -> tuple[float, float]:
-    """The narrowest band [low, high) around ``threshold`` such that validation calls outside it are wrong at
-    most ``max_error`` of the time on each side (no-tumour calls below ``low``, tumour calls from ``high``)."""
+    """The review band [low, high) around ``threshold``: every call less than ``least_confidence`` sure (calibrated
+    probabilities), widened until validation calls outside it are wrong at most ``max_error`` of the time on each
+    side (no-tumour calls below ``low``, tumour calls from ``high``)."""
     p = np.asarray(tumour_probability, np.float64)
     truth = np.asarray(is_tumour, bool)
 
@@ -153,6 +158,7 @@ def fit_review_band(
     steps = np.round(np.arange(0.0, 0.5001, 0.01), 2)
     low = next((threshold - g for g in steps if missed_below(threshold - g) <= max_error), 0.0)
     high = next((threshold + g for g in steps if false_from(threshold + g) <= max_error), 1.0)
+    low, high = min(low, 1.0 - least_confidence), max(high, least_confidence)
     return round(float(max(low, 0.0)), 2), round(float(min(high, 1.0)), 2)
 
 

@@ -244,7 +244,8 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
         "decision": {
             "review_band": list(band),
             "subtype_min_share": subtype_share,
-            "fitted_on": "validation split: calls outside the band wrong at most 2 % of the time on each side; "
+            "fitted_on": "validation split: every call less than 80 % sure, widened until calls outside the band "
+            "are wrong at most 2 % of the time on each side; "
             "a named type right at least 90 % of the time",
         },
         "calibration": {
