@@ -79,11 +79,14 @@ def analyse_scan(
     card = classifier.card
     model_input = to_model_input(scan.pixels, region.box, card.input)
     prep_done = time.perf_counter()
-    raw, calibrated = classifier.scores(model_input[None])
+    raw, calibrated, embedding = classifier.scores_and_embedding(model_input[None])
     predict_done = time.perf_counter()
     decision = card.rule.apply(calibrated[0])
     logits = raw[0] if card.output == "logits" else None
-    gate = with_review(assess(scan, region, logits, card.temperature, classifier.gate_policy), decision.review_reasons)
+    gate = assess(
+        scan, region, logits, card.temperature, classifier.gate_policy, embedding[0] if embedding.size else None
+    )
+    gate = with_review(gate, decision.review_reasons)
     timings |= {
         "crop": (crop_done - started) * 1000,
         "preprocess": (prep_done - crop_done) * 1000,

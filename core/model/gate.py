@@ -28,6 +28,38 @@ ACCEPTED, NEEDS_REVIEW, REJECTED = "accepted", "needs_review", "rejected"
 
 
 @dataclass(frozen=True)
+class LearnedCheck:
+    """A logistic check fitted on real and non-MRI images (:mod:`core.training.gate_fit`): the probability that
+    the input is what ``reason`` says, from the gate's features (:func:`features`), refused from ``threshold``."""
+
+    name: str
+    reason: str
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    weights: tuple[float, ...]
+    bias: float
+    threshold: float
+
+    @classmethod
+    def from_card(cls, raw: Mapping[str, Any]) -> LearnedCheck:
+        return cls(
+            name=str(raw["name"]),
+            reason=str(raw["reason"]),
+            mean=tuple(float(v) for v in raw["mean"]),
+            scale=tuple(float(v) for v in raw["scale"]),
+            weights=tuple(float(v) for v in raw["weights"]),
+            bias=float(raw["bias"]),
+            threshold=float(raw["threshold"]),
+        )
+
+    def probability(self, values: np.ndarray) -> float:
+        if len(values) != len(self.weights):
+            raise ValueError(f"the {self.name} check takes {len(self.weights)} features, not {len(values)}")
+        z = (np.asarray(values, np.float64) - self.mean) / np.asarray(self.scale) @ np.asarray(self.weights)
+        return float(1.0 / (1.0 + np.exp(-np.clip(z + self.bias, -50, 50))))
+
+
+@dataclass(frozen=True)
 class GatePolicy:
     max_colourfulness: float = 0.06
     min_area: float = 0.10
@@ -37,11 +69,14 @@ class GatePolicy:
     max_background: float = 0.25
     max_flatness: float = 0.45
     max_energy: float | None = None  # from the card; None = no model-based check
+    checks: tuple[LearnedCheck, ...] = ()  # from the card's "learned" list
 
     @classmethod
     def from_card(cls, card_gate: Mapping[str, Any] | None) -> GatePolicy:
-        known = {k: v for k, v in (card_gate or {}).items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        gate = dict(card_gate or {})
+        checks = tuple(LearnedCheck.from_card(raw) for raw in gate.pop("learned", []) or [])
+        known = {k: v for k, v in gate.items() if k in cls.__dataclass_fields__ and k != "checks"}
+        return cls(**known, checks=checks)
 
 
 @dataclass(frozen=True)
@@ -94,14 +129,42 @@ def image_reasons(scan: Scan, region: BrainRegion, policy: GatePolicy) -> list[s
     return reasons
 
 
+IMAGE_FEATURES = ("energy", "area", "fill", "background", "flatness", "colourfulness")
+
+
+def features(
+    scan: Scan, region: BrainRegion, logits: np.ndarray | None, embedding: np.ndarray | None, temperature: float
+) -> np.ndarray:
+    """What the learned checks look at: the model's own view of the image (its penultimate-layer embedding) and
+    the image facts the fixed checks use (:data:`IMAGE_FEATURES`)."""
+    facts = [
+        energy(logits, temperature) if logits is not None else 0.0,
+        region.area_fraction,
+        region.fill,
+        background_level(scan, region),
+        flatness(scan, region),
+        scan.colourfulness,
+    ]
+    return np.concatenate([np.asarray(embedding if embedding is not None else [], np.float64), facts])
+
+
 def assess(
-    scan: Scan, region: BrainRegion, logits: np.ndarray | None, temperature: float, policy: GatePolicy
+    scan: Scan,
+    region: BrainRegion,
+    logits: np.ndarray | None,
+    temperature: float,
+    policy: GatePolicy,
+    embedding: np.ndarray | None = None,
 ) -> GateResult:
-    """Accepted or rejected, for one analysed scan (``logits`` None when the model outputs probabilities only)."""
+    """Accepted or rejected, for one analysed scan (``logits`` None when the model outputs probabilities only;
+    ``embedding`` None when the model has no penultimate layer to read, and then no learned check runs)."""
     reasons = image_reasons(scan, region, policy)
     score = energy(logits, temperature) if logits is not None else None
     if score is not None and policy.max_energy is not None and score > policy.max_energy:
         reasons.append("the model finds it unlike any brain MRI it was trained on")
+    if policy.checks and embedding is not None:
+        values = features(scan, region, logits, embedding, temperature)
+        reasons += [check.reason for check in policy.checks if check.probability(values) >= check.threshold]
     return GateResult(REJECTED if reasons else ACCEPTED, tuple(reasons), score)
 
 
@@ -117,8 +180,11 @@ def fit_energy_threshold(energies: Sequence[float], quantile: float = 0.995) -> 
     return round(float(np.quantile(np.asarray(energies, dtype=np.float64), quantile)), 4)
 
 
-def write_policy(card_path: Path, policy: GatePolicy, fitted_on: str) -> None:
-    """Record the gate policy in the model card (the weights and their hash are unchanged)."""
+def write_policy(card_path: Path, policy: GatePolicy, fitted_on: str, report: Mapping[str, Any] | None = None) -> None:
+    """Record the gate policy (and what its learned checks refuse) in the model card (the weights and their hash
+    are unchanged)."""
     card = json.loads(card_path.read_text())
-    card["gate"] = {**asdict(policy), "fitted_on": fitted_on}
+    raw = asdict(policy)
+    raw["learned"] = raw.pop("checks")
+    card["gate"] = {**raw, "fitted_on": fitted_on, **({"learned_report": report} if report else {})}
     card_path.write_text(json.dumps(card, indent=2))

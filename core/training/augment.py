@@ -59,10 +59,11 @@ def augment(
         square = resize_square(square, int(rng.integers(spec.size // 3, spec.size)))
     square = resize_square(square, spec.size)
     painted = lesion(square, rng) if lesion is not None else None
+    head = _head_mask(square)  # one head for both twins: their looks then differ only by the lesion
     if painted is None:
-        return _vary_appearance(square, rng, spec, reference), None
+        return _vary_appearance(square, rng, spec, reference, head), None
     twin = copy.deepcopy(rng)  # the lesioned copy takes the same appearance draws
-    return _vary_appearance(square, rng, spec, reference), _vary_appearance(painted, twin, spec, reference)
+    return _vary_appearance(square, rng, spec, reference, head), _vary_appearance(painted, twin, spec, reference, head)
 
 
 def _head_mask(square: np.ndarray) -> np.ndarray:
@@ -75,18 +76,17 @@ def _head_mask(square: np.ndarray) -> np.ndarray:
     return cv2.drawContours(np.zeros_like(square), [max(contours, key=cv2.contourArea)], -1, 255, cv2.FILLED) > 0
 
 
-def vary_sequence(square: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def vary_sequence(square: np.ndarray, rng: np.random.Generator, head: np.ndarray) -> np.ndarray:
     """Looks the collections differ by: another sequence's contrast (intensities inverted inside the head, as T1
     against T2), a skull-stripped brain (the outer rim of the head removed), and the dark, low-contrast slices of
     some scanners."""
     draw = rng.random(3)
     if draw[0] < 0.08:
-        head = _head_mask(square)
         square = np.where(head, 255 - square, 0).astype(np.uint8)
     if draw[1] < 0.12:
-        head = _head_mask(square).astype(np.uint8) * 255
         side = square.shape[0]
-        brain = cv2.erode(head, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (int(0.12 * side) | 1,) * 2))
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (int(0.12 * side) | 1,) * 2)
+        brain = cv2.erode(head.astype(np.uint8), kernel)
         square = np.where(brain > 0, square, 0).astype(np.uint8)
     if draw[2] < 0.2:
         dark = rng.uniform(0.35, 0.75)
@@ -95,11 +95,11 @@ def vary_sequence(square: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _vary_appearance(
-    square: np.ndarray, rng: np.random.Generator, spec: InputSpec, reference: np.ndarray | None
+    square: np.ndarray, rng: np.random.Generator, spec: InputSpec, reference: np.ndarray | None, head: np.ndarray
 ) -> np.ndarray:
     """Sequence look, histogram, gamma, contrast, brightness, blur, noise and JPEG quality, then the inference
     scaling."""
-    square = vary_sequence(square, rng)
+    square = vary_sequence(square, rng, head)
     if reference is not None and rng.random() < 0.25:
         square = match_histogram(square, reference)
     x = square.astype(np.float32) / 255.0

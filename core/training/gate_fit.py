@@ -8,6 +8,7 @@ from typing import Any
 from core.evaluation.splits import read_split, split_file_of
 from core.model.preprocess import to_model_input
 from core.model.roi import find_brain
+from core.training.gate_learning import NOT_BRAIN, fit_learned_checks
 
 
 def fit_gate(card_path: Path, root: Path, quantile: float = 0.995) -> dict[str, Any]:
@@ -16,7 +17,7 @@ def fit_gate(card_path: Path, root: Path, quantile: float = 0.995) -> dict[str, 
     Returns the fitted threshold and the share of validation scans the whole gate then rejects.
     """
     from core.imaging import read_scan_file
-    from core.model.classifier import Classifier
+    from core.model.classifier import Classifier, embedding_layer
     from core.model.gate import GatePolicy, energy, fit_energy_threshold, image_reasons, write_policy
 
     classifier = Classifier.from_card(card_path)
@@ -31,13 +32,20 @@ def fit_gate(card_path: Path, root: Path, quantile: float = 0.995) -> dict[str, 
         image_rejected += bool(image_reasons(scan, region, GatePolicy()))
     threshold = fit_energy_threshold(energies, quantile)
     rejected = sum(bool(e > threshold) for e in energies) + image_rejected
-    policy = GatePolicy(max_energy=threshold)
-    write_policy(card_path, policy, f"validation split ({len(files)} scans), energy quantile {quantile}")
+    checks, learned = [], None
+    if (root / NOT_BRAIN).is_dir() and embedding_layer(classifier.model) is not None:
+        checks, learned = fit_learned_checks(classifier, root, {path.resolve() for _, path in files})
+    policy = GatePolicy(max_energy=threshold, checks=tuple(checks))
+    fitted_on = f"validation split ({len(files)} scans), energy quantile {quantile}"
+    if checks:
+        fitted_on += "; learned checks: core.training.gate_learning"
+    write_policy(card_path, policy, fitted_on, learned)
     return {
         "max_energy": threshold,
         "validation_scans": len(files),
         "validation_rejected_at_most": rejected,
         "validation_rejected_fraction_at_most": round(rejected / len(files), 4),
+        "learned": learned,
     }
 
 

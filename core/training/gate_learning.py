@@ -1,0 +1,200 @@
+"""The input gate's learned checks, fitted on the model's own view of real and non-MRI images.
+
+Two logistic checks on :func:`core.model.gate.features` (the model's penultimate-layer embedding and the image
+facts the fixed checks use):
+- **not brain MRI**: brain slices of every training source (their training part) against the real non-MRI images
+  (chest radiographs, abdominal CT) and generated ones (:mod:`core.imaging.negatives`). The real negatives are few,
+  so their refusal rate is measured by 5-fold cross-validation: each fold is scored by a check fitted without it.
+- **too little brain**: LGG sections with under 10,000 head pixels (skull base, vertex) against sections with
+  enough brain for a verdict.
+Each threshold is set on the validation split so that at most ``max_refused`` of the real brain slices of every
+source (with enough brain) are refused.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.errors import ScanError
+from core.imaging import read_scan, read_scan_file
+from core.imaging.negatives import KINDS, make
+from core.model.classifier import Classifier
+from core.model.gate import LearnedCheck, features
+from core.model.preprocess import to_model_input
+from core.model.roi import find_brain
+from core.training.sources import Item
+
+LITTLE_BRAIN_PIXELS = 10_000  # LGG head area (of 256 x 256) below which a section is too little brain
+ENOUGH_BRAIN_PIXELS = 15_000
+
+
+@dataclass(frozen=True)
+class Sample:
+    values: np.ndarray
+    source: str
+    little_brain: bool = False
+    enough_brain: bool = True
+
+
+def sample_of(classifier: Classifier, data: bytes | Path, source: str, item: Item | None = None) -> Sample | None:
+    """The gate features of one image as the app computes them (None when the crop finds no head at all: the
+    app refuses those before the gate)."""
+    try:
+        scan = read_scan_file(data) if isinstance(data, Path) else read_scan(data)
+        region = find_brain(scan.pixels)
+    except ScanError:
+        return None
+    card = classifier.card
+    raw, _, embedding = classifier.scores_and_embedding(to_model_input(scan.pixels, region.box, card.input)[None])
+    logits = raw[0] if card.output == "logits" else None
+    head = item.head_pixels if item is not None else None
+    return Sample(
+        features(scan, region, logits, embedding[0], card.temperature),
+        source,
+        little_brain=head is not None and head < LITTLE_BRAIN_PIXELS,
+        enough_brain=head is None or head >= ENOUGH_BRAIN_PIXELS,
+    )
+
+
+def generated_negatives(classifier: Classifier, per_kind: int = 40, seed: int = 0) -> list[Sample]:
+    from PIL import Image
+
+    samples = []
+    for k, kind in enumerate(KINDS):
+        for i in range(per_kind):
+            buffer = io.BytesIO()
+            Image.fromarray(make(kind, seed + 1000 * k + i)).save(buffer, "PNG")
+            sample = sample_of(classifier, buffer.getvalue(), f"generated:{kind}")
+            if sample is not None:
+                samples.append(sample)
+    return samples
+
+
+def logistic_fit(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iterations: int = 25) -> tuple[np.ndarray, float]:
+    """Class-balanced, L2-regularised logistic regression by Newton's method on standardised features."""
+    n, d = x.shape
+    design = np.hstack([x, np.ones((n, 1))])
+    weight = np.where(y == 1, 0.5 / max(y.sum(), 1), 0.5 / max((1 - y).sum(), 1)) * n
+    beta = np.zeros(d + 1)
+    penalty = np.eye(d + 1) * l2
+    penalty[-1, -1] = 0.0
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-np.clip(design @ beta, -50, 50)))
+        gradient = design.T @ (weight * (p - y)) + penalty @ beta
+        hessian = (design * (weight * p * (1 - p))[:, None]).T @ design + penalty
+        beta -= np.linalg.solve(hessian, gradient)
+    return beta[:-1], float(beta[-1])
+
+
+def fit_check(
+    name: str,
+    reason: str,
+    positives: Sequence[Sample],
+    negatives: Sequence[Sample],
+    accepted: Sequence[Sample],
+    max_refused: float,
+) -> LearnedCheck:
+    """A check refusing ``positives``-like inputs; its threshold refuses at most ``max_refused`` of each source's
+    ``accepted`` samples (validation slices)."""
+    x = np.stack([s.values for s in (*positives, *negatives)])
+    y = np.r_[np.ones(len(positives)), np.zeros(len(negatives))]
+    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+    weights, bias = logistic_fit((x - mean) / scale, y)
+    check = LearnedCheck(name, reason, tuple(mean), tuple(scale), tuple(weights), bias, 1.0)
+    scores: dict[str, list[float]] = {}
+    for sample in accepted:
+        scores.setdefault(sample.source, []).append(check.probability(sample.values))
+    # a source too small to refuse any share of (the 24 web-style scans) refuses none of its validation scans
+    threshold = (
+        max(
+            float(np.percentile(values, 100 * (1 - max_refused)) if len(values) * max_refused >= 1 else np.max(values))
+            for values in scores.values()
+        )
+        + 1e-9
+    )
+    return LearnedCheck(name, reason, tuple(mean), tuple(scale), tuple(weights), bias, min(threshold, 1.0))
+
+
+def refused_share(check: LearnedCheck, samples: Sequence[Sample]) -> dict[str, Any]:
+    refused = sum(check.probability(s.values) >= check.threshold for s in samples)
+    return {"refused": int(refused), "n": len(samples), "share": round(refused / len(samples), 4) if samples else None}
+
+
+def cross_validated_refusals(
+    real: Sequence[Sample],
+    generated: Sequence[Sample],
+    brain: Sequence[Sample],
+    accepted: Sequence[Sample],
+    max_refused: float,
+    folds: int = 5,
+) -> dict[str, Any]:
+    """Refusals of the real non-MRI images, each scored by a check fitted without its fold."""
+    order = np.random.default_rng(0).permutation(len(real))
+    refused = 0
+    for fold in range(folds):
+        held = set(order[fold::folds].tolist())
+        check = fit_check("not_mri", "", [s for i, s in enumerate(real) if i not in held] + list(generated), brain,
+                          accepted, max_refused)  # fmt: skip
+        refused += sum(check.probability(real[i].values) >= check.threshold for i in held)
+    return {"refused": int(refused), "n": len(real), "share": round(refused / len(real), 4), "folds": folds}
+
+
+BRAIN_SOURCES = ("Training", "Web-tumour", "LGG", "Normal-heads")
+NOT_BRAIN = "Not-brain-MRI"
+
+
+def fit_learned_checks(
+    classifier: Classifier, root: Path, validation: set[Path], max_refused: float = 0.005, per_source: int = 700
+) -> tuple[list[LearnedCheck], dict[str, Any]]:
+    """Fit both checks from the folders under ``root`` (training parts only; ``validation`` paths are where the
+    thresholds are set and the refusals measured). Returns the checks and a report of what they refuse."""
+    from core.training.sources import discover
+
+    items = discover([root / name for name in BRAIN_SOURCES if (root / name).is_dir()])
+    rng = np.random.default_rng(0)
+    train_samples, val_samples = [], []
+    for source in sorted({item.source for item in items}):
+        mine = [item for item in items if item.source == source]
+        held = [item for item in mine if item.path.resolve() in validation]
+        rest = [item for item in mine if item.path.resolve() not in validation]
+        little = [item for item in rest if (item.head_pixels or LITTLE_BRAIN_PIXELS) < LITTLE_BRAIN_PIXELS]
+        chosen = [rest[i] for i in rng.permutation(len(rest))[:per_source]] + little
+        train_samples += [s for item in chosen if (s := sample_of(classifier, item.path, source, item))]
+        val_samples += [s for item in held if (s := sample_of(classifier, item.path, source, item))]
+    real = [s for path in sorted((root / NOT_BRAIN).glob("*.png")) if (s := sample_of(classifier, path, NOT_BRAIN))]
+    generated = generated_negatives(classifier)
+    accepted = [s for s in val_samples if s.enough_brain]
+    brain = [s for s in train_samples if s.enough_brain]
+    not_mri = fit_check(
+        "not_mri", "it does not look like a brain MRI slice (chest, abdomen or a non-medical image)",
+        [*real, *generated], brain, accepted, max_refused,
+    )  # fmt: skip
+    little_brain = fit_check(
+        "little_brain", "this section holds too little brain for a verdict (skull base, vertex or a lateral section)",
+        [s for s in train_samples if s.little_brain], brain, accepted, max_refused,
+    )  # fmt: skip
+    checks = [not_mri, little_brain]
+    sources = sorted({s.source for s in accepted})
+    report = {
+        "max_refused_per_source": max_refused,
+        "not_mri_cross_validated": cross_validated_refusals(real, generated, brain, accepted, max_refused),
+        "generated_refused_in_sample": refused_share(not_mri, generated),
+        "validation_refused_by_either": {
+            source: _either([s for s in accepted if s.source == source], checks) for source in sources
+        },
+        "little_brain_validation_refused": refused_share(little_brain, [s for s in val_samples if s.little_brain]),
+        "trained_on": {"brain": len(brain), "little_brain": sum(s.little_brain for s in train_samples),
+                       "real_not_mri": len(real), "generated_not_mri": len(generated)},
+    }  # fmt: skip
+    return checks, report
+
+
+def _either(samples: Sequence[Sample], checks: Sequence[LearnedCheck]) -> dict[str, Any]:
+    refused = sum(any(c.probability(s.values) >= c.threshold for c in checks) for s in samples)
+    return {"refused": int(refused), "n": len(samples), "share": round(refused / len(samples), 4) if samples else None}
