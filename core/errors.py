@@ -60,6 +60,10 @@ class WrongModality(ScanError):
     code = "wrong_modality"
 
 
+class WrongBodyPart(ScanError):
+    code = "wrong_body_part"
+
+
 class NoBrainFound(ScanError):
     code = "no_brain_found"
 

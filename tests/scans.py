@@ -30,8 +30,10 @@ def dicom_bytes(
     frames: int = 1,
     truncate_pixels: int = 0,
     preamble: bool = True,
+    extra: dict[str, object] | None = None,
 ) -> bytes:
-    """An MR image DICOM file with a planted patient name; ``stored`` is uint16 (frames stacked on axis 0)."""
+    """An MR image DICOM file with a planted patient name; ``stored`` is uint16 (frames stacked on axis 0);
+    ``extra`` sets more header fields by keyword."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
@@ -55,6 +57,8 @@ def dicom_bytes(
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     if frames > 1:
         ds.NumberOfFrames = frames
+    for keyword, value in (extra or {}).items():
+        setattr(ds, keyword, value)
     if window is not None:
         ds.WindowCenter, ds.WindowWidth = window
     if rescale is not None:

@@ -225,3 +225,24 @@ def test_voi_lut_sequence_is_looked_up_with_integers_as_the_standard_says(bits: 
     scaled = np.clip(reference.astype(np.float64) * 255.0 / top + 0.5, 0, 255).astype(np.uint8)
     assert np.array_equal(ours[inside], scaled[inside])
     assert ours[0, -1] == 255  # far past the table: its last entry (pydicom's 8-bit index wraps there)
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"BodyPartExamined": "ABDOMEN"}, "abdomen"),
+        ({"StudyDescription": "MR PELVIS W/O CONTRAST"}, "pelvis"),
+        ({"SeriesDescription": "t2_tse_tra LIVER"}, "liver"),
+    ],
+)
+def test_a_dicom_of_another_body_part_is_refused(fields: dict, named: str) -> None:
+    from core.errors import WrongBodyPart
+
+    with pytest.raises(WrongBodyPart, match=named):
+        read_scan(dicom_bytes(stored_slice(), extra=fields))
+
+
+def test_head_descriptions_are_accepted_even_when_they_mention_another_part() -> None:
+    for fields in ({"BodyPartExamined": "BRAIN"}, {"StudyDescription": "MRI BRAIN AND CERVICAL SPINE"},
+                   {"SeriesDescription": "AX T2 FLAIR"}):  # fmt: skip
+        assert read_scan(dicom_bytes(stored_slice(), extra=fields)).pixels.shape == (128, 128)

@@ -12,11 +12,20 @@
 from __future__ import annotations
 
 import io
+import re
 from typing import Any
 
 import numpy as np
 
-from core.errors import CorruptImage, MultiFrameImage, NoPixelData, ScanError, UnsupportedDicom, WrongModality
+from core.errors import (
+    CorruptImage,
+    MultiFrameImage,
+    NoPixelData,
+    ScanError,
+    UnsupportedDicom,
+    WrongBodyPart,
+    WrongModality,
+)
 from core.imaging.limits import Limits, check_decoded_size, check_dimensions, stretch_to_uint8
 
 # DICOM modalities the model may see. Secondary captures and "other" are allowed with a warning because MR
@@ -41,6 +50,15 @@ ACQUISITION_FIELDS: tuple[str, ...] = (
 
 # The working copy of one frame is float64 after the modality LUT.
 _WORKING_BYTES_PER_PIXEL = 8
+
+# Body parts a brain slice may be filed under (BodyPartExamined defined terms and common local values).
+_HEAD_PARTS = {"HEAD", "BRAIN", "SKULL", "HEADNECK", "HEAD_NECK", "NEURO", "CEREBRUM", "CRANIUM", "IAC", "ORBIT"}
+# Words in a study or series description that name another part of the body.
+_OTHER_PARTS = (
+    "ABDOMEN", "ABDOMINAL", "PELVIS", "PELVIC", "CHEST", "THORAX", "THORACIC", "LUNG", "CARDIAC", "HEART",
+    "BREAST", "MAMMO", "KNEE", "SHOULDER", "HIP", "SPINE", "LUMBAR", "SACRUM", "LIVER", "KIDNEY", "RENAL",
+    "PROSTATE", "UTERUS", "ANKLE", "WRIST", "ELBOW", "FOOT", "HAND", "FEMUR", "RECTUM", "PANCREAS", "BOWEL",
+)  # fmt: skip
 
 _HEADER_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError)
 _VALUE_ERRORS = (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError)
@@ -86,6 +104,7 @@ def _read_checked(data: bytes, limits: Limits, frame: int | None) -> tuple[np.nd
 
     header = _header(data)
     notes = check_modality(str(header.get("Modality", "") or "").upper())
+    check_body_part(header)
     rows, columns = header.get("Rows"), header.get("Columns")
     if rows is None or columns is None:
         raise NoPixelData(
@@ -127,6 +146,25 @@ def check_modality(modality: str) -> tuple[str, ...]:
     if modality in _TOLERATED_MODALITIES:
         return (f"The DICOM modality is '{modality or 'missing'}', not MR: check that this is an MRI slice.",)
     raise WrongModality(f"This DICOM file is modality {modality}; the model was trained on brain MRI (MR) only.")
+
+
+def check_body_part(header: Any) -> None:
+    """Refuse a file that says it shows another part of the body: BodyPartExamined, or a study or series
+    description naming one (and no head). The descriptions are only searched for those words, never kept."""
+    part = str(header.get("BodyPartExamined", "") or "").strip().upper()
+    if part and part not in _HEAD_PARTS:
+        raise WrongBodyPart(f"This DICOM file is of the {part.lower()} (BodyPartExamined); the model reads brain MRI.")
+    for name in ("StudyDescription", "SeriesDescription", "ProtocolName"):
+        words = set(re.findall(r"[A-Z]+", str(header.get(name, "") or "").upper()))
+        named = sorted(words & set(_OTHER_PARTS))
+        if named and not words & (_HEAD_PARTS | {"HEAD", "BRAIN"}):
+            raise WrongBodyPart(
+                f"This DICOM file's {_spaced(name)} names the {named[0].lower()}; the model reads brain MRI only."
+            )
+
+
+def _spaced(name: str) -> str:
+    return re.sub(r"(?<!^)([A-Z])", r" \1", name).lower()
 
 
 def check_transfer_syntax(header: Any) -> None:
