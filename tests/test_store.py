@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from core.errors import InvalidRecord, StoreError, StoreUnavailable
 from core.identity import local_key, pseudonymise
 from core.storage import open_store
 from core.storage.mongo import MongoStore
+from core.storage.people import GENESIS, Account, AuditEvent, Review, first_broken
 from core.storage.records import DayCount, Filters, Record, record_id
 from core.storage.sqlite import SQLiteStore
 from core.storage.timebuckets import utc_offset_segments
@@ -240,15 +242,75 @@ def test_latest_records_newest_first(filled) -> None:
     assert [r.label for r in filled.recent(5, Filters(labels=("notumor",)))] == ["notumor"] * 3
 
 
-def test_review_fields_start_empty_and_can_be_set(filled) -> None:
-    record = FIXTURE[2]
-    assert filled.get(record.id).review_verdict is None
-    filled.review(record.id, "dr-review", "disagree", "meningioma", "enhancing dural tail")
-    reviewed = filled.get(record.id)
-    assert (reviewed.reviewer, reviewed.review_verdict, reviewed.final_label) == ("dr-review", "disagree", "meningioma")
-    assert reviewed.reviewed_at is not None
+def test_reviews_are_an_append_only_history_whose_latest_is_the_final_label(filled) -> None:
+    record = FIXTURE[2]  # pituitary
+    assert filled.get(record.id).final_label is None and filled.reviews_of(record.id) == []
+    first = Review(record.id, "dr-a", utc(2026, 5, 1, 9), "agree", "pituitary", "pituitary")
+    second = Review(record.id, "dr-b", utc(2026, 5, 2, 9), "override", "pituitary", "meningioma",
+                    ("wrong_type",), "enhancing dural tail")  # fmt: skip
+    assert filled.add_review(first).final_label == "pituitary"
+    updated = filled.add_review(second)
+    assert (updated.final_label, updated.reviewer, updated.review_count, updated.review_verdict) == (
+        "meningioma",
+        "dr-b",
+        2,
+        "override",
+    )
+    assert updated.disagrees and updated.reviewed_at == utc(2026, 5, 2, 9)
+    history = filled.reviews_of(record.id)
+    assert [(r.reviewer, r.final_label, r.reasons, r.note) for r in history] == [
+        ("dr-a", "pituitary", (), ""), ("dr-b", "meningioma", ("wrong_type",), "enhancing dural tail")
+    ]  # fmt: skip
+    with pytest.raises(InvalidRecord):  # not of this result's verdict
+        filled.add_review(replace(first, model_label="glioma", final_label="glioma"))
+    with pytest.raises(InvalidRecord):  # an unknown reason code
+        filled.add_review(replace(second, reasons=("hunch",)))
     with pytest.raises(InvalidRecord):
-        filled.review(record.id, "dr-review", "maybe", None, "")
+        filled.add_review(replace(first, result_id="0" * 64))
+    assert len(filled.reviews_of(record.id)) == 2
+
+
+def test_accounts_are_kept_and_updated(store) -> None:
+    assert store.get_account("dr-a") is None and store.accounts() == []
+    store.put_account(Account("dr-a", "radiologist", "$argon2id$hash", created_at=utc(2026, 1, 1)))
+    store.put_account(Account("boss", "supervisor", None, created_at=utc(2026, 1, 2)))
+    store.put_account(replace(store.get_account("dr-a"), failed_count=3, locked_until=utc(2026, 1, 1, 0, 15)))
+    account = store.get_account("dr-a")
+    assert (account.role, account.password_hash, account.failed_count) == ("radiologist", "$argon2id$hash", 3)
+    assert account.locked_until == utc(2026, 1, 1, 0, 15) and account.created_at == utc(2026, 1, 1)
+    assert [a.name for a in store.accounts()] == ["boss", "dr-a"]
+    with pytest.raises(InvalidRecord):
+        store.put_account(Account("dr a; drop", "radiologist"))
+    with pytest.raises(InvalidRecord):
+        store.put_account(Account("x", "superuser"))
+
+
+def test_the_audit_trail_is_one_hash_chain(store) -> None:
+    for k, action in enumerate(("sign_in", "upload", "open", "review")):
+        event = store.append_audit(
+            AuditEvent(utc(2026, 5, 1, 9, k, 0, 123456), "dr-a", "radiologist", action, "f" * 64, {"n": k})
+        )
+        assert event.seq == k + 1
+    events = store.audit_events()
+    assert [e.action for e in events] == ["sign_in", "upload", "open", "review"]
+    assert events[0].prev_hash == GENESIS and all(b.prev_hash == a.hash for a, b in pairwise(events))
+    assert first_broken(events) is None and events[0].at == utc(2026, 5, 1, 9, 0, 0, 123000)
+    assert [e.seq for e in store.audit_events(since_seq=2, limit=1)] == [3]
+    tampered = [*events[:1], replace(events[1], actor="someone-else"), *events[2:]]
+    assert first_broken(tampered).seq == 2  # an edited event
+    assert first_broken([events[0], *events[2:]]).seq == 3  # a deleted one
+
+
+def test_reviews_and_audit_events_cannot_be_changed_in_sqlite(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "results.sqlite3")
+    store.add(FIXTURE[0])
+    store.add_review(Review(FIXTURE[0].id, "dr-a", utc(2026, 5, 1), "agree", "glioma", "glioma"))
+    store.append_audit(AuditEvent(utc(2026, 5, 1), "dr-a", "radiologist", "review", FIXTURE[0].id))
+    connection = sqlite3.connect(tmp_path / "results.sqlite3")
+    for statement in ("UPDATE reviews SET final_label = 'notumor'", "DELETE FROM reviews",
+                      "UPDATE audit SET actor = 'x'", "DELETE FROM audit"):  # fmt: skip
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            connection.execute(statement)
 
 
 def test_offset_segments_find_the_transition() -> None:
@@ -393,7 +455,7 @@ def test_a_round_1_database_opens_and_is_upgraded_in_place(tmp_path: Path) -> No
     path = tmp_path / "results.sqlite3"
     shutil.copy(ROUND_1_DATABASE, path)
     store = SQLiteStore(path)
-    assert store.schema_version() == 2
+    assert store.schema_version() == 3
     assert (tmp_path / "results.sqlite3.v1.bak").exists()  # the file as it was, beside it
     assert store.summary().total == 6  # the three copies of one upload are one result now
     merged = store.get(record_id(f"{4:064x}", "btd-cnn", "1.4.0+ab12cd34"))
@@ -401,10 +463,13 @@ def test_a_round_1_database_opens_and_is_upgraded_in_place(tmp_path: Path) -> No
     assert merged.created_at == utc(2026, 11, 20, 12, 0)  # the first save
     assert merged.confidence == pytest.approx(0.85)  # the call's confidence, P(tumour), not P(meningioma) 0.55
     reviewed = store.get(record_id(f"{1:064x}", "btd-cnn", "1.4.0+ab12cd34"))
-    assert (reviewed.reviewer, reviewed.review_verdict) == ("dr-old", "agree")
+    assert (reviewed.reviewer, reviewed.review_verdict, reviewed.final_label) == ("dr-old", "agree", "glioma")
+    history = store.reviews_of(reviewed.id)  # round 1's one review is now the first of an append-only history
+    assert [(r.reviewer, r.action, r.note) for r in history] == [("dr-old", "agree", "fine")]
     assert dict(store.summary().per_gate) == {"accepted": 4, "needs_review": 1, "rejected": 1}
     assert store.add(merged) is False
-    assert SQLiteStore(path).schema_version() == 2  # opening again changes nothing
+    assert SQLiteStore(path).schema_version() == 3  # opening again changes nothing
+    assert store.accounts() == [] and store.audit_events() == []
 
 
 def test_a_database_from_a_newer_release_is_refused(tmp_path: Path) -> None:
@@ -426,7 +491,7 @@ def test_a_round_1_mongodb_collection_is_upgraded_on_first_use() -> None:
         document.update(_id=uuid.uuid4().hex, patient_ref=patient, confidence=0.55)
         old.insert_one(document)
     store = MongoStore(client, collection="scans_v1")
-    assert store.summary().total == 2 and store.schema_version() == 2
+    assert store.summary().total == 2 and store.schema_version() == 3
     merged = store.get(record_id(f"{4:064x}", "btd-cnn", "1.0.0"))
     assert merged.patient_ref == "c" * 64 and merged.confidence == pytest.approx(0.9)
 
@@ -456,3 +521,22 @@ def test_health_check_fails_when_a_save_would(tmp_path: Path) -> None:
 def test_database_file_is_private(tmp_path: Path) -> None:
     SQLiteStore(tmp_path / "results.sqlite3").add(FIXTURE[0])
     assert oct((tmp_path / "results.sqlite3").stat().st_mode)[-3:] == "600"
+
+
+def test_a_version_2_database_gets_its_reviews_moved_into_the_history(tmp_path: Path) -> None:
+    """tests/data/results-v2.sqlite3 was written by the version-2 code (commit 8df16da): four results (two frames
+    of one file among them) and three reviews kept on the results themselves (disagree, agree, uncertain)."""
+    import shutil
+
+    path = tmp_path / "results.sqlite3"
+    shutil.copy(Path(__file__).parent / "data" / "results-v2.sqlite3", path)
+    store = SQLiteStore(path)
+    assert store.schema_version() == 3 and (tmp_path / "results.sqlite3.v2.bak").exists()
+    assert store.summary().total == 4
+    by_sha = {r.image_sha256[-1]: r for r in store.recent(10) if r.frame in (None, 0)}
+    first, second, framed = by_sha["1"], by_sha["2"], by_sha["3"]
+    assert (first.final_label, first.review_verdict, first.review_count) == ("meningioma", "override", 1)
+    assert (second.final_label, second.review_verdict) == ("notumor", "agree")
+    assert (framed.final_label, framed.review_verdict) == ("pituitary", "override")  # uncertain: an override
+    assert [(r.action, r.note) for r in store.reviews_of(first.id)] == [("override", "dural tail")]
+    assert first.disagrees and not second.disagrees

@@ -6,6 +6,9 @@ SQLite keeps its version in ``PRAGMA user_version``; MongoDB in the ``meta`` col
 - version 2: id = image + model + version + frame; the patient reference is an attribute; ``frame`` column;
   confidence = the probability that the tumour / no-tumour call is right. Upgrading merges the copies version 1
   made of one upload into one result (the earliest, with the latest patient reference and review given).
+- version 3: accounts, append-only reviews (the latest summarised on the result: final label, count) and a
+  hash-chained, append-only audit trail (SQLite triggers refuse UPDATE and DELETE on both); the result keeps the
+  key of its de-identified pixels. Upgrading moves version 2's one review per result into the reviews table.
 
 An upgrade runs in one transaction after a backup copy of the file (``<file>.v<N>.bak``); a database newer than
 this code is refused rather than guessed at.
@@ -25,7 +28,7 @@ from core.storage.records import record_id
 
 logger = logging.getLogger("btd.storage")
 
-SQLITE_SCHEMA = """
+SCANS = """
 CREATE TABLE IF NOT EXISTS scans (
     id TEXT PRIMARY KEY,
     created_ms INTEGER NOT NULL,
@@ -52,28 +55,76 @@ CREATE TABLE IF NOT EXISTS scans (
     review_verdict TEXT,
     final_label TEXT,
     review_note TEXT,
-    reviewed_ms INTEGER
-);
-CREATE INDEX IF NOT EXISTS scans_by_time ON scans (created_ms, model_version, label, gate, is_tumour, confidence);
-CREATE INDEX IF NOT EXISTS scans_by_label ON scans (label, gate, is_tumour, confidence, created_ms, model_version);
-CREATE INDEX IF NOT EXISTS scans_by_version
-    ON scans (model_version, model_name, created_ms, label, gate, is_tumour, confidence);
-CREATE INDEX IF NOT EXISTS scans_by_quarter
-    ON scans (created_ms / 900000, created_ms, is_tumour, model_version, label, gate);
-CREATE INDEX IF NOT EXISTS scans_by_confidence
-    ON scans (CAST(confidence * 20 AS INTEGER), created_ms, model_version, label, gate);
-CREATE INDEX IF NOT EXISTS scans_by_patient ON scans (patient_ref, created_ms) WHERE patient_ref IS NOT NULL;
-"""
+    reviewed_ms INTEGER,
+    review_count INTEGER NOT NULL DEFAULT 0,
+    image_key TEXT
+)"""
+# review_note is kept only so that a version-2 file's notes can be moved into the reviews table.
+
+INDEXES = (
+    "CREATE INDEX IF NOT EXISTS scans_by_time ON scans (created_ms, model_version, label, gate, is_tumour, confidence)",
+    "CREATE INDEX IF NOT EXISTS scans_by_label "
+    "ON scans (label, gate, is_tumour, confidence, created_ms, model_version)",
+    "CREATE INDEX IF NOT EXISTS scans_by_version "
+    "ON scans (model_version, model_name, created_ms, label, gate, is_tumour, confidence)",
+    "CREATE INDEX IF NOT EXISTS scans_by_quarter "
+    "ON scans (created_ms / 900000, created_ms, is_tumour, model_version, label, gate)",
+    "CREATE INDEX IF NOT EXISTS scans_by_confidence "
+    "ON scans (CAST(confidence * 20 AS INTEGER), created_ms, model_version, label, gate)",
+    "CREATE INDEX IF NOT EXISTS scans_by_patient ON scans (patient_ref, created_ms) WHERE patient_ref IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS scans_unreviewed ON scans (review_count, gate, created_ms)",
+)
 # Covering indexes let every dashboard query stream through one index in group order (no sort of a million
 # rows): by label for the summary, by model for the version table, by quarter-hour (every time zone's offset is
 # a multiple of 15 minutes) for calendar days, by twentieth of confidence for the histogram.
 
+PEOPLE = (
+    """CREATE TABLE IF NOT EXISTS accounts (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL CHECK (role IN ('radiologist', 'supervisor', 'admin')),
+        password_hash TEXT,
+        disabled INTEGER NOT NULL DEFAULT 0 CHECK (disabled IN (0, 1)),
+        failed_count INTEGER NOT NULL DEFAULT 0,
+        locked_until_ms INTEGER,
+        created_ms INTEGER NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS reviews (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        result_id TEXT NOT NULL REFERENCES scans (id),
+        reviewer TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        action TEXT NOT NULL CHECK (action IN ('agree', 'override')),
+        model_label TEXT NOT NULL,
+        final_label TEXT NOT NULL,
+        reasons TEXT NOT NULL DEFAULT '[]',
+        note TEXT NOT NULL DEFAULT ''
+    )""",
+    "CREATE INDEX IF NOT EXISTS reviews_by_result ON reviews (result_id, seq)",
+    """CREATE TABLE IF NOT EXISTS audit (
+        seq INTEGER PRIMARY KEY,
+        at_ms INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        role TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT,
+        detail TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL UNIQUE
+    )""",
+    "CREATE INDEX IF NOT EXISTS audit_by_action ON audit (action, at_ms)",
+    *(
+        f"CREATE TRIGGER IF NOT EXISTS {table}_append_only_{verb.lower()} BEFORE {verb} ON {table} "
+        f"BEGIN SELECT RAISE(ABORT, '{table} are append-only'); END"
+        for table in ("reviews", "audit")
+        for verb in ("UPDATE", "DELETE")
+    ),
+)
+
 
 def _create_schema(connection: sqlite3.Connection) -> None:
     # statement by statement: executescript would commit the migration's transaction half-way
-    for statement in SQLITE_SCHEMA.split(";"):
-        if statement.strip():
-            connection.execute(statement)
+    for statement in (SCANS, *INDEXES, *PEOPLE):
+        connection.execute(statement)
 
 
 def migrate_sqlite(connection: sqlite3.Connection, path: Path) -> int:
@@ -97,6 +148,8 @@ def migrate_sqlite(connection: sqlite3.Connection, path: Path) -> int:
             if found == 1:
                 merged = _sqlite_v1_to_v2(connection)
                 logger.warning("event=store_migrated store=sqlite from=1 to=2 merged_duplicates=%d", merged)
+            moved = _sqlite_v2_to_v3(connection)
+            logger.warning("event=store_migrated store=sqlite to=3 reviews_moved=%d", moved)
         _create_schema(connection)
         connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         connection.execute("COMMIT")
@@ -162,6 +215,30 @@ def _sqlite_v1_to_v2(connection: sqlite3.Connection) -> int:
     return int(before - after)
 
 
+def _sqlite_v2_to_v3(connection: sqlite3.Connection) -> int:
+    """Add the review count and image key, the people tables, and move each result's one review of version 2
+    into the append-only reviews table (agree stays agree; disagree and uncertain become an override, the final
+    label defaulting to the model's); returns how many reviews were moved."""
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(scans)")}
+    if "review_count" not in columns:
+        connection.execute("ALTER TABLE scans ADD COLUMN review_count INTEGER NOT NULL DEFAULT 0")
+    if "image_key" not in columns:
+        connection.execute("ALTER TABLE scans ADD COLUMN image_key TEXT")
+    _create_schema(connection)
+    moved = connection.execute(
+        "INSERT INTO reviews (result_id, reviewer, created_ms, action, model_label, final_label, reasons, note) "
+        "SELECT id, COALESCE(reviewer, 'unknown'), reviewed_ms, "
+        "CASE review_verdict WHEN 'agree' THEN 'agree' ELSE 'override' END, label, COALESCE(final_label, label), "
+        "'[]', COALESCE(review_note, '') FROM scans WHERE reviewed_ms IS NOT NULL AND review_count = 0"
+    ).rowcount
+    connection.execute(
+        "UPDATE scans SET review_verdict = CASE review_verdict WHEN 'agree' THEN 'agree' ELSE 'override' END, "
+        "final_label = COALESCE(final_label, label), review_count = 1, review_note = NULL "
+        "WHERE reviewed_ms IS NOT NULL AND review_count = 0"
+    )
+    return int(moved)
+
+
 # --- MongoDB --------------------------------------------------------------------------------------------------
 
 
@@ -182,6 +259,9 @@ def migrate_mongo(database: Any, collection: Any) -> int:
     if found == 1:
         merged = _mongo_v1_to_v2(collection)
         logger.warning("event=store_migrated store=mongodb from=1 to=2 merged_duplicates=%d", merged)
+    if found < 3:
+        moved = _mongo_v2_to_v3(database, collection)
+        logger.warning("event=store_migrated store=mongodb to=3 reviews_moved=%d", moved)
     if found != SCHEMA_VERSION or state is None:
         meta.update_one({"_id": "schema"}, {"$set": {"version": SCHEMA_VERSION}}, upsert=True)
     return found
@@ -210,3 +290,26 @@ def _mongo_v1_to_v2(collection: Any) -> int:
         collection.delete_many({"_id": {"$in": [d["_id"] for d in copies if d["_id"] != key]}})
         merged += len(copies) - 1
     return merged
+
+
+def _mongo_v2_to_v3(database: Any, collection: Any) -> int:
+    """Move each result's one version-2 review into the reviews collection (as the SQLite upgrade does)."""
+    moved = 0
+    for document in collection.find({"reviewed_at": {"$ne": None}, "review_count": {"$exists": False}}):
+        action = "agree" if document.get("review_verdict") == "agree" else "override"
+        final = document.get("final_label") or document["label"]
+        database["reviews"].insert_one({
+            "result_id": document["_id"], "reviewer": document.get("reviewer") or "unknown",
+            "created_at": document["reviewed_at"], "action": action, "model_label": document["label"],
+            "final_label": final, "reasons": [], "note": document.get("review_note") or "",
+        })  # fmt: skip
+        collection.update_one(
+            {"_id": document["_id"]},
+            {
+                "$set": {"review_verdict": action, "final_label": final, "review_count": 1},
+                "$unset": {"review_note": ""},
+            },
+        )
+        moved += 1
+    collection.update_many({"review_count": {"$exists": False}}, {"$set": {"review_count": 0}})
+    return moved

@@ -11,17 +11,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from datetime import UTC, datetime
 from itertools import pairwise
 from typing import Any
 
 from core.errors import InvalidRecord, StoreError, StoreUnavailable
 from core.storage.migrations import migrate_mongo
+from core.storage.mongo_people import MongoPeople
 from core.storage.protocol import (
     EVERYTHING,
     HISTOGRAM_BINS,
     SCHEMA_VERSION,
-    check_review,
     day_rows,
     fold_summary,
     record_to_row,
@@ -64,7 +63,7 @@ _INDEXES = (
 )
 
 
-class MongoStore:
+class MongoStore(MongoPeople):
     """The shared store: one collection, ``_id`` = idempotency key, majority writes, short timeouts."""
 
     def __init__(self, client: Any, database: str = "brain_mri_triage", collection: str = "scans") -> None:
@@ -297,18 +296,3 @@ class MongoStore:
     def model_versions(self) -> list[str]:
         with self._errors():
             return sorted(self._collection.distinct("model_version"))
-
-    def review(self, record_id: str, reviewer: str, verdict: str, final_label: str | None, note: str) -> None:
-        current = self.get(record_id)
-        if current is None:
-            raise InvalidRecord("No such record to review.")
-        check_review(current, verdict, final_label)
-        update = {
-            "reviewer": reviewer,
-            "review_verdict": verdict,
-            "final_label": final_label,
-            "review_note": note,
-            "reviewed_at": datetime.now(UTC),
-        }
-        with self._errors():
-            self._collection.update_one({"_id": record_id}, {"$set": update})

@@ -13,12 +13,13 @@ from datetime import date, timedelta
 from typing import Any, Protocol
 
 from core.errors import InvalidRecord
-from core.storage.records import REVIEW_VERDICTS, UNKNOWN_TYPE, DayCount, Filters, ModelRow, Record, Summary
+from core.storage.people import Account, AuditEvent, Review
+from core.storage.records import UNKNOWN_TYPE, DayCount, Filters, ModelRow, Record, Summary
 from core.storage.timebuckets import as_utc
 
 HISTOGRAM_BINS = 20
 EVERYTHING = Filters()
-SCHEMA_VERSION = 2  # 1: round 1 (identity included the patient reference); 2: identity = image + model + frame
+SCHEMA_VERSION = 3  # 1: round 1 (id had the patient reference); 2: id = image + model + frame; 3: people
 
 
 class Store(Protocol):
@@ -33,7 +34,14 @@ class Store(Protocol):
     def confidence_histogram(self, filters: Filters = ..., bins: int = ...) -> list[int]: ...
     def by_model(self, filters: Filters = ...) -> list[ModelRow]: ...
     def model_versions(self) -> list[str]: ...
-    def review(self, record_id: str, reviewer: str, verdict: str, final_label: str | None, note: str) -> None: ...
+    def add_review(self, review: Review) -> Record: ...
+    def reviews_of(self, record_id: str) -> list[Review]: ...
+    def set_image_key(self, record_id: str, image_key: str | None) -> None: ...
+    def get_account(self, name: str) -> Account | None: ...
+    def put_account(self, account: Account) -> None: ...
+    def accounts(self) -> list[Account]: ...
+    def append_audit(self, event: AuditEvent) -> AuditEvent: ...
+    def audit_events(self, since_seq: int = 0, limit: int | None = None) -> list[AuditEvent]: ...
     def schema_version(self) -> int: ...
     def describe(self) -> str: ...
     def ping(self) -> None: ...
@@ -66,8 +74,9 @@ def record_to_row(record: Record) -> dict[str, Any]:
         "reviewer": record.reviewer,
         "review_verdict": record.review_verdict,
         "final_label": record.final_label,
-        "review_note": record.review_note,
         "reviewed_at": record.reviewed_at,
+        "review_count": record.review_count,
+        "image_key": record.image_key,
     }
 
 
@@ -96,8 +105,9 @@ def row_to_record(row: Mapping[str, Any]) -> Record:
         reviewer=row.get("reviewer"),
         review_verdict=row.get("review_verdict"),
         final_label=row.get("final_label"),
-        review_note=row.get("review_note"),
         reviewed_at=as_utc(row["reviewed_at"]) if row.get("reviewed_at") else None,
+        review_count=int(row.get("review_count") or 0),
+        image_key=row.get("image_key"),
     )
 
 
@@ -124,8 +134,10 @@ def day_rows(rows: Sequence[tuple[int, int, int]]) -> list[DayCount]:
     return [DayCount(day=date(1970, 1, 1) + timedelta(days=int(d)), total=int(n), tumour=int(t)) for d, n, t in rows]
 
 
-def check_review(record: Record, verdict: str, final_label: str | None) -> None:
-    if verdict not in REVIEW_VERDICTS:
-        raise InvalidRecord(f"Review verdict must be one of {', '.join(REVIEW_VERDICTS)}.")
-    if final_label is not None and final_label not in record.probabilities and final_label != UNKNOWN_TYPE:
+def check_review(record: Record, review: Review) -> None:
+    """A review must be of this result's verdict and name one of the model's labels (or tumour, type unknown)."""
+    review.validate()
+    if review.model_label != record.label:
+        raise InvalidRecord("The review is not of this result's verdict.")
+    if review.final_label not in record.probabilities and review.final_label != UNKNOWN_TYPE:
         raise InvalidRecord("The final label must be one of the model's labels.")

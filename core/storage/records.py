@@ -3,7 +3,8 @@
 A :class:`Record` holds no direct patient identity: a pseudonymous reference (keyed HMAC), the uploader's user
 name, UTC time, the image's SHA-256, format and size, the frame read from a multi-frame file, the model, the
 verdict, the crop box, timings, the input gate's decision, and review fields that stay empty until a radiologist
-reviews it. No pixels, no file names, no DICOM header text.
+reviews it (the latest review; the append-only history is :class:`core.storage.people.Review`), and the key of its
+de-identified pixels in the image store while they are kept. No pixels, no file names, no DICOM header text.
 
 Identity: ``id`` = SHA-256 over image hash, model name and version, and frame (:func:`record_id`). The same
 upload analysed by the same model is always the same record, so saving twice keeps one. The patient reference
@@ -25,7 +26,7 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 IMAGE_FORMATS = ("png", "jpeg", "dicom")
 GATE_DECISIONS = ("accepted", "needs_review", "rejected")
 SHOWN = ("accepted", "needs_review")  # gate decisions whose verdict was shown to the user
-REVIEW_VERDICTS = ("agree", "disagree", "uncertain")
+REVIEW_VERDICTS = ("agree", "override")  # the latest review's action (the history is in the reviews table)
 UNKNOWN_TYPE = "tumour"  # a tumour verdict whose type is uncertain
 
 
@@ -61,11 +62,17 @@ class Record:
     uploader: str | None = None
     gate: str = "accepted"
     gate_score: float | None = None
-    reviewer: str | None = None
+    reviewer: str | None = None  # the latest review (the whole history: Store.reviews_of)
     review_verdict: str | None = None
     final_label: str | None = None
-    review_note: str | None = None
     reviewed_at: datetime | None = None
+    review_count: int = 0
+    image_key: str | None = None  # the de-identified pixels in the image store, while they are kept
+
+    @property
+    def disagrees(self) -> bool:
+        """The radiologist's final label differs from the model's verdict."""
+        return self.final_label is not None and self.final_label != self.label
 
     @property
     def confidence(self) -> float:

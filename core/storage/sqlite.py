@@ -18,7 +18,6 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -28,13 +27,13 @@ from core.storage.migrations import migrate_sqlite
 from core.storage.protocol import (
     EVERYTHING,
     HISTOGRAM_BINS,
-    check_review,
     day_rows,
     fold_summary,
     record_to_row,
     row_to_record,
 )
 from core.storage.records import DayCount, Filters, ModelRow, Record, Summary
+from core.storage.sqlite_people import SQLitePeople
 from core.storage.timebuckets import DAY_MS, QUARTER_MS, from_ms, to_ms, utc_offset_segments
 
 logger = logging.getLogger("btd.storage")
@@ -42,12 +41,12 @@ logger = logging.getLogger("btd.storage")
 _COLUMNS = (
     "id, created_ms, patient_ref, uploader, image_sha256, image_format, image_width, image_height, image_bytes, "
     "frame, model_name, model_version, label, is_tumour, tumour_probability, confidence, probabilities, roi, "
-    "timings_ms, gate, gate_score, reviewer, review_verdict, final_label, review_note, reviewed_ms"
+    "timings_ms, gate, gate_score, reviewer, review_verdict, final_label, reviewed_ms, review_count, image_key"
 )
 _SUMMARY_KEYS = ("label", "gate", "n", "tumour", "confidence", "first", "last")
 
 
-class SQLiteStore:
+class SQLiteStore(SQLitePeople):
     """The embedded store: one SQLite file, WAL journal, 5 s busy timeout, one connection per thread."""
 
     def __init__(self, path: Path, busy_timeout_s: float = 5.0) -> None:
@@ -88,6 +87,7 @@ class SQLiteStore:
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=FULL")
         connection.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_s * 1000)}")
+        connection.execute("PRAGMA foreign_keys=ON")
         with self._migrate_lock:
             migrate_sqlite(connection, self.path)
         return connection
@@ -138,10 +138,10 @@ class SQLiteStore:
             row["model_name"], row["model_version"], row["label"], int(row["is_tumour"]), row["tumour_probability"],
             row["confidence"], json.dumps(row["probabilities"]), json.dumps(row["roi"]), json.dumps(row["timings_ms"]),
             row["gate"], row["gate_score"], row["reviewer"], row["review_verdict"], row["final_label"],
-            row["review_note"], to_ms(record.reviewed_at) if record.reviewed_at else None,
+            to_ms(record.reviewed_at) if record.reviewed_at else None, row["review_count"], row["image_key"],
         )  # fmt: skip
 
-    _INSERT = f"INSERT INTO scans ({_COLUMNS}) VALUES ({', '.join('?' * 26)}) ON CONFLICT(id) DO NOTHING"
+    _INSERT = f"INSERT INTO scans ({_COLUMNS}) VALUES ({', '.join('?' * 27)}) ON CONFLICT(id) DO NOTHING"
 
     def add(self, record: Record) -> bool:
         """Insert once: False when a record with this identity exists. A row the schema refuses raises
@@ -175,18 +175,6 @@ class SQLiteStore:
         if cursor.rowcount == 0 and self.get(record_id) is None:
             raise InvalidRecord("No such record.")
         return cursor.rowcount == 1
-
-    def review(self, record_id: str, reviewer: str, verdict: str, final_label: str | None, note: str) -> None:
-        current = self.get(record_id)
-        if current is None:
-            raise InvalidRecord("No such record to review.")
-        check_review(current, verdict, final_label)
-        with self._errors():
-            self._connection().execute(
-                "UPDATE scans SET reviewer = ?, review_verdict = ?, final_label = ?, review_note = ?, reviewed_ms = ? "
-                "WHERE id = ?",
-                (reviewer, verdict, final_label, note, to_ms(datetime.now(UTC)), record_id),
-            )
 
     # --- reads --------------------------------------------------------------------------------------------
 

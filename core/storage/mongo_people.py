@@ -1,0 +1,147 @@
+"""The MongoDB store's accounts, reviews and audit trail (a mixin of :class:`core.storage.mongo.MongoStore`).
+
+Collections ``accounts`` (``_id`` = name), ``reviews`` (append-only by use: the app never updates or deletes
+them; a deployment can enforce it with a role that may only insert) and ``audit`` (``_id`` = sequence number).
+An audit event is appended optimistically: read the last event, insert ``seq + 1`` linked to its hash; a
+concurrent writer that took the number first makes the insert fail on the unique ``_id`` and the append retries,
+so replicas sharing one database keep one unbroken chain. A review is inserted, then its result's summary updated.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core.errors import InvalidRecord, StoreUnavailable
+from core.storage.people import Account, AuditEvent, Review, chained
+from core.storage.protocol import check_review
+from core.storage.records import Record
+from core.storage.timebuckets import as_utc
+
+
+class MongoPeople:
+    """Requires ``_db``, ``_collection``, ``_errors()`` and ``get()`` from the store."""
+
+    _db: Any
+    _collection: Any
+    _errors: Any
+    get: Any
+
+    def _people(self, name: str) -> Any:
+        from pymongo import WriteConcern
+
+        return self._db[name].with_options(write_concern=WriteConcern("majority", wtimeout=3000))
+
+    # --- accounts -----------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _account(document: dict[str, Any]) -> Account:
+        return Account(
+            name=document["_id"], role=document["role"], password_hash=document.get("password_hash"),
+            disabled=bool(document.get("disabled")), failed_count=int(document.get("failed_count") or 0),
+            locked_until=as_utc(document["locked_until"]) if document.get("locked_until") else None,
+            created_at=as_utc(document["created_at"]) if document.get("created_at") else None,
+        )  # fmt: skip
+
+    def get_account(self, name: str) -> Account | None:
+        with self._errors():
+            document = self._people("accounts").find_one({"_id": name})
+        return self._account(document) if document else None
+
+    def accounts(self) -> list[Account]:
+        with self._errors():
+            return [self._account(d) for d in self._people("accounts").find().sort("_id", 1)]
+
+    def put_account(self, account: Account) -> None:
+        account.validate()
+        document = {
+            "role": account.role, "password_hash": account.password_hash, "disabled": account.disabled,
+            "failed_count": account.failed_count, "locked_until": account.locked_until,
+        }  # fmt: skip
+        with self._errors():
+            self._people("accounts").update_one(
+                {"_id": account.name},
+                {"$set": document, "$setOnInsert": {"created_at": account.created_at}},
+                upsert=True,
+            )
+
+    # --- reviews ------------------------------------------------------------------------------------------
+
+    def add_review(self, review: Review) -> Record:
+        current = self.get(review.result_id)
+        if current is None:
+            raise InvalidRecord("No such result to review.")
+        check_review(current, review)
+        document = {
+            "result_id": review.result_id, "reviewer": review.reviewer, "created_at": review.created_at,
+            "action": review.action, "model_label": review.model_label, "final_label": review.final_label,
+            "reasons": list(review.reasons), "note": review.note,
+        }  # fmt: skip
+        with self._errors():
+            self._people("reviews").insert_one(document)
+            self._collection.update_one(
+                {"_id": review.result_id},
+                {
+                    "$set": {
+                        "reviewer": review.reviewer,
+                        "review_verdict": review.action,
+                        "final_label": review.final_label,
+                        "reviewed_at": review.created_at,
+                    },
+                    "$inc": {"review_count": 1},
+                },
+            )
+        updated = self.get(review.result_id)
+        assert updated is not None
+        return updated
+
+    def reviews_of(self, record_id: str) -> list[Review]:
+        with self._errors():
+            documents = list(
+                self._people("reviews").find({"result_id": record_id}).sort([("created_at", 1), ("_id", 1)])
+            )
+        return [
+            Review(
+                result_id=d["result_id"], reviewer=d["reviewer"], created_at=as_utc(d["created_at"]),
+                action=d["action"], model_label=d["model_label"], final_label=d["final_label"],
+                reasons=tuple(d.get("reasons") or ()), note=d.get("note") or "", seq=k + 1,
+            )
+            for k, d in enumerate(documents)
+        ]  # fmt: skip
+
+    def set_image_key(self, record_id: str, image_key: str | None) -> None:
+        with self._errors():
+            self._collection.update_one({"_id": record_id}, {"$set": {"image_key": image_key}})
+
+    # --- audit --------------------------------------------------------------------------------------------
+
+    def append_audit(self, event: AuditEvent, attempts: int = 20) -> AuditEvent:
+        from pymongo.errors import DuplicateKeyError
+
+        audit = self._people("audit")
+        for _ in range(attempts):
+            with self._errors():
+                last = audit.find_one(sort=[("_id", -1)])
+                seq, previous = (1, event.prev_hash) if last is None else (int(last["_id"]) + 1, last["hash"])
+                linked = chained(event, previous, seq)
+                try:
+                    audit.insert_one({
+                        "_id": seq, "at": linked.at, "actor": linked.actor, "role": linked.role,
+                        "action": linked.action, "target": linked.target, "detail": linked.detail,
+                        "prev_hash": linked.prev_hash, "hash": linked.hash,
+                    })  # fmt: skip
+                except DuplicateKeyError:
+                    continue  # another replica appended first: link to its event instead
+                return linked
+        raise StoreUnavailable("The audit trail is too busy to append to; try again.")
+
+    def audit_events(self, since_seq: int = 0, limit: int | None = None) -> list[AuditEvent]:
+        with self._errors():
+            cursor = self._people("audit").find({"_id": {"$gt": since_seq}}).sort("_id", 1)
+            documents = list(cursor.limit(limit) if limit else cursor)
+        return [
+            AuditEvent(
+                at=as_utc(d["at"]), actor=d["actor"], role=d["role"], action=d["action"], target=d.get("target"),
+                detail=dict(d.get("detail") or {}), prev_hash=d["prev_hash"], hash=d["hash"], seq=int(d["_id"]),
+            )
+            for d in documents
+        ]  # fmt: skip

@@ -1,0 +1,125 @@
+"""What the stores keep about people and their actions: accounts, reviews of results, audit events.
+
+- :class:`Account`: a local account (name, role, Argon2 password hash or none for single-sign-on accounts,
+  disabled flag, failed sign-ins and a lock time for throttling).
+- :class:`Review`: one radiologist's reading of one result, append-only; the latest is the final label.
+- :class:`AuditEvent`: an append-only event whose ``hash`` covers its fields and the previous event's hash, so an
+  edited or deleted event breaks the chain (:func:`event_hash`, checked by :func:`first_broken`).
+No patient identity in any of them: targets are result ids (image hashes), accounts are user names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+from core.errors import InvalidRecord
+
+ROLES = ("radiologist", "supervisor", "admin")
+REVIEW_ACTIONS = ("agree", "override")
+REASON_CODES = ("missed_lesion", "false_alarm", "wrong_type", "image_unsuitable")
+GENESIS = "0" * 64
+
+
+@dataclass(frozen=True)
+class Account:
+    name: str
+    role: str
+    password_hash: str | None = None
+    disabled: bool = False
+    failed_count: int = 0
+    locked_until: datetime | None = None
+    created_at: datetime | None = None
+
+    def validate(self) -> Account:
+        if not self.name or len(self.name) > 64 or not all(c.isalnum() or c in "._@-" for c in self.name):
+            raise InvalidRecord("An account name is 1 to 64 letters, digits or . _ @ -.")
+        if self.role not in ROLES:
+            raise InvalidRecord(f"A role is one of {', '.join(ROLES)}.")
+        return self
+
+
+@dataclass(frozen=True)
+class Review:
+    result_id: str
+    reviewer: str
+    created_at: datetime
+    action: str
+    model_label: str
+    final_label: str
+    reasons: tuple[str, ...] = ()
+    note: str = ""
+    seq: int | None = None
+
+    def validate(self) -> Review:
+        if self.action not in REVIEW_ACTIONS:
+            raise InvalidRecord(f"A review is one of {', '.join(REVIEW_ACTIONS)}.")
+        if self.action == "agree" and self.final_label != self.model_label:
+            raise InvalidRecord("Agreeing keeps the model's label; an override names another one.")
+        if self.action == "override" and self.final_label == self.model_label and not self.reasons:
+            raise InvalidRecord("An override changes the label or gives a reason.")
+        unknown = [code for code in self.reasons if code not in REASON_CODES]
+        if unknown:
+            raise InvalidRecord(f"Unknown reason code(s): {', '.join(unknown)}.")
+        if len(self.note) > 2000:
+            raise InvalidRecord("A review note is at most 2,000 characters.")
+        return self
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    at: datetime
+    actor: str
+    role: str
+    action: str
+    target: str | None = None
+    detail: dict[str, object] = field(default_factory=dict)
+    prev_hash: str = GENESIS
+    hash: str = ""
+    seq: int | None = None
+
+    def canonical(self) -> str:
+        """The text the hash covers (the previous hash included): stable across both stores."""
+        body = {
+            "at": self.at.isoformat(timespec="milliseconds"),
+            "actor": self.actor,
+            "role": self.role,
+            "action": self.action,
+            "target": self.target,
+            "detail": self.detail,
+            "prev": self.prev_hash,
+        }
+        return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def to_milliseconds(moment: datetime) -> datetime:
+    """``moment`` cut to whole milliseconds: what both stores keep, so an event hashes the same after a round trip."""
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def event_hash(event: AuditEvent) -> str:
+    return hashlib.sha256(event.canonical().encode("ascii")).hexdigest()
+
+
+def chained(event: AuditEvent, previous_hash: str, seq: int) -> AuditEvent:
+    """``event`` as the store appends it: its time cut to milliseconds, linked to ``previous_hash``, hashed."""
+    linked = replace(event, at=to_milliseconds(event.at), prev_hash=previous_hash, seq=seq, hash="")
+    return replace(linked, hash=event_hash(linked))
+
+
+def first_broken(events: Sequence[AuditEvent]) -> AuditEvent | None:
+    """The first event (in sequence order) whose hash or link does not hold, or None for an intact chain. A gap in
+    the sequence numbers (a deleted event) breaks the link of the event after it."""
+    previous = GENESIS
+    expected_seq = None
+    for event in events:
+        if expected_seq is not None and event.seq is not None and event.seq != expected_seq:
+            return event
+        if event.prev_hash != previous or event.hash != event_hash(event):
+            return event
+        previous = event.hash
+        expected_seq = None if event.seq is None else event.seq + 1
+    return None

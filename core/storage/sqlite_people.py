@@ -1,0 +1,143 @@
+"""The SQLite store's accounts, reviews and audit trail (a mixin of :class:`core.storage.sqlite.SQLiteStore`).
+
+Reviews and audit events are append-only: the schema's triggers refuse UPDATE and DELETE on both tables. A review
+is inserted and its result's summary (latest action, final label, reviewer, count) updated in one transaction; an
+audit event takes the write lock, reads the last hash and appends its own in one transaction, so concurrent
+writers (threads or processes) keep one unbroken chain.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from core.errors import InvalidRecord
+from core.storage.people import Account, AuditEvent, Review, chained
+from core.storage.protocol import check_review
+from core.storage.records import Record
+from core.storage.timebuckets import from_ms, to_ms
+
+
+class SQLitePeople:
+    """Requires ``_connection()``, ``_errors()``, ``get()`` and ``_query()`` from the store."""
+
+    _connection: Any
+    _errors: Any
+    _query: Any
+    get: Any
+
+    # --- accounts -----------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _account(row: Any) -> Account:
+        return Account(
+            name=row["name"], role=row["role"], password_hash=row["password_hash"], disabled=bool(row["disabled"]),
+            failed_count=int(row["failed_count"]),
+            locked_until=from_ms(row["locked_until_ms"]) if row["locked_until_ms"] is not None else None,
+            created_at=from_ms(row["created_ms"]),
+        )  # fmt: skip
+
+    def get_account(self, name: str) -> Account | None:
+        rows = self._query("SELECT * FROM accounts WHERE name = ?", (name,))
+        return self._account(rows[0]) if rows else None
+
+    def accounts(self) -> list[Account]:
+        return [self._account(row) for row in self._query("SELECT * FROM accounts ORDER BY name")]
+
+    def put_account(self, account: Account) -> None:
+        """Create or replace an account (every field as given)."""
+        account.validate()
+        created = account.created_at or from_ms(0)
+        locked = to_ms(account.locked_until) if account.locked_until else None
+        with self._errors():
+            self._connection().execute(
+                "INSERT INTO accounts (name, role, password_hash, disabled, failed_count, locked_until_ms, created_ms) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET role = excluded.role, "
+                "password_hash = excluded.password_hash, disabled = excluded.disabled, "
+                "failed_count = excluded.failed_count, locked_until_ms = excluded.locked_until_ms",
+                (account.name, account.role, account.password_hash, int(account.disabled), account.failed_count,
+                 locked, to_ms(created)),
+            )  # fmt: skip
+
+    # --- reviews ------------------------------------------------------------------------------------------
+
+    def add_review(self, review: Review) -> Record:
+        """Append ``review`` and make it the result's latest, in one transaction; returns the updated result."""
+        current = self.get(review.result_id)
+        if current is None:
+            raise InvalidRecord("No such result to review.")
+        check_review(current, review)
+        connection = self._connection()
+        with self._errors():
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                connection.execute(
+                    "INSERT INTO reviews (result_id, reviewer, created_ms, action, model_label, final_label, reasons, "
+                    "note) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (review.result_id, review.reviewer, to_ms(review.created_at), review.action, review.model_label,
+                     review.final_label, json.dumps(list(review.reasons)), review.note),
+                )  # fmt: skip
+                connection.execute(
+                    "UPDATE scans SET reviewer = ?, review_verdict = ?, final_label = ?, reviewed_ms = ?, "
+                    "review_count = review_count + 1 WHERE id = ?",
+                    (review.reviewer, review.action, review.final_label, to_ms(review.created_at), review.result_id),
+                )
+                connection.execute("COMMIT")
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+        updated = self.get(review.result_id)
+        assert updated is not None
+        return updated
+
+    def reviews_of(self, record_id: str) -> list[Review]:
+        rows = self._query("SELECT * FROM reviews WHERE result_id = ? ORDER BY seq", (record_id,))
+        return [
+            Review(
+                result_id=row["result_id"], reviewer=row["reviewer"], created_at=from_ms(row["created_ms"]),
+                action=row["action"], model_label=row["model_label"], final_label=row["final_label"],
+                reasons=tuple(json.loads(row["reasons"])), note=row["note"], seq=int(row["seq"]),
+            )
+            for row in rows
+        ]  # fmt: skip
+
+    def set_image_key(self, record_id: str, image_key: str | None) -> None:
+        with self._errors():
+            self._connection().execute("UPDATE scans SET image_key = ? WHERE id = ?", (image_key, record_id))
+
+    # --- audit --------------------------------------------------------------------------------------------
+
+    def append_audit(self, event: AuditEvent) -> AuditEvent:
+        """Link ``event`` to the last one and append it (one writer at a time); returns it with its hash."""
+        connection = self._connection()
+        with self._errors():
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                last = connection.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+                seq, previous = (1, event.prev_hash) if last is None else (int(last[0]) + 1, last[1])
+                linked = chained(event, previous, seq)
+                connection.execute(
+                    "INSERT INTO audit (seq, at_ms, actor, role, action, target, detail, prev_hash, hash) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (seq, to_ms(linked.at), linked.actor, linked.role, linked.action, linked.target,
+                     json.dumps(linked.detail, sort_keys=True), linked.prev_hash, linked.hash),
+                )  # fmt: skip
+                connection.execute("COMMIT")
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+        return linked
+
+    def audit_events(self, since_seq: int = 0, limit: int | None = None) -> list[AuditEvent]:
+        rows = self._query(
+            "SELECT * FROM audit WHERE seq > ? ORDER BY seq" + (" LIMIT ?" if limit else ""),
+            (since_seq, limit) if limit else (since_seq,),
+        )
+        return [
+            AuditEvent(
+                at=from_ms(row["at_ms"]), actor=row["actor"], role=row["role"], action=row["action"],
+                target=row["target"], detail=json.loads(row["detail"]), prev_hash=row["prev_hash"], hash=row["hash"],
+                seq=int(row["seq"]),
+            )
+            for row in rows
+        ]  # fmt: skip
