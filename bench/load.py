@@ -46,7 +46,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_app(card: str | None, data_dir: str) -> tuple[subprocess.Popen, str]:
+PASSWORD = "load test password"
+
+
+def start_app(card: str | None, data_dir: str, users: int) -> tuple[subprocess.Popen, str]:
+    from core.services import accounts
+    from core.services.access import COMMAND_LINE
+    from core.storage.sqlite import SQLiteStore
+
+    store = SQLiteStore(Path(data_dir) / "results.sqlite3")
+    for u in range(users):
+        accounts.add_account(store, COMMAND_LINE, f"reader{u}", "radiologist", PASSWORD)
     port = free_port()
     env = {**os.environ, "BTD_DATA_DIR": data_dir, "TF_CPP_MIN_LOG_LEVEL": "2"}
     if card:
@@ -87,6 +97,9 @@ async def user(browser, url: str, scans: list[bytes], index: int, timeout_s: flo
     context = await browser.new_context(viewport={"width": 1300, "height": 1000})
     page = await context.new_page()
     await page.goto(url)
+    await page.get_by_role("textbox", name="Account").fill(f"reader{index}")
+    await page.get_by_role("textbox", name="Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
     await page.get_by_text("Scan triage").wait_for(timeout=120_000)
     await page.get_by_test_id("stSidebar").get_by_text("version").wait_for(timeout=120_000)
     field = page.get_by_test_id("stTextInputField")
@@ -142,7 +155,7 @@ def main() -> None:
     args = parser.parse_args()
     report: dict = {"machine": machine(), "scans_per_user": args.scans, "levels": []}
     with tempfile.TemporaryDirectory() as data_dir:
-        process, url = start_app(args.model, data_dir)
+        process, url = start_app(args.model, data_dir, max(args.users))
         try:
             for users in args.users:
                 probe = HealthProbe(url)

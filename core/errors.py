@@ -90,3 +90,21 @@ class InvalidRecord(StoreError):
     """A record failed validation and was not written."""
 
     code = "invalid_record"
+
+
+class AccessDenied(Exception):
+    """The acting user's role does not allow the action (checked in the services, whatever the page shows)."""
+
+    code = "forbidden"
+
+
+class SignInFailed(Exception):
+    """Wrong name or password, or a disabled account (one message for all: it must not tell which)."""
+
+    code = "sign_in_failed"
+
+
+class AccountLocked(SignInFailed):
+    """Too many failed sign-ins: the account is locked for a while."""
+
+    code = "account_locked"

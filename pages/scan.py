@@ -4,13 +4,14 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import ModelError, StoreError
+from core.services.access import ANALYSE
 from core.services.triage import NOT_SAVED, NOT_UPDATED, apply_patient_reference, retry_save, summary_row, triage
 from ui import resources
 from ui.batch import Upload, batch
 from ui.page import setup_page
 from ui.render import pretty, scan_panel
 
-setup_page("Scan")
+actor = setup_page("Scan", ANALYSE)
 st.title("Scan triage")
 
 try:
@@ -37,7 +38,7 @@ def reference_changed() -> None:
     reference, store = resources.patient_reference(session.patient_text), open_store()
     for upload in session:
         for frame, result in upload.results.items():
-            upload.results[frame] = apply_patient_reference(result, store, reference)
+            upload.results[frame] = apply_patient_reference(result, store, reference, actor)
 
 
 def uploader_changed() -> None:
@@ -46,9 +47,10 @@ def uploader_changed() -> None:
 
 def choose_frame(upload: Upload, frame: int) -> None:
     if frame not in upload.results and upload.data is not None:
+        store = open_store()
         upload.results[frame] = triage(
-            upload.data, classifier, explainer, open_store(), frame=frame,
-            patient_ref=resources.patient_reference(session.patient_text), uploader=resources.current_user(),
+            upload.data, classifier, explainer, store, frame=frame, actor=actor,
+            patient_ref=resources.patient_reference(session.patient_text), images=resources.image_store(store),
         )  # fmt: skip
     upload.frame = frame
 
@@ -57,7 +59,7 @@ def retry_unsaved() -> None:
     reference, store = resources.patient_reference(session.patient_text), open_store()
     for upload in session:
         for frame, result in upload.results.items():
-            upload.results[frame] = retry_save(result, store, reference)
+            upload.results[frame] = retry_save(result, store, reference, actor)
 
 
 try:
@@ -89,11 +91,11 @@ uploads = st.file_uploader(
 new = [upload for upload in uploads or [] if upload.file_id not in session.uploads]
 if new:
     store = open_store()
-    reference, uploader = resources.patient_reference(session.patient_text), resources.current_user()
+    reference, images = resources.patient_reference(session.patient_text), resources.image_store(store)
     progress = st.progress(0.0, text="Analysing…") if len(new) > 1 else None
     for done, file in enumerate(new, start=1):
         data = file.getvalue()
-        result = triage(data, classifier, explainer, store, patient_ref=reference, uploader=uploader)
+        result = triage(data, classifier, explainer, store, actor=actor, patient_ref=reference, images=images)
         upload = Upload(file.file_id, file.name, {result.frame: result}, frame=result.frame)
         if result.frames > 1:  # keep the bytes for the other frames; show the first one now
             upload.data = data

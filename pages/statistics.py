@@ -11,13 +11,14 @@ import streamlit as st
 
 from core.errors import StoreError
 from core.services import statistics
+from core.services.access import STATISTICS
 from ui import charts, resources
 from ui.page import setup_page
 from ui.render import LABEL_NAMES, pretty
 
 REFRESH_SECONDS = 30
 
-setup_page("Statistics")
+actor = setup_page("Statistics", STATISTICS)
 st.title("Statistics")
 try:
     store = resources.current_store()
@@ -28,19 +29,19 @@ source = store.describe()
 
 
 @st.cache_data(ttl=REFRESH_SECONDS, show_spinner=False)
-def board(start_day: date, end_day: date, timezone: str, period: str, versions: tuple[str, ...], source: str):
-    """The dashboard's aggregates, cached for at most one refresh period and shared by all sessions: aggregates
-    only, small counts already withheld (``source`` names the database, for the cache key)."""
+def board(actor, start_day: date, end_day: date, timezone: str, period: str, versions: tuple[str, ...], source: str):
+    """The dashboard's aggregates, cached for at most one refresh period per user (the service checks the role on
+    every computation): aggregates only, small counts already withheld (``source`` names the database)."""
     del source
     return statistics.dashboard(
-        store, start_day=start_day, end_day=end_day, timezone=timezone, period=period, versions=versions
+        store, actor, start_day=start_day, end_day=end_day, timezone=timezone, period=period, versions=versions
     )
 
 
 @st.cache_data(ttl=REFRESH_SECONDS, show_spinner=False)
-def versions(source: str) -> list[str]:
+def versions(actor, source: str) -> list[str]:
     del source
-    return statistics.model_versions(store)
+    return statistics.model_versions(store, actor)
 
 
 browser_zone = st.context.timezone if st.context.timezone in available_timezones() else "UTC"
@@ -53,7 +54,7 @@ if "stats_dates" not in st.session_state:  # set once: a time-zone change keeps 
 chosen = controls[1].date_input("Dates", key="stats_dates", max_value=today + timedelta(days=1))
 period = controls[2].radio("Group by", statistics.PERIODS, horizontal=True, index=0, key="stats_period")
 try:
-    available = versions(source)
+    available = versions(actor, source)
 except StoreError as error:
     st.error(f"The results database cannot be read: {error}")
     st.stop()
@@ -77,7 +78,7 @@ def number(value: int | None) -> str:
 @st.fragment(run_every=None if paused else REFRESH_SECONDS)
 def live_dashboard() -> None:
     try:
-        dashboard = board(start_day, end_day, timezone, period, tuple(picked), source)
+        dashboard = board(actor, start_day, end_day, timezone, period, tuple(picked), source)
     except StoreError as error:
         st.error(f"The results database cannot be read: {error}")
         return
@@ -143,6 +144,8 @@ def live_dashboard() -> None:
         statistics.export_csv(dashboard),
         f"tumour-rate-per-{period}-{datetime.now(UTC):%Y%m%d}.csv",
         "text/csv",
+        on_click=statistics.record_export,
+        args=(store, actor, dashboard),
     )
 
 

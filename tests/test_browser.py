@@ -85,10 +85,14 @@ def seed_history(data_dir: Path) -> None:
     """Three weeks of earlier results (8 to 14 a day, a third tumours) so the statistics have rates to draw."""
     from datetime import UTC, datetime, timedelta
 
+    from core.services import accounts
+    from core.services.access import COMMAND_LINE
     from core.storage.sqlite import SQLiteStore
     from tests.test_store import make_record
 
     store = SQLiteStore(data_dir / "results.sqlite3")
+    for name, role in (("dr-browser", "radiologist"), ("boss-browser", "supervisor")):
+        accounts.add_account(store, COMMAND_LINE, name, role, PASSWORD)
     today = datetime.now(UTC).replace(hour=9, minute=0, second=0, microsecond=0)
     n = 1000
     for day in range(1, 22):
@@ -96,6 +100,21 @@ def seed_history(data_dir: Path) -> None:
             n += 1
             label = ("glioma", "notumor", "notumor", "pituitary", "notumor", "meningioma")[(n * 7 + day) % 6]
             store.add(make_record(n, today - timedelta(days=day, minutes=k * 13), label, "1.4.0", 0.8 + (n % 20) / 100))
+
+
+PASSWORD = "browser test password"
+
+
+def sign_in(page, name: str) -> None:
+    page.get_by_role("textbox", name="Account").fill(name)
+    page.get_by_role("textbox", name="Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    wait_idle(page)
+
+
+def sign_out(page) -> None:
+    page.get_by_test_id("stSidebar").get_by_role("button", name="Sign out").click()
+    wait_idle(page)
 
 
 def wait_idle(page) -> None:
@@ -114,6 +133,10 @@ def test_upload_to_verdict_and_statistics_in_chromium(server: str, tmp_path: Pat
         page = browser.new_page(viewport={"width": 1400, "height": 1500})
         page.goto(server)
         wait_idle(page)
+        expect(page.get_by_role("button", name="Sign in")).to_be_visible(timeout=60_000)  # a visitor: the form only
+        expect(page.get_by_test_id("stFileUploaderDropzoneInput")).to_have_count(0)
+        page.screenshot(path=str(ARTIFACTS / "sign-in.png"), full_page=True)
+        sign_in(page, "dr-browser")
         expect(page.get_by_text("Scan triage")).to_be_visible(timeout=60_000)
         expect(page.get_by_test_id("stSidebar").get_by_text("version")).to_be_visible(timeout=60_000)  # model warm
 
@@ -142,8 +165,8 @@ def test_upload_to_verdict_and_statistics_in_chromium(server: str, tmp_path: Pat
         page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files([str(too_big)])
         expect(page.get_by_text("50.0MB or smaller", exact=False).first).to_be_visible(timeout=30_000)
 
-        page.get_by_test_id("stSidebarNav").get_by_text("Statistics").click()
-        wait_idle(page)
+        sign_out(page)
+        sign_in(page, "boss-browser")
         scans_metric = page.get_by_test_id("stMetric").filter(has_text="Scans with a verdict")
         expect(scans_metric.get_by_test_id("stMetricValue")).not_to_have_text("0", timeout=30_000)
         today = page.get_by_test_id("stMetric").filter(has_text="Today").get_by_test_id("stMetricValue")

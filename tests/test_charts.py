@@ -8,6 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from core.analytics.charts import CLASS_COLOURS, WITHHELD, class_mix_figure, confidence_figure, tumour_rate_figure
 from core.analytics.stats import roll_up, safe_rate, wilson_interval
+from core.services.access import Actor
 from core.services.statistics import dashboard, export_csv
 from core.storage.records import DayCount
 from core.storage.sqlite import SQLiteStore
@@ -75,8 +76,9 @@ def test_dashboard_withholds_small_counts_everywhere_and_the_export_names_its_fi
     for i, label in enumerate(labels):
         store.add(make_record(i + 1, now - timedelta(days=2, minutes=i), label))
     store.add(make_record(99, now - timedelta(minutes=5), "glioma"))  # one scan today
-    board = dashboard(store, start_day=date(2026, 11, 10), end_day=date(2026, 11, 20), timezone="UTC", period="day",
-                      now=now)  # fmt: skip
+    supervisor = Actor("boss", "supervisor")
+    board = dashboard(store, supervisor, start_day=date(2026, 11, 10), end_day=date(2026, 11, 20), timezone="UTC",
+                      period="day", now=now)  # fmt: skip
     assert board.scans == 15 and board.tumour_rate == 9 / 15
     assert board.today is None  # one scan today: withheld, and no change arrow is computed from it
     assert board.per_class == {"glioma": 7, "notumor": 6, "pituitary": None}

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from core.errors import StoreUnavailable
+from core.services.access import Actor
 from core.services.triage import analyse_upload, save
 from tests.scans import CANARY, png_bytes, synthetic_slice
 
@@ -28,7 +29,8 @@ def test_a_refused_upload_is_one_line_with_its_code(caplog, tiny_classifier) -> 
 def test_a_save_failure_is_one_line_with_its_code(caplog, tiny_classifier) -> None:
     analysis = analyse_upload(png_bytes(synthetic_slice(256)), tiny_classifier).analysis
     with caplog.at_level(logging.INFO, logger="btd"):
-        status = save(analysis, BrokenStore(), patient_ref="a" * 64, uploader=f"{CANARY}@example.org")
+        actor = Actor(f"{CANARY}@example.org", "radiologist")
+        status = save(analysis, BrokenStore(), actor=actor, patient_ref="a" * 64)
     assert status.state == "not saved"
     assert [r.getMessage() for r in caplog.records] == ["event=save_failed code=store_unavailable"]
     assert CANARY not in caplog.text and "a" * 64 not in caplog.text

@@ -15,6 +15,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from core.identity import local_key, pseudonymise
+from core.services.access import Actor
 from core.storage.sqlite import SQLiteStore
 from tests.scans import dicom_bytes, png_bytes, synthetic_slice
 from tests.test_store import make_record
@@ -34,19 +35,62 @@ def app_environment(tmp_path: Path, tiny_card: Path, monkeypatch: pytest.MonkeyP
     st.cache_resource.clear()
 
 
-def page(name: str) -> AppTest:
-    return AppTest.from_file(str(ROOT / "pages" / name), default_timeout=60)
+ROLE_OF_PAGE = {"scan.py": "radiologist", "worklist.py": "radiologist", "statistics.py": "supervisor",
+                "audit.py": "supervisor", "accounts.py": "admin"}  # fmt: skip
+
+
+def page(name: str, role: str | None = None) -> AppTest:
+    """A page as a signed-in user of ``role`` (by default the role the page is for) would run it."""
+    app = AppTest.from_file(str(ROOT / "pages" / name), default_timeout=60)
+    app.session_state["actor"] = Actor(f"test-{role or ROLE_OF_PAGE[name]}", role or ROLE_OF_PAGE[name])
+    return app
+
+
+def entry(role: str | None) -> AppTest:
+    app = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60)
+    if role:
+        app.session_state["actor"] = Actor(f"test-{role}", role)
+    return app
 
 
 def stored(data_dir: Path) -> SQLiteStore:
     return SQLiteStore(data_dir / "results.sqlite3")
 
 
-def test_entry_script_opens_the_scan_page() -> None:
-    app = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60).run()
+def test_a_visitor_sees_only_the_sign_in_form() -> None:
+    app = entry(None).run()
+    assert not app.exception
+    assert app.title[0].value == "Brain MRI triage"
+    assert [t.label for t in app.text_input] == ["Account", "Password"]
+    assert not app.file_uploader and not app.get("plotly_chart") and not app.get("image") and not app.dataframe
+    for name in ROLE_OF_PAGE:  # a page run directly (skipping the entry script) shows the same form
+        direct = AppTest.from_file(str(ROOT / "pages" / name), default_timeout=60).run()
+        assert not direct.exception and [t.label for t in direct.text_input] == ["Account", "Password"], name
+        assert not direct.file_uploader and not direct.dataframe and not direct.get("plotly_chart"), name
+
+
+def test_entry_script_opens_the_scan_page_for_a_radiologist() -> None:
+    app = entry("radiologist").run()
     assert not app.exception
     assert app.title[0].value == "Scan triage"
     assert "tiny" in " ".join(m.value for m in app.sidebar.markdown)
+    assert "Signed in as **test-radiologist**" in " ".join(m.value for m in app.sidebar.markdown)
+
+
+@pytest.mark.parametrize(
+    ("role", "name", "allowed"),
+    [("radiologist", "statistics.py", False), ("radiologist", "audit.py", False), ("radiologist", "accounts.py", False),
+     ("supervisor", "scan.py", False), ("supervisor", "worklist.py", False), ("supervisor", "accounts.py", False),
+     ("admin", "scan.py", False), ("admin", "worklist.py", False), ("supervisor", "statistics.py", True),
+     ("admin", "accounts.py", True), ("admin", "audit.py", True), ("radiologist", "worklist.py", True)],
+)  # fmt: skip
+def test_each_role_is_refused_the_pages_it_may_not_use(role: str, name: str, allowed: bool) -> None:
+    app = page(name, role).run()
+    assert not app.exception
+    refused = any(f"The {role} role may not" in e.value for e in app.error)
+    assert refused != allowed
+    if not allowed:
+        assert not app.file_uploader and not app.get("image") and not app.get("plotly_chart")
 
 
 def test_scan_page_shows_original_crop_and_verdict_and_saves_once(app_environment: Path) -> None:
@@ -135,12 +179,12 @@ def test_needs_review_reason_is_in_the_batch_table(app_environment: Path) -> Non
 
 
 def test_uploads_and_reference_survive_leaving_the_page_and_coming_back(app_environment: Path) -> None:
-    app = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60).run()
+    app = entry("radiologist").run()
     app.text_input[0].input("ZZCANARY Someone").run()
     app.file_uploader[0].set_value([("a.png", png_bytes(synthetic_slice(256, tumour=True)), "image/png")]).run()
     assert len(app.get("image")) == 3
-    app.switch_page("pages/statistics.py").run()
-    assert not app.exception and app.title[0].value == "Statistics"
+    app.switch_page("pages/worklist.py").run()
+    assert not app.exception and app.title[0].value == "Worklist"
     app.switch_page("pages/scan.py").run()
     assert not app.exception
     assert app.text_input[0].value == "ZZCANARY Someone"
@@ -214,8 +258,9 @@ def test_two_sessions_never_see_each_others_uploads() -> None:
 
 def test_the_statistics_page_never_loads_tensorflow(app_environment: Path, tiny_card: Path) -> None:
     script = (
-        "import sys; from streamlit.testing.v1 import AppTest; "
-        f"app = AppTest.from_file({str(ROOT / 'pages' / 'statistics.py')!r}, default_timeout=60).run(); "
+        "import sys; from streamlit.testing.v1 import AppTest; from core.services.access import Actor; "
+        f"app = AppTest.from_file({str(ROOT / 'pages' / 'statistics.py')!r}, default_timeout=60); "
+        "app.session_state['actor'] = Actor('boss', 'supervisor'); app.run(); "
         "assert not app.exception, app.exception; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
     )
     env = {"BTD_MODEL": str(tiny_card), "BTD_DATA_DIR": str(app_environment), "PATH": "/usr/bin:/bin"}

@@ -426,11 +426,12 @@ def test_unusable_mongodb_uri_is_a_store_error() -> None:
 
 def test_saving_without_a_database_reports_not_saved(tiny_classifier) -> None:
     from core.model.analysis import analyse
+    from core.services.access import Actor
     from core.services.triage import NOT_SAVED, save
     from tests.scans import png_bytes, synthetic_slice
 
     analysis = analyse(png_bytes(synthetic_slice(128)), tiny_classifier)
-    status = save(analysis, None, patient_ref=None, uploader=None)
+    status = save(analysis, None, actor=Actor("dr-test", "radiologist"), patient_ref=None)
     assert status.state == NOT_SAVED and "unavailable" in status.message
 
 

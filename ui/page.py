@@ -1,4 +1,5 @@
-"""The set-up every page calls first (idempotent: a page may run with or without the entry script)."""
+"""The set-up every page calls first (idempotent: a page may run with or without the entry script): page config,
+sign-in and the role check, and the sidebar."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import sys
 import streamlit as st
 
 from core.errors import ModelError, StoreError
-from ui import resources
+from core.services.access import STORAGE_DETAILS, Actor, allowed
+from ui import auth, resources
 
 
 def configure_logging() -> None:
@@ -22,11 +24,16 @@ def configure_logging() -> None:
         logger.propagate = False
 
 
-def setup_page(title: str) -> None:
-    """Page config and the sidebar: which model answers and where results are kept, with their health."""
+def setup_page(title: str, permission: str | None) -> Actor:
+    """Page config, then the signed-in actor allowed ``permission`` (else the sign-in form or a refusal, and the
+    page stops), then the sidebar: who is signed in, the model, and the storage's health (its location for
+    admins only)."""
     configure_logging()
     st.set_page_config(page_title=f"{title} · Brain MRI triage", page_icon="🧠", layout="wide")
+    actor = auth.require(permission)
     with st.sidebar:
+        st.markdown(f"Signed in as **{actor.name}** · {actor.role}")
+        st.button("Sign out", on_click=auth.sign_out, key="sign-out")
         st.markdown("### Model")
         try:
             card = resources.current_card()
@@ -46,10 +53,12 @@ def setup_page(title: str) -> None:
             store = resources.current_store()
         except StoreError as error:
             st.error(str(error))
-            return
+            return actor
+        where = store.describe() if allowed(actor, STORAGE_DETAILS) else "Results database"
         problem = resources.storage_health(store.describe(), store)
         if problem:
-            st.error(f"{store.describe()}: {problem}")
+            st.error(f"{where}: {problem}")
         else:
-            st.success(store.describe(), icon=":material/check_circle:")
+            st.success(f"{where}: ready", icon=":material/check_circle:")
         st.caption("A decision aid for trained readers; every verdict needs a radiologist's review.")
+    return actor

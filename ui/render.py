@@ -118,3 +118,52 @@ def scan_panel(
     if view.acquisition:
         with st.expander("Acquisition (DICOM, non-identifying)"):
             st.table(pd.DataFrame({"field": list(view.acquisition), "value": list(view.acquisition.values())}))
+
+
+def result_panel(opened, labels: tuple[str, ...]) -> None:
+    """A saved result as the worklist shows it: its image, crop and heat map while the image is kept, the
+    verdict, the final label (a disagreement stands out) and the review history."""
+    record = opened.record
+    left, right = st.columns([2.2, 1.3])
+    with left:
+        if opened.view is not None:
+            view = opened.view
+            original, crop, looked = st.columns(3)
+            original.image(
+                view.original_png, caption=f"{view.format.upper()} {view.width}×{view.height}", width="stretch"
+            )
+            crop.image(view.crop, caption="As the model sees it", width="stretch")
+            label = view.explained or labels[0]
+            looked.image(view.overlay(label, 0.45), caption=f"Where the model looked for {pretty(label)}",
+                         width="stretch")  # fmt: skip
+        else:
+            st.info(opened.note or "No image is kept for this result.")
+    with right:
+        if record.disagrees:
+            st.error(
+                f"Disagreement: the model said {pretty(record.label)}, the final label is "
+                f"{pretty(record.final_label)}.",
+                icon=":material/report:",
+            )
+        st.metric("Model's verdict", pretty(record.label))
+        st.markdown(
+            f"Tumour probability **{record.tumour_probability:.1%}** · confidence {record.confidence:.1%} · "
+            f"model {record.model_name} {record.model_version} · saved {record.created_at:%Y-%m-%d %H:%M} UTC"
+        )
+        if record.gate != "accepted":
+            st.warning({"needs_review": "Flagged for review", "rejected": "Refused by the input gate"}[record.gate])
+        if opened.reviews:
+            st.markdown("**Reviews** (newest last)")
+            st.dataframe(
+                pd.DataFrame(
+                    [
+                        {"when (UTC)": f"{r.created_at:%Y-%m-%d %H:%M}", "by": r.reviewer, "action": r.action,
+                         "final": pretty(r.final_label), "reasons": ", ".join(r.reasons), "note": r.note}
+                        for r in opened.reviews
+                    ]
+                ),
+                hide_index=True,
+                width="stretch",
+            )  # fmt: skip
+        else:
+            st.caption("Not reviewed yet.")

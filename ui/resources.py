@@ -16,8 +16,9 @@ from core.config import data_dir, model_card_path, mongodb_uri, patient_key
 from core.model.card import ModelCard
 from core.model.classifier import Classifier
 from core.model.explain import Explainer
-from core.services.resources import load_classifier, load_explainer
+from core.services.resources import load_classifier, load_explainer, open_image_store
 from core.storage import open_store
+from core.storage.images import ImageStore
 from core.storage.protocol import Store
 
 logger = logging.getLogger("btd.ui")
@@ -108,9 +109,6 @@ def patient_reference(text: str) -> str | None:
     return pseudonymise(text, key) if key else None
 
 
-def current_user() -> str | None:
-    """The signed-in user's e-mail when the deployment configures Streamlit authentication, else None."""
-    try:
-        return st.user.get("email")
-    except Exception:  # no [auth] configured: st.user has no fields
-        return None
+def image_store(store: Store | None) -> ImageStore | None:
+    """Where the de-identified pixels of saved results are kept (None without a database)."""
+    return open_image_store(store) if store is not None else None

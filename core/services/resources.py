@@ -14,6 +14,7 @@ from core.config import data_dir, model_card_path, mongodb_uri
 from core.model.classifier import Classifier
 from core.model.explain import Explainer
 from core.storage import open_store
+from core.storage.images import FolderImages, GridFSImages, ImageStore
 from core.storage.protocol import Store
 
 
@@ -29,3 +30,9 @@ def load_explainer(classifier: Classifier) -> Explainer:
 def open_results_store(secrets: Mapping[str, Any] | None = None) -> Store:
     """The configured database: MongoDB when a URI is set (environment or secrets), else the embedded SQLite file."""
     return open_store(mongodb_uri(secrets or {}), data_dir())
+
+
+def open_image_store(store: Store) -> ImageStore:
+    """Where de-identified pixels are kept: GridFS beside a MongoDB store, else ``<data dir>/images``."""
+    database = getattr(store, "_db", None)
+    return GridFSImages(database) if database is not None else FolderImages(data_dir() / "images")

@@ -15,6 +15,8 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from core.analytics.stats import PERIODS, roll_up, safe_rate, suppress_small, wilson_interval
+from core.services import audit
+from core.services.access import STATISTICS, Actor, require
 from core.storage.protocol import Store
 from core.storage.records import SHOWN, Filters
 
@@ -71,6 +73,7 @@ def local_midnight(day: date, timezone: str) -> datetime:
 
 def dashboard(
     store: Store,
+    actor: Actor,
     *,
     start_day: date,
     end_day: date,
@@ -80,7 +83,8 @@ def dashboard(
     now: datetime | None = None,
 ) -> Dashboard:
     """Aggregates of verdicts (scans the gate rejected counted apart) from ``start_day`` to ``end_day`` inclusive,
-    local days in ``timezone``."""
+    local days in ``timezone`` (supervisors and admins)."""
+    require(actor, STATISTICS)
     if period not in PERIODS:
         raise ValueError(f"period must be one of {PERIODS}")
     everything = Filters(
@@ -138,8 +142,15 @@ def dashboard(
     )
 
 
-def model_versions(store: Store) -> list[str]:
+def model_versions(store: Store, actor: Actor) -> list[str]:
+    require(actor, STATISTICS)
     return store.model_versions()
+
+
+def record_export(store: Store, actor: Actor, board: Dashboard) -> None:
+    """An export of the aggregates is an audit event naming its filters."""
+    audit.record(store, actor, "statistics_export", None, start=board.start_day.isoformat(),
+                 end=board.end_day.isoformat(), period=board.period, versions=list(board.versions))  # fmt: skip
 
 
 def export_csv(board: Dashboard) -> bytes:

@@ -22,7 +22,10 @@ from core.model.analysis import Analysis, analyse
 from core.model.classifier import Classifier
 from core.model.explain import Explainer
 from core.model.gate import NEEDS_REVIEW, REJECTED
+from core.services import audit
+from core.services.access import ANALYSE, Actor, require
 from core.services.views import ScanView, scan_view
+from core.storage.images import ImageStore
 from core.storage.protocol import Store
 from core.storage.records import Record, record_id
 
@@ -75,7 +78,12 @@ def analyse_upload(data: bytes, classifier: Classifier, frame: int | None = None
 
 
 def new_record(
-    analysis: Analysis, *, patient_ref: str | None, uploader: str | None, created_at: datetime | None = None
+    analysis: Analysis,
+    *,
+    patient_ref: str | None,
+    uploader: str | None,
+    created_at: datetime | None = None,
+    image_key: str | None = None,
 ) -> Record:
     """The record of one analysis (validated). ``patient_ref`` must already be pseudonymised."""
     prediction, scan = analysis.prediction, analysis.scan
@@ -100,13 +108,51 @@ def new_record(
         uploader=uploader,
         gate=prediction.gate.decision,
         gate_score=prediction.gate.energy,
+        image_key=image_key,
     ).validate()
 
 
-def save(analysis: Analysis, store: Store | None, *, patient_ref: str | None, uploader: str | None) -> SaveStatus:
-    """Write the record once; a second call for the same upload and model answers 'already saved'. ``store`` None
-    means the database could not be opened: the result is reported as not saved."""
-    return save_record(new_record(analysis, patient_ref=patient_ref, uploader=uploader), store)
+def save(
+    analysis: Analysis,
+    store: Store | None,
+    *,
+    actor: Actor,
+    patient_ref: str | None,
+    images: ImageStore | None = None,
+) -> SaveStatus:
+    """Keep the de-identified pixels (when an image store is given), write the record once (a second call for the
+    same upload and model answers 'already saved'), and record the upload as an audit event. ``store`` None means
+    the database could not be opened: the result is reported as not saved."""
+    require(actor, ANALYSE)
+    record = new_record(
+        analysis, patient_ref=patient_ref, uploader=actor.name, image_key=keep_image(images, analysis.scan.pixels)
+    )
+    return audited(save_record(record, store), store, actor, analysis.prediction.gate.decision)
+
+
+def keep_image(images: ImageStore | None, pixels: Any) -> str | None:
+    """The image store's key for the decoded pixels (None without a store, or when it cannot be written: the
+    result is still saved, and reviewed later without its image)."""
+    if images is None:
+        return None
+    try:
+        return images.put(pixels)
+    except StoreError as error:
+        logger.warning("event=image_not_kept code=%s", error.code)
+        return None
+
+
+def audited(status: SaveStatus, store: Store | None, actor: Actor, gate: str) -> SaveStatus:
+    """Record a saved (or already saved) upload in the audit trail; a trail that cannot be written makes the
+    save report not saved, with the reason, so nothing touches a result unaudited without the user knowing."""
+    if store is None or status.state == NOT_SAVED:
+        return status
+    try:
+        audit.record(store, actor, "upload", status.record_id, state=status.state, gate=gate)
+    except StoreError as error:
+        logger.warning("event=audit_failed code=%s", error.code)
+        return SaveStatus(NOT_SAVED, f"the upload could not be audited: {error}", status.record_id)
+    return status
 
 
 def save_record(record: Record, store: Store | None) -> SaveStatus:
@@ -122,7 +168,7 @@ def save_record(record: Record, store: Store | None) -> SaveStatus:
     return SaveStatus(SAVED if created else ALREADY_SAVED, record_id=record.id)
 
 
-def apply_patient_reference(triaged: Triaged, store: Store | None, patient_ref: str | None) -> Triaged:
+def apply_patient_reference(triaged: Triaged, store: Store | None, patient_ref: str | None, actor: Actor) -> Triaged:
     """Set or correct the patient reference of a result in place (one record, never a second). A result not yet
     saved just takes the new reference for its next save."""
     if triaged.record is None or triaged.record.patient_ref == patient_ref:
@@ -131,7 +177,8 @@ def apply_patient_reference(triaged: Triaged, store: Store | None, patient_ref: 
     if triaged.status is None or triaged.status.state == NOT_SAVED or store is None:
         return replace(triaged, record=record)
     try:
-        store.set_patient_ref(record.id, patient_ref)
+        if store.set_patient_ref(record.id, patient_ref):
+            audit.record(store, actor, "patient_reference_set", record.id, cleared=patient_ref is None)
     except StoreError as error:
         logger.warning("event=reference_update_failed code=%s", error.code)
         status = SaveStatus(NOT_UPDATED, f"the patient reference was not updated: {error}", record.id)
@@ -168,35 +215,39 @@ def triage(
     explainer: Explainer | None,
     store: Store | None,
     *,
+    actor: Actor,
     patient_ref: str | None,
-    uploader: str | None,
+    images: ImageStore | None = None,
     frame: int | None = None,
 ) -> Triaged:
-    """Analyse one upload (or one frame), save its result once, and keep only what the screen needs."""
+    """Analyse one upload (or one frame), keep its de-identified pixels, save its result once (an audit event), and
+    keep only what the screen needs. Only roles that may analyse scans get here."""
+    require(actor, ANALYSE)
     outcome = analyse_upload(data, classifier, frame)
     if outcome.analysis is None:
         return Triaged(outcome.sha256, outcome.frames, frame, None, outcome.error_code, outcome.error_message)
-    record = new_record(outcome.analysis, patient_ref=patient_ref, uploader=uploader)
-    view = scan_view(outcome.analysis, explainer)
-    return Triaged(
-        outcome.sha256, outcome.frames, outcome.analysis.scan.frame, view, record=record,
-        status=save_record(record, store),
-    )  # fmt: skip
+    analysis = outcome.analysis
+    image_key = keep_image(images, analysis.scan.pixels)
+    record = new_record(analysis, patient_ref=patient_ref, uploader=actor.name, image_key=image_key)
+    status = audited(save_record(record, store), store, actor, analysis.prediction.gate.decision)
+    view = scan_view(analysis, explainer)
+    return Triaged(outcome.sha256, outcome.frames, analysis.scan.frame, view, record=record, status=status)
 
 
-def retry_save(triaged: Triaged, store: Store | None, patient_ref: str | None) -> Triaged:
+def retry_save(triaged: Triaged, store: Store | None, patient_ref: str | None, actor: Actor) -> Triaged:
     """Save again a result that was not saved (or whose reference was not updated), with the reference typed now."""
     if triaged.record is None or triaged.status is None:
         return triaged
     if triaged.status.state == NOT_UPDATED:
         previous = replace(triaged, status=SaveStatus(SAVED, record_id=triaged.record.id))
-        return apply_patient_reference(previous, store, patient_ref)
+        return apply_patient_reference(previous, store, patient_ref, actor)
     if triaged.status.state != NOT_SAVED:
         return triaged
     record = replace(triaged.record, patient_ref=patient_ref)
-    status = save_record(record, store)
+    gate = triaged.view.prediction.gate.decision if triaged.view else record.gate
+    status = audited(save_record(record, store), store, actor, gate)
     if status.state == ALREADY_SAVED:  # saved meanwhile (another replica): make sure it has this reference
-        return apply_patient_reference(replace(triaged, status=status), store, patient_ref)
+        return apply_patient_reference(replace(triaged, status=status), store, patient_ref, actor)
     return replace(triaged, record=record, status=status)
 
 

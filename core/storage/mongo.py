@@ -26,7 +26,7 @@ from core.storage.protocol import (
     record_to_row,
     row_to_record,
 )
-from core.storage.records import DayCount, Filters, ModelRow, Record, Summary
+from core.storage.records import DayCount, Filters, ModelRow, Record, Summary, WorklistQuery
 from core.storage.timebuckets import DAY_MS, EPOCH, as_utc, to_ms, utc_offset_segments
 
 logger = logging.getLogger("btd.storage")
@@ -220,6 +220,41 @@ class MongoStore(MongoPeople):
         with self._errors():
             cursor = self._collection.find(self._match(filters)).sort("created_at", -1).limit(limit)
             return [self._decode(document) for document in cursor]
+
+    def worklist(self, query: WorklistQuery, limit: int = 200) -> list[Record]:
+        """Results to read: not yet reviewed first, then flagged, then rejected, newest first within each."""
+        match: dict[str, Any] = {}
+        if query.reviewed is not None:
+            match["review_count"] = {"$gt": 0} if query.reviewed else {"$in": [0, None]}
+        if query.labels:
+            match["label"] = {"$in": list(query.labels)}
+        if query.gates:
+            match["gate"] = {"$in": list(query.gates)}
+        if query.patient_ref is not None:
+            match["patient_ref"] = query.patient_ref
+        if query.since is not None:
+            match["created_at"] = {"$gte": query.since}
+        if query.disagreements:
+            match["final_label"] = {"$ne": None}
+            match["$expr"] = {"$ne": ["$final_label", "$label"]}
+        rank = {
+            "$switch": {
+                "branches": [
+                    {"case": {"$eq": ["$gate", "needs_review"]}, "then": 0},
+                    {"case": {"$eq": ["$gate", "accepted"]}, "then": 1},
+                ],
+                "default": 2,
+            }
+        }
+        reviewed = {"$cond": [{"$gt": [{"$ifNull": ["$review_count", 0]}, 0]}, 1, 0]}
+        documents = self._aggregate([
+            {"$match": match},
+            {"$addFields": {"_reviewed": reviewed, "_rank": rank}},
+            {"$sort": {"_reviewed": 1, "_rank": 1, "created_at": -1}},
+            {"$limit": limit},
+            {"$project": {"_reviewed": 0, "_rank": 0}},
+        ])  # fmt: skip
+        return [self._decode(document) for document in documents]
 
     def summary(self, filters: Filters = EVERYTHING) -> Summary:
         rows = self._aggregate(

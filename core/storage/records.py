@@ -167,3 +167,16 @@ class ModelRow:
     mean_confidence: float
     first: datetime
     last: datetime
+
+
+@dataclass(frozen=True)
+class WorklistQuery:
+    """Which results a radiologist's worklist shows: ``reviewed`` False = not yet reviewed, True = reviewed, None =
+    both; verdicts (``labels``), gate decisions, one patient's results, results since a time, disagreements only."""
+
+    reviewed: bool | None = False
+    labels: tuple[str, ...] = ()
+    gates: tuple[str, ...] = ()
+    patient_ref: str | None = None
+    since: datetime | None = None
+    disagreements: bool = False

@@ -32,7 +32,7 @@ from core.storage.protocol import (
     record_to_row,
     row_to_record,
 )
-from core.storage.records import DayCount, Filters, ModelRow, Record, Summary
+from core.storage.records import DayCount, Filters, ModelRow, Record, Summary, WorklistQuery
 from core.storage.sqlite_people import SQLitePeople
 from core.storage.timebuckets import DAY_MS, QUARTER_MS, from_ms, to_ms, utc_offset_segments
 
@@ -215,6 +215,29 @@ class SQLiteStore(SQLitePeople):
     def recent(self, limit: int, filters: Filters = EVERYTHING) -> list[Record]:
         where, params = self._where(filters)
         rows = self._query(f"SELECT {_COLUMNS} FROM scans{where} ORDER BY created_ms DESC LIMIT ?", [*params, limit])
+        return [self._decode(row) for row in rows]
+
+    def worklist(self, query: WorklistQuery, limit: int = 200) -> list[Record]:
+        """Results to read: not yet reviewed first, then flagged, then rejected, newest first within each."""
+        clauses, params = [], []
+        if query.reviewed is not None:
+            clauses.append("review_count > 0" if query.reviewed else "review_count = 0")
+        for column, values in (("label", query.labels), ("gate", query.gates)):
+            if values:
+                clauses.append(f"{column} IN ({', '.join('?' * len(values))})")
+                params += list(values)
+        if query.patient_ref is not None:
+            clauses.append("patient_ref = ?")
+            params.append(query.patient_ref)
+        if query.since is not None:
+            clauses.append("created_ms >= ?")
+            params.append(to_ms(query.since))
+        if query.disagreements:
+            clauses.append("final_label IS NOT NULL AND final_label != label")
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        order = ("review_count > 0, CASE gate WHEN 'needs_review' THEN 0 WHEN 'accepted' THEN 1 ELSE 2 END, "
+                 "created_ms DESC")  # fmt: skip
+        rows = self._query(f"SELECT {_COLUMNS} FROM scans{where} ORDER BY {order} LIMIT ?", [*params, limit])
         return [self._decode(row) for row in rows]
 
     def summary(self, filters: Filters = EVERYTHING) -> Summary:

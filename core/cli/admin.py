@@ -1,0 +1,120 @@
+"""``users`` and ``audit``: accounts (the first admin is made here) and the audit trail, for the administrator.
+
+    python -m core users add NAME --role radiologist|supervisor|admin --password-stdin   (or --sso: no password)
+    python -m core users list | disable NAME | enable NAME | set-role NAME ROLE | set-password NAME --password-stdin
+    python -m core audit verify            exit 0 when the chain is intact, 1 naming the first bad event
+    python -m core audit export [--action A] [--actor NAME]   CSV on stdout, headed by the filters
+
+The command line acts as the server's administrator (an audit event names it ``cli``). Passwords are read from
+standard input only (never from the command line, where other users and shell history would see them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from core.cli.common import EXIT_OK, EXIT_REJECTED, EXIT_USAGE, emit, error_json
+from core.services import accounts, audit
+from core.services.access import COMMAND_LINE
+from core.services.resources import open_results_store
+from core.storage.people import ROLES, Account
+
+
+def add_commands(commands: Any) -> None:
+    users = commands.add_parser("users", help="local accounts: add, list, disable, enable, set-role, set-password")
+    verbs = users.add_subparsers(dest="verb", required=True, parser_class=type(users))
+    add = verbs.add_parser("add", help="create an account")
+    add.add_argument("name")
+    add.add_argument("--role", required=True, choices=ROLES)
+    how = add.add_mutually_exclusive_group(required=True)
+    how.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    how.add_argument("--sso", action="store_true", help="no password: signs in through single sign-on only")
+    add.set_defaults(run=cmd_users_add)
+    verbs.add_parser("list", help="every account, without password hashes").set_defaults(run=cmd_users_list)
+    for verb, disabled in (("disable", True), ("enable", False)):
+        parser = verbs.add_parser(verb, help=f"{verb} an account")
+        parser.add_argument("name")
+        parser.set_defaults(run=cmd_users_disable, disabled=disabled)
+    role = verbs.add_parser("set-role", help="change an account's role")
+    role.add_argument("name")
+    role.add_argument("role", choices=ROLES)
+    role.set_defaults(run=cmd_users_set_role)
+    password = verbs.add_parser("set-password", help="set a password (read from standard input)")
+    password.add_argument("name")
+    password.add_argument("--password-stdin", action="store_true", required=True)
+    password.set_defaults(run=cmd_users_set_password)
+    trail = commands.add_parser("audit", help="verify or export the audit trail")
+    steps = trail.add_subparsers(dest="verb", required=True, parser_class=type(trail))
+    steps.add_parser("verify", help="re-hash the chain; exit 1 naming the first bad event").set_defaults(
+        run=cmd_audit_verify
+    )
+    export = steps.add_parser("export", help="the events as CSV on stdout")
+    export.add_argument("--action")
+    export.add_argument("--actor")
+    export.set_defaults(run=cmd_audit_export)
+
+
+def _password() -> str:
+    return sys.stdin.readline().rstrip("\n")
+
+
+def _shown(account: Account) -> dict[str, Any]:
+    return {
+        "name": account.name, "role": account.role, "disabled": account.disabled,
+        "sign_in": "password" if account.password_hash else "single sign-on",
+        "locked_until": account.locked_until.isoformat() if account.locked_until else None,
+    }  # fmt: skip
+
+
+def cmd_users_add(args: argparse.Namespace) -> int:
+    password = None if args.sso else _password()
+    emit({"created": _shown(accounts.add_account(open_results_store(), COMMAND_LINE, args.name, args.role, password))},
+         sys.stdout)  # fmt: skip
+    return EXIT_OK
+
+
+def cmd_users_list(args: argparse.Namespace) -> int:
+    for account in accounts.list_accounts(open_results_store(), COMMAND_LINE):
+        emit(_shown(account), sys.stdout)
+    return EXIT_OK
+
+
+def cmd_users_disable(args: argparse.Namespace) -> int:
+    emit({"updated": _shown(accounts.set_disabled(open_results_store(), COMMAND_LINE, args.name, args.disabled))},
+         sys.stdout)  # fmt: skip
+    return EXIT_OK
+
+
+def cmd_users_set_role(args: argparse.Namespace) -> int:
+    emit({"updated": _shown(accounts.set_role(open_results_store(), COMMAND_LINE, args.name, args.role))}, sys.stdout)
+    return EXIT_OK
+
+
+def cmd_users_set_password(args: argparse.Namespace) -> int:
+    account = accounts.set_password(open_results_store(), COMMAND_LINE, args.name, _password())
+    emit({"updated": _shown(account)}, sys.stdout)
+    return EXIT_OK
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    result = audit.verify(open_results_store())
+    if result.intact:
+        emit({"intact": True, "events": result.events}, sys.stdout)
+        return EXIT_OK
+    bad = result.first_bad
+    assert bad is not None
+    emit({"intact": False, "events": result.events, "first_bad_event": {
+        "seq": bad.seq, "at": bad.at.isoformat(), "actor": bad.actor, "action": bad.action,
+    }}, sys.stdout)  # fmt: skip
+    return EXIT_REJECTED
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    filters = {"action": args.action, "who": args.actor}
+    sys.stdout.write(audit.export_csv(open_results_store(), COMMAND_LINE, filters).decode("utf-8"))
+    return EXIT_OK
+
+
+__all__ = ["EXIT_USAGE", "add_commands", "error_json"]

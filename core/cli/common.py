@@ -1,0 +1,34 @@
+"""What every command shares: JSON on stdout, one line per result, exit codes, usage errors as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any, TextIO
+
+EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports bad usage as one JSON line on stdout (and exits 2) instead of free text."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        emit({"error": {"code": "bad_usage", "message": message}}, sys.stdout)
+        self.exit(EXIT_USAGE)
+
+
+def emit(obj: dict[str, Any], stream: TextIO) -> None:
+    stream.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    stream.flush()
+
+
+def error_json(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def progress(items: Sequence[Any], description: str = "") -> Iterator[Any]:
+    from tqdm import tqdm
+
+    return iter(tqdm(items, desc=description, file=sys.stderr, disable=len(items) < 20, leave=False))

@@ -1,0 +1,95 @@
+"""Command line: ``python -m core predict|evaluate|train|fit-gate|fit-decision|users|audit``.
+
+JSON on stdout, progress on stderr, never a traceback. Exit status: 0 when every file was classified (or the
+command did what it was asked), 1 when any file was rejected (or the audit chain is broken), 2 for bad usage or an
+unusable model or database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from core.cli import admin, model, scans
+from core.cli.common import EXIT_USAGE, Parser, emit, error_json
+from core.errors import AccessDenied, InvalidRecord, ModelError, StoreError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="python -m core", description="Brain-tumour MRI triage from the command line.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    predict = commands.add_parser("predict", help="classify scans, one JSON line per file")
+    predict.add_argument("--model", help="model card JSON (default: the shipped model or $BTD_MODEL)")
+    predict.add_argument("--frame", type=int, default=None, help="frame index for multi-frame DICOM files")
+    predict.add_argument("--save", action="store_true", help="also save each result to the app's database")
+    predict.add_argument("files", nargs="+", metavar="FILE")
+    predict.set_defaults(run=scans.cmd_predict)
+    evaluate = commands.add_parser("evaluate", help="score DIR/<label>/* and print JSON metrics")
+    evaluate.add_argument("--model", help="model card JSON (default: the shipped model or $BTD_MODEL)")
+    evaluate.add_argument("--split", help="score only the files listed in a training split file, under DIR")
+    evaluate.add_argument("dir", metavar="DIR")
+    evaluate.set_defaults(run=scans.cmd_evaluate)
+    fit_gate = commands.add_parser("fit-gate", help="fit the input gate's energy threshold on the validation split")
+    fit_gate.add_argument("--model", help="model card JSON (default: the shipped model)")
+    fit_gate.add_argument("--data", required=True, metavar="ROOT", help="the folder that holds the training folders")
+    fit_gate.set_defaults(run=model.cmd_fit_gate)
+    fit_decision = commands.add_parser(
+        "fit-decision", help="fit the review band and the subtype rule on the validation split, into the card"
+    )
+    fit_decision.add_argument("--model", help="model card JSON (default: the shipped model)")
+    fit_decision.add_argument(
+        "--data", required=True, metavar="ROOT", help="the folder that holds the training folders"
+    )
+    fit_decision.set_defaults(run=model.cmd_fit_decision)
+    train = commands.add_parser("train", help="train, calibrate and write a model with its card")
+    train.add_argument("--data", action="append", required=True, metavar="DIR", help="DIR/<label>/* (repeatable)")
+    train.add_argument("--out", default="models", metavar="DIR")
+    train.add_argument("--epochs", type=int, default=None)
+    train.add_argument("--size", type=int, default=None, help="input side in pixels")
+    train.add_argument("--name", default=None)
+    train.add_argument("--seed", type=int, default=None)
+    train.add_argument("--version", default=None, help="model version (the weights' hash is appended)")
+    train.add_argument("--unknown-weight", type=float, default=None, help="weight of tumour-of-unknown-type scans")
+    train.add_argument(
+        "--mirror", action=argparse.BooleanOptionalAction, default=None, help="add the left-right asymmetry channel"
+    )
+    train.add_argument(
+        "--synthetic-lesions",
+        type=float,
+        default=None,
+        metavar="P",
+        help="share of normal scans also trained with a lesion",
+    )
+    train.add_argument("--rotation", type=float, default=None, metavar="DEG", help="augmentation's largest turn")
+    train.add_argument("--learning-rate", type=float, default=None, help="peak learning rate")
+    train.add_argument("--max-minutes", type=float, default=None, help="time budget (default 75; resumes included)")
+    train.add_argument("--init", metavar="CARD", help="start from this model (same input and validation split)")
+    train.add_argument("--samples-per-epoch", type=int, default=None, help="images drawn per epoch (0: all)")
+    train.add_argument("--transplants", type=float, default=None, metavar="P",
+                       help="share of normal scans also trained with a real tumour transplanted in")  # fmt: skip
+    train.add_argument("--min-tumour-pixels", type=int, default=None, help="smallest tumour mask trained as tumour")
+    train.add_argument(
+        "--hold-out",
+        action="append",
+        default=None,
+        metavar="INSTITUTION",
+        help="leave this institution out of training and validation; score it apart (repeatable)",
+    )
+    train.set_defaults(run=model.cmd_train)
+    admin.add_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except (ModelError, StoreError, InvalidRecord, AccessDenied) as error:
+        emit(error_json(error.code, str(error)), sys.stdout)
+        return EXIT_USAGE
+    except (OSError, ValueError, KeyError) as error:  # a missing split file, an unreadable folder, ...
+        emit(error_json("bad_input", f"{type(error).__name__}: {error}"), sys.stdout)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130

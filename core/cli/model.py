@@ -1,0 +1,66 @@
+"""``train``, ``fit-gate`` and ``fit-decision``: making and calibrating a model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from core.cli.common import EXIT_OK, EXIT_USAGE, emit, error_json
+from core.config import model_card_path
+
+
+def cmd_fit_gate(args: argparse.Namespace) -> int:
+    from core.training.gate_fit import fit_gate
+
+    card = Path(args.model) if args.model else model_card_path()
+    emit(fit_gate(card, Path(args.data)), sys.stdout)
+    return EXIT_OK
+
+
+def cmd_fit_decision(args: argparse.Namespace) -> int:
+    from core.training.gate_fit import fit_decision
+
+    card = Path(args.model) if args.model else model_card_path()
+    emit(fit_decision(card, Path(args.data)), sys.stdout)
+    return EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from core.training.config import TrainConfig
+    from core.training.run import train
+
+    names = (
+        "epochs",
+        "size",
+        "name",
+        "seed",
+        "version",
+        "unknown_weight",
+        "mirror",
+        "synthetic_lesions",
+        "rotation",
+        "learning_rate",
+        "max_minutes",
+        "init",
+        "samples_per_epoch",
+        "transplants",
+        "min_tumour_pixels",
+    )
+    overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    if args.hold_out:
+        overrides["hold_out"] = tuple(args.hold_out)
+    config = replace(TrainConfig(), **overrides)
+    missing = [d for d in args.data if not Path(d).is_dir()]
+    if missing:
+        emit(error_json("not_found", f"not a directory: {', '.join(missing)}"), sys.stdout)
+        return EXIT_USAGE
+    if args.init and not Path(args.init).is_file():
+        emit(error_json("not_found", f"no model card at {args.init}"), sys.stdout)
+        return EXIT_USAGE
+    command = "python -m core " + " ".join(sys.argv[1:] if sys.argv[0].endswith("__main__.py") else ["train"])
+    card = train([Path(d) for d in args.data], Path(args.out), config, command)
+    emit({"model": card["name"], "version": card["version"], "metrics": card["metrics"]}, sys.stdout)
+    return EXIT_OK

@@ -1,0 +1,80 @@
+"""``predict`` and ``evaluate``: scans in, one JSON line per file (or one report) out."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from core.cli.common import EXIT_OK, EXIT_REJECTED, EXIT_USAGE, emit, error_json, progress
+from core.errors import ScanError, StoreError
+from core.evaluation.evaluate import evaluate_folder
+from core.imaging import read_file_bytes
+from core.model.classifier import Classifier
+from core.model.gate import REJECTED
+from core.services.access import COMMAND_LINE
+from core.services.resources import load_classifier, open_image_store, open_results_store
+from core.services.triage import ScanOutcome, analyse_upload, save
+
+
+def _classify_file(path: Path, classifier: Classifier, frame: int | None) -> tuple[dict[str, Any], ScanOutcome]:
+    """One file -> (its JSON result or JSON error, its outcome); never raises for a bad file."""
+    try:
+        data = read_file_bytes(path)
+    except ScanError as error:
+        return {"file": str(path), **error_json(error.code, str(error))}, ScanOutcome("")
+    except (FileNotFoundError, IsADirectoryError):
+        return {"file": str(path), **error_json("not_found", "No such file.")}, ScanOutcome("")
+    except OSError:
+        return {
+            "file": str(path),
+            **error_json("unreadable", "The file cannot be read (permission denied)."),
+        }, ScanOutcome("")
+    outcome = analyse_upload(data, classifier, frame)
+    if outcome.analysis is None:
+        return {
+            "file": str(path),
+            **error_json(outcome.error_code or "scan_error", outcome.error_message or ""),
+        }, outcome
+    gate = outcome.analysis.prediction.gate
+    if gate.decision == REJECTED:  # never a diagnosis for what is not a brain MRI
+        message = "This does not look like a brain MRI slice: " + "; ".join(gate.reasons) + "."
+        return {"file": str(path), "gate": gate.to_json(), **error_json("not_brain_mri", message)}, outcome
+    return {"file": str(path), **outcome.analysis.prediction.to_json()}, outcome
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    classifier = load_classifier(args.model)
+    store, images = None, None
+    if args.save:  # back-fill: the database the app uses (MONGODB_URI, else BTD_DATA_DIR's SQLite file)
+        try:
+            store = open_results_store()
+            images = open_image_store(store)
+        except StoreError as error:
+            emit(error_json(error.code, str(error)), sys.stdout)
+            return EXIT_USAGE
+    status = EXIT_OK
+    for name in progress(args.files, "predict"):
+        result, outcome = _classify_file(Path(name), classifier, args.frame)
+        if "error" in result:
+            status = EXIT_REJECTED
+        if args.save and outcome.analysis is not None:  # gate-rejected scans are recorded as such, like in the app
+            saved = save(outcome.analysis, store, actor=COMMAND_LINE, patient_ref=None, images=images)
+            result["saved"] = saved.state + (f": {saved.message}" if saved.message else "")
+        emit(result, sys.stdout)
+    return status
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    root = Path(args.dir)
+    if not root.is_dir():
+        emit(error_json("not_found", f"{root} is not a directory."), sys.stdout)
+        return EXIT_USAGE
+    started = time.perf_counter()
+    split = Path(args.split) if args.split else None
+    report = evaluate_folder(root, load_classifier(args.model), split, lambda files: progress(files, "evaluate"))
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    emit(report, sys.stdout)
+    return EXIT_OK

@@ -1,0 +1,59 @@
+"""Who may do what: roles, permissions and the acting user, checked by every service before it reads or writes.
+
+Pages show only what a role may use, but that is convenience: the services refuse (:class:`AccessDenied`) whatever
+a page or a script asks. Roles:
+- radiologist: analyse scans, review results, the worklist, open a result with its image, patient history;
+- supervisor: statistics (agreement, drift), reading the audit trail; no images, no per-scan table;
+- admin: accounts, settings, exporting the audit trail, deleting stored images, statistics, storage details.
+The command line runs as the server's administrator (:data:`COMMAND_LINE`), with every permission.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.errors import AccessDenied
+
+ANALYSE = "analyse scans"
+REVIEW = "review results"
+OPEN_RESULT = "open a result and its image"
+WORKLIST = "see the worklist"
+HISTORY = "see a patient's history"
+STATISTICS = "see the statistics"
+AUDIT_READ = "read the audit trail"
+AUDIT_EXPORT = "export the audit trail"
+ACCOUNTS = "manage accounts"
+SETTINGS = "change settings"
+DELETE_IMAGES = "delete stored images"
+STORAGE_DETAILS = "see where results are stored"
+
+GRANTS: dict[str, frozenset[str]] = {
+    "radiologist": frozenset({ANALYSE, REVIEW, OPEN_RESULT, WORKLIST, HISTORY}),
+    "supervisor": frozenset({STATISTICS, AUDIT_READ}),
+    "admin": frozenset({STATISTICS, AUDIT_READ, AUDIT_EXPORT, ACCOUNTS, SETTINGS, DELETE_IMAGES, STORAGE_DETAILS}),
+}
+GRANTS["system"] = frozenset().union(*GRANTS.values())
+
+
+@dataclass(frozen=True)
+class Actor:
+    """The signed-in user (or the command line) on whose behalf a service acts."""
+
+    name: str
+    role: str
+
+
+COMMAND_LINE = Actor("cli", "system")
+
+
+def allowed(actor: Actor | None, permission: str) -> bool:
+    return actor is not None and permission in GRANTS.get(actor.role, frozenset())
+
+
+def require(actor: Actor | None, permission: str) -> Actor:
+    """``actor`` when its role grants ``permission``; :class:`AccessDenied` otherwise (or when nobody is signed in)."""
+    if actor is None:
+        raise AccessDenied(f"Sign in to {permission}.")
+    if not allowed(actor, permission):
+        raise AccessDenied(f"The {actor.role} role may not {permission}.")
+    return actor

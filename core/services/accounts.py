@@ -1,0 +1,160 @@
+"""Local accounts and signing in: Argon2 password hashes (argon2-cffi), throttling, roles, audit events.
+
+- Passwords: at least 12 characters; stored only as Argon2id hashes; never logged, never in an event.
+- Signing in: a wrong password adds to the account's failures; the fifth in a row locks it for 15 minutes
+  (``MAX_FAILURES``, ``LOCK_MINUTES``). An unknown name costs the same hashing time as a known one and gets the
+  same message, so neither timing nor wording tells which names exist. Every attempt is an audit event (an
+  unknown name is recorded as "unknown", not as typed: people type patient names in the wrong field).
+- Sessions expire after ``IDLE_MINUTES`` without activity (checked by the UI at every interaction).
+- Single sign-on (Streamlit's ``st.login``, OIDC): :func:`external_actor` maps the identity provider's claims to a
+  role, from a claim the deployment names or from the local account of the same name.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from contextlib import suppress
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from typing import Any
+
+from core.errors import AccountLocked, InvalidRecord, SignInFailed
+from core.services import audit
+from core.services.access import ACCOUNTS, Actor, require
+from core.storage.people import ROLES, Account
+from core.storage.protocol import Store
+
+MAX_FAILURES = 5
+LOCK_MINUTES = 15
+IDLE_MINUTES = 30
+MIN_PASSWORD = 12
+
+
+def _hasher() -> Any:
+    from argon2 import PasswordHasher
+
+    return PasswordHasher()
+
+
+@cache
+def _dummy_hash() -> str:
+    """A real hash of a random secret: checking a password against it costs what a real check costs."""
+    return _hasher().hash(secrets.token_hex(16))
+
+
+def check_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD:
+        raise InvalidRecord(f"A password has at least {MIN_PASSWORD} characters.")
+
+
+def add_account(store: Store, actor: Actor, name: str, role: str, password: str | None) -> Account:
+    """Create an account (admins; ``password`` None for a single-sign-on account)."""
+    require(actor, ACCOUNTS)
+    if store.get_account(name) is not None:
+        raise InvalidRecord(f"An account named {name} exists already.")
+    if password is not None:
+        check_password(password)
+    account = Account(name, role, _hasher().hash(password) if password else None, created_at=datetime.now(UTC))
+    store.put_account(account.validate())
+    audit.record(store, actor, "account_created", name, role=role)
+    return account
+
+
+def set_role(store: Store, actor: Actor, name: str, role: str) -> Account:
+    require(actor, ACCOUNTS)
+    account = _existing(store, name)
+    if role not in ROLES:
+        raise InvalidRecord(f"A role is one of {', '.join(ROLES)}.")
+    updated = replace(account, role=role)
+    store.put_account(updated)
+    audit.record(store, actor, "account_role_changed", name, role=role, was=account.role)
+    return updated
+
+
+def set_disabled(store: Store, actor: Actor, name: str, disabled: bool = True) -> Account:
+    require(actor, ACCOUNTS)
+    updated = replace(_existing(store, name), disabled=disabled, failed_count=0, locked_until=None)
+    store.put_account(updated)
+    audit.record(store, actor, "account_disabled" if disabled else "account_enabled", name)
+    return updated
+
+
+def set_password(store: Store, actor: Actor, name: str, password: str) -> Account:
+    require(actor, ACCOUNTS)
+    check_password(password)
+    updated = replace(_existing(store, name), password_hash=_hasher().hash(password), failed_count=0, locked_until=None)
+    store.put_account(updated)
+    audit.record(store, actor, "account_password_set", name)
+    return updated
+
+
+def list_accounts(store: Store, actor: Actor) -> list[Account]:
+    require(actor, ACCOUNTS)
+    return store.accounts()
+
+
+def _existing(store: Store, name: str) -> Account:
+    account = store.get_account(name)
+    if account is None:
+        raise InvalidRecord(f"No account named {name}.")
+    return account
+
+
+def sign_in(store: Store, name: str, password: str, now: datetime | None = None) -> Actor:
+    """The actor for ``name`` when ``password`` is right; :class:`SignInFailed` or :class:`AccountLocked` else."""
+    from argon2.exceptions import InvalidHashError, VerificationError
+
+    now = now or datetime.now(UTC)
+    hasher = _hasher()
+    account = store.get_account(name)
+    if account is None or account.password_hash is None:
+        with suppress(VerificationError, InvalidHashError):
+            hasher.verify(_dummy_hash(), password)  # the same work as a real check: timing does not tell
+        audit.record(store, Actor("unknown", "none"), "sign_in_failed", None, reason="unknown account")
+        raise SignInFailed("Wrong account name or password.")
+    if account.locked_until is not None and account.locked_until > now:
+        audit.record(store, Actor(name, account.role), "sign_in_refused", name, reason="locked")
+        minutes = max(1, round((account.locked_until - now).total_seconds() / 60))
+        raise AccountLocked(f"Too many failed sign-ins: this account is locked for {minutes} more minute(s).")
+    try:
+        hasher.verify(account.password_hash, password)
+    except (VerificationError, InvalidHashError):
+        failures = account.failed_count + 1
+        locked = now + timedelta(minutes=LOCK_MINUTES) if failures >= MAX_FAILURES else None
+        store.put_account(replace(account, failed_count=0 if locked else failures, locked_until=locked))
+        audit.record(store, Actor(name, account.role), "sign_in_failed", name, failures=failures, locked=bool(locked))
+        raise SignInFailed("Wrong account name or password.") from None
+    if account.disabled:
+        audit.record(store, Actor(name, account.role), "sign_in_refused", name, reason="disabled")
+        raise SignInFailed("Wrong account name or password.")
+    fresh = replace(account, failed_count=0, locked_until=None)
+    if hasher.check_needs_rehash(account.password_hash):
+        fresh = replace(fresh, password_hash=hasher.hash(password))
+    if fresh != account:
+        store.put_account(fresh)
+    actor = Actor(name, account.role)
+    audit.record(store, actor, "sign_in", name)
+    return actor
+
+
+def external_actor(store: Store, claims: Mapping[str, Any], role_claim: str | None = None) -> Actor:
+    """The actor for an identity provider's user: the name is the e-mail (or the subject); the role comes from
+    ``role_claim`` when the deployment maps one (a role name or a list holding one), else from the local account
+    of that name (created by an admin, with no password). No role, no entry."""
+    name = str(claims.get("email") or claims.get("sub") or "")
+    role = None
+    if role_claim:
+        value = claims.get(role_claim)
+        values = value if isinstance(value, list | tuple) else [value]
+        role = next((str(v) for v in values if str(v) in ROLES), None)
+    account = store.get_account(name) if name else None
+    if role is None and account is not None and not account.disabled:
+        role = account.role
+    if not name or role is None or (account is not None and account.disabled):
+        audit.record(store, Actor("unknown", "none"), "sign_in_failed", None, reason="no role for this identity")
+        raise SignInFailed("This identity has no role in the triage dashboard; ask an administrator.")
+    actor = Actor(name, role)
+    audit.record(store, actor, "sign_in", name, via="single sign-on")
+    return actor

@@ -1,0 +1,70 @@
+"""The audit trail as use cases: record an event, read and export it (with permission), verify the chain.
+
+Every action that touches a result, an account or a setting is one event: who (account and role), when (UTC),
+what, on which target (a result id, an account name), with a few non-identifying details. Events are append-only
+and hash-chained by the store (:mod:`core.storage.people`); :func:`verify` finds the first one that was edited or
+whose predecessor was deleted.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from core.services.access import AUDIT_EXPORT, AUDIT_READ, Actor, require
+from core.storage.people import AuditEvent, first_broken
+from core.storage.protocol import Store
+
+
+def record(store: Store, actor: Actor, event: str, target: str | None = None, **detail: Any) -> AuditEvent:
+    """Append one event named ``event`` (raises the store's error when it cannot: what cannot be audited fails)."""
+    return store.append_audit(AuditEvent(datetime.now(UTC), actor.name, actor.role, event, target, dict(detail)))
+
+
+@dataclass(frozen=True)
+class Verification:
+    intact: bool
+    events: int
+    first_bad: AuditEvent | None = None
+
+
+def verify(store: Store) -> Verification:
+    """Re-hash the whole chain in order; the first event that does not hold, if any."""
+    events = store.audit_events()
+    bad = first_broken(events)
+    return Verification(bad is None, len(events), bad)
+
+
+def events(
+    store: Store, actor: Actor, action: str | None = None, who: str | None = None,
+    start: datetime | None = None, end: datetime | None = None,
+) -> list[AuditEvent]:  # fmt: skip
+    """The events matching the filters, oldest first (supervisors and admins)."""
+    require(actor, AUDIT_READ)
+    return [
+        e
+        for e in store.audit_events()
+        if (action is None or e.action == action) and (who is None or e.actor == who)
+        and (start is None or e.at >= start) and (end is None or e.at < end)
+    ]  # fmt: skip
+
+
+def export_csv(store: Store, actor: Actor, filters: Mapping[str, Any]) -> bytes:
+    """The filtered events as CSV, headed by the filters used (admins); the export is itself an event."""
+    require(actor, AUDIT_EXPORT)
+    chosen = events(store, actor, **filters)
+    buffer = io.StringIO()
+    shown = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in filters.items() if v is not None}
+    buffer.write(f"# audit events; filters: {json.dumps(shown, sort_keys=True) if shown else 'none'}\n")
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["seq", "at_utc", "actor", "role", "action", "target", "detail", "prev_hash", "hash"])
+    for e in chosen:
+        writer.writerow([e.seq, e.at.isoformat(), e.actor, e.role, e.action, e.target or "",
+                         json.dumps(e.detail, sort_keys=True), e.prev_hash, e.hash])  # fmt: skip
+    record(store, actor, "audit_export", None, events=len(chosen))
+    return buffer.getvalue().encode("utf-8")

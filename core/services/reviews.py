@@ -1,0 +1,93 @@
+"""The radiologist's review loop: the worklist, opening a result with its image, agreeing or overriding.
+
+Reviews are append-only (the store keeps the history; the latest is the final label). Opening a result and
+reviewing it are audit events; the image shown is the de-identified copy from the image store, analysed again by
+the same model for its crop and heat map (the model is deterministic, so the verdict is the one stored).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from core.errors import InvalidRecord, ScanError
+from core.imaging import read_scan
+from core.model.analysis import analyse_scan
+from core.model.classifier import Classifier
+from core.model.explain import Explainer
+from core.services import audit
+from core.services.access import OPEN_RESULT, REVIEW, WORKLIST, Actor, require
+from core.services.views import ScanView, scan_view
+from core.storage.images import ImageStore
+from core.storage.people import REASON_CODES, Review
+from core.storage.protocol import Store
+from core.storage.records import Record, WorklistQuery
+
+__all__ = ["REASON_CODES", "OpenedResult", "WorklistQuery", "open_result", "review_result", "worklist"]
+
+
+def worklist(store: Store, actor: Actor, query: WorklistQuery, limit: int = 200) -> list[Record]:
+    require(actor, WORKLIST)
+    return store.worklist(query, limit)
+
+
+@dataclass(frozen=True, eq=False)
+class OpenedResult:
+    record: Record
+    view: ScanView | None  # None when the image is no longer kept (retention) or the model is another version
+    reviews: Sequence[Review]
+    note: str = ""
+
+
+def open_result(
+    store: Store,
+    images: ImageStore | None,
+    actor: Actor,
+    result_id: str,
+    classifier: Classifier,
+    explainer: Explainer | None,
+) -> OpenedResult:
+    """The result, its reviews and, while its image is kept, the image with crop and heat map (an audit event)."""
+    require(actor, OPEN_RESULT)
+    record = store.get(result_id)
+    if record is None:
+        raise InvalidRecord("No such result.")
+    audit.record(store, actor, "open", result_id)
+    data = images.get(record.image_key) if images is not None and record.image_key else None
+    if data is None:
+        return OpenedResult(
+            record, None, store.reviews_of(result_id), "The image is no longer kept (retention period)."
+        )
+    card = classifier.card
+    if (card.name, card.version) != (record.model_name, record.model_version):
+        note = f"The image is shown without a heat map: it was read by {record.model_name} {record.model_version}."
+        return OpenedResult(record, None, store.reviews_of(result_id), note)
+    try:
+        analysis = analyse_scan(read_scan(data), classifier)
+    except ScanError:
+        return OpenedResult(record, None, store.reviews_of(result_id), "The stored image cannot be read.")
+    return OpenedResult(record, scan_view(analysis, explainer), store.reviews_of(result_id))
+
+
+def review_result(
+    store: Store,
+    actor: Actor,
+    result_id: str,
+    final_label: str,
+    reasons: Sequence[str] = (),
+    note: str = "",
+    now: datetime | None = None,
+) -> Record:
+    """Agree (``final_label`` is the model's) or override; returns the result with its new final label."""
+    require(actor, REVIEW)
+    record = store.get(result_id)
+    if record is None:
+        raise InvalidRecord("No such result.")
+    action = "agree" if final_label == record.label and not reasons else "override"
+    review = Review(result_id, actor.name, now or datetime.now(UTC), action, record.label, final_label,
+                    tuple(reasons), note.strip())  # fmt: skip
+    updated = store.add_review(review)
+    audit.record(store, actor, "review", result_id, action=action, model_label=record.label, final_label=final_label,
+                 reasons=list(reasons))  # fmt: skip
+    return updated

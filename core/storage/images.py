@@ -1,0 +1,134 @@
+"""The de-identified image store: decoded pixels kept for review, content-addressed, for a retention period.
+
+What is kept is the decoded grayscale slice re-encoded as PNG by OpenCV (no text chunks, no EXIF, no DICOM
+header: nothing of the uploaded file but its pixels), under the SHA-256 of that PNG. Two implementations:
+- :class:`FolderImages` (embedded mode): ``<data dir>/images/ab/cd/<key>.png``, files created 0600;
+- :class:`GridFSImages` (MongoDB): a GridFS bucket ``images``, the key as the file name.
+Both record when an image was stored, so :meth:`purge` can delete what is older than the retention period.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+
+from core.errors import StoreError, StoreUnavailable
+
+_KEY = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ImageStore(Protocol):
+    def put(self, pixels: np.ndarray) -> str: ...
+    def get(self, key: str) -> bytes | None: ...
+    def delete(self, key: str) -> bool: ...
+    def purge(self, before: datetime) -> list[str]: ...
+    def stored_keys(self) -> list[str]: ...
+
+
+def encode(pixels: np.ndarray) -> bytes:
+    """The pixels as a PNG with nothing but pixels in it."""
+    ok, data = cv2.imencode(".png", np.ascontiguousarray(pixels))
+    if not ok:  # pragma: no cover - a uint8 2-D array always encodes
+        raise StoreError("The image could not be encoded for the image store.")
+    return data.tobytes()
+
+
+def _check(key: str) -> None:
+    if not _KEY.match(key):
+        raise StoreError("Not an image key.")
+
+
+class FolderImages:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _path(self, key: str) -> Path:
+        _check(key)
+        return self.root / key[:2] / key[2:4] / f"{key}.png"
+
+    def put(self, pixels: np.ndarray) -> str:
+        data = encode(pixels)
+        key = hashlib.sha256(data).hexdigest()
+        path = self._path(key)
+        if path.exists():
+            return key
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            draft = path.with_name(f".{key}.{os.getpid()}.part")
+            fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(draft, path)
+        except OSError as error:
+            raise StoreUnavailable("The image store cannot be written to.") from error
+        return key
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def delete(self, key: str) -> bool:
+        try:
+            self._path(key).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def stored_keys(self) -> list[str]:
+        return sorted(p.stem for p in self.root.glob("??/??/*.png")) if self.root.is_dir() else []
+
+    def purge(self, before: datetime) -> list[str]:
+        limit = before.timestamp()
+        gone = [key for key in self.stored_keys() if self._path(key).stat().st_mtime < limit]
+        for key in gone:
+            self.delete(key)
+        return gone
+
+
+class GridFSImages:
+    def __init__(self, database: Any) -> None:
+        import gridfs
+
+        self._bucket = gridfs.GridFSBucket(database, bucket_name="images")
+        self._files = database["images.files"]
+
+    def put(self, pixels: np.ndarray) -> str:
+        data = encode(pixels)
+        key = hashlib.sha256(data).hexdigest()
+        if self._files.find_one({"filename": key}, {"_id": 1}) is None:
+            self._bucket.upload_from_stream(key, data, metadata={"stored_at": datetime.now(UTC)})
+        return key
+
+    def get(self, key: str) -> bytes | None:
+        import gridfs
+
+        _check(key)
+        try:
+            return self._bucket.open_download_stream_by_name(key).read()
+        except gridfs.errors.NoFile:
+            return None
+
+    def delete(self, key: str) -> bool:
+        _check(key)
+        found = list(self._files.find({"filename": key}, {"_id": 1}))
+        for document in found:
+            self._bucket.delete(document["_id"])
+        return bool(found)
+
+    def stored_keys(self) -> list[str]:
+        return sorted(self._files.distinct("filename"))
+
+    def purge(self, before: datetime) -> list[str]:
+        old = [d["filename"] for d in self._files.find({"uploadDate": {"$lt": before}}, {"filename": 1})]
+        for key in old:
+            self.delete(key)
+        return sorted(set(old))

@@ -1,0 +1,64 @@
+"""Accounts page (admins): who may sign in, with which role; create, change a role, disable or enable, set a
+password. Every change is an audit event; passwords are never shown or logged."""
+
+import pandas as pd
+import streamlit as st
+
+from core.errors import InvalidRecord, StoreError
+from core.services import accounts
+from core.services.access import ACCOUNTS
+from core.services.accounts import ROLES
+from ui import resources
+from ui.page import setup_page
+
+actor = setup_page("Accounts", ACCOUNTS)
+st.title("Accounts")
+try:
+    store = resources.current_store()
+    people = accounts.list_accounts(store, actor)
+except StoreError as error:
+    st.error(f"The accounts cannot be read: {error}")
+    st.stop()
+st.dataframe(
+    pd.DataFrame(
+        [
+            {"account": a.name, "role": a.role, "sign-in": "password" if a.password_hash else "single sign-on",
+             "disabled": a.disabled, "locked until (UTC)": f"{a.locked_until:%Y-%m-%d %H:%M}" if a.locked_until else ""}
+            for a in people
+        ]
+    ),
+    hide_index=True,
+    width="stretch",
+)  # fmt: skip
+
+
+def attempt(change, *args) -> None:
+    try:
+        change(store, actor, *args)
+    except (InvalidRecord, StoreError) as error:
+        st.error(str(error))
+    else:
+        st.success("Saved.")
+
+
+left, right = st.columns(2)
+with left.form("new-account", clear_on_submit=True):
+    st.markdown("**New account**")
+    name = st.text_input("Account name")
+    role = st.selectbox("Role", ROLES)
+    password = st.text_input("Password (at least 12 characters; empty: single sign-on only)", type="password")
+    if st.form_submit_button("Create"):
+        attempt(accounts.add_account, name.strip(), role, password or None)
+with right.form("change-account"):
+    st.markdown("**Change an account**")
+    target = st.selectbox("Account", [a.name for a in people] or ["(none)"])
+    new_role = st.selectbox("Role", ROLES)
+    new_password = st.text_input("New password (optional)", type="password")
+    change = st.radio("Change", ["role", "password", "disable", "enable"], horizontal=True)
+    if st.form_submit_button("Apply") and people:
+        if change == "role":
+            attempt(accounts.set_role, target, new_role)
+        elif change == "password":
+            attempt(accounts.set_password, target, new_password)
+        else:
+            attempt(accounts.set_disabled, target, change == "disable")

@@ -1,0 +1,62 @@
+"""Audit trail page: every event (sign-ins, uploads, opened results, reviews, exports, account changes), filtered,
+with the chain verified; admins export it as CSV (itself an event)."""
+
+from datetime import UTC, datetime, time, timedelta
+
+import pandas as pd
+import streamlit as st
+
+from core.errors import StoreError
+from core.services import audit
+from core.services.access import AUDIT_EXPORT, AUDIT_READ, allowed
+from ui import resources
+from ui.page import setup_page
+
+actor = setup_page("Audit trail", AUDIT_READ)
+st.title("Audit trail")
+try:
+    store = resources.current_store()
+    check = audit.verify(store)
+except StoreError as error:
+    st.error(f"The audit trail cannot be read: {error}")
+    st.stop()
+if check.intact:
+    st.success(f"The chain of {check.events:,} events is intact.", icon=":material/verified:")
+else:
+    bad = check.first_bad
+    st.error(f"The chain is broken at event {bad.seq} ({bad.action} by {bad.actor}, {bad.at:%Y-%m-%d %H:%M} UTC): "
+             "an event was edited or the one before it deleted.")  # fmt: skip
+
+controls = st.columns(4)
+action = controls[0].text_input("Action", placeholder="e.g. review, sign_in_failed", key="audit_action")
+who = controls[1].text_input("Account", key="audit_who")
+today = datetime.now(UTC).date()
+days = controls[2].date_input("Dates (UTC)", (today - timedelta(days=30), today), key="audit_dates")
+start_day, end_day = (days[0], days[-1]) if isinstance(days, tuple | list) and days else (today, today)
+filters = {
+    "action": action.strip() or None,
+    "who": who.strip() or None,
+    "start": datetime.combine(start_day, time(0), UTC),
+    "end": datetime.combine(end_day + timedelta(days=1), time(0), UTC),
+}
+events = audit.events(store, actor, **filters)
+st.caption(f"{len(events):,} events match.")
+st.dataframe(
+    pd.DataFrame(
+        [
+            {"seq": e.seq, "time (UTC)": f"{e.at:%Y-%m-%d %H:%M:%S}", "account": e.actor, "role": e.role,
+             "action": e.action, "target": (e.target or "")[:16],
+             "detail": ", ".join(f"{k}={v}" for k, v in e.detail.items())}
+            for e in reversed(events[-500:])
+        ]
+    ),
+    hide_index=True,
+    width="stretch",
+)  # fmt: skip
+if allowed(actor, AUDIT_EXPORT):
+    controls[3].download_button(
+        "Export (CSV)",
+        lambda: audit.export_csv(store, actor, filters),
+        f"audit-{today:%Y%m%d}.csv",
+        "text/csv",
+    )

@@ -1,0 +1,116 @@
+"""Worklist page: the radiologist reads the model's verdicts, unreviewed first, and agrees or overrides each one.
+
+Opening a result shows its stored, de-identified image with the crop and heat map; every open and every review
+is an audit event; reviews are kept as history (the latest is the final label). Disagreements are marked.
+"""
+
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+import streamlit as st
+
+from core.errors import InvalidRecord, ModelError, StoreError
+from core.services import reviews
+from core.services.access import WORKLIST
+from core.services.reviews import REASON_CODES, WorklistQuery
+from ui import resources
+from ui.page import setup_page
+from ui.render import pretty, result_panel
+
+actor = setup_page("Worklist", WORKLIST)
+st.title("Worklist")
+try:
+    store = resources.current_store()
+    classifier, explainer = resources.current_classifier(), resources.current_explainer()
+except (StoreError, ModelError) as error:
+    st.error(f"The worklist cannot be shown: {error}")
+    st.stop()
+
+AGES = {"last 24 hours": 1, "last 7 days": 7, "last 30 days": 30, "any time": None}
+SHOW = {"not yet reviewed": False, "reviewed": True, "all": None}
+GATES = {"needs review": "needs_review", "not a brain MRI": "rejected", "accepted": "accepted"}
+
+filters = st.columns([1.1, 1.2, 1.3, 1, 1.3, 0.9])
+show = filters[0].selectbox("Show", list(SHOW), key="wl_show")
+verdicts = filters[1].multiselect("Verdict", classifier.card.labels, format_func=pretty, key="wl_verdicts")
+gates = filters[2].multiselect("Flag", list(GATES), key="wl_gates")
+age = filters[3].selectbox("Age", list(AGES), index=1, key="wl_age")
+patient = filters[4].text_input("Patient reference", key="wl_patient", help="Typed as on the Scan page.")
+disagreements = filters[5].toggle("Disagreements", key="wl_disagreements", help="Final label differs from the model")
+days = AGES[age]
+query = WorklistQuery(
+    reviewed=SHOW[show],
+    labels=tuple(verdicts),
+    gates=tuple(GATES[g] for g in gates),
+    patient_ref=resources.patient_reference(patient) if patient.strip() else None,
+    since=datetime.now(UTC) - timedelta(days=days) if days else None,
+    disagreements=disagreements,
+)
+try:
+    results = reviews.worklist(store, actor, query)
+except StoreError as error:
+    st.error(f"The results database cannot be read: {error}")
+    st.stop()
+if not results:
+    st.info("Nothing to read with these filters.")
+    st.stop()
+
+table = pd.DataFrame(
+    [
+        {
+            "": "⚠ disagrees" if r.disagrees else ("✓" if r.review_count else ""),
+            "time (UTC)": r.created_at.strftime("%Y-%m-%d %H:%M"),
+            "verdict": pretty(r.label),
+            "tumour probability": round(r.tumour_probability, 3),
+            "flag": {"needs_review": "needs review", "rejected": "not a brain MRI"}.get(r.gate, ""),
+            "final label": pretty(r.final_label) if r.final_label else "",
+            "reviewed by": r.reviewer or "",
+            "model": r.model_version,
+        }
+        for r in results
+    ]
+)
+st.caption(f"{len(results)} results · unreviewed first, then flagged, then refused; newest first within each.")
+picked = st.dataframe(
+    table, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row", key="wl_table",
+    height=min(38 * (len(table) + 1), 360),
+)  # fmt: skip
+rows = picked.selection.rows if picked and picked.selection else []
+chosen = results[rows[0]] if rows else results[0]
+opened_key = f"opened-{chosen.id}"
+if opened_key not in st.session_state:  # opening is an audit event, once per result and session
+    st.session_state[opened_key] = reviews.open_result(
+        store, resources.image_store(store), actor, chosen.id, classifier, explainer
+    )
+opened = st.session_state[opened_key]
+st.divider()
+result_panel(opened, classifier.card.labels)
+
+
+def save_review(final_label: str, reasons: list[str], note: str) -> None:
+    try:
+        reviews.review_result(store, actor, chosen.id, final_label, reasons, note)
+    except (InvalidRecord, StoreError) as error:
+        st.session_state["review_error"] = str(error)
+        return
+    st.session_state.pop(opened_key, None)  # re-open with the new review in its history
+    st.session_state["review_saved"] = f"Review saved: {pretty(final_label)}."
+
+
+if message := st.session_state.pop("review_saved", None):
+    st.success(message)
+if message := st.session_state.pop("review_error", None):
+    st.error(f"Review not saved: {message}")
+agree, override = st.columns([1, 2])
+agree.button(
+    f"Agree: {pretty(chosen.label)}", type="primary", shortcut="a", on_click=save_review,
+    args=(chosen.label, [], ""), help="Keyboard: A",
+)  # fmt: skip
+with override.form(f"override-{chosen.id}", clear_on_submit=True, border=True):
+    labels = [label for label in (*classifier.card.labels, "tumour") if label != chosen.label]
+    final = st.selectbox("Override: final label", labels, format_func=pretty)
+    reasons = st.multiselect("Reasons", REASON_CODES, format_func=lambda code: code.replace("_", " "))
+    note = st.text_input("Note (optional; no patient names)", max_chars=500)
+    if st.form_submit_button("Save override"):
+        save_review(final, reasons, note)
+        st.rerun()

@@ -1,0 +1,199 @@
+"""Accounts, sign-in, roles, reviews and the audit trail: every refusal proven where the data is read or written."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import sqlite3
+import sys
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from core.errors import AccessDenied, AccountLocked, InvalidRecord, SignInFailed
+from core.services import accounts, audit, reviews, statistics
+from core.services.access import COMMAND_LINE, Actor
+from core.services.triage import NOT_SAVED, triage
+from core.storage.images import FolderImages
+from core.storage.records import WorklistQuery
+from core.storage.sqlite import SQLiteStore
+from tests.scans import CANARY, png_bytes, synthetic_slice
+from tests.test_store import make_record
+
+RADIOLOGIST, SUPERVISOR, ADMIN = Actor("dr-a", "radiologist"), Actor("boss", "supervisor"), Actor("root", "admin")
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SQLiteStore:
+    return SQLiteStore(tmp_path / "results.sqlite3")
+
+
+def actions(store: SQLiteStore) -> list[str]:
+    return [e.action for e in store.audit_events()]
+
+
+def test_sign_in_checks_the_argon2_hash_and_is_audited(store, caplog) -> None:
+    accounts.add_account(store, COMMAND_LINE, "dr-a", "radiologist", PASSWORD)
+    assert store.get_account("dr-a").password_hash.startswith("$argon2id$")
+    with caplog.at_level(logging.DEBUG):
+        assert accounts.sign_in(store, "dr-a", PASSWORD) == Actor("dr-a", "radiologist")
+        with pytest.raises(SignInFailed, match="Wrong account name or password"):
+            accounts.sign_in(store, "dr-a", "wrong password!")
+        with pytest.raises(SignInFailed, match="Wrong account name or password"):  # the same words: no hint
+            accounts.sign_in(store, f"{CANARY} Smith", PASSWORD)
+    assert actions(store) == ["account_created", "sign_in", "sign_in_failed", "sign_in_failed"]
+    trail = json.dumps([e.__dict__ for e in store.audit_events()], default=str)
+    assert PASSWORD not in trail and "argon2" not in trail and CANARY not in trail  # not even the typed name
+    assert PASSWORD not in caplog.text and "$argon2" not in caplog.text
+
+
+def test_five_failures_lock_the_account_for_fifteen_minutes(store) -> None:
+    accounts.add_account(store, COMMAND_LINE, "dr-a", "radiologist", PASSWORD)
+    now = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
+    for _ in range(5):
+        with pytest.raises(SignInFailed):
+            accounts.sign_in(store, "dr-a", "not the password", now)
+    with pytest.raises(AccountLocked, match="15 more minute"):  # even the right password
+        accounts.sign_in(store, "dr-a", PASSWORD, now + timedelta(seconds=5))
+    assert accounts.sign_in(store, "dr-a", PASSWORD, now + timedelta(minutes=16)).role == "radiologist"
+    assert store.get_account("dr-a").failed_count == 0
+
+
+def test_disabled_accounts_and_short_passwords_are_refused(store) -> None:
+    with pytest.raises(InvalidRecord, match="12 characters"):
+        accounts.add_account(store, COMMAND_LINE, "dr-b", "radiologist", "short")
+    accounts.add_account(store, COMMAND_LINE, "dr-a", "radiologist", PASSWORD)
+    accounts.set_disabled(store, ADMIN, "dr-a")
+    with pytest.raises(SignInFailed):
+        accounts.sign_in(store, "dr-a", PASSWORD)
+    accounts.set_disabled(store, ADMIN, "dr-a", False)
+    accounts.set_role(store, ADMIN, "dr-a", "supervisor")
+    assert accounts.sign_in(store, "dr-a", PASSWORD).role == "supervisor"
+
+
+def test_single_sign_on_identities_get_a_role_from_a_claim_or_a_local_account(store) -> None:
+    claims = {"email": "dr.x@hospital.example", "groups": ["staff", "radiologist"]}
+    assert accounts.external_actor(store, claims, "groups") == Actor("dr.x@hospital.example", "radiologist")
+    with pytest.raises(SignInFailed, match="no role"):
+        accounts.external_actor(store, {"email": "visitor@hospital.example"})
+    accounts.add_account(store, ADMIN, "visitor@hospital.example", "supervisor", None)
+    assert accounts.external_actor(store, {"email": "visitor@hospital.example"}).role == "supervisor"
+
+
+@pytest.mark.parametrize(
+    ("who", "call"),
+    [
+        (SUPERVISOR, lambda s, a: triage(png_bytes(synthetic_slice(128)), None, None, s, actor=a, patient_ref=None)),
+        (ADMIN, lambda s, a: triage(png_bytes(synthetic_slice(128)), None, None, s, actor=a, patient_ref=None)),
+        (SUPERVISOR, lambda s, a: reviews.review_result(s, a, "0" * 64, "glioma")),
+        (ADMIN, lambda s, a: reviews.review_result(s, a, "0" * 64, "glioma")),
+        (SUPERVISOR, lambda s, a: reviews.worklist(s, a, WorklistQuery())),
+        (SUPERVISOR, lambda s, a: reviews.open_result(s, None, a, "0" * 64, None, None)),
+        (ADMIN, lambda s, a: reviews.open_result(s, None, a, "0" * 64, None, None)),
+        (
+            RADIOLOGIST,
+            lambda s, a: statistics.dashboard(
+                s, a, start_day=date(2026, 1, 1), end_day=date(2026, 1, 2), timezone="UTC", period="day"
+            ),
+        ),
+        (RADIOLOGIST, lambda s, a: statistics.model_versions(s, a)),
+        (RADIOLOGIST, lambda s, a: audit.events(s, a)),
+        (SUPERVISOR, lambda s, a: audit.export_csv(s, a, {})),
+        (RADIOLOGIST, lambda s, a: accounts.add_account(s, a, "x", "admin", PASSWORD)),
+        (SUPERVISOR, lambda s, a: accounts.set_role(s, a, "dr-a", "admin")),
+        (RADIOLOGIST, lambda s, a: accounts.list_accounts(s, a)),
+        (None, lambda s, a: reviews.worklist(s, a, WorklistQuery())),
+    ],
+)
+def test_every_service_refuses_the_roles_that_may_not_use_it(store, who, call) -> None:
+    store.add(make_record(1, datetime(2026, 1, 1, tzinfo=UTC)))
+    with pytest.raises(AccessDenied):
+        call(store, who)
+    assert store.summary().total == 1 and store.reviews_of(make_record(1, datetime.now(UTC)).id) == []
+
+
+def test_a_review_is_recorded_with_its_history_and_audited(store, tmp_path, tiny_classifier) -> None:
+    images = FolderImages(tmp_path / "images")
+    result = triage(png_bytes(synthetic_slice(256, tumour=True)), tiny_classifier, None, store, actor=RADIOLOGIST,
+                    patient_ref=None, images=images)  # fmt: skip
+    assert result.status.state == "saved" and result.record.image_key in images.stored_keys()
+    record_id = result.record.id
+    assert [r.id for r in reviews.worklist(store, RADIOLOGIST, WorklistQuery())] == [record_id]
+    opened = reviews.open_result(store, images, RADIOLOGIST, record_id, tiny_classifier, None)
+    assert opened.view is not None and opened.view.prediction.label == result.record.label  # the same verdict
+    other = next(label for label in ("glioma", "notumor") if label != result.record.label)
+    updated = reviews.review_result(store, RADIOLOGIST, record_id, other, ["false_alarm"], "  looks normal ")
+    assert updated.final_label == other and updated.disagrees and updated.review_count == 1
+    assert reviews.worklist(store, RADIOLOGIST, WorklistQuery()) == []  # reviewed: off the unreviewed list
+    assert [r.id for r in reviews.worklist(store, RADIOLOGIST, WorklistQuery(reviewed=True, disagreements=True))] == [
+        record_id
+    ]
+    assert actions(store) == ["upload", "open", "review"]
+    assert (
+        store.audit_events()[-1].detail["final_label"] == other
+        and store.reviews_of(record_id)[0].note == "looks normal"
+    )
+    images.delete(result.record.image_key)
+    assert "no longer kept" in reviews.open_result(store, images, RADIOLOGIST, record_id, tiny_classifier, None).note
+
+
+def test_a_save_that_cannot_be_audited_is_reported_not_saved(store, tiny_classifier, monkeypatch) -> None:
+    from core.errors import StoreUnavailable
+
+    def broken(event):
+        raise StoreUnavailable("The audit trail cannot be written.")
+
+    monkeypatch.setattr(store, "append_audit", broken)
+    result = triage(png_bytes(synthetic_slice(256)), tiny_classifier, None, store, actor=RADIOLOGIST, patient_ref=None)
+    assert result.status.state == NOT_SAVED and "audited" in result.status.message
+
+
+def test_images_are_private_pixels_only_and_purged_after_retention(tmp_path) -> None:
+    from PIL import Image, PngImagePlugin
+
+    images = FolderImages(tmp_path / "images")
+    key = images.put(synthetic_slice(128))
+    assert images.put(synthetic_slice(128)) == key  # content-addressed
+    path = next((tmp_path / "images").glob("??/??/*.png"))
+    assert oct(path.stat().st_mode)[-3:] == "600"
+    assert not Image.open(io.BytesIO(images.get(key))).info  # no text chunks, no EXIF
+    assert images.purge(datetime.now(UTC) - timedelta(days=1)) == []
+    assert images.purge(datetime.now(UTC) + timedelta(seconds=1)) == [key] and images.get(key) is None
+    del PngImagePlugin
+
+
+def run_cli(args: list[str], capsys, stdin: str = "") -> tuple[int, list[dict]]:
+    from core.cli import main
+
+    old = sys.stdin
+    sys.stdin = io.StringIO(stdin)
+    try:
+        code = main(args)
+    finally:
+        sys.stdin = old
+    return code, [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+
+
+def test_the_first_admin_is_made_at_the_command_line_and_audit_verify_finds_an_edited_event(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("MONGODB_URI", raising=False)
+    code, lines = run_cli(["users", "add", "root", "--role", "admin", "--password-stdin"], capsys, PASSWORD + "\n")
+    assert code == 0 and lines[0]["created"] == {"name": "root", "role": "admin", "disabled": False,
+                                                "sign_in": "password", "locked_until": None}  # fmt: skip
+    assert run_cli(["users", "add", "dr-b", "--role", "radiologist", "--password-stdin"], capsys, "short\n")[0] == 2
+    assert run_cli(["users", "add", "sso@x.org", "--role", "supervisor", "--sso"], capsys)[0] == 0
+    assert run_cli(["users", "disable", "sso@x.org"], capsys)[1][0]["updated"]["disabled"] is True
+    assert [line["name"] for line in run_cli(["users", "list"], capsys)[1]] == ["root", "sso@x.org"]
+    code, lines = run_cli(["audit", "verify"], capsys)
+    assert code == 0 and lines[0] == {"intact": True, "events": 3}
+    database = sqlite3.connect(tmp_path / "data" / "results.sqlite3")
+    database.execute("DROP TRIGGER audit_append_only_update")  # someone with the file in hand
+    database.execute("UPDATE audit SET actor = 'nobody' WHERE seq = 2")
+    database.commit()
+    code, lines = run_cli(["audit", "verify"], capsys)
+    assert code == 1 and lines[0]["intact"] is False and lines[0]["first_bad_event"]["seq"] == 2
