@@ -42,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", required=True, metavar="ROOT", help="the folder that holds the training folders"
     )
     fit_decision.set_defaults(run=model.cmd_fit_decision)
+    calibrate = commands.add_parser(
+        "calibrate", help="refit calibration, decision rule, per-source figures and the gate of a trained model"
+    )
+    calibrate.add_argument("--model", help="model card JSON (default: the shipped model)")
+    calibrate.add_argument("--data", required=True, metavar="ROOT", help="the folder that holds the training folders")
+    calibrate.set_defaults(run=model.cmd_calibrate)
     train = commands.add_parser("train", help="train, calibrate and write a model with its card")
     train.add_argument("--data", action="append", required=True, metavar="DIR", help="DIR/<label>/* (repeatable)")
     train.add_argument("--out", default="models", metavar="DIR")

@@ -18,6 +18,16 @@ def cmd_fit_gate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from core.training.finish import finish_card
+
+    card = Path(args.model) if args.model else model_card_path()
+    done = finish_card(card, Path(args.data), log=lambda message: print(message, file=sys.stderr))
+    emit({"model": done["name"], "version": done["version"], "calibration": done["calibration"],
+          "decision": done["decision"]}, sys.stdout)  # fmt: skip
+    return EXIT_OK
+
+
 def cmd_fit_decision(args: argparse.Namespace) -> int:
     from core.training.gate_fit import fit_decision
 

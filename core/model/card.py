@@ -37,6 +37,7 @@ class ModelCard:
     weights_sha256: str
     negative_label: str = "notumor"
     temperature: float = 1.0
+    logit_bias: Mapping[str, float] = field(default_factory=dict)  # added to logits / T, per label
     rule: DecisionRule = field(default_factory=DecisionRule)
     metrics: Mapping[str, Any] = field(default_factory=dict)
     gate: Mapping[str, Any] = field(default_factory=dict)
@@ -72,6 +73,7 @@ class ModelCard:
                 weights_sha256=str(raw["weights"]["sha256"]).lower(),
                 negative_label=negative,
                 temperature=float(raw.get("calibration", {}).get("temperature", 1.0)),
+                logit_bias={str(k): float(v) for k, v in (raw.get("calibration", {}).get("logit_bias") or {}).items()},
                 rule=DecisionRule.from_card(raw, labels, negative),
                 metrics=raw.get("metrics", {}),
                 gate=raw.get("gate", {}),
@@ -93,6 +95,8 @@ class ModelCard:
             raise ModelError(f"Model card {self.name}: negative label {self.negative_label!r} is not a label.")
         if not self.temperature > 0:
             raise ModelError(f"Model card {self.name}: calibration temperature must be positive.")
+        if set(self.logit_bias) - set(self.labels) or (self.logit_bias and self.output == "sigmoid"):
+            raise ModelError(f"Model card {self.name}: a logit bias names labels of a softmax or logits model.")
 
     @property
     def weights_path(self) -> Path:

@@ -1,8 +1,9 @@
 """The classifier: a Keras model bundled with its card (labels, input spec, calibration, decision rule).
 
 Build one with :meth:`Classifier.from_card`; it refuses weights whose SHA-256 differs from the card's.
-Calibrated probabilities are ``softmax(z / T)`` (or ``sigmoid(z / T)``), where ``z`` are the logits (recovered as
-``log p`` from probability outputs) and ``T`` is the card's temperature. Tumour probability = 1 - P(negative label).
+Calibrated probabilities are ``softmax(z / T + b)`` (or ``sigmoid(z / T)``), where ``z`` are the logits (recovered
+as ``log p`` from probability outputs), ``T`` is the card's temperature and ``b`` its per-label logit bias.
+Tumour probability = 1 - P(negative label).
 
 One instance is shared by every Streamlit session: the forward pass runs under a lock, with ``training=False``.
 """
@@ -30,7 +31,7 @@ def calibrated_probabilities(raw: np.ndarray, card: ModelCard) -> np.ndarray:
         positive = 1.0 / (1.0 + np.exp(-np.log(p / (1 - p)) / card.temperature))
         return np.stack([1.0 - positive, positive], axis=1)
     logits = np.log(np.clip(raw, 1e-12, None)) if card.output == "softmax" else raw
-    scaled = logits / card.temperature
+    scaled = logits / card.temperature + np.array([card.logit_bias.get(label, 0.0) for label in card.labels])
     scaled -= scaled.max(axis=1, keepdims=True)
     exp = np.exp(scaled)
     return exp / exp.sum(axis=1, keepdims=True)

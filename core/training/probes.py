@@ -13,7 +13,7 @@ from core.model.decision import DecisionRule, decide
 from core.model.preprocess import InputSpec, square_to_input, to_model_input
 from core.model.roi import find_brain
 from core.training.augment import match_histogram
-from core.training.calibration import softmax
+from core.training.calibration import calibrate, softmax
 from core.training.config import CLASSES, NEGATIVE
 from core.training.lesions import synthetic_lesion
 from core.training.sources import Item
@@ -24,18 +24,26 @@ def inference_inputs(images: Sequence[np.ndarray], spec: InputSpec) -> np.ndarra
     return np.stack([to_model_input(img, find_brain(img).box, spec) for img in images])
 
 
-def share_called_tumour(model: Any, inputs: Sequence[np.ndarray], temperature: float) -> float:
+def share_called_tumour(
+    model: Any, inputs: Sequence[np.ndarray], temperature: float, bias: np.ndarray | None = None
+) -> float:
     """Share of model inputs the app's rule would call a tumour."""
     logits = np.asarray(model.predict(np.stack(inputs), batch_size=64, verbose=0))
-    labels = decide(softmax(logits / temperature), CLASSES, NEGATIVE)
+    labels = decide(calibrate(logits, temperature, bias), CLASSES, NEGATIVE)
     return float(np.mean([label != NEGATIVE for label in labels]))
 
 
 def validation_report(
-    logits: np.ndarray, labels: Sequence[str], temperature: float, inputs: np.ndarray, model: Any, spec: InputSpec
+    logits: np.ndarray,
+    labels: Sequence[str],
+    temperature: float,
+    inputs: np.ndarray,
+    model: Any,
+    spec: InputSpec,
+    bias: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Metrics on the validation split, web-style tumour recall, and the histogram and lesion shortcut probes."""
-    probs = softmax(logits / temperature)
+    probs = calibrate(logits, temperature, bias)
     report = classification_report(labels, probs, CLASSES, NEGATIVE)
     uncalibrated = classification_report(labels, softmax(logits), CLASSES, NEGATIVE)
     report["expected_calibration_error_uncalibrated"] = uncalibrated.get("expected_calibration_error")
@@ -55,14 +63,14 @@ def validation_report(
         for i in tumour_rows:
             ref = crop(rng.choice(normal_rows))
             probe.append(square_to_input(match_histogram(crop(i), ref), spec))
-        report["shortcut_probe_tumour_recall"] = share_called_tumour(model, probe, temperature)
+        report["shortcut_probe_tumour_recall"] = share_called_tumour(model, probe, temperature, bias)
         report["shortcut_probe_n"] = len(tumour_rows)
     # Lesion probe: normal validation scans (never trained on) with a synthetic lesion painted in.
     rng = np.random.default_rng(1)
     painted = [synthetic_lesion(crop(i), rng) for i in normal_rows]
     probe = [square_to_input(p, spec) for p in painted if p is not None]
     if probe:
-        report["lesion_probe_tumour_recall"] = share_called_tumour(model, probe, temperature)
+        report["lesion_probe_tumour_recall"] = share_called_tumour(model, probe, temperature, bias)
         report["lesion_probe_n"] = len(probe)
     return report
 

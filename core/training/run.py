@@ -34,18 +34,15 @@ from typing import Any
 import numpy as np
 
 from core.evaluation.metrics import machine
-from core.model.decision import DecisionRule
 from core.model.preprocess import crop_square, resize_square
 from core.model.roi import find_brain
-from core.training.calibration import fit_temperature, mean_nll, softmax
+from core.training.calibration import fit_calibration, mean_nll, softmax
 from core.training.checkpoint import Checkpoint, Progress, run_key
 from core.training.config import CLASSES, NEGATIVE, TrainConfig
 from core.training.data import assign_units, label_masks, load, sampling_weights, split_dataset
-from core.training.gate_fit import fit_gate
+from core.training.finish import finish_card
 from core.training.network import allowed_label_nll, batches, build_model, initial_weights
 from core.training.probes import (
-    fit_review_band,
-    fit_subtype_share,
     inference_inputs,
     source_report,
     validation_report,
@@ -190,31 +187,12 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
         model.set_weights(progress.best_weights)
     logits = np.asarray(model.predict(val_inputs, batch_size=128, verbose=0))
     known = np.array([label in CLASSES for label in val_labels])  # never fit on the web-style scans
-    temperature = fit_temperature(logits[known], masks[val_idx][known])
-    calibrated = softmax(logits / temperature)
-    tumour_probability = 1.0 - calibrated[:, CLASSES.index(NEGATIVE)]
-    band = fit_review_band(tumour_probability[known], np.array([label != NEGATIVE for label in val_labels])[known])
-    subtype_share = fit_subtype_share(
-        calibrated[known], [label for label, k in zip(val_labels, known, strict=True) if k]
-    )
-    rule = DecisionRule(CLASSES, NEGATIVE, 0.5, band, subtype_share)
-    report = validation_report(logits, val_labels, temperature, val_inputs, model, spec)
-    report["per_source"] = source_report(calibrated, val_items, rule)
-    held_out: dict[str, Any] | None = None
-    if len(held_idx):
-        held_inputs = inference_inputs([data.images[i] for i in held_idx], spec)
-        held_probabilities = softmax(np.asarray(model.predict(held_inputs, batch_size=128, verbose=0)) / temperature)
-        held_out = {
-            "institutions": list(config.hold_out),
-            "per_source": source_report(held_probabilities, [data.items[i] for i in held_idx], rule),
-        }
+    temperature, negative_bias = fit_calibration(logits[known], masks[val_idx][known], CLASSES.index(NEGATIVE))
+    bias = np.array([negative_bias if c == NEGATIVE else 0.0 for c in CLASSES])
+    report = validation_report(logits, val_labels, temperature, val_inputs, model, spec, bias)
     headline = ("accuracy", "tumour_sensitivity", "tumour_specificity", "expected_calibration_error")
     headline += ("unknown_type_tumour_recall", "shortcut_probe_tumour_recall", "lesion_probe_tumour_recall")
-    _log(f"temperature {temperature}; band {band}; subtype share {subtype_share}")
     _log(f"validation {json.dumps({k: report.get(k) for k in headline})}")
-    _log(f"per source {json.dumps(report['per_source'], default=str)}")
-    if held_out:
-        _log(f"held out {json.dumps(held_out, default=str)}")
 
     out_dir.mkdir(parents=True, exist_ok=True)
     weights_path = out_dir / f"{config.name}.keras"
@@ -241,20 +219,10 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
         "input": asdict(spec),
         "output": "logits",
         "threshold": 0.5,
-        "decision": {
-            "review_band": list(band),
-            "subtype_min_share": subtype_share,
-            "fitted_on": "validation split: every call less than 80 % sure, widened until calls outside the band "
-            "are wrong at most 2 % of the time on each side; "
-            "a named type right at least 90 % of the time",
-        },
-        "calibration": {
-            "temperature": temperature,
-            "fitted_on": "validation split, scans of a known class (allowed-label NLL)",
-        },
+        "calibration": {"temperature": temperature, "logit_bias": {NEGATIVE: negative_bias}},
         "weights": {"file": weights_path.name, "sha256": weights_sha256},
         "parameters": int(model.count_params()),
-        "metrics": {"validation": report, **({"held_out": held_out} if held_out else {})},
+        "metrics": {"validation": report},
         "data": {
             "folders": [str(d) for d in data_dirs],
             "files": len(items),
@@ -295,8 +263,7 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
     }
     card_path = out_dir / f"{config.name}.json"
     card_path.write_text(json.dumps(card, indent=2, default=list))
-    _log(f"input gate fitted: {fit_gate(card_path, root)}")
-    card = json.loads(card_path.read_text())
+    card = finish_card(card_path, root, _log)  # calibration, decision rule, per-source figures, the input gate
     if finished:
         checkpoint.path.unlink(missing_ok=True)
     _log(f"wrote {weights_path} ({weights_path.stat().st_size / 1e6:.2f} MB) in {elapsed():.0f}s")

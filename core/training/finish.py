@@ -1,0 +1,131 @@
+"""Finishing a model: everything fitted or measured on the validation split after the weights are fixed.
+
+:func:`finish_card` (the end of every training run, and ``python -m core calibrate`` for an existing model):
+1. calibration: a temperature and a bias on the no-tumour logit (:func:`core.training.calibration.fit_calibration`)
+   on the validation scans of a known class;
+2. the decision rule: the review band and the subtype rule (:mod:`core.training.probes`);
+3. per-source figures on the validation split, and on the held-out institutions when the run left some out, with
+   the LGG figures the targets name, calibration errors, and localisation (the share of LGG tumour slices whose
+   Grad-CAM peak falls inside the tumour mask, dilated by 4 % of the side);
+4. the input gate (energy threshold and learned checks, :mod:`core.training.gate_fit`).
+Everything is written into the card; the weights and their hash do not change.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from core.errors import ScanError
+from core.evaluation.metrics import classification_report
+from core.evaluation.splits import split_file_of
+from core.imaging import read_scan_file
+from core.model.analysis import analyse_scan
+from core.model.classifier import Classifier
+from core.model.decision import DecisionRule
+from core.model.explain import Explainer
+from core.model.preprocess import to_model_input
+from core.model.roi import find_brain
+from core.training.calibration import calibrate, fit_calibration
+from core.training.config import CLASSES, NEGATIVE
+from core.training.data import label_masks
+from core.training.gate_fit import fit_gate
+from core.training.probes import LGG_MIN_TUMOUR, fit_review_band, fit_subtype_share, source_report
+from core.training.sources import Item, discover
+
+BRAIN_SOURCES = ("Training", "Web-tumour", "LGG", "Normal-heads")
+
+
+def _items(root: Path, entries: Sequence[Sequence[str]], known: dict[Path, Item]) -> list[Item]:
+    found = []
+    for relative, label in entries:
+        path = (root / relative).resolve()
+        found.append(known.get(path) or Item(path, label, Path(relative).parts[0]))
+    return found
+
+
+def raw_logits(classifier: Classifier, items: Sequence[Item]) -> tuple[np.ndarray, list[Item]]:
+    """The model's raw outputs for the items the app can read (crop found), in batches."""
+    inputs, kept = [], []
+    for item in items:
+        try:
+            pixels = read_scan_file(item.path).pixels
+            inputs.append(to_model_input(pixels, find_brain(pixels).box, classifier.card.input))
+            kept.append(item)
+        except ScanError:
+            continue
+    rows = [classifier.scores(np.stack(inputs[i : i + 64]))[0] for i in range(0, len(inputs), 64)]
+    return (np.concatenate(rows) if rows else np.zeros((0, len(CLASSES)))), kept
+
+
+def localisation(classifier: Classifier, items: Sequence[Item], limit: int = 400) -> dict[str, Any]:
+    """Share of tumour slices (mask of at least 300 pixels) whose Grad-CAM peak for the verdict's type lies inside
+    the mask dilated by 4 % of the image side."""
+    explainer = Explainer(classifier)
+    chosen = [i for i in items if i.mask is not None and (i.tumour_pixels or 0) >= LGG_MIN_TUMOUR][:limit]
+    inside = 0
+    for item in chosen:
+        scan = read_scan_file(item.path)
+        analysis = analyse_scan(scan, classifier)
+        label = analysis.prediction.label if analysis.prediction.is_tumour else "glioma"
+        heat = explainer.explain(analysis, label if label in classifier.card.labels else None).on_scan
+        mask = read_scan_file(item.mask).pixels > 127
+        grow = max(3, round(0.04 * max(mask.shape))) | 1
+        mask = cv2.dilate(mask.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (grow, grow))) > 0
+        y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
+        inside += bool(mask[y, x])
+    return {"share": inside / len(chosen) if chosen else None, "n": len(chosen), "inside": inside,
+            "rule": "Grad-CAM peak inside the tumour mask dilated by 4 % of the side"}  # fmt: skip
+
+
+def finish_card(card_path: Path, root: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Fit and measure everything above and write it into the card; returns the card."""
+    classifier = Classifier.from_card(card_path)
+    split = json.loads(split_file_of(card_path).read_text())
+    known = {item.path.resolve(): item for item in discover([root / s for s in BRAIN_SOURCES if (root / s).is_dir()])}
+    val_logits, val_items = raw_logits(classifier, _items(root, split["validation"], known))
+    labels = [item.label for item in val_items]
+    typed = np.array([label in CLASSES for label in labels])  # never fit on the web-style scans
+    temperature, negative_bias = fit_calibration(val_logits[typed], label_masks(labels)[typed], CLASSES.index(NEGATIVE))
+    bias = np.array([negative_bias if c == NEGATIVE else 0.0 for c in CLASSES])
+    calibrated = calibrate(val_logits, temperature, bias)
+    tumour_probability = 1.0 - calibrated[:, CLASSES.index(NEGATIVE)]
+    band = fit_review_band(tumour_probability[typed], np.array([label != NEGATIVE for label in labels])[typed])
+    share = fit_subtype_share(calibrated[typed], [label for label, k in zip(labels, typed, strict=True) if k])
+    rule = DecisionRule(CLASSES, NEGATIVE, 0.5, band, share)
+    log(f"calibration: temperature {temperature}, no-tumour bias {negative_bias}; band {band}; subtype share {share}")
+    card = json.loads(card_path.read_text())
+    card["calibration"] = {
+        "temperature": temperature,
+        "logit_bias": {NEGATIVE: negative_bias},
+        "fitted_on": f"validation split, {int(typed.sum())} scans of a known class (allowed-label NLL): a "
+        "temperature and a bias on the no-tumour logit that undoes the training draw's class mix",
+    }
+    card["decision"] = {
+        "review_band": list(band),
+        "subtype_min_share": share,
+        "fitted_on": "validation split, scans of a known class: every call less than 80 % sure, widened until "
+        "calls outside the band are wrong at most 2 % of the time on each side; a type is named when it is right "
+        "at least 90 % of the time",
+    }
+    validation = dict(card.get("metrics", {}).get("validation", {}))
+    validation.update(classification_report(labels, calibrated, CLASSES, NEGATIVE, rule))
+    validation["per_source"] = source_report(calibrated, val_items, rule)
+    validation["localisation"] = localisation(classifier, [i for i in val_items if i.source == "LGG"])
+    card.setdefault("metrics", {})["validation"] = validation
+    if split.get("held_out"):
+        held_logits, held_items = raw_logits(classifier, _items(root, split["held_out"], known))
+        held = calibrate(held_logits, temperature, bias)
+        card["metrics"]["held_out"] = {
+            "institutions": sorted({i.institution for i in held_items if i.institution}),
+            "per_source": source_report(held, held_items, rule),
+            "localisation": localisation(classifier, [i for i in held_items if i.source == "LGG"]),
+        }
+    card_path.write_text(json.dumps(card, indent=2, default=list))
+    log(f"input gate: {json.dumps(fit_gate(card_path, root), default=str)}")
+    return json.loads(card_path.read_text())
