@@ -39,6 +39,15 @@ def board(actor, start_day: date, end_day: date, timezone: str, period: str, ver
 
 
 @st.cache_data(ttl=REFRESH_SECONDS, show_spinner=False)
+def quality(actor, start_day: date, end_day: date, timezone: str, period: str, versions: tuple[str, ...],
+            baseline_end: date | None, source: str):  # fmt: skip
+    """Agreement, accuracy against reviewed cases, backlog and drift, cached like the dashboard."""
+    del source
+    return statistics.quality_board(store, actor, start_day=start_day, end_day=end_day, timezone=timezone,
+                                    period=period, versions=versions, baseline_end=baseline_end)  # fmt: skip
+
+
+@st.cache_data(ttl=REFRESH_SECONDS, show_spinner=False)
 def versions(actor, source: str) -> list[str]:
     del source
     return statistics.model_versions(store, actor)
@@ -73,6 +82,73 @@ WITHHELD = "fewer than 5: withheld, because small counts can identify patients"
 
 def number(value: int | None) -> str:
     return f"{value:,}" if value is not None else "<5"
+
+
+def percent(value: float | None, interval: tuple[float, float] | None = None) -> str:
+    if value is None:
+        return "withheld"
+    return f"{value:.1%}" + (f" ({interval[0]:.0%}-{interval[1]:.0%})" if interval else "")
+
+
+baseline_end = st.date_input(
+    "Drift baseline: periods up to", value=None, key="stats_baseline",
+    help="The tumour rate and mean tumour probability of later periods are checked against this baseline's 3-sigma "
+    "control limits. Empty: the first half of the chosen range.",
+)  # fmt: skip
+
+
+def quality_section() -> None:
+    board_q = quality(actor, start_day, end_day, timezone, period, tuple(picked), baseline_end, source)
+    st.subheader("Model quality: agreement with the radiologists and drift")
+    if board_q.drift.message:
+        st.error(board_q.drift.message, icon=":material/warning:")
+    overall = board_q.overall
+    kpis = st.columns(6)
+    kpis[0].metric("Reviewed", number(overall.reviewed))
+    kpis[1].metric("Agreement", percent(overall.agreement))
+    kpis[2].metric("Sensitivity", percent(overall.sensitivity), help=None if overall.sensitivity_interval is None
+                   else "95 % interval {:.1%} to {:.1%}".format(*overall.sensitivity_interval))  # fmt: skip
+    kpis[3].metric("Specificity", percent(overall.specificity), help=None if overall.specificity_interval is None
+                   else "95 % interval {:.1%} to {:.1%}".format(*overall.specificity_interval))  # fmt: skip
+    kpis[4].metric("Awaiting review", number(board_q.backlog))
+    kpis[5].metric(
+        "Turnaround (median)",
+        "withheld" if board_q.turnaround_median_h is None else f"{board_q.turnaround_median_h:.0f} h",
+        help=None if board_q.turnaround_p90_h is None else f"90 % reviewed within {board_q.turnaround_p90_h:.0f} h",
+    )
+    st.caption("Against the radiologists' final labels, reviewed results only (intervals are 95 % Wilson).")
+    left, right = st.columns(2)
+    left.plotly_chart(charts.agreement(board_q, period), width="stretch", key="agreement")
+    right.plotly_chart(charts.drift(board_q), width="stretch", key="drift")
+    matrix_labels = sorted({label for cell in overall.matrix for label in cell})
+    if matrix_labels:
+        st.markdown("**Model verdict (rows) against final label (columns)**, reviewed results")
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {"model": pretty(a), **{pretty(b): number(overall.matrix.get((a, b), 0)) for b in matrix_labels}}
+                    for a in matrix_labels
+                ]
+            ),
+            hide_index=True,
+            width="stretch",
+        )
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "model version": v,
+                    "reviewed": number(a.reviewed),
+                    "agreement": percent(a.agreement),
+                    "sensitivity": percent(a.sensitivity, a.sensitivity_interval),
+                    "specificity": percent(a.specificity, a.specificity_interval),
+                }
+                for v, a in board_q.per_version.items()
+            ]
+        ),
+        hide_index=True,
+        width="stretch",
+    )
 
 
 @st.fragment(run_every=None if paused else REFRESH_SECONDS)
@@ -139,6 +215,7 @@ def live_dashboard() -> None:
         hide_index=True,
         width="stretch",
     )
+    quality_section()
     st.download_button(
         "Export these aggregates (CSV)",
         statistics.export_csv(dashboard),

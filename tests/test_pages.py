@@ -215,11 +215,18 @@ def test_statistics_page_charts_the_stores_aggregates_under_the_small_count_rule
     charts = {
         json.loads(c.proto.spec)["layout"]["title"]["text"]: json.loads(c.proto.spec) for c in app.get("plotly_chart")
     }
-    assert set(charts) == {"Tumour rate per day", "Class mix", "Confidence of the tumour / no-tumour call"}
+    assert set(charts) == {
+        "Tumour rate per day",
+        "Class mix",
+        "Confidence of the tumour / no-tumour call",
+        "Agreement with the radiologists per day",
+        "Drift against the baseline (3-sigma control limits)",
+    }
     bars = next(t for t in charts["Tumour rate per day"]["data"] if t["type"] == "bar")
     assert len(bars["x"]) == 90  # every day of the range, empty ones as zero
     assert all(v == 0 or v >= 5 for v in bars["y"])
-    assert len(app.dataframe) == 1  # the per-version table; no per-scan table for non-admins
+    tables = [frame.value for frame in app.dataframe]  # per model version (scans; agreement): no per-scan table
+    assert len(tables) == 2 and all("time" not in table.columns for table in tables)
 
 
 def test_a_time_zone_change_keeps_the_chosen_dates(app_environment: Path) -> None:

@@ -541,3 +541,45 @@ def test_a_version_2_database_gets_its_reviews_moved_into_the_history(tmp_path: 
     assert (framed.final_label, framed.review_verdict) == ("pituitary", "override")  # uncertain: an override
     assert [(r.action, r.note) for r in store.reviews_of(first.id)] == [("override", "dural tail")]
     assert first.disagrees and not second.disagrees
+
+
+def test_quality_aggregates_equal_what_the_raw_records_say(store) -> None:
+    """Per-day quality counts, the confusion of verdicts against final labels and review turnaround, computed in
+    the database, against the same figures computed here from the records."""
+    base = utc(2026, 6, 1, 8, 0)
+    plan = [  # (n, hours after base, label, gate, final label or None, hours to first review)
+        (1, 0, "glioma", "accepted", "glioma", 2), (2, 1, "notumor", "accepted", "glioma", 30),
+        (3, 2, "meningioma", "needs_review", "meningioma", 5), (4, 3, "notumor", "accepted", None, None),
+        (5, 26, "pituitary", "accepted", "notumor", 1), (6, 27, "glioma", "rejected", None, None),
+        (7, 28, "notumor", "needs_review", "notumor", 0), (8, 50, "glioma", "accepted", None, None),
+    ]  # fmt: skip
+    for n, hours, label, gate, final, after in plan:
+        record = replace(make_record(n, base + timedelta(hours=hours), label, confidence=0.6 + n / 40), gate=gate)
+        store.add(record)
+        if final is not None:
+            action = "agree" if final == label else "override"
+            store.add_review(Review(record.id, "dr", record.created_at + timedelta(hours=after), action, label, final))
+    records = [store.get(make_record(n, base).id) for n, *_ in plan]
+    days = store.daily_quality(Filters(), "UTC")
+    assert [d.day for d in days] == [date(2026, 6, 1), date(2026, 6, 2), date(2026, 6, 3)]
+    for day in days:
+        mine = [r for r in records if r.created_at.date() == day.day]
+        shown = [r for r in mine if r.gate != "rejected"]
+        reviewed = [r for r in shown if r.review_count]
+        assert (day.shown, day.tumour, day.flagged, day.rejected) == (
+            len(shown), sum(r.is_tumour for r in shown), sum(r.gate == "needs_review" for r in mine),
+            sum(r.gate == "rejected" for r in mine),
+        )  # fmt: skip
+        assert (day.reviewed, day.agreed) == (len(reviewed), sum(r.final_label == r.label for r in reviewed))
+        assert day.probability_sum == pytest.approx(sum(r.tumour_probability for r in shown))
+        assert day.probability_squares == pytest.approx(sum(r.tumour_probability**2 for r in shown))
+    assert store.confusion(Filters()) == {("glioma", "glioma"): 1, ("notumor", "glioma"): 1,
+                                          ("meningioma", "meningioma"): 1, ("pituitary", "notumor"): 1,
+                                          ("notumor", "notumor"): 1}  # fmt: skip
+    assert store.turnaround_hours(Filters()) == {2: 1, 30: 1, 5: 1, 1: 1, 0: 1}
+    june_first = Filters(start=utc(2026, 6, 1), end=utc(2026, 6, 2))
+    assert sum(store.turnaround_hours(june_first).values()) == 3
+    # a second review changes the final label: the aggregates follow the latest
+    store.add_review(Review(records[1].id, "dr2", base + timedelta(days=3), "agree", "notumor", "notumor"))
+    assert store.confusion(june_first)[("notumor", "notumor")] == 1
+    assert store.turnaround_hours(june_first) == {2: 1, 30: 1, 5: 1}  # the first review's time stays

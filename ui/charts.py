@@ -6,8 +6,14 @@ from collections.abc import Mapping
 
 import plotly.graph_objects as go
 
-from core.analytics.charts import class_mix_figure, confidence_figure, tumour_rate_figure
-from core.services.statistics import Dashboard
+from core.analytics.charts import (
+    agreement_figure,
+    class_mix_figure,
+    confidence_figure,
+    drift_figure,
+    tumour_rate_figure,
+)
+from core.services.statistics import Dashboard, QualityBoard
 
 
 def rate(board: Dashboard) -> go.Figure:
@@ -27,3 +33,20 @@ def mix(board: Dashboard, names: Mapping[str, str]) -> go.Figure:
 
 def confidence(board: Dashboard) -> go.Figure:
     return confidence_figure(board.histogram)
+
+
+def agreement(board: QualityBoard, period: str) -> go.Figure:
+    rows = board.rows
+    return agreement_figure(
+        [r.start.isoformat() for r in rows], [r.agreement for r in rows], [r.agreement_interval for r in rows],
+        [r.flagged_rate for r in rows], [r.rejected_rate for r in rows], period,
+    )  # fmt: skip
+
+
+def drift(board: QualityBoard) -> go.Figure:
+    rows = board.rows
+    end = board.drift.baseline_end.isoformat() if board.drift.baseline_end else None
+    return drift_figure(
+        [r.start.isoformat() for r in rows], [r.tumour_rate for r in rows], [r.rate_limits for r in rows],
+        [r.mean_probability for r in rows], [r.mean_limits for r in rows], [r.out_of_control for r in rows], end,
+    )  # fmt: skip

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -36,6 +37,16 @@ def count_ticks(largest: int | None) -> dict[str, object]:
     return {"rangemode": "tozero", "tickformat": ",d", "dtick": max(1, step), "tick0": 0}
 
 
+def error_bars(percent: Sequence[float | None], intervals: Sequence[tuple[float, float] | None]) -> dict[str, Any]:
+    """Plotly asymmetric error bars (in percent) from 95 % intervals (proportions) around ``percent`` values."""
+    pairs = list(zip(intervals, percent, strict=True))
+    return {
+        "type": "data",
+        "array": [None if i is None or p is None else round(i[1] * 100 - p, 2) for i, p in pairs],
+        "arrayminus": [None if i is None or p is None else round(p - i[0] * 100, 2) for i, p in pairs],
+    }
+
+
 def tumour_rate_figure(
     starts: Sequence[str],
     scans: Sequence[int | None],
@@ -47,12 +58,6 @@ def tumour_rate_figure(
     period below. ``scans`` None and ``rates`` None are withheld small counts; zero-scan periods are drawn as zero."""
     figure = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.62, 0.38], vertical_spacing=0.06)
     percent = [None if r is None else round(r * 100, 2) for r in rates]
-    above = [
-        None if i is None or r is None else round(i[1] * 100 - r, 2) for i, r in zip(intervals, percent, strict=True)
-    ]
-    below = [
-        None if i is None or r is None else round(r - i[0] * 100, 2) for i, r in zip(intervals, percent, strict=True)
-    ]
     figure.add_scatter(
         x=list(starts),
         y=percent,
@@ -60,7 +65,7 @@ def tumour_rate_figure(
         name="tumour rate % (95 % interval)",
         line_color="#c0392b",
         connectgaps=False,
-        error_y={"type": "data", "array": above, "arrayminus": below, "color": "rgba(192,57,43,0.45)", "width": 2},
+        error_y={**error_bars(percent, intervals), "color": "rgba(192,57,43,0.45)", "width": 2},
         hovertemplate="%{x}: %{y:.1f} %<extra>tumour rate</extra>",
         row=1,
         col=1,
@@ -133,4 +138,61 @@ def confidence_figure(counts: Sequence[int | None]) -> go.Figure:
         yaxis={"title": "scans", **count_ticks(largest)},
         **_LAYOUT,
     )
+    return figure
+
+
+def agreement_figure(
+    starts: Sequence[str],
+    agreement: Sequence[float | None],
+    intervals: Sequence[tuple[float, float] | None],
+    flagged: Sequence[float | None],
+    rejected: Sequence[float | None],
+    period: str,
+) -> go.Figure:
+    """Agreement of the model with the radiologists' final labels (with its 95 % interval) and the shares of
+    flagged and refused scans, per period, in percent."""
+    figure = go.Figure()
+    pct = [None if a is None else round(a * 100, 2) for a in agreement]
+    figure.add_scatter(
+        x=list(starts), y=pct, mode="lines+markers", name="agreement % (95 % interval)", line_color="#1f6f8b",
+        error_y=error_bars(pct, intervals),
+    )  # fmt: skip
+    for name, values, colour in (("flagged for review %", flagged, "#d68910"), ("refused %", rejected, "#566573")):
+        figure.add_scatter(x=list(starts), y=[None if v is None else round(v * 100, 2) for v in values],
+                           mode="lines+markers", name=name, line_color=colour, line_dash="dot")  # fmt: skip
+    figure.update_layout(
+        title=f"Agreement with the radiologists per {period}", yaxis={"title": "%", "range": [0, 100]},
+        xaxis={"type": "date"}, legend={"orientation": "h", "y": -0.2}, **_LAYOUT,
+    )  # fmt: skip
+    return figure
+
+
+def drift_figure(
+    starts: Sequence[str],
+    rates: Sequence[float | None],
+    limits: Sequence[tuple[float, float] | None],
+    means: Sequence[float | None],
+    mean_limits: Sequence[tuple[float, float] | None],
+    alarms: Sequence[bool],
+    baseline_end: str | None,
+) -> go.Figure:
+    """Control charts: the tumour rate against its p-chart limits (above) and the mean tumour probability
+    against its x-bar limits (below), both from the baseline period; periods out of control in red."""
+    figure = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                           subplot_titles=("tumour rate %", "mean tumour probability %"))  # fmt: skip
+    for row, values, bounds in ((1, rates, limits), (2, means, mean_limits)):
+        pct = [None if v is None else round(v * 100, 2) for v in values]
+        for k, name in ((0, "lower limit"), (1, "upper limit")):
+            figure.add_scatter(x=list(starts), y=[None if b is None else round(b[k] * 100, 2) for b in bounds],
+                               mode="lines", line={"color": "#95a5a6", "dash": "dash", "shape": "hv"}, name=name,
+                               showlegend=row == 1 and k == 0, legendgroup="limits", row=row, col=1)  # fmt: skip
+        figure.add_scatter(
+            x=list(starts), y=pct, mode="lines+markers", name="observed", showlegend=row == 1,
+            marker={"color": ["#c0392b" if alarm else "#1f6f8b" for alarm in alarms], "size": 7},
+            line_color="#1f6f8b", row=row, col=1,
+        )  # fmt: skip
+    if baseline_end:
+        figure.add_vline(x=baseline_end, line_dash="dot", line_color="#566573")
+    figure.update_layout(title="Drift against the baseline (3-sigma control limits)", **{**_LAYOUT, "height": 420})
+    figure.update_xaxes(type="date")
     return figure

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
+from core.analytics.quality import Accuracy, Drift, QualityRow, accuracy, quality_rows, roll_up_quality, turnaround
 from core.analytics.stats import PERIODS, roll_up, safe_rate, suppress_small, wilson_interval
 from core.services import audit
 from core.services.access import STATISTICS, Actor, require
@@ -175,3 +176,49 @@ def _cell(value: float | int | None, digits: int | None = None) -> str:
     if value is None:
         return ""
     return str(round(value, digits)) if digits is not None else str(value)
+
+
+@dataclass(frozen=True)
+class QualityBoard:
+    """Agreement with the radiologists, accuracy against reviewed cases, backlog and drift (small counts withheld)."""
+
+    rows: tuple[QualityRow, ...]
+    drift: Drift
+    overall: Accuracy
+    per_version: Mapping[str, Accuracy]
+    backlog: int | None
+    turnaround_median_h: float | None
+    turnaround_p90_h: float | None
+
+
+def quality_board(
+    store: Store,
+    actor: Actor,
+    *,
+    start_day: date,
+    end_day: date,
+    timezone: str,
+    period: str,
+    versions: Sequence[str] = (),
+    baseline_end: date | None = None,
+) -> QualityBoard:
+    """What the supervisor monitors over the chosen range (computed in the database, then rolled up)."""
+    require(actor, STATISTICS)
+    scope = Filters(
+        start=local_midnight(start_day, timezone),
+        end=local_midnight(end_day + timedelta(days=1), timezone),
+        model_versions=tuple(versions),
+    )
+    days = store.daily_quality(scope, timezone)
+    rows, drift = quality_rows(roll_up_quality(days, period), baseline_end)
+    median, p90 = turnaround(store.turnaround_hours(scope))
+    chosen = list(versions) or store.model_versions()
+    return QualityBoard(
+        rows=tuple(rows),
+        drift=drift,
+        overall=accuracy(store.confusion(scope)),
+        per_version={v: accuracy(store.confusion(replace(scope, model_versions=(v,)))) for v in chosen},
+        backlog=suppress_small(sum(d.shown - d.reviewed for d in days)),
+        turnaround_median_h=median,
+        turnaround_p90_h=p90,
+    )

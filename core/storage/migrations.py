@@ -57,7 +57,8 @@ CREATE TABLE IF NOT EXISTS scans (
     review_note TEXT,
     reviewed_ms INTEGER,
     review_count INTEGER NOT NULL DEFAULT 0,
-    image_key TEXT
+    image_key TEXT,
+    first_reviewed_ms INTEGER
 )"""
 # review_note is kept only so that a version-2 file's notes can be moved into the reviews table.
 
@@ -73,6 +74,8 @@ INDEXES = (
     "ON scans (CAST(confidence * 20 AS INTEGER), created_ms, model_version, label, gate)",
     "CREATE INDEX IF NOT EXISTS scans_by_patient ON scans (patient_ref, created_ms) WHERE patient_ref IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS scans_unreviewed ON scans (review_count, gate, created_ms)",
+    "CREATE INDEX IF NOT EXISTS scans_quality ON scans (created_ms / 900000, created_ms, model_version, gate, "
+    "is_tumour, tumour_probability, review_count, label, final_label, first_reviewed_ms)",
 )
 # Covering indexes let every dashboard query stream through one index in group order (no sort of a million
 # rows): by label for the summary, by model for the version table, by quarter-hour (every time zone's offset is
@@ -224,6 +227,8 @@ def _sqlite_v2_to_v3(connection: sqlite3.Connection) -> int:
         connection.execute("ALTER TABLE scans ADD COLUMN review_count INTEGER NOT NULL DEFAULT 0")
     if "image_key" not in columns:
         connection.execute("ALTER TABLE scans ADD COLUMN image_key TEXT")
+    if "first_reviewed_ms" not in columns:
+        connection.execute("ALTER TABLE scans ADD COLUMN first_reviewed_ms INTEGER")
     _create_schema(connection)
     moved = connection.execute(
         "INSERT INTO reviews (result_id, reviewer, created_ms, action, model_label, final_label, reasons, note) "
@@ -233,7 +238,8 @@ def _sqlite_v2_to_v3(connection: sqlite3.Connection) -> int:
     ).rowcount
     connection.execute(
         "UPDATE scans SET review_verdict = CASE review_verdict WHEN 'agree' THEN 'agree' ELSE 'override' END, "
-        "final_label = COALESCE(final_label, label), review_count = 1, review_note = NULL "
+        "final_label = COALESCE(final_label, label), review_count = 1, review_note = NULL, "
+        "first_reviewed_ms = reviewed_ms "
         "WHERE reviewed_ms IS NOT NULL AND review_count = 0"
     )
     return int(moved)
@@ -306,7 +312,12 @@ def _mongo_v2_to_v3(database: Any, collection: Any) -> int:
         collection.update_one(
             {"_id": document["_id"]},
             {
-                "$set": {"review_verdict": action, "final_label": final, "review_count": 1},
+                "$set": {
+                    "review_verdict": action,
+                    "final_label": final,
+                    "review_count": 1,
+                    "first_reviewed_at": document["reviewed_at"],
+                },
                 "$unset": {"review_note": ""},
             },
         )

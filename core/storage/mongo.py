@@ -17,6 +17,7 @@ from typing import Any
 from core.errors import InvalidRecord, StoreError, StoreUnavailable
 from core.storage.migrations import migrate_mongo
 from core.storage.mongo_people import MongoPeople
+from core.storage.mongo_quality import MongoQuality
 from core.storage.protocol import (
     EVERYTHING,
     HISTOGRAM_BINS,
@@ -63,7 +64,7 @@ _INDEXES = (
 )
 
 
-class MongoStore(MongoPeople):
+class MongoStore(MongoPeople, MongoQuality):
     """The shared store: one collection, ``_id`` = idempotency key, majority writes, short timeouts."""
 
     def __init__(self, client: Any, database: str = "brain_mri_triage", collection: str = "scans") -> None:

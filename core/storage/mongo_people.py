@@ -88,6 +88,7 @@ class MongoPeople:
                         "reviewed_at": review.created_at,
                     },
                     "$inc": {"review_count": 1},
+                    "$min": {"first_reviewed_at": review.created_at},
                 },
             )
         updated = self.get(review.result_id)

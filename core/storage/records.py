@@ -180,3 +180,20 @@ class WorklistQuery:
     patient_ref: str | None = None
     since: datetime | None = None
     disagreements: bool = False
+
+
+@dataclass(frozen=True)
+class DayQuality:
+    """What a supervisor monitors, per local calendar day: verdicts shown (accepted or flagged), tumour verdicts,
+    flagged and refused scans, shown results reviewed and agreed with (final label = verdict), and the sum and
+    sum of squares of the tumour probability of shown verdicts (for a mean and its control limits)."""
+
+    day: date
+    shown: int
+    tumour: int
+    flagged: int
+    rejected: int
+    reviewed: int
+    agreed: int
+    probability_sum: float
+    probability_squares: float

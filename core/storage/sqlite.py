@@ -34,6 +34,7 @@ from core.storage.protocol import (
 )
 from core.storage.records import DayCount, Filters, ModelRow, Record, Summary, WorklistQuery
 from core.storage.sqlite_people import SQLitePeople
+from core.storage.sqlite_quality import SQLiteQuality
 from core.storage.timebuckets import DAY_MS, QUARTER_MS, from_ms, to_ms, utc_offset_segments
 
 logger = logging.getLogger("btd.storage")
@@ -46,7 +47,7 @@ _COLUMNS = (
 _SUMMARY_KEYS = ("label", "gate", "n", "tumour", "confidence", "first", "last")
 
 
-class SQLiteStore(SQLitePeople):
+class SQLiteStore(SQLitePeople, SQLiteQuality):
     """The embedded store: one SQLite file, WAL journal, 5 s busy timeout, one connection per thread."""
 
     def __init__(self, path: Path, busy_timeout_s: float = 5.0) -> None:

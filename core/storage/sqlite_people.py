@@ -79,8 +79,15 @@ class SQLitePeople:
                 )  # fmt: skip
                 connection.execute(
                     "UPDATE scans SET reviewer = ?, review_verdict = ?, final_label = ?, reviewed_ms = ?, "
-                    "review_count = review_count + 1 WHERE id = ?",
-                    (review.reviewer, review.action, review.final_label, to_ms(review.created_at), review.result_id),
+                    "first_reviewed_ms = COALESCE(first_reviewed_ms, ?), review_count = review_count + 1 WHERE id = ?",
+                    (
+                        review.reviewer,
+                        review.action,
+                        review.final_label,
+                        to_ms(review.created_at),
+                        to_ms(review.created_at),
+                        review.result_id,
+                    ),
                 )
                 connection.execute("COMMIT")
             except BaseException:

@@ -1,0 +1,155 @@
+"""What a supervisor monitors, from the stores' quality aggregates: agreement between the model and the
+radiologists, the model's sensitivity and specificity against reviewed cases, flagged and refused rates, the review
+backlog and turnaround, and drift against a baseline period with Shewhart control limits (a p-chart for the tumour
+rate, an x-bar chart for the mean tumour probability). Small counts are withheld as everywhere
+(:mod:`core.analytics.stats`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date
+
+from core.analytics.stats import SMALL_CELL, period_start, safe_rate, suppress_small, wilson_interval
+from core.storage.records import DayQuality
+
+NEGATIVE = "notumor"
+
+
+@dataclass(frozen=True)
+class QualityRow:
+    start: date
+    shown: int | None
+    reviewed: int | None
+    agreement: float | None
+    agreement_interval: tuple[float, float] | None
+    flagged_rate: float | None
+    rejected_rate: float | None
+    tumour_rate: float | None
+    rate_limits: tuple[float, float] | None  # p-chart limits around the baseline rate, for this period's size
+    mean_probability: float | None
+    mean_limits: tuple[float, float] | None
+    out_of_control: bool
+
+
+@dataclass(frozen=True)
+class Drift:
+    baseline_start: date | None
+    baseline_end: date | None
+    baseline_rate: float | None
+    baseline_mean: float | None
+    alarms: tuple[date, ...]  # periods after the baseline outside a control limit
+
+    @property
+    def message(self) -> str | None:
+        if not self.alarms:
+            return None
+        when = ", ".join(d.isoformat() for d in self.alarms[-3:])
+        return (
+            f"Out of control against the baseline ({self.baseline_start} to {self.baseline_end}): the tumour rate or "
+            f"the mean tumour probability left its 3-sigma limits in the period(s) starting {when}."
+        )
+
+
+def roll_up_quality(days: Sequence[DayQuality], period: str) -> list[DayQuality]:
+    """Sum day rows into periods (each row's ``day`` becomes the period's start)."""
+    totals: dict[date, list[float]] = {}
+    for row in days:
+        bucket = totals.setdefault(period_start(row.day, period), [0.0] * 8)
+        for k, value in enumerate((row.shown, row.tumour, row.flagged, row.rejected, row.reviewed, row.agreed,
+                                   row.probability_sum, row.probability_squares)):  # fmt: skip
+            bucket[k] += value
+    return [
+        DayQuality(start, *(int(v) for v in values[:6]), values[6], values[7])
+        for start, values in sorted(totals.items())
+    ]
+
+
+def quality_rows(periods: Sequence[DayQuality], baseline_end: date | None) -> tuple[list[QualityRow], Drift]:
+    """Per period figures and the drift check against the periods up to ``baseline_end`` (None: the first half)."""
+    if baseline_end is None and periods:
+        baseline_end = periods[max(0, (len(periods) - 1) // 2)].day
+    base = [p for p in periods if baseline_end is not None and p.day <= baseline_end]
+    n0 = sum(p.shown for p in base)
+    rate0 = sum(p.tumour for p in base) / n0 if n0 >= SMALL_CELL else None
+    mean0 = sum(p.probability_sum for p in base) / n0 if n0 >= SMALL_CELL else None
+    sd0 = math.sqrt(max(sum(p.probability_squares for p in base) / n0 - mean0**2, 0.0)) if mean0 is not None else None
+    rows, alarms = [], []
+    for p in periods:
+        shown = suppress_small(p.shown)
+        rate = safe_rate(p.tumour, p.shown)
+        limits = mean_limits = None
+        if rate0 is not None and p.shown >= SMALL_CELL:
+            half = 3 * math.sqrt(rate0 * (1 - rate0) / p.shown)
+            limits = (max(0.0, rate0 - half), min(1.0, rate0 + half))
+        mean = p.probability_sum / p.shown if p.shown >= SMALL_CELL else None
+        if mean0 is not None and sd0 is not None and p.shown >= SMALL_CELL:
+            half = 3 * sd0 / math.sqrt(p.shown)
+            mean_limits = (max(0.0, mean0 - half), min(1.0, mean0 + half))
+        after = baseline_end is not None and p.day > baseline_end
+        out = after and (
+            (limits is not None and rate is not None and not limits[0] <= rate <= limits[1])
+            or (mean_limits is not None and mean is not None and not mean_limits[0] <= mean <= mean_limits[1])
+        )
+        if out:
+            alarms.append(p.day)
+        agreement = safe_rate(p.agreed, p.reviewed)
+        all_scans = p.shown + p.rejected
+        rows.append(QualityRow(
+            start=p.day, shown=shown, reviewed=suppress_small(p.reviewed), agreement=agreement,
+            agreement_interval=wilson_interval(p.agreed, p.reviewed) if agreement is not None else None,
+            flagged_rate=safe_rate(p.flagged, all_scans), rejected_rate=safe_rate(p.rejected, all_scans),
+            tumour_rate=rate, rate_limits=limits, mean_probability=mean, mean_limits=mean_limits, out_of_control=out,
+        ))  # fmt: skip
+    start = base[0].day if base else None
+    return rows, Drift(start, baseline_end, rate0, mean0, tuple(alarms))
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """The model against the radiologists' final labels (reviewed results only)."""
+
+    reviewed: int | None
+    agreement: float | None
+    sensitivity: float | None
+    sensitivity_interval: tuple[float, float] | None
+    specificity: float | None
+    specificity_interval: tuple[float, float] | None
+    matrix: Mapping[tuple[str, str], int | None]
+
+
+def accuracy(confusion: Mapping[tuple[str, str], int]) -> Accuracy:
+    total = sum(confusion.values())
+    agreed = sum(n for (label, final), n in confusion.items() if label == final)
+    positives = sum(n for (_, final), n in confusion.items() if final != NEGATIVE)
+    found = sum(n for (label, final), n in confusion.items() if final != NEGATIVE and label != NEGATIVE)
+    negatives = total - positives
+    cleared = sum(n for (label, final), n in confusion.items() if final == NEGATIVE and label == NEGATIVE)
+    sensitivity, specificity = safe_rate(found, positives), safe_rate(cleared, negatives)
+    return Accuracy(
+        reviewed=suppress_small(total),
+        agreement=safe_rate(agreed, total),
+        sensitivity=sensitivity,
+        sensitivity_interval=wilson_interval(found, positives) if sensitivity is not None else None,
+        specificity=specificity,
+        specificity_interval=wilson_interval(cleared, negatives) if specificity is not None else None,
+        matrix={cell: suppress_small(n) for cell, n in confusion.items()},
+    )
+
+
+def turnaround(hours: Mapping[int, int]) -> tuple[float | None, float | None]:
+    """(median, 90th percentile) of whole hours to the first review, from the database's hour counts."""
+    total = sum(hours.values())
+    if total < SMALL_CELL:
+        return None, None
+
+    def quantile(q: float) -> float:
+        seen = 0
+        for hour in sorted(hours):
+            seen += hours[hour]
+            if seen >= q * total:
+                return float(hour)
+        return float(max(hours))
+
+    return quantile(0.5), quantile(0.9)

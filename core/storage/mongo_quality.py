@@ -1,0 +1,91 @@
+"""The MongoDB store's monitoring aggregates (a mixin of :class:`core.storage.mongo.MongoStore`), the same
+contract as :mod:`core.storage.sqlite_quality`, as aggregation pipelines."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from itertools import pairwise
+from typing import Any
+
+from core.storage.records import DayQuality, Filters
+from core.storage.timebuckets import DAY_MS, EPOCH, to_ms, utc_offset_segments
+
+SHOWN = {"$ne": ["$gate", "rejected"]}
+REVIEWED = {"$and": [{"$gt": [{"$ifNull": ["$review_count", 0]}, 0]}, SHOWN]}
+
+
+def _count(condition: Any) -> dict[str, Any]:
+    return {"$sum": {"$cond": [condition, 1, 0]}}
+
+
+class MongoQuality:
+    """Requires ``_aggregate()`` from the store."""
+
+    _aggregate: Any
+
+    @staticmethod
+    def _scope(filters: Filters) -> dict[str, Any]:
+        match: dict[str, Any] = {}
+        if filters.start is not None or filters.end is not None:
+            match["created_at"] = {}
+            if filters.start is not None:
+                match["created_at"]["$gte"] = filters.start
+            if filters.end is not None:
+                match["created_at"]["$lt"] = filters.end
+        if filters.model_versions:
+            match["model_version"] = {"$in": list(filters.model_versions)}
+        return match
+
+    def daily_quality(self, filters: Filters, timezone: str) -> list[DayQuality]:
+        match = self._scope(filters)
+        span = self._aggregate([{"$match": match}, {"$group": {"_id": None, "first": {"$min": "$created_at"},
+                                                                "last": {"$max": "$created_at"}}}])  # fmt: skip
+        if not span:
+            return []
+        segments = utc_offset_segments(timezone, to_ms(span[0]["first"]), to_ms(span[0]["last"]))
+        ms = {"$subtract": ["$created_at", EPOCH]}
+        branches = [
+            {"case": {"$lt": [ms, boundary]}, "then": previous_offset}
+            for (_, previous_offset), (boundary, _) in pairwise(segments)
+        ]
+        offset: Any = {"$switch": {"branches": branches, "default": segments[-1][1]}} if branches else segments[0][1]
+        shown_p = {"$cond": [SHOWN, "$tumour_probability", 0]}
+        rows = self._aggregate([
+            {"$match": match},
+            {"$group": {
+                "_id": {"$floor": {"$divide": [{"$add": [ms, offset]}, DAY_MS]}},
+                "shown": _count(SHOWN),
+                "tumour": _count({"$and": [SHOWN, "$is_tumour"]}),
+                "flagged": _count({"$eq": ["$gate", "needs_review"]}),
+                "rejected": _count({"$eq": ["$gate", "rejected"]}),
+                "reviewed": _count(REVIEWED),
+                "agreed": _count({"$and": [REVIEWED, {"$eq": ["$final_label", "$label"]}]}),
+                "p": {"$sum": shown_p},
+                "p2": {"$sum": {"$multiply": [shown_p, shown_p]}},
+            }},
+            {"$sort": {"_id": 1}},
+        ])  # fmt: skip
+        return [
+            DayQuality(date(1970, 1, 1) + timedelta(days=int(r["_id"])), int(r["shown"]), int(r["tumour"]),
+                       int(r["flagged"]), int(r["rejected"]), int(r["reviewed"]), int(r["agreed"]), float(r["p"]),
+                       float(r["p2"]))
+            for r in rows
+        ]  # fmt: skip
+
+    def confusion(self, filters: Filters) -> dict[tuple[str, str], int]:
+        rows = self._aggregate([
+            {"$match": self._scope(filters)},
+            {"$match": {"$expr": REVIEWED}},
+            {"$group": {"_id": {"label": "$label", "final": "$final_label"}, "n": {"$sum": 1}}},
+        ])  # fmt: skip
+        return {(r["_id"]["label"], r["_id"]["final"]): int(r["n"]) for r in rows}
+
+    def turnaround_hours(self, filters: Filters, cap: int = 720) -> dict[int, int]:
+        hours = {"$min": [{"$floor": {"$divide": [{"$subtract": ["$first_reviewed_at", "$created_at"]}, 3_600_000]}},
+                          cap]}  # fmt: skip
+        rows = self._aggregate([
+            {"$match": self._scope(filters)},
+            {"$match": {"$expr": REVIEWED, "first_reviewed_at": {"$ne": None}}},
+            {"$group": {"_id": hours, "n": {"$sum": 1}}},
+        ])  # fmt: skip
+        return {max(0, int(r["_id"])): int(r["n"]) for r in rows}

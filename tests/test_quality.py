@@ -1,0 +1,58 @@
+"""The supervisor's monitoring figures from aggregate rows: agreement, accuracy, turnaround, drift limits."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import pytest
+
+from core.analytics.quality import accuracy, quality_rows, roll_up_quality, turnaround
+from core.storage.records import DayQuality
+
+
+def day(d: int, shown: int, tumour: int, reviewed: int = 0, agreed: int = 0, p: float = 0.3, **more) -> DayQuality:
+    return DayQuality(date(2026, 3, 1) + timedelta(days=d), shown, tumour, more.get("flagged", 0),
+                      more.get("rejected", 0), reviewed, agreed, p * shown, (p * p + 0.01) * shown)  # fmt: skip
+
+
+def test_agreement_and_rates_per_period_follow_the_small_count_rule() -> None:
+    rows, _ = quality_rows([day(0, 40, 12, reviewed=30, agreed=24, flagged=4, rejected=5), day(1, 3, 1, 3, 3)], None)
+    first, second = rows
+    assert first.agreement == pytest.approx(0.8) and first.agreement_interval[0] < 0.8 < first.agreement_interval[1]
+    assert quality_rows([day(0, 40, 12, reviewed=20, agreed=18)], None)[0][0].agreement is None  # two disagreements
+    assert first.flagged_rate is None  # four flagged: withheld
+    assert first.rejected_rate == pytest.approx(5 / 45)
+    assert second.shown is None and second.agreement is None and second.tumour_rate is None
+
+
+def test_a_shift_in_the_tumour_rate_raises_a_drift_alarm_and_a_steady_one_does_not() -> None:
+    steady = [day(d, 200, 60) for d in range(10)]
+    rows, drift = quality_rows(steady, date(2026, 3, 5))
+    assert drift.baseline_rate == pytest.approx(0.3) and not drift.alarms and drift.message is None
+    low, high = rows[7].rate_limits
+    assert low == pytest.approx(0.3 - 3 * (0.3 * 0.7 / 200) ** 0.5) and high > 0.3
+    shifted = steady[:6] + [day(d, 200, 110, p=0.55) for d in range(6, 10)]
+    rows, drift = quality_rows(shifted, date(2026, 3, 6))
+    assert drift.alarms == tuple(date(2026, 3, 1) + timedelta(days=d) for d in range(6, 10))
+    assert rows[8].out_of_control and not rows[2].out_of_control and "Out of control" in drift.message
+
+
+def test_weeks_sum_their_days() -> None:
+    weeks = roll_up_quality([day(d, 10, 3, 2, 1) for d in range(14)], "week")
+    assert [(w.day, w.shown, w.reviewed) for w in weeks] == [
+        (date(2026, 2, 23), 10, 2), (date(2026, 3, 2), 70, 14), (date(2026, 3, 9), 60, 12)
+    ]  # fmt: skip
+
+
+def test_accuracy_against_final_labels() -> None:
+    confusion = {("glioma", "glioma"): 40, ("notumor", "glioma"): 6, ("glioma", "notumor"): 7,
+                 ("notumor", "notumor"): 47, ("meningioma", "glioma"): 5}  # fmt: skip
+    result = accuracy(confusion)
+    assert result.reviewed == 105 and result.agreement == pytest.approx(87 / 105)
+    assert result.sensitivity == pytest.approx(45 / 51) and result.specificity == pytest.approx(47 / 54)
+    assert result.matrix[("notumor", "glioma")] == 6 and accuracy({("glioma", "notumor"): 3}).reviewed is None
+
+
+def test_turnaround_percentiles_come_from_hour_counts() -> None:
+    assert turnaround({0: 3, 2: 3, 5: 3, 48: 1}) == (2.0, 5.0)
+    assert turnaround({1: 2}) == (None, None)
