@@ -185,3 +185,30 @@ def test_upload_endpoint_refuses_requests_without_the_xsrf_token(server: str) ->
     with pytest.raises(urllib.error.HTTPError) as error:
         urllib.request.urlopen(request, timeout=5)
     assert error.value.code == 403
+
+
+def test_the_websocket_refuses_foreign_hosts_and_origins(server: str) -> None:
+    """DNS rebinding and cross-site WebSocket hijacking: only the configured host names, same-origin pages."""
+    import asyncio
+
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidStatus, WebSocketException
+
+    url = server.replace("http://", "ws://") + "/_stcore/stream"
+
+    async def opens(headers: dict[str, str]) -> bool:
+        """True when the socket is still open two seconds on (a refused one is closed at once, code 1008)."""
+        try:
+            async with connect(url, additional_headers=headers, subprotocols=["streamlit"], open_timeout=5) as ws:
+                try:
+                    await asyncio.wait_for(ws.recv(), timeout=2)
+                except TimeoutError:
+                    return True  # nothing to say until the client speaks: the connection was accepted
+                return True
+        except (InvalidStatus, WebSocketException, OSError):
+            return False
+
+    assert asyncio.run(opens({}))  # this machine, no Origin: as a local tool would
+    assert asyncio.run(opens({"Origin": server}))  # the app's own page
+    assert not asyncio.run(opens({"Origin": "http://evil.example"}))
+    assert not asyncio.run(opens({"Host": "evil.example"}))

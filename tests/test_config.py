@@ -40,3 +40,37 @@ def test_core_never_imports_streamlit() -> None:
     for path in (ROOT / "core").glob("*.py"):
         text = path.read_text()
         assert "import streamlit" not in text and "from streamlit" not in text, path.name
+
+
+def test_the_app_listens_on_loopback_and_accepts_only_listed_hosts() -> None:
+    server = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())["server"]
+    assert server["address"] == "127.0.0.1"
+    assert set(server["allowedHosts"]) == {"localhost", "127.0.0.1"}
+
+
+def test_the_reverse_proxy_example_sets_tls_and_the_security_headers() -> None:
+    conf = (ROOT / "deploy" / "nginx.conf").read_text()
+    for needle in ("listen 443 ssl", "Strict-Transport-Security", "Content-Security-Policy", "frame-ancestors 'none'",
+                   "X-Content-Type-Options", "proxy_pass http://127.0.0.1:8501", "Upgrade $http_upgrade"):  # fmt: skip
+        assert needle in conf, needle
+
+
+def test_the_secrets_example_holds_no_real_values() -> None:
+    text = (ROOT / ".streamlit" / "secrets.toml.example").read_text()
+    example = tomllib.loads(text)
+    assert example["identity"]["hmac_key"].startswith("REPLACE")
+    assert "PASSWORD" in example["mongo"]["uri"] and "[auth]" in text
+    assert all(line.split("=", 1)[1].strip().strip('"').startswith(("REPLACE", "https://", "groups"))
+               for line in text.splitlines() if line.startswith("# ") and "=" in line and "secret" in line)  # fmt: skip
+
+
+def test_data_files_are_created_private(tmp_path) -> None:
+    from core.identity import local_key
+    from core.storage.images import FolderImages
+    from core.storage.sqlite import SQLiteStore
+
+    SQLiteStore(tmp_path / "results.sqlite3")
+    local_key(tmp_path)
+    FolderImages(tmp_path / "images").put(__import__("numpy").zeros((64, 64), "uint8"))
+    files = [tmp_path / "results.sqlite3", tmp_path / "patient-ref.key", *(tmp_path / "images").glob("??/??/*.png")]
+    assert len(files) == 3 and all(oct(path.stat().st_mode)[-3:] == "600" for path in files)
