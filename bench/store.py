@@ -1,6 +1,7 @@
-"""Store benchmark: fill SQLite with synthetic records, then time every dashboard aggregate and single inserts.
+"""Store benchmark: fill SQLite with synthetic records and reviews, then time every dashboard aggregate (the
+supervisor's agreement and drift included), the worklist, single inserts and saving a review.
 
-    .venv/bin/python bench/store.py [--records 1000000] [--path /tmp/btd-bench.sqlite3] [--mongodb-uri URI]
+    .venv/bin/python bench/store.py [--records 1000000] [--reviews 300000] [--path /tmp/btd-bench.sqlite3]
 
 Records spread over two years with a weekly rhythm, four classes, several model versions. The database file is
 reused when it already holds the requested number of records. Prints a table and one JSON object (milliseconds).
@@ -23,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.evaluation.metrics import machine
 from core.storage.mongo import MongoStore
-from core.storage.records import Filters, Record, record_id
+from core.storage.people import Review
+from core.storage.records import Filters, Record, WorklistQuery, record_id
 from core.storage.sqlite import SQLiteStore
 
 LABELS = ("glioma", "meningioma", "notumor", "pituitary")
@@ -74,6 +76,33 @@ def synthetic(n: int, seed: int = 0, offset: int = 0) -> list[Record]:
     return records
 
 
+def add_reviews(store: SQLiteStore, n: int, seed: int = 1) -> None:
+    """Benchmark set-up only: ``n`` results get one review each (13 % overrides), written in bulk with SQL the way
+    the store's add_review writes one (an append-only row and the result's summary)."""
+    connection = store._connection()
+    rows = connection.execute("SELECT id, created_ms, label FROM scans ORDER BY random() LIMIT ?", (n,)).fetchall()
+    rng = np.random.default_rng(seed)
+    others = {"notumor": "glioma", "glioma": "notumor", "meningioma": "glioma", "pituitary": "meningioma"}
+    connection.execute("BEGIN")
+    for k, (result_id, created_ms, label) in enumerate(rows):
+        final = others[label] if rng.random() < 0.13 else label
+        reviewed_ms = created_ms + int(rng.exponential(8 * 3_600_000))
+        connection.execute(
+            "INSERT INTO reviews (result_id, reviewer, created_ms, action, model_label, final_label, reasons, note) "
+            "VALUES (?, 'bench', ?, ?, ?, ?, '[]', '')",
+            (result_id, reviewed_ms, "agree" if final == label else "override", label, final),
+        )
+        connection.execute(
+            "UPDATE scans SET reviewer = 'bench', review_verdict = ?, final_label = ?, reviewed_ms = ?, "
+            "first_reviewed_ms = ?, review_count = 1 WHERE id = ?",
+            ("agree" if final == label else "override", final, reviewed_ms, reviewed_ms, result_id),
+        )
+        if k % 50_000 == 0:
+            print(f"reviewed {k:,}", file=sys.stderr, end="\r")
+    connection.execute("COMMIT")
+    connection.execute("ANALYZE")
+
+
 def timed(fn, repeats: int = 7) -> dict[str, float]:
     fn()  # warm the page cache
     samples = []
@@ -88,6 +117,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--path", default="/tmp/btd-bench.sqlite3")
+    parser.add_argument("--reviews", type=int, default=300_000, help="results given a review (SQLite only)")
     parser.add_argument("--mongodb-uri", default=None, help="benchmark a real MongoDB instead of SQLite")
     args = parser.parse_args()
 
@@ -106,6 +136,8 @@ def main() -> None:
             store.add_many(synthetic(min(chunk, args.records - start), seed=start, offset=start))
             print(f"inserted {start + chunk:,}", file=sys.stderr, end="\r")
         report["bulk_insert_records_per_s"] = round(args.records / (time.perf_counter() - started))
+        if not args.mongodb_uri:
+            add_reviews(store, args.reviews)
     last_30 = Filters(start=END - timedelta(days=30), end=END)
     one_year = Filters(start=END - timedelta(days=365), end=END, model_versions=("1.1.0", "1.2.0"))
     queries = {
@@ -120,6 +152,15 @@ def main() -> None:
         "per model version (all)": lambda: store.by_model(),
         "latest 50": lambda: store.recent(50),
         "model versions": lambda: store.model_versions(),
+        "quality per day (all, Europe/Paris)": lambda: store.daily_quality(Filters(), "Europe/Paris"),
+        "quality per day (90 days)": lambda: store.daily_quality(
+            Filters(start=END - timedelta(days=90), end=END), "UTC"
+        ),
+        "confusion: verdict x final label (all)": lambda: store.confusion(Filters()),
+        "confusion (one model version)": lambda: store.confusion(Filters(model_versions=("1.2.0",))),
+        "review turnaround (all)": lambda: store.turnaround_hours(Filters()),
+        "worklist: unreviewed, newest 200": lambda: store.worklist(WorklistQuery()),
+        "worklist: disagreements": lambda: store.worklist(WorklistQuery(reviewed=True, disagreements=True)),
     }
     report["records"] = store.summary().total
     report["aggregates_ms"] = {name: timed(fn) for name, fn in queries.items()}
@@ -134,9 +175,23 @@ def main() -> None:
         "p50": round(statistics.median(samples), 3),
         "p95": round(float(np.percentile(samples, 95)), 3),
     }
+    review_samples = []
+    for record in fresh[:100]:  # a radiologist's review: append it and update the result, one transaction
+        stored = store.recent(1, Filters(start=record.created_at - timedelta(seconds=1)))
+        target = store.get(record.id) or (stored[0] if stored else None)
+        if target is None:
+            continue
+        t0 = time.perf_counter()
+        store.add_review(Review(target.id, "bench", datetime.now(UTC), "agree", target.label, target.label))
+        review_samples.append((time.perf_counter() - t0) * 1000)
+    report["review_save_ms"] = {
+        "p50": round(statistics.median(review_samples), 3),
+        "p95": round(float(np.percentile(review_samples, 95)), 3),
+    }
     for name, figures in report["aggregates_ms"].items():
         print(f"{name:52} p50 {figures['p50']:8.2f} ms   max {figures['max']:8.2f} ms", file=sys.stderr)
     print(f"{'single insert':52} p50 {report['single_insert_ms']['p50']:8.3f} ms", file=sys.stderr)
+    print(f"{'review save':52} p50 {report['review_save_ms']['p50']:8.3f} ms", file=sys.stderr)
     print(json.dumps(report, indent=2))
 
 

@@ -24,7 +24,7 @@ from core.identity import local_key, pseudonymise
 from core.storage import open_store
 from core.storage.mongo import MongoStore
 from core.storage.people import GENESIS, Account, AuditEvent, Review, first_broken
-from core.storage.records import DayCount, Filters, Record, record_id
+from core.storage.records import DayCount, Filters, Record, WorklistQuery, record_id
 from core.storage.sqlite import SQLiteStore
 from core.storage.timebuckets import utc_offset_segments
 
@@ -583,3 +583,21 @@ def test_quality_aggregates_equal_what_the_raw_records_say(store) -> None:
     store.add_review(Review(records[1].id, "dr2", base + timedelta(days=3), "agree", "notumor", "notumor"))
     assert store.confusion(june_first)[("notumor", "notumor")] == 1
     assert store.turnaround_hours(june_first) == {2: 1, 30: 1, 5: 1}  # the first review's time stays
+
+
+def test_the_worklist_puts_unreviewed_first_then_flagged_then_refused_newest_first(store) -> None:
+    base = utc(2026, 7, 1, 8)
+    made = []
+    for n, (gate, hours) in enumerate([("accepted", 0), ("needs_review", 1), ("rejected", 2), ("accepted", 3),
+                                       ("needs_review", 4)], start=1):  # fmt: skip
+        record = replace(make_record(n, base + timedelta(hours=hours), "glioma" if n % 2 else "notumor"), gate=gate)
+        store.add(record)
+        made.append(record)
+    store.add_review(Review(made[4].id, "dr", base + timedelta(hours=9), "override", made[4].label, "notumor"))
+    order = [r.image_sha256[-1] for r in store.worklist(WorklistQuery(reviewed=None))]
+    assert order == ["2", "4", "1", "3", "5"]  # unreviewed: flagged, accepted (newest first), refused; then reviewed
+    assert [r.image_sha256[-1] for r in store.worklist(WorklistQuery())] == ["2", "4", "1", "3"]
+    assert [r.image_sha256[-1] for r in store.worklist(WorklistQuery(reviewed=True, disagreements=True))] == ["5"]
+    assert [r.image_sha256[-1] for r in store.worklist(WorklistQuery(gates=("rejected",)))] == ["3"]
+    assert [r.image_sha256[-1] for r in store.worklist(WorklistQuery(labels=("notumor",)))] == ["2", "4"]
+    assert len(store.worklist(WorklistQuery(reviewed=None), limit=2)) == 2

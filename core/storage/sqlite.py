@@ -219,11 +219,10 @@ class SQLiteStore(SQLitePeople, SQLiteQuality):
         return [self._decode(row) for row in rows]
 
     def worklist(self, query: WorklistQuery, limit: int = 200) -> list[Record]:
-        """Results to read: not yet reviewed first, then flagged, then rejected, newest first within each."""
+        """Results to read: not yet reviewed first, then flagged, then rejected, newest first within each. One
+        small query per (reviewed, gate) group, in that order, each served by the ``scans_unreviewed`` index."""
         clauses, params = [], []
-        if query.reviewed is not None:
-            clauses.append("review_count > 0" if query.reviewed else "review_count = 0")
-        for column, values in (("label", query.labels), ("gate", query.gates)):
+        for column, values in (("label", query.labels),):
             if values:
                 clauses.append(f"{column} IN ({', '.join('?' * len(values))})")
                 params += list(values)
@@ -235,11 +234,25 @@ class SQLiteStore(SQLitePeople, SQLiteQuality):
             params.append(to_ms(query.since))
         if query.disagreements:
             clauses.append("final_label IS NOT NULL AND final_label != label")
-        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
-        order = ("review_count > 0, CASE gate WHEN 'needs_review' THEN 0 WHEN 'accepted' THEN 1 ELSE 2 END, "
-                 "created_ms DESC")  # fmt: skip
-        rows = self._query(f"SELECT {_COLUMNS} FROM scans{where} ORDER BY {order} LIMIT ?", [*params, limit])
-        return [self._decode(row) for row in rows]
+        extra = "".join(f" AND {clause}" for clause in clauses)
+        reviewed = [False, True] if query.reviewed is None else [query.reviewed]
+        gates = [g for g in ("needs_review", "accepted", "rejected") if not query.gates or g in query.gates]
+        ids: list[str] = []
+        for done in reviewed:
+            for gate in gates:
+                if len(ids) >= limit:
+                    break
+                rows = self._query(
+                    f"SELECT id FROM scans WHERE review_count {'>' if done else '='} 0 AND gate = ?{extra} "
+                    "ORDER BY created_ms DESC LIMIT ?",
+                    [gate, *params, limit - len(ids)],
+                )
+                ids += [row[0] for row in rows]
+        if not ids:
+            return []
+        rows = self._query(f"SELECT {_COLUMNS} FROM scans WHERE id IN ({', '.join('?' * len(ids))})", ids)
+        by_id = {row["id"]: self._decode(row) for row in rows}
+        return [by_id[i] for i in ids]
 
     def summary(self, filters: Filters = EVERYTHING) -> Summary:
         where, params = self._where(filters)
