@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import InvalidRecord, StoreError
-from core.services import accounts
+from core.services import accounts, retention
 from core.services.access import ACCOUNTS
 from core.services.accounts import ROLES
 from ui import resources
@@ -62,3 +62,17 @@ with right.form("change-account"):
             attempt(accounts.set_password, target, new_password)
         else:
             attempt(accounts.set_disabled, target, change == "disable")
+
+st.subheader("Stored images")
+st.caption(
+    f"De-identified images of saved results are kept {retention.retention_days()} days for review "
+    "(BTD_IMAGE_RETENTION_DAYS); older ones can be deleted now. Results stay; deleting is an audit event."
+)
+days = st.number_input("Delete images older than (days)", 0, 3650, retention.retention_days(), key="purge_days")
+if st.button("Delete older images", type="secondary"):
+    try:
+        deleted = retention.purge_images(store, resources.image_store(store), actor, int(days))
+    except StoreError as error:
+        st.error(str(error))
+    else:
+        st.success(f"Deleted {deleted} image(s).")

@@ -197,3 +197,19 @@ def test_the_first_admin_is_made_at_the_command_line_and_audit_verify_finds_an_e
     database.commit()
     code, lines = run_cli(["audit", "verify"], capsys)
     assert code == 1 and lines[0]["intact"] is False and lines[0]["first_bad_event"]["seq"] == 2
+
+
+def test_images_past_retention_are_purged_by_an_admin_only_and_audited(store, tmp_path, monkeypatch) -> None:
+    import os
+
+    from core.services import retention
+
+    images = FolderImages(tmp_path / "images")
+    old, new = images.put(synthetic_slice(128, seed=1)), images.put(synthetic_slice(128, seed=2))
+    past = datetime.now(UTC).timestamp() - 100 * 86400
+    os.utime(next((tmp_path / "images").glob(f"??/??/{old}.png")), (past, past))
+    with pytest.raises(AccessDenied):
+        retention.purge_images(store, images, RADIOLOGIST)
+    monkeypatch.setenv("BTD_IMAGE_RETENTION_DAYS", "90")
+    assert retention.purge_images(store, images, ADMIN) == 1
+    assert images.stored_keys() == [new] and store.audit_events()[-1].detail == {"older_than_days": 90, "deleted": 1}

@@ -4,6 +4,7 @@
     python -m core users list | disable NAME | enable NAME | set-role NAME ROLE | set-password NAME --password-stdin
     python -m core audit verify            exit 0 when the chain is intact, 1 naming the first bad event
     python -m core audit export [--action A] [--actor NAME]   CSV on stdout, headed by the filters
+    python -m core images purge [--days N]   delete de-identified images older than the retention period
 
 The command line acts as the server's administrator (an audit event names it ``cli``). Passwords are read from
 standard input only (never from the command line, where other users and shell history would see them).
@@ -16,9 +17,9 @@ import sys
 from typing import Any
 
 from core.cli.common import EXIT_OK, EXIT_REJECTED, EXIT_USAGE, emit, error_json
-from core.services import accounts, audit
+from core.services import accounts, audit, retention
 from core.services.access import COMMAND_LINE
-from core.services.resources import open_results_store
+from core.services.resources import open_image_store, open_results_store
 from core.storage.people import ROLES, Account
 
 
@@ -50,6 +51,13 @@ def add_commands(commands: Any) -> None:
     steps.add_parser("verify", help="re-hash the chain; exit 1 naming the first bad event").set_defaults(
         run=cmd_audit_verify
     )
+    images = commands.add_parser("images", help="the de-identified image store")
+    image_verbs = images.add_subparsers(dest="verb", required=True, parser_class=type(images))
+    purge = image_verbs.add_parser("purge", help="delete images older than the retention period")
+    purge.add_argument(
+        "--days", type=int, default=None, help="older than this many days (default: BTD_IMAGE_RETENTION_DAYS or 90)"
+    )
+    purge.set_defaults(run=cmd_images_purge)
     export = steps.add_parser("export", help="the events as CSV on stdout")
     export.add_argument("--action")
     export.add_argument("--actor")
@@ -109,6 +117,13 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         "seq": bad.seq, "at": bad.at.isoformat(), "actor": bad.actor, "action": bad.action,
     }}, sys.stdout)  # fmt: skip
     return EXIT_REJECTED
+
+
+def cmd_images_purge(args: argparse.Namespace) -> int:
+    store = open_results_store()
+    deleted = retention.purge_images(store, open_image_store(store), COMMAND_LINE, args.days)
+    emit({"deleted": deleted, "older_than_days": args.days or retention.retention_days()}, sys.stdout)
+    return EXIT_OK
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
