@@ -11,7 +11,7 @@ import streamlit as st
 
 from core.errors import StoreError
 from core.services import statistics
-from core.services.access import STATISTICS
+from core.services.access import STATISTICS, STORAGE_DETAILS, allowed
 from ui import charts, resources
 from ui.page import setup_page
 from ui.render import LABEL_NAMES, pretty
@@ -158,7 +158,8 @@ def live_dashboard() -> None:
     except StoreError as error:
         st.error(f"The results database cannot be read: {error}")
         return
-    st.caption(f"Updated at {datetime.now(ZoneInfo(timezone)):%H:%M:%S} ({timezone}) · {source}")
+    where = f" · {source}" if allowed(actor, STORAGE_DETAILS) else ""  # where results are kept: admins only
+    st.caption(f"Updated at {datetime.now(ZoneInfo(timezone)):%H:%M:%S} ({timezone}){where}")
     if dashboard.empty:
         st.info(
             "No saved results in this date range and model selection yet. Results appear here as soon as scans are "
@@ -194,7 +195,7 @@ def live_dashboard() -> None:
     right.plotly_chart(charts.confidence(dashboard), width="stretch", key="confidence")
     st.caption(
         "Counts from 1 to 4, and rates that would reveal them, are withheld: small counts can identify patients. "
-        "Periods without scans are shown as zero. The shaded band is the tumour rate's 95 % interval."
+        "Periods without scans are shown as zero. The bars on the rate are its 95 % interval."
     )
 
     st.subheader("By model version")

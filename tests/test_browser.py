@@ -87,6 +87,7 @@ def seed_history(data_dir: Path) -> None:
 
     from core.services import accounts
     from core.services.access import COMMAND_LINE
+    from core.storage.people import Review
     from core.storage.sqlite import SQLiteStore
     from tests.test_store import make_record
 
@@ -99,7 +100,13 @@ def seed_history(data_dir: Path) -> None:
         for k in range(8 + day % 7):
             n += 1
             label = ("glioma", "notumor", "notumor", "pituitary", "notumor", "meningioma")[(n * 7 + day) % 6]
-            store.add(make_record(n, today - timedelta(days=day, minutes=k * 13), label, "1.4.0", 0.8 + (n % 20) / 100))
+            record = make_record(n, today - timedelta(days=day, minutes=k * 13), label, "1.4.0", 0.8 + (n % 20) / 100)
+            store.add(record)
+            if day > 10 and k < 4:  # 44 reviewed: the last 11 of them overridden (agreement 75.0 %)
+                final = label if n % 4 else ("notumor" if label != "notumor" else "glioma")
+                action = "agree" if final == label else "override"
+                store.add_review(Review(record.id, "dr-earlier", record.created_at + timedelta(hours=3), action, label,
+                                        final))  # fmt: skip
 
 
 PASSWORD = "browser test password"
@@ -165,8 +172,32 @@ def test_upload_to_verdict_and_statistics_in_chromium(server: str, tmp_path: Pat
         page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files([str(too_big)])
         expect(page.get_by_text("50.0MB or smaller", exact=False).first).to_be_visible(timeout=30_000)
 
+        # the radiologist reads it on the worklist and overrides the model's verdict
+        page.get_by_test_id("stSidebarNav").get_by_text("Worklist").click()
+        wait_idle(page)
+        expect(page.get_by_text("Model's verdict")).to_be_visible(timeout=60_000)
+        expect(page.get_by_test_id("stImage")).to_have_count(3, timeout=60_000)  # the stored image, crop, heat map
+        verdict = page.get_by_test_id("stMetric").filter(has_text="Model's verdict").get_by_test_id("stMetricValue")
+        model_said = verdict.inner_text()
+        page.get_by_test_id("stForm").get_by_test_id("stSelectbox").click()
+        page.get_by_role("option").filter(has_not_text=model_said).first.click()
+        page.get_by_role("button", name="Save override").click()
+        wait_idle(page)
+        expect(page.get_by_text("Review saved")).to_be_visible(timeout=30_000)  # and the next unread result is shown
+        page.get_by_test_id("stMain").get_by_test_id("stSelectbox").first.click()  # Show: not yet reviewed
+        page.get_by_role("option", name="reviewed", exact=True).click()
+        wait_idle(page)
+        expect(page.get_by_text("Disagreement: the model said")).to_be_visible(timeout=30_000)  # the newest reviewed
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(ARTIFACTS / "worklist-page.png"), full_page=True)
+
         sign_out(page)
+        expect(page.get_by_role("button", name="Sign in")).to_be_visible(timeout=30_000)
         sign_in(page, "boss-browser")
+        agreement = page.get_by_test_id("stMetric").filter(has_text="Agreement").get_by_test_id("stMetricValue")
+        expect(agreement).to_have_text("73.3%", timeout=60_000)  # 33 of 45 reviewed: one more disagreement
+        reviewed = page.get_by_test_id("stMetric").filter(has_text="Reviewed").get_by_test_id("stMetricValue")
+        expect(reviewed).to_have_text("45")
         scans_metric = page.get_by_test_id("stMetric").filter(has_text="Scans with a verdict")
         expect(scans_metric.get_by_test_id("stMetricValue")).not_to_have_text("0", timeout=30_000)
         today = page.get_by_test_id("stMetric").filter(has_text="Today").get_by_test_id("stMetricValue")
