@@ -41,7 +41,7 @@ from core.training.sources import Item, discover
 BRAIN_SOURCES = ("Training", "Web-tumour", "LGG", "Normal-heads")
 
 
-def _items(root: Path, entries: Sequence[Sequence[str]], known: dict[Path, Item]) -> list[Item]:
+def split_items(root: Path, entries: Sequence[Sequence[str]], known: dict[Path, Item]) -> list[Item]:
     found = []
     for relative, label in entries:
         path = (root / relative).resolve()
@@ -88,7 +88,7 @@ def finish_card(card_path: Path, root: Path, log: Callable[[str], None] = print)
     classifier = Classifier.from_card(card_path)
     split = json.loads(split_file_of(card_path).read_text())
     known = {item.path.resolve(): item for item in discover([root / s for s in BRAIN_SOURCES if (root / s).is_dir()])}
-    val_logits, val_items = raw_logits(classifier, _items(root, split["validation"], known))
+    val_logits, val_items = raw_logits(classifier, split_items(root, split["validation"], known))
     labels = [item.label for item in val_items]
     typed = np.array([label in CLASSES for label in labels])  # never fit on the web-style scans
     temperature, negative_bias = fit_calibration(val_logits[typed], label_masks(labels)[typed], CLASSES.index(NEGATIVE))
@@ -119,7 +119,7 @@ def finish_card(card_path: Path, root: Path, log: Callable[[str], None] = print)
     validation["localisation"] = localisation(classifier, [i for i in val_items if i.source == "LGG"])
     card.setdefault("metrics", {})["validation"] = validation
     if split.get("held_out"):
-        held_logits, held_items = raw_logits(classifier, _items(root, split["held_out"], known))
+        held_logits, held_items = raw_logits(classifier, split_items(root, split["held_out"], known))
         held = calibrate(held_logits, temperature, bias)
         card["metrics"]["held_out"] = {
             "institutions": sorted({i.institution for i in held_items if i.institution}),
