@@ -124,10 +124,65 @@ PEOPLE = (
 )
 
 
+# Roll-ups: one row per UTC quarter-hour, model, verdict and gate decision, kept up to date by triggers in the same
+# transaction as every insert and review, so the dashboard sums about a third as many narrow rows as it would read
+# index entries. Every time zone's day is a whole number of quarters.
+_ROLLUP_VALUES = (
+    "NEW.created_ms / 900000, NEW.model_name, NEW.model_version, NEW.label, NEW.gate, 1, NEW.is_tumour, "
+    "NEW.confidence, NEW.tumour_probability, NEW.tumour_probability * NEW.tumour_probability, "
+    "NEW.review_count > 0, NEW.review_count > 0 AND NEW.final_label = NEW.label, NEW.created_ms, NEW.created_ms"
+)
+ROLLUP = (
+    """CREATE TABLE IF NOT EXISTS rollup (
+        quarter INTEGER NOT NULL,
+        model_name TEXT NOT NULL,
+        model_version TEXT NOT NULL,
+        label TEXT NOT NULL,
+        gate TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        tumour INTEGER NOT NULL,
+        confidence_sum REAL NOT NULL,
+        probability_sum REAL NOT NULL,
+        probability_squares REAL NOT NULL,
+        reviewed INTEGER NOT NULL,
+        agreed INTEGER NOT NULL,
+        first_ms INTEGER NOT NULL,
+        last_ms INTEGER NOT NULL,
+        PRIMARY KEY (quarter, model_version, model_name, label, gate)
+    ) WITHOUT ROWID""",
+    "CREATE TRIGGER IF NOT EXISTS rollup_on_insert AFTER INSERT ON scans BEGIN "
+    "INSERT INTO rollup (quarter, model_name, model_version, label, gate, n, tumour, confidence_sum, probability_sum, "
+    f"probability_squares, reviewed, agreed, first_ms, last_ms) VALUES ({_ROLLUP_VALUES}) "
+    "ON CONFLICT (quarter, model_version, model_name, label, gate) DO UPDATE SET n = n + 1, "
+    "tumour = tumour + excluded.tumour, confidence_sum = confidence_sum + excluded.confidence_sum, "
+    "probability_sum = probability_sum + excluded.probability_sum, "
+    "probability_squares = probability_squares + excluded.probability_squares, "
+    "reviewed = reviewed + excluded.reviewed, agreed = agreed + excluded.agreed, "
+    "first_ms = min(first_ms, excluded.first_ms), last_ms = max(last_ms, excluded.last_ms); END",
+    "CREATE TRIGGER IF NOT EXISTS rollup_on_review AFTER UPDATE OF review_count, final_label ON scans BEGIN "
+    "UPDATE rollup SET reviewed = reviewed + (NEW.review_count > 0) - (OLD.review_count > 0), "
+    "agreed = agreed + (NEW.review_count > 0 AND NEW.final_label IS NOT NULL AND NEW.final_label = NEW.label) "
+    "- (OLD.review_count > 0 AND OLD.final_label IS NOT NULL AND OLD.final_label = OLD.label) "
+    "WHERE quarter = NEW.created_ms / 900000 AND model_version = NEW.model_version AND model_name = NEW.model_name "
+    "AND label = NEW.label AND gate = NEW.gate; END",
+)
+
+
 def _create_schema(connection: sqlite3.Connection) -> None:
     # statement by statement: executescript would commit the migration's transaction half-way
-    for statement in (SCANS, *INDEXES, *PEOPLE):
+    for statement in (SCANS, *INDEXES, *PEOPLE, *ROLLUP):
         connection.execute(statement)
+
+
+def fill_rollup(connection: sqlite3.Connection) -> None:
+    """Build the roll-ups of the results already there (an upgraded file: its rows predate the triggers)."""
+    connection.execute("DELETE FROM rollup")
+    connection.execute(
+        "INSERT INTO rollup SELECT created_ms / 900000, model_name, model_version, label, gate, count(*), "
+        "sum(is_tumour), sum(confidence), sum(tumour_probability), sum(tumour_probability * tumour_probability), "
+        "sum(review_count > 0), sum(review_count > 0 AND final_label = label), min(created_ms), max(created_ms) "
+        "FROM scans GROUP BY created_ms / 900000, model_version, model_name, label, gate"
+    )
 
 
 def migrate_sqlite(connection: sqlite3.Connection, path: Path) -> int:
@@ -154,6 +209,8 @@ def migrate_sqlite(connection: sqlite3.Connection, path: Path) -> int:
             moved = _sqlite_v2_to_v3(connection)
             logger.warning("event=store_migrated store=sqlite to=3 reviews_moved=%d", moved)
         _create_schema(connection)
+        if found < SCHEMA_VERSION and has_table:
+            fill_rollup(connection)
         connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         connection.execute("COMMIT")
     except BaseException:

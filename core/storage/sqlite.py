@@ -18,7 +18,6 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +26,14 @@ from core.storage.migrations import migrate_sqlite
 from core.storage.protocol import (
     EVERYTHING,
     HISTOGRAM_BINS,
-    day_rows,
-    fold_summary,
     record_to_row,
     row_to_record,
 )
-from core.storage.records import DayCount, Filters, ModelRow, Record, Summary, WorklistQuery
+from core.storage.records import Filters, Record, WorklistQuery
+from core.storage.sqlite_aggregates import SQLiteAggregates
 from core.storage.sqlite_people import SQLitePeople
 from core.storage.sqlite_quality import SQLiteQuality
-from core.storage.timebuckets import DAY_MS, QUARTER_MS, from_ms, to_ms, utc_offset_segments
+from core.storage.timebuckets import from_ms, to_ms
 
 logger = logging.getLogger("btd.storage")
 
@@ -47,7 +45,7 @@ _COLUMNS = (
 _SUMMARY_KEYS = ("label", "gate", "n", "tumour", "confidence", "first", "last")
 
 
-class SQLiteStore(SQLitePeople, SQLiteQuality):
+class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
     """The embedded store: one SQLite file, WAL journal, 5 s busy timeout, one connection per thread."""
 
     def __init__(self, path: Path, busy_timeout_s: float = 5.0) -> None:
@@ -254,41 +252,6 @@ class SQLiteStore(SQLitePeople, SQLiteQuality):
         by_id = {row["id"]: self._decode(row) for row in rows}
         return [by_id[i] for i in ids]
 
-    def summary(self, filters: Filters = EVERYTHING) -> Summary:
-        where, params = self._where(filters)
-        rows = self._query(
-            "SELECT label, gate, count(*), sum(is_tumour), sum(confidence), min(created_ms), max(created_ms) "
-            f"FROM scans{where} GROUP BY label, gate",
-            params,
-        )
-        return fold_summary([dict(zip(_SUMMARY_KEYS, row, strict=True)) for row in rows])
-
-    def _time_range(self, filters: Filters) -> tuple[int, int] | None:
-        where, params = self._where(filters)
-        first, last = self._query(f"SELECT min(created_ms), max(created_ms) FROM scans{where}", params)[0]
-        return None if first is None else (first, last)
-
-    def daily_counts(self, filters: Filters, timezone: str) -> list[DayCount]:
-        span = self._time_range(filters)
-        if span is None:
-            return []
-        segments = utc_offset_segments(timezone, *span)
-        cases = " ".join("WHEN quarter_ms < ? THEN ?" for _ in segments[1:])
-        offset_sql = f"CASE {cases} ELSE ? END" if cases else "?"
-        offset_params: list[Any] = []
-        for (_, previous_offset), (boundary, _) in pairwise(segments):
-            offset_params += [boundary, previous_offset]
-        offset_params.append(segments[-1][1])
-        where, params = self._where(filters)
-        rows = self._query(
-            f"SELECT (quarter_ms + {offset_sql}) / {DAY_MS} AS day, sum(n), sum(tumour) FROM ("
-            f"  SELECT created_ms / {QUARTER_MS} * {QUARTER_MS} AS quarter_ms, count(*) AS n, sum(is_tumour) AS tumour"
-            f"  FROM scans{where} GROUP BY created_ms / {QUARTER_MS}"
-            ") GROUP BY day ORDER BY day",
-            [*offset_params, *params],
-        )
-        return day_rows([tuple(row) for row in rows])
-
     def confidence_histogram(self, filters: Filters = EVERYTHING, bins: int = HISTOGRAM_BINS) -> list[int]:
         """Counts of the decision's confidence in ``bins`` equal bins over [0, 1] (bins divides 20)."""
         if HISTOGRAM_BINS % bins:
@@ -303,18 +266,6 @@ class SQLiteStore(SQLitePeople, SQLiteQuality):
         for twentieth, count in rows:
             counts[min(int(twentieth), HISTOGRAM_BINS - 1) * bins // HISTOGRAM_BINS] += int(count)
         return counts
-
-    def by_model(self, filters: Filters = EVERYTHING) -> list[ModelRow]:
-        where, params = self._where(filters)
-        rows = self._query(
-            "SELECT model_name, model_version, count(*), sum(is_tumour), avg(confidence), min(created_ms), "
-            f"max(created_ms) FROM scans{where} GROUP BY model_version, model_name ORDER BY min(created_ms)",
-            params,
-        )
-        return [
-            ModelRow(name, version, int(n), int(t), float(c), from_ms(first), from_ms(last))
-            for name, version, n, t, c, first, last in rows
-        ]
 
     def model_versions(self) -> list[str]:
         return [row[0] for row in self._query("SELECT DISTINCT model_version FROM scans ORDER BY model_version")]
