@@ -645,3 +645,22 @@ def test_the_roll_ups_give_the_figures_the_results_give(tmp_path: Path) -> None:
         for zone in ("UTC", "Europe/Paris", "Asia/Kolkata", "Asia/Kathmandu"):
             assert same(store.daily_counts(filters, zone), store.daily_counts(raw, zone))
             assert same(store.daily_quality(filters, zone), store.daily_quality(raw, zone))
+
+
+def test_gridfs_keeps_images_like_the_folder_store() -> None:
+    """GridFS needs a real MongoDB (mongomock's GridFS does not work with pymongo 4.20)."""
+    uri = os.environ.get("BTD_TEST_MONGODB_URI")
+    if not uri:
+        pytest.skip("needs BTD_TEST_MONGODB_URI: a real MongoDB server")
+    import numpy as np
+
+    from core.storage.images import GridFSImages
+
+    store = MongoStore.connect(uri, f"btd_test_{uuid.uuid4().hex[:8]}")
+    try:
+        images = GridFSImages(store._db)
+        key = images.put(np.zeros((64, 64), np.uint8))
+        assert images.put(np.zeros((64, 64), np.uint8)) == key and images.stored_keys() == [key]
+        assert images.get(key).startswith(b"\x89PNG") and images.delete(key) and images.get(key) is None
+    finally:
+        store._client.drop_database(store._db.name)
