@@ -25,37 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core.evaluation.metrics import machine
 from core.storage.mongo import MongoStore
 from core.storage.people import Review
-from core.storage.records import Filters, Record, WorklistQuery, record_id
+from core.storage.records import Filters, Record, WorklistQuery
 from core.storage.sqlite import SQLiteStore
+from core.storage.synthetic import synthetic_record
 
 LABELS = ("glioma", "meningioma", "notumor", "pituitary")
 VERSIONS = ("0.9.0", "1.0.0", "1.1.0", "1.2.0")
 END = datetime(2026, 11, 1, tzinfo=UTC)
-
-
-def make_record(n: int, created_at: datetime, label: str, version: str, confidence: float) -> Record:
-    """A synthetic result whose call has ``confidence`` (the rest of the mass on the opposite call)."""
-    other = "glioma" if label == "notumor" else "notumor"
-    probabilities = {name: 0.0 for name in LABELS} | {label: confidence, other: 1.0 - confidence}
-    sha = f"{n:064x}"
-    return Record(
-        id=record_id(sha, "btd-cnn", version),
-        created_at=created_at,
-        image_sha256=sha,
-        image_format="png",
-        image_width=512,
-        image_height=512,
-        image_bytes=12345,
-        model_name="btd-cnn",
-        model_version=version,
-        label=label,
-        probabilities=probabilities,
-        tumour_probability=1.0 - probabilities["notumor"],
-        is_tumour=label != "notumor",
-        roi=(10, 20, 300, 400),
-        timings_ms={"total": 12.5},
-        uploader="bench",
-    )
 
 
 def synthetic(n: int, seed: int = 0, offset: int = 0) -> list[Record]:
@@ -72,7 +48,7 @@ def synthetic(n: int, seed: int = 0, offset: int = 0) -> list[Record]:
         label = LABELS[labels[i]]
         c = float(confidence[i])
         version = VERSIONS[min(3, int((730 * 86400 - seconds[i]) / (730 * 86400 / 4)))]
-        records.append(make_record(offset + i, created, label, version, c))
+        records.append(synthetic_record(offset + i, created, label, version, c, uploader="bench"))
     return records
 
 

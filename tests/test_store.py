@@ -26,44 +26,10 @@ from core.storage.mongo import MongoStore
 from core.storage.people import GENESIS, Account, AuditEvent, Review, first_broken
 from core.storage.records import DayCount, Filters, Record, WorklistQuery, record_id
 from core.storage.sqlite import SQLiteStore
+from core.storage.synthetic import LABELS, synthetic_record
 from core.storage.timebuckets import utc_offset_segments
 
-LABELS = ("glioma", "meningioma", "notumor", "pituitary")
-
-
-def make_record(
-    n: int,
-    created_at: datetime,
-    label: str = "glioma",
-    version: str = "1.0.0",
-    confidence: float = 0.9,
-    patient: str | None = None,
-    frame: int | None = None,
-) -> Record:
-    """A record whose decision confidence is ``confidence`` (the rest of the mass on the opposite call)."""
-    other = "glioma" if label == "notumor" else "notumor"
-    probabilities = {name: 0.0 for name in LABELS} | {label: confidence, other: 1.0 - confidence}
-    sha = f"{n:064x}"
-    return Record(
-        id=record_id(sha, "btd-cnn", version, frame),
-        frame=frame,
-        created_at=created_at,
-        image_sha256=sha,
-        image_format="png",
-        image_width=512,
-        image_height=512,
-        image_bytes=12345,
-        model_name="btd-cnn",
-        model_version=version,
-        label=label,
-        probabilities=probabilities,
-        tumour_probability=1.0 - probabilities["notumor"],
-        is_tumour=label != "notumor",
-        roi=(10, 20, 300, 400),
-        timings_ms={"total": 12.5},
-        patient_ref=patient,
-        uploader="dr-test",
-    )
+make_record = synthetic_record  # the name the tests have always used
 
 
 def utc(*args: int) -> datetime:

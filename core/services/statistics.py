@@ -72,6 +72,15 @@ def local_midnight(day: date, timezone: str) -> datetime:
     return datetime.combine(day, time(0), ZoneInfo(timezone)).astimezone(UTC)
 
 
+def date_range(start_day: date, end_day: date, timezone: str, versions: Sequence[str]) -> Filters:
+    """Local days ``start_day`` to ``end_day`` inclusive in ``timezone``, for the chosen model versions."""
+    return Filters(
+        start=local_midnight(start_day, timezone),
+        end=local_midnight(end_day + timedelta(days=1), timezone),
+        model_versions=tuple(versions),
+    )
+
+
 def dashboard(
     store: Store,
     actor: Actor,
@@ -88,11 +97,7 @@ def dashboard(
     require(actor, STATISTICS)
     if period not in PERIODS:
         raise ValueError(f"period must be one of {PERIODS}")
-    everything = Filters(
-        start=local_midnight(start_day, timezone),
-        end=local_midnight(end_day + timedelta(days=1), timezone),
-        model_versions=tuple(versions),
-    )
+    everything = date_range(start_day, end_day, timezone, versions)
     shown = replace(everything, gates=SHOWN)
     summary = store.summary(shown)
     gates = store.summary(everything).per_gate
@@ -204,11 +209,7 @@ def quality_board(
 ) -> QualityBoard:
     """What the supervisor monitors over the chosen range (computed in the database, then rolled up)."""
     require(actor, STATISTICS)
-    scope = Filters(
-        start=local_midnight(start_day, timezone),
-        end=local_midnight(end_day + timedelta(days=1), timezone),
-        model_versions=tuple(versions),
-    )
+    scope = date_range(start_day, end_day, timezone, versions)
     days = store.daily_quality(scope, timezone)
     rows, drift = quality_rows(roll_up_quality(days, period), baseline_end)
     median, p90 = turnaround(store.turnaround_hours(scope))

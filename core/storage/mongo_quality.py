@@ -3,6 +3,7 @@ contract as :mod:`core.storage.sqlite_quality`, as aggregation pipelines."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import date, timedelta
 from itertools import pairwise
 from typing import Any
@@ -19,22 +20,14 @@ def _count(condition: Any) -> dict[str, Any]:
 
 
 class MongoQuality:
-    """Requires ``_aggregate()`` from the store."""
+    """Requires ``_aggregate()`` and ``_match()`` from the store."""
 
     _aggregate: Any
+    _match: Any
 
-    @staticmethod
-    def _scope(filters: Filters) -> dict[str, Any]:
-        match: dict[str, Any] = {}
-        if filters.start is not None or filters.end is not None:
-            match["created_at"] = {}
-            if filters.start is not None:
-                match["created_at"]["$gte"] = filters.start
-            if filters.end is not None:
-                match["created_at"]["$lt"] = filters.end
-        if filters.model_versions:
-            match["model_version"] = {"$in": list(filters.model_versions)}
-        return match
+    def _scope(self, filters: Filters) -> dict[str, Any]:
+        """Dates and model versions only: every verdict and gate decision counts."""
+        return self._match(replace(filters, labels=(), gates=()))
 
     def daily_quality(self, filters: Filters, timezone: str) -> list[DayQuality]:
         match = self._scope(filters)

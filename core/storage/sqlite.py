@@ -30,7 +30,7 @@ from core.storage.protocol import (
     row_to_record,
 )
 from core.storage.records import Filters, Record, WorklistQuery
-from core.storage.sqlite_aggregates import SQLiteAggregates
+from core.storage.sqlite_aggregates import SQLiteAggregates, where_sql
 from core.storage.sqlite_people import SQLitePeople
 from core.storage.sqlite_quality import SQLiteQuality
 from core.storage.timebuckets import from_ms, to_ms
@@ -189,19 +189,7 @@ class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
 
     @staticmethod
     def _where(filters: Filters) -> tuple[str, list[Any]]:
-        clauses, params = [], []
-        if filters.start is not None:
-            clauses.append("created_ms >= ?")
-            params.append(to_ms(filters.start))
-        if filters.end is not None:
-            clauses.append("created_ms < ?")
-            params.append(to_ms(filters.end))
-        for column, values in (("label", filters.labels), ("model_version", filters.model_versions),
-                               ("gate", filters.gates)):  # fmt: skip
-            if values:
-                clauses.append(f"{column} IN ({', '.join('?' * len(values))})")
-                params += list(values)
-        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+        return where_sql(filters)
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._errors():

@@ -24,20 +24,26 @@ def _aligned(filters: Filters) -> bool:
     return all(bound is None or to_ms(bound) % QUARTER_MS == 0 for bound in (filters.start, filters.end))
 
 
-def _rollup_where(filters: Filters) -> tuple[str, list[Any]]:
+def where_sql(filters: Filters, time_column: str = "created_ms", unit_ms: int = 1) -> tuple[str, list[Any]]:
+    """`` WHERE ...`` (or nothing) and its parameters for ``filters``, on a time column counted in ``unit_ms``
+    (milliseconds for the results, quarter-hours for the roll-ups)."""
     clauses, params = [], []
     if filters.start is not None:
-        clauses.append("quarter >= ?")
-        params.append(to_ms(filters.start) // QUARTER_MS)
+        clauses.append(f"{time_column} >= ?")
+        params.append(to_ms(filters.start) // unit_ms)
     if filters.end is not None:
-        clauses.append("quarter < ?")
-        params.append(to_ms(filters.end) // QUARTER_MS)
+        clauses.append(f"{time_column} < ?")
+        params.append(to_ms(filters.end) // unit_ms)
     for column, values in (("label", filters.labels), ("model_version", filters.model_versions),
                            ("gate", filters.gates)):  # fmt: skip
         if values:
             clauses.append(f"{column} IN ({', '.join('?' * len(values))})")
             params += list(values)
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def _rollup_where(filters: Filters) -> tuple[str, list[Any]]:
+    return where_sql(filters, "quarter", QUARTER_MS)
 
 
 def day_sql(timezone: str, first_ms: int, last_ms: int) -> tuple[str, list[Any]]:

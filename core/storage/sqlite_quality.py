@@ -4,35 +4,26 @@ The per-day quality counts come from the roll-ups (:mod:`core.storage.sqlite_agg
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from core.storage.records import Filters
-from core.storage.timebuckets import to_ms
+from core.storage.sqlite_aggregates import where_sql
 
 SHOWN_SQL = "gate != 'rejected'"
 REVIEWED_SQL = f"review_count > 0 AND {SHOWN_SQL}"
 
 
 class SQLiteQuality:
-    """Requires ``_query()`` and ``_time_range()`` from the store."""
+    """Requires ``_query()`` from the store."""
 
     _query: Any
-    _time_range: Any
 
     @staticmethod
     def _scope(filters: Filters) -> tuple[str, list[Any]]:
-        """Dates and model versions only: every gate decision is counted, each in its own column."""
-        clauses, params = [], []
-        if filters.start is not None:
-            clauses.append("created_ms >= ?")
-            params.append(to_ms(filters.start))
-        if filters.end is not None:
-            clauses.append("created_ms < ?")
-            params.append(to_ms(filters.end))
-        if filters.model_versions:
-            clauses.append(f"model_version IN ({', '.join('?' * len(filters.model_versions))})")
-            params += list(filters.model_versions)
-        return " AND ".join(clauses) or "1", params
+        """Dates and model versions only (every verdict and gate decision counts): a condition and its parameters."""
+        where, params = where_sql(replace(filters, labels=(), gates=()))
+        return where.removeprefix(" WHERE ") or "1", params
 
     def confusion(self, filters: Filters) -> dict[tuple[str, str], int]:
         """Reviewed, shown results by (the model's verdict, the final label)."""
