@@ -281,3 +281,20 @@ def test_no_deprecated_streamlit_parameters_in_the_app() -> None:
     sources = [ROOT / "streamlit_app.py", *ROOT.glob("pages/*.py"), *ROOT.glob("ui/*.py")]
     for path in sources:
         assert "use_container_width" not in path.read_text(), path.name
+
+
+def test_a_session_idle_for_thirty_minutes_is_signed_out() -> None:
+    import time
+
+    app = page("scan.py")
+    app.session_state["actor_seen"] = time.time() - 31 * 60
+    app.run()
+    assert not app.exception and [t.label for t in app.text_input] == ["Account", "Password"]
+    assert any("expired" in i.value for i in app.info) and not app.file_uploader
+
+
+def test_only_admins_are_told_where_the_data_is_kept() -> None:
+    for role, shown in (("supervisor", False), ("admin", True)):
+        app = page("statistics.py", role).run()
+        sidebar = " ".join(e.value for e in app.sidebar.success) + " ".join(e.value for e in app.sidebar.error)
+        assert ("SQLite file" in sidebar) == shown, role
