@@ -1,0 +1,350 @@
+"""Whole series and volumes: DICOM files of one or more series (any names), a ``.zip`` of a study, a multi-frame
+DICOM, or a NIfTI volume (``.nii`` / ``.nii.gz``), each turned into :class:`Volume` objects of ordered sections.
+
+- DICOM files are grouped by StudyInstanceUID and SeriesInstanceUID and ordered by their position along the slice
+  normal (ImagePositionPatient projected on the cross product of ImageOrientationPatient's row and column), never
+  by file name or InstanceNumber. Pixel spacing, slice thickness and orientation are kept. Mixed orientations in
+  one series, two different sections at one position, and gaps are named; identical duplicates are dropped.
+- A zip is checked before anything is read from it: member count, total and per-member uncompressed size and
+  compression ratio (bombs), names (no absolute paths, no ``..``, no nested archives); members are read in memory,
+  never extracted to disk.
+- NIfTI volumes (nibabel) are brought to RAS+ orientation (``as_closest_canonical``) and cut into axial sections.
+Identifiers are not kept: a study and a series are named by a SHA-256 of their UIDs (or of a NIfTI's bytes).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from core.errors import CorruptImage, FileTooLarge, ScanError, UnsupportedFormat
+from core.imaging import dicom
+from core.imaging.limits import DEFAULT_LIMITS, Limits, stretch_to_uint8
+from core.imaging.scan import DICOM_MAGIC_OFFSET
+
+
+class SeriesError(ScanError):
+    code = "series_error"
+
+
+@dataclass(frozen=True)
+class StudyLimits:
+    max_sections: int = 512
+    max_series: int = 32
+    max_total_bytes: int = 1024 * 2**20  # everything uploaded at once, zips unpacked
+    max_zip_members: int = 4000
+    max_compression_ratio: float = 200.0
+    max_gap_ratio: float = 1.6  # a step this many times the usual spacing is a gap
+
+
+DEFAULT_STUDY_LIMITS = StudyLimits()
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """One series, sections ordered along its normal: ``sections`` (N, H, W) uint8 as displayed."""
+
+    source: str
+    study: str
+    series: str
+    sections: np.ndarray
+    positions: tuple[float, ...]
+    spacing: tuple[float, float] | None = None  # (row, column) in mm
+    thickness: float | None = None
+    orientation: tuple[float, ...] | None = None  # row and column direction cosines (6)
+    modality: str = ""
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def plane(self) -> str | None:
+        return dicom.plane_of(self.orientation) if self.orientation else None
+
+    @property
+    def sha256(self) -> str:
+        """The identity of the series' content (its display pixels, in order)."""
+        return hashlib.sha256(self.sections.tobytes()).hexdigest()
+
+
+def _hash(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+def is_zip(data: bytes) -> bool:
+    return data[:4] == b"PK\x03\x04"
+
+
+def is_nifti(data: bytes) -> bool:
+    if data[:2] == b"\x1f\x8b":
+        return True  # a gzip stream: a .nii.gz is the only compressed upload accepted
+    return len(data) >= 348 and int.from_bytes(data[:4], "little") in (348, 540) and data[344:348] in (
+        b"n+1\x00", b"ni1\x00", b"n+2\x00"
+    )  # fmt: skip
+
+
+def unzip(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> list[bytes]:
+    """The members of a zip, in memory, after checking it for bombs and path tricks."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        members = [m for m in archive.infolist() if not m.is_dir()]
+    except zipfile.BadZipFile as error:
+        raise CorruptImage("The zip archive is damaged.") from error
+    if len(members) > limits.max_zip_members:
+        raise FileTooLarge(f"The zip holds {len(members)} files; the limit is {limits.max_zip_members}.")
+    total = sum(m.file_size for m in members)
+    if total > limits.max_total_bytes:
+        raise FileTooLarge(
+            f"The zip unpacks to {total / 2**20:.0f} MB; the limit is {limits.max_total_bytes / 2**20:.0f} MB."
+        )
+    for member in members:
+        name = member.filename.replace("\\", "/")
+        if name.startswith("/") or ".." in name.split("/") or (len(name) > 1 and name[1] == ":"):
+            raise UnsupportedFormat("The zip names a file outside itself (an absolute path or '..'); refused.")
+        if member.compress_size and member.file_size / member.compress_size > limits.max_compression_ratio:
+            raise FileTooLarge("The zip holds a file compressed over 200 times (a zip bomb?); refused.")
+        if member.filename.lower().endswith(".zip"):
+            raise UnsupportedFormat("The zip holds another zip; upload the inner archive itself.")
+    out = []
+    for member in members:
+        with archive.open(member) as handle:
+            content = handle.read(member.file_size + 1)
+        if len(content) > member.file_size:  # the header lied about the size
+            raise FileTooLarge("A file in the zip is larger than its header says; refused.")
+        out.append(content)
+    return out
+
+
+def read_study(
+    files: Sequence[bytes], limits: Limits = DEFAULT_LIMITS, study_limits: StudyLimits = DEFAULT_STUDY_LIMITS
+) -> list[Volume]:
+    """Every series in the uploaded files (DICOM files, zips of them, multi-frame DICOM, NIfTI)."""
+    expanded: list[bytes] = []
+    for data in files:
+        expanded += unzip(data, study_limits) if is_zip(data) else [data]
+    if sum(len(d) for d in expanded) > study_limits.max_total_bytes:
+        raise FileTooLarge(f"The upload is over {study_limits.max_total_bytes / 2**20:.0f} MB in all.")
+    volumes, slices = [], []
+    for data in expanded:
+        if is_nifti(data):
+            volumes.append(read_nifti(data, study_limits))
+        elif data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == b"DICM":
+            slices.append(data)
+        else:
+            raise UnsupportedFormat(
+                "A file is neither DICOM nor NIfTI; a series holds DICOM files or one NIfTI volume."
+            )
+    volumes += _dicom_series(slices, limits, study_limits)
+    if len(volumes) > study_limits.max_series:
+        raise FileTooLarge(f"The upload holds {len(volumes)} series; the limit is {study_limits.max_series}.")
+    if not volumes:
+        raise SeriesError("No series found in the upload.")
+    return volumes
+
+
+@dataclass(frozen=True)
+class _Section:
+    study: str
+    series: str
+    position: np.ndarray | None
+    orientation: np.ndarray | None
+    instance: int
+    pixels: np.ndarray
+    spacing: tuple[float, float] | None
+    thickness: float | None
+    modality: str
+    multi_frame: bool = False
+
+
+def _floats(value: object, n: int) -> np.ndarray | None:
+    try:
+        array = np.array([float(v) for v in value][:n])  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        return None
+    return array if array.size == n and np.isfinite(array).all() else None
+
+
+def _dataset(data: bytes, limits: Limits) -> object:
+    """A DICOM file checked as a single upload is (header first), then read whole."""
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    header = dicom._header(data)
+    dicom.check_modality(str(header.get("Modality", "") or "").upper())
+    dicom.check_body_part(header)
+    rows, columns = header.get("Rows"), header.get("Columns")
+    if rows is None or columns is None:
+        raise SeriesError("A file of the series holds no image (no Rows/Columns).")
+    from core.imaging.limits import check_decoded_size, check_dimensions
+
+    check_dimensions(int(columns), int(rows), limits)
+    check_decoded_size(int(columns), int(rows), 8, limits)
+    photometric = str(header.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if int(header.get("SamplesPerPixel", 1) or 1) != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise SeriesError(f"A file of the series is in colour ({photometric}); MRI series are grayscale.")
+    dicom.check_transfer_syntax(header)
+    try:
+        return dcmread(io.BytesIO(data))
+    except (InvalidDicomError, OSError, ValueError, KeyError, TypeError, EOFError) as error:
+        raise CorruptImage("A DICOM file of the series is damaged.") from error
+
+
+def _sections_of(data: bytes, limits: Limits, study_limits: StudyLimits) -> list[_Section]:
+    ds = _dataset(data, limits)
+    study = _hash(str(ds.get("StudyInstanceUID", "")))
+    series = _hash(str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", "")))
+    spacing_value = _floats(ds.get("PixelSpacing"), 2)
+    spacing = (float(spacing_value[0]), float(spacing_value[1])) if spacing_value is not None else None
+    thickness = float(ds.get("SliceThickness")) if ds.get("SliceThickness") not in (None, "") else None
+    modality = str(ds.get("Modality", "") or "")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > study_limits.max_sections:
+        raise FileTooLarge(f"A file holds {frames} frames; the limit is {study_limits.max_sections} sections.")
+    if frames == 1:
+        pixels = dicom.display(dicom.decode_frame(ds, None), ds)
+        return [_Section(study, series, _floats(ds.get("ImagePositionPatient"), 3),
+                         _floats(ds.get("ImageOrientationPatient"), 6), int(ds.get("InstanceNumber", 0) or 0), pixels,
+                         spacing, thickness, modality)]  # fmt: skip
+    series = _hash(series, hashlib.sha256(data).hexdigest())  # each multi-frame file is its own series
+    shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    orientation = _floats(ds.get("ImageOrientationPatient"), 6)
+    if shared is not None and shared.get("PlaneOrientationSequence"):
+        orientation = _floats(shared.PlaneOrientationSequence[0].get("ImageOrientationPatient"), 6)
+    if shared is not None and shared.get("PixelMeasuresSequence"):
+        measures = shared.PixelMeasuresSequence[0]
+        found = _floats(measures.get("PixelSpacing"), 2)
+        spacing = (float(found[0]), float(found[1])) if found is not None else spacing
+        thickness = float(measures.get("SliceThickness")) if measures.get("SliceThickness") else thickness
+    step = float(ds.get("SpacingBetweenSlices") or thickness or 1.0)
+    origin = _floats(ds.get("ImagePositionPatient"), 3)
+    sections = []
+    for k in range(frames):
+        position = None
+        if k < len(per_frame) and per_frame[k].get("PlanePositionSequence"):
+            position = _floats(per_frame[k].PlanePositionSequence[0].get("ImagePositionPatient"), 3)
+        elif orientation is not None:  # classic multi-frame: evenly spaced along the normal from the origin
+            normal = np.cross(orientation[:3], orientation[3:])
+            position = (origin if origin is not None else np.zeros(3)) + k * step * normal
+        pixels = dicom.display(dicom.decode_frame(ds, k), ds)
+        sections.append(_Section(study, series, position, orientation, k, pixels, spacing, thickness, modality, True))
+    return sections
+
+
+def _dicom_series(files: Sequence[bytes], limits: Limits, study_limits: StudyLimits) -> list[Volume]:
+    groups: dict[tuple[str, str], list[_Section]] = {}
+    for data in files:
+        for section in _sections_of(data, limits, study_limits):
+            groups.setdefault((section.study, section.series), []).append(section)
+    return [_volume(sections, study_limits) for sections in groups.values()]
+
+
+def _volume(sections: list[_Section], limits: StudyLimits) -> Volume:
+    if len(sections) > limits.max_sections:
+        raise FileTooLarge(f"A series holds {len(sections)} sections; the limit is {limits.max_sections}.")
+    shapes = {s.pixels.shape for s in sections}
+    if len(shapes) > 1:
+        raise SeriesError("The sections of one series differ in size; a series holds sections of one size.")
+    notes: list[str] = []
+    orientations = [s.orientation for s in sections if s.orientation is not None]
+    reference = orientations[0] if orientations else None
+    if reference is not None and any(np.abs(o - reference).max() > 1e-3 for o in orientations):
+        raise SeriesError("One series mixes section orientations (e.g. axial and sagittal); upload them apart.")
+    if reference is not None and all(s.position is not None for s in sections):
+        normal = np.cross(reference[:3], reference[3:])
+        keyed = sorted(((float(s.position @ normal), s) for s in sections), key=lambda pair: pair[0])
+    else:
+        notes.append("The files give no positions: sections are ordered by instance number.")
+        keyed = sorted(((float(s.instance), s) for s in sections), key=lambda pair: pair[0])
+    kept: list[tuple[float, _Section]] = []
+    for position, section in keyed:
+        if kept and abs(position - kept[-1][0]) < 1e-3:
+            if np.array_equal(section.pixels, kept[-1][1].pixels):
+                notes.append(f"A duplicate of the section at {position:.1f} mm was left out.")
+                continue
+            raise SeriesError(f"Two different sections lie at the same position ({position:.1f} mm) in one series.")
+        kept.append((position, section))
+    positions = [p for p, _ in kept]
+    steps = np.diff(positions)
+    if len(steps) >= 2:
+        usual = float(np.median(steps))
+        for k, step in enumerate(steps):
+            if usual > 0 and step > limits.max_gap_ratio * usual:
+                notes.append(
+                    f"A gap of {step:.1f} mm after section {k} (usually {usual:.1f} mm): a section may be missing."
+                )
+    first = kept[0][1]
+    return Volume(
+        source="multi-frame DICOM" if first.multi_frame else "DICOM series",
+        study=first.study,
+        series=first.series,
+        sections=np.stack([s.pixels for _, s in kept]),
+        positions=tuple(round(p, 3) for p in positions),
+        spacing=first.spacing,
+        thickness=first.thickness,
+        orientation=tuple(float(v) for v in reference) if reference is not None else None,
+        modality=first.modality,
+        warnings=tuple(notes),
+    )
+
+
+def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volume:
+    """A NIfTI volume (optionally gzipped) as axial sections in RAS+ orientation, intensities stretched over the
+    whole volume (0.5th-99.5th percentile)."""
+    import nibabel
+
+    if data[:2] == b"\x1f\x8b":
+        try:
+            with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
+                data = stream.read(limits.max_total_bytes + 1)
+        except (OSError, EOFError) as error:
+            raise CorruptImage("The .nii.gz file is damaged.") from error
+        if len(data) > limits.max_total_bytes:
+            raise FileTooLarge("The NIfTI volume unpacks to more than the upload limit (a gzip bomb?); refused.")
+    try:
+        image = nibabel.as_closest_canonical(nibabel.Nifti1Image.from_bytes(data))
+        volume = np.asanyarray(image.dataobj)
+    except Exception as error:  # nibabel raises many types for a damaged file; all mean "cannot use it"
+        raise CorruptImage("The NIfTI file is damaged or is not a NIfTI-1 volume.") from error
+    if volume.ndim == 4 and volume.shape[3] == 1:
+        volume = volume[..., 0]
+    if volume.ndim != 3:
+        raise SeriesError(f"The NIfTI image has {volume.ndim} dimensions; a single 3-D volume is needed.")
+    if volume.shape[2] > limits.max_sections:
+        raise FileTooLarge(f"The volume holds {volume.shape[2]} sections; the limit is {limits.max_sections}.")
+    display = stretch_to_uint8(np.asarray(volume, dtype=np.float32).reshape(volume.shape[0], -1)).reshape(volume.shape)
+    zooms = image.header.get_zooms()[:3]
+    # RAS+: x to the right of the patient... displayed radiologically: anterior up, the patient's right on the left
+    sections = np.stack([np.flipud(display[:, :, k].T) for k in range(display.shape[2])])
+    digest = hashlib.sha256(data).hexdigest()
+    origin = float(image.affine[2, 3])
+    return Volume(
+        source="NIfTI volume",
+        study=_hash("nifti", digest),
+        series=_hash("nifti-series", digest),
+        sections=np.ascontiguousarray(sections),
+        positions=tuple(round(origin + k * float(zooms[2]), 3) for k in range(display.shape[2])),
+        spacing=(float(zooms[1]), float(zooms[0])),
+        thickness=float(zooms[2]),
+        orientation=(1.0, 0.0, 0.0, 0.0, -1.0, 0.0),  # rows run to the patient's left, columns posterior: axial
+        modality="MR",
+    )
+
+
+def orientation_letters(orientation: Sequence[float] | None) -> dict[str, str]:
+    """The patient directions at the edges of a displayed section: {"left", "right", "top", "bottom"} letters
+    (R/L, A/P, H/F) from the row and column direction cosines (DICOM patient coordinates, LPS)."""
+    if not orientation:
+        return {}
+
+    def letter(vector: np.ndarray) -> str:
+        axis = int(np.argmax(np.abs(vector)))
+        positive, negative = (("L", "R"), ("P", "A"), ("H", "F"))[axis]
+        return positive if vector[axis] > 0 else negative
+
+    row, column = np.asarray(orientation[:3], float), np.asarray(orientation[3:6], float)
+    return {"right": letter(row), "left": letter(-row), "bottom": letter(column), "top": letter(-column)}

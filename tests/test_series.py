@@ -1,0 +1,114 @@
+"""Reading whole series and volumes: order from geometry, every bad case named, nothing identifying kept."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from core.errors import FileTooLarge, UnsupportedFormat
+from core.imaging.series import SeriesError, StudyLimits, orientation_letters, read_study
+from tests.series import AXIAL, CORONAL, SAGITTAL, dicom_series, enhanced_multiframe, head_volume, nifti, zipped
+
+
+def expected(volume: np.ndarray) -> np.ndarray:
+    """The display of a 12-bit section with no window: its own 0.5-99.5 percentile stretch."""
+    from core.imaging import stretch_to_uint8
+
+    return np.stack([stretch_to_uint8(s) for s in volume])
+
+
+def test_files_in_any_order_are_ordered_by_their_position_along_the_normal() -> None:
+    volume = head_volume(10)
+    files = dicom_series(volume)
+    random.Random(3).shuffle(files)
+    (series,) = read_study(files)
+    assert series.sections.shape == (10, 128, 128) and series.source == "DICOM series"
+    assert np.array_equal(series.sections, expected(volume))
+    assert series.positions == tuple(5.0 * k for k in range(10)) and series.spacing == (0.9, 0.9)
+    assert series.plane == "axial" and series.thickness == 5.0 and not series.warnings
+    assert "ZZCANARY" not in repr(series) and "1.2.826" not in series.study + series.series  # UIDs only hashed
+
+
+@pytest.mark.parametrize(("orientation", "plane"), [(AXIAL, "axial"), (CORONAL, "coronal"), (SAGITTAL, "sagittal"),
+                                                    ((0.94, 0.342, 0.0, -0.342, 0.94, 0.0), "axial")])  # fmt: skip
+def test_every_plane_and_an_oblique_one_are_ordered_by_geometry(orientation, plane) -> None:
+    volume = head_volume(6)
+    files = dicom_series(volume, orientation=orientation)
+    (series,) = read_study(files[::-1])
+    assert series.plane == plane and np.array_equal(series.sections, expected(volume))
+
+
+def test_a_missing_section_is_named_as_a_gap() -> None:
+    (series,) = read_study(dicom_series(head_volume(10), skip=(4,)))
+    assert len(series.sections) == 9 and any("gap of 10.0 mm after section 3" in w for w in series.warnings)
+
+
+def test_two_series_in_one_zip_come_back_apart_and_monochrome1_reads_as_monochrome2() -> None:
+    first = dicom_series(head_volume(5, seed=1), series_uid="1.2.3.1")
+    second = dicom_series(head_volume(4, seed=9), series_uid="1.2.3.2", orientation=SAGITTAL)
+    inverted = dicom_series(head_volume(4, seed=9), series_uid="1.2.3.3", photometric="MONOCHROME1")
+    volumes = read_study([zipped(first + second), *inverted])
+    assert sorted(len(v.sections) for v in volumes) == [4, 4, 5] and len({v.series for v in volumes}) == 3
+    by_plane = {v.plane: v for v in volumes if v.plane == "sagittal"}
+    mono1 = next(v for v in volumes if v.plane == "axial" and len(v.sections) == 4)
+    difference = np.abs(mono1.sections.astype(int) - by_plane["sagittal"].sections.astype(int))
+    assert difference.max() <= 1  # the same pixels from both photometrics (up to the stretch's rounding)
+
+
+def test_mixed_orientations_and_two_different_sections_at_one_position_are_refused() -> None:
+    mixed = dicom_series(head_volume(3)) + dicom_series(head_volume(3, seed=5), orientation=SAGITTAL)[:1]
+    with pytest.raises(SeriesError, match="mixes section orientations"):
+        read_study(mixed)
+    clash = dicom_series(head_volume(3)) + dicom_series(head_volume(3, seed=5))[:1]
+    with pytest.raises(SeriesError, match="same position"):
+        read_study(clash)
+    (deduplicated,) = read_study(dicom_series(head_volume(3)) + dicom_series(head_volume(3))[:1])
+    assert len(deduplicated.sections) == 3 and "duplicate" in deduplicated.warnings[0]
+
+
+def test_an_enhanced_multiframe_file_is_one_series_ordered_by_its_frame_positions() -> None:
+    volume = head_volume(7)
+    (series,) = read_study([enhanced_multiframe(volume, order=[3, 0, 6, 1, 5, 2, 4])])
+    assert series.source == "multi-frame DICOM" and np.array_equal(series.sections, expected(volume))
+    assert series.positions == tuple(5.0 * k for k in range(7))
+
+
+@pytest.mark.parametrize("flip", [(1, 1, 1), (-1, 1, 1), (1, -1, -1)])
+def test_nifti_volumes_of_any_axis_flips_come_out_the_same_way_up(flip) -> None:
+    volume = head_volume(8)
+    reference = read_study([nifti(volume)])[0]
+    data = np.transpose(volume[:, ::-1, :], (2, 1, 0)).astype(np.int16)
+    for axis, sign in enumerate(flip):
+        if sign < 0:
+            data = np.flip(data, axis)
+    affine = np.diag([0.9 * flip[0], 0.9 * flip[1], 5.0 * flip[2], 1.0])
+    affine[:3, 3] = [(s < 0) * (n - 1) * abs(z) for s, n, z in zip(flip, data.shape, (0.9, 0.9, 5.0), strict=True)]
+    import nibabel
+
+    raw = nibabel.Nifti1Image(data, affine).to_bytes()
+    (series,) = read_study([raw])
+    assert series.source == "NIfTI volume" and series.sections.shape == (8, 128, 128)
+    assert np.array_equal(series.sections, reference.sections)
+    assert read_study([nifti(volume, gz=True)])[0].sections.shape == (8, 128, 128)
+
+
+def test_zips_with_path_tricks_bombs_or_too_many_files_are_refused_before_reading() -> None:
+    files = dicom_series(head_volume(2))
+    with pytest.raises(UnsupportedFormat, match="outside itself"):
+        read_study([zipped(files, ["../../etc/cron.d/x", "a"])])
+    with pytest.raises(UnsupportedFormat, match="another zip"):
+        read_study([zipped([zipped(files)], ["inner.zip"])])
+    bomb = zipped([b"\x00" * (20 * 2**20)], ["zeros.dcm"])
+    with pytest.raises(FileTooLarge, match="compressed over"):
+        read_study([bomb])
+    with pytest.raises(FileTooLarge, match="limit is 1"):
+        read_study([zipped(files)], study_limits=StudyLimits(max_zip_members=1))
+    with pytest.raises(FileTooLarge, match="sections"):
+        read_study(files, study_limits=StudyLimits(max_sections=1))
+
+
+def test_orientation_letters_follow_the_direction_cosines() -> None:
+    assert orientation_letters(AXIAL) == {"right": "L", "left": "R", "bottom": "P", "top": "A"}
+    assert orientation_letters(SAGITTAL) == {"right": "P", "left": "A", "bottom": "F", "top": "H"}
