@@ -16,7 +16,7 @@ from core.model.classifier import Classifier
 from core.model.decision import DecisionRule
 from core.model.preprocess import InputSpec
 from core.training.augment import augment, match_histogram
-from core.training.calibration import fit_temperature, mean_nll
+from core.training.calibration import fit_temperature, mean_nll, recalibrate_batchnorm
 from core.training.config import CLASSES, TrainConfig
 from core.training.data import (
     Dataset,
@@ -66,14 +66,15 @@ def test_smoke_training_writes_a_loadable_model_and_card(tmp_path: Path) -> None
     assert prediction.model_name == "smoke" and sum(prediction.probabilities.values()) > 0.999
     split_file = json.loads((tmp_path / "models" / "smoke.split.json").read_text())
     assert len(split_file["validation"]) == card["data"]["validation"]
-    # the validation loss that chose the kept epoch is the allowed-label NLL of the kept model's validation logits,
-    # on scans of a known class only (the web-style "tumour" folder never chooses anything)
+    # the card's validation loss of the shipped weights (the kept epoch after its batch-normalisation statistics
+    # were recomputed) is the allowed-label NLL of their validation logits, on scans of a known class only (the
+    # web-style "tumour" folder never chooses anything)
     entries = [(label, path) for label, path in read_split(tmp_path / "models" / "smoke.split.json", tmp_path)
                if label in CLASSES]  # fmt: skip
     inputs = inference_inputs([read_scan_file(path).pixels for _, path in entries], classifier.card.input)
     logits = classifier.model.predict(inputs, verbose=0)
     kept_loss = mean_nll(logits, label_masks([label for label, _ in entries]))
-    assert abs(kept_loss - card["training"]["best_val_loss"]) < 1e-4
+    assert abs(kept_loss - card["training"]["shipped_val_loss"]) < 1e-4
 
 
 def test_training_without_the_mirror_channel_gives_a_one_channel_model(tmp_path: Path) -> None:
@@ -383,3 +384,42 @@ def test_temperature_fit_recovers_an_overconfident_scale() -> None:
     masks = np.eye(4, dtype=np.float32)[true]
     assert 0.9 < fit_temperature(logits, masks) < 1.1
     assert 2.7 < fit_temperature(logits * 3.0, masks) < 3.3
+
+
+def test_batchnorm_recalibration_takes_the_population_statistics_of_the_given_inputs() -> None:
+    import keras
+
+    inputs = keras.Input((8, 8, 1))
+    first = keras.layers.BatchNormalization()(keras.layers.Conv2D(3, 3, padding="same")(inputs))
+    second = keras.layers.BatchNormalization()(keras.layers.Conv2D(2, 3, padding="same")(keras.layers.ReLU()(first)))
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(second))
+    batch = np.random.default_rng(0).normal(5.0, 3.0, (70, 8, 8, 1)).astype(np.float32)  # 70: a ragged last batch
+    recalibrate_batchnorm(model, batch, batch_size=32)
+    for layer in [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]:
+        features = np.asarray(keras.Model(model.inputs[0], layer.input)(batch), np.float64).reshape(
+            -1, layer.input.shape[-1]
+        )
+        np.testing.assert_allclose(np.asarray(layer.moving_mean), features.mean(axis=0), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(np.asarray(layer.moving_variance), features.var(axis=0), rtol=1e-3, atol=1e-4)
+    normalised = np.asarray(keras.Model(model.inputs[0], model.layers[2].output)(batch)).reshape(-1, 3)
+    np.testing.assert_allclose(normalised.mean(axis=0), 0.0, atol=1e-2)  # the first layer's output is now centred
+
+
+def test_calibrate_command_recomputes_an_old_models_statistics_and_refits_its_card(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    data = make_folder(tmp_path / "Training")  # the folder name finish_card looks for under the data root
+    config = TrainConfig(size=32, widths=(8, 16), samples_per_epoch=0, epochs=1, batch_size=8, name="old")
+    before = train([data], tmp_path / "models", config, "pytest old")
+    card_path = tmp_path / "models" / "old.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "core", "calibrate", "--batchnorm", "--model", str(card_path), "--data", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["model"] == "old" and "temperature" in json.loads(done.stdout)["calibration"]
+    after = json.loads(card_path.read_text())
+    assert after["weights"]["sha256"] != before["weights"]["sha256"]  # new statistics, new hash
+    assert after["weights"]["batchnorm"].startswith("statistics recomputed on 19 clean training scans")
+    assert Classifier.from_card(card_path).card.weights_sha256 == after["weights"]["sha256"]  # hash check passes

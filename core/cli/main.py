@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     calibrate.add_argument("--model", help="model card JSON (default: the shipped model)")
     calibrate.add_argument("--data", required=True, metavar="ROOT", help="the folder that holds the training folders")
+    calibrate.add_argument(
+        "--batchnorm", action="store_true", help="first recompute batch-normalisation statistics on training scans"
+    )
     calibrate.set_defaults(run=model.cmd_calibrate)
     train = commands.add_parser("train", help="train, calibrate and write a model with its card")
     train.add_argument("--data", action="append", required=True, metavar="DIR", help="DIR/<label>/* (repeatable)")

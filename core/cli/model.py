@@ -19,9 +19,11 @@ def cmd_fit_gate(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from core.training.finish import finish_card
+    from core.training.finish import finish_card, recalibrate_saved_batchnorm
 
     card = Path(args.model) if args.model else model_card_path()
+    if args.batchnorm:
+        print(f"batch normalisation: {recalibrate_saved_batchnorm(card, Path(args.data))}", file=sys.stderr)
     done = finish_card(card, Path(args.data), log=lambda message: print(message, file=sys.stderr))
     emit({"model": done["name"], "version": done["version"], "calibration": done["calibration"],
           "decision": done["decision"]}, sys.stdout)  # fmt: skip

@@ -5,6 +5,7 @@ make a tumour three times as likely a priori as in a clinic's mix: "logit adjust
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -59,3 +60,28 @@ def softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
+
+
+def recalibrate_batchnorm(model: Any, inputs: np.ndarray, batch_size: int = 64) -> None:
+    """Set every batch-normalisation layer's moving mean and variance to the statistics of ``inputs`` (clean
+    training inputs, as inference sees them), layer after layer so each sees the layers before it as they now are.
+
+    The moving averages training leaves behind follow the last few dozen augmented batches; drawn from
+    sources of different looks, they swing from epoch to epoch, and so do the validation figures. Population
+    statistics of clean inputs are what inference needs (precise BN statistics, as in Wu and Johnson 2021).
+    """
+    import keras
+
+    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in layers:
+        probe = keras.Model(model.inputs[0], layer.input)
+        total, squares, count = None, None, 0
+        for start in range(0, len(inputs), batch_size):
+            features = np.asarray(probe(inputs[start : start + batch_size], training=False), np.float64)
+            flat = features.reshape(-1, features.shape[-1])
+            total = flat.sum(axis=0) if total is None else total + flat.sum(axis=0)
+            squares = (flat**2).sum(axis=0) if squares is None else squares + (flat**2).sum(axis=0)
+            count += len(flat)
+        mean = total / count
+        layer.moving_mean.assign(mean.astype(np.float32))
+        layer.moving_variance.assign(np.maximum(squares / count - mean**2, 0.0).astype(np.float32))

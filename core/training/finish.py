@@ -129,3 +129,40 @@ def finish_card(card_path: Path, root: Path, log: Callable[[str], None] = print)
     card_path.write_text(json.dumps(card, indent=2, default=list))
     log(f"input gate: {json.dumps(fit_gate(card_path, root), default=str)}")
     return json.loads(card_path.read_text())
+
+
+def recalibrate_saved_batchnorm(card_path: Path, root: Path, count: int = 3000, seed: int = 3) -> dict[str, Any]:
+    """Recompute the batch-normalisation statistics of a saved model on ``count`` training scans (every scan of
+    ``root`` not in its validation or held-out lists, drawn evenly across source and class), rewrite the weights
+    file and the card's hash. For models trained before this step became part of ``train``."""
+    import keras
+
+    from core.model.card import sha256_file
+    from core.training.calibration import recalibrate_batchnorm
+
+    classifier = Classifier.from_card(card_path)
+    split = json.loads(split_file_of(card_path).read_text())
+    excluded = {(root / rel).resolve() for rel, _ in [*split["validation"], *split.get("held_out", [])]}
+    items = discover([root / s for s in BRAIN_SOURCES if (root / s).is_dir()])
+    pool = [i for i in items if i.path.resolve() not in excluded]
+    groups: dict[tuple[str, str], list[Item]] = {}
+    for item in pool:
+        groups.setdefault((item.source, item.label), []).append(item)
+    rng = np.random.default_rng(seed)
+    share = max(1, count // max(1, len(groups)))
+    chosen = [g[i] for g in groups.values() for i in rng.permutation(len(g))[:share]]
+    inputs = []
+    for item in chosen:
+        try:
+            pixels = read_scan_file(item.path).pixels
+            inputs.append(to_model_input(pixels, find_brain(pixels).box, classifier.card.input))
+        except ScanError:
+            continue
+    recalibrate_batchnorm(classifier.model, np.stack(inputs))
+    weights = classifier.card.weights_path
+    keras.saving.save_model(classifier.model, weights)
+    card = json.loads(card_path.read_text())
+    card["weights"]["sha256"] = sha256_file(weights)
+    card["weights"]["batchnorm"] = f"statistics recomputed on {len(inputs)} clean training scans"
+    card_path.write_text(json.dumps(card, indent=2, default=list))
+    return {"scans": len(inputs), "groups": len(groups), "sha256": card["weights"]["sha256"]}

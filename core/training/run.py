@@ -36,7 +36,7 @@ import numpy as np
 from core.evaluation.metrics import machine
 from core.model.preprocess import crop_square, resize_square
 from core.model.roi import find_brain
-from core.training.calibration import fit_calibration, mean_nll, softmax
+from core.training.calibration import fit_calibration, mean_nll, recalibrate_batchnorm, softmax
 from core.training.checkpoint import Checkpoint, Progress, run_key
 from core.training.config import CLASSES, NEGATIVE, TrainConfig
 from core.training.data import assign_units, label_masks, load, sampling_weights, split_dataset
@@ -185,7 +185,12 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
         _log(f"interrupted: finishing with the best epoch so far; the same command resumes from {checkpoint.path}")
     if progress.best_weights is not None:
         model.set_weights(progress.best_weights)
+    draw = np.random.default_rng((config.seed, 3)).choice(train_idx, size=min(3000, len(train_idx)), p=probabilities)
+    recalibrate_batchnorm(model, inference_inputs([data.images[i] for i in draw], spec))
+    _log(f"batch-normalisation statistics recomputed on {len(draw)} clean training inputs")
     logits = np.asarray(model.predict(val_inputs, batch_size=128, verbose=0))
+    shipped_loss = source_balanced_nll(logits, masks[val_idx], val_sources, val_labels)
+    _log(f"validation loss of the kept epoch {progress.best_loss:.4f}, after recomputing statistics {shipped_loss:.4f}")
     known = np.array([label in CLASSES for label in val_labels])  # never fit on the web-style scans
     temperature, negative_bias = fit_calibration(logits[known], masks[val_idx][known], CLASSES.index(NEGATIVE))
     bias = np.array([negative_bias if c == NEGATIVE else 0.0 for c in CLASSES])
@@ -254,6 +259,7 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
             "epochs_run": progress.epochs_done,
             "best_epoch": progress.best_epoch,
             "best_val_loss": round(float(progress.best_loss), 5),
+            "shipped_val_loss": round(shipped_loss, 5),
             "seconds": round(elapsed()),
             "resumed": progress.resumed,
             "machine": f"{machine()}, TensorFlow {tf.__version__}",
