@@ -1,4 +1,4 @@
-"""Command line: ``python -m core predict|evaluate|train|fit-gate|fit-decision|users|audit``.
+"""Command line: ``python -m core predict|study|evaluate|train|calibrate|fit-*|users|audit|images``.
 
 JSON on stdout, progress on stderr, never a traceback. Exit status: 0 when every file was classified (or the
 command did what it was asked), 1 when any file was rejected (or the audit chain is broken), 2 for bad usage or an
@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from core.cli import admin, model, scans
+from core.cli import admin, model, scans, studies
 from core.cli.common import EXIT_USAGE, Parser, emit, error_json
 from core.errors import AccessDenied, InvalidRecord, ModelError, StoreError
 
@@ -25,6 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--save", action="store_true", help="also save each result to the app's database")
     predict.add_argument("files", nargs="+", metavar="FILE")
     predict.set_defaults(run=scans.cmd_predict)
+    study = commands.add_parser("study", help="classify whole series, one JSON line per series")
+    study.add_argument("--model", help="model card JSON (default: the shipped model or $BTD_MODEL)")
+    study.add_argument("paths", nargs="+", metavar="PATH", help="a folder of DICOM files, a zip, a multi-frame "
+                       "DICOM or a NIfTI file")  # fmt: skip
+    study.set_defaults(run=studies.cmd_study)
     evaluate = commands.add_parser("evaluate", help="score DIR/<label>/* and print JSON metrics")
     evaluate.add_argument("--model", help="model card JSON (default: the shipped model or $BTD_MODEL)")
     evaluate.add_argument("--split", help="score only the files listed in a training split file, under DIR")
@@ -51,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--batchnorm", action="store_true", help="first recompute batch-normalisation statistics on training scans"
     )
     calibrate.set_defaults(run=model.cmd_calibrate)
+    series = commands.add_parser("fit-series", help="fit the series rule on validation volumes (LGG, Normal-heads)")
+    series.add_argument("--model", help="model card JSON (default: the shipped model)")
+    series.add_argument("--data", required=True, metavar="ROOT", help="the folder that holds LGG and Normal-heads")
+    series.set_defaults(run=model.cmd_fit_series)
     train = commands.add_parser("train", help="train, calibrate and write a model with its card")
     train.add_argument("--data", action="append", required=True, metavar="DIR", help="DIR/<label>/* (repeatable)")
     train.add_argument("--out", default="models", metavar="DIR")

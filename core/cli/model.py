@@ -1,4 +1,4 @@
-"""``train``, ``fit-gate`` and ``fit-decision``: making and calibrating a model."""
+"""``train``, ``calibrate``, ``fit-gate``, ``fit-decision`` and ``fit-series``: making and calibrating a model."""
 
 from __future__ import annotations
 
@@ -27,6 +27,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     done = finish_card(card, Path(args.data), log=lambda message: print(message, file=sys.stderr))
     emit({"model": done["name"], "version": done["version"], "calibration": done["calibration"],
           "decision": done["decision"]}, sys.stdout)  # fmt: skip
+    return EXIT_OK
+
+
+def cmd_fit_series(args: argparse.Namespace) -> int:
+    from core.training.series_fit import fit_series
+
+    card = Path(args.model) if args.model else model_card_path()
+    emit(fit_series(card, Path(args.data), log=lambda message: print(message, file=sys.stderr)), sys.stdout)
     return EXIT_OK
 
 

@@ -7,12 +7,13 @@ together. Pure: no storage, no screen.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from core.errors import ScanError
 from core.imaging import DEFAULT_LIMITS, Limits, Scan, read_scan
 from core.model.classifier import Classifier
 from core.model.gate import GateResult, assess, with_review
@@ -76,26 +77,72 @@ def analyse_scan(
     timings = dict(timings or {})
     region = find_brain(scan.pixels)
     crop_done = time.perf_counter()
-    card = classifier.card
-    model_input = to_model_input(scan.pixels, region.box, card.input)
+    model_input = to_model_input(scan.pixels, region.box, classifier.card.input)
     prep_done = time.perf_counter()
     raw, calibrated, embedding = classifier.scores_and_embedding(model_input[None])
     predict_done = time.perf_counter()
-    decision = card.rule.apply(calibrated[0])
-    logits = raw[0] if card.output == "logits" else None
-    gate = assess(
-        scan, region, logits, card.temperature, classifier.gate_policy, embedding[0] if embedding.size else None
-    )
-    gate = with_review(gate, decision.review_reasons)
     timings |= {
         "crop": (crop_done - started) * 1000,
         "preprocess": (prep_done - crop_done) * 1000,
         "predict": (predict_done - prep_done) * 1000,
     }
+    return _verdict(scan, region, model_input, classifier, (raw[0], calibrated[0], _row(embedding, 0)), timings)
+
+
+def analyse_scans(scans: Sequence[Scan], classifier: Classifier, batch_size: int = 64) -> list[Analysis | ScanError]:
+    """The same pipeline for many decoded scans (the sections of a series), the model run in batches. A scan
+    without a head region gets its :class:`core.errors.ScanError` in its place; ``predict`` timings are the
+    batch's time shared evenly."""
+    prepared: list[tuple[Scan, BrainRegion, np.ndarray, dict[str, float]] | ScanError] = []
+    for scan in scans:
+        started = time.perf_counter()
+        try:
+            region = find_brain(scan.pixels)
+        except ScanError as error:
+            prepared.append(error)
+            continue
+        crop_done = time.perf_counter()
+        model_input = to_model_input(scan.pixels, region.box, classifier.card.input)
+        timings = {"crop": (crop_done - started) * 1000, "preprocess": (time.perf_counter() - crop_done) * 1000}
+        prepared.append((scan, region, model_input, timings))
+    ready = [p for p in prepared if not isinstance(p, ScanError)]
+    done: list[Analysis] = []
+    for start in range(0, len(ready), batch_size):
+        chunk = ready[start : start + batch_size]
+        began = time.perf_counter()
+        raw, calibrated, embedding = classifier.scores_and_embedding(np.stack([p[2] for p in chunk]))
+        share = (time.perf_counter() - began) * 1000 / len(chunk)
+        for i, (scan, region, model_input, timings) in enumerate(chunk):
+            outputs = (raw[i], calibrated[i], _row(embedding, i))
+            done.append(_verdict(scan, region, model_input, classifier, outputs, timings | {"predict": share}))
+    results = iter(done)
+    return [p if isinstance(p, ScanError) else next(results) for p in prepared]
+
+
+def _row(embedding: np.ndarray, i: int) -> np.ndarray | None:
+    return embedding[i] if embedding.size else None
+
+
+def _verdict(
+    scan: Scan,
+    region: BrainRegion,
+    model_input: np.ndarray,
+    classifier: Classifier,
+    outputs: tuple[np.ndarray, np.ndarray, np.ndarray | None],
+    timings: dict[str, float],
+) -> Analysis:
+    """Decide and gate one scan from the model's outputs for it (raw, calibrated, embedding)."""
+    raw, calibrated, embedding = outputs
+    card = classifier.card
+    decision = card.rule.apply(calibrated)
+    logits = raw if card.output == "logits" else None
+    gate = assess(scan, region, logits, card.temperature, classifier.gate_policy, embedding)
+    gate = with_review(gate, decision.review_reasons)
+    timings = dict(timings)
     timings["total"] = sum(timings.values())
     prediction = Prediction(
         label=decision.label,
-        probabilities={label: float(p) for label, p in zip(card.labels, calibrated[0], strict=True)},
+        probabilities={label: float(p) for label, p in zip(card.labels, calibrated, strict=True)},
         tumour_probability=decision.tumour_probability,
         confidence=decision.confidence,
         is_tumour=decision.is_tumour,

@@ -1,8 +1,9 @@
 """The model card: the JSON file next to a weights file (``models/<name>.json``) that says how to use it.
 
 It names the labels, the input (:class:`core.model.preprocess.InputSpec`), the output kind, the calibration
-temperature, the decision rule (:class:`core.model.decision.DecisionRule`), the input gate's policy, the weights'
-SHA-256 and the figures measured on validation data. Two output kinds are supported:
+temperature, the decision rule (:class:`core.model.decision.DecisionRule`) and the series rule
+(:class:`core.model.decision.SeriesRule`), the input gate's policy, the weights' SHA-256 and the figures measured
+on validation data. Two output kinds are supported:
 - ``"logits"`` or ``"softmax"``: one unit per label (the project's 4-class model);
 - ``"sigmoid"``: one unit giving P(labels[1]), like the Flask app's ``braintumor.h5`` (labels
   ``["notumor", "tumour"]``).
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ModelError
-from core.model.decision import DecisionRule
+from core.model.decision import DecisionRule, SeriesRule
 from core.model.preprocess import InputSpec
 
 OUTPUT_KINDS = ("logits", "softmax", "sigmoid")
@@ -39,6 +40,7 @@ class ModelCard:
     temperature: float = 1.0
     logit_bias: Mapping[str, float] = field(default_factory=dict)  # added to logits / T, per label
     rule: DecisionRule = field(default_factory=DecisionRule)
+    series: SeriesRule = field(default_factory=SeriesRule)
     metrics: Mapping[str, Any] = field(default_factory=dict)
     gate: Mapping[str, Any] = field(default_factory=dict)
     path: Path | None = None
@@ -75,6 +77,7 @@ class ModelCard:
                 temperature=float(raw.get("calibration", {}).get("temperature", 1.0)),
                 logit_bias={str(k): float(v) for k, v in (raw.get("calibration", {}).get("logit_bias") or {}).items()},
                 rule=DecisionRule.from_card(raw, labels, negative),
+                series=SeriesRule.from_card(raw.get("series")),
                 metrics=raw.get("metrics", {}),
                 gate=raw.get("gate", {}),
                 path=path,

@@ -9,6 +9,8 @@ Used by the app, the CLI, the batch CSV, the evaluator, training and the statist
   tumour verdict and 1 - P(tumour) for a no-tumour one. It is what the records store and the charts show.
 - **review band**: a verdict whose P(tumour) lies in ``[low, high)`` needs a radiologist's review first. The bounds
   are chosen on validation data and stated in the model card (``decision``).
+- **series rule** (:class:`SeriesRule`, the card's ``series``): one verdict for a whole series from its sections'
+  tumour probabilities (:mod:`core.model.volume`).
 """
 
 from __future__ import annotations
@@ -107,3 +109,44 @@ class DecisionRule:
         if low <= tumour_probability < high:
             reasons.append(f"tumour probability {tumour_probability:.0%} is in the review band ({low:.0%}-{high:.0%})")
         return Decision(label, is_tumour, tumour_probability, confidence, tuple(reasons))
+
+
+@dataclass(frozen=True)
+class SeriesRule:
+    """Tumour when ``neighbours`` adjacent analysed sections all have tumour probability >= ``threshold``."""
+
+    neighbours: int = 3
+    threshold: float = 0.5
+    fitted_on: str = "not fitted: the default of three neighbouring sections at 0.5"
+
+    @classmethod
+    def from_card(cls, raw: Mapping[str, Any] | None) -> SeriesRule:
+        if not raw:
+            return cls()
+        rule = cls(int(raw["neighbours"]), float(raw["threshold"]), str(raw.get("fitted_on", "")))
+        if rule.neighbours < 1 or not 0.0 < rule.threshold < 1.0:
+            raise ValueError("the series rule needs at least one neighbour and a threshold inside (0, 1)")
+        return rule
+
+    def score(self, probabilities: Sequence[float | None]) -> tuple[float | None, int]:
+        """(the highest level ``k`` neighbouring sections all reach, the ``k`` used). ``None`` entries are skipped
+        sections: they break runs. With no run of ``k``, the longest run sets a smaller ``k`` (a warning says so);
+        with nothing analysed the score is None."""
+        runs, current = [], []
+        for p in probabilities:
+            if p is None:
+                if current:
+                    runs.append(current)
+                current = []
+            else:
+                current.append(float(p))
+        if current:
+            runs.append(current)
+        if not runs:
+            return None, 0
+        k = min(self.neighbours, max(len(run) for run in runs))
+        best = max(float(np.min(run[i : i + k])) for run in runs if len(run) >= k for i in range(len(run) - k + 1))
+        return best, k
+
+    def to_json(self) -> dict[str, Any]:
+        return {"neighbours": self.neighbours, "threshold": self.threshold, "fitted_on": self.fitted_on}

@@ -7,7 +7,8 @@
 3. per-source figures on the validation split, and on the held-out institutions when the run left some out, with
    the LGG figures the targets name, calibration errors, and localisation (the share of LGG tumour slices whose
    Grad-CAM peak falls inside the tumour mask, dilated by 4 % of the side);
-4. the input gate (energy threshold and learned checks, :mod:`core.training.gate_fit`).
+4. the input gate (energy threshold and learned checks, :mod:`core.training.gate_fit`);
+5. the series rule, on validation volumes (:mod:`core.training.series_fit`), when the data root holds them.
 Everything is written into the card; the weights and their hash do not change.
 """
 
@@ -36,6 +37,7 @@ from core.training.config import CLASSES, NEGATIVE
 from core.training.data import label_masks
 from core.training.gate_fit import fit_gate
 from core.training.probes import LGG_MIN_TUMOUR, fit_review_band, fit_subtype_share, source_report
+from core.training.series_fit import VOLUME_SOURCES, fit_series
 from core.training.sources import Item, discover
 
 BRAIN_SOURCES = ("Training", "Web-tumour", "LGG", "Normal-heads")
@@ -128,6 +130,8 @@ def finish_card(card_path: Path, root: Path, log: Callable[[str], None] = print)
         }
     card_path.write_text(json.dumps(card, indent=2, default=list))
     log(f"input gate: {json.dumps(fit_gate(card_path, root), default=str)}")
+    if all((root / source).is_dir() for source in VOLUME_SOURCES):
+        fit_series(card_path, root, log)
     return json.loads(card_path.read_text())
 
 

@@ -1,0 +1,33 @@
+"""``study``: folders of DICOM files, zips, multi-frame DICOM or NIfTI files in, one JSON line per series out."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from core.cli.common import EXIT_OK, EXIT_REJECTED, emit, error_json
+from core.services.resources import load_classifier
+from core.services.studies import analyse_path
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    classifier = load_classifier(args.model)
+    status = EXIT_OK
+    for name in args.paths:
+        outcome = analyse_path(Path(name), classifier)
+        if outcome.error_code:
+            emit({"source": name, **error_json(outcome.error_code, outcome.error_message or "")}, sys.stdout)
+            status = EXIT_REJECTED
+            continue
+        for series in outcome.series:
+            result = {"source": name, **series.to_json(), "study_verdict": outcome.verdict}
+            result["timings_ms"] = {"read": round(outcome.read_ms, 1), **result["timings_ms"]}
+            result["timings_ms"]["total"] = round(outcome.read_ms + series.timings_ms["series"], 1)
+            result["warnings"] = [*result["warnings"], *outcome.notes]
+            if series.label is None:
+                result |= error_json("no_brain_sections", "No section of this series could be analysed: "
+                                     + "; ".join(sorted(set(result["skipped"].values())))[:500])  # fmt: skip
+                status = EXIT_REJECTED
+            emit(result, sys.stdout)
+    return status

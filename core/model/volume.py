@@ -1,0 +1,149 @@
+"""A whole series: every section through the gate and the model in batches, then one verdict for the series.
+
+Per-section verdicts are noisy along a head: sections at its ends hold little brain, and one odd section should
+not make a tumour. The series rule (:class:`core.model.decision.SeriesRule`, stated in the model card's ``series``
+entry and fitted on validation *volumes*, never on single slices, by :mod:`core.training.series_fit`) says:
+**tumour when** ``k`` **neighbouring analysed sections all reach tumour probability** ``t``. Its score, shown as
+the series' tumour probability, is the highest level that ``k`` neighbouring sections all reach (the best window's
+lowest section).
+
+Sections the gate refuses (too little brain, not like a brain MRI) or without a head region are skipped with
+their reason; they never count, and they break a run of neighbours.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from core.errors import ScanError
+from core.imaging import Scan
+from core.imaging.series import Volume
+from core.model.analysis import Analysis, analyse_scans
+from core.model.classifier import Classifier
+from core.model.decision import SeriesRule
+from core.model.gate import REJECTED
+
+
+@dataclass(frozen=True, eq=False)
+class Section:
+    """One section of a series: its analysis, or why it was skipped (``skipped`` is then a reason)."""
+
+    index: int
+    position: float
+    analysis: Analysis | None
+    skipped: str | None = None
+
+    @property
+    def tumour_probability(self) -> float | None:
+        return None if self.analysis is None else self.analysis.prediction.tumour_probability
+
+
+@dataclass(frozen=True, eq=False)
+class SeriesAnalysis:
+    volume: Volume
+    sections: tuple[Section, ...]
+    rule: SeriesRule
+    score: float | None  # the series' tumour probability (see the module docstring); None when nothing analysed
+    neighbours_used: int
+    label: str | None  # the series verdict: the card's negative label or "tumour"; None when nothing analysed
+    timings_ms: Mapping[str, float]
+    model_name: str
+    model_version: str
+
+    @property
+    def analysed(self) -> list[Section]:
+        return [s for s in self.sections if s.analysis is not None]
+
+    @property
+    def refused(self) -> list[Section]:
+        return [s for s in self.sections if s.analysis is None]
+
+    @property
+    def is_tumour(self) -> bool:
+        return self.label == "tumour"
+
+    @property
+    def tumour_sections(self) -> list[int]:
+        """Indices (0-based, in series order) of analysed sections at or above the rule's threshold."""
+        return [s.index for s in self.analysed if (s.tumour_probability or 0.0) >= self.rule.threshold]
+
+    @property
+    def curve(self) -> list[float | None]:
+        return [s.tumour_probability for s in self.sections]
+
+    @property
+    def warnings(self) -> list[str]:
+        notes = list(self.volume.warnings)
+        if self.label is not None and self.neighbours_used < self.rule.neighbours:
+            notes.append(
+                f"no {self.rule.neighbours} neighbouring sections could be analysed; the verdict rests on "
+                f"{self.neighbours_used}"
+            )
+        return notes
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "study": self.volume.study,
+            "series": self.volume.series,
+            "plane": self.volume.plane,
+            "slices": len(self.sections),
+            "analysed": len(self.analysed),
+            "refused": len(self.refused),
+            "series_verdict": self.label,
+            "tumour_probability": None if self.score is None else round(self.score, 6),
+            "tumour_slices": self.tumour_sections,
+            "rule": self.rule.to_json() | {"neighbours_used": self.neighbours_used},
+            "curve": [None if p is None else round(p, 4) for p in self.curve],
+            "skipped": {str(s.index): s.skipped for s in self.refused},
+            "model": {"name": self.model_name, "version": self.model_version},
+            "warnings": self.warnings,
+            "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
+        }
+
+
+def section_scan(volume: Volume, index: int) -> Scan:
+    """Section ``index`` of a series as a :class:`Scan` (what the single-image pipeline takes)."""
+    pixels = np.ascontiguousarray(volume.sections[index])
+    return Scan(pixels=pixels, format=volume.modality.lower() or "volume", sha256=f"{volume.sha256}:{index}",
+                size_bytes=int(pixels.nbytes))  # fmt: skip
+
+
+def analyse_volume(volume: Volume, classifier: Classifier, batch_size: int = 64) -> SeriesAnalysis:
+    """Every section through the gate and the model, then the card's series rule."""
+    started = time.perf_counter()
+    results = analyse_scans([section_scan(volume, i) for i in range(len(volume.sections))], classifier, batch_size)
+    sections = []
+    for index, (result, position) in enumerate(zip(results, volume.positions, strict=True)):
+        if isinstance(result, ScanError):
+            sections.append(Section(index, position, None, f"no head region ({result})"))
+        elif result.prediction.gate.decision == REJECTED:
+            sections.append(Section(index, position, None, "; ".join(result.prediction.gate.reasons)))
+        else:
+            sections.append(Section(index, position, result))
+    analysed_done = time.perf_counter()
+    card = classifier.card
+    rule = card.series
+    score, used = rule.score([s.tumour_probability for s in sections])
+    label = None if score is None else ("tumour" if score >= rule.threshold else card.negative_label)
+    stages: dict[str, float] = {"crop": 0.0, "preprocess": 0.0, "predict": 0.0}
+    for result in results:
+        if not isinstance(result, ScanError):
+            for stage in stages:
+                stages[stage] += result.prediction.timings_ms.get(stage, 0.0)
+    timings = stages | {"series": (analysed_done - started) * 1000}
+    return SeriesAnalysis(
+        volume=volume,
+        sections=tuple(sections),
+        rule=rule,
+        score=score,
+        neighbours_used=used,
+        label=label,
+        timings_ms=timings,
+        model_name=card.name,
+        model_version=card.version,
+    )

@@ -1,0 +1,146 @@
+"""Series analysis: every section through the gate and the model in batches, one verdict from the card's rule."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.config import model_card_path
+from core.imaging.series import read_study
+from core.model.analysis import analyse_scan, analyse_scans
+from core.model.card import ModelCard
+from core.model.classifier import Classifier
+from core.model.decision import SeriesRule
+from core.model.volume import analyse_volume, section_scan
+from core.training.series_fit import choose, tumour_free_stretches, volume_key
+from core.training.sources import Item
+from tests.series import SAGITTAL, dicom_series, head_volume, nifti, zipped
+
+
+@pytest.fixture(scope="module")
+def classifier() -> Classifier:
+    return Classifier.from_card(model_card_path())
+
+
+def test_the_rule_needs_k_neighbouring_sections_and_skipped_sections_break_a_run() -> None:
+    rule = SeriesRule(neighbours=3, threshold=0.6)
+    assert rule.score([0.1, 0.9, 0.8, 0.7, 0.1]) == (0.7, 3)  # the best window's lowest section
+    assert rule.score([0.9, 0.9, None, 0.9, 0.1, 0.2]) == (0.1, 3)  # a skipped section breaks the run of neighbours
+    assert rule.score([0.95, None, 0.2, 0.3]) == (0.2, 2)  # no run of three: the longest run decides, k = 2
+    assert rule.score([None, None]) == (None, 0)
+    assert SeriesRule.from_card(None) == SeriesRule()
+    assert SeriesRule.from_card({"neighbours": 2, "threshold": 0.7}).neighbours == 2
+    with pytest.raises(ValueError):
+        SeriesRule.from_card({"neighbours": 0, "threshold": 0.5})
+
+
+def test_batched_analysis_gives_the_single_scan_verdicts(classifier: Classifier) -> None:
+    volume = read_study(dicom_series(head_volume(6, 160, range(2, 4))))[0]
+    scans = [section_scan(volume, i) for i in range(6)]
+    batched = analyse_scans(scans, classifier, batch_size=4)  # a ragged last batch
+    for scan, together in zip(scans, batched, strict=True):
+        alone = analyse_scan(scan, classifier).prediction
+        assert together.prediction.label == alone.label
+        assert together.prediction.tumour_probability == pytest.approx(alone.tumour_probability, abs=1e-5)
+        assert together.prediction.gate.decision == alone.gate.decision
+
+
+def test_a_synthetic_tumour_volume_is_called_tumour_and_its_tumour_free_twin_is_not(classifier: Classifier) -> None:
+    tumour = analyse_volume(read_study(dicom_series(head_volume(12, 256, range(4, 9))))[0], classifier)
+    twin = analyse_volume(read_study(dicom_series(head_volume(12, 256)))[0], classifier)
+    assert tumour.label == "tumour" and twin.label == classifier.card.negative_label
+    assert tumour.score is not None and twin.score is not None and tumour.score > twin.score
+    assert set(tumour.tumour_sections) >= set(range(4, 9)) - {4, 8}  # the lesion's core sections are marked
+    assert len(tumour.curve) == 12 and tumour.to_json()["slices"] == 12
+    out = json.loads(json.dumps(tumour.to_json()))
+    assert out["series_verdict"] == "tumour" and out["analysed"] + out["refused"] == 12
+    assert out["rule"]["neighbours"] == classifier.card.series.neighbours
+
+
+def test_sections_without_a_head_are_skipped_with_their_reason_and_never_count(classifier: Classifier) -> None:
+    stored = head_volume(10, 160, range(3, 7))
+    stored[[0, 1, 9]] = 0  # empty sections past the ends of the head
+    result = analyse_volume(read_study(dicom_series(stored, orientation=SAGITTAL))[0], classifier)
+    skipped = {s.index: s.skipped for s in result.refused}
+    assert {0, 1, 9} <= set(skipped) and all(skipped[i] for i in (0, 1, 9))
+    assert result.curve[0] is None and result.to_json()["skipped"]["9"] == skipped[9]
+    assert result.volume.plane == "sagittal"
+
+
+def test_a_series_with_nothing_to_analyse_has_no_verdict(classifier: Classifier) -> None:
+    result = analyse_volume(read_study(dicom_series(np.zeros((4, 64, 64), np.uint16)))[0], classifier)
+    assert result.label is None and result.score is None and result.to_json()["analysed"] == 0
+
+
+def test_the_shipped_card_states_its_series_rule() -> None:
+    card = ModelCard.from_file(model_card_path())
+    raw = json.loads(Path(model_card_path()).read_text())
+    assert "series" in raw and raw["series"]["fitted_on"]
+    assert card.series.neighbours == raw["series"]["neighbours"] >= 1
+
+
+def test_volume_names_come_from_the_file_names_of_each_source() -> None:
+    lgg = Item(Path("LGG/glioma/TCGA_CS_4941_19960909_12_flair.jpg"), "glioma", "LGG")
+    heads = Item(Path("Normal-heads/notumor/subj03_t1_sag_041.png"), "notumor", "Normal-heads")
+    assert volume_key(lgg) == ("TCGA_CS_4941_19960909_flair", 12)
+    assert volume_key(heads) == ("subj03_t1_sag", 41)
+    assert volume_key(Item(Path("Training/glioma/Tr-gl_0001.jpg"), "glioma", "Training")) is None
+
+
+def test_the_rule_is_chosen_on_volumes_to_find_tumours_and_spare_tumour_free_stretches() -> None:
+    tumour = [[0.1, 0.7, 0.8, 0.9, 0.2], [0.2, 0.6, 0.65, 0.1]]
+    normal = [[0.1, 0.95, 0.1, 0.2], [0.3, 0.2, 0.1]]  # a lone bright section must not make a tumour
+    fitted = choose(tumour, normal)
+    assert fitted["sensitivity"] == 1.0 and fitted["specificity"] == 1.0 and fitted["neighbours"] >= 2
+    stretches = tumour_free_stretches(list(np.linspace(0, 1, 20)), [9 <= i <= 10 for i in range(20)])
+    assert [len(s) for s in stretches] == [7, 7]  # three sections kept clear on each side of the tumour
+
+
+def study_lines(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[dict]]:
+    from core.cli import main
+
+    code = main(["study", *args])
+    return code, [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_study_command_prints_one_line_per_series_from_folders_zips_and_volumes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "export" / "nested"
+    folder.mkdir(parents=True)
+    for k, data in enumerate(dicom_series(head_volume(8, 160, range(2, 6)))):
+        (folder / f"IM{(k * 5) % 8:04d}").write_bytes(data)  # any names, any order
+    (folder.parent / "DICOMDIR").write_bytes(b"\x00" * 128 + b"DICM" + b"\x00" * 64)
+    (folder.parent / "notes.txt").write_text("not an image")
+    files = dicom_series(head_volume(6, 128), series_uid="1.2.3.1")
+    files += dicom_series(head_volume(6, 128, seed=9), series_uid="1.2.3.2")
+    two = zipped(files, [f"s/{i}.dcm" for i in range(len(files))])
+    (tmp_path / "study.zip").write_bytes(two)
+    (tmp_path / "head.nii.gz").write_bytes(nifti(head_volume(10, 128, range(3, 7)), gz=True))
+    code, lines = study_lines([str(tmp_path / "export"), str(tmp_path / "study.zip"), str(tmp_path / "head.nii.gz")],
+                              capsys)  # fmt: skip
+    assert code == 0
+    assert [line["source"] for line in lines].count(str(tmp_path / "study.zip")) == 2
+    first = lines[0]
+    assert first["slices"] == 8 and first["series_verdict"] in ("tumour", "notumor")
+    assert {"total", "read", "predict"} <= set(first["timings_ms"]) and first["timings_ms"]["total"] > 0
+    assert any("2 file(s)" in note for note in first["warnings"])  # the DICOMDIR and the note were ignored
+    assert all(len(line["study"]) == 64 and "1.2.3" not in json.dumps(line) for line in lines)  # UIDs hashed only
+
+
+def test_study_command_answers_bad_paths_with_json_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad.zip").write_bytes(b"PK\x03\x04" + b"\x00" * 100)
+    (tmp_path / "text.dcm").write_text("hello")
+    (tmp_path / "black").mkdir()
+    for k, data in enumerate(dicom_series(np.zeros((3, 64, 64), np.uint16))):
+        (tmp_path / "black" / f"{k}.dcm").write_bytes(data)
+    names = ["missing", "empty", "bad.zip", "text.dcm", "black"]
+    code, lines = study_lines([str(tmp_path / n) for n in names], capsys)
+    assert code == 1 and len(lines) == 5
+    codes = [line["error"]["code"] for line in lines]
+    assert codes == ["not_found", "series_error", "corrupt_image", "unsupported_format", "no_brain_sections"]
+    assert all(line["error"]["message"] for line in lines)
