@@ -8,8 +8,17 @@ import numpy as np
 import pytest
 
 from core.errors import FileTooLarge, UnsupportedFormat
+from core.imaging.phantom_series import (
+    AXIAL,
+    CORONAL,
+    SAGITTAL,
+    dicom_series,
+    enhanced_multiframe,
+    head_volume,
+    nifti,
+    zipped,
+)
 from core.imaging.series import SeriesError, StudyLimits, orientation_letters, read_study
-from tests.series import AXIAL, CORONAL, SAGITTAL, dicom_series, enhanced_multiframe, head_volume, nifti, zipped
 
 
 def expected(volume: np.ndarray) -> np.ndarray:

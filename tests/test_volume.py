@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from core.config import model_card_path
+from core.imaging.phantom_series import SAGITTAL, dicom_series, head_volume, nifti, zipped
 from core.imaging.series import read_study
 from core.model.analysis import analyse_scan, analyse_scans
 from core.model.card import ModelCard
@@ -17,7 +18,6 @@ from core.model.decision import SeriesRule
 from core.model.volume import analyse_volume, section_scan
 from core.training.series_fit import choose, tumour_free_stretches, volume_key
 from core.training.sources import Item
-from tests.series import SAGITTAL, dicom_series, head_volume, nifti, zipped
 
 
 @pytest.fixture(scope="module")

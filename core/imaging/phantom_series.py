@@ -1,5 +1,5 @@
 """Series and volumes generated in code: DICOM series of a synthetic head (with or without a tumour) in any plane,
-zips of them, enhanced multi-frame files and NIfTI volumes. Nothing here is a real scan."""
+zips of them, enhanced multi-frame files and NIfTI volumes, for tests and benchmarks. Nothing here is a real scan."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
 
 
 def head_volume(n: int = 12, size: int = 128, tumour_sections: range | None = None, seed: int = 0) -> np.ndarray:
-    """(n, size, size) uint16: a synthetic head whose sections shrink towards both ends, a lesion where asked."""
+    """(n, size, size) uint16 (12-bit values): sections of a synthetic head, a lesion in ``tumour_sections``."""
     sections = []
     for k in range(n):
         image = synthetic_slice(size, tumour=tumour_sections is not None and k in tumour_sections, seed=seed + k)

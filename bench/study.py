@@ -1,0 +1,106 @@
+"""A whole series from upload to series verdict, next to ``predict`` over the same files in the same run.
+
+Generates a synthetic 176-section 256 x 256 DICOM series (12-bit, tumour in sections 70-100; no real scan) and
+times, warm, in one process:
+- **study**: the files' bytes -> :func:`core.services.studies.analyse_study` (read and order the series, every
+  section through crop, model in batches, gate, series rule);
+- **predict**: the same files one at a time through :func:`core.model.analysis.analyse`, as ``python -m core
+  predict`` runs them (the peer).
+Peak memory is the resident-set high-water mark of a fresh process that loads the model and analyses the study
+once, next to one that only loads the model. Usage::
+
+    .venv/bin/python bench/study.py [--sections 176] [--size 256] [--repeat 3] [--model CARD]
+
+Prints a table and one JSON object (milliseconds, MB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from core.config import model_card_path
+from core.evaluation.metrics import machine
+from core.imaging.phantom_series import dicom_series, head_volume
+
+
+def series_files(sections: int, size: int) -> list[bytes]:
+    return dicom_series(head_volume(sections, size, range(sections * 2 // 5, sections * 4 // 7)), spacing=1.0)
+
+
+def peak_mb(args: argparse.Namespace, study: bool) -> float:
+    """The high-water resident set (MB) of a fresh process that loads the model (and analyses the study once)."""
+    code = (
+        "import resource, sys; sys.path.insert(0, '.');"
+        "from bench.study import series_files; from core.model.classifier import Classifier;"
+        "from core.services.studies import analyse_study;"
+        f"files = series_files({args.sections}, {args.size}) if {study} else None;"
+        f"classifier = Classifier.from_card({str(args.model)!r});"
+        "outcome = analyse_study(files, classifier) if files else None;"
+        "assert outcome is None or outcome.verdict is not None;"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})  # fmt: skip
+    return int(done.stdout.strip().splitlines()[-1]) / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", type=int, default=176)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--model", type=Path, default=model_card_path())
+    args = parser.parse_args()
+
+    from core.model.analysis import analyse
+    from core.model.classifier import Classifier
+    from core.services.studies import analyse_study
+
+    files = series_files(args.sections, args.size)
+    classifier = Classifier.from_card(args.model)
+    analyse_study(files[:8], classifier)  # warm-up: the first batch traces the model
+    study_ms, predict_ms, outcome = [], [], None
+    for _ in range(args.repeat):
+        started = time.perf_counter()
+        outcome = analyse_study(files, classifier)
+        study_ms.append((time.perf_counter() - started) * 1000)
+        started = time.perf_counter()
+        for data in files:
+            analyse(data, classifier)
+        predict_ms.append((time.perf_counter() - started) * 1000)
+    assert outcome is not None and outcome.series
+    series = outcome.series[0]
+    result = {
+        "machine": machine(),
+        "model": f"{classifier.card.name} {classifier.card.version}",
+        "series": f"{args.sections} sections, {args.size} x {args.size}, 12-bit DICOM, {len(files)} files",
+        "study_ms": round(min(study_ms), 1),
+        "study_ms_all": [round(v) for v in study_ms],
+        "predict_ms": round(min(predict_ms), 1),
+        "ratio_study_to_predict": round(min(study_ms) / min(predict_ms), 3),
+        "stages_ms": {k: round(v, 1) for k, v in series.timings_ms.items()} | {"read": round(outcome.read_ms, 1)},
+        "verdict": series.label,
+        "analysed": len(series.analysed),
+        "peak_rss_mb_model_only": round(peak_mb(args, study=False), 1),
+        "peak_rss_mb_model_and_study": round(peak_mb(args, study=True), 1),
+        "this_process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    print(f"study {result['study_ms']:.0f} ms (target <= 3000), predict over the same files {result['predict_ms']:.0f} ms, "
+          f"ratio {result['ratio_study_to_predict']}; peak RSS {result['peak_rss_mb_model_and_study']:.0f} MB "
+          f"(model alone {result['peak_rss_mb_model_only']:.0f} MB)")  # fmt: skip
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
