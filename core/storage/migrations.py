@@ -25,164 +25,9 @@ from typing import Any
 from core.errors import StoreError
 from core.storage.protocol import SCHEMA_VERSION
 from core.storage.records import record_id
+from core.storage.schema import create_schema, fill_rollup
 
 logger = logging.getLogger("btd.storage")
-
-SCANS = """
-CREATE TABLE IF NOT EXISTS scans (
-    id TEXT PRIMARY KEY,
-    created_ms INTEGER NOT NULL,
-    patient_ref TEXT CHECK (patient_ref IS NULL OR length(patient_ref) = 64),
-    uploader TEXT,
-    image_sha256 TEXT NOT NULL CHECK (length(image_sha256) = 64),
-    image_format TEXT NOT NULL CHECK (image_format IN ('png', 'jpeg', 'dicom')),
-    image_width INTEGER NOT NULL CHECK (image_width > 0),
-    image_height INTEGER NOT NULL CHECK (image_height > 0),
-    image_bytes INTEGER NOT NULL CHECK (image_bytes > 0),
-    frame INTEGER CHECK (frame IS NULL OR frame >= 0),
-    model_name TEXT NOT NULL,
-    model_version TEXT NOT NULL,
-    label TEXT NOT NULL,
-    is_tumour INTEGER NOT NULL CHECK (is_tumour IN (0, 1)),
-    tumour_probability REAL NOT NULL CHECK (tumour_probability BETWEEN 0 AND 1),
-    confidence REAL NOT NULL CHECK (confidence BETWEEN 0 AND 1),
-    probabilities TEXT NOT NULL,
-    roi TEXT NOT NULL,
-    timings_ms TEXT NOT NULL,
-    gate TEXT NOT NULL DEFAULT 'accepted' CHECK (gate IN ('accepted', 'needs_review', 'rejected')),
-    gate_score REAL,
-    reviewer TEXT,
-    review_verdict TEXT,
-    final_label TEXT,
-    review_note TEXT,
-    reviewed_ms INTEGER,
-    review_count INTEGER NOT NULL DEFAULT 0,
-    image_key TEXT,
-    first_reviewed_ms INTEGER
-)"""
-# review_note is kept only so that a version-2 file's notes can be moved into the reviews table.
-
-INDEXES = (
-    "CREATE INDEX IF NOT EXISTS scans_by_time ON scans (created_ms, model_version, label, gate, is_tumour, confidence)",
-    "CREATE INDEX IF NOT EXISTS scans_by_label "
-    "ON scans (label, gate, is_tumour, confidence, created_ms, model_version)",
-    "CREATE INDEX IF NOT EXISTS scans_by_version "
-    "ON scans (model_version, model_name, created_ms, label, gate, is_tumour, confidence)",
-    "CREATE INDEX IF NOT EXISTS scans_by_quarter "
-    "ON scans (created_ms / 900000, created_ms, is_tumour, model_version, label, gate)",
-    "CREATE INDEX IF NOT EXISTS scans_by_confidence "
-    "ON scans (CAST(confidence * 20 AS INTEGER), created_ms, model_version, label, gate)",
-    "CREATE INDEX IF NOT EXISTS scans_by_patient ON scans (patient_ref, created_ms) WHERE patient_ref IS NOT NULL",
-    "CREATE INDEX IF NOT EXISTS scans_unreviewed ON scans (review_count, gate, created_ms)",
-    "CREATE INDEX IF NOT EXISTS scans_quality ON scans (created_ms / 900000, created_ms, model_version, gate, "
-    "is_tumour, tumour_probability, review_count, label, final_label, first_reviewed_ms)",
-)
-# Covering indexes let every dashboard query stream through one index in group order (no sort of a million
-# rows): by label for the summary, by model for the version table, by quarter-hour (every time zone's offset is
-# a multiple of 15 minutes) for calendar days, by twentieth of confidence for the histogram.
-
-PEOPLE = (
-    """CREATE TABLE IF NOT EXISTS accounts (
-        name TEXT PRIMARY KEY,
-        role TEXT NOT NULL CHECK (role IN ('radiologist', 'supervisor', 'admin')),
-        password_hash TEXT,
-        disabled INTEGER NOT NULL DEFAULT 0 CHECK (disabled IN (0, 1)),
-        failed_count INTEGER NOT NULL DEFAULT 0,
-        locked_until_ms INTEGER,
-        created_ms INTEGER NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS reviews (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        result_id TEXT NOT NULL REFERENCES scans (id),
-        reviewer TEXT NOT NULL,
-        created_ms INTEGER NOT NULL,
-        action TEXT NOT NULL CHECK (action IN ('agree', 'override')),
-        model_label TEXT NOT NULL,
-        final_label TEXT NOT NULL,
-        reasons TEXT NOT NULL DEFAULT '[]',
-        note TEXT NOT NULL DEFAULT ''
-    )""",
-    "CREATE INDEX IF NOT EXISTS reviews_by_result ON reviews (result_id, seq)",
-    """CREATE TABLE IF NOT EXISTS audit (
-        seq INTEGER PRIMARY KEY,
-        at_ms INTEGER NOT NULL,
-        actor TEXT NOT NULL,
-        role TEXT NOT NULL,
-        action TEXT NOT NULL,
-        target TEXT,
-        detail TEXT NOT NULL,
-        prev_hash TEXT NOT NULL,
-        hash TEXT NOT NULL UNIQUE
-    )""",
-    "CREATE INDEX IF NOT EXISTS audit_by_action ON audit (action, at_ms)",
-    *(
-        f"CREATE TRIGGER IF NOT EXISTS {table}_append_only_{verb.lower()} BEFORE {verb} ON {table} "
-        f"BEGIN SELECT RAISE(ABORT, '{table} are append-only'); END"
-        for table in ("reviews", "audit")
-        for verb in ("UPDATE", "DELETE")
-    ),
-)
-
-
-# Roll-ups: one row per UTC quarter-hour, model, verdict and gate decision, kept up to date by triggers in the same
-# transaction as every insert and review, so the dashboard sums about a third as many narrow rows as it would read
-# index entries. Every time zone's day is a whole number of quarters.
-_ROLLUP_VALUES = (
-    "NEW.created_ms / 900000, NEW.model_name, NEW.model_version, NEW.label, NEW.gate, 1, NEW.is_tumour, "
-    "NEW.confidence, NEW.tumour_probability, NEW.tumour_probability * NEW.tumour_probability, "
-    "NEW.review_count > 0, NEW.review_count > 0 AND NEW.final_label = NEW.label, NEW.created_ms, NEW.created_ms"
-)
-ROLLUP = (
-    """CREATE TABLE IF NOT EXISTS rollup (
-        quarter INTEGER NOT NULL,
-        model_name TEXT NOT NULL,
-        model_version TEXT NOT NULL,
-        label TEXT NOT NULL,
-        gate TEXT NOT NULL,
-        n INTEGER NOT NULL,
-        tumour INTEGER NOT NULL,
-        confidence_sum REAL NOT NULL,
-        probability_sum REAL NOT NULL,
-        probability_squares REAL NOT NULL,
-        reviewed INTEGER NOT NULL,
-        agreed INTEGER NOT NULL,
-        first_ms INTEGER NOT NULL,
-        last_ms INTEGER NOT NULL,
-        PRIMARY KEY (quarter, model_version, model_name, label, gate)
-    ) WITHOUT ROWID""",
-    "CREATE TRIGGER IF NOT EXISTS rollup_on_insert AFTER INSERT ON scans BEGIN "
-    "INSERT INTO rollup (quarter, model_name, model_version, label, gate, n, tumour, confidence_sum, probability_sum, "
-    f"probability_squares, reviewed, agreed, first_ms, last_ms) VALUES ({_ROLLUP_VALUES}) "
-    "ON CONFLICT (quarter, model_version, model_name, label, gate) DO UPDATE SET n = n + 1, "
-    "tumour = tumour + excluded.tumour, confidence_sum = confidence_sum + excluded.confidence_sum, "
-    "probability_sum = probability_sum + excluded.probability_sum, "
-    "probability_squares = probability_squares + excluded.probability_squares, "
-    "reviewed = reviewed + excluded.reviewed, agreed = agreed + excluded.agreed, "
-    "first_ms = min(first_ms, excluded.first_ms), last_ms = max(last_ms, excluded.last_ms); END",
-    "CREATE TRIGGER IF NOT EXISTS rollup_on_review AFTER UPDATE OF review_count, final_label ON scans BEGIN "
-    "UPDATE rollup SET reviewed = reviewed + (NEW.review_count > 0) - (OLD.review_count > 0), "
-    "agreed = agreed + (NEW.review_count > 0 AND NEW.final_label IS NOT NULL AND NEW.final_label = NEW.label) "
-    "- (OLD.review_count > 0 AND OLD.final_label IS NOT NULL AND OLD.final_label = OLD.label) "
-    "WHERE quarter = NEW.created_ms / 900000 AND model_version = NEW.model_version AND model_name = NEW.model_name "
-    "AND label = NEW.label AND gate = NEW.gate; END",
-)
-
-
-def _create_schema(connection: sqlite3.Connection) -> None:
-    # statement by statement: executescript would commit the migration's transaction half-way
-    for statement in (SCANS, *INDEXES, *PEOPLE, *ROLLUP):
-        connection.execute(statement)
-
-
-def fill_rollup(connection: sqlite3.Connection) -> None:
-    """Build the roll-ups of the results already there (an upgraded file: its rows predate the triggers)."""
-    connection.execute("DELETE FROM rollup")
-    connection.execute(
-        "INSERT INTO rollup SELECT created_ms / 900000, model_name, model_version, label, gate, count(*), "
-        "sum(is_tumour), sum(confidence), sum(tumour_probability), sum(tumour_probability * tumour_probability), "
-        "sum(review_count > 0), sum(review_count > 0 AND final_label = label), min(created_ms), max(created_ms) "
-        "FROM scans GROUP BY created_ms / 900000, model_version, model_name, label, gate"
-    )
 
 
 def migrate_sqlite(connection: sqlite3.Connection, path: Path) -> int:
@@ -208,7 +53,7 @@ def migrate_sqlite(connection: sqlite3.Connection, path: Path) -> int:
                 logger.warning("event=store_migrated store=sqlite from=1 to=2 merged_duplicates=%d", merged)
             moved = _sqlite_v2_to_v3(connection)
             logger.warning("event=store_migrated store=sqlite to=3 reviews_moved=%d", moved)
-        _create_schema(connection)
+        create_schema(connection)
         if found < SCHEMA_VERSION and has_table:
             fill_rollup(connection)
         connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -243,7 +88,7 @@ def _sqlite_v1_to_v2(connection: sqlite3.Connection) -> int:
                       "DROP INDEX IF EXISTS scans_by_version", "DROP INDEX IF EXISTS scans_by_quarter",
                       "DROP INDEX IF EXISTS scans_by_confidence"):  # fmt: skip
         connection.execute(statement)
-    _create_schema(connection)
+    create_schema(connection)
     same = "o.image_sha256 = s.image_sha256 AND o.model_name = s.model_name AND o.model_version = s.model_version"
     connection.execute(
         f"""
@@ -286,7 +131,7 @@ def _sqlite_v2_to_v3(connection: sqlite3.Connection) -> int:
         connection.execute("ALTER TABLE scans ADD COLUMN image_key TEXT")
     if "first_reviewed_ms" not in columns:
         connection.execute("ALTER TABLE scans ADD COLUMN first_reviewed_ms INTEGER")
-    _create_schema(connection)
+    create_schema(connection)
     moved = connection.execute(
         "INSERT INTO reviews (result_id, reviewer, created_ms, action, model_label, final_label, reasons, note) "
         "SELECT id, COALESCE(reviewer, 'unknown'), reviewed_ms, "
