@@ -24,7 +24,8 @@ from core.identity import local_key, pseudonymise
 from core.storage import open_store
 from core.storage.mongo import MongoStore
 from core.storage.people import GENESIS, Account, AuditEvent, Review, first_broken
-from core.storage.records import DayCount, Filters, Record, WorklistQuery, record_id
+from core.storage.protocol import SCHEMA_VERSION
+from core.storage.records import DayCount, Filters, Record, Section, WorklistQuery, record_id
 from core.storage.sqlite import SQLiteStore
 from core.storage.synthetic import LABELS, synthetic_record
 from core.storage.timebuckets import utc_offset_segments
@@ -422,7 +423,7 @@ def test_a_round_1_database_opens_and_is_upgraded_in_place(tmp_path: Path) -> No
     path = tmp_path / "results.sqlite3"
     shutil.copy(ROUND_1_DATABASE, path)
     store = SQLiteStore(path)
-    assert store.schema_version() == 3
+    assert store.schema_version() == SCHEMA_VERSION
     assert (tmp_path / "results.sqlite3.v1.bak").exists()  # the file as it was, beside it
     assert store.summary().total == 6  # the three copies of one upload are one result now
     merged = store.get(record_id(f"{4:064x}", "btd-cnn", "1.4.0+ab12cd34"))
@@ -435,7 +436,7 @@ def test_a_round_1_database_opens_and_is_upgraded_in_place(tmp_path: Path) -> No
     assert [(r.reviewer, r.action, r.note) for r in history] == [("dr-old", "agree", "fine")]
     assert dict(store.summary().per_gate) == {"accepted": 4, "needs_review": 1, "rejected": 1}
     assert store.add(merged) is False
-    assert SQLiteStore(path).schema_version() == 3  # opening again changes nothing
+    assert SQLiteStore(path).schema_version() == SCHEMA_VERSION  # opening again changes nothing
     assert store.accounts() == [] and store.audit_events() == []
 
 
@@ -458,7 +459,7 @@ def test_a_round_1_mongodb_collection_is_upgraded_on_first_use() -> None:
         document.update(_id=uuid.uuid4().hex, patient_ref=patient, confidence=0.55)
         old.insert_one(document)
     store = MongoStore(client, collection="scans_v1")
-    assert store.summary().total == 2 and store.schema_version() == 3
+    assert store.summary().total == 2 and store.schema_version() == SCHEMA_VERSION
     merged = store.get(record_id(f"{4:064x}", "btd-cnn", "1.0.0"))
     assert merged.patient_ref == "c" * 64 and merged.confidence == pytest.approx(0.9)
 
@@ -498,7 +499,7 @@ def test_a_version_2_database_gets_its_reviews_moved_into_the_history(tmp_path: 
     path = tmp_path / "results.sqlite3"
     shutil.copy(Path(__file__).parent / "data" / "results-v2.sqlite3", path)
     store = SQLiteStore(path)
-    assert store.schema_version() == 3 and (tmp_path / "results.sqlite3.v2.bak").exists()
+    assert store.schema_version() == SCHEMA_VERSION and (tmp_path / "results.sqlite3.v2.bak").exists()
     assert store.summary().total == 4
     by_sha = {r.image_sha256[-1]: r for r in store.recent(10) if r.frame in (None, 0)}
     first, second, framed = by_sha["1"], by_sha["2"], by_sha["3"]
@@ -630,3 +631,86 @@ def test_gridfs_keeps_images_like_the_folder_store() -> None:
         assert images.get(key).startswith(b"\x89PNG") and images.delete(key) and images.get(key) is None
     finally:
         store._client.drop_database(store._db.name)
+
+
+# --- series (schema version 4) ------------------------------------------------------------------------------
+
+
+def make_series(n: int, created_at: datetime, label: str = "glioma", study: int = 1, sections: int = 5) -> Record:
+    base = replace(make_record(n, created_at, label), image_format="dicom", section_count=sections)
+    return replace(base, study_ref=f"{study:064x}", image_bytes=sections * 512 * 512)
+
+
+def series_sections(count: int = 5) -> list[Section]:
+    return [Section(0, -10.0, None, None, "the head region covers 4% of the frame, unlike a brain slice")] + [
+        Section(i, -10.0 + 5 * i, 0.1 * i, "glioma" if i > 2 else "notumor") for i in range(1, count)
+    ]
+
+
+def test_a_series_is_saved_with_its_sections_once_and_read_back(store) -> None:
+    series = make_series(20, utc(2026, 5, 1, 9, 0), sections=5)
+    assert series.kind == "series" and FIXTURE[0].kind == "scan"
+    assert store.add_series(series, series_sections()) is True
+    assert store.add_series(series, series_sections()) is False  # saved once
+    back = store.get(series.id)
+    assert back.kind == "series" and back.section_count == 5 and back.study_ref == f"{1:064x}"
+    sections = store.sections_of(series.id)
+    assert [s.index for s in sections] == [0, 1, 2, 3, 4]
+    assert sections[0].skipped.startswith("the head region") and sections[0].tumour_probability is None
+    assert sections[4].tumour_probability == pytest.approx(0.4) and sections[4].label == "glioma"
+    nifti = replace(make_series(21, utc(2026, 5, 1, 9, 5), sections=2), image_format="nifti")
+    assert store.add_series(nifti, series_sections(2)) is True and store.get(nifti.id).image_format == "nifti"
+
+
+def test_a_series_with_a_bad_section_or_a_wrong_count_writes_nothing(store) -> None:
+    series = make_series(22, utc(2026, 5, 1, 9, 0), sections=3)
+    with pytest.raises(InvalidRecord):
+        store.add_series(series, series_sections(2))  # three announced, two given
+    broken = [*series_sections(2), Section(2, 0.0, 1.7, "glioma")]  # a probability above 1
+    with pytest.raises(InvalidRecord):
+        store.add_series(series, broken)
+    assert store.get(series.id) is None and store.sections_of(series.id) == []
+    with pytest.raises(InvalidRecord):
+        store.add(replace(series, study_ref="not a hash"))
+
+
+def test_scans_and_series_are_counted_apart_and_studies_group_their_series(store) -> None:
+    for record in FIXTURE:
+        store.add(record)
+    day = utc(2026, 4, 1, 0, 0)
+    store.add_series(make_series(30, day + timedelta(hours=9), "glioma", study=7), series_sections())
+    store.add_series(make_series(31, day + timedelta(hours=9, minutes=5), "notumor", study=7), series_sections())
+    store.add_series(make_series(32, day + timedelta(hours=30), "notumor", study=8), series_sections())
+    everything = store.summary()
+    assert everything.total == len(FIXTURE) + 3
+    assert store.summary(Filters(kinds=("series",))).total == 3
+    assert store.summary(Filters(kinds=("scan",))).total == len(FIXTURE)
+    days = store.daily_counts(Filters(kinds=("series",)), "UTC")
+    assert [(d.day, d.total, d.tumour) for d in days] == [(date(2026, 4, 1), 2, 1), (date(2026, 4, 2), 1, 0)]
+    studies = sorted(store.study_rows())
+    assert studies == [(day + timedelta(hours=9), True), (day + timedelta(hours=30), False)]  # any series: tumour
+    assert store.study_rows(Filters(start=day + timedelta(hours=24))) == [(day + timedelta(hours=30), False)]
+
+
+def test_a_version_3_database_is_rebuilt_for_series_keeping_reviews_and_the_audit_chain(tmp_path: Path) -> None:
+    """tests/data/results-v3.sqlite3 was written by the version-3 code (commit d7316ba): three results, an
+    override and an agreement in the append-only history, one audit event."""
+    import shutil
+
+    path = tmp_path / "results.sqlite3"
+    shutil.copy(Path(__file__).parent / "data" / "results-v3.sqlite3", path)
+    store = SQLiteStore(path)
+    assert store.schema_version() == SCHEMA_VERSION and (tmp_path / "results.sqlite3.v3.bak").exists()
+    records = store.recent(10)
+    assert len(records) == 3 and {r.kind for r in records} == {"scan"}
+    assert store.summary(Filters(kinds=("scan",))).total == 3  # the roll-ups were rebuilt with the kind
+    first = next(r for r in records if r.image_sha256.endswith("1"))
+    assert (first.final_label, first.review_count) == ("meningioma", 1)
+    assert [(r.action, r.reasons, r.note) for r in store.reviews_of(first.id)] == [
+        ("override", ("wrong_type",), "dural tail")
+    ]
+    assert len(store.audit_events()) == 1 and first_broken(store.audit_events()) is None
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):  # still append-only after the rebuild
+        sqlite3.connect(path, isolation_level=None).execute("DELETE FROM reviews")
+    assert store.add_series(make_series(40, utc(2026, 11, 29, 9, 0)), series_sections()) is True
+    assert store.summary().total == 4 and store.summary(Filters(kinds=("series",))).total == 1

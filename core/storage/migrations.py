@@ -9,6 +9,8 @@ SQLite keeps its version in ``PRAGMA user_version``; MongoDB in the ``meta`` col
 - version 3: accounts, append-only reviews (the latest summarised on the result: final label, count) and a
   hash-chained, append-only audit trail (SQLite triggers refuse UPDATE and DELETE on both); the result keeps the
   key of its de-identified pixels. Upgrading moves version 2's one review per result into the reviews table.
+- version 4: series. A result is a single scan or a whole series (``kind``; its study's reference and section
+  count), with the series' sections in their own table; roll-ups count each kind apart. Earlier results are scans.
 
 An upgrade runs in one transaction after a backup copy of the file (``<file>.v<N>.bak``); a database newer than
 this code is refused rather than guessed at.
@@ -25,7 +27,7 @@ from typing import Any
 from core.errors import StoreError
 from core.storage.protocol import SCHEMA_VERSION
 from core.storage.records import record_id
-from core.storage.schema import create_schema, fill_rollup
+from core.storage.schema import PEOPLE, SCANS, create_schema, fill_rollup
 
 logger = logging.getLogger("btd.storage")
 
@@ -43,6 +45,7 @@ def migrate_sqlite(connection: sqlite3.Connection, path: Path) -> int:
     has_table = connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'scans'").fetchone()
     if has_table:  # round 1 never set a version: a table without one is version 1
         _backup(connection, path, max(found, 1))  # before the write lock: the backup reads the whole file
+    connection.execute("PRAGMA foreign_keys=OFF")  # a table rebuild must not cascade; checked before commit
     connection.execute("BEGIN IMMEDIATE")  # one writer migrates; others wait on the busy timeout
     try:
         found = int(connection.execute("PRAGMA user_version").fetchone()[0])  # another process may have done it
@@ -51,16 +54,23 @@ def migrate_sqlite(connection: sqlite3.Connection, path: Path) -> int:
             if found == 1:
                 merged = _sqlite_v1_to_v2(connection)
                 logger.warning("event=store_migrated store=sqlite from=1 to=2 merged_duplicates=%d", merged)
-            moved = _sqlite_v2_to_v3(connection)
-            logger.warning("event=store_migrated store=sqlite to=3 reviews_moved=%d", moved)
+            if found <= 2:
+                moved = _sqlite_v2_to_v3(connection)
+                logger.warning("event=store_migrated store=sqlite to=3 reviews_moved=%d", moved)
+            _sqlite_v3_to_v4(connection)
+            logger.warning("event=store_migrated store=sqlite to=4")
         create_schema(connection)
         if found < SCHEMA_VERSION and has_table:
             fill_rollup(connection)
+        if connection.execute("PRAGMA foreign_key_check").fetchone():
+            raise StoreError("The upgrade would leave reviews or sections without their result; nothing was changed.")
         connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         connection.execute("COMMIT")
     except BaseException:
         connection.execute("ROLLBACK")
         raise
+    finally:
+        connection.execute("PRAGMA foreign_keys=ON")
     return found
 
 
@@ -131,7 +141,8 @@ def _sqlite_v2_to_v3(connection: sqlite3.Connection) -> int:
         connection.execute("ALTER TABLE scans ADD COLUMN image_key TEXT")
     if "first_reviewed_ms" not in columns:
         connection.execute("ALTER TABLE scans ADD COLUMN first_reviewed_ms INTEGER")
-    create_schema(connection)
+    for statement in PEOPLE:
+        connection.execute(statement)
     moved = connection.execute(
         "INSERT INTO reviews (result_id, reviewer, created_ms, action, model_label, final_label, reasons, note) "
         "SELECT id, COALESCE(reviewer, 'unknown'), reviewed_ms, "
@@ -147,10 +158,28 @@ def _sqlite_v2_to_v3(connection: sqlite3.Connection) -> int:
     return int(moved)
 
 
+def _sqlite_v3_to_v4(connection: sqlite3.Connection) -> None:
+    """Series: rebuild the results table with a kind, a study reference, a section count and NIfTI as a format
+    (SQLite cannot change a CHECK in place: copy, drop, rename, as its documentation describes), and drop the
+    roll-ups so that they are rebuilt with the kind. The sections table is created with the rest of the schema."""
+    columns = [row[1] for row in connection.execute("PRAGMA table_info(scans)")]
+    if "kind" not in columns:
+        connection.execute(SCANS.replace("CREATE TABLE IF NOT EXISTS scans (", "CREATE TABLE scans_v4 ("))
+        names = ", ".join(columns)
+        connection.execute(f"INSERT INTO scans_v4 ({names}) SELECT {names} FROM scans")
+        connection.execute("DROP TABLE scans")  # its indexes and triggers go with it
+        connection.execute("ALTER TABLE scans_v4 RENAME TO scans")
+    rolled = {row[1] for row in connection.execute("PRAGMA table_info(rollup)")}
+    if rolled and "kind" not in rolled:
+        for statement in ("DROP TRIGGER IF EXISTS rollup_on_insert", "DROP TRIGGER IF EXISTS rollup_on_review",
+                          "DROP TABLE rollup"):  # fmt: skip
+            connection.execute(statement)
+
+
 # --- MongoDB --------------------------------------------------------------------------------------------------
 
 
-def migrate_mongo(database: Any, collection: Any) -> int:
+def migrate_mongo(database: Any, collection: Any, validator: dict[str, Any] | None = None) -> int:
     """Bring a MongoDB collection to :data:`SCHEMA_VERSION`; returns the version found.
 
     Version 1 documents are re-keyed by inserting the merged copy under its new ``_id`` before deleting the old
@@ -170,6 +199,12 @@ def migrate_mongo(database: Any, collection: Any) -> int:
     if found < 3:
         moved = _mongo_v2_to_v3(database, collection)
         logger.warning("event=store_migrated store=mongodb to=3 reviews_moved=%d", moved)
+    if found < 4:
+        collection.update_many({"kind": {"$exists": False}}, {"$set": {"kind": "scan"}})
+        with suppress(Exception):  # a user without collMod keeps the old validator, which refuses NIfTI series
+            if validator is not None:
+                database.command("collMod", collection.name, validator=validator)
+        logger.warning("event=store_migrated store=mongodb to=4")
     if found != SCHEMA_VERSION or state is None:
         meta.update_one({"_id": "schema"}, {"$set": {"version": SCHEMA_VERSION}}, upsert=True)
     return found

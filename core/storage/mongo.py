@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import replace
+from datetime import datetime
 from itertools import pairwise
 from typing import Any
 
@@ -27,7 +29,7 @@ from core.storage.protocol import (
     record_to_row,
     row_to_record,
 )
-from core.storage.records import DayCount, Filters, ModelRow, Record, Summary, WorklistQuery
+from core.storage.records import DayCount, Filters, ModelRow, Record, Section, Summary, WorklistQuery
 from core.storage.timebuckets import DAY_MS, EPOCH, as_utc, to_ms, utc_offset_segments
 
 logger = logging.getLogger("btd.storage")
@@ -43,7 +45,11 @@ _VALIDATOR = {
         "properties": {
             "created_at": {"bsonType": "date"},
             "image_sha256": {"bsonType": "string", "pattern": "^[0-9a-f]{64}$"},
-            "image_format": {"enum": ["png", "jpeg", "dicom"]},
+            "image_format": {"enum": ["png", "jpeg", "dicom", "nifti"]},
+            "kind": {"enum": ["scan", "series"]},
+            "study_ref": {"bsonType": ["string", "null"], "pattern": "^[0-9a-f]{64}$"},
+            "section_count": {"bsonType": ["int", "long", "null"], "minimum": 1},
+            "sections": {"bsonType": "array"},
             "label": {"bsonType": "string"},
             "is_tumour": {"bsonType": "bool"},
             "tumour_probability": {"bsonType": "double", "minimum": 0, "maximum": 1},
@@ -58,6 +64,7 @@ _VALIDATOR = {
 
 _INDEXES = (
     [("created_at", 1), ("model_version", 1), ("label", 1), ("gate", 1)],
+    [("kind", 1), ("created_at", 1), ("study_ref", 1)],
     [("model_version", 1), ("created_at", 1)],
     [("label", 1), ("created_at", 1)],
     [("patient_ref", 1), ("created_at", 1)],
@@ -85,7 +92,7 @@ class MongoStore(MongoPeople, MongoQuality):
             # Another replica may create it first; a server may refuse validators to this user: indexes still apply.
             with suppress(Exception):
                 self._db.create_collection(self._name, validator=_VALIDATOR)
-        migrate_mongo(self._db, self._collection)
+        migrate_mongo(self._db, self._collection, _VALIDATOR)
         for keys in _INDEXES:
             self._collection.create_index(keys)
         self._schema_ready = True
@@ -159,6 +166,41 @@ class MongoStore(MongoPeople, MongoQuality):
                 return False
         return True
 
+    def add_series(self, record: Record, sections: Sequence[Section]) -> bool:
+        """A series with its sections inside its one document: a single write, so both or neither."""
+        from pymongo.errors import DuplicateKeyError
+
+        if record.kind != "series" or record.section_count != len(sections):
+            raise InvalidRecord("A series record needs its section count and exactly that many sections.")
+        document = record_to_row(record.validate())
+        document["_id"] = document.pop("id")
+        document["sections"] = [
+            {"index": s.index, "position": float(s.position), "tumour_probability": s.tumour_probability,
+             "label": s.label, "skipped": s.skipped}
+            for s in (section.validate() for section in sections)
+        ]  # fmt: skip
+        with self._errors():
+            try:
+                self._collection.insert_one(document)
+            except DuplicateKeyError:
+                return False
+        return True
+
+    def sections_of(self, record_id: str) -> list[Section]:
+        with self._errors():
+            document = self._collection.find_one({"_id": record_id}, {"sections": 1})
+        return [Section(int(s["index"]), float(s["position"]), s.get("tumour_probability"), s.get("label"),
+                        s.get("skipped")) for s in (document or {}).get("sections", [])]  # fmt: skip
+
+    def study_rows(self, filters: Filters = EVERYTHING) -> list[tuple[datetime, bool]]:
+        """One row per study among the series that match ``filters`` (see the SQLite store)."""
+        rows = self._aggregate([
+            {"$match": self._match(replace(filters, kinds=("series",)))},
+            {"$group": {"_id": {"$ifNull": ["$study_ref", "$_id"]}, "first": {"$min": "$created_at"},
+                        "tumour": {"$max": "$is_tumour"}}},
+        ])  # fmt: skip
+        return [(as_utc(row["first"]), bool(row["tumour"])) for row in rows]
+
     def set_patient_ref(self, record_id: str, patient_ref: str | None) -> bool:
         """Set or correct the pseudonymous reference of a saved result; False when it already had this one."""
         with self._errors():
@@ -206,6 +248,8 @@ class MongoStore(MongoPeople, MongoQuality):
             match["model_version"] = {"$in": list(filters.model_versions)}
         if filters.gates:
             match["gate"] = {"$in": list(filters.gates)}
+        if filters.kinds:
+            match["kind"] = {"$in": list(filters.kinds)}
         return match
 
     def _aggregate(self, pipeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -214,12 +258,12 @@ class MongoStore(MongoPeople, MongoQuality):
 
     def get(self, record_id: str) -> Record | None:
         with self._errors():
-            document = self._collection.find_one({"_id": record_id})
+            document = self._collection.find_one({"_id": record_id}, {"sections": 0})
         return self._decode(document) if document else None
 
     def recent(self, limit: int, filters: Filters = EVERYTHING) -> list[Record]:
         with self._errors():
-            cursor = self._collection.find(self._match(filters)).sort("created_at", -1).limit(limit)
+            cursor = self._collection.find(self._match(filters), {"sections": 0}).sort("created_at", -1).limit(limit)
             return [self._decode(document) for document in cursor]
 
     def worklist(self, query: WorklistQuery, limit: int = 200) -> list[Record]:

@@ -9,23 +9,36 @@ locked: retry later), :class:`~core.errors.InvalidRecord` (a row the database re
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 
 from core.errors import InvalidRecord
 from core.storage.people import Account, AuditEvent, Review
-from core.storage.records import UNKNOWN_TYPE, DayCount, DayQuality, Filters, ModelRow, Record, Summary, WorklistQuery
+from core.storage.records import (
+    UNKNOWN_TYPE,
+    DayCount,
+    DayQuality,
+    Filters,
+    ModelRow,
+    Record,
+    Section,
+    Summary,
+    WorklistQuery,
+)
 from core.storage.timebuckets import as_utc
 
 HISTOGRAM_BINS = 20
 EVERYTHING = Filters()
-SCHEMA_VERSION = 3  # 1: round 1 (id had the patient reference); 2: id = image + model + frame; 3: people
+SCHEMA_VERSION = 4  # 1: round 1 (id had the patient reference); 2: id = image + model + frame; 3: people; 4: series
 
 
 class Store(Protocol):
     """What the app needs from a database. ``add`` returns False when the record already existed."""
 
     def add(self, record: Record) -> bool: ...
+    def add_series(self, record: Record, sections: Sequence[Section]) -> bool: ...
+    def sections_of(self, record_id: str) -> list[Section]: ...
+    def study_rows(self, filters: Filters = ...) -> list[tuple[datetime, bool]]: ...
     def get(self, record_id: str) -> Record | None: ...
     def set_patient_ref(self, record_id: str, patient_ref: str | None) -> bool: ...
     def recent(self, limit: int, filters: Filters = ...) -> list[Record]: ...
@@ -81,6 +94,9 @@ def record_to_row(record: Record) -> dict[str, Any]:
         "reviewed_at": record.reviewed_at,
         "review_count": record.review_count,
         "image_key": record.image_key,
+        "kind": record.kind,
+        "study_ref": record.study_ref,
+        "section_count": record.section_count,
     }
 
 
@@ -112,6 +128,8 @@ def row_to_record(row: Mapping[str, Any]) -> Record:
         reviewed_at=as_utc(row["reviewed_at"]) if row.get("reviewed_at") else None,
         review_count=int(row.get("review_count") or 0),
         image_key=row.get("image_key"),
+        study_ref=row.get("study_ref"),
+        section_count=None if row.get("section_count") is None else int(row["section_count"]),
     )
 
 

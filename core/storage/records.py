@@ -23,7 +23,8 @@ from datetime import UTC, date, datetime
 from core.errors import InvalidRecord
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-IMAGE_FORMATS = ("png", "jpeg", "dicom")
+IMAGE_FORMATS = ("png", "jpeg", "dicom", "nifti")
+KINDS = ("scan", "series")  # one image (or frame), or a whole series with its sections
 GATE_DECISIONS = ("accepted", "needs_review", "rejected")
 SHOWN = ("accepted", "needs_review")  # gate decisions whose verdict was shown to the user
 REVIEW_VERDICTS = ("agree", "override")  # the latest review's action (the history is in the reviews table)
@@ -68,6 +69,12 @@ class Record:
     reviewed_at: datetime | None = None
     review_count: int = 0
     image_key: str | None = None  # the de-identified pixels in the image store, while they are kept
+    study_ref: str | None = None  # a series: SHA-256 of its study's UID (never the UID itself)
+    section_count: int | None = None  # a series: how many sections it has (None: a single scan)
+
+    @property
+    def kind(self) -> str:
+        return "scan" if self.section_count is None else "series"
 
     @property
     def disagrees(self) -> bool:
@@ -116,6 +123,10 @@ class Record:
             problems.append("gate decision is unknown")
         if self.review_verdict is not None and self.review_verdict not in REVIEW_VERDICTS:
             problems.append("review verdict is unknown")
+        if self.study_ref is not None and not _HEX64.match(self.study_ref):
+            problems.append("study_ref is not a SHA-256 hex digest")
+        if self.section_count is not None and (not isinstance(self.section_count, int) or self.section_count < 1):
+            problems.append("section_count must be a positive integer")
         if problems:
             raise InvalidRecord("Record refused: " + "; ".join(problems) + ".")
         return self
@@ -132,6 +143,29 @@ class Filters:
     labels: tuple[str, ...] = ()
     model_versions: tuple[str, ...] = ()
     gates: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ()  # "scan", "series" (:data:`KINDS`)
+
+
+@dataclass(frozen=True)
+class Section:
+    """One section of a stored series: its place, and its tumour probability and verdict or why it was skipped."""
+
+    index: int
+    position: float
+    tumour_probability: float | None = None
+    label: str | None = None
+    skipped: str | None = None
+
+    def validate(self) -> Section:
+        fine = isinstance(self.index, int) and self.index >= 0 and math.isfinite(self.position)
+        if self.skipped is None:
+            p = self.tumour_probability
+            fine = fine and self.label is not None and p is not None and math.isfinite(p) and 0 <= p <= 1
+        else:
+            fine = fine and self.tumour_probability is None and self.label is None
+        if not fine:
+            raise InvalidRecord("Section refused: an index, a position, and a verdict or a reason it was skipped.")
+        return self
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ CREATE TABLE IF NOT EXISTS scans (
     patient_ref TEXT CHECK (patient_ref IS NULL OR length(patient_ref) = 64),
     uploader TEXT,
     image_sha256 TEXT NOT NULL CHECK (length(image_sha256) = 64),
-    image_format TEXT NOT NULL CHECK (image_format IN ('png', 'jpeg', 'dicom')),
+    image_format TEXT NOT NULL CHECK (image_format IN ('png', 'jpeg', 'dicom', 'nifti')),
     image_width INTEGER NOT NULL CHECK (image_width > 0),
     image_height INTEGER NOT NULL CHECK (image_height > 0),
     image_bytes INTEGER NOT NULL CHECK (image_bytes > 0),
@@ -36,7 +36,11 @@ CREATE TABLE IF NOT EXISTS scans (
     reviewed_ms INTEGER,
     review_count INTEGER NOT NULL DEFAULT 0,
     image_key TEXT,
-    first_reviewed_ms INTEGER
+    first_reviewed_ms INTEGER,
+    kind TEXT NOT NULL DEFAULT 'scan' CHECK (kind IN ('scan', 'series')),
+    study_ref TEXT CHECK (study_ref IS NULL OR length(study_ref) = 64),
+    section_count INTEGER CHECK (section_count IS NULL OR section_count > 0),
+    CHECK ((kind = 'series') = (section_count IS NOT NULL))
 )"""
 # review_note is kept only so that a version-2 file's notes can be moved into the reviews table.
 
@@ -52,6 +56,7 @@ INDEXES = (
     "ON scans (CAST(confidence * 20 AS INTEGER), created_ms, model_version, label, gate)",
     "CREATE INDEX IF NOT EXISTS scans_by_patient ON scans (patient_ref, created_ms) WHERE patient_ref IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS scans_unreviewed ON scans (review_count, gate, created_ms)",
+    "CREATE INDEX IF NOT EXISTS scans_series ON scans (kind, created_ms, study_ref) WHERE kind = 'series'",
     "CREATE INDEX IF NOT EXISTS scans_quality ON scans (created_ms / 900000, created_ms, model_version, gate, "
     "is_tumour, tumour_probability, review_count, label, final_label, first_reviewed_ms)",
 )
@@ -102,17 +107,29 @@ PEOPLE = (
 )
 
 
-# Roll-ups: one row per UTC quarter-hour, model, verdict and gate decision, kept up to date by triggers in the same
-# transaction as every insert and review, so the dashboard sums about a third as many narrow rows as it would read
-# index entries. Every time zone's day is a whole number of quarters.
+SECTIONS = """CREATE TABLE IF NOT EXISTS sections (
+    record_id TEXT NOT NULL REFERENCES scans (id),
+    idx INTEGER NOT NULL CHECK (idx >= 0),
+    position REAL NOT NULL,
+    tumour_probability REAL CHECK (tumour_probability IS NULL OR tumour_probability BETWEEN 0 AND 1),
+    label TEXT,
+    skipped TEXT,
+    CHECK ((skipped IS NULL) = (tumour_probability IS NOT NULL AND label IS NOT NULL)),
+    PRIMARY KEY (record_id, idx)
+) WITHOUT ROWID"""
+
+# Roll-ups: one row per UTC quarter-hour, kind (scan or series), model, verdict and gate decision, kept up to date
+# by triggers in the same transaction as every insert and review, so the dashboard sums about a third as many
+# narrow rows as it would read index entries. Every time zone's day is a whole number of quarters.
 _ROLLUP_VALUES = (
-    "NEW.created_ms / 900000, NEW.model_name, NEW.model_version, NEW.label, NEW.gate, 1, NEW.is_tumour, "
+    "NEW.created_ms / 900000, NEW.kind, NEW.model_name, NEW.model_version, NEW.label, NEW.gate, 1, NEW.is_tumour, "
     "NEW.confidence, NEW.tumour_probability, NEW.tumour_probability * NEW.tumour_probability, "
     "NEW.review_count > 0, NEW.review_count > 0 AND NEW.final_label = NEW.label, NEW.created_ms, NEW.created_ms"
 )
 ROLLUP = (
     """CREATE TABLE IF NOT EXISTS rollup (
         quarter INTEGER NOT NULL,
+        kind TEXT NOT NULL,
         model_name TEXT NOT NULL,
         model_version TEXT NOT NULL,
         label TEXT NOT NULL,
@@ -126,12 +143,12 @@ ROLLUP = (
         agreed INTEGER NOT NULL,
         first_ms INTEGER NOT NULL,
         last_ms INTEGER NOT NULL,
-        PRIMARY KEY (quarter, model_version, model_name, label, gate)
+        PRIMARY KEY (quarter, kind, model_version, model_name, label, gate)
     ) WITHOUT ROWID""",
     "CREATE TRIGGER IF NOT EXISTS rollup_on_insert AFTER INSERT ON scans BEGIN "
-    "INSERT INTO rollup (quarter, model_name, model_version, label, gate, n, tumour, confidence_sum, probability_sum, "
-    f"probability_squares, reviewed, agreed, first_ms, last_ms) VALUES ({_ROLLUP_VALUES}) "
-    "ON CONFLICT (quarter, model_version, model_name, label, gate) DO UPDATE SET n = n + 1, "
+    "INSERT INTO rollup (quarter, kind, model_name, model_version, label, gate, n, tumour, confidence_sum, "
+    f"probability_sum, probability_squares, reviewed, agreed, first_ms, last_ms) VALUES ({_ROLLUP_VALUES}) "
+    "ON CONFLICT (quarter, kind, model_version, model_name, label, gate) DO UPDATE SET n = n + 1, "
     "tumour = tumour + excluded.tumour, confidence_sum = confidence_sum + excluded.confidence_sum, "
     "probability_sum = probability_sum + excluded.probability_sum, "
     "probability_squares = probability_squares + excluded.probability_squares, "
@@ -141,14 +158,14 @@ ROLLUP = (
     "UPDATE rollup SET reviewed = reviewed + (NEW.review_count > 0) - (OLD.review_count > 0), "
     "agreed = agreed + (NEW.review_count > 0 AND NEW.final_label IS NOT NULL AND NEW.final_label = NEW.label) "
     "- (OLD.review_count > 0 AND OLD.final_label IS NOT NULL AND OLD.final_label = OLD.label) "
-    "WHERE quarter = NEW.created_ms / 900000 AND model_version = NEW.model_version AND model_name = NEW.model_name "
-    "AND label = NEW.label AND gate = NEW.gate; END",
+    "WHERE quarter = NEW.created_ms / 900000 AND kind = NEW.kind AND model_version = NEW.model_version "
+    "AND model_name = NEW.model_name AND label = NEW.label AND gate = NEW.gate; END",
 )
 
 
 def create_schema(connection: sqlite3.Connection) -> None:
     # statement by statement: executescript would commit the migration's transaction half-way
-    for statement in (SCANS, *INDEXES, *PEOPLE, *ROLLUP):
+    for statement in (SCANS, *INDEXES, *PEOPLE, SECTIONS, *ROLLUP):
         connection.execute(statement)
 
 
@@ -156,8 +173,8 @@ def fill_rollup(connection: sqlite3.Connection) -> None:
     """Build the roll-ups of the results already there (an upgraded file: its rows predate the triggers)."""
     connection.execute("DELETE FROM rollup")
     connection.execute(
-        "INSERT INTO rollup SELECT created_ms / 900000, model_name, model_version, label, gate, count(*), "
+        "INSERT INTO rollup SELECT created_ms / 900000, kind, model_name, model_version, label, gate, count(*), "
         "sum(is_tumour), sum(confidence), sum(tumour_probability), sum(tumour_probability * tumour_probability), "
         "sum(review_count > 0), sum(review_count > 0 AND final_label = label), min(created_ms), max(created_ms) "
-        "FROM scans GROUP BY created_ms / 900000, model_version, model_name, label, gate"
+        "FROM scans GROUP BY created_ms / 900000, kind, model_version, model_name, label, gate"
     )

@@ -18,6 +18,8 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ from core.storage.protocol import (
     record_to_row,
     row_to_record,
 )
-from core.storage.records import Filters, Record, WorklistQuery
+from core.storage.records import Filters, Record, Section, WorklistQuery
 from core.storage.sqlite_aggregates import SQLiteAggregates, where_sql
 from core.storage.sqlite_people import SQLitePeople
 from core.storage.sqlite_quality import SQLiteQuality
@@ -40,7 +42,8 @@ logger = logging.getLogger("btd.storage")
 _COLUMNS = (
     "id, created_ms, patient_ref, uploader, image_sha256, image_format, image_width, image_height, image_bytes, "
     "frame, model_name, model_version, label, is_tumour, tumour_probability, confidence, probabilities, roi, "
-    "timings_ms, gate, gate_score, reviewer, review_verdict, final_label, reviewed_ms, review_count, image_key"
+    "timings_ms, gate, gate_score, reviewer, review_verdict, final_label, reviewed_ms, review_count, image_key, "
+    "kind, study_ref, section_count"
 )
 _SUMMARY_KEYS = ("label", "gate", "n", "tumour", "confidence", "first", "last")
 
@@ -138,9 +141,10 @@ class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
             row["confidence"], json.dumps(row["probabilities"]), json.dumps(row["roi"]), json.dumps(row["timings_ms"]),
             row["gate"], row["gate_score"], row["reviewer"], row["review_verdict"], row["final_label"],
             to_ms(record.reviewed_at) if record.reviewed_at else None, row["review_count"], row["image_key"],
+            row["kind"], row["study_ref"], row["section_count"],
         )  # fmt: skip
 
-    _INSERT = f"INSERT INTO scans ({_COLUMNS}) VALUES ({', '.join('?' * 27)}) ON CONFLICT(id) DO NOTHING"
+    _INSERT = f"INSERT INTO scans ({_COLUMNS}) VALUES ({', '.join('?' * 30)}) ON CONFLICT(id) DO NOTHING"
 
     def add(self, record: Record) -> bool:
         """Insert once: False when a record with this identity exists. A row the schema refuses raises
@@ -163,6 +167,46 @@ class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
                 raise
             connection.execute("COMMIT")
             return connection.total_changes - before
+
+    def add_series(self, record: Record, sections: Sequence[Section]) -> bool:
+        """A series and its sections in one transaction: both or neither. False when it was already saved."""
+        if record.kind != "series" or record.section_count != len(sections):
+            raise InvalidRecord("A series record needs its section count and exactly that many sections.")
+        rows = [(record.id, s.index, s.position, s.tumour_probability, s.label, s.skipped)
+                for s in (section.validate() for section in sections)]  # fmt: skip
+        record.validate()
+        connection = self._connection()
+        with self._errors():
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                added = connection.execute(self._INSERT, self._values(record)).rowcount == 1
+                if added:
+                    connection.executemany(
+                        "INSERT INTO sections (record_id, idx, position, tumour_probability, label, skipped) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        rows,
+                    )
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+        return added
+
+    def sections_of(self, record_id: str) -> list[Section]:
+        rows = self._query(
+            "SELECT idx, position, tumour_probability, label, skipped FROM sections WHERE record_id = ? ORDER BY idx",
+            (record_id,),
+        )
+        return [Section(int(i), float(p), None if t is None else float(t), lab, sk) for i, p, t, lab, sk in rows]
+
+    def study_rows(self, filters: Filters = EVERYTHING) -> list[tuple[datetime, bool]]:
+        """One row per study among the series that match ``filters``: when it was first saved, and whether any of
+        its series was called tumour."""
+        where, params = self._where(replace(filters, kinds=("series",)))
+        rows = self._query(
+            f"SELECT min(created_ms), max(is_tumour) FROM scans{where} GROUP BY COALESCE(study_ref, id)", params
+        )
+        return [(from_ms(first), bool(tumour)) for first, tumour in rows]
 
     def set_patient_ref(self, record_id: str, patient_ref: str | None) -> bool:
         """Set or correct the pseudonymous reference of a saved result; False when it already had this one."""

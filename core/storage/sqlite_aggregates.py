@@ -35,7 +35,7 @@ def where_sql(filters: Filters, time_column: str = "created_ms", unit_ms: int = 
         clauses.append(f"{time_column} < ?")
         params.append(to_ms(filters.end) // unit_ms)
     for column, values in (("label", filters.labels), ("model_version", filters.model_versions),
-                           ("gate", filters.gates)):  # fmt: skip
+                           ("gate", filters.gates), ("kind", filters.kinds)):  # fmt: skip
         if values:
             clauses.append(f"{column} IN ({', '.join('?' * len(values))})")
             params += list(values)
@@ -106,7 +106,9 @@ class SQLiteAggregates:
         return day_rows([tuple(row) for row in rows])
 
     def daily_quality(self, filters: Filters, timezone: str) -> list[DayQuality]:
-        scope = Filters(start=filters.start, end=filters.end, model_versions=filters.model_versions)
+        scope = Filters(
+            start=filters.start, end=filters.end, model_versions=filters.model_versions, kinds=filters.kinds
+        )
         span = self._time_range(scope)
         if span is None:
             return []
