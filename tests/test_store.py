@@ -638,7 +638,8 @@ def test_gridfs_keeps_images_like_the_folder_store() -> None:
 
 def make_series(n: int, created_at: datetime, label: str = "glioma", study: int = 1, sections: int = 5) -> Record:
     base = replace(make_record(n, created_at, label), image_format="dicom", section_count=sections)
-    return replace(base, study_ref=f"{study:064x}", image_bytes=sections * 512 * 512)
+    geometry = {"spacing": [0.9, 0.9], "thickness": 5.0, "orientation": [1, 0, 0, 0, 1, 0], "plane": "axial"}
+    return replace(base, study_ref=f"{study:064x}", image_bytes=sections * 512 * 512, geometry=geometry)
 
 
 def series_sections(count: int = 5) -> list[Section]:
@@ -654,6 +655,8 @@ def test_a_series_is_saved_with_its_sections_once_and_read_back(store) -> None:
     assert store.add_series(series, series_sections()) is False  # saved once
     back = store.get(series.id)
     assert back.kind == "series" and back.section_count == 5 and back.study_ref == f"{1:064x}"
+    assert back.geometry["spacing"] == [0.9, 0.9] and back.geometry["plane"] == "axial"
+    assert store.recent(1)[0].geometry == back.geometry
     sections = store.sections_of(series.id)
     assert [s.index for s in sections] == [0, 1, 2, 3, 4]
     assert sections[0].skipped.startswith("the head region") and sections[0].tumour_probability is None

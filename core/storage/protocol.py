@@ -97,6 +97,7 @@ def record_to_row(record: Record) -> dict[str, Any]:
         "kind": record.kind,
         "study_ref": record.study_ref,
         "section_count": record.section_count,
+        "geometry": dict(record.geometry),
     }
 
 
@@ -130,6 +131,7 @@ def row_to_record(row: Mapping[str, Any]) -> Record:
         image_key=row.get("image_key"),
         study_ref=row.get("study_ref"),
         section_count=None if row.get("section_count") is None else int(row["section_count"]),
+        geometry=dict(row.get("geometry") or {}),
     )
 
 

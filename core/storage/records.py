@@ -71,6 +71,7 @@ class Record:
     image_key: str | None = None  # the de-identified pixels in the image store, while they are kept
     study_ref: str | None = None  # a series: SHA-256 of its study's UID (never the UID itself)
     section_count: int | None = None  # a series: how many sections it has (None: a single scan)
+    geometry: Mapping[str, object] = field(default_factory=dict)  # a series: spacing, thickness, orientation, plane
 
     @property
     def kind(self) -> str:

@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS scans (
     kind TEXT NOT NULL DEFAULT 'scan' CHECK (kind IN ('scan', 'series')),
     study_ref TEXT CHECK (study_ref IS NULL OR length(study_ref) = 64),
     section_count INTEGER CHECK (section_count IS NULL OR section_count > 0),
+    geometry TEXT NOT NULL DEFAULT '{}',
     CHECK ((kind = 'series') = (section_count IS NOT NULL))
 )"""
 # review_note is kept only so that a version-2 file's notes can be moved into the reviews table.

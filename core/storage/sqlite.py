@@ -43,7 +43,7 @@ _COLUMNS = (
     "id, created_ms, patient_ref, uploader, image_sha256, image_format, image_width, image_height, image_bytes, "
     "frame, model_name, model_version, label, is_tumour, tumour_probability, confidence, probabilities, roi, "
     "timings_ms, gate, gate_score, reviewer, review_verdict, final_label, reviewed_ms, review_count, image_key, "
-    "kind, study_ref, section_count"
+    "kind, study_ref, section_count, geometry"
 )
 _SUMMARY_KEYS = ("label", "gate", "n", "tumour", "confidence", "first", "last")
 
@@ -141,10 +141,10 @@ class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
             row["confidence"], json.dumps(row["probabilities"]), json.dumps(row["roi"]), json.dumps(row["timings_ms"]),
             row["gate"], row["gate_score"], row["reviewer"], row["review_verdict"], row["final_label"],
             to_ms(record.reviewed_at) if record.reviewed_at else None, row["review_count"], row["image_key"],
-            row["kind"], row["study_ref"], row["section_count"],
+            row["kind"], row["study_ref"], row["section_count"], json.dumps(row["geometry"]),
         )  # fmt: skip
 
-    _INSERT = f"INSERT INTO scans ({_COLUMNS}) VALUES ({', '.join('?' * 30)}) ON CONFLICT(id) DO NOTHING"
+    _INSERT = f"INSERT INTO scans ({_COLUMNS}) VALUES ({', '.join('?' * 31)}) ON CONFLICT(id) DO NOTHING"
 
     def add(self, record: Record) -> bool:
         """Insert once: False when a record with this identity exists. A row the schema refuses raises
@@ -227,7 +227,7 @@ class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
         data["created_at"] = from_ms(data.pop("created_ms"))
         reviewed = data.pop("reviewed_ms")
         data["reviewed_at"] = from_ms(reviewed) if reviewed is not None else None
-        for key in ("probabilities", "roi", "timings_ms"):
+        for key in ("probabilities", "roi", "timings_ms", "geometry"):
             data[key] = json.loads(data[key])
         return row_to_record(data)
 
