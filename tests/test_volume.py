@@ -51,7 +51,11 @@ def test_batched_analysis_gives_the_single_scan_verdicts(classifier: Classifier)
 def test_a_synthetic_tumour_volume_is_called_tumour_and_its_tumour_free_twin_is_not(classifier: Classifier) -> None:
     tumour = analyse_volume(read_study(dicom_series(head_volume(12, 256, range(4, 9))))[0], classifier)
     twin = analyse_volume(read_study(dicom_series(head_volume(12, 256)))[0], classifier)
-    assert tumour.label == "tumour" and twin.label == classifier.card.negative_label
+    assert tumour.is_tumour and not twin.is_tumour and twin.label == classifier.card.negative_label
+    assert tumour.label in (*classifier.card.labels, "tumour")  # a type when the best window names one
+    window = [s.index for s in tumour.window]
+    assert len(window) == classifier.card.series.neighbours and set(window) <= set(range(4, 9))
+    assert sum(tumour.probabilities.values()) == pytest.approx(1.0)
     assert tumour.score is not None and twin.score is not None and tumour.score > twin.score
     assert set(tumour.tumour_sections) >= set(range(4, 9)) - {4, 8}  # the lesion's core sections are marked
     assert len(tumour.curve) == 12 and tumour.to_json()["slices"] == 12
@@ -144,3 +148,53 @@ def test_study_command_answers_bad_paths_with_json_errors(tmp_path: Path, capsys
     codes = [line["error"]["code"] for line in lines]
     assert codes == ["not_found", "series_error", "corrupt_image", "unsupported_format", "no_brain_sections"]
     assert all(line["error"]["message"] for line in lines)
+
+
+def test_saving_a_series_keeps_its_record_sections_pixels_and_an_audit_event(
+    classifier: Classifier, tmp_path: Path
+) -> None:
+    from core.errors import AccessDenied
+    from core.services.access import Actor
+    from core.services.studies import save_series, stored_sections
+    from core.storage.images import FolderImages
+    from core.storage.sqlite import SQLiteStore
+
+    store, images = SQLiteStore(tmp_path / "results.sqlite3"), FolderImages(tmp_path / "images")
+    analysis = analyse_volume(read_study(dicom_series(head_volume(8, 160, range(2, 6))))[0], classifier)
+    doctor, key = Actor("dr-a", "radiologist"), b"k" * 32
+    status = save_series(analysis, store, actor=doctor, patient_ref="a" * 64, images=images, key=key)
+    assert status.state == "saved"
+    record = store.get(status.record_id)
+    assert record.kind == "series" and record.section_count == 8 and record.patient_ref == "a" * 64
+    assert record.study_ref not in (None, analysis.volume.study)  # a keyed hash of the study, never the UID hash
+    assert record.tumour_probability == pytest.approx(analysis.score) and record.is_tumour == analysis.is_tumour
+    assert record.geometry["plane"] == "axial" and record.geometry["spacing"] == [0.9, 0.9]
+    assert [s.tumour_probability for s in store.sections_of(record.id)] == pytest.approx(analysis.curve)
+    kept = stored_sections(record, images)
+    assert np.array_equal(kept, analysis.volume.sections)
+    assert save_series(analysis, store, actor=doctor, patient_ref=None, images=images, key=key).state == "already saved"
+    events = store.audit_events()
+    assert [e.action for e in events] == ["upload", "upload"] and events[0].target == record.id
+    with pytest.raises(AccessDenied):
+        save_series(analysis, store, actor=Actor("boss", "supervisor"), patient_ref=None, images=images, key=key)
+    empty = analyse_volume(read_study(dicom_series(np.zeros((3, 64, 64), np.uint16)))[0], classifier)
+    refused = save_series(empty, store, actor=doctor, patient_ref=None, images=images, key=key)
+    assert refused.state == "not saved" and "no section" in refused.message
+    assert store.summary().total == 1
+
+
+def test_study_command_saves_each_series_once_with_save(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.storage.records import Filters
+    from core.storage.sqlite import SQLiteStore
+
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("MONGODB_URI", raising=False)
+    (tmp_path / "s.zip").write_bytes(zipped(dicom_series(head_volume(6, 128, range(2, 5)))))
+    code, lines = study_lines(["--save", str(tmp_path / "s.zip")], capsys)
+    assert code == 0 and lines[0]["saved"] == "saved"
+    code, lines = study_lines(["--save", str(tmp_path / "s.zip")], capsys)
+    assert lines[0]["saved"] == "already saved"
+    store = SQLiteStore(tmp_path / "data" / "results.sqlite3")
+    assert store.summary(Filters(kinds=("series",))).total == 1 and len(store.study_rows()) == 1

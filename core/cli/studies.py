@@ -6,13 +6,25 @@ import argparse
 import sys
 from pathlib import Path
 
-from core.cli.common import EXIT_OK, EXIT_REJECTED, emit, error_json
-from core.services.resources import load_classifier
-from core.services.studies import analyse_path
+from core.cli.common import EXIT_OK, EXIT_REJECTED, EXIT_USAGE, emit, error_json
+from core.config import mongodb_uri, patient_key
+from core.errors import StoreError
+from core.services.access import COMMAND_LINE
+from core.services.resources import load_classifier, open_image_store, open_results_store
+from core.services.studies import analyse_path, save_series
 
 
 def cmd_study(args: argparse.Namespace) -> int:
     classifier = load_classifier(args.model)
+    store, images, key = None, None, None
+    if args.save:  # the database the app uses (MONGODB_URI, else BTD_DATA_DIR's SQLite file)
+        try:
+            store = open_results_store()
+            images = open_image_store(store)
+            key = patient_key({}, shared_database=bool(mongodb_uri({})))
+        except (StoreError, ValueError) as error:
+            emit(error_json(getattr(error, "code", "bad_configuration"), str(error)), sys.stdout)
+            return EXIT_USAGE
     status = EXIT_OK
     for name in args.paths:
         outcome = analyse_path(Path(name), classifier)
@@ -29,5 +41,8 @@ def cmd_study(args: argparse.Namespace) -> int:
                 result |= error_json("no_brain_sections", "No section of this series could be analysed: "
                                      + "; ".join(sorted(set(result["skipped"].values())))[:500])  # fmt: skip
                 status = EXIT_REJECTED
+            if args.save:
+                saved = save_series(series, store, actor=COMMAND_LINE, patient_ref=None, images=images, key=key)
+                result["saved"] = saved.state + (f": {saved.message}" if saved.message else "")
             emit(result, sys.stdout)
     return status

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -50,10 +50,12 @@ class SeriesAnalysis:
     rule: SeriesRule
     score: float | None  # the series' tumour probability (see the module docstring); None when nothing analysed
     neighbours_used: int
-    label: str | None  # the series verdict: the card's negative label or "tumour"; None when nothing analysed
+    label: str | None  # the series verdict: the negative label, a tumour type or "tumour"; None: nothing analysed
     timings_ms: Mapping[str, float]
     model_name: str
     model_version: str
+    negative_label: str = "notumor"
+    review_band: tuple[float, float] = (0.0, 0.0)  # the card's review band for single scans
 
     @property
     def analysed(self) -> list[Section]:
@@ -65,12 +67,39 @@ class SeriesAnalysis:
 
     @property
     def is_tumour(self) -> bool:
-        return self.label == "tumour"
+        return self.label is not None and self.label != self.negative_label
 
     @property
     def tumour_sections(self) -> list[int]:
         """Indices (0-based, in series order) of analysed sections at or above the rule's threshold."""
         return [s.index for s in self.analysed if (s.tumour_probability or 0.0) >= self.rule.threshold]
+
+    @property
+    def window(self) -> list[Section]:
+        """The neighbouring analysed sections that set the score (the best window; empty when nothing analysed)."""
+        k = self.neighbours_used
+        runs, current = [], []
+        for section in self.sections:
+            if section.analysis is None:
+                runs, current = [*runs, current], []
+            else:
+                current.append(section)
+        runs.append(current)
+        windows = [run[i : i + k] for run in runs if k and len(run) >= k for i in range(len(run) - k + 1)]
+        if not windows:
+            return []
+        return max(windows, key=lambda w: min(s.tumour_probability or 0.0 for s in w))
+
+    @property
+    def probabilities(self) -> dict[str, float]:
+        """The per-class probabilities of the series: the mean over its best window (what a tumour type is
+        named from); empty when nothing was analysed."""
+        window = self.window
+        if not window:
+            return {}
+        labels = list(window[0].analysis.prediction.probabilities)  # type: ignore[union-attr]
+        rows = np.array([[s.analysis.prediction.probabilities[k] for k in labels] for s in window])  # type: ignore[union-attr]
+        return {label: float(v) for label, v in zip(labels, rows.mean(axis=0), strict=True)}
 
     @property
     def curve(self) -> list[float | None]:
@@ -94,7 +123,8 @@ class SeriesAnalysis:
             "slices": len(self.sections),
             "analysed": len(self.analysed),
             "refused": len(self.refused),
-            "series_verdict": self.label,
+            "series_verdict": None if self.label is None else ("tumour" if self.is_tumour else self.label),
+            "label": self.label,
             "tumour_probability": None if self.score is None else round(self.score, 6),
             "tumour_slices": self.tumour_sections,
             "rule": self.rule.to_json() | {"neighbours_used": self.neighbours_used},
@@ -136,7 +166,7 @@ def analyse_volume(volume: Volume, classifier: Classifier, batch_size: int = 64)
             for stage in stages:
                 stages[stage] += result.prediction.timings_ms.get(stage, 0.0)
     timings = stages | {"series": (analysed_done - started) * 1000}
-    return SeriesAnalysis(
+    result = SeriesAnalysis(
         volume=volume,
         sections=tuple(sections),
         rule=rule,
@@ -146,4 +176,12 @@ def analyse_volume(volume: Volume, classifier: Classifier, batch_size: int = 64)
         timings_ms=timings,
         model_name=card.name,
         model_version=card.version,
+        negative_label=card.negative_label,
+        review_band=tuple(card.rule.review_band),
     )
+    if label == "tumour":  # name the type from the best window's mean, by the card's rule, when it stands out
+        mean = result.probabilities
+        typed = card.rule.apply(np.array([mean[k] for k in card.labels])).label
+        if typed != card.negative_label:
+            result = replace(result, label=typed)
+    return result

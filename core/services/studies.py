@@ -11,13 +11,24 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from core.errors import FileTooLarge, ScanError
+import numpy as np
+
+from core.errors import FileTooLarge, ScanError, StoreError
+from core.identity import pseudonymise
 from core.imaging.scan import DICOM_MAGIC_OFFSET
-from core.imaging.series import DEFAULT_STUDY_LIMITS, StudyLimits, is_nifti, is_zip, read_study
+from core.imaging.series import DEFAULT_STUDY_LIMITS, StudyLimits, Volume, is_nifti, is_zip, read_study
 from core.model.classifier import Classifier
+from core.model.gate import ACCEPTED, NEEDS_REVIEW
 from core.model.volume import SeriesAnalysis, analyse_volume
+from core.services.access import ANALYSE, Actor, require
+from core.services.triage import ALREADY_SAVED, NOT_SAVED, SAVED, SaveStatus, audited, keep_image
+from core.storage.images import ImageStore
+from core.storage.protocol import Store
+from core.storage.records import Record, Section, record_id
 
 logger = logging.getLogger("btd.studies")
 
@@ -107,3 +118,116 @@ def analyse_path(path: Path, classifier: Classifier) -> StudyOutcome:
     if not files:
         return StudyOutcome(str(path), error_code="series_error", error_message="No DICOM, NIfTI or zip file in it.")
     return analyse_study(files, classifier, str(path), ignored)
+
+
+# --- saving a series ------------------------------------------------------------------------------------------
+
+
+def stacked(sections: np.ndarray) -> np.ndarray:
+    """A series as one tall 2-D image (sections one under the other): how the image store keeps its pixels."""
+    return np.ascontiguousarray(sections.reshape(-1, sections.shape[-1]))
+
+
+def unstacked(pixels: np.ndarray, count: int) -> np.ndarray:
+    if count < 1 or pixels.ndim != 2 or pixels.shape[0] % count:
+        raise ValueError("the stored image is not a stack of this many sections")
+    return pixels.reshape(count, pixels.shape[0] // count, pixels.shape[1])
+
+
+def series_record(
+    analysis: SeriesAnalysis, *, patient_ref: str | None, uploader: str | None, key: bytes | None,
+    image_key: str | None = None, created_at: datetime | None = None,
+) -> Record:  # fmt: skip
+    """The record of an analysed series (validated). Its study is kept as a keyed hash of the study's UID hash
+    (None without a key: each series then counts as its own study)."""
+    volume = analysis.volume
+    window = analysis.window
+    middle = window[len(window) // 2].analysis if window else None
+    if middle is None or analysis.score is None:
+        raise ValueError("a series without an analysed section has no verdict to save")
+    count, height, width = volume.sections.shape
+    return Record(
+        id=record_id(volume.sha256, analysis.model_name, analysis.model_version),
+        created_at=created_at or datetime.now(UTC),
+        image_sha256=volume.sha256,
+        image_format="nifti" if volume.source.startswith("NIfTI") else "dicom",
+        image_width=width,
+        image_height=height,
+        image_bytes=int(volume.sections.nbytes),
+        model_name=analysis.model_name,
+        model_version=analysis.model_version,
+        label=analysis.label or analysis.negative_label,
+        probabilities=analysis.probabilities,
+        tumour_probability=float(analysis.score),
+        is_tumour=analysis.is_tumour,
+        roi=tuple(int(v) for v in middle.prediction.roi),  # type: ignore[arg-type]
+        timings_ms={k: float(v) for k, v in analysis.timings_ms.items()},
+        patient_ref=patient_ref,
+        uploader=uploader,
+        gate=NEEDS_REVIEW if series_needs_review(analysis) else ACCEPTED,
+        image_key=image_key,
+        study_ref=pseudonymise(volume.study, key) if key else None,
+        section_count=count,
+        geometry=geometry_of(volume),
+    ).validate()
+
+
+def geometry_of(volume: Volume) -> dict[str, Any]:
+    return {
+        "spacing": list(volume.spacing) if volume.spacing else None,
+        "thickness": volume.thickness,
+        "orientation": list(volume.orientation) if volume.orientation else None,
+        "plane": volume.plane,
+        "source": volume.source,
+    }
+
+
+def series_needs_review(analysis: SeriesAnalysis) -> bool:
+    """A series verdict goes to review first when it rests on fewer neighbours than the rule asks for, or when its
+    score lies in the card's review band."""
+    if analysis.score is None:
+        return False
+    low, high = analysis.review_band
+    return analysis.neighbours_used < analysis.rule.neighbours or low <= analysis.score < high
+
+
+def section_rows(analysis: SeriesAnalysis) -> list[Section]:
+    return [
+        Section(s.index, float(s.position), s.tumour_probability,
+                None if s.analysis is None else s.analysis.prediction.label, s.skipped)
+        for s in analysis.sections
+    ]  # fmt: skip
+
+
+def save_series(
+    analysis: SeriesAnalysis, store: Store | None, *, actor: Actor, patient_ref: str | None,
+    images: ImageStore | None = None, key: bytes | None = None,
+) -> SaveStatus:  # fmt: skip
+    """Keep the series' de-identified pixels, write its record and sections once (both or neither), and audit the
+    upload. A series with no analysed section is not saved (it has no verdict)."""
+    require(actor, ANALYSE)
+    if analysis.label is None:
+        return SaveStatus(NOT_SAVED, "no section of this series could be analysed, so there is no verdict to save")
+    record = series_record(analysis, patient_ref=patient_ref, uploader=actor.name, key=key,
+                           image_key=keep_image(images, stacked(analysis.volume.sections)))  # fmt: skip
+    if store is None:
+        return SaveStatus(NOT_SAVED, "the results database is unavailable", record.id)
+    try:
+        created = store.add_series(record, section_rows(analysis))
+    except StoreError as error:
+        logger.warning("event=save_failed code=%s kind=series", error.code)
+        return SaveStatus(NOT_SAVED, str(error), record.id)
+    return audited(SaveStatus(SAVED if created else ALREADY_SAVED, record_id=record.id), store, actor, record.gate)
+
+
+def stored_sections(record: Record, images: ImageStore | None) -> np.ndarray | None:
+    """The de-identified sections of a saved series from the image store (None once purged or without a store)."""
+    import cv2
+
+    if images is None or record.image_key is None or record.section_count is None:
+        return None
+    data = images.get(record.image_key)
+    if data is None:
+        return None
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    return None if pixels is None else unstacked(pixels, record.section_count)
