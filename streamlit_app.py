@@ -14,6 +14,7 @@ else:
     if allowed(actor, WORKLIST):
         pages += [
             st.Page("pages/scan.py", title="Scan", icon=":material/neurology:", default=True),
+            st.Page("pages/study.py", title="Study", icon=":material/view_in_ar:"),
             st.Page("pages/worklist.py", title="Worklist", icon=":material/checklist:"),
         ]
     if allowed(actor, STATISTICS):

@@ -61,6 +61,7 @@ table = pd.DataFrame(
             "": "⚠ disagrees" if r.disagrees else ("✓" if r.review_count else ""),
             "time (UTC)": r.created_at.strftime("%Y-%m-%d %H:%M"),
             "verdict": pretty(r.label),
+            "kind": "series" if r.kind == "series" else "scan",
             "tumour probability": round(r.tumour_probability, 3),
             "flag": {"needs_review": "needs review", "rejected": "not a brain MRI"}.get(r.gate, ""),
             "final label": pretty(r.final_label) if r.final_label else "",
@@ -84,7 +85,7 @@ if opened_key not in st.session_state:  # opening is an audit event, once per re
     )
 opened = st.session_state[opened_key]
 st.divider()
-result_panel(opened, classifier.card.labels)
+result_panel(opened, classifier.card.labels, classifier, explainer)
 
 
 def save_review(final_label: str, reasons: list[str], note: str) -> None:

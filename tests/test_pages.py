@@ -35,7 +35,7 @@ def app_environment(tmp_path: Path, tiny_card: Path, monkeypatch: pytest.MonkeyP
     st.cache_resource.clear()
 
 
-ROLE_OF_PAGE = {"scan.py": "radiologist", "worklist.py": "radiologist", "statistics.py": "supervisor",
+ROLE_OF_PAGE = {"scan.py": "radiologist", "study.py": "radiologist", "worklist.py": "radiologist", "statistics.py": "supervisor",
                 "audit.py": "supervisor", "accounts.py": "admin"}  # fmt: skip
 
 
@@ -298,3 +298,60 @@ def test_only_admins_are_told_where_the_data_is_kept() -> None:
         app = page("statistics.py", role).run()
         sidebar = " ".join(e.value for e in app.sidebar.success) + " ".join(e.value for e in app.sidebar.error)
         assert ("SQLite file" in sidebar) == shown, role
+
+
+def test_study_page_reads_a_zipped_series_shows_the_study_verdict_first_and_saves_the_series_once(
+    app_environment: Path,
+) -> None:
+    from core.imaging.phantom_series import dicom_series, head_volume, zipped
+
+    app = page("study.py").run()
+    assert not app.exception and app.title[0].value == "Study"
+    study = zipped(dicom_series(head_volume(8, 128, range(3, 6))), [f"export/IM{k}" for k in range(8)])
+    app.file_uploader[0].set_value([("ZZCANARY_study.zip", study, "application/zip")]).run(timeout=120)
+    assert not app.exception
+    assert app.metric[0].label == "Study verdict" and app.metric[0].value in ("Tumour", "No tumour")
+    assert app.expander[0].label.startswith("Series 1 · Axial · 8 sections")
+    assert len(app.get("plotly_chart")) == 2  # the section and the curve
+    slider = next(s for s in app.slider if s.label == "Section")
+    slider.set_value(0).run()
+    assert not app.exception and slider.value == 0
+    store = stored(app_environment)
+    series = store.recent(5)
+    assert len(series) == 1 and series[0].kind == "series" and series[0].section_count == 8
+    assert "ZZCANARY" not in json.dumps([r.__dict__ for r in series], default=str)
+    app.run()  # the same upload again: shown from the session, never saved twice
+    assert store.summary().total == 1
+
+
+def test_study_page_explains_an_upload_that_is_not_a_study() -> None:
+    app = page("study.py").run()
+    app.file_uploader[0].set_value([("notes.txt", b"hello, not an image" * 20, "text/plain")]).run()
+    assert not app.exception
+    assert "cannot be read as a study" in app.error[0].value and "neither DICOM nor NIfTI" in app.error[0].value
+
+
+def test_study_page_is_refused_to_a_supervisor() -> None:
+    app = page("study.py", role="supervisor").run()
+    assert not app.exception and not app.file_uploader
+
+
+def test_worklist_opens_a_saved_series_in_its_viewer_and_takes_a_review(app_environment: Path, tiny_classifier) -> None:
+    from core.imaging.phantom_series import dicom_series, head_volume
+    from core.imaging.series import read_study
+    from core.model.volume import analyse_volume
+    from core.services.studies import save_series
+    from core.storage.images import FolderImages
+
+    store = stored(app_environment)
+    analysis = analyse_volume(read_study(dicom_series(head_volume(6, 128, range(2, 4))))[0], tiny_classifier)
+    status = save_series(analysis, store, actor=Actor("dr-b", "radiologist"), patient_ref=None,
+                         images=FolderImages(app_environment / "images"), key=None)  # fmt: skip
+    assert status.state == "saved"
+    app = page("worklist.py").run()
+    assert not app.exception
+    assert app.dataframe[0].value["kind"].tolist() == ["series"]
+    assert len(app.get("plotly_chart")) == 2 and any(s.label == "Section" for s in app.slider)
+    next(b for b in app.button if b.label.startswith("Agree")).click().run()
+    assert not app.exception and store.get(status.record_id).review_count == 1
+    assert [e.action for e in store.audit_events()] == ["upload", "open", "review"]

@@ -120,13 +120,18 @@ def scan_panel(
             st.table(pd.DataFrame({"field": list(view.acquisition), "value": list(view.acquisition.values())}))
 
 
-def result_panel(opened, labels: tuple[str, ...]) -> None:
-    """A saved result as the worklist shows it: its image, crop and heat map while the image is kept, the
-    verdict, the final label (a disagreement stands out) and the review history."""
+def result_panel(opened, labels: tuple[str, ...], classifier=None, explainer=None) -> None:
+    """A saved result as the worklist shows it: its image, crop and heat map (a series: its viewer and curve)
+    while the pixels are kept, the verdict, the final label (a disagreement stands out) and the review history."""
+    from ui.viewer import series_viewer, verdict_line
+
     record = opened.record
     left, right = st.columns([2.2, 1.3])
     with left:
-        if opened.view is not None:
+        if opened.series is not None and classifier is not None:
+            st.markdown(verdict_line(opened.series))
+            series_viewer(opened.series, classifier, explainer, prefix=f"wl-{record.id[:12]}")
+        elif opened.view is not None:
             view = opened.view
             original, crop, looked = st.columns(3)
             original.image(
@@ -145,7 +150,8 @@ def result_panel(opened, labels: tuple[str, ...]) -> None:
                 f"{pretty(record.final_label)}.",
                 icon=":material/report:",
             )
-        st.metric("Model's verdict", pretty(record.label))
+        kind = f"series of {record.section_count} sections" if record.kind == "series" else "scan"
+        st.metric("Model's verdict", pretty(record.label), help=f"The verdict on this {kind}.")
         st.markdown(
             f"Tumour probability **{record.tumour_probability:.1%}** · confidence {record.confidence:.1%} · "
             f"model {record.model_name} {record.model_version} · saved {record.created_at:%Y-%m-%d %H:%M} UTC"

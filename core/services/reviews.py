@@ -18,6 +18,7 @@ from core.model.classifier import Classifier
 from core.model.explain import Explainer
 from core.services import audit
 from core.services.access import OPEN_RESULT, REVIEW, WORKLIST, Actor, require
+from core.services.studies import SeriesView, stored_series_view
 from core.services.views import ScanView, scan_view
 from core.storage.images import ImageStore
 from core.storage.people import REASON_CODES, Review
@@ -38,6 +39,7 @@ class OpenedResult:
     view: ScanView | None  # None when the image is no longer kept (retention) or the model is another version
     reviews: Sequence[Review]
     note: str = ""
+    series: SeriesView | None = None  # a series result, with its sections and curve, while its pixels are kept
 
 
 def open_result(
@@ -54,6 +56,10 @@ def open_result(
     if record is None:
         raise InvalidRecord("No such result.")
     audit.record(store, actor, "open", result_id)
+    if record.kind == "series":
+        series = stored_series_view(record, store, images, classifier.card.series)
+        note = "" if series is not None else "The series' images are no longer kept (retention period)."
+        return OpenedResult(record, None, store.reviews_of(result_id), note, series)
     data = images.get(record.image_key) if images is not None and record.image_key else None
     if data is None:
         return OpenedResult(

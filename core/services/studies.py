@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,13 +19,16 @@ import numpy as np
 
 from core.errors import FileTooLarge, ScanError, StoreError
 from core.identity import pseudonymise
-from core.imaging.scan import DICOM_MAGIC_OFFSET
+from core.imaging.scan import DICOM_MAGIC_OFFSET, Scan
 from core.imaging.series import DEFAULT_STUDY_LIMITS, StudyLimits, Volume, is_nifti, is_zip, read_study
+from core.model.analysis import analyse_scan
 from core.model.classifier import Classifier
+from core.model.explain import Explainer
 from core.model.gate import ACCEPTED, NEEDS_REVIEW
 from core.model.volume import SeriesAnalysis, analyse_volume
 from core.services.access import ANALYSE, Actor, require
 from core.services.triage import ALREADY_SAVED, NOT_SAVED, SAVED, SaveStatus, audited, keep_image
+from core.services.views import DISPLAY_SIDE
 from core.storage.images import ImageStore
 from core.storage.protocol import Store
 from core.storage.records import Record, Section, record_id
@@ -47,12 +50,12 @@ class StudyOutcome:
 
     @property
     def verdict(self) -> str | None:
-        """``tumour`` when any series is called tumour; the negative label when all analysed series are not;
+        """``tumour`` when any series is called tumour; the negative label when every analysed series is not;
         None when no series could be analysed."""
-        labels = [s.label for s in self.series if s.label is not None]
-        if not labels:
+        judged = [s for s in self.series if s.label is not None]
+        if not judged:
             return None
-        return "tumour" if "tumour" in labels else labels[0]
+        return "tumour" if any(s.is_tumour for s in judged) else judged[0].negative_label
 
 
 def _wanted(data: bytes) -> bool:
@@ -231,3 +234,123 @@ def stored_sections(record: Record, images: ImageStore | None) -> np.ndarray | N
         return None
     pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
     return None if pixels is None else unstacked(pixels, record.section_count)
+
+
+# --- what a session keeps of a series ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class SeriesView:
+    """A series as the viewer shows it: the displayed sections (uint8, at most DISPLAY_SIDE a side), their
+    geometry (spacing in displayed pixels), the curve, the verdict and, once saved, its record and status."""
+
+    key: str
+    sections: np.ndarray
+    positions: tuple[float, ...]
+    geometry: Mapping[str, Any]
+    curve: tuple[float | None, ...]
+    section_labels: tuple[str | None, ...]
+    skipped: Mapping[int, str]
+    label: str | None
+    is_tumour: bool
+    score: float | None
+    threshold: float
+    neighbours: int
+    window: tuple[int, ...]
+    probabilities: Mapping[str, float]
+    model: str
+    warnings: tuple[str, ...] = ()
+    record: Record | None = None
+    status: SaveStatus | None = None
+
+    @property
+    def marked(self) -> list[int]:
+        """Sections at or above the rule's threshold."""
+        return [i for i, p in enumerate(self.curve) if p is not None and p >= self.threshold]
+
+
+def _display(sections: np.ndarray, spacing: Sequence[float] | None) -> tuple[np.ndarray, list[float] | None]:
+    import cv2
+
+    scale = DISPLAY_SIDE / max(sections.shape[1:])
+    if scale >= 1:
+        return sections, list(spacing) if spacing else None
+    small = np.stack([cv2.resize(s, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) for s in sections])
+    factor = sections.shape[1] / small.shape[1]
+    return small, [float(v) * factor for v in spacing] if spacing else None
+
+
+def series_view(analysis: SeriesAnalysis, status: SaveStatus | None = None, record: Record | None = None) -> SeriesView:
+    volume = analysis.volume
+    sections, spacing = _display(volume.sections, volume.spacing)
+    geometry = geometry_of(volume) | {"spacing": spacing}
+    return SeriesView(
+        key=volume.sha256, sections=sections, positions=tuple(volume.positions), geometry=geometry,
+        curve=tuple(analysis.curve),
+        section_labels=tuple(None if s.analysis is None else s.analysis.prediction.label for s in analysis.sections),
+        skipped={s.index: s.skipped or "" for s in analysis.refused}, label=analysis.label,
+        is_tumour=analysis.is_tumour, score=analysis.score, threshold=analysis.rule.threshold,
+        neighbours=analysis.rule.neighbours, window=tuple(s.index for s in analysis.window),
+        probabilities=analysis.probabilities, model=f"{analysis.model_name} {analysis.model_version}",
+        warnings=tuple(analysis.warnings), record=record, status=status,
+    )  # fmt: skip
+
+
+def stored_series_view(record: Record, store: Store, images: ImageStore | None, rule: Any) -> SeriesView | None:
+    """A saved series reopened (worklist, history): None once its pixels were purged. ``rule`` is the shipped
+    card's series rule (the threshold drawn on the curve)."""
+    pixels = stored_sections(record, images)
+    if pixels is None:
+        return None
+    rows = store.sections_of(record.id)
+    sections, spacing = _display(pixels, record.geometry.get("spacing"))  # type: ignore[arg-type]
+    curve = tuple(s.tumour_probability for s in rows)
+    return SeriesView(
+        key=record.id, sections=sections, positions=tuple(s.position for s in rows),
+        geometry=dict(record.geometry) | {"spacing": spacing}, curve=curve,
+        section_labels=tuple(s.label for s in rows), skipped={s.index: s.skipped for s in rows if s.skipped},
+        label=record.label, is_tumour=record.is_tumour, score=record.tumour_probability,
+        threshold=rule.threshold, neighbours=rule.neighbours, window=(), probabilities=dict(record.probabilities),
+        model=f"{record.model_name} {record.model_version}", record=record,
+    )  # fmt: skip
+
+
+def section_heat(view: SeriesView, index: int, classifier: Classifier, explainer: Explainer) -> np.ndarray | None:
+    """Where the model looked on one displayed section (0..1, the section's shape); None when the section was
+    skipped or has no head region."""
+    if index in view.skipped:
+        return None
+    pixels = np.ascontiguousarray(view.sections[index])
+    try:
+        analysis = analyse_scan(Scan(pixels, "volume", f"{view.key}:{index}", int(pixels.nbytes)), classifier)
+    except ScanError:
+        return None
+    return explainer.explain(analysis).on_scan
+
+
+@dataclass(frozen=True, eq=False)
+class StudyResult:
+    """One upload of a study as a session keeps it: the views of its series, or why there are none."""
+
+    views: tuple[SeriesView, ...] = ()
+    verdict: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    notes: tuple[str, ...] = ()
+
+
+def triage_study(
+    files: Sequence[bytes], classifier: Classifier, store: Store | None, *, actor: Actor,
+    patient_ref: str | None, images: ImageStore | None, key: bytes | None,
+) -> StudyResult:  # fmt: skip
+    """Read, analyse and save every series of an upload; the study's verdict first. Never raises for bad input."""
+    require(actor, ANALYSE)
+    outcome = analyse_study(files, classifier)
+    if outcome.error_code:
+        return StudyResult(error_code=outcome.error_code, error_message=outcome.error_message)
+    views = []
+    for analysis in outcome.series:
+        status = save_series(analysis, store, actor=actor, patient_ref=patient_ref, images=images, key=key)
+        record = store.get(status.record_id) if store is not None and status.state != NOT_SAVED else None
+        views.append(series_view(analysis, status, record))
+    return StudyResult(tuple(views), outcome.verdict, notes=outcome.notes)

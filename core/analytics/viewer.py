@@ -1,0 +1,107 @@
+"""The series viewer's pieces, as plain functions: window/level on displayed sections, the section figure (scroll
+zoom and pan, orientation letters, the heat map, a measured line) and the tumour-probability curve.
+
+MR intensities have no fixed units (unlike CT's Hounsfield units), and a section arrives here already mapped to
+0-255 for display (its DICOM window, else a percentile stretch). The presets are therefore windows on that display
+scale, named for the reading task they approximate; the level and width can be set freely.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+
+# name -> (level, width) on the 0-255 display scale
+WINDOW_PRESETS: dict[str, tuple[int, int]] = {
+    "As stored": (128, 256),
+    "Brain": (120, 160),  # grey-white matter contrast: the middle of the range, stretched
+    "Subdural": (140, 230),  # wide: thin bright or dark collections against the skull
+    "Stroke": (110, 80),  # narrow: small differences in parenchymal signal
+}
+
+
+def windowed(section: np.ndarray, level: float, width: float) -> np.ndarray:
+    """uint8 section -> uint8 with ``level`` mapped to mid-grey and ``width`` grey levels spread over 0-255."""
+    width = max(float(width), 1.0)
+    low = level - width / 2.0
+    out = (section.astype(np.float32) - low) * (255.0 / width)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def distance_mm(start: tuple[float, float], end: tuple[float, float], spacing: Sequence[float] | None) -> float | None:
+    """Length of the line from ``start`` to ``end`` ((x, y) in displayed pixels) in millimetres, from the
+    (row, column) pixel spacing of the displayed section; None without a spacing."""
+    if not spacing:
+        return None
+    row, column = float(spacing[0]), float(spacing[1])
+    return math.hypot((end[0] - start[0]) * column, (end[1] - start[1]) * row)
+
+
+def section_figure(
+    section: np.ndarray,
+    *,
+    heat: np.ndarray | None = None,
+    opacity: float = 0.4,
+    letters: Mapping[str, str] | None = None,
+    line: tuple[tuple[float, float], tuple[float, float]] | None = None,
+    title: str = "",
+    height: int = 560,
+) -> go.Figure:
+    """A displayed section as a zoomable image (scroll to zoom, drag to pan), the heat map (0..1, same shape)
+    blended in when given, the patient directions at the edges and a measured line."""
+    rgb = np.repeat(section[:, :, None], 3, axis=2).astype(np.float32)
+    if heat is not None:
+        red = np.stack([np.ones_like(heat), 1.0 - heat, 1.0 - heat], axis=2) * 255.0
+        weight = (opacity * np.clip(heat, 0.0, 1.0))[:, :, None]
+        rgb = rgb * (1.0 - weight) + red * weight
+    figure = go.Figure(go.Image(z=rgb.astype(np.uint8), hovertemplate="x %{x}, y %{y}<extra></extra>"))
+    h, w = section.shape
+    for side, text in (letters or {}).items():
+        x, y = {"left": (0.01, 0.5), "right": (0.99, 0.5), "top": (0.5, 0.99), "bottom": (0.5, 0.01)}[side]
+        figure.add_annotation(x=x, y=y, xref="paper", yref="paper", text=f"<b>{text}</b>", showarrow=False,
+                              font={"color": "#ffd54f", "size": 16})  # fmt: skip
+    if line is not None:
+        (x0, y0), (x1, y1) = line
+        figure.add_shape(type="line", x0=x0, y0=y0, x1=x1, y1=y1, line={"color": "#00e5ff", "width": 2})
+    figure.update_layout(
+        title=title, height=height, margin={"l": 0, "r": 0, "t": 30 if title else 0, "b": 0}, dragmode="pan",
+        xaxis={"visible": False, "range": [-0.5, w - 0.5]}, yaxis={"visible": False, "range": [h - 0.5, -0.5]},
+    )  # fmt: skip
+    return figure
+
+
+def curve_figure(
+    curve: Sequence[float | None],
+    threshold: float,
+    current: int,
+    marked: Sequence[int] = (),
+    height: int = 220,
+) -> go.Figure:
+    """Tumour probability along the series (gaps where a section was skipped), the rule's threshold, the
+    sections above it and the current section; each point can be clicked to go there."""
+    x = list(range(len(curve)))
+    y = [None if p is None else round(float(p), 4) for p in curve]
+    figure = go.Figure()
+    figure.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name="tumour probability", connectgaps=False,
+                                marker={"size": 6, "color": "#546e7a"},
+                                hovertemplate="section %{x}: %{y:.2f}<extra></extra>"))  # fmt: skip
+    above = [i for i in marked if y[i] is not None]
+    if above:
+        figure.add_trace(go.Scatter(x=above, y=[y[i] for i in above], mode="markers", name="at or above threshold",
+                                    marker={"size": 9, "color": "#d32f2f"},
+                                    hovertemplate="section %{x}: %{y:.2f}<extra></extra>"))  # fmt: skip
+    skipped = [i for i, p in enumerate(y) if p is None]
+    if skipped:
+        figure.add_trace(go.Scatter(x=skipped, y=[0.0] * len(skipped), mode="markers", name="skipped",
+                                    marker={"symbol": "x", "size": 6, "color": "#9e9e9e"},
+                                    hovertemplate="section %{x}: skipped<extra></extra>"))  # fmt: skip
+    figure.add_hline(y=threshold, line={"dash": "dash", "color": "#d32f2f"}, annotation_text=f"rule {threshold:.2f}")
+    figure.add_vline(x=current, line={"color": "#1565c0", "width": 2})
+    figure.update_layout(
+        height=height, margin={"l": 40, "r": 10, "t": 10, "b": 30}, yaxis={"range": [-0.05, 1.05],
+        "title": "P(tumour)"}, xaxis={"title": "section"}, showlegend=True, legend={"orientation": "h", "y": 1.15},
+    )  # fmt: skip
+    return figure

@@ -1,0 +1,82 @@
+"""Study page: the files of one or more series (any names), a zip of a study, a multi-frame DICOM or a NIfTI
+volume; the study's verdict first, then each series with its viewer and curve. Each series is saved once."""
+
+import streamlit as st
+
+from core.errors import ModelError, StoreError
+from core.services.access import ANALYSE
+from core.services.studies import NOT_SAVED, triage_study
+from ui import resources
+from ui.page import setup_page
+from ui.render import pretty
+from ui.viewer import series_viewer, verdict_line
+
+actor = setup_page("Study", ANALYSE)
+st.title("Study")
+try:
+    classifier, explainer = resources.current_classifier(), resources.current_explainer()
+except ModelError as error:
+    st.error(f"The model cannot be used: {error}")
+    st.stop()
+KEPT = 3  # studies a session keeps (each holds its sections at display size)
+results = st.session_state.setdefault("studies", {})
+
+try:
+    key = resources.current_patient_key()
+except ValueError as error:
+    key = None
+    st.error(f"Patient references are disabled: {error}.")
+patient = st.text_input(
+    "Patient reference (optional)", key="study_patient", disabled=key is None,
+    help="Kept only as a keyed hash, never as typed; links this study to the patient's earlier results.",
+)  # fmt: skip
+files = st.file_uploader(
+    "A study: DICOM files of one or more series (any names), a .zip of them, a multi-frame DICOM or a NIfTI volume "
+    "(.nii, .nii.gz)",
+    accept_multiple_files=True, key="study_files",
+)  # fmt: skip
+signature = tuple(sorted(f.file_id for f in files or []))
+if files and signature not in results:
+    try:
+        store = resources.current_store()
+    except StoreError as error:
+        st.error(f"Results cannot be saved: {error}")
+        store = None
+    with st.spinner(f"Reading and analysing {len(files)} file(s)…"):
+        results[signature] = triage_study(
+            [f.getvalue() for f in files], classifier, store, actor=actor,
+            patient_ref=resources.patient_reference(patient), images=resources.image_store(store), key=key,
+        )  # fmt: skip
+    for old in list(results)[:-KEPT]:
+        results.pop(old)
+if not files:
+    st.info("Drop the files of a study. Every series is read in geometric order, each section analysed, and the "
+            "series judged by the rule in the model card.")  # fmt: skip
+    st.stop()
+
+study = results[signature]
+if study.error_code:
+    st.error(f"This upload cannot be read as a study: {study.error_message}")
+    st.stop()
+verdict = {None: "No verdict", "tumour": "Tumour"}.get(study.verdict) or pretty(study.verdict)
+st.metric("Study verdict", verdict, help="Tumour when any series is called tumour by the series rule.")
+st.caption(
+    f"{len(study.views)} series · model {classifier.card.name} {classifier.card.version} · "
+    "a triage aid for a radiologist, not a diagnosis"
+)
+for note in study.notes:
+    st.caption(note)
+for number, view in enumerate(study.views, start=1):
+    plane = (view.geometry.get("plane") or "unknown plane").capitalize()
+    header = f"Series {number} · {plane} · {len(view.sections)} sections · {pretty(view.label or 'no verdict')}"
+    with st.expander(header, expanded=number == 1 or view.is_tumour):
+        st.markdown(verdict_line(view))
+        for warning in view.warnings:
+            st.warning(warning)
+        if view.status is not None and view.status.state == NOT_SAVED:
+            st.error(f"Not saved: {view.status.message}")
+        elif view.status is not None:
+            st.caption(f"Result {view.status.state}.")
+        if view.skipped:
+            st.caption(f"{len(view.skipped)} sections skipped (too little brain or not like a brain MRI).")
+        series_viewer(view, classifier, explainer, prefix=f"s{number}-{view.key[:8]}")

@@ -1,0 +1,91 @@
+"""The series viewer: a section slider (arrow keys once focused), window/level presets and free adjustment, zoom
+and pan (scroll and drag on the image), orientation letters, the heat map of the current section, a distance
+measurement in millimetres and the tumour-probability curve, whose points move the slider when clicked.
+
+One fragment per series: moving through it re-runs the viewer alone, never the page.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.analytics.viewer import WINDOW_PRESETS, curve_figure, distance_mm, section_figure, windowed
+from core.imaging.series import orientation_letters
+from core.services.studies import SeriesView, section_heat
+from ui.render import pretty
+
+
+def verdict_line(view: SeriesView) -> str:
+    if view.label is None:
+        return "No verdict: no section could be analysed."
+    score = "" if view.score is None else f" · series tumour probability **{view.score:.1%}**"
+    rule = f"{view.neighbours} neighbouring sections at {view.threshold:.2f} or more"
+    return f"**{pretty(view.label)}**{score} · rule: tumour when {rule} · {len(view.marked)} sections above"
+
+
+def _heat(view: SeriesView, index: int, classifier, explainer):
+    cache = st.session_state.setdefault("viewer-heat", {})
+    key = (view.key, index)
+    if key not in cache:
+        if len(cache) > 64:  # a bounded cache: a session never holds more than a few series' worth of maps
+            cache.clear()
+        cache[key] = section_heat(view, index, classifier, explainer)
+    return cache[key]
+
+
+@st.fragment
+def series_viewer(view: SeriesView, classifier, explainer, prefix: str) -> None:
+    """The viewer for one series (``prefix`` keeps its widgets apart from other series on the page)."""
+    count = len(view.sections)
+    slider_key, curve_key = f"{prefix}-section", f"{prefix}-curve"
+    picked = st.session_state.get(curve_key)
+    points = picked.selection.points if picked and picked.selection else []
+    if points and st.session_state.get(f"{curve_key}-last") != points[0]["x"]:  # a click on the curve
+        st.session_state[f"{curve_key}-last"] = points[0]["x"]
+        st.session_state[slider_key] = int(points[0]["x"])
+    if slider_key not in st.session_state:  # start on the section that decided the verdict
+        st.session_state[slider_key] = view.window[len(view.window) // 2] if view.window else count // 2
+
+    controls = st.columns([3, 1.3, 1, 1])
+    index = controls[0].slider("Section", 0, count - 1, key=slider_key, help="Arrow keys move one section.")
+    preset = controls[1].selectbox("Window", list(WINDOW_PRESETS), key=f"{prefix}-preset")
+    show_heat = controls[2].toggle("Heat map", value=True, key=f"{prefix}-heat")
+    opacity = controls[3].slider("Opacity", 0.0, 1.0, 0.4, 0.05, key=f"{prefix}-opacity", disabled=not show_heat)
+    with st.expander("Level / width and measurement"):
+        level_default, width_default = WINDOW_PRESETS[preset]
+        cols = st.columns(2)
+        level = cols[0].slider("Level", 0, 255, level_default, key=f"{prefix}-level-{preset}")
+        width = cols[1].slider("Width", 1, 512, width_default, key=f"{prefix}-width-{preset}")
+        st.caption("Presets are windows on the displayed 0-255 scale: MR signal has no fixed units.")
+        h, w = view.sections.shape[1:]
+        measure = st.toggle("Measure a distance", key=f"{prefix}-measure")
+        line = None
+        if measure:
+            m = st.columns(4)
+            x0 = m[0].number_input("x₁", 0, w - 1, w // 4, key=f"{prefix}-x0")
+            y0 = m[1].number_input("y₁", 0, h - 1, h // 2, key=f"{prefix}-y0")
+            x1 = m[2].number_input("x₂", 0, w - 1, 3 * w // 4, key=f"{prefix}-x1")
+            y1 = m[3].number_input("y₂", 0, h - 1, h // 2, key=f"{prefix}-y1")
+            line = ((x0, y0), (x1, y1))
+            length = distance_mm((x0, y0), (x1, y1), view.geometry.get("spacing"))
+            st.markdown(
+                f"Distance **{length:.1f} mm**" if length is not None else "No pixel spacing in this series: "
+                "distances cannot be given in millimetres."
+            )  # fmt: skip
+            st.caption("Hover over the image for pixel coordinates.")
+    heat = _heat(view, index, classifier, explainer) if show_heat else None
+    skipped = view.skipped.get(index)
+    p = view.curve[index]
+    status = f"skipped: {skipped}" if skipped else f"P(tumour) {p:.2f} · {pretty(view.section_labels[index] or '')}"
+    position = view.positions[index] if index < len(view.positions) else 0.0
+    title = f"Section {index + 1} of {count} · {position:.1f} mm · {status}"
+    letters = orientation_letters(view.geometry.get("orientation"))
+    st.plotly_chart(
+        section_figure(windowed(view.sections[index], level, width), heat=heat, opacity=opacity, letters=letters,
+                       line=line, title=title),
+        config={"scrollZoom": True, "displaylogo": False}, key=f"{prefix}-image",
+    )  # fmt: skip
+    st.plotly_chart(
+        curve_figure(view.curve, view.threshold, index, view.marked), key=curve_key, on_select="rerun",
+        selection_mode="points", config={"displaylogo": False},
+    )  # fmt: skip
