@@ -14,7 +14,10 @@ from core.training.gate_learning import NOT_BRAIN, fit_learned_checks
 def fit_gate(card_path: Path, root: Path, quantile: float = 0.995) -> dict[str, Any]:
     """Fit the gate's energy threshold on the validation split and write the gate policy into the card.
 
-    Returns the fitted threshold and the share of validation scans the whole gate then rejects.
+    The threshold is the highest of the sources' ``quantile`` energies (sources of 20 scans or more), so that no
+    source of real brain MRI loses more than ``1 - quantile`` of its scans to it: a pooled quantile would let a
+    large, familiar source set a threshold that refuses many scans of a smaller, less familiar one. Returns the
+    threshold, the share of validation scans the whole gate then rejects and the energy refusals per source.
     """
     from core.imaging import read_scan_file
     from core.model.classifier import Classifier, embedding_layer
@@ -22,21 +25,27 @@ def fit_gate(card_path: Path, root: Path, quantile: float = 0.995) -> dict[str, 
 
     classifier = Classifier.from_card(card_path)
     card = classifier.card
-    energies, image_rejected = [], 0
+    energies, sources, image_rejected = [], [], 0
     files = read_split(split_file_of(card_path), root)
     for _, path in files:
+        sources.append(path.resolve().relative_to(root.resolve()).parts[0])
         scan = read_scan_file(path)
         region = find_brain(scan.pixels)
         raw, _ = classifier.scores(to_model_input(scan.pixels, region.box, card.input)[None])
         energies.append(energy(raw[0], card.temperature))
         image_rejected += bool(image_reasons(scan, region, GatePolicy()))
-    threshold = fit_energy_threshold(energies, quantile)
+    by_source: dict[str, list[float]] = {}
+    for source, value in zip(sources, energies, strict=True):
+        by_source.setdefault(source, []).append(value)
+    large = [values for values in by_source.values() if len(values) >= 20] or [energies]
+    threshold = max(fit_energy_threshold(values, quantile) for values in large)
     rejected = sum(bool(e > threshold) for e in energies) + image_rejected
+    per_source = {s: round(sum(e > threshold for e in v) / len(v), 4) for s, v in sorted(by_source.items())}
     checks, learned = [], None
     if (root / NOT_BRAIN).is_dir() and embedding_layer(classifier.model) is not None:
         checks, learned = fit_learned_checks(classifier, root, {path.resolve() for _, path in files})
     policy = GatePolicy(max_energy=threshold, checks=tuple(checks))
-    fitted_on = f"validation split ({len(files)} scans), energy quantile {quantile}"
+    fitted_on = f"validation split ({len(files)} scans), the highest per-source energy quantile {quantile}"
     if checks:
         fitted_on += "; learned checks: core.training.gate_learning"
     write_policy(card_path, policy, fitted_on, learned)
@@ -45,6 +54,7 @@ def fit_gate(card_path: Path, root: Path, quantile: float = 0.995) -> dict[str, 
         "validation_scans": len(files),
         "validation_rejected_at_most": rejected,
         "validation_rejected_fraction_at_most": round(rejected / len(files), 4),
+        "energy_refused_per_source": per_source,
         "learned": learned,
     }
 

@@ -1,0 +1,199 @@
+"""PDF reports of a study (fpdf2): what the model said about each series, on one or two A4 pages.
+
+The report holds the pseudonymous reference (a prefix of its keyed hash, never a name), the study's facts
+(series, planes, sections, spacing), the study verdict and each series' verdict with the rule that made it, the
+tumour-probability curve, key sections with the heat map, the model's name, version, intended use and known
+limitations, and the reviewer's final label once a radiologist has reviewed it. Producing one is an audit event.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import cv2
+import numpy as np
+
+from core.errors import InvalidRecord
+from core.model.classifier import Classifier
+from core.model.explain import Explainer, overlay
+from core.services import audit
+from core.services.access import OPEN_RESULT, Actor, require
+from core.services.studies import SeriesView, section_heat, stored_series_view
+from core.storage.images import ImageStore
+from core.storage.protocol import Store
+from core.storage.records import Record
+
+NAMES = {"glioma": "Glioma", "meningioma": "Meningioma", "pituitary": "Pituitary tumour", "notumor": "No tumour",
+         "tumour": "Tumour, type uncertain"}  # fmt: skip
+DEFAULT_LIMITATIONS = (
+    "Decision support for a radiologist, not a diagnosis: every verdict is to be read with the images.",
+    "Trained on 2-D slices of adult brain MRI; other body parts, children and post-operative heads were not seen.",
+)
+
+
+def _text(value: object) -> str:
+    """Text the PDF's core fonts can draw (Latin-1), with the few symbols used here spelled out."""
+    text = str(value).replace("≥", ">=").replace("≤", "<=").replace("–", "-").replace("—", "-").replace("…", "...")
+    return text.encode("latin-1", "replace").decode("latin-1")
+
+
+def _png(rgb: np.ndarray) -> io.BytesIO:
+    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:  # pragma: no cover - OpenCV always encodes a uint8 image
+        raise ValueError("PNG encoding failed")
+    return io.BytesIO(data.tobytes())
+
+
+def key_sections(view: SeriesView, count: int = 3) -> list[int]:
+    """The sections a reader should see first: the highest tumour probabilities, in series order."""
+    scored = sorted((p, i) for i, p in enumerate(view.curve) if p is not None)
+    return sorted(i for _, i in scored[-count:])
+
+
+def _curve(pdf, view: SeriesView, x: float, y: float, w: float, h: float) -> None:
+    pdf.set_draw_color(150, 150, 150)
+    pdf.rect(x, y, w, h)
+    n = max(len(view.curve) - 1, 1)
+    pdf.set_draw_color(211, 47, 47)
+    pdf.set_dash_pattern(dash=1, gap=1)
+    ty = y + h * (1 - view.threshold)
+    pdf.line(x, ty, x + w, ty)
+    pdf.set_dash_pattern()
+    pdf.set_draw_color(21, 101, 192)
+    previous = None
+    for i, p in enumerate(view.curve):
+        point = None if p is None else (x + w * i / n, y + h * (1 - float(p)))
+        if point and previous:
+            pdf.line(*previous, *point)
+        previous = point
+    pdf.set_font("Helvetica", size=7)
+    pdf.set_xy(x, y + h + 0.5)
+    pdf.cell(w, 3, _text(f"section 1 ... {len(view.curve)}; dashed: the rule's threshold {view.threshold:.2f}"))
+
+
+def render(
+    records: Sequence[Record], views: Sequence[SeriesView | None], reviews_by_record: dict[str, list],
+    card_notes: dict, heat: dict[tuple[int, int], np.ndarray | None], author: str, now: datetime | None = None,
+) -> bytes:  # fmt: skip
+    """The PDF of one study from its series' records and views (views None once the pixels were purged)."""
+    from fpdf import FPDF
+
+    now = now or datetime.now(UTC)
+    pdf = FPDF(format="A4")
+    pdf.set_auto_page_break(True, margin=15)
+    pdf.set_title("Brain MRI triage report")
+    pdf.set_creator("brain-mri-triage")
+    pdf.add_page()
+    pdf.set_font("Helvetica", "B", 15)
+    pdf.cell(0, 8, _text("Brain MRI triage report"), new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("Helvetica", size=8)
+    pdf.cell(0, 4, _text("Decision support for a radiologist - not a diagnosis."), new_x="LMARGIN", new_y="NEXT")
+    first = records[0]
+    tumour = any(r.is_tumour for r in records)
+    reference = first.patient_ref[:12] if first.patient_ref else "none given"
+    pdf.set_font("Helvetica", size=10)
+    facts = [
+        ("Patient reference (pseudonymous)", reference),
+        ("Study saved", f"{min(r.created_at for r in records):%Y-%m-%d %H:%M} UTC"),
+        ("Series", str(len(records))),
+        ("Model", f"{first.model_name} {first.model_version}"),
+        ("Report made", f"{now:%Y-%m-%d %H:%M} UTC by {author}"),
+    ]
+    for name, value in facts:
+        pdf.cell(62, 5.5, _text(name))
+        pdf.cell(0, 5.5, _text(value), new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(2)
+    pdf.set_font("Helvetica", "B", 13)
+    pdf.cell(0, 8, _text(f"Study verdict: {'Tumour' if tumour else 'No tumour'}"), new_x="LMARGIN", new_y="NEXT")
+    for number, (record, view) in enumerate(zip(records, views, strict=True), start=1):
+        geometry = record.geometry or {}
+        spacing = geometry.get("spacing")
+        pdf.set_font("Helvetica", "B", 11)
+        plane = str(geometry.get("plane") or "unknown plane")
+        pdf.cell(0, 7, _text(f"Series {number}: {plane}, {record.section_count} sections"), new_x="LMARGIN",
+                 new_y="NEXT")  # fmt: skip
+        pdf.set_font("Helvetica", size=9)
+        lines = [
+            f"Verdict: {NAMES.get(record.label, record.label)} "
+            f"(series tumour probability {record.tumour_probability:.1%})",
+            f"Pixel spacing: {spacing[0]:.2f} x {spacing[1]:.2f} mm" if spacing else "Pixel spacing: not given",
+        ]
+        if view is not None:
+            lines.append(f"Rule: tumour when {view.neighbours} neighbouring sections reach {view.threshold:.2f}; "
+                         f"{len(view.marked)} sections at or above it; {len(view.skipped)} skipped")  # fmt: skip
+        final = list(reviews_by_record.get(record.id, []))
+        if final:
+            last = final[-1]
+            lines.append(f"Reviewed by {last.reviewer} on {last.created_at:%Y-%m-%d}: final label "
+                         f"{NAMES.get(last.final_label, last.final_label)} ({last.action})")  # fmt: skip
+        else:
+            lines.append("Not reviewed by a radiologist yet.")
+        for line in lines:
+            pdf.multi_cell(0, 4.5, _text(line), new_x="LMARGIN", new_y="NEXT")
+        if view is None:
+            pdf.multi_cell(0, 4.5, _text("The series' images are no longer kept (retention period)."),
+                           new_x="LMARGIN", new_y="NEXT")  # fmt: skip
+            continue
+        if pdf.get_y() > 200:
+            pdf.add_page()
+        top = pdf.get_y() + 1
+        _curve(pdf, view, pdf.l_margin, top, 180, 28)
+        pdf.set_y(top + 33)
+        shown = key_sections(view)
+        side = 55
+        y = pdf.get_y()
+        for k, index in enumerate(shown):
+            section = view.sections[index]
+            rgb = np.repeat(section[:, :, None], 3, axis=2)
+            map_ = heat.get((number, index))
+            if map_ is not None:
+                rgb = overlay(section, map_, 0.4)
+            pdf.image(_png(rgb), x=pdf.l_margin + k * (side + 7), y=y, w=side, h=side)
+            pdf.set_xy(pdf.l_margin + k * (side + 7), y + side + 0.5)
+            p = view.curve[index]
+            pdf.set_font("Helvetica", size=7)
+            pdf.cell(side, 3, _text(f"section {index + 1}: P(tumour) {p:.2f}" + (" (heat map)" if map_ is not None
+                                                                                  else "")))  # fmt: skip
+        pdf.set_y(y + side + 6)
+    pdf.set_font("Helvetica", "B", 10)
+    pdf.cell(0, 6, _text("Intended use and known limitations"), new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("Helvetica", size=8)
+    for line in [card_notes.get("intended_use", ""), *card_notes.get("limitations", DEFAULT_LIMITATIONS)]:
+        if line:
+            pdf.multi_cell(0, 4, _text(f"- {line}"), new_x="LMARGIN", new_y="NEXT")
+    return bytes(pdf.output())
+
+
+def card_notes(classifier: Classifier) -> dict:
+    """The card's intended use and limitations (the defaults when the card states none)."""
+    path = classifier.card.path
+    raw = json.loads(path.read_text()) if path is not None and path.exists() else {}
+    return {"intended_use": raw.get("intended_use", ""), "limitations": raw.get("limitations", DEFAULT_LIMITATIONS)}
+
+
+def study_report(
+    store: Store, images: ImageStore | None, actor: Actor, record_ids: Sequence[str], classifier: Classifier,
+    explainer: Explainer | None,
+) -> bytes:  # fmt: skip
+    """The PDF report of the series ``record_ids`` (one study), with heat maps when the shipped model made the
+    verdicts. An audit event names every result reported."""
+    require(actor, OPEN_RESULT)
+    records = [store.get(i) for i in record_ids]
+    if not records or any(r is None or r.kind != "series" for r in records):
+        raise InvalidRecord("A report is made of saved series results.")
+    views = [stored_series_view(r, store, images, classifier.card.series) for r in records]  # type: ignore[arg-type]
+    same_model = all((r.model_name, r.model_version) == (classifier.card.name, classifier.card.version)
+                     for r in records)  # type: ignore[union-attr]  # fmt: skip
+    heat: dict[tuple[int, int], np.ndarray | None] = {}
+    if explainer is not None and same_model:
+        for number, view in enumerate(views, start=1):
+            for index in key_sections(view) if view is not None else []:
+                heat[(number, index)] = section_heat(view, index, classifier, explainer)
+    reviews = {r.id: store.reviews_of(r.id) for r in records}  # type: ignore[union-attr]
+    data = render(records, views, reviews, card_notes(classifier), heat, actor.name)  # type: ignore[arg-type]
+    for record_id in record_ids:
+        audit.record(store, actor, "report", record_id)
+    return data

@@ -1,0 +1,89 @@
+"""PDF reports: rendered with fpdf2, read back with poppler-utils (pdftotext, pdftoppm) and checked."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.errors import AccessDenied, InvalidRecord
+from core.imaging.phantom_series import CORONAL, dicom_series, head_volume
+from core.imaging.series import read_study
+from core.model.classifier import Classifier
+from core.model.explain import Explainer
+from core.model.volume import analyse_volume
+from core.services.access import Actor
+from core.services.reports import study_report
+from core.services.reviews import review_result
+from core.services.studies import save_series
+from core.storage.images import FolderImages
+from core.storage.sqlite import SQLiteStore
+
+POPPLER = shutil.which("pdftotext") and shutil.which("pdftoppm")
+pytestmark = pytest.mark.skipif(not POPPLER, reason="needs Debian's poppler-utils (pdftotext, pdftoppm)")
+
+
+@pytest.fixture
+def saved_study(tmp_path: Path, tiny_classifier: Classifier):
+    store, images = SQLiteStore(tmp_path / "results.sqlite3"), FolderImages(tmp_path / "images")
+    doctor = Actor("dr-a", "radiologist")
+    ids = []
+    uid = "1.2.826.0.1.3680043.8.498.77"
+    for n, (orientation, series_uid) in enumerate(((None, uid + ".1"), (CORONAL, uid + ".2"))):
+        files = dicom_series(head_volume(8, 128, range(2, 5), seed=n), study_uid=uid, series_uid=series_uid,
+                             **({"orientation": orientation} if orientation else {}))  # fmt: skip
+        analysis = analyse_volume(read_study(files)[0], tiny_classifier)
+        status = save_series(analysis, store, actor=doctor, patient_ref="e" * 64, images=images, key=b"k" * 32)
+        ids.append(status.record_id)
+    return store, images, doctor, ids
+
+
+def text_of(pdf: bytes, tmp_path: Path) -> str:
+    (tmp_path / "report.pdf").write_bytes(pdf)
+    return subprocess.run(["pdftotext", "-layout", str(tmp_path / "report.pdf"), "-"], capture_output=True,
+                          text=True, check=True).stdout  # fmt: skip
+
+
+def test_a_study_report_states_the_verdicts_the_review_and_the_model_and_renders(
+    saved_study, tmp_path: Path, tiny_classifier: Classifier
+) -> None:
+    store, images, doctor, ids = saved_study
+    review_result(store, doctor, ids[0], "meningioma", ["wrong_type"], "", now=datetime(2026, 11, 30, 9, tzinfo=UTC))
+    pdf = study_report(store, images, doctor, ids, tiny_classifier, Explainer(tiny_classifier))
+    assert pdf.startswith(b"%PDF")
+    text = text_of(pdf, tmp_path)
+    assert "Brain MRI triage report" in text and "not a diagnosis" in text
+    assert "Study verdict:" in text and "Series 1: axial, 8 sections" in text and "Series 2: coronal" in text
+    assert "eeeeeeeeeeee" in text and "e" * 13 not in text  # only a prefix of the keyed reference
+    assert "Reviewed by dr-a on 2026-11-30: final label Meningioma (override)" in text
+    assert "Not reviewed by a radiologist yet." in text  # the second series
+    assert "Pixel spacing: 0.90 x 0.90 mm" in text and "tiny" in text and "limitations" in text.lower()
+    assert "ZZCANARY" not in text  # the DICOM PatientName of the phantom never reaches a report
+    subprocess.run(["pdftoppm", "-png", "-r", "60", "-f", "1", "-l", "1", str(tmp_path / "report.pdf"),
+                    str(tmp_path / "page")], check=True)  # fmt: skip
+    from PIL import Image
+
+    page = np.asarray(Image.open(next(tmp_path.glob("page*.png"))).convert("L"))
+    assert page.shape[0] > page.shape[1] and (page < 128).mean() > 0.02  # A4 portrait with text and images
+    assert [e.action for e in store.audit_events()].count("report") == 2
+
+
+def test_a_report_is_refused_to_a_visitor_and_for_single_scans(saved_study, tiny_classifier: Classifier) -> None:
+    store, images, _, ids = saved_study
+    with pytest.raises(AccessDenied):
+        study_report(store, images, None, ids, tiny_classifier, None)  # type: ignore[arg-type]
+    with pytest.raises(InvalidRecord):
+        study_report(store, images, Actor("dr-a", "radiologist"), ["0" * 64], tiny_classifier, None)
+
+
+def test_a_report_after_the_retention_period_says_the_images_are_gone(
+    saved_study, tmp_path: Path, tiny_classifier: Classifier
+) -> None:
+    store, images, doctor, ids = saved_study
+    images.purge(datetime(2100, 1, 1, tzinfo=UTC))
+    text = text_of(study_report(store, images, doctor, ids[:1], tiny_classifier, None), tmp_path)
+    assert "no longer kept" in text and "Series 1" in text
