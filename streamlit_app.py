@@ -16,6 +16,7 @@ else:
             st.Page("pages/scan.py", title="Scan", icon=":material/neurology:", default=True),
             st.Page("pages/study.py", title="Study", icon=":material/view_in_ar:"),
             st.Page("pages/worklist.py", title="Worklist", icon=":material/checklist:"),
+            st.Page("pages/history.py", title="History", icon=":material/history:"),
         ]
     if allowed(actor, STATISTICS):
         pages.append(st.Page("pages/statistics.py", title="Statistics", icon=":material/monitoring:"))

@@ -89,3 +89,60 @@ def series_viewer(view: SeriesView, classifier, explainer, prefix: str) -> None:
         curve_figure(view.curve, view.threshold, index, view.marked), key=curve_key, on_select="rerun",
         selection_mode="points", config={"displaylogo": False},
     )  # fmt: skip
+
+
+def timeline(records) -> None:
+    """A patient's results over time (scans and series), tumour probability on the vertical axis."""
+    from core.analytics.viewer import timeline_figure
+    from ui.render import LABEL_NAMES
+
+    st.plotly_chart(
+        timeline_figure([f"{r.created_at:%Y-%m-%d %H:%M}" for r in records], [r.tumour_probability for r in records],
+                        [r.label for r in records], [r.kind for r in records], LABEL_NAMES),
+        config={"displaylogo": False}, key="history-timeline",
+    )  # fmt: skip
+
+
+def _delta(value: float | None) -> str | None:
+    return None if value is None else f"{value:+.2f}"
+
+
+@st.fragment
+def comparison(current: SeriesView, prior: SeriesView | None, classifier, explainer) -> None:
+    """The current series beside a prior at the matching position (relative place along the analysed head),
+    with the change in tumour probability for the series and at this section."""
+    from core.services.history import change
+
+    count = len(current.sections)
+    default = current.window[len(current.window) // 2] if current.window else count // 2
+    index = st.slider("Section", 0, count - 1, default, key=f"cmp-{current.key[:8]}")
+    letters = orientation_letters(current.geometry.get("orientation"))
+    left, right = st.columns(2)
+    with left:
+        p = current.curve[index]
+        st.plotly_chart(
+            section_figure(current.sections[index], heat=_heat(current, index, classifier, explainer), letters=letters,
+                           title=f"Now · section {index + 1} · " + ("skipped" if p is None else f"P {p:.2f}"),
+                           height=420),
+            config={"scrollZoom": True, "displaylogo": False}, key="cmp-now",
+        )  # fmt: skip
+    with right:
+        if prior is None:
+            st.info("No earlier series of this patient to compare with.")
+            return
+        matched, moved = change(current, index, prior)
+        q = prior.curve[matched]
+        st.plotly_chart(
+            section_figure(prior.sections[matched], heat=_heat(prior, matched, classifier, explainer),
+                           letters=orientation_letters(prior.geometry.get("orientation")),
+                           title=f"Prior · section {matched + 1} · " + ("skipped" if q is None else f"P {q:.2f}"),
+                           height=420),
+            config={"scrollZoom": True, "displaylogo": False}, key="cmp-prior",
+        )  # fmt: skip
+    a, b = st.columns(2)
+    a.metric("Series tumour probability", "-" if moved.series_now is None else f"{moved.series_now:.2f}",
+             _delta(moved.series_change), delta_color="inverse", help="Change since the prior series.")  # fmt: skip
+    b.metric("At this section", "-" if moved.section_now is None else f"{moved.section_now:.2f}",
+             _delta(moved.section_change), delta_color="inverse",
+             help="Matched by relative place along the analysed head: studies on different days are not in the "
+             "same coordinates.")  # fmt: skip

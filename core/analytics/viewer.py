@@ -105,3 +105,26 @@ def curve_figure(
         "title": "P(tumour)"}, xaxis={"title": "section"}, showlegend=True, legend={"orientation": "h", "y": 1.15},
     )  # fmt: skip
     return figure
+
+
+def timeline_figure(
+    times: Sequence[str], probabilities: Sequence[float], labels: Sequence[str], kinds: Sequence[str],
+    names: Mapping[str, str], height: int = 260,
+) -> go.Figure:  # fmt: skip
+    """A patient's results over time: tumour probability per result, circles for scans, squares for series,
+    coloured by verdict."""
+    figure = go.Figure()
+    for kind, symbol in (("scan", "circle"), ("series", "square")):
+        chosen = [i for i, k in enumerate(kinds) if k == kind]
+        if not chosen:
+            continue
+        figure.add_trace(go.Scatter(
+            x=[times[i] for i in chosen], y=[probabilities[i] for i in chosen], mode="markers", name=kind,
+            marker={"symbol": symbol, "size": 11, "color": ["#d32f2f" if labels[i] != "notumor" else "#2e7d32"
+                                                            for i in chosen]},
+            text=[names.get(labels[i], labels[i]) for i in chosen],
+            hovertemplate="%{x}<br>%{text}: %{y:.2f}<extra></extra>",
+        ))  # fmt: skip
+    figure.update_layout(height=height, margin={"l": 40, "r": 10, "t": 10, "b": 30},
+                         yaxis={"range": [-0.05, 1.05], "title": "P(tumour)"}, legend={"orientation": "h"})  # fmt: skip
+    return figure

@@ -1,0 +1,95 @@
+"""History page: a patient's results and series over time, a series beside an earlier one at the matching
+position with the change in tumour probability, and the PDF report of a study."""
+
+import pandas as pd
+import streamlit as st
+
+from core.errors import InvalidRecord, ModelError, StoreError
+from core.services import history, reports, reviews
+from core.services.access import HISTORY
+from ui import resources
+from ui.page import setup_page
+from ui.render import pretty
+from ui.viewer import comparison, timeline
+
+actor = setup_page("History", HISTORY)
+st.title("Patient history")
+try:
+    store = resources.current_store()
+    classifier, explainer = resources.current_classifier(), resources.current_explainer()
+except (StoreError, ModelError) as error:
+    st.error(f"The history cannot be shown: {error}")
+    st.stop()
+
+typed = st.text_input("Patient reference", key="history_patient", help="Typed as on the Scan and Study pages.")
+if not typed.strip():
+    st.info("Type a patient reference to see every result saved under it.")
+    st.stop()
+reference = resources.patient_reference(typed)
+if reference is None:
+    st.error("Patient references are disabled on this installation (no key is configured).")
+    st.stop()
+cache_key = f"history-{reference}"
+if cache_key not in st.session_state:  # reading a history is an audit event, once per patient and session
+    st.session_state[cache_key] = history.patient_history(store, actor, reference)
+records = st.session_state[cache_key]
+if not records:
+    st.info("No result is saved under this reference.")
+    st.stop()
+
+timeline(records)
+st.dataframe(
+    pd.DataFrame([{"saved (UTC)": f"{r.created_at:%Y-%m-%d %H:%M}", "kind": r.kind, "verdict": pretty(r.label),
+                   "tumour probability": round(r.tumour_probability, 3),
+                   "sections": r.section_count or "", "plane": (r.geometry or {}).get("plane") or "",
+                   "final label": pretty(r.final_label) if r.final_label else ""} for r in records]),
+    hide_index=True, width="stretch",
+)  # fmt: skip
+
+series = [r for r in records if r.kind == "series"]
+if not series:
+    st.caption("No whole series saved for this patient: comparison and reports need series.")
+    st.stop()
+
+
+def describe(record) -> str:
+    plane = (record.geometry or {}).get("plane") or "unknown plane"
+    return f"{record.created_at:%Y-%m-%d %H:%M} · {plane} · {record.section_count} sections · {pretty(record.label)}"
+
+
+st.subheader("Compare with a prior")
+left, right = st.columns(2)
+current = left.selectbox("Series", series[::-1], format_func=describe, key="history_current")
+earlier = [r for r in series if r.created_at < current.created_at]
+same_plane = [r for r in earlier if (r.geometry or {}).get("plane") == (current.geometry or {}).get("plane")]
+prior = right.selectbox("Prior", (same_plane or earlier)[::-1], format_func=describe, key="history_prior",
+                        placeholder="no earlier series", index=0 if earlier else None)  # fmt: skip
+
+
+def opened(record_id: str):
+    key = f"opened-{record_id}"
+    if key not in st.session_state:  # opening a result is an audit event, once per session
+        st.session_state[key] = reviews.open_result(
+            store, resources.image_store(store), actor, record_id, classifier, explainer
+        )
+    return st.session_state[key].series
+
+
+now_view = opened(current.id)
+prior_view = opened(prior.id) if prior is not None else None
+if now_view is None:
+    st.info("The images of this series are no longer kept (retention period).")
+else:
+    comparison(now_view, prior_view, classifier, explainer)
+
+st.subheader("Report")
+study = [r for r in series if r.study_ref is not None and r.study_ref == current.study_ref] or [current]
+if st.button(f"Make the PDF report of this study ({len(study)} series)", key="history_report"):
+    try:
+        st.session_state["history_pdf"] = (current.id, reports.study_report(
+            store, resources.image_store(store), actor, [r.id for r in study], classifier, explainer))  # fmt: skip
+    except (InvalidRecord, StoreError) as error:
+        st.error(f"The report cannot be made: {error}")
+made = st.session_state.get("history_pdf")
+if made and made[0] == current.id:
+    st.download_button("Download the report (PDF)", made[1], "study-report.pdf", "application/pdf")

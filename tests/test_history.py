@@ -1,0 +1,84 @@
+"""A patient's history: results in time order, a series beside a prior at the matching position, the report."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.errors import AccessDenied
+from core.identity import local_key, pseudonymise
+from core.imaging.phantom_series import dicom_series, head_volume
+from core.imaging.series import read_study
+from core.model.volume import analyse_volume
+from core.services.access import Actor
+from core.services.history import change, matching_section, patient_history
+from core.services.studies import save_series, series_view
+from core.storage.images import FolderImages
+from core.storage.sqlite import SQLiteStore
+from tests.test_store import make_record
+
+DOCTOR = Actor("dr-h", "radiologist")
+
+
+def test_sections_match_by_their_place_along_the_analysed_head(tiny_classifier) -> None:
+    now = series_view(analyse_volume(read_study(dicom_series(head_volume(10, 96)))[0], tiny_classifier))
+    prior = series_view(analyse_volume(read_study(dicom_series(head_volume(20, 96)))[0], tiny_classifier))
+    assert matching_section(now, 0, prior) == 0 and matching_section(now, 9, prior) == 19
+    assert matching_section(now, 5, prior) == round(5 / 9 * 19)
+    matched, moved = change(now, 5, prior)
+    assert matched == matching_section(now, 5, prior)
+    assert moved.series_change == pytest.approx(now.score - prior.score)
+    assert moved.section_change == pytest.approx(now.curve[5] - prior.curve[matched])
+
+
+def test_a_history_is_the_patients_results_in_time_order_and_an_audit_event(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "r.sqlite3")
+    start = datetime(2026, 10, 1, 9, tzinfo=UTC)
+    for n in range(4):
+        store.add(make_record(n + 1, start + timedelta(days=10 * (3 - n)), patient="a" * 64 if n < 3 else "b" * 64))
+    found = patient_history(store, DOCTOR, "a" * 64)
+    assert [r.image_sha256[-1] for r in found] == ["3", "2", "1"] and found[0].created_at < found[-1].created_at
+    assert [(e.action, e.detail) for e in store.audit_events()] == [("history", {"results": 3})]
+    with pytest.raises(AccessDenied):
+        patient_history(store, Actor("boss", "supervisor"), "a" * 64)
+
+
+def test_history_page_compares_a_series_with_its_prior_and_makes_the_report(
+    tmp_path: Path, tiny_card: Path, tiny_classifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    data = tmp_path / "data"
+    monkeypatch.setenv("BTD_MODEL", str(tiny_card))
+    monkeypatch.setenv("BTD_DATA_DIR", str(data))
+    monkeypatch.delenv("MONGODB_URI", raising=False)
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    store, images = SQLiteStore(data / "results.sqlite3"), FolderImages(data / "images")
+    reference = pseudonymise("P-0042", local_key(data))
+    for n, tumour in enumerate((None, range(3, 6))):
+        analysis = analyse_volume(read_study(dicom_series(head_volume(8, 96, tumour, seed=n),
+                                                          series_uid=f"1.2.3.{n}"))[0], tiny_classifier)  # fmt: skip
+        save_series(analysis, store, actor=DOCTOR, patient_ref=reference, images=images, key=local_key(data))
+    app = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "history.py"), default_timeout=60)
+    app.session_state["actor"] = DOCTOR
+    app.run()
+    assert not app.exception and app.title[0].value == "Patient history"
+    app.text_input[0].set_value("  p-0042 ").run()  # case and spaces do not change the reference
+    assert not app.exception
+    assert app.dataframe[0].value["kind"].tolist() == ["series", "series"]
+    assert len(app.get("plotly_chart")) == 3  # the timeline, the current section and the prior's
+    assert [m.label for m in app.metric] == ["Series tumour probability", "At this section"]
+    button = next(b for b in app.button if b.label.startswith("Make the PDF report"))
+    assert button.label.endswith("(2 series)")  # both series share the study's UID: one report for the study
+    button.click().run()
+    assert not app.exception and app.get("download_button")
+    actions = [e.action for e in store.audit_events()]
+    assert actions.count("history") == 1 and actions.count("open") == 2 and actions.count("report") == 2
+    assert np.isfinite([r.tumour_probability for r in store.recent(5)]).all()
+    st.cache_data.clear()
+    st.cache_resource.clear()
