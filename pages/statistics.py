@@ -29,12 +29,20 @@ source = store.describe()
 
 
 @st.cache_data(ttl=REFRESH_SECONDS, show_spinner=False)
-def board(actor, start_day: date, end_day: date, timezone: str, period: str, versions: tuple[str, ...], source: str):
+def board(actor, start_day: date, end_day: date, timezone: str, period: str, versions: tuple[str, ...], source: str,
+          unit: str = "study"):  # fmt: skip
     """The dashboard's aggregates, cached for at most one refresh period per user (the service checks the role on
     every computation): aggregates only, small counts already withheld (``source`` names the database)."""
     del source
     return statistics.dashboard(
-        store, actor, start_day=start_day, end_day=end_day, timezone=timezone, period=period, versions=versions
+        store,
+        actor,
+        start_day=start_day,
+        end_day=end_day,
+        timezone=timezone,
+        period=period,
+        versions=versions,
+        unit=unit,
     )
 
 
@@ -55,7 +63,7 @@ def versions(actor, source: str) -> list[str]:
 
 browser_zone = st.context.timezone if st.context.timezone in available_timezones() else "UTC"
 zones = sorted({browser_zone, "UTC", "Europe/London", "Europe/Paris", "America/New_York", "Asia/Tokyo"})
-controls = st.columns([1, 1.4, 1, 1.2, 0.8])
+controls = st.columns([1, 1.4, 1, 1.2, 0.9, 0.8])
 timezone = controls[0].selectbox("Time zone", zones, index=zones.index(browser_zone), key="stats_zone")
 today = datetime.now(ZoneInfo(timezone)).date()
 if "stats_dates" not in st.session_state:  # set once: a time-zone change keeps the chosen range
@@ -68,7 +76,11 @@ except StoreError as error:
     st.error(f"The results database cannot be read: {error}")
     st.stop()
 picked = controls[3].multiselect("Model versions", available, placeholder="all versions", key="stats_versions")
-paused = controls[4].toggle("Pause", help=f"Stop refreshing (every {REFRESH_SECONDS} s)")
+UNIT_NAMES = {"study": "per study", "result": "per scan or series"}
+unit = controls[4].radio("Count", list(UNIT_NAMES), format_func=UNIT_NAMES.get, key="stats_unit",
+                         help="Per study: a study counts once, tumour when any of its series is (a single scan is "
+                         "a study of its own). Per scan or series: every saved result once.")  # fmt: skip
+paused = controls[5].toggle("Pause", help=f"Stop refreshing (every {REFRESH_SECONDS} s)")
 
 days_chosen = list(chosen) if isinstance(chosen, tuple | list) else [chosen]
 if not days_chosen:
@@ -154,7 +166,7 @@ def quality_section() -> None:
 @st.fragment(run_every=None if paused else REFRESH_SECONDS)
 def live_dashboard() -> None:
     try:
-        dashboard = board(actor, start_day, end_day, timezone, period, tuple(picked), source)
+        dashboard = board(actor, start_day, end_day, timezone, period, tuple(picked), source, unit)
     except StoreError as error:
         st.error(f"The results database cannot be read: {error}")
         return
@@ -167,7 +179,8 @@ def live_dashboard() -> None:
         )
         return
     kpis = st.columns(6)
-    kpis[0].metric("Scans with a verdict", number(dashboard.scans), help=None if dashboard.scans else WITHHELD)
+    counted = "Studies" if dashboard.unit == "study" else "Scans and series"
+    kpis[0].metric(f"{counted} with a verdict", number(dashboard.scans), help=None if dashboard.scans else WITHHELD)
     rate = dashboard.tumour_rate
     kpis[1].metric(
         "Tumour rate",
@@ -195,7 +208,8 @@ def live_dashboard() -> None:
     right.plotly_chart(charts.confidence(dashboard), width="stretch", key="confidence")
     st.caption(
         "Counts from 1 to 4, and rates that would reveal them, are withheld: small counts can identify patients. "
-        "Periods without scans are shown as zero. The bars on the rate are its 95 % interval."
+        "Periods without scans are shown as zero. The bars on the rate are its 95 % interval. The class mix and the "
+        "confidence count every scan or series."
     )
 
     st.subheader("By model version")

@@ -3,7 +3,8 @@ volume; the study's verdict first, then each series with its viewer and curve. E
 
 import streamlit as st
 
-from core.errors import ModelError, StoreError
+from core.errors import InvalidRecord, ModelError, StoreError
+from core.services import reports
 from core.services.access import ANALYSE
 from core.services.studies import NOT_SAVED, triage_study
 from ui import resources
@@ -80,3 +81,15 @@ for number, view in enumerate(study.views, start=1):
         if view.skipped:
             st.caption(f"{len(view.skipped)} sections skipped (too little brain or not like a brain MRI).")
         series_viewer(view, classifier, explainer, prefix=f"s{number}-{view.key[:8]}")
+
+saved = [view.record.id for view in study.views if view.record is not None]
+if saved and st.button(f"Make the PDF report of this study ({len(saved)} series)", key="study_report"):
+    try:
+        store = resources.current_store()
+        st.session_state["study_pdf"] = (signature, reports.study_report(
+            store, resources.image_store(store), actor, saved, classifier, explainer))  # fmt: skip
+    except (InvalidRecord, StoreError) as error:
+        st.error(f"The report cannot be made: {error}")
+made = st.session_state.get("study_pdf")
+if made and made[0] == signature:
+    st.download_button("Download the report (PDF)", made[1], "study-report.pdf", "application/pdf")

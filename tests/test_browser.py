@@ -198,7 +198,7 @@ def test_upload_to_verdict_and_statistics_in_chromium(server: str, tmp_path: Pat
         expect(agreement).to_have_text("73.3%", timeout=60_000)  # 33 of 45 reviewed: one more disagreement
         reviewed = page.get_by_test_id("stMetric").filter(has_text="Reviewed").get_by_test_id("stMetricValue")
         expect(reviewed).to_have_text("45")
-        scans_metric = page.get_by_test_id("stMetric").filter(has_text="Scans with a verdict")
+        scans_metric = page.get_by_test_id("stMetric").filter(has_text="Studies with a verdict")
         expect(scans_metric.get_by_test_id("stMetricValue")).not_to_have_text("0", timeout=30_000)
         today = page.get_by_test_id("stMetric").filter(has_text="Today").get_by_test_id("stMetricValue")
         expect(today).to_have_text("<5")  # one scan today: a small count, withheld

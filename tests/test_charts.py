@@ -6,6 +6,8 @@ import csv
 import io
 from datetime import UTC, date, datetime, timedelta
 
+import pytest
+
 from core.analytics.charts import CLASS_COLOURS, WITHHELD, class_mix_figure, confidence_figure, tumour_rate_figure
 from core.analytics.stats import roll_up, safe_rate, wilson_interval
 from core.services.access import Actor
@@ -90,6 +92,30 @@ def test_dashboard_withholds_small_counts_everywhere_and_the_export_names_its_fi
     text = export_csv(board).decode()
     assert text.startswith("# dates: 2026-11-10 to 2026-11-20 (UTC)") and "model versions: all" in text
     rows = list(csv.DictReader(io.StringIO("\n".join(line for line in text.splitlines() if not line.startswith("#")))))
-    assert rows[-1] == {"period_start": "2026-11-20", "scans": "", "tumour": "", "tumour_rate": "",
+    assert rows[-1] == {"period_start": "2026-11-20", "results": "", "tumour": "", "tumour_rate": "",
                         "rate_95_low": "", "rate_95_high": ""}  # fmt: skip
-    assert rows[1]["scans"] == "0"
+    assert rows[1]["results"] == "0"
+
+
+def test_a_supervisors_tumour_rate_per_study_counts_a_study_once_however_many_series_it_has(tmp_path) -> None:
+    from tests.test_store import make_series, series_sections
+
+    store = SQLiteStore(tmp_path / "results.sqlite3")
+    day = datetime(2026, 11, 18, 9, 0, tzinfo=UTC)
+    for i in range(6):  # six single scans, three of them tumour
+        store.add(make_record(i + 1, day + timedelta(minutes=i), "glioma" if i < 3 else "notumor"))
+    for study in range(5):  # five studies of three series each; in studies 0 to 2 one series is tumour
+        for k in range(3):
+            label = "glioma" if study < 3 and k == 0 else "notumor"
+            record = make_series(100 + 10 * study + k, day + timedelta(hours=1, minutes=k), label, study=study + 1)
+            store.add_series(record, series_sections())
+    supervisor = Actor("boss", "supervisor")
+    common = {"start_day": date(2026, 11, 18), "end_day": date(2026, 11, 18), "timezone": "UTC", "period": "day"}
+    studies = dashboard(store, supervisor, unit="study", **common)
+    results = dashboard(store, supervisor, unit="result", **common)
+    assert (studies.scans, studies.tumour_rate) == (11, 6 / 11)  # 6 scans + 5 studies; 3 + 3 tumour
+    assert (results.scans, results.tumour_rate) == (21, 6 / 21)  # every scan and series once
+    assert studies.periods[0].scans == 11 and "counted per study" in export_csv(studies).decode()
+    assert studies.per_class == results.per_class  # the class mix always counts results
+    with pytest.raises(ValueError):
+        dashboard(store, supervisor, unit="section", **common)

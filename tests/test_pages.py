@@ -35,8 +35,9 @@ def app_environment(tmp_path: Path, tiny_card: Path, monkeypatch: pytest.MonkeyP
     st.cache_resource.clear()
 
 
-ROLE_OF_PAGE = {"scan.py": "radiologist", "study.py": "radiologist", "worklist.py": "radiologist", "statistics.py": "supervisor",
-                "audit.py": "supervisor", "accounts.py": "admin"}  # fmt: skip
+ROLE_OF_PAGE = {"scan.py": "radiologist", "study.py": "radiologist", "worklist.py": "radiologist",
+                "history.py": "radiologist", "statistics.py": "supervisor", "audit.py": "supervisor",
+                "accounts.py": "admin"}  # fmt: skip
 
 
 def page(name: str, role: str | None = None) -> AppTest:
@@ -209,7 +210,7 @@ def test_statistics_page_charts_the_stores_aggregates_under_the_small_count_rule
     app = page("statistics.py").run()
     assert not app.exception
     metrics = {m.label: m.value for m in app.metric}
-    assert metrics["Scans with a verdict"] == "13" and metrics["Tumour rate"] == "61.5%"
+    assert metrics["Studies with a verdict"] == "13" and metrics["Tumour rate"] == "61.5%"  # single scans: a study each
     assert metrics["Flagged for review"] == "0" and metrics["Rejected (not brain MRI)"] == "<5"
     assert metrics["Glioma"] == "6" and metrics["No tumour"] == "5" and metrics["Pituitary tumour"] == "<5"
     charts = {
@@ -322,6 +323,8 @@ def test_study_page_reads_a_zipped_series_shows_the_study_verdict_first_and_save
     assert "ZZCANARY" not in json.dumps([r.__dict__ for r in series], default=str)
     app.run()  # the same upload again: shown from the session, never saved twice
     assert store.summary().total == 1
+    next(b for b in app.button if b.label.startswith("Make the PDF report")).click().run()
+    assert not app.exception and app.get("download_button")
 
 
 def test_study_page_explains_an_upload_that_is_not_a_study() -> None:

@@ -19,7 +19,7 @@ from core.analytics.stats import PERIODS, roll_up, safe_rate, suppress_small, wi
 from core.services import audit
 from core.services.access import STATISTICS, Actor, require
 from core.storage.protocol import Store
-from core.storage.records import SHOWN, Filters
+from core.storage.records import SHOWN, DayCount, Filters
 
 
 @dataclass(frozen=True)
@@ -62,10 +62,27 @@ class Dashboard:
     periods: tuple[PeriodRow, ...]
     histogram: tuple[int | None, ...]
     models: tuple[VersionRow, ...]
+    unit: str = "result"  # what the headline, the rate over time and the export count (:data:`UNITS`)
 
     @property
     def empty(self) -> bool:
         return self.scans == 0 and not self.rejected
+
+
+UNITS = ("study", "result")  # a study counts once (tumour when any of its series is); a result is a scan or a series
+
+
+def study_days(store: Store, filters: Filters, timezone: str) -> list[DayCount]:
+    """Studies per local day: each single scan is a study of its own; series are grouped by their study (counted
+    on the day its first series was saved, tumour when any series is)."""
+    singles = store.daily_counts(replace(filters, kinds=("scan",)), timezone)
+    counts: dict[date, list[int]] = {d.day: [d.total, d.tumour] for d in singles}
+    zone = ZoneInfo(timezone)
+    for first, tumour in store.study_rows(filters):
+        row = counts.setdefault(first.astimezone(zone).date(), [0, 0])
+        row[0] += 1
+        row[1] += int(tumour)
+    return [DayCount(day, n, t) for day, (n, t) in sorted(counts.items())]
 
 
 def local_midnight(day: date, timezone: str) -> datetime:
@@ -91,12 +108,16 @@ def dashboard(
     period: str,
     versions: Sequence[str] = (),
     now: datetime | None = None,
+    unit: str = "result",
 ) -> Dashboard:
     """Aggregates of verdicts (scans the gate rejected counted apart) from ``start_day`` to ``end_day`` inclusive,
-    local days in ``timezone`` (supervisors and admins)."""
+    local days in ``timezone`` (supervisors and admins). With ``unit="study"`` the headline count, the tumour rate
+    and the rate over time count studies; the class mix, confidence and versions always count results."""
     require(actor, STATISTICS)
     if period not in PERIODS:
         raise ValueError(f"period must be one of {PERIODS}")
+    if unit not in UNITS:
+        raise ValueError(f"unit must be one of {UNITS}")
     everything = date_range(start_day, end_day, timezone, versions)
     shown = replace(everything, gates=SHOWN)
     summary = store.summary(shown)
@@ -106,17 +127,22 @@ def dashboard(
     today = store.summary(replace(shown, start=today_start, end=today_start + timedelta(days=1))).total
     week = store.summary(replace(shown, start=local_midnight(local_today - timedelta(days=7), timezone),
                                  end=today_start)).total  # fmt: skip
-    periods = roll_up(store.daily_counts(shown, timezone), period, start_day, end_day)
-    rate = safe_rate(summary.tumour, summary.total)
+    days = study_days(store, shown, timezone) if unit == "study" else store.daily_counts(shown, timezone)
+    periods = roll_up(days, period, start_day, end_day)
+    total, tumours = sum(d.total for d in days), sum(d.tumour for d in days)
+    if unit == "study":
+        today = sum(d.total for d in days if d.day == local_today)
+        week = sum(d.total for d in days if local_today - timedelta(days=7) <= d.day < local_today)
+    rate = safe_rate(tumours, total)
     return Dashboard(
         start_day=start_day,
         end_day=end_day,
         timezone=timezone,
         period=period,
         versions=tuple(versions),
-        scans=suppress_small(summary.total),
+        scans=suppress_small(total),
         tumour_rate=rate,
-        tumour_interval=wilson_interval(summary.tumour, summary.total) if rate is not None else None,
+        tumour_interval=wilson_interval(tumours, total) if rate is not None else None,
         mean_confidence=summary.mean_confidence if suppress_small(summary.total) else None,
         today=suppress_small(today),
         week_mean=week / 7 if suppress_small(week) is not None else None,
@@ -145,6 +171,7 @@ def dashboard(
             )
             for m in store.by_model(shown)
         ),
+        unit=unit,
     )
 
 
@@ -164,10 +191,19 @@ def export_csv(board: Dashboard) -> bytes:
     buffer = io.StringIO()
     buffer.write(f"# dates: {board.start_day.isoformat()} to {board.end_day.isoformat()} ({board.timezone})\n")
     buffer.write(f"# group by: {board.period}; model versions: {', '.join(board.versions) or 'all'}\n")
+    buffer.write(
+        f"# counted per {board.unit}"
+        + (
+            ": a study counts once, tumour when any of its series is; a single scan is a study of its own\n"
+            if board.unit == "study"
+            else ": each scan or series once\n"
+        )
+    )
     buffer.write("# verdicts shown to users only (scans refused by the input gate are not counted); "
                  "counts from 1 to 4 are withheld (empty)\n")  # fmt: skip
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["period_start", "scans", "tumour", "tumour_rate", "rate_95_low", "rate_95_high"])
+    writer.writerow(["period_start", "studies" if board.unit == "study" else "results", "tumour", "tumour_rate",
+                     "rate_95_low", "rate_95_high"])  # fmt: skip
     for row in board.periods:
         low, high = row.interval if row.interval else (None, None)
         writer.writerow([
