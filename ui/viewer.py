@@ -49,7 +49,12 @@ def series_viewer(view: SeriesView, classifier, explainer, prefix: str) -> None:
     controls = st.columns([3, 1.3, 1, 1])
     index = controls[0].slider("Section", 0, count - 1, key=slider_key, help="Arrow keys move one section.")
     preset = controls[1].selectbox("Window", list(WINDOW_PRESETS), key=f"{prefix}-preset")
-    show_heat = controls[2].toggle("Heat map", value=True, key=f"{prefix}-heat")
+    show_heat = controls[2].toggle(
+        "Heat map",
+        value=False,
+        key=f"{prefix}-heat",
+        help="Where the model looked on this section (computed when shown).",
+    )
     opacity = controls[3].slider("Opacity", 0.0, 1.0, 0.4, 0.05, key=f"{prefix}-opacity", disabled=not show_heat)
     with st.expander("Level / width and measurement"):
         level_default, width_default = WINDOW_PRESETS[preset]
