@@ -128,25 +128,34 @@ class SeriesRule:
             raise ValueError("the series rule needs at least one neighbour and a threshold inside (0, 1)")
         return rule
 
-    def score(self, probabilities: Sequence[float | None]) -> tuple[float | None, int]:
-        """(the highest level ``k`` neighbouring sections all reach, the ``k`` used). ``None`` entries are skipped
-        sections: they break runs. With no run of ``k``, the longest run sets a smaller ``k`` (a warning says so);
-        with nothing analysed the score is None."""
-        runs, current = [], []
-        for p in probabilities:
+    def best_window(self, probabilities: Sequence[float | None]) -> tuple[float | None, list[int]]:
+        """(the highest level ``k`` neighbouring sections all reach, the indices of those sections). ``None``
+        entries are skipped sections: they break runs. With no run of ``k``, the longest run sets a smaller ``k``
+        (the caller warns); with nothing analysed the score is None and the window empty."""
+        runs: list[list[int]] = [[]]
+        for i, p in enumerate(probabilities):
             if p is None:
-                if current:
-                    runs.append(current)
-                current = []
+                runs.append([])
             else:
-                current.append(float(p))
-        if current:
-            runs.append(current)
+                runs[-1].append(i)
+        runs = [run for run in runs if run]
         if not runs:
-            return None, 0
+            return None, []
         k = min(self.neighbours, max(len(run) for run in runs))
-        best = max(float(np.min(run[i : i + k])) for run in runs if len(run) >= k for i in range(len(run) - k + 1))
-        return best, k
+        best: tuple[float, list[int]] | None = None
+        for run in runs:
+            for start in range(len(run) - k + 1):
+                window = run[start : start + k]
+                level = min(float(probabilities[i]) for i in window)  # type: ignore[arg-type]
+                if best is None or level > best[0]:
+                    best = (level, window)
+        assert best is not None
+        return best
+
+    def score(self, probabilities: Sequence[float | None]) -> tuple[float | None, int]:
+        """(the series' score, the ``k`` it used): see :meth:`best_window`."""
+        level, window = self.best_window(probabilities)
+        return level, len(window)
 
     def to_json(self) -> dict[str, Any]:
         return {"neighbours": self.neighbours, "threshold": self.threshold, "fitted_on": self.fitted_on}

@@ -77,18 +77,7 @@ class SeriesAnalysis:
     @property
     def window(self) -> list[Section]:
         """The neighbouring analysed sections that set the score (the best window; empty when nothing analysed)."""
-        k = self.neighbours_used
-        runs, current = [], []
-        for section in self.sections:
-            if section.analysis is None:
-                runs, current = [*runs, current], []
-            else:
-                current.append(section)
-        runs.append(current)
-        windows = [run[i : i + k] for run in runs if k and len(run) >= k for i in range(len(run) - k + 1)]
-        if not windows:
-            return []
-        return max(windows, key=lambda w: min(s.tumour_probability or 0.0 for s in w))
+        return [self.sections[i] for i in self.rule.best_window(self.curve)[1]]
 
     @property
     def probabilities(self) -> dict[str, float]:
