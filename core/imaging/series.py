@@ -20,6 +20,7 @@ import io
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -65,9 +66,9 @@ class Volume:
     def plane(self) -> str | None:
         return dicom.plane_of(self.orientation) if self.orientation else None
 
-    @property
+    @cached_property
     def sha256(self) -> str:
-        """The identity of the series' content (its display pixels, in order)."""
+        """The identity of the series' content (its display pixels, in order), computed once."""
         return hashlib.sha256(self.sections.tobytes()).hexdigest()
 
 
