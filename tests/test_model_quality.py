@@ -45,8 +45,9 @@ def validation() -> list[tuple[str, Path]]:
 
 
 def handful(validation: list[tuple[str, Path]], label: str, n: int = 8) -> list[Path]:
-    """``n`` validation scans of ``label`` spread over the split (files are grouped by source in their folders)."""
-    paths = [path for truth, path in validation if truth == label]
+    """``n`` validation scans of ``label`` from the training collection (where every tumour has its type), spread
+    over the split (files are grouped by source in their folders)."""
+    paths = [path for truth, path in validation if truth == label and "Training" in path.parts]
     return paths[:: max(1, len(paths) // n)][:n]
 
 
@@ -98,15 +99,47 @@ def test_gate_refuses_generated_non_mri(classifier: Classifier) -> None:
     assert np.mean(refused) >= 0.95
 
 
-def test_gate_passes_validation_scans(classifier: Classifier, validation) -> None:
-    sample = validation[::5]
-    rejected = []
-    for _, path in sample:
+def test_gate_passes_validation_scans_with_enough_brain_on_every_source(classifier: Classifier, validation) -> None:
+    """Real brain slices are refused at most 2 % of the time on each source (the issue's target is 1 %: the figure
+    is in docs/model-report.md); LGG sections with under 15,000 head pixels (vertex, skull base) may be refused for
+    holding too little brain, and are left out here."""
+    from core.training.sources import discover
+
+    head = {i.path.resolve(): i.head_pixels for i in discover([SHARED_DATA / "LGG"])}
+    rejected: dict[str, list[bool]] = {}
+    for _, path in validation[::4]:
+        if (head.get(path.resolve()) or 15_000) < 15_000:
+            continue
+        source = path.resolve().relative_to(SHARED_DATA.resolve()).parts[0]
         try:
-            rejected.append(analyse(path.read_bytes(), classifier).prediction.gate.decision == REJECTED)
+            refused = analyse(path.read_bytes(), classifier).prediction.gate.decision == REJECTED
         except ScanError:
-            rejected.append(True)
-    assert np.mean(rejected) <= 0.02
+            refused = True
+        rejected.setdefault(source, []).append(refused)
+    shares = {source: float(np.mean(flags)) for source, flags in rejected.items()}
+    assert {"Training", "LGG", "Normal-heads"} <= set(shares)
+    assert all(share <= 0.02 for share in shares.values()), shares
+
+
+def test_a_glioma_patients_volume_is_a_tumour_and_a_healthy_head_is_not(classifier: Classifier, validation) -> None:
+    """The series rule on real validation volumes: every LGG patient's FLAIR series held out for validation, and
+    every Normal-heads subject's series held out (the card's series figures come from the same volumes)."""
+    from core.imaging.series import Volume
+    from core.model.volume import analyse_volume
+    from core.training.series_fit import volumes
+    from core.training.sources import discover
+
+    listed = {path.resolve() for _, path in validation}
+    items = [i for i in discover([SHARED_DATA / "LGG", SHARED_DATA / "Normal-heads"]) if i.path.resolve() in listed]
+    called = {"LGG": [], "Normal-heads": []}
+    for name, members in volumes(items).items():
+        if members[0].source == "LGG" and not name.endswith("_flair"):
+            continue
+        sections = np.stack([read_scan_file(m.path).pixels for m in members])
+        volume = Volume("test", "study", name, sections, tuple(float(k) for k in range(len(members))))
+        called[members[0].source].append(analyse_volume(volume, classifier).is_tumour)
+    assert len(called["LGG"]) >= 5 and len(called["Normal-heads"]) >= 5
+    assert np.mean(called["LGG"]) >= 0.85 and not any(called["Normal-heads"]), called
 
 
 def test_grad_cam_concentrates_inside_the_brain(classifier: Classifier, validation) -> None:
