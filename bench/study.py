@@ -96,9 +96,12 @@ def main() -> None:
         "peak_rss_mb_model_and_study": round(peak_mb(args, study=True), 1),
         "this_process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
-    print(f"study {result['study_ms']:.0f} ms (target <= 3000), predict over the same files {result['predict_ms']:.0f} ms, "
-          f"ratio {result['ratio_study_to_predict']}; peak RSS {result['peak_rss_mb_model_and_study']:.0f} MB "
-          f"(model alone {result['peak_rss_mb_model_only']:.0f} MB)")  # fmt: skip
+    print(
+        f"study {result['study_ms']:.0f} ms (target <= 3000), "
+        f"predict over the same files {result['predict_ms']:.0f} ms, ratio {result['ratio_study_to_predict']}; "
+        f"peak RSS {result['peak_rss_mb_model_and_study']:.0f} MB "
+        f"(model alone {result['peak_rss_mb_model_only']:.0f} MB)"
+    )
     print(json.dumps(result))
 
 
