@@ -10,6 +10,7 @@ import os
 import sqlite3
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
@@ -604,14 +605,33 @@ def test_the_roll_ups_give_the_figures_the_results_give(tmp_path: Path) -> None:
 
     start, end = utc(2026, 3, 10), utc(2026, 4, 20)
     ranges = [Filters(), Filters(start=start, end=end), Filters(start=start, model_versions=("2.0.0",)),
-              Filters(end=end, gates=("accepted", "needs_review")), Filters(labels=("glioma", "notumor"))]  # fmt: skip
+              Filters(end=end, gates=("accepted", "needs_review")), Filters(labels=("glioma", "notumor")),
+              Filters(start=utc(2026, 3, 9, 23), end=utc(2026, 4, 20, 4, 45)),  # local midnights: partial UTC days
+              Filters(start=utc(2026, 3, 12, 5), end=utc(2026, 3, 12, 18, 30))]  # fmt: skip
     for filters in ranges:
         raw = replace(filters, start=(filters.start or utc(2020, 1, 1)) - timedelta(milliseconds=1))
         assert same(store.summary(filters), store.summary(raw))
         assert same(store.by_model(filters), store.by_model(raw))
-        for zone in ("UTC", "Europe/Paris", "Asia/Kolkata", "Asia/Kathmandu"):
-            assert same(store.daily_counts(filters, zone), store.daily_counts(raw, zone))
-            assert same(store.daily_quality(filters, zone), store.daily_quality(raw, zone))
+        for zone in ("UTC", "Europe/Paris", "Asia/Kolkata", "Asia/Kathmandu", "America/New_York",
+                     "Pacific/Kiritimati", "Pacific/Pago_Pago"):  # fmt: skip
+            assert same(store.daily_counts(filters, zone), store.daily_counts(raw, zone)), (filters, zone)
+            assert same(store.daily_quality(filters, zone), store.daily_quality(raw, zone)), (filters, zone)
+        # the whole-day roll-ups of the histogram, confusion and turnaround against the records themselves
+        now = [store.get(r.id) for r in records]
+        inside = [r for r in now if (filters.start is None or r.created_at >= filters.start)
+                  and (filters.end is None or r.created_at < filters.end)]  # fmt: skip
+        scoped = [r for r in inside if not filters.model_versions or r.model_version in filters.model_versions]
+        picked = [r for r in scoped if (not filters.labels or r.label in filters.labels)
+                  and (not filters.gates or r.gate in filters.gates)]  # fmt: skip
+        histogram = [0] * 20
+        for r in picked:
+            histogram[min(int(r.confidence * 20), 19)] += 1
+        assert store.confidence_histogram(filters) == histogram
+        reviewed = [r for r in scoped if r.review_count and r.gate != "rejected"]
+        assert store.confusion(filters) == dict(Counter((r.label, r.final_label) for r in reviewed))
+        first_review = {r.id: min(v.created_at for v in store.reviews_of(r.id)) for r in reviewed}
+        hours = Counter(int((first_review[r.id] - r.created_at).total_seconds() // 3600) for r in reviewed)
+        assert store.turnaround_hours(filters) == dict(hours)
 
 
 def test_gridfs_keeps_images_like_the_folder_store() -> None:

@@ -11,6 +11,8 @@ SQLite keeps its version in ``PRAGMA user_version``; MongoDB in the ``meta`` col
   key of its de-identified pixels. Upgrading moves version 2's one review per result into the reviews table.
 - version 4: series. A result is a single scan or a whole series (``kind``; its study's reference and section
   count), with the series' sections in their own table; roll-ups count each kind apart. Earlier results are scans.
+- version 5: whole-day roll-ups beside the quarter-hour ones (SQLite: summaries, confidence, confusion, review
+  turnaround per UTC day), so that two years of results are summed in milliseconds. Upgrading builds them.
 
 An upgrade runs in one transaction after a backup copy of the file (``<file>.v<N>.bak``); a database newer than
 this code is refused rather than guessed at.
@@ -57,8 +59,10 @@ def migrate_sqlite(connection: sqlite3.Connection, path: Path) -> int:
             if found <= 2:
                 moved = _sqlite_v2_to_v3(connection)
                 logger.warning("event=store_migrated store=sqlite to=3 reviews_moved=%d", moved)
-            _sqlite_v3_to_v4(connection)
-            logger.warning("event=store_migrated store=sqlite to=4")
+            if found <= 3:
+                _sqlite_v3_to_v4(connection)
+                logger.warning("event=store_migrated store=sqlite to=4")
+            logger.warning("event=store_migrated store=sqlite to=5")  # the roll-ups below, whole days among them
         create_schema(connection)
         if found < SCHEMA_VERSION and has_table:
             fill_rollup(connection)

@@ -164,18 +164,90 @@ ROLLUP = (
 )
 
 
+# Whole UTC days: the same sums per day (a two-year range reads ~10,000 rows instead of ~250,000 quarters), the
+# confidence histogram, the confusion of verdicts against final labels and the review turnaround. A range is
+# summed from the whole days it holds plus its partial days at either end (quarters or the results themselves);
+# a local calendar day is its UTC day corrected by the quarters it shares with a neighbour, read through
+# ``rollup_by_slot`` (quarter of the day). Only shown (not refused) reviewed results enter the review tables.
+_DAY = "NEW.created_ms / 86400000"
+_SHOWN_REVIEWED = "{0}.review_count > 0 AND {0}.gate != 'rejected'"
+_CONFUSION_KEY = "(day, kind, model_version, label, final_label)"
+_TURNAROUND_HOURS = "min(CAST(({0}.first_reviewed_ms - {0}.created_ms) / 3600000 AS INTEGER), 720)"
+DAYS = (
+    ROLLUP[0].replace("rollup (", "rollup_day (", 1).replace("quarter", "day"),
+    """CREATE TABLE IF NOT EXISTS confidence_day (
+        day INTEGER NOT NULL, kind TEXT NOT NULL, model_version TEXT NOT NULL, label TEXT NOT NULL,
+        gate TEXT NOT NULL, twentieth INTEGER NOT NULL, n INTEGER NOT NULL,
+        PRIMARY KEY (day, kind, model_version, label, gate, twentieth)
+    ) WITHOUT ROWID""",
+    f"""CREATE TABLE IF NOT EXISTS confusion_day (
+        day INTEGER NOT NULL, kind TEXT NOT NULL, model_version TEXT NOT NULL, label TEXT NOT NULL,
+        final_label TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY {_CONFUSION_KEY}
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS turnaround_day (
+        day INTEGER NOT NULL, kind TEXT NOT NULL, model_version TEXT NOT NULL, hours INTEGER NOT NULL,
+        n INTEGER NOT NULL, PRIMARY KEY (day, kind, model_version, hours)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS rollup_by_slot ON rollup (quarter % 96, quarter)",
+    "CREATE TRIGGER IF NOT EXISTS days_on_insert AFTER INSERT ON scans BEGIN "
+    + ROLLUP[1]
+    .split(" BEGIN ", 1)[1]
+    .replace("INSERT INTO rollup (quarter,", "INSERT INTO rollup_day (day,")
+    .replace("NEW.created_ms / 900000", _DAY)
+    .replace("ON CONFLICT (quarter,", "ON CONFLICT (day,")
+    .removesuffix(" END")
+    + f" INSERT INTO confidence_day VALUES ({_DAY}, NEW.kind, NEW.model_version, NEW.label, NEW.gate, "
+    "CAST(NEW.confidence * 20 AS INTEGER), 1) ON CONFLICT DO UPDATE SET n = n + 1; "
+    f"INSERT INTO confusion_day SELECT {_DAY}, NEW.kind, NEW.model_version, NEW.label, COALESCE(NEW.final_label, ''), "
+    f"1 WHERE {_SHOWN_REVIEWED.format('NEW')} ON CONFLICT DO UPDATE SET n = n + 1; "
+    f"INSERT INTO turnaround_day SELECT {_DAY}, NEW.kind, NEW.model_version, {_TURNAROUND_HOURS.format('NEW')}, 1 "
+    f"WHERE {_SHOWN_REVIEWED.format('NEW')} AND NEW.first_reviewed_ms IS NOT NULL ON CONFLICT DO UPDATE SET n = n + 1; "
+    "END",
+    "CREATE TRIGGER IF NOT EXISTS days_on_review AFTER UPDATE OF review_count, final_label, first_reviewed_ms ON scans "
+    "BEGIN "
+    + ROLLUP[2]
+    .split(" BEGIN ", 1)[1]
+    .replace("UPDATE rollup SET", "UPDATE rollup_day SET")
+    .replace("quarter = NEW.created_ms / 900000", f"day = {_DAY}")
+    .removesuffix(" END")
+    + f" UPDATE confusion_day SET n = n - 1 WHERE {_SHOWN_REVIEWED.format('OLD')} AND day = OLD.created_ms / 86400000 "
+    "AND kind = OLD.kind AND model_version = OLD.model_version AND label = OLD.label "
+    "AND final_label = COALESCE(OLD.final_label, ''); "
+    f"INSERT INTO confusion_day SELECT {_DAY}, NEW.kind, NEW.model_version, NEW.label, COALESCE(NEW.final_label, ''), "
+    f"1 WHERE {_SHOWN_REVIEWED.format('NEW')} ON CONFLICT DO UPDATE SET n = n + 1; "
+    f"UPDATE turnaround_day SET n = n - 1 WHERE {_SHOWN_REVIEWED.format('OLD')} AND OLD.first_reviewed_ms IS NOT NULL "
+    "AND day = OLD.created_ms / 86400000 AND kind = OLD.kind AND model_version = OLD.model_version "
+    f"AND hours = {_TURNAROUND_HOURS.format('OLD')}; "
+    f"INSERT INTO turnaround_day SELECT {_DAY}, NEW.kind, NEW.model_version, {_TURNAROUND_HOURS.format('NEW')}, 1 "
+    f"WHERE {_SHOWN_REVIEWED.format('NEW')} AND NEW.first_reviewed_ms IS NOT NULL ON CONFLICT DO UPDATE SET n = n + 1; "
+    "END",
+)
+
+
 def create_schema(connection: sqlite3.Connection) -> None:
     # statement by statement: executescript would commit the migration's transaction half-way
-    for statement in (SCANS, *INDEXES, *PEOPLE, SECTIONS, *ROLLUP):
+    for statement in (SCANS, *INDEXES, *PEOPLE, SECTIONS, *ROLLUP, *DAYS):
         connection.execute(statement)
 
 
 def fill_rollup(connection: sqlite3.Connection) -> None:
     """Build the roll-ups of the results already there (an upgraded file: its rows predate the triggers)."""
-    connection.execute("DELETE FROM rollup")
-    connection.execute(
-        "INSERT INTO rollup SELECT created_ms / 900000, kind, model_name, model_version, label, gate, count(*), "
-        "sum(is_tumour), sum(confidence), sum(tumour_probability), sum(tumour_probability * tumour_probability), "
-        "sum(review_count > 0), sum(review_count > 0 AND final_label = label), min(created_ms), max(created_ms) "
-        "FROM scans GROUP BY created_ms / 900000, kind, model_version, model_name, label, gate"
+    measures = (
+        "kind, model_name, model_version, label, gate, count(*), sum(is_tumour), sum(confidence), "
+        "sum(tumour_probability), sum(tumour_probability * tumour_probability), sum(review_count > 0), "
+        "sum(review_count > 0 AND final_label = label), min(created_ms), max(created_ms) FROM scans GROUP BY {0}, "
+        "kind, model_version, model_name, label, gate"
     )
+    shown_reviewed = _SHOWN_REVIEWED.format("scans")
+    for table, statement in (
+        ("rollup", f"SELECT created_ms / 900000, {measures.format('created_ms / 900000')}"),
+        ("rollup_day", f"SELECT created_ms / 86400000, {measures.format('created_ms / 86400000')}"),
+        ("confidence_day", "SELECT created_ms / 86400000, kind, model_version, label, gate, "
+         "CAST(confidence * 20 AS INTEGER), count(*) FROM scans GROUP BY 1, 2, 3, 4, 5, 6"),
+        ("confusion_day", "SELECT created_ms / 86400000, kind, model_version, label, COALESCE(final_label, ''), "
+         f"count(*) FROM scans WHERE {shown_reviewed} GROUP BY 1, 2, 3, 4, 5"),
+        ("turnaround_day", f"SELECT created_ms / 86400000, kind, model_version, {_TURNAROUND_HOURS.format('scans')}, "
+         f"count(*) FROM scans WHERE {shown_reviewed} AND first_reviewed_ms IS NOT NULL GROUP BY 1, 2, 3, 4"),
+    ):  # fmt: skip
+        connection.execute(f"DELETE FROM {table}")
+        connection.execute(f"INSERT INTO {table} {statement}")

@@ -27,7 +27,6 @@ from core.errors import InvalidRecord, StoreError, StoreUnavailable
 from core.storage.migrations import migrate_sqlite
 from core.storage.protocol import (
     EVERYTHING,
-    HISTOGRAM_BINS,
     record_to_row,
     row_to_record,
 )
@@ -283,21 +282,6 @@ class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
         rows = self._query(f"SELECT {_COLUMNS} FROM scans WHERE id IN ({', '.join('?' * len(ids))})", ids)
         by_id = {row["id"]: self._decode(row) for row in rows}
         return [by_id[i] for i in ids]
-
-    def confidence_histogram(self, filters: Filters = EVERYTHING, bins: int = HISTOGRAM_BINS) -> list[int]:
-        """Counts of the decision's confidence in ``bins`` equal bins over [0, 1] (bins divides 20)."""
-        if HISTOGRAM_BINS % bins:
-            raise ValueError(f"bins must divide {HISTOGRAM_BINS}")
-        where, params = self._where(filters)
-        rows = self._query(
-            f"SELECT CAST(confidence * 20 AS INTEGER), count(*) FROM scans{where} "
-            "GROUP BY CAST(confidence * 20 AS INTEGER)",
-            params,
-        )
-        counts = [0] * bins
-        for twentieth, count in rows:
-            counts[min(int(twentieth), HISTOGRAM_BINS - 1) * bins // HISTOGRAM_BINS] += int(count)
-        return counts
 
     def model_versions(self) -> list[str]:
         return [row[0] for row in self._query("SELECT DISTINCT model_version FROM scans ORDER BY model_version")]

@@ -1,14 +1,19 @@
 """The SQLite store's dashboard aggregates (a mixin of :class:`core.storage.sqlite.SQLiteStore`).
 
-Summaries, calendar days, the per-version table and the per-day quality counts are summed from the ``rollup``
-table (one row per UTC quarter-hour, model, verdict and gate decision, kept current by triggers in the same
-transaction as each write: :mod:`core.storage.migrations`) whenever the range starts and ends on whole quarters,
-as every dashboard range does (a local midnight in any time zone). Any other range is answered from the results
-themselves; a contract test proves both give the same figures.
+Summaries, calendar days, the per-version table and the per-day quality counts are summed from the roll-ups (kept
+current by triggers in the same transaction as each write: :mod:`core.storage.schema`) whenever the range starts
+and ends on whole quarters, as every dashboard range does (a local midnight in any time zone): the whole UTC days
+of the range from ``rollup_day``, its partial days at either end from the quarter-hour ``rollup``. A local calendar
+day is the UTC day that holds its noon, plus the quarters it takes from the neighbouring UTC day, minus those it
+gives away (read by quarter of the day). Any other range is answered from the results themselves; a contract test
+proves both give the same figures.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from collections import defaultdict
+from dataclasses import replace
 from datetime import date, timedelta
 from itertools import pairwise
 from typing import Any
@@ -46,6 +51,43 @@ def _rollup_where(filters: Filters) -> tuple[str, list[Any]]:
     return where_sql(filters, "quarter", QUARTER_MS)
 
 
+def split_range(filters: Filters) -> tuple[Filters | None, list[Filters]]:
+    """``filters`` as its whole UTC days (bounds on day boundaries; None when it holds no whole day) and the
+    partial days at either end (the same filters bounded by what is left)."""
+    start = None if filters.start is None else to_ms(filters.start)
+    end = None if filters.end is None else to_ms(filters.end)
+    first = None if start is None else -(-start // DAY_MS)
+    last = None if end is None else end // DAY_MS
+    if first is not None and last is not None and first >= last:
+        return None, [filters] if start < end else []
+    days = replace(filters, start=None if first is None else from_ms(first * DAY_MS),
+                   end=None if last is None else from_ms(last * DAY_MS))  # fmt: skip
+    edges = []
+    if start is not None and start < first * DAY_MS:
+        edges.append(replace(filters, end=days.start))
+    if end is not None and last * DAY_MS < end:
+        edges.append(replace(filters, start=days.end))
+    return days, edges
+
+
+def whole_days_and_edges(
+    filters: Filters, day_sql: str, day_table: str, edge_sql: str, edge_table: str, edge_where: Any
+) -> tuple[str, list[Any]]:
+    """One subquery: ``day_sql`` over the whole UTC days of ``filters`` in ``day_table`` (its time column ``day``),
+    UNION ALL ``edge_sql`` over the partial days in ``edge_table`` (conditions from ``edge_where(filters)``)."""
+    days, edges = split_range(filters)
+    parts, params = [], []
+    if days is not None:
+        where, day_params = where_sql(days, "day", DAY_MS)
+        parts.append(f"SELECT {day_sql} FROM {day_table}{where}")
+        params += day_params
+    for edge in edges:
+        where, edge_params = edge_where(edge)
+        parts.append(f"SELECT {edge_sql} FROM {edge_table}{where}")
+        params += edge_params
+    return " UNION ALL ".join(parts) or f"SELECT {day_sql} FROM {day_table} WHERE 0", params
+
+
 def day_sql(timezone: str, first_ms: int, last_ms: int) -> tuple[str, list[Any]]:
     """SQL for the local calendar day (days since 1970-01-01) of a column ``quarter_ms`` in ``timezone``."""
     segments = utc_offset_segments(timezone, first_ms, last_ms)
@@ -68,9 +110,10 @@ class SQLiteAggregates:
 
     def summary(self, filters: Filters = EVERYTHING) -> Summary:
         if _aligned(filters):
-            where, params = _rollup_where(filters)
+            columns = "label, gate, n, tumour, confidence_sum, first_ms, last_ms"
+            rolled, params = whole_days_and_edges(filters, columns, "rollup_day", columns, "rollup", _rollup_where)
             sql = ("SELECT label, gate, sum(n), sum(tumour), sum(confidence_sum), min(first_ms), max(last_ms) "
-                   f"FROM rollup{where} GROUP BY label, gate")  # fmt: skip
+                   f"FROM ({rolled}) GROUP BY label, gate")  # fmt: skip
         else:
             where, params = self._where(filters)
             sql = ("SELECT label, gate, count(*), sum(is_tumour), sum(confidence), min(created_ms), max(created_ms) "
@@ -84,60 +127,94 @@ class SQLiteAggregates:
 
     # --- calendar days ------------------------------------------------------------------------------------
 
-    def _quarters(self, filters: Filters, columns: str, raw_columns: str) -> tuple[str, list[Any]]:
-        """A subquery of per-quarter sums (``quarter_ms`` and ``columns``), from the roll-up when it can."""
-        if _aligned(filters):
-            where, params = _rollup_where(filters)
-            return f"SELECT quarter * {QUARTER_MS} AS quarter_ms, {columns} FROM rollup{where} GROUP BY quarter", params
-        where, params = self._where(filters)
-        return (f"SELECT created_ms / {QUARTER_MS} * {QUARTER_MS} AS quarter_ms, {raw_columns} FROM scans{where} "
-                f"GROUP BY created_ms / {QUARTER_MS}"), params  # fmt: skip
+    def _local_days(self, filters: Filters, timezone: str, sums: str) -> list[tuple[Any, ...]]:
+        """(local day number, results, *``sums`` of roll-up columns) for each calendar day of ``timezone`` that
+        has results in the (quarter-aligned) range of ``filters``."""
+        span = self._time_range(filters)
+        if span is None:
+            return []
+        segments = utc_offset_segments(timezone, *span)
+        starts = [at for at, _ in segments]
 
-    def daily_counts(self, filters: Filters, timezone: str) -> list[DayCount]:
+        def local_day(quarter: int) -> int:
+            ms = quarter * QUARTER_MS
+            return (ms + segments[max(0, bisect_right(starts, ms) - 1)][1]) // DAY_MS
+
+        def owner(day: int) -> int:  # the local day that holds the UTC day's noon
+            return local_day(day * 96 + 48)
+
+        totals: dict[int, list[Any]] = defaultdict(list)
+
+        def add(day: int, values: list[Any], sign: int) -> None:
+            row = totals[day] or [0] * len(values)
+            totals[day] = [t + sign * v for t, v in zip(row, values, strict=True)]
+
+        per_quarter = f"SELECT quarter, sum(n), {sums} FROM rollup{{}} GROUP BY quarter"
+        days, edges = split_range(filters)
+        if days is not None:
+            where, params = where_sql(days, "day", DAY_MS)
+            for day, *values in self._query(f"SELECT day, sum(n), {sums} FROM rollup_day{where} GROUP BY day", params):
+                add(owner(day), values, 1)
+            offsets = {offset // QUARTER_MS for _, offset in segments}
+            slots = sorted({s for s in range(96) for a in offsets for b in offsets if (s + a) // 96 != (48 + b) // 96})
+            if slots:  # the quarters a UTC day shares with another local day than its noon's
+                where, params = _rollup_where(days)
+                where += f"{' AND' if where else ' WHERE'} quarter % 96 IN ({', '.join(map(str, slots))})"
+                for quarter, *values in self._query(per_quarter.format(where), params):
+                    add(local_day(quarter), values, 1)
+                    add(owner(quarter // 96), values, -1)
+        for edge in edges:
+            where, params = _rollup_where(edge)
+            for quarter, *values in self._query(per_quarter.format(where), params):
+                add(local_day(quarter), values, 1)
+        return [(day, *values) for day, values in sorted(totals.items()) if values[0]]
+
+    def _raw_days(self, filters: Filters, timezone: str, sums: str) -> list[tuple[Any, ...]]:
+        """As :meth:`_local_days`, from the results themselves (any range); ``sums`` of result columns."""
         span = self._time_range(filters)
         if span is None:
             return []
         day, day_params = day_sql(timezone, *span)
-        inner, params = self._quarters(filters, "sum(n) AS n, sum(tumour) AS tumour",
-                                       "count(*) AS n, sum(is_tumour) AS tumour")  # fmt: skip
-        rows = self._query(
-            f"SELECT {day} AS day, sum(n), sum(tumour) FROM ({inner}) GROUP BY day ORDER BY day", [*day_params, *params]
-        )
-        return day_rows([tuple(row) for row in rows])
+        where, params = self._where(filters)
+        inner = (f"SELECT created_ms / {QUARTER_MS} * {QUARTER_MS} AS quarter_ms, {sums} FROM scans{where} "
+                 f"GROUP BY created_ms / {QUARTER_MS}")  # fmt: skip
+        names = [part.rsplit(" AS ", 1)[1] for part in sums.split(", ")]
+        totals = ", ".join(f"sum({name})" for name in names)
+        rows = self._query(f"SELECT {day} AS day, {totals} FROM ({inner}) GROUP BY day ORDER BY day",
+                           [*day_params, *params])  # fmt: skip
+        return [tuple(row) for row in rows]
+
+    def daily_counts(self, filters: Filters, timezone: str) -> list[DayCount]:
+        if _aligned(filters):
+            return day_rows(self._local_days(filters, timezone, "sum(tumour)"))
+        return day_rows(self._raw_days(filters, timezone, "count(*) AS n, sum(is_tumour) AS tumour"))
 
     def daily_quality(self, filters: Filters, timezone: str) -> list[DayQuality]:
         scope = Filters(
             start=filters.start, end=filters.end, model_versions=filters.model_versions, kinds=filters.kinds
         )
-        span = self._time_range(scope)
-        if span is None:
-            return []
-        day, day_params = day_sql(timezone, *span)
         shown = "gate != 'rejected'"
-        rolled = (
-            f"sum(CASE WHEN {shown} THEN n ELSE 0 END) AS shown, "
-            f"sum(CASE WHEN {shown} THEN tumour ELSE 0 END) AS tumour, "
-            "sum(CASE WHEN gate = 'needs_review' THEN n ELSE 0 END) AS flagged, "
-            "sum(CASE WHEN gate = 'rejected' THEN n ELSE 0 END) AS rejected, "
-            f"sum(CASE WHEN {shown} THEN reviewed ELSE 0 END) AS reviewed, "
-            f"sum(CASE WHEN {shown} THEN agreed ELSE 0 END) AS agreed, "
-            f"sum(CASE WHEN {shown} THEN probability_sum ELSE 0 END) AS p, "
-            f"sum(CASE WHEN {shown} THEN probability_squares ELSE 0 END) AS p2"
-        )
-        reviewed = f"review_count > 0 AND {shown}"
-        raw = (
-            f"sum({shown}) AS shown, sum(is_tumour AND {shown}) AS tumour, sum(gate = 'needs_review') AS flagged, "
-            f"sum(gate = 'rejected') AS rejected, sum({reviewed}) AS reviewed, "
-            f"sum({reviewed} AND final_label = label) AS agreed, "
-            f"sum(CASE WHEN {shown} THEN tumour_probability ELSE 0 END) AS p, "
-            f"sum(CASE WHEN {shown} THEN tumour_probability * tumour_probability ELSE 0 END) AS p2"
-        )
-        inner, params = self._quarters(scope, rolled, raw)
-        rows = self._query(
-            f"SELECT {day} AS day, sum(shown), sum(tumour), sum(flagged), sum(rejected), sum(reviewed), sum(agreed), "
-            f"sum(p), sum(p2) FROM ({inner}) GROUP BY day ORDER BY day",
-            [*day_params, *params],
-        )
+        if _aligned(scope):
+            rolled = (
+                f"sum(CASE WHEN {shown} THEN n ELSE 0 END), sum(CASE WHEN {shown} THEN tumour ELSE 0 END), "
+                "sum(CASE WHEN gate = 'needs_review' THEN n ELSE 0 END), "
+                "sum(CASE WHEN gate = 'rejected' THEN n ELSE 0 END), "
+                f"sum(CASE WHEN {shown} THEN reviewed ELSE 0 END), sum(CASE WHEN {shown} THEN agreed ELSE 0 END), "
+                f"sum(CASE WHEN {shown} THEN probability_sum ELSE 0 END), "
+                f"sum(CASE WHEN {shown} THEN probability_squares ELSE 0 END)"
+            )
+            rows = [(day, *values) for day, _, *values in self._local_days(scope, timezone, rolled)]
+        else:
+            reviewed = f"review_count > 0 AND {shown}"
+            rows = self._raw_days(
+                scope,
+                timezone,
+                f"sum({shown}) AS shown, sum(is_tumour AND {shown}) AS tumour, sum(gate = 'needs_review') AS flagged, "
+                f"sum(gate = 'rejected') AS rejected, sum({reviewed}) AS reviewed, "
+                f"sum({reviewed} AND final_label = label) AS agreed, "
+                f"sum(CASE WHEN {shown} THEN tumour_probability ELSE 0 END) AS p, "
+                f"sum(CASE WHEN {shown} THEN tumour_probability * tumour_probability ELSE 0 END) AS p2",
+            )
         return [
             DayQuality(date(1970, 1, 1) + timedelta(days=int(d)), int(a), int(b), int(c), int(e), int(f), int(g),
                        float(p), float(q))
@@ -148,9 +225,10 @@ class SQLiteAggregates:
 
     def by_model(self, filters: Filters = EVERYTHING) -> list[ModelRow]:
         if _aligned(filters):
-            where, params = _rollup_where(filters)
+            columns = "model_name, model_version, n, tumour, confidence_sum, first_ms, last_ms"
+            rolled, params = whole_days_and_edges(filters, columns, "rollup_day", columns, "rollup", _rollup_where)
             sql = ("SELECT model_name, model_version, sum(n), sum(tumour), sum(confidence_sum) / sum(n), "
-                   f"min(first_ms), max(last_ms) FROM rollup{where} GROUP BY model_version, model_name "
+                   f"min(first_ms), max(last_ms) FROM ({rolled}) GROUP BY model_version, model_name "
                    "ORDER BY min(first_ms)")  # fmt: skip
         else:
             where, params = self._where(filters)

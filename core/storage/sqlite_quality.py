@@ -1,14 +1,16 @@
 """The SQLite store's review aggregates (a mixin of :class:`core.storage.sqlite.SQLiteStore`): the confusion of
-verdicts against final labels and review turnaround, computed by SQL over a covering index (``scans_quality``).
-The per-day quality counts come from the roll-ups (:mod:`core.storage.sqlite_aggregates`)."""
+verdicts against final labels, review turnaround and the confidence histogram, summed from the whole-day roll-ups
+(``confusion_day``, ``turnaround_day``, ``confidence_day``) and from the results themselves on the partial days at
+either end of the range. The per-day quality counts come from :mod:`core.storage.sqlite_aggregates`."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from typing import Any
 
+from core.storage.protocol import EVERYTHING, HISTOGRAM_BINS
 from core.storage.records import Filters
-from core.storage.sqlite_aggregates import where_sql
+from core.storage.sqlite_aggregates import where_sql, whole_days_and_edges
 
 SHOWN_SQL = "gate != 'rejected'"
 REVIEWED_SQL = f"review_count > 0 AND {SHOWN_SQL}"
@@ -20,27 +22,53 @@ class SQLiteQuality:
     _query: Any
 
     @staticmethod
-    def _scope(filters: Filters) -> tuple[str, list[Any]]:
-        """Dates and model versions only (every verdict and gate decision counts): a condition and its parameters."""
-        where, params = where_sql(replace(filters, labels=(), gates=()))
-        return where.removeprefix(" WHERE ") or "1", params
+    def _raw_where(condition: str) -> Any:
+        """Conditions on the results (``filters`` and ``condition``) for the partial days of a range."""
+
+        def where(filters: Filters) -> tuple[str, list[Any]]:
+            clause, params = where_sql(filters)
+            return f"{clause} AND {condition}" if clause else f" WHERE {condition}", params
+
+        return where
 
     def confusion(self, filters: Filters) -> dict[tuple[str, str], int]:
-        """Reviewed, shown results by (the model's verdict, the final label)."""
-        where, params = self._scope(filters)
-        rows = self._query(
-            f"SELECT label, final_label, count(*) FROM scans WHERE {where} AND {REVIEWED_SQL} "
-            "GROUP BY label, final_label",
-            params,
-        )
-        return {(label, final): int(n) for label, final, n in rows}
+        """Reviewed, shown results by (the model's verdict, the final label); dates, versions and kinds filter."""
+        rows, params = whole_days_and_edges(
+            replace(filters, labels=(), gates=()), "label, final_label, n", "confusion_day",
+            "label, COALESCE(final_label, '') AS final_label, 1 AS n", "scans", self._raw_where(REVIEWED_SQL),
+        )  # fmt: skip
+        totals = self._query(f"SELECT label, final_label, sum(n) FROM ({rows}) GROUP BY 1, 2 HAVING sum(n) > 0", params)
+        return {(label, final or None): int(n) for label, final, n in totals}
 
     def turnaround_hours(self, filters: Filters, cap: int = 720) -> dict[int, int]:
-        """Reviewed, shown results by whole hours from the result to its first review (capped at ``cap``)."""
-        where, params = self._scope(filters)
-        rows = self._query(
-            f"SELECT min(CAST((first_reviewed_ms - created_ms) / 3600000 AS INTEGER), {cap}), count(*) FROM scans "
-            f"WHERE {where} AND {REVIEWED_SQL} AND first_reviewed_ms IS NOT NULL GROUP BY 1",
-            params,
+        """Reviewed, shown results by whole hours from the result to its first review (capped at ``cap`` <= 720,
+        as the roll-up is); dates, versions and kinds filter."""
+        if not 0 < cap <= 720:
+            raise ValueError("cap must be between 1 and 720 hours")
+        hours = f"min(CAST((first_reviewed_ms - created_ms) / 3600000 AS INTEGER), {cap})"
+        rows, params = whole_days_and_edges(
+            replace(filters, labels=(), gates=()), f"min(hours, {cap}) AS hours, n", "turnaround_day",
+            f"{hours} AS hours, 1 AS n", "scans", self._raw_where(f"{REVIEWED_SQL} AND first_reviewed_ms IS NOT NULL"),
+        )  # fmt: skip
+        totals = self._query(f"SELECT hours, sum(n) FROM ({rows}) GROUP BY 1 HAVING sum(n) > 0", params)
+        merged: dict[int, int] = {}
+        for hour, n in totals:
+            merged[max(0, int(hour))] = merged.get(max(0, int(hour)), 0) + int(n)
+        return merged
+
+    def confidence_histogram(self, filters: Filters = EVERYTHING, bins: int = HISTOGRAM_BINS) -> list[int]:
+        """Counts of the decision's confidence in ``bins`` equal bins over [0, 1] (bins divides 20)."""
+        if HISTOGRAM_BINS % bins:
+            raise ValueError(f"bins must divide {HISTOGRAM_BINS}")
+        rows, params = whole_days_and_edges(
+            filters,
+            "twentieth, n",
+            "confidence_day",
+            "CAST(confidence * 20 AS INTEGER) AS twentieth, 1 AS n",
+            "scans",
+            where_sql,
         )
-        return {max(0, int(hours)): int(n) for hours, n in rows}
+        counts = [0] * bins
+        for twentieth, count in self._query(f"SELECT twentieth, sum(n) FROM ({rows}) GROUP BY 1", params):
+            counts[min(int(twentieth), HISTOGRAM_BINS - 1) * bins // HISTOGRAM_BINS] += int(count)
+        return counts
