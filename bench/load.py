@@ -91,7 +91,9 @@ class HealthProbe(threading.Thread):
             time.sleep(0.2)
 
 
-async def user(browser, url: str, scans: list[bytes], index: int, timeout_s: float) -> tuple[list[float], int]:
+async def user(
+    browser, url: str, scans: list[bytes], index: int, timeout_s: float, shots: Path | None = None
+) -> tuple[list[float], int]:
     from playwright.async_api import FilePayload
 
     context = await browser.new_context(viewport={"width": 1300, "height": 1000})
@@ -102,7 +104,7 @@ async def user(browser, url: str, scans: list[bytes], index: int, timeout_s: flo
     await page.get_by_role("button", name="Sign in").click()
     await page.get_by_text("Scan triage").wait_for(timeout=120_000)
     await page.get_by_test_id("stSidebar").get_by_text("version").wait_for(timeout=120_000)
-    field = page.get_by_test_id("stTextInputField")
+    field = page.get_by_role("textbox", name="Patient reference (optional)")
     dropzone = page.get_by_test_id("stFileUploaderDropzoneInput")
     verdicts = page.get_by_test_id("stMetricLabel").filter(has_text="Verdict")
     samples, lost = [], 0
@@ -121,18 +123,20 @@ async def user(browser, url: str, scans: list[bytes], index: int, timeout_s: flo
         except Exception:  # a file that never got its verdict: counted, not fatal
             lost += 1
     lost = max(lost, len(scans) - await verdicts.count())
+    if shots is not None:  # what this user sees at the end
+        await page.screenshot(path=str(shots / f"load-user{index}.png"), full_page=True)
     await context.close()
     return samples, lost
 
 
-async def level(url: str, users: int, scans_per_user: int, timeout_s: float) -> dict:
+async def level(url: str, users: int, scans_per_user: int, timeout_s: float, shots: Path | None = None) -> dict:
     from playwright.async_api import async_playwright
 
     scans = [[png_bytes(synthetic_slice(512, tumour=(u + k) % 2 == 0, seed=100 * u + k)) for k in range(scans_per_user)]
              for u in range(users)]  # fmt: skip
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        results = await asyncio.gather(*(user(browser, url, scans[u], u, timeout_s) for u in range(users)))
+        results = await asyncio.gather(*(user(browser, url, scans[u], u, timeout_s, shots) for u in range(users)))
         await browser.close()
     samples = [s for got, _ in results for s in got]
     return {
@@ -152,6 +156,7 @@ def main() -> None:
     parser.add_argument(
         "--timeout", type=float, default=120.0, help="seconds a verdict may take before it counts as lost"
     )
+    parser.add_argument("--screenshots", type=Path, default=None, help="save each user's page at the end here")
     args = parser.parse_args()
     report: dict = {"machine": machine(), "scans_per_user": args.scans, "levels": []}
     with tempfile.TemporaryDirectory() as data_dir:
@@ -160,7 +165,7 @@ def main() -> None:
             for users in args.users:
                 probe = HealthProbe(url)
                 probe.start()
-                result = asyncio.run(level(url, users, args.scans, args.timeout))
+                result = asyncio.run(level(url, users, args.scans, args.timeout, args.screenshots))
                 probe.running = False
                 probe.join()
                 result["health_ms_p50"] = round(statistics.median(probe.samples), 1)

@@ -69,15 +69,25 @@ except ValueError as error:
     st.error(f"Patient references are disabled: {error}.")
 if "patient_text" not in st.session_state:  # coming back to the page: the widget starts from what was typed
     st.session_state["patient_text"] = session.patient_text
-st.text_input(
-    "Patient reference (optional)",
-    key="patient_text",
-    on_change=reference_changed,
-    help="Kept only as a keyed hash, never as typed. Links this patient's scans without storing who they are. "
-    "Typed or corrected after uploading, it is applied to the results already saved.",
-    disabled=key is None,
-    placeholder="e.g. the local study number" if key else "Patient references need [identity] hmac_key in secrets",
-)
+
+
+@st.fragment
+def patient_field() -> None:
+    """A fragment: pressing Enter here re-runs only this field, so a file dropped at that moment is not reset by a
+    whole-page re-run racing its upload (files vanished under load before). The results take the reference in
+    the callback; the panels show it on the next page run."""
+    st.text_input(
+        "Patient reference (optional)",
+        key="patient_text",
+        on_change=reference_changed,
+        help="Kept only as a keyed hash, never as typed. Links this patient's scans without storing who they are. "
+        "Typed or corrected after uploading, it is applied to the results already saved.",
+        disabled=key is None,
+        placeholder="e.g. the local study number" if key else "Patient references need [identity] hmac_key in secrets",
+    )
+
+
+patient_field()
 if session.uploader_key not in st.session_state:
     session.seen = set()  # a fresh uploader (first visit, or back from another page) shows no files yet
 uploads = st.file_uploader(
