@@ -57,6 +57,8 @@ INDEXES = (
     "ON scans (CAST(confidence * 20 AS INTEGER), created_ms, model_version, label, gate)",
     "CREATE INDEX IF NOT EXISTS scans_by_patient ON scans (patient_ref, created_ms) WHERE patient_ref IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS scans_unreviewed ON scans (review_count, gate, created_ms)",
+    "CREATE INDEX IF NOT EXISTS scans_disagreements ON scans (gate, created_ms) "
+    "WHERE review_count > 0 AND final_label IS NOT NULL AND final_label != label",
     "CREATE INDEX IF NOT EXISTS scans_series ON scans (kind, created_ms, study_ref) WHERE kind = 'series'",
     "CREATE INDEX IF NOT EXISTS scans_quality ON scans (created_ms / 900000, created_ms, model_version, gate, "
     "is_tumour, tumour_probability, review_count, label, final_label, first_reviewed_ms)",
@@ -188,7 +190,8 @@ DAYS = (
         day INTEGER NOT NULL, kind TEXT NOT NULL, model_version TEXT NOT NULL, hours INTEGER NOT NULL,
         n INTEGER NOT NULL, PRIMARY KEY (day, kind, model_version, hours)
     ) WITHOUT ROWID""",
-    "CREATE INDEX IF NOT EXISTS rollup_by_slot ON rollup (quarter % 96, quarter)",
+    "CREATE INDEX IF NOT EXISTS rollup_by_slot ON rollup (quarter % 96, quarter, n, tumour, reviewed, agreed, "
+    "probability_sum, probability_squares)",
     "CREATE TRIGGER IF NOT EXISTS days_on_insert AFTER INSERT ON scans BEGIN "
     + ROLLUP[1]
     .split(" BEGIN ", 1)[1]

@@ -11,8 +11,6 @@ proves both give the same figures.
 
 from __future__ import annotations
 
-from bisect import bisect_right
-from collections import defaultdict
 from dataclasses import replace
 from datetime import date, timedelta
 from itertools import pairwise
@@ -88,16 +86,17 @@ def whole_days_and_edges(
     return " UNION ALL ".join(parts) or f"SELECT {day_sql} FROM {day_table} WHERE 0", params
 
 
-def day_sql(timezone: str, first_ms: int, last_ms: int) -> tuple[str, list[Any]]:
-    """SQL for the local calendar day (days since 1970-01-01) of a column ``quarter_ms`` in ``timezone``."""
+def day_sql(timezone: str, first_ms: int, last_ms: int, instant: str = "quarter_ms") -> tuple[str, list[Any]]:
+    """SQL for the local calendar day (days since 1970-01-01) in ``timezone`` of ``instant`` (UTC milliseconds: a
+    column or an expression)."""
     segments = utc_offset_segments(timezone, first_ms, last_ms)
-    cases = " ".join("WHEN quarter_ms < ? THEN ?" for _ in segments[1:])
+    cases = " ".join(f"WHEN {instant} < ? THEN ?" for _ in segments[1:])
     offset_sql = f"CASE {cases} ELSE ? END" if cases else "?"
     params: list[Any] = []
     for (_, previous_offset), (boundary, _) in pairwise(segments):
         params += [boundary, previous_offset]
     params.append(segments[-1][1])
-    return f"(quarter_ms + {offset_sql}) / {DAY_MS}", params
+    return f"({instant} + {offset_sql}) / {DAY_MS}", params
 
 
 class SQLiteAggregates:
@@ -133,40 +132,37 @@ class SQLiteAggregates:
         span = self._time_range(filters)
         if span is None:
             return []
-        segments = utc_offset_segments(timezone, *span)
-        starts = [at for at, _ in segments]
+        local, local_params = day_sql(timezone, *span, instant=f"quarter * {QUARTER_MS}")
+        noon = f"(quarter / 96 * 96 + 48) * {QUARTER_MS}"  # a UTC day counts for the local day holding its noon
+        owner, owner_params = day_sql(timezone, *span, instant=noon)
+        totals: dict[int, list[Any]] = {}
 
-        def local_day(quarter: int) -> int:
-            ms = quarter * QUARTER_MS
-            return (ms + segments[max(0, bisect_right(starts, ms) - 1)][1]) // DAY_MS
+        def add(rows: list[Any], sign: int = 1, moved: bool = False) -> None:
+            for day, *values in rows:
+                if moved:  # (local day, owner, *values): the quarter leaves its owner for its local day
+                    owner_day, *values = values
+                    add([(owner_day, *values)], -1)
+                row = totals.get(day) or [0] * len(values)
+                totals[day] = [t + sign * v for t, v in zip(row, values, strict=True)]
 
-        def owner(day: int) -> int:  # the local day that holds the UTC day's noon
-            return local_day(day * 96 + 48)
-
-        totals: dict[int, list[Any]] = defaultdict(list)
-
-        def add(day: int, values: list[Any], sign: int) -> None:
-            row = totals[day] or [0] * len(values)
-            totals[day] = [t + sign * v for t, v in zip(row, values, strict=True)]
-
-        per_quarter = f"SELECT quarter, sum(n), {sums} FROM rollup{{}} GROUP BY quarter"
         days, edges = split_range(filters)
         if days is not None:
             where, params = where_sql(days, "day", DAY_MS)
-            for day, *values in self._query(f"SELECT day, sum(n), {sums} FROM rollup_day{where} GROUP BY day", params):
-                add(owner(day), values, 1)
-            offsets = {offset // QUARTER_MS for _, offset in segments}
+            day_owner, day_params = day_sql(timezone, *span, instant=f"(day * 96 + 48) * {QUARTER_MS}")
+            add(self._query(f"SELECT {day_owner} AS owner, sum(n), {sums} FROM rollup_day{where} GROUP BY owner",
+                            [*day_params, *params]))  # fmt: skip
+            offsets = {offset // QUARTER_MS for _, offset in utc_offset_segments(timezone, *span)}
             slots = sorted({s for s in range(96) for a in offsets for b in offsets if (s + a) // 96 != (48 + b) // 96})
-            if slots:  # the quarters a UTC day shares with another local day than its noon's
+            if slots:  # the quarters a UTC day shares with another local day than its noon's (index by slot)
                 where, params = _rollup_where(days)
                 where += f"{' AND' if where else ' WHERE'} quarter % 96 IN ({', '.join(map(str, slots))})"
-                for quarter, *values in self._query(per_quarter.format(where), params):
-                    add(local_day(quarter), values, 1)
-                    add(owner(quarter // 96), values, -1)
+                sql = (f"SELECT {local} AS local, {owner} AS owner, sum(n), {sums} FROM rollup{where} "
+                       "GROUP BY local, owner HAVING local != owner")  # fmt: skip
+                add(self._query(sql, [*local_params, *owner_params, *params]), moved=True)
         for edge in edges:
             where, params = _rollup_where(edge)
-            for quarter, *values in self._query(per_quarter.format(where), params):
-                add(local_day(quarter), values, 1)
+            add(self._query(f"SELECT {local} AS local, sum(n), {sums} FROM rollup{where} GROUP BY local",
+                            [*local_params, *params]))  # fmt: skip
         return [(day, *values) for day, values in sorted(totals.items()) if values[0]]
 
     def _raw_days(self, filters: Filters, timezone: str, sums: str) -> list[tuple[Any, ...]]:

@@ -7,6 +7,7 @@ stores group by quarter-hour and shift each by the zone's offset at that instant
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 DAY_MS = 86_400_000
@@ -29,15 +30,16 @@ def as_utc(value: datetime | int) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def utc_offset_segments(timezone: str, start_ms: int, end_ms: int) -> list[tuple[int, int]]:
-    """[(from_ms, offset_ms), ...]: the zone's UTC offset from each instant on, covering [start_ms, end_ms]."""
+@lru_cache(maxsize=256)
+def utc_offset_segments(timezone: str, start_ms: int, end_ms: int) -> tuple[tuple[int, int], ...]:
+    """((from_ms, offset_ms), ...): the zone's UTC offset from each instant on, covering [start_ms, end_ms]."""
     zone = ZoneInfo(timezone)
 
     def offset(ms: int) -> int:
         return int(from_ms(ms).astimezone(zone).utcoffset().total_seconds() * 1000)
 
     segments = [(start_ms, offset(start_ms))]
-    step = 6 * 3_600_000  # zone transitions are at least months apart; 6 h steps never straddle two
+    step = 86_400_000  # zone transitions are weeks apart at the least: a day's step never straddles two
     at = start_ms
     while at < end_ms:
         nxt = min(at + step, end_ms)
@@ -51,4 +53,4 @@ def utc_offset_segments(timezone: str, start_ms: int, end_ms: int) -> list[tuple
                     high = mid
             segments.append((high, offset(nxt)))
         at = nxt
-    return segments
+    return tuple(segments)
