@@ -10,7 +10,7 @@ from core.services.studies import NOT_SAVED, triage_study
 from ui import resources
 from ui.page import setup_page
 from ui.render import pretty
-from ui.viewer import series_viewer, verdict_line
+from ui.viewer import series_panel, verdict_line
 
 actor = setup_page("Study", ANALYSE)
 st.title("Study")
@@ -80,7 +80,7 @@ for number, view in enumerate(study.views, start=1):
             st.caption(f"Result {view.status.state}.")
         if view.skipped:
             st.caption(f"{len(view.skipped)} sections skipped (too little brain or not like a brain MRI).")
-        series_viewer(view, classifier, explainer, prefix=f"s{number}-{view.key[:8]}")
+        series_panel(view, classifier, explainer, prefix=f"s{number}-{view.key[:8]}")
 
 saved = [view.record.id for view in study.views if view.record is not None]
 if saved and st.button(f"Make the PDF report of this study ({len(saved)} series)", key="study_report"):

@@ -123,14 +123,14 @@ def scan_panel(
 def result_panel(opened, labels: tuple[str, ...], classifier=None, explainer=None) -> None:
     """A saved result as the worklist shows it: its image, crop and heat map (a series: its viewer and curve)
     while the pixels are kept, the verdict, the final label (a disagreement stands out) and the review history."""
-    from ui.viewer import series_viewer, verdict_line
+    from ui.viewer import series_panel, verdict_line
 
     record = opened.record
     left, right = st.columns([2.2, 1.3])
     with left:
         if opened.series is not None and classifier is not None:
             st.markdown(verdict_line(opened.series))
-            series_viewer(opened.series, classifier, explainer, prefix=f"wl-{record.id[:12]}")
+            series_panel(opened.series, classifier, explainer, prefix=f"wl-{record.id[:12]}")
         elif opened.view is not None:
             view = opened.view
             original, crop, looked = st.columns(3)

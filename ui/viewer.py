@@ -1,8 +1,9 @@
-"""The series viewer: a section slider (arrow keys once focused), window/level presets and free adjustment, zoom
-and pan (scroll and drag on the image), orientation letters, the heat map of the current section, a distance
-measurement in millimetres and the tumour-probability curve, whose points move the slider when clicked.
+"""The series viewer: the quick scroller (the whole series paged in the browser: :mod:`ui.cine`), then the detailed
+view: a section slider (arrow keys once focused), window/level presets and free adjustment, zoom and pan (scroll
+and drag on the image), orientation letters, the heat map of the current section, a distance measurement in
+millimetres and the tumour-probability curve, whose points move the slider when clicked.
 
-One fragment per series: moving through it re-runs the viewer alone, never the page.
+One fragment per series for the detailed view: moving through it re-runs the viewer alone, never the page.
 """
 
 from __future__ import annotations
@@ -33,6 +34,22 @@ def _heat(view: SeriesView, index: int, classifier, explainer):
     return cache[key]
 
 
+def start_section(view: SeriesView) -> int:
+    """The section that decided the verdict (the middle of the best window), else the middle of the series."""
+    return view.window[len(view.window) // 2] if view.window else len(view.sections) // 2
+
+
+def series_panel(view: SeriesView, classifier, explainer, prefix: str) -> None:
+    """The quick scroller above the detailed viewer; "Open in the viewer" moves the detailed viewer there."""
+    from ui.cine import quick_scroll
+
+    st.caption("Quick scroll: arrow keys, Page Up / Down or the mouse wheel once the series below is clicked.")
+    opened = quick_scroll(view, prefix, start_section(view))
+    if opened is not None:
+        st.session_state[f"{prefix}-section"] = opened
+    series_viewer(view, classifier, explainer, prefix)
+
+
 @st.fragment
 def series_viewer(view: SeriesView, classifier, explainer, prefix: str) -> None:
     """The viewer for one series (``prefix`` keeps its widgets apart from other series on the page)."""
@@ -44,7 +61,7 @@ def series_viewer(view: SeriesView, classifier, explainer, prefix: str) -> None:
         st.session_state[f"{curve_key}-last"] = points[0]["x"]
         st.session_state[slider_key] = int(points[0]["x"])
     if slider_key not in st.session_state:  # start on the section that decided the verdict
-        st.session_state[slider_key] = view.window[len(view.window) // 2] if view.window else count // 2
+        st.session_state[slider_key] = start_section(view)
 
     controls = st.columns([3, 1.3, 1, 1])
     index = controls[0].slider("Section", 0, count - 1, key=slider_key, help="Arrow keys move one section.")

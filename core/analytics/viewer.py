@@ -27,11 +27,13 @@ WINDOW_PRESETS: dict[str, tuple[int, int]] = {
 
 
 def windowed(section: np.ndarray, level: float, width: float) -> np.ndarray:
-    """uint8 section -> uint8 with ``level`` mapped to mid-grey and ``width`` grey levels spread over 0-255."""
+    """uint8 section -> uint8 through DICOM's linear window (PS3.3 C.11.2.1.2): ``level`` at mid-grey, ``width``
+    grey levels spread over 0-255; "as stored" (128, 256) changes nothing."""
     width = max(float(width), 1.0)
-    low = level - width / 2.0
-    out = (section.astype(np.float32) - low) * (255.0 / width)
-    return np.clip(out, 0, 255).astype(np.uint8)
+    if width == 1.0:  # the standard's threshold at the level
+        return np.where(section.astype(np.float32) > level - 0.5, 255, 0).astype(np.uint8)
+    out = ((section.astype(np.float32) - (level - 0.5)) / (width - 1.0) + 0.5) * 255.0
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def distance_mm(start: tuple[float, float], end: tuple[float, float], spacing: Sequence[float] | None) -> float | None:
@@ -41,6 +43,18 @@ def distance_mm(start: tuple[float, float], end: tuple[float, float], spacing: S
         return None
     row, column = float(spacing[0]), float(spacing[1])
     return math.hypot((end[0] - start[0]) * column, (end[1] - start[1]) * row)
+
+
+def cine_frames(sections: np.ndarray, quality: int = 85) -> list[str]:
+    """Every displayed section as a JPEG data URI (about 15 KB at 256 x 256), for the quick scroller: the browser
+    pages through the whole series without asking the server, so a key press shows the next section at once."""
+    frames = []
+    for section in sections:
+        _, jpeg = cv2.imencode(
+            ".jpg", np.ascontiguousarray(section, dtype=np.uint8), [cv2.IMWRITE_JPEG_QUALITY, quality]
+        )
+        frames.append("data:image/jpeg;base64," + base64.b64encode(jpeg.tobytes()).decode("ascii"))
+    return frames
 
 
 def section_figure(

@@ -1,0 +1,67 @@
+"""The viewer's pure parts: windows, distances, the section figure and the quick scroller's frames and titles."""
+
+from __future__ import annotations
+
+import base64
+
+import cv2
+import numpy as np
+import pytest
+
+from core.analytics.viewer import cine_frames, distance_mm, section_figure, windowed
+from core.imaging.phantom_series import dicom_series, head_volume
+from core.imaging.series import read_study
+from core.model.volume import analyse_volume
+from core.services.studies import series_view
+
+
+def _decode(uri: str, prefix: str) -> np.ndarray:
+    assert uri.startswith(prefix)
+    return cv2.imdecode(np.frombuffer(base64.b64decode(uri[len(prefix) :]), np.uint8), cv2.IMREAD_UNCHANGED)
+
+
+def test_a_window_maps_its_level_to_mid_grey_and_its_width_to_the_whole_range() -> None:
+    ramp = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    out = windowed(ramp, level=100, width=50)
+    assert out.dtype == np.uint8
+    assert out.flat[74] == 0 and out.flat[126] == 255 and abs(int(out.flat[100]) - 127) <= 4
+    assert np.array_equal(windowed(ramp, 128, 256), ramp)  # "as stored" changes nothing
+    assert set(np.unique(windowed(ramp, 128, 1))) == {0, 255}  # width 1: a threshold, no division by zero
+
+
+def test_distances_are_in_millimetres_from_the_pixel_spacing_row_then_column() -> None:
+    assert distance_mm((0, 0), (3, 4), (1.0, 1.0)) == pytest.approx(5.0)
+    assert distance_mm((0, 0), (10, 0), (0.5, 2.0)) == pytest.approx(20.0)  # x runs along columns
+    assert distance_mm((0, 0), (0, 10), (0.5, 2.0)) == pytest.approx(5.0)  # y along rows
+    assert distance_mm((0, 0), (1, 1), None) is None
+
+
+def test_the_section_figure_carries_the_section_as_a_png_with_its_letters_and_line() -> None:
+    section = np.tile(np.arange(64, dtype=np.uint8), (32, 1))
+    figure = section_figure(section, letters={"left": "R", "right": "L"}, line=((1, 2), (30, 2)), title="t")
+    png = _decode(figure["data"][0]["source"], "data:image/png;base64,")
+    assert png.shape == (32, 64, 3) and np.array_equal(png[:, :, 0], section)  # lossless, grey in every channel
+    assert [a["text"] for a in figure["layout"]["annotations"]] == ["<b>R</b>", "<b>L</b>"]
+    assert figure["layout"]["shapes"][0]["x1"] == 30
+    heat = np.zeros((32, 64), np.float32)
+    heat[:, 32:] = 1.0
+    hot = _decode(section_figure(section, heat=heat, opacity=0.5)["data"][0]["source"], "data:image/png;base64,")
+    assert hot[0, 40, 2] > hot[0, 40, 0]  # red (BGR) where the map is hot, grey where it is cold
+    assert hot[0, 10, 2] == hot[0, 10, 0]
+
+
+def test_the_quick_scroller_gets_every_section_as_a_jpeg_with_a_title_each(tiny_classifier) -> None:
+    from ui.cine import titles
+
+    volume = read_study(dicom_series(head_volume(6, 64, range(2, 4))))[0]
+    view = series_view(analyse_volume(volume, tiny_classifier))
+    frames = cine_frames(view.sections)
+    assert len(frames) == len(view.sections) == 6
+    first = _decode(frames[0], "data:image/jpeg;base64,")
+    assert first.shape == view.sections[0].shape
+    assert np.abs(first.astype(int) - view.sections[0].astype(int)).mean() < 4  # JPEG, close to the display
+    lines = titles(view)
+    assert len(lines) == 6 and lines[0].startswith("Section 1 of 6 · ") and lines[-1].startswith("Section 6 of 6")
+    for index, line in enumerate(lines):
+        p = view.curve[index]
+        assert ("skipped" in line) if p is None else (f"P(tumour) {p:.2f}" in line)
