@@ -551,6 +551,13 @@ def test_quality_aggregates_equal_what_the_raw_records_say(store) -> None:
     store.add_review(Review(records[1].id, "dr2", base + timedelta(days=3), "agree", "notumor", "notumor"))
     assert store.confusion(june_first)[("notumor", "notumor")] == 1
     assert store.turnaround_hours(june_first) == {2: 1, 30: 1, 5: 1}  # the first review's time stays
+    skewed = replace(make_record(9, base + timedelta(hours=4), "glioma"), gate="accepted")
+    store.add(skewed)  # reviewed "before" it was saved (another machine's clock): hour 0, with the true hour-0 one
+    store.add_review(Review(skewed.id, "dr", skewed.created_at - timedelta(minutes=90), "agree", "glioma", "glioma"))
+    assert store.turnaround_hours(june_first) == {0: 1, 2: 1, 30: 1, 5: 1}
+    assert store.turnaround_hours(Filters())[0] == 2
+    with pytest.raises(ValueError):
+        store.turnaround_hours(Filters(), cap=721)
 
 
 def test_the_worklist_puts_unreviewed_first_then_flagged_then_refused_newest_first(store) -> None:

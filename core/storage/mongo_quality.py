@@ -74,6 +74,8 @@ class MongoQuality:
         return {(r["_id"]["label"], r["_id"]["final"]): int(r["n"]) for r in rows}
 
     def turnaround_hours(self, filters: Filters, cap: int = 720) -> dict[int, int]:
+        if not 0 < cap <= 720:  # as the SQLite store, whose roll-up keeps hours up to 720
+            raise ValueError("cap must be between 1 and 720 hours")
         hours = {"$min": [{"$floor": {"$divide": [{"$subtract": ["$first_reviewed_at", "$created_at"]}, 3_600_000]}},
                           cap]}  # fmt: skip
         rows = self._aggregate([
@@ -81,4 +83,8 @@ class MongoQuality:
             {"$match": {"$expr": REVIEWED, "first_reviewed_at": {"$ne": None}}},
             {"$group": {"_id": hours, "n": {"$sum": 1}}},
         ])  # fmt: skip
-        return {max(0, int(r["_id"])): int(r["n"]) for r in rows}
+        merged: dict[int, int] = {}
+        for row in rows:  # a review stamped before its result (clock skew) counts as hour 0
+            hour = max(0, int(row["_id"]))
+            merged[hour] = merged.get(hour, 0) + int(row["n"])
+        return merged
