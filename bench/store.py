@@ -1,10 +1,14 @@
 """Store benchmark: fill SQLite with synthetic records and reviews, then time every dashboard aggregate (the
 supervisor's agreement and drift included), the worklist, single inserts and saving a review.
 
-    .venv/bin/python bench/store.py [--records 1000000] [--reviews 300000] [--path /tmp/btd-bench.sqlite3]
+    .venv/bin/python bench/store.py [--records 1000000] [--reviews 300000] [--series 60000]
+                                    [--path /tmp/btd-bench.sqlite3]
 
-Records spread over two years with a weekly rhythm, four classes, several model versions. The database file is
-reused when it already holds the requested number of records. Prints a table and one JSON object (milliseconds).
+Records spread over two years with a weekly rhythm, four classes, several model versions; SERIES more of them are
+whole series, three to a study. The database file is reused when it already holds the requested number of records
+(series are added once). Times each store aggregate and the Statistics page's two service calls (the dashboard per
+study and per result, the supervisor's quality board: agreement, confusion, turnaround, drift). Prints a table and
+one JSON object (milliseconds).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.evaluation.metrics import machine
+from core.services.access import Actor
+from core.services.statistics import dashboard, quality_board
 from core.storage.mongo import MongoStore
 from core.storage.people import Review
 from core.storage.records import Filters, Record, WorklistQuery
@@ -32,6 +38,8 @@ from core.storage.synthetic import synthetic_record
 LABELS = ("glioma", "meningioma", "notumor", "pituitary")
 VERSIONS = ("0.9.0", "1.0.0", "1.1.0", "1.2.0")
 END = datetime(2026, 11, 1, tzinfo=UTC)
+FIRST_DAY, LAST_DAY = (END - timedelta(days=731)).date(), (END - timedelta(days=1)).date()
+SUPERVISOR = Actor("bench-supervisor", "supervisor")
 
 
 def synthetic(n: int, seed: int = 0, offset: int = 0) -> list[Record]:
@@ -50,6 +58,17 @@ def synthetic(n: int, seed: int = 0, offset: int = 0) -> list[Record]:
         version = VERSIONS[min(3, int((730 * 86400 - seconds[i]) / (730 * 86400 / 4)))]
         records.append(synthetic_record(offset + i, created, label, version, c, uploader="bench"))
     return records
+
+
+def add_series(store: SQLiteStore, n: int, seed: int = 2) -> None:
+    """Benchmark set-up only: ``n`` series results, three to a study, spread like the scans."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for k, record in enumerate(synthetic(n, seed=seed, offset=10**9)):
+        study = f"{10**9 + k // 3:064x}"
+        records.append(replace(record, section_count=int(rng.integers(20, 200)), study_ref=study))
+    for start in range(0, n, 50_000):
+        store.add_many(records[start : start + 50_000])
 
 
 def add_reviews(store: SQLiteStore, n: int, seed: int = 1) -> None:
@@ -94,6 +113,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--path", default="/tmp/btd-bench.sqlite3")
     parser.add_argument("--reviews", type=int, default=300_000, help="results given a review (SQLite only)")
+    parser.add_argument("--series", type=int, default=60_000, help="series results added once (three a study)")
     parser.add_argument("--mongodb-uri", default=None, help="benchmark a real MongoDB instead of SQLite")
     args = parser.parse_args()
 
@@ -114,6 +134,8 @@ def main() -> None:
         report["bulk_insert_records_per_s"] = round(args.records / (time.perf_counter() - started))
         if not args.mongodb_uri:
             add_reviews(store, args.reviews)
+    if args.series and not store.summary(Filters(kinds=("series",))).total:
+        add_series(store, args.series)
     last_30 = Filters(start=END - timedelta(days=30), end=END)
     one_year = Filters(start=END - timedelta(days=365), end=END, model_versions=("1.1.0", "1.2.0"))
     queries = {
@@ -137,6 +159,35 @@ def main() -> None:
         "review turnaround (all)": lambda: store.turnaround_hours(Filters()),
         "worklist: unreviewed, newest 200": lambda: store.worklist(WorklistQuery()),
         "worklist: disagreements": lambda: store.worklist(WorklistQuery(reviewed=True, disagreements=True)),
+        "studies per day (all, Europe/Paris)": lambda: store.daily_studies(Filters(), "Europe/Paris"),
+        "Statistics page: dashboard per study (2 years, Europe/Paris)": lambda: dashboard(
+            store,
+            SUPERVISOR,
+            start_day=FIRST_DAY,
+            end_day=LAST_DAY,
+            timezone="Europe/Paris",
+            period="day",
+            unit="study",
+            now=END,
+        ),
+        "Statistics page: dashboard per result (90 days, UTC)": lambda: dashboard(
+            store,
+            SUPERVISOR,
+            start_day=LAST_DAY - timedelta(days=89),
+            end_day=LAST_DAY,
+            timezone="UTC",
+            period="day",
+            unit="result",
+            now=END,
+        ),
+        "Statistics page: quality board (2 years, Europe/Paris)": lambda: quality_board(
+            store,
+            SUPERVISOR,
+            start_day=FIRST_DAY,
+            end_day=LAST_DAY,
+            timezone="Europe/Paris",
+            period="week",
+        ),
     }
     report["records"] = store.summary().total
     report["aggregates_ms"] = {name: timed(fn) for name, fn in queries.items()}

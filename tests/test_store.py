@@ -717,9 +717,13 @@ def test_scans_and_series_are_counted_apart_and_studies_group_their_series(store
     assert store.summary(Filters(kinds=("scan",))).total == len(FIXTURE)
     days = store.daily_counts(Filters(kinds=("series",)), "UTC")
     assert [(d.day, d.total, d.tumour) for d in days] == [(date(2026, 4, 1), 2, 1), (date(2026, 4, 2), 1, 0)]
-    studies = sorted(store.study_rows())
-    assert studies == [(day + timedelta(hours=9), True), (day + timedelta(hours=30), False)]  # any series: tumour
-    assert store.study_rows(Filters(start=day + timedelta(hours=24))) == [(day + timedelta(hours=30), False)]
+    studies = [(d.day, d.total, d.tumour) for d in store.daily_studies(Filters(), "UTC")]
+    assert studies == [(date(2026, 4, 1), 1, 1), (date(2026, 4, 2), 1, 0)]  # one study of two series: tumour
+    later = store.daily_studies(Filters(start=day + timedelta(hours=24)), "UTC")
+    assert [(d.day, d.total, d.tumour) for d in later] == [(date(2026, 4, 2), 1, 0)]
+    # a study's day is its first series' local day: 09:00 UTC on 1 April is still 31 March in Honolulu
+    honolulu = store.daily_studies(Filters(), "Pacific/Honolulu")
+    assert [(d.day, d.total) for d in honolulu] == [(date(2026, 3, 31), 1), (date(2026, 4, 1), 1)]
 
 
 def test_a_version_3_database_is_rebuilt_for_series_keeping_reviews_and_the_audit_chain(tmp_path: Path) -> None:

@@ -202,4 +202,7 @@ def test_study_command_saves_each_series_once_with_save(
     code, lines = study_lines(["--save", str(tmp_path / "s.zip")], capsys)
     assert lines[0]["saved"] == "already saved"
     store = SQLiteStore(tmp_path / "data" / "results.sqlite3")
-    assert store.summary(Filters(kinds=("series",))).total == 1 and len(store.study_rows()) == 1
+    assert (
+        store.summary(Filters(kinds=("series",))).total == 1
+        and sum(d.total for d in store.daily_studies(Filters(), "UTC")) == 1
+    )

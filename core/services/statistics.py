@@ -75,13 +75,15 @@ UNITS = ("study", "result")  # a study counts once (tumour when any of its serie
 def study_days(store: Store, filters: Filters, timezone: str) -> list[DayCount]:
     """Studies per local day: each single scan is a study of its own; series are grouped by their study (counted
     on the day its first series was saved, tumour when any series is)."""
-    singles = store.daily_counts(replace(filters, kinds=("scan",)), timezone)
-    counts: dict[date, list[int]] = {d.day: [d.total, d.tumour] for d in singles}
-    zone = ZoneInfo(timezone)
-    for first, tumour in store.study_rows(filters):
-        row = counts.setdefault(first.astimezone(zone).date(), [0, 0])
-        row[0] += 1
-        row[1] += int(tumour)
+    counts: dict[date, list[int]] = {}
+    for rows in (
+        store.daily_counts(replace(filters, kinds=("scan",)), timezone),
+        store.daily_studies(filters, timezone),
+    ):
+        for d in rows:
+            row = counts.setdefault(d.day, [0, 0])
+            row[0] += d.total
+            row[1] += d.tumour
     return [DayCount(day, n, t) for day, (n, t) in sorted(counts.items())]
 
 

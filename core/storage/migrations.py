@@ -62,6 +62,7 @@ def migrate_sqlite(connection: sqlite3.Connection, path: Path) -> int:
             if found <= 3:
                 _sqlite_v3_to_v4(connection)
                 logger.warning("event=store_migrated store=sqlite to=4")
+            connection.execute("DROP INDEX IF EXISTS scans_series")  # version 4's, now scans_studies (covering)
             logger.warning("event=store_migrated store=sqlite to=5")  # the roll-ups below, whole days among them
         create_schema(connection)
         if found < SCHEMA_VERSION and has_table:

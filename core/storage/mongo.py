@@ -12,7 +12,6 @@ import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import replace
-from datetime import datetime
 from itertools import pairwise
 from typing import Any
 
@@ -192,14 +191,21 @@ class MongoStore(MongoPeople, MongoQuality):
         return [Section(int(s["index"]), float(s["position"]), s.get("tumour_probability"), s.get("label"),
                         s.get("skipped")) for s in (document or {}).get("sections", [])]  # fmt: skip
 
-    def study_rows(self, filters: Filters = EVERYTHING) -> list[tuple[datetime, bool]]:
-        """One row per study among the series that match ``filters`` (see the SQLite store)."""
+    def daily_studies(self, filters: Filters, timezone: str) -> list[DayCount]:
+        """Studies among the series that match ``filters``, per local day of their first series (see SQLite)."""
+        series = replace(filters, kinds=("series",))
+        summary = self.summary(series)
+        if summary.first is None or summary.last is None:
+            return []
+        day = self._local_day("$first", timezone, to_ms(summary.first), to_ms(summary.last))
         rows = self._aggregate([
-            {"$match": self._match(replace(filters, kinds=("series",)))},
+            {"$match": self._match(series)},
             {"$group": {"_id": {"$ifNull": ["$study_ref", "$_id"]}, "first": {"$min": "$created_at"},
-                        "tumour": {"$max": "$is_tumour"}}},
+                        "tumour": {"$max": {"$cond": ["$is_tumour", 1, 0]}}}},
+            {"$group": {"_id": day, "n": {"$sum": 1}, "tumour": {"$sum": "$tumour"}}},
+            {"$sort": {"_id": 1}},
         ])  # fmt: skip
-        return [(as_utc(row["first"]), bool(row["tumour"])) for row in rows]
+        return day_rows([(row["_id"], row["n"], row["tumour"]) for row in rows])
 
     def set_patient_ref(self, record_id: str, patient_ref: str | None) -> bool:
         """Set or correct the pseudonymous reference of a saved result; False when it already had this one."""
@@ -319,18 +325,23 @@ class MongoStore(MongoPeople, MongoQuality):
         )
         return fold_summary([{**row, **row["_id"]} for row in rows])
 
-    def daily_counts(self, filters: Filters, timezone: str) -> list[DayCount]:
-        summary = self.summary(filters)
-        if summary.first is None or summary.last is None:
-            return []
-        segments = utc_offset_segments(timezone, to_ms(summary.first), to_ms(summary.last))
-        ms = {"$subtract": ["$created_at", EPOCH]}
+    @staticmethod
+    def _local_day(field: str, timezone: str, first_ms: int, last_ms: int) -> dict[str, Any]:
+        """The local calendar day (days since 1970-01-01) in ``timezone`` of the date ``field``."""
+        segments = utc_offset_segments(timezone, first_ms, last_ms)
+        ms = {"$subtract": [field, EPOCH]}
         branches = [
             {"case": {"$lt": [ms, boundary]}, "then": previous_offset}
             for (_, previous_offset), (boundary, _) in pairwise(segments)
         ]
         offset: Any = {"$switch": {"branches": branches, "default": segments[-1][1]}} if branches else segments[0][1]
-        day = {"$floor": {"$divide": [{"$add": [ms, offset]}, DAY_MS]}}
+        return {"$floor": {"$divide": [{"$add": [ms, offset]}, DAY_MS]}}
+
+    def daily_counts(self, filters: Filters, timezone: str) -> list[DayCount]:
+        summary = self.summary(filters)
+        if summary.first is None or summary.last is None:
+            return []
+        day = self._local_day("$created_at", timezone, to_ms(summary.first), to_ms(summary.last))
         rows = self._aggregate(
             [
                 {"$match": self._match(filters)},

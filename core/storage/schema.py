@@ -59,7 +59,8 @@ INDEXES = (
     "CREATE INDEX IF NOT EXISTS scans_unreviewed ON scans (review_count, gate, created_ms)",
     "CREATE INDEX IF NOT EXISTS scans_disagreements ON scans (gate, created_ms) "
     "WHERE review_count > 0 AND final_label IS NOT NULL AND final_label != label",
-    "CREATE INDEX IF NOT EXISTS scans_series ON scans (kind, created_ms, study_ref) WHERE kind = 'series'",
+    "CREATE INDEX IF NOT EXISTS scans_studies ON scans (kind, COALESCE(study_ref, id), created_ms, is_tumour, gate, "
+    "model_version, label, study_ref, id) WHERE kind = 'series'",  # series grouped by study in index order
     "CREATE INDEX IF NOT EXISTS scans_quality ON scans (created_ms / 900000, created_ms, model_version, gate, "
     "is_tumour, tumour_probability, review_count, label, final_label, first_reviewed_ms)",
 )

@@ -19,7 +19,6 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +26,12 @@ from core.errors import InvalidRecord, StoreError, StoreUnavailable
 from core.storage.migrations import migrate_sqlite
 from core.storage.protocol import (
     EVERYTHING,
+    day_rows,
     record_to_row,
     row_to_record,
 )
-from core.storage.records import Filters, Record, Section, WorklistQuery
-from core.storage.sqlite_aggregates import SQLiteAggregates, where_sql
+from core.storage.records import DayCount, Filters, Record, Section, WorklistQuery
+from core.storage.sqlite_aggregates import SQLiteAggregates, day_sql, where_sql
 from core.storage.sqlite_people import SQLitePeople
 from core.storage.sqlite_quality import SQLiteQuality
 from core.storage.timebuckets import from_ms, to_ms
@@ -198,14 +198,21 @@ class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
         )
         return [Section(int(i), float(p), None if t is None else float(t), lab, sk) for i, p, t, lab, sk in rows]
 
-    def study_rows(self, filters: Filters = EVERYTHING) -> list[tuple[datetime, bool]]:
-        """One row per study among the series that match ``filters``: when it was first saved, and whether any of
-        its series was called tumour."""
-        where, params = self._where(replace(filters, kinds=("series",)))
-        rows = self._query(
-            f"SELECT min(created_ms), max(is_tumour) FROM scans{where} GROUP BY COALESCE(study_ref, id)", params
-        )
-        return [(from_ms(first), bool(tumour)) for first, tumour in rows]
+    def daily_studies(self, filters: Filters, timezone: str) -> list[DayCount]:
+        """Studies among the series that match ``filters``, per local day of their first series in ``timezone``:
+        how many, and how many with any series called tumour. Grouped in SQL through the covering partial index
+        ``scans_studies`` (its condition is written as a literal so that the planner can use it)."""
+        span = self._time_range(replace(filters, kinds=("series",)))
+        if span is None:
+            return []
+        day, day_params = day_sql(timezone, *span, instant="first_ms")
+        where, params = self._where(replace(filters, kinds=()))
+        series = f"{where} AND kind = 'series'" if where else " WHERE kind = 'series'"
+        studies = (f"SELECT min(created_ms) AS first_ms, max(is_tumour) AS tumour FROM scans{series} "
+                   "GROUP BY COALESCE(study_ref, id)")  # fmt: skip
+        rows = self._query(f"SELECT {day} AS day, count(*), sum(tumour) FROM ({studies}) GROUP BY day ORDER BY day",
+                           [*day_params, *params])  # fmt: skip
+        return day_rows([tuple(row) for row in rows])
 
     def set_patient_ref(self, record_id: str, patient_ref: str | None) -> bool:
         """Set or correct the pseudonymous reference of a saved result; False when it already had this one."""
