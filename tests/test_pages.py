@@ -315,8 +315,10 @@ def test_study_page_reads_a_zipped_series_shows_the_study_verdict_first_and_save
     assert app.expander[0].label.startswith("Series 1 · Axial · 8 sections")
     assert len(app.get("plotly_chart")) == 2  # the section and the curve
     slider = next(s for s in app.slider if s.label == "Section")
-    slider.set_value(0).run()
-    assert not app.exception and slider.value == 0
+    assert (slider.min, slider.max) == (1, 8)  # counted from 1, as the titles count sections
+    slider.set_value(1).run()
+    assert not app.exception and slider.value == 1
+    assert "Section 1 of 8" in app.get("plotly_chart")[0].proto.spec
     store = stored(app_environment)
     series = store.recent(5)
     assert len(series) == 1 and series[0].kind == "series" and series[0].section_count == 8

@@ -46,7 +46,7 @@ def series_panel(view: SeriesView, classifier, explainer, prefix: str) -> None:
     st.caption("Quick scroll: arrow keys, Page Up / Down or the mouse wheel once the series below is clicked.")
     opened = quick_scroll(view, prefix, start_section(view))
     if opened is not None:
-        st.session_state[f"{prefix}-section"] = opened
+        st.session_state[f"{prefix}-section"] = opened + 1
     series_viewer(view, classifier, explainer, prefix)
 
 
@@ -59,12 +59,12 @@ def series_viewer(view: SeriesView, classifier, explainer, prefix: str) -> None:
     points = picked.selection.points if picked and picked.selection else []
     if points and st.session_state.get(f"{curve_key}-last") != points[0]["x"]:  # a click on the curve
         st.session_state[f"{curve_key}-last"] = points[0]["x"]
-        st.session_state[slider_key] = int(points[0]["x"])
+        st.session_state[slider_key] = int(points[0]["x"]) + 1  # the slider counts sections from 1, as titles do
     if slider_key not in st.session_state:  # start on the section that decided the verdict
-        st.session_state[slider_key] = start_section(view)
+        st.session_state[slider_key] = start_section(view) + 1
 
     controls = st.columns([3, 1.3, 1, 1])
-    index = controls[0].slider("Section", 0, count - 1, key=slider_key, help="Arrow keys move one section.")
+    index = controls[0].slider("Section", 1, count, key=slider_key, help="Arrow keys move one section.") - 1
     preset = controls[1].selectbox("Window", list(WINDOW_PRESETS), key=f"{prefix}-preset")
     show_heat = controls[2].toggle(
         "Heat map",
@@ -137,7 +137,7 @@ def comparison(current: SeriesView, prior: SeriesView | None, classifier, explai
 
     count = len(current.sections)
     default = current.window[len(current.window) // 2] if current.window else count // 2
-    index = st.slider("Section", 0, count - 1, default, key=f"cmp-{current.key[:8]}")
+    index = st.slider("Section", 1, count, default + 1, key=f"cmp-{current.key[:8]}") - 1
     letters = orientation_letters(current.geometry.get("orientation"))
     left, right = st.columns(2)
     with left:
