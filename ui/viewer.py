@@ -136,8 +136,7 @@ def comparison(current: SeriesView, prior: SeriesView | None, classifier, explai
     from core.services.history import change
 
     count = len(current.sections)
-    default = current.window[len(current.window) // 2] if current.window else count // 2
-    index = st.slider("Section", 1, count, default + 1, key=f"cmp-{current.key[:8]}") - 1
+    index = st.slider("Section", 1, count, start_section(current) + 1, key=f"cmp-{current.key[:8]}") - 1
     letters = orientation_letters(current.geometry.get("orientation"))
     left, right = st.columns(2)
     with left:
