@@ -726,6 +726,35 @@ def test_scans_and_series_are_counted_apart_and_studies_group_their_series(store
     assert [(d.day, d.total) for d in honolulu] == [(date(2026, 3, 31), 1), (date(2026, 4, 1), 1)]
 
 
+def test_a_version_4_database_gets_its_day_roll_ups_built_on_upgrade(tmp_path: Path) -> None:
+    """A version-4 file (quarter roll-ups only: the day tables, their triggers and the new indexes removed here, as
+    version 4 wrote it) opens as version 5 with day roll-ups that give the figures the results give."""
+    path = tmp_path / "results.sqlite3"
+    store = SQLiteStore(path)
+    for record in FIXTURE:
+        store.add(record)
+    store.add_review(Review(FIXTURE[0].id, "dr", FIXTURE[0].created_at + timedelta(hours=3), "override",
+                            FIXTURE[0].label, "notumor"))  # fmt: skip
+    expected = (store.summary(), store.confidence_histogram(), store.confusion(Filters()),
+                store.daily_counts(Filters(), "Europe/Paris"))  # fmt: skip
+    del store
+    connection = sqlite3.connect(path)
+    for statement in ("DROP TRIGGER days_on_insert", "DROP TRIGGER days_on_review", "DROP TABLE rollup_day",
+                      "DROP TABLE confidence_day", "DROP TABLE confusion_day", "DROP TABLE turnaround_day",
+                      "DROP INDEX rollup_by_slot", "DROP INDEX scans_disagreements", "DROP INDEX scans_studies",
+                      "CREATE INDEX scans_series ON scans (kind, created_ms, study_ref) WHERE kind = 'series'",
+                      "PRAGMA user_version = 4"):  # fmt: skip
+        connection.execute(statement)
+    connection.commit()
+    connection.close()
+    upgraded = SQLiteStore(path)
+    assert upgraded.schema_version() == SCHEMA_VERSION == 5 and (tmp_path / "results.sqlite3.v4.bak").exists()
+    tables = {row[0] for row in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
+    assert {"rollup_day", "confusion_day", "days_on_insert", "scans_studies"} <= tables and "scans_series" not in tables
+    assert (upgraded.summary(), upgraded.confidence_histogram(), upgraded.confusion(Filters()),
+            upgraded.daily_counts(Filters(), "Europe/Paris")) == expected  # fmt: skip
+
+
 def test_a_version_3_database_is_rebuilt_for_series_keeping_reviews_and_the_audit_chain(tmp_path: Path) -> None:
     """tests/data/results-v3.sqlite3 was written by the version-3 code (commit d7316ba): three results, an
     override and an agreement in the append-only history, one audit event."""
