@@ -148,7 +148,7 @@ def test_upload_to_verdict_and_statistics_in_chromium(server: str, tmp_path: Pat
         expect(page.get_by_test_id("stSidebar").get_by_text("version")).to_be_visible(timeout=60_000)  # model warm
 
         scan = png_bytes(synthetic_slice(512, tumour=True, seed=7))
-        field = page.get_by_test_id("stTextInputField")
+        field = page.get_by_role("textbox", name="Patient reference (optional)")  # not the stale sign-in form's
         field.fill("ZZCANARY browser patient")
         field.press("Enter")  # a rerun starts; the file is dropped while it runs (files used to vanish here)
         started = time.perf_counter()
