@@ -45,16 +45,17 @@ def distance_mm(start: tuple[float, float], end: tuple[float, float], spacing: S
     return math.hypot((end[0] - start[0]) * column, (end[1] - start[1]) * row)
 
 
+def data_uri(image: np.ndarray, kind: str, params: Sequence[int] = ()) -> str:
+    """An 8-bit image (grey or BGR) encoded by OpenCV as a ``data:image/<kind>`` URI."""
+    _, encoded = cv2.imencode(f".{'jpg' if kind == 'jpeg' else kind}", image, list(params))
+    return f"data:image/{kind};base64," + base64.b64encode(encoded.tobytes()).decode("ascii")
+
+
 def cine_frames(sections: np.ndarray, quality: int = 85) -> list[str]:
     """Every displayed section as a JPEG data URI (about 15 KB at 256 x 256), for the quick scroller: the browser
     pages through the whole series without asking the server, so a key press shows the next section at once."""
-    frames = []
-    for section in sections:
-        _, jpeg = cv2.imencode(
-            ".jpg", np.ascontiguousarray(section, dtype=np.uint8), [cv2.IMWRITE_JPEG_QUALITY, quality]
-        )
-        frames.append("data:image/jpeg;base64," + base64.b64encode(jpeg.tobytes()).decode("ascii"))
-    return frames
+    jpeg = [cv2.IMWRITE_JPEG_QUALITY, quality]
+    return [data_uri(np.ascontiguousarray(section, dtype=np.uint8), "jpeg", jpeg) for section in sections]
 
 
 def section_figure(
@@ -78,8 +79,7 @@ def section_figure(
         weight = (opacity * np.clip(heat, 0.0, 1.0))[:, :, None]
         rgb = rgb * (1.0 - weight) + red * weight
     # a PNG data URI, not a z array: a 256 x 256 x 3 array goes out as 196,608 JSON numbers on every scroll step
-    _, png = cv2.imencode(".png", cv2.cvtColor(rgb.astype(np.uint8), cv2.COLOR_RGB2BGR))
-    source = "data:image/png;base64," + base64.b64encode(png.tobytes()).decode("ascii")
+    source = data_uri(cv2.cvtColor(rgb.astype(np.uint8), cv2.COLOR_RGB2BGR), "png")
     h, w = section.shape
     places = {"left": (0.01, 0.5), "right": (0.99, 0.5), "top": (0.5, 0.99), "bottom": (0.5, 0.01)}
     annotations = [
