@@ -153,11 +153,18 @@ class MongoStore(MongoPeople, MongoQuality):
             self._client.admin.command("ping")
 
     def add(self, record: Record) -> bool:
+        return self._insert(self._document(record))
+
+    @staticmethod
+    def _document(record: Record) -> dict[str, Any]:
+        document = record_to_row(record.validate())
+        document["_id"] = document.pop("id")
+        return document
+
+    def _insert(self, document: dict[str, Any]) -> bool:
+        """Insert one document; False when its id is already there (the record was saved before)."""
         from pymongo.errors import DuplicateKeyError
 
-        record.validate()
-        document = record_to_row(record)
-        document["_id"] = document.pop("id")
         with self._errors():
             try:
                 self._collection.insert_one(document)
@@ -167,23 +174,15 @@ class MongoStore(MongoPeople, MongoQuality):
 
     def add_series(self, record: Record, sections: Sequence[Section]) -> bool:
         """A series with its sections inside its one document: a single write, so both or neither."""
-        from pymongo.errors import DuplicateKeyError
-
         if record.kind != "series" or record.section_count != len(sections):
             raise InvalidRecord("A series record needs its section count and exactly that many sections.")
-        document = record_to_row(record.validate())
-        document["_id"] = document.pop("id")
+        document = self._document(record)
         document["sections"] = [
             {"index": s.index, "position": float(s.position), "tumour_probability": s.tumour_probability,
              "label": s.label, "skipped": s.skipped}
             for s in (section.validate() for section in sections)
         ]  # fmt: skip
-        with self._errors():
-            try:
-                self._collection.insert_one(document)
-            except DuplicateKeyError:
-                return False
-        return True
+        return self._insert(document)
 
     def sections_of(self, record_id: str) -> list[Section]:
         with self._errors():
