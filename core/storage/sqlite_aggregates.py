@@ -166,24 +166,21 @@ class SQLiteAggregates:
         return [(day, *values) for day, values in sorted(totals.items()) if values[0]]
 
     def _raw_days(self, filters: Filters, timezone: str, sums: str) -> list[tuple[Any, ...]]:
-        """As :meth:`_local_days`, from the results themselves (any range); ``sums`` of result columns."""
+        """As :meth:`_local_days`, from the results themselves (any range); ``sums`` of result columns. A result
+        takes its quarter's offset, as the roll-ups do."""
         span = self._time_range(filters)
         if span is None:
             return []
-        day, day_params = day_sql(timezone, *span)
+        day, day_params = day_sql(timezone, *span, instant=f"created_ms / {QUARTER_MS} * {QUARTER_MS}")
         where, params = self._where(filters)
-        inner = (f"SELECT created_ms / {QUARTER_MS} * {QUARTER_MS} AS quarter_ms, {sums} FROM scans{where} "
-                 f"GROUP BY created_ms / {QUARTER_MS}")  # fmt: skip
-        names = [part.rsplit(" AS ", 1)[1] for part in sums.split(", ")]
-        totals = ", ".join(f"sum({name})" for name in names)
-        rows = self._query(f"SELECT {day} AS day, {totals} FROM ({inner}) GROUP BY day ORDER BY day",
+        rows = self._query(f"SELECT {day} AS day, {sums} FROM scans{where} GROUP BY day ORDER BY day",
                            [*day_params, *params])  # fmt: skip
         return [tuple(row) for row in rows]
 
     def daily_counts(self, filters: Filters, timezone: str) -> list[DayCount]:
         if _aligned(filters):
             return day_rows(self._local_days(filters, timezone, "sum(tumour)"))
-        return day_rows(self._raw_days(filters, timezone, "count(*) AS n, sum(is_tumour) AS tumour"))
+        return day_rows(self._raw_days(filters, timezone, "count(*), sum(is_tumour)"))
 
     def daily_quality(self, filters: Filters, timezone: str) -> list[DayQuality]:
         scope = Filters(
