@@ -4,8 +4,9 @@ supervisor's agreement and drift included), the worklist, single inserts and sav
     .venv/bin/python bench/store.py [--records 1000000] [--reviews 300000] [--series 60000]
                                     [--path /tmp/btd-bench.sqlite3]
 
-Records spread over two years with a weekly rhythm, four classes, several model versions; SERIES more of them are
-whole series, three to a study. The database file is reused when it already holds the requested number of records
+Records spread over two years with a weekly rhythm, four classes, several model versions, 2 % refused by the input
+gate and the calls under 65 % confidence flagged for review; SERIES more of them are whole series, three to a study.
+The database file is reused when it already holds the requested number of records
 (series are added once). Times each store aggregate and the Statistics page's two service calls (the dashboard per
 study and per result, the supervisor's quality board: agreement, confusion, turnaround, drift). Prints a table and
 one JSON object (milliseconds).
@@ -46,6 +47,7 @@ def synthetic(n: int, seed: int = 0, offset: int = 0) -> list[Record]:
     rng = np.random.default_rng(seed)
     seconds = rng.uniform(0, 730 * 86400, n)
     weekday_keep = rng.random(n)
+    gates = rng.random(n)
     labels = rng.choice(4, n, p=(0.2, 0.15, 0.5, 0.15))
     confidence = np.clip(rng.beta(8, 1.5, n), 0.5, 1.0)  # a call is at least 50 % sure
     records = []
@@ -56,7 +58,12 @@ def synthetic(n: int, seed: int = 0, offset: int = 0) -> list[Record]:
         label = LABELS[labels[i]]
         c = float(confidence[i])
         version = VERSIONS[min(3, int((730 * 86400 - seconds[i]) / (730 * 86400 / 4)))]
-        records.append(synthetic_record(offset + i, created, label, version, c, uploader="bench"))
+        record = synthetic_record(offset + i, created, label, version, c, uploader="bench")
+        if gates[i] < 0.02:  # the input gate refuses a few uploads and flags the uncertain calls, as in use
+            record = replace(record, gate="rejected")
+        elif c < 0.65:
+            record = replace(record, gate="needs_review")
+        records.append(record)
     return records
 
 
@@ -151,6 +158,7 @@ def main() -> None:
         "latest 50": lambda: store.recent(50),
         "model versions": lambda: store.model_versions(),
         "quality per day (all, Europe/Paris)": lambda: store.daily_quality(Filters(), "Europe/Paris"),
+        "quality per day (all, America/New_York)": lambda: store.daily_quality(Filters(), "America/New_York"),
         "quality per day (90 days)": lambda: store.daily_quality(
             Filters(start=END - timedelta(days=90), end=END), "UTC"
         ),

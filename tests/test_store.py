@@ -581,7 +581,9 @@ def test_the_worklist_puts_unreviewed_first_then_flagged_then_refused_newest_fir
 def test_the_roll_ups_give_the_figures_the_results_give(tmp_path: Path) -> None:
     """Every aggregate the dashboard reads from the roll-ups (whole-quarter ranges) equals the same aggregate summed
     from the results themselves (a range one millisecond off a quarter takes that path), after inserts, reviews and
-    a second review that changes a final label; in time zones a quarter or a half hour off UTC too."""
+    a second review that changes a final label; in time zones a quarter or a half hour off UTC too, and across
+    daylight-saving changes in both hemispheres (Norfolk Island goes from +12 h, where a UTC day counts for the
+    next local day, to +11 h)."""
     import random
 
     store = SQLiteStore(tmp_path / "results.sqlite3")
@@ -620,7 +622,7 @@ def test_the_roll_ups_give_the_figures_the_results_give(tmp_path: Path) -> None:
         assert same(store.summary(filters), store.summary(raw))
         assert same(store.by_model(filters), store.by_model(raw))
         for zone in ("UTC", "Europe/Paris", "Asia/Kolkata", "Asia/Kathmandu", "America/New_York",
-                     "Pacific/Kiritimati", "Pacific/Pago_Pago"):  # fmt: skip
+                     "Pacific/Kiritimati", "Pacific/Pago_Pago", "Pacific/Norfolk", "Australia/Lord_Howe"):  # fmt: skip
             assert same(store.daily_counts(filters, zone), store.daily_counts(raw, zone)), (filters, zone)
             assert same(store.daily_quality(filters, zone), store.daily_quality(raw, zone)), (filters, zone)
         # the whole-day roll-ups of the histogram, confusion and turnaround against the records themselves

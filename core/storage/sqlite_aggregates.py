@@ -5,12 +5,13 @@ current by triggers in the same transaction as each write: :mod:`core.storage.sc
 and ends on whole quarters, as every dashboard range does (a local midnight in any time zone): the whole UTC days
 of the range from ``rollup_day``, its partial days at either end from the quarter-hour ``rollup``. A local calendar
 day is the UTC day that holds its noon, plus the quarters it takes from the neighbouring UTC day, minus those it
-gives away (read by quarter of the day). Any other range is answered from the results themselves; a contract test
-proves both give the same figures.
+gives away (read by quarter of the day, one query part per stretch of constant UTC offset). Any other range is
+answered from the results themselves; a contract test proves both give the same figures.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import replace
 from datetime import date, timedelta
 from itertools import pairwise
@@ -21,6 +22,8 @@ from core.storage.records import DayCount, DayQuality, Filters, ModelRow, Summar
 from core.storage.timebuckets import DAY_MS, QUARTER_MS, from_ms, to_ms, utc_offset_segments
 
 _SUMMARY_KEYS = ("label", "gate", "n", "tumour", "confidence", "first", "last")
+_MEASURES = ("n", "tumour", "reviewed", "agreed", "probability_sum", "probability_squares")  # in the roll-ups
+_SUMMED = ", ".join(f"sum({measure}) AS {measure}" for measure in _MEASURES)
 
 
 def _aligned(filters: Filters) -> bool:
@@ -99,6 +102,46 @@ def day_sql(timezone: str, first_ms: int, last_ms: int, instant: str = "quarter_
     return f"({instant} + {offset_sql}) / {DAY_MS}", params
 
 
+def _noon_owner(segments: tuple[tuple[int, int], ...]) -> Any:
+    """UTC day number -> the local day (of the zone with these offset ``segments``) that holds its noon: the day
+    a whole UTC day of a day roll-up counts for."""
+    starts = [start for start, _ in segments]
+
+    def owner(utc_day: int) -> int:
+        noon = utc_day * DAY_MS + DAY_MS // 2
+        return (noon + segments[max(0, bisect_right(starts, noon) - 1)][1]) // DAY_MS
+
+    return owner
+
+
+def _moved_quarters(days: Filters, segments: tuple[tuple[int, int], ...]) -> tuple[str, list[Any]]:
+    """SQL for (UTC day, local day, gate, *sums of the ``_MEASURES``) over the quarters of the whole ``days`` that
+    may belong to another local day than their UTC day's noon, one part per stretch of constant UTC offset (so that
+    the local day is plain arithmetic, and only the quarters of the day that can move are read, by
+    ``rollup_by_slot``)."""
+    noon_offsets = {offset for _, offset in segments}
+    parts, params = [], []
+    for i, (_, offset) in enumerate(segments):
+        slots = [
+            s for s in range(96)
+            if any((s * QUARTER_MS + offset) // DAY_MS != (DAY_MS // 2 + noon) // DAY_MS for noon in noon_offsets)
+        ]  # fmt: skip
+        if not slots:
+            continue
+        where, where_params = _rollup_where(days)
+        where += f"{' AND' if where else ' WHERE'} quarter % 96 IN ({', '.join(map(str, slots))})"
+        for bound, operator in ((i, ">="), (i + 1, "<")):  # the stretch, in whole quarters
+            if 0 < bound < len(segments):
+                where += f" AND quarter {operator} ?"
+                where_params.append(-(-segments[bound][0] // QUARTER_MS))
+        parts.append(
+            f"SELECT quarter / 96 AS day, (quarter * {QUARTER_MS} + ?) / {DAY_MS} AS local, gate, {_SUMMED} "
+            f"FROM rollup{where} GROUP BY day, local, gate"
+        )
+        params += [offset, *where_params]
+    return " UNION ALL ".join(parts), params
+
+
 class SQLiteAggregates:
     """Requires ``_query()`` and ``_where()`` from the store."""
 
@@ -121,48 +164,57 @@ class SQLiteAggregates:
         return fold_summary([dict(zip(_SUMMARY_KEYS, row, strict=True)) for row in rows])
 
     def _time_range(self, filters: Filters) -> tuple[int, int] | None:
-        summary = self.summary(filters)
-        return None if summary.first is None else (to_ms(summary.first), to_ms(summary.last))
+        """The span whose UTC offsets a calendar-day query needs: the dates of ``filters`` within the first and
+        last day with any results (from the primary key of the day roll-up: quick, and maybe a little wide)."""
+        first, last = self._query("SELECT (SELECT min(day) FROM rollup_day), (SELECT max(day) FROM rollup_day)")[0]
+        if first is None:
+            return None
+        first, last = first * DAY_MS, (last + 1) * DAY_MS - 1
+        first = first if filters.start is None else max(first, to_ms(filters.start))
+        last = last if filters.end is None else min(last, to_ms(filters.end))
+        return (first, last) if first <= last else None
 
     # --- calendar days ------------------------------------------------------------------------------------
 
     def _local_days(self, filters: Filters, timezone: str, sums: str) -> list[tuple[Any, ...]]:
-        """(local day number, results, *``sums`` of roll-up columns) for each calendar day of ``timezone`` that
-        has results in the (quarter-aligned) range of ``filters``."""
+        """(local day number, results, *``sums``) for each calendar day of ``timezone`` that has results in the
+        (quarter-aligned) range of ``filters``. The quarter roll-up's rows are first summed per gate decision (plain
+        sums of the ``_MEASURES``), so that the CASEs in ``sums`` run on a few rows per day, not on every row."""
         span = self._time_range(filters)
         if span is None:
             return []
-        local, local_params = day_sql(timezone, *span, instant=f"quarter * {QUARTER_MS}")
-        noon = f"(quarter / 96 * 96 + 48) * {QUARTER_MS}"  # a UTC day counts for the local day holding its noon
-        owner, owner_params = day_sql(timezone, *span, instant=noon)
+        segments = utc_offset_segments(timezone, *span)
         totals: dict[int, list[Any]] = {}
 
-        def add(rows: list[Any], sign: int = 1, moved: bool = False) -> None:
+        def add(rows: list[Any], owner: Any = None) -> None:
+            """(day, *figures) rows; with ``owner``, (UTC day, local day, *figures) rows whose figures count for
+            their local day and not for the local day that holds their UTC day's noon."""
             for day, *values in rows:
-                if moved:  # (local day, owner, *values): the quarter leaves its owner for its local day
-                    owner_day, *values = values
-                    add([(owner_day, *values)], -1)
-                row = totals.get(day) or [0] * len(values)
-                totals[day] = [t + sign * v for t, v in zip(row, values, strict=True)]
+                if owner is not None:
+                    utc_day, (day, *values) = day, values
+                    if day == owner(utc_day):
+                        continue
+                    add([(owner(utc_day), *(-v for v in values))])
+                row = totals.get(day)
+                totals[day] = values if row is None else [t + v for t, v in zip(row, values, strict=True)]
+
+        def per_gate(sql: str, keys: str) -> str:  # ``sql`` selects ``keys``, gate and the measures
+            return f"SELECT {keys}, sum(n), {sums} FROM ({sql}) GROUP BY {keys}"
 
         days, edges = split_range(filters)
+        owner_of = _noon_owner(segments)
         if days is not None:
             where, params = where_sql(days, "day", DAY_MS)
-            day_owner, day_params = day_sql(timezone, *span, instant=f"(day * 96 + 48) * {QUARTER_MS}")
-            add(self._query(f"SELECT {day_owner} AS owner, sum(n), {sums} FROM rollup_day{where} GROUP BY owner",
-                            [*day_params, *params]))  # fmt: skip
-            offsets = {offset // QUARTER_MS for _, offset in utc_offset_segments(timezone, *span)}
-            slots = sorted({s for s in range(96) for a in offsets for b in offsets if (s + a) // 96 != (48 + b) // 96})
-            if slots:  # the quarters a UTC day shares with another local day than its noon's (index by slot)
-                where, params = _rollup_where(days)
-                where += f"{' AND' if where else ' WHERE'} quarter % 96 IN ({', '.join(map(str, slots))})"
-                sql = (f"SELECT {local} AS local, {owner} AS owner, sum(n), {sums} FROM rollup{where} "
-                       "GROUP BY local, owner HAVING local != owner")  # fmt: skip
-                add(self._query(sql, [*local_params, *owner_params, *params]), moved=True)
+            rows = self._query(f"SELECT day, sum(n), {sums} FROM rollup_day{where} GROUP BY day", params)  # in order
+            add([(owner_of(day), *values) for day, *values in rows])
+            moved, moved_params = _moved_quarters(days, segments)
+            if moved:
+                add(self._query(per_gate(moved, "day, local"), moved_params), owner=owner_of)
+        local, local_params = day_sql(timezone, *span, instant=f"quarter * {QUARTER_MS}")
         for edge in edges:
             where, params = _rollup_where(edge)
-            add(self._query(f"SELECT {local} AS local, sum(n), {sums} FROM rollup{where} GROUP BY local",
-                            [*local_params, *params]))  # fmt: skip
+            sql = f"SELECT {local} AS local, gate, {_SUMMED} FROM rollup{where} GROUP BY local, gate"
+            add(self._query(per_gate(sql, "local"), [*local_params, *params]))
         return [(day, *values) for day, values in sorted(totals.items()) if values[0]]
 
     def _raw_days(self, filters: Filters, timezone: str, sums: str) -> list[tuple[Any, ...]]:
@@ -178,9 +230,9 @@ class SQLiteAggregates:
         return [tuple(row) for row in rows]
 
     def daily_counts(self, filters: Filters, timezone: str) -> list[DayCount]:
-        if _aligned(filters):
-            return day_rows(self._local_days(filters, timezone, "sum(tumour)"))
-        return day_rows(self._raw_days(filters, timezone, "count(*), sum(is_tumour)"))
+        if not _aligned(filters):
+            return day_rows(self._raw_days(filters, timezone, "count(*), sum(is_tumour)"))
+        return day_rows(self._local_days(filters, timezone, "sum(tumour)"))
 
     def daily_quality(self, filters: Filters, timezone: str) -> list[DayQuality]:
         scope = Filters(
