@@ -114,8 +114,8 @@ def _noon_owner(segments: tuple[tuple[int, int], ...]) -> Any:
     return owner
 
 
-def _moved_quarters(days: Filters, segments: tuple[tuple[int, int], ...]) -> tuple[str, list[Any]]:
-    """SQL for (UTC day, local day, gate, *sums of the ``_MEASURES``) over the quarters of the whole ``days`` that
+def _moved_quarters(days: Filters, segments: tuple[tuple[int, int], ...], keys: str) -> tuple[str, list[Any]]:
+    """SQL for (UTC day, local day, *``keys``, *sums of the ``_MEASURES``) over the quarters of the whole ``days`` that
     may belong to another local day than their UTC day's noon, one part per stretch of constant UTC offset (so that
     the local day is plain arithmetic, and only the quarters of the day that can move are read, by
     ``rollup_by_slot``)."""
@@ -135,8 +135,8 @@ def _moved_quarters(days: Filters, segments: tuple[tuple[int, int], ...]) -> tup
                 where += f" AND quarter {operator} ?"
                 where_params.append(-(-segments[bound][0] // QUARTER_MS))
         parts.append(
-            f"SELECT quarter / 96 AS day, (quarter * {QUARTER_MS} + ?) / {DAY_MS} AS local, gate, {_SUMMED} "
-            f"FROM rollup{where} GROUP BY day, local, gate"
+            f"SELECT quarter / 96 AS day, (quarter * {QUARTER_MS} + ?) / {DAY_MS} AS local{keys}, {_SUMMED} "
+            f"FROM rollup{where} GROUP BY day, local{keys}"
         )
         params += [offset, *where_params]
     return " UNION ALL ".join(parts), params
@@ -176,10 +176,11 @@ class SQLiteAggregates:
 
     # --- calendar days ------------------------------------------------------------------------------------
 
-    def _local_days(self, filters: Filters, timezone: str, sums: str) -> list[tuple[Any, ...]]:
+    def _local_days(self, filters: Filters, timezone: str, sums: str, by_gate: bool = False) -> list[tuple[Any, ...]]:
         """(local day number, results, *``sums``) for each calendar day of ``timezone`` that has results in the
-        (quarter-aligned) range of ``filters``. The quarter roll-up's rows are first summed per gate decision (plain
-        sums of the ``_MEASURES``), so that the CASEs in ``sums`` run on a few rows per day, not on every row."""
+        (quarter-aligned) range of ``filters``. The quarter roll-up's rows are first summed (plain sums of the
+        ``_MEASURES``, per gate decision when ``by_gate``: ``sums`` has CASEs on it), so that ``sums`` run on a few
+        rows per day, not on every row."""
         span = self._time_range(filters)
         if span is None:
             return []
@@ -198,8 +199,10 @@ class SQLiteAggregates:
                 row = totals.get(day)
                 totals[day] = values if row is None else [t + v for t, v in zip(row, values, strict=True)]
 
-        def per_gate(sql: str, keys: str) -> str:  # ``sql`` selects ``keys``, gate and the measures
+        def outer(sql: str, keys: str) -> str:  # ``sql`` selects ``keys``, the gate when by_gate and the measures
             return f"SELECT {keys}, sum(n), {sums} FROM ({sql}) GROUP BY {keys}"
+
+        gate = ", gate" if by_gate else ""
 
         days, edges = split_range(filters)
         owner_of = _noon_owner(segments)
@@ -207,14 +210,14 @@ class SQLiteAggregates:
             where, params = where_sql(days, "day", DAY_MS)
             rows = self._query(f"SELECT day, sum(n), {sums} FROM rollup_day{where} GROUP BY day", params)  # in order
             add([(owner_of(day), *values) for day, *values in rows])
-            moved, moved_params = _moved_quarters(days, segments)
+            moved, moved_params = _moved_quarters(days, segments, gate)
             if moved:
-                add(self._query(per_gate(moved, "day, local"), moved_params), owner=owner_of)
+                add(self._query(outer(moved, "day, local"), moved_params), owner=owner_of)
         local, local_params = day_sql(timezone, *span, instant=f"quarter * {QUARTER_MS}")
         for edge in edges:
             where, params = _rollup_where(edge)
-            sql = f"SELECT {local} AS local, gate, {_SUMMED} FROM rollup{where} GROUP BY local, gate"
-            add(self._query(per_gate(sql, "local"), [*local_params, *params]))
+            sql = f"SELECT {local} AS local{gate}, {_SUMMED} FROM rollup{where} GROUP BY local{gate}"
+            add(self._query(outer(sql, "local"), [*local_params, *params]))
         return [(day, *values) for day, values in sorted(totals.items()) if values[0]]
 
     def _raw_days(self, filters: Filters, timezone: str, sums: str) -> list[tuple[Any, ...]]:
@@ -248,7 +251,7 @@ class SQLiteAggregates:
                 f"sum(CASE WHEN {shown} THEN probability_sum ELSE 0 END), "
                 f"sum(CASE WHEN {shown} THEN probability_squares ELSE 0 END)"
             )
-            rows = [(day, *values) for day, _, *values in self._local_days(scope, timezone, rolled)]
+            rows = [(day, *values) for day, _, *values in self._local_days(scope, timezone, rolled, by_gate=True)]
         else:
             reviewed = f"review_count > 0 AND {shown}"
             rows = self._raw_days(
