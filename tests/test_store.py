@@ -583,7 +583,7 @@ def test_the_roll_ups_give_the_figures_the_results_give(tmp_path: Path) -> None:
     from the results themselves (a range one millisecond off a quarter takes that path), after inserts, reviews and
     a second review that changes a final label; in time zones a quarter or a half hour off UTC too, and across
     daylight-saving changes in both hemispheres (Norfolk Island goes from +12 h, where a UTC day counts for the
-    next local day, to +11 h)."""
+    next local day, to +11 h; Santiago changes at local midnight, among the quarters that change day)."""
     import random
 
     store = SQLiteStore(tmp_path / "results.sqlite3")
@@ -621,8 +621,8 @@ def test_the_roll_ups_give_the_figures_the_results_give(tmp_path: Path) -> None:
         raw = replace(filters, start=(filters.start or utc(2020, 1, 1)) - timedelta(milliseconds=1))
         assert same(store.summary(filters), store.summary(raw))
         assert same(store.by_model(filters), store.by_model(raw))
-        for zone in ("UTC", "Europe/Paris", "Asia/Kolkata", "Asia/Kathmandu", "America/New_York",
-                     "Pacific/Kiritimati", "Pacific/Pago_Pago", "Pacific/Norfolk", "Australia/Lord_Howe"):  # fmt: skip
+        for zone in ("UTC", "Europe/Paris", "Asia/Kolkata", "Asia/Kathmandu", "America/New_York", "Pacific/Kiritimati",
+                     "Pacific/Pago_Pago", "Pacific/Norfolk", "Australia/Lord_Howe", "America/Santiago"):  # fmt: skip
             assert same(store.daily_counts(filters, zone), store.daily_counts(raw, zone)), (filters, zone)
             assert same(store.daily_quality(filters, zone), store.daily_quality(raw, zone)), (filters, zone)
         # the whole-day roll-ups of the histogram, confusion and turnaround against the records themselves

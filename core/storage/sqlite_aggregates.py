@@ -190,14 +190,16 @@ class SQLiteAggregates:
         def add(rows: list[Any], owner: Any = None) -> None:
             """(day, *figures) rows; with ``owner``, (UTC day, local day, *figures) rows whose figures count for
             their local day and not for the local day that holds their UTC day's noon."""
-            for day, *values in rows:
-                if owner is not None:
-                    utc_day, (day, *values) = day, values
+            for row in rows:
+                if owner is None:
+                    day, *values = row
+                else:
+                    utc_day, day, *values = row
                     if day == owner(utc_day):
                         continue
                     add([(owner(utc_day), *(-v for v in values))])
-                row = totals.get(day)
-                totals[day] = values if row is None else [t + v for t, v in zip(row, values, strict=True)]
+                total = totals.get(day)
+                totals[day] = values if total is None else [t + v for t, v in zip(total, values, strict=True)]
 
         def outer(sql: str, keys: str) -> str:  # ``sql`` selects ``keys``, the gate when by_gate and the measures
             return f"SELECT {keys}, sum(n), {sums} FROM ({sql}) GROUP BY {keys}"
