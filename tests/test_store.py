@@ -578,6 +578,15 @@ def test_the_worklist_puts_unreviewed_first_then_flagged_then_refused_newest_fir
     assert len(store.worklist(WorklistQuery(reviewed=None), limit=2)) == 2
 
 
+def _same(a: object, b: object) -> bool:
+    """Equal figures; sums of floats in another order may differ in the last bit."""
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if hasattr(a, "__dataclass_fields__"):
+        return all(_same(getattr(a, f), getattr(b, f)) for f in a.__dataclass_fields__)
+    return a == pytest.approx(b, rel=1e-12) if isinstance(a, float) else a == b
+
+
 def test_the_roll_ups_give_the_figures_the_results_give(tmp_path: Path) -> None:
     """Every aggregate the dashboard reads from the roll-ups (whole-quarter ranges) equals the same aggregate summed
     from the results themselves (a range one millisecond off a quarter takes that path), after inserts, reviews and
@@ -605,13 +614,6 @@ def test_the_roll_ups_give_the_figures_the_results_give(tmp_path: Path) -> None:
             store.add_review(Review(record.id, "dr2", record.created_at + timedelta(days=1), "agree", record.label,
                                     record.label))  # fmt: skip
 
-    def same(a: object, b: object) -> bool:  # sums of floats in another order differ in the last bit
-        if isinstance(a, list | tuple):
-            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-        if hasattr(a, "__dataclass_fields__"):
-            return all(same(getattr(a, f), getattr(b, f)) for f in a.__dataclass_fields__)
-        return a == pytest.approx(b, rel=1e-12) if isinstance(a, float) else a == b
-
     start, end = utc(2026, 3, 10), utc(2026, 4, 20)
     ranges = [Filters(), Filters(start=start, end=end), Filters(start=start, model_versions=("2.0.0",)),
               Filters(end=end, gates=("accepted", "needs_review")), Filters(labels=("glioma", "notumor")),
@@ -619,12 +621,12 @@ def test_the_roll_ups_give_the_figures_the_results_give(tmp_path: Path) -> None:
               Filters(start=utc(2026, 3, 12, 5), end=utc(2026, 3, 12, 18, 30))]  # fmt: skip
     for filters in ranges:
         raw = replace(filters, start=(filters.start or utc(2020, 1, 1)) - timedelta(milliseconds=1))
-        assert same(store.summary(filters), store.summary(raw))
-        assert same(store.by_model(filters), store.by_model(raw))
+        assert _same(store.summary(filters), store.summary(raw))
+        assert _same(store.by_model(filters), store.by_model(raw))
         for zone in ("UTC", "Europe/Paris", "Asia/Kolkata", "Asia/Kathmandu", "America/New_York", "Pacific/Kiritimati",
                      "Pacific/Pago_Pago", "Pacific/Norfolk", "Australia/Lord_Howe", "America/Santiago"):  # fmt: skip
-            assert same(store.daily_counts(filters, zone), store.daily_counts(raw, zone)), (filters, zone)
-            assert same(store.daily_quality(filters, zone), store.daily_quality(raw, zone)), (filters, zone)
+            assert _same(store.daily_counts(filters, zone), store.daily_counts(raw, zone)), (filters, zone)
+            assert _same(store.daily_quality(filters, zone), store.daily_quality(raw, zone)), (filters, zone)
         # the whole-day roll-ups of the histogram, confusion and turnaround against the records themselves
         now = [store.get(r.id) for r in records]
         inside = [r for r in now if (filters.start is None or r.created_at >= filters.start)
@@ -728,9 +730,43 @@ def test_scans_and_series_are_counted_apart_and_studies_group_their_series(store
     assert [(d.day, d.total) for d in honolulu] == [(date(2026, 3, 31), 1), (date(2026, 4, 1), 1)]
 
 
+VERSION_6_STATEMENTS = ("DROP TRIGGER shifted_on_insert", "DROP TRIGGER shifted_on_review", "DROP TABLE rollup_shifted")
+
+
+def test_a_version_5_database_gets_its_shifted_day_roll_ups_built_on_upgrade(tmp_path: Path) -> None:
+    """A version-5 file (no days shifted by whole hours) opens as version 6: the shifted days are built from the
+    results, give the per-day figures of zones far from UTC that the results give, and are kept by later writes."""
+    path = tmp_path / "results.sqlite3"
+    store = SQLiteStore(path)
+    for record in FIXTURE:
+        store.add(record)
+    store.add_review(Review(FIXTURE[2].id, "dr", FIXTURE[2].created_at + timedelta(hours=1), "agree",
+                            FIXTURE[2].label, FIXTURE[2].label))  # fmt: skip
+    zones = ("Asia/Tokyo", "America/Los_Angeles", "Australia/Sydney")
+    expected = [(store.daily_counts(Filters(), zone), store.daily_quality(Filters(), zone)) for zone in zones]
+    del store
+    connection = sqlite3.connect(path)
+    for statement in (*VERSION_6_STATEMENTS, "PRAGMA user_version = 5"):
+        connection.execute(statement)
+    connection.commit()
+    connection.close()
+    upgraded = SQLiteStore(path)
+    assert upgraded.schema_version() == SCHEMA_VERSION == 6 and (tmp_path / "results.sqlite3.v5.bak").exists()
+    shifted = sqlite3.connect(path).execute("SELECT count(DISTINCT shift), sum(n), sum(reviewed) FROM rollup_shifted")
+    assert shifted.fetchone() == (12, 12 * len(FIXTURE), 12)
+    assert _same([(upgraded.daily_counts(Filters(), zone), upgraded.daily_quality(Filters(), zone)) for zone in zones],
+                 expected)  # fmt: skip
+    late = make_record(99, utc(2026, 4, 6, 14, 45), "notumor", "1.0.0", 0.9)  # Tokyo 04-06 23:45, Sydney 04-07
+    upgraded.add(late)
+    upgraded.add_review(Review(late.id, "dr", late.created_at + timedelta(hours=2), "override", "notumor", "glioma"))
+    for zone in zones:
+        raw = Filters(start=utc(2020, 1, 1) - timedelta(milliseconds=1))  # the path that reads the results
+        assert _same(upgraded.daily_quality(Filters(), zone), upgraded.daily_quality(raw, zone))
+
+
 def test_a_version_4_database_gets_its_day_roll_ups_built_on_upgrade(tmp_path: Path) -> None:
     """A version-4 file (quarter roll-ups only: the day tables, their triggers and the new indexes removed here, as
-    version 4 wrote it) opens as version 5 with day roll-ups that give the figures the results give."""
+    version 4 wrote it) opens as the current version with day roll-ups that give the figures the results give."""
     path = tmp_path / "results.sqlite3"
     store = SQLiteStore(path)
     for record in FIXTURE:
@@ -744,13 +780,14 @@ def test_a_version_4_database_gets_its_day_roll_ups_built_on_upgrade(tmp_path: P
     for statement in ("DROP TRIGGER days_on_insert", "DROP TRIGGER days_on_review", "DROP TABLE rollup_day",
                       "DROP TABLE confidence_day", "DROP TABLE confusion_day", "DROP TABLE turnaround_day",
                       "DROP INDEX rollup_by_slot", "DROP INDEX scans_disagreements", "DROP INDEX scans_studies",
+                      *VERSION_6_STATEMENTS,
                       "CREATE INDEX scans_series ON scans (kind, created_ms, study_ref) WHERE kind = 'series'",
                       "PRAGMA user_version = 4"):  # fmt: skip
         connection.execute(statement)
     connection.commit()
     connection.close()
     upgraded = SQLiteStore(path)
-    assert upgraded.schema_version() == SCHEMA_VERSION == 5 and (tmp_path / "results.sqlite3.v4.bak").exists()
+    assert upgraded.schema_version() == SCHEMA_VERSION == 6 and (tmp_path / "results.sqlite3.v4.bak").exists()
     tables = {row[0] for row in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
     assert {"rollup_day", "confusion_day", "days_on_insert", "scans_studies"} <= tables and "scans_series" not in tables
     assert (upgraded.summary(), upgraded.confidence_histogram(), upgraded.confusion(Filters()),

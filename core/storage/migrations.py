@@ -13,6 +13,8 @@ SQLite keeps its version in ``PRAGMA user_version``; MongoDB in the ``meta`` col
   count), with the series' sections in their own table; roll-ups count each kind apart. Earlier results are scans.
 - version 5: whole-day roll-ups beside the quarter-hour ones (SQLite: summaries, confidence, confusion, review
   turnaround per UTC day), so that two years of results are summed in milliseconds. Upgrading builds them.
+- version 6: the per-day sums also on days shifted by whole hours (SQLite), so that a calendar day far from UTC
+  is read as quickly as a UTC day. Upgrading builds them (every roll-up is rebuilt from the results).
 
 An upgrade runs in one transaction after a backup copy of the file (``<file>.v<N>.bak``); a database newer than
 this code is refused rather than guessed at.
@@ -63,7 +65,7 @@ def migrate_sqlite(connection: sqlite3.Connection, path: Path) -> int:
                 _sqlite_v3_to_v4(connection)
                 logger.warning("event=store_migrated store=sqlite to=4")
             connection.execute("DROP INDEX IF EXISTS scans_series")  # version 4's, now scans_studies (covering)
-            logger.warning("event=store_migrated store=sqlite to=5")  # the roll-ups below, whole days among them
+            logger.warning("event=store_migrated store=sqlite to=%d", SCHEMA_VERSION)  # roll-ups rebuilt below
         create_schema(connection)
         if found < SCHEMA_VERSION and has_table:
             fill_rollup(connection)

@@ -228,9 +228,48 @@ DAYS = (
 )
 
 
+# Days shifted by whole hours: day d of shift h holds the UTC instants [d * 24 h - h, (d + 1) * 24 h - h), every two
+# hours from -10 h to +14 h (shift 0 is ``rollup_day``), so that a calendar day of any zone (-11 h to +14 h,
+# daylight saving included) is a shifted day corrected by the quarters of an hour or less at each end. Only the
+# sums a per-day figure needs; the review trigger updates one row per shift.
+SHIFT_HOURS = (-10, -8, -6, -4, -2, 2, 4, 6, 8, 10, 12, 14)
+_SHIFTS = ", ".join(f"({hours})" for hours in SHIFT_HOURS)
+SHIFTED = (
+    """CREATE TABLE IF NOT EXISTS rollup_shifted (
+        shift INTEGER NOT NULL, day INTEGER NOT NULL, kind TEXT NOT NULL, model_name TEXT NOT NULL,
+        model_version TEXT NOT NULL, label TEXT NOT NULL, gate TEXT NOT NULL, n INTEGER NOT NULL,
+        tumour INTEGER NOT NULL, probability_sum REAL NOT NULL, probability_squares REAL NOT NULL,
+        reviewed INTEGER NOT NULL, agreed INTEGER NOT NULL,
+        PRIMARY KEY (shift, day, kind, model_version, model_name, label, gate)
+    ) WITHOUT ROWID""",
+    "CREATE TRIGGER IF NOT EXISTS shifted_on_insert AFTER INSERT ON scans BEGIN "
+    "INSERT INTO rollup_shifted SELECT column1, (NEW.created_ms + column1 * 3600000) / 86400000, NEW.kind, "
+    "NEW.model_name, NEW.model_version, NEW.label, NEW.gate, 1, NEW.is_tumour, NEW.tumour_probability, "
+    "NEW.tumour_probability * NEW.tumour_probability, NEW.review_count > 0, "
+    f"NEW.review_count > 0 AND NEW.final_label = NEW.label FROM (VALUES {_SHIFTS}) WHERE true "
+    "ON CONFLICT DO UPDATE SET n = n + 1, tumour = tumour + excluded.tumour, "
+    "probability_sum = probability_sum + excluded.probability_sum, "
+    "probability_squares = probability_squares + excluded.probability_squares, "
+    "reviewed = reviewed + excluded.reviewed, agreed = agreed + excluded.agreed; END",
+    "CREATE TRIGGER IF NOT EXISTS shifted_on_review AFTER UPDATE OF review_count, final_label ON scans BEGIN "
+    + " ".join(
+        ROLLUP[2]
+        .split(" BEGIN ", 1)[1]
+        .replace("UPDATE rollup SET", "UPDATE rollup_shifted SET")
+        .replace(
+            "quarter = NEW.created_ms / 900000",
+            f"shift = {hours} AND day = (NEW.created_ms + {hours * 3_600_000}) / 86400000",
+        )
+        .removesuffix(" END")
+        for hours in SHIFT_HOURS
+    )
+    + " END",
+)
+
+
 def create_schema(connection: sqlite3.Connection) -> None:
     # statement by statement: executescript would commit the migration's transaction half-way
-    for statement in (SCANS, *INDEXES, *PEOPLE, SECTIONS, *ROLLUP, *DAYS):
+    for statement in (SCANS, *INDEXES, *PEOPLE, SECTIONS, *ROLLUP, *DAYS, *SHIFTED):
         connection.execute(statement)
 
 
@@ -252,6 +291,11 @@ def fill_rollup(connection: sqlite3.Connection) -> None:
          f"count(*) FROM scans WHERE {shown_reviewed} GROUP BY 1, 2, 3, 4, 5"),
         ("turnaround_day", f"SELECT created_ms / 86400000, kind, model_version, {_TURNAROUND_HOURS.format('scans')}, "
          f"count(*) FROM scans WHERE {shown_reviewed} AND first_reviewed_ms IS NOT NULL GROUP BY 1, 2, 3, 4"),
+        ("rollup_shifted", "SELECT column1, (created_ms + column1 * 3600000) / 86400000 AS day, kind, model_name, "
+         "model_version, label, gate, count(*), sum(is_tumour), sum(tumour_probability), "
+         "sum(tumour_probability * tumour_probability), sum(review_count > 0), "
+         f"sum(review_count > 0 AND final_label = label) FROM scans, (VALUES {_SHIFTS}) "
+         "GROUP BY column1, day, kind, model_version, model_name, label, gate"),
     ):  # fmt: skip
         connection.execute(f"DELETE FROM {table}")
         connection.execute(f"INSERT INTO {table} {statement}")

@@ -4,8 +4,9 @@ Summaries, calendar days, the per-version table and the per-day quality counts a
 current by triggers in the same transaction as each write: :mod:`core.storage.schema`) whenever the range starts
 and ends on whole quarters, as every dashboard range does (a local midnight in any time zone): the whole UTC days
 of the range from ``rollup_day``, its partial days at either end from the quarter-hour ``rollup``. A local calendar
-day is the UTC day that holds its noon, plus the quarters it takes from the neighbouring UTC day, minus those it
-gives away (read by quarter of the day, one query part per stretch of constant UTC offset). Any other range is
+day is the roll-up day nearest to it (a UTC day, or a day shifted by whole hours from ``rollup_shifted``) that
+holds its noon, plus the quarters it takes from the neighbouring day, minus those it gives away (an hour's or less
+in nearly every zone; read by quarter of the day, one query part per stretch of constant UTC offset). Any other range is
 answered from the results themselves; a contract test proves both give the same figures.
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 
 from core.storage.protocol import EVERYTHING, day_rows, fold_summary
 from core.storage.records import DayCount, DayQuality, Filters, ModelRow, Summary
+from core.storage.schema import SHIFT_HOURS
 from core.storage.timebuckets import DAY_MS, QUARTER_MS, from_ms, to_ms, utc_offset_segments
 
 _SUMMARY_KEYS = ("label", "gate", "n", "tumour", "confidence", "first", "last")
@@ -52,17 +54,18 @@ def _rollup_where(filters: Filters) -> tuple[str, list[Any]]:
     return where_sql(filters, "quarter", QUARTER_MS)
 
 
-def split_range(filters: Filters) -> tuple[Filters | None, list[Filters]]:
-    """``filters`` as its whole UTC days (bounds on day boundaries; None when it holds no whole day) and the
-    partial days at either end (the same filters bounded by what is left)."""
-    start = None if filters.start is None else to_ms(filters.start)
-    end = None if filters.end is None else to_ms(filters.end)
+def split_range(filters: Filters, shift_ms: int = 0) -> tuple[Filters | None, list[Filters]]:
+    """``filters`` as its whole UTC days, or whole days shifted by ``shift_ms`` (bounds on day boundaries, in UTC;
+    None when it holds no whole day) and the partial days at either end (the same filters bounded by what is
+    left)."""
+    start = None if filters.start is None else to_ms(filters.start) + shift_ms
+    end = None if filters.end is None else to_ms(filters.end) + shift_ms
     first = None if start is None else -(-start // DAY_MS)
     last = None if end is None else end // DAY_MS
     if first is not None and last is not None and first >= last:
         return None, [filters] if start < end else []
-    days = replace(filters, start=None if first is None else from_ms(first * DAY_MS),
-                   end=None if last is None else from_ms(last * DAY_MS))  # fmt: skip
+    days = replace(filters, start=None if first is None else from_ms(first * DAY_MS - shift_ms),
+                   end=None if last is None else from_ms(last * DAY_MS - shift_ms))  # fmt: skip
     edges = []
     if start is not None and start < first * DAY_MS:
         edges.append(replace(filters, end=days.start))
@@ -102,43 +105,53 @@ def day_sql(timezone: str, first_ms: int, last_ms: int, instant: str = "quarter_
     return f"({instant} + {offset_sql}) / {DAY_MS}", params
 
 
-def _noon_owner(segments: tuple[tuple[int, int], ...]) -> Any:
-    """UTC day number -> the local day (of the zone with these offset ``segments``) that holds its noon: the day
-    a whole UTC day of a day roll-up counts for."""
+def _nearest_shift(segments: tuple[tuple[int, int], ...]) -> int:
+    """The day roll-up (shift in ms: 0 for UTC days, else one of ``SHIFT_HOURS``) closest to every UTC offset of
+    ``segments``: the fewest quarters to correct."""
+    offsets = {offset for _, offset in segments}
+    return min((0, *(hours * 3_600_000 for hours in SHIFT_HOURS)), key=lambda h: max(abs(o - h) for o in offsets))
+
+
+def _noon_owner(segments: tuple[tuple[int, int], ...], shift_ms: int) -> Any:
+    """Day number (shifted by ``shift_ms``) -> the local day (of the zone with these offset ``segments``) that
+    holds its noon: the day a whole day of a day roll-up counts for."""
     starts = [start for start, _ in segments]
 
-    def owner(utc_day: int) -> int:
-        noon = utc_day * DAY_MS + DAY_MS // 2
+    def owner(day: int) -> int:
+        noon = day * DAY_MS - shift_ms + DAY_MS // 2
         return (noon + segments[max(0, bisect_right(starts, noon) - 1)][1]) // DAY_MS
 
     return owner
 
 
-def _moved_quarters(days: Filters, segments: tuple[tuple[int, int], ...], keys: str) -> tuple[str, list[Any]]:
-    """SQL for (UTC day, local day, *``keys``, *sums of the ``_MEASURES``) over the quarters of the whole ``days`` that
-    may belong to another local day than their UTC day's noon, one part per stretch of constant UTC offset (so that
-    the local day is plain arithmetic, and only the quarters of the day that can move are read, by
-    ``rollup_by_slot``)."""
-    noon_offsets = {offset for _, offset in segments}
+def _moved_quarters(
+    days: Filters, segments: tuple[tuple[int, int], ...], shift_ms: int, keys: str
+) -> tuple[str, list[Any]]:
+    """SQL for (day shifted by ``shift_ms``, local day, *``keys``, *sums of the ``_MEASURES``) over the quarters
+    of the whole ``days`` that may belong to another local day than their shifted day's noon, one part per stretch
+    of constant UTC offset (so that the local day is plain arithmetic, and only the quarters that can move are
+    read, by ``rollup_by_slot``: the quarter of the UTC day)."""
+    noon_offsets = {offset - shift_ms for _, offset in segments}
     parts, params = [], []
     for i, (_, offset) in enumerate(segments):
-        slots = [
-            s for s in range(96)
-            if any((s * QUARTER_MS + offset) // DAY_MS != (DAY_MS // 2 + noon) // DAY_MS for noon in noon_offsets)
+        slots = [  # quarters of the shifted day, then of the UTC day
+            (s - shift_ms // QUARTER_MS) % 96 for s in range(96)
+            if any((s * QUARTER_MS + offset - shift_ms) // DAY_MS != (DAY_MS // 2 + noon) // DAY_MS
+                   for noon in noon_offsets)
         ]  # fmt: skip
         if not slots:
             continue
         where, where_params = _rollup_where(days)
-        where += f"{' AND' if where else ' WHERE'} quarter % 96 IN ({', '.join(map(str, slots))})"
+        where += f"{' AND' if where else ' WHERE'} quarter % 96 IN ({', '.join(map(str, sorted(slots)))})"
         for bound, operator in ((i, ">="), (i + 1, "<")):  # the stretch, in whole quarters
             if 0 < bound < len(segments):
                 where += f" AND quarter {operator} ?"
                 where_params.append(-(-segments[bound][0] // QUARTER_MS))
         parts.append(
-            f"SELECT quarter / 96 AS day, (quarter * {QUARTER_MS} + ?) / {DAY_MS} AS local{keys}, {_SUMMED} "
-            f"FROM rollup{where} GROUP BY day, local{keys}"
+            f"SELECT (quarter * {QUARTER_MS} + ?) / {DAY_MS} AS day, (quarter * {QUARTER_MS} + ?) / {DAY_MS} AS local"
+            f"{keys}, {_SUMMED} FROM rollup{where} GROUP BY day, local{keys}"
         )
-        params += [offset, *where_params]
+        params += [shift_ms, offset, *where_params]
     return " UNION ALL ".join(parts), params
 
 
@@ -188,16 +201,16 @@ class SQLiteAggregates:
         totals: dict[int, list[Any]] = {}
 
         def add(rows: list[Any], owner: Any = None) -> None:
-            """(day, *figures) rows; with ``owner``, (UTC day, local day, *figures) rows whose figures count for
-            their local day and not for the local day that holds their UTC day's noon."""
+            """(day, *figures) rows; with ``owner``, (roll-up day, local day, *figures) rows whose figures count for
+            their local day and not for the local day that holds their roll-up day's noon."""
             for row in rows:
                 if owner is None:
                     day, *values = row
                 else:
-                    utc_day, day, *values = row
-                    if day == owner(utc_day):
+                    rolled_day, day, *values = row
+                    if day == owner(rolled_day):
                         continue
-                    add([(owner(utc_day), *(-v for v in values))])
+                    add([(owner(rolled_day), *(-v for v in values))])
                 total = totals.get(day)
                 totals[day] = values if total is None else [t + v for t, v in zip(total, values, strict=True)]
 
@@ -206,13 +219,22 @@ class SQLiteAggregates:
 
         gate = ", gate" if by_gate else ""
 
-        days, edges = split_range(filters)
-        owner_of = _noon_owner(segments)
+        shift = _nearest_shift(segments)
+        days, edges = split_range(filters, shift)
+        owner_of = _noon_owner(segments, shift)
         if days is not None:
-            where, params = where_sql(days, "day", DAY_MS)
-            rows = self._query(f"SELECT day, sum(n), {sums} FROM rollup_day{where} GROUP BY day", params)  # in order
-            add([(owner_of(day), *values) for day, *values in rows])
-            moved, moved_params = _moved_quarters(days, segments, gate)
+            if shift:
+                shifted = timedelta(milliseconds=shift)
+                where, params = where_sql(replace(days, start=days.start and days.start + shifted,
+                                                  end=days.end and days.end + shifted), "day", DAY_MS)  # fmt: skip
+                where = f"{where} AND shift = ?" if where else " WHERE shift = ?"
+                sql = f"SELECT day, sum(n), {sums} FROM rollup_shifted{where} GROUP BY day"
+                params.append(shift // 3_600_000)
+            else:
+                where, params = where_sql(days, "day", DAY_MS)
+                sql = f"SELECT day, sum(n), {sums} FROM rollup_day{where} GROUP BY day"
+            add([(owner_of(day), *values) for day, *values in self._query(sql, params)])  # in day order
+            moved, moved_params = _moved_quarters(days, segments, shift, gate)
             if moved:
                 add(self._query(outer(moved, "day, local"), moved_params), owner=owner_of)
         local, local_params = day_sql(timezone, *span, instant=f"quarter * {QUARTER_MS}")
