@@ -158,7 +158,8 @@ def main() -> None:
         "latest 50": lambda: store.recent(50),
         "model versions": lambda: store.model_versions(),
         "quality per day (all, Europe/Paris)": lambda: store.daily_quality(Filters(), "Europe/Paris"),
-        "quality per day (all, America/New_York)": lambda: store.daily_quality(Filters(), "America/New_York"),
+        **{f"quality per day (all, {zone})": (lambda zone=zone: store.daily_quality(Filters(), zone))
+           for zone in ("America/New_York", "America/Los_Angeles", "Asia/Kolkata", "Asia/Tokyo", "Australia/Sydney")},
         "quality per day (90 days)": lambda: store.daily_quality(
             Filters(start=END - timedelta(days=90), end=END), "UTC"
         ),

@@ -233,7 +233,7 @@ class SQLiteAggregates:
             else:
                 where, params = where_sql(days, "day", DAY_MS)
                 sql = f"SELECT day, sum(n), {sums} FROM rollup_day{where} GROUP BY day"
-            add([(owner_of(day), *values) for day, *values in self._query(sql, params)])  # in day order
+            add([(owner_of(day), *values) for day, *values in self._query(sql, params)])
             moved, moved_params = _moved_quarters(days, segments, shift, gate)
             if moved:
                 add(self._query(outer(moved, "day, local"), moved_params), owner=owner_of)
