@@ -97,6 +97,7 @@ def scan_panel(
         + (f" · frame {view.frame}" if view.frame is not None else "")
         + " · brain region boxed",
         width="stretch",
+        output_format="PNG",  # as encoded once by the view; "auto" would re-encode it as JPEG on every rerun
     )
     crop.image(view.crop, caption=f"As the model sees it ({view.crop.shape[0]} px)", width="stretch")
     if view.heat:
@@ -135,8 +136,9 @@ def result_panel(opened, labels: tuple[str, ...], classifier=None, explainer=Non
             view = opened.view
             original, crop, looked = st.columns(3)
             original.image(
-                view.original_png, caption=f"{view.format.upper()} {view.width}×{view.height}", width="stretch"
-            )
+                view.original_png, caption=f"{view.format.upper()} {view.width}×{view.height}", width="stretch",
+                output_format="PNG",
+            )  # fmt: skip
             crop.image(view.crop, caption="As the model sees it", width="stretch")
             label = view.explained or labels[0]
             looked.image(view.overlay(label, 0.45), caption=f"Where the model looked for {pretty(label)}",
