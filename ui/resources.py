@@ -5,6 +5,7 @@ The model card is read without TensorFlow, so pages that only show it (Statistic
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,10 +43,41 @@ def current_card() -> ModelCard:
     return _card(str(model_card_path()))
 
 
+def _settle_heap() -> None:
+    """Exempt what the model load left in memory from later garbage collections. TensorFlow and the model make
+    ~370,000 long-lived objects; a full collection walks them all (~150 ms on 2 cores), and Streamlit runs one
+    after every script run (two with Keras loaded: ``runner.postScriptGC`` and its Keras reset). Frozen after a
+    last collection, they are skipped; what sessions create later is still collected."""
+    gc.collect()
+    gc.freeze()
+
+
+def _no_keras_reset() -> None:
+    """Streamlit's after-run clean-up, without its Keras reset (see :func:`keep_keras_state`)."""
+
+
+def keep_keras_state() -> bool:
+    """Stop Streamlit from resetting Keras after every script run. Its ``keras.backend.clear_session()`` is meant
+    for scripts that build a model on every run; this app loads one model per process and builds none, so the reset
+    only empties TensorFlow's kernel cache (the next verdict re-instantiates the model's functions: ~0.2 s of CPU
+    per upload on 2 cores) and runs a full garbage collection. Streamlit has no setting for it, so its private
+    hook is replaced; False (and a log line) when the pinned Streamlit no longer has it (a test fails then)."""
+    from streamlit.runtime.scriptrunner import script_runner
+
+    if not callable(getattr(script_runner, "_clean_problem_modules", None)):
+        logger.warning("event=keras_reset_hook_missing")
+        return False
+    script_runner._clean_problem_modules = _no_keras_reset  # Streamlit looks the name up after each run
+    return True
+
+
 @st.cache_resource(show_spinner="Loading the model…")
 def _classifier(card_path: str) -> Classifier:
     """The model named by ``card_path``, hash-checked and loaded once for every session."""
-    return load_classifier(card_path)
+    classifier = load_classifier(card_path)
+    keep_keras_state()
+    _settle_heap()
+    return classifier
 
 
 def current_classifier() -> Classifier:
@@ -55,7 +87,9 @@ def current_classifier() -> Classifier:
 @st.cache_resource(show_spinner=False)
 def _explainer(card_path: str) -> Explainer:
     """Grad-CAM for the served model (model-level state only, shared by every session)."""
-    return load_explainer(_classifier(card_path))
+    explainer = load_explainer(_classifier(card_path))
+    _settle_heap()
+    return explainer
 
 
 def current_explainer() -> Explainer:
