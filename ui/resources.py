@@ -53,7 +53,8 @@ def _settle_heap() -> None:
 
 
 def _no_keras_reset() -> None:
-    """Streamlit's after-run clean-up, without its Keras reset (see :func:`keep_keras_state`)."""
+    """Streamlit's after-run clean-up without its Keras reset (see :func:`keep_keras_state`); its other step closes
+    matplotlib figures, and the app draws none (Plotly)."""
 
 
 def keep_keras_state() -> bool:
