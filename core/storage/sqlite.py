@@ -202,7 +202,7 @@ class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
         """Studies among the series that match ``filters``, per local day of their first series in ``timezone``:
         how many, and how many with any series called tumour. Grouped in SQL through the covering partial index
         ``scans_studies`` (its condition is written as a literal so that the planner can use it)."""
-        span = self._time_range(replace(filters, kinds=("series",)))
+        span = self._time_range(filters)  # dates only
         if span is None:
             return []
         day, day_params = day_sql(timezone, *span, instant="first_ms")

@@ -52,8 +52,9 @@ class SQLiteQuality:
         )  # fmt: skip
         totals = self._query(f"SELECT hours, sum(n) FROM ({rows}) GROUP BY 1 HAVING sum(n) > 0", params)
         merged: dict[int, int] = {}
-        for hour, n in totals:
-            merged[max(0, int(hour))] = merged.get(max(0, int(hour)), 0) + int(n)
+        for hour, n in totals:  # a review stamped before its result (clock skew) counts as hour 0
+            hour = max(0, int(hour))
+            merged[hour] = merged.get(hour, 0) + int(n)
         return merged
 
     def confidence_histogram(self, filters: Filters = EVERYTHING, bins: int = HISTOGRAM_BINS) -> list[int]:
