@@ -96,6 +96,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave this institution out of training and validation; score it apart (repeatable)",
     )
     train.set_defaults(run=model.cmd_train)
+    cache = commands.add_parser("cache", help="decode and crop the training folders once, for train-standard")
+    cache.add_argument("--data", required=True, metavar="ROOT", help="the folder that holds the training folders")
+    cache.add_argument("--out", default="data/cache/brain-mri-128.npz", metavar="FILE")
+    cache.add_argument("--size", type=int, default=128, help="crop side in pixels")
+    cache.add_argument("--workers", type=int, default=2, help="processes that decode in parallel")
+    cache.set_defaults(run=model.cmd_cache)
+    standard = commands.add_parser(
+        "train-standard", help="train model 3 (ResNet, standard recipe) from the crop cache; resumable"
+    )
+    standard.add_argument("--cache", default="data/cache/brain-mri-128.npz", metavar="FILE")
+    standard.add_argument("--split", default="models/btd-cnn.split.json", metavar="FILE",
+                          help="the validation split to keep (a card's split file)")  # fmt: skip
+    standard.add_argument("--out", default="data/runs", metavar="DIR")
+    standard.add_argument("--data", metavar="ROOT", help="the training folders: finish the card on the raw files")
+    standard.add_argument("--width", type=int, default=None, help="ResNet base width (64: the published ResNet-18)")
+    standard.add_argument("--draws", type=int, default=None, help="training images drawn in the whole schedule")
+    standard.add_argument("--batch-size", type=int, default=None)
+    standard.add_argument("--round-steps", type=int, default=None, help="optimiser steps between checkpoints")
+    standard.add_argument("--learning-rate", type=float, default=None, help="peak learning rate")
+    standard.add_argument("--seed", type=int, default=None)
+    standard.add_argument("--name", default=None)
+    standard.add_argument("--version", default=None, help="model version (the weights' hash is appended)")
+    standard.add_argument("--max-minutes", type=float, default=None, help="end this sitting after this long")
+    standard.add_argument("--hold-out", action="append", default=None, metavar="INSTITUTION",
+                          help="leave this LGG institution out of training; score it apart (repeatable)")  # fmt: skip
+    standard.set_defaults(run=model.cmd_train_standard)
     admin.add_commands(commands)
     return parser
 

@@ -84,3 +84,48 @@ def cmd_train(args: argparse.Namespace) -> int:
     card = train([Path(d) for d in args.data], Path(args.out), config, command)
     emit({"model": card["name"], "version": card["version"], "metrics": card["metrics"]}, sys.stdout)
     return EXIT_OK
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from core.training.cache import build_cache
+
+    root = Path(args.data)
+    if not root.is_dir():
+        emit(error_json("not_found", f"not a directory: {root}"), sys.stdout)
+        return EXIT_USAGE
+    cache = build_cache(root, args.size, args.workers, log=lambda message: print(message, file=sys.stderr))
+    cache.save(Path(args.out))
+    emit({"out": args.out, "crops": len(cache), "size": args.size, "rejected": cache.rejected,
+          "bytes": Path(args.out).stat().st_size}, sys.stdout)  # fmt: skip
+    return EXIT_OK
+
+
+def cmd_train_standard(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from core.training.standard_run import StandardConfig, train_standard
+
+    names = ("width", "draws", "batch_size", "round_steps", "learning_rate", "seed", "name", "version")
+    overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    if args.hold_out:
+        overrides["hold_out"] = tuple(args.hold_out)
+    config = replace(StandardConfig(), **overrides)
+    for path in (args.cache, args.split):
+        if not Path(path).is_file():
+            emit(error_json("not_found", f"no such file: {path}"), sys.stdout)
+            return EXIT_USAGE
+    command = "python -m core " + " ".join(sys.argv[1:] if sys.argv[0].endswith("__main__.py") else ["train-standard"])
+    result = train_standard(
+        Path(args.cache),
+        Path(args.split),
+        Path(args.out),
+        config,
+        command,
+        max_minutes=args.max_minutes if args.max_minutes is not None else float("inf"),
+        data_root=Path(args.data) if args.data else None,
+    )
+    if result.get("status") == "paused":
+        emit(result, sys.stdout)
+    else:
+        emit({"model": result["name"], "version": result["version"], "metrics": result["metrics"]}, sys.stdout)
+    return EXIT_OK

@@ -1,0 +1,317 @@
+"""Train model 3 for millions of draws, in as many sittings as it takes: ``python -m core train-standard``.
+
+The network and recipe are :mod:`core.training.standard`; the data is the crop cache (:mod:`core.training.cache`,
+``python -m core cache``); the validation split is an existing card's split file (``--split``, by default the
+shipped model's), so that the new model is judged on exactly the scans its predecessor was; ``--hold-out`` leaves
+whole LGG institutions out of training (leave-one-institution-out runs) and scores them apart.
+
+Sampling: each draw picks a stratum, then a crop of it uniformly: Training x each of its 4 classes, LGG x
+sequence x {glioma, no tumour} (glioma slices with fewer than ``min_tumour_pixels`` mask pixels left out),
+Normal-heads, and Web-tumour (tumour of unknown type) at ``web_weight``. Draw ``k`` of the run comes from a
+generator seeded by (seed, k), so the sampler needs no state of its own.
+
+Resuming: the run is cut into rounds of ``round_steps`` optimiser steps (a few minutes on 2 CPU cores); after each
+round a checkpoint holds every variable of the network, the augmentation's random state and the optimiser (its step
+count drives the learning-rate schedule), and ``<name>.log.jsonl`` gets a line of draws, loss and validation
+figures (the learning curve). ``--max-minutes`` ends a sitting after the round that crosses it; the same command
+resumes. The last round writes ``<name>.keras``, its card and split file, then calibrates, fits the decision rule,
+the input gate and the series rule and measures every source (:func:`core.training.finish.finish_card`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.evaluation.metrics import machine
+from core.model.decision import UNKNOWN_TYPE
+from core.model.preprocess import InputSpec
+from core.training.cache import CropCache, indices_of
+from core.training.calibration import softmax
+from core.training.checkpoint import Checkpoint, Progress, run_key
+from core.training.config import CLASSES, NEGATIVE
+from core.training.data import label_masks
+from core.training.probes import source_report
+from core.training.sources import Item
+from core.training.standard import AugmentSettings, batch_augment, build_resnet, smoothed_allowed_label_nll
+
+
+@dataclass(frozen=True)
+class StandardConfig:
+    """Everything that determines a model-3 run (recorded in the card)."""
+
+    size: int = 128
+    width: int = 32  # ResNet-18 layout at half width: 2.8 M parameters
+    draws: int = 2_000_000
+    batch_size: int = 64
+    round_steps: int = 250  # a checkpoint every 16,000 draws (about 4 minutes on 2 CPU cores)
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 200
+    label_smoothing: float = 0.05
+    min_tumour_pixels: int = 100
+    web_weight: float = 0.5
+    hold_out: tuple[str, ...] = ()
+    augment: AugmentSettings = field(default_factory=AugmentSettings)
+    seed: int = 20261204
+    name: str = "btd-resnet"
+    version: str = "3.0.0"
+
+    @property
+    def steps(self) -> int:
+        return math.ceil(self.draws / self.batch_size)
+
+    @property
+    def rounds(self) -> int:
+        return math.ceil(self.steps / self.round_steps)
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return InputSpec(self.size, channels=1, scaling="unit")
+
+
+def _log(message: str) -> None:
+    print(f"[train-standard {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def strata(cache: CropCache, indices: np.ndarray, config: StandardConfig) -> list[tuple[float, np.ndarray]]:
+    """(weight, member indices) of each sampling stratum among ``indices``."""
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for i in indices:
+        source, label = str(cache.source[i]), str(cache.label[i])
+        if source == "LGG":
+            if label != NEGATIVE and cache.tumour_pixels[i] < config.min_tumour_pixels:
+                continue
+            key: tuple[str, ...] = (source, str(cache.sequence[i]), label)
+        else:
+            key = (source, label)
+        groups.setdefault(key, []).append(int(i))
+    return [
+        (config.web_weight if key[-1] == UNKNOWN_TYPE else 1.0, np.array(members))
+        for key, members in sorted(groups.items())
+    ]
+
+
+def draw_batch(
+    cache: CropCache, groups: list[tuple[float, np.ndarray]], masks: np.ndarray, config: StandardConfig, key: tuple
+) -> tuple[np.ndarray, np.ndarray]:
+    """One batch: (N, size, size, 1) float32 crops in [0, 1] and their allowed-label masks, seeded by ``key``."""
+    rng = np.random.default_rng((config.seed, *key))
+    weights = np.array([w for w, _ in groups])
+    chosen = rng.choice(len(groups), size=config.batch_size, p=weights / weights.sum())
+    picks = np.array([groups[g][1][rng.integers(len(groups[g][1]))] for g in chosen])
+    x = cache.crops[picks].astype(np.float32)[..., None] / 255.0
+    return x, masks[picks]
+
+
+def cache_items(cache: CropCache, indices: np.ndarray, root: Path | None = None) -> list[Item]:
+    """The :class:`~core.training.sources.Item` of each cached crop (for the per-source reports)."""
+    base = root or Path()
+    return [
+        Item(
+            path=base / str(cache.path[i]),
+            label=str(cache.label[i]),
+            source=str(cache.source[i]),
+            unit=str(cache.unit[i]),
+            institution=str(cache.institution[i]),
+            sequence=str(cache.sequence[i]),
+            plane=str(cache.plane[i]),
+            tumour_pixels=None if cache.tumour_pixels[i] < 0 else int(cache.tumour_pixels[i]),
+        )
+        for i in indices
+    ]
+
+
+def score(network: Any, cache: CropCache, indices: np.ndarray) -> dict[str, Any]:
+    """Per-source figures of the network's uncalibrated softmax on cached crops (the learning curve's points)."""
+    if not len(indices):
+        return {}
+    x = cache.crops[indices].astype(np.float32)[..., None] / 255.0
+    logits = np.concatenate([np.asarray(network(x[i : i + 256], training=False)) for i in range(0, len(x), 256)])
+    report = source_report(softmax(logits), cache_items(cache, indices))
+    keep = ("n", "accuracy", "tumour_sensitivity", "tumour_specificity")
+    return {source: {k: r.get(k) for k in keep if k in r} for source, r in report.items()}
+
+
+def split_indices(cache: CropCache, split: dict[str, Any], config: StandardConfig) -> dict[str, np.ndarray]:
+    """train / validation / held_out positions in the cache: validation and held-out as the split file lists them,
+    plus every slice of a ``hold_out`` institution as held out; training is the rest."""
+    validation = indices_of(cache, [p for p, _ in split["validation"]])
+    held = set(indices_of(cache, [p for p, _ in split.get("held_out", [])]).tolist())
+    held |= {i for i, inst in enumerate(cache.institution) if inst and str(inst) in config.hold_out}
+    held_idx = np.array(sorted(held - set(validation.tolist())), dtype=int)
+    used = set(validation.tolist()) | held
+    train_idx = np.array([i for i in range(len(cache)) if i not in used], dtype=int)
+    return {"train": train_idx, "validation": validation, "held_out": held_idx}
+
+
+def train_standard(
+    cache_path: Path,
+    split_path: Path,
+    out_dir: Path,
+    config: StandardConfig,
+    command: str,
+    max_minutes: float = math.inf,
+    data_root: Path | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) the schedule; returns the finished card, or ``{"status": "paused", ...}`` when the time
+    budget ended this sitting first."""
+    import keras
+
+    started = time.time()
+    keras.utils.set_random_seed(config.seed)
+    if keras.backend.backend() == "tensorflow":  # reductions in a fixed order: a resumed run is bit-identical
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    cache = CropCache.load(cache_path)
+    split = json.loads(split_path.read_text())
+    parts = split_indices(cache, split, config)
+    masks = label_masks([str(label) for label in cache.label])
+    groups = strata(cache, parts["train"], config)
+    _log(
+        f"{len(cache)} cached crops: train {len(parts['train'])} in {len(groups)} strata, validation "
+        f"{len(parts['validation'])}, held out {len(parts['held_out'])}; {config.steps} steps of {config.batch_size}"
+    )
+
+    network = build_resnet(config.size, config.width, name=config.name)
+    inputs = keras.Input((config.size, config.size, 1), name="scan")
+    trainer = keras.Model(inputs, network(batch_augment(config.augment, config.seed)(inputs)), name="trainer")
+    warmup = min(config.warmup_steps, config.steps // 2)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, config.steps - warmup, alpha=0.0, warmup_target=config.learning_rate, warmup_steps=warmup
+    )
+    trainer.compile(
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay),
+        loss=lambda y, z: smoothed_allowed_label_nll(y, z, config.label_smoothing),
+    )
+    split_entries = [[str(cache.path[i]), str(cache.label[i])] for i in parts["validation"]]
+    checkpoint = Checkpoint(out_dir / f"{config.name}.checkpoint.npz", run_key(config, split_entries))
+    progress = checkpoint.restore(trainer) if checkpoint.path.is_file() else Progress()
+    if progress.epochs_done:
+        _log(f"resuming after round {progress.epochs_done}/{config.rounds} ({progress.seconds:.0f} s so far)")
+        progress.resumed.append({"after_round": progress.epochs_done, "date": datetime.now(UTC).isoformat()})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    curve = out_dir / f"{config.name}.log.jsonl"
+
+    def stream() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Batches in order, each a function of its step alone (a generator: Keras' prefetching keeps its order)."""
+        for step in itertools.count(progress.epochs_done * config.round_steps):
+            yield draw_batch(cache, groups, masks, config, (step,))
+
+    class Checkpointing(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            self.round_started = time.time()
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            progress.epochs_done = epoch + 1
+            seconds = progress.seconds + time.time() - started
+            draws = progress.epochs_done * config.round_steps * config.batch_size
+            rate = config.round_steps * config.batch_size / max(1e-6, time.time() - self.round_started)
+            line = {
+                "round": progress.epochs_done,
+                "draws": draws,
+                "seconds": round(seconds),
+                "draws_per_second": round(rate, 1),
+                "loss": round(float((logs or {}).get("loss", float("nan"))), 4),
+                "learning_rate": float(self.model.optimizer.learning_rate),
+            }
+            if progress.epochs_done % 4 == 0 or progress.epochs_done == config.rounds:
+                line["validation"] = score(network, cache, parts["validation"])
+                line["held_out"] = score(network, cache, parts["held_out"])
+            with curve.open("a") as handle:
+                handle.write(json.dumps(line) + "\n")
+            _log(json.dumps(line))
+            checkpoint.save(self.model, progress, seconds)
+            if time.time() - started > max_minutes * 60 and progress.epochs_done < config.rounds:
+                self.model.stop_training = True
+
+    if progress.epochs_done < config.rounds:
+        trainer.fit(
+            stream(),
+            steps_per_epoch=config.round_steps,
+            epochs=config.rounds,
+            initial_epoch=progress.epochs_done,
+            shuffle=False,
+            verbose=0,
+            callbacks=[Checkpointing()],
+        )
+    if progress.epochs_done < config.rounds:
+        _log(f"paused after round {progress.epochs_done}/{config.rounds}; the same command resumes")
+        return {
+            "status": "paused",
+            "round": progress.epochs_done,
+            "rounds": config.rounds,
+            "checkpoint": str(checkpoint.path),
+        }
+    return _write_model(network, cache, parts, split, config, out_dir, command, progress, data_root)
+
+
+def _write_model(
+    network: Any,
+    cache: CropCache,
+    parts: dict[str, np.ndarray],
+    split: dict[str, Any],
+    config: StandardConfig,
+    out_dir: Path,
+    command: str,
+    progress: Progress,
+    data_root: Path | None,
+) -> dict[str, Any]:
+    """Save the network, its split file and card; then finish the card on the raw files when ``data_root`` is
+    given (calibration, decision rule, per-source figures, gate, series rule)."""
+    import keras
+
+    from core.training.finish import finish_card
+
+    weights_path = out_dir / f"{config.name}.keras"
+    keras.saving.save_model(network, weights_path)
+    held_entries = [[str(cache.path[i]), str(cache.label[i])] for i in parts["held_out"]]
+    split_file = out_dir / f"{config.name}.split.json"
+    split_file.write_text(json.dumps({**split, "held_out": held_entries}, indent=0))
+    weights_sha256 = hashlib.sha256(weights_path.read_bytes()).hexdigest()
+    card = {
+        "name": config.name,
+        "version": f"{config.version}+{weights_sha256[:8]}",
+        "labels": list(CLASSES),
+        "negative_label": NEGATIVE,
+        "input": asdict(config.input_spec),
+        "output": "logits",
+        "threshold": 0.5,
+        "calibration": {"temperature": 1.0, "logit_bias": {}},
+        "weights": {"file": weights_path.name, "sha256": weights_sha256},
+        "parameters": int(network.count_params()),
+        "architecture": f"ResNet-18 layout (He et al. 2016) at width {config.width}, per-image standardisation "
+        "as its first layer, from scratch (no pretrained weights)",
+        "metrics": {"validation": {"n": len(parts["validation"])}},
+        "data": {"cache_crops": len(cache), "train": len(parts["train"]), "validation": len(parts["validation"]),
+                 "held_out": len(parts["held_out"]), "rejected": cache.rejected, "split_file": split_file.name},
+        "training": {
+            "recipe": "core.training.standard",
+            "command": command,
+            "config": asdict(config),
+            "draws": config.steps * config.batch_size,
+            "seconds": round(progress.seconds),
+            "resumed": progress.resumed,
+            "machine": machine(),
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "learning_curve": f"{config.name}.log.jsonl",
+        },
+    }  # fmt: skip
+    card_path = out_dir / f"{config.name}.json"
+    card_path.write_text(json.dumps(card, indent=2, default=list))
+    _log(f"wrote {weights_path} ({weights_path.stat().st_size / 1e6:.1f} MB)")
+    if data_root is not None:
+        card = finish_card(card_path, data_root, _log)
+    return card

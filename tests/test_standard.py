@@ -1,0 +1,155 @@
+"""Model 3's recipe: the crop cache, the batch augmentation, the ResNet, the loss, the sampler and resuming."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.model.classifier import Classifier
+from core.model.preprocess import to_model_input
+from core.model.roi import find_brain
+from core.training.cache import CropCache, build_cache, indices_of
+from core.training.data import label_masks
+from core.training.standard import AugmentSettings, batch_augment, build_resnet, smoothed_allowed_label_nll
+from core.training.standard_run import StandardConfig, draw_batch, split_indices, strata, train_standard
+from tests.scans import png_bytes, synthetic_slice
+from tests.test_training import lgg_like
+
+
+def make_root(root: Path, per_class: int = 4) -> Path:
+    for k, label in enumerate(("glioma", "meningioma", "notumor", "pituitary")):
+        (root / "Training" / label).mkdir(parents=True)
+        for i in range(per_class):
+            image = synthetic_slice(96, tumour=label != "notumor", seed=50 * k + i)
+            (root / "Training" / label / f"{i}.png").write_bytes(png_bytes(image))
+    (root / "Web-tumour" / "tumour").mkdir(parents=True)
+    for i in range(2):
+        (root / "Web-tumour" / "tumour" / f"{i}.png").write_bytes(
+            png_bytes(synthetic_slice(96, tumour=True, seed=900 + i))
+        )
+    lgg_like(root / "LGG")
+    return root
+
+
+@pytest.fixture(scope="module")
+def cache_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = make_root(tmp_path_factory.mktemp("data"))
+    cache = build_cache(root, size=32, workers=1, log=lambda _: None)
+    out = root.parent / "cache.npz"
+    cache.save(out)
+    return root, out
+
+
+def test_the_cache_holds_each_image_cropped_exactly_as_the_app_crops_it(cache_file) -> None:
+    root, out = cache_file
+    cache = CropCache.load(out)
+    assert len(cache) == 4 * 4 + 2 + 12 and cache.crops.shape[1:] == (32, 32) and cache.crops.dtype == np.uint8
+    i = int(np.nonzero(cache.path == "Training/glioma/1.png")[0][0])
+    from core.imaging import read_scan_file
+    from core.model.preprocess import InputSpec
+
+    pixels = read_scan_file(root / "Training/glioma/1.png").pixels
+    app_input = to_model_input(pixels, find_brain(pixels).box, InputSpec(32, scaling="unit"))[..., 0]
+    assert np.allclose(cache.crops[i] / 255.0, app_input, atol=1e-6)
+    lgg = cache.source == "LGG"
+    assert set(cache.institution[lgg]) == {"AA", "BB"} and set(cache.sequence[lgg]) == {"flair"}
+    tumour = lgg & (cache.label == "glioma")
+    assert (cache.masks[tumour].reshape(tumour.sum(), -1).max(axis=1) == 255).all()  # masks cropped alongside
+    assert cache.masks[~tumour].max() == 0
+    assert indices_of(cache, ["Training/glioma/1.png", "no/such.png"]).tolist() == [i]
+
+
+def test_augmentation_is_the_identity_at_inference_and_varies_training_batches_within_range() -> None:
+    augment = batch_augment(AugmentSettings(), seed=3)
+    x = np.stack([synthetic_slice(64, tumour=True, seed=s) for s in range(8)]).astype(np.float32)[..., None] / 255
+    assert np.array_equal(np.asarray(augment(x, training=False)), x)
+    a, b = np.asarray(augment(x, training=True)), np.asarray(augment(x, training=True))
+    assert a.shape == x.shape and a.min() >= 0.0 and a.max() <= 1.0
+    assert not np.allclose(a, x, atol=0.05) and not np.allclose(a, b, atol=0.05)  # every call draws anew
+
+
+def test_skull_removal_keeps_the_inside_of_the_head_and_blanks_the_outside() -> None:
+    settings = AugmentSettings(rotation_degrees=0, scale=(1, 1), shift=0, skull_removal=1.0, gamma_log=0,
+                               contrast=(1, 1), brightness=0, blur=0, noise=0)  # fmt: skip
+    head = np.zeros((1, 96, 96, 1), np.float32)
+    yy, xx = np.mgrid[:96, :96]
+    head[0, ..., 0] = np.where((yy - 48) ** 2 + (xx - 48) ** 2 < 40**2, 0.5, 0.0)
+    out = np.asarray(batch_augment(settings, seed=1)(head, training=True))[0, ..., 0]
+    assert out[48, 48] == pytest.approx(0.5, abs=1e-5)  # the centre stays
+    assert out[48, 48 + 36] < 1e-5  # a rim of at least 7 px of the head is gone
+    assert out[48, 48 + 20] == pytest.approx(0.5, abs=1e-5)  # at most 17 px (and a blur step) are eroded
+
+
+def test_the_network_standardises_each_image_so_brightness_and_contrast_do_not_change_its_logits() -> None:
+    network = build_resnet(32, width=4)
+    x = np.random.default_rng(0).random((3, 32, 32, 1)).astype(np.float32)
+    logits = np.asarray(network(x, training=False))
+    assert logits.shape == (3, 4)
+    assert np.allclose(np.asarray(network(0.4 * x + 0.3, training=False)), logits, rtol=0.01, atol=0.01)
+    assert network.get_layer("logits") is network.layers[-1]
+
+
+def test_the_loss_smooths_known_classes_and_asks_only_tumour_for_an_unknown_type() -> None:
+    logits = np.array([[4.0, 0.0, 0.0, 0.0], [0.0, 0.0, -4.0, 0.0]], np.float32)
+    masks = label_masks(["glioma", "tumour"])
+    loss = np.asarray(smoothed_allowed_label_nll(masks, logits, smoothing=0.05))
+    log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    assert loss[0] == pytest.approx(0.95 * -log_p[0, 0] + 0.05 * -log_p[0].mean(), rel=1e-5)
+    assert loss[1] == pytest.approx(-np.log(1 - np.exp(log_p[1, 2])), rel=1e-4)
+
+
+def test_the_sampler_draws_every_stratum_alike_and_is_the_same_for_the_same_key(cache_file) -> None:
+    _, out = cache_file
+    cache = CropCache.load(out)
+    config = StandardConfig(size=32, batch_size=2000)
+    groups = strata(cache, np.arange(len(cache)), config)
+    keys = {(str(cache.source[g[1][0]]), str(cache.label[g[1][0]])) for g in groups}
+    assert ("LGG", "glioma") in keys and ("Web-tumour", "tumour") in keys and len(groups) == 4 + 1 + 2
+    masks = label_masks([str(label) for label in cache.label])
+    x, y = draw_batch(cache, groups, masks, config, (0, 0))
+    x2, _ = draw_batch(cache, groups, masks, config, (0, 0))
+    assert x.shape == (2000, 32, 32, 1) and np.array_equal(x, x2)
+    unknown = y.sum(axis=1) == 3  # the web-style tumours, at half a stratum's weight
+    assert 0.5 / 6.5 - 0.03 < unknown.mean() < 0.5 / 6.5 + 0.03
+
+
+def test_a_held_out_institution_is_never_trained_on_and_validation_follows_the_split_file(cache_file) -> None:
+    _, out = cache_file
+    cache = CropCache.load(out)
+    split = {"validation": [["Training/notumor/0.png", "notumor"]], "held_out": []}
+    parts = split_indices(cache, split, StandardConfig(hold_out=("BB",)))
+    assert [str(cache.path[i]) for i in parts["validation"]] == ["Training/notumor/0.png"]
+    assert {str(cache.institution[i]) for i in parts["held_out"]} == {"BB"}
+    assert not {str(cache.institution[i]) for i in parts["train"]} & {"BB"}
+    assert len(parts["train"]) + len(parts["held_out"]) + 1 == len(cache)
+
+
+def test_a_paused_run_resumes_to_the_weights_of_an_uninterrupted_one_and_writes_a_loadable_model(
+    cache_file, tmp_path: Path
+) -> None:
+    _, out = cache_file
+    split = tmp_path / "split.json"
+    split.write_text(
+        json.dumps({"validation": [["Training/notumor/0.png", "notumor"], ["Training/glioma/0.png", "glioma"]]})
+    )
+    config = StandardConfig(size=32, width=4, draws=4 * 3 * 8, batch_size=8, round_steps=3, warmup_steps=2, name="m3")
+    train_standard(out, split, tmp_path / "whole", config, "pytest whole")
+    paused = train_standard(out, split, tmp_path / "parts", config, "pytest parts", max_minutes=0.0)
+    assert paused["status"] == "paused" and paused["round"] == 1
+    with pytest.raises(ValueError, match="another run"):
+        train_standard(out, split, tmp_path / "parts", replace(config, learning_rate=5e-4), "pytest other")
+    resumed = train_standard(out, split, tmp_path / "parts", config, "pytest parts")
+    assert [part["after_round"] for part in resumed["training"]["resumed"]] == [1]
+    import keras
+
+    weights = [keras.saving.load_model(tmp_path / run / "m3.keras").get_weights() for run in ("whole", "parts")]
+    assert all(np.array_equal(a, b) for a, b in zip(*weights, strict=True))  # bit-identical weights
+    curve = [json.loads(line) for line in (tmp_path / "parts" / "m3.log.jsonl").read_text().splitlines()]
+    assert [line["draws"] for line in curve] == [24, 48, 72, 96] and "validation" in curve[-1]
+    classifier = Classifier.from_card(tmp_path / "whole" / "m3.json")
+    assert classifier.card.input.scaling == "unit" and classifier.card.input.channels == 1
+    assert classifier.probabilities(np.zeros((1, 32, 32, 1), np.float32)).shape == (1, 4)
