@@ -16,6 +16,7 @@ from core.services.reviews import REASON_CODES, WorklistQuery
 from ui import resources
 from ui.page import setup_page
 from ui.render import pretty, result_panel
+from ui.selection import chosen_id, table_key
 
 actor = setup_page("Worklist", WORKLIST)
 st.title("Worklist")
@@ -72,12 +73,18 @@ table = pd.DataFrame(
     ]
 )
 st.caption(f"{len(results)} results · unreviewed first, then flagged, then refused; newest first within each.")
+ids = [r.id for r in results]
 picked = st.dataframe(
-    table, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row", key="wl_table",
-    height=min(38 * (len(table) + 1), 360),
+    table, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
+    key=table_key("wl_table", ids), height=min(38 * (len(table) + 1), 360),
 )  # fmt: skip
-rows = picked.selection.rows if picked and picked.selection else []
-chosen = results[rows[0]] if rows else results[0]
+chosen_key, note = chosen_id(
+    ids, picked.selection.rows if picked and picked.selection else [], st.session_state.get("wl_chosen")
+)
+st.session_state["wl_chosen"] = chosen_key
+if note:
+    st.info(note)
+chosen = results[ids.index(chosen_key)]
 opened_key = f"opened-{chosen.id}"
 if opened_key not in st.session_state:  # opening is an audit event, once per result and session
     st.session_state[opened_key] = reviews.open_result(
@@ -95,6 +102,8 @@ def save_review(final_label: str, reasons: list[str], note: str) -> None:
         st.session_state["review_error"] = str(error)
         return
     st.session_state.pop(opened_key, None)  # re-open with the new review in its history
+    if SHOW[show] is False:  # reviewed, it leaves this list: the next one opens, as the reader expects
+        st.session_state["wl_chosen"] = None
     st.session_state["review_saved"] = f"Review saved: {pretty(final_label)}."
 
 

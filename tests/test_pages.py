@@ -360,3 +360,29 @@ def test_worklist_opens_a_saved_series_in_its_viewer_and_takes_a_review(app_envi
     next(b for b in app.button if b.label.startswith("Agree")).click().run()
     assert not app.exception and store.get(status.record_id).review_count == 1
     assert [e.action for e in store.audit_events()] == ["upload", "open", "review"]
+
+
+def test_a_one_section_series_opens_in_the_viewer_and_can_be_reviewed(app_environment: Path, tiny_classifier) -> None:
+    """A slider from 1 to 1 is an error in Streamlit: a single-section series once crashed the viewer, and being the
+    newest result it blocked the Worklist."""
+    from core.imaging.phantom_series import dicom_series, head_volume
+    from core.imaging.series import read_study
+    from core.model.volume import analyse_volume
+    from core.services.studies import save_series
+    from core.storage.images import FolderImages
+
+    store = stored(app_environment)
+    analysis = analyse_volume(read_study(dicom_series(head_volume(1, 128, range(0, 1))))[0], tiny_classifier)
+    status = save_series(analysis, store, actor=Actor("dr-b", "radiologist"), patient_ref=None,
+                         images=FolderImages(app_environment / "images"), key=None)  # fmt: skip
+    assert status.state == "saved"
+    app = page("worklist.py").run()
+    assert not app.exception
+    assert not any(s.label == "Section" for s in app.slider)
+    assert any("Section 1 of 1" in c.value for c in app.caption)
+    next(b for b in app.button if b.label.startswith("Agree")).click().run()
+    assert not app.exception and store.get(status.record_id).review_count == 1
+    study = page("study.py").run()
+    study.file_uploader[0].set_value([("one.dcm", dicom_series(head_volume(1, 128))[0], "application/dicom")])
+    study.run(timeout=120)
+    assert not study.exception and any(b.label.startswith("Make the PDF report") for b in study.button)

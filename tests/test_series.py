@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from core.errors import FileTooLarge, UnsupportedFormat
+from core.imaging.geometry import orientation_letters
 from core.imaging.phantom_series import (
     AXIAL,
     CORONAL,
@@ -18,7 +19,7 @@ from core.imaging.phantom_series import (
     nifti,
     zipped,
 )
-from core.imaging.series import SeriesError, StudyLimits, orientation_letters, read_study
+from core.imaging.series import SeriesError, StudyLimits, read_study
 
 
 def expected(volume: np.ndarray) -> np.ndarray:
@@ -88,7 +89,7 @@ def test_an_enhanced_multiframe_file_is_one_series_ordered_by_its_frame_position
 def test_nifti_volumes_of_any_axis_flips_come_out_the_same_way_up(flip) -> None:
     volume = head_volume(8)
     reference = read_study([nifti(volume)])[0]
-    data = np.transpose(volume[:, ::-1, :], (2, 1, 0)).astype(np.int16)
+    data = np.transpose(volume[:, ::-1, ::-1], (2, 1, 0)).astype(np.int16)
     for axis, sign in enumerate(flip):
         if sign < 0:
             data = np.flip(data, axis)

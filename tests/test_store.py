@@ -751,7 +751,7 @@ def test_a_version_5_database_gets_its_shifted_day_roll_ups_built_on_upgrade(tmp
     connection.commit()
     connection.close()
     upgraded = SQLiteStore(path)
-    assert upgraded.schema_version() == SCHEMA_VERSION == 6 and (tmp_path / "results.sqlite3.v5.bak").exists()
+    assert upgraded.schema_version() == SCHEMA_VERSION == 7 and (tmp_path / "results.sqlite3.v5.bak").exists()
     shifted = sqlite3.connect(path).execute("SELECT count(DISTINCT shift), sum(n), sum(reviewed) FROM rollup_shifted")
     assert shifted.fetchone() == (12, 12 * len(FIXTURE), 12)
     assert _same([(upgraded.daily_counts(Filters(), zone), upgraded.daily_quality(Filters(), zone)) for zone in zones],
@@ -787,7 +787,7 @@ def test_a_version_4_database_gets_its_day_roll_ups_built_on_upgrade(tmp_path: P
     connection.commit()
     connection.close()
     upgraded = SQLiteStore(path)
-    assert upgraded.schema_version() == SCHEMA_VERSION == 6 and (tmp_path / "results.sqlite3.v4.bak").exists()
+    assert upgraded.schema_version() == SCHEMA_VERSION == 7 and (tmp_path / "results.sqlite3.v4.bak").exists()
     tables = {row[0] for row in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
     assert {"rollup_day", "confusion_day", "days_on_insert", "scans_studies"} <= tables and "scans_series" not in tables
     assert (upgraded.summary(), upgraded.confidence_histogram(), upgraded.confusion(Filters()),
@@ -816,3 +816,43 @@ def test_a_version_3_database_is_rebuilt_for_series_keeping_reviews_and_the_audi
         sqlite3.connect(path, isolation_level=None).execute("DELETE FROM reviews")
     assert store.add_series(make_series(40, utc(2026, 11, 29, 9, 0)), series_sections()) is True
     assert store.summary().total == 4 and store.summary(Filters(kinds=("series",))).total == 1
+
+
+def test_a_version_6_database_gets_the_orientation_its_nifti_series_pixels_really_have(tmp_path: Path) -> None:
+    """Versions up to 6 stored every NIfTI series with (1, 0, 0, 0, -1, 0), which named the patient's right "L" and
+    anterior "P" on pixels that show them on the right and at the top; version 7 records what the pixels show."""
+    path = tmp_path / "results.sqlite3"
+    store = SQLiteStore(path)
+    old = {"spacing": [0.9, 0.9], "thickness": 5.0, "orientation": [1.0, 0.0, 0.0, 0.0, -1.0, 0.0], "plane": "axial"}
+    nifti = replace(make_series(30, utc(2026, 5, 1, 9, 0)), image_format="nifti", geometry=old)
+    dicom = replace(make_series(31, utc(2026, 5, 1, 9, 5)), geometry=old)  # a DICOM series may have it for real
+    for record in (nifti, dicom):
+        store.add_series(record, series_sections())
+    del store
+    connection = sqlite3.connect(path)
+    connection.execute("PRAGMA user_version = 6")
+    connection.commit()
+    connection.close()
+    upgraded = SQLiteStore(path)
+    assert upgraded.schema_version() == 7 and (tmp_path / "results.sqlite3.v6.bak").exists()
+    assert upgraded.get(nifti.id).geometry["orientation"] == [-1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    assert upgraded.get(nifti.id).geometry["plane"] == "axial"
+    assert upgraded.get(dicom.id).geometry["orientation"] == old["orientation"]
+
+
+def test_a_version_6_mongodb_collection_gets_the_same_nifti_orientation_fix() -> None:
+    import mongomock
+
+    from core.storage.migrations import migrate_mongo
+
+    database = mongomock.MongoClient()["btd"]
+    old = [1.0, 0.0, 0.0, 0.0, -1.0, 0.0]
+    database["results"].insert_many([
+        {"_id": "a", "kind": "series", "image_format": "nifti", "geometry": {"orientation": old}},
+        {"_id": "b", "kind": "series", "image_format": "dicom", "geometry": {"orientation": old}},
+    ])  # fmt: skip
+    database["meta"].insert_one({"_id": "schema", "version": 6})
+    assert migrate_mongo(database, database["results"]) == 6
+    assert database["results"].find_one({"_id": "a"})["geometry"]["orientation"] == [-1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    assert database["results"].find_one({"_id": "b"})["geometry"]["orientation"] == old
+    assert database["meta"].find_one({"_id": "schema"})["version"] == 7

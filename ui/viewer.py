@@ -11,7 +11,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.analytics.viewer import WINDOW_PRESETS, curve_figure, distance_mm, section_figure, windowed
-from core.imaging.series import orientation_letters
+from core.imaging.geometry import orientation_letters
 from core.services.studies import SeriesView, section_heat
 from ui.render import pretty
 
@@ -64,7 +64,11 @@ def series_viewer(view: SeriesView, classifier, explainer, prefix: str) -> None:
         st.session_state[slider_key] = start_section(view) + 1
 
     controls = st.columns([3, 1.3, 1, 1])
-    index = controls[0].slider("Section", 1, count, key=slider_key, help="Arrow keys move one section.") - 1
+    if count > 1:
+        index = controls[0].slider("Section", 1, count, key=slider_key, help="Arrow keys move one section.") - 1
+    else:  # a slider needs two values: one section has nothing to move through
+        index = 0
+        controls[0].caption("Section 1 of 1 (a single section)")
     preset = controls[1].selectbox("Window", list(WINDOW_PRESETS), key=f"{prefix}-preset")
     show_heat = controls[2].toggle(
         "Heat map",
@@ -136,7 +140,10 @@ def comparison(current: SeriesView, prior: SeriesView | None, classifier, explai
     from core.services.history import change
 
     count = len(current.sections)
-    index = st.slider("Section", 1, count, start_section(current) + 1, key=f"cmp-{current.key[:8]}") - 1
+    if count > 1:
+        index = st.slider("Section", 1, count, start_section(current) + 1, key=f"cmp-{current.key[:8]}") - 1
+    else:
+        index = 0
     letters = orientation_letters(current.geometry.get("orientation"))
     left, right = st.columns(2)
     with left:

@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("paths", nargs="+", metavar="PATH", help="a folder of DICOM files, a zip, a multi-frame "
                        "DICOM or a NIfTI file")  # fmt: skip
     study.add_argument("--save", action="store_true", help="also save each series to the app's database")
+    study.add_argument("--display-out", metavar="DIR", help="write each series' middle section as the viewer shows "
+                       "it (PNG) and its edge letters into the JSON line")  # fmt: skip
     study.set_defaults(run=studies.cmd_study)
     evaluate = commands.add_parser("evaluate", help="score DIR/<label>/* and print JSON metrics")
     evaluate.add_argument("--model", help="model card JSON (default: the shipped model or $BTD_MODEL)")

@@ -11,7 +11,7 @@ from core.config import mongodb_uri, patient_key
 from core.errors import StoreError
 from core.services.access import COMMAND_LINE
 from core.services.resources import load_classifier, open_image_store, open_results_store
-from core.services.studies import analyse_path, save_series
+from core.services.studies import analyse_path, display_png, save_series
 
 
 def cmd_study(args: argparse.Namespace) -> int:
@@ -37,6 +37,12 @@ def cmd_study(args: argparse.Namespace) -> int:
             result["timings_ms"] = {"read": round(outcome.read_ms, 1), **result["timings_ms"]}
             result["timings_ms"]["total"] = round(outcome.read_ms + series.timings_ms["series"], 1)
             result["warnings"] = [*result["warnings"], *outcome.notes]
+            if args.display_out:
+                letters, png = display_png(series.volume)
+                out = Path(args.display_out) / f"{series.volume.series[:16]}.png"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_bytes(png)
+                result["display"] = {**letters, "image": str(out)}
             if series.label is None:
                 result |= error_json("no_brain_sections", "No section of this series could be analysed: "
                                      + "; ".join(sorted(set(result["skipped"].values())))[:500])  # fmt: skip

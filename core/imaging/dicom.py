@@ -26,6 +26,7 @@ from core.errors import (
     WrongBodyPart,
     WrongModality,
 )
+from core.imaging import geometry
 from core.imaging.limits import Limits, check_decoded_size, check_dimensions, stretch_to_uint8
 
 # DICOM modalities the model may see. Secondary captures and "other" are allowed with a warning because MR
@@ -299,11 +300,7 @@ def acquisition_facts(dataset: Any) -> dict[str, str]:
 def plane_of(orientation: Any) -> str | None:
     """Axial, coronal or sagittal from ImageOrientationPatient (the normal's dominant axis)."""
     try:
-        row = np.array([float(v) for v in orientation[:3]])
-        col = np.array([float(v) for v in orientation[3:6]])
+        cosines = [float(v) for v in orientation[:6]]
     except (TypeError, ValueError, IndexError):
         return None
-    normal = np.abs(np.cross(row, col))
-    if not np.isfinite(normal).all() or normal.max() == 0:
-        return None
-    return ("sagittal", "coronal", "axial")[int(np.argmax(normal))]
+    return geometry.plane_of(cosines)

@@ -111,12 +111,13 @@ def zipped(files: list[bytes], names: list[str] | None = None) -> bytes:
 
 
 def nifti(volume: np.ndarray, affine: np.ndarray | None = None, gz: bool = False) -> bytes:
-    """A NIfTI-1 file of ``volume`` given as (sections, rows, cols), stored x, y, z with ``affine``."""
+    """A NIfTI-1 file of ``volume`` given as (sections, rows, cols) in the radiological view (anterior at the top,
+    the patient's right on the left), stored x, y, z under ``affine`` (default: RAS+, 0.9 x 0.9 x 5 mm)."""
     import gzip
 
     import nibabel
 
-    data = np.transpose(volume[:, ::-1, :], (2, 1, 0)).astype(np.int16)  # sections -> z, rows -> y (anterior up)
+    data = np.transpose(volume[:, ::-1, ::-1], (2, 1, 0)).astype(np.int16)  # sections -> z, rows -> y, cols -> x
     image = nibabel.Nifti1Image(data, affine if affine is not None else np.diag([0.9, 0.9, 5.0, 1.0]))
     raw = image.to_bytes()
     return gzip.compress(raw) if gz else raw

@@ -8,7 +8,10 @@ DICOM, or a NIfTI volume (``.nii`` / ``.nii.gz``), each turned into :class:`Volu
 - A zip is checked before anything is read from it: member count, total and per-member uncompressed size and
   compression ratio (bombs), names (no absolute paths, no ``..``, no nested archives); members are read in memory,
   never extracted to disk.
-- NIfTI volumes (nibabel) are brought to RAS+ orientation (``as_closest_canonical``) and cut into axial sections.
+- NIfTI volumes (nibabel) are brought to the closest RAS+ orientation (``as_closest_canonical``) and cut into
+  axial sections; their row and column directions come from the affine.
+- Every volume is shown in the radiological view of its plane (:mod:`core.imaging.geometry`): pixels, spacing and
+  orientation are transformed together, so orientation letters always describe the pixels shown.
 Identifiers are not kept: a study and a series are named by a SHA-256 of their UIDs (or of a NIfTI's bytes).
 """
 
@@ -26,6 +29,15 @@ import numpy as np
 
 from core.errors import CorruptImage, FileTooLarge, ScanError, UnsupportedFormat
 from core.imaging import dicom
+from core.imaging.geometry import (
+    apply_transform,
+    display_transform,
+    nifti_orientation,
+    orientation_letters,
+    plane_of,
+    transformed_orientation,
+    transformed_spacing,
+)
 from core.imaging.limits import DEFAULT_LIMITS, Limits, stretch_to_uint8
 from core.imaging.scan import DICOM_MAGIC_OFFSET
 
@@ -64,7 +76,12 @@ class Volume:
 
     @property
     def plane(self) -> str | None:
-        return dicom.plane_of(self.orientation) if self.orientation else None
+        return plane_of(self.orientation)
+
+    @property
+    def letters(self) -> dict[str, str]:
+        """The patient directions at the displayed sections' edges ({} when the files give no orientation)."""
+        return orientation_letters(self.orientation)
 
     @cached_property
     def sha256(self) -> str:
@@ -279,17 +296,36 @@ def _volume(sections: list[_Section], limits: StudyLimits) -> Volume:
                     f"A gap of {step:.1f} mm after section {k} (usually {usual:.1f} mm): a section may be missing."
                 )
     first = kept[0][1]
+    sections, spacing, orientation = _radiological(
+        np.stack([s.pixels for _, s in kept]),
+        first.spacing,
+        tuple(float(v) for v in reference) if reference is not None else None,
+    )
     return Volume(
         source="multi-frame DICOM" if first.multi_frame else "DICOM series",
         study=first.study,
         series=first.series,
-        sections=np.stack([s.pixels for _, s in kept]),
+        sections=sections,
         positions=tuple(round(p, 3) for p in positions),
-        spacing=first.spacing,
+        spacing=spacing,
         thickness=first.thickness,
-        orientation=tuple(float(v) for v in reference) if reference is not None else None,
+        orientation=orientation,
         modality=first.modality,
         warnings=tuple(notes),
+    )
+
+
+def _radiological(
+    sections: np.ndarray, spacing: tuple[float, float] | None, orientation: tuple[float, ...] | None
+) -> tuple[np.ndarray, tuple[float, float] | None, tuple[float, ...] | None]:
+    """Sections, spacing and orientation moved together into the radiological view of their plane."""
+    if orientation is None:
+        return sections, spacing, None
+    transform = display_transform(orientation)
+    return (
+        apply_transform(sections, transform),
+        transformed_spacing(spacing, transform),
+        transformed_orientation(orientation, transform),
     )
 
 
@@ -319,33 +355,23 @@ def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volum
         raise FileTooLarge(f"The volume holds {volume.shape[2]} sections; the limit is {limits.max_sections}.")
     display = stretch_to_uint8(np.asarray(volume, dtype=np.float32).reshape(volume.shape[0], -1)).reshape(volume.shape)
     zooms = image.header.get_zooms()[:3]
-    # RAS+: x to the right of the patient... displayed radiologically: anterior up, the patient's right on the left
-    sections = np.stack([np.flipud(display[:, :, k].T) for k in range(display.shape[2])])
+    # section k as stored: rows follow the second voxel axis (j), columns the first (i); the affine says where
+    # each points in the patient, and _radiological turns them into the radiological view
+    sections, spacing, orientation = _radiological(
+        np.stack([display[:, :, k].T for k in range(display.shape[2])]),
+        (float(zooms[1]), float(zooms[0])),
+        nifti_orientation(image.affine),
+    )
     digest = hashlib.sha256(data).hexdigest()
     origin = float(image.affine[2, 3])
     return Volume(
         source="NIfTI volume",
         study=_hash("nifti", digest),
         series=_hash("nifti-series", digest),
-        sections=np.ascontiguousarray(sections),
+        sections=sections,
         positions=tuple(round(origin + k * float(zooms[2]), 3) for k in range(display.shape[2])),
-        spacing=(float(zooms[1]), float(zooms[0])),
+        spacing=spacing,
         thickness=float(zooms[2]),
-        orientation=(1.0, 0.0, 0.0, 0.0, -1.0, 0.0),  # rows run to the patient's left, columns posterior: axial
+        orientation=orientation,
         modality="MR",
     )
-
-
-def orientation_letters(orientation: Sequence[float] | None) -> dict[str, str]:
-    """The patient directions at the edges of a displayed section: {"left", "right", "top", "bottom"} letters
-    (R/L, A/P, H/F) from the row and column direction cosines (DICOM patient coordinates, LPS)."""
-    if not orientation:
-        return {}
-
-    def letter(vector: np.ndarray) -> str:
-        axis = int(np.argmax(np.abs(vector)))
-        positive, negative = (("L", "R"), ("P", "A"), ("H", "F"))[axis]
-        return positive if vector[axis] > 0 else negative
-
-    row, column = np.asarray(orientation[:3], float), np.asarray(orientation[3:6], float)
-    return {"right": letter(row), "left": letter(-row), "bottom": letter(column), "top": letter(-column)}

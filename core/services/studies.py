@@ -175,6 +175,19 @@ def series_record(
     ).validate()
 
 
+def display_png(volume: Volume) -> tuple[dict[str, str], bytes]:
+    """The series' middle section as the viewer displays it (PNG, pixels only) and the letters at its edges
+    ({"top", "bottom", "left", "right"}: R/L, A/P, H/F; empty when the files give no orientation)."""
+    import cv2
+
+    middle = volume.sections[len(volume.sections) // 2]
+    ok, png = cv2.imencode(".png", middle)
+    if not ok:
+        raise ValueError("the section could not be encoded as PNG")
+    letters = volume.letters
+    return {side: letters[side] for side in ("top", "bottom", "left", "right") if side in letters}, png.tobytes()
+
+
 def geometry_of(volume: Volume) -> dict[str, Any]:
     return {
         "spacing": list(volume.spacing) if volume.spacing else None,

@@ -15,6 +15,10 @@ SQLite keeps its version in ``PRAGMA user_version``; MongoDB in the ``meta`` col
   turnaround per UTC day), so that two years of results are summed in milliseconds. Upgrading builds them.
 - version 6: the per-day sums also on days shifted by whole hours (SQLite), so that a calendar day far from UTC
   is read as quickly as a UTC day. Upgrading builds them (every roll-up is rebuilt from the results).
+- version 7: NIfTI series saved before it carry the orientation ``(1, 0, 0, 0, -1, 0)``, which mislabelled their
+  stored pixels (shown with the patient's right on the screen's right, anterior at the top) as L/P where they are
+  R/A; upgrading sets the orientation that describes those pixels, ``(-1, 0, 0, 0, 1, 0)``, so the letters shown
+  with them are right. New series are stored in the radiological view (:mod:`core.imaging.geometry`).
 
 An upgrade runs in one transaction after a backup copy of the file (``<file>.v<N>.bak``); a database newer than
 this code is refused rather than guessed at.
@@ -22,6 +26,7 @@ this code is refused rather than guessed at.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 from contextlib import suppress
@@ -64,10 +69,13 @@ def migrate_sqlite(connection: sqlite3.Connection, path: Path) -> int:
             if found <= 3:
                 _sqlite_v3_to_v4(connection)
                 logger.warning("event=store_migrated store=sqlite to=4")
+            if found <= 6:
+                fixed = _sqlite_v6_to_v7(connection)
+                logger.warning("event=store_migrated store=sqlite to=7 nifti_orientations_fixed=%d", fixed)
             connection.execute("DROP INDEX IF EXISTS scans_series")  # version 4's, now scans_studies (covering)
             logger.warning("event=store_migrated store=sqlite to=%d", SCHEMA_VERSION)  # roll-ups rebuilt below
         create_schema(connection)
-        if found < SCHEMA_VERSION and has_table:
+        if found < 6 and has_table:  # version 7 changes no figure: its roll-ups stand
             fill_rollup(connection)
         if connection.execute("PRAGMA foreign_key_check").fetchone():
             raise StoreError("The upgrade would leave reviews or sections without their result; nothing was changed.")
@@ -79,6 +87,20 @@ def migrate_sqlite(connection: sqlite3.Connection, path: Path) -> int:
     finally:
         connection.execute("PRAGMA foreign_keys=ON")
     return found
+
+
+OLD_NIFTI_ORIENTATION = [1.0, 0.0, 0.0, 0.0, -1.0, 0.0]  # what versions up to 6 wrote for every NIfTI series
+NIFTI_ORIENTATION_OF_OLD_PIXELS = [-1.0, 0.0, 0.0, 0.0, 1.0, 0.0]  # what their stored pixels really show
+
+
+def _sqlite_v6_to_v7(connection: sqlite3.Connection) -> int:
+    """Correct the orientation recorded with NIfTI series saved before version 7; returns how many."""
+    cursor = connection.execute(
+        "UPDATE scans SET geometry = json_set(geometry, '$.orientation', json(?)) "
+        "WHERE kind = 'series' AND image_format = 'nifti' AND json_extract(geometry, '$.orientation') = json(?)",
+        (json.dumps(NIFTI_ORIENTATION_OF_OLD_PIXELS), json.dumps(OLD_NIFTI_ORIENTATION)),
+    )
+    return cursor.rowcount
 
 
 def _backup(connection: sqlite3.Connection, path: Path, version: int) -> None:
@@ -212,6 +234,12 @@ def migrate_mongo(database: Any, collection: Any, validator: dict[str, Any] | No
             if validator is not None:
                 database.command("collMod", collection.name, validator=validator)
         logger.warning("event=store_migrated store=mongodb to=4")
+    if found < 7:
+        fixed = collection.update_many(
+            {"kind": "series", "image_format": "nifti", "geometry.orientation": OLD_NIFTI_ORIENTATION},
+            {"$set": {"geometry.orientation": NIFTI_ORIENTATION_OF_OLD_PIXELS}},
+        ).modified_count
+        logger.warning("event=store_migrated store=mongodb to=7 nifti_orientations_fixed=%d", fixed)
     if found != SCHEMA_VERSION or state is None:
         meta.update_one({"_id": "schema"}, {"$set": {"version": SCHEMA_VERSION}}, upsert=True)
     return found

@@ -29,8 +29,8 @@ from core.storage.timebuckets import as_utc
 
 HISTOGRAM_BINS = 20
 EVERYTHING = Filters()
-SCHEMA_VERSION = 6  # 1: round 1 (id had the patient reference); 2: id = image + model + frame; 3: people; 4: series;
-# 5: whole-day roll-ups; 6: days shifted by whole hours (both SQLite only; nothing changes in MongoDB)
+SCHEMA_VERSION = 7  # 1: round 1 (id had the patient reference); 2: id = image + model + frame; 3: people; 4: series;
+# 5: whole-day roll-ups; 6: days shifted by whole hours (both SQLite only); 7: NIfTI series' orientation corrected
 
 
 class Store(Protocol):

@@ -1,0 +1,123 @@
+"""Where a displayed section's edges point in the patient, derived from the file's geometry, never assumed.
+
+Directions are DICOM patient coordinates (LPS: +x to the patient's left, +y posterior, +z head). A section's
+geometry is its ``orientation``: the row direction (the way column indices grow) and the column direction (the way
+row indices grow), six direction cosines as in ImageOrientationPatient.
+
+One display convention for every source, the radiological one:
+- axial: the patient's right on the screen's left, anterior at the top (rows run to L, columns to P);
+- coronal: the patient's right on the screen's left, head at the top (rows to L, columns to F);
+- sagittal: anterior on the screen's left, head at the top (rows to P, columns to F).
+:func:`display_transform` finds the flips and transpose (one of the eight) that bring stored pixels closest to that
+view; :func:`apply_transform` moves the pixels and :func:`transformed_orientation` the geometry with them, so the
+letters of :func:`orientation_letters` always describe the pixels shown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import product
+
+import numpy as np
+
+_TARGETS = {  # (row direction, column direction) of the displayed view, LPS
+    "axial": ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0)),
+    "coronal": ((1.0, 0.0, 0.0), (0.0, 0.0, -1.0)),
+    "sagittal": ((0.0, 1.0, 0.0), (0.0, 0.0, -1.0)),
+}
+
+
+@dataclass(frozen=True)
+class DisplayTransform:
+    """Transpose first (rows become columns), then flip the rows' order (up-down), then the columns' (left-right)."""
+
+    transpose: bool = False
+    flip_up_down: bool = False
+    flip_left_right: bool = False
+
+    @property
+    def identity(self) -> bool:
+        return not (self.transpose or self.flip_up_down or self.flip_left_right)
+
+
+def plane_of(orientation: Sequence[float] | None) -> str | None:
+    """Axial, coronal or sagittal from row and column directions (the normal's dominant axis)."""
+    if orientation is None or len(orientation) < 6:
+        return None
+    row, column = np.asarray(orientation[:3], float), np.asarray(orientation[3:6], float)
+    normal = np.abs(np.cross(row, column))
+    if not np.isfinite(normal).all() or normal.max() == 0:
+        return None
+    return ("sagittal", "coronal", "axial")[int(np.argmax(normal))]
+
+
+def transformed_orientation(orientation: Sequence[float], transform: DisplayTransform) -> tuple[float, ...]:
+    """The row and column directions of the pixels after ``transform``."""
+    row, column = np.asarray(orientation[:3], float), np.asarray(orientation[3:6], float)
+    if transform.transpose:
+        row, column = column, row
+    if transform.flip_up_down:
+        column = -column
+    if transform.flip_left_right:
+        row = -row
+    return tuple(float(v) + 0.0 for v in (*row, *column))  # + 0.0: no negative zeros in records
+
+
+def display_transform(orientation: Sequence[float] | None) -> DisplayTransform:
+    """The transform that shows pixels of this ``orientation`` closest to the radiological view of their plane."""
+    plane = plane_of(orientation)
+    if orientation is None or plane is None:
+        return DisplayTransform()
+    target_row, target_column = (np.asarray(v) for v in _TARGETS[plane])
+
+    def agreement(transform: DisplayTransform) -> float:
+        moved = np.asarray(transformed_orientation(orientation, transform))
+        return float(moved[:3] @ target_row + moved[3:] @ target_column)
+
+    candidates = [DisplayTransform(*flags) for flags in product((False, True), repeat=3)]
+    return max(candidates, key=agreement)  # the identity first among equals: stored views that are fine stay
+
+
+def apply_transform(pixels: np.ndarray, transform: DisplayTransform) -> np.ndarray:
+    """``transform`` applied to the last two axes of ``pixels`` (one section or a stack)."""
+    if transform.transpose:
+        pixels = np.swapaxes(pixels, -1, -2)
+    if transform.flip_up_down:
+        pixels = np.flip(pixels, axis=-2)
+    if transform.flip_left_right:
+        pixels = np.flip(pixels, axis=-1)
+    return np.ascontiguousarray(pixels)
+
+
+def transformed_spacing(spacing: tuple[float, float] | None, transform: DisplayTransform) -> tuple[float, float] | None:
+    """(row, column) spacing after ``transform`` (a transpose swaps them)."""
+    if spacing is None or not transform.transpose:
+        return spacing
+    return spacing[1], spacing[0]
+
+
+def nifti_orientation(affine: np.ndarray) -> tuple[float, ...]:
+    """Row and column directions (LPS) of a section ``data[:, :, k].T`` of a NIfTI volume with this ``affine``:
+    column indices follow the first voxel axis (i), row indices the second (j). NIfTI's world is RAS+, so x and y
+    change sign on the way to LPS."""
+    ras_to_lps = np.array([-1.0, -1.0, 1.0])
+    axes = np.asarray(affine, float)[:3, :3]
+    row = axes[:, 0] / np.linalg.norm(axes[:, 0]) * ras_to_lps
+    column = axes[:, 1] / np.linalg.norm(axes[:, 1]) * ras_to_lps
+    return tuple(float(v) + 0.0 for v in (*row, *column))
+
+
+def orientation_letters(orientation: Sequence[float] | None) -> dict[str, str]:
+    """The patient directions at the edges of a displayed section: {"left", "right", "top", "bottom"} letters
+    (R/L, A/P, H/F) from its row and column directions (LPS); an oblique direction gets its dominant axis."""
+    if not orientation or len(orientation) < 6:
+        return {}
+
+    def letter(vector: np.ndarray) -> str:
+        axis = int(np.argmax(np.abs(vector)))
+        positive, negative = (("L", "R"), ("P", "A"), ("H", "F"))[axis]
+        return positive if vector[axis] > 0 else negative
+
+    row, column = np.asarray(orientation[:3], float), np.asarray(orientation[3:6], float)
+    return {"right": letter(row), "left": letter(-row), "bottom": letter(column), "top": letter(-column)}

@@ -1,0 +1,151 @@
+"""Orientation letters are geometry: known-answer tests with a marker in a known quadrant of the patient.
+
+Every volume below holds a head (an ellipse) with a bright marker in the patient's right-anterior quadrant (axial),
+right-superior (coronal) or anterior-superior (sagittal), written under many geometries. Whatever the file's axes,
+the displayed section must show the marker on the side its letters name, in the radiological view (the patient's
+right on the screen's left; anterior on the left of a sagittal section; anterior or head at the top).
+"""
+
+from __future__ import annotations
+
+from itertools import product
+
+import numpy as np
+import pytest
+
+from core.imaging.geometry import (
+    DisplayTransform,
+    apply_transform,
+    display_transform,
+    nifti_orientation,
+    orientation_letters,
+    transformed_orientation,
+)
+from core.imaging.phantom_series import dicom_series
+from core.imaging.series import read_study
+
+RADIOLOGICAL = {
+    "axial": {"left": "R", "right": "L", "top": "A", "bottom": "P"},
+    "coronal": {"left": "R", "right": "L", "top": "H", "bottom": "F"},
+    "sagittal": {"left": "A", "right": "P", "top": "H", "bottom": "F"},
+}
+
+
+def marker_sides(section: np.ndarray, letters: dict[str, str]) -> set[str]:
+    """The letters of the screen edges nearest the brightest spot of a displayed section."""
+    rows, cols = np.nonzero(section >= section.max() - 1)
+    y, x = rows.mean() / section.shape[0], cols.mean() / section.shape[1]
+    assert abs(x - 0.5) > 0.04 and abs(y - 0.5) > 0.04, "the marker must sit clearly in one quadrant"
+    return {letters["left"] if x < 0.5 else letters["right"], letters["top"] if y < 0.5 else letters["bottom"]}
+
+
+def ras_head(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Intensity at RAS+ world points (mm): a head 120 x 150 mm, the marker 30 mm right and 40 mm anterior."""
+    head = ((x / 60) ** 2 + (y / 75) ** 2 < 1) & (np.abs(z) < 40)
+    marker = ((x - 30) ** 2 + (y - 40) ** 2 < 12**2) & (np.abs(z) < 40)
+    return np.where(marker, 1000, np.where(head, 300, 0)).astype(np.int16)
+
+
+def nifti_of(affine: np.ndarray, shape: tuple[int, int, int]) -> bytes:
+    """A NIfTI file whose voxels sample :func:`ras_head` through ``affine``."""
+    import nibabel
+
+    i, j, k = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    world = affine[:3, :3] @ np.stack([i.ravel(), j.ravel(), k.ravel()]) + affine[:3, 3:4]
+    data = ras_head(*world).reshape(shape)
+    return nibabel.Nifti1Image(data, affine).to_bytes()
+
+
+def centred(axes: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """An affine with voxel axes ``axes`` (3 x 3, mm per voxel) whose centre voxel lies at the world origin."""
+    affine = np.eye(4)
+    affine[:3, :3] = axes
+    affine[:3, 3] = -axes @ ((np.array(shape) - 1) / 2)
+    return affine
+
+
+def rotation_z(degrees: float) -> np.ndarray:
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+
+
+NIFTI_AXES = {
+    "RAS": np.diag([2.0, 2.0, 10.0]),
+    "LAS": np.diag([-2.0, 2.0, 10.0]),
+    "LPS": np.diag([-2.0, -2.0, 10.0]),
+    "RPI": np.diag([2.0, -2.0, -10.0]),
+    "swapped (PRS: i runs posterior, j right)": np.array([[0, 2.0, 0], [-2.0, 0, 0], [0, 0, 10.0]]),
+    "oblique (20 deg about z)": rotation_z(20) @ np.diag([2.0, 2.0, 10.0]),
+    "oblique and mirrored (-25 deg, LAS)": rotation_z(-25) @ np.diag([-2.0, 2.0, 10.0]),
+}
+
+
+@pytest.mark.parametrize("name", list(NIFTI_AXES))
+def test_a_nifti_marker_in_the_right_anterior_quadrant_shows_under_the_letters_r_and_a(name: str) -> None:
+    shape = (80, 96, 5)
+    (volume,) = read_study([nifti_of(centred(NIFTI_AXES[name], shape), shape)])
+    assert volume.letters == RADIOLOGICAL["axial"]
+    assert marker_sides(volume.sections[len(volume.sections) // 2], volume.letters) == {"R", "A"}
+
+
+def stored_dicom(plane: str, flip_rows: bool, flip_cols: bool, transpose: bool) -> tuple[list[bytes], set[str]]:
+    """A 5-section DICOM series of ``plane`` stored in one of eight ways, and where its marker is in the patient."""
+    standard = {
+        "axial": (1.0, 0, 0, 0, 1.0, 0),
+        "coronal": (1.0, 0, 0, 0, 0, -1.0),
+        "sagittal": (0, 1.0, 0, 0, 0, -1.0),
+    }
+    section = np.zeros((96, 96), np.uint16)
+    yy, xx = np.mgrid[:96, :96]
+    section[((yy - 48) / 40) ** 2 + ((xx - 48) / 34) ** 2 < 1] = 1200
+    section[(yy - 22) ** 2 + (xx - 22) ** 2 < 36] = 4000  # top-left of the standard view
+    expected = {"axial": {"R", "A"}, "coronal": {"R", "H"}, "sagittal": {"A", "H"}}[plane]
+    transform = DisplayTransform(transpose, flip_rows, flip_cols)
+    stored = apply_transform(section, transform)
+    orientation = transformed_orientation(standard[plane], transform)
+    return dicom_series(np.stack([stored] * 5), orientation=orientation), expected
+
+
+STORED_WAYS = list(product((False, True), repeat=3))  # every flip and transpose of the standard view
+
+
+@pytest.mark.parametrize("plane", ["axial", "coronal", "sagittal"])
+@pytest.mark.parametrize("flags", STORED_WAYS)
+def test_dicom_series_in_every_plane_and_storage_order_show_the_marker_under_its_letters(plane, flags) -> None:
+    files, expected = stored_dicom(plane, *flags)
+    (volume,) = read_study(files)
+    assert volume.plane == plane
+    assert volume.letters == RADIOLOGICAL[plane]
+    assert marker_sides(volume.sections[2], volume.letters) == expected
+
+
+def test_the_display_transform_leaves_standard_views_alone_and_moves_geometry_with_pixels() -> None:
+    assert display_transform((1.0, 0, 0, 0, 1.0, 0)).identity
+    assert display_transform((0, 1.0, 0, 0, 0, -1.0)).identity
+    neurological = (-1.0, 0, 0, 0, 1.0, 0)
+    transform = display_transform(neurological)
+    assert transform == DisplayTransform(flip_left_right=True)
+    assert orientation_letters(transformed_orientation(neurological, transform)) == RADIOLOGICAL["axial"]
+
+
+def test_nifti_directions_come_from_the_affine_in_patient_lps_coordinates() -> None:
+    assert nifti_orientation(np.diag([2.0, 2.0, 10.0, 1.0])) == (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
+    assert nifti_orientation(np.diag([-1.0, -1.0, 1.0, 1.0])) == (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+
+def test_study_command_writes_the_displayed_middle_section_and_its_letters(tmp_path, tiny_card, capsys) -> None:
+    import json
+
+    import cv2
+
+    from core.cli import main
+
+    shape = (80, 96, 5)
+    path = tmp_path / "head.nii"
+    path.write_bytes(nifti_of(centred(NIFTI_AXES["LPS"], shape), shape))
+    main(["study", "--model", str(tiny_card), "--display-out", str(tmp_path / "shown"), str(path)])
+    (line,) = [json.loads(text) for text in capsys.readouterr().out.splitlines()]
+    display = line["display"]
+    assert {k: display[k] for k in ("top", "bottom", "left", "right")} == RADIOLOGICAL["axial"]
+    shown = cv2.imread(display["image"], cv2.IMREAD_GRAYSCALE)
+    assert shown.shape == (96, 80) and marker_sides(shown, display) == {"R", "A"}
