@@ -99,6 +99,7 @@ def main() -> None:
                 page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(
                     {"name": "study.zip", "mimeType": "application/zip", "buffer": study}
                 )
+                page.get_by_role("button", name="Analyse this study").click()
                 page.get_by_test_id("stMetricLabel").filter(has_text="Study verdict").wait_for(timeout=300_000)
                 page.locator(".gtitle").first.wait_for(timeout=60_000)
                 report["upload_to_verdict_s"] = round(time.perf_counter() - started, 2)

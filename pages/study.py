@@ -37,25 +37,38 @@ files = st.file_uploader(
     accept_multiple_files=True, key="study_files",
 )  # fmt: skip
 signature = tuple(sorted(f.file_id for f in files or []))
-if files and signature not in results:
-    try:
-        store = resources.current_store()
-    except StoreError as error:
-        st.error(f"Results cannot be saved: {error}")
-        store = None
-    with st.spinner(f"Reading and analysing {len(files)} file(s)…"):
-        results[signature] = triage_study(
-            [f.getvalue() for f in files], classifier, store, actor=actor,
-            patient_ref=resources.patient_reference(patient), images=resources.image_store(store), key=key,
-        )  # fmt: skip
-    for old in list(results)[:-KEPT]:
-        results.pop(old)
-if not files:
-    st.info("Drop the files of a study. Every series is read in geometric order, each section analysed, and the "
-            "series judged by the rule in the model card.")  # fmt: skip
+if files and signature not in results:  # a selection is analysed and saved once, when the reader says so
+    st.caption(f"{len(files)} file(s) chosen; nothing is analysed or saved until you press Analyse.")
+    if st.button("Analyse this study", type="primary", key="study_analyse"):
+        try:
+            store = resources.current_store()
+        except StoreError as error:
+            st.error(f"Results cannot be saved: {error}")
+            store = None
+        with st.spinner(f"Reading and analysing {len(files)} file(s)…"):
+            results[signature] = triage_study(
+                [f.getvalue() for f in files], classifier, store, actor=actor,
+                patient_ref=resources.patient_reference(patient), images=resources.image_store(store), key=key,
+            )  # fmt: skip
+        for old in list(results)[:-KEPT]:
+            results.pop(old)
+        st.session_state["study_current"] = signature
+elif files:
+    st.session_state["study_current"] = signature
+current = st.session_state.get("study_current")
+if current not in results:
+    if not files:
+        st.info("Drop the files of a study, then press Analyse. Every series is read in geometric order, each "
+                "section analysed, and the series judged by the rule in the model card.")  # fmt: skip
     st.stop()
+if signature != current:
+    st.caption("Below: the study analysed earlier in this session." + (
+        " The files now chosen are not analysed yet." if files else ""))  # fmt: skip
+    if st.button("Clear this study from the page", key="study_clear"):
+        st.session_state.pop("study_current", None)
+        st.rerun()
 
-study = results[signature]
+study = results[current]
 if study.error_code:
     st.error(f"This upload cannot be read as a study: {study.error_message}")
     st.stop()
@@ -86,10 +99,10 @@ saved = [view.record.id for view in study.views if view.record is not None]
 if saved and st.button(f"Make the PDF report of this study ({len(saved)} series)", key="study_report"):
     try:
         store = resources.current_store()
-        st.session_state["study_pdf"] = (signature, reports.study_report(
+        st.session_state["study_pdf"] = (current, reports.study_report(
             store, resources.image_store(store), actor, saved, classifier, explainer))  # fmt: skip
     except (InvalidRecord, StoreError) as error:
         st.error(f"The report cannot be made: {error}")
 made = st.session_state.get("study_pdf")
-if made and made[0] == signature:
+if made and made[0] == current:
     st.download_button("Download the report (PDF)", made[1], "study-report.pdf", "application/pdf")

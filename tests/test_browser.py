@@ -228,6 +228,7 @@ def test_a_study_pages_in_the_quick_scroller_and_opens_in_the_viewer(server: str
         page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(
             {"name": "study.zip", "mimeType": "application/zip", "buffer": study}
         )
+        page.get_by_role("button", name="Analyse this study").click()
         expect(page.get_by_test_id("stMetricLabel").filter(has_text="Study verdict")).to_be_visible(timeout=120_000)
         wait_idle(page)
         scroller = page.locator(".btd-cine").first

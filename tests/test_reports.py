@@ -57,10 +57,12 @@ def test_a_study_report_states_the_verdicts_the_review_and_the_model_and_renders
     assert pdf.startswith(b"%PDF")
     text = text_of(pdf, tmp_path)
     assert "Brain MRI triage report" in text and "not a diagnosis" in text
-    assert "Study verdict:" in text and "Series 1: axial, 8 sections" in text and "Series 2: coronal" in text
+    assert "Study verdict (model): " in text and "1 of 2 series reviewed" in text
+    assert "Series 1: axial, 8 sections" in text and "Series 2: coronal" in text
     assert "eeeeeeeeeeee" in text and "e" * 13 not in text  # only a prefix of the keyed reference
     assert "Reviewed by dr-a on 2026-11-30: final label Meningioma (override)" in text
-    assert "Not reviewed by a radiologist yet." in text  # the second series
+    assert "Final label (radiologist): Meningioma; model verdict: " in text
+    assert "Not reviewed by a radiologist yet." in text and "Model verdict (not reviewed yet): " in text
     assert "Pixel spacing: 0.90 x 0.90 mm" in text and "tiny" in text and "limitations" in text.lower()
     assert "ZZCANARY" not in text  # the DICOM PatientName of the phantom never reaches a report
     subprocess.run(["pdftoppm", "-png", "-r", "60", "-f", "1", "-l", "1", str(tmp_path / "report.pdf"),
@@ -87,3 +89,16 @@ def test_a_report_after_the_retention_period_says_the_images_are_gone(
     images.purge(datetime(2100, 1, 1, tzinfo=UTC))
     text = text_of(study_report(store, images, doctor, ids[:1], tiny_classifier, None), tmp_path)
     assert "no longer kept" in text and "Series 1" in text
+
+
+def test_an_overridden_study_leads_with_the_radiologists_label_and_keeps_the_models_beside_it(
+    saved_study, tmp_path: Path, tiny_classifier: Classifier
+) -> None:
+    store, images, doctor, ids = saved_study
+    for record_id in ids:
+        review_result(store, doctor, record_id, "notumor", ["false_alarm"], "")
+    model = "Tumour" if any(store.get(i).is_tumour for i in ids) else "No tumour"
+    text = text_of(study_report(store, images, doctor, ids, tiny_classifier, None), tmp_path)
+    headline = next(line for line in text.splitlines() if line.strip().startswith("Study:"))
+    assert headline.strip() == f"Study: No tumour (radiologist's final label) - model verdict: {model}"
+    assert text.count("Final label (radiologist): No tumour; model verdict:") == 2

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 import cv2
 import numpy as np
 
+from core.analytics.quality import NEGATIVE as NEGATIVE_LABEL
 from core.errors import InvalidRecord
 from core.model.classifier import Classifier
 from core.model.explain import Explainer, overlay
@@ -107,7 +108,7 @@ def render(
         pdf.cell(0, 5.5, _text(value), new_x="LMARGIN", new_y="NEXT")
     pdf.ln(2)
     pdf.set_font("Helvetica", "B", 13)
-    pdf.cell(0, 8, _text(f"Study verdict: {'Tumour' if tumour else 'No tumour'}"), new_x="LMARGIN", new_y="NEXT")
+    pdf.multi_cell(0, 7, _text(study_headline(records, tumour)), new_x="LMARGIN", new_y="NEXT")
     for number, (record, view) in enumerate(zip(records, views, strict=True), start=1):
         geometry = record.geometry or {}
         spacing = geometry.get("spacing")
@@ -116,9 +117,13 @@ def render(
         pdf.cell(0, 7, _text(f"Series {number}: {plane}, {record.section_count} sections"), new_x="LMARGIN",
                  new_y="NEXT")  # fmt: skip
         pdf.set_font("Helvetica", size=9)
+        model_line = (f"{NAMES.get(record.label, record.label)} (series tumour probability "
+                      f"{record.tumour_probability:.1%})")  # fmt: skip
         lines = [
-            f"Verdict: {NAMES.get(record.label, record.label)} "
-            f"(series tumour probability {record.tumour_probability:.1%})",
+            f"Final label (radiologist): {NAMES.get(record.final_label, record.final_label)}; model verdict: "
+            f"{model_line}"
+            if record.final_label
+            else f"Model verdict (not reviewed yet): {model_line}",
             f"Pixel spacing: {spacing[0]:.2f} x {spacing[1]:.2f} mm" if spacing else "Pixel spacing: not given",
         ]
         if view is not None:
@@ -165,6 +170,19 @@ def render(
         if line:
             pdf.multi_cell(0, 4, _text(f"- {line}"), new_x="LMARGIN", new_y="NEXT")
     return bytes(pdf.output())
+
+
+def study_headline(records: Sequence[Record], model_tumour: bool) -> str:
+    """The report's first verdict line: the radiologists' final labels when every series is reviewed, with the
+    model's verdict beside them; the model's verdict, marked as such, while any series is unreviewed."""
+    model = "Tumour" if model_tumour else "No tumour"
+    reviewed = [r for r in records if r.final_label]
+    if reviewed and len(reviewed) == len(records):
+        final = "Tumour" if any(r.final_label != NEGATIVE_LABEL for r in reviewed) else "No tumour"
+        return f"Study: {final} (radiologist's final label) - model verdict: {model}"
+    if reviewed:
+        return f"Study verdict (model): {model} - {len(reviewed)} of {len(records)} series reviewed, see below"
+    return f"Study verdict (model, not yet reviewed): {model}"
 
 
 def card_notes(classifier: Classifier) -> dict:
