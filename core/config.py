@@ -46,3 +46,21 @@ def patient_key(secrets: Mapping[str, Any], shared_database: bool) -> bytes | No
             raise ValueError("the configured patient-reference key is shorter than 16 bytes")
         return key
     return None if shared_database else local_key(data_dir())
+
+
+def first_admin_command(secrets: Mapping[str, Any]) -> str:
+    """The exact shell command that creates the first admin in the database this server uses (run on the server,
+    from any folder): the project's interpreter and, when the server runs with one, its data directory; with
+    MongoDB, the server's connection string is named but never printed."""
+    import shlex
+
+    python = shlex.quote(str(PROJECT_ROOT / ".venv" / "bin" / "python"))
+    settings = ""
+    if os.environ.get("BTD_DATA_DIR"):
+        settings += f"BTD_DATA_DIR={shlex.quote(str(data_dir().resolve()))} "
+    if mongodb_uri(secrets):
+        settings += "MONGODB_URI='<the server's MongoDB URI>' "
+    return (
+        f"cd {shlex.quote(str(PROJECT_ROOT))} && echo 'a long password' | {settings}{python} -m core users add admin "
+        "--role admin --password-stdin"
+    )

@@ -38,7 +38,12 @@ def attempt(change, *args) -> None:
     except (InvalidRecord, StoreError) as error:
         st.error(str(error))
     else:
-        st.success("Saved.")
+        st.session_state["accounts_saved"] = "Saved."
+        st.rerun()  # the table above shows the change at once
+
+
+if message := st.session_state.pop("accounts_saved", None):
+    st.success(message)
 
 
 left, right = st.columns(2)
@@ -51,12 +56,17 @@ with left.form("new-account", clear_on_submit=True):
         attempt(accounts.add_account, name.strip(), role, password or None)
 with right.form("change-account"):
     st.markdown("**Change an account**")
-    target = st.selectbox("Account", [a.name for a in people] or ["(none)"])
-    new_role = st.selectbox("Role", ROLES)
-    new_password = st.text_input("New password (optional)", type="password")
-    change = st.radio("Change", ["role", "password", "disable", "enable"], horizontal=True)
-    if st.form_submit_button("Apply") and people:
-        if change == "role":
+    target = st.selectbox("Account", [a.name for a in people], index=None, placeholder="Choose an account")
+    change = st.radio("Change", ["role", "password", "disable", "enable"], index=None, horizontal=True)
+    new_role = st.selectbox("New role (for a role change)", ROLES, index=None, placeholder="Choose a role")
+    new_password = st.text_input("New password (for a password change)", type="password")
+    confirmed = st.checkbox("I confirm this change")
+    if st.form_submit_button("Apply"):
+        if target is None or change is None or (change == "role" and new_role is None):
+            st.error("Choose an account, a change and, for a role change, the new role.")
+        elif not confirmed:
+            st.warning(f"Nothing changed: tick 'I confirm this change' to {change} {target}.")
+        elif change == "role":
             attempt(accounts.set_role, target, new_role)
         elif change == "password":
             attempt(accounts.set_password, target, new_password)

@@ -7,6 +7,7 @@ from core.errors import ModelError, StoreError
 from core.services.access import ANALYSE
 from core.services.triage import NOT_SAVED, NOT_UPDATED, apply_patient_reference, retry_save, summary_row, triage
 from ui import resources
+from ui.auth import fragment_actor
 from ui.batch import Upload, batch
 from ui.page import setup_page
 from ui.render import pretty, scan_panel
@@ -76,6 +77,7 @@ def patient_field() -> None:
     """A fragment: pressing Enter here re-runs only this field, so a file dropped at that moment is not reset by a
     whole-page re-run racing its upload (files vanished under load before). The results take the reference in
     the callback; the panels show it on the next page run."""
+    fragment_actor()
     st.text_input(
         "Patient reference (optional)",
         key="patient_text",

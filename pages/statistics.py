@@ -13,6 +13,7 @@ from core.errors import StoreError
 from core.services import statistics
 from core.services.access import STATISTICS, STORAGE_DETAILS, allowed
 from ui import charts, resources
+from ui.auth import fragment_actor
 from ui.page import setup_page
 from ui.render import LABEL_NAMES, pretty
 
@@ -165,12 +166,13 @@ def quality_section() -> None:
 
 @st.fragment(run_every=None if paused else REFRESH_SECONDS)
 def live_dashboard() -> None:
+    viewer = fragment_actor()  # idle expiry, a disabled account or a changed role end the refreshing here too
     try:
-        dashboard = board(actor, start_day, end_day, timezone, period, tuple(picked), source, unit)
+        dashboard = board(viewer, start_day, end_day, timezone, period, tuple(picked), source, unit)
     except StoreError as error:
         st.error(f"The results database cannot be read: {error}")
         return
-    where = f" · {source}" if allowed(actor, STORAGE_DETAILS) else ""  # where results are kept: admins only
+    where = f" · {source}" if allowed(viewer, STORAGE_DETAILS) else ""  # where results are kept: admins only
     st.caption(f"Updated at {datetime.now(ZoneInfo(timezone)):%H:%M:%S} ({timezone}){where}")
     if dashboard.empty:
         st.info(

@@ -408,3 +408,75 @@ def test_removing_files_one_by_one_from_the_study_uploader_saves_nothing_new(app
         assert app.metric[0].label == "Study verdict"  # the analysed study stays on the page
         assert any("not analysed yet" in c.value for c in app.caption)
     assert store.summary().total == 1 and len(store.recent(10)) == 1
+
+
+def test_a_disabled_supervisor_is_signed_out_and_a_demoted_admin_can_no_longer_manage_accounts(
+    app_environment: Path,
+) -> None:
+    from core.services import accounts
+    from core.services.access import COMMAND_LINE
+
+    store = stored(app_environment)
+    for name, role in (("root", "admin"), ("other-admin", "admin"), ("boss", "supervisor")):
+        accounts.add_account(store, COMMAND_LINE, name, role, "a long enough password")
+    board = page("statistics.py", role="supervisor")
+    board.session_state["actor"] = Actor("boss", "supervisor")
+    board.run()
+    assert not board.exception and board.title[0].value == "Statistics"
+    accounts.set_disabled(store, COMMAND_LINE, "boss")
+    board.run()
+    assert not board.exception and [t.label for t in board.text_input] == ["Account", "Password"]
+    assert any("disabled" in i.value for i in board.info) and not board.get("plotly_chart")
+
+    admin = page("accounts.py")
+    admin.session_state["actor"] = Actor("root", "admin")
+    admin.run()
+    assert not admin.exception and admin.title[0].value == "Accounts"
+    accounts.set_role(store, COMMAND_LINE, "root", "radiologist")  # by the other admin, meanwhile
+    admin.run()
+    assert not admin.exception and not admin.get("form") and "may not manage accounts" in admin.error[0].value
+
+
+def test_the_accounts_form_changes_nothing_until_an_account_a_change_and_a_confirmation_are_given(
+    app_environment: Path,
+) -> None:
+    from core.services import accounts
+    from core.services.access import COMMAND_LINE
+
+    store = stored(app_environment)
+    accounts.add_account(store, COMMAND_LINE, "root", "admin", "a long enough password")
+    accounts.add_account(store, COMMAND_LINE, "dr-a", "radiologist", "a long enough password")
+    app = page("accounts.py")
+    app.session_state["actor"] = Actor("root", "admin")
+    app.run()
+    apply = next(b for b in app.button if b.label == "Apply")
+    apply.click().run()  # one click on the defaults once demoted the only admin
+    assert not app.exception and "Choose an account" in app.error[0].value
+    assert store.get_account("root").role == "admin"
+    form = [s for s in app.selectbox if s.label in ("Account", "New role (for a role change)")]
+    form[0].set_value("dr-a")
+    form[1].set_value("supervisor")
+    app.radio[0].set_value("role")
+    next(b for b in app.button if b.label == "Apply").click().run()
+    assert "tick 'I confirm this change'" in app.warning[0].value and store.get_account("dr-a").role == "radiologist"
+    app.checkbox[0].check()
+    next(b for b in app.button if b.label == "Apply").click().run()
+    assert not app.exception and store.get_account("dr-a").role == "supervisor"
+    assert app.success[0].value == "Saved." and "supervisor" in app.dataframe[0].value["role"].tolist()
+
+
+def test_the_first_admin_command_shown_creates_an_admin_this_server_then_signs_in(app_environment: Path) -> None:
+    """The page once printed a command without the server's data directory: the admin went into ./data and the
+    sign-in then failed while the page still said no accounts existed."""
+    import subprocess
+
+    from core.services import accounts
+
+    app = entry(None).run()
+    command = app.code[0].value
+    assert f"BTD_DATA_DIR={app_environment.resolve()}" in command
+    done = subprocess.run(["bash", "-c", command.replace("a long password", "a long enough password")],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert accounts.sign_in(stored(app_environment), "admin", "a long enough password").role == "admin"
+    assert not entry(None).run().code  # the hint is gone once an account exists

@@ -56,8 +56,12 @@ def test_five_failures_lock_the_account_for_fifteen_minutes(store) -> None:
     for _ in range(5):
         with pytest.raises(SignInFailed):
             accounts.sign_in(store, "dr-a", "not the password", now)
-    with pytest.raises(AccountLocked, match="15 more minute"):  # even the right password
+    with pytest.raises(AccountLocked) as locked:  # even the right password
         accounts.sign_in(store, "dr-a", PASSWORD, now + timedelta(seconds=5))
+    for _ in range(6):  # an unknown name, tried as often, gets the very same answer: names cannot be guessed
+        with pytest.raises(SignInFailed) as unknown:
+            accounts.sign_in(store, "nobody-here", "not the password", now)
+    assert str(locked.value) == str(unknown.value) == accounts.REFUSED
     assert accounts.sign_in(store, "dr-a", PASSWORD, now + timedelta(minutes=16)).role == "radiologist"
     assert store.get_account("dr-a").failed_count == 0
 
@@ -213,3 +217,28 @@ def test_images_past_retention_are_purged_by_an_admin_only_and_audited(store, tm
     monkeypatch.setenv("BTD_IMAGE_RETENTION_DAYS", "90")
     assert retention.purge_images(store, images, ADMIN) == 1
     assert images.stored_keys() == [new] and store.audit_events()[-1].detail == {"older_than_days": 90, "deleted": 1}
+
+
+def test_the_last_enabled_admin_cannot_be_demoted_or_disabled(store) -> None:
+    accounts.add_account(store, COMMAND_LINE, "root", "admin", PASSWORD)
+    with pytest.raises(InvalidRecord, match="only enabled admin"):
+        accounts.set_role(store, ADMIN, "root", "radiologist")
+    with pytest.raises(InvalidRecord, match="only enabled admin"):
+        accounts.set_disabled(store, ADMIN, "root")
+    assert store.get_account("root").role == "admin" and not store.get_account("root").disabled
+    accounts.add_account(store, COMMAND_LINE, "second", "admin", PASSWORD)
+    accounts.set_role(store, ADMIN, "root", "radiologist")  # another admin remains: allowed
+    assert store.get_account("root").role == "radiologist"
+
+
+def test_an_open_session_follows_its_accounts_role_and_ends_when_it_is_disabled(store) -> None:
+    accounts.add_account(store, COMMAND_LINE, "root", "admin", PASSWORD)
+    accounts.add_account(store, COMMAND_LINE, "boss", "supervisor", PASSWORD)
+    session = accounts.sign_in(store, "boss", PASSWORD)
+    assert accounts.refreshed_actor(store, session) == session
+    accounts.set_role(store, ADMIN, "boss", "radiologist")
+    assert accounts.refreshed_actor(store, session) == Actor("boss", "radiologist")
+    accounts.set_disabled(store, ADMIN, "boss")
+    assert accounts.refreshed_actor(store, session) is None
+    sso = Actor("someone@example.org", "supervisor")  # a role from the identity provider, no local account
+    assert accounts.refreshed_actor(store, sso) == sso

@@ -14,6 +14,7 @@ from contextlib import suppress
 
 import streamlit as st
 
+from core.config import first_admin_command
 from core.errors import SignInFailed, StoreError
 from core.services import accounts, audit
 from core.services.access import Actor, allowed
@@ -34,7 +35,26 @@ def current_actor() -> Actor | None:
         st.session_state["signed_out_reason"] = "Your session expired after 30 minutes without activity."
         return None
     st.session_state[SEEN_KEY] = now
-    return actor
+    try:
+        current = accounts.refreshed_actor(resources.current_store(), actor)
+    except StoreError:
+        return actor  # the database is down: the pages say so; the session itself stays
+    if current is None:
+        sign_out("account disabled")
+        st.session_state["signed_out_reason"] = "Your account has been disabled by an administrator."
+        return None
+    if current != actor:
+        st.session_state[ACTOR_KEY] = current
+    return current
+
+
+def fragment_actor() -> Actor:
+    """For the top of every fragment (auto-refresh, viewers): the same checks as a page run (idle expiry, account
+    disabled, role changed); when the session has ended, the whole app reruns and shows the sign-in form."""
+    actor = current_actor()
+    if actor is None:
+        st.rerun(scope="app")
+    return actor  # type: ignore[return-value]
 
 
 def sign_out(reason: str = "signed out") -> None:
@@ -82,10 +102,8 @@ def sign_in_screen() -> None:
     except StoreError:
         empty = False
     if empty:
-        st.info(
-            "No accounts exist yet. Create the first administrator on the server:\n\n"
-            "`echo 'a long password' | .venv/bin/python -m core users add admin --role admin --password-stdin`"
-        )
+        st.info("No accounts exist yet. Create the first administrator on the server, with this server's settings:")
+        st.code(first_admin_command(resources.secrets()), language="bash", wrap_lines=True)
 
 
 def _single_sign_on(store) -> None:

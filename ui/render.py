@@ -10,6 +10,7 @@ import streamlit as st
 
 from core.model.gate import NEEDS_REVIEW, REJECTED
 from core.services.triage import NOT_SAVED, NOT_UPDATED, Triaged
+from ui.auth import fragment_actor
 from ui.batch import Upload
 
 LABEL_NAMES = {
@@ -73,6 +74,7 @@ def scan_panel(
     index: int, upload: Upload, labels: tuple[str, ...], choose_frame: Callable[[Upload, int], None]
 ) -> None:
     """Original with box | crop as the model sees it | where it looked | verdict, probabilities, save status."""
+    fragment_actor()
     st.markdown(f"**Scan {index}** · {upload.name}")
     frames = upload.frames
     if frames > 1:

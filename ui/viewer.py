@@ -13,6 +13,7 @@ import streamlit as st
 from core.analytics.viewer import WINDOW_PRESETS, curve_figure, distance_mm, section_figure, windowed
 from core.imaging.geometry import orientation_letters
 from core.services.studies import SeriesView, section_heat
+from ui.auth import fragment_actor
 from ui.render import pretty
 
 
@@ -53,6 +54,7 @@ def series_panel(view: SeriesView, classifier, explainer, prefix: str) -> None:
 @st.fragment
 def series_viewer(view: SeriesView, classifier, explainer, prefix: str) -> None:
     """The viewer for one series (``prefix`` keeps its widgets apart from other series on the page)."""
+    fragment_actor()
     count = len(view.sections)
     slider_key, curve_key = f"{prefix}-section", f"{prefix}-curve"
     picked = st.session_state.get(curve_key)
@@ -139,6 +141,7 @@ def comparison(current: SeriesView, prior: SeriesView | None, classifier, explai
     with the change in tumour probability for the series and at this section."""
     from core.services.history import change
 
+    fragment_actor()
     count = len(current.sections)
     if count > 1:
         index = st.slider("Section", 1, count, start_section(current) + 1, key=f"cmp-{current.key[:8]}") - 1

@@ -30,6 +30,10 @@ MAX_FAILURES = 5
 LOCK_MINUTES = 15
 IDLE_MINUTES = 30
 MIN_PASSWORD = 12
+REFUSED = (
+    f"Wrong account name or password. After {MAX_FAILURES} failed attempts in a row an account is locked for "
+    f"{LOCK_MINUTES} minutes."
+)  # every refusal says the same, so that the answer never tells which account names exist
 
 
 def _hasher() -> Any:
@@ -62,12 +66,23 @@ def add_account(store: Store, actor: Actor, name: str, role: str, password: str 
     return account
 
 
+def _keep_an_admin(store: Store, account: Account, updated: Account) -> None:
+    """Refuse a change that would leave no enabled admin (nobody could manage accounts from the app again)."""
+    was_admin = account.role == "admin" and not account.disabled
+    still_admin = updated.role == "admin" and not updated.disabled
+    if was_admin and not still_admin:
+        others = [a for a in store.accounts() if a.name != account.name and a.role == "admin" and not a.disabled]
+        if not others:
+            raise InvalidRecord(f"{account.name} is the only enabled admin; make another account admin first.")
+
+
 def set_role(store: Store, actor: Actor, name: str, role: str) -> Account:
     require(actor, ACCOUNTS)
     account = _existing(store, name)
     if role not in ROLES:
         raise InvalidRecord(f"A role is one of {', '.join(ROLES)}.")
     updated = replace(account, role=role)
+    _keep_an_admin(store, account, updated)
     store.put_account(updated)
     audit.record(store, actor, "account_role_changed", name, role=role, was=account.role)
     return updated
@@ -75,7 +90,9 @@ def set_role(store: Store, actor: Actor, name: str, role: str) -> Account:
 
 def set_disabled(store: Store, actor: Actor, name: str, disabled: bool = True) -> Account:
     require(actor, ACCOUNTS)
-    updated = replace(_existing(store, name), disabled=disabled, failed_count=0, locked_until=None)
+    account = _existing(store, name)
+    updated = replace(account, disabled=disabled, failed_count=0, locked_until=None)
+    _keep_an_admin(store, account, updated)
     store.put_account(updated)
     audit.record(store, actor, "account_disabled" if disabled else "account_enabled", name)
     return updated
@@ -88,6 +105,19 @@ def set_password(store: Store, actor: Actor, name: str, password: str) -> Accoun
     store.put_account(updated)
     audit.record(store, actor, "account_password_set", name)
     return updated
+
+
+def refreshed_actor(store: Store, actor: Actor) -> Actor | None:
+    """The signed-in ``actor`` as its account stands now: None once the account is disabled, its current role after
+    an admin changed it. One indexed read; a session calls it on every run and fragment run, so a change reaches
+    open sessions at their next interaction. An identity with no local account (single sign-on by a role claim)
+    is kept as it signed in."""
+    account = store.get_account(actor.name)
+    if account is None:
+        return actor
+    if account.disabled:
+        return None
+    return actor if account.role == actor.role else Actor(actor.name, account.role)
 
 
 def list_accounts(store: Store, actor: Actor) -> list[Account]:
@@ -113,11 +143,12 @@ def sign_in(store: Store, name: str, password: str, now: datetime | None = None)
         with suppress(VerificationError, InvalidHashError):
             hasher.verify(_dummy_hash(), password)  # the same work as a real check: timing does not tell
         audit.record(store, Actor("unknown", "none"), "sign_in_failed", None, reason="unknown account")
-        raise SignInFailed("Wrong account name or password.")
+        raise SignInFailed(REFUSED)
     if account.locked_until is not None and account.locked_until > now:
+        with suppress(VerificationError, InvalidHashError):
+            hasher.verify(_dummy_hash(), password)  # as long as any other refusal
         audit.record(store, Actor(name, account.role), "sign_in_refused", name, reason="locked")
-        minutes = max(1, round((account.locked_until - now).total_seconds() / 60))
-        raise AccountLocked(f"Too many failed sign-ins: this account is locked for {minutes} more minute(s).")
+        raise AccountLocked(REFUSED)
     try:
         hasher.verify(account.password_hash, password)
     except (VerificationError, InvalidHashError):
@@ -125,10 +156,10 @@ def sign_in(store: Store, name: str, password: str, now: datetime | None = None)
         locked = now + timedelta(minutes=LOCK_MINUTES) if failures >= MAX_FAILURES else None
         store.put_account(replace(account, failed_count=0 if locked else failures, locked_until=locked))
         audit.record(store, Actor(name, account.role), "sign_in_failed", name, failures=failures, locked=bool(locked))
-        raise SignInFailed("Wrong account name or password.") from None
+        raise SignInFailed(REFUSED) from None
     if account.disabled:
         audit.record(store, Actor(name, account.role), "sign_in_refused", name, reason="disabled")
-        raise SignInFailed("Wrong account name or password.")
+        raise SignInFailed(REFUSED)
     fresh = replace(account, failed_count=0, locked_until=None)
     if hasher.check_needs_rehash(account.password_hash):
         fresh = replace(fresh, password_hash=hasher.hash(password))
