@@ -122,3 +122,37 @@ def test_zips_with_path_tricks_bombs_or_too_many_files_are_refused_before_readin
 def test_orientation_letters_follow_the_direction_cosines() -> None:
     assert orientation_letters(AXIAL) == {"right": "L", "left": "R", "bottom": "P", "top": "A"}
     assert orientation_letters(SAGITTAL) == {"right": "P", "left": "A", "bottom": "F", "top": "H"}
+
+
+def test_files_without_a_study_uid_uploaded_together_are_one_study_and_apart_are_two() -> None:
+    """Two NIfTI files of one upload were one study on the Study page and its report but two in Statistics."""
+    from core.imaging.phantom_series import nifti
+
+    first, second = nifti(head_volume(4)), nifti(head_volume(4, seed=9))
+    together = read_study([first, second])
+    assert len(together) == 2 and together[0].study == together[1].study
+    assert together[0].series != together[1].series
+    apart = read_study([first])[0].study, read_study([second])[0].study
+    assert apart[0] != apart[1] and together[0].study not in apart
+    with_uid = dicom_series(head_volume(3), study_uid="1.2.826.0.1.3680043.8.498.5")
+    mixed = read_study([first, *with_uid])  # a DICOM study keeps its own UID's identity
+    assert len({v.study for v in mixed}) == 2
+
+
+def test_dicom_files_without_a_study_uid_from_two_uploads_are_not_one_study() -> None:
+    from pydicom import dcmread
+    from pydicom.filebase import DicomBytesIO
+
+    def without_uid(files: list[bytes]) -> list[bytes]:
+        out = []
+        for data in files:
+            ds = dcmread(DicomBytesIO(data))
+            del ds.StudyInstanceUID
+            buffer = DicomBytesIO()
+            ds.save_as(buffer, enforce_file_format=True)
+            out.append(buffer.getvalue())
+        return out
+
+    a = read_study(without_uid(dicom_series(head_volume(3), series_uid="1.2.3.1")))[0]
+    b = read_study(without_uid(dicom_series(head_volume(3, seed=4), series_uid="1.2.3.2")))[0]
+    assert a.study != b.study

@@ -206,3 +206,18 @@ def test_study_command_saves_each_series_once_with_save(
         store.summary(Filters(kinds=("series",))).total == 1
         and sum(d.total for d in store.daily_studies(Filters(), "UTC")) == 1
     )
+
+
+def test_two_nifti_files_uploaded_together_count_as_one_study_in_statistics(tmp_path, tiny_classifier) -> None:
+    from core.imaging.phantom_series import head_volume, nifti
+    from core.services.access import Actor
+    from core.services.statistics import study_days
+    from core.services.studies import triage_study
+    from core.storage.protocol import EVERYTHING
+    from core.storage.sqlite import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "results.sqlite3")
+    study = triage_study([nifti(head_volume(4)), nifti(head_volume(4, seed=7))], tiny_classifier, store,
+                         actor=Actor("dr", "radiologist"), patient_ref=None, images=None, key=b"k" * 32)  # fmt: skip
+    assert len(study.views) == 2 and store.summary().total == 2
+    assert sum(day.total for day in study_days(store, EVERYTHING, "UTC")) == 1

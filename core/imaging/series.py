@@ -22,7 +22,7 @@ import hashlib
 import io
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
@@ -87,6 +87,9 @@ class Volume:
     def sha256(self) -> str:
         """The identity of the series' content (its display pixels, in order), computed once."""
         return hashlib.sha256(self.sections.tobytes()).hexdigest()
+
+
+NO_STUDY_UID = "no-study-uid"  # replaced by the upload's own identity in read_study
 
 
 def _hash(*parts: str) -> str:
@@ -157,6 +160,10 @@ def read_study(
                 "A file is neither DICOM nor NIfTI; a series holds DICOM files or one NIfTI volume."
             )
     volumes += _dicom_series(slices, limits, study_limits)
+    # one definition of a study: its StudyInstanceUID, else the upload itself (NIfTI files and DICOM files without
+    # the UID that came together are one study, as the page and the report show them)
+    upload = _hash("upload", *sorted(hashlib.sha256(d).hexdigest() for d in expanded))
+    volumes = [replace(v, study=upload) if v.study in (NO_STUDY_UID, "") else v for v in volumes]
     if len(volumes) > study_limits.max_series:
         raise FileTooLarge(f"The upload holds {len(volumes)} series; the limit is {study_limits.max_series}.")
     if not volumes:
@@ -213,7 +220,7 @@ def _dataset(data: bytes, limits: Limits) -> object:
 
 def _sections_of(data: bytes, limits: Limits, study_limits: StudyLimits) -> list[_Section]:
     ds = _dataset(data, limits)
-    study = _hash(str(ds.get("StudyInstanceUID", "")))
+    study = _hash(str(ds.get("StudyInstanceUID", ""))) if ds.get("StudyInstanceUID") else NO_STUDY_UID
     series = _hash(str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", "")))
     spacing_value = _floats(ds.get("PixelSpacing"), 2)
     spacing = (float(spacing_value[0]), float(spacing_value[1])) if spacing_value is not None else None
@@ -366,7 +373,7 @@ def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volum
     origin = float(image.affine[2, 3])
     return Volume(
         source="NIfTI volume",
-        study=_hash("nifti", digest),
+        study=NO_STUDY_UID,  # the upload names the study (read_study)
         series=_hash("nifti-series", digest),
         sections=sections,
         positions=tuple(round(origin + k * float(zooms[2]), 3) for k in range(display.shape[2])),
