@@ -27,7 +27,8 @@ def test_the_rate_is_drawn_above_the_counts_with_its_interval() -> None:
     assert rate.yaxis == "y" and bars.yaxis == "y2"  # two panels: the line is never hidden behind a bar
     assert figure.layout.yaxis.domain[0] > figure.layout.yaxis2.domain[1]  # the rate panel sits above
     assert list(rate.error_y.array) == [29.0, None, None] and list(rate.error_y.arrayminus) == [23.0, None, None]
-    assert list(bars.y) == [10, 0, 0] and bars.customdata[1] == WITHHELD  # withheld: no bar, said in the hover
+    assert list(bars.y) == [10, 4, 0] and bars.customdata[1] == WITHHELD  # withheld: hatched, labelled, not zero
+    assert list(bars.text) == ["", "<5", ""] and list(bars.marker.pattern.shape) == ["", "/", ""]
     assert figure.layout.yaxis2.tickformat == ",d" and figure.layout.yaxis2.dtick >= 1  # whole scans only
     assert figure.layout.title.text == "Tumour rate per week"
 
@@ -37,15 +38,15 @@ def test_class_mix_is_sorted_and_coloured_by_label_with_withheld_classes_last() 
         {"notumor": 6, "glioma": 7, "pituitary": None}, {"notumor": "No tumour", "glioma": "Glioma"}
     )
     bar = figure.data[0]
-    assert list(bar.y) == ["Glioma", "No tumour", "pituitary"] and list(bar.x) == [7, 6, 0]
+    assert list(bar.y) == ["Glioma", "No tumour", "pituitary"] and list(bar.x) == [7, 6, 4]
     assert list(bar.marker.color)[:2] == [CLASS_COLOURS["glioma"], CLASS_COLOURS["notumor"]]
-    assert bar.customdata[2] == WITHHELD
+    assert bar.customdata[2] == WITHHELD and list(bar.text) == ["", "", "<5"] and bar.marker.pattern.shape[2] == "/"
 
 
 def test_confidence_histogram_starts_where_calls_start() -> None:
     figure = confidence_figure([0] * 10 + [0, 1, 2, None, 4, 5, 6, 7, 8, 9])
     bar = figure.data[0]
-    assert list(bar.y)[10:] == [0, 1, 2, 0, 4, 5, 6, 7, 8, 9]
+    assert list(bar.y)[10:] == [0, 1, 2, 4, 4, 5, 6, 7, 8, 9] and bar.text[13] == "<5"  # withheld, never blank
     assert abs(bar.x[0] - 0.025) < 1e-9 and figure.layout.xaxis.range == (0.5, 1)
     assert figure.layout.yaxis.tickformat == ",d"
 
@@ -92,9 +93,15 @@ def test_dashboard_withholds_small_counts_everywhere_and_the_export_names_its_fi
     text = export_csv(board).decode()
     assert text.startswith("# dates: 2026-11-10 to 2026-11-20 (UTC)") and "model versions: all" in text
     rows = list(csv.DictReader(io.StringIO("\n".join(line for line in text.splitlines() if not line.startswith("#")))))
-    assert rows[-1] == {"period_start": "2026-11-20", "results": "", "tumour": "", "tumour_rate": "",
-                        "rate_95_low": "", "rate_95_high": ""}  # fmt: skip
-    assert rows[1]["results"] == "0"
+    cell = {(r["table"], r["key"], r["measure"]): r["value"] for r in rows}
+    assert (
+        cell[("per_period", "2026-11-20", "results")] == "<5" and cell[("per_period", "2026-11-20", "tumour")] == "<5"
+    )
+    assert cell[("per_period", "2026-11-11", "results")] == "0"  # an empty day is zero, a withheld one "<5"
+    assert cell[("summary", "", "results")] == "15" and cell[("summary", "", "today")] == "<5"
+    assert cell[("class_mix", "pituitary", "results")] == "<5" and cell[("class_mix", "glioma", "results")] == "7"
+    assert {r["table"] for r in rows} == {"summary", "per_period", "class_mix", "confidence", "model_version"}
+    assert sum(r["table"] == "confidence" for r in rows) == len(board.histogram)
 
 
 def test_a_supervisors_tumour_rate_per_study_counts_a_study_once_however_many_series_it_has(tmp_path) -> None:
@@ -119,3 +126,32 @@ def test_a_supervisors_tumour_rate_per_study_counts_a_study_once_however_many_se
     assert studies.per_class == results.per_class  # the class mix always counts results
     with pytest.raises(ValueError):
         dashboard(store, supervisor, unit="section", **common)
+
+
+def test_one_day_of_data_gets_a_whole_day_on_the_time_axis_not_milliseconds() -> None:
+    figure = tumour_rate_figure(["2026-03-02"], [12], [0.5], [(0.25, 0.75)], "day")
+    low, high = (datetime.fromisoformat(v) for v in figure.layout.xaxis2.range)
+    assert high - low >= timedelta(days=1) and figure.layout.xaxis2.dtick == 86_400_000
+    assert low < datetime(2026, 3, 2) < high
+
+
+def test_a_patients_timeline_within_one_day_spans_a_day_not_milliseconds() -> None:
+    from core.analytics.viewer import timeline_figure
+
+    figure = timeline_figure(["2026-03-02 10:00", "2026-03-02 10:00"], [0.2, 0.7], ["notumor", "glioma"],
+                             ["scan", "series"], {})  # fmt: skip
+    low, high = (datetime.fromisoformat(v) for v in figure.layout.xaxis.range)
+    assert high - low == timedelta(days=1) and low < datetime(2026, 3, 2, 10) < high
+
+
+def test_a_new_result_reaches_the_live_board_within_the_promised_30_seconds() -> None:
+    """The board refreshed every 30 s through a 30 s cache: a result could wait 58 s. Refresh + cache <= 30."""
+    import ast
+    from pathlib import Path
+
+    source = (Path(__file__).resolve().parents[1] / "pages" / "statistics.py").read_text()
+    tree = ast.parse(source)
+    assigned = [n for n in tree.body if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant)]
+    constants = {t.id: n.value.value for n in assigned for t in n.targets if isinstance(t, ast.Name)}
+    assert constants["REFRESH_SECONDS"] + constants["CACHE_SECONDS"] <= constants["LIVE_WITHIN_SECONDS"] == 30
+    assert "ttl=REFRESH_SECONDS" not in source and source.count("ttl=CACHE_SECONDS") == 3

@@ -1,13 +1,15 @@
 """Plotly figures for the statistics page, built by pure functions from aggregate rows (unit-tested on data).
 
-Every figure takes counts that already follow the small-count rule (None = withheld, :mod:`core.analytics.stats`);
-withheld cells are left out of bars and lines and say so in their hover text.
+Every figure takes counts that already follow the small-count rule (None = withheld, :mod:`core.analytics.stats`).
+A withheld count is never drawn as zero or left blank: its bar is hatched, as tall as the largest count it may hide
+(4), and labelled "<5"; its hover text says it is withheld. Rates that would reveal one are left out of lines.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import plotly.graph_objects as go
@@ -24,6 +26,33 @@ CLASS_COLOURS = {
 }
 WITHHELD = f"fewer than {SMALL_CELL} (withheld)"
 _LAYOUT = {"margin": {"l": 10, "r": 10, "t": 40, "b": 10}, "height": 320, "template": "plotly_white"}
+
+
+def withheld_bars(counts: Sequence[int | None], colour: str | Sequence[str]) -> dict[str, Any]:
+    """Bar settings (values, colours, hatching, labels, hover text) that show withheld counts as withheld."""
+    colours = [colour] * len(counts) if isinstance(colour, str) else list(colour)
+    return {
+        "values": [SMALL_CELL - 1 if n is None else n for n in counts],
+        "marker": {
+            "color": ["rgba(150,150,150,0.35)" if n is None else c for n, c in zip(counts, colours, strict=True)],
+            "pattern": {"shape": ["/" if n is None else "" for n in counts], "fgcolor": "#555", "size": 6},
+        },
+        "text": [f"<{SMALL_CELL}" if n is None else "" for n in counts],
+        "customdata": [WITHHELD if n is None else f"{n:,}" for n in counts],
+    }
+
+
+def date_axis(starts: Sequence[str], period: str) -> dict[str, Any]:
+    """A date axis that always spans whole periods: with one period of data Plotly otherwise zooms into a
+    millisecond ("23:59:59.9995" ticks)."""
+    if not starts:
+        return {"type": "date"}
+    step = {"day": timedelta(days=1), "week": timedelta(days=7), "month": timedelta(days=31)}.get(period, timedelta(1))
+    first, last = (datetime.fromisoformat(str(s)[:19]) for s in (min(starts), max(starts)))
+    axis: dict[str, Any] = {"type": "date", "range": [str(first - step / 2), str(last + step / 2)]}
+    if period == "day" and (last - first) < timedelta(days=10):
+        axis |= {"dtick": 86_400_000, "tickformat": "%b %d"}
+    return axis
 
 
 def count_ticks(largest: int | None) -> dict[str, object]:
@@ -70,12 +99,15 @@ def tumour_rate_figure(
         row=1,
         col=1,
     )
+    bars = withheld_bars(scans, "#7f9fb3")
     figure.add_bar(
         x=list(starts),
-        y=[0 if n is None else n for n in scans],
+        y=bars["values"],
         name="scans",
-        marker_color=["rgba(0,0,0,0)" if n is None else "#7f9fb3" for n in scans],
-        customdata=[WITHHELD if n is None else f"{n:,}" for n in scans],
+        marker=bars["marker"],
+        text=bars["text"],
+        textposition="outside",
+        customdata=bars["customdata"],
         hovertemplate="%{x}: %{customdata} scans<extra></extra>",
         row=2,
         col=1,
@@ -86,10 +118,10 @@ def tumour_rate_figure(
         bargap=0.15,
         **{**_LAYOUT, "height": 420},
     )
-    figure.update_xaxes(type="date", row=1, col=1)
-    figure.update_xaxes(type="date", title=f"{period} starting", row=2, col=1)
+    figure.update_xaxes(**date_axis(starts, period), row=1, col=1)
+    figure.update_xaxes(**date_axis(starts, period), title=f"{period} starting", row=2, col=1)
     figure.update_yaxes(title="tumour rate %", range=[0, 100], row=1, col=1)
-    figure.update_yaxes(title="scans", **count_ticks(max((n or 0) for n in scans) if scans else 0), row=2, col=1)
+    figure.update_yaxes(title="scans", **count_ticks(max(bars["values"]) if scans else 0), row=2, col=1)
     return figure
 
 
@@ -98,18 +130,21 @@ def class_mix_figure(per_class: Mapping[str, int | None], names: Mapping[str, st
     display names."""
     labels = sorted(per_class, key=lambda name: (per_class[name] is None, -(per_class[name] or 0)))
     counts = [per_class[name] for name in labels]
+    bars = withheld_bars(counts, [CLASS_COLOURS.get(name, "#566573") for name in labels])
     figure = go.Figure(
         go.Bar(
-            x=[0 if n is None else n for n in counts],
+            x=bars["values"],
             y=[(names or {}).get(name, name) for name in labels],
             orientation="h",
-            marker_color=[CLASS_COLOURS.get(name, "#566573") for name in labels],
-            customdata=[WITHHELD if n is None else f"{n:,}" for n in counts],
+            marker=bars["marker"],
+            text=bars["text"],
+            textposition="outside",
+            customdata=bars["customdata"],
             hovertemplate="%{y}: %{customdata}<extra></extra>",
         )
     )
     figure.update_layout(
-        title="Class mix", xaxis={"title": "scans", **count_ticks(max((n or 0) for n in counts) if counts else 0)},
+        title="Class mix", xaxis={"title": "scans", **count_ticks(max(bars["values"]) if counts else 0)},
         yaxis={"autorange": "reversed"}, **_LAYOUT,
     )  # fmt: skip
     return figure
@@ -119,17 +154,20 @@ def confidence_figure(counts: Sequence[int | None]) -> go.Figure:
     """Histogram of the decision's confidence (the probability that the tumour / no-tumour call is right)."""
     bins = len(counts)
     centres = [(i + 0.5) / bins for i in range(bins)]
+    bars = withheld_bars(counts, "#1f6f8b")
     figure = go.Figure(
         go.Bar(
             x=centres,
-            y=[0 if n is None else n for n in counts],
+            y=bars["values"],
             width=1 / bins * 0.95,
-            marker_color="#1f6f8b",
-            customdata=[WITHHELD if n is None else f"{n:,}" for n in counts],
+            marker=bars["marker"],
+            text=bars["text"],
+            textposition="outside",
+            customdata=bars["customdata"],
             hovertemplate="confidence %{x:.2f}: %{customdata}<extra></extra>",
         )
     )
-    largest = max((n or 0) for n in counts) if counts else 0
+    largest = max(bars["values"]) if counts else 0
     # a call is never less than 50 % sure with the usual 0.5 threshold: start the axis at the first filled bin
     first = next((i for i, n in enumerate(counts) if n != 0), bins // 2)
     figure.update_layout(

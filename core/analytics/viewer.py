@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import math
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import cv2
@@ -205,4 +206,11 @@ def timeline_figure(
         ))  # fmt: skip
     figure.update_layout(height=height, margin={"l": 40, "r": 10, "t": 10, "b": 30},
                          yaxis={"range": [-0.05, 1.05], "title": "P(tumour)"}, legend={"orientation": "h"})  # fmt: skip
+    if times:  # results within a day: show a whole day around them, never a millisecond
+        first, last = (datetime.fromisoformat(str(t)) for t in (min(times), max(times)))
+        if last - first < timedelta(days=1):
+            middle = first + (last - first) / 2
+            figure.update_xaxes(
+                type="date", range=[str(middle - timedelta(hours=12)), str(middle + timedelta(hours=12))]
+            )
     return figure

@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from core.analytics.quality import Accuracy, Drift, QualityRow, accuracy, quality_rows, roll_up_quality, turnaround
-from core.analytics.stats import PERIODS, roll_up, safe_rate, suppress_small, wilson_interval
+from core.analytics.stats import PERIODS, SMALL_CELL, roll_up, safe_rate, suppress_small, wilson_interval
 from core.services import audit
 from core.services.access import STATISTICS, Actor, require
 from core.storage.protocol import Store
@@ -188,8 +188,11 @@ def record_export(store: Store, actor: Actor, board: Dashboard) -> None:
                  end=board.end_day.isoformat(), period=board.period, versions=list(board.versions))  # fmt: skip
 
 
-def export_csv(board: Dashboard) -> bytes:
-    """The per-period figures as CSV, preceded by comment lines naming the filters (withheld cells empty)."""
+def export_csv(board: Dashboard, quality: QualityBoard | None = None) -> bytes:
+    """Everything the Statistics page shows, as one tidy CSV (``table, key, measure, value, low_95, high_95``):
+    the headline figures, the rate per period, the class mix, the confidence histogram, the per-version table and,
+    when given, the agreement, accuracy and drift board; comment lines first name the filters. Withheld small
+    counts (and rates that would reveal one) read ``<5``, never 0 or empty."""
     buffer = io.StringIO()
     buffer.write(f"# dates: {board.start_day.isoformat()} to {board.end_day.isoformat()} ({board.timezone})\n")
     buffer.write(f"# group by: {board.period}; model versions: {', '.join(board.versions) or 'all'}\n")
@@ -201,24 +204,66 @@ def export_csv(board: Dashboard) -> bytes:
             else ": each scan or series once\n"
         )
     )
-    buffer.write("# verdicts shown to users only (scans refused by the input gate are not counted); "
-                 "counts from 1 to 4 are withheld (empty)\n")  # fmt: skip
+    buffer.write("# verdicts shown to users only (scans refused by the input gate are counted apart); counts from 1 to "
+                 "4, and rates that would reveal one, are withheld (<5); the class mix, confidence and versions "
+                 "count results\n")  # fmt: skip
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["period_start", "studies" if board.unit == "study" else "results", "tumour", "tumour_rate",
-                     "rate_95_low", "rate_95_high"])  # fmt: skip
-    for row in board.periods:
-        low, high = row.interval if row.interval else (None, None)
-        writer.writerow([
-            row.start.isoformat(), _cell(row.scans), _cell(row.tumours), _cell(row.rate, 4), _cell(low, 4),
-            _cell(high, 4),
-        ])  # fmt: skip
+    writer.writerow(["table", "key", "measure", "value", "low_95", "high_95"])
+    unit = "studies" if board.unit == "study" else "results"
+
+    def row(table: str, key: str, measure: str, value: object, interval: tuple[float, float] | None = None,
+            digits: int | None = None) -> None:  # fmt: skip
+        low, high = interval if interval else (None, None)
+        writer.writerow([table, key, measure, _cell(value, digits), _cell(low, 4), _cell(high, 4)])
+
+    row("summary", "", unit, board.scans)
+    row("summary", "", "tumour_rate", board.tumour_rate, board.tumour_interval, 4)
+    row("summary", "", "mean_confidence", board.mean_confidence, digits=4)
+    row("summary", "", "today", board.today)
+    row("summary", "", "mean_per_day_last_7_days", board.week_mean, digits=2)
+    row("summary", "", "flagged", board.flagged)
+    row("summary", "", "refused_by_gate", board.rejected)
+    for period in board.periods:
+        row("per_period", period.start.isoformat(), unit, period.scans)
+        row("per_period", period.start.isoformat(), "tumour", period.tumours)
+        row("per_period", period.start.isoformat(), "tumour_rate", period.rate, period.interval, 4)
+    for label, count in board.per_class.items():
+        row("class_mix", label, "results", count)
+    bins = len(board.histogram)
+    for k, count in enumerate(board.histogram):
+        row("confidence", f"{k / bins:.2f}-{(k + 1) / bins:.2f}", "results", count)
+    for version in board.models:
+        row("model_version", version.model, "results", version.scans)
+        row("model_version", version.model, "tumour_rate", version.tumour_rate, digits=4)
+        row("model_version", version.model, "mean_confidence", version.mean_confidence, digits=4)
+        row("model_version", version.model, "first_day", version.first.isoformat())
+        row("model_version", version.model, "last_day", version.last.isoformat())
+    if quality is not None:
+        overall = quality.overall
+        row("accuracy", "all versions", "reviewed", overall.reviewed)
+        row("accuracy", "all versions", "agreement", overall.agreement, digits=4)
+        row("accuracy", "all versions", "sensitivity", overall.sensitivity, overall.sensitivity_interval, 4)
+        row("accuracy", "all versions", "specificity", overall.specificity, overall.specificity_interval, 4)
+        row("review", "", "backlog", quality.backlog)
+        row("review", "", "turnaround_median_h", quality.turnaround_median_h, digits=2)
+        row("review", "", "turnaround_p90_h", quality.turnaround_p90_h, digits=2)
+        for q in quality.rows:
+            key = q.start.isoformat()
+            row("quality_per_period", key, "reviewed", q.reviewed)
+            row("quality_per_period", key, "agreement", q.agreement, q.agreement_interval, 4)
+            row("quality_per_period", key, "tumour_rate", q.tumour_rate, q.rate_limits, 4)
+            row("quality_per_period", key, "mean_tumour_probability", q.mean_probability, q.mean_limits, 4)
+            row("quality_per_period", key, "out_of_control", str(q.out_of_control).lower())
     return buffer.getvalue().encode("utf-8")
 
 
-def _cell(value: float | int | None, digits: int | None = None) -> str:
+def _cell(value: object, digits: int | None = None) -> str:
+    """A CSV cell: ``<5`` for a withheld figure (None), the value otherwise."""
     if value is None:
-        return ""
-    return str(round(value, digits)) if digits is not None else str(value)
+        return f"<{SMALL_CELL}"
+    if digits is not None and isinstance(value, int | float):
+        return str(round(value, digits))
+    return str(value)
 
 
 @dataclass(frozen=True)
