@@ -9,7 +9,7 @@ from core.services import history, reports, reviews
 from core.services.access import HISTORY
 from ui import resources
 from ui.page import setup_page
-from ui.render import pretty
+from ui.render import count_of, pretty
 from ui.viewer import comparison, timeline
 
 actor = setup_page("History", HISTORY)
@@ -54,7 +54,8 @@ if not series:
 
 def describe(record) -> str:
     plane = (record.geometry or {}).get("plane") or "unknown plane"
-    return f"{record.created_at:%Y-%m-%d %H:%M} · {plane} · {record.section_count} sections · {pretty(record.label)}"
+    sections = count_of(record.section_count or 0, "section")
+    return f"{record.created_at:%Y-%m-%d %H:%M} · {plane} · {sections} · {pretty(record.label)}"
 
 
 st.subheader("Compare with a prior")

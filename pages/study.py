@@ -9,7 +9,7 @@ from core.services.access import ANALYSE
 from core.services.studies import NOT_SAVED, triage_study
 from ui import resources
 from ui.page import setup_page
-from ui.render import pretty
+from ui.render import count_of, pretty
 from ui.viewer import series_panel, verdict_line
 
 actor = setup_page("Study", ANALYSE)
@@ -82,7 +82,9 @@ for note in study.notes:
     st.caption(note)
 for number, view in enumerate(study.views, start=1):
     plane = (view.geometry.get("plane") or "unknown plane").capitalize()
-    header = f"Series {number} · {plane} · {len(view.sections)} sections · {pretty(view.label or 'no verdict')}"
+    header = (
+        f"Series {number} · {plane} · {count_of(len(view.sections), 'section')} · {pretty(view.label or 'no verdict')}"
+    )
     with st.expander(header, expanded=number == 1 or view.is_tumour):
         st.markdown(verdict_line(view))
         for warning in view.warnings:
@@ -92,7 +94,7 @@ for number, view in enumerate(study.views, start=1):
         elif view.status is not None:
             st.caption(f"Result {view.status.state}.")
         if view.skipped:
-            st.caption(f"{len(view.skipped)} sections skipped (too little brain or not like a brain MRI).")
+            st.caption(f"{count_of(len(view.skipped), 'section')} skipped (too little brain or not like a brain MRI).")
         series_panel(view, classifier, explainer, prefix=f"s{number}-{view.key[:8]}")
 
 saved = [view.record.id for view in study.views if view.record is not None]

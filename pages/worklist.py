@@ -59,7 +59,7 @@ if not results:
 table = pd.DataFrame(
     [
         {
-            "": "⚠ disagrees" if r.disagrees else ("✓" if r.review_count else ""),
+            "review": "⚠ disagrees" if r.disagrees else ("✓ reviewed" if r.review_count else "to read"),
             "time (UTC)": r.created_at.strftime("%Y-%m-%d %H:%M"),
             "verdict": pretty(r.label),
             "kind": "series" if r.kind == "series" else "scan",
@@ -113,8 +113,8 @@ if message := st.session_state.pop("review_error", None):
     st.error(f"Review not saved: {message}")
 agree, override = st.columns([1, 2])
 agree.button(
-    f"Agree: {pretty(chosen.label)}", type="primary", shortcut="a", on_click=save_review,
-    args=(chosen.label, [], ""), help="Keyboard: A",
+    f"Agree: {pretty(chosen.label)}", type="primary", shortcut="shift+a", on_click=save_review,
+    args=(chosen.label, [], ""), help="Keyboard: Shift+A (two keys, so that a stray keypress never signs a review)",
 )  # fmt: skip
 with override.form(f"override-{chosen.id}", clear_on_submit=True, border=True):
     labels = [label for label in (*classifier.card.labels, "tumour") if label != chosen.label]

@@ -391,6 +391,7 @@ def test_a_one_section_series_opens_in_the_viewer_and_can_be_reviewed(app_enviro
     study.file_uploader[0].set_value([("one.dcm", dicom_series(head_volume(1, 128))[0], "application/dicom")]).run()
     next(b for b in study.button if b.label == "Analyse this study").click().run(timeout=120)
     assert not study.exception and any(b.label.startswith("Make the PDF report") for b in study.button)
+    assert " · 1 section · " in study.expander[0].label  # not "1 sections"
 
 
 def test_removing_files_one_by_one_from_the_study_uploader_saves_nothing_new(app_environment: Path) -> None:
@@ -482,3 +483,14 @@ def test_the_first_admin_command_shown_creates_an_admin_this_server_then_signs_i
     assert done.returncode == 0, done.stdout + done.stderr
     assert accounts.sign_in(stored(app_environment), "admin", "a long enough password").role == "admin"
     assert not entry(None).run().code  # the hint is gone once an account exists
+
+
+def test_a_nifti_volume_dropped_on_the_scan_page_is_pointed_to_the_study_page(app_environment: Path) -> None:
+    import gzip
+
+    app = page("scan.py").run()
+    app.file_uploader[0].set_value([("head.nii.gz", gzip.compress(b"\x5c\x01" + b"\x00" * 400), "application/gzip")])
+    app.run()
+    assert not app.exception
+    shown = " ".join(e.value for e in app.error) + " ".join(str(getattr(t, "value", "")) for t in app.dataframe)
+    assert "Study page" in shown

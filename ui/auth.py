@@ -83,7 +83,8 @@ def sign_in_screen() -> None:
         return
     if _sso_configured():
         _single_sign_on(store)
-    with st.form("sign-in", enter_to_submit=True):
+    form = st.empty()  # emptied on success, so the form does not linger greyed while the model loads
+    with form.form("sign-in", enter_to_submit=True):
         name = st.text_input("Account")
         password = st.text_input("Password", type="password")
         submitted = st.form_submit_button("Sign in", type="primary")
@@ -96,6 +97,8 @@ def sign_in_screen() -> None:
             st.error(f"Sign-in is unavailable right now: {error}")
         else:
             st.session_state[ACTOR_KEY], st.session_state[SEEN_KEY] = actor, time.time()
+            form.empty()
+            st.info(f"Signed in as {actor.name}. Loading…")
             st.rerun()
     try:
         empty = not store.accounts()

@@ -20,7 +20,12 @@ LABEL_NAMES = {
     "notumor": "No tumour",
     "tumour": "Tumour, type uncertain",
 }
-PREDICTED = "predicted class"
+PREDICTED = "the verdict's class"
+
+
+def count_of(n: int, noun: str) -> str:
+    """ "1 section", "2 sections"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def pretty(label: str) -> str:
@@ -58,8 +63,8 @@ def _verdict(result: Triaged) -> None:
             "probable tumour type, or 'type uncertain' when no type stands out.",
         )
         st.markdown(
-            f"Tumour probability **{prediction.tumour_probability:.1%}** · confidence of this call "
-            f"{prediction.confidence:.1%} · model {prediction.model_name} {prediction.model_version}"
+            f"Tumour probability **{prediction.tumour_probability:.1%}** · probability that this tumour / no-tumour "
+            f"call is right {prediction.confidence:.1%} · model {prediction.model_name} {prediction.model_version}"
         )
         probability_table(dict(prediction.probabilities))
     status = result.status
@@ -97,20 +102,21 @@ def scan_panel(
         view.original_png,
         caption=f"{view.format.upper()} {view.width}×{view.height}"
         + (f" · frame {view.frame}" if view.frame is not None else "")
-        + " · brain region boxed",
+        + (
+            " · region found boxed (refused: not a brain MRI)"
+            if view.prediction.gate.decision == "rejected"
+            else " · brain region boxed"
+        ),
         width="stretch",
         output_format="PNG",  # as encoded once by the view; "auto" would re-encode it as JPEG on every rerun
     )
     crop.image(view.crop, caption=f"As the model sees it ({view.crop.shape[0]} px)", width="stretch")
     if view.heat:
-        controls = looked.columns(2)
-        explained = controls[0].selectbox(
-            "Explain", [PREDICTED, *labels], key=f"explain-{upload.file_id}",
-            format_func=lambda x: x if x == PREDICTED else pretty(x), label_visibility="collapsed",
+        explained = looked.selectbox(
+            "Heat map of", [PREDICTED, *labels], key=f"explain-{upload.file_id}",
+            format_func=lambda x: x if x == PREDICTED else pretty(x),
         )  # fmt: skip
-        opacity = controls[1].slider(
-            "Opacity", 0.0, 1.0, 0.45, 0.05, key=f"opacity-{upload.file_id}", label_visibility="collapsed"
-        )
+        opacity = looked.slider("Heat map opacity", 0.0, 1.0, 0.45, 0.05, key=f"opacity-{upload.file_id}")
         label = explained if explained != PREDICTED else view.explained or labels[0]
         looked.image(view.overlay(label, opacity), caption=f"Where the model looked for {pretty(label)} (Grad-CAM)",
                      width="stretch")  # fmt: skip
@@ -154,10 +160,11 @@ def result_panel(opened, labels: tuple[str, ...], classifier=None, explainer=Non
                 f"{pretty(record.final_label)}.",
                 icon=":material/report:",
             )
-        kind = f"series of {record.section_count} sections" if record.kind == "series" else "scan"
+        kind = f"series of {count_of(record.section_count or 0, 'section')}" if record.kind == "series" else "scan"
         st.metric("Model's verdict", pretty(record.label), help=f"The verdict on this {kind}.")
         st.markdown(
-            f"Tumour probability **{record.tumour_probability:.1%}** · confidence {record.confidence:.1%} · "
+            f"Tumour probability **{record.tumour_probability:.1%}** · probability that this tumour / no-tumour call "
+            f"is right {record.confidence:.1%} · "
             f"model {record.model_name} {record.model_version} · saved {record.created_at:%Y-%m-%d %H:%M} UTC"
         )
         if record.gate != "accepted":

@@ -22,7 +22,8 @@ def verdict_line(view: SeriesView) -> str:
         return "No verdict: no section could be analysed."
     score = "" if view.score is None else f" · series tumour probability **{view.score:.1%}**"
     rule = f"{view.neighbours} neighbouring sections at {view.threshold:.2f} or more"
-    return f"**{pretty(view.label)}**{score} · rule: tumour when {rule} · {len(view.marked)} sections above"
+    above = f"{len(view.marked)} of {len(view.sections)} sections above"
+    return f"**{pretty(view.label)}**{score} · rule: tumour when {rule} · {above}"
 
 
 def _heat(view: SeriesView, index: int, classifier, explainer):
@@ -72,6 +73,7 @@ def series_viewer(view: SeriesView, classifier, explainer, prefix: str) -> None:
         index = 0
         controls[0].caption("Section 1 of 1 (a single section)")
     preset = controls[1].selectbox("Window", list(WINDOW_PRESETS), key=f"{prefix}-preset")
+    custom_note = controls[1].empty()
     show_heat = controls[2].toggle(
         "Heat map",
         value=False,
@@ -84,6 +86,8 @@ def series_viewer(view: SeriesView, classifier, explainer, prefix: str) -> None:
         cols = st.columns(2)
         level = cols[0].slider("Level", 0, 255, level_default, key=f"{prefix}-level-{preset}")
         width = cols[1].slider("Width", 1, 512, width_default, key=f"{prefix}-width-{preset}")
+        if (level, width) != (level_default, width_default):
+            custom_note.caption(f"Custom: level {level}, width {width}")
         st.caption("Presets are windows on the displayed 0-255 scale: MR signal has no fixed units.")
         h, w = view.sections.shape[1:]
         measure = st.toggle("Measure a distance", key=f"{prefix}-measure")

@@ -25,7 +25,12 @@ CLASS_COLOURS = {
     "tumour": "#a93226",
 }
 WITHHELD = f"fewer than {SMALL_CELL} (withheld)"
-_LAYOUT = {"margin": {"l": 10, "r": 10, "t": 40, "b": 10}, "height": 320, "template": "plotly_white"}
+_LAYOUT = {  # a vertical tool bar at the right edge: it used to sit over the titles
+    "margin": {"l": 10, "r": 40, "t": 40, "b": 10},
+    "height": 320,
+    "template": "plotly_white",
+    "modebar": {"orientation": "v"},
+}
 
 
 def withheld_bars(counts: Sequence[int | None], colour: str | Sequence[str]) -> dict[str, Any]:

@@ -40,7 +40,7 @@ _OTHER_SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"BM", "a BMP image"),
     (b"\x7fELF", "an executable program"),
     (b"MZ", "an executable program"),
-    (b"\x1f\x8b", "a gzip archive"),
+    (b"\x1f\x8b", "a gzip archive (a .nii.gz volume? Volumes are read on the Study page)"),
     (b"\x00\x00\x00\x0cjP  ", "a JPEG 2000 image"),
 )
 

@@ -114,8 +114,8 @@ def render(
         spacing = geometry.get("spacing")
         pdf.set_font("Helvetica", "B", 11)
         plane = str(geometry.get("plane") or "unknown plane")
-        pdf.cell(0, 7, _text(f"Series {number}: {plane}, {record.section_count} sections"), new_x="LMARGIN",
-                 new_y="NEXT")  # fmt: skip
+        title = f"Series {number}: {plane}, {_count(record.section_count or 0, 'section')}"
+        pdf.cell(0, 7, _text(title), new_x="LMARGIN", new_y="NEXT")
         pdf.set_font("Helvetica", size=9)
         model_line = (f"{NAMES.get(record.label, record.label)} (series tumour probability "
                       f"{record.tumour_probability:.1%})")  # fmt: skip
@@ -170,6 +170,10 @@ def render(
         if line:
             pdf.multi_cell(0, 4, _text(f"- {line}"), new_x="LMARGIN", new_y="NEXT")
     return bytes(pdf.output())
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def study_headline(records: Sequence[Record], model_tumour: bool) -> str:
