@@ -283,3 +283,43 @@ def test_the_websocket_refuses_foreign_hosts_and_origins(server: str) -> None:
     assert asyncio.run(opens({"Origin": server}))  # the app's own page
     assert not asyncio.run(opens({"Origin": "http://evil.example"}))
     assert not asyncio.run(opens({"Host": "evil.example"}))
+
+
+def test_a_reload_or_a_typed_address_keeps_the_user_signed_in_until_they_sign_out(server: str) -> None:
+    """F5 or a typed URL once signed the user out. The session cookie signs the page load in again; signing out
+    forgets it, so a reload after signing out shows the sign-in form."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1300, "height": 900})
+        page = context.new_page()
+        page.goto(server)
+        wait_idle(page)
+        sign_in(page, "boss-browser")
+        sidebar = page.get_by_test_id("stSidebar")
+        expect(sidebar.get_by_text("Signed in as")).to_be_visible(timeout=60_000)
+        cookie = next(c for c in context.cookies() if c["name"] == "btd_session")
+        assert cookie["sameSite"] == "Strict" and len(cookie["value"]) >= 40
+        page.reload()
+        wait_idle(page)
+        expect(sidebar.get_by_text("Signed in as")).to_be_visible(timeout=60_000)
+        expect(page.get_by_role("button", name="Sign in")).to_have_count(0)
+        page.goto(f"{server}/statistics")  # a typed address
+        wait_idle(page)
+        expect(page.get_by_role("heading", name="Statistics")).to_be_visible(timeout=60_000)
+        expect(sidebar.get_by_text("Signed in as")).to_be_visible(timeout=60_000)
+        page.screenshot(path=str(ARTIFACTS / "reload-signed-in.png"), full_page=False)
+        page.keyboard.press("Escape")  # Streamlit's own "Page not found" notice on a typed address, if shown
+        wait_idle(page)
+        sign_out(page)
+        expect(page.get_by_role("button", name="Sign in")).to_be_visible(timeout=60_000)
+        page.reload()
+        wait_idle(page)
+        expect(page.get_by_role("button", name="Sign in")).to_be_visible(timeout=60_000)
+        stolen = context.new_page()  # the old cookie value, replayed: forgotten at sign-out
+        context.add_cookies([{**cookie, "sameSite": "Strict"}])
+        stolen.goto(server)
+        wait_idle(stolen)
+        expect(stolen.get_by_role("button", name="Sign in")).to_be_visible(timeout=60_000)
+        browser.close()

@@ -1,6 +1,7 @@
 """Signing in and out, idle expiry, and the role check every page runs before it shows anything.
 
-The acting user lives in this session's state only (server-side). Local accounts sign in with a form
+The acting user lives in this session's state (server-side); a page reload signs the browser in again through its
+session cookie (:mod:`core.services.sessions`), to which the script session is bound. Local accounts sign in with a form
 (:func:`core.services.accounts.sign_in`: Argon2, throttling, audit); when ``[auth]`` is configured in
 ``.streamlit/secrets.toml`` a button signs in through Streamlit's ``st.login`` (OIDC) and the identity provider's
 claims are mapped to a role (:func:`core.services.accounts.external_actor`, the claim named by ``[auth]
@@ -18,15 +19,70 @@ from core.config import first_admin_command
 from core.errors import SignInFailed, StoreError
 from core.services import accounts, audit
 from core.services.access import Actor, allowed
+from core.services.sessions import COOKIE
 from ui import resources
 
 ACTOR_KEY, SEEN_KEY = "actor", "actor_seen"
+TOKEN_KEY, BOUND_KEY, COOKIE_KEY = "session_token", "session_bound", "cookie_to_write"
+
+
+def _write_cookie(token: str | None) -> None:
+    """Set (or, with None, delete) the session cookie in the browser: SameSite=Strict, Secure over HTTPS, no
+    longer than a working day. JavaScript sets it, so it cannot be HttpOnly (Streamlit sets no cookies of its own
+    choosing); the token alone is useless once signed out or idle, and the deployment's CSP limits scripts."""
+    value, age = (token, 12 * 3600) if token else ("", 0)
+    st.html(
+        f"<script>document.cookie = '{COOKIE}={value}; Path=/; SameSite=Strict; Max-Age={age}'"
+        " + (location.protocol === 'https:' ? '; Secure' : '');</script>",
+        unsafe_allow_javascript=True,
+    )
+
+
+def write_pending_cookie() -> None:
+    """Write the cookie a sign-in or sign-out asked for (once; called by every page's set-up)."""
+    if COOKIE_KEY in st.session_state:
+        _write_cookie(st.session_state.pop(COOKIE_KEY))
+
+
+def _browser_token() -> str | None:
+    """The session cookie this connection's browser presented (None without one; AppTest has no browser)."""
+    value = st.context.cookies.get(COOKIE)
+    return value if isinstance(value, str) and value else None
+
+
+def _resumed_actor() -> Actor | None:
+    """The user of a live session cookie presented by this page load, as the account stands now."""
+    token = _browser_token()
+    try:
+        registry, store = resources.session_registry(), resources.current_store()
+        known = registry.resume(token)
+        if known is None:
+            return None
+        actor = accounts.refreshed_actor(store, Actor(*known))
+    except StoreError:
+        return None
+    if actor is None:
+        registry.forget(token)
+        return None
+    st.session_state[ACTOR_KEY], st.session_state[SEEN_KEY] = actor, time.time()
+    st.session_state[TOKEN_KEY], st.session_state[BOUND_KEY] = token, True
+    with suppress(StoreError):
+        audit.record(store, actor, "session_resumed", actor.name)
+    return actor
 
 
 def current_actor() -> Actor | None:
     """The signed-in user, or None (also after ``IDLE_MINUTES`` without activity: the session then signs out)."""
     actor = st.session_state.get(ACTOR_KEY)
     if actor is None:
+        actor = _resumed_actor()
+        if actor is None:
+            return None
+    token, cookie = st.session_state.get(TOKEN_KEY), _browser_token()
+    if token and cookie == token:
+        st.session_state[BOUND_KEY] = True
+    elif st.session_state.get(BOUND_KEY):  # this connection lacks the browser's secret: not the signed-in browser
+        sign_out("session cookie missing")
         return None
     now = time.time()
     seen = st.session_state.get(SEEN_KEY, now)
@@ -48,6 +104,14 @@ def current_actor() -> Actor | None:
     return current
 
 
+def _start_session(actor: Actor) -> None:
+    """A new session token for a user who has just signed in (rotated at every sign-in); the next run writes it."""
+    registry = resources.session_registry()
+    registry.forget(st.session_state.get(TOKEN_KEY))
+    token = registry.issue(actor.name, actor.role)
+    st.session_state[TOKEN_KEY], st.session_state[BOUND_KEY], st.session_state[COOKIE_KEY] = token, False, token
+
+
 def fragment_actor() -> Actor:
     """For the top of every fragment (auto-refresh, viewers): the same checks as a page run (idle expiry, account
     disabled, role changed); when the session has ended, the whole app reruns and shows the sign-in form."""
@@ -62,8 +126,10 @@ def sign_out(reason: str = "signed out") -> None:
     if actor is not None:
         with suppress(StoreError):  # signing out works while the database is down; the session ends either way
             audit.record(resources.current_store(), actor, "sign_out", actor.name, reason=reason)
+    resources.session_registry().forget(st.session_state.get(TOKEN_KEY))
     for key in list(st.session_state.keys()):
         del st.session_state[key]  # nothing of this user's session stays: uploads, results, filters
+    st.session_state[COOKIE_KEY] = None  # and the browser forgets its cookie
 
 
 def _sso_configured() -> bool:
@@ -97,6 +163,7 @@ def sign_in_screen() -> None:
             st.error(f"Sign-in is unavailable right now: {error}")
         else:
             st.session_state[ACTOR_KEY], st.session_state[SEEN_KEY] = actor, time.time()
+            _start_session(actor)
             form.empty()
             st.info(f"Signed in as {actor.name}. Loading…")
             st.rerun()
@@ -120,6 +187,7 @@ def _single_sign_on(store) -> None:
             st.button("Sign out of the identity provider", on_click=st.logout)
             return
         st.session_state[ACTOR_KEY], st.session_state[SEEN_KEY] = actor, time.time()
+        _start_session(actor)
         st.rerun()
     st.button("Sign in with your organisation's account", on_click=st.login, type="primary")
     st.divider()
@@ -130,6 +198,7 @@ def require(permission: str | None) -> Actor:
     shows the sign-in screen or the refusal and stops."""
     actor = current_actor()
     if actor is None:
+        write_pending_cookie()  # a sign-out's: the browser forgets its cookie
         sign_in_screen()
         st.stop()
     if permission is not None and not allowed(actor, permission):

@@ -31,6 +31,7 @@ def setup_page(title: str, permission: str | None) -> Actor:
     configure_logging()
     st.set_page_config(page_title=f"{title} · Brain MRI triage", page_icon="🧠", layout="wide")
     actor = auth.require(permission)
+    auth.write_pending_cookie()  # a sign-in's: the browser keeps the session across reloads
     with st.sidebar:
         st.markdown(f"Signed in as **{actor.name}** · {actor.role}")
         st.button("Sign out", on_click=auth.sign_out, key="sign-out")

@@ -18,6 +18,7 @@ from core.model.card import ModelCard
 from core.model.classifier import Classifier
 from core.model.explain import Explainer
 from core.services.resources import load_classifier, load_explainer, open_image_store
+from core.services.sessions import SessionRegistry
 from core.storage import open_store
 from core.storage.images import ImageStore
 from core.storage.protocol import Store
@@ -31,6 +32,12 @@ def secrets() -> Mapping[str, Any]:
         return st.secrets.to_dict()
     except Exception:  # no secrets.toml: Streamlit raises rather than returning an empty mapping
         return {}
+
+
+@st.cache_resource(show_spinner=False)
+def session_registry() -> SessionRegistry:
+    """Signed-in browsers' session tokens (hashes only), shared by every session of this server."""
+    return SessionRegistry()
 
 
 @st.cache_resource(show_spinner=False)
