@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     standard.add_argument("--name", default=None)
     standard.add_argument("--version", default=None, help="model version (the weights' hash is appended)")
     standard.add_argument("--max-minutes", type=float, default=None, help="end this sitting after this long")
+    standard.add_argument("--validate-every", type=int, default=4, metavar="ROUNDS",
+                          help="score the validation split every this many rounds (the learning curve)")  # fmt: skip
     standard.add_argument("--hold-out", action="append", default=None, metavar="INSTITUTION",
                           help="leave this LGG institution out of training; score it apart (repeatable)")  # fmt: skip
     standard.set_defaults(run=model.cmd_train_standard)

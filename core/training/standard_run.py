@@ -164,9 +164,11 @@ def train_standard(
     command: str,
     max_minutes: float = math.inf,
     data_root: Path | None = None,
+    validate_every: int = 4,
 ) -> dict[str, Any]:
     """Run (or resume) the schedule; returns the finished card, or ``{"status": "paused", ...}`` when the time
-    budget ended this sitting first."""
+    budget ended this sitting first. Every ``validate_every`` rounds (and after the last) the learning curve gets
+    the validation and held-out figures; like ``max_minutes`` it does not change the run."""
     import keras
 
     started = time.time()
@@ -227,7 +229,7 @@ def train_standard(
                 "loss": round(float((logs or {}).get("loss", float("nan"))), 4),
                 "learning_rate": float(self.model.optimizer.learning_rate),
             }
-            if progress.epochs_done % 4 == 0 or progress.epochs_done == config.rounds:
+            if progress.epochs_done % validate_every == 0 or progress.epochs_done == config.rounds:
                 line["validation"] = score(network, cache, parts["validation"])
                 line["held_out"] = score(network, cache, parts["held_out"])
             with curve.open("a") as handle:
