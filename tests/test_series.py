@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,3 +158,52 @@ def test_dicom_files_without_a_study_uid_from_two_uploads_are_not_one_study() ->
     a = read_study(without_uid(dicom_series(head_volume(3), series_uid="1.2.3.1")))[0]
     b = read_study(without_uid(dicom_series(head_volume(3, seed=4), series_uid="1.2.3.2")))[0]
     assert a.study != b.study
+
+
+def nifti_bomb(shape: tuple[int, int, int]) -> bytes:
+    """A gzipped NIfTI of zeros: a few hundred KB that unpack to ``shape`` voxels of uint8."""
+    import gzip
+
+    import nibabel
+
+    header = nibabel.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.uint8)
+    raw = io.BytesIO()
+    raw.write(header.binaryblock + b"\x00" * 4)  # header and the empty extension block: voxels start at 352
+    with gzip.GzipFile(fileobj=(out := io.BytesIO()), mode="wb") as stream:
+        stream.write(raw.getvalue())
+        zeros = b"\x00" * 2**20
+        total = int(np.prod(shape))
+        for _ in range(total // len(zeros)):
+            stream.write(zeros)
+        stream.write(b"\x00" * (total % len(zeros)))
+    return out.getvalue()
+
+
+def test_a_nifti_gzip_bomb_is_refused_from_its_header_with_little_memory() -> None:
+    """2048 x 1024 x 500 voxels in a 1 MB file once took the server past 8 GB: refused before any voxel is read,
+    measured in a fresh process (peak RSS)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import resource, sys; from core.imaging.series import read_study; from tests.test_series import nifti_bomb\n"
+        "bomb = nifti_bomb((1024, 1024, 500)); base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n    read_study([bomb])\nexcept Exception as error:\n    print(type(error).__name__, error)\n"
+        "print('grew_mb', (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024, len(bomb))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("FileTooLarge") and "refused before reading" in lines[0], done.stdout + done.stderr
+    grew, size = float(lines[1].split()[1]), int(lines[1].split()[2])
+    assert size < 2 * 2**20 and grew < 50  # MB: the header was read, nothing else
+
+
+def test_a_large_but_allowed_volume_is_read_section_by_section() -> None:
+    volume = head_volume(12, 256)  # 1.5 MB of int16 voxels
+    (series,) = read_study([nifti(volume, gz=True)])
+    assert series.sections.shape == (12, 256, 256) and series.sections.dtype == np.uint8
+    with pytest.raises(FileTooLarge, match="limit is 1 MB"):
+        read_study([nifti(volume, gz=True)], study_limits=StudyLimits(max_volume_bytes=2**20))

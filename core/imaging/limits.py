@@ -68,10 +68,27 @@ def stretch_to_uint8(values: np.ndarray, low_pct: float = 0.5, high_pct: float =
     Percentiles come from a regular subsample of at most about a million values, so the cost stays bounded.
     """
     values = np.asarray(values)
+    return apply_stretch(values, *stretch_bounds(values, low_pct, high_pct))
+
+
+def stretch_bounds(values: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5) -> tuple[float, float]:
+    """The (low, high) percentiles of :func:`stretch_to_uint8`, from a regular subsample (any number of axes)."""
+    values = np.asarray(values)
     step = max(1, math.isqrt(values.size // 1_000_000 + 1))
-    sample = values[::step, ::step] if values.ndim == 2 else values.ravel()[:: step * step]
-    low, high = (float(v) for v in np.percentile(sample.astype(np.float32), (low_pct, high_pct)))
+    if values.ndim == 2:
+        sample = values[::step, ::step]
+    elif values.ndim == 3:  # a volume: every step-th voxel along each axis, without copying the whole
+        step = max(1, round((values.size / 1_000_000) ** (1 / 3)))
+        sample = values[::step, ::step, ::step]
+    else:
+        sample = values.ravel()[:: step * step]
+    low, high = (float(v) for v in np.percentile(np.asarray(sample, dtype=np.float32), (low_pct, high_pct)))
+    return low, high
+
+
+def apply_stretch(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """``low`` -> 0, ``high`` -> 255, clipped, as uint8 (zeros when the bounds are flat or not finite)."""
     if not math.isfinite(low) or not math.isfinite(high) or high <= low:
-        return np.zeros(values.shape, dtype=np.uint8)
-    scaled = (values.astype(np.float32) - low) * np.float32(255.0 / (high - low))
+        return np.zeros(np.shape(values), dtype=np.uint8)
+    scaled = (np.asarray(values, dtype=np.float32) - low) * np.float32(255.0 / (high - low))
     return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)

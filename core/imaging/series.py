@@ -38,7 +38,7 @@ from core.imaging.geometry import (
     transformed_orientation,
     transformed_spacing,
 )
-from core.imaging.limits import DEFAULT_LIMITS, Limits, stretch_to_uint8
+from core.imaging.limits import DEFAULT_LIMITS, Limits, apply_stretch, stretch_bounds
 from core.imaging.scan import DICOM_MAGIC_OFFSET
 
 
@@ -51,6 +51,8 @@ class StudyLimits:
     max_sections: int = 512
     max_series: int = 32
     max_total_bytes: int = 1024 * 2**20  # everything uploaded at once, zips unpacked
+    max_volume_bytes: int = 96 * 2**20  # a NIfTI volume's voxels as stored, checked from its header before reading
+    max_volume_side: int = 1024
     max_zip_members: int = 4000
     max_compression_ratio: float = 200.0
     max_gap_ratio: float = 1.6  # a step this many times the usual spacing is a gap
@@ -336,22 +338,53 @@ def _radiological(
     )
 
 
+def _nifti_bytes(head: bytes, limits: StudyLimits) -> int:
+    """From a NIfTI header alone: the bytes the file must hold (header and voxels), after checking the volume's
+    dimensions and stored size against the limits (before any voxel is read)."""
+    import nibabel
+
+    try:
+        header_class = nibabel.Nifti2Header if int.from_bytes(head[:4], "little") == 540 else nibabel.Nifti1Header
+        header = header_class.from_fileobj(io.BytesIO(head), check=False)
+        shape = tuple(int(n) for n in header.get_data_shape())
+        itemsize = int(header.get_data_dtype().itemsize)
+        offset = int(header.get_data_offset())
+    except Exception as error:  # a header nibabel cannot parse
+        raise CorruptImage("The NIfTI file is damaged or is not a NIfTI-1 volume.") from error
+    if not shape or min(shape) < 1:
+        raise CorruptImage("The NIfTI header declares an empty volume.")
+    if max(shape[:3]) > limits.max_volume_side:
+        raise FileTooLarge(f"The volume is {' x '.join(map(str, shape))} voxels; the limit is "
+                           f"{limits.max_volume_side} along each axis.")  # fmt: skip
+    stored = int(np.prod(shape, dtype=np.int64)) * itemsize
+    if stored > limits.max_volume_bytes:
+        limit = limits.max_volume_bytes / 2**20
+        raise FileTooLarge(f"The volume holds {stored / 2**20:.0f} MB of voxels; the limit is {limit:.0f} MB (a gzip "
+                           "bomb?); refused before reading.")  # fmt: skip
+    return offset + stored
+
+
 def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volume:
     """A NIfTI volume (optionally gzipped) as axial sections in RAS+ orientation, intensities stretched over the
     whole volume (0.5th-99.5th percentile)."""
     import nibabel
 
-    if data[:2] == b"\x1f\x8b":
-        try:
+    compressed = data[:2] == b"\x1f\x8b"
+    try:
+        if compressed:  # the header first: a 1 MB file can unpack to gigabytes
             with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
-                data = stream.read(limits.max_total_bytes + 1)
-        except (OSError, EOFError) as error:
-            raise CorruptImage("The .nii.gz file is damaged.") from error
-        if len(data) > limits.max_total_bytes:
-            raise FileTooLarge("The NIfTI volume unpacks to more than the upload limit (a gzip bomb?); refused.")
+                head = stream.read(540)
+        else:
+            head = data[:540]
+        needed = _nifti_bytes(head, limits)
+        if compressed:
+            with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
+                data = stream.read(needed + 1)
+    except (OSError, EOFError) as error:
+        raise CorruptImage("The .nii.gz file is damaged.") from error
     try:
         image = nibabel.as_closest_canonical(nibabel.Nifti1Image.from_bytes(data))
-        volume = np.asanyarray(image.dataobj)
+        volume = np.asanyarray(image.dataobj)  # as stored (at most max_volume_bytes), never converted whole
     except Exception as error:  # nibabel raises many types for a damaged file; all mean "cannot use it"
         raise CorruptImage("The NIfTI file is damaged or is not a NIfTI-1 volume.") from error
     if volume.ndim == 4 and volume.shape[3] == 1:
@@ -360,12 +393,12 @@ def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volum
         raise SeriesError(f"The NIfTI image has {volume.ndim} dimensions; a single 3-D volume is needed.")
     if volume.shape[2] > limits.max_sections:
         raise FileTooLarge(f"The volume holds {volume.shape[2]} sections; the limit is {limits.max_sections}.")
-    display = stretch_to_uint8(np.asarray(volume, dtype=np.float32).reshape(volume.shape[0], -1)).reshape(volume.shape)
+    low, high = stretch_bounds(volume)
     zooms = image.header.get_zooms()[:3]
     # section k as stored: rows follow the second voxel axis (j), columns the first (i); the affine says where
-    # each points in the patient, and _radiological turns them into the radiological view
+    # each points in the patient, and _radiological turns them into the radiological view; one section at a time
     sections, spacing, orientation = _radiological(
-        np.stack([display[:, :, k].T for k in range(display.shape[2])]),
+        np.stack([apply_stretch(volume[:, :, k].T, low, high) for k in range(volume.shape[2])]),
         (float(zooms[1]), float(zooms[0])),
         nifti_orientation(image.affine),
     )
@@ -376,7 +409,7 @@ def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volum
         study=NO_STUDY_UID,  # the upload names the study (read_study)
         series=_hash("nifti-series", digest),
         sections=sections,
-        positions=tuple(round(origin + k * float(zooms[2]), 3) for k in range(display.shape[2])),
+        positions=tuple(round(origin + k * float(zooms[2]), 3) for k in range(volume.shape[2])),
         spacing=spacing,
         thickness=float(zooms[2]),
         orientation=orientation,
