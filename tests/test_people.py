@@ -242,3 +242,68 @@ def test_an_open_session_follows_its_accounts_role_and_ends_when_it_is_disabled(
     assert accounts.refreshed_actor(store, session) is None
     sso = Actor("someone@example.org", "supervisor")  # a role from the identity provider, no local account
     assert accounts.refreshed_actor(store, sso) == sso
+
+
+def test_parallel_sign_ins_check_no_more_passwords_than_the_lockout_allows(tmp_path: Path, monkeypatch) -> None:
+    """8 threads x 5 wrong passwords once had all 40 checked (each read the count and wrote the account back):
+    the count is claimed atomically in the database now."""
+    import threading
+
+    path = tmp_path / "results.sqlite3"
+    accounts.add_account(SQLiteStore(path), COMMAND_LINE, "dr-a", "radiologist", PASSWORD)
+    checked, errors, real_hash = [], [], SQLiteStore(path).get_account("dr-a").password_hash
+    real = accounts._hasher()
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def verify(self, stored, password):
+            if stored == real_hash:
+                checked.append(password)
+            return real.verify(stored, password)
+
+    monkeypatch.setattr(accounts, "_hasher", lambda: Counting())
+    barrier = threading.Barrier(8)
+
+    def attacker(k: int) -> None:
+        store = SQLiteStore(path)  # each request its own connection, as the server's sessions have
+        barrier.wait()
+        for i in range(5):
+            try:
+                accounts.sign_in(store, "dr-a", f"guess {k}-{i}!")
+                errors.append("signed in with a wrong password")
+            except SignInFailed:
+                pass
+            except Exception as error:  # a thread's failure must fail the test
+                errors.append(repr(error))
+
+    threads = [threading.Thread(target=attacker, args=(k,)) for k in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and len(checked) == accounts.MAX_FAILURES
+    assert SQLiteStore(path).get_account("dr-a").locked_until is not None
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "mongomock"])
+def test_a_sign_in_attempt_is_claimed_atomically_in_either_store(tmp_path: Path, kind: str) -> None:
+    from core.storage.people import Account
+
+    if kind == "sqlite":
+        store = SQLiteStore(tmp_path / "results.sqlite3")
+    else:
+        import mongomock
+
+        from core.storage.mongo import MongoStore
+
+        store = MongoStore(mongomock.MongoClient(tz_aware=True), collection="scans_people")
+    now = datetime(2026, 12, 1, 9, tzinfo=UTC)
+    store.put_account(Account("dr-a", "radiologist", "x", created_at=now))
+    assert [store.begin_sign_in("dr-a", now) for _ in range(3)] == [1, 2, 3]
+    store.end_sign_in("dr-a", False, now + timedelta(minutes=15))
+    assert store.begin_sign_in("dr-a", now + timedelta(minutes=1)) is None  # locked: nothing claimed
+    assert store.begin_sign_in("dr-a", now + timedelta(minutes=16)) == 1  # the lock has passed
+    store.end_sign_in("dr-a", True)
+    assert store.get_account("dr-a").failed_count == 0 and store.begin_sign_in("nobody", now) is None

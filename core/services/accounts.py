@@ -144,7 +144,8 @@ def sign_in(store: Store, name: str, password: str, now: datetime | None = None)
             hasher.verify(_dummy_hash(), password)  # the same work as a real check: timing does not tell
         audit.record(store, Actor("unknown", "none"), "sign_in_failed", None, reason="unknown account")
         raise SignInFailed(REFUSED)
-    if account.locked_until is not None and account.locked_until > now:
+    attempt = store.begin_sign_in(name, now)  # claimed atomically: parallel tries cannot share one count
+    if attempt is None or attempt > MAX_FAILURES:
         with suppress(VerificationError, InvalidHashError):
             hasher.verify(_dummy_hash(), password)  # as long as any other refusal
         audit.record(store, Actor(name, account.role), "sign_in_refused", name, reason="locked")
@@ -152,19 +153,16 @@ def sign_in(store: Store, name: str, password: str, now: datetime | None = None)
     try:
         hasher.verify(account.password_hash, password)
     except (VerificationError, InvalidHashError):
-        failures = account.failed_count + 1
-        locked = now + timedelta(minutes=LOCK_MINUTES) if failures >= MAX_FAILURES else None
-        store.put_account(replace(account, failed_count=0 if locked else failures, locked_until=locked))
-        audit.record(store, Actor(name, account.role), "sign_in_failed", name, failures=failures, locked=bool(locked))
+        locked = now + timedelta(minutes=LOCK_MINUTES) if attempt >= MAX_FAILURES else None
+        store.end_sign_in(name, False, locked)
+        audit.record(store, Actor(name, account.role), "sign_in_failed", name, failures=attempt, locked=bool(locked))
         raise SignInFailed(REFUSED) from None
+    store.end_sign_in(name, True)
     if account.disabled:
         audit.record(store, Actor(name, account.role), "sign_in_refused", name, reason="disabled")
         raise SignInFailed(REFUSED)
-    fresh = replace(account, failed_count=0, locked_until=None)
     if hasher.check_needs_rehash(account.password_hash):
-        fresh = replace(fresh, password_hash=hasher.hash(password))
-    if fresh != account:
-        store.put_account(fresh)
+        store.put_account(replace(account, password_hash=hasher.hash(password), failed_count=0, locked_until=None))
     actor = Actor(name, account.role)
     audit.record(store, actor, "sign_in", name)
     return actor

@@ -9,6 +9,7 @@ so replicas sharing one database keep one unbroken chain. A review is inserted, 
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from core.errors import InvalidRecord, StoreUnavailable
@@ -50,6 +51,26 @@ class MongoPeople:
     def accounts(self) -> list[Account]:
         with self._errors():
             return [self._account(d) for d in self._people("accounts").find().sort("_id", 1)]
+
+    def begin_sign_in(self, name: str, now: datetime) -> int | None:
+        """As SQLite's: one atomic ``$inc`` of the failure count unless the account is locked at ``now``."""
+        from pymongo import ReturnDocument
+
+        with self._errors():
+            document = self._people("accounts").find_one_and_update(
+                {"_id": name, "$or": [{"locked_until": None}, {"locked_until": {"$lte": now}}]},
+                {"$inc": {"failed_count": 1}},
+                return_document=ReturnDocument.AFTER,
+            )
+        return int(document["failed_count"]) if document else None
+
+    def end_sign_in(self, name: str, succeeded: bool, locked_until: datetime | None = None) -> None:
+        if not succeeded and locked_until is None:
+            return
+        with self._errors():
+            self._people("accounts").update_one(
+                {"_id": name}, {"$set": {"failed_count": 0, "locked_until": locked_until}}
+            )
 
     def put_account(self, account: Account) -> None:
         account.validate()

@@ -9,6 +9,7 @@ writers (threads or processes) keep one unbroken chain.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 from core.errors import InvalidRecord
@@ -58,6 +59,33 @@ class SQLitePeople:
                 (account.name, account.role, account.password_hash, int(account.disabled), account.failed_count,
                  locked, to_ms(created)),
             )  # fmt: skip
+
+    def begin_sign_in(self, name: str, now: datetime) -> int | None:
+        """Claim a password check for ``name``, atomically: its failure count goes up by one and the new count is
+        returned; None when the account is locked at ``now`` (or does not exist). Parallel sign-ins each get their
+        own number, so no more than the allowed number of passwords is ever checked."""
+        with self._errors():
+            row = (
+                self._connection()
+                .execute(
+                    "UPDATE accounts SET failed_count = failed_count + 1 WHERE name = ? "
+                    "AND (locked_until_ms IS NULL OR locked_until_ms <= ?) RETURNING failed_count",
+                    (name, to_ms(now)),
+                )
+                .fetchone()
+            )
+        return int(row[0]) if row else None
+
+    def end_sign_in(self, name: str, succeeded: bool, locked_until: datetime | None = None) -> None:
+        """After a claimed check: a success clears the count and any lock; a failure that locks sets the lock and
+        starts the count again (a failure that does not lock leaves the count as claimed)."""
+        if not succeeded and locked_until is None:
+            return
+        locked = to_ms(locked_until) if locked_until else None
+        with self._errors():
+            self._connection().execute(
+                "UPDATE accounts SET failed_count = 0, locked_until_ms = ? WHERE name = ?", (locked, name)
+            )
 
     # --- reviews ------------------------------------------------------------------------------------------
 
