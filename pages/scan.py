@@ -5,7 +5,15 @@ import streamlit as st
 
 from core.errors import ModelError, StoreError
 from core.services.access import ANALYSE
-from core.services.triage import NOT_SAVED, NOT_UPDATED, apply_patient_reference, retry_save, summary_row, triage
+from core.services.triage import (
+    NOT_SAVED,
+    NOT_UPDATED,
+    apply_patient_reference,
+    batch_csv,
+    retry_save,
+    summary_row,
+    triage,
+)
 from ui import resources
 from ui.auth import fragment_actor
 from ui.batch import Upload, batch
@@ -142,10 +150,7 @@ st.caption(
 st.dataframe(table, hide_index=True, width="stretch")
 left, middle, right = st.columns([1.2, 1, 1])
 with_names = left.checkbox("Include file names in the CSV", help="File names can carry patient identities.")
-export = table if with_names else table.drop(columns=["file"])
-middle.download_button(
-    "Download results (CSV)", export.to_csv(index=False).encode("utf-8"), "scan-results.csv", "text/csv"
-)
+middle.download_button("Download results (CSV)", batch_csv(rows, with_names), "scan-results.csv", "text/csv")
 if any(result.status and result.status.state in (NOT_SAVED, NOT_UPDATED) for result in session.results()):
     right.button("Retry saving", on_click=retry_unsaved, type="primary")
 st.button("Clear this session's results", on_click=session.clear, type="tertiary")

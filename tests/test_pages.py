@@ -494,3 +494,21 @@ def test_a_nifti_volume_dropped_on_the_scan_page_is_pointed_to_the_study_page(ap
     assert not app.exception
     shown = " ".join(e.value for e in app.error) + " ".join(str(getattr(t, "value", "")) for t in app.dataframe)
     assert "Study page" in shown
+
+
+def test_a_refused_result_saved_from_the_command_line_opens_on_the_worklist_and_can_be_reviewed(
+    app_environment: Path, tiny_card: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from core.cli import main
+
+    noise = (np.random.default_rng(1).random((128, 128)) * 255).astype(np.uint8)
+    path = app_environment.parent / "noise.png"
+    path.write_bytes(png_bytes(noise))
+    main(["predict", "--model", str(tiny_card), "--save", str(path)])
+    assert '"saved": "saved"' in capsys.readouterr().out
+    app = page("worklist.py")
+    app.session_state["wl_show"] = "not yet reviewed"
+    app.run()
+    assert not app.exception and any("input gate refused" in i.value for i in app.info)
+    next(b for b in app.button if b.label.startswith("Agree")).click().run()
+    assert not app.exception and stored(app_environment).recent(1)[0].review_count == 1

@@ -38,3 +38,35 @@ def test_identities_never_reach_the_database_file(tmp_path: Path, tiny_classifie
         content = path.read_bytes()
         assert CANARY.encode() not in content and b"MRN123" not in content, path.name
         assert CANARY.lower().encode() not in content
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised_and_names_left_out_unless_asked() -> None:
+    from core.services.triage import batch_csv, spreadsheet_safe
+
+    for hostile in ("=HYPERLINK(\"http://x\",\"y\")", "+1", "-2+3", "@SUM(A1)", "\tx", "\rx"):
+        assert spreadsheet_safe(hostile) == "'" + hostile
+    assert spreadsheet_safe("glioma") == "glioma" and spreadsheet_safe(-0.5) == -0.5
+    rows = [{"scan": 1, "file": "=HYPERLINK(\"http://evil\")", "verdict": "Glioma", "reason": "-looks odd"}]
+    with_names = batch_csv(rows, with_names=True).decode()
+    assert "'=HYPERLINK" in with_names and ",'-looks odd" in with_names
+    assert "HYPERLINK" not in batch_csv(rows, with_names=False).decode()
+
+
+def test_a_file_name_is_shown_as_plain_text_never_as_markdown(tmp_path, tiny_card, monkeypatch) -> None:
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from core.services.access import Actor
+    from tests.scans import png_bytes, synthetic_slice
+
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("BTD_MODEL", str(tiny_card))
+    st.cache_resource.clear()
+    app = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "scan.py"), default_timeout=60)
+    app.session_state["actor"] = Actor("dr", "radiologist")
+    app.run()
+    name = "![p](http://127.0.0.1:9/x.png).png"
+    app.file_uploader[0].set_value([(name, png_bytes(synthetic_slice(128, tumour=True)), "image/png")]).run()
+    assert not app.exception
+    assert any(t.value == name for t in app.text)  # st.text: shown as typed
+    assert not any("http://127.0.0.1:9" in m.value for m in app.markdown)

@@ -80,7 +80,8 @@ def scan_panel(
 ) -> None:
     """Original with box | crop as the model sees it | where it looked | verdict, probabilities, save status."""
     fragment_actor()
-    st.markdown(f"**Scan {index}** · {upload.name}")
+    st.markdown(f"**Scan {index}**")
+    st.text(upload.name)  # plain text: a file name is never read as Markdown (links, images)
     frames = upload.frames
     if frames > 1:
         shown = upload.frame if upload.frame is not None else 0
@@ -149,8 +150,11 @@ def result_panel(opened, labels: tuple[str, ...], classifier=None, explainer=Non
             )  # fmt: skip
             crop.image(view.crop, caption="As the model sees it", width="stretch")
             label = view.explained or labels[0]
-            looked.image(view.overlay(label, 0.45), caption=f"Where the model looked for {pretty(label)}",
-                         width="stretch")  # fmt: skip
+            heat = view.overlay(label, 0.45)
+            if heat is None:  # a refused image: the model's attention on it means nothing
+                looked.info("No heat map: the input gate refused this image.")
+            else:
+                looked.image(heat, caption=f"Where the model looked for {pretty(label)}", width="stretch")
         else:
             st.info(opened.note or "No image is kept for this result.")
     with right:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -286,3 +286,29 @@ def summary_row(index: int, name: str, result: Triaged, pretty: Callable[[str], 
         "saved": saved,
         "reason": "; ".join(reasons),
     }
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A CSV cell that a spreadsheet will not run: text starting with ``= + - @``, tab or CR gets a leading
+    apostrophe (OWASP's advice against formula injection); numbers and other values pass unchanged."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def batch_csv(rows: Sequence[Mapping[str, Any]], with_names: bool) -> bytes:
+    """The batch table as CSV: file names only when asked for (they can carry identities), every text cell made
+    safe for spreadsheets."""
+    import csv
+    import io
+
+    columns = [c for c in (rows[0] if rows else {}) if with_names or c != "file"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(["" if row.get(c) is None else spreadsheet_safe(row.get(c)) for c in columns])
+    return buffer.getvalue().encode("utf-8")
