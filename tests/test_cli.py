@@ -188,3 +188,23 @@ def test_predict_can_back_fill_the_database_once(tmp_path: Path, tiny_card: Path
     assert lines[0]["saved"] == "already saved"
     store = SQLiteStore(tmp_path / "data" / "results.sqlite3")
     assert store.summary().total == 1 and store.recent(1)[0].uploader == "cli"
+
+
+def test_predict_save_exits_3_when_a_result_could_not_be_saved(tmp_path: Path, tiny_card: Path, capsys,
+                                                                  monkeypatch) -> None:  # fmt: skip
+    import core.services.triage
+    from core.errors import StoreUnavailable
+
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("MONGODB_URI", raising=False)
+    scan = tmp_path / "scan.png"
+    scan.write_bytes(png_bytes(synthetic_slice(256, tumour=True)))
+    from core.storage.sqlite import SQLiteStore
+
+    def down(self, *args, **kwargs):
+        raise StoreUnavailable("the disk is full")
+
+    monkeypatch.setattr(SQLiteStore, "add", down)
+    code, lines = run_main(["predict", "--save", "--model", str(tiny_card), str(scan)], capsys)
+    assert code == 3 and lines[0]["saved"].startswith("not saved")
+    assert core.services.triage.NOT_SAVED == "not saved"

@@ -41,7 +41,7 @@ def test_a_history_is_the_patients_results_in_time_order_and_an_audit_event(tmp_
         store.add(make_record(n + 1, start + timedelta(days=10 * (3 - n)), patient="a" * 64 if n < 3 else "b" * 64))
     found = patient_history(store, DOCTOR, "a" * 64)
     assert [r.image_sha256[-1] for r in found] == ["3", "2", "1"] and found[0].created_at < found[-1].created_at
-    assert [(e.action, e.detail) for e in store.audit_events()] == [("history", {"results": 3})]
+    assert [(e.action, e.target, e.detail) for e in store.audit_events()] == [("history", "a" * 64, {"results": 3})]
     with pytest.raises(AccessDenied):
         patient_history(store, Actor("boss", "supervisor"), "a" * 64)
 

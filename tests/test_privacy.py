@@ -43,10 +43,10 @@ def test_identities_never_reach_the_database_file(tmp_path: Path, tiny_classifie
 def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised_and_names_left_out_unless_asked() -> None:
     from core.services.triage import batch_csv, spreadsheet_safe
 
-    for hostile in ("=HYPERLINK(\"http://x\",\"y\")", "+1", "-2+3", "@SUM(A1)", "\tx", "\rx"):
+    for hostile in ('=HYPERLINK("http://x","y")', "+1", "-2+3", "@SUM(A1)", "\tx", "\rx"):
         assert spreadsheet_safe(hostile) == "'" + hostile
     assert spreadsheet_safe("glioma") == "glioma" and spreadsheet_safe(-0.5) == -0.5
-    rows = [{"scan": 1, "file": "=HYPERLINK(\"http://evil\")", "verdict": "Glioma", "reason": "-looks odd"}]
+    rows = [{"scan": 1, "file": '=HYPERLINK("http://evil")', "verdict": "Glioma", "reason": "-looks odd"}]
     with_names = batch_csv(rows, with_names=True).decode()
     assert "'=HYPERLINK" in with_names and ",'-looks odd" in with_names
     assert "HYPERLINK" not in batch_csv(rows, with_names=False).decode()

@@ -207,3 +207,26 @@ def test_a_large_but_allowed_volume_is_read_section_by_section() -> None:
     assert series.sections.shape == (12, 256, 256) and series.sections.dtype == np.uint8
     with pytest.raises(FileTooLarge, match="limit is 1 MB"):
         read_study([nifti(volume, gz=True)], study_limits=StudyLimits(max_volume_bytes=2**20))
+
+
+def test_a_zip_with_a_damaged_member_gets_a_specific_refusal() -> None:
+    import zipfile
+
+    from core.errors import CorruptImage
+
+    archive = bytearray(zipped(dicom_series(head_volume(2))))
+    member = zipfile.ZipFile(io.BytesIO(bytes(archive))).infolist()[0]
+    start = member.header_offset + 30 + len(member.filename) + member.compress_size // 2  # inside its data
+    archive[start : start + 50] = bytes(50)
+    with pytest.raises(CorruptImage, match="A file in the zip is damaged"):
+        read_study([bytes(archive)])
+
+
+def test_nan_voxels_are_background_not_a_blank_volume() -> None:
+    import nibabel
+
+    volume = head_volume(4).astype(np.float32)
+    data = np.transpose(volume[:, ::-1, ::-1], (2, 1, 0)).copy()
+    data[np.random.default_rng(0).random(data.shape) < 0.01] = np.nan  # 1 % NaN, as a masked export has
+    (series,) = read_study([nibabel.Nifti1Image(data, np.diag([0.9, 0.9, 5.0, 1.0])).to_bytes()])
+    assert series.sections.max() == 255 and series.sections.mean() > 20  # the head is there, not "blank"

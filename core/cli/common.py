@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
-EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_NOT_SAVED = 0, 1, 2, 3  # 3: --save could not save every result
 
 
 class Parser(argparse.ArgumentParser):

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.cli.common import EXIT_OK, EXIT_REJECTED, EXIT_USAGE, emit, error_json, progress
+from core.cli.common import EXIT_NOT_SAVED, EXIT_OK, EXIT_REJECTED, EXIT_USAGE, emit, error_json, progress
 from core.errors import ScanError, StoreError
 from core.evaluation.evaluate import evaluate_folder
 from core.imaging import read_file_bytes
@@ -16,7 +16,7 @@ from core.model.classifier import Classifier
 from core.model.gate import REJECTED
 from core.services.access import COMMAND_LINE
 from core.services.resources import load_classifier, open_image_store, open_results_store
-from core.services.triage import ScanOutcome, analyse_upload, save
+from core.services.triage import NOT_SAVED, ScanOutcome, analyse_upload, save
 
 
 def _classify_file(path: Path, classifier: Classifier, frame: int | None) -> tuple[dict[str, Any], ScanOutcome]:
@@ -55,7 +55,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         except StoreError as error:
             emit(error_json(error.code, str(error)), sys.stdout)
             return EXIT_USAGE
-    status = EXIT_OK
+    status, unsaved = EXIT_OK, False
     for name in progress(args.files, "predict"):
         result, outcome = _classify_file(Path(name), classifier, args.frame)
         if "error" in result:
@@ -63,8 +63,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if args.save and outcome.analysis is not None:  # gate-rejected scans are recorded as such, like in the app
             saved = save(outcome.analysis, store, actor=COMMAND_LINE, patient_ref=None, images=images)
             result["saved"] = saved.state + (f": {saved.message}" if saved.message else "")
+            unsaved = unsaved or saved.state == NOT_SAVED
         emit(result, sys.stdout)
-    return status
+    return EXIT_NOT_SAVED if unsaved else status
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

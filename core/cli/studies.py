@@ -6,12 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from core.cli.common import EXIT_OK, EXIT_REJECTED, EXIT_USAGE, emit, error_json
+from core.cli.common import EXIT_NOT_SAVED, EXIT_OK, EXIT_REJECTED, EXIT_USAGE, emit, error_json
 from core.config import mongodb_uri, patient_key
 from core.errors import StoreError
 from core.services.access import COMMAND_LINE
 from core.services.resources import load_classifier, open_image_store, open_results_store
-from core.services.studies import analyse_path, display_png, save_series
+from core.services.studies import NOT_SAVED, analyse_path, display_png, save_series
 
 
 def cmd_study(args: argparse.Namespace) -> int:
@@ -25,7 +25,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         except (StoreError, ValueError) as error:
             emit(error_json(getattr(error, "code", "bad_configuration"), str(error)), sys.stdout)
             return EXIT_USAGE
-    status = EXIT_OK
+    status, unsaved = EXIT_OK, False
     for name in args.paths:
         outcome = analyse_path(Path(name), classifier)
         if outcome.error_code:
@@ -50,5 +50,6 @@ def cmd_study(args: argparse.Namespace) -> int:
             if args.save:
                 saved = save_series(series, store, actor=COMMAND_LINE, patient_ref=None, images=images, key=key)
                 result["saved"] = saved.state + (f": {saved.message}" if saved.message else "")
+                unsaved = unsaved or saved.state == NOT_SAVED
             emit(result, sys.stdout)
-    return status
+    return EXIT_NOT_SAVED if unsaved else status

@@ -82,7 +82,11 @@ def stretch_bounds(values: np.ndarray, low_pct: float = 0.5, high_pct: float = 9
         sample = values[::step, ::step, ::step]
     else:
         sample = values.ravel()[:: step * step]
-    low, high = (float(v) for v in np.percentile(np.asarray(sample, dtype=np.float32), (low_pct, high_pct)))
+    sample = np.asarray(sample, dtype=np.float32)
+    finite = sample[np.isfinite(sample)]  # NaN voxels (outside a mask, say) are background, not data
+    if finite.size == 0:
+        return 0.0, 0.0
+    low, high = (float(v) for v in np.percentile(finite, (low_pct, high_pct)))
     return low, high
 
 
@@ -91,4 +95,5 @@ def apply_stretch(values: np.ndarray, low: float, high: float) -> np.ndarray:
     if not math.isfinite(low) or not math.isfinite(high) or high <= low:
         return np.zeros(np.shape(values), dtype=np.uint8)
     scaled = (np.asarray(values, dtype=np.float32) - low) * np.float32(255.0 / (high - low))
+    scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)  # NaN voxels: black background
     return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)

@@ -21,6 +21,7 @@ import gzip
 import hashlib
 import io
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -134,8 +135,11 @@ def unzip(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> list[bytes
             raise UnsupportedFormat("The zip holds another zip; upload the inner archive itself.")
     out = []
     for member in members:
-        with archive.open(member) as handle:
-            content = handle.read(member.file_size + 1)
+        try:
+            with archive.open(member) as handle:
+                content = handle.read(member.file_size + 1)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as error:  # a bad CRC, a cut stream
+            raise CorruptImage(f"A file in the zip is damaged ({type(error).__name__}); refused.") from error
         if len(content) > member.file_size:  # the header lied about the size
             raise FileTooLarge("A file in the zip is larger than its header says; refused.")
         out.append(content)

@@ -23,7 +23,7 @@ def patient_history(store: Store, actor: Actor, patient_ref: str) -> list[Record
     """The patient's results (scans and series), oldest first."""
     require(actor, HISTORY)
     records = store.worklist(WorklistQuery(reviewed=None, patient_ref=patient_ref), LIMIT)
-    audit.record(store, actor, "history", None, results=len(records))
+    audit.record(store, actor, "history", patient_ref, results=len(records))  # the keyed reference, never as typed
     return sorted(records, key=lambda r: r.created_at)
 
 
