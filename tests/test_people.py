@@ -307,3 +307,18 @@ def test_a_sign_in_attempt_is_claimed_atomically_in_either_store(tmp_path: Path,
     assert store.begin_sign_in("dr-a", now + timedelta(minutes=16)) == 1  # the lock has passed
     store.end_sign_in("dr-a", True)
     assert store.get_account("dr-a").failed_count == 0 and store.begin_sign_in("nobody", now) is None
+
+
+def test_a_supervisor_reads_the_audit_trail_without_any_results_verdicts_or_patients(store, tiny_classifier) -> None:
+    """The Audit page once showed a supervisor each review's result id, reader and final label."""
+    record = make_record(7, datetime(2026, 11, 30, 9, tzinfo=UTC), "glioma")
+    store.add(record)
+    reviews.review_result(store, RADIOLOGIST, record.id, "notumor", ["false_alarm"], "")
+    accounts.add_account(store, COMMAND_LINE, "dr-b", "radiologist", PASSWORD)
+    seen = audit.events(store, SUPERVISOR)
+    review = next(e for e in seen if e.action == "review")
+    assert review.target is None and review.detail == {} and review.actor == "dr-a"  # who and when, not what
+    assert next(e for e in seen if e.action == "account_created").target == "dr-b"
+    full = next(e for e in audit.events(store, ADMIN) if e.action == "review")
+    assert full.target == record.id and full.detail  # the admin's export keeps everything
+    assert "glioma" not in json.dumps([e.__dict__ for e in seen], default=str)

@@ -12,11 +12,11 @@ import csv
 import io
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from core.services.access import AUDIT_EXPORT, AUDIT_READ, Actor, require
+from core.services.access import AUDIT_EXPORT, AUDIT_READ, OPEN_RESULT, Actor, allowed, require
 from core.storage.people import AuditEvent, first_broken
 from core.storage.protocol import Store
 
@@ -46,12 +46,26 @@ def events(
 ) -> list[AuditEvent]:  # fmt: skip
     """The events matching the filters, oldest first (supervisors and admins)."""
     require(actor, AUDIT_READ)
-    return [
+    chosen = [
         e
         for e in store.audit_events()
         if (action is None or e.action == action) and (who is None or e.actor == who)
         and (start is None or e.at >= start) and (end is None or e.at < end)
     ]  # fmt: skip
+    if allowed(actor, OPEN_RESULT) or allowed(actor, AUDIT_EXPORT):
+        return chosen
+    return [redacted(e) for e in chosen]
+
+
+RESULT_ACTIONS = frozenset({"upload", "open", "review", "report", "history", "patient_reference_set"})
+
+
+def redacted(event: AuditEvent) -> AuditEvent:
+    """An event as a supervisor sees it: who did what and when, but for results and patients not which one nor
+    with what content (a review's labels would be per-result verdicts, which supervisors see only as aggregates)."""
+    if event.action not in RESULT_ACTIONS:
+        return event
+    return replace(event, target=None, detail={})
 
 
 def export_csv(store: Store, actor: Actor, filters: Mapping[str, Any]) -> bytes:
