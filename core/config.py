@@ -48,6 +48,25 @@ def patient_key(secrets: Mapping[str, Any], shared_database: bool) -> bytes | No
     return None if shared_database else local_key(data_dir())
 
 
+def audit_key(secrets: Mapping[str, Any], shared_database: bool) -> bytes | None:
+    """The HMAC key of the audit chain: ``BTD_AUDIT_KEY`` or ``[audit] key`` (hex or text, 16 bytes or more),
+    kept apart from the database so that whoever can edit the events cannot re-hash them. The embedded database
+    gets a local random key file (``audit.key`` beside ``patient-ref.key``, 0600) on first use; a shared MongoDB
+    needs a configured one (None: the chain is hashed without a key, and ``audit verify`` says so)."""
+    from core.identity import local_key
+
+    configured = os.environ.get("BTD_AUDIT_KEY") or (secrets.get("audit") or {}).get("key")
+    if configured:
+        try:
+            key = bytes.fromhex(configured)
+        except ValueError:
+            key = configured.encode("utf-8")
+        if len(key) < 16:
+            raise ValueError("the configured audit key is shorter than 16 bytes")
+        return key
+    return None if shared_database else local_key(data_dir(), "audit.key")
+
+
 def first_admin_command(secrets: Mapping[str, Any]) -> str:
     """The exact shell command that creates the first admin in the database this server uses (run on the server,
     from any folder): the project's interpreter and, when the server runs with one, its data directory; with

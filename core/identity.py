@@ -30,12 +30,12 @@ def pseudonymise(text: str | None, key: bytes) -> str | None:
     return hmac.new(key, normalise(text).encode("utf-8"), hashlib.sha256).hexdigest()
 
 
-def local_key(data_dir: Path) -> bytes:
-    """Read the embedded-mode key from ``data_dir``, creating a random one on first use."""
-    path = data_dir / KEY_FILE
+def local_key(data_dir: Path, name: str = KEY_FILE) -> bytes:
+    """Read the embedded-mode key ``name`` from ``data_dir``, creating a random one on first use."""
+    path = data_dir / name
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
-        draft = data_dir / f".{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+        draft = data_dir / f".{name}.{os.getpid()}.{secrets.token_hex(4)}"
         fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_hex(32))

@@ -13,7 +13,7 @@ from typing import Any
 
 import streamlit as st
 
-from core.config import data_dir, model_card_path, mongodb_uri, patient_key
+from core.config import audit_key, data_dir, model_card_path, mongodb_uri, patient_key
 from core.model.card import ModelCard
 from core.model.classifier import Classifier
 from core.model.explain import Explainer
@@ -107,7 +107,7 @@ def current_explainer() -> Explainer:
 @st.cache_resource(show_spinner=False)
 def _store(uri: str | None, directory: str) -> Store:
     """The results database client (MongoDB when a URI is configured, else the embedded SQLite file)."""
-    return open_store(uri, Path(directory))
+    return open_store(uri, Path(directory), audit_key(secrets(), shared_database=bool(uri)))
 
 
 def current_store() -> Store:

@@ -48,9 +48,9 @@ def add_commands(commands: Any) -> None:
     password.set_defaults(run=cmd_users_set_password)
     trail = commands.add_parser("audit", help="verify or export the audit trail")
     steps = trail.add_subparsers(dest="verb", required=True, parser_class=type(trail))
-    steps.add_parser("verify", help="re-hash the chain; exit 1 naming the first bad event").set_defaults(
-        run=cmd_audit_verify
-    )
+    verify = steps.add_parser("verify", help="re-hash the chain, compare its head; exit 1 naming the problem")
+    verify.add_argument("--expect-head", metavar="SEQ:HASH", help="a head printed by an earlier verify")
+    verify.set_defaults(run=cmd_audit_verify)
     images = commands.add_parser("images", help="the de-identified image store")
     image_verbs = images.add_subparsers(dest="verb", required=True, parser_class=type(images))
     purge = image_verbs.add_parser("purge", help="delete images older than the retention period")
@@ -107,15 +107,29 @@ def cmd_users_set_password(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    result = audit.verify(open_results_store())
+    expected = None
+    if args.expect_head:
+        seq, _, digest = args.expect_head.partition(":")
+        if not seq.isdigit() or not digest:
+            emit(error_json("bad_usage", "--expect-head takes SEQ:HASH as printed by an earlier verify"), sys.stdout)
+            return EXIT_USAGE
+        expected = (int(seq), digest)
+    result = audit.verify(open_results_store(), expected)
+    report: dict[str, Any] = {
+        "intact": result.intact,
+        "events": result.events,
+        "keyed": result.keyed,
+        "head": f"{result.head.seq}:{result.head.hash}" if result.head else None,  # note it: --expect-head later
+    }
     if result.intact:
-        emit({"intact": True, "events": result.events}, sys.stdout)
+        emit(report, sys.stdout)
         return EXIT_OK
+    report["problem"] = result.problem
     bad = result.first_bad
-    assert bad is not None
-    emit({"intact": False, "events": result.events, "first_bad_event": {
-        "seq": bad.seq, "at": bad.at.isoformat(), "actor": bad.actor, "action": bad.action,
-    }}, sys.stdout)  # fmt: skip
+    if bad is not None:
+        report["first_bad_event"] = {"seq": bad.seq, "at": bad.at.isoformat(), "actor": bad.actor,
+                                     "action": bad.action}  # fmt: skip
+    emit(report, sys.stdout)
     return EXIT_REJECTED
 
 

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from core.services.access import AUDIT_EXPORT, AUDIT_READ, OPEN_RESULT, Actor, allowed, require
-from core.storage.people import AuditEvent, first_broken
+from core.storage.people import KEYED, AuditEvent, AuditHead, first_broken
 from core.storage.protocol import Store
 
 
@@ -31,13 +31,37 @@ class Verification:
     intact: bool
     events: int
     first_bad: AuditEvent | None = None
+    head: AuditHead | None = None  # the chain's end as kept apart from the events
+    problem: str | None = None
+    keyed: bool = False
 
 
-def verify(store: Store) -> Verification:
-    """Re-hash the whole chain in order; the first event that does not hold, if any."""
+def verify(store: Store, expected_head: tuple[int, str] | None = None) -> Verification:
+    """Re-hash the whole chain in order with the audit key, then compare its end with the head kept apart from the
+    events (and with ``expected_head``, one an operator noted earlier): edited, re-hashed or deleted events,
+    including the last ones or all of them, are found."""
     events = store.audit_events()
-    bad = first_broken(events)
-    return Verification(bad is None, len(events), bad)
+    key = getattr(store, "audit_key", None)
+    head = store.audit_head()
+    bad = first_broken(events, key)
+    last = (events[-1].seq or 0, events[-1].hash) if events else None
+    unkeyed = [e for e in events if head and head.keyed_since and (e.seq or 0) >= head.keyed_since
+               and not e.hash.startswith(KEYED)]  # fmt: skip
+    problem = None
+    if bad is not None:
+        problem = f"event {bad.seq} was edited, re-hashed without the key, or an event before it was deleted"
+    elif head is None and events:
+        problem = "the chain has no head: it was removed, or the events were written outside the application"
+    elif head is not None and key is not None and head.keyed_since and head.mac != head.expected_mac(key):
+        problem = "the chain's head was altered (its signature does not hold)"
+    elif unkeyed:
+        problem = f"event {unkeyed[0].seq} is not keyed where the chain is: it was re-hashed without the key"
+    elif head is not None and last != (head.seq, head.hash) and not (last is None and head.seq == 0):
+        problem = f"the chain ends at {last[0] if last else 0} but its head says {head.seq}: events were deleted"
+    elif expected_head is not None and not any(e.seq == expected_head[0] and e.hash == expected_head[1]
+                                               for e in events):  # fmt: skip
+        problem = f"the noted head {expected_head[0]} is no longer in the chain: the trail was cut or replaced"
+    return Verification(problem is None, len(events), bad, head, problem, key is not None)
 
 
 def events(

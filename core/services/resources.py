@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from core.config import data_dir, model_card_path, mongodb_uri
+from core.config import audit_key, data_dir, model_card_path, mongodb_uri
 from core.model.classifier import Classifier
 from core.model.explain import Explainer
 from core.storage import open_store
@@ -29,7 +29,8 @@ def load_explainer(classifier: Classifier) -> Explainer:
 
 def open_results_store(secrets: Mapping[str, Any] | None = None) -> Store:
     """The configured database: MongoDB when a URI is set (environment or secrets), else the embedded SQLite file."""
-    return open_store(mongodb_uri(secrets or {}), data_dir())
+    uri = mongodb_uri(secrets or {})
+    return open_store(uri, data_dir(), audit_key(secrets or {}, shared_database=bool(uri)))
 
 
 def open_image_store(store: Store) -> ImageStore:

@@ -93,7 +93,8 @@ def review_result(
     action = "agree" if final_label == record.label and not reasons else "override"
     review = Review(result_id, actor.name, now or datetime.now(UTC), action, record.label, final_label,
                     tuple(reasons), note.strip())  # fmt: skip
-    updated = store.add_review(review)
-    audit.record(store, actor, "review", result_id, action=action, model_label=record.label, final_label=final_label,
-                 reasons=list(reasons))  # fmt: skip
+    with store.atomic():  # the review and its audit event: both or neither
+        updated = store.add_review(review)
+        audit.record(store, actor, "review", result_id, action=action, model_label=record.label,
+                     final_label=final_label, reasons=list(reasons))  # fmt: skip
     return updated

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import FileTooLarge, ScanError, StoreError
+from core.errors import FileTooLarge, ScanError
 from core.identity import pseudonymise
 from core.imaging.scan import DICOM_MAGIC_OFFSET, Scan
 from core.imaging.series import DEFAULT_STUDY_LIMITS, StudyLimits, Volume, is_nifti, is_zip, read_study
@@ -27,7 +27,7 @@ from core.model.explain import Explainer
 from core.model.gate import ACCEPTED, NEEDS_REVIEW
 from core.model.volume import SeriesAnalysis, analyse_volume
 from core.services.access import ANALYSE, Actor, require
-from core.services.triage import ALREADY_SAVED, NOT_SAVED, SAVED, SaveStatus, audited, keep_image
+from core.services.triage import NOT_SAVED, SaveStatus, keep_image, save_record
 from core.services.views import DISPLAY_SIDE
 from core.storage.images import ImageStore
 from core.storage.protocol import Store
@@ -226,14 +226,8 @@ def save_series(
         return SaveStatus(NOT_SAVED, "no section of this series could be analysed, so there is no verdict to save")
     record = series_record(analysis, patient_ref=patient_ref, uploader=actor.name, key=key,
                            image_key=keep_image(images, stacked(analysis.volume.sections)))  # fmt: skip
-    if store is None:
-        return SaveStatus(NOT_SAVED, "the results database is unavailable", record.id)
-    try:
-        created = store.add_series(record, section_rows(analysis))
-    except StoreError as error:
-        logger.warning("event=save_failed code=%s kind=series", error.code)
-        return SaveStatus(NOT_SAVED, str(error), record.id)
-    return audited(SaveStatus(SAVED if created else ALREADY_SAVED, record_id=record.id), store, actor, record.gate)
+    sections = section_rows(analysis)
+    return save_record(record, store, actor, record.gate, write=lambda r: store.add_series(r, sections))
 
 
 def stored_sections(record: Record, images: ImageStore | None) -> np.ndarray | None:

@@ -127,7 +127,7 @@ def save(
     record = new_record(
         analysis, patient_ref=patient_ref, uploader=actor.name, image_key=keep_image(images, analysis.scan.pixels)
     )
-    return audited(save_record(record, store), store, actor, analysis.prediction.gate.decision)
+    return save_record(record, store, actor, analysis.prediction.gate.decision)
 
 
 def keep_image(images: ImageStore | None, pixels: Any) -> str | None:
@@ -142,30 +142,24 @@ def keep_image(images: ImageStore | None, pixels: Any) -> str | None:
         return None
 
 
-def audited(status: SaveStatus, store: Store | None, actor: Actor, gate: str) -> SaveStatus:
-    """Record a saved (or already saved) upload in the audit trail; a trail that cannot be written makes the
-    save report not saved, with the reason, so nothing touches a result unaudited without the user knowing."""
-    if store is None or status.state == NOT_SAVED:
-        return status
-    try:
-        audit.record(store, actor, "upload", status.record_id, state=status.state, gate=gate)
-    except StoreError as error:
-        logger.warning("event=audit_failed code=%s", error.code)
-        return SaveStatus(NOT_SAVED, f"the upload could not be audited: {error}", status.record_id)
-    return status
-
-
-def save_record(record: Record, store: Store | None) -> SaveStatus:
-    """Insert ``record`` once (see :func:`save`); every failure is a status with its reason and one log line."""
+def save_record(
+    record: Record, store: Store | None, actor: Actor, gate: str, write: Callable[[Record], bool] | None = None
+) -> SaveStatus:
+    """Write ``record`` once (``write``: ``store.add`` unless given, e.g. a series with its sections) and its
+    upload audit event as one unit of work: both or neither, so nothing touches a result unaudited. Every failure
+    is a status with its reason and one log line; a second call for the same upload answers 'already saved'."""
     if store is None:
         logger.warning("event=save_failed code=store_unavailable")
         return SaveStatus(NOT_SAVED, "the results database is unavailable", record.id)
     try:
-        created = store.add(record)
+        with store.atomic():
+            created = (write or store.add)(record)
+            state = SAVED if created else ALREADY_SAVED
+            audit.record(store, actor, "upload", record.id, state=state, gate=gate)
     except StoreError as error:
         logger.warning("event=save_failed code=%s", error.code)
-        return SaveStatus(NOT_SAVED, str(error), record.id)
-    return SaveStatus(SAVED if created else ALREADY_SAVED, record_id=record.id)
+        return SaveStatus(NOT_SAVED, f"{error} (nothing was saved)", record.id)
+    return SaveStatus(state, record_id=record.id)
 
 
 def apply_patient_reference(triaged: Triaged, store: Store | None, patient_ref: str | None, actor: Actor) -> Triaged:
@@ -229,7 +223,7 @@ def triage(
     analysis = outcome.analysis
     image_key = keep_image(images, analysis.scan.pixels)
     record = new_record(analysis, patient_ref=patient_ref, uploader=actor.name, image_key=image_key)
-    status = audited(save_record(record, store), store, actor, analysis.prediction.gate.decision)
+    status = save_record(record, store, actor, analysis.prediction.gate.decision)
     view = scan_view(analysis, explainer)
     return Triaged(outcome.sha256, outcome.frames, analysis.scan.frame, view, record=record, status=status)
 
@@ -245,7 +239,7 @@ def retry_save(triaged: Triaged, store: Store | None, patient_ref: str | None, a
         return triaged
     record = replace(triaged.record, patient_ref=patient_ref)
     gate = triaged.view.prediction.gate.decision if triaged.view else record.gate
-    status = audited(save_record(record, store), store, actor, gate)
+    status = save_record(record, store, actor, gate)
     if status.state == ALREADY_SAVED:  # saved meanwhile (another replica): make sure it has this reference
         return apply_patient_reference(replace(triaged, status=status), store, patient_ref, actor)
     return replace(triaged, record=record, status=status)

@@ -21,17 +21,21 @@ if TYPE_CHECKING:
 DATABASE_FILE = "results.sqlite3"
 
 
-def open_store(mongodb_uri: str | None, data_dir: Path) -> SQLiteStore | MongoStore:
-    """MongoDB when a URI is configured, else the embedded SQLite file ``data_dir/results.sqlite3``."""
+def open_store(mongodb_uri: str | None, data_dir: Path, audit_key: bytes | None = None) -> SQLiteStore | MongoStore:
+    """MongoDB when a URI is configured, else the embedded SQLite file ``data_dir/results.sqlite3``; ``audit_key``
+    keys the audit chain (:func:`core.config.audit_key`)."""
     if mongodb_uri:
         from pymongo.errors import PyMongoError
 
         from core.storage.mongo import MongoStore
 
         try:
-            return MongoStore.connect(mongodb_uri)
+            store: SQLiteStore | MongoStore = MongoStore.connect(mongodb_uri)
         except (PyMongoError, ValueError) as error:  # ConfigurationError, InvalidURI, unresolvable SRV record
             raise StoreError(f"The MongoDB URI cannot be used ({type(error).__name__}).") from error
-    from core.storage.sqlite import SQLiteStore
+    else:
+        from core.storage.sqlite import SQLiteStore
 
-    return SQLiteStore(data_dir / DATABASE_FILE)
+        store = SQLiteStore(data_dir / DATABASE_FILE)
+    store.audit_key = audit_key
+    return store

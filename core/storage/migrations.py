@@ -18,7 +18,8 @@ SQLite keeps its version in ``PRAGMA user_version``; MongoDB in the ``meta`` col
 - version 7: NIfTI series saved before it carry the orientation ``(1, 0, 0, 0, -1, 0)``, which mislabelled their
   stored pixels (shown with the patient's right on the screen's right, anterior at the top) as L/P where they are
   R/A; upgrading sets the orientation that describes those pixels, ``(-1, 0, 0, 0, 1, 0)``, so the letters shown
-  with them are right. New series are stored in the radiological view (:mod:`core.imaging.geometry`).
+  with them are right. New series are stored in the radiological view (:mod:`core.imaging.geometry`). The audit
+  chain gets a head (last sequence number and hash) kept apart from the events, and new events are keyed (HMAC).
 
 An upgrade runs in one transaction after a backup copy of the file (``<file>.v<N>.bak``); a database newer than
 this code is refused rather than guessed at.
@@ -94,7 +95,15 @@ NIFTI_ORIENTATION_OF_OLD_PIXELS = [-1.0, 0.0, 0.0, 0.0, 1.0, 0.0]  # what their 
 
 
 def _sqlite_v6_to_v7(connection: sqlite3.Connection) -> int:
-    """Correct the orientation recorded with NIfTI series saved before version 7; returns how many."""
+    """Correct the orientation recorded with NIfTI series saved before version 7 and start the audit chain's head
+    (kept apart from the events) at the last event; returns how many orientations were corrected."""
+    connection.execute(
+        "CREATE TABLE IF NOT EXISTS audit_head (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, "
+        "hash TEXT NOT NULL, keyed_since INTEGER NOT NULL DEFAULT 0, mac TEXT NOT NULL DEFAULT '')"
+    )
+    connection.execute(
+        "INSERT OR IGNORE INTO audit_head (id, seq, hash) SELECT 1, seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
+    )
     cursor = connection.execute(
         "UPDATE scans SET geometry = json_set(geometry, '$.orientation', json(?)) "
         "WHERE kind = 'series' AND image_format = 'nifti' AND json_extract(geometry, '$.orientation') = json(?)",

@@ -9,11 +9,13 @@ so replicas sharing one database keep one unbroken chain. A review is inserted, 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from typing import Any
 
 from core.errors import InvalidRecord, StoreUnavailable
-from core.storage.people import Account, AuditEvent, Review, chained
+from core.storage.people import NO_HEAD, Account, AuditEvent, AuditHead, Review, chained
 from core.storage.protocol import check_review
 from core.storage.records import Record
 from core.storage.timebuckets import as_utc
@@ -23,6 +25,7 @@ class MongoPeople:
     """Requires ``_db``, ``_collection``, ``_errors()`` and ``get()`` from the store."""
 
     _db: Any
+    audit_key: bytes | None = None
     _collection: Any
     _errors: Any
     get: Any
@@ -144,7 +147,7 @@ class MongoPeople:
             with self._errors():
                 last = audit.find_one(sort=[("_id", -1)])
                 seq, previous = (1, event.prev_hash) if last is None else (int(last["_id"]) + 1, last["hash"])
-                linked = chained(event, previous, seq)
+                linked = chained(event, previous, seq, self.audit_key)
                 try:
                     audit.insert_one({
                         "_id": seq, "at": linked.at, "actor": linked.actor, "role": linked.role,
@@ -153,8 +156,31 @@ class MongoPeople:
                     })  # fmt: skip
                 except DuplicateKeyError:
                     continue  # another replica appended first: link to its event instead
+                current = self.audit_head() or NO_HEAD
+                head = current.after(seq, linked.hash, self.audit_key)
+                with suppress(DuplicateKeyError):  # the head, kept outside the events; a later event may lead
+                    self._db["meta"].update_one(
+                        {"_id": "audit_head", "$or": [{"seq": {"$lt": seq}}, {"seq": {"$exists": False}}]},
+                        {"$set": {"seq": head.seq, "hash": head.hash, "keyed_since": head.keyed_since,
+                                  "mac": head.mac}},
+                        upsert=True,
+                    )  # fmt: skip
                 return linked
         raise StoreUnavailable("The audit trail is too busy to append to; try again.")
+
+    def audit_head(self) -> AuditHead | None:
+        with self._errors():
+            head = self._db["meta"].find_one({"_id": "audit_head"})
+        if not head:
+            return None
+        return AuditHead(int(head["seq"]), str(head["hash"]), int(head.get("keyed_since") or 0), head.get("mac", ""))
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        """MongoDB writes are atomic per document; a result and its audit event are two documents, written one
+        after the other (multi-document transactions need a replica set and are not used yet: a documented
+        limit). On a failure inside, nothing is undone here."""
+        yield
 
     def audit_events(self, since_seq: int = 0, limit: int | None = None) -> list[AuditEvent]:
         with self._errors():

@@ -11,6 +11,7 @@ No patient identity in any of them: targets are result ids (image hashes), accou
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -100,26 +101,68 @@ def to_milliseconds(moment: datetime) -> datetime:
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
-def event_hash(event: AuditEvent) -> str:
-    return hashlib.sha256(event.canonical().encode("ascii")).hexdigest()
+KEYED = "hmac:"  # the prefix of a keyed hash: events written before the chain was keyed have plain SHA-256
 
 
-def chained(event: AuditEvent, previous_hash: str, seq: int) -> AuditEvent:
+def event_hash(event: AuditEvent, key: bytes | None = None) -> str:
+    """HMAC-SHA256 of the event under the audit key (``hmac:...``): whoever edits the table cannot recompute it
+    without the key, which is kept apart from the database. Without a key (events from before), plain SHA-256."""
+    text = event.canonical().encode("ascii")
+    if key is None:
+        return hashlib.sha256(text).hexdigest()
+    return KEYED + hmac.new(key, text, hashlib.sha256).hexdigest()
+
+
+def chained(event: AuditEvent, previous_hash: str, seq: int, key: bytes | None = None) -> AuditEvent:
     """``event`` as the store appends it: its time cut to milliseconds, linked to ``previous_hash``, hashed."""
     linked = replace(event, at=to_milliseconds(event.at), prev_hash=previous_hash, seq=seq, hash="")
-    return replace(linked, hash=event_hash(linked))
+    return replace(linked, hash=event_hash(linked, key))
 
 
-def first_broken(events: Sequence[AuditEvent]) -> AuditEvent | None:
+def first_broken(events: Sequence[AuditEvent], key: bytes | None = None) -> AuditEvent | None:
     """The first event (in sequence order) whose hash or link does not hold, or None for an intact chain. A gap in
-    the sequence numbers (a deleted event) breaks the link of the event after it."""
+    the sequence numbers (a deleted event) breaks the link of the event after it. Once one event is keyed, every
+    later one must be: an unkeyed hash after it is an edit re-hashed without the key."""
     previous = GENESIS
     expected_seq = None
+    keyed_seen = False
     for event in events:
         if expected_seq is not None and event.seq is not None and event.seq != expected_seq:
             return event
-        if event.prev_hash != previous or event.hash != event_hash(event):
+        keyed = event.hash.startswith(KEYED)
+        if keyed and key is None:
+            return event  # cannot be checked without the key: not proven intact
+        if (keyed_seen and not keyed) or event.prev_hash != previous:
             return event
+        if event.hash != event_hash(event, key if keyed else None):
+            return event
+        keyed_seen = keyed_seen or keyed
         previous = event.hash
         expected_seq = None if event.seq is None else event.seq + 1
     return None
+
+
+@dataclass(frozen=True)
+class AuditHead:
+    """The chain's end as kept apart from the events: its last sequence number and hash, the first event that had
+    to be keyed (0: the chain is not keyed), and an HMAC of all three under the audit key, so that the head
+    cannot be moved back (events deleted from the end) or told that keying started later than it did."""
+
+    seq: int
+    hash: str
+    keyed_since: int = 0
+    mac: str = ""
+
+    def expected_mac(self, key: bytes) -> str:
+        text = f"{self.seq}|{self.hash}|{self.keyed_since}".encode()
+        return hmac.new(key, text, hashlib.sha256).hexdigest()
+
+    def after(self, seq: int, digest: str, key: bytes | None) -> AuditHead:
+        """The head once event ``seq`` with hash ``digest`` is appended (keyed from it on when this is the first
+        keyed event)."""
+        keyed_since = self.keyed_since or (seq if key is not None else 0)
+        moved = AuditHead(seq, digest, keyed_since)
+        return replace(moved, mac=moved.expected_mac(key)) if key is not None else moved
+
+
+NO_HEAD = AuditHead(0, GENESIS)

@@ -102,6 +102,10 @@ PEOPLE = (
         hash TEXT NOT NULL UNIQUE
     )""",
     "CREATE INDEX IF NOT EXISTS audit_by_action ON audit (action, at_ms)",
+    # the chain's head (last sequence number and hash), kept apart from the events: deleting the last events
+    # leaves a head that no longer matches them (core.services.audit.verify)
+    "CREATE TABLE IF NOT EXISTS audit_head (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, "
+    "hash TEXT NOT NULL, keyed_since INTEGER NOT NULL DEFAULT 0, mac TEXT NOT NULL DEFAULT '')",
     *(
         f"CREATE TRIGGER IF NOT EXISTS {table}_append_only_{verb.lower()} BEFORE {verb} ON {table} "
         f"BEGIN SELECT RAISE(ABORT, '{table} are append-only'); END"

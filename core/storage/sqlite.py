@@ -50,6 +50,8 @@ _SUMMARY_KEYS = ("label", "gate", "n", "tumour", "confidence", "first", "last")
 class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
     """The embedded store: one SQLite file, WAL journal, 5 s busy timeout, one connection per thread."""
 
+    audit_key: bytes | None = None  # keys the audit chain (set by open_store from the configuration)
+
     def __init__(self, path: Path, busy_timeout_s: float = 5.0) -> None:
         self.path = Path(path)
         self._busy_timeout_s = busy_timeout_s
@@ -111,6 +113,29 @@ class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
                 "The results database file is corrupt or is not a database; restore it from a backup."
             ) from error
 
+    @contextmanager
+    def _transaction(self, mode: str = "IMMEDIATE") -> Iterator[sqlite3.Connection]:
+        """One transaction on this thread's connection; inside :meth:`atomic` (or another one) it joins the open
+        transaction, which commits or rolls back as a whole."""
+        connection = self._connection()
+        if connection.in_transaction:
+            yield connection
+            return
+        connection.execute(f"BEGIN {mode}")
+        try:
+            yield connection
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        """A unit of work: every write inside (a result, its sections, a review, an audit event, an account)
+        commits together or not at all."""
+        with self._errors(), self._transaction():
+            yield
+
     def describe(self) -> str:
         return f"SQLite file {self.path}"
 
@@ -155,16 +180,9 @@ class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
 
     def add_many(self, records: Sequence[Record]) -> int:
         """Bulk insert in one transaction (back-fills, benchmarks); returns how many were new."""
-        connection = self._connection()
-        with self._errors():
+        with self._errors(), self._transaction("DEFERRED") as connection:
             before = connection.total_changes
-            connection.execute("BEGIN")
-            try:
-                connection.executemany(self._INSERT, [self._values(record.validate()) for record in records])
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
-            connection.execute("COMMIT")
+            connection.executemany(self._INSERT, [self._values(record.validate()) for record in records])
             return connection.total_changes - before
 
     def add_series(self, record: Record, sections: Sequence[Section]) -> bool:
@@ -174,21 +192,14 @@ class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
         rows = [(record.id, s.index, s.position, s.tumour_probability, s.label, s.skipped)
                 for s in (section.validate() for section in sections)]  # fmt: skip
         record.validate()
-        connection = self._connection()
-        with self._errors():
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                added = connection.execute(self._INSERT, self._values(record)).rowcount == 1
-                if added:
-                    connection.executemany(
-                        "INSERT INTO sections (record_id, idx, position, tumour_probability, label, skipped) "
-                        "VALUES (?, ?, ?, ?, ?, ?)",
-                        rows,
-                    )
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
-            connection.execute("COMMIT")
+        with self._errors(), self._transaction() as connection:
+            added = connection.execute(self._INSERT, self._values(record)).rowcount == 1
+            if added:
+                connection.executemany(
+                    "INSERT INTO sections (record_id, idx, position, tumour_probability, label, skipped) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
         return added
 
     def sections_of(self, record_id: str) -> list[Section]:

@@ -13,16 +13,18 @@ from datetime import datetime
 from typing import Any
 
 from core.errors import InvalidRecord
-from core.storage.people import Account, AuditEvent, Review, chained
+from core.storage.people import NO_HEAD, Account, AuditEvent, AuditHead, Review, chained
 from core.storage.protocol import check_review
 from core.storage.records import Record
 from core.storage.timebuckets import from_ms, to_ms
 
 
 class SQLitePeople:
-    """Requires ``_connection()``, ``_errors()``, ``get()`` and ``_query()`` from the store."""
+    """Requires ``_connection()``, ``_transaction()``, ``_errors()``, ``get()``, ``_query()`` and ``audit_key``."""
 
     _connection: Any
+    _transaction: Any
+    audit_key: bytes | None
     _errors: Any
     _query: Any
     get: Any
@@ -95,32 +97,19 @@ class SQLitePeople:
         if current is None:
             raise InvalidRecord("No such result to review.")
         check_review(current, review)
-        connection = self._connection()
-        with self._errors():
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                connection.execute(
-                    "INSERT INTO reviews (result_id, reviewer, created_ms, action, model_label, final_label, reasons, "
-                    "note) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (review.result_id, review.reviewer, to_ms(review.created_at), review.action, review.model_label,
-                     review.final_label, json.dumps(list(review.reasons)), review.note),
-                )  # fmt: skip
-                connection.execute(
-                    "UPDATE scans SET reviewer = ?, review_verdict = ?, final_label = ?, reviewed_ms = ?, "
-                    "first_reviewed_ms = COALESCE(first_reviewed_ms, ?), review_count = review_count + 1 WHERE id = ?",
-                    (
-                        review.reviewer,
-                        review.action,
-                        review.final_label,
-                        to_ms(review.created_at),
-                        to_ms(review.created_at),
-                        review.result_id,
-                    ),
-                )
-                connection.execute("COMMIT")
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
+        with self._errors(), self._transaction() as connection:
+            connection.execute(
+                "INSERT INTO reviews (result_id, reviewer, created_ms, action, model_label, final_label, reasons, "
+                "note) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (review.result_id, review.reviewer, to_ms(review.created_at), review.action, review.model_label,
+                 review.final_label, json.dumps(list(review.reasons)), review.note),
+            )  # fmt: skip
+            connection.execute(
+                "UPDATE scans SET reviewer = ?, review_verdict = ?, final_label = ?, reviewed_ms = ?, "
+                "first_reviewed_ms = COALESCE(first_reviewed_ms, ?), review_count = review_count + 1 WHERE id = ?",
+                (review.reviewer, review.action, review.final_label, to_ms(review.created_at),
+                 to_ms(review.created_at), review.result_id),
+            )  # fmt: skip
         updated = self.get(review.result_id)
         assert updated is not None
         return updated
@@ -144,24 +133,32 @@ class SQLitePeople:
 
     def append_audit(self, event: AuditEvent) -> AuditEvent:
         """Link ``event`` to the last one and append it (one writer at a time); returns it with its hash."""
-        connection = self._connection()
-        with self._errors():
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                last = connection.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-                seq, previous = (1, event.prev_hash) if last is None else (int(last[0]) + 1, last[1])
-                linked = chained(event, previous, seq)
-                connection.execute(
-                    "INSERT INTO audit (seq, at_ms, actor, role, action, target, detail, prev_hash, hash) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (seq, to_ms(linked.at), linked.actor, linked.role, linked.action, linked.target,
-                     json.dumps(linked.detail, sort_keys=True), linked.prev_hash, linked.hash),
-                )  # fmt: skip
-                connection.execute("COMMIT")
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
+        with self._errors(), self._transaction() as connection:
+            last = connection.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+            seq, previous = (1, event.prev_hash) if last is None else (int(last[0]) + 1, last[1])
+            linked = chained(event, previous, seq, self.audit_key)
+            connection.execute(
+                "INSERT INTO audit (seq, at_ms, actor, role, action, target, detail, prev_hash, hash) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (seq, to_ms(linked.at), linked.actor, linked.role, linked.action, linked.target,
+                 json.dumps(linked.detail, sort_keys=True), linked.prev_hash, linked.hash),
+            )  # fmt: skip
+            row = connection.execute("SELECT seq, hash, keyed_since, mac FROM audit_head WHERE id = 1").fetchone()
+            head = (AuditHead(int(row[0]), row[1], int(row[2]), row[3]) if row else NO_HEAD).after(
+                seq, linked.hash, self.audit_key
+            )
+            connection.execute(  # the chain's head, outside the events table: deleting events cannot hide
+                "INSERT INTO audit_head (id, seq, hash, keyed_since, mac) VALUES (1, ?, ?, ?, ?) ON CONFLICT(id) "
+                "DO UPDATE SET seq = excluded.seq, hash = excluded.hash, keyed_since = excluded.keyed_since, "
+                "mac = excluded.mac",
+                (head.seq, head.hash, head.keyed_since, head.mac),
+            )
         return linked
+
+    def audit_head(self) -> AuditHead | None:
+        """The chain's head as kept apart from the events (None before the first event)."""
+        rows = self._query("SELECT seq, hash, keyed_since, mac FROM audit_head WHERE id = 1")
+        return AuditHead(int(rows[0][0]), str(rows[0][1]), int(rows[0][2]), str(rows[0][3])) if rows else None
 
     def audit_events(self, since_seq: int = 0, limit: int | None = None) -> list[AuditEvent]:
         rows = self._query(
