@@ -13,6 +13,11 @@ from tests.scans import CANARY, png_bytes, synthetic_slice
 
 
 class BrokenStore:
+    def atomic(self):
+        from contextlib import nullcontext
+
+        return nullcontext()
+
     def add(self, record):
         raise StoreUnavailable("MongoDB cannot be reached right now.")
 
