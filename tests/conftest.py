@@ -12,6 +12,12 @@ from tests.scans import write_model_card
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "brain-mri"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def state_register(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The register of known databases (core.storage.stamps) in a test folder, never the user's own."""
+    os.environ["BTD_STATE_DIR"] = str(tmp_path_factory.mktemp("state"))
+
+
 @pytest.fixture(scope="session")
 def tiny_card(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 4-class logits model with its card, built once per test session."""

@@ -400,3 +400,33 @@ def test_a_review_and_its_audit_event_commit_together_or_not_at_all(store, monke
     with pytest.raises(StoreUnavailable):
         reviews.review_result(store, RADIOLOGIST, record.id, "notumor", ["false_alarm"], "")
     assert store.get(record.id).review_count == 0 and store.reviews_of(record.id) == []
+
+
+def test_a_result_is_never_saved_without_its_image_and_no_part_file_is_left(store, tiny_classifier, tmp_path,
+                                                                               monkeypatch) -> None:  # fmt: skip
+    """A full disk once left a saved result with no image and a 0-byte .part file."""
+    import errno
+    import os
+
+    images = FolderImages(tmp_path / "images")
+    real_fdopen = os.fdopen
+
+    class FullDisk:
+        def __init__(self, fd, mode):
+            self.handle = real_fdopen(fd, mode)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fdopen", FullDisk)
+    result = triage(png_bytes(synthetic_slice(256)), tiny_classifier, None, store, actor=RADIOLOGIST, patient_ref=None,
+                    images=images)  # fmt: skip
+    assert result.status.state == NOT_SAVED and "image could not be kept" in result.status.message
+    assert "No space left" in result.status.message and store.summary().total == 0
+    assert not list((tmp_path / "images").rglob("*.part")) and not list((tmp_path / "images").rglob("*.png"))

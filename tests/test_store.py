@@ -856,3 +856,23 @@ def test_a_version_6_mongodb_collection_gets_the_same_nifti_orientation_fix() ->
     assert database["results"].find_one({"_id": "a"})["geometry"]["orientation"] == [-1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
     assert database["results"].find_one({"_id": "b"})["geometry"]["orientation"] == old
     assert database["meta"].find_one({"_id": "schema"})["version"] == 7
+
+
+def test_a_vanished_database_is_refused_not_replaced_by_an_empty_one(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A deleted data folder once became a new database with no accounts, and the app said "Result saved"."""
+    import shutil
+
+    from core.cli import main
+    from core.storage import open_store
+    from core.storage.stamps import StoreVanished
+
+    data = tmp_path / "data"
+    first = open_store(None, data)
+    first.add(make_record(1, utc(2026, 5, 1, 9, 0), "glioma"))
+    shutil.rmtree(data)
+    with pytest.raises(StoreVanished, match="has disappeared"):
+        open_store(None, data)
+    assert not (data / "results.sqlite3").exists()
+    monkeypatch.setenv("BTD_DATA_DIR", str(data))
+    assert main(["store", "forget"]) == 0 and '"forgotten": true' in capsys.readouterr().out
+    assert open_store(None, data).summary().total == 0  # a new database, on purpose

@@ -24,6 +24,11 @@ from core.storage.people import ROLES, Account
 
 
 def add_commands(commands: Any) -> None:
+    store = commands.add_parser("store", help="the embedded database's register")
+    store_verbs = store.add_subparsers(dest="verb", required=True, parser_class=type(store))
+    store_verbs.add_parser("forget", help="let a new empty database be created where a vanished one was").set_defaults(
+        run=cmd_store_forget
+    )
     users = commands.add_parser("users", help="local accounts: add, list, disable, enable, set-role, set-password")
     verbs = users.add_subparsers(dest="verb", required=True, parser_class=type(users))
     add = verbs.add_parser("add", help="create an account")
@@ -103,6 +108,18 @@ def cmd_users_set_role(args: argparse.Namespace) -> int:
 def cmd_users_set_password(args: argparse.Namespace) -> int:
     account = accounts.set_password(open_results_store(), COMMAND_LINE, args.name, _password())
     emit({"updated": _shown(account)}, sys.stdout)
+    return EXIT_OK
+
+
+def cmd_store_forget(args: argparse.Namespace) -> int:
+    from core.config import data_dir
+    from core.storage import DATABASE_FILE, stamps
+
+    database = data_dir() / DATABASE_FILE
+    if database.exists():
+        emit(error_json("bad_usage", f"{database} exists: nothing to forget"), sys.stdout)
+        return EXIT_USAGE
+    emit({"forgotten": stamps.forget(database), "database": str(database)}, sys.stdout)
     return EXIT_OK
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import FileTooLarge, ScanError
+from core.errors import FileTooLarge, ScanError, StoreError
 from core.identity import pseudonymise
 from core.imaging.scan import DICOM_MAGIC_OFFSET, Scan
 from core.imaging.series import DEFAULT_STUDY_LIMITS, StudyLimits, Volume, is_nifti, is_zip, read_study
@@ -27,7 +27,7 @@ from core.model.explain import Explainer
 from core.model.gate import ACCEPTED, NEEDS_REVIEW
 from core.model.volume import SeriesAnalysis, analyse_volume
 from core.services.access import ANALYSE, Actor, require
-from core.services.triage import NOT_SAVED, SaveStatus, keep_image, save_record
+from core.services.triage import NOT_SAVED, SaveStatus, image_not_kept, keep_image, save_record
 from core.services.views import DISPLAY_SIDE
 from core.storage.images import ImageStore
 from core.storage.protocol import Store
@@ -224,8 +224,11 @@ def save_series(
     require(actor, ANALYSE)
     if analysis.label is None:
         return SaveStatus(NOT_SAVED, "no section of this series could be analysed, so there is no verdict to save")
-    record = series_record(analysis, patient_ref=patient_ref, uploader=actor.name, key=key,
-                           image_key=keep_image(images, stacked(analysis.volume.sections)))  # fmt: skip
+    try:
+        image_key = keep_image(images, stacked(analysis.volume.sections))
+    except StoreError as error:
+        return image_not_kept(error)
+    record = series_record(analysis, patient_ref=patient_ref, uploader=actor.name, key=key, image_key=image_key)
     sections = section_rows(analysis)
     return save_record(record, store, actor, record.gate, write=lambda r: store.add_series(r, sections))
 

@@ -124,22 +124,23 @@ def save(
     same upload and model answers 'already saved'), and record the upload as an audit event. ``store`` None means
     the database could not be opened: the result is reported as not saved."""
     require(actor, ANALYSE)
-    record = new_record(
-        analysis, patient_ref=patient_ref, uploader=actor.name, image_key=keep_image(images, analysis.scan.pixels)
-    )
+    try:
+        image_key = keep_image(images, analysis.scan.pixels)
+    except StoreError as error:
+        return image_not_kept(error)
+    record = new_record(analysis, patient_ref=patient_ref, uploader=actor.name, image_key=image_key)
     return save_record(record, store, actor, analysis.prediction.gate.decision)
 
 
 def keep_image(images: ImageStore | None, pixels: Any) -> str | None:
-    """The image store's key for the decoded pixels (None without a store, or when it cannot be written: the
-    result is still saved, and reviewed later without its image)."""
-    if images is None:
-        return None
-    try:
-        return images.put(pixels)
-    except StoreError as error:
-        logger.warning("event=image_not_kept code=%s", error.code)
-        return None
+    """The image store's key for the decoded pixels (None without an image store). Raises the store's error when
+    it cannot be written: a result is never saved without the image its review needs."""
+    return None if images is None else images.put(pixels)
+
+
+def image_not_kept(error: StoreError, record_id: str | None = None) -> SaveStatus:
+    logger.warning("event=image_not_kept code=%s", error.code)
+    return SaveStatus(NOT_SAVED, f"the image could not be kept ({error}); nothing was saved", record_id)
 
 
 def save_record(
@@ -221,9 +222,15 @@ def triage(
     if outcome.analysis is None:
         return Triaged(outcome.sha256, outcome.frames, frame, None, outcome.error_code, outcome.error_message)
     analysis = outcome.analysis
-    image_key = keep_image(images, analysis.scan.pixels)
+    try:
+        image_key, kept = keep_image(images, analysis.scan.pixels), None
+    except StoreError as error:
+        image_key, kept = None, error
     record = new_record(analysis, patient_ref=patient_ref, uploader=actor.name, image_key=image_key)
-    status = save_record(record, store, actor, analysis.prediction.gate.decision)
+    if kept is not None:
+        status = image_not_kept(kept, record.id)
+    else:
+        status = save_record(record, store, actor, analysis.prediction.gate.decision)
     view = scan_view(analysis, explainer)
     return Triaged(outcome.sha256, outcome.frames, analysis.scan.frame, view, record=record, status=status)
 

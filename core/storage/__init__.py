@@ -34,8 +34,11 @@ def open_store(mongodb_uri: str | None, data_dir: Path, audit_key: bytes | None 
         except (PyMongoError, ValueError) as error:  # ConfigurationError, InvalidURI, unresolvable SRV record
             raise StoreError(f"The MongoDB URI cannot be used ({type(error).__name__}).") from error
     else:
+        from core.storage import stamps
         from core.storage.sqlite import SQLiteStore
 
+        stamps.check(data_dir / DATABASE_FILE)  # a vanished database is refused, never silently replaced
         store = SQLiteStore(data_dir / DATABASE_FILE)
+        stamps.remember(data_dir / DATABASE_FILE)
     store.audit_key = audit_key
     return store

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -59,15 +60,18 @@ class FolderImages:
         path = self._path(key)
         if path.exists():
             return key
+        draft = path.with_name(f".{key}.{os.getpid()}.{threading.get_ident()}.part")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            draft = path.with_name(f".{key}.{os.getpid()}.part")
             fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())  # a full disk shows here, not later
             os.replace(draft, path)
         except OSError as error:
-            raise StoreUnavailable("The image store cannot be written to.") from error
+            draft.unlink(missing_ok=True)  # never a half-written .part left behind
+            raise StoreUnavailable(f"The image store cannot be written to ({error.strerror or error}).") from error
         return key
 
     def get(self, key: str) -> bytes | None:

@@ -1,0 +1,75 @@
+"""A database that vanishes must not silently become a new, empty one.
+
+When the embedded database file is first created its path is recorded in a small register kept *outside* the data
+folder (``BTD_STATE_DIR``, else ``~/.local/state/brain-mri-triage/stores.json``). Opening a path that the register
+says held a database, when the file is gone (a deleted or unmounted data folder, a wrong ``BTD_DATA_DIR``), is
+refused with that reason instead of starting over with no accounts and no results; ``python -m core store forget``
+starts a new database there on purpose.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+from core.errors import StoreError
+
+
+class StoreVanished(StoreError):
+    code = "store_vanished"
+
+
+def register_file() -> Path:
+    base = os.environ.get("BTD_STATE_DIR") or Path.home() / ".local" / "state" / "brain-mri-triage"
+    return Path(base) / "stores.json"
+
+
+def _read() -> dict[str, str]:
+    try:
+        return dict(json.loads(register_file().read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def _write(entries: dict[str, str]) -> None:
+    path = register_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        draft = path.with_name(f".{path.name}.{os.getpid()}")
+        draft.write_text(json.dumps(entries, indent=1, sort_keys=True))
+        os.chmod(draft, 0o600)
+        os.replace(draft, path)
+    except OSError:
+        pass  # a register that cannot be written protects nothing, but must not stop the app
+
+
+def check(database: Path) -> None:
+    """Raise :class:`StoreVanished` when ``database`` is missing but is known to have existed."""
+    key = str(database.resolve())
+    if not database.exists() and key in _read():
+        logging.getLogger("btd.storage").error("event=store_vanished")
+        raise StoreVanished(
+            f"The results database {database} has disappeared (it was created {_read()[key]}); restore it from a "
+            "backup, or start a new empty one on purpose with `python -m core store forget`."
+        )
+
+
+def remember(database: Path) -> None:
+    """Record that ``database`` exists (once)."""
+    key = str(database.resolve())
+    entries = _read()
+    if key not in entries and database.exists():
+        entries[key] = datetime.now(UTC).isoformat(timespec="seconds")
+        _write(entries)
+
+
+def forget(database: Path) -> bool:
+    """Let a new database be created at ``database``; True when it was remembered."""
+    entries = _read()
+    removed = entries.pop(str(database.resolve()), None) is not None
+    if removed:
+        _write(entries)
+    return removed
