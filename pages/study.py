@@ -53,6 +53,7 @@ if files and signature not in results:  # a selection is analysed and saved once
         for old in list(results)[:-KEPT]:
             results.pop(old)
         st.session_state["study_current"] = signature
+        st.rerun()  # drawn again without the button and its "nothing is analysed" note
 elif files:
     st.session_state["study_current"] = signature
 current = st.session_state.get("study_current")
