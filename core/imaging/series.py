@@ -54,6 +54,7 @@ class StudyLimits:
     max_total_bytes: int = 1024 * 2**20  # everything uploaded at once, zips unpacked
     max_volume_bytes: int = 96 * 2**20  # a NIfTI volume's voxels as stored, checked from its header before reading
     max_volume_side: int = 1024
+    max_files: int = 1024  # DICOM files in one upload (zips unpacked), counted before any is read
     max_zip_members: int = 4000
     max_compression_ratio: float = 200.0
     max_gap_ratio: float = 1.6  # a step this many times the usual spacing is a gap
@@ -165,6 +166,9 @@ def read_study(
             raise UnsupportedFormat(
                 "A file is neither DICOM nor NIfTI; a series holds DICOM files or one NIfTI volume."
             )
+    if len(slices) > study_limits.max_files:
+        raise FileTooLarge(f"The upload holds {len(slices)} DICOM files; the limit is {study_limits.max_files} "
+                           "(refused before reading them).")  # fmt: skip
     volumes += _dicom_series(slices, limits, study_limits)
     # one definition of a study: its StudyInstanceUID, else the upload itself (NIfTI files and DICOM files without
     # the UID that came together are one study, as the page and the report show them)
