@@ -73,6 +73,10 @@ table = pd.DataFrame(
     ]
 )
 st.caption(f"{len(results)} results · unreviewed first, then flagged, then refused; newest first within each.")
+if message := st.session_state.pop("review_saved", None):  # above the list: the next result opens below it
+    st.success(message)
+if message := st.session_state.pop("review_error", None):
+    st.error(f"Review not saved: {message}")
 ids = [r.id for r in results]
 picked = st.dataframe(
     table, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
@@ -104,13 +108,10 @@ def save_review(final_label: str, reasons: list[str], note: str) -> None:
     st.session_state.pop(opened_key, None)  # re-open with the new review in its history
     if SHOW[show] is False:  # reviewed, it leaves this list: the next one opens, as the reader expects
         st.session_state["wl_chosen"] = None
-    st.session_state["review_saved"] = f"Review saved: {pretty(final_label)}."
+    saved = f"{chosen.created_at:%Y-%m-%d %H:%M} UTC, model {pretty(chosen.label)}"
+    st.session_state["review_saved"] = f"Review saved: {pretty(final_label)} for the result of {saved}."
 
 
-if message := st.session_state.pop("review_saved", None):
-    st.success(message)
-if message := st.session_state.pop("review_error", None):
-    st.error(f"Review not saved: {message}")
 agree, override = st.columns([1, 2])
 agree.button(
     f"Agree: {pretty(chosen.label)}", type="primary", shortcut="shift+a", on_click=save_review,
