@@ -133,10 +133,6 @@ class MongoPeople:
             for k, d in enumerate(documents)
         ]  # fmt: skip
 
-    def set_image_key(self, record_id: str, image_key: str | None) -> None:
-        with self._errors():
-            self._collection.update_one({"_id": record_id}, {"$set": {"image_key": image_key}})
-
     # --- audit --------------------------------------------------------------------------------------------
 
     def append_audit(self, event: AuditEvent, attempts: int = 20) -> AuditEvent:

@@ -125,10 +125,6 @@ class SQLitePeople:
             for row in rows
         ]  # fmt: skip
 
-    def set_image_key(self, record_id: str, image_key: str | None) -> None:
-        with self._errors():
-            self._connection().execute("UPDATE scans SET image_key = ? WHERE id = ?", (image_key, record_id))
-
     # --- audit --------------------------------------------------------------------------------------------
 
     def append_audit(self, event: AuditEvent) -> AuditEvent:
