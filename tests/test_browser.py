@@ -158,7 +158,7 @@ def test_upload_to_verdict_and_statistics_in_chromium(server: str, tmp_path: Pat
         expect(page.get_by_test_id("stMetricLabel").filter(has_text="Verdict")).to_be_visible(timeout=30_000)
         seconds = time.perf_counter() - started
         wait_idle(page)
-        expect(page.get_by_test_id("stImage")).to_have_count(3)
+        expect(page.locator("figure.btd-image img[src^='data:image/png']")).to_have_count(3)
         page.get_by_test_id("stDataFrame").first.wait_for(timeout=30_000)
         page.wait_for_timeout(1500)  # let the table canvas paint before the screenshot
         page.screenshot(path=str(ARTIFACTS / "scan-page.png"), full_page=True)
@@ -176,7 +176,9 @@ def test_upload_to_verdict_and_statistics_in_chromium(server: str, tmp_path: Pat
         page.get_by_test_id("stSidebarNav").get_by_text("Worklist").click()
         wait_idle(page)
         expect(page.get_by_text("Model's verdict")).to_be_visible(timeout=60_000)
-        expect(page.get_by_test_id("stImage")).to_have_count(3, timeout=60_000)  # the stored image, crop, heat map
+        expect(page.locator("figure.btd-image img[src^='data:image/png']")).to_have_count(
+            3, timeout=60_000
+        )  # the stored image, crop, heat map
         verdict = page.get_by_test_id("stMetric").filter(has_text="Model's verdict").get_by_test_id("stMetricValue")
         model_said = verdict.inner_text()
         page.get_by_test_id("stForm").get_by_test_id("stSelectbox").click()

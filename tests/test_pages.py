@@ -54,6 +54,11 @@ def entry(role: str | None) -> AppTest:
     return app
 
 
+def shown_images(app: AppTest) -> list:
+    """The images a page shows (inline PNGs: never /media/ URLs, which answer without the session's cookie)."""
+    return [h for h in app.get("html") if "data:image/png;base64," in h.proto.body]
+
+
 def stored(data_dir: Path) -> SQLiteStore:
     return SQLiteStore(data_dir / "results.sqlite3")
 
@@ -63,7 +68,7 @@ def test_a_visitor_sees_only_the_sign_in_form() -> None:
     assert not app.exception
     assert app.title[0].value == "Brain MRI triage"
     assert [t.label for t in app.text_input] == ["Account", "Password"]
-    assert not app.file_uploader and not app.get("plotly_chart") and not app.get("image") and not app.dataframe
+    assert not app.file_uploader and not app.get("plotly_chart") and not shown_images(app) and not app.dataframe
     for name in ROLE_OF_PAGE:  # a page run directly (skipping the entry script) shows the same form
         direct = AppTest.from_file(str(ROOT / "pages" / name), default_timeout=60).run()
         assert not direct.exception and [t.label for t in direct.text_input] == ["Account", "Password"], name
@@ -91,7 +96,7 @@ def test_each_role_is_refused_the_pages_it_may_not_use(role: str, name: str, all
     refused = any(f"The {role} role may not" in e.value for e in app.error)
     assert refused != allowed
     if not allowed:
-        assert not app.file_uploader and not app.get("image") and not app.get("plotly_chart")
+        assert not app.file_uploader and not shown_images(app) and not app.get("plotly_chart")
 
 
 def test_scan_page_shows_original_crop_and_verdict_and_saves_once(app_environment: Path) -> None:
@@ -100,7 +105,7 @@ def test_scan_page_shows_original_crop_and_verdict_and_saves_once(app_environmen
     scan = png_bytes(synthetic_slice(512, tumour=True))
     app.file_uploader[0].set_value([("ZZCANARY_MRN123.png", scan, "image/png")]).run()
     assert not app.exception
-    assert len(app.get("image")) == 3  # original with box, crop as the model sees it, where it looked
+    assert len(shown_images(app)) == 3  # original with box, crop as the model sees it, where it looked
     assert app.metric[0].label == "Verdict"
     assert app.metric[0].value in {"Glioma", "Meningioma", "Pituitary tumour", "No tumour", "Tumour, type uncertain"}
     probabilities = app.dataframe[0].value
@@ -162,7 +167,7 @@ def test_bad_file_gets_its_reason_and_the_batch_goes_on(app_environment: Path) -
     errors = [e.value for e in app.error]
     assert any("PDF document" in e for e in errors)
     assert any("No brain region" in e for e in errors)
-    assert len(app.get("image")) == 3  # the good one
+    assert len(shown_images(app)) == 3  # the good one
     table = app.dataframe[-1].value
     assert list(table["file"]) == ["fake.png", "good.png", "black.png"]
     assert table["result"][0] == "rejected" and table["result"][2] == "rejected"
@@ -183,13 +188,13 @@ def test_uploads_and_reference_survive_leaving_the_page_and_coming_back(app_envi
     app = entry("radiologist").run()
     app.text_input[0].input("ZZCANARY Someone").run()
     app.file_uploader[0].set_value([("a.png", png_bytes(synthetic_slice(256, tumour=True)), "image/png")]).run()
-    assert len(app.get("image")) == 3
+    assert len(shown_images(app)) == 3
     app.switch_page("pages/worklist.py").run()
     assert not app.exception and app.title[0].value == "Worklist"
     app.switch_page("pages/scan.py").run()
     assert not app.exception
     assert app.text_input[0].value == "ZZCANARY Someone"
-    assert len(app.get("image")) == 3 and any("kept from earlier" in c.value for c in app.caption)
+    assert len(shown_images(app)) == 3 and any("kept from earlier" in c.value for c in app.caption)
     assert stored(app_environment).summary().total == 1
 
 
@@ -263,8 +268,8 @@ def test_two_sessions_never_see_each_others_uploads() -> None:
     first, second = page("scan.py").run(), page("scan.py").run()
     first.file_uploader[0].set_value([("a.png", png_bytes(synthetic_slice(256, tumour=True)), "image/png")]).run()
     second.run()
-    assert len(first.get("image")) == 3
-    assert not second.get("image") and second.info  # still the empty state
+    assert len(shown_images(first)) == 3
+    assert not shown_images(second) and second.info  # still the empty state
 
 
 def test_the_statistics_page_never_loads_tensorflow(app_environment: Path, tiny_card: Path) -> None:

@@ -70,3 +70,13 @@ def test_a_file_name_is_shown_as_plain_text_never_as_markdown(tmp_path, tiny_car
     assert not app.exception
     assert any(t.value == name for t in app.text)  # st.text: shown as typed
     assert not any("http://127.0.0.1:9" in m.value for m in app.markdown)
+
+
+def test_no_page_serves_review_images_through_streamlits_media_urls() -> None:
+    """/media/<id> answered 200 without the session's cookie and with a foreign Host: images are inline now."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    sources = [*(root / "ui").glob("*.py"), *(root / "pages").glob("*.py"), root / "streamlit_app.py"]
+    calls = [str(p.name) for p in sources if re.search(r"\.image\(", p.read_text())]
+    assert calls == []

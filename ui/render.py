@@ -3,10 +3,15 @@ own controls (frame, heat-map class and opacity) re-run that panel alone."""
 
 from __future__ import annotations
 
+import base64
+import html
+import io
 from collections.abc import Callable
 
+import numpy as np
 import pandas as pd
 import streamlit as st
+from PIL import Image
 
 from core.model.gate import NEEDS_REVIEW, REJECTED
 from core.services.triage import NOT_SAVED, NOT_UPDATED, Triaged
@@ -21,6 +26,25 @@ LABEL_NAMES = {
     "tumour": "Tumour, type uncertain",
 }
 PREDICTED = "the verdict's class"
+
+
+def inline_image(container, image: bytes | np.ndarray, caption: str) -> None:
+    """An image inside the page itself (a PNG data URI), never a ``/media/`` URL: Streamlit's media URLs answer
+    anyone who has them, without the session's cookie, for as long as the server keeps them; these pixels exist
+    only in the signed-in page. The caption is plain text (escaped)."""
+    if isinstance(image, bytes):
+        png = image
+    else:
+        buffer = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG")
+        png = buffer.getvalue()
+    source = base64.b64encode(png).decode("ascii")
+    text = html.escape(caption)
+    container.html(
+        f'<figure class="btd-image" style="margin:0"><img src="data:image/png;base64,{source}" alt="{text}" '
+        f'style="width:100%;height:auto"/><figcaption style="font-size:0.8rem;opacity:0.7">{text}</figcaption>'
+        "</figure>"
+    )
 
 
 def count_of(n: int, noun: str) -> str:
@@ -99,19 +123,18 @@ def scan_panel(
         return
     view = result.view
     original, crop, looked, verdict = st.columns([1, 1, 1, 1.3])
-    original.image(
+    inline_image(
+        original,
         view.original_png,
-        caption=f"{view.format.upper()} {view.width}×{view.height}"
+        f"{view.format.upper()} {view.width}×{view.height}"
         + (f" · frame {view.frame}" if view.frame is not None else "")
         + (
             " · region found boxed (refused: not a brain MRI)"
             if view.prediction.gate.decision == "rejected"
             else " · brain region boxed"
         ),
-        width="stretch",
-        output_format="PNG",  # as encoded once by the view; "auto" would re-encode it as JPEG on every rerun
     )
-    crop.image(view.crop, caption=f"As the model sees it ({view.crop.shape[0]} px)", width="stretch")
+    inline_image(crop, view.crop, f"As the model sees it ({view.crop.shape[0]} px)")
     if view.heat:
         explained = looked.selectbox(
             "Heat map of", [PREDICTED, *labels], key=f"explain-{upload.file_id}",
@@ -119,8 +142,7 @@ def scan_panel(
         )  # fmt: skip
         opacity = looked.slider("Heat map opacity", 0.0, 1.0, 0.45, 0.05, key=f"opacity-{upload.file_id}")
         label = explained if explained != PREDICTED else view.explained or labels[0]
-        looked.image(view.overlay(label, opacity), caption=f"Where the model looked for {pretty(label)} (Grad-CAM)",
-                     width="stretch")  # fmt: skip
+        inline_image(looked, view.overlay(label, opacity), f"Where the model looked for {pretty(label)} (Grad-CAM)")
     with verdict:
         _verdict(result)
     for warning in view.warnings:
@@ -144,17 +166,14 @@ def result_panel(opened, labels: tuple[str, ...], classifier=None, explainer=Non
         elif opened.view is not None:
             view = opened.view
             original, crop, looked = st.columns(3)
-            original.image(
-                view.original_png, caption=f"{view.format.upper()} {view.width}×{view.height}", width="stretch",
-                output_format="PNG",
-            )  # fmt: skip
-            crop.image(view.crop, caption="As the model sees it", width="stretch")
+            inline_image(original, view.original_png, f"{view.format.upper()} {view.width}×{view.height}")
+            inline_image(crop, view.crop, "As the model sees it")
             label = view.explained or labels[0]
             heat = view.overlay(label, 0.45)
             if heat is None:  # a refused image: the model's attention on it means nothing
                 looked.info("No heat map: the input gate refused this image.")
             else:
-                looked.image(heat, caption=f"Where the model looked for {pretty(label)}", width="stretch")
+                inline_image(looked, heat, f"Where the model looked for {pretty(label)}")
         else:
             st.info(opened.note or "No image is kept for this result.")
     with right:
