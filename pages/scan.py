@@ -18,7 +18,7 @@ from ui import resources
 from ui.auth import fragment_actor
 from ui.batch import Upload, batch
 from ui.page import setup_page
-from ui.render import pretty, scan_panel
+from ui.render import count_of, pretty, scan_panel
 
 actor = setup_page("Scan", ANALYSE)
 st.title("Scan triage")
@@ -144,7 +144,7 @@ verdicts = [row for row in rows if row["verdict"] is not None]
 tumours = sum(1 for row in verdicts if row["verdict"] != pretty(classifier.card.negative_label))
 review = sum(1 for row in rows if row["result"] == "needs review")
 st.caption(
-    f"{len(rows)} files received; {len(verdicts)} have a verdict, {tumours} of them a tumour; "
+    f"{count_of(len(rows), 'file')} received; {len(verdicts)} with a verdict, {tumours} of them a tumour; "
     f"{review} need review. File names are shown here only: they are never saved."
 )
 st.dataframe(table, hide_index=True, width="stretch")
