@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -876,3 +877,15 @@ def test_a_vanished_database_is_refused_not_replaced_by_an_empty_one(tmp_path: P
     monkeypatch.setenv("BTD_DATA_DIR", str(data))
     assert main(["store", "forget"]) == 0 and '"forgotten": true' in capsys.readouterr().out
     assert open_store(None, data).summary().total == 0  # a new database, on purpose
+
+
+def test_the_health_check_writes_for_real(store) -> None:
+    """A health check that only took a lock said "ready" while saves failed on a read-only or full disk."""
+    store.ping()
+    if isinstance(store, SQLiteStore):
+        first = store._query("SELECT at_ms FROM health")[0][0]
+        time.sleep(0.01)
+        store.ping()
+        assert store._query("SELECT at_ms FROM health")[0][0] > first
+    else:
+        assert store._db["meta"].find_one({"_id": "health"})["at_ms"] > 0

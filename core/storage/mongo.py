@@ -149,8 +149,13 @@ class MongoStore(MongoPeople, MongoQuality):
         return int(state["version"]) if state else SCHEMA_VERSION
 
     def ping(self) -> None:
+        """A real write with the clinical write concern (a reachable but read-only or full server fails it)."""
+        import time
+
         with self._errors():
-            self._client.admin.command("ping")
+            self._people("meta").update_one(
+                {"_id": "health"}, {"$set": {"at_ms": int(time.time() * 1000)}}, upsert=True
+            )
 
     def add(self, record: Record) -> bool:
         return self._insert(self._document(record))

@@ -16,6 +16,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -144,14 +145,17 @@ class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
             return int(self._connection().execute("PRAGMA user_version").fetchone()[0])
 
     def ping(self) -> None:
-        """Succeeds only when a save would: the file opens, the table exists, a write lock can be taken."""
-        with self._errors():
-            connection = self._connection()
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                connection.execute("SELECT 1 FROM scans LIMIT 0").fetchall()
-            finally:
-                connection.execute("ROLLBACK")
+        """Succeeds only when a save would: the file opens, the table exists, and a real write commits (a write
+        lock alone passed on a read-only or full disk while saves failed)."""
+        with self._errors(), self._transaction() as connection:
+            connection.execute("SELECT 1 FROM scans LIMIT 0").fetchall()
+            connection.execute(
+                "CREATE TABLE IF NOT EXISTS health (id INTEGER PRIMARY KEY CHECK (id = 1), at_ms INTEGER)"
+            )
+            connection.execute(
+                "INSERT INTO health (id, at_ms) VALUES (1, ?) ON CONFLICT(id) DO UPDATE SET at_ms = excluded.at_ms",
+                (int(time.time() * 1000),),
+            )
 
     # --- writes -------------------------------------------------------------------------------------------
 
