@@ -91,6 +91,7 @@ def current_actor() -> Actor | None:
         st.session_state["signed_out_reason"] = "Your session expired after 30 minutes without activity."
         return None
     st.session_state[SEEN_KEY] = now
+    resources.session_registry().touch(token)  # a reload later finds the cookie's session as active as this one
     try:
         current = accounts.refreshed_actor(resources.current_store(), actor)
     except StoreError:
