@@ -99,11 +99,14 @@ def _header(data: bytes) -> Any:
         raise CorruptImage("The DICOM file is damaged: its header cannot be read.") from error
 
 
-def _read_checked(data: bytes, limits: Limits, frame: int | None) -> tuple[np.ndarray, dict[str, str], tuple[str, ...]]:
+def checked_dataset(data: bytes, limits: Limits, header: Any = None) -> tuple[Any, tuple[str, ...]]:
+    """The one DICOM reader: the header first (stop before pixels: modality, body part, dimensions and decoded size
+    against the budget, grayscale, a decodable transfer syntax), then the whole dataset; with the modality notes.
+    Single scans and series both read through it."""
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
-    header = _header(data)
+    header = header if header is not None else _header(data)  # parsed once when the caller already has it
     notes = check_modality(str(header.get("Modality", "") or "").upper())
     check_body_part(header)
     rows, columns = header.get("Rows"), header.get("Columns")
@@ -113,6 +116,24 @@ def _read_checked(data: bytes, limits: Limits, frame: int | None) -> tuple[np.nd
         )
     check_dimensions(int(columns), int(rows), limits)
     check_decoded_size(int(columns), int(rows), _WORKING_BYTES_PER_PIXEL, limits)
+    samples = int(header.get("SamplesPerPixel", 1) or 1)
+    photometric = str(header.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise UnsupportedDicom(
+            f"This DICOM image is in colour ({photometric}); the model reads grayscale MRI (MONOCHROME1/2) only."
+        )
+    check_transfer_syntax(header)
+    try:
+        dataset = dcmread(io.BytesIO(data))
+    except (InvalidDicomError, *_HEADER_ERRORS) as error:
+        raise CorruptImage("The DICOM file is damaged: its pixel data cannot be read.") from error
+    if "PixelData" not in dataset:
+        raise NoPixelData("The DICOM file has an image header but no pixel data.")
+    return dataset, notes
+
+
+def _read_checked(data: bytes, limits: Limits, frame: int | None) -> tuple[np.ndarray, dict[str, str], tuple[str, ...]]:
+    header = _header(data)
     frames = int(header.get("NumberOfFrames", 1) or 1)
     if frames > 1 and frame is None:
         raise MultiFrameImage(
@@ -122,20 +143,7 @@ def _read_checked(data: bytes, limits: Limits, frame: int | None) -> tuple[np.nd
         )
     if frame is not None and not 0 <= frame < frames:
         raise MultiFrameImage(f"Frame {frame} does not exist: this DICOM file holds {frames} frame(s).", frames=frames)
-    samples = int(header.get("SamplesPerPixel", 1) or 1)
-    photometric = str(header.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise UnsupportedDicom(
-            f"This DICOM image is in colour ({photometric}); the model reads grayscale MRI (MONOCHROME1/2) only."
-        )
-    check_transfer_syntax(header)
-
-    try:
-        dataset = dcmread(io.BytesIO(data))
-    except (InvalidDicomError, *_HEADER_ERRORS) as error:
-        raise CorruptImage("The DICOM file is damaged: its pixel data cannot be read.") from error
-    if "PixelData" not in dataset:
-        raise NoPixelData("The DICOM file has an image header but no pixel data.")
+    dataset, notes = checked_dataset(data, limits, header)
     pixels = decode_frame(dataset, frame if frames > 1 else None)
     return display(pixels, dataset), acquisition_facts(dataset), notes
 

@@ -73,13 +73,18 @@ class Scan:
         return int(self.pixels.shape[1])
 
 
+def is_dicom(data: bytes) -> bool:
+    """A DICOM Part 10 file: ``DICM`` after the 128-byte preamble (the one test of it in the code)."""
+    return data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == b"DICM"
+
+
 def sniff_format(data: bytes) -> str:
     """Return ``"png"``, ``"jpeg"`` or ``"dicom"`` from the leading bytes, or raise :class:`UnsupportedFormat`."""
     if data.startswith(PNG_SIGNATURE):
         return "png"
     if data.startswith(JPEG_SIGNATURE):
         return "jpeg"
-    if data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == b"DICM":
+    if is_dicom(data):
         return "dicom"
     for signature, what in _OTHER_SIGNATURES:
         if data.startswith(signature):

@@ -40,7 +40,7 @@ from core.imaging.geometry import (
     transformed_spacing,
 )
 from core.imaging.limits import DEFAULT_LIMITS, Limits, apply_stretch, stretch_bounds
-from core.imaging.scan import DICOM_MAGIC_OFFSET
+from core.imaging.scan import is_dicom
 
 
 class SeriesError(ScanError):
@@ -160,7 +160,7 @@ def read_study(
     for data in expanded:
         if is_nifti(data):
             volumes.append(read_nifti(data, study_limits))
-        elif data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == b"DICM":
+        elif is_dicom(data):
             slices.append(data)
         else:
             raise UnsupportedFormat(
@@ -204,28 +204,8 @@ def _floats(value: object, n: int) -> np.ndarray | None:
 
 
 def _dataset(data: bytes, limits: Limits) -> object:
-    """A DICOM file checked as a single upload is (header first), then read whole."""
-    from pydicom import dcmread
-    from pydicom.errors import InvalidDicomError
-
-    header = dicom._header(data)
-    dicom.check_modality(str(header.get("Modality", "") or "").upper())
-    dicom.check_body_part(header)
-    rows, columns = header.get("Rows"), header.get("Columns")
-    if rows is None or columns is None:
-        raise SeriesError("A file of the series holds no image (no Rows/Columns).")
-    from core.imaging.limits import check_decoded_size, check_dimensions
-
-    check_dimensions(int(columns), int(rows), limits)
-    check_decoded_size(int(columns), int(rows), 8, limits)
-    photometric = str(header.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    if int(header.get("SamplesPerPixel", 1) or 1) != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise SeriesError(f"A file of the series is in colour ({photometric}); MRI series are grayscale.")
-    dicom.check_transfer_syntax(header)
-    try:
-        return dcmread(io.BytesIO(data))
-    except (InvalidDicomError, OSError, ValueError, KeyError, TypeError, EOFError) as error:
-        raise CorruptImage("A DICOM file of the series is damaged.") from error
+    """A DICOM file of a series, read by the one DICOM reader (header checks first)."""
+    return dicom.checked_dataset(data, limits)[0]
 
 
 def _sections_of(data: bytes, limits: Limits, study_limits: StudyLimits) -> list[_Section]:

@@ -19,7 +19,7 @@ import numpy as np
 
 from core.errors import FileTooLarge, ScanError, StoreError
 from core.identity import pseudonymise
-from core.imaging.scan import DICOM_MAGIC_OFFSET, Scan
+from core.imaging.scan import Scan, is_dicom
 from core.imaging.series import DEFAULT_STUDY_LIMITS, StudyLimits, Volume, is_nifti, is_zip, read_study
 from core.model.analysis import analyse_scan
 from core.model.classifier import Classifier
@@ -59,7 +59,7 @@ class StudyOutcome:
 
 
 def _wanted(data: bytes) -> bool:
-    return is_zip(data) or is_nifti(data) or data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == b"DICM"
+    return is_zip(data) or is_nifti(data) or is_dicom(data)
 
 
 def files_of(path: Path, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> tuple[list[bytes], int]:
