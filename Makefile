@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8501
 
-.PHONY: run test lint format audit bench clean
+.PHONY: run test check lint format audit bench clean
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ format: $(VENV)/.dev
 
 test: lint
 	$(PY) -m pytest
+
+# The inner loop: lint and every test but the browser, training and shared-data ones (make test runs them all).
+check: lint
+	$(PY) -m pytest -q -m "not browser and not slow and not training"
 
 audit: $(VENV)/.dev
 	$(PY) -m pip_audit -r requirements.txt --progress-spinner off

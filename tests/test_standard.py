@@ -19,6 +19,8 @@ from core.training.standard_run import StandardConfig, draw_batch, split_indices
 from tests.scans import png_bytes, synthetic_slice
 from tests.test_training import lgg_like
 
+pytestmark = pytest.mark.training
+
 
 def make_root(root: Path, per_class: int = 4) -> Path:
     for k, label in enumerate(("glioma", "meningioma", "notumor", "pituitary")):

@@ -37,6 +37,8 @@ from core.training.sources import Item, discover
 from core.training.transplants import donors, transplant
 from tests.scans import jpeg_bytes, png_bytes, synthetic_slice
 
+pytestmark = pytest.mark.training
+
 
 def make_folder(root: Path, per_class: int = 6) -> Path:
     for k, label in enumerate(("glioma", "meningioma", "notumor", "pituitary", "tumour")):
