@@ -425,3 +425,12 @@ def test_calibrate_command_recomputes_an_old_models_statistics_and_refits_its_ca
     assert after["weights"]["sha256"] != before["weights"]["sha256"]  # new statistics, new hash
     assert after["weights"]["batchnorm"].startswith("statistics recomputed on 19 clean training scans")
     assert Classifier.from_card(card_path).card.weights_sha256 == after["weights"]["sha256"]  # hash check passes
+
+
+def test_the_code_version_is_the_projects_own_whatever_the_current_folder(tmp_path: Path, monkeypatch) -> None:
+    """It ran ``git describe`` in the current folder: outside a checkout, or inside another one, it was wrong."""
+    from core.training.run import _code_version
+
+    here = _code_version()
+    monkeypatch.chdir(tmp_path)  # not a git checkout
+    assert _code_version() == here and here != ""

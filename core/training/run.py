@@ -56,11 +56,13 @@ def _log(message: str) -> None:
 
 
 def _code_version() -> str:
-    """The commit that runs, with ``-dirty`` when the working tree has uncommitted changes."""
+    """The commit of this code (asked in the project's own folder, not the current one), with ``-dirty`` when its
+    working tree has uncommitted changes; "unknown" outside a git checkout (an unpacked release)."""
+    project = Path(__file__).resolve().parents[2]
     try:
-        command = ["git", "describe", "--always", "--dirty", "--abbrev=7"]
+        command = ["git", "-C", str(project), "describe", "--always", "--dirty", "--abbrev=7"]
         out = subprocess.run(command, capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or "unknown"
+        return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
     except OSError:
         return "unknown"
 
