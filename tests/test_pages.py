@@ -517,3 +517,25 @@ def test_a_refused_result_saved_from_the_command_line_opens_on_the_worklist_and_
     assert not app.exception and any("input gate refused" in i.value for i in app.info)
     next(b for b in app.button if b.label.startswith("Agree")).click().run()
     assert not app.exception and stored(app_environment).recent(1)[0].review_count == 1
+
+
+def test_the_audit_page_says_when_the_chain_does_not_hold(app_environment: Path) -> None:
+    """It assumed a broken chain always names an event; a deleted tail (the head no longer matches) names none."""
+    import sqlite3
+
+    from core.services import accounts
+    from core.services.access import COMMAND_LINE
+    from core.services.resources import open_results_store
+
+    for name in ("a1", "a2", "a3"):
+        accounts.add_account(open_results_store(), COMMAND_LINE, name, "radiologist", "a long enough password")
+    app = page("audit.py", role="admin").run()
+    assert not app.exception and "is intact" in app.success[0].value
+    database = sqlite3.connect(app_environment / "results.sqlite3")
+    database.execute("DROP TRIGGER audit_append_only_delete")
+    database.execute("DELETE FROM audit WHERE seq = (SELECT max(seq) FROM audit)")
+    database.commit()
+    database.close()
+    st.cache_data.clear()  # a minute later, or a new head
+    app.run()
+    assert not app.exception and "events were deleted" in app.error[0].value
