@@ -12,7 +12,8 @@ DICOM, or a NIfTI volume (``.nii`` / ``.nii.gz``), each turned into :class:`Volu
   axial sections; their row and column directions come from the affine.
 - Every volume is shown in the radiological view of its plane (:mod:`core.imaging.geometry`): pixels, spacing and
   orientation are transformed together, so orientation letters always describe the pixels shown.
-Identifiers are not kept: a study and a series are named by a SHA-256 of their UIDs (or of a NIfTI's bytes).
+Identifiers are not kept: a study and a series are named by a SHA-256 of their UIDs; files without a
+StudyInstanceUID (NIfTI volumes among them) take the upload's identity as their study.
 """
 
 from __future__ import annotations
