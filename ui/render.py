@@ -13,18 +13,12 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
+from core.model.decision import LABEL_NAMES
 from core.model.gate import NEEDS_REVIEW, REJECTED
 from core.services.triage import NOT_SAVED, NOT_UPDATED, Triaged
 from ui.auth import fragment_actor
 from ui.batch import Upload
 
-LABEL_NAMES = {
-    "glioma": "Glioma",
-    "meningioma": "Meningioma",
-    "pituitary": "Pituitary tumour",
-    "notumor": "No tumour",
-    "tumour": "Tumour, type uncertain",
-}
 PREDICTED = "the verdict's class"
 
 

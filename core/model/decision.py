@@ -22,6 +22,13 @@ from typing import Any
 import numpy as np
 
 UNKNOWN_TYPE = "tumour"  # tumour present, type not given (a data folder) or uncertain (a verdict)
+LABEL_NAMES = {  # how a label reads on the screen and in reports (one definition)
+    "glioma": "Glioma",
+    "meningioma": "Meningioma",
+    "pituitary": "Pituitary tumour",
+    "notumor": "No tumour",
+    UNKNOWN_TYPE: "Tumour, type uncertain",
+}
 DEFAULT_REVIEW_BAND = (0.2, 0.8)
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from core.analytics.quality import NEGATIVE as NEGATIVE_LABEL
 from core.errors import InvalidRecord
 from core.model.classifier import Classifier
+from core.model.decision import LABEL_NAMES
 from core.model.explain import Explainer, overlay
 from core.services import audit
 from core.services.access import OPEN_RESULT, Actor, require
@@ -27,8 +28,7 @@ from core.storage.images import ImageStore
 from core.storage.protocol import Store
 from core.storage.records import Record
 
-NAMES = {"glioma": "Glioma", "meningioma": "Meningioma", "pituitary": "Pituitary tumour", "notumor": "No tumour",
-         "tumour": "Tumour, type uncertain"}  # fmt: skip
+NAMES = LABEL_NAMES
 DEFAULT_LIMITATIONS = (
     "Decision support for a radiologist, not a diagnosis: every verdict is to be read with the images.",
     "Trained on 2-D slices of adult brain MRI; other body parts, children and post-operative heads were not seen.",
