@@ -36,8 +36,13 @@ from core.evaluation.metrics import machine  # noqa: E402
 from core.imaging.phantoms import png_bytes, synthetic_slice  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync"]  # fmt: skip
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def free_port() -> int:
@@ -62,10 +67,24 @@ def start_app(card: str | None, data_dir: str, users: int) -> tuple[subprocess.P
     if card:
         env["BTD_MODEL"] = card
     process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "streamlit_app.py",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--server.headless",
+            "true",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(200):
         try:
@@ -116,9 +135,10 @@ async def user(
         await dropzone.set_input_files(FilePayload(name=f"u{index}-{k}.png", mimeType="image/png", buffer=scan))
         try:
             await page.wait_for_function(
-                "n => document.querySelectorAll('[data-testid=stMetricLabel]').length >= n", arg=k + 1,
+                "n => document.querySelectorAll('[data-testid=stMetricLabel]').length >= n",
+                arg=k + 1,
                 timeout=timeout_s * 1000,
-            )  # fmt: skip
+            )
             samples.append(time.perf_counter() - started)
         except Exception:  # a file that never got its verdict: counted, not fatal
             lost += 1
@@ -132,8 +152,10 @@ async def user(
 async def level(url: str, users: int, scans_per_user: int, timeout_s: float, shots: Path | None = None) -> dict:
     from playwright.async_api import async_playwright
 
-    scans = [[png_bytes(synthetic_slice(512, tumour=(u + k) % 2 == 0, seed=100 * u + k)) for k in range(scans_per_user)]
-             for u in range(users)]  # fmt: skip
+    scans = [
+        [png_bytes(synthetic_slice(512, tumour=(u + k) % 2 == 0, seed=100 * u + k)) for k in range(scans_per_user)]
+        for u in range(users)
+    ]
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         results = await asyncio.gather(*(user(browser, url, scans[u], u, timeout_s, shots) for u in range(users)))

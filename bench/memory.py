@@ -105,8 +105,10 @@ def main() -> None:
             path.write_bytes(make(kind))
             out = subprocess.run(
                 [sys.executable, "-c", _CHILD.format(root=str(ROOT), path=str(path))],
-                capture_output=True, text=True, timeout=300,
-            )  # fmt: skip
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             result = json.loads(out.stdout.strip().splitlines()[-1])
             report[kind] = {"file": what, "file_mb": round(path.stat().st_size / 2**20, 2), **result}
             print(f"{kind:15s} {report[kind]}", file=sys.stderr)

@@ -102,12 +102,15 @@ def main() -> None:
                 "refused": sum(d not in ("accepted", "needs_review") for d, _, _ in got),
                 "called_tumour": sum(
                     d in ("accepted", "needs_review") and rule.labels_of(p[None])[0] != rule.negative_label
-                    for d, p, _ in got if p is not None
+                    for d, p, _ in got
+                    if p is not None
                 ),
-            }  # fmt: skip
+            }
         report[f"{classifier.card.name} {classifier.card.version}"] = {
-            "per_source": figures, "refused": refused, "negatives": negatives,
-        }  # fmt: skip
+            "per_source": figures,
+            "refused": refused,
+            "negatives": negatives,
+        }
         print(f"{classifier.card.version}: {json.dumps(negatives)}", file=sys.stderr)
     print(json.dumps(report, indent=1, default=list))
 

@@ -158,8 +158,10 @@ def main() -> None:
         "latest 50": lambda: store.recent(50),
         "model versions": lambda: store.model_versions(),
         "quality per day (all, Europe/Paris)": lambda: store.daily_quality(Filters(), "Europe/Paris"),
-        **{f"quality per day (all, {zone})": (lambda zone=zone: store.daily_quality(Filters(), zone))
-           for zone in ("America/New_York", "America/Los_Angeles", "Asia/Kolkata", "Asia/Tokyo", "Australia/Sydney")},
+        **{
+            f"quality per day (all, {zone})": (lambda zone=zone: store.daily_quality(Filters(), zone))
+            for zone in ("America/New_York", "America/Los_Angeles", "Asia/Kolkata", "Asia/Tokyo", "Australia/Sydney")
+        },
         "quality per day (90 days)": lambda: store.daily_quality(
             Filters(start=END - timedelta(days=90), end=END), "UTC"
         ),
@@ -170,14 +172,29 @@ def main() -> None:
         "worklist: disagreements": lambda: store.worklist(WorklistQuery(reviewed=True, disagreements=True)),
         "studies per day (all, Europe/Paris)": lambda: store.daily_studies(Filters(), "Europe/Paris"),
         "Statistics page: dashboard per study (2 years, Europe/Paris)": lambda: dashboard(
-            store, SUPERVISOR, start_day=FIRST_DAY, end_day=LAST_DAY, timezone="Europe/Paris", period="day",
-            unit="study", now=END),
+            store,
+            SUPERVISOR,
+            start_day=FIRST_DAY,
+            end_day=LAST_DAY,
+            timezone="Europe/Paris",
+            period="day",
+            unit="study",
+            now=END,
+        ),
         "Statistics page: dashboard per result (90 days, UTC)": lambda: dashboard(
-            store, SUPERVISOR, start_day=LAST_DAY - timedelta(days=89), end_day=LAST_DAY, timezone="UTC",
-            period="day", unit="result", now=END),
+            store,
+            SUPERVISOR,
+            start_day=LAST_DAY - timedelta(days=89),
+            end_day=LAST_DAY,
+            timezone="UTC",
+            period="day",
+            unit="result",
+            now=END,
+        ),
         "Statistics page: quality board (2 years, Europe/Paris)": lambda: quality_board(
-            store, SUPERVISOR, start_day=FIRST_DAY, end_day=LAST_DAY, timezone="Europe/Paris", period="week"),
-    }  # fmt: skip
+            store, SUPERVISOR, start_day=FIRST_DAY, end_day=LAST_DAY, timezone="Europe/Paris", period="week"
+        ),
+    }
     report["records"] = store.summary().total
     report["aggregates_ms"] = {name: timed(fn) for name, fn in queries.items()}
     fresh = synthetic(200, seed=999_999, offset=10**12 + time.time_ns() // 1000)

@@ -43,8 +43,9 @@ def press_times(page, steps: int, start: int, count: int) -> list[float]:
         page.keyboard.press("ArrowRight")
         page.wait_for_function(
             "t => [...document.querySelectorAll('.gtitle')].some(e => e.textContent.startsWith(t))",
-            arg=f"Section {target} of {count}", timeout=30_000,
-        )  # fmt: skip
+            arg=f"Section {target} of {count}",
+            timeout=30_000,
+        )
         samples.append((time.perf_counter() - started) * 1000)
     return samples
 
@@ -59,16 +60,22 @@ def cine_times(page, steps: int, count: int) -> list[float]:
         started = time.perf_counter()
         page.keyboard.press("ArrowRight")
         page.wait_for_function(
-            "t => (document.querySelector('.btd-cine-title')?.textContent || '').startsWith(t)", arg=target,
-            timeout=30_000, polling="raf",
-        )  # fmt: skip
+            "t => (document.querySelector('.btd-cine-title')?.textContent || '').startsWith(t)",
+            arg=target,
+            timeout=30_000,
+            polling="raf",
+        )
         samples.append((time.perf_counter() - started) * 1000)
     return samples
 
 
 def summary(samples: list[float]) -> dict:
-    return {"n": len(samples), "p50_ms": round(statistics.median(samples), 1),
-            "p95_ms": round(float(np.percentile(samples, 95)), 1), "max_ms": round(max(samples), 1)}  # fmt: skip
+    return {
+        "n": len(samples),
+        "p50_ms": round(statistics.median(samples), 1),
+        "p95_ms": round(float(np.percentile(samples, 95)), 1),
+        "max_ms": round(max(samples), 1),
+    }
 
 
 def main() -> None:
@@ -118,8 +125,9 @@ def main() -> None:
                 page.get_by_role("button", name="Open in the viewer").first.click()
                 page.wait_for_function(
                     "t => [...document.querySelectorAll('.gtitle')].some(e => e.textContent.startsWith(t))",
-                    arg=f"Section {shown} of {args.sections}", timeout=30_000,
-                )  # fmt: skip
+                    arg=f"Section {shown} of {args.sections}",
+                    timeout=30_000,
+                )
                 report["open_in_viewer_ms"] = round((time.perf_counter() - started) * 1000, 1)
                 browser.close()
         finally:

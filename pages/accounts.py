@@ -22,14 +22,19 @@ except StoreError as error:
 st.dataframe(
     pd.DataFrame(
         [
-            {"account": a.name, "role": a.role, "sign-in": "password" if a.password_hash else "single sign-on",
-             "disabled": a.disabled, "locked until (UTC)": f"{a.locked_until:%Y-%m-%d %H:%M}" if a.locked_until else ""}
+            {
+                "account": a.name,
+                "role": a.role,
+                "sign-in": "password" if a.password_hash else "single sign-on",
+                "disabled": a.disabled,
+                "locked until (UTC)": f"{a.locked_until:%Y-%m-%d %H:%M}" if a.locked_until else "",
+            }
             for a in people
         ]
     ),
     hide_index=True,
     width="stretch",
-)  # fmt: skip
+)
 
 
 def attempt(change, *args) -> None:

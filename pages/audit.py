@@ -54,15 +54,21 @@ st.caption(f"{len(events):,} events match.")
 st.dataframe(
     pd.DataFrame(
         [
-            {"seq": e.seq, "time (UTC)": f"{e.at:%Y-%m-%d %H:%M:%S}", "account": e.actor, "role": e.role,
-             "action": e.action, "target": (e.target or "")[:16],
-             "detail": ", ".join(f"{k}={v}" for k, v in e.detail.items())}
+            {
+                "seq": e.seq,
+                "time (UTC)": f"{e.at:%Y-%m-%d %H:%M:%S}",
+                "account": e.actor,
+                "role": e.role,
+                "action": e.action,
+                "target": (e.target or "")[:16],
+                "detail": ", ".join(f"{k}={v}" for k, v in e.detail.items()),
+            }
             for e in reversed(events[-500:])
         ]
     ),
     hide_index=True,
     width="stretch",
-)  # fmt: skip
+)
 if allowed(actor, AUDIT_EXPORT):
     controls[3].download_button(
         "Export (CSV)",

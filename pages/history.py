@@ -39,12 +39,23 @@ if not records:
 
 timeline(records)
 st.dataframe(
-    pd.DataFrame([{"saved (UTC)": f"{r.created_at:%Y-%m-%d %H:%M}", "kind": r.kind, "verdict": pretty(r.label),
-                   "tumour probability": round(r.tumour_probability, 3),
-                   "sections": r.section_count or "", "plane": (r.geometry or {}).get("plane") or "",
-                   "final label": pretty(r.final_label) if r.final_label else ""} for r in records]),
-    hide_index=True, width="stretch",
-)  # fmt: skip
+    pd.DataFrame(
+        [
+            {
+                "saved (UTC)": f"{r.created_at:%Y-%m-%d %H:%M}",
+                "kind": r.kind,
+                "verdict": pretty(r.label),
+                "tumour probability": round(r.tumour_probability, 3),
+                "sections": r.section_count or "",
+                "plane": (r.geometry or {}).get("plane") or "",
+                "final label": pretty(r.final_label) if r.final_label else "",
+            }
+            for r in records
+        ]
+    ),
+    hide_index=True,
+    width="stretch",
+)
 
 series = [r for r in records if r.kind == "series"]
 if not series:
@@ -63,8 +74,14 @@ left, right = st.columns(2)
 current = left.selectbox("Series", series[::-1], format_func=describe, key="history_current")
 earlier = [r for r in series if r.created_at < current.created_at]
 same_plane = [r for r in earlier if (r.geometry or {}).get("plane") == (current.geometry or {}).get("plane")]
-prior = right.selectbox("Prior", (same_plane or earlier)[::-1], format_func=describe, key="history_prior",
-                        placeholder="no earlier series", index=0 if earlier else None)  # fmt: skip
+prior = right.selectbox(
+    "Prior",
+    (same_plane or earlier)[::-1],
+    format_func=describe,
+    key="history_prior",
+    placeholder="no earlier series",
+    index=0 if earlier else None,
+)
 
 
 def opened(record_id: str):
@@ -87,8 +104,12 @@ st.subheader("Report")
 study = [r for r in series if r.study_ref is not None and r.study_ref == current.study_ref] or [current]
 if st.button(f"Make the PDF report of this study ({len(study)} series)", key="history_report"):
     try:
-        st.session_state["history_pdf"] = (current.id, reports.study_report(
-            store, resources.image_store(store), actor, [r.id for r in study], classifier, explainer))  # fmt: skip
+        st.session_state["history_pdf"] = (
+            current.id,
+            reports.study_report(
+                store, resources.image_store(store), actor, [r.id for r in study], classifier, explainer
+            ),
+        )
     except (InvalidRecord, StoreError) as error:
         st.error(f"The report cannot be made: {error}")
 made = st.session_state.get("history_pdf")

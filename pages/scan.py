@@ -58,9 +58,15 @@ def choose_frame(upload: Upload, frame: int) -> None:
     if frame not in upload.results and upload.data is not None:
         store = open_store()
         upload.results[frame] = triage(
-            upload.data, classifier, explainer, store, frame=frame, actor=actor,
-            patient_ref=resources.patient_reference(session.patient_text), images=resources.image_store(store),
-        )  # fmt: skip
+            upload.data,
+            classifier,
+            explainer,
+            store,
+            frame=frame,
+            actor=actor,
+            patient_ref=resources.patient_reference(session.patient_text),
+            images=resources.image_store(store),
+        )
     upload.frame = frame
 
 
@@ -136,8 +142,11 @@ for index, upload in enumerate(session, start=1):
     scan_panel(index, upload, classifier.card.labels, choose_frame)
     st.divider()
 
-rows = [summary_row(index, upload.name, upload.current, pretty)
-        for index, upload in enumerate(session, start=1) if upload.current is not None]  # fmt: skip
+rows = [
+    summary_row(index, upload.name, upload.current, pretty)
+    for index, upload in enumerate(session, start=1)
+    if upload.current is not None
+]
 table = pd.DataFrame(rows)
 st.subheader("Batch summary")
 verdicts = [row for row in rows if row["verdict"] is not None]

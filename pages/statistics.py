@@ -32,8 +32,16 @@ source = store.describe()
 
 
 @st.cache_data(ttl=CACHE_SECONDS, show_spinner=False)
-def board(actor, start_day: date, end_day: date, timezone: str, period: str, versions: tuple[str, ...], source: str,
-          unit: str = "study"):  # fmt: skip
+def board(
+    actor,
+    start_day: date,
+    end_day: date,
+    timezone: str,
+    period: str,
+    versions: tuple[str, ...],
+    source: str,
+    unit: str = "study",
+):
     """The dashboard's aggregates, cached for at most one refresh period per user (the service checks the role on
     every computation): aggregates only, small counts already withheld (``source`` names the database)."""
     del source
@@ -50,12 +58,28 @@ def board(actor, start_day: date, end_day: date, timezone: str, period: str, ver
 
 
 @st.cache_data(ttl=CACHE_SECONDS, show_spinner=False)
-def quality(actor, start_day: date, end_day: date, timezone: str, period: str, versions: tuple[str, ...],
-            baseline_end: date | None, source: str):  # fmt: skip
+def quality(
+    actor,
+    start_day: date,
+    end_day: date,
+    timezone: str,
+    period: str,
+    versions: tuple[str, ...],
+    baseline_end: date | None,
+    source: str,
+):
     """Agreement, accuracy against reviewed cases, backlog and drift, cached like the dashboard."""
     del source
-    return statistics.quality_board(store, actor, start_day=start_day, end_day=end_day, timezone=timezone,
-                                    period=period, versions=versions, baseline_end=baseline_end)  # fmt: skip
+    return statistics.quality_board(
+        store,
+        actor,
+        start_day=start_day,
+        end_day=end_day,
+        timezone=timezone,
+        period=period,
+        versions=versions,
+        baseline_end=baseline_end,
+    )
 
 
 @st.cache_data(ttl=CACHE_SECONDS, show_spinner=False)
@@ -80,9 +104,14 @@ except StoreError as error:
     st.stop()
 picked = controls[3].multiselect("Model versions", available, placeholder="all versions", key="stats_versions")
 UNIT_NAMES = {"study": "per study", "result": "per scan or series"}
-unit = controls[4].radio("Count", list(UNIT_NAMES), format_func=UNIT_NAMES.get, key="stats_unit",
-                         help="Per study: a study counts once, tumour when any of its series is (a single scan is "
-                         "a study of its own). Per scan or series: every saved result once.")  # fmt: skip
+unit = controls[4].radio(
+    "Count",
+    list(UNIT_NAMES),
+    format_func=UNIT_NAMES.get,
+    key="stats_unit",
+    help="Per study: a study counts once, tumour when any of its series is (a single scan is "
+    "a study of its own). Per scan or series: every saved result once.",
+)
 paused = controls[5].toggle("Pause", help=f"Stop refreshing (every {REFRESH_SECONDS} s)")
 
 days_chosen = list(chosen) if isinstance(chosen, tuple | list) else [chosen]
@@ -106,10 +135,12 @@ def percent(value: float | None, interval: tuple[float, float] | None = None) ->
 
 
 baseline_end = st.date_input(
-    "Drift baseline: periods up to", value=None, key="stats_baseline",
+    "Drift baseline: periods up to",
+    value=None,
+    key="stats_baseline",
     help="The tumour rate and mean tumour probability of later periods are checked against this baseline's 3-sigma "
     "control limits. Empty: the first half of the chosen range.",
-)  # fmt: skip
+)
 
 
 def quality_section():
@@ -121,10 +152,20 @@ def quality_section():
     kpis = st.columns(6)
     kpis[0].metric("Reviewed", number(overall.reviewed))
     kpis[1].metric("Agreement", percent(overall.agreement))
-    kpis[2].metric("Sensitivity", percent(overall.sensitivity), help=None if overall.sensitivity_interval is None
-                   else "95 % interval {:.1%} to {:.1%}".format(*overall.sensitivity_interval))  # fmt: skip
-    kpis[3].metric("Specificity", percent(overall.specificity), help=None if overall.specificity_interval is None
-                   else "95 % interval {:.1%} to {:.1%}".format(*overall.specificity_interval))  # fmt: skip
+    kpis[2].metric(
+        "Sensitivity",
+        percent(overall.sensitivity),
+        help=None
+        if overall.sensitivity_interval is None
+        else "95 % interval {:.1%} to {:.1%}".format(*overall.sensitivity_interval),
+    )
+    kpis[3].metric(
+        "Specificity",
+        percent(overall.specificity),
+        help=None
+        if overall.specificity_interval is None
+        else "95 % interval {:.1%} to {:.1%}".format(*overall.specificity_interval),
+    )
     kpis[4].metric("Awaiting review", number(board_q.backlog))
     kpis[5].metric(
         "Turnaround (median)",
@@ -190,17 +231,24 @@ def live_dashboard() -> None:
     kpis[1].metric(
         "Tumour rate",
         f"{rate:.1%}" if rate is not None else "withheld",
-        help=None if dashboard.tumour_interval is None else
-        "95 % interval {:.1%} to {:.1%}".format(*dashboard.tumour_interval),
-    )  # fmt: skip
+        help=None
+        if dashboard.tumour_interval is None
+        else "95 % interval {:.1%} to {:.1%}".format(*dashboard.tumour_interval),
+    )
     change = None
     if dashboard.today is not None and dashboard.week_mean is not None:
         difference = dashboard.today - dashboard.week_mean
         change = None if round(difference, 1) == 0 else f"{difference:+.1f} vs 7-day mean"
-    kpis[2].metric("Today", number(dashboard.today), delta=change, delta_color="off",
-                   help=WITHHELD if dashboard.today is None else None)  # fmt: skip
-    kpis[3].metric("Mean confidence", "withheld" if dashboard.mean_confidence is None else
-                   f"{dashboard.mean_confidence:.1%}")  # fmt: skip
+    kpis[2].metric(
+        "Today",
+        number(dashboard.today),
+        delta=change,
+        delta_color="off",
+        help=WITHHELD if dashboard.today is None else None,
+    )
+    kpis[3].metric(
+        "Mean confidence", "withheld" if dashboard.mean_confidence is None else f"{dashboard.mean_confidence:.1%}"
+    )
     kpis[4].metric("Flagged for review", number(dashboard.flagged))
     kpis[5].metric("Rejected (not brain MRI)", number(dashboard.rejected))
     classes = st.columns(max(1, len(dashboard.per_class)))

@@ -28,14 +28,17 @@ except ValueError as error:
     key = None
     st.error(f"Patient references are disabled: {error}.")
 patient = st.text_input(
-    "Patient reference (optional)", key="study_patient", disabled=key is None,
+    "Patient reference (optional)",
+    key="study_patient",
+    disabled=key is None,
     help="Kept only as a keyed hash, never as typed; links this study to the patient's earlier results.",
-)  # fmt: skip
+)
 files = st.file_uploader(
     "A study: DICOM files of one or more series (any names), a .zip of them, a multi-frame DICOM or a NIfTI volume "
     "(.nii, .nii.gz)",
-    accept_multiple_files=True, key="study_files",
-)  # fmt: skip
+    accept_multiple_files=True,
+    key="study_files",
+)
 signature = tuple(sorted(f.file_id for f in files or []))
 if files and signature not in results:  # a selection is analysed and saved once, when the reader says so
     st.caption(f"{len(files)} file(s) chosen; nothing is analysed or saved until you press Analyse.")
@@ -47,9 +50,14 @@ if files and signature not in results:  # a selection is analysed and saved once
             store = None
         with st.spinner(f"Reading and analysing {len(files)} file(s)…"):
             results[signature] = triage_study(
-                [f.getvalue() for f in files], classifier, store, actor=actor,
-                patient_ref=resources.patient_reference(patient), images=resources.image_store(store), key=key,
-            )  # fmt: skip
+                [f.getvalue() for f in files],
+                classifier,
+                store,
+                actor=actor,
+                patient_ref=resources.patient_reference(patient),
+                images=resources.image_store(store),
+                key=key,
+            )
         for old in list(results)[:-KEPT]:
             results.pop(old)
         st.session_state["study_current"] = signature
@@ -59,12 +67,16 @@ elif files:
 current = st.session_state.get("study_current")
 if current not in results:
     if not files:
-        st.info("Drop the files of a study, then press Analyse. Every series is read in geometric order, each "
-                "section analysed, and the series judged by the rule in the model card.")  # fmt: skip
+        st.info(
+            "Drop the files of a study, then press Analyse. Every series is read in geometric order, each "
+            "section analysed, and the series judged by the rule in the model card."
+        )
     st.stop()
 if signature != current:
-    st.caption("Below: the study analysed earlier in this session." + (
-        " The files now chosen are not analysed yet." if files else ""))  # fmt: skip
+    st.caption(
+        "Below: the study analysed earlier in this session."
+        + (" The files now chosen are not analysed yet." if files else "")
+    )
     if st.button("Clear this study from the page", key="study_clear"):
         st.session_state.pop("study_current", None)
         st.rerun()
@@ -102,8 +114,10 @@ saved = [view.record.id for view in study.views if view.record is not None]
 if saved and st.button(f"Make the PDF report of this study ({len(saved)} series)", key="study_report"):
     try:
         store = resources.current_store()
-        st.session_state["study_pdf"] = (current, reports.study_report(
-            store, resources.image_store(store), actor, saved, classifier, explainer))  # fmt: skip
+        st.session_state["study_pdf"] = (
+            current,
+            reports.study_report(store, resources.image_store(store), actor, saved, classifier, explainer),
+        )
     except (InvalidRecord, StoreError) as error:
         st.error(f"The report cannot be made: {error}")
 made = st.session_state.get("study_pdf")

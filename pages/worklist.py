@@ -79,9 +79,14 @@ if message := st.session_state.pop("review_error", None):
     st.error(f"Review not saved: {message}")
 ids = [r.id for r in results]
 picked = st.dataframe(
-    table, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
-    key=table_key("wl_table", ids), height=min(38 * (len(table) + 1), 360),
-)  # fmt: skip
+    table,
+    hide_index=True,
+    width="stretch",
+    on_select="rerun",
+    selection_mode="single-row",
+    key=table_key("wl_table", ids),
+    height=min(38 * (len(table) + 1), 360),
+)
 chosen_key, note = chosen_id(
     ids, picked.selection.rows if picked and picked.selection else [], st.session_state.get("wl_chosen")
 )
@@ -114,9 +119,13 @@ def save_review(final_label: str, reasons: list[str], note: str) -> None:
 
 agree, override = st.columns([1, 2])
 agree.button(
-    f"Agree: {pretty(chosen.label)}", type="primary", shortcut="shift+a", on_click=save_review,
-    args=(chosen.label, [], ""), help="Keyboard: Shift+A (two keys, so that a stray keypress never signs a review)",
-)  # fmt: skip
+    f"Agree: {pretty(chosen.label)}",
+    type="primary",
+    shortcut="shift+a",
+    on_click=save_review,
+    args=(chosen.label, [], ""),
+    help="Keyboard: Shift+A (two keys, so that a stray keypress never signs a review)",
+)
 with override.form(f"override-{chosen.id}", clear_on_submit=True, border=True):
     labels = [label for label in (*classifier.card.labels, "tumour") if label != chosen.label]
     final = st.selectbox("Override: final label", labels, format_func=pretty)

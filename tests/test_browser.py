@@ -60,10 +60,24 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     seed_history(Path(env["BTD_DATA_DIR"]))
     log = (tmp_path_factory.mktemp("log") / "streamlit.log").open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "streamlit_app.py",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--server.headless",
+            "true",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -105,8 +119,9 @@ def seed_history(data_dir: Path) -> None:
             if day > 10 and k < 4:  # 44 reviewed: the last 11 of them overridden (agreement 75.0 %)
                 final = label if n % 4 else ("notumor" if label != "notumor" else "glioma")
                 action = "agree" if final == label else "override"
-                store.add_review(Review(record.id, "dr-earlier", record.created_at + timedelta(hours=3), action, label,
-                                        final))  # fmt: skip
+                store.add_review(
+                    Review(record.id, "dr-earlier", record.created_at + timedelta(hours=3), action, label, final)
+                )
 
 
 PASSWORD = "browser test password"

@@ -58,8 +58,11 @@ def test_periods_without_scans_are_listed_as_zero() -> None:
     assert [p.total for p in periods] == [0, 7, 0, 0, 3, 0]
     weeks = roll_up(days, "week", date(2026, 3, 1), date(2026, 3, 20))
     assert [(p.start.isoformat(), p.total) for p in weeks] == [
-        ("2026-02-23", 0), ("2026-03-02", 10), ("2026-03-09", 0), ("2026-03-16", 0)
-    ]  # fmt: skip
+        ("2026-02-23", 0),
+        ("2026-03-02", 10),
+        ("2026-03-09", 0),
+        ("2026-03-16", 0),
+    ]
 
 
 def test_rates_that_would_reveal_a_small_count_are_withheld() -> None:
@@ -80,8 +83,15 @@ def test_dashboard_withholds_small_counts_everywhere_and_the_export_names_its_fi
         store.add(make_record(i + 1, now - timedelta(days=2, minutes=i), label))
     store.add(make_record(99, now - timedelta(minutes=5), "glioma"))  # one scan today
     supervisor = Actor("boss", "supervisor")
-    board = dashboard(store, supervisor, start_day=date(2026, 11, 10), end_day=date(2026, 11, 20), timezone="UTC",
-                      period="day", now=now)  # fmt: skip
+    board = dashboard(
+        store,
+        supervisor,
+        start_day=date(2026, 11, 10),
+        end_day=date(2026, 11, 20),
+        timezone="UTC",
+        period="day",
+        now=now,
+    )
     assert board.scans == 15 and board.tumour_rate == 9 / 15
     assert board.today is None  # one scan today: withheld, and no change arrow is computed from it
     assert board.per_class == {"glioma": 7, "notumor": 6, "pituitary": None}
@@ -138,8 +148,9 @@ def test_one_day_of_data_gets_a_whole_day_on_the_time_axis_not_milliseconds() ->
 def test_a_patients_timeline_within_one_day_spans_a_day_not_milliseconds() -> None:
     from core.analytics.viewer import timeline_figure
 
-    figure = timeline_figure(["2026-03-02 10:00", "2026-03-02 10:00"], [0.2, 0.7], ["notumor", "glioma"],
-                             ["scan", "series"], {})  # fmt: skip
+    figure = timeline_figure(
+        ["2026-03-02 10:00", "2026-03-02 10:00"], [0.2, 0.7], ["notumor", "glioma"], ["scan", "series"], {}
+    )
     low, high = (datetime.fromisoformat(v) for v in figure.layout.xaxis.range)
     assert high - low == timedelta(days=1) and low < datetime(2026, 3, 2, 10) < high
 

@@ -19,8 +19,16 @@ from tests.test_imaging import bomb_png
 
 ROOT = Path(__file__).resolve().parents[1]
 PREDICTION_KEYS = {
-    "file", "label", "probabilities", "tumour_probability", "confidence", "roi", "model", "timings_ms", "gate"
-}  # fmt: skip
+    "file",
+    "label",
+    "probabilities",
+    "tumour_probability",
+    "confidence",
+    "roi",
+    "model",
+    "timings_ms",
+    "gate",
+}
 
 
 def bad_inputs() -> dict[str, tuple[bytes, str]]:
@@ -190,8 +198,9 @@ def test_predict_can_back_fill_the_database_once(tmp_path: Path, tiny_card: Path
     assert store.summary().total == 1 and store.recent(1)[0].uploader == "cli"
 
 
-def test_predict_save_exits_3_when_a_result_could_not_be_saved(tmp_path: Path, tiny_card: Path, capsys,
-                                                                  monkeypatch) -> None:  # fmt: skip
+def test_predict_save_exits_3_when_a_result_could_not_be_saved(
+    tmp_path: Path, tiny_card: Path, capsys, monkeypatch
+) -> None:
     import core.services.triage
     from core.errors import StoreUnavailable
 

@@ -50,8 +50,15 @@ def test_the_app_listens_on_loopback_and_accepts_only_listed_hosts() -> None:
 
 def test_the_reverse_proxy_example_sets_tls_and_the_security_headers() -> None:
     conf = (ROOT / "deploy" / "nginx.conf").read_text()
-    for needle in ("listen 443 ssl", "Strict-Transport-Security", "Content-Security-Policy", "frame-ancestors 'none'",
-                   "X-Content-Type-Options", "proxy_pass http://127.0.0.1:8501", "Upgrade $http_upgrade"):  # fmt: skip
+    for needle in (
+        "listen 443 ssl",
+        "Strict-Transport-Security",
+        "Content-Security-Policy",
+        "frame-ancestors 'none'",
+        "X-Content-Type-Options",
+        "proxy_pass http://127.0.0.1:8501",
+        "Upgrade $http_upgrade",
+    ):
         assert needle in conf, needle
 
 
@@ -60,8 +67,11 @@ def test_the_secrets_example_holds_no_real_values() -> None:
     example = tomllib.loads(text)
     assert example["identity"]["hmac_key"].startswith("REPLACE")
     assert "PASSWORD" in example["mongo"]["uri"] and "[auth]" in text
-    assert all(line.split("=", 1)[1].strip().strip('"').startswith(("REPLACE", "https://", "groups"))
-               for line in text.splitlines() if line.startswith("# ") and "=" in line and "secret" in line)  # fmt: skip
+    assert all(
+        line.split("=", 1)[1].strip().strip('"').startswith(("REPLACE", "https://", "groups"))
+        for line in text.splitlines()
+        if line.startswith("# ") and "=" in line and "secret" in line
+    )
 
 
 def test_data_files_are_created_private(tmp_path) -> None:

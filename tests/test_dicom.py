@@ -183,9 +183,15 @@ def pydicom_window_as_uint8(stored: np.ndarray, ds) -> np.ndarray:
 
 @pytest.mark.parametrize(
     ("function", "center", "width"),
-    [("LINEAR", 2048, 4096), ("LINEAR", 1500, 300), ("LINEAR", 2000, 1), ("LINEAR_EXACT", 1500, 300),
-     ("LINEAR_EXACT", 2000, 0.5), ("SIGMOID", 1800, 600)],
-)  # fmt: skip
+    [
+        ("LINEAR", 2048, 4096),
+        ("LINEAR", 1500, 300),
+        ("LINEAR", 2000, 1),
+        ("LINEAR_EXACT", 1500, 300),
+        ("LINEAR_EXACT", 2000, 0.5),
+        ("SIGMOID", 1800, 600),
+    ],
+)
 def test_windows_match_pydicom(function: str, center: float, width: float) -> None:
     from core.imaging.dicom import display
 
@@ -243,6 +249,9 @@ def test_a_dicom_of_another_body_part_is_refused(fields: dict, named: str) -> No
 
 
 def test_head_descriptions_are_accepted_even_when_they_mention_another_part() -> None:
-    for fields in ({"BodyPartExamined": "BRAIN"}, {"StudyDescription": "MRI BRAIN AND CERVICAL SPINE"},
-                   {"SeriesDescription": "AX T2 FLAIR"}):  # fmt: skip
+    for fields in (
+        {"BodyPartExamined": "BRAIN"},
+        {"StudyDescription": "MRI BRAIN AND CERVICAL SPINE"},
+        {"SeriesDescription": "AX T2 FLAIR"},
+    ):
         assert read_scan(dicom_bytes(stored_slice(), extra=fields)).pixels.shape == (128, 128)

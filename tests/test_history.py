@@ -61,8 +61,9 @@ def test_history_page_compares_a_series_with_its_prior_and_makes_the_report(
     store, images = SQLiteStore(data / "results.sqlite3"), FolderImages(data / "images")
     reference = pseudonymise("P-0042", local_key(data))
     for n, tumour in enumerate((None, range(3, 6))):
-        analysis = analyse_volume(read_study(dicom_series(head_volume(8, 96, tumour, seed=n),
-                                                          series_uid=f"1.2.3.{n}"))[0], tiny_classifier)  # fmt: skip
+        analysis = analyse_volume(
+            read_study(dicom_series(head_volume(8, 96, tumour, seed=n), series_uid=f"1.2.3.{n}"))[0], tiny_classifier
+        )
         save_series(analysis, store, actor=DOCTOR, patient_ref=reference, images=images, key=local_key(data))
     app = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "history.py"), default_timeout=60)
     app.session_state["actor"] = DOCTOR

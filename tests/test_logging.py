@@ -60,5 +60,8 @@ def test_a_storage_state_change_is_logged_once(caplog, tmp_path: Path) -> None:
             store.down = down
             storage_health(f"test {tmp_path}", store)
     states = [r.getMessage() for r in caplog.records if r.name == "btd.ui"]
-    assert states == ["event=store_state state=healthy", "event=store_state state=store_unavailable",
-                      "event=store_state state=healthy"]  # fmt: skip
+    assert states == [
+        "event=store_state state=healthy",
+        "event=store_state state=store_unavailable",
+        "event=store_state state=healthy",
+    ]

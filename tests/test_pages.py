@@ -35,9 +35,15 @@ def app_environment(tmp_path: Path, tiny_card: Path, monkeypatch: pytest.MonkeyP
     st.cache_resource.clear()
 
 
-ROLE_OF_PAGE = {"scan.py": "radiologist", "study.py": "radiologist", "worklist.py": "radiologist",
-                "history.py": "radiologist", "statistics.py": "supervisor", "audit.py": "supervisor",
-                "accounts.py": "admin"}  # fmt: skip
+ROLE_OF_PAGE = {
+    "scan.py": "radiologist",
+    "study.py": "radiologist",
+    "worklist.py": "radiologist",
+    "history.py": "radiologist",
+    "statistics.py": "supervisor",
+    "audit.py": "supervisor",
+    "accounts.py": "admin",
+}
 
 
 def page(name: str, role: str | None = None) -> AppTest:
@@ -85,11 +91,21 @@ def test_entry_script_opens_the_scan_page_for_a_radiologist() -> None:
 
 @pytest.mark.parametrize(
     ("role", "name", "allowed"),
-    [("radiologist", "statistics.py", False), ("radiologist", "audit.py", False), ("radiologist", "accounts.py", False),
-     ("supervisor", "scan.py", False), ("supervisor", "worklist.py", False), ("supervisor", "accounts.py", False),
-     ("admin", "scan.py", False), ("admin", "worklist.py", False), ("supervisor", "statistics.py", True),
-     ("admin", "accounts.py", True), ("admin", "audit.py", True), ("radiologist", "worklist.py", True)],
-)  # fmt: skip
+    [
+        ("radiologist", "statistics.py", False),
+        ("radiologist", "audit.py", False),
+        ("radiologist", "accounts.py", False),
+        ("supervisor", "scan.py", False),
+        ("supervisor", "worklist.py", False),
+        ("supervisor", "accounts.py", False),
+        ("admin", "scan.py", False),
+        ("admin", "worklist.py", False),
+        ("supervisor", "statistics.py", True),
+        ("admin", "accounts.py", True),
+        ("admin", "audit.py", True),
+        ("radiologist", "worklist.py", True),
+    ],
+)
 def test_each_role_is_refused_the_pages_it_may_not_use(role: str, name: str, allowed: bool) -> None:
     app = page(name, role).run()
     assert not app.exception
@@ -360,8 +376,14 @@ def test_worklist_opens_a_saved_series_in_its_viewer_and_takes_a_review(app_envi
 
     store = stored(app_environment)
     analysis = analyse_volume(read_study(dicom_series(head_volume(6, 128, range(2, 4))))[0], tiny_classifier)
-    status = save_series(analysis, store, actor=Actor("dr-b", "radiologist"), patient_ref=None,
-                         images=FolderImages(app_environment / "images"), key=None)  # fmt: skip
+    status = save_series(
+        analysis,
+        store,
+        actor=Actor("dr-b", "radiologist"),
+        patient_ref=None,
+        images=FolderImages(app_environment / "images"),
+        key=None,
+    )
     assert status.state == "saved"
     app = page("worklist.py").run()
     assert not app.exception
@@ -383,8 +405,14 @@ def test_a_one_section_series_opens_in_the_viewer_and_can_be_reviewed(app_enviro
 
     store = stored(app_environment)
     analysis = analyse_volume(read_study(dicom_series(head_volume(1, 128, range(0, 1))))[0], tiny_classifier)
-    status = save_series(analysis, store, actor=Actor("dr-b", "radiologist"), patient_ref=None,
-                         images=FolderImages(app_environment / "images"), key=None)  # fmt: skip
+    status = save_series(
+        analysis,
+        store,
+        actor=Actor("dr-b", "radiologist"),
+        patient_ref=None,
+        images=FolderImages(app_environment / "images"),
+        key=None,
+    )
     assert status.state == "saved"
     app = page("worklist.py").run()
     assert not app.exception
@@ -483,8 +511,12 @@ def test_the_first_admin_command_shown_creates_an_admin_this_server_then_signs_i
     app = entry(None).run()
     command = app.code[0].value
     assert f"BTD_DATA_DIR={app_environment.resolve()}" in command
-    done = subprocess.run(["bash", "-c", command.replace("a long password", "a long enough password")],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        ["bash", "-c", command.replace("a long password", "a long enough password")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert accounts.sign_in(stored(app_environment), "admin", "a long enough password").role == "admin"
     assert not entry(None).run().code  # the hint is gone once an account exists

@@ -121,8 +121,15 @@ def test_every_service_refuses_the_roles_that_may_not_use_it(store, who, call) -
 
 def test_a_review_is_recorded_with_its_history_and_audited(store, tmp_path, tiny_classifier) -> None:
     images = FolderImages(tmp_path / "images")
-    result = triage(png_bytes(synthetic_slice(256, tumour=True)), tiny_classifier, None, store, actor=RADIOLOGIST,
-                    patient_ref=None, images=images)  # fmt: skip
+    result = triage(
+        png_bytes(synthetic_slice(256, tumour=True)),
+        tiny_classifier,
+        None,
+        store,
+        actor=RADIOLOGIST,
+        patient_ref=None,
+        images=images,
+    )
     assert result.status.state == "saved" and result.record.image_key in images.stored_keys()
     record_id = result.record.id
     assert [r.id for r in reviews.worklist(store, RADIOLOGIST, WorklistQuery())] == [record_id]
@@ -189,8 +196,13 @@ def test_the_first_admin_is_made_at_the_command_line_and_audit_verify_finds_an_e
     monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.delenv("MONGODB_URI", raising=False)
     code, lines = run_cli(["users", "add", "root", "--role", "admin", "--password-stdin"], capsys, PASSWORD + "\n")
-    assert code == 0 and lines[0]["created"] == {"name": "root", "role": "admin", "disabled": False,
-                                                "sign_in": "password", "locked_until": None}  # fmt: skip
+    assert code == 0 and lines[0]["created"] == {
+        "name": "root",
+        "role": "admin",
+        "disabled": False,
+        "sign_in": "password",
+        "locked_until": None,
+    }
     assert run_cli(["users", "add", "dr-b", "--role", "radiologist", "--password-stdin"], capsys, "short\n")[0] == 2
     assert run_cli(["users", "add", "sso@x.org", "--role", "supervisor", "--sso"], capsys)[0] == 0
     assert run_cli(["users", "disable", "sso@x.org"], capsys)[1][0]["updated"]["disabled"] is True
@@ -348,8 +360,10 @@ def tampered(tmp_path: Path, monkeypatch, change) -> dict:
     return {"plain": audit.verify(open_results_store()), "noted": audit.verify(open_results_store(), noted)}
 
 
-@pytest.mark.parametrize("case", ["delete the last", "delete the last three", "delete all", "edit and re-hash",
-                                  "delete the last and its head"])  # fmt: skip
+@pytest.mark.parametrize(
+    "case",
+    ["delete the last", "delete the last three", "delete all", "edit and re-hash", "delete the last and its head"],
+)
 def test_audit_verify_finds_deleted_tails_and_edits_rehashed_without_the_key(tmp_path, monkeypatch, case) -> None:
     """Deleting the last 1, 10 or all events read "intact"; so did an edit re-hashed with the app's own hash."""
     import hashlib
@@ -360,11 +374,22 @@ def test_audit_verify_finds_deleted_tails_and_edits_rehashed_without_the_key(tmp
         rows = database.execute("SELECT seq, at_ms, actor, role, action, target, detail FROM audit ORDER BY seq")
         previous = "0" * 64
         for seq, at_ms, actor, role, action, target, detail in rows.fetchall():
-            event = AuditEvent(datetime.fromtimestamp(at_ms / 1000, UTC), "nobody" if seq == 3 else actor, role,
-                               action, target, json.loads(detail), previous, "", seq)  # fmt: skip
+            event = AuditEvent(
+                datetime.fromtimestamp(at_ms / 1000, UTC),
+                "nobody" if seq == 3 else actor,
+                role,
+                action,
+                target,
+                json.loads(detail),
+                previous,
+                "",
+                seq,
+            )
             digest = event_hash(event)
-            database.execute("UPDATE audit SET actor = ?, prev_hash = ?, hash = ? WHERE seq = ?",
-                             (event.actor, previous, digest, seq))  # fmt: skip
+            database.execute(
+                "UPDATE audit SET actor = ?, prev_hash = ?, hash = ? WHERE seq = ?",
+                (event.actor, previous, digest, seq),
+            )
             previous = digest
         database.execute("UPDATE audit_head SET hash = ?", (previous,))
         assert hashlib.sha256(b"") is not None
@@ -374,10 +399,11 @@ def test_audit_verify_finds_deleted_tails_and_edits_rehashed_without_the_key(tmp
         "delete the last three": lambda db: db.execute("DELETE FROM audit WHERE seq >= 3"),
         "delete all": lambda db: db.execute("DELETE FROM audit"),
         "edit and re-hash": rehash,
-        "delete the last and its head": lambda db: (db.execute("DELETE FROM audit WHERE seq = 5"),
-                                                    db.execute("UPDATE audit_head SET seq = 4, hash = "
-                                                               "(SELECT hash FROM audit WHERE seq = 4)")),
-    }  # fmt: skip
+        "delete the last and its head": lambda db: (
+            db.execute("DELETE FROM audit WHERE seq = 5"),
+            db.execute("UPDATE audit_head SET seq = 4, hash = (SELECT hash FROM audit WHERE seq = 4)"),
+        ),
+    }
     found = tampered(tmp_path, monkeypatch, changes[case])
     assert not found["noted"].intact and found["noted"].problem  # against the head an operator noted: always
     if case != "delete the last and its head":  # rewriting the head too is caught only against a noted head
@@ -402,8 +428,9 @@ def test_a_review_and_its_audit_event_commit_together_or_not_at_all(store, monke
     assert store.get(record.id).review_count == 0 and store.reviews_of(record.id) == []
 
 
-def test_a_result_is_never_saved_without_its_image_and_no_part_file_is_left(store, tiny_classifier, tmp_path,
-                                                                               monkeypatch) -> None:  # fmt: skip
+def test_a_result_is_never_saved_without_its_image_and_no_part_file_is_left(
+    store, tiny_classifier, tmp_path, monkeypatch
+) -> None:
     """A full disk once left a saved result with no image and a 0-byte .part file."""
     import errno
     import os
@@ -425,8 +452,15 @@ def test_a_result_is_never_saved_without_its_image_and_no_part_file_is_left(stor
             raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fdopen", FullDisk)
-    result = triage(png_bytes(synthetic_slice(256)), tiny_classifier, None, store, actor=RADIOLOGIST, patient_ref=None,
-                    images=images)  # fmt: skip
+    result = triage(
+        png_bytes(synthetic_slice(256)),
+        tiny_classifier,
+        None,
+        store,
+        actor=RADIOLOGIST,
+        patient_ref=None,
+        images=images,
+    )
     assert result.status.state == NOT_SAVED and "image could not be kept" in result.status.message
     assert "No space left" in result.status.message and store.summary().total == 0
     assert not list((tmp_path / "images").rglob("*.part")) and not list((tmp_path / "images").rglob("*.png"))

@@ -26,8 +26,15 @@ def test_identities_never_reach_the_database_file(tmp_path: Path, tiny_classifie
     images = FolderImages(tmp_path / "data" / "images")
     reader = Actor("dr-test", "radiologist")
     for _name, data in uploads.items():  # the file name is never passed on: nothing downstream can store it
-        result = triage(data, tiny_classifier, None, store, actor=reader, images=images,
-                        patient_ref=pseudonymise(f"{CANARY} Test", key))  # fmt: skip
+        result = triage(
+            data,
+            tiny_classifier,
+            None,
+            store,
+            actor=reader,
+            images=images,
+            patient_ref=pseudonymise(f"{CANARY} Test", key),
+        )
         assert result.status.state == "saved" and result.record.uploader == "dr-test"  # the signed-in account
         assert result.record.image_key in images.stored_keys()  # the pixels kept for review, de-identified
     assert store.summary().total == 2 and len(store.audit_events()) == 2

@@ -11,8 +11,17 @@ from core.storage.records import DayQuality
 
 
 def day(d: int, shown: int, tumour: int, reviewed: int = 0, agreed: int = 0, p: float = 0.3, **more) -> DayQuality:
-    return DayQuality(date(2026, 3, 1) + timedelta(days=d), shown, tumour, more.get("flagged", 0),
-                      more.get("rejected", 0), reviewed, agreed, p * shown, (p * p + 0.01) * shown)  # fmt: skip
+    return DayQuality(
+        date(2026, 3, 1) + timedelta(days=d),
+        shown,
+        tumour,
+        more.get("flagged", 0),
+        more.get("rejected", 0),
+        reviewed,
+        agreed,
+        p * shown,
+        (p * p + 0.01) * shown,
+    )
 
 
 def test_agreement_and_rates_per_period_follow_the_small_count_rule() -> None:
@@ -40,13 +49,20 @@ def test_a_shift_in_the_tumour_rate_raises_a_drift_alarm_and_a_steady_one_does_n
 def test_weeks_sum_their_days() -> None:
     weeks = roll_up_quality([day(d, 10, 3, 2, 1) for d in range(14)], "week")
     assert [(w.day, w.shown, w.reviewed) for w in weeks] == [
-        (date(2026, 2, 23), 10, 2), (date(2026, 3, 2), 70, 14), (date(2026, 3, 9), 60, 12)
-    ]  # fmt: skip
+        (date(2026, 2, 23), 10, 2),
+        (date(2026, 3, 2), 70, 14),
+        (date(2026, 3, 9), 60, 12),
+    ]
 
 
 def test_accuracy_against_final_labels() -> None:
-    confusion = {("glioma", "glioma"): 40, ("notumor", "glioma"): 6, ("glioma", "notumor"): 7,
-                 ("notumor", "notumor"): 47, ("meningioma", "glioma"): 5}  # fmt: skip
+    confusion = {
+        ("glioma", "glioma"): 40,
+        ("notumor", "glioma"): 6,
+        ("glioma", "notumor"): 7,
+        ("notumor", "notumor"): 47,
+        ("meningioma", "glioma"): 5,
+    }
     result = accuracy(confusion)
     assert result.reviewed == 105 and result.agreement == pytest.approx(87 / 105)
     assert result.sensitivity == pytest.approx(45 / 51) and result.specificity == pytest.approx(47 / 54)

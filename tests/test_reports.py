@@ -34,8 +34,12 @@ def saved_study(tmp_path: Path, tiny_classifier: Classifier):
     ids = []
     uid = "1.2.826.0.1.3680043.8.498.77"
     for n, (orientation, series_uid) in enumerate(((None, uid + ".1"), (CORONAL, uid + ".2"))):
-        files = dicom_series(head_volume(8, 128, range(2, 5), seed=n), study_uid=uid, series_uid=series_uid,
-                             **({"orientation": orientation} if orientation else {}))  # fmt: skip
+        files = dicom_series(
+            head_volume(8, 128, range(2, 5), seed=n),
+            study_uid=uid,
+            series_uid=series_uid,
+            **({"orientation": orientation} if orientation else {}),
+        )
         analysis = analyse_volume(read_study(files)[0], tiny_classifier)
         status = save_series(analysis, store, actor=doctor, patient_ref="e" * 64, images=images, key=b"k" * 32)
         ids.append(status.record_id)
@@ -44,8 +48,9 @@ def saved_study(tmp_path: Path, tiny_classifier: Classifier):
 
 def text_of(pdf: bytes, tmp_path: Path) -> str:
     (tmp_path / "report.pdf").write_bytes(pdf)
-    return subprocess.run(["pdftotext", "-layout", str(tmp_path / "report.pdf"), "-"], capture_output=True,
-                          text=True, check=True).stdout  # fmt: skip
+    return subprocess.run(
+        ["pdftotext", "-layout", str(tmp_path / "report.pdf"), "-"], capture_output=True, text=True, check=True
+    ).stdout
 
 
 def test_a_study_report_states_the_verdicts_the_review_and_the_model_and_renders(
@@ -65,8 +70,10 @@ def test_a_study_report_states_the_verdicts_the_review_and_the_model_and_renders
     assert "Not reviewed by a radiologist yet." in text and "Model verdict (not reviewed yet): " in text
     assert "Pixel spacing: 0.90 x 0.90 mm" in text and "tiny" in text and "limitations" in text.lower()
     assert "ZZCANARY" not in text  # the DICOM PatientName of the phantom never reaches a report
-    subprocess.run(["pdftoppm", "-png", "-r", "60", "-f", "1", "-l", "1", str(tmp_path / "report.pdf"),
-                    str(tmp_path / "page")], check=True)  # fmt: skip
+    subprocess.run(
+        ["pdftoppm", "-png", "-r", "60", "-f", "1", "-l", "1", str(tmp_path / "report.pdf"), str(tmp_path / "page")],
+        check=True,
+    )
     from PIL import Image
 
     page = np.asarray(Image.open(next(tmp_path.glob("page*.png"))).convert("L"))

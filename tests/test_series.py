@@ -43,8 +43,10 @@ def test_files_in_any_order_are_ordered_by_their_position_along_the_normal() -> 
     assert "ZZCANARY" not in repr(series) and "1.2.826" not in series.study + series.series  # UIDs only hashed
 
 
-@pytest.mark.parametrize(("orientation", "plane"), [(AXIAL, "axial"), (CORONAL, "coronal"), (SAGITTAL, "sagittal"),
-                                                    ((0.94, 0.342, 0.0, -0.342, 0.94, 0.0), "axial")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("orientation", "plane"),
+    [(AXIAL, "axial"), (CORONAL, "coronal"), (SAGITTAL, "sagittal"), ((0.94, 0.342, 0.0, -0.342, 0.94, 0.0), "axial")],
+)
 def test_every_plane_and_an_oblique_one_are_ordered_by_geometry(orientation, plane) -> None:
     volume = head_volume(6)
     files = dicom_series(volume, orientation=orientation)
@@ -193,8 +195,13 @@ def test_a_nifti_gzip_bomb_is_refused_from_its_header_with_little_memory() -> No
         "try:\n    read_study([bomb])\nexcept Exception as error:\n    print(type(error).__name__, error)\n"
         "print('grew_mb', (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024, len(bomb))\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     lines = done.stdout.splitlines()
     assert lines[0].startswith("FileTooLarge") and "refused before reading" in lines[0], done.stdout + done.stderr
     grew, size = float(lines[1].split()[1]), int(lines[1].split()[2])

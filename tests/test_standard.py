@@ -75,8 +75,17 @@ def test_augmentation_is_the_identity_at_inference_and_varies_training_batches_w
 
 
 def test_skull_removal_keeps_the_inside_of_the_head_and_blanks_the_outside() -> None:
-    settings = AugmentSettings(rotation_degrees=0, scale=(1, 1), shift=0, skull_removal=1.0, gamma_log=0,
-                               contrast=(1, 1), brightness=0, blur=0, noise=0)  # fmt: skip
+    settings = AugmentSettings(
+        rotation_degrees=0,
+        scale=(1, 1),
+        shift=0,
+        skull_removal=1.0,
+        gamma_log=0,
+        contrast=(1, 1),
+        brightness=0,
+        blur=0,
+        noise=0,
+    )
     head = np.zeros((1, 96, 96, 1), np.float32)
     yy, xx = np.mgrid[:96, :96]
     head[0, ..., 0] = np.where((yy - 48) ** 2 + (xx - 48) ** 2 < 40**2, 0.5, 0.0)

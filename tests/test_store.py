@@ -215,8 +215,16 @@ def test_reviews_are_an_append_only_history_whose_latest_is_the_final_label(fill
     record = FIXTURE[2]  # pituitary
     assert filled.get(record.id).final_label is None and filled.reviews_of(record.id) == []
     first = Review(record.id, "dr-a", utc(2026, 5, 1, 9), "agree", "pituitary", "pituitary")
-    second = Review(record.id, "dr-b", utc(2026, 5, 2, 9), "override", "pituitary", "meningioma",
-                    ("wrong_type",), "enhancing dural tail")  # fmt: skip
+    second = Review(
+        record.id,
+        "dr-b",
+        utc(2026, 5, 2, 9),
+        "override",
+        "pituitary",
+        "meningioma",
+        ("wrong_type",),
+        "enhancing dural tail",
+    )
     assert filled.add_review(first).final_label == "pituitary"
     updated = filled.add_review(second)
     assert (updated.final_label, updated.reviewer, updated.review_count, updated.review_verdict) == (
@@ -228,8 +236,9 @@ def test_reviews_are_an_append_only_history_whose_latest_is_the_final_label(fill
     assert updated.disagrees and updated.reviewed_at == utc(2026, 5, 2, 9)
     history = filled.reviews_of(record.id)
     assert [(r.reviewer, r.final_label, r.reasons, r.note) for r in history] == [
-        ("dr-a", "pituitary", (), ""), ("dr-b", "meningioma", ("wrong_type",), "enhancing dural tail")
-    ]  # fmt: skip
+        ("dr-a", "pituitary", (), ""),
+        ("dr-b", "meningioma", ("wrong_type",), "enhancing dural tail"),
+    ]
     with pytest.raises(InvalidRecord):  # not of this result's verdict
         filled.add_review(replace(first, model_label="glioma", final_label="glioma"))
     with pytest.raises(InvalidRecord):  # an unknown reason code
@@ -276,8 +285,12 @@ def test_reviews_and_audit_events_cannot_be_changed_in_sqlite(tmp_path: Path) ->
     store.add_review(Review(FIXTURE[0].id, "dr-a", utc(2026, 5, 1), "agree", "glioma", "glioma"))
     store.append_audit(AuditEvent(utc(2026, 5, 1), "dr-a", "radiologist", "review", FIXTURE[0].id))
     connection = sqlite3.connect(tmp_path / "results.sqlite3")
-    for statement in ("UPDATE reviews SET final_label = 'notumor'", "DELETE FROM reviews",
-                      "UPDATE audit SET actor = 'x'", "DELETE FROM audit"):  # fmt: skip
+    for statement in (
+        "UPDATE reviews SET final_label = 'notumor'",
+        "DELETE FROM reviews",
+        "UPDATE audit SET actor = 'x'",
+        "DELETE FROM audit",
+    ):
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             connection.execute(statement)
 
@@ -517,11 +530,15 @@ def test_quality_aggregates_equal_what_the_raw_records_say(store) -> None:
     the database, against the same figures computed here from the records."""
     base = utc(2026, 6, 1, 8, 0)
     plan = [  # (n, hours after base, label, gate, final label or None, hours to first review)
-        (1, 0, "glioma", "accepted", "glioma", 2), (2, 1, "notumor", "accepted", "glioma", 30),
-        (3, 2, "meningioma", "needs_review", "meningioma", 5), (4, 3, "notumor", "accepted", None, None),
-        (5, 26, "pituitary", "accepted", "notumor", 1), (6, 27, "glioma", "rejected", None, None),
-        (7, 28, "notumor", "needs_review", "notumor", 0), (8, 50, "glioma", "accepted", None, None),
-    ]  # fmt: skip
+        (1, 0, "glioma", "accepted", "glioma", 2),
+        (2, 1, "notumor", "accepted", "glioma", 30),
+        (3, 2, "meningioma", "needs_review", "meningioma", 5),
+        (4, 3, "notumor", "accepted", None, None),
+        (5, 26, "pituitary", "accepted", "notumor", 1),
+        (6, 27, "glioma", "rejected", None, None),
+        (7, 28, "notumor", "needs_review", "notumor", 0),
+        (8, 50, "glioma", "accepted", None, None),
+    ]
     for n, hours, label, gate, final, after in plan:
         record = replace(make_record(n, base + timedelta(hours=hours), label, confidence=0.6 + n / 40), gate=gate)
         store.add(record)
@@ -536,15 +553,21 @@ def test_quality_aggregates_equal_what_the_raw_records_say(store) -> None:
         shown = [r for r in mine if r.gate != "rejected"]
         reviewed = [r for r in shown if r.review_count]
         assert (day.shown, day.tumour, day.flagged, day.rejected) == (
-            len(shown), sum(r.is_tumour for r in shown), sum(r.gate == "needs_review" for r in mine),
+            len(shown),
+            sum(r.is_tumour for r in shown),
+            sum(r.gate == "needs_review" for r in mine),
             sum(r.gate == "rejected" for r in mine),
-        )  # fmt: skip
+        )
         assert (day.reviewed, day.agreed) == (len(reviewed), sum(r.final_label == r.label for r in reviewed))
         assert day.probability_sum == pytest.approx(sum(r.tumour_probability for r in shown))
         assert day.probability_squares == pytest.approx(sum(r.tumour_probability**2 for r in shown))
-    assert store.confusion(Filters()) == {("glioma", "glioma"): 1, ("notumor", "glioma"): 1,
-                                          ("meningioma", "meningioma"): 1, ("pituitary", "notumor"): 1,
-                                          ("notumor", "notumor"): 1}  # fmt: skip
+    assert store.confusion(Filters()) == {
+        ("glioma", "glioma"): 1,
+        ("notumor", "glioma"): 1,
+        ("meningioma", "meningioma"): 1,
+        ("pituitary", "notumor"): 1,
+        ("notumor", "notumor"): 1,
+    }
     assert store.turnaround_hours(Filters()) == {2: 1, 30: 1, 5: 1, 1: 1, 0: 1}
     june_first = Filters(start=utc(2026, 6, 1), end=utc(2026, 6, 2))
     assert sum(store.turnaround_hours(june_first).values()) == 3
@@ -564,8 +587,9 @@ def test_quality_aggregates_equal_what_the_raw_records_say(store) -> None:
 def test_the_worklist_puts_unreviewed_first_then_flagged_then_refused_newest_first(store) -> None:
     base = utc(2026, 7, 1, 8)
     made = []
-    for n, (gate, hours) in enumerate([("accepted", 0), ("needs_review", 1), ("rejected", 2), ("accepted", 3),
-                                       ("needs_review", 4)], start=1):  # fmt: skip
+    for n, (gate, hours) in enumerate(
+        [("accepted", 0), ("needs_review", 1), ("rejected", 2), ("accepted", 3), ("needs_review", 4)], start=1
+    ):
         record = replace(make_record(n, base + timedelta(hours=hours), "glioma" if n % 2 else "notumor"), gate=gate)
         store.add(record)
         made.append(record)
@@ -602,8 +626,10 @@ def test_the_roll_ups_give_the_figures_the_results_give(tmp_path: Path) -> None:
     for n in range(1, 400):
         at = utc(2026, 3, 1) + timedelta(seconds=rng.randrange(0, 60 * 86400))
         label = rng.choice(LABELS)
-        record = replace(make_record(n, at, label, rng.choice(["1.0.0", "2.0.0"]), rng.uniform(0.5, 1.0)),
-                         gate=rng.choice(["accepted", "accepted", "needs_review", "rejected"]))  # fmt: skip
+        record = replace(
+            make_record(n, at, label, rng.choice(["1.0.0", "2.0.0"]), rng.uniform(0.5, 1.0)),
+            gate=rng.choice(["accepted", "accepted", "needs_review", "rejected"]),
+        )
         store.add(record)
         records.append(record)
     for record in rng.sample(records, 120):
@@ -612,29 +638,52 @@ def test_the_roll_ups_give_the_figures_the_results_give(tmp_path: Path) -> None:
         store.add_review(Review(record.id, "dr", record.created_at + timedelta(hours=2), action, record.label, final))
     for record in rng.sample(records, 30):
         if store.get(record.id).review_count:
-            store.add_review(Review(record.id, "dr2", record.created_at + timedelta(days=1), "agree", record.label,
-                                    record.label))  # fmt: skip
+            store.add_review(
+                Review(record.id, "dr2", record.created_at + timedelta(days=1), "agree", record.label, record.label)
+            )
 
     start, end = utc(2026, 3, 10), utc(2026, 4, 20)
-    ranges = [Filters(), Filters(start=start, end=end), Filters(start=start, model_versions=("2.0.0",)),
-              Filters(end=end, gates=("accepted", "needs_review")), Filters(labels=("glioma", "notumor")),
-              Filters(start=utc(2026, 3, 9, 23), end=utc(2026, 4, 20, 4, 45)),  # local midnights: partial UTC days
-              Filters(start=utc(2026, 3, 12, 5), end=utc(2026, 3, 12, 18, 30))]  # fmt: skip
+    ranges = [
+        Filters(),
+        Filters(start=start, end=end),
+        Filters(start=start, model_versions=("2.0.0",)),
+        Filters(end=end, gates=("accepted", "needs_review")),
+        Filters(labels=("glioma", "notumor")),
+        Filters(start=utc(2026, 3, 9, 23), end=utc(2026, 4, 20, 4, 45)),  # local midnights: partial UTC days
+        Filters(start=utc(2026, 3, 12, 5), end=utc(2026, 3, 12, 18, 30)),
+    ]
     for filters in ranges:
         raw = replace(filters, start=(filters.start or utc(2020, 1, 1)) - timedelta(milliseconds=1))
         assert _same(store.summary(filters), store.summary(raw))
         assert _same(store.by_model(filters), store.by_model(raw))
-        for zone in ("UTC", "Europe/Paris", "Asia/Kolkata", "Asia/Kathmandu", "America/New_York", "Pacific/Kiritimati",
-                     "Pacific/Pago_Pago", "Pacific/Norfolk", "Australia/Lord_Howe", "America/Santiago"):  # fmt: skip
+        for zone in (
+            "UTC",
+            "Europe/Paris",
+            "Asia/Kolkata",
+            "Asia/Kathmandu",
+            "America/New_York",
+            "Pacific/Kiritimati",
+            "Pacific/Pago_Pago",
+            "Pacific/Norfolk",
+            "Australia/Lord_Howe",
+            "America/Santiago",
+        ):
             assert _same(store.daily_counts(filters, zone), store.daily_counts(raw, zone)), (filters, zone)
             assert _same(store.daily_quality(filters, zone), store.daily_quality(raw, zone)), (filters, zone)
         # the whole-day roll-ups of the histogram, confusion and turnaround against the records themselves
         now = [store.get(r.id) for r in records]
-        inside = [r for r in now if (filters.start is None or r.created_at >= filters.start)
-                  and (filters.end is None or r.created_at < filters.end)]  # fmt: skip
+        inside = [
+            r
+            for r in now
+            if (filters.start is None or r.created_at >= filters.start)
+            and (filters.end is None or r.created_at < filters.end)
+        ]
         scoped = [r for r in inside if not filters.model_versions or r.model_version in filters.model_versions]
-        picked = [r for r in scoped if (not filters.labels or r.label in filters.labels)
-                  and (not filters.gates or r.gate in filters.gates)]  # fmt: skip
+        picked = [
+            r
+            for r in scoped
+            if (not filters.labels or r.label in filters.labels) and (not filters.gates or r.gate in filters.gates)
+        ]
         histogram = [0] * 20
         for r in picked:
             histogram[min(int(r.confidence * 20), 19)] += 1
@@ -741,8 +790,11 @@ def test_a_version_5_database_gets_its_shifted_day_roll_ups_built_on_upgrade(tmp
     store = SQLiteStore(path)
     for record in FIXTURE:
         store.add(record)
-    store.add_review(Review(FIXTURE[2].id, "dr", FIXTURE[2].created_at + timedelta(hours=1), "agree",
-                            FIXTURE[2].label, FIXTURE[2].label))  # fmt: skip
+    store.add_review(
+        Review(
+            FIXTURE[2].id, "dr", FIXTURE[2].created_at + timedelta(hours=1), "agree", FIXTURE[2].label, FIXTURE[2].label
+        )
+    )
     zones = ("Asia/Tokyo", "America/Los_Angeles", "Australia/Sydney")
     expected = [(store.daily_counts(Filters(), zone), store.daily_quality(Filters(), zone)) for zone in zones]
     del store
@@ -755,8 +807,9 @@ def test_a_version_5_database_gets_its_shifted_day_roll_ups_built_on_upgrade(tmp
     assert upgraded.schema_version() == SCHEMA_VERSION == 7 and (tmp_path / "results.sqlite3.v5.bak").exists()
     shifted = sqlite3.connect(path).execute("SELECT count(DISTINCT shift), sum(n), sum(reviewed) FROM rollup_shifted")
     assert shifted.fetchone() == (12, 12 * len(FIXTURE), 12)
-    assert _same([(upgraded.daily_counts(Filters(), zone), upgraded.daily_quality(Filters(), zone)) for zone in zones],
-                 expected)  # fmt: skip
+    assert _same(
+        [(upgraded.daily_counts(Filters(), zone), upgraded.daily_quality(Filters(), zone)) for zone in zones], expected
+    )
     late = make_record(99, utc(2026, 4, 6, 14, 45), "notumor", "1.0.0", 0.9)  # Tokyo 04-06 23:45, Sydney 04-07
     upgraded.add(late)
     upgraded.add_review(Review(late.id, "dr", late.created_at + timedelta(hours=2), "override", "notumor", "glioma"))
@@ -772,18 +825,31 @@ def test_a_version_4_database_gets_its_day_roll_ups_built_on_upgrade(tmp_path: P
     store = SQLiteStore(path)
     for record in FIXTURE:
         store.add(record)
-    store.add_review(Review(FIXTURE[0].id, "dr", FIXTURE[0].created_at + timedelta(hours=3), "override",
-                            FIXTURE[0].label, "notumor"))  # fmt: skip
-    expected = (store.summary(), store.confidence_histogram(), store.confusion(Filters()),
-                store.daily_counts(Filters(), "Europe/Paris"))  # fmt: skip
+    store.add_review(
+        Review(FIXTURE[0].id, "dr", FIXTURE[0].created_at + timedelta(hours=3), "override", FIXTURE[0].label, "notumor")
+    )
+    expected = (
+        store.summary(),
+        store.confidence_histogram(),
+        store.confusion(Filters()),
+        store.daily_counts(Filters(), "Europe/Paris"),
+    )
     del store
     connection = sqlite3.connect(path)
-    for statement in ("DROP TRIGGER days_on_insert", "DROP TRIGGER days_on_review", "DROP TABLE rollup_day",
-                      "DROP TABLE confidence_day", "DROP TABLE confusion_day", "DROP TABLE turnaround_day",
-                      "DROP INDEX rollup_by_slot", "DROP INDEX scans_disagreements", "DROP INDEX scans_studies",
-                      *VERSION_6_STATEMENTS,
-                      "CREATE INDEX scans_series ON scans (kind, created_ms, study_ref) WHERE kind = 'series'",
-                      "PRAGMA user_version = 4"):  # fmt: skip
+    for statement in (
+        "DROP TRIGGER days_on_insert",
+        "DROP TRIGGER days_on_review",
+        "DROP TABLE rollup_day",
+        "DROP TABLE confidence_day",
+        "DROP TABLE confusion_day",
+        "DROP TABLE turnaround_day",
+        "DROP INDEX rollup_by_slot",
+        "DROP INDEX scans_disagreements",
+        "DROP INDEX scans_studies",
+        *VERSION_6_STATEMENTS,
+        "CREATE INDEX scans_series ON scans (kind, created_ms, study_ref) WHERE kind = 'series'",
+        "PRAGMA user_version = 4",
+    ):
         connection.execute(statement)
     connection.commit()
     connection.close()
@@ -791,8 +857,12 @@ def test_a_version_4_database_gets_its_day_roll_ups_built_on_upgrade(tmp_path: P
     assert upgraded.schema_version() == SCHEMA_VERSION == 7 and (tmp_path / "results.sqlite3.v4.bak").exists()
     tables = {row[0] for row in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
     assert {"rollup_day", "confusion_day", "days_on_insert", "scans_studies"} <= tables and "scans_series" not in tables
-    assert (upgraded.summary(), upgraded.confidence_histogram(), upgraded.confusion(Filters()),
-            upgraded.daily_counts(Filters(), "Europe/Paris")) == expected  # fmt: skip
+    assert (
+        upgraded.summary(),
+        upgraded.confidence_histogram(),
+        upgraded.confusion(Filters()),
+        upgraded.daily_counts(Filters(), "Europe/Paris"),
+    ) == expected
 
 
 def test_a_version_3_database_is_rebuilt_for_series_keeping_reviews_and_the_audit_chain(tmp_path: Path) -> None:
@@ -848,10 +918,12 @@ def test_a_version_6_mongodb_collection_gets_the_same_nifti_orientation_fix() ->
 
     database = mongomock.MongoClient()["btd"]
     old = [1.0, 0.0, 0.0, 0.0, -1.0, 0.0]
-    database["results"].insert_many([
-        {"_id": "a", "kind": "series", "image_format": "nifti", "geometry": {"orientation": old}},
-        {"_id": "b", "kind": "series", "image_format": "dicom", "geometry": {"orientation": old}},
-    ])  # fmt: skip
+    database["results"].insert_many(
+        [
+            {"_id": "a", "kind": "series", "image_format": "nifti", "geometry": {"orientation": old}},
+            {"_id": "b", "kind": "series", "image_format": "dicom", "geometry": {"orientation": old}},
+        ]
+    )
     database["meta"].insert_one({"_id": "schema", "version": 6})
     assert migrate_mongo(database, database["results"]) == 6
     assert database["results"].find_one({"_id": "a"})["geometry"]["orientation"] == [-1.0, 0.0, 0.0, 0.0, 1.0, 0.0]

@@ -71,8 +71,11 @@ def test_smoke_training_writes_a_loadable_model_and_card(tmp_path: Path) -> None
     # the card's validation loss of the shipped weights (the kept epoch after its batch-normalisation statistics
     # were recomputed) is the allowed-label NLL of their validation logits, on scans of a known class only (the
     # web-style "tumour" folder never chooses anything)
-    entries = [(label, path) for label, path in read_split(tmp_path / "models" / "smoke.split.json", tmp_path)
-               if label in CLASSES]  # fmt: skip
+    entries = [
+        (label, path)
+        for label, path in read_split(tmp_path / "models" / "smoke.split.json", tmp_path)
+        if label in CLASSES
+    ]
     inputs = inference_inputs([read_scan_file(path).pixels for _, path in entries], classifier.card.input)
     logits = classifier.model.predict(inputs, verbose=0)
     kept_loss = mean_nll(logits, label_masks([label for label, _ in entries]))
@@ -417,8 +420,11 @@ def test_calibrate_command_recomputes_an_old_models_statistics_and_refits_its_ca
     card_path = tmp_path / "models" / "old.json"
     done = subprocess.run(
         [sys.executable, "-m", "core", "calibrate", "--batchnorm", "--model", str(card_path), "--data", str(tmp_path)],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout)["model"] == "old" and "temperature" in json.loads(done.stdout)["calibration"]
     after = json.loads(card_path.read_text())

@@ -129,8 +129,9 @@ def test_study_command_prints_one_line_per_series_from_folders_zips_and_volumes(
     two = zipped(files, [f"s/{i}.dcm" for i in range(len(files))])
     (tmp_path / "study.zip").write_bytes(two)
     (tmp_path / "head.nii.gz").write_bytes(nifti(head_volume(10, 128, range(3, 7)), gz=True))
-    code, lines = study_lines([str(tmp_path / "export"), str(tmp_path / "study.zip"), str(tmp_path / "head.nii.gz")],
-                              capsys)  # fmt: skip
+    code, lines = study_lines(
+        [str(tmp_path / "export"), str(tmp_path / "study.zip"), str(tmp_path / "head.nii.gz")], capsys
+    )
     assert code == 0
     assert [line["source"] for line in lines].count(str(tmp_path / "study.zip")) == 2
     first = lines[0]
@@ -217,7 +218,14 @@ def test_two_nifti_files_uploaded_together_count_as_one_study_in_statistics(tmp_
     from core.storage.sqlite import SQLiteStore
 
     store = SQLiteStore(tmp_path / "results.sqlite3")
-    study = triage_study([nifti(head_volume(4)), nifti(head_volume(4, seed=7))], tiny_classifier, store,
-                         actor=Actor("dr", "radiologist"), patient_ref=None, images=None, key=b"k" * 32)  # fmt: skip
+    study = triage_study(
+        [nifti(head_volume(4)), nifti(head_volume(4, seed=7))],
+        tiny_classifier,
+        store,
+        actor=Actor("dr", "radiologist"),
+        patient_ref=None,
+        images=None,
+        key=b"k" * 32,
+    )
     assert len(study.views) == 2 and store.summary().total == 2
     assert sum(day.total for day in study_days(store, EVERYTHING, "UTC")) == 1

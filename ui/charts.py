@@ -38,15 +38,24 @@ def confidence(board: Dashboard) -> go.Figure:
 def agreement(board: QualityBoard, period: str) -> go.Figure:
     rows = board.rows
     return agreement_figure(
-        [r.start.isoformat() for r in rows], [r.agreement for r in rows], [r.agreement_interval for r in rows],
-        [r.flagged_rate for r in rows], [r.rejected_rate for r in rows], period,
-    )  # fmt: skip
+        [r.start.isoformat() for r in rows],
+        [r.agreement for r in rows],
+        [r.agreement_interval for r in rows],
+        [r.flagged_rate for r in rows],
+        [r.rejected_rate for r in rows],
+        period,
+    )
 
 
 def drift(board: QualityBoard) -> go.Figure:
     rows = board.rows
     end = board.drift.baseline_end.isoformat() if board.drift.baseline_end else None
     return drift_figure(
-        [r.start.isoformat() for r in rows], [r.tumour_rate for r in rows], [r.rate_limits for r in rows],
-        [r.mean_probability for r in rows], [r.mean_limits for r in rows], [r.out_of_control for r in rows], end,
-    )  # fmt: skip
+        [r.start.isoformat() for r in rows],
+        [r.tumour_rate for r in rows],
+        [r.rate_limits for r in rows],
+        [r.mean_probability for r in rows],
+        [r.mean_limits for r in rows],
+        [r.out_of_control for r in rows],
+        end,
+    )

@@ -103,8 +103,13 @@ def titles(view: SeriesView) -> list[str]:
 def quick_scroll(view: SeriesView, prefix: str, start: int) -> int | None:
     """Mount the quick scroller; returns the section (0-based) the reader asked to open in the viewer, if any."""
     marked = set(view.marked)
-    data = {"series": view.key, "start": int(start), "frames": _frames(view), "titles": titles(view),
-            "marked": [index in marked for index in range(len(view.sections))]}  # fmt: skip
+    data = {
+        "series": view.key,
+        "start": int(start),
+        "frames": _frames(view),
+        "titles": titles(view),
+        "marked": [index in marked for index in range(len(view.sections))],
+    }
     result = _CINE(key=f"{prefix}-cine", data=data, on_open_change=lambda: None)
     opened = getattr(result, "open", None)
     return None if opened is None else int(opened)

@@ -104,9 +104,13 @@ def scan_panel(
     if frames > 1:
         shown = upload.frame if upload.frame is not None else 0
         chosen = st.number_input(
-            f"Frame (0 to {frames - 1})", 0, frames - 1, shown, key=f"frame-{upload.file_id}",
+            f"Frame (0 to {frames - 1})",
+            0,
+            frames - 1,
+            shown,
+            key=f"frame-{upload.file_id}",
             help="This file holds several frames; each frame analysed is its own result.",
-        )  # fmt: skip
+        )
         if upload.frame is None or chosen != upload.frame:
             choose_frame(upload, int(chosen))
             st.rerun()  # the batch summary below changes too
@@ -131,9 +135,11 @@ def scan_panel(
     inline_image(crop, view.crop, f"As the model sees it ({view.crop.shape[0]} px)")
     if view.heat:
         explained = looked.selectbox(
-            "Heat map of", [PREDICTED, *labels], key=f"explain-{upload.file_id}",
+            "Heat map of",
+            [PREDICTED, *labels],
+            key=f"explain-{upload.file_id}",
             format_func=lambda x: x if x == PREDICTED else pretty(x),
-        )  # fmt: skip
+        )
         opacity = looked.slider("Heat map opacity", 0.0, 1.0, 0.45, 0.05, key=f"opacity-{upload.file_id}")
         label = explained if explained != PREDICTED else view.explained or labels[0]
         inline_image(looked, view.overlay(label, opacity), f"Where the model looked for {pretty(label)} (Grad-CAM)")
@@ -191,13 +197,19 @@ def result_panel(opened, labels: tuple[str, ...], classifier=None, explainer=Non
             st.dataframe(
                 pd.DataFrame(
                     [
-                        {"when (UTC)": f"{r.created_at:%Y-%m-%d %H:%M}", "by": r.reviewer, "action": r.action,
-                         "final": pretty(r.final_label), "reasons": ", ".join(r.reasons), "note": r.note}
+                        {
+                            "when (UTC)": f"{r.created_at:%Y-%m-%d %H:%M}",
+                            "by": r.reviewer,
+                            "action": r.action,
+                            "final": pretty(r.final_label),
+                            "reasons": ", ".join(r.reasons),
+                            "note": r.note,
+                        }
                         for r in opened.reviews
                     ]
                 ),
                 hide_index=True,
                 width="stretch",
-            )  # fmt: skip
+            )
         else:
             st.caption("Not reviewed yet.")

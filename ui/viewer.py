@@ -101,9 +101,10 @@ def series_viewer(view: SeriesView, classifier, explainer, prefix: str) -> None:
             line = ((x0, y0), (x1, y1))
             length = distance_mm((x0, y0), (x1, y1), view.geometry.get("spacing"))
             st.markdown(
-                f"Distance **{length:.1f} mm**" if length is not None else "No pixel spacing in this series: "
-                "distances cannot be given in millimetres."
-            )  # fmt: skip
+                f"Distance **{length:.1f} mm**"
+                if length is not None
+                else "No pixel spacing in this series: distances cannot be given in millimetres."
+            )
             st.caption("Hover over the image for pixel coordinates.")
     heat = _heat(view, index, classifier, explainer) if show_heat else None
     skipped = view.skipped.get(index)
@@ -113,14 +114,24 @@ def series_viewer(view: SeriesView, classifier, explainer, prefix: str) -> None:
     title = f"Section {index + 1} of {count} · {position:.1f} mm · {status}"
     letters = orientation_letters(view.geometry.get("orientation"))
     st.plotly_chart(
-        section_figure(windowed(view.sections[index], level, width), heat=heat, opacity=opacity, letters=letters,
-                       line=line, title=title),
-        config={"scrollZoom": True, "displaylogo": False}, key=f"{prefix}-image",
-    )  # fmt: skip
+        section_figure(
+            windowed(view.sections[index], level, width),
+            heat=heat,
+            opacity=opacity,
+            letters=letters,
+            line=line,
+            title=title,
+        ),
+        config={"scrollZoom": True, "displaylogo": False},
+        key=f"{prefix}-image",
+    )
     st.plotly_chart(
-        curve_figure(view.curve, view.threshold, index, view.marked), key=curve_key, on_select="rerun",
-        selection_mode="points", config={"displaylogo": False},
-    )  # fmt: skip
+        curve_figure(view.curve, view.threshold, index, view.marked),
+        key=curve_key,
+        on_select="rerun",
+        selection_mode="points",
+        config={"displaylogo": False},
+    )
 
 
 def timeline(records) -> None:
@@ -129,10 +140,16 @@ def timeline(records) -> None:
     from ui.render import LABEL_NAMES
 
     st.plotly_chart(
-        timeline_figure([f"{r.created_at:%Y-%m-%d %H:%M}" for r in records], [r.tumour_probability for r in records],
-                        [r.label for r in records], [r.kind for r in records], LABEL_NAMES),
-        config={"displaylogo": False}, key="history-timeline",
-    )  # fmt: skip
+        timeline_figure(
+            [f"{r.created_at:%Y-%m-%d %H:%M}" for r in records],
+            [r.tumour_probability for r in records],
+            [r.label for r in records],
+            [r.kind for r in records],
+            LABEL_NAMES,
+        ),
+        config={"displaylogo": False},
+        key="history-timeline",
+    )
 
 
 def _delta(value: float | None) -> str | None:
@@ -156,11 +173,16 @@ def comparison(current: SeriesView, prior: SeriesView | None, classifier, explai
     with left:
         p = current.curve[index]
         st.plotly_chart(
-            section_figure(current.sections[index], heat=_heat(current, index, classifier, explainer), letters=letters,
-                           title=f"Now · section {index + 1} · " + ("skipped" if p is None else f"P {p:.2f}"),
-                           height=420),
-            config={"scrollZoom": True, "displaylogo": False}, key="cmp-now",
-        )  # fmt: skip
+            section_figure(
+                current.sections[index],
+                heat=_heat(current, index, classifier, explainer),
+                letters=letters,
+                title=f"Now · section {index + 1} · " + ("skipped" if p is None else f"P {p:.2f}"),
+                height=420,
+            ),
+            config={"scrollZoom": True, "displaylogo": False},
+            key="cmp-now",
+        )
     with right:
         if prior is None:
             st.info("No earlier series of this patient to compare with.")
@@ -168,16 +190,29 @@ def comparison(current: SeriesView, prior: SeriesView | None, classifier, explai
         matched, moved = change(current, index, prior)
         q = prior.curve[matched]
         st.plotly_chart(
-            section_figure(prior.sections[matched], heat=_heat(prior, matched, classifier, explainer),
-                           letters=orientation_letters(prior.geometry.get("orientation")),
-                           title=f"Prior · section {matched + 1} · " + ("skipped" if q is None else f"P {q:.2f}"),
-                           height=420),
-            config={"scrollZoom": True, "displaylogo": False}, key="cmp-prior",
-        )  # fmt: skip
+            section_figure(
+                prior.sections[matched],
+                heat=_heat(prior, matched, classifier, explainer),
+                letters=orientation_letters(prior.geometry.get("orientation")),
+                title=f"Prior · section {matched + 1} · " + ("skipped" if q is None else f"P {q:.2f}"),
+                height=420,
+            ),
+            config={"scrollZoom": True, "displaylogo": False},
+            key="cmp-prior",
+        )
     a, b = st.columns(2)
-    a.metric("Series tumour probability", "-" if moved.series_now is None else f"{moved.series_now:.2f}",
-             _delta(moved.series_change), delta_color="inverse", help="Change since the prior series.")  # fmt: skip
-    b.metric("At this section", "-" if moved.section_now is None else f"{moved.section_now:.2f}",
-             _delta(moved.section_change), delta_color="inverse",
-             help="Matched by relative place along the analysed head: studies on different days are not in the "
-             "same coordinates.")  # fmt: skip
+    a.metric(
+        "Series tumour probability",
+        "-" if moved.series_now is None else f"{moved.series_now:.2f}",
+        _delta(moved.series_change),
+        delta_color="inverse",
+        help="Change since the prior series.",
+    )
+    b.metric(
+        "At this section",
+        "-" if moved.section_now is None else f"{moved.section_now:.2f}",
+        _delta(moved.section_change),
+        delta_color="inverse",
+        help="Matched by relative place along the analysed head: studies on different days are not in the "
+        "same coordinates.",
+    )

@@ -149,9 +149,11 @@ def class_mix_figure(per_class: Mapping[str, int | None], names: Mapping[str, st
         )
     )
     figure.update_layout(
-        title="Class mix", xaxis={"title": "scans", **count_ticks(max(bars["values"]) if counts else 0)},
-        yaxis={"autorange": "reversed"}, **_LAYOUT,
-    )  # fmt: skip
+        title="Class mix",
+        xaxis={"title": "scans", **count_ticks(max(bars["values"]) if counts else 0)},
+        yaxis={"autorange": "reversed"},
+        **_LAYOUT,
+    )
     return figure
 
 
@@ -197,16 +199,29 @@ def agreement_figure(
     figure = go.Figure()
     pct = [None if a is None else round(a * 100, 2) for a in agreement]
     figure.add_scatter(
-        x=list(starts), y=pct, mode="lines+markers", name="agreement % (95 % interval)", line_color="#1f6f8b",
+        x=list(starts),
+        y=pct,
+        mode="lines+markers",
+        name="agreement % (95 % interval)",
+        line_color="#1f6f8b",
         error_y=error_bars(pct, intervals),
-    )  # fmt: skip
+    )
     for name, values, colour in (("flagged for review %", flagged, "#d68910"), ("refused %", rejected, "#566573")):
-        figure.add_scatter(x=list(starts), y=[None if v is None else round(v * 100, 2) for v in values],
-                           mode="lines+markers", name=name, line_color=colour, line_dash="dot")  # fmt: skip
+        figure.add_scatter(
+            x=list(starts),
+            y=[None if v is None else round(v * 100, 2) for v in values],
+            mode="lines+markers",
+            name=name,
+            line_color=colour,
+            line_dash="dot",
+        )
     figure.update_layout(
-        title=f"Agreement with the radiologists per {period}", yaxis={"title": "%", "range": [0, 100]},
-        xaxis={"type": "date"}, legend={"orientation": "h", "y": -0.2}, **_LAYOUT,
-    )  # fmt: skip
+        title=f"Agreement with the radiologists per {period}",
+        yaxis={"title": "%", "range": [0, 100]},
+        xaxis={"type": "date"},
+        legend={"orientation": "h", "y": -0.2},
+        **_LAYOUT,
+    )
     return figure
 
 
@@ -221,19 +236,38 @@ def drift_figure(
 ) -> go.Figure:
     """Control charts: the tumour rate against its p-chart limits (above) and the mean tumour probability
     against its x-bar limits (below), both from the baseline period; periods out of control in red."""
-    figure = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                           subplot_titles=("tumour rate %", "mean tumour probability %"))  # fmt: skip
+    figure = make_subplots(
+        rows=2,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.08,
+        subplot_titles=("tumour rate %", "mean tumour probability %"),
+    )
     for row, values, bounds in ((1, rates, limits), (2, means, mean_limits)):
         pct = [None if v is None else round(v * 100, 2) for v in values]
         for k, name in ((0, "lower limit"), (1, "upper limit")):
-            figure.add_scatter(x=list(starts), y=[None if b is None else round(b[k] * 100, 2) for b in bounds],
-                               mode="lines", line={"color": "#95a5a6", "dash": "dash", "shape": "hv"}, name=name,
-                               showlegend=row == 1 and k == 0, legendgroup="limits", row=row, col=1)  # fmt: skip
+            figure.add_scatter(
+                x=list(starts),
+                y=[None if b is None else round(b[k] * 100, 2) for b in bounds],
+                mode="lines",
+                line={"color": "#95a5a6", "dash": "dash", "shape": "hv"},
+                name=name,
+                showlegend=row == 1 and k == 0,
+                legendgroup="limits",
+                row=row,
+                col=1,
+            )
         figure.add_scatter(
-            x=list(starts), y=pct, mode="lines+markers", name="observed", showlegend=row == 1,
+            x=list(starts),
+            y=pct,
+            mode="lines+markers",
+            name="observed",
+            showlegend=row == 1,
             marker={"color": ["#c0392b" if alarm else "#1f6f8b" for alarm in alarms], "size": 7},
-            line_color="#1f6f8b", row=row, col=1,
-        )  # fmt: skip
+            line_color="#1f6f8b",
+            row=row,
+            col=1,
+        )
     if baseline_end:
         figure.add_vline(x=baseline_end, line_dash="dot", line_color="#566573")
     figure.update_layout(title="Drift against the baseline (3-sigma control limits)", **{**_LAYOUT, "height": 420})

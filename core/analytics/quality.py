@@ -57,8 +57,18 @@ def roll_up_quality(days: Sequence[DayQuality], period: str) -> list[DayQuality]
     totals: dict[date, list[float]] = {}
     for row in days:
         bucket = totals.setdefault(period_start(row.day, period), [0.0] * 8)
-        for k, value in enumerate((row.shown, row.tumour, row.flagged, row.rejected, row.reviewed, row.agreed,
-                                   row.probability_sum, row.probability_squares)):  # fmt: skip
+        for k, value in enumerate(
+            (
+                row.shown,
+                row.tumour,
+                row.flagged,
+                row.rejected,
+                row.reviewed,
+                row.agreed,
+                row.probability_sum,
+                row.probability_squares,
+            )
+        ):
             bucket[k] += value
     return [
         DayQuality(start, *(int(v) for v in values[:6]), values[6], values[7])
@@ -96,12 +106,22 @@ def quality_rows(periods: Sequence[DayQuality], baseline_end: date | None) -> tu
             alarms.append(p.day)
         agreement = safe_rate(p.agreed, p.reviewed)
         all_scans = p.shown + p.rejected
-        rows.append(QualityRow(
-            start=p.day, shown=shown, reviewed=suppress_small(p.reviewed), agreement=agreement,
-            agreement_interval=wilson_interval(p.agreed, p.reviewed) if agreement is not None else None,
-            flagged_rate=safe_rate(p.flagged, all_scans), rejected_rate=safe_rate(p.rejected, all_scans),
-            tumour_rate=rate, rate_limits=limits, mean_probability=mean, mean_limits=mean_limits, out_of_control=out,
-        ))  # fmt: skip
+        rows.append(
+            QualityRow(
+                start=p.day,
+                shown=shown,
+                reviewed=suppress_small(p.reviewed),
+                agreement=agreement,
+                agreement_interval=wilson_interval(p.agreed, p.reviewed) if agreement is not None else None,
+                flagged_rate=safe_rate(p.flagged, all_scans),
+                rejected_rate=safe_rate(p.rejected, all_scans),
+                tumour_rate=rate,
+                rate_limits=limits,
+                mean_probability=mean,
+                mean_limits=mean_limits,
+                out_of_control=out,
+            )
+        )
     start = base[0].day if base else None
     return rows, Drift(start, baseline_end, rate0, mean0, tuple(alarms))
 

@@ -84,10 +84,18 @@ def section_figure(
     h, w = section.shape
     places = {"left": (0.01, 0.5), "right": (0.99, 0.5), "top": (0.5, 0.99), "bottom": (0.5, 0.01)}
     annotations = [
-        {"x": places[side][0], "y": places[side][1], "xref": "paper", "yref": "paper", "text": f"<b>{text}</b>",
-         "showarrow": False, "font": {"color": "#ffd54f", "size": 16}}
-        for side, text in (letters or {}).items() if side in places
-    ]  # fmt: skip
+        {
+            "x": places[side][0],
+            "y": places[side][1],
+            "xref": "paper",
+            "yref": "paper",
+            "text": f"<b>{text}</b>",
+            "showarrow": False,
+            "font": {"color": "#ffd54f", "size": 16},
+        }
+        for side, text in (letters or {}).items()
+        if side in places
+    ]
     shapes = []
     if line is not None:
         (x0, y0), (x1, y1) = line
@@ -97,12 +105,16 @@ def section_figure(
     return {
         "data": [{"type": "image", "source": source, "hovertemplate": "x %{x}, y %{y}<extra></extra>"}],
         "layout": {
-            "title": {"text": title}, "height": height, "dragmode": "pan", "annotations": annotations,
-            "shapes": shapes, "margin": {"l": 0, "r": 0, "t": 30 if title else 0, "b": 0},
+            "title": {"text": title},
+            "height": height,
+            "dragmode": "pan",
+            "annotations": annotations,
+            "shapes": shapes,
+            "margin": {"l": 0, "r": 0, "t": 30 if title else 0, "b": 0},
             "xaxis": {"visible": False, "range": [-0.5, w - 0.5]},
             "yaxis": {"visible": False, "range": [h - 0.5, -0.5]},
         },
-    }  # fmt: skip
+    }
 
 
 def curve_figure(
@@ -177,19 +189,37 @@ def curve_figure(
     return {
         "data": data,
         "layout": {
-            "height": height, "shapes": shapes, "showlegend": True, "legend": {"orientation": "h", "y": 1.15},
-            "margin": {"l": 40, "r": 10, "t": 10, "b": 30}, "xaxis": {"title": {"text": "section"}},
+            "height": height,
+            "shapes": shapes,
+            "showlegend": True,
+            "legend": {"orientation": "h", "y": 1.15},
+            "margin": {"l": 40, "r": 10, "t": 10, "b": 30},
+            "xaxis": {"title": {"text": "section"}},
             "yaxis": {"range": [-0.05, 1.05], "title": {"text": "P(tumour)"}},
-            "annotations": [{"xref": "paper", "x": 1, "y": threshold, "yanchor": "bottom", "xanchor": "right",
-                             "text": f"rule {threshold:.2f}", "showarrow": False, "font": {"color": "#d32f2f"}}],
+            "annotations": [
+                {
+                    "xref": "paper",
+                    "x": 1,
+                    "y": threshold,
+                    "yanchor": "bottom",
+                    "xanchor": "right",
+                    "text": f"rule {threshold:.2f}",
+                    "showarrow": False,
+                    "font": {"color": "#d32f2f"},
+                }
+            ],
         },
-    }  # fmt: skip
+    }
 
 
 def timeline_figure(
-    times: Sequence[str], probabilities: Sequence[float], labels: Sequence[str], kinds: Sequence[str],
-    names: Mapping[str, str], height: int = 260,
-) -> go.Figure:  # fmt: skip
+    times: Sequence[str],
+    probabilities: Sequence[float],
+    labels: Sequence[str],
+    kinds: Sequence[str],
+    names: Mapping[str, str],
+    height: int = 260,
+) -> go.Figure:
     """A patient's results over time: tumour probability per result, circles for scans, squares for series,
     coloured by verdict."""
     figure = go.Figure()
@@ -197,15 +227,27 @@ def timeline_figure(
         chosen = [i for i, k in enumerate(kinds) if k == kind]
         if not chosen:
             continue
-        figure.add_trace(go.Scatter(
-            x=[times[i] for i in chosen], y=[probabilities[i] for i in chosen], mode="markers", name=kind,
-            marker={"symbol": symbol, "size": 11, "color": ["#d32f2f" if labels[i] != "notumor" else "#2e7d32"
-                                                            for i in chosen]},
-            text=[names.get(labels[i], labels[i]) for i in chosen],
-            hovertemplate="%{x}<br>%{text}: %{y:.2f}<extra></extra>",
-        ))  # fmt: skip
-    figure.update_layout(height=height, margin={"l": 40, "r": 10, "t": 10, "b": 30},
-                         yaxis={"range": [-0.05, 1.05], "title": "P(tumour)"}, legend={"orientation": "h"})  # fmt: skip
+        figure.add_trace(
+            go.Scatter(
+                x=[times[i] for i in chosen],
+                y=[probabilities[i] for i in chosen],
+                mode="markers",
+                name=kind,
+                marker={
+                    "symbol": symbol,
+                    "size": 11,
+                    "color": ["#d32f2f" if labels[i] != "notumor" else "#2e7d32" for i in chosen],
+                },
+                text=[names.get(labels[i], labels[i]) for i in chosen],
+                hovertemplate="%{x}<br>%{text}: %{y:.2f}<extra></extra>",
+            )
+        )
+    figure.update_layout(
+        height=height,
+        margin={"l": 40, "r": 10, "t": 10, "b": 30},
+        yaxis={"range": [-0.05, 1.05], "title": "P(tumour)"},
+        legend={"orientation": "h"},
+    )
     if times:  # results within a day: show a whole day around them, never a millisecond
         first, last = (datetime.fromisoformat(str(t)) for t in (min(times), max(times)))
         if last - first < timedelta(days=1):

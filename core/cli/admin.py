@@ -75,16 +75,20 @@ def _password() -> str:
 
 def _shown(account: Account) -> dict[str, Any]:
     return {
-        "name": account.name, "role": account.role, "disabled": account.disabled,
+        "name": account.name,
+        "role": account.role,
+        "disabled": account.disabled,
         "sign_in": "password" if account.password_hash else "single sign-on",
         "locked_until": account.locked_until.isoformat() if account.locked_until else None,
-    }  # fmt: skip
+    }
 
 
 def cmd_users_add(args: argparse.Namespace) -> int:
     password = None if args.sso else _password()
-    emit({"created": _shown(accounts.add_account(open_results_store(), COMMAND_LINE, args.name, args.role, password))},
-         sys.stdout)  # fmt: skip
+    emit(
+        {"created": _shown(accounts.add_account(open_results_store(), COMMAND_LINE, args.name, args.role, password))},
+        sys.stdout,
+    )
     return EXIT_OK
 
 
@@ -95,8 +99,10 @@ def cmd_users_list(args: argparse.Namespace) -> int:
 
 
 def cmd_users_disable(args: argparse.Namespace) -> int:
-    emit({"updated": _shown(accounts.set_disabled(open_results_store(), COMMAND_LINE, args.name, args.disabled))},
-         sys.stdout)  # fmt: skip
+    emit(
+        {"updated": _shown(accounts.set_disabled(open_results_store(), COMMAND_LINE, args.name, args.disabled))},
+        sys.stdout,
+    )
     return EXIT_OK
 
 
@@ -144,8 +150,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     report["problem"] = result.problem
     bad = result.first_bad
     if bad is not None:
-        report["first_bad_event"] = {"seq": bad.seq, "at": bad.at.isoformat(), "actor": bad.actor,
-                                     "action": bad.action}  # fmt: skip
+        report["first_bad_event"] = {"seq": bad.seq, "at": bad.at.isoformat(), "actor": bad.actor, "action": bad.action}
     emit(report, sys.stdout)
     return EXIT_REJECTED
 

@@ -27,11 +27,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(run=scans.cmd_predict)
     study = commands.add_parser("study", help="classify whole series, one JSON line per series")
     study.add_argument("--model", help="model card JSON (default: the shipped model or $BTD_MODEL)")
-    study.add_argument("paths", nargs="+", metavar="PATH", help="a folder of DICOM files, a zip, a multi-frame "
-                       "DICOM or a NIfTI file")  # fmt: skip
+    study.add_argument(
+        "paths", nargs="+", metavar="PATH", help="a folder of DICOM files, a zip, a multi-frame DICOM or a NIfTI file"
+    )
     study.add_argument("--save", action="store_true", help="also save each series to the app's database")
-    study.add_argument("--display-out", metavar="DIR", help="write each series' middle section as the viewer shows "
-                       "it (PNG) and its edge letters into the JSON line")  # fmt: skip
+    study.add_argument(
+        "--display-out",
+        metavar="DIR",
+        help="write each series' middle section as the viewer shows it (PNG) and its edge letters into the JSON line",
+    )
     study.set_defaults(run=studies.cmd_study)
     evaluate = commands.add_parser("evaluate", help="score DIR/<label>/* and print JSON metrics")
     evaluate.add_argument("--model", help="model card JSON (default: the shipped model or $BTD_MODEL)")
@@ -87,8 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-minutes", type=float, default=None, help="time budget (default 75; resumes included)")
     train.add_argument("--init", metavar="CARD", help="start from this model (same input and validation split)")
     train.add_argument("--samples-per-epoch", type=int, default=None, help="images drawn per epoch (0: all)")
-    train.add_argument("--transplants", type=float, default=None, metavar="P",
-                       help="share of normal scans also trained with a real tumour transplanted in")  # fmt: skip
+    train.add_argument(
+        "--transplants",
+        type=float,
+        default=None,
+        metavar="P",
+        help="share of normal scans also trained with a real tumour transplanted in",
+    )
     train.add_argument("--min-tumour-pixels", type=int, default=None, help="smallest tumour mask trained as tumour")
     train.add_argument(
         "--hold-out",
@@ -108,8 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
         "train-standard", help="train model 3 (ResNet, standard recipe) from the crop cache; resumable"
     )
     standard.add_argument("--cache", default="data/cache/brain-mri-128.npz", metavar="FILE")
-    standard.add_argument("--split", default="models/btd-cnn.split.json", metavar="FILE",
-                          help="the validation split to keep (a card's split file)")  # fmt: skip
+    standard.add_argument(
+        "--split",
+        default="models/btd-cnn.split.json",
+        metavar="FILE",
+        help="the validation split to keep (a card's split file)",
+    )
     standard.add_argument("--out", default="data/runs", metavar="DIR")
     standard.add_argument("--data", metavar="ROOT", help="the training folders: finish the card on the raw files")
     standard.add_argument("--width", type=int, default=None, help="ResNet base width (64: the published ResNet-18)")
@@ -121,10 +134,20 @@ def build_parser() -> argparse.ArgumentParser:
     standard.add_argument("--name", default=None)
     standard.add_argument("--version", default=None, help="model version (the weights' hash is appended)")
     standard.add_argument("--max-minutes", type=float, default=None, help="end this sitting after this long")
-    standard.add_argument("--validate-every", type=int, default=4, metavar="ROUNDS",
-                          help="score the validation split every this many rounds (the learning curve)")  # fmt: skip
-    standard.add_argument("--hold-out", action="append", default=None, metavar="INSTITUTION",
-                          help="leave this LGG institution out of training; score it apart (repeatable)")  # fmt: skip
+    standard.add_argument(
+        "--validate-every",
+        type=int,
+        default=4,
+        metavar="ROUNDS",
+        help="score the validation split every this many rounds (the learning curve)",
+    )
+    standard.add_argument(
+        "--hold-out",
+        action="append",
+        default=None,
+        metavar="INSTITUTION",
+        help="leave this LGG institution out of training; score it apart (repeatable)",
+    )
     standard.set_defaults(run=model.cmd_train_standard)
     admin.add_commands(commands)
     return parser

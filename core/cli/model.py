@@ -25,8 +25,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.batchnorm:
         print(f"batch normalisation: {recalibrate_saved_batchnorm(card, Path(args.data))}", file=sys.stderr)
     done = finish_card(card, Path(args.data), log=lambda message: print(message, file=sys.stderr))
-    emit({"model": done["name"], "version": done["version"], "calibration": done["calibration"],
-          "decision": done["decision"]}, sys.stdout)  # fmt: skip
+    emit(
+        {
+            "model": done["name"],
+            "version": done["version"],
+            "calibration": done["calibration"],
+            "decision": done["decision"],
+        },
+        sys.stdout,
+    )
     return EXIT_OK
 
 
@@ -95,8 +102,16 @@ def cmd_cache(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     cache = build_cache(root, args.size, args.workers, log=lambda message: print(message, file=sys.stderr))
     cache.save(Path(args.out))
-    emit({"out": args.out, "crops": len(cache), "size": args.size, "rejected": cache.rejected,
-          "bytes": Path(args.out).stat().st_size}, sys.stdout)  # fmt: skip
+    emit(
+        {
+            "out": args.out,
+            "crops": len(cache),
+            "size": args.size,
+            "rejected": cache.rejected,
+            "bytes": Path(args.out).stat().st_size,
+        },
+        sys.stdout,
+    )
     return EXIT_OK
 
 

@@ -44,8 +44,11 @@ def cmd_study(args: argparse.Namespace) -> int:
                 out.write_bytes(png)
                 result["display"] = {**letters, "image": str(out)}
             if series.label is None:
-                result |= error_json("no_brain_sections", "No section of this series could be analysed: "
-                                     + "; ".join(sorted(set(result["skipped"].values())))[:500])  # fmt: skip
+                result |= error_json(
+                    "no_brain_sections",
+                    "No section of this series could be analysed: "
+                    + "; ".join(sorted(set(result["skipped"].values())))[:500],
+                )
                 status = EXIT_REJECTED
             if args.save:
                 saved = save_series(series, store, actor=COMMAND_LINE, patient_ref=None, images=images, key=key)

@@ -56,10 +56,39 @@ _WORKING_BYTES_PER_PIXEL = 8
 _HEAD_PARTS = {"HEAD", "BRAIN", "SKULL", "HEADNECK", "HEAD_NECK", "NEURO", "CEREBRUM", "CRANIUM", "IAC", "ORBIT"}
 # Words in a study or series description that name another part of the body.
 _OTHER_PARTS = (
-    "ABDOMEN", "ABDOMINAL", "PELVIS", "PELVIC", "CHEST", "THORAX", "THORACIC", "LUNG", "CARDIAC", "HEART",
-    "BREAST", "MAMMO", "KNEE", "SHOULDER", "HIP", "SPINE", "LUMBAR", "SACRUM", "LIVER", "KIDNEY", "RENAL",
-    "PROSTATE", "UTERUS", "ANKLE", "WRIST", "ELBOW", "FOOT", "HAND", "FEMUR", "RECTUM", "PANCREAS", "BOWEL",
-)  # fmt: skip
+    "ABDOMEN",
+    "ABDOMINAL",
+    "PELVIS",
+    "PELVIC",
+    "CHEST",
+    "THORAX",
+    "THORACIC",
+    "LUNG",
+    "CARDIAC",
+    "HEART",
+    "BREAST",
+    "MAMMO",
+    "KNEE",
+    "SHOULDER",
+    "HIP",
+    "SPINE",
+    "LUMBAR",
+    "SACRUM",
+    "LIVER",
+    "KIDNEY",
+    "RENAL",
+    "PROSTATE",
+    "UTERUS",
+    "ANKLE",
+    "WRIST",
+    "ELBOW",
+    "FOOT",
+    "HAND",
+    "FEMUR",
+    "RECTUM",
+    "PANCREAS",
+    "BOWEL",
+)
 
 _HEADER_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError)
 _VALUE_ERRORS = (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError)

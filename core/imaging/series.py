@@ -108,9 +108,11 @@ def is_zip(data: bytes) -> bool:
 def is_nifti(data: bytes) -> bool:
     if data[:2] == b"\x1f\x8b":
         return True  # a gzip stream: a .nii.gz is the only compressed upload accepted
-    return len(data) >= 348 and int.from_bytes(data[:4], "little") in (348, 540) and data[344:348] in (
-        b"n+1\x00", b"ni1\x00", b"n+2\x00"
-    )  # fmt: skip
+    return (
+        len(data) >= 348
+        and int.from_bytes(data[:4], "little") in (348, 540)
+        and data[344:348] in (b"n+1\x00", b"ni1\x00", b"n+2\x00")
+    )
 
 
 def unzip(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> list[bytes]:
@@ -168,8 +170,10 @@ def read_study(
                 "A file is neither DICOM nor NIfTI; a series holds DICOM files or one NIfTI volume."
             )
     if len(slices) > study_limits.max_files:
-        raise FileTooLarge(f"The upload holds {len(slices)} DICOM files; the limit is {study_limits.max_files} "
-                           "(refused before reading them).")  # fmt: skip
+        raise FileTooLarge(
+            f"The upload holds {len(slices)} DICOM files; the limit is {study_limits.max_files} "
+            "(refused before reading them)."
+        )
     volumes += _dicom_series(slices, limits, study_limits)
     # one definition of a study: its StudyInstanceUID, else the upload itself (NIfTI files and DICOM files without
     # the UID that came together are one study, as the page and the report show them)
@@ -222,9 +226,19 @@ def _sections_of(data: bytes, limits: Limits, study_limits: StudyLimits) -> list
         raise FileTooLarge(f"A file holds {frames} frames; the limit is {study_limits.max_sections} sections.")
     if frames == 1:
         pixels = dicom.display(dicom.decode_frame(ds, None), ds)
-        return [_Section(study, series, _floats(ds.get("ImagePositionPatient"), 3),
-                         _floats(ds.get("ImageOrientationPatient"), 6), int(ds.get("InstanceNumber", 0) or 0), pixels,
-                         spacing, thickness, modality)]  # fmt: skip
+        return [
+            _Section(
+                study,
+                series,
+                _floats(ds.get("ImagePositionPatient"), 3),
+                _floats(ds.get("ImageOrientationPatient"), 6),
+                int(ds.get("InstanceNumber", 0) or 0),
+                pixels,
+                spacing,
+                thickness,
+                modality,
+            )
+        ]
     series = _hash(series, hashlib.sha256(data).hexdigest())  # each multi-frame file is its own series
     shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
@@ -343,13 +357,17 @@ def _nifti_bytes(head: bytes, limits: StudyLimits) -> int:
     if not shape or min(shape) < 1:
         raise CorruptImage("The NIfTI header declares an empty volume.")
     if max(shape[:3]) > limits.max_volume_side:
-        raise FileTooLarge(f"The volume is {' x '.join(map(str, shape))} voxels; the limit is "
-                           f"{limits.max_volume_side} along each axis.")  # fmt: skip
+        raise FileTooLarge(
+            f"The volume is {' x '.join(map(str, shape))} voxels; the limit is "
+            f"{limits.max_volume_side} along each axis."
+        )
     stored = int(np.prod(shape, dtype=np.int64)) * itemsize
     if stored > limits.max_volume_bytes:
         limit = limits.max_volume_bytes / 2**20
-        raise FileTooLarge(f"The volume holds {stored / 2**20:.0f} MB of voxels; the limit is {limit:.0f} MB (a gzip "
-                           "bomb?); refused before reading.")  # fmt: skip
+        raise FileTooLarge(
+            f"The volume holds {stored / 2**20:.0f} MB of voxels; the limit is {limit:.0f} MB (a gzip "
+            "bomb?); refused before reading."
+        )
     return offset + stored
 
 

@@ -128,8 +128,12 @@ class SeriesAnalysis:
 def section_scan(volume: Volume, index: int) -> Scan:
     """Section ``index`` of a series as a :class:`Scan` (what the single-image pipeline takes)."""
     pixels = np.ascontiguousarray(volume.sections[index])
-    return Scan(pixels=pixels, format=volume.modality.lower() or "volume", sha256=f"{volume.sha256}:{index}",
-                size_bytes=int(pixels.nbytes))  # fmt: skip
+    return Scan(
+        pixels=pixels,
+        format=volume.modality.lower() or "volume",
+        sha256=f"{volume.sha256}:{index}",
+        size_bytes=int(pixels.nbytes),
+    )
 
 
 def analyse_volume(volume: Volume, classifier: Classifier, batch_size: int = 64) -> SeriesAnalysis:

@@ -45,8 +45,11 @@ def verify(store: Store, expected_head: tuple[int, str] | None = None) -> Verifi
     head = store.audit_head()
     bad = first_broken(events, key)
     last = (events[-1].seq or 0, events[-1].hash) if events else None
-    unkeyed = [e for e in events if head and head.keyed_since and (e.seq or 0) >= head.keyed_since
-               and not e.hash.startswith(KEYED)]  # fmt: skip
+    unkeyed = [
+        e
+        for e in events
+        if head and head.keyed_since and (e.seq or 0) >= head.keyed_since and not e.hash.startswith(KEYED)
+    ]
     problem = None
     if bad is not None:
         problem = f"event {bad.seq} was edited, re-hashed without the key, or an event before it was deleted"
@@ -58,24 +61,31 @@ def verify(store: Store, expected_head: tuple[int, str] | None = None) -> Verifi
         problem = f"event {unkeyed[0].seq} is not keyed where the chain is: it was re-hashed without the key"
     elif head is not None and last != (head.seq, head.hash) and not (last is None and head.seq == 0):
         problem = f"the chain ends at {last[0] if last else 0} but its head says {head.seq}: events were deleted"
-    elif expected_head is not None and not any(e.seq == expected_head[0] and e.hash == expected_head[1]
-                                               for e in events):  # fmt: skip
+    elif expected_head is not None and not any(
+        e.seq == expected_head[0] and e.hash == expected_head[1] for e in events
+    ):
         problem = f"the noted head {expected_head[0]} is no longer in the chain: the trail was cut or replaced"
     return Verification(problem is None, len(events), bad, head, problem, key is not None)
 
 
 def events(
-    store: Store, actor: Actor, action: str | None = None, who: str | None = None,
-    start: datetime | None = None, end: datetime | None = None,
-) -> list[AuditEvent]:  # fmt: skip
+    store: Store,
+    actor: Actor,
+    action: str | None = None,
+    who: str | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> list[AuditEvent]:
     """The events matching the filters, oldest first (supervisors and admins)."""
     require(actor, AUDIT_READ)
     chosen = [
         e
         for e in store.audit_events()
-        if (action is None or e.action == action) and (who is None or e.actor == who)
-        and (start is None or e.at >= start) and (end is None or e.at < end)
-    ]  # fmt: skip
+        if (action is None or e.action == action)
+        and (who is None or e.actor == who)
+        and (start is None or e.at >= start)
+        and (end is None or e.at < end)
+    ]
     if allowed(actor, OPEN_RESULT) or allowed(actor, AUDIT_EXPORT):
         return chosen
     return [redacted(e) for e in chosen]
@@ -102,7 +112,18 @@ def export_csv(store: Store, actor: Actor, filters: Mapping[str, Any]) -> bytes:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["seq", "at_utc", "actor", "role", "action", "target", "detail", "prev_hash", "hash"])
     for e in chosen:
-        writer.writerow([e.seq, e.at.isoformat(), e.actor, e.role, e.action, e.target or "",
-                         json.dumps(e.detail, sort_keys=True), e.prev_hash, e.hash])  # fmt: skip
+        writer.writerow(
+            [
+                e.seq,
+                e.at.isoformat(),
+                e.actor,
+                e.role,
+                e.action,
+                e.target or "",
+                json.dumps(e.detail, sort_keys=True),
+                e.prev_hash,
+                e.hash,
+            ]
+        )
     record(store, actor, "audit_export", None, events=len(chosen))
     return buffer.getvalue().encode("utf-8")

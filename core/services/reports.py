@@ -76,9 +76,14 @@ def _curve(pdf, view: SeriesView, x: float, y: float, w: float, h: float) -> Non
 
 
 def render(
-    records: Sequence[Record], views: Sequence[SeriesView | None], reviews_by_record: dict[str, list],
-    card_notes: dict, heat: dict[tuple[int, int], np.ndarray | None], author: str, now: datetime | None = None,
-) -> bytes:  # fmt: skip
+    records: Sequence[Record],
+    views: Sequence[SeriesView | None],
+    reviews_by_record: dict[str, list],
+    card_notes: dict,
+    heat: dict[tuple[int, int], np.ndarray | None],
+    author: str,
+    now: datetime | None = None,
+) -> bytes:
     """The PDF of one study from its series' records and views (views None once the pixels were purged)."""
     from fpdf import FPDF
 
@@ -117,8 +122,9 @@ def render(
         title = f"Series {number}: {plane}, {_count(record.section_count or 0, 'section')}"
         pdf.cell(0, 7, _text(title), new_x="LMARGIN", new_y="NEXT")
         pdf.set_font("Helvetica", size=9)
-        model_line = (f"{NAMES.get(record.label, record.label)} (series tumour probability "
-                      f"{record.tumour_probability:.1%})")  # fmt: skip
+        model_line = (
+            f"{NAMES.get(record.label, record.label)} (series tumour probability {record.tumour_probability:.1%})"
+        )
         lines = [
             f"Final label (radiologist): {NAMES.get(record.final_label, record.final_label)}; model verdict: "
             f"{model_line}"
@@ -127,20 +133,29 @@ def render(
             f"Pixel spacing: {spacing[0]:.2f} x {spacing[1]:.2f} mm" if spacing else "Pixel spacing: not given",
         ]
         if view is not None:
-            lines.append(f"Rule: tumour when {view.neighbours} neighbouring sections reach {view.threshold:.2f}; "
-                         f"{len(view.marked)} sections at or above it; {len(view.skipped)} skipped")  # fmt: skip
+            lines.append(
+                f"Rule: tumour when {view.neighbours} neighbouring sections reach {view.threshold:.2f}; "
+                f"{len(view.marked)} sections at or above it; {len(view.skipped)} skipped"
+            )
         final = list(reviews_by_record.get(record.id, []))
         if final:
             last = final[-1]
-            lines.append(f"Reviewed by {last.reviewer} on {last.created_at:%Y-%m-%d}: final label "
-                         f"{NAMES.get(last.final_label, last.final_label)} ({last.action})")  # fmt: skip
+            lines.append(
+                f"Reviewed by {last.reviewer} on {last.created_at:%Y-%m-%d}: final label "
+                f"{NAMES.get(last.final_label, last.final_label)} ({last.action})"
+            )
         else:
             lines.append("Not reviewed by a radiologist yet.")
         for line in lines:
             pdf.multi_cell(0, 4.5, _text(line), new_x="LMARGIN", new_y="NEXT")
         if view is None:
-            pdf.multi_cell(0, 4.5, _text("The series' images are no longer kept (retention period)."),
-                           new_x="LMARGIN", new_y="NEXT")  # fmt: skip
+            pdf.multi_cell(
+                0,
+                4.5,
+                _text("The series' images are no longer kept (retention period)."),
+                new_x="LMARGIN",
+                new_y="NEXT",
+            )
             continue
         if pdf.get_y() > 200:
             pdf.add_page()
@@ -160,8 +175,9 @@ def render(
             pdf.set_xy(pdf.l_margin + k * (side + 7), y + side + 0.5)
             p = view.curve[index]
             pdf.set_font("Helvetica", size=7)
-            pdf.cell(side, 3, _text(f"section {index + 1}: P(tumour) {p:.2f}" + (" (heat map)" if map_ is not None
-                                                                                  else "")))  # fmt: skip
+            pdf.cell(
+                side, 3, _text(f"section {index + 1}: P(tumour) {p:.2f}" + (" (heat map)" if map_ is not None else ""))
+            )
         pdf.set_y(y + side + 6)
     pdf.set_font("Helvetica", "B", 10)
     pdf.cell(0, 6, _text("Intended use and known limitations"), new_x="LMARGIN", new_y="NEXT")
@@ -197,9 +213,13 @@ def card_notes(classifier: Classifier) -> dict:
 
 
 def study_report(
-    store: Store, images: ImageStore | None, actor: Actor, record_ids: Sequence[str], classifier: Classifier,
+    store: Store,
+    images: ImageStore | None,
+    actor: Actor,
+    record_ids: Sequence[str],
+    classifier: Classifier,
     explainer: Explainer | None,
-) -> bytes:  # fmt: skip
+) -> bytes:
     """The PDF report of the series ``record_ids`` (one study), with heat maps when the shipped model made the
     verdicts. An audit event names every result reported."""
     require(actor, OPEN_RESULT)
@@ -207,8 +227,9 @@ def study_report(
     if not records or any(r is None or r.kind != "series" for r in records):
         raise InvalidRecord("A report is made of saved series results.")
     views = [stored_series_view(r, store, images, classifier.card.series) for r in records]  # type: ignore[arg-type]
-    same_model = all((r.model_name, r.model_version) == (classifier.card.name, classifier.card.version)
-                     for r in records)  # type: ignore[union-attr]  # fmt: skip
+    same_model = all(
+        (r.model_name, r.model_version) == (classifier.card.name, classifier.card.version) for r in records
+    )  # type: ignore[union-attr]
     heat: dict[tuple[int, int], np.ndarray | None] = {}
     if explainer is not None and same_model:
         for number, view in enumerate(views, start=1):

@@ -91,10 +91,19 @@ def review_result(
     if record is None:
         raise InvalidRecord("No such result.")
     action = "agree" if final_label == record.label and not reasons else "override"
-    review = Review(result_id, actor.name, now or datetime.now(UTC), action, record.label, final_label,
-                    tuple(reasons), note.strip())  # fmt: skip
+    review = Review(
+        result_id, actor.name, now or datetime.now(UTC), action, record.label, final_label, tuple(reasons), note.strip()
+    )
     with store.atomic():  # the review and its audit event: both or neither
         updated = store.add_review(review)
-        audit.record(store, actor, "review", result_id, action=action, model_label=record.label,
-                     final_label=final_label, reasons=list(reasons))  # fmt: skip
+        audit.record(
+            store,
+            actor,
+            "review",
+            result_id,
+            action=action,
+            model_label=record.label,
+            final_label=final_label,
+            reasons=list(reasons),
+        )
     return updated

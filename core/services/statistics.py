@@ -127,8 +127,9 @@ def dashboard(
     local_today = (now or datetime.now(UTC)).astimezone(ZoneInfo(timezone)).date()
     today_start = local_midnight(local_today, timezone)
     today = store.summary(replace(shown, start=today_start, end=today_start + timedelta(days=1))).total
-    week = store.summary(replace(shown, start=local_midnight(local_today - timedelta(days=7), timezone),
-                                 end=today_start)).total  # fmt: skip
+    week = store.summary(
+        replace(shown, start=local_midnight(local_today - timedelta(days=7), timezone), end=today_start)
+    ).total
     days = study_days(store, shown, timezone) if unit == "study" else store.daily_counts(shown, timezone)
     periods = roll_up(days, period, start_day, end_day)
     total, tumours = sum(d.total for d in days), sum(d.tumour for d in days)
@@ -184,8 +185,16 @@ def model_versions(store: Store, actor: Actor) -> list[str]:
 
 def record_export(store: Store, actor: Actor, board: Dashboard) -> None:
     """An export of the aggregates is an audit event naming its filters."""
-    audit.record(store, actor, "statistics_export", None, start=board.start_day.isoformat(),
-                 end=board.end_day.isoformat(), period=board.period, versions=list(board.versions))  # fmt: skip
+    audit.record(
+        store,
+        actor,
+        "statistics_export",
+        None,
+        start=board.start_day.isoformat(),
+        end=board.end_day.isoformat(),
+        period=board.period,
+        versions=list(board.versions),
+    )
 
 
 def export_csv(board: Dashboard, quality: QualityBoard | None = None) -> bytes:
@@ -204,15 +213,23 @@ def export_csv(board: Dashboard, quality: QualityBoard | None = None) -> bytes:
             else ": each scan or series once\n"
         )
     )
-    buffer.write("# verdicts shown to users only (scans refused by the input gate are counted apart); counts from 1 to "
-                 "4, and rates that would reveal one, are withheld (<5); the class mix, confidence and versions "
-                 "count results\n")  # fmt: skip
+    buffer.write(
+        "# verdicts shown to users only (scans refused by the input gate are counted apart); counts from 1 to "
+        "4, and rates that would reveal one, are withheld (<5); the class mix, confidence and versions "
+        "count results\n"
+    )
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["table", "key", "measure", "value", "low_95", "high_95"])
     unit = "studies" if board.unit == "study" else "results"
 
-    def row(table: str, key: str, measure: str, value: object, interval: tuple[float, float] | None = None,
-            digits: int | None = None) -> None:  # fmt: skip
+    def row(
+        table: str,
+        key: str,
+        measure: str,
+        value: object,
+        interval: tuple[float, float] | None = None,
+        digits: int | None = None,
+    ) -> None:
         low, high = interval if interval else (None, None)
         writer.writerow([table, key, measure, _cell(value, digits), _cell(low, 4), _cell(high, 4)])
 

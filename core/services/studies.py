@@ -138,9 +138,14 @@ def unstacked(pixels: np.ndarray, count: int) -> np.ndarray:
 
 
 def series_record(
-    analysis: SeriesAnalysis, *, patient_ref: str | None, uploader: str | None, key: bytes | None,
-    image_key: str | None = None, created_at: datetime | None = None,
-) -> Record:  # fmt: skip
+    analysis: SeriesAnalysis,
+    *,
+    patient_ref: str | None,
+    uploader: str | None,
+    key: bytes | None,
+    image_key: str | None = None,
+    created_at: datetime | None = None,
+) -> Record:
     """The record of an analysed series (validated). Its study is kept as a keyed hash of the study's UID hash
     (None without a key: each series then counts as its own study)."""
     volume = analysis.volume
@@ -209,16 +214,26 @@ def series_needs_review(analysis: SeriesAnalysis) -> bool:
 
 def section_rows(analysis: SeriesAnalysis) -> list[Section]:
     return [
-        Section(s.index, float(s.position), s.tumour_probability,
-                None if s.analysis is None else s.analysis.prediction.label, s.skipped)
+        Section(
+            s.index,
+            float(s.position),
+            s.tumour_probability,
+            None if s.analysis is None else s.analysis.prediction.label,
+            s.skipped,
+        )
         for s in analysis.sections
-    ]  # fmt: skip
+    ]
 
 
 def save_series(
-    analysis: SeriesAnalysis, store: Store | None, *, actor: Actor, patient_ref: str | None,
-    images: ImageStore | None = None, key: bytes | None = None,
-) -> SaveStatus:  # fmt: skip
+    analysis: SeriesAnalysis,
+    store: Store | None,
+    *,
+    actor: Actor,
+    patient_ref: str | None,
+    images: ImageStore | None = None,
+    key: bytes | None = None,
+) -> SaveStatus:
     """Keep the series' de-identified pixels, write its record and sections once (both or neither), and audit the
     upload. A series with no analysed section is not saved (it has no verdict)."""
     require(actor, ANALYSE)
@@ -295,15 +310,25 @@ def series_view(analysis: SeriesAnalysis, status: SaveStatus | None = None, reco
     sections, spacing = _display(volume.sections, volume.spacing)
     geometry = geometry_of(volume) | {"spacing": spacing}
     return SeriesView(
-        key=volume.sha256, sections=sections, positions=tuple(volume.positions), geometry=geometry,
+        key=volume.sha256,
+        sections=sections,
+        positions=tuple(volume.positions),
+        geometry=geometry,
         curve=tuple(analysis.curve),
         section_labels=tuple(None if s.analysis is None else s.analysis.prediction.label for s in analysis.sections),
-        skipped={s.index: s.skipped or "" for s in analysis.refused}, label=analysis.label,
-        is_tumour=analysis.is_tumour, score=analysis.score, threshold=analysis.rule.threshold,
-        neighbours=analysis.rule.neighbours, window=tuple(s.index for s in analysis.window),
-        probabilities=analysis.probabilities, model=f"{analysis.model_name} {analysis.model_version}",
-        warnings=tuple(analysis.warnings), record=record, status=status,
-    )  # fmt: skip
+        skipped={s.index: s.skipped or "" for s in analysis.refused},
+        label=analysis.label,
+        is_tumour=analysis.is_tumour,
+        score=analysis.score,
+        threshold=analysis.rule.threshold,
+        neighbours=analysis.rule.neighbours,
+        window=tuple(s.index for s in analysis.window),
+        probabilities=analysis.probabilities,
+        model=f"{analysis.model_name} {analysis.model_version}",
+        warnings=tuple(analysis.warnings),
+        record=record,
+        status=status,
+    )
 
 
 def stored_series_view(record: Record, store: Store, images: ImageStore | None, rule: Any) -> SeriesView | None:
@@ -316,13 +341,23 @@ def stored_series_view(record: Record, store: Store, images: ImageStore | None, 
     sections, spacing = _display(pixels, record.geometry.get("spacing"))  # type: ignore[arg-type]
     curve = tuple(s.tumour_probability for s in rows)
     return SeriesView(
-        key=record.id, sections=sections, positions=tuple(s.position for s in rows),
-        geometry=dict(record.geometry) | {"spacing": spacing}, curve=curve,
-        section_labels=tuple(s.label for s in rows), skipped={s.index: s.skipped for s in rows if s.skipped},
-        label=record.label, is_tumour=record.is_tumour, score=record.tumour_probability,
-        threshold=rule.threshold, neighbours=rule.neighbours, window=(), probabilities=dict(record.probabilities),
-        model=f"{record.model_name} {record.model_version}", record=record,
-    )  # fmt: skip
+        key=record.id,
+        sections=sections,
+        positions=tuple(s.position for s in rows),
+        geometry=dict(record.geometry) | {"spacing": spacing},
+        curve=curve,
+        section_labels=tuple(s.label for s in rows),
+        skipped={s.index: s.skipped for s in rows if s.skipped},
+        label=record.label,
+        is_tumour=record.is_tumour,
+        score=record.tumour_probability,
+        threshold=rule.threshold,
+        neighbours=rule.neighbours,
+        window=(),
+        probabilities=dict(record.probabilities),
+        model=f"{record.model_name} {record.model_version}",
+        record=record,
+    )
 
 
 def section_heat(view: SeriesView, index: int, classifier: Classifier, explainer: Explainer) -> np.ndarray | None:
@@ -350,9 +385,15 @@ class StudyResult:
 
 
 def triage_study(
-    files: Sequence[bytes], classifier: Classifier, store: Store | None, *, actor: Actor,
-    patient_ref: str | None, images: ImageStore | None, key: bytes | None,
-) -> StudyResult:  # fmt: skip
+    files: Sequence[bytes],
+    classifier: Classifier,
+    store: Store | None,
+    *,
+    actor: Actor,
+    patient_ref: str | None,
+    images: ImageStore | None,
+    key: bytes | None,
+) -> StudyResult:
     """Read, analyse and save every series of an upload; the study's verdict first. Never raises for bad input."""
     require(actor, ANALYSE)
     outcome = analyse_study(files, classifier)

@@ -268,12 +268,17 @@ def summary_row(index: int, name: str, result: Triaged, pretty: Callable[[str], 
     empty = {"verdict": None, "tumour_probability": None, "confidence": None}
     saved = result.status.state if result.status else None
     if result.view is None:
-        return {**row, "result": state, **empty, "model_version": None, "saved": saved,
-                "reason": result.error_message}  # fmt: skip
+        return {**row, "result": state, **empty, "model_version": None, "saved": saved, "reason": result.error_message}
     prediction = result.view.prediction
     if state == "not a brain MRI":
-        return {**row, "result": state, **empty, "model_version": prediction.model_version, "saved": saved,
-                "reason": "; ".join(prediction.gate.reasons)}  # fmt: skip
+        return {
+            **row,
+            "result": state,
+            **empty,
+            "model_version": prediction.model_version,
+            "saved": saved,
+            "reason": "; ".join(prediction.gate.reasons),
+        }
     reasons = list(prediction.gate.reasons)
     if result.status is not None and result.status.message:
         reasons.append(result.status.message)

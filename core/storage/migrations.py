@@ -132,9 +132,13 @@ def _sqlite_v1_to_v2(connection: sqlite3.Connection) -> int:
     )
     before = connection.execute("SELECT count(*) FROM scans").fetchone()[0]
     connection.execute("ALTER TABLE scans RENAME TO scans_v1")
-    for statement in ("DROP INDEX IF EXISTS scans_by_time", "DROP INDEX IF EXISTS scans_by_label",
-                      "DROP INDEX IF EXISTS scans_by_version", "DROP INDEX IF EXISTS scans_by_quarter",
-                      "DROP INDEX IF EXISTS scans_by_confidence"):  # fmt: skip
+    for statement in (
+        "DROP INDEX IF EXISTS scans_by_time",
+        "DROP INDEX IF EXISTS scans_by_label",
+        "DROP INDEX IF EXISTS scans_by_version",
+        "DROP INDEX IF EXISTS scans_by_quarter",
+        "DROP INDEX IF EXISTS scans_by_confidence",
+    ):
         connection.execute(statement)
     create_schema(connection)
     same = "o.image_sha256 = s.image_sha256 AND o.model_name = s.model_name AND o.model_version = s.model_version"
@@ -209,8 +213,11 @@ def _sqlite_v3_to_v4(connection: sqlite3.Connection) -> None:
         connection.execute("ALTER TABLE scans_v4 RENAME TO scans")
     rolled = {row[1] for row in connection.execute("PRAGMA table_info(rollup)")}
     if rolled and "kind" not in rolled:
-        for statement in ("DROP TRIGGER IF EXISTS rollup_on_insert", "DROP TRIGGER IF EXISTS rollup_on_review",
-                          "DROP TABLE rollup"):  # fmt: skip
+        for statement in (
+            "DROP TRIGGER IF EXISTS rollup_on_insert",
+            "DROP TRIGGER IF EXISTS rollup_on_review",
+            "DROP TABLE rollup",
+        ):
             connection.execute(statement)
 
 
@@ -285,11 +292,18 @@ def _mongo_v2_to_v3(database: Any, collection: Any) -> int:
     for document in collection.find({"reviewed_at": {"$ne": None}, "review_count": {"$exists": False}}):
         action = "agree" if document.get("review_verdict") == "agree" else "override"
         final = document.get("final_label") or document["label"]
-        database["reviews"].insert_one({
-            "result_id": document["_id"], "reviewer": document.get("reviewer") or "unknown",
-            "created_at": document["reviewed_at"], "action": action, "model_label": document["label"],
-            "final_label": final, "reasons": [], "note": document.get("review_note") or "",
-        })  # fmt: skip
+        database["reviews"].insert_one(
+            {
+                "result_id": document["_id"],
+                "reviewer": document.get("reviewer") or "unknown",
+                "created_at": document["reviewed_at"],
+                "action": action,
+                "model_label": document["label"],
+                "final_label": final,
+                "reasons": [],
+                "note": document.get("review_note") or "",
+            }
+        )
         collection.update_one(
             {"_id": document["_id"]},
             {

@@ -38,8 +38,18 @@ _VALIDATOR = {
     "$jsonSchema": {
         "bsonType": "object",
         "required": [
-            "_id", "created_at", "image_sha256", "image_format", "model_name", "model_version", "label",
-            "is_tumour", "tumour_probability", "confidence", "probabilities", "roi",
+            "_id",
+            "created_at",
+            "image_sha256",
+            "image_format",
+            "model_name",
+            "model_version",
+            "label",
+            "is_tumour",
+            "tumour_probability",
+            "confidence",
+            "probabilities",
+            "roi",
         ],
         "properties": {
             "created_at": {"bsonType": "date"},
@@ -59,7 +69,7 @@ _VALIDATOR = {
             "gate": {"enum": ["accepted", "needs_review", "rejected"]},
         },
     }
-}  # fmt: skip
+}
 
 _INDEXES = (
     [("created_at", 1), ("model_version", 1), ("label", 1), ("gate", 1)],
@@ -183,17 +193,26 @@ class MongoStore(MongoPeople, MongoQuality):
             raise InvalidRecord("A series record needs its section count and exactly that many sections.")
         document = self._document(record)
         document["sections"] = [
-            {"index": s.index, "position": float(s.position), "tumour_probability": s.tumour_probability,
-             "label": s.label, "skipped": s.skipped}
+            {
+                "index": s.index,
+                "position": float(s.position),
+                "tumour_probability": s.tumour_probability,
+                "label": s.label,
+                "skipped": s.skipped,
+            }
             for s in (section.validate() for section in sections)
-        ]  # fmt: skip
+        ]
         return self._insert(document)
 
     def sections_of(self, record_id: str) -> list[Section]:
         with self._errors():
             document = self._collection.find_one({"_id": record_id}, {"sections": 1})
-        return [Section(int(s["index"]), float(s["position"]), s.get("tumour_probability"), s.get("label"),
-                        s.get("skipped")) for s in (document or {}).get("sections", [])]  # fmt: skip
+        return [
+            Section(
+                int(s["index"]), float(s["position"]), s.get("tumour_probability"), s.get("label"), s.get("skipped")
+            )
+            for s in (document or {}).get("sections", [])
+        ]
 
     def daily_studies(self, filters: Filters, timezone: str) -> list[DayCount]:
         """Studies among the series that match ``filters``, per local day of their first series (see SQLite)."""
@@ -202,13 +221,20 @@ class MongoStore(MongoPeople, MongoQuality):
         if summary.first is None or summary.last is None:
             return []
         day = self._local_day("$first", timezone, to_ms(summary.first), to_ms(summary.last))
-        rows = self._aggregate([
-            {"$match": self._match(series)},
-            {"$group": {"_id": {"$ifNull": ["$study_ref", "$_id"]}, "first": {"$min": "$created_at"},
-                        "tumour": {"$max": {"$cond": ["$is_tumour", 1, 0]}}}},
-            {"$group": {"_id": day, "n": {"$sum": 1}, "tumour": {"$sum": "$tumour"}}},
-            {"$sort": {"_id": 1}},
-        ])  # fmt: skip
+        rows = self._aggregate(
+            [
+                {"$match": self._match(series)},
+                {
+                    "$group": {
+                        "_id": {"$ifNull": ["$study_ref", "$_id"]},
+                        "first": {"$min": "$created_at"},
+                        "tumour": {"$max": {"$cond": ["$is_tumour", 1, 0]}},
+                    }
+                },
+                {"$group": {"_id": day, "n": {"$sum": 1}, "tumour": {"$sum": "$tumour"}}},
+                {"$sort": {"_id": 1}},
+            ]
+        )
         return day_rows([(row["_id"], row["n"], row["tumour"]) for row in rows])
 
     def set_patient_ref(self, record_id: str, patient_ref: str | None) -> bool:
@@ -302,13 +328,15 @@ class MongoStore(MongoPeople, MongoQuality):
             }
         }
         reviewed = {"$cond": [{"$gt": [{"$ifNull": ["$review_count", 0]}, 0]}, 1, 0]}
-        documents = self._aggregate([
-            {"$match": match},
-            {"$addFields": {"_reviewed": reviewed, "_rank": rank}},
-            {"$sort": {"_reviewed": 1, "_rank": 1, "created_at": -1}},
-            {"$limit": limit},
-            {"$project": {"_reviewed": 0, "_rank": 0}},
-        ])  # fmt: skip
+        documents = self._aggregate(
+            [
+                {"$match": match},
+                {"$addFields": {"_reviewed": reviewed, "_rank": rank}},
+                {"$sort": {"_reviewed": 1, "_rank": 1, "created_at": -1}},
+                {"$limit": limit},
+                {"$project": {"_reviewed": 0, "_rank": 0}},
+            ]
+        )
         return [self._decode(document) for document in documents]
 
     def summary(self, filters: Filters = EVERYTHING) -> Summary:
@@ -382,11 +410,16 @@ class MongoStore(MongoPeople, MongoQuality):
         )
         return [
             ModelRow(
-                row["_id"]["name"], row["_id"]["version"], int(row["n"]), int(row["tumour"]),
-                float(row["confidence"]), as_utc(row["first"]), as_utc(row["last"]),
+                row["_id"]["name"],
+                row["_id"]["version"],
+                int(row["n"]),
+                int(row["tumour"]),
+                float(row["confidence"]),
+                as_utc(row["first"]),
+                as_utc(row["last"]),
             )
             for row in rows
-        ]  # fmt: skip
+        ]
 
     def model_versions(self) -> list[str]:
         with self._errors():

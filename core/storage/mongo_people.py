@@ -40,11 +40,14 @@ class MongoPeople:
     @staticmethod
     def _account(document: dict[str, Any]) -> Account:
         return Account(
-            name=document["_id"], role=document["role"], password_hash=document.get("password_hash"),
-            disabled=bool(document.get("disabled")), failed_count=int(document.get("failed_count") or 0),
+            name=document["_id"],
+            role=document["role"],
+            password_hash=document.get("password_hash"),
+            disabled=bool(document.get("disabled")),
+            failed_count=int(document.get("failed_count") or 0),
             locked_until=as_utc(document["locked_until"]) if document.get("locked_until") else None,
             created_at=as_utc(document["created_at"]) if document.get("created_at") else None,
-        )  # fmt: skip
+        )
 
     def get_account(self, name: str) -> Account | None:
         with self._errors():
@@ -78,9 +81,12 @@ class MongoPeople:
     def put_account(self, account: Account) -> None:
         account.validate()
         document = {
-            "role": account.role, "password_hash": account.password_hash, "disabled": account.disabled,
-            "failed_count": account.failed_count, "locked_until": account.locked_until,
-        }  # fmt: skip
+            "role": account.role,
+            "password_hash": account.password_hash,
+            "disabled": account.disabled,
+            "failed_count": account.failed_count,
+            "locked_until": account.locked_until,
+        }
         with self._errors():
             self._people("accounts").update_one(
                 {"_id": account.name},
@@ -96,10 +102,15 @@ class MongoPeople:
             raise InvalidRecord("No such result to review.")
         check_review(current, review)
         document = {
-            "result_id": review.result_id, "reviewer": review.reviewer, "created_at": review.created_at,
-            "action": review.action, "model_label": review.model_label, "final_label": review.final_label,
-            "reasons": list(review.reasons), "note": review.note,
-        }  # fmt: skip
+            "result_id": review.result_id,
+            "reviewer": review.reviewer,
+            "created_at": review.created_at,
+            "action": review.action,
+            "model_label": review.model_label,
+            "final_label": review.final_label,
+            "reasons": list(review.reasons),
+            "note": review.note,
+        }
         with self._errors():
             self._people("reviews").insert_one(document)
             self._collection.update_one(
@@ -126,12 +137,18 @@ class MongoPeople:
             )
         return [
             Review(
-                result_id=d["result_id"], reviewer=d["reviewer"], created_at=as_utc(d["created_at"]),
-                action=d["action"], model_label=d["model_label"], final_label=d["final_label"],
-                reasons=tuple(d.get("reasons") or ()), note=d.get("note") or "", seq=k + 1,
+                result_id=d["result_id"],
+                reviewer=d["reviewer"],
+                created_at=as_utc(d["created_at"]),
+                action=d["action"],
+                model_label=d["model_label"],
+                final_label=d["final_label"],
+                reasons=tuple(d.get("reasons") or ()),
+                note=d.get("note") or "",
+                seq=k + 1,
             )
             for k, d in enumerate(documents)
-        ]  # fmt: skip
+        ]
 
     # --- audit --------------------------------------------------------------------------------------------
 
@@ -145,11 +162,19 @@ class MongoPeople:
                 seq, previous = (1, event.prev_hash) if last is None else (int(last["_id"]) + 1, last["hash"])
                 linked = chained(event, previous, seq, self.audit_key)
                 try:
-                    audit.insert_one({
-                        "_id": seq, "at": linked.at, "actor": linked.actor, "role": linked.role,
-                        "action": linked.action, "target": linked.target, "detail": linked.detail,
-                        "prev_hash": linked.prev_hash, "hash": linked.hash,
-                    })  # fmt: skip
+                    audit.insert_one(
+                        {
+                            "_id": seq,
+                            "at": linked.at,
+                            "actor": linked.actor,
+                            "role": linked.role,
+                            "action": linked.action,
+                            "target": linked.target,
+                            "detail": linked.detail,
+                            "prev_hash": linked.prev_hash,
+                            "hash": linked.hash,
+                        }
+                    )
                 except DuplicateKeyError:
                     continue  # another replica appended first: link to its event instead
                 current = self.audit_head() or NO_HEAD
@@ -157,10 +182,16 @@ class MongoPeople:
                 with suppress(DuplicateKeyError):  # the head, kept outside the events; a later event may lead
                     self._db["meta"].update_one(
                         {"_id": "audit_head", "$or": [{"seq": {"$lt": seq}}, {"seq": {"$exists": False}}]},
-                        {"$set": {"seq": head.seq, "hash": head.hash, "keyed_since": head.keyed_since,
-                                  "mac": head.mac}},
+                        {
+                            "$set": {
+                                "seq": head.seq,
+                                "hash": head.hash,
+                                "keyed_since": head.keyed_since,
+                                "mac": head.mac,
+                            }
+                        },
                         upsert=True,
-                    )  # fmt: skip
+                    )
                 return linked
         raise StoreUnavailable("The audit trail is too busy to append to; try again.")
 
@@ -184,8 +215,15 @@ class MongoPeople:
             documents = list(cursor.limit(limit) if limit else cursor)
         return [
             AuditEvent(
-                at=as_utc(d["at"]), actor=d["actor"], role=d["role"], action=d["action"], target=d.get("target"),
-                detail=dict(d.get("detail") or {}), prev_hash=d["prev_hash"], hash=d["hash"], seq=int(d["_id"]),
+                at=as_utc(d["at"]),
+                actor=d["actor"],
+                role=d["role"],
+                action=d["action"],
+                target=d.get("target"),
+                detail=dict(d.get("detail") or {}),
+                prev_hash=d["prev_hash"],
+                hash=d["hash"],
+                seq=int(d["_id"]),
             )
             for d in documents
-        ]  # fmt: skip
+        ]

@@ -31,8 +31,12 @@ class MongoQuality:
 
     def daily_quality(self, filters: Filters, timezone: str) -> list[DayQuality]:
         match = self._scope(filters)
-        span = self._aggregate([{"$match": match}, {"$group": {"_id": None, "first": {"$min": "$created_at"},
-                                                                "last": {"$max": "$created_at"}}}])  # fmt: skip
+        span = self._aggregate(
+            [
+                {"$match": match},
+                {"$group": {"_id": None, "first": {"$min": "$created_at"}, "last": {"$max": "$created_at"}}},
+            ]
+        )
         if not span:
             return []
         segments = utc_offset_segments(timezone, to_ms(span[0]["first"]), to_ms(span[0]["last"]))
@@ -43,46 +47,63 @@ class MongoQuality:
         ]
         offset: Any = {"$switch": {"branches": branches, "default": segments[-1][1]}} if branches else segments[0][1]
         shown_p = {"$cond": [SHOWN, "$tumour_probability", 0]}
-        rows = self._aggregate([
-            {"$match": match},
-            {"$group": {
-                "_id": {"$floor": {"$divide": [{"$add": [ms, offset]}, DAY_MS]}},
-                "shown": _count(SHOWN),
-                "tumour": _count({"$and": [SHOWN, "$is_tumour"]}),
-                "flagged": _count({"$eq": ["$gate", "needs_review"]}),
-                "rejected": _count({"$eq": ["$gate", "rejected"]}),
-                "reviewed": _count(REVIEWED),
-                "agreed": _count({"$and": [REVIEWED, {"$eq": ["$final_label", "$label"]}]}),
-                "p": {"$sum": shown_p},
-                "p2": {"$sum": {"$multiply": [shown_p, shown_p]}},
-            }},
-            {"$sort": {"_id": 1}},
-        ])  # fmt: skip
+        rows = self._aggregate(
+            [
+                {"$match": match},
+                {
+                    "$group": {
+                        "_id": {"$floor": {"$divide": [{"$add": [ms, offset]}, DAY_MS]}},
+                        "shown": _count(SHOWN),
+                        "tumour": _count({"$and": [SHOWN, "$is_tumour"]}),
+                        "flagged": _count({"$eq": ["$gate", "needs_review"]}),
+                        "rejected": _count({"$eq": ["$gate", "rejected"]}),
+                        "reviewed": _count(REVIEWED),
+                        "agreed": _count({"$and": [REVIEWED, {"$eq": ["$final_label", "$label"]}]}),
+                        "p": {"$sum": shown_p},
+                        "p2": {"$sum": {"$multiply": [shown_p, shown_p]}},
+                    }
+                },
+                {"$sort": {"_id": 1}},
+            ]
+        )
         return [
-            DayQuality(date(1970, 1, 1) + timedelta(days=int(r["_id"])), int(r["shown"]), int(r["tumour"]),
-                       int(r["flagged"]), int(r["rejected"]), int(r["reviewed"]), int(r["agreed"]), float(r["p"]),
-                       float(r["p2"]))
+            DayQuality(
+                date(1970, 1, 1) + timedelta(days=int(r["_id"])),
+                int(r["shown"]),
+                int(r["tumour"]),
+                int(r["flagged"]),
+                int(r["rejected"]),
+                int(r["reviewed"]),
+                int(r["agreed"]),
+                float(r["p"]),
+                float(r["p2"]),
+            )
             for r in rows
-        ]  # fmt: skip
+        ]
 
     def confusion(self, filters: Filters) -> dict[tuple[str, str], int]:
-        rows = self._aggregate([
-            {"$match": self._scope(filters)},
-            {"$match": {"$expr": REVIEWED}},
-            {"$group": {"_id": {"label": "$label", "final": "$final_label"}, "n": {"$sum": 1}}},
-        ])  # fmt: skip
+        rows = self._aggregate(
+            [
+                {"$match": self._scope(filters)},
+                {"$match": {"$expr": REVIEWED}},
+                {"$group": {"_id": {"label": "$label", "final": "$final_label"}, "n": {"$sum": 1}}},
+            ]
+        )
         return {(r["_id"]["label"], r["_id"]["final"]): int(r["n"]) for r in rows}
 
     def turnaround_hours(self, filters: Filters, cap: int = 720) -> dict[int, int]:
         if not 0 < cap <= 720:  # as the SQLite store, whose roll-up keeps hours up to 720
             raise ValueError("cap must be between 1 and 720 hours")
-        hours = {"$min": [{"$floor": {"$divide": [{"$subtract": ["$first_reviewed_at", "$created_at"]}, 3_600_000]}},
-                          cap]}  # fmt: skip
-        rows = self._aggregate([
-            {"$match": self._scope(filters)},
-            {"$match": {"$expr": REVIEWED, "first_reviewed_at": {"$ne": None}}},
-            {"$group": {"_id": hours, "n": {"$sum": 1}}},
-        ])  # fmt: skip
+        hours = {
+            "$min": [{"$floor": {"$divide": [{"$subtract": ["$first_reviewed_at", "$created_at"]}, 3_600_000]}}, cap]
+        }
+        rows = self._aggregate(
+            [
+                {"$match": self._scope(filters)},
+                {"$match": {"$expr": REVIEWED, "first_reviewed_at": {"$ne": None}}},
+                {"$group": {"_id": hours, "n": {"$sum": 1}}},
+            ]
+        )
         merged: dict[int, int] = {}
         for row in rows:  # a review stamped before its result (clock skew) counts as hour 0
             hour = max(0, int(row["_id"]))

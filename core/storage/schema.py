@@ -289,17 +289,29 @@ def fill_rollup(connection: sqlite3.Connection) -> None:
     for table, statement in (
         ("rollup", f"SELECT created_ms / 900000, {measures.format('created_ms / 900000')}"),
         ("rollup_day", f"SELECT created_ms / 86400000, {measures.format('created_ms / 86400000')}"),
-        ("confidence_day", "SELECT created_ms / 86400000, kind, model_version, label, gate, "
-         "CAST(confidence * 20 AS INTEGER), count(*) FROM scans GROUP BY 1, 2, 3, 4, 5, 6"),
-        ("confusion_day", "SELECT created_ms / 86400000, kind, model_version, label, COALESCE(final_label, ''), "
-         f"count(*) FROM scans WHERE {shown_reviewed} GROUP BY 1, 2, 3, 4, 5"),
-        ("turnaround_day", f"SELECT created_ms / 86400000, kind, model_version, {_TURNAROUND_HOURS.format('scans')}, "
-         f"count(*) FROM scans WHERE {shown_reviewed} AND first_reviewed_ms IS NOT NULL GROUP BY 1, 2, 3, 4"),
-        ("rollup_shifted", "SELECT column1, (created_ms + column1 * 3600000) / 86400000 AS day, kind, model_name, "
-         "model_version, label, gate, count(*), sum(is_tumour), sum(tumour_probability), "
-         "sum(tumour_probability * tumour_probability), sum(review_count > 0), "
-         f"sum(review_count > 0 AND final_label = label) FROM scans, (VALUES {_SHIFTS}) "
-         "GROUP BY column1, day, kind, model_version, model_name, label, gate"),
-    ):  # fmt: skip
+        (
+            "confidence_day",
+            "SELECT created_ms / 86400000, kind, model_version, label, gate, "
+            "CAST(confidence * 20 AS INTEGER), count(*) FROM scans GROUP BY 1, 2, 3, 4, 5, 6",
+        ),
+        (
+            "confusion_day",
+            "SELECT created_ms / 86400000, kind, model_version, label, COALESCE(final_label, ''), "
+            f"count(*) FROM scans WHERE {shown_reviewed} GROUP BY 1, 2, 3, 4, 5",
+        ),
+        (
+            "turnaround_day",
+            f"SELECT created_ms / 86400000, kind, model_version, {_TURNAROUND_HOURS.format('scans')}, "
+            f"count(*) FROM scans WHERE {shown_reviewed} AND first_reviewed_ms IS NOT NULL GROUP BY 1, 2, 3, 4",
+        ),
+        (
+            "rollup_shifted",
+            "SELECT column1, (created_ms + column1 * 3600000) / 86400000 AS day, kind, model_name, "
+            "model_version, label, gate, count(*), sum(is_tumour), sum(tumour_probability), "
+            "sum(tumour_probability * tumour_probability), sum(review_count > 0), "
+            f"sum(review_count > 0 AND final_label = label) FROM scans, (VALUES {_SHIFTS}) "
+            "GROUP BY column1, day, kind, model_version, model_name, label, gate",
+        ),
+    ):
         connection.execute(f"DELETE FROM {table}")
         connection.execute(f"INSERT INTO {table} {statement}")

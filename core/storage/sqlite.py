@@ -163,14 +163,38 @@ class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
     def _values(record: Record) -> tuple[Any, ...]:
         row = record_to_row(record)
         return (
-            row["id"], to_ms(record.created_at), row["patient_ref"], row["uploader"], row["image_sha256"],
-            row["image_format"], row["image_width"], row["image_height"], row["image_bytes"], row["frame"],
-            row["model_name"], row["model_version"], row["label"], int(row["is_tumour"]), row["tumour_probability"],
-            row["confidence"], json.dumps(row["probabilities"]), json.dumps(row["roi"]), json.dumps(row["timings_ms"]),
-            row["gate"], row["gate_score"], row["reviewer"], row["review_verdict"], row["final_label"],
-            to_ms(record.reviewed_at) if record.reviewed_at else None, row["review_count"], row["image_key"],
-            row["kind"], row["study_ref"], row["section_count"], json.dumps(row["geometry"]),
-        )  # fmt: skip
+            row["id"],
+            to_ms(record.created_at),
+            row["patient_ref"],
+            row["uploader"],
+            row["image_sha256"],
+            row["image_format"],
+            row["image_width"],
+            row["image_height"],
+            row["image_bytes"],
+            row["frame"],
+            row["model_name"],
+            row["model_version"],
+            row["label"],
+            int(row["is_tumour"]),
+            row["tumour_probability"],
+            row["confidence"],
+            json.dumps(row["probabilities"]),
+            json.dumps(row["roi"]),
+            json.dumps(row["timings_ms"]),
+            row["gate"],
+            row["gate_score"],
+            row["reviewer"],
+            row["review_verdict"],
+            row["final_label"],
+            to_ms(record.reviewed_at) if record.reviewed_at else None,
+            row["review_count"],
+            row["image_key"],
+            row["kind"],
+            row["study_ref"],
+            row["section_count"],
+            json.dumps(row["geometry"]),
+        )
 
     _INSERT = f"INSERT INTO scans ({_COLUMNS}) VALUES ({', '.join('?' * 31)}) ON CONFLICT(id) DO NOTHING"
 
@@ -193,8 +217,10 @@ class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
         """A series and its sections in one transaction: both or neither. False when it was already saved."""
         if record.kind != "series" or record.section_count != len(sections):
             raise InvalidRecord("A series record needs its section count and exactly that many sections.")
-        rows = [(record.id, s.index, s.position, s.tumour_probability, s.label, s.skipped)
-                for s in (section.validate() for section in sections)]  # fmt: skip
+        rows = [
+            (record.id, s.index, s.position, s.tumour_probability, s.label, s.skipped)
+            for s in (section.validate() for section in sections)
+        ]
         record.validate()
         with self._errors(), self._transaction() as connection:
             added = connection.execute(self._INSERT, self._values(record)).rowcount == 1
@@ -223,10 +249,14 @@ class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
         day, day_params = day_sql(timezone, *span, instant="first_ms")
         where, params = self._where(replace(filters, kinds=()))
         series = f"{where} AND kind = 'series'" if where else " WHERE kind = 'series'"
-        studies = (f"SELECT min(created_ms) AS first_ms, max(is_tumour) AS tumour FROM scans{series} "
-                   "GROUP BY COALESCE(study_ref, id)")  # fmt: skip
-        rows = self._query(f"SELECT {day} AS day, count(*), sum(tumour) FROM ({studies}) GROUP BY day ORDER BY day",
-                           [*day_params, *params])  # fmt: skip
+        studies = (
+            f"SELECT min(created_ms) AS first_ms, max(is_tumour) AS tumour FROM scans{series} "
+            "GROUP BY COALESCE(study_ref, id)"
+        )
+        rows = self._query(
+            f"SELECT {day} AS day, count(*), sum(tumour) FROM ({studies}) GROUP BY day ORDER BY day",
+            [*day_params, *params],
+        )
         return day_rows([tuple(row) for row in rows])
 
     def set_patient_ref(self, record_id: str, patient_ref: str | None) -> bool:

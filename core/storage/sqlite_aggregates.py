@@ -42,8 +42,12 @@ def where_sql(filters: Filters, time_column: str = "created_ms", unit_ms: int = 
     if filters.end is not None:
         clauses.append(f"{time_column} < ?")
         params.append(to_ms(filters.end) // unit_ms)
-    for column, values in (("label", filters.labels), ("model_version", filters.model_versions),
-                           ("gate", filters.gates), ("kind", filters.kinds)):  # fmt: skip
+    for column, values in (
+        ("label", filters.labels),
+        ("model_version", filters.model_versions),
+        ("gate", filters.gates),
+        ("kind", filters.kinds),
+    ):
         if values:
             clauses.append(f"{column} IN ({', '.join('?' * len(values))})")
             params += list(values)
@@ -64,8 +68,11 @@ def split_range(filters: Filters, shift_ms: int = 0) -> tuple[Filters | None, li
     last = None if end is None else end // DAY_MS
     if first is not None and last is not None and first >= last:
         return None, [filters] if start < end else []
-    days = replace(filters, start=None if first is None else from_ms(first * DAY_MS - shift_ms),
-                   end=None if last is None else from_ms(last * DAY_MS - shift_ms))  # fmt: skip
+    days = replace(
+        filters,
+        start=None if first is None else from_ms(first * DAY_MS - shift_ms),
+        end=None if last is None else from_ms(last * DAY_MS - shift_ms),
+    )
     edges = []
     if start is not None and start < first * DAY_MS:
         edges.append(replace(filters, end=days.start))
@@ -135,10 +142,13 @@ def _moved_quarters(
     parts, params = [], []
     for i, (_, offset) in enumerate(segments):
         slots = [  # quarters of the shifted day, then of the UTC day
-            (s - shift_ms // QUARTER_MS) % 96 for s in range(96)
-            if any((s * QUARTER_MS + offset - shift_ms) // DAY_MS != (DAY_MS // 2 + noon) // DAY_MS
-                   for noon in noon_offsets)
-        ]  # fmt: skip
+            (s - shift_ms // QUARTER_MS) % 96
+            for s in range(96)
+            if any(
+                (s * QUARTER_MS + offset - shift_ms) // DAY_MS != (DAY_MS // 2 + noon) // DAY_MS
+                for noon in noon_offsets
+            )
+        ]
         if not slots:
             continue
         where, where_params = _rollup_where(days)
@@ -167,12 +177,16 @@ class SQLiteAggregates:
         if _aligned(filters):
             columns = "label, gate, n, tumour, confidence_sum, first_ms, last_ms"
             rolled, params = whole_days_and_edges(filters, columns, "rollup_day", columns, "rollup", _rollup_where)
-            sql = ("SELECT label, gate, sum(n), sum(tumour), sum(confidence_sum), min(first_ms), max(last_ms) "
-                   f"FROM ({rolled}) GROUP BY label, gate")  # fmt: skip
+            sql = (
+                "SELECT label, gate, sum(n), sum(tumour), sum(confidence_sum), min(first_ms), max(last_ms) "
+                f"FROM ({rolled}) GROUP BY label, gate"
+            )
         else:
             where, params = self._where(filters)
-            sql = ("SELECT label, gate, count(*), sum(is_tumour), sum(confidence), min(created_ms), max(created_ms) "
-                   f"FROM scans{where} GROUP BY label, gate")  # fmt: skip
+            sql = (
+                "SELECT label, gate, count(*), sum(is_tumour), sum(confidence), min(created_ms), max(created_ms) "
+                f"FROM scans{where} GROUP BY label, gate"
+            )
         rows = self._query(sql, params)
         return fold_summary([dict(zip(_SUMMARY_KEYS, row, strict=True)) for row in rows])
 
@@ -225,8 +239,11 @@ class SQLiteAggregates:
         if days is not None:
             if shift:
                 shifted = timedelta(milliseconds=shift)
-                where, params = where_sql(replace(days, start=days.start and days.start + shifted,
-                                                  end=days.end and days.end + shifted), "day", DAY_MS)  # fmt: skip
+                where, params = where_sql(
+                    replace(days, start=days.start and days.start + shifted, end=days.end and days.end + shifted),
+                    "day",
+                    DAY_MS,
+                )
                 where = f"{where} AND shift = ?" if where else " WHERE shift = ?"
                 sql = f"SELECT day, sum(n), {sums} FROM rollup_shifted{where} GROUP BY day"
                 params.append(shift // 3_600_000)
@@ -252,8 +269,9 @@ class SQLiteAggregates:
             return []
         day, day_params = day_sql(timezone, *span, instant=f"created_ms / {QUARTER_MS} * {QUARTER_MS}")
         where, params = self._where(filters)
-        rows = self._query(f"SELECT {day} AS day, {sums} FROM scans{where} GROUP BY day ORDER BY day",
-                           [*day_params, *params])  # fmt: skip
+        rows = self._query(
+            f"SELECT {day} AS day, {sums} FROM scans{where} GROUP BY day ORDER BY day", [*day_params, *params]
+        )
         return [tuple(row) for row in rows]
 
     def daily_counts(self, filters: Filters, timezone: str) -> list[DayCount]:
@@ -288,10 +306,19 @@ class SQLiteAggregates:
                 f"sum(CASE WHEN {shown} THEN tumour_probability * tumour_probability ELSE 0 END) AS p2",
             )
         return [
-            DayQuality(date(1970, 1, 1) + timedelta(days=int(d)), int(a), int(b), int(c), int(e), int(f), int(g),
-                       float(p), float(q))
+            DayQuality(
+                date(1970, 1, 1) + timedelta(days=int(d)),
+                int(a),
+                int(b),
+                int(c),
+                int(e),
+                int(f),
+                int(g),
+                float(p),
+                float(q),
+            )
             for d, a, b, c, e, f, g, p, q in rows
-        ]  # fmt: skip
+        ]
 
     # --- per model version --------------------------------------------------------------------------------
 
@@ -299,14 +326,18 @@ class SQLiteAggregates:
         if _aligned(filters):
             columns = "model_name, model_version, n, tumour, confidence_sum, first_ms, last_ms"
             rolled, params = whole_days_and_edges(filters, columns, "rollup_day", columns, "rollup", _rollup_where)
-            sql = ("SELECT model_name, model_version, sum(n), sum(tumour), sum(confidence_sum) / sum(n), "
-                   f"min(first_ms), max(last_ms) FROM ({rolled}) GROUP BY model_version, model_name "
-                   "ORDER BY min(first_ms)")  # fmt: skip
+            sql = (
+                "SELECT model_name, model_version, sum(n), sum(tumour), sum(confidence_sum) / sum(n), "
+                f"min(first_ms), max(last_ms) FROM ({rolled}) GROUP BY model_version, model_name "
+                "ORDER BY min(first_ms)"
+            )
         else:
             where, params = self._where(filters)
-            sql = ("SELECT model_name, model_version, count(*), sum(is_tumour), avg(confidence), min(created_ms), "
-                   f"max(created_ms) FROM scans{where} GROUP BY model_version, model_name "
-                   "ORDER BY min(created_ms)")  # fmt: skip
+            sql = (
+                "SELECT model_name, model_version, count(*), sum(is_tumour), avg(confidence), min(created_ms), "
+                f"max(created_ms) FROM scans{where} GROUP BY model_version, model_name "
+                "ORDER BY min(created_ms)"
+            )
         return [
             ModelRow(name, version, int(n), int(t), float(c), from_ms(first), from_ms(last))
             for name, version, n, t, c, first, last in self._query(sql, params)

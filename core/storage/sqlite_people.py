@@ -34,11 +34,14 @@ class SQLitePeople:
     @staticmethod
     def _account(row: Any) -> Account:
         return Account(
-            name=row["name"], role=row["role"], password_hash=row["password_hash"], disabled=bool(row["disabled"]),
+            name=row["name"],
+            role=row["role"],
+            password_hash=row["password_hash"],
+            disabled=bool(row["disabled"]),
             failed_count=int(row["failed_count"]),
             locked_until=from_ms(row["locked_until_ms"]) if row["locked_until_ms"] is not None else None,
             created_at=from_ms(row["created_ms"]),
-        )  # fmt: skip
+        )
 
     def get_account(self, name: str) -> Account | None:
         rows = self._query("SELECT * FROM accounts WHERE name = ?", (name,))
@@ -58,9 +61,16 @@ class SQLitePeople:
                 "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET role = excluded.role, "
                 "password_hash = excluded.password_hash, disabled = excluded.disabled, "
                 "failed_count = excluded.failed_count, locked_until_ms = excluded.locked_until_ms",
-                (account.name, account.role, account.password_hash, int(account.disabled), account.failed_count,
-                 locked, to_ms(created)),
-            )  # fmt: skip
+                (
+                    account.name,
+                    account.role,
+                    account.password_hash,
+                    int(account.disabled),
+                    account.failed_count,
+                    locked,
+                    to_ms(created),
+                ),
+            )
 
     def begin_sign_in(self, name: str, now: datetime) -> int | None:
         """Claim a password check for ``name``, atomically: its failure count goes up by one and the new count is
@@ -101,15 +111,29 @@ class SQLitePeople:
             connection.execute(
                 "INSERT INTO reviews (result_id, reviewer, created_ms, action, model_label, final_label, reasons, "
                 "note) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (review.result_id, review.reviewer, to_ms(review.created_at), review.action, review.model_label,
-                 review.final_label, json.dumps(list(review.reasons)), review.note),
-            )  # fmt: skip
+                (
+                    review.result_id,
+                    review.reviewer,
+                    to_ms(review.created_at),
+                    review.action,
+                    review.model_label,
+                    review.final_label,
+                    json.dumps(list(review.reasons)),
+                    review.note,
+                ),
+            )
             connection.execute(
                 "UPDATE scans SET reviewer = ?, review_verdict = ?, final_label = ?, reviewed_ms = ?, "
                 "first_reviewed_ms = COALESCE(first_reviewed_ms, ?), review_count = review_count + 1 WHERE id = ?",
-                (review.reviewer, review.action, review.final_label, to_ms(review.created_at),
-                 to_ms(review.created_at), review.result_id),
-            )  # fmt: skip
+                (
+                    review.reviewer,
+                    review.action,
+                    review.final_label,
+                    to_ms(review.created_at),
+                    to_ms(review.created_at),
+                    review.result_id,
+                ),
+            )
         updated = self.get(review.result_id)
         assert updated is not None
         return updated
@@ -118,12 +142,18 @@ class SQLitePeople:
         rows = self._query("SELECT * FROM reviews WHERE result_id = ? ORDER BY seq", (record_id,))
         return [
             Review(
-                result_id=row["result_id"], reviewer=row["reviewer"], created_at=from_ms(row["created_ms"]),
-                action=row["action"], model_label=row["model_label"], final_label=row["final_label"],
-                reasons=tuple(json.loads(row["reasons"])), note=row["note"], seq=int(row["seq"]),
+                result_id=row["result_id"],
+                reviewer=row["reviewer"],
+                created_at=from_ms(row["created_ms"]),
+                action=row["action"],
+                model_label=row["model_label"],
+                final_label=row["final_label"],
+                reasons=tuple(json.loads(row["reasons"])),
+                note=row["note"],
+                seq=int(row["seq"]),
             )
             for row in rows
-        ]  # fmt: skip
+        ]
 
     # --- audit --------------------------------------------------------------------------------------------
 
@@ -136,9 +166,18 @@ class SQLitePeople:
             connection.execute(
                 "INSERT INTO audit (seq, at_ms, actor, role, action, target, detail, prev_hash, hash) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (seq, to_ms(linked.at), linked.actor, linked.role, linked.action, linked.target,
-                 json.dumps(linked.detail, sort_keys=True), linked.prev_hash, linked.hash),
-            )  # fmt: skip
+                (
+                    seq,
+                    to_ms(linked.at),
+                    linked.actor,
+                    linked.role,
+                    linked.action,
+                    linked.target,
+                    json.dumps(linked.detail, sort_keys=True),
+                    linked.prev_hash,
+                    linked.hash,
+                ),
+            )
             row = connection.execute("SELECT seq, hash, keyed_since, mac FROM audit_head WHERE id = 1").fetchone()
             head = (AuditHead(int(row[0]), row[1], int(row[2]), row[3]) if row else NO_HEAD).after(
                 seq, linked.hash, self.audit_key
@@ -163,9 +202,15 @@ class SQLitePeople:
         )
         return [
             AuditEvent(
-                at=from_ms(row["at_ms"]), actor=row["actor"], role=row["role"], action=row["action"],
-                target=row["target"], detail=json.loads(row["detail"]), prev_hash=row["prev_hash"], hash=row["hash"],
+                at=from_ms(row["at_ms"]),
+                actor=row["actor"],
+                role=row["role"],
+                action=row["action"],
+                target=row["target"],
+                detail=json.loads(row["detail"]),
+                prev_hash=row["prev_hash"],
+                hash=row["hash"],
                 seq=int(row["seq"]),
             )
             for row in rows
-        ]  # fmt: skip
+        ]

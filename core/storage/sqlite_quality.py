@@ -34,9 +34,13 @@ class SQLiteQuality:
     def confusion(self, filters: Filters) -> dict[tuple[str, str], int]:
         """Reviewed, shown results by (the model's verdict, the final label); dates, versions and kinds filter."""
         rows, params = whole_days_and_edges(
-            replace(filters, labels=(), gates=()), "label, final_label, n", "confusion_day",
-            "label, COALESCE(final_label, '') AS final_label, 1 AS n", "scans", self._raw_where(REVIEWED_SQL),
-        )  # fmt: skip
+            replace(filters, labels=(), gates=()),
+            "label, final_label, n",
+            "confusion_day",
+            "label, COALESCE(final_label, '') AS final_label, 1 AS n",
+            "scans",
+            self._raw_where(REVIEWED_SQL),
+        )
         totals = self._query(f"SELECT label, final_label, sum(n) FROM ({rows}) GROUP BY 1, 2 HAVING sum(n) > 0", params)
         return {(label, final or None): int(n) for label, final, n in totals}
 
@@ -47,9 +51,13 @@ class SQLiteQuality:
             raise ValueError("cap must be between 1 and 720 hours")
         hours = f"min(CAST((first_reviewed_ms - created_ms) / 3600000 AS INTEGER), {cap})"
         rows, params = whole_days_and_edges(
-            replace(filters, labels=(), gates=()), f"min(hours, {cap}) AS hours, n", "turnaround_day",
-            f"{hours} AS hours, 1 AS n", "scans", self._raw_where(f"{REVIEWED_SQL} AND first_reviewed_ms IS NOT NULL"),
-        )  # fmt: skip
+            replace(filters, labels=(), gates=()),
+            f"min(hours, {cap}) AS hours, n",
+            "turnaround_day",
+            f"{hours} AS hours, 1 AS n",
+            "scans",
+            self._raw_where(f"{REVIEWED_SQL} AND first_reviewed_ms IS NOT NULL"),
+        )
         totals = self._query(f"SELECT hours, sum(n) FROM ({rows}) GROUP BY 1 HAVING sum(n) > 0", params)
         merged: dict[int, int] = {}
         for hour, n in totals:  # a review stamped before its result (clock skew) counts as hour 0

@@ -122,8 +122,9 @@ def split_dataset(data: Dataset, config: TrainConfig) -> tuple[np.ndarray, np.nd
     units (patients, subjects) by unit within each source and institution; whole institutions in
     ``config.hold_out`` go to the held-out set. A unit never straddles two sets."""
     items = data.items
-    held = np.array([i for i, item in enumerate(items) if item.institution and item.institution in config.hold_out],
-                    dtype=int)  # fmt: skip
+    held = np.array(
+        [i for i, item in enumerate(items) if item.institution and item.institution in config.hold_out], dtype=int
+    )
     twins = [i for i, item in enumerate(items) if not item.unit and i not in set(held)]
     train_parts, val_parts = [], []
     if twins:

@@ -81,8 +81,12 @@ def localisation(classifier: Classifier, items: Sequence[Item], limit: int = 400
         mask = cv2.dilate(mask.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (grow, grow))) > 0
         y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
         inside += bool(mask[y, x])
-    return {"share": inside / len(chosen) if chosen else None, "n": len(chosen), "inside": inside,
-            "rule": "Grad-CAM peak inside the tumour mask dilated by 4 % of the side"}  # fmt: skip
+    return {
+        "share": inside / len(chosen) if chosen else None,
+        "n": len(chosen),
+        "inside": inside,
+        "rule": "Grad-CAM peak inside the tumour mask dilated by 4 % of the side",
+    }
 
 
 def finish_card(card_path: Path, root: Path, log: Callable[[str], None] = print) -> dict[str, Any]:

@@ -139,8 +139,14 @@ def cross_validated_refusals(
     refused = 0
     for fold in range(folds):
         held = set(order[fold::folds].tolist())
-        check = fit_check("not_mri", "", [s for i, s in enumerate(real) if i not in held] + list(generated), brain,
-                          accepted, max_refused)  # fmt: skip
+        check = fit_check(
+            "not_mri",
+            "",
+            [s for i, s in enumerate(real) if i not in held] + list(generated),
+            brain,
+            accepted,
+            max_refused,
+        )
         refused += sum(check.probability(real[i].values) >= check.threshold for i in held)
     return {"refused": int(refused), "n": len(real), "share": round(refused / len(real), 4), "folds": folds}
 
@@ -172,13 +178,21 @@ def fit_learned_checks(
     accepted = [s for s in val_samples if s.enough_brain]
     brain = [s for s in train_samples if s.enough_brain]
     not_mri = fit_check(
-        "not_mri", "it does not look like a brain MRI slice (chest, abdomen or a non-medical image)",
-        [*real, *generated], brain, accepted, max_refused,
-    )  # fmt: skip
+        "not_mri",
+        "it does not look like a brain MRI slice (chest, abdomen or a non-medical image)",
+        [*real, *generated],
+        brain,
+        accepted,
+        max_refused,
+    )
     little_brain = fit_check(
-        "little_brain", "this section holds too little brain for a verdict (skull base, vertex or a lateral section)",
-        [s for s in train_samples if s.little_brain], brain, accepted, max_refused,
-    )  # fmt: skip
+        "little_brain",
+        "this section holds too little brain for a verdict (skull base, vertex or a lateral section)",
+        [s for s in train_samples if s.little_brain],
+        brain,
+        accepted,
+        max_refused,
+    )
     checks = [not_mri, little_brain]
     sources = sorted({s.source for s in accepted})
     report = {
@@ -189,9 +203,13 @@ def fit_learned_checks(
             source: _either([s for s in accepted if s.source == source], checks) for source in sources
         },
         "little_brain_validation_refused": refused_share(little_brain, [s for s in val_samples if s.little_brain]),
-        "trained_on": {"brain": len(brain), "little_brain": sum(s.little_brain for s in train_samples),
-                       "real_not_mri": len(real), "generated_not_mri": len(generated)},
-    }  # fmt: skip
+        "trained_on": {
+            "brain": len(brain),
+            "little_brain": sum(s.little_brain for s in train_samples),
+            "real_not_mri": len(real),
+            "generated_not_mri": len(generated),
+        },
+    }
     return checks, report
 
 

@@ -92,10 +92,21 @@ def source_report(probabilities: np.ndarray, items: Sequence[Item], rule: Decisi
     for source in sorted({item.source for item in items}):
         rows = [k for k, item in enumerate(items) if item.source == source]
         part = classification_report([labels[k] for k in rows], probabilities[rows], CLASSES, NEGATIVE, rule)
-        report[source] = {key: part.get(key) for key in (
-            "n", "accuracy", "tumour_sensitivity", "tumour_specificity", "tumour_positives", "tumour_negatives",
-            "unknown_type_tumour_recall", "expected_calibration_error", "tumour_calibration_error", "wilson_95",
-        )}  # fmt: skip
+        report[source] = {
+            key: part.get(key)
+            for key in (
+                "n",
+                "accuracy",
+                "tumour_sensitivity",
+                "tumour_specificity",
+                "tumour_positives",
+                "tumour_negatives",
+                "unknown_type_tumour_recall",
+                "expected_calibration_error",
+                "tumour_calibration_error",
+                "wilson_95",
+            )
+        }
         if any(item.institution for item in (items[k] for k in rows)):
             report[source]["targets"] = lgg_targets(probabilities[rows], [items[k] for k in rows], rule)
         planes = sorted({items[k].plane for k in rows if items[k].plane and items[k].label == NEGATIVE})
@@ -113,15 +124,22 @@ def lgg_targets(probabilities: np.ndarray, items: Sequence[Item], rule: Decision
     out: dict[str, Any] = {}
     for institution in ["all", *sorted({item.institution for item in items})]:
         mine = [k for k, item in enumerate(items) if institution in ("all", item.institution)]
-        tumour = [k for k in mine if items[k].label != NEGATIVE and (items[k].tumour_pixels or 0) >= LGG_MIN_TUMOUR
-                  and items[k].sequence in LGG_SCORED_SEQUENCES]  # fmt: skip
+        tumour = [
+            k
+            for k in mine
+            if items[k].label != NEGATIVE
+            and (items[k].tumour_pixels or 0) >= LGG_MIN_TUMOUR
+            and items[k].sequence in LGG_SCORED_SEQUENCES
+        ]
         normal = [k for k in mine if items[k].label == NEGATIVE and (items[k].head_pixels or 0) >= LGG_MIN_HEAD]
         found, cleared = int(called[tumour].sum()), int((~called[normal]).sum())
         by_sequence = {
-            sequence: _proportion(int(called[[k for k in tumour if items[k].sequence == sequence]].sum()),
-                                  len([k for k in tumour if items[k].sequence == sequence]))
+            sequence: _proportion(
+                int(called[[k for k in tumour if items[k].sequence == sequence]].sum()),
+                len([k for k in tumour if items[k].sequence == sequence]),
+            )
             for sequence in LGG_SCORED_SEQUENCES
-        }  # fmt: skip
+        }
         subtype = [k for k in tumour if called[k]]
         right_type = sum(rule.labels_of(probabilities[k : k + 1])[0] == "glioma" for k in subtype)
         out[institution] = {

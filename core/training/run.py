@@ -73,10 +73,14 @@ def source_balanced_nll(logits: np.ndarray, masks: np.ndarray, sources: Sequence
     are too few to choose anything on, and they are what the model is scored on."""
     chosen = np.array([label in CLASSES for label in labels])
     sources_arr = np.asarray(sources)
-    return float(np.mean([
-        mean_nll(logits[chosen & (sources_arr == s)], masks[chosen & (sources_arr == s)])
-        for s in sorted(set(sources_arr[chosen]))
-    ]))  # fmt: skip
+    return float(
+        np.mean(
+            [
+                mean_nll(logits[chosen & (sources_arr == s)], masks[chosen & (sources_arr == s)])
+                for s in sorted(set(sources_arr[chosen]))
+            ]
+        )
+    )
 
 
 def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command: str) -> dict[str, Any]:

@@ -297,8 +297,14 @@ def _write_model(
         "architecture": f"ResNet-18 layout (He et al. 2016) at width {config.width}, per-image standardisation "
         "as its first layer, from scratch (no pretrained weights)",
         "metrics": {"validation": {"n": len(parts["validation"])}},
-        "data": {"cache_crops": len(cache), "train": len(parts["train"]), "validation": len(parts["validation"]),
-                 "held_out": len(parts["held_out"]), "rejected": cache.rejected, "split_file": split_file.name},
+        "data": {
+            "cache_crops": len(cache),
+            "train": len(parts["train"]),
+            "validation": len(parts["validation"]),
+            "held_out": len(parts["held_out"]),
+            "rejected": cache.rejected,
+            "split_file": split_file.name,
+        },
         "training": {
             "recipe": "core.training.standard",
             "command": command,
@@ -310,7 +316,7 @@ def _write_model(
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "learning_curve": f"{config.name}.log.jsonl",
         },
-    }  # fmt: skip
+    }
     card_path = out_dir / f"{config.name}.json"
     card_path.write_text(json.dumps(card, indent=2, default=list))
     _log(f"wrote {weights_path} ({weights_path.stat().st_size / 1e6:.1f} MB)")

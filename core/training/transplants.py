@@ -84,9 +84,12 @@ def transplant(square: np.ndarray, donor: Donor, rng: np.random.Generator) -> np
     if mask.sum() < 20 * 255:
         return None
     blended = cv2.seamlessClone(
-        cv2.cvtColor(patch, cv2.COLOR_GRAY2BGR), cv2.cvtColor(square, cv2.COLOR_GRAY2BGR), mask, (cx, cy),
+        cv2.cvtColor(patch, cv2.COLOR_GRAY2BGR),
+        cv2.cvtColor(square, cv2.COLOR_GRAY2BGR),
+        mask,
+        (cx, cy),
         cv2.NORMAL_CLONE,
-    )  # fmt: skip
+    )
     result = cv2.cvtColor(blended, cv2.COLOR_BGR2GRAY)
     changed = np.abs(result.astype(np.int16) - square).astype(np.float32)
     region = changed[changed > 0]
