@@ -28,24 +28,32 @@ def mongodb_uri(secrets: Mapping[str, Any]) -> str | None:
     return os.environ.get("MONGODB_URI") or (secrets.get("mongo") or {}).get("uri") or None
 
 
-def patient_key(secrets: Mapping[str, Any], shared_database: bool) -> bytes | None:
-    """The HMAC key for patient references: ``BTD_HMAC_KEY`` or ``[identity] hmac_key`` (hex or text).
-
-    With the embedded database a local random key is created on first run. With a shared MongoDB every replica
-    must use the same configured key; None means none is configured and patient references are disabled.
-    """
+def _key(configured: str | None, what: str, shared_database: bool, local_file: str) -> bytes | None:
+    """A configured HMAC key (hex or text, at least 16 bytes); else, with the embedded database, a local random one
+    in the data directory (created 0600 on first use); else None."""
     from core.identity import local_key
 
-    configured = os.environ.get("BTD_HMAC_KEY") or (secrets.get("identity") or {}).get("hmac_key")
     if configured:
         try:
             key = bytes.fromhex(configured)
         except ValueError:
             key = configured.encode("utf-8")
         if len(key) < 16:
-            raise ValueError("the configured patient-reference key is shorter than 16 bytes")
+            raise ValueError(f"the configured {what} is shorter than 16 bytes")
         return key
-    return None if shared_database else local_key(data_dir())
+    return None if shared_database else local_key(data_dir(), local_file)
+
+
+def patient_key(secrets: Mapping[str, Any], shared_database: bool) -> bytes | None:
+    """The HMAC key for patient references: ``BTD_HMAC_KEY`` or ``[identity] hmac_key`` (hex or text).
+
+    With the embedded database a local random key is created on first run. With a shared MongoDB every replica
+    must use the same configured key; None means none is configured and patient references are disabled.
+    """
+    from core.identity import KEY_FILE
+
+    configured = os.environ.get("BTD_HMAC_KEY") or (secrets.get("identity") or {}).get("hmac_key")
+    return _key(configured, "patient-reference key", shared_database, KEY_FILE)
 
 
 def audit_key(secrets: Mapping[str, Any], shared_database: bool) -> bytes | None:
@@ -53,18 +61,8 @@ def audit_key(secrets: Mapping[str, Any], shared_database: bool) -> bytes | None
     kept apart from the database so that whoever can edit the events cannot re-hash them. The embedded database
     gets a local random key file (``audit.key`` beside ``patient-ref.key``, 0600) on first use; a shared MongoDB
     needs a configured one (None: the chain is hashed without a key, and ``audit verify`` says so)."""
-    from core.identity import local_key
-
     configured = os.environ.get("BTD_AUDIT_KEY") or (secrets.get("audit") or {}).get("key")
-    if configured:
-        try:
-            key = bytes.fromhex(configured)
-        except ValueError:
-            key = configured.encode("utf-8")
-        if len(key) < 16:
-            raise ValueError("the configured audit key is shorter than 16 bytes")
-        return key
-    return None if shared_database else local_key(data_dir(), "audit.key")
+    return _key(configured, "audit key", shared_database, "audit.key")
 
 
 def first_admin_command(secrets: Mapping[str, Any]) -> str:
