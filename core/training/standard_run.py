@@ -177,27 +177,11 @@ def train_standard(
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
-    cache = CropCache.load(cache_path)
-    split = json.loads(split_path.read_text())
-    parts = split_indices(cache, split, config)
+    cache, split, parts = _data(cache_path, split_path, config)
     masks = label_masks([str(label) for label in cache.label])
     groups = strata(cache, parts["train"], config)
-    _log(
-        f"{len(cache)} cached crops: train {len(parts['train'])} in {len(groups)} strata, validation "
-        f"{len(parts['validation'])}, held out {len(parts['held_out'])}; {config.steps} steps of {config.batch_size}"
-    )
 
-    network = build_resnet(config.size, config.width, name=config.name)
-    inputs = keras.Input((config.size, config.size, 1), name="scan")
-    trainer = keras.Model(inputs, network(batch_augment(config.augment, config.seed)(inputs)), name="trainer")
-    warmup = min(config.warmup_steps, config.steps // 2)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, config.steps - warmup, alpha=0.0, warmup_target=config.learning_rate, warmup_steps=warmup
-    )
-    trainer.compile(
-        optimizer=keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay),
-        loss=lambda y, z: smoothed_allowed_label_nll(y, z, config.label_smoothing),
-    )
+    network, trainer = build_trainer(config)
     split_entries = [[str(cache.path[i]), str(cache.label[i])] for i in parts["validation"]]
     checkpoint = Checkpoint(out_dir / f"{config.name}.checkpoint.npz", run_key(config, split_entries))
     progress = checkpoint.restore(trainer) if checkpoint.path.is_file() else Progress()
@@ -212,32 +196,26 @@ def train_standard(
         for step in itertools.count(progress.epochs_done * config.round_steps):
             yield draw_batch(cache, groups, masks, config, (step,))
 
-    class Checkpointing(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-            self.round_started = time.time()
-
-        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-            progress.epochs_done = epoch + 1
-            seconds = progress.seconds + time.time() - started
-            draws = progress.epochs_done * config.round_steps * config.batch_size
-            rate = config.round_steps * config.batch_size / max(1e-6, time.time() - self.round_started)
-            line = {
-                "round": progress.epochs_done,
-                "draws": draws,
-                "seconds": round(seconds),
-                "draws_per_second": round(rate, 1),
-                "loss": round(float((logs or {}).get("loss", float("nan"))), 4),
-                "learning_rate": float(self.model.optimizer.learning_rate),
-            }
-            if progress.epochs_done % validate_every == 0 or progress.epochs_done == config.rounds:
-                line["validation"] = score(network, cache, parts["validation"])
-                line["held_out"] = score(network, cache, parts["held_out"])
-            with curve.open("a") as handle:
-                handle.write(json.dumps(line) + "\n")
-            _log(json.dumps(line))
-            checkpoint.save(self.model, progress, seconds)
-            if time.time() - started > max_minutes * 60 and progress.epochs_done < config.rounds:
-                self.model.stop_training = True
+    def on_round_end(model: Any, logs: dict[str, float], round_seconds: float) -> None:
+        """The learning curve's line, the checkpoint, and the time budget, after every round."""
+        seconds = progress.seconds + time.time() - started
+        line = {
+            "round": progress.epochs_done,
+            "draws": progress.epochs_done * config.round_steps * config.batch_size,
+            "seconds": round(seconds),
+            "draws_per_second": round(config.round_steps * config.batch_size / max(1e-6, round_seconds), 1),
+            "loss": round(float(logs.get("loss", float("nan"))), 4),
+            "learning_rate": float(model.optimizer.learning_rate),
+        }
+        if progress.epochs_done % validate_every == 0 or progress.epochs_done == config.rounds:
+            line["validation"] = score(network, cache, parts["validation"])
+            line["held_out"] = score(network, cache, parts["held_out"])
+        with curve.open("a") as handle:
+            handle.write(json.dumps(line) + "\n")
+        _log(json.dumps(line))
+        checkpoint.save(model, progress, seconds)
+        if time.time() - started > max_minutes * 60 and progress.epochs_done < config.rounds:
+            model.stop_training = True
 
     if progress.epochs_done < config.rounds:
         trainer.fit(
@@ -247,7 +225,7 @@ def train_standard(
             initial_epoch=progress.epochs_done,
             shuffle=False,
             verbose=0,
-            callbacks=[Checkpointing()],
+            callbacks=[_round_callback(progress, on_round_end)],
         )
     if progress.epochs_done < config.rounds:
         _log(f"paused after round {progress.epochs_done}/{config.rounds}; the same command resumes")
@@ -258,6 +236,51 @@ def train_standard(
             "checkpoint": str(checkpoint.path),
         }
     return _write_model(network, cache, parts, split, config, out_dir, command, progress, data_root)
+
+
+def _data(cache_path: Path, split_path: Path, config: StandardConfig) -> tuple[CropCache, dict[str, Any], dict]:
+    """The crop cache, the split file, and the cache's train / validation / held-out positions (logged)."""
+    cache = CropCache.load(cache_path)
+    split = json.loads(split_path.read_text())
+    parts = split_indices(cache, split, config)
+    _log(
+        f"{len(cache)} cached crops: train {len(parts['train'])}, validation {len(parts['validation'])}, held out "
+        f"{len(parts['held_out'])}; {config.steps} steps of {config.batch_size}"
+    )
+    return cache, split, parts
+
+
+def build_trainer(config: StandardConfig) -> tuple[Any, Any]:
+    """(the network that is saved, the compiled training model: augmentation, then the network)."""
+    import keras
+
+    network = build_resnet(config.size, config.width, name=config.name)
+    inputs = keras.Input((config.size, config.size, 1), name="scan")
+    trainer = keras.Model(inputs, network(batch_augment(config.augment, config.seed)(inputs)), name="trainer")
+    warmup = min(config.warmup_steps, config.steps // 2)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, config.steps - warmup, alpha=0.0, warmup_target=config.learning_rate, warmup_steps=warmup
+    )
+    trainer.compile(
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay),
+        loss=lambda y, z: smoothed_allowed_label_nll(y, z, config.label_smoothing),
+    )
+    return network, trainer
+
+
+def _round_callback(progress: Progress, on_round_end: Any) -> Any:
+    """A Keras callback that counts finished rounds in ``progress`` and hands each to ``on_round_end``."""
+    import keras
+
+    class RoundCallback(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            self.round_started = time.time()
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            progress.epochs_done = epoch + 1
+            on_round_end(self.model, logs or {}, time.time() - self.round_started)
+
+    return RoundCallback()
 
 
 def _write_model(
