@@ -65,6 +65,27 @@ def shown_images(app: AppTest) -> list:
     return [h for h in app.get("html") if "data:image/png;base64," in h.proto.body]
 
 
+def saved_series(data_dir: Path, classifier, sections: int, tumour: range):
+    """A phantom DICOM series analysed and saved as a radiologist's upload would be; returns its save status."""
+    from core.imaging.phantom_series import dicom_series, head_volume
+    from core.imaging.series import read_study
+    from core.model.volume import analyse_volume
+    from core.services.studies import save_series
+    from core.storage.images import FolderImages
+
+    analysis = analyse_volume(read_study(dicom_series(head_volume(sections, 128, tumour)))[0], classifier)
+    status = save_series(
+        analysis,
+        stored(data_dir),
+        actor=Actor("dr-b", "radiologist"),
+        patient_ref=None,
+        images=FolderImages(data_dir / "images"),
+        key=None,
+    )
+    assert status.state == "saved"
+    return status
+
+
 def stored(data_dir: Path) -> SQLiteStore:
     return SQLiteStore(data_dir / "results.sqlite3")
 
@@ -368,23 +389,8 @@ def test_study_page_is_refused_to_a_supervisor() -> None:
 
 
 def test_worklist_opens_a_saved_series_in_its_viewer_and_takes_a_review(app_environment: Path, tiny_classifier) -> None:
-    from core.imaging.phantom_series import dicom_series, head_volume
-    from core.imaging.series import read_study
-    from core.model.volume import analyse_volume
-    from core.services.studies import save_series
-    from core.storage.images import FolderImages
-
     store = stored(app_environment)
-    analysis = analyse_volume(read_study(dicom_series(head_volume(6, 128, range(2, 4))))[0], tiny_classifier)
-    status = save_series(
-        analysis,
-        store,
-        actor=Actor("dr-b", "radiologist"),
-        patient_ref=None,
-        images=FolderImages(app_environment / "images"),
-        key=None,
-    )
-    assert status.state == "saved"
+    status = saved_series(app_environment, tiny_classifier, sections=6, tumour=range(2, 4))
     app = page("worklist.py").run()
     assert not app.exception
     assert app.dataframe[0].value["kind"].tolist() == ["series"]
@@ -398,22 +404,9 @@ def test_a_one_section_series_opens_in_the_viewer_and_can_be_reviewed(app_enviro
     """A slider from 1 to 1 is an error in Streamlit: a single-section series once crashed the viewer, and being the
     newest result it blocked the Worklist."""
     from core.imaging.phantom_series import dicom_series, head_volume
-    from core.imaging.series import read_study
-    from core.model.volume import analyse_volume
-    from core.services.studies import save_series
-    from core.storage.images import FolderImages
 
     store = stored(app_environment)
-    analysis = analyse_volume(read_study(dicom_series(head_volume(1, 128, range(0, 1))))[0], tiny_classifier)
-    status = save_series(
-        analysis,
-        store,
-        actor=Actor("dr-b", "radiologist"),
-        patient_ref=None,
-        images=FolderImages(app_environment / "images"),
-        key=None,
-    )
-    assert status.state == "saved"
+    status = saved_series(app_environment, tiny_classifier, sections=1, tumour=range(0, 1))
     app = page("worklist.py").run()
     assert not app.exception
     assert not any(s.label == "Section" for s in app.slider)

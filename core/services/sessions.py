@@ -53,29 +53,27 @@ class SessionRegistry:
             self._entries[self._key(token)] = _Entry(name, role, self._clock())
         return token
 
-    def resume(self, token: str | None) -> tuple[str, str] | None:
-        """(account name, role at sign-in) of a live ``token``; None when unknown, forgotten or idle too long."""
+    def _live(self, token: str | None) -> _Entry | None:
+        """The entry of a live ``token``, its activity recorded now; an idle one is dropped. Call under the lock."""
         if not token:
             return None
+        entry = self._entries.get(self._key(token))
+        if entry is None or self._clock() - entry.seen > self._idle:
+            self._entries.pop(self._key(token), None)
+            return None
+        entry.seen = self._clock()
+        return entry
+
+    def resume(self, token: str | None) -> tuple[str, str] | None:
+        """(account name, role at sign-in) of a live ``token``; None when unknown, forgotten or idle too long."""
         with self._lock:
-            entry = self._entries.get(self._key(token))
-            if entry is None or self._clock() - entry.seen > self._idle:
-                self._entries.pop(self._key(token), None)
-                return None
-            entry.seen = self._clock()
-            return entry.name, entry.role
+            entry = self._live(token)
+        return (entry.name, entry.role) if entry else None
 
     def touch(self, token: str | None) -> bool:
         """Record activity; False when the token is not (or no longer) live."""
-        if not token:
-            return False
         with self._lock:
-            entry = self._entries.get(self._key(token))
-            if entry is None or self._clock() - entry.seen > self._idle:
-                self._entries.pop(self._key(token), None)
-                return False
-            entry.seen = self._clock()
-            return True
+            return self._live(token) is not None
 
     def forget(self, token: str | None) -> None:
         if token:
