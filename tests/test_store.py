@@ -24,10 +24,10 @@ from core.analytics.stats import roll_up, suppress_small
 from core.errors import InvalidRecord, StoreError, StoreUnavailable
 from core.identity import local_key, pseudonymise
 from core.storage import open_store
-from core.storage.mongo import MongoStore
+from core.storage.mongo import _VALIDATOR, MongoStore
 from core.storage.people import GENESIS, Account, AuditEvent, Review, first_broken
 from core.storage.protocol import SCHEMA_VERSION
-from core.storage.records import DayCount, Filters, Record, Section, WorklistQuery, record_id
+from core.storage.records import FIELDS, DayCount, Filters, Record, Section, WorklistQuery, record_id
 from core.storage.sqlite import SQLiteStore
 from core.storage.synthetic import LABELS, synthetic_record
 from core.storage.timebuckets import utc_offset_segments
@@ -114,6 +114,38 @@ def test_invalid_records_are_refused_before_the_database(store) -> None:
         with pytest.raises(InvalidRecord):
             store.add(record)
     assert store.summary().total == 0
+
+
+def test_each_field_rule_in_the_table_refuses_its_bad_value() -> None:
+    good = FIXTURE[0]
+    cases = {
+        "image_width is out of range": replace(good, image_width=0),
+        "image_format is unknown": replace(good, image_format="gif"),
+        "gate is unknown": replace(good, gate="maybe"),
+        "review_count is not an integer": replace(good, review_count=1.5),
+        "study_ref does not have the expected form": replace(good, study_ref="not-a-hash"),
+        "tumour_probability is not a finite number": replace(good, tumour_probability=float("nan")),
+        "model_version is empty": replace(good, model_version=""),
+        "roi is not four non-negative integers": replace(good, roi=(1, 2, 3)),
+    }
+    for message, record in cases.items():
+        with pytest.raises(InvalidRecord, match=message):
+            record.validate()
+    assert good.validate() is good
+
+
+def test_the_stores_derive_their_columns_and_validator_from_the_one_field_table(tmp_path: Path) -> None:
+    SQLiteStore(tmp_path / "results.sqlite3")
+    with sqlite3.connect(tmp_path / "results.sqlite3") as connection:
+        table = {row[1]: bool(row[3] or row[5]) for row in connection.execute("PRAGMA table_info(scans)")}
+    legacy = {"review_note", "first_reviewed_ms"}  # kept so that older files' data can be moved on migration
+    assert set(table) - legacy == {spec.sql_column for spec in FIELDS}
+    assert all(table[spec.sql_column] == spec.required for spec in FIELDS)
+    schema = _VALIDATOR["$jsonSchema"]
+    assert set(schema["properties"]) == {"_id", "sections"} | {spec.name for spec in FIELDS} - {"id"}
+    assert "_id" in schema["required"] and "confidence" in schema["required"] and "frame" not in schema["required"]
+    assert schema["properties"]["gate"] == {"enum": ["accepted", "needs_review", "rejected"]}
+    assert schema["properties"]["patient_ref"]["bsonType"] == ["string", "null"]
 
 
 def test_patient_reference_is_an_attribute_not_part_of_the_identity(store) -> None:

@@ -25,51 +25,64 @@ from core.storage.protocol import (
     SCHEMA_VERSION,
     day_rows,
     fold_summary,
-    record_to_row,
-    row_to_record,
 )
-from core.storage.records import DayCount, Filters, ModelRow, Record, Section, Summary, WorklistQuery
+from core.storage.records import (
+    FIELDS,
+    DayCount,
+    Field,
+    Filters,
+    ModelRow,
+    Record,
+    Section,
+    Summary,
+    WorklistQuery,
+    from_row,
+    to_row,
+)
 from core.storage.timebuckets import DAY_MS, EPOCH, as_utc, to_ms, utc_offset_segments
 
 logger = logging.getLogger("btd.storage")
 
 
-_VALIDATOR = {
-    "$jsonSchema": {
-        "bsonType": "object",
-        "required": [
-            "_id",
-            "created_at",
-            "image_sha256",
-            "image_format",
-            "model_name",
-            "model_version",
-            "label",
-            "is_tumour",
-            "tumour_probability",
-            "confidence",
-            "probabilities",
-            "roi",
-        ],
-        "properties": {
-            "created_at": {"bsonType": "date"},
-            "image_sha256": {"bsonType": "string", "pattern": "^[0-9a-f]{64}$"},
-            "image_format": {"enum": ["png", "jpeg", "dicom", "nifti"]},
-            "kind": {"enum": ["scan", "series"]},
-            "study_ref": {"bsonType": ["string", "null"], "pattern": "^[0-9a-f]{64}$"},
-            "section_count": {"bsonType": ["int", "long", "null"], "minimum": 1},
-            "sections": {"bsonType": "array"},
-            "label": {"bsonType": "string"},
-            "is_tumour": {"bsonType": "bool"},
-            "tumour_probability": {"bsonType": "double", "minimum": 0, "maximum": 1},
-            "confidence": {"bsonType": "double", "minimum": 0, "maximum": 1},
-            "roi": {"bsonType": "array", "minItems": 4, "maxItems": 4},
-            "patient_ref": {"bsonType": ["string", "null"], "pattern": "^[0-9a-f]{64}$"},
-            "frame": {"bsonType": ["int", "long", "null"], "minimum": 0},
-            "gate": {"enum": ["accepted", "needs_review", "rejected"]},
-        },
-    }
+_BSON = {
+    "text": "string",
+    "int": ["int", "long"],
+    "float": "double",
+    "bool": "bool",
+    "time": "date",
+    "scores": "object",
+    "map": "object",
+    "box": "array",
 }
+
+
+def _property(spec: Field) -> dict[str, Any]:
+    """One field's ``$jsonSchema`` rule, from the field table (null allowed where the field is optional)."""
+    kinds = _BSON[spec.kind] if isinstance(_BSON[spec.kind], list) else [_BSON[spec.kind]]
+    rule: dict[str, Any] = {"bsonType": kinds if spec.required else [*kinds, "null"]}
+    if spec.choices:
+        rule = {"enum": [*spec.choices] if spec.required else [*spec.choices, None]}
+    if spec.pattern is not None:
+        rule["pattern"] = f"^{spec.pattern}$"
+    if spec.minimum is not None:
+        rule["minimum"] = spec.minimum
+    if spec.maximum is not None:
+        rule["maximum"] = spec.maximum
+    if spec.kind == "box":
+        rule.update(minItems=4, maxItems=4)
+    return rule
+
+
+def _validator() -> dict[str, Any]:
+    """MongoDB's second line of defence, derived from :data:`~core.storage.records.FIELDS` (``id`` is ``_id``)."""
+    name = {"id": "_id"}
+    properties = {name.get(spec.name, spec.name): _property(spec) for spec in FIELDS}
+    properties["sections"] = {"bsonType": "array"}  # a series' sections live inside its document
+    required = [name.get(spec.name, spec.name) for spec in FIELDS if spec.required]
+    return {"$jsonSchema": {"bsonType": "object", "required": required, "properties": properties}}
+
+
+_VALIDATOR = _validator()
 
 _INDEXES = (
     [("created_at", 1), ("model_version", 1), ("label", 1), ("gate", 1)],
@@ -172,7 +185,7 @@ class MongoStore(MongoPeople, MongoQuality):
 
     @staticmethod
     def _document(record: Record) -> dict[str, Any]:
-        document = record_to_row(record.validate())
+        document = to_row(record.validate())
         document["_id"] = document.pop("id")
         return document
 
@@ -250,11 +263,7 @@ class MongoStore(MongoPeople, MongoQuality):
     def add_many(self, records: Sequence[Record]) -> int:
         from pymongo.errors import BulkWriteError
 
-        documents = []
-        for record in records:
-            document = record_to_row(record.validate())
-            document["_id"] = document.pop("id")
-            documents.append(document)
+        documents = [self._document(record) for record in records]
         with self._errors():
             try:
                 return len(self._collection.insert_many(documents, ordered=False).inserted_ids)
@@ -267,7 +276,7 @@ class MongoStore(MongoPeople, MongoQuality):
 
     @staticmethod
     def _decode(document: Mapping[str, Any]) -> Record:
-        return row_to_record({**document, "id": document["_id"]})
+        return from_row({**document, "id": document["_id"]})
 
     @staticmethod
     def _match(filters: Filters) -> dict[str, Any]:

@@ -19,8 +19,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from numbers import Integral, Real
+from typing import Any
 
 from core.errors import InvalidRecord
+from core.storage.timebuckets import as_utc
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 IMAGE_FORMATS = ("png", "jpeg", "dicom", "nifti")
@@ -88,49 +91,171 @@ class Record:
         return float(self.tumour_probability if self.is_tumour else 1.0 - self.tumour_probability)
 
     def validate(self) -> Record:
-        """Raise :class:`InvalidRecord` unless every field is well-formed; returns self for chaining."""
-        problems = []
-        if not _HEX64.match(self.image_sha256):
-            problems.append("image_sha256 is not a SHA-256 hex digest")
-        if self.frame is not None and (not isinstance(self.frame, int) or self.frame < 0):
-            problems.append("frame must be a non-negative integer")
-        elif self.id != record_id(self.image_sha256, self.model_name, self.model_version, self.frame):
-            problems.append("id is not the identity of this image, model and frame")
-        if not is_patient_ref(self.patient_ref):
-            problems.append("patient_ref is not a keyed hash")
-        if self.created_at.tzinfo is None or self.created_at.utcoffset() != UTC.utcoffset(None):
-            problems.append("created_at must be a UTC datetime")
-        if self.image_format not in IMAGE_FORMATS:
-            problems.append("image_format is unknown")
-        if min(self.image_width, self.image_height, self.image_bytes) <= 0:
-            problems.append("image size must be positive")
-        if not self.model_name or not self.model_version:
-            problems.append("model name and version are required")
-        probabilities = dict(self.probabilities)
-        values = list(probabilities.values())
-        if self.label not in probabilities and not (self.label == UNKNOWN_TYPE and self.is_tumour):
-            problems.append("label is not one of the probabilities' labels")
-        if not values or not all(isinstance(p, float | int) and math.isfinite(p) and 0 <= p <= 1 for p in values):
-            problems.append("probabilities must be finite numbers in [0, 1]")
-        elif abs(sum(values) - 1.0) > 1e-3:
-            problems.append("probabilities must sum to 1")
-        if not (math.isfinite(self.tumour_probability) and 0 <= self.tumour_probability <= 1):
-            problems.append("tumour_probability must be in [0, 1]")
-        if len(self.roi) != 4 or not all(isinstance(v, int) and v >= 0 for v in self.roi):
-            problems.append("roi must be four non-negative integers")
-        elif not (self.roi[0] < self.roi[2] and self.roi[1] < self.roi[3]):
-            problems.append("roi must have positive width and height")
-        if self.gate not in GATE_DECISIONS:
-            problems.append("gate decision is unknown")
-        if self.review_verdict is not None and self.review_verdict not in REVIEW_VERDICTS:
-            problems.append("review verdict is unknown")
-        if self.study_ref is not None and not _HEX64.match(self.study_ref):
-            problems.append("study_ref is not a SHA-256 hex digest")
-        if self.section_count is not None and (not isinstance(self.section_count, int) or self.section_count < 1):
-            problems.append("section_count must be a positive integer")
+        """Raise :class:`InvalidRecord` unless every field obeys its rule in :data:`FIELDS` and the fields agree
+        with each other (identity, label, probabilities, crop box); returns self for chaining."""
+        problems = [problem for spec in FIELDS if (problem := spec.problem(getattr(self, spec.name)))]
+        problems += self._cross_field_problems()
         if problems:
             raise InvalidRecord("Record refused: " + "; ".join(problems) + ".")
         return self
+
+    def _cross_field_problems(self) -> list[str]:
+        problems = []
+        if isinstance(self.frame, int | None) and self.id != record_id(
+            self.image_sha256, self.model_name, self.model_version, self.frame
+        ):
+            problems.append("id is not the identity of this image, model and frame")
+        if isinstance(self.created_at, datetime) and self.created_at.utcoffset() != UTC.utcoffset(None):
+            problems.append("created_at must be a UTC datetime")
+        values = list(dict(self.probabilities).values())
+        if self.label not in self.probabilities and not (self.label == UNKNOWN_TYPE and self.is_tumour):
+            problems.append("label is not one of the probabilities' labels")
+        if not values or not all(isinstance(p, Real) and math.isfinite(p) and 0 <= p <= 1 for p in values):
+            problems.append("probabilities must be finite numbers in [0, 1]")
+        elif abs(sum(values) - 1.0) > 1e-3:
+            problems.append("probabilities must sum to 1")
+        if len(self.roi) == 4 and not (self.roi[0] < self.roi[2] and self.roi[1] < self.roi[3]):
+            problems.append("roi must have positive width and height")
+        return problems
+
+
+@dataclass(frozen=True)
+class Field:
+    """One stored field of a result, the single place its kind and rules are written. The stores derive from the
+    table their row mapping (:func:`to_row`, :func:`from_row`), SQLite's column list and MongoDB's ``$jsonSchema``;
+    :meth:`Record.validate` checks each value against its rule. Kinds: ``text``, ``int``, ``float``, ``bool``,
+    ``time`` (UTC datetime; integer ms in SQLite's ``column``), ``scores`` (label -> number), ``map`` (JSON
+    object), ``box`` (four non-negative integers). ``derived`` fields are computed from the others and stored for
+    the database's own queries."""
+
+    name: str
+    kind: str
+    required: bool = True
+    pattern: str | None = None
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    derived: bool = False
+    column: str | None = None
+
+    @property
+    def sql_column(self) -> str:
+        return self.column or self.name
+
+    def problem(self, value: object) -> str | None:
+        """Why ``value`` breaks this field's rule, or None."""
+        if value is None:
+            return f"{self.name} is required" if self.required else None
+        if not _KIND_CHECKS[self.kind](value):
+            return f"{self.name} is not {_KIND_WORDS[self.kind]}"
+        if self.pattern is not None and not re.fullmatch(self.pattern, str(value)):
+            return f"{self.name} does not have the expected form"
+        if self.choices and value not in self.choices:
+            return f"{self.name} is unknown"
+        too_low = self.minimum is not None and value < self.minimum  # type: ignore[operator]
+        if too_low or (self.maximum is not None and value > self.maximum):  # type: ignore[operator]
+            return f"{self.name} is out of range"
+        if self.kind == "text" and self.required and not value:
+            return f"{self.name} is empty"
+        return None
+
+
+_KIND_CHECKS = {
+    "text": lambda v: isinstance(v, str),
+    "int": lambda v: isinstance(v, Integral) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, Real) and math.isfinite(v),
+    "bool": lambda v: v in (True, False),
+    "time": lambda v: isinstance(v, datetime) and v.tzinfo is not None,
+    "scores": lambda v: isinstance(v, Mapping),
+    "map": lambda v: isinstance(v, Mapping),
+    "box": lambda v: len(v) == 4 and all(isinstance(x, Integral) and x >= 0 for x in v),
+}
+_KIND_WORDS = {
+    "text": "text",
+    "int": "an integer",
+    "float": "a finite number",
+    "bool": "true or false",
+    "time": "a time with a zone",
+    "scores": "a map of labels to numbers",
+    "map": "a map",
+    "box": "four non-negative integers",
+}
+_HEX = _HEX64.pattern.strip("^$")
+
+FIELDS: tuple[Field, ...] = (
+    Field("id", "text", pattern=_HEX),
+    Field("created_at", "time", column="created_ms"),
+    Field("patient_ref", "text", required=False, pattern=_HEX),
+    Field("uploader", "text", required=False),
+    Field("image_sha256", "text", pattern=_HEX),
+    Field("image_format", "text", choices=IMAGE_FORMATS),
+    Field("image_width", "int", minimum=1),
+    Field("image_height", "int", minimum=1),
+    Field("image_bytes", "int", minimum=1),
+    Field("frame", "int", required=False, minimum=0),
+    Field("model_name", "text"),
+    Field("model_version", "text"),
+    Field("label", "text"),
+    Field("is_tumour", "bool"),
+    Field("tumour_probability", "float", minimum=0, maximum=1),
+    Field("confidence", "float", minimum=0, maximum=1, derived=True),
+    Field("probabilities", "scores"),
+    Field("roi", "box"),
+    Field("timings_ms", "scores"),
+    Field("gate", "text", choices=GATE_DECISIONS),
+    Field("gate_score", "float", required=False),
+    Field("reviewer", "text", required=False),
+    Field("review_verdict", "text", required=False, choices=REVIEW_VERDICTS),
+    Field("final_label", "text", required=False),
+    Field("reviewed_at", "time", required=False, column="reviewed_ms"),
+    Field("review_count", "int", minimum=0),
+    Field("image_key", "text", required=False),
+    Field("kind", "text", choices=KINDS, derived=True),
+    Field("study_ref", "text", required=False, pattern=_HEX),
+    Field("section_count", "int", required=False, minimum=1),
+    Field("geometry", "map"),
+)
+
+_TO_PLAIN = {
+    "int": int,
+    "float": float,
+    "bool": bool,
+    "scores": lambda v: {str(k): float(x) for k, x in v.items()},
+    "map": dict,
+    "box": lambda v: [int(x) for x in v],
+}
+_FROM_PLAIN = {
+    "int": int,
+    "float": float,
+    "bool": bool,
+    "time": as_utc,
+    "scores": dict,
+    "map": dict,
+    "box": lambda v: tuple(int(x) for x in v),
+}
+
+
+def to_row(record: Record) -> dict[str, Any]:
+    """The flat form both stores keep, one key per :data:`FIELDS` entry (times as UTC datetimes, maps as dicts)."""
+    row = {}
+    for spec in FIELDS:
+        value = getattr(record, spec.name)
+        row[spec.name] = value if value is None else _TO_PLAIN.get(spec.kind, _same)(value)
+    return row
+
+
+def from_row(row: Mapping[str, Any]) -> Record:
+    """The record of a stored row; a field missing or null in an older row takes the record's default."""
+    values = {
+        spec.name: _FROM_PLAIN.get(spec.kind, _same)(row[spec.name])
+        for spec in FIELDS
+        if not spec.derived and row.get(spec.name) is not None
+    }
+    return Record(**values)
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 @dataclass(frozen=True)

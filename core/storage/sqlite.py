@@ -25,13 +25,8 @@ from typing import Any
 
 from core.errors import InvalidRecord, StoreError, StoreUnavailable
 from core.storage.migrations import migrate_sqlite
-from core.storage.protocol import (
-    EVERYTHING,
-    day_rows,
-    record_to_row,
-    row_to_record,
-)
-from core.storage.records import DayCount, Filters, Record, Section, WorklistQuery
+from core.storage.protocol import EVERYTHING, day_rows
+from core.storage.records import FIELDS, DayCount, Field, Filters, Record, Section, WorklistQuery, from_row, to_row
 from core.storage.sqlite_aggregates import SQLiteAggregates, day_sql, where_sql
 from core.storage.sqlite_people import SQLitePeople
 from core.storage.sqlite_quality import SQLiteQuality
@@ -39,12 +34,9 @@ from core.storage.timebuckets import from_ms, to_ms
 
 logger = logging.getLogger("btd.storage")
 
-_COLUMNS = (
-    "id, created_ms, patient_ref, uploader, image_sha256, image_format, image_width, image_height, image_bytes, "
-    "frame, model_name, model_version, label, is_tumour, tumour_probability, confidence, probabilities, roi, "
-    "timings_ms, gate, gate_score, reviewer, review_verdict, final_label, reviewed_ms, review_count, image_key, "
-    "kind, study_ref, section_count, geometry"
-)
+_COLUMNS = ", ".join(spec.sql_column for spec in FIELDS)  # the results table's columns, from the one field table
+_TO_SQL = {"time": to_ms, "bool": int, "scores": json.dumps, "map": json.dumps, "box": json.dumps}
+_FROM_SQL = {"time": from_ms, "scores": json.loads, "map": json.loads, "box": json.loads}
 _SUMMARY_KEYS = ("label", "gate", "n", "tumour", "confidence", "first", "last")
 
 
@@ -161,42 +153,10 @@ class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
 
     @staticmethod
     def _values(record: Record) -> tuple[Any, ...]:
-        row = record_to_row(record)
-        return (
-            row["id"],
-            to_ms(record.created_at),
-            row["patient_ref"],
-            row["uploader"],
-            row["image_sha256"],
-            row["image_format"],
-            row["image_width"],
-            row["image_height"],
-            row["image_bytes"],
-            row["frame"],
-            row["model_name"],
-            row["model_version"],
-            row["label"],
-            int(row["is_tumour"]),
-            row["tumour_probability"],
-            row["confidence"],
-            json.dumps(row["probabilities"]),
-            json.dumps(row["roi"]),
-            json.dumps(row["timings_ms"]),
-            row["gate"],
-            row["gate_score"],
-            row["reviewer"],
-            row["review_verdict"],
-            row["final_label"],
-            to_ms(record.reviewed_at) if record.reviewed_at else None,
-            row["review_count"],
-            row["image_key"],
-            row["kind"],
-            row["study_ref"],
-            row["section_count"],
-            json.dumps(row["geometry"]),
-        )
+        row = to_row(record)
+        return tuple(_convert(_TO_SQL, spec, row[spec.name]) for spec in FIELDS)
 
-    _INSERT = f"INSERT INTO scans ({_COLUMNS}) VALUES ({', '.join('?' * 31)}) ON CONFLICT(id) DO NOTHING"
+    _INSERT = f"INSERT INTO scans ({_COLUMNS}) VALUES ({', '.join('?' * len(FIELDS))}) ON CONFLICT(id) DO NOTHING"
 
     def add(self, record: Record) -> bool:
         """Insert once: False when a record with this identity exists. A row the schema refuses raises
@@ -274,13 +234,7 @@ class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
 
     @staticmethod
     def _decode(row: sqlite3.Row) -> Record:
-        data = dict(row)
-        data["created_at"] = from_ms(data.pop("created_ms"))
-        reviewed = data.pop("reviewed_ms")
-        data["reviewed_at"] = from_ms(reviewed) if reviewed is not None else None
-        for key in ("probabilities", "roi", "timings_ms", "geometry"):
-            data[key] = json.loads(data[key])
-        return row_to_record(data)
+        return from_row({spec.name: _convert(_FROM_SQL, spec, row[spec.sql_column]) for spec in FIELDS})
 
     @staticmethod
     def _where(filters: Filters) -> tuple[str, list[Any]]:
@@ -337,3 +291,8 @@ class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
 
     def model_versions(self) -> list[str]:
         return [row[0] for row in self._query("SELECT DISTINCT model_version FROM scans ORDER BY model_version")]
+
+
+def _convert(converters: dict[str, Any], spec: Field, value: Any) -> Any:
+    """A value in or out of its SQLite column: times as integer ms, maps and boxes as JSON, booleans as 0/1."""
+    return value if value is None or spec.kind not in converters else converters[spec.kind](value)
