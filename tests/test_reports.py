@@ -17,7 +17,7 @@ from core.model.classifier import Classifier
 from core.model.explain import Explainer
 from core.model.volume import analyse_volume
 from core.services.access import Actor
-from core.services.reports import study_report
+from core.services.reports import series_lines, study_facts, study_report
 from core.services.reviews import review_result
 from core.services.studies import save_series
 from core.storage.images import FolderImages
@@ -109,3 +109,19 @@ def test_an_overridden_study_leads_with_the_radiologists_label_and_keeps_the_mod
     headline = next(line for line in text.splitlines() if line.strip().startswith("Study:"))
     assert headline.strip() == f"Study: No tumour (radiologist's final label) - model verdict: {model}"
     assert text.count("Final label (radiologist): No tumour; model verdict:") == 2
+
+
+def test_the_header_and_a_series_section_are_plain_lines(saved_study) -> None:
+    store, _, doctor, ids = saved_study
+    record = store.get(ids[0])
+    facts = dict(study_facts([record], "dr-a", datetime(2026, 12, 1, 10, 5, tzinfo=UTC)))
+    assert facts["Patient reference (pseudonymous)"] == "e" * 12 and facts["Series"] == "1"
+    assert facts["Report made"] == "2026-12-01 10:05 UTC by dr-a" and facts["Model"].startswith("tiny ")
+    lines = series_lines(record, None, [])  # no view: the images are gone, so no rule line
+    assert lines[0].startswith("Model verdict (not reviewed yet): ") and "series tumour probability" in lines[0]
+    assert lines[1:] == ["Pixel spacing: 0.90 x 0.90 mm", "Not reviewed by a radiologist yet."]
+    review_result(store, doctor, ids[0], "meningioma", ["wrong_type"], "", now=datetime(2026, 11, 30, 9, tzinfo=UTC))
+    reviewed = store.get(ids[0])
+    lines = series_lines(reviewed, None, store.reviews_of(ids[0]))
+    assert lines[0].startswith("Final label (radiologist): Meningioma; model verdict: ")
+    assert lines[-1] == "Reviewed by dr-a on 2026-11-30: final label Meningioma (override)"

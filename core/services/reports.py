@@ -48,6 +48,9 @@ def _png(rgb: np.ndarray) -> io.BytesIO:
     return io.BytesIO(data.tobytes())
 
 
+_NEXT_LINE = {"new_x": "LMARGIN", "new_y": "NEXT"}  # a cell that ends its line
+
+
 def key_sections(view: SeriesView, count: int = 3) -> list[int]:
     """The sections a reader should see first: the highest tumour probabilities, in series order."""
     scored = sorted((p, i) for i, p in enumerate(view.curve) if p is not None)
@@ -84,108 +87,131 @@ def render(
     author: str,
     now: datetime | None = None,
 ) -> bytes:
-    """The PDF of one study from its series' records and views (views None once the pixels were purged)."""
+    """The PDF of one study from its series' records and views (views None once the pixels were purged): the
+    header with the study's facts, the study verdict, one section per series, and the model's intended use."""
     from fpdf import FPDF
 
-    now = now or datetime.now(UTC)
     pdf = FPDF(format="A4")
     pdf.set_auto_page_break(True, margin=15)
     pdf.set_title("Brain MRI triage report")
     pdf.set_creator("brain-mri-triage")
     pdf.add_page()
-    pdf.set_font("Helvetica", "B", 15)
-    pdf.cell(0, 8, _text("Brain MRI triage report"), new_x="LMARGIN", new_y="NEXT")
-    pdf.set_font("Helvetica", size=8)
-    pdf.cell(0, 4, _text("Decision support for a radiologist - not a diagnosis."), new_x="LMARGIN", new_y="NEXT")
+    _header(pdf, study_facts(records, author, now or datetime.now(UTC)))
+    _verdict(pdf, records)
+    for number, (record, view) in enumerate(zip(records, views, strict=True), start=1):
+        _series(pdf, number, record, view, list(reviews_by_record.get(record.id, [])), heat)
+    _intended_use(pdf, card_notes)
+    return bytes(pdf.output())
+
+
+def study_facts(records: Sequence[Record], author: str, now: datetime) -> list[tuple[str, str]]:
+    """The header's (name, value) rows: the pseudonymous reference (a prefix only), when the study was saved, how
+    many series, the model, and who made the report when."""
     first = records[0]
-    tumour = any(r.is_tumour for r in records)
-    reference = first.patient_ref[:12] if first.patient_ref else "none given"
-    pdf.set_font("Helvetica", size=10)
-    facts = [
-        ("Patient reference (pseudonymous)", reference),
+    return [
+        ("Patient reference (pseudonymous)", first.patient_ref[:12] if first.patient_ref else "none given"),
         ("Study saved", f"{min(r.created_at for r in records):%Y-%m-%d %H:%M} UTC"),
         ("Series", str(len(records))),
         ("Model", f"{first.model_name} {first.model_version}"),
         ("Report made", f"{now:%Y-%m-%d %H:%M} UTC by {author}"),
     ]
+
+
+def _header(pdf, facts: list[tuple[str, str]]) -> None:
+    """The title, the not-a-diagnosis line and the study's facts as two columns."""
+    pdf.set_font("Helvetica", "B", 15)
+    pdf.cell(0, 8, _text("Brain MRI triage report"), **_NEXT_LINE)
+    pdf.set_font("Helvetica", size=8)
+    pdf.cell(0, 4, _text("Decision support for a radiologist - not a diagnosis."), **_NEXT_LINE)
+    pdf.set_font("Helvetica", size=10)
     for name, value in facts:
         pdf.cell(62, 5.5, _text(name))
-        pdf.cell(0, 5.5, _text(value), new_x="LMARGIN", new_y="NEXT")
+        pdf.cell(0, 5.5, _text(value), **_NEXT_LINE)
     pdf.ln(2)
+
+
+def _verdict(pdf, records: Sequence[Record]) -> None:
+    """The study verdict in large type (:func:`study_headline`)."""
     pdf.set_font("Helvetica", "B", 13)
-    pdf.multi_cell(0, 7, _text(study_headline(records, tumour)), new_x="LMARGIN", new_y="NEXT")
-    for number, (record, view) in enumerate(zip(records, views, strict=True), start=1):
-        geometry = record.geometry or {}
-        spacing = geometry.get("spacing")
-        pdf.set_font("Helvetica", "B", 11)
-        plane = str(geometry.get("plane") or "unknown plane")
-        title = f"Series {number}: {plane}, {_count(record.section_count or 0, 'section')}"
-        pdf.cell(0, 7, _text(title), new_x="LMARGIN", new_y="NEXT")
-        pdf.set_font("Helvetica", size=9)
-        model_line = (
-            f"{NAMES.get(record.label, record.label)} (series tumour probability {record.tumour_probability:.1%})"
+    pdf.multi_cell(0, 7, _text(study_headline(records, any(r.is_tumour for r in records))), **_NEXT_LINE)
+
+
+def series_lines(record: Record, view: SeriesView | None, reviews: Sequence) -> list[str]:
+    """The lines under a series' title: the verdict (the radiologist's final label first once reviewed), the pixel
+    spacing, the series rule (while the images are kept) and the last review."""
+    spacing = (record.geometry or {}).get("spacing")
+    model_line = f"{NAMES.get(record.label, record.label)} (series tumour probability {record.tumour_probability:.1%})"
+    lines = [
+        f"Final label (radiologist): {NAMES.get(record.final_label, record.final_label)}; model verdict: {model_line}"
+        if record.final_label
+        else f"Model verdict (not reviewed yet): {model_line}",
+        f"Pixel spacing: {spacing[0]:.2f} x {spacing[1]:.2f} mm" if spacing else "Pixel spacing: not given",
+    ]
+    if view is not None:
+        lines.append(
+            f"Rule: tumour when {view.neighbours} neighbouring sections reach {view.threshold:.2f}; "
+            f"{len(view.marked)} sections at or above it; {len(view.skipped)} skipped"
         )
-        lines = [
-            f"Final label (radiologist): {NAMES.get(record.final_label, record.final_label)}; model verdict: "
-            f"{model_line}"
-            if record.final_label
-            else f"Model verdict (not reviewed yet): {model_line}",
-            f"Pixel spacing: {spacing[0]:.2f} x {spacing[1]:.2f} mm" if spacing else "Pixel spacing: not given",
-        ]
-        if view is not None:
-            lines.append(
-                f"Rule: tumour when {view.neighbours} neighbouring sections reach {view.threshold:.2f}; "
-                f"{len(view.marked)} sections at or above it; {len(view.skipped)} skipped"
-            )
-        final = list(reviews_by_record.get(record.id, []))
-        if final:
-            last = final[-1]
-            lines.append(
-                f"Reviewed by {last.reviewer} on {last.created_at:%Y-%m-%d}: final label "
-                f"{NAMES.get(last.final_label, last.final_label)} ({last.action})"
-            )
-        else:
-            lines.append("Not reviewed by a radiologist yet.")
-        for line in lines:
-            pdf.multi_cell(0, 4.5, _text(line), new_x="LMARGIN", new_y="NEXT")
-        if view is None:
-            pdf.multi_cell(
-                0,
-                4.5,
-                _text("The series' images are no longer kept (retention period)."),
-                new_x="LMARGIN",
-                new_y="NEXT",
-            )
-            continue
-        if pdf.get_y() > 200:
-            pdf.add_page()
-        top = pdf.get_y() + 1
-        _curve(pdf, view, pdf.l_margin, top, 180, 28)
-        pdf.set_y(top + 33)
-        shown = key_sections(view)
-        side = 55
-        y = pdf.get_y()
-        for k, index in enumerate(shown):
-            section = view.sections[index]
-            rgb = np.repeat(section[:, :, None], 3, axis=2)
-            map_ = heat.get((number, index))
-            if map_ is not None:
-                rgb = overlay(section, map_, 0.4)
-            pdf.image(_png(rgb), x=pdf.l_margin + k * (side + 7), y=y, w=side, h=side)
-            pdf.set_xy(pdf.l_margin + k * (side + 7), y + side + 0.5)
-            p = view.curve[index]
-            pdf.set_font("Helvetica", size=7)
-            pdf.cell(
-                side, 3, _text(f"section {index + 1}: P(tumour) {p:.2f}" + (" (heat map)" if map_ is not None else ""))
-            )
-        pdf.set_y(y + side + 6)
+    if reviews:
+        last = reviews[-1]
+        lines.append(
+            f"Reviewed by {last.reviewer} on {last.created_at:%Y-%m-%d}: final label "
+            f"{NAMES.get(last.final_label, last.final_label)} ({last.action})"
+        )
+    else:
+        lines.append("Not reviewed by a radiologist yet.")
+    return lines
+
+
+def _series(
+    pdf,
+    number: int,
+    record: Record,
+    view: SeriesView | None,
+    reviews: Sequence,
+    heat: dict[tuple[int, int], np.ndarray | None],
+) -> None:
+    """One series: its title and lines, then its curve and key sections, or a note once the images are gone."""
+    plane = str((record.geometry or {}).get("plane") or "unknown plane")
+    pdf.set_font("Helvetica", "B", 11)
+    pdf.cell(0, 7, _text(f"Series {number}: {plane}, {_count(record.section_count or 0, 'section')}"), **_NEXT_LINE)
+    pdf.set_font("Helvetica", size=9)
+    for line in series_lines(record, view, reviews):
+        pdf.multi_cell(0, 4.5, _text(line), **_NEXT_LINE)
+    if view is None:
+        pdf.multi_cell(0, 4.5, _text("The series' images are no longer kept (retention period)."), **_NEXT_LINE)
+        return
+    if pdf.get_y() > 200:
+        pdf.add_page()
+    top = pdf.get_y() + 1
+    _curve(pdf, view, pdf.l_margin, top, 180, 28)
+    pdf.set_y(top + 33)
+    _key_section_images(pdf, view, {index: heat.get((number, index)) for index in key_sections(view)})
+
+
+def _key_section_images(pdf, view: SeriesView, maps: dict[int, np.ndarray | None]) -> None:
+    """The key sections side by side, each with its heat map when there is one, captioned with P(tumour)."""
+    side = 55
+    y = pdf.get_y()
+    for k, (index, map_) in enumerate(maps.items()):
+        section = view.sections[index]
+        rgb = np.repeat(section[:, :, None], 3, axis=2) if map_ is None else overlay(section, map_, 0.4)
+        pdf.image(_png(rgb), x=pdf.l_margin + k * (side + 7), y=y, w=side, h=side)
+        pdf.set_xy(pdf.l_margin + k * (side + 7), y + side + 0.5)
+        pdf.set_font("Helvetica", size=7)
+        heat_note = " (heat map)" if map_ is not None else ""
+        pdf.cell(side, 3, _text(f"section {index + 1}: P(tumour) {view.curve[index]:.2f}{heat_note}"))
+    pdf.set_y(y + side + 6)
+
+
+def _intended_use(pdf, card_notes: dict) -> None:
+    """The footer: the model card's intended use and known limitations (the defaults when it states none)."""
     pdf.set_font("Helvetica", "B", 10)
-    pdf.cell(0, 6, _text("Intended use and known limitations"), new_x="LMARGIN", new_y="NEXT")
+    pdf.cell(0, 6, _text("Intended use and known limitations"), **_NEXT_LINE)
     pdf.set_font("Helvetica", size=8)
     for line in [card_notes.get("intended_use", ""), *card_notes.get("limitations", DEFAULT_LIMITATIONS)]:
         if line:
-            pdf.multi_cell(0, 4, _text(f"- {line}"), new_x="LMARGIN", new_y="NEXT")
-    return bytes(pdf.output())
+            pdf.multi_cell(0, 4, _text(f"- {line}"), **_NEXT_LINE)
 
 
 def _count(n: int, noun: str) -> str:
