@@ -464,3 +464,25 @@ def test_a_result_is_never_saved_without_its_image_and_no_part_file_is_left(
     assert result.status.state == NOT_SAVED and "image could not be kept" in result.status.message
     assert "No space left" in result.status.message and store.summary().total == 0
     assert not list((tmp_path / "images").rglob("*.part")) and not list((tmp_path / "images").rglob("*.png"))
+
+
+def test_an_account_change_that_cannot_be_audited_is_not_made(tmp_path: Path, monkeypatch) -> None:
+    from core.errors import StoreUnavailable
+
+    store = SQLiteStore(tmp_path / "results.sqlite3")
+    accounts.add_account(store, COMMAND_LINE, "dr-a", "radiologist", PASSWORD)
+    before = store.get_account("dr-a")
+
+    def broken(event):
+        raise StoreUnavailable("the audit write failed")
+
+    monkeypatch.setattr(store, "append_audit", broken)
+    for change in (
+        lambda: accounts.set_role(store, ADMIN, "dr-a", "supervisor"),
+        lambda: accounts.set_disabled(store, ADMIN, "dr-a"),
+        lambda: accounts.set_password(store, ADMIN, "dr-a", PASSWORD + "-new"),
+        lambda: accounts.add_account(store, ADMIN, "dr-b", "radiologist", PASSWORD),
+    ):
+        with pytest.raises(StoreUnavailable):
+            change()
+    assert store.get_account("dr-a") == before and store.get_account("dr-b") is None

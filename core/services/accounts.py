@@ -61,8 +61,9 @@ def add_account(store: Store, actor: Actor, name: str, role: str, password: str 
     if password is not None:
         check_password(password)
     account = Account(name, role, _hasher().hash(password) if password else None, created_at=datetime.now(UTC))
-    store.put_account(account.validate())
-    audit.record(store, actor, "account_created", name, role=role)
+    with store.atomic():  # the change and its audit event: both or neither
+        store.put_account(account.validate())
+        audit.record(store, actor, "account_created", name, role=role)
     return account
 
 
@@ -83,8 +84,9 @@ def set_role(store: Store, actor: Actor, name: str, role: str) -> Account:
         raise InvalidRecord(f"A role is one of {', '.join(ROLES)}.")
     updated = replace(account, role=role)
     _keep_an_admin(store, account, updated)
-    store.put_account(updated)
-    audit.record(store, actor, "account_role_changed", name, role=role, was=account.role)
+    with store.atomic():  # the change and its audit event: both or neither
+        store.put_account(updated)
+        audit.record(store, actor, "account_role_changed", name, role=role, was=account.role)
     return updated
 
 
@@ -93,8 +95,9 @@ def set_disabled(store: Store, actor: Actor, name: str, disabled: bool = True) -
     account = _existing(store, name)
     updated = replace(account, disabled=disabled, failed_count=0, locked_until=None)
     _keep_an_admin(store, account, updated)
-    store.put_account(updated)
-    audit.record(store, actor, "account_disabled" if disabled else "account_enabled", name)
+    with store.atomic():  # the change and its audit event: both or neither
+        store.put_account(updated)
+        audit.record(store, actor, "account_disabled" if disabled else "account_enabled", name)
     return updated
 
 
@@ -102,8 +105,9 @@ def set_password(store: Store, actor: Actor, name: str, password: str) -> Accoun
     require(actor, ACCOUNTS)
     check_password(password)
     updated = replace(_existing(store, name), password_hash=_hasher().hash(password), failed_count=0, locked_until=None)
-    store.put_account(updated)
-    audit.record(store, actor, "account_password_set", name)
+    with store.atomic():  # the change and its audit event: both or neither
+        store.put_account(updated)
+        audit.record(store, actor, "account_password_set", name)
     return updated
 
 

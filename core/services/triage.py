@@ -21,7 +21,6 @@ from core.imaging import frames_in
 from core.model.analysis import Analysis, analyse
 from core.model.classifier import Classifier
 from core.model.explain import Explainer
-from core.model.gate import NEEDS_REVIEW, REJECTED
 from core.services import audit
 from core.services.access import ANALYSE, Actor, require
 from core.services.views import ScanView, scan_view
@@ -172,8 +171,9 @@ def apply_patient_reference(triaged: Triaged, store: Store | None, patient_ref: 
     if triaged.status is None or triaged.status.state == NOT_SAVED or store is None:
         return replace(triaged, record=record)
     try:
-        if store.set_patient_ref(record.id, patient_ref):
-            audit.record(store, actor, "patient_reference_set", record.id, cleared=patient_ref is None)
+        with store.atomic():  # the change and its audit event: both or neither
+            if store.set_patient_ref(record.id, patient_ref):
+                audit.record(store, actor, "patient_reference_set", record.id, cleared=patient_ref is None)
     except StoreError as error:
         logger.warning("event=reference_update_failed code=%s", error.code)
         status = SaveStatus(NOT_UPDATED, f"the patient reference was not updated: {error}", record.id)
@@ -250,48 +250,6 @@ def retry_save(triaged: Triaged, store: Store | None, patient_ref: str | None, a
     if status.state == ALREADY_SAVED:  # saved meanwhile (another replica): make sure it has this reference
         return apply_patient_reference(replace(triaged, status=status), store, patient_ref, actor)
     return replace(triaged, record=record, status=status)
-
-
-def result_state(result: Triaged) -> str:
-    """What happened to one upload, in the words of the batch table."""
-    if result.view is None:
-        return "choose a frame" if result.needs_frame else "rejected"
-    decision = result.view.prediction.gate.decision
-    return {REJECTED: "not a brain MRI", NEEDS_REVIEW: "needs review"}.get(decision, "classified")
-
-
-def summary_row(index: int, name: str, result: Triaged, pretty: Callable[[str], str] = str) -> dict[str, Any]:
-    """One row of the batch table and CSV. ``name`` is the file name, shown in the session only: the caller
-    leaves it out of the CSV unless the user asks for it (names can carry patient identities)."""
-    row: dict[str, Any] = {"scan": index, "file": name, "frame": result.frame, "sha256": result.sha256[:12]}
-    state = result_state(result)
-    empty = {"verdict": None, "tumour_probability": None, "confidence": None}
-    saved = result.status.state if result.status else None
-    if result.view is None:
-        return {**row, "result": state, **empty, "model_version": None, "saved": saved, "reason": result.error_message}
-    prediction = result.view.prediction
-    if state == "not a brain MRI":
-        return {
-            **row,
-            "result": state,
-            **empty,
-            "model_version": prediction.model_version,
-            "saved": saved,
-            "reason": "; ".join(prediction.gate.reasons),
-        }
-    reasons = list(prediction.gate.reasons)
-    if result.status is not None and result.status.message:
-        reasons.append(result.status.message)
-    return {
-        **row,
-        "result": state,
-        "verdict": pretty(prediction.label),
-        "tumour_probability": round(prediction.tumour_probability, 4),
-        "confidence": round(prediction.confidence, 4),
-        "model_version": prediction.model_version,
-        "saved": saved,
-        "reason": "; ".join(reasons),
-    }
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
