@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
@@ -14,6 +15,7 @@ import pytest
 from PIL import Image
 
 from core.cli import main
+from core.cli.main import build_parser
 from tests.scans import dicom_bytes, jpeg_bytes, png_bytes, synthetic_slice
 from tests.test_imaging import bomb_png
 
@@ -97,6 +99,56 @@ def test_every_bad_input_gets_its_specific_json_error(tmp_path: Path, tiny_card:
         assert by_file[name]["error"]["message"]
     assert by_file["missing.png"]["error"]["code"] == "not_found"
     assert "label" in by_file["good.png"]  # a bad file never stops the batch
+
+
+def arguments_of_every_command(parser: argparse.ArgumentParser, path: str = "") -> dict[str, list[str]]:
+    """Each (sub-)command's path and its arguments in order: an option's strings, or a positional's name."""
+    found = {path: []}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, command in action.choices.items():
+                found |= arguments_of_every_command(command, f"{path} {name}".strip())
+        elif not isinstance(action, argparse._HelpAction):
+            found[path].append("/".join(action.option_strings) or action.dest)
+    return found
+
+
+def test_every_command_keeps_its_options() -> None:
+    """The parser is built in one function per group of commands: none was dropped, renamed or reordered."""
+    assert arguments_of_every_command(build_parser()) == {
+        "": [],
+        "predict": ["--model", "--frame", "--save", "files"],
+        "study": ["--model", "paths", "--save", "--display-out"],
+        "evaluate": ["--model", "--split", "dir"],
+        "fit-gate": ["--model", "--data"],
+        "fit-decision": ["--model", "--data"],
+        "calibrate": ["--model", "--data", "--batchnorm"],
+        "fit-series": ["--model", "--data"],
+        "train": [
+            *("--data", "--out", "--epochs", "--size", "--name", "--seed", "--version", "--unknown-weight"),
+            *("--mirror/--no-mirror", "--synthetic-lesions", "--rotation", "--learning-rate", "--max-minutes"),
+            *("--init", "--samples-per-epoch", "--transplants", "--min-tumour-pixels", "--hold-out"),
+        ],
+        "cache": ["--data", "--out", "--size", "--workers"],
+        "train-standard": [
+            *("--cache", "--split", "--out", "--data", "--width", "--draws", "--batch-size", "--round-steps"),
+            *("--learning-rate", "--seed", "--name", "--version", "--max-minutes", "--validate-every", "--hold-out"),
+        ],
+        "store": [],
+        "store forget": [],
+        "users": [],
+        "users add": ["name", "--role", "--password-stdin", "--sso"],
+        "users list": [],
+        "users disable": ["name"],
+        "users enable": ["name"],
+        "users set-role": ["name", "role"],
+        "users set-password": ["name", "--password-stdin"],
+        "audit": [],
+        "audit verify": ["--expect-head"],
+        "audit export": ["--action", "--actor"],
+        "images": [],
+        "images purge": ["--days"],
+    }
 
 
 def test_bad_usage_exits_2_with_json(capsys) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from core.cli import admin, model, scans, studies
 from core.cli.common import EXIT_USAGE, Parser, emit, error_json
@@ -19,6 +20,16 @@ from core.errors import AccessDenied, InvalidRecord, ModelError, StoreError
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="python -m core", description="Brain-tumour MRI triage from the command line.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    _add_scan_commands(commands)
+    _add_fitting_commands(commands)
+    _add_train_command(commands)
+    _add_standard_training_commands(commands)
+    admin.add_commands(commands)
+    return parser
+
+
+def _add_scan_commands(commands: Any) -> None:
+    """predict, study, evaluate: classify scans, whole series, or a labelled folder."""
     predict = commands.add_parser("predict", help="classify scans, one JSON line per file")
     predict.add_argument("--model", help="model card JSON (default: the shipped model or $BTD_MODEL)")
     predict.add_argument("--frame", type=int, default=None, help="frame index for multi-frame DICOM files")
@@ -42,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", help="score only the files listed in a training split file, under DIR")
     evaluate.add_argument("dir", metavar="DIR")
     evaluate.set_defaults(run=scans.cmd_evaluate)
+
+
+def _add_fitting_commands(commands: Any) -> None:
+    """fit-gate, fit-decision, calibrate, fit-series: refit parts of a trained model's card on its validation data."""
     fit_gate = commands.add_parser("fit-gate", help="fit the input gate's energy threshold on the validation split")
     fit_gate.add_argument("--model", help="model card JSON (default: the shipped model)")
     fit_gate.add_argument("--data", required=True, metavar="ROOT", help="the folder that holds the training folders")
@@ -67,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     series.add_argument("--model", help="model card JSON (default: the shipped model)")
     series.add_argument("--data", required=True, metavar="ROOT", help="the folder that holds LGG and Normal-heads")
     series.set_defaults(run=model.cmd_fit_series)
+
+
+def _add_train_command(commands: Any) -> None:
+    """train: the small CNN from the image folders, calibrated, with its card (:func:`core.training.run.train`)."""
     train = commands.add_parser("train", help="train, calibrate and write a model with its card")
     train.add_argument("--data", action="append", required=True, metavar="DIR", help="DIR/<label>/* (repeatable)")
     train.add_argument("--out", default="models", metavar="DIR")
@@ -107,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave this institution out of training and validation; score it apart (repeatable)",
     )
     train.set_defaults(run=model.cmd_train)
+
+
+def _add_standard_training_commands(commands: Any) -> None:
+    """cache, train-standard: model 3 from the crop cache (:mod:`core.training.standard_run`)."""
     cache = commands.add_parser("cache", help="decode and crop the training folders once, for train-standard")
     cache.add_argument("--data", required=True, metavar="ROOT", help="the folder that holds the training folders")
     cache.add_argument("--out", default="data/cache/brain-mri-128.npz", metavar="FILE")
@@ -149,8 +172,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave this LGG institution out of training; score it apart (repeatable)",
     )
     standard.set_defaults(run=model.cmd_train_standard)
-    admin.add_commands(commands)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
