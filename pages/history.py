@@ -9,8 +9,8 @@ from core.services import history, reports, reviews
 from core.services.access import HISTORY
 from ui import resources
 from ui.page import setup_page
-from ui.render import count_of, pretty
 from ui.viewer import comparison, timeline
+from ui.wording import count_of, pretty
 
 actor = setup_page("History", HISTORY)
 st.title("Patient history")

@@ -11,14 +11,14 @@ from core.services.triage import (
     apply_patient_reference,
     batch_csv,
     retry_save,
-    summary_row,
     triage,
 )
 from ui import resources
 from ui.auth import fragment_actor
-from ui.batch import Upload, batch
+from ui.batch import Upload, batch, summary_row
 from ui.page import setup_page
-from ui.render import count_of, pretty, scan_panel
+from ui.render import scan_panel
+from ui.wording import count_of, pretty
 
 actor = setup_page("Scan", ANALYSE)
 st.title("Scan triage")
@@ -143,7 +143,7 @@ for index, upload in enumerate(session, start=1):
     st.divider()
 
 rows = [
-    summary_row(index, upload.name, upload.current, pretty)
+    summary_row(index, upload.name, upload.current)
     for index, upload in enumerate(session, start=1)
     if upload.current is not None
 ]

@@ -15,7 +15,7 @@ from core.services.access import STATISTICS, STORAGE_DETAILS, allowed
 from ui import charts, resources
 from ui.auth import fragment_actor
 from ui.page import setup_page
-from ui.render import LABEL_NAMES, pretty
+from ui.wording import LABEL_NAMES, pretty
 
 LIVE_WITHIN_SECONDS = 30  # what the page promises: a new result is on the board within this long
 REFRESH_SECONDS = 25  # the board re-runs this often ...
@@ -208,22 +208,8 @@ def quality_section():
     return board_q
 
 
-@st.fragment(run_every=None if paused else REFRESH_SECONDS)
-def live_dashboard() -> None:
-    viewer = fragment_actor()  # idle expiry, a disabled account or a changed role end the refreshing here too
-    try:
-        dashboard = board(viewer, start_day, end_day, timezone, period, tuple(picked), source, unit)
-    except StoreError as error:
-        st.error(f"The results database cannot be read: {error}")
-        return
-    where = f" · {source}" if allowed(viewer, STORAGE_DETAILS) else ""  # where results are kept: admins only
-    st.caption(f"Updated at {datetime.now(ZoneInfo(timezone)):%H:%M:%S} ({timezone}){where}")
-    if dashboard.empty:
-        st.info(
-            "No saved results in this date range and model selection yet. Results appear here as soon as scans are "
-            "analysed on the Scan page (or back-filled with `python -m core predict --save`)."
-        )
-        return
+def headline(dashboard) -> None:
+    """The key figures, then the count per verdict."""
     kpis = st.columns(6)
     counted = "Studies" if dashboard.unit == "study" else "Scans and series"
     kpis[0].metric(f"{counted} with a verdict", number(dashboard.scans), help=None if dashboard.scans else WITHHELD)
@@ -255,6 +241,9 @@ def live_dashboard() -> None:
     for column, (label, count) in zip(classes, dashboard.per_class.items(), strict=False):
         column.metric(pretty(label), number(count))
 
+
+def volume_charts(dashboard) -> None:
+    """The tumour rate over time, the class mix and the confidence histogram."""
     st.plotly_chart(charts.rate(dashboard), width="stretch", key="rate")
     left, right = st.columns(2)
     left.plotly_chart(charts.mix(dashboard, LABEL_NAMES), width="stretch", key="mix")
@@ -265,6 +254,8 @@ def live_dashboard() -> None:
         "confidence count every scan or series."
     )
 
+
+def by_model_version(dashboard) -> None:
     st.subheader("By model version")
     st.dataframe(
         pd.DataFrame(
@@ -283,6 +274,27 @@ def live_dashboard() -> None:
         hide_index=True,
         width="stretch",
     )
+
+
+@st.fragment(run_every=None if paused else REFRESH_SECONDS)
+def live_dashboard() -> None:
+    viewer = fragment_actor()  # idle expiry, a disabled account or a changed role end the refreshing here too
+    try:
+        dashboard = board(viewer, start_day, end_day, timezone, period, tuple(picked), source, unit)
+    except StoreError as error:
+        st.error(f"The results database cannot be read: {error}")
+        return
+    where = f" · {source}" if allowed(viewer, STORAGE_DETAILS) else ""  # where results are kept: admins only
+    st.caption(f"Updated at {datetime.now(ZoneInfo(timezone)):%H:%M:%S} ({timezone}){where}")
+    if dashboard.empty:
+        st.info(
+            "No saved results in this date range and model selection yet. Results appear here as soon as scans are "
+            "analysed on the Scan page (or back-filled with `python -m core predict --save`)."
+        )
+        return
+    headline(dashboard)
+    volume_charts(dashboard)
+    by_model_version(dashboard)
     shown_quality = quality_section()
     st.download_button(
         "Export these aggregates (CSV)",

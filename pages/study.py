@@ -9,8 +9,8 @@ from core.services.access import ANALYSE
 from core.services.studies import NOT_SAVED, triage_study
 from ui import resources
 from ui.page import setup_page
-from ui.render import count_of, pretty
 from ui.viewer import series_panel, verdict_line
+from ui.wording import count_of, pretty
 
 actor = setup_page("Study", ANALYSE)
 st.title("Study")

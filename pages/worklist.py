@@ -15,8 +15,9 @@ from core.services.access import WORKLIST
 from core.services.reviews import REASON_CODES, WorklistQuery
 from ui import resources
 from ui.page import setup_page
-from ui.render import pretty, result_panel
+from ui.render import result_panel
 from ui.selection import chosen_id, table_key
+from ui.wording import pretty
 
 actor = setup_page("Worklist", WORKLIST)
 st.title("Worklist")

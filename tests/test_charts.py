@@ -8,13 +8,13 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from core.analytics.charts import CLASS_COLOURS, WITHHELD, class_mix_figure, confidence_figure, tumour_rate_figure
 from core.analytics.stats import roll_up, safe_rate, wilson_interval
 from core.services.access import Actor
 from core.services.statistics import dashboard, export_csv
 from core.storage.records import DayCount
 from core.storage.sqlite import SQLiteStore
 from tests.test_store import make_record
+from ui.charts import CLASS_COLOURS, WITHHELD, class_mix_figure, confidence_figure, tumour_rate_figure
 
 
 def test_the_rate_is_drawn_above_the_counts_with_its_interval() -> None:
@@ -146,7 +146,7 @@ def test_one_day_of_data_gets_a_whole_day_on_the_time_axis_not_milliseconds() ->
 
 
 def test_a_patients_timeline_within_one_day_spans_a_day_not_milliseconds() -> None:
-    from core.analytics.viewer import timeline_figure
+    from ui.viewer_figures import timeline_figure
 
     figure = timeline_figure(
         ["2026-03-02 10:00", "2026-03-02 10:00"], [0.2, 0.7], ["notumor", "glioma"], ["scan", "series"], {}

@@ -8,11 +8,11 @@ import cv2
 import numpy as np
 import pytest
 
-from core.analytics.viewer import cine_frames, distance_mm, section_figure, windowed
 from core.imaging.phantom_series import dicom_series, head_volume
 from core.imaging.series import read_study
 from core.model.volume import analyse_volume
 from core.services.studies import series_view
+from ui.viewer_figures import cine_frames, curve_figure, distance_mm, section_figure, windowed
 
 
 def _decode(uri: str, prefix: str) -> np.ndarray:
@@ -48,6 +48,19 @@ def test_the_section_figure_carries_the_section_as_a_png_with_its_letters_and_li
     hot = _decode(section_figure(section, heat=heat, opacity=0.5)["data"][0]["source"], "data:image/png;base64,")
     assert hot[0, 40, 2] > hot[0, 40, 0]  # red (BGR) where the map is hot, grey where it is cold
     assert hot[0, 10, 2] == hot[0, 10, 0]
+
+
+def test_the_curve_marks_the_threshold_the_current_section_and_the_sections_above_and_skipped() -> None:
+    figure = curve_figure([0.1, None, 0.91234, 0.95, 0.2], threshold=0.5, current=2, marked=[2, 3])
+    line, above, skipped = figure["data"]
+    assert line["x"] == [0, 1, 2, 3, 4] and line["y"] == [0.1, None, 0.9123, 0.95, 0.2] and not line["connectgaps"]
+    assert (above["x"], above["y"], above["name"]) == ([2, 3], [0.9123, 0.95], "at or above threshold")
+    assert (skipped["x"], skipped["y"], skipped["name"]) == ([1], [0.0], "skipped")
+    threshold, current = figure["layout"]["shapes"]
+    assert threshold["y0"] == threshold["y1"] == 0.5 and current["x0"] == current["x1"] == 2
+    assert figure["layout"]["annotations"][0]["text"] == "rule 0.50" and figure["layout"]["height"] == 220
+    plain = curve_figure([0.1, 0.2], threshold=0.7, current=0)  # nothing above, nothing skipped: the line alone
+    assert [trace["name"] for trace in plain["data"]] == ["tumour probability"]
 
 
 def test_the_quick_scroller_gets_every_section_as_a_jpeg_with_a_title_each(tiny_classifier) -> None:

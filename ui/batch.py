@@ -1,5 +1,6 @@
 """The Scan page's per-session memory: the uploads of this session and their results, kept across reruns and
-across leaving the page and coming back (Streamlit forgets a widget's value once its page is left).
+across leaving the page and coming back (Streamlit forgets a widget's value once its page is left); and the batch
+table's rows, in its words.
 
 Only display-size views and small records are kept (:class:`core.services.triage.Triaged`); the uploaded bytes
 only of multi-frame files, whose other frames may still be chosen. Nothing here is shared between sessions.
@@ -9,10 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import streamlit as st
 
+from core.model.gate import NEEDS_REVIEW, REJECTED
 from core.services.triage import Triaged
+from ui.wording import pretty
 
 STATE_KEY = "scan_batch"
 
@@ -77,3 +81,45 @@ class Batch:
 def batch() -> Batch:
     """This session's batch (created on first use)."""
     return st.session_state.setdefault(STATE_KEY, Batch())
+
+
+def result_state(result: Triaged) -> str:
+    """What happened to one upload, in the words of the batch table."""
+    if result.view is None:
+        return "choose a frame" if result.needs_frame else "rejected"
+    decision = result.view.prediction.gate.decision
+    return {REJECTED: "not a brain MRI", NEEDS_REVIEW: "needs review"}.get(decision, "classified")
+
+
+def summary_row(index: int, name: str, result: Triaged) -> dict[str, Any]:
+    """One row of the batch table and CSV (verdicts by their display names). ``name`` is the file name, shown in the
+    session only: the caller leaves it out of the CSV unless the user asks for it (names can carry identities)."""
+    row: dict[str, Any] = {"scan": index, "file": name, "frame": result.frame, "sha256": result.sha256[:12]}
+    state = result_state(result)
+    empty = {"verdict": None, "tumour_probability": None, "confidence": None}
+    saved = result.status.state if result.status else None
+    if result.view is None:
+        return {**row, "result": state, **empty, "model_version": None, "saved": saved, "reason": result.error_message}
+    prediction = result.view.prediction
+    if state == "not a brain MRI":
+        return {
+            **row,
+            "result": state,
+            **empty,
+            "model_version": prediction.model_version,
+            "saved": saved,
+            "reason": "; ".join(prediction.gate.reasons),
+        }
+    reasons = list(prediction.gate.reasons)
+    if result.status is not None and result.status.message:
+        reasons.append(result.status.message)
+    return {
+        **row,
+        "result": state,
+        "verdict": pretty(prediction.label),
+        "tumour_probability": round(prediction.tumour_probability, 4),
+        "confidence": round(prediction.confidence, 4),
+        "model_version": prediction.model_version,
+        "saved": saved,
+        "reason": "; ".join(reasons),
+    }

@@ -1,19 +1,280 @@
-"""The statistics page's figures, from a :class:`core.services.statistics.Dashboard` (small counts withheld)."""
+"""The statistics page's figures: pure functions from aggregate rows to Plotly figures (unit-tested on data), and
+their adapters from a :class:`core.services.statistics.Dashboard` / ``QualityBoard``.
+
+Every figure takes counts that already follow the small-count rule (None = withheld, :mod:`core.analytics.stats`).
+A withheld count is never drawn as zero or left blank: its bar is hatched, as tall as the largest count it may hide
+(4), and labelled "<5"; its hover text says it is withheld. Rates that would reveal one are left out of lines.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
 
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
-from core.analytics.charts import (
-    agreement_figure,
-    class_mix_figure,
-    confidence_figure,
-    drift_figure,
-    tumour_rate_figure,
-)
+from core.analytics.stats import SMALL_CELL
 from core.services.statistics import Dashboard, QualityBoard
+
+CLASS_COLOURS = {
+    "glioma": "#c0392b",
+    "meningioma": "#d68910",
+    "pituitary": "#7d3c98",
+    "notumor": "#1f6f8b",
+    "tumour": "#a93226",
+}
+WITHHELD = f"fewer than {SMALL_CELL} (withheld)"
+_LAYOUT = {  # a vertical tool bar at the right edge: it used to sit over the titles
+    "margin": {"l": 10, "r": 40, "t": 40, "b": 10},
+    "height": 320,
+    "template": "plotly_white",
+    "modebar": {"orientation": "v"},
+}
+
+
+def withheld_bars(counts: Sequence[int | None], colour: str | Sequence[str]) -> dict[str, Any]:
+    """Bar settings (values, colours, hatching, labels, hover text) that show withheld counts as withheld."""
+    colours = [colour] * len(counts) if isinstance(colour, str) else list(colour)
+    return {
+        "values": [SMALL_CELL - 1 if n is None else n for n in counts],
+        "marker": {
+            "color": ["rgba(150,150,150,0.35)" if n is None else c for n, c in zip(counts, colours, strict=True)],
+            "pattern": {"shape": ["/" if n is None else "" for n in counts], "fgcolor": "#555", "size": 6},
+        },
+        "text": [f"<{SMALL_CELL}" if n is None else "" for n in counts],
+        "customdata": [WITHHELD if n is None else f"{n:,}" for n in counts],
+    }
+
+
+def date_axis(starts: Sequence[str], period: str) -> dict[str, Any]:
+    """A date axis that always spans whole periods: with one period of data Plotly otherwise zooms into a
+    millisecond ("23:59:59.9995" ticks)."""
+    if not starts:
+        return {"type": "date"}
+    step = {"day": timedelta(days=1), "week": timedelta(days=7), "month": timedelta(days=31)}.get(period, timedelta(1))
+    first, last = (datetime.fromisoformat(str(s)[:19]) for s in (min(starts), max(starts)))
+    axis: dict[str, Any] = {"type": "date", "range": [str(first - step / 2), str(last + step / 2)]}
+    if period == "day" and (last - first) < timedelta(days=10):
+        axis |= {"dtick": 86_400_000, "tickformat": "%b %d"}
+    return axis
+
+
+def count_ticks(largest: int | None) -> dict[str, object]:
+    """Axis settings for counts: whole numbers only, from zero."""
+    top = max(int(largest or 0), 1)
+    step = 10 ** max(0, math.floor(math.log10(top)) - 1)
+    for factor in (1, 2, 5, 10):
+        if top / (step * factor) <= 6:
+            step *= factor
+            break
+    return {"rangemode": "tozero", "tickformat": ",d", "dtick": max(1, step), "tick0": 0}
+
+
+def error_bars(percent: Sequence[float | None], intervals: Sequence[tuple[float, float] | None]) -> dict[str, Any]:
+    """Plotly asymmetric error bars (in percent) from 95 % intervals (proportions) around ``percent`` values."""
+    pairs = list(zip(intervals, percent, strict=True))
+    return {
+        "type": "data",
+        "array": [None if i is None or p is None else round(i[1] * 100 - p, 2) for i, p in pairs],
+        "arrayminus": [None if i is None or p is None else round(p - i[0] * 100, 2) for i, p in pairs],
+    }
+
+
+def tumour_rate_figure(
+    starts: Sequence[str],
+    scans: Sequence[int | None],
+    rates: Sequence[float | None],
+    intervals: Sequence[tuple[float, float] | None],
+    period: str,
+) -> go.Figure:
+    """Two panels on one time axis: the tumour rate (percent) with its 95 % interval as error bars above, scans per
+    period below. ``scans`` None and ``rates`` None are withheld small counts; zero-scan periods are drawn as zero."""
+    figure = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.62, 0.38], vertical_spacing=0.06)
+    percent = [None if r is None else round(r * 100, 2) for r in rates]
+    figure.add_scatter(
+        x=list(starts),
+        y=percent,
+        mode="lines+markers",
+        name="tumour rate % (95 % interval)",
+        line_color="#c0392b",
+        connectgaps=False,
+        error_y={**error_bars(percent, intervals), "color": "rgba(192,57,43,0.45)", "width": 2},
+        hovertemplate="%{x}: %{y:.1f} %<extra>tumour rate</extra>",
+        row=1,
+        col=1,
+    )
+    bars = withheld_bars(scans, "#7f9fb3")
+    figure.add_bar(
+        x=list(starts),
+        y=bars["values"],
+        name="scans",
+        marker=bars["marker"],
+        text=bars["text"],
+        textposition="outside",
+        customdata=bars["customdata"],
+        hovertemplate="%{x}: %{customdata} scans<extra></extra>",
+        row=2,
+        col=1,
+    )
+    figure.update_layout(
+        title=f"Tumour rate per {period}",
+        legend={"orientation": "h", "y": -0.15},
+        bargap=0.15,
+        **{**_LAYOUT, "height": 420},
+    )
+    figure.update_xaxes(**date_axis(starts, period), row=1, col=1)
+    figure.update_xaxes(**date_axis(starts, period), title=f"{period} starting", row=2, col=1)
+    figure.update_yaxes(title="tumour rate %", range=[0, 100], row=1, col=1)
+    figure.update_yaxes(title="scans", **count_ticks(max(bars["values"]) if scans else 0), row=2, col=1)
+    return figure
+
+
+def class_mix_figure(per_class: Mapping[str, int | None], names: Mapping[str, str] | None = None) -> go.Figure:
+    """Scans per verdict, largest first (withheld counts listed last, without a bar); ``names`` maps labels to
+    display names."""
+    labels = sorted(per_class, key=lambda name: (per_class[name] is None, -(per_class[name] or 0)))
+    counts = [per_class[name] for name in labels]
+    bars = withheld_bars(counts, [CLASS_COLOURS.get(name, "#566573") for name in labels])
+    figure = go.Figure(
+        go.Bar(
+            x=bars["values"],
+            y=[(names or {}).get(name, name) for name in labels],
+            orientation="h",
+            marker=bars["marker"],
+            text=bars["text"],
+            textposition="outside",
+            customdata=bars["customdata"],
+            hovertemplate="%{y}: %{customdata}<extra></extra>",
+        )
+    )
+    figure.update_layout(
+        title="Class mix",
+        xaxis={"title": "scans", **count_ticks(max(bars["values"]) if counts else 0)},
+        yaxis={"autorange": "reversed"},
+        **_LAYOUT,
+    )
+    return figure
+
+
+def confidence_figure(counts: Sequence[int | None]) -> go.Figure:
+    """Histogram of the decision's confidence (the probability that the tumour / no-tumour call is right)."""
+    bins = len(counts)
+    centres = [(i + 0.5) / bins for i in range(bins)]
+    bars = withheld_bars(counts, "#1f6f8b")
+    figure = go.Figure(
+        go.Bar(
+            x=centres,
+            y=bars["values"],
+            width=1 / bins * 0.95,
+            marker=bars["marker"],
+            text=bars["text"],
+            textposition="outside",
+            customdata=bars["customdata"],
+            hovertemplate="confidence %{x:.2f}: %{customdata}<extra></extra>",
+        )
+    )
+    largest = max(bars["values"]) if counts else 0
+    # a call is never less than 50 % sure with the usual 0.5 threshold: start the axis at the first filled bin
+    first = next((i for i, n in enumerate(counts) if n != 0), bins // 2)
+    figure.update_layout(
+        title="Confidence of the tumour / no-tumour call",
+        xaxis={"title": "confidence", "range": [min(0.5, first / bins), 1]},
+        yaxis={"title": "scans", **count_ticks(largest)},
+        **_LAYOUT,
+    )
+    return figure
+
+
+def agreement_figure(
+    starts: Sequence[str],
+    agreement: Sequence[float | None],
+    intervals: Sequence[tuple[float, float] | None],
+    flagged: Sequence[float | None],
+    rejected: Sequence[float | None],
+    period: str,
+) -> go.Figure:
+    """Agreement of the model with the radiologists' final labels (with its 95 % interval) and the shares of
+    flagged and refused scans, per period, in percent."""
+    figure = go.Figure()
+    pct = [None if a is None else round(a * 100, 2) for a in agreement]
+    figure.add_scatter(
+        x=list(starts),
+        y=pct,
+        mode="lines+markers",
+        name="agreement % (95 % interval)",
+        line_color="#1f6f8b",
+        error_y=error_bars(pct, intervals),
+    )
+    for name, values, colour in (("flagged for review %", flagged, "#d68910"), ("refused %", rejected, "#566573")):
+        figure.add_scatter(
+            x=list(starts),
+            y=[None if v is None else round(v * 100, 2) for v in values],
+            mode="lines+markers",
+            name=name,
+            line_color=colour,
+            line_dash="dot",
+        )
+    figure.update_layout(
+        title=f"Agreement with the radiologists per {period}",
+        yaxis={"title": "%", "range": [0, 100]},
+        xaxis={"type": "date"},
+        legend={"orientation": "h", "y": -0.2},
+        **_LAYOUT,
+    )
+    return figure
+
+
+def drift_figure(
+    starts: Sequence[str],
+    rates: Sequence[float | None],
+    limits: Sequence[tuple[float, float] | None],
+    means: Sequence[float | None],
+    mean_limits: Sequence[tuple[float, float] | None],
+    alarms: Sequence[bool],
+    baseline_end: str | None,
+) -> go.Figure:
+    """Control charts: the tumour rate against its p-chart limits (above) and the mean tumour probability
+    against its x-bar limits (below), both from the baseline period; periods out of control in red."""
+    figure = make_subplots(
+        rows=2,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.08,
+        subplot_titles=("tumour rate %", "mean tumour probability %"),
+    )
+    for row, values, bounds in ((1, rates, limits), (2, means, mean_limits)):
+        pct = [None if v is None else round(v * 100, 2) for v in values]
+        for k, name in ((0, "lower limit"), (1, "upper limit")):
+            figure.add_scatter(
+                x=list(starts),
+                y=[None if b is None else round(b[k] * 100, 2) for b in bounds],
+                mode="lines",
+                line={"color": "#95a5a6", "dash": "dash", "shape": "hv"},
+                name=name,
+                showlegend=row == 1 and k == 0,
+                legendgroup="limits",
+                row=row,
+                col=1,
+            )
+        figure.add_scatter(
+            x=list(starts),
+            y=pct,
+            mode="lines+markers",
+            name="observed",
+            showlegend=row == 1,
+            marker={"color": ["#c0392b" if alarm else "#1f6f8b" for alarm in alarms], "size": 7},
+            line_color="#1f6f8b",
+            row=row,
+            col=1,
+        )
+    if baseline_end:
+        figure.add_vline(x=baseline_end, line_dash="dot", line_color="#566573")
+    figure.update_layout(title="Drift against the baseline (3-sigma control limits)", **{**_LAYOUT, "height": 420})
+    figure.update_xaxes(type="date")
+    return figure
 
 
 def rate(board: Dashboard) -> go.Figure:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.analytics.viewer import cine_frames
 from core.services.studies import SeriesView
+from ui.viewer_figures import cine_frames
 
 _CSS = """
 .btd-cine { outline: none; margin-bottom: 0.5rem; }

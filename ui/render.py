@@ -13,11 +13,12 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from core.model.decision import LABEL_NAMES
 from core.model.gate import NEEDS_REVIEW, REJECTED
 from core.services.triage import NOT_SAVED, NOT_UPDATED, Triaged
 from ui.auth import fragment_actor
 from ui.batch import Upload
+from ui.viewer import series_panel, verdict_line
+from ui.wording import count_of, pretty
 
 PREDICTED = "the verdict's class"
 
@@ -39,15 +40,6 @@ def inline_image(container, image: bytes | np.ndarray, caption: str) -> None:
         f'style="width:100%;height:auto"/><figcaption style="font-size:0.8rem;opacity:0.7">{text}</figcaption>'
         "</figure>"
     )
-
-
-def count_of(n: int, noun: str) -> str:
-    """ "1 section", "2 sections"."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
-def pretty(label: str) -> str:
-    return LABEL_NAMES.get(label, label)
 
 
 def probability_table(probabilities: dict[str, float]) -> None:
@@ -155,8 +147,6 @@ def scan_panel(
 def result_panel(opened, labels: tuple[str, ...], classifier=None, explainer=None) -> None:
     """A saved result as the worklist shows it: its image, crop and heat map (a series: its viewer and curve)
     while the pixels are kept, the verdict, the final label (a disagreement stands out) and the review history."""
-    from ui.viewer import series_panel, verdict_line
-
     record = opened.record
     left, right = st.columns([2.2, 1.3])
     with left:

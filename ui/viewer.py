@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.analytics.viewer import WINDOW_PRESETS, curve_figure, distance_mm, section_figure, windowed
 from core.imaging.geometry import orientation_letters
 from core.services.studies import SeriesView, section_heat
 from ui.auth import fragment_actor
-from ui.render import pretty
+from ui.viewer_figures import WINDOW_PRESETS, curve_figure, distance_mm, section_figure, timeline_figure, windowed
+from ui.wording import LABEL_NAMES, pretty
 
 
 def verdict_line(view: SeriesView) -> str:
@@ -136,9 +136,6 @@ def series_viewer(view: SeriesView, classifier, explainer, prefix: str) -> None:
 
 def timeline(records) -> None:
     """A patient's results over time (scans and series), tumour probability on the vertical axis."""
-    from core.analytics.viewer import timeline_figure
-    from ui.render import LABEL_NAMES
-
     st.plotly_chart(
         timeline_figure(
             [f"{r.created_at:%Y-%m-%d %H:%M}" for r in records],

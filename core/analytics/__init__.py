@@ -1,1 +1,1 @@
-"""Statistics and Plotly figures derived from the stores' aggregates (never from raw records)."""
+"""Statistics derived from the stores' aggregates (never from raw records): numbers and tables, never figures."""

@@ -1,5 +1,6 @@
-"""The series viewer's pieces, as plain functions: window/level on displayed sections, the section figure (scroll
-zoom and pan, orientation letters, the heat map, a measured line) and the tumour-probability curve.
+"""The series viewer's figures and pixels, as pure functions (no Streamlit): window/level on displayed sections,
+distances, the quick scroller's frames, the section figure (scroll zoom and pan, orientation letters, the heat map,
+a measured line), the tumour-probability curve and a patient's timeline.
 
 MR intensities have no fixed units (unlike CT's Hounsfield units), and a section arrives here already mapped to
 0-255 for display (its DICOM window, else a percentile stretch). The presets are therefore windows on that display
@@ -18,6 +19,8 @@ import cv2
 import numpy as np
 import plotly.graph_objects as go
 
+from core.imaging.dicom import apply_window
+
 # name -> (level, width) on the 0-255 display scale
 WINDOW_PRESETS: dict[str, tuple[int, int]] = {
     "As stored": (128, 256),
@@ -28,13 +31,10 @@ WINDOW_PRESETS: dict[str, tuple[int, int]] = {
 
 
 def windowed(section: np.ndarray, level: float, width: float) -> np.ndarray:
-    """uint8 section -> uint8 through DICOM's linear window (PS3.3 C.11.2.1.2): ``level`` at mid-grey, ``width``
-    grey levels spread over 0-255; "as stored" (128, 256) changes nothing."""
-    width = max(float(width), 1.0)
-    if width == 1.0:  # the standard's threshold at the level
-        return np.where(section.astype(np.float32) > level - 0.5, 255, 0).astype(np.uint8)
-    out = ((section.astype(np.float32) - (level - 0.5)) / (width - 1.0) + 0.5) * 255.0
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    """uint8 section -> uint8 through DICOM's linear window (:func:`core.imaging.dicom.apply_window`, LINEAR):
+    ``level`` at mid-grey, ``width`` grey levels spread over 0-255 (at least 1: a threshold at the level);
+    "as stored" (128, 256) changes nothing."""
+    return apply_window(section, level, max(float(width), 1.0), "LINEAR")
 
 
 def distance_mm(start: tuple[float, float], end: tuple[float, float], spacing: Sequence[float] | None) -> float | None:
@@ -127,6 +127,23 @@ def curve_figure(
     """Tumour probability along the series (gaps where a section was skipped), the rule's threshold, the
     sections above it and the current section; each point can be clicked to go there."""
     y = [None if p is None else round(float(p), 4) for p in curve]
+    return {"data": _curve_traces(y, marked), "layout": _curve_layout(threshold, current, height)}
+
+
+def _markers(x: list[int], y: list[float | None], name: str, marker: dict[str, Any], hover: str) -> dict[str, Any]:
+    return {
+        "type": "scatter",
+        "x": x,
+        "y": y,
+        "mode": "markers",
+        "name": name,
+        "marker": marker,
+        "hovertemplate": hover,
+    }
+
+
+def _curve_traces(y: list[float | None], marked: Sequence[int]) -> list[dict[str, Any]]:
+    """The probability per section, then the sections at or above the threshold and the skipped ones (if any)."""
     hover = "section %{x}: %{y:.2f}<extra></extra>"
     data = [
         {
@@ -142,30 +159,17 @@ def curve_figure(
     ]
     above = [i for i in marked if y[i] is not None]
     if above:
-        data.append(
-            {
-                "type": "scatter",
-                "x": above,
-                "y": [y[i] for i in above],
-                "mode": "markers",
-                "name": "at or above threshold",
-                "marker": {"size": 9, "color": "#d32f2f"},
-                "hovertemplate": hover,
-            }
-        )
+        marker = {"size": 9, "color": "#d32f2f"}
+        data.append(_markers(above, [y[i] for i in above], "at or above threshold", marker, hover))
     skipped = [i for i, p in enumerate(y) if p is None]
     if skipped:
-        data.append(
-            {
-                "type": "scatter",
-                "x": skipped,
-                "y": [0.0] * len(skipped),
-                "mode": "markers",
-                "name": "skipped",
-                "marker": {"symbol": "x", "size": 6, "color": "#9e9e9e"},
-                "hovertemplate": "section %{x}: skipped<extra></extra>",
-            }
-        )
+        marker = {"symbol": "x", "size": 6, "color": "#9e9e9e"}
+        data.append(_markers(skipped, [0.0] * len(skipped), "skipped", marker, "section %{x}: skipped<extra></extra>"))
+    return data
+
+
+def _curve_layout(threshold: float, current: int, height: int) -> dict[str, Any]:
+    """Axes, the threshold as a labelled dashed line across the plot and the current section as a vertical one."""
     shapes = [
         {
             "type": "line",
@@ -186,29 +190,25 @@ def curve_figure(
             "line": {"color": "#1565c0", "width": 2},
         },
     ]
+    rule = {
+        "xref": "paper",
+        "x": 1,
+        "y": threshold,
+        "yanchor": "bottom",
+        "xanchor": "right",
+        "text": f"rule {threshold:.2f}",
+        "showarrow": False,
+        "font": {"color": "#d32f2f"},
+    }
     return {
-        "data": data,
-        "layout": {
-            "height": height,
-            "shapes": shapes,
-            "showlegend": True,
-            "legend": {"orientation": "h", "y": 1.15},
-            "margin": {"l": 40, "r": 10, "t": 10, "b": 30},
-            "xaxis": {"title": {"text": "section"}},
-            "yaxis": {"range": [-0.05, 1.05], "title": {"text": "P(tumour)"}},
-            "annotations": [
-                {
-                    "xref": "paper",
-                    "x": 1,
-                    "y": threshold,
-                    "yanchor": "bottom",
-                    "xanchor": "right",
-                    "text": f"rule {threshold:.2f}",
-                    "showarrow": False,
-                    "font": {"color": "#d32f2f"},
-                }
-            ],
-        },
+        "height": height,
+        "shapes": shapes,
+        "showlegend": True,
+        "legend": {"orientation": "h", "y": 1.15},
+        "margin": {"l": 40, "r": 10, "t": 10, "b": 30},
+        "xaxis": {"title": {"text": "section"}},
+        "yaxis": {"range": [-0.05, 1.05], "title": {"text": "P(tumour)"}},
+        "annotations": [rule],
     }
 
 
