@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,7 +34,7 @@ from core.training.data import (
 from core.training.lesions import synthetic_lesion
 from core.training.network import batches
 from core.training.probes import fit_review_band, fit_subtype_share, inference_inputs, lgg_targets
-from core.training.run import train
+from core.training.run import PROJECT, _code_version, train
 from core.training.sources import Item, discover
 from core.training.transplants import donors, transplant
 from tests.scans import jpeg_bytes, png_bytes, synthetic_slice
@@ -59,7 +61,10 @@ def test_smoke_training_writes_a_loadable_model_and_card(tmp_path: Path) -> None
     assert on_disk["weights"]["sha256"] == card["weights"]["sha256"]
     assert on_disk["gate"]["max_energy"] is not None  # the input gate was fitted on the validation split
     assert on_disk["input"] == {"size": 32, "channels": 2, "crop": True, "scaling": "percentile", "mirror": True}
-    assert on_disk["training"]["code_version"] not in ("", "unknown")
+    if (PROJECT / ".git").exists() and shutil.which("git"):  # a copy without .git or git records "unknown"
+        assert on_disk["training"]["code_version"] not in ("", "unknown")
+    else:
+        assert on_disk["training"]["code_version"] == "unknown"
     assert on_disk["training"]["started_from"] is None and on_disk["training"]["config"]["synthetic_lesions"] == 0.0
     validation = on_disk["metrics"]["validation"]
     assert 0.0 <= validation["lesion_probe_tumour_recall"] <= 1.0 and validation["lesion_probe_n"] >= 1
@@ -435,8 +440,25 @@ def test_calibrate_command_recomputes_an_old_models_statistics_and_refits_its_ca
 
 def test_the_code_version_is_the_projects_own_whatever_the_current_folder(tmp_path: Path, monkeypatch) -> None:
     """It ran ``git describe`` in the current folder: outside a checkout, or inside another one, it was wrong."""
-    from core.training.run import _code_version
-
     here = _code_version()
     monkeypatch.chdir(tmp_path)  # not a git checkout
     assert _code_version() == here and here != ""
+
+
+def test_the_code_version_is_unknown_without_a_checkout_without_git_or_when_git_hangs(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A card made from an unpacked release, a copy without its .git, or on a machine without git says "unknown"
+    instead of failing the training (or naming the commit of a checkout the copy happens to sit in)."""
+    inside = PROJECT / "tests" / "data"  # a folder inside this checkout that has no .git of its own
+    assert _code_version(tmp_path) == "unknown" and _code_version(inside) == "unknown"
+    (tmp_path / ".git").mkdir()  # not a repository git can read
+    assert _code_version(tmp_path) == "unknown"
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git on the PATH
+    assert _code_version() == "unknown"
+
+    def hangs(command: list[str], **kwargs: object) -> None:
+        raise subprocess.TimeoutExpired(command, 5)
+
+    monkeypatch.setattr(subprocess, "run", hangs)
+    assert _code_version() == "unknown"

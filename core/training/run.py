@@ -55,15 +55,20 @@ def _log(message: str) -> None:
     print(f"[train {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def _code_version() -> str:
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def _code_version(project: Path = PROJECT) -> str:
     """The commit of this code (asked in the project's own folder, not the current one), with ``-dirty`` when its
-    working tree has uncommitted changes; "unknown" outside a git checkout (an unpacked release)."""
-    project = Path(__file__).resolve().parents[2]
+    working tree has uncommitted changes; "unknown" when the project has no .git of its own (an unpacked release,
+    a copy, even one inside another checkout), when git is missing, or when it fails or does not answer in 5 s."""
+    if not (project / ".git").exists():
+        return "unknown"
     try:
         command = ["git", "-C", str(project), "describe", "--always", "--dirty", "--abbrev=7"]
         out = subprocess.run(command, capture_output=True, text=True, timeout=5)
         return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
-    except OSError:
+    except (OSError, subprocess.SubprocessError):  # no git; TimeoutExpired
         return "unknown"
 
 
