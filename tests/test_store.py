@@ -25,7 +25,7 @@ from core.errors import InvalidRecord, StoreError, StoreUnavailable
 from core.identity import local_key, pseudonymise
 from core.storage import open_store
 from core.storage.mongo import _VALIDATOR, MongoStore
-from core.storage.people import GENESIS, Account, AuditEvent, Review, first_broken
+from core.storage.people import GENESIS, Account, AuditEvent, AuditQuery, Review, VerifiedPoint, first_broken
 from core.storage.protocol import SCHEMA_VERSION
 from core.storage.records import FIELDS, DayCount, Filters, Record, Section, WorklistQuery, record_id
 from core.storage.sqlite import SQLiteStore
@@ -309,6 +309,85 @@ def test_the_audit_trail_is_one_hash_chain(store) -> None:
     tampered = [*events[:1], replace(events[1], actor="someone-else"), *events[2:]]
     assert first_broken(tampered).seq == 2  # an edited event
     assert first_broken([events[0], *events[2:]]).seq == 3  # a deleted one
+
+
+AUDIT_TRAIL = (  # (minute, actor, action, target): minute 7 twice (one millisecond), minute 3 out of order
+    (1, "dr-a", "sign_in", None),
+    (2, "dr-a", "upload", "a" * 64),
+    (4, "dr-b", "open", "a" * 64),
+    (3, "dr-a", "review", "a" * 64),
+    (5, "root", "account_created", "dr-c"),
+    (7, "dr-b", "upload", "b" * 64),
+    (7, "dr-b", "open", "b" * 64),
+    (8, "dr-a", "open", "b" * 64),
+    (9, "dr-c", "sign_in_failed", None),
+    (10, "dr-a", "review", "b" * 64),
+)
+
+
+def test_audit_events_are_filtered_and_paged_in_the_database_newest_first(store) -> None:
+    for minute, actor, action, target in AUDIT_TRAIL:
+        store.append_audit(AuditEvent(utc(2026, 5, 1, 9, minute), actor, "radiologist", action, target))
+    every = store.audit_events()
+    newest_first = sorted(every, key=lambda e: (e.at, e.seq), reverse=True)
+    assert [e.seq for e in store.find_audit(AuditQuery(), 100)] == [10, 9, 8, 7, 6, 5, 3, 4, 2, 1]
+    assert store.find_audit(AuditQuery(), 100) == newest_first  # whole events, hashes included
+    queries = {
+        AuditQuery(actor="dr-a"): [10, 8, 4, 2, 1],
+        AuditQuery(action="open"): [8, 7, 3],
+        AuditQuery(target="b" * 64): [10, 8, 7, 6],
+        AuditQuery(actor="dr-b", action="open"): [7, 3],
+        AuditQuery(start=utc(2026, 5, 1, 9, 4), end=utc(2026, 5, 1, 9, 8)): [7, 6, 5, 3],  # start in, end out
+        AuditQuery(actor="dr-a", start=utc(2026, 5, 1, 9, 3), end=utc(2026, 5, 1, 9, 9)): [8, 4],
+        AuditQuery(action="nothing"): [],
+    }
+    for query, expected in queries.items():
+        assert [e.seq for e in store.find_audit(query, 100)] == expected, query
+        assert store.count_audit(query) == len(expected), query
+    for query in (AuditQuery(), AuditQuery(actor="dr-a"), AuditQuery(target="b" * 64)):  # pages of three
+        paged: list[AuditEvent] = []
+        while page := store.find_audit(replace(query, before=(paged[-1].at, paged[-1].seq) if paged else None), 3):
+            assert len(page) <= 3
+            paged.extend(page)
+        assert [e.seq for e in paged] == [e.seq for e in store.find_audit(query, 100)], query
+    tied = store.find_audit(AuditQuery(before=(utc(2026, 5, 1, 9, 7), 7)), 2)  # within one millisecond
+    assert [e.seq for e in tied] == [6, 5]
+    assert store.count_audit(AuditQuery(before=(utc(2026, 5, 1, 9, 7), 7))) == 6
+
+
+def test_the_last_verified_audit_event_is_kept(store) -> None:
+    assert store.audit_verified() is None
+    store.mark_audit_verified(VerifiedPoint(12, "hmac:" + "c" * 64, "d" * 64))
+    assert store.audit_verified() == VerifiedPoint(12, "hmac:" + "c" * 64, "d" * 64)
+    store.mark_audit_verified(VerifiedPoint(9, "e" * 64))  # replaced as given (a full check may set it back)
+    assert store.audit_verified() == VerifiedPoint(9, "e" * 64, "")
+
+
+def test_every_audit_filter_reads_an_index_in_the_order_shown(store) -> None:
+    """No sort of the whole trail: SQLite's plans name an index and no temporary B-tree; MongoDB has the indexes
+    (a real server's plan is checked too, when one is configured)."""
+    store.append_audit(AuditEvent(utc(2026, 5, 1, 9), "dr-a", "radiologist", "sign_in"))
+    queries = [
+        AuditQuery(start=utc(2026, 1, 1), end=utc(2026, 6, 1)),
+        AuditQuery(actor="dr-a", start=utc(2026, 1, 1), before=(utc(2026, 5, 2), 9)),
+        AuditQuery(action="open", end=utc(2026, 6, 1)),
+        AuditQuery(target="a" * 64, start=utc(2026, 1, 1)),
+    ]
+    if isinstance(store, SQLiteStore):
+        for query in queries:
+            where, values = store._audit_where(query)
+            sql = f"EXPLAIN QUERY PLAN SELECT * FROM audit{where} ORDER BY at_ms DESC, seq DESC LIMIT 10"
+            plan = " ".join(row[-1] for row in store._query(sql, values))
+            assert "USING INDEX audit_by_" in plan and "TEMP B-TREE" not in plan, plan
+        return
+    indexes = [list(spec["key"]) for spec in store._db["audit"].index_information().values()]
+    assert [("at", -1), ("_id", -1)] in indexes and [("target", 1), ("at", -1), ("_id", -1)] in indexes
+    assert [("actor", 1), ("at", -1), ("_id", -1)] in indexes and [("action", 1), ("at", -1), ("_id", -1)] in indexes
+    if os.environ.get("BTD_TEST_MONGODB_URI") and not isinstance(store._client, __import__("mongomock").MongoClient):
+        for query in queries:
+            cursor = store._db["audit"].find(store._audit_filter(query)).sort([("at", -1), ("_id", -1)]).limit(10)
+            plan = str(cursor.explain()["queryPlanner"]["winningPlan"])
+            assert "IXSCAN" in plan and "'SORT'" not in plan, plan
 
 
 def test_reviews_and_audit_events_cannot_be_changed_in_sqlite(tmp_path: Path) -> None:
@@ -836,7 +915,7 @@ def test_a_version_5_database_gets_its_shifted_day_roll_ups_built_on_upgrade(tmp
     connection.commit()
     connection.close()
     upgraded = SQLiteStore(path)
-    assert upgraded.schema_version() == SCHEMA_VERSION == 7 and (tmp_path / "results.sqlite3.v5.bak").exists()
+    assert upgraded.schema_version() == SCHEMA_VERSION == 8 and (tmp_path / "results.sqlite3.v5.bak").exists()
     shifted = sqlite3.connect(path).execute("SELECT count(DISTINCT shift), sum(n), sum(reviewed) FROM rollup_shifted")
     assert shifted.fetchone() == (12, 12 * len(FIXTURE), 12)
     assert _same(
@@ -886,7 +965,7 @@ def test_a_version_4_database_gets_its_day_roll_ups_built_on_upgrade(tmp_path: P
     connection.commit()
     connection.close()
     upgraded = SQLiteStore(path)
-    assert upgraded.schema_version() == SCHEMA_VERSION == 7 and (tmp_path / "results.sqlite3.v4.bak").exists()
+    assert upgraded.schema_version() == SCHEMA_VERSION == 8 and (tmp_path / "results.sqlite3.v4.bak").exists()
     tables = {row[0] for row in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
     assert {"rollup_day", "confusion_day", "days_on_insert", "scans_studies"} <= tables and "scans_series" not in tables
     assert (
@@ -937,7 +1016,7 @@ def test_a_version_6_database_gets_the_orientation_its_nifti_series_pixels_reall
     connection.commit()
     connection.close()
     upgraded = SQLiteStore(path)
-    assert upgraded.schema_version() == 7 and (tmp_path / "results.sqlite3.v6.bak").exists()
+    assert upgraded.schema_version() == 8 and (tmp_path / "results.sqlite3.v6.bak").exists()
     assert upgraded.get(nifti.id).geometry["orientation"] == [-1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
     assert upgraded.get(nifti.id).geometry["plane"] == "axial"
     assert upgraded.get(dicom.id).geometry["orientation"] == old["orientation"]
@@ -960,7 +1039,48 @@ def test_a_version_6_mongodb_collection_gets_the_same_nifti_orientation_fix() ->
     assert migrate_mongo(database, database["results"]) == 6
     assert database["results"].find_one({"_id": "a"})["geometry"]["orientation"] == [-1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
     assert database["results"].find_one({"_id": "b"})["geometry"]["orientation"] == old
-    assert database["meta"].find_one({"_id": "schema"})["version"] == 7
+    assert database["meta"].find_one({"_id": "schema"})["version"] == 8
+
+
+AUDIT_SEARCH_INDEXES = {"audit_by_time", "audit_by_actor", "audit_by_target"}
+
+
+def test_a_version_7_database_gets_its_audit_trail_indexed_keeping_the_chain(tmp_path: Path) -> None:
+    """A version-7 file (no audit indexes but the one by action, no verified point: removed here, as version 7
+    wrote it) opens as version 8 after a backup, its chain intact and filtered through the new indexes."""
+    path = tmp_path / "results.sqlite3"
+    store = SQLiteStore(path)
+    for minute, actor, action, target in AUDIT_TRAIL:
+        store.append_audit(AuditEvent(utc(2026, 5, 1, 9, minute), actor, "radiologist", action, target))
+    before = store.audit_events()
+    del store
+    downgrade = [f"DROP INDEX {name}" for name in sorted(AUDIT_SEARCH_INDEXES)]
+    sqlite3.connect(path).executescript(";".join([*downgrade, "DROP TABLE audit_verified", "PRAGMA user_version = 7"]))
+    upgraded = SQLiteStore(path)
+    assert upgraded.schema_version() == SCHEMA_VERSION == 8 and (tmp_path / "results.sqlite3.v7.bak").exists()
+    found = {row[0] for row in sqlite3.connect(path).execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert AUDIT_SEARCH_INDEXES | {"audit_by_action"} <= found
+    assert upgraded.audit_events() == before and first_broken(upgraded.audit_events()) is None
+    assert [e.seq for e in upgraded.find_audit(AuditQuery(target="b" * 64), 10)] == [10, 8, 7, 6]
+    assert upgraded.audit_verified() is None  # the first check after the upgrade verifies everything
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        sqlite3.connect(path, isolation_level=None).execute("DELETE FROM audit")
+
+
+def test_a_version_7_mongodb_database_gets_its_audit_trail_indexed() -> None:
+    import mongomock
+
+    from core.storage.migrations import migrate_mongo
+
+    database = mongomock.MongoClient()["btd"]
+    database["results"].insert_one({"_id": "a", "kind": "scan"})
+    database["audit"].insert_one({"_id": 1, "at": utc(2026, 5, 1), "actor": "dr-a", "action": "sign_in"})
+    database["meta"].insert_one({"_id": "schema", "version": 7})
+    assert migrate_mongo(database, database["results"]) == 7
+    assert database["meta"].find_one({"_id": "schema"})["version"] == 8
+    keys = [list(spec["key"]) for spec in database["audit"].index_information().values()]
+    assert [("actor", 1), ("at", -1), ("_id", -1)] in keys and [("at", -1), ("_id", -1)] in keys
+    assert database["audit"].count_documents({}) == 1
 
 
 def test_a_vanished_database_is_refused_not_replaced_by_an_empty_one(tmp_path: Path, monkeypatch, capsys) -> None:

@@ -20,6 +20,10 @@ SQLite keeps its version in ``PRAGMA user_version``; MongoDB in the ``meta`` col
   R/A; upgrading sets the orientation that describes those pixels, ``(-1, 0, 0, 0, 1, 0)``, so the letters shown
   with them are right. New series are stored in the radiological view (:mod:`core.imaging.geometry`). The audit
   chain gets a head (last sequence number and hash) kept apart from the events, and new events are keyed (HMAC).
+- version 8: the audit trail is filtered in the database (by account, action, target and time, newest first), through
+  an index for each filter (MongoDB: created on every start, as the results' are); the last event a check of the
+  chain found intact is kept (SQLite: table ``audit_verified``; MongoDB: ``meta`` ``_id: "audit_verified"``), so
+  the page re-hashes only the events after it. Upgrading builds the indexes; the first check verifies everything.
 
 An upgrade runs in one transaction after a backup copy of the file (``<file>.v<N>.bak``); a database newer than
 this code is refused rather than guessed at.
@@ -35,9 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import StoreError
+from core.storage.mongo_people import AUDIT_INDEXES
 from core.storage.protocol import SCHEMA_VERSION
 from core.storage.records import record_id
-from core.storage.schema import PEOPLE, SCANS, create_schema, fill_rollup
+from core.storage.schema import AUDIT_SEARCH, PEOPLE, SCANS, create_schema, fill_rollup
 
 logger = logging.getLogger("btd.storage")
 
@@ -73,6 +78,10 @@ def migrate_sqlite(connection: sqlite3.Connection, path: Path) -> int:
             if found <= 6:
                 fixed = _sqlite_v6_to_v7(connection)
                 logger.warning("event=store_migrated store=sqlite to=7 nifti_orientations_fixed=%d", fixed)
+            if found <= 7:
+                for statement in AUDIT_SEARCH:
+                    connection.execute(statement)
+                logger.warning("event=store_migrated store=sqlite to=8 audit_indexes=built")
             connection.execute("DROP INDEX IF EXISTS scans_series")  # version 4's, now scans_studies (covering)
             logger.warning("event=store_migrated store=sqlite to=%d", SCHEMA_VERSION)  # roll-ups rebuilt below
         create_schema(connection)
@@ -256,6 +265,10 @@ def migrate_mongo(database: Any, collection: Any, validator: dict[str, Any] | No
             {"$set": {"geometry.orientation": NIFTI_ORIENTATION_OF_OLD_PIXELS}},
         ).modified_count
         logger.warning("event=store_migrated store=mongodb to=7 nifti_orientations_fixed=%d", fixed)
+    if found < 8:
+        logger.warning("event=store_migrated store=mongodb to=8 audit_indexes=built")
+    for keys in AUDIT_INDEXES:  # on every start, as the results' indexes are: a new database runs no version step
+        database["audit"].create_index(keys)
     if found != SCHEMA_VERSION or state is None:
         meta.update_one({"_id": "schema"}, {"$set": {"version": SCHEMA_VERSION}}, upsert=True)
     return found

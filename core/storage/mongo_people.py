@@ -15,10 +15,19 @@ from datetime import datetime
 from typing import Any
 
 from core.errors import InvalidRecord, StoreUnavailable
-from core.storage.people import NO_HEAD, Account, AuditEvent, AuditHead, Review, chained
+from core.storage.people import NO_HEAD, Account, AuditEvent, AuditHead, AuditQuery, Review, VerifiedPoint, chained
 from core.storage.protocol import check_review
 from core.storage.records import Record
 from core.storage.timebuckets import as_utc
+
+# The audit page's filters, newest first (time, then sequence number): created by the schema set-up
+# (:func:`core.storage.migrations.migrate_mongo`) on every start.
+AUDIT_INDEXES = (
+    [("at", -1), ("_id", -1)],
+    [("actor", 1), ("at", -1), ("_id", -1)],
+    [("action", 1), ("at", -1), ("_id", -1)],
+    [("target", 1), ("at", -1), ("_id", -1)],
+)
 
 
 class MongoPeople:
@@ -213,17 +222,60 @@ class MongoPeople:
         with self._errors():
             cursor = self._people("audit").find({"_id": {"$gt": since_seq}}).sort("_id", 1)
             documents = list(cursor.limit(limit) if limit else cursor)
-        return [
-            AuditEvent(
-                at=as_utc(d["at"]),
-                actor=d["actor"],
-                role=d["role"],
-                action=d["action"],
-                target=d.get("target"),
-                detail=dict(d.get("detail") or {}),
-                prev_hash=d["prev_hash"],
-                hash=d["hash"],
-                seq=int(d["_id"]),
-            )
-            for d in documents
+        return [self._audit_event(d) for d in documents]
+
+    @staticmethod
+    def _audit_event(document: dict[str, Any]) -> AuditEvent:
+        return AuditEvent(
+            at=as_utc(document["at"]),
+            actor=document["actor"],
+            role=document["role"],
+            action=document["action"],
+            target=document.get("target"),
+            detail=dict(document.get("detail") or {}),
+            prev_hash=document["prev_hash"],
+            hash=document["hash"],
+            seq=int(document["_id"]),
+        )
+
+    @staticmethod
+    def _audit_filter(query: AuditQuery) -> dict[str, Any]:
+        """The filter of ``query``, as SQLite's: each field is the first key of one of :data:`AUDIT_INDEXES`."""
+        query = query.whole_milliseconds()
+        clauses: list[dict[str, Any]] = [
+            {field: value}
+            for field, value in (("actor", query.actor), ("action", query.action), ("target", query.target))
+            if value is not None
         ]
+        if query.start is not None:
+            clauses.append({"at": {"$gte": query.start}})
+        if query.end is not None:
+            clauses.append({"at": {"$lt": query.end}})
+        if query.before is not None:
+            at, seq = query.before
+            clauses.append({"at": {"$lte": at}})
+            clauses.append({"$or": [{"at": {"$lt": at}}, {"_id": {"$lt": seq}}]})
+        return {"$and": clauses} if clauses else {}
+
+    def find_audit(self, query: AuditQuery, limit: int) -> list[AuditEvent]:
+        with self._errors():
+            cursor = self._people("audit").find(self._audit_filter(query)).sort([("at", -1), ("_id", -1)])
+            documents = list(cursor.limit(limit))
+        return [self._audit_event(d) for d in documents]
+
+    def count_audit(self, query: AuditQuery) -> int:
+        with self._errors():
+            return int(self._people("audit").count_documents(self._audit_filter(query)))
+
+    def audit_verified(self) -> VerifiedPoint | None:
+        with self._errors():
+            point = self._db["meta"].find_one({"_id": "audit_verified"})
+        return VerifiedPoint(int(point["seq"]), str(point["hash"]), str(point.get("mac") or "")) if point else None
+
+    def mark_audit_verified(self, point: VerifiedPoint) -> None:
+        with self._errors():
+            self._people("meta").update_one(
+                {"_id": "audit_verified"},
+                {"$set": {"seq": point.seq, "hash": point.hash, "mac": point.mac}},
+                upsert=True,
+            )

@@ -4,7 +4,9 @@
   disabled flag, failed sign-ins and a lock time for throttling).
 - :class:`Review`: one radiologist's reading of one result, append-only; the latest is the final label.
 - :class:`AuditEvent`: an append-only event whose ``hash`` covers its fields and the previous event's hash, so an
-  edited or deleted event breaks the chain (:func:`event_hash`, checked by :func:`first_broken`).
+  edited or deleted event breaks the chain (:func:`event_hash`, checked by :func:`first_broken`);
+  :class:`AuditHead` (the chain's end) and :class:`VerifiedPoint` (the last event found intact) are kept apart
+  from the events; :class:`AuditQuery` says which events to read.
 No patient identity in any of them: targets are result ids (image hashes), accounts are user names.
 """
 
@@ -119,13 +121,16 @@ def chained(event: AuditEvent, previous_hash: str, seq: int, key: bytes | None =
     return replace(linked, hash=event_hash(linked, key))
 
 
-def first_broken(events: Sequence[AuditEvent], key: bytes | None = None) -> AuditEvent | None:
+def first_broken(
+    events: Sequence[AuditEvent], key: bytes | None = None, after: tuple[int, str] | None = None
+) -> AuditEvent | None:
     """The first event (in sequence order) whose hash or link does not hold, or None for an intact chain. A gap in
     the sequence numbers (a deleted event) breaks the link of the event after it. Once one event is keyed, every
-    later one must be: an unkeyed hash after it is an edit re-hashed without the key."""
-    previous = GENESIS
-    expected_seq = None
-    keyed_seen = False
+    later one must be: an unkeyed hash after it is an edit re-hashed without the key. ``after``: the sequence
+    number and hash of the event just before ``events`` (checked earlier), when they do not start the chain."""
+    previous = GENESIS if after is None else after[1]
+    expected_seq = None if after is None else after[0] + 1
+    keyed_seen = previous.startswith(KEYED)
     for event in events:
         if expected_seq is not None and event.seq is not None and event.seq != expected_seq:
             return event
@@ -166,3 +171,46 @@ class AuditHead:
 
 
 NO_HEAD = AuditHead(0, GENESIS)
+
+
+@dataclass(frozen=True)
+class VerifiedPoint:
+    """The last event a check of the chain found intact (sequence number and hash), kept so that the next check
+    re-hashes only the events after it, and signed with the audit key (a text of its own, so a head's signature
+    cannot be copied here) so that whoever edits the database cannot move it past an event they changed. Edits
+    before it are the full check's to find (``python -m core audit verify``)."""
+
+    seq: int
+    hash: str
+    mac: str = ""
+
+    def expected_mac(self, key: bytes) -> str:
+        return hmac.new(key, f"verified|{self.seq}|{self.hash}".encode(), hashlib.sha256).hexdigest()
+
+    @classmethod
+    def signed(cls, seq: int, digest: str, key: bytes | None) -> VerifiedPoint:
+        point = cls(seq, digest)
+        return replace(point, mac=point.expected_mac(key)) if key is not None else point
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    """Which audit events to read, newest first (time, then sequence number): every filter given narrows. ``start``
+    is included, ``end`` is not; ``before`` (the time and sequence number of the last event of the previous page)
+    reads the page after it."""
+
+    actor: str | None = None
+    action: str | None = None
+    target: str | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+    before: tuple[datetime, int] | None = None
+
+    def whole_milliseconds(self) -> AuditQuery:
+        """The query with its times cut to whole milliseconds, as events keep theirs (both stores read this one)."""
+        return replace(
+            self,
+            start=None if self.start is None else to_milliseconds(self.start),
+            end=None if self.end is None else to_milliseconds(self.end),
+            before=None if self.before is None else (to_milliseconds(self.before[0]), self.before[1]),
+        )

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from core.errors import InvalidRecord
-from core.storage.people import NO_HEAD, Account, AuditEvent, AuditHead, Review, chained
+from core.storage.people import NO_HEAD, Account, AuditEvent, AuditHead, AuditQuery, Review, VerifiedPoint, chained
 from core.storage.protocol import check_review
 from core.storage.records import Record
 from core.storage.timebuckets import from_ms, to_ms
@@ -200,17 +200,65 @@ class SQLitePeople:
             "SELECT * FROM audit WHERE seq > ? ORDER BY seq" + (" LIMIT ?" if limit else ""),
             (since_seq, limit) if limit else (since_seq,),
         )
-        return [
-            AuditEvent(
-                at=from_ms(row["at_ms"]),
-                actor=row["actor"],
-                role=row["role"],
-                action=row["action"],
-                target=row["target"],
-                detail=json.loads(row["detail"]),
-                prev_hash=row["prev_hash"],
-                hash=row["hash"],
-                seq=int(row["seq"]),
+        return [self._audit_event(row) for row in rows]
+
+    @staticmethod
+    def _audit_event(row: Any) -> AuditEvent:
+        return AuditEvent(
+            at=from_ms(row["at_ms"]),
+            actor=row["actor"],
+            role=row["role"],
+            action=row["action"],
+            target=row["target"],
+            detail=json.loads(row["detail"]),
+            prev_hash=row["prev_hash"],
+            hash=row["hash"],
+            seq=int(row["seq"]),
+        )
+
+    @staticmethod
+    def _audit_where(query: AuditQuery) -> tuple[str, list[Any]]:
+        """The SQL condition of ``query``: each filter is a column of one of the audit indexes, so the planner reads
+        one index range in the order shown (``at_ms <= ?`` bounds the range of a page; the sequence number orders
+        events of the same millisecond)."""
+        query = query.whole_milliseconds()
+        clauses: list[str] = []
+        values: list[Any] = []
+        for column, value in (("actor", query.actor), ("action", query.action), ("target", query.target)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                values.append(value)
+        if query.start is not None:
+            clauses.append("at_ms >= ?")
+            values.append(to_ms(query.start))
+        if query.end is not None:
+            clauses.append("at_ms < ?")
+            values.append(to_ms(query.end))
+        if query.before is not None:
+            at = to_ms(query.before[0])
+            clauses.append("at_ms <= ? AND (at_ms < ? OR seq < ?)")
+            values.extend((at, at, query.before[1]))
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), values
+
+    def find_audit(self, query: AuditQuery, limit: int) -> list[AuditEvent]:
+        """The events ``query`` selects, newest first (time, then sequence number), at most ``limit``."""
+        where, values = self._audit_where(query)
+        rows = self._query(f"SELECT * FROM audit{where} ORDER BY at_ms DESC, seq DESC LIMIT ?", [*values, limit])
+        return [self._audit_event(row) for row in rows]
+
+    def count_audit(self, query: AuditQuery) -> int:
+        where, values = self._audit_where(query)
+        return int(self._query(f"SELECT count(*) FROM audit{where}", values)[0][0])
+
+    def audit_verified(self) -> VerifiedPoint | None:
+        """The last event a check found intact (None before the first check)."""
+        rows = self._query("SELECT seq, hash, mac FROM audit_verified WHERE id = 1")
+        return VerifiedPoint(int(rows[0][0]), str(rows[0][1]), str(rows[0][2])) if rows else None
+
+    def mark_audit_verified(self, point: VerifiedPoint) -> None:
+        with self._errors():
+            self._connection().execute(
+                "INSERT INTO audit_verified (id, seq, hash, mac) VALUES (1, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                "seq = excluded.seq, hash = excluded.hash, mac = excluded.mac",
+                (point.seq, point.hash, point.mac),
             )
-            for row in rows
-        ]
