@@ -1,5 +1,6 @@
-"""Audit trail page: every event (sign-ins, uploads, opened results, reviews, exports, account changes), filtered,
-with the chain verified; admins export it as CSV (itself an event)."""
+"""Audit trail page: every event (sign-ins, uploads, opened results, reviews, exports, account changes), filtered
+and paged in the database, newest first, with the chain checked from the last verified event on; admins filter by
+target and export the matching events as CSV (itself an event)."""
 
 from datetime import UTC, datetime, time, timedelta
 
@@ -8,7 +9,7 @@ import streamlit as st
 
 from core.errors import StoreError
 from core.services import audit
-from core.services.access import AUDIT_EXPORT, AUDIT_READ, allowed
+from core.services.access import AUDIT_EXPORT, AUDIT_READ, Actor, allowed
 from ui import resources
 from ui.page import setup_page
 
@@ -17,18 +18,28 @@ st.title("Audit trail")
 
 
 @st.cache_data(show_spinner="Verifying the audit chain…", max_entries=8, ttl=60)
-def chain_check(head: tuple[int, str] | None, source: str) -> tuple[bool, int, str | None]:
-    """The whole chain verified at most once a minute per head (a new event, a new check): re-hashing 200,000
-    events on every rerun took seconds. ``python -m core audit verify`` always checks everything."""
+def chain_check(head: tuple[int, str] | None, source: str, _actor: Actor) -> tuple[bool, int, str | None]:
+    """The events after the last verified one re-hashed (the whole chain the first time, or when the verified point
+    no longer matches), at most once a minute per head. ``python -m core audit verify`` always checks everything."""
     del head, source  # the cache key
-    check = audit.verify(store)
+    check = audit.verify_new(store, _actor)
     return check.intact, check.events, check.problem
+
+
+def first_page() -> None:
+    """Back to the newest events (a filter changed, or the reader asked)."""
+    st.session_state["audit_pages"] = []
+
+
+def older(after: tuple[datetime, int]) -> None:
+    """The page after the one shown, which ended at ``after`` (time and sequence number)."""
+    st.session_state["audit_pages"] = [*st.session_state.get("audit_pages", []), after]
 
 
 try:
     store = resources.current_store()
     head = store.audit_head()
-    intact, count, problem = chain_check((head.seq, head.hash) if head else None, store.describe())
+    intact, count, problem = chain_check((head.seq, head.hash) if head else None, store.describe(), actor)
 except StoreError as error:
     st.error(f"The audit trail cannot be read: {error}")
     st.stop()
@@ -37,11 +48,15 @@ if intact:
 else:
     st.error(f"The audit chain does not hold: {problem}.")
 
-controls = st.columns(4)
-action = controls[0].text_input("Action", placeholder="e.g. review, sign_in_failed", key="audit_action")
-who = controls[1].text_input("Account", key="audit_who")
+controls = st.columns(5 if audit.sees_targets(actor) else 4)
+action = controls[0].text_input(
+    "Action", placeholder="e.g. review, sign_in_failed", key="audit_action", on_change=first_page
+)
+who = controls[1].text_input("Account", key="audit_who", on_change=first_page)
 today = datetime.now(UTC).date()
-days = controls[2].date_input("Dates (UTC)", (today - timedelta(days=30), today), key="audit_dates")
+days = controls[2].date_input(
+    "Dates (UTC)", (today - timedelta(days=30), today), key="audit_dates", on_change=first_page
+)
 start_day, end_day = (days[0], days[-1]) if isinstance(days, tuple | list) and days else (today, today)
 filters = {
     "action": action.strip() or None,
@@ -49,8 +64,22 @@ filters = {
     "start": datetime.combine(start_day, time(0), UTC),
     "end": datetime.combine(end_day + timedelta(days=1), time(0), UTC),
 }
-events = audit.events(store, actor, **filters)
-st.caption(f"{len(events):,} events match.")
+if audit.sees_targets(actor):
+    target = controls[3].text_input(
+        "Target", placeholder="result id or account", key="audit_target", on_change=first_page
+    )
+    filters["target"] = target.strip() or None
+
+pages = st.session_state.setdefault("audit_pages", [])  # where each page after the first starts
+try:
+    matching = audit.count(store, actor, **filters)
+    events = audit.events(store, actor, **filters, before=pages[-1] if pages else None, limit=audit.PAGE)
+except StoreError as error:
+    st.error(f"The audit trail cannot be read: {error}")
+    st.stop()
+first = len(pages) * audit.PAGE
+shown = f"{first + 1:,} to {first + len(events):,}, newest first" if events else "none on this page"
+st.caption(f"{matching:,} {'event matches' if matching == 1 else 'events match'}; showing {shown}.")
 st.dataframe(
     pd.DataFrame(
         [
@@ -63,14 +92,23 @@ st.dataframe(
                 "target": (e.target or "")[:16],
                 "detail": ", ".join(f"{k}={v}" for k, v in e.detail.items()),
             }
-            for e in reversed(events[-500:])
+            for e in events
         ]
     ),
     hide_index=True,
     width="stretch",
 )
+paging = st.columns(2)
+paging[0].button("Newest", on_click=first_page, disabled=not pages, key="audit_newest")
+paging[1].button(
+    "Older",
+    on_click=older,
+    args=((events[-1].at, events[-1].seq or 0) if events else None,),
+    disabled=first + len(events) >= matching,
+    key="audit_older",
+)
 if allowed(actor, AUDIT_EXPORT):
-    controls[3].download_button(
+    controls[-1].download_button(
         "Export (CSV)",
         lambda: audit.export_csv(store, actor, filters),
         f"audit-{today:%Y%m%d}.csv",

@@ -564,3 +564,55 @@ def test_the_audit_page_says_when_the_chain_does_not_hold(app_environment: Path)
     st.cache_data.clear()  # a minute later, or a new head
     app.run()
     assert not app.exception and "events were deleted" in app.error[0].value
+
+
+def test_the_audit_page_reads_the_trail_a_page_at_a_time_newest_first(
+    app_environment: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.services import audit
+    from core.services.access import COMMAND_LINE
+    from core.services.resources import open_results_store
+
+    store = open_results_store()
+    for k in range(5):
+        audit.record(store, COMMAND_LINE, "account_created", f"user-{k + 1}")
+    monkeypatch.setattr(audit, "PAGE", 2)
+    app = page("audit.py", role="admin").run()
+    assert not app.exception and "chain of 5 events is intact" in app.success[0].value
+    assert app.caption[0].value == "5 events match; showing 1 to 2, newest first."
+    seen = []
+    while True:
+        seen.append(list(app.dataframe[0].value["seq"]))
+        if app.button(key="audit_older").disabled:
+            break
+        app.button(key="audit_older").click().run()
+    assert seen == [[5, 4], [3, 2], [1]] and app.caption[0].value == "5 events match; showing 5 to 5, newest first."
+    app.button(key="audit_newest").click().run()
+    assert list(app.dataframe[0].value["seq"]) == [5, 4]
+    app.text_input(key="audit_target").set_value("user-2").run()
+    assert list(app.dataframe[0].value["seq"]) == [2] and app.caption[0].value.startswith("1 event matches")
+    supervisor = page("audit.py").run()  # no filter by target: it would say who touched which result
+    assert not supervisor.exception and [t.label for t in supervisor.text_input] == ["Action", "Account"]
+
+
+def test_the_audit_page_finds_an_edit_made_after_the_chain_was_last_verified(app_environment: Path) -> None:
+    import sqlite3
+
+    from core.services import audit
+    from core.services.access import COMMAND_LINE
+    from core.services.resources import open_results_store
+
+    store = open_results_store()
+    for k in range(3):
+        audit.record(store, COMMAND_LINE, "account_created", f"user-{k}")
+    app = page("audit.py").run()
+    assert not app.exception and "is intact" in app.success[0].value and store.audit_verified().seq == 3
+    audit.record(store, COMMAND_LINE, "account_created", "user-3")
+    database = sqlite3.connect(app_environment / "results.sqlite3")
+    database.execute("DROP TRIGGER audit_append_only_update")
+    database.execute("UPDATE audit SET target = 'someone-else' WHERE seq = 4")
+    database.commit()
+    database.close()
+    st.cache_data.clear()  # a minute later (the head did not move)
+    app.run()
+    assert not app.exception and app.error[0].value.startswith("The audit chain does not hold: event 4 was edited")

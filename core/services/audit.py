@@ -2,8 +2,9 @@
 
 Every action that touches a result, an account or a setting is one event: who (account and role), when (UTC),
 what, on which target (a result id, an account name), with a few non-identifying details. Events are append-only
-and hash-chained by the store (:mod:`core.storage.people`); :func:`verify` finds the first one that was edited or
-whose predecessor was deleted.
+and hash-chained by the store (:mod:`core.storage.people`); :func:`verify` (the command line's full check) finds the
+first one that was edited or whose predecessor was deleted, and :func:`verify_new` (the page's) re-hashes only the
+events after the last verified one. Events are filtered and paged in the database (:func:`events`, :func:`count`).
 """
 
 from __future__ import annotations
@@ -11,14 +12,18 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Mapping
+import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from core.errors import AccessDenied, StoreError
 from core.services.access import AUDIT_EXPORT, AUDIT_READ, OPEN_RESULT, Actor, allowed, require
-from core.storage.people import KEYED, AuditEvent, AuditHead, first_broken
+from core.storage.people import KEYED, AuditEvent, AuditHead, AuditQuery, VerifiedPoint, first_broken
 from core.storage.protocol import Store
+
+logger = logging.getLogger("btd.audit")
 
 
 def record(store: Store, actor: Actor, event: str, target: str | None = None, **detail: Any) -> AuditEvent:
@@ -34,61 +39,145 @@ class Verification:
     head: AuditHead | None = None  # the chain's end as kept apart from the events
     problem: str | None = None
     keyed: bool = False
+    checked: int = 0  # how many events this check re-hashed (a check from the last verified event: the new ones)
 
 
 def verify(store: Store, expected_head: tuple[int, str] | None = None) -> Verification:
     """Re-hash the whole chain in order with the audit key, then compare its end with the head kept apart from the
     events (and with ``expected_head``, one an operator noted earlier): edited, re-hashed or deleted events,
-    including the last ones or all of them, are found."""
+    including the last ones or all of them, are found. An intact chain's end becomes the verified point from which
+    :func:`verify_new` goes on (this full check is what re-establishes it after a broken one)."""
+    return _verify_all(store, expected_head, keep_point=True)
+
+
+def _verify_all(store: Store, expected_head: tuple[int, str] | None, keep_point: bool) -> Verification:
     events = store.audit_events()
     key = getattr(store, "audit_key", None)
     head = store.audit_head()
     bad = first_broken(events, key)
     last = (events[-1].seq or 0, events[-1].hash) if events else None
-    unkeyed = [
-        e
-        for e in events
-        if head and head.keyed_since and (e.seq or 0) >= head.keyed_since and not e.hash.startswith(KEYED)
-    ]
-    problem = None
-    if bad is not None:
-        problem = f"event {bad.seq} was edited, re-hashed without the key, or an event before it was deleted"
-    elif head is None and events:
-        problem = "the chain has no head: it was removed, or the events were written outside the application"
-    elif head is not None and key is not None and head.keyed_since and head.mac != head.expected_mac(key):
-        problem = "the chain's head was altered (its signature does not hold)"
-    elif unkeyed:
-        problem = f"event {unkeyed[0].seq} is not keyed where the chain is: it was re-hashed without the key"
-    elif head is not None and last != (head.seq, head.hash) and not (last is None and head.seq == 0):
-        problem = f"the chain ends at {last[0] if last else 0} but its head says {head.seq}: events were deleted"
-    elif expected_head is not None and not any(
-        e.seq == expected_head[0] and e.hash == expected_head[1] for e in events
+    problem = _problem(events, bad, head, key, last)
+    if (
+        problem is None
+        and expected_head is not None
+        and not any(e.seq == expected_head[0] and e.hash == expected_head[1] for e in events)
     ):
         problem = f"the noted head {expected_head[0]} is no longer in the chain: the trail was cut or replaced"
-    return Verification(problem is None, len(events), bad, head, problem, key is not None)
+    if problem is None and last is not None and keep_point:
+        _mark(store, last, key)
+    return Verification(problem is None, len(events), bad, head, problem, key is not None, len(events))
 
 
-def events(
-    store: Store,
+def verify_new(store: Store, actor: Actor) -> Verification:
+    """The page's check: re-hash only the events after the last verified one (the whole chain the first time), and
+    compare the chain's end with its head. A verified point that no longer matches the chain (its event edited or
+    deleted, or the point itself rewritten) is a broken chain: the whole chain is then checked to name what changed,
+    and reported broken even where that finds nothing else; the point is never moved over it. Edits before the
+    verified point are :func:`verify`'s to find (``python -m core audit verify``)."""
+    require(actor, AUDIT_READ)
+    key = getattr(store, "audit_key", None)
+    point = store.audit_verified()  # then the head: it is at or after the point, and every event up to it is written
+    head = store.audit_head()
+    if point is None or (key is not None and not point.mac):  # never checked (or only before the chain was keyed)
+        return verify(store)
+    moved = _point_moved(store, point, key)
+    if moved is not None:  # checked whole to name what changed, but the point stays where it was
+        whole = _verify_all(store, None, keep_point=False)
+        return replace(whole, intact=False, problem=whole.problem or moved)
+    pending = head.seq - point.seq if head is not None else 0
+    new = store.audit_events(point.seq, pending) if pending > 0 else []
+    bad = first_broken(new, key, after=(point.seq, point.hash))
+    last = (new[-1].seq or 0, new[-1].hash) if new else (point.seq, point.hash)
+    problem = _problem(new, bad, head, key, last)
+    if problem is None and new:
+        _mark(store, last, key)
+    return Verification(problem is None, last[0], bad, head, problem, key is not None, len(new))
+
+
+def _problem(
+    events: Sequence[AuditEvent],
+    bad: AuditEvent | None,
+    head: AuditHead | None,
+    key: bytes | None,
+    last: tuple[int, str] | None,
+) -> str | None:
+    """What is wrong with a chain ending at ``last`` whose ``events`` (all, or those after the verified point) were
+    re-hashed and found first broken at ``bad``, given its ``head``; None when nothing is."""
+    if bad is not None:
+        return f"event {bad.seq} was edited, re-hashed without the key, or an event before it was deleted"
+    if head is None and last is not None:
+        return "the chain has no head: it was removed, or the events were written outside the application"
+    if head is None:
+        return None
+    if key is not None and head.keyed_since and head.mac != head.expected_mac(key):
+        return "the chain's head was altered (its signature does not hold)"
+    unkeyed = [
+        e for e in events if head.keyed_since and (e.seq or 0) >= head.keyed_since and not e.hash.startswith(KEYED)
+    ]
+    if unkeyed:
+        return f"event {unkeyed[0].seq} is not keyed where the chain is: it was re-hashed without the key"
+    if last != (head.seq, head.hash) and not (last is None and head.seq == 0):
+        return f"the chain ends at {last[0] if last else 0} but its head says {head.seq}: events were deleted"
+    return None
+
+
+def _point_moved(store: Store, point: VerifiedPoint, key: bytes | None) -> str | None:
+    """Why the verified point no longer stands (None when its event is in the chain as it was verified)."""
+    if key is not None and point.mac != point.expected_mac(key):
+        return "the record of the last verified event was altered (its signature does not hold)"
+    found = store.audit_events(point.seq - 1, 1)
+    if not found or (found[0].seq, found[0].hash) != (point.seq, point.hash):
+        return f"event {point.seq}, verified earlier, is no longer in the chain as it was: the trail was changed"
+    return None
+
+
+def _mark(store: Store, last: tuple[int, str], key: bytes | None) -> None:
+    """Keep ``last`` as the verified point (a store that cannot be written keeps the check's answer all the same)."""
+    try:
+        store.mark_audit_verified(VerifiedPoint.signed(last[0], last[1], key))
+    except StoreError as error:
+        logger.warning("event=audit_verified_not_kept reason=%s", type(error).__name__)
+
+
+PAGE = 500  # events shown at once; older ones a page at a time
+
+
+def _query(
     actor: Actor,
     action: str | None = None,
     who: str | None = None,
+    target: str | None = None,
     start: datetime | None = None,
     end: datetime | None = None,
-) -> list[AuditEvent]:
-    """The events matching the filters, oldest first (supervisors and admins)."""
+    before: tuple[datetime, int] | None = None,
+) -> AuditQuery:
+    """The filters as a store query (``who``: the account that acted; ``start`` included, ``end`` not). Filtering
+    by target is for the roles that see targets: a supervisor seeing which events a result id selects would learn
+    who uploaded, opened or reviewed that result."""
     require(actor, AUDIT_READ)
-    chosen = [
-        e
-        for e in store.audit_events()
-        if (action is None or e.action == action)
-        and (who is None or e.actor == who)
-        and (start is None or e.at >= start)
-        and (end is None or e.at < end)
-    ]
-    if allowed(actor, OPEN_RESULT) or allowed(actor, AUDIT_EXPORT):
-        return chosen
-    return [redacted(e) for e in chosen]
+    if target is not None and not sees_targets(actor):
+        raise AccessDenied(f"The {actor.role} role may not filter the audit trail by result or patient.")
+    return AuditQuery(actor=who, action=action, target=target, start=start, end=end, before=before)
+
+
+def sees_targets(actor: Actor) -> bool:
+    """Whether ``actor`` sees which result or patient an event concerns (supervisors see who did what and when)."""
+    return allowed(actor, OPEN_RESULT) or allowed(actor, AUDIT_EXPORT)
+
+
+def events(
+    store: Store, actor: Actor, before: tuple[datetime, int] | None = None, limit: int = PAGE, **filters: Any
+) -> list[AuditEvent]:
+    """The events matching ``filters`` (action, who, target, start, end), newest first, at most ``limit``, read in
+    the database; ``before`` (the time and sequence number of the last event of a page) reads the next page.
+    Supervisors and admins; supervisors see result events redacted."""
+    chosen = store.find_audit(_query(actor, before=before, **filters), limit)
+    return chosen if sees_targets(actor) else [redacted(e) for e in chosen]
+
+
+def count(store: Store, actor: Actor, **filters: Any) -> int:
+    """How many events match ``filters`` (as :func:`events`), counted in the database."""
+    return store.count_audit(_query(actor, **filters))
 
 
 RESULT_ACTIONS = frozenset({"upload", "open", "review", "report", "history", "patient_reference_set"})
@@ -103,9 +192,13 @@ def redacted(event: AuditEvent) -> AuditEvent:
 
 
 def export_csv(store: Store, actor: Actor, filters: Mapping[str, Any]) -> bytes:
-    """The filtered events as CSV, headed by the filters used (admins); the export is itself an event."""
+    """The filtered events as CSV, oldest first, headed by the filters used (admins); the export is itself an
+    event. Read from the database a page at a time."""
     require(actor, AUDIT_EXPORT)
-    chosen = events(store, actor, **filters)
+    newest_first: list[AuditEvent] = []
+    while page := events(store, actor, **filters, before=_after(newest_first), limit=EXPORT_PAGE):
+        newest_first.extend(page)
+    chosen = newest_first[::-1]
     buffer = io.StringIO()
     shown = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in filters.items() if v is not None}
     buffer.write(f"# audit events; filters: {json.dumps(shown, sort_keys=True) if shown else 'none'}\n")
@@ -127,3 +220,11 @@ def export_csv(store: Store, actor: Actor, filters: Mapping[str, Any]) -> bytes:
         )
     record(store, actor, "audit_export", None, events=len(chosen))
     return buffer.getvalue().encode("utf-8")
+
+
+EXPORT_PAGE = 5000
+
+
+def _after(shown: Sequence[AuditEvent]) -> tuple[datetime, int] | None:
+    """Where the page after ``shown`` (newest first) starts."""
+    return (shown[-1].at, shown[-1].seq or 0) if shown else None

@@ -1,0 +1,182 @@
+"""The audit trail's use cases on both stores: the page's check re-hashes only what came after the last verified
+event, the command line's full check everything; events are filtered, paged and redacted where they are read."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from core.errors import AccessDenied
+from core.services import audit
+from core.services.access import Actor
+from core.storage.mongo import MongoStore
+from core.storage.people import AuditEvent, VerifiedPoint
+from core.storage.sqlite import SQLiteStore
+
+SUPERVISOR, ADMIN = Actor("boss", "supervisor"), Actor("root", "admin")
+KEY = b"k" * 32
+
+
+@pytest.fixture(params=["sqlite", "mongomock"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLiteStore | MongoStore]:
+    """A store whose chain is keyed, as the app opens it."""
+    if request.param == "sqlite":
+        store = SQLiteStore(tmp_path / "results.sqlite3")
+    else:
+        import mongomock
+
+        store = MongoStore(mongomock.MongoClient(tz_aware=True), collection=f"scans_{uuid.uuid4().hex[:8]}")
+    store.audit_key = KEY
+    yield store
+
+
+def write(store, count: int, start: int = 0) -> None:
+    """``count`` account changes by the admin, one a minute."""
+    for k in range(start, start + count):
+        at = datetime(2026, 5, 1, 9, tzinfo=UTC) + timedelta(minutes=k)
+        store.append_audit(AuditEvent(at, "root", "admin", "account_created", f"user-{k}", {"n": k}))
+
+
+def tamper(store, seq: int, **fields) -> None:
+    """Edit event ``seq`` behind the application's back (SQLite: its append-only triggers dropped first)."""
+    if isinstance(store, SQLiteStore):
+        database = sqlite3.connect(store.path)
+        database.execute("DROP TRIGGER IF EXISTS audit_append_only_update")
+        database.execute("DROP TRIGGER IF EXISTS audit_append_only_delete")
+        if fields:
+            assignments = ", ".join(f"{name} = ?" for name in fields)
+            database.execute(f"UPDATE audit SET {assignments} WHERE seq = ?", (*fields.values(), seq))
+        else:
+            database.execute("DELETE FROM audit WHERE seq = ?", (seq,))
+        database.commit()
+        database.close()
+    elif fields:
+        store._db["audit"].update_one({"_id": seq}, {"$set": fields})
+    else:
+        store._db["audit"].delete_one({"_id": seq})
+
+
+def test_the_page_check_rehashes_only_the_events_after_the_last_verified_one(store) -> None:
+    write(store, 5)
+    first = audit.verify_new(store, SUPERVISOR)  # never checked: the whole chain
+    assert (first.intact, first.events, first.checked, first.problem) == (True, 5, 5, None)
+    assert store.audit_verified() == VerifiedPoint.signed(5, store.audit_events()[-1].hash, KEY)
+    write(store, 1, start=5)
+    then = audit.verify_new(store, SUPERVISOR)
+    assert (then.intact, then.events, then.checked) == (True, 6, 1)
+    assert (audit.verify_new(store, SUPERVISOR).checked, store.audit_verified().seq) == (0, 6)
+    assert audit.verify(store).checked == 6  # the command line's check: always everything
+
+
+def test_an_edit_after_the_verified_event_is_found_by_the_page_check(store) -> None:
+    write(store, 5)
+    audit.verify_new(store, SUPERVISOR)
+    write(store, 3, start=5)
+    tamper(store, 7, actor="someone-else")
+    check = audit.verify_new(store, SUPERVISOR)
+    assert not check.intact and check.first_bad.seq == 7 and check.checked == 3
+    assert check.problem.startswith("event 7 was edited")
+    assert store.audit_verified().seq == 5  # not moved over the edit
+
+
+def test_a_deleted_event_after_the_verified_one_is_found_by_the_page_check(store) -> None:
+    write(store, 5)
+    audit.verify_new(store, SUPERVISOR)
+    write(store, 3, start=5)
+    tamper(store, 8)  # the last: the head still names it
+    check = audit.verify_new(store, SUPERVISOR)
+    assert not check.intact and "head says 8: events were deleted" in check.problem
+
+
+def test_an_edit_before_the_verified_event_is_found_by_the_full_check_on_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The split the page's speed rests on: what was verified is not re-hashed by the page; ``audit verify`` re-hashes
+    everything and names the edit."""
+    from core.cli import main
+    from core.services.resources import open_results_store
+
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("MONGODB_URI", raising=False)
+    store = open_results_store()
+    write(store, 5)
+    assert audit.verify_new(store, SUPERVISOR).intact
+    tamper(store, 2, actor="someone-else")
+    write(store, 2, start=5)
+    assert audit.verify_new(store, SUPERVISOR).checked == 2  # the page does not look back
+    assert main(["audit", "verify"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["intact"] is False and report["first_bad_event"]["seq"] == 2 and report["events"] == 7
+    assert store.audit_verified().seq == 7  # where the page's check went on to; the failed full check left it
+
+
+@pytest.mark.parametrize("case", ["moved past an edit", "signature rewritten", "its event edited", "its event gone"])
+def test_a_verified_point_that_no_longer_matches_the_chain_is_a_broken_chain(store, case) -> None:
+    """Whoever edits the database cannot make the page skip an edit by moving the verified point, and a point that
+    does not match is reported, checked whole, and left where it was (never silently verified again)."""
+    write(store, 6)
+    audit.verify_new(store, SUPERVISOR)
+    events = {e.seq: e for e in store.audit_events()}
+    point = store.audit_verified()
+    if case == "moved past an edit":
+        write(store, 2, start=6)
+        tamper(store, 7, actor="someone-else")
+        store.mark_audit_verified(VerifiedPoint(8, store.audit_events()[-1].hash, point.mac))
+    elif case == "signature rewritten":
+        store.mark_audit_verified(VerifiedPoint(3, events[3].hash, "0" * 64))
+    elif case == "its event edited":
+        tamper(store, 6, hash="hmac:" + "f" * 64)
+    else:
+        tamper(store, 6)
+    stored = store.audit_verified()
+    check = audit.verify_new(store, SUPERVISOR)
+    assert not check.intact and check.problem and check.checked == len(store.audit_events())  # checked whole
+    assert store.audit_verified() == stored
+    assert audit.verify_new(store, SUPERVISOR).problem == check.problem  # still broken on the next look
+    if case == "signature rewritten":  # nothing else changed: only the explicit full check restores the point
+        assert "record of the last verified event was altered" in check.problem
+        assert audit.verify(store).intact and audit.verify_new(store, SUPERVISOR).intact
+    if case == "moved past an edit":
+        assert check.first_bad.seq == 7
+
+
+def test_events_are_filtered_in_the_database_newest_first_and_redacted_for_supervisors(store, monkeypatch) -> None:
+    write(store, 4)
+    review_at = datetime(2026, 5, 1, 10, tzinfo=UTC)
+    store.append_audit(AuditEvent(review_at, "dr-a", "radiologist", "review", "a" * 64, {"l": "x"}))
+
+    def everything(*args, **kwargs):
+        raise AssertionError("the whole trail was read")
+
+    monkeypatch.setattr(store, "audit_events", everything)
+    assert [e.seq for e in audit.events(store, ADMIN)] == [5, 4, 3, 2, 1]
+    start, end = datetime(2026, 5, 1, 9, 1, tzinfo=UTC), datetime(2026, 5, 1, 9, 3, tzinfo=UTC)
+    assert [e.seq for e in audit.events(store, ADMIN, limit=2, before=(end, 4))] == [3, 2]  # the page after seq 4
+    assert [e.target for e in audit.events(store, ADMIN, start=start, end=end)] == ["user-2", "user-1"]
+    assert audit.count(store, ADMIN, action="account_created", start=start) == 3
+    review = audit.events(store, ADMIN, target="a" * 64)
+    assert [(e.actor, e.target, e.detail) for e in review] == [("dr-a", "a" * 64, {"l": "x"})]
+    seen = audit.events(store, SUPERVISOR, who="dr-a")
+    assert [(e.actor, e.action, e.target, e.detail) for e in seen] == [("dr-a", "review", None, {})]
+    assert audit.events(store, SUPERVISOR, action="account_created", limit=1)[0].target == "user-3"
+    with pytest.raises(AccessDenied, match="by result or patient"):  # which events a result id selects: no
+        audit.events(store, SUPERVISOR, target="a" * 64)
+    with pytest.raises(AccessDenied):
+        audit.count(store, SUPERVISOR, target="a" * 64)
+    with pytest.raises(AccessDenied):
+        audit.verify_new(store, Actor("dr-a", "radiologist"))
+
+
+def test_the_export_reads_every_matching_event_a_page_at_a_time_oldest_first(store, monkeypatch) -> None:
+    monkeypatch.setattr(audit, "EXPORT_PAGE", 2)
+    write(store, 5)
+    lines = audit.export_csv(store, ADMIN, {"action": "account_created", "who": "root"}).decode().splitlines()
+    assert lines[0] == '# audit events; filters: {"action": "account_created", "who": "root"}'
+    assert [line.split(",")[0] for line in lines[2:]] == ["1", "2", "3", "4", "5"]
+    assert [e.action for e in audit.events(store, ADMIN, limit=1)] == ["audit_export"]  # itself an event
