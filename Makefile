@@ -31,9 +31,10 @@ format: $(VENV)/.dev
 test: lint
 	$(PY) -m pytest
 
-# The inner loop: lint and every test but the browser, training and shared-data ones (make test runs them all).
+# The inner loop: lint and the unit tests on fakes and a tmp SQLite, on two workers. make test runs everything,
+# the whole pages (AppTest), the browser, training, heavy and shared-data tests too.
 check: lint
-	$(PY) -m pytest -q -m "not browser and not slow and not training"
+	$(PY) -m pytest -q -n 2 -m "not browser and not slow and not training and not heavy and not pages"
 
 audit: $(VENV)/.dev
 	$(PY) -m pip_audit -r requirements.txt --progress-spinner off

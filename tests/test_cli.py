@@ -218,6 +218,7 @@ def test_evaluate_scores_a_labelled_folder(tmp_path: Path, tiny_card: Path, caps
     assert report["latency_ms"]["p50"] > 0 and report["latency_ms"]["p95"] >= report["latency_ms"]["p50"]
 
 
+@pytest.mark.heavy
 def test_cli_process_never_prints_a_traceback(tmp_path: Path, tiny_card: Path) -> None:
     for name, (data, _) in list(bad_inputs().items())[:6]:
         (tmp_path / name).write_bytes(data)

@@ -20,6 +20,8 @@ from core.storage.sqlite import SQLiteStore
 from tests.scans import dicom_bytes, png_bytes, synthetic_slice
 from tests.test_store import make_record
 
+pytestmark = pytest.mark.pages  # whole pages run by Streamlit's AppTest: make check leaves them out
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -259,6 +259,7 @@ def test_an_open_session_follows_its_accounts_role_and_ends_when_it_is_disabled(
     assert accounts.refreshed_actor(store, sso) == sso
 
 
+@pytest.mark.heavy
 def test_parallel_sign_ins_check_no_more_passwords_than_the_lockout_allows(tmp_path: Path, monkeypatch) -> None:
     """8 threads x 5 wrong passwords once had all 40 checked (each read the count and wrote the account back):
     the count is claimed atomically in the database now."""

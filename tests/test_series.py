@@ -183,6 +183,7 @@ def nifti_bomb(shape: tuple[int, int, int]) -> bytes:
     return out.getvalue()
 
 
+@pytest.mark.heavy
 def test_a_nifti_gzip_bomb_is_refused_from_its_header_with_little_memory() -> None:
     """2048 x 1024 x 500 voxels in a 1 MB file once took the server past 8 GB: refused before any voxel is read,
     measured in a fresh process (peak RSS)."""
@@ -208,6 +209,7 @@ def test_a_nifti_gzip_bomb_is_refused_from_its_header_with_little_memory() -> No
     assert size < 2 * 2**20 and grew < 50  # MB: the header was read, nothing else
 
 
+@pytest.mark.heavy
 def test_a_large_but_allowed_volume_is_read_section_by_section() -> None:
     volume = head_volume(12, 256)  # 1.5 MB of int16 voxels
     (series,) = read_study([nifti(volume, gz=True)])
