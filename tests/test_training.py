@@ -19,6 +19,7 @@ from core.model.decision import DecisionRule
 from core.model.preprocess import InputSpec
 from core.training.augment import augment, match_histogram
 from core.training.calibration import fit_temperature, mean_nll, recalibrate_batchnorm
+from core.training.checkpoint import PROJECT, code_version
 from core.training.config import CLASSES, TrainConfig
 from core.training.data import (
     Dataset,
@@ -34,7 +35,7 @@ from core.training.data import (
 from core.training.lesions import synthetic_lesion
 from core.training.network import batches
 from core.training.probes import fit_review_band, fit_subtype_share, inference_inputs, lgg_targets
-from core.training.run import PROJECT, _code_version, train
+from core.training.run import train
 from core.training.sources import Item, discover
 from core.training.transplants import donors, transplant
 from tests.scans import jpeg_bytes, png_bytes, synthetic_slice
@@ -440,9 +441,9 @@ def test_calibrate_command_recomputes_an_old_models_statistics_and_refits_its_ca
 
 def test_the_code_version_is_the_projects_own_whatever_the_current_folder(tmp_path: Path, monkeypatch) -> None:
     """It ran ``git describe`` in the current folder: outside a checkout, or inside another one, it was wrong."""
-    here = _code_version()
+    here = code_version()
     monkeypatch.chdir(tmp_path)  # not a git checkout
-    assert _code_version() == here and here != ""
+    assert code_version() == here and here != ""
 
 
 def test_the_code_version_is_unknown_without_a_checkout_without_git_or_when_git_hangs(
@@ -451,14 +452,14 @@ def test_the_code_version_is_unknown_without_a_checkout_without_git_or_when_git_
     """A card made from an unpacked release, a copy without its .git, or on a machine without git says "unknown"
     instead of failing the training (or naming the commit of a checkout the copy happens to sit in)."""
     inside = PROJECT / "tests" / "data"  # a folder inside this checkout that has no .git of its own
-    assert _code_version(tmp_path) == "unknown" and _code_version(inside) == "unknown"
+    assert code_version(tmp_path) == "unknown" and code_version(inside) == "unknown"
     (tmp_path / ".git").mkdir()  # not a repository git can read
-    assert _code_version(tmp_path) == "unknown"
+    assert code_version(tmp_path) == "unknown"
     monkeypatch.setenv("PATH", str(tmp_path))  # no git on the PATH
-    assert _code_version() == "unknown"
+    assert code_version() == "unknown"
 
     def hangs(command: list[str], **kwargs: object) -> None:
         raise subprocess.TimeoutExpired(command, 5)
 
     monkeypatch.setattr(subprocess, "run", hangs)
-    assert _code_version() == "unknown"
+    assert code_version() == "unknown"

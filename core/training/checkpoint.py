@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import os
+import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,3 +76,20 @@ class Checkpoint:
 
 def _index(name: str) -> int:
     return int(name.rsplit("_", 1)[1])
+
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def code_version(project: Path = PROJECT) -> str:
+    """The commit of this code (asked in the project's own folder, not the current one), with ``-dirty`` when its
+    working tree has uncommitted changes; "unknown" when the project has no .git of its own (an unpacked release,
+    a copy, even one inside another checkout), when git is missing, or when it fails or does not answer in 5 s."""
+    if not (project / ".git").exists():
+        return "unknown"
+    try:
+        command = ["git", "-C", str(project), "describe", "--always", "--dirty", "--abbrev=7"]
+        out = subprocess.run(command, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+    except (OSError, subprocess.SubprocessError):  # no git; TimeoutExpired
+        return "unknown"

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -37,7 +36,7 @@ from core.evaluation.metrics import machine
 from core.model.preprocess import InputSpec, crop_square, resize_square
 from core.model.roi import find_brain
 from core.training.calibration import fit_calibration, mean_nll, recalibrate_batchnorm, softmax
-from core.training.checkpoint import Checkpoint, Progress, run_key
+from core.training.checkpoint import Checkpoint, Progress, code_version, run_key
 from core.training.config import CLASSES, NEGATIVE, TrainConfig
 from core.training.data import Dataset, assign_units, label_masks, load, sampling_weights, split_dataset
 from core.training.finish import finish_card
@@ -53,23 +52,6 @@ from core.training.transplants import Donor, donors
 
 def _log(message: str) -> None:
     print(f"[train {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-PROJECT = Path(__file__).resolve().parents[2]
-
-
-def _code_version(project: Path = PROJECT) -> str:
-    """The commit of this code (asked in the project's own folder, not the current one), with ``-dirty`` when its
-    working tree has uncommitted changes; "unknown" when the project has no .git of its own (an unpacked release,
-    a copy, even one inside another checkout), when git is missing, or when it fails or does not answer in 5 s."""
-    if not (project / ".git").exists():
-        return "unknown"
-    try:
-        command = ["git", "-C", str(project), "describe", "--always", "--dirty", "--abbrev=7"]
-        out = subprocess.run(command, capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
-    except (OSError, subprocess.SubprocessError):  # no git; TimeoutExpired
-        return "unknown"
 
 
 def source_balanced_nll(logits: np.ndarray, masks: np.ndarray, sources: Sequence[str], labels: Sequence[str]) -> float:
@@ -98,7 +80,7 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
     import tensorflow as tf
 
     started = time.time()
-    code_version = _code_version()  # the code that runs, not whatever HEAD is when training ends
+    version = code_version()  # the code that runs, not whatever HEAD is when training ends
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
     data = load_training_data(data_dirs, config)
@@ -107,7 +89,7 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
     split_entries = data.entries(data.val_idx)
     model, started_from, stream = build_trainer(config, data, split_entries, references, lesion_donors)
     checkpoint = Checkpoint(out_dir / f"{config.name}.checkpoint.npz", run_key(config, split_entries))
-    progress = _resume(checkpoint, model, code_version)
+    progress = _resume(checkpoint, model, version)
     stream.epoch = progress.epochs_done  # the augmentation stream of the epoch it resumes at
     sitting = Sitting(config, progress, checkpoint, validation, started)
     finished = _fit(model, stream, sitting)
@@ -132,7 +114,7 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
             "seconds": round(sitting.elapsed()),
             "resumed": progress.resumed,
             "machine": f"{machine()}, TensorFlow {tf.__version__}",
-            "code_version": code_version,
+            "code_version": version,
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
         },
     )
