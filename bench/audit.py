@@ -29,12 +29,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.store import timed
+from core.domain.people import NO_HEAD, AuditEvent, chained
+from core.domain.times import to_ms
 from core.evaluation.metrics import machine
 from core.services import audit
 from core.services.access import Actor
-from core.storage.people import NO_HEAD, AuditEvent, chained
 from core.storage.sqlite import SQLiteStore
-from core.storage.timebuckets import to_ms
 
 ADMIN, SUPERVISOR = Actor("bench-admin", "admin"), Actor("bench-supervisor", "supervisor")
 ACTIONS = ("sign_in", "upload", "open", "review", "history", "sign_in_failed", "account_created", "audit_export")

@@ -27,12 +27,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from core.domain.people import Review
+from core.domain.results import Filters, Record, WorklistQuery
 from core.evaluation.metrics import machine
 from core.services.access import Actor
 from core.services.statistics import dashboard, quality_board
 from core.storage.mongo import MongoStore
-from core.storage.people import Review
-from core.storage.records import Filters, Record, WorklistQuery
 from core.storage.sqlite import SQLiteStore
 from core.storage.synthetic import synthetic_record
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from core.domain.people import AuditEvent, VerifiedPoint
 from core.errors import AccessDenied
 from core.services import audit
 from core.services.access import Actor
 from core.storage.mongo import MongoStore
-from core.storage.people import AuditEvent, VerifiedPoint
 from core.storage.sqlite import SQLiteStore
 
 SUPERVISOR, ADMIN = Actor("boss", "supervisor"), Actor("root", "admin")

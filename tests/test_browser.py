@@ -99,9 +99,9 @@ def seed_history(data_dir: Path) -> None:
     """Three weeks of earlier results (8 to 14 a day, a third tumours) so the statistics have rates to draw."""
     from datetime import UTC, datetime, timedelta
 
+    from core.domain.people import Review
     from core.services import accounts
     from core.services.access import COMMAND_LINE
-    from core.storage.people import Review
     from core.storage.sqlite import SQLiteStore
     from tests.test_store import make_record
 

@@ -9,9 +9,9 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from core.analytics.stats import roll_up, safe_rate, wilson_interval
+from core.domain.results import DayCount
 from core.services.access import Actor
 from core.services.statistics import dashboard, export_csv
-from core.storage.records import DayCount
 from core.storage.sqlite import SQLiteStore
 from tests.test_store import make_record
 from ui.charts import CLASS_COLOURS, WITHHELD, class_mix_figure, confidence_figure, tumour_rate_figure

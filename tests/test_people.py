@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from core.domain.results import WorklistQuery
 from core.errors import AccessDenied, AccountLocked, InvalidRecord, SignInFailed
 from core.services import accounts, audit, reviews, statistics
 from core.services.access import COMMAND_LINE, Actor
 from core.services.triage import NOT_SAVED, triage
 from core.storage.images import FolderImages
-from core.storage.records import WorklistQuery
 from core.storage.sqlite import SQLiteStore
 from tests.scans import CANARY, png_bytes, synthetic_slice
 from tests.test_store import make_record
@@ -305,7 +305,7 @@ def test_parallel_sign_ins_check_no_more_passwords_than_the_lockout_allows(tmp_p
 
 @pytest.mark.parametrize("kind", ["sqlite", "mongomock"])
 def test_a_sign_in_attempt_is_claimed_atomically_in_either_store(tmp_path: Path, kind: str) -> None:
-    from core.storage.people import Account
+    from core.domain.people import Account
 
     if kind == "sqlite":
         store = SQLiteStore(tmp_path / "results.sqlite3")
@@ -370,7 +370,7 @@ def test_audit_verify_finds_deleted_tails_and_edits_rehashed_without_the_key(tmp
     import hashlib
 
     def rehash(database) -> None:  # the attacker recomputes the chain with the unkeyed hash the code once used
-        from core.storage.people import AuditEvent, event_hash
+        from core.domain.people import AuditEvent, event_hash
 
         rows = database.execute("SELECT seq, at_ms, actor, role, action, target, detail FROM audit ORDER BY seq")
         previous = "0" * 64

@@ -7,7 +7,7 @@ from datetime import date, timedelta
 import pytest
 
 from core.analytics.quality import accuracy, quality_rows, roll_up_quality, turnaround
-from core.storage.records import DayQuality
+from core.domain.results import DayQuality
 
 
 def day(d: int, shown: int, tumour: int, reviewed: int = 0, agreed: int = 0, p: float = 0.3, **more) -> DayQuality:

@@ -21,16 +21,16 @@ from pathlib import Path
 import pytest
 
 from core.analytics.stats import roll_up, suppress_small
+from core.domain.people import GENESIS, Account, AuditEvent, AuditQuery, Review, VerifiedPoint, first_broken
+from core.domain.results import FIELDS, DayCount, Filters, Record, Section, WorklistQuery, record_id
+from core.domain.times import utc_offset_segments
 from core.errors import InvalidRecord, StoreError, StoreUnavailable
 from core.identity import local_key, pseudonymise
 from core.storage import open_store
 from core.storage.mongo import _VALIDATOR, MongoStore
-from core.storage.people import GENESIS, Account, AuditEvent, AuditQuery, Review, VerifiedPoint, first_broken
 from core.storage.protocol import SCHEMA_VERSION
-from core.storage.records import FIELDS, DayCount, Filters, Record, Section, WorklistQuery, record_id
 from core.storage.sqlite import SQLiteStore
 from core.storage.synthetic import LABELS, synthetic_record
-from core.storage.timebuckets import utc_offset_segments
 
 make_record = synthetic_record  # the name the tests have always used
 
@@ -499,7 +499,7 @@ def test_mongodb_indexes_serve_the_dashboard_queries(store) -> None:
 
 
 def test_gate_decisions_are_counted_and_rejected_scans_left_out_of_verdicts(store) -> None:
-    from core.storage.records import SHOWN
+    from core.domain.results import SHOWN
 
     store.add(FIXTURE[0])
     store.add(replace(make_record(60, utc(2026, 3, 2), "glioma"), gate="rejected", gate_score=3.5))

@@ -192,7 +192,7 @@ def test_saving_a_series_keeps_its_record_sections_pixels_and_an_audit_event(
 def test_study_command_saves_each_series_once_with_save(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from core.storage.records import Filters
+    from core.domain.results import Filters
     from core.storage.sqlite import SQLiteStore
 
     monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import date
 
 from core.analytics.stats import SMALL_CELL, period_start, safe_rate, suppress_small, wilson_interval
-from core.storage.records import DayQuality
+from core.domain.results import DayQuality
 
 NEGATIVE = "notumor"
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-from core.storage.records import DayCount
+from core.domain.results import DayCount
 
 PERIODS = ("day", "week", "month")
 SMALL_CELL = 5

@@ -17,10 +17,10 @@ import sys
 from typing import Any
 
 from core.cli.common import EXIT_OK, EXIT_REJECTED, EXIT_USAGE, emit, error_json
+from core.domain.people import ROLES, Account
 from core.services import accounts, audit, retention
 from core.services.access import COMMAND_LINE
 from core.services.resources import open_image_store, open_results_store
-from core.storage.people import ROLES, Account
 
 
 def add_commands(commands: Any) -> None:

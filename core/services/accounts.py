@@ -20,10 +20,10 @@ from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
 
+from core.domain.people import ROLES, Account
 from core.errors import AccountLocked, InvalidRecord, SignInFailed
 from core.services import audit
 from core.services.access import ACCOUNTS, Actor, require
-from core.storage.people import ROLES, Account
 from core.storage.protocol import Store
 
 MAX_FAILURES = 5

@@ -2,7 +2,7 @@
 
 Every action that touches a result, an account or a setting is one event: who (account and role), when (UTC),
 what, on which target (a result id, an account name), with a few non-identifying details. Events are append-only
-and hash-chained by the store (:mod:`core.storage.people`); :func:`verify` (the command line's full check) finds the
+and hash-chained by the store (:mod:`core.domain.people`); :func:`verify` (the command line's full check) finds the
 first one that was edited or whose predecessor was deleted, and :func:`verify_new` (the page's) re-hashes only the
 events after the last verified one. Events are filtered and paged in the database (:func:`events`, :func:`count`).
 """
@@ -18,15 +18,15 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from core.domain.people import KEYED, AuditEvent, AuditHead, AuditQuery, VerifiedPoint, first_broken
 from core.errors import AccessDenied, StoreError
 from core.services.access import AUDIT_EXPORT, AUDIT_READ, OPEN_RESULT, Actor, allowed, require
-from core.storage.people import KEYED, AuditEvent, AuditHead, AuditQuery, VerifiedPoint, first_broken
-from core.storage.protocol import Store
+from core.storage.protocol import AuditTrail
 
 logger = logging.getLogger("btd.audit")
 
 
-def record(store: Store, actor: Actor, event: str, target: str | None = None, **detail: Any) -> AuditEvent:
+def record(store: AuditTrail, actor: Actor, event: str, target: str | None = None, **detail: Any) -> AuditEvent:
     """Append one event named ``event`` (raises the store's error when it cannot: what cannot be audited fails)."""
     return store.append_audit(AuditEvent(datetime.now(UTC), actor.name, actor.role, event, target, dict(detail)))
 
@@ -42,7 +42,7 @@ class Verification:
     checked: int = 0  # how many events this check re-hashed (a check from the last verified event: the new ones)
 
 
-def verify(store: Store, expected_head: tuple[int, str] | None = None) -> Verification:
+def verify(store: AuditTrail, expected_head: tuple[int, str] | None = None) -> Verification:
     """Re-hash the whole chain in order with the audit key, then compare its end with the head kept apart from the
     events (and with ``expected_head``, one an operator noted earlier): edited, re-hashed or deleted events,
     including the last ones or all of them, are found. An intact chain's end becomes the verified point from which
@@ -50,7 +50,7 @@ def verify(store: Store, expected_head: tuple[int, str] | None = None) -> Verifi
     return _verify_all(store, expected_head, keep_point=True)
 
 
-def _verify_all(store: Store, expected_head: tuple[int, str] | None, keep_point: bool) -> Verification:
+def _verify_all(store: AuditTrail, expected_head: tuple[int, str] | None, keep_point: bool) -> Verification:
     events = store.audit_events()
     key = getattr(store, "audit_key", None)
     head = store.audit_head()
@@ -68,7 +68,7 @@ def _verify_all(store: Store, expected_head: tuple[int, str] | None, keep_point:
     return Verification(problem is None, len(events), bad, head, problem, key is not None, len(events))
 
 
-def verify_new(store: Store, actor: Actor) -> Verification:
+def verify_new(store: AuditTrail, actor: Actor) -> Verification:
     """The page's check: re-hash only the events after the last verified one (the whole chain the first time), and
     compare the chain's end with its head. A verified point that no longer matches the chain (its event edited or
     deleted, or the point itself rewritten) is a broken chain: the whole chain is then checked to name what changed,
@@ -121,7 +121,7 @@ def _problem(
     return None
 
 
-def _point_moved(store: Store, point: VerifiedPoint, key: bytes | None) -> str | None:
+def _point_moved(store: AuditTrail, point: VerifiedPoint, key: bytes | None) -> str | None:
     """Why the verified point no longer stands (None when its event is in the chain as it was verified)."""
     if key is not None and point.mac != point.expected_mac(key):
         return "the record of the last verified event was altered (its signature does not hold)"
@@ -131,7 +131,7 @@ def _point_moved(store: Store, point: VerifiedPoint, key: bytes | None) -> str |
     return None
 
 
-def _mark(store: Store, last: tuple[int, str], key: bytes | None) -> None:
+def _mark(store: AuditTrail, last: tuple[int, str], key: bytes | None) -> None:
     """Keep ``last`` as the verified point (a store that cannot be written keeps the check's answer all the same)."""
     try:
         store.mark_audit_verified(VerifiedPoint.signed(last[0], last[1], key))
@@ -166,7 +166,7 @@ def sees_targets(actor: Actor) -> bool:
 
 
 def events(
-    store: Store, actor: Actor, before: tuple[datetime, int] | None = None, limit: int = PAGE, **filters: Any
+    store: AuditTrail, actor: Actor, before: tuple[datetime, int] | None = None, limit: int = PAGE, **filters: Any
 ) -> list[AuditEvent]:
     """The events matching ``filters`` (action, who, target, start, end), newest first, at most ``limit``, read in
     the database; ``before`` (the time and sequence number of the last event of a page) reads the next page.
@@ -175,7 +175,7 @@ def events(
     return chosen if sees_targets(actor) else [redacted(e) for e in chosen]
 
 
-def count(store: Store, actor: Actor, **filters: Any) -> int:
+def count(store: AuditTrail, actor: Actor, **filters: Any) -> int:
     """How many events match ``filters`` (as :func:`events`), counted in the database."""
     return store.count_audit(_query(actor, **filters))
 
@@ -191,7 +191,7 @@ def redacted(event: AuditEvent) -> AuditEvent:
     return replace(event, target=None, detail={})
 
 
-def export_csv(store: Store, actor: Actor, filters: Mapping[str, Any]) -> bytes:
+def export_csv(store: AuditTrail, actor: Actor, filters: Mapping[str, Any]) -> bytes:
     """The filtered events as CSV, oldest first, headed by the filters used (admins); the export is itself an
     event. Read from the database a page at a time."""
     require(actor, AUDIT_EXPORT)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.domain.results import Record, WorklistQuery
 from core.services import audit
 from core.services.access import HISTORY, Actor, require
 from core.services.studies import SeriesView
 from core.storage.protocol import Store
-from core.storage.records import Record, WorklistQuery
 
 LIMIT = 500
 

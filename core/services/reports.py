@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from core.analytics.quality import NEGATIVE as NEGATIVE_LABEL
+from core.domain.results import Record
 from core.errors import InvalidRecord
 from core.model.classifier import Classifier
 from core.model.decision import LABEL_NAMES
@@ -26,7 +27,6 @@ from core.services.access import OPEN_RESULT, Actor, require
 from core.services.studies import SeriesView, section_heat, stored_series_view
 from core.storage.images import ImageStore
 from core.storage.protocol import Store
-from core.storage.records import Record
 
 NAMES = LABEL_NAMES
 DEFAULT_LIMITATIONS = (

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from core.domain.people import REASON_CODES, Review
+from core.domain.results import Record, WorklistQuery
 from core.errors import InvalidRecord, ScanError
 from core.imaging import read_scan
 from core.model.analysis import analyse_scan
@@ -21,9 +23,7 @@ from core.services.access import OPEN_RESULT, REVIEW, WORKLIST, Actor, require
 from core.services.studies import SeriesView, stored_series_view
 from core.services.views import ScanView, scan_view
 from core.storage.images import ImageStore
-from core.storage.people import REASON_CODES, Review
 from core.storage.protocol import Store
-from core.storage.records import Record, WorklistQuery
 
 __all__ = ["REASON_CODES", "OpenedResult", "WorklistQuery", "open_result", "review_result", "worklist"]
 

@@ -16,10 +16,10 @@ from zoneinfo import ZoneInfo
 
 from core.analytics.quality import Accuracy, Drift, QualityRow, accuracy, quality_rows, roll_up_quality, turnaround
 from core.analytics.stats import PERIODS, SMALL_CELL, roll_up, safe_rate, suppress_small, wilson_interval
+from core.domain.results import SHOWN, DayCount, Filters
 from core.services import audit
 from core.services.access import STATISTICS, Actor, require
-from core.storage.protocol import Store
-from core.storage.records import SHOWN, DayCount, Filters
+from core.storage.protocol import AuditTrail, Dashboards
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class Dashboard:
 UNITS = ("study", "result")  # a study counts once (tumour when any of its series is); a result is a scan or a series
 
 
-def study_days(store: Store, filters: Filters, timezone: str) -> list[DayCount]:
+def study_days(store: Dashboards, filters: Filters, timezone: str) -> list[DayCount]:
     """Studies per local day: each single scan is a study of its own; series are grouped by their study (counted
     on the day its first series was saved, tumour when any series is)."""
     counts: dict[date, list[int]] = {}
@@ -101,7 +101,7 @@ def date_range(start_day: date, end_day: date, timezone: str, versions: Sequence
 
 
 def dashboard(
-    store: Store,
+    store: Dashboards,
     actor: Actor,
     *,
     start_day: date,
@@ -178,12 +178,12 @@ def dashboard(
     )
 
 
-def model_versions(store: Store, actor: Actor) -> list[str]:
+def model_versions(store: Dashboards, actor: Actor) -> list[str]:
     require(actor, STATISTICS)
     return store.model_versions()
 
 
-def record_export(store: Store, actor: Actor, board: Dashboard) -> None:
+def record_export(store: AuditTrail, actor: Actor, board: Dashboard) -> None:
     """An export of the aggregates is an audit event naming its filters."""
     audit.record(
         store,
@@ -297,7 +297,7 @@ class QualityBoard:
 
 
 def quality_board(
-    store: Store,
+    store: Dashboards,
     actor: Actor,
     *,
     start_day: date,

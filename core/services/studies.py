@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from core.domain.results import Record, Section, record_id
 from core.errors import FileTooLarge, ScanError, StoreError
 from core.identity import pseudonymise
 from core.imaging.scan import Scan, is_dicom
@@ -31,7 +32,6 @@ from core.services.triage import NOT_SAVED, SaveStatus, image_not_kept, keep_ima
 from core.services.views import DISPLAY_SIDE
 from core.storage.images import ImageStore
 from core.storage.protocol import Store
-from core.storage.records import Record, Section, record_id
 
 logger = logging.getLogger("btd.studies")
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from core.domain.results import Record, record_id
 from core.errors import MultiFrameImage, ScanError, StoreError
 from core.imaging import frames_in
 from core.model.analysis import Analysis, analyse
@@ -26,7 +27,6 @@ from core.services.access import ANALYSE, Actor, require
 from core.services.views import ScanView, scan_view
 from core.storage.images import ImageStore
 from core.storage.protocol import Store
-from core.storage.records import Record, record_id
 
 SAVED, ALREADY_SAVED, NOT_SAVED, NOT_UPDATED = "saved", "already saved", "not saved", "reference not updated"
 logger = logging.getLogger("btd.triage")

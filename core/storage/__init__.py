@@ -3,7 +3,7 @@ one contract test suite: SQLite (embedded default, :mod:`core.storage.sqlite`) a
 (:mod:`core.storage.mongo`), with schema versions and migrations (:mod:`core.storage.migrations`).
 
 Every aggregate runs inside the database (SQL ``GROUP BY``, aggregation pipelines). Calendar days in a chosen time
-zone are computed in the database with the zone's UTC offsets over the queried range (:mod:`.timebuckets`).
+zone are computed in the database with the zone's UTC offsets over the queried range (:mod:`core.domain.times`).
 Never imports the model or the screen.
 """
 

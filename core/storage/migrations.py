@@ -38,10 +38,10 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+from core.domain.results import record_id
 from core.errors import StoreError
 from core.storage.mongo_people import AUDIT_INDEXES
 from core.storage.protocol import SCHEMA_VERSION
-from core.storage.records import record_id
 from core.storage.schema import AUDIT_SEARCH, PEOPLE, SCANS, create_schema, fill_rollup
 
 logger = logging.getLogger("btd.storage")

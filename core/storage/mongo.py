@@ -15,18 +15,7 @@ from dataclasses import replace
 from itertools import pairwise
 from typing import Any
 
-from core.errors import InvalidRecord, StoreError, StoreUnavailable
-from core.storage.migrations import migrate_mongo
-from core.storage.mongo_people import MongoPeople
-from core.storage.mongo_quality import MongoQuality
-from core.storage.protocol import (
-    EVERYTHING,
-    HISTOGRAM_BINS,
-    SCHEMA_VERSION,
-    day_rows,
-    fold_summary,
-)
-from core.storage.records import (
+from core.domain.results import (
     FIELDS,
     DayCount,
     Field,
@@ -39,7 +28,18 @@ from core.storage.records import (
     from_row,
     to_row,
 )
-from core.storage.timebuckets import DAY_MS, EPOCH, as_utc, to_ms, utc_offset_segments
+from core.domain.times import DAY_MS, EPOCH, as_utc, to_ms, utc_offset_segments
+from core.errors import InvalidRecord, StoreError, StoreUnavailable
+from core.storage.migrations import migrate_mongo
+from core.storage.mongo_people import MongoPeople
+from core.storage.mongo_quality import MongoQuality
+from core.storage.protocol import (
+    EVERYTHING,
+    HISTOGRAM_BINS,
+    SCHEMA_VERSION,
+    day_rows,
+    fold_summary,
+)
 
 logger = logging.getLogger("btd.storage")
 
@@ -74,7 +74,7 @@ def _property(spec: Field) -> dict[str, Any]:
 
 
 def _validator() -> dict[str, Any]:
-    """MongoDB's second line of defence, derived from :data:`~core.storage.records.FIELDS` (``id`` is ``_id``)."""
+    """MongoDB's second line of defence, derived from :data:`~core.domain.results.FIELDS` (``id`` is ``_id``)."""
     name = {"id": "_id"}
     properties = {name.get(spec.name, spec.name): _property(spec) for spec in FIELDS}
     properties["sections"] = {"bsonType": "array"}  # a series' sections live inside its document

@@ -14,11 +14,11 @@ from contextlib import contextmanager, suppress
 from datetime import datetime
 from typing import Any
 
+from core.domain.people import NO_HEAD, Account, AuditEvent, AuditHead, AuditQuery, Review, VerifiedPoint, chained
+from core.domain.results import Record
+from core.domain.times import as_utc
 from core.errors import InvalidRecord, StoreUnavailable
-from core.storage.people import NO_HEAD, Account, AuditEvent, AuditHead, AuditQuery, Review, VerifiedPoint, chained
 from core.storage.protocol import check_review
-from core.storage.records import Record
-from core.storage.timebuckets import as_utc
 
 # The audit page's filters, newest first (time, then sequence number): created by the schema set-up
 # (:func:`core.storage.migrations.migrate_mongo`) on every start.

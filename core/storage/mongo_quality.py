@@ -8,8 +8,8 @@ from datetime import date, timedelta
 from itertools import pairwise
 from typing import Any
 
-from core.storage.records import DayQuality, Filters
-from core.storage.timebuckets import DAY_MS, EPOCH, to_ms, utc_offset_segments
+from core.domain.results import DayQuality, Filters
+from core.domain.times import DAY_MS, EPOCH, to_ms, utc_offset_segments
 
 SHOWN = {"$ne": ["$gate", "rejected"]}
 REVIEWED = {"$and": [{"$gt": [{"$ifNull": ["$review_count", 0]}, 0]}, SHOWN]}

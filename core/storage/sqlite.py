@@ -13,24 +13,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
-from core.errors import InvalidRecord, StoreError, StoreUnavailable
-from core.storage.migrations import migrate_sqlite
+from core.domain.results import FIELDS, DayCount, Field, Filters, Record, Section, WorklistQuery, from_row, to_row
+from core.domain.times import from_ms, to_ms
+from core.errors import InvalidRecord
 from core.storage.protocol import EVERYTHING, day_rows
-from core.storage.records import FIELDS, DayCount, Field, Filters, Record, Section, WorklistQuery, from_row, to_row
-from core.storage.sqlite_aggregates import SQLiteAggregates, day_sql, where_sql
+from core.storage.sqlite_aggregates import SQLiteAggregates, day_sql
 from core.storage.sqlite_people import SQLitePeople
 from core.storage.sqlite_quality import SQLiteQuality
-from core.storage.timebuckets import from_ms, to_ms
 
 logger = logging.getLogger("btd.storage")
 
@@ -42,92 +37,6 @@ _SUMMARY_KEYS = ("label", "gate", "n", "tumour", "confidence", "first", "last")
 
 class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
     """The embedded store: one SQLite file, WAL journal, 5 s busy timeout, one connection per thread."""
-
-    audit_key: bytes | None = None  # keys the audit chain (set by open_store from the configuration)
-
-    def __init__(self, path: Path, busy_timeout_s: float = 5.0) -> None:
-        self.path = Path(path)
-        self._busy_timeout_s = busy_timeout_s
-        self._local = threading.local()
-        self._migrate_lock = threading.Lock()
-        with self._errors():
-            self._connection()
-
-    # --- connections --------------------------------------------------------------------------------------
-
-    def _file_identity(self) -> tuple[int, int] | None:
-        try:
-            status = os.stat(self.path)
-        except FileNotFoundError:
-            return None
-        return status.st_dev, status.st_ino
-
-    def _connection(self) -> sqlite3.Connection:
-        connection = getattr(self._local, "connection", None)
-        if connection is not None and self._file_identity() != self._local.identity:
-            logger.warning("event=store_file_replaced store=sqlite action=reconnect")
-            connection.close()
-            connection = None
-        if connection is None:
-            connection = self._open()
-            self._local.connection = connection
-            self._local.identity = self._file_identity()
-        return connection
-
-    def _open(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not self.path.exists():  # created private: results are clinical data
-            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
-        connection = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None)
-        connection.row_factory = sqlite3.Row
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=FULL")
-        connection.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_s * 1000)}")
-        connection.execute("PRAGMA foreign_keys=ON")
-        with self._migrate_lock:
-            migrate_sqlite(connection, self.path)
-        return connection
-
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.IntegrityError as error:
-            raise InvalidRecord(f"The results database refused the record ({error}).") from error
-        except sqlite3.OperationalError as error:
-            text = str(error).lower()
-            if "locked" in text or "busy" in text:
-                raise StoreUnavailable("The results database is locked by another process; try again.") from error
-            if "unable to open" in text or "readonly" in text or "disk i/o" in text:
-                raise StoreUnavailable("The results database file cannot be opened for writing.") from error
-            raise StoreError(f"The results database failed: {error}.") from error
-        except sqlite3.DatabaseError as error:
-            raise StoreError(
-                "The results database file is corrupt or is not a database; restore it from a backup."
-            ) from error
-
-    @contextmanager
-    def _transaction(self, mode: str = "IMMEDIATE") -> Iterator[sqlite3.Connection]:
-        """One transaction on this thread's connection; inside :meth:`atomic` (or another one) it joins the open
-        transaction, which commits or rolls back as a whole."""
-        connection = self._connection()
-        if connection.in_transaction:
-            yield connection
-            return
-        connection.execute(f"BEGIN {mode}")
-        try:
-            yield connection
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        connection.execute("COMMIT")
-
-    @contextmanager
-    def atomic(self) -> Iterator[None]:
-        """A unit of work: every write inside (a result, its sections, a review, an audit event, an account)
-        commits together or not at all."""
-        with self._errors(), self._transaction():
-            yield
 
     def describe(self) -> str:
         return f"SQLite file {self.path}"
@@ -235,14 +144,6 @@ class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
     @staticmethod
     def _decode(row: sqlite3.Row) -> Record:
         return from_row({spec.name: _convert(_FROM_SQL, spec, row[spec.sql_column]) for spec in FIELDS})
-
-    @staticmethod
-    def _where(filters: Filters) -> tuple[str, list[Any]]:
-        return where_sql(filters)
-
-    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with self._errors():
-            return self._connection().execute(sql, params).fetchall()
 
     def get(self, record_id: str) -> Record | None:
         rows = self._query(f"SELECT {_COLUMNS} FROM scans WHERE id = ?", (record_id,))

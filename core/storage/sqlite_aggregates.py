@@ -18,10 +18,11 @@ from datetime import date, timedelta
 from itertools import pairwise
 from typing import Any
 
+from core.domain.results import DayCount, DayQuality, Filters, ModelRow, Summary
+from core.domain.times import DAY_MS, QUARTER_MS, from_ms, to_ms, utc_offset_segments
 from core.storage.protocol import EVERYTHING, day_rows, fold_summary
-from core.storage.records import DayCount, DayQuality, Filters, ModelRow, Summary
 from core.storage.schema import SHIFT_HOURS
-from core.storage.timebuckets import DAY_MS, QUARTER_MS, from_ms, to_ms, utc_offset_segments
+from core.storage.sqlite_base import SQLiteBase
 
 _SUMMARY_KEYS = ("label", "gate", "n", "tumour", "confidence", "first", "last")
 _MEASURES = ("n", "tumour", "reviewed", "agreed", "probability_sum", "probability_squares")  # in the roll-ups
@@ -165,11 +166,12 @@ def _moved_quarters(
     return " UNION ALL ".join(parts), params
 
 
-class SQLiteAggregates:
-    """Requires ``_query()`` and ``_where()`` from the store."""
+class SQLiteAggregates(SQLiteBase):
+    """The dashboard's aggregates, from the roll-ups and the results table."""
 
-    _query: Any
-    _where: Any
+    @staticmethod
+    def _where(filters: Filters) -> tuple[str, list[Any]]:
+        return where_sql(filters)
 
     # --- the summary --------------------------------------------------------------------------------------
 

@@ -12,22 +12,16 @@ import json
 from datetime import datetime
 from typing import Any
 
+from core.domain.people import NO_HEAD, Account, AuditEvent, AuditHead, AuditQuery, Review, VerifiedPoint, chained
+from core.domain.results import Record
+from core.domain.times import from_ms, to_ms
 from core.errors import InvalidRecord
-from core.storage.people import NO_HEAD, Account, AuditEvent, AuditHead, AuditQuery, Review, VerifiedPoint, chained
 from core.storage.protocol import check_review
-from core.storage.records import Record
-from core.storage.timebuckets import from_ms, to_ms
+from core.storage.sqlite_base import SQLiteBase
 
 
-class SQLitePeople:
-    """Requires ``_connection()``, ``_transaction()``, ``_errors()``, ``get()``, ``_query()`` and ``audit_key``."""
-
-    _connection: Any
-    _transaction: Any
-    audit_key: bytes | None
-    _errors: Any
-    _query: Any
-    get: Any
+class SQLitePeople(SQLiteBase):
+    """Accounts, sign-in claims, reviews and the audit chain."""
 
     # --- accounts -----------------------------------------------------------------------------------------
 

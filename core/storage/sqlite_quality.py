@@ -8,18 +8,17 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from core.domain.results import Filters
 from core.storage.protocol import EVERYTHING, HISTOGRAM_BINS
-from core.storage.records import Filters
 from core.storage.sqlite_aggregates import where_sql, whole_days_and_edges
+from core.storage.sqlite_base import SQLiteBase
 
 SHOWN_SQL = "gate != 'rejected'"
 REVIEWED_SQL = f"review_count > 0 AND {SHOWN_SQL}"
 
 
-class SQLiteQuality:
-    """Requires ``_query()`` from the store."""
-
-    _query: Any
+class SQLiteQuality(SQLiteBase):
+    """What a supervisor monitors: agreement, confusion, turnaround, drift."""
 
     @staticmethod
     def _raw_where(condition: str) -> Any:

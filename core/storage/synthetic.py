@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from core.storage.records import Record, record_id
+from core.domain.results import Record, record_id
 
 LABELS = ("glioma", "meningioma", "notumor", "pituitary")
 

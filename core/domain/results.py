@@ -3,7 +3,7 @@
 A :class:`Record` holds no direct patient identity: a pseudonymous reference (keyed HMAC), the uploader's user
 name, UTC time, the image's SHA-256, format and size, the frame read from a multi-frame file, the model, the
 verdict, the crop box, timings, the input gate's decision, and review fields that stay empty until a radiologist
-reviews it (the latest review; the append-only history is :class:`core.storage.people.Review`), and the key of its
+reviews it (the latest review; the append-only history is :class:`core.domain.people.Review`), and the key of its
 de-identified pixels in the image store while they are kept. No pixels, no file names, no DICOM header text.
 
 Identity: ``id`` = SHA-256 over image hash, model name and version, and frame (:func:`record_id`). The same
@@ -22,8 +22,9 @@ from datetime import UTC, date, datetime
 from numbers import Integral, Real
 from typing import Any
 
+from core.domain.times import as_utc
 from core.errors import InvalidRecord
-from core.storage.timebuckets import as_utc
+from core.model.decision import UNKNOWN_TYPE
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 IMAGE_FORMATS = ("png", "jpeg", "dicom", "nifti")
@@ -31,7 +32,6 @@ KINDS = ("scan", "series")  # one image (or frame), or a whole series with its s
 GATE_DECISIONS = ("accepted", "needs_review", "rejected")
 SHOWN = ("accepted", "needs_review")  # gate decisions whose verdict was shown to the user
 REVIEW_VERDICTS = ("agree", "override")  # the latest review's action (the history is in the reviews table)
-UNKNOWN_TYPE = "tumour"  # a tumour verdict whose type is uncertain
 
 
 def record_id(image_sha256: str, model_name: str, model_version: str, frame: int | None = None) -> str:

@@ -1,0 +1,118 @@
+"""The SQLite store's connections, on which its parts (results, people, aggregates, quality) are built.
+
+One connection per thread; before each use a connection checks that its file is still the one it opened (when the
+data directory was deleted or the file replaced while the app runs, it reconnects and creates or migrates the schema
+instead of failing with "no such table" until a restart). Errors become the store's own exceptions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from core.domain.results import Record
+from core.errors import InvalidRecord, StoreError, StoreUnavailable
+from core.storage.migrations import migrate_sqlite
+
+logger = logging.getLogger("btd.storage")
+
+
+class SQLiteBase:
+    """A SQLite file's connections, transactions and error mapping: what every part of :class:`SQLiteStore` uses."""
+
+    audit_key: bytes | None = None  # keys the audit chain (set by open_store from the configuration)
+
+    def __init__(self, path: Path, busy_timeout_s: float = 5.0) -> None:
+        self.path = Path(path)
+        self._busy_timeout_s = busy_timeout_s
+        self._local = threading.local()
+        self._migrate_lock = threading.Lock()
+        with self._errors():
+            self._connection()
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        try:
+            status = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return status.st_dev, status.st_ino
+
+    def _connection(self) -> sqlite3.Connection:
+        connection = getattr(self._local, "connection", None)
+        if connection is not None and self._file_identity() != self._local.identity:
+            logger.warning("event=store_file_replaced store=sqlite action=reconnect")
+            connection.close()
+            connection = None
+        if connection is None:
+            connection = self._open()
+            self._local.connection = connection
+            self._local.identity = self._file_identity()
+        return connection
+
+    def _open(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():  # created private: results are clinical data
+            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+        connection = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None)
+        connection.row_factory = sqlite3.Row
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=FULL")
+        connection.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_s * 1000)}")
+        connection.execute("PRAGMA foreign_keys=ON")
+        with self._migrate_lock:
+            migrate_sqlite(connection, self.path)
+        return connection
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.IntegrityError as error:
+            raise InvalidRecord(f"The results database refused the record ({error}).") from error
+        except sqlite3.OperationalError as error:
+            text = str(error).lower()
+            if "locked" in text or "busy" in text:
+                raise StoreUnavailable("The results database is locked by another process; try again.") from error
+            if "unable to open" in text or "readonly" in text or "disk i/o" in text:
+                raise StoreUnavailable("The results database file cannot be opened for writing.") from error
+            raise StoreError(f"The results database failed: {error}.") from error
+        except sqlite3.DatabaseError as error:
+            raise StoreError(
+                "The results database file is corrupt or is not a database; restore it from a backup."
+            ) from error
+
+    @contextmanager
+    def _transaction(self, mode: str = "IMMEDIATE") -> Iterator[sqlite3.Connection]:
+        """One transaction on this thread's connection; inside :meth:`atomic` (or another one) it joins the open
+        transaction, which commits or rolls back as a whole."""
+        connection = self._connection()
+        if connection.in_transaction:
+            yield connection
+            return
+        connection.execute(f"BEGIN {mode}")
+        try:
+            yield connection
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        """A unit of work: every write inside (a result, its sections, a review, an audit event, an account)
+        commits together or not at all."""
+        with self._errors(), self._transaction():
+            yield
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._errors():
+            return self._connection().execute(sql, params).fetchall()
+
+    def get(self, record_id: str) -> Record | None:  # the results part reads a result (a review updates one)
+        raise NotImplementedError
