@@ -18,6 +18,15 @@ def model_card_path() -> Path:
     return Path(configured) if configured else MODELS_DIR / f"{DEFAULT_MODEL_NAME}.json"
 
 
+def lesion_card_path() -> Path | None:
+    """The lesion segmenter's card: ``BTD_LESION_MODEL`` (a card path; "none" turns lesions off) or the shipped
+    ``models/btd-lesion.json``."""
+    configured = os.environ.get("BTD_LESION_MODEL")
+    if configured and configured.strip().lower() == "none":
+        return None
+    return Path(configured) if configured else MODELS_DIR / "btd-lesion.json"
+
+
 def data_dir() -> Path:
     """Where the embedded database and the local patient-reference key live: ``BTD_DATA_DIR`` or ``data/``."""
     return Path(os.environ.get("BTD_DATA_DIR") or PROJECT_ROOT / "data")

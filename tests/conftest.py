@@ -29,3 +29,25 @@ def tiny_classifier(tiny_card: Path):
     from core.model.classifier import Classifier
 
     return Classifier.from_card(tiny_card)
+
+
+@pytest.fixture(scope="session")
+def tiny_lesion_card(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small untrained U-Net with its lesion card (threshold 1e-9: every pixel of the brain box is "lesion", so
+    tests know what it marks), built once per test session."""
+    import json
+
+    from core.model.card import sha256_file
+    from core.training.segment import build_unet
+
+    folder = tmp_path_factory.mktemp("lesion")
+    build_unet(32, 4).save(folder / "lesion.keras")
+    card = {
+        "name": "tiny-lesion",
+        "version": "0.0.1",
+        "weights": {"file": "lesion.keras", "sha256": sha256_file(folder / "lesion.keras")},
+        "input": {"size": 32},
+        "threshold": 1e-9,
+    }
+    (folder / "lesion.json").write_text(json.dumps(card))
+    return folder / "lesion.json"

@@ -117,7 +117,7 @@ def test_every_command_keeps_its_options() -> None:
     """The parser is built in one function per group of commands: none was dropped, renamed or reordered."""
     assert arguments_of_every_command(build_parser()) == {
         "": [],
-        "predict": ["--model", "--frame", "--save", "files"],
+        "predict": ["--model", "--frame", "--save", "--lesion-masks", "files"],
         "study": ["--model", "paths", "--save", "--display-out"],
         "evaluate": ["--model", "--split", "dir"],
         "fit-gate": ["--model", "--data"],
@@ -134,6 +134,7 @@ def test_every_command_keeps_its_options() -> None:
             *("--cache", "--split", "--out", "--data", "--width", "--draws", "--batch-size", "--round-steps"),
             *("--learning-rate", "--seed", "--name", "--version", "--max-minutes", "--validate-every", "--hold-out"),
         ],
+        "train-lesion": ["--cache", "--data", "--out", "--folds", "--draws", "--width"],
         "store": [],
         "store forget": [],
         "users": [],

@@ -74,6 +74,21 @@ def test_augmentation_is_the_identity_at_inference_and_varies_training_batches_w
     assert not np.allclose(a, x, atol=0.05) and not np.allclose(a, b, atol=0.05)  # every call draws anew
 
 
+def test_a_lesion_mask_moves_with_its_image_and_stays_binary() -> None:
+    """The segmenter trains on image and mask augmented together: same rotation, scale, shift and flip; the
+    intensity changes touch the image alone."""
+    image = np.zeros((4, 64, 64, 1), np.float32)
+    image[:, 20:30, 36:50] = 1.0  # a bright block, marked as the lesion
+    mask = (image > 0.5).astype(np.float32)
+    settings = AugmentSettings(skull_removal=0, gamma_log=0, contrast=(1, 1), brightness=0, blur=0, noise=0)
+    out = np.asarray(batch_augment(settings, seed=5)(np.concatenate([image, mask], axis=-1), training=True))
+    assert out.shape == (4, 64, 64, 2) and set(np.unique(out[..., 1])) <= {0.0, 1.0}
+    moved = out[..., 1] > 0.5
+    assert not np.array_equal(moved, mask[..., 0] > 0.5)  # it moved
+    for k in range(4):  # and it moved with the block: where the mask is, the image is bright
+        assert out[k, ..., 0][moved[k]].mean() > 0.8 and out[k, ..., 0][~moved[k]].mean() < 0.1
+
+
 def test_skull_removal_keeps_the_inside_of_the_head_and_blanks_the_outside() -> None:
     settings = AugmentSettings(
         rotation_degrees=0,

@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fitting_commands(commands)
     _add_train_command(commands)
     _add_standard_training_commands(commands)
+    _add_lesion_commands(commands)
     admin.add_commands(commands)
     return parser
 
@@ -34,6 +35,9 @@ def _add_scan_commands(commands: Any) -> None:
     predict.add_argument("--model", help="model card JSON (default: the shipped model or $BTD_MODEL)")
     predict.add_argument("--frame", type=int, default=None, help="frame index for multi-frame DICOM files")
     predict.add_argument("--save", action="store_true", help="also save each result to the app's database")
+    predict.add_argument(
+        "--lesion-masks", metavar="DIR", help="write each analysed slice's lesion mask as DIR/<name>.lesion.png"
+    )
     predict.add_argument("files", nargs="+", metavar="FILE")
     predict.set_defaults(run=scans.cmd_predict)
     study = commands.add_parser("study", help="classify whole series, one JSON line per series")
@@ -186,3 +190,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+
+
+def _add_lesion_commands(commands: Any) -> None:
+    """train-lesion: the lesion segmenter from the crop cache (:mod:`core.training.segment_run`)."""
+    lesion = commands.add_parser(
+        "train-lesion", help="train the lesion segmenter on the LGG masks; --folds scores each institution left out"
+    )
+    lesion.add_argument("--cache", default="data/cache/brain-mri-128.npz", metavar="FILE")
+    lesion.add_argument("--data", required=True, metavar="ROOT", help="the training folders (held-out scoring)")
+    lesion.add_argument("--out", default="models", metavar="DIR")
+    lesion.add_argument("--folds", action="store_true", help="leave each LGG institution out first (3 more runs)")
+    lesion.add_argument("--draws", type=int, default=None, help="training images drawn per network")
+    lesion.add_argument("--width", type=int, default=None, help="U-Net base width")
+    lesion.set_defaults(run=model.cmd_train_lesion)

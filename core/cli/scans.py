@@ -8,6 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
+
 from core.cli.common import EXIT_NOT_SAVED, EXIT_OK, EXIT_REJECTED, EXIT_USAGE, emit, error_json, progress
 from core.errors import ScanError, StoreError
 from core.evaluation.evaluate import evaluate_folder
@@ -42,11 +45,38 @@ def _classify_file(path: Path, classifier: Classifier, frame: int | None) -> tup
     if gate.decision == REJECTED:  # never a diagnosis for what is not a brain MRI
         message = "This does not look like a brain MRI slice: " + "; ".join(gate.reasons) + "."
         return {"file": str(path), "gate": gate.to_json(), **error_json("not_brain_mri", message)}, outcome
-    return {"file": str(path), **outcome.analysis.prediction.to_json()}, outcome
+    result = {"file": str(path), **outcome.analysis.prediction.to_json()}
+    lesion = outcome.analysis.lesion
+    if lesion is not None:
+        result |= {"lesion_px": lesion.area_px, "lesion_mm2": lesion.area_mm2}
+    return result, outcome
+
+
+def _write_mask(folder: Path, source: Path, outcome: ScanOutcome) -> str | None:
+    """The lesion mask of an analysed slice as ``<input name>.lesion.png`` (255 = lesion), the slice's size."""
+    analysis = outcome.analysis
+    if analysis is None or analysis.lesion is None or analysis.prediction.gate.decision == REJECTED:
+        return None
+    target = folder / f"{source.stem}.lesion.png"
+    ok, encoded = cv2.imencode(".png", analysis.lesion.mask.astype(np.uint8) * 255)
+    if not ok:
+        return None
+    target.write_bytes(encoded.tobytes())
+    return str(target)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     classifier = load_classifier(args.model)
+    masks = Path(args.lesion_masks) if args.lesion_masks else None
+    if masks is not None:
+        if classifier.segmenter is None:
+            emit(error_json("no_lesion_model", "No lesion segmenter is installed (btd-lesion.json)."), sys.stdout)
+            return EXIT_USAGE
+        try:
+            masks.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            emit(error_json("unwritable", f"The mask folder {masks} cannot be created."), sys.stdout)
+            return EXIT_USAGE
     store, images = None, None
     if args.save:  # back-fill: the database the app uses (MONGODB_URI, else BTD_DATA_DIR's SQLite file)
         try:
@@ -60,6 +90,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         result, outcome = _classify_file(Path(name), classifier, args.frame)
         if "error" in result:
             status = EXIT_REJECTED
+        elif masks is not None:
+            result["lesion_mask"] = _write_mask(masks, Path(name), outcome)
         if args.save and outcome.analysis is not None:  # gate-rejected scans are recorded as such, like in the app
             saved = save(outcome.analysis, store, actor=COMMAND_LINE, patient_ref=None, images=images)
             result["saved"] = saved.state + (f": {saved.message}" if saved.message else "")
@@ -75,7 +107,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     started = time.perf_counter()
     split = Path(args.split) if args.split else None
-    report = evaluate_folder(root, load_classifier(args.model), split, lambda files: progress(files, "evaluate"))
+    report = evaluate_folder(
+        root, load_classifier(args.model, lesions=False), split, lambda files: progress(files, "evaluate")
+    )
     report["seconds"] = round(time.perf_counter() - started, 1)
     emit(report, sys.stdout)
     return EXIT_OK

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -323,7 +324,8 @@ def acquisition_facts(dataset: Any) -> dict[str, str]:
     for name in ACQUISITION_FIELDS:
         value = dataset.get(name)
         if value not in (None, ""):
-            facts[name] = str(value) if not isinstance(value, (list, tuple)) else "\\".join(str(v) for v in value)
+            several = isinstance(value, Sequence) and not isinstance(value, str | bytes)  # pydicom's MultiValue too
+            facts[name] = "\\".join(str(v) for v in value) if several else str(value)
     plane = plane_of(dataset.get("ImageOrientationPatient"))
     if plane:
         facts["Plane"] = plane

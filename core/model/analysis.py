@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,7 @@ from core.errors import ScanError
 from core.imaging import DEFAULT_LIMITS, Limits, Scan, read_scan
 from core.model.classifier import Classifier
 from core.model.gate import GateResult, assess, with_review
+from core.model.lesion import Lesion, Segmenter, lesion_of, pixel_spacing
 from core.model.preprocess import to_model_input
 from core.model.roi import BrainRegion, find_brain
 
@@ -59,6 +60,7 @@ class Analysis:
     region: BrainRegion
     model_input: np.ndarray
     prediction: Prediction
+    lesion: Lesion | None = None  # where the segmenter sees a lesion, when one is loaded
 
 
 def analyse(data: bytes, classifier: Classifier, limits: Limits = DEFAULT_LIMITS, frame: int | None = None) -> Analysis:
@@ -72,7 +74,8 @@ def analyse(data: bytes, classifier: Classifier, limits: Limits = DEFAULT_LIMITS
 def analyse_scan(
     scan: Scan, classifier: Classifier, timings: dict[str, float] | None = None, started: float | None = None
 ) -> Analysis:
-    """The pipeline from a decoded scan on (crop, preprocess, predict, decide, gate)."""
+    """The pipeline from a decoded scan on (crop, preprocess, predict, decide, gate; the lesion when the
+    classifier has a segmenter beside it)."""
     started = time.perf_counter() if started is None else started
     timings = dict(timings or {})
     region = find_brain(scan.pixels)
@@ -86,7 +89,26 @@ def analyse_scan(
         "preprocess": (prep_done - crop_done) * 1000,
         "predict": (predict_done - prep_done) * 1000,
     }
-    return _verdict(scan, region, model_input, classifier, (raw[0], calibrated[0], _row(embedding, 0)), timings)
+    analysis = _verdict(scan, region, model_input, classifier, (raw[0], calibrated[0], _row(embedding, 0)), timings)
+    return with_lesions([analysis], classifier.segmenter)[0] if classifier.segmenter is not None else analysis
+
+
+def with_lesions(analyses: Sequence[Analysis], segmenter: Segmenter, batch_size: int = 32) -> list[Analysis]:
+    """The analyses with the segmenter's lesion on each slice (batched; its time in ``timings_ms["segment"]``)."""
+    done = []
+    for start in range(0, len(analyses), batch_size):
+        chunk = analyses[start : start + batch_size]
+        began = time.perf_counter()
+        maps = segmenter.probabilities([a.scan.pixels for a in chunk], [a.region.box for a in chunk])
+        share = (time.perf_counter() - began) * 1000 / len(chunk)
+        for analysis, probability in zip(chunk, maps, strict=True):
+            lesion = lesion_of(probability, segmenter.card.threshold, pixel_spacing(analysis.scan))
+            timings = dict(analysis.prediction.timings_ms)
+            timings["segment"] = share
+            timings["total"] = timings.get("total", 0.0) + share
+            prediction = replace(analysis.prediction, timings_ms=timings)
+            done.append(replace(analysis, prediction=prediction, lesion=lesion))
+    return done
 
 
 def analyse_scans(scans: Sequence[Scan], classifier: Classifier, batch_size: int = 64) -> list[Analysis | ScanError]:
@@ -115,7 +137,8 @@ def analyse_scans(scans: Sequence[Scan], classifier: Classifier, batch_size: int
         for i, (scan, region, model_input, timings) in enumerate(chunk):
             outputs = (raw[i], calibrated[i], _row(embedding, i))
             done.append(_verdict(scan, region, model_input, classifier, outputs, timings | {"predict": share}))
-    results = iter(done)
+    segmenter = classifier.segmenter
+    results = iter(with_lesions(done, segmenter) if segmenter is not None else done)
     return [p if isinstance(p, ScanError) else next(results) for p in prepared]
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from core.errors import ModelError
 from core.model.card import ModelCard, sha256_file
 from core.model.gate import GatePolicy
 from core.model.preprocess import InputSpec
+
+if TYPE_CHECKING:
+    from core.model.lesion import Segmenter
 
 
 def calibrated_probabilities(raw: np.ndarray, card: ModelCard) -> np.ndarray:
@@ -67,6 +70,35 @@ def _compiled_forward(model: Any, spec: InputSpec) -> Any:
     return tf.function(forward, input_signature=signature, reduce_retracing=True)
 
 
+def load_checked_model(weights: Path, sha256: str, card_name: str) -> Any:
+    """The Keras model in ``weights`` (compile=False, safe mode), after its SHA-256 matched its card's."""
+    if not weights.is_file():
+        raise ModelError(f"Weights file {weights.name} named by card {card_name} is missing.")
+    actual = sha256_file(weights)
+    if actual != sha256:
+        raise ModelError(
+            f"Weights file {weights.name} does not match its card (SHA-256 {actual[:12]}..., card says "
+            f"{sha256[:12]}...): refusing to load it."
+        )
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    try:
+        return keras.saving.load_model(weights, compile=False, safe_mode=True)
+    except Exception as error:  # Keras raises many types for a bad file; all mean "cannot use it"
+        raise ModelError(f"Weights file {weights.name} cannot be loaded as a Keras model.") from error
+
+
+def with_segmenter(classifier: Classifier, lesion_card: Path | None) -> Classifier:
+    """The classifier with the lesion segmenter of ``lesion_card`` beside it (every analysis then outlines and
+    measures the lesion); unchanged when there is no such card (a broken card raises :class:`ModelError`)."""
+    if lesion_card is not None and lesion_card.is_file():
+        from core.model.lesion import Segmenter
+
+        classifier.segmenter = Segmenter.from_card(lesion_card)
+    return classifier
+
+
 class Classifier:
     """A loaded model and its card. Thread-safe: one forward pass at a time."""
 
@@ -76,28 +108,13 @@ class Classifier:
         self.lock = threading.Lock()  # one forward pass at a time (shared with the explainer)
         self._forward = _compiled_forward(model, card.input)
         self.gate_policy = GatePolicy.from_card(card.gate)
+        self.segmenter: Segmenter | None = None  # the lesion segmenter served beside it (:func:`with_segmenter`)
 
     @classmethod
     def from_card(cls, card_path: str | Path) -> Classifier:
         """Read the card, check the weights' SHA-256 against it, then load the Keras model (compile=False)."""
         card = ModelCard.from_file(card_path)
-        weights = card.weights_path
-        if not weights.is_file():
-            raise ModelError(f"Weights file {weights.name} named by card {card.name} is missing.")
-        actual = sha256_file(weights)
-        if actual != card.weights_sha256:
-            raise ModelError(
-                f"Weights file {weights.name} does not match its card (SHA-256 {actual[:12]}..., card says "
-                f"{card.weights_sha256[:12]}...): refusing to load it."
-            )
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        import keras
-
-        try:
-            model = keras.saving.load_model(weights, compile=False, safe_mode=True)
-        except Exception as error:  # Keras raises many types for a bad file; all mean "cannot use it"
-            raise ModelError(f"Weights file {weights.name} cannot be loaded as a Keras model.") from error
-        classifier = cls(card, model)
+        classifier = cls(card, load_checked_model(card.weights_path, card.weights_sha256, card.name))
         classifier._check_shapes()
         spec = card.input
         classifier.probabilities(np.zeros((1, spec.size, spec.size, spec.channels), np.float32))  # trace once now

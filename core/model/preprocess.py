@@ -95,3 +95,20 @@ def to_model_input(pixels: np.ndarray, box: tuple[int, int, int, int] | None, sp
 def square_to_input(square: np.ndarray, spec: InputSpec) -> np.ndarray:
     """The last step of :func:`to_model_input`: a (size, size) crop -> intensity scaling and channels."""
     return channels(scale_intensities(square, spec.scaling), spec)
+
+
+def input_to_image(square_map: np.ndarray, box: tuple[int, int, int, int] | None, shape: tuple[int, int]) -> np.ndarray:
+    """The inverse of :func:`to_model_input`'s geometry: a (size, size) map on the model's input (a lesion
+    probability) back onto the original slice of ``shape`` (rows, columns): resized to the padded square's side,
+    the padding removed, placed in ``box``; zero outside the box. float32."""
+    x0, y0, x1, y1 = box if box is not None else (0, 0, shape[1], shape[0])
+    height, width = y1 - y0, x1 - x0
+    side = max(height, width)
+    values = square_map.astype(np.float32)
+    if values.shape[0] != side:
+        interpolation = cv2.INTER_LINEAR if side > values.shape[0] else cv2.INTER_AREA
+        values = cv2.resize(values, (side, side), interpolation=interpolation)
+    top, left = (side - height) // 2, (side - width) // 2
+    image = np.zeros(shape, np.float32)
+    image[y0:y1, x0:x1] = values[top : top + height, left : left + width]
+    return image

@@ -10,17 +10,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from core.config import audit_key, data_dir, model_card_path, mongodb_uri
-from core.model.classifier import Classifier
+from core.config import audit_key, data_dir, lesion_card_path, model_card_path, mongodb_uri
+from core.model.classifier import Classifier, with_segmenter
 from core.model.explain import Explainer
 from core.storage import open_store
 from core.storage.images import FolderImages, GridFSImages, ImageStore
 from core.storage.protocol import Store
 
 
-def load_classifier(card_path: str | Path | None = None) -> Classifier:
-    """The model named by ``card_path`` (default: ``BTD_MODEL`` or the shipped card), hash-checked and loaded."""
-    return Classifier.from_card(Path(card_path) if card_path else model_card_path())
+def load_classifier(card_path: str | Path | None = None, lesions: bool = True) -> Classifier:
+    """The model named by ``card_path`` (default: ``BTD_MODEL`` or the shipped card), hash-checked and loaded, with
+    the lesion segmenter beside it (``BTD_LESION_MODEL`` or the shipped one) unless ``lesions`` is False."""
+    classifier = Classifier.from_card(Path(card_path) if card_path else model_card_path())
+    return with_segmenter(classifier, lesion_card_path()) if lesions else classifier
 
 
 def load_explainer(classifier: Classifier) -> Explainer:

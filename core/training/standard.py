@@ -113,6 +113,8 @@ def _batch_augment_class() -> Any:
             return ops.reshape(ops.cast(self._uniform(n, 0.0, 1.0) < p, "float32"), (-1, 1, 1, 1))
 
         def call(self, images: Any, training: bool | None = None) -> Any:
+            """A second channel, when given, is a lesion mask: it moves with the image (rotation, scale, shift,
+            flip) and keeps 0/1 values; the skull removal and the intensity changes touch the image alone."""
             if not training:
                 return images
             s = self.settings
@@ -132,6 +134,8 @@ def _batch_augment_class() -> Any:
             x = ops.image.affine_transform(images, transform, interpolation="bilinear", fill_mode="constant")
             x = ops.where(self._chance(n, 0.5) > 0, ops.flip(x, axis=2), x)
             x = ops.clip(x, 0.0, 1.0)
+            mask = x[..., 1:] if int(images.shape[-1]) > 1 else None
+            x = x[..., :1]
             # skull removal: the head mask at half resolution, eroded one (half-resolution) pixel at a time;
             # keep each pixel whose depth reaches the drawn radius (17 full-resolution steps cost 8 times more)
             head = _binomial_blur(_binomial_blur(x))
@@ -157,8 +161,8 @@ def _batch_augment_class() -> Any:
             blur = self._chance(n, s.blur)
             x = x * (1.0 - blur) + blurred * blur
             sigma = ops.reshape(self._uniform(n, 0.0, s.noise), (-1, 1, 1, 1))
-            x = x + sigma * keras.random.normal(ops.shape(x), seed=self.seed_generator)
-            return ops.clip(x, 0.0, 1.0)
+            x = ops.clip(x + sigma * keras.random.normal(ops.shape(x), seed=self.seed_generator), 0.0, 1.0)
+            return x if mask is None else ops.concatenate([x, ops.cast(mask > 0.5, "float32")], axis=-1)
 
         def compute_output_shape(self, input_shape: Any) -> Any:
             return input_shape

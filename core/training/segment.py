@@ -1,0 +1,130 @@
+"""The lesion segmenter: a small U-Net on the brain crop, trained on the LGG hand-drawn FLAIR-abnormality masks.
+
+- Network (:func:`build_unet`): Ronneberger et al.'s U-Net layout, small: four levels of two 3 x 3 convolutions
+  (batch-normalised, ReLU) with ``width`` x 1, 2, 4, 8 filters, max-pooling down and transposed convolutions up with
+  skip connections, one sigmoid output per pixel. Its first layer standardises each image exactly as model 3's
+  does, so the app feeds the crop at ``x / 255`` (:func:`core.model.preprocess.scale_intensities`, "unit").
+- Data: every LGG slice of the training institutions (all three sequences: the FLAIR mask applies to the
+  co-registered T1 and T1c sections too), with its mask; the tumour-free sections of those patients, Normal-heads
+  and the Training collection's tumour-free scans with empty masks. Scans of a tumour without a mask (Training's
+  glioma, meningioma, pituitary; Web-tumour) are left out: nobody drew where their tumour is.
+- Augmentation: model 3's recipe (:class:`core.training.standard.BatchAugment`) on image and mask together; the
+  mask moves with the image and keeps 0/1 values.
+- Loss: binary cross-entropy plus the soft Dice loss over the batch (empty masks count through the cross-entropy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from core.training.cache import CropCache
+
+LESION_SOURCES = ("LGG", "Normal-heads", "Training")
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    width: int = 16
+    batch: int = 16
+    draws: int = 48_000
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    # how often each kind of section is drawn (LGG with a mask, LGG without, Normal-heads, Training's no tumour)
+    shares: tuple[float, float, float, float] = (0.5, 0.2, 0.15, 0.15)
+
+
+def build_unet(size: int, width: int = 16, name: str = "btd-lesion") -> Any:
+    """U-Net on a (size, size, 1) crop in [0, 1]; outputs (size, size, 1) lesion probabilities (layer ``lesion``)."""
+    import keras
+    from keras import layers
+
+    def twice(x: Any, filters: int) -> Any:
+        for _ in range(2):
+            x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+            x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5)(x)
+            x = layers.ReLU()(x)
+        return x
+
+    inputs = keras.Input((size, size, 1), name="scan")
+    x = layers.LayerNormalization(axis=(1, 2, 3), center=False, scale=False, epsilon=1e-4, name="standardise")(inputs)
+    skips = []
+    for level in range(3):
+        x = twice(x, width * 2**level)
+        skips.append(x)
+        x = layers.MaxPooling2D(2)(x)
+    x = twice(x, width * 8)
+    for level in reversed(range(3)):
+        x = layers.Conv2DTranspose(width * 2**level, 2, strides=2, padding="same")(x)
+        x = twice(layers.Concatenate()([x, skips[level]]), width * 2**level)
+    outputs = layers.Conv2D(1, 1, activation="sigmoid", name="lesion")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def dice_bce_loss(truth: Any, predicted: Any) -> Any:
+    """Binary cross-entropy plus (1 - soft Dice) over the whole batch."""
+    from keras import ops
+
+    predicted = ops.clip(predicted, 1e-6, 1.0 - 1e-6)
+    bce = -ops.mean(truth * ops.log(predicted) + (1.0 - truth) * ops.log(1.0 - predicted))
+    overlap = ops.sum(truth * predicted)
+    dice = (2.0 * overlap + 1.0) / (ops.sum(truth) + ops.sum(predicted) + 1.0)
+    return bce + (1.0 - dice)
+
+
+def lesion_pools(cache: CropCache, indices: np.ndarray) -> list[np.ndarray]:
+    """The four kinds of section among ``indices``, in :attr:`SegmentConfig.shares` order."""
+    source, label = cache.source[indices], cache.label[indices]
+    has_mask = cache.masks[indices].reshape(len(indices), -1).max(axis=1) > 0
+    return [
+        indices[(source == "LGG") & has_mask],
+        indices[(source == "LGG") & ~has_mask & (label == "notumor")],
+        indices[source == "Normal-heads"],
+        indices[(source == "Training") & (label == "notumor")],
+    ]
+
+
+def draw_batch(
+    cache: CropCache, pools: list[np.ndarray], config: SegmentConfig, step: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Batch ``step``: a function of the step alone (a resumed or repeated run draws the same batches)."""
+    rng = np.random.default_rng((config.seed, step))
+    kinds = rng.choice(len(pools), size=config.batch, p=np.asarray(config.shares) / sum(config.shares))
+    chosen = np.array([pools[k][rng.integers(len(pools[k]))] for k in kinds])
+    images = cache.crops[chosen].astype(np.float32)[..., None] / 255.0
+    masks = (cache.masks[chosen] > 0).astype(np.float32)[..., None]
+    return images, masks
+
+
+def train_unet(cache: CropCache, indices: np.ndarray, config: SegmentConfig, log: Any = print) -> Any:
+    """Train a U-Net on the sections ``indices`` of ``cache`` for ``config.draws`` draws; returns the network."""
+    import keras
+
+    from core.training.standard import batch_augment
+
+    keras.utils.set_random_seed(config.seed)
+    size = int(cache.crops.shape[1])
+    network = build_unet(size, config.width)
+    steps = max(1, config.draws // config.batch)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        config.learning_rate * 0.1, steps, warmup_target=config.learning_rate, warmup_steps=min(200, steps // 10)
+    )
+    network.compile(
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay),
+        loss=dice_bce_loss,
+        jit_compile=False,
+    )
+    augment = batch_augment(seed=config.seed)
+    pools = lesion_pools(cache, indices)
+    running = None
+    for step in range(steps):
+        images, masks = draw_batch(cache, pools, config, step)
+        both = keras.ops.convert_to_numpy(augment(np.concatenate([images, masks], axis=-1), training=True))
+        loss = float(network.train_on_batch(both[..., :1], both[..., 1:]))
+        running = loss if running is None else 0.98 * running + 0.02 * loss
+        if (step + 1) % 100 == 0 or step + 1 == steps:
+            log(f"step {step + 1}/{steps} loss {running:.4f}")
+    return network

@@ -1,0 +1,192 @@
+"""Train and measure the lesion segmenter: ``python -m core train-lesion --out models/ [--folds]``.
+
+With ``--folds`` each of the three LGG institutions (CS, DU, FG) is left out in turn, with a third of the
+Normal-heads subjects: a network trained on the rest is scored on the held-out sections through the app's own path
+(the original file read, the brain found, the crop segmented and mapped back onto the slice), against the
+hand-drawn masks at their own resolution. Then the shipped network is trained on everything and its card
+(``btd-lesion.json``) records the pooled held-out figures. Figures (95 % intervals: Wilson for rates, a bootstrap
+over sections for medians):
+
+- Dice per section with >= 300 mask pixels, median, per sequence (FLAIR, T1, T1c);
+- localisation hit rate: sections with >= 300 mask pixels whose predicted lesion overlaps the mask at all;
+- false lesions: predicted area >= 100 px on LGG tumour-free sections and on held-out Normal-heads subjects;
+- volume agreement per held-out patient (FLAIR sections): Spearman of predicted vs drawn lesion pixels;
+- cost: one slice's segmentation, p50 and p95 on this machine.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.evaluation.metrics import machine, wilson_interval
+from core.imaging import read_scan_file
+from core.model.card import sha256_file
+from core.model.lesion import LesionCard, Segmenter
+from core.model.roi import find_brain
+from core.training.cache import CropCache
+from core.training.segment import SegmentConfig, train_unet
+
+INSTITUTIONS = ("CS", "DU", "FG")
+LESION_PX, FALSE_PX = 300, 100  # the issue's section thresholds, in the original slices' pixels
+
+
+def _log(message: str) -> None:
+    print(f"[train-lesion {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def fold_indices(cache: CropCache, held: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """(training, held-out) section indices: the LGG institution ``held`` and every third Normal-heads subject
+    out; None: everything trains, nothing is held out. Training's tumour scans (no masks) are never used."""
+    source, label, unit = cache.source, cache.label, cache.unit
+    usable = (source == "LGG") | (source == "Normal-heads") | ((source == "Training") & (label == "notumor"))
+    if held is None:
+        return np.flatnonzero(usable), np.array([], dtype=int)
+    subjects = sorted(set(unit[source == "Normal-heads"]))
+    held_subjects = {s for k, s in enumerate(subjects) if k % len(INSTITUTIONS) == INSTITUTIONS.index(held)}
+    out = ((source == "LGG") & (cache.institution == held)) | (
+        (source == "Normal-heads") & np.isin(unit, sorted(held_subjects))
+    )
+    return np.flatnonzero(usable & ~out), np.flatnonzero(out)
+
+
+def _truth(root: Path, relative: str, shape: tuple[int, int]) -> np.ndarray:
+    """The hand-drawn mask of an LGG glioma slice (any sequence: the FLAIR mask of that section), else empty."""
+    path = Path(relative)
+    if path.parts[:2] != ("LGG", "glioma"):
+        return np.zeros(shape, bool)
+    section = path.stem.rsplit("_", 1)[0]
+    return read_scan_file(root / "LGG" / "masks" / f"{section}.png").pixels > 127
+
+
+def score_sections(segmenter: Segmenter, root: Path, cache: CropCache, indices: np.ndarray) -> list[dict[str, Any]]:
+    """One row per held-out section: source, sequence, patient, drawn and predicted areas, overlap, Dice."""
+    rows = []
+    for start in range(0, len(indices), 32):
+        chosen = indices[start : start + 32]
+        slices = [read_scan_file(root / str(cache.path[i])).pixels for i in chosen]
+        boxes = [find_brain(pixels).box for pixels in slices]
+        for i, pixels, probability in zip(chosen, slices, segmenter.probabilities(slices, boxes), strict=True):
+            predicted = probability >= segmenter.card.threshold
+            truth = _truth(root, str(cache.path[i]), pixels.shape)
+            overlap = int((predicted & truth).sum())
+            drawn, found = int(truth.sum()), int(predicted.sum())
+            rows.append(
+                {
+                    "source": str(cache.source[i]),
+                    "sequence": str(cache.sequence[i]),
+                    "patient": str(cache.unit[i]),
+                    "drawn": drawn,
+                    "found": found,
+                    "overlap": overlap,
+                    "dice": 2 * overlap / (drawn + found) if drawn + found else 1.0,
+                }
+            )
+    return rows
+
+
+def _median_interval(values: list[float], seed: int = 0) -> dict[str, Any]:
+    if not values:
+        return {"n": 0, "median": None, "interval": None}
+    rng = np.random.default_rng(seed)
+    data = np.asarray(values)
+    medians = np.median(rng.choice(data, (1000, len(data))), axis=1)
+    low, high = np.percentile(medians, (2.5, 97.5))
+    return {"n": len(values), "median": round(float(np.median(data)), 3), "interval": [round(low, 3), round(high, 3)]}
+
+
+def _rate(hits: int, n: int) -> dict[str, Any]:
+    return {"n": n, "rate": round(hits / n, 3) if n else None, "interval": wilson_interval(hits, n)}
+
+
+def _spearman(a: list[float], b: list[float]) -> float | None:
+    if len(a) < 3:
+        return None
+    ranks = [np.argsort(np.argsort(x, kind="stable"), kind="stable") for x in (a, b)]
+    return round(float(np.corrcoef(*ranks)[0, 1]), 3)
+
+
+def figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's figures from held-out section rows (see the module's docstring)."""
+    lesion = [r for r in rows if r["drawn"] >= LESION_PX]
+    dice = {
+        seq: _median_interval([r["dice"] for r in lesion if r["sequence"] == seq]) for seq in ("flair", "t1", "t1c")
+    }
+    lgg_free = [r for r in rows if r["source"] == "LGG" and r["drawn"] == 0]
+    normal = [r for r in rows if r["source"] == "Normal-heads"]
+    patients: dict[str, list[int]] = {}
+    for r in rows:
+        if r["source"] == "LGG" and r["sequence"] == "flair":
+            patients.setdefault(r["patient"], [0, 0])
+            patients[r["patient"]][0] += r["found"]
+            patients[r["patient"]][1] += r["drawn"]
+    found, drawn = [v[0] for v in patients.values()], [v[1] for v in patients.values()]
+    return {
+        "dice_median": dice,
+        "hit_rate": _rate(sum(r["overlap"] > 0 for r in lesion), len(lesion)),
+        "false_lesions_lgg_tumour_free": _rate(sum(r["found"] >= FALSE_PX for r in lgg_free), len(lgg_free)),
+        "false_lesions_normal_heads": _rate(sum(r["found"] >= FALSE_PX for r in normal), len(normal)),
+        "volume_spearman_per_patient": {"n": len(patients), "rho": _spearman(found, drawn)},
+    }
+
+
+def timing(segmenter: Segmenter, repeats: int = 30) -> dict[str, float]:
+    pixels = np.zeros((256, 256), np.uint8)
+    pixels[40:220, 50:210] = 120
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        segmenter.lesion(pixels, (50, 40, 210, 220), (1.0, 1.0))
+        samples.append((time.perf_counter() - t0) * 1000)
+    return {"p50": round(float(np.median(samples)), 1), "p95": round(float(np.percentile(samples, 95)), 1)}
+
+
+def in_memory(network: Any, size: int, threshold: float = 0.5) -> Segmenter:
+    return Segmenter(LesionCard("btd-lesion", "dev", "", "", size, threshold), network)
+
+
+def train_lesion(
+    cache_path: Path, root: Path, out_dir: Path, config: SegmentConfig, folds: bool, command: str
+) -> dict[str, Any]:
+    """The folds (when asked), then the shipped network on everything; writes the weights and the card."""
+    cache = CropCache.load(cache_path)
+    size = int(cache.crops.shape[1])
+    held_rows: list[dict[str, Any]] = []
+    per_fold = {}
+    for held in INSTITUTIONS if folds else ():
+        train, test = fold_indices(cache, held)
+        _log(f"fold {held}: {len(train)} training sections, {len(test)} held out")
+        network = train_unet(cache, train, config, _log)
+        rows = score_sections(in_memory(network, size), root, cache, test)
+        per_fold[held] = figures(rows)
+        _log(f"fold {held}: {json.dumps(per_fold[held]['dice_median'])} hit {per_fold[held]['hit_rate']}")
+        held_rows += rows
+    train, _ = fold_indices(cache, None)
+    network = train_unet(cache, train, config, _log)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = out_dir / "btd-lesion.keras"
+    network.save(weights)
+    card = {
+        "name": "btd-lesion",
+        "version": "1.0.0",
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "weights": {"file": weights.name, "sha256": sha256_file(weights)},
+        "input": {"size": size, "channels": 1, "crop": True, "scaling": "unit"},
+        "threshold": 0.5,
+        "training": {"command": command, "config": asdict(config), "sections": len(train), "machine": machine()},
+        "figures": {
+            "protocol": "leave one LGG institution out (CS, DU, FG), a third of Normal-heads subjects with it",
+            "pooled": figures(held_rows) if held_rows else None,
+            "per_fold": per_fold,
+            "segmentation_ms": timing(in_memory(network, size)),
+        },
+    }
+    (out_dir / "btd-lesion.json").write_text(json.dumps(card, indent=2) + "\n")
+    return card

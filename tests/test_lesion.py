@@ -1,0 +1,149 @@
+"""The lesion segmenter's geometry, measures, card and place in the pipeline (an untrained network: the figures of
+the trained one are model-quality checks on ../shared data, in its card)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from core.errors import ModelError
+from core.model.analysis import analyse
+from core.model.classifier import Classifier, with_segmenter
+from core.model.lesion import (
+    LesionCard,
+    Segmenter,
+    area_mm2,
+    lesion_of,
+    pixel_spacing,
+    sections_spanned,
+    volume_ml,
+)
+from core.model.preprocess import InputSpec, input_to_image, to_model_input
+from core.model.roi import find_brain
+from tests.scans import dicom_bytes, png_bytes, synthetic_slice
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+
+@pytest.mark.parametrize(
+    ("shape", "box", "size"),
+    [((256, 256), (30, 40, 230, 220), 128), ((512, 384), (20, 60, 370, 480), 128), ((240, 320), None, 96)],
+)
+def test_a_known_mask_goes_through_crop_model_input_and_back_with_dice_at_least_0_98(shape, box, size) -> None:
+    truth = np.zeros(shape, np.uint8)
+    cv2.ellipse(truth, (shape[1] // 2 + 10, shape[0] // 2 - 5), (40, 25), 30, 0, 360, 255, -1)
+    spec = InputSpec(size, 1, crop=True, scaling="unit")
+    on_input = to_model_input(truth, box, spec)[..., 0]  # the mask as the model sees it (x / 255)
+    back = input_to_image(on_input, box, shape) >= 0.5
+    assert back.shape == shape
+    assert dice(back, truth > 0) >= 0.98
+    if box is not None:  # nothing lands outside the brain box
+        x0, y0, x1, y1 = box
+        outside = back.copy()
+        outside[y0:y1, x0:x1] = False
+        assert not outside.any()
+
+
+def test_area_outline_and_volume_follow_the_spacing() -> None:
+    probability = np.zeros((100, 120), np.float32)
+    probability[20:40, 30:60] = 0.9  # 20 x 30 = 600 pixels
+    lesion = lesion_of(probability, 0.5, (0.5, 0.8))
+    assert lesion.area_px == 600 and lesion.area_mm2 == pytest.approx(600 * 0.4)
+    assert len(lesion.outline) == 1
+    xs, ys = lesion.outline[0][:, 0], lesion.outline[0][:, 1]
+    assert (xs.min(), xs.max(), ys.min(), ys.max()) == (30, 59, 20, 39)
+    assert lesion_of(probability, 0.5).area_mm2 is None  # no spacing: pixels only
+    assert lesion_of(np.zeros((10, 10)), 0.5).outline == []
+    assert area_mm2(100, None) is None
+    assert volume_ml([600, 600, 0], (0.5, 0.8), 5.0) == pytest.approx(2 * 600 * 0.4 * 5.0 / 1000)
+    assert volume_ml([600], None, 5.0) is None and volume_ml([600], (1.0, 1.0), None) is None
+    assert volume_ml([600], (1.0, 1.0), 0.0) is None
+    assert sections_spanned([0, 3, 0, 5, 0]) == (1, 3) and sections_spanned([0, 0]) is None
+
+
+def test_pixel_spacing_is_read_from_dicom_facts_and_refused_when_malformed() -> None:
+    class Scan:
+        def __init__(self, facts: dict[str, str]) -> None:
+            self.acquisition = facts
+
+    assert pixel_spacing(Scan({"PixelSpacing": "0.5\\0.75"})) == (0.5, 0.75)
+    for bad in ({}, {"PixelSpacing": "0.5"}, {"PixelSpacing": "a\\b"}, {"PixelSpacing": "0\\1"}):
+        assert pixel_spacing(Scan(bad)) is None
+
+
+def test_a_lesion_card_must_match_its_weights(tiny_lesion_card: Path, tmp_path: Path) -> None:
+    card = json.loads(tiny_lesion_card.read_text())
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({**card, "weights": {**card["weights"], "sha256": "0" * 64}}))
+    (tmp_path / card["weights"]["file"]).write_bytes((tiny_lesion_card.parent / card["weights"]["file"]).read_bytes())
+    with pytest.raises(ModelError, match="does not match its card"):
+        Segmenter.from_card(broken)
+    broken.write_text("{not json")
+    with pytest.raises(ModelError, match="cannot be read"):
+        LesionCard.from_file(broken)
+
+
+def test_the_segmenter_maps_back_onto_each_slice_and_the_analysis_carries_the_lesion(
+    tiny_card: Path, tiny_lesion_card: Path
+) -> None:
+    segmenter = Segmenter.from_card(tiny_lesion_card)
+    pixels = synthetic_slice(200)
+    box = find_brain(pixels).box
+    (probability,) = segmenter.probabilities([pixels], [box])
+    assert probability.shape == pixels.shape and probability.dtype == np.float32
+    x0, y0, _, _ = box
+    assert probability[:y0].max(initial=0) == 0 and probability[:, :x0].max(initial=0) == 0  # zero outside the box
+    classifier = with_segmenter(Classifier.from_card(tiny_card), tiny_lesion_card)
+    data = dicom_bytes(pixels.astype(np.uint16) * 16, extra={"PixelSpacing": [0.5, 0.5]})
+    analysis = analyse(data, classifier)
+    assert analysis.lesion is not None and analysis.lesion.mask.shape == pixels.shape
+    # threshold 1e-9: the whole brain box is "lesion", 0.25 mm^2 a pixel
+    x0, y0, x1, y1 = analysis.region.box
+    assert analysis.lesion.area_px == (x1 - x0) * (y1 - y0)
+    assert analysis.lesion.area_mm2 == pytest.approx(analysis.lesion.area_px * 0.25)
+    assert "segment" in analysis.prediction.timings_ms
+    assert with_segmenter(Classifier.from_card(tiny_card), None).segmenter is None
+    assert analyse(png_bytes(pixels), Classifier.from_card(tiny_card)).lesion is None  # none loaded: none drawn
+
+
+def test_predict_writes_a_lesion_mask_of_each_inputs_size_and_reports_its_area(
+    tmp_path: Path, tiny_card: Path, tiny_lesion_card: Path
+) -> None:
+    scan = tmp_path / "case.png"
+    scan.write_bytes(png_bytes(synthetic_slice(180)))
+    (tmp_path / "empty.png").write_bytes(b"")
+    env = {"PATH": "/usr/bin:/bin", "BTD_LESION_MODEL": str(tiny_lesion_card), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    command = [sys.executable, "-m", "core", "predict", "--model", str(tiny_card), "--lesion-masks"]
+    done = subprocess.run(
+        [*command, str(tmp_path / "masks"), str(scan), str(tmp_path / "empty.png")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert lines[0]["lesion_px"] > 0 and lines[0]["lesion_mm2"] is None  # a PNG has no spacing
+    mask = cv2.imread(lines[0]["lesion_mask"], cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (180, 180) and set(np.unique(mask)) <= {0, 255}
+    assert int((mask == 255).sum()) == lines[0]["lesion_px"]
+    assert "error" in lines[1] and "lesion_mask" not in lines[1]
+    off = subprocess.run(
+        [*command, str(tmp_path / "masks"), str(scan)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**env, "BTD_LESION_MODEL": "none"},
+        timeout=300,
+    )
+    assert json.loads(off.stdout)["error"]["code"] == "no_lesion_model" and off.returncode == 2
