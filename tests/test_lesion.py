@@ -147,3 +147,25 @@ def test_predict_writes_a_lesion_mask_of_each_inputs_size_and_reports_its_area(
         timeout=300,
     )
     assert json.loads(off.stdout)["error"]["code"] == "no_lesion_model" and off.returncode == 2
+
+
+def test_a_series_lesion_volume_is_its_areas_times_the_voxel_size_and_the_study_json_carries_it(
+    tiny_card: Path, tiny_lesion_card: Path
+) -> None:
+    from core.imaging.phantom_series import dicom_series, head_volume
+    from core.imaging.series import read_study
+    from core.model.volume import analyse_volume
+
+    volume = read_study(dicom_series(head_volume(6, 128, range(2, 4))))[0]
+    assert volume.spacing is not None and volume.step_mm is not None and volume.step_mm > 0
+    classifier = with_segmenter(Classifier.from_card(tiny_card), tiny_lesion_card)
+    series = analyse_volume(volume, classifier)
+    areas = series.lesion_areas
+    boxes = [s.analysis.region.box for s in series.sections if s.analysis is not None]
+    assert areas is not None and sum(areas) == sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes)
+    voxel = volume.spacing[0] * volume.spacing[1] * volume.step_mm
+    assert series.lesion_ml == pytest.approx(sum(areas) * voxel / 1000, rel=1e-3)
+    line = series.to_json()
+    assert line["lesion_ml"] == series.lesion_ml and line["lesion_sections"][0] <= line["lesion_sections"][1]
+    plain = analyse_volume(volume, Classifier.from_card(tiny_card))
+    assert plain.lesion_ml is None and "lesion_ml" not in plain.to_json()  # no segmenter: no volume claimed

@@ -78,6 +78,16 @@ class Volume:
     orientation: tuple[float, ...] | None = None  # row and column direction cosines (6)
     modality: str = ""
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    positions_in_mm: bool = True  # False: the files gave no positions and the sections are numbered instead
+
+    @property
+    def step_mm(self) -> float | None:
+        """The distance between sections along the normal (the median step of the positions; the slice
+        thickness when there are no positions in mm or a single section); None when neither is known."""
+        steps = np.diff(self.positions) if self.positions_in_mm and len(self.positions) > 1 else np.array([])
+        if steps.size and float(np.median(steps)) > 0:
+            return float(np.median(steps))
+        return self.thickness if self.thickness and self.thickness > 0 else None
 
     @property
     def plane(self) -> str | None:
@@ -290,6 +300,7 @@ def _volume(sections: list[_Section], limits: StudyLimits) -> Volume:
     else:
         notes.append("The files give no positions: sections are ordered by instance number.")
         keyed = sorted(((float(s.instance), s) for s in sections), key=lambda pair: pair[0])
+    in_mm = reference is not None and all(s.position is not None for s in sections)
     kept: list[tuple[float, _Section]] = []
     for position, section in keyed:
         if kept and abs(position - kept[-1][0]) < 1e-3:
@@ -323,6 +334,7 @@ def _volume(sections: list[_Section], limits: StudyLimits) -> Volume:
         thickness=first.thickness,
         orientation=orientation,
         modality=first.modality,
+        positions_in_mm=in_mm,
         warnings=tuple(notes),
     )
 

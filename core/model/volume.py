@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ from core.model.analysis import Analysis, analyse_scans
 from core.model.classifier import Classifier
 from core.model.decision import SeriesRule
 from core.model.gate import REJECTED
+from core.model.lesion import sections_spanned, volume_ml
 
 
 @dataclass(frozen=True, eq=False)
@@ -104,8 +106,25 @@ class SeriesAnalysis:
             )
         return notes
 
+    @property
+    def lesion_areas(self) -> list[int] | None:
+        """Each section's lesion area in pixels (0 where nothing was analysed); None without a segmenter."""
+        analysed = [s.analysis for s in self.sections if s.analysis is not None]
+        if not analysed or any(a.lesion is None for a in analysed):
+            return None
+        return [s.analysis.lesion.area_px if s.analysis and s.analysis.lesion else 0 for s in self.sections]
+
+    @property
+    def lesion_ml(self) -> float | None:
+        """The lesion volume in mL (areas x pixel spacing x distance between sections); None without a
+        segmenter or a spacing."""
+        areas = self.lesion_areas
+        return None if areas is None else volume_ml(areas, self.volume.spacing, self.volume.step_mm)
+
     def to_json(self) -> dict[str, Any]:
-        return {
+        areas = self.lesion_areas
+        lesion = {} if areas is None else {"lesion_ml": self.lesion_ml, "lesion_sections": sections_spanned(areas)}
+        return lesion | {
             "study": self.volume.study,
             "series": self.volume.series,
             "plane": self.volume.plane,
@@ -128,11 +147,13 @@ class SeriesAnalysis:
 def section_scan(volume: Volume, index: int) -> Scan:
     """Section ``index`` of a series as a :class:`Scan` (what the single-image pipeline takes)."""
     pixels = np.ascontiguousarray(volume.sections[index])
+    spacing = {"PixelSpacing": "\\".join(str(v) for v in volume.spacing)} if volume.spacing else {}
     return Scan(
         pixels=pixels,
         format=volume.modality.lower() or "volume",
         sha256=f"{volume.sha256}:{index}",
         size_bytes=int(pixels.nbytes),
+        acquisition=MappingProxyType(spacing),
     )
 
 
@@ -153,7 +174,7 @@ def analyse_volume(volume: Volume, classifier: Classifier, batch_size: int = 64)
     rule = card.series
     score, used = rule.score([s.tumour_probability for s in sections])
     label = None if score is None else ("tumour" if score >= rule.threshold else card.negative_label)
-    stages: dict[str, float] = {"crop": 0.0, "preprocess": 0.0, "predict": 0.0}
+    stages = dict.fromkeys(("crop", "preprocess", "predict", *(("segment",) if classifier.segmenter else ())), 0.0)
     for result in results:
         if not isinstance(result, ScanError):
             for stage in stages:
