@@ -915,7 +915,7 @@ def test_a_version_5_database_gets_its_shifted_day_roll_ups_built_on_upgrade(tmp
     connection.commit()
     connection.close()
     upgraded = SQLiteStore(path)
-    assert upgraded.schema_version() == SCHEMA_VERSION == 8 and (tmp_path / "results.sqlite3.v5.bak").exists()
+    assert upgraded.schema_version() == SCHEMA_VERSION == 9 and (tmp_path / "results.sqlite3.v5.bak").exists()
     shifted = sqlite3.connect(path).execute("SELECT count(DISTINCT shift), sum(n), sum(reviewed) FROM rollup_shifted")
     assert shifted.fetchone() == (12, 12 * len(FIXTURE), 12)
     assert _same(
@@ -965,7 +965,7 @@ def test_a_version_4_database_gets_its_day_roll_ups_built_on_upgrade(tmp_path: P
     connection.commit()
     connection.close()
     upgraded = SQLiteStore(path)
-    assert upgraded.schema_version() == SCHEMA_VERSION == 8 and (tmp_path / "results.sqlite3.v4.bak").exists()
+    assert upgraded.schema_version() == SCHEMA_VERSION == 9 and (tmp_path / "results.sqlite3.v4.bak").exists()
     tables = {row[0] for row in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
     assert {"rollup_day", "confusion_day", "days_on_insert", "scans_studies"} <= tables and "scans_series" not in tables
     assert (
@@ -1016,7 +1016,7 @@ def test_a_version_6_database_gets_the_orientation_its_nifti_series_pixels_reall
     connection.commit()
     connection.close()
     upgraded = SQLiteStore(path)
-    assert upgraded.schema_version() == 8 and (tmp_path / "results.sqlite3.v6.bak").exists()
+    assert upgraded.schema_version() == 9 and (tmp_path / "results.sqlite3.v6.bak").exists()
     assert upgraded.get(nifti.id).geometry["orientation"] == [-1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
     assert upgraded.get(nifti.id).geometry["plane"] == "axial"
     assert upgraded.get(dicom.id).geometry["orientation"] == old["orientation"]
@@ -1039,7 +1039,7 @@ def test_a_version_6_mongodb_collection_gets_the_same_nifti_orientation_fix() ->
     assert migrate_mongo(database, database["results"]) == 6
     assert database["results"].find_one({"_id": "a"})["geometry"]["orientation"] == [-1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
     assert database["results"].find_one({"_id": "b"})["geometry"]["orientation"] == old
-    assert database["meta"].find_one({"_id": "schema"})["version"] == 8
+    assert database["meta"].find_one({"_id": "schema"})["version"] == SCHEMA_VERSION
 
 
 AUDIT_SEARCH_INDEXES = {"audit_by_time", "audit_by_actor", "audit_by_target"}
@@ -1047,7 +1047,7 @@ AUDIT_SEARCH_INDEXES = {"audit_by_time", "audit_by_actor", "audit_by_target"}
 
 def test_a_version_7_database_gets_its_audit_trail_indexed_keeping_the_chain(tmp_path: Path) -> None:
     """A version-7 file (no audit indexes but the one by action, no verified point: removed here, as version 7
-    wrote it) opens as version 8 after a backup, its chain intact and filtered through the new indexes."""
+    wrote it) opens as the current version after a backup, its chain intact and filtered through the new indexes."""
     path = tmp_path / "results.sqlite3"
     store = SQLiteStore(path)
     for minute, actor, action, target in AUDIT_TRAIL:
@@ -1057,7 +1057,7 @@ def test_a_version_7_database_gets_its_audit_trail_indexed_keeping_the_chain(tmp
     downgrade = [f"DROP INDEX {name}" for name in sorted(AUDIT_SEARCH_INDEXES)]
     sqlite3.connect(path).executescript(";".join([*downgrade, "DROP TABLE audit_verified", "PRAGMA user_version = 7"]))
     upgraded = SQLiteStore(path)
-    assert upgraded.schema_version() == SCHEMA_VERSION == 8 and (tmp_path / "results.sqlite3.v7.bak").exists()
+    assert upgraded.schema_version() == SCHEMA_VERSION == 9 and (tmp_path / "results.sqlite3.v7.bak").exists()
     found = {row[0] for row in sqlite3.connect(path).execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert AUDIT_SEARCH_INDEXES | {"audit_by_action"} <= found
     assert upgraded.audit_events() == before and first_broken(upgraded.audit_events()) is None
@@ -1077,7 +1077,7 @@ def test_a_version_7_mongodb_database_gets_its_audit_trail_indexed() -> None:
     database["audit"].insert_one({"_id": 1, "at": utc(2026, 5, 1), "actor": "dr-a", "action": "sign_in"})
     database["meta"].insert_one({"_id": "schema", "version": 7})
     assert migrate_mongo(database, database["results"]) == 7
-    assert database["meta"].find_one({"_id": "schema"})["version"] == 8
+    assert database["meta"].find_one({"_id": "schema"})["version"] == SCHEMA_VERSION
     keys = [list(spec["key"]) for spec in database["audit"].index_information().values()]
     assert [("actor", 1), ("at", -1), ("_id", -1)] in keys and [("at", -1), ("_id", -1)] in keys
     assert database["audit"].count_documents({}) == 1
@@ -1113,3 +1113,27 @@ def test_the_health_check_writes_for_real(store) -> None:
         assert store._query("SELECT at_ms FROM health")[0][0] > first
     else:
         assert store._db["meta"].find_one({"_id": "health"})["at_ms"] > 0
+
+
+def test_a_version_8_database_gets_the_lesion_columns_and_keeps_its_results(tmp_path: Path) -> None:
+    path = tmp_path / "results.sqlite3"
+    store = SQLiteStore(path)
+    old = FIXTURE[0]
+    store.add(old)
+    del store
+    downgrade = [f"ALTER TABLE scans DROP COLUMN {name}" for name in ("lesion_px", "lesion_mm2", "lesion_ml")]
+    sqlite3.connect(path).executescript(";".join([*downgrade, "PRAGMA user_version = 8"]))
+    upgraded = SQLiteStore(path)
+    assert upgraded.schema_version() == SCHEMA_VERSION == 9 and (tmp_path / "results.sqlite3.v8.bak").exists()
+    assert upgraded.get(old.id) == old and old.lesion_px is None  # never segmented: no area claimed
+    measured = replace(FIXTURE[1], lesion_px=420, lesion_mm2=105.0)
+    assert upgraded.add(measured) and upgraded.get(measured.id).lesion_mm2 == 105.0
+
+
+def test_lesion_measures_round_trip_and_a_negative_area_is_refused(store) -> None:
+    series = replace(FIXTURE[2], lesion_px=1200, lesion_ml=3.75)
+    store.add(series)
+    back = store.get(series.id)
+    assert (back.lesion_px, back.lesion_mm2, back.lesion_ml) == (1200, None, 3.75)
+    with pytest.raises(InvalidRecord, match="lesion_ml is out of range"):
+        store.add(replace(FIXTURE[3], lesion_ml=-1.0))

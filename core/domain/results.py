@@ -75,6 +75,9 @@ class Record:
     study_ref: str | None = None  # a series: SHA-256 of its study's UID (never the UID itself)
     section_count: int | None = None  # a series: how many sections it has (None: a single scan)
     geometry: Mapping[str, object] = field(default_factory=dict)  # a series: spacing, thickness, orientation, plane
+    lesion_px: int | None = None  # the segmenter's lesion area in pixels (a series: over all its sections)
+    lesion_mm2: float | None = None  # that area in mm^2 when the pixel spacing is known (single scans)
+    lesion_ml: float | None = None  # a series' lesion volume in mL when its voxel size is known
 
     @property
     def kind(self) -> str:
@@ -214,6 +217,9 @@ FIELDS: tuple[Field, ...] = (
     Field("study_ref", "text", required=False, pattern=_HEX),
     Field("section_count", "int", required=False, minimum=1),
     Field("geometry", "map"),
+    Field("lesion_px", "int", required=False, minimum=0),
+    Field("lesion_mm2", "float", required=False, minimum=0),
+    Field("lesion_ml", "float", required=False, minimum=0),
 )
 
 _TO_PLAIN = {

@@ -177,6 +177,8 @@ def series_record(
         study_ref=pseudonymise(volume.study, key) if key else None,
         section_count=count,
         geometry=geometry_of(volume),
+        lesion_px=None if analysis.lesion_areas is None else sum(analysis.lesion_areas),
+        lesion_ml=analysis.lesion_ml,
     ).validate()
 
 

@@ -108,6 +108,8 @@ def new_record(
         gate=prediction.gate.decision,
         gate_score=prediction.gate.energy,
         image_key=image_key,
+        lesion_px=None if analysis.lesion is None else analysis.lesion.area_px,
+        lesion_mm2=None if analysis.lesion is None else analysis.lesion.area_mm2,
     ).validate()
 
 

@@ -42,7 +42,7 @@ from core.domain.results import record_id
 from core.errors import StoreError
 from core.storage.mongo_people import AUDIT_INDEXES
 from core.storage.protocol import SCHEMA_VERSION
-from core.storage.schema import AUDIT_SEARCH, PEOPLE, SCANS, create_schema, fill_rollup
+from core.storage.schema import AUDIT_SEARCH, LESION_COLUMNS, PEOPLE, SCANS, create_schema, fill_rollup
 
 logger = logging.getLogger("btd.storage")
 
@@ -82,6 +82,9 @@ def migrate_sqlite(connection: sqlite3.Connection, path: Path) -> int:
                 for statement in AUDIT_SEARCH:
                     connection.execute(statement)
                 logger.warning("event=store_migrated store=sqlite to=8 audit_indexes=built")
+            if found <= 8:
+                added = _sqlite_v8_to_v9(connection)
+                logger.warning("event=store_migrated store=sqlite to=9 lesion_columns_added=%d", added)
             connection.execute("DROP INDEX IF EXISTS scans_series")  # version 4's, now scans_studies (covering)
             logger.warning("event=store_migrated store=sqlite to=%d", SCHEMA_VERSION)  # roll-ups rebuilt below
         create_schema(connection)
@@ -97,6 +100,16 @@ def migrate_sqlite(connection: sqlite3.Connection, path: Path) -> int:
     finally:
         connection.execute("PRAGMA foreign_keys=ON")
     return found
+
+
+def _sqlite_v8_to_v9(connection: sqlite3.Connection) -> int:
+    """Add the lesion columns (NULL for every older result: it was never segmented); a table rebuilt by an earlier
+    step from the current definition has them already. Returns how many were added."""
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(scans)")}
+    missing = [column for column in LESION_COLUMNS if column.split()[0] not in columns]
+    for column in missing:
+        connection.execute(f"ALTER TABLE scans ADD COLUMN {column}")
+    return len(missing)
 
 
 OLD_NIFTI_ORIENTATION = [1.0, 0.0, 0.0, 0.0, -1.0, 0.0]  # what versions up to 6 wrote for every NIfTI series

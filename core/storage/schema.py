@@ -41,8 +41,16 @@ CREATE TABLE IF NOT EXISTS scans (
     study_ref TEXT CHECK (study_ref IS NULL OR length(study_ref) = 64),
     section_count INTEGER CHECK (section_count IS NULL OR section_count > 0),
     geometry TEXT NOT NULL DEFAULT '{}',
+    lesion_px INTEGER CHECK (lesion_px IS NULL OR lesion_px >= 0),
+    lesion_mm2 REAL CHECK (lesion_mm2 IS NULL OR lesion_mm2 >= 0),
+    lesion_ml REAL CHECK (lesion_ml IS NULL OR lesion_ml >= 0),
     CHECK ((kind = 'series') = (section_count IS NOT NULL))
 )"""
+LESION_COLUMNS = (  # version 9: the lesion segmenter's area and volume (added in place to older tables)
+    "lesion_px INTEGER CHECK (lesion_px IS NULL OR lesion_px >= 0)",
+    "lesion_mm2 REAL CHECK (lesion_mm2 IS NULL OR lesion_mm2 >= 0)",
+    "lesion_ml REAL CHECK (lesion_ml IS NULL OR lesion_ml >= 0)",
+)
 # review_note is kept only so that a version-2 file's notes can be moved into the reviews table.
 
 INDEXES = (
