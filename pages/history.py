@@ -1,5 +1,5 @@
-"""History page: a patient's results and series over time, a series beside an earlier one at the matching
-position with the change in tumour probability, and the PDF report of a study."""
+"""History page: a patient's results and series over time with the lesion's size and its change, a series beside
+an earlier one at the matching position with the change in tumour probability, and the PDF report of a study."""
 
 import pandas as pd
 import streamlit as st
@@ -10,7 +10,7 @@ from core.services.access import HISTORY
 from ui import resources
 from ui.page import setup_page
 from ui.viewer import comparison, timeline
-from ui.wording import count_of, pretty
+from ui.wording import count_of, lesion_change, lesion_size, pretty
 
 actor = setup_page("History", HISTORY)
 st.title("Patient history")
@@ -46,15 +46,22 @@ st.dataframe(
                 "kind": r.kind,
                 "verdict": pretty(r.label),
                 "tumour probability": round(r.tumour_probability, 3),
+                "lesion": lesion_size(step.size, step.unit),
+                "change": lesion_change(step.change, step.unit, step.change_percent),
                 "sections": r.section_count or "",
                 "plane": (r.geometry or {}).get("plane") or "",
                 "final label": pretty(r.final_label) if r.final_label else "",
             }
-            for r in records
+            for r, step in zip(records, history.lesion_course(records), strict=True)
         ]
     ),
     hide_index=True,
     width="stretch",
+)
+st.caption(
+    "Lesion: a series' volume (mL) or a single scan's area (mm², or pixels without a pixel spacing), as the "
+    "segmenter measured it. Change: from the previous result of the same kind; — when either size is unknown "
+    "or in pixels."
 )
 
 series = [r for r in records if r.kind == "series"]

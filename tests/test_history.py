@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,11 +15,11 @@ from core.imaging.phantom_series import dicom_series, head_volume
 from core.imaging.series import read_study
 from core.model.volume import analyse_volume
 from core.services.access import Actor
-from core.services.history import change, matching_section, patient_history
+from core.services.history import change, lesion_course, lesion_size, matching_section, patient_history
 from core.services.studies import save_series, series_view
 from core.storage.images import FolderImages
 from core.storage.sqlite import SQLiteStore
-from tests.test_store import make_record
+from tests.test_store import make_record, make_series
 
 DOCTOR = Actor("dr-h", "radiologist")
 
@@ -72,6 +73,8 @@ def test_history_page_compares_a_series_with_its_prior_and_makes_the_report(
     app.text_input[0].set_value("  p-0042 ").run()  # case and spaces do not change the reference
     assert not app.exception
     assert app.dataframe[0].value["kind"].tolist() == ["series", "series"]
+    assert app.dataframe[0].value["lesion"].tolist() == ["—", "—"]  # saved without a segmenter: nothing claimed
+    assert app.dataframe[0].value["change"].tolist() == ["—", "—"]
     assert len(app.get("plotly_chart")) == 3  # the timeline, the current section and the prior's
     assert [m.label for m in app.metric] == ["Series tumour probability", "At this section"]
     button = next(b for b in app.button if b.label.startswith("Make the PDF report"))
@@ -81,5 +84,95 @@ def test_history_page_compares_a_series_with_its_prior_and_makes_the_report(
     actions = [e.action for e in store.audit_events()]
     assert actions.count("history") == 1 and actions.count("open") == 2 and actions.count("report") == 2
     assert np.isfinite([r.tumour_probability for r in store.recent(5)]).all()
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+def lesion_history() -> list:
+    """A patient's results, oldest first: series and single scans, measured or not."""
+    start = datetime(2026, 9, 1, 9, tzinfo=UTC)
+    at = [start + timedelta(days=7 * k) for k in range(8)]
+    return [
+        replace(make_series(1, at[0], study=1), lesion_px=5000, lesion_ml=4.0),
+        replace(make_record(2, at[1]), lesion_px=480, lesion_mm2=120.0),  # a single scan: an area, not a volume
+        replace(make_series(3, at[2], study=2), lesion_px=6000, lesion_ml=5.0),
+        make_series(4, at[3], study=3),  # saved without a segmenter: unknown
+        replace(make_series(5, at[4], study=4), lesion_px=7000, lesion_ml=6.0),
+        replace(make_series(6, at[5], study=5), lesion_px=7200, lesion_ml=6.6),
+        replace(make_record(7, at[6]), lesion_px=510),  # no pixel spacing: pixels, never compared
+        replace(make_series(8, at[7], study=6), lesion_px=0, lesion_ml=0.0),
+    ]
+
+
+def test_the_lesion_course_gives_each_size_and_the_change_from_the_previous_result_of_its_kind() -> None:
+    course = lesion_course(lesion_history())
+    assert [(s.size, s.unit) for s in course] == [
+        (4.0, "mL"),
+        (120.0, "mm2"),
+        (5.0, "mL"),
+        (None, None),
+        (6.0, "mL"),
+        (6.6, "mL"),
+        (510.0, "px"),
+        (0.0, "mL"),
+    ]
+    assert course[0].change is None and course[1].change is None  # nothing before: no change
+    assert course[2].change == pytest.approx(1.0) and course[2].change_percent == pytest.approx(25.0)  # past a scan
+    assert course[3].change is None and course[3].change_percent is None  # unknown now
+    assert course[4].change is None and course[4].change_percent is None  # never across the unknown one
+    assert course[5].change == pytest.approx(0.6) and course[5].change_percent == pytest.approx(10.0)
+    assert course[6].change is None  # a scan measured in pixels is not compared with one in mm^2
+    assert course[7].change == pytest.approx(-6.6) and course[7].change_percent == pytest.approx(-100.0)
+    grown = lesion_course(
+        [lesion_history()[-1], replace(make_series(9, datetime(2027, 1, 1, tzinfo=UTC)), lesion_ml=2.0)]
+    )
+    assert grown[1].change == pytest.approx(2.0) and grown[1].change_percent is None  # from 0: no percentage
+    assert lesion_size(replace(make_series(10, datetime(2027, 1, 1, tzinfo=UTC)), lesion_px=900)) == (900.0, "px")
+
+
+def test_the_history_page_shows_each_lesion_size_and_its_change(
+    tmp_path: Path, tiny_card: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    data = tmp_path / "data"
+    monkeypatch.setenv("BTD_MODEL", str(tiny_card))
+    monkeypatch.setenv("BTD_DATA_DIR", str(data))
+    monkeypatch.setenv("BTD_LESION_MODEL", "none")
+    monkeypatch.delenv("MONGODB_URI", raising=False)
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    store = SQLiteStore(data / "results.sqlite3")
+    reference = pseudonymise("P-0077", local_key(data))
+    for record in lesion_history():
+        store.add(replace(record, patient_ref=reference))
+    app = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "history.py"), default_timeout=60)
+    app.session_state["actor"] = DOCTOR
+    app.run()
+    app.text_input[0].set_value("P-0077").run()
+    assert not app.exception
+    table = app.dataframe[0].value
+    assert table["lesion"].tolist() == [
+        "4.00 mL",
+        "120.0 mm²",
+        "5.00 mL",
+        "—",
+        "6.00 mL",
+        "6.60 mL",
+        "510 px",
+        "0.00 mL",
+    ]
+    assert table["change"].tolist() == [
+        "—",
+        "—",
+        "+1.00 mL (+25%)",
+        "—",
+        "—",
+        "+0.60 mL (+10%)",
+        "—",
+        "-6.60 mL (-100%)",
+    ]
+    assert any("previous result of the same kind" in c.value for c in app.caption)
     st.cache_data.clear()
     st.cache_resource.clear()
