@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,32 @@ def data_dir() -> Path:
 def mongodb_uri(secrets: Mapping[str, Any]) -> str | None:
     """``MONGODB_URI`` from the environment, else ``[mongo] uri`` from the Streamlit secrets; None = embedded."""
     return os.environ.get("MONGODB_URI") or (secrets.get("mongo") or {}).get("uri") or None
+
+
+@dataclass(frozen=True)
+class PacsSettings:
+    """Where the PACS is: its DICOMweb root, the user and password, whether TLS certificates are verified."""
+
+    url: str
+    user: str | None = None
+    password: str | None = None
+    verify_tls: bool = True
+
+
+def pacs_settings(secrets: Mapping[str, Any]) -> PacsSettings | None:
+    """``BTD_PACS_URL`` / ``BTD_PACS_USER`` / ``BTD_PACS_PASSWORD`` from the environment, else the ``[pacs]`` section
+    of the Streamlit secrets (``url``, ``user``, ``password``, ``verify_tls``, true unless set false); None when no
+    PACS is configured."""
+    section = secrets.get("pacs") or {}
+    url = os.environ.get("BTD_PACS_URL") or section.get("url")
+    if not url:
+        return None
+    return PacsSettings(
+        url=str(url),
+        user=os.environ.get("BTD_PACS_USER") or section.get("user"),
+        password=os.environ.get("BTD_PACS_PASSWORD") or section.get("password"),
+        verify_tls=bool(section.get("verify_tls", True)),
+    )
 
 
 def _key(configured: str | None, what: str, shared_database: bool, local_file: str) -> bytes | None:

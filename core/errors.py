@@ -108,3 +108,33 @@ class AccountLocked(SignInFailed):
     """Too many failed sign-ins: the account is locked for a while."""
 
     code = "account_locked"
+
+
+class PacsError(Exception):
+    """The PACS refused or failed a request; the message is safe to show (no credentials, no patient data)."""
+
+    code = "pacs_error"
+
+
+class PacsUnreachable(PacsError):
+    """No answer from the PACS (wrong address, down, timed out); the caller may retry later."""
+
+    code = "pacs_unreachable"
+
+
+class PacsRefused(PacsError):
+    """The PACS refused the credentials or the request (HTTP 401/403)."""
+
+    code = "pacs_refused"
+
+
+class PacsMalformed(PacsError):
+    """The PACS answered with something that is not the DICOMweb JSON or DICOM asked for."""
+
+    code = "pacs_malformed"
+
+
+class PacsNotFound(PacsError):
+    """The PACS has no such study (or no MR series in it)."""
+
+    code = "pacs_not_found"

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from core.cli import admin, model, scans, studies
+from core.cli import admin, model, pacs, scans, studies
 from core.cli.common import EXIT_USAGE, Parser, emit, error_json
 from core.errors import AccessDenied, InvalidRecord, ModelError, StoreError
 
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_standard_training_commands(commands)
     _add_lesion_commands(commands)
     admin.add_commands(commands)
+    pacs.add_commands(commands)
     return parser
 
 

@@ -11,7 +11,7 @@ from core.config import mongodb_uri, patient_key
 from core.errors import StoreError
 from core.services.access import COMMAND_LINE
 from core.services.resources import load_classifier, open_image_store, open_results_store
-from core.services.studies import NOT_SAVED, analyse_path, display_png, save_series
+from core.services.studies import NOT_SAVED, StudyOutcome, analyse_path, display_png, save_series
 
 
 def cmd_study(args: argparse.Namespace) -> int:
@@ -27,32 +27,44 @@ def cmd_study(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     status, unsaved = EXIT_OK, False
     for name in args.paths:
-        outcome = analyse_path(Path(name), classifier)
-        if outcome.error_code:
-            emit({"source": name, **error_json(outcome.error_code, outcome.error_message or "")}, sys.stdout)
-            status = EXIT_REJECTED
-            continue
-        for series in outcome.series:
-            result = {"source": name, **series.to_json(), "study_verdict": outcome.verdict}
-            result["timings_ms"] = {"read": round(outcome.read_ms, 1), **result["timings_ms"]}
-            result["timings_ms"]["total"] = round(outcome.read_ms + series.timings_ms["series"], 1)
-            result["warnings"] = [*result["warnings"], *outcome.notes]
-            if args.display_out:
-                letters, png = display_png(series.volume)
-                out = Path(args.display_out) / f"{series.volume.series[:16]}.png"
-                out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_bytes(png)
-                result["display"] = {**letters, "image": str(out)}
-            if series.label is None:
-                result |= error_json(
-                    "no_brain_sections",
-                    "No section of this series could be analysed: "
-                    + "; ".join(sorted(set(result["skipped"].values())))[:500],
-                )
-                status = EXIT_REJECTED
-            if args.save:
-                saved = save_series(series, store, actor=COMMAND_LINE, patient_ref=None, images=images, key=key)
-                result["saved"] = saved.state + (f": {saved.message}" if saved.message else "")
-                unsaved = unsaved or saved.state == NOT_SAVED
-            emit(result, sys.stdout)
+        done, not_saved = emit_outcome(name, analyse_path(Path(name), classifier), args, (store, images, key))
+        status, unsaved = max(status, done), unsaved or not_saved
     return EXIT_NOT_SAVED if unsaved else status
+
+
+def emit_outcome(
+    name: str, outcome: StudyOutcome, args: argparse.Namespace, saving: tuple, extra: dict | None = None
+) -> tuple[int, bool]:
+    """One JSON line per series of ``outcome`` (or one error line), saved when ``args.save``; returns the exit
+    status it calls for and whether a save failed. ``extra`` goes into every line (the PACS study's UID)."""
+    store, images, key = saving
+    if outcome.error_code:
+        emit(
+            {"source": name, **(extra or {}), **error_json(outcome.error_code, outcome.error_message or "")}, sys.stdout
+        )
+        return EXIT_REJECTED, False
+    status, unsaved = EXIT_OK, False
+    for series in outcome.series:
+        result = {"source": name, **(extra or {}), **series.to_json(), "study_verdict": outcome.verdict}
+        result["timings_ms"] = {"read": round(outcome.read_ms, 1), **result["timings_ms"]}
+        result["timings_ms"]["total"] = round(outcome.read_ms + series.timings_ms["series"], 1)
+        result["warnings"] = [*result["warnings"], *outcome.notes]
+        if getattr(args, "display_out", None):
+            letters, png = display_png(series.volume)
+            out = Path(args.display_out) / f"{series.volume.series[:16]}.png"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(png)
+            result["display"] = {**letters, "image": str(out)}
+        if series.label is None:
+            result |= error_json(
+                "no_brain_sections",
+                "No section of this series could be analysed: "
+                + "; ".join(sorted(set(result["skipped"].values())))[:500],
+            )
+            status = EXIT_REJECTED
+        if args.save:
+            saved = save_series(series, store, actor=COMMAND_LINE, patient_ref=None, images=images, key=key)
+            result["saved"] = saved.state + (f": {saved.message}" if saved.message else "")
+            unsaved = unsaved or saved.state == NOT_SAVED
+        emit(result, sys.stdout)
+    return status, unsaved

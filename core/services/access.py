@@ -26,11 +26,14 @@ ACCOUNTS = "manage accounts"
 SETTINGS = "change settings"
 DELETE_IMAGES = "delete stored images"
 STORAGE_DETAILS = "see where results are stored"
+PACS = "search, pull from and send to the PACS"
 
 GRANTS: dict[str, frozenset[str]] = {
-    "radiologist": frozenset({ANALYSE, REVIEW, OPEN_RESULT, WORKLIST, HISTORY}),
+    "radiologist": frozenset({ANALYSE, REVIEW, OPEN_RESULT, WORKLIST, HISTORY, PACS}),
     "supervisor": frozenset({STATISTICS, AUDIT_READ}),
-    "admin": frozenset({STATISTICS, AUDIT_READ, AUDIT_EXPORT, ACCOUNTS, SETTINGS, DELETE_IMAGES, STORAGE_DETAILS}),
+    "admin": frozenset(
+        {STATISTICS, AUDIT_READ, AUDIT_EXPORT, ACCOUNTS, SETTINGS, DELETE_IMAGES, STORAGE_DETAILS, PACS}
+    ),
 }
 GRANTS["system"] = frozenset().union(*GRANTS.values())
 

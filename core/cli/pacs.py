@@ -1,0 +1,91 @@
+"""``pacs``: studies from a PACS over DICOMweb, and a development Orthanc.
+
+    python -m core pacs analyse --url URL --study STUDY_UID [--user U --password-stdin] [--insecure] [--save]
+    python -m core pacs serve-dev
+
+``analyse`` prints the same JSON line per series as ``study``, with the study UID; exit codes as ``study``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import signal
+import sys
+from typing import Any
+
+from core.cli.common import EXIT_NOT_SAVED, EXIT_OK, EXIT_USAGE, emit, error_json
+from core.cli.studies import emit_outcome
+from core.config import PacsSettings, mongodb_uri, pacs_settings, patient_key
+from core.errors import StoreError
+from core.services import pacs
+from core.services.access import COMMAND_LINE
+from core.services.resources import load_classifier, open_image_store, open_results_store
+
+
+def add_commands(commands: Any) -> None:
+    group = commands.add_parser("pacs", help="studies from a PACS over DICOMweb; a development Orthanc")
+    verbs = group.add_subparsers(dest="pacs_command", required=True, metavar="COMMAND")
+    analyse = verbs.add_parser("analyse", help="pull a study's MR series and print one JSON line per series")
+    analyse.add_argument("--url", help="the PACS's DICOMweb root (default: BTD_PACS_URL / [pacs] url)")
+    analyse.add_argument("--study", required=True, metavar="STUDY_UID", help="the Study Instance UID")
+    analyse.add_argument("--user", help="PACS user (default: BTD_PACS_USER / [pacs] user)")
+    analyse.add_argument("--password-stdin", action="store_true", help="read the PACS password from standard input")
+    analyse.add_argument("--insecure", action="store_true", help="do not verify TLS certificates (tests only)")
+    analyse.add_argument("--model", help="model card JSON (default: the shipped model or $BTD_MODEL)")
+    analyse.add_argument("--save", action="store_true", help="also save each series to the app's database")
+    analyse.set_defaults(run=cmd_analyse)
+    serve = verbs.add_parser("serve-dev", help="start a local Orthanc (loopback, temporary) until interrupted")
+    serve.set_defaults(run=cmd_serve_dev)
+
+
+def _settings(args: argparse.Namespace) -> PacsSettings | None:
+    configured = pacs_settings({})
+    url = args.url or (configured.url if configured else None)
+    if not url:
+        return None
+    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else (configured and configured.password)
+    return PacsSettings(
+        url=url,
+        user=args.user or (configured.user if configured else None),
+        password=password or None,
+        verify_tls=not args.insecure and (configured.verify_tls if configured else True),
+    )
+
+
+def cmd_analyse(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if settings is None:
+        emit(error_json("no_pacs", "No PACS address: give --url or set BTD_PACS_URL."), sys.stdout)
+        return EXIT_USAGE
+    classifier = load_classifier(args.model)
+    store, images, key = None, None, None
+    try:
+        store = open_results_store()
+        key = patient_key({}, shared_database=bool(mongodb_uri({})))
+        images = open_image_store(store) if args.save else None
+    except (StoreError, ValueError) as error:
+        emit(error_json(getattr(error, "code", "bad_configuration"), str(error)), sys.stdout)
+        return EXIT_USAGE
+    outcome = pacs.pull_and_analyse(pacs.connect(settings), COMMAND_LINE, args.study, classifier, store, key)
+    status, unsaved = emit_outcome(
+        f"PACS study {args.study}", outcome, args, (store, images, key), {"study_uid": args.study}
+    )
+    return EXIT_NOT_SAVED if unsaved else status
+
+
+def cmd_serve_dev(args: argparse.Namespace) -> int:
+    from core.pacs.orthanc import DevOrthanc, available
+
+    reason = available()
+    if reason:
+        emit(error_json("no_orthanc", reason), sys.stdout)
+        return EXIT_USAGE
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(EXIT_OK))  # stop cleanly (the folder removed) on TERM too
+    with DevOrthanc() as server:  # a random password for a loopback-only, temporary server: shown to its starter
+        found = {"rest": server.rest, "dicomweb": server.dicomweb, "user": server.user, "password": server.password}
+        print(json.dumps(found), flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            server.process.wait()
+    return EXIT_OK

@@ -1,0 +1,223 @@
+"""A PACS over DICOMweb (dicomweb-client): search studies (QIDO-RS), retrieve a study's MR series into memory
+(WADO-RS; nothing written to disk, as for uploads), store objects (STOW-RS).
+
+Every failure is a :class:`core.errors.PacsError` with a message safe to show: the address and credentials never
+appear in it, nor does any patient data. TLS certificates are verified unless the configuration says otherwise.
+Sizes are checked against the study limits (files and bytes) before and while retrieving.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+from core.errors import FileTooLarge, PacsError, PacsMalformed, PacsNotFound, PacsRefused, PacsUnreachable
+from core.imaging.series import DEFAULT_STUDY_LIMITS, StudyLimits
+
+logger = logging.getLogger("btd.pacs")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class StudyHit:
+    """One study as a search lists it. ``patient_id`` and ``patient_name`` are for the radiologist's screen only:
+    never stored, never logged."""
+
+    study_uid: str
+    date: str
+    description: str
+    modalities: tuple[str, ...]
+    patient_id: str
+    patient_name: str
+    series: int | None
+    instances: int | None
+
+
+@dataclass(frozen=True)
+class SeriesHit:
+    series_uid: str
+    modality: str
+    description: str
+    instances: int | None
+
+
+def _value(attributes: dict[str, Any], tag: str, default: Any = "") -> Any:
+    """The first value of a DICOM JSON attribute (PS3.18 F.2), or ``default``."""
+    values = (attributes.get(tag) or {}).get("Value") or []
+    if not values:
+        return default
+    first = values[0]
+    return first.get("Alphabetic", default) if isinstance(first, dict) else first
+
+
+def _all(attributes: dict[str, Any], tag: str) -> tuple[str, ...]:
+    return tuple(str(v) for v in (attributes.get(tag) or {}).get("Value") or [])
+
+
+class Pacs:
+    """One PACS's DICOMweb root (for Orthanc ``http://host:8042/dicom-web``)."""
+
+    def __init__(
+        self,
+        url: str,
+        user: str | None = None,
+        password: str | None = None,
+        verify_tls: bool = True,
+        timeout_s: float = 10.0,
+        limits: StudyLimits = DEFAULT_STUDY_LIMITS,
+    ) -> None:
+        import requests
+        from dicomweb_client.api import DICOMwebClient
+
+        session = requests.Session()
+        session.verify = verify_tls
+        if user is not None:
+            session.auth = (user, password or "")
+        self.url = url.rstrip("/")
+        self.limits = limits
+        self._session, self._timeout_s = session, timeout_s
+        self._client = DICOMwebClient(self.url, session=session, timeout=timeout_s)
+
+    @contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        import requests
+
+        try:
+            yield
+        except requests.HTTPError as error:
+            status = getattr(error.response, "status_code", None)
+            logger.warning("event=pacs_failed what=%s status=%s", what, status)
+            if status in (401, 403):
+                raise PacsRefused("The PACS refused the user name or password (or this request).") from error
+            if status == 404:
+                raise PacsNotFound("The PACS has no such study.") from error
+            raise PacsError(f"The PACS failed the {what} (HTTP {status}).") from error
+        except (requests.ConnectionError, requests.Timeout) as error:
+            logger.warning("event=pacs_unreachable what=%s", what)
+            raise PacsUnreachable("The PACS does not answer; check its address, or try again later.") from error
+        except (ValueError, KeyError, TypeError, AttributeError) as error:  # not DICOMweb JSON / DICOM
+            logger.warning("event=pacs_malformed what=%s error=%s", what, type(error).__name__)
+            raise PacsMalformed(f"The PACS's answer to the {what} is not valid DICOMweb.") from error
+
+    def _call(self, what: str, call: Callable[[], T]) -> T:
+        with self._errors(what):
+            return call()
+
+    def search(
+        self,
+        patient_id: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        description: str | None = None,
+        limit: int = 50,
+    ) -> list[StudyHit]:
+        """MR studies matching the filters, newest first (dates YYYYMMDD; ``description`` matches anywhere)."""
+        filters = [("ModalitiesInStudy", "MR"), ("limit", str(limit))]
+        filters += [("includefield", tag) for tag in ("00081030", "00201206", "00201208")]
+        if patient_id:
+            filters.append(("PatientID", patient_id))
+        if start or end:
+            filters.append(("StudyDate", f"{start or ''}-{end or ''}"))
+        if description:  # a word anywhere; spaces match as wildcards (some PACS do not decode %20 in QIDO)
+            filters.append(("StudyDescription", "*" + "*".join(description.split()) + "*"))
+        query = "&".join(f"{name}={quote(value, safe='*-.,')}" for name, value in filters)
+        found = self._call("search", lambda: self._get_json(f"{self.url}/studies?{query}"))
+        with self._errors("search"):
+            hits = [
+                StudyHit(
+                    study_uid=str(_value(s, "0020000D")),
+                    date=str(_value(s, "00080020")),
+                    description=str(_value(s, "00081030")),
+                    modalities=_all(s, "00080061"),
+                    patient_id=str(_value(s, "00100020")),
+                    patient_name=str(_value(s, "00100010")),
+                    series=_optional_int(_value(s, "00201206", None)),
+                    instances=_optional_int(_value(s, "00201208", None)),
+                )
+                for s in found
+            ]
+        if any(not h.study_uid for h in hits):
+            raise PacsMalformed("The PACS listed a study without its Study Instance UID.")
+        return sorted(hits, key=lambda h: h.date, reverse=True)
+
+    def _get_json(self, url: str) -> list[dict[str, Any]]:
+        """A QIDO-RS answer: a JSON list of DICOM JSON objects (an empty body is no match)."""
+        response = self._session.get(url, headers={"Accept": "application/dicom+json"}, timeout=self._timeout_s)
+        response.raise_for_status()
+        found = response.json() if response.content else []
+        if not isinstance(found, list) or not all(isinstance(item, dict) for item in found):
+            raise ValueError("not a list of DICOM JSON objects")
+        return found
+
+    def series_of(self, study_uid: str) -> list[SeriesHit]:
+        fields = ("SeriesDescription", "NumberOfSeriesRelatedInstances", "Modality")
+        found = self._call("series search", lambda: self._client.search_for_series(study_uid, fields=fields))
+        with self._errors("series search"):
+            return [
+                SeriesHit(
+                    series_uid=str(_value(s, "0020000E")),
+                    modality=str(_value(s, "00080060")),
+                    description=str(_value(s, "0008103E")),
+                    instances=_optional_int(_value(s, "00201209", None)),
+                )
+                for s in found
+            ]
+
+    def retrieve_mr(self, study_uid: str) -> list[bytes]:
+        """Every instance of the study's MR series, as DICOM file bytes in memory. Refuses a study with no MR
+        series, and one over the study limits (counted from the search before anything is retrieved, and again
+        while retrieving)."""
+        series = [s for s in self.series_of(study_uid) if s.modality.upper() == "MR"]
+        if not series:
+            raise PacsNotFound("This study has no MR series.")
+        announced = sum(s.instances or 0 for s in series)
+        if announced > self.limits.max_files:
+            raise FileTooLarge(
+                f"The study holds {announced} MR images; the limit is {self.limits.max_files} per study."
+            )
+        files: list[bytes] = []
+        total = 0
+        for hit in series:
+            datasets = self._call("retrieval", lambda hit=hit: self._client.iter_series(study_uid, hit.series_uid))
+            with self._errors("retrieval"):
+                for dataset in datasets:
+                    data = _file_bytes(dataset)
+                    total += len(data)
+                    files.append(data)
+                    if total > self.limits.max_total_bytes or len(files) > self.limits.max_files:
+                        raise FileTooLarge(
+                            f"The study is over the limits ({self.limits.max_files} images, "
+                            f"{self.limits.max_total_bytes / 2**20:.0f} MB)."
+                        )
+        return files
+
+    def store(self, datasets: Sequence[Any]) -> list[str]:
+        """Store DICOM datasets (STOW-RS); returns the SOP Instance UIDs the PACS accepted."""
+        response = self._call("store", lambda: self._client.store_instances(list(datasets)))
+        with self._errors("store"):
+            stored = response.get("ReferencedSOPSequence", [])
+            failed = response.get("FailedSOPSequence", [])
+            if failed:
+                raise PacsError(f"The PACS refused {len(failed)} of the {len(datasets)} objects sent.")
+            return [str(item.ReferencedSOPInstanceUID) for item in stored]
+
+
+def _optional_int(value: Any) -> int | None:
+    try:
+        return None if value in (None, "") else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _file_bytes(dataset: Any) -> bytes:
+    """A retrieved dataset as DICOM file bytes (in memory), for the same reader uploads go through."""
+    from pydicom import dcmwrite
+
+    buffer = io.BytesIO()
+    dcmwrite(buffer, dataset, enforce_file_format=True)
+    return buffer.getvalue()

@@ -1,0 +1,145 @@
+"""Studies from a real PACS: a development Orthanc with its DICOMweb plugin, started by the fixture (skipped with the
+reason when Debian's orthanc / orthanc-dicomweb are missing), and the PACS failures a user meets."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from core.errors import AccessDenied, FileTooLarge, PacsMalformed, PacsNotFound, PacsRefused, PacsUnreachable
+from core.imaging.phantom_series import dicom_series, head_volume
+from core.imaging.series import StudyLimits
+from core.pacs.client import Pacs
+from core.pacs.orthanc import DevOrthanc, available
+from core.services import pacs as pacs_service
+from core.services.access import Actor
+from core.storage.sqlite import SQLiteStore
+
+ROOT = Path(__file__).resolve().parents[1]
+RADIOLOGIST, SUPERVISOR = Actor("dr-a", "radiologist"), Actor("boss", "supervisor")
+STUDY = "1.2.826.0.1.3680043.8.498.77"
+CT_STUDY = "1.2.826.0.1.3680043.8.498.78"
+
+
+def _datasets(files: list[bytes], **changes: object) -> list[pydicom.Dataset]:
+    datasets = [pydicom.dcmread(io.BytesIO(f)) for f in files]
+    for ds in datasets:
+        ds.PatientID = "PACS-TEST-001"
+        ds.StudyDate = "20261201"
+        ds.StudyDescription = "MR BRAIN WITH CONTRAST"
+        for keyword, value in changes.items():
+            setattr(ds, keyword, value)
+    return datasets
+
+
+@pytest.fixture(scope="module")
+def orthanc():
+    reason = available()
+    if reason:
+        pytest.skip(reason)
+    with DevOrthanc() as server:
+        pacs = Pacs(server.dicomweb, server.user, server.password)
+        tumour = dicom_series(head_volume(8, 128, range(3, 6)), study_uid=STUDY, series_uid=f"{STUDY}.1")
+        assert len(pacs.store(_datasets(tumour))) == 8
+        ct = dicom_series(head_volume(4, 64), study_uid=CT_STUDY, series_uid=f"{CT_STUDY}.1")
+        pacs.store(_datasets(ct, Modality="CT", PatientID="PACS-TEST-002"))
+        yield server
+
+
+def test_a_study_is_found_pulled_into_memory_and_analysed_like_an_upload(orthanc, tiny_classifier, tmp_path) -> None:
+    pacs = Pacs(orthanc.dicomweb, orthanc.user, orthanc.password)
+    hits = pacs_service.search(pacs, RADIOLOGIST, patient_id="PACS-TEST-001", description="BRAIN")
+    assert [h.study_uid for h in hits] == [STUDY] and hits[0].modalities == ("MR",) and hits[0].instances == 8
+    assert pacs_service.search(pacs, RADIOLOGIST, start="20270101") == []  # a date range that excludes it
+    store = SQLiteStore(tmp_path / "results.sqlite3")
+    key = b"k" * 32
+    outcome = pacs_service.pull_and_analyse(pacs, RADIOLOGIST, STUDY, tiny_classifier, store, key)
+    assert outcome.error_code is None and len(outcome.series) == 1
+    series = outcome.series[0]
+    assert len(series.sections) == 8 and series.label is not None and series.volume.step_mm == pytest.approx(5.0)
+    (event,) = [e for e in store.audit_events() if e.action == "pacs_pull"]
+    assert event.target == pacs_service.patient_reference(STUDY, key) and STUDY not in json.dumps(event.detail)
+    assert pacs_service.patient_reference("PACS-TEST-001", key) not in (None, "PACS-TEST-001")
+
+
+def test_supervisors_never_reach_pacs_images(orthanc, tiny_classifier) -> None:
+    pacs = Pacs(orthanc.dicomweb, orthanc.user, orthanc.password)
+    with pytest.raises(AccessDenied):
+        pacs_service.search(pacs, SUPERVISOR)
+    with pytest.raises(AccessDenied):
+        pacs_service.pull_and_analyse(pacs, SUPERVISOR, STUDY, tiny_classifier, None, None)
+
+
+@pytest.mark.heavy
+def test_the_pacs_command_prints_the_study_lines_with_the_study_uid(orthanc, tiny_card, tmp_path) -> None:
+    command = [sys.executable, "-m", "core", "pacs", "analyse", "--url", orthanc.dicomweb, "--study", STUDY]
+    env = {"PATH": "/usr/bin:/bin", "BTD_DATA_DIR": str(tmp_path), "BTD_LESION_MODEL": "none"}
+    done = subprocess.run(
+        [*command, "--user", orthanc.user, "--password-stdin", "--model", str(tiny_card)],
+        input=orthanc.password + "\n",
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    (line,) = [json.loads(text) for text in done.stdout.splitlines()]
+    assert done.returncode == 0 and line["study_uid"] == STUDY and line["slices"] == 8 and line["series_verdict"]
+    refused = subprocess.run(
+        [*command, "--user", orthanc.user, "--password-stdin", "--model", str(tiny_card)],
+        input="wrong\n",
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert json.loads(refused.stdout)["error"]["code"] == "pacs_refused" and refused.returncode == 1
+    assert orthanc.password not in refused.stdout + refused.stderr
+
+
+def test_pacs_failures_each_get_their_own_message(orthanc, tiny_classifier) -> None:
+    with pytest.raises(PacsRefused, match="user name or password"):
+        Pacs(orthanc.dicomweb, orthanc.user, "wrong").search()
+    with pytest.raises(PacsUnreachable, match="does not answer"):
+        Pacs("http://127.0.0.1:9/dicom-web", timeout_s=2).search()
+    good = Pacs(orthanc.dicomweb, orthanc.user, orthanc.password)
+    with pytest.raises(PacsNotFound, match="no MR series"):
+        good.retrieve_mr(CT_STUDY)
+    small = Pacs(orthanc.dicomweb, orthanc.user, orthanc.password, limits=StudyLimits(max_files=3))
+    with pytest.raises(FileTooLarge, match="limit is 3"):
+        small.retrieve_mr(STUDY)
+    outcome = pacs_service.pull_and_analyse(small, RADIOLOGIST, STUDY, tiny_classifier, None, None)
+    assert outcome.error_code == "file_too_large" and outcome.series == ()  # nothing analysed from a part
+
+
+class _Garbage(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b'{"not": "a list of DICOM JSON"'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/dicom+json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_pacs_that_answers_malformed_json_is_reported_as_such() -> None:
+    server = HTTPServer(("127.0.0.1", 0), _Garbage)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(PacsMalformed, match="not valid DICOMweb"):
+            Pacs(f"http://127.0.0.1:{server.server_port}/dicom-web").search()
+    finally:
+        server.shutdown()
