@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from core.model.classifier import Classifier
 from core.model.explain import Explainer
 from core.model.volume import analyse_volume
 from core.services.access import Actor
-from core.services.reports import series_lines, study_facts, study_report
+from core.services.reports import lesion_line, series_lines, study_facts, study_report
 from core.services.reviews import review_result
 from core.services.studies import save_series
 from core.storage.images import FolderImages
@@ -119,9 +120,81 @@ def test_the_header_and_a_series_section_are_plain_lines(saved_study) -> None:
     assert facts["Report made"] == "2026-12-01 10:05 UTC by dr-a" and facts["Model"].startswith("tiny ")
     lines = series_lines(record, None, [])  # no view: the images are gone, so no rule line
     assert lines[0].startswith("Model verdict (not reviewed yet): ") and "series tumour probability" in lines[0]
-    assert lines[1:] == ["Pixel spacing: 0.90 x 0.90 mm", "Not reviewed by a radiologist yet."]
+    assert lines[1:] == [
+        "Pixel spacing: 0.90 x 0.90 mm",
+        "Lesion volume: not measured (no lesion segmenter when the series was saved)",
+        "Not reviewed by a radiologist yet.",
+    ]
     review_result(store, doctor, ids[0], "meningioma", ["wrong_type"], "", now=datetime(2026, 11, 30, 9, tzinfo=UTC))
     reviewed = store.get(ids[0])
     lines = series_lines(reviewed, None, store.reviews_of(ids[0]))
     assert lines[0].startswith("Final label (radiologist): Meningioma; model verdict: ")
     assert lines[-1] == "Reviewed by dr-a on 2026-11-30: final label Meningioma (override)"
+
+
+def test_the_lesion_line_states_the_stored_volume_or_the_pixels_or_that_none_was_measured(saved_study) -> None:
+    store, _, _, ids = saved_study
+    record = store.get(ids[0])
+    assert lesion_line(replace(record, lesion_px=5120, lesion_ml=3.456)) == (
+        "Lesion volume (segmenter): 3.46 mL (5,120 px over its sections)"
+    )
+    assert lesion_line(replace(record, lesion_px=5120)).startswith("Lesion area (segmenter): 5,120 px")
+    assert lesion_line(record).startswith("Lesion volume: not measured")
+
+
+@pytest.fixture
+def segmented_study(tmp_path: Path, tiny_card: Path, tiny_lesion_card: Path):
+    """One series saved by a classifier with the (untrained, threshold 1e-9) segmenter beside it: its lesion is the
+    brain box of every analysed section, so its volume is known and its outline is the box."""
+    from core.model.classifier import with_segmenter
+
+    classifier = with_segmenter(Classifier.from_card(tiny_card), tiny_lesion_card)
+    store, images = SQLiteStore(tmp_path / "results.sqlite3"), FolderImages(tmp_path / "images")
+    doctor = Actor("dr-a", "radiologist")
+    analysis = analyse_volume(read_study(dicom_series(head_volume(8, 128, range(2, 5))))[0], classifier)
+    status = save_series(analysis, store, actor=doctor, patient_ref="e" * 64, images=images, key=b"k" * 32)
+    return store, images, doctor, status.record_id, classifier
+
+
+def test_a_report_states_the_lesion_volume_and_outlines_the_lesion_on_the_key_section(
+    segmented_study, tmp_path: Path, tiny_classifier: Classifier
+) -> None:
+    store, images, doctor, record_id, classifier = segmented_study
+    record = store.get(record_id)
+    assert record.lesion_ml is not None and record.lesion_ml > 0
+    pdf = study_report(store, images, doctor, [record_id], classifier, Explainer(classifier))
+    text = text_of(pdf, tmp_path)
+    assert f"Lesion volume (segmenter): {record.lesion_ml:.2f} mL ({record.lesion_px:,} px over its sections)" in text
+    assert "Lesion outline" in text and "Segmented again for this report by tiny-lesion 0.0.1" in text
+    assert "Lesion on this section: " in text and " mm²" in text and "(outlined in yellow)" in text
+    assert f"Series lesion volume (stored when it was saved): {record.lesion_ml:.2f} mL" in text
+    assert "Key section " in text and " of 8 (highest P(tumour) " in text
+    listing = subprocess.run(
+        ["pdfimages", "-list", str(tmp_path / "report.pdf")], capture_output=True, text=True, check=True
+    ).stdout.splitlines()[2:]
+    assert len(listing) == 3 + 1  # the three key sections and the outlined one
+    outlined_page = int(listing[-1].split()[0])
+    subprocess.run(
+        [
+            "pdftoppm",
+            "-png",
+            "-r",
+            "100",
+            "-f",
+            str(outlined_page),
+            "-l",
+            str(outlined_page),
+            str(tmp_path / "report.pdf"),
+            str(tmp_path / "lesion"),
+        ],
+        check=True,
+    )
+    from PIL import Image
+
+    page = np.asarray(Image.open(next(tmp_path.glob("lesion*.png"))).convert("RGB")).astype(int)
+    yellow = (page[..., 0] > 200) & (page[..., 1] > 160) & (page[..., 2] < 90)
+    assert yellow.sum() > 200  # the outline is drawn on the key section
+    # without a segmenter: the stored volume only, and a line saying why no outline is drawn
+    text = text_of(study_report(store, images, doctor, [record_id], tiny_classifier, None), tmp_path)
+    assert f"Lesion volume (segmenter): {record.lesion_ml:.2f} mL" in text
+    assert "No lesion outline: no lesion segmenter is loaded" in text and "Lesion outline\n" not in text

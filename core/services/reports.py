@@ -2,8 +2,10 @@
 
 The report holds the pseudonymous reference (a prefix of its keyed hash, never a name), the study's facts
 (series, planes, sections, spacing), the study verdict and each series' verdict with the rule that made it, the
-tumour-probability curve, key sections with the heat map, the model's name, version, intended use and known
-limitations, and the reviewer's final label once a radiologist has reviewed it. Producing one is an audit event.
+tumour-probability curve, key sections with the heat map, the lesion's stored volume and, when a lesion segmenter
+is loaded, its outline on the key section (segmented again from the stored pixels), the model's name, version,
+intended use and known limitations, and the reviewer's final label once a radiologist has reviewed it. Producing
+one is an audit event.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import cv2
@@ -18,10 +21,12 @@ import numpy as np
 
 from core.analytics.quality import NEGATIVE as NEGATIVE_LABEL
 from core.domain.results import Record
-from core.errors import InvalidRecord
+from core.errors import InvalidRecord, NoBrainFound
 from core.model.classifier import Classifier
 from core.model.decision import LABEL_NAMES
 from core.model.explain import Explainer, overlay
+from core.model.lesion import Lesion, Segmenter
+from core.model.roi import find_brain
 from core.services import audit
 from core.services.access import OPEN_RESULT, Actor, require
 from core.services.studies import SeriesView, section_heat, stored_series_view
@@ -86,9 +91,11 @@ def render(
     heat: dict[tuple[int, int], np.ndarray | None],
     author: str,
     now: datetime | None = None,
+    lesions: dict[int, KeyLesion | None] | None = None,
 ) -> bytes:
     """The PDF of one study from its series' records and views (views None once the pixels were purged): the
-    header with the study's facts, the study verdict, one section per series, and the model's intended use."""
+    header with the study's facts, the study verdict, one section per series (``lesions``: series number -> its
+    outlined key section; none given: no segmenter was loaded), and the model's intended use."""
     from fpdf import FPDF
 
     pdf = FPDF(format="A4")
@@ -99,7 +106,7 @@ def render(
     _header(pdf, study_facts(records, author, now or datetime.now(UTC)))
     _verdict(pdf, records)
     for number, (record, view) in enumerate(zip(records, views, strict=True), start=1):
-        _series(pdf, number, record, view, list(reviews_by_record.get(record.id, [])), heat)
+        _series(pdf, number, record, view, list(reviews_by_record.get(record.id, [])), heat, lesions)
     _intended_use(pdf, card_notes)
     return bytes(pdf.output())
 
@@ -138,7 +145,7 @@ def _verdict(pdf, records: Sequence[Record]) -> None:
 
 def series_lines(record: Record, view: SeriesView | None, reviews: Sequence) -> list[str]:
     """The lines under a series' title: the verdict (the radiologist's final label first once reviewed), the pixel
-    spacing, the series rule (while the images are kept) and the last review."""
+    spacing, the lesion's stored volume, the series rule (while the images are kept) and the last review."""
     spacing = (record.geometry or {}).get("spacing")
     model_line = f"{NAMES.get(record.label, record.label)} (series tumour probability {record.tumour_probability:.1%})"
     lines = [
@@ -146,6 +153,7 @@ def series_lines(record: Record, view: SeriesView | None, reviews: Sequence) -> 
         if record.final_label
         else f"Model verdict (not reviewed yet): {model_line}",
         f"Pixel spacing: {spacing[0]:.2f} x {spacing[1]:.2f} mm" if spacing else "Pixel spacing: not given",
+        lesion_line(record),
     ]
     if view is not None:
         lines.append(
@@ -163,6 +171,99 @@ def series_lines(record: Record, view: SeriesView | None, reviews: Sequence) -> 
     return lines
 
 
+def lesion_line(record: Record) -> str:
+    """The series' lesion as the segmenter measured it when the series was saved: its volume, or its area in
+    pixels when the voxel size is unknown, or that it was not measured."""
+    if record.lesion_ml is not None:
+        return f"Lesion volume (segmenter): {record.lesion_ml:.2f} mL ({record.lesion_px or 0:,} px over its sections)"
+    if record.lesion_px is not None:
+        return f"Lesion area (segmenter): {record.lesion_px:,} px over its sections; no volume (voxel size not known)"
+    return "Lesion volume: not measured (no lesion segmenter when the series was saved)"
+
+
+@dataclass(frozen=True, eq=False)
+class KeyLesion:
+    """The lesion on one key section, segmented again for the report (None: no head region on it)."""
+
+    index: int
+    lesion: Lesion | None
+    segmenter: str
+
+
+def key_lesion(view: SeriesView, segmenter: Segmenter) -> KeyLesion | None:
+    """The lesion on the key section with the highest tumour probability, segmented from the stored (displayed)
+    pixels inside their brain box, its area in mm^2 with the displayed pixel spacing; None without key sections."""
+    keys = key_sections(view)
+    if not keys:
+        return None
+    index = max(keys, key=lambda i: view.curve[i] or 0.0)
+    pixels = np.ascontiguousarray(view.sections[index])
+    name = f"{segmenter.card.name} {segmenter.card.version}"
+    try:
+        box = find_brain(pixels).box
+    except NoBrainFound:
+        return KeyLesion(index, None, name)
+    spacing = view.geometry.get("spacing")
+    return KeyLesion(index, segmenter.lesion(pixels, box, (spacing[0], spacing[1]) if spacing else None), name)
+
+
+def outlined(section: np.ndarray, lesion: Lesion | None, side: int = 512) -> np.ndarray:
+    """The grey section as RGB, enlarged to about ``side`` pixels, with the lesion's outline drawn in yellow."""
+    scale = max(1, side // max(section.shape))
+    rgb = np.repeat(section[:, :, None], 3, axis=2)
+    if scale > 1:
+        rgb = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+    contours = [(c * scale + scale // 2).astype(np.int32).reshape(-1, 1, 2) for c in (lesion.outline if lesion else [])]
+    if contours:
+        cv2.polylines(rgb, contours, True, (255, 214, 0), max(2, scale), cv2.LINE_AA)
+    return rgb
+
+
+def key_lesion_lines(record: Record, view: SeriesView, key: KeyLesion) -> list[str]:
+    """What the outlined key section shows, beside it."""
+    lesion = key.lesion
+    if lesion is None:
+        found = "No head region found on it: nothing outlined"
+    elif lesion.area_px == 0:
+        found = "No lesion found on this section"
+    else:
+        mm2 = f"{lesion.area_mm2:,.1f} mm², " if lesion.area_mm2 is not None else ""
+        found = f"Lesion on this section: {mm2}{lesion.area_px:,} px (outlined in yellow)"
+    stored = f"{record.lesion_ml:.2f} mL" if record.lesion_ml is not None else "not known"
+    return [
+        f"Key section {key.index + 1} of {len(view.curve)} (highest P(tumour) {view.curve[key.index]:.2f})",
+        found,
+        f"Segmented again for this report by {key.segmenter}, from the stored section.",
+        f"Series lesion volume (stored when it was saved): {stored}",
+    ]
+
+
+def _key_lesion(pdf, record: Record, view: SeriesView, key: KeyLesion | None, segmented: bool) -> None:
+    """The key section with the lesion's outline and what it shows; without a segmenter, one line saying so."""
+    if not segmented:
+        pdf.set_font("Helvetica", size=8)
+        note = "No lesion outline: no lesion segmenter is loaded (the stored volume is stated above)."
+        pdf.multi_cell(0, 4, _text(note), **_NEXT_LINE)
+        return
+    if key is None:  # no key section to outline
+        return
+    side = 60
+    if pdf.get_y() + side > pdf.h - pdf.b_margin:
+        pdf.add_page()
+    y = pdf.get_y()
+    rows, columns = view.sections[key.index].shape
+    w, h = (side, side * rows / columns) if columns >= rows else (side * columns / rows, side)  # kept in proportion
+    pdf.image(_png(outlined(view.sections[key.index], key.lesion)), x=pdf.l_margin, y=y, w=w, h=h)
+    pdf.set_font("Helvetica", "B", 9)
+    pdf.set_xy(pdf.l_margin + side + 5, y)
+    pdf.cell(0, 5, _text("Lesion outline"), **_NEXT_LINE)
+    pdf.set_font("Helvetica", size=8.5)
+    for line in key_lesion_lines(record, view, key):
+        pdf.set_x(pdf.l_margin + side + 5)
+        pdf.multi_cell(0, 4.5, _text(line), **_NEXT_LINE)
+    pdf.set_y(y + side + 4)
+
+
 def _series(
     pdf,
     number: int,
@@ -170,8 +271,10 @@ def _series(
     view: SeriesView | None,
     reviews: Sequence,
     heat: dict[tuple[int, int], np.ndarray | None],
+    lesions: dict[int, KeyLesion | None] | None = None,
 ) -> None:
-    """One series: its title and lines, then its curve and key sections, or a note once the images are gone."""
+    """One series: its title and lines, then its curve, key sections and the lesion's outline on the key section
+    (``lesions`` None: no segmenter is loaded), or a note once the images are gone."""
     plane = str((record.geometry or {}).get("plane") or "unknown plane")
     pdf.set_font("Helvetica", "B", 11)
     pdf.cell(0, 7, _text(f"Series {number}: {plane}, {_count(record.section_count or 0, 'section')}"), **_NEXT_LINE)
@@ -187,6 +290,7 @@ def _series(
     _curve(pdf, view, pdf.l_margin, top, 180, 28)
     pdf.set_y(top + 33)
     _key_section_images(pdf, view, {index: heat.get((number, index)) for index in key_sections(view)})
+    _key_lesion(pdf, record, view, (lesions or {}).get(number), lesions is not None)
 
 
 def _key_section_images(pdf, view: SeriesView, maps: dict[int, np.ndarray | None]) -> None:
@@ -247,7 +351,8 @@ def study_report(
     explainer: Explainer | None,
 ) -> bytes:
     """The PDF report of the series ``record_ids`` (one study), with heat maps when the shipped model made the
-    verdicts. An audit event names every result reported."""
+    verdicts and the lesion's outline on each key section when the classifier has a segmenter beside it. An audit
+    event names every result reported."""
     require(actor, OPEN_RESULT)
     records = [store.get(i) for i in record_ids]
     if not records or any(r is None or r.kind != "series" for r in records):
@@ -261,8 +366,13 @@ def study_report(
         for number, view in enumerate(views, start=1):
             for index in key_sections(view) if view is not None else []:
                 heat[(number, index)] = section_heat(view, index, classifier, explainer)
+    segmenter = classifier.segmenter
+    lesions = None
+    if segmenter is not None:
+        lesions = {n: key_lesion(v, segmenter) for n, v in enumerate(views, start=1) if v is not None}
     reviews = {r.id: store.reviews_of(r.id) for r in records}  # type: ignore[union-attr]
-    data = render(records, views, reviews, card_notes(classifier), heat, actor.name)  # type: ignore[arg-type]
+    notes = card_notes(classifier)
+    data = render(records, views, reviews, notes, heat, actor.name, lesions=lesions)  # type: ignore[arg-type]
     for record_id in record_ids:
         audit.record(store, actor, "report", record_id)
     return data
