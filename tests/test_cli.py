@@ -149,6 +149,9 @@ def test_every_command_keeps_its_options() -> None:
         "audit export": ["--action", "--actor"],
         "images": [],
         "images purge": ["--days"],
+        "pacs": [],
+        "pacs analyse": ["--url", "--study", "--user", "--password-stdin", "--insecure", "--model", "--save"],
+        "pacs serve-dev": [],
     }
 
 
