@@ -26,10 +26,11 @@ from core.model.analysis import analyse_scan
 from core.model.classifier import Classifier
 from core.model.explain import Explainer
 from core.model.gate import ACCEPTED, NEEDS_REVIEW
+from core.model.lesion import sections_spanned
 from core.model.volume import SeriesAnalysis, analyse_volume
 from core.services.access import ANALYSE, Actor, require
 from core.services.triage import NOT_SAVED, SaveStatus, image_not_kept, keep_image, save_record
-from core.services.views import DISPLAY_SIDE
+from core.services.views import DISPLAY_SIDE, scaled_outline
 from core.storage.images import ImageStore
 from core.storage.protocol import Store
 
@@ -289,11 +290,19 @@ class SeriesView:
     warnings: tuple[str, ...] = ()
     record: Record | None = None
     status: SaveStatus | None = None
+    lesion_areas: tuple[int, ...] | None = None  # per section, in source pixels; None without a segmenter
+    lesion_ml: float | None = None  # None without a segmenter or a voxel size
+    outlines: tuple[tuple[np.ndarray, ...], ...] | None = None  # per section: lesion contours on displayed pixels
 
     @property
     def marked(self) -> list[int]:
         """Sections at or above the rule's threshold."""
         return [i for i, p in enumerate(self.curve) if p is not None and p >= self.threshold]
+
+    @property
+    def lesion_span(self) -> tuple[int, int] | None:
+        """The first and last section (0-based) with a lesion outlined, or None."""
+        return None if self.lesion_areas is None else sections_spanned(self.lesion_areas)
 
 
 def _display(sections: np.ndarray, spacing: Sequence[float] | None) -> tuple[np.ndarray, list[float] | None]:
@@ -311,6 +320,8 @@ def series_view(analysis: SeriesAnalysis, status: SaveStatus | None = None, reco
     volume = analysis.volume
     sections, spacing = _display(volume.sections, volume.spacing)
     geometry = geometry_of(volume) | {"spacing": spacing}
+    areas, scale = analysis.lesion_areas, sections.shape[1] / volume.sections.shape[1]
+    lesions = [s.analysis.lesion if s.analysis else None for s in analysis.sections]
     return SeriesView(
         key=volume.sha256,
         sections=sections,
@@ -330,6 +341,9 @@ def series_view(analysis: SeriesAnalysis, status: SaveStatus | None = None, reco
         warnings=tuple(analysis.warnings),
         record=record,
         status=status,
+        lesion_areas=None if areas is None else tuple(areas),
+        lesion_ml=analysis.lesion_ml,
+        outlines=None if areas is None else tuple(scaled_outline(x.outline, scale) if x else () for x in lesions),
     )
 
 

@@ -2,12 +2,13 @@
 
 A session never holds the full-resolution scan or the model input: :func:`scan_view` turns an analysis into a
 :class:`ScanView` of a few tens of kilobytes (the original with its brain box as PNG at display size, the crop as
-the model sees it, one Grad-CAM map per label as 8-bit images), and the analysis is dropped.
+the model sees it, one Grad-CAM map per label as 8-bit images, the lesion outline as a few contour points at
+display size), and the analysis is dropped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import cv2
@@ -18,6 +19,26 @@ from core.model.explain import Explainer, overlay
 from core.model.gate import REJECTED
 
 DISPLAY_SIDE = 512
+OUTLINE_RGB = (255, 0, 255)  # the lesion outline: magenta, apart from the green box and the red heat map
+
+
+def scaled_outline(outline: Sequence[np.ndarray], scale: float) -> tuple[np.ndarray, ...]:
+    """Contours of (x, y) slice pixels -> the same contours on an image ``scale`` times the slice's size (pixel
+    centres map as a resize maps them)."""
+    return tuple(
+        np.round((np.asarray(c, np.float64) + 0.5) * scale - 0.5).astype(np.int32).reshape(-1, 2) for c in outline
+    )
+
+
+def draw_outline(rgb: np.ndarray, outline: Sequence[np.ndarray], color: tuple[int, int, int] = OUTLINE_RGB) -> None:
+    """The lesion contours drawn in place on an RGB (or BGR, with the colour given so) 8-bit image: a dark rim
+    under a bright line, so the outline stands out on bright tissue and on dark background alike."""
+    if not len(outline):
+        return
+    thickness = max(2, round(max(rgb.shape[:2]) / 256))  # 2 px at least: JPEG frames blur thinner colour
+    contours = [np.asarray(c, np.int32).reshape(-1, 1, 2) for c in outline]
+    cv2.polylines(rgb, contours, True, (0, 0, 0), thickness + 2, cv2.LINE_AA)
+    cv2.polylines(rgb, contours, True, color, thickness, cv2.LINE_AA)
 
 
 @dataclass(frozen=True, eq=False)
@@ -36,6 +57,17 @@ class ScanView:
     explained: str | None = None  # the label whose map is shown by default
     acquisition: Mapping[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    lesion_px: int | None = None  # the segmenter's lesion area (None: no segmenter, or the gate refused the scan)
+    lesion_mm2: float | None = None  # in mm^2 when the scan gives its pixel spacing
+    outline: tuple[np.ndarray, ...] = ()  # the lesion's contours, (x, y) on the displayed original
+
+    def original(self, outlined: bool = False) -> bytes:
+        """The displayed original (PNG) with the brain box and, when asked and there is one, the lesion outline."""
+        if not outlined or not self.outline:
+            return self.original_png
+        bgr = cv2.imdecode(np.frombuffer(self.original_png, np.uint8), cv2.IMREAD_COLOR)
+        draw_outline(bgr, self.outline, OUTLINE_RGB[::-1])
+        return _png(bgr)
 
     def overlay(self, label: str, opacity: float) -> np.ndarray | None:
         """RGB crop with the heat map of ``label`` blended in (None when there is no map: a refused scan)."""
@@ -59,15 +91,24 @@ def model_view(model_input: np.ndarray) -> np.ndarray:
     return (np.clip(model_input[:, :, 0], 0, 1) * 255).astype(np.uint8)
 
 
-def _display_png(pixels: np.ndarray, box: tuple[int, int, int, int]) -> bytes:
-    boxed = with_box(pixels, box)
-    scale = DISPLAY_SIDE / max(boxed.shape[:2])
-    if scale < 1:
-        boxed = cv2.resize(boxed, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-    ok, encoded = cv2.imencode(".png", cv2.cvtColor(boxed, cv2.COLOR_RGB2BGR))
+def display_scale(shape: tuple[int, ...]) -> float:
+    """How much an image of ``shape`` is shrunk for display (1.0 when it fits DISPLAY_SIDE already)."""
+    return min(1.0, DISPLAY_SIDE / max(shape[:2]))
+
+
+def _png(bgr: np.ndarray) -> bytes:
+    ok, encoded = cv2.imencode(".png", bgr)
     if not ok:  # pragma: no cover - OpenCV always encodes a uint8 image
         raise ValueError("PNG encoding failed")
     return encoded.tobytes()
+
+
+def _display_png(pixels: np.ndarray, box: tuple[int, int, int, int]) -> bytes:
+    boxed = with_box(pixels, box)
+    scale = display_scale(boxed.shape)
+    if scale < 1:
+        boxed = cv2.resize(boxed, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    return _png(cv2.cvtColor(boxed, cv2.COLOR_RGB2BGR))
 
 
 def scan_view(analysis: Analysis, explainer: Explainer | None) -> ScanView:
@@ -80,6 +121,7 @@ def scan_view(analysis: Analysis, explainer: Explainer | None) -> ScanView:
         for label in explainer.classifier.card.labels:
             on_input = explainer.heat_on_input(analysis.model_input, label)
             heat[label] = np.round(on_input * 255).astype(np.uint8)
+    lesion = analysis.lesion if prediction.gate.decision != REJECTED else None  # no outline on a refused image
     return ScanView(
         sha256=scan.sha256,
         format=scan.format,
@@ -93,4 +135,7 @@ def scan_view(analysis: Analysis, explainer: Explainer | None) -> ScanView:
         explained=explained,
         acquisition=dict(scan.acquisition),
         warnings=tuple(scan.warnings),
+        lesion_px=None if lesion is None else lesion.area_px,
+        lesion_mm2=None if lesion is None else lesion.area_mm2,
+        outline=() if lesion is None else scaled_outline(lesion.outline, display_scale(scan.pixels.shape)),
     )
