@@ -1,6 +1,7 @@
 """The quick scroller: a whole series sent to the browser once (JPEG sections and their titles), paged there by
 arrow keys, Page Up / Down, the mouse wheel or its own slider, with no round trip to the server; "Open in the
-viewer" moves the detailed viewer (zoom, heat map, measurement) to the section shown.
+viewer" moves the detailed viewer (zoom, heat map, measurement) to the section shown. The lesion outline, when
+shown, is drawn into the sections sent.
 
 A Streamlit custom component (``st.components.v2``) with inline JavaScript: no file, package or network access.
 Mounted outside the viewer's fragment, so moving the detailed viewer never re-sends the series.
@@ -11,7 +12,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.services.studies import SeriesView
-from ui.viewer_figures import cine_frames
+from ui.viewer_figures import cine_frames, lesion_note
 
 _CSS = """
 .btd-cine { outline: none; margin-bottom: 0.5rem; }
@@ -73,6 +74,8 @@ export default function (component) {
   if (root.dataset.series !== data.series) {
     root.dataset.series = data.series;
     show(data.start);
+  } else {
+    show(Number(range.value));  // the same series with new frames (the outline turned on or off): stay here
   }
 }
 """
@@ -80,13 +83,15 @@ export default function (component) {
 _CINE = st.components.v2.component("btd_cine", css=_CSS, js=_JS, isolate_styles=False)
 
 
-def _frames(view: SeriesView) -> list[str]:
+def _frames(view: SeriesView, outlined: bool) -> list[str]:
     cache = st.session_state.setdefault("cine-frames", {})
-    if view.key not in cache:
+    outlines = view.outlines if outlined else None
+    key = (view.key, outlines is not None)
+    if key not in cache:
         if len(cache) > 4:  # a few series' worth (about 2.5 MB each at 176 x 256 x 256)
             cache.clear()
-        cache[view.key] = cine_frames(view.sections)
-    return cache[view.key]
+        cache[key] = cine_frames(view.sections, outlines)
+    return cache[key]
 
 
 def titles(view: SeriesView) -> list[str]:
@@ -96,17 +101,18 @@ def titles(view: SeriesView) -> list[str]:
         skipped, p = view.skipped.get(index), view.curve[index]
         status = f"skipped: {skipped}" if skipped or p is None else f"P(tumour) {p:.2f}"
         position = view.positions[index] if index < len(view.positions) else 0.0
-        lines.append(f"Section {index + 1} of {count} · {position:.1f} mm · {status}")
+        lines.append(f"Section {index + 1} of {count} · {position:.1f} mm · {status}{lesion_note(view, index)}")
     return lines
 
 
-def quick_scroll(view: SeriesView, prefix: str, start: int) -> int | None:
-    """Mount the quick scroller; returns the section (0-based) the reader asked to open in the viewer, if any."""
+def quick_scroll(view: SeriesView, prefix: str, start: int, outlined: bool = False) -> int | None:
+    """Mount the quick scroller (with the lesion outlines drawn in when ``outlined``); returns the section (0-based)
+    the reader asked to open in the viewer, if any."""
     marked = set(view.marked)
     data = {
         "series": view.key,
         "start": int(start),
-        "frames": _frames(view),
+        "frames": _frames(view, outlined),
         "titles": titles(view),
         "marked": [index in marked for index in range(len(view.sections))],
     }

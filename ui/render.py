@@ -17,6 +17,7 @@ from core.model.gate import NEEDS_REVIEW, REJECTED
 from core.services.triage import NOT_SAVED, NOT_UPDATED, Triaged
 from ui.auth import fragment_actor
 from ui.batch import Upload
+from ui.lesion import CAVEAT, OUTLINE_HELP, OUTLINE_LABEL, area_line, stored_volume_line
 from ui.viewer import series_panel, verdict_line
 from ui.wording import count_of, pretty
 
@@ -76,6 +77,10 @@ def _verdict(result: Triaged) -> None:
             f"Tumour probability **{prediction.tumour_probability:.1%}** · probability that this tumour / no-tumour "
             f"call is right {prediction.confidence:.1%} · model {prediction.model_name} {prediction.model_version}"
         )
+        lesion = area_line(view.lesion_px, view.lesion_mm2)
+        if lesion is not None:  # nothing at all without a segmenter
+            st.markdown(f"**{lesion}**")
+            st.caption(CAVEAT)
         probability_table(dict(prediction.probabilities))
     status = result.status
     if status is not None and status.state in (NOT_SAVED, NOT_UPDATED):
@@ -113,16 +118,20 @@ def scan_panel(
         return
     view = result.view
     original, crop, looked, verdict = st.columns([1, 1, 1, 1.3])
+    outlined = bool(view.outline) and original.toggle(
+        OUTLINE_LABEL, value=True, key=f"outline-{upload.file_id}", help=OUTLINE_HELP
+    )
     inline_image(
         original,
-        view.original_png,
+        view.original(outlined),
         f"{view.format.upper()} {view.width}×{view.height}"
         + (f" · frame {view.frame}" if view.frame is not None else "")
         + (
             " · region found boxed (refused: not a brain MRI)"
             if view.prediction.gate.decision == "rejected"
             else " · brain region boxed"
-        ),
+        )
+        + (" · lesion outlined (magenta)" if outlined else ""),
     )
     inline_image(crop, view.crop, f"As the model sees it ({view.crop.shape[0]} px)")
     if view.heat:
@@ -156,7 +165,8 @@ def result_panel(opened, labels: tuple[str, ...], classifier=None, explainer=Non
         elif opened.view is not None:
             view = opened.view
             original, crop, looked = st.columns(3)
-            inline_image(original, view.original_png, f"{view.format.upper()} {view.width}×{view.height}")
+            outlined = " · lesion outlined (magenta)" if view.outline else ""
+            inline_image(original, view.original(True), f"{view.format.upper()} {view.width}×{view.height}{outlined}")
             inline_image(crop, view.crop, "As the model sees it")
             label = view.explained or labels[0]
             heat = view.overlay(label, 0.45)
@@ -180,6 +190,13 @@ def result_panel(opened, labels: tuple[str, ...], classifier=None, explainer=Non
             f"is right {record.confidence:.1%} · "
             f"model {record.model_name} {record.model_version} · saved {record.created_at:%Y-%m-%d %H:%M} UTC"
         )
+        if record.kind == "series":  # saved outlines are not kept: the volume it was saved with
+            lesion = stored_volume_line(record.lesion_px, record.lesion_ml)
+        else:
+            lesion = area_line(record.lesion_px, record.lesion_mm2)
+            lesion = None if lesion is None else f"{lesion}, as saved"
+        if lesion is not None:  # nothing without a segmenter
+            st.markdown(f"**{lesion}**", help=CAVEAT)
         if record.gate != "accepted":
             st.warning({"needs_review": "Flagged for review", "rejected": "Refused by the input gate"}[record.gate])
         if opened.reviews:

@@ -13,7 +13,16 @@ import streamlit as st
 from core.imaging.geometry import orientation_letters
 from core.services.studies import SeriesView, section_heat
 from ui.auth import fragment_actor
-from ui.viewer_figures import WINDOW_PRESETS, curve_figure, distance_mm, section_figure, timeline_figure, windowed
+from ui.lesion import CAVEAT, OUTLINE_HELP, OUTLINE_LABEL, volume_line
+from ui.viewer_figures import (
+    WINDOW_PRESETS,
+    curve_figure,
+    distance_mm,
+    lesion_note,
+    section_figure,
+    timeline_figure,
+    windowed,
+)
 from ui.wording import LABEL_NAMES, pretty
 
 
@@ -41,20 +50,37 @@ def start_section(view: SeriesView) -> int:
     return view.window[len(view.window) // 2] if view.window else len(view.sections) // 2
 
 
+def section_title(view: SeriesView, index: int) -> str:
+    """The detailed viewer's title: section, place, the model's reading (or why skipped) and the lesion's area."""
+    skipped, p = view.skipped.get(index), view.curve[index]
+    status = f"skipped: {skipped}" if skipped else f"P(tumour) {p:.2f} · {pretty(view.section_labels[index] or '')}"
+    position = view.positions[index] if index < len(view.positions) else 0.0
+    return f"Section {index + 1} of {len(view.sections)} · {position:.1f} mm · {status}{lesion_note(view, index)}"
+
+
 def series_panel(view: SeriesView, classifier, explainer, prefix: str) -> None:
-    """The quick scroller above the detailed viewer; "Open in the viewer" moves the detailed viewer there."""
+    """The lesion volume and the outline toggle (a series just analysed, with a segmenter), the quick scroller
+    above the detailed viewer; "Open in the viewer" moves the detailed viewer there."""
     from ui.cine import quick_scroll
 
+    lesion = volume_line(view.lesion_areas, view.lesion_ml, view.lesion_span)
+    if lesion is not None:  # nothing without a segmenter; a saved series shows the volume it was saved with
+        st.markdown(f"**{lesion}**")
+        st.caption(CAVEAT)
+    outlined = view.lesion_span is not None and st.toggle(
+        OUTLINE_LABEL, value=True, key=f"{prefix}-outline", help=OUTLINE_HELP
+    )  # outside the viewer's fragment: the quick scroller's sections change with it
     st.caption("Quick scroll: arrow keys, Page Up / Down or the mouse wheel once the series below is clicked.")
-    opened = quick_scroll(view, prefix, start_section(view))
+    opened = quick_scroll(view, prefix, start_section(view), outlined)
     if opened is not None:
         st.session_state[f"{prefix}-section"] = opened + 1
-    series_viewer(view, classifier, explainer, prefix)
+    series_viewer(view, classifier, explainer, prefix, outlined)
 
 
 @st.fragment
-def series_viewer(view: SeriesView, classifier, explainer, prefix: str) -> None:
-    """The viewer for one series (``prefix`` keeps its widgets apart from other series on the page)."""
+def series_viewer(view: SeriesView, classifier, explainer, prefix: str, outlined: bool = False) -> None:
+    """The viewer for one series (``prefix`` keeps its widgets apart from other series on the page), with the
+    lesion outline on the section shown when ``outlined``."""
     fragment_actor()
     count = len(view.sections)
     slider_key, curve_key = f"{prefix}-section", f"{prefix}-curve"
@@ -107,11 +133,7 @@ def series_viewer(view: SeriesView, classifier, explainer, prefix: str) -> None:
             )
             st.caption("Hover over the image for pixel coordinates.")
     heat = _heat(view, index, classifier, explainer) if show_heat else None
-    skipped = view.skipped.get(index)
-    p = view.curve[index]
-    status = f"skipped: {skipped}" if skipped else f"P(tumour) {p:.2f} · {pretty(view.section_labels[index] or '')}"
-    position = view.positions[index] if index < len(view.positions) else 0.0
-    title = f"Section {index + 1} of {count} · {position:.1f} mm · {status}"
+    title = section_title(view, index)
     letters = orientation_letters(view.geometry.get("orientation"))
     st.plotly_chart(
         section_figure(
@@ -120,6 +142,7 @@ def series_viewer(view: SeriesView, classifier, explainer, prefix: str) -> None:
             opacity=opacity,
             letters=letters,
             line=line,
+            outline=view.outlines[index] if outlined and view.outlines is not None else None,
             title=title,
         ),
         config={"scrollZoom": True, "displaylogo": False},

@@ -1,6 +1,6 @@
 """The series viewer's figures and pixels, as pure functions (no Streamlit): window/level on displayed sections,
 distances, the quick scroller's frames, the section figure (scroll zoom and pan, orientation letters, the heat map,
-a measured line), the tumour-probability curve and a patient's timeline.
+the lesion outline, a measured line), the tumour-probability curve and a patient's timeline.
 
 MR intensities have no fixed units (unlike CT's Hounsfield units), and a section arrives here already mapped to
 0-255 for display (its DICOM window, else a percentile stretch). The presets are therefore windows on that display
@@ -20,6 +20,9 @@ import numpy as np
 import plotly.graph_objects as go
 
 from core.imaging.dicom import apply_window
+from core.services.views import OUTLINE_RGB, draw_outline
+
+OUTLINE_COLOR = "#{:02x}{:02x}{:02x}".format(*OUTLINE_RGB)
 
 # name -> (level, width) on the 0-255 display scale
 WINDOW_PRESETS: dict[str, tuple[int, int]] = {
@@ -52,11 +55,42 @@ def data_uri(image: np.ndarray, kind: str, params: Sequence[int] = ()) -> str:
     return f"data:image/{kind};base64," + base64.b64encode(encoded.tobytes()).decode("ascii")
 
 
-def cine_frames(sections: np.ndarray, quality: int = 85) -> list[str]:
+def cine_frames(
+    sections: np.ndarray, outlines: Sequence[Sequence[np.ndarray]] | None = None, quality: int = 85
+) -> list[str]:
     """Every displayed section as a JPEG data URI (about 15 KB at 256 x 256), for the quick scroller: the browser
-    pages through the whole series without asking the server, so a key press shows the next section at once."""
+    pages through the whole series without asking the server, so a key press shows the next section at once.
+    With ``outlines`` (per section, (x, y) contours on displayed pixels) each lesion is drawn in, in colour."""
     jpeg = [cv2.IMWRITE_JPEG_QUALITY, quality]
-    return [data_uri(np.ascontiguousarray(section, dtype=np.uint8), "jpeg", jpeg) for section in sections]
+    frames = []
+    for index, section in enumerate(sections):
+        image = np.ascontiguousarray(section, dtype=np.uint8)
+        if outlines is not None and len(outlines[index]):
+            image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+            draw_outline(image, outlines[index], OUTLINE_RGB[::-1])
+        frames.append(data_uri(image, "jpeg", jpeg))
+    return frames
+
+
+def lesion_note(view: Any, index: int) -> str:
+    """ " · lesion 1,368 px" for a section with a lesion outlined (a title's ending); "" otherwise."""
+    areas = view.lesion_areas
+    return f" · lesion {areas[index]:,} px" if areas is not None and areas[index] else ""
+
+
+def outline_shapes(outline: Sequence[np.ndarray]) -> list[dict[str, Any]]:
+    """The lesion contours as closed Plotly paths on the image's pixel coordinates (sharp at any zoom): a dark rim
+    under a bright line, as on the scan page."""
+    paths = [
+        "M" + "L".join(f"{int(x)},{int(y)}" for x, y in np.asarray(c).reshape(-1, 2)) + "Z"
+        for c in outline
+        if len(c) >= 2
+    ]
+    return [
+        {"type": "path", "path": path, "line": {"color": color, "width": width}, "layer": "above"}
+        for path in paths
+        for color, width in (("#000000", 4), (OUTLINE_COLOR, 2))
+    ]
 
 
 def section_figure(
@@ -66,11 +100,13 @@ def section_figure(
     opacity: float = 0.4,
     letters: Mapping[str, str] | None = None,
     line: tuple[tuple[float, float], tuple[float, float]] | None = None,
+    outline: Sequence[np.ndarray] | None = None,
     title: str = "",
     height: int = 560,
 ) -> dict[str, Any]:
     """A displayed section as a zoomable image (scroll to zoom, drag to pan), the heat map (0..1, same shape)
-    blended in when given, the patient directions at the edges and a measured line.
+    blended in when given, the patient directions at the edges, the lesion outline ((x, y) contours on displayed
+    pixels) and a measured line.
 
     The viewer's figures are plain Plotly specifications (dicts): building and validating graph objects cost
     tens of milliseconds per figure, on every step of a scroll through a series."""
@@ -96,7 +132,7 @@ def section_figure(
         for side, text in (letters or {}).items()
         if side in places
     ]
-    shapes = []
+    shapes = outline_shapes(outline) if outline is not None else []
     if line is not None:
         (x0, y0), (x1, y1) = line
         shapes.append(
