@@ -45,6 +45,16 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`streamlit run` on a free loopback port with a fresh data directory and the shipped (or a tiny) model."""
+    yield from serve(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def lesion_server(tmp_path_factory: pytest.TempPathFactory, tiny_lesion_card: Path) -> Iterator[str]:
+    """The same server with the tiny lesion segmenter beside the model (its "lesion" is the whole brain box)."""
+    yield from serve(tmp_path_factory, {"BTD_LESION_MODEL": str(tiny_lesion_card)})
+
+
+def serve(tmp_path_factory: pytest.TempPathFactory, extra: dict[str, str] | None = None) -> Iterator[str]:
     from tests.scans import write_model_card
 
     shipped = ROOT / "models" / "btd-cnn.json"
@@ -55,6 +65,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "BTD_MODEL": str(card),
         "BTD_DATA_DIR": str(tmp_path_factory.mktemp("data")),
         "TF_CPP_MIN_LOG_LEVEL": "2",
+        **(extra or {}),
     }
     env.pop("MONGODB_URI", None)
     seed_history(Path(env["BTD_DATA_DIR"]))
@@ -264,6 +275,89 @@ def test_a_study_pages_in_the_quick_scroller_and_opens_in_the_viewer(server: str
         page.wait_for_timeout(500)
         page.screenshot(path=str(ARTIFACTS / "study-quick-scroll.png"), full_page=True)
         browser.close()
+
+
+def magenta_pixels(png: bytes) -> int:
+    """How many pixels of a screenshot carry the lesion outline's magenta."""
+    import cv2
+    import numpy as np
+
+    bgr = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR).astype(int)
+    return int(((bgr[:, :, 2] > 200) & (bgr[:, :, 1] < 60) & (bgr[:, :, 0] > 200)).sum())
+
+
+def test_a_tumour_slice_gets_its_lesion_outlined_and_measured_on_the_scan_page(lesion_server: str) -> None:
+    """With a segmenter served, the original is shown with the lesion's outline (magenta) and its area beside the
+    verdict; the Outline toggle takes it off the image."""
+    from playwright.sync_api import FilePayload, expect, sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1300})
+        page.goto(lesion_server)
+        wait_idle(page)
+        sign_in(page, "dr-browser")
+        expect(page.get_by_text("Scan triage")).to_be_visible(timeout=60_000)
+        scan = png_bytes(synthetic_slice(512, tumour=True, seed=7))
+        page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(
+            [FilePayload(name="tumour.png", mimeType="image/png", buffer=scan)]
+        )
+        expect(page.get_by_test_id("stMetricLabel").filter(has_text="Verdict")).to_be_visible(timeout=60_000)
+        wait_idle(page)
+        expect(page.get_by_text("px (no pixel spacing)")).to_be_visible(timeout=30_000)
+        expect(page.get_by_text("not a diagnosis").first).to_be_visible()
+        original = page.locator("figure.btd-image").first
+        expect(original.locator("figcaption")).to_contain_text("lesion outlined (magenta)")
+        original.locator("img").scroll_into_view_if_needed()
+        page.wait_for_timeout(500)
+        outlined = magenta_pixels(original.locator("img").screenshot())
+        page.screenshot(path=str(ARTIFACTS / "scan-lesion-outline.png"), full_page=True)
+        page.get_by_text("Outline", exact=True).click()  # the toggle: the original without the outline
+        wait_idle(page)
+        expect(original.locator("figcaption")).not_to_contain_text("lesion outlined", timeout=30_000)
+        page.wait_for_timeout(500)
+        plain = magenta_pixels(original.locator("img").screenshot())
+        browser.close()
+    assert outlined > 200 and plain == 0, (outlined, plain)
+
+
+def test_a_study_shows_its_lesion_volume_and_outlines_the_sections_in_both_viewers(lesion_server: str) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    from core.imaging.phantom_series import dicom_series, head_volume, zipped
+
+    study = zipped(dicom_series(head_volume(12, 128, range(4, 8)), spacing=2.0))
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        page.goto(lesion_server)
+        wait_idle(page)
+        sign_in(page, "dr-browser")
+        page.get_by_test_id("stSidebarNav").get_by_text("Study", exact=True).click()
+        wait_idle(page)
+        page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(
+            {"name": "study.zip", "mimeType": "application/zip", "buffer": study}
+        )
+        page.get_by_role("button", name="Analyse this study").click()
+        expect(page.get_by_test_id("stMetricLabel").filter(has_text="Study verdict")).to_be_visible(timeout=120_000)
+        wait_idle(page)
+        expect(page.get_by_text("Lesion volume:")).to_contain_text("mL, sections 1–12", timeout=30_000)
+        magenta = page.locator(".shapelayer path[style*='rgb(255, 0, 255)']")  # the outline on the section figure
+        expect(magenta.first).to_be_attached(timeout=30_000)
+        cine = page.locator(".btd-cine-stage img").first
+        expect(cine).to_be_visible(timeout=30_000)
+        expect(page.locator(".btd-cine-title")).to_contain_text("lesion")
+        page.wait_for_timeout(1000)
+        outlined = magenta_pixels(cine.screenshot())
+        page.screenshot(path=str(ARTIFACTS / "study-lesion-outline.png"), full_page=True)
+        page.get_by_text("Outline", exact=True).click()
+        wait_idle(page)
+        expect(magenta).to_have_count(0, timeout=30_000)
+        page.wait_for_timeout(1000)
+        plain = magenta_pixels(cine.screenshot())
+        browser.close()
+    assert outlined > 100 and plain == 0, (outlined, plain)
 
 
 def test_upload_endpoint_refuses_requests_without_the_xsrf_token(server: str) -> None:

@@ -618,3 +618,135 @@ def test_the_audit_page_finds_an_edit_made_after_the_chain_was_last_verified(app
     st.cache_data.clear()  # a minute later (the head did not move)
     app.run()
     assert not app.exception and app.error[0].value.startswith("The audit chain does not hold: event 4 was edited")
+
+
+# --- the lesion segmenter on screen (issue 26) -------------------------------------------------------------------
+
+MAGENTA = (255, 0, 255)  # the outline's colour (core.services.views.OUTLINE_RGB)
+
+
+def outlined_pixels(app: AppTest) -> list[int]:
+    """How many pixels of each shown image carry the lesion outline's magenta."""
+    import base64
+    import re
+
+    import cv2
+
+    counts = []
+    for element in shown_images(app):
+        data = base64.b64decode(re.search(r"data:image/png;base64,([^\"]+)", element.proto.body).group(1))
+        rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        red, green, blue = (rgb[:, :, k].astype(int) for k in range(3))
+        counts.append(int(((red > 200) & (green < 60) & (blue > 200)).sum()))
+    return counts
+
+
+def texts(app: AppTest) -> str:
+    return " | ".join([m.value for m in app.markdown] + [c.value for c in app.caption])
+
+
+@pytest.fixture
+def with_lesions(tiny_lesion_card: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The tiny segmenter served beside the model (its "lesion" is the whole brain box); the cached classifier is
+    dropped so that the pages load it with the segmenter."""
+    monkeypatch.setenv("BTD_LESION_MODEL", str(tiny_lesion_card))
+    st.cache_resource.clear()
+    return tiny_lesion_card
+
+
+def test_the_scan_page_outlines_the_lesion_and_gives_its_area_in_pixels_and_mm2(
+    app_environment: Path, with_lesions: Path
+) -> None:
+    app = page("scan.py").run()
+    spacing = {"PixelSpacing": [0.5, 0.5]}
+    dicom = dicom_bytes(synthetic_slice(256, tumour=True, seed=3).astype("uint16") * 16, extra=spacing)
+    app.file_uploader[0].set_value(
+        [
+            ("tumour.png", png_bytes(synthetic_slice(256, tumour=True)), "image/png"),
+            ("tumour.dcm", dicom, "application/dicom"),
+        ]
+    ).run()
+    assert not app.exception
+    outline = [t for t in app.toggle if t.label == "Outline"]
+    assert len(outline) == 2 and all(t.value for t in outline)  # on by default: a lesion was outlined
+    counts = outlined_pixels(app)  # per scan: original (outlined), crop, heat map
+    assert len(counts) == 6 and counts[0] > 100 and counts[3] > 100 and counts[1] == counts[2] == 0
+    shown = texts(app)
+    records = {r.image_format: r for r in stored(app_environment).recent(5)}
+    png, dcm = records["png"], records["dicom"]
+    assert png.lesion_px > 0 and png.lesion_mm2 is None and dcm.lesion_mm2 == pytest.approx(dcm.lesion_px * 0.25)
+    assert f"Lesion: {png.lesion_px:,} px (no pixel spacing)" in shown
+    assert f"Lesion: {dcm.lesion_mm2:,.0f} mm² ({dcm.lesion_px:,} px)" in shown
+    assert "not a diagnosis" in shown
+    assert any("lesion outlined" in h.proto.body for h in shown_images(app))
+    outline[0].set_value(False).run()  # the outline off on the first scan: its original without it
+    assert not app.exception
+    counts = outlined_pixels(app)
+    assert counts[0] == 0 and counts[3] > 100
+    assert stored(app_environment).summary().total == 2  # toggling never saves again
+    worklist = page("worklist.py").run()  # a saved scan reopened: the area it was saved with, and its outline
+    assert not worklist.exception
+    shown = texts(worklist)
+    assert (
+        f"{dcm.lesion_mm2:,.0f} mm² ({dcm.lesion_px:,} px), as saved" in shown
+        or "px (no pixel spacing), as saved" in shown
+    )
+    assert outlined_pixels(worklist)[0] > 100
+
+
+def test_without_a_segmenter_the_scan_page_says_nothing_of_lesions(
+    app_environment: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BTD_LESION_MODEL", "none")
+    st.cache_resource.clear()
+    app = page("scan.py").run()
+    app.file_uploader[0].set_value([("t.png", png_bytes(synthetic_slice(256, tumour=True)), "image/png")]).run()
+    assert not app.exception and app.metric[0].label == "Verdict"
+    assert not [t for t in app.toggle if t.label == "Outline"]
+    assert "Lesion" not in texts(app) and "lesion outlined" not in texts(app).lower()
+    assert outlined_pixels(app) == [0, 0, 0]
+    assert stored(app_environment).recent(1)[0].lesion_px is None
+
+
+def test_the_study_viewer_outlines_each_section_and_gives_the_lesion_volume_and_sections(
+    app_environment: Path, with_lesions: Path
+) -> None:
+    from core.imaging.phantom_series import dicom_series, head_volume, zipped
+
+    app = page("study.py").run()
+    study = zipped(dicom_series(head_volume(8, 128, range(3, 6)), spacing=2.0))
+    app.file_uploader[0].set_value([("study.zip", study, "application/zip")]).run(timeout=120)
+    next(b for b in app.button if b.label == "Analyse this study").click().run(timeout=120)
+    assert not app.exception
+    record = stored(app_environment).recent(1)[0]
+    assert record.lesion_ml is not None and record.lesion_ml > 0
+    assert f"Lesion volume: {record.lesion_ml:,.1f} mL, sections 1–8" in texts(app)  # the box is on every section
+    assert "not a diagnosis" in texts(app)
+    toggle = next(t for t in app.toggle if t.label == "Outline")
+    assert toggle.value
+    spec = json.loads(app.get("plotly_chart")[0].proto.spec)
+    paths = [s for s in spec["layout"].get("shapes", []) if s["type"] == "path"]
+    assert paths and any(s["line"]["color"] == "#ff00ff" for s in paths)
+    assert " · lesion " in spec["layout"]["title"]["text"] and " px" in spec["layout"]["title"]["text"]
+    toggle.set_value(False).run()
+    assert not app.exception
+    spec = json.loads(app.get("plotly_chart")[0].proto.spec)
+    assert not [s for s in spec["layout"].get("shapes", []) if s["type"] == "path"]
+    assert stored(app_environment).summary().total == 1
+
+
+def test_a_saved_series_reopened_on_the_worklist_shows_its_stored_volume_and_no_outline(
+    app_environment: Path, tiny_card: Path, tiny_lesion_card: Path, with_lesions: Path
+) -> None:
+    from core.model.classifier import Classifier, with_segmenter
+
+    classifier = with_segmenter(Classifier.from_card(tiny_card), tiny_lesion_card)  # not the shared tiny_classifier
+    status = saved_series(app_environment, classifier, sections=6, tumour=range(2, 4))
+    record = stored(app_environment).get(status.record_id)
+    assert record.lesion_ml is not None and record.lesion_ml > 0
+    app = page("worklist.py").run()
+    assert not app.exception and len(app.get("plotly_chart")) == 2  # the viewer and its curve
+    assert f"Lesion volume: {record.lesion_ml:,.1f} mL, as saved; outlines are not kept" in texts(app)
+    assert not [t for t in app.toggle if t.label == "Outline"]
+    spec = json.loads(app.get("plotly_chart")[0].proto.spec)
+    assert not [s for s in spec["layout"].get("shapes", []) if s["type"] == "path"]

@@ -12,6 +12,7 @@ from core.imaging.phantom_series import dicom_series, head_volume
 from core.imaging.series import read_study
 from core.model.volume import analyse_volume
 from core.services.studies import series_view
+from ui.lesion import area_line, stored_volume_line, volume_line
 from ui.viewer_figures import cine_frames, curve_figure, distance_mm, section_figure, windowed
 
 
@@ -78,3 +79,40 @@ def test_the_quick_scroller_gets_every_section_as_a_jpeg_with_a_title_each(tiny_
     for index, line in enumerate(lines):
         p = view.curve[index]
         assert ("skipped" in line) if p is None else (f"P(tumour) {p:.2f}" in line)
+
+
+def test_the_lesion_outline_is_a_path_on_the_section_figure_and_drawn_into_the_quick_scrollers_frames() -> None:
+    sections = np.full((2, 40, 40), 60, np.uint8)
+    square = np.array([[10, 10], [10, 29], [29, 29], [29, 10]], np.int32)
+    figure = section_figure(sections[0], outline=(square,))
+    paths = [s for s in figure["layout"]["shapes"] if s["type"] == "path"]
+    assert [s["line"]["color"] for s in paths] == ["#000000", "#ff00ff"]  # a dark rim under the magenta line
+    assert paths[1]["path"] == "M10,10L10,29L29,29L29,10Z"
+    assert not section_figure(sections[0])["layout"]["shapes"]
+    framed = [_decode(f, "data:image/jpeg;base64,") for f in cine_frames(sections, ((square,), ()))]
+    assert framed[0].ndim == 3 and framed[0][10, 20, 2] > 180 and framed[0][10, 20, 1] < 90  # magenta (BGR)
+    assert framed[1].ndim == 2  # a section without a lesion stays grey
+    assert int(framed[0][20, 20, 1]) == pytest.approx(60, abs=6)  # inside the outline: the section itself
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (lambda: area_line(1368, 342.0), "Lesion: 342 mm² (1,368 px)"),
+        (lambda: area_line(1368, None), "Lesion: 1,368 px (no pixel spacing)"),
+        (lambda: area_line(0, 0.0), "No lesion outlined"),
+        (lambda: area_line(None, None), None),
+        (lambda: volume_line([0, 5, 9, 0], 12.44, (1, 2)), "Lesion volume: 12.4 mL, sections 2–3"),
+        (lambda: volume_line([0, 5, 0], 0.05, (1, 1)), "Lesion volume: 0.05 mL, section 2"),
+        (
+            lambda: volume_line([0, 5, 9], None, (1, 2)),
+            "Lesion: 14 px over sections 2–3 (no voxel size: no volume in mL)",
+        ),
+        (lambda: volume_line([0, 0], None, None), "No lesion outlined in this series"),
+        (lambda: volume_line(None, None, None), None),
+        (lambda: stored_volume_line(900, 3.25), "Lesion volume: 3.2 mL, as saved; outlines are not kept"),
+        (lambda: stored_volume_line(None, None), None),
+    ],
+)
+def test_lesion_lines_read_as_the_screen_shows_them(line, expected) -> None:
+    assert line() == expected
