@@ -1137,3 +1137,43 @@ def test_lesion_measures_round_trip_and_a_negative_area_is_refused(store) -> Non
     assert (back.lesion_px, back.lesion_mm2, back.lesion_ml) == (1200, None, 3.75)
     with pytest.raises(InvalidRecord, match="lesion_ml is out of range"):
         store.add(replace(FIXTURE[3], lesion_ml=-1.0))
+
+
+def lesion_series(n: int, at: datetime, ml: float | None, label: str = "glioma", study: int | None = None) -> Record:
+    series = make_series(n, at, label, study=study if study is not None else n)
+    return replace(series, lesion_px=None if ml is None else int(ml * 1000), lesion_ml=ml)
+
+
+def test_lesion_volumes_of_tumour_studies_per_period_have_the_quantiles_of_their_volumes(store) -> None:
+    import numpy as np
+
+    from core.domain.results import LESION_QUANTILES
+
+    week = utc(2026, 4, 6, 9, 0)  # a Monday
+    first_week = [1.0, 2.0, 3.0, 4.0, 10.0]
+    for k, ml in enumerate(first_week):
+        store.add_series(lesion_series(200 + k, week + timedelta(days=k), ml), series_sections())
+    store.add_series(lesion_series(210, week + timedelta(hours=2), 5.0, study=77), series_sections())
+    store.add_series(lesion_series(211, week + timedelta(hours=3), 7.0, study=77), series_sections())  # study: 6.0
+    store.add_series(lesion_series(212, week + timedelta(hours=4), None, study=77), series_sections())  # no volume
+    store.add_series(lesion_series(220, utc(2026, 4, 12, 22, 30), 8.0), series_sections())  # Sunday 22:30 UTC
+    store.add_series(lesion_series(221, utc(2026, 4, 14, 9, 0), 12.0), series_sections())
+    store.add_series(lesion_series(230, week, 100.0, label="notumor"), series_sections())  # not called tumour
+    store.add_series(replace(lesion_series(231, week, 90.0), gate="rejected"), series_sections())  # never shown
+    store.add(replace(make_record(232, week), lesion_px=400, lesion_mm2=90.0))  # a single scan: an area
+    shown = Filters(gates=("accepted", "needs_review"))
+    weeks = store.lesion_volumes(shown, "UTC", "week")
+    assert [(w.start, w.studies) for w in weeks] == [(date(2026, 4, 6), 7), (date(2026, 4, 13), 1)]
+    expected = np.quantile([*first_week, 6.0, 8.0], LESION_QUANTILES)
+    assert weeks[0].quantiles == pytest.approx(expected) and weeks[1].quantiles == pytest.approx([12.0] * 5)
+    # Sunday 22:30 UTC is Monday 00:30 in Paris (summer time): that study moves to the next week
+    paris = store.lesion_volumes(shown, "Europe/Paris", "week")
+    assert [(w.start, w.studies) for w in paris] == [(date(2026, 4, 6), 6), (date(2026, 4, 13), 2)]
+    assert paris[1].quantiles == pytest.approx(np.quantile([8.0, 12.0], LESION_QUANTILES))
+    days = store.lesion_volumes(shown, "UTC", "day")
+    assert [(d.start.day, d.studies) for d in days] == [(6, 2), (7, 1), (8, 1), (9, 1), (10, 1), (12, 1), (14, 1)]
+    assert days[0].quantiles == pytest.approx(np.quantile([1.0, 6.0], LESION_QUANTILES))
+    months = store.lesion_volumes(replace(shown, end=utc(2026, 4, 13)), "UTC", "month")
+    assert [(m.start, m.studies) for m in months] == [(date(2026, 4, 1), 7)]
+    assert store.lesion_volumes(replace(shown, model_versions=("9.9.9",)), "UTC", "week") == []
+    assert store.lesion_volumes(Filters(), "UTC", "week")[0].studies == 8  # all gates: the refused one counts

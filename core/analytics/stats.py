@@ -11,11 +11,21 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 
 from core.domain.results import DayCount
+from core.domain.times import PERIODS, next_period, period_start
 
-PERIODS = ("day", "week", "month")
+__all__ = [
+    "PERIODS",
+    "SMALL_CELL",
+    "PeriodRate",
+    "period_start",
+    "roll_up",
+    "safe_rate",
+    "suppress_small",
+    "wilson_interval",
+]
 SMALL_CELL = 5
 
 
@@ -32,24 +42,6 @@ class PeriodRate:
         return self.tumour / self.total if self.total else 0.0
 
 
-def period_start(day: date, period: str) -> date:
-    if period == "day":
-        return day
-    if period == "week":
-        return day - timedelta(days=day.weekday())  # ISO weeks start on Monday
-    if period == "month":
-        return day.replace(day=1)
-    raise ValueError(f"period must be one of {PERIODS}")
-
-
-def _next_period(start: date, period: str) -> date:
-    if period == "day":
-        return start + timedelta(days=1)
-    if period == "week":
-        return start + timedelta(days=7)
-    return (start.replace(day=28) + timedelta(days=4)).replace(day=1)
-
-
 def roll_up(
     days: Sequence[DayCount], period: str, first: date | None = None, last: date | None = None
 ) -> list[PeriodRate]:
@@ -63,7 +55,7 @@ def roll_up(
         start = period_start(first, period)
         while start <= last:
             totals[start] = [0, 0]
-            start = _next_period(start, period)
+            start = next_period(start, period)
     for row in days:
         bucket = totals.setdefault(period_start(row.day, period), [0, 0])
         bucket[0] += row.total

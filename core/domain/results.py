@@ -363,3 +363,17 @@ class DayQuality:
     agreed: int
     probability_sum: float
     probability_squares: float
+
+
+LESION_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)  # what a period's lesion volumes are summarised by (a box plot)
+
+
+@dataclass(frozen=True)
+class LesionPeriod:
+    """Tumour studies with a lesion volume whose first series falls in the local period starting on ``start``: how
+    many, and the :data:`LESION_QUANTILES` of their volumes in mL (a study's volume: the mean of its tumour series'
+    volumes), linearly interpolated between ranks."""
+
+    start: date
+    studies: int
+    quantiles: tuple[float, ...]

@@ -6,13 +6,14 @@ stores group by quarter-hour and shift each by the zone's offset at that instant
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 DAY_MS = 86_400_000
 QUARTER_MS = 900_000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+PERIODS = ("day", "week", "month")
 
 
 def to_ms(moment: datetime) -> int:
@@ -54,3 +55,34 @@ def utc_offset_segments(timezone: str, start_ms: int, end_ms: int) -> tuple[tupl
             segments.append((high, offset(nxt)))
         at = nxt
     return tuple(segments)
+
+
+def period_start(day: date, period: str) -> date:
+    """The first day of the day, Monday-start week or calendar month that holds ``day``."""
+    if period == "day":
+        return day
+    if period == "week":
+        return day - timedelta(days=day.weekday())  # ISO weeks start on Monday
+    if period == "month":
+        return day.replace(day=1)
+    raise ValueError(f"period must be one of {PERIODS}")
+
+
+def next_period(start: date, period: str) -> date:
+    if period == "day":
+        return start + timedelta(days=1)
+    if period == "week":
+        return start + timedelta(days=7)
+    return (start.replace(day=28) + timedelta(days=4)).replace(day=1)
+
+
+def period_bounds(first_ms: int, last_ms: int, timezone: str, period: str) -> list[tuple[date, int]]:
+    """The local periods of ``timezone`` from the one holding ``first_ms`` to the one holding ``last_ms`` (UTC
+    milliseconds, both included): each period's first local day and the UTC instant (ms) of its local midnight."""
+    zone = ZoneInfo(timezone)
+    first, last = (from_ms(ms).astimezone(zone).date() for ms in (first_ms, last_ms))
+    bounds, start = [], period_start(first, period)
+    while start <= last:
+        bounds.append((start, to_ms(datetime.combine(start, time(0), zone).astimezone(UTC))))
+        start = next_period(start, period)
+    return bounds

@@ -1,5 +1,6 @@
 """The MongoDB store's monitoring aggregates (a mixin of :class:`core.storage.mongo.MongoStore`), the same
-contract as :mod:`core.storage.sqlite_quality`, as aggregation pipelines."""
+contract as :mod:`core.storage.sqlite_quality`, as aggregation pipelines (the lesion volumes of tumour studies per
+period included)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from datetime import date, timedelta
 from itertools import pairwise
 from typing import Any
 
-from core.domain.results import DayQuality, Filters
-from core.domain.times import DAY_MS, EPOCH, to_ms, utc_offset_segments
+from core.domain.results import LESION_QUANTILES, DayQuality, Filters, LesionPeriod
+from core.domain.times import DAY_MS, EPOCH, as_utc, from_ms, period_bounds, to_ms, utc_offset_segments
+from core.storage.protocol import lesion_period, quantile_ranks
 
 SHOWN = {"$ne": ["$gate", "rejected"]}
 REVIEWED = {"$and": [{"$gt": [{"$ifNull": ["$review_count", 0]}, 0]}, SHOWN]}
@@ -109,3 +111,52 @@ class MongoQuality:
             hour = max(0, int(row["_id"]))
             merged[hour] = merged.get(hour, 0) + int(row["n"])
         return merged
+
+    def lesion_volumes(self, filters: Filters, timezone: str, period: str) -> list[LesionPeriod]:
+        """Tumour studies with a lesion volume per local period of their first matching series, with the quantiles
+        of their volumes (see SQLite): grouped per study, placed in their period, sorted and picked at the
+        quantiles' ranks in the pipeline."""
+        match = self._match(replace(filters, kinds=("series",))) | {"is_tumour": True, "lesion_ml": {"$ne": None}}
+        per_study = [
+            {"$match": match},
+            {
+                "$group": {
+                    "_id": {"$ifNull": ["$study_ref", "$_id"]},
+                    "at": {"$min": "$created_at"},
+                    "ml": {"$avg": "$lesion_ml"},
+                }
+            },
+        ]
+        span = self._aggregate(
+            [*per_study, {"$group": {"_id": None, "first": {"$min": "$at"}, "last": {"$max": "$at"}}}]
+        )
+        if not span or span[0]["first"] is None:  # no study (mongomock groups nothing into one empty row)
+            return []
+        bounds = period_bounds(to_ms(as_utc(span[0]["first"])), to_ms(as_utc(span[0]["last"])), timezone, period)
+        branches = [{"case": {"$lt": ["$at", from_ms(ms)]}, "then": k} for k, (_, ms) in enumerate(bounds[1:])]
+        place: Any = {"$switch": {"branches": branches, "default": len(bounds) - 1}} if branches else 0
+        picked = {  # the values at the two ranks around each quantile: (n - 1) * q rounded down and up
+            f"{rounding[1:]}{k}": {
+                "$arrayElemAt": ["$values", {rounding: {"$multiply": [{"$subtract": ["$n", 1]}, q]}}]
+            }
+            for k, q in enumerate(LESION_QUANTILES)
+            for rounding in ("$floor", "$ceil")
+        }
+        rows = self._aggregate(
+            [
+                *per_study,
+                {"$addFields": {"period": place}},
+                {"$sort": {"ml": 1}},  # $push below keeps this order: each period's volumes, ascending
+                {"$group": {"_id": "$period", "n": {"$sum": 1}, "values": {"$push": "$ml"}}},
+                {"$project": {"n": 1, **picked}},
+                {"$sort": {"_id": 1}},
+            ]
+        )
+        periods = []
+        for row in rows:
+            n, at_rank = int(row["n"]), {}
+            for k, q in enumerate(LESION_QUANTILES):
+                low, high, _ = quantile_ranks(n, q)
+                at_rank[low], at_rank[high] = float(row[f"floor{k}"]), float(row[f"ceil{k}"])
+            periods.append(lesion_period(bounds[int(row["_id"])][0], n, at_rank))
+        return periods

@@ -18,9 +18,11 @@ from typing import Any, Protocol
 
 from core.domain.people import Account, AuditEvent, AuditHead, AuditQuery, Review, VerifiedPoint
 from core.domain.results import (
+    LESION_QUANTILES,
     DayCount,
     DayQuality,
     Filters,
+    LesionPeriod,
     ModelRow,
     Record,
     Section,
@@ -97,6 +99,7 @@ class Dashboards(Protocol):
     def turnaround_hours(self, filters: Filters, cap: int = ...) -> dict[int, int]: ...
     def by_model(self, filters: Filters = ...) -> list[ModelRow]: ...
     def model_versions(self) -> list[str]: ...
+    def lesion_volumes(self, filters: Filters, timezone: str, period: str) -> list[LesionPeriod]: ...
 
 
 class Store(UnitOfWork, Results, Reviews, AuditTrail, Accounts, Dashboards, Protocol):
@@ -137,3 +140,21 @@ def check_review(record: Record, review: Review) -> None:
         raise InvalidRecord("The review is not of this result's verdict.")
     if review.final_label not in record.probabilities and review.final_label != UNKNOWN_TYPE:
         raise InvalidRecord("The final label must be one of the model's labels.")
+
+
+def quantile_ranks(n: int, q: float) -> tuple[int, int, float]:
+    """The two ranks (0-based, in ascending order of value) between which the ``q`` quantile of ``n`` values lies,
+    and the weight of the upper one (linear interpolation; both stores compute ``(n - 1) * q`` the same way)."""
+    position = (n - 1) * q
+    low = int(position)
+    return low, low + (position > low), position - low
+
+
+def lesion_period(start: date, n: int, at_rank: Mapping[int, float]) -> LesionPeriod:
+    """A period's :class:`LesionPeriod` from its study count and the volumes at the ranks :func:`quantile_ranks`
+    names (the only values a store reads out of the database)."""
+    quantiles = []
+    for q in LESION_QUANTILES:
+        low, high, weight = quantile_ranks(n, q)
+        quantiles.append(float(at_rank[low] + (at_rank[high] - at_rank[low]) * weight))
+    return LesionPeriod(start, n, tuple(quantiles))

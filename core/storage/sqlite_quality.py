@@ -1,15 +1,17 @@
 """The SQLite store's review aggregates (a mixin of :class:`core.storage.sqlite.SQLiteStore`): the confusion of
 verdicts against final labels, review turnaround and the confidence histogram, summed from the whole-day roll-ups
 (``confusion_day``, ``turnaround_day``, ``confidence_day``) and from the results themselves on the partial days at
-either end of the range. The per-day quality counts come from :mod:`core.storage.sqlite_aggregates`."""
+either end of the range; the lesion volumes of tumour studies per period, from the results themselves. The per-day
+quality counts come from :mod:`core.storage.sqlite_aggregates`."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from typing import Any
 
-from core.domain.results import Filters
-from core.storage.protocol import EVERYTHING, HISTOGRAM_BINS
+from core.domain.results import LESION_QUANTILES, Filters, LesionPeriod
+from core.domain.times import period_bounds
+from core.storage.protocol import EVERYTHING, HISTOGRAM_BINS, lesion_period
 from core.storage.sqlite_aggregates import where_sql, whole_days_and_edges
 from core.storage.sqlite_base import SQLiteBase
 
@@ -80,3 +82,32 @@ class SQLiteQuality(SQLiteBase):
         for twentieth, count in self._query(f"SELECT twentieth, sum(n) FROM ({rows}) GROUP BY 1", params):
             counts[min(int(twentieth), HISTOGRAM_BINS - 1) * bins // HISTOGRAM_BINS] += int(count)
         return counts
+
+    def lesion_volumes(self, filters: Filters, timezone: str, period: str) -> list[LesionPeriod]:
+        """Tumour studies with a lesion volume per local period (day, week, month) of their first matching series,
+        with the quantiles of their volumes: grouped, ranked (window functions) and picked in SQL; only the values
+        at the quantiles' ranks leave the database. Periods without such a study are not listed."""
+        where, params = where_sql(replace(filters, kinds=("series",)))
+        studies = (
+            f"SELECT min(created_ms) AS at_ms, avg(lesion_ml) AS ml FROM scans{where} "
+            "AND is_tumour = 1 AND lesion_ml IS NOT NULL GROUP BY COALESCE(study_ref, id)"
+        )
+        first, last = self._query(f"SELECT min(at_ms), max(at_ms) FROM ({studies})", params)[0]
+        if first is None:
+            return []
+        bounds = period_bounds(int(first), int(last), timezone, period)
+        cases = " ".join(f"WHEN at_ms < {int(ms)} THEN {k}" for k, (_, ms) in enumerate(bounds[1:]))
+        place = f"CASE {cases} ELSE {len(bounds) - 1} END" if cases else "0"
+        position = [f"(n - 1) * {q!r}" for q in LESION_QUANTILES]
+        ranks = [f"CAST({p} AS INTEGER)" for p in position]
+        ranks += [f"CAST({p} AS INTEGER) + ({p} > CAST({p} AS INTEGER))" for p in position]
+        rows = self._query(
+            f"SELECT period, n, i, ml FROM (SELECT period, ml, row_number() OVER (PARTITION BY period ORDER BY ml) - 1 "
+            f"AS i, count(*) OVER (PARTITION BY period) AS n FROM (SELECT {place} AS period, ml FROM ({studies}))) "
+            f"WHERE i IN ({', '.join(ranks)}) ORDER BY period, i",
+            params,
+        )
+        found: dict[int, tuple[int, dict[int, float]]] = {}
+        for k, n, i, ml in rows:
+            found.setdefault(int(k), (int(n), {}))[1][int(i)] = float(ml)
+        return [lesion_period(bounds[k][0], n, at_rank) for k, (n, at_rank) in sorted(found.items())]
