@@ -61,13 +61,48 @@ def test_a_study_is_found_pulled_into_memory_and_analysed_like_an_upload(orthanc
     assert pacs_service.search(pacs, RADIOLOGIST, start="20270101") == []  # a date range that excludes it
     store = SQLiteStore(tmp_path / "results.sqlite3")
     key = b"k" * 32
-    outcome = pacs_service.pull_and_analyse(pacs, RADIOLOGIST, STUDY, tiny_classifier, store, key)
+    outcome = pacs_service.pull_and_analyse(pacs, RADIOLOGIST, STUDY, tiny_classifier, store, key).outcome
     assert outcome.error_code is None and len(outcome.series) == 1
     series = outcome.series[0]
     assert len(series.sections) == 8 and series.label is not None and series.volume.step_mm == pytest.approx(5.0)
     (event,) = [e for e in store.audit_events() if e.action == "pacs_pull"]
     assert event.target == pacs_service.patient_reference(STUDY, key) and STUDY not in json.dumps(event.detail)
     assert pacs_service.patient_reference("PACS-TEST-001", key) not in (None, "PACS-TEST-001")
+
+
+def test_the_report_and_key_images_go_back_to_the_pacs_once_and_read_back_with_their_verdict(
+    orthanc, tiny_classifier, tmp_path
+) -> None:
+    import requests
+
+    from core.pacs.objects import STATEMENT, ModelFacts
+
+    pacs = Pacs(orthanc.dicomweb, orthanc.user, orthanc.password)
+    store = SQLiteStore(tmp_path / "results.sqlite3")
+    pulled = pacs_service.pull_and_analyse(pacs, RADIOLOGIST, STUDY, tiny_classifier, store, b"k" * 32)
+    card = tiny_classifier.card
+    model = ModelFacts(card.name, card.version, card.weights_sha256)
+    stored = pacs_service.send_results(pacs, RADIOLOGIST, pulled, model, store, b"k" * 32)
+    series = pulled.outcome.series[0]
+    assert len(stored) == 1 + len(series.tumour_sections)
+    auth = (orthanc.user, orthanc.password)
+    count = lambda: len(requests.get(f"{orthanc.rest}/instances", auth=auth, timeout=10).json())  # noqa: E731
+    before = count()
+    assert pacs_service.send_results(pacs, RADIOLOGIST, pulled, model, store, b"k" * 32) == stored
+    assert count() == before  # the same result sent again: the same instances, no duplicate
+    found = {s.modality: s for s in pacs.series_of(STUDY)}
+    assert {"MR", "SR"} <= set(found)  # in the source study, beside its images
+    (report,) = pacs._client.retrieve_series(STUDY, found["SR"].series_uid)
+    text = json.dumps([str(item.get("TextValue", "")) for item in report.ContentSequence])
+    assert f"Study verdict: {pulled.outcome.verdict}" in text and STATEMENT in text and card.name in text
+    assert report.StudyInstanceUID == STUDY and report.PreliminaryFlag == "PRELIMINARY"
+    assert report.CompletionFlag == "PARTIAL" and str(report.SOPInstanceUID) in stored
+    (evidence,) = report.CurrentRequestedProcedureEvidenceSequence  # it refers to the source images
+    assert evidence.StudyInstanceUID == STUDY and len(evidence.ReferencedSeriesSequence[0].ReferencedSOPSequence) == 8
+    reviewed = pacs_service.send_results(pacs, RADIOLOGIST, pulled, model, store, b"k" * 32, final_label="glioma")
+    assert reviewed[0] != stored[0]  # a new version: a new instance in the same report series
+    sent = [e for e in store.audit_events() if e.action == "pacs_send"]
+    assert len(sent) == 3 and all(STUDY not in json.dumps(e.detail) for e in sent)
 
 
 def test_supervisors_never_reach_pacs_images(orthanc, tiny_classifier) -> None:
@@ -117,7 +152,7 @@ def test_pacs_failures_each_get_their_own_message(orthanc, tiny_classifier) -> N
     small = Pacs(orthanc.dicomweb, orthanc.user, orthanc.password, limits=StudyLimits(max_files=3))
     with pytest.raises(FileTooLarge, match="limit is 3"):
         small.retrieve_mr(STUDY)
-    outcome = pacs_service.pull_and_analyse(small, RADIOLOGIST, STUDY, tiny_classifier, None, None)
+    outcome = pacs_service.pull_and_analyse(small, RADIOLOGIST, STUDY, tiny_classifier, None, None).outcome
     assert outcome.error_code == "file_too_large" and outcome.series == ()  # nothing analysed from a part
 
 

@@ -15,10 +15,11 @@ import signal
 import sys
 from typing import Any
 
-from core.cli.common import EXIT_NOT_SAVED, EXIT_OK, EXIT_USAGE, emit, error_json
+from core.cli.common import EXIT_NOT_SAVED, EXIT_OK, EXIT_REJECTED, EXIT_USAGE, emit, error_json
 from core.cli.studies import emit_outcome
 from core.config import PacsSettings, mongodb_uri, pacs_settings, patient_key
-from core.errors import StoreError
+from core.errors import PacsError, StoreError
+from core.pacs.objects import ModelFacts
 from core.services import pacs
 from core.services.access import COMMAND_LINE
 from core.services.resources import load_classifier, open_image_store, open_results_store
@@ -35,6 +36,7 @@ def add_commands(commands: Any) -> None:
     analyse.add_argument("--insecure", action="store_true", help="do not verify TLS certificates (tests only)")
     analyse.add_argument("--model", help="model card JSON (default: the shipped model or $BTD_MODEL)")
     analyse.add_argument("--save", action="store_true", help="also save each series to the app's database")
+    analyse.add_argument("--send", action="store_true", help="send the report (SR) and key images to the PACS")
     analyse.set_defaults(run=cmd_analyse)
     serve = verbs.add_parser("serve-dev", help="start a local Orthanc (loopback, temporary) until interrupted")
     serve.set_defaults(run=cmd_serve_dev)
@@ -68,10 +70,19 @@ def cmd_analyse(args: argparse.Namespace) -> int:
     except (StoreError, ValueError) as error:
         emit(error_json(getattr(error, "code", "bad_configuration"), str(error)), sys.stdout)
         return EXIT_USAGE
-    outcome = pacs.pull_and_analyse(pacs.connect(settings), COMMAND_LINE, args.study, classifier, store, key)
-    status, unsaved = emit_outcome(
-        f"PACS study {args.study}", outcome, args, (store, images, key), {"study_uid": args.study}
-    )
+    connection = pacs.connect(settings)
+    pulled = pacs.pull_and_analyse(connection, COMMAND_LINE, args.study, classifier, store, key)
+    extra: dict[str, Any] = {"study_uid": args.study}
+    if args.send and pulled.outcome.error_code is None:
+        card = classifier.card
+        model = ModelFacts(card.name, card.version, card.weights_sha256)
+        try:
+            extra["stored"] = pacs.send_results(connection, COMMAND_LINE, pulled, model, store, key)
+        except PacsError as error:
+            extra["send_error"] = {"code": error.code, "message": str(error)}
+    status, unsaved = emit_outcome(f"PACS study {args.study}", pulled.outcome, args, (store, images, key), extra)
+    if "send_error" in extra:
+        status = max(status, EXIT_REJECTED)
     return EXIT_NOT_SAVED if unsaved else status
 
 

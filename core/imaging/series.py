@@ -107,6 +107,11 @@ class Volume:
 NO_STUDY_UID = "no-study-uid"  # replaced by the upload's own identity in read_study
 
 
+def series_key(study_uid: str, series_uid: str) -> str:
+    """The key a volume keeps for its series (:attr:`Volume.series`): a hash of the two UIDs, never the UIDs."""
+    return _hash(study_uid, series_uid)
+
+
 def _hash(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 

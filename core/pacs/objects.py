@@ -1,0 +1,190 @@
+"""What goes back to the PACS (highdicom): a Comprehensive SR with the study's verdict and the key images.
+
+- The **Structured Report** (one series per study, "BTD decision aid"): the study verdict, each series' verdict,
+  P(tumour) and the series rule, the lesion volume when segmented, the model's name, version and weights hash, the
+  statement that this is a decision aid that needs a radiologist's review and, once reviewed, the radiologist's
+  final label. ``PreliminaryFlag`` is PRELIMINARY and ``CompletionFlag`` PARTIAL until a review makes it FINAL and
+  COMPLETE; a reviewed report is a new instance in the same series that lists the earlier one as a predecessor.
+- The **key images**: a Secondary Capture series per analysed series with its sections at or above the rule's
+  threshold, the lesion outline (or the section alone) burned in.
+- Identity: every UID is derived from the study, the series and the result's content, so sending the same result
+  twice stores the same instances again (the PACS keeps one), while a new version gets new instances.
+
+Patient and study attributes are copied from the source images (this object belongs to that patient's study in the
+PACS); nothing of it is stored by the app.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from core.model.volume import SeriesAnalysis
+
+MANUFACTURER = "BTD brain MRI triage (decision aid)"
+STATEMENT = "Decision aid: this result needs a radiologist's review before any clinical use."
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    name: str
+    version: str
+    weights_sha256: str
+
+
+# Type 2 attributes of the patient and study modules a report copies from its evidence: present, maybe empty.
+_TYPE_2 = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+    "ReferringPhysicianName", "StudyID", "AccessionNumber",
+)  # fmt: skip
+
+
+def headers(files: Sequence[bytes]) -> list[Any]:
+    """The source images' headers (no pixels), the evidence the report refers to; type 2 patient and study
+    attributes a PACS left out are added empty, as the standard allows."""
+    from pydicom import dcmread
+
+    found = [dcmread(io.BytesIO(data), stop_before_pixels=True) for data in files]
+    for header in found:
+        for keyword in _TYPE_2:
+            if keyword not in header:
+                setattr(header, keyword, "")
+    return found
+
+
+def _uid(*parts: object) -> str:
+    from pydicom.uid import generate_uid
+
+    return str(generate_uid(entropy_srcs=["btd-decision-aid", *(str(p) for p in parts)]))
+
+
+def _codes() -> dict[str, Any]:
+    from highdicom.sr import CodedConcept
+
+    return {
+        "report": CodedConcept("18748-4", "LN", "Diagnostic imaging report"),
+        "finding": CodedConcept("121071", "DCM", "Finding"),
+        "algorithm": CodedConcept("111001", "DCM", "Algorithm Name"),
+        "version": CodedConcept("111003", "DCM", "Algorithm Version"),
+        "comment": CodedConcept("121106", "DCM", "Comment"),
+        "volume": CodedConcept("118565006", "SCT", "Volume"),
+        "ml": CodedConcept("mL", "UCUM", "milliliter"),
+        "probability": CodedConcept("{probability}", "UCUM", "probability"),
+        "tumour": CodedConcept("108369006", "SCT", "Neoplasm"),
+    }
+
+
+def _series_lines(series: SeriesAnalysis) -> str:
+    verdict = "not analysed" if series.label is None else series.label
+    score = "n/a" if series.score is None else f"{series.score:.3f}"
+    rule = series.rule
+    line = (
+        f"Series {series.volume.series[:12]}: {verdict}; P(tumour) {score} (the lowest of the best "
+        f"{series.neighbours_used} neighbouring sections; tumour at >= {rule.threshold:.2f} over {rule.neighbours})"
+    )
+    if series.lesion_ml is not None:
+        line += f"; lesion volume {series.lesion_ml:.2f} mL"
+    return line
+
+
+def content_fingerprint(series: Sequence[SeriesAnalysis], model: ModelFacts, final_label: str | None) -> str:
+    """What makes a report version: the verdicts, the model and the review (not the time it was made)."""
+    facts = [(s.volume.series, s.label, None if s.score is None else round(s.score, 4), s.lesion_ml) for s in series]
+    return json.dumps([facts, model.name, model.version, model.weights_sha256, final_label])
+
+
+def verdict_report(
+    evidence: Sequence[Any],
+    series: Sequence[SeriesAnalysis],
+    verdict: str | None,
+    model: ModelFacts,
+    final_label: str | None = None,
+    predecessor: Any | None = None,
+) -> Any:
+    """The Comprehensive SR for one study (see the module docstring)."""
+    import highdicom as hd
+
+    codes = _codes()
+    study_uid = str(evidence[0].StudyInstanceUID)
+    items = [hd.sr.TextContentItem(codes["finding"], f"Study verdict: {verdict or 'not analysed'}", "CONTAINS")]
+    items += [hd.sr.TextContentItem(codes["finding"], _series_lines(s), "CONTAINS") for s in series]
+    volumes = [s.lesion_ml for s in series if s.lesion_ml is not None]
+    if volumes:
+        items.append(
+            hd.sr.NumContentItem(codes["volume"], float(max(volumes)), codes["ml"], relationship_type="CONTAINS")
+        )
+    items += [
+        hd.sr.TextContentItem(codes["algorithm"], model.name, "CONTAINS"),
+        hd.sr.TextContentItem(
+            codes["version"], f"{model.version} (weights SHA-256 {model.weights_sha256[:16]})", "CONTAINS"
+        ),
+        hd.sr.TextContentItem(codes["comment"], STATEMENT, "CONTAINS"),
+    ]
+    if final_label is not None:
+        items.append(hd.sr.TextContentItem(codes["finding"], f"Radiologist's final label: {final_label}", "CONTAINS"))
+    root = hd.sr.ContainerContentItem(codes["report"])
+    root.ContentSequence = hd.sr.ContentSequence(items, is_root=False)
+    fingerprint = content_fingerprint(series, model, final_label)
+    report = hd.sr.ComprehensiveSR(
+        evidence=list(evidence),
+        content=root,
+        series_instance_uid=_uid(study_uid, "report series"),
+        series_number=9901,
+        sop_instance_uid=_uid(study_uid, "report", fingerprint),
+        instance_number=2 if final_label is not None else 1,
+        manufacturer=MANUFACTURER,
+        is_complete=final_label is not None,
+        is_final=final_label is not None,
+        previous_versions=[predecessor] if predecessor is not None else None,
+    )
+    report.PreliminaryFlag = "FINAL" if final_label is not None else "PRELIMINARY"
+    report.SeriesDescription = "BTD decision aid report"
+    return report
+
+
+def key_images(evidence: Sequence[Any], series: SeriesAnalysis) -> list[Any]:
+    """Secondary Capture images of the series' sections at or above the rule's threshold, outline burned in."""
+    import highdicom as hd
+
+    reference = next((e for e in evidence if str(e.SeriesInstanceUID) == _source_series(evidence, series)), evidence[0])
+    letters = series.volume.letters  # the displayed section's edges: rows run to "right", columns to "bottom"
+    orientation = (letters["right"], letters["bottom"]) if letters else None
+    images = []
+    for number, index in enumerate(series.tumour_sections, start=1):
+        pixels = np.ascontiguousarray(series.volume.sections[index])
+        rgb = cv2.cvtColor(pixels, cv2.COLOR_GRAY2RGB)
+        analysis = series.sections[index].analysis
+        if analysis is not None and analysis.lesion is not None:
+            cv2.polylines(rgb, [c.reshape(-1, 1, 2) for c in analysis.lesion.outline], True, (255, 200, 0), 1)
+        image = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=reference,
+            pixel_array=rgb,
+            photometric_interpretation="RGB",
+            bits_allocated=8,
+            coordinate_system="PATIENT" if orientation else None,
+            patient_orientation=orientation,
+            series_instance_uid=_uid(reference.StudyInstanceUID, series.volume.series, "key images"),
+            series_number=9902,
+            sop_instance_uid=_uid(reference.StudyInstanceUID, series.volume.series, "key image", index, series.score),
+            instance_number=number,
+            manufacturer=MANUFACTURER,
+        )
+        image.SeriesDescription = "BTD key sections (decision aid)"
+        images.append(image)
+    return images
+
+
+def _source_series(evidence: Sequence[Any], series: SeriesAnalysis) -> str:
+    """The source Series Instance UID of an analysed series (its volume keeps a hash of it: match by hash)."""
+    from core.imaging.series import series_key
+
+    for header in evidence:
+        if series_key(str(header.StudyInstanceUID), str(header.SeriesInstanceUID)) == series.volume.series:
+            return str(header.SeriesInstanceUID)
+    return str(evidence[0].SeriesInstanceUID)
