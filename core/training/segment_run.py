@@ -155,20 +155,39 @@ def in_memory(network: Any, size: int, threshold: float = 0.5) -> Segmenter:
 def train_lesion(
     cache_path: Path, root: Path, out_dir: Path, config: SegmentConfig, folds: bool, command: str
 ) -> dict[str, Any]:
-    """The folds (when asked), then the shipped network on everything; writes the weights and the card."""
+    """The shipped network on everything first (its card written at once), then each institution left out in turn
+    (when asked): every finished fold's figures go into the card as they come, so an interrupted run keeps what it
+    measured. Resuming skips the networks already done (the card says which)."""
     cache = CropCache.load(cache_path)
     size = int(cache.crops.shape[1])
-    held_rows: list[dict[str, Any]] = []
-    per_fold = {}
+    card_path = out_dir / "btd-lesion.json"
+    card = json.loads(card_path.read_text()) if card_path.is_file() else None
+    if card is None or card["training"]["config"] != asdict(config):
+        card = _ship(cache, out_dir, config, command)
+    rows_path = out_dir / "btd-lesion.rows.jsonl"  # the held-out sections' rows, for the pooled figures
     for held in INSTITUTIONS if folds else ():
+        if held in card["figures"]["per_fold"]:
+            continue
         train, test = fold_indices(cache, held)
         _log(f"fold {held}: {len(train)} training sections, {len(test)} held out")
         network = train_unet(cache, train, config, _log)
         rows = score_sections(in_memory(network, size), root, cache, test)
-        per_fold[held] = figures(rows)
-        _log(f"fold {held}: {json.dumps(per_fold[held]['dice_median'])} hit {per_fold[held]['hit_rate']}")
-        held_rows += rows
+        with rows_path.open("a") as out:
+            out.writelines(json.dumps({"fold": held, **row}) + "\n" for row in rows)
+        card["figures"]["per_fold"][held] = figures(rows)
+        pooled = [json.loads(line) for line in rows_path.read_text().splitlines()]
+        card["figures"]["pooled"] = figures(pooled)
+        card["figures"]["pooled"]["folds"] = sorted(card["figures"]["per_fold"])
+        card_path.write_text(json.dumps(card, indent=2) + "\n")
+        _log(f"fold {held}: {json.dumps(card['figures']['per_fold'][held])}")
+    return card
+
+
+def _ship(cache: CropCache, out_dir: Path, config: SegmentConfig, command: str) -> dict[str, Any]:
+    """Train the shipped network on every usable section, save it and write its card (figures to come)."""
+    size = int(cache.crops.shape[1])
     train, _ = fold_indices(cache, None)
+    _log(f"shipped network: {len(train)} training sections")
     network = train_unet(cache, train, config, _log)
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / "btd-lesion.keras"
@@ -183,10 +202,11 @@ def train_lesion(
         "training": {"command": command, "config": asdict(config), "sections": len(train), "machine": machine()},
         "figures": {
             "protocol": "leave one LGG institution out (CS, DU, FG), a third of Normal-heads subjects with it",
-            "pooled": figures(held_rows) if held_rows else None,
-            "per_fold": per_fold,
+            "pooled": None,
+            "per_fold": {},
             "segmentation_ms": timing(in_memory(network, size)),
         },
     }
     (out_dir / "btd-lesion.json").write_text(json.dumps(card, indent=2) + "\n")
+    (out_dir / "btd-lesion.rows.jsonl").unlink(missing_ok=True)
     return card
