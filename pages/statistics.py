@@ -255,6 +255,20 @@ def volume_charts(dashboard) -> None:
     )
 
 
+def lesion_chart(dashboard) -> None:
+    """The lesion volumes of tumour studies per period (a box each), or why there is none."""
+    if dashboard.lesion_studies == 0:
+        st.caption("No tumour study in this range has a lesion volume (series saved with the lesion segmenter).")
+        return
+    st.plotly_chart(charts.lesions(dashboard), width="stretch", key="lesions")
+    st.caption(
+        f"Tumour studies with a lesion volume: {number(dashboard.lesion_studies)}. A study's volume is the mean of its "
+        "tumour series' volumes, counted in the period of its first series. Boxes: 25th to 75th percentile around "
+        "the median; whiskers: 10th and 90th percentiles (never one study's own extreme). Periods with fewer than 5 "
+        "studies show no box."
+    )
+
+
 def by_model_version(dashboard) -> None:
     st.subheader("By model version")
     st.dataframe(
@@ -294,6 +308,7 @@ def live_dashboard() -> None:
         return
     headline(dashboard)
     volume_charts(dashboard)
+    lesion_chart(dashboard)
     by_model_version(dashboard)
     shown_quality = quality_section()
     st.download_button(

@@ -14,7 +14,15 @@ from core.services.access import Actor
 from core.services.statistics import dashboard, export_csv
 from core.storage.sqlite import SQLiteStore
 from tests.test_store import make_record
-from ui.charts import CLASS_COLOURS, WITHHELD, class_mix_figure, confidence_figure, tumour_rate_figure
+from ui.charts import (
+    CLASS_COLOURS,
+    WITHHELD,
+    class_mix_figure,
+    confidence_figure,
+    lesion_volume_figure,
+    lesions,
+    tumour_rate_figure,
+)
 
 
 def test_the_rate_is_drawn_above_the_counts_with_its_interval() -> None:
@@ -166,3 +174,94 @@ def test_a_new_result_reaches_the_live_board_within_the_promised_30_seconds() ->
     constants = {t.id: n.value.value for n in assigned for t in n.targets if isinstance(t, ast.Name)}
     assert constants["REFRESH_SECONDS"] + constants["CACHE_SECONDS"] <= constants["LIVE_WITHIN_SECONDS"] == 30
     assert "ttl=REFRESH_SECONDS" not in source and source.count("ttl=CACHE_SECONDS") == 3
+
+
+def test_lesion_volumes_are_a_box_per_period_above_the_studies_with_small_periods_withheld() -> None:
+    figure = lesion_volume_figure(
+        ["2026-03-02", "2026-03-09", "2026-03-16"],
+        [7, None, 0],
+        [(1.0, 2.0, 3.5, 6.0, 9.0), None, None],
+        "week",
+    )
+    box = next(trace for trace in figure.data if trace.type == "box")
+    bars = next(trace for trace in figure.data if trace.type == "bar")
+    assert list(box.x) == ["2026-03-02"]  # only periods of 5 studies or more get a box
+    assert (box.lowerfence[0], box.q1[0], box.median[0], box.q3[0], box.upperfence[0]) == (1.0, 2.0, 3.5, 6.0, 9.0)
+    assert box.yaxis == "y" and bars.yaxis == "y2" and figure.layout.yaxis.domain[0] > figure.layout.yaxis2.domain[1]
+    assert list(bars.y) == [7, 4, 0] and list(bars.text) == ["", "<5", ""] and bars.customdata[1] == WITHHELD
+    assert figure.layout.title.text == "Lesion volume of tumour studies per week"
+
+
+def test_the_dashboard_gives_lesion_volumes_per_period_under_the_small_count_rule_and_exports_them(tmp_path) -> None:
+    from dataclasses import replace
+
+    from tests.test_store import make_series, series_sections
+
+    store = SQLiteStore(tmp_path / "results.sqlite3")
+    monday = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+    volumes = {0: [2.0, 4.0, 6.0, 8.0, 10.0, 12.0], 7: [3.0, 5.0]}  # six studies in the first week, two in the second
+    for offset, values in volumes.items():
+        for k, ml in enumerate(values):
+            series = make_series(
+                300 + 10 * offset + k, monday + timedelta(days=offset, hours=k), study=300 + 10 * offset + k
+            )
+            store.add_series(replace(series, lesion_px=int(ml * 100), lesion_ml=ml), series_sections())
+    supervisor = Actor("boss", "supervisor")
+    board = dashboard(
+        store, supervisor, start_day=date(2026, 11, 2), end_day=date(2026, 11, 22), timezone="UTC", period="week"
+    )
+    assert board.lesion_studies == 8
+    assert [(row.start, row.studies) for row in board.lesions] == [
+        (date(2026, 11, 2), 6),
+        (date(2026, 11, 9), None),  # two studies: withheld, and no box
+        (date(2026, 11, 16), 0),
+    ]
+    assert board.lesions[0].quantiles == pytest.approx((3.0, 4.5, 7.0, 9.5, 11.0))
+    assert board.lesions[1].quantiles is None and board.lesions[2].quantiles is None
+    text = export_csv(board).decode()
+    rows = list(csv.DictReader(io.StringIO("\n".join(line for line in text.splitlines() if not line.startswith("#")))))
+    cell = {(r["table"], r["key"], r["measure"]): r["value"] for r in rows}
+    assert cell[("lesion_volume", "", "tumour_studies_with_volume")] == "8"
+    assert cell[("lesion_volume_per_period", "2026-11-02", "median_ml")] == "7.0"
+    assert cell[("lesion_volume_per_period", "2026-11-02", "p90_ml")] == "11.0"
+    assert cell[("lesion_volume_per_period", "2026-11-09", "tumour_studies_with_volume")] == "<5"
+    assert cell[("lesion_volume_per_period", "2026-11-09", "median_ml")] == "<5"  # withheld, never a number
+    assert cell[("lesion_volume_per_period", "2026-11-16", "tumour_studies_with_volume")] == "0"
+    assert ("lesion_volume_per_period", "2026-11-16", "median_ml") not in cell  # no study: no quantiles
+    assert "lesion volumes count tumour studies" in text
+    figure = lesions(board)  # the page's figure of this board: one box (the withheld week has none)
+    assert [t.type for t in figure.data] == ["box", "bar"] and len(figure.data[0].x) == 1
+
+
+@pytest.mark.pages
+def test_the_statistics_page_draws_the_lesion_volumes_of_tumour_studies(tmp_path, tiny_card, monkeypatch) -> None:
+    import json
+    from dataclasses import replace
+    from pathlib import Path
+
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from tests.test_store import make_series, series_sections
+
+    monkeypatch.setenv("BTD_MODEL", str(tiny_card))
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("MONGODB_URI", raising=False)
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    store = SQLiteStore(tmp_path / "data" / "results.sqlite3")
+    now = datetime.now(UTC)
+    for k, ml in enumerate([1.5, 2.5, 4.0, 7.0, 11.0, 20.0]):
+        series = make_series(400 + k, now - timedelta(seconds=1 + k), study=400 + k)
+        store.add_series(replace(series, lesion_px=int(ml * 100), lesion_ml=ml), series_sections())
+    app = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "statistics.py"), default_timeout=60)
+    app.session_state["actor"] = Actor("test-supervisor", "supervisor")
+    app.run()
+    assert not app.exception
+    specs = [json.loads(c.proto.spec) for c in app.get("plotly_chart")]
+    figure = next(s for s in specs if s["layout"]["title"]["text"] == "Lesion volume of tumour studies per day")
+    box = next(t for t in figure["data"] if t["type"] == "box")
+    assert box["median"] == [pytest.approx(5.5)] and len(box["x"]) == 1  # today's six studies; other days: none
+    assert any("Tumour studies with a lesion volume: 6." in c.value for c in app.caption)
+    st.cache_data.clear()
+    st.cache_resource.clear()

@@ -188,6 +188,67 @@ def confidence_figure(counts: Sequence[int | None]) -> go.Figure:
     return figure
 
 
+def _period_ms(period: str) -> float:
+    """About one period's length in milliseconds: the width of a box or bar on a date axis."""
+    return {"day": 1, "week": 7, "month": 30}.get(period, 1) * 86_400_000.0
+
+
+def lesion_volume_figure(
+    starts: Sequence[str],
+    studies: Sequence[int | None],
+    quantiles: Sequence[Sequence[float] | None],
+    period: str,
+) -> go.Figure:
+    """Two panels on one time axis: a box per period of the lesion volumes of tumour studies (mL; the box from the
+    25th to the 75th percentile around the median, whiskers at the 10th and 90th: never a single study's extreme)
+    above, the studies per period below. ``quantiles`` are (p10, p25, median, p75, p90) or None (withheld: fewer
+    than 5 studies, or none); ``studies`` None are withheld counts, hatched."""
+    figure = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.68, 0.32], vertical_spacing=0.06)
+    shown = [(start, q) for start, q in zip(starts, quantiles, strict=True) if q is not None]
+    figure.add_trace(
+        go.Box(
+            x=[start for start, _ in shown],
+            lowerfence=[q[0] for _, q in shown],
+            q1=[q[1] for _, q in shown],
+            median=[q[2] for _, q in shown],
+            q3=[q[3] for _, q in shown],
+            upperfence=[q[4] for _, q in shown],
+            name="lesion volume (mL)",
+            marker_color="#a93226",
+            boxpoints=False,
+            hoverinfo="x+y",
+            width=0.6 * _period_ms(period),
+        ),
+        row=1,
+        col=1,
+    )
+    bars = withheld_bars(studies, "#7f9fb3")
+    figure.add_bar(
+        x=list(starts),
+        y=bars["values"],
+        name="tumour studies with a volume",
+        marker=bars["marker"],
+        text=bars["text"],
+        textposition="outside",
+        customdata=bars["customdata"],
+        hovertemplate="%{x}: %{customdata} studies<extra></extra>",
+        width=0.85 * _period_ms(period),  # one period alone is otherwise drawn a millisecond wide
+        row=2,
+        col=1,
+    )
+    figure.update_layout(
+        title=f"Lesion volume of tumour studies per {period}",
+        legend={"orientation": "h", "y": -0.15},
+        bargap=0.15,
+        **{**_LAYOUT, "height": 420},
+    )
+    figure.update_xaxes(**date_axis(starts, period), row=1, col=1)
+    figure.update_xaxes(**date_axis(starts, period), title=f"{period} starting", row=2, col=1)
+    figure.update_yaxes(title="lesion volume (mL)", rangemode="tozero", row=1, col=1)
+    figure.update_yaxes(title="studies", **count_ticks(max(bars["values"]) if studies else 0), row=2, col=1)
+    return figure
+
+
 def agreement_figure(
     starts: Sequence[str],
     agreement: Sequence[float | None],
@@ -294,6 +355,16 @@ def mix(board: Dashboard, names: Mapping[str, str]) -> go.Figure:
 
 def confidence(board: Dashboard) -> go.Figure:
     return confidence_figure(board.histogram)
+
+
+def lesions(board: Dashboard) -> go.Figure:
+    rows = board.lesions
+    return lesion_volume_figure(
+        [row.start.isoformat() for row in rows],
+        [row.studies for row in rows],
+        [row.quantiles for row in rows],
+        board.period,
+    )
 
 
 def agreement(board: QualityBoard, period: str) -> go.Figure:

@@ -16,7 +16,8 @@ from zoneinfo import ZoneInfo
 
 from core.analytics.quality import Accuracy, Drift, QualityRow, accuracy, quality_rows, roll_up_quality, turnaround
 from core.analytics.stats import PERIODS, SMALL_CELL, roll_up, safe_rate, suppress_small, wilson_interval
-from core.domain.results import SHOWN, DayCount, Filters
+from core.domain.results import LESION_QUANTILES, SHOWN, DayCount, Filters
+from core.domain.times import next_period, period_start
 from core.services import audit
 from core.services.access import STATISTICS, Actor, require
 from core.storage.protocol import AuditTrail, Dashboards
@@ -42,6 +43,16 @@ class VersionRow:
 
 
 @dataclass(frozen=True)
+class LesionRow:
+    """Tumour studies with a lesion volume in one period and the :data:`LESION_QUANTILES` of their volumes (mL):
+    the count withheld (None) from 1 to 4, the quantiles withheld below 5 studies (None)."""
+
+    start: date
+    studies: int | None
+    quantiles: tuple[float, ...] | None
+
+
+@dataclass(frozen=True)
 class Dashboard:
     """What a non-admin may see of the chosen range, small counts withheld (None)."""
 
@@ -63,6 +74,8 @@ class Dashboard:
     histogram: tuple[int | None, ...]
     models: tuple[VersionRow, ...]
     unit: str = "result"  # what the headline, the rate over time and the export count (:data:`UNITS`)
+    lesion_studies: int | None = 0  # tumour studies with a lesion volume in the range (always counted per study)
+    lesions: tuple[LesionRow, ...] = ()  # their volumes per period, every period of the range
 
     @property
     def empty(self) -> bool:
@@ -100,6 +113,21 @@ def date_range(start_day: date, end_day: date, timezone: str, versions: Sequence
     )
 
 
+def lesion_rows(
+    store: Dashboards, filters: Filters, timezone: str, period: str, start_day: date, end_day: date
+) -> tuple[int | None, tuple[LesionRow, ...]]:
+    """Tumour studies with a lesion volume in the range and per period (every period listed, empty ones as zero),
+    with the quantiles of their volumes, under the small-count rule."""
+    found = {row.start: row for row in store.lesion_volumes(filters, timezone, period)}
+    rows, start = [], period_start(start_day, period)
+    while start <= end_day:
+        row = found.get(start)
+        n = row.studies if row else 0
+        rows.append(LesionRow(start, suppress_small(n), row.quantiles if row and n >= SMALL_CELL else None))
+        start = next_period(start, period)
+    return suppress_small(sum(row.studies for row in found.values())), tuple(rows)
+
+
 def dashboard(
     store: Dashboards,
     actor: Actor,
@@ -112,9 +140,9 @@ def dashboard(
     now: datetime | None = None,
     unit: str = "result",
 ) -> Dashboard:
-    """Aggregates of verdicts (scans the gate rejected counted apart) from ``start_day`` to ``end_day`` inclusive,
-    local days in ``timezone`` (supervisors and admins). With ``unit="study"`` the headline count, the tumour rate
-    and the rate over time count studies; the class mix, confidence and versions always count results."""
+    """Aggregates of verdicts (gate-refused scans apart) from ``start_day`` to ``end_day`` inclusive, local days in
+    ``timezone`` (supervisors and admins). With ``unit="study"`` the headline count and the rates count studies; the
+    class mix, confidence and versions always count results, lesion volumes always tumour studies."""
     require(actor, STATISTICS)
     if period not in PERIODS:
         raise ValueError(f"period must be one of {PERIODS}")
@@ -137,6 +165,7 @@ def dashboard(
         today = sum(d.total for d in days if d.day == local_today)
         week = sum(d.total for d in days if local_today - timedelta(days=7) <= d.day < local_today)
     rate = safe_rate(tumours, total)
+    lesion_studies, lesions = lesion_rows(store, shown, timezone, period, start_day, end_day)
     return Dashboard(
         start_day=start_day,
         end_day=end_day,
@@ -175,6 +204,8 @@ def dashboard(
             for m in store.by_model(shown)
         ),
         unit=unit,
+        lesion_studies=lesion_studies,
+        lesions=lesions,
     )
 
 
@@ -199,8 +230,9 @@ def record_export(store: AuditTrail, actor: Actor, board: Dashboard) -> None:
 
 def export_csv(board: Dashboard, quality: QualityBoard | None = None) -> bytes:
     """Everything the Statistics page shows, as one tidy CSV (``table, key, measure, value, low_95, high_95``):
-    the headline figures, the rate per period, the class mix, the confidence histogram, the per-version table and,
-    when given, the agreement, accuracy and drift board; comment lines first name the filters. Withheld small
+    the headline figures, the rate per period, the class mix, the confidence histogram, the per-version table, the
+    lesion volumes of tumour studies per period (when there are any) and, when given, the agreement, accuracy and
+    drift board; comment lines first name the filters. Withheld small
     counts (and rates that would reveal one) read ``<5``, never 0 or empty."""
     buffer = io.StringIO()
     buffer.write(f"# dates: {board.start_day.isoformat()} to {board.end_day.isoformat()} ({board.timezone})\n")
@@ -216,7 +248,7 @@ def export_csv(board: Dashboard, quality: QualityBoard | None = None) -> bytes:
     buffer.write(
         "# verdicts shown to users only (scans refused by the input gate are counted apart); counts from 1 to "
         "4, and rates that would reveal one, are withheld (<5); the class mix, confidence and versions "
-        "count results\n"
+        "count results; lesion volumes count tumour studies (quantiles withheld below 5)\n"
     )
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["table", "key", "measure", "value", "low_95", "high_95"])
@@ -255,6 +287,7 @@ def export_csv(board: Dashboard, quality: QualityBoard | None = None) -> bytes:
         row("model_version", version.model, "mean_confidence", version.mean_confidence, digits=4)
         row("model_version", version.model, "first_day", version.first.isoformat())
         row("model_version", version.model, "last_day", version.last.isoformat())
+    _lesion_export(row, board)
     if quality is not None:
         overall = quality.overall
         row("accuracy", "all versions", "reviewed", overall.reviewed)
@@ -272,6 +305,22 @@ def export_csv(board: Dashboard, quality: QualityBoard | None = None) -> bytes:
             row("quality_per_period", key, "mean_tumour_probability", q.mean_probability, q.mean_limits, 4)
             row("quality_per_period", key, "out_of_control", str(q.out_of_control).lower())
     return buffer.getvalue().encode("utf-8")
+
+
+QUANTILE_NAMES = {0.1: "p10", 0.25: "p25", 0.5: "median", 0.75: "p75", 0.9: "p90"}
+
+
+def _lesion_export(row, board: Dashboard) -> None:
+    """The lesion volumes of tumour studies per period (count, then quantiles in mL), when the range has any."""
+    if board.lesion_studies == 0:
+        return
+    row("lesion_volume", "", "tumour_studies_with_volume", board.lesion_studies)
+    for period in board.lesions:
+        key = period.start.isoformat()
+        row("lesion_volume_per_period", key, "tumour_studies_with_volume", period.studies)
+        if period.studies != 0:  # an empty period has no quantiles; a withheld one reads <5
+            for q, value in zip(LESION_QUANTILES, period.quantiles or (None,) * len(LESION_QUANTILES), strict=True):
+                row("lesion_volume_per_period", key, f"{QUANTILE_NAMES[q]}_ml", value, digits=3)
 
 
 def _cell(value: object, digits: int | None = None) -> str:
