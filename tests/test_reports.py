@@ -166,7 +166,7 @@ def test_a_report_states_the_lesion_volume_and_outlines_the_lesion_on_the_key_se
     text = text_of(pdf, tmp_path)
     assert f"Lesion volume (segmenter): {record.lesion_ml:.2f} mL ({record.lesion_px:,} px over its sections)" in text
     assert "Lesion outline" in text and "Segmented again for this report by tiny-lesion 0.0.1" in text
-    assert "Lesion on this section: " in text and " mm²" in text and "(outlined in yellow)" in text
+    assert "Lesion on this section: " in text and " mm²" in text and "(outlined in magenta)" in text
     assert f"Series lesion volume (stored when it was saved): {record.lesion_ml:.2f} mL" in text
     assert "Key section " in text and " of 8 (highest P(tumour) " in text
     listing = subprocess.run(
@@ -192,8 +192,8 @@ def test_a_report_states_the_lesion_volume_and_outlines_the_lesion_on_the_key_se
     from PIL import Image
 
     page = np.asarray(Image.open(next(tmp_path.glob("lesion*.png"))).convert("RGB")).astype(int)
-    yellow = (page[..., 0] > 200) & (page[..., 1] > 160) & (page[..., 2] < 90)
-    assert yellow.sum() > 200  # the outline is drawn on the key section
+    magenta = (page[..., 0] > 200) & (page[..., 1] < 90) & (page[..., 2] > 200)
+    assert magenta.sum() > 200  # the outline is drawn on the key section, in the screen's colour
     # without a segmenter: the stored volume only, and a line saying why no outline is drawn
     text = text_of(study_report(store, images, doctor, [record_id], tiny_classifier, None), tmp_path)
     assert f"Lesion volume (segmenter): {record.lesion_ml:.2f} mL" in text

@@ -30,6 +30,7 @@ from core.model.roi import find_brain
 from core.services import audit
 from core.services.access import OPEN_RESULT, Actor, require
 from core.services.studies import SeriesView, section_heat, stored_series_view
+from core.services.views import draw_outline, scaled_outline
 from core.storage.images import ImageStore
 from core.storage.protocol import Store
 
@@ -208,14 +209,13 @@ def key_lesion(view: SeriesView, segmenter: Segmenter) -> KeyLesion | None:
 
 
 def outlined(section: np.ndarray, lesion: Lesion | None, side: int = 512) -> np.ndarray:
-    """The grey section as RGB, enlarged to about ``side`` pixels, with the lesion's outline drawn in yellow."""
+    """The grey section as RGB, enlarged to about ``side`` pixels, with the lesion's outline drawn as on screen
+    (:func:`core.services.views.draw_outline`: magenta over a dark rim)."""
     scale = max(1, side // max(section.shape))
     rgb = np.repeat(section[:, :, None], 3, axis=2)
     if scale > 1:
         rgb = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
-    contours = [(c * scale + scale // 2).astype(np.int32).reshape(-1, 1, 2) for c in (lesion.outline if lesion else [])]
-    if contours:
-        cv2.polylines(rgb, contours, True, (255, 214, 0), max(2, scale), cv2.LINE_AA)
+    draw_outline(rgb, scaled_outline(lesion.outline if lesion else [], scale))
     return rgb
 
 
@@ -228,7 +228,7 @@ def key_lesion_lines(record: Record, view: SeriesView, key: KeyLesion) -> list[s
         found = "No lesion found on this section"
     else:
         mm2 = f"{lesion.area_mm2:,.1f} mm², " if lesion.area_mm2 is not None else ""
-        found = f"Lesion on this section: {mm2}{lesion.area_px:,} px (outlined in yellow)"
+        found = f"Lesion on this section: {mm2}{lesion.area_px:,} px (outlined in magenta)"
     stored = f"{record.lesion_ml:.2f} mL" if record.lesion_ml is not None else "not known"
     return [
         f"Key section {key.index + 1} of {len(view.curve)} (highest P(tumour) {view.curve[key.index]:.2f})",
