@@ -152,6 +152,10 @@ def test_every_command_keeps_its_options() -> None:
         "pacs": [],
         "pacs analyse": ["--url", "--study", "--user", "--password-stdin", "--insecure", "--model", "--save"],
         "pacs serve-dev": [],
+        "pacs watch": [
+            *("--url", "--rest", "--user", "--password-stdin", "--insecure", "--model", "--send", "--once"),
+            "--interval",
+        ],
     }
 
 

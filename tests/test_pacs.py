@@ -105,6 +105,37 @@ def test_the_report_and_key_images_go_back_to_the_pacs_once_and_read_back_with_t
     assert len(sent) == 3 and all(STUDY not in json.dumps(e.detail) for e in sent)
 
 
+def test_watch_mode_analyses_each_new_brain_mr_study_once_also_after_a_restart(
+    orthanc, tiny_classifier, tmp_path
+) -> None:
+    import time
+
+    from core.domain.results import WorklistQuery
+    from core.pacs.client import OrthancChanges
+    from core.storage.images import FolderImages
+
+    pacs = Pacs(orthanc.dicomweb, orthanc.user, orthanc.password)
+    store = SQLiteStore(tmp_path / "results.sqlite3")
+    watcher = pacs_service.Watcher(
+        pacs, OrthancChanges.of(pacs, orthanc.rest), tiny_classifier, store, FolderImages(tmp_path / "img"), b"k" * 32
+    )
+    state_file = tmp_path / "pacs-watch.json"
+    time.sleep(2.5)  # Orthanc calls a study stable after a second without new images
+    first = pacs_service.watch_once(watcher, pacs_service.WatchState.load(state_file), RADIOLOGIST)
+    handled = {line["study_uid"]: line for line in first}
+    assert handled[STUDY]["saved"] == ["saved"] and handled[CT_STUDY]["skipped"] == "pacs_not_found"
+    (result,) = store.worklist(WorklistQuery(), 10)
+    assert result.patient_ref == pacs_service.patient_reference("PACS-TEST-001", b"k" * 32)
+    assert pacs_service.watch_once(watcher, pacs_service.WatchState.load(state_file), RADIOLOGIST) == []  # restart
+    new = "1.2.826.0.1.3680043.8.498.79"
+    pacs.store(_datasets(dicom_series(head_volume(6, 96), study_uid=new, series_uid=f"{new}.1")))
+    time.sleep(2.5)
+    state = pacs_service.WatchState.load(state_file)
+    assert [line["study_uid"] for line in pacs_service.watch_once(watcher, state, RADIOLOGIST)] == [new]
+    assert pacs_service.watch_once(watcher, state, RADIOLOGIST) == []  # exactly once
+    assert len(store.worklist(WorklistQuery(), 10)) == 2
+
+
 def test_supervisors_never_reach_pacs_images(orthanc, tiny_classifier) -> None:
     pacs = Pacs(orthanc.dicomweb, orthanc.user, orthanc.password)
     with pytest.raises(AccessDenied):

@@ -1,9 +1,12 @@
 """``pacs``: studies from a PACS over DICOMweb, and a development Orthanc.
 
-    python -m core pacs analyse --url URL --study STUDY_UID [--user U --password-stdin] [--insecure] [--save]
+    python -m core pacs analyse --url URL --study STUDY_UID [--user U --password-stdin] [--save] [--send]
+    python -m core pacs watch --url URL [--rest REST] [--user U --password-stdin] [--send] [--once]
     python -m core pacs serve-dev
 
-``analyse`` prints the same JSON line per series as ``study``, with the study UID; exit codes as ``study``.
+``analyse`` prints the same JSON line per series as ``study``, with the study UID (and with ``--send`` the SOP
+Instance UIDs the PACS stored); exit codes as ``study``. ``watch`` prints one line per new study it handled; the
+last change it handled is kept in the data directory (``pacs-watch.json``), so a restart goes on from there.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ import contextlib
 import json
 import signal
 import sys
+import time
 from typing import Any
 
 from core.cli.common import EXIT_NOT_SAVED, EXIT_OK, EXIT_REJECTED, EXIT_USAGE, emit, error_json
 from core.cli.studies import emit_outcome
-from core.config import PacsSettings, mongodb_uri, pacs_settings, patient_key
+from core.config import PacsSettings, data_dir, mongodb_uri, pacs_settings, patient_key
 from core.errors import PacsError, StoreError
+from core.pacs.client import OrthancChanges
 from core.pacs.objects import ModelFacts
 from core.services import pacs
 from core.services.access import COMMAND_LINE
@@ -38,6 +43,17 @@ def add_commands(commands: Any) -> None:
     analyse.add_argument("--save", action="store_true", help="also save each series to the app's database")
     analyse.add_argument("--send", action="store_true", help="send the report (SR) and key images to the PACS")
     analyse.set_defaults(run=cmd_analyse)
+    watch = verbs.add_parser("watch", help="analyse each new stable MR study once, onto the worklist")
+    watch.add_argument("--url", help="the PACS's DICOMweb root (default: BTD_PACS_URL / [pacs] url)")
+    watch.add_argument("--rest", help="Orthanc's REST root when it is not the DICOMweb root's parent")
+    watch.add_argument("--user", help="PACS user (default: BTD_PACS_USER / [pacs] user)")
+    watch.add_argument("--password-stdin", action="store_true", help="read the PACS password from standard input")
+    watch.add_argument("--insecure", action="store_true", help="do not verify TLS certificates (tests only)")
+    watch.add_argument("--model", help="model card JSON (default: the shipped model or $BTD_MODEL)")
+    watch.add_argument("--send", action="store_true", help="also send each report and its key images")
+    watch.add_argument("--once", action="store_true", help="handle what is new, then stop")
+    watch.add_argument("--interval", type=float, default=10.0, help="seconds between looks at the change feed")
+    watch.set_defaults(run=cmd_watch)
     serve = verbs.add_parser("serve-dev", help="start a local Orthanc (loopback, temporary) until interrupted")
     serve.set_defaults(run=cmd_serve_dev)
 
@@ -84,6 +100,37 @@ def cmd_analyse(args: argparse.Namespace) -> int:
     if "send_error" in extra:
         status = max(status, EXIT_REJECTED)
     return EXIT_NOT_SAVED if unsaved else status
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if settings is None:
+        emit(error_json("no_pacs", "No PACS address: give --url or set BTD_PACS_URL."), sys.stdout)
+        return EXIT_USAGE
+    try:
+        store = open_results_store()
+        key = patient_key({}, shared_database=bool(mongodb_uri({})))
+        images = open_image_store(store)
+    except (StoreError, ValueError) as error:
+        emit(error_json(getattr(error, "code", "bad_configuration"), str(error)), sys.stdout)
+        return EXIT_USAGE
+    connection = pacs.connect(settings)
+    rest = args.rest or settings.url.rstrip("/").rsplit("/", 1)[0]  # Orthanc: http://host:8042/dicom-web
+    watcher = pacs.Watcher(
+        connection, OrthancChanges.of(connection, rest), load_classifier(args.model), store, images, key, args.send
+    )
+    state = pacs.WatchState.load(data_dir() / "pacs-watch.json")
+    while True:
+        try:
+            for line in pacs.watch_once(watcher, state, COMMAND_LINE):
+                emit(line, sys.stdout)
+        except PacsError as error:  # the PACS is down or refuses: say so, keep watching (or stop with --once)
+            emit(error_json(error.code, str(error)), sys.stdout)
+            if args.once:
+                return EXIT_REJECTED
+        if args.once:
+            return EXIT_OK
+        time.sleep(args.interval)
 
 
 def cmd_serve_dev(args: argparse.Namespace) -> int:

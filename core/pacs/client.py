@@ -221,3 +221,46 @@ def _file_bytes(dataset: Any) -> bytes:
     buffer = io.BytesIO()
     dcmwrite(buffer, dataset, enforce_file_format=True)
     return buffer.getvalue()
+
+
+class OrthancChanges:
+    """Orthanc's change feed (its REST root, e.g. ``http://host:8042``): the studies that became stable."""
+
+    def __init__(self, rest: str, session: Any, timeout_s: float = 10.0) -> None:
+        self.rest = rest.rstrip("/")
+        self._session, self._timeout_s = session, timeout_s
+
+    def _get(self, path: str) -> Any:
+        import requests
+
+        try:
+            response = self._session.get(f"{self.rest}{path}", timeout=self._timeout_s)
+            response.raise_for_status()
+            return response.json()
+        except requests.HTTPError as error:
+            status = getattr(error.response, "status_code", None)
+            if status in (401, 403):
+                raise PacsRefused("The PACS refused the user name or password (or this request).") from error
+            raise PacsError(f"The PACS failed the change feed (HTTP {status}).") from error
+        except (requests.ConnectionError, requests.Timeout) as error:
+            raise PacsUnreachable("The PACS does not answer; check its address, or try again later.") from error
+        except ValueError as error:
+            raise PacsMalformed("The PACS's change feed is not valid JSON.") from error
+
+    def stable_studies(self, since: int, limit: int = 100) -> tuple[list[tuple[int, str]], int, bool]:
+        """((seq, Study Instance UID) of each study that became stable after change ``since``, the last change
+        seen, whether the feed is done)."""
+        page = self._get(f"/changes?since={int(since)}&limit={int(limit)}")
+        try:
+            found = []
+            for change in page["Changes"]:
+                if change["ChangeType"] == "StableStudy":
+                    tags = self._get(f"/studies/{change['ID']}")["MainDicomTags"]
+                    found.append((int(change["Seq"]), str(tags["StudyInstanceUID"])))
+            return found, int(page["Last"]), bool(page["Done"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise PacsMalformed("The PACS's change feed is not what Orthanc sends.") from error
+
+    @classmethod
+    def of(cls, pacs: Pacs, rest: str) -> OrthancChanges:
+        return cls(rest, pacs._session, pacs._timeout_s)

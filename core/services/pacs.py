@@ -8,8 +8,13 @@ ID (:func:`patient_reference`). Every pull is an audit event (the study's keyed 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from dataclasses import dataclass
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from core.config import PacsSettings
@@ -17,11 +22,12 @@ from core.errors import FileTooLarge, PacsError
 from core.identity import pseudonymise
 from core.model.classifier import Classifier
 from core.pacs import objects
-from core.pacs.client import Pacs, StudyHit
+from core.pacs.client import OrthancChanges, Pacs, StudyHit
 from core.services import audit
 from core.services.access import PACS, Actor, require
-from core.services.studies import StudyOutcome, analyse_study
-from core.storage.protocol import AuditTrail
+from core.services.studies import StudyOutcome, analyse_study, save_series
+from core.storage.images import ImageStore
+from core.storage.protocol import AuditTrail, Store
 
 logger = logging.getLogger("btd.pacs")
 
@@ -100,3 +106,84 @@ def _target(study_uid: str, key: bytes | None) -> str | None:
 def patient_reference(patient_id: str, key: bytes | None) -> str | None:
     """The keyed reference stored for a PACS patient ID (None without a key or an ID)."""
     return pseudonymise(patient_id, key) if key and patient_id else None
+
+
+@dataclass
+class WatchState:
+    """The last change of the PACS's feed already handled, kept in a small JSON file so that a restart goes on
+    from there (each study is analysed once)."""
+
+    path: Path
+    last: int = 0
+    handled: list[str] = field(default_factory=list)  # studies analysed (SHA-256 of their UID), newest last
+
+    @classmethod
+    def load(cls, path: Path) -> WatchState:
+        try:
+            saved = json.loads(path.read_text())
+            return cls(path, int(saved["last"]), [str(s) for s in saved.get("handled", [])])
+        except (OSError, ValueError, KeyError, TypeError):
+            return cls(path)
+
+    def seen(self, study_uid: str) -> bool:
+        return hashlib.sha256(study_uid.encode()).hexdigest() in self.handled
+
+    def save(self, last: int, handled: Sequence[str] = ()) -> None:
+        self.last = last
+        keys = [hashlib.sha256(uid.encode()).hexdigest() for uid in handled]
+        self.handled = [*self.handled, *keys][-10_000:]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(".tmp")
+        partial.write_text(json.dumps({"last": last, "handled": self.handled}))
+        os.replace(partial, self.path)  # never half-written
+
+
+@dataclass(frozen=True)
+class Watcher:
+    """What a watch needs: the PACS, its change feed, the model, the database and what to do with a result."""
+
+    pacs: Pacs
+    changes: OrthancChanges
+    classifier: Classifier
+    store: Store
+    images: ImageStore | None
+    key: bytes | None
+    send: bool = False
+
+
+def watch_once(watcher: Watcher, state: WatchState, actor: Actor) -> list[dict[str, Any]]:
+    """Handle every study that became stable since the last change handled: analyse it as an upload, save each
+    series to the worklist (the patient's keyed reference from the PACS patient ID) and send the report when asked;
+    a study without brain MR is skipped with its reason. Returns one line per study."""
+    require(actor, PACS)
+    lines: list[dict[str, Any]] = []
+    done = False
+    while not done:
+        studies, last, done = watcher.changes.stable_studies(state.last)
+        fresh = list(dict.fromkeys(uid for _, uid in studies if not state.seen(uid)))  # a study is stable again
+        for study_uid in fresh:  # when objects are added to it (our own report too): analysed once all the same
+            lines.append(_handle(watcher, study_uid, actor))
+        state.save(last, fresh)
+    return lines
+
+
+def _handle(watcher: Watcher, study_uid: str, actor: Actor) -> dict[str, Any]:
+    pulled = pull_and_analyse(watcher.pacs, actor, study_uid, watcher.classifier, watcher.store, watcher.key)
+    if pulled.outcome.error_code:
+        logger.info("event=pacs_study_skipped code=%s", pulled.outcome.error_code)
+        return {"study_uid": study_uid, "skipped": pulled.outcome.error_code, "reason": pulled.outcome.error_message}
+    patient_id = str(pulled.evidence[0].get("PatientID", "")) if pulled.evidence else ""
+    reference = patient_reference(patient_id, watcher.key)
+    saved = [
+        save_series(s, watcher.store, actor=actor, patient_ref=reference, images=watcher.images, key=watcher.key).state
+        for s in pulled.outcome.series
+    ]
+    line: dict[str, Any] = {"study_uid": study_uid, "verdict": pulled.outcome.verdict, "saved": saved}
+    if watcher.send and pulled.outcome.verdict is not None:
+        card = watcher.classifier.card
+        model = objects.ModelFacts(card.name, card.version, card.weights_sha256)
+        try:
+            line["stored"] = send_results(watcher.pacs, actor, pulled, model, watcher.store, watcher.key)
+        except PacsError as error:
+            line["send_error"] = {"code": error.code, "message": str(error)}
+    return line
