@@ -150,7 +150,7 @@ def test_every_command_keeps_its_options() -> None:
         "images": [],
         "images purge": ["--days"],
         "pacs": [],
-        "pacs analyse": ["--url", "--study", "--user", "--password-stdin", "--insecure", "--model", "--save"],
+        "pacs analyse": ["--url", "--study", "--user", "--password-stdin", "--insecure", "--model", "--save", "--send"],
         "pacs serve-dev": [],
         "pacs watch": [
             *("--url", "--rest", "--user", "--password-stdin", "--insecure", "--model", "--send", "--once"),
