@@ -8,9 +8,10 @@ from core.errors import InvalidRecord, ModelError, StoreError
 from core.services import history, reports, reviews
 from core.services.access import HISTORY
 from ui import resources
+from ui.lesion import lesion_change, lesion_size
 from ui.page import setup_page
 from ui.viewer import comparison, timeline
-from ui.wording import count_of, lesion_change, lesion_size, pretty
+from ui.wording import count_of, pretty
 
 actor = setup_page("History", HISTORY)
 st.title("Patient history")

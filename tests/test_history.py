@@ -154,24 +154,24 @@ def test_the_history_page_shows_each_lesion_size_and_its_change(
     assert not app.exception
     table = app.dataframe[0].value
     assert table["lesion"].tolist() == [
-        "4.00 mL",
-        "120.0 mm²",
-        "5.00 mL",
+        "4.0 mL",
+        "120 mm²",
+        "5.0 mL",
         "—",
-        "6.00 mL",
-        "6.60 mL",
+        "6.0 mL",
+        "6.6 mL",
         "510 px",
         "0.00 mL",
     ]
     assert table["change"].tolist() == [
         "—",
         "—",
-        "+1.00 mL (+25%)",
+        "+1.0 mL (+25%)",
         "—",
         "—",
         "+0.60 mL (+10%)",
         "—",
-        "-6.60 mL (-100%)",
+        "-6.6 mL (-100%)",
     ]
     assert any("previous result of the same kind" in c.value for c in app.caption)
     st.cache_data.clear()

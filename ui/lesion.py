@@ -17,12 +17,22 @@ OUTLINE_HELP = (
 CAVEAT = "Outlined by the lesion segmenter: a decision aid to check against the image, not a diagnosis."
 
 
+NOT_KNOWN = "—"  # an unknown size or a change that cannot be computed
+
+
 def _mm2(value: float) -> str:
-    return f"{value:,.0f}" if value >= 10 else f"{value:.1f}"
+    return f"{value:,.0f}" if abs(value) >= 10 else f"{value:.1f}"
 
 
 def _ml(value: float) -> str:
-    return f"{value:,.1f}" if value >= 1 else f"{value:.2f}"
+    return f"{value:,.1f}" if abs(value) >= 1 else f"{value:.2f}"
+
+
+def _px(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+_UNITS = {"mL": (_ml, " mL"), "mm2": (_mm2, " mm²"), "px": (_px, " px")}  # one way to write each unit
 
 
 def area_line(area_px: int | None, area_mm2: float | None) -> str | None:
@@ -63,3 +73,20 @@ def stored_volume_line(lesion_px: int | None, volume_ml: float | None) -> str | 
     if volume_ml is None:
         return f"Lesion: {lesion_px:,} px in all (no voxel size), as saved; outlines are not kept"
     return f"Lesion volume: {_ml(volume_ml)} mL, as saved; outlines are not kept"
+
+
+def lesion_size(size: float | None, unit: str | None) -> str:
+    """ "3.75 mL", "105.0 mm²", "1,234 px"; "—" when not measured."""
+    if size is None or unit not in _UNITS:
+        return NOT_KNOWN
+    number, suffix = _UNITS[unit]
+    return number(size) + suffix
+
+
+def lesion_change(change: float | None, unit: str | None, percent: float | None) -> str:
+    """ "+1.20 mL (+32%)"; without the percentage when the previous size was 0; "—" when there is no change."""
+    if change is None or unit not in _UNITS:
+        return NOT_KNOWN
+    number, suffix = _UNITS[unit]
+    text = ("+" if change >= 0 else "") + number(change) + suffix
+    return text if percent is None else f"{text} ({percent:+.0f}%)"
