@@ -34,28 +34,31 @@ def add_commands(commands: Any) -> None:
     group = commands.add_parser("pacs", help="studies from a PACS over DICOMweb; a development Orthanc")
     verbs = group.add_subparsers(dest="pacs_command", required=True, metavar="COMMAND")
     analyse = verbs.add_parser("analyse", help="pull a study's MR series and print one JSON line per series")
-    analyse.add_argument("--url", help="the PACS's DICOMweb root (default: BTD_PACS_URL / [pacs] url)")
-    analyse.add_argument("--study", required=True, metavar="STUDY_UID", help="the Study Instance UID")
-    analyse.add_argument("--user", help="PACS user (default: BTD_PACS_USER / [pacs] user)")
-    analyse.add_argument("--password-stdin", action="store_true", help="read the PACS password from standard input")
-    analyse.add_argument("--insecure", action="store_true", help="do not verify TLS certificates (tests only)")
-    analyse.add_argument("--model", help="model card JSON (default: the shipped model or $BTD_MODEL)")
+    _connection_options(analyse, study=True)
     analyse.add_argument("--save", action="store_true", help="also save each series to the app's database")
     analyse.add_argument("--send", action="store_true", help="send the report (SR) and key images to the PACS")
     analyse.set_defaults(run=cmd_analyse)
     watch = verbs.add_parser("watch", help="analyse each new stable MR study once, onto the worklist")
-    watch.add_argument("--url", help="the PACS's DICOMweb root (default: BTD_PACS_URL / [pacs] url)")
-    watch.add_argument("--rest", help="Orthanc's REST root when it is not the DICOMweb root's parent")
-    watch.add_argument("--user", help="PACS user (default: BTD_PACS_USER / [pacs] user)")
-    watch.add_argument("--password-stdin", action="store_true", help="read the PACS password from standard input")
-    watch.add_argument("--insecure", action="store_true", help="do not verify TLS certificates (tests only)")
-    watch.add_argument("--model", help="model card JSON (default: the shipped model or $BTD_MODEL)")
+    _connection_options(watch, study=False)
     watch.add_argument("--send", action="store_true", help="also send each report and its key images")
     watch.add_argument("--once", action="store_true", help="handle what is new, then stop")
     watch.add_argument("--interval", type=float, default=10.0, help="seconds between looks at the change feed")
     watch.set_defaults(run=cmd_watch)
     serve = verbs.add_parser("serve-dev", help="start a local Orthanc (loopback, temporary) until interrupted")
     serve.set_defaults(run=cmd_serve_dev)
+
+
+def _connection_options(command: Any, study: bool) -> None:
+    """The PACS address and credentials, the study (analyse) or Orthanc's REST root (watch), and the model."""
+    command.add_argument("--url", help="the PACS's DICOMweb root (default: BTD_PACS_URL / [pacs] url)")
+    if study:
+        command.add_argument("--study", required=True, metavar="STUDY_UID", help="the Study Instance UID")
+    else:
+        command.add_argument("--rest", help="Orthanc's REST root when it is not the DICOMweb root's parent")
+    command.add_argument("--user", help="PACS user (default: BTD_PACS_USER / [pacs] user)")
+    command.add_argument("--password-stdin", action="store_true", help="read the PACS password from standard input")
+    command.add_argument("--insecure", action="store_true", help="do not verify TLS certificates (tests only)")
+    command.add_argument("--model", help="model card JSON (default: the shipped model or $BTD_MODEL)")
 
 
 def _settings(args: argparse.Namespace) -> PacsSettings | None:
