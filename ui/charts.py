@@ -106,19 +106,7 @@ def tumour_rate_figure(
         row=1,
         col=1,
     )
-    bars = withheld_bars(scans, "#7f9fb3")
-    figure.add_bar(
-        x=list(starts),
-        y=bars["values"],
-        name="scans",
-        marker=bars["marker"],
-        text=bars["text"],
-        textposition="outside",
-        customdata=bars["customdata"],
-        hovertemplate="%{x}: %{customdata} scans<extra></extra>",
-        row=2,
-        col=1,
-    )
+    tallest = _count_panel(figure, starts, scans, "scans", period)
     figure.update_layout(
         title=f"Tumour rate per {period}",
         legend={"orientation": "h", "y": -0.15},
@@ -128,7 +116,7 @@ def tumour_rate_figure(
     figure.update_xaxes(**date_axis(starts, period), row=1, col=1)
     figure.update_xaxes(**date_axis(starts, period), title=f"{period} starting", row=2, col=1)
     figure.update_yaxes(title="tumour rate %", range=[0, 100], row=1, col=1)
-    figure.update_yaxes(title="scans", **count_ticks(max(bars["values"]) if scans else 0), row=2, col=1)
+    figure.update_yaxes(title="scans", **count_ticks(tallest), row=2, col=1)
     return figure
 
 
@@ -188,6 +176,28 @@ def confidence_figure(counts: Sequence[int | None]) -> go.Figure:
     return figure
 
 
+def _count_panel(
+    figure: go.Figure, starts: Sequence[str], counts: Sequence[int | None], noun: str, period: str
+) -> None:
+    """The lower panel of a two-panel chart: ``noun`` per period as bars, small counts withheld ("<5"), each bar
+    one period wide (a period shown alone is otherwise drawn a millisecond wide)."""
+    bars = withheld_bars(counts, "#7f9fb3")
+    figure.add_bar(
+        x=list(starts),
+        y=bars["values"],
+        name=noun,
+        marker=bars["marker"],
+        text=bars["text"],
+        textposition="outside",
+        customdata=bars["customdata"],
+        hovertemplate=f"%{{x}}: %{{customdata}} {noun}<extra></extra>",
+        width=0.85 * _period_ms(period),
+        row=2,
+        col=1,
+    )
+    return max(bars["values"]) if counts else 0
+
+
 def _period_ms(period: str) -> float:
     """About one period's length in milliseconds: the width of a box or bar on a date axis."""
     return {"day": 1, "week": 7, "month": 30}.get(period, 1) * 86_400_000.0
@@ -222,20 +232,7 @@ def lesion_volume_figure(
         row=1,
         col=1,
     )
-    bars = withheld_bars(studies, "#7f9fb3")
-    figure.add_bar(
-        x=list(starts),
-        y=bars["values"],
-        name="tumour studies with a volume",
-        marker=bars["marker"],
-        text=bars["text"],
-        textposition="outside",
-        customdata=bars["customdata"],
-        hovertemplate="%{x}: %{customdata} studies<extra></extra>",
-        width=0.85 * _period_ms(period),  # one period alone is otherwise drawn a millisecond wide
-        row=2,
-        col=1,
-    )
+    tallest = _count_panel(figure, starts, studies, "tumour studies with a volume", period)
     figure.update_layout(
         title=f"Lesion volume of tumour studies per {period}",
         legend={"orientation": "h", "y": -0.15},
@@ -245,7 +242,7 @@ def lesion_volume_figure(
     figure.update_xaxes(**date_axis(starts, period), row=1, col=1)
     figure.update_xaxes(**date_axis(starts, period), title=f"{period} starting", row=2, col=1)
     figure.update_yaxes(title="lesion volume (mL)", rangemode="tozero", row=1, col=1)
-    figure.update_yaxes(title="studies", **count_ticks(max(bars["values"]) if studies else 0), row=2, col=1)
+    figure.update_yaxes(title="studies", **count_ticks(tallest), row=2, col=1)
     return figure
 
 
