@@ -25,7 +25,7 @@ from core.pacs import objects
 from core.pacs.client import OrthancChanges, Pacs, StudyHit
 from core.services import audit
 from core.services.access import PACS, Actor, require
-from core.services.studies import StudyOutcome, analyse_study, save_series
+from core.services.studies import StudyOutcome, StudyResult, analyse_study, save_series, save_study
 from core.storage.images import ImageStore
 from core.storage.protocol import AuditTrail, Store
 
@@ -66,6 +66,22 @@ def pull_and_analyse(
     if store is not None:
         audit.record(store, actor, "pacs_pull", _target(study_uid, key), instances=len(files))
     return Pulled(study_uid, analyse_study(files, classifier, source), tuple(objects.headers(files)))
+
+
+def pacs_patient_id(pulled: Pulled) -> str:
+    """The PACS patient ID of a pulled study (from its images; empty when they carry none). For the keyed reference
+    only: never stored or logged."""
+    return str(pulled.evidence[0].get("PatientID", "") or "") if pulled.evidence else ""
+
+
+def save_pulled(
+    pulled: Pulled, store: Store | None, *, actor: Actor, images: ImageStore | None, key: bytes | None
+) -> StudyResult:
+    """Save each series of a pulled study as an upload's is saved (once), under the keyed reference of its PACS
+    patient ID, and keep its views for the screen."""
+    require(actor, PACS)
+    reference = patient_reference(pacs_patient_id(pulled), key)
+    return save_study(pulled.outcome, store, actor=actor, patient_ref=reference, images=images, key=key)
 
 
 def send_results(
@@ -172,8 +188,7 @@ def _handle(watcher: Watcher, study_uid: str, actor: Actor) -> dict[str, Any]:
     if pulled.outcome.error_code:
         logger.info("event=pacs_study_skipped code=%s", pulled.outcome.error_code)
         return {"study_uid": study_uid, "skipped": pulled.outcome.error_code, "reason": pulled.outcome.error_message}
-    patient_id = str(pulled.evidence[0].get("PatientID", "")) if pulled.evidence else ""
-    reference = patient_reference(patient_id, watcher.key)
+    reference = patient_reference(pacs_patient_id(pulled), watcher.key)
     saved = [
         save_series(s, watcher.store, actor=actor, patient_ref=reference, images=watcher.images, key=watcher.key).state
         for s in pulled.outcome.series

@@ -413,6 +413,20 @@ def triage_study(
     """Read, analyse and save every series of an upload; the study's verdict first. Never raises for bad input."""
     require(actor, ANALYSE)
     outcome = analyse_study(files, classifier)
+    return save_study(outcome, store, actor=actor, patient_ref=patient_ref, images=images, key=key)
+
+
+def save_study(
+    outcome: StudyOutcome,
+    store: Store | None,
+    *,
+    actor: Actor,
+    patient_ref: str | None,
+    images: ImageStore | None,
+    key: bytes | None,
+) -> StudyResult:
+    """Save every series of an analysed study once (an upload's or a PACS study's) and keep its views."""
+    require(actor, ANALYSE)
     if outcome.error_code:
         return StudyResult(error_code=outcome.error_code, error_message=outcome.error_message)
     views = []
