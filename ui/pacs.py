@@ -1,0 +1,197 @@
+"""The Study page's "From the PACS" part: search the configured PACS for MR studies, pick one, pull it into memory
+and analyse it; it is then kept, shown and saved exactly as an upload (:mod:`ui.study`), and its report can be sent
+back to the PACS.
+
+Patient names and IDs from the PACS are shown on this screen and held in the session's memory only: never stored
+(a saved series keeps the keyed reference of the PACS patient ID) and never logged. The connection is built per
+action (cheap). The services decide who may use the PACS: whatever a role sees here, a refusal is shown with its
+message, as is every PACS failure (unreachable, refused credentials, no MR series, too large, malformed).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import date
+from typing import Any
+
+import streamlit as st
+
+from core.config import PacsSettings, pacs_settings
+from core.errors import AccessDenied, PacsError, StoreError
+from core.pacs.client import StudyHit
+from core.pacs.objects import ModelFacts
+from core.services import pacs as pacs_service
+from core.services.access import HISTORY, Actor, allowed
+from ui import resources
+from ui.study import keep, pacs_name, pacs_study_uid
+from ui.wording import count_of
+
+logger = logging.getLogger("btd.ui")
+HITS, PULLED, SENT = "pacs_hits", "pacs_pulled", "pacs_sent"
+
+
+def settings() -> PacsSettings | None:
+    """The configured PACS (environment or secrets); None when there is none."""
+    return pacs_settings(resources.secrets())
+
+
+def _connect() -> Any:
+    configured = settings()
+    if configured is None:
+        raise PacsError("No PACS is configured.")
+    return pacs_service.connect(configured)
+
+
+def _day(value: str) -> str:
+    """A DICOM date (YYYYMMDD) as 2026-12-01; anything else as it came."""
+    return f"{value[:4]}-{value[4:6]}-{value[6:8]}" if len(value) == 8 and value.isdigit() else value or "—"
+
+
+def _dicom_dates(chosen: Any) -> tuple[str | None, str | None]:
+    """A date range widget's value as DICOM dates (one date chosen: from that day on)."""
+    days = list(chosen) if isinstance(chosen, list | tuple) else [chosen] if chosen else []
+    as_dicom = [day.strftime("%Y%m%d") for day in days if isinstance(day, date)]
+    return (as_dicom[0] if as_dicom else None), (as_dicom[1] if len(as_dicom) > 1 else None)
+
+
+def pacs_panel(actor: Actor, classifier: Any, key: bytes | None) -> None:
+    """The search form, the studies found, and the study to pull and analyse."""
+    st.caption(
+        "MR studies in the PACS. A study is pulled into memory only (nothing of its images is written to disk), "
+        "analysed and saved as an upload is, under the keyed reference of its PACS patient ID."
+    )
+    _search_form(actor)
+    hits: list[StudyHit] | None = st.session_state.get(HITS)
+    if hits is None:
+        return
+    if not hits:
+        st.info("No MR study in the PACS matches this search.")
+        return
+    _hits_table(actor, hits)
+    chosen = st.selectbox(
+        "Study to analyse",
+        range(len(hits)),
+        format_func=lambda i: f"{i + 1} · {_day(hits[i].date)} · {hits[i].description or 'no description'}",
+        key="pacs_pick",
+    )
+    if st.button("Analyse the chosen study", type="primary", key="pacs_analyse"):
+        _analyse(actor, hits[chosen or 0], classifier, key)
+
+
+def _search_form(actor: Actor) -> None:
+    with st.form("pacs_search", border=False):
+        columns = st.columns([1, 1.2, 1.4])
+        patient_id = columns[0].text_input("Patient ID", key="pacs_patient_id")
+        dates = columns[1].date_input(
+            "Study dates",
+            value=(),
+            min_value=date(1900, 1, 1),
+            format="YYYY-MM-DD",
+            key="pacs_dates",
+            help="A range; one date alone: from that day on. Empty: any date.",
+        )
+        description = columns[2].text_input("Description contains", key="pacs_description")
+        submitted = st.form_submit_button("Search the PACS")
+    if not submitted:
+        return
+    start, end = _dicom_dates(dates)
+    try:
+        with st.spinner("Searching the PACS…"):
+            hits = pacs_service.search(
+                _connect(),
+                actor,
+                patient_id=patient_id.strip() or None,
+                start=start,
+                end=end,
+                description=description.strip() or None,
+            )
+    except (PacsError, AccessDenied) as error:
+        st.session_state.pop(HITS, None)
+        st.error(str(error))
+        return
+    st.session_state[HITS] = hits
+
+
+def _hits_table(actor: Actor, hits: list[StudyHit]) -> None:
+    """The studies found; the patient's name and ID only for those who may see a patient's history (on screen)."""
+    identity = allowed(actor, HISTORY)
+    rows = []
+    for number, hit in enumerate(hits, start=1):
+        row: dict[str, Any] = {"#": number, "date": _day(hit.date), "description": hit.description or "—"}
+        if identity:
+            row |= {"patient": hit.patient_name.replace("^", " ").strip() or "—", "patient ID": hit.patient_id}
+        row |= {"series": hit.series, "images": hit.instances}
+        rows.append(row)
+    st.dataframe(rows, hide_index=True, width="stretch")  # its own height: up to ten rows, then it scrolls
+
+
+def _analyse(actor: Actor, hit: StudyHit, classifier: Any, key: bytes | None) -> None:
+    """Pull the study into memory, analyse and save it as an upload, and put it on the page."""
+    try:
+        store = resources.current_store()
+    except StoreError as error:
+        st.error(f"Results cannot be saved: {error}")
+        store = None
+    try:
+        with st.spinner(f"Pulling {count_of(hit.instances or 0, 'image')} from the PACS and analysing them…"):
+            pulled = pacs_service.pull_and_analyse(_connect(), actor, hit.study_uid, classifier, store, key)
+            if pulled.outcome.error_code:
+                st.error(f"This study cannot be analysed. {pulled.outcome.error_message}")
+                return
+            study = pacs_service.save_pulled(pulled, store, actor=actor, images=resources.image_store(store), key=key)
+    except (PacsError, AccessDenied) as error:
+        st.error(str(error))
+        return
+    st.session_state[PULLED] = pulled  # one study's analyses at most: what a send needs
+    st.session_state.setdefault(SENT, {}).pop(hit.study_uid, None)
+    keep(pacs_name(hit.study_uid), study)
+    st.rerun()  # drawn again with the study below
+
+
+def send_panel(actor: Actor, name: Any, classifier: Any, key: bytes | None) -> None:
+    """For a study from the PACS: send its report and key images back (again: nothing new is stored)."""
+    study_uid = pacs_study_uid(name)
+    if study_uid is None:
+        return
+    pulled = st.session_state.get(PULLED)
+    if pulled is None or pulled.study_uid != study_uid:
+        st.caption("To send this study's report to the PACS, analyse it again from the PACS.")
+        return
+    sent: dict[str, int] = st.session_state.setdefault(SENT, {})
+    if st.button(
+        "Send to PACS",
+        key="pacs_send",
+        help="The report (a DICOM Structured Report) and the key images go into this study in the PACS. "
+        "Sending again stores nothing new.",
+    ):
+        _send(actor, pulled, classifier, key, sent)
+    if study_uid in sent:
+        stored = sent[study_uid]
+        st.success(
+            f"Sent: the PACS holds {count_of(stored, 'object')} from this analysis (the report and "
+            f"{count_of(stored - 1, 'key image')}).",
+            icon=":material/check_circle:",
+        )
+
+
+def _send(actor: Actor, pulled: Any, classifier: Any, key: bytes | None, sent: dict[str, int]) -> None:
+    card = classifier.card
+    try:
+        store = resources.current_store()
+    except StoreError:
+        store = None  # the send goes on; only its audit event is missing
+    try:
+        with st.spinner("Sending the report to the PACS…"):
+            stored = pacs_service.send_results(
+                _connect(), actor, pulled, ModelFacts(card.name, card.version, card.weights_sha256), store, key
+            )
+    except (PacsError, AccessDenied) as error:
+        sent.pop(pulled.study_uid, None)
+        st.error(f"Not sent: {error} Press Send to PACS to try again.")
+        return
+    except Exception as error:  # building the report failed: a message, never a traceback
+        logger.error("event=pacs_send_failed code=internal_error error=%s", type(error).__name__)
+        sent.pop(pulled.study_uid, None)
+        st.error("Not sent: the report could not be made. Press Send to PACS to try again.")
+        return
+    sent[pulled.study_uid] = len(stored)

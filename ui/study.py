@@ -1,0 +1,117 @@
+"""The Study page's analysed studies, whatever their source (files dropped on the page, or a study pulled from the
+PACS): the few a session keeps, which one is on the page, and how one is shown: the study's verdict first, then
+each series with its viewer and curve, then the PDF report. One rendering path for every source."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import streamlit as st
+
+from core.errors import InvalidRecord, StoreError
+from core.services import reports
+from core.services.access import Actor
+from core.services.studies import NOT_SAVED, StudyResult
+from ui import resources
+from ui.viewer import series_panel, verdict_line
+from ui.wording import count_of, pretty
+
+KEPT = 3  # studies a session keeps (each holds its sections at display size)
+CURRENT = "study_current"
+
+
+def studies() -> dict[Hashable, StudyResult]:
+    """The studies analysed in this session, oldest first (an upload's name: its files' ids; a PACS study's:
+    :func:`pacs_name`)."""
+    return st.session_state.setdefault("studies", {})
+
+
+def pacs_name(study_uid: str) -> tuple[str, str]:
+    return ("pacs", study_uid)
+
+
+def pacs_study_uid(name: Any) -> str | None:
+    """The Study Instance UID of a PACS study's name; None for an upload."""
+    return name[1] if isinstance(name, tuple) and len(name) == 2 and name[0] == "pacs" else None
+
+
+def keep(name: Hashable, study: StudyResult) -> None:
+    """Keep an analysed study (the oldest beyond :data:`KEPT` are forgotten) and put it on the page."""
+    results = studies()
+    results.pop(name, None)
+    results[name] = study
+    for old in list(results)[:-KEPT]:
+        results.pop(old)
+    st.session_state[CURRENT] = name
+
+
+def current() -> Hashable | None:
+    """The name of the study on the page (None when none, or when it was forgotten)."""
+    name = st.session_state.get(CURRENT)
+    return name if name in studies() else None
+
+
+def earlier_note(name: Hashable, files_waiting: bool) -> str:
+    """Why the study below is not the files now chosen."""
+    source = "from the PACS" if pacs_study_uid(name) else "analysed earlier in this session"
+    return f"Below: the study {source}." + (" The files now chosen are not analysed yet." if files_waiting else "")
+
+
+def show_study(
+    actor: Actor,
+    name: Hashable,
+    study: StudyResult,
+    classifier: Any,
+    explainer: Any,
+    actions: Callable[[], None] | None = None,
+) -> None:
+    """The study's verdict (then ``actions``, what its source offers: sending to the PACS), then each series (its
+    verdict line, warnings, save state and viewer), then the PDF report of its saved series."""
+    if study.error_code:
+        st.error(f"This upload cannot be read as a study: {study.error_message}")
+        return
+    verdict = {None: "No verdict", "tumour": "Tumour"}.get(study.verdict) or pretty(study.verdict or "")
+    st.metric("Study verdict", verdict, help="Tumour when any series is called tumour by the series rule.")
+    st.caption(
+        f"{len(study.views)} series · model {classifier.card.name} {classifier.card.version} · "
+        "a triage aid for a radiologist, not a diagnosis"
+    )
+    for note in study.notes:
+        st.caption(note)
+    if actions is not None:
+        actions()
+    for number, view in enumerate(study.views, start=1):
+        plane = (view.geometry.get("plane") or "unknown plane").capitalize()
+        sections = count_of(len(view.sections), "section")
+        header = f"Series {number} · {plane} · {sections} · {pretty(view.label or 'no verdict')}"
+        with st.expander(header, expanded=number == 1 or view.is_tumour):
+            st.markdown(verdict_line(view))
+            for warning in view.warnings:
+                st.warning(warning)
+            if view.status is not None and view.status.state == NOT_SAVED:
+                st.error(f"Not saved: {view.status.message}")
+            elif view.status is not None:
+                st.caption(f"Result {view.status.state}.")
+            if view.skipped:
+                st.caption(
+                    f"{count_of(len(view.skipped), 'section')} skipped (too little brain or not like a brain MRI)."
+                )
+            series_panel(view, classifier, explainer, prefix=f"s{number}-{view.key[:8]}")
+    _report(actor, name, study, classifier, explainer)
+
+
+def _report(actor: Actor, name: Hashable, study: StudyResult, classifier: Any, explainer: Any) -> None:
+    saved = [view.record.id for view in study.views if view.record is not None]
+    if saved and st.button(f"Make the PDF report of this study ({len(saved)} series)", key="study_report"):
+        try:
+            store = resources.current_store()
+            st.session_state["study_pdf"] = (
+                name,
+                reports.study_report(store, resources.image_store(store), actor, saved, classifier, explainer),
+            )
+        except (InvalidRecord, StoreError) as error:
+            st.error(f"The report cannot be made: {error}")
+    made = st.session_state.get("study_pdf")
+    if made and made[0] == name:
+        st.download_button("Download the report (PDF)", made[1], "study-report.pdf", "application/pdf")
