@@ -54,6 +54,30 @@ def lesion_server(tmp_path_factory: pytest.TempPathFactory, tiny_lesion_card: Pa
     yield from serve(tmp_path_factory, {"BTD_LESION_MODEL": str(tiny_lesion_card)})
 
 
+@pytest.fixture(scope="module")
+def pacs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
+    """The same server pointed at a development Orthanc holding two brain MR studies of one patient (skipped with
+    the reason when Debian's orthanc / orthanc-dicomweb are missing); yields (the app's URL, the Orthanc)."""
+    from core.pacs.client import Pacs
+    from core.pacs.orthanc import DevOrthanc, available
+    from tests.test_pacs_page import OTHER_STUDY, TUMOUR_STUDY, put_study
+
+    reason = available()
+    if reason:
+        pytest.skip(reason)
+    with DevOrthanc() as orthanc:
+        pacs = Pacs(orthanc.dicomweb, orthanc.user, orthanc.password)
+        put_study(pacs, TUMOUR_STUDY, range(2, 5), "20261201", "MR BRAIN WITH CONTRAST")
+        put_study(pacs, OTHER_STUDY, None, "20261103", "MR HEAD ROUTINE")
+        settings = {
+            "BTD_PACS_URL": orthanc.dicomweb,
+            "BTD_PACS_USER": orthanc.user,
+            "BTD_PACS_PASSWORD": orthanc.password,
+        }
+        for url in serve(tmp_path_factory, settings):
+            yield url, orthanc
+
+
 def serve(tmp_path_factory: pytest.TempPathFactory, extra: dict[str, str] | None = None) -> Iterator[str]:
     from tests.scans import write_model_card
 
@@ -275,6 +299,53 @@ def test_a_study_pages_in_the_quick_scroller_and_opens_in_the_viewer(server: str
         page.wait_for_timeout(500)
         page.screenshot(path=str(ARTIFACTS / "study-quick-scroll.png"), full_page=True)
         browser.close()
+
+
+def test_a_study_from_the_pacs_is_searched_picked_analysed_and_its_report_sent_back(pacs_server) -> None:
+    """The Study page's "From the PACS" tab: search by patient ID, pick the tumour study, its verdict and viewer as
+    for an upload, then "Send to PACS" puts the report (an SR series) into that study."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from core.pacs.client import Pacs
+    from tests.test_pacs_page import PATIENT, TUMOUR_STUDY
+
+    url, orthanc = pacs_server
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        page.goto(url)
+        wait_idle(page)
+        sign_in(page, "dr-browser")
+        page.get_by_test_id("stSidebarNav").get_by_text("Study", exact=True).click()
+        wait_idle(page)
+        page.get_by_role("tab", name="From the PACS").click()
+        page.get_by_role("textbox", name="Patient ID").fill(PATIENT)
+        page.get_by_role("button", name="Search the PACS").click()
+        wait_idle(page)
+        page.get_by_test_id("stDataFrame").first.wait_for(timeout=30_000)
+        page.get_by_test_id("stSelectbox").filter(has_text="Study to analyse").click()
+        page.get_by_role("option", name="MR BRAIN WITH CONTRAST").click()
+        wait_idle(page)
+        page.wait_for_timeout(1500)  # let the table canvas paint before the screenshot
+        page.screenshot(path=str(ARTIFACTS / "pacs-search.png"), full_page=True)
+
+        page.get_by_role("button", name="Analyse the chosen study").click()
+        expect(page.get_by_test_id("stMetricLabel").filter(has_text="Study verdict")).to_be_visible(timeout=120_000)
+        wait_idle(page)
+        expect(page.get_by_text("Series 1 · Axial · 6 sections")).to_be_visible()
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(ARTIFACTS / "pacs-verdict.png"), full_page=True)
+
+        page.get_by_role("button", name="Send to PACS").click()
+        expect(page.get_by_text("Sent: the PACS holds")).to_be_visible(timeout=60_000)
+        wait_idle(page)
+        page.mouse.move(5, 5)  # away from the button: no tooltip over the verdict
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(ARTIFACTS / "pacs-sent.png"), full_page=False)
+        browser.close()
+    modalities = {s.modality for s in Pacs(orthanc.dicomweb, orthanc.user, orthanc.password).series_of(TUMOUR_STUDY)}
+    assert {"MR", "SR"} <= modalities
 
 
 def magenta_pixels(png: bytes) -> int:

@@ -1,0 +1,234 @@
+"""The Study page's "From the PACS" part under Streamlit's AppTest, against a real development Orthanc (skipped with
+the reason when Debian's orthanc / orthanc-dicomweb are missing): search, pick, analyse as an upload, send the
+report back; each PACS failure shown with its message; a supervisor refused by the service."""
+
+from __future__ import annotations
+
+import io
+import threading
+from datetime import date
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pydicom
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from core.identity import local_key
+from core.imaging.phantom_series import dicom_series, head_volume
+from core.pacs.client import Pacs
+from core.pacs.orthanc import DevOrthanc, available
+from core.services import pacs as pacs_service
+from core.services.access import Actor
+from core.storage.sqlite import SQLiteStore
+
+pytestmark = pytest.mark.pages
+
+ROOT = Path(__file__).resolve().parents[1]
+PATIENT = "PACS-UI-001"
+NAME = "ZZCANARY^Pacspatient"
+TUMOUR_STUDY = "1.2.826.0.1.3680043.8.498.91"
+OTHER_STUDY = "1.2.826.0.1.3680043.8.498.92"
+EMPTIED_STUDY = "1.2.826.0.1.3680043.8.498.93"
+
+
+def pacs_datasets(files: list[bytes], patient_id: str, study_date: str, description: str) -> list[pydicom.Dataset]:
+    """The phantom series as a PACS would hold it: the patient's name and ID, the study's date and description."""
+    datasets = [pydicom.dcmread(io.BytesIO(f)) for f in files]
+    for ds in datasets:
+        ds.PatientID, ds.PatientName = patient_id, NAME
+        ds.StudyDate, ds.StudyDescription = study_date, description
+    return datasets
+
+
+def put_study(pacs: Pacs, study_uid: str, tumour: range | None, study_date: str, description: str, patient=PATIENT):
+    series = dicom_series(head_volume(6, 128, tumour), study_uid=study_uid, series_uid=f"{study_uid}.1")
+    assert len(pacs.store(pacs_datasets(series, patient, study_date, description))) == 6
+
+
+@pytest.fixture(scope="module")
+def orthanc():
+    reason = available()
+    if reason:
+        pytest.skip(reason)
+    with DevOrthanc() as server:
+        pacs = Pacs(server.dicomweb, server.user, server.password)
+        put_study(pacs, TUMOUR_STUDY, range(2, 5), "20261201", "MR BRAIN WITH CONTRAST")
+        put_study(pacs, OTHER_STUDY, None, "20261103", "MR HEAD ROUTINE")
+        put_study(pacs, EMPTIED_STUDY, None, "20261020", "MR BRAIN FOLLOW-UP", patient="PACS-UI-002")
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def app_environment(tmp_path: Path, tiny_card: Path, orthanc, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("BTD_MODEL", str(tiny_card))
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("MONGODB_URI", raising=False)
+    monkeypatch.setenv("BTD_PACS_URL", orthanc.dicomweb)
+    monkeypatch.setenv("BTD_PACS_USER", orthanc.user)
+    monkeypatch.setenv("BTD_PACS_PASSWORD", orthanc.password)
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield tmp_path / "data"
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+def study_page(role: str = "radiologist") -> AppTest:
+    app = AppTest.from_file(str(ROOT / "pages" / "study.py"), default_timeout=120)
+    app.session_state["actor"] = Actor(f"test-{role}", role)
+    return app.run()
+
+
+def search(app: AppTest, patient_id: str = "", dates: tuple = (), description: str = "") -> AppTest:
+    app.text_input(key="pacs_patient_id").set_value(patient_id)
+    app.date_input(key="pacs_dates").set_value(dates)
+    app.text_input(key="pacs_description").set_value(description)
+    return next(b for b in app.button if b.label == "Search the PACS").click().run()
+
+
+def button(app: AppTest, label: str):
+    return next(b for b in app.button if b.label == label)
+
+
+def test_a_radiologist_searches_picks_analyses_and_sends_the_report_back_once(
+    app_environment: Path, orthanc, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = study_page()
+    assert not app.exception and [t.label for t in app.tabs] == ["Upload files", "From the PACS"]
+    search(app, patient_id=PATIENT)
+    assert not app.exception and not app.error
+    table = app.dataframe[0].value
+    assert table["date"].tolist() == ["2026-12-01", "2026-11-03"]  # newest first
+    assert table["description"].tolist() == ["MR BRAIN WITH CONTRAST", "MR HEAD ROUTINE"]
+    assert table["images"].tolist() == [6, 6] and table["series"].tolist() == [1, 1]
+    assert table["patient"].tolist() == ["ZZCANARY Pacspatient"] * 2 and table["patient ID"].tolist() == [PATIENT] * 2
+    search(app, dates=(date(2026, 11, 1), date(2026, 11, 30)), description="head")
+    assert app.dataframe[0].value["description"].tolist() == ["MR HEAD ROUTINE"]
+    search(app, patient_id=PATIENT, description="brain contrast")
+    assert app.dataframe[0].value["description"].tolist() == ["MR BRAIN WITH CONTRAST"]
+    search(app, patient_id=PATIENT)
+    app.selectbox(key="pacs_pick").set_value(1).run()  # the older study
+    button(app, "Analyse the chosen study").click().run()
+    assert not app.exception and not app.error
+    assert app.metric[0].label == "Study verdict" and app.metric[0].value in ("Tumour", "No tumour")
+    assert app.expander[0].label.startswith("Series 1 · Axial · 6 sections")
+    assert len(app.get("plotly_chart")) == 2  # the viewer's section and curve, as for an upload
+    assert any("from the PACS" in c.value for c in app.caption)
+
+    store = SQLiteStore(app_environment / "results.sqlite3")
+    (series,) = store.recent(5)
+    assert series.kind == "series" and series.section_count == 6
+    assert series.patient_ref == pacs_service.patient_reference(PATIENT, local_key(app_environment))
+    raw = (app_environment / "results.sqlite3").read_bytes()
+    assert b"ZZCANARY" not in raw and PATIENT.encode() not in raw  # the name and ID were on the screen only
+    assert not list(app_environment.rglob("*.dcm"))  # nothing of the original images on disk
+    assert "pacs_pull" in [e.action for e in store.audit_events()]
+
+    pacs = Pacs(orthanc.dicomweb, orthanc.user, orthanc.password)
+    assert {s.modality for s in pacs.series_of(OTHER_STUDY)} == {"MR"}
+    monkeypatch.setenv("BTD_PACS_PASSWORD", "changed meanwhile")
+    button(app, "Send to PACS").click().run()  # refused: the message, and the button to try again
+    assert not app.exception and not any(s.value.startswith("Sent") for s in app.success)
+    assert app.error[0].value.startswith("Not sent: The PACS refused the user name or password")
+    assert {s.modality for s in pacs.series_of(OTHER_STUDY)} == {"MR"}
+    monkeypatch.setenv("BTD_PACS_PASSWORD", orthanc.password)
+    button(app, "Send to PACS").click().run()
+    assert not app.exception and not app.error
+    assert any(s.value.startswith("Sent: the PACS holds") for s in app.success)
+    found = pacs.series_of(OTHER_STUDY)
+    assert "SR" in {s.modality for s in found}
+    instances = sum(s.instances or 0 for s in found)
+    button(app, "Send to PACS").click().run()  # twice: the same instances, nothing new
+    assert not app.exception and sum(s.instances or 0 for s in pacs.series_of(OTHER_STUDY)) == instances
+    app.run()  # a rerun saves nothing again
+    assert store.summary().total == 1 and [e.action for e in store.audit_events()].count("pacs_send") == 2
+    assert [e.action for e in store.audit_events()].count("pacs_send_failed") == 1
+
+
+class Garbage(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"<html>not DICOMweb</html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/dicom+json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+@pytest.fixture
+def garbage_pacs():
+    server = HTTPServer(("127.0.0.1", 0), Garbage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/dicom-web"
+    server.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("password", "The PACS refused the user name or password"),
+        ("closed", "The PACS does not answer"),
+        ("garbage", "is not valid DICOMweb"),
+    ],
+)
+def test_a_failed_search_shows_its_message(
+    setting: str, message: str, garbage_pacs: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.pacs.orthanc import _free_port
+
+    if setting == "password":
+        monkeypatch.setenv("BTD_PACS_PASSWORD", "not the password")
+    elif setting == "closed":
+        monkeypatch.setenv("BTD_PACS_URL", f"http://127.0.0.1:{_free_port()}/dicom-web")
+    else:
+        monkeypatch.setenv("BTD_PACS_URL", garbage_pacs)
+    app = search(study_page(), patient_id=PATIENT)
+    assert not app.exception
+    assert len(app.error) == 1 and message in app.error[0].value
+    assert not app.dataframe and not app.metric
+
+
+def test_a_study_without_mr_or_over_the_limits_is_explained(orthanc, monkeypatch: pytest.MonkeyPatch) -> None:
+    import requests
+
+    from core.imaging.series import StudyLimits
+
+    app = search(study_page(), patient_id="PACS-UI-002")
+    assert app.dataframe[0].value["description"].tolist() == ["MR BRAIN FOLLOW-UP"]
+    real_connect = pacs_service.connect
+    monkeypatch.setattr(
+        pacs_service,
+        "connect",
+        lambda settings: Pacs(settings.url, settings.user, settings.password, limits=StudyLimits(max_files=3)),
+    )
+    button(app, "Analyse the chosen study").click().run()
+    assert not app.exception and "the limit is 3 per study" in app.error[0].value and not app.metric
+    monkeypatch.setattr(pacs_service, "connect", real_connect)
+    auth = (orthanc.user, orthanc.password)  # the study's MR series leaves the PACS after the search listed it
+    (found,) = requests.post(f"{orthanc.rest}/tools/lookup", data=f"{EMPTIED_STUDY}.1", auth=auth, timeout=10).json()
+    requests.delete(f"{orthanc.rest}{found['Path']}", auth=auth, timeout=10).raise_for_status()
+    button(app, "Analyse the chosen study").click().run()
+    assert not app.exception and len(app.error) == 1 and not app.metric
+    assert app.error[0].value == "This study cannot be analysed. This study has no MR series."
+
+
+def test_a_supervisor_is_refused_the_page_and_the_pacs_service_refuses_them_wherever_they_get_to() -> None:
+    app = study_page("supervisor")
+    assert not app.exception and not app.text_input and not app.tabs
+    assert any("The supervisor role may not" in e.value for e in app.error)
+
+    def panel() -> None:  # the PACS part alone, as if a supervisor got to it
+        from core.services.access import Actor
+        from ui.pacs import pacs_panel
+
+        pacs_panel(Actor("boss", "supervisor"), None, None)
+
+    direct = AppTest.from_function(panel, default_timeout=60).run()
+    search(direct, patient_id=PATIENT)
+    assert not direct.exception and not direct.dataframe
+    assert [e.value for e in direct.error] == ["The supervisor role may not search, pull from and send to the PACS."]
