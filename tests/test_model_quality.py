@@ -151,3 +151,35 @@ def test_grad_cam_concentrates_inside_the_brain(classifier: Classifier, validati
         heat = explainer.explain(analysis)
         ratios.append(concentration(heat.on_scan, analysis.region.mask(analysis.scan.pixels.shape)))
     assert np.median(ratios) >= 3.0
+
+
+LESION_CARD = MODELS_DIR / "btd-lesion.json"
+
+
+@pytest.mark.skipif(not LESION_CARD.exists(), reason="the shipped lesion segmenter is not in models/")
+def test_the_shipped_segmenter_outlines_drawn_lesions_and_leaves_healthy_heads_alone() -> None:
+    """A sanity check on slices it trained on (its held-out figures, leaving institutions out, are in its card):
+    large FLAIR lesions are outlined where they were drawn; healthy heads get no lesion of 100 pixels."""
+    import csv
+
+    from core.model.lesion import Segmenter
+    from core.model.roi import find_brain
+
+    segmenter = Segmenter.from_card(LESION_CARD)
+    assert segmenter.card.figures.get("segmentation_ms"), "the card states its cost"
+    with (SHARED_DATA / "LGG" / "slices.csv").open() as handle:
+        rows = [r for r in csv.DictReader(handle) if r["sequence"] == "flair" and int(r["tumour_pixels"]) >= 1500]
+    dices = []
+    for row in rows[:: max(1, len(rows) // 20)][:20]:
+        pixels = read_scan_file(SHARED_DATA / "LGG" / row["file"]).pixels
+        section = Path(row["file"]).stem.rsplit("_", 1)[0]
+        truth = read_scan_file(SHARED_DATA / "LGG" / "masks" / f"{section}.png").pixels > 127
+        found = segmenter.lesion(pixels, find_brain(pixels).box).mask
+        dices.append(2 * (found & truth).sum() / (found.sum() + truth.sum()))
+    assert np.median(dices) >= 0.6, dices
+    normal = sorted((SHARED_DATA / "Normal-heads" / "notumor").glob("*"))[::25][:20]
+    areas = []
+    for path in normal:
+        pixels = read_scan_file(path).pixels
+        areas.append(segmenter.lesion(pixels, find_brain(pixels).box).area_px)
+    assert sum(a >= 100 for a in areas) <= 2, areas
