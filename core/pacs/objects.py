@@ -6,7 +6,7 @@
   final label. ``PreliminaryFlag`` is PRELIMINARY and ``CompletionFlag`` PARTIAL until a review makes it FINAL and
   COMPLETE; a reviewed report is a new instance in the same series that lists the earlier one as a predecessor.
 - The **key images**: a Secondary Capture series per analysed series with its sections at or above the rule's
-  threshold, the lesion outline (or the section alone) burned in.
+  threshold (the 12 most likely tumour when there are more), the lesion outline (or the section alone) burned in.
 - Identity: every UID is derived from the study, the series and the result's content, so sending the same result
   twice stores the same instances again (the PACS keeps one), while a new version gets new instances.
 
@@ -148,6 +148,16 @@ def verdict_report(
     return report
 
 
+MAX_KEY_IMAGES = 12  # a reader opens a few key sections, not every section over the threshold
+
+
+def key_sections(series: SeriesAnalysis) -> list[int]:
+    """The sections at or above the rule's threshold, the :data:`MAX_KEY_IMAGES` most likely tumour, in order."""
+    curve = series.curve
+    likeliest = sorted(series.tumour_sections, key=lambda i: -(curve[i] or 0.0))[:MAX_KEY_IMAGES]
+    return sorted(likeliest)
+
+
 def key_images(evidence: Sequence[Any], series: SeriesAnalysis) -> list[Any]:
     """Secondary Capture images of the series' sections at or above the rule's threshold, outline burned in."""
     import highdicom as hd
@@ -156,7 +166,7 @@ def key_images(evidence: Sequence[Any], series: SeriesAnalysis) -> list[Any]:
     letters = series.volume.letters  # the displayed section's edges: rows run to "right", columns to "bottom"
     orientation = (letters["right"], letters["bottom"]) if letters else None
     images = []
-    for number, index in enumerate(series.tumour_sections, start=1):
+    for number, index in enumerate(key_sections(series), start=1):
         pixels = np.ascontiguousarray(series.volume.sections[index])
         rgb = cv2.cvtColor(pixels, cv2.COLOR_GRAY2RGB)
         analysis = series.sections[index].analysis
