@@ -234,6 +234,7 @@ def test_the_dashboard_gives_lesion_volumes_per_period_under_the_small_count_rul
 
 
 @pytest.mark.pages
+@pytest.mark.pages
 def test_the_statistics_page_draws_the_lesion_volumes_of_tumour_studies(tmp_path, tiny_card, monkeypatch) -> None:
     import json
     from dataclasses import replace

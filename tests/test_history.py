@@ -47,6 +47,7 @@ def test_a_history_is_the_patients_results_in_time_order_and_an_audit_event(tmp_
         patient_history(store, Actor("boss", "supervisor"), "a" * 64)
 
 
+@pytest.mark.pages
 def test_history_page_compares_a_series_with_its_prior_and_makes_the_report(
     tmp_path: Path, tiny_card: Path, tiny_classifier, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -130,6 +131,7 @@ def test_the_lesion_course_gives_each_size_and_the_change_from_the_previous_resu
     assert lesion_size(replace(make_series(10, datetime(2027, 1, 1, tzinfo=UTC)), lesion_px=900)) == (900.0, "px")
 
 
+@pytest.mark.pages
 def test_the_history_page_shows_each_lesion_size_and_its_change(
     tmp_path: Path, tiny_card: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

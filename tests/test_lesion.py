@@ -116,6 +116,7 @@ def test_the_segmenter_maps_back_onto_each_slice_and_the_analysis_carries_the_le
     assert analyse(png_bytes(pixels), Classifier.from_card(tiny_card)).lesion is None  # none loaded: none drawn
 
 
+@pytest.mark.heavy
 def test_predict_writes_a_lesion_mask_of_each_inputs_size_and_reports_its_area(
     tmp_path: Path, tiny_card: Path, tiny_lesion_card: Path
 ) -> None:

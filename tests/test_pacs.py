@@ -28,6 +28,8 @@ RADIOLOGIST, SUPERVISOR = Actor("dr-a", "radiologist"), Actor("boss", "superviso
 STUDY = "1.2.826.0.1.3680043.8.498.77"
 CT_STUDY = "1.2.826.0.1.3680043.8.498.78"
 
+pytestmark = pytest.mark.heavy  # a real Orthanc process per module: make test runs these, make check does not
+
 
 def _datasets(files: list[bytes], **changes: object) -> list[pydicom.Dataset]:
     datasets = [pydicom.dcmread(io.BytesIO(f)) for f in files]
@@ -144,7 +146,6 @@ def test_supervisors_never_reach_pacs_images(orthanc, tiny_classifier) -> None:
         pacs_service.pull_and_analyse(pacs, SUPERVISOR, STUDY, tiny_classifier, None, None)
 
 
-@pytest.mark.heavy
 def test_the_pacs_command_prints_the_study_lines_with_the_study_uid(orthanc, tiny_card, tmp_path) -> None:
     command = [sys.executable, "-m", "core", "pacs", "analyse", "--url", orthanc.dicomweb, "--study", STUDY]
     env = {"PATH": "/usr/bin:/bin", "BTD_DATA_DIR": str(tmp_path), "BTD_LESION_MODEL": "none"}
