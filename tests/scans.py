@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +148,28 @@ __all__ = [
     "synthetic_slice",
     "write_model_card",
 ]
+
+
+@contextmanager
+def garbage_pacs(body: bytes = b"<html>not DICOMweb</html>") -> Iterator[str]:
+    """A local HTTP server that answers every GET with ``body`` labelled as DICOM JSON: its DICOMweb root."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Garbage(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/dicom+json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Garbage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/dicom-web"
+    finally:
+        server.shutdown()

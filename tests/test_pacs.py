@@ -7,8 +7,6 @@ import io
 import json
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pydicom
@@ -22,6 +20,7 @@ from core.pacs.orthanc import DevOrthanc, available
 from core.services import pacs as pacs_service
 from core.services.access import Actor
 from core.storage.sqlite import SQLiteStore
+from tests.scans import garbage_pacs
 
 ROOT = Path(__file__).resolve().parents[1]
 RADIOLOGIST, SUPERVISOR = Actor("dr-a", "radiologist"), Actor("boss", "supervisor")
@@ -188,25 +187,6 @@ def test_pacs_failures_each_get_their_own_message(orthanc, tiny_classifier) -> N
     assert outcome.error_code == "file_too_large" and outcome.series == ()  # nothing analysed from a part
 
 
-class _Garbage(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = b'{"not": "a list of DICOM JSON"'
-        self.send_response(200)
-        self.send_header("Content-Type", "application/dicom+json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 def test_a_pacs_that_answers_malformed_json_is_reported_as_such() -> None:
-    server = HTTPServer(("127.0.0.1", 0), _Garbage)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        with pytest.raises(PacsMalformed, match="not valid DICOMweb"):
-            Pacs(f"http://127.0.0.1:{server.server_port}/dicom-web").search()
-    finally:
-        server.shutdown()
+    with garbage_pacs(b'{"not": "a list of DICOM JSON"') as url, pytest.raises(PacsMalformed, match="not valid"):
+        Pacs(url).search()

@@ -5,9 +5,7 @@ report back; each PACS failure shown with its message; a supervisor refused by t
 from __future__ import annotations
 
 import io
-import threading
 from datetime import date
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pydicom
@@ -22,6 +20,7 @@ from core.pacs.orthanc import DevOrthanc, available
 from core.services import pacs as pacs_service
 from core.services.access import Actor
 from core.storage.sqlite import SQLiteStore
+from tests.scans import garbage_pacs
 
 pytestmark = pytest.mark.pages
 
@@ -147,25 +146,10 @@ def test_a_radiologist_searches_picks_analyses_and_sends_the_report_back_once(
     assert [e.action for e in store.audit_events()].count("pacs_send_failed") == 1
 
 
-class Garbage(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = b"<html>not DICOMweb</html>"
-        self.send_response(200)
-        self.send_header("Content-Type", "application/dicom+json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *_: object) -> None:
-        pass
-
-
 @pytest.fixture
-def garbage_pacs():
-    server = HTTPServer(("127.0.0.1", 0), Garbage)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/dicom-web"
-    server.shutdown()
+def garbage():
+    with garbage_pacs() as url:
+        yield url
 
 
 @pytest.mark.parametrize(
@@ -177,7 +161,7 @@ def garbage_pacs():
     ],
 )
 def test_a_failed_search_shows_its_message(
-    setting: str, message: str, garbage_pacs: str, monkeypatch: pytest.MonkeyPatch
+    setting: str, message: str, garbage: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from core.pacs.orthanc import _free_port
 
@@ -186,7 +170,7 @@ def test_a_failed_search_shows_its_message(
     elif setting == "closed":
         monkeypatch.setenv("BTD_PACS_URL", f"http://127.0.0.1:{_free_port()}/dicom-web")
     else:
-        monkeypatch.setenv("BTD_PACS_URL", garbage_pacs)
+        monkeypatch.setenv("BTD_PACS_URL", garbage)
     app = search(study_page(), patient_id=PATIENT)
     assert not app.exception
     assert len(app.error) == 1 and message in app.error[0].value
