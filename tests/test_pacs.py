@@ -16,6 +16,7 @@ from core.errors import AccessDenied, FileTooLarge, PacsMalformed, PacsNotFound,
 from core.imaging.phantom_series import dicom_series, head_volume
 from core.imaging.series import StudyLimits
 from core.pacs.client import Pacs
+from core.pacs.objects import ModelFacts
 from core.pacs.orthanc import DevOrthanc, available
 from core.services import pacs as pacs_service
 from core.services.access import Actor
@@ -143,6 +144,12 @@ def test_supervisors_never_reach_pacs_images(orthanc, tiny_classifier) -> None:
         pacs_service.search(pacs, SUPERVISOR)
     with pytest.raises(AccessDenied):
         pacs_service.pull_and_analyse(pacs, SUPERVISOR, STUDY, tiny_classifier, None, None)
+    pulled = pacs_service.pull_and_analyse(pacs, RADIOLOGIST, STUDY, tiny_classifier, None, None)
+    facts = ModelFacts("m", "1", "0" * 64)
+    with pytest.raises(AccessDenied):  # reviewing is a radiologist's, sending a radiologist's or an admin's
+        pacs_service.review_and_send(pacs, SUPERVISOR, pulled, facts, None, None, "glioma", ["x"])
+    with pytest.raises(AccessDenied):
+        pacs_service.send_results(pacs, SUPERVISOR, pulled, facts, None, None)
 
 
 def test_the_pacs_command_prints_the_study_lines_with_the_study_uid(orthanc, tiny_card, tmp_path) -> None:

@@ -144,6 +144,20 @@ def test_a_radiologist_searches_picks_analyses_and_sends_the_report_back_once(
     app.run()  # a rerun saves nothing again
     assert store.summary().total == 1 and [e.action for e in store.audit_events()].count("pacs_send") == 2
     assert [e.action for e in store.audit_events()].count("pacs_send_failed") == 1
+    app.selectbox(key="pacs_final_label").set_value("glioma").run()  # the radiologist's review, then the final SR
+    button(app, "Send to PACS").click().run()
+    assert not app.exception and not app.error
+    assert store.get(series.id).final_label == "glioma" and store.get(series.id).review_count == 1
+    (report_series,) = [s for s in pacs.series_of(OTHER_STUDY) if s.modality == "SR"]
+    reports = pacs._client.retrieve_series(OTHER_STUDY, report_series.series_uid)
+    final = next(r for r in reports if r.CompletionFlag == "COMPLETE")
+    assert len(reports) == 2 and final.PreliminaryFlag == "FINAL" and final.VerificationFlag == "UNVERIFIED"
+    preliminary = next(r for r in reports if r.CompletionFlag == "PARTIAL")
+    (before,) = final.PredecessorDocumentsSequence  # the final version names the preliminary one
+    assert before.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == (
+        preliminary.SOPInstanceUID
+    )
+    assert "Radiologist's final label: glioma" in [str(item.get("TextValue", "")) for item in final.ContentSequence]
 
 
 @pytest.fixture

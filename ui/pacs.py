@@ -11,6 +11,7 @@ message, as is every PACS failure (unreachable, refused credentials, no MR serie
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import date
 from typing import Any
 
@@ -23,8 +24,8 @@ from core.pacs.objects import ModelFacts
 from core.services import pacs as pacs_service
 from core.services.access import HISTORY, Actor, allowed
 from ui import resources
-from ui.study import keep, pacs_name, pacs_study_uid
-from ui.wording import count_of
+from ui.study import keep, pacs_name, pacs_study_uid, studies
+from ui.wording import count_of, pretty
 
 logger = logging.getLogger("btd.ui")
 HITS, PULLED, SENT = "pacs_hits", "pacs_pulled", "pacs_sent"
@@ -158,13 +159,22 @@ def send_panel(actor: Actor, name: Any, classifier: Any, key: bytes | None) -> N
         st.caption("To send this study's report to the PACS, analyse it again from the PACS.")
         return
     sent: dict[str, int] = st.session_state.setdefault(SENT, {})
+    labels = [*classifier.card.labels, "tumour"]
+    final = st.selectbox(
+        "Your final label (optional)",
+        [None, *labels],
+        format_func=lambda label: "none yet: send the report as preliminary" if label is None else pretty(label),
+        key="pacs_final_label",
+        help="Recorded as your review of each series (as on the Worklist); the report sent is then the final "
+        "version, which replaces the preliminary one in the PACS.",
+    )
     if st.button(
         "Send to PACS",
         key="pacs_send",
         help="The report (a DICOM Structured Report) and the key images go into this study in the PACS. "
         "Sending again stores nothing new.",
     ):
-        _send(actor, pulled, classifier, key, sent)
+        _send(actor, pulled, classifier, key, sent, final, _saved_ids(name))
     if study_uid in sent:
         stored = sent[study_uid]
         st.success(
@@ -174,18 +184,37 @@ def send_panel(actor: Actor, name: Any, classifier: Any, key: bytes | None) -> N
         )
 
 
-def _send(actor: Actor, pulled: Any, classifier: Any, key: bytes | None, sent: dict[str, int]) -> None:
+def _saved_ids(name: Any) -> list[str]:
+    """The saved results of the study on the page (what a review applies to)."""
+    study = studies().get(name)
+    return [view.record.id for view in (study.views if study else ()) if view.record is not None]
+
+
+def _send(
+    actor: Actor,
+    pulled: Any,
+    classifier: Any,
+    key: bytes | None,
+    sent: dict[str, int],
+    final_label: str | None = None,
+    result_ids: Sequence[str] = (),
+) -> None:
     card = classifier.card
+    model = ModelFacts(card.name, card.version, card.weights_sha256)
     try:
         store = resources.current_store()
-    except StoreError:
-        store = None  # the send goes on; only its audit event is missing
+    except StoreError as error:  # a send that cannot be audited is not made
+        st.error(f"Not sent: the results database is unavailable, so the send could not be audited ({error}).")
+        return
     try:
         with st.spinner("Sending the report to the PACS…"):
-            stored = pacs_service.send_results(
-                _connect(), actor, pulled, ModelFacts(card.name, card.version, card.weights_sha256), store, key
-            )
-    except (PacsError, AccessDenied) as error:
+            if final_label is None:
+                stored = pacs_service.send_results(_connect(), actor, pulled, model, store, key)
+            else:
+                stored = pacs_service.review_and_send(
+                    _connect(), actor, pulled, model, store, key, final_label, result_ids
+                )
+    except (PacsError, AccessDenied, StoreError) as error:
         sent.pop(pulled.study_uid, None)
         st.error(f"Not sent: {error} Press Send to PACS to try again.")
         return

@@ -23,8 +23,8 @@ from core.identity import pseudonymise
 from core.model.classifier import Classifier
 from core.pacs import objects
 from core.pacs.client import OrthancChanges, Pacs, StudyHit
-from core.services import audit
-from core.services.access import PACS, Actor, require
+from core.services import audit, reviews
+from core.services.access import PACS, REVIEW, Actor, require
 from core.services.studies import StudyOutcome, StudyResult, analyse_study, save_series, save_study
 from core.storage.images import ImageStore
 from core.storage.protocol import AuditTrail, Store
@@ -100,7 +100,12 @@ def send_results(
     analysed = [s for s in pulled.outcome.series if s.label is not None]
     if not pulled.evidence or not analysed:
         raise PacsError("There is no analysed series to report on.")
-    report = objects.verdict_report(pulled.evidence, analysed, pulled.outcome.verdict, model, final_label)
+    preliminary = objects.verdict_report(pulled.evidence, analysed, pulled.outcome.verdict, model)
+    report = preliminary
+    if final_label is not None:  # the reviewed version names the preliminary one it replaces
+        report = objects.verdict_report(
+            pulled.evidence, analysed, pulled.outcome.verdict, model, final_label, predecessor=preliminary
+        )
     images = [image for series in analysed for image in objects.key_images(pulled.evidence, series)]
     target = _target(pulled.study_uid, key)
     try:
@@ -112,6 +117,28 @@ def send_results(
     if store is not None:
         audit.record(store, actor, "pacs_send", target, report=str(report.SOPInstanceUID), key_images=len(images))
     return stored
+
+
+def review_and_send(
+    pacs: Pacs,
+    actor: Actor,
+    pulled: Pulled,
+    model: objects.ModelFacts,
+    store: Store,
+    key: bytes | None,
+    final_label: str,
+    result_ids: Sequence[str],
+) -> list[str]:
+    """The radiologist's review of a pulled study: ``final_label`` recorded as the review of each of its saved
+    series (audited, as on the Worklist), then the report sent again as its reviewed version (a new instance in the
+    same series, FINAL and COMPLETE, naming the preliminary one). Radiologists only (reviewing is theirs)."""
+    require(actor, REVIEW)
+    require(actor, PACS)
+    if not result_ids:
+        raise PacsError("The study's series were not saved, so there is no result to review.")
+    for result_id in result_ids:
+        reviews.review_result(store, actor, result_id, final_label)
+    return send_results(pacs, actor, pulled, model, store, key, final_label=final_label)
 
 
 def _target(study_uid: str, key: bytes | None) -> str | None:
