@@ -107,14 +107,7 @@ def tumour_rate_figure(
         col=1,
     )
     tallest = _count_panel(figure, starts, scans, "scans", period)
-    figure.update_layout(
-        title=f"Tumour rate per {period}",
-        legend={"orientation": "h", "y": -0.15},
-        bargap=0.15,
-        **{**_LAYOUT, "height": 420},
-    )
-    figure.update_xaxes(**date_axis(starts, period), row=1, col=1)
-    figure.update_xaxes(**date_axis(starts, period), title=f"{period} starting", row=2, col=1)
+    _two_panel_layout(figure, f"Tumour rate per {period}", starts, period)
     figure.update_yaxes(title="tumour rate %", range=[0, 100], row=1, col=1)
     figure.update_yaxes(title="scans", **count_ticks(tallest), row=2, col=1)
     return figure
@@ -198,6 +191,15 @@ def _count_panel(
     return max(bars["values"]) if counts else 0
 
 
+def _two_panel_layout(figure: go.Figure, title: str, starts: Sequence[str], period: str) -> None:
+    """The title, legend and shared date axes of a chart with a count panel below its measure."""
+    figure.update_layout(
+        title=title, legend={"orientation": "h", "y": -0.15}, bargap=0.15, **{**_LAYOUT, "height": 420}
+    )
+    figure.update_xaxes(**date_axis(starts, period), row=1, col=1)
+    figure.update_xaxes(**date_axis(starts, period), title=f"{period} starting", row=2, col=1)
+
+
 def _period_ms(period: str) -> float:
     """About one period's length in milliseconds: the width of a box or bar on a date axis."""
     return {"day": 1, "week": 7, "month": 30}.get(period, 1) * 86_400_000.0
@@ -233,14 +235,7 @@ def lesion_volume_figure(
         col=1,
     )
     tallest = _count_panel(figure, starts, studies, "tumour studies with a volume", period)
-    figure.update_layout(
-        title=f"Lesion volume of tumour studies per {period}",
-        legend={"orientation": "h", "y": -0.15},
-        bargap=0.15,
-        **{**_LAYOUT, "height": 420},
-    )
-    figure.update_xaxes(**date_axis(starts, period), row=1, col=1)
-    figure.update_xaxes(**date_axis(starts, period), title=f"{period} starting", row=2, col=1)
+    _two_panel_layout(figure, f"Lesion volume of tumour studies per {period}", starts, period)
     figure.update_yaxes(title="lesion volume (mL)", rangemode="tozero", row=1, col=1)
     figure.update_yaxes(title="studies", **count_ticks(tallest), row=2, col=1)
     return figure
