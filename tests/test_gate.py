@@ -11,13 +11,14 @@ import pytest
 from core.cli import main
 from core.errors import ScanError
 from core.imaging import read_scan
-from core.imaging.negatives import KINDS, collection, make
+from core.imaging.negatives import BODY_PARTS, KINDS, collection, make
 from core.model.analysis import analyse
 from core.model.classifier import Classifier
 from core.model.decision import DecisionRule
 from core.model.explain import Explainer, concentration, overlay
-from core.model.gate import ACCEPTED, NEEDS_REVIEW, REJECTED, GatePolicy, assess, energy, with_review
+from core.model.gate import ACCEPTED, NEEDS_REVIEW, REJECTED, GatePolicy, assess, energy, image_reasons, with_review
 from core.model.roi import find_brain
+from core.training.gate_learning import VARIANTS, GateSamples, Sample, brain_variant, fit_from_samples
 from tests.scans import png_bytes, synthetic_slice
 
 
@@ -41,11 +42,80 @@ def test_obvious_non_mri_is_refused(kind: str, tiny_classifier: Classifier) -> N
 
 
 def test_image_checks_alone_refuse_most_generated_non_mri(tiny_classifier: Classifier) -> None:
-    """Without a fitted energy threshold (the tiny model has none) the cheap checks already refuse most kinds."""
-    decisions = [gate_of(png_bytes(image), tiny_classifier) for _, image in collection(per_kind=10)]
+    """Without a fitted energy threshold (the tiny model has none) the cheap checks already refuse most kinds; MR
+    sections of other body parts are what only the learned check can refuse (next test)."""
+    kinds = [(kind, image) for kind, image in collection(per_kind=10) if kind != "body_mr"]
+    decisions = [gate_of(png_bytes(image), tiny_classifier) for _, image in kinds]
     refused = np.mean([d not in (ACCEPTED, NEEDS_REVIEW) for d in decisions])
     assert refused >= 0.9
     assert set(KINDS) == {kind for kind, _ in collection(per_kind=1)}
+
+
+def test_mr_sections_of_other_body_parts_pass_every_fixed_image_check() -> None:
+    """Grayscale, a dark background, textured tissue in a body-shaped outline: the fixed checks cannot tell a
+    pelvic, abdominal, spinal or knee MR section from a brain slice (model 2.1.0 accepted pelvic MR slices), so the
+    generated ones are negatives of the learned not-MRI check."""
+    parts = set()
+    for seed in range(12):
+        pixels = make("body_mr", seed)
+        parts.add(BODY_PARTS[seed % len(BODY_PARTS)])
+        assert pixels.ndim == 2 and pixels.dtype == np.uint8
+        assert np.median(pixels[:8, :8]) < 20  # near-black corner: MR background
+        scan = read_scan(png_bytes(pixels))
+        assert image_reasons(scan, find_brain(scan.pixels), GatePolicy()) == [], seed
+    assert parts == set(BODY_PARTS)
+
+
+def test_a_head_that_fills_the_frame_passes_the_relaxed_frame_bounds() -> None:
+    """A slice cropped inside the head (its outline touches every edge) covers about 98 % of the frame: the fixed
+    bounds of 2.1.0 refused it; with the learned check fitted, ``fit-gate`` relaxes them to 1.0."""
+    pixels = synthetic_slice(256)
+    x0, y0, x1, y1 = find_brain(pixels, margin=0.0).box
+    w, h = x1 - x0, y1 - y0
+    scan = read_scan(png_bytes(np.ascontiguousarray(pixels[y0 + h // 6 : y1 - h // 6, x0 + w // 6 : x1 - w // 6])))
+    region = find_brain(scan.pixels)
+    assert region.area_fraction > 0.98
+    assert any("covers" in reason for reason in image_reasons(scan, region, GatePolicy()))
+    assert image_reasons(scan, region, GatePolicy(max_area=1.0, max_fill=1.0)) == []
+
+
+@pytest.mark.parametrize("kind", VARIANTS)
+def test_brain_variants_stay_brain_slices_of_the_expected_framing(kind: str) -> None:
+    pixels = synthetic_slice(256)
+    base = find_brain(pixels).area_fraction
+    varied = brain_variant(pixels, kind, np.random.default_rng(3))
+    area = find_brain(varied).area_fraction
+    assert varied.dtype == np.uint8 and varied.ndim == 2
+    expected = {"tight": area > base * 1.5, "wide": area < base * 0.6}.get(kind, abs(area - base) < 0.1)
+    assert expected, (kind, base, area)
+
+
+def test_learned_checks_are_fitted_and_reported_from_samples() -> None:
+    """Two clouds of features: the not-MRI check refuses the fresh negatives, keeps the varied brain slices, and
+    its threshold refuses at most the allowed share of each source's validation slices."""
+    rng = np.random.default_rng(0)
+
+    def cloud(n: int, centre: float, source: str, axis: int = 0, **flags: bool) -> list[Sample]:
+        return [Sample(rng.normal(0.0, 1.0, 8) + centre * np.eye(8)[axis], source, **flags) for _ in range(n)]
+
+    samples = GateSamples(
+        train=cloud(300, 0.0, "A") + cloud(40, 5.0, "A", axis=1, little_brain=True, enough_brain=False),
+        validation=cloud(400, 0.0, "A") + cloud(400, 0.0, "B"),
+        variants=cloud(100, -1.0, "variant:tight"),
+        validation_variants=cloud(200, -1.0, "variant:tight"),
+        real=cloud(30, 6.0, "Not-brain-MRI"),
+        generated=cloud(100, 6.0, "generated:body_mr"),
+        fresh=cloud(50, 6.0, "generated:body_mr"),
+    )
+    checks, report = fit_from_samples(samples, max_refused=0.01)
+    assert [check.name for check in checks] == ["not_mri", "little_brain"]
+    assert report["generated_refused_fresh_seeds"]["generated:body_mr"]["share"] >= 0.95
+    assert report["not_mri_cross_validated"]["share"] >= 0.9
+    assert all(row["share"] <= 0.03 for row in report["validation_refused_by_either"].values())
+    assert report["validation_variants_refused_by_either"]["variant:tight"]["share"] <= 0.1
+    assert report["trained_on"] == {
+        "brain": 300, "brain_variants": 100, "little_brain": 40, "real_not_mri": 30, "generated_not_mri": 100
+    }  # fmt: skip
 
 
 def test_energy_is_lower_for_confident_logits() -> None:

@@ -44,7 +44,10 @@ def fit_gate(card_path: Path, root: Path, quantile: float = 0.995) -> dict[str, 
     checks, learned = [], None
     if (root / NOT_BRAIN).is_dir() and embedding_layer(classifier.model) is not None:
         checks, learned = fit_learned_checks(classifier, root, {path.resolve() for _, path in files})
-    policy = GatePolicy(max_energy=threshold, checks=tuple(checks))
+    # The learned not-MRI check refuses every full-frame non-MRI image it is measured on (documents, photographs,
+    # noise; real and generated), so the frame-filling bounds stop refusing heads that fill the frame.
+    frame = {"max_area": 1.0, "max_fill": 1.0} if checks else {}
+    policy = GatePolicy(max_energy=threshold, checks=tuple(checks), **frame)
     fitted_on = f"validation split ({len(files)} scans), the highest per-source energy quantile {quantile}"
     if checks:
         fitted_on += "; learned checks: core.training.gate_learning"

@@ -13,17 +13,18 @@ source (with enough brain) are refused.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from core.errors import ScanError
 from core.imaging import read_scan, read_scan_file
 from core.imaging.negatives import KINDS, make
+from core.imaging.phantoms import png_bytes
 from core.model.classifier import Classifier
 from core.model.gate import LearnedCheck, features
 from core.model.preprocess import to_model_input
@@ -62,15 +63,41 @@ def sample_of(classifier: Classifier, data: bytes | Path, source: str, item: Ite
     )
 
 
-def generated_negatives(classifier: Classifier, per_kind: int = 40, seed: int = 0) -> list[Sample]:
-    from PIL import Image
+VARIANTS = ("tight", "wide", "gamma", "rotated", "low_resolution")
 
+
+def brain_variant(pixels: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
+    """A real brain slice as other hospitals and users send it: cropped so tightly that the head fills the frame,
+    zoomed out in a wide black frame, another contrast curve, turned, or at low resolution. The not-brain-MRI check
+    learns these as brain (model 2.1.0's gate refused a coronal slice whose head filled the frame and a sagittal
+    section of a healthy volunteer's series)."""
+    height, width = pixels.shape
+    if kind == "tight":
+        x0, y0, x1, y1 = find_brain(pixels, margin=0.0).box
+        cut = rng.uniform(0.0, 0.15, 4)
+        w, h = x1 - x0, y1 - y0
+        crop = pixels[y0 + int(cut[1] * h) : y1 - int(cut[3] * h), x0 + int(cut[0] * w) : x1 - int(cut[2] * w)]
+        return crop if min(crop.shape) >= 32 else pixels
+    if kind == "wide":
+        pad = int(max(height, width) * rng.uniform(0.3, 0.8))
+        return np.pad(pixels, pad)
+    if kind == "gamma":
+        return (255.0 * (pixels / 255.0) ** np.exp(rng.uniform(-0.7, 0.7))).astype(np.uint8)
+    if kind == "rotated":
+        turn = cv2.getRotationMatrix2D((width / 2, height / 2), rng.uniform(-25, 25), 1.0)
+        return cv2.warpAffine(pixels, turn, (width, height), flags=cv2.INTER_LINEAR)
+    if kind == "low_resolution":
+        side = int(rng.integers(64, 112))
+        small = cv2.resize(pixels, (side, side * height // width), interpolation=cv2.INTER_AREA)
+        return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
+    raise ValueError(kind)
+
+
+def generated_negatives(classifier: Classifier, per_kind: int = 40, seed: int = 0) -> list[Sample]:
     samples = []
     for k, kind in enumerate(KINDS):
         for i in range(per_kind):
-            buffer = io.BytesIO()
-            Image.fromarray(make(kind, seed + 1000 * k + i)).save(buffer, "PNG")
-            sample = sample_of(classifier, buffer.getvalue(), f"generated:{kind}")
+            sample = sample_of(classifier, png_bytes(make(kind, seed + 1000 * k + i)), f"generated:{kind}")
             if sample is not None:
                 samples.append(sample)
     return samples
@@ -155,32 +182,80 @@ BRAIN_SOURCES = ("Training", "Web-tumour", "LGG", "Normal-heads")
 NOT_BRAIN = "Not-brain-MRI"
 
 
-def fit_learned_checks(
-    classifier: Classifier, root: Path, validation: set[Path], max_refused: float = 0.005, per_source: int = 700
-) -> tuple[list[LearnedCheck], dict[str, Any]]:
-    """Fit both checks from the folders under ``root`` (training parts only; ``validation`` paths are where the
-    thresholds are set and the refusals measured). Returns the checks and a report of what they refuse."""
+@dataclass
+class GateSamples:
+    """The gate features of everything the learned checks are fitted and measured on."""
+
+    train: list[Sample]  # training parts of the brain sources, little-brain sections included
+    validation: list[Sample]  # the validation split's slices: where thresholds are set
+    variants: list[Sample]  # one variant (:func:`brain_variant`) of each training slice with enough brain
+    validation_variants: list[Sample]  # every variant of each validation slice with enough brain, never fitted on
+    real: list[Sample]  # the real images that are not brain MRI
+    generated: list[Sample]  # generated non-MRI images the not-MRI check is fitted on
+    fresh: list[Sample]  # generated with other seeds, never fitted on
+
+
+def _variants(classifier: Classifier, items: Sequence[Item], kinds: Sequence[str], seed: int) -> list[Sample]:
+    rng = np.random.default_rng(seed)
+    samples = []
+    for item in items:
+        try:
+            pixels = read_scan_file(item.path).pixels
+            for kind in kinds:
+                varied = brain_variant(pixels, kind, rng)
+                if (s := sample_of(classifier, png_bytes(varied), f"variant:{kind}")) is not None:
+                    samples.append(s)
+        except ScanError:
+            continue
+    return samples
+
+
+def collect_samples(classifier: Classifier, root: Path, validation: set[Path], per_source: int = 700) -> GateSamples:
+    """Read (and vary, and generate) every image the checks learn from, once."""
     from core.training.sources import discover
 
     items = discover([root / name for name in BRAIN_SOURCES if (root / name).is_dir()])
     rng = np.random.default_rng(0)
-    train_samples, val_samples = [], []
+    train, held_out, chosen_all, held_all = [], [], [], []
     for source in sorted({item.source for item in items}):
         mine = [item for item in items if item.source == source]
         held = [item for item in mine if item.path.resolve() in validation]
         rest = [item for item in mine if item.path.resolve() not in validation]
         little = [item for item in rest if (item.head_pixels or LITTLE_BRAIN_PIXELS) < LITTLE_BRAIN_PIXELS]
         chosen = [rest[i] for i in rng.permutation(len(rest))[:per_source]] + little
-        train_samples += [s for item in chosen if (s := sample_of(classifier, item.path, source, item))]
-        val_samples += [s for item in held if (s := sample_of(classifier, item.path, source, item))]
-    real = [s for path in sorted((root / NOT_BRAIN).glob("*.png")) if (s := sample_of(classifier, path, NOT_BRAIN))]
-    generated = generated_negatives(classifier)
-    accepted = [s for s in val_samples if s.enough_brain]
-    brain = [s for s in train_samples if s.enough_brain]
+        train += [s for item in chosen if (s := sample_of(classifier, item.path, source, item))]
+        held_out += [s for item in held if (s := sample_of(classifier, item.path, source, item))]
+        chosen_all += [item for item in chosen if (item.head_pixels or ENOUGH_BRAIN_PIXELS) >= ENOUGH_BRAIN_PIXELS]
+        held_all += [item for item in held if (item.head_pixels or ENOUGH_BRAIN_PIXELS) >= ENOUGH_BRAIN_PIXELS]
+    variants = []
+    for k, kind in enumerate(VARIANTS):  # each training slice varied one way, the kinds in turn
+        variants += _variants(classifier, chosen_all[k :: len(VARIANTS)], [kind], seed=k)
+    return GateSamples(
+        train=train,
+        validation=held_out,
+        variants=variants,
+        validation_variants=_variants(classifier, held_all, VARIANTS, seed=100),
+        real=[s for path in sorted((root / NOT_BRAIN).glob("*.png")) if (s := sample_of(classifier, path, NOT_BRAIN))],
+        generated=generated_negatives(classifier),
+        fresh=generated_negatives(classifier, per_kind=20, seed=50_000),
+    )
+
+
+def fit_learned_checks(
+    classifier: Classifier, root: Path, validation: set[Path], max_refused: float = 0.005, per_source: int = 700
+) -> tuple[list[LearnedCheck], dict[str, Any]]:
+    """Fit both checks from the folders under ``root`` (training parts only; ``validation`` paths are where the
+    thresholds are set and the refusals measured). Returns the checks and a report of what they refuse."""
+    return fit_from_samples(collect_samples(classifier, root, validation, per_source), max_refused)
+
+
+def fit_from_samples(samples: GateSamples, max_refused: float = 0.005) -> tuple[list[LearnedCheck], dict[str, Any]]:
+    accepted = [s for s in samples.validation if s.enough_brain]
+    brain = [s for s in samples.train if s.enough_brain] + samples.variants
     not_mri = fit_check(
         "not_mri",
-        "it does not look like a brain MRI slice (chest, abdomen or a non-medical image)",
-        [*real, *generated],
+        "it does not look like a brain MRI slice (another body part, a radiograph or a non-medical image)",
+        [*samples.real, *samples.generated],
         brain,
         accepted,
         max_refused,
@@ -188,29 +263,39 @@ def fit_learned_checks(
     little_brain = fit_check(
         "little_brain",
         "this section holds too little brain for a verdict (skull base, vertex or a lateral section)",
-        [s for s in train_samples if s.little_brain],
+        [s for s in samples.train if s.little_brain],
         brain,
         accepted,
         max_refused,
     )
     checks = [not_mri, little_brain]
-    sources = sorted({s.source for s in accepted})
-    report = {
+    return checks, {
         "max_refused_per_source": max_refused,
-        "not_mri_cross_validated": cross_validated_refusals(real, generated, brain, accepted, max_refused),
-        "generated_refused_in_sample": refused_share(not_mri, generated),
-        "validation_refused_by_either": {
-            source: _either([s for s in accepted if s.source == source], checks) for source in sources
-        },
-        "little_brain_validation_refused": refused_share(little_brain, [s for s in val_samples if s.little_brain]),
+        "not_mri_cross_validated": cross_validated_refusals(
+            samples.real, samples.generated, brain, accepted, max_refused
+        ),
+        "generated_refused_in_sample": refused_share(not_mri, samples.generated),
+        "generated_refused_fresh_seeds": _by_source(samples.fresh, [not_mri]),
+        "validation_refused_by_either": _by_source(accepted, checks),
+        "validation_variants_refused_by_either": _by_source(samples.validation_variants, checks),
+        "little_brain_validation_refused": refused_share(
+            little_brain, [s for s in samples.validation if s.little_brain]
+        ),
         "trained_on": {
-            "brain": len(brain),
-            "little_brain": sum(s.little_brain for s in train_samples),
-            "real_not_mri": len(real),
-            "generated_not_mri": len(generated),
+            "brain": len(brain) - len(samples.variants),
+            "brain_variants": len(samples.variants),
+            "little_brain": sum(s.little_brain for s in samples.train),
+            "real_not_mri": len(samples.real),
+            "generated_not_mri": len(samples.generated),
         },
     }
-    return checks, report
+
+
+def _by_source(samples: Sequence[Sample], checks: Sequence[LearnedCheck]) -> dict[str, Any]:
+    return {
+        source: _either([s for s in samples if s.source == source], checks)
+        for source in sorted({s.source for s in samples})
+    }
 
 
 def _either(samples: Sequence[Sample], checks: Sequence[LearnedCheck]) -> dict[str, Any]:
