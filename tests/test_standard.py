@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
@@ -113,16 +114,16 @@ def test_skull_removal_keeps_the_inside_of_the_head_and_blanks_the_outside() -> 
 def test_the_network_standardises_each_image_so_brightness_and_contrast_do_not_change_its_logits() -> None:
     network = build_resnet(32, width=4)
     x = np.random.default_rng(0).random((3, 32, 32, 1)).astype(np.float32)
-    logits = np.asarray(network(x, training=False))
+    logits = keras.ops.convert_to_numpy(network(x, training=False))
     assert logits.shape == (3, 4)
-    assert np.allclose(np.asarray(network(0.4 * x + 0.3, training=False)), logits, rtol=0.01, atol=0.01)
+    assert np.allclose(keras.ops.convert_to_numpy(network(0.4 * x + 0.3, training=False)), logits, rtol=0.01, atol=0.01)
     assert network.get_layer("logits") is network.layers[-1]
 
 
 def test_the_loss_smooths_known_classes_and_asks_only_tumour_for_an_unknown_type() -> None:
     logits = np.array([[4.0, 0.0, 0.0, 0.0], [0.0, 0.0, -4.0, 0.0]], np.float32)
     masks = label_masks(["glioma", "tumour"])
-    loss = np.asarray(smoothed_allowed_label_nll(masks, logits, smoothing=0.05))
+    loss = keras.ops.convert_to_numpy(smoothed_allowed_label_nll(masks, logits, smoothing=0.05))
     log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
     assert loss[0] == pytest.approx(0.95 * -log_p[0, 0] + 0.05 * -log_p[0].mean(), rel=1e-5)
     assert loss[1] == pytest.approx(-np.log(1 - np.exp(log_p[1, 2])), rel=1e-4)
@@ -162,7 +163,9 @@ def test_a_paused_run_resumes_to_the_weights_of_an_uninterrupted_one_and_writes_
     split.write_text(
         json.dumps({"validation": [["Training/notumor/0.png", "notumor"], ["Training/glioma/0.png", "glioma"]]})
     )
-    config = StandardConfig(size=32, width=4, draws=4 * 3 * 8, batch_size=8, round_steps=3, warmup_steps=2, name="m3")
+    # width 8: PyTorch 2.13's CPU kernels corrupt memory training this network at width 4 (seen under
+    # KERAS_BACKEND=torch); this test also runs there (tests/test_backends.py)
+    config = StandardConfig(size=32, width=8, draws=4 * 3 * 8, batch_size=8, round_steps=3, warmup_steps=2, name="m3")
     train_standard(out, split, tmp_path / "whole", config, "pytest whole")
     paused = train_standard(out, split, tmp_path / "parts", config, "pytest parts", max_minutes=0.0)
     assert paused["status"] == "paused" and paused["round"] == 1

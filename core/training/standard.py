@@ -182,6 +182,7 @@ def smoothed_allowed_label_nll(masks: Any, logits: Any, smoothing: float = 0.05)
     from keras import ops
 
     log_p = ops.log_softmax(logits, axis=-1)
+    masks = ops.cast(ops.convert_to_tensor(masks), log_p.dtype)
     allowed = -ops.logsumexp(log_p + (masks - 1.0) * 1e4, axis=-1)
     known = ops.cast(ops.sum(masks, axis=-1) < 1.5, log_p.dtype)
     uniform = -ops.mean(log_p, axis=-1)

@@ -138,7 +138,7 @@ def score(network: Any, cache: CropCache, indices: np.ndarray) -> dict[str, Any]
     if not len(indices):
         return {}
     x = cache.crops[indices].astype(np.float32)[..., None] / 255.0
-    logits = np.concatenate([np.asarray(network(x[i : i + 256], training=False)) for i in range(0, len(x), 256)])
+    logits = np.asarray(network.predict(x, batch_size=256, verbose=0))  # numpy on every Keras backend
     report = source_report(softmax(logits), cache_items(cache, indices))
     keep = ("n", "accuracy", "tumour_sensitivity", "tumour_specificity")
     return {source: {k: r.get(k) for k in keep if k in r} for source, r in report.items()}
@@ -177,6 +177,10 @@ def train_standard(
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
+    elif keras.backend.backend() == "torch":
+        import torch
+
+        torch.use_deterministic_algorithms(True)
     cache, split, parts = _data(cache_path, split_path, config)
     masks = label_masks([str(label) for label in cache.label])
     groups = strata(cache, parts["train"], config)
@@ -336,6 +340,7 @@ def _write_model(
             "seconds": round(progress.seconds),
             "resumed": progress.resumed,
             "machine": machine(),
+            "backend": f"keras {keras.__version__} on {keras.backend.backend()}",
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "learning_curve": f"{config.name}.log.jsonl",
         },
