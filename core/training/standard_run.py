@@ -173,14 +173,7 @@ def train_standard(
 
     started = time.time()
     keras.utils.set_random_seed(config.seed)
-    if keras.backend.backend() == "tensorflow":  # reductions in a fixed order: a resumed run is bit-identical
-        import tensorflow as tf
-
-        tf.config.experimental.enable_op_determinism()
-    elif keras.backend.backend() == "torch":
-        import torch
-
-        torch.use_deterministic_algorithms(True)
+    _deterministic_ops(keras.backend.backend())
     cache, split, parts = _data(cache_path, split_path, config)
     masks = label_masks([str(label) for label in cache.label])
     groups = strata(cache, parts["train"], config)
@@ -240,6 +233,18 @@ def train_standard(
             "checkpoint": str(checkpoint.path),
         }
     return _write_model(network, cache, parts, split, config, out_dir, command, progress, data_root)
+
+
+def _deterministic_ops(backend: str) -> None:
+    """Reductions in a fixed order, so that a paused and resumed run ends with bit-identical weights."""
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    elif backend == "torch":
+        import torch
+
+        torch.use_deterministic_algorithms(True)
 
 
 def _data(cache_path: Path, split_path: Path, config: StandardConfig) -> tuple[CropCache, dict[str, Any], dict]:
