@@ -129,7 +129,7 @@ def test_every_command_keeps_its_options() -> None:
             *("--mirror/--no-mirror", "--synthetic-lesions", "--rotation", "--learning-rate", "--max-minutes"),
             *("--init", "--samples-per-epoch", "--transplants", "--min-tumour-pixels", "--hold-out"),
         ],
-        "cache": ["--data", "--out", "--size", "--workers"],
+        "cache": ["--data", "--from", "--out", "--size", "--workers", "--jpeg"],
         "train-standard": [
             *("--cache", "--split", "--out", "--data", "--width", "--draws", "--batch-size", "--round-steps"),
             *("--learning-rate", "--seed", "--name", "--version", "--max-minutes", "--validate-every", "--hold-out"),

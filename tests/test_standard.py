@@ -66,6 +66,35 @@ def test_the_cache_holds_each_image_cropped_exactly_as_the_app_crops_it(cache_fi
     assert indices_of(cache, ["Training/glioma/1.png", "no/such.png"]).tolist() == [i]
 
 
+def test_a_cache_packed_as_jpeg_keeps_every_field_and_the_crops_within_jpeg_error(
+    cache_file, tmp_path: Path, capsys
+) -> None:
+    """``python -m core cache --from FILE --jpeg 85``: small enough to send to the accelerator machine."""
+    from core.cli import main
+
+    _, out = cache_file
+    packed = tmp_path / "packed.npz"
+    assert main(["cache", "--from", str(out), "--jpeg", "85", "--out", str(packed)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["packed"] == "JPEG quality 85" and report["crops"] == 30 and report["bytes"] == packed.stat().st_size
+    raw, small = CropCache.load(out), CropCache.load(packed)
+    assert small.crops.shape == raw.crops.shape and small.crops.dtype == np.uint8
+    assert np.abs(small.crops.astype(int) - raw.crops).mean() < 4.0
+    assert np.array_equal(small.masks, raw.masks)  # masks as bits: exact
+    for name in ("path", "label", "source", "unit", "institution", "sequence", "plane", "tumour_pixels"):
+        assert np.array_equal(getattr(small, name), getattr(raw, name)), name
+    assert main(["cache", "--from", str(out), "--jpeg", "0", "--out", str(tmp_path / "x.npz")]) == 2
+    assert json.loads(capsys.readouterr().out)["error"]["code"] == "bad_usage" and not (tmp_path / "x.npz").exists()
+    assert main(["cache", "--from", str(tmp_path / "none.npz"), "--out", str(tmp_path / "y.npz")]) == 2
+    assert json.loads(capsys.readouterr().out)["error"]["code"] == "not_found"
+
+
+def test_a_schedule_runs_in_whole_rounds_and_counts_what_it_runs() -> None:
+    assert (StandardConfig().rounds, StandardConfig().steps) == (125, 31_250)  # 2 M draws of 64, rounds of 250
+    accelerator = StandardConfig(batch_size=512)  # 3,907 steps asked: 16 whole rounds run, and counted
+    assert (accelerator.rounds, accelerator.steps) == (16, 4_000)
+
+
 def test_augmentation_is_the_identity_at_inference_and_varies_training_batches_within_range() -> None:
     augment = batch_augment(AugmentSettings(), seed=3)
     x = np.stack([synthetic_slice(64, tumour=True, seed=s) for s in range(8)]).astype(np.float32)[..., None] / 255

@@ -136,10 +136,15 @@ def _add_train_command(commands: Any) -> None:
 def _add_standard_training_commands(commands: Any) -> None:
     """cache, train-standard: model 3 from the crop cache (:mod:`core.training.standard_run`)."""
     cache = commands.add_parser("cache", help="decode and crop the training folders once, for train-standard")
-    cache.add_argument("--data", required=True, metavar="ROOT", help="the folder that holds the training folders")
+    source = cache.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", metavar="ROOT", help="the folder that holds the training folders")
+    source.add_argument("--from", dest="source", metavar="FILE", help="an existing cache to write again (--jpeg)")
     cache.add_argument("--out", default="data/cache/brain-mri-128.npz", metavar="FILE")
     cache.add_argument("--size", type=int, default=128, help="crop side in pixels")
     cache.add_argument("--workers", type=int, default=2, help="processes that decode in parallel")
+    cache.add_argument(
+        "--jpeg", type=int, metavar="QUALITY", help="pack the crops as JPEG (85: 44 MB, small enough to send)"
+    )
     cache.set_defaults(run=model.cmd_cache)
     standard = commands.add_parser(
         "train-standard", help="train model 3 (ResNet, standard recipe) from the crop cache; resumable"

@@ -94,20 +94,27 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from core.training.cache import build_cache
+    from core.training.cache import CropCache, build_cache
 
-    root = Path(args.data)
-    if not root.is_dir():
-        emit(error_json("not_found", f"not a directory: {root}"), sys.stdout)
+    given = Path(args.data or args.source)
+    if not (given.is_dir() if args.data else given.is_file()):
+        emit(error_json("not_found", f"not a {'directory' if args.data else 'file'}: {given}"), sys.stdout)
         return EXIT_USAGE
-    cache = build_cache(root, args.size, args.workers, log=lambda message: print(message, file=sys.stderr))
-    cache.save(Path(args.out))
+    if args.jpeg is not None and not 1 <= args.jpeg <= 100:
+        emit(error_json("bad_usage", f"--jpeg takes a quality from 1 to 100, not {args.jpeg}"), sys.stdout)
+        return EXIT_USAGE
+    if args.data:
+        cache = build_cache(given, args.size, args.workers, log=lambda message: print(message, file=sys.stderr))
+    else:
+        cache = CropCache.load(given)
+    cache.save(Path(args.out), jpeg_quality=args.jpeg)
     emit(
         {
             "out": args.out,
             "crops": len(cache),
-            "size": args.size,
+            "size": int(cache.crops.shape[1]) if len(cache) else args.size,
             "rejected": cache.rejected,
+            "packed": None if args.jpeg is None else f"JPEG quality {args.jpeg}",
             "bytes": Path(args.out).stat().st_size,
         },
         sys.stdout,

@@ -16,7 +16,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import cv2
 import numpy as np
 
 from core.errors import ScanError
@@ -50,18 +52,20 @@ class CropCache:
     def __len__(self) -> int:
         return len(self.crops)
 
-    def save(self, out: Path) -> None:
+    def save(self, out: Path, jpeg_quality: int | None = None) -> None:
+        """Write the cache (written aside, then moved into place). ``jpeg_quality``: the crops as JPEG and the
+        masks as bits, about a third of the size, for sending the cache to another machine (JPEG is lossy: a
+        packed cache is a slightly different training set from the raw one)."""
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = out.with_name(out.name + ".partial")
-        arrays = {name: np.asarray(getattr(self, name), dtype=str) for name in _TEXT_FIELDS}
+        arrays: dict[str, np.ndarray] = {name: np.asarray(getattr(self, name), dtype=str) for name in _TEXT_FIELDS}
+        if jpeg_quality is None:
+            arrays |= {"crops": self.crops, "masks": self.masks}
+        else:
+            arrays |= _packed(self.crops, self.masks, jpeg_quality)
         with partial.open("wb") as handle:
             np.savez_compressed(
-                handle,
-                crops=self.crops,
-                masks=self.masks,
-                tumour_pixels=self.tumour_pixels,
-                rejected=np.array(json.dumps(self.rejected)),
-                **arrays,
+                handle, tumour_pixels=self.tumour_pixels, rejected=np.array(json.dumps(self.rejected)), **arrays
             )
         os.replace(partial, out)
 
@@ -69,13 +73,40 @@ class CropCache:
     def load(cls, path: Path) -> CropCache:
         with np.load(path) as saved:
             fields = {name: saved[name] for name in _TEXT_FIELDS}
+            crops, masks = _unpacked(saved) if "jpeg" in saved.files else (saved["crops"], saved["masks"])
             return cls(
-                crops=saved["crops"],
-                masks=saved["masks"],
+                crops=crops,
+                masks=masks,
                 tumour_pixels=saved["tumour_pixels"],
                 rejected=json.loads(str(saved["rejected"])),
                 **fields,
             )
+
+
+def _packed(crops: np.ndarray, masks: np.ndarray, quality: int) -> dict[str, np.ndarray]:
+    encoded = []
+    for crop in crops:
+        ok, data = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+        if not ok:
+            raise ValueError("a crop could not be encoded as JPEG")
+        encoded.append(data.ravel())
+    return {
+        "jpeg": np.concatenate(encoded) if encoded else np.zeros(0, np.uint8),
+        "jpeg_ends": np.cumsum([len(data) for data in encoded], dtype=np.int64),
+        "mask_bits": np.packbits(masks > 0),
+        "shape": np.asarray(crops.shape, np.int64),
+    }
+
+
+def _unpacked(saved: Any) -> tuple[np.ndarray, np.ndarray]:
+    shape = tuple(int(v) for v in saved["shape"])
+    data, ends = saved["jpeg"], saved["jpeg_ends"]
+    crops = np.zeros(shape, np.uint8)
+    for i, (start, end) in enumerate(zip(np.r_[0, ends[:-1]], ends, strict=True)):
+        crops[i] = cv2.imdecode(data[start:end], cv2.IMREAD_GRAYSCALE)
+    count = int(np.prod(shape))
+    masks = np.unpackbits(saved["mask_bits"], count=count).reshape(shape).astype(np.uint8) * 255
+    return crops, masks
 
 
 def crop_item(item: Item, size: int) -> tuple[np.ndarray, np.ndarray] | str:

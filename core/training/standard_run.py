@@ -69,12 +69,13 @@ class StandardConfig:
     version: str = "3.0.0"
 
     @property
-    def steps(self) -> int:
-        return math.ceil(self.draws / self.batch_size)
+    def rounds(self) -> int:
+        return math.ceil(math.ceil(self.draws / self.batch_size) / self.round_steps)
 
     @property
-    def rounds(self) -> int:
-        return math.ceil(self.steps / self.round_steps)
+    def steps(self) -> int:
+        """Whole rounds: ``draws`` rounded up to them (the schedule and the card count what is run)."""
+        return self.rounds * self.round_steps
 
     @property
     def input_spec(self) -> InputSpec:
