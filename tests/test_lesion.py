@@ -4,6 +4,7 @@ the trained one are model-quality checks on ../shared data, in its card)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -124,6 +125,7 @@ def test_predict_writes_a_lesion_mask_of_each_inputs_size_and_reports_its_area(
     scan.write_bytes(png_bytes(synthetic_slice(180)))
     (tmp_path / "empty.png").write_bytes(b"")
     env = {"PATH": "/usr/bin:/bin", "BTD_LESION_MODEL": str(tiny_lesion_card), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env |= {"KERAS_BACKEND": os.environ["KERAS_BACKEND"]} if "KERAS_BACKEND" in os.environ else {}
     command = [sys.executable, "-m", "core", "predict", "--model", str(tiny_card), "--lesion-masks"]
     done = subprocess.run(
         [*command, str(tmp_path / "masks"), str(scan), str(tmp_path / "empty.png")],

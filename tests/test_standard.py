@@ -211,3 +211,33 @@ def test_a_paused_run_resumes_to_the_weights_of_an_uninterrupted_one_and_writes_
     classifier = Classifier.from_card(tmp_path / "whole" / "m3.json")
     assert classifier.card.input.scaling == "unit" and classifier.card.input.channels == 1
     assert classifier.probabilities(np.zeros((1, 32, 32, 1), np.float32)).shape == (1, 4)
+
+
+def test_train_lesion_leaves_each_institution_out_scores_it_on_the_raw_slices_and_resumes(
+    cache_file, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``python -m core train-lesion --folds`` on a tiny generated collection (two institutions): the shipped
+    network and its card first, then one network per institution left out, each scored through the app's path on
+    the raw slices against the drawn masks; a second call finds every fold done and trains nothing."""
+    from core.model.lesion import Segmenter
+    from core.training import segment_run
+    from core.training.segment import SegmentConfig
+
+    root, out = cache_file
+    monkeypatch.setattr(segment_run, "INSTITUTIONS", ("AA", "BB"))
+    config = SegmentConfig(width=8, batch=4, draws=8)
+    card = segment_run.train_lesion(out, root, tmp_path, config, True, "pytest")
+    assert sorted(card["figures"]["per_fold"]) == ["AA", "BB"] and card["figures"]["pooled"]["folds"] == ["AA", "BB"]
+    rows = [json.loads(line) for line in (tmp_path / "btd-lesion.rows.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and {row["fold"] for row in rows} == {"AA", "BB"}  # every LGG section, held out once
+    drawn = [row for row in rows if row["drawn"]]
+    assert len(drawn) == 6 and all(row["drawn"] == 400 for row in drawn)  # the masks at their own resolution
+    pooled = card["figures"]["pooled"]
+    assert pooled["hit_rate"]["n"] == 6 and pooled["false_lesions_lgg_tumour_free"]["n"] == 6
+    assert pooled["volume_spearman_per_patient"]["n"] == 3
+    segmenter = Segmenter.from_card(tmp_path / "btd-lesion.json")  # the weights' hash matches the card
+    assert segmenter.crop_probabilities(np.zeros((1, 32, 32, 1), np.float32)).shape == (1, 32, 32)
+    weights = (tmp_path / "btd-lesion.keras").stat().st_mtime_ns
+    monkeypatch.setattr(segment_run, "train_unet", lambda *args: pytest.fail("a finished fold was trained again"))
+    again = segment_run.train_lesion(out, root, tmp_path, config, True, "pytest")
+    assert again["figures"] == card["figures"] and (tmp_path / "btd-lesion.keras").stat().st_mtime_ns == weights

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from core.errors import ModelError
-from core.model.classifier import load_checked_model
+from core.model.classifier import load_checked_model, traced
 from core.model.preprocess import InputSpec, input_to_image, to_model_input
 
 
@@ -74,17 +74,10 @@ class Segmenter:
     """A loaded lesion segmenter. Thread-safe: one forward pass at a time."""
 
     def __init__(self, card: LesionCard, model: Any) -> None:
-        import tensorflow as tf
-
         self.card = card
         self.model = model
         self.lock = threading.Lock()
-        signature = [tf.TensorSpec((None, card.size, card.size, 1), tf.float32)]
-        self._forward = tf.function(
-            tf.autograph.experimental.do_not_convert(lambda batch: model(batch, training=False)),
-            input_signature=signature,
-            reduce_retracing=True,
-        )
+        self._forward = traced(lambda batch: model(batch, training=False), (card.size, card.size, 1))
 
     @classmethod
     def from_card(cls, card_path: str | Path) -> Segmenter:

@@ -92,7 +92,10 @@ def draw_batch(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Batch ``step``: a function of the step alone (a resumed or repeated run draws the same batches)."""
     rng = np.random.default_rng((config.seed, step))
-    kinds = rng.choice(len(pools), size=config.batch, p=np.asarray(config.shares) / sum(config.shares))
+    shares = np.asarray(config.shares) * [len(pool) > 0 for pool in pools]  # a kind the data lacks is not drawn
+    if not shares.sum():
+        raise ValueError("no section to train the lesion segmenter on (no LGG, Normal-heads or tumour-free scans)")
+    kinds = rng.choice(len(pools), size=config.batch, p=shares / shares.sum())
     chosen = np.array([pools[k][rng.integers(len(pools[k]))] for k in kinds])
     images = cache.crops[chosen].astype(np.float32)[..., None] / 255.0
     masks = (cache.masks[chosen] > 0).astype(np.float32)[..., None]

@@ -162,7 +162,7 @@ def train_lesion(
     size = int(cache.crops.shape[1])
     card_path = out_dir / "btd-lesion.json"
     card = json.loads(card_path.read_text()) if card_path.is_file() else None
-    if card is None or card["training"]["config"] != asdict(config):
+    if card is None or card["training"]["config"] != json.loads(json.dumps(asdict(config))):  # tuples read as lists
         card = _ship(cache, out_dir, config, command)
     rows_path = out_dir / "btd-lesion.rows.jsonl"  # the held-out sections' rows, for the pooled figures
     for held in INSTITUTIONS if folds else ():
