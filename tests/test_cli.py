@@ -134,7 +134,7 @@ def test_every_command_keeps_its_options() -> None:
             *("--cache", "--split", "--out", "--data", "--width", "--draws", "--batch-size", "--round-steps"),
             *("--learning-rate", "--seed", "--name", "--version", "--max-minutes", "--validate-every", "--hold-out"),
         ],
-        "train-lesion": ["--cache", "--data", "--out", "--folds", "--draws", "--width"],
+        "train-lesion": ["--cache", "--data", "--out", "--folds", "--draws", "--width", "--batch"],
         "store": [],
         "store forget": [],
         "users": [],

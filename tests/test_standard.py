@@ -216,9 +216,10 @@ def test_a_paused_run_resumes_to_the_weights_of_an_uninterrupted_one_and_writes_
 def test_train_lesion_leaves_each_institution_out_scores_it_on_the_raw_slices_and_resumes(
     cache_file, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``python -m core train-lesion --folds`` on a tiny generated collection (two institutions): the shipped
-    network and its card first, then one network per institution left out, each scored through the app's path on
-    the raw slices against the drawn masks; a second call finds every fold done and trains nothing."""
+    """``python -m core train-lesion --folds`` on a tiny generated collection (two institutions): first where only
+    the cache is (the accelerator): the shipped network and one network per institution left out, saved; then
+    where the folders are: each fold scored through the app's path on the raw slices against the drawn masks,
+    nothing trained again; a third call finds everything done."""
     from core.model.lesion import Segmenter
     from core.training import segment_run
     from core.training.segment import SegmentConfig
@@ -226,6 +227,13 @@ def test_train_lesion_leaves_each_institution_out_scores_it_on_the_raw_slices_an
     root, out = cache_file
     monkeypatch.setattr(segment_run, "INSTITUTIONS", ("AA", "BB"))
     config = SegmentConfig(width=8, batch=4, draws=8)
+    trained = segment_run.train_lesion(out, None, tmp_path, config, True, "pytest")
+    assert trained["figures"]["per_fold"] == {} and trained["figures"]["pooled"] is None
+    assert sorted(p.name for p in tmp_path.glob("*.keras")) == [
+        "btd-lesion.fold-AA.keras", "btd-lesion.fold-BB.keras", "btd-lesion.keras"
+    ]  # fmt: skip
+    weights = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.keras")}
+    monkeypatch.setattr(segment_run, "train_unet", lambda *args: pytest.fail("a trained network was trained again"))
     card = segment_run.train_lesion(out, root, tmp_path, config, True, "pytest")
     assert sorted(card["figures"]["per_fold"]) == ["AA", "BB"] and card["figures"]["pooled"]["folds"] == ["AA", "BB"]
     rows = [json.loads(line) for line in (tmp_path / "btd-lesion.rows.jsonl").read_text().splitlines()]
@@ -237,7 +245,6 @@ def test_train_lesion_leaves_each_institution_out_scores_it_on_the_raw_slices_an
     assert pooled["volume_spearman_per_patient"]["n"] == 3
     segmenter = Segmenter.from_card(tmp_path / "btd-lesion.json")  # the weights' hash matches the card
     assert segmenter.crop_probabilities(np.zeros((1, 32, 32, 1), np.float32)).shape == (1, 32, 32)
-    weights = (tmp_path / "btd-lesion.keras").stat().st_mtime_ns
-    monkeypatch.setattr(segment_run, "train_unet", lambda *args: pytest.fail("a finished fold was trained again"))
     again = segment_run.train_lesion(out, root, tmp_path, config, True, "pytest")
-    assert again["figures"] == card["figures"] and (tmp_path / "btd-lesion.keras").stat().st_mtime_ns == weights
+    assert again["figures"] == card["figures"]
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.keras")} == weights

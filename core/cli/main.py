@@ -204,9 +204,12 @@ def _add_lesion_commands(commands: Any) -> None:
         "train-lesion", help="train the lesion segmenter on the LGG masks; --folds scores each institution left out"
     )
     lesion.add_argument("--cache", default="data/cache/brain-mri-128.npz", metavar="FILE")
-    lesion.add_argument("--data", required=True, metavar="ROOT", help="the training folders (held-out scoring)")
+    lesion.add_argument(
+        "--data", metavar="ROOT", help="the training folders, for scoring each fold (without: train the folds only)"
+    )
     lesion.add_argument("--out", default="models", metavar="DIR")
     lesion.add_argument("--folds", action="store_true", help="leave each LGG institution out first (3 more runs)")
     lesion.add_argument("--draws", type=int, default=None, help="training images drawn per network")
     lesion.add_argument("--width", type=int, default=None, help="U-Net base width")
+    lesion.add_argument("--batch", type=int, default=None, help="sections a step (16)")
     lesion.set_defaults(run=model.cmd_train_lesion)

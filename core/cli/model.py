@@ -160,13 +160,15 @@ def cmd_train_lesion(args: argparse.Namespace) -> int:
     from core.training.segment import SegmentConfig
     from core.training.segment_run import train_lesion
 
-    overrides = {k: getattr(args, k) for k in ("draws", "width") if getattr(args, k) is not None}
-    for path, is_there in ((args.cache, Path(args.cache).is_file()), (args.data, Path(args.data).is_dir())):
+    overrides = {k: getattr(args, k) for k in ("draws", "width", "batch") if getattr(args, k) is not None}
+    given = [(args.cache, Path(args.cache).is_file())] + ([(args.data, Path(args.data).is_dir())] if args.data else [])
+    for path, is_there in given:
         if not is_there:
             emit(error_json("not_found", f"not found: {path}"), sys.stdout)
             return EXIT_USAGE
     command = "python -m core " + " ".join(sys.argv[1:] if sys.argv[0].endswith("__main__.py") else ["train-lesion"])
     config = replace(SegmentConfig(), **overrides)
-    card = train_lesion(Path(args.cache), Path(args.data), Path(args.out), config, args.folds, command)
+    root = Path(args.data) if args.data else None
+    card = train_lesion(Path(args.cache), root, Path(args.out), config, args.folds, command)
     emit({"model": card["name"], "version": card["version"], "figures": card["figures"]}, sys.stdout)
     return EXIT_OK

@@ -153,11 +153,15 @@ def in_memory(network: Any, size: int, threshold: float = 0.5) -> Segmenter:
 
 
 def train_lesion(
-    cache_path: Path, root: Path, out_dir: Path, config: SegmentConfig, folds: bool, command: str
+    cache_path: Path, root: Path | None, out_dir: Path, config: SegmentConfig, folds: bool, command: str
 ) -> dict[str, Any]:
     """The shipped network on everything first (its card written at once), then each institution left out in turn
-    (when asked): every finished fold's figures go into the card as they come, so an interrupted run keeps what it
-    measured. Resuming skips the networks already done (the card says which)."""
+    (when asked), each fold's network saved beside the card (``btd-lesion.fold-CS.keras``). With ``root`` (the raw
+    training folders) every fold is scored as it comes and its figures go into the card; without it (a machine that
+    has the cache but not the folders: the accelerator) the networks are only trained, and a later call with
+    ``root`` scores them without training again. Resuming skips whatever is already done."""
+    import keras
+
     cache = CropCache.load(cache_path)
     size = int(cache.crops.shape[1])
     card_path = out_dir / "btd-lesion.json"
@@ -166,11 +170,18 @@ def train_lesion(
         card = _ship(cache, out_dir, config, command)
     rows_path = out_dir / "btd-lesion.rows.jsonl"  # the held-out sections' rows, for the pooled figures
     for held in INSTITUTIONS if folds else ():
-        if held in card["figures"]["per_fold"]:
+        weights = out_dir / f"btd-lesion.fold-{held}.keras"
+        if held in card["figures"]["per_fold"] or (root is None and weights.is_file()):
             continue
         train, test = fold_indices(cache, held)
-        _log(f"fold {held}: {len(train)} training sections, {len(test)} held out")
-        network = train_unet(cache, train, config, _log)
+        if weights.is_file():
+            network = keras.saving.load_model(weights, compile=False)
+        else:
+            _log(f"fold {held}: {len(train)} training sections, {len(test)} held out")
+            network = train_unet(cache, train, config, _log)
+            network.save(weights)
+        if root is None:
+            continue
         rows = score_sections(in_memory(network, size), root, cache, test)
         with rows_path.open("a") as out:
             out.writelines(json.dumps({"fold": held, **row}) + "\n" for row in rows)
