@@ -133,6 +133,7 @@ def test_every_command_keeps_its_options() -> None:
         "train-standard": [
             *("--cache", "--split", "--out", "--data", "--width", "--draws", "--batch-size", "--round-steps"),
             *("--learning-rate", "--seed", "--name", "--version", "--max-minutes", "--validate-every", "--hold-out"),
+            "--fast",
         ],
         "train-lesion": ["--cache", "--data", "--out", "--folds", "--draws", "--width", "--batch"],
         "store": [],

@@ -248,3 +248,20 @@ def test_train_lesion_leaves_each_institution_out_scores_it_on_the_raw_slices_an
     again = segment_run.train_lesion(out, root, tmp_path, config, True, "pytest")
     assert again["figures"] == card["figures"]
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.keras")} == weights
+
+
+def test_fast_runs_skip_the_deterministic_kernels_and_still_resume(cache_file, tmp_path: Path, monkeypatch) -> None:
+    from core.training import standard_run
+
+    _, out = cache_file
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"validation": [["Training/notumor/0.png", "notumor"]]}))
+    calls: list[str] = []
+    monkeypatch.setattr(standard_run, "_deterministic_ops", calls.append)
+    config = StandardConfig(size=32, width=8, draws=4 * 3 * 8, batch_size=8, round_steps=3, warmup_steps=2, name="m3")
+    paused = train_standard(out, split, tmp_path, config, "fast", max_minutes=0.0, deterministic=False)
+    assert paused["status"] == "paused" and calls == []
+    card = train_standard(out, split, tmp_path, config, "fast", deterministic=False)
+    assert calls == [] and [part["after_round"] for part in card["training"]["resumed"]] == [1]
+    train_standard(out, split, tmp_path / "exact", config, "exact", max_minutes=0.0)
+    assert len(calls) == 1  # the default: deterministic kernels

@@ -181,6 +181,11 @@ def _add_standard_training_commands(commands: Any) -> None:
         metavar="INSTITUTION",
         help="leave this LGG institution out of training; score it apart (repeatable)",
     )
+    standard.add_argument(
+        "--fast",
+        action="store_true",
+        help="non-deterministic kernels: about twice as fast on a CPU; a resume is exact, not bit for bit",
+    )
     standard.set_defaults(run=model.cmd_train_standard)
 
 

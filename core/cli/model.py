@@ -146,6 +146,7 @@ def cmd_train_standard(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes if args.max_minutes is not None else float("inf"),
         data_root=Path(args.data) if args.data else None,
         validate_every=args.validate_every,
+        deterministic=not args.fast,
     )
     if result.get("status") == "paused":
         emit(result, sys.stdout)
