@@ -87,6 +87,9 @@ def test_a_cache_packed_as_jpeg_keeps_every_field_and_the_crops_within_jpeg_erro
     assert json.loads(capsys.readouterr().out)["error"]["code"] == "bad_usage" and not (tmp_path / "x.npz").exists()
     assert main(["cache", "--from", str(tmp_path / "none.npz"), "--out", str(tmp_path / "y.npz")]) == 2
     assert json.loads(capsys.readouterr().out)["error"]["code"] == "not_found"
+    before = out.read_bytes()
+    assert main(["cache", "--from", str(out), "--jpeg", "85", "--out", str(out)]) == 2  # never over the raw cache
+    assert json.loads(capsys.readouterr().out)["error"]["code"] == "bad_usage" and out.read_bytes() == before
 
 
 def test_a_schedule_runs_in_whole_rounds_and_counts_what_it_runs() -> None:
@@ -248,6 +251,11 @@ def test_train_lesion_leaves_each_institution_out_scores_it_on_the_raw_slices_an
     again = segment_run.train_lesion(out, root, tmp_path, config, True, "pytest")
     assert again["figures"] == card["figures"]
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.keras")} == weights
+    monkeypatch.undo()  # other settings: the shipped network again, and no fold network of the old ones is kept
+    other = segment_run.train_lesion(out, None, tmp_path, replace(config, draws=4), False, "pytest")
+    assert other["training"]["config"]["draws"] == 4 and other["figures"]["per_fold"] == {}
+    assert [p.name for p in tmp_path.glob("*.keras")] == ["btd-lesion.keras"]
+    assert not (tmp_path / "btd-lesion.rows.jsonl").exists()
 
 
 def test_fast_runs_skip_the_deterministic_kernels_and_still_resume(cache_file, tmp_path: Path, monkeypatch) -> None:

@@ -100,6 +100,9 @@ def cmd_cache(args: argparse.Namespace) -> int:
     if not (given.is_dir() if args.data else given.is_file()):
         emit(error_json("not_found", f"not a {'directory' if args.data else 'file'}: {given}"), sys.stdout)
         return EXIT_USAGE
+    if args.source and Path(args.out).resolve() == given.resolve():
+        emit(error_json("bad_usage", f"--out is the cache being read ({given}): name another file"), sys.stdout)
+        return EXIT_USAGE
     if args.jpeg is not None and not 1 <= args.jpeg <= 100:
         emit(error_json("bad_usage", f"--jpeg takes a quality from 1 to 100, not {args.jpeg}"), sys.stdout)
         return EXIT_USAGE

@@ -201,12 +201,15 @@ def _variants(classifier: Classifier, items: Sequence[Item], kinds: Sequence[str
     for item in items:
         try:
             pixels = read_scan_file(item.path).pixels
-            for kind in kinds:
-                varied = brain_variant(pixels, kind, rng)
-                if (s := sample_of(classifier, png_bytes(varied), f"variant:{kind}")) is not None:
-                    samples.append(s)
         except ScanError:
             continue
+        for kind in kinds:
+            try:  # one kind failing (no head found for a tight crop) leaves the others
+                varied = brain_variant(pixels, kind, rng)
+            except ScanError:
+                continue
+            if (s := sample_of(classifier, png_bytes(varied), f"variant:{kind}")) is not None:
+                samples.append(s)
     return samples
 
 

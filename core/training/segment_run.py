@@ -183,8 +183,9 @@ def train_lesion(
         if root is None:
             continue
         rows = score_sections(in_memory(network, size), root, cache, test)
-        with rows_path.open("a") as out:
-            out.writelines(json.dumps({"fold": held, **row}) + "\n" for row in rows)
+        kept = rows_path.read_text().splitlines() if rows_path.is_file() else []
+        kept = [line for line in kept if json.loads(line)["fold"] != held]  # a fold scored before a crash: again
+        rows_path.write_text("".join(f"{line}\n" for line in kept + [json.dumps({"fold": held, **r}) for r in rows]))
         card["figures"]["per_fold"][held] = figures(rows)
         pooled = [json.loads(line) for line in rows_path.read_text().splitlines()]
         card["figures"]["pooled"] = figures(pooled)
@@ -220,4 +221,6 @@ def _ship(cache: CropCache, out_dir: Path, config: SegmentConfig, command: str) 
     }
     (out_dir / "btd-lesion.json").write_text(json.dumps(card, indent=2) + "\n")
     (out_dir / "btd-lesion.rows.jsonl").unlink(missing_ok=True)
+    for stale in out_dir.glob("btd-lesion.fold-*.keras"):  # trained with other settings: never scored under these
+        stale.unlink()
     return card

@@ -24,6 +24,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -170,9 +171,8 @@ def train_standard(
 ) -> dict[str, Any]:
     """Run (or resume) the schedule; returns the finished card, or ``{"status": "paused", ...}`` when the time
     budget ended this sitting first. Every ``validate_every`` rounds (and after the last) the learning curve gets
-    the validation and held-out figures; like ``max_minutes`` it does not change the run. ``deterministic``
-    False (``--fast``) skips the deterministic kernels: about twice the draws a second on a CPU, and a resumed
-    run restores its exact state but no longer ends bit for bit where an uninterrupted one would."""
+    the validation and held-out figures; like ``max_minutes`` it does not change the run. ``deterministic`` False
+    (``--fast``): twice the draws a second on a CPU; a resume is exact in its state, not bit for bit."""
     import keras
 
     started = time.time()
@@ -249,6 +249,7 @@ def _deterministic_ops(backend: str) -> None:
     elif backend == "torch":
         import torch
 
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what deterministic cuBLAS asks for on a GPU
         torch.use_deterministic_algorithms(True)
 
 

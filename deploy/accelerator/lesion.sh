@@ -2,7 +2,9 @@
 # The lesion segmenter on the accelerator machine (PyTorch there, no TensorFlow): the command of one prepared device
 # call, carrying the Keras wheels (.whl) and the packed crop cache like model3.sh. It trains the shipped network and
 # one network per LGG institution left out (4 files of about 3.5 MB at width 16 come back); scoring needs the raw
-# folders, so it happens here afterwards: the same train-lesion command with --data and --out on what came back.
+# folders, so it happens here afterwards, with the very settings of this run (other settings retrain everything):
+#   .venv/bin/python -m core train-lesion --cache data/cache/brain-mri-128.jpeg85.npz --data ../shared/data/brain-mri \
+#       --out WHAT_CAME_BACK --folds --draws DRAWS --width WIDTH --batch BATCH
 # Settings by environment: DRAWS, WIDTH, BATCH.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
