@@ -18,6 +18,7 @@ from core.model.decision import DecisionRule
 from core.model.explain import Explainer, concentration, overlay
 from core.model.gate import ACCEPTED, NEEDS_REVIEW, REJECTED, GatePolicy, assess, energy, image_reasons, with_review
 from core.model.roi import find_brain
+from core.training.gate_fit import FULL_FRAME_KINDS, relaxed_frame_bounds
 from core.training.gate_learning import VARIANTS, GateSamples, Sample, brain_variant, fit_from_samples
 from tests.scans import png_bytes, synthetic_slice
 
@@ -77,6 +78,21 @@ def test_a_head_that_fills_the_frame_passes_the_relaxed_frame_bounds() -> None:
     assert region.area_fraction > 0.98
     assert any("covers" in reason for reason in image_reasons(scan, region, GatePolicy()))
     assert image_reasons(scan, region, GatePolicy(max_area=1.0, max_fill=1.0)) == []
+
+
+def test_the_frame_bounds_relax_only_when_the_learned_check_refuses_full_frame_images_itself() -> None:
+    strong = {"generated_refused_fresh_seeds": {kind: {"share": 1.0} for kind in FULL_FRAME_KINDS}}
+    assert relaxed_frame_bounds(strong) == {"max_area": 1.0, "max_fill": 1.0}
+    weak = {
+        "generated_refused_fresh_seeds": {
+            **strong["generated_refused_fresh_seeds"],
+            "generated:document": {"share": 0.8},
+        }
+    }
+    assert relaxed_frame_bounds(weak) == {}
+    assert relaxed_frame_bounds(None) == {} and relaxed_frame_bounds({}) == {}  # no learned check: bounds kept
+    card = json.loads((Path(__file__).parents[1] / "models" / "btd-cnn.json").read_text())["gate"]
+    assert relaxed_frame_bounds(card["learned_report"]) == {"max_area": card["max_area"], "max_fill": card["max_fill"]}
 
 
 @pytest.mark.parametrize("kind", VARIANTS)

@@ -44,9 +44,7 @@ def fit_gate(card_path: Path, root: Path, quantile: float = 0.995) -> dict[str, 
     checks, learned = [], None
     if (root / NOT_BRAIN).is_dir() and embedding_layer(classifier.model) is not None:
         checks, learned = fit_learned_checks(classifier, root, {path.resolve() for _, path in files})
-    # The learned not-MRI check refuses every full-frame non-MRI image it is measured on (documents, photographs,
-    # noise; real and generated), so the frame-filling bounds stop refusing heads that fill the frame.
-    frame = {"max_area": 1.0, "max_fill": 1.0} if checks else {}
+    frame = relaxed_frame_bounds(learned)
     policy = GatePolicy(max_energy=threshold, checks=tuple(checks), **frame)
     fitted_on = f"validation split ({len(files)} scans), the highest per-source energy quantile {quantile}"
     if checks:
@@ -60,6 +58,19 @@ def fit_gate(card_path: Path, root: Path, quantile: float = 0.995) -> dict[str, 
         "energy_refused_per_source": per_source,
         "learned": learned,
     }
+
+
+FULL_FRAME_KINDS = ("generated:noise", "generated:pink_noise", "generated:document", "generated:colour_photo")
+
+
+def relaxed_frame_bounds(learned: dict[str, Any] | None, min_refused: float = 0.95) -> dict[str, float]:
+    """The frame-filling bounds (head region up to 98 % of the frame, fill up to 0.95) refuse heads that fill the
+    frame; they are relaxed to 1.0 only when the learned not-MRI check itself refuses at least ``min_refused`` of
+    each kind of full-frame image the bounds were for, on generated seeds it never saw."""
+    fresh = (learned or {}).get("generated_refused_fresh_seeds", {})
+    if all((fresh.get(kind) or {}).get("share", 0.0) >= min_refused for kind in FULL_FRAME_KINDS):
+        return {"max_area": 1.0, "max_fill": 1.0}
+    return {}
 
 
 def fit_decision(
