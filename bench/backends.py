@@ -5,6 +5,7 @@ training step's speed on each.
     .venv/bin/python bench/backends.py logits --model CARD --data ROOT > tf.json
     .venv/bin/python bench/backends.py compare tf.json torch.json
     [KERAS_BACKEND=torch PYTHON] bench/backends.py speed [--width 32] [--size 128] [--batch 64] [--steps 20]
+        [--deterministic]
 
 ``logits`` prints the raw outputs of a card's model on the first ``--n`` (50) validation images of its split, read,
 cropped and resized by the app's own code; ``compare`` prints their largest absolute difference (the target is
@@ -63,10 +64,14 @@ def compare(first: Path, second: Path) -> dict:
     }
 
 
-def speed(width: int, size: int, batch: int, steps: int) -> dict:
-    from core.evaluation.metrics import machine
-    from core.training.standard_run import StandardConfig, build_trainer
+def speed(width: int, size: int, batch: int, steps: int, deterministic: bool) -> dict:
+    import keras
 
+    from core.evaluation.metrics import machine
+    from core.training.standard_run import StandardConfig, _deterministic_ops, build_trainer
+
+    if deterministic:  # the kernels train-standard uses without --fast
+        _deterministic_ops(keras.backend.backend())
     config = StandardConfig(size=size, width=width, batch_size=batch, draws=batch * (steps + 2))
     _, trainer = build_trainer(config)
     rng = np.random.default_rng(0)
@@ -83,6 +88,7 @@ def speed(width: int, size: int, batch: int, steps: int) -> dict:
         "width": width,
         "size": size,
         "batch": batch,
+        "deterministic": deterministic,
         "draws_per_second": round(steps * batch / seconds, 1),
     }
 
@@ -101,13 +107,14 @@ def main() -> None:
     fast.add_argument("--size", type=int, default=128)
     fast.add_argument("--batch", type=int, default=64)
     fast.add_argument("--steps", type=int, default=20)
+    fast.add_argument("--deterministic", action="store_true", help="train-standard's kernels without --fast")
     args = parser.parse_args()
     if args.verb == "logits":
         report = logits(Path(args.model), Path(args.data), args.n)
     elif args.verb == "compare":
         report = compare(*(Path(f) for f in args.files))
     else:
-        report = speed(args.width, args.size, args.batch, args.steps)
+        report = speed(args.width, args.size, args.batch, args.steps, args.deterministic)
     print(json.dumps(report))
 
 

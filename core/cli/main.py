@@ -184,7 +184,7 @@ def _add_standard_training_commands(commands: Any) -> None:
     standard.add_argument(
         "--fast",
         action="store_true",
-        help="non-deterministic kernels: about twice as fast on a CPU; a resume is exact, not bit for bit",
+        help="no deterministic kernels (for a GPU; no faster on a CPU): a resume is exact, not bit for bit",
     )
     standard.set_defaults(run=model.cmd_train_standard)
 

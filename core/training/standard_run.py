@@ -172,7 +172,7 @@ def train_standard(
     """Run (or resume) the schedule; returns the finished card, or ``{"status": "paused", ...}`` when the time
     budget ended this sitting first. Every ``validate_every`` rounds (and after the last) the learning curve gets
     the validation and held-out figures; like ``max_minutes`` it does not change the run. ``deterministic`` False
-    (``--fast``): twice the draws a second on a CPU; a resume is exact in its state, not bit for bit."""
+    (``--fast``, for a GPU; no faster on a CPU): a resume is exact in its state, not bit for bit."""
     import keras
 
     started = time.time()
@@ -194,12 +194,12 @@ def train_standard(
     curve = out_dir / f"{config.name}.log.jsonl"
 
     def stream() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Batches in order, each a function of its step alone (a generator: Keras' prefetching keeps its order)."""
+        """Batches in order, each a function of its step alone."""
         for step in itertools.count(progress.epochs_done * config.round_steps):
             yield draw_batch(cache, groups, masks, config, (step,))
 
-    def on_round_end(model: Any, logs: dict[str, float], round_seconds: float) -> None:
-        """The learning curve's line, the checkpoint, and the time budget, after every round."""
+    def on_round_end(model: Any, logs: dict[str, float], round_seconds: float) -> bool:
+        """The learning curve's line, the checkpoint, and the time budget (True: stop), after every round."""
         seconds = progress.seconds + time.time() - started
         line = {
             "round": progress.epochs_done,
@@ -216,19 +216,14 @@ def train_standard(
             handle.write(json.dumps(line) + "\n")
         _log(json.dumps(line))
         checkpoint.save(model, progress, seconds)
-        if time.time() - started > max_minutes * 60 and progress.epochs_done < config.rounds:
-            model.stop_training = True
+        return time.time() - started > max_minutes * 60
 
-    if progress.epochs_done < config.rounds:
-        trainer.fit(
-            stream(),
-            steps_per_epoch=config.round_steps,
-            epochs=config.rounds,
-            initial_epoch=progress.epochs_done,
-            shuffle=False,
-            verbose=0,
-            callbacks=[_round_callback(progress, on_round_end)],
-        )
+    batches = stream()
+    while progress.epochs_done < config.rounds:
+        loss, seconds = _train_round(trainer, batches, config.round_steps)
+        progress.epochs_done += 1
+        if on_round_end(trainer, {"loss": loss}, seconds):
+            break
     if progress.epochs_done < config.rounds:
         _log(f"paused after round {progress.epochs_done}/{config.rounds}; the same command resumes")
         return {
@@ -283,19 +278,15 @@ def build_trainer(config: StandardConfig) -> tuple[Any, Any]:
     return network, trainer
 
 
-def _round_callback(progress: Progress, on_round_end: Any) -> Any:
-    """A Keras callback that counts finished rounds in ``progress`` and hands each to ``on_round_end``."""
-    import keras
-
-    class RoundCallback(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-            self.round_started = time.time()
-
-        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-            progress.epochs_done = epoch + 1
-            on_round_end(self.model, logs or {}, time.time() - self.round_started)
-
-    return RoundCallback()
+def _train_round(trainer: Any, batches: Iterator[tuple[np.ndarray, np.ndarray]], steps: int) -> tuple[float, float]:
+    """One round of ``steps`` optimiser steps: (the round's mean loss, seconds). ``train_on_batch`` in a loop:
+    twice the draws a second of ``fit`` on a Python generator on 2 CPU cores (54 against 27, same kernels)."""
+    started = time.time()
+    trainer.reset_metrics()
+    loss = float("nan")
+    for _ in range(steps):
+        loss = trainer.train_on_batch(*next(batches))  # the loss tracker's mean since the reset
+    return float(loss), time.time() - started
 
 
 def _write_model(
