@@ -122,6 +122,29 @@ def test_a_lesion_mask_moves_with_its_image_and_stays_binary() -> None:
         assert out[k, ..., 0][moved[k]].mean() > 0.8 and out[k, ..., 0][~moved[k]].mean() < 0.1
 
 
+def test_the_segmenter_draws_lesion_transplants_with_their_masks_as_a_function_of_the_step(cache_file) -> None:
+    from core.training.segment import TRANSPLANT, SegmentConfig, draw_batch, lesion_pools
+
+    _, out = cache_file
+    cache = CropCache.load(out)
+    pools = lesion_pools(cache, np.arange(len(cache)))
+    assert len(pools[TRANSPLANT]) == 6  # the generated LGG FLAIR sections with a drawn lesion are the donors
+    only = SegmentConfig(batch=12, shares=(0, 0, 0, 0, 1))
+    images, masks = draw_batch(cache, pools, only, step=3)
+    assert images.shape == masks.shape == (12, 32, 32, 1) and set(np.unique(masks)) <= {0.0, 1.0}
+    lesioned = masks.reshape(12, -1).max(axis=1) > 0
+    assert lesioned.mean() >= 0.5
+    for image, mask in zip(images[lesioned, ..., 0], masks[lesioned, ..., 0], strict=True):
+        pixels = np.round(image * 255).astype(np.uint8)
+        assert not any(np.array_equal(pixels, crop) for crop in cache.crops)  # a new section, not a cached one
+        recipient = min(cache.crops, key=lambda crop: int(np.abs(crop.astype(int) - pixels).sum()))
+        changed = np.abs(recipient.astype(int) - pixels) > 20
+        assert changed[mask > 0].mean() > changed[mask == 0].mean()  # the blended lesion lies under its mask
+    again = draw_batch(cache, pools, only, step=3)
+    assert np.array_equal(again[0], images) and np.array_equal(again[1], masks)
+    assert draw_batch(cache, pools, SegmentConfig(batch=12, shares=(0, 1, 0, 0, 0)), step=3)[1].max() == 0
+
+
 def test_skull_removal_keeps_the_inside_of_the_head_and_blanks_the_outside() -> None:
     settings = AugmentSettings(
         rotation_degrees=0,

@@ -6,8 +6,10 @@
   does, so the app feeds the crop at ``x / 255`` (:func:`core.model.preprocess.scale_intensities`, "unit").
 - Data: every LGG slice of the training institutions (all three sequences: the FLAIR mask applies to the
   co-registered T1 and T1c sections too), with its mask; the tumour-free sections of those patients, Normal-heads
-  and the Training collection's tumour-free scans with empty masks. Scans of a tumour without a mask (Training's
-  glioma, meningioma, pituitary; Web-tumour) are left out: nobody drew where their tumour is.
+  and the Training collection's tumour-free scans with empty masks; and lesion transplants: a drawn FLAIR or T1c
+  lesion blended into one of those tumour-free sections (:mod:`core.training.transplants`), with its mask. Scans
+  of a tumour without a mask (Training's glioma, meningioma, pituitary; Web-tumour) are left out: nobody drew where
+  their tumour is.
 - Augmentation: model 3's recipe (:class:`core.training.standard.BatchAugment`) on image and mask together; the
   mask moves with the image and keeps 0/1 values.
 - Loss: binary cross-entropy plus the soft Dice loss over the batch (empty masks count through the cross-entropy).
@@ -33,8 +35,9 @@ class SegmentConfig:
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
     seed: int = 0
-    # how often each kind of section is drawn (LGG with a mask, LGG without, Normal-heads, Training's no tumour)
-    shares: tuple[float, float, float, float] = (0.5, 0.2, 0.15, 0.15)
+    # how often each kind of section is drawn: LGG with a mask, LGG without, Normal-heads, Training's no tumour, and
+    # a drawn FLAIR or T1c lesion transplanted into a tumour-free section of the last three kinds
+    shares: tuple[float, float, float, float, float] = (0.4, 0.15, 0.15, 0.15, 0.15)
 
 
 def build_unet(size: int, width: int = 16, name: str = "btd-lesion") -> Any:
@@ -75,16 +78,39 @@ def dice_bce_loss(truth: Any, predicted: Any) -> Any:
     return bce + (1.0 - dice)
 
 
+TRANSPLANT = 4  # the kind drawn as a lesion transplant (:attr:`SegmentConfig.shares`)
+
+
 def lesion_pools(cache: CropCache, indices: np.ndarray) -> list[np.ndarray]:
-    """The four kinds of section among ``indices``, in :attr:`SegmentConfig.shares` order."""
-    source, label = cache.source[indices], cache.label[indices]
-    has_mask = cache.masks[indices].reshape(len(indices), -1).max(axis=1) > 0
+    """The kinds of section among ``indices``, in :attr:`SegmentConfig.shares` order; the transplants' pool holds
+    the donors (LGG FLAIR and T1c sections with a mask of at least 0.5 % of the crop), the recipients being the
+    tumour-free kinds."""
+    source, label, sequence = cache.source[indices], cache.label[indices], cache.sequence[indices]
+    area = (cache.masks[indices] > 0).reshape(len(indices), -1).sum(axis=1)
+    lgg = source == "LGG"
     return [
-        indices[(source == "LGG") & has_mask],
-        indices[(source == "LGG") & ~has_mask & (label == "notumor")],
+        indices[lgg & (area > 0)],
+        indices[lgg & (area == 0) & (label == "notumor")],
         indices[source == "Normal-heads"],
         indices[(source == "Training") & (label == "notumor")],
+        indices[lgg & np.isin(sequence, ["flair", "t1c"]) & (area >= 0.005 * cache.crops[0].size)],
     ]
+
+
+def _transplanted(cache: CropCache, pools: list[np.ndarray], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A tumour-free crop with a donor's lesion blended in, and the lesion's mask (up to three tries; else the
+    recipient as it is, with no lesion)."""
+    from core.training.transplants import crop_donor, transplant_with_mask
+
+    recipients = np.concatenate(pools[1:TRANSPLANT])
+    crop = cache.crops[recipients[rng.integers(len(recipients))]]
+    for _ in range(3):
+        given = pools[TRANSPLANT][rng.integers(len(pools[TRANSPLANT]))]
+        donor = crop_donor(cache.crops[given], cache.masks[given], min_pixels=1)
+        done = transplant_with_mask(crop, donor, rng) if donor is not None else None
+        if done is not None:
+            return done
+    return crop, np.zeros_like(crop)
 
 
 def draw_batch(
@@ -92,14 +118,21 @@ def draw_batch(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Batch ``step``: a function of the step alone (a resumed or repeated run draws the same batches)."""
     rng = np.random.default_rng((config.seed, step))
-    shares = np.asarray(config.shares) * [len(pool) > 0 for pool in pools]  # a kind the data lacks is not drawn
+    present = [len(pool) > 0 for pool in pools]  # a kind the data lacks is not drawn
+    present[TRANSPLANT] = present[TRANSPLANT] and any(present[1:TRANSPLANT])
+    shares = np.asarray(config.shares) * present
     if not shares.sum():
         raise ValueError("no section to train the lesion segmenter on (no LGG, Normal-heads or tumour-free scans)")
-    kinds = rng.choice(len(pools), size=config.batch, p=shares / shares.sum())
-    chosen = np.array([pools[k][rng.integers(len(pools[k]))] for k in kinds])
-    images = cache.crops[chosen].astype(np.float32)[..., None] / 255.0
-    masks = (cache.masks[chosen] > 0).astype(np.float32)[..., None]
-    return images, masks
+    images, masks = [], []
+    for kind in rng.choice(len(pools), size=config.batch, p=shares / shares.sum()):
+        if kind == TRANSPLANT:
+            image, mask = _transplanted(cache, pools, rng)
+        else:
+            chosen = pools[kind][rng.integers(len(pools[kind]))]
+            image, mask = cache.crops[chosen], cache.masks[chosen]
+        images.append(image)
+        masks.append(mask > 0)
+    return np.stack(images).astype(np.float32)[..., None] / 255.0, np.stack(masks).astype(np.float32)[..., None]
 
 
 def train_unet(cache: CropCache, indices: np.ndarray, config: SegmentConfig, log: Any = print) -> Any:

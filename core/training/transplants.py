@@ -23,12 +23,27 @@ DONOR_SEQUENCES = ("flair", "t1c")
 
 @dataclass(frozen=True)
 class Donor:
-    """A tumour region: ``patch`` (uint8 pixels around the lesion) and ``mask`` (uint8 0/255, same shape);
-    ``frame_side`` is the side of the slice it came from (to scale it like its head)."""
+    """A tumour region: ``patch`` (uint8 pixels around the lesion) and ``mask`` (uint8 0/255, same shape, the
+    lesion slightly dilated: what is blended); ``frame_side`` is the side of the slice it came from (to scale it
+    like its head); ``lesion`` (same shape, 0/255) the drawn lesion itself, for a segmentation label."""
 
     patch: np.ndarray
     mask: np.ndarray
     frame_side: int
+    lesion: np.ndarray | None = None
+
+
+def crop_donor(crop: np.ndarray, lesion: np.ndarray, min_pixels: int = 100) -> Donor | None:
+    """A donor from a brain crop (the crop cache's) and its lesion mask; None when the lesion is too small."""
+    drawn = (lesion > 0).astype(np.uint8) * 255
+    if int(drawn.sum()) // 255 < min_pixels:
+        return None
+    mask = cv2.dilate(drawn, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
+    ys, xs = np.nonzero(mask)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    side = max(crop.shape)
+    # a crop's head fills it as a recipient crop's does: frame_side makes the transplant's scale about 1
+    return Donor(crop[y0:y1, x0:x1].copy(), mask[y0:y1, x0:x1].copy(), round(side / 0.8), drawn[y0:y1, x0:x1].copy())
 
 
 def donors(items: Sequence[Item], images: Sequence[np.ndarray], min_pixels: int = 300) -> list[Donor]:
@@ -63,6 +78,15 @@ def brain_interior(square: np.ndarray) -> np.ndarray:
 
 def transplant(square: np.ndarray, donor: Donor, rng: np.random.Generator) -> np.ndarray | None:
     """``square`` (a uint8 brain crop) with ``donor``'s lesion blended in; None when it does not fit or show."""
+    done = transplant_with_mask(square, donor, rng)
+    return None if done is None else done[0]
+
+
+def transplant_with_mask(
+    square: np.ndarray, donor: Donor, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """:func:`transplant`, and where the lesion now is in ``square`` (uint8 0/255; the donor's drawn lesion, or its
+    blended region when it has none)."""
     side = square.shape[0]
     inner = brain_interior(square)
     ys, xs = np.nonzero(inner)
@@ -75,8 +99,10 @@ def transplant(square: np.ndarray, donor: Donor, rng: np.random.Generator) -> np
         return None
     patch = cv2.resize(donor.patch, (width, height), interpolation=cv2.INTER_AREA)
     mask = (cv2.resize(donor.mask, (width, height), interpolation=cv2.INTER_NEAREST) > 127).astype(np.uint8) * 255
+    drawn = donor.lesion if donor.lesion is not None else donor.mask
+    lesion = (cv2.resize(drawn, (width, height), interpolation=cv2.INTER_NEAREST) > 127).astype(np.uint8) * 255
     if rng.random() < 0.5:
-        patch, mask = patch[:, ::-1].copy(), mask[:, ::-1].copy()
+        patch, mask, lesion = patch[:, ::-1].copy(), mask[:, ::-1].copy(), lesion[:, ::-1].copy()
     pick = int(rng.integers(len(xs)))
     cx = int(np.clip(xs[pick], width // 2 + 2, side - width // 2 - 3))
     cy = int(np.clip(ys[pick], height // 2 + 2, side - height // 2 - 3))
@@ -95,4 +121,9 @@ def transplant(square: np.ndarray, donor: Donor, rng: np.random.Generator) -> np
     region = changed[changed > 0]
     if region.size < 20 or float(np.percentile(region, 90)) < 12:
         return None  # an invisible lesion is no tumour
-    return result
+    # seamlessClone centres the bounding box of the mask (not the patch) on (cx, cy)
+    bx, by, bw, bh = cv2.boundingRect(mask)
+    placed = np.zeros_like(square)
+    top, left = cy - bh // 2, cx - bw // 2
+    placed[top : top + bh, left : left + bw] = lesion[by : by + bh, bx : bx + bw]
+    return result, placed
