@@ -296,3 +296,20 @@ def test_fast_runs_skip_the_deterministic_kernels_and_still_resume(cache_file, t
     assert calls == [] and [part["after_round"] for part in card["training"]["resumed"]] == [1]
     train_standard(out, split, tmp_path / "exact", config, "exact", max_minutes=0.0)
     assert len(calls) == 1  # the default: deterministic kernels
+
+
+def test_a_rounds_loss_on_the_learning_curve_is_the_mean_over_its_batches() -> None:
+    """``train_on_batch`` resets Keras' loss tracker on every call, so the round averages the batches' losses."""
+    from core.training.standard_run import _train_round
+
+    class Trainer:
+        def __init__(self) -> None:
+            self.seen: list[int] = []
+
+        def train_on_batch(self, x: int, y: int) -> float:
+            self.seen.append(x)
+            return float(x + y)
+
+    trainer = Trainer()
+    loss, seconds = _train_round(trainer, iter([(1, 0), (2, 0), (6, 0), (9, 9)]), 3)
+    assert loss == pytest.approx(3.0) and trainer.seen == [1, 2, 6] and seconds >= 0
