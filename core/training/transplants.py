@@ -33,17 +33,22 @@ class Donor:
     lesion: np.ndarray | None = None
 
 
+def _donor(image: np.ndarray, drawn: np.ndarray, dilation: int, frame_side: int) -> Donor:
+    """The region around ``drawn`` (uint8 0/255, ``image``'s shape), its mask dilated by a ``dilation`` disc."""
+    mask = cv2.dilate(drawn, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (dilation, dilation)))
+    ys, xs = np.nonzero(mask)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    region = (slice(y0, y1), slice(x0, x1))
+    return Donor(image[region].copy(), mask[region].copy(), frame_side, drawn[region].copy())
+
+
 def crop_donor(crop: np.ndarray, lesion: np.ndarray, min_pixels: int = 100) -> Donor | None:
     """A donor from a brain crop (the crop cache's) and its lesion mask; None when the lesion is too small."""
     drawn = (lesion > 0).astype(np.uint8) * 255
     if int(drawn.sum()) // 255 < min_pixels:
         return None
-    mask = cv2.dilate(drawn, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
-    ys, xs = np.nonzero(mask)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    side = max(crop.shape)
-    # a crop's head fills it as a recipient crop's does: frame_side makes the transplant's scale about 1
-    return Donor(crop[y0:y1, x0:x1].copy(), mask[y0:y1, x0:x1].copy(), round(side / 0.8), drawn[y0:y1, x0:x1].copy())
+    # a crop's head fills it as a recipient crop's does: this frame side makes the transplant's scale about 1
+    return _donor(crop, drawn, 5, round(max(crop.shape) / 0.8))
 
 
 def donors(items: Sequence[Item], images: Sequence[np.ndarray], min_pixels: int = 300) -> list[Donor]:
@@ -53,15 +58,11 @@ def donors(items: Sequence[Item], images: Sequence[np.ndarray], min_pixels: int 
         if item.mask is None or item.sequence not in DONOR_SEQUENCES or (item.tumour_pixels or 0) < min_pixels:
             continue
         mask = read_scan_file(item.mask).pixels
-        if mask.shape != image.shape:
+        if mask.shape != image.shape or not (mask > 127).any():
             continue
-        mask = (mask > 127).astype(np.uint8) * 255
-        mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7)))
-        ys, xs = np.nonzero(mask)
-        if len(xs) < min_pixels:
-            continue
-        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-        found.append(Donor(image[y0:y1, x0:x1].copy(), mask[y0:y1, x0:x1].copy(), max(image.shape)))
+        donor = _donor(image, (mask > 127).astype(np.uint8) * 255, 7, max(image.shape))
+        if int(donor.mask.sum()) // 255 >= min_pixels:
+            found.append(donor)
     return found
 
 
