@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from core.training.cache import CropCache
+from core.training.transplants import crop_donor, transplant_with_mask
 
 LESION_SOURCES = ("LGG", "Normal-heads", "Training")
 
@@ -100,8 +101,6 @@ def lesion_pools(cache: CropCache, indices: np.ndarray) -> list[np.ndarray]:
 def _transplanted(cache: CropCache, pools: list[np.ndarray], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A tumour-free crop with a donor's lesion blended in, and the lesion's mask (up to three tries; else the
     recipient as it is, with no lesion)."""
-    from core.training.transplants import crop_donor, transplant_with_mask
-
     recipients = np.concatenate(pools[1:TRANSPLANT])
     crop = cache.crops[recipients[rng.integers(len(recipients))]]
     for _ in range(3):
