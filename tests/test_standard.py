@@ -313,3 +313,43 @@ def test_a_rounds_loss_on_the_learning_curve_is_the_mean_over_its_batches() -> N
     trainer = Trainer()
     loss, seconds = _train_round(trainer, iter([(1, 0), (2, 0), (6, 0), (9, 9)]), 3)
     assert loss == pytest.approx(3.0) and trainer.seen == [1, 2, 6] and seconds >= 0
+
+
+def test_an_annealed_branch_ends_the_rate_at_zero_resumes_and_leaves_the_run_as_it_was(
+    cache_file, tmp_path: Path
+) -> None:
+    """``train-standard --anneal 2 --branch DIR`` after two of four rounds: a finished model whose learning rate
+    fell linearly from the schedule's value to zero, the same when paused and resumed; the run then goes on to the
+    weights of a run that was never branched."""
+    from core.training.standard_run import Branch
+
+    _, out = cache_file
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"validation": [["Training/notumor/0.png", "notumor"]]}))
+    config = StandardConfig(size=32, width=8, draws=4 * 3 * 8, batch_size=8, round_steps=3, warmup_steps=2, name="m3")
+    with pytest.raises(FileNotFoundError, match="no checkpoint to branch from"):
+        train_standard(out, split, tmp_path / "run", config, "b", anneal=Branch(tmp_path / "none", 2))
+    train_standard(out, split, tmp_path / "run", config, "run", max_minutes=0.0)
+    train_standard(out, split, tmp_path / "run", config, "run", max_minutes=0.0)  # two rounds of four
+    branch = train_standard(out, split, tmp_path / "run", config, "b", anneal=Branch(tmp_path / "whole", 2))
+    paused = train_standard(
+        out, split, tmp_path / "run", config, "b", max_minutes=0.0, anneal=Branch(tmp_path / "parts", 2)
+    )
+    assert paused["status"] == "paused" and paused["round"] == 3 and paused["rounds"] == 4
+    with pytest.raises(ValueError, match="branch of 2 rounds"):
+        train_standard(out, split, tmp_path / "run", config, "b", anneal=Branch(tmp_path / "parts", 3))
+    resumed = train_standard(out, split, tmp_path / "run", config, "b", anneal=Branch(tmp_path / "parts", 2))
+    assert branch["training"]["draws"] == resumed["training"]["draws"] == 4 * 3 * 8
+    assert "branched after round 2 of 4" in branch["training"]["schedule"]
+    weights = [keras.saving.load_model(tmp_path / d / "m3.keras").get_weights() for d in ("whole", "parts")]
+    assert all(np.array_equal(a, b) for a, b in zip(*weights, strict=True))
+    curve = [json.loads(line) for line in (tmp_path / "whole" / "m3.log.jsonl").read_text().splitlines()]
+    rates = [line["learning_rate"] for line in curve]
+    assert [line["round"] for line in curve] == [3, 4] and rates[-1] == 0.0 and rates[0] > 0.0
+    run = train_standard(out, split, tmp_path / "run", config, "run")
+    never = train_standard(out, split, tmp_path / "never", config, "never")
+    finished = [keras.saving.load_model(tmp_path / d / "m3.keras").get_weights() for d in ("run", "never")]
+    assert all(np.array_equal(a, b) for a, b in zip(*finished, strict=True))
+    assert run["training"]["draws"] == never["training"]["draws"] and "branched" not in run["training"]["schedule"]
+    main_curve = [json.loads(line) for line in (tmp_path / "run" / "m3.log.jsonl").read_text().splitlines()]
+    assert main_curve[-1]["learning_rate"] < rates[0]  # the run's own cosine, not the branch's decay

@@ -175,6 +175,15 @@ def _add_standard_training_commands(commands: Any) -> None:
         help="score the validation split every this many rounds (the learning curve)",
     )
     standard.add_argument(
+        "--anneal",
+        type=int,
+        default=None,
+        metavar="ROUNDS",
+        help="a finished model from the run in --out so far: its learning rate falls to zero over ROUNDS more "
+        "rounds, in --branch (the run itself is not changed)",
+    )
+    standard.add_argument("--branch", metavar="DIR", help="where the annealed branch goes (with --anneal)")
+    standard.add_argument(
         "--hold-out",
         action="append",
         default=None,

@@ -128,7 +128,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
 def cmd_train_standard(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from core.training.standard_run import StandardConfig, train_standard
+    from core.training.standard_run import Branch, StandardConfig, train_standard
 
     names = ("width", "draws", "batch_size", "round_steps", "learning_rate", "seed", "name", "version")
     overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
@@ -139,6 +139,10 @@ def cmd_train_standard(args: argparse.Namespace) -> int:
         if not Path(path).is_file():
             emit(error_json("not_found", f"no such file: {path}"), sys.stdout)
             return EXIT_USAGE
+    if (args.anneal is None) != (args.branch is None) or (args.anneal is not None and args.anneal < 1):
+        emit(error_json("bad_usage", "--anneal ROUNDS (at least 1) and --branch DIR go together"), sys.stdout)
+        return EXIT_USAGE
+    anneal = None if args.anneal is None else Branch(Path(args.branch), args.anneal)
     command = "python -m core " + " ".join(sys.argv[1:] if sys.argv[0].endswith("__main__.py") else ["train-standard"])
     result = train_standard(
         Path(args.cache),
@@ -150,6 +154,7 @@ def cmd_train_standard(args: argparse.Namespace) -> int:
         data_root=Path(args.data) if args.data else None,
         validate_every=args.validate_every,
         deterministic=not args.fast,
+        anneal=anneal,
     )
     if result.get("status") == "paused":
         emit(result, sys.stdout)

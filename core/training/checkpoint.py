@@ -58,6 +58,11 @@ class Checkpoint:
             np.savez(out, state=np.array(json.dumps(state)), **arrays)
         os.replace(partial, self.path)  # a kill while writing leaves the previous checkpoint whole
 
+    def rounds_done(self) -> int:
+        """The epochs (rounds) the checkpoint has finished, read without loading its variables."""
+        with np.load(self.path) as saved:
+            return int(json.loads(str(saved["state"]))["epochs_done"])
+
     def restore(self, model: Any) -> Progress:
         """Load the checkpoint into a compiled ``model``; refused when it belongs to another run."""
         with np.load(self.path) as saved:

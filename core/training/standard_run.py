@@ -16,6 +16,12 @@ count drives the learning-rate schedule), and ``<name>.log.jsonl`` gets a line o
 figures (the learning curve). ``--max-minutes`` ends a sitting after the round that crosses it; the same command
 resumes. The last round writes ``<name>.keras``, its card and split file, then calibrates, fits the decision rule,
 the input gate and the series rule and measures every source (:func:`core.training.finish.finish_card`).
+
+Annealed branches (``--anneal ROUNDS --branch DIR``): a finished model from a run still in progress, as
+warmup-stable-decay schedules make them. The branch starts from the run's latest checkpoint and lets the learning
+rate fall linearly from the schedule's value there to zero over ``ROUNDS`` more rounds, with the same draws the run
+itself would take; it is resumable like the run, writes its own model, card and learning curve in ``DIR``, and
+never touches the run's checkpoint, which resumes as if the branch had not been.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -81,6 +87,18 @@ class StandardConfig:
     @property
     def input_spec(self) -> InputSpec:
         return InputSpec(self.size, channels=1, scaling="unit")
+
+
+@dataclass(frozen=True)
+class Branch:
+    """An annealed branch of a run: ``rounds`` more rounds after round ``after_round`` of the run, in ``out``."""
+
+    out: Path
+    rounds: int
+    after_round: int = 0  # read from the run's checkpoint when the branch starts, from ``branch.json`` after
+
+    def total(self) -> int:
+        return self.after_round + self.rounds
 
 
 def _log(message: str) -> None:
@@ -168,11 +186,13 @@ def train_standard(
     data_root: Path | None = None,
     validate_every: int = 4,
     deterministic: bool = True,
+    anneal: Branch | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the schedule; returns the finished card, or ``{"status": "paused", ...}`` when the time
     budget ended this sitting first. Every ``validate_every`` rounds (and after the last) the learning curve gets
     the validation and held-out figures; like ``max_minutes`` it does not change the run. ``deterministic`` False
-    (``--fast``, for a GPU; no faster on a CPU): a resume is exact in its state, not bit for bit."""
+    (``--fast``, for a GPU; no faster on a CPU): a resume is exact in its state, not bit for bit. ``anneal``: the
+    annealed branch of the run in ``out_dir`` instead (the module's docstring)."""
     import keras
 
     started = time.time()
@@ -182,13 +202,19 @@ def train_standard(
     cache, split, parts = _data(cache_path, split_path, config)
     masks = label_masks([str(label) for label in cache.label])
     groups = strata(cache, parts["train"], config)
-
-    network, trainer = build_trainer(config)
     split_entries = [[str(cache.path[i]), str(cache.label[i])] for i in parts["validation"]]
     checkpoint = Checkpoint(out_dir / f"{config.name}.checkpoint.npz", run_key(config, split_entries))
-    progress = checkpoint.restore(trainer) if checkpoint.path.is_file() else Progress()
+    start_from, total = checkpoint, config.rounds
+    if anneal is not None:
+        anneal = _branch_start(anneal, checkpoint)
+        total, out_dir = anneal.total(), anneal.out
+        branch_key = f"{checkpoint.key}+anneal:{anneal.after_round}:{anneal.rounds}"
+        checkpoint = Checkpoint(out_dir / checkpoint.path.name, branch_key)
+        start_from = checkpoint if checkpoint.path.is_file() else start_from
+    network, trainer = build_trainer(config, anneal)
+    progress = start_from.restore(trainer) if start_from.path.is_file() else Progress()
     if progress.epochs_done:
-        _log(f"resuming after round {progress.epochs_done}/{config.rounds} ({progress.seconds:.0f} s so far)")
+        _log(f"resuming after round {progress.epochs_done}/{total} ({progress.seconds:.0f} s so far)")
         progress.resumed.append({"after_round": progress.epochs_done, "date": datetime.now(UTC).isoformat()})
     out_dir.mkdir(parents=True, exist_ok=True)
     curve = out_dir / f"{config.name}.log.jsonl"
@@ -209,7 +235,7 @@ def train_standard(
             "loss": round(float(logs.get("loss", float("nan"))), 4),
             "learning_rate": float(model.optimizer.learning_rate),
         }
-        if progress.epochs_done % validate_every == 0 or progress.epochs_done == config.rounds:
+        if progress.epochs_done % validate_every == 0 or progress.epochs_done == total:
             line["validation"] = score(network, cache, parts["validation"])
             line["held_out"] = score(network, cache, parts["held_out"])
         with curve.open("a") as handle:
@@ -219,20 +245,34 @@ def train_standard(
         return time.time() - started > max_minutes * 60
 
     batches = stream()
-    while progress.epochs_done < config.rounds:
+    while progress.epochs_done < total:
         loss, seconds = _train_round(trainer, batches, config.round_steps)
         progress.epochs_done += 1
         if on_round_end(trainer, {"loss": loss}, seconds):
             break
-    if progress.epochs_done < config.rounds:
-        _log(f"paused after round {progress.epochs_done}/{config.rounds}; the same command resumes")
-        return {
-            "status": "paused",
-            "round": progress.epochs_done,
-            "rounds": config.rounds,
-            "checkpoint": str(checkpoint.path),
-        }
-    return _write_model(network, cache, parts, split, config, out_dir, command, progress, data_root)
+    if progress.epochs_done < total:
+        _log(f"paused after round {progress.epochs_done}/{total}; the same command resumes")
+        return {"status": "paused", "round": progress.epochs_done, "rounds": total, "checkpoint": str(checkpoint.path)}
+    progress.seconds += time.time() - started
+    return _write_model(network, cache, parts, split, config, out_dir, command, progress, data_root, anneal)
+
+
+def _branch_start(anneal: Branch, run: Checkpoint) -> Branch:
+    """The branch with the round it starts after: the run's latest round when it first starts (``branch.json``
+    records it), the recorded one when it resumes. Refused when the run has no checkpoint to start from, or the
+    folder holds a branch of other length."""
+    record = anneal.out / "branch.json"
+    if record.is_file():
+        started = json.loads(record.read_text())
+        if started["rounds"] != anneal.rounds:
+            raise ValueError(f"{anneal.out} holds a branch of {started['rounds']} rounds: use another --branch")
+        return replace(anneal, after_round=int(started["after_round"]))
+    if not run.path.is_file():
+        raise FileNotFoundError(f"no checkpoint to branch from: {run.path}")
+    branch = replace(anneal, after_round=run.rounds_done())
+    anneal.out.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"run": str(run.path), "after_round": branch.after_round, "rounds": branch.rounds}))
+    return branch
 
 
 def _deterministic_ops(backend: str) -> None:
@@ -260,7 +300,7 @@ def _data(cache_path: Path, split_path: Path, config: StandardConfig) -> tuple[C
     return cache, split, parts
 
 
-def build_trainer(config: StandardConfig) -> tuple[Any, Any]:
+def build_trainer(config: StandardConfig, anneal: Branch | None = None) -> tuple[Any, Any]:
     """(the network that is saved, the compiled training model: augmentation, then the network)."""
     import keras
 
@@ -271,11 +311,31 @@ def build_trainer(config: StandardConfig) -> tuple[Any, Any]:
     schedule = keras.optimizers.schedules.CosineDecay(
         0.0, config.steps - warmup, alpha=0.0, warmup_target=config.learning_rate, warmup_steps=warmup
     )
+    if anneal is not None:
+        steps = config.round_steps
+        schedule = _linear_decay_after(schedule, anneal.after_round * steps, anneal.rounds * steps)
     trainer.compile(
         optimizer=keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay),
         loss=lambda y, z: smoothed_allowed_label_nll(y, z, config.label_smoothing),
     )
     return network, trainer
+
+
+def _linear_decay_after(schedule: Any, start: int, steps: int) -> Any:
+    """``schedule`` up to step ``start``; from there its value at ``start`` falling linearly to zero at
+    ``start + steps`` (the step count is the optimiser's, so a resumed branch continues its decay)."""
+    import keras
+
+    class LinearDecayAfter(keras.optimizers.schedules.LearningRateSchedule):
+        def __call__(self, step: Any) -> Any:
+            step = keras.ops.cast(step, "float32")
+            left = keras.ops.clip((start + steps - step) / steps, 0.0, 1.0)
+            return keras.ops.where(step < start, schedule(step), schedule(start) * left)
+
+        def get_config(self) -> dict[str, Any]:
+            return {"schedule": schedule.get_config(), "start": start, "steps": steps}
+
+    return LinearDecayAfter()
 
 
 def _train_round(trainer: Any, batches: Iterator[tuple[np.ndarray, np.ndarray]], steps: int) -> tuple[float, float]:
@@ -284,6 +344,20 @@ def _train_round(trainer: Any, batches: Iterator[tuple[np.ndarray, np.ndarray]],
     started = time.time()
     losses = [float(trainer.train_on_batch(*next(batches))) for _ in range(steps)]  # each batch's own loss
     return float(np.mean(losses)), time.time() - started
+
+
+def _schedule_text(config: StandardConfig, anneal: Branch | None) -> str:
+    warmup = min(config.warmup_steps, config.steps // 2)
+    text = (
+        f"AdamW, {warmup} warm-up steps to {config.learning_rate}, cosine to zero over {config.steps} steps of "
+        f"{config.batch_size}"
+    )
+    if anneal is None:
+        return text
+    return (
+        f"{text}, branched after round {anneal.after_round} of {config.rounds} ({config.round_steps} steps each): "
+        f"the rate there falling linearly to zero over {anneal.rounds} rounds"
+    )
 
 
 def _write_model(
@@ -296,6 +370,7 @@ def _write_model(
     command: str,
     progress: Progress,
     data_root: Path | None,
+    anneal: Branch | None = None,
 ) -> dict[str, Any]:
     """Save the network, its split file and card; then finish the card on the raw files when ``data_root`` is
     given (calibration, decision rule, per-source figures, gate, series rule)."""
@@ -335,7 +410,8 @@ def _write_model(
             "recipe": "core.training.standard",
             "command": command,
             "config": asdict(config),
-            "draws": config.steps * config.batch_size,
+            "draws": progress.epochs_done * config.round_steps * config.batch_size,
+            "schedule": _schedule_text(config, anneal),
             "seconds": round(progress.seconds),
             "resumed": progress.resumed,
             "machine": machine(),
