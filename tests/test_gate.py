@@ -134,6 +134,43 @@ def test_learned_checks_are_fitted_and_reported_from_samples() -> None:
     }  # fmt: skip
 
 
+def test_a_learned_check_reads_the_facts_it_was_fitted_on_and_older_cards_read_the_first_six() -> None:
+    """Checks fitted now also see the head's grey level (what model 3's per-image standardisation discards); a
+    card written before them names no facts and its checks still get the six they were fitted on."""
+    from core.model.gate import FACTS, IMAGE_FEATURES, LearnedCheck, features, image_facts
+
+    pixels = synthetic_slice(256, tumour=False, seed=3)
+    scan = read_scan(png_bytes(pixels))
+    region = find_brain(scan.pixels)
+    facts = image_facts(scan, region, np.array([2.0, 0.0, 0.0, 0.0]), 1.0)
+    inside = scan.pixels[region.mask(scan.pixels.shape)] / 255.0
+    assert facts["head_mean"] == pytest.approx(inside.mean()) and facts["head_std"] == pytest.approx(inside.std())
+    embedding = np.zeros(3)
+
+    def bright_head_check(**extra: object) -> dict:
+        """A card's check refusing when its feature (the head's contrast for the new check, the energy for the old
+        one) is above 0.05."""
+        n = 3 + len(extra.get("facts", IMAGE_FEATURES))
+        weights = [0.0] * n
+        weights[-1 if extra else 3] = 50.0  # head_std for the new check's order; energy for the old one
+        return {"name": "not_mri", "reason": "bright", "mean": [0.0] * n, "scale": [1.0] * n, "weights": weights,
+                "bias": -50.0 * 0.05, "threshold": 0.5, **extra}  # fmt: skip
+
+    old = LearnedCheck.from_card(bright_head_check())
+    new = LearnedCheck.from_card(bright_head_check(facts=list(FACTS)))
+    assert old.facts == IMAGE_FEATURES and new.facts == FACTS
+    assert len(features(embedding, facts, old.facts)) == 9 and len(features(embedding, facts, new.facts)) == 11
+    assert features(embedding, facts, new.facts)[-1] == facts["head_std"]
+    assert features(embedding, facts, old.facts)[3] == facts["energy"]
+    with pytest.raises(ValueError, match="takes 9 features"):
+        old.probability(features(embedding, facts, FACTS))
+    policy = GatePolicy(checks=(new,))
+    assert facts["head_std"] > 0.05
+    assert assess(scan, region, np.array([2.0, 0.0, 0.0, 0.0]), 1.0, policy, embedding).decision == REJECTED
+    flat = GatePolicy(checks=(LearnedCheck.from_card({**bright_head_check(facts=list(FACTS)), "bias": -50.0}),))
+    assert assess(scan, region, np.array([2.0, 0.0, 0.0, 0.0]), 1.0, flat, embedding).decision != REJECTED
+
+
 def test_energy_is_lower_for_confident_logits() -> None:
     assert energy(np.array([9.0, 0.0, 0.0, 0.0]), 1.0) < energy(np.array([0.1, 0.0, 0.0, 0.0]), 1.0)
 

@@ -29,6 +29,10 @@ from core.imaging import Scan
 from core.model.roi import BrainRegion
 
 ACCEPTED, NEEDS_REVIEW, REJECTED = "accepted", "needs_review", "rejected"
+IMAGE_FEATURES = ("energy", "area", "fill", "background", "flatness", "colourfulness")  # what the fixed checks use
+# the head's grey level and contrast: what a network that standardises each image (model 3) no longer sees
+HEAD_INTENSITY = ("head_mean", "head_std")
+FACTS = IMAGE_FEATURES + HEAD_INTENSITY
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class LearnedCheck:
     weights: tuple[float, ...]
     bias: float
     threshold: float
+    facts: tuple[str, ...] = IMAGE_FEATURES  # the image facts after the embedding (cards before 3.0: these six)
 
     @classmethod
     def from_card(cls, raw: Mapping[str, Any]) -> LearnedCheck:
@@ -54,6 +59,7 @@ class LearnedCheck:
             weights=tuple(float(v) for v in raw["weights"]),
             bias=float(raw["bias"]),
             threshold=float(raw["threshold"]),
+            facts=tuple(str(name) for name in raw.get("facts", IMAGE_FEATURES)),
         )
 
     def probability(self, values: np.ndarray) -> float:
@@ -133,23 +139,26 @@ def image_reasons(scan: Scan, region: BrainRegion, policy: GatePolicy) -> list[s
     return reasons
 
 
-IMAGE_FEATURES = ("energy", "area", "fill", "background", "flatness", "colourfulness")
+def image_facts(scan: Scan, region: BrainRegion, logits: np.ndarray | None, temperature: float) -> dict[str, float]:
+    """Every fact of :data:`FACTS` about one image."""
+    inside = scan.pixels[region.mask(scan.pixels.shape)].astype(np.float64) / 255.0
+    return {
+        "energy": energy(logits, temperature) if logits is not None else 0.0,
+        "area": region.area_fraction,
+        "fill": region.fill,
+        "background": background_level(scan, region),
+        "flatness": flatness(scan, region),
+        "colourfulness": scan.colourfulness,
+        "head_mean": float(inside.mean()) if inside.size else 0.0,
+        "head_std": float(inside.std()) if inside.size else 0.0,
+    }
 
 
-def features(
-    scan: Scan, region: BrainRegion, logits: np.ndarray | None, embedding: np.ndarray | None, temperature: float
-) -> np.ndarray:
-    """What the learned checks look at: the model's own view of the image (its penultimate-layer embedding) and
-    the image facts the fixed checks use (:data:`IMAGE_FEATURES`)."""
-    facts = [
-        energy(logits, temperature) if logits is not None else 0.0,
-        region.area_fraction,
-        region.fill,
-        background_level(scan, region),
-        flatness(scan, region),
-        scan.colourfulness,
-    ]
-    return np.concatenate([np.asarray(embedding if embedding is not None else [], np.float64), facts])
+def features(embedding: np.ndarray | None, facts: Mapping[str, float], names: Sequence[str] = FACTS) -> np.ndarray:
+    """What a learned check looks at: the model's own view of the image (its penultimate-layer embedding), then
+    the image facts ``names`` (older cards' checks: the six of :data:`IMAGE_FEATURES`)."""
+    values = [facts[name] for name in names]
+    return np.concatenate([np.asarray(embedding if embedding is not None else [], np.float64), values])
 
 
 def assess(
@@ -167,8 +176,12 @@ def assess(
     if score is not None and policy.max_energy is not None and score > policy.max_energy:
         reasons.append("the model finds it unlike any brain MRI it was trained on")
     if policy.checks and embedding is not None:
-        values = features(scan, region, logits, embedding, temperature)
-        reasons += [check.reason for check in policy.checks if check.probability(values) >= check.threshold]
+        facts = image_facts(scan, region, logits, temperature)
+        reasons += [
+            check.reason
+            for check in policy.checks
+            if check.probability(features(embedding, facts, check.facts)) >= check.threshold
+        ]
     return GateResult(REJECTED if reasons else ACCEPTED, tuple(reasons), score)
 
 
