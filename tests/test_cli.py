@@ -132,8 +132,8 @@ def test_every_command_keeps_its_options() -> None:
         "cache": ["--data", "--from", "--out", "--size", "--workers", "--jpeg"],
         "train-standard": [
             *("--cache", "--split", "--out", "--data", "--width", "--draws", "--batch-size", "--round-steps"),
-            *("--learning-rate", "--seed", "--name", "--version", "--max-minutes", "--validate-every", "--hold-out"),
-            "--fast",
+            *("--learning-rate", "--seed", "--name", "--version", "--max-minutes", "--validate-every", "--anneal"),
+            *("--branch", "--hold-out", "--fast"),
         ],
         "train-lesion": ["--cache", "--data", "--out", "--folds", "--draws", "--width", "--batch"],
         "store": [],

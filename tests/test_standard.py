@@ -353,3 +353,8 @@ def test_an_annealed_branch_ends_the_rate_at_zero_resumes_and_leaves_the_run_as_
     assert run["training"]["draws"] == never["training"]["draws"] and "branched" not in run["training"]["schedule"]
     main_curve = [json.loads(line) for line in (tmp_path / "run" / "m3.log.jsonl").read_text().splitlines()]
     assert main_curve[-1]["learning_rate"] < rates[0]  # the run's own cosine, not the branch's decay
+    stale = tmp_path / "stale"  # a branch stopped before its first round ended, and the run went on meanwhile
+    stale.mkdir()
+    (stale / "branch.json").write_text(json.dumps({"after_round": 2, "rounds": 2}))
+    with pytest.raises(ValueError, match="gone past round 2"):
+        train_standard(out, split, tmp_path / "run", config, "b", anneal=Branch(stale, 2))

@@ -210,7 +210,12 @@ def train_standard(
         total, out_dir = anneal.total(), anneal.out
         branch_key = f"{checkpoint.key}+anneal:{anneal.after_round}:{anneal.rounds}"
         checkpoint = Checkpoint(out_dir / checkpoint.path.name, branch_key)
-        start_from = checkpoint if checkpoint.path.is_file() else start_from
+        if checkpoint.path.is_file():
+            start_from = checkpoint
+        elif start_from.rounds_done() != anneal.after_round:  # stopped before its first round, the run went on
+            raise ValueError(
+                f"the run has gone past round {anneal.after_round} since this branch started: use another --branch"
+            )
     network, trainer = build_trainer(config, anneal)
     progress = start_from.restore(trainer) if start_from.path.is_file() else Progress()
     if progress.epochs_done:
