@@ -169,6 +169,12 @@ def test_a_learned_check_reads_the_facts_it_was_fitted_on_and_older_cards_read_t
     assert assess(scan, region, np.array([2.0, 0.0, 0.0, 0.0]), 1.0, policy, embedding).decision == REJECTED
     flat = GatePolicy(checks=(LearnedCheck.from_card({**bright_head_check(facts=list(FACTS)), "bias": -50.0}),))
     assert assess(scan, region, np.array([2.0, 0.0, 0.0, 0.0]), 1.0, flat, embedding).decision != REJECTED
+    # an older card's check on the energy (the fourth value after a 3-wide embedding): refuses above -2.0
+    unsure = GatePolicy(checks=(LearnedCheck.from_card({**bright_head_check(), "bias": 100.0}),))
+    assert assess(scan, region, np.array([2.0, 0.0, 0.0, 0.0]), 1.0, unsure, embedding).decision != REJECTED
+    assert assess(scan, region, np.array([0.1, 0.0, 0.0, 0.0]), 1.0, unsure, embedding).decision == REJECTED
+    with pytest.raises(ValueError, match="does not compute: head_hue"):
+        LearnedCheck.from_card(bright_head_check(facts=[*FACTS[:-1], "head_hue"]))
 
 
 def test_energy_is_lower_for_confident_logits() -> None:

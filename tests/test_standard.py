@@ -345,16 +345,23 @@ def test_an_annealed_branch_ends_the_rate_at_zero_resumes_and_leaves_the_run_as_
     assert all(np.array_equal(a, b) for a, b in zip(*weights, strict=True))
     curve = [json.loads(line) for line in (tmp_path / "whole" / "m3.log.jsonl").read_text().splitlines()]
     rates = [line["learning_rate"] for line in curve]
-    assert [line["round"] for line in curve] == [3, 4] and rates[-1] == 0.0 and rates[0] > 0.0
+    at_branch = [json.loads(line) for line in (tmp_path / "run" / "m3.log.jsonl").read_text().splitlines()][-1]
+    assert at_branch["round"] == 2 and [line["round"] for line in curve] == [3, 4]
+    assert rates == [pytest.approx(at_branch["learning_rate"] / 2), 0.0]  # halfway down, then zero
+    with pytest.raises(ValueError, match="another folder"):
+        train_standard(out, split, tmp_path / "run", config, "b", anneal=Branch(tmp_path / "run", 2))
     run = train_standard(out, split, tmp_path / "run", config, "run")
     never = train_standard(out, split, tmp_path / "never", config, "never")
     finished = [keras.saving.load_model(tmp_path / d / "m3.keras").get_weights() for d in ("run", "never")]
     assert all(np.array_equal(a, b) for a, b in zip(*finished, strict=True))
     assert run["training"]["draws"] == never["training"]["draws"] and "branched" not in run["training"]["schedule"]
     main_curve = [json.loads(line) for line in (tmp_path / "run" / "m3.log.jsonl").read_text().splitlines()]
-    assert main_curve[-1]["learning_rate"] < rates[0]  # the run's own cosine, not the branch's decay
+    assert main_curve[2]["learning_rate"] != pytest.approx(rates[0])  # round 3: the run's own cosine
     stale = tmp_path / "stale"  # a branch stopped before its first round ended, and the run went on meanwhile
     stale.mkdir()
     (stale / "branch.json").write_text(json.dumps({"after_round": 2, "rounds": 2}))
-    with pytest.raises(ValueError, match="gone past round 2"):
+    with pytest.raises(ValueError, match="went on to round 4 before this branch ran a round from round 2"):
+        train_standard(out, split, tmp_path / "run", config, "b", anneal=Branch(stale, 2))
+    assert not (stale / "branch.json").exists()  # the same command now starts afresh, and the run is finished:
+    with pytest.raises(ValueError, match="finished its schedule"):
         train_standard(out, split, tmp_path / "run", config, "b", anneal=Branch(stale, 2))

@@ -59,7 +59,7 @@ class LearnedCheck:
             weights=tuple(float(v) for v in raw["weights"]),
             bias=float(raw["bias"]),
             threshold=float(raw["threshold"]),
-            facts=tuple(str(name) for name in raw.get("facts", IMAGE_FEATURES)),
+            facts=_known_facts(raw.get("facts", IMAGE_FEATURES)),
         )
 
     def probability(self, values: np.ndarray) -> float:
@@ -67,6 +67,13 @@ class LearnedCheck:
             raise ValueError(f"the {self.name} check takes {len(self.weights)} features, not {len(values)}")
         z = (np.asarray(values, np.float64) - self.mean) / np.asarray(self.scale) @ np.asarray(self.weights)
         return float(1.0 / (1.0 + np.exp(-np.clip(z + self.bias, -50, 50))))
+
+
+def _known_facts(names: Sequence[Any]) -> tuple[str, ...]:
+    unknown = sorted(set(map(str, names)) - set(FACTS))
+    if unknown:
+        raise ValueError(f"the card's gate check names facts this version does not compute: {', '.join(unknown)}")
+    return tuple(str(name) for name in names)
 
 
 @dataclass(frozen=True)

@@ -206,18 +206,19 @@ def train_standard(
     checkpoint = Checkpoint(out_dir / f"{config.name}.checkpoint.npz", run_key(config, split_entries))
     start_from, total = checkpoint, config.rounds
     if anneal is not None:
-        anneal = _branch_start(anneal, checkpoint)
+        anneal = _branch_start(anneal, checkpoint, config.rounds)
         total, out_dir = anneal.total(), anneal.out
         branch_key = f"{checkpoint.key}+anneal:{anneal.after_round}:{anneal.rounds}"
         checkpoint = Checkpoint(out_dir / checkpoint.path.name, branch_key)
-        if checkpoint.path.is_file():
-            start_from = checkpoint
-        elif start_from.rounds_done() != anneal.after_round:  # stopped before its first round, the run went on
-            raise ValueError(
-                f"the run has gone past round {anneal.after_round} since this branch started: use another --branch"
-            )
+        start_from = checkpoint if checkpoint.path.is_file() else start_from
     network, trainer = build_trainer(config, anneal)
     progress = start_from.restore(trainer) if start_from.path.is_file() else Progress()
+    if anneal is not None and start_from is not checkpoint and progress.epochs_done != anneal.after_round:
+        (anneal.out / "branch.json").unlink()  # no round of the branch ran: it starts afresh when run again
+        raise ValueError(
+            f"the run went on to round {progress.epochs_done} before this branch ran a round from round "
+            f"{anneal.after_round}: run the command again to branch from round {progress.epochs_done}"
+        )
     if progress.epochs_done:
         _log(f"resuming after round {progress.epochs_done}/{total} ({progress.seconds:.0f} s so far)")
         progress.resumed.append({"after_round": progress.epochs_done, "date": datetime.now(UTC).isoformat()})
@@ -262,11 +263,14 @@ def train_standard(
     return _write_model(network, cache, parts, split, config, out_dir, command, progress, data_root, anneal)
 
 
-def _branch_start(anneal: Branch, run: Checkpoint) -> Branch:
+def _branch_start(anneal: Branch, run: Checkpoint, rounds: int) -> Branch:
     """The branch with the round it starts after: the run's latest round when it first starts (``branch.json``
-    records it), the recorded one when it resumes. Refused when the run has no checkpoint to start from, or the
+    records it), the recorded one when it resumes. Refused when the run has no checkpoint to start from or has
+    finished its schedule (its rate is zero already), when the branch would share the run's folder, or when the
     folder holds a branch of other length."""
     record = anneal.out / "branch.json"
+    if anneal.out.resolve() == run.path.parent.resolve():
+        raise ValueError("--branch must be another folder than the run's --out")
     if record.is_file():
         started = json.loads(record.read_text())
         if started["rounds"] != anneal.rounds:
@@ -275,6 +279,8 @@ def _branch_start(anneal: Branch, run: Checkpoint) -> Branch:
     if not run.path.is_file():
         raise FileNotFoundError(f"no checkpoint to branch from: {run.path}")
     branch = replace(anneal, after_round=run.rounds_done())
+    if branch.after_round >= rounds:
+        raise ValueError("the run has finished its schedule: its own model is the annealed one")
     anneal.out.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps({"run": str(run.path), "after_round": branch.after_round, "rounds": branch.rounds}))
     return branch
