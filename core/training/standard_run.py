@@ -206,19 +206,12 @@ def train_standard(
     checkpoint = Checkpoint(out_dir / f"{config.name}.checkpoint.npz", run_key(config, split_entries))
     start_from, total = checkpoint, config.rounds
     if anneal is not None:
-        anneal = _branch_start(anneal, checkpoint, config.rounds)
+        anneal, checkpoint, start_from = _branch_checkpoints(anneal, checkpoint, config.rounds)
         total, out_dir = anneal.total(), anneal.out
-        branch_key = f"{checkpoint.key}+anneal:{anneal.after_round}:{anneal.rounds}"
-        checkpoint = Checkpoint(out_dir / checkpoint.path.name, branch_key)
-        start_from = checkpoint if checkpoint.path.is_file() else start_from
     network, trainer = build_trainer(config, anneal)
     progress = start_from.restore(trainer) if start_from.path.is_file() else Progress()
-    if anneal is not None and start_from is not checkpoint and progress.epochs_done != anneal.after_round:
-        (anneal.out / "branch.json").unlink()  # no round of the branch ran: it starts afresh when run again
-        raise ValueError(
-            f"the run went on to round {progress.epochs_done} before this branch ran a round from round "
-            f"{anneal.after_round}: run the command again to branch from round {progress.epochs_done}"
-        )
+    if anneal is not None and start_from is not checkpoint:
+        _check_branch_start(anneal, progress)
     if progress.epochs_done:
         _log(f"resuming after round {progress.epochs_done}/{total} ({progress.seconds:.0f} s so far)")
         progress.resumed.append({"after_round": progress.epochs_done, "date": datetime.now(UTC).isoformat()})
@@ -261,6 +254,24 @@ def train_standard(
         return {"status": "paused", "round": progress.epochs_done, "rounds": total, "checkpoint": str(checkpoint.path)}
     progress.seconds += time.time() - started
     return _write_model(network, cache, parts, split, config, out_dir, command, progress, data_root, anneal)
+
+
+def _branch_checkpoints(anneal: Branch, run: Checkpoint, rounds: int) -> tuple[Branch, Checkpoint, Checkpoint]:
+    """(the branch with the round it starts after, its own checkpoint, the checkpoint it restores: its own when it
+    resumes, the run's when it starts)."""
+    anneal = _branch_start(anneal, run, rounds)
+    own = Checkpoint(anneal.out / run.path.name, f"{run.key}+anneal:{anneal.after_round}:{anneal.rounds}")
+    return anneal, own, own if own.path.is_file() else run
+
+
+def _check_branch_start(anneal: Branch, progress: Progress) -> None:
+    """A branch starting from the run's checkpoint must find the round it recorded there."""
+    if progress.epochs_done != anneal.after_round:
+        (anneal.out / "branch.json").unlink()  # no round of the branch ran: it starts afresh when run again
+        raise ValueError(
+            f"the run went on to round {progress.epochs_done} before this branch ran a round from round "
+            f"{anneal.after_round}: run the command again to branch from round {progress.epochs_done}"
+        )
 
 
 def _branch_start(anneal: Branch, run: Checkpoint, rounds: int) -> Branch:
