@@ -137,7 +137,7 @@ def test_learned_checks_are_fitted_and_reported_from_samples() -> None:
 def test_a_learned_check_reads_the_facts_it_was_fitted_on_and_older_cards_read_the_first_six() -> None:
     """Checks fitted now also see the head's grey level (what model 3's per-image standardisation discards); a
     card written before them names no facts and its checks still get the six they were fitted on."""
-    from core.model.gate import FACTS, IMAGE_FEATURES, LearnedCheck, features, image_facts
+    from core.model.gate import FACTS, IMAGE_FEATURES, LearnedCheck, background_level, features, flatness, image_facts
 
     pixels = synthetic_slice(256, tumour=False, seed=3)
     scan = read_scan(png_bytes(pixels))
@@ -145,6 +145,7 @@ def test_a_learned_check_reads_the_facts_it_was_fitted_on_and_older_cards_read_t
     facts = image_facts(scan, region, np.array([2.0, 0.0, 0.0, 0.0]), 1.0)
     inside = scan.pixels[region.mask(scan.pixels.shape)] / 255.0
     assert facts["head_mean"] == pytest.approx(inside.mean()) and facts["head_std"] == pytest.approx(inside.std())
+    assert (facts["background"], facts["flatness"]) == (background_level(scan, region), flatness(scan, region))
     embedding = np.zeros(3)
 
     def bright_head_check(**extra: object) -> dict:

@@ -116,14 +116,20 @@ def energy(logits: np.ndarray, temperature: float) -> float:
 
 def background_level(scan: Scan, region: BrainRegion) -> float:
     """Median intensity (0..1) outside the brain outline; MRI backgrounds are near black."""
-    outside = scan.pixels[~region.mask(scan.pixels.shape)]
+    return _background(scan.pixels[~region.mask(scan.pixels.shape)])
+
+
+def _background(outside: np.ndarray) -> float:
     return float(np.median(outside)) / 255.0 if outside.size else 0.0
 
 
 def flatness(scan: Scan, region: BrainRegion) -> float:
     """Share of the head region's pixels within 2 grey levels of its most common value: drawings and graphics
     are mostly flat, scans are textured (training slices: at most 0.39)."""
-    inside = scan.pixels[region.mask(scan.pixels.shape)]
+    return _flatness(scan.pixels[region.mask(scan.pixels.shape)])
+
+
+def _flatness(inside: np.ndarray) -> float:
     if inside.size == 0:
         return 1.0
     counts = np.bincount(inside, minlength=256)
@@ -147,17 +153,19 @@ def image_reasons(scan: Scan, region: BrainRegion, policy: GatePolicy) -> list[s
 
 
 def image_facts(scan: Scan, region: BrainRegion, logits: np.ndarray | None, temperature: float) -> dict[str, float]:
-    """Every fact of :data:`FACTS` about one image."""
-    inside = scan.pixels[region.mask(scan.pixels.shape)].astype(np.float64) / 255.0
+    """Every fact of :data:`FACTS` about one image (the head's outline drawn once)."""
+    mask = region.mask(scan.pixels.shape)
+    inside = scan.pixels[mask]
+    grey = inside.astype(np.float64) / 255.0
     return {
         "energy": energy(logits, temperature) if logits is not None else 0.0,
         "area": region.area_fraction,
         "fill": region.fill,
-        "background": background_level(scan, region),
-        "flatness": flatness(scan, region),
+        "background": _background(scan.pixels[~mask]),
+        "flatness": _flatness(inside),
         "colourfulness": scan.colourfulness,
-        "head_mean": float(inside.mean()) if inside.size else 0.0,
-        "head_std": float(inside.std()) if inside.size else 0.0,
+        "head_mean": float(grey.mean()) if grey.size else 0.0,
+        "head_std": float(grey.std()) if grey.size else 0.0,
     }
 
 
