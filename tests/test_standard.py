@@ -15,6 +15,7 @@ from core.model.preprocess import to_model_input
 from core.model.roi import find_brain
 from core.training.cache import CropCache, build_cache, indices_of
 from core.training.data import label_masks
+from core.training.loio import collect
 from core.training.standard import AugmentSettings, batch_augment, build_resnet, smoothed_allowed_label_nll
 from core.training.standard_run import StandardConfig, draw_batch, split_indices, strata, train_standard
 from tests.scans import png_bytes, synthetic_slice
@@ -279,6 +280,30 @@ def test_train_lesion_leaves_each_institution_out_scores_it_on_the_raw_slices_an
     assert other["training"]["config"]["draws"] == 4 and other["figures"]["per_fold"] == {}
     assert [p.name for p in tmp_path.glob("*.keras")] == ["btd-lesion.keras"]
     assert not (tmp_path / "btd-lesion.rows.jsonl").exists()
+
+
+def test_a_fold_trained_without_an_institution_is_scored_on_it_and_makes_a_row(cache_file, tmp_path: Path) -> None:
+    """End to end on the tiny generated collection: ``train-standard --hold-out BB --data`` finishes a card whose
+    held-out figures are institution BB's sections only, and the table's row is those figures."""
+    root, cache = cache_file
+    labels = ("glioma", "meningioma", "notumor", "pituitary")
+    validation = [[f"Training/{label}/{i}.png", label] for label in labels for i in (0, 1)]
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"validation": validation}))
+    config = StandardConfig(
+        size=32, width=8, draws=48, batch_size=8, round_steps=3, warmup_steps=2, name="fold", hold_out=("BB",)
+    )
+    fold = train_standard(cache, split, tmp_path / "fold-BB", config, "pytest fold", data_root=root)
+    held = fold["metrics"]["held_out"]
+    assert held["institutions"] == ["BB"]
+    targets = held["per_source"]["LGG"]["targets"]
+    assert targets["BB"]["sensitivity"]["n"] == 2 and targets["BB"]["specificity"]["n"] == 2  # BB's four sections
+    card = tmp_path / "model.json"
+    card.write_text(json.dumps({"training": {"recipe": "core.training.standard"}}))
+    section = collect(card, [tmp_path / "fold-BB" / "fold.json"])
+    row = section["per_institution"]["BB"]
+    assert row["sensitivity"] == targets["BB"]["sensitivity"] and row["specificity"] == targets["BB"]["specificity"]
+    assert row["fold"]["draws"] == 48 and row["fold"]["sha256"] == fold["weights"]["sha256"]
 
 
 def test_fast_runs_skip_the_deterministic_kernels_and_still_resume(cache_file, tmp_path: Path, monkeypatch) -> None:

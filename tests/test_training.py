@@ -306,6 +306,9 @@ def test_lgg_targets_count_only_clear_tumours_and_sections_with_enough_head() ->
     targets = lgg_targets(p, items, DecisionRule())
     assert targets["AA"]["sensitivity"]["value"] == 1.0 and targets["AA"]["sensitivity"]["n"] == 1
     assert targets["AA"]["specificity"]["value"] == 1.0 and targets["AA"]["specificity"]["n"] == 1
+    by_sequence = targets["AA"]["sensitivity_by_sequence"]  # plain T1 reported beside the target, missed here
+    assert by_sequence["t1"]["value"] == 0.0 and by_sequence["t1"]["n"] == 1
+    assert by_sequence["flair"]["n"] == 1 and by_sequence["t1c"]["n"] == 0
 
 
 def test_augmentation_keeps_the_model_input_contract() -> None:

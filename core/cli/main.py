@@ -61,7 +61,8 @@ def _add_scan_commands(commands: Any) -> None:
 
 
 def _add_fitting_commands(commands: Any) -> None:
-    """fit-gate, fit-decision, calibrate, fit-series: refit parts of a trained model's card on its validation data."""
+    """fit-gate, fit-decision, calibrate, fit-series: refit parts of a trained model's card on its validation data;
+    loio: gather its leave-one-institution-out folds' figures into it."""
     fit_gate = commands.add_parser("fit-gate", help="fit the input gate's energy threshold on the validation split")
     fit_gate.add_argument("--model", help="model card JSON (default: the shipped model)")
     fit_gate.add_argument("--data", required=True, metavar="ROOT", help="the folder that holds the training folders")
@@ -87,6 +88,12 @@ def _add_fitting_commands(commands: Any) -> None:
     series.add_argument("--model", help="model card JSON (default: the shipped model)")
     series.add_argument("--data", required=True, metavar="ROOT", help="the folder that holds LGG and Normal-heads")
     series.set_defaults(run=model.cmd_fit_series)
+    loio = commands.add_parser(
+        "loio", help="write the leave-one-institution-out table of fold models (--hold-out INST) into a card"
+    )
+    loio.add_argument("--model", help="model card JSON the folds estimate (default: the shipped model)")
+    loio.add_argument("folds", nargs="+", metavar="FOLD_CARD", help="one finished fold card per left-out institution")
+    loio.set_defaults(run=model.cmd_loio)
 
 
 def _add_train_command(commands: Any) -> None:

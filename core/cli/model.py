@@ -1,4 +1,5 @@
-"""``train``, ``calibrate``, ``fit-gate``, ``fit-decision`` and ``fit-series``: making and calibrating a model."""
+"""``train``, ``calibrate``, ``fit-gate``, ``fit-decision``, ``fit-series`` and ``loio``: making, calibrating and
+measuring a model."""
 
 from __future__ import annotations
 
@@ -42,6 +43,15 @@ def cmd_fit_series(args: argparse.Namespace) -> int:
 
     card = Path(args.model) if args.model else model_card_path()
     emit(fit_series(card, Path(args.data), log=lambda message: print(message, file=sys.stderr)), sys.stdout)
+    return EXIT_OK
+
+
+def cmd_loio(args: argparse.Namespace) -> int:
+    from core.training.loio import collect
+
+    card = Path(args.model) if args.model else model_card_path()
+    section = collect(card, [Path(f) for f in args.folds])
+    emit({"model": str(card), "leave_one_institution_out": section}, sys.stdout)
     return EXIT_OK
 
 

@@ -80,6 +80,7 @@ def validation_report(
 LGG_MIN_TUMOUR = 300  # tumour slices scored for sensitivity: a clearly visible tumour
 LGG_MIN_HEAD = 15_000  # tumour-free slices scored for specificity: enough head for a verdict
 LGG_SCORED_SEQUENCES = ("flair", "t1c")
+LGG_REPORTED_SEQUENCES = ("t1",)  # plain T1: its sensitivity is reported beside the targets, not part of them
 
 
 def source_report(probabilities: np.ndarray, items: Sequence[Item], rule: DecisionRule | None = None) -> dict[str, Any]:
@@ -124,21 +125,16 @@ def lgg_targets(probabilities: np.ndarray, items: Sequence[Item], rule: Decision
     out: dict[str, Any] = {}
     for institution in ["all", *sorted({item.institution for item in items})]:
         mine = [k for k, item in enumerate(items) if institution in ("all", item.institution)]
-        tumour = [
-            k
-            for k in mine
-            if items[k].label != NEGATIVE
-            and (items[k].tumour_pixels or 0) >= LGG_MIN_TUMOUR
-            and items[k].sequence in LGG_SCORED_SEQUENCES
-        ]
+        clear = [k for k in mine if items[k].label != NEGATIVE and (items[k].tumour_pixels or 0) >= LGG_MIN_TUMOUR]
+        tumour = [k for k in clear if items[k].sequence in LGG_SCORED_SEQUENCES]
         normal = [k for k in mine if items[k].label == NEGATIVE and (items[k].head_pixels or 0) >= LGG_MIN_HEAD]
         found, cleared = int(called[tumour].sum()), int((~called[normal]).sum())
         by_sequence = {
             sequence: _proportion(
-                int(called[[k for k in tumour if items[k].sequence == sequence]].sum()),
-                len([k for k in tumour if items[k].sequence == sequence]),
+                int(called[[k for k in clear if items[k].sequence == sequence]].sum()),
+                len([k for k in clear if items[k].sequence == sequence]),
             )
-            for sequence in LGG_SCORED_SEQUENCES
+            for sequence in (*LGG_SCORED_SEQUENCES, *LGG_REPORTED_SEQUENCES)
         }
         subtype = [k for k in tumour if called[k]]
         right_type = sum(rule.labels_of(probabilities[k : k + 1])[0] == "glioma" for k in subtype)
