@@ -203,10 +203,12 @@ def test_the_sampler_draws_every_stratum_alike_and_is_the_same_for_the_same_key(
 def test_a_held_out_institution_is_never_trained_on_and_validation_follows_the_split_file(cache_file) -> None:
     _, out = cache_file
     cache = CropCache.load(out)
-    split = {"validation": [["Training/notumor/0.png", "notumor"]], "held_out": []}
+    bb = "LGG/glioma/TCGA_BB_0002_20000101_1_flair.jpg"  # a validation patient of the institution left out
+    split = {"validation": [["Training/notumor/0.png", "notumor"], [bb, "glioma"]], "held_out": []}
+    assert len(split_indices(cache, split, StandardConfig())["validation"]) == 2
     parts = split_indices(cache, split, StandardConfig(hold_out=("BB",)))
-    assert [str(cache.path[i]) for i in parts["validation"]] == ["Training/notumor/0.png"]
-    assert {str(cache.institution[i]) for i in parts["held_out"]} == {"BB"}
+    assert [str(cache.path[i]) for i in parts["validation"]] == ["Training/notumor/0.png"]  # no rule fitted on BB
+    assert {str(cache.institution[i]) for i in parts["held_out"]} == {"BB"} and len(parts["held_out"]) == 4
     assert not {str(cache.institution[i]) for i in parts["train"]} & {"BB"}
     assert len(parts["train"]) + len(parts["held_out"]) + 1 == len(cache)
 
@@ -288,6 +290,7 @@ def test_a_fold_trained_without_an_institution_is_scored_on_it_and_makes_a_row(c
     root, cache = cache_file
     labels = ("glioma", "meningioma", "notumor", "pituitary")
     validation = [[f"Training/{label}/{i}.png", label] for label in labels for i in (0, 1)]
+    validation.append(["LGG/glioma/TCGA_BB_0002_20000101_1_flair.jpg", "glioma"])  # BB's: held out, not validated
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"validation": validation}))
     config = StandardConfig(
@@ -298,6 +301,9 @@ def test_a_fold_trained_without_an_institution_is_scored_on_it_and_makes_a_row(c
     assert held["institutions"] == ["BB"]
     targets = held["per_source"]["LGG"]["targets"]
     assert targets["BB"]["sensitivity"]["n"] == 2 and targets["BB"]["specificity"]["n"] == 2  # BB's four sections
+    written = json.loads((tmp_path / "fold-BB" / "fold.split.json").read_text())
+    assert len(written["validation"]) == 8 and len(written["held_out"]) == 4  # calibration never saw BB
+    assert fold["metrics"]["validation"]["n"] == 8
     card = tmp_path / "model.json"
     card.write_text(json.dumps({"training": {"recipe": "core.training.standard"}}))
     section = collect(card, [tmp_path / "fold-BB" / "fold.json"])

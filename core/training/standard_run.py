@@ -166,14 +166,15 @@ def score(network: Any, cache: CropCache, indices: np.ndarray) -> dict[str, Any]
 
 def split_indices(cache: CropCache, split: dict[str, Any], config: StandardConfig) -> dict[str, np.ndarray]:
     """train / validation / held_out positions in the cache: validation and held-out as the split file lists them,
-    plus every slice of a ``hold_out`` institution as held out; training is the rest."""
-    validation = indices_of(cache, [p for p, _ in split["validation"]])
-    held = set(indices_of(cache, [p for p, _ in split.get("held_out", [])]).tolist())
-    held |= {i for i, inst in enumerate(cache.institution) if inst and str(inst) in config.hold_out}
+    except that every slice of a ``hold_out`` institution is held out, its validation patients too (no fitted rule
+    may see the institution it is scored on); training is the rest."""
+    institution = {i for i, inst in enumerate(cache.institution) if inst and str(inst) in config.hold_out}
+    validation = np.array([i for i in indices_of(cache, [p for p, _ in split["validation"]]) if i not in institution])
+    held = set(indices_of(cache, [p for p, _ in split.get("held_out", [])]).tolist()) | institution
     held_idx = np.array(sorted(held - set(validation.tolist())), dtype=int)
     used = set(validation.tolist()) | held
     train_idx = np.array([i for i in range(len(cache)) if i not in used], dtype=int)
-    return {"train": train_idx, "validation": validation, "held_out": held_idx}
+    return {"train": train_idx, "validation": validation.astype(int), "held_out": held_idx}
 
 
 def train_standard(
@@ -404,7 +405,9 @@ def _write_model(
     keras.saving.save_model(network, weights_path)
     held_entries = [[str(cache.path[i]), str(cache.label[i])] for i in parts["held_out"]]
     split_file = out_dir / f"{config.name}.split.json"
-    split_file.write_text(json.dumps({**split, "held_out": held_entries}, indent=0))
+    held_paths = {path for path, _ in held_entries}
+    validation = [entry for entry in split["validation"] if entry[0] not in held_paths]  # the fold's, finish_card's
+    split_file.write_text(json.dumps({**split, "validation": validation, "held_out": held_entries}, indent=0))
     weights_sha256 = hashlib.sha256(weights_path.read_bytes()).hexdigest()
     card = {
         "name": config.name,
