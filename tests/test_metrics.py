@@ -72,6 +72,12 @@ def test_report_counts_with_the_decision_rule_and_scores_unknown_type_tumours() 
         np.array([0.6, 0.8, 0.7, 0.9, 0.9, 0.7, 0.6, 1.0]), np.array([1, 1, 0, 1, 1, 0, 1, 1])
     )
     assert report["tumour_calibration_error"] == pytest.approx(calls)
+    # sent to a reader: of P(tumour) 0.6, 0.2, 0.7, 0.9, 0.9, 0.3, 0.6, 1.0, those in the rule's band [low, high)
+    for band, share in (((0.25, 0.65), 3 / 8), ((0.1, 0.95), 7 / 8), ((0.5, 0.5), 0.0)):
+        rule = DecisionRule(labels=tuple(LABELS), review_band=band)
+        assert classification_report(true, probabilities, LABELS, "notumor", rule)["review_share"] == pytest.approx(
+            share
+        )
 
 
 def test_type_uncertain_verdicts_count_as_found_tumours_but_not_as_right_types() -> None:

@@ -83,6 +83,7 @@ def classification_report(
     report["tumour_sensitivity"] = found / positives if positives else None
     report["tumour_specificity"] = cleared / negatives if negatives else None
     report["tumour_positives"], report["tumour_negatives"] = positives, negatives
+    report["review_share"] = float(rule.in_review_band(tumour_probability).mean()) if len(true) else None
     unknown = true == UNKNOWN_TYPE
     unknown_n, unknown_found = int(unknown.sum()), int(flagged[unknown].sum())
     report["unknown_type_tumour_recall"] = unknown_found / unknown_n if unknown_n else None

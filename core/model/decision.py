@@ -104,6 +104,12 @@ class DecisionRule:
     def labels_of(self, probabilities: np.ndarray) -> list[str]:
         return decide(probabilities, self.labels, self.negative_label, self.threshold, self.subtype_min_share)
 
+    def in_review_band(self, tumour_probability: np.ndarray | float) -> np.ndarray:
+        """Whether each tumour probability falls in the review band [low, high): a call sent to a reader."""
+        low, high = self.review_band
+        p = np.asarray(tumour_probability, dtype=np.float64)
+        return (p >= low) & (p < high)
+
     def apply(self, probabilities: Sequence[float]) -> Decision:
         """One row of calibrated probabilities (in ``labels`` order) -> the decision."""
         row = np.asarray(probabilities, dtype=np.float64)
@@ -113,7 +119,7 @@ class DecisionRule:
         confidence = float(decision_confidence(tumour_probability, is_tumour))
         reasons = []
         low, high = self.review_band
-        if low <= tumour_probability < high:
+        if self.in_review_band(tumour_probability):
             reasons.append(f"tumour probability {tumour_probability:.0%} is in the review band ({low:.0%}-{high:.0%})")
         return Decision(label, is_tumour, tumour_probability, confidence, tuple(reasons))
 

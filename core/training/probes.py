@@ -102,6 +102,7 @@ def source_report(probabilities: np.ndarray, items: Sequence[Item], rule: Decisi
                 "tumour_specificity",
                 "tumour_positives",
                 "tumour_negatives",
+                "review_share",
                 "unknown_type_tumour_recall",
                 "expected_calibration_error",
                 "tumour_calibration_error",
