@@ -136,7 +136,10 @@ def test_every_command_keeps_its_options() -> None:
             *("--learning-rate", "--seed", "--name", "--version", "--max-minutes", "--validate-every", "--anneal"),
             *("--branch", "--hold-out", "--fast"),
         ],
-        "train-lesion": ["--cache", "--data", "--out", "--folds", "--draws", "--width", "--batch"],
+        "train-lesion": [
+            *("--cache", "--data", "--out", "--folds", "--draws", "--width", "--batch", "--backbone"),
+            "--fold-backbones",
+        ],
         "store": [],
         "store forget": [],
         "users": [],

@@ -262,7 +262,7 @@ def test_train_lesion_leaves_each_institution_out_scores_it_on_the_raw_slices_an
         "btd-lesion.fold-AA.keras", "btd-lesion.fold-BB.keras", "btd-lesion.keras"
     ]  # fmt: skip
     weights = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.keras")}
-    monkeypatch.setattr(segment_run, "train_unet", lambda *args: pytest.fail("a trained network was trained again"))
+    monkeypatch.setattr(segment_run, "train_segmenter", lambda *a: pytest.fail("a trained network was trained again"))
     card = segment_run.train_lesion(out, root, tmp_path, config, True, "pytest")
     assert sorted(card["figures"]["per_fold"]) == ["AA", "BB"] and card["figures"]["pooled"]["folds"] == ["AA", "BB"]
     rows = [json.loads(line) for line in (tmp_path / "btd-lesion.rows.jsonl").read_text().splitlines()]
@@ -310,6 +310,93 @@ def test_a_fold_trained_without_an_institution_is_scored_on_it_and_makes_a_row(c
     row = section["per_institution"]["BB"]
     assert row["sensitivity"] == targets["BB"]["sensitivity"] and row["specificity"] == targets["BB"]["specificity"]
     assert row["fold"]["draws"] == 48 and row["fold"]["sha256"] == fold["weights"]["sha256"]
+
+
+def backbone_card(folder: Path, hold_out: tuple[str, ...] = (), size: int = 32) -> Path:
+    """A model-3 network's card as train-standard writes it, reduced to what a lesion decoder reads."""
+    from core.model.card import sha256_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    build_resnet(size, 8, name="m3").save(folder / "m3.keras")
+    card = {
+        "name": "m3",
+        "version": "3.0.0",
+        "input": {"size": size, "channels": 1, "crop": True, "scaling": "unit"},
+        "weights": {"file": "m3.keras", "sha256": sha256_file(folder / "m3.keras")},
+        "training": {"config": {"hold_out": list(hold_out)}},
+    }
+    (folder / "m3.json").write_text(json.dumps(card))
+    return folder / "m3.json"
+
+
+def test_a_lesion_decoder_learns_on_a_frozen_backbone_and_keeps_its_weights(cache_file, tmp_path: Path) -> None:
+    from core.training.cache import CropCache
+    from core.training.segment import SegmentConfig, train_segmenter
+    from core.training.segment_run import fold_indices
+
+    _, out = cache_file
+    cache = CropCache.load(out)
+    card = backbone_card(tmp_path / "m3")
+    config = SegmentConfig(width=4, batch=4, draws=8, backbone=str(card))
+    network = train_segmenter(cache, fold_indices(cache, None)[0], config, log=lambda _: None)
+    output = np.asarray(network(np.zeros((2, 32, 32, 1), np.float32)))
+    assert output.shape == (2, 32, 32, 1) and output.min() >= 0.0 and output.max() <= 1.0
+    assert {w.path.split("/")[0] for w in network.trainable_weights} <= {
+        layer.name for layer in network.layers if layer.name.startswith("decoder_")
+    }  # only the decoder learns
+    backbone = keras.saving.load_model(card.parent / "m3.keras")
+    kept = [layer for layer in backbone.layers if layer.name not in ("features", "logits")]  # the head: not used
+    assert sum(len(layer.get_weights()) for layer in kept) > 50
+    for layer in kept:  # every backbone weight, batch-normalisation statistics too, as it was
+        for before, after in zip(layer.get_weights(), network.get_layer(layer.name).get_weights(), strict=True):
+            assert np.array_equal(before, after), layer.name
+    assert any(
+        not np.allclose(w, 0) for w in network.get_layer("decoder_lateral_0").get_weights()
+    )  # a decoder weight that is no longer its zero bias start
+
+
+def test_train_lesion_puts_each_fold_decoder_on_the_backbone_that_left_its_institution_out(
+    cache_file, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.model.lesion import Segmenter
+    from core.training import segment_run
+    from core.training.segment import SegmentConfig
+
+    root, out = cache_file
+    monkeypatch.setattr(segment_run, "INSTITUTIONS", ("AA", "BB"))
+    shipped = backbone_card(tmp_path / "m3")
+    for institution in ("AA", "BB"):
+        backbone_card(tmp_path / f"fold-{institution}", hold_out=(institution,))
+    pattern = str(tmp_path / "fold-{fold}" / "m3.json")
+    config = SegmentConfig(width=4, batch=4, draws=8, backbone=str(shipped), fold_backbones=pattern)
+    card = segment_run.train_lesion(out, root, tmp_path / "lesion", config, True, "pytest")
+    assert card["training"]["network"].startswith("decoder (16 channels) on the frozen network of m3 3.0.0")
+    assert sorted(card["figures"]["per_fold"]) == ["AA", "BB"] and card["figures"]["pooled"]["hit_rate"]["n"] == 6
+    segmenter = Segmenter.from_card(tmp_path / "lesion" / "btd-lesion.json")  # self-contained: backbone inside
+    assert segmenter.crop_probabilities(np.zeros((1, 32, 32, 1), np.float32)).shape == (1, 32, 32)
+
+
+def test_a_fold_decoder_is_refused_a_backbone_that_saw_its_institution_before_anything_is_trained(
+    cache_file, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.training import segment_run
+    from core.training.segment import SegmentConfig
+
+    _, out = cache_file
+    monkeypatch.setattr(segment_run, "INSTITUTIONS", ("AA", "BB"))
+    shipped = str(backbone_card(tmp_path / "m3"))
+    backbone_card(tmp_path / "fold-AA", hold_out=("AA",))
+    backbone_card(tmp_path / "fold-BB", hold_out=("AA",))  # trained on BB: no backbone for BB's fold
+    small = str(backbone_card(tmp_path / "small", size=64))
+    cases = [
+        (SegmentConfig(backbone=shipped), "--fold-backbones"),
+        (SegmentConfig(backbone=shipped, fold_backbones=str(tmp_path / "fold-{fold}" / "m3.json")), "trained on BB"),
+        (SegmentConfig(backbone=small), "not the cache's 32-pixel crop"),
+    ]
+    for config, refusal in cases:
+        with pytest.raises(ValueError, match=refusal):
+            segment_run.train_lesion(out, None, tmp_path / "lesion", config, True, "pytest")
+        assert not (tmp_path / "lesion").exists()  # nothing trained, nothing written
 
 
 def test_fast_runs_skip_the_deterministic_kernels_and_still_resume(cache_file, tmp_path: Path, monkeypatch) -> None:

@@ -233,4 +233,12 @@ def _add_lesion_commands(commands: Any) -> None:
     lesion.add_argument("--draws", type=int, default=None, help="training images drawn per network")
     lesion.add_argument("--width", type=int, default=None, help="U-Net base width")
     lesion.add_argument("--batch", type=int, default=None, help="sections a step (16)")
+    lesion.add_argument(
+        "--backbone", metavar="CARD", help="a model-3 card: train a decoder on its frozen network, not a U-Net"
+    )
+    lesion.add_argument(
+        "--fold-backbones",
+        metavar="PATTERN",
+        help="with --folds and --backbone: each fold's backbone card, {fold} for the institution it left out",
+    )
     lesion.set_defaults(run=model.cmd_train_lesion)

@@ -179,7 +179,8 @@ def cmd_train_lesion(args: argparse.Namespace) -> int:
     from core.training.segment import SegmentConfig
     from core.training.segment_run import train_lesion
 
-    overrides = {k: getattr(args, k) for k in ("draws", "width", "batch") if getattr(args, k) is not None}
+    names = ("draws", "width", "batch", "backbone", "fold_backbones")
+    overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     given = [(args.cache, Path(args.cache).is_file())] + ([(args.data, Path(args.data).is_dir())] if args.data else [])
     for path, is_there in given:
         if not is_there:

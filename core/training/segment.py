@@ -1,9 +1,16 @@
 """The lesion segmenter: a small U-Net on the brain crop, trained on the LGG hand-drawn FLAIR-abnormality masks.
 
-- Network (:func:`build_unet`): Ronneberger et al.'s U-Net layout, small: four levels of two 3 x 3 convolutions
-  (batch-normalised, ReLU) with ``width`` x 1, 2, 4, 8 filters, max-pooling down and transposed convolutions up with
-  skip connections, one sigmoid output per pixel. Its first layer standardises each image exactly as model 3's
-  does, so the app feeds the crop at ``x / 255`` (:func:`core.model.preprocess.scale_intensities`, "unit").
+- Network, one of two (:func:`segmenter_network`):
+  - :func:`build_unet`: Ronneberger et al.'s U-Net layout, small: four levels of two 3 x 3 convolutions
+    (batch-normalised, ReLU) with ``width`` x 1, 2, 4, 8 filters, max-pooling down and transposed convolutions up
+    with skip connections, one sigmoid output per pixel. Its first layer standardises each image exactly as model
+    3's does, so the app feeds the crop at ``x / 255`` (:func:`core.model.preprocess.scale_intensities`, "unit");
+  - :func:`build_decoder` (``backbone``): a trained model-3 network, frozen, whose five resolutions (1/2 to 1/32 of
+    the crop) a small top-down decoder merges (feature-pyramid style: 1 x 1 lateral convolutions, upsampling,
+    3 x 3 convolutions with ``4 x width`` filters) into one sigmoid output per pixel. Only the decoder learns, so a
+    draw costs a fraction of the U-Net's, and it starts from features that already tell tumour from brain. A fold
+    left-out institution needs a backbone that never saw it either (``fold_backbones``: model 3's own LOIO folds),
+    checked against the backbone's card.
 - Data: every LGG slice of the training institutions (all three sequences: the FLAIR mask applies to the
   co-registered T1 and T1c sections too), with its mask; the tumour-free sections of those patients, Normal-heads
   and the Training collection's tumour-free scans with empty masks; and lesion transplants: a drawn FLAIR or T1c
@@ -17,7 +24,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,6 +48,8 @@ class SegmentConfig:
     # how often each kind of section is drawn: LGG with a mask, LGG without, Normal-heads, Training's no tumour, and
     # a drawn FLAIR or T1c lesion transplanted into a tumour-free section of the last three kinds
     shares: tuple[float, float, float, float, float] = (0.4, 0.15, 0.15, 0.15, 0.15)
+    backbone: str = ""  # a model-3 card: a decoder on its frozen network instead of a U-Net
+    fold_backbones: str = ""  # each fold's backbone card, "{fold}" standing for the institution it leaves out
 
 
 def build_unet(size: int, width: int = 16, name: str = "btd-lesion") -> Any:
@@ -66,6 +77,75 @@ def build_unet(size: int, width: int = 16, name: str = "btd-lesion") -> Any:
         x = twice(layers.Concatenate()([x, skips[level]]), width * 2**level)
     outputs = layers.Conv2D(1, 1, activation="sigmoid", name="lesion")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+def build_decoder(backbone: Any, channels: int = 64, name: str = "btd-lesion") -> Any:
+    """A lesion decoder on ``backbone`` (a model-3 network, frozen here): its last ReLU output at each of the five
+    resolutions 1/2 ... 1/32 of the crop, merged top-down, then upsampled to the crop: (size, size, 1) lesion
+    probabilities (layer ``lesion``)."""
+    import keras
+    from keras import layers
+
+    size = int(backbone.input.shape[1])
+    last: dict[int, Any] = {}
+    for layer in backbone.layers:
+        layer.trainable = False
+        if isinstance(layer, layers.ReLU):
+            last[int(layer.output.shape[1])] = layer.output
+    levels = [size // 2**k for k in range(5, 0, -1)]  # coarsest first
+    if any(level not in last for level in levels):
+        raise ValueError(f"the backbone has no ReLU output at each of {levels} pixels: not a model-3 network")
+    x = None
+    for k, level in enumerate(levels):
+        lateral = layers.Conv2D(channels, 1, name=f"decoder_lateral_{k}")(last[level])
+        if x is not None:
+            x = layers.Add(name=f"decoder_add_{k}")([layers.UpSampling2D(2, name=f"decoder_up_{k}")(x), lateral])
+        else:
+            x = lateral
+        if level >= size // 8:  # the finer levels refine the outline
+            x = layers.Conv2D(channels, 3, padding="same", use_bias=False, name=f"decoder_conv_{k}")(x)
+            x = layers.ReLU(name=f"decoder_relu_{k}")(layers.BatchNormalization(name=f"decoder_bn_{k}")(x))
+    x = layers.Conv2D(1, 1, name="decoder_logit")(x)
+    x = layers.UpSampling2D(2, interpolation="bilinear", name="decoder_full")(x)
+    outputs = layers.Activation("sigmoid", name="lesion")(x)
+    return keras.Model(backbone.input, outputs, name=name)
+
+
+def backbone_card(config: SegmentConfig, fold: str | None) -> Path | None:
+    """The card of the backbone for the shipped network (``fold`` None) or for a fold; None: a U-Net."""
+    if not config.backbone:
+        return None
+    if fold is None:
+        return Path(config.backbone)
+    if "{fold}" not in config.fold_backbones:
+        raise ValueError(
+            "a fold's decoder needs a backbone that never saw the institution it is scored on: give "
+            "--fold-backbones with {fold} in the path (model 3's leave-one-institution-out runs)"
+        )
+    return Path(config.fold_backbones.format(fold=fold))
+
+
+def load_backbone(card_path: Path, size: int, fold: str | None) -> Any:
+    """The backbone's network, after its card showed it fits: the cache's crop size, model 3's input, the fold's
+    institution left out of its training, and the weights' hash (:func:`core.model.classifier.load_checked_model`)."""
+    from core.model.classifier import load_checked_model
+
+    raw = json.loads(card_path.read_text())
+    given = raw.get("input", {})
+    if given.get("size") != size or given.get("scaling") != "unit" or given.get("channels") != 1:
+        raise ValueError(f"{card_path}: its input ({given}) is not the cache's {size}-pixel crop at x / 255")
+    left_out = raw.get("training", {}).get("config", {}).get("hold_out") or []
+    if fold is not None and fold not in left_out:
+        raise ValueError(f"{card_path}: its network was trained on {fold}, the institution this fold is scored on")
+    return load_checked_model(card_path.parent / raw["weights"]["file"], raw["weights"]["sha256"], card_path.name)
+
+
+def segmenter_network(config: SegmentConfig, size: int, fold: str | None = None) -> Any:
+    """A fresh U-Net, or a fresh decoder on the backbone that ``config`` names for ``fold``."""
+    card = backbone_card(config, fold)
+    if card is None:
+        return build_unet(size, config.width)
+    return build_decoder(load_backbone(card, size, fold), 4 * config.width)
 
 
 def dice_bce_loss(truth: Any, predicted: Any) -> Any:
@@ -134,15 +214,18 @@ def draw_batch(
     return np.stack(images).astype(np.float32)[..., None] / 255.0, np.stack(masks).astype(np.float32)[..., None]
 
 
-def train_unet(cache: CropCache, indices: np.ndarray, config: SegmentConfig, log: Any = print) -> Any:
-    """Train a U-Net on the sections ``indices`` of ``cache`` for ``config.draws`` draws; returns the network."""
+def train_segmenter(
+    cache: CropCache, indices: np.ndarray, config: SegmentConfig, log: Any = print, fold: str | None = None
+) -> Any:
+    """Train the segmenter (:func:`segmenter_network`; ``fold``: the institution left out, for its backbone) on the
+    sections ``indices`` of ``cache`` for ``config.draws`` draws; returns the network."""
     import keras
 
     from core.training.standard import batch_augment
 
     keras.utils.set_random_seed(config.seed)
     size = int(cache.crops.shape[1])
-    network = build_unet(size, config.width)
+    network = segmenter_network(config, size, fold)
     steps = max(1, config.draws // config.batch)
     schedule = keras.optimizers.schedules.CosineDecay(
         config.learning_rate * 0.1, steps, warmup_target=config.learning_rate, warmup_steps=min(200, steps // 10)

@@ -32,7 +32,7 @@ from core.model.card import sha256_file
 from core.model.lesion import LesionCard, Segmenter
 from core.model.roi import find_brain
 from core.training.cache import CropCache
-from core.training.segment import SegmentConfig, train_unet
+from core.training.segment import SegmentConfig, backbone_card, load_backbone, train_segmenter
 
 INSTITUTIONS = ("CS", "DU", "FG")
 LESION_PX, FALSE_PX = 300, 100  # the issue's section thresholds, in the original slices' pixels
@@ -164,6 +164,10 @@ def train_lesion(
 
     cache = CropCache.load(cache_path)
     size = int(cache.crops.shape[1])
+    for fold in [None, *(INSTITUTIONS if folds else ())]:  # every backbone checked before anything is trained
+        card = backbone_card(config, fold)
+        if card is not None:
+            load_backbone(card, size, fold)
     card_path = out_dir / "btd-lesion.json"
     card = json.loads(card_path.read_text()) if card_path.is_file() else None
     if card is None or card["training"]["config"] != json.loads(json.dumps(asdict(config))):  # tuples read as lists
@@ -178,7 +182,7 @@ def train_lesion(
             network = keras.saving.load_model(weights, compile=False)
         else:
             _log(f"fold {held}: {len(train)} training sections, {len(test)} held out")
-            network = train_unet(cache, train, config, _log)
+            network = train_segmenter(cache, train, config, _log, held)
             network.save(weights)
         if root is None:
             continue
@@ -200,7 +204,7 @@ def _ship(cache: CropCache, out_dir: Path, config: SegmentConfig, command: str) 
     size = int(cache.crops.shape[1])
     train, _ = fold_indices(cache, None)
     _log(f"shipped network: {len(train)} training sections")
-    network = train_unet(cache, train, config, _log)
+    network = train_segmenter(cache, train, config, _log)
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / "btd-lesion.keras"
     network.save(weights)
@@ -211,7 +215,13 @@ def _ship(cache: CropCache, out_dir: Path, config: SegmentConfig, command: str) 
         "weights": {"file": weights.name, "sha256": sha256_file(weights)},
         "input": {"size": size, "channels": 1, "crop": True, "scaling": "unit"},
         "threshold": 0.5,
-        "training": {"command": command, "config": asdict(config), "sections": len(train), "machine": machine()},
+        "training": {
+            "command": command,
+            "config": asdict(config),
+            "network": _network_text(config),
+            "sections": len(train),
+            "machine": machine(),
+        },
         "figures": {
             "protocol": "leave one LGG institution out (CS, DU, FG), a third of Normal-heads subjects with it",
             "pooled": None,
@@ -224,3 +234,13 @@ def _ship(cache: CropCache, out_dir: Path, config: SegmentConfig, command: str) 
     for stale in out_dir.glob("btd-lesion.fold-*.keras"):  # trained with other settings: never scored under these
         stale.unlink()
     return card
+
+
+def _network_text(config: SegmentConfig) -> str:
+    if not config.backbone:
+        return f"U-Net, base width {config.width}, trained from scratch"
+    raw = json.loads(Path(config.backbone).read_text())
+    return (
+        f"decoder ({4 * config.width} channels) on the frozen network of {raw.get('name')} {raw.get('version')} "
+        f"(weights {raw['weights']['sha256'][:12]}); each fold on its own backbone, {config.fold_backbones or '-'}"
+    )
