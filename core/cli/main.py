@@ -231,7 +231,7 @@ def _add_lesion_commands(commands: Any) -> None:
     lesion.add_argument("--out", default="models", metavar="DIR")
     lesion.add_argument("--folds", action="store_true", help="leave each LGG institution out first (3 more runs)")
     lesion.add_argument("--draws", type=int, default=None, help="training images drawn per network")
-    lesion.add_argument("--width", type=int, default=None, help="U-Net base width")
+    lesion.add_argument("--width", type=int, default=None, help="U-Net base width (a decoder: 4 x this many channels)")
     lesion.add_argument("--batch", type=int, default=None, help="sections a step (16)")
     lesion.add_argument(
         "--backbone", metavar="CARD", help="a model-3 card: train a decoder on its frozen network, not a U-Net"
