@@ -304,6 +304,7 @@ def test_a_fold_trained_without_an_institution_is_scored_on_it_and_makes_a_row(c
     written = json.loads((tmp_path / "fold-BB" / "fold.split.json").read_text())
     assert len(written["validation"]) == 8 and len(written["held_out"]) == 4  # calibration never saw BB
     assert fold["metrics"]["validation"]["n"] == 8
+    assert fold["data"]["folders"] == ["LGG", "Training", "Web-tumour"]  # what the series rule must not refit on
     card = tmp_path / "model.json"
     card.write_text(json.dumps({"training": {"recipe": "core.training.standard"}}))
     section = collect(card, [tmp_path / "fold-BB" / "fold.json"])

@@ -108,6 +108,58 @@ def test_the_rule_is_chosen_on_volumes_to_find_tumours_and_spare_tumour_free_str
     assert [len(s) for s in stretches] == [7, 7]  # three sections kept clear on each side of the tumour
 
 
+@pytest.mark.parametrize(
+    ("folders", "volumes_used"),
+    [
+        (None, {"TCGA_AA_0000_20000101_flair", "subj01_t1_ax"}),  # folders unknown: validation volumes only
+        (["LGG", "Normal-heads"], {"TCGA_AA_0000_20000101_flair", "subj01_t1_ax"}),
+        (
+            ["../Training"],
+            {"TCGA_AA_0000_20000101_flair", "TCGA_AA_0001_20000101_flair", "TCGA_BB_0002_20000101_flair"}
+            | {"subj01_t1_ax", "subj02_t1_ax"},  # no source of volumes trained on: every volume
+        ),
+    ],
+)
+def test_the_series_rule_is_fitted_only_on_volumes_the_model_never_trained_on(
+    tmp_path: Path, tiny_card: Path, monkeypatch: pytest.MonkeyPatch, folders, volumes_used
+) -> None:
+    """Model-3 cards did not list their folders, and the rule was fitted on their training patients too."""
+    import shutil
+
+    from core.training import series_fit
+    from tests.scans import png_bytes, synthetic_slice
+    from tests.test_training import lgg_like
+
+    root = tmp_path / "data"
+    lgg_like(root / "LGG")  # patients 0 and 1 of AA, 2 of BB, four FLAIR sections each
+    heads = root / "Normal-heads" / "notumor"
+    heads.mkdir(parents=True)
+    for subject in (1, 2):
+        for k in range(6):
+            (heads / f"subj0{subject}_t1_ax_{k:03d}.png").write_bytes(png_bytes(synthetic_slice(64, seed=k)))
+    card_path = tmp_path / "model" / "m.json"
+    card_path.parent.mkdir()
+    card = json.loads(tiny_card.read_text())
+    shutil.copy(tiny_card.parent / card["weights"]["file"], card_path.parent)
+    card["data"] = {} if folders is None else {"folders": folders}
+    card_path.write_text(json.dumps(card))
+    validation = [
+        [f"LGG/{label}/TCGA_AA_0000_20000101_{k + 1}_flair.jpg", label]
+        for k, label in enumerate(["glioma", "notumor", "glioma", "notumor"])
+    ]
+    validation += [[f"Normal-heads/notumor/subj01_t1_ax_{k:03d}.png", "notumor"] for k in range(6)]
+    card_path.with_name("m.split.json").write_text(json.dumps({"validation": validation}))
+    seen: list[str] = []
+
+    def curves(classifier, members):  # the section probabilities, without the network: only the choice matters
+        seen.append(series_fit.volume_key(members[0])[0])
+        return [0.9 if m.label != "notumor" else 0.1 for m in members]
+
+    monkeypatch.setattr(series_fit, "curves", curves)
+    series_fit.fit_series(card_path, root, log=lambda _: None)
+    assert set(seen) == volumes_used
+
+
 def study_lines(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[dict]]:
     from core.cli import main
 

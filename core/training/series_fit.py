@@ -6,8 +6,9 @@ sections through a healthy head: a tumour-free volume). Each LGG volume also giv
 at least :data:`STRETCH` sections that lie :data:`MARGIN` sections or more from any tumour section, which hold the
 hard cases (the top and bottom of the head) from the same scanners as the tumours.
 
-Only volumes the model never trained on are used: the validation split's, or every volume of a source the model
-was not trained on at all. The rule kept is the one with the fewest false tumour volumes among those that find at
+Only volumes the model never trained on are used: the validation split's, or every volume of a source the card's
+``data.folders`` shows the model was not trained on at all (a card that does not list its folders is taken to have
+trained on every source). The rule kept is the one with the fewest false tumour volumes among those that find at
 least :data:`MIN_SENSITIVITY` of the tumour volumes (the most balanced one when none does), preferring more
 neighbours and then a higher threshold at a tie.
 """
@@ -111,7 +112,8 @@ def fit_series(card_path: Path, root: Path, log: Callable[[str], None] = print) 
     """Fit the series rule for the model of ``card_path`` and write it into the card's ``series``."""
     classifier = Classifier.from_card(card_path)
     card = json.loads(card_path.read_text())
-    trained_on = {Path(folder).name for folder in card.get("data", {}).get("folders", [])}
+    folders = card.get("data", {}).get("folders")
+    trained_on = set(VOLUME_SOURCES) if folders is None else {Path(folder).name for folder in folders}
     listed = {(root / rel).resolve() for rel, _ in json.loads(split_file_of(card_path).read_text())["validation"]}
     chosen: list[Item] = []
     for source in VOLUME_SOURCES:

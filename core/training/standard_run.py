@@ -424,6 +424,7 @@ def _write_model(
         "as its first layer, from scratch (no pretrained weights)",
         "metrics": {"validation": {"n": len(parts["validation"])}},
         "data": {
+            "folders": sorted({str(source) for source in cache.source}),  # the sources it trained on
             "cache_crops": len(cache),
             "train": len(parts["train"]),
             "validation": len(parts["validation"]),
