@@ -71,7 +71,7 @@ def test_the_table_holds_each_folds_own_figures_and_says_whether_every_fold_meet
     assert cs["same_run_validation_lgg"] == {"sensitivity": 0.9, "specificity": 0.91}
     assert cs["fold"]["draws"] == 416_000 and cs["fold"]["sha256"] == "CS" * 32
     assert not section["per_institution"]["DU"]["meets_targets"] and not section["every_fold_meets_targets"]
-    assert section["recipe"] == {"width": 32}  # the settings, less the institution each fold leaves out
+    assert section["recipe"] == {"width": 32, "schedule": "branched after round 22 of 125"}  # less the institution
     written = json.loads(card.read_text())
     assert written["metrics"]["leave_one_institution_out"] == section and written["version"] == "3.0.0+abc"
     again = collect(card, folds[:1])  # run again: the table is replaced, not added to
@@ -83,7 +83,9 @@ def test_the_table_holds_each_folds_own_figures_and_says_whether_every_fold_meet
     ("fold", "refusal"),
     [
         (lambda c: c["metrics"].pop("held_out"), "no held-out figures"),
-        (lambda c: c["metrics"]["held_out"].update(institutions=["CS", "DU"]), "leaves out 2 institutions"),
+        (lambda c: c["training"]["config"].update(hold_out=["CS", "DU"]), "leaves out 2 institutions"),
+        (lambda c: c["training"]["config"].update(hold_out=[]), "leaves out 0 institutions"),  # no fold: a split's
+        (lambda c: c["metrics"]["held_out"].update(institutions=["DU"]), "not those of CS"),
         (lambda c: c["metrics"]["held_out"]["per_source"].pop("LGG"), "no LGG figures"),
         (lambda c: c["training"].update(recipe="core.training.run"), "another recipe"),
     ],
@@ -102,9 +104,13 @@ def test_two_folds_of_one_institution_or_of_two_settings_are_refused(tmp_path: P
     card = shipped(tmp_path)
     with pytest.raises(ValueError, match="a second fold leaving out CS"):
         collect(card, [write(tmp_path / "a.json", fold_card("CS")), write(tmp_path / "b.json", fold_card("CS"))])
-    wider = fold_card("DU", width=64)
-    with pytest.raises(ValueError, match="other settings"):
-        collect(card, [write(tmp_path / "a.json", fold_card("CS")), write(tmp_path / "b.json", wider)])
+    wider, annealed = fold_card("DU", width=64), fold_card("DU")
+    annealed["training"]["schedule"] = "branched after round 40 of 125"
+    for other in (wider, annealed):
+        with pytest.raises(ValueError, match="other settings"):
+            collect(card, [write(tmp_path / "a.json", fold_card("CS")), write(tmp_path / "b.json", other)])
+    with pytest.raises(ValueError, match="no fold card"):
+        collect(card, [])
     assert "metrics" not in json.loads(card.read_text())
 
 

@@ -376,6 +376,22 @@ def test_train_lesion_puts_each_fold_decoder_on_the_backbone_that_left_its_insti
     segmenter = Segmenter.from_card(tmp_path / "lesion" / "btd-lesion.json")  # self-contained: backbone inside
     assert segmenter.crop_probabilities(np.zeros((1, 32, 32, 1), np.float32)).shape == (1, 32, 32)
 
+    def stem(path: Path) -> np.ndarray:  # the first convolution's kernel: the backbone's stem
+        model = keras.saving.load_model(path, compile=False)
+        return next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)).get_weights()[0]
+
+    fold_aa = stem(tmp_path / "lesion" / "btd-lesion.fold-AA.keras")
+    assert np.array_equal(fold_aa, stem(tmp_path / "fold-AA" / "m3.keras"))  # the fold's own backbone
+    assert not np.array_equal(fold_aa, stem(tmp_path / "m3" / "m3.keras"))
+    assert (
+        card["training"]["backbones"]["AA"]
+        == json.loads((tmp_path / "fold-AA" / "m3.json").read_text())["weights"]["sha256"]
+    )
+    backbone_card(tmp_path / "fold-AA", hold_out=("AA",))  # rewritten in place: new weights, same path
+    again = segment_run.train_lesion(out, None, tmp_path / "lesion", config, True, "pytest")
+    assert again["figures"]["per_fold"] == {}  # everything trained again, nothing kept from the old backbone
+    assert not np.array_equal(stem(tmp_path / "lesion" / "btd-lesion.fold-AA.keras"), fold_aa)
+
 
 def test_a_fold_decoder_is_refused_a_backbone_that_saw_its_institution_before_anything_is_trained(
     cache_file, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -393,6 +409,7 @@ def test_a_fold_decoder_is_refused_a_backbone_that_saw_its_institution_before_an
         (SegmentConfig(backbone=shipped), "--fold-backbones"),
         (SegmentConfig(backbone=shipped, fold_backbones=str(tmp_path / "fold-{fold}" / "m3.json")), "trained on BB"),
         (SegmentConfig(backbone=small), "not the cache's 32-pixel crop"),
+        (SegmentConfig(fold_backbones=str(tmp_path / "fold-{fold}" / "m3.json")), "goes with --backbone"),
     ]
     for config, refusal in cases:
         with pytest.raises(ValueError, match=refusal):

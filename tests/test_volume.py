@@ -15,7 +15,7 @@ from core.model.analysis import analyse_scan, analyse_scans
 from core.model.card import ModelCard
 from core.model.classifier import Classifier
 from core.model.decision import SeriesRule
-from core.model.volume import analyse_volume, section_scan
+from core.model.volume import SeriesAnalysis, analyse_volume, section_scan
 from core.training.series_fit import choose, tumour_free_stretches, volume_key
 from core.training.sources import Item
 
@@ -89,6 +89,18 @@ def test_the_shipped_card_states_its_series_rule() -> None:
     raw = json.loads(Path(model_card_path()).read_text())
     assert "series" in raw and raw["series"]["fitted_on"]
     assert card.series.neighbours == raw["series"]["neighbours"] >= 1
+
+
+def test_a_series_goes_to_review_when_its_score_is_in_the_band_or_it_rests_on_too_few_neighbours() -> None:
+    from dataclasses import replace
+
+    from core.services.studies import series_needs_review
+
+    base = SeriesAnalysis(None, (), SeriesRule(3, 0.4), 0.5, 3, "glioma", {}, "m", "1", review_band=(0.2, 0.8))
+    assert series_needs_review(base)  # 0.5 in [0.2, 0.8)
+    assert not series_needs_review(replace(base, score=0.8))  # the band's upper edge is outside it
+    assert series_needs_review(replace(base, score=0.9, neighbours_used=2))  # sure, but on two of three neighbours
+    assert not series_needs_review(replace(base, score=None))  # nothing analysed: no verdict to review
 
 
 def test_volume_names_come_from_the_file_names_of_each_source() -> None:

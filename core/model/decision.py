@@ -105,10 +105,7 @@ class DecisionRule:
         return decide(probabilities, self.labels, self.negative_label, self.threshold, self.subtype_min_share)
 
     def in_review_band(self, tumour_probability: np.ndarray | float) -> np.ndarray:
-        """Whether each tumour probability falls in the review band [low, high): a call sent to a reader."""
-        low, high = self.review_band
-        p = np.asarray(tumour_probability, dtype=np.float64)
-        return (p >= low) & (p < high)
+        return in_review_band(tumour_probability, self.review_band)
 
     def apply(self, probabilities: Sequence[float]) -> Decision:
         """One row of calibrated probabilities (in ``labels`` order) -> the decision."""
@@ -122,6 +119,13 @@ class DecisionRule:
         if self.in_review_band(tumour_probability):
             reasons.append(f"tumour probability {tumour_probability:.0%} is in the review band ({low:.0%}-{high:.0%})")
         return Decision(label, is_tumour, tumour_probability, confidence, tuple(reasons))
+
+
+def in_review_band(score: np.ndarray | float, band: tuple[float, float]) -> np.ndarray:
+    """Whether each tumour probability (or series score) falls in the review band [low, high): sent to a reader."""
+    low, high = band
+    p = np.asarray(score, dtype=np.float64)
+    return (p >= low) & (p < high)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from core.imaging.scan import Scan, is_dicom
 from core.imaging.series import DEFAULT_STUDY_LIMITS, StudyLimits, Volume, is_nifti, is_zip, read_study
 from core.model.analysis import analyse_scan
 from core.model.classifier import Classifier
+from core.model.decision import in_review_band
 from core.model.explain import Explainer
 from core.model.gate import ACCEPTED, NEEDS_REVIEW
 from core.model.lesion import sections_spanned
@@ -211,8 +212,9 @@ def series_needs_review(analysis: SeriesAnalysis) -> bool:
     score lies in the card's review band."""
     if analysis.score is None:
         return False
-    low, high = analysis.review_band
-    return analysis.neighbours_used < analysis.rule.neighbours or low <= analysis.score < high
+    return analysis.neighbours_used < analysis.rule.neighbours or bool(
+        in_review_band(analysis.score, analysis.review_band)
+    )
 
 
 def section_rows(analysis: SeriesAnalysis) -> list[Section]:

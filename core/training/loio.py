@@ -19,15 +19,22 @@ TARGETS_TEXT = (
 )
 
 
+def left_out(card: dict[str, Any]) -> list[str]:
+    """The institutions a model's training left out entirely (``--hold-out``), as its card records them."""
+    return list(card.get("training", {}).get("config", {}).get("hold_out") or [])
+
+
 def fold_row(card: dict[str, Any], name: str) -> tuple[str, dict[str, Any]]:
     """The left-out institution of one fold card and its row; ``ValueError`` naming ``name`` when it is no fold."""
     held = card.get("metrics", {}).get("held_out")
     if not held:
         raise ValueError(f"{name}: no held-out figures (train with --hold-out INST, finish the card with --data)")
-    institutions = held.get("institutions") or []
+    institutions = left_out(card)
     if len(institutions) != 1:
         raise ValueError(f"{name}: leaves out {len(institutions)} institutions; a fold leaves out exactly one")
     institution = institutions[0]
+    if held.get("institutions") != [institution]:
+        raise ValueError(f"{name}: its held-out figures are not those of {institution}, the institution it left out")
     lgg = held.get("per_source", {}).get("LGG", {})
     target = lgg.get("targets", {}).get(institution)
     if target is None:
@@ -61,16 +68,19 @@ def fold_row(card: dict[str, Any], name: str) -> tuple[str, dict[str, Any]]:
 
 
 def _recipe(card: dict[str, Any]) -> dict[str, Any]:
-    """What a fold must share with the others: the training settings, less the institution it leaves out."""
+    """What a fold must share with the others: the training settings, less the institution it leaves out, and the
+    schedule it ran (an annealed branch's differs from a whole run's)."""
     config = dict(card.get("training", {}).get("config", {}))
     config.pop("hold_out", None)
-    return config
+    return {**config, "schedule": card.get("training", {}).get("schedule")}
 
 
 def collect(card_path: Path, fold_paths: list[Path]) -> dict[str, Any]:
     """Write the folds' rows into the card at ``card_path`` (replacing an earlier table) and return the section.
     Refused, the card untouched: a file that is no fold, two folds of one institution, a fold of another recipe
     than the card's (``training.recipe``) or of other settings than the first fold's."""
+    if not fold_paths:
+        raise ValueError("no fold card given")
     card = json.loads(card_path.read_text())
     rows: dict[str, dict[str, Any]] = {}
     recipe: dict[str, Any] | None = None

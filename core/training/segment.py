@@ -113,6 +113,8 @@ def build_decoder(backbone: Any, channels: int = 64, name: str = "btd-lesion") -
 
 def backbone_card(config: SegmentConfig, fold: str | None) -> Path | None:
     """The card of the backbone for the shipped network (``fold`` None) or for a fold; None: a U-Net."""
+    if config.fold_backbones and not config.backbone:
+        raise ValueError("--fold-backbones goes with --backbone (the shipped network's backbone)")
     if not config.backbone:
         return None
     if fold is None:
@@ -125,19 +127,28 @@ def backbone_card(config: SegmentConfig, fold: str | None) -> Path | None:
     return Path(config.fold_backbones.format(fold=fold))
 
 
-def load_backbone(card_path: Path, size: int, fold: str | None) -> Any:
-    """The backbone's network, after its card showed it fits: the cache's crop size, model 3's input, the fold's
-    institution left out of its training, and the weights' hash (:func:`core.model.classifier.load_checked_model`)."""
-    from core.model.classifier import load_checked_model
+def check_backbone(card_path: Path, size: int, fold: str | None) -> str:
+    """The backbone's weights hash, after its card showed it fits: the cache's crop size, model 3's input, and the
+    fold's institution left out of its training (:func:`core.training.loio.left_out`)."""
+    from core.training.loio import left_out
 
     raw = json.loads(card_path.read_text())
     given = raw.get("input", {})
     if given.get("size") != size or given.get("scaling") != "unit" or given.get("channels") != 1:
         raise ValueError(f"{card_path}: its input ({given}) is not the cache's {size}-pixel crop at x / 255")
-    left_out = raw.get("training", {}).get("config", {}).get("hold_out") or []
-    if fold is not None and fold not in left_out:
+    if fold is not None and fold not in left_out(raw):
         raise ValueError(f"{card_path}: its network was trained on {fold}, the institution this fold is scored on")
-    return load_checked_model(card_path.parent / raw["weights"]["file"], raw["weights"]["sha256"], card_path.name)
+    return str(raw["weights"]["sha256"])
+
+
+def load_backbone(card_path: Path, size: int, fold: str | None) -> Any:
+    """The backbone's network (:func:`check_backbone`, then the weights checked against their hash by
+    :func:`core.model.classifier.load_checked_model`)."""
+    from core.model.classifier import load_checked_model
+
+    sha256 = check_backbone(card_path, size, fold)
+    weights = json.loads(card_path.read_text())["weights"]["file"]
+    return load_checked_model(card_path.parent / weights, sha256, card_path.name)
 
 
 def segmenter_network(config: SegmentConfig, size: int, fold: str | None = None) -> Any:
