@@ -3,7 +3,7 @@
 The network and recipe are :mod:`core.training.standard`; the data is the crop cache (:mod:`core.training.cache`,
 ``python -m core cache``); the validation split is an existing card's split file (``--split``, by default the
 shipped model's), so that the new model is judged on exactly the scans its predecessor was; ``--hold-out`` leaves
-whole LGG institutions out of training (leave-one-institution-out runs) and scores them apart.
+whole LGG institutions out of training and validation (leave-one-institution-out runs) and scores them apart.
 
 Sampling: each draw picks a stratum, then a crop of it uniformly: Training x each of its 4 classes, LGG x
 sequence x {glioma, no tumour} (glioma slices with fewer than ``min_tumour_pixels`` mask pixels left out),
@@ -117,10 +117,7 @@ def strata(cache: CropCache, indices: np.ndarray, config: StandardConfig) -> lis
         else:
             key = (source, label)
         groups.setdefault(key, []).append(int(i))
-    return [
-        (config.web_weight if key[-1] == UNKNOWN_TYPE else 1.0, np.array(members))
-        for key, members in sorted(groups.items())
-    ]
+    return [(config.web_weight if key[-1] == UNKNOWN_TYPE else 1.0, np.array(m)) for key, m in sorted(groups.items())]
 
 
 def draw_batch(
@@ -165,9 +162,8 @@ def score(network: Any, cache: CropCache, indices: np.ndarray) -> dict[str, Any]
 
 
 def split_indices(cache: CropCache, split: dict[str, Any], config: StandardConfig) -> dict[str, np.ndarray]:
-    """train / validation / held_out positions in the cache: validation and held-out as the split file lists them,
-    except that every slice of a ``hold_out`` institution is held out, its validation patients too (no fitted rule
-    may see the institution it is scored on); training is the rest."""
+    """train / validation / held_out positions in the cache: as the split file lists them, except that a ``hold_out``
+    institution is held out whole, validation patients too (no fitted rule sees it); training is the rest."""
     institution = {i for i, inst in enumerate(cache.institution) if inst and str(inst) in config.hold_out}
     validation = np.array([i for i in indices_of(cache, [p for p, _ in split["validation"]]) if i not in institution])
     held = set(indices_of(cache, [p for p, _ in split.get("held_out", [])]).tolist()) | institution
@@ -403,11 +399,11 @@ def _write_model(
 
     weights_path = out_dir / f"{config.name}.keras"
     keras.saving.save_model(network, weights_path)
-    held_entries = [[str(cache.path[i]), str(cache.label[i])] for i in parts["held_out"]]
-    split_file = out_dir / f"{config.name}.split.json"
-    held_paths = {path for path, _ in held_entries}
-    validation = [entry for entry in split["validation"] if entry[0] not in held_paths]  # the fold's, finish_card's
-    split_file.write_text(json.dumps({**split, "validation": validation, "held_out": held_entries}, indent=0))
+    validation, held_out = (
+        [[str(cache.path[i]), str(cache.label[i])] for i in parts[k]] for k in ("validation", "held_out")
+    )
+    split_file = out_dir / f"{config.name}.split.json"  # what finish_card fits and scores on: the run's own parts
+    split_file.write_text(json.dumps({**split, "validation": validation, "held_out": held_out}, indent=0))
     weights_sha256 = hashlib.sha256(weights_path.read_bytes()).hexdigest()
     card = {
         "name": config.name,
