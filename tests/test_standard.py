@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from core.model.classifier import Classifier
+from core.model.explain import stage_layers
 from core.model.preprocess import to_model_input
 from core.model.roi import find_brain
 from core.training.cache import CropCache, build_cache, indices_of
@@ -305,6 +306,10 @@ def test_a_fold_trained_without_an_institution_is_scored_on_it_and_makes_a_row(c
     assert len(written["validation"]) == 8 and len(written["held_out"]) == 4  # calibration never saw BB
     assert fold["metrics"]["validation"]["n"] == 8
     assert fold["data"]["folders"] == ["LGG", "Training", "Web-tumour"]  # what the series rule must not refit on
+    stages = [layer.name for layer in stage_layers(Classifier.from_card(tmp_path / "fold-BB" / "fold.json").model)]
+    assert list(fold["explain"]["localisation_by_layer"]) == stages  # every stage judged, finest first
+    assert fold["explain"]["layer"] == stages[-1]  # no LGG tumour in validation to judge by: the last map
+    assert held["localisation"]["layer"] == fold["explain"]["layer"] and held["localisation"]["n"] == 2
     card = tmp_path / "model.json"
     card.write_text(json.dumps({"training": {"recipe": "core.training.standard"}}))
     section = collect(card, [tmp_path / "fold-BB" / "fold.json"])

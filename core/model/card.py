@@ -2,8 +2,8 @@
 
 It names the labels, the input (:class:`core.model.preprocess.InputSpec`), the output kind, the calibration
 temperature, the decision rule (:class:`core.model.decision.DecisionRule`) and the series rule
-(:class:`core.model.decision.SeriesRule`), the input gate's policy, the weights' SHA-256 and the figures measured
-on validation data. Two output kinds are supported:
+(:class:`core.model.decision.SeriesRule`), the input gate's policy, the layer heat maps come from, the weights'
+SHA-256 and the figures measured on validation data. Two output kinds are supported:
 - ``"logits"`` or ``"softmax"``: one unit per label (the project's 4-class model);
 - ``"sigmoid"``: one unit giving P(labels[1]), like the Flask app's ``braintumor.h5`` (labels
   ``["notumor", "tumour"]``).
@@ -43,6 +43,7 @@ class ModelCard:
     series: SeriesRule = field(default_factory=SeriesRule)
     metrics: Mapping[str, Any] = field(default_factory=dict)
     gate: Mapping[str, Any] = field(default_factory=dict)
+    explain_layer: str | None = None  # the layer Grad-CAM is taken from (None: the last feature map)
     path: Path | None = None
 
     @classmethod
@@ -80,6 +81,7 @@ class ModelCard:
                 series=SeriesRule.from_card(raw.get("series")),
                 metrics=raw.get("metrics", {}),
                 gate=raw.get("gate", {}),
+                explain_layer=str(raw["explain"]["layer"]) if raw.get("explain") else None,
                 path=path,
             )
         except (KeyError, TypeError, ValueError) as error:

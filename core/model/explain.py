@@ -1,10 +1,12 @@
 """Where the model looked: Grad-CAM (Selvaraju et al., 2017) for any class, aligned to the crop and the scan.
 
-The target is the last layer with a spatial (4-D) output, found by inspecting the model (for a model nested
-inside another, the nested model itself when it outputs a feature map). The class score is the model's output
-for that class before calibration (logits for the shipped model). The heat map is ReLU(sum_k w_k A_k) with
-w_k the spatially averaged gradients, scaled to [0, 1], resized to the model input (the padded square crop),
-and mapped back to the scan's pixels through the same box and padding as :func:`core.preprocess.crop_square`.
+The target is the layer the card names (``explain.layer``: chosen when the card is finished, as the resolution whose
+heat map peaks inside validation tumours most often) or else the last layer with a spatial (4-D) output, found by
+inspecting the model (for a model nested inside another, the nested model itself when it outputs a feature map).
+The class score is the model's output for that class before calibration (logits for the shipped model). The heat
+map is ReLU(sum_k w_k A_k) with w_k the spatially averaged gradients, scaled to [0, 1], resized to the model input
+(the padded square crop), and mapped back to the scan's pixels through the same box and padding as
+:func:`core.preprocess.crop_square`.
 """
 
 from __future__ import annotations
@@ -15,18 +17,33 @@ from typing import Any
 import cv2
 import numpy as np
 
+from core.errors import ModelError
 from core.model.analysis import Analysis, Prediction
 from core.model.classifier import Classifier
+
+
+def _is_feature_map(layer: Any) -> bool:
+    shape = getattr(getattr(layer, "output", None), "shape", None)
+    return shape is not None and len(shape) == 4 and min(int(s or 0) for s in shape[1:3]) > 1
 
 
 def last_spatial_layer(model: Any) -> Any:
     """The last layer (searched from the output back) whose output is a 4-D feature map."""
     for layer in reversed(model.layers):
-        shape = getattr(layer, "output", None)
-        shape = getattr(shape, "shape", None)
-        if shape is not None and len(shape) == 4 and min(int(s or 0) for s in shape[1:3]) > 1:
+        if _is_feature_map(layer):
             return layer
     raise ValueError("the model has no convolutional feature map to explain")
+
+
+def stage_layers(model: Any) -> list[Any]:
+    """The last layer of each feature-map resolution, finest first: the stages a heat map can be taken from (a
+    map with no more channels than the input, such as the input itself or its standardisation, is no feature)."""
+    channels = int(model.inputs[0].shape[-1] or 1)
+    last: dict[int, Any] = {}
+    for layer in model.layers:
+        if _is_feature_map(layer) and int(layer.output.shape[-1] or 0) > channels:
+            last[int(layer.output.shape[1])] = layer
+    return [last[size] for size in sorted(last, reverse=True)]
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,15 +56,23 @@ class Heatmap:
 
 
 class Explainer:
-    """Grad-CAM for one classifier; build once and share (calls take the classifier's lock)."""
+    """Grad-CAM for one classifier, from ``layer`` (default: the card's, else the last feature map); build once and
+    share (calls take the classifier's lock)."""
 
-    def __init__(self, classifier: Classifier) -> None:
+    def __init__(self, classifier: Classifier, layer: str | None = None) -> None:
         import keras
         import tensorflow as tf
 
         self.classifier = classifier
         model = classifier.model
-        target = last_spatial_layer(model)
+        name = layer or classifier.card.explain_layer
+        try:
+            target = model.get_layer(name) if name else last_spatial_layer(model)
+        except ValueError as error:
+            raise ModelError(f"Model card {classifier.card.name}: no layer {name!r} to explain from.") from error
+        if not _is_feature_map(target):
+            raise ModelError(f"Model card {classifier.card.name}: layer {name!r} is no feature map to explain from.")
+        self.layer = target.name
         self._probe = keras.Model(model.inputs, [target.output, model.output])
         spec = classifier.card.input
 

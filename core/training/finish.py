@@ -6,7 +6,8 @@
 2. the decision rule: the review band and the subtype rule (:mod:`core.training.probes`);
 3. per-source figures on the validation split, and on the held-out institutions when the run left some out, with
    the LGG figures the targets name, calibration errors, and localisation (the share of LGG tumour slices whose
-   Grad-CAM peak falls inside the tumour mask, dilated by 4 % of the side);
+   Grad-CAM peak falls inside the tumour mask, dilated by 4 % of the side), from the resolution where it is highest
+   (the card's ``explain.layer``);
 4. the input gate (energy threshold and learned checks, :mod:`core.training.gate_fit`);
 5. the series rule, on validation volumes (:mod:`core.training.series_fit`), when the data root holds them.
 Everything is written into the card; the weights and their hash do not change.
@@ -65,27 +66,62 @@ def raw_logits(classifier: Classifier, items: Sequence[Item]) -> tuple[np.ndarra
     return (np.concatenate(rows) if rows else np.zeros((0, len(CLASSES)))), kept
 
 
-def localisation(classifier: Classifier, items: Sequence[Item], limit: int = 400) -> dict[str, Any]:
-    """Share of tumour slices (mask of at least 300 pixels) whose Grad-CAM peak for the verdict's type lies inside
-    the mask dilated by 4 % of the image side."""
-    explainer = Explainer(classifier)
-    chosen = [i for i in items if i.mask is not None and (i.tumour_pixels or 0) >= LGG_MIN_TUMOUR][:limit]
-    inside = 0
-    for item in chosen:
-        scan = read_scan_file(item.path)
-        analysis = analyse_scan(scan, classifier)
+def _tumour_sections(classifier: Classifier, items: Sequence[Item], limit: int) -> list[tuple[Any, str, np.ndarray]]:
+    """Up to ``limit`` tumour slices (mask of at least 300 pixels): each one's analysis, the type a heat map
+    explains (the verdict's, glioma for a miss) and its mask dilated by 4 % of the image side."""
+    sections = []
+    for item in [i for i in items if i.mask is not None and (i.tumour_pixels or 0) >= LGG_MIN_TUMOUR][:limit]:
+        analysis = analyse_scan(read_scan_file(item.path), classifier)
         label = analysis.prediction.label if analysis.prediction.is_tumour else "glioma"
-        heat = explainer.explain(analysis, label if label in classifier.card.labels else None).on_scan
         mask = read_scan_file(item.mask).pixels > 127
         grow = max(3, round(0.04 * max(mask.shape))) | 1
         mask = cv2.dilate(mask.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (grow, grow))) > 0
+        sections.append((analysis, label if label in classifier.card.labels else None, mask))
+    return sections
+
+
+def _peaks_inside(explainer: Explainer, sections: Sequence[tuple[Any, str, np.ndarray]]) -> dict[str, Any]:
+    inside = 0
+    for analysis, label, mask in sections:
+        heat = explainer.explain(analysis, label).on_scan
         y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
         inside += bool(mask[y, x])
     return {
-        "share": inside / len(chosen) if chosen else None,
-        "n": len(chosen),
+        "share": inside / len(sections) if sections else None,
+        "n": len(sections),
         "inside": inside,
         "rule": "Grad-CAM peak inside the tumour mask dilated by 4 % of the side",
+        "layer": explainer.layer,
+    }
+
+
+def localisation(
+    classifier: Classifier, items: Sequence[Item], limit: int = 400, layer: str | None = None
+) -> dict[str, Any]:
+    """Share of tumour slices (mask of at least 300 pixels) whose Grad-CAM peak for the verdict's type lies inside
+    the mask dilated by 4 % of the image side; the heat map from ``layer`` (default: the card's)."""
+    return _peaks_inside(Explainer(classifier, layer), _tumour_sections(classifier, items, limit))
+
+
+def fit_explain_layer(classifier: Classifier, items: Sequence[Item], limit: int = 400) -> dict[str, Any]:
+    """The layer heat maps come from: of the last layer of each feature-map resolution, the one whose Grad-CAM
+    peaks inside the tumour most often on these slices (the coarsest on a tie). A network whose last map is
+    too coarse or biased to point anywhere (model 3's 4 x 4 map peaked in one corner on every slice) explains
+    from a finer stage instead. Returns the card's ``explain`` section, with every layer's figure."""
+    from core.model.explain import stage_layers
+
+    sections = _tumour_sections(classifier, items, limit)
+    figures = {
+        layer.name: _peaks_inside(Explainer(classifier, layer.name), sections)
+        for layer in stage_layers(classifier.model)
+    }
+    best = max(reversed(list(figures)), key=lambda name: figures[name]["share"] or 0.0)
+    return {
+        "layer": best,
+        "localisation_by_layer": {name: figure["share"] for name, figure in figures.items()},
+        "localisation": figures[best],
+        "fitted_on": f"validation split, {len(sections)} LGG tumour slices: the last layer of each feature-map "
+        "resolution, finest first; the one whose Grad-CAM peak falls inside the tumour mask most often",
     }
 
 
@@ -122,7 +158,9 @@ def finish_card(card_path: Path, root: Path, log: Callable[[str], None] = print)
     validation = dict(card.get("metrics", {}).get("validation", {}))
     validation.update(classification_report(labels, calibrated, CLASSES, NEGATIVE, rule))
     validation["per_source"] = source_report(calibrated, val_items, rule)
-    validation["localisation"] = localisation(classifier, [i for i in val_items if i.source == "LGG"])
+    explain = fit_explain_layer(classifier, [i for i in val_items if i.source == "LGG"])
+    card["explain"] = {key: value for key, value in explain.items() if key != "localisation"}
+    validation["localisation"] = explain["localisation"]
     card.setdefault("metrics", {})["validation"] = validation
     if split.get("held_out"):
         held_logits, held_items = raw_logits(classifier, split_items(root, split["held_out"], known))
@@ -130,7 +168,9 @@ def finish_card(card_path: Path, root: Path, log: Callable[[str], None] = print)
         card["metrics"]["held_out"] = {
             "institutions": sorted({i.institution for i in held_items if i.institution}),
             "per_source": source_report(held, held_items, rule),
-            "localisation": localisation(classifier, [i for i in held_items if i.source == "LGG"]),
+            "localisation": localisation(
+                classifier, [i for i in held_items if i.source == "LGG"], layer=explain["layer"]
+            ),
         }
     card_path.write_text(json.dumps(card, indent=2, default=list))
     log(f"input gate: {json.dumps(fit_gate(card_path, root), default=str)}")

@@ -1,0 +1,100 @@
+"""Which layer a heat map comes from: the card's choice, fitted on validation tumours when a card is finished.
+
+Model 3's last feature map (4 x 4) gave a heat map that peaked in the crop's top-left corner on every slice; its
+16 x 16 stage's peak fell inside the tumour on 0.245 of 400 validation slices. The card names the layer, so the
+app, the CLI and the report all draw the heat map from the stage that points best."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from core.errors import ModelError
+from core.model.analysis import analyse
+from core.model.classifier import Classifier
+from core.model.explain import Explainer, last_spatial_layer, stage_layers
+from core.training import finish
+from core.training.standard import build_resnet
+from tests.scans import png_bytes, synthetic_slice
+
+LABELS = ["glioma", "meningioma", "notumor", "pituitary"]
+
+
+@pytest.fixture(scope="module")
+def network_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("resnet")
+    build_resnet(32, 8, name="m3").save(folder / "m3.keras")
+    return folder
+
+
+def card(folder: Path, name: str, explain: str | None = None) -> Path:
+    from core.model.card import sha256_file
+
+    raw = {
+        "name": name,
+        "version": "3.0.0-test",
+        "labels": LABELS,
+        "negative_label": "notumor",
+        "input": {"size": 32, "channels": 1, "crop": True, "scaling": "unit"},
+        "output": "logits",
+        "weights": {"file": "m3.keras", "sha256": sha256_file(folder / "m3.keras")},
+    }
+    if explain is not None:
+        raw["explain"] = {"layer": explain}
+    (folder / f"{name}.json").write_text(json.dumps(raw))
+    return folder / f"{name}.json"
+
+
+def test_the_stages_are_each_resolutions_last_feature_map_finest_first(network_folder: Path) -> None:
+    model = Classifier.from_card(card(network_folder, "plain")).model
+    stages = stage_layers(model)
+    sizes = [int(layer.output.shape[1]) for layer in stages]
+    assert len(stages) >= 3 and sizes == sorted(set(sizes), reverse=True)
+    assert stages[-1] is last_spatial_layer(model)  # the coarsest stage is the default heat map's layer
+    assert all(int(layer.output.shape[-1]) > 1 for layer in stages)  # not the input nor its standardisation
+    names = [layer.name for layer in model.layers]
+    for layer in stages:  # no later feature map of the same resolution
+        later = model.layers[names.index(layer.name) + 1 :]
+        assert not any(
+            len(other.output.shape) == 4 and other.output.shape[1] == layer.output.shape[1] for other in later
+        )
+
+
+def test_a_card_names_the_layer_its_heat_maps_come_from(network_folder: Path) -> None:
+    plain = Classifier.from_card(card(network_folder, "plain"))
+    finest = stage_layers(plain.model)[0].name
+    named = Classifier.from_card(card(network_folder, "named", explain=finest))
+    assert named.card.explain_layer == finest and plain.card.explain_layer is None
+    assert Explainer(plain).layer == last_spatial_layer(plain.model).name
+    explainer = Explainer(named)
+    assert explainer.layer == finest
+    analysis = analyse(png_bytes(synthetic_slice(256, tumour=True)), named)
+    heat = explainer.explain(analysis)
+    assert heat.on_input.shape == (32, 32) and heat.on_scan.shape == (256, 256)
+    assert heat.on_scan.min() >= 0.0 and heat.on_scan.max() <= 1.0
+
+
+@pytest.mark.parametrize(("layer", "message"), [("nope", "no layer 'nope'"), ("logits", "no feature map")])
+def test_a_card_naming_a_missing_or_flat_layer_is_refused(network_folder: Path, layer: str, message: str) -> None:
+    classifier = Classifier.from_card(card(network_folder, f"bad-{layer}", explain=layer))
+    with pytest.raises(ModelError, match=message):
+        Explainer(classifier)
+
+
+def test_the_fitted_layer_is_the_stage_whose_peaks_fall_inside_tumours_most_often(
+    network_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    classifier = Classifier.from_card(card(network_folder, "plain"))
+    stages = [layer.name for layer in stage_layers(classifier.model)]
+    shares = dict(zip(stages, [0.1, 0.3, 0.3, 0.0, 0.0, 0.0][: len(stages)], strict=True))
+    monkeypatch.setattr(finish, "_tumour_sections", lambda classifier, items, limit: ["one section"])
+    monkeypatch.setattr(
+        finish, "_peaks_inside", lambda explainer, sections: {"share": shares[explainer.layer], "n": len(sections)}
+    )
+    fitted = finish.fit_explain_layer(classifier, [])
+    assert fitted["layer"] == stages[2]  # the best share; of two equal ones the coarser
+    assert fitted["localisation_by_layer"] == shares and fitted["localisation"]["share"] == 0.3
+    shares.update(dict.fromkeys(stages, None))  # no tumour slice to judge by: the last feature map, as before
+    assert finish.fit_explain_layer(classifier, [])["layer"] == stages[-1]
