@@ -66,7 +66,9 @@ def raw_logits(classifier: Classifier, items: Sequence[Item]) -> tuple[np.ndarra
     return (np.concatenate(rows) if rows else np.zeros((0, len(CLASSES)))), kept
 
 
-def _tumour_sections(classifier: Classifier, items: Sequence[Item], limit: int) -> list[tuple[Any, str, np.ndarray]]:
+def _tumour_sections(
+    classifier: Classifier, items: Sequence[Item], limit: int
+) -> list[tuple[Any, str | None, np.ndarray]]:
     """Up to ``limit`` tumour slices (mask of at least 300 pixels): each one's analysis, the type a heat map
     explains (the verdict's, glioma for a miss) and its mask dilated by 4 % of the image side."""
     sections = []
@@ -80,7 +82,7 @@ def _tumour_sections(classifier: Classifier, items: Sequence[Item], limit: int) 
     return sections
 
 
-def _peaks_inside(explainer: Explainer, sections: Sequence[tuple[Any, str, np.ndarray]]) -> dict[str, Any]:
+def _peaks_inside(explainer: Explainer, sections: Sequence[tuple[Any, str | None, np.ndarray]]) -> dict[str, Any]:
     inside = 0
     for analysis, label, mask in sections:
         heat = explainer.explain(analysis, label).on_scan
