@@ -127,6 +127,19 @@ def fit_explain_layer(classifier: Classifier, items: Sequence[Item], limit: int 
     }
 
 
+def fit_rule(logits: np.ndarray, labels: Sequence[str]) -> tuple[float, float, DecisionRule]:
+    """Calibration (a temperature and a bias on the no-tumour logit) and the decision rule (review band, subtype
+    share) fitted on validation outputs of a known class (never on the web-style scans, whose type is unknown)."""
+    typed = np.array([label in CLASSES for label in labels])
+    temperature, negative_bias = fit_calibration(logits[typed], label_masks(labels)[typed], CLASSES.index(NEGATIVE))
+    bias = np.array([negative_bias if c == NEGATIVE else 0.0 for c in CLASSES])
+    calibrated = calibrate(logits, temperature, bias)
+    tumour_probability = 1.0 - calibrated[:, CLASSES.index(NEGATIVE)]
+    band = fit_review_band(tumour_probability[typed], np.array([label != NEGATIVE for label in labels])[typed])
+    share = fit_subtype_share(calibrated[typed], [label for label, k in zip(labels, typed, strict=True) if k])
+    return temperature, negative_bias, DecisionRule(CLASSES, NEGATIVE, 0.5, band, share)
+
+
 def finish_card(card_path: Path, root: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Fit and measure everything above and write it into the card; returns the card."""
     classifier = Classifier.from_card(card_path)
@@ -134,21 +147,18 @@ def finish_card(card_path: Path, root: Path, log: Callable[[str], None] = print)
     known = {item.path.resolve(): item for item in discover([root / s for s in BRAIN_SOURCES if (root / s).is_dir()])}
     val_logits, val_items = raw_logits(classifier, split_items(root, split["validation"], known))
     labels = [item.label for item in val_items]
-    typed = np.array([label in CLASSES for label in labels])  # never fit on the web-style scans
-    temperature, negative_bias = fit_calibration(val_logits[typed], label_masks(labels)[typed], CLASSES.index(NEGATIVE))
+    temperature, negative_bias, rule = fit_rule(val_logits, labels)
     bias = np.array([negative_bias if c == NEGATIVE else 0.0 for c in CLASSES])
     calibrated = calibrate(val_logits, temperature, bias)
-    tumour_probability = 1.0 - calibrated[:, CLASSES.index(NEGATIVE)]
-    band = fit_review_band(tumour_probability[typed], np.array([label != NEGATIVE for label in labels])[typed])
-    share = fit_subtype_share(calibrated[typed], [label for label, k in zip(labels, typed, strict=True) if k])
-    rule = DecisionRule(CLASSES, NEGATIVE, 0.5, band, share)
+    band, share = rule.review_band, rule.subtype_min_share
     log(f"calibration: temperature {temperature}, no-tumour bias {negative_bias}; band {band}; subtype share {share}")
     card = json.loads(card_path.read_text())
     card["calibration"] = {
         "temperature": temperature,
         "logit_bias": {NEGATIVE: negative_bias},
-        "fitted_on": f"validation split, {int(typed.sum())} scans of a known class (allowed-label NLL): a "
-        "temperature and a bias on the no-tumour logit that undoes the training draw's class mix",
+        "fitted_on": f"validation split, {sum(label in CLASSES for label in labels)} scans of a known class "
+        "(allowed-label NLL): a temperature and a bias on the no-tumour logit that undoes the training draw's "
+        "class mix",
     }
     card["decision"] = {
         "review_band": list(band),
