@@ -110,10 +110,18 @@ def write_model_card(
     channels: int = 1,
     name: str = "tiny",
     mirror: bool = False,
+    calibration: dict | None = None,
+    resnet_width: int = 0,
 ) -> Path:
-    """Save a tiny model and its card into ``directory``; returns the card path (``mirror``: 2-channel input)."""
+    """Save a tiny model and its card into ``directory``; returns the card path (``mirror``: 2-channel input;
+    ``resnet_width``: a model-3 network of that width, one channel scaled to [0, 1], instead of the tiny CNN)."""
     channels = 2 if mirror else channels
-    model = build_tiny_model(size, channels, output)
+    if resnet_width:
+        from core.training.standard import build_resnet
+
+        model = build_resnet(size, resnet_width, name=name)
+    else:
+        model = build_tiny_model(size, channels, output)
     weights = directory / f"{name}.keras"
     model.save(weights)
     labels = ["notumor", "tumour"] if output == "sigmoid" else ["glioma", "meningioma", "notumor", "pituitary"]
@@ -126,12 +134,12 @@ def write_model_card(
             "size": size,
             "channels": channels,
             "crop": True,
-            "scaling": "unit" if channels == 3 else "percentile",
+            "scaling": "unit" if channels == 3 or resnet_width else "percentile",
             "mirror": mirror,
         },
         "output": output,
         "threshold": 0.5,
-        "calibration": {"temperature": 1.0},
+        "calibration": calibration or {"temperature": 1.0},
         "weights": {"file": weights.name, "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()},
     }
     path = directory / f"{name}.json"

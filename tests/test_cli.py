@@ -125,6 +125,7 @@ def test_every_command_keeps_its_options() -> None:
         "calibrate": ["--model", "--data", "--batchnorm"],
         "fit-series": ["--model", "--data"],
         "loio": ["--model", "folds"],
+        "ensemble": ["--member", "--out", "--data"],
         "train": [
             *("--data", "--out", "--epochs", "--size", "--name", "--seed", "--version", "--unknown-weight"),
             *("--mirror/--no-mirror", "--synthetic-lesions", "--rotation", "--learning-rate", "--max-minutes"),

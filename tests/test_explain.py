@@ -16,31 +16,20 @@ from core.model.analysis import analyse
 from core.model.classifier import Classifier
 from core.model.explain import Explainer, last_spatial_layer, stage_layers
 from core.training import finish
-from core.training.standard import build_resnet
-from tests.scans import png_bytes, synthetic_slice
-
-LABELS = ["glioma", "meningioma", "notumor", "pituitary"]
+from tests.scans import png_bytes, synthetic_slice, write_model_card
 
 
 @pytest.fixture(scope="module")
 def network_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("resnet")
-    build_resnet(32, 8, name="m3").save(folder / "m3.keras")
+    write_model_card(folder, name="m3", resnet_width=8)
     return folder
 
 
 def card(folder: Path, name: str, explain: str | None = None) -> Path:
-    from core.model.card import sha256_file
-
-    raw = {
-        "name": name,
-        "version": "3.0.0-test",
-        "labels": LABELS,
-        "negative_label": "notumor",
-        "input": {"size": 32, "channels": 1, "crop": True, "scaling": "unit"},
-        "output": "logits",
-        "weights": {"file": "m3.keras", "sha256": sha256_file(folder / "m3.keras")},
-    }
+    """A card for the module's network, naming ``explain`` as its heat map's layer."""
+    raw = json.loads((folder / "m3.json").read_text())
+    raw["name"] = name
     if explain is not None:
         raw["explain"] = {"layer": explain}
     (folder / f"{name}.json").write_text(json.dumps(raw))

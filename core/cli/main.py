@@ -62,7 +62,7 @@ def _add_scan_commands(commands: Any) -> None:
 
 def _add_fitting_commands(commands: Any) -> None:
     """fit-gate, fit-decision, calibrate, fit-series: refit parts of a trained model's card on its validation data;
-    loio: gather its leave-one-institution-out folds' figures into it."""
+    loio: gather its leave-one-institution-out folds' figures into it; ensemble: trained models as one."""
     fit_gate = commands.add_parser("fit-gate", help="fit the input gate's energy threshold on the validation split")
     fit_gate.add_argument("--model", help="model card JSON (default: the shipped model)")
     fit_gate.add_argument("--data", required=True, metavar="ROOT", help="the folder that holds the training folders")
@@ -94,6 +94,15 @@ def _add_fitting_commands(commands: Any) -> None:
     loio.add_argument("--model", help="model card JSON the folds estimate (default: the shipped model)")
     loio.add_argument("folds", nargs="+", metavar="FOLD_CARD", help="one finished fold card per left-out institution")
     loio.set_defaults(run=model.cmd_loio)
+    ensemble = commands.add_parser(
+        "ensemble", help="one network and card from trained models: the mean of their calibrated log-probabilities"
+    )
+    ensemble.add_argument(
+        "--member", action="append", required=True, metavar="CARD", help="a member's card (model 3's first)"
+    )
+    ensemble.add_argument("--out", required=True, metavar="DIR")
+    ensemble.add_argument("--data", metavar="ROOT", help="the training folders: finish the card (calibration, rules)")
+    ensemble.set_defaults(run=model.cmd_ensemble)
 
 
 def _add_train_command(commands: Any) -> None:

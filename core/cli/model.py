@@ -55,6 +55,22 @@ def cmd_loio(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from core.training.ensemble import write_ensemble
+
+    if len(args.member) < 2:
+        raise ValueError("an ensemble takes two or more --member cards")
+    card = write_ensemble(
+        [Path(m) for m in args.member],
+        Path(args.out),
+        "python -m core " + " ".join(sys.argv[1:] if sys.argv[0].endswith("__main__.py") else ["ensemble"]),
+        Path(args.data) if args.data else None,
+        log=lambda message: print(message, file=sys.stderr),
+    )
+    emit({"model": card["name"], "version": card["version"], "members": card["members"]}, sys.stdout)
+    return EXIT_OK
+
+
 def cmd_fit_decision(args: argparse.Namespace) -> int:
     from core.training.gate_fit import fit_decision
 

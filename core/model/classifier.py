@@ -42,7 +42,11 @@ def calibrated_probabilities(raw: np.ndarray, card: ModelCard) -> np.ndarray:
 
 def embedding_layer(model: Any) -> Any | None:
     """The layer whose flat output feeds the last (classifying) layer: the model's own summary of an image, which
-    the input gate's learned checks read. None when there is no such layer."""
+    the input gate's learned checks read (the layer named ``features`` when there is one: model 3, and an ensemble
+    whose last layers are its members' outputs). None when there is no such layer."""
+    named = [layer for layer in model.layers if layer.name == "features"]
+    if named:
+        return named[0]
     for layer in reversed(model.layers[:-1]):
         shape = getattr(getattr(layer, "output", None), "shape", None)
         if shape is not None and len(shape) == 2:
@@ -88,6 +92,8 @@ def load_checked_model(weights: Path, sha256: str, card_name: str) -> Any:
         )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
+
+    import core.model.layers  # noqa: F401  (registers the project's own layers: an ensemble's input)
 
     try:
         return keras.saving.load_model(weights, compile=False, safe_mode=True)

@@ -28,20 +28,24 @@ def _is_feature_map(layer: Any) -> bool:
 
 
 def last_spatial_layer(model: Any) -> Any:
-    """The last layer (searched from the output back) whose output is a 4-D feature map."""
+    """The last layer (searched from the output back) whose output is a 4-D feature map, not a preprocessing
+    layer's (such as an ensemble's :class:`core.model.layers.PercentileMirror`)."""
     for layer in reversed(model.layers):
-        if _is_feature_map(layer):
+        if _is_feature_map(layer) and not getattr(layer, "preprocessing", False):
             return layer
     raise ValueError("the model has no convolutional feature map to explain")
 
 
 def stage_layers(model: Any) -> list[Any]:
     """The last layer of each feature-map resolution, finest first: the stages a heat map can be taken from (a
-    map with no more channels than the input, such as the input itself or its standardisation, is no feature)."""
+    map with no more channels than the input, such as the input itself or its standardisation, is no feature, nor
+    is the output of a preprocessing layer such as :class:`core.model.layers.PercentileMirror`)."""
     channels = int(model.inputs[0].shape[-1] or 1)
     last: dict[int, Any] = {}
     for layer in model.layers:
-        if _is_feature_map(layer) and int(layer.output.shape[-1] or 0) > channels:
+        if not _is_feature_map(layer) or getattr(layer, "preprocessing", False):
+            continue
+        if int(layer.output.shape[-1] or 0) > channels:
             last[int(layer.output.shape[1])] = layer
     return [last[size] for size in sorted(last, reverse=True)]
 
