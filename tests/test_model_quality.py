@@ -1,4 +1,5 @@
 """Behaviour of the shipped model on real slices (slow; skipped when ../shared data or the model is absent).
+``BTD_MODEL=CARD`` runs the same checks on a candidate model (its own validation split).
 
 Invariance (small brightness, contrast and margin changes keep the label), orientation (a flipped tumour scan is
 still a tumour), minimum functionality on a handful of training images per class, the input gate on generated
@@ -14,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.config import MODELS_DIR
+from core.config import MODELS_DIR, model_card_path
 from core.errors import ScanError
-from core.evaluation.splits import read_split
+from core.evaluation.splits import read_split, split_file_of
 from core.imaging import read_scan_file
 from core.imaging.negatives import collection, make
 from core.model.analysis import analyse
@@ -25,7 +26,7 @@ from core.model.explain import Explainer, concentration
 from core.model.gate import REJECTED
 from tests.conftest import SHARED_DATA
 
-CARD = MODELS_DIR / "btd-cnn.json"
+CARD = model_card_path()  # the shipped card unless BTD_MODEL names a candidate
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not (SHARED_DATA / "Training").is_dir(), reason="../shared/data/brain-mri is not available"),
@@ -41,7 +42,7 @@ def classifier() -> Classifier:
 
 @pytest.fixture(scope="module")
 def validation() -> list[tuple[str, Path]]:
-    return read_split(CARD.with_name("btd-cnn.split.json"), SHARED_DATA)
+    return read_split(split_file_of(CARD), SHARED_DATA)
 
 
 def handful(validation: list[tuple[str, Path]], label: str, n: int = 8) -> list[Path]:
