@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core.evaluation.metrics import classification_report, machine
 from core.evaluation.splits import split_file_of
 from core.model.classifier import Classifier, calibrated_probabilities
-from core.training.calibration import calibrate
+from core.training.calibration import calibrate, negative_bias_vector
 from core.training.config import CLASSES, NEGATIVE
 from core.training.finish import BRAIN_SOURCES, fit_rule, raw_logits, split_items
 from core.training.probes import source_report
@@ -36,7 +36,7 @@ from core.training.sources import discover
 def figures(logits: dict[str, np.ndarray], labels: dict[str, list[str]], items: list) -> dict:
     """Fit calibration and rule on ``logits["fit"]``, score ``logits["score"]`` (the same arrays without --held-out)."""
     temperature, negative_bias, rule = fit_rule(logits["fit"], labels["fit"])
-    bias = np.array([negative_bias if c == NEGATIVE else 0.0 for c in CLASSES])
+    bias = negative_bias_vector(negative_bias)
     probabilities = calibrate(logits["score"], temperature, bias)
     overall = classification_report(labels["score"], probabilities, CLASSES, NEGATIVE, rule)
     per_source = source_report(probabilities, items, rule)

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from core.training.config import CLASSES, NEGATIVE
+
 
 def mean_nll(logits: np.ndarray, masks: np.ndarray, temperature: float = 1.0, bias: np.ndarray | None = None) -> float:
     """Mean allowed-label NLL of rows of logits (the training loss, unweighted): the validation loss."""
@@ -49,6 +51,11 @@ def fit_calibration(logits: np.ndarray, masks: np.ndarray, negative: int) -> tup
         if nll < best[0]:
             best = (nll, temperature, float(step))
     return best[1], best[2]
+
+
+def negative_bias_vector(negative_bias: float) -> np.ndarray:
+    """The per-class logit bias of a fitted calibration: ``negative_bias`` on the no-tumour logit, 0 elsewhere."""
+    return np.array([negative_bias if c == NEGATIVE else 0.0 for c in CLASSES])
 
 
 def calibrate(logits: np.ndarray, temperature: float, bias: np.ndarray | None = None) -> np.ndarray:

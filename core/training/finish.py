@@ -30,10 +30,10 @@ from core.imaging import read_scan_file
 from core.model.analysis import analyse_scan
 from core.model.classifier import Classifier
 from core.model.decision import DecisionRule
-from core.model.explain import Explainer
+from core.model.explain import Explainer, stage_layers
 from core.model.preprocess import to_model_input
 from core.model.roi import find_brain
-from core.training.calibration import calibrate, fit_calibration
+from core.training.calibration import calibrate, fit_calibration, negative_bias_vector
 from core.training.config import CLASSES, NEGATIVE
 from core.training.data import label_masks
 from core.training.gate_fit import fit_gate
@@ -110,8 +110,6 @@ def fit_explain_layer(classifier: Classifier, items: Sequence[Item], limit: int 
     peaks inside the tumour most often on these slices (the coarsest on a tie). A network whose last map is
     too coarse or biased to point anywhere (model 3's 4 x 4 map peaked in one corner on every slice) explains
     from a finer stage instead. Returns the card's ``explain`` section, with every layer's figure."""
-    from core.model.explain import stage_layers
-
     sections = _tumour_sections(classifier, items, limit)
     figures = {
         layer.name: _peaks_inside(Explainer(classifier, layer.name), sections)
@@ -132,7 +130,7 @@ def fit_rule(logits: np.ndarray, labels: Sequence[str]) -> tuple[float, float, D
     share) fitted on validation outputs of a known class (never on the web-style scans, whose type is unknown)."""
     typed = np.array([label in CLASSES for label in labels])
     temperature, negative_bias = fit_calibration(logits[typed], label_masks(labels)[typed], CLASSES.index(NEGATIVE))
-    bias = np.array([negative_bias if c == NEGATIVE else 0.0 for c in CLASSES])
+    bias = negative_bias_vector(negative_bias)
     calibrated = calibrate(logits, temperature, bias)
     tumour_probability = 1.0 - calibrated[:, CLASSES.index(NEGATIVE)]
     band = fit_review_band(tumour_probability[typed], np.array([label != NEGATIVE for label in labels])[typed])
@@ -148,7 +146,7 @@ def finish_card(card_path: Path, root: Path, log: Callable[[str], None] = print)
     val_logits, val_items = raw_logits(classifier, split_items(root, split["validation"], known))
     labels = [item.label for item in val_items]
     temperature, negative_bias, rule = fit_rule(val_logits, labels)
-    bias = np.array([negative_bias if c == NEGATIVE else 0.0 for c in CLASSES])
+    bias = negative_bias_vector(negative_bias)
     calibrated = calibrate(val_logits, temperature, bias)
     band, share = rule.review_band, rule.subtype_min_share
     log(f"calibration: temperature {temperature}, no-tumour bias {negative_bias}; band {band}; subtype share {share}")

@@ -35,7 +35,13 @@ import numpy as np
 from core.evaluation.metrics import machine
 from core.model.preprocess import InputSpec, crop_square, resize_square
 from core.model.roi import find_brain
-from core.training.calibration import fit_calibration, mean_nll, recalibrate_batchnorm, softmax
+from core.training.calibration import (
+    fit_calibration,
+    mean_nll,
+    negative_bias_vector,
+    recalibrate_batchnorm,
+    softmax,
+)
 from core.training.checkpoint import Checkpoint, Progress, code_version, run_key
 from core.training.config import CLASSES, NEGATIVE, TrainConfig
 from core.training.data import Dataset, assign_units, label_masks, load, sampling_weights, split_dataset
@@ -351,7 +357,7 @@ def _calibrate(model: Any, validation: ValidationSet, progress: Progress, spec: 
     _log(f"validation loss of the kept epoch {progress.best_loss:.4f}, after recomputing statistics {shipped_loss:.4f}")
     known = np.array([label in CLASSES for label in validation.labels])  # never fit on the web-style scans
     temperature, negative_bias = fit_calibration(logits[known], validation.masks[known], CLASSES.index(NEGATIVE))
-    bias = np.array([negative_bias if c == NEGATIVE else 0.0 for c in CLASSES])
+    bias = negative_bias_vector(negative_bias)
     report = validation_report(logits, validation.labels, temperature, validation.inputs, model, spec, bias)
     headline = ("accuracy", "tumour_sensitivity", "tumour_specificity", "expected_calibration_error")
     headline += ("unknown_type_tumour_recall", "shortcut_probe_tumour_recall", "lesion_probe_tumour_recall")
