@@ -138,7 +138,7 @@ def test_every_command_keeps_its_options() -> None:
             *("--branch", "--hold-out", "--fast"),
         ],
         "train-lesion": [
-            *("--cache", "--data", "--out", "--folds", "--draws", "--width", "--batch", "--backbone"),
+            *("--cache", "--data", "--out", "--folds", "--fold", "--draws", "--width", "--batch", "--backbone"),
             "--fold-backbones",
         ],
         "store": [],

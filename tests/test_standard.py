@@ -257,14 +257,14 @@ def test_train_lesion_leaves_each_institution_out_scores_it_on_the_raw_slices_an
     root, out = cache_file
     monkeypatch.setattr(segment_run, "INSTITUTIONS", ("AA", "BB"))
     config = SegmentConfig(width=8, batch=4, draws=8)
-    trained = segment_run.train_lesion(out, None, tmp_path, config, True, "pytest")
+    trained = segment_run.train_lesion(out, None, tmp_path, config, ("AA", "BB"), "pytest")
     assert trained["figures"]["per_fold"] == {} and trained["figures"]["pooled"] is None
     assert sorted(p.name for p in tmp_path.glob("*.keras")) == [
         "btd-lesion.fold-AA.keras", "btd-lesion.fold-BB.keras", "btd-lesion.keras"
     ]  # fmt: skip
     weights = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.keras")}
     monkeypatch.setattr(segment_run, "train_segmenter", lambda *a: pytest.fail("a trained network was trained again"))
-    card = segment_run.train_lesion(out, root, tmp_path, config, True, "pytest")
+    card = segment_run.train_lesion(out, root, tmp_path, config, ("AA", "BB"), "pytest")
     assert sorted(card["figures"]["per_fold"]) == ["AA", "BB"] and card["figures"]["pooled"]["folds"] == ["AA", "BB"]
     rows = [json.loads(line) for line in (tmp_path / "btd-lesion.rows.jsonl").read_text().splitlines()]
     assert len(rows) == 12 and {row["fold"] for row in rows} == {"AA", "BB"}  # every LGG section, held out once
@@ -275,11 +275,11 @@ def test_train_lesion_leaves_each_institution_out_scores_it_on_the_raw_slices_an
     assert pooled["volume_spearman_per_patient"]["n"] == 3
     segmenter = Segmenter.from_card(tmp_path / "btd-lesion.json")  # the weights' hash matches the card
     assert segmenter.crop_probabilities(np.zeros((1, 32, 32, 1), np.float32)).shape == (1, 32, 32)
-    again = segment_run.train_lesion(out, root, tmp_path, config, True, "pytest")
+    again = segment_run.train_lesion(out, root, tmp_path, config, ("AA", "BB"), "pytest")
     assert again["figures"] == card["figures"]
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.keras")} == weights
     monkeypatch.undo()  # other settings: the shipped network again, and no fold network of the old ones is kept
-    other = segment_run.train_lesion(out, None, tmp_path, replace(config, draws=4), False, "pytest")
+    other = segment_run.train_lesion(out, None, tmp_path, replace(config, draws=4), (), "pytest")
     assert other["training"]["config"]["draws"] == 4 and other["figures"]["per_fold"] == {}
     assert [p.name for p in tmp_path.glob("*.keras")] == ["btd-lesion.keras"]
     assert not (tmp_path / "btd-lesion.rows.jsonl").exists()
@@ -375,7 +375,7 @@ def test_train_lesion_puts_each_fold_decoder_on_the_backbone_that_left_its_insti
         backbone_card(tmp_path / f"fold-{institution}", hold_out=(institution,))
     pattern = str(tmp_path / "fold-{fold}" / "m3.json")
     config = SegmentConfig(width=4, batch=4, draws=8, backbone=str(shipped), fold_backbones=pattern)
-    card = segment_run.train_lesion(out, root, tmp_path / "lesion", config, True, "pytest")
+    card = segment_run.train_lesion(out, root, tmp_path / "lesion", config, ("AA", "BB"), "pytest")
     assert card["training"]["network"].startswith("decoder (16 channels) on the frozen network of m3 3.0.0")
     assert sorted(card["figures"]["per_fold"]) == ["AA", "BB"] and card["figures"]["pooled"]["hit_rate"]["n"] == 6
     segmenter = Segmenter.from_card(tmp_path / "lesion" / "btd-lesion.json")  # self-contained: backbone inside
@@ -393,9 +393,48 @@ def test_train_lesion_puts_each_fold_decoder_on_the_backbone_that_left_its_insti
         == json.loads((tmp_path / "fold-AA" / "m3.json").read_text())["weights"]["sha256"]
     )
     backbone_card(tmp_path / "fold-AA", hold_out=("AA",))  # rewritten in place: new weights, same path
-    again = segment_run.train_lesion(out, None, tmp_path / "lesion", config, True, "pytest")
+    again = segment_run.train_lesion(out, None, tmp_path / "lesion", config, ("AA", "BB"), "pytest")
     assert again["figures"]["per_fold"] == {}  # everything trained again, nothing kept from the old backbone
     assert not np.array_equal(stem(tmp_path / "lesion" / "btd-lesion.fold-AA.keras"), fold_aa)
+
+
+def test_train_lesion_adds_a_fold_when_its_backbone_exists_and_keeps_those_done(
+    cache_file, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Model 3's leave-one-out runs come one at a time: ``--fold AA`` while only AA's backbone exists, then
+    ``--fold BB`` once BB's does, into the same card: nothing trained twice, the pooled figures over both."""
+    from core.cli import main
+    from core.training import segment, segment_run
+    from core.training.segment import SegmentConfig
+
+    root, out = cache_file
+    monkeypatch.setattr(segment_run, "INSTITUTIONS", ("AA", "BB"))
+    shipped = backbone_card(tmp_path / "m3")
+    backbone_card(tmp_path / "fold-AA", hold_out=("AA",))
+    pattern = str(tmp_path / "fold-{fold}" / "m3.json")
+    config = SegmentConfig(width=4, batch=4, draws=8, backbone=str(shipped), fold_backbones=pattern)
+    trained: list[str | None] = []
+
+    def counted(cache, train, config, log, held=None):
+        trained.append(held)
+        return segment.train_segmenter(cache, train, config, log, held)
+
+    monkeypatch.setattr(segment_run, "train_segmenter", counted)
+    first = segment_run.train_lesion(out, root, tmp_path / "lesion", config, ("AA",), "pytest")
+    assert trained == [None, "AA"] and first["figures"]["pooled"]["folds"] == ["AA"]
+    assert first["figures"]["pooled"] == {**first["figures"]["per_fold"]["AA"], "folds": ["AA"]}
+    backbone_card(tmp_path / "fold-BB", hold_out=("BB",))
+    second = segment_run.train_lesion(out, root, tmp_path / "lesion", config, ("BB",), "pytest")
+    assert trained == [None, "AA", "BB"]  # the shipped network and AA's fold kept
+    assert second["figures"]["per_fold"]["AA"] == first["figures"]["per_fold"]["AA"]
+    assert second["figures"]["pooled"]["folds"] == ["AA", "BB"] and second["figures"]["pooled"]["hit_rate"]["n"] == 6
+    assert [second["figures"]["per_fold"][k]["hit_rate"]["n"] for k in ("AA", "BB")] == [4, 2]
+    assert sorted(second["training"]["backbones"]) == ["AA", "BB", "shipped"]
+    card_before = (tmp_path / "lesion" / "btd-lesion.json").read_text()
+    code = main(["train-lesion", "--cache", str(out), "--out", str(tmp_path / "lesion"), "--fold", "XX"])
+    error = json.loads(capsys.readouterr().out)
+    assert code == 2 and error["error"]["code"] == "bad_input" and "no LGG institution XX" in error["error"]["message"]
+    assert (tmp_path / "lesion" / "btd-lesion.json").read_text() == card_before and len(trained) == 3
 
 
 def test_a_fold_decoder_is_refused_a_backbone_that_saw_its_institution_before_anything_is_trained(
@@ -418,7 +457,7 @@ def test_a_fold_decoder_is_refused_a_backbone_that_saw_its_institution_before_an
     ]
     for config, refusal in cases:
         with pytest.raises(ValueError, match=refusal):
-            segment_run.train_lesion(out, None, tmp_path / "lesion", config, True, "pytest")
+            segment_run.train_lesion(out, None, tmp_path / "lesion", config, ("AA", "BB"), "pytest")
         assert not (tmp_path / "lesion").exists()  # nothing trained, nothing written
 
 

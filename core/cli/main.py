@@ -238,7 +238,14 @@ def _add_lesion_commands(commands: Any) -> None:
         "--data", metavar="ROOT", help="the training folders, for scoring each fold (without: train the folds only)"
     )
     lesion.add_argument("--out", default="models", metavar="DIR")
-    lesion.add_argument("--folds", action="store_true", help="leave each LGG institution out first (3 more runs)")
+    folds = lesion.add_mutually_exclusive_group()
+    folds.add_argument("--folds", action="store_true", help="leave each LGG institution out in turn (3 more runs)")
+    folds.add_argument(
+        "--fold",
+        action="append",
+        metavar="INSTITUTION",
+        help="leave this LGG institution out (repeatable; a later call adds others to the same card)",
+    )
     lesion.add_argument("--draws", type=int, default=None, help="training images drawn per network")
     lesion.add_argument("--width", type=int, default=None, help="U-Net base width (a decoder: 4 x this many channels)")
     lesion.add_argument("--batch", type=int, default=None, help="sections a step (16)")

@@ -193,7 +193,7 @@ def cmd_train_lesion(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from core.training.segment import SegmentConfig
-    from core.training.segment_run import train_lesion
+    from core.training.segment_run import INSTITUTIONS, train_lesion
 
     names = ("draws", "width", "batch", "backbone", "fold_backbones")
     overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
@@ -205,6 +205,7 @@ def cmd_train_lesion(args: argparse.Namespace) -> int:
     command = "python -m core " + " ".join(sys.argv[1:] if sys.argv[0].endswith("__main__.py") else ["train-lesion"])
     config = replace(SegmentConfig(), **overrides)
     root = Path(args.data) if args.data else None
-    card = train_lesion(Path(args.cache), root, Path(args.out), config, args.folds, command)
+    folds = INSTITUTIONS if args.folds else tuple(dict.fromkeys(args.fold or ()))
+    card = train_lesion(Path(args.cache), root, Path(args.out), config, folds, command)
     emit({"model": card["name"], "version": card["version"], "figures": card["figures"]}, sys.stdout)
     return EXIT_OK

@@ -1,6 +1,7 @@
-"""Train and measure the lesion segmenter: ``python -m core train-lesion --out models/ [--folds]``.
+"""Train and measure the lesion segmenter: ``python -m core train-lesion --out models/ [--folds | --fold INST...]``.
 
-With ``--folds`` each of the three LGG institutions (CS, DU, FG) is left out in turn, with a third of the
+With ``--folds`` each of the three LGG institutions (CS, DU, FG) is left out in turn (``--fold`` names some of them:
+those whose backbone exists, the others added by a later call), with a third of the
 Normal-heads subjects: a network trained on the rest is scored on the held-out sections through the app's own path
 (the original file read, the brain found, the crop segmented and mapped back onto the slice), against the
 hand-drawn masks at their own resolution. Then the shipped network is trained on everything and its card
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -153,25 +155,33 @@ def in_memory(network: Any, size: int, threshold: float = 0.5) -> Segmenter:
 
 
 def train_lesion(
-    cache_path: Path, root: Path | None, out_dir: Path, config: SegmentConfig, folds: bool, command: str
+    cache_path: Path, root: Path | None, out_dir: Path, config: SegmentConfig, folds: Sequence[str], command: str
 ) -> dict[str, Any]:
-    """The shipped network on everything first (its card written at once), then each institution left out in turn
-    (when asked), each fold's network saved beside the card (``btd-lesion.fold-CS.keras``). With ``root`` (the raw
-    training folders) every fold is scored as it comes and its figures go into the card; without it (a machine that
-    has the cache but not the folders: the accelerator) the networks are only trained, and a later call with
-    ``root`` scores them without training again. Resuming skips whatever is already done."""
+    """The shipped network on everything first (its card written at once), then each institution of ``folds`` left
+    out in turn, each fold's network saved beside the card (``btd-lesion.fold-CS.keras``). With ``root`` (the raw
+    training folders) every fold is scored as it comes and its figures go into the card, the pooled figures over
+    every fold scored so far; without it (a machine that has the cache but not the folders: the accelerator) the
+    networks are only trained, and a later call with ``root`` scores them without training again. Resuming skips
+    whatever is already done; a later call may add folds. Other settings, or a backbone that differs from the one a
+    network was trained on (rewritten in place), train everything again."""
     import keras
 
     cache = CropCache.load(cache_path)
     size = int(cache.crops.shape[1])
+    unknown = sorted(set(folds) - set(INSTITUTIONS))
+    if unknown:
+        raise ValueError(f"no LGG institution {', '.join(unknown)}: the folds are {', '.join(INSTITUTIONS)}")
     backbones = _backbones(config, folds, size)  # every backbone checked before anything is trained
     card_path = out_dir / "btd-lesion.json"
     card = json.loads(card_path.read_text()) if card_path.is_file() else None
     same = card is not None and card["training"]["config"] == json.loads(json.dumps(asdict(config)))  # tuples: lists
-    if not same or card["training"].get("backbones", {}) != backbones:  # a backbone rewritten in place: again
+    known = card["training"].get("backbones", {}) if same else {}
+    if not same or any(known.get(k, v) != v for k, v in backbones.items()):  # a backbone rewritten in place
         card = _ship(cache, out_dir, config, command, backbones)
+    card["training"]["backbones"] = {**card["training"]["backbones"], **backbones}
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
     rows_path = out_dir / "btd-lesion.rows.jsonl"  # the held-out sections' rows, for the pooled figures
-    for held in INSTITUTIONS if folds else ():
+    for held in [i for i in INSTITUTIONS if i in folds]:
         weights = out_dir / f"btd-lesion.fold-{held}.keras"
         if held in card["figures"]["per_fold"] or (root is None and weights.is_file()):
             continue
@@ -197,12 +207,12 @@ def train_lesion(
     return card
 
 
-def _backbones(config: SegmentConfig, folds: bool, size: int) -> dict[str, str]:
+def _backbones(config: SegmentConfig, folds: Sequence[str], size: int) -> dict[str, str]:
     """The weights hash of each backbone ("shipped" and each fold's institution), checked; empty for a U-Net."""
     if config.fold_backbones and not folds:
-        raise ValueError("--fold-backbones goes with --folds")
+        raise ValueError("--fold-backbones goes with --folds or --fold")
     hashes = {}
-    for fold in [None, *(INSTITUTIONS if folds else ())]:
+    for fold in [None, *folds]:
         card = backbone_card(config, fold)
         if card is not None:
             hashes[fold or "shipped"] = check_backbone(card, size, fold)
