@@ -468,6 +468,18 @@ def test_the_websocket_refuses_foreign_hosts_and_origins(server: str) -> None:
     assert not asyncio.run(opens({"Host": "evil.example"}))
 
 
+def session_cookie(context, page, timeout_s: float = 60.0) -> dict:
+    """The session cookie, once the page's script has written it: the sidebar can show "Signed in as" a moment
+    before the component that sets the cookie has run (seen on a loaded machine)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = [c for c in context.cookies() if c["name"] == "btd_session"]
+        if found:
+            return found[0]
+        page.wait_for_timeout(250)
+    raise AssertionError(f"no session cookie {timeout_s:.0f} s after signing in")
+
+
 def test_a_reload_or_a_typed_address_keeps_the_user_signed_in_until_they_sign_out(server: str) -> None:
     """F5 or a typed URL once signed the user out. The session cookie signs the page load in again; signing out
     forgets it, so a reload after signing out shows the sign-in form."""
@@ -482,7 +494,7 @@ def test_a_reload_or_a_typed_address_keeps_the_user_signed_in_until_they_sign_ou
         sign_in(page, "boss-browser")
         sidebar = page.get_by_test_id("stSidebar")
         expect(sidebar.get_by_text("Signed in as")).to_be_visible(timeout=60_000)
-        cookie = next(c for c in context.cookies() if c["name"] == "btd_session")
+        cookie = session_cookie(context, page)
         assert cookie["sameSite"] == "Strict" and len(cookie["value"]) >= 40
         page.reload()
         wait_idle(page)
