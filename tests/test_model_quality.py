@@ -8,6 +8,7 @@ non-MRI images, and Grad-CAM concentrating inside the brain.
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 
@@ -47,8 +48,15 @@ def validation() -> list[tuple[str, Path]]:
 
 def handful(validation: list[tuple[str, Path]], label: str, n: int = 8) -> list[Path]:
     """``n`` validation scans of ``label`` from the training collection (where every tumour has its type), spread
-    over the split (files are grouped by source in their folders)."""
-    paths = [path for truth, path in validation if truth == label and "Training" in path.parts]
+    over the split (files are grouped by source in their folders). The collection holds some images twice under two
+    names (Tr-no_1059.jpg and Tr-noTr_0002.jpg are one file's pixels): each counts once, or one mistake counts twice."""
+    paths, seen = [], set()
+    for truth, path in validation:
+        if truth == label and "Training" in path.parts:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            if digest not in seen:
+                seen.add(digest)
+                paths.append(path)
     return paths[:: max(1, len(paths) // n)][:n]
 
 
