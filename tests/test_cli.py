@@ -139,7 +139,7 @@ def test_every_command_keeps_its_options() -> None:
         ],
         "train-lesion": [
             *("--cache", "--data", "--out", "--folds", "--fold", "--draws", "--width", "--batch", "--backbone"),
-            "--fold-backbones",
+            *("--fold-backbones", "--tune"),
         ],
         "store": [],
         "store forget": [],

@@ -361,6 +361,36 @@ def test_a_lesion_decoder_learns_on_a_frozen_backbone_and_keeps_its_weights(cach
     )  # a decoder weight that is no longer its zero bias start
 
 
+def test_a_decoder_may_fine_tune_the_backbones_coarsest_stage_and_nothing_finer(cache_file, tmp_path: Path) -> None:
+    from core.training.cache import CropCache
+    from core.training.segment import SegmentConfig, train_segmenter
+    from core.training.segment_run import fold_indices
+
+    _, out = cache_file
+    cache = CropCache.load(out)
+    card = backbone_card(tmp_path / "m3")
+    config = SegmentConfig(width=4, batch=4, draws=8, backbone=str(card), tune=1)
+    network = train_segmenter(cache, fold_indices(cache, None)[0], config, log=lambda _: None)
+    backbone = keras.saving.load_model(card.parent / "m3.keras")
+    changed, kept = set(), set()
+    for layer in backbone.layers:
+        if layer.name in ("features", "logits") or not layer.get_weights():
+            continue
+        after = network.get_layer(layer.name).get_weights()
+        same = all(np.array_equal(a, b) for a, b in zip(layer.get_weights(), after, strict=True))
+        (kept if same else changed).add(layer.name)
+    coarse = {
+        layer.name
+        for layer in backbone.layers
+        if isinstance(layer, keras.layers.Conv2D) and layer.output.shape[1] == 1  # 1/32 of the 32-pixel crop
+    }
+    assert changed and changed <= coarse  # the last stage's convolutions learned, nothing else of the backbone
+    norms = {layer.name for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)}
+    assert norms and norms <= kept  # batch normalisation frozen, statistics too
+    with pytest.raises(ValueError, match="--tune goes with --backbone"):
+        train_segmenter(cache, fold_indices(cache, None)[0], SegmentConfig(draws=4, tune=1), log=lambda _: None)
+
+
 def test_train_lesion_puts_each_fold_decoder_on_the_backbone_that_left_its_institution_out(
     cache_file, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -376,7 +406,7 @@ def test_train_lesion_puts_each_fold_decoder_on_the_backbone_that_left_its_insti
     pattern = str(tmp_path / "fold-{fold}" / "m3.json")
     config = SegmentConfig(width=4, batch=4, draws=8, backbone=str(shipped), fold_backbones=pattern)
     card = segment_run.train_lesion(out, root, tmp_path / "lesion", config, ("AA", "BB"), "pytest")
-    assert card["training"]["network"].startswith("decoder (16 channels) on the frozen network of m3 3.0.0")
+    assert card["training"]["network"].startswith("decoder (16 channels) on the network of m3 3.0.0, frozen;")
     assert sorted(card["figures"]["per_fold"]) == ["AA", "BB"] and card["figures"]["pooled"]["hit_rate"]["n"] == 6
     segmenter = Segmenter.from_card(tmp_path / "lesion" / "btd-lesion.json")  # self-contained: backbone inside
     assert segmenter.crop_probabilities(np.zeros((1, 32, 32, 1), np.float32)).shape == (1, 32, 32)
@@ -424,6 +454,10 @@ def test_train_lesion_adds_a_fold_when_its_backbone_exists_and_keeps_those_done(
     assert trained == [None, "AA"] and first["figures"]["pooled"]["folds"] == ["AA"]
     assert first["figures"]["pooled"] == {**first["figures"]["per_fold"]["AA"], "folds": ["AA"]}
     backbone_card(tmp_path / "fold-BB", hold_out=("BB",))
+    card_path = tmp_path / "lesion" / "btd-lesion.json"
+    older = json.loads(card_path.read_text())
+    del older["training"]["config"]["tune"]  # a card written before --tune existed: it ran with the default
+    card_path.write_text(json.dumps(older))
     second = segment_run.train_lesion(out, root, tmp_path / "lesion", config, ("BB",), "pytest")
     assert trained == [None, "AA", "BB"]  # the shipped network and AA's fold kept
     assert second["figures"]["per_fold"]["AA"] == first["figures"]["per_fold"]["AA"]

@@ -253,6 +253,13 @@ def _add_lesion_commands(commands: Any) -> None:
         "--backbone", metavar="CARD", help="a model-3 card: train a decoder on its frozen network, not a U-Net"
     )
     lesion.add_argument(
+        "--tune",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --backbone: the backbone's N coarsest resolutions learn too (0: frozen; 1: its last stage)",
+    )
+    lesion.add_argument(
         "--fold-backbones",
         metavar="PATTERN",
         help="with --folds and --backbone: each fold's backbone card, {fold} for the institution it left out",

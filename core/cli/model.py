@@ -195,7 +195,7 @@ def cmd_train_lesion(args: argparse.Namespace) -> int:
     from core.training.segment import SegmentConfig
     from core.training.segment_run import INSTITUTIONS, train_lesion
 
-    names = ("draws", "width", "batch", "backbone", "fold_backbones")
+    names = ("draws", "width", "batch", "backbone", "fold_backbones", "tune")
     overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     given = [(args.cache, Path(args.cache).is_file())] + ([(args.data, Path(args.data).is_dir())] if args.data else [])
     for path, is_there in given:

@@ -50,6 +50,7 @@ class SegmentConfig:
     shares: tuple[float, float, float, float, float] = (0.4, 0.15, 0.15, 0.15, 0.15)
     backbone: str = ""  # a model-3 card: a decoder on its frozen network instead of a U-Net
     fold_backbones: str = ""  # each fold's backbone card, "{fold}" standing for the institution it leaves out
+    tune: int = 0  # a decoder: the backbone's coarsest resolutions whose convolutions learn too (0: all frozen)
 
 
 def build_unet(size: int, width: int = 16, name: str = "btd-lesion") -> Any:
@@ -79,17 +80,19 @@ def build_unet(size: int, width: int = 16, name: str = "btd-lesion") -> Any:
     return keras.Model(inputs, outputs, name=name)
 
 
-def build_decoder(backbone: Any, channels: int = 64, name: str = "btd-lesion") -> Any:
-    """A lesion decoder on ``backbone`` (a model-3 network, frozen here): its last ReLU output at each of the five
-    resolutions 1/2 ... 1/32 of the crop, merged top-down, then upsampled to the crop: (size, size, 1) lesion
-    probabilities (layer ``lesion``)."""
+def build_decoder(backbone: Any, channels: int = 64, name: str = "btd-lesion", tune: int = 0) -> Any:
+    """A lesion decoder on ``backbone`` (a model-3 network, frozen here but for the convolutions of its ``tune``
+    coarsest resolutions, 1/32 first; batch normalisation stays frozen, in inference mode): its last ReLU output
+    at each of the five resolutions 1/2 ... 1/32 of the crop, merged top-down, then upsampled to the crop:
+    (size, size, 1) lesion probabilities (layer ``lesion``)."""
     import keras
     from keras import layers
 
     size = int(backbone.input.shape[1])
     last: dict[int, Any] = {}
     for layer in backbone.layers:
-        layer.trainable = False
+        coarse = len(layer.output.shape) == 4 and int(layer.output.shape[1]) <= size // 2 ** (6 - tune)
+        layer.trainable = tune > 0 and coarse and isinstance(layer, layers.Conv2D)
         if isinstance(layer, layers.ReLU):
             last[int(layer.output.shape[1])] = layer.output
     levels = [size // 2**k for k in range(5, 0, -1)]  # coarsest first
@@ -151,12 +154,20 @@ def load_backbone(card_path: Path, size: int, fold: str | None) -> Any:
     return load_checked_model(card_path.parent / weights, sha256, card_path.name)
 
 
+def check_tune(config: SegmentConfig) -> None:
+    if config.tune and not config.backbone:
+        raise ValueError("--tune goes with --backbone (it fine-tunes the backbone's coarsest resolutions)")
+    if not 0 <= config.tune <= 5:
+        raise ValueError(f"--tune {config.tune}: from 0 (a frozen backbone) to 5 (every resolution learns)")
+
+
 def segmenter_network(config: SegmentConfig, size: int, fold: str | None = None) -> Any:
     """A fresh U-Net, or a fresh decoder on the backbone that ``config`` names for ``fold``."""
+    check_tune(config)
     card = backbone_card(config, fold)
     if card is None:
         return build_unet(size, config.width)
-    return build_decoder(load_backbone(card, size, fold), 4 * config.width)
+    return build_decoder(load_backbone(card, size, fold), 4 * config.width, tune=config.tune)
 
 
 def dice_bce_loss(truth: Any, predicted: Any) -> Any:

@@ -34,7 +34,7 @@ from core.model.card import sha256_file
 from core.model.lesion import LesionCard, Segmenter
 from core.model.roi import find_brain
 from core.training.cache import CropCache
-from core.training.segment import SegmentConfig, backbone_card, check_backbone, train_segmenter
+from core.training.segment import SegmentConfig, backbone_card, check_backbone, check_tune, train_segmenter
 
 INSTITUTIONS = ("CS", "DU", "FG")
 LESION_PX, FALSE_PX = 300, 100  # the issue's section thresholds, in the original slices' pixels
@@ -174,7 +174,9 @@ def train_lesion(
     backbones = _backbones(config, folds, size)  # every backbone checked before anything is trained
     card_path = out_dir / "btd-lesion.json"
     card = json.loads(card_path.read_text()) if card_path.is_file() else None
-    same = card is not None and card["training"]["config"] == json.loads(json.dumps(asdict(config)))  # tuples: lists
+    settings = json.loads(json.dumps(asdict(config)))  # tuples: lists
+    defaults = json.loads(json.dumps(asdict(SegmentConfig())))  # a setting newer than the card: its default then
+    same = card is not None and {**defaults, **card["training"]["config"]} == settings
     known = card["training"].get("backbones", {}) if same else {}
     if not same or any(known.get(k, v) != v for k, v in backbones.items()):  # a backbone rewritten in place
         card = _ship(cache, out_dir, config, command, backbones)
@@ -209,6 +211,7 @@ def train_lesion(
 
 def _backbones(config: SegmentConfig, folds: Sequence[str], size: int) -> dict[str, str]:
     """The weights hash of each backbone ("shipped" and each fold's institution), checked; empty for a U-Net."""
+    check_tune(config)
     if config.fold_backbones and not folds:
         raise ValueError("--fold-backbones goes with --folds or --fold")
     hashes = {}
@@ -264,7 +267,8 @@ def _network_text(config: SegmentConfig) -> str:
         return f"U-Net, base width {config.width}, trained from scratch"
     raw = json.loads(Path(config.backbone).read_text())
     return (
-        f"decoder ({4 * config.width} channels) on the frozen network of {raw.get('name')} {raw.get('version')}; "
+        f"decoder ({4 * config.width} channels) on the network of {raw.get('name')} {raw.get('version')}, "
+        f"{f'its {config.tune} coarsest resolutions fine-tuned' if config.tune else 'frozen'}; "
         f"each fold on its own backbone ({config.fold_backbones or '-'}), which left that institution out but trained "
         "on most Normal-heads subjects, those a fold holds out among them: the folds' Normal-heads figure is optimistic"
     )
