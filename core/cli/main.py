@@ -250,7 +250,14 @@ def _add_lesion_commands(commands: Any) -> None:
     lesion.add_argument("--width", type=int, default=None, help="U-Net base width (a decoder: 4 x this many channels)")
     lesion.add_argument("--batch", type=int, default=None, help="sections a step (16)")
     lesion.add_argument(
-        "--backbone", metavar="CARD", help="a model-3 card: train a decoder on its frozen network, not a U-Net"
+        "--backbone",
+        metavar="CARD",
+        help="a model-3 card: a decoder on its network (frozen but for --tune), not a U-Net",
+    )
+    lesion.add_argument(
+        "--fold-backbones",
+        metavar="PATTERN",
+        help="with --folds and --backbone: each fold's backbone card, {fold} for the institution it left out",
     )
     lesion.add_argument(
         "--tune",
@@ -258,10 +265,5 @@ def _add_lesion_commands(commands: Any) -> None:
         default=None,
         metavar="N",
         help="with --backbone: the backbone's N coarsest resolutions learn too (0: frozen; 1: its last stage)",
-    )
-    lesion.add_argument(
-        "--fold-backbones",
-        metavar="PATTERN",
-        help="with --folds and --backbone: each fold's backbone card, {fold} for the institution it left out",
     )
     lesion.set_defaults(run=model.cmd_train_lesion)
