@@ -7,7 +7,8 @@
     3's does, so the app feeds the crop at ``x / 255`` (:func:`core.model.preprocess.scale_intensities`, "unit");
   - :func:`build_decoder` (``backbone``): a trained model-3 network, frozen, whose five resolutions (1/2 to 1/32 of
     the crop) a small top-down decoder merges (feature-pyramid style: 1 x 1 lateral convolutions, upsampling,
-    3 x 3 convolutions with ``4 x width`` filters) into one sigmoid output per pixel. Only the decoder learns, so a
+    3 x 3 convolutions with ``4 x width`` filters) into one sigmoid output per pixel. Only the decoder learns (or,
+    with ``tune``, the convolutions of the backbone's coarsest resolutions too), so a
     draw costs a fraction of the U-Net's, and it starts from features that already tell tumour from brain. A fold
     left-out institution needs a backbone that never saw it either (``fold_backbones``: model 3's own LOIO folds),
     checked against the backbone's card.
@@ -48,7 +49,7 @@ class SegmentConfig:
     # how often each kind of section is drawn: LGG with a mask, LGG without, Normal-heads, Training's no tumour, and
     # a drawn FLAIR or T1c lesion transplanted into a tumour-free section of the last three kinds
     shares: tuple[float, float, float, float, float] = (0.4, 0.15, 0.15, 0.15, 0.15)
-    backbone: str = ""  # a model-3 card: a decoder on its frozen network instead of a U-Net
+    backbone: str = ""  # a model-3 card: a decoder on its network (frozen but for ``tune``) instead of a U-Net
     fold_backbones: str = ""  # each fold's backbone card, "{fold}" standing for the institution it leaves out
     tune: int = 0  # a decoder: the backbone's coarsest resolutions whose convolutions learn too (0: all frozen)
 
