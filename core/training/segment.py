@@ -8,8 +8,8 @@
   - :func:`build_decoder` (``backbone``): a trained model-3 network, frozen, whose five resolutions (1/2 to 1/32 of
     the crop) a small top-down decoder merges (feature-pyramid style: 1 x 1 lateral convolutions, upsampling,
     3 x 3 convolutions with ``4 x width`` filters) into one sigmoid output per pixel. Only the decoder learns (or,
-    with ``tune``, the convolutions of the backbone's coarsest resolutions too), so a
-    draw costs a fraction of the U-Net's, and it starts from features that already tell tumour from brain. A fold
+    with ``tune``, the convolutions of the backbone's coarsest resolutions too), so a draw costs a fraction of the
+    U-Net's, and it starts from features that already tell tumour from brain. A fold
     left-out institution needs a backbone that never saw it either (``fold_backbones``: model 3's own LOIO folds),
     checked against the backbone's card.
 - Data: every LGG slice of the training institutions (all three sequences: the FLAIR mask applies to the
