@@ -104,3 +104,23 @@ def test_concurrent_sessions_get_their_own_answers(tiny_classifier: Classifier) 
         results = list(pool.map(lambda k: tiny_classifier.probabilities(inputs[k % 16])[0], range(160)))
     for k, result in enumerate(results):
         np.testing.assert_allclose(result, expected[k % 16], rtol=1e-5, atol=1e-6)
+
+
+def test_the_shipped_card_states_its_use_limits_sources_and_rules() -> None:
+    """What a reader of the card (and of every PDF report, which quotes it) is told: the intended use, the limits,
+    every training source with its licence, the split it was judged on, and the rules the app applies."""
+    from core.config import MODELS_DIR, model_card_path
+
+    path = model_card_path()
+    if path.parent != MODELS_DIR:
+        pytest.skip("BTD_MODEL names a candidate: the shipped card is checked when it is served")
+    raw = json.loads(path.read_text())
+    card = ModelCard.from_file(path)
+    assert card.weights_path.is_file() and (path.parent / raw["data"]["split_file"]).is_file()
+    assert "radiologist" in raw["intended_use"] and len(raw["limitations"]) >= 4
+    assert all(len(limit) > 40 for limit in raw["limitations"])
+    sources = {source["folder"]: source for source in raw["data_sources"]}
+    assert {"Training", "LGG", "Normal-heads", "Web-tumour"} <= set(sources)
+    assert all(source["licence"] and source["what"] for source in sources.values())
+    assert raw["decision"] and raw["gate"] and raw["series"], "the app applies these rules"
+    assert raw["version"].endswith(card.weights_sha256[:8]), "the version names the weights it was given"
