@@ -76,10 +76,13 @@ def test_the_ensemble_gives_the_mean_of_its_members_calibrated_log_probabilities
     assert [m["sha256"] for m in card["members"]] == [p.card.weights_sha256 for p in parts]
     assert [m["temperature"] for m in card["members"]] == [1.3, 0.8]
     assert (tmp_path / "btd-ensemble.split.json").read_text() == members[0].with_name("m3.split.json").read_text()
-    # every caller runs it as a model: the gate reads model 3's features, heat maps come from model 3's stages
+    # every caller runs it as a model: the gate reads model 3's features; heat maps come from the last stage of each
+    # resolution, every member's layers being flat: the later member's where both have one (see the module)
     assert embedding_layer(ensemble.model).name == "features"
-    member_stages = [layer.name for layer in stage_layers(parts[0].model)]
-    assert [layer.name for layer in stage_layers(ensemble.model)] == member_stages
+    stages = {int(layer.output.shape[1]): layer.name for layer in stage_layers(parts[0].model)}
+    stages |= {int(layer.output.shape[1]): f"member_1_{layer.name}" for layer in stage_layers(parts[1].model)}
+    assert [layer.name for layer in stage_layers(ensemble.model)] == [stages[s] for s in sorted(stages, reverse=True)]
+    assert any(name.startswith("member_1_") for name in stages.values()), "the round-2 member's stages are reachable"
     analysis = analyse(png_bytes(images[0]), ensemble)
     assert set(analysis.prediction.probabilities) == set(ensemble.card.labels)
     assert Explainer(ensemble).explain(analysis).on_scan.shape == images[0].shape
@@ -97,6 +100,8 @@ def test_members_that_cannot_share_one_input_are_refused(members, tmp_path: Path
         build_ensemble([second, first])
     with pytest.raises(ValueError, match="one logit per label"):
         build_ensemble([first, sigmoid])
+    with pytest.raises(ValueError, match="one chain of layers"):  # a ResNet's shortcuts: only the first may have them
+        build_ensemble([first, first])
 
 
 def test_the_cli_writes_the_ensemble_and_refuses_one_member(members, tmp_path: Path, capsys) -> None:
