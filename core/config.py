@@ -10,11 +10,11 @@ from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = PROJECT_ROOT / "models"
-DEFAULT_MODEL_NAME = "btd-cnn"
+DEFAULT_MODEL_NAME = "btd-ensemble"
 
 
 def model_card_path() -> Path:
-    """The card of the model to serve: ``BTD_MODEL`` (a card path) or the shipped ``models/btd-cnn.json``."""
+    """The card of the model to serve: ``BTD_MODEL`` (a card path) or the shipped ``models/btd-ensemble.json``."""
     configured = os.environ.get("BTD_MODEL")
     return Path(configured) if configured else MODELS_DIR / f"{DEFAULT_MODEL_NAME}.json"
 

@@ -79,9 +79,10 @@ def pacs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
 
 
 def serve(tmp_path_factory: pytest.TempPathFactory, extra: dict[str, str] | None = None) -> Iterator[str]:
+    from core.config import model_card_path
     from tests.scans import write_model_card
 
-    shipped = ROOT / "models" / "btd-cnn.json"
+    shipped = model_card_path()
     card = shipped if shipped.exists() else write_model_card(tmp_path_factory.mktemp("model"))
     port = free_port()
     env = {

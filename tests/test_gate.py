@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from core.cli import main
+from core.config import model_card_path
 from core.errors import ScanError
 from core.imaging import read_scan
 from core.imaging.negatives import BODY_PARTS, KINDS, collection, make
@@ -91,7 +92,7 @@ def test_the_frame_bounds_relax_only_when_the_learned_check_refuses_full_frame_i
     }
     assert relaxed_frame_bounds(weak) == {}
     assert relaxed_frame_bounds(None) == {} and relaxed_frame_bounds({}) == {}  # no learned check: bounds kept
-    card = json.loads((Path(__file__).parents[1] / "models" / "btd-cnn.json").read_text())["gate"]
+    card = json.loads(model_card_path().read_text())["gate"]
     assert relaxed_frame_bounds(card["learned_report"]) == {"max_area": card["max_area"], "max_fill": card["max_fill"]}
 
 
