@@ -1,8 +1,8 @@
 """An ensemble of trained models as one network and one card: ``python -m core ensemble --member A --member B``.
 
-Why: on the shipped validation split, model 3 (a ResNet-18) and the round-2 network err on different scans; the
-mean of their calibrated log-probabilities sends fewer calls to review than either (0.311 against 0.608 and 0.369,
-``bench/ensemble.py``) and is level with or ahead of both on every source's figures but one.
+Why: on the validation split, model 3 (a ResNet-18) and the round-2 network err on different scans; the mean of
+their calibrated log-probabilities sends fewer calls to review than either (the shipped ensemble: 0.310 against
+0.590 and 0.369, ``bench/ensemble.py``) and is ahead of the round-2 network on every source's verdicts.
 
 How: one Keras network with model 3's input (the crop scaled to [0, 1]). Every member's layers are copied into it
 flat, so that every stage stays reachable (the gate's ``features`` are the first member's; the others' layers are
