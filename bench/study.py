@@ -38,7 +38,10 @@ def series_files(sections: int, size: int) -> list[bytes]:
 
 
 def peak_mb(args: argparse.Namespace, study: bool) -> float:
-    """The high-water resident set (MB) of a fresh process that loads the model (and analyses the study once)."""
+    """The high-water resident set (MB) of a fresh process that loads the model (and analyses the study once).
+
+    Read from the child's own ``VmHWM``: ``getrusage``'s ``ru_maxrss`` survives fork and exec, so a child started by
+    this process (which has loaded the model and run the study) would report this process's size, not its own."""
     code = (
         "import resource, sys; sys.path.insert(0, '.');"
         "from bench.study import series_files; from core.model.classifier import Classifier;"
@@ -47,7 +50,7 @@ def peak_mb(args: argparse.Namespace, study: bool) -> float:
         f"classifier = Classifier.from_card({str(args.model)!r});"
         "outcome = analyse_study(files, classifier) if files else None;"
         "assert outcome is None or outcome.verdict is not None;"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        "print([line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM:')][0])"
     )
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run(
