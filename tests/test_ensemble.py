@@ -77,7 +77,7 @@ def test_the_ensemble_gives_the_mean_of_its_members_calibrated_log_probabilities
     assert [m["temperature"] for m in card["members"]] == [1.3, 0.8]
     assert (tmp_path / "btd-ensemble.split.json").read_text() == members[0].with_name("m3.split.json").read_text()
     # every caller runs it as a model: the gate reads model 3's features; heat maps come from the last stage of each
-    # resolution, every member's layers being flat: the later member's where both have one (see the module)
+    # resolution, every member's layers being flat: the one nearer the output where both have one (see the module)
     assert embedding_layer(ensemble.model).name == "features"
     stages = {int(layer.output.shape[1]): layer.name for layer in stage_layers(parts[0].model)}
     stages |= {int(layer.output.shape[1]): f"member_1_{layer.name}" for layer in stage_layers(parts[1].model)}
@@ -102,6 +102,35 @@ def test_members_that_cannot_share_one_input_are_refused(members, tmp_path: Path
         build_ensemble([first, sigmoid])
     with pytest.raises(ValueError, match="one chain of layers"):  # a ResNet's shortcuts: only the first may have them
         build_ensemble([first, first])
+
+
+def test_a_later_member_is_copied_whole_or_refused() -> None:
+    """A Sequential model does not list its input layer, and a second output would be dropped: both refused."""
+    import keras
+    from keras import layers
+
+    from core.training.ensemble import _chained
+
+    crops = keras.Input((8, 8, 1))
+    sequential = keras.Sequential([keras.Input((8, 8, 1)), layers.Rescaling(2.0), layers.Flatten(), layers.Dense(4)])
+    with pytest.raises(ValueError, match="from input to output"):
+        _chained(sequential, crops, "member_1_")
+    inputs = keras.Input((8, 8, 1))
+    flat = layers.Flatten()(inputs)
+    two = keras.Model(inputs, [layers.Dense(4)(flat), layers.Dense(2)(flat)])
+    with pytest.raises(ValueError, match="from input to output"):
+        _chained(two, crops, "member_1_")
+    trailing = keras.Model(inputs, keras.ops.softmax(layers.Dense(4)(flat)))
+    with pytest.raises(ValueError, match="from input to output"):  # an operation that is not a layer: left out
+        _chained(trailing, crops, "member_1_")
+    between = keras.Model(inputs, layers.Dense(4)(layers.Rescaling(2.0)(inputs)[:, 0, 0, :]))
+    with pytest.raises(ValueError, match="one chain of layers"):
+        _chained(between, crops, "member_1_")
+    whole = keras.Model(inputs, layers.Dense(4)(layers.Flatten()(layers.Rescaling(2.0)(inputs))))
+    copied = keras.Model(crops, _chained(whole, crops, "member_1_"))
+    sample = np.random.default_rng(0).random((2, 8, 8, 1)).astype(np.float32)
+    assert np.allclose(copied.predict(sample, verbose=0), whole.predict(sample, verbose=0), atol=1e-6)
+    assert [layer.name.startswith("member_1_") for layer in copied.layers[1:]] == [True, True, True]
 
 
 def test_the_cli_writes_the_ensemble_and_refuses_one_member(members, tmp_path: Path, capsys) -> None:

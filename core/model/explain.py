@@ -3,7 +3,8 @@
 The target is the layer the card names (``explain.layer``: chosen when the card is finished, as the resolution whose
 heat map peaks inside validation tumours most often) or else the last layer with a spatial (4-D) output, found by
 inspecting the model (for a model nested inside another, the nested model itself when it outputs a feature map).
-The class score is the model's output for that class before calibration (logits for the shipped model). The heat
+The class score is the model's output for that class before the card's calibration (for the shipped ensemble,
+the mean of its members' calibrated log-probabilities). The heat
 map is ReLU(sum_k w_k A_k) with w_k the spatially averaged gradients, scaled to [0, 1], resized to the model input
 (the padded square crop), and mapped back to the scan's pixels through the same box and padding as
 :func:`core.preprocess.crop_square`.

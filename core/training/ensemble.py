@@ -8,10 +8,12 @@ How: one Keras network with model 3's input (the crop scaled to [0, 1]). Every m
 flat, so that every stage stays reachable (the gate's ``features`` are the first member's; the others' layers are
 named ``member_<i>_<name>``); each other member is fed its own input computed inside the network
 (:class:`core.model.layers.PercentileMirror` for a round-2 model). Heat maps are taken, like any network's, from
-the last layer of each resolution (:func:`core.model.explain.stage_layers`), which for resolutions both members
-have is the later member's: the round-2 network's maps stay on the brain (its Grad-CAM's heat is 8.9 times denser
-inside the brain than outside on 30 validation tumours) where model 3's spread over the crop's background (1.8; its
-peak outside the brain on 6 of 30), so the heat map follows the round-2 member and the verdict the mean.
+the last layer of each resolution (:func:`core.model.explain.stage_layers`) in Keras's order of the layers (by
+distance from the output, farthest first), which for resolutions both members have is the one nearer the output:
+here the round-2 network's, the shallower. That is the wanted one: its maps stay on the brain (its Grad-CAM's heat
+is 8.9 times denser inside the brain than outside on 30 validation tumours) where model 3's spread over the crop's
+background (1.8; its peak outside the brain on 6 of 30), so the heat map follows the round-2 member and the verdict
+the mean; the finished card names the layer it chose (``explain.layer``), so serving does not depend on the order.
 Each member's logits pass its own card's calibration (a frozen layer: logits / T + bias) and a log-softmax; the
 output is their mean. The card is then finished like any model's (:func:`core.training.finish.finish_card`:
 calibration on top, decision rule, gate, series rule, heat-map layer), on the first member's validation split.
@@ -64,9 +66,17 @@ def _calibrated_log_probabilities(card: ModelCard, logits: Any, name: str) -> An
 
 def _chained(model: Any, tensor: Any, prefix: str) -> Any:
     """``model``'s layers, copied with their weights and ``prefix`` on their names, called one after another on
-    ``tensor``: a member after the first must be one chain of layers (the round-2 network is)."""
-    previous = model.layers[0]
-    for layer in model.layers[1:]:
+    ``tensor``: a member after the first must be one chain of layers from its input layer to its one output (the
+    round-2 network is). Anything else is refused rather than copied in part: a ``Sequential`` model does not list
+    its input layer, and an operation that is not a layer, or a second output, would be left out silently."""
+    import keras
+
+    chain = model.layers
+    ends = bool(chain) and isinstance(chain[0], keras.layers.InputLayer) and len(model.outputs) == 1
+    if not ends or chain[-1].output is not model.outputs[0]:
+        raise ValueError(f"{model.name}: a member after the first must be one chain of layers from input to output")
+    previous = chain[0]
+    for layer in chain[1:]:
         if layer.input is not previous.output:
             raise ValueError(f"{model.name}: a member after the first must be one chain of layers")
         copy = layer.__class__.from_config({**layer.get_config(), "name": prefix + layer.name})
