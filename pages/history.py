@@ -61,8 +61,10 @@ st.dataframe(
 )
 st.caption(
     "Lesion: a series' volume (mL) or a single scan's area (mm², or pixels without a pixel spacing), as the "
-    "segmenter measured it. Change: from the previous result of the same kind; — when either size is unknown "
-    "or in pixels."
+    "segmenter measured it. Change: a series' volume against the one series in the same plane of this patient's "
+    "previous study; — when there is none or several (compare them below), when either volume is unknown, and for "
+    "single scans (two slices are not the same section). Results are in the order they were saved: scan dates are "
+    "not kept, so a prior study saved late reads as the later one."
 )
 
 series = [r for r in records if r.kind == "series"]

@@ -105,7 +105,7 @@ def lesion_history() -> list:
     ]
 
 
-def test_the_lesion_course_gives_each_size_and_the_change_from_the_previous_result_of_its_kind() -> None:
+def test_the_lesion_course_gives_each_size_and_the_change_from_the_prior_studys_series() -> None:
     course = lesion_course(lesion_history())
     assert [(s.size, s.unit) for s in course] == [
         (4.0, "mL"),
@@ -129,6 +129,31 @@ def test_the_lesion_course_gives_each_size_and_the_change_from_the_previous_resu
     )
     assert grown[1].change == pytest.approx(2.0) and grown[1].change_percent is None  # from 0: no percentage
     assert lesion_size(replace(make_series(10, datetime(2027, 1, 1, tzinfo=UTC)), lesion_px=900)) == (900.0, "px")
+
+
+def test_a_change_is_only_claimed_between_one_lesion_measured_in_two_studies() -> None:
+    """Two series of one study (two sequences), a prior study with several series in the plane, another plane, or
+    two single scans (not the same section): no change. The one series of the prior study: its change."""
+    at = [datetime(2026, 9, 1, tzinfo=UTC) + timedelta(days=k) for k in range(9)]
+    sagittal = {"spacing": [0.9, 0.9], "thickness": 5.0, "orientation": [0, 1, 0, 0, 0, -1], "plane": "sagittal"}
+    records = [
+        replace(make_series(1, at[0], study=1), lesion_ml=4.0),
+        replace(make_series(2, at[1], study=1), lesion_ml=9.0),  # the same study's other series: not a course
+        replace(make_series(3, at[2], study=2), lesion_ml=5.0),  # the prior study has two axial series: which?
+        replace(make_series(4, at[3], study=3), lesion_ml=6.0),  # the one axial series of study 2: +1.0 mL
+        replace(make_series(5, at[4], study=4), geometry=sagittal, lesion_ml=2.0),  # no sagittal before
+        replace(make_series(6, at[5], study=5), lesion_ml=3.0),  # the latest study with an axial one: study 3
+        replace(make_record(7, at[6]), lesion_px=400, lesion_mm2=100.0),
+        replace(make_record(8, at[7]), lesion_px=480, lesion_mm2=120.0),  # two single scans: not one section
+    ]
+    course = lesion_course(records)
+    assert [s.change for s in course[:3]] == [None, None, None]
+    assert course[1].prior is None and course[2].prior is None
+    assert course[3].prior is records[2] and course[3].change == pytest.approx(1.0)
+    assert course[3].change_percent == pytest.approx(20.0)
+    assert course[4].prior is None and course[4].change is None
+    assert course[5].prior is records[3] and course[5].change == pytest.approx(-3.0)
+    assert course[6].change is None and course[7].change is None and course[7].size == 120.0
 
 
 @pytest.mark.pages
@@ -175,6 +200,6 @@ def test_the_history_page_shows_each_lesion_size_and_its_change(
         "—",
         "-6.6 mL (-100%)",
     ]
-    assert any("previous result of the same kind" in c.value for c in app.caption)
+    assert any("one series in the same plane of this patient's previous study" in c.value for c in app.caption)
     st.cache_data.clear()
     st.cache_resource.clear()

@@ -117,6 +117,28 @@ def test_the_segmenter_maps_back_onto_each_slice_and_the_analysis_carries_the_le
     assert analyse(png_bytes(pixels), Classifier.from_card(tiny_card)).lesion is None  # none loaded: none drawn
 
 
+def test_a_slice_the_gate_refused_gets_no_lesion_and_its_record_no_area(
+    tiny_card: Path, tiny_lesion_card: Path
+) -> None:
+    """Nothing is measured on what is not read as a brain MRI: no outline, no area saved (a refused scan is saved
+    as refused, and History would otherwise count its area as a lesion size)."""
+    from dataclasses import replace
+
+    from core.model.analysis import with_lesions
+    from core.model.gate import REJECTED, GateResult
+    from core.services.triage import new_record
+
+    plain = analyse(png_bytes(synthetic_slice(160)), Classifier.from_card(tiny_card))
+    refused = replace(plain, prediction=replace(plain.prediction, gate=GateResult(REJECTED, ("not a head",), 1.0)))
+    accepted, rejected = with_lesions([plain, refused], Segmenter.from_card(tiny_lesion_card))
+    assert accepted.lesion is not None and accepted.lesion.area_px > 0  # threshold 1e-9: the whole box
+    assert "segment" in accepted.prediction.timings_ms
+    assert rejected.lesion is None and "segment" not in rejected.prediction.timings_ms
+    assert new_record(accepted, patient_ref=None, uploader="u").lesion_px == accepted.lesion.area_px
+    record = new_record(rejected, patient_ref=None, uploader="u")
+    assert record.gate == REJECTED and record.lesion_px is None and record.lesion_mm2 is None
+
+
 @pytest.mark.heavy
 def test_predict_writes_a_lesion_mask_of_each_inputs_size_and_reports_its_area(
     tmp_path: Path, tiny_card: Path, tiny_lesion_card: Path
@@ -124,11 +146,14 @@ def test_predict_writes_a_lesion_mask_of_each_inputs_size_and_reports_its_area(
     scan = tmp_path / "case.png"
     scan.write_bytes(png_bytes(synthetic_slice(180)))
     (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "other").mkdir()
+    namesake = tmp_path / "other" / "case.png"  # the same file name from another folder: its own mask
+    namesake.write_bytes(png_bytes(synthetic_slice(150, seed=2)))
     env = {"PATH": "/usr/bin:/bin", "BTD_LESION_MODEL": str(tiny_lesion_card), "TF_CPP_MIN_LOG_LEVEL": "3"}
     env |= {"KERAS_BACKEND": os.environ["KERAS_BACKEND"]} if "KERAS_BACKEND" in os.environ else {}
     command = [sys.executable, "-m", "core", "predict", "--model", str(tiny_card), "--lesion-masks"]
     done = subprocess.run(
-        [*command, str(tmp_path / "masks"), str(scan), str(tmp_path / "empty.png")],
+        [*command, str(tmp_path / "masks"), str(scan), str(tmp_path / "empty.png"), str(namesake)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -141,6 +166,10 @@ def test_predict_writes_a_lesion_mask_of_each_inputs_size_and_reports_its_area(
     assert mask.shape == (180, 180) and set(np.unique(mask)) <= {0, 255}
     assert int((mask == 255).sum()) == lines[0]["lesion_px"]
     assert "error" in lines[1] and "lesion_mask" not in lines[1]
+    assert Path(lines[0]["lesion_mask"]).name == "case.png.lesion.png"
+    assert Path(lines[2]["lesion_mask"]).name == "case.png-2.lesion.png"
+    assert cv2.imread(lines[2]["lesion_mask"], cv2.IMREAD_UNCHANGED).shape == (150, 150)
+    assert cv2.imread(lines[0]["lesion_mask"], cv2.IMREAD_UNCHANGED).shape == (180, 180)  # not overwritten
     off = subprocess.run(
         [*command, str(tmp_path / "masks"), str(scan)],
         cwd=ROOT,
@@ -172,3 +201,23 @@ def test_a_series_lesion_volume_is_its_areas_times_the_voxel_size_and_the_study_
     assert line["lesion_ml"] == series.lesion_ml and line["lesion_sections"][0] <= line["lesion_sections"][1]
     plain = analyse_volume(volume, Classifier.from_card(tiny_card))
     assert plain.lesion_ml is None and "lesion_ml" not in plain.to_json()  # no segmenter: no volume claimed
+
+
+def test_a_section_that_could_not_be_analysed_inside_the_lesion_is_named_beside_the_volume(
+    tiny_card: Path, tiny_lesion_card: Path
+) -> None:
+    from core.imaging.phantom_series import dicom_series, head_volume
+    from core.imaging.series import read_study
+    from core.model.volume import analyse_volume
+
+    classifier = with_segmenter(Classifier.from_card(tiny_card), tiny_lesion_card)
+    heads = head_volume(7, 128, range(2, 5))
+    whole = analyse_volume(read_study(dicom_series(heads))[0], classifier)
+    assert whole.lesion_ml is not None and not any("lower bound" in note for note in whole.warnings)
+    heads[3] = 0  # a blank section inside the lesion's span: no head, not analysed
+    series = analyse_volume(read_study(dicom_series(heads))[0], classifier)
+    assert [s.index for s in series.refused] == [3]
+    assert series.lesion_ml is not None and series.lesion_ml < whole.lesion_ml
+    (note,) = [note for note in series.warnings if "lower bound" in note]
+    assert note.startswith("1 section(s) inside the lesion's span (sections 1-7)")
+    assert note in series.to_json()["warnings"]

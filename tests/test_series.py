@@ -89,6 +89,21 @@ def test_an_enhanced_multiframe_file_is_one_series_ordered_by_its_frame_position
     assert series.positions == tuple(5.0 * k for k in range(7))
 
 
+def test_a_classic_multiframe_file_is_placed_by_its_declared_step_and_only_numbered_without_one() -> None:
+    """Frames of a classic multi-frame file carry no positions: the declared step places them; without one they
+    are numbered, and no distance between sections (so no lesion volume in mL) is claimed."""
+    from tests.scans import dicom_bytes
+
+    volume = head_volume(5)
+    spaced = dicom_bytes(volume, frames=5, extra={"SpacingBetweenSlices": 4.0, "PixelSpacing": [0.9, 0.9]})
+    (placed,) = read_study([spaced])
+    assert placed.positions_in_mm and placed.step_mm == pytest.approx(4.0)
+    (numbered,) = read_study([dicom_bytes(volume, frames=5, extra={"PixelSpacing": [0.9, 0.9]})])
+    assert not numbered.positions_in_mm and numbered.step_mm is None and numbered.spacing is not None
+    assert np.array_equal(numbered.sections, placed.sections)  # same order: the frames' own
+    assert any("no positions" in note for note in numbered.warnings)
+
+
 @pytest.mark.parametrize("flip", [(1, 1, 1), (-1, 1, 1), (1, -1, -1)])
 def test_nifti_volumes_of_any_axis_flips_come_out_the_same_way_up(flip) -> None:
     volume = head_volume(8)

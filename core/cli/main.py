@@ -37,7 +37,7 @@ def _add_scan_commands(commands: Any) -> None:
     predict.add_argument("--frame", type=int, default=None, help="frame index for multi-frame DICOM files")
     predict.add_argument("--save", action="store_true", help="also save each result to the app's database")
     predict.add_argument(
-        "--lesion-masks", metavar="DIR", help="write each analysed slice's lesion mask as DIR/<name>.lesion.png"
+        "--lesion-masks", metavar="DIR", help="write each analysed slice's lesion mask as DIR/<file name>.lesion.png"
     )
     predict.add_argument("files", nargs="+", metavar="FILE")
     predict.set_defaults(run=scans.cmd_predict)

@@ -52,12 +52,19 @@ def _classify_file(path: Path, classifier: Classifier, frame: int | None) -> tup
     return result, outcome
 
 
-def _write_mask(folder: Path, source: Path, outcome: ScanOutcome) -> str | None:
-    """The lesion mask of an analysed slice as ``<input name>.lesion.png`` (255 = lesion), the slice's size."""
+def _write_mask(folder: Path, source: Path, outcome: ScanOutcome, written: set[str]) -> str | None:
+    """The lesion mask of an analysed slice as ``<input file name>.lesion.png`` (255 = lesion), the slice's size;
+    a name this run already wrote (the same file name in two folders) gets ``-2``, ``-3``... so that no mask
+    overwrites another's. ``written`` collects the names."""
     analysis = outcome.analysis
     if analysis is None or analysis.lesion is None or analysis.prediction.gate.decision == REJECTED:
         return None
-    target = folder / f"{source.stem}.lesion.png"
+    name, k = f"{source.name}.lesion.png", 1
+    while name in written:
+        k += 1
+        name = f"{source.name}-{k}.lesion.png"
+    written.add(name)
+    target = folder / name
     ok, encoded = cv2.imencode(".png", analysis.lesion.mask.astype(np.uint8) * 255)
     if not ok:
         return None
@@ -85,13 +92,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         except StoreError as error:
             emit(error_json(error.code, str(error)), sys.stdout)
             return EXIT_USAGE
-    status, unsaved = EXIT_OK, False
+    status, unsaved, written = EXIT_OK, False, set()
     for name in progress(args.files, "predict"):
         result, outcome = _classify_file(Path(name), classifier, args.frame)
         if "error" in result:
             status = EXIT_REJECTED
         elif masks is not None:
-            result["lesion_mask"] = _write_mask(masks, Path(name), outcome)
+            result["lesion_mask"] = _write_mask(masks, Path(name), outcome, written)
         if args.save and outcome.analysis is not None:  # gate-rejected scans are recorded as such, like in the app
             saved = save(outcome.analysis, store, actor=COMMAND_LINE, patient_ref=None, images=images)
             result["saved"] = saved.state + (f": {saved.message}" if saved.message else "")

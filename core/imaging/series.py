@@ -265,14 +265,16 @@ def _sections_of(data: bytes, limits: Limits, study_limits: StudyLimits) -> list
         found = _floats(measures.get("PixelSpacing"), 2)
         spacing = (float(found[0]), float(found[1])) if found is not None else spacing
         thickness = float(measures.get("SliceThickness")) if measures.get("SliceThickness") else thickness
-    step = float(ds.get("SpacingBetweenSlices") or thickness or 1.0)
+    # classic multi-frame: frames evenly spaced along the normal by the declared step; with no step declared the
+    # frames are numbered, not placed (an invented step would make a lesion volume in mL out of a pixel count)
+    step = float(ds.get("SpacingBetweenSlices") or thickness or 0.0)
     origin = _floats(ds.get("ImagePositionPatient"), 3)
     sections = []
     for k in range(frames):
         position = None
         if k < len(per_frame) and per_frame[k].get("PlanePositionSequence"):
             position = _floats(per_frame[k].PlanePositionSequence[0].get("ImagePositionPatient"), 3)
-        elif orientation is not None:  # classic multi-frame: evenly spaced along the normal from the origin
+        elif orientation is not None and step > 0:
             normal = np.cross(orientation[:3], orientation[3:])
             position = (origin if origin is not None else np.zeros(3)) + k * step * normal
         pixels = dicom.display(dicom.decode_frame(ds, k), ds)

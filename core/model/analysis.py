@@ -16,7 +16,7 @@ import numpy as np
 from core.errors import ScanError
 from core.imaging import DEFAULT_LIMITS, Limits, Scan, read_scan
 from core.model.classifier import Classifier
-from core.model.gate import GateResult, assess, with_review
+from core.model.gate import REJECTED, GateResult, assess, with_review
 from core.model.lesion import Lesion, Segmenter, lesion_of, pixel_spacing
 from core.model.preprocess import to_model_input
 from core.model.roi import BrainRegion, find_brain
@@ -94,20 +94,30 @@ def analyse_scan(
 
 
 def with_lesions(analyses: Sequence[Analysis], segmenter: Segmenter, batch_size: int = 32) -> list[Analysis]:
-    """The analyses with the segmenter's lesion on each slice (batched; its time in ``timings_ms["segment"]``)."""
-    done = []
-    for start in range(0, len(analyses), batch_size):
-        chunk = analyses[start : start + batch_size]
+    """The analyses with the segmenter's lesion on each slice (batched; its time in ``timings_ms["segment"]``). A
+    slice the gate refused (not a brain MRI) keeps ``lesion`` None: nothing is measured on what is not read."""
+    wanted = [a for a in analyses if a.prediction.gate.decision != REJECTED]
+    measured: dict[int, tuple[Lesion, float]] = {}
+    for start in range(0, len(wanted), batch_size):
+        chunk = wanted[start : start + batch_size]
         began = time.perf_counter()
         maps = segmenter.probabilities([a.scan.pixels for a in chunk], [a.region.box for a in chunk])
         share = (time.perf_counter() - began) * 1000 / len(chunk)
         for analysis, probability in zip(chunk, maps, strict=True):
-            lesion = lesion_of(probability, segmenter.card.threshold, pixel_spacing(analysis.scan))
-            timings = dict(analysis.prediction.timings_ms)
-            timings["segment"] = share
-            timings["total"] = timings.get("total", 0.0) + share
-            prediction = replace(analysis.prediction, timings_ms=timings)
-            done.append(replace(analysis, prediction=prediction, lesion=lesion))
+            measured[id(analysis)] = (
+                lesion_of(probability, segmenter.card.threshold, pixel_spacing(analysis.scan)),
+                share,
+            )
+    done = []
+    for analysis in analyses:
+        if id(analysis) not in measured:
+            done.append(analysis)
+            continue
+        lesion, share = measured[id(analysis)]
+        timings = dict(analysis.prediction.timings_ms)
+        timings["segment"] = share
+        timings["total"] = timings.get("total", 0.0) + share
+        done.append(replace(analysis, prediction=replace(analysis.prediction, timings_ms=timings), lesion=lesion))
     return done
 
 

@@ -104,6 +104,15 @@ class SeriesAnalysis:
                 f"no {self.rule.neighbours} neighbouring sections could be analysed; the verdict rests on "
                 f"{self.neighbours_used}"
             )
+        areas = self.lesion_areas
+        span = sections_spanned(areas) if areas is not None else None
+        if span is not None:
+            missing = [s.index for s in self.refused if span[0] < s.index < span[1]]
+            if missing:
+                notes.append(
+                    f"{len(missing)} section(s) inside the lesion's span (sections {span[0] + 1}-{span[1] + 1}) could "
+                    "not be analysed: the lesion volume leaves them out and is a lower bound"
+                )
         return notes
 
     @property

@@ -6,10 +6,14 @@ bore), so sections are matched by their relative place along the analysed part o
 the last section with a verdict), not by millimetres. Reading a history is an audit event.
 
 The lesion's course (:func:`lesion_course`): each result's size as the segmenter measured it (a series' volume in
-mL; a single scan's area in mm^2, or in pixels when its pixel spacing is unknown) and its change from the previous
-result of the same kind. A change is only computed between two known sizes in the same physical unit: never across
-an unknown one (not measured, or no spacing), never between a volume and an area, never in pixels (pixels of two
-images are not the same size).
+mL; a single scan's area in mm^2, or in pixels when its pixel spacing is unknown) and, for a series, its change from
+the same lesion measured before: the one series in the same plane of the patient's previous study (another study
+UID), saved before it. A change is only computed between two known volumes in mL: never across an unknown one (not
+measured, or no voxel size), never between two series of one study (two sequences of one day are not a course),
+never when the previous study has several series in that plane (which one is the same sequence is not known:
+History's comparison lets the reader choose), never between single scans (two slices are not known to be the same
+section). The order is the order of saving: the app keeps no scan dates (they are removed with the identity), so
+a prior study saved after a later one reads as the later; the page says so.
 """
 
 from __future__ import annotations
@@ -77,14 +81,16 @@ def change(current: SeriesView, index: int, prior: SeriesView) -> tuple[int, Cha
 
 @dataclass(frozen=True)
 class LesionStep:
-    """One result's lesion size and its change from the previous result of the same kind (None: unknown).
-    ``unit`` is "mL" (a series' volume), "mm2" or "px" (a single scan's area), or None when nothing was measured."""
+    """One result's lesion size and its change from the same lesion measured before (None: unknown or not
+    comparable). ``unit`` is "mL" (a series' volume), "mm2" or "px" (a single scan's area), or None when nothing was
+    measured; ``prior`` is the series it was compared with."""
 
     record: Record
     size: float | None
     unit: str | None
     change: float | None = None
     change_percent: float | None = None
+    prior: Record | None = None
 
 
 def lesion_size(record: Record) -> tuple[float | None, str | None]:
@@ -99,18 +105,36 @@ def lesion_size(record: Record) -> tuple[float | None, str | None]:
     return None, None
 
 
+def prior_series(earlier: Sequence[Record], record: Record) -> Record | None:
+    """The series ``record``'s lesion is compared with: the only series in its plane of the latest earlier study
+    (another study UID) that has one; None when there is none, or several (see the module)."""
+    plane = (record.geometry or {}).get("plane")
+    if record.kind != "series" or not plane or record.study_ref is None:
+        return None
+    candidates = [
+        r
+        for r in earlier
+        if r.kind == "series"
+        and r.study_ref not in (None, record.study_ref)
+        and (r.geometry or {}).get("plane") == plane
+    ]
+    if not candidates:
+        return None
+    same_study = [r for r in candidates if r.study_ref == candidates[-1].study_ref]
+    return same_study[0] if len(same_study) == 1 else None
+
+
 def lesion_course(records: Sequence[Record]) -> list[LesionStep]:
-    """Each result (in the order given, oldest first) with its lesion size and the change from the previous result
-    of the same kind: in that unit and in percent of the previous size (None when it was 0)."""
-    previous: dict[str, tuple[float | None, str | None]] = {}
+    """Each result (in the order given, oldest first) with its lesion size and, for a series, the change from its
+    prior series (:func:`prior_series`): in mL and in percent of the prior volume (None when that was 0)."""
     steps = []
-    for record in records:
+    for k, record in enumerate(records):
         size, unit = lesion_size(record)
-        before, before_unit = previous.get(record.kind, (None, None))
-        previous[record.kind] = (size, unit)
-        if size is None or before is None or unit != before_unit or unit == "px":
-            steps.append(LesionStep(record, size, unit))
+        prior = prior_series(records[:k], record)
+        before, before_unit = lesion_size(prior) if prior is not None else (None, None)
+        if size is None or before is None or unit != "mL" or before_unit != "mL":
+            steps.append(LesionStep(record, size, unit, prior=prior))
             continue
         percent = (size - before) / before * 100 if before > 0 else None
-        steps.append(LesionStep(record, size, unit, size - before, percent))
+        steps.append(LesionStep(record, size, unit, size - before, percent, prior))
     return steps
