@@ -24,7 +24,7 @@ from core.storage.sqlite import SQLiteStore
 from tests.scans import garbage_pacs
 
 ROOT = Path(__file__).resolve().parents[1]
-RADIOLOGIST, SUPERVISOR = Actor("dr-a", "radiologist"), Actor("boss", "supervisor")
+RADIOLOGIST, SUPERVISOR, ADMIN = Actor("dr-a", "radiologist"), Actor("boss", "supervisor"), Actor("root", "admin")
 STUDY = "1.2.826.0.1.3680043.8.498.77"
 CT_STUDY = "1.2.826.0.1.3680043.8.498.78"
 
@@ -138,18 +138,19 @@ def test_watch_mode_analyses_each_new_brain_mr_study_once_also_after_a_restart(
     assert len(store.worklist(WorklistQuery(), 10)) == 2
 
 
-def test_supervisors_never_reach_pacs_images(orthanc, tiny_classifier) -> None:
+def test_supervisors_and_admins_never_reach_pacs_images(orthanc, tiny_classifier) -> None:
     pacs = Pacs(orthanc.dicomweb, orthanc.user, orthanc.password)
-    with pytest.raises(AccessDenied):
-        pacs_service.search(pacs, SUPERVISOR)
-    with pytest.raises(AccessDenied):
-        pacs_service.pull_and_analyse(pacs, SUPERVISOR, STUDY, tiny_classifier, None, None)
     pulled = pacs_service.pull_and_analyse(pacs, RADIOLOGIST, STUDY, tiny_classifier, None, None)
     facts = ModelFacts("m", "1", "0" * 64)
-    with pytest.raises(AccessDenied):  # reviewing is a radiologist's, sending a radiologist's or an admin's
-        pacs_service.review_and_send(pacs, SUPERVISOR, pulled, facts, None, None, "glioma", ["x"])
-    with pytest.raises(AccessDenied):
-        pacs_service.send_results(pacs, SUPERVISOR, pulled, facts, None, None)
+    for actor in (SUPERVISOR, ADMIN):  # searching, pulling, reviewing and sending are a radiologist's
+        with pytest.raises(AccessDenied):
+            pacs_service.search(pacs, actor)
+        with pytest.raises(AccessDenied):
+            pacs_service.pull_and_analyse(pacs, actor, STUDY, tiny_classifier, None, None)
+        with pytest.raises(AccessDenied):
+            pacs_service.review_and_send(pacs, actor, pulled, facts, None, None, "glioma", ["x"])
+        with pytest.raises(AccessDenied):
+            pacs_service.send_results(pacs, actor, pulled, facts, None, None)
 
 
 def test_the_pacs_command_prints_the_study_lines_with_the_study_uid(orthanc, tiny_card, tmp_path) -> None:

@@ -4,7 +4,9 @@
   P(tumour) and the series rule, the lesion volume when segmented, the model's name, version and weights hash, the
   statement that this is a decision aid that needs a radiologist's review and, once reviewed, the radiologist's
   final label. ``PreliminaryFlag`` is PRELIMINARY and ``CompletionFlag`` PARTIAL until a review makes it FINAL and
-  COMPLETE; a reviewed report is a new instance in the same series that lists the earlier one as a predecessor.
+  COMPLETE; a reviewed report is a new instance in the same series that lists the version before it as its
+  predecessor (the preliminary report, or the previous review's when the study is reviewed again), so that the
+  PACS holds one chain of versions, never two final reports that both claim to replace the preliminary one.
 - The **key images**: a Secondary Capture series per analysed series with its sections at or above the rule's
   threshold (the 12 most likely tumour when there are more), the lesion outline (or the section alone) burned in.
 - Identity: every UID is derived from the study, the series and the result's content, so sending the same result
@@ -93,10 +95,14 @@ def _series_lines(series: SeriesAnalysis) -> str:
     return line
 
 
-def content_fingerprint(series: Sequence[SeriesAnalysis], model: ModelFacts, final_label: str | None) -> str:
-    """What makes a report version: the verdicts, the model and the review (not the time it was made)."""
+def content_fingerprint(
+    series: Sequence[SeriesAnalysis], model: ModelFacts, final_label: str | None, version: int = 1
+) -> str:
+    """What makes a report version: the verdicts, the model, the review and which review it is (not the time it
+    was made)."""
     facts = [(s.volume.series, s.label, None if s.score is None else round(s.score, 4), s.lesion_ml) for s in series]
-    return json.dumps([facts, model.name, model.version, model.weights_sha256, final_label])
+    reviewed = [final_label, version] if version > 2 else [final_label]  # the first review's identity as before
+    return json.dumps([facts, model.name, model.version, model.weights_sha256, *reviewed])
 
 
 def verdict_report(
@@ -106,8 +112,10 @@ def verdict_report(
     model: ModelFacts,
     final_label: str | None = None,
     predecessor: Any | None = None,
+    version: int | None = None,
 ) -> Any:
-    """The Comprehensive SR for one study (see the module docstring)."""
+    """The Comprehensive SR for one study (see the module docstring); ``version`` is its instance number: 1 the
+    preliminary report, 2 the first review's, 3 the next review's (default: 2 with a final label, else 1)."""
     import highdicom as hd
 
     codes = _codes()
@@ -130,14 +138,15 @@ def verdict_report(
         items.append(hd.sr.TextContentItem(codes["finding"], f"Radiologist's final label: {final_label}", "CONTAINS"))
     root = hd.sr.ContainerContentItem(codes["report"])
     root.ContentSequence = hd.sr.ContentSequence(items, is_root=False)
-    fingerprint = content_fingerprint(series, model, final_label)
+    version = version or (2 if final_label is not None else 1)
+    fingerprint = content_fingerprint(series, model, final_label, version)
     report = hd.sr.ComprehensiveSR(
         evidence=list(evidence),
         content=root,
         series_instance_uid=_uid(study_uid, "report series"),
         series_number=9901,
         sop_instance_uid=_uid(study_uid, "report", fingerprint),
-        instance_number=2 if final_label is not None else 1,
+        instance_number=version,
         manufacturer=MANUFACTURER,
         is_complete=final_label is not None,
         is_final=final_label is not None,

@@ -2,9 +2,11 @@
 
 Pages show only what a role may use, but that is convenience: the services refuse (:class:`AccessDenied`) whatever
 a page or a script asks. Roles:
-- radiologist: analyse scans, review results, the worklist, open a result with its image, patient history;
+- radiologist: analyse scans, review results, the worklist, open a result with its image, patient history, the
+  PACS (search it, pull and analyse a study, send its report);
 - supervisor: statistics (agreement, drift), reading the audit trail; no images, no per-scan table;
-- admin: accounts, settings, exporting the audit trail, deleting stored images, statistics, storage details.
+- admin: accounts, settings, exporting the audit trail, deleting stored images, statistics, storage details; not
+  the PACS (its studies are patients' images and names, and a report sent there is a clinical act).
 The command line runs as the server's administrator (:data:`COMMAND_LINE`), with every permission.
 """
 
@@ -31,9 +33,7 @@ PACS = "search, pull from and send to the PACS"
 GRANTS: dict[str, frozenset[str]] = {
     "radiologist": frozenset({ANALYSE, REVIEW, OPEN_RESULT, WORKLIST, HISTORY, PACS}),
     "supervisor": frozenset({STATISTICS, AUDIT_READ}),
-    "admin": frozenset(
-        {STATISTICS, AUDIT_READ, AUDIT_EXPORT, ACCOUNTS, SETTINGS, DELETE_IMAGES, STORAGE_DETAILS, PACS}
-    ),
+    "admin": frozenset({STATISTICS, AUDIT_READ, AUDIT_EXPORT, ACCOUNTS, SETTINGS, DELETE_IMAGES, STORAGE_DETAILS}),
 }
 GRANTS["system"] = frozenset().union(*GRANTS.values())
 

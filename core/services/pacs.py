@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from core.config import PacsSettings
-from core.errors import FileTooLarge, PacsError
+from core.errors import FileTooLarge, PacsError, PacsUnreachable
 from core.identity import pseudonymise
 from core.model.classifier import Classifier
 from core.pacs import objects
 from core.pacs.client import OrthancChanges, Pacs, StudyHit
 from core.services import audit, reviews
-from core.services.access import PACS, REVIEW, Actor, require
+from core.services.access import ANALYSE, PACS, REVIEW, Actor, require
 from core.services.studies import StudyOutcome, StudyResult, analyse_study, save_series, save_study
 from core.storage.images import ImageStore
 from core.storage.protocol import AuditTrail, Store
@@ -37,7 +37,7 @@ def connect(settings: PacsSettings, timeout_s: float = 10.0) -> Pacs:
 
 
 def search(pacs: Pacs, actor: Actor, **filters: str | None) -> list[StudyHit]:
-    """MR studies matching ``filters`` (patient_id, start, end, description); radiologists and admins only."""
+    """MR studies matching ``filters`` (patient_id, start, end, description); radiologists only."""
     require(actor, PACS)
     return pacs.search(**filters)
 
@@ -55,8 +55,9 @@ def pull_and_analyse(
     pacs: Pacs, actor: Actor, study_uid: str, classifier: Classifier, store: AuditTrail | None, key: bytes | None
 ) -> Pulled:
     """Retrieve the study's MR series into memory and analyse them as an upload; never raises for a PACS or scan
-    problem (the outcome carries its code and message)."""
+    problem (the outcome carries its code and message). Those who may search the PACS and analyse scans only."""
     require(actor, PACS)
+    require(actor, ANALYSE)
     source = f"PACS study {study_uid}"
     try:
         files = pacs.retrieve_mr(study_uid)
@@ -92,20 +93,25 @@ def send_results(
     store: AuditTrail | None,
     key: bytes | None,
     final_label: str | None = None,
+    earlier_finals: Sequence[str] = (),
 ) -> list[str]:
     """Send the study's report and key images to the PACS; returns the SOP Instance UIDs it stored. The same result
     sent again stores the same instances (no duplicate); a failure raises :class:`PacsError` with its reason and
-    is audited, and the send can simply be retried."""
+    is audited, and the send can simply be retried. ``earlier_finals``: the final labels of the study's earlier
+    reviews, oldest first, so that a reviewed report names the version before it (see :mod:`core.pacs.objects`).
+    Those who may use the PACS and analyse scans only (an admin manages the connection, not reports)."""
     require(actor, PACS)
+    require(actor, ANALYSE)
     analysed = [s for s in pulled.outcome.series if s.label is not None]
     if not pulled.evidence or not analysed:
         raise PacsError("There is no analysed series to report on.")
     preliminary = objects.verdict_report(pulled.evidence, analysed, pulled.outcome.verdict, model)
     report = preliminary
-    if final_label is not None:  # the reviewed version names the preliminary one it replaces
-        report = objects.verdict_report(
-            pulled.evidence, analysed, pulled.outcome.verdict, model, final_label, predecessor=preliminary
-        )
+    if final_label is not None:  # each reviewed version names the one it replaces: one chain, one current report
+        for version, label in enumerate([*earlier_finals, final_label], start=2):
+            report = objects.verdict_report(
+                pulled.evidence, analysed, pulled.outcome.verdict, model, label, predecessor=report, version=version
+            )
     images = [image for series in analysed for image in objects.key_images(pulled.evidence, series)]
     target = _target(pulled.study_uid, key)
     try:
@@ -136,9 +142,10 @@ def review_and_send(
     require(actor, PACS)
     if not result_ids:
         raise PacsError("The study's series were not saved, so there is no result to review.")
+    earlier = [r.final_label for r in store.reviews_of(result_ids[0])]
     for result_id in result_ids:
         reviews.review_result(store, actor, result_id, final_label)
-    return send_results(pacs, actor, pulled, model, store, key, final_label=final_label)
+    return send_results(pacs, actor, pulled, model, store, key, final_label=final_label, earlier_finals=earlier)
 
 
 def _target(study_uid: str, key: bytes | None) -> str | None:
@@ -194,19 +201,33 @@ class Watcher:
     send: bool = False
 
 
+# the PACS did not answer, or failed (HTTP 5xx): the study is tried again by the next watch, never dropped
+RETRIED = frozenset({PacsUnreachable.code, PacsError.code})
+
+
 def watch_once(watcher: Watcher, state: WatchState, actor: Actor) -> list[dict[str, Any]]:
     """Handle every study that became stable since the last change handled: analyse it as an upload, save each
     series to the worklist (the patient's keyed reference from the PACS patient ID) and send the report when asked;
-    a study without brain MR is skipped with its reason. Returns one line per study."""
+    a study without brain MR is skipped with its reason. A study the PACS failed to give (:data:`RETRIED`) is not
+    marked handled and the feed is not moved past it: the others of that page are handled, this watch stops there
+    and the next one tries it again (a moment's outage must not drop a study from triage). Returns one line per
+    study."""
     require(actor, PACS)
+    require(actor, ANALYSE)
     lines: list[dict[str, Any]] = []
     done = False
     while not done:
         studies, last, done = watcher.changes.stable_studies(state.last)
         fresh = list(dict.fromkeys(uid for _, uid in studies if not state.seen(uid)))  # a study is stable again
+        failed = []
         for study_uid in fresh:  # when objects are added to it (our own report too): analysed once all the same
-            lines.append(_handle(watcher, study_uid, actor))
-        state.save(last, fresh)
+            line = _handle(watcher, study_uid, actor)
+            if line.get("skipped") in RETRIED:
+                line["retry"] = True
+                failed.append(study_uid)
+            lines.append(line)
+        state.save(state.last if failed else last, [uid for uid in fresh if uid not in failed])
+        done = done or bool(failed)
     return lines
 
 

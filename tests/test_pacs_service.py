@@ -1,0 +1,126 @@
+"""The PACS service's own rules with a PACS stand-in (the real Orthanc round trips are in ``test_pacs.py``): a reviewed
+report names the version before it, and a watch never drops a study the PACS failed to give."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core.errors import PacsError, PacsNotFound, PacsUnreachable
+from core.imaging.phantom_series import dicom_series, head_volume
+from core.pacs import objects
+from core.services import pacs as pacs_service
+from core.services.access import Actor
+from core.services.studies import analyse_study
+from core.storage.sqlite import SQLiteStore
+
+RADIOLOGIST = Actor("dr-a", "radiologist")
+STUDY = "1.2.826.0.1.3680043.8.498.91"
+
+
+class StandIn:
+    """What the services ask of a PACS: a study's MR files (or a failure, once per entry of ``failures``), and
+    storing objects (kept)."""
+
+    def __init__(self, files: dict[str, list[bytes]], failures: dict[str, list[Exception]] | None = None) -> None:
+        self.files, self.failures, self.stored = files, failures or {}, []
+
+    def retrieve_mr(self, study_uid: str) -> list[bytes]:
+        if self.failures.get(study_uid):
+            raise self.failures[study_uid].pop(0)
+        return self.files[study_uid]
+
+    def store(self, datasets: list) -> list[str]:
+        self.stored.append(datasets)
+        return [str(ds.SOPInstanceUID) for ds in datasets]
+
+
+class Feed:
+    """Orthanc's change feed: every study stable once, in one page."""
+
+    def __init__(self, studies: list[str]) -> None:
+        self.studies = studies
+
+    def stable_studies(self, since: int) -> tuple[list[tuple[int, str]], int, bool]:
+        found = [(seq, uid) for seq, uid in enumerate(self.studies, start=1) if seq > since]
+        return found, len(self.studies), True
+
+
+def tumour_study(uid: str) -> list[bytes]:
+    return dicom_series(head_volume(6, 96, range(2, 4)), study_uid=uid, series_uid=f"{uid}.1")
+
+
+def test_each_reviewed_report_names_the_version_before_it(tiny_classifier) -> None:
+    """Reviewed twice (glioma, then meningioma): three versions in one chain, never two final reports that both
+    claim to replace the preliminary one."""
+    files = tumour_study(STUDY)
+    pulled = pacs_service.Pulled(STUDY, analyse_study(files, tiny_classifier), tuple(objects.headers(files)))
+    assert pulled.outcome.series and pulled.outcome.series[0].label is not None
+    pacs = StandIn({STUDY: files})
+    card = tiny_classifier.card
+    model = objects.ModelFacts(card.name, card.version, card.weights_sha256)
+    send = pacs_service.send_results
+    preliminary = send(pacs, RADIOLOGIST, pulled, model, None, None)[0]
+    first = send(pacs, RADIOLOGIST, pulled, model, None, None, final_label="glioma")[0]
+    second = send(pacs, RADIOLOGIST, pulled, model, None, None, final_label="meningioma", earlier_finals=["glioma"])[0]
+    assert send(pacs, RADIOLOGIST, pulled, model, None, None, final_label="glioma")[0] == first  # the same: again
+    assert len({preliminary, first, second}) == 3
+
+    def report(uid: str):
+        return next(batch[0] for batch in pacs.stored if str(batch[0].SOPInstanceUID) == uid)
+
+    def predecessor(uid: str) -> str | None:
+        found = report(uid).get("PredecessorDocumentsSequence")
+        return (
+            str(found[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+            if found
+            else None
+        )
+
+    assert predecessor(preliminary) is None and predecessor(first) == preliminary and predecessor(second) == first
+    assert [int(report(u).InstanceNumber) for u in (preliminary, first, second)] == [1, 2, 3]
+    assert [report(u).PreliminaryFlag for u in (preliminary, first, second)] == ["PRELIMINARY", "FINAL", "FINAL"]
+    # glioma -> meningioma -> glioma: the third review is a version of its own, not the first one again
+    third = send(
+        pacs, RADIOLOGIST, pulled, model, None, None, final_label="glioma", earlier_finals=["glioma", "meningioma"]
+    )[0]
+    assert third not in (preliminary, first, second) and predecessor(third) == second
+
+
+def test_a_study_the_pacs_failed_to_give_is_tried_again_not_dropped(tiny_classifier, tmp_path: Path) -> None:
+    one, two, three = (f"{STUDY}.{k}" for k in (1, 2, 3))
+    failures: dict[str, list[Exception]] = {
+        two: [PacsUnreachable("The PACS does not answer."), PacsError("The PACS failed (HTTP 503).")],
+        three: [PacsNotFound("The PACS has no MR series in this study.")],  # not transient: skipped for good
+    }
+    pacs = StandIn({uid: tumour_study(uid) for uid in (one, two, three)}, failures)
+    watcher = pacs_service.Watcher(
+        pacs, Feed([one, two, three]), tiny_classifier, SQLiteStore(tmp_path / "r.db"), None, None
+    )
+    state = pacs_service.WatchState.load(tmp_path / "watch.json")
+    first = pacs_service.watch_once(watcher, state, RADIOLOGIST)
+    assert [(line["study_uid"], line.get("skipped"), line.get("retry")) for line in first] == [
+        (one, None, None),
+        (two, "pacs_unreachable", True),
+        (three, "pacs_not_found", None),
+    ]
+    assert state.last == 0  # the feed is not moved past the failed study
+    assert state.seen(one) and state.seen(three) and not state.seen(two)
+    second = pacs_service.watch_once(watcher, pacs_service.WatchState.load(tmp_path / "watch.json"), RADIOLOGIST)
+    assert [(line["study_uid"], line.get("skipped")) for line in second] == [(two, "pacs_error")]  # a 5xx: again
+    third = pacs_service.watch_once(watcher, pacs_service.WatchState.load(tmp_path / "watch.json"), RADIOLOGIST)
+    assert [(line["study_uid"], line.get("skipped")) for line in third] == [(two, None)]
+    assert third[0]["verdict"] is not None and len(third[0]["saved"]) == 1
+    done = pacs_service.WatchState.load(tmp_path / "watch.json")
+    assert done.last == 3 and all(done.seen(uid) for uid in (one, two, three))
+    assert pacs_service.watch_once(watcher, done, RADIOLOGIST) == []  # each once
+
+
+def test_admins_and_supervisors_may_not_watch_the_pacs(tiny_classifier, tmp_path: Path) -> None:
+    from core.errors import AccessDenied
+
+    watcher = pacs_service.Watcher(StandIn({}), Feed([]), tiny_classifier, SQLiteStore(tmp_path / "r.db"), None, None)
+    for role in ("admin", "supervisor"):
+        with pytest.raises(AccessDenied):
+            pacs_service.watch_once(watcher, pacs_service.WatchState.load(tmp_path / "w.json"), Actor("x", role))
