@@ -3,6 +3,8 @@ event, the command line's full check everything; events are filtered, paged and 
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import sqlite3
 import uuid
@@ -162,6 +164,9 @@ def test_events_are_filtered_in_the_database_newest_first_and_redacted_for_super
     assert audit.count(store, ADMIN, action="account_created", start=start) == 3
     review = audit.events(store, ADMIN, target="a" * 64)
     assert [(e.actor, e.target, e.detail) for e in review] == [("dr-a", "a" * 64, {"l": "x"})]
+    for action, detail in (("pacs_pull", {"instances": 8}), ("pacs_send", {"report": "1.2.3.4"})):
+        assert audit.redacted(AuditEvent(review_at, "dr-a", "radiologist", action, "b" * 64, detail)).target is None
+        assert audit.redacted(AuditEvent(review_at, "dr-a", "radiologist", action, "b" * 64, detail)).detail == {}
     seen = audit.events(store, SUPERVISOR, who="dr-a")
     assert [(e.actor, e.action, e.target, e.detail) for e in seen] == [("dr-a", "review", None, {})]
     assert audit.events(store, SUPERVISOR, action="account_created", limit=1)[0].target == "user-3"
@@ -180,3 +185,12 @@ def test_the_export_reads_every_matching_event_a_page_at_a_time_oldest_first(sto
     assert lines[0] == '# audit events; filters: {"action": "account_created", "who": "root"}'
     assert [line.split(",")[0] for line in lines[2:]] == ["1", "2", "3", "4", "5"]
     assert [e.action for e in audit.events(store, ADMIN, limit=1)] == ["audit_export"]  # itself an event
+
+
+def test_the_audit_export_has_no_cell_a_spreadsheet_would_run(store) -> None:
+    """A user name is text someone chose (a single sign-on claim included): never a formula in the export."""
+    audit.record(store, Actor('=HYPERLINK("http://x","y")', "radiologist"), "review", "-1+2", note="@SUM(A1)")
+    rows = list(csv.reader(io.StringIO(audit.export_csv(store, ADMIN, {}).decode())))
+    (event,) = [r for r in rows[2:] if r[4] == "review"]
+    assert event[2] == '\'=HYPERLINK("http://x","y")' and event[5] == "'-1+2" and '"@SUM(A1)"' in event[6]
+    assert not any(cell.startswith(("=", "+", "-", "@")) for r in rows[1:] for cell in r)

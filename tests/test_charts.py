@@ -228,6 +228,11 @@ def test_the_dashboard_gives_lesion_volumes_per_period_under_the_small_count_rul
     assert cell[("lesion_volume_per_period", "2026-11-09", "median_ml")] == "<5"  # withheld, never a number
     assert cell[("lesion_volume_per_period", "2026-11-16", "tumour_studies_with_volume")] == "0"
     assert ("lesion_volume_per_period", "2026-11-16", "median_ml") not in cell  # no study: no quantiles
+    hostile = replace(board, models=[replace(board.models[0], model='=HYPERLINK("http://x")')])  # a card's name
+    keys = [
+        r["key"] for r in csv.DictReader(line for line in export_csv(hostile).decode().splitlines() if line[:1] != "#")
+    ]
+    assert '\'=HYPERLINK("http://x")' in keys and not any(k.startswith(("=", "+", "-", "@")) for k in keys)
     assert "lesion volumes count tumour studies" in text
     figure = lesions(board)  # the page's figure of this board: one box (the withheld week has none)
     assert [t.type for t in figure.data] == ["box", "bar"] and len(figure.data[0].x) == 1

@@ -73,6 +73,10 @@ def test_refuses_missing_weights_and_malformed_cards(tmp_path: Path) -> None:
     card.write_text(json.dumps({"name": "x"}))
     with pytest.raises(ModelError, match="incomplete"):
         ModelCard.from_file(card)
+    other = {"name": "x", "version": "1", "labels": ["a", "normal"], "negative_label": "normal", "output": "logits"}
+    card.write_text(json.dumps(other | {"input": {"size": 32}, "weights": {"file": "w.keras", "sha256": "0" * 64}}))
+    with pytest.raises(ModelError, match="negative label must be 'notumor'"):  # statistics count against that name
+        ModelCard.from_file(card)
 
 
 def test_refuses_a_model_whose_shape_disagrees_with_its_card(tmp_path: Path) -> None:

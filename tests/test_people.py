@@ -16,7 +16,7 @@ from core.domain.results import WorklistQuery
 from core.errors import AccessDenied, AccountLocked, InvalidRecord, SignInFailed
 from core.services import accounts, audit, reviews, statistics
 from core.services.access import COMMAND_LINE, Actor
-from core.services.triage import NOT_SAVED, triage
+from core.services.triage import NOT_SAVED, SAVED, SaveStatus, Triaged, apply_patient_reference, retry_save, triage
 from core.storage.images import FolderImages
 from core.storage.sqlite import SQLiteStore
 from tests.scans import CANARY, png_bytes, synthetic_slice
@@ -87,6 +87,12 @@ def test_single_sign_on_identities_get_a_role_from_a_claim_or_a_local_account(st
     assert accounts.external_actor(store, {"email": "visitor@hospital.example"}).role == "supervisor"
 
 
+def saved_upload(store) -> Triaged:
+    """A saved upload as the Scan page keeps it: its reference is what a caller would change."""
+    record = make_record(1, datetime(2026, 1, 1, tzinfo=UTC))
+    return Triaged(record.image_sha256, 1, None, record=record, status=SaveStatus(SAVED, record_id=record.id))
+
+
 @pytest.mark.parametrize(
     ("who", "call"),
     [
@@ -110,6 +116,8 @@ def test_single_sign_on_identities_get_a_role_from_a_claim_or_a_local_account(st
         (SUPERVISOR, lambda s, a: accounts.set_role(s, a, "dr-a", "admin")),
         (RADIOLOGIST, lambda s, a: accounts.list_accounts(s, a)),
         (None, lambda s, a: reviews.worklist(s, a, WorklistQuery())),
+        (SUPERVISOR, lambda s, a: apply_patient_reference(saved_upload(s), s, "p" * 64, a)),
+        (ADMIN, lambda s, a: retry_save(saved_upload(s), s, "p" * 64, a)),
     ],
 )
 def test_every_service_refuses_the_roles_that_may_not_use_it(store, who, call) -> None:

@@ -48,7 +48,8 @@ def test_identities_never_reach_the_database_file(tmp_path: Path, tiny_classifie
 
 
 def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised_and_names_left_out_unless_asked() -> None:
-    from core.services.triage import batch_csv, spreadsheet_safe
+    from core.services.exports import spreadsheet_safe
+    from core.services.triage import batch_csv
 
     for hostile in ('=HYPERLINK("http://x","y")', "+1", "-2+3", "@SUM(A1)", "\tx", "\rx"):
         assert spreadsheet_safe(hostile) == "'" + hostile

@@ -13,8 +13,9 @@ from datetime import date
 
 from core.analytics.stats import SMALL_CELL, period_start, safe_rate, suppress_small, wilson_interval
 from core.domain.results import DayQuality
+from core.model.decision import NEGATIVE_LABEL
 
-NEGATIVE = "notumor"
+NEGATIVE = NEGATIVE_LABEL  # the one "no tumour" label (core.model.decision)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ModelError
-from core.model.decision import DecisionRule, SeriesRule
+from core.model.decision import NEGATIVE_LABEL, DecisionRule, SeriesRule
 from core.model.preprocess import InputSpec
 
 OUTPUT_KINDS = ("logits", "softmax", "sigmoid")
@@ -36,7 +36,7 @@ class ModelCard:
     output: str
     weights_file: str
     weights_sha256: str
-    negative_label: str = "notumor"
+    negative_label: str = NEGATIVE_LABEL
     temperature: float = 1.0
     logit_bias: Mapping[str, float] = field(default_factory=dict)  # added to logits / T, per label
     rule: DecisionRule = field(default_factory=DecisionRule)
@@ -59,7 +59,7 @@ class ModelCard:
         try:
             spec = raw["input"]
             labels = tuple(str(label) for label in raw["labels"])
-            negative = str(raw.get("negative_label", "notumor"))
+            negative = str(raw.get("negative_label", NEGATIVE_LABEL))
             card = cls(
                 name=str(raw["name"]),
                 version=str(raw["version"]),
@@ -98,6 +98,11 @@ class ModelCard:
             raise ModelError(f"Model card {self.name}: a sigmoid model has exactly two labels.")
         if self.negative_label not in self.labels:
             raise ModelError(f"Model card {self.name}: negative label {self.negative_label!r} is not a label.")
+        if self.negative_label != NEGATIVE_LABEL:
+            raise ModelError(
+                f"Model card {self.name}: the negative label must be {NEGATIVE_LABEL!r} (the name results, reviews and "
+                f"statistics count as no tumour), not {self.negative_label!r}."
+            )
         if not self.temperature > 0:
             raise ModelError(f"Model card {self.name}: calibration temperature must be positive.")
         if set(self.logit_bias) - set(self.labels) or (self.logit_bias and self.output == "sigmoid"):

@@ -22,6 +22,9 @@ from typing import Any
 import numpy as np
 
 UNKNOWN_TYPE = "tumour"  # tumour present, type not given (a data folder) or uncertain (a verdict)
+# the one label that means "no tumour", for every model, record, review, statistic and report (a card naming another
+# is refused: the stores and the statistics count tumours against this name)
+NEGATIVE_LABEL = "notumor"
 LABEL_NAMES = {  # how a label reads on the screen and in reports (one definition)
     "glioma": "Glioma",
     "meningioma": "Meningioma",
@@ -78,8 +81,8 @@ class Decision:
 class DecisionRule:
     """Threshold, review band and subtype rule of one model (from its card)."""
 
-    labels: tuple[str, ...] = ("glioma", "meningioma", "notumor", "pituitary")
-    negative_label: str = "notumor"
+    labels: tuple[str, ...] = ("glioma", "meningioma", NEGATIVE_LABEL, "pituitary")
+    negative_label: str = NEGATIVE_LABEL
     threshold: float = 0.5
     review_band: tuple[float, float] = DEFAULT_REVIEW_BAND
     subtype_min_share: float | None = None

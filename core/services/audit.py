@@ -21,6 +21,7 @@ from typing import Any
 from core.domain.people import KEYED, AuditEvent, AuditHead, AuditQuery, VerifiedPoint, first_broken
 from core.errors import AccessDenied, StoreError
 from core.services.access import AUDIT_EXPORT, AUDIT_READ, OPEN_RESULT, Actor, allowed, require
+from core.services.exports import spreadsheet_safe
 from core.storage.protocol import AuditTrail
 
 logger = logging.getLogger("btd.audit")
@@ -180,7 +181,21 @@ def count(store: AuditTrail, actor: Actor, **filters: Any) -> int:
     return store.count_audit(_query(actor, **filters))
 
 
-RESULT_ACTIONS = frozenset({"upload", "open", "review", "report", "history", "patient_reference_set"})
+# events about one result, patient or study: a supervisor sees who did it and when, not which one (a PACS event's
+# target is the study's keyed reference and its detail the report's DICOM UID, which the PACS maps to a patient)
+RESULT_ACTIONS = frozenset(
+    {
+        "upload",
+        "open",
+        "review",
+        "report",
+        "history",
+        "patient_reference_set",
+        "pacs_pull",
+        "pacs_send",
+        "pacs_send_failed",
+    }
+)
 
 
 def redacted(event: AuditEvent) -> AuditEvent:
@@ -204,20 +219,9 @@ def export_csv(store: AuditTrail, actor: Actor, filters: Mapping[str, Any]) -> b
     buffer.write(f"# audit events; filters: {json.dumps(shown, sort_keys=True) if shown else 'none'}\n")
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["seq", "at_utc", "actor", "role", "action", "target", "detail", "prev_hash", "hash"])
-    for e in chosen:
-        writer.writerow(
-            [
-                e.seq,
-                e.at.isoformat(),
-                e.actor,
-                e.role,
-                e.action,
-                e.target or "",
-                json.dumps(e.detail, sort_keys=True),
-                e.prev_hash,
-                e.hash,
-            ]
-        )
+    for e in chosen:  # names and details are text users chose: no cell a spreadsheet would run
+        cells = [e.actor, e.role, e.action, e.target or "", json.dumps(e.detail, sort_keys=True)]
+        writer.writerow([e.seq, e.at.isoformat(), *map(spreadsheet_safe, cells), e.prev_hash, e.hash])
     record(store, actor, "audit_export", None, events=len(chosen))
     return buffer.getvalue().encode("utf-8")
 

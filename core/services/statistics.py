@@ -20,6 +20,7 @@ from core.domain.results import LESION_QUANTILES, SHOWN, DayCount, Filters
 from core.domain.times import next_period, period_start
 from core.services import audit
 from core.services.access import STATISTICS, Actor, require
+from core.services.exports import spreadsheet_safe
 from core.storage.protocol import AuditTrail, Dashboards
 
 
@@ -263,7 +264,7 @@ def export_csv(board: Dashboard, quality: QualityBoard | None = None) -> bytes:
         digits: int | None = None,
     ) -> None:
         low, high = interval if interval else (None, None)
-        writer.writerow([table, key, measure, _cell(value, digits), _cell(low, 4), _cell(high, 4)])
+        writer.writerow([table, spreadsheet_safe(key), measure, _cell(value, digits), _cell(low, 4), _cell(high, 4)])
 
     row("summary", "", unit, board.scans)
     row("summary", "", "tumour_rate", board.tumour_rate, board.tumour_interval, 4)
@@ -324,12 +325,13 @@ def _lesion_export(row, board: Dashboard) -> None:
 
 
 def _cell(value: object, digits: int | None = None) -> str:
-    """A CSV cell: ``<5`` for a withheld figure (None), the value otherwise."""
+    """A CSV cell: ``<5`` for a withheld figure (None), the value otherwise (text a spreadsheet would run, such as
+    a model version starting with ``=``, neutralised)."""
     if value is None:
         return f"<{SMALL_CELL}"
     if digits is not None and isinstance(value, int | float):
         return str(round(value, digits))
-    return str(value)
+    return spreadsheet_safe(value) if isinstance(value, str) else str(value)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from core.model.classifier import Classifier
 from core.model.explain import Explainer
 from core.services import audit
 from core.services.access import ANALYSE, Actor, require
+from core.services.exports import spreadsheet_safe
 from core.services.views import ScanView, scan_view
 from core.storage.images import ImageStore
 from core.storage.protocol import Store
@@ -166,7 +167,8 @@ def save_record(
 
 def apply_patient_reference(triaged: Triaged, store: Store | None, patient_ref: str | None, actor: Actor) -> Triaged:
     """Set or correct the patient reference of a result in place (one record, never a second). A result not yet
-    saved just takes the new reference for its next save."""
+    saved just takes the new reference for its next save. Only roles that may analyse scans."""
+    require(actor, ANALYSE)
     if triaged.record is None or triaged.record.patient_ref == patient_ref:
         return triaged
     record = replace(triaged.record, patient_ref=patient_ref)
@@ -238,7 +240,9 @@ def triage(
 
 
 def retry_save(triaged: Triaged, store: Store | None, patient_ref: str | None, actor: Actor) -> Triaged:
-    """Save again a result that was not saved (or whose reference was not updated), with the reference typed now."""
+    """Save again a result that was not saved (or whose reference was not updated), with the reference typed now.
+    Only roles that may analyse scans."""
+    require(actor, ANALYSE)
     if triaged.record is None or triaged.status is None:
         return triaged
     if triaged.status.state == NOT_UPDATED:
@@ -252,17 +256,6 @@ def retry_save(triaged: Triaged, store: Store | None, patient_ref: str | None, a
     if status.state == ALREADY_SAVED:  # saved meanwhile (another replica): make sure it has this reference
         return apply_patient_reference(replace(triaged, status=status), store, patient_ref, actor)
     return replace(triaged, record=record, status=status)
-
-
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def spreadsheet_safe(value: Any) -> Any:
-    """A CSV cell that a spreadsheet will not run: text starting with ``= + - @``, tab or CR gets a leading
-    apostrophe (OWASP's advice against formula injection); numbers and other values pass unchanged."""
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
-        return "'" + value
-    return value
 
 
 def batch_csv(rows: Sequence[Mapping[str, Any]], with_names: bool) -> bytes:
