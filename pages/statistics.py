@@ -121,11 +121,11 @@ if not days_chosen:
 start_day, end_day = days_chosen[0], days_chosen[-1]
 
 
-WITHHELD = "fewer than 5: withheld, because small counts can identify patients"
+WITHHELD_MARK, WITHHELD = statistics.WITHHELD_TEXT
 
 
 def number(value: int | None) -> str:
-    return f"{value:,}" if value is not None else "<5"
+    return f"{value:,}" if value is not None else WITHHELD_MARK
 
 
 def percent(value: float | None, interval: tuple[float, float] | None = None) -> str:
@@ -249,7 +249,8 @@ def volume_charts(dashboard) -> None:
     left.plotly_chart(charts.mix(dashboard, LABEL_NAMES), width="stretch", key="mix")
     right.plotly_chart(charts.confidence(dashboard), width="stretch", key="confidence")
     st.caption(
-        "Counts from 1 to 4, and rates that would reveal them, are withheld: small counts can identify patients. "
+        "Counts from 1 to 4, counts the total would give away beside one, and rates that would reveal them, are "
+        "withheld: small counts can identify patients. "
         "Periods without scans are shown as zero. The bars on the rate are its 95 % interval. The class mix and the "
         "confidence count every scan or series."
     )

@@ -254,7 +254,7 @@ def test_upload_to_verdict_and_statistics_in_chromium(server: str, tmp_path: Pat
         scans_metric = page.get_by_test_id("stMetric").filter(has_text="Studies with a verdict")
         expect(scans_metric.get_by_test_id("stMetricValue")).not_to_have_text("0", timeout=30_000)
         today = page.get_by_test_id("stMetric").filter(has_text="Today").get_by_test_id("stMetricValue")
-        expect(today).to_have_text("<5")  # one scan today: a small count, withheld
+        expect(today).to_have_text("withheld")  # one scan today: a small count, withheld
         page.locator("[data-testid='stPlotlyChart'] .main-svg").first.wait_for(timeout=30_000)
         page.wait_for_timeout(1500)
         page.screenshot(path=str(ARTIFACTS / "statistics-page.png"), full_page=True)

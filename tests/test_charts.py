@@ -36,7 +36,7 @@ def test_the_rate_is_drawn_above_the_counts_with_its_interval() -> None:
     assert figure.layout.yaxis.domain[0] > figure.layout.yaxis2.domain[1]  # the rate panel sits above
     assert list(rate.error_y.array) == [29.0, None, None] and list(rate.error_y.arrayminus) == [23.0, None, None]
     assert list(bars.y) == [10, 4, 0] and bars.customdata[1] == WITHHELD  # withheld: hatched, labelled, not zero
-    assert list(bars.text) == ["", "<5", ""] and list(bars.marker.pattern.shape) == ["", "/", ""]
+    assert list(bars.text) == ["", "withheld", ""] and list(bars.marker.pattern.shape) == ["", "/", ""]
     assert figure.layout.yaxis2.tickformat == ",d" and figure.layout.yaxis2.dtick >= 1  # whole scans only
     assert figure.layout.title.text == "Tumour rate per week"
 
@@ -48,13 +48,14 @@ def test_class_mix_is_sorted_and_coloured_by_label_with_withheld_classes_last() 
     bar = figure.data[0]
     assert list(bar.y) == ["Glioma", "No tumour", "pituitary"] and list(bar.x) == [7, 6, 4]
     assert list(bar.marker.color)[:2] == [CLASS_COLOURS["glioma"], CLASS_COLOURS["notumor"]]
-    assert bar.customdata[2] == WITHHELD and list(bar.text) == ["", "", "<5"] and bar.marker.pattern.shape[2] == "/"
+    assert bar.customdata[2] == WITHHELD and list(bar.text) == ["", "", "withheld"]
+    assert bar.marker.pattern.shape[2] == "/"
 
 
 def test_confidence_histogram_starts_where_calls_start() -> None:
     figure = confidence_figure([0] * 10 + [0, 1, 2, None, 4, 5, 6, 7, 8, 9])
     bar = figure.data[0]
-    assert list(bar.y)[10:] == [0, 1, 2, 4, 4, 5, 6, 7, 8, 9] and bar.text[13] == "<5"  # withheld, never blank
+    assert list(bar.y)[10:] == [0, 1, 2, 4, 4, 5, 6, 7, 8, 9] and bar.text[13] == "withheld"  # withheld, never blank
     assert abs(bar.x[0] - 0.025) < 1e-9 and figure.layout.xaxis.range == (0.5, 1)
     assert figure.layout.yaxis.tickformat == ",d"
 
@@ -102,24 +103,56 @@ def test_dashboard_withholds_small_counts_everywhere_and_the_export_names_its_fi
     )
     assert board.scans == 15 and board.tumour_rate == 9 / 15
     assert board.today is None  # one scan today: withheld, and no change arrow is computed from it
-    assert board.per_class == {"glioma": 7, "notumor": 6, "pituitary": None}
+    # pituitary's 2 is withheld, and so is the next smallest class: 15 - 7 - 6 would give it away
+    assert board.per_class == {"glioma": 7, "notumor": None, "pituitary": None}
     by_day = {row.start.day: row for row in board.periods}
     assert len(board.periods) == 11 and by_day[11].scans == 0  # an empty day stays on the chart
-    assert by_day[18].scans == 14 and by_day[18].rate is not None
+    assert by_day[18].scans is None and by_day[18].rate is None  # 15 - 14 would give day 20's one scan away
     assert by_day[20].scans is None and by_day[20].rate is None and by_day[20].tumours is None
     assert all(n is None or n == 0 or n >= 5 for n in board.histogram)
     text = export_csv(board).decode()
     assert text.startswith("# dates: 2026-11-10 to 2026-11-20 (UTC)") and "model versions: all" in text
     rows = list(csv.DictReader(io.StringIO("\n".join(line for line in text.splitlines() if not line.startswith("#")))))
     cell = {(r["table"], r["key"], r["measure"]): r["value"] for r in rows}
-    assert (
-        cell[("per_period", "2026-11-20", "results")] == "<5" and cell[("per_period", "2026-11-20", "tumour")] == "<5"
-    )
-    assert cell[("per_period", "2026-11-11", "results")] == "0"  # an empty day is zero, a withheld one "<5"
-    assert cell[("summary", "", "results")] == "15" and cell[("summary", "", "today")] == "<5"
-    assert cell[("class_mix", "pituitary", "results")] == "<5" and cell[("class_mix", "glioma", "results")] == "7"
+    assert cell[("per_period", "2026-11-20", "results")] == "withheld"
+    assert cell[("per_period", "2026-11-20", "tumour")] == "withheld"
+    assert cell[("per_period", "2026-11-11", "results")] == "0"  # an empty day is zero, a withheld one "withheld"
+    assert cell[("summary", "", "results")] == "15" and cell[("summary", "", "today")] == "withheld"
+    assert cell[("class_mix", "pituitary", "results")] == "withheld" and cell[("class_mix", "glioma", "results")] == "7"
     assert {r["table"] for r in rows} == {"summary", "per_period", "class_mix", "confidence", "model_version"}
     assert sum(r["table"] == "confidence" for r in rows) == len(board.histogram)
+
+
+def test_today_and_the_last_seven_days_mean_the_same_per_study_and_per_result_whatever_the_range(tmp_path) -> None:
+    store = SQLiteStore(tmp_path / "results.sqlite3")
+    now = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
+    for i in range(6):  # six single scans today, seven on each of the last seven days
+        store.add(make_record(i + 1, now - timedelta(minutes=i + 1)))
+    for day in range(1, 8):
+        for i in range(7):
+            store.add(make_record(100 * day + i, now - timedelta(days=day, minutes=i)))
+    supervisor = Actor("boss", "supervisor")
+    for unit in ("study", "result"):  # a range that ends before today and starts after the week began
+        board = dashboard(
+            store,
+            supervisor,
+            start_day=date(2026, 11, 17),
+            end_day=date(2026, 11, 18),
+            timezone="UTC",
+            period="day",
+            now=now,
+            unit=unit,
+        )
+        assert (board.today, board.week_mean) == (6, 7.0), unit
+
+
+def test_counts_that_add_up_to_a_shown_total_are_withheld_so_that_none_is_a_difference() -> None:
+    from core.analytics.stats import suppress_group
+
+    assert suppress_group([7, 6, 2]) == (7, None, None)  # 2 withheld: the next smallest with it
+    assert suppress_group([7, 6, 2, 3]) == (7, 6, None, None)  # two withheld already: their split is unknown
+    assert suppress_group([9, 0, 3, 0]) == (None, 0, None, 0)  # zeros are facts, never the complement
+    assert suppress_group([12, 0, 8]) == (12, 0, 8) and suppress_group([]) == ()
 
 
 def test_a_supervisors_tumour_rate_per_study_counts_a_study_once_however_many_series_it_has(tmp_path) -> None:
@@ -188,7 +221,7 @@ def test_lesion_volumes_are_a_box_per_period_above_the_studies_with_small_period
     assert list(box.x) == ["2026-03-02"]  # only periods of 5 studies or more get a box
     assert (box.lowerfence[0], box.q1[0], box.median[0], box.q3[0], box.upperfence[0]) == (1.0, 2.0, 3.5, 6.0, 9.0)
     assert box.yaxis == "y" and bars.yaxis == "y2" and figure.layout.yaxis.domain[0] > figure.layout.yaxis2.domain[1]
-    assert list(bars.y) == [7, 4, 0] and list(bars.text) == ["", "<5", ""] and bars.customdata[1] == WITHHELD
+    assert list(bars.y) == [7, 4, 0] and list(bars.text) == ["", "withheld", ""] and bars.customdata[1] == WITHHELD
     assert figure.layout.title.text == "Lesion volume of tumour studies per week"
 
 
@@ -224,8 +257,8 @@ def test_the_dashboard_gives_lesion_volumes_per_period_under_the_small_count_rul
     assert cell[("lesion_volume", "", "tumour_studies_with_volume")] == "8"
     assert cell[("lesion_volume_per_period", "2026-11-02", "median_ml")] == "7.0"
     assert cell[("lesion_volume_per_period", "2026-11-02", "p90_ml")] == "11.0"
-    assert cell[("lesion_volume_per_period", "2026-11-09", "tumour_studies_with_volume")] == "<5"
-    assert cell[("lesion_volume_per_period", "2026-11-09", "median_ml")] == "<5"  # withheld, never a number
+    assert cell[("lesion_volume_per_period", "2026-11-09", "tumour_studies_with_volume")] == "withheld"
+    assert cell[("lesion_volume_per_period", "2026-11-09", "median_ml")] == "withheld"  # withheld, never a number
     assert cell[("lesion_volume_per_period", "2026-11-16", "tumour_studies_with_volume")] == "0"
     assert ("lesion_volume_per_period", "2026-11-16", "median_ml") not in cell  # no study: no quantiles
     hostile = replace(board, models=[replace(board.models[0], model='=HYPERLINK("http://x")')])  # a card's name

@@ -2,8 +2,9 @@
 their adapters from a :class:`core.services.statistics.Dashboard` / ``QualityBoard``.
 
 Every figure takes counts that already follow the small-count rule (None = withheld, :mod:`core.analytics.stats`).
-A withheld count is never drawn as zero or left blank: its bar is hatched, as tall as the largest count it may hide
-(4), and labelled "<5"; its hover text says it is withheld. Rates that would reveal one are left out of lines.
+A withheld count is never drawn as zero or left blank: its bar is hatched, 4 high (the largest small count), and
+labelled "withheld"; its hover text says why (a small count, or one the total would give away beside a small one).
+Rates that would reveal one are left out of lines.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from core.analytics.stats import SMALL_CELL
+from core.analytics.stats import SMALL_CELL, WITHHELD_REASON
+from core.analytics.stats import WITHHELD as WITHHELD_MARK
 from core.services.statistics import Dashboard, QualityBoard
 
 CLASS_COLOURS = {
@@ -26,7 +28,7 @@ CLASS_COLOURS = {
     "notumor": "#1f6f8b",
     "tumour": "#a93226",
 }
-WITHHELD = f"fewer than {SMALL_CELL} (withheld)"
+WITHHELD = WITHHELD_REASON  # the hover text of a withheld bar
 _LAYOUT = {  # a vertical tool bar at the right edge: it used to sit over the titles
     "margin": {"l": 10, "r": 40, "t": 40, "b": 10},
     "height": 320,
@@ -44,7 +46,7 @@ def withheld_bars(counts: Sequence[int | None], colour: str | Sequence[str]) -> 
             "color": ["rgba(150,150,150,0.35)" if n is None else c for n, c in zip(counts, colours, strict=True)],
             "pattern": {"shape": ["/" if n is None else "" for n in counts], "fgcolor": "#555", "size": 6},
         },
-        "text": [f"<{SMALL_CELL}" if n is None else "" for n in counts],
+        "text": [WITHHELD_MARK if n is None else "" for n in counts],
         "customdata": [WITHHELD if n is None else f"{n:,}" for n in counts],
     }
 
@@ -172,7 +174,7 @@ def confidence_figure(counts: Sequence[int | None]) -> go.Figure:
 def _count_panel(
     figure: go.Figure, starts: Sequence[str], counts: Sequence[int | None], noun: str, period: str
 ) -> None:
-    """The lower panel of a two-panel chart: ``noun`` per period as bars, small counts withheld ("<5"), each bar
+    """The lower panel of a two-panel chart: ``noun`` per period as bars, small counts withheld ("withheld"), each bar
     one period wide (a period shown alone is otherwise drawn a millisecond wide)."""
     bars = withheld_bars(counts, "#7f9fb3")
     figure.add_bar(

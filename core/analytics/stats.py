@@ -3,7 +3,8 @@ rule.
 
 The small-count rule, one for everything a non-admin sees: a count from 1 to ``SMALL_CELL - 1`` is withheld, and
 so is any rate from which such a count could be recovered (fewer than ``SMALL_CELL`` scans, tumours or non-tumours
-behind it). Zero is shown: an empty period is a fact (an outage day), not a patient.
+behind it). Zero is shown: an empty period is a fact (an outage day), not a patient. Counts that add up to a total
+shown elsewhere are withheld together (:func:`suppress_group`): one withheld count would be the total minus the rest.
 """
 
 from __future__ import annotations
@@ -19,14 +20,22 @@ from core.domain.times import PERIODS, next_period, period_start
 __all__ = [
     "PERIODS",
     "SMALL_CELL",
+    "WITHHELD",
+    "WITHHELD_REASON",
     "PeriodRate",
     "period_start",
     "roll_up",
     "safe_rate",
+    "suppress_group",
     "suppress_small",
     "wilson_interval",
 ]
 SMALL_CELL = 5
+WITHHELD = "withheld"  # how a withheld count reads everywhere (page, charts, CSV): never 0, blank or "<5"
+WITHHELD_REASON = (
+    f"withheld: fewer than {SMALL_CELL}, or hidden beside such a count so that it cannot be worked out from the total "
+    "(small counts can identify patients)"
+)
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,19 @@ def roll_up(
 def suppress_small(count: int, threshold: int = SMALL_CELL) -> int | None:
     """Counts from 1 to threshold - 1 are withheld (None) so small cells cannot re-identify patients."""
     return None if 0 < count < threshold else count
+
+
+def suppress_group(counts: Sequence[int], threshold: int = SMALL_CELL) -> tuple[int | None, ...]:
+    """Counts that add up to a figure shown elsewhere (the class mix, the confidence bins, the periods or the
+    versions to the total): each withheld as :func:`suppress_small`, and when that withholds exactly one, the
+    smallest other non-zero count too (complementary suppression), so that no withheld count is the total minus
+    the others shown."""
+    shown = [suppress_small(n, threshold) for n in counts]
+    if sum(v is None for v in shown) == 1:
+        others = [(n, k) for k, (n, v) in enumerate(zip(counts, shown, strict=True)) if v is not None and n > 0]
+        if others:
+            shown[min(others)[1]] = None
+    return tuple(shown)
 
 
 def safe_rate(part: int, total: int, threshold: int = SMALL_CELL) -> float | None:

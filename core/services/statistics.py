@@ -15,7 +15,18 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from core.analytics.quality import Accuracy, Drift, QualityRow, accuracy, quality_rows, roll_up_quality, turnaround
-from core.analytics.stats import PERIODS, SMALL_CELL, roll_up, safe_rate, suppress_small, wilson_interval
+from core.analytics.stats import (
+    PERIODS,
+    SMALL_CELL,
+    WITHHELD,
+    WITHHELD_REASON,
+    PeriodRate,
+    roll_up,
+    safe_rate,
+    suppress_group,
+    suppress_small,
+    wilson_interval,
+)
 from core.domain.results import LESION_QUANTILES, SHOWN, DayCount, Filters
 from core.domain.times import next_period, period_start
 from core.services import audit
@@ -83,6 +94,7 @@ class Dashboard:
         return self.scans == 0 and not self.rejected
 
 
+WITHHELD_TEXT = (WITHHELD, WITHHELD_REASON)  # how the page, its charts and the CSV name a withheld figure
 UNITS = ("study", "result")  # a study counts once (tumour when any of its series is); a result is a scan or a series
 
 
@@ -153,19 +165,14 @@ def dashboard(
     shown = replace(everything, gates=SHOWN)
     summary = store.summary(shown)
     gates = store.summary(everything).per_gate
-    local_today = (now or datetime.now(UTC)).astimezone(ZoneInfo(timezone)).date()
-    today_start = local_midnight(local_today, timezone)
-    today = store.summary(replace(shown, start=today_start, end=today_start + timedelta(days=1))).total
-    week = store.summary(
-        replace(shown, start=local_midnight(local_today - timedelta(days=7), timezone), end=today_start)
-    ).total
     days = study_days(store, shown, timezone) if unit == "study" else store.daily_counts(shown, timezone)
+    today, week = recent_counts(store, shown, timezone, unit, now)
     periods = roll_up(days, period, start_day, end_day)
     total, tumours = sum(d.total for d in days), sum(d.tumour for d in days)
-    if unit == "study":
-        today = sum(d.total for d in days if d.day == local_today)
-        week = sum(d.total for d in days if local_today - timedelta(days=7) <= d.day < local_today)
     rate = safe_rate(tumours, total)
+    models = store.by_model(shown)
+    model_totals = suppress_group([m.total for m in models])
+    classes = sorted(summary.per_class)
     lesion_studies, lesions = lesion_rows(store, shown, timezone, period, start_day, end_day)
     return Dashboard(
         start_day=start_day,
@@ -181,32 +188,64 @@ def dashboard(
         week_mean=week / 7 if suppress_small(week) is not None else None,
         flagged=suppress_small(gates.get("needs_review", 0)),
         rejected=suppress_small(gates.get("rejected", 0)),
-        per_class={label: suppress_small(n) for label, n in sorted(summary.per_class.items())},
-        periods=tuple(
-            PeriodRow(
-                p.start,
-                suppress_small(p.total),
-                p.tumour if safe_rate(p.tumour, p.total) is not None or p.total == 0 else None,
-                safe_rate(p.tumour, p.total),
-                wilson_interval(p.tumour, p.total) if safe_rate(p.tumour, p.total) is not None else None,
-            )
-            for p in periods
-        ),
-        histogram=tuple(suppress_small(n) for n in store.confidence_histogram(shown)),
+        per_class=dict(zip(classes, suppress_group([summary.per_class[k] for k in classes]), strict=True)),
+        periods=period_rows(periods),
+        histogram=suppress_group(store.confidence_histogram(shown)),
         models=tuple(
             VersionRow(
                 model=f"{m.model_name} {m.model_version}",
-                scans=suppress_small(m.total),
-                tumour_rate=safe_rate(m.tumour, m.total),
-                mean_confidence=m.mean_confidence if suppress_small(m.total) else None,
+                scans=scans,
+                tumour_rate=safe_rate(m.tumour, m.total) if scans is not None else None,
+                mean_confidence=m.mean_confidence if scans else None,
                 first=m.first.astimezone(ZoneInfo(timezone)).date(),
                 last=m.last.astimezone(ZoneInfo(timezone)).date(),
             )
-            for m in store.by_model(shown)
+            for m, scans in zip(models, model_totals, strict=True)
         ),
         unit=unit,
         lesion_studies=lesion_studies,
         lesions=lesions,
+    )
+
+
+def recent_counts(store: Dashboards, shown: Filters, timezone: str, unit: str, now: datetime | None) -> tuple[int, int]:
+    """Today's count and the last 7 whole days' (before today), in ``unit``, with the page's versions but whatever
+    its date range: live figures mean the same counted per result or per study."""
+    local_today = (now or datetime.now(UTC)).astimezone(ZoneInfo(timezone)).date()
+    today_start, week_start = (
+        local_midnight(local_today, timezone),
+        local_midnight(local_today - timedelta(7), timezone),
+    )
+    if unit == "study":
+        days = study_days(store, replace(shown, start=week_start, end=today_start + timedelta(days=1)), timezone)
+        return sum(d.total for d in days if d.day == local_today), sum(d.total for d in days if d.day < local_today)
+    today = store.summary(replace(shown, start=today_start, end=today_start + timedelta(days=1))).total
+    return today, store.summary(replace(shown, start=week_start, end=today_start)).total
+
+
+def period_rows(periods: Sequence[PeriodRate]) -> tuple[PeriodRow, ...]:
+    """Each period's count, tumours and rate, small counts withheld; the counts (which add up to the total) and the
+    tumours (which add up to the total's tumours) each withheld as a group, so none is a difference of shown ones."""
+    scans = suppress_group([p.total for p in periods])
+    known = [
+        p.tumour if n is not None and (safe_rate(p.tumour, p.total) is not None or p.total == 0) else None
+        for p, n in zip(periods, scans, strict=True)
+    ]
+    if sum(t is None and p.tumour > 0 for t, p in zip(known, periods, strict=True)) == 1:
+        others = [
+            (p.tumour, k) for k, (t, p) in enumerate(zip(known, periods, strict=True)) if t is not None and p.tumour > 0
+        ]
+        if others:
+            known[min(others)[1]] = None
+    return tuple(
+        PeriodRow(
+            p.start,
+            n,
+            t,
+            safe_rate(p.tumour, p.total) if t is not None and p.total else None,
+            wilson_interval(p.tumour, p.total) if t is not None and p.total else None,
+        )
+        for p, n, t in zip(periods, scans, known, strict=True)
     )
 
 
@@ -234,7 +273,8 @@ def export_csv(board: Dashboard, quality: QualityBoard | None = None) -> bytes:
     the headline figures, the rate per period, the class mix, the confidence histogram, the per-version table, the
     lesion volumes of tumour studies per period (when there are any) and, when given, the agreement, accuracy and
     drift board; comment lines first name the filters. Withheld small
-    counts (and rates that would reveal one) read ``<5``, never 0 or empty."""
+    counts (those a total would give away with them, and rates that would reveal one) read ``withheld``, never 0 or
+    empty."""
     buffer = io.StringIO()
     buffer.write(f"# dates: {board.start_day.isoformat()} to {board.end_day.isoformat()} ({board.timezone})\n")
     buffer.write(f"# group by: {board.period}; model versions: {', '.join(board.versions) or 'all'}\n")
@@ -248,7 +288,8 @@ def export_csv(board: Dashboard, quality: QualityBoard | None = None) -> bytes:
     )
     buffer.write(
         "# verdicts shown to users only (scans refused by the input gate are counted apart); counts from 1 to "
-        "4, and rates that would reveal one, are withheld (<5); the class mix, confidence and versions "
+        "4, counts that the total would give away beside one, and rates that would reveal one, read 'withheld'; "
+        "the class mix, confidence and versions "
         "count results; lesion volumes count tumour studies (quantiles withheld below 5)\n"
     )
     writer = csv.writer(buffer, lineterminator="\n")
@@ -319,16 +360,16 @@ def _lesion_export(row, board: Dashboard) -> None:
     for period in board.lesions:
         key = period.start.isoformat()
         row("lesion_volume_per_period", key, "tumour_studies_with_volume", period.studies)
-        if period.studies != 0:  # an empty period has no quantiles; a withheld one reads <5
+        if period.studies != 0:  # an empty period has no quantiles; a withheld one reads "withheld"
             for q, value in zip(LESION_QUANTILES, period.quantiles or (None,) * len(LESION_QUANTILES), strict=True):
                 row("lesion_volume_per_period", key, f"{QUANTILE_NAMES[q]}_ml", value, digits=3)
 
 
 def _cell(value: object, digits: int | None = None) -> str:
-    """A CSV cell: ``<5`` for a withheld figure (None), the value otherwise (text a spreadsheet would run, such as
+    """A CSV cell: ``withheld`` for a withheld figure (None), the value otherwise (text a spreadsheet would run, such as
     a model version starting with ``=``, neutralised)."""
     if value is None:
-        return f"<{SMALL_CELL}"
+        return WITHHELD
     if digits is not None and isinstance(value, int | float):
         return str(round(value, digits))
     return spreadsheet_safe(value) if isinstance(value, str) else str(value)
