@@ -159,8 +159,9 @@ __all__ = [
 
 
 @contextmanager
-def garbage_pacs(body: bytes = b"<html>not DICOMweb</html>") -> Iterator[str]:
-    """A local HTTP server that answers every GET with ``body`` labelled as DICOM JSON: its DICOMweb root."""
+def garbage_pacs(body: bytes = b"<html>not DICOMweb</html>", declared: int | None = None) -> Iterator[str]:
+    """A local HTTP server that answers every GET with ``body`` labelled as DICOM JSON: its DICOMweb root
+    (``declared``: the length its header announces, more than it sends for an answer cut off)."""
     import threading
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -168,7 +169,7 @@ def garbage_pacs(body: bytes = b"<html>not DICOMweb</html>") -> Iterator[str]:
         def do_GET(self) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "application/dicom+json")
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(declared or len(body)))
             self.end_headers()
             self.wfile.write(body)
 

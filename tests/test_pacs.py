@@ -198,3 +198,10 @@ def test_pacs_failures_each_get_their_own_message(orthanc, tiny_classifier) -> N
 def test_a_pacs_that_answers_malformed_json_is_reported_as_such() -> None:
     with garbage_pacs(b'{"not": "a list of DICOM JSON"') as url, pytest.raises(PacsMalformed, match="not valid"):
         Pacs(url).search()
+    with garbage_pacs(b'{"valid": "JSON, but not a list"}') as url, pytest.raises(PacsMalformed, match="not valid"):
+        Pacs(url).search()
+
+
+def test_an_answer_cut_off_is_a_pacs_failure_to_retry_not_a_crash() -> None:
+    with garbage_pacs(b"[{", declared=5000) as url, pytest.raises(PacsUnreachable, match=r"broke off|does not answer"):
+        Pacs(url, timeout_s=5).search()

@@ -81,6 +81,8 @@ def test_each_reviewed_report_names_the_version_before_it(tiny_classifier) -> No
     assert predecessor(preliminary) is None and predecessor(first) == preliminary and predecessor(second) == first
     assert [int(report(u).InstanceNumber) for u in (preliminary, first, second)] == [1, 2, 3]
     assert [report(u).PreliminaryFlag for u in (preliminary, first, second)] == ["PRELIMINARY", "FINAL", "FINAL"]
+    texts = [str(item.get("TextValue", "")) for item in report(preliminary).ContentSequence]
+    assert any(text.startswith(f"Series UID {STUDY}.1: ") for text in texts)  # a reader finds it in the PACS
     # glioma -> meningioma -> glioma: the third review is a version of its own, not the first one again
     third = send(
         pacs, RADIOLOGIST, pulled, model, None, None, final_label="glioma", earlier_finals=["glioma", "meningioma"]

@@ -86,6 +86,7 @@ class Pacs:
     @contextmanager
     def _errors(self, what: str) -> Iterator[None]:
         import requests
+        from pydicom.errors import InvalidDicomError
 
         try:
             yield
@@ -100,9 +101,12 @@ class Pacs:
         except (requests.ConnectionError, requests.Timeout) as error:
             logger.warning("event=pacs_unreachable what=%s", what)
             raise PacsUnreachable("The PACS does not answer; check its address, or try again later.") from error
-        except (ValueError, KeyError, TypeError, AttributeError) as error:  # not DICOMweb JSON / DICOM
+        except (ValueError, KeyError, TypeError, AttributeError, InvalidDicomError) as error:  # not DICOMweb / DICOM
             logger.warning("event=pacs_malformed what=%s error=%s", what, type(error).__name__)
             raise PacsMalformed(f"The PACS's answer to the {what} is not valid DICOMweb.") from error
+        except requests.RequestException as error:  # an answer cut off, too many redirects, ...
+            logger.warning("event=pacs_failed what=%s error=%s", what, type(error).__name__)
+            raise PacsUnreachable(f"The PACS's answer to the {what} broke off; try again later.") from error
 
     def _call(self, what: str, call: Callable[[], T]) -> T:
         with self._errors(what):

@@ -82,12 +82,22 @@ def _codes() -> dict[str, Any]:
     }
 
 
-def _series_lines(series: SeriesAnalysis) -> str:
+def _series_name(evidence: Sequence[Any], series: SeriesAnalysis) -> str:
+    """How a reader finds the series in the PACS: its number and description, and its Series Instance UID."""
+    uid = _source_series(evidence, series)
+    header = next((e for e in evidence if str(e.SeriesInstanceUID) == uid), None)
+    number = header.get("SeriesNumber") if header is not None else None
+    description = str(header.get("SeriesDescription", "") or "").strip() if header is not None else ""
+    shown = " ".join(part for part in (f"{number}" if number not in (None, "") else "", description) if part)
+    return f"{shown} (UID {uid})" if shown else f"UID {uid}"
+
+
+def _series_lines(evidence: Sequence[Any], series: SeriesAnalysis) -> str:
     verdict = "not analysed" if series.label is None else series.label
     score = "n/a" if series.score is None else f"{series.score:.3f}"
     rule = series.rule
     line = (
-        f"Series {series.volume.series[:12]}: {verdict}; P(tumour) {score} (the lowest of the best "
+        f"Series {_series_name(evidence, series)}: {verdict}; P(tumour) {score} (the lowest of the best "
         f"{series.neighbours_used} neighbouring sections; tumour at >= {rule.threshold:.2f} over {rule.neighbours})"
     )
     if series.lesion_ml is not None:
@@ -121,7 +131,7 @@ def verdict_report(
     codes = _codes()
     study_uid = str(evidence[0].StudyInstanceUID)
     items = [hd.sr.TextContentItem(codes["finding"], f"Study verdict: {verdict or 'not analysed'}", "CONTAINS")]
-    items += [hd.sr.TextContentItem(codes["finding"], _series_lines(s), "CONTAINS") for s in series]
+    items += [hd.sr.TextContentItem(codes["finding"], _series_lines(evidence, s), "CONTAINS") for s in series]
     volumes = [s.lesion_ml for s in series if s.lesion_ml is not None]
     if volumes:
         items.append(
