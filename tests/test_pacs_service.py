@@ -36,6 +36,21 @@ class StandIn:
         return [str(ds.SOPInstanceUID) for ds in datasets]
 
 
+class Searchable(StandIn):
+    def search(self, **filters: str | None) -> list[str]:
+        return ["study-1", "study-2"]
+
+
+def test_a_pacs_search_is_an_audit_event_without_its_filters(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "r.db")
+    hits = pacs_service.search(Searchable({}), RADIOLOGIST, store, patient_id="PACS-TEST-001", description="x")
+    assert hits == ["study-1", "study-2"]
+    (event,) = store.audit_events()
+    assert (event.action, event.actor, event.target) == ("pacs_search", "dr-a", None)
+    assert event.detail == {"studies": 2, "by_patient_id": True}  # never the patient ID typed
+    assert "PACS-TEST-001" not in str(event)
+
+
 class Feed:
     """Orthanc's change feed: every study stable once, in one page."""
 

@@ -97,10 +97,16 @@ def _search_form(actor: Actor) -> None:
         return
     start, end = _dicom_dates(dates)
     try:
+        store = resources.current_store()
+    except StoreError as error:  # a search shows patients' names: not without its audit event
+        st.error(f"The PACS is not searched while the audit trail is unavailable: {error}")
+        return
+    try:
         with st.spinner("Searching the PACS…"):
             hits = pacs_service.search(
                 _connect(),
                 actor,
+                store,
                 patient_id=patient_id.strip() or None,
                 start=start,
                 end=end,
@@ -130,9 +136,9 @@ def _analyse(actor: Actor, hit: StudyHit, classifier: Any, key: bytes | None) ->
     """Pull the study into memory, analyse and save it as an upload, and put it on the page."""
     try:
         store = resources.current_store()
-    except StoreError as error:
-        st.error(f"Results cannot be saved: {error}")
-        store = None
+    except StoreError as error:  # a pull reads a patient's images: not without its audit event
+        st.error(f"The study is not pulled while the results database and audit trail are unavailable: {error}")
+        return
     try:
         with st.spinner(f"Pulling {count_of(hit.instances or 0, 'image')} from the PACS and analysing them…"):
             pulled = pacs_service.pull_and_analyse(_connect(), actor, hit.study_uid, classifier, store, key)

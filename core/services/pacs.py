@@ -36,10 +36,16 @@ def connect(settings: PacsSettings, timeout_s: float = 10.0) -> Pacs:
     return Pacs(settings.url, settings.user, settings.password, settings.verify_tls, timeout_s)
 
 
-def search(pacs: Pacs, actor: Actor, **filters: str | None) -> list[StudyHit]:
-    """MR studies matching ``filters`` (patient_id, start, end, description); radiologists only."""
+def search(pacs: Pacs, actor: Actor, store: AuditTrail | None = None, **filters: str | None) -> list[StudyHit]:
+    """MR studies matching ``filters`` (patient_id, start, end, description); radiologists only. The search shows
+    patients' names, so it is an audit event (how many studies, whether by patient ID; never the filters)."""
     require(actor, PACS)
-    return pacs.search(**filters)
+    hits = pacs.search(**filters)
+    if store is not None:
+        audit.record(
+            store, actor, "pacs_search", None, studies=len(hits), by_patient_id=bool(filters.get("patient_id"))
+        )
+    return hits
 
 
 @dataclass(frozen=True, eq=False)
