@@ -23,6 +23,7 @@ __all__ = [
     "WITHHELD",
     "WITHHELD_REASON",
     "PeriodRate",
+    "complement",
     "period_start",
     "roll_up",
     "safe_rate",
@@ -82,12 +83,18 @@ def suppress_group(counts: Sequence[int], threshold: int = SMALL_CELL) -> tuple[
     versions to the total): each withheld as :func:`suppress_small`, and when that withholds exactly one, the
     smallest other non-zero count too (complementary suppression), so that no withheld count is the total minus
     the others shown."""
-    shown = [suppress_small(n, threshold) for n in counts]
-    if sum(v is None for v in shown) == 1:
-        others = [(n, k) for k, (n, v) in enumerate(zip(counts, shown, strict=True)) if v is not None and n > 0]
+    return complement(counts, [suppress_small(n, threshold) for n in counts])
+
+
+def complement(counts: Sequence[int], shown: Sequence[int | None]) -> tuple[int | None, ...]:
+    """``shown`` (``counts`` with some withheld as None) with the smallest other non-zero count withheld too when
+    exactly one non-zero count is withheld: one alone would be the group's total minus the rest."""
+    kept = list(shown)
+    if sum(v is None and n > 0 for n, v in zip(counts, kept, strict=True)) == 1:
+        others = [(n, k) for k, (n, v) in enumerate(zip(counts, kept, strict=True)) if v is not None and n > 0]
         if others:
-            shown[min(others)[1]] = None
-    return tuple(shown)
+            kept[min(others)[1]] = None
+    return tuple(kept)
 
 
 def safe_rate(part: int, total: int, threshold: int = SMALL_CELL) -> float | None:

@@ -21,6 +21,7 @@ from core.analytics.stats import (
     WITHHELD,
     WITHHELD_REASON,
     PeriodRate,
+    complement,
     roll_up,
     safe_rate,
     suppress_group,
@@ -227,16 +228,13 @@ def period_rows(periods: Sequence[PeriodRate]) -> tuple[PeriodRow, ...]:
     """Each period's count, tumours and rate, small counts withheld; the counts (which add up to the total) and the
     tumours (which add up to the total's tumours) each withheld as a group, so none is a difference of shown ones."""
     scans = suppress_group([p.total for p in periods])
-    known = [
-        p.tumour if n is not None and (safe_rate(p.tumour, p.total) is not None or p.total == 0) else None
-        for p, n in zip(periods, scans, strict=True)
-    ]
-    if sum(t is None and p.tumour > 0 for t, p in zip(known, periods, strict=True)) == 1:
-        others = [
-            (p.tumour, k) for k, (t, p) in enumerate(zip(known, periods, strict=True)) if t is not None and p.tumour > 0
-        ]
-        if others:
-            known[min(others)[1]] = None
+    known = complement(
+        [p.tumour for p in periods],
+        [
+            p.tumour if n is not None and (safe_rate(p.tumour, p.total) is not None or p.total == 0) else None
+            for p, n in zip(periods, scans, strict=True)
+        ],
+    )
     return tuple(
         PeriodRow(
             p.start,
