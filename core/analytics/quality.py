@@ -15,8 +15,6 @@ from core.analytics.stats import SMALL_CELL, period_start, safe_rate, suppress_s
 from core.domain.results import DayQuality
 from core.model.decision import NEGATIVE_LABEL
 
-NEGATIVE = NEGATIVE_LABEL  # the one "no tumour" label (core.model.decision)
-
 
 @dataclass(frozen=True)
 class QualityRow:
@@ -143,10 +141,10 @@ class Accuracy:
 def accuracy(confusion: Mapping[tuple[str, str], int]) -> Accuracy:
     total = sum(confusion.values())
     agreed = sum(n for (label, final), n in confusion.items() if label == final)
-    positives = sum(n for (_, final), n in confusion.items() if final != NEGATIVE)
-    found = sum(n for (label, final), n in confusion.items() if final != NEGATIVE and label != NEGATIVE)
+    positives = sum(n for (_, final), n in confusion.items() if final != NEGATIVE_LABEL)
+    found = sum(n for (label, final), n in confusion.items() if final != NEGATIVE_LABEL and label != NEGATIVE_LABEL)
     negatives = total - positives
-    cleared = sum(n for (label, final), n in confusion.items() if final == NEGATIVE and label == NEGATIVE)
+    cleared = sum(n for (label, final), n in confusion.items() if final == NEGATIVE_LABEL and label == NEGATIVE_LABEL)
     sensitivity, specificity = safe_rate(found, positives), safe_rate(cleared, negatives)
     return Accuracy(
         reviewed=suppress_small(total),

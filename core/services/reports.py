@@ -19,11 +19,10 @@ from datetime import UTC, datetime
 import cv2
 import numpy as np
 
-from core.analytics.quality import NEGATIVE as NEGATIVE_LABEL
 from core.domain.results import Record
 from core.errors import InvalidRecord, NoBrainFound
 from core.model.classifier import Classifier
-from core.model.decision import LABEL_NAMES
+from core.model.decision import LABEL_NAMES, NEGATIVE_LABEL
 from core.model.explain import Explainer, overlay
 from core.model.lesion import Lesion, Segmenter
 from core.model.roi import find_brain
