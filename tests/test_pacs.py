@@ -13,8 +13,8 @@ import pydicom
 import pytest
 
 from core.errors import AccessDenied, FileTooLarge, PacsMalformed, PacsNotFound, PacsRefused, PacsUnreachable
+from core.imaging.limits import StudyLimits
 from core.imaging.phantom_series import dicom_series, head_volume
-from core.imaging.series import StudyLimits
 from core.pacs.client import Pacs
 from core.pacs.objects import ModelFacts
 from core.pacs.orthanc import DevOrthanc, available

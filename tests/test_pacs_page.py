@@ -194,7 +194,7 @@ def test_a_failed_search_shows_its_message(
 def test_a_study_without_mr_or_over_the_limits_is_explained(orthanc, monkeypatch: pytest.MonkeyPatch) -> None:
     import requests
 
-    from core.imaging.series import StudyLimits
+    from core.imaging.limits import StudyLimits
 
     app = search(study_page(), patient_id="PACS-UI-002")
     assert app.dataframe[0].value["description"].tolist() == ["MR BRAIN FOLLOW-UP"]

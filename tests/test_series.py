@@ -11,6 +11,7 @@ import pytest
 
 from core.errors import FileTooLarge, UnsupportedFormat
 from core.imaging.geometry import orientation_letters
+from core.imaging.limits import StudyLimits
 from core.imaging.phantom_series import (
     AXIAL,
     CORONAL,
@@ -21,7 +22,7 @@ from core.imaging.phantom_series import (
     nifti,
     zipped,
 )
-from core.imaging.series import SeriesError, StudyLimits, read_study
+from core.imaging.series import SeriesError, read_study
 
 
 def expected(volume: np.ndarray) -> np.ndarray:
@@ -56,7 +57,78 @@ def test_every_plane_and_an_oblique_one_are_ordered_by_geometry(orientation, pla
 
 def test_a_missing_section_is_named_as_a_gap() -> None:
     (series,) = read_study(dicom_series(head_volume(10), skip=(4,)))
-    assert len(series.sections) == 9 and any("gap of 10.0 mm after section 3" in w for w in series.warnings)
+    assert len(series.sections) == 9 and any("gap of 10.0 mm between sections 4 and 5" in w for w in series.warnings)
+
+
+def rewritten(files: list[bytes], change) -> list[bytes]:
+    """The files with ``change(dataset, k)`` applied to the k-th one."""
+    from pydicom import dcmread
+    from pydicom.filebase import DicomBytesIO
+
+    out = []
+    for k, data in enumerate(files):
+        ds = dcmread(DicomBytesIO(data))
+        change(ds, k)
+        buffer = DicomBytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        out.append(buffer.getvalue())
+    return out
+
+
+def test_files_without_positions_are_numbered_and_no_distance_in_mm_is_claimed() -> None:
+    """Instance numbers 1, 2, 3, 6 and no ImagePositionPatient: ordered by number, the jump named as numbers."""
+
+    def numbered(ds, k) -> None:
+        del ds.ImagePositionPatient
+        ds.InstanceNumber = (1, 2, 3, 6)[k]
+
+    (series,) = read_study(rewritten(dicom_series(head_volume(4)), numbered))
+    assert not series.positions_in_mm and series.step_mm == 5.0  # the thickness, not a position's step
+    assert any("jump from 3 to 6" in w for w in series.warnings)
+    assert not any(" mm" in w for w in series.warnings)
+
+
+@pytest.mark.parametrize("plane", [AXIAL, CORONAL, SAGITTAL])
+def test_the_first_section_is_the_same_end_of_the_head_however_the_files_encode_their_orientation(plane) -> None:
+    """A patient-safety check: the same sections encoded with a mirrored row direction (the normal reversed) come
+    out in the same order and the same way round, so section k of one series is section k of the other."""
+    volume = head_volume(5)
+    mirrored = (-plane[0], -plane[1], -plane[2], *plane[3:])
+    (usual,) = read_study(dicom_series(volume, orientation=plane))
+    # the mirrored files: the same patient positions, each section's columns stored in the opposite direction
+    files = dicom_series(volume[:, :, ::-1], orientation=mirrored)
+
+    def same_place(ds, k) -> None:  # the first pixel of a mirrored row lies at the far end of the usual row
+        normal = np.cross(plane[:3], plane[3:])
+        ds.ImagePositionPatient = [
+            float(v) for v in k * 5.0 * normal + np.array([-100.0, -100.0, 0.0]) + 127 * 0.9 * np.array(plane[:3])
+        ]
+
+    (other,) = read_study(rewritten(files, same_place))
+    assert other.orientation == usual.orientation and other.letters == usual.letters
+    assert np.array_equal(other.sections, usual.sections)
+    assert other.positions == usual.positions
+
+
+def test_enhanced_multiframe_orientation_and_spacing_per_frame_are_read_and_mixed_ones_refused() -> None:
+    volume = head_volume(4)
+    (series,) = read_study([enhanced_multiframe(volume, order=[2, 0, 3, 1], orientation=SAGITTAL, per_frame=True)])
+    assert series.plane == "sagittal" and series.spacing == (0.9, 0.9) and series.positions_in_mm
+    assert np.allclose(np.diff(series.positions), 5.0) and not series.warnings
+    assert np.array_equal(series.sections, expected(volume))
+    with pytest.raises(SeriesError, match="mixes section orientations"):
+        read_study([enhanced_multiframe(volume, orientation=SAGITTAL, per_frame=True, odd_frame=AXIAL)])
+
+
+def test_an_upload_whose_headers_declare_too_many_pixels_is_refused_before_any_is_decoded(monkeypatch) -> None:
+    from core.imaging import dicom
+
+    files = dicom_series(head_volume(6))  # 6 x 128 x 128 pixels
+    monkeypatch.setattr(dicom, "decode_frame", lambda *a: pytest.fail("decoded before the budget was checked"))
+    with pytest.raises(FileTooLarge, match="refused before decoding"):
+        read_study(files, study_limits=StudyLimits(max_dicom_pixels=5 * 128 * 128))
+    with pytest.raises(FileTooLarge, match="refused before decoding"):
+        read_study([enhanced_multiframe(head_volume(6))], study_limits=StudyLimits(max_dicom_pixels=5 * 128 * 128))
 
 
 def test_two_series_in_one_zip_come_back_apart_and_monochrome1_reads_as_monochrome2() -> None:

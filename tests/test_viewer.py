@@ -81,6 +81,19 @@ def test_the_quick_scroller_gets_every_section_as_a_jpeg_with_a_title_each(tiny_
         assert ("skipped" in line) if p is None else (f"P(tumour) {p:.2f}" in line)
 
 
+def test_sections_of_files_without_positions_are_titled_by_their_number_not_in_millimetres(tiny_classifier) -> None:
+    from tests.scans import dicom_bytes
+    from ui.cine import titles
+    from ui.viewer import section_title
+
+    placed = series_view(analyse_volume(read_study(dicom_series(head_volume(3, 64)))[0], tiny_classifier))
+    assert " · 5.0 mm · " in titles(placed)[1] and " · 5.0 mm · " in section_title(placed, 1)
+    numbered_volume = read_study([dicom_bytes(head_volume(3, 64), frames=3)])[0]  # classic multi-frame, no step
+    numbered = series_view(analyse_volume(numbered_volume, tiny_classifier))
+    assert " · file number 2 · " in titles(numbered)[1] and " · file number 2 · " in section_title(numbered, 1)
+    assert not any(" mm" in line for line in titles(numbered))
+
+
 def test_the_lesion_outline_is_a_path_on_the_section_figure_and_drawn_into_the_quick_scrollers_frames() -> None:
     sections = np.full((2, 40, 40), 60, np.uint8)
     square = np.array([[10, 10], [10, 29], [29, 29], [29, 10]], np.int32)

@@ -100,8 +100,7 @@ def titles(view: SeriesView) -> list[str]:
     for index in range(count):
         skipped, p = view.skipped.get(index), view.curve[index]
         status = f"skipped: {skipped}" if skipped or p is None else f"P(tumour) {p:.2f}"
-        position = view.positions[index] if index < len(view.positions) else 0.0
-        lines.append(f"Section {index + 1} of {count} · {position:.1f} mm · {status}{lesion_note(view, index)}")
+        lines.append(f"Section {index + 1} of {count} · {view.place(index)} · {status}{lesion_note(view, index)}")
     return lines
 
 

@@ -54,8 +54,7 @@ def section_title(view: SeriesView, index: int) -> str:
     """The detailed viewer's title: section, place, the model's reading (or why skipped) and the lesion's area."""
     skipped, p = view.skipped.get(index), view.curve[index]
     status = f"skipped: {skipped}" if skipped else f"P(tumour) {p:.2f} · {pretty(view.section_labels[index] or '')}"
-    position = view.positions[index] if index < len(view.positions) else 0.0
-    return f"Section {index + 1} of {len(view.sections)} · {position:.1f} mm · {status}{lesion_note(view, index)}"
+    return f"Section {index + 1} of {len(view.sections)} · {view.place(index)} · {status}{lesion_note(view, index)}"
 
 
 def series_panel(view: SeriesView, classifier, explainer, prefix: str) -> None:

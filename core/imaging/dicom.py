@@ -112,14 +112,15 @@ def read_dicom(data: bytes, limits: Limits, frame: int | None) -> tuple[np.ndarr
 def count_frames(data: bytes) -> int:
     """How many frames a DICOM file holds, from its header alone (1 for a single slice)."""
     try:
-        return int(_header(data).get("NumberOfFrames", 1) or 1)
+        return int(header_of(data).get("NumberOfFrames", 1) or 1)
     except ScanError:
         raise
     except _VALUE_ERRORS as error:
         raise CorruptImage("The DICOM header holds invalid values; it cannot be displayed reliably.") from error
 
 
-def _header(data: bytes) -> Any:
+def header_of(data: bytes) -> Any:
+    """A DICOM file's header, read without its pixel data."""
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
@@ -136,7 +137,7 @@ def checked_dataset(data: bytes, limits: Limits, header: Any = None) -> tuple[An
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
-    header = header if header is not None else _header(data)  # parsed once when the caller already has it
+    header = header if header is not None else header_of(data)  # parsed once when the caller already has it
     notes = check_modality(str(header.get("Modality", "") or "").upper())
     check_body_part(header)
     rows, columns = header.get("Rows"), header.get("Columns")
@@ -163,7 +164,7 @@ def checked_dataset(data: bytes, limits: Limits, header: Any = None) -> tuple[An
 
 
 def _read_checked(data: bytes, limits: Limits, frame: int | None) -> tuple[np.ndarray, dict[str, str], tuple[str, ...]]:
-    header = _header(data)
+    header = header_of(data)
     frames = int(header.get("NumberOfFrames", 1) or 1)
     if frames > 1 and frame is None:
         raise MultiFrameImage(

@@ -34,6 +34,27 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
+@dataclass(frozen=True)
+class StudyLimits:
+    """What a whole upload of series (DICOM files, zips, NIfTI volumes) may cost, checked before decoding."""
+
+    max_sections: int = 512
+    max_series: int = 32
+    max_total_bytes: int = 1024 * 2**20  # everything uploaded at once, zips unpacked
+    max_volume_bytes: int = 96 * 2**20  # a NIfTI volume's voxels as stored, checked from its header before reading
+    max_volume_side: int = 1024
+    max_files: int = 1024  # DICOM files in one upload (zips unpacked), counted before any is read
+    max_zip_members: int = 4000
+    max_compression_ratio: float = 200.0
+    max_gap_ratio: float = 1.6  # a step this many times the usual spacing is a gap
+    # pixels of every DICOM section in one upload, summed from the headers before any is decoded: the series keep
+    # a byte a pixel for display, so this bounds their memory whatever the files' compression
+    max_dicom_pixels: int = 192 * 2**20
+
+
+DEFAULT_STUDY_LIMITS = StudyLimits()
+
+
 def check_dimensions(width: int, height: int, limits: Limits) -> None:
     """Refuse images too large to decode safely, too small to read, or too elongated to be a brain slice."""
     if width * height > limits.max_pixels:

@@ -65,8 +65,17 @@ def dicom_series(
     return files
 
 
-def enhanced_multiframe(volume: np.ndarray, spacing: float = 5.0, order: list[int] | None = None) -> bytes:
-    """An enhanced MR multi-frame file whose frames carry their own positions (stored in ``order``)."""
+def enhanced_multiframe(
+    volume: np.ndarray,
+    spacing: float = 5.0,
+    order: list[int] | None = None,
+    orientation: tuple[float, ...] = AXIAL,
+    per_frame: bool = False,
+    odd_frame: tuple[float, ...] | None = None,
+) -> bytes:
+    """An enhanced MR multi-frame file whose frames carry their own positions (stored in ``order``), along the normal
+    of ``orientation``; orientation and pixel measures shared, or given in every frame's group (``per_frame``), the
+    second frame stored with ``odd_frame``'s orientation when given."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -83,17 +92,23 @@ def enhanced_multiframe(volume: np.ndarray, spacing: float = 5.0, order: list[in
     ds.Rows, ds.Columns = volume.shape[1:]
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    def geometry(group: Dataset, directions: tuple[float, ...]) -> None:
+        plane, measures = Dataset(), Dataset()
+        plane.ImageOrientationPatient = [float(v) for v in directions]
+        measures.PixelSpacing, measures.SliceThickness = [0.9, 0.9], spacing
+        group.PlaneOrientationSequence, group.PixelMeasuresSequence = [plane], [measures]
+
     shared = Dataset()
-    orientation, measures = Dataset(), Dataset()
-    orientation.ImageOrientationPatient = list(AXIAL)
-    measures.PixelSpacing, measures.SliceThickness = [0.9, 0.9], spacing
-    shared.PlaneOrientationSequence, shared.PixelMeasuresSequence = [orientation], [measures]
+    if not per_frame:
+        geometry(shared, orientation)
     ds.SharedFunctionalGroupsSequence = [shared]
-    frames = []
-    for k in order:
+    normal, frames = np.cross(orientation[:3], orientation[3:]), []
+    for number, k in enumerate(order):
         group, position = Dataset(), Dataset()
-        position.ImagePositionPatient = [-100.0, -100.0, k * spacing]
+        position.ImagePositionPatient = [float(v) for v in np.array([-100.0, -100.0, 0.0]) + k * spacing * normal]
         group.PlanePositionSequence = [position]
+        if per_frame:
+            geometry(group, odd_frame if odd_frame is not None and number == 1 else orientation)
         frames.append(group)
     ds.PerFrameFunctionalGroupsSequence = frames
     ds.PixelData = np.stack([volume[k] for k in order]).astype("<u2").tobytes()

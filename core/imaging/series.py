@@ -1,13 +1,15 @@
 """Whole series and volumes: DICOM files of one or more series (any names), a ``.zip`` of a study, a multi-frame
 DICOM, or a NIfTI volume (``.nii`` / ``.nii.gz``), each turned into :class:`Volume` objects of ordered sections.
 
-- DICOM files are grouped by StudyInstanceUID and SeriesInstanceUID and ordered by their position along the slice
-  normal (ImagePositionPatient projected on the cross product of ImageOrientationPatient's row and column), never
-  by file name or InstanceNumber. Pixel spacing, slice thickness and orientation are kept. Mixed orientations in
-  one series, two different sections at one position, and gaps are named; identical duplicates are dropped.
-- A zip is checked before anything is read from it: member count, total and per-member uncompressed size and
-  compression ratio (bombs), names (no absolute paths, no ``..``, no nested archives); members are read in memory,
-  never extracted to disk.
+- DICOM files are grouped by StudyInstanceUID and SeriesInstanceUID and ordered by their position along the normal
+  of the displayed view (ImagePositionPatient projected on the cross product of the row and column directions as
+  shown), never by file name or InstanceNumber: the first section is the same end of the head however the files
+  encode their orientation (axial: feet first, as NIfTI volumes). Enhanced multi-frame files give orientation,
+  spacing and position per frame or shared. Pixel spacing, slice thickness and orientation are kept. Mixed
+  orientations in one series, two different sections at one position, and gaps are named; identical duplicates are
+  dropped.
+- A zip is checked before anything is read from it (:mod:`core.imaging.archive`); the DICOM files' pixels are
+  counted from their headers against the upload's budget before any is decoded.
 - NIfTI volumes (nibabel) are brought to the closest RAS+ orientation (``as_closest_canonical``) and cut into
   axial sections; their row and column directions come from the affine.
 - Every volume is shown in the radiological view of its plane (:mod:`core.imaging.geometry`): pixels, spacing and
@@ -21,8 +23,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import zipfile
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -31,6 +31,7 @@ import numpy as np
 
 from core.errors import CorruptImage, FileTooLarge, ScanError, UnsupportedFormat
 from core.imaging import dicom
+from core.imaging.archive import is_zip, unzip
 from core.imaging.geometry import (
     apply_transform,
     display_transform,
@@ -40,28 +41,19 @@ from core.imaging.geometry import (
     transformed_orientation,
     transformed_spacing,
 )
-from core.imaging.limits import DEFAULT_LIMITS, Limits, apply_stretch, stretch_bounds
+from core.imaging.limits import (
+    DEFAULT_LIMITS,
+    DEFAULT_STUDY_LIMITS,
+    Limits,
+    StudyLimits,
+    apply_stretch,
+    stretch_bounds,
+)
 from core.imaging.scan import is_dicom
 
 
 class SeriesError(ScanError):
     code = "series_error"
-
-
-@dataclass(frozen=True)
-class StudyLimits:
-    max_sections: int = 512
-    max_series: int = 32
-    max_total_bytes: int = 1024 * 2**20  # everything uploaded at once, zips unpacked
-    max_volume_bytes: int = 96 * 2**20  # a NIfTI volume's voxels as stored, checked from its header before reading
-    max_volume_side: int = 1024
-    max_files: int = 1024  # DICOM files in one upload (zips unpacked), counted before any is read
-    max_zip_members: int = 4000
-    max_compression_ratio: float = 200.0
-    max_gap_ratio: float = 1.6  # a step this many times the usual spacing is a gap
-
-
-DEFAULT_STUDY_LIMITS = StudyLimits()
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,10 +108,6 @@ def _hash(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 
-def is_zip(data: bytes) -> bool:
-    return data[:4] == b"PK\x03\x04"
-
-
 def is_nifti(data: bytes) -> bool:
     if data[:2] == b"\x1f\x8b":
         return True  # a gzip stream: a .nii.gz is the only compressed upload accepted
@@ -128,41 +116,6 @@ def is_nifti(data: bytes) -> bool:
         and int.from_bytes(data[:4], "little") in (348, 540)
         and data[344:348] in (b"n+1\x00", b"ni1\x00", b"n+2\x00")
     )
-
-
-def unzip(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> list[bytes]:
-    """The members of a zip, in memory, after checking it for bombs and path tricks."""
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-        members = [m for m in archive.infolist() if not m.is_dir()]
-    except zipfile.BadZipFile as error:
-        raise CorruptImage("The zip archive is damaged.") from error
-    if len(members) > limits.max_zip_members:
-        raise FileTooLarge(f"The zip holds {len(members)} files; the limit is {limits.max_zip_members}.")
-    total = sum(m.file_size for m in members)
-    if total > limits.max_total_bytes:
-        raise FileTooLarge(
-            f"The zip unpacks to {total / 2**20:.0f} MB; the limit is {limits.max_total_bytes / 2**20:.0f} MB."
-        )
-    for member in members:
-        name = member.filename.replace("\\", "/")
-        if name.startswith("/") or ".." in name.split("/") or (len(name) > 1 and name[1] == ":"):
-            raise UnsupportedFormat("The zip names a file outside itself (an absolute path or '..'); refused.")
-        if member.compress_size and member.file_size / member.compress_size > limits.max_compression_ratio:
-            raise FileTooLarge("The zip holds a file compressed over 200 times (a zip bomb?); refused.")
-        if member.filename.lower().endswith(".zip"):
-            raise UnsupportedFormat("The zip holds another zip; upload the inner archive itself.")
-    out = []
-    for member in members:
-        try:
-            with archive.open(member) as handle:
-                content = handle.read(member.file_size + 1)
-        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as error:  # a bad CRC, a cut stream
-            raise CorruptImage(f"A file in the zip is damaged ({type(error).__name__}); refused.") from error
-        if len(content) > member.file_size:  # the header lied about the size
-            raise FileTooLarge("A file in the zip is larger than its header says; refused.")
-        out.append(content)
-    return out
 
 
 def read_study(
@@ -223,69 +176,89 @@ def _floats(value: object, n: int) -> np.ndarray | None:
     return array if array.size == n and np.isfinite(array).all() else None
 
 
-def _dataset(data: bytes, limits: Limits) -> object:
-    """A DICOM file of a series, read by the one DICOM reader (header checks first)."""
-    return dicom.checked_dataset(data, limits)[0]
+def _geometry(group: object, orientation, spacing, thickness) -> tuple:
+    """Orientation, pixel spacing and thickness from a functional group (shared or one frame's), else as given."""
+    if group is None:
+        return orientation, spacing, thickness
+    if group.get("PlaneOrientationSequence"):  # type: ignore[attr-defined]
+        found = _floats(group.PlaneOrientationSequence[0].get("ImageOrientationPatient"), 6)  # type: ignore[attr-defined]
+        orientation = found if found is not None else orientation
+    if group.get("PixelMeasuresSequence"):  # type: ignore[attr-defined]
+        measures = group.PixelMeasuresSequence[0]  # type: ignore[attr-defined]
+        found = _floats(measures.get("PixelSpacing"), 2)
+        spacing = (float(found[0]), float(found[1])) if found is not None else spacing
+        thickness = float(measures.get("SliceThickness")) if measures.get("SliceThickness") else thickness
+    return orientation, spacing, thickness
 
 
-def _sections_of(data: bytes, limits: Limits, study_limits: StudyLimits) -> list[_Section]:
-    ds = _dataset(data, limits)
+def _sections_of(data: bytes, header: object, limits: Limits) -> list[_Section]:
+    ds = dicom.checked_dataset(data, limits, header)[0]
     study = _hash(str(ds.get("StudyInstanceUID", ""))) if ds.get("StudyInstanceUID") else NO_STUDY_UID
     series = _hash(str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", "")))
     spacing_value = _floats(ds.get("PixelSpacing"), 2)
     spacing = (float(spacing_value[0]), float(spacing_value[1])) if spacing_value is not None else None
     thickness = float(ds.get("SliceThickness")) if ds.get("SliceThickness") not in (None, "") else None
     modality = str(ds.get("Modality", "") or "")
+    orientation = _floats(ds.get("ImageOrientationPatient"), 6)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > study_limits.max_sections:
-        raise FileTooLarge(f"A file holds {frames} frames; the limit is {study_limits.max_sections} sections.")
     if frames == 1:
         pixels = dicom.display(dicom.decode_frame(ds, None), ds)
-        return [
-            _Section(
-                study,
-                series,
-                _floats(ds.get("ImagePositionPatient"), 3),
-                _floats(ds.get("ImageOrientationPatient"), 6),
-                int(ds.get("InstanceNumber", 0) or 0),
-                pixels,
-                spacing,
-                thickness,
-                modality,
-            )
-        ]
+        position, instance = _floats(ds.get("ImagePositionPatient"), 3), int(ds.get("InstanceNumber", 0) or 0)
+        return [_Section(study, series, position, orientation, instance, pixels, spacing, thickness, modality)]
     series = _hash(series, hashlib.sha256(data).hexdigest())  # each multi-frame file is its own series
     shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
-    orientation = _floats(ds.get("ImageOrientationPatient"), 6)
-    if shared is not None and shared.get("PlaneOrientationSequence"):
-        orientation = _floats(shared.PlaneOrientationSequence[0].get("ImageOrientationPatient"), 6)
-    if shared is not None and shared.get("PixelMeasuresSequence"):
-        measures = shared.PixelMeasuresSequence[0]
-        found = _floats(measures.get("PixelSpacing"), 2)
-        spacing = (float(found[0]), float(found[1])) if found is not None else spacing
-        thickness = float(measures.get("SliceThickness")) if measures.get("SliceThickness") else thickness
+    orientation, spacing, thickness = _geometry(shared, orientation, spacing, thickness)
     # classic multi-frame: frames evenly spaced along the normal by the declared step; with no step declared the
     # frames are numbered, not placed (an invented step would make a lesion volume in mL out of a pixel count)
     step = float(ds.get("SpacingBetweenSlices") or thickness or 0.0)
     origin = _floats(ds.get("ImagePositionPatient"), 3)
     sections = []
     for k in range(frames):
+        group = per_frame[k] if k < len(per_frame) else None
+        frame_orientation, frame_spacing, frame_thickness = _geometry(group, orientation, spacing, thickness)
         position = None
-        if k < len(per_frame) and per_frame[k].get("PlanePositionSequence"):
-            position = _floats(per_frame[k].PlanePositionSequence[0].get("ImagePositionPatient"), 3)
-        elif orientation is not None and step > 0:
-            normal = np.cross(orientation[:3], orientation[3:])
+        if group is not None and group.get("PlanePositionSequence"):
+            position = _floats(group.PlanePositionSequence[0].get("ImagePositionPatient"), 3)
+        elif frame_orientation is not None and step > 0:
+            normal = np.cross(frame_orientation[:3], frame_orientation[3:])
             position = (origin if origin is not None else np.zeros(3)) + k * step * normal
         pixels = dicom.display(dicom.decode_frame(ds, k), ds)
-        sections.append(_Section(study, series, position, orientation, k, pixels, spacing, thickness, modality, True))
+        sections.append(
+            _Section(
+                study,
+                series,
+                position,
+                frame_orientation,
+                k + 1,  # numbered from 1, as the viewer counts
+                pixels,
+                frame_spacing,
+                frame_thickness,
+                modality,
+                True,
+            )
+        )
     return sections
 
 
 def _dicom_series(files: Sequence[bytes], limits: Limits, study_limits: StudyLimits) -> list[Volume]:
-    groups: dict[tuple[str, str], list[_Section]] = {}
+    """Every DICOM series of the upload, after checking from the headers alone that their pixels fit the budget."""
+    headers, pixels = [], 0
     for data in files:
-        for section in _sections_of(data, limits, study_limits):
+        header = dicom.header_of(data)
+        frames = int(header.get("NumberOfFrames", 1) or 1)
+        if frames > study_limits.max_sections:
+            raise FileTooLarge(f"A file holds {frames} frames; the limit is {study_limits.max_sections} sections.")
+        pixels += int(header.get("Rows") or 0) * int(header.get("Columns") or 0) * frames
+        headers.append(header)
+    if pixels > study_limits.max_dicom_pixels:
+        raise FileTooLarge(
+            f"The DICOM files hold {pixels / 2**20:.0f} M pixels in all; the limit is "
+            f"{study_limits.max_dicom_pixels / 2**20:.0f} M for one upload (refused before decoding them)."
+        )
+    groups: dict[tuple[str, str], list[_Section]] = {}
+    for data, header in zip(files, headers, strict=True):
+        for section in _sections_of(data, header, limits):
             groups.setdefault((section.study, section.series), []).append(section)
     return [_volume(sections, study_limits) for sections in groups.values()]
 
@@ -301,30 +274,27 @@ def _volume(sections: list[_Section], limits: StudyLimits) -> Volume:
     reference = orientations[0] if orientations else None
     if reference is not None and any(np.abs(o - reference).max() > 1e-3 for o in orientations):
         raise SeriesError("One series mixes section orientations (e.g. axial and sagittal); upload them apart.")
-    if reference is not None and all(s.position is not None for s in sections):
-        normal = np.cross(reference[:3], reference[3:])
+    in_mm = reference is not None and all(s.position is not None for s in sections)
+    if in_mm:  # along the normal of the view as shown, so the stack runs the same way whatever the encoding
+        shown = transformed_orientation(reference, display_transform(reference))  # type: ignore[arg-type]
+        normal = np.cross(shown[:3], shown[3:])
         keyed = sorted(((float(s.position @ normal), s) for s in sections), key=lambda pair: pair[0])
     else:
         notes.append("The files give no positions: sections are ordered by instance number.")
         keyed = sorted(((float(s.instance), s) for s in sections), key=lambda pair: pair[0])
-    in_mm = reference is not None and all(s.position is not None for s in sections)
+    where = "{:.1f} mm" if in_mm else "number {:.0f}"
     kept: list[tuple[float, _Section]] = []
     for position, section in keyed:
         if kept and abs(position - kept[-1][0]) < 1e-3:
             if np.array_equal(section.pixels, kept[-1][1].pixels):
-                notes.append(f"A duplicate of the section at {position:.1f} mm was left out.")
+                notes.append(f"A duplicate of the section at {where.format(position)} was left out.")
                 continue
-            raise SeriesError(f"Two different sections lie at the same position ({position:.1f} mm) in one series.")
+            raise SeriesError(
+                f"Two different sections lie at the same position ({where.format(position)}) in one series."
+            )
         kept.append((position, section))
+    notes += _gaps([p for p, _ in kept], in_mm, limits.max_gap_ratio)
     positions = [p for p, _ in kept]
-    steps = np.diff(positions)
-    if len(steps) >= 2:
-        usual = float(np.median(steps))
-        for k, step in enumerate(steps):
-            if usual > 0 and step > limits.max_gap_ratio * usual:
-                notes.append(
-                    f"A gap of {step:.1f} mm after section {k} (usually {usual:.1f} mm): a section may be missing."
-                )
     first = kept[0][1]
     sections, spacing, orientation = _radiological(
         np.stack([s.pixels for _, s in kept]),
@@ -344,6 +314,22 @@ def _volume(sections: list[_Section], limits: StudyLimits) -> Volume:
         positions_in_mm=in_mm,
         warnings=tuple(notes),
     )
+
+
+def _gaps(positions: list[float], in_mm: bool, ratio: float) -> list[str]:
+    """A note for each step over ``ratio`` times the usual one, naming the sections as the viewer numbers them."""
+    steps, unit = np.diff(positions), " mm" if in_mm else ""
+    if len(steps) < 2 or not float(np.median(steps)) > 0:
+        return []
+    usual = float(np.median(steps))
+    return [
+        f"A gap of {step:.1f}{unit} between sections {k + 1} and {k + 2} (usually {usual:.1f}{unit}): "
+        "a section may be missing."
+        if in_mm
+        else f"Section numbers jump from {positions[k]:.0f} to {positions[k + 1]:.0f}: a section may be missing."
+        for k, step in enumerate(steps)
+        if step > ratio * usual
+    ]
 
 
 def _radiological(

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 from core.errors import FileTooLarge, PacsError, PacsMalformed, PacsNotFound, PacsRefused, PacsUnreachable
-from core.imaging.series import DEFAULT_STUDY_LIMITS, StudyLimits
+from core.imaging.limits import DEFAULT_STUDY_LIMITS, StudyLimits
 
 logger = logging.getLogger("btd.pacs")
 T = TypeVar("T")

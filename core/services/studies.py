@@ -20,8 +20,10 @@ import numpy as np
 from core.domain.results import Record, Section, record_id
 from core.errors import FileTooLarge, ScanError, StoreError
 from core.identity import pseudonymise
+from core.imaging.archive import is_zip
+from core.imaging.limits import DEFAULT_STUDY_LIMITS, StudyLimits
 from core.imaging.scan import Scan, is_dicom
-from core.imaging.series import DEFAULT_STUDY_LIMITS, StudyLimits, Volume, is_nifti, is_zip, read_study
+from core.imaging.series import Volume, is_nifti, read_study
 from core.model.analysis import analyse_scan
 from core.model.classifier import Classifier
 from core.model.decision import in_review_band
@@ -204,6 +206,7 @@ def geometry_of(volume: Volume) -> dict[str, Any]:
         "orientation": list(volume.orientation) if volume.orientation else None,
         "plane": volume.plane,
         "source": volume.source,
+        "positions_in_mm": volume.positions_in_mm,
     }
 
 
@@ -300,6 +303,14 @@ class SeriesView:
     def marked(self) -> list[int]:
         """Sections at or above the rule's threshold."""
         return [i for i, p in enumerate(self.curve) if p is not None and p >= self.threshold]
+
+    def place(self, index: int) -> str:
+        """Where section ``index`` lies along the series: millimetres along its normal, or its number in the files
+        when they gave no positions."""
+        if index >= len(self.positions):
+            return "place unknown"
+        position = self.positions[index]
+        return f"{position:.1f} mm" if self.geometry.get("positions_in_mm", True) else f"file number {position:.0f}"
 
     @property
     def lesion_span(self) -> tuple[int, int] | None:

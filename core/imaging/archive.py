@@ -1,0 +1,51 @@
+"""Zip archives of a study, checked before anything is read from them: member count, total and per-member
+uncompressed size and compression ratio (bombs), names (no absolute paths, no ``..``, no nested archives); members
+are read in memory, never extracted to disk."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+import zlib
+
+from core.errors import CorruptImage, FileTooLarge, UnsupportedFormat
+from core.imaging.limits import DEFAULT_STUDY_LIMITS, StudyLimits
+
+
+def is_zip(data: bytes) -> bool:
+    return data[:4] == b"PK\x03\x04"
+
+
+def unzip(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> list[bytes]:
+    """The members of a zip, in memory, after checking it for bombs and path tricks."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        members = [m for m in archive.infolist() if not m.is_dir()]
+    except zipfile.BadZipFile as error:
+        raise CorruptImage("The zip archive is damaged.") from error
+    if len(members) > limits.max_zip_members:
+        raise FileTooLarge(f"The zip holds {len(members)} files; the limit is {limits.max_zip_members}.")
+    total = sum(m.file_size for m in members)
+    if total > limits.max_total_bytes:
+        raise FileTooLarge(
+            f"The zip unpacks to {total / 2**20:.0f} MB; the limit is {limits.max_total_bytes / 2**20:.0f} MB."
+        )
+    for member in members:
+        name = member.filename.replace("\\", "/")
+        if name.startswith("/") or ".." in name.split("/") or (len(name) > 1 and name[1] == ":"):
+            raise UnsupportedFormat("The zip names a file outside itself (an absolute path or '..'); refused.")
+        if member.compress_size and member.file_size / member.compress_size > limits.max_compression_ratio:
+            raise FileTooLarge("The zip holds a file compressed over 200 times (a zip bomb?); refused.")
+        if member.filename.lower().endswith(".zip"):
+            raise UnsupportedFormat("The zip holds another zip; upload the inner archive itself.")
+    out = []
+    for member in members:
+        try:
+            with archive.open(member) as handle:
+                content = handle.read(member.file_size + 1)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as error:  # a bad CRC, a cut stream
+            raise CorruptImage(f"A file in the zip is damaged ({type(error).__name__}); refused.") from error
+        if len(content) > member.file_size:  # the header lied about the size
+            raise FileTooLarge("A file in the zip is larger than its header says; refused.")
+        out.append(content)
+    return out
