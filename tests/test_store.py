@@ -590,15 +590,25 @@ def test_a_round_1_mongodb_collection_is_upgraded_on_first_use() -> None:
     assert merged.patient_ref == "c" * 64 and merged.confidence == pytest.approx(0.9)
 
 
-def test_deleting_the_data_directory_while_running_does_not_break_saving(tmp_path: Path) -> None:
+def test_a_database_deleted_while_running_is_refused_not_replaced_and_a_restored_backup_is_used(tmp_path: Path) -> None:
+    """RELIABILITY: a data folder that disappears must not silently become a new empty store (the running app
+    held it open; only open_store's check guarded a start)."""
     import shutil
 
-    store = SQLiteStore(tmp_path / "data" / "results.sqlite3")
+    from core.storage.stamps import StoreVanished
+
+    path = tmp_path / "data" / "results.sqlite3"
+    store = SQLiteStore(path)
     assert store.add(FIXTURE[0])
+    shutil.copytree(tmp_path / "data", tmp_path / "backup")
     shutil.rmtree(tmp_path / "data")
-    (tmp_path / "data").mkdir()  # an operator restores an empty directory
-    store.ping()  # reconnects and creates the schema instead of "no such table"
-    assert store.add(FIXTURE[1]) is True and store.summary().total == 1
+    with pytest.raises(StoreVanished, match="disappeared"):
+        store.add(FIXTURE[1])
+    with pytest.raises(StoreVanished):
+        store.ping()
+    assert not path.exists()
+    shutil.copytree(tmp_path / "backup", tmp_path / "data")  # an operator restores the backup
+    assert store.add(FIXTURE[1]) is True and store.summary().total == 2
 
 
 def test_health_check_fails_when_a_save_would(tmp_path: Path) -> None:

@@ -92,6 +92,7 @@ def enhanced_multiframe(
     ds.Rows, ds.Columns = volume.shape[1:]
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+
     def geometry(group: Dataset, directions: tuple[float, ...]) -> None:
         plane, measures = Dataset(), Dataset()
         plane.ImageOrientationPatient = [float(v) for v in directions]

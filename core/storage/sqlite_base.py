@@ -33,8 +33,10 @@ class SQLiteBase:
         self._busy_timeout_s = busy_timeout_s
         self._local = threading.local()
         self._migrate_lock = threading.Lock()
+        self._opened = False
         with self._errors():
             self._connection()
+        self._opened = True  # from now on a missing file has vanished: it is never silently created again
 
     def _file_identity(self) -> tuple[int, int] | None:
         try:
@@ -56,6 +58,14 @@ class SQLiteBase:
         return connection
 
     def _open(self) -> sqlite3.Connection:
+        if self._opened and not self.path.exists():
+            from core.storage.stamps import StoreVanished
+
+            logger.error("event=store_vanished store=sqlite")
+            raise StoreVanished(
+                f"The results database {self.path} disappeared while the app was running; nothing more is saved "
+                "until it is restored from a backup (or the app is restarted after `python -m core store forget`)."
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self.path.exists():  # created private: results are clinical data
             os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
