@@ -295,3 +295,15 @@ def test_two_nifti_files_uploaded_together_count_as_one_study_in_statistics(tmp_
     )
     assert len(study.views) == 2 and store.summary().total == 2
     assert sum(day.total for day in study_days(store, EVERYTHING, "UTC")) == 1
+
+
+def test_an_upload_holding_two_studies_is_refused_not_given_one_merged_verdict(tiny_classifier) -> None:
+    """A patient CD with today's exam and a prior: two StudyInstanceUIDs must not become one verdict and report."""
+    from core.services.studies import analyse_study
+
+    today = dicom_series(head_volume(3), study_uid="1.2.826.0.1.3680043.8.498.7", series_uid="1.2.3.1")
+    prior = dicom_series(head_volume(3, seed=4), study_uid="1.2.826.0.1.3680043.8.498.8", series_uid="1.2.3.2")
+    outcome = analyse_study([zipped(today + prior)], tiny_classifier)
+    assert outcome.error_code == "several_studies" and not outcome.series and outcome.verdict is None
+    assert "more than one study" in (outcome.error_message or "")
+    assert analyse_study(today, tiny_classifier).error_code is None  # one study alone is analysed

@@ -62,6 +62,12 @@ class StudyOutcome:
         return "tumour" if any(s.is_tumour for s in judged) else judged[0].negative_label
 
 
+SEVERAL_STUDIES = (
+    "The upload holds series of more than one study (different StudyInstanceUIDs: a prior exam beside today's, or "
+    "another patient's). Upload each study on its own, so that each gets its own verdict, report and patient link."
+)
+
+
 def _wanted(data: bytes) -> bool:
     return is_zip(data) or is_nifti(data) or is_dicom(data)
 
@@ -103,6 +109,9 @@ def analyse_study(
         logger.exception("event=study_failed code=internal_error")
         return StudyOutcome(source, error_code="internal_error", error_message="Unexpected error; try again.")
     read_ms = (time.perf_counter() - started) * 1000
+    if len({volume.study for volume in volumes}) > 1:  # one verdict, one report and one patient link per study
+        logger.info("event=study_refused code=several_studies")
+        return StudyOutcome(source, error_code="several_studies", error_message=SEVERAL_STUDIES, ignored=ignored)
     try:
         analyses = tuple(analyse_volume(volume, classifier) for volume in volumes)
     except Exception:
