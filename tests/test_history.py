@@ -16,7 +16,8 @@ from core.imaging.series import read_study
 from core.model.volume import analyse_volume
 from core.services.access import Actor
 from core.services.history import change, lesion_course, lesion_size, matching_section, patient_history
-from core.services.studies import save_series, series_view
+from core.services.series_views import series_view
+from core.services.studies import save_series
 from core.storage.images import FolderImages
 from core.storage.sqlite import SQLiteStore
 from tests.test_store import make_record, make_series

@@ -11,7 +11,7 @@ import pytest
 from core.imaging.phantom_series import dicom_series, head_volume
 from core.imaging.series import read_study
 from core.model.volume import analyse_volume
-from core.services.studies import series_view
+from core.services.series_views import series_view
 from ui.lesion import area_line, stored_volume_line, volume_line
 from ui.viewer_figures import cine_frames, curve_figure, distance_mm, section_figure, windowed
 

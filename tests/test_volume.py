@@ -227,7 +227,8 @@ def test_saving_a_series_keeps_its_record_sections_pixels_and_an_audit_event(
 ) -> None:
     from core.errors import AccessDenied
     from core.services.access import Actor
-    from core.services.studies import save_series, stored_sections
+    from core.services.series_views import stored_sections
+    from core.services.studies import save_series
     from core.storage.images import FolderImages
     from core.storage.sqlite import SQLiteStore
 
@@ -307,3 +308,40 @@ def test_an_upload_holding_two_studies_is_refused_not_given_one_merged_verdict(t
     assert outcome.error_code == "several_studies" and not outcome.series and outcome.verdict is None
     assert "more than one study" in (outcome.error_message or "")
     assert analyse_study(today, tiny_classifier).error_code is None  # one study alone is analysed
+
+
+def test_a_saved_series_reopens_with_the_rule_that_made_its_verdict_and_no_heat_map_of_another_model(
+    tmp_path, tiny_classifier
+) -> None:
+    """A series saved under one model and reopened (worklist, History, report) after another shipped: its own rule
+    is drawn, never the served model's, and no heat map of a model that never read it; a series saved before rules
+    were kept gets its rule only from the same model."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from core.services.access import Actor
+    from core.services.reports import series_lines
+    from core.services.series_views import section_heat, stored_series_view
+    from core.services.studies import save_series
+    from core.storage.images import FolderImages
+    from core.storage.sqlite import SQLiteStore
+
+    store, images = SQLiteStore(tmp_path / "results.sqlite3"), FolderImages(tmp_path / "images")
+    analysis = analyse_volume(read_study(dicom_series(head_volume(6, 64, range(2, 4))))[0], tiny_classifier)
+    status = save_series(
+        analysis, store, actor=Actor("dr", "radiologist"), patient_ref=None, images=images, key=b"k" * 32
+    )
+    record = store.get(status.record_id)
+    served, newer = tiny_classifier.card, replace(tiny_classifier.card, version="9.9.9", series=SeriesRule(7, 0.99))
+    view = stored_series_view(record, store, images, newer)
+    assert (view.threshold, view.neighbours) == (served.series.threshold, served.series.neighbours)
+    assert section_heat(view, 0, SimpleNamespace(card=newer), explainer=None) is None
+    assert f"{served.series.neighbours} neighbouring sections reach {served.series.threshold:.2f}" in "\n".join(
+        series_lines(record, view, [])
+    )
+    legacy = replace(record, geometry={k: v for k, v in record.geometry.items() if k != "rule"})
+    unknown = stored_series_view(legacy, store, images, newer)
+    assert unknown.threshold is None and unknown.neighbours is None and unknown.marked == []
+    assert "not recorded" in "\n".join(series_lines(legacy, unknown, []))
+    same = stored_series_view(legacy, store, images, served)
+    assert (same.threshold, same.neighbours) == (served.series.threshold, served.series.neighbours)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.services.studies import SeriesView
+from core.services.series_views import SeriesView
 from ui.viewer_figures import cine_frames, lesion_note
 
 _CSS = """

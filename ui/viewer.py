@@ -11,7 +11,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.imaging.geometry import orientation_letters
-from core.services.studies import SeriesView, section_heat
+from core.services.series_views import SeriesView, section_heat
 from ui.auth import fragment_actor
 from ui.lesion import CAVEAT, OUTLINE_HELP, OUTLINE_LABEL, volume_line
 from ui.viewer_figures import (
@@ -30,6 +30,8 @@ def verdict_line(view: SeriesView) -> str:
     if view.label is None:
         return "No verdict: no section could be analysed."
     score = "" if view.score is None else f" · series tumour probability **{view.score:.1%}**"
+    if view.threshold is None:  # saved by another model before rules were kept with the verdict
+        return f"**{pretty(view.label)}**{score} · read by {view.model}, whose series rule was not recorded"
     rule = f"{view.neighbours} neighbouring sections at {view.threshold:.2f} or more"
     above = f"{len(view.marked)} of {len(view.sections)} sections above"
     return f"**{pretty(view.label)}**{score} · rule: tumour when {rule} · {above}"

@@ -155,13 +155,14 @@ def section_figure(
 
 def curve_figure(
     curve: Sequence[float | None],
-    threshold: float,
+    threshold: float | None,
     current: int,
     marked: Sequence[int] = (),
     height: int = 220,
 ) -> dict[str, Any]:
     """Tumour probability along the series (gaps where a section was skipped), the rule's threshold, the
-    sections above it and the current section; each point can be clicked to go there."""
+    sections above it and the current section; each point can be clicked to go there. No threshold line when the
+    rule that made the verdict is not known."""
     y = [None if p is None else round(float(p), 4) for p in curve]
     return {"data": _curve_traces(y, marked), "layout": _curve_layout(threshold, current, height)}
 
@@ -204,8 +205,15 @@ def _curve_traces(y: list[float | None], marked: Sequence[int]) -> list[dict[str
     return data
 
 
-def _curve_layout(threshold: float, current: int, height: int) -> dict[str, Any]:
+def _curve_layout(threshold: float | None, current: int, height: int) -> dict[str, Any]:
     """Axes, the threshold as a labelled dashed line across the plot and the current section as a vertical one."""
+    layout = _curve_axes(threshold if threshold is not None else 0.0, current, height)
+    if threshold is None:
+        layout["shapes"], layout["annotations"] = layout["shapes"][1:], []
+    return layout
+
+
+def _curve_axes(threshold: float, current: int, height: int) -> dict[str, Any]:
     shapes = [
         {
             "type": "line",

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from core.domain.results import Record, WorklistQuery
 from core.services import audit
 from core.services.access import HISTORY, Actor, require
-from core.services.studies import SeriesView
+from core.services.series_views import SeriesView
 from core.storage.protocol import Store
 
 LIMIT = 500

@@ -28,7 +28,7 @@ from core.model.lesion import Lesion, Segmenter
 from core.model.roi import find_brain
 from core.services import audit
 from core.services.access import OPEN_RESULT, Actor, require
-from core.services.studies import SeriesView, section_heat, stored_series_view
+from core.services.series_views import SeriesView, section_heat, stored_series_view
 from core.services.views import draw_outline, scaled_outline
 from core.storage.images import ImageStore
 from core.storage.protocol import Store
@@ -66,11 +66,12 @@ def _curve(pdf, view: SeriesView, x: float, y: float, w: float, h: float) -> Non
     pdf.set_draw_color(150, 150, 150)
     pdf.rect(x, y, w, h)
     n = max(len(view.curve) - 1, 1)
-    pdf.set_draw_color(211, 47, 47)
-    pdf.set_dash_pattern(dash=1, gap=1)
-    ty = y + h * (1 - view.threshold)
-    pdf.line(x, ty, x + w, ty)
-    pdf.set_dash_pattern()
+    if view.threshold is not None:
+        pdf.set_draw_color(211, 47, 47)
+        pdf.set_dash_pattern(dash=1, gap=1)
+        ty = y + h * (1 - view.threshold)
+        pdf.line(x, ty, x + w, ty)
+        pdf.set_dash_pattern()
     pdf.set_draw_color(21, 101, 192)
     previous = None
     for i, p in enumerate(view.curve):
@@ -80,7 +81,8 @@ def _curve(pdf, view: SeriesView, x: float, y: float, w: float, h: float) -> Non
         previous = point
     pdf.set_font("Helvetica", size=7)
     pdf.set_xy(x, y + h + 0.5)
-    pdf.cell(w, 3, _text(f"section 1 ... {len(view.curve)}; dashed: the rule's threshold {view.threshold:.2f}"))
+    rule = "" if view.threshold is None else f"; dashed: the rule's threshold {view.threshold:.2f}"
+    pdf.cell(w, 3, _text(f"section 1 ... {len(view.curve)}{rule}"))
 
 
 def render(
@@ -155,7 +157,9 @@ def series_lines(record: Record, view: SeriesView | None, reviews: Sequence) -> 
         f"Pixel spacing: {spacing[0]:.2f} x {spacing[1]:.2f} mm" if spacing else "Pixel spacing: not given",
         lesion_line(record),
     ]
-    if view is not None:
+    if view is not None and view.threshold is None:
+        lines.append(f"Rule: that of {view.model}, not recorded with the verdict")
+    elif view is not None:
         lines.append(
             f"Rule: tumour when {view.neighbours} neighbouring sections reach {view.threshold:.2f}; "
             f"{len(view.marked)} sections at or above it; {len(view.skipped)} skipped"
@@ -356,7 +360,7 @@ def study_report(
     records = [store.get(i) for i in record_ids]
     if not records or any(r is None or r.kind != "series" for r in records):
         raise InvalidRecord("A report is made of saved series results.")
-    views = [stored_series_view(r, store, images, classifier.card.series) for r in records]  # type: ignore[arg-type]
+    views = [stored_series_view(r, store, images, classifier.card) for r in records]  # type: ignore[arg-type]
     same_model = all(
         (r.model_name, r.model_version) == (classifier.card.name, classifier.card.version) for r in records
     )  # type: ignore[union-attr]

@@ -20,7 +20,7 @@ from core.model.classifier import Classifier
 from core.model.explain import Explainer
 from core.services import audit
 from core.services.access import OPEN_RESULT, REVIEW, WORKLIST, Actor, require
-from core.services.studies import SeriesView, stored_series_view
+from core.services.series_views import SeriesView, stored_series_view
 from core.services.views import ScanView, scan_view
 from core.storage.images import ImageStore
 from core.storage.protocol import Store
@@ -57,7 +57,7 @@ def open_result(
         raise InvalidRecord("No such result.")
     audit.record(store, actor, "open", result_id)
     if record.kind == "series":
-        series = stored_series_view(record, store, images, classifier.card.series)
+        series = stored_series_view(record, store, images, classifier.card)
         note = "" if series is not None else "The series' images are no longer kept (retention period)."
         return OpenedResult(record, None, store.reviews_of(result_id), note, series)
     data = images.get(record.image_key) if images is not None and record.image_key else None

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -22,18 +21,15 @@ from core.errors import FileTooLarge, ScanError, StoreError
 from core.identity import pseudonymise
 from core.imaging.archive import is_zip
 from core.imaging.limits import DEFAULT_STUDY_LIMITS, StudyLimits
-from core.imaging.scan import Scan, is_dicom
+from core.imaging.scan import is_dicom
 from core.imaging.series import Volume, is_nifti, read_study
-from core.model.analysis import analyse_scan
 from core.model.classifier import Classifier
 from core.model.decision import in_review_band
-from core.model.explain import Explainer
 from core.model.gate import ACCEPTED, NEEDS_REVIEW
-from core.model.lesion import sections_spanned
 from core.model.volume import SeriesAnalysis, analyse_volume
 from core.services.access import ANALYSE, Actor, require
+from core.services.series_views import SeriesView, geometry_of, series_view
 from core.services.triage import NOT_SAVED, SaveStatus, image_not_kept, keep_image, save_record
-from core.services.views import DISPLAY_SIDE, scaled_outline
 from core.storage.images import ImageStore
 from core.storage.protocol import Store
 
@@ -144,12 +140,6 @@ def stacked(sections: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(sections.reshape(-1, sections.shape[-1]))
 
 
-def unstacked(pixels: np.ndarray, count: int) -> np.ndarray:
-    if count < 1 or pixels.ndim != 2 or pixels.shape[0] % count:
-        raise ValueError("the stored image is not a stack of this many sections")
-    return pixels.reshape(count, pixels.shape[0] // count, pixels.shape[1])
-
-
 def series_record(
     analysis: SeriesAnalysis,
     *,
@@ -189,7 +179,8 @@ def series_record(
         image_key=image_key,
         study_ref=pseudonymise(volume.study, key) if key else None,
         section_count=count,
-        geometry=geometry_of(volume),
+        geometry=geometry_of(volume)
+        | {"rule": {"threshold": analysis.rule.threshold, "neighbours": analysis.rule.neighbours}},
         lesion_px=None if analysis.lesion_areas is None else sum(analysis.lesion_areas),
         lesion_ml=analysis.lesion_ml,
     ).validate()
@@ -206,17 +197,6 @@ def display_png(volume: Volume) -> tuple[dict[str, str], bytes]:
         raise ValueError("the section could not be encoded as PNG")
     letters = volume.letters
     return {side: letters[side] for side in ("top", "bottom", "left", "right") if side in letters}, png.tobytes()
-
-
-def geometry_of(volume: Volume) -> dict[str, Any]:
-    return {
-        "spacing": list(volume.spacing) if volume.spacing else None,
-        "thickness": volume.thickness,
-        "orientation": list(volume.orientation) if volume.orientation else None,
-        "plane": volume.plane,
-        "source": volume.source,
-        "positions_in_mm": volume.positions_in_mm,
-    }
 
 
 def series_needs_review(analysis: SeriesAnalysis) -> bool:
@@ -263,152 +243,6 @@ def save_series(
     record = series_record(analysis, patient_ref=patient_ref, uploader=actor.name, key=key, image_key=image_key)
     sections = section_rows(analysis)
     return save_record(record, store, actor, record.gate, write=lambda r: store.add_series(r, sections))
-
-
-def stored_sections(record: Record, images: ImageStore | None) -> np.ndarray | None:
-    """The de-identified sections of a saved series from the image store (None once purged or without a store)."""
-    import cv2
-
-    if images is None or record.image_key is None or record.section_count is None:
-        return None
-    data = images.get(record.image_key)
-    if data is None:
-        return None
-    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
-    return None if pixels is None else unstacked(pixels, record.section_count)
-
-
-# --- what a session keeps of a series ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class SeriesView:
-    """A series as the viewer shows it: the displayed sections (uint8, at most DISPLAY_SIDE a side), their
-    geometry (spacing in displayed pixels), the curve, the verdict and, once saved, its record and status."""
-
-    key: str
-    sections: np.ndarray
-    positions: tuple[float, ...]
-    geometry: Mapping[str, Any]
-    curve: tuple[float | None, ...]
-    section_labels: tuple[str | None, ...]
-    skipped: Mapping[int, str]
-    label: str | None
-    is_tumour: bool
-    score: float | None
-    threshold: float
-    neighbours: int
-    window: tuple[int, ...]
-    probabilities: Mapping[str, float]
-    model: str
-    warnings: tuple[str, ...] = ()
-    record: Record | None = None
-    status: SaveStatus | None = None
-    lesion_areas: tuple[int, ...] | None = None  # per section, in source pixels; None without a segmenter
-    lesion_ml: float | None = None  # None without a segmenter or a voxel size
-    outlines: tuple[tuple[np.ndarray, ...], ...] | None = None  # per section: lesion contours on displayed pixels
-
-    @property
-    def marked(self) -> list[int]:
-        """Sections at or above the rule's threshold."""
-        return [i for i, p in enumerate(self.curve) if p is not None and p >= self.threshold]
-
-    def place(self, index: int) -> str:
-        """Where section ``index`` lies along the series: millimetres along its normal, or its number in the files
-        when they gave no positions."""
-        if index >= len(self.positions):
-            return "place unknown"
-        position = self.positions[index]
-        return f"{position:.1f} mm" if self.geometry.get("positions_in_mm", True) else f"file number {position:.0f}"
-
-    @property
-    def lesion_span(self) -> tuple[int, int] | None:
-        """The first and last section (0-based) with a lesion outlined, or None."""
-        return None if self.lesion_areas is None else sections_spanned(self.lesion_areas)
-
-
-def _display(sections: np.ndarray, spacing: Sequence[float] | None) -> tuple[np.ndarray, list[float] | None]:
-    import cv2
-
-    scale = DISPLAY_SIDE / max(sections.shape[1:])
-    if scale >= 1:
-        return sections, list(spacing) if spacing else None
-    small = np.stack([cv2.resize(s, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) for s in sections])
-    factor = sections.shape[1] / small.shape[1]
-    return small, [float(v) * factor for v in spacing] if spacing else None
-
-
-def series_view(analysis: SeriesAnalysis, status: SaveStatus | None = None, record: Record | None = None) -> SeriesView:
-    volume = analysis.volume
-    sections, spacing = _display(volume.sections, volume.spacing)
-    geometry = geometry_of(volume) | {"spacing": spacing}
-    areas, scale = analysis.lesion_areas, sections.shape[1] / volume.sections.shape[1]
-    lesions = [s.analysis.lesion if s.analysis else None for s in analysis.sections]
-    return SeriesView(
-        key=volume.sha256,
-        sections=sections,
-        positions=tuple(volume.positions),
-        geometry=geometry,
-        curve=tuple(analysis.curve),
-        section_labels=tuple(None if s.analysis is None else s.analysis.prediction.label for s in analysis.sections),
-        skipped={s.index: s.skipped or "" for s in analysis.refused},
-        label=analysis.label,
-        is_tumour=analysis.is_tumour,
-        score=analysis.score,
-        threshold=analysis.rule.threshold,
-        neighbours=analysis.rule.neighbours,
-        window=tuple(s.index for s in analysis.window),
-        probabilities=analysis.probabilities,
-        model=f"{analysis.model_name} {analysis.model_version}",
-        warnings=tuple(analysis.warnings),
-        record=record,
-        status=status,
-        lesion_areas=None if areas is None else tuple(areas),
-        lesion_ml=analysis.lesion_ml,
-        outlines=None if areas is None else tuple(scaled_outline(x.outline, scale) if x else () for x in lesions),
-    )
-
-
-def stored_series_view(record: Record, store: Store, images: ImageStore | None, rule: Any) -> SeriesView | None:
-    """A saved series reopened (worklist, history): None once its pixels were purged. ``rule`` is the shipped
-    card's series rule (the threshold drawn on the curve)."""
-    pixels = stored_sections(record, images)
-    if pixels is None:
-        return None
-    rows = store.sections_of(record.id)
-    sections, spacing = _display(pixels, record.geometry.get("spacing"))  # type: ignore[arg-type]
-    curve = tuple(s.tumour_probability for s in rows)
-    return SeriesView(
-        key=record.id,
-        sections=sections,
-        positions=tuple(s.position for s in rows),
-        geometry=dict(record.geometry) | {"spacing": spacing},
-        curve=curve,
-        section_labels=tuple(s.label for s in rows),
-        skipped={s.index: s.skipped for s in rows if s.skipped},
-        label=record.label,
-        is_tumour=record.is_tumour,
-        score=record.tumour_probability,
-        threshold=rule.threshold,
-        neighbours=rule.neighbours,
-        window=(),
-        probabilities=dict(record.probabilities),
-        model=f"{record.model_name} {record.model_version}",
-        record=record,
-    )
-
-
-def section_heat(view: SeriesView, index: int, classifier: Classifier, explainer: Explainer) -> np.ndarray | None:
-    """Where the model looked on one displayed section (0..1, the section's shape); None when the section was
-    skipped or has no head region."""
-    if index in view.skipped:
-        return None
-    pixels = np.ascontiguousarray(view.sections[index])
-    try:
-        analysis = analyse_scan(Scan(pixels, "volume", f"{view.key}:{index}", int(pixels.nbytes)), classifier)
-    except ScanError:
-        return None
-    return explainer.explain(analysis).on_scan
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,0 +1,200 @@
+"""A series as the viewer, the worklist, History and the report show it (:class:`SeriesView`): just analysed, or
+reopened from the store with the pixels and the rule that made its verdict."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from core.domain.results import Record
+from core.errors import ScanError
+from core.imaging.scan import Scan
+from core.imaging.series import Volume
+from core.model.analysis import analyse_scan
+from core.model.classifier import Classifier
+from core.model.explain import Explainer
+from core.model.lesion import sections_spanned
+from core.model.volume import SeriesAnalysis
+from core.services.triage import SaveStatus
+from core.services.views import DISPLAY_SIDE, scaled_outline
+from core.storage.images import ImageStore
+from core.storage.protocol import Store
+
+
+def geometry_of(volume: Volume) -> dict[str, Any]:
+    return {
+        "spacing": list(volume.spacing) if volume.spacing else None,
+        "thickness": volume.thickness,
+        "orientation": list(volume.orientation) if volume.orientation else None,
+        "plane": volume.plane,
+        "source": volume.source,
+        "positions_in_mm": volume.positions_in_mm,
+    }
+
+
+def rule_of(rule: Any) -> dict[str, Any]:
+    """The series rule that made a verdict, as the record keeps it (a later model may have another)."""
+    return {"threshold": float(rule.threshold), "neighbours": int(rule.neighbours)}
+
+
+def unstacked(pixels: np.ndarray, count: int) -> np.ndarray:
+    if count < 1 or pixels.ndim != 2 or pixels.shape[0] % count:
+        raise ValueError("the stored image is not a stack of this many sections")
+    return pixels.reshape(count, pixels.shape[0] // count, pixels.shape[1])
+
+
+def stored_sections(record: Record, images: ImageStore | None) -> np.ndarray | None:
+    """The de-identified sections of a saved series from the image store (None once purged or without a store)."""
+    import cv2
+
+    if images is None or record.image_key is None or record.section_count is None:
+        return None
+    data = images.get(record.image_key)
+    if data is None:
+        return None
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    return None if pixels is None else unstacked(pixels, record.section_count)
+
+
+# --- what a session keeps of a series ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class SeriesView:
+    """A series as the viewer shows it: the displayed sections (uint8, at most DISPLAY_SIDE a side), their
+    geometry (spacing in displayed pixels), the curve, the verdict and, once saved, its record and status."""
+
+    key: str
+    sections: np.ndarray
+    positions: tuple[float, ...]
+    geometry: Mapping[str, Any]
+    curve: tuple[float | None, ...]
+    section_labels: tuple[str | None, ...]
+    skipped: Mapping[int, str]
+    label: str | None
+    is_tumour: bool
+    score: float | None
+    threshold: float | None  # the rule that made the verdict; None for a series saved before rules were recorded
+    neighbours: int | None  # by another model than the one served (its rule is not known)
+    window: tuple[int, ...]
+    probabilities: Mapping[str, float]
+    model: str
+    warnings: tuple[str, ...] = ()
+    record: Record | None = None
+    status: SaveStatus | None = None
+    lesion_areas: tuple[int, ...] | None = None  # per section, in source pixels; None without a segmenter
+    lesion_ml: float | None = None  # None without a segmenter or a voxel size
+    outlines: tuple[tuple[np.ndarray, ...], ...] | None = None  # per section: lesion contours on displayed pixels
+
+    @property
+    def marked(self) -> list[int]:
+        """Sections at or above the rule's threshold."""
+        if self.threshold is None:
+            return []
+        return [i for i, p in enumerate(self.curve) if p is not None and p >= self.threshold]
+
+    def place(self, index: int) -> str:
+        """Where section ``index`` lies along the series: millimetres along its normal, or its number in the files
+        when they gave no positions."""
+        if index >= len(self.positions):
+            return "place unknown"
+        position = self.positions[index]
+        return f"{position:.1f} mm" if self.geometry.get("positions_in_mm", True) else f"file number {position:.0f}"
+
+    @property
+    def lesion_span(self) -> tuple[int, int] | None:
+        """The first and last section (0-based) with a lesion outlined, or None."""
+        return None if self.lesion_areas is None else sections_spanned(self.lesion_areas)
+
+
+def _display(sections: np.ndarray, spacing: Sequence[float] | None) -> tuple[np.ndarray, list[float] | None]:
+    import cv2
+
+    scale = DISPLAY_SIDE / max(sections.shape[1:])
+    if scale >= 1:
+        return sections, list(spacing) if spacing else None
+    small = np.stack([cv2.resize(s, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) for s in sections])
+    factor = sections.shape[1] / small.shape[1]
+    return small, [float(v) * factor for v in spacing] if spacing else None
+
+
+def series_view(analysis: SeriesAnalysis, status: SaveStatus | None = None, record: Record | None = None) -> SeriesView:
+    volume = analysis.volume
+    sections, spacing = _display(volume.sections, volume.spacing)
+    geometry = geometry_of(volume) | {"spacing": spacing}
+    areas, scale = analysis.lesion_areas, sections.shape[1] / volume.sections.shape[1]
+    lesions = [s.analysis.lesion if s.analysis else None for s in analysis.sections]
+    return SeriesView(
+        key=volume.sha256,
+        sections=sections,
+        positions=tuple(volume.positions),
+        geometry=geometry,
+        curve=tuple(analysis.curve),
+        section_labels=tuple(None if s.analysis is None else s.analysis.prediction.label for s in analysis.sections),
+        skipped={s.index: s.skipped or "" for s in analysis.refused},
+        label=analysis.label,
+        is_tumour=analysis.is_tumour,
+        score=analysis.score,
+        threshold=analysis.rule.threshold,
+        neighbours=analysis.rule.neighbours,
+        window=tuple(s.index for s in analysis.window),
+        probabilities=analysis.probabilities,
+        model=f"{analysis.model_name} {analysis.model_version}",
+        warnings=tuple(analysis.warnings),
+        record=record,
+        status=status,
+        lesion_areas=None if areas is None else tuple(areas),
+        lesion_ml=analysis.lesion_ml,
+        outlines=None if areas is None else tuple(scaled_outline(x.outline, scale) if x else () for x in lesions),
+    )
+
+
+def stored_series_view(record: Record, store: Store, images: ImageStore | None, card: Any) -> SeriesView | None:
+    """A saved series reopened (worklist, history): None once its pixels were purged. Its rule is the one saved
+    with it; for a series saved before rules were kept, the served ``card``'s when the same model read it, else
+    unknown (None): a rule of another model is never drawn on its curve."""
+    pixels = stored_sections(record, images)
+    if pixels is None:
+        return None
+    rows = store.sections_of(record.id)
+    sections, spacing = _display(pixels, record.geometry.get("spacing"))  # type: ignore[arg-type]
+    rule: Any = record.geometry.get("rule")
+    if rule is None and (record.model_name, record.model_version) == (card.name, card.version):
+        rule = rule_of(card.series)
+    curve = tuple(s.tumour_probability for s in rows)
+    return SeriesView(
+        key=record.id,
+        sections=sections,
+        positions=tuple(s.position for s in rows),
+        geometry=dict(record.geometry) | {"spacing": spacing},
+        curve=curve,
+        section_labels=tuple(s.label for s in rows),
+        skipped={s.index: s.skipped for s in rows if s.skipped},
+        label=record.label,
+        is_tumour=record.is_tumour,
+        score=record.tumour_probability,
+        threshold=None if rule is None else float(rule["threshold"]),
+        neighbours=None if rule is None else int(rule["neighbours"]),
+        window=(),
+        probabilities=dict(record.probabilities),
+        model=f"{record.model_name} {record.model_version}",
+        record=record,
+    )
+
+
+def section_heat(view: SeriesView, index: int, classifier: Classifier, explainer: Explainer) -> np.ndarray | None:
+    """Where the model looked on one displayed section (0..1, the section's shape); None when the section was
+    skipped or has no head region, or when another model than the one served read the series (its heat map would
+    not explain the verdict)."""
+    card = classifier.card
+    if index in view.skipped or view.model != f"{card.name} {card.version}":
+        return None
+    pixels = np.ascontiguousarray(view.sections[index])
+    try:
+        analysis = analyse_scan(Scan(pixels, "volume", f"{view.key}:{index}", int(pixels.nbytes)), classifier)
+    except ScanError:
+        return None
+    return explainer.explain(analysis).on_scan
