@@ -72,9 +72,10 @@ def choose_frame(upload: Upload, frame: int) -> None:
 
 def retry_unsaved() -> None:
     reference, store = resources.patient_reference(session.patient_text), open_store()
+    images = resources.image_store(store)
     for upload in session:
         for frame, result in upload.results.items():
-            upload.results[frame] = retry_save(result, store, reference, actor)
+            upload.results[frame] = retry_save(result, store, images, reference, actor)
 
 
 try:

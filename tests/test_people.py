@@ -117,7 +117,7 @@ def saved_upload(store) -> Triaged:
         (RADIOLOGIST, lambda s, a: accounts.list_accounts(s, a)),
         (None, lambda s, a: reviews.worklist(s, a, WorklistQuery())),
         (SUPERVISOR, lambda s, a: apply_patient_reference(saved_upload(s), s, "p" * 64, a)),
-        (ADMIN, lambda s, a: retry_save(saved_upload(s), s, "p" * 64, a)),
+        (ADMIN, lambda s, a: retry_save(saved_upload(s), s, None, "p" * 64, a)),
     ],
 )
 def test_every_service_refuses_the_roles_that_may_not_use_it(store, who, call) -> None:
@@ -170,6 +170,25 @@ def test_a_save_that_cannot_be_audited_is_reported_not_saved(store, tiny_classif
     assert result.status.state == NOT_SAVED and "nothing was saved" in result.status.message
     if isinstance(store, SQLiteStore):  # one unit of work: the record is not there either (MongoDB: a known limit)
         assert store.summary().total == 0 and store.get(result.record.id) is None
+
+
+def test_retrying_a_save_after_the_database_was_down_keeps_the_image_with_the_result(
+    store, tmp_path, tiny_classifier
+) -> None:
+    """Analysed while the database was down (no store, so no image store): 'Retry saving' must keep the image before
+    it saves the result, never a result without the image its review needs."""
+    scan = png_bytes(synthetic_slice(256, tumour=True))
+    offline = triage(scan, tiny_classifier, None, None, actor=RADIOLOGIST, patient_ref=None, images=None)
+    assert offline.status.state == NOT_SAVED and offline.record.image_key is None
+    still_down = retry_save(offline, store, None, None, RADIOLOGIST)  # the database back, the image store not yet
+    assert still_down.status.state == NOT_SAVED and "image store" in still_down.status.message
+    assert store.get(offline.record.id) is None
+    images = FolderImages(tmp_path / "images")
+    saved = retry_save(still_down, store, images, None, RADIOLOGIST)
+    assert saved.status.state == SAVED and saved.unsaved_pixels is None
+    assert store.get(offline.record.id).image_key in images.stored_keys()
+    opened = reviews.open_result(store, images, RADIOLOGIST, offline.record.id, tiny_classifier, None)
+    assert opened.view is not None and "no longer kept" not in opened.note
 
 
 def test_images_are_private_pixels_only_and_purged_after_retention(tmp_path) -> None:

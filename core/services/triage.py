@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -188,7 +188,8 @@ def apply_patient_reference(triaged: Triaged, store: Store | None, patient_ref: 
 @dataclass(frozen=True, eq=False)
 class Triaged:
     """One upload (one frame of it) after analysis and saving, as a session keeps it: display-size images
-    (:class:`core.services.views.ScanView`) and the small record, never the decoded scan."""
+    (:class:`core.services.views.ScanView`) and the small record; the decoded scan only while its result is not
+    saved (a retry keeps the image with the result, as the first save would have)."""
 
     sha256: str
     frames: int
@@ -198,6 +199,7 @@ class Triaged:
     error_message: str | None = None
     record: Record | None = None
     status: SaveStatus | None = None
+    unsaved_pixels: Any = field(default=None, repr=False)
 
     @property
     def needs_frame(self) -> bool:
@@ -236,11 +238,18 @@ def triage(
     else:
         status = save_record(record, store, actor, analysis.prediction.gate.decision)
     view = scan_view(analysis, explainer)
-    return Triaged(outcome.sha256, outcome.frames, analysis.scan.frame, view, record=record, status=status)
+    pixels = analysis.scan.pixels if status.state == NOT_SAVED else None
+    frame_read = analysis.scan.frame
+    return Triaged(
+        outcome.sha256, outcome.frames, frame_read, view, record=record, status=status, unsaved_pixels=pixels
+    )
 
 
-def retry_save(triaged: Triaged, store: Store | None, patient_ref: str | None, actor: Actor) -> Triaged:
-    """Save again a result that was not saved (or whose reference was not updated), with the reference typed now.
+def retry_save(
+    triaged: Triaged, store: Store | None, images: ImageStore | None, patient_ref: str | None, actor: Actor
+) -> Triaged:
+    """Save again a result that was not saved (or whose reference was not updated), with the reference typed now,
+    keeping its image first when the first try could not: never a result without the image its review needs.
     Only roles that may analyse scans."""
     require(actor, ANALYSE)
     if triaged.record is None or triaged.status is None:
@@ -251,11 +260,20 @@ def retry_save(triaged: Triaged, store: Store | None, patient_ref: str | None, a
     if triaged.status.state != NOT_SAVED:
         return triaged
     record = replace(triaged.record, patient_ref=patient_ref)
+    if record.image_key is None:
+        if store is None or images is None or triaged.unsaved_pixels is None:
+            reason = "the results database is unavailable" if store is None else "the image store is unavailable"
+            return replace(triaged, status=SaveStatus(NOT_SAVED, f"{reason}; nothing was saved", record.id))
+        try:
+            record = replace(record, image_key=keep_image(images, triaged.unsaved_pixels))
+        except StoreError as error:
+            return replace(triaged, status=image_not_kept(error, record.id))
     gate = triaged.view.prediction.gate.decision if triaged.view else record.gate
     status = save_record(record, store, actor, gate)
     if status.state == ALREADY_SAVED:  # saved meanwhile (another replica): make sure it has this reference
-        return apply_patient_reference(replace(triaged, status=status), store, patient_ref, actor)
-    return replace(triaged, record=record, status=status)
+        return apply_patient_reference(replace(triaged, status=status, unsaved_pixels=None), store, patient_ref, actor)
+    kept = triaged.unsaved_pixels if status.state == NOT_SAVED else None
+    return replace(triaged, record=record, status=status, unsaved_pixels=kept)
 
 
 def batch_csv(rows: Sequence[Mapping[str, Any]], with_names: bool) -> bytes:
