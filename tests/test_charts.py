@@ -146,6 +146,38 @@ def test_today_and_the_last_seven_days_mean_the_same_per_study_and_per_result_wh
         assert (board.today, board.week_mean) == (6, 7.0), unit
 
 
+def test_today_and_the_week_are_withheld_when_a_recent_day_is_so_neither_gives_it_back(tmp_path) -> None:
+    """Days of 20, yesterday 2 and today 5: the chart withholds yesterday (and today with it); a shown 'today' or
+    7-day mean would give yesterday's 2 back as the total minus the days shown."""
+    store = SQLiteStore(tmp_path / "results.sqlite3")
+    now = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
+    counts = {0: 5, 1: 2, **{d: 20 for d in range(2, 9)}}
+    for d, n in counts.items():
+        for i in range(n):
+            store.add(make_record(1000 * d + i, now - timedelta(days=d, minutes=i + 1)))
+    common = {"start_day": date(2026, 11, 12), "end_day": date(2026, 11, 20), "timezone": "UTC", "now": now}
+    board = dashboard(store, Actor("boss", "supervisor"), period="day", **common)
+    assert board.scans == 147 and [p.scans for p in board.periods][-2:] == [None, None]
+    assert board.today is None and board.week_mean is None
+    weekly = dashboard(store, Actor("boss", "supervisor"), period="month", **common)
+    assert weekly.periods[0].scans == 147 and weekly.today == 5  # nothing withheld: today is shown
+
+
+def test_lesion_volume_counts_per_period_are_withheld_as_a_group_under_their_total() -> None:
+    from core.domain.results import LesionPeriod
+    from core.services.statistics import lesion_rows
+
+    class Volumes:
+        def lesion_volumes(self, filters, timezone, period):
+            return [
+                LesionPeriod(date(2026, 9, 1), 12, (1.0, 2.0, 3.0, 4.0, 5.0)),
+                LesionPeriod(date(2026, 10, 1), 3, (1.0, 1.0, 1.0, 1.0, 1.0)),
+            ]
+
+    total, rows = lesion_rows(Volumes(), None, "UTC", "month", date(2026, 9, 1), date(2026, 10, 31))
+    assert total == 15 and [r.studies for r in rows] == [None, None]
+
+
 def test_counts_that_add_up_to_a_shown_total_are_withheld_so_that_none_is_a_difference() -> None:
     from core.analytics.stats import suppress_group
 
@@ -232,7 +264,9 @@ def test_the_dashboard_gives_lesion_volumes_per_period_under_the_small_count_rul
 
     store = SQLiteStore(tmp_path / "results.sqlite3")
     monday = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
-    volumes = {0: [2.0, 4.0, 6.0, 8.0, 10.0, 12.0], 7: [3.0, 5.0]}  # six studies in the first week, two in the second
+    # six studies in the first week, two in the second, five in the third: the two withheld, and with them the five
+    # (the smallest other count), or the total minus the shown weeks would give the two back
+    volumes = {0: [2.0, 4.0, 6.0, 8.0, 10.0, 12.0], 7: [3.0, 5.0], 14: [1.0, 1.5, 2.0, 2.5, 3.0]}
     for offset, values in volumes.items():
         for k, ml in enumerate(values):
             series = make_series(
@@ -241,26 +275,28 @@ def test_the_dashboard_gives_lesion_volumes_per_period_under_the_small_count_rul
             store.add_series(replace(series, lesion_px=int(ml * 100), lesion_ml=ml), series_sections())
     supervisor = Actor("boss", "supervisor")
     board = dashboard(
-        store, supervisor, start_day=date(2026, 11, 2), end_day=date(2026, 11, 22), timezone="UTC", period="week"
+        store, supervisor, start_day=date(2026, 11, 2), end_day=date(2026, 11, 29), timezone="UTC", period="week"
     )
-    assert board.lesion_studies == 8
+    assert board.lesion_studies == 13
     assert [(row.start, row.studies) for row in board.lesions] == [
         (date(2026, 11, 2), 6),
         (date(2026, 11, 9), None),  # two studies: withheld, and no box
-        (date(2026, 11, 16), 0),
+        (date(2026, 11, 16), None),  # five, withheld with them
+        (date(2026, 11, 23), 0),
     ]
     assert board.lesions[0].quantiles == pytest.approx((3.0, 4.5, 7.0, 9.5, 11.0))
-    assert board.lesions[1].quantiles is None and board.lesions[2].quantiles is None
+    assert all(row.quantiles is None for row in board.lesions[1:])
     text = export_csv(board).decode()
     rows = list(csv.DictReader(io.StringIO("\n".join(line for line in text.splitlines() if not line.startswith("#")))))
     cell = {(r["table"], r["key"], r["measure"]): r["value"] for r in rows}
-    assert cell[("lesion_volume", "", "tumour_studies_with_volume")] == "8"
+    assert cell[("lesion_volume", "", "tumour_studies_with_volume")] == "13"
     assert cell[("lesion_volume_per_period", "2026-11-02", "median_ml")] == "7.0"
     assert cell[("lesion_volume_per_period", "2026-11-02", "p90_ml")] == "11.0"
     assert cell[("lesion_volume_per_period", "2026-11-09", "tumour_studies_with_volume")] == "withheld"
     assert cell[("lesion_volume_per_period", "2026-11-09", "median_ml")] == "withheld"  # withheld, never a number
-    assert cell[("lesion_volume_per_period", "2026-11-16", "tumour_studies_with_volume")] == "0"
-    assert ("lesion_volume_per_period", "2026-11-16", "median_ml") not in cell  # no study: no quantiles
+    assert cell[("lesion_volume_per_period", "2026-11-16", "tumour_studies_with_volume")] == "withheld"
+    assert cell[("lesion_volume_per_period", "2026-11-23", "tumour_studies_with_volume")] == "0"
+    assert ("lesion_volume_per_period", "2026-11-23", "median_ml") not in cell  # no study: no quantiles
     hostile = replace(board, models=[replace(board.models[0], model='=HYPERLINK("http://x")')])  # a card's name
     keys = [
         r["key"] for r in csv.DictReader(line for line in export_csv(hostile).decode().splitlines() if line[:1] != "#")

@@ -72,3 +72,16 @@ def test_accuracy_against_final_labels() -> None:
 def test_turnaround_percentiles_come_from_hour_counts() -> None:
     assert turnaround({0: 3, 2: 3, 5: 3, 48: 1}) == (2.0, 5.0)
     assert turnaround({1: 2}) == (None, None)
+
+
+def test_counts_that_add_up_to_the_reviewed_total_shown_are_withheld_as_groups() -> None:
+    """The confusion cells, the periods' reviewed counts and the versions' reviewed counts each add up to the
+    overall reviewed figure the page shows: withholding one alone would give it back as a difference."""
+    from core.services.statistics import per_version_accuracy
+
+    cells = accuracy({("glioma", "glioma"): 20, ("notumor", "notumor"): 27, ("glioma", "notumor"): 3})
+    assert cells.reviewed == 50 and list(cells.matrix.values()).count(None) == 2
+    rows, _ = quality_rows([day(0, 40, 12, reviewed=30, agreed=24), day(1, 40, 12, reviewed=3, agreed=3)], None)
+    assert [r.reviewed for r in rows] == [None, None] and [r.shown for r in rows] == [40, 40]
+    versions = per_version_accuracy({"a": {("glioma", "glioma"): 40}, "b": {("glioma", "glioma"): 3}})
+    assert [v.reviewed for v in versions.values()] == [None, None]

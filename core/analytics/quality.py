@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 
-from core.analytics.stats import SMALL_CELL, period_start, safe_rate, suppress_small, wilson_interval
+from core.analytics.stats import SMALL_CELL, period_start, safe_rate, suppress_group, suppress_small, wilson_interval
 from core.domain.results import DayQuality
 from core.model.decision import NEGATIVE_LABEL
 
@@ -85,8 +85,12 @@ def quality_rows(periods: Sequence[DayQuality], baseline_end: date | None) -> tu
     mean0 = sum(p.probability_sum for p in base) / n0 if n0 >= SMALL_CELL else None
     sd0 = math.sqrt(max(sum(p.probability_squares for p in base) / n0 - mean0**2, 0.0)) if mean0 is not None else None
     rows, alarms = [], []
-    for p in periods:
-        shown = suppress_small(p.shown)
+    # the periods' counts add up to totals shown elsewhere (the dashboard's scans, the overall reviewed): as groups
+    shown_counts, reviewed_counts = (
+        suppress_group([p.shown for p in periods]),
+        suppress_group([p.reviewed for p in periods]),
+    )
+    for p, shown, reviewed in zip(periods, shown_counts, reviewed_counts, strict=True):
         rate = safe_rate(p.tumour, p.shown)
         limits = mean_limits = None
         if rate0 is not None and p.shown >= SMALL_CELL:
@@ -109,7 +113,7 @@ def quality_rows(periods: Sequence[DayQuality], baseline_end: date | None) -> tu
             QualityRow(
                 start=p.day,
                 shown=shown,
-                reviewed=suppress_small(p.reviewed),
+                reviewed=reviewed,
                 agreement=agreement,
                 agreement_interval=wilson_interval(p.agreed, p.reviewed) if agreement is not None else None,
                 flagged_rate=safe_rate(p.flagged, all_scans),
@@ -153,7 +157,7 @@ def accuracy(confusion: Mapping[tuple[str, str], int]) -> Accuracy:
         sensitivity_interval=wilson_interval(found, positives) if sensitivity is not None else None,
         specificity=specificity,
         specificity_interval=wilson_interval(cleared, negatives) if specificity is not None else None,
-        matrix={cell: suppress_small(n) for cell, n in confusion.items()},
+        matrix=dict(zip(confusion, suppress_group(list(confusion.values())), strict=True)),  # add up to reviewed
     )
 
 

@@ -133,12 +133,16 @@ def lesion_rows(
     """Tumour studies with a lesion volume in the range and per period (every period listed, empty ones as zero),
     with the quantiles of their volumes, under the small-count rule."""
     found = {row.start: row for row in store.lesion_volumes(filters, timezone, period)}
-    rows, start = [], period_start(start_day, period)
+    starts, start = [], period_start(start_day, period)
     while start <= end_day:
-        row = found.get(start)
-        n = row.studies if row else 0
-        rows.append(LesionRow(start, suppress_small(n), row.quantiles if row and n >= SMALL_CELL else None))
+        starts.append(start)
         start = next_period(start, period)
+    counts = [found[s].studies if s in found else 0 for s in starts]
+    shown = suppress_group(counts)  # they add up to the total shown: withheld as a group
+    rows = [
+        LesionRow(s, n, found[s].quantiles if n is not None and n >= SMALL_CELL else None)
+        for s, n in zip(starts, shown, strict=True)
+    ]
     return suppress_small(sum(row.studies for row in found.values())), tuple(rows)
 
 
@@ -169,6 +173,8 @@ def dashboard(
     days = study_days(store, shown, timezone) if unit == "study" else store.daily_counts(shown, timezone)
     today, week = recent_counts(store, shown, timezone, unit, now)
     periods = roll_up(days, period, start_day, end_day)
+    rows = period_rows(periods)
+    hide_recent = withheld_recently(rows, period, timezone, now)
     total, tumours = sum(d.total for d in days), sum(d.tumour for d in days)
     rate = safe_rate(tumours, total)
     models = store.by_model(shown)
@@ -185,12 +191,12 @@ def dashboard(
         tumour_rate=rate,
         tumour_interval=wilson_interval(tumours, total) if rate is not None else None,
         mean_confidence=summary.mean_confidence if suppress_small(summary.total) else None,
-        today=suppress_small(today),
-        week_mean=week / 7 if suppress_small(week) is not None else None,
+        today=None if hide_recent else suppress_small(today),
+        week_mean=None if hide_recent or suppress_small(week) is None else week / 7,
         flagged=suppress_small(gates.get("needs_review", 0)),
         rejected=suppress_small(gates.get("rejected", 0)),
         per_class=dict(zip(classes, suppress_group([summary.per_class[k] for k in classes]), strict=True)),
-        periods=period_rows(periods),
+        periods=rows,
         histogram=suppress_group(store.confidence_histogram(shown)),
         models=tuple(
             VersionRow(
@@ -209,18 +215,27 @@ def dashboard(
     )
 
 
+def withheld_recently(rows: Sequence[PeriodRow], period: str, timezone: str, now: datetime | None) -> bool:
+    """Whether a period whose count is withheld overlaps today or the 7 days before it: then today's count and the
+    week's mean are withheld too, or either minus the shown periods would give the withheld count back."""
+    local_today = (now or datetime.now(UTC)).astimezone(ZoneInfo(timezone)).date()
+    first = local_today - timedelta(7)
+    return any(r.scans is None and r.start <= local_today and next_period(r.start, period) > first for r in rows)
+
+
 def recent_counts(store: Dashboards, shown: Filters, timezone: str, unit: str, now: datetime | None) -> tuple[int, int]:
     """Today's count and the last 7 whole days' (before today), in ``unit``, with the page's versions but whatever
     its date range: live figures mean the same counted per result or per study."""
     local_today = (now or datetime.now(UTC)).astimezone(ZoneInfo(timezone)).date()
-    today_start, week_start = (
+    today_start, week_start, tomorrow = (
         local_midnight(local_today, timezone),
         local_midnight(local_today - timedelta(7), timezone),
+        local_midnight(local_today + timedelta(1), timezone),  # a local day: 23 or 25 hours when clocks change
     )
     if unit == "study":
-        days = study_days(store, replace(shown, start=week_start, end=today_start + timedelta(days=1)), timezone)
+        days = study_days(store, replace(shown, start=week_start, end=tomorrow), timezone)
         return sum(d.total for d in days if d.day == local_today), sum(d.total for d in days if d.day < local_today)
-    today = store.summary(replace(shown, start=today_start, end=today_start + timedelta(days=1))).total
+    today = store.summary(replace(shown, start=today_start, end=tomorrow)).total
     return today, store.summary(replace(shown, start=week_start, end=today_start)).total
 
 
@@ -386,6 +401,15 @@ class QualityBoard:
     turnaround_p90_h: float | None
 
 
+def per_version_accuracy(confusions: Mapping[str, Mapping[tuple[str, str], int]]) -> dict[str, Accuracy]:
+    """Each version's accuracy, their reviewed counts (which add up to the overall one shown) withheld as a group."""
+    reviewed = suppress_group([sum(c.values()) for c in confusions.values()])
+    return {
+        version: replace(accuracy(confusion), reviewed=n)
+        for (version, confusion), n in zip(confusions.items(), reviewed, strict=True)
+    }
+
+
 def quality_board(
     store: Dashboards,
     actor: Actor,
@@ -408,7 +432,7 @@ def quality_board(
         rows=tuple(rows),
         drift=drift,
         overall=accuracy(store.confusion(scope)),
-        per_version={v: accuracy(store.confusion(replace(scope, model_versions=(v,)))) for v in chosen},
+        per_version=per_version_accuracy({v: store.confusion(replace(scope, model_versions=(v,))) for v in chosen}),
         backlog=suppress_small(sum(d.shown - d.reviewed for d in days)),
         turnaround_median_h=median,
         turnaround_p90_h=p90,
