@@ -574,6 +574,28 @@ def test_a_database_from_a_newer_release_is_refused(tmp_path: Path) -> None:
         SQLiteStore(path)
 
 
+def test_a_round_2_mongodb_result_gets_every_field_the_validator_requires() -> None:
+    """A version-3 document has no geometry: once version 4's validator is installed, MongoDB refuses every update
+    of it (a review, a patient reference); the upgrade fills what the validator requires with neutral values."""
+    import mongomock
+
+    from core.storage.mongo import _VALIDATOR
+
+    client = mongomock.MongoClient(tz_aware=True)
+    database = client["brain_mri_triage"]
+    document = {**make_record(7, utc(2026, 11, 20, 9, 0), "glioma").__dict__}
+    for name in ("geometry", "kind", "study_ref", "section_count", "lesion_px", "lesion_mm2", "lesion_ml"):
+        document.pop(name, None)
+    document.update(_id=document.pop("id"), confidence=0.9)  # as version 3 wrote it
+    database["scans"].insert_one(document)
+    database["meta"].insert_one({"_id": "schema", "version": 3})
+    store = MongoStore(client)
+    assert store.schema_version() == SCHEMA_VERSION
+    stored = database["scans"].find_one({"_id": document["_id"]})
+    assert not [name for name in _VALIDATOR["$jsonSchema"]["required"] if name not in stored]
+    assert stored["geometry"] == {} and stored["kind"] == "scan" and store.get(document["_id"]).geometry == {}
+
+
 def test_a_round_1_mongodb_collection_is_upgraded_on_first_use() -> None:
     import mongomock
 
@@ -925,7 +947,7 @@ def test_a_version_5_database_gets_its_shifted_day_roll_ups_built_on_upgrade(tmp
     connection.commit()
     connection.close()
     upgraded = SQLiteStore(path)
-    assert upgraded.schema_version() == SCHEMA_VERSION == 9 and (tmp_path / "results.sqlite3.v5.bak").exists()
+    assert upgraded.schema_version() == SCHEMA_VERSION == 10 and (tmp_path / "results.sqlite3.v5.bak").exists()
     shifted = sqlite3.connect(path).execute("SELECT count(DISTINCT shift), sum(n), sum(reviewed) FROM rollup_shifted")
     assert shifted.fetchone() == (12, 12 * len(FIXTURE), 12)
     assert _same(
@@ -975,7 +997,7 @@ def test_a_version_4_database_gets_its_day_roll_ups_built_on_upgrade(tmp_path: P
     connection.commit()
     connection.close()
     upgraded = SQLiteStore(path)
-    assert upgraded.schema_version() == SCHEMA_VERSION == 9 and (tmp_path / "results.sqlite3.v4.bak").exists()
+    assert upgraded.schema_version() == SCHEMA_VERSION == 10 and (tmp_path / "results.sqlite3.v4.bak").exists()
     tables = {row[0] for row in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
     assert {"rollup_day", "confusion_day", "days_on_insert", "scans_studies"} <= tables and "scans_series" not in tables
     assert (
@@ -1026,7 +1048,7 @@ def test_a_version_6_database_gets_the_orientation_its_nifti_series_pixels_reall
     connection.commit()
     connection.close()
     upgraded = SQLiteStore(path)
-    assert upgraded.schema_version() == 9 and (tmp_path / "results.sqlite3.v6.bak").exists()
+    assert upgraded.schema_version() == SCHEMA_VERSION == 10 and (tmp_path / "results.sqlite3.v6.bak").exists()
     assert upgraded.get(nifti.id).geometry["orientation"] == [-1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
     assert upgraded.get(nifti.id).geometry["plane"] == "axial"
     assert upgraded.get(dicom.id).geometry["orientation"] == old["orientation"]
@@ -1067,7 +1089,7 @@ def test_a_version_7_database_gets_its_audit_trail_indexed_keeping_the_chain(tmp
     downgrade = [f"DROP INDEX {name}" for name in sorted(AUDIT_SEARCH_INDEXES)]
     sqlite3.connect(path).executescript(";".join([*downgrade, "DROP TABLE audit_verified", "PRAGMA user_version = 7"]))
     upgraded = SQLiteStore(path)
-    assert upgraded.schema_version() == SCHEMA_VERSION == 9 and (tmp_path / "results.sqlite3.v7.bak").exists()
+    assert upgraded.schema_version() == SCHEMA_VERSION == 10 and (tmp_path / "results.sqlite3.v7.bak").exists()
     found = {row[0] for row in sqlite3.connect(path).execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert AUDIT_SEARCH_INDEXES | {"audit_by_action"} <= found
     assert upgraded.audit_events() == before and first_broken(upgraded.audit_events()) is None
@@ -1134,7 +1156,7 @@ def test_a_version_8_database_gets_the_lesion_columns_and_keeps_its_results(tmp_
     downgrade = [f"ALTER TABLE scans DROP COLUMN {name}" for name in ("lesion_px", "lesion_mm2", "lesion_ml")]
     sqlite3.connect(path).executescript(";".join([*downgrade, "PRAGMA user_version = 8"]))
     upgraded = SQLiteStore(path)
-    assert upgraded.schema_version() == SCHEMA_VERSION == 9 and (tmp_path / "results.sqlite3.v8.bak").exists()
+    assert upgraded.schema_version() == SCHEMA_VERSION == 10 and (tmp_path / "results.sqlite3.v8.bak").exists()
     assert upgraded.get(old.id) == old and old.lesion_px is None  # never segmented: no area claimed
     measured = replace(FIXTURE[1], lesion_px=420, lesion_mm2=105.0)
     assert upgraded.add(measured) and upgraded.get(measured.id).lesion_mm2 == 105.0

@@ -280,11 +280,27 @@ def migrate_mongo(database: Any, collection: Any, validator: dict[str, Any] | No
         logger.warning("event=store_migrated store=mongodb to=7 nifti_orientations_fixed=%d", fixed)
     if found < 8:
         logger.warning("event=store_migrated store=mongodb to=8 audit_indexes=built")
+    if found < 10:
+        filled = _mongo_required_defaults(collection)
+        logger.warning("event=store_migrated store=mongodb to=10 required_fields_filled=%d", filled)
     for keys in AUDIT_INDEXES:  # on every start, as the results' indexes are: a new database runs no version step
         database["audit"].create_index(keys)
     if found != SCHEMA_VERSION or state is None:
         meta.update_one({"_id": "schema"}, {"$set": {"version": SCHEMA_VERSION}}, upsert=True)
     return found
+
+
+MONGO_REQUIRED_DEFAULTS = {"geometry": {}, "review_count": 0, "timings_ms": {}}  # neutral: nothing claimed
+
+
+def _mongo_required_defaults(collection: Any) -> int:
+    """Give results written before a required field existed its neutral value: MongoDB checks a whole document
+    against the validator on every update, so one missing field refused every review of an old result (version 4
+    installed the validator requiring ``geometry`` without adding it). Returns how many fields were filled."""
+    return sum(
+        collection.update_many({name: {"$exists": False}}, {"$set": {name: value}}).modified_count
+        for name, value in MONGO_REQUIRED_DEFAULTS.items()
+    )
 
 
 def _mongo_v1_to_v2(collection: Any) -> int:
