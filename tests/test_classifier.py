@@ -60,7 +60,7 @@ def test_refuses_missing_weights_and_malformed_cards(tmp_path: Path) -> None:
                 "version": "1",
                 "labels": ["a", "notumor"],
                 "output": "logits",
-                "input": {"size": 32},
+                "input": {"size": 32, "scaling": "unit"},
                 "weights": {"file": "none.keras", "sha256": "0" * 64},
             }
         )
@@ -74,8 +74,18 @@ def test_refuses_missing_weights_and_malformed_cards(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="incomplete"):
         ModelCard.from_file(card)
     other = {"name": "x", "version": "1", "labels": ["a", "normal"], "negative_label": "normal", "output": "logits"}
-    card.write_text(json.dumps(other | {"input": {"size": 32}, "weights": {"file": "w.keras", "sha256": "0" * 64}}))
+    weights = {"file": "w.keras", "sha256": "0" * 64}
+    card.write_text(json.dumps(other | {"input": {"size": 32, "scaling": "unit"}, "weights": weights}))
     with pytest.raises(ModelError, match="negative label must be 'notumor'"):  # statistics count against that name
+        ModelCard.from_file(card)
+    good = other | {"labels": ["a", "notumor"], "negative_label": "notumor", "weights": weights}
+    card.write_text(json.dumps(good | {"input": {"size": 32}}))  # the pixels' scaling not stated: never guessed
+    with pytest.raises(ModelError, match="scaling"):
+        ModelCard.from_file(card)
+    card.write_text(json.dumps(good | {"input": {"size": 32, "scaling": "unit"}, "calibration": None}))
+    assert ModelCard.from_file(card).temperature == 1.0  # a null calibration: none fitted, not a traceback
+    card.write_text(json.dumps(good | {"input": {"size": 32, "scaling": "unit"}, "calibration": [1.5]}))
+    with pytest.raises(ModelError, match="incomplete or malformed"):
         ModelCard.from_file(card)
 
 

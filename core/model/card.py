@@ -58,6 +58,7 @@ class ModelCard:
             raise ModelError(f"Model card {path.name} is not valid JSON.") from error
         try:
             spec = raw["input"]
+            calibration = raw.get("calibration") or {}  # absent or null: none fitted
             labels = tuple(str(label) for label in raw["labels"])
             negative = str(raw.get("negative_label", NEGATIVE_LABEL))
             card = cls(
@@ -68,15 +69,15 @@ class ModelCard:
                     size=int(spec["size"]),
                     channels=int(spec.get("channels", 1)),
                     crop=bool(spec.get("crop", True)),
-                    scaling=str(spec.get("scaling", "percentile")),
+                    scaling=str(spec["scaling"]),  # no default: a wrong guess would feed the network other pixels
                     mirror=bool(spec.get("mirror", False)),
                 ),
                 output=str(raw["output"]),
                 weights_file=str(raw["weights"]["file"]),
                 weights_sha256=str(raw["weights"]["sha256"]).lower(),
                 negative_label=negative,
-                temperature=float(raw.get("calibration", {}).get("temperature", 1.0)),
-                logit_bias={str(k): float(v) for k, v in (raw.get("calibration", {}).get("logit_bias") or {}).items()},
+                temperature=float(calibration.get("temperature", 1.0)),
+                logit_bias={str(k): float(v) for k, v in (calibration.get("logit_bias") or {}).items()},
                 rule=DecisionRule.from_card(raw, labels, negative),
                 series=SeriesRule.from_card(raw.get("series")),
                 metrics=raw.get("metrics", {}),
@@ -84,8 +85,8 @@ class ModelCard:
                 explain_layer=str(raw["explain"]["layer"]) if raw.get("explain") else None,
                 path=path,
             )
-        except (KeyError, TypeError, ValueError) as error:
-            raise ModelError(f"Model card {path.name} is incomplete or malformed ({error}).") from error
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise ModelError(f"Model card {path.name} is incomplete or malformed ({error!r}).") from error
         card.validate()
         return card
 
