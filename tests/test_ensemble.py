@@ -100,6 +100,9 @@ def test_members_that_cannot_share_one_input_are_refused(members, tmp_path: Path
         build_ensemble([second, first])
     with pytest.raises(ValueError, match="one logit per label"):
         build_ensemble([first, sigmoid])
+    softmax = ModelCard.from_file(write_model_card(tmp_path, name="soft", mirror=True, output="softmax"))
+    with pytest.raises(ValueError, match="one logit per label"):  # its probabilities would be read as logits
+        build_ensemble([first, softmax])
     with pytest.raises(ValueError, match="one chain of layers"):  # a ResNet's shortcuts: only the first may have them
         build_ensemble([first, first])
 
@@ -167,3 +170,20 @@ def test_an_ensemble_card_is_finished_like_any_model(members, tmp_path: Path) ->
     assert "max_energy" in card["gate"]
     finished = Classifier.from_card(tmp_path / "e" / "btd-ensemble.json")
     assert finished.card.rule.review_band == tuple(card["decision"]["review_band"])
+
+
+def test_a_softmax_models_calibration_is_fitted_on_the_log_probabilities_it_is_served_with(tmp_path: Path) -> None:
+    """The app calibrates a softmax model's log-probabilities; fitting on its raw probabilities fitted another
+    function than the one served."""
+    from core.model.classifier import Classifier
+    from core.training.finish import raw_logits
+    from core.training.sources import Item
+
+    soft = Classifier.from_card(write_model_card(tmp_path, name="soft", mirror=True, output="softmax"))
+    items = []
+    for k in range(3):
+        path = tmp_path / f"scan-{k}.png"
+        path.write_bytes(png_bytes(synthetic_slice(128, seed=k)))
+        items.append(Item(path, "glioma", "Training"))
+    logits, kept = raw_logits(soft, items)
+    assert len(kept) == 3 and np.allclose(np.exp(logits).sum(axis=1), 1.0, atol=1e-4) and (logits <= 0).all()

@@ -26,6 +26,13 @@ if TYPE_CHECKING:
     from core.model.lesion import Segmenter
 
 
+def logits_of(raw: np.ndarray, card: ModelCard) -> np.ndarray:
+    """A softmax or logits model's outputs (N, units) as logits (a softmax's as log-probabilities): what the
+    card's temperature and bias apply to, at serving and when they are fitted."""
+    raw = np.asarray(raw, dtype=np.float64)
+    return np.log(np.clip(raw, 1e-12, None)) if card.output == "softmax" else raw
+
+
 def calibrated_probabilities(raw: np.ndarray, card: ModelCard) -> np.ndarray:
     """Model outputs (N, units) -> calibrated probabilities (N, len(labels)) as the card declares."""
     raw = np.asarray(raw, dtype=np.float64)
@@ -33,8 +40,9 @@ def calibrated_probabilities(raw: np.ndarray, card: ModelCard) -> np.ndarray:
         p = np.clip(raw.reshape(len(raw), -1)[:, 0], 1e-7, 1 - 1e-7)
         positive = 1.0 / (1.0 + np.exp(-np.log(p / (1 - p)) / card.temperature))
         return np.stack([1.0 - positive, positive], axis=1)
-    logits = np.log(np.clip(raw, 1e-12, None)) if card.output == "softmax" else raw
-    scaled = logits / card.temperature + np.array([card.logit_bias.get(label, 0.0) for label in card.labels])
+    scaled = logits_of(raw, card) / card.temperature + np.array(
+        [card.logit_bias.get(label, 0.0) for label in card.labels]
+    )
     scaled -= scaled.max(axis=1, keepdims=True)
     exp = np.exp(scaled)
     return exp / exp.sum(axis=1, keepdims=True)

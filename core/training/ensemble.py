@@ -97,7 +97,7 @@ def build_ensemble(cards: list[ModelCard]) -> Any:
     if first.input.channels != 1 or first.input.scaling != "unit" or not first.input.crop:
         raise ValueError("the first member takes the crop scaled to [0, 1], one channel (model 3's input)")
     for card in cards:
-        if card.output == "sigmoid" or list(card.labels) != list(first.labels):
+        if card.output != "logits" or list(card.labels) != list(first.labels):  # a softmax's are no logits
             raise ValueError(f"{card.name}: members give one logit per label, the same labels as {first.name}")
     models = [load_checked_model(card.weights_path, card.weights_sha256, card.name) for card in cards]
     crops = keras.Input((first.input.size, first.input.size, 1), name="scan")

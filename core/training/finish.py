@@ -28,7 +28,7 @@ from core.evaluation.metrics import classification_report
 from core.evaluation.splits import split_file_of
 from core.imaging import read_scan_file
 from core.model.analysis import analyse_scan
-from core.model.classifier import Classifier
+from core.model.classifier import Classifier, logits_of
 from core.model.decision import DecisionRule
 from core.model.explain import Explainer, stage_layers
 from core.model.preprocess import to_model_input
@@ -53,7 +53,8 @@ def split_items(root: Path, entries: Sequence[Sequence[str]], known: dict[Path, 
 
 
 def raw_logits(classifier: Classifier, items: Sequence[Item]) -> tuple[np.ndarray, list[Item]]:
-    """The model's raw outputs for the items the app can read (crop found), in batches."""
+    """The model's logits (a softmax model's log-probabilities, as served: :func:`logits_of`) for the items the
+    app can read (crop found), in batches."""
     inputs, kept = [], []
     for item in items:
         try:
@@ -62,7 +63,10 @@ def raw_logits(classifier: Classifier, items: Sequence[Item]) -> tuple[np.ndarra
             kept.append(item)
         except ScanError:
             continue
-    rows = [classifier.scores(np.stack(inputs[i : i + 64]))[0] for i in range(0, len(inputs), 64)]
+    rows = [
+        logits_of(classifier.scores(np.stack(inputs[i : i + 64]))[0], classifier.card)
+        for i in range(0, len(inputs), 64)
+    ]
     return (np.concatenate(rows) if rows else np.zeros((0, len(CLASSES)))), kept
 
 
