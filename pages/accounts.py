@@ -83,7 +83,7 @@ st.caption(
     f"De-identified images of saved results are kept {retention.retention_days()} days for review "
     "(BTD_IMAGE_RETENTION_DAYS); older ones can be deleted now. Results stay; deleting is an audit event."
 )
-days = st.number_input("Delete images older than (days)", 0, 3650, retention.retention_days(), key="purge_days")
+days = st.number_input("Delete images older than (days)", 1, 3650, retention.retention_days(), key="purge_days")
 if st.button("Delete older images", type="secondary"):
     try:
         deleted = retention.purge_images(store, resources.image_store(store), actor, int(days))

@@ -200,8 +200,8 @@ def test_images_are_private_pixels_only_and_purged_after_retention(tmp_path) -> 
     path = next((tmp_path / "images").glob("??/??/*.png"))
     assert oct(path.stat().st_mode)[-3:] == "600"
     assert not Image.open(io.BytesIO(images.get(key))).info  # no text chunks, no EXIF
-    assert images.purge(datetime.now(UTC) - timedelta(days=1)) == []
-    assert images.purge(datetime.now(UTC) + timedelta(seconds=1)) == [key] and images.get(key) is None
+    assert images.expired(datetime.now(UTC) - timedelta(days=1)) == []
+    assert images.expired(datetime.now(UTC) + timedelta(seconds=1)) == [key]
     del PngImagePlugin
 
 
@@ -259,6 +259,34 @@ def test_images_past_retention_are_purged_by_an_admin_only_and_audited(store, tm
     monkeypatch.setenv("BTD_IMAGE_RETENTION_DAYS", "90")
     assert retention.purge_images(store, images, ADMIN) == 1
     assert images.stored_keys() == [new] and store.audit_events()[-1].detail == {"older_than_days": 90, "deleted": 1}
+    with pytest.raises(ValueError, match="at least 1 day"):  # 0 or fewer days would delete unreviewed images too
+        retention.purge_images(store, images, ADMIN, -1)
+    assert images.stored_keys() == [new]
+
+
+def test_an_image_saved_again_is_kept_a_whole_period_from_then_and_a_purge_that_cannot_be_audited_deletes_nothing(
+    store, tmp_path, monkeypatch
+) -> None:
+    import os
+
+    from core.errors import StoreUnavailable
+    from core.services import retention
+
+    images = FolderImages(tmp_path / "images")
+    key = images.put(synthetic_slice(128, seed=3))
+    past = datetime.now(UTC).timestamp() - 100 * 86400
+    os.utime(next((tmp_path / "images").glob(f"??/??/{key}.png")), (past, past))
+    assert images.put(synthetic_slice(128, seed=3)) == key  # a new model's result on the same pixels, day 100
+    assert retention.purge_images(store, images, ADMIN, 90) == 0 and images.stored_keys() == [key]
+    os.utime(next((tmp_path / "images").glob(f"??/??/{key}.png")), (past, past))
+
+    def broken(event):
+        raise StoreUnavailable("The audit trail cannot be written.")
+
+    monkeypatch.setattr(store, "append_audit", broken)
+    with pytest.raises(StoreUnavailable):
+        retention.purge_images(store, images, ADMIN, 90)
+    assert images.stored_keys() == [key]  # nothing deleted unaudited
 
 
 def test_the_last_enabled_admin_cannot_be_demoted_or_disabled(store) -> None:

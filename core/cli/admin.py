@@ -157,8 +157,13 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 def cmd_images_purge(args: argparse.Namespace) -> int:
     store = open_results_store()
-    deleted = retention.purge_images(store, open_image_store(store), COMMAND_LINE, args.days)
-    emit({"deleted": deleted, "older_than_days": args.days or retention.retention_days()}, sys.stdout)
+    days = retention.retention_days() if args.days is None else args.days
+    try:
+        deleted = retention.purge_images(store, open_image_store(store), COMMAND_LINE, days)
+    except ValueError as error:
+        emit(error_json("invalid_days", str(error)), sys.stdout)
+        return EXIT_REJECTED
+    emit({"deleted": deleted, "older_than_days": days}, sys.stdout)
     return EXIT_OK
 
 

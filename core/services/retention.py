@@ -17,13 +17,18 @@ DEFAULT_RETENTION_DAYS = 90
 
 def retention_days() -> int:
     value = os.environ.get("BTD_IMAGE_RETENTION_DAYS", "")
-    return int(value) if value.strip().isdigit() else DEFAULT_RETENTION_DAYS
+    return int(value) if value.strip().isdigit() and int(value) >= 1 else DEFAULT_RETENTION_DAYS
 
 
 def purge_images(store: Store, images: ImageStore, actor: Actor, days: int | None = None) -> int:
-    """Delete the images stored more than ``days`` (default: the retention period) ago; returns how many."""
+    """Delete the images stored more than ``days`` (at least 1; default: the retention period) ago; returns how
+    many. The audit event is written first: a purge that cannot be audited deletes nothing."""
     require(actor, DELETE_IMAGES)
     keep = retention_days() if days is None else days
-    gone = images.purge(datetime.now(UTC) - timedelta(days=keep))
-    audit.record(store, actor, "images_purged", None, older_than_days=keep, deleted=len(gone))
-    return len(gone)
+    if keep < 1:
+        raise ValueError(f"Images are kept at least 1 day (asked: {keep}); today's may not be reviewed yet.")
+    expired = images.expired(datetime.now(UTC) - timedelta(days=keep))
+    audit.record(store, actor, "images_purged", None, older_than_days=keep, deleted=len(expired))
+    for key in expired:
+        images.delete(key)
+    return len(expired)

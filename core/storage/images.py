@@ -29,7 +29,7 @@ class ImageStore(Protocol):
     def put(self, pixels: np.ndarray) -> str: ...
     def get(self, key: str) -> bytes | None: ...
     def delete(self, key: str) -> bool: ...
-    def purge(self, before: datetime) -> list[str]: ...
+    def expired(self, before: datetime) -> list[str]: ...
     def stored_keys(self) -> list[str]: ...
 
 
@@ -58,8 +58,12 @@ class FolderImages:
         data = encode(pixels)
         key = hashlib.sha256(data).hexdigest()
         path = self._path(key)
-        if path.exists():
-            return key
+        if path.exists():  # the same pixels saved again (another model's result): kept a whole period from now
+            try:
+                os.utime(path)
+                return key
+            except FileNotFoundError:
+                pass  # purged meanwhile: written again below
         draft = path.with_name(f".{key}.{os.getpid()}.{threading.get_ident()}.part")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,12 +94,10 @@ class FolderImages:
     def stored_keys(self) -> list[str]:
         return sorted(p.stem for p in self.root.glob("??/??/*.png")) if self.root.is_dir() else []
 
-    def purge(self, before: datetime) -> list[str]:
+    def expired(self, before: datetime) -> list[str]:
+        """The keys of images last stored before ``before``."""
         limit = before.timestamp()
-        gone = [key for key in self.stored_keys() if self._path(key).stat().st_mtime < limit]
-        for key in gone:
-            self.delete(key)
-        return gone
+        return [key for key in self.stored_keys() if self._path(key).stat().st_mtime < limit]
 
 
 class GridFSImages:
@@ -108,8 +110,9 @@ class GridFSImages:
     def put(self, pixels: np.ndarray) -> str:
         data = encode(pixels)
         key = hashlib.sha256(data).hexdigest()
-        if self._files.find_one({"filename": key}, {"_id": 1}) is None:
-            self._bucket.upload_from_stream(key, data, metadata={"stored_at": datetime.now(UTC)})
+        now = datetime.now(UTC)  # the same pixels saved again: kept a whole period from now
+        if self._files.update_many({"filename": key}, {"$set": {"uploadDate": now}}).matched_count == 0:
+            self._bucket.upload_from_stream(key, data, metadata={"stored_at": now})
         return key
 
     def get(self, key: str) -> bytes | None:
@@ -131,8 +134,6 @@ class GridFSImages:
     def stored_keys(self) -> list[str]:
         return sorted(self._files.distinct("filename"))
 
-    def purge(self, before: datetime) -> list[str]:
-        old = [d["filename"] for d in self._files.find({"uploadDate": {"$lt": before}}, {"filename": 1})]
-        for key in old:
-            self.delete(key)
-        return sorted(set(old))
+    def expired(self, before: datetime) -> list[str]:
+        """The keys of images last stored before ``before``."""
+        return sorted({d["filename"] for d in self._files.find({"uploadDate": {"$lt": before}}, {"filename": 1})})
