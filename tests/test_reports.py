@@ -199,3 +199,37 @@ def test_a_report_states_the_lesion_volume_and_outlines_the_lesion_on_the_key_se
     text = text_of(study_report(store, images, doctor, [record_id], tiny_classifier, None), tmp_path)
     assert f"Lesion volume (segmenter): {record.lesion_ml:.2f} mL" in text
     assert "No lesion outline: no lesion segmenter is loaded" in text and "Lesion outline\n" not in text
+
+
+def test_key_sections_keep_their_proportions_and_carry_the_patient_directions(tiny_classifier: Classifier) -> None:
+    """A 96 x 128 sagittal section (1 mm pixels) is drawn 4:3 wide, not squashed square, with its letters."""
+    from core.imaging.phantom_series import SAGITTAL
+    from core.services.reports import _section_image
+    from core.services.series_views import series_view
+
+    volume = read_study(dicom_series(head_volume(4, 128)[:, :96, :], orientation=SAGITTAL))[0]
+    view = series_view(analyse_volume(volume, tiny_classifier))
+
+    class Page:
+        def __init__(self) -> None:
+            self.images, self.texts, self.at = [], [], (0.0, 0.0)
+
+        def image(self, data, x, y, w, h) -> None:
+            self.images.append((x, y, w, h))
+
+        def set_xy(self, x, y) -> None:
+            self.at = (x, y)
+
+        def cell(self, w, h, text) -> None:
+            self.texts.append((text, self.at))
+
+        def set_font(self, *a) -> None: ...
+
+        def set_text_color(self, *a) -> None: ...
+
+    page = Page()
+    _section_image(page, view, np.zeros((*view.sections[0].shape, 3), np.uint8), 10.0, 20.0, 60.0)
+    ((x, y, w, h),) = page.images
+    assert (x, y, w, h) == pytest.approx((10.0, 27.5, 60.0, 45.0))  # 4:3, centred in its 60 x 60 box
+    letters = {text: at for text, at in page.texts}
+    assert set(letters) == set(volume.letters.values()) and letters[volume.letters["top"]][1] < y + 2

@@ -21,6 +21,7 @@ import numpy as np
 
 from core.domain.results import Record
 from core.errors import InvalidRecord, NoBrainFound
+from core.imaging.geometry import orientation_letters
 from core.model.classifier import Classifier
 from core.model.decision import LABEL_NAMES, NEGATIVE_LABEL
 from core.model.explain import Explainer, overlay
@@ -254,9 +255,7 @@ def _key_lesion(pdf, record: Record, view: SeriesView, key: KeyLesion | None, se
     if pdf.get_y() + side > pdf.h - pdf.b_margin:
         pdf.add_page()
     y = pdf.get_y()
-    rows, columns = view.sections[key.index].shape
-    w, h = (side, side * rows / columns) if columns >= rows else (side * columns / rows, side)  # kept in proportion
-    pdf.image(_png(outlined(view.sections[key.index], key.lesion)), x=pdf.l_margin, y=y, w=w, h=h)
+    _section_image(pdf, view, outlined(view.sections[key.index], key.lesion), pdf.l_margin, y, side)
     pdf.set_font("Helvetica", "B", 9)
     pdf.set_xy(pdf.l_margin + side + 5, y)
     pdf.cell(0, 5, _text("Lesion outline"), **_NEXT_LINE)
@@ -303,12 +302,37 @@ def _key_section_images(pdf, view: SeriesView, maps: dict[int, np.ndarray | None
     for k, (index, map_) in enumerate(maps.items()):
         section = view.sections[index]
         rgb = np.repeat(section[:, :, None], 3, axis=2) if map_ is None else overlay(section, map_, 0.4)
-        pdf.image(_png(rgb), x=pdf.l_margin + k * (side + 7), y=y, w=side, h=side)
+        _section_image(pdf, view, rgb, pdf.l_margin + k * (side + 7), y, side)
         pdf.set_xy(pdf.l_margin + k * (side + 7), y + side + 0.5)
         pdf.set_font("Helvetica", size=7)
         heat_note = " (heat map)" if map_ is not None else ""
         pdf.cell(side, 3, _text(f"section {index + 1}: P(tumour) {view.curve[index]:.2f}{heat_note}"))
     pdf.set_y(y + side + 6)
+
+
+def _section_image(pdf, view: SeriesView, rgb: np.ndarray, x: float, y: float, side: float) -> None:
+    """A displayed section in a ``side`` x ``side`` box, in its true proportions (pixel count and spacing), with
+    the patient directions at its edges as the viewer shows them."""
+    rows, columns = rgb.shape[:2]
+    spacing = view.geometry.get("spacing") or (1.0, 1.0)
+    height, width = rows * float(spacing[0]), columns * float(spacing[1])  # millimetres when the spacing is known
+    scale = side / max(height, width)
+    w, h = width * scale, height * scale
+    left, top = x + (side - w) / 2, y + (side - h) / 2
+    pdf.image(_png(rgb), x=left, y=top, w=w, h=h)
+    letters = orientation_letters(view.geometry.get("orientation"))  # type: ignore[arg-type]
+    pdf.set_font("Helvetica", "B", 7)
+    pdf.set_text_color(255, 235, 59)
+    for edge, (lx, ly) in {
+        "top": (left + w / 2 - 1, top + 0.5),
+        "bottom": (left + w / 2 - 1, top + h - 3.5),
+        "left": (left + 0.5, top + h / 2 - 1.5),
+        "right": (left + w - 3, top + h / 2 - 1.5),
+    }.items():
+        if edge in letters:
+            pdf.set_xy(lx, ly)
+            pdf.cell(3, 3, letters[edge])
+    pdf.set_text_color(0, 0, 0)
 
 
 def _intended_use(pdf, card_notes: dict) -> None:
