@@ -292,6 +292,10 @@ def test_the_type_is_named_only_when_it_stands_out() -> None:
     muddled = [[0.45, 0.4, 0.15, 0.0], [0.5, 0.35, 0.15, 0.0]] * 50  # the second row's type is wrong
     share = fit_subtype_share(np.array(muddled + sure), labels * 2)
     assert share is not None and 0.55 < share <= 0.98
+    # three-way muddles (the top type holds a third to a half of P(tumour), and is wrong) must be checked too
+    three_way = [[0.30, 0.32, 0.05, 0.33]] * 50  # glioma, named pituitary at a share of 0.35
+    share = fit_subtype_share(np.array(sure[::2] + three_way), ["glioma"] * 100)
+    assert share is not None and 0.35 < share <= 0.5
 
 
 def test_lgg_targets_count_only_clear_tumours_and_sections_with_enough_head() -> None:
@@ -466,3 +470,22 @@ def test_the_code_version_is_unknown_without_a_checkout_without_git_or_when_git_
 
     monkeypatch.setattr(subprocess, "run", hangs)
     assert code_version() == "unknown"
+
+
+def test_a_card_whose_labels_are_in_another_order_is_refused_before_anything_is_fitted(tmp_path: Path) -> None:
+    """The fits index the outputs in CLASSES' order: a card listing its labels otherwise would get its no-tumour
+    bias and its type rule on the wrong columns."""
+    import json
+
+    from core.training.finish import finish_card
+    from core.training.gate_fit import fit_decision
+    from tests.scans import write_model_card
+
+    card_path = write_model_card(tmp_path)
+    card = json.loads(card_path.read_text())
+    card["labels"] = ["notumor", "glioma", "meningioma", "pituitary"]
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(ValueError, match="labels"):
+        finish_card(card_path, tmp_path)
+    with pytest.raises(ValueError, match="labels"):
+        fit_decision(card_path, tmp_path)

@@ -145,6 +145,8 @@ def fit_rule(logits: np.ndarray, labels: Sequence[str]) -> tuple[float, float, D
 def finish_card(card_path: Path, root: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Fit and measure everything above and write it into the card; returns the card."""
     classifier = Classifier.from_card(card_path)
+    if list(classifier.card.labels) != list(CLASSES):  # the fits index the outputs in CLASSES' order
+        raise ValueError(f"a card to finish lists its labels as {list(CLASSES)}, not {list(classifier.card.labels)}")
     split = json.loads(split_file_of(card_path).read_text())
     known = {item.path.resolve(): item for item in discover([root / s for s in BRAIN_SOURCES if (root / s).is_dir()])}
     val_logits, val_items = raw_logits(classifier, split_items(root, split["validation"], known))

@@ -89,6 +89,8 @@ def fit_decision(
 
     classifier = Classifier.from_card(card_path)
     card = classifier.card
+    if list(card.labels) != list(CLASSES):  # the subtype share indexes the outputs in CLASSES' order
+        raise ValueError(f"fit-decision takes a card whose labels are {list(CLASSES)}, not {list(card.labels)}")
     labels, rows = [], []
     for label, path in read_split(split_file_of(card_path), root):
         if label not in CLASSES:

@@ -199,8 +199,10 @@ def fit_subtype_share(probabilities: np.ndarray, labels: Sequence[str], min_accu
     top = scores.argmax(axis=1)
     share = p[np.arange(len(p)), top] / np.maximum(tumour_probability, 1e-12)
     right = np.array([CLASSES[t] == label for t, label in zip(top, labels, strict=True)])
-    for cut in np.round(np.arange(0.5, 1.0, 0.02), 2):
+    # "always name" (cut 0) is checked on every typed row: a top type holds at least a third of P(tumour), so a
+    # first cut of 0.5 left the rows between a third and a half named without ever being checked
+    for cut in [0.0, *np.round(np.arange(0.36, 1.0, 0.02), 2)]:
         named = typed & (share >= cut)
         if named.any() and right[named].mean() >= min_accuracy:
-            return None if cut == 0.5 else float(cut)
+            return None if cut == 0.0 else float(cut)
     return 0.98
