@@ -218,11 +218,15 @@ def test_evaluate_scores_a_labelled_folder(tmp_path: Path, tiny_card: Path, caps
             data = png_bytes(synthetic_slice(160, tumour=label != "notumor", seed=i))
             (tmp_path / label / f"{i}.png").write_bytes(data)
     (tmp_path / "notumor" / "broken.png").write_bytes(b"%PDF-1.4 nope" * 30)
+    (tmp_path / "glioma" / "broken.png").write_bytes(b"%PDF-1.4 nope" * 30)  # a refused tumour: missed, not absent
     code, lines = run_main(["evaluate", "--model", str(tiny_card), str(tmp_path)], capsys)
     report = lines[0]
     assert code == 0
-    assert report["n"] == 10 and report["n_labelled"] == 8 and report["rejected"] == {"unsupported_format": 1}
-    assert report["rejected_by_label"] == {"notumor": 1} and report["unknown_type_tumour_n"] == 2
+    assert report["n"] == 10 and report["n_labelled"] == 8 and report["rejected"] == {"unsupported_format": 2}
+    assert report["rejected_by_label"] == {"notumor": 1, "glioma": 1} and report["unknown_type_tumour_n"] == 2
+    served = report["with_refused_tumours_missed"]
+    assert served["tumour_positives"] == 9
+    assert served["tumour_sensitivity"] == pytest.approx(report["tumour_sensitivity"] * 8 / 9)
     assert 0 <= report["accuracy"] <= 1
     assert report["confusion_matrix"]["labels"] == ["glioma", "meningioma", "notumor", "pituitary"]
     assert sum(map(sum, report["confusion_matrix"]["rows_true_columns_predicted"])) == 8

@@ -49,7 +49,8 @@ def evaluate_folder(
     progress: Callable[[list[Any]], Iterable[Any]] = iter,
 ) -> dict[str, Any]:
     """Score ``root/<label>/*`` (or the validation files a split lists under ``root``); folder ``tumour`` means
-    tumour present, subtype unknown. Scans the input gate rejects are counted under ``rejected``."""
+    tumour present, subtype unknown. Scans the input gate rejects are counted under ``rejected`` and left out of the
+    figures; ``with_refused_tumours_missed`` gives the tumour sensitivity counting refused tumour scans as missed."""
     files = _labelled_files(root) if split is None else read_split(split, root)
     card = classifier.card
     true: list[str] = []
@@ -69,8 +70,16 @@ def evaluate_folder(
     report = classification_report(
         true, np.asarray(rows).reshape(len(rows), len(card.labels)), card.labels, card.negative_label, card.rule
     )
+    refused_tumours = sum(n for label, n in rejected_by_label.items() if label != card.negative_label)
+    positives = report.get("tumour_positives") or 0
+    found = round((report.get("tumour_sensitivity") or 0.0) * positives)
     report.update(
         {
+            # a refused tumour scan is a tumour the model did not report: the sensitivity a triage service gives
+            "with_refused_tumours_missed": {
+                "tumour_positives": positives + refused_tumours,
+                "tumour_sensitivity": found / (positives + refused_tumours) if positives + refused_tumours else None,
+            },
             "model": {"name": card.name, "version": card.version},
             "data": str(root),
             "files": len(files),
