@@ -542,3 +542,29 @@ def test_an_account_change_that_cannot_be_audited_is_not_made(tmp_path: Path, mo
         with pytest.raises(StoreUnavailable):
             change()
     assert store.get_account("dr-a") == before and store.get_account("dr-b") is None
+
+
+def test_a_disable_during_a_sign_in_is_neither_reverted_nor_let_through(store, monkeypatch) -> None:
+    """An admin disables an account while its sign-in checks the password (and the stored hash needs a stronger
+    one): the sign-in used to write back the row it read first, re-enabling the account."""
+    from core.errors import SignInFailed
+
+    accounts.add_account(store, COMMAND_LINE, "root", "admin", PASSWORD)
+    accounts.add_account(store, ADMIN, "dr-x", "radiologist", PASSWORD)
+    real = accounts._hasher()
+
+    class Racing:
+        def verify(self, stored, password):
+            accounts.set_disabled(store, Actor("root", "admin"), "dr-x")  # meanwhile, in another session
+            return real.verify(stored, password)
+
+        def check_needs_rehash(self, stored):
+            return True
+
+        def hash(self, password):
+            return real.hash(password)
+
+    monkeypatch.setattr(accounts, "_hasher", lambda: Racing())
+    with pytest.raises(SignInFailed):
+        accounts.sign_in(store, "dr-x", PASSWORD)
+    assert store.get_account("dr-x").disabled

@@ -77,14 +77,18 @@ def _keep_an_admin(store: Store, account: Account, updated: Account) -> None:
             raise InvalidRecord(f"{account.name} is the only enabled admin; make another account admin first.")
 
 
+# Each change reads the account, checks and writes it with its audit event in one unit of work (SQLite: one writer
+# at a time), so two admins' changes, or a change during a sign-in, never write back a stale copy of the row.
+
+
 def set_role(store: Store, actor: Actor, name: str, role: str) -> Account:
     require(actor, ACCOUNTS)
-    account = _existing(store, name)
     if role not in ROLES:
         raise InvalidRecord(f"A role is one of {', '.join(ROLES)}.")
-    updated = replace(account, role=role)
-    _keep_an_admin(store, account, updated)
-    with store.atomic():  # the change and its audit event: both or neither
+    with store.atomic():  # the read, the check, the change and its audit event: both or neither
+        account = _existing(store, name)
+        updated = replace(account, role=role)
+        _keep_an_admin(store, account, updated)
         store.put_account(updated)
         audit.record(store, actor, "account_role_changed", name, role=role, was=account.role)
     return updated
@@ -92,10 +96,10 @@ def set_role(store: Store, actor: Actor, name: str, role: str) -> Account:
 
 def set_disabled(store: Store, actor: Actor, name: str, disabled: bool = True) -> Account:
     require(actor, ACCOUNTS)
-    account = _existing(store, name)
-    updated = replace(account, disabled=disabled, failed_count=0, locked_until=None)
-    _keep_an_admin(store, account, updated)
-    with store.atomic():  # the change and its audit event: both or neither
+    with store.atomic():  # the read, the check, the change and its audit event: both or neither
+        account = _existing(store, name)
+        updated = replace(account, disabled=disabled, failed_count=0, locked_until=None)
+        _keep_an_admin(store, account, updated)
         store.put_account(updated)
         audit.record(store, actor, "account_disabled" if disabled else "account_enabled", name)
     return updated
@@ -104,8 +108,9 @@ def set_disabled(store: Store, actor: Actor, name: str, disabled: bool = True) -
 def set_password(store: Store, actor: Actor, name: str, password: str) -> Account:
     require(actor, ACCOUNTS)
     check_password(password)
-    updated = replace(_existing(store, name), password_hash=_hasher().hash(password), failed_count=0, locked_until=None)
-    with store.atomic():  # the change and its audit event: both or neither
+    new_hash = _hasher().hash(password)  # the slow part, before the unit of work
+    with store.atomic():  # the read, the change and its audit event: both or neither
+        updated = replace(_existing(store, name), password_hash=new_hash, failed_count=0, locked_until=None)
         store.put_account(updated)
         audit.record(store, actor, "account_password_set", name)
     return updated
@@ -162,14 +167,24 @@ def sign_in(store: Store, name: str, password: str, now: datetime | None = None)
         audit.record(store, Actor(name, account.role), "sign_in_failed", name, failures=attempt, locked=bool(locked))
         raise SignInFailed(REFUSED) from None
     store.end_sign_in(name, True)
+    account = store.get_account(name) or account  # as it stands after the check: disabled or demoted meanwhile?
     if account.disabled:
         audit.record(store, Actor(name, account.role), "sign_in_refused", name, reason="disabled")
         raise SignInFailed(REFUSED)
     if hasher.check_needs_rehash(account.password_hash):
-        store.put_account(replace(account, password_hash=hasher.hash(password), failed_count=0, locked_until=None))
+        _rehash(store, account, hasher.hash(password))
     actor = Actor(name, account.role)
     audit.record(store, actor, "sign_in", name)
     return actor
+
+
+def _rehash(store: Store, seen: Account, new_hash: str) -> None:
+    """Store a stronger hash of the same password, unless the account changed since ``seen`` was read (a new
+    password, a disable): only the hash is replaced, on the row as it stands."""
+    with store.atomic():
+        current = store.get_account(seen.name)
+        if current is not None and current.password_hash == seen.password_hash:
+            store.put_account(replace(current, password_hash=new_hash))
 
 
 def external_actor(store: Store, claims: Mapping[str, Any], role_claim: str | None = None) -> Actor:
