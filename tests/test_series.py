@@ -341,3 +341,12 @@ def test_thousands_of_tiny_dicom_files_are_refused_before_any_is_read(monkeypatc
     with pytest.raises(FileTooLarge, match="2100 DICOM files; the limit is 1024"):
         read_study(files)
     assert read == []
+
+
+def test_a_zero_or_negative_pixel_spacing_or_thickness_is_unknown_never_a_zero_millimetre_claim() -> None:
+    def odd(ds, k) -> None:
+        ds.PixelSpacing, ds.SliceThickness = [0.0, -0.9], -5.0
+
+    (series,) = read_study(rewritten(dicom_series(head_volume(3)), odd))
+    assert series.spacing is None and series.thickness is None
+    assert series.positions_in_mm and series.step_mm == 5.0  # the positions still place the sections

@@ -176,6 +176,21 @@ def _floats(value: object, n: int) -> np.ndarray | None:
     return array if array.size == n and np.isfinite(array).all() else None
 
 
+def _spacing(value: object) -> tuple[float, float] | None:
+    """A (row, column) PixelSpacing in mm, or None when missing, malformed, zero or negative (never a 0 mm claim)."""
+    found = _floats(value, 2)
+    return (float(found[0]), float(found[1])) if found is not None and (found > 0).all() else None
+
+
+def _positive(value: object) -> float | None:
+    """A positive length in mm (SliceThickness), or None."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) and number > 0 else None
+
+
 def _geometry(group: object, orientation, spacing, thickness) -> tuple:
     """Orientation, pixel spacing and thickness from a functional group (shared or one frame's), else as given."""
     if group is None:
@@ -185,9 +200,8 @@ def _geometry(group: object, orientation, spacing, thickness) -> tuple:
         orientation = found if found is not None else orientation
     if group.get("PixelMeasuresSequence"):  # type: ignore[attr-defined]
         measures = group.PixelMeasuresSequence[0]  # type: ignore[attr-defined]
-        found = _floats(measures.get("PixelSpacing"), 2)
-        spacing = (float(found[0]), float(found[1])) if found is not None else spacing
-        thickness = float(measures.get("SliceThickness")) if measures.get("SliceThickness") else thickness
+        spacing = _spacing(measures.get("PixelSpacing")) or spacing
+        thickness = _positive(measures.get("SliceThickness")) or thickness
     return orientation, spacing, thickness
 
 
@@ -195,9 +209,7 @@ def _sections_of(data: bytes, header: object, limits: Limits) -> list[_Section]:
     ds = dicom.checked_dataset(data, limits, header)[0]
     study = _hash(str(ds.get("StudyInstanceUID", ""))) if ds.get("StudyInstanceUID") else NO_STUDY_UID
     series = _hash(str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", "")))
-    spacing_value = _floats(ds.get("PixelSpacing"), 2)
-    spacing = (float(spacing_value[0]), float(spacing_value[1])) if spacing_value is not None else None
-    thickness = float(ds.get("SliceThickness")) if ds.get("SliceThickness") not in (None, "") else None
+    spacing, thickness = _spacing(ds.get("PixelSpacing")), _positive(ds.get("SliceThickness"))
     modality = str(ds.get("Modality", "") or "")
     orientation = _floats(ds.get("ImageOrientationPatient"), 6)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
