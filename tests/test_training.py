@@ -444,6 +444,10 @@ def test_calibrate_command_recomputes_an_old_models_statistics_and_refits_its_ca
     assert after["weights"]["sha256"] != before["weights"]["sha256"]  # new statistics, new hash
     assert after["weights"]["batchnorm"].startswith("statistics recomputed on 19 clean training scans")
     assert Classifier.from_card(card_path).card.weights_sha256 == after["weights"]["sha256"]  # hash check passes
+    # a refitted model is another version: results read by it are new records, statistics keep them apart
+    assert after["version"] != before["version"] and after["version"].startswith(f"{before['version'].split('+')[0]}+")
+    assert after["version"].split("+")[1].startswith(after["weights"]["sha256"][:8])
+    assert json.loads(done.stdout)["version"] == after["version"]
 
 
 def test_the_code_version_is_the_projects_own_whatever_the_current_folder(tmp_path: Path, monkeypatch) -> None:

@@ -12,15 +12,17 @@ from core.config import model_card_path
 
 
 def cmd_fit_gate(args: argparse.Namespace) -> int:
+    from core.training.finish import restamp_version
     from core.training.gate_fit import fit_gate
 
     card = Path(args.model) if args.model else model_card_path()
-    emit(fit_gate(card, Path(args.data)), sys.stdout)
+    fitted = fit_gate(card, Path(args.data))
+    emit({**fitted, "version": restamp_version(card)}, sys.stdout)
     return EXIT_OK
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from core.training.finish import finish_card, recalibrate_saved_batchnorm
+    from core.training.finish import finish_card, recalibrate_saved_batchnorm, restamp_version
 
     card = Path(args.model) if args.model else model_card_path()
     if args.batchnorm:
@@ -29,7 +31,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     emit(
         {
             "model": done["name"],
-            "version": done["version"],
+            "version": restamp_version(card),
             "calibration": done["calibration"],
             "decision": done["decision"],
         },
@@ -39,10 +41,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_fit_series(args: argparse.Namespace) -> int:
+    from core.training.finish import restamp_version
     from core.training.series_fit import fit_series
 
     card = Path(args.model) if args.model else model_card_path()
-    emit(fit_series(card, Path(args.data), log=lambda message: print(message, file=sys.stderr)), sys.stdout)
+    fitted = fit_series(card, Path(args.data), log=lambda message: print(message, file=sys.stderr))
+    emit({**fitted, "version": restamp_version(card)}, sys.stdout)
     return EXIT_OK
 
 
@@ -72,10 +76,12 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
 
 def cmd_fit_decision(args: argparse.Namespace) -> int:
+    from core.training.finish import restamp_version
     from core.training.gate_fit import fit_decision
 
     card = Path(args.model) if args.model else model_card_path()
-    emit(fit_decision(card, Path(args.data)), sys.stdout)
+    fitted = fit_decision(card, Path(args.data))
+    emit({**fitted, "version": restamp_version(card)}, sys.stdout)
     return EXIT_OK
 
 

@@ -230,3 +230,21 @@ def recalibrate_saved_batchnorm(card_path: Path, root: Path, count: int = 3000, 
     card["weights"]["batchnorm"] = f"statistics recomputed on {len(inputs)} clean training scans"
     card_path.write_text(json.dumps(card, indent=2, default=list))
     return {"scans": len(inputs), "groups": len(groups), "sha256": card["weights"]["sha256"]}
+
+
+REFIT_PARTS = ("calibration", "decision", "gate", "series")  # what a refit changes in what the app serves
+
+
+def restamp_version(card_path: Path) -> str:
+    """Give a card whose served behaviour was refitted after training its own version: the base version, the
+    weights' hash and, after a dot, a hash of the refitted parts. A result's identity includes the version: an
+    image read again after a refit must not count as 'already saved' with the old verdict, nor statistics per
+    version mix the two. The same fits give the same version (a refit that changed nothing keeps it)."""
+    import hashlib
+
+    card = json.loads(card_path.read_text())
+    fitted = json.dumps({part: card.get(part) for part in REFIT_PARTS}, sort_keys=True, default=list)
+    base = str(card["version"]).split("+")[0]
+    card["version"] = f"{base}+{card['weights']['sha256'][:8]}.{hashlib.sha256(fitted.encode()).hexdigest()[:8]}"
+    card_path.write_text(json.dumps(card, indent=2, default=list))
+    return card["version"]
