@@ -7,8 +7,8 @@ from datetime import UTC, datetime, time, timedelta
 import pandas as pd
 import streamlit as st
 
-from core.errors import StoreError
-from core.services import audit
+from core.errors import AccessDenied, StoreError
+from core.services import accounts, audit
 from core.services.access import AUDIT_EXPORT, AUDIT_READ, Actor, allowed
 from ui import resources
 from ui.page import setup_page
@@ -107,10 +107,21 @@ paging[1].button(
     disabled=first + len(events) >= matching,
     key="audit_older",
 )
+
+
+def export_now() -> bytes:
+    """Run by Streamlit when the button is pressed, outside any page run: with the account as it stands then (a
+    demoted or disabled admin exports nothing)."""
+    current = accounts.refreshed_actor(store, actor)
+    if current is None:
+        raise AccessDenied("The account has been disabled.")
+    return audit.export_csv(store, current, filters)
+
+
 if allowed(actor, AUDIT_EXPORT):
     controls[-1].download_button(
         "Export (CSV)",
-        lambda: audit.export_csv(store, actor, filters),
+        export_now,
         f"audit-{today:%Y%m%d}.csv",
         "text/csv",
     )

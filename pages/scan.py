@@ -14,7 +14,7 @@ from core.services.triage import (
     triage,
 )
 from ui import resources
-from ui.auth import fragment_actor
+from ui.auth import callback_actor, fragment_actor
 from ui.batch import Upload, batch, summary_row
 from ui.page import setup_page
 from ui.render import scan_panel
@@ -44,10 +44,13 @@ def open_store():
 def reference_changed() -> None:
     """A typed or corrected reference applies to this session's results in place (never a second record)."""
     session.patient_text = st.session_state["patient_text"]
+    current = callback_actor(ANALYSE)  # run before the page's own sign-in check: the session as it stands now
+    if current is None:
+        return
     reference, store = resources.patient_reference(session.patient_text), open_store()
     for upload in session:
         for frame, result in upload.results.items():
-            upload.results[frame] = apply_patient_reference(result, store, reference, actor)
+            upload.results[frame] = apply_patient_reference(result, store, reference, current)
 
 
 def uploader_changed() -> None:
@@ -71,11 +74,14 @@ def choose_frame(upload: Upload, frame: int) -> None:
 
 
 def retry_unsaved() -> None:
+    current = callback_actor(ANALYSE)  # run before the page's own sign-in check: the session as it stands now
+    if current is None:
+        return
     reference, store = resources.patient_reference(session.patient_text), open_store()
     images = resources.image_store(store)
     for upload in session:
         for frame, result in upload.results.items():
-            upload.results[frame] = retry_save(result, store, images, reference, actor)
+            upload.results[frame] = retry_save(result, store, images, reference, current)
 
 
 try:

@@ -13,7 +13,7 @@ from core.errors import StoreError
 from core.services import statistics
 from core.services.access import STATISTICS, STORAGE_DETAILS, allowed
 from ui import charts, resources
-from ui.auth import fragment_actor
+from ui.auth import callback_actor, fragment_actor
 from ui.page import setup_page
 from ui.wording import LABEL_NAMES, pretty
 
@@ -291,9 +291,17 @@ def by_model_version(dashboard) -> None:
     )
 
 
+def exported(dashboard) -> None:
+    """The export's audit event, by the account as it stands when the button is pressed (a callback runs before
+    any check of the page run)."""
+    viewer = callback_actor(STATISTICS)
+    if viewer is not None:
+        statistics.record_export(store, viewer, dashboard)
+
+
 @st.fragment(run_every=None if paused else REFRESH_SECONDS)
 def live_dashboard() -> None:
-    viewer = fragment_actor()  # idle expiry, a disabled account or a changed role end the refreshing here too
+    viewer = fragment_actor(activity=False)  # checks as a page run does; a timed refresh is not the user's activity
     try:
         dashboard = board(viewer, start_day, end_day, timezone, period, tuple(picked), source, unit)
     except StoreError as error:
@@ -317,8 +325,8 @@ def live_dashboard() -> None:
         statistics.export_csv(dashboard, shown_quality),
         f"statistics-per-{period}-{datetime.now(UTC):%Y%m%d}.csv",
         "text/csv",
-        on_click=statistics.record_export,
-        args=(store, actor, dashboard),
+        on_click=exported,
+        args=(dashboard,),
     )
 
 

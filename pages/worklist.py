@@ -11,9 +11,10 @@ import streamlit as st
 
 from core.errors import InvalidRecord, ModelError, StoreError
 from core.services import reviews
-from core.services.access import WORKLIST
+from core.services.access import REVIEW, WORKLIST
 from core.services.reviews import REASON_CODES, WorklistQuery
 from ui import resources
+from ui.auth import callback_actor
 from ui.page import setup_page
 from ui.render import result_panel
 from ui.selection import chosen_id, table_key
@@ -106,8 +107,11 @@ result_panel(opened, classifier.card.labels, classifier, explainer)
 
 
 def save_review(final_label: str, reasons: list[str], note: str) -> None:
+    reviewer = callback_actor(REVIEW)  # run before the page's own sign-in check: the session as it stands now
+    if reviewer is None:
+        return
     try:
-        reviews.review_result(store, actor, chosen.id, final_label, reasons, note)
+        reviews.review_result(store, reviewer, chosen.id, final_label, reasons, note)
     except (InvalidRecord, StoreError) as error:
         st.session_state["review_error"] = str(error)
         return

@@ -547,6 +547,38 @@ def test_a_refused_result_saved_from_the_command_line_opens_on_the_worklist_and_
     assert not app.exception and stored(app_environment).recent(1)[0].review_count == 1
 
 
+def test_a_review_pressed_after_the_session_expired_or_the_account_was_disabled_is_not_saved(
+    app_environment: Path, tiny_card: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Streamlit runs a button's callback before the page script, so before its sign-in check: the Agree button
+    saved a review in the name of a session that had expired (or of an account disabled meanwhile)."""
+    import time
+
+    from core.cli import main
+    from core.services import accounts
+    from core.services.access import COMMAND_LINE
+    from core.services.resources import open_results_store
+
+    path = app_environment.parent / "scan.png"
+    path.write_bytes(png_bytes(synthetic_slice(256, tumour=True)))
+    main(["predict", "--model", str(tiny_card), "--save", str(path)])
+    capsys.readouterr()
+    app = page("worklist.py")
+    app.session_state["wl_show"] = "not yet reviewed"
+    app.run()
+    app.session_state["actor_seen"] = time.time() - 31 * 60  # left open for 31 minutes
+    next(b for b in app.button if b.label.startswith("Agree")).click().run()
+    assert not app.exception and stored(app_environment).recent(1)[0].review_count == 0
+    store = open_results_store()
+    accounts.add_account(store, COMMAND_LINE, "test-radiologist", "radiologist", "a long enough password")
+    app = page("worklist.py")
+    app.session_state["wl_show"] = "not yet reviewed"
+    app.run()
+    accounts.set_disabled(store, COMMAND_LINE, "test-radiologist")  # by an admin, meanwhile
+    next(b for b in app.button if b.label.startswith("Agree")).click().run()
+    assert not app.exception and stored(app_environment).recent(1)[0].review_count == 0
+
+
 def test_the_audit_page_says_when_the_chain_does_not_hold(app_environment: Path) -> None:
     """It assumed a broken chain always names an event; a deleted tail (the head no longer matches) names none."""
     import sqlite3

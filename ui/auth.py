@@ -71,8 +71,9 @@ def _resumed_actor() -> Actor | None:
     return actor
 
 
-def current_actor() -> Actor | None:
-    """The signed-in user, or None (also after ``IDLE_MINUTES`` without activity: the session then signs out)."""
+def current_actor(activity: bool = True) -> Actor | None:
+    """The signed-in user, or None (also after ``IDLE_MINUTES`` without activity: the session then signs out).
+    ``activity=False`` (a timed refresh): the checks without counting as the user's activity."""
     actor = st.session_state.get(ACTOR_KEY)
     if actor is None:
         actor = _resumed_actor()
@@ -90,8 +91,9 @@ def current_actor() -> Actor | None:
         sign_out("expired")
         st.session_state["signed_out_reason"] = "Your session expired after 30 minutes without activity."
         return None
-    st.session_state[SEEN_KEY] = now
-    resources.session_registry().touch(token)  # a reload later finds the cookie's session as active as this one
+    if activity:
+        st.session_state[SEEN_KEY] = now
+        resources.session_registry().touch(token)  # a reload later finds the cookie's session as active as this one
     try:
         current = accounts.refreshed_actor(resources.current_store(), actor)
     except StoreError:
@@ -113,13 +115,23 @@ def _start_session(actor: Actor) -> None:
     st.session_state[TOKEN_KEY], st.session_state[BOUND_KEY], st.session_state[COOKIE_KEY] = token, False, token
 
 
-def fragment_actor() -> Actor:
+def fragment_actor(activity: bool = True) -> Actor:
     """For the top of every fragment (auto-refresh, viewers): the same checks as a page run (idle expiry, account
-    disabled, role changed); when the session has ended, the whole app reruns and shows the sign-in form."""
-    actor = current_actor()
+    disabled, role changed); when the session has ended, the whole app reruns and shows the sign-in form. A timed
+    refresh passes ``activity=False``: it never keeps an unattended session alive."""
+    actor = current_actor(activity)
     if actor is None:
         st.rerun(scope="app")
     return actor  # type: ignore[return-value]
+
+
+def callback_actor(permission: str) -> Actor | None:
+    """For a button's or a field's callback, which Streamlit runs before the page script and so before its
+    sign-in check: the actor as a page run would find it now (idle expiry, a disabled account, a changed role),
+    or None when the session has ended or the role no longer allows ``permission`` (the callback then does
+    nothing, and the page run that follows shows the sign-in form or the refusal)."""
+    actor = current_actor()
+    return actor if actor is not None and allowed(actor, permission) else None
 
 
 def sign_out(reason: str = "signed out") -> None:
