@@ -30,10 +30,13 @@ reference = resources.patient_reference(typed)
 if reference is None:
     st.error("Patient references are disabled on this installation (no key is configured).")
     st.stop()
-cache_key = f"history-{reference}"
-if cache_key not in st.session_state:  # reading a history is an audit event, once per patient and session
-    st.session_state[cache_key] = history.patient_history(store, actor, reference)
-records = st.session_state[cache_key]
+seen_key = f"history-read-{reference}"
+try:  # read afresh on every run (a study saved or a review made meanwhile shows); audited once per session
+    records = history.patient_history(store, actor, reference, audited=seen_key not in st.session_state)
+except StoreError as error:
+    st.error(f"The history cannot be read right now: {error}")
+    st.stop()
+st.session_state[seen_key] = True
 if not records:
     st.info("No result is saved under this reference.")
     st.stop()
@@ -97,9 +100,13 @@ prior = right.selectbox(
 def opened(record_id: str):
     key = f"opened-{record_id}"
     if key not in st.session_state:  # opening a result is an audit event, once per session
-        st.session_state[key] = reviews.open_result(
-            store, resources.image_store(store), actor, record_id, classifier, explainer
-        )
+        try:
+            st.session_state[key] = reviews.open_result(
+                store, resources.image_store(store), actor, record_id, classifier, explainer
+            )
+        except StoreError as error:
+            st.error(f"The series cannot be opened right now: {error}")
+            st.stop()
     return st.session_state[key].series
 
 

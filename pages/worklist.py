@@ -41,11 +41,15 @@ age = filters[3].selectbox("Age", list(AGES), index=1, key="wl_age")
 patient = filters[4].text_input("Patient reference", key="wl_patient", help="Typed as on the Scan page.")
 disagreements = filters[5].toggle("Disagreements", key="wl_disagreements", help="Final label differs from the model")
 days = AGES[age]
+reference = resources.patient_reference(patient) if patient.strip() else None
+if patient.strip() and reference is None:  # never an unfiltered list under a patient's name
+    st.error("Patient references are disabled on this installation (no key is configured): no patient filter.")
+    st.stop()
 query = WorklistQuery(
     reviewed=SHOW[show],
     labels=tuple(verdicts),
     gates=tuple(GATES[g] for g in gates),
-    patient_ref=resources.patient_reference(patient) if patient.strip() else None,
+    patient_ref=reference,
     since=datetime.now(UTC) - timedelta(days=days) if days else None,
     disagreements=disagreements,
 )
@@ -98,9 +102,13 @@ if note:
 chosen = results[ids.index(chosen_key)]
 opened_key = f"opened-{chosen.id}"
 if opened_key not in st.session_state:  # opening is an audit event, once per result and session
-    st.session_state[opened_key] = reviews.open_result(
-        store, resources.image_store(store), actor, chosen.id, classifier, explainer
-    )
+    try:
+        st.session_state[opened_key] = reviews.open_result(
+            store, resources.image_store(store), actor, chosen.id, classifier, explainer
+        )
+    except StoreError as error:
+        st.error(f"The result cannot be opened right now: {error}")
+        st.stop()
 opened = st.session_state[opened_key]
 st.divider()
 result_panel(opened, classifier.card.labels, classifier, explainer)

@@ -170,6 +170,35 @@ def test_a_reference_typed_after_uploading_updates_the_one_record(app_environmen
     assert store.recent(5)[0].patient_ref == expected
 
 
+def test_history_reads_a_patient_afresh_on_every_run_and_audits_the_read_once(app_environment: Path) -> None:
+    """It kept the first read for the whole session: a study saved meanwhile was missing from the table."""
+    store = stored(app_environment)
+    reference = pseudonymise("ZZCANARY Patient", local_key(app_environment))
+    store.add(replace(make_record(1, datetime(2026, 11, 1, 9, tzinfo=UTC)), patient_ref=reference))
+    app = page("history.py")
+    app.run()
+    app.text_input(key="history_patient").input("ZZCANARY Patient").run()
+    assert not app.exception and len(app.dataframe[0].value) == 1
+    store.add(replace(make_record(2, datetime(2026, 12, 1, 9, tzinfo=UTC)), patient_ref=reference))
+    app.run()
+    assert not app.exception and len(app.dataframe[0].value) == 2
+    assert [e.action for e in store.audit_events()].count("history") == 1
+
+
+def test_the_worklist_never_lists_every_patient_under_a_reference_it_cannot_compute(
+    app_environment: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ui import resources
+
+    stored(app_environment).add(make_record(1, datetime.now(UTC)))
+    monkeypatch.setattr(resources, "current_patient_key", lambda: None)  # references disabled on this installation
+    app = page("worklist.py")
+    app.session_state["wl_show"] = "all"
+    app.session_state["wl_patient"] = "12345"
+    app.run()
+    assert not app.exception and "disabled" in app.error[0].value and not app.dataframe
+
+
 def test_a_two_frame_dicom_gives_two_results_with_a_frame_picker(app_environment: Path) -> None:
     frames = np.stack([synthetic_slice(128, seed=1), synthetic_slice(128, tumour=True, seed=2)]).astype("uint16") * 16
     app = page("scan.py").run()

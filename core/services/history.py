@@ -30,11 +30,13 @@ from core.storage.protocol import Store
 LIMIT = 500
 
 
-def patient_history(store: Store, actor: Actor, patient_ref: str) -> list[Record]:
-    """The patient's results (scans and series), oldest first."""
+def patient_history(store: Store, actor: Actor, patient_ref: str, audited: bool = True) -> list[Record]:
+    """The patient's results (scans and series), oldest first, read as they stand now; the read is an audit event
+    unless ``audited`` is False (the page's later reruns of a history it already audited in this session)."""
     require(actor, HISTORY)
     records = store.worklist(WorklistQuery(reviewed=None, patient_ref=patient_ref), LIMIT)
-    audit.record(store, actor, "history", patient_ref, results=len(records))  # the keyed reference, never as typed
+    if audited:
+        audit.record(store, actor, "history", patient_ref, results=len(records))  # the keyed reference only
     return sorted(records, key=lambda r: r.created_at)
 
 
