@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.evaluation.metrics import classification_report, machine
 from core.evaluation.splits import split_file_of
-from core.model.classifier import Classifier, calibrated_probabilities
+from core.model.classifier import Classifier, calibrated_logits
 from core.training.calibration import calibrate, negative_bias_vector
 from core.training.config import CLASSES, NEGATIVE
 from core.training.finish import BRAIN_SOURCES, fit_rule, raw_logits, split_items
@@ -82,7 +82,7 @@ def main() -> None:
             if part in kept and [i.path for i in used] != [i.path for i in kept[part]]:
                 raise SystemExit(f"{card}: reads other scans of the split than {args.model[0]}; no ensemble")
             kept[part] = used
-            probabilities = calibrated_probabilities(raw, classifier.card)
+            probabilities = calibrated_logits(raw, classifier.card)  # raw_logits gives logits already
             log_probabilities[card][part] = np.log(np.clip(probabilities, 1e-9, 1.0))
     labels = {part: [item.label for item in items] for part, items in kept.items()}
     results = {

@@ -568,3 +568,41 @@ def test_a_disable_during_a_sign_in_is_neither_reverted_nor_let_through(store, m
     with pytest.raises(SignInFailed):
         accounts.sign_in(store, "dr-x", PASSWORD)
     assert store.get_account("dr-x").disabled
+
+
+def test_a_password_reset_during_a_sign_in_with_the_old_password_refuses_it(store, monkeypatch) -> None:
+    from core.errors import SignInFailed
+
+    accounts.add_account(store, COMMAND_LINE, "root", "admin", PASSWORD)
+    accounts.add_account(store, ADMIN, "dr-y", "radiologist", PASSWORD)
+    real = accounts._hasher()
+
+    class Racing:
+        def verify(self, stored, password):
+            accounts.set_password(store, Actor("root", "admin"), "dr-y", "a brand new long password")
+            return real.verify(stored, password)
+
+        def check_needs_rehash(self, stored):
+            return True
+
+        def hash(self, password):
+            return real.hash(password)
+
+    monkeypatch.setattr(accounts, "_hasher", lambda: Racing())
+    with pytest.raises(SignInFailed):
+        accounts.sign_in(store, "dr-y", PASSWORD)
+    monkeypatch.setattr(accounts, "_hasher", lambda: real)
+    assert accounts.sign_in(store, "dr-y", "a brand new long password").name == "dr-y"  # the reset stands
+
+
+def test_a_purge_keeps_an_image_saved_again_after_it_was_listed(tmp_path) -> None:
+    import os
+
+    images = FolderImages(tmp_path / "images")
+    key = images.put(synthetic_slice(128, seed=5))
+    past = datetime.now(UTC).timestamp() - 100 * 86400
+    os.utime(next((tmp_path / "images").glob(f"??/??/{key}.png")), (past, past))
+    cutoff = datetime.now(UTC) - timedelta(days=90)
+    assert images.expired(cutoff) == [key]
+    images.put(synthetic_slice(128, seed=5))  # saved again while the purge was running
+    assert images.delete(key, stored_before=cutoff) is False and images.stored_keys() == [key]

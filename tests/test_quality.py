@@ -25,13 +25,16 @@ def day(d: int, shown: int, tumour: int, reviewed: int = 0, agreed: int = 0, p: 
 
 
 def test_agreement_and_rates_per_period_follow_the_small_count_rule() -> None:
-    rows, _ = quality_rows([day(0, 40, 12, reviewed=30, agreed=24, flagged=4, rejected=5), day(1, 3, 1, 3, 3)], None)
-    first, second = rows
+    busy = day(0, 40, 12, reviewed=30, agreed=24, flagged=4, rejected=5)
+    rows, _ = quality_rows([busy, day(1, 3, 1, 3, 3), day(2, 30, 9, reviewed=10, agreed=8)], None)
+    first, second, third = rows  # the 3s withheld, and with them the next smallest (30 shown, 10 reviewed)
     assert first.agreement == pytest.approx(0.8) and first.agreement_interval[0] < 0.8 < first.agreement_interval[1]
     assert quality_rows([day(0, 40, 12, reviewed=20, agreed=18)], None)[0][0].agreement is None  # two disagreements
     assert first.flagged_rate is None  # four flagged: withheld
     assert first.rejected_rate == pytest.approx(5 / 45)
     assert second.shown is None and second.agreement is None and second.tumour_rate is None
+    assert third.shown is None and third.tumour_rate is None and third.rate_limits is None
+    assert third.reviewed is None and third.agreement is None and third.agreement_interval is None
 
 
 def test_a_shift_in_the_tumour_rate_raises_a_drift_alarm_and_a_steady_one_does_not() -> None:
@@ -81,7 +84,9 @@ def test_counts_that_add_up_to_the_reviewed_total_shown_are_withheld_as_groups()
 
     cells = accuracy({("glioma", "glioma"): 20, ("notumor", "notumor"): 27, ("glioma", "notumor"): 3})
     assert cells.reviewed == 50 and list(cells.matrix.values()).count(None) == 2
+    assert cells.sensitivity_interval is None and cells.specificity_interval is None  # they give counts back
     rows, _ = quality_rows([day(0, 40, 12, reviewed=30, agreed=24), day(1, 40, 12, reviewed=3, agreed=3)], None)
     assert [r.reviewed for r in rows] == [None, None] and [r.shown for r in rows] == [40, 40]
+    assert rows[0].agreement is None and rows[0].agreement_interval is None  # 80 % of ? would give the 30 back
     versions = per_version_accuracy({"a": {("glioma", "glioma"): 40}, "b": {("glioma", "glioma"): 3}})
     assert [v.reviewed for v in versions.values()] == [None, None]

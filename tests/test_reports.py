@@ -231,5 +231,9 @@ def test_key_sections_keep_their_proportions_and_carry_the_patient_directions(ti
     _section_image(page, view, np.zeros((*view.sections[0].shape, 3), np.uint8), 10.0, 20.0, 60.0)
     ((x, y, w, h),) = page.images
     assert (x, y, w, h) == pytest.approx((10.0, 27.5, 60.0, 45.0))  # 4:3, centred in its 60 x 60 box
+    page.images.clear()  # a record saved before a zero spacing was refused: square pixels, not a division by zero
+    zero = replace(view, geometry=dict(view.geometry) | {"spacing": [0.0, 0.0]})
+    _section_image(page, zero, np.zeros((*view.sections[0].shape, 3), np.uint8), 10.0, 20.0, 60.0)
+    assert page.images[0][2:] == pytest.approx((60.0, 45.0))
     letters = {text: at for text, at in page.texts}
     assert set(letters) == set(volume.letters.values()) and letters[volume.letters["top"]][1] < y + 2

@@ -584,7 +584,16 @@ def test_a_round_2_mongodb_result_gets_every_field_the_validator_requires() -> N
     client = mongomock.MongoClient(tz_aware=True)
     database = client["brain_mri_triage"]
     document = {**make_record(7, utc(2026, 11, 20, 9, 0), "glioma").__dict__}
-    for name in ("geometry", "kind", "study_ref", "section_count", "lesion_px", "lesion_mm2", "lesion_ml"):
+    for name in (
+        "geometry",
+        "timings_ms",
+        "kind",
+        "study_ref",
+        "section_count",
+        "lesion_px",
+        "lesion_mm2",
+        "lesion_ml",
+    ):
         document.pop(name, None)
     document.update(_id=document.pop("id"), confidence=0.9)  # as version 3 wrote it
     database["scans"].insert_one(document)
@@ -593,7 +602,8 @@ def test_a_round_2_mongodb_result_gets_every_field_the_validator_requires() -> N
     assert store.schema_version() == SCHEMA_VERSION
     stored = database["scans"].find_one({"_id": document["_id"]})
     assert not [name for name in _VALIDATOR["$jsonSchema"]["required"] if name not in stored]
-    assert stored["geometry"] == {} and stored["kind"] == "scan" and store.get(document["_id"]).geometry == {}
+    assert stored["geometry"] == {} and stored["timings_ms"] == {} and stored["kind"] == "scan"
+    assert store.get(document["_id"]).geometry == {}
 
 
 def test_a_round_1_mongodb_collection_is_upgraded_on_first_use() -> None:

@@ -107,8 +107,11 @@ def quality_rows(periods: Sequence[DayQuality], baseline_end: date | None) -> tu
         )
         if out:
             alarms.append(p.day)
-        agreement = safe_rate(p.agreed, p.reviewed)
+        # a rate, its interval or its control limits give back the count they stand on: withheld with the count
+        agreement = safe_rate(p.agreed, p.reviewed) if reviewed is not None else None
         all_scans = p.shown + p.rejected
+        if shown is None:
+            rate = limits = mean = mean_limits = None
         rows.append(
             QualityRow(
                 start=p.day,
@@ -116,8 +119,8 @@ def quality_rows(periods: Sequence[DayQuality], baseline_end: date | None) -> tu
                 reviewed=reviewed,
                 agreement=agreement,
                 agreement_interval=wilson_interval(p.agreed, p.reviewed) if agreement is not None else None,
-                flagged_rate=safe_rate(p.flagged, all_scans),
-                rejected_rate=safe_rate(p.rejected, all_scans),
+                flagged_rate=safe_rate(p.flagged, all_scans) if shown is not None else None,
+                rejected_rate=safe_rate(p.rejected, all_scans) if shown is not None else None,
                 tumour_rate=rate,
                 rate_limits=limits,
                 mean_probability=mean,
@@ -150,14 +153,16 @@ def accuracy(confusion: Mapping[tuple[str, str], int]) -> Accuracy:
     negatives = total - positives
     cleared = sum(n for (label, final), n in confusion.items() if final == NEGATIVE_LABEL and label == NEGATIVE_LABEL)
     sensitivity, specificity = safe_rate(found, positives), safe_rate(cleared, negatives)
+    matrix = dict(zip(confusion, suppress_group(list(confusion.values())), strict=True))  # they add up to reviewed
+    exact = None not in matrix.values()  # an interval gives back the count it stands on: none beside withheld cells
     return Accuracy(
         reviewed=suppress_small(total),
         agreement=safe_rate(agreed, total),
         sensitivity=sensitivity,
-        sensitivity_interval=wilson_interval(found, positives) if sensitivity is not None else None,
+        sensitivity_interval=wilson_interval(found, positives) if sensitivity is not None and exact else None,
         specificity=specificity,
-        specificity_interval=wilson_interval(cleared, negatives) if specificity is not None else None,
-        matrix=dict(zip(confusion, suppress_group(list(confusion.values())), strict=True)),  # add up to reviewed
+        specificity_interval=wilson_interval(cleared, negatives) if specificity is not None and exact else None,
+        matrix=matrix,
     )
 
 

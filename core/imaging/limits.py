@@ -49,7 +49,7 @@ class StudyLimits:
     max_gap_ratio: float = 1.6  # a step this many times the usual spacing is a gap
     # pixels of every DICOM section in one upload, summed from the headers before any is decoded: the series keep
     # a byte a pixel for display, so this bounds their memory whatever the files' compression
-    max_dicom_pixels: int = 192 * 2**20
+    max_dicom_pixels: int = 512 * 2**20  # what max_total_bytes of uncompressed 16-bit files can hold
 
 
 DEFAULT_STUDY_LIMITS = StudyLimits()

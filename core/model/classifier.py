@@ -40,7 +40,13 @@ def calibrated_probabilities(raw: np.ndarray, card: ModelCard) -> np.ndarray:
         p = np.clip(raw.reshape(len(raw), -1)[:, 0], 1e-7, 1 - 1e-7)
         positive = 1.0 / (1.0 + np.exp(-np.log(p / (1 - p)) / card.temperature))
         return np.stack([1.0 - positive, positive], axis=1)
-    scaled = logits_of(raw, card) / card.temperature + np.array(
+    return calibrated_logits(logits_of(raw, card), card)
+
+
+def calibrated_logits(logits: np.ndarray, card: ModelCard) -> np.ndarray:
+    """Logits (a softmax model's log-probabilities: :func:`logits_of`) -> probabilities with the card's temperature
+    and bias."""
+    scaled = np.asarray(logits, np.float64) / card.temperature + np.array(
         [card.logit_bias.get(label, 0.0) for label in card.labels]
     )
     scaled -= scaled.max(axis=1, keepdims=True)

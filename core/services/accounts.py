@@ -167,11 +167,13 @@ def sign_in(store: Store, name: str, password: str, now: datetime | None = None)
         audit.record(store, Actor(name, account.role), "sign_in_failed", name, failures=attempt, locked=bool(locked))
         raise SignInFailed(REFUSED) from None
     store.end_sign_in(name, True)
-    account = store.get_account(name) or account  # as it stands after the check: disabled or demoted meanwhile?
-    if account.disabled:
-        audit.record(store, Actor(name, account.role), "sign_in_refused", name, reason="disabled")
+    verified = account.password_hash
+    account = store.get_account(name) or account  # as it stands after the check: disabled or reset meanwhile?
+    if account.disabled or account.password_hash != verified:
+        reason = "disabled" if account.disabled else "password changed during sign-in"
+        audit.record(store, Actor(name, account.role), "sign_in_refused", name, reason=reason)
         raise SignInFailed(REFUSED)
-    if hasher.check_needs_rehash(account.password_hash):
+    if hasher.check_needs_rehash(verified):
         _rehash(store, account, hasher.hash(password))
     actor = Actor(name, account.role)
     audit.record(store, actor, "sign_in", name)

@@ -315,6 +315,8 @@ def _section_image(pdf, view: SeriesView, rgb: np.ndarray, x: float, y: float, s
     the patient directions at its edges as the viewer shows them."""
     rows, columns = rgb.shape[:2]
     spacing = view.geometry.get("spacing") or (1.0, 1.0)
+    if not (len(spacing) == 2 and float(spacing[0]) > 0 and float(spacing[1]) > 0):
+        spacing = (1.0, 1.0)  # a record saved before a zero spacing was refused: square pixels, not a crash
     height, width = rows * float(spacing[0]), columns * float(spacing[1])  # millimetres when the spacing is known
     scale = side / max(height, width)
     w, h = width * scale, height * scale

@@ -27,8 +27,7 @@ def purge_images(store: Store, images: ImageStore, actor: Actor, days: int | Non
     keep = retention_days() if days is None else days
     if keep < 1:
         raise ValueError(f"Images are kept at least 1 day (asked: {keep}); today's may not be reviewed yet.")
-    expired = images.expired(datetime.now(UTC) - timedelta(days=keep))
+    cutoff = datetime.now(UTC) - timedelta(days=keep)
+    expired = images.expired(cutoff)
     audit.record(store, actor, "images_purged", None, older_than_days=keep, deleted=len(expired))
-    for key in expired:
-        images.delete(key)
-    return len(expired)
+    return sum(images.delete(key, stored_before=cutoff) for key in expired)  # saved again meanwhile: kept

@@ -59,8 +59,9 @@ class StudyOutcome:
 
 
 SEVERAL_STUDIES = (
-    "The upload holds series of more than one study (different StudyInstanceUIDs: a prior exam beside today's, or "
-    "another patient's). Upload each study on its own, so that each gets its own verdict, report and patient link."
+    "The upload holds series of more than one study (files of different studies, or files with and without a "
+    "study's identity: a prior exam beside today's, or another patient's). Upload each study on its own, so that "
+    "each gets its own verdict, report and patient link."
 )
 
 

@@ -28,7 +28,7 @@ _KEY = re.compile(r"^[0-9a-f]{64}$")
 class ImageStore(Protocol):
     def put(self, pixels: np.ndarray) -> str: ...
     def get(self, key: str) -> bytes | None: ...
-    def delete(self, key: str) -> bool: ...
+    def delete(self, key: str, stored_before: datetime | None = None) -> bool: ...
     def expired(self, before: datetime) -> list[str]: ...
     def stored_keys(self) -> list[str]: ...
 
@@ -64,6 +64,8 @@ class FolderImages:
                 return key
             except FileNotFoundError:
                 pass  # purged meanwhile: written again below
+            except OSError as error:
+                raise StoreUnavailable(f"The image store cannot be written to ({error.strerror or error}).") from error
         draft = path.with_name(f".{key}.{os.getpid()}.{threading.get_ident()}.part")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,9 +86,14 @@ class FolderImages:
         except FileNotFoundError:
             return None
 
-    def delete(self, key: str) -> bool:
+    def delete(self, key: str, stored_before: datetime | None = None) -> bool:
+        """Delete an image (only if it was last stored before ``stored_before``, when given: one saved again
+        since a purge listed it stays)."""
+        path = self._path(key)
         try:
-            self._path(key).unlink()
+            if stored_before is not None and path.stat().st_mtime >= stored_before.timestamp():
+                return False
+            path.unlink()
         except FileNotFoundError:
             return False
         return True
@@ -124,9 +131,12 @@ class GridFSImages:
         except gridfs.errors.NoFile:
             return None
 
-    def delete(self, key: str) -> bool:
+    def delete(self, key: str, stored_before: datetime | None = None) -> bool:
         _check(key)
-        found = list(self._files.find({"filename": key}, {"_id": 1}))
+        query: dict[str, Any] = {"filename": key}
+        if stored_before is not None:
+            query["uploadDate"] = {"$lt": stored_before}
+        found = list(self._files.find(query, {"_id": 1}))
         for document in found:
             self._bucket.delete(document["_id"])
         return bool(found)

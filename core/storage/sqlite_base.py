@@ -1,8 +1,8 @@
 """The SQLite store's connections, on which its parts (results, people, aggregates, quality) are built.
 
-One connection per thread; before each use a connection checks that its file is still the one it opened (when the
-data directory was deleted or the file replaced while the app runs, it reconnects and creates or migrates the schema
-instead of failing with "no such table" until a restart). Errors become the store's own exceptions.
+One connection per thread; before each use a connection checks that its file is still the one it opened: a file
+replaced while the app runs (a backup restored) is reconnected to (and migrated); a file deleted is refused
+(``StoreVanished``) until it is restored, never created again empty. Errors become the store's own exceptions.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class SQLiteBase:
         if connection is not None and self._file_identity() != self._local.identity:
             logger.warning("event=store_file_replaced store=sqlite action=reconnect")
             connection.close()
-            connection = None
+            connection = self._local.connection = None  # never handed out again, whatever _open decides
         if connection is None:
             connection = self._open()
             self._local.connection = connection
