@@ -181,7 +181,7 @@ def _delta(value: float | None) -> str | None:
 def comparison(current: SeriesView, prior: SeriesView | None, classifier, explainer) -> None:
     """The current series beside a prior at the matching position (relative place along the analysed head),
     with the change in tumour probability for the series and at this section."""
-    from core.services.history import change
+    from core.services.history import change, order_caveat
 
     fragment_actor()
     count = len(current.sections)
@@ -209,6 +209,8 @@ def comparison(current: SeriesView, prior: SeriesView | None, classifier, explai
             st.info("No earlier series of this patient to compare with.")
             return
         matched, moved = change(current, index, prior)
+        if caveat := order_caveat(current, prior):
+            st.warning(caveat)
         q = prior.curve[matched]
         st.plotly_chart(
             section_figure(

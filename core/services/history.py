@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from core.domain.results import Record, WorklistQuery
 from core.services import audit
 from core.services.access import HISTORY, Actor, require
-from core.services.series_views import SeriesView
+from core.services.series_views import SECTION_ORDER, SeriesView
 from core.storage.protocol import Store
 
 LIMIT = 500
@@ -73,6 +73,17 @@ class Change:
         if self.section_before is None or self.section_now is None:
             return None
         return self.section_now - self.section_before
+
+
+def order_caveat(current: SeriesView, prior: SeriesView) -> str | None:
+    """A warning when either series was saved before sections were ordered along the displayed view's normal:
+    files encoding a mirrored orientation were stacked the other way then, so section k may be the other end."""
+    if all(view.geometry.get("section_order") == SECTION_ORDER for view in (current, prior)):
+        return None
+    return (
+        "One of these series was saved before the section order was made independent of how the files encode "
+        "their orientation: if its files mirrored it, its sections run the other way. Check the levels by eye."
+    )
 
 
 def change(current: SeriesView, index: int, prior: SeriesView) -> tuple[int, Change]:

@@ -23,6 +23,8 @@ from core.services.views import DISPLAY_SIDE, scaled_outline
 from core.storage.images import ImageStore
 from core.storage.protocol import Store
 
+SECTION_ORDER = "displayed normal"  # sections sorted along the displayed view's normal (round 3, session 12 on)
+
 
 def geometry_of(volume: Volume) -> dict[str, Any]:
     return {
@@ -32,6 +34,7 @@ def geometry_of(volume: Volume) -> dict[str, Any]:
         "plane": volume.plane,
         "source": volume.source,
         "positions_in_mm": volume.positions_in_mm,
+        "section_order": SECTION_ORDER,
     }
 
 
