@@ -606,3 +606,19 @@ def test_a_purge_keeps_an_image_saved_again_after_it_was_listed(tmp_path) -> Non
     assert images.expired(cutoff) == [key]
     images.put(synthetic_slice(128, seed=5))  # saved again while the purge was running
     assert images.delete(key, stored_before=cutoff) is False and images.stored_keys() == [key]
+
+
+def test_a_scan_uploaded_again_with_a_reference_gets_it_when_it_had_none_and_keeps_another_patients(
+    store, tiny_classifier
+) -> None:
+    """Saved without a reference, then uploaded again with one: 'already saved' used to drop the reference, so the
+    patient's History stayed empty; one saved under another patient's reference is never relinked silently."""
+    scan = png_bytes(synthetic_slice(256, tumour=True))
+    first = triage(scan, tiny_classifier, None, store, actor=RADIOLOGIST, patient_ref=None)
+    again = triage(scan, tiny_classifier, None, store, actor=RADIOLOGIST, patient_ref="a" * 64)
+    assert again.status.state == "already saved"
+    assert store.get(first.record.id).patient_ref == "a" * 64 and again.record.patient_ref == "a" * 64
+    other = triage(scan, tiny_classifier, None, store, actor=RADIOLOGIST, patient_ref="b" * 64)
+    assert store.get(first.record.id).patient_ref == "a" * 64 and other.record.patient_ref == "a" * 64
+    assert "another patient reference" in other.status.message
+    assert [e.action for e in store.audit_events()].count("patient_reference_set") == 1

@@ -86,7 +86,8 @@ def _verdict(result: Triaged) -> None:
     if status is not None and status.state in (NOT_SAVED, NOT_UPDATED):
         st.warning(f"{status.state.capitalize()}: {status.message}", icon=":material/warning:")
     elif status is not None:
-        st.caption(f"Result {status.state}. Analysed in {prediction.timings_ms['total']:.0f} ms.")
+        note = f": {status.message}" if status.message else ""
+        st.caption(f"Result {status.state}{note}. Analysed in {prediction.timings_ms['total']:.0f} ms.")
 
 
 @st.fragment

@@ -238,11 +238,38 @@ def triage(
     else:
         status = save_record(record, store, actor, analysis.prediction.gate.decision)
     view = scan_view(analysis, explainer)
+    if status.state == ALREADY_SAVED and store is not None:  # uploaded before: link the reference typed now
+        linked = linked_to_saved(
+            Triaged(outcome.sha256, outcome.frames, analysis.scan.frame, view, record=record, status=status),
+            store,
+            patient_ref,
+            actor,
+        )
+        record, status = linked.record, linked.status
     pixels = analysis.scan.pixels if status.state == NOT_SAVED else None
     frame_read = analysis.scan.frame
     return Triaged(
         outcome.sha256, outcome.frames, frame_read, view, record=record, status=status, unsaved_pixels=pixels
     )
+
+
+def linked_to_saved(triaged: Triaged, store: Store, patient_ref: str | None, actor: Actor) -> Triaged:
+    """A result uploaded again (``already saved``) as it stands in the store, with the reference typed now applied
+    when it had none (it used to be dropped: History stayed empty under it); one saved under another patient's
+    reference keeps that one and says so, never relinked silently."""
+    try:
+        saved = store.get(triaged.record.id)  # type: ignore[union-attr]
+    except StoreError:
+        return triaged
+    if saved is None:
+        return triaged
+    as_saved = replace(triaged, record=replace(triaged.record, patient_ref=saved.patient_ref))  # type: ignore[type-var]
+    if patient_ref is None or saved.patient_ref == patient_ref:
+        return as_saved
+    if saved.patient_ref is None:
+        return apply_patient_reference(as_saved, store, patient_ref, actor)
+    note = "it is saved under another patient reference, which was kept (correct it there if it is wrong)"
+    return replace(as_saved, status=SaveStatus(ALREADY_SAVED, note, saved.id))
 
 
 def retry_save(
