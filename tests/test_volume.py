@@ -345,3 +345,19 @@ def test_a_saved_series_reopens_with_the_rule_that_made_its_verdict_and_no_heat_
     assert "not recorded" in "\n".join(series_lines(legacy, unknown, []))
     same = stored_series_view(legacy, store, images, served)
     assert (same.threshold, same.neighbours) == (served.series.threshold, served.series.neighbours)
+
+
+def test_a_series_uploaded_again_with_a_reference_gets_it_when_it_was_saved_without_one(
+    tmp_path, tiny_classifier
+) -> None:
+    from core.services.access import Actor
+    from core.services.studies import save_series
+    from core.storage.sqlite import SQLiteStore
+
+    store, doctor = SQLiteStore(tmp_path / "results.sqlite3"), Actor("dr", "radiologist")
+    analysis = analyse_volume(read_study(dicom_series(head_volume(4, 64)))[0], tiny_classifier)
+    first = save_series(analysis, store, actor=doctor, patient_ref=None, key=b"k" * 32)
+    again = save_series(analysis, store, actor=doctor, patient_ref="c" * 64, key=b"k" * 32)
+    assert again.state == "already saved" and store.get(first.record_id).patient_ref == "c" * 64
+    other = save_series(analysis, store, actor=doctor, patient_ref="d" * 64, key=b"k" * 32)
+    assert "another patient reference" in other.message and store.get(first.record_id).patient_ref == "c" * 64

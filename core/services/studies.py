@@ -29,7 +29,15 @@ from core.model.gate import ACCEPTED, NEEDS_REVIEW
 from core.model.volume import SeriesAnalysis, analyse_volume
 from core.services.access import ANALYSE, Actor, require
 from core.services.series_views import SeriesView, geometry_of, series_view
-from core.services.triage import NOT_SAVED, SaveStatus, image_not_kept, keep_image, save_record
+from core.services.triage import (
+    ALREADY_SAVED,
+    NOT_SAVED,
+    SaveStatus,
+    image_not_kept,
+    keep_image,
+    reference_for_saved,
+    save_record,
+)
 from core.storage.images import ImageStore
 from core.storage.protocol import Store
 
@@ -243,7 +251,10 @@ def save_series(
         return image_not_kept(error)
     record = series_record(analysis, patient_ref=patient_ref, uploader=actor.name, key=key, image_key=image_key)
     sections = section_rows(analysis)
-    return save_record(record, store, actor, record.gate, write=lambda r: store.add_series(r, sections))
+    status = save_record(record, store, actor, record.gate, write=lambda r: store.add_series(r, sections))
+    if status.state == ALREADY_SAVED and store is not None:  # uploaded before: link the reference typed now
+        status = reference_for_saved(store, actor, record.id, patient_ref, status)[0]
+    return status
 
 
 @dataclass(frozen=True, eq=False)

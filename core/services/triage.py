@@ -255,21 +255,31 @@ def triage(
 
 def linked_to_saved(triaged: Triaged, store: Store, patient_ref: str | None, actor: Actor) -> Triaged:
     """A result uploaded again (``already saved``) as it stands in the store, with the reference typed now applied
-    when it had none (it used to be dropped: History stayed empty under it); one saved under another patient's
-    reference keeps that one and says so, never relinked silently."""
+    when it had none (:func:`reference_for_saved`)."""
+    status, kept = reference_for_saved(store, actor, triaged.record.id, patient_ref, triaged.status)  # type: ignore
+    return replace(triaged, record=replace(triaged.record, patient_ref=kept), status=status)  # type: ignore[type-var]
+
+
+def reference_for_saved(
+    store: Store, actor: Actor, record_id: str, patient_ref: str | None, status: SaveStatus
+) -> tuple[SaveStatus, str | None]:
+    """(the status, the reference the stored result keeps) for a result uploaded again: the reference typed now is
+    applied when it had none (an audit event; it used to be dropped, so the patient's History stayed empty); one
+    saved under another patient's reference keeps it and the status says so, never relinked silently."""
     try:
-        saved = store.get(triaged.record.id)  # type: ignore[union-attr]
-    except StoreError:
-        return triaged
-    if saved is None:
-        return triaged
-    as_saved = replace(triaged, record=replace(triaged.record, patient_ref=saved.patient_ref))  # type: ignore[type-var]
-    if patient_ref is None or saved.patient_ref == patient_ref:
-        return as_saved
-    if saved.patient_ref is None:
-        return apply_patient_reference(as_saved, store, patient_ref, actor)
+        saved = store.get(record_id)
+        if saved is None or patient_ref is None or saved.patient_ref == patient_ref:
+            return status, saved.patient_ref if saved is not None else patient_ref
+        if saved.patient_ref is None:
+            with store.atomic():  # the change and its audit event: both or neither
+                if store.set_patient_ref(record_id, patient_ref):
+                    audit.record(store, actor, "patient_reference_set", record_id, cleared=False)
+            return status, patient_ref
+    except StoreError as error:
+        logger.warning("event=reference_update_failed code=%s", error.code)
+        return SaveStatus(NOT_UPDATED, f"the patient reference was not updated: {error}", record_id), patient_ref
     note = "it is saved under another patient reference, which was kept (correct it there if it is wrong)"
-    return replace(as_saved, status=SaveStatus(ALREADY_SAVED, note, saved.id))
+    return SaveStatus(ALREADY_SAVED, note, record_id), saved.patient_ref
 
 
 def retry_save(
