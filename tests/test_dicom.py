@@ -132,6 +132,16 @@ def test_rejects_other_modalities_and_warns_for_secondary_capture() -> None:
     assert scan.warnings and "not MR" in scan.warnings[0]
 
 
+def test_header_text_quoted_in_a_message_carries_no_markup() -> None:
+    """Messages reach the page, which renders markdown: a crafted BodyPartExamined must not become a link."""
+    from core.errors import WrongBodyPart
+
+    with pytest.raises(WrongBodyPart) as refused:
+        read_scan(dicom_bytes(stored_slice(), extra={"BodyPartExamined": "[KNEE](http://x.example/a)"}))
+    message = str(refused.value)
+    assert "[" not in message and "](" not in message and "://" not in message and "knee" in message
+
+
 def test_corrupt_dicom_header_is_rejected_cleanly() -> None:
     data = bytearray(dicom_bytes(stored_slice()))
     data[140:400] = b"\xff" * 260

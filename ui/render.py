@@ -151,7 +151,10 @@ def scan_panel(
         st.warning(warning)
     if view.acquisition:
         with st.expander("Acquisition (DICOM, non-identifying)"):
-            st.table(pd.DataFrame({"field": list(view.acquisition), "value": list(view.acquisition.values())}))
+            st.dataframe(  # plain cells: a table would render markup from the file's header
+                pd.DataFrame({"field": list(view.acquisition), "value": list(view.acquisition.values())}),
+                hide_index=True,
+            )
 
 
 def result_panel(opened, labels: tuple[str, ...], classifier=None, explainer=None) -> None:

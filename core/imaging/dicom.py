@@ -179,13 +179,21 @@ def _read_checked(data: bytes, limits: Limits, frame: int | None) -> tuple[np.nd
     return display(pixels, dataset), acquisition_facts(dataset), notes
 
 
+def _named(text: str) -> str:
+    """A file's own words as a message quotes them: letters, digits, spaces and ``_.-`` only, at most 32 characters
+    (messages reach the page, where markup in a crafted header would render)."""
+    return re.sub(r"[^A-Za-z0-9 _.-]", "", text)[:32]
+
+
 def check_modality(modality: str) -> tuple[str, ...]:
     """Warnings for a tolerated modality; refuses one the model was not trained on."""
     if modality in _MR_MODALITIES:
         return ()
     if modality in _TOLERATED_MODALITIES:
-        return (f"The DICOM modality is '{modality or 'missing'}', not MR: check that this is an MRI slice.",)
-    raise WrongModality(f"This DICOM file is modality {modality}; the model was trained on brain MRI (MR) only.")
+        return (f"The DICOM modality is '{_named(modality) or 'missing'}', not MR: check that this is an MRI slice.",)
+    raise WrongModality(
+        f"This DICOM file is modality {_named(modality)}; the model was trained on brain MRI (MR) only."
+    )
 
 
 def check_body_part(header: Any) -> None:
@@ -193,7 +201,9 @@ def check_body_part(header: Any) -> None:
     description naming one (and no head). The descriptions are only searched for those words, never kept."""
     part = str(header.get("BodyPartExamined", "") or "").strip().upper()
     if part and part not in _HEAD_PARTS:
-        raise WrongBodyPart(f"This DICOM file is of the {part.lower()} (BodyPartExamined); the model reads brain MRI.")
+        raise WrongBodyPart(
+            f"This DICOM file is of the {_named(part).lower()} (BodyPartExamined); the model reads brain MRI."
+        )
     for name in ("StudyDescription", "SeriesDescription", "ProtocolName"):
         words = set(re.findall(r"[A-Z]+", str(header.get(name, "") or "").upper()))
         named = sorted(words & set(_OTHER_PARTS))
