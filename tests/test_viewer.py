@@ -54,11 +54,11 @@ def test_the_section_figure_carries_the_section_as_a_png_with_its_letters_and_li
 def test_the_curve_marks_the_threshold_the_current_section_and_the_sections_above_and_skipped() -> None:
     figure = curve_figure([0.1, None, 0.91234, 0.95, 0.2], threshold=0.5, current=2, marked=[2, 3])
     line, above, skipped = figure["data"]
-    assert line["x"] == [0, 1, 2, 3, 4] and line["y"] == [0.1, None, 0.9123, 0.95, 0.2] and not line["connectgaps"]
-    assert (above["x"], above["y"], above["name"]) == ([2, 3], [0.9123, 0.95], "at or above threshold")
-    assert (skipped["x"], skipped["y"], skipped["name"]) == ([1], [0.0], "skipped")
+    assert line["x"] == [1, 2, 3, 4, 5] and line["y"] == [0.1, None, 0.9123, 0.95, 0.2] and not line["connectgaps"]
+    assert (above["x"], above["y"], above["name"]) == ([3, 4], [0.9123, 0.95], "at or above threshold")
+    assert (skipped["x"], skipped["y"], skipped["name"]) == ([2], [0.0], "skipped")  # counted from 1, as titles
     threshold, current = figure["layout"]["shapes"]
-    assert threshold["y0"] == threshold["y1"] == 0.5 and current["x0"] == current["x1"] == 2
+    assert threshold["y0"] == threshold["y1"] == 0.5 and current["x0"] == current["x1"] == 3
     assert figure["layout"]["annotations"][0]["text"] == "rule 0.50" and figure["layout"]["height"] == 220
     plain = curve_figure([0.1, 0.2], threshold=0.7, current=0)  # nothing above, nothing skipped: the line alone
     assert [trace["name"] for trace in plain["data"]] == ["tumour probability"]

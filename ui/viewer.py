@@ -89,7 +89,7 @@ def series_viewer(view: SeriesView, classifier, explainer, prefix: str, outlined
     points = picked.selection.points if picked and picked.selection else []
     if points and st.session_state.get(f"{curve_key}-last") != points[0]["x"]:  # a click on the curve
         st.session_state[f"{curve_key}-last"] = points[0]["x"]
-        st.session_state[slider_key] = int(points[0]["x"]) + 1  # the slider counts sections from 1, as titles do
+        st.session_state[slider_key] = int(points[0]["x"])  # the curve and the slider count sections from 1
     if slider_key not in st.session_state:  # start on the section that decided the verdict
         st.session_state[slider_key] = start_section(view) + 1
 

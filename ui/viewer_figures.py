@@ -185,7 +185,7 @@ def _curve_traces(y: list[float | None], marked: Sequence[int]) -> list[dict[str
     data = [
         {
             "type": "scatter",
-            "x": list(range(len(y))),
+            "x": list(range(1, len(y) + 1)),  # sections counted from 1, as every title and the slider do
             "y": y,
             "mode": "lines+markers",
             "connectgaps": False,
@@ -197,11 +197,12 @@ def _curve_traces(y: list[float | None], marked: Sequence[int]) -> list[dict[str
     above = [i for i in marked if y[i] is not None]
     if above:
         marker = {"size": 9, "color": "#d32f2f"}
-        data.append(_markers(above, [y[i] for i in above], "at or above threshold", marker, hover))
+        data.append(_markers([i + 1 for i in above], [y[i] for i in above], "at or above threshold", marker, hover))
     skipped = [i for i, p in enumerate(y) if p is None]
     if skipped:
         marker = {"symbol": "x", "size": 6, "color": "#9e9e9e"}
-        data.append(_markers(skipped, [0.0] * len(skipped), "skipped", marker, "section %{x}: skipped<extra></extra>"))
+        hover_skipped = "section %{x}: skipped<extra></extra>"
+        data.append(_markers([i + 1 for i in skipped], [0.0] * len(skipped), "skipped", marker, hover_skipped))
     return data
 
 
@@ -227,8 +228,8 @@ def _curve_axes(threshold: float, current: int, height: int) -> dict[str, Any]:
         {
             "type": "line",
             "yref": "paper",
-            "x0": current,
-            "x1": current,
+            "x0": current + 1,
+            "x1": current + 1,
             "y0": 0,
             "y1": 1,
             "line": {"color": "#1565c0", "width": 2},
