@@ -141,3 +141,23 @@ def test_admins_and_supervisors_may_not_watch_the_pacs(tiny_classifier, tmp_path
     for role in ("admin", "supervisor"):
         with pytest.raises(AccessDenied):
             pacs_service.watch_once(watcher, pacs_service.WatchState.load(tmp_path / "w.json"), Actor("x", role))
+
+
+def test_sending_a_review_again_records_no_second_review_and_sends_the_same_report(tiny_classifier, tmp_path) -> None:
+    """A retry after the PACS failed (the review was already saved) or a second press: each added a review and a
+    new FINAL version naming one the PACS never received."""
+    from core.services.studies import save_series
+
+    files = tumour_study(STUDY)
+    outcome = analyse_study(files, tiny_classifier)
+    pulled = pacs_service.Pulled(STUDY, outcome, tuple(objects.headers(files)))
+    store = SQLiteStore(tmp_path / "r.db")
+    ids = [save_series(s, store, actor=RADIOLOGIST, patient_ref=None).record_id for s in outcome.series]
+    card = tiny_classifier.card
+    model = objects.ModelFacts(card.name, card.version, card.weights_sha256)
+    pacs = StandIn({STUDY: files})
+    first = pacs_service.review_and_send(pacs, RADIOLOGIST, pulled, model, store, None, "glioma", ids)[0]
+    again = pacs_service.review_and_send(pacs, RADIOLOGIST, pulled, model, store, None, "glioma", ids)[0]
+    assert again == first and [len(store.reviews_of(i)) for i in ids] == [1] * len(ids)
+    changed = pacs_service.review_and_send(pacs, RADIOLOGIST, pulled, model, store, None, "meningioma", ids)[0]
+    assert changed != first and [len(store.reviews_of(i)) for i in ids] == [2] * len(ids)

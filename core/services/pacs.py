@@ -148,9 +148,15 @@ def review_and_send(
     require(actor, PACS)
     if not result_ids:
         raise PacsError("The study's series were not saved, so there is no result to review.")
-    earlier = [r.final_label for r in store.reviews_of(result_ids[0])]
+    history = store.reviews_of(result_ids[0])
+    # pressed again (a retry after the PACS failed, or a second press): the same review is not recorded twice and
+    # the same report version goes again (the same instance: the PACS stores nothing new)
+    again = bool(history) and (history[-1].final_label, history[-1].reviewer) == (final_label, actor.name)
+    earlier = [r.final_label for r in (history[:-1] if again else history)]
     for result_id in result_ids:
-        reviews.review_result(store, actor, result_id, final_label)
+        latest = store.reviews_of(result_id)
+        if not (latest and (latest[-1].final_label, latest[-1].reviewer) == (final_label, actor.name)):
+            reviews.review_result(store, actor, result_id, final_label)
     return send_results(pacs, actor, pulled, model, store, key, final_label=final_label, earlier_finals=earlier)
 
 
