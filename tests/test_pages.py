@@ -199,6 +199,23 @@ def test_the_worklist_never_lists_every_patient_under_a_reference_it_cannot_comp
     assert not app.exception and "disabled" in app.error[0].value and not app.dataframe
 
 
+@pytest.mark.parametrize("variable", ["BTD_AUDIT_KEY", "BTD_HMAC_KEY"])
+def test_a_key_too_short_to_use_is_a_message_on_every_page_never_a_crash(
+    app_environment: Path, monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    monkeypatch.setenv(variable, "short")
+    for name in ("scan.py", "worklist.py", "history.py"):
+        app = page(name)
+        if name == "history.py":
+            app.session_state["history_patient"] = "ZZCANARY Patient"
+        app.run()
+        if name == "scan.py":
+            app.file_uploader[0].set_value([("a.png", png_bytes(synthetic_slice(256)), "image/png")]).run()
+        assert not app.exception, (name, variable)
+        if name == "history.py" or variable == "BTD_AUDIT_KEY":
+            assert app.error and ("disabled" in app.error[0].value or "audit key" in app.error[0].value), name
+
+
 def test_a_two_frame_dicom_gives_two_results_with_a_frame_picker(app_environment: Path) -> None:
     frames = np.stack([synthetic_slice(128, seed=1), synthetic_slice(128, tumour=True, seed=2)]).astype("uint16") * 16
     app = page("scan.py").run()

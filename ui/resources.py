@@ -14,6 +14,7 @@ from typing import Any
 import streamlit as st
 
 from core.config import audit_key, data_dir, model_card_path, mongodb_uri, patient_key
+from core.errors import StoreError
 from core.model.card import ModelCard
 from core.model.classifier import Classifier
 from core.model.explain import Explainer
@@ -107,7 +108,11 @@ def current_explainer() -> Explainer:
 @st.cache_resource(show_spinner=False)
 def _store(uri: str | None, directory: str) -> Store:
     """The results database client (MongoDB when a URI is configured, else the embedded SQLite file)."""
-    return open_store(uri, Path(directory), audit_key(secrets(), shared_database=bool(uri)))
+    try:
+        key = audit_key(secrets(), shared_database=bool(uri))
+    except ValueError as error:  # a configured key too short or malformed: every page says so, none crashes
+        raise StoreError(f"The audit key is not usable ({error}); fix the configuration.") from error
+    return open_store(uri, Path(directory), key)
 
 
 def current_store() -> Store:
@@ -147,7 +152,10 @@ def patient_reference(text: str) -> str | None:
     """The keyed hash of what the user typed (None when nothing was typed or references are disabled)."""
     from core.identity import pseudonymise
 
-    key = current_patient_key()
+    try:
+        key = current_patient_key()
+    except ValueError:  # a configured key that cannot be used: references are disabled (the Scan page says why)
+        return None
     return pseudonymise(text, key) if key else None
 
 
