@@ -44,6 +44,7 @@ def attempt(change, *args) -> None:
         st.error(str(error))
     else:
         st.session_state["accounts_saved"] = "Saved."
+        st.session_state["account_changes"] = st.session_state.get("account_changes", 0) + 1  # confirmation cleared
         st.rerun()  # the table above shows the change at once
 
 
@@ -59,7 +60,7 @@ with left.form("new-account", clear_on_submit=True):
     password = st.text_input("Password (at least 12 characters; empty: single sign-on only)", type="password")
     if st.form_submit_button("Create"):
         attempt(accounts.add_account, name.strip(), role, password or None)
-with right.form("change-account"):
+with right.form(f"change-account-{st.session_state.get('account_changes', 0)}"):  # a new, empty form after a change
     st.markdown("**Change an account**")
     target = st.selectbox("Account", [a.name for a in people], index=None, placeholder="Choose an account")
     change = st.radio("Change", ["role", "password", "disable", "enable"], index=None, horizontal=True)
@@ -84,7 +85,12 @@ st.caption(
     "(BTD_IMAGE_RETENTION_DAYS); older ones can be deleted now. Results stay; deleting is an audit event."
 )
 days = st.number_input("Delete images older than (days)", 1, 3650, retention.retention_days(), key="purge_days")
-if st.button("Delete older images", type="secondary"):
+purges = st.session_state.get("purges", 0)
+purge_confirmed = st.checkbox(
+    f"I confirm deleting every stored image older than {int(days)} days", key=f"purge_ok_{purges}"
+)
+if st.button("Delete older images", type="secondary", disabled=not purge_confirmed):
+    st.session_state["purges"] = purges + 1  # one confirmation, one deletion: the next run's box is unticked
     try:
         deleted = retention.purge_images(store, resources.image_store(store), actor, int(days))
     except StoreError as error:

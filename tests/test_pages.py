@@ -542,6 +542,7 @@ def test_the_accounts_form_changes_nothing_until_an_account_a_change_and_a_confi
     next(b for b in app.button if b.label == "Apply").click().run()
     assert not app.exception and store.get_account("dr-a").role == "supervisor"
     assert app.success[0].value == "Saved." and "supervisor" in app.dataframe[0].value["role"].tolist()
+    assert not app.checkbox[0].value  # a new, empty form: the next change needs its own confirmation
 
 
 def test_the_first_admin_command_shown_creates_an_admin_this_server_then_signs_in(app_environment: Path) -> None:
@@ -830,3 +831,18 @@ def test_a_saved_series_reopened_on_the_worklist_shows_its_stored_volume_and_no_
     assert not [t for t in app.toggle if t.label == "Outline"]
     spec = json.loads(app.get("plotly_chart")[0].proto.spec)
     assert not [s for s in spec["layout"].get("shapes", []) if s["type"] == "path"]
+
+
+def test_deleting_stored_images_needs_a_confirmation_each_time(app_environment: Path) -> None:
+    from core.storage.images import FolderImages
+
+    images = FolderImages(app_environment / "images")
+    app = page("accounts.py").run()
+    button = next(b for b in app.button if b.label == "Delete older images")
+    assert button.disabled and not app.exception
+    app.checkbox(key="purge_ok_0").check().run()
+    next(b for b in app.button if b.label == "Delete older images").click().run()
+    assert not app.exception and "Deleted 0 image(s)." in app.success[0].value
+    app.run()
+    assert not app.checkbox(key="purge_ok_1").value and images.stored_keys() == []
+    assert next(b for b in app.button if b.label == "Delete older images").disabled  # confirm again for another
