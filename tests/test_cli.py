@@ -288,3 +288,21 @@ def test_predict_save_exits_3_when_a_result_could_not_be_saved(
     code, lines = run_main(["predict", "--save", "--model", str(tiny_card), str(scan)], capsys)
     assert code == 3 and lines[0]["saved"].startswith("not saved")
     assert core.services.triage.NOT_SAVED == "not saved"
+
+
+def test_a_file_name_that_is_not_valid_text_is_one_json_line_not_the_end_of_the_batch() -> None:
+    import io
+    import os
+
+    from core.cli.common import emit
+
+    class Strict(io.StringIO):
+        def write(self, text: str) -> int:
+            text.encode("utf-8")  # what a strict UTF-8 stdout does
+            return super().write(text)
+
+    stream = Strict()
+    emit({"file": os.fsdecode(b"/tmp/M\xfcller.png"), "label": "glioma"}, stream)
+    emit({"file": "ok.png"}, stream)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert len(lines) == 2 and lines[0]["label"] == "glioma" and lines[0]["file"].startswith("/tmp/M")

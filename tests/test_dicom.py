@@ -265,3 +265,32 @@ def test_head_descriptions_are_accepted_even_when_they_mention_another_part() ->
         {"SeriesDescription": "AX T2 FLAIR"},
     ):
         assert read_scan(dicom_bytes(stored_slice(), extra=fields)).pixels.shape == (128, 128)
+
+
+def test_a_deflated_dicom_is_refused_by_name_before_it_is_inflated() -> None:
+    """pydicom inflates a deflated dataset whole before any element is read: a few KB could ask for gigabytes."""
+    import tracemalloc
+
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    data = dicom_bytes(stored_slice(), transfer_syntax=DeflatedExplicitVRLittleEndian)
+    tracemalloc.start()
+    with pytest.raises(UnsupportedDicom, match="Deflated"):
+        read_scan(data)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 8 * 2**20
+
+
+def test_a_voi_table_of_zero_bits_and_a_nan_window_are_no_crash() -> None:
+    from pydicom.dataset import Dataset
+
+    from core.imaging.dicom import apply_window
+
+    item = Dataset()
+    item.LUTDescriptor = [256, 0, 0]  # entries of 0 bits: 255 / (2**0 - 1) divided by zero
+    item.add_new(0x00283006, "OW", np.arange(256, dtype="<u2").tobytes())
+    scan = read_scan(dicom_bytes(stored_slice(), extra={"VOILUTSequence": [item]}))
+    assert scan.pixels.dtype == np.uint8 and scan.pixels.max() == 255
+    shown = apply_window(np.arange(100.0).reshape(10, 10), float("nan"), 40.0)
+    assert shown.min() == 0 and shown.max() == 255  # a NaN window is no window: the percentile stretch

@@ -240,3 +240,54 @@ def test_an_image_over_the_working_side_is_reduced_once_decoded_and_says_so() ->
     sixteen.save(buffer, "PNG")
     scan = read_scan(buffer.getvalue(), Limits(working_side=1024))
     assert scan.pixels.dtype == np.uint8 and max(scan.pixels.shape) <= 1024 and scan.pixels.max() == 255
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_a_16_bit_colour_or_transparent_png_is_refused_not_read_at_its_high_byte(channels: int) -> None:
+    """Pillow opens these at 8 bits: a 12-bit slice stored in them came out almost black, 16 grey levels."""
+    from core.errors import UnsupportedFormat
+
+    gray = synthetic_slice(128).astype(np.uint16) * 16
+    pixels = np.dstack([gray] * channels)
+    if channels == 4:
+        pixels[..., 3] = 65535
+    ok, data = cv2.imencode(".png", pixels)
+    assert ok
+    with pytest.raises(UnsupportedFormat, match="16-bit"):
+        read_scan(data.tobytes())
+
+
+def test_exif_orientation_is_applied_to_a_16_bit_png_whatever_its_size() -> None:
+    """Above the working side the 16-bit reduction dropped the EXIF: the same slice came out unrotated."""
+    shapes = []
+    for width in (2000, 2100):
+        image = Image.fromarray((np.arange(1000 * width) % 4096).reshape(1000, width).astype(np.uint16))
+        exif = Image.Exif()
+        exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG", exif=exif.tobytes())
+        shapes.append(read_scan(buffer.getvalue()).pixels.shape)
+    assert all(height > width for height, width in shapes), shapes
+
+
+def test_a_file_that_gives_no_size_is_read_no_further_than_the_limit(tmp_path) -> None:
+    """A pipe (or a file growing after its size was read) reports no size: it was read whole."""
+    import contextlib
+    import os
+    import threading
+
+    from core.imaging.scan import read_file_bytes
+
+    fifo = tmp_path / "scan.png"
+    os.mkfifo(fifo)
+    limits = Limits(max_bytes=1024 * 1024)
+
+    def feed() -> None:
+        with open(fifo, "wb") as handle, contextlib.suppress(BrokenPipeError):
+            handle.write(b"\x00" * (8 * 1024 * 1024))
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    with pytest.raises(FileTooLarge):
+        read_file_bytes(fifo, limits)
+    writer.join(timeout=10)

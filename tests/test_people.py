@@ -544,6 +544,24 @@ def test_an_account_change_that_cannot_be_audited_is_not_made(tmp_path: Path, mo
     assert store.get_account("dr-a") == before and store.get_account("dr-b") is None
 
 
+class Racing:
+    """The password hasher, with ``meanwhile`` run while a password is checked (another session's change) and a
+    stored hash that always asks to be made stronger."""
+
+    def __init__(self, real, meanwhile) -> None:
+        self.real, self.meanwhile = real, meanwhile
+
+    def verify(self, stored, password):
+        self.meanwhile()
+        return self.real.verify(stored, password)
+
+    def check_needs_rehash(self, stored):
+        return True
+
+    def hash(self, password):
+        return self.real.hash(password)
+
+
 def test_a_disable_during_a_sign_in_is_neither_reverted_nor_let_through(store, monkeypatch) -> None:
     """An admin disables an account while its sign-in checks the password (and the stored hash needs a stronger
     one): the sign-in used to write back the row it read first, re-enabling the account."""
@@ -551,20 +569,8 @@ def test_a_disable_during_a_sign_in_is_neither_reverted_nor_let_through(store, m
 
     accounts.add_account(store, COMMAND_LINE, "root", "admin", PASSWORD)
     accounts.add_account(store, ADMIN, "dr-x", "radiologist", PASSWORD)
-    real = accounts._hasher()
-
-    class Racing:
-        def verify(self, stored, password):
-            accounts.set_disabled(store, Actor("root", "admin"), "dr-x")  # meanwhile, in another session
-            return real.verify(stored, password)
-
-        def check_needs_rehash(self, stored):
-            return True
-
-        def hash(self, password):
-            return real.hash(password)
-
-    monkeypatch.setattr(accounts, "_hasher", lambda: Racing())
+    racing = Racing(accounts._hasher(), lambda: accounts.set_disabled(store, Actor("root", "admin"), "dr-x"))
+    monkeypatch.setattr(accounts, "_hasher", lambda: racing)
     with pytest.raises(SignInFailed):
         accounts.sign_in(store, "dr-x", PASSWORD)
     assert store.get_account("dr-x").disabled
@@ -576,23 +582,12 @@ def test_a_password_reset_during_a_sign_in_with_the_old_password_refuses_it(stor
     accounts.add_account(store, COMMAND_LINE, "root", "admin", PASSWORD)
     accounts.add_account(store, ADMIN, "dr-y", "radiologist", PASSWORD)
     real = accounts._hasher()
-
-    class Racing:
-        def verify(self, stored, password):
-            accounts.set_password(store, Actor("root", "admin"), "dr-y", "a brand new long password")
-            return real.verify(stored, password)
-
-        def check_needs_rehash(self, stored):
-            return True
-
-        def hash(self, password):
-            return real.hash(password)
-
-    monkeypatch.setattr(accounts, "_hasher", lambda: Racing())
+    racing = Racing(real, lambda: accounts.set_password(store, Actor("root", "admin"), "dr-y", "a brand new password"))
+    monkeypatch.setattr(accounts, "_hasher", lambda: racing)
     with pytest.raises(SignInFailed):
         accounts.sign_in(store, "dr-y", PASSWORD)
     monkeypatch.setattr(accounts, "_hasher", lambda: real)
-    assert accounts.sign_in(store, "dr-y", "a brand new long password").name == "dr-y"  # the reset stands
+    assert accounts.sign_in(store, "dr-y", "a brand new password").name == "dr-y"  # the reset stands
 
 
 def test_a_purge_keeps_an_image_saved_again_after_it_was_listed(tmp_path) -> None:

@@ -20,7 +20,13 @@ class Parser(argparse.ArgumentParser):
 
 
 def emit(obj: dict[str, Any], stream: TextIO) -> None:
-    stream.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    """One JSON line. A file name that is not valid text (bytes the file system allowed) is escaped, never a
+    stop of the batch: a strict stream refuses the lone surrogates Python decodes such names to."""
+    line = json.dumps(obj, ensure_ascii=False)
+    try:
+        stream.write(line + "\n")
+    except UnicodeEncodeError:
+        stream.write(json.dumps(obj, ensure_ascii=True) + "\n")  # \udcxx escapes: valid JSON, every byte named
     stream.flush()
 
 

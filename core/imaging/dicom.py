@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import re
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -91,8 +92,9 @@ _OTHER_PARTS = (
     "BOWEL",
 )
 
-_HEADER_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError)
-_VALUE_ERRORS = (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError)
+_HEADER_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError, zlib.error)
+_VALUE_ERRORS = (ValueError, TypeError, KeyError, AttributeError, IndexError, ArithmeticError, zlib.error)
+DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian: pydicom inflates it whole, unbounded
 
 
 def read_dicom(data: bytes, limits: Limits, frame: int | None) -> tuple[np.ndarray, dict[str, str], tuple[str, ...]]:
@@ -124,10 +126,24 @@ def header_of(data: bytes) -> Any:
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
+    _refuse_deflated(data)
     try:
         return dcmread(io.BytesIO(data), stop_before_pixels=True)
     except (InvalidDicomError, *_HEADER_ERRORS) as error:
         raise CorruptImage("The DICOM file is damaged: its header cannot be read.") from error
+
+
+def _refuse_deflated(data: bytes) -> None:
+    """Refuse the deflated transfer syntax from the file meta alone: pydicom inflates the whole dataset before
+    reading any element, so a few KB could ask for gigabytes before the header's sizes are checked."""
+    length = 1024  # the file meta (group 2) follows "DICM"; its group length, when given, says where it ends
+    if data[132:136] == b"\x02\x00\x00\x00" and data[136:138] == b"UL":
+        length = 12 + int.from_bytes(data[140:144], "little")
+    if DEFLATED.encode() in data[132 : 132 + min(length, 4096)]:
+        raise UnsupportedDicom(
+            "This DICOM file uses the Deflated transfer syntax, which is not accepted; export it uncompressed or "
+            "with a JPEG / JPEG 2000 / RLE transfer syntax."
+        )
 
 
 def checked_dataset(data: bytes, limits: Limits, header: Any = None) -> tuple[Any, tuple[str, ...]]:
@@ -279,6 +295,8 @@ def apply_voi_table(values: np.ndarray, dataset: Any) -> np.ndarray:
     """
     item = dataset.VOILUTSequence[0]
     entries, first, bits = (int(v) for v in item.LUTDescriptor)
+    if not 1 <= bits <= 16:  # a table whose entries have no range is no table: the percentile stretch
+        return stretch_to_uint8(np.asarray(values, dtype=np.float64))
     entries = entries or 65536
     data = item.LUTData
     if isinstance(data, bytes):  # OW: 16-bit words, little endian
@@ -309,6 +327,8 @@ def apply_window(values: np.ndarray, center: float, width: float, function: str 
     a LINEAR width of exactly 1 is the standard's step at ``center - 0.5``.
     """
     values = np.asarray(values, dtype=np.float64)
+    if not (np.isfinite(center) and np.isfinite(width)):  # a NaN or infinite window is no window
+        return stretch_to_uint8(values)
     if function == "SIGMOID":
         if width <= 0:
             return stretch_to_uint8(values)

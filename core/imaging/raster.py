@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from core.errors import CorruptImage, ImageTooLarge, MultiFrameImage, ScanError
+from core.errors import CorruptImage, ImageTooLarge, MultiFrameImage, ScanError, UnsupportedFormat
 from core.imaging.limits import Limits, check_decoded_size, check_dimensions, stretch_to_uint8
 
 # Bytes per pixel of the largest working copy a mode needs (Pillow keeps multi-band images at 4 bytes a pixel;
@@ -45,6 +45,7 @@ def read_raster(data: bytes, fmt: str, limits: Limits) -> tuple[np.ndarray, floa
                         f"This {what} holds {frames} frames (an animation); upload a single still slice."
                     )
                 if fmt == "png":
+                    _check_png_depth(data, what)
                     header.verify()  # chunk CRCs and the IEND marker
             with Image.open(io.BytesIO(data), formats=[pillow_format]) as image:
                 image = _decode_within_budget(image, limits)
@@ -65,6 +66,17 @@ def read_raster(data: bytes, fmt: str, limits: Limits) -> tuple[np.ndarray, floa
         raise CorruptImage(f"The {what} file is damaged or incomplete ({_describe(error)}).") from error
 
 
+def _check_png_depth(data: bytes, what: str) -> None:
+    """Refuse a 16-bit PNG with colour or transparency: Pillow would read it at 8 bits, keeping the high byte only
+    (a 16-bit gray PNG, the usual MRI export, is read whole and stretched)."""
+    depth, colour = (data[24], data[25]) if len(data) > 25 else (8, 0)
+    if depth == 16 and colour in (2, 4, 6):
+        kind = {2: "colour", 4: "grayscale with transparency", 6: "colour with transparency"}[colour]
+        raise UnsupportedFormat(
+            f"This {what} is 16-bit {kind}, which would be read at 8 bits; export it as 16-bit grayscale (no alpha)."
+        )
+
+
 def _decode_within_budget(image: Image.Image, limits: Limits) -> Image.Image:
     """Decode at most ``max_decoded_bytes`` and return an image no larger than the working side."""
     side = limits.working_side
@@ -80,7 +92,9 @@ def _decode_within_budget(image: Image.Image, limits: Limits) -> Image.Image:
     if image.mode.startswith("I;16"):
         pixels = np.asarray(image)
         size = (max(1, image.size[0] // factor), max(1, image.size[1] // factor))
-        return Image.fromarray(cv2.resize(pixels, size, interpolation=cv2.INTER_AREA))
+        reduced = Image.fromarray(cv2.resize(pixels, size, interpolation=cv2.INTER_AREA))
+        reduced.info.update(image.info)  # its EXIF orientation too: applied after the reduction, as for any size
+        return reduced
     if image.mode in ("1", "P"):
         image = image.convert("L" if image.mode == "1" else ("RGBA" if "transparency" in image.info else "RGB"))
     return image.reduce(factor)

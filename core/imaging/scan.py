@@ -153,7 +153,10 @@ def read_scan(data: bytes, limits: Limits = DEFAULT_LIMITS, frame: int | None = 
 def read_file_bytes(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> bytes:
     """A file's bytes, refused from its size on disk before it is read (OSError when it cannot be read)."""
     _check_size(Path(path).stat().st_size, limits)
-    return Path(path).read_bytes()
+    with open(path, "rb") as handle:  # at most one byte over the limit: a pipe or a growing file reports no size
+        data = handle.read(limits.max_bytes + 1)
+    _check_size(len(data), limits)
+    return data
 
 
 def read_scan_file(path: str | Path, limits: Limits = DEFAULT_LIMITS, frame: int | None = None) -> Scan:
