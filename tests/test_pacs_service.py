@@ -161,3 +161,28 @@ def test_sending_a_review_again_records_no_second_review_and_sends_the_same_repo
     assert again == first and [len(store.reviews_of(i)) for i in ids] == [1] * len(ids)
     changed = pacs_service.review_and_send(pacs, RADIOLOGIST, pulled, model, store, None, "meningioma", ids)[0]
     assert changed != first and [len(store.reviews_of(i)) for i in ids] == [2] * len(ids)
+
+
+def test_the_report_names_each_multiframe_files_own_series(tiny_classifier) -> None:
+    """A multi-frame file's series key adds the file's hash: the report fell back to the first file's series, so a
+    finding on the T1 post-contrast file was attributed to the FLAIR file."""
+    import io
+
+    from pydicom import dcmread
+
+    from core.imaging.phantom_series import enhanced_multiframe
+
+    def relabelled(number: int, description: str) -> bytes:
+        ds = dcmread(io.BytesIO(enhanced_multiframe(head_volume(4, 64, seed=number))))
+        ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = f"1.2.3.4.{number}", number, description
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        return buffer.getvalue()
+
+    files = [relabelled(7, "FLAIR"), relabelled(3, "T1 post")]
+    outcome = analyse_study(files, tiny_classifier)
+    evidence = objects.headers(files)
+    named = sorted(objects._source_series(evidence, series) for series in outcome.series)
+    assert named == ["1.2.3.4.3", "1.2.3.4.7"]
+    lines = [objects._series_lines(evidence, series) for series in outcome.series]
+    assert any(line.startswith("Series 3 T1 post") for line in lines) and any("7 FLAIR" in line for line in lines)

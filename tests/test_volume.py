@@ -361,3 +361,19 @@ def test_a_series_uploaded_again_with_a_reference_gets_it_when_it_was_saved_with
     assert again.state == "already saved" and store.get(first.record_id).patient_ref == "c" * 64
     other = save_series(analysis, store, actor=doctor, patient_ref="d" * 64, key=b"k" * 32)
     assert "another patient reference" in other.message and store.get(first.record_id).patient_ref == "c" * 64
+
+
+def test_a_study_with_a_series_nobody_could_read_gets_no_no_tumour_verdict(tiny_classifier) -> None:
+    """A T1 series read as no tumour and a FLAIR series the gate refused whole: 'No tumour' for the study was a
+    statement about a series nobody read."""
+    from dataclasses import replace as changed
+
+    from core.services.studies import StudyOutcome
+
+    negative = analyse_volume(read_study(dicom_series(head_volume(4, 64)))[0], tiny_classifier)
+    negative = changed(negative, label="notumor")
+    unread = changed(negative, label=None, score=None)
+    assert StudyOutcome("x", (negative,)).verdict == "notumor"
+    incomplete = StudyOutcome("x", (negative, unread))
+    assert incomplete.verdict is None and incomplete.unanalysed == 1
+    assert StudyOutcome("x", (changed(negative, label="glioma"), unread)).verdict == "tumour"

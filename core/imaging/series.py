@@ -71,6 +71,7 @@ class Volume:
     modality: str = ""
     warnings: tuple[str, ...] = field(default_factory=tuple)
     positions_in_mm: bool = True  # False: the files gave no positions and the sections are numbered instead
+    uid_key: str = ""  # :func:`series_key` of its source series (``series`` adds a multi-frame file's own hash)
 
     @property
     def step_mm(self) -> float | None:
@@ -166,6 +167,7 @@ class _Section:
     thickness: float | None
     modality: str
     multi_frame: bool = False
+    uid_key: str = ""  # the hash of the study's and series' UIDs alone (a multi-frame file's series adds its own)
 
 
 def _floats(value: object, n: int) -> np.ndarray | None:
@@ -217,7 +219,7 @@ def _sections_of(data: bytes, header: object, limits: Limits) -> list[_Section]:
         pixels = dicom.display(dicom.decode_frame(ds, None), ds)
         position, instance = _floats(ds.get("ImagePositionPatient"), 3), int(ds.get("InstanceNumber", 0) or 0)
         return [_Section(study, series, position, orientation, instance, pixels, spacing, thickness, modality)]
-    series = _hash(series, hashlib.sha256(data).hexdigest())  # each multi-frame file is its own series
+    uid_key, series = series, _hash(series, hashlib.sha256(data).hexdigest())  # each multi-frame file: a series
     shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
     orientation, spacing, thickness = _geometry(shared, orientation, spacing, thickness)
@@ -248,6 +250,7 @@ def _sections_of(data: bytes, header: object, limits: Limits) -> list[_Section]:
                 frame_thickness,
                 modality,
                 True,
+                uid_key,
             )
         )
     return sections
@@ -325,6 +328,7 @@ def _volume(sections: list[_Section], limits: StudyLimits) -> Volume:
         modality=first.modality,
         positions_in_mm=in_mm,
         warnings=tuple(notes),
+        uid_key=first.uid_key or first.series,
     )
 
 

@@ -130,7 +130,8 @@ def verdict_report(
 
     codes = _codes()
     study_uid = str(evidence[0].StudyInstanceUID)
-    items = [hd.sr.TextContentItem(codes["finding"], f"Study verdict: {verdict or 'not analysed'}", "CONTAINS")]
+    stated = verdict or "none: a series could not be analysed (read it yourself)"
+    items = [hd.sr.TextContentItem(codes["finding"], f"Study verdict: {stated}", "CONTAINS")]
     items += [hd.sr.TextContentItem(codes["finding"], _series_lines(evidence, s), "CONTAINS") for s in series]
     volumes = [s.lesion_ml for s in series if s.lesion_ml is not None]
     if volumes:
@@ -185,7 +186,7 @@ def key_images(evidence: Sequence[Any], series: SeriesAnalysis) -> list[Any]:
     letters = series.volume.letters  # the displayed section's edges: rows run to "right", columns to "bottom"
     orientation = (letters["right"], letters["bottom"]) if letters else None
     images = []
-    for number, index in enumerate(key_sections(series), start=1):
+    for index in key_sections(series):
         pixels = np.ascontiguousarray(series.volume.sections[index])
         rgb = cv2.cvtColor(pixels, cv2.COLOR_GRAY2RGB)
         analysis = series.sections[index].analysis
@@ -201,19 +202,22 @@ def key_images(evidence: Sequence[Any], series: SeriesAnalysis) -> list[Any]:
             series_instance_uid=_uid(reference.StudyInstanceUID, series.volume.series, "key images"),
             series_number=9902,
             sop_instance_uid=_uid(reference.StudyInstanceUID, series.volume.series, "key image", index, series.score),
-            instance_number=number,
+            instance_number=index + 1,  # the section's number, as the app and the report count it
             manufacturer=MANUFACTURER,
         )
-        image.SeriesDescription = "BTD key sections (decision aid)"
+        source = _series_name(evidence, series).split(" (UID ")[0]
+        image.SeriesDescription = f"BTD key sections of {source}"[:64]  # which series they come from
         images.append(image)
     return images
 
 
 def _source_series(evidence: Sequence[Any], series: SeriesAnalysis) -> str:
-    """The source Series Instance UID of an analysed series (its volume keeps a hash of it: match by hash)."""
+    """The source Series Instance UID of an analysed series (its volume keeps a hash of it: match by hash; a
+    multi-frame file's volume by the hash of its UIDs alone). "unknown" when none matches, never another's."""
     from core.imaging.series import series_key
 
+    wanted = series.volume.uid_key or series.volume.series
     for header in evidence:
-        if series_key(str(header.StudyInstanceUID), str(header.SeriesInstanceUID)) == series.volume.series:
+        if series_key(str(header.StudyInstanceUID), str(header.SeriesInstanceUID)) == wanted:
             return str(header.SeriesInstanceUID)
-    return str(evidence[0].SeriesInstanceUID)
+    return "unknown"

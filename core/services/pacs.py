@@ -111,12 +111,13 @@ def send_results(
     analysed = [s for s in pulled.outcome.series if s.label is not None]
     if not pulled.evidence or not analysed:
         raise PacsError("There is no analysed series to report on.")
-    preliminary = objects.verdict_report(pulled.evidence, analysed, pulled.outcome.verdict, model)
+    every = list(pulled.outcome.series)  # the report names a series nobody could read too ("not analysed")
+    preliminary = objects.verdict_report(pulled.evidence, every, pulled.outcome.verdict, model)
     report = preliminary
     if final_label is not None:  # each reviewed version names the one it replaces: one chain, one current report
         for version, label in enumerate([*earlier_finals, final_label], start=2):
             report = objects.verdict_report(
-                pulled.evidence, analysed, pulled.outcome.verdict, model, label, predecessor=report, version=version
+                pulled.evidence, every, pulled.outcome.verdict, model, label, predecessor=report, version=version
             )
     images = [image for series in analysed for image in objects.key_images(pulled.evidence, series)]
     target = _target(pulled.study_uid, key)

@@ -58,14 +58,26 @@ class StudyOutcome:
 
     @property
     def verdict(self) -> str | None:
-        """``tumour`` when any series is called tumour; the negative label when every analysed series is not;
-        None when no series could be analysed."""
+        """``tumour`` when any series is called tumour; the negative label when every series was analysed and none
+        is; None otherwise: no "no tumour" for a study with a series nobody read (a FLAIR series the gate refused
+        is where a lesion would be missed)."""
         judged = [s for s in self.series if s.label is not None]
-        if not judged:
+        if any(s.is_tumour for s in judged):
+            return "tumour"
+        if not judged or len(judged) < len(self.series):
             return None
-        return "tumour" if any(s.is_tumour for s in judged) else judged[0].negative_label
+        return judged[0].negative_label
+
+    @property
+    def unanalysed(self) -> int:
+        """Series no section of which could be analysed."""
+        return sum(s.label is None for s in self.series)
 
 
+UNREAD_SERIES = (
+    "{} series could not be analysed (no section passed the input checks), so the study gets no verdict: "
+    "the other series' 'no tumour' does not cover it. Read it yourself."
+)
 SEVERAL_STUDIES = (
     "The upload holds series of more than one study (files of different studies, or files with and without a "
     "study's identity: a prior exam beside today's, or another patient's). Upload each study on its own, so that "
@@ -302,4 +314,7 @@ def save_study(
         status = save_series(analysis, store, actor=actor, patient_ref=patient_ref, images=images, key=key)
         record = store.get(status.record_id) if store is not None and status.state != NOT_SAVED else None
         views.append(series_view(analysis, status, record))
-    return StudyResult(tuple(views), outcome.verdict, notes=outcome.notes)
+    notes = outcome.notes
+    if outcome.unanalysed and outcome.verdict is None and len(outcome.series) > outcome.unanalysed:
+        notes = (*notes, UNREAD_SERIES.format(outcome.unanalysed))
+    return StudyResult(tuple(views), outcome.verdict, notes=notes)
