@@ -377,3 +377,14 @@ def test_a_study_with_a_series_nobody_could_read_gets_no_no_tumour_verdict(tiny_
     incomplete = StudyOutcome("x", (negative, unread))
     assert incomplete.verdict is None and incomplete.unanalysed == 1
     assert StudyOutcome("x", (changed(negative, label="glioma"), unread)).verdict == "tumour"
+
+
+def test_the_series_rule_never_counts_sections_across_a_gap_as_neighbours() -> None:
+    """Files at 0, 5, 10, 40, 45, 50 mm (those between lost): 10, 40 and 45 are not three neighbouring sections."""
+    rule = SeriesRule(neighbours=3, threshold=0.5)
+    curve = [0.1, 0.2, 0.9, 0.9, 0.9, 0.1]
+    assert rule.score(curve)[0] == pytest.approx(0.9)  # read as one run: tumour
+    level, used = rule.score(curve, breaks=(3,))  # a gap before the fourth section
+    assert level == pytest.approx(0.1) and used == 3  # each side of the gap has a low section in its run
+    volume = read_study(dicom_series(head_volume(8, 64), skip=(3, 4)))[0]  # 0, 5, 10, then 25 mm...
+    assert volume.gap_starts == (3,)

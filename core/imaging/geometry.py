@@ -21,6 +21,8 @@ from itertools import product
 
 import numpy as np
 
+from core.imaging.limits import DEFAULT_STUDY_LIMITS
+
 _TARGETS = {  # (row direction, column direction) of the displayed view, LPS
     "axial": ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0)),
     "coronal": ((1.0, 0.0, 0.0), (0.0, 0.0, -1.0)),
@@ -121,3 +123,26 @@ def orientation_letters(orientation: Sequence[float] | None) -> dict[str, str]:
 
     row, column = np.asarray(orientation[:3], float), np.asarray(orientation[3:6], float)
     return {"right": letter(row), "left": letter(-row), "bottom": letter(column), "top": letter(-column)}
+
+
+def gap_starts(positions: Sequence[float], ratio: float = DEFAULT_STUDY_LIMITS.max_gap_ratio) -> list[int]:
+    """The sections (0-based) that follow a step over ``ratio`` times the usual one along a series: a section may
+    be missing before each, so no run of neighbouring sections crosses it."""
+    steps = np.diff(positions)
+    if len(steps) < 2 or not float(np.median(steps)) > 0:
+        return []
+    usual = float(np.median(steps))
+    return [k + 1 for k, step in enumerate(steps) if step > ratio * usual]
+
+
+def gap_notes(positions: Sequence[float], in_mm: bool, ratio: float = DEFAULT_STUDY_LIMITS.max_gap_ratio) -> list[str]:
+    """A note for each gap (:func:`gap_starts`), naming the sections as the viewer numbers them (from 1)."""
+    steps, unit = np.diff(positions), " mm" if in_mm else ""
+    usual = float(np.median(steps)) if len(steps) else 0.0
+    return [
+        f"A gap of {steps[k - 1]:.1f}{unit} between sections {k} and {k + 1} (usually {usual:.1f}{unit}): "
+        "a section may be missing."
+        if in_mm
+        else f"Section numbers jump from {positions[k - 1]:.0f} to {positions[k]:.0f}: a section may be missing."
+        for k in gap_starts(positions, ratio)
+    ]

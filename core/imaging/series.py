@@ -35,6 +35,8 @@ from core.imaging.archive import is_zip, unzip
 from core.imaging.geometry import (
     apply_transform,
     display_transform,
+    gap_notes,
+    gap_starts,
     nifti_orientation,
     orientation_letters,
     plane_of,
@@ -90,6 +92,11 @@ class Volume:
     def letters(self) -> dict[str, str]:
         """The patient directions at the displayed sections' edges ({} when the files give no orientation)."""
         return orientation_letters(self.orientation)
+
+    @cached_property
+    def gap_starts(self) -> tuple[int, ...]:
+        """The sections that follow a gap in the positions (:func:`gap_starts`): the series rule's runs stop there."""
+        return tuple(gap_starts(self.positions))
 
     @cached_property
     def sha256(self) -> str:
@@ -308,7 +315,7 @@ def _volume(sections: list[_Section], limits: StudyLimits) -> Volume:
                 f"Two different sections lie at the same position ({where.format(position)}) in one series."
             )
         kept.append((position, section))
-    notes += _gaps([p for p, _ in kept], in_mm, limits.max_gap_ratio)
+    notes += gap_notes([p for p, _ in kept], in_mm, limits.max_gap_ratio)
     positions = [p for p, _ in kept]
     first = kept[0][1]
     sections, spacing, orientation = _radiological(
@@ -330,22 +337,6 @@ def _volume(sections: list[_Section], limits: StudyLimits) -> Volume:
         warnings=tuple(notes),
         uid_key=first.uid_key or first.series,
     )
-
-
-def _gaps(positions: list[float], in_mm: bool, ratio: float) -> list[str]:
-    """A note for each step over ``ratio`` times the usual one, naming the sections as the viewer numbers them."""
-    steps, unit = np.diff(positions), " mm" if in_mm else ""
-    if len(steps) < 2 or not float(np.median(steps)) > 0:
-        return []
-    usual = float(np.median(steps))
-    return [
-        f"A gap of {step:.1f}{unit} between sections {k + 1} and {k + 2} (usually {usual:.1f}{unit}): "
-        "a section may be missing."
-        if in_mm
-        else f"Section numbers jump from {positions[k]:.0f} to {positions[k + 1]:.0f}: a section may be missing."
-        for k, step in enumerate(steps)
-        if step > ratio * usual
-    ]
 
 
 def _radiological(

@@ -15,7 +15,7 @@ Used by the app, the CLI, the batch CSV, the evaluator, training and the statist
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,15 +148,18 @@ class SeriesRule:
             raise ValueError("the series rule needs at least one neighbour and a threshold inside (0, 1)")
         return rule
 
-    def best_window(self, probabilities: Sequence[float | None]) -> tuple[float | None, list[int]]:
+    def best_window(
+        self, probabilities: Sequence[float | None], breaks: Collection[int] = ()
+    ) -> tuple[float | None, list[int]]:
         """(the highest level ``k`` neighbouring sections all reach, the indices of those sections). ``None``
-        entries are skipped sections: they break runs. With no run of ``k``, the longest run sets a smaller ``k``
-        (the caller warns); with nothing analysed the score is None and the window empty."""
+        entries are skipped sections and ``breaks`` the sections after a gap in the positions: both break runs.
+        With no run of ``k``, the longest run sets a smaller ``k`` (the caller warns); with nothing analysed the
+        score is None and the window empty."""
         runs: list[list[int]] = [[]]
         for i, p in enumerate(probabilities):
-            if p is None:
+            if p is None or i in breaks:
                 runs.append([])
-            else:
+            if p is not None:
                 runs[-1].append(i)
         runs = [run for run in runs if run]
         if not runs:
@@ -172,9 +175,9 @@ class SeriesRule:
         assert best is not None
         return best
 
-    def score(self, probabilities: Sequence[float | None]) -> tuple[float | None, int]:
+    def score(self, probabilities: Sequence[float | None], breaks: Collection[int] = ()) -> tuple[float | None, int]:
         """(the series' score, the ``k`` it used): see :meth:`best_window`."""
-        level, window = self.best_window(probabilities)
+        level, window = self.best_window(probabilities, breaks)
         return level, len(window)
 
     def to_json(self) -> dict[str, Any]:

@@ -79,7 +79,8 @@ class SeriesAnalysis:
     @property
     def window(self) -> list[Section]:
         """The neighbouring analysed sections that set the score (the best window; empty when nothing analysed)."""
-        return [self.sections[i] for i in self.rule.best_window(self.curve)[1]]
+        breaks = self.volume.gap_starts if self.volume is not None else ()
+        return [self.sections[i] for i in self.rule.best_window(self.curve, breaks)[1]]
 
     @property
     def probabilities(self) -> dict[str, float]:
@@ -181,7 +182,7 @@ def analyse_volume(volume: Volume, classifier: Classifier, batch_size: int = 64)
     analysed_done = time.perf_counter()
     card = classifier.card
     rule = card.series
-    score, used = rule.score([s.tumour_probability for s in sections])
+    score, used = rule.score([s.tumour_probability for s in sections], volume.gap_starts)  # runs stop at a gap
     label = None if score is None else ("tumour" if score >= rule.threshold else card.negative_label)
     stages = dict.fromkeys(("crop", "preprocess", "predict", *(("segment",) if classifier.segmenter else ())), 0.0)
     for result in results:
