@@ -388,3 +388,21 @@ def test_the_series_rule_never_counts_sections_across_a_gap_as_neighbours() -> N
     assert level == pytest.approx(0.1) and used == 3  # each side of the gap has a low section in its run
     volume = read_study(dicom_series(head_volume(8, 64), skip=(3, 4)))[0]  # 0, 5, 10, then 25 mm...
     assert volume.gap_starts == (3,)
+
+
+def test_a_verdict_resting_on_fewer_neighbours_than_the_rule_takes_at_least_the_single_scan_threshold(
+    tiny_classifier,
+) -> None:
+    """One section at P 0.30 under a rule of 4 at 0.25: called tumour as a series, no tumour as the same scan."""
+    from dataclasses import replace as changed
+
+    from core.model.classifier import Classifier
+
+    card = tiny_classifier.card
+    card = changed(card, series=SeriesRule(neighbours=4, threshold=0.01), rule=changed(card.rule, threshold=0.999))
+    lenient = Classifier(card, tiny_classifier.model)
+    volume = read_study(dicom_series(head_volume(1, 64)))[0]
+    analysis = analyse_volume(volume, lenient)
+    assert analysis.neighbours_used == 1 and analysis.score is not None
+    assert analysis.score < 0.999 and not analysis.is_tumour  # by the single-scan 0.999, not the rule's 0.01
+    assert any("judged at least by the single-scan threshold" in w for w in analysis.warnings)

@@ -102,8 +102,9 @@ class SeriesAnalysis:
         notes = list(self.volume.warnings)
         if self.label is not None and self.neighbours_used < self.rule.neighbours:
             notes.append(
-                f"no {self.rule.neighbours} neighbouring sections could be analysed; the verdict rests on "
-                f"{self.neighbours_used}"
+                f"no {self.rule.neighbours} neighbouring sections could be analysed (the series has "
+                f"{len(self.sections)}, {len(self.analysed)} analysed); the verdict rests on {self.neighbours_used}, "
+                "judged at least by the single-scan threshold"
             )
         areas = self.lesion_areas
         span = sections_spanned(areas) if areas is not None else None
@@ -183,7 +184,10 @@ def analyse_volume(volume: Volume, classifier: Classifier, batch_size: int = 64)
     card = classifier.card
     rule = card.series
     score, used = rule.score([s.tumour_probability for s in sections], volume.gap_starts)  # runs stop at a gap
-    label = None if score is None else ("tumour" if score >= rule.threshold else card.negative_label)
+    # the rule's threshold was fitted for its number of neighbours; resting on fewer (a short series, or refused
+    # sections between), it takes at least the single-scan threshold: one section at 0.3 is no tumour here either
+    threshold = rule.threshold if used >= rule.neighbours else max(rule.threshold, card.rule.threshold)
+    label = None if score is None else ("tumour" if score >= threshold else card.negative_label)
     stages = dict.fromkeys(("crop", "preprocess", "predict", *(("segment",) if classifier.segmenter else ())), 0.0)
     for result in results:
         if not isinstance(result, ScanError):
