@@ -1219,3 +1219,40 @@ def test_lesion_volumes_of_tumour_studies_per_period_have_the_quantiles_of_their
     assert [(m.start, m.studies) for m in months] == [(date(2026, 4, 1), 7)]
     assert store.lesion_volumes(replace(shown, model_versions=("9.9.9",)), "UTC", "week") == []
     assert store.lesion_volumes(Filters(), "UTC", "week")[0].studies == 8  # all gates: the refused one counts
+
+
+def test_both_stores_cut_a_moment_to_its_millisecond_and_answer_edge_queries_alike(store) -> None:
+    """Found comparing the stores: SQLite rounded a moment 0.4 ms before midnight into the next day (BSON cuts it);
+    sections came back in the order given and duplicates passed on MongoDB; a malformed patient reference, an
+    empty range's quality rows and a limit of 0 each had two answers."""
+    late = make_record(70, datetime(2026, 3, 28, 23, 59, 59, 999600, tzinfo=UTC))
+    assert store.add(late)
+    assert store.get(late.id).created_at == utc(2026, 3, 28, 23, 59, 59) + timedelta(milliseconds=999)
+    assert [d.day for d in store.daily_counts(Filters(), "UTC")] == [date(2026, 3, 28)]
+    assert store.summary(Filters(end=utc(2026, 3, 29))).total == 1
+    series = make_series(71, utc(2026, 5, 1, 9, 0), sections=5)
+    assert store.add_series(series, list(reversed(series_sections())))
+    assert [s.index for s in store.sections_of(series.id)] == [0, 1, 2, 3, 4]
+    twice = make_series(72, utc(2026, 5, 1, 10, 0), sections=2)
+    with pytest.raises(InvalidRecord):
+        store.add_series(twice, [Section(0, 0.0, 0.1, "notumor"), Section(0, 5.0, 0.2, "notumor")])
+    for bad in ("G" * 64, "abc"):
+        with pytest.raises(InvalidRecord):
+            store.set_patient_ref(late.id, bad)
+    assert store.daily_quality(Filters(start=utc(2030, 1, 1)), "UTC") == []
+    assert store.recent(0) == [] and store.worklist(WorklistQuery(), 0) == []
+
+
+def test_a_mongodb_audit_trail_from_before_version_7_gets_its_head_on_upgrade() -> None:
+    """SQLite's upgrade starts the chain's head at its last event; MongoDB's left none, so the check said the chain
+    had no head until the next event."""
+    import mongomock
+
+    client = mongomock.MongoClient(tz_aware=True)
+    database = client["brain_mri_triage"]
+    database["audit"].insert_many([{"seq": 1, "hash": "a" * 64}, {"seq": 2, "hash": "b" * 64}])
+    database["meta"].insert_one({"_id": "schema", "version": 6})
+    store = MongoStore(client)
+    assert store.schema_version() == SCHEMA_VERSION
+    head = store.audit_head()
+    assert head is not None and (head.seq, head.hash) == (2, "b" * 64)

@@ -26,6 +26,7 @@ from core.domain.results import (
     Summary,
     WorklistQuery,
     from_row,
+    is_patient_ref,
     to_row,
 )
 from core.domain.times import DAY_MS, EPOCH, as_utc, to_ms, utc_offset_segments
@@ -90,6 +91,7 @@ _INDEXES = (
     [("model_version", 1), ("created_at", 1)],
     [("label", 1), ("created_at", 1)],
     [("patient_ref", 1), ("created_at", 1)],
+    [("review_count", 1), ("gate", 1), ("created_at", -1)],  # the worklist: unreviewed first, newest first
 )
 
 
@@ -144,10 +146,12 @@ class MongoStore(MongoPeople, MongoQuality):
     def _errors(self) -> Iterator[None]:
         from pymongo.errors import (
             ConnectionFailure,
+            ExecutionTimeout,
             OperationFailure,
             PyMongoError,
             ServerSelectionTimeoutError,
             WriteError,
+            WTimeoutError,
         )
 
         try:
@@ -155,6 +159,8 @@ class MongoStore(MongoPeople, MongoQuality):
             yield
         except (ServerSelectionTimeoutError, ConnectionFailure) as error:
             raise StoreUnavailable("MongoDB cannot be reached right now.") from error
+        except (ExecutionTimeout, WTimeoutError) as error:  # the server's time limit, a majority write's wait
+            raise StoreUnavailable("MongoDB did not answer in time; the write may have landed: try again.") from error
         except WriteError as error:
             if error.code == 121:  # DocumentValidationFailure
                 raise InvalidRecord("MongoDB's schema validator refused the record.") from error
@@ -204,6 +210,9 @@ class MongoStore(MongoPeople, MongoQuality):
         """A series with its sections inside its one document: a single write, so both or neither."""
         if record.kind != "series" or record.section_count != len(sections):
             raise InvalidRecord("A series record needs its section count and exactly that many sections.")
+        if len({s.index for s in sections}) != len(sections):  # SQLite's key (record, index) refuses them too
+            raise InvalidRecord("Two sections of one series have the same index.")
+        sections = sorted(sections, key=lambda s: s.index)  # kept in series order, as SQLite returns them
         document = self._document(record)
         document["sections"] = [
             {
@@ -252,6 +261,8 @@ class MongoStore(MongoPeople, MongoQuality):
 
     def set_patient_ref(self, record_id: str, patient_ref: str | None) -> bool:
         """Set or correct the pseudonymous reference of a saved result; False when it already had this one."""
+        if patient_ref is not None and not is_patient_ref(patient_ref):
+            raise InvalidRecord("A patient reference is a keyed hash (64 hexadecimal characters).")
         with self._errors():
             result = self._collection.update_one(
                 {"_id": record_id, "patient_ref": {"$ne": patient_ref}}, {"$set": {"patient_ref": patient_ref}}
@@ -307,11 +318,15 @@ class MongoStore(MongoPeople, MongoQuality):
         return self._decode(document) if document else None
 
     def recent(self, limit: int, filters: Filters = EVERYTHING) -> list[Record]:
+        if limit <= 0:  # MongoDB reads limit(0) as "no limit"
+            return []
         with self._errors():
             cursor = self._collection.find(self._match(filters), {"sections": 0}).sort("created_at", -1).limit(limit)
             return [self._decode(document) for document in cursor]
 
     def worklist(self, query: WorklistQuery, limit: int = 200) -> list[Record]:
+        if limit <= 0:  # a real server refuses $limit 0
+            return []
         """Results to read: not yet reviewed first, then flagged, then rejected, newest first within each."""
         match: dict[str, Any] = {}
         if query.reviewed is not None:

@@ -260,7 +260,7 @@ class MongoPeople:
     def find_audit(self, query: AuditQuery, limit: int) -> list[AuditEvent]:
         with self._errors():
             cursor = self._people("audit").find(self._audit_filter(query)).sort([("at", -1), ("_id", -1)])
-            documents = list(cursor.limit(limit))
+            documents = list(cursor.limit(limit)) if limit > 0 else []  # limit(0) would mean "all"
         return [self._audit_event(d) for d in documents]
 
     def count_audit(self, query: AuditQuery) -> int:

@@ -19,7 +19,18 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from core.domain.results import FIELDS, DayCount, Field, Filters, Record, Section, WorklistQuery, from_row, to_row
+from core.domain.results import (
+    FIELDS,
+    DayCount,
+    Field,
+    Filters,
+    Record,
+    Section,
+    WorklistQuery,
+    from_row,
+    is_patient_ref,
+    to_row,
+)
 from core.domain.times import from_ms, to_ms
 from core.errors import InvalidRecord
 from core.storage.protocol import EVERYTHING, day_rows
@@ -130,6 +141,8 @@ class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
 
     def set_patient_ref(self, record_id: str, patient_ref: str | None) -> bool:
         """Set or correct the pseudonymous reference of a saved result; False when it already had this one."""
+        if patient_ref is not None and not is_patient_ref(patient_ref):
+            raise InvalidRecord("A patient reference is a keyed hash (64 hexadecimal characters).")
         with self._errors():
             cursor = self._connection().execute(
                 "UPDATE scans SET patient_ref = ? WHERE id = ? AND patient_ref IS NOT ?",
