@@ -292,6 +292,7 @@ def migrate_mongo(database: Any, collection: Any, validator: dict[str, Any] | No
         logger.warning("event=store_migrated store=mongodb to=10 required_fields_filled=%d", filled)
     for keys in AUDIT_INDEXES:  # on every start, as the results' indexes are: a new database runs no version step
         database["audit"].create_index(keys)
+    database["reviews"].create_index([("result_id", 1), ("created_at", 1)])  # a result's history, every open
     if found != SCHEMA_VERSION or state is None:
         meta.update_one({"_id": "schema"}, {"$set": {"version": SCHEMA_VERSION}}, upsert=True)
     return found
