@@ -221,3 +221,18 @@ def test_a_section_that_could_not_be_analysed_inside_the_lesion_is_named_beside_
     (note,) = [note for note in series.warnings if "lower bound" in note]
     assert note.startswith("1 section(s) inside the lesion's span (sections 1-7)")
     assert note in series.to_json()["warnings"]
+
+
+def test_a_gap_in_the_files_inside_the_lesion_is_named_beside_the_volume(
+    tiny_card: Path, tiny_lesion_card: Path
+) -> None:
+    """A file lost inside the lesion: the volume silently left its section out."""
+    from core.imaging.phantom_series import dicom_series, head_volume
+    from core.imaging.series import read_study
+    from core.model.volume import analyse_volume
+
+    classifier = with_segmenter(Classifier.from_card(tiny_card), tiny_lesion_card)
+    series = analyse_volume(read_study(dicom_series(head_volume(8, 128, range(2, 6)), skip=(4,)))[0], classifier)
+    assert series.lesion_ml is not None and series.volume.gap_starts == (4,)
+    assert any("a gap in the files lies inside the lesion's span" in note for note in series.warnings)
+    assert any("not evenly spaced" in note for note in series.warnings)

@@ -109,12 +109,27 @@ class SeriesAnalysis:
         areas = self.lesion_areas
         span = sections_spanned(areas) if areas is not None else None
         if span is not None:
-            missing = [s.index for s in self.refused if span[0] < s.index < span[1]]
-            if missing:
-                notes.append(
-                    f"{len(missing)} section(s) inside the lesion's span (sections {span[0] + 1}-{span[1] + 1}) could "
-                    "not be analysed: the lesion volume leaves them out and is a lower bound"
-                )
+            notes += self._volume_caveats(span)
+        return notes
+
+    def _volume_caveats(self, span: tuple[int, int]) -> list[str]:
+        """Why the lesion volume may be short or rough: sections inside its span not analysed, a gap in the files
+        inside it, or steps between sections that differ (the volume uses the median step)."""
+        notes, inside = [], f"(sections {span[0] + 1}-{span[1] + 1})"
+        missing = [s.index for s in self.refused if span[0] < s.index < span[1]]
+        if missing:
+            notes.append(
+                f"{len(missing)} section(s) inside the lesion's span {inside} could not be analysed: the lesion "
+                "volume leaves them out and is a lower bound"
+            )
+        if any(span[0] < k <= span[1] for k in self.volume.gap_starts):
+            notes.append(f"a gap in the files lies inside the lesion's span {inside}: the volume is a lower bound")
+        steps = np.diff(self.volume.positions) if self.volume.positions_in_mm else np.array([])
+        if steps.size and steps.min() > 0 and steps.max() > 1.1 * steps.min():
+            notes.append(
+                f"the sections are not evenly spaced ({steps.min():.1f} to {steps.max():.1f} mm): the lesion volume "
+                "uses the median step and is approximate"
+            )
         return notes
 
     @property
