@@ -129,3 +129,13 @@ def test_the_lesion_outline_is_a_path_on_the_section_figure_and_drawn_into_the_q
 )
 def test_lesion_lines_read_as_the_screen_shows_them(line, expected) -> None:
     assert line() == expected
+
+
+def test_a_series_verdict_that_needs_review_says_so_on_its_line(tiny_classifier) -> None:
+    from dataclasses import replace
+
+    from ui.viewer import verdict_line
+
+    view = series_view(analyse_volume(read_study(dicom_series(head_volume(4, 64)))[0], tiny_classifier))
+    assert "needs review" in verdict_line(replace(view, needs_review=True))
+    assert "needs review" not in verdict_line(replace(view, needs_review=False))

@@ -66,6 +66,7 @@ def test_a_synthetic_tumour_volume_is_called_tumour_and_scores_above_its_tumour_
     assert len(tumour.curve) == 12 and tumour.to_json()["slices"] == 12
     out = json.loads(json.dumps(tumour.to_json()))
     assert out["series_verdict"] == "tumour" and out["analysed"] + out["refused"] == 12
+    assert out["needs_review"] == tumour.needs_review  # stated on every line, as the page shows it
     assert out["rule"]["neighbours"] == classifier.card.series.neighbours
 
 
@@ -94,13 +95,11 @@ def test_the_shipped_card_states_its_series_rule() -> None:
 def test_a_series_goes_to_review_when_its_score_is_in_the_band_or_it_rests_on_too_few_neighbours() -> None:
     from dataclasses import replace
 
-    from core.services.studies import series_needs_review
-
     base = SeriesAnalysis(None, (), SeriesRule(3, 0.4), 0.5, 3, "glioma", {}, "m", "1", review_band=(0.2, 0.8))
-    assert series_needs_review(base)  # 0.5 in [0.2, 0.8)
-    assert not series_needs_review(replace(base, score=0.8))  # the band's upper edge is outside it
-    assert series_needs_review(replace(base, score=0.9, neighbours_used=2))  # sure, but on two of three neighbours
-    assert not series_needs_review(replace(base, score=None))  # nothing analysed: no verdict to review
+    assert base.needs_review  # 0.5 in [0.2, 0.8)
+    assert not replace(base, score=0.8).needs_review  # the band's upper edge is outside it
+    assert replace(base, score=0.9, neighbours_used=2).needs_review  # sure, but on two of three neighbours
+    assert not replace(base, score=None).needs_review  # nothing analysed: no verdict to review
 
 
 def test_volume_names_come_from_the_file_names_of_each_source() -> None:

@@ -34,7 +34,8 @@ def verdict_line(view: SeriesView) -> str:
         return f"**{pretty(view.label)}**{score} · read by {view.model}, whose series rule was not recorded"
     rule = f"{view.neighbours} neighbouring sections at {view.threshold:.2f} or more"
     above = f"{len(view.marked)} of {len(view.sections)} sections above"
-    return f"**{pretty(view.label)}**{score} · rule: tumour when {rule} · {above}"
+    review = " · **needs review** (few neighbours, or in the uncertain band)" if view.needs_review else ""
+    return f"**{pretty(view.label)}**{score} · rule: tumour when {rule} · {above}{review}"
 
 
 def _heat(view: SeriesView, index: int, classifier, explainer):

@@ -26,7 +26,7 @@ from core.imaging import Scan
 from core.imaging.series import Volume
 from core.model.analysis import Analysis, analyse_scans
 from core.model.classifier import Classifier
-from core.model.decision import SeriesRule
+from core.model.decision import SeriesRule, in_review_band
 from core.model.gate import REJECTED
 from core.model.lesion import sections_spanned, volume_ml
 
@@ -133,6 +133,14 @@ class SeriesAnalysis:
         return notes
 
     @property
+    def needs_review(self) -> bool:
+        """A series verdict goes to review first when it rests on fewer neighbours than the rule asks for, or when
+        its score lies in the card's review band."""
+        if self.score is None:
+            return False
+        return self.neighbours_used < self.rule.neighbours or bool(in_review_band(self.score, self.review_band))
+
+    @property
     def lesion_areas(self) -> list[int] | None:
         """Each section's lesion area in pixels (0 where nothing was analysed); None without a segmenter."""
         analysed = [s.analysis for s in self.sections if s.analysis is not None]
@@ -158,6 +166,7 @@ class SeriesAnalysis:
             "analysed": len(self.analysed),
             "refused": len(self.refused),
             "series_verdict": None if self.label is None else ("tumour" if self.is_tumour else self.label),
+            "needs_review": self.needs_review,
             "label": self.label,
             "tumour_probability": None if self.score is None else round(self.score, 6),
             "tumour_slices": self.tumour_sections,

@@ -16,6 +16,7 @@ from core.imaging.series import Volume
 from core.model.analysis import analyse_scan
 from core.model.classifier import Classifier
 from core.model.explain import Explainer
+from core.model.gate import NEEDS_REVIEW
 from core.model.lesion import sections_spanned
 from core.model.volume import SeriesAnalysis
 from core.services.triage import SaveStatus
@@ -91,6 +92,7 @@ class SeriesView:
     lesion_areas: tuple[int, ...] | None = None  # per section, in source pixels; None without a segmenter
     lesion_ml: float | None = None  # None without a segmenter or a voxel size
     outlines: tuple[tuple[np.ndarray, ...], ...] | None = None  # per section: lesion contours on displayed pixels
+    needs_review: bool = False  # the verdict rests on fewer neighbours than the rule's, or lies in the review band
 
     @property
     def marked(self) -> list[int]:
@@ -152,6 +154,7 @@ def series_view(analysis: SeriesAnalysis, status: SaveStatus | None = None, reco
         lesion_areas=None if areas is None else tuple(areas),
         lesion_ml=analysis.lesion_ml,
         outlines=None if areas is None else tuple(scaled_outline(x.outline, scale) if x else () for x in lesions),
+        needs_review=analysis.needs_review,
     )
 
 
@@ -185,6 +188,7 @@ def stored_series_view(record: Record, store: Store, images: ImageStore | None, 
         probabilities=dict(record.probabilities),
         model=f"{record.model_name} {record.model_version}",
         record=record,
+        needs_review=record.gate == NEEDS_REVIEW,
     )
 
 

@@ -24,7 +24,6 @@ from core.imaging.limits import DEFAULT_STUDY_LIMITS, StudyLimits
 from core.imaging.scan import is_dicom
 from core.imaging.series import Volume, is_nifti, read_study
 from core.model.classifier import Classifier
-from core.model.decision import in_review_band
 from core.model.gate import ACCEPTED, NEEDS_REVIEW
 from core.model.volume import SeriesAnalysis, analyse_volume
 from core.services.access import ANALYSE, Actor, require
@@ -196,7 +195,7 @@ def series_record(
         timings_ms={k: float(v) for k, v in analysis.timings_ms.items()},
         patient_ref=patient_ref,
         uploader=uploader,
-        gate=NEEDS_REVIEW if series_needs_review(analysis) else ACCEPTED,
+        gate=NEEDS_REVIEW if analysis.needs_review else ACCEPTED,
         image_key=image_key,
         study_ref=pseudonymise(volume.study, key) if key else None,
         section_count=count,
@@ -218,16 +217,6 @@ def display_png(volume: Volume) -> tuple[dict[str, str], bytes]:
         raise ValueError("the section could not be encoded as PNG")
     letters = volume.letters
     return {side: letters[side] for side in ("top", "bottom", "left", "right") if side in letters}, png.tobytes()
-
-
-def series_needs_review(analysis: SeriesAnalysis) -> bool:
-    """A series verdict goes to review first when it rests on fewer neighbours than the rule asks for, or when its
-    score lies in the card's review band."""
-    if analysis.score is None:
-        return False
-    return analysis.neighbours_used < analysis.rule.neighbours or bool(
-        in_review_band(analysis.score, analysis.review_band)
-    )
 
 
 def section_rows(analysis: SeriesAnalysis) -> list[Section]:
