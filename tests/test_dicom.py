@@ -280,6 +280,10 @@ def test_a_deflated_dicom_is_refused_by_name_before_it_is_inflated() -> None:
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 8 * 2**20
+    lying = bytearray(data)
+    lying[140:144] = (0).to_bytes(4, "little")  # a group length of 0: pydicom ignores it, so must the check
+    with pytest.raises(UnsupportedDicom, match="Deflated"):
+        read_scan(bytes(lying))
 
 
 def test_a_voi_table_of_zero_bits_and_a_nan_window_are_no_crash() -> None:

@@ -617,3 +617,23 @@ def test_a_scan_uploaded_again_with_a_reference_gets_it_when_it_had_none_and_kee
     assert store.get(first.record.id).patient_ref == "a" * 64 and other.record.patient_ref == "a" * 64
     assert "another patient reference" in other.status.message
     assert [e.action for e in store.audit_events()].count("patient_reference_set") == 1
+
+
+def test_a_reference_link_that_failed_on_a_re_upload_is_applied_by_the_retry(
+    store, tiny_classifier, monkeypatch
+) -> None:
+    from core.errors import StoreUnavailable
+
+    scan = png_bytes(synthetic_slice(256, tumour=True, seed=4))
+    first = triage(scan, tiny_classifier, None, store, actor=RADIOLOGIST, patient_ref=None)
+    real = store.set_patient_ref
+
+    def down(*args):
+        raise StoreUnavailable("locked")
+
+    monkeypatch.setattr(store, "set_patient_ref", down)
+    again = triage(scan, tiny_classifier, None, store, actor=RADIOLOGIST, patient_ref="e" * 64)
+    assert again.status.state == "reference not updated" and store.get(first.record.id).patient_ref is None
+    monkeypatch.setattr(store, "set_patient_ref", real)
+    retried = retry_save(again, store, None, "e" * 64, RADIOLOGIST)
+    assert retried.status.state == SAVED and store.get(first.record.id).patient_ref == "e" * 64

@@ -237,3 +237,13 @@ def test_key_sections_keep_their_proportions_and_carry_the_patient_directions(ti
     assert page.images[0][2:] == pytest.approx((60.0, 45.0))
     letters = {text: at for text, at in page.texts}
     assert set(letters) == set(volume.letters.values()) and letters[volume.letters["top"]][1] < y + 2
+
+
+def test_a_report_of_a_study_with_a_series_nobody_could_read_gives_no_no_tumour(saved_study) -> None:
+    from core.services.reports import study_headline
+
+    store, _, _, ids = saved_study
+    records = [replace(store.get(i), is_tumour=False, label="notumor") for i in ids]
+    assert study_headline(records, False) == "Study verdict (model, not yet reviewed): No tumour"
+    headline = study_headline(records, False, unread=1)
+    assert "No tumour" not in headline and "1 series of the study could not be analysed" in headline

@@ -13,6 +13,7 @@ from core.errors import InvalidRecord, StoreError
 from core.services import reports
 from core.services.access import Actor
 from core.services.studies import NOT_SAVED, StudyResult
+from core.services.triage import NOT_UPDATED
 from ui import resources
 from ui.viewer import series_panel, verdict_line
 from ui.wording import count_of, pretty
@@ -91,8 +92,11 @@ def show_study(
                 st.warning(warning)
             if view.status is not None and view.status.state == NOT_SAVED:
                 st.error(f"Not saved: {view.status.message}")
+            elif view.status is not None and view.status.state == NOT_UPDATED:
+                st.warning(f"Saved, but {view.status.message}")
             elif view.status is not None:
-                st.caption(f"Result {view.status.state}.")
+                note = f": {view.status.message}" if view.status.message else ""
+                st.caption(f"Result {view.status.state}{note}.")
             if view.skipped:
                 st.caption(
                     f"{count_of(len(view.skipped), 'section')} skipped (too little brain or not like a brain MRI)."
@@ -108,7 +112,15 @@ def _report(actor: Actor, name: Hashable, study: StudyResult, classifier: Any, e
             store = resources.current_store()
             st.session_state["study_pdf"] = (
                 name,
-                reports.study_report(store, resources.image_store(store), actor, saved, classifier, explainer),
+                reports.study_report(
+                    store,
+                    resources.image_store(store),
+                    actor,
+                    saved,
+                    classifier,
+                    explainer,
+                    unread=sum(view.label is None for view in study.views),
+                ),
             )
         except (InvalidRecord, StoreError) as error:
             st.error(f"The report cannot be made: {error}")

@@ -17,7 +17,7 @@ PERIODS = ("day", "week", "month")
 
 
 def to_ms(moment: datetime) -> int:
-    """Whole milliseconds since the epoch, cut as BSON cuts them (rounded, a moment 0.6 ms before midnight fell on
+    """Whole milliseconds since the epoch, cut as BSON cuts them (rounded, a moment 0.4 ms before midnight fell on
     the next day in SQLite and on its own day in MongoDB)."""
     return (moment - EPOCH) // timedelta(milliseconds=1)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import re
+import struct
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -136,14 +137,31 @@ def header_of(data: bytes) -> Any:
 def _refuse_deflated(data: bytes) -> None:
     """Refuse the deflated transfer syntax from the file meta alone: pydicom inflates the whole dataset before
     reading any element, so a few KB could ask for gigabytes before the header's sizes are checked."""
-    length = 1024  # the file meta (group 2) follows "DICM"; its group length, when given, says where it ends
-    if data[132:136] == b"\x02\x00\x00\x00" and data[136:138] == b"UL":
-        length = 12 + int.from_bytes(data[140:144], "little")
-    if DEFLATED.encode() in data[132 : 132 + min(length, 4096)]:
+    if _transfer_syntax(data) == DEFLATED:
         raise UnsupportedDicom(
             "This DICOM file uses the Deflated transfer syntax, which is not accepted; export it uncompressed or "
             "with a JPEG / JPEG 2000 / RLE transfer syntax."
         )
+
+
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+
+
+def _transfer_syntax(data: bytes) -> str | None:
+    """The TransferSyntaxUID of the file meta (group 2, explicit VR little endian, after "DICM"), read element by
+    element up to the first element of another group, as pydicom reads it (a declared group length is ignored)."""
+    position = 132
+    while position + 8 <= len(data):
+        group, element = struct.unpack_from("<HH", data, position)
+        if group != 2:
+            return None
+        long_vr = data[position + 4 : position + 6] in _LONG_VRS
+        length = struct.unpack_from("<I" if long_vr else "<H", data, position + (8 if long_vr else 6))[0]
+        value = position + (12 if long_vr else 8)
+        if element == 0x0010:
+            return data[value : value + length].rstrip(b"\x00 ").decode("ascii", "replace")
+        position = value + length
+    return None
 
 
 def checked_dataset(data: bytes, limits: Limits, header: Any = None) -> tuple[Any, tuple[str, ...]]:

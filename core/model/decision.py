@@ -180,5 +180,16 @@ class SeriesRule:
         level, window = self.best_window(probabilities, breaks)
         return level, len(window)
 
+    def threshold_for(self, used: int, floor: float) -> float:
+        """The threshold a score resting on ``used`` neighbouring sections must reach: the rule's own when it has its
+        neighbours; at least ``floor`` (the single-scan threshold) when fewer could be analysed, for which the rule
+        was not fitted (one section at 0.3 is no tumour as a series either)."""
+        return self.threshold if used >= self.neighbours else max(self.threshold, floor)
+
+    def calls_tumour(self, probabilities: Sequence[float | None], floor: float, breaks: Collection[int] = ()) -> bool:
+        """The series call: what the app serves and what the rule's fitting and figures count (one function)."""
+        score, used = self.score(probabilities, breaks)
+        return score is not None and score >= self.threshold_for(used, floor)
+
     def to_json(self) -> dict[str, Any]:
         return {"neighbours": self.neighbours, "threshold": self.threshold, "fitted_on": self.fitted_on}

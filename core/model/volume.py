@@ -208,10 +208,8 @@ def analyse_volume(volume: Volume, classifier: Classifier, batch_size: int = 64)
     card = classifier.card
     rule = card.series
     score, used = rule.score([s.tumour_probability for s in sections], volume.gap_starts)  # runs stop at a gap
-    # the rule's threshold was fitted for its number of neighbours; resting on fewer (a short series, or refused
-    # sections between), it takes at least the single-scan threshold: one section at 0.3 is no tumour here either
-    threshold = rule.threshold if used >= rule.neighbours else max(rule.threshold, card.rule.threshold)
-    label = None if score is None else ("tumour" if score >= threshold else card.negative_label)
+    called = rule.calls_tumour([s.tumour_probability for s in sections], card.rule.threshold, volume.gap_starts)
+    label = None if score is None else ("tumour" if called else card.negative_label)
     stages = dict.fromkeys(("crop", "preprocess", "predict", *(("segment",) if classifier.segmenter else ())), 0.0)
     for result in results:
         if not isinstance(result, ScanError):

@@ -255,7 +255,9 @@ def _handle(watcher: Watcher, study_uid: str, actor: Actor) -> dict[str, Any]:
         for s in pulled.outcome.series
     ]
     line: dict[str, Any] = {"study_uid": study_uid, "verdict": pulled.outcome.verdict, "saved": saved}
-    if watcher.send and pulled.outcome.verdict is not None:
+    if pulled.outcome.unanalysed:
+        line["unanalysed_series"] = pulled.outcome.unanalysed  # why there is no verdict: the report says so too
+    if watcher.send and any(s.label is not None for s in pulled.outcome.series):
         card = watcher.classifier.card
         model = objects.ModelFacts(card.name, card.version, card.weights_sha256)
         try:

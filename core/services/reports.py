@@ -95,6 +95,7 @@ def render(
     author: str,
     now: datetime | None = None,
     lesions: dict[int, KeyLesion | None] | None = None,
+    unread: int = 0,
 ) -> bytes:
     """The PDF of one study from its series' records and views (views None once the pixels were purged): the
     header with the study's facts, the study verdict, one section per series (``lesions``: series number -> its
@@ -107,7 +108,7 @@ def render(
     pdf.set_creator("brain-mri-triage")
     pdf.add_page()
     _header(pdf, study_facts(records, author, now or datetime.now(UTC)))
-    _verdict(pdf, records)
+    _verdict(pdf, records, unread)
     for number, (record, view) in enumerate(zip(records, views, strict=True), start=1):
         _series(pdf, number, record, view, list(reviews_by_record.get(record.id, [])), heat, lesions)
     _intended_use(pdf, card_notes)
@@ -140,10 +141,11 @@ def _header(pdf, facts: list[tuple[str, str]]) -> None:
     pdf.ln(2)
 
 
-def _verdict(pdf, records: Sequence[Record]) -> None:
+def _verdict(pdf, records: Sequence[Record], unread: int = 0) -> None:
     """The study verdict in large type (:func:`study_headline`)."""
     pdf.set_font("Helvetica", "B", 13)
-    pdf.multi_cell(0, 7, _text(study_headline(records, any(r.is_tumour for r in records))), **_NEXT_LINE)
+    headline = study_headline(records, any(r.is_tumour for r in records), unread)
+    pdf.multi_cell(0, 7, _text(headline), **_NEXT_LINE)
 
 
 def series_lines(record: Record, view: SeriesView | None, reviews: Sequence) -> list[str]:
@@ -351,10 +353,13 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def study_headline(records: Sequence[Record], model_tumour: bool) -> str:
+def study_headline(records: Sequence[Record], model_tumour: bool, unread: int = 0) -> str:
     """The report's first verdict line: the radiologists' final labels when every series is reviewed, with the
-    model's verdict beside them; the model's verdict, marked as such, while any series is unreviewed."""
-    model = "Tumour" if model_tumour else "No tumour"
+    model's verdict beside them; the model's verdict, marked as such, while any series is unreviewed. ``unread``
+    series (none of their sections could be analysed, so never saved) leave the model no "No tumour" to give."""
+    model = "Tumour" if model_tumour else ("none" if unread else "No tumour")
+    if unread:
+        model += f" ({unread} series of the study could not be analysed: read them yourself)"
     reviewed = [r for r in records if r.final_label]
     if reviewed and len(reviewed) == len(records):
         final = "Tumour" if any(r.final_label != NEGATIVE_LABEL for r in reviewed) else "No tumour"
@@ -378,10 +383,12 @@ def study_report(
     record_ids: Sequence[str],
     classifier: Classifier,
     explainer: Explainer | None,
+    unread: int = 0,
 ) -> bytes:
     """The PDF report of the series ``record_ids`` (one study), with heat maps when the shipped model made the
-    verdicts and the lesion's outline on each key section when the classifier has a segmenter beside it. An audit
-    event names every result reported."""
+    verdicts and the lesion's outline on each key section when the classifier has a segmenter beside it; ``unread``:
+    series of the study none of whose sections could be analysed (never saved). An audit event names every result
+    reported."""
     require(actor, OPEN_RESULT)
     records = [store.get(i) for i in record_ids]
     if not records or any(r is None or r.kind != "series" for r in records):
@@ -401,7 +408,7 @@ def study_report(
         lesions = {n: key_lesion(v, segmenter) for n, v in enumerate(views, start=1) if v is not None}
     reviews = {r.id: store.reviews_of(r.id) for r in records}  # type: ignore[union-attr]
     notes = card_notes(classifier)
-    data = render(records, views, reviews, notes, heat, actor.name, lesions=lesions)  # type: ignore[arg-type]
+    data = render(records, views, reviews, notes, heat, actor.name, lesions=lesions, unread=unread)  # type: ignore[arg-type]
     for record_id in record_ids:
         audit.record(store, actor, "report", record_id)
     return data

@@ -29,5 +29,5 @@ def purge_images(store: Store, images: ImageStore, actor: Actor, days: int | Non
         raise ValueError(f"Images are kept at least 1 day (asked: {keep}); today's may not be reviewed yet.")
     cutoff = datetime.now(UTC) - timedelta(days=keep)
     expired = images.expired(cutoff)
-    audit.record(store, actor, "images_purged", None, older_than_days=keep, deleted=len(expired))
+    audit.record(store, actor, "images_purged", None, older_than_days=keep, deleted=len(expired))  # at most
     return sum(images.delete(key, stored_before=cutoff) for key in expired)  # saved again meanwhile: kept

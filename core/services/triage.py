@@ -275,9 +275,9 @@ def reference_for_saved(
                 if store.set_patient_ref(record_id, patient_ref):
                     audit.record(store, actor, "patient_reference_set", record_id, cleared=False)
             return status, patient_ref
-    except StoreError as error:
+    except StoreError as error:  # the stored reference is unknown: keep none, so a retry applies the typed one
         logger.warning("event=reference_update_failed code=%s", error.code)
-        return SaveStatus(NOT_UPDATED, f"the patient reference was not updated: {error}", record_id), patient_ref
+        return SaveStatus(NOT_UPDATED, f"the patient reference was not updated: {error}", record_id), None
     note = "it is saved under another patient reference, which was kept (correct it there if it is wrong)"
     return SaveStatus(ALREADY_SAVED, note, record_id), saved.patient_ref
 

@@ -325,9 +325,9 @@ class MongoStore(MongoPeople, MongoQuality):
             return [self._decode(document) for document in cursor]
 
     def worklist(self, query: WorklistQuery, limit: int = 200) -> list[Record]:
+        """Results to read: not yet reviewed first, then flagged, then rejected, newest first within each."""
         if limit <= 0:  # a real server refuses $limit 0
             return []
-        """Results to read: not yet reviewed first, then flagged, then rejected, newest first within each."""
         match: dict[str, Any] = {}
         if query.reviewed is not None:
             match["review_count"] = {"$gt": 0} if query.reviewed else {"$in": [0, None]}

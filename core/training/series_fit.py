@@ -28,7 +28,7 @@ from core.evaluation.splits import split_file_of
 from core.imaging import read_scan_file
 from core.model.analysis import analyse_scans
 from core.model.classifier import Classifier
-from core.model.decision import SeriesRule
+from core.model.decision import DecisionRule, SeriesRule
 from core.model.gate import REJECTED
 from core.training.sources import Item, discover
 
@@ -87,16 +87,18 @@ def curves(classifier: Classifier, members: list[Item]) -> list[float | None]:
     ]
 
 
-def choose(positives: list[list[float | None]], negatives: list[list[float | None]]) -> dict[str, Any]:
-    """The rule (see the module docstring) and its figures on these volumes."""
+def choose(
+    positives: list[list[float | None]], negatives: list[list[float | None]], floor: float = DecisionRule.threshold
+) -> dict[str, Any]:
+    """The rule (see the module docstring) and its figures on these volumes, each call made as the app makes it
+    (``floor``: the card's single-scan threshold, for scores resting on fewer neighbours than the rule's)."""
     table = []
     for k in NEIGHBOURS:
         for t in THRESHOLDS:
             rule = SeriesRule(k, t)
 
             def called(curve: list[float | None], rule: SeriesRule = rule) -> bool:
-                score, _ = rule.score(curve)
-                return score is not None and score >= rule.threshold
+                return rule.calls_tumour(curve, floor)
 
             sensitivity = float(np.mean([called(c) for c in positives])) if positives else 0.0
             specificity = float(np.mean([not called(c) for c in negatives])) if negatives else 0.0
@@ -130,12 +132,13 @@ def fit_series(card_path: Path, root: Path, log: Callable[[str], None] = print) 
             negatives.append(curve)
     if not positives or not negatives:
         raise ValueError("fitting the series rule needs tumour volumes (LGG) and tumour-free ones (Normal-heads)")
-    fitted = choose(positives, negatives + stretches)
+    floor = classifier.card.rule.threshold
+    fitted = choose(positives, negatives + stretches, floor)
     rule = SeriesRule(fitted["neighbours"], fitted["threshold"])
     check = {
-        "normal_heads_specificity": share_right(rule, negatives, tumour=False),
-        "tumour_free_stretch_specificity": share_right(rule, stretches, tumour=False),
-        "tumour_volume_sensitivity": share_right(rule, positives, tumour=True),
+        "normal_heads_specificity": share_right(rule, negatives, False, floor),
+        "tumour_free_stretch_specificity": share_right(rule, stretches, False, floor),
+        "tumour_volume_sensitivity": share_right(rule, positives, True, floor),
     }
     card["series"] = {
         "neighbours": rule.neighbours,
@@ -151,9 +154,11 @@ def fit_series(card_path: Path, root: Path, log: Callable[[str], None] = print) 
     return card["series"]
 
 
-def share_right(rule: SeriesRule, group: list[list[float | None]], tumour: bool) -> float | None:
-    """The share of ``group`` the rule calls right (tumour volumes called tumour, or the others not)."""
+def share_right(
+    rule: SeriesRule, group: list[list[float | None]], tumour: bool, floor: float = DecisionRule.threshold
+) -> float | None:
+    """The share of ``group`` the rule calls right (tumour volumes called tumour, or the others not), as served."""
     if not group:
         return None
-    calls = [(s is not None and s >= rule.threshold) for s, _ in (rule.score(c) for c in group)]
+    calls = [rule.calls_tumour(c, floor) for c in group]
     return round(float(np.mean([c == tumour for c in calls])), 4)
