@@ -404,4 +404,4 @@ def test_a_verdict_resting_on_fewer_neighbours_than_the_rule_takes_at_least_the_
     analysis = analyse_volume(volume, lenient)
     assert analysis.neighbours_used == 1 and analysis.score is not None
     assert analysis.score < 0.999 and not analysis.is_tumour  # by the single-scan 0.999, not the rule's 0.01
-    assert any("judged at least by the single-scan threshold" in w for w in analysis.warnings)
+    assert any("judged at least by the single-scan threshold (1.00)" in w for w in analysis.warnings)  # 0.999

@@ -154,10 +154,12 @@ def accuracy(confusion: Mapping[tuple[str, str], int]) -> Accuracy:
     cleared = sum(n for (label, final), n in confusion.items() if final == NEGATIVE_LABEL and label == NEGATIVE_LABEL)
     sensitivity, specificity = safe_rate(found, positives), safe_rate(cleared, negatives)
     matrix = dict(zip(confusion, suppress_group(list(confusion.values())), strict=True))  # they add up to reviewed
-    exact = None not in matrix.values()  # an interval gives back the count it stands on: none beside withheld cells
+    exact = None not in matrix.values()  # a rate or an interval beside withheld cells gives them back: none then
+    if not exact:
+        sensitivity = specificity = None
     return Accuracy(
         reviewed=suppress_small(total),
-        agreement=safe_rate(agreed, total),
+        agreement=safe_rate(agreed, total) if exact else None,
         sensitivity=sensitivity,
         sensitivity_interval=wilson_interval(found, positives) if sensitivity is not None and exact else None,
         specificity=specificity,

@@ -58,6 +58,7 @@ class SeriesAnalysis:
     model_version: str
     negative_label: str = "notumor"
     review_band: tuple[float, float] = (0.0, 0.0)  # the card's review band for single scans
+    single_threshold: float = 0.5  # the card's single-scan threshold: a verdict on fewer neighbours reaches it too
 
     @property
     def analysed(self) -> list[Section]:
@@ -104,7 +105,8 @@ class SeriesAnalysis:
             notes.append(
                 f"no {self.rule.neighbours} neighbouring sections could be analysed (the series has "
                 f"{len(self.sections)}, {len(self.analysed)} analysed); the verdict rests on {self.neighbours_used}, "
-                "judged at least by the single-scan threshold"
+                f"judged at least by the single-scan threshold ("
+                f"{self.rule.threshold_for(self.neighbours_used, self.single_threshold):.2f})"
             )
         areas = self.lesion_areas
         span = sections_spanned(areas) if areas is not None else None
@@ -228,6 +230,7 @@ def analyse_volume(volume: Volume, classifier: Classifier, batch_size: int = 64)
         model_version=card.version,
         negative_label=card.negative_label,
         review_band=tuple(card.rule.review_band),
+        single_threshold=card.rule.threshold,
     )
     if label == "tumour":  # name the type from the best window's mean, by the card's rule, when it stands out
         mean = result.probabilities

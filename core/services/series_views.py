@@ -188,7 +188,7 @@ def stored_series_view(record: Record, store: Store, images: ImageStore | None, 
         probabilities=dict(record.probabilities),
         model=f"{record.model_name} {record.model_version}",
         record=record,
-        needs_review=record.gate == NEEDS_REVIEW,
+        needs_review=record.gate == NEEDS_REVIEW and not record.review_count,  # reviewed: done
     )
 
 
