@@ -291,3 +291,17 @@ def test_a_file_that_gives_no_size_is_read_no_further_than_the_limit(tmp_path) -
     with pytest.raises(FileTooLarge):
         read_file_bytes(fifo, limits)
     writer.join(timeout=10)
+
+
+def test_a_transparent_colour_key_is_composited_over_black_in_gray_and_palette_pngs_alike() -> None:
+    """The same picture with a white background marked transparent: the palette PNG's became black, the gray
+    PNG's stayed white, so the two gave the model different inputs."""
+    pixels = synthetic_slice(128)
+    pixels[:8, :8] = 255
+    gray = Image.fromarray(pixels)
+    gray_buffer, palette_buffer = io.BytesIO(), io.BytesIO()
+    gray.save(gray_buffer, "PNG", transparency=255)
+    gray.convert("P").save(palette_buffer, "PNG", transparency=255)
+    from_gray = read_scan(gray_buffer.getvalue()).pixels
+    from_palette = read_scan(palette_buffer.getvalue()).pixels
+    assert from_gray[0, 0] == 0 and from_palette[0, 0] == 0

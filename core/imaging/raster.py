@@ -114,8 +114,10 @@ def _to_gray(image: Image.Image) -> tuple[np.ndarray, float]:
     mode = image.mode
     if mode in _HIGH_DEPTH:
         return stretch_to_uint8(np.asarray(image)), 0.0
-    if mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if mode in ("P", "L", "RGB") and "transparency" in image.info:  # a tRNS colour: transparent, whatever the mode
+        image = image.convert("RGBA")
+    elif mode == "P":
+        image = image.convert("RGB")
     elif mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
         image = image.convert("L" if mode == "1" else "RGB")
     elif mode == "PA":
