@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/gate.py --data ../shared/data/brain-mri [--model CARD] [--per-kind 40] [--cam 150]
 
-- Non-MRI rejection: generated images of every kind in tests/ood.py (noise, 1/f noise, shapes, documents,
+- Non-MRI rejection: generated images of every kind in core/imaging/negatives.py (noise, 1/f noise, shapes, documents,
   chest-X-ray-like radiographs, colour photographs, gray scenes with a blob), as PNG uploads.
 - MRI rejection: every scan of the model's validation split (needs the data folder).
 - Grad-CAM: mean heat inside the brain outline over mean heat outside, on validation tumour scans, and its cost.

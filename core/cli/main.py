@@ -128,7 +128,7 @@ def _add_train_command(commands: Any) -> None:
     )
     train.add_argument("--rotation", type=float, default=None, metavar="DEG", help="augmentation's largest turn")
     train.add_argument("--learning-rate", type=float, default=None, help="peak learning rate")
-    train.add_argument("--max-minutes", type=float, default=None, help="time budget (default 75; resumes included)")
+    train.add_argument("--max-minutes", type=float, default=None, help="time budget (default 180; resumes included)")
     train.add_argument("--init", metavar="CARD", help="start from this model (same input and validation split)")
     train.add_argument("--samples-per-epoch", type=int, default=None, help="images drawn per epoch (0: all)")
     train.add_argument(
