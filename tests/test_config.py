@@ -65,8 +65,18 @@ def test_the_reverse_proxy_example_sets_tls_and_the_security_headers() -> None:
 def test_the_secrets_example_holds_no_real_values() -> None:
     text = (ROOT / ".streamlit" / "secrets.toml.example").read_text()
     example = tomllib.loads(text)
-    assert example["identity"]["hmac_key"].startswith("REPLACE")
-    assert "PASSWORD" in example["mongo"]["uri"] and "[auth]" in text
+    # copied as it says, it keeps the embedded database and a local random key: the placeholders are comments
+    assert not example.get("mongo") and not example.get("identity")
+    assert '# hmac_key = "REPLACE' in text and "PASSWORD@" in text and "[auth]" in text
+    import os
+
+    import pytest
+
+    from core.config import mongodb_uri, patient_key
+
+    assert os.environ.get("MONGODB_URI") or mongodb_uri(example) is None
+    with pytest.raises(ValueError, match="placeholder"):
+        patient_key({"identity": {"hmac_key": "REPLACE_WITH_64_HEX_CHARACTERS"}}, shared_database=True)
     assert all(
         line.split("=", 1)[1].strip().strip('"').startswith(("REPLACE", "https://", "groups"))
         for line in text.splitlines()

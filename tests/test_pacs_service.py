@@ -186,3 +186,40 @@ def test_the_report_names_each_multiframe_files_own_series(tiny_classifier) -> N
     assert named == ["1.2.3.4.3", "1.2.3.4.7"]
     lines = [objects._series_lines(evidence, series) for series in outcome.series]
     assert any(line.startswith("Series 3 T1 post") for line in lines) and any("7 FLAIR" in line for line in lines)
+
+
+def test_a_study_that_breaks_the_watch_is_reported_and_left_behind_and_one_not_saved_is_tried_again(
+    tiny_classifier, tmp_path: Path, monkeypatch
+) -> None:
+    """An exception on one study stopped the watch, and the restarted watch met it first again: triage stopped for
+    every later study. A study whose series could not be saved was marked handled: never on the worklist."""
+    bad, good = f"{STUDY}.5", f"{STUDY}.6"
+    pacs = StandIn({uid: tumour_study(uid) for uid in (bad, good)})
+    store = SQLiteStore(tmp_path / "r.db")
+    watcher = pacs_service.Watcher(pacs, Feed([bad, good]), tiny_classifier, store, None, None)
+    real = pacs_service._handle
+
+    def breaks_on_bad(w, uid, actor):
+        if uid == bad:
+            raise ValueError("a study the code cannot handle")
+        return real(w, uid, actor)
+
+    monkeypatch.setattr(pacs_service, "_handle", breaks_on_bad)
+    state = pacs_service.WatchState.load(tmp_path / "watch.json")
+    lines = pacs_service.watch_once(watcher, state, RADIOLOGIST)
+    assert [(line["study_uid"], line.get("skipped")) for line in lines] == [(bad, "internal_error"), (good, None)]
+    assert state.seen(bad) and state.seen(good) and state.last == 2
+    monkeypatch.setattr(pacs_service, "_handle", real)
+
+    later = f"{STUDY}.7"
+    pacs.files[later] = tumour_study(later)
+    from core.services.triage import SaveStatus
+
+    monkeypatch.setattr(pacs_service, "save_series", lambda *a, **k: SaveStatus("not saved", "disk full"))
+    again = pacs_service.watch_once(
+        pacs_service.Watcher(pacs, Feed([bad, good, later]), tiny_classifier, store, None, None), state, RADIOLOGIST
+    )
+    assert [(line["study_uid"], line.get("skipped"), line.get("retry")) for line in again] == [
+        (later, "store_unavailable", True)
+    ]
+    assert not state.seen(later) and state.last == 2  # tried again next time

@@ -146,7 +146,7 @@ def _analyse(actor: Actor, hit: StudyHit, classifier: Any, key: bytes | None) ->
                 st.error(f"This study cannot be analysed. {pulled.outcome.error_message}")
                 return
             study = pacs_service.save_pulled(pulled, store, actor=actor, images=resources.image_store(store), key=key)
-    except (PacsError, AccessDenied) as error:
+    except (PacsError, AccessDenied, StoreError) as error:  # the audit of a pull fails with the database too
         st.error(str(error))
         return
     st.session_state[PULLED] = pulled  # one study's analyses at most: what a send needs

@@ -184,7 +184,9 @@ def key_images(evidence: Sequence[Any], series: SeriesAnalysis) -> list[Any]:
 
     reference = next((e for e in evidence if str(e.SeriesInstanceUID) == _source_series(evidence, series)), evidence[0])
     letters = series.volume.letters  # the displayed section's edges: rows run to "right", columns to "bottom"
-    orientation = (letters["right"], letters["bottom"]) if letters else None
+    if not letters:  # a Secondary Capture in patient coordinates needs its orientation: none without the files'
+        return []
+    orientation = (letters["right"], letters["bottom"])
     images = []
     for index in key_sections(series):
         pixels = np.ascontiguousarray(series.volume.sections[index])
@@ -197,7 +199,7 @@ def key_images(evidence: Sequence[Any], series: SeriesAnalysis) -> list[Any]:
             pixel_array=rgb,
             photometric_interpretation="RGB",
             bits_allocated=8,
-            coordinate_system="PATIENT" if orientation else None,
+            coordinate_system="PATIENT",
             patient_orientation=orientation,
             series_instance_uid=_uid(reference.StudyInstanceUID, series.volume.series, "key images"),
             series_number=9902,

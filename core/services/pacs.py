@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from core.config import PacsSettings
-from core.errors import FileTooLarge, PacsError, PacsUnreachable
+from core.errors import FileTooLarge, PacsError, PacsUnreachable, StoreError
 from core.identity import pseudonymise
 from core.model.classifier import Classifier
 from core.pacs import objects
 from core.pacs.client import OrthancChanges, Pacs, StudyHit
 from core.services import audit, reviews
 from core.services.access import ANALYSE, PACS, REVIEW, Actor, require
-from core.services.studies import StudyOutcome, StudyResult, analyse_study, save_series, save_study
+from core.services.studies import NOT_SAVED, StudyOutcome, StudyResult, analyse_study, save_series, save_study
 from core.storage.images import ImageStore
 from core.storage.protocol import AuditTrail, Store
 
@@ -215,7 +215,8 @@ class Watcher:
 
 
 # the PACS did not answer, or failed (HTTP 5xx): the study is tried again by the next watch, never dropped
-RETRIED = frozenset({PacsUnreachable.code, PacsError.code})
+STORE_DOWN = "store_unavailable"
+RETRIED = frozenset({PacsUnreachable.code, PacsError.code, STORE_DOWN})
 
 
 def watch_once(watcher: Watcher, state: WatchState, actor: Actor) -> list[dict[str, Any]]:
@@ -234,7 +235,7 @@ def watch_once(watcher: Watcher, state: WatchState, actor: Actor) -> list[dict[s
         fresh = list(dict.fromkeys(uid for _, uid in studies if not state.seen(uid)))  # a study is stable again
         failed = []
         for study_uid in fresh:  # when objects are added to it (our own report too): analysed once all the same
-            line = _handle(watcher, study_uid, actor)
+            line = _handled_safely(watcher, study_uid, actor)
             if line.get("skipped") in RETRIED:
                 line["retry"] = True
                 failed.append(study_uid)
@@ -242,6 +243,23 @@ def watch_once(watcher: Watcher, state: WatchState, actor: Actor) -> list[dict[s
         state.save(state.last if failed else last, [uid for uid in fresh if uid not in failed])
         done = done or bool(failed)
     return lines
+
+
+def _handled_safely(watcher: Watcher, study_uid: str, actor: Actor) -> dict[str, Any]:
+    """:func:`_handle`, never raising: the database unavailable is tried again; anything else that one study
+    raises is logged and reported for that study, which is then left behind (an exception used to stop the watch,
+    and the restarted watch met the same study first and stopped again: triage stopped for every later study)."""
+    try:
+        return _handle(watcher, study_uid, actor)
+    except StoreError as error:
+        return {"study_uid": study_uid, "skipped": STORE_DOWN, "reason": str(error)}
+    except Exception:
+        logger.exception("event=pacs_study_failed code=internal_error")
+        return {
+            "study_uid": study_uid,
+            "skipped": "internal_error",
+            "reason": "the study could not be handled; see log",
+        }
 
 
 def _handle(watcher: Watcher, study_uid: str, actor: Actor) -> dict[str, Any]:
@@ -254,6 +272,9 @@ def _handle(watcher: Watcher, study_uid: str, actor: Actor) -> dict[str, Any]:
         save_series(s, watcher.store, actor=actor, patient_ref=reference, images=watcher.images, key=watcher.key).state
         for s in pulled.outcome.series
     ]
+    if NOT_SAVED in saved:  # not on the worklist: tried again, and no report sent for a study nobody can review
+        reason = "a series could not be saved; the study is tried again"
+        return {"study_uid": study_uid, "skipped": STORE_DOWN, "reason": reason, "saved": saved}
     line: dict[str, Any] = {"study_uid": study_uid, "verdict": pulled.outcome.verdict, "saved": saved}
     if pulled.outcome.unanalysed:
         line["unanalysed_series"] = pulled.outcome.unanalysed  # why there is no verdict: the report says so too
