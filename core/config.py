@@ -33,6 +33,22 @@ def data_dir() -> Path:
     return Path(os.environ.get("BTD_DATA_DIR") or PROJECT_ROOT / "data")
 
 
+def file_secrets() -> dict[str, Any]:
+    """The app's secrets file (``BTD_SECRETS``, else the project's ``.streamlit/secrets.toml``) for the command
+    line, which Streamlit does not configure: the same database, keys and PACS as the app serves (the commands
+    used the environment only, so a deployment configured in the file had its watch and back-fills write to
+    another database, with other keys). Empty when there is none; a file that cannot be read is refused."""
+    import tomllib
+
+    path = Path(os.environ.get("BTD_SECRETS") or PROJECT_ROOT / ".streamlit" / "secrets.toml")
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise ValueError(f"the secrets file {path} cannot be read ({type(error).__name__})") from error
+
+
 def mongodb_uri(secrets: Mapping[str, Any]) -> str | None:
     """``MONGODB_URI`` from the environment, else ``[mongo] uri`` from the Streamlit secrets; None = embedded."""
     return os.environ.get("MONGODB_URI") or (secrets.get("mongo") or {}).get("uri") or None

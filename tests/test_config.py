@@ -94,3 +94,23 @@ def test_data_files_are_created_private(tmp_path) -> None:
     FolderImages(tmp_path / "images").put(__import__("numpy").zeros((64, 64), "uint8"))
     files = [tmp_path / "results.sqlite3", tmp_path / "patient-ref.key", *(tmp_path / "images").glob("??/??/*.png")]
     assert len(files) == 3 and all(oct(path.stat().st_mode)[-3:] == "600" for path in files)
+
+
+def test_the_command_line_reads_the_apps_secrets_file(tmp_path: Path, monkeypatch) -> None:
+    """The commands read the environment only: a deployment configured in secrets.toml had its PACS watch write to
+    another database with another patient key."""
+    import pytest
+
+    from core.config import file_secrets, pacs_settings, patient_key
+
+    path = tmp_path / "secrets.toml"
+    monkeypatch.setenv("BTD_SECRETS", str(path))
+    monkeypatch.delenv("BTD_HMAC_KEY", raising=False)
+    monkeypatch.delenv("BTD_PACS_URL", raising=False)
+    assert file_secrets() == {}
+    path.write_text('[identity]\nhmac_key = "' + "ab" * 32 + '"\n[pacs]\nurl = "http://pacs.example/dicom-web"\n')
+    assert patient_key(file_secrets(), shared_database=True) == bytes.fromhex("ab" * 32)
+    assert pacs_settings(file_secrets()).url == "http://pacs.example/dicom-web"
+    path.write_text("[identity\n")
+    with pytest.raises(ValueError, match="cannot be read"):
+        file_secrets()

@@ -21,7 +21,7 @@ from typing import Any
 
 from core.cli.common import EXIT_NOT_SAVED, EXIT_OK, EXIT_REJECTED, EXIT_USAGE, emit, error_json
 from core.cli.studies import emit_outcome
-from core.config import PacsSettings, data_dir, mongodb_uri, pacs_settings, patient_key
+from core.config import PacsSettings, data_dir, file_secrets, mongodb_uri, pacs_settings, patient_key
 from core.errors import PacsError, StoreError
 from core.pacs.client import OrthancChanges
 from core.pacs.objects import ModelFacts
@@ -62,7 +62,7 @@ def _connection_options(command: Any, study: bool) -> None:
 
 
 def _settings(args: argparse.Namespace) -> PacsSettings | None:
-    configured = pacs_settings({})
+    configured = pacs_settings(file_secrets())
     url = args.url or (configured.url if configured else None)
     if not url:
         return None
@@ -84,7 +84,7 @@ def cmd_analyse(args: argparse.Namespace) -> int:
     store, images, key = None, None, None
     try:
         store = open_results_store()
-        key = patient_key({}, shared_database=bool(mongodb_uri({})))
+        key = patient_key(file_secrets(), shared_database=bool(mongodb_uri(file_secrets())))
         images = open_image_store(store) if args.save else None
     except (StoreError, ValueError) as error:
         emit(error_json(getattr(error, "code", "bad_configuration"), str(error)), sys.stdout)
@@ -112,7 +112,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         store = open_results_store()
-        key = patient_key({}, shared_database=bool(mongodb_uri({})))
+        key = patient_key(file_secrets(), shared_database=bool(mongodb_uri(file_secrets())))
         images = open_image_store(store)
     except (StoreError, ValueError) as error:
         emit(error_json(getattr(error, "code", "bad_configuration"), str(error)), sys.stdout)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from core.cli.common import EXIT_NOT_SAVED, EXIT_OK, EXIT_REJECTED, EXIT_USAGE, emit, error_json
-from core.config import mongodb_uri, patient_key
+from core.config import file_secrets, mongodb_uri, patient_key
 from core.errors import StoreError
 from core.services.access import COMMAND_LINE
 from core.services.resources import load_classifier, open_image_store, open_results_store
@@ -21,7 +21,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         try:
             store = open_results_store()
             images = open_image_store(store)
-            key = patient_key({}, shared_database=bool(mongodb_uri({})))
+            key = patient_key(file_secrets(), shared_database=bool(mongodb_uri(file_secrets())))
         except (StoreError, ValueError) as error:
             emit(error_json(getattr(error, "code", "bad_configuration"), str(error)), sys.stdout)
             return EXIT_USAGE

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from core.config import audit_key, data_dir, lesion_card_path, model_card_path, mongodb_uri
+from core.config import audit_key, data_dir, file_secrets, lesion_card_path, model_card_path, mongodb_uri
 from core.model.classifier import Classifier, with_segmenter
 from core.model.explain import Explainer
 from core.storage import open_store
@@ -30,9 +30,11 @@ def load_explainer(classifier: Classifier) -> Explainer:
 
 
 def open_results_store(secrets: Mapping[str, Any] | None = None) -> Store:
-    """The configured database: MongoDB when a URI is set (environment or secrets), else the embedded SQLite file."""
-    uri = mongodb_uri(secrets or {})
-    return open_store(uri, data_dir(), audit_key(secrets or {}, shared_database=bool(uri)))
+    """The configured database: MongoDB when a URI is set (environment or secrets: by default the app's secrets
+    file, :func:`core.config.file_secrets`), else the embedded SQLite file."""
+    secrets = file_secrets() if secrets is None else secrets
+    uri = mongodb_uri(secrets)
+    return open_store(uri, data_dir(), audit_key(secrets, shared_database=bool(uri)))
 
 
 def open_image_store(store: Store) -> ImageStore:
