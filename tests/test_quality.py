@@ -86,6 +86,11 @@ def test_counts_that_add_up_to_the_reviewed_total_shown_are_withheld_as_groups()
     assert cells.reviewed == 50 and list(cells.matrix.values()).count(None) == 2
     assert cells.sensitivity_interval is None and cells.specificity_interval is None  # they give counts back
     assert cells.sensitivity is None and cells.specificity is None and cells.agreement is None  # so do rates
+    apart = accuracy(  # the withheld cells are disagreements on no-tumour finals: agreement and sensitivity stand
+        {("glioma", "glioma"): 30, ("notumor", "notumor"): 40, ("glioma", "notumor"): 3, ("pituitary", "notumor"): 4}
+    )
+    assert apart.matrix[("glioma", "notumor")] is None and apart.matrix[("pituitary", "notumor")] is None
+    assert apart.agreement == pytest.approx(70 / 77) and apart.sensitivity == 1.0 and apart.specificity is None
     rows, _ = quality_rows([day(0, 40, 12, reviewed=30, agreed=24), day(1, 40, 12, reviewed=3, agreed=3)], None)
     assert [r.reviewed for r in rows] == [None, None] and [r.shown for r in rows] == [40, 40]
     assert rows[0].agreement is None and rows[0].agreement_interval is None  # 80 % of ? would give the 30 back

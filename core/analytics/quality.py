@@ -152,18 +152,20 @@ def accuracy(confusion: Mapping[tuple[str, str], int]) -> Accuracy:
     found = sum(n for (label, final), n in confusion.items() if final != NEGATIVE_LABEL and label != NEGATIVE_LABEL)
     negatives = total - positives
     cleared = sum(n for (label, final), n in confusion.items() if final == NEGATIVE_LABEL and label == NEGATIVE_LABEL)
-    sensitivity, specificity = safe_rate(found, positives), safe_rate(cleared, negatives)
     matrix = dict(zip(confusion, suppress_group(list(confusion.values())), strict=True))  # they add up to reviewed
-    exact = None not in matrix.values()  # a rate or an interval beside withheld cells gives them back: none then
-    if not exact:
-        sensitivity = specificity = None
+    # a rate (and its interval) with the reviewed total shown gives back the sum of the cells it counts: shown only
+    # when none of those cells is withheld (then it tells nothing the matrix does not)
+    withheld = [cell for cell, n in matrix.items() if n is None]
+    agreement = None if any(label == final for label, final in withheld) else safe_rate(agreed, total)
+    sensitivity = None if any(final != NEGATIVE_LABEL for _, final in withheld) else safe_rate(found, positives)
+    specificity = None if any(final == NEGATIVE_LABEL for _, final in withheld) else safe_rate(cleared, negatives)
     return Accuracy(
         reviewed=suppress_small(total),
-        agreement=safe_rate(agreed, total) if exact else None,
+        agreement=agreement,
         sensitivity=sensitivity,
-        sensitivity_interval=wilson_interval(found, positives) if sensitivity is not None and exact else None,
+        sensitivity_interval=wilson_interval(found, positives) if sensitivity is not None else None,
         specificity=specificity,
-        specificity_interval=wilson_interval(cleared, negatives) if specificity is not None and exact else None,
+        specificity_interval=wilson_interval(cleared, negatives) if specificity is not None else None,
         matrix=matrix,
     )
 
