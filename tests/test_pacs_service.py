@@ -223,3 +223,18 @@ def test_a_study_that_breaks_the_watch_is_reported_and_left_behind_and_one_not_s
         (later, "store_unavailable", True)
     ]
     assert not state.seen(later) and state.last == 2  # tried again next time
+
+
+def test_a_watched_study_with_a_series_nobody_could_read_is_handled_not_retried_forever(
+    tiny_classifier, tmp_path: Path
+) -> None:
+    import numpy as np
+
+    uid = f"{STUDY}.8"
+    unread = dicom_series(np.zeros((4, 96, 96), np.uint16), study_uid=uid, series_uid=f"{uid}.2")
+    pacs = StandIn({uid: tumour_study(uid) + unread})
+    watcher = pacs_service.Watcher(pacs, Feed([uid]), tiny_classifier, SQLiteStore(tmp_path / "r.db"), None, None)
+    state = pacs_service.WatchState.load(tmp_path / "watch.json")
+    (line,) = pacs_service.watch_once(watcher, state, RADIOLOGIST)
+    assert line.get("skipped") is None and line["unanalysed_series"] == 1 and line["saved"] == ["saved", "not saved"]
+    assert state.seen(uid) and state.last == 1

@@ -272,7 +272,9 @@ def _handle(watcher: Watcher, study_uid: str, actor: Actor) -> dict[str, Any]:
         save_series(s, watcher.store, actor=actor, patient_ref=reference, images=watcher.images, key=watcher.key).state
         for s in pulled.outcome.series
     ]
-    if NOT_SAVED in saved:  # not on the worklist: tried again, and no report sent for a study nobody can review
+    unsaved = [state for s, state in zip(pulled.outcome.series, saved, strict=True) if s.label is not None]
+    if NOT_SAVED in unsaved:  # not on the worklist: tried again, no report for a study nobody can review (a series
+        # nobody could read is never saved: that one is reported, not retried)
         reason = "a series could not be saved; the study is tried again"
         return {"study_uid": study_uid, "skipped": STORE_DOWN, "reason": reason, "saved": saved}
     line: dict[str, Any] = {"study_uid": study_uid, "verdict": pulled.outcome.verdict, "saved": saved}
