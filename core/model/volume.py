@@ -210,8 +210,12 @@ def analyse_volume(volume: Volume, classifier: Classifier, batch_size: int = 64)
     card = classifier.card
     rule = card.series
     score, used = rule.score([s.tumour_probability for s in sections], volume.gap_starts)  # runs stop at a gap
-    called = rule.calls_tumour([s.tumour_probability for s in sections], card.rule.threshold, volume.gap_starts)
-    label = None if score is None else ("tumour" if called else card.negative_label)
+    # the same call as SeriesRule.calls_tumour, from the score just computed
+    label = (
+        None
+        if score is None
+        else ("tumour" if score >= rule.threshold_for(used, card.rule.threshold) else card.negative_label)
+    )
     stages = dict.fromkeys(("crop", "preprocess", "predict", *(("segment",) if classifier.segmenter else ())), 0.0)
     for result in results:
         if not isinstance(result, ScanError):

@@ -238,19 +238,11 @@ def triage(
     else:
         status = save_record(record, store, actor, analysis.prediction.gate.decision)
     view = scan_view(analysis, explainer)
+    triaged = Triaged(outcome.sha256, outcome.frames, analysis.scan.frame, view, record=record, status=status)
     if status.state == ALREADY_SAVED and store is not None:  # uploaded before: link the reference typed now
-        linked = linked_to_saved(
-            Triaged(outcome.sha256, outcome.frames, analysis.scan.frame, view, record=record, status=status),
-            store,
-            patient_ref,
-            actor,
-        )
-        record, status = linked.record, linked.status
-    pixels = analysis.scan.pixels if status.state == NOT_SAVED else None
-    frame_read = analysis.scan.frame
-    return Triaged(
-        outcome.sha256, outcome.frames, frame_read, view, record=record, status=status, unsaved_pixels=pixels
-    )
+        triaged = linked_to_saved(triaged, store, patient_ref, actor)
+    unsaved = triaged.status is not None and triaged.status.state == NOT_SAVED
+    return replace(triaged, unsaved_pixels=analysis.scan.pixels if unsaved else None)
 
 
 def linked_to_saved(triaged: Triaged, store: Store, patient_ref: str | None, actor: Actor) -> Triaged:
