@@ -6,14 +6,15 @@ PORT ?= 8501
 
 .PHONY: run test check lint format audit bench clean
 
-$(VENV)/.runtime: requirements.txt
+# constraints.txt pins every transitive package too, so a fresh machine installs the tree CI passed with.
+$(VENV)/.runtime: requirements.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -c constraints.txt pip
+	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt -c constraints.txt
 	touch $@
 
 run: $(VENV)/.runtime

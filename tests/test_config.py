@@ -36,8 +36,32 @@ def test_requirements_are_pinned() -> None:
                 assert "==" in line, f"{name}: {line} is not pinned"
 
 
+def _pins(name: str) -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / name).read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line and not line.startswith("-"):
+            package, version = line.split("==")
+            pins[package.strip().lower().replace("_", "-")] = version.strip()
+    return pins
+
+
+def test_constraints_pin_every_requirement_at_its_version_and_every_transitive_package() -> None:
+    constraints = _pins("constraints.txt")
+    for name in ("requirements.txt", "requirements-dev.txt"):
+        for package, version in _pins(name).items():
+            assert constraints.get(package) == version, (
+                f"{name}: {package}=={version} but constraints.txt says {constraints.get(package)}"
+            )
+    # the transitive packages that move most often and broke installs elsewhere are pinned too
+    for package in ("pip", "protobuf", "pyarrow", "starlette", "jinja2"):
+        assert package in constraints, package
+    makefile = (ROOT / "Makefile").read_text()
+    assert makefile.count("-c constraints.txt") == 3, "every pip install in the Makefile runs under the constraints"
+
+
 def test_core_never_imports_streamlit() -> None:
-    for path in (ROOT / "core").glob("*.py"):
+    for path in (ROOT / "core").rglob("*.py"):
         text = path.read_text()
         assert "import streamlit" not in text and "from streamlit" not in text, path.name
 
