@@ -107,7 +107,7 @@ def test_the_report_and_key_images_go_back_to_the_pacs_once_and_read_back_with_t
     assert len(sent) == 3 and all(STUDY not in e.detail.values() for e in sent)  # keyed, never the UID
 
 
-def test_watch_mode_analyses_each_new_brain_mr_study_once_also_after_a_restart(
+def test_watch_mode_analyses_each_new_brain_mr_study_once_also_after_a_restart_and_again_when_a_series_is_added(
     orthanc, tiny_classifier, tmp_path
 ) -> None:
     import time
@@ -136,6 +136,12 @@ def test_watch_mode_analyses_each_new_brain_mr_study_once_also_after_a_restart(
     assert [line["study_uid"] for line in pacs_service.watch_once(watcher, state, RADIOLOGIST)] == [new]
     assert pacs_service.watch_once(watcher, state, RADIOLOGIST) == []  # exactly once
     assert len(store.worklist(WorklistQuery(), 10)) == 2
+    # the scanner sends another series to that study later: analysed again, the new series added to the worklist
+    pacs.store(_datasets(dicom_series(head_volume(5, 96, range(1, 3)), study_uid=new, series_uid=f"{new}.2")))
+    time.sleep(2.5)
+    (again,) = pacs_service.watch_once(watcher, state, RADIOLOGIST)
+    assert again["study_uid"] == new and again["again"] and sorted(again["saved"]) == ["already saved", "saved"]
+    assert len(store.worklist(WorklistQuery(), 10)) == 3
 
 
 def test_supervisors_and_admins_never_reach_pacs_images(orthanc, tiny_classifier) -> None:

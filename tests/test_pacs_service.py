@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from core.domain.results import WorklistQuery
 from core.errors import PacsError, PacsNotFound, PacsUnreachable
 from core.imaging.phantom_series import dicom_series, head_volume
 from core.pacs import objects
+from core.pacs.client import SeriesHit
 from core.services import pacs as pacs_service
 from core.services.access import Actor
 from core.services.studies import analyse_study
@@ -34,6 +36,10 @@ class StandIn:
     def store(self, datasets: list) -> list[str]:
         self.stored.append(datasets)
         return [str(ds.SOPInstanceUID) for ds in datasets]
+
+    def series_of(self, study_uid: str) -> list[SeriesHit]:
+        """The study's files as one MR series (enough for the watch's fingerprint: adding files changes it)."""
+        return [SeriesHit(f"{study_uid}.mr", "MR", "", len(self.files.get(study_uid, [])))]
 
 
 class Searchable(StandIn):
@@ -238,3 +244,40 @@ def test_a_watched_study_with_a_series_nobody_could_read_is_handled_not_retried_
     (line,) = pacs_service.watch_once(watcher, state, RADIOLOGIST)
     assert line.get("skipped") is None and line["unanalysed_series"] == 1 and line["saved"] == ["saved", "not saved"]
     assert state.seen(uid) and state.last == 1
+
+
+def test_a_watched_study_is_analysed_again_only_when_mr_images_are_added_to_it(tiny_classifier, tmp_path) -> None:
+    """A study was analysed at its first stability only: a series the scanner sent later was never triaged. Our
+    own report added to the study (stable again, same MR images) must not start a second analysis."""
+    uid = f"{STUDY}.9"
+    pacs = StandIn({uid: tumour_study(uid)})
+    feed = Feed([uid])
+    store = SQLiteStore(tmp_path / "r.db")
+    watcher = pacs_service.Watcher(pacs, feed, tiny_classifier, store, None, None)
+    state = pacs_service.WatchState.load(tmp_path / "watch.json")
+    (first,) = pacs_service.watch_once(watcher, state, RADIOLOGIST)
+    assert first["saved"] == ["saved"] and "again" not in first
+    feed.studies.append(uid)  # stable again, nothing of MR added (our report, say)
+    assert pacs_service.watch_once(watcher, state, RADIOLOGIST) == [] and state.last == 2
+    later = dicom_series(head_volume(5, 96, range(1, 3), seed=4), study_uid=uid, series_uid=f"{uid}.2")
+    pacs.files[uid] = pacs.files[uid] + later
+    feed.studies.append(uid)
+    restarted = pacs_service.WatchState.load(tmp_path / "watch.json")
+    (again,) = pacs_service.watch_once(watcher, restarted, RADIOLOGIST)
+    assert again["again"] and again["saved"] == ["already saved", "saved"]  # the first series is not saved twice
+    assert again["verdict"] is not None and restarted.last == 3
+    assert len(store.worklist(WorklistQuery(), 10)) == 2
+    feed.studies.append(uid)
+    assert pacs_service.watch_once(watcher, pacs_service.WatchState.load(tmp_path / "watch.json"), RADIOLOGIST) == []
+
+
+def test_a_watch_state_written_before_fingerprints_keeps_its_studies_handled(tiny_classifier, tmp_path) -> None:
+    import hashlib
+    import json
+
+    uid = f"{STUDY}.10"
+    (tmp_path / "watch.json").write_text(json.dumps({"last": 0, "handled": [hashlib.sha256(uid.encode()).hexdigest()]}))
+    pacs = StandIn({uid: tumour_study(uid)})
+    watcher = pacs_service.Watcher(pacs, Feed([uid]), tiny_classifier, SQLiteStore(tmp_path / "r.db"), None, None)
+    state = pacs_service.WatchState.load(tmp_path / "watch.json")
+    assert state.seen(uid) and pacs_service.watch_once(watcher, state, RADIOLOGIST) == [] and state.last == 1

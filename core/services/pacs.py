@@ -173,32 +173,54 @@ def patient_reference(patient_id: str, key: bytes | None) -> str | None:
 
 @dataclass
 class WatchState:
-    """The last change of the PACS's feed already handled, kept in a small JSON file so that a restart goes on
-    from there (each study is analysed once)."""
+    """The last change of the PACS's feed already handled and, for each study analysed (SHA-256 of its UID, newest
+    last), a fingerprint of its MR series and their image counts when it was; kept in a small JSON file so that a
+    restart goes on from there. A study stable again with the same MR images (our own report added to it, say) is
+    not analysed again; one with MR images added since is."""
 
     path: Path
     last: int = 0
-    handled: list[str] = field(default_factory=list)  # studies analysed (SHA-256 of their UID), newest last
+    handled: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path) -> WatchState:
         try:
             saved = json.loads(path.read_text())
-            return cls(path, int(saved["last"]), [str(s) for s in saved.get("handled", [])])
-        except (OSError, ValueError, KeyError, TypeError):
+            handled = saved.get("handled", {})
+            if isinstance(handled, list):  # written before fingerprints: handled, images unknown (never redone)
+                handled = dict.fromkeys(handled, LEGACY)
+            return cls(path, int(saved["last"]), {str(k): str(v) for k, v in handled.items()})
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return cls(path)
 
     def seen(self, study_uid: str) -> bool:
-        return hashlib.sha256(study_uid.encode()).hexdigest() in self.handled
+        return self.fingerprint(study_uid) is not None
 
-    def save(self, last: int, handled: Sequence[str] = ()) -> None:
+    def fingerprint(self, study_uid: str) -> str | None:
+        """The study's MR fingerprint when it was analysed; None if it never was."""
+        return self.handled.get(hashlib.sha256(study_uid.encode()).hexdigest())
+
+    def save(self, last: int, handled: dict[str, str] | None = None) -> None:
         self.last = last
-        keys = [hashlib.sha256(uid.encode()).hexdigest() for uid in handled]
-        self.handled = [*self.handled, *keys][-10_000:]
+        for uid, fingerprint in (handled or {}).items():
+            key = hashlib.sha256(uid.encode()).hexdigest()
+            self.handled.pop(key, None)  # newest last
+            self.handled[key] = fingerprint
+        self.handled = dict(list(self.handled.items())[-10_000:])
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_suffix(".tmp")
         partial.write_text(json.dumps({"last": last, "handled": self.handled}))
         os.replace(partial, self.path)  # never half-written
+
+
+LEGACY = "handled"  # a study handled before fingerprints were kept
+
+
+def mr_fingerprint(pacs: Pacs, study_uid: str) -> str:
+    """What decides whether a study changed since it was analysed: its MR series and how many images each holds
+    (one series search; objects of other modalities, our own report among them, do not count)."""
+    series = sorted(f"{s.series_uid}:{s.instances}" for s in pacs.series_of(study_uid) if s.modality.upper() == "MR")
+    return hashlib.sha256("\n".join(series).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -222,7 +244,9 @@ RETRIED = frozenset({PacsUnreachable.code, PacsError.code, STORE_DOWN})
 def watch_once(watcher: Watcher, state: WatchState, actor: Actor) -> list[dict[str, Any]]:
     """Handle every study that became stable since the last change handled: analyse it as an upload, save each
     series to the worklist (the patient's keyed reference from the PACS patient ID) and send the report when asked;
-    a study without brain MR is skipped with its reason. A study the PACS failed to give (:data:`RETRIED`) is not
+    a study without brain MR is skipped with its reason. A study analysed before is analysed again only when its
+    MR images changed (a series sent later: its earlier series are already saved, the new ones are added and the
+    report is sent again with the study's new verdict). A study the PACS failed to give (:data:`RETRIED`) is not
     marked handled and the feed is not moved past it: the others of that page are handled, this watch stops there
     and the next one tries it again (a moment's outage must not drop a study from triage). Returns one line per
     study."""
@@ -232,17 +256,38 @@ def watch_once(watcher: Watcher, state: WatchState, actor: Actor) -> list[dict[s
     done = False
     while not done:
         studies, last, done = watcher.changes.stable_studies(state.last)
-        fresh = list(dict.fromkeys(uid for _, uid in studies if not state.seen(uid)))  # a study is stable again
-        failed = []
-        for study_uid in fresh:  # when objects are added to it (our own report too): analysed once all the same
-            line = _handled_safely(watcher, study_uid, actor)
+        handled: dict[str, str] = {}
+        failed = False
+        for study_uid in dict.fromkeys(uid for _, uid in studies):
+            line, fingerprint = _handled_once(watcher, state, study_uid, actor)
+            if line is None:
+                continue  # stable again with the same MR images: analysed already
             if line.get("skipped") in RETRIED:
-                line["retry"] = True
-                failed.append(study_uid)
+                line["retry"] = failed = True
+            else:
+                handled[study_uid] = fingerprint
             lines.append(line)
-        state.save(state.last if failed else last, [uid for uid in fresh if uid not in failed])
-        done = done or bool(failed)
+        state.save(state.last if failed else last, handled)
+        done = done or failed
     return lines
+
+
+def _handled_once(watcher: Watcher, state: WatchState, study_uid: str, actor: Actor) -> tuple[dict | None, str]:
+    """The line for a study that is new, or whose MR images changed since it was analysed (then marked
+    ``again``), with the fingerprint to keep; no line for one already analysed as it is."""
+    before = state.fingerprint(study_uid)
+    try:
+        fingerprint = mr_fingerprint(watcher.pacs, study_uid)
+    except PacsError as error:
+        if error.code in RETRIED:
+            return {"study_uid": study_uid, "skipped": error.code, "reason": str(error)}, ""
+        fingerprint = f"unknown ({error.code})"  # analysed (and its error reported) as any study would be
+    if before is not None and before in (fingerprint, LEGACY):
+        return None, fingerprint
+    line = _handled_safely(watcher, study_uid, actor)
+    if before is not None:
+        line["again"] = "MR images were added to the study after it was analysed"
+    return line, fingerprint
 
 
 def _handled_safely(watcher: Watcher, study_uid: str, actor: Actor) -> dict[str, Any]:
