@@ -119,6 +119,12 @@ else:
 
 st.subheader("Report")
 study = [r for r in series if r.study_ref is not None and r.study_ref == current.study_ref] or [current]
+unread = max(int((r.geometry or {}).get("study_unread", 0)) for r in study)
+if unread:
+    st.warning(
+        f"{unread} series of this study could not be analysed when it was uploaded (not saved): the study has no "
+        "verdict from the model, whatever its saved series say. Read that series yourself."
+    )
 if st.button(f"Make the PDF report of this study ({len(study)} series)", key="history_report"):
     try:
         st.session_state["history_pdf"] = (

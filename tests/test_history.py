@@ -67,7 +67,16 @@ def test_history_page_compares_a_series_with_its_prior_and_makes_the_report(
         analysis = analyse_volume(
             read_study(dicom_series(head_volume(8, 96, tumour, seed=n), series_uid=f"1.2.3.{n}"))[0], tiny_classifier
         )
-        save_series(analysis, store, actor=DOCTOR, patient_ref=reference, images=images, key=local_key(data))
+        unread = n  # the later upload of the study had a series nobody could read (not saved)
+        save_series(
+            analysis,
+            store,
+            actor=DOCTOR,
+            patient_ref=reference,
+            images=images,
+            key=local_key(data),
+            study_unread=unread,
+        )
     app = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "history.py"), default_timeout=60)
     app.session_state["actor"] = DOCTOR
     app.run()
@@ -79,6 +88,7 @@ def test_history_page_compares_a_series_with_its_prior_and_makes_the_report(
     assert app.dataframe[0].value["change"].tolist() == ["—", "—"]
     assert len(app.get("plotly_chart")) == 3  # the timeline, the current section and the prior's
     assert [m.label for m in app.metric] == ["Series tumour probability", "At this section"]
+    assert any("1 series of this study could not be analysed" in w.value for w in app.warning)
     button = next(b for b in app.button if b.label.startswith("Make the PDF report"))
     assert button.label.endswith("(2 series)")  # both series share the study's UID: one report for the study
     button.click().run()

@@ -247,3 +247,23 @@ def test_a_report_of_a_study_with_a_series_nobody_could_read_gives_no_no_tumour(
     assert study_headline(records, False) == "Study verdict (model, not yet reviewed): No tumour"
     headline = study_headline(records, False, unread=1)
     assert "No tumour" not in headline and "1 series of the study could not be analysed" in headline
+
+
+def test_a_report_made_later_from_history_still_gives_no_verdict_to_a_study_with_an_unread_series(
+    tmp_path: Path, tiny_classifier: Classifier
+) -> None:
+    """The series nobody could read is never saved, so a report made from the saved series alone said "No tumour"
+    for a study the Study page had left without a verdict; the saved series keep the count."""
+    from core.services.studies import analyse_study, save_study
+
+    uid = "1.2.826.0.1.3680043.8.498.81"
+    files = dicom_series(head_volume(8, 128, range(2, 5)), study_uid=uid, series_uid=uid + ".1")
+    files += dicom_series(np.zeros((4, 96, 96), np.uint16), study_uid=uid, series_uid=uid + ".2")
+    outcome = analyse_study(files, tiny_classifier)
+    assert outcome.unanalysed == 1 and outcome.verdict in (None, "tumour")
+    store, images, doctor = SQLiteStore(tmp_path / "r.db"), FolderImages(tmp_path / "img"), Actor("dr-a", "radiologist")
+    saved = save_study(outcome, store, actor=doctor, patient_ref=None, images=images, key=b"k" * 32)
+    ids = [view.record.id for view in saved.views if view.record is not None]
+    assert len(ids) == 1 and store.get(ids[0]).geometry["study_unread"] == 1
+    text = text_of(study_report(store, images, doctor, ids, tiny_classifier, None), tmp_path)  # as History makes it
+    assert "1 series of the study could not be analysed" in " ".join(text.split())

@@ -63,7 +63,15 @@ def emit_outcome(
             )
             status = EXIT_REJECTED
         if args.save:
-            saved = save_series(series, store, actor=COMMAND_LINE, patient_ref=None, images=images, key=key)
+            saved = save_series(
+                series,
+                store,
+                actor=COMMAND_LINE,
+                patient_ref=None,
+                images=images,
+                key=key,
+                study_unread=outcome.unanalysed,
+            )
             result["saved"] = saved.state + (f": {saved.message}" if saved.message else "")
             unsaved = unsaved or saved.state == NOT_SAVED
         emit(result, sys.stdout)

@@ -74,7 +74,8 @@ class Record:
     image_key: str | None = None  # the de-identified pixels in the image store, while they are kept
     study_ref: str | None = None  # a series: SHA-256 of its study's UID (never the UID itself)
     section_count: int | None = None  # a series: how many sections it has (None: a single scan)
-    geometry: Mapping[str, object] = field(default_factory=dict)  # a series: spacing, thickness, orientation, plane
+    # a series: spacing, thickness, orientation, plane, its rule, and study_unread (its study's series nobody read)
+    geometry: Mapping[str, object] = field(default_factory=dict)
     lesion_px: int | None = None  # the segmenter's lesion area in pixels (a series: over all its sections)
     lesion_mm2: float | None = None  # that area in mm^2 when the pixel spacing is known (single scans)
     lesion_ml: float | None = None  # a series' lesion volume in mL when its voxel size is known

@@ -314,7 +314,15 @@ def _handle(watcher: Watcher, study_uid: str, actor: Actor) -> dict[str, Any]:
         return {"study_uid": study_uid, "skipped": pulled.outcome.error_code, "reason": pulled.outcome.error_message}
     reference = patient_reference(pacs_patient_id(pulled), watcher.key)
     saved = [
-        save_series(s, watcher.store, actor=actor, patient_ref=reference, images=watcher.images, key=watcher.key).state
+        save_series(
+            s,
+            watcher.store,
+            actor=actor,
+            patient_ref=reference,
+            images=watcher.images,
+            key=watcher.key,
+            study_unread=pulled.outcome.unanalysed,
+        ).state
         for s in pulled.outcome.series
     ]
     unsaved = [state for s, state in zip(pulled.outcome.series, saved, strict=True) if s.label is not None]

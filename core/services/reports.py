@@ -387,12 +387,13 @@ def study_report(
 ) -> bytes:
     """The PDF report of the series ``record_ids`` (one study), with heat maps when the shipped model made the
     verdicts and the lesion's outline on each key section when the classifier has a segmenter beside it; ``unread``:
-    series of the study none of whose sections could be analysed (never saved). An audit event names every result
-    reported."""
+    series of the study none of whose sections could be analysed (never saved; a report made later from History
+    reads the count its series' records kept). An audit event names every result reported."""
     require(actor, OPEN_RESULT)
     records = [store.get(i) for i in record_ids]
     if not records or any(r is None or r.kind != "series" for r in records):
         raise InvalidRecord("A report is made of saved series results.")
+    unread = max([unread, *(int((r.geometry or {}).get("study_unread", 0)) for r in records)])  # type: ignore[union-attr]
     views = [stored_series_view(r, store, images, classifier.card) for r in records]  # type: ignore[arg-type]
     same_model = all(
         (r.model_name, r.model_version) == (classifier.card.name, classifier.card.version) for r in records

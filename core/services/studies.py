@@ -168,9 +168,11 @@ def series_record(
     key: bytes | None,
     image_key: str | None = None,
     created_at: datetime | None = None,
+    study_unread: int = 0,
 ) -> Record:
     """The record of an analysed series (validated). Its study is kept as a keyed hash of the study's UID hash
-    (None without a key: each series then counts as its own study)."""
+    (None without a key: each series then counts as its own study); ``study_unread``: series of its study nobody
+    could read (never saved themselves), kept so that a report made later gives the study no verdict either."""
     volume = analysis.volume
     window = analysis.window
     middle = window[len(window) // 2].analysis if window else None
@@ -200,7 +202,8 @@ def series_record(
         study_ref=pseudonymise(volume.study, key) if key else None,
         section_count=count,
         geometry=geometry_of(volume)
-        | {"rule": {"threshold": analysis.rule.threshold, "neighbours": analysis.rule.neighbours}},
+        | {"rule": {"threshold": analysis.rule.threshold, "neighbours": analysis.rule.neighbours}}
+        | ({"study_unread": study_unread} if study_unread else {}),
         lesion_px=None if analysis.lesion_areas is None else sum(analysis.lesion_areas),
         lesion_ml=analysis.lesion_ml,
     ).validate()
@@ -240,9 +243,11 @@ def save_series(
     patient_ref: str | None,
     images: ImageStore | None = None,
     key: bytes | None = None,
+    study_unread: int = 0,
 ) -> SaveStatus:
     """Keep the series' de-identified pixels, write its record and sections once (both or neither), and audit the
-    upload. A series with no analysed section is not saved (it has no verdict)."""
+    upload. A series with no analysed section is not saved (it has no verdict); ``study_unread``: how many series
+    of its study are such (kept in the record, see :func:`series_record`)."""
     require(actor, ANALYSE)
     if analysis.label is None:
         return SaveStatus(NOT_SAVED, "no section of this series could be analysed, so there is no verdict to save")
@@ -250,7 +255,9 @@ def save_series(
         image_key = keep_image(images, stacked(analysis.volume.sections))
     except StoreError as error:
         return image_not_kept(error)
-    record = series_record(analysis, patient_ref=patient_ref, uploader=actor.name, key=key, image_key=image_key)
+    record = series_record(
+        analysis, patient_ref=patient_ref, uploader=actor.name, key=key, image_key=image_key, study_unread=study_unread
+    )
     sections = section_rows(analysis)
     status = save_record(record, store, actor, record.gate, write=lambda r: store.add_series(r, sections))
     if status.state == ALREADY_SAVED and store is not None:  # uploaded before: link the reference typed now
@@ -300,7 +307,15 @@ def save_study(
         return StudyResult(error_code=outcome.error_code, error_message=outcome.error_message)
     views = []
     for analysis in outcome.series:
-        status = save_series(analysis, store, actor=actor, patient_ref=patient_ref, images=images, key=key)
+        status = save_series(
+            analysis,
+            store,
+            actor=actor,
+            patient_ref=patient_ref,
+            images=images,
+            key=key,
+            study_unread=outcome.unanalysed,
+        )
         record = store.get(status.record_id) if store is not None and status.state != NOT_SAVED else None
         views.append(series_view(analysis, status, record))
     notes = outcome.notes
