@@ -867,6 +867,28 @@ def test_gridfs_keeps_images_like_the_folder_store() -> None:
         store._client.drop_database(store._db.name)
 
 
+def test_the_gridfs_image_store_reports_a_database_gone_as_a_store_error_every_caller_handles() -> None:
+    """pymongo's own ServerSelectionTimeoutError reached the Scan page and the CLI as a traceback."""
+    import numpy as np
+    import pymongo
+
+    from core.errors import StoreUnavailable
+    from core.storage.images import GridFSImages
+
+    client = pymongo.MongoClient("mongodb://127.0.0.1:9", serverSelectionTimeoutMS=200, connectTimeoutMS=200)
+    images = GridFSImages(client["btd_gone"])
+    for call in (
+        lambda: images.put(np.zeros((8, 8), np.uint8)),
+        lambda: images.get("a" * 64),
+        lambda: images.delete("a" * 64),
+        images.stored_keys,
+        lambda: images.expired(datetime.now(UTC)),
+    ):
+        with pytest.raises(StoreUnavailable, match="cannot be reached"):
+            call()
+    client.close()
+
+
 # --- series (schema version 4) ------------------------------------------------------------------------------
 
 

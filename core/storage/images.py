@@ -13,6 +13,8 @@ import hashlib
 import os
 import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -107,6 +109,20 @@ class FolderImages:
         return [key for key in self.stored_keys() if self._path(key).stat().st_mtime < limit]
 
 
+@contextmanager
+def _mongo_errors() -> Iterator[None]:
+    """pymongo's failures as the store errors every caller handles (the database gone mid-session reached the
+    pages and the CLI as a traceback, and the PACS watch dropped the study instead of retrying it)."""
+    from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError, WTimeoutError
+
+    try:
+        yield
+    except (ConnectionFailure, ExecutionTimeout, WTimeoutError) as error:  # ServerSelectionTimeoutError too
+        raise StoreUnavailable("MongoDB cannot be reached right now (image store).") from error
+    except PyMongoError as error:
+        raise StoreError(f"MongoDB refused the image store's operation ({type(error).__name__}).") from error
+
+
 class GridFSImages:
     def __init__(self, database: Any) -> None:
         import gridfs
@@ -118,32 +134,38 @@ class GridFSImages:
         data = encode(pixels)
         key = hashlib.sha256(data).hexdigest()
         now = datetime.now(UTC)  # the same pixels saved again: kept a whole period from now
-        if self._files.update_many({"filename": key}, {"$set": {"uploadDate": now}}).matched_count == 0:
-            self._bucket.upload_from_stream(key, data, metadata={"stored_at": now})
+        with _mongo_errors():
+            if self._files.update_many({"filename": key}, {"$set": {"uploadDate": now}}).matched_count == 0:
+                self._bucket.upload_from_stream(key, data, metadata={"stored_at": now})
         return key
 
     def get(self, key: str) -> bytes | None:
         import gridfs
 
         _check(key)
-        try:
-            return self._bucket.open_download_stream_by_name(key).read()
-        except gridfs.errors.NoFile:
-            return None
+        with _mongo_errors():
+            try:
+                return self._bucket.open_download_stream_by_name(key).read()
+            except gridfs.errors.NoFile:
+                return None
 
     def delete(self, key: str, stored_before: datetime | None = None) -> bool:
         _check(key)
         query: dict[str, Any] = {"filename": key}
         if stored_before is not None:
             query["uploadDate"] = {"$lt": stored_before}
-        found = list(self._files.find(query, {"_id": 1}))
-        for document in found:
-            self._bucket.delete(document["_id"])
+        with _mongo_errors():
+            found = list(self._files.find(query, {"_id": 1}))
+            for document in found:
+                self._bucket.delete(document["_id"])
         return bool(found)
 
     def stored_keys(self) -> list[str]:
-        return sorted(self._files.distinct("filename"))
+        with _mongo_errors():
+            return sorted(self._files.distinct("filename"))
 
     def expired(self, before: datetime) -> list[str]:
         """The keys of images last stored before ``before``."""
-        return sorted({d["filename"] for d in self._files.find({"uploadDate": {"$lt": before}}, {"filename": 1})})
+        with _mongo_errors():
+            found = self._files.find({"uploadDate": {"$lt": before}}, {"filename": 1})
+            return sorted({d["filename"] for d in found})
