@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.errors import FileTooLarge, UnsupportedFormat
+from core.errors import CorruptImage, FileTooLarge, UnsupportedFormat
 from core.imaging.geometry import orientation_letters
 from core.imaging.limits import StudyLimits
 from core.imaging.phantom_series import (
@@ -350,3 +350,32 @@ def test_a_zero_or_negative_pixel_spacing_or_thickness_is_unknown_never_a_zero_m
     (series,) = read_study(rewritten(dicom_series(head_volume(3)), odd))
     assert series.spacing is None and series.thickness is None
     assert series.positions_in_mm and series.step_mm == 5.0  # the positions still place the sections
+
+
+def test_a_nifti_header_that_puts_its_voxels_gigabytes_into_the_file_is_refused_before_inflating(monkeypatch) -> None:
+    """A small volume with vox_offset 4e9: every size check passed and the gzip stream was inflated to 4 GB."""
+    import gzip as gzip_module
+
+    import nibabel
+
+    header = nibabel.Nifti1Header()
+    header.set_data_shape((64, 64, 8))
+    header.set_data_dtype(np.uint8)
+    header.set_data_offset(4_000_000_000)
+    with gzip_module.GzipFile(fileobj=(out := io.BytesIO()), mode="wb") as stream:
+        stream.write(header.binaryblock + b"\x00" * 4 + b"\x00" * 2**20)
+    asked: list[int] = []
+    real_read = gzip_module.GzipFile.read
+    monkeypatch.setattr(gzip_module.GzipFile, "read", lambda self, n=-1: asked.append(n) or real_read(self, n))
+    with pytest.raises(CorruptImage, match="4,000,000,000 bytes into the file"):
+        read_study([out.getvalue()])
+    assert max(asked) <= 540  # the header only
+
+
+def test_an_upload_of_many_small_nifti_files_is_refused_from_their_headers_before_any_is_inflated() -> None:
+    """Forty gzip files of zeros, each within the per-volume limit, held 3.7 GB before the series count was checked."""
+    each = nifti_bomb((256, 256, 200))  # 12.5 MB of voxels each, a few kB of gzip
+    with pytest.raises(FileTooLarge, match="refused before reading them"):
+        read_study([each] * 4, study_limits=StudyLimits(max_study_voxel_bytes=40 * 2**20))
+    with pytest.raises(FileTooLarge, match="NIfTI volumes; the limit is 32"):
+        read_study([each] * 33)

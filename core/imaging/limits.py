@@ -42,6 +42,7 @@ class StudyLimits:
     max_series: int = 32
     max_total_bytes: int = 1024 * 2**20  # everything uploaded at once, zips unpacked
     max_volume_bytes: int = 96 * 2**20  # a NIfTI volume's voxels as stored, checked from its header before reading
+    max_study_voxel_bytes: int = 384 * 2**20  # all NIfTI volumes of one upload together, from their headers
     max_volume_side: int = 1024
     max_files: int = 1024  # DICOM files in one upload (zips unpacked), counted before any is read
     max_zip_members: int = 4000

@@ -51,6 +51,7 @@ from core.imaging.limits import (
     apply_stretch,
     stretch_bounds,
 )
+from core.imaging.nifti_header import check_nifti_budget, is_nifti, nifti_bytes, nifti_head
 from core.imaging.scan import is_dicom
 
 
@@ -116,16 +117,6 @@ def _hash(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 
-def is_nifti(data: bytes) -> bool:
-    if data[:2] == b"\x1f\x8b":
-        return True  # a gzip stream: a .nii.gz is the only compressed upload accepted
-    return (
-        len(data) >= 348
-        and int.from_bytes(data[:4], "little") in (348, 540)
-        and data[344:348] in (b"n+1\x00", b"ni1\x00", b"n+2\x00")
-    )
-
-
 def read_study(
     files: Sequence[bytes], limits: Limits = DEFAULT_LIMITS, study_limits: StudyLimits = DEFAULT_STUDY_LIMITS
 ) -> list[Volume]:
@@ -135,6 +126,7 @@ def read_study(
         expanded += unzip(data, study_limits) if is_zip(data) else [data]
     if sum(len(d) for d in expanded) > study_limits.max_total_bytes:
         raise FileTooLarge(f"The upload is over {study_limits.max_total_bytes / 2**20:.0f} MB in all.")
+    check_nifti_budget([d for d in expanded if is_nifti(d)], study_limits)
     volumes, slices = [], []
     for data in expanded:
         if is_nifti(data):
@@ -353,36 +345,6 @@ def _radiological(
     )
 
 
-def _nifti_bytes(head: bytes, limits: StudyLimits) -> int:
-    """From a NIfTI header alone: the bytes the file must hold (header and voxels), after checking the volume's
-    dimensions and stored size against the limits (before any voxel is read)."""
-    import nibabel
-
-    try:
-        header_class = nibabel.Nifti2Header if int.from_bytes(head[:4], "little") == 540 else nibabel.Nifti1Header
-        header = header_class.from_fileobj(io.BytesIO(head), check=False)
-        shape = tuple(int(n) for n in header.get_data_shape())
-        itemsize = int(header.get_data_dtype().itemsize)
-        offset = int(header.get_data_offset())
-    except Exception as error:  # a header nibabel cannot parse
-        raise CorruptImage("The NIfTI file is damaged or is not a NIfTI-1 volume.") from error
-    if not shape or min(shape) < 1:
-        raise CorruptImage("The NIfTI header declares an empty volume.")
-    if max(shape[:3]) > limits.max_volume_side:
-        raise FileTooLarge(
-            f"The volume is {' x '.join(map(str, shape))} voxels; the limit is "
-            f"{limits.max_volume_side} along each axis."
-        )
-    stored = int(np.prod(shape, dtype=np.int64)) * itemsize
-    if stored > limits.max_volume_bytes:
-        limit = limits.max_volume_bytes / 2**20
-        raise FileTooLarge(
-            f"The volume holds {stored / 2**20:.0f} MB of voxels; the limit is {limit:.0f} MB (a gzip "
-            "bomb?); refused before reading."
-        )
-    return offset + stored
-
-
 def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volume:
     """A NIfTI volume (optionally gzipped) as axial sections in RAS+ orientation, intensities stretched over the
     whole volume (0.5th-99.5th percentile)."""
@@ -390,12 +352,7 @@ def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volum
 
     compressed = data[:2] == b"\x1f\x8b"
     try:
-        if compressed:  # the header first: a 1 MB file can unpack to gigabytes
-            with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
-                head = stream.read(540)
-        else:
-            head = data[:540]
-        needed = _nifti_bytes(head, limits)
+        needed = nifti_bytes(nifti_head(data), limits)
         if compressed:
             with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
                 data = stream.read(needed + 1)
