@@ -87,6 +87,19 @@ def test_single_sign_on_identities_get_a_role_from_a_claim_or_a_local_account(st
     assert accounts.external_actor(store, {"email": "visitor@hospital.example"}).role == "supervisor"
 
 
+def test_a_single_sign_on_identity_never_takes_a_password_accounts_role_nor_an_unverified_email(store) -> None:
+    """An identity whose e-mail claim read "admin" (or a colleague's address, unverified) got that account's role."""
+    accounts.add_account(store, COMMAND_LINE, "admin", "admin", PASSWORD)
+    with pytest.raises(SignInFailed, match="no role"):
+        accounts.external_actor(store, {"email": "admin", "sub": "idp-123"})
+    accounts.add_account(store, ADMIN, "dr.y@hospital.example", "radiologist", None)
+    unverified = {"email": "dr.y@hospital.example", "email_verified": False, "sub": "idp-456"}
+    with pytest.raises(SignInFailed, match="no role"):
+        accounts.external_actor(store, unverified)
+    verified = unverified | {"email_verified": True}
+    assert accounts.external_actor(store, verified) == Actor("dr.y@hospital.example", "radiologist")
+
+
 def saved_upload(store) -> Triaged:
     """A saved upload as the Scan page keeps it: its reference is what a caller would change."""
     record = make_record(1, datetime(2026, 1, 1, tzinfo=UTC))

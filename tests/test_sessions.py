@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from core.services.sessions import SessionRegistry
 
 
@@ -61,3 +63,48 @@ def test_a_timed_refresh_checks_the_session_but_never_keeps_it_alive(monkeypatch
     assert auth.current_actor(activity=False) is None and auth.ACTOR_KEY not in state  # expired while refreshing
     state.update({auth.ACTOR_KEY: boss, auth.SEEN_KEY: seen})
     assert auth.current_actor() == boss and state[auth.SEEN_KEY] > seen  # a user's own action is activity
+
+
+def test_signing_out_of_a_single_sign_on_session_ends_the_identity_cookie_too(monkeypatch, tmp_path) -> None:
+    """Streamlit's identity cookie lasts 30 days: sign-out and idle expiry cleared only our session, and the next
+    run signed the same user straight back in from the cookie."""
+    from core.storage.sqlite import SQLiteStore
+    from ui import auth
+
+    store = SQLiteStore(tmp_path / "results.sqlite3")
+    state: dict = {}
+    logouts: list[bool] = []
+
+    class Identity:
+        is_logged_in = True
+
+        def to_dict(self) -> dict:
+            return {"email": "dr.z@hospital.example", "email_verified": True, "groups": ["radiologist"]}
+
+    class Rerun(Exception):
+        pass
+
+    monkeypatch.setattr(auth.st, "session_state", state)
+    monkeypatch.setattr(auth.st, "user", Identity())
+    monkeypatch.setattr(auth.st, "logout", lambda: logouts.append(True))
+    monkeypatch.setattr(auth.st, "rerun", lambda **_: (_ for _ in ()).throw(Rerun()))
+    monkeypatch.setattr(auth.resources, "current_store", lambda: store)
+    monkeypatch.setattr(auth.resources, "session_registry", lambda: SessionRegistry())
+    monkeypatch.setattr(auth.resources, "secrets", lambda: {"auth": {"role_claim": "groups"}})
+    with pytest.raises(Rerun):  # signed in: the page runs again as this user
+        auth._single_sign_on(store)
+    assert state[auth.ACTOR_KEY].name == "dr.z@hospital.example" and state[auth.SSO_KEY] is True
+    auth.sign_out()
+    assert logouts == [True] and auth.ACTOR_KEY not in state
+    auth.sign_out()  # a local password session (or none)
+    assert logouts == [True]  # a password session has no identity cookie to end
+
+
+def test_single_sign_on_is_off_while_its_cookie_secret_is_the_examples_placeholder_or_short(monkeypatch) -> None:
+    from ui import auth
+
+    for secret in ("REPLACE_WITH_A_LONG_RANDOM_STRING", "short", ""):
+        monkeypatch.setattr(auth.resources, "secrets", lambda s=secret: {"auth": {"cookie_secret": s}})
+        assert "cookie secret" in auth._sso_refusal()
+    monkeypatch.setattr(auth.resources, "secrets", lambda: {"auth": {"cookie_secret": "q7" * 20}})
+    assert auth._sso_refusal() is None

@@ -24,6 +24,7 @@ from ui import resources
 
 ACTOR_KEY, SEEN_KEY = "actor", "actor_seen"
 TOKEN_KEY, BOUND_KEY, COOKIE_KEY = "session_token", "session_bound", "cookie_to_write"
+SSO_KEY = "signed_in_via_provider"
 
 
 def _write_cookie(token: str | None) -> None:
@@ -135,7 +136,11 @@ def callback_actor(permission: str) -> Actor | None:
 
 
 def sign_out(reason: str = "signed out") -> None:
+    """End this session (every way it ends: the button, idle expiry, a disabled account). A session signed in
+    through the identity provider also ends Streamlit's identity cookie (``st.logout``): it lasts 30 days, and the
+    next run signed the same user straight back in, so sign-out and expiry did nothing on a shared workstation."""
     actor = st.session_state.get(ACTOR_KEY)
+    via_provider = bool(st.session_state.get(SSO_KEY))
     if actor is not None:
         with suppress(StoreError):  # signing out works while the database is down; the session ends either way
             audit.record(resources.current_store(), actor, "sign_out", actor.name, reason=reason)
@@ -143,10 +148,24 @@ def sign_out(reason: str = "signed out") -> None:
     for key in list(st.session_state.keys()):
         del st.session_state[key]  # nothing of this user's session stays: uploads, results, filters
     st.session_state[COOKIE_KEY] = None  # and the browser forgets its cookie
+    if via_provider:
+        st.logout()
 
 
 def _sso_configured() -> bool:
     return bool(resources.secrets().get("auth"))
+
+
+def _sso_refusal() -> str | None:
+    """Why the single-sign-on settings cannot be used: Streamlit signs its identity cookie with ``cookie_secret``,
+    so the example's placeholder (or a short one) would let anyone forge a signed-in identity and its groups."""
+    secret = str((resources.secrets().get("auth") or {}).get("cookie_secret") or "")
+    if len(secret) < 32 or secret.upper().startswith("REPLACE"):
+        return (
+            "Single sign-on is configured without a cookie secret of its own (at least 32 random characters in "
+            "[auth] cookie_secret): it is off until an administrator sets one."
+        )
+    return None
 
 
 def sign_in_screen() -> None:
@@ -161,7 +180,10 @@ def sign_in_screen() -> None:
         st.error(f"Sign-in is unavailable: the results database cannot be opened ({error}).")
         return
     if _sso_configured():
-        _single_sign_on(store)
+        if refusal := _sso_refusal():
+            st.error(refusal)
+        else:
+            _single_sign_on(store)
     form = st.empty()  # emptied on success, so the form does not linger greyed while the model loads
     with form.form("sign-in", enter_to_submit=True):
         name = st.text_input("Account")
@@ -200,6 +222,7 @@ def _single_sign_on(store) -> None:
             st.button("Sign out of the identity provider", on_click=st.logout)
             return
         st.session_state[ACTOR_KEY], st.session_state[SEEN_KEY] = actor, time.time()
+        st.session_state[SSO_KEY] = True  # its sign-out ends the identity cookie too
         _start_session(actor)
         st.rerun()
     st.button("Sign in with your organisation's account", on_click=st.login, type="primary")

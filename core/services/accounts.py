@@ -192,14 +192,18 @@ def _rehash(store: Store, seen: Account, new_hash: str) -> None:
 def external_actor(store: Store, claims: Mapping[str, Any], role_claim: str | None = None) -> Actor:
     """The actor for an identity provider's user: the name is the e-mail (or the subject); the role comes from
     ``role_claim`` when the deployment maps one (a role name or a list holding one), else from the local account
-    of that name (created by an admin, with no password). No role, no entry."""
-    name = str(claims.get("email") or claims.get("sub") or "")
+    of that name created for single sign-on (no password: a password account named like an identity's claim is
+    never taken over) and only from a verified e-mail when the provider says whether it is. No role, no entry."""
+    email_unverified = claims.get("email") and claims.get("email_verified") is False
+    name = str(("" if email_unverified else claims.get("email")) or claims.get("sub") or "")
     role = None
     if role_claim:
         value = claims.get(role_claim)
         values = value if isinstance(value, list | tuple) else [value]
         role = next((str(v) for v in values if str(v) in ROLES), None)
     account = store.get_account(name) if name else None
+    if account is not None and account.password_hash is not None:
+        account = None  # a local password account: not this identity's
     if role is None and account is not None and not account.disabled:
         role = account.role
     if not name or role is None or (account is not None and account.disabled):
