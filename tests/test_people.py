@@ -630,6 +630,11 @@ def test_a_scan_uploaded_again_with_a_reference_gets_it_when_it_had_none_and_kee
     assert store.get(first.record.id).patient_ref == "a" * 64 and other.record.patient_ref == "a" * 64
     assert "another patient reference" in other.status.message
     assert [e.action for e in store.audit_events()].count("patient_reference_set") == 1
+    for typed in ("c" * 64, None):  # then the field is edited or cleared: that patient's result stays theirs
+        other = apply_patient_reference(other, store, typed, RADIOLOGIST)
+        assert (
+            store.get(first.record.id).patient_ref == "a" * 64 and "another patient reference" in other.status.message
+        )
 
 
 def test_a_reference_link_that_failed_on_a_re_upload_is_applied_by_the_retry(

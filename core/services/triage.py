@@ -58,6 +58,7 @@ class SaveStatus:
     state: str
     message: str = ""
     record_id: str | None = None
+    others: bool = False  # saved before under another patient's reference: this session never relinks it
 
 
 def analyse_upload(data: bytes, classifier: Classifier, frame: int | None = None) -> ScanOutcome:
@@ -167,10 +168,14 @@ def save_record(
 
 def apply_patient_reference(triaged: Triaged, store: Store | None, patient_ref: str | None, actor: Actor) -> Triaged:
     """Set or correct the patient reference of a result in place (one record, never a second). A result not yet
-    saved just takes the new reference for its next save. Only roles that may analyse scans."""
+    saved just takes the new reference for its next save; one saved before under another patient's reference is
+    never relinked from here (typing over the field moved that patient's result to another History). Only roles
+    that may analyse scans."""
     require(actor, ANALYSE)
     if triaged.record is None or triaged.record.patient_ref == patient_ref:
         return triaged
+    if triaged.status is not None and triaged.status.others:
+        return triaged  # its status already says the other reference was kept
     record = replace(triaged.record, patient_ref=patient_ref)
     if triaged.status is None or triaged.status.state == NOT_SAVED or store is None:
         return replace(triaged, record=record)
@@ -271,7 +276,7 @@ def reference_for_saved(
         logger.warning("event=reference_update_failed code=%s", error.code)
         return SaveStatus(NOT_UPDATED, f"the patient reference was not updated: {error}", record_id), None
     note = "it is saved under another patient reference, which was kept (correct it there if it is wrong)"
-    return SaveStatus(ALREADY_SAVED, note, record_id), saved.patient_ref
+    return SaveStatus(ALREADY_SAVED, note, record_id, others=True), saved.patient_ref
 
 
 def retry_save(
