@@ -140,6 +140,9 @@ def test_header_text_quoted_in_a_message_carries_no_markup() -> None:
         read_scan(dicom_bytes(stored_slice(), extra={"BodyPartExamined": "[KNEE](http://x.example/a)"}))
     message = str(refused.value)
     assert "[" not in message and "](" not in message and "://" not in message and "knee" in message
+    with pytest.raises(UnsupportedDicom) as colour:  # the photometric interpretation is the file's own words too
+        read_scan(dicom_bytes(stored_slice(), photometric="[open](https://evil.example/x)"))
+    assert "[" not in str(colour.value) and "](" not in str(colour.value) and "colour" in str(colour.value)
 
 
 def test_corrupt_dicom_header_is_rejected_cleanly() -> None:

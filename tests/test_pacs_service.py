@@ -281,3 +281,35 @@ def test_a_watch_state_written_before_fingerprints_keeps_its_studies_handled(tin
     watcher = pacs_service.Watcher(pacs, Feed([uid]), tiny_classifier, SQLiteStore(tmp_path / "r.db"), None, None)
     state = pacs_service.WatchState.load(tmp_path / "watch.json")
     assert state.seen(uid) and pacs_service.watch_once(watcher, state, RADIOLOGIST) == [] and state.last == 1
+
+
+def test_a_files_invalid_values_never_reach_warnings_or_the_log_when_a_report_is_made(
+    tiny_classifier, caplog, recwarn
+) -> None:
+    """pydicom's default reading mode quoted an invalid date of birth (read for the report) in a warning and a log
+    line: the server's log then held it; and copied into the report, it stopped the report being made."""
+    import io
+    import logging
+
+    import pydicom
+
+    def with_birth_date(data: bytes) -> bytes:
+        ds = pydicom.dcmread(io.BytesIO(data))
+        ds.PatientBirthDate = "1970-01-01"  # not a DICOM date (YYYYMMDD)
+        out = io.BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+        return out.getvalue()
+
+    files = [with_birth_date(f) for f in tumour_study(STUDY)]
+    caplog.set_level(logging.DEBUG)
+    caplog.clear()
+    recwarn.clear()  # what making the test's files said; from here on, the app's reading only
+    outcome = analyse_study(files, tiny_classifier)
+    pulled = pacs_service.Pulled(STUDY, outcome, tuple(objects.headers(files)))
+    card = tiny_classifier.card
+    model = objects.ModelFacts(card.name, card.version, card.weights_sha256)
+    pacs = StandIn({STUDY: files})
+    assert pacs_service.send_results(pacs, RADIOLOGIST, pulled, model, None, None)
+    assert pacs.stored and str(pacs.stored[0][0].PatientBirthDate) == ""  # made and sent, the bad date left out
+    said = caplog.text + " ".join(str(w.message) for w in recwarn.list)
+    assert "1970-01-01" not in said

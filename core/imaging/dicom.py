@@ -122,11 +122,21 @@ def count_frames(data: bytes) -> int:
         raise CorruptImage("The DICOM header holds invalid values; it cannot be displayed reliably.") from error
 
 
+def quiet_pydicom() -> None:
+    """pydicom's default reading mode quotes a file's invalid values (a date of birth, a UID) in a warning and a log
+    line, which reach the server's log: values are read without that (what the app needs it checks itself). Called
+    before any DICOM is parsed (here, and where the PACS's files are)."""
+    from pydicom import config
+
+    config.settings.reading_validation_mode = config.IGNORE
+
+
 def header_of(data: bytes) -> Any:
     """A DICOM file's header, read without its pixel data."""
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
+    quiet_pydicom()
     _refuse_deflated(data)
     try:
         return dcmread(io.BytesIO(data), stop_before_pixels=True)
@@ -171,6 +181,7 @@ def checked_dataset(data: bytes, limits: Limits, header: Any = None) -> tuple[An
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
+    quiet_pydicom()
     header = header if header is not None else header_of(data)  # parsed once when the caller already has it
     notes = check_modality(str(header.get("Modality", "") or "").upper())
     check_body_part(header)
@@ -185,7 +196,8 @@ def checked_dataset(data: bytes, limits: Limits, header: Any = None) -> tuple[An
     photometric = str(header.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise UnsupportedDicom(
-            f"This DICOM image is in colour ({photometric}); the model reads grayscale MRI (MONOCHROME1/2) only."
+            f"This DICOM image is in colour ({_named(photometric)}); the model reads grayscale MRI "
+            "(MONOCHROME1/2) only."
         )
     check_transfer_syntax(header)
     try:
@@ -265,7 +277,7 @@ def check_transfer_syntax(header: Any) -> None:
         available = False
     if not available:
         raise UnsupportedDicom(
-            f"This DICOM file is compressed with '{uid.name}', which this installation cannot decode. "
+            f"This DICOM file is compressed with '{_named(uid.name)}', which this installation cannot decode. "
             "Export it uncompressed (Explicit VR Little Endian)."
         )
 

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 from core.errors import FileTooLarge, PacsError, PacsMalformed, PacsNotFound, PacsRefused, PacsUnreachable
+from core.imaging.dicom import quiet_pydicom
 from core.imaging.limits import DEFAULT_STUDY_LIMITS, StudyLimits
 
 logger = logging.getLogger("btd.pacs")
@@ -82,6 +83,7 @@ class Pacs:
         self.limits = limits
         self._session, self._timeout_s = session, timeout_s
         self._client = DICOMwebClient(self.url, session=session, timeout=timeout_s)
+        quiet_pydicom()  # the PACS's files are parsed by the client
 
     @contextmanager
     def _errors(self, what: str) -> Iterator[None]:

@@ -27,6 +27,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from core.imaging.dicom import quiet_pydicom
 from core.model.volume import SeriesAnalysis
 
 MANUFACTURER = "BTD brain MRI triage (decision aid)"
@@ -51,12 +52,19 @@ def headers(files: Sequence[bytes]) -> list[Any]:
     """The source images' headers (no pixels), the evidence the report refers to; type 2 patient and study
     attributes a PACS left out are added empty, as the standard allows."""
     from pydicom import dcmread
+    from pydicom.valuerep import DA, TM
 
+    quiet_pydicom()
     found = [dcmread(io.BytesIO(data), stop_before_pixels=True) for data in files]
     for header in found:
         for keyword in _TYPE_2:
             if keyword not in header:
                 setattr(header, keyword, "")
+        for keyword, kind in (("PatientBirthDate", DA), ("StudyDate", DA), ("StudyTime", TM)):
+            try:
+                kind(str(header.get(keyword) or ""))
+            except ValueError:  # a date the standard does not allow: copied into our objects, it broke them
+                setattr(header, keyword, "")  # type 2: empty is allowed
     return found
 
 
