@@ -634,8 +634,9 @@ def test_a_database_deleted_while_running_is_refused_not_replaced_and_a_restored
     assert store.add(FIXTURE[0])
     shutil.copytree(tmp_path / "data", tmp_path / "backup")
     shutil.rmtree(tmp_path / "data")
-    with pytest.raises(StoreVanished, match="disappeared"):
+    with pytest.raises(StoreVanished, match="disappeared") as vanished:
         store.add(FIXTURE[1])
+    assert str(tmp_path) not in str(vanished.value)  # every role and the sign-in page see it: no server path
     with pytest.raises(StoreVanished):
         store.ping()
     assert not path.exists()
@@ -1159,8 +1160,9 @@ def test_a_vanished_database_is_refused_not_replaced_by_an_empty_one(tmp_path: P
     first = open_store(None, data)
     first.add(make_record(1, utc(2026, 5, 1, 9, 0), "glioma"))
     shutil.rmtree(data)
-    with pytest.raises(StoreVanished, match="has disappeared"):
+    with pytest.raises(StoreVanished, match="has disappeared") as vanished:
         open_store(None, data)
+    assert str(tmp_path) not in str(vanished.value)
     assert not (data / "results.sqlite3").exists()
     monkeypatch.setenv("BTD_DATA_DIR", str(data))
     assert main(["store", "forget"]) == 0 and '"forgotten": true' in capsys.readouterr().out

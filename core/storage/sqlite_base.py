@@ -61,9 +61,9 @@ class SQLiteBase:
         if self._opened and not self.path.exists():
             from core.storage.stamps import StoreVanished
 
-            logger.error("event=store_vanished store=sqlite")
-            raise StoreVanished(
-                f"The results database {self.path} disappeared while the app was running; nothing more is saved "
+            logger.error("event=store_vanished store=sqlite path=%s", self.path)  # where: for the server's admin
+            raise StoreVanished(  # shown to every role and on the sign-in page: no path
+                "The results database disappeared while the app was running; nothing more is saved "
                 "until it is restored from a backup (or the app is restarted after `python -m core store forget`)."
             )
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -50,9 +50,9 @@ def check(database: Path) -> None:
     """Raise :class:`StoreVanished` when ``database`` is missing but is known to have existed."""
     key = str(database.resolve())
     if not database.exists() and key in _read():
-        logging.getLogger("btd.storage").error("event=store_vanished")
-        raise StoreVanished(
-            f"The results database {database} has disappeared (it was created {_read()[key]}); restore it from a "
+        logging.getLogger("btd.storage").error("event=store_vanished path=%s", database)  # for the server's admin
+        raise StoreVanished(  # shown to every role and on the sign-in page: no path
+            f"The results database has disappeared (it was created {_read()[key]}); restore it from a "
             "backup, or start a new empty one on purpose with `python -m core store forget`."
         )
 
