@@ -138,3 +138,20 @@ def test_the_shipped_card_states_its_use_limits_sources_and_rules() -> None:
     assert all(source["licence"] and source["what"] for source in sources.values())
     assert raw["decision"] and raw["gate"] and raw["series"], "the app applies these rules"
     assert raw["version"].split("+")[1].startswith(card.weights_sha256[:8]), "the version names its weights"
+
+
+def test_a_malformed_input_gate_in_the_card_is_a_model_error_the_pages_handle() -> None:
+    """A learned check without its numbers raised KeyError from the Classifier's constructor: a traceback on the
+    Scan page, which handles ModelError."""
+    from core.model.gate import GatePolicy
+
+    for gate in (
+        {"learned": [{"name": "x"}]},
+        {"learned": [{"name": "x", "reason": "r", "mean": [0], "scale": [1], "weights": ["w"], "bias": 0}]},
+        {"max_area": "most"},
+        {"max_energy": float("nan")},
+        {"learned": 3},
+    ):
+        with pytest.raises(ModelError, match="input gate is malformed"):
+            GatePolicy.from_card(gate)
+    assert GatePolicy.from_card({"max_area": 0.9}).max_area == 0.9 and GatePolicy.from_card(None).checks == ()

@@ -18,6 +18,7 @@ refused, 2.0 % after), while the learned checks, fitted on real non-brain images
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import ModelError
 from core.imaging import Scan
 from core.model.roi import BrainRegion
 
@@ -90,10 +92,20 @@ class GatePolicy:
 
     @classmethod
     def from_card(cls, card_gate: Mapping[str, Any] | None) -> GatePolicy:
-        gate = dict(card_gate or {})
-        checks = tuple(LearnedCheck.from_card(raw) for raw in gate.pop("learned", []) or [])
-        known = {k: v for k, v in gate.items() if k in cls.__dataclass_fields__ and k != "checks"}
-        return cls(**known, checks=checks)
+        """The card's gate; a malformed one is a :class:`ModelError` (it reached the Scan page as a traceback)."""
+        try:
+            gate = dict(card_gate or {})
+            checks = tuple(LearnedCheck.from_card(raw) for raw in gate.pop("learned", []) or [])
+            known = {k: v for k, v in gate.items() if k in cls.__dataclass_fields__ and k != "checks"}
+            policy = cls(**known, checks=checks)
+            for name in known:
+                value = getattr(policy, name)
+                if value is not None and not math.isfinite(float(value)):
+                    raise ValueError(f"{name} is not a number")
+            return policy
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            message = f"The model card's input gate is malformed ({error}); the model cannot be used."
+            raise ModelError(message) from error
 
 
 @dataclass(frozen=True)
