@@ -31,7 +31,16 @@ def pseudonymise(text: str | None, key: bytes) -> str | None:
 
 
 def local_key(data_dir: Path, name: str = KEY_FILE) -> bytes:
-    """Read the embedded-mode key ``name`` from ``data_dir``, creating a random one on first use."""
+    """Read the embedded-mode key ``name`` from ``data_dir``, creating a random one on first use. A key file that
+    cannot be read or created (permissions, a read-only disk) is a ValueError, which every caller reports as an
+    unusable key (it was a PermissionError that crashed every page, the sign-in page too)."""
+    try:
+        return _local_key(data_dir, name)
+    except OSError as error:
+        raise ValueError(f"the key file {name} cannot be read or created ({error.strerror or error})") from error
+
+
+def _local_key(data_dir: Path, name: str) -> bytes:
     path = data_dir / name
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)

@@ -104,6 +104,20 @@ def test_a_visitor_sees_only_the_sign_in_form() -> None:
         assert not direct.file_uploader and not direct.dataframe and not direct.get("plotly_chart"), name
 
 
+def test_key_files_that_cannot_be_read_give_a_message_on_the_sign_in_and_scan_pages(app_environment: Path) -> None:
+    """A key file the app cannot read (permissions, a directory restored in its place) was a PermissionError that
+    crashed every page, the sign-in page too."""
+    for name in ("audit.key", "patient-ref.key"):
+        (app_environment / name).mkdir(parents=True)
+    visitor = entry(None).run()
+    assert not visitor.exception and "audit.key cannot be read or created" in visitor.error[0].value
+    (app_environment / "audit.key").rmdir()
+    st.cache_resource.clear()
+    scan = page("scan.py").run()
+    assert not scan.exception and any("patient-ref.key cannot be read" in e.value for e in scan.error)
+    assert scan.file_uploader  # scans can still be triaged, without patient references
+
+
 def test_entry_script_opens_the_scan_page_for_a_radiologist() -> None:
     app = entry("radiologist").run()
     assert not app.exception
