@@ -11,7 +11,7 @@ from ui import resources
 from ui.lesion import lesion_change, lesion_size
 from ui.page import setup_page
 from ui.viewer import comparison, timeline
-from ui.wording import count_of, pretty
+from ui.wording import count_of, pretty, probability_shown, verdict_shown
 
 actor = setup_page("History", HISTORY)
 st.title("Patient history")
@@ -41,15 +41,15 @@ if not records:
     st.info("No result is saved under this reference.")
     st.stop()
 
-timeline(records)
+timeline([r for r in records if r.gate != "rejected"])  # a refused scan has no probability to plot
 st.dataframe(
     pd.DataFrame(
         [
             {
                 "saved (UTC)": f"{r.created_at:%Y-%m-%d %H:%M}",
                 "kind": r.kind,
-                "verdict": pretty(r.label),
-                "tumour probability": round(r.tumour_probability, 3),
+                "verdict": verdict_shown(r),
+                "tumour probability": probability_shown(r),
                 "lesion": lesion_size(step.size, step.unit),
                 "change": lesion_change(step.change, step.unit, step.change_percent),
                 "sections": r.section_count or "",

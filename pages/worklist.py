@@ -18,7 +18,7 @@ from ui.auth import callback_actor
 from ui.page import setup_page
 from ui.render import result_panel
 from ui.selection import chosen_id, table_key
-from ui.wording import pretty
+from ui.wording import pretty, probability_shown, verdict_shown
 
 actor = setup_page("Worklist", WORKLIST)
 st.title("Worklist")
@@ -67,9 +67,9 @@ table = pd.DataFrame(
         {
             "review": "⚠ disagrees" if r.disagrees else ("✓ reviewed" if r.review_count else "to read"),
             "time (UTC)": r.created_at.strftime("%Y-%m-%d %H:%M"),
-            "verdict": pretty(r.label),
+            "verdict": verdict_shown(r),
             "kind": "series" if r.kind == "series" else "scan",
-            "tumour probability": round(r.tumour_probability, 3),
+            "tumour probability": probability_shown(r),
             "flag": {"needs_review": "needs review", "rejected": "not a brain MRI"}.get(r.gate, ""),
             "final label": pretty(r.final_label) if r.final_label else "",
             "reviewed by": r.reviewer or "",

@@ -19,7 +19,7 @@ from ui.auth import fragment_actor
 from ui.batch import Upload
 from ui.lesion import CAVEAT, OUTLINE_HELP, OUTLINE_LABEL, area_line, stored_volume_line
 from ui.viewer import series_panel, verdict_line
-from ui.wording import count_of, pretty
+from ui.wording import count_of, pretty, verdict_shown
 
 PREDICTED = "the verdict's class"
 
@@ -188,12 +188,15 @@ def result_panel(opened, labels: tuple[str, ...], classifier=None, explainer=Non
                 icon=":material/report:",
             )
         kind = f"series of {count_of(record.section_count or 0, 'section')}" if record.kind == "series" else "scan"
-        st.metric("Model's verdict", pretty(record.label), help=f"The verdict on this {kind}.")
-        st.markdown(
-            f"Tumour probability **{record.tumour_probability:.1%}** · probability that this tumour / no-tumour call "
-            f"is right {record.confidence:.1%} · "
-            f"model {record.model_name} {record.model_version} · saved {record.created_at:%Y-%m-%d %H:%M} UTC"
-        )
+        st.metric("Model's verdict", verdict_shown(record), help=f"The verdict on this {kind}.")
+        saved = f"model {record.model_name} {record.model_version} · saved {record.created_at:%Y-%m-%d %H:%M} UTC"
+        if record.gate == "rejected":  # what the model made of something that is not a brain MRI means nothing
+            st.markdown(saved)
+        else:
+            st.markdown(
+                f"Tumour probability **{record.tumour_probability:.1%}** · probability that this tumour / no-tumour "
+                f"call is right {record.confidence:.1%} · {saved}"
+            )
         if record.kind == "series":  # saved outlines are not kept: the volume it was saved with
             lesion = stored_volume_line(record.lesion_px, record.lesion_ml)
         else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from core.model.decision import LABEL_NAMES
 
-__all__ = ["LABEL_NAMES", "count_of", "pretty"]
+__all__ = ["LABEL_NAMES", "REFUSED", "count_of", "pretty", "probability_shown", "verdict_shown"]
 
 
 def count_of(n: int, noun: str) -> str:
@@ -15,3 +15,17 @@ def count_of(n: int, noun: str) -> str:
 
 def pretty(label: str) -> str:
     return LABEL_NAMES.get(label, label)
+
+
+REFUSED = "Refused: not a brain MRI"
+
+
+def verdict_shown(record) -> str:
+    """A saved result's verdict as lists show it: a scan the input gate refused has none (its label, a class the
+    model picked for something that is not a brain MRI, read as a diagnosis on the Worklist and in History)."""
+    return REFUSED if record.gate == "rejected" else pretty(record.label)
+
+
+def probability_shown(record) -> float | None:
+    """The tumour probability as lists show it (none for a refused scan, as :func:`verdict_shown`)."""
+    return None if record.gate == "rejected" else round(record.tumour_probability, 3)
