@@ -153,7 +153,14 @@ def test_each_role_is_refused_the_pages_it_may_not_use(role: str, name: str, all
         assert not app.file_uploader and not shown_images(app) and not app.get("plotly_chart")
 
 
-def test_scan_page_shows_original_crop_and_verdict_and_saves_once(app_environment: Path) -> None:
+def test_scan_page_shows_original_crop_and_verdict_and_saves_once(
+    app_environment: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.services import triage as triage_service
+
+    made: list[bytes] = []  # the CSVs the page offers (the download button itself only holds a media URL)
+    real_csv = triage_service.batch_csv
+    monkeypatch.setattr(triage_service, "batch_csv", lambda *a: made.append(real_csv(*a)) or made[-1])
     app = page("scan.py").run()
     assert not app.exception and app.info  # the empty-state explanation
     scan = png_bytes(synthetic_slice(512, tumour=True))
@@ -169,8 +176,11 @@ def test_scan_page_shows_original_crop_and_verdict_and_saves_once(app_environmen
     assert any("saved" in c.value for c in app.caption)
     batch = app.dataframe[1].value
     assert batch["file"][0] == "ZZCANARY_MRN123.png"  # shown in the session, so a batch can be traced back
-    csv = app.get("download_button")[0].proto.url if app.get("download_button") else ""
-    assert "ZZCANARY" not in csv
+    assert app.get("download_button") and made and b"ZZCANARY" not in made[-1] and b"verdict" in made[-1]
+    next(c for c in app.checkbox if c.label.startswith("Include file names")).check().run()
+    assert b"ZZCANARY_MRN123.png" in made[-1]  # only when asked for
+    records = stored(app_environment).recent(5)
+    assert len(records) == 1 and "ZZCANARY" not in repr(records)  # never saved
 
 
 def test_a_reference_typed_after_uploading_updates_the_one_record(app_environment: Path) -> None:
