@@ -265,8 +265,8 @@ def lesion_chart(dashboard) -> None:
     st.caption(
         f"Tumour studies with a lesion volume: {number(dashboard.lesion_studies)}. A study's volume is the mean of its "
         "tumour series' volumes, counted in the period of its first series. Boxes: 25th to 75th percentile around "
-        "the median; whiskers: 10th and 90th percentiles (never one study's own extreme). Periods with fewer than 5 "
-        "studies show no box."
+        "the median; whiskers: 10th and 90th percentiles (never one study's own extreme). Periods with fewer than 10 "
+        "studies show no box (with fewer, the percentiles would give back single studies' volumes)."
     )
 
 

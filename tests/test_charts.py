@@ -103,8 +103,9 @@ def test_dashboard_withholds_small_counts_everywhere_and_the_export_names_its_fi
     )
     assert board.scans == 15 and board.tumour_rate == 9 / 15
     assert board.today is None  # one scan today: withheld, and no change arrow is computed from it
-    # pituitary's 2 is withheld, and so is the next smallest class: 15 - 7 - 6 would give it away
-    assert board.per_class == {"glioma": 7, "notumor": None, "pituitary": None}
+    # pituitary's 2 is withheld, and so is the next smallest class: 15 - 7 - 6 would give it away; and glioma too,
+    # the other tumour class: the tumour rate gives 9 tumours, and 9 - 7 would give it away
+    assert board.per_class == {"glioma": None, "notumor": None, "pituitary": None}
     by_day = {row.start.day: row for row in board.periods}
     assert len(board.periods) == 11 and by_day[11].scans == 0  # an empty day stays on the chart
     assert by_day[18].scans is None and by_day[18].rate is None  # 15 - 14 would give day 20's one scan away
@@ -118,7 +119,10 @@ def test_dashboard_withholds_small_counts_everywhere_and_the_export_names_its_fi
     assert cell[("per_period", "2026-11-20", "tumour")] == "withheld"
     assert cell[("per_period", "2026-11-11", "results")] == "0"  # an empty day is zero, a withheld one "withheld"
     assert cell[("summary", "", "results")] == "15" and cell[("summary", "", "today")] == "withheld"
-    assert cell[("class_mix", "pituitary", "results")] == "withheld" and cell[("class_mix", "glioma", "results")] == "7"
+    assert (
+        cell[("class_mix", "pituitary", "results")] == "withheld"
+        and cell[("class_mix", "glioma", "results")] == "withheld"
+    )
     assert {r["table"] for r in rows} == {"summary", "per_period", "class_mix", "confidence", "model_version"}
     assert sum(r["table"] == "confidence" for r in rows) == len(board.histogram)
 
@@ -264,9 +268,13 @@ def test_the_dashboard_gives_lesion_volumes_per_period_under_the_small_count_rul
 
     store = SQLiteStore(tmp_path / "results.sqlite3")
     monday = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
-    # six studies in the first week, two in the second, five in the third: the two withheld, and with them the five
-    # (the smallest other count), or the total minus the shown weeks would give the two back
-    volumes = {0: [2.0, 4.0, 6.0, 8.0, 10.0, 12.0], 7: [3.0, 5.0], 14: [1.0, 1.5, 2.0, 2.5, 3.0]}
+    # ten studies in the first week, two in the second, five in the third: the two withheld, and with them the five
+    # (the smallest other count), or the total minus the shown weeks would give the two back; quantiles from ten
+    volumes = {
+        0: [2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 16.0, 18.0, 20.0],
+        7: [3.0, 5.0],
+        14: [1.0, 1.5, 2.0, 2.5, 3.0],
+    }
     for offset, values in volumes.items():
         for k, ml in enumerate(values):
             series = make_series(
@@ -277,21 +285,21 @@ def test_the_dashboard_gives_lesion_volumes_per_period_under_the_small_count_rul
     board = dashboard(
         store, supervisor, start_day=date(2026, 11, 2), end_day=date(2026, 11, 29), timezone="UTC", period="week"
     )
-    assert board.lesion_studies == 13
+    assert board.lesion_studies == 17
     assert [(row.start, row.studies) for row in board.lesions] == [
-        (date(2026, 11, 2), 6),
+        (date(2026, 11, 2), 10),
         (date(2026, 11, 9), None),  # two studies: withheld, and no box
         (date(2026, 11, 16), None),  # five, withheld with them
         (date(2026, 11, 23), 0),
     ]
-    assert board.lesions[0].quantiles == pytest.approx((3.0, 4.5, 7.0, 9.5, 11.0))
+    assert board.lesions[0].quantiles == pytest.approx((3.8, 6.5, 11.0, 15.5, 18.2))
     assert all(row.quantiles is None for row in board.lesions[1:])
     text = export_csv(board).decode()
     rows = list(csv.DictReader(io.StringIO("\n".join(line for line in text.splitlines() if not line.startswith("#")))))
     cell = {(r["table"], r["key"], r["measure"]): r["value"] for r in rows}
-    assert cell[("lesion_volume", "", "tumour_studies_with_volume")] == "13"
-    assert cell[("lesion_volume_per_period", "2026-11-02", "median_ml")] == "7.0"
-    assert cell[("lesion_volume_per_period", "2026-11-02", "p90_ml")] == "11.0"
+    assert cell[("lesion_volume", "", "tumour_studies_with_volume")] == "17"
+    assert cell[("lesion_volume_per_period", "2026-11-02", "median_ml")] == "11.0"
+    assert cell[("lesion_volume_per_period", "2026-11-02", "p90_ml")] == "18.2"
     assert cell[("lesion_volume_per_period", "2026-11-09", "tumour_studies_with_volume")] == "withheld"
     assert cell[("lesion_volume_per_period", "2026-11-09", "median_ml")] == "withheld"  # withheld, never a number
     assert cell[("lesion_volume_per_period", "2026-11-16", "tumour_studies_with_volume")] == "withheld"
@@ -326,7 +334,7 @@ def test_the_statistics_page_draws_the_lesion_volumes_of_tumour_studies(tmp_path
     st.cache_resource.clear()
     store = SQLiteStore(tmp_path / "data" / "results.sqlite3")
     now = datetime.now(UTC)
-    for k, ml in enumerate([1.5, 2.5, 4.0, 7.0, 11.0, 20.0]):
+    for k, ml in enumerate([1.5, 2.5, 4.0, 7.0, 11.0, 20.0, 3.0, 5.0, 6.0, 9.0]):
         series = make_series(400 + k, now - timedelta(seconds=1 + k), study=400 + k)
         store.add_series(replace(series, lesion_px=int(ml * 100), lesion_ml=ml), series_sections())
     app = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "statistics.py"), default_timeout=60)
@@ -336,7 +344,36 @@ def test_the_statistics_page_draws_the_lesion_volumes_of_tumour_studies(tmp_path
     specs = [json.loads(c.proto.spec) for c in app.get("plotly_chart")]
     figure = next(s for s in specs if s["layout"]["title"]["text"] == "Lesion volume of tumour studies per day")
     box = next(t for t in figure["data"] if t["type"] == "box")
-    assert box["median"] == [pytest.approx(5.5)] and len(box["x"]) == 1  # today's six studies; other days: none
-    assert any("Tumour studies with a lesion volume: 6." in c.value for c in app.caption)
+    assert box["median"] == [pytest.approx(5.5)] and len(box["x"]) == 1  # today's ten studies; other days: none
+    assert any("Tumour studies with a lesion volume: 10." in c.value for c in app.caption)
     st.cache_data.clear()
     st.cache_resource.clear()
+
+
+def test_a_withheld_tumour_class_or_period_cannot_be_worked_out_from_the_tumour_rate(tmp_path) -> None:
+    """Glioma 3 was withheld with no tumour 45 as its partner: the rate gave 53 tumours, minus meningioma's 50. And a
+    day's withheld tumours, the only ones of the range, were the rate times the total."""
+    from core.analytics.stats import suppress_classes
+
+    assert suppress_classes(["glioma", "meningioma", "notumor"], [3, 50, 45], "notumor") == (None, None, None)
+    assert suppress_classes(["glioma", "meningioma", "notumor"], [30, 50, 45], "notumor") == (30, 50, 45)
+    labels = ["glioma", "meningioma", "notumor", "pituitary"]  # two tumour classes withheld: neither can be found
+    assert suppress_classes(labels, [30, 50, 40, 2], "notumor") == (None, 50, 40, None)
+    store = SQLiteStore(tmp_path / "results.sqlite3")
+    first = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+    n = 0
+    for day, (scans, tumours) in enumerate([(10, 7), (20, 0), (20, 0)]):
+        for k in range(scans):
+            n += 1
+            store.add(make_record(n, first + timedelta(days=day, minutes=k), "glioma" if k < tumours else "notumor"))
+    board = dashboard(
+        store,
+        Actor("boss", "supervisor"),
+        start_day=date(2026, 11, 2),
+        end_day=date(2026, 11, 4),
+        timezone="UTC",
+        period="day",
+        now=datetime(2026, 12, 1, tzinfo=UTC),
+    )
+    assert board.scans == 50 and board.periods[0].tumours is None  # 7 tumours beside 3 without: withheld
+    assert board.tumour_rate is None and board.tumour_interval is None  # 0.14 x 50 would give the 7 back

@@ -96,3 +96,43 @@ def test_counts_that_add_up_to_the_reviewed_total_shown_are_withheld_as_groups()
     assert rows[0].agreement is None and rows[0].agreement_interval is None  # 80 % of ? would give the 30 back
     versions = per_version_accuracy({"a": {("glioma", "glioma"): 40}, "b": {("glioma", "glioma"): 3}})
     assert [v.reviewed for v in versions.values()] == [None, None]
+
+
+def test_a_periods_withheld_tumours_or_agreements_are_not_given_back_by_the_other_periods_rates() -> None:
+    """Days of 10/7, 10/5 and 20/10 tumours: the first day's 7 was withheld (3 without) but the second day's rate,
+    0.5, was shown, so 22 - 5 - 10 gave the 7 back; agreements the same way beside the overall agreement."""
+    periods = [day(0, 10, 7, reviewed=10, agreed=7), day(1, 10, 5, reviewed=20, agreed=20), day(2, 20, 10, 20, 10)]
+    rows, drift = quality_rows(periods, date(2026, 3, 3))
+    assert [r.tumour_rate for r in rows] == [None, None, pytest.approx(0.5)]  # the 7 and its partner, the 5
+    assert [r.agreement for r in rows] == [None, pytest.approx(1.0), None]  # the 7 and its partner, the 10
+    assert drift.baseline_rate is None and all(r.rate_limits is None for r in rows)  # 22 of 40 gives them back
+    steady = [day(0, 10, 5), day(1, 10, 5), day(2, 20, 10)]
+    assert quality_rows(steady, date(2026, 3, 3))[1].baseline_rate == pytest.approx(0.5)
+
+
+def test_the_overall_agreement_is_withheld_when_it_would_give_back_the_one_period_withheld(tmp_path) -> None:
+    """Day one: 10 reviewed, 7 agreed (3 disagreements: withheld); day two: 10 reviewed, none agreed. The overall
+    agreement, 7 of 20, gave day one's 7 back."""
+    from datetime import UTC, datetime
+
+    from core.services.access import Actor
+    from core.services.reviews import review_result
+    from core.services.statistics import quality_board
+    from core.storage.sqlite import SQLiteStore
+    from tests.test_store import make_record
+
+    store = SQLiteStore(tmp_path / "results.sqlite3")
+    doctor = Actor("dr-a", "radiologist")
+    start = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+    for n in range(20):
+        record = make_record(n + 1, start + timedelta(days=n // 10, minutes=n), "glioma")
+        store.add(record)
+        agrees = n < 7
+        final, reasons = ("glioma", []) if agrees else ("notumor", ["false_alarm"])
+        review_result(store, doctor, record.id, final, reasons, "", now=record.created_at + timedelta(hours=1))
+    board = quality_board(
+        store, Actor("boss", "supervisor"), start_day=date(2026, 11, 2), end_day=date(2026, 11, 3), timezone="UTC",
+        period="day",
+    )  # fmt: skip
+    assert board.rows[0].agreement is None and board.rows[1].agreement == 0.0
+    assert board.overall.agreement is None and board.overall.reviewed == 20

@@ -11,7 +11,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 
-from core.analytics.stats import SMALL_CELL, period_start, safe_rate, suppress_group, suppress_small, wilson_interval
+from core.analytics.stats import (
+    SMALL_CELL,
+    complement,
+    period_start,
+    safe_rate,
+    suppress_group,
+    suppress_small,
+    wilson_interval,
+)
 from core.domain.results import DayQuality
 from core.model.decision import NEGATIVE_LABEL
 
@@ -80,18 +88,25 @@ def quality_rows(periods: Sequence[DayQuality], baseline_end: date | None) -> tu
     if baseline_end is None and periods:
         baseline_end = periods[max(0, (len(periods) - 1) // 2)].day
     base = [p for p in periods if baseline_end is not None and p.day <= baseline_end]
-    n0 = sum(p.shown for p in base)
-    rate0 = sum(p.tumour for p in base) / n0 if n0 >= SMALL_CELL else None
-    mean0 = sum(p.probability_sum for p in base) / n0 if n0 >= SMALL_CELL else None
-    sd0 = math.sqrt(max(sum(p.probability_squares for p in base) / n0 - mean0**2, 0.0)) if mean0 is not None else None
-    rows, alarms = [], []
-    # the periods' counts add up to totals shown elsewhere (the dashboard's scans, the overall reviewed): as groups
+    # the periods' counts add up to totals shown elsewhere (the dashboard's scans, the overall reviewed), and so do
+    # the tumours and the agreements their rates give back: each withheld as a group
     shown_counts, reviewed_counts = (
         suppress_group([p.shown for p in periods]),
         suppress_group([p.reviewed for p in periods]),
     )
-    for p, shown, reviewed in zip(periods, shown_counts, reviewed_counts, strict=True):
-        rate = safe_rate(p.tumour, p.shown)
+    tumours = known_parts(periods, shown_counts, "tumour", "shown")
+    agreed = known_parts(periods, reviewed_counts, "agreed", "reviewed")
+    n0 = sum(p.shown for p in base)
+    # the baseline rate (and the limits centred on it) times the baseline's count gives its tumours back
+    hidden = any(k is None and p.tumour > 0 and p in base for p, k in zip(periods, tumours, strict=True))
+    rate0 = sum(p.tumour for p in base) / n0 if n0 >= SMALL_CELL and not hidden else None
+    mean0 = sum(p.probability_sum for p in base) / n0 if n0 >= SMALL_CELL else None
+    sd0 = math.sqrt(max(sum(p.probability_squares for p in base) / n0 - mean0**2, 0.0)) if mean0 is not None else None
+    rows, alarms = [], []
+    for p, shown, reviewed, tumour, agreement_known in zip(
+        periods, shown_counts, reviewed_counts, tumours, agreed, strict=True
+    ):
+        rate = safe_rate(p.tumour, p.shown) if tumour is not None else None
         limits = mean_limits = None
         if rate0 is not None and p.shown >= SMALL_CELL:
             half = 3 * math.sqrt(rate0 * (1 - rate0) / p.shown)
@@ -108,7 +123,7 @@ def quality_rows(periods: Sequence[DayQuality], baseline_end: date | None) -> tu
         if out:
             alarms.append(p.day)
         # a rate, its interval or its control limits give back the count they stand on: withheld with the count
-        agreement = safe_rate(p.agreed, p.reviewed) if reviewed is not None else None
+        agreement = safe_rate(p.agreed, p.reviewed) if agreement_known is not None else None
         all_scans = p.shown + p.rejected
         if shown is None:
             rate = limits = mean = mean_limits = None
@@ -130,6 +145,17 @@ def quality_rows(periods: Sequence[DayQuality], baseline_end: date | None) -> tu
         )
     start = base[0].day if base else None
     return rows, Drift(start, baseline_end, rate0, mean0, tuple(alarms))
+
+
+def known_parts(periods: Sequence[DayQuality], counts: Sequence[int | None], part: str, whole: str) -> tuple:
+    """Each period's ``part`` (tumours, agreements) where its rate may be shown: its ``whole`` shown and the rate
+    safe; withheld as a group (:func:`complement`), so none is the total a rate elsewhere gives minus the others."""
+    values = [int(getattr(p, part)) for p in periods]
+    shown = [
+        v if n is not None and safe_rate(v, int(getattr(p, whole))) is not None else None
+        for p, v, n in zip(periods, values, counts, strict=True)
+    ]
+    return complement(values, shown)
 
 
 @dataclass(frozen=True)

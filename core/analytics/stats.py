@@ -24,9 +24,11 @@ __all__ = [
     "WITHHELD_REASON",
     "PeriodRate",
     "complement",
+    "lone_withheld",
     "period_start",
     "roll_up",
     "safe_rate",
+    "suppress_classes",
     "suppress_group",
     "suppress_small",
     "wilson_interval",
@@ -95,6 +97,24 @@ def complement(counts: Sequence[int], shown: Sequence[int | None]) -> tuple[int 
         if others:
             kept[min(others)[1]] = None
     return tuple(kept)
+
+
+def lone_withheld(counts: Sequence[int], shown: Sequence[int | None]) -> bool:
+    """Whether one non-zero count alone is withheld (:func:`complement` found no partner: every other is zero):
+    then the group's total, wherever it shows (a rate times its count), gives it back and must be withheld too."""
+    return sum(v is None and n > 0 for n, v in zip(counts, shown, strict=True)) == 1
+
+
+def suppress_classes(labels: Sequence[str], counts: Sequence[int], negative: str) -> tuple[int | None, ...]:
+    """The class mix: it adds up to the total, and its tumour classes add up to the tumours (which a tumour rate
+    beside the total gives back), so it is withheld as both groups: glioma 3 withheld with no tumour 45 as its
+    partner was 53 tumours minus meningioma 50."""
+    shown = list(suppress_group(counts))
+    tumours = [k for k, label in enumerate(labels) if label != negative]
+    inner = complement([counts[k] for k in tumours], [shown[k] for k in tumours])
+    for k, value in zip(tumours, inner, strict=True):
+        shown[k] = value
+    return tuple(shown)
 
 
 def safe_rate(part: int, total: int, threshold: int = SMALL_CELL) -> float | None:

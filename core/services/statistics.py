@@ -22,18 +22,25 @@ from core.analytics.stats import (
     WITHHELD_REASON,
     PeriodRate,
     complement,
+    lone_withheld,
     roll_up,
     safe_rate,
+    suppress_classes,
     suppress_group,
     suppress_small,
     wilson_interval,
 )
 from core.domain.results import LESION_QUANTILES, SHOWN, DayCount, Filters
 from core.domain.times import next_period, period_start
+from core.model.decision import NEGATIVE_LABEL
 from core.services import audit
 from core.services.access import STATISTICS, Actor, require
 from core.services.exports import spreadsheet_safe
 from core.storage.protocol import AuditTrail, Dashboards
+
+# the lesion volumes' five quantiles are shown from this many studies: at five, the 25th, 50th and 75th percentiles
+# are three studies' own volumes and the 10th and 90th give back the smallest and the largest
+LESION_QUANTILES_FROM = 2 * SMALL_CELL
 
 
 @dataclass(frozen=True)
@@ -58,7 +65,7 @@ class VersionRow:
 @dataclass(frozen=True)
 class LesionRow:
     """Tumour studies with a lesion volume in one period and the :data:`LESION_QUANTILES` of their volumes (mL):
-    the count withheld (None) from 1 to 4, the quantiles withheld below 5 studies (None)."""
+    the count withheld (None) from 1 to 4, the quantiles withheld below :data:`LESION_QUANTILES_FROM` studies."""
 
     start: date
     studies: int | None
@@ -140,7 +147,7 @@ def lesion_rows(
     counts = [found[s].studies if s in found else 0 for s in starts]
     shown = suppress_group(counts)  # they add up to the total shown: withheld as a group
     rows = [
-        LesionRow(s, n, found[s].quantiles if n is not None and n >= SMALL_CELL else None)
+        LesionRow(s, n, found[s].quantiles if n is not None and n >= LESION_QUANTILES_FROM else None)
         for s, n in zip(starts, shown, strict=True)
     ]
     return suppress_small(sum(row.studies for row in found.values())), tuple(rows)
@@ -177,9 +184,13 @@ def dashboard(
     hide_recent = withheld_recently(rows, period, timezone, now)
     total, tumours = sum(d.total for d in days), sum(d.tumour for d in days)
     rate = safe_rate(tumours, total)
+    tumour_counts = [p.tumour for p in periods]
+    if lone_withheld(tumour_counts, [None if r.tumours is None else r.tumours for r in rows]):
+        rate = None  # the only period with tumours is withheld: the rate times the total would give it back
     models = store.by_model(shown)
     model_totals = suppress_group([m.total for m in models])
     classes = sorted(summary.per_class)
+    class_counts = suppress_classes(classes, [summary.per_class[k] for k in classes], NEGATIVE_LABEL)
     lesion_studies, lesions = lesion_rows(store, shown, timezone, period, start_day, end_day)
     return Dashboard(
         start_day=start_day,
@@ -195,7 +206,7 @@ def dashboard(
         week_mean=None if hide_recent or suppress_small(week) is None else week / 7,
         flagged=suppress_small(gates.get("needs_review", 0)),
         rejected=suppress_small(gates.get("rejected", 0)),
-        per_class=dict(zip(classes, suppress_group([summary.per_class[k] for k in classes]), strict=True)),
+        per_class=dict(zip(classes, class_counts, strict=True)),
         periods=rows,
         histogram=suppress_group(store.confidence_histogram(shown)),
         models=tuple(
@@ -303,7 +314,7 @@ def export_csv(board: Dashboard, quality: QualityBoard | None = None) -> bytes:
         "# verdicts shown to users only (scans refused by the input gate are counted apart); counts from 1 to "
         "4, counts that the total would give away beside one, and rates that would reveal one, read 'withheld'; "
         "the class mix, confidence and versions "
-        "count results; lesion volumes count tumour studies (quantiles withheld below 5)\n"
+        "count results; lesion volumes count tumour studies (quantiles withheld below 10)\n"
     )
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["table", "key", "measure", "value", "low_95", "high_95"])
@@ -425,13 +436,18 @@ def quality_board(
     require(actor, STATISTICS)
     scope = date_range(start_day, end_day, timezone, versions)
     days = store.daily_quality(scope, timezone)
-    rows, drift = quality_rows(roll_up_quality(days, period), baseline_end)
+    periods = roll_up_quality(days, period)
+    rows, drift = quality_rows(periods, baseline_end)
     median, p90 = turnaround(store.turnaround_hours(scope))
     chosen = list(versions) or store.model_versions()
+    overall = accuracy(store.confusion(scope))
+    agreed = [p.agreed for p in periods]
+    if lone_withheld(agreed, [a if r.agreement is not None else None for a, r in zip(agreed, rows, strict=True)]):
+        overall = replace(overall, agreement=None)  # the one period withheld: the overall agreement gives it back
     return QualityBoard(
         rows=tuple(rows),
         drift=drift,
-        overall=accuracy(store.confusion(scope)),
+        overall=overall,
         per_version=per_version_accuracy({v: store.confusion(replace(scope, model_versions=(v,))) for v in chosen}),
         backlog=suppress_small(sum(d.shown - d.reviewed for d in days)),
         turnaround_median_h=median,
