@@ -136,3 +136,13 @@ def test_the_overall_agreement_is_withheld_when_it_would_give_back_the_one_perio
     )  # fmt: skip
     assert board.rows[0].agreement is None and board.rows[1].agreement == 0.0
     assert board.overall.agreement is None and board.overall.reviewed == 20
+
+
+def test_every_period_of_the_range_is_listed_and_the_default_baseline_is_the_ranges_first_half() -> None:
+    """Only periods with data were listed: an outage was a line drawn across, and with data only in the last ten
+    days of a 90-day range the 'first half' baseline ended in the middle of those ten days."""
+    days = [day(80 + k, 20, 5) for k in range(10)]  # 2026-05-20 .. 05-29 of a range from 2026-03-01
+    periods = roll_up_quality(days, "day", date(2026, 3, 1), date(2026, 5, 29))
+    assert len(periods) == 90 and periods[0].shown == 0 and periods[-1].shown == 20
+    _, drift = quality_rows(periods, None)
+    assert drift.baseline_end == date(2026, 4, 14)  # the middle of the range, not of the ten days with data

@@ -21,6 +21,7 @@ from core.analytics.stats import (
     wilson_interval,
 )
 from core.domain.results import DayQuality
+from core.domain.times import next_period
 from core.model.decision import NEGATIVE_LABEL
 
 
@@ -59,9 +60,18 @@ class Drift:
         )
 
 
-def roll_up_quality(days: Sequence[DayQuality], period: str) -> list[DayQuality]:
-    """Sum day rows into periods (each row's ``day`` becomes the period's start)."""
+def roll_up_quality(
+    days: Sequence[DayQuality], period: str, first: date | None = None, last: date | None = None
+) -> list[DayQuality]:
+    """Sum day rows into periods (each row's ``day`` becomes the period's start); with ``first`` and ``last`` every
+    period of that range is listed, an empty one as zeros (an outage stays visible instead of a line drawn across
+    it, as :func:`core.analytics.stats.roll_up`)."""
     totals: dict[date, list[float]] = {}
+    if first is not None and last is not None:
+        start = period_start(first, period)
+        while start <= last:
+            totals[start] = [0.0] * 8
+            start = next_period(start, period)
     for row in days:
         bucket = totals.setdefault(period_start(row.day, period), [0.0] * 8)
         for k, value in enumerate(
@@ -84,7 +94,8 @@ def roll_up_quality(days: Sequence[DayQuality], period: str) -> list[DayQuality]
 
 
 def quality_rows(periods: Sequence[DayQuality], baseline_end: date | None) -> tuple[list[QualityRow], Drift]:
-    """Per period figures and the drift check against the periods up to ``baseline_end`` (None: the first half)."""
+    """Per period figures and the drift check against the periods up to ``baseline_end`` (None: the first half of
+    the periods listed, which :func:`roll_up_quality` lists for the whole range)."""
     if baseline_end is None and periods:
         baseline_end = periods[max(0, (len(periods) - 1) // 2)].day
     base = [p for p in periods if baseline_end is not None and p.day <= baseline_end]

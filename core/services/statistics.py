@@ -436,7 +436,7 @@ def quality_board(
     require(actor, STATISTICS)
     scope = date_range(start_day, end_day, timezone, versions)
     days = store.daily_quality(scope, timezone)
-    periods = roll_up_quality(days, period)
+    periods = roll_up_quality(days, period, start_day, end_day)
     rows, drift = quality_rows(periods, baseline_end)
     median, p90 = turnaround(store.turnaround_hours(scope))
     chosen = list(versions) or store.model_versions()
