@@ -956,6 +956,22 @@ def test_scans_and_series_are_counted_apart_and_studies_group_their_series(store
     assert [(d.day, d.total) for d in honolulu] == [(date(2026, 3, 31), 1), (date(2026, 4, 1), 1)]
 
 
+def test_a_study_saved_across_midnight_counts_once_on_its_first_day_whatever_the_range(store) -> None:
+    """Its series were grouped within the range asked: the 3 March board and the 4 March board each counted it (and
+    the second one as tumour-free), while the two days together counted it once."""
+    night = utc(2026, 3, 3, 23, 59)
+    store.add_series(make_series(40, night, "notumor", study=9), series_sections())
+    store.add_series(make_series(41, night + timedelta(minutes=2), "glioma", study=9), series_sections())
+
+    def studies(start: datetime, end: datetime) -> list[tuple[date, int, int]]:
+        return [(d.day, d.total, d.tumour) for d in store.daily_studies(Filters(start=start, end=end), "UTC")]
+
+    third, fourth, both = utc(2026, 3, 3, 0, 0), utc(2026, 3, 4, 0, 0), utc(2026, 3, 5, 0, 0)
+    assert studies(third, fourth) == [(date(2026, 3, 3), 1, 1)]  # its verdict counts its later series too
+    assert studies(fourth, both) == []
+    assert studies(third, both) == [(date(2026, 3, 3), 1, 1)]
+
+
 VERSION_6_STATEMENTS = ("DROP TRIGGER shifted_on_insert", "DROP TRIGGER shifted_on_review", "DROP TABLE rollup_shifted")
 
 

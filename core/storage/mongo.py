@@ -237,15 +237,16 @@ class MongoStore(MongoPeople, MongoQuality):
         ]
 
     def daily_studies(self, filters: Filters, timezone: str) -> list[DayCount]:
-        """Studies among the series that match ``filters``, per local day of their first series (see SQLite)."""
+        """Studies whose first series falls in the range, per local day of that first series (see SQLite)."""
         series = replace(filters, kinds=("series",))
         summary = self.summary(series)
         if summary.first is None or summary.last is None:
             return []
         day = self._local_day("$first", timezone, to_ms(summary.first), to_ms(summary.last))
+        within = self._match(replace(series, kinds=(), labels=(), model_versions=(), gates=())).get("created_at")
         rows = self._aggregate(
             [
-                {"$match": self._match(series)},
+                {"$match": self._match(replace(series, start=None, end=None))},  # a study's every series first
                 {
                     "$group": {
                         "_id": {"$ifNull": ["$study_ref", "$_id"]},
@@ -253,6 +254,7 @@ class MongoStore(MongoPeople, MongoQuality):
                         "tumour": {"$max": {"$cond": ["$is_tumour", 1, 0]}},
                     }
                 },
+                *([{"$match": {"first": within}}] if within else []),  # then the range, on its first series
                 {"$group": {"_id": day, "n": {"$sum": 1}, "tumour": {"$sum": "$tumour"}}},
                 {"$sort": {"_id": 1}},
             ]
