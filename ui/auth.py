@@ -92,9 +92,14 @@ def current_actor(activity: bool = True) -> Actor | None:
         sign_out("expired")
         st.session_state["signed_out_reason"] = "Your session expired after 30 minutes without activity."
         return None
-    if activity:
+    registry = resources.session_registry()
+    if token and not (registry.touch(token) if activity else registry.alive(token)):
+        # signed out in another tab of this browser (they share the token), or the token idled out there
+        sign_out("signed out elsewhere")
+        st.session_state["signed_out_reason"] = "This session was signed out in another tab or window."
+        return None
+    if activity:  # the touch above: a reload later finds the cookie's session as active as this one
         st.session_state[SEEN_KEY] = now
-        resources.session_registry().touch(token)  # a reload later finds the cookie's session as active as this one
     try:
         current = accounts.refreshed_actor(resources.current_store(), actor)
     except StoreError:

@@ -75,6 +75,12 @@ class SessionRegistry:
         with self._lock:
             return self._live(token) is not None
 
+    def alive(self, token: str | None) -> bool:
+        """Whether ``token`` is live, without recording activity (a timed refresh's check)."""
+        with self._lock:
+            entry = self._entries.get(self._key(token)) if token else None
+            return entry is not None and self._clock() - entry.seen <= self._idle
+
     def forget(self, token: str | None) -> None:
         if token:
             with self._lock:
