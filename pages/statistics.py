@@ -280,8 +280,8 @@ def by_model_version(dashboard) -> None:
                     "scans": number(m.scans),
                     "tumour rate": None if m.tumour_rate is None else round(m.tumour_rate, 4),
                     "mean confidence": None if m.mean_confidence is None else round(m.mean_confidence, 4),
-                    "first": m.first.isoformat(),
-                    "last": m.last.isoformat(),
+                    "first": m.first.isoformat() if m.first else WITHHELD_MARK,
+                    "last": m.last.isoformat() if m.last else WITHHELD_MARK,
                 }
                 for m in dashboard.models
             ]

@@ -377,3 +377,23 @@ def test_a_withheld_tumour_class_or_period_cannot_be_worked_out_from_the_tumour_
     )
     assert board.scans == 50 and board.periods[0].tumours is None  # 7 tumours beside 3 without: withheld
     assert board.tumour_rate is None and board.tumour_interval is None  # 0.14 x 50 would give the 7 back
+
+
+def test_a_version_of_few_scans_hides_its_dates_and_a_crafted_version_name_opens_no_cell(tmp_path) -> None:
+    """A version used for one scan showed first = last = that day; and the export's comment line wrote version
+    names raw, so a name with a comma and '=' opened a formula cell in a spreadsheet."""
+    store = SQLiteStore(tmp_path / "results.sqlite3")
+    now = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
+    for i in range(8):
+        store.add(make_record(i + 1, now - timedelta(days=1, minutes=i), "glioma" if i % 2 else "notumor"))
+    odd = '1,=HYPERLINK("http://x.example")'
+    store.add(make_record(50, now - timedelta(days=3), "glioma", odd))
+    board = dashboard(
+        store, Actor("boss", "supervisor"), start_day=date(2026, 11, 10), end_day=date(2026, 11, 20),
+        timezone="UTC", period="day", now=now, versions=(make_record(1, now).model_version, odd),
+    )  # fmt: skip
+    rare = next(m for m in board.models if odd in m.model)
+    assert rare.scans is None and rare.first is None and rare.last is None
+    text = export_csv(board).decode()
+    header = text.splitlines()[1]
+    assert header.startswith("# group by") and header.count(",") == 0  # one cell, starting with '#': never a formula

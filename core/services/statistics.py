@@ -58,8 +58,8 @@ class VersionRow:
     scans: int | None
     tumour_rate: float | None
     mean_confidence: float | None
-    first: date
-    last: date
+    first: date | None  # None beside a withheld count: a single day of use would tell how few scans it read
+    last: date | None
 
 
 @dataclass(frozen=True)
@@ -215,8 +215,8 @@ def dashboard(
                 scans=scans,
                 tumour_rate=safe_rate(m.tumour, m.total) if scans is not None else None,
                 mean_confidence=m.mean_confidence if scans else None,
-                first=m.first.astimezone(ZoneInfo(timezone)).date(),
-                last=m.last.astimezone(ZoneInfo(timezone)).date(),
+                first=m.first.astimezone(ZoneInfo(timezone)).date() if scans is not None else None,
+                last=m.last.astimezone(ZoneInfo(timezone)).date() if scans is not None else None,
             )
             for m, scans in zip(models, model_totals, strict=True)
         ),
@@ -301,7 +301,10 @@ def export_csv(board: Dashboard, quality: QualityBoard | None = None) -> bytes:
     empty."""
     buffer = io.StringIO()
     buffer.write(f"# dates: {board.start_day.isoformat()} to {board.end_day.isoformat()} ({board.timezone})\n")
-    buffer.write(f"# group by: {board.period}; model versions: {', '.join(board.versions) or 'all'}\n")
+    # the comment lines are written as text, not through the CSV writer: a version's own commas, line breaks or a
+    # leading '=' would open cells (a formula among them) in a spreadsheet
+    versions = "; ".join(spreadsheet_safe(" ".join(v.replace(",", " ").split())) for v in board.versions) or "all"
+    buffer.write(f"# group by: {board.period}; model versions: {versions}\n")
     buffer.write(
         f"# counted per {board.unit}"
         + (
@@ -351,8 +354,8 @@ def export_csv(board: Dashboard, quality: QualityBoard | None = None) -> bytes:
         row("model_version", version.model, "results", version.scans)
         row("model_version", version.model, "tumour_rate", version.tumour_rate, digits=4)
         row("model_version", version.model, "mean_confidence", version.mean_confidence, digits=4)
-        row("model_version", version.model, "first_day", version.first.isoformat())
-        row("model_version", version.model, "last_day", version.last.isoformat())
+        row("model_version", version.model, "first_day", version.first.isoformat() if version.first else WITHHELD)
+        row("model_version", version.model, "last_day", version.last.isoformat() if version.last else WITHHELD)
     _lesion_export(row, board)
     if quality is not None:
         overall = quality.overall
