@@ -53,8 +53,11 @@ query = WorklistQuery(
     since=datetime.now(UTC) - timedelta(days=days) if days else None,
     disagreements=disagreements,
 )
-try:
-    results = reviews.worklist(store, actor, query)
+seen_key = f"worklist-read-{reference}"
+try:  # a patient's list: audited once per session, as History
+    results = reviews.worklist(store, actor, query, audited=reference is not None and seen_key not in st.session_state)
+    if reference is not None:
+        st.session_state[seen_key] = True
 except StoreError as error:
     st.error(f"The results database cannot be read: {error}")
     st.stop()

@@ -655,3 +655,17 @@ def test_a_reference_link_that_failed_on_a_re_upload_is_applied_by_the_retry(
     monkeypatch.setattr(store, "set_patient_ref", real)
     retried = retry_save(again, store, None, "e" * 64, RADIOLOGIST)
     assert retried.status.state == SAVED and store.get(first.record.id).patient_ref == "e" * 64
+
+
+def test_a_worklist_filtered_to_one_patient_is_an_audit_event_under_the_keyed_reference(store) -> None:
+    """History's read of a patient is audited; the Worklist's patient filter listed the same results unaudited."""
+    from dataclasses import replace
+
+    record = replace(make_record(1, datetime(2026, 1, 1, tzinfo=UTC)), patient_ref="d" * 64)
+    store.add(record)
+    query = WorklistQuery(reviewed=None, patient_ref="d" * 64)
+    assert [r.id for r in reviews.worklist(store, RADIOLOGIST, query)] == [record.id]
+    assert reviews.worklist(store, RADIOLOGIST, query, audited=False)  # the page's later reruns
+    assert reviews.worklist(store, RADIOLOGIST, WorklistQuery(reviewed=None))  # no patient: nothing to audit
+    events = [(e.action, e.target, e.detail) for e in store.audit_events()]
+    assert events == [("worklist_patient", "d" * 64, {"results": 1})]

@@ -190,6 +190,7 @@ RESULT_ACTIONS = frozenset(
         "review",
         "report",
         "history",
+        "worklist_patient",
         "patient_reference_set",
         "pacs_pull",
         "pacs_send",

@@ -28,9 +28,15 @@ from core.storage.protocol import Store
 __all__ = ["REASON_CODES", "OpenedResult", "WorklistQuery", "open_result", "review_result", "worklist"]
 
 
-def worklist(store: Store, actor: Actor, query: WorklistQuery, limit: int = 200) -> list[Record]:
+def worklist(store: Store, actor: Actor, query: WorklistQuery, limit: int = 200, audited: bool = True) -> list[Record]:
+    """The results to read. Filtered to one patient, the read is an audit event under the keyed reference, as
+    History's is (it listed a patient's results unaudited), unless ``audited`` is False (the page's later reruns of
+    a list it already audited in this session)."""
     require(actor, WORKLIST)
-    return store.worklist(query, limit)
+    results = store.worklist(query, limit)
+    if query.patient_ref is not None and audited:
+        audit.record(store, actor, "worklist_patient", query.patient_ref, results=len(results))
+    return results
 
 
 @dataclass(frozen=True, eq=False)
