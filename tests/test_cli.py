@@ -90,6 +90,10 @@ def test_every_bad_input_gets_its_specific_json_error(tmp_path: Path, tiny_card:
         (tmp_path / name).write_bytes(data)
     good = tmp_path / "good.png"
     good.write_bytes(png_bytes(synthetic_slice(256)))
+    with open(tmp_path / "huge.png", "wb") as huge:  # past the 50 MB upload limit (sparse: nothing is written)
+        huge.seek(51 * 2**20)
+        huge.write(b"\0")
+    cases["huge.png"] = (b"", "file_too_large")
     paths = [str(tmp_path / name) for name in cases] + [str(good), str(tmp_path / "missing.png")]
     code, lines = run_main(["predict", "--model", str(tiny_card), *paths], capsys)
     assert code == 1

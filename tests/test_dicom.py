@@ -82,6 +82,22 @@ def test_decodes_rle_compressed_dicom() -> None:
     assert np.array_equal(plain.pixels, compressed.pixels)
 
 
+@pytest.mark.parametrize(
+    ("syntax", "name"),
+    [
+        ("1.2.840.10008.1.2.4.80", "JPEG-LS Lossless Image Compression"),  # pyjpegls
+        ("1.2.840.10008.1.2.4.90", "JPEG 2000 Image Compression (Lossless Only)"),  # pylibjpeg-openjpeg
+    ],
+)
+def test_decodes_jpeg_ls_and_jpeg_2000_compressed_dicom_to_the_same_pixels(syntax: str, name: str) -> None:
+    """The decoders the requirements pin are installed and used: PACS exports are often compressed this way."""
+    stored = stored_slice()
+    plain = read_scan(dicom_bytes(stored, window=(2048, 4096)))
+    compressed = read_scan(dicom_bytes(stored, window=(2048, 4096), transfer_syntax=syntax))
+    assert compressed.acquisition["TransferSyntax"] == name
+    assert np.array_equal(plain.pixels, compressed.pixels)
+
+
 def test_rejects_undecodable_transfer_syntax_by_name() -> None:
     data = dicom_bytes(stored_slice(), transfer_syntax="1.2.840.10008.1.2.4.100")  # MPEG2 video
     with pytest.raises(UnsupportedDicom, match="MPEG2"):

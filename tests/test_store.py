@@ -1164,6 +1164,15 @@ def test_a_version_7_mongodb_database_gets_its_audit_trail_indexed() -> None:
     assert database["audit"].count_documents({}) == 1
 
 
+def test_the_embedded_database_runs_in_wal_mode_with_full_sync(tmp_path: Path) -> None:
+    """Readers (the dashboards) never wait for a writer, and a committed result survives a power cut."""
+    store = SQLiteStore(tmp_path / "results.sqlite3")
+    store.add(FIXTURE[0])
+    connection = store._connection()
+    assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert connection.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
 def test_a_vanished_database_is_refused_not_replaced_by_an_empty_one(tmp_path: Path, monkeypatch, capsys) -> None:
     """A deleted data folder once became a new database with no accounts, and the app said "Result saved"."""
     import shutil
