@@ -38,7 +38,7 @@ check: lint
 	$(PY) -m pytest -q -n 2 -m "not browser and not slow and not training and not heavy and not pages"
 
 audit: $(VENV)/.dev
-	$(PY) -m pip_audit -r requirements.txt --progress-spinner off
+	$(PY) -m pip_audit -r constraints.txt --no-deps --progress-spinner off
 
 bench: $(VENV)/.dev
 	$(PY) bench/pipeline.py
