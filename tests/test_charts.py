@@ -169,7 +169,7 @@ def test_today_and_the_week_are_withheld_when_a_recent_day_is_so_neither_gives_i
 
 def test_lesion_volume_counts_per_period_are_withheld_as_a_group_under_their_total() -> None:
     from core.domain.results import LesionPeriod
-    from core.services.statistics import lesion_rows
+    from core.services.statistics import _lesion_rows as lesion_rows
 
     class Volumes:
         def lesion_volumes(self, filters, timezone, period):
@@ -397,3 +397,8 @@ def test_a_version_of_few_scans_hides_its_dates_and_a_crafted_version_name_opens
     text = export_csv(board).decode()
     header = text.splitlines()[1]
     assert header.startswith("# group by") and header.count(",") == 0  # one cell, starting with '#': never a formula
+    from core.errors import AccessDenied
+    from core.services.statistics import record_export
+
+    with pytest.raises(AccessDenied):  # the export's audit event is written for those who may export only
+        record_export(store, Actor("dr-a", "radiologist"), board)

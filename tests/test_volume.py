@@ -16,8 +16,11 @@ from core.model.card import ModelCard
 from core.model.classifier import Classifier
 from core.model.decision import SeriesRule
 from core.model.volume import SeriesAnalysis, analyse_volume, section_scan
+from core.services.access import Actor
 from core.training.series_fit import choose, tumour_free_stretches, volume_key
 from core.training.sources import Item
+
+DOCTOR = Actor("dr-v", "radiologist")
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +229,7 @@ def test_saving_a_series_keeps_its_record_sections_pixels_and_an_audit_event(
 ) -> None:
     from core.errors import AccessDenied
     from core.services.access import Actor
-    from core.services.series_views import stored_sections
+    from core.services.series_views import _stored_sections as stored_sections
     from core.services.studies import save_series
     from core.storage.images import FolderImages
     from core.storage.sqlite import SQLiteStore
@@ -278,7 +281,7 @@ def test_study_command_saves_each_series_once_with_save(
 def test_two_nifti_files_uploaded_together_count_as_one_study_in_statistics(tmp_path, tiny_classifier) -> None:
     from core.imaging.phantom_series import head_volume, nifti
     from core.services.access import Actor
-    from core.services.statistics import study_days
+    from core.services.statistics import _study_days as study_days
     from core.services.studies import triage_study
     from core.storage.protocol import EVERYTHING
     from core.storage.sqlite import SQLiteStore
@@ -332,18 +335,22 @@ def test_a_saved_series_reopens_with_the_rule_that_made_its_verdict_and_no_heat_
     )
     record = store.get(status.record_id)
     served, newer = tiny_classifier.card, replace(tiny_classifier.card, version="9.9.9", series=SeriesRule(7, 0.99))
-    view = stored_series_view(record, store, images, newer)
+    view = stored_series_view(record, store, images, newer, DOCTOR)
     assert (view.threshold, view.neighbours) == (served.series.threshold, served.series.neighbours)
     assert section_heat(view, 0, SimpleNamespace(card=newer), explainer=None) is None
     assert f"{served.series.neighbours} neighbouring sections reach {served.series.threshold:.2f}" in "\n".join(
         series_lines(record, view, [])
     )
     legacy = replace(record, geometry={k: v for k, v in record.geometry.items() if k != "rule"})
-    unknown = stored_series_view(legacy, store, images, newer)
+    unknown = stored_series_view(legacy, store, images, newer, DOCTOR)
     assert unknown.threshold is None and unknown.neighbours is None and unknown.marked == []
     assert "not recorded" in "\n".join(series_lines(legacy, unknown, []))
-    same = stored_series_view(legacy, store, images, served)
+    same = stored_series_view(legacy, store, images, served, DOCTOR)
     assert (same.threshold, same.neighbours) == (served.series.threshold, served.series.neighbours)
+    from core.errors import AccessDenied
+
+    with pytest.raises(AccessDenied):  # a supervisor sees aggregates, never a patient's pixels
+        stored_series_view(record, store, images, served, Actor("boss", "supervisor"))
 
 
 def test_a_series_uploaded_again_with_a_reference_gets_it_when_it_was_saved_without_one(

@@ -394,7 +394,7 @@ def study_report(
     if not records or any(r is None or r.kind != "series" for r in records):
         raise InvalidRecord("A report is made of saved series results.")
     unread = max([unread, *(int((r.geometry or {}).get("study_unread", 0)) for r in records)])  # type: ignore[union-attr]
-    views = [stored_series_view(r, store, images, classifier.card) for r in records]  # type: ignore[arg-type]
+    views = [stored_series_view(r, store, images, classifier.card, actor) for r in records]  # type: ignore[arg-type]
     same_model = all(
         (r.model_name, r.model_version) == (classifier.card.name, classifier.card.version) for r in records
     )  # type: ignore[union-attr]

@@ -63,7 +63,7 @@ def open_result(
         raise InvalidRecord("No such result.")
     audit.record(store, actor, "open", result_id)
     if record.kind == "series":
-        series = stored_series_view(record, store, images, classifier.card)
+        series = stored_series_view(record, store, images, classifier.card, actor)
         note = "" if series is not None else "The series' images are no longer kept (retention period)."
         return OpenedResult(record, None, store.reviews_of(result_id), note, series)
     data = images.get(record.image_key) if images is not None and record.image_key else None

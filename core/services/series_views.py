@@ -19,6 +19,7 @@ from core.model.explain import Explainer
 from core.model.gate import NEEDS_REVIEW
 from core.model.lesion import sections_spanned
 from core.model.volume import SeriesAnalysis
+from core.services.access import OPEN_RESULT, Actor, require
 from core.services.triage import SaveStatus
 from core.services.views import DISPLAY_SIDE, scaled_outline
 from core.storage.images import ImageStore
@@ -50,7 +51,7 @@ def unstacked(pixels: np.ndarray, count: int) -> np.ndarray:
     return pixels.reshape(count, pixels.shape[0] // count, pixels.shape[1])
 
 
-def stored_sections(record: Record, images: ImageStore | None) -> np.ndarray | None:
+def _stored_sections(record: Record, images: ImageStore | None) -> np.ndarray | None:
     """The de-identified sections of a saved series from the image store (None once purged or without a store)."""
     import cv2
 
@@ -158,11 +159,15 @@ def series_view(analysis: SeriesAnalysis, status: SaveStatus | None = None, reco
     )
 
 
-def stored_series_view(record: Record, store: Store, images: ImageStore | None, card: Any) -> SeriesView | None:
-    """A saved series reopened (worklist, history): None once its pixels were purged. Its rule is the one saved
-    with it; for a series saved before rules were kept, the served ``card``'s when the same model read it, else
-    unknown (None): a rule of another model is never drawn on its curve."""
-    pixels = stored_sections(record, images)
+def stored_series_view(
+    record: Record, store: Store, images: ImageStore | None, card: Any, actor: Actor
+) -> SeriesView | None:
+    """A saved series reopened (worklist, history, a report), for those who may open results: None once its pixels
+    were purged. Its rule is the one saved with it; for a series saved before rules were kept, the served
+    ``card``'s when the same model read it, else unknown (None): a rule of another model is never drawn on its
+    curve."""
+    require(actor, OPEN_RESULT)
+    pixels = _stored_sections(record, images)
     if pixels is None:
         return None
     rows = store.sections_of(record.id)

@@ -106,7 +106,7 @@ WITHHELD_TEXT = (WITHHELD, WITHHELD_REASON)  # how the page, its charts and the 
 UNITS = ("study", "result")  # a study counts once (tumour when any of its series is); a result is a scan or a series
 
 
-def study_days(store: Dashboards, filters: Filters, timezone: str) -> list[DayCount]:
+def _study_days(store: Dashboards, filters: Filters, timezone: str) -> list[DayCount]:
     """Studies per local day: each single scan is a study of its own; series are grouped by their study (counted
     on the day its first series was saved, tumour when any series is)."""
     counts: dict[date, list[int]] = {}
@@ -134,7 +134,7 @@ def date_range(start_day: date, end_day: date, timezone: str, versions: Sequence
     )
 
 
-def lesion_rows(
+def _lesion_rows(
     store: Dashboards, filters: Filters, timezone: str, period: str, start_day: date, end_day: date
 ) -> tuple[int | None, tuple[LesionRow, ...]]:
     """Tumour studies with a lesion volume in the range and per period (every period listed, empty ones as zero),
@@ -177,8 +177,8 @@ def dashboard(
     shown = replace(everything, gates=SHOWN)
     summary = store.summary(shown)
     gates = store.summary(everything).per_gate
-    days = study_days(store, shown, timezone) if unit == "study" else store.daily_counts(shown, timezone)
-    today, week = recent_counts(store, shown, timezone, unit, now)
+    days = _study_days(store, shown, timezone) if unit == "study" else store.daily_counts(shown, timezone)
+    today, week = _recent_counts(store, shown, timezone, unit, now)
     periods = roll_up(days, period, start_day, end_day)
     rows = period_rows(periods)
     hide_recent = withheld_recently(rows, period, timezone, now)
@@ -191,7 +191,7 @@ def dashboard(
     model_totals = suppress_group([m.total for m in models])
     classes = sorted(summary.per_class)
     class_counts = suppress_classes(classes, [summary.per_class[k] for k in classes], NEGATIVE_LABEL)
-    lesion_studies, lesions = lesion_rows(store, shown, timezone, period, start_day, end_day)
+    lesion_studies, lesions = _lesion_rows(store, shown, timezone, period, start_day, end_day)
     return Dashboard(
         start_day=start_day,
         end_day=end_day,
@@ -234,7 +234,9 @@ def withheld_recently(rows: Sequence[PeriodRow], period: str, timezone: str, now
     return any(r.scans is None and r.start <= local_today and next_period(r.start, period) > first for r in rows)
 
 
-def recent_counts(store: Dashboards, shown: Filters, timezone: str, unit: str, now: datetime | None) -> tuple[int, int]:
+def _recent_counts(
+    store: Dashboards, shown: Filters, timezone: str, unit: str, now: datetime | None
+) -> tuple[int, int]:
     """Today's count and the last 7 whole days' (before today), in ``unit``, with the page's versions but whatever
     its date range: live figures mean the same counted per result or per study."""
     local_today = (now or datetime.now(UTC)).astimezone(ZoneInfo(timezone)).date()
@@ -244,7 +246,7 @@ def recent_counts(store: Dashboards, shown: Filters, timezone: str, unit: str, n
         local_midnight(local_today + timedelta(1), timezone),  # a local day: 23 or 25 hours when clocks change
     )
     if unit == "study":
-        days = study_days(store, replace(shown, start=week_start, end=tomorrow), timezone)
+        days = _study_days(store, replace(shown, start=week_start, end=tomorrow), timezone)
         return sum(d.total for d in days if d.day == local_today), sum(d.total for d in days if d.day < local_today)
     today = store.summary(replace(shown, start=today_start, end=tomorrow)).total
     return today, store.summary(replace(shown, start=week_start, end=today_start)).total
@@ -279,7 +281,8 @@ def model_versions(store: Dashboards, actor: Actor) -> list[str]:
 
 
 def record_export(store: AuditTrail, actor: Actor, board: Dashboard) -> None:
-    """An export of the aggregates is an audit event naming its filters."""
+    """An export of the aggregates is an audit event naming its filters (those who may see statistics)."""
+    require(actor, STATISTICS)
     audit.record(
         store,
         actor,
