@@ -310,3 +310,19 @@ def test_a_file_name_that_is_not_valid_text_is_one_json_line_not_the_end_of_the_
     emit({"file": "ok.png"}, stream)
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert len(lines) == 2 and lines[0]["label"] == "glioma" and lines[0]["file"].startswith("/tmp/M")
+
+
+def test_output_files_never_overwrite_a_file_nor_follow_a_link_planted_in_the_folder(tmp_path: Path) -> None:
+    """Masks and display images were written with write_bytes: a second run replaced the first's, and a link
+    planted in a shared output folder was followed to wherever it pointed."""
+    from core.cli.common import write_new
+
+    victim = tmp_path / "elsewhere.txt"
+    victim.write_text("keep me")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "scan.png.lesion.png").symlink_to(victim)
+    first = write_new(out, "scan.png", ".lesion.png", b"mask one")
+    second = write_new(out, "scan.png", ".lesion.png", b"mask two")
+    assert (first.name, second.name) == ("scan.png-2.lesion.png", "scan.png-3.lesion.png")
+    assert victim.read_text() == "keep me" and first.read_bytes() == b"mask one" and second.read_bytes() == b"mask two"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_NOT_SAVED = 0, 1, 2, 3  # 3: --save could not save every result
@@ -38,3 +40,20 @@ def progress(items: Sequence[Any], description: str = "") -> Iterator[Any]:
     from tqdm import tqdm
 
     return iter(tqdm(items, desc=description, file=sys.stderr, disable=len(items) < 20, leave=False))
+
+
+def write_new(folder: Path, stem: str, suffix: str, data: bytes) -> Path:
+    """Write ``data`` to a new file ``<stem><suffix>`` in ``folder`` (``<stem>-2<suffix>``... when that exists):
+    never over another file, this run's or an earlier one's, and never through a link planted in a shared folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    for k in range(1, 10_000):
+        target = folder / (f"{stem}{suffix}" if k == 1 else f"{stem}-{k}{suffix}")
+        try:
+            descriptor = os.open(target, flags, 0o600)
+        except FileExistsError:
+            continue
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+        return target
+    raise FileExistsError(f"no free name for {stem}{suffix} in the output folder")

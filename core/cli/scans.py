@@ -11,7 +11,16 @@ from typing import Any
 import cv2
 import numpy as np
 
-from core.cli.common import EXIT_NOT_SAVED, EXIT_OK, EXIT_REJECTED, EXIT_USAGE, emit, error_json, progress
+from core.cli.common import (
+    EXIT_NOT_SAVED,
+    EXIT_OK,
+    EXIT_REJECTED,
+    EXIT_USAGE,
+    emit,
+    error_json,
+    progress,
+    write_new,
+)
 from core.errors import ScanError, StoreError
 from core.evaluation.evaluate import evaluate_folder
 from core.imaging import read_file_bytes
@@ -52,24 +61,17 @@ def _classify_file(path: Path, classifier: Classifier, frame: int | None) -> tup
     return result, outcome
 
 
-def _write_mask(folder: Path, source: Path, outcome: ScanOutcome, written: set[str]) -> str | None:
+def _write_mask(folder: Path, source: Path, outcome: ScanOutcome) -> str | None:
     """The lesion mask of an analysed slice as ``<input file name>.lesion.png`` (255 = lesion), the slice's size;
-    a name this run already wrote (the same file name in two folders) gets ``-2``, ``-3``... so that no mask
-    overwrites another's. ``written`` collects the names."""
+    a name already taken (the same file name in two folders, an earlier run's mask) gets ``-2``, ``-3``... so that
+    no mask overwrites another file (:func:`write_new`)."""
     analysis = outcome.analysis
     if analysis is None or analysis.lesion is None or analysis.prediction.gate.decision == REJECTED:
         return None
-    name, k = f"{source.name}.lesion.png", 1
-    while name in written:
-        k += 1
-        name = f"{source.name}-{k}.lesion.png"
-    written.add(name)
-    target = folder / name
     ok, encoded = cv2.imencode(".png", analysis.lesion.mask.astype(np.uint8) * 255)
     if not ok:
         return None
-    target.write_bytes(encoded.tobytes())
-    return str(target)
+    return str(write_new(folder, source.name, ".lesion.png", encoded.tobytes()))
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -92,13 +94,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         except StoreError as error:
             emit(error_json(error.code, str(error)), sys.stdout)
             return EXIT_USAGE
-    status, unsaved, written = EXIT_OK, False, set()
+    status, unsaved = EXIT_OK, False
     for name in progress(args.files, "predict"):
         result, outcome = _classify_file(Path(name), classifier, args.frame)
         if "error" in result:
             status = EXIT_REJECTED
         elif masks is not None:
-            result["lesion_mask"] = _write_mask(masks, Path(name), outcome, written)
+            result["lesion_mask"] = _write_mask(masks, Path(name), outcome)
         if args.save and outcome.analysis is not None:  # gate-rejected scans are recorded as such, like in the app
             saved = save(outcome.analysis, store, actor=COMMAND_LINE, patient_ref=None, images=images)
             result["saved"] = saved.state + (f": {saved.message}" if saved.message else "")

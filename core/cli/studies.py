@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from core.cli.common import EXIT_NOT_SAVED, EXIT_OK, EXIT_REJECTED, EXIT_USAGE, emit, error_json
+from core.cli.common import EXIT_NOT_SAVED, EXIT_OK, EXIT_REJECTED, EXIT_USAGE, emit, error_json, write_new
 from core.config import file_secrets, mongodb_uri, patient_key
 from core.errors import StoreError
 from core.services.access import COMMAND_LINE
@@ -51,9 +51,7 @@ def emit_outcome(
         result["warnings"] = [*result["warnings"], *outcome.notes]
         if getattr(args, "display_out", None):
             letters, png = display_png(series.volume)
-            out = Path(args.display_out) / f"{series.volume.series[:16]}.png"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_bytes(png)
+            out = write_new(Path(args.display_out), series.volume.series[:16], ".png", png)
             result["display"] = {**letters, "image": str(out)}
         if series.label is None:
             result |= error_json(
