@@ -9,7 +9,7 @@ from core.services.access import ANALYSE
 from core.services.studies import triage_study
 from ui import pacs, resources
 from ui.page import setup_page
-from ui.study import current, earlier_note, keep, show_study, studies
+from ui.study import current, earlier_note, keep, show_study, studies, unsaved
 
 actor = setup_page("Study", ANALYSE)
 st.title("Study")
@@ -41,26 +41,35 @@ with upload:
         key="study_files",
     )
     signature = tuple(sorted(f.file_id for f in files or []))
+
+    def analyse_and_save() -> None:
+        """Analyse the chosen files and save each series once (a series saved before answers 'already saved')."""
+        try:
+            store = resources.current_store()
+        except StoreError as error:
+            st.error(f"Results cannot be saved: {error}")
+            store = None
+        with st.spinner(f"Reading and analysing {len(files)} file(s)…"):
+            study = triage_study(
+                [f.getvalue() for f in files],
+                classifier,
+                store,
+                actor=actor,
+                patient_ref=resources.patient_reference(patient),
+                images=resources.image_store(store),
+                key=key,
+            )
+        keep(signature, study)
+        st.rerun()  # drawn again without the button and its "nothing is analysed" note
+
     if files and signature not in results:  # a selection is analysed and saved once, when the reader says so
         st.caption(f"{len(files)} file(s) chosen; nothing is analysed or saved until you press Analyse.")
         if st.button("Analyse this study", type="primary", key="study_analyse"):
-            try:
-                store = resources.current_store()
-            except StoreError as error:
-                st.error(f"Results cannot be saved: {error}")
-                store = None
-            with st.spinner(f"Reading and analysing {len(files)} file(s)…"):
-                study = triage_study(
-                    [f.getvalue() for f in files],
-                    classifier,
-                    store,
-                    actor=actor,
-                    patient_ref=resources.patient_reference(patient),
-                    images=resources.image_store(store),
-                    key=key,
-                )
-            keep(signature, study)
-            st.rerun()  # drawn again without the button and its "nothing is analysed" note
+            analyse_and_save()
+    elif files and unsaved(results[signature]):  # the database failed: the same files, saved now it is back
+        st.warning("Some series of this study were not saved (see below).")
+        if st.button("Retry saving (the files are analysed again)", type="primary", key="study_retry"):
+            analyse_and_save()
     elif files and st.session_state.get("study_files_seen") != signature:  # a choice of files analysed before
         st.session_state["study_current"] = signature
     st.session_state["study_files_seen"] = signature

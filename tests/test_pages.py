@@ -450,6 +450,34 @@ def test_study_page_reads_a_zipped_series_shows_the_study_verdict_first_and_save
     assert not app.exception and app.get("download_button")
 
 
+def test_a_study_whose_series_could_not_be_saved_is_saved_by_the_retry_once_the_database_is_back(
+    app_environment: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Study page said "Not saved" with no way to save: the same files stayed selected, so Analyse was gone."""
+    from core.errors import StoreUnavailable
+    from core.imaging.phantom_series import dicom_series, head_volume, zipped
+    from core.storage.sqlite import SQLiteStore
+
+    real, down = SQLiteStore.add_series, [True]
+
+    def add_series(self, record, sections):
+        if down[0]:
+            raise StoreUnavailable("The database is locked.")
+        return real(self, record, sections)
+
+    monkeypatch.setattr(SQLiteStore, "add_series", add_series)
+    app = page("study.py").run()
+    study = zipped(dicom_series(head_volume(8, 128, range(3, 6))), [f"IM{k}" for k in range(8)])
+    app.file_uploader[0].set_value([("study.zip", study, "application/zip")]).run(timeout=120)
+    next(b for b in app.button if b.label == "Analyse this study").click().run(timeout=120)
+    assert not app.exception and any(e.value.startswith("Not saved") for e in app.error)
+    assert stored(app_environment).summary().total == 0
+    down[0] = False
+    next(b for b in app.button if b.label.startswith("Retry saving")).click().run(timeout=120)
+    assert not app.exception and not any(e.value.startswith("Not saved") for e in app.error)
+    assert stored(app_environment).summary().total == 1 and not any(b.label.startswith("Retry") for b in app.button)
+
+
 def test_study_page_explains_an_upload_that_is_not_a_study() -> None:
     app = page("study.py").run()
     app.file_uploader[0].set_value([("notes.txt", b"hello, not an image" * 20, "text/plain")]).run()

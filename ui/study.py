@@ -59,6 +59,11 @@ def earlier_note(name: Hashable, files_waiting: bool) -> str:
     return f"Below: the study {source}." + (" The files now chosen are not analysed yet." if files_waiting else "")
 
 
+def unsaved(study: StudyResult) -> bool:
+    """Whether a series of ``study`` that has a verdict failed to save (a retry can save it)."""
+    return any(view.status is not None and view.status.state == NOT_SAVED and view.label for view in study.views)
+
+
 def show_study(
     actor: Actor,
     name: Hashable,
