@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import StoreError
-from core.services import statistics
+from core.services import statistics, statistics_export
 from core.services.access import STATISTICS, STORAGE_DETAILS, allowed
 from ui import charts, resources
 from ui.auth import callback_actor, fragment_actor
@@ -296,7 +296,7 @@ def exported(dashboard) -> None:
     any check of the page run)."""
     viewer = callback_actor(STATISTICS)
     if viewer is not None:
-        statistics.record_export(store, viewer, dashboard)
+        statistics_export.record_export(store, viewer, dashboard)
 
 
 @st.fragment(run_every=None if paused else REFRESH_SECONDS)
@@ -322,7 +322,7 @@ def live_dashboard() -> None:
     shown_quality = quality_section()
     st.download_button(
         "Export these aggregates (CSV)",
-        statistics.export_csv(dashboard, shown_quality),
+        statistics_export.export_csv(dashboard, shown_quality),
         f"statistics-per-{period}-{datetime.now(UTC):%Y%m%d}.csv",
         "text/csv",
         on_click=exported,

@@ -11,7 +11,8 @@ import pytest
 from core.analytics.stats import roll_up, safe_rate, wilson_interval
 from core.domain.results import DayCount
 from core.services.access import Actor
-from core.services.statistics import dashboard, export_csv
+from core.services.statistics import dashboard
+from core.services.statistics_export import export_csv
 from core.storage.sqlite import SQLiteStore
 from tests.test_store import make_record
 from ui.charts import (
@@ -398,7 +399,7 @@ def test_a_version_of_few_scans_hides_its_dates_and_a_crafted_version_name_opens
     header = text.splitlines()[1]
     assert header.startswith("# group by") and header.count(",") == 0  # one cell, starting with '#': never a formula
     from core.errors import AccessDenied
-    from core.services.statistics import record_export
+    from core.services.statistics_export import record_export
 
     with pytest.raises(AccessDenied):  # the export's audit event is written for those who may export only
         record_export(store, Actor("dr-a", "radiologist"), board)

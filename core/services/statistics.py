@@ -1,14 +1,12 @@
 """The supervisor's dashboard as one use case: every figure computed by the store's aggregates, then put under
 the small-count rule (:mod:`core.analytics.stats`) before anything leaves this module.
 
-The page draws what :func:`dashboard` returns and offers :func:`export_csv`; both show the same numbers, and the
-export names the filters it was made with.
+The page draws what :func:`dashboard` returns and offers :func:`core.services.statistics_export.export_csv`; both
+show the same numbers, and the export names the filters it was made with.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
@@ -30,13 +28,11 @@ from core.analytics.stats import (
     suppress_small,
     wilson_interval,
 )
-from core.domain.results import LESION_QUANTILES, SHOWN, DayCount, Filters
+from core.domain.results import SHOWN, DayCount, Filters
 from core.domain.times import next_period, period_start
 from core.model.decision import NEGATIVE_LABEL
-from core.services import audit
 from core.services.access import STATISTICS, Actor, require
-from core.services.exports import spreadsheet_safe
-from core.storage.protocol import AuditTrail, Dashboards
+from core.storage.protocol import Dashboards
 
 # the lesion volumes' five quantiles are shown from this many studies: at five, the 25th, 50th and 75th percentiles
 # are three studies' own volumes and the 10th and 90th give back the smallest and the largest
@@ -278,131 +274,6 @@ def period_rows(periods: Sequence[PeriodRate]) -> tuple[PeriodRow, ...]:
 def model_versions(store: Dashboards, actor: Actor) -> list[str]:
     require(actor, STATISTICS)
     return store.model_versions()
-
-
-def record_export(store: AuditTrail, actor: Actor, board: Dashboard) -> None:
-    """An export of the aggregates is an audit event naming its filters (those who may see statistics)."""
-    require(actor, STATISTICS)
-    audit.record(
-        store,
-        actor,
-        "statistics_export",
-        None,
-        start=board.start_day.isoformat(),
-        end=board.end_day.isoformat(),
-        period=board.period,
-        versions=list(board.versions),
-    )
-
-
-def export_csv(board: Dashboard, quality: QualityBoard | None = None) -> bytes:
-    """Everything the Statistics page shows, as one tidy CSV (``table, key, measure, value, low_95, high_95``):
-    the headline figures, the rate per period, the class mix, the confidence histogram, the per-version table, the
-    lesion volumes of tumour studies per period (when there are any) and, when given, the agreement, accuracy and
-    drift board; comment lines first name the filters. Withheld small
-    counts (those a total would give away with them, and rates that would reveal one) read ``withheld``, never 0 or
-    empty."""
-    buffer = io.StringIO()
-    buffer.write(f"# dates: {board.start_day.isoformat()} to {board.end_day.isoformat()} ({board.timezone})\n")
-    # the comment lines are written as text, not through the CSV writer: a version's own commas, line breaks or a
-    # leading '=' would open cells (a formula among them) in a spreadsheet
-    versions = "; ".join(spreadsheet_safe(" ".join(v.replace(",", " ").split())) for v in board.versions) or "all"
-    buffer.write(f"# group by: {board.period}; model versions: {versions}\n")
-    buffer.write(
-        f"# counted per {board.unit}"
-        + (
-            ": a study counts once, tumour when any of its series is; a single scan is a study of its own\n"
-            if board.unit == "study"
-            else ": each scan or series once\n"
-        )
-    )
-    buffer.write(
-        "# verdicts shown to users only (scans refused by the input gate are counted apart); counts from 1 to "
-        "4, counts that the total would give away beside one, and rates that would reveal one, read 'withheld'; "
-        "the class mix, confidence and versions "
-        "count results; lesion volumes count tumour studies (quantiles withheld below 10)\n"
-    )
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["table", "key", "measure", "value", "low_95", "high_95"])
-    unit = "studies" if board.unit == "study" else "results"
-
-    def row(
-        table: str,
-        key: str,
-        measure: str,
-        value: object,
-        interval: tuple[float, float] | None = None,
-        digits: int | None = None,
-    ) -> None:
-        low, high = interval if interval else (None, None)
-        writer.writerow([table, spreadsheet_safe(key), measure, _cell(value, digits), _cell(low, 4), _cell(high, 4)])
-
-    row("summary", "", unit, board.scans)
-    row("summary", "", "tumour_rate", board.tumour_rate, board.tumour_interval, 4)
-    row("summary", "", "mean_confidence", board.mean_confidence, digits=4)
-    row("summary", "", "today", board.today)
-    row("summary", "", "mean_per_day_last_7_days", board.week_mean, digits=2)
-    row("summary", "", "flagged", board.flagged)
-    row("summary", "", "refused_by_gate", board.rejected)
-    for period in board.periods:
-        row("per_period", period.start.isoformat(), unit, period.scans)
-        row("per_period", period.start.isoformat(), "tumour", period.tumours)
-        row("per_period", period.start.isoformat(), "tumour_rate", period.rate, period.interval, 4)
-    for label, count in board.per_class.items():
-        row("class_mix", label, "results", count)
-    bins = len(board.histogram)
-    for k, count in enumerate(board.histogram):
-        row("confidence", f"{k / bins:.2f}-{(k + 1) / bins:.2f}", "results", count)
-    for version in board.models:
-        row("model_version", version.model, "results", version.scans)
-        row("model_version", version.model, "tumour_rate", version.tumour_rate, digits=4)
-        row("model_version", version.model, "mean_confidence", version.mean_confidence, digits=4)
-        row("model_version", version.model, "first_day", version.first.isoformat() if version.first else WITHHELD)
-        row("model_version", version.model, "last_day", version.last.isoformat() if version.last else WITHHELD)
-    _lesion_export(row, board)
-    if quality is not None:
-        overall = quality.overall
-        row("accuracy", "all versions", "reviewed", overall.reviewed)
-        row("accuracy", "all versions", "agreement", overall.agreement, digits=4)
-        row("accuracy", "all versions", "sensitivity", overall.sensitivity, overall.sensitivity_interval, 4)
-        row("accuracy", "all versions", "specificity", overall.specificity, overall.specificity_interval, 4)
-        row("review", "", "backlog", quality.backlog)
-        row("review", "", "turnaround_median_h", quality.turnaround_median_h, digits=2)
-        row("review", "", "turnaround_p90_h", quality.turnaround_p90_h, digits=2)
-        for q in quality.rows:
-            key = q.start.isoformat()
-            row("quality_per_period", key, "reviewed", q.reviewed)
-            row("quality_per_period", key, "agreement", q.agreement, q.agreement_interval, 4)
-            row("quality_per_period", key, "tumour_rate", q.tumour_rate, q.rate_limits, 4)
-            row("quality_per_period", key, "mean_tumour_probability", q.mean_probability, q.mean_limits, 4)
-            row("quality_per_period", key, "out_of_control", str(q.out_of_control).lower())
-    return buffer.getvalue().encode("utf-8")
-
-
-QUANTILE_NAMES = {0.1: "p10", 0.25: "p25", 0.5: "median", 0.75: "p75", 0.9: "p90"}
-
-
-def _lesion_export(row, board: Dashboard) -> None:
-    """The lesion volumes of tumour studies per period (count, then quantiles in mL), when the range has any."""
-    if board.lesion_studies == 0:
-        return
-    row("lesion_volume", "", "tumour_studies_with_volume", board.lesion_studies)
-    for period in board.lesions:
-        key = period.start.isoformat()
-        row("lesion_volume_per_period", key, "tumour_studies_with_volume", period.studies)
-        if period.studies != 0:  # an empty period has no quantiles; a withheld one reads "withheld"
-            for q, value in zip(LESION_QUANTILES, period.quantiles or (None,) * len(LESION_QUANTILES), strict=True):
-                row("lesion_volume_per_period", key, f"{QUANTILE_NAMES[q]}_ml", value, digits=3)
-
-
-def _cell(value: object, digits: int | None = None) -> str:
-    """A CSV cell: ``withheld`` for a withheld figure (None), the value otherwise (text a spreadsheet would run, such as
-    a model version starting with ``=``, neutralised)."""
-    if value is None:
-        return WITHHELD
-    if digits is not None and isinstance(value, int | float):
-        return str(round(value, digits))
-    return spreadsheet_safe(value) if isinstance(value, str) else str(value)
 
 
 @dataclass(frozen=True)

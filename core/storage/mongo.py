@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import replace
 from itertools import pairwise
 from typing import Any
 
@@ -235,31 +234,6 @@ class MongoStore(MongoPeople, MongoQuality):
             )
             for s in (document or {}).get("sections", [])
         ]
-
-    def daily_studies(self, filters: Filters, timezone: str) -> list[DayCount]:
-        """Studies whose first series falls in the range, per local day of that first series (see SQLite)."""
-        series = replace(filters, kinds=("series",))
-        summary = self.summary(series)
-        if summary.first is None or summary.last is None:
-            return []
-        day = self._local_day("$first", timezone, to_ms(summary.first), to_ms(summary.last))
-        within = self._match(replace(series, kinds=(), labels=(), model_versions=(), gates=())).get("created_at")
-        rows = self._aggregate(
-            [
-                {"$match": self._match(replace(series, start=None, end=None))},  # a study's every series first
-                {
-                    "$group": {
-                        "_id": {"$ifNull": ["$study_ref", "$_id"]},
-                        "first": {"$min": "$created_at"},
-                        "tumour": {"$max": {"$cond": ["$is_tumour", 1, 0]}},
-                    }
-                },
-                *([{"$match": {"first": within}}] if within else []),  # then the range, on its first series
-                {"$group": {"_id": day, "n": {"$sum": 1}, "tumour": {"$sum": "$tumour"}}},
-                {"$sort": {"_id": 1}},
-            ]
-        )
-        return day_rows([(row["_id"], row["n"], row["tumour"]) for row in rows])
 
     def set_patient_ref(self, record_id: str, patient_ref: str | None) -> bool:
         """Set or correct the pseudonymous reference of a saved result; False when it already had this one."""

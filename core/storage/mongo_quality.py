@@ -1,6 +1,6 @@
 """The MongoDB store's monitoring aggregates (a mixin of :class:`core.storage.mongo.MongoStore`), the same
-contract as :mod:`core.storage.sqlite_quality`, as aggregation pipelines (the lesion volumes of tumour studies per
-period included)."""
+contract as :mod:`core.storage.sqlite_quality`, as aggregation pipelines (the per-study ones included: studies per
+day and the lesion volumes of tumour studies per period)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from datetime import date, timedelta
 from itertools import pairwise
 from typing import Any
 
-from core.domain.results import LESION_QUANTILES, DayQuality, Filters, LesionPeriod
+from core.domain.results import LESION_QUANTILES, DayCount, DayQuality, Filters, LesionPeriod
 from core.domain.times import DAY_MS, EPOCH, as_utc, from_ms, period_bounds, to_ms, utc_offset_segments
-from core.storage.protocol import lesion_period, quantile_ranks
+from core.storage.protocol import day_rows, lesion_period, quantile_ranks
 
 SHOWN = {"$ne": ["$gate", "rejected"]}
 REVIEWED = {"$and": [{"$gt": [{"$ifNull": ["$review_count", 0]}, 0]}, SHOWN]}
@@ -26,6 +26,8 @@ class MongoQuality:
 
     _aggregate: Any
     _match: Any
+    _local_day: Any
+    summary: Any
 
     def _scope(self, filters: Filters) -> dict[str, Any]:
         """Dates and model versions only: every verdict and gate decision counts."""
@@ -111,6 +113,31 @@ class MongoQuality:
             hour = max(0, int(row["_id"]))
             merged[hour] = merged.get(hour, 0) + int(row["n"])
         return merged
+
+    def daily_studies(self, filters: Filters, timezone: str) -> list[DayCount]:
+        """Studies whose first series falls in the range, per local day of that first series (see SQLite)."""
+        series = replace(filters, kinds=("series",))
+        summary = self.summary(series)
+        if summary.first is None or summary.last is None:
+            return []
+        day = self._local_day("$first", timezone, to_ms(summary.first), to_ms(summary.last))
+        bounds = {op: when for op, when in (("$gte", filters.start), ("$lt", filters.end)) if when is not None}
+        rows = self._aggregate(
+            [
+                {"$match": self._match(replace(series, start=None, end=None))},  # every series of a study first
+                {
+                    "$group": {
+                        "_id": {"$ifNull": ["$study_ref", "$_id"]},
+                        "first": {"$min": "$created_at"},
+                        "tumour": {"$max": {"$cond": ["$is_tumour", 1, 0]}},
+                    }
+                },
+                *([{"$match": {"first": bounds}}] if bounds else []),  # then the range, on its first series
+                {"$group": {"_id": day, "n": {"$sum": 1}, "tumour": {"$sum": "$tumour"}}},
+                {"$sort": {"_id": 1}},
+            ]
+        )
+        return day_rows([(row["_id"], row["n"], row["tumour"]) for row in rows])
 
     def lesion_volumes(self, filters: Filters, timezone: str, period: str) -> list[LesionPeriod]:
         """Tumour studies with a lesion volume per local period of their first matching series, with the quantiles

@@ -122,21 +122,21 @@ class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
     def daily_studies(self, filters: Filters, timezone: str) -> list[DayCount]:
         """Studies whose first series falls in ``filters``' time range (the other filters apply to every series),
         per local day of that first series in ``timezone``: how many, and how many with any series called tumour.
-        A study's series are grouped before the range is applied, so a study is counted once, on its own first
-        day, whatever range is asked (grouping the series in range counted a study saved across midnight on both
-        days' boards). Grouped in SQL through the covering partial index ``scans_studies`` (its condition is
-        written as a literal so that the planner can use it)."""
+        A study's series are grouped before the range applies, so a study is counted once, on its own first day,
+        with one verdict, whatever range is asked (grouping the series in range counted a study saved across
+        midnight on both days' boards). Grouped in SQL through the covering partial index ``scans_studies`` (its
+        condition is written as a literal so that the planner can use it), which keeps grouping every series cheap."""
         span = self._time_range(filters)  # dates only
         if span is None:
             return []
         day, day_params = day_sql(timezone, *span, instant="first_ms")
-        where, params = self._where(replace(filters, kinds=(), start=None, end=None))
+        where, params = self._where(replace(filters, kinds=(), start=None, end=None))  # every series of a study
         series = f"{where} AND kind = 'series'" if where else " WHERE kind = 'series'"
         studies = (
             f"SELECT min(created_ms) AS first_ms, max(is_tumour) AS tumour FROM scans{series} "
             "GROUP BY COALESCE(study_ref, id)"
         )
-        bounds = [("first_ms >= ?", filters.start), ("first_ms < ?", filters.end)]
+        bounds = (("first_ms >= ?", filters.start), ("first_ms < ?", filters.end))
         known = [(sql, to_ms(when)) for sql, when in bounds if when is not None]
         within = (" WHERE " + " AND ".join(sql for sql, _ in known)) if known else ""
         rows = self._query(
