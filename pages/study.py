@@ -66,12 +66,13 @@ with upload:
         st.caption(f"{len(files)} file(s) chosen; nothing is analysed or saved until you press Analyse.")
         if st.button("Analyse this study", type="primary", key="study_analyse"):
             analyse_and_save()
-    elif files and unsaved(results[signature]):  # the database failed: the same files, saved now it is back
-        st.warning("Some series of this study were not saved (see below).")
-        if st.button("Retry saving (the files are analysed again)", type="primary", key="study_retry"):
-            analyse_and_save()
-    elif files and st.session_state.get("study_files_seen") != signature:  # a choice of files analysed before
-        st.session_state["study_current"] = signature
+    else:
+        if files and st.session_state.get("study_files_seen") != signature:  # a choice of files analysed before
+            st.session_state["study_current"] = signature
+        if files and unsaved(results[signature]):  # the database failed: the same files, saved now it is back
+            st.warning("Some series of this study were not saved (see below).")
+            if st.button("Retry saving (the files are analysed again)", type="primary", key="study_retry"):
+                analyse_and_save()
     st.session_state["study_files_seen"] = signature
     if current() is None and not files:
         st.info(

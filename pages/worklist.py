@@ -129,21 +129,28 @@ def save_review(final_label: str, reasons: list[str], note: str) -> None:
     st.session_state.pop(opened_key, None)  # re-open with the new review in its history
     if SHOW[show] is False:  # reviewed, it leaves this list: the next one opens, as the reader expects
         st.session_state["wl_chosen"] = None
-    saved = f"{chosen.created_at:%Y-%m-%d %H:%M} UTC, model {pretty(chosen.label)}"
+    saved = f"{chosen.created_at:%Y-%m-%d %H:%M} UTC, model {verdict_shown(chosen)}"
     st.session_state["review_saved"] = f"Review saved: {pretty(final_label)} for the result of {saved}."
 
 
 agree, override = st.columns([1, 2])
-agree.button(
-    f"Agree: {pretty(chosen.label)}",
-    type="primary",
-    shortcut="shift+a",
-    on_click=save_review,
-    args=(chosen.label, [], ""),
-    help="Keyboard: Shift+A (two keys, so that a stray keypress never signs a review)",
-)
+refused = chosen.gate == "rejected"  # the class the model picked for it is nothing to agree with
+if refused:
+    agree.caption(
+        "The input gate refused this image: there is no verdict to agree with. Record what it shows as a final "
+        "label (with the reason 'image unsuitable' when it is not a brain MRI)."
+    )
+else:
+    agree.button(
+        f"Agree: {pretty(chosen.label)}",
+        type="primary",
+        shortcut="shift+a",
+        on_click=save_review,
+        args=(chosen.label, [], ""),
+        help="Keyboard: Shift+A (two keys, so that a stray keypress never signs a review)",
+    )
 with override.form(f"override-{chosen.id}", clear_on_submit=True, border=True):
-    labels = [label for label in (*classifier.card.labels, "tumour") if label != chosen.label]
+    labels = [label for label in (*classifier.card.labels, "tumour") if refused or label != chosen.label]
     final = st.selectbox("Override: final label", labels, format_func=pretty)
     reasons = st.multiselect("Reasons", REASON_CODES, format_func=lambda code: code.replace("_", " "))
     note = st.text_input("Note (optional; no patient names)", max_chars=500)

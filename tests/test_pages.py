@@ -649,7 +649,10 @@ def test_a_refused_result_saved_from_the_command_line_opens_on_the_worklist_and_
     assert row["verdict"] == "Refused: not a brain MRI" and pd.isna(row["tumour probability"])
     assert [m.value for m in app.metric if m.label == "Model's verdict"] == ["Refused: not a brain MRI"]
     assert not any("Tumour probability" in m.value for m in app.markdown)
-    next(b for b in app.button if b.label.startswith("Agree")).click().run()
+    assert not any(b.label.startswith("Agree") for b in app.button)  # nothing to agree with: a final label instead
+    app.selectbox[-1].set_value("notumor")
+    app.multiselect[-1].set_value(["image_unsuitable"])
+    next(b for b in app.button if b.label == "Save override").click().run()
     assert not app.exception and stored(app_environment).recent(1)[0].review_count == 1
 
 

@@ -90,8 +90,9 @@ def test_single_sign_on_identities_get_a_role_from_a_claim_or_a_local_account(st
 def test_a_single_sign_on_identity_never_takes_a_password_accounts_role_nor_an_unverified_email(store) -> None:
     """An identity whose e-mail claim read "admin" (or a colleague's address, unverified) got that account's role."""
     accounts.add_account(store, COMMAND_LINE, "admin", "admin", PASSWORD)
-    with pytest.raises(SignInFailed, match="no role"):
-        accounts.external_actor(store, {"email": "admin", "sub": "idp-123"})
+    for claims in ({"email": "admin", "sub": "idp-123"}, {"email": "admin", "groups": ["radiologist"]}):
+        with pytest.raises(SignInFailed, match="local account with a password"):  # whatever role its claim gives
+            accounts.external_actor(store, claims, "groups")
     accounts.add_account(store, ADMIN, "dr.y@hospital.example", "radiologist", None)
     unverified = {"email": "dr.y@hospital.example", "email_verified": False, "sub": "idp-456"}
     with pytest.raises(SignInFailed, match="no role"):
@@ -635,6 +636,10 @@ def test_a_scan_uploaded_again_with_a_reference_gets_it_when_it_had_none_and_kee
         assert (
             store.get(first.record.id).patient_ref == "a" * 64 and "another patient reference" in other.status.message
         )
+    blank = triage(scan, tiny_classifier, None, store, actor=RADIOLOGIST, patient_ref=None)  # uploaded, none typed
+    assert blank.record.patient_ref == "a" * 64 and "kept" in blank.status.message
+    apply_patient_reference(blank, store, "c" * 64, RADIOLOGIST)  # then one typed: never moves it either
+    assert store.get(first.record.id).patient_ref == "a" * 64
 
 
 def test_a_reference_link_that_failed_on_a_re_upload_is_applied_by_the_retry(

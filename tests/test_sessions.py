@@ -68,6 +68,7 @@ def test_a_timed_refresh_checks_the_session_but_never_keeps_it_alive(monkeypatch
 def test_signing_out_of_a_single_sign_on_session_ends_the_identity_cookie_too(monkeypatch, tmp_path) -> None:
     """Streamlit's identity cookie lasts 30 days: sign-out and idle expiry cleared only our session, and the next
     run signed the same user straight back in from the cookie."""
+    from core.services.access import Actor
     from core.storage.sqlite import SQLiteStore
     from ui import auth
 
@@ -93,11 +94,15 @@ def test_signing_out_of_a_single_sign_on_session_ends_the_identity_cookie_too(mo
     monkeypatch.setattr(auth.resources, "secrets", lambda: {"auth": {"role_claim": "groups"}})
     with pytest.raises(Rerun):  # signed in: the page runs again as this user
         auth._single_sign_on(store)
-    assert state[auth.ACTOR_KEY].name == "dr.z@hospital.example" and state[auth.SSO_KEY] is True
+    assert state[auth.ACTOR_KEY].name == "dr.z@hospital.example"
     auth.sign_out()
     assert logouts == [True] and auth.ACTOR_KEY not in state
-    auth.sign_out()  # a local password session (or none)
-    assert logouts == [True]  # a password session has no identity cookie to end
+    state[auth.ACTOR_KEY] = Actor("dr.z@hospital.example", "radiologist")  # a reloaded tab, resumed by our cookie
+    auth.sign_out()
+    assert logouts == [True, True]  # its identity cookie ends too
+    Identity.is_logged_in = False  # a local password session: no identity cookie to end
+    auth.sign_out()
+    assert logouts == [True, True]
 
 
 def test_single_sign_on_is_off_while_its_cookie_secret_is_the_examples_placeholder_or_short(monkeypatch) -> None:

@@ -24,7 +24,6 @@ from ui import resources
 
 ACTOR_KEY, SEEN_KEY = "actor", "actor_seen"
 TOKEN_KEY, BOUND_KEY, COOKIE_KEY = "session_token", "session_bound", "cookie_to_write"
-SSO_KEY = "signed_in_via_provider"
 
 
 def _write_cookie(token: str | None) -> None:
@@ -145,7 +144,9 @@ def sign_out(reason: str = "signed out") -> None:
     through the identity provider also ends Streamlit's identity cookie (``st.logout``): it lasts 30 days, and the
     next run signed the same user straight back in, so sign-out and expiry did nothing on a shared workstation."""
     actor = st.session_state.get(ACTOR_KEY)
-    via_provider = bool(st.session_state.get(SSO_KEY))
+    # the identity cookie, whichever way this session was signed in (a reloaded or new tab resumes through our own
+    # cookie and would not know it came from the provider)
+    via_provider = _sso_configured() and bool(getattr(st.user, "is_logged_in", False))
     if actor is not None:
         with suppress(StoreError):  # signing out works while the database is down; the session ends either way
             audit.record(resources.current_store(), actor, "sign_out", actor.name, reason=reason)
@@ -227,7 +228,6 @@ def _single_sign_on(store) -> None:
             st.button("Sign out of the identity provider", on_click=st.logout)
             return
         st.session_state[ACTOR_KEY], st.session_state[SEEN_KEY] = actor, time.time()
-        st.session_state[SSO_KEY] = True  # its sign-out ends the identity cookie too
         _start_session(actor)
         st.rerun()
     st.button("Sign in with your organisation's account", on_click=st.login, type="primary")

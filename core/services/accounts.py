@@ -202,8 +202,10 @@ def external_actor(store: Store, claims: Mapping[str, Any], role_claim: str | No
         values = value if isinstance(value, list | tuple) else [value]
         role = next((str(v) for v in values if str(v) in ROLES), None)
     account = store.get_account(name) if name else None
-    if account is not None and account.password_hash is not None:
-        account = None  # a local password account: not this identity's
+    if account is not None and account.password_hash is not None:  # a local password account's name: refused, or
+        # every later run (which re-reads the account by name) would give the identity that account's role
+        audit.record(store, Actor("unknown", "none"), "sign_in_failed", None, reason="name of a password account")
+        raise SignInFailed("This identity's name belongs to a local account with a password; ask an administrator.")
     if role is None and account is not None and not account.disabled:
         role = account.role
     if not name or role is None or (account is not None and account.disabled):

@@ -265,8 +265,11 @@ def reference_for_saved(
     saved under another patient's reference keeps it and the status says so, never relinked silently."""
     try:
         saved = store.get(record_id)
-        if saved is None or patient_ref is None or saved.patient_ref == patient_ref:
+        if saved is None or saved.patient_ref == patient_ref:
             return status, saved.patient_ref if saved is not None else patient_ref
+        if patient_ref is None:  # typed nothing: it keeps its patient's, and typing one later never moves it
+            note = "it is saved under a patient reference, which was kept (correct it there if it is wrong)"
+            return SaveStatus(status.state, note, record_id, others=True), saved.patient_ref
         if saved.patient_ref is None:
             with store.atomic():  # the change and its audit event: both or neither
                 if store.set_patient_ref(record_id, patient_ref):
