@@ -136,6 +136,8 @@ def test_the_overall_agreement_is_withheld_when_it_would_give_back_the_one_perio
     )  # fmt: skip
     assert board.rows[0].agreement is None and board.rows[1].agreement == 0.0
     assert board.overall.agreement is None and board.overall.reviewed == 20
+    assert all(n is None for n in board.overall.matrix.values())  # 20 minus the disagreements would give it back
+    assert all(v.agreement is None for v in board.per_version.values())  # one version: the same figure
 
 
 def test_every_period_of_the_range_is_listed_and_the_default_baseline_is_the_ranges_first_half() -> None:
@@ -146,3 +148,28 @@ def test_every_period_of_the_range_is_listed_and_the_default_baseline_is_the_ran
     assert len(periods) == 90 and periods[0].shown == 0 and periods[-1].shown == 20
     _, drift = quality_rows(periods, None)
     assert drift.baseline_end == date(2026, 4, 14)  # the middle of the range, not of the ten days with data
+
+
+def test_when_one_period_alone_is_withheld_no_other_figure_sums_it_back(tmp_path) -> None:
+    """Day one 20 scans, 18 tumours (2 without: withheld); day two 30, no tumour. The headline rate was withheld,
+    but the tumour classes (10 glioma + 8 meningioma) and the one version's tumour rate gave the 18 back."""
+    from datetime import UTC, datetime
+
+    from core.services.access import Actor
+    from core.services.statistics import dashboard
+    from core.storage.sqlite import SQLiteStore
+    from tests.test_store import make_record
+
+    store = SQLiteStore(tmp_path / "results.sqlite3")
+    start, n = datetime(2026, 11, 2, 9, 0, tzinfo=UTC), 0
+    for when, labels in ((0, ["glioma"] * 10 + ["meningioma"] * 8 + ["notumor"] * 2), (1, ["notumor"] * 30)):
+        for label in labels:
+            n += 1
+            store.add(make_record(n, start + timedelta(days=when, minutes=n), label))
+    board = dashboard(
+        store, Actor("boss", "supervisor"), start_day=date(2026, 11, 2), end_day=date(2026, 11, 3), timezone="UTC",
+        period="day", unit="result", now=datetime(2026, 12, 1, tzinfo=UTC),
+    )  # fmt: skip
+    assert board.periods[0].tumours is None and board.tumour_rate is None
+    assert board.per_class["glioma"] is None and board.per_class["meningioma"] is None
+    assert all(m.tumour_rate is None for m in board.models)

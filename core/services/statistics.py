@@ -180,13 +180,16 @@ def dashboard(
     hide_recent = withheld_recently(rows, period, timezone, now)
     total, tumours = sum(d.total for d in days), sum(d.tumour for d in days)
     rate = safe_rate(tumours, total)
-    tumour_counts = [p.tumour for p in periods]
-    if lone_withheld(tumour_counts, [None if r.tumours is None else r.tumours for r in rows]):
-        rate = None  # the only period with tumours is withheld: the rate times the total would give it back
+    # the only period with tumours withheld: every figure that sums the tumours would give it back (the rate times
+    # the total, the tumour classes, a version's rate times its count)
+    lone = lone_withheld([p.tumour for p in periods], [r.tumours for r in rows])
+    rate = None if lone else rate
     models = store.by_model(shown)
     model_totals = suppress_group([m.total for m in models])
     classes = sorted(summary.per_class)
     class_counts = suppress_classes(classes, [summary.per_class[k] for k in classes], NEGATIVE_LABEL)
+    if lone:
+        class_counts = tuple(None if c != NEGATIVE_LABEL else n for c, n in zip(classes, class_counts, strict=True))
     lesion_studies, lesions = _lesion_rows(store, shown, timezone, period, start_day, end_day)
     return Dashboard(
         start_day=start_day,
@@ -209,7 +212,7 @@ def dashboard(
             VersionRow(
                 model=f"{m.model_name} {m.model_version}",
                 scans=scans,
-                tumour_rate=safe_rate(m.tumour, m.total) if scans is not None else None,
+                tumour_rate=safe_rate(m.tumour, m.total) if scans is not None and not lone else None,
                 mean_confidence=m.mean_confidence if scans else None,
                 first=m.first.astimezone(ZoneInfo(timezone)).date() if scans is not None else None,
                 last=m.last.astimezone(ZoneInfo(timezone)).date() if scans is not None else None,
@@ -289,6 +292,12 @@ class QualityBoard:
     turnaround_p90_h: float | None
 
 
+def without_agreement(board: Accuracy) -> Accuracy:
+    """``board`` without the agreement and the cells of its matrix (the diagonal adds up to it, and the reviewed
+    count minus the other cells too)."""
+    return replace(board, agreement=None, matrix=dict.fromkeys(board.matrix))
+
+
 def per_version_accuracy(confusions: Mapping[str, Mapping[tuple[str, str], int]]) -> dict[str, Accuracy]:
     """Each version's accuracy, their reviewed counts (which add up to the overall one shown) withheld as a group."""
     reviewed = suppress_group([sum(c.values()) for c in confusions.values()])
@@ -319,13 +328,19 @@ def quality_board(
     chosen = list(versions) or store.model_versions()
     overall = accuracy(store.confusion(scope))
     agreed = [p.agreed for p in periods]
-    if lone_withheld(agreed, [a if r.agreement is not None else None for a, r in zip(agreed, rows, strict=True)]):
-        overall = replace(overall, agreement=None)  # the one period withheld: the overall agreement gives it back
+    lone = lone_withheld(agreed, [a if r.agreement is not None else None for a, r in zip(agreed, rows, strict=True)])
+    if lone:  # the one period withheld: every figure that sums the agreements would give it back
+        overall = without_agreement(overall)
     return QualityBoard(
         rows=tuple(rows),
         drift=drift,
         overall=overall,
-        per_version=per_version_accuracy({v: store.confusion(replace(scope, model_versions=(v,))) for v in chosen}),
+        per_version={
+            version: without_agreement(accuracy) if lone else accuracy
+            for version, accuracy in per_version_accuracy(
+                {v: store.confusion(replace(scope, model_versions=(v,))) for v in chosen}
+            ).items()
+        },
         backlog=suppress_small(sum(d.shown - d.reviewed for d in days)),
         turnaround_median_h=median,
         turnaround_p90_h=p90,
