@@ -1270,6 +1270,19 @@ def test_lesion_volumes_of_tumour_studies_per_period_have_the_quantiles_of_their
     assert store.lesion_volumes(Filters(), "UTC", "week")[0].studies == 8  # all gates: the refused one counts
 
 
+def test_a_studys_lesion_volume_is_counted_on_its_first_series_day_as_its_study_is(store) -> None:
+    """The lesion chart placed a study by its first tumour series with a volume, the study counts by its first
+    series: a range starting the day after a study began counted it among lesion studies but not among studies."""
+    first = utc(2026, 4, 6, 23, 50)
+    store.add_series(lesion_series(240, first, None, label="notumor", study=88), series_sections())
+    store.add_series(lesion_series(241, first + timedelta(minutes=20), 9.0, study=88), series_sections())
+    later = store.lesion_volumes(Filters(start=utc(2026, 4, 7, 0, 0)), "UTC", "day")
+    assert later == [] and store.daily_studies(Filters(start=utc(2026, 4, 7, 0, 0)), "UTC") == []
+    both = store.lesion_volumes(Filters(start=utc(2026, 4, 6, 0, 0)), "UTC", "day")
+    assert [(d.start, d.studies) for d in both] == [(date(2026, 4, 6), 1)]
+    assert both[0].quantiles == pytest.approx([9.0] * 5)
+
+
 def test_both_stores_cut_a_moment_to_its_millisecond_and_answer_edge_queries_alike(store) -> None:
     """Found comparing the stores: SQLite rounded a moment 0.4 ms before midnight into the next day (BSON cuts it);
     sections came back in the order given and duplicates passed on MongoDB; a malformed patient reference, an

@@ -140,19 +140,21 @@ class MongoQuality:
         return day_rows([(row["_id"], row["n"], row["tumour"]) for row in rows])
 
     def lesion_volumes(self, filters: Filters, timezone: str, period: str) -> list[LesionPeriod]:
-        """Tumour studies with a lesion volume per local period of their first matching series, with the quantiles
-        of their volumes (see SQLite): grouped per study, placed in their period, sorted and picked at the
-        quantiles' ranks in the pipeline."""
-        match = self._match(replace(filters, kinds=("series",))) | {"is_tumour": True, "lesion_ml": {"$ne": None}}
+        """Tumour studies with a lesion volume per local period of their first series, with the quantiles of their
+        volumes (see SQLite): grouped per study before the range applies, placed in their period, sorted and picked
+        at the quantiles' ranks in the pipeline."""
+        bounds = {op: when for op, when in (("$gte", filters.start), ("$lt", filters.end)) if when is not None}
+        tumour_ml = {"$cond": [{"$and": ["$is_tumour", {"$ne": ["$lesion_ml", None]}]}, "$lesion_ml", None]}
         per_study = [
-            {"$match": match},
+            {"$match": self._match(replace(filters, kinds=("series",), start=None, end=None))},
             {
                 "$group": {
                     "_id": {"$ifNull": ["$study_ref", "$_id"]},
                     "at": {"$min": "$created_at"},
-                    "ml": {"$avg": "$lesion_ml"},
+                    "ml": {"$avg": tumour_ml},  # nulls are left out of the mean
                 }
             },
+            {"$match": {"ml": {"$ne": None}} | ({"at": bounds} if bounds else {})},
         ]
         span = self._aggregate(
             [*per_study, {"$group": {"_id": None, "first": {"$min": "$at"}, "last": {"$max": "$at"}}}]

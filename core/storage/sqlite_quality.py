@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 from core.domain.results import LESION_QUANTILES, Filters, LesionPeriod
-from core.domain.times import period_bounds
+from core.domain.times import period_bounds, to_ms
 from core.storage.protocol import EVERYTHING, HISTOGRAM_BINS, lesion_period
 from core.storage.sqlite_aggregates import where_sql, whole_days_and_edges
 from core.storage.sqlite_base import SQLiteBase
@@ -84,13 +84,17 @@ class SQLiteQuality(SQLiteBase):
         return counts
 
     def lesion_volumes(self, filters: Filters, timezone: str, period: str) -> list[LesionPeriod]:
-        """Tumour studies with a lesion volume per local period (day, week, month) of their first matching series,
-        with the quantiles of their volumes: grouped, ranked (window functions) and picked in SQL; only the values
-        at the quantiles' ranks leave the database. Periods without such a study are not listed."""
-        where, params = where_sql(replace(filters, kinds=("series",)))
+        """Tumour studies with a lesion volume per local period (day, week, month) of their first series, as the
+        studies per day count them (a study's series grouped before the range applies), with the quantiles of their
+        volumes (the mean of its tumour series' volumes): grouped, ranked (window functions) and picked in SQL; only
+        the values at the quantiles' ranks leave the database. Periods without such a study are not listed."""
+        where, params = where_sql(replace(filters, kinds=("series",), start=None, end=None))
+        bounds = (("at_ms >= ?", filters.start), ("at_ms < ?", filters.end))
+        known = [(sql, to_ms(when)) for sql, when in bounds if when is not None]
+        params = [*params, *(ms for _, ms in known)]
         studies = (
-            f"SELECT min(created_ms) AS at_ms, avg(lesion_ml) AS ml FROM scans{where} "
-            "AND is_tumour = 1 AND lesion_ml IS NOT NULL GROUP BY COALESCE(study_ref, id)"
+            f"SELECT min(created_ms) AS at_ms, avg(CASE WHEN is_tumour = 1 THEN lesion_ml END) AS ml FROM scans{where} "
+            f"GROUP BY COALESCE(study_ref, id) HAVING {' AND '.join(['ml IS NOT NULL', *(sql for sql, _ in known)])}"
         )
         first, last = self._query(f"SELECT min(at_ms), max(at_ms) FROM ({studies})", params)[0]
         if first is None:
