@@ -186,6 +186,24 @@ def test_the_pacs_command_prints_the_study_lines_with_the_study_uid(orthanc, tin
     assert orthanc.password not in refused.stdout + refused.stderr
 
 
+def test_the_watch_command_logs_each_study_under_its_keyed_reference_never_its_uid(orthanc, tiny_card, tmp_path):
+    """A daemon's output ends in the system journal: the watch printed every study's UID there."""
+    command = [sys.executable, "-m", "core", "pacs", "watch", "--url", orthanc.dicomweb, "--rest", orthanc.rest]
+    env = {"PATH": "/usr/bin:/bin", "BTD_DATA_DIR": str(tmp_path), "BTD_LESION_MODEL": "none"}
+    done = subprocess.run(
+        [*command, "--once", "--user", orthanc.user, "--password-stdin", "--model", str(tiny_card)],
+        input=orthanc.password + "\n",
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    lines = [json.loads(text) for text in done.stdout.splitlines()]
+    assert done.returncode == 0 and lines and all(len(line["study_ref"]) == 64 for line in lines), done.stdout
+    assert STUDY not in done.stdout + done.stderr and CT_STUDY not in done.stdout + done.stderr
+
+
 def test_pacs_failures_each_get_their_own_message(orthanc, tiny_classifier) -> None:
     with pytest.raises(PacsRefused, match="user name or password"):
         Pacs(orthanc.dicomweb, orthanc.user, "wrong").search()

@@ -5,7 +5,8 @@
     python -m core pacs serve-dev
 
 ``analyse`` prints the same JSON line per series as ``study``, with the study UID (and with ``--send`` the SOP
-Instance UIDs the PACS stored); exit codes as ``study``. ``watch`` prints one line per new study it handled; the
+Instance UIDs the PACS stored); exit codes as ``study``. ``watch`` prints one line per new study it handled (under
+the study's keyed reference, as the audit trail names it, never its UID: a daemon's output ends in a log); the
 last change it handled is kept in the data directory (``pacs-watch.json``), so a restart goes on from there.
 """
 
@@ -126,7 +127,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     while True:
         try:
             for line in pacs.watch_once(watcher, state, COMMAND_LINE):
-                emit(line, sys.stdout)
+                emit(_for_the_log(line, key), sys.stdout)
         except PacsError as error:  # the PACS is down or refuses: say so, keep watching (or stop with --once)
             emit(error_json(error.code, str(error)), sys.stdout)
             if args.once:
@@ -134,6 +135,13 @@ def cmd_watch(args: argparse.Namespace) -> int:
         if args.once:
             return EXIT_OK
         time.sleep(args.interval)
+
+
+def _for_the_log(line: dict, key: bytes | None) -> dict:
+    """A watch line as the service's log keeps it (a daemon's output ends in the system journal): the study's keyed
+    reference, as its audit events name it, never its UID (which the PACS maps to a patient)."""
+    uid = line.pop("study_uid", None)
+    return {"study_ref": pacs.study_reference(uid, key) if uid else None, **line}
 
 
 def cmd_serve_dev(args: argparse.Namespace) -> int:

@@ -161,9 +161,13 @@ def review_and_send(
     return send_results(pacs, actor, pulled, model, store, key, final_label=final_label, earlier_finals=earlier)
 
 
-def _target(study_uid: str, key: bytes | None) -> str | None:
-    """The audit target for a PACS study: its keyed reference (never the UID itself)."""
+def study_reference(study_uid: str, key: bytes | None) -> str | None:
+    """A PACS study's keyed reference, as its audit events and the watch's log name it (never the UID itself;
+    None without a key)."""
     return pseudonymise(study_uid, key) if key else None
+
+
+_target = study_reference  # the audit target of a PACS study
 
 
 def patient_reference(patient_id: str, key: bytes | None) -> str | None:
