@@ -95,7 +95,17 @@ def _key(configured: str | None, what: str, shared_database: bool, local_file: s
         if len(key) < 16:
             raise ValueError(f"the configured {what} is shorter than 16 bytes")
         return key
-    return None if shared_database else local_key(data_dir(), local_file)
+    if shared_database:
+        return None
+    folder = data_dir()
+    if not (folder / local_file).exists():  # about to create one: not beside a database known to have vanished
+        from core.storage import DATABASE_FILE, stamps
+
+        try:
+            stamps.check(folder / DATABASE_FILE)
+        except stamps.StoreVanished as error:  # a new key would silently stick once the backup is restored
+            raise ValueError(f"the {what} is gone with the results database; restore the data folder") from error
+    return local_key(folder, local_file)
 
 
 def patient_key(secrets: Mapping[str, Any], shared_database: bool) -> bytes | None:

@@ -1318,3 +1318,27 @@ def test_a_mongodb_audit_trail_from_before_version_7_gets_its_head_on_upgrade() 
     assert store.schema_version() == SCHEMA_VERSION
     head = store.audit_head()
     assert head is not None and (head.seq, head.hash) == (2, "b" * 64)
+
+
+def test_a_vanished_data_folder_gets_no_new_keys_that_would_stick_after_the_backup_is_restored(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The app created fresh patient and audit keys in the empty folder before the database check refused it: once
+    the operator restored the backup, new patient references were computed with the wrong key."""
+    import shutil
+
+    from core.config import audit_key, patient_key
+    from core.storage import open_store
+
+    data = tmp_path / "data"
+    monkeypatch.setenv("BTD_DATA_DIR", str(data))
+    open_store(None, data).add(FIXTURE[0])
+    original = patient_key({}, shared_database=False)
+    shutil.copytree(data, tmp_path / "backup")
+    shutil.rmtree(data)
+    for key in (patient_key, audit_key):
+        with pytest.raises(ValueError, match="gone with the results database"):
+            key({}, shared_database=False)
+    assert not data.exists()
+    shutil.copytree(tmp_path / "backup", data)
+    assert patient_key({}, shared_database=False) == original
