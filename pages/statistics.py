@@ -95,6 +95,7 @@ timezone = controls[0].selectbox("Time zone", zones, index=zones.index(browser_z
 today = datetime.now(ZoneInfo(timezone)).date()
 if "stats_dates" not in st.session_state:  # set once: a time-zone change keeps the chosen range
     st.session_state["stats_dates"] = (today - timedelta(days=89), today)
+# a day past today: a range chosen in a zone already on tomorrow stays valid when the zone is changed
 chosen = controls[1].date_input("Dates", key="stats_dates", max_value=today + timedelta(days=1))
 period = controls[2].radio("Group by", statistics.PERIODS, horizontal=True, index=0, key="stats_period")
 try:
@@ -245,6 +246,8 @@ def headline(dashboard) -> None:
 def volume_charts(dashboard) -> None:
     """The tumour rate over time, the class mix and the confidence histogram."""
     st.plotly_chart(charts.rate(dashboard), width="stretch", key="rate")
+    if partial := statistics.partial_periods(dashboard, datetime.now(ZoneInfo(dashboard.timezone)).date()):
+        st.caption(f"{partial} Their counts cover only those days.")
     left, right = st.columns(2)
     left.plotly_chart(charts.mix(dashboard, LABEL_NAMES), width="stretch", key="mix")
     right.plotly_chart(charts.confidence(dashboard), width="stretch", key="confidence")

@@ -403,3 +403,26 @@ def test_a_version_of_few_scans_hides_its_dates_and_a_crafted_version_name_opens
 
     with pytest.raises(AccessDenied):  # the export's audit event is written for those who may export only
         record_export(store, Actor("dr-a", "radiologist"), board)
+
+
+def test_periods_cut_by_the_range_or_still_going_on_are_named_partial() -> None:
+    """A Thursday-to-Wednesday range by week drew its first and last weeks as whole weeks: short bars read as a fall."""
+    from core.services.statistics import Dashboard, PeriodRow, partial_periods
+
+    def board(start: date, end: date, period: str, starts: list[date]) -> Dashboard:
+        rows = tuple(PeriodRow(s, 10, 5, 0.5, None) for s in starts)
+        fields = {f: None for f in Dashboard.__dataclass_fields__}
+        return Dashboard(**fields | {"start_day": start, "end_day": end, "period": period, "periods": rows})
+
+    weeks = board(
+        date(2026, 11, 5), date(2026, 11, 18), "week", [date(2026, 11, 2), date(2026, 11, 9), date(2026, 11, 16)]
+    )
+    said = partial_periods(weeks, today=date(2026, 12, 1))
+    assert "the first (2026-11-02) starts before the range" in said and "ends with the range, on 2026-11-18" in said
+    running = board(date(2026, 11, 1), date(2026, 11, 30), "month", [date(2026, 11, 1)])
+    assert "still going on" in partial_periods(running, today=date(2026, 11, 20))
+    assert partial_periods(running, today=date(2026, 12, 2)) is None  # a whole month, over
+    assert (
+        partial_periods(board(date(2026, 11, 5), date(2026, 11, 5), "day", [date(2026, 11, 5)]), date(2026, 12, 1))
+        is None
+    )

@@ -225,6 +225,22 @@ def dashboard(
     )
 
 
+def partial_periods(board: Dashboard, today: date) -> str | None:
+    """Which of the board's periods hold fewer days than a whole period (the range cuts a week or a month, or the
+    period is still going on), said so that a short bar is not read as a fall: None when every one is whole."""
+    if board.period == "day" or not board.periods:
+        return None
+    notes = []
+    first, last = board.periods[0].start, board.periods[-1].start
+    if first < board.start_day:
+        notes.append(f"the first ({first.isoformat()}) starts before the range, on {board.start_day.isoformat()}")
+    end = min(board.end_day, today)
+    if next_period(last, board.period) - timedelta(days=1) > end:
+        why = "is still going on" if end == today else f"ends with the range, on {board.end_day.isoformat()}"
+        notes.append(f"the last ({last.isoformat()}) {why}")
+    return f"Partial {board.period}s: {'; '.join(notes)}." if notes else None
+
+
 def withheld_recently(rows: Sequence[PeriodRow], period: str, timezone: str, now: datetime | None) -> bool:
     """Whether a period whose count is withheld overlaps today or the 7 days before it: then today's count and the
     week's mean are withheld too, or either minus the shown periods would give the withheld count back."""
