@@ -182,3 +182,15 @@ def garbage_pacs(body: bytes = b"<html>not DICOMweb</html>", declared: int | Non
         yield f"http://127.0.0.1:{server.server_address[1]}/dicom-web"
     finally:
         server.shutdown()
+
+
+def run_core(args: list[str], env: dict[str, str], stdin: str | None = None, timeout: int = 300):
+    """``python -m core ARGS`` in a process of its own, from the repository root, as an operator runs it."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run(
+        [sys.executable, "-m", "core", *args], input=stdin, cwd=root, capture_output=True, text=True, env=env,
+        timeout=timeout,
+    )  # fmt: skip

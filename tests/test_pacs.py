@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pydicom
@@ -21,7 +19,7 @@ from core.pacs.orthanc import DevOrthanc, available
 from core.services import pacs as pacs_service
 from core.services.access import Actor
 from core.storage.sqlite import SQLiteStore
-from tests.scans import garbage_pacs
+from tests.scans import garbage_pacs, run_core
 
 ROOT = Path(__file__).resolve().parents[1]
 RADIOLOGIST, SUPERVISOR, ADMIN = Actor("dr-a", "radiologist"), Actor("boss", "supervisor"), Actor("root", "admin")
@@ -160,45 +158,22 @@ def test_supervisors_and_admins_never_reach_pacs_images(orthanc, tiny_classifier
 
 
 def test_the_pacs_command_prints_the_study_lines_with_the_study_uid(orthanc, tiny_card, tmp_path) -> None:
-    command = [sys.executable, "-m", "core", "pacs", "analyse", "--url", orthanc.dicomweb, "--study", STUDY]
+    command = ["pacs", "analyse", "--url", orthanc.dicomweb, "--study", STUDY, "--user", orthanc.user]
+    command += ["--password-stdin", "--model", str(tiny_card)]
     env = {"PATH": "/usr/bin:/bin", "BTD_DATA_DIR": str(tmp_path), "BTD_LESION_MODEL": "none"}
-    done = subprocess.run(
-        [*command, "--user", orthanc.user, "--password-stdin", "--model", str(tiny_card)],
-        input=orthanc.password + "\n",
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    done = run_core(command, env, orthanc.password + "\n")
     (line,) = [json.loads(text) for text in done.stdout.splitlines()]
     assert done.returncode == 0 and line["study_uid"] == STUDY and line["slices"] == 8 and line["series_verdict"]
-    refused = subprocess.run(
-        [*command, "--user", orthanc.user, "--password-stdin", "--model", str(tiny_card)],
-        input="wrong\n",
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    refused = run_core(command, env, "wrong\n")
     assert json.loads(refused.stdout)["error"]["code"] == "pacs_refused" and refused.returncode == 1
     assert orthanc.password not in refused.stdout + refused.stderr
 
 
 def test_the_watch_command_logs_each_study_under_its_keyed_reference_never_its_uid(orthanc, tiny_card, tmp_path):
     """A daemon's output ends in the system journal: the watch printed every study's UID there."""
-    command = [sys.executable, "-m", "core", "pacs", "watch", "--url", orthanc.dicomweb, "--rest", orthanc.rest]
+    command = ["pacs", "watch", "--url", orthanc.dicomweb, "--rest", orthanc.rest, "--once", "--user", orthanc.user]
     env = {"PATH": "/usr/bin:/bin", "BTD_DATA_DIR": str(tmp_path), "BTD_LESION_MODEL": "none"}
-    done = subprocess.run(
-        [*command, "--once", "--user", orthanc.user, "--password-stdin", "--model", str(tiny_card)],
-        input=orthanc.password + "\n",
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    done = run_core([*command, "--password-stdin", "--model", str(tiny_card)], env, orthanc.password + "\n")
     lines = [json.loads(text) for text in done.stdout.splitlines()]
     assert done.returncode == 0 and lines and all(len(line["study_ref"]) == 64 for line in lines), done.stdout
     assert STUDY not in done.stdout + done.stderr and CT_STUDY not in done.stdout + done.stderr
