@@ -123,7 +123,8 @@ def patient_key(secrets: Mapping[str, Any], shared_database: bool) -> bytes | No
 def audit_key(secrets: Mapping[str, Any], shared_database: bool) -> bytes | None:
     """The HMAC key of the audit chain: ``BTD_AUDIT_KEY`` or ``[audit] key`` (hex or text, 16 bytes or more),
     kept apart from the database so that whoever can edit the events cannot re-hash them. The embedded database
-    gets a local random key file (``audit.key`` beside ``patient-ref.key``, 0600) on first use; a shared MongoDB
+    gets a local random key file (``audit.key`` beside ``patient-ref.key`` and the database itself, 0600: whoever
+    can edit the database file can read it too, a stated limit) on first use; a shared MongoDB
     needs a configured one (None: the chain is hashed without a key, and ``audit verify`` says so)."""
     configured = os.environ.get("BTD_AUDIT_KEY") or (secrets.get("audit") or {}).get("key")
     return _key(configured, "audit key", shared_database, "audit.key")

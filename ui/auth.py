@@ -5,7 +5,8 @@ session cookie (:mod:`core.services.sessions`), to which the script session is b
 (:func:`core.services.accounts.sign_in`: Argon2, throttling, audit); when ``[auth]`` is configured in
 ``.streamlit/secrets.toml`` a button signs in through Streamlit's ``st.login`` (OIDC) and the identity provider's
 claims are mapped to a role (:func:`core.services.accounts.external_actor`, the claim named by ``[auth]
-role_claim`` or the local account of that e-mail). The services check the role again for everything they do.
+role_claim`` or the ``--sso`` local account of that e-mail; refused while ``cookie_secret`` is a placeholder). Signing
+out ends the provider's identity cookie too. The services check the role again for everything they do.
 """
 
 from __future__ import annotations

@@ -216,7 +216,7 @@ def lesion_volume_figure(
     """Two panels on one time axis: a box per period of the lesion volumes of tumour studies (mL; the box from the
     25th to the 75th percentile around the median, whiskers at the 10th and 90th: never a single study's extreme)
     above, the studies per period below. ``quantiles`` are (p10, p25, median, p75, p90) or None (withheld: fewer
-    than 5 studies, or none); ``studies`` None are withheld counts, hatched."""
+    than 10 studies, or none); ``studies`` None are withheld counts, hatched."""
     figure = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.68, 0.32], vertical_spacing=0.06)
     shown = [(start, q) for start, q in zip(starts, quantiles, strict=True) if q is not None]
     figure.add_trace(

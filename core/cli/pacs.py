@@ -5,9 +5,10 @@
     python -m core pacs serve-dev
 
 ``analyse`` prints the same JSON line per series as ``study``, with the study UID (and with ``--send`` the SOP
-Instance UIDs the PACS stored); exit codes as ``study``. ``watch`` prints one line per new study it handled (under
-the study's keyed reference, as the audit trail names it, never its UID: a daemon's output ends in a log); the
-last change it handled is kept in the data directory (``pacs-watch.json``), so a restart goes on from there.
+Instance UIDs the PACS stored); exit codes as ``study``. ``watch`` prints one line per study it analysed, new or with MR
+images added since (marked ``again``), under the study's keyed reference as the audit trail names it, never its UID
+(a daemon's output ends in a log); the last change it handled and each study's MR fingerprint are kept in the data
+directory (``pacs-watch.json``), so a restart goes on from there.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def add_commands(commands: Any) -> None:
     analyse.add_argument("--save", action="store_true", help="also save each series to the app's database")
     analyse.add_argument("--send", action="store_true", help="send the report (SR) and key images to the PACS")
     analyse.set_defaults(run=cmd_analyse)
-    watch = verbs.add_parser("watch", help="analyse each new stable MR study once, onto the worklist")
+    watch = verbs.add_parser("watch", help="analyse each new stable MR study onto the worklist (again when MR images are added)")
     _connection_options(watch, study=False)
     watch.add_argument("--send", action="store_true", help="also send each report and its key images")
     watch.add_argument("--once", action="store_true", help="handle what is new, then stop")

@@ -1,9 +1,9 @@
 """The embedded store: one SQLite file (standard library), WAL journal, ``synchronous=FULL``, busy timeout.
 
 Safe to share between threads: each thread has its own connection. The file is created with mode 0600. Before
-each use a connection checks that its file is still the one it opened: when the data directory was deleted or
-the file replaced while the app runs, it reconnects and creates (or migrates) the schema instead of failing with
-"no such table" until a restart. :meth:`SQLiteStore.ping` checks what a save needs (the table, a write lock).
+each use a connection checks that its file is still the one it opened: a file replaced while the app runs (a backup
+restored) is reconnected to and migrated; a deleted one is refused (``StoreVanished``) until it is restored, never
+created again empty. :meth:`SQLiteStore.ping` checks what a save needs (the table, a write lock).
 
 Schema versions live in ``PRAGMA user_version``; :mod:`core.storage.migrations` upgrades an older file in place
 (after a backup copy beside it) the first time it is opened.
