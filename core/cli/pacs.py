@@ -40,7 +40,7 @@ def add_commands(commands: Any) -> None:
     analyse.add_argument("--save", action="store_true", help="also save each series to the app's database")
     analyse.add_argument("--send", action="store_true", help="send the report (SR) and key images to the PACS")
     analyse.set_defaults(run=cmd_analyse)
-    watch = verbs.add_parser("watch", help="analyse each new stable MR study onto the worklist (again when MR images are added)")
+    watch = verbs.add_parser("watch", help="analyse new stable MR studies onto the worklist (again when MR is added)")
     _connection_options(watch, study=False)
     watch.add_argument("--send", action="store_true", help="also send each report and its key images")
     watch.add_argument("--once", action="store_true", help="handle what is new, then stop")
