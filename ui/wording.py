@@ -26,6 +26,7 @@ def verdict_shown(record) -> str:
     return REFUSED if record.gate == "rejected" else pretty(record.label)
 
 
-def probability_shown(record) -> float | None:
-    """The tumour probability as lists show it (none for a refused scan, as :func:`verdict_shown`)."""
-    return None if record.gate == "rejected" else round(record.tumour_probability, 3)
+def probability_shown(record) -> str:
+    """The tumour probability as lists show it, three decimals (so that the column sorts as numbers do), and a
+    dash for a refused scan (as :func:`verdict_shown`; a numeric column showed the word "None")."""
+    return "—" if record.gate == "rejected" else f"{record.tumour_probability:.3f}"
