@@ -87,7 +87,7 @@ def test_sections_of_files_without_positions_are_titled_by_their_number_not_in_m
     from ui.viewer import section_title
 
     placed = series_view(analyse_volume(read_study(dicom_series(head_volume(3, 64)))[0], tiny_classifier))
-    assert " · 5.0 mm · " in titles(placed)[1] and " · 5.0 mm · " in section_title(placed, 1)
+    assert " · H 5.0 mm · " in titles(placed)[1] and " · H 5.0 mm · " in section_title(placed, 1)
     numbered_volume = read_study([dicom_bytes(head_volume(3, 64), frames=3)])[0]  # classic multi-frame, no step
     numbered = series_view(analyse_volume(numbered_volume, tiny_classifier))
     assert " · file number 2 · " in titles(numbered)[1] and " · file number 2 · " in section_title(numbered, 1)
@@ -139,3 +139,25 @@ def test_a_series_verdict_that_needs_review_says_so_on_its_line(tiny_classifier)
     view = series_view(analyse_volume(read_study(dicom_series(head_volume(4, 64)))[0], tiny_classifier))
     assert "needs review" in verdict_line(replace(view, needs_review=True))
     assert "needs review" not in verdict_line(replace(view, needs_review=False))
+
+
+def test_a_sections_position_names_the_patient_side_it_lies_on(tiny_classifier) -> None:
+    """A sagittal section 30 mm to the patient's left read "-30.0 mm" (measured along the view's normal, which
+    points to the right): read against DICOM's x, the wrong hemisphere."""
+    import io
+
+    import pydicom
+
+    from core.imaging.phantom_series import SAGITTAL
+
+    files = []
+    for k, x in enumerate((-30.0, 30.0)):
+        ds = pydicom.dcmread(io.BytesIO(dicom_series(head_volume(2, 64, seed=k), orientation=SAGITTAL)[k]))
+        ds.ImagePositionPatient = [x, -100.0, 100.0]
+        out = io.BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+        files.append(out.getvalue())
+    view = series_view(analyse_volume(read_study(files)[0], tiny_classifier))
+    assert sorted(view.place(i) for i in range(2)) == ["L 30.0 mm", "R 30.0 mm"]
+    left = next(i for i in range(2) if view.place(i) == "L 30.0 mm")
+    assert view.positions[left] == -30.0  # stored along the normal, which points to the patient's right

@@ -40,6 +40,16 @@ def geometry_of(volume: Volume) -> dict[str, Any]:
     }
 
 
+def toward(orientation: Any, position: float) -> str:
+    """The patient direction (``L``/``R``, ``P``/``A``, ``H``/``F``, DICOM's patient axes) a position along the
+    displayed view's normal points to, with a space; ``-`` for a negative one when the orientation is not known."""
+    if orientation is None or len(orientation) != 6:
+        return "-" if position < 0 else ""
+    normal = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:], float))
+    axis = int(np.argmax(np.abs(normal)))
+    return ("LPH"[axis] if normal[axis] * position >= 0 else "RAF"[axis]) + " "
+
+
 def rule_of(rule: Any) -> dict[str, Any]:
     """The series rule that made a verdict, as the record keeps it (a later model may have another)."""
     return {"threshold": float(rule.threshold), "neighbours": int(rule.neighbours)}
@@ -103,12 +113,15 @@ class SeriesView:
         return [i for i, p in enumerate(self.curve) if p is not None and p >= self.threshold]
 
     def place(self, index: int) -> str:
-        """Where section ``index`` lies along the series: millimetres along its normal, or its number in the files
-        when they gave no positions."""
+        """Where section ``index`` lies along the series: millimetres along its normal with the patient direction
+        they point to ("L 30.0 mm": a bare "-30.0 mm" on a sagittal series, measured along the view's normal, read
+        as the wrong side), or its number in the files when they gave no positions."""
         if index >= len(self.positions):
             return "place unknown"
         position = self.positions[index]
-        return f"{position:.1f} mm" if self.geometry.get("positions_in_mm", True) else f"file number {position:.0f}"
+        if not self.geometry.get("positions_in_mm", True):
+            return f"file number {position:.0f}"
+        return f"{toward(self.geometry.get('orientation'), position)}{abs(position):.1f} mm"
 
     @property
     def lesion_span(self) -> tuple[int, int] | None:
