@@ -161,3 +161,23 @@ def test_a_sections_position_names_the_patient_side_it_lies_on(tiny_classifier) 
     assert sorted(view.place(i) for i in range(2)) == ["L 30.0 mm", "R 30.0 mm"]
     left = next(i for i in range(2) if view.place(i) == "L 30.0 mm")
     assert view.positions[left] == -30.0  # stored along the normal, which points to the patient's right
+
+
+def test_a_sections_title_reads_it_against_the_series_rule_that_made_the_verdict(tiny_classifier) -> None:
+    """A section at 0.40 under a rule at 0.30 counted toward a tumour verdict while its title said "No tumour",
+    the call it would get as a single scan."""
+    from dataclasses import replace
+
+    from ui.cine import titles
+    from ui.viewer import section_title
+
+    view = series_view(analyse_volume(read_study(dicom_series(head_volume(3, 64)))[0], tiny_classifier))
+    view = replace(view, curve=(0.40, 0.20, None), section_labels=("notumor", "notumor", None), threshold=0.30)
+    view = replace(view, skipped={2: "too little brain"})
+    first = section_title(view, 0)
+    assert "P(tumour) 0.40 (at or above the series threshold 0.30) · as a single scan: No tumour" in first
+    assert "(below the series threshold 0.30)" in section_title(view, 1)
+    assert "skipped: too little brain" in section_title(view, 2)
+    assert "(at or above the series threshold 0.30)" in titles(view)[0]
+    unknown = replace(view, threshold=None)  # a series saved by another model, its rule not recorded
+    assert "series threshold" not in section_title(unknown, 0)

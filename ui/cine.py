@@ -12,7 +12,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.services.series_views import SeriesView
-from ui.viewer_figures import cine_frames, lesion_note
+from ui.viewer_figures import cine_frames, lesion_note, rule_side
 
 _CSS = """
 .btd-cine { outline: none; margin-bottom: 0.5rem; }
@@ -99,7 +99,7 @@ def titles(view: SeriesView) -> list[str]:
     count, lines = len(view.sections), []
     for index in range(count):
         skipped, p = view.skipped.get(index), view.curve[index]
-        status = f"skipped: {skipped}" if skipped or p is None else f"P(tumour) {p:.2f}"
+        status = f"skipped: {skipped}" if skipped or p is None else f"P(tumour) {p:.2f}{rule_side(view, p)}"
         lines.append(f"Section {index + 1} of {count} · {view.place(index)} · {status}{lesion_note(view, index)}")
     return lines
 

@@ -19,6 +19,7 @@ from ui.viewer_figures import (
     curve_figure,
     distance_mm,
     lesion_note,
+    rule_side,
     section_figure,
     timeline_figure,
     windowed,
@@ -54,9 +55,16 @@ def start_section(view: SeriesView) -> int:
 
 
 def section_title(view: SeriesView, index: int) -> str:
-    """The detailed viewer's title: section, place, the model's reading (or why skipped) and the lesion's area."""
+    """The detailed viewer's title: section, place, the model's reading against the series rule that made the
+    verdict (or why skipped), the call it would get as a single scan, and the lesion's area. A section at 0.40 under
+    a rule at 0.30 counted toward "Glioma" while its title said only "No tumour", the single-scan call."""
     skipped, p = view.skipped.get(index), view.curve[index]
-    status = f"skipped: {skipped}" if skipped else f"P(tumour) {p:.2f} · {pretty(view.section_labels[index] or '')}"
+    if skipped or p is None:
+        status = f"skipped: {skipped or 'not analysed'}"
+    else:
+        status = f"P(tumour) {p:.2f}{rule_side(view, p)}"
+        if view.section_labels[index]:
+            status += f" · as a single scan: {pretty(view.section_labels[index])}"
     return f"Section {index + 1} of {len(view.sections)} · {view.place(index)} · {status}{lesion_note(view, index)}"
 
 

@@ -72,6 +72,14 @@ def cine_frames(
     return frames
 
 
+def rule_side(view: Any, p: float) -> str:
+    """ " (at or above the series threshold 0.30)", or below: a section's reading against the series rule that
+    made the verdict; nothing when the rule is not known."""
+    if view.threshold is None:
+        return ""
+    return f" ({'at or above' if p >= view.threshold else 'below'} the series threshold {view.threshold:.2f})"
+
+
 def lesion_note(view: Any, index: int) -> str:
     """ " · lesion 1,368 px" for a section with a lesion outlined (a title's ending); "" otherwise."""
     areas = view.lesion_areas
