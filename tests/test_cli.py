@@ -326,3 +326,33 @@ def test_output_files_never_overwrite_a_file_nor_follow_a_link_planted_in_the_fo
     second = write_new(out, "scan.png", ".lesion.png", b"mask two")
     assert (first.name, second.name) == ("scan.png-2.lesion.png", "scan.png-3.lesion.png")
     assert victim.read_text() == "keep me" and first.read_bytes() == b"mask one" and second.read_bytes() == b"mask two"
+
+
+def test_bad_values_a_corrupt_file_and_a_url_with_credentials_each_get_one_json_line(tmp_path, capsys) -> None:
+    """Each was a traceback (an overflowing --days, --validate-every 0 after a whole round, a corrupt cache), or
+    printed the PACS password written into the address."""
+    for args in (["images", "purge", "--days", "1000000"], ["train-standard", "--out", "r", "--validate-every", "0"]):
+        with pytest.raises(SystemExit) as usage:  # refused while parsing, before anything runs
+            main(args)
+        (line,) = [json.loads(text) for text in capsys.readouterr().out.splitlines()]
+        assert usage.value.code == 2 and line["error"]["code"] == "bad_usage" and "36500" in line["error"]["message"]
+    corrupt = tmp_path / "cache.npz"
+    corrupt.write_bytes(b"PK\x03\x04" + b"junk" * 50)
+    code, lines = run_main(["cache", "--from", str(corrupt), "--out", str(tmp_path / "out.npz")], capsys)
+    assert code == 2 and len(lines) == 1 and "error" in lines[0] and "junk" not in json.dumps(lines)
+    code, lines = run_main(["pacs", "watch", "--url", "admin:s3cret@pacs.example:8042/dicom-web", "--once"], capsys)
+    assert code == 2 and lines[0]["error"]["code"] == "pacs_error" and "s3cret" not in json.dumps(lines)
+
+
+def test_a_password_from_standard_input_loses_a_windows_line_ending(tmp_path, monkeypatch, capsys) -> None:
+    """'a long password\\r' was stored: the first admin made from a Windows-edited file could not sign in."""
+    import io
+
+    from core.services import accounts
+    from core.storage import open_store
+
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("a long password\r\n"))
+    code, _ = run_main(["users", "add", "boss", "--role", "admin", "--password-stdin"], capsys)
+    assert code == 0
+    assert accounts.sign_in(open_store(None, tmp_path / "data"), "boss", "a long password").role == "admin"

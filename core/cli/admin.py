@@ -16,7 +16,7 @@ import argparse
 import sys
 from typing import Any
 
-from core.cli.common import EXIT_OK, EXIT_REJECTED, EXIT_USAGE, emit, error_json
+from core.cli.common import EXIT_OK, EXIT_REJECTED, EXIT_USAGE, emit, error_json, positive_int, stdin_secret
 from core.domain.people import ROLES, Account
 from core.services import accounts, audit, retention
 from core.services.access import COMMAND_LINE
@@ -60,7 +60,10 @@ def add_commands(commands: Any) -> None:
     image_verbs = images.add_subparsers(dest="verb", required=True, parser_class=type(images))
     purge = image_verbs.add_parser("purge", help="delete images older than the retention period")
     purge.add_argument(
-        "--days", type=int, default=None, help="older than this many days (default: BTD_IMAGE_RETENTION_DAYS or 90)"
+        "--days",
+        type=positive_int,
+        default=None,
+        help="older than this many days, 1 to 36500 (default: BTD_IMAGE_RETENTION_DAYS or 90)",
     )
     purge.set_defaults(run=cmd_images_purge)
     export = steps.add_parser("export", help="the events as CSV on stdout")
@@ -70,7 +73,7 @@ def add_commands(commands: Any) -> None:
 
 
 def _password() -> str:
-    return sys.stdin.readline().rstrip("\n")
+    return stdin_secret()
 
 
 def _shown(account: Account) -> dict[str, Any]:

@@ -57,3 +57,20 @@ def write_new(folder: Path, stem: str, suffix: str, data: bytes) -> Path:
             handle.write(data)
         return target
     raise FileExistsError(f"no free name for {stem}{suffix} in the output folder")
+
+
+def stdin_secret() -> str:
+    """One line of standard input as a password: its line ending removed, a Windows one too (a trailing carriage
+    return made a password typed in a Windows-edited file one nobody could type at the sign-in form)."""
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number from 1 to 36,500 (a bad one is a usage error, not a traceback later)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= 36_500:
+        raise argparse.ArgumentTypeError(f"{value} is outside 1 to 36500")
+    return value

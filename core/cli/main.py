@@ -8,13 +8,14 @@ unusable model or database.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from core.cli import admin, model, pacs, scans, studies
-from core.cli.common import EXIT_USAGE, Parser, emit, error_json
-from core.errors import AccessDenied, InvalidRecord, ModelError, StoreError
+from core.cli.common import EXIT_USAGE, Parser, emit, error_json, positive_int
+from core.errors import AccessDenied, InvalidRecord, ModelError, PacsError, StoreError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,7 +186,7 @@ def _add_standard_training_commands(commands: Any) -> None:
     standard.add_argument("--max-minutes", type=float, default=None, help="end this sitting after this long")
     standard.add_argument(
         "--validate-every",
-        type=int,
+        type=positive_int,
         default=4,
         metavar="ROUNDS",
         help="score the validation split every this many rounds (the learning curve)",
@@ -218,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))
-    except (ModelError, StoreError, InvalidRecord, AccessDenied) as error:
+    except (ModelError, StoreError, InvalidRecord, AccessDenied, PacsError) as error:
         emit(error_json(error.code, str(error)), sys.stdout)
         return EXIT_USAGE
     except (OSError, ValueError, KeyError) as error:  # a missing split file, an unreadable folder, ...
@@ -226,6 +227,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except Exception as error:  # anything else is still one JSON line, never a traceback; its text is not
+        # echoed (it may quote an address, a path or a value), its type is, and the log has the rest
+        logging.getLogger("btd.cli").exception("event=cli_failed")
+        emit(error_json("internal_error", f"The command failed ({type(error).__name__}); see the log."), sys.stdout)
+        return EXIT_USAGE
 
 
 def _add_lesion_commands(commands: Any) -> None:

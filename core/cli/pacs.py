@@ -21,7 +21,7 @@ import sys
 import time
 from typing import Any
 
-from core.cli.common import EXIT_NOT_SAVED, EXIT_OK, EXIT_REJECTED, EXIT_USAGE, emit, error_json
+from core.cli.common import EXIT_NOT_SAVED, EXIT_OK, EXIT_REJECTED, EXIT_USAGE, emit, error_json, stdin_secret
 from core.cli.studies import emit_outcome
 from core.config import PacsSettings, data_dir, file_secrets, mongodb_uri, pacs_settings, patient_key
 from core.errors import PacsError, StoreError
@@ -68,7 +68,7 @@ def _settings(args: argparse.Namespace) -> PacsSettings | None:
     url = args.url or (configured.url if configured else None)
     if not url:
         return None
-    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else (configured and configured.password)
+    password = stdin_secret() if args.password_stdin else (configured and configured.password)
     return PacsSettings(
         url=url,
         user=args.user or (configured.user if configured else None),

@@ -72,9 +72,15 @@ class Pacs:
         timeout_s: float = 10.0,
         limits: StudyLimits = DEFAULT_STUDY_LIMITS,
     ) -> None:
+        from urllib.parse import urlsplit
+
         import requests
         from dicomweb_client.api import DICOMwebClient
 
+        parts = urlsplit(url.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+            # never echoed: an address written with its credentials in it would reach the message and the log
+            raise PacsError("The PACS address is not an http(s) URL with a host (credentials go in their options).")
         session = requests.Session()
         session.verify = verify_tls
         if user is not None:

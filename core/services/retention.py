@@ -17,7 +17,7 @@ DEFAULT_RETENTION_DAYS = 90
 
 def retention_days() -> int:
     value = os.environ.get("BTD_IMAGE_RETENTION_DAYS", "")
-    return int(value) if value.strip().isdigit() and int(value) >= 1 else DEFAULT_RETENTION_DAYS
+    return int(value) if value.strip().isdigit() and 1 <= int(value) <= 36_500 else DEFAULT_RETENTION_DAYS
 
 
 def purge_images(store: Store, images: ImageStore, actor: Actor, days: int | None = None) -> int:
