@@ -204,3 +204,43 @@ def test_a_pacs_that_answers_malformed_json_is_reported_as_such() -> None:
 def test_an_answer_cut_off_is_a_pacs_failure_to_retry_not_a_crash() -> None:
     with garbage_pacs(b"[{", declared=5000) as url, pytest.raises(PacsUnreachable, match=r"broke off|does not answer"):
         Pacs(url, timeout_s=5).search()
+
+
+def test_pacs_analyse_saves_under_the_patients_reference_before_sending_and_sends_nothing_unsaved(
+    orthanc, tiny_card, tmp_path, monkeypatch, capsys
+) -> None:
+    """It sent the report first and saved afterwards (a failed save left a report in the PACS for a result on no
+    worklist), and saved without the patient's keyed reference (the study never showed in History)."""
+    import io
+    import sys
+
+    from core.cli import main
+    from core.domain.results import WorklistQuery
+    from core.errors import StoreUnavailable
+    from core.identity import local_key
+
+    study = "1.2.826.0.1.3680043.8.498.83"
+    pacs = Pacs(orthanc.dicomweb, orthanc.user, orthanc.password)
+    pacs.store(_datasets(dicom_series(head_volume(6, 96, range(2, 4)), study_uid=study, series_uid=f"{study}.1")))
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("BTD_LESION_MODEL", "none")
+    args = ["pacs", "analyse", "--url", orthanc.dicomweb, "--study", study, "--user", orthanc.user]
+    args += ["--password-stdin", "--model", str(tiny_card), "--save", "--send"]
+    real = SQLiteStore.add_series
+
+    def down(self, record, sections):
+        raise StoreUnavailable("The database is locked.")
+
+    monkeypatch.setattr(SQLiteStore, "add_series", down)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(orthanc.password + "\n"))
+    assert main(args) == 3
+    (line,) = [json.loads(text) for text in capsys.readouterr().out.splitlines()]
+    assert line["send_error"]["code"] == "not_saved" and "stored" not in line
+    assert {s.modality for s in pacs.series_of(study)} == {"MR"}  # nothing sent
+    monkeypatch.setattr(SQLiteStore, "add_series", real)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(orthanc.password + "\n"))
+    assert main(args) == 0
+    (line,) = [json.loads(text) for text in capsys.readouterr().out.splitlines()]
+    assert line["saved"] == "saved" and line["stored"]
+    (saved,) = SQLiteStore(tmp_path / "data" / "results.sqlite3").worklist(WorklistQuery(), 10)
+    assert saved.patient_ref == pacs_service.patient_reference("PACS-TEST-001", local_key(tmp_path / "data"))

@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from core.cli.common import EXIT_NOT_SAVED, EXIT_OK, EXIT_REJECTED, EXIT_USAGE, emit, error_json, stdin_secret
-from core.cli.studies import emit_outcome
+from core.cli.studies import emit_outcome, save_outcome_series
 from core.config import PacsSettings, data_dir, file_secrets, mongodb_uri, pacs_settings, patient_key
 from core.errors import PacsError, StoreError
 from core.pacs.client import OrthancChanges
@@ -30,6 +30,7 @@ from core.pacs.objects import ModelFacts
 from core.services import pacs
 from core.services.access import COMMAND_LINE
 from core.services.resources import load_classifier, open_image_store, open_results_store
+from core.services.studies import NOT_SAVED
 
 
 def add_commands(commands: Any) -> None:
@@ -94,14 +95,22 @@ def cmd_analyse(args: argparse.Namespace) -> int:
     connection = pacs.connect(settings)
     pulled = pacs.pull_and_analyse(connection, COMMAND_LINE, args.study, classifier, store, key)
     extra: dict[str, Any] = {"study_uid": args.study}
+    saved = None
+    if args.save and pulled.outcome.error_code is None:  # saved first, under the PACS patient's keyed reference
+        reference = pacs.patient_reference(pacs.pacs_patient_id(pulled), key)  # (as the watch and the page do)
+        saved = [save_outcome_series(s, pulled.outcome, (store, images, key), reference) for s in pulled.outcome.series]
     if args.send and pulled.outcome.error_code is None:
         card = classifier.card
         model = ModelFacts(card.name, card.version, card.weights_sha256)
-        try:
-            extra["stored"] = pacs.send_results(connection, COMMAND_LINE, pulled, model, store, key)
-        except PacsError as error:
-            extra["send_error"] = {"code": error.code, "message": str(error)}
-    status, unsaved = emit_outcome(f"PACS study {args.study}", pulled.outcome, args, (store, images, key), extra)
+        read = [state for s, state in zip(pulled.outcome.series, saved or [], strict=False) if s.label is not None]
+        if any(state.state == NOT_SAVED for state in read):  # no report in the PACS for a result nobody can review
+            extra["send_error"] = {"code": "not_saved", "message": "a series could not be saved; nothing was sent"}
+        else:
+            try:
+                extra["stored"] = pacs.send_results(connection, COMMAND_LINE, pulled, model, store, key)
+            except PacsError as error:
+                extra["send_error"] = {"code": error.code, "message": str(error)}
+    status, unsaved = emit_outcome(f"PACS study {args.study}", pulled.outcome, args, (store, images, key), extra, saved)
     if "send_error" in extra:
         status = max(status, EXIT_REJECTED)
     return EXIT_NOT_SAVED if unsaved else status

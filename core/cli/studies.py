@@ -33,18 +33,23 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def emit_outcome(
-    name: str, outcome: StudyOutcome, args: argparse.Namespace, saving: tuple, extra: dict | None = None
+    name: str,
+    outcome: StudyOutcome,
+    args: argparse.Namespace,
+    saving: tuple,
+    extra: dict | None = None,
+    saved: list | None = None,
 ) -> tuple[int, bool]:
-    """One JSON line per series of ``outcome`` (or one error line), saved when ``args.save``; returns the exit
-    status it calls for and whether a save failed. ``extra`` goes into every line (the PACS study's UID)."""
-    store, images, key = saving
+    """One JSON line per series of ``outcome`` (or one error line), saved when ``args.save`` (``saved``: the
+    statuses of a save already made, one per series); returns the exit status it calls for and whether a save
+    failed. ``extra`` goes into every line (the PACS study's UID)."""
     if outcome.error_code:
         emit(
             {"source": name, **(extra or {}), **error_json(outcome.error_code, outcome.error_message or "")}, sys.stdout
         )
         return EXIT_REJECTED, False
     status, unsaved = EXIT_OK, False
-    for series in outcome.series:
+    for number, series in enumerate(outcome.series):
         result = {"source": name, **(extra or {}), **series.to_json(), "study_verdict": outcome.verdict}
         result["timings_ms"] = {"read": round(outcome.read_ms, 1), **result["timings_ms"]}
         result["timings_ms"]["total"] = round(outcome.read_ms + series.timings_ms["series"], 1)
@@ -61,16 +66,22 @@ def emit_outcome(
             )
             status = EXIT_REJECTED
         if args.save:
-            saved = save_series(
-                series,
-                store,
-                actor=COMMAND_LINE,
-                patient_ref=None,
-                images=images,
-                key=key,
-                study_unread=outcome.unanalysed,
-            )
-            result["saved"] = saved.state + (f": {saved.message}" if saved.message else "")
-            unsaved = unsaved or saved.state == NOT_SAVED
+            status_of = saved[number] if saved is not None else save_outcome_series(series, outcome, saving)
+            result["saved"] = status_of.state + (f": {status_of.message}" if status_of.message else "")
+            unsaved = unsaved or status_of.state == NOT_SAVED
         emit(result, sys.stdout)
     return status, unsaved
+
+
+def save_outcome_series(series, outcome: StudyOutcome, saving: tuple, patient_ref: str | None = None):
+    """Save one series of ``outcome`` as the command line does (uploader ``cli``)."""
+    store, images, key = saving
+    return save_series(
+        series,
+        store,
+        actor=COMMAND_LINE,
+        patient_ref=patient_ref,
+        images=images,
+        key=key,
+        study_unread=outcome.unanalysed,
+    )
