@@ -86,14 +86,19 @@ st.subheader("Compare with a prior")
 left, right = st.columns(2)
 current = left.selectbox("Series", series[::-1], format_func=describe, key="history_current")
 earlier = [r for r in series if r.created_at < current.created_at]
+# every earlier series can be chosen; the default is the latest of the same plane from another study (not another
+# sequence of this one, nor a plane whose sections do not correspond)
 same_plane = [r for r in earlier if (r.geometry or {}).get("plane") == (current.geometry or {}).get("plane")]
+other_study = [r for r in same_plane if r.study_ref is None or r.study_ref != current.study_ref]
+choices = earlier[::-1]
+best = (other_study or same_plane or earlier)[-1:] if earlier else []
 prior = right.selectbox(
     "Prior",
-    (same_plane or earlier)[::-1],
+    choices,
     format_func=describe,
     key="history_prior",
     placeholder="no earlier series",
-    index=0 if earlier else None,
+    index=choices.index(best[0]) if best else None,
 )
 
 

@@ -214,3 +214,19 @@ def test_the_history_page_shows_each_lesion_size_and_its_change(
     assert any("one series in the same plane of this patient's previous study" in c.value for c in app.caption)
     st.cache_data.clear()
     st.cache_resource.clear()
+
+
+def test_a_prior_cut_in_another_plane_matches_no_section_and_says_so(tiny_classifier) -> None:
+    """An axial section was paired with a sagittal one by its relative index, and a change given at it."""
+    from core.imaging.phantom_series import SAGITTAL
+    from core.services.history import plane_caveat
+
+    now = series_view(analyse_volume(read_study(dicom_series(head_volume(10, 96)))[0], tiny_classifier))
+    sagittal = dicom_series(head_volume(12, 96), orientation=SAGITTAL)
+    prior = series_view(analyse_volume(read_study(sagittal)[0], tiny_classifier))
+    assert (now.geometry["plane"], prior.geometry["plane"]) == ("axial", "sagittal")
+    shown, moved = change(now, 3, prior)
+    assert moved.section_before is None and moved.section_change is None  # no change claimed at this section
+    assert moved.series_change == pytest.approx(now.score - prior.score)
+    assert shown == (prior.window[len(prior.window) // 2] if prior.window else 6)
+    assert "axial, the prior sagittal" in plane_caveat(now, prior) and plane_caveat(now, now) is None

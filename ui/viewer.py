@@ -190,7 +190,7 @@ def _delta(value: float | None) -> str | None:
 def comparison(current: SeriesView, prior: SeriesView | None, classifier, explainer) -> None:
     """The current series beside a prior at the matching position (relative place along the analysed head),
     with the change in tumour probability for the series and at this section."""
-    from core.services.history import change, order_caveat
+    from core.services.history import change, order_caveat, plane_caveat, same_plane
 
     fragment_actor()
     count = len(current.sections)
@@ -218,15 +218,18 @@ def comparison(current: SeriesView, prior: SeriesView | None, classifier, explai
             st.info("No earlier series of this patient to compare with.")
             return
         matched, moved = change(current, index, prior)
-        if caveat := order_caveat(current, prior):
-            st.warning(caveat)
+        for caveat in (plane_caveat(current, prior), order_caveat(current, prior)):
+            if caveat:
+                st.warning(caveat)
         q = prior.curve[matched]
         st.plotly_chart(
             section_figure(
                 prior.sections[matched],
                 heat=_heat(prior, matched, classifier, explainer),
                 letters=orientation_letters(prior.geometry.get("orientation")),
-                title=f"Prior · section {matched + 1} · " + ("skipped" if q is None else f"P {q:.2f}"),
+                title=f"Prior · section {matched + 1} · "
+                + ("skipped" if q is None else f"P {q:.2f}")
+                + ("" if same_plane(current, prior) else " (its deciding section, not matched)"),
                 height=420,
             ),
             config={"scrollZoom": True, "displaylogo": False},

@@ -86,8 +86,31 @@ def order_caveat(current: SeriesView, prior: SeriesView) -> str | None:
     )
 
 
+def same_plane(current: SeriesView, prior: SeriesView) -> bool:
+    """Whether both series were cut in one known plane (only then does a section of one match a section of the
+    other: an axial section's relative place is not a sagittal one's)."""
+    plane = current.geometry.get("plane")
+    return plane is not None and plane == prior.geometry.get("plane")
+
+
+def plane_caveat(current: SeriesView, prior: SeriesView) -> str | None:
+    """A warning when the two series are not cut in one known plane: no section is matched, no change at it."""
+    if same_plane(current, prior):
+        return None
+    planes = [view.geometry.get("plane") or "unknown plane" for view in (current, prior)]
+    return (
+        f"This series is {planes[0]}, the prior {planes[1]}: their sections do not correspond, so the prior is shown "
+        "at its own deciding section and no change is given at this section."
+    )
+
+
 def change(current: SeriesView, index: int, prior: SeriesView) -> tuple[int, Change]:
-    """The matching prior section and the change in tumour probability, for the series and at this section."""
+    """The matching prior section and the change in tumour probability, for the series and at this section. Two
+    series not cut in one known plane match no section (an axial section was paired with a sagittal one by its
+    index): the prior's deciding section is given, and no change at the section."""
+    if not same_plane(current, prior):
+        shown = prior.window[len(prior.window) // 2] if prior.window else len(prior.sections) // 2
+        return shown, Change(prior.score, current.score, None, current.curve[index])
     matched = matching_section(current, index, prior)
     return matched, Change(prior.score, current.score, prior.curve[matched], current.curve[index])
 
