@@ -44,6 +44,9 @@ def test_the_section_figure_carries_the_section_as_a_png_with_its_letters_and_li
     assert png.shape == (32, 64, 3) and np.array_equal(png[:, :, 0], section)  # lossless, grey in every channel
     assert [a["text"] for a in figure["layout"]["annotations"]] == ["<b>R</b>", "<b>L</b>"]
     assert figure["layout"]["shapes"][0]["x1"] == 30
+    unknown = section_figure(section, letters={})  # the files gave no orientation: said on the image
+    assert [a["text"] for a in unknown["layout"]["annotations"]] == ["Orientation not given: left and right unknown"]
+    assert section_figure(section)["layout"]["annotations"] == []  # no letters asked for (not a patient image)
     heat = np.zeros((32, 64), np.float32)
     heat[:, 32:] = 1.0
     hot = _decode(section_figure(section, heat=heat, opacity=0.5)["data"][0]["source"], "data:image/png;base64,")

@@ -72,6 +72,9 @@ def cine_frames(
     return frames
 
 
+NO_ORIENTATION = "Orientation not given: left and right unknown"
+
+
 def rule_side(view: Any, p: float) -> str:
     """ " (at or above the series threshold 0.30)", or below: a section's reading against the series rule that
     made the verdict; nothing when the rule is not known."""
@@ -140,6 +143,20 @@ def section_figure(
         for side, text in (letters or {}).items()
         if side in places
     ]
+    if letters is not None and not letters:  # the files give no orientation: said, never left to be assumed
+        annotations.append(
+            {
+                "x": 0.01,
+                "y": 0.01,
+                "xref": "paper",
+                "yref": "paper",
+                "xanchor": "left",
+                "yanchor": "bottom",
+                "text": NO_ORIENTATION,
+                "showarrow": False,
+                "font": {"color": "#ffd54f", "size": 12},
+            }
+        )
     shapes = outline_shapes(outline) if outline is not None else []
     if line is not None:
         (x0, y0), (x1, y1) = line

@@ -336,6 +336,10 @@ def _section_image(pdf, view: SeriesView, rgb: np.ndarray, x: float, y: float, s
         if edge in letters:
             pdf.set_xy(lx, ly)
             pdf.cell(3, 3, letters[edge])
+    if not letters:  # the files give no orientation: said, never left to be assumed
+        pdf.set_font("Helvetica", "", 6)
+        pdf.set_xy(left + 0.5, top + h - 3.5)
+        pdf.cell(w - 1, 3, "Orientation not given: left and right unknown")
     pdf.set_text_color(0, 0, 0)
 
 
