@@ -184,3 +184,15 @@ def test_a_sections_title_reads_it_against_the_series_rule_that_made_the_verdict
     assert "(at or above the series threshold 0.30)" in titles(view)[0]
     unknown = replace(view, threshold=None)  # a series saved by another model, its rule not recorded
     assert "series threshold" not in section_title(unknown, 0)
+
+
+def test_the_quick_scroller_names_the_image_edges_or_says_the_files_give_none(tiny_classifier) -> None:
+    """Its frames carry no letters: nothing told the reader which side was the patient's left."""
+    from dataclasses import replace
+
+    from ui.cine import directions
+
+    axial = series_view(analyse_volume(read_study(dicom_series(head_volume(3, 64)))[0], tiny_classifier))
+    assert directions(axial) == "Image edges: top A, bottom P, left R, right L"  # radiological view
+    bare = replace(axial, geometry={**axial.geometry, "orientation": None})  # files without ImageOrientationPatient
+    assert directions(bare) == "Orientation not given: left and right unknown."

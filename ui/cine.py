@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.imaging.geometry import orientation_letters
 from core.services.series_views import SeriesView
-from ui.viewer_figures import cine_frames, lesion_note, rule_side
+from ui.viewer_figures import NO_ORIENTATION, cine_frames, lesion_note, rule_side
 
 _CSS = """
 .btd-cine { outline: none; margin-bottom: 0.5rem; }
@@ -116,5 +117,14 @@ def quick_scroll(view: SeriesView, prefix: str, start: int, outlined: bool = Fal
         "marked": [index in marked for index in range(len(view.sections))],
     }
     result = _CINE(key=f"{prefix}-cine", data=data, on_open_change=lambda: None)
+    st.caption(directions(view))  # the frames carry no letters: the same directions hold for every section
     opened = getattr(result, "open", None)
     return None if opened is None else int(opened)
+
+
+def directions(view: SeriesView) -> str:
+    """The patient directions at the quick scroller's image edges, or that the files give none."""
+    letters = orientation_letters(view.geometry.get("orientation"))
+    if not letters:
+        return NO_ORIENTATION + "."
+    return "Image edges: " + ", ".join(f"{edge} {letters[edge]}" for edge in ("top", "bottom", "left", "right"))
