@@ -130,21 +130,31 @@ class SeriesView:
 
 
 def _display(sections: np.ndarray, spacing: Sequence[float] | None) -> tuple[np.ndarray, list[float] | None]:
+    """The sections as the viewer and the quick scroller draw them: square pixels (the coarser axis stretched when
+    rows and columns are spaced unlike: 0.5 x 5 mm pixels were drawn ten times squashed, while the PDF drew them
+    true) and at most :data:`DISPLAY_SIDE` a side; with the spacing of the displayed pixels."""
     import cv2
 
-    scale = DISPLAY_SIDE / max(sections.shape[1:])
-    if scale >= 1:
+    rows_mm, columns_mm = (float(spacing[0]), float(spacing[1])) if spacing else (1.0, 1.0)
+    known = min(rows_mm, columns_mm) > 0  # a zero spacing (saved before it was refused): square as stored
+    fy, fx = (rows_mm / min(rows_mm, columns_mm), columns_mm / min(rows_mm, columns_mm)) if known else (1.0, 1.0)
+    scale = min(1.0, DISPLAY_SIDE / max(sections.shape[1] * fy, sections.shape[2] * fx))
+    fy, fx = fy * scale, fx * scale
+    if abs(fy - 1) < 1e-6 and abs(fx - 1) < 1e-6:
         return sections, list(spacing) if spacing else None
-    small = np.stack([cv2.resize(s, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) for s in sections])
-    factor = sections.shape[1] / small.shape[1]
-    return small, [float(v) * factor for v in spacing] if spacing else None
+    size = (max(1, round(sections.shape[2] * fx)), max(1, round(sections.shape[1] * fy)))  # (width, height)
+    resampling = cv2.INTER_AREA if max(fx, fy) <= 1 else cv2.INTER_LINEAR
+    shown = np.stack([cv2.resize(s, size, interpolation=resampling) for s in sections])
+    ry, rx = sections.shape[1] / shown.shape[1], sections.shape[2] / shown.shape[2]
+    return shown, [rows_mm * ry, columns_mm * rx] if spacing else None
 
 
 def series_view(analysis: SeriesAnalysis, status: SaveStatus | None = None, record: Record | None = None) -> SeriesView:
     volume = analysis.volume
     sections, spacing = _display(volume.sections, volume.spacing)
     geometry = geometry_of(volume) | {"spacing": spacing}
-    areas, scale = analysis.lesion_areas, sections.shape[1] / volume.sections.shape[1]
+    areas = analysis.lesion_areas
+    scale = np.array([sections.shape[2] / volume.sections.shape[2], sections.shape[1] / volume.sections.shape[1]])
     lesions = [s.analysis.lesion if s.analysis else None for s in analysis.sections]
     return SeriesView(
         key=volume.sha256,

@@ -22,9 +22,9 @@ DISPLAY_SIDE = 512
 OUTLINE_RGB = (255, 0, 255)  # the lesion outline: magenta, apart from the green box and the red heat map
 
 
-def scaled_outline(outline: Sequence[np.ndarray], scale: float) -> tuple[np.ndarray, ...]:
-    """Contours of (x, y) slice pixels -> the same contours on an image ``scale`` times the slice's size (pixel
-    centres map as a resize maps them)."""
+def scaled_outline(outline: Sequence[np.ndarray], scale: float | np.ndarray) -> tuple[np.ndarray, ...]:
+    """Contours of (x, y) slice pixels -> the same contours on an image ``scale`` times the slice's size (a number,
+    or (x, y) factors for an image resized unlike in each direction; pixel centres map as a resize maps them)."""
     return tuple(
         np.round((np.asarray(c, np.float64) + 0.5) * scale - 0.5).astype(np.int32).reshape(-1, 2) for c in outline
     )
