@@ -121,9 +121,11 @@ def test_the_header_and_a_series_section_are_plain_lines(saved_study) -> None:
     assert facts["Report made"] == "2026-12-01 10:05 UTC by dr-a" and facts["Model"].startswith("tiny ")
     lines = series_lines(record, None, [])  # no view: the images are gone, so no rule line
     assert lines[0].startswith("Model verdict (not reviewed yet): ") and "series tumour probability" in lines[0]
+    flagged = ["Flagged for review (the verdict rests on fewer sections than the rule asks, or is uncertain)"]
     assert lines[1:] == [
         "Pixel spacing: 0.90 x 0.90 mm",
         "Lesion volume: not measured (no lesion segmenter when the series was saved)",
+        *(flagged if record.gate == "needs_review" else []),  # the PDF never said a series needed review
         "Not reviewed by a radiologist yet.",
     ]
     review_result(store, doctor, ids[0], "meningioma", ["wrong_type"], "", now=datetime(2026, 11, 30, 9, tzinfo=UTC))

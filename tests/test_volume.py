@@ -412,3 +412,13 @@ def test_a_verdict_resting_on_fewer_neighbours_than_the_rule_takes_at_least_the_
     assert analysis.neighbours_used == 1 and analysis.score is not None
     assert analysis.score < 0.999 and not analysis.is_tumour  # by the single-scan 0.999, not the rule's 0.01
     assert any("judged at least by the single-scan threshold (1.00)" in w for w in analysis.warnings)  # 0.999
+    # the record keeps the threshold the verdict was judged by, and a report made later from it says so
+    from core.services.reports import series_lines
+    from core.services.series_views import series_view
+    from core.services.studies import series_record
+
+    record = series_record(analysis, patient_ref=None, uploader="dr", key=None)
+    assert record.geometry["rule"] == {"threshold": 0.01, "neighbours": 4, "used": 1, "applied": 0.999}
+    lines = "\n".join(series_lines(record, series_view(analysis), []))
+    assert "Judged on 1 neighbouring sections only, at 1.00 (fewer than the rule asks): needs review" in lines
+    assert "Flagged for review" in lines

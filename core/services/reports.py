@@ -167,6 +167,14 @@ def series_lines(record: Record, view: SeriesView | None, reviews: Sequence) -> 
             f"Rule: tumour when {view.neighbours} neighbouring sections reach {view.threshold:.2f}; "
             f"{len(view.marked)} sections at or above it; {len(view.skipped)} skipped"
         )
+        rule = (record.geometry or {}).get("rule") or {}
+        if rule.get("used") is not None and rule["used"] < rule.get("neighbours", 0):
+            lines.append(
+                f"Judged on {rule['used']} neighbouring sections only, at {rule['applied']:.2f} (fewer than the rule "
+                "asks): needs review"
+            )
+    if record.gate == "needs_review":
+        lines.append("Flagged for review (the verdict rests on fewer sections than the rule asks, or is uncertain)")
     if reviews:
         last = reviews[-1]
         lines.append(

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -202,11 +203,20 @@ def series_record(
         study_ref=pseudonymise(volume.study, key) if key else None,
         section_count=count,
         geometry=geometry_of(volume)
-        | {"rule": {"threshold": analysis.rule.threshold, "neighbours": analysis.rule.neighbours}}
+        | {"rule": applied_rule(analysis)}
         | ({"study_unread": study_unread} if study_unread else {}),
         lesion_px=None if analysis.lesion_areas is None else sum(analysis.lesion_areas),
         lesion_ml=analysis.lesion_ml,
     ).validate()
+
+
+def applied_rule(analysis: SeriesAnalysis) -> dict[str, Any]:
+    """The series rule as the record keeps it: the rule's threshold and neighbours, and the neighbours the verdict
+    rested on with the threshold it was judged by (higher when fewer than the rule's could be analysed: History and
+    the report stated the rule's own beside such a verdict)."""
+    used, rule = analysis.neighbours_used, analysis.rule
+    applied = rule.threshold_for(used, analysis.single_threshold)
+    return {"threshold": rule.threshold, "neighbours": rule.neighbours, "used": used, "applied": float(applied)}
 
 
 def display_png(volume: Volume) -> tuple[dict[str, str], bytes]:
