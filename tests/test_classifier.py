@@ -155,3 +155,22 @@ def test_a_malformed_input_gate_in_the_card_is_a_model_error_the_pages_handle() 
         with pytest.raises(ModelError, match="input gate is malformed"):
             GatePolicy.from_card(gate)
     assert GatePolicy.from_card({"max_area": 0.9}).max_area == 0.9 and GatePolicy.from_card(None).checks == ()
+
+
+def test_a_card_write_cut_short_leaves_the_card_as_it_was(tmp_path: Path, monkeypatch) -> None:
+    """Cards were written in place: a refit that died mid-write left the shipped card unreadable."""
+    import os
+
+    from core.training.card_io import write_card
+
+    card = tmp_path / "card.json"
+    write_card(card, {"name": "x", "version": "1"})
+    before = card.read_bytes()
+
+    def cut(*args) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", cut)
+    with pytest.raises(OSError):
+        write_card(card, {"name": "x", "version": "2"})
+    assert card.read_bytes() == before and json.loads(before)["version"] == "1"

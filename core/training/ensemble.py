@@ -36,6 +36,7 @@ from core.evaluation.splits import split_file_of
 from core.model.card import ModelCard
 from core.model.classifier import load_checked_model
 from core.model.preprocess import InputSpec
+from core.training.card_io import write_card
 
 
 def _member_input(spec: InputSpec, first: InputSpec, crops: Any) -> Any:
@@ -158,7 +159,7 @@ def write_ensemble(
         },
     }
     card_path = out_dir / "btd-ensemble.json"
-    card_path.write_text(json.dumps(card, indent=2))
+    write_card(card_path, card)
     if root is not None:
         card = finish_card(card_path, root, log)
     return card

@@ -34,6 +34,7 @@ from core.model.explain import Explainer, stage_layers
 from core.model.preprocess import to_model_input
 from core.model.roi import find_brain
 from core.training.calibration import calibrate, fit_calibration, negative_bias_vector
+from core.training.card_io import write_card
 from core.training.config import CLASSES, NEGATIVE
 from core.training.data import label_masks
 from core.training.gate_fit import fit_gate
@@ -188,7 +189,7 @@ def finish_card(card_path: Path, root: Path, log: Callable[[str], None] = print)
                 classifier, [i for i in held_items if i.source == "LGG"], layer=explain["layer"]
             ),
         }
-    card_path.write_text(json.dumps(card, indent=2, default=list))
+    write_card(card_path, card)
     log(f"input gate: {json.dumps(fit_gate(card_path, root), default=str)}")
     if all((root / source).is_dir() for source in VOLUME_SOURCES):
         fit_series(card_path, root, log)
@@ -228,7 +229,7 @@ def recalibrate_saved_batchnorm(card_path: Path, root: Path, count: int = 3000, 
     card = json.loads(card_path.read_text())
     card["weights"]["sha256"] = sha256_file(weights)
     card["weights"]["batchnorm"] = f"statistics recomputed on {len(inputs)} clean training scans"
-    card_path.write_text(json.dumps(card, indent=2, default=list))
+    write_card(card_path, card)
     return {"scans": len(inputs), "groups": len(groups), "sha256": card["weights"]["sha256"]}
 
 
@@ -246,5 +247,5 @@ def restamp_version(card_path: Path) -> str:
     fitted = json.dumps({part: card.get(part) for part in REFIT_PARTS}, sort_keys=True, default=list)
     base = str(card["version"]).split("+")[0]
     card["version"] = f"{base}+{card['weights']['sha256'][:8]}.{hashlib.sha256(fitted.encode()).hexdigest()[:8]}"
-    card_path.write_text(json.dumps(card, indent=2, default=list))
+    write_card(card_path, card)
     return card["version"]

@@ -8,6 +8,7 @@ from typing import Any
 from core.evaluation.splits import read_split, split_file_of
 from core.model.preprocess import to_model_input
 from core.model.roi import find_brain
+from core.training.card_io import write_card
 from core.training.gate_learning import NOT_BRAIN, fit_learned_checks
 
 
@@ -112,5 +113,5 @@ def fit_decision(
     }
     raw = json.loads(card_path.read_text())
     raw["decision"] = decision
-    card_path.write_text(json.dumps(raw, indent=2))
+    write_card(card_path, raw)
     return decision

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from core.training.card_io import write_card
+
 TARGET = 0.92  # issue 22: clear tumours found and tumour-free sections cleared, on each left-out institution
 TARGETS_TEXT = (
     "LGG sections of the left-out institution: clear tumours (>= 300 mask pixels, FLAIR and T1c) found and "
@@ -102,5 +104,5 @@ def collect(card_path: Path, fold_paths: list[Path]) -> dict[str, Any]:
         "every_fold_meets_targets": all(row["meets_targets"] for row in rows.values()),
     }
     card.setdefault("metrics", {})["leave_one_institution_out"] = section
-    card_path.write_text(json.dumps(card, indent=2, default=list))
+    write_card(card_path, card)
     return section

@@ -42,6 +42,7 @@ from core.training.calibration import (
     recalibrate_batchnorm,
     softmax,
 )
+from core.training.card_io import write_card
 from core.training.checkpoint import Checkpoint, Progress, code_version, run_key
 from core.training.config import CLASSES, NEGATIVE, TrainConfig
 from core.training.data import Dataset, assign_units, label_masks, load, sampling_weights, split_dataset
@@ -125,7 +126,7 @@ def train(data_dirs: Sequence[Path], out_dir: Path, config: TrainConfig, command
         },
     )
     card_path = out_dir / f"{config.name}.json"
-    card_path.write_text(json.dumps(card, indent=2, default=list))
+    write_card(card_path, card)
     card = finish_card(card_path, data.root, _log)  # calibration, decision rule, per-source figures, the input gate
     if finished:
         checkpoint.path.unlink(missing_ok=True)

@@ -34,6 +34,7 @@ from core.model.card import sha256_file
 from core.model.lesion import LesionCard, Segmenter
 from core.model.roi import find_brain
 from core.training.cache import CropCache
+from core.training.card_io import write_card
 from core.training.segment import SegmentConfig, backbone_card, check_backbone, check_tune, train_segmenter
 
 INSTITUTIONS = ("CS", "DU", "FG")
@@ -181,7 +182,7 @@ def train_lesion(
     if not same or any(known.get(k, v) != v for k, v in backbones.items()):  # a backbone rewritten in place
         card = _ship(cache, out_dir, config, command, backbones)
     card["training"]["backbones"] = {**card["training"]["backbones"], **backbones}
-    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    write_card(card_path, card, trailing_newline=True)
     rows_path = out_dir / "btd-lesion.rows.jsonl"  # the held-out sections' rows, for the pooled figures
     for held in [i for i in INSTITUTIONS if i in folds]:
         weights = out_dir / f"btd-lesion.fold-{held}.keras"
@@ -204,7 +205,7 @@ def train_lesion(
         pooled = [json.loads(line) for line in rows_path.read_text().splitlines()]
         card["figures"]["pooled"] = figures(pooled)
         card["figures"]["pooled"]["folds"] = sorted(card["figures"]["per_fold"])
-        card_path.write_text(json.dumps(card, indent=2) + "\n")
+        write_card(card_path, card, trailing_newline=True)
         _log(f"fold {held}: {json.dumps(card['figures']['per_fold'][held])}")
     return card
 
