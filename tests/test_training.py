@@ -476,6 +476,36 @@ def test_the_code_version_is_unknown_without_a_checkout_without_git_or_when_git_
     assert code_version() == "unknown"
 
 
+def test_a_refit_writes_its_rules_and_their_version_in_one_write(tmp_path: Path, monkeypatch) -> None:
+    """``fit-*`` wrote the refitted card, then its new version in a second write: a crash between the two left the
+    new rules served under the old version (results of both counted as one version)."""
+    import os
+
+    from core.training.gate_fit import fit_decision
+
+    data = make_folder(tmp_path / "Training")
+    config = TrainConfig(size=32, widths=(8, 16), samples_per_epoch=0, epochs=1, batch_size=8, name="old")
+    before = train([data], tmp_path / "models", config, "pytest old")
+    card_path = tmp_path / "models" / "old.json"
+    written, replace_file = [], os.replace
+
+    def recorded(source: str, target: str) -> None:
+        written.append(json.loads(Path(source).read_text()))
+        replace_file(source, target)
+
+    monkeypatch.setattr(os, "replace", recorded)
+    decision = fit_decision(card_path, tmp_path, max_error=0.01, restamp=True)
+    after = json.loads(card_path.read_text())
+    assert len(written) == 1 and written[0] == after  # one write: rules and version together
+    assert after["decision"] == decision and after["version"] != before["version"]
+    assert after["version"].startswith(f"{before['version'].split('+')[0]}+{after['weights']['sha256'][:8]}.")
+    fit_decision(card_path, tmp_path, max_error=0.01, restamp=True)
+    assert json.loads(card_path.read_text())["version"] == after["version"]  # the same fit keeps its version
+    fit_decision(card_path, tmp_path, max_error=0.2, restamp=True)
+    changed = json.loads(card_path.read_text())
+    assert changed["decision"] != decision and changed["version"] != after["version"]
+
+
 def test_a_card_whose_labels_are_in_another_order_is_refused_before_anything_is_fitted(tmp_path: Path) -> None:
     """The fits index the outputs in CLASSES' order: a card listing its labels otherwise would get its no-tumour
     bias and its type rule on the wrong columns."""

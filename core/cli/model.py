@@ -11,27 +11,33 @@ from core.cli.common import EXIT_OK, EXIT_USAGE, emit, error_json
 from core.config import model_card_path
 
 
+def card_version(card: Path) -> str:
+    """The version a refit wrote into ``card`` with its new rules (one write: ``core.training.card_io``)."""
+    import json
+
+    return str(json.loads(card.read_text())["version"])
+
+
 def cmd_fit_gate(args: argparse.Namespace) -> int:
-    from core.training.finish import restamp_version
     from core.training.gate_fit import fit_gate
 
     card = Path(args.model) if args.model else model_card_path()
-    fitted = fit_gate(card, Path(args.data))
-    emit({**fitted, "version": restamp_version(card)}, sys.stdout)
+    fitted = fit_gate(card, Path(args.data), restamp=True)
+    emit({**fitted, "version": card_version(card)}, sys.stdout)
     return EXIT_OK
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from core.training.finish import finish_card, recalibrate_saved_batchnorm, restamp_version
+    from core.training.finish import finish_card, recalibrate_saved_batchnorm
 
     card = Path(args.model) if args.model else model_card_path()
     if args.batchnorm:
         print(f"batch normalisation: {recalibrate_saved_batchnorm(card, Path(args.data))}", file=sys.stderr)
-    done = finish_card(card, Path(args.data), log=lambda message: print(message, file=sys.stderr))
+    done = finish_card(card, Path(args.data), log=lambda message: print(message, file=sys.stderr), restamp=True)
     emit(
         {
             "model": done["name"],
-            "version": restamp_version(card),
+            "version": done["version"],
             "calibration": done["calibration"],
             "decision": done["decision"],
         },
@@ -41,12 +47,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_fit_series(args: argparse.Namespace) -> int:
-    from core.training.finish import restamp_version
     from core.training.series_fit import fit_series
 
     card = Path(args.model) if args.model else model_card_path()
-    fitted = fit_series(card, Path(args.data), log=lambda message: print(message, file=sys.stderr))
-    emit({**fitted, "version": restamp_version(card)}, sys.stdout)
+    fitted = fit_series(card, Path(args.data), log=lambda message: print(message, file=sys.stderr), restamp=True)
+    emit({**fitted, "version": card_version(card)}, sys.stdout)
     return EXIT_OK
 
 
@@ -76,12 +81,11 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
 
 def cmd_fit_decision(args: argparse.Namespace) -> int:
-    from core.training.finish import restamp_version
     from core.training.gate_fit import fit_decision
 
     card = Path(args.model) if args.model else model_card_path()
-    fitted = fit_decision(card, Path(args.data))
-    emit({**fitted, "version": restamp_version(card)}, sys.stdout)
+    fitted = fit_decision(card, Path(args.data), restamp=True)
+    emit({**fitted, "version": card_version(card)}, sys.stdout)
     return EXIT_OK
 
 

@@ -345,6 +345,35 @@ def _radiological(
     )
 
 
+def _nifti_placement(header: object) -> tuple[bool, tuple[str, ...]]:
+    """Whether the header says where the voxels lie in the patient, and what the reader must know about it. With
+    both codes 0, the affine is a reader's guess (nibabel's assumes radiological storage, the NIfTI standard's
+    method 1 the opposite): left and right are unknown, not shown. A qform and an sform that disagree (one of them
+    mirrored or turned) put the sform's directions on the screen, with a warning."""
+    qform, q_code = header.get_qform(coded=True)
+    sform, s_code = header.get_sform(coded=True)
+    if not q_code and not s_code:
+        return False, ("The NIfTI file does not say how its voxels lie in the patient: left and right are unknown.",)
+    if q_code and s_code:
+        q_axes, s_axes = (np.asarray(m, float)[:3, :3] for m in (qform, sform))
+        q_axes, s_axes = q_axes / np.linalg.norm(q_axes, axis=0), s_axes / np.linalg.norm(s_axes, axis=0)
+        if np.abs(q_axes - s_axes).max() > 1e-3:
+            return True, ("The NIfTI file's two orientations (qform and sform) disagree: the sform's is shown.",)
+    return True, ()
+
+
+def _nifti_normal_steps(affine: np.ndarray, shown: tuple[float, ...]) -> tuple[float, float]:
+    """The first section's position and the step between sections along the normal of the sections as shown (in
+    LPS, as DICOM positions are): the third voxel axis projected on it. A sheared affine (a gantry tilt) moves each
+    section sideways as well: its zoom along that axis is longer than the step, and positions, steps and volumes
+    taken from it came out a few per cent too large."""
+    ras_to_lps = np.array([-1.0, -1.0, 1.0])
+    normal = np.cross(shown[:3], shown[3:])
+    normal = normal / np.linalg.norm(normal)
+    origin = float((np.asarray(affine, float)[:3, 3] * ras_to_lps) @ normal)
+    return origin, float((np.asarray(affine, float)[:3, 2] * ras_to_lps) @ normal)
+
+
 def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volume:
     """A NIfTI volume (optionally gzipped) as axial sections in RAS+ orientation, intensities stretched over the
     whole volume (0.5th-99.5th percentile)."""
@@ -359,10 +388,12 @@ def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volum
     except (OSError, EOFError) as error:
         raise CorruptImage("The .nii.gz file is damaged.") from error
     try:
-        image = nibabel.as_closest_canonical(nibabel.Nifti1Image.from_bytes(data))
+        stored = nibabel.Nifti1Image.from_bytes(data)
+        image = nibabel.as_closest_canonical(stored)
         volume = np.asanyarray(image.dataobj)  # as stored (at most max_volume_bytes), never converted whole
     except Exception as error:  # nibabel raises many types for a damaged file; all mean "cannot use it"
         raise CorruptImage("The NIfTI file is damaged or is not a NIfTI-1 volume.") from error
+    placed, notes = _nifti_placement(stored.header)
     if volume.ndim == 4 and volume.shape[3] == 1:
         volume = volume[..., 0]
     if volume.ndim != 3:
@@ -370,24 +401,26 @@ def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volum
     if volume.shape[2] > limits.max_sections:
         raise FileTooLarge(f"The volume holds {volume.shape[2]} sections; the limit is {limits.max_sections}.")
     low, high = stretch_bounds(volume)
-    zooms = image.header.get_zooms()[:3]
+    # the spacing comes from the same matrix as the directions (pixdim can disagree with the sform it is under)
+    zooms = np.linalg.norm(np.asarray(image.affine, float)[:3, :3], axis=0)
     # section k as stored: rows follow the second voxel axis (j), columns the first (i); the affine says where
     # each points in the patient, and _radiological turns them into the radiological view; one section at a time
     sections, spacing, orientation = _radiological(
         np.stack([apply_stretch(volume[:, :, k].T, low, high) for k in range(volume.shape[2])]),
         (float(zooms[1]), float(zooms[0])),
-        nifti_orientation(image.affine),
+        nifti_orientation(image.affine) if placed else None,
     )
     digest = hashlib.sha256(data).hexdigest()
-    origin = float(image.affine[2, 3])
+    origin, step = _nifti_normal_steps(image.affine, orientation) if orientation else (0.0, float(zooms[2]))
     return Volume(
         source="NIfTI volume",
         study=NO_STUDY_UID,  # the upload names the study (read_study)
         series=_hash("nifti-series", digest),
         sections=sections,
-        positions=tuple(round(origin + k * float(zooms[2]), 3) for k in range(volume.shape[2])),
+        positions=tuple(round(origin + k * step, 3) for k in range(volume.shape[2])),
         spacing=spacing,
-        thickness=float(zooms[2]),
+        thickness=step,
         orientation=orientation,
         modality="MR",
+        warnings=notes,
     )

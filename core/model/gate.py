@@ -17,11 +17,9 @@ refused, 2.0 % after), while the learned checks, fitted on real non-brain images
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -224,11 +222,8 @@ def fit_energy_threshold(energies: Sequence[float], quantile: float = 0.995) -> 
     return round(float(np.quantile(np.asarray(energies, dtype=np.float64), quantile)), 4)
 
 
-def write_policy(card_path: Path, policy: GatePolicy, fitted_on: str, report: Mapping[str, Any] | None = None) -> None:
-    """Record the gate policy (and what its learned checks refuse) in the model card (the weights and their hash
-    are unchanged)."""
-    card = json.loads(card_path.read_text())
+def policy_section(policy: GatePolicy, fitted_on: str, report: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The model card's ``gate`` section for ``policy`` (and what its learned checks refuse)."""
     raw = asdict(policy)
     raw["learned"] = raw.pop("checks")
-    card["gate"] = {**raw, "fitted_on": fitted_on, **({"learned_report": report} if report else {})}
-    card_path.write_text(json.dumps(card, indent=2))
+    return {**raw, "fitted_on": fitted_on, **({"learned_report": report} if report else {})}

@@ -143,8 +143,12 @@ def fit_rule(logits: np.ndarray, labels: Sequence[str]) -> tuple[float, float, D
     return temperature, negative_bias, DecisionRule(CLASSES, NEGATIVE, 0.5, band, share)
 
 
-def finish_card(card_path: Path, root: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Fit and measure everything above and write it into the card; returns the card."""
+def finish_card(
+    card_path: Path, root: Path, log: Callable[[str], None] = print, restamp: bool = False
+) -> dict[str, Any]:
+    """Fit and measure everything above and write it into the card; returns the card. ``restamp``: a refit of a
+    model already in use, every write under the version that names what it serves
+    (:func:`core.training.card_io.restamped`)."""
     classifier = Classifier.from_card(card_path)
     if list(classifier.card.labels) != list(CLASSES):  # the fits index the outputs in CLASSES' order
         raise ValueError(f"a card to finish lists its labels as {list(CLASSES)}, not {list(classifier.card.labels)}")
@@ -189,10 +193,10 @@ def finish_card(card_path: Path, root: Path, log: Callable[[str], None] = print)
                 classifier, [i for i in held_items if i.source == "LGG"], layer=explain["layer"]
             ),
         }
-    write_card(card_path, card)
-    log(f"input gate: {json.dumps(fit_gate(card_path, root), default=str)}")
+    write_card(card_path, card, restamp=restamp)
+    log(f"input gate: {json.dumps(fit_gate(card_path, root, restamp=restamp), default=str)}")
     if all((root / source).is_dir() for source in VOLUME_SOURCES):
-        fit_series(card_path, root, log)
+        fit_series(card_path, root, log, restamp=restamp)
     return json.loads(card_path.read_text())
 
 
@@ -229,23 +233,5 @@ def recalibrate_saved_batchnorm(card_path: Path, root: Path, count: int = 3000, 
     card = json.loads(card_path.read_text())
     card["weights"]["sha256"] = sha256_file(weights)
     card["weights"]["batchnorm"] = f"statistics recomputed on {len(inputs)} clean training scans"
-    write_card(card_path, card)
+    write_card(card_path, card, restamp=True)  # new weights: a new version in the same write
     return {"scans": len(inputs), "groups": len(groups), "sha256": card["weights"]["sha256"]}
-
-
-REFIT_PARTS = ("calibration", "decision", "gate", "series")  # what a refit changes in what the app serves
-
-
-def restamp_version(card_path: Path) -> str:
-    """Give a card whose served behaviour was refitted after training its own version: the base version, the
-    weights' hash and, after a dot, a hash of the refitted parts. A result's identity includes the version: an
-    image read again after a refit must not count as 'already saved' with the old verdict, nor statistics per
-    version mix the two. The same fits give the same version (a refit that changed nothing keeps it)."""
-    import hashlib
-
-    card = json.loads(card_path.read_text())
-    fitted = json.dumps({part: card.get(part) for part in REFIT_PARTS}, sort_keys=True, default=list)
-    base = str(card["version"]).split("+")[0]
-    card["version"] = f"{base}+{card['weights']['sha256'][:8]}.{hashlib.sha256(fitted.encode()).hexdigest()[:8]}"
-    write_card(card_path, card)
-    return card["version"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,9 @@ from core.training.card_io import write_card
 from core.training.gate_learning import NOT_BRAIN, fit_learned_checks
 
 
-def fit_gate(card_path: Path, root: Path, quantile: float = 0.995) -> dict[str, Any]:
-    """Fit the gate's energy threshold on the validation split and write the gate policy into the card.
+def fit_gate(card_path: Path, root: Path, quantile: float = 0.995, restamp: bool = False) -> dict[str, Any]:
+    """Fit the gate's energy threshold on the validation split and write the gate policy into the card (with
+    ``restamp``, under the version that names it: :func:`core.training.card_io.restamped`).
 
     The threshold is the highest of the sources' ``quantile`` energies (sources of 20 scans or more), so that no
     source of real brain MRI loses more than ``1 - quantile`` of its scans to it: a pooled quantile would let a
@@ -22,7 +24,7 @@ def fit_gate(card_path: Path, root: Path, quantile: float = 0.995) -> dict[str, 
     """
     from core.imaging import read_scan_file
     from core.model.classifier import Classifier, embedding_layer
-    from core.model.gate import GatePolicy, energy, fit_energy_threshold, image_reasons, write_policy
+    from core.model.gate import GatePolicy, energy, fit_energy_threshold, image_reasons, policy_section
 
     classifier = Classifier.from_card(card_path)
     card = classifier.card
@@ -50,7 +52,8 @@ def fit_gate(card_path: Path, root: Path, quantile: float = 0.995) -> dict[str, 
     fitted_on = f"validation split ({len(files)} scans), the highest per-source energy quantile {quantile}"
     if checks:
         fitted_on += "; learned checks: core.training.gate_learning"
-    write_policy(card_path, policy, fitted_on, learned)
+    raw = json.loads(card_path.read_text())  # the weights and their hash are unchanged
+    write_card(card_path, raw | {"gate": policy_section(policy, fitted_on, learned)}, restamp=restamp)
     return {
         "max_energy": threshold,
         "validation_scans": len(files),
@@ -75,7 +78,7 @@ def relaxed_frame_bounds(learned: dict[str, Any] | None, min_refused: float = 0.
 
 
 def fit_decision(
-    card_path: Path, root: Path, max_error: float = 0.02, min_type_accuracy: float = 0.9
+    card_path: Path, root: Path, max_error: float = 0.02, min_type_accuracy: float = 0.9, restamp: bool = False
 ) -> dict[str, Any]:
     """Fit the review band and the subtype rule on the validation split's scans of a known class and write them
     into the card's ``decision`` (the weights and their hash are unchanged). Returns what was written."""
@@ -113,5 +116,5 @@ def fit_decision(
     }
     raw = json.loads(card_path.read_text())
     raw["decision"] = decision
-    write_card(card_path, raw)
+    write_card(card_path, raw, restamp=restamp)
     return decision

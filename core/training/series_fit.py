@@ -30,6 +30,7 @@ from core.model.analysis import analyse_scans
 from core.model.classifier import Classifier
 from core.model.decision import DecisionRule, SeriesRule
 from core.model.gate import REJECTED
+from core.training.card_io import write_card
 from core.training.sources import Item, discover
 
 VOLUME_SOURCES = ("LGG", "Normal-heads")
@@ -110,8 +111,11 @@ def choose(
     return {"neighbours": k, "threshold": t, "sensitivity": sensitivity, "specificity": specificity}
 
 
-def fit_series(card_path: Path, root: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Fit the series rule for the model of ``card_path`` and write it into the card's ``series``."""
+def fit_series(
+    card_path: Path, root: Path, log: Callable[[str], None] = print, restamp: bool = False
+) -> dict[str, Any]:
+    """Fit the series rule for the model of ``card_path`` and write it into the card's ``series`` (with
+    ``restamp``, under the version that names it: :func:`core.training.card_io.restamped`)."""
     classifier = Classifier.from_card(card_path)
     card = json.loads(card_path.read_text())
     folders = card.get("data", {}).get("folders")
@@ -149,7 +153,7 @@ def fit_series(card_path: Path, root: Path, log: Callable[[str], None] = print) 
         "validation": {"volumes": {"tumour": len(positives), "normal": len(negatives), "stretches": len(stretches)}}
         | check,
     }
-    card_path.write_text(json.dumps(card, indent=2, default=list))
+    write_card(card_path, card, restamp=restamp)
     log(f"series rule: {json.dumps(card['series'])}")
     return card["series"]
 
