@@ -161,19 +161,61 @@ def test_an_enhanced_multiframe_file_is_one_series_ordered_by_its_frame_position
     assert series.positions == tuple(5.0 * k for k in range(7))
 
 
-def test_a_classic_multiframe_file_is_placed_by_its_declared_step_and_only_numbered_without_one() -> None:
-    """Frames of a classic multi-frame file carry no positions: the declared step places them; without one they
-    are numbered, and no distance between sections (so no lesion volume in mL) is claimed."""
+def test_a_classic_multiframe_file_is_numbered_in_stored_order_and_measured_by_its_declared_step() -> None:
+    """Frames of a classic multi-frame file carry no positions: they were placed along the stored normal, and a
+    file whose frames run the other way came out mirrored head to foot, its positions named on the wrong side. They
+    are numbered in stored order; the declared step still measures them; without one no distance between sections
+    (so no lesion volume in mL) is claimed."""
     from tests.scans import dicom_bytes
 
     volume = head_volume(5)
     spaced = dicom_bytes(volume, frames=5, extra={"SpacingBetweenSlices": 4.0, "PixelSpacing": [0.9, 0.9]})
-    (placed,) = read_study([spaced])
-    assert placed.positions_in_mm and placed.step_mm == pytest.approx(4.0)
+    (stepped,) = read_study([spaced])
+    assert not stepped.positions_in_mm and stepped.step_mm == pytest.approx(4.0)
+    assert any("which way they run" in note for note in stepped.warnings)
     (numbered,) = read_study([dicom_bytes(volume, frames=5, extra={"PixelSpacing": [0.9, 0.9]})])
     assert not numbered.positions_in_mm and numbered.step_mm is None and numbered.spacing is not None
-    assert np.array_equal(numbered.sections, placed.sections)  # same order: the frames' own
-    assert any("no positions" in note for note in numbered.warnings)
+    assert np.array_equal(numbered.sections, stepped.sections)  # same order: the frames' own
+
+
+def test_enhanced_multiframe_frames_without_their_own_positions_are_not_given_a_made_up_stack() -> None:
+    """An enhanced file whose one plane position is shared by every frame (a dynamic or multi-echo acquisition at
+    one place) was stacked 5 mm apart from the origin: time points shown as sections 45 mm apart, one slice's
+    lesion counted ten times into a volume."""
+    from pydicom import dcmread
+
+    raw = enhanced_multiframe(head_volume(6))
+    ds = dcmread(io.BytesIO(raw))
+    ds.SharedFunctionalGroupsSequence[0].PlanePositionSequence = ds.PerFrameFunctionalGroupsSequence[
+        0
+    ].PlanePositionSequence
+    for group in ds.PerFrameFunctionalGroupsSequence:
+        del group.PlanePositionSequence
+    shared = io.BytesIO()
+    ds.save_as(shared)
+    with pytest.raises(SeriesError, match="one position"):
+        read_study([shared.getvalue()])
+    del ds.SharedFunctionalGroupsSequence[0].PlanePositionSequence  # no position anywhere: numbered, not placed
+    unplaced = io.BytesIO()
+    ds.save_as(unplaced)
+    (series,) = read_study([unplaced.getvalue()])
+    assert not series.positions_in_mm and series.step_mm == pytest.approx(5.0) and len(series.sections) == 6
+
+
+def test_a_series_without_positions_steps_by_its_declared_spacing_between_sections_not_their_thickness() -> None:
+    """5 mm sections 6.5 mm apart (a gap) measured 5 mm apart: lesion volumes 23 % too small."""
+    from pydicom import dcmread
+
+    files = []
+    for raw in dicom_series(head_volume(4)):
+        ds = dcmread(io.BytesIO(raw))
+        del ds.ImagePositionPatient
+        ds.SliceThickness, ds.SpacingBetweenSlices = 5.0, 6.5
+        out = io.BytesIO()
+        ds.save_as(out)
+        files.append(out.getvalue())
+    (series,) = read_study(files)
+    assert not series.positions_in_mm and series.step_mm == pytest.approx(6.5)
 
 
 @pytest.mark.parametrize("flip", [(1, 1, 1), (-1, 1, 1), (1, -1, -1)])

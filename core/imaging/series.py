@@ -69,7 +69,7 @@ class Volume:
     sections: np.ndarray
     positions: tuple[float, ...]
     spacing: tuple[float, float] | None = None  # (row, column) in mm
-    thickness: float | None = None
+    thickness: float | None = None  # declared distance between sections: SpacingBetweenSlices, else SliceThickness
     orientation: tuple[float, ...] | None = None  # row and column direction cosines (6)
     modality: str = ""
     warnings: tuple[str, ...] = field(default_factory=tuple)
@@ -202,15 +202,27 @@ def _geometry(group: object, orientation, spacing, thickness) -> tuple:
     if group.get("PixelMeasuresSequence"):  # type: ignore[attr-defined]
         measures = group.PixelMeasuresSequence[0]  # type: ignore[attr-defined]
         spacing = _spacing(measures.get("PixelSpacing")) or spacing
-        thickness = _positive(measures.get("SliceThickness")) or thickness
+        thickness = (
+            _positive(measures.get("SpacingBetweenSlices")) or _positive(measures.get("SliceThickness")) or thickness
+        )
     return orientation, spacing, thickness
+
+
+def _plane_position(group: object) -> np.ndarray | None:
+    """The ImagePositionPatient of a functional group's PlanePositionSequence, or None."""
+    if not group.get("PlanePositionSequence"):  # type: ignore[attr-defined]
+        return None
+    return _floats(group.PlanePositionSequence[0].get("ImagePositionPatient"), 3)  # type: ignore[attr-defined]
 
 
 def _sections_of(data: bytes, header: object, limits: Limits) -> list[_Section]:
     ds = dicom.checked_dataset(data, limits, header)[0]
     study = _hash(str(ds.get("StudyInstanceUID", ""))) if ds.get("StudyInstanceUID") else NO_STUDY_UID
     series = _hash(str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", "")))
-    spacing, thickness = _spacing(ds.get("PixelSpacing")), _positive(ds.get("SliceThickness"))
+    spacing = _spacing(ds.get("PixelSpacing"))
+    # the declared distance between sections, for a series whose files give no positions: the spacing between
+    # them where given (sections can have gaps or overlap), else their thickness
+    thickness = _positive(ds.get("SpacingBetweenSlices")) or _positive(ds.get("SliceThickness"))
     modality = str(ds.get("Modality", "") or "")
     orientation = _floats(ds.get("ImageOrientationPatient"), 6)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -222,20 +234,17 @@ def _sections_of(data: bytes, header: object, limits: Limits) -> list[_Section]:
     shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
     orientation, spacing, thickness = _geometry(shared, orientation, spacing, thickness)
-    # classic multi-frame: frames evenly spaced along the normal by the declared step; with no step declared the
-    # frames are numbered, not placed (an invented step would make a lesion volume in mL out of a pixel count)
-    step = float(ds.get("SpacingBetweenSlices") or thickness or 0.0)
-    origin = _floats(ds.get("ImagePositionPatient"), 3)
+    # frames without a position of their own (a classic multi-frame file; an enhanced one without plane positions)
+    # are numbered in stored order, not placed: which way they run along the normal is not in the file (placed
+    # along it, a file stored the other way came out mirrored head to foot), and frames with no position given
+    # are not invented a stack; the declared distance still measures the step between them (volumes in mL)
     sections = []
     for k in range(frames):
         group = per_frame[k] if k < len(per_frame) else None
         frame_orientation, frame_spacing, frame_thickness = _geometry(group, orientation, spacing, thickness)
-        position = None
-        if group is not None and group.get("PlanePositionSequence"):
-            position = _floats(group.PlanePositionSequence[0].get("ImagePositionPatient"), 3)
-        elif frame_orientation is not None and step > 0:
-            normal = np.cross(frame_orientation[:3], frame_orientation[3:])
-            position = (origin if origin is not None else np.zeros(3)) + k * step * normal
+        position = _plane_position(group) if group is not None else None
+        if position is None and shared is not None:
+            position = _plane_position(shared)  # shared by every frame: one place (a dynamic or multi-echo file)
         pixels = dicom.display(dicom.decode_frame(ds, k), ds)
         sections.append(
             _Section(
@@ -293,9 +302,20 @@ def _volume(sections: list[_Section], limits: StudyLimits) -> Volume:
         shown = transformed_orientation(reference, display_transform(reference))  # type: ignore[arg-type]
         normal = np.cross(shown[:3], shown[3:])
         keyed = sorted(((float(s.position @ normal), s) for s in sections), key=lambda pair: pair[0])
+    elif sections[0].multi_frame:
+        notes.append(
+            "The file gives no position for each frame: frames are shown in stored order, and which way they run "
+            "(head or foot, left or right) is not known."
+        )
+        keyed = sorted(((float(s.instance), s) for s in sections), key=lambda pair: pair[0])
     else:
         notes.append("The files give no positions: sections are ordered by instance number.")
         keyed = sorted(((float(s.instance), s) for s in sections), key=lambda pair: pair[0])
+    if in_mm and sections[0].multi_frame and len(sections) > 1 and np.ptp([p for p, _ in keyed]) < 1e-3:
+        raise SeriesError(
+            f"All {len(sections)} images of one series lie at one position (a dynamic, cine or multi-echo series): "
+            "it is not a stack of sections to triage."
+        )
     where = "{:.1f} mm" if in_mm else "number {:.0f}"
     kept: list[tuple[float, _Section]] = []
     for position, section in keyed:
