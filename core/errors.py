@@ -134,6 +134,13 @@ class PacsMalformed(PacsError):
     code = "pacs_malformed"
 
 
+class PacsReportRefused(PacsError):
+    """The report could not be made from the study's headers (a value the standard or the report library refuses);
+    sending it again cannot help."""
+
+    code = "report_not_made"
+
+
 class PacsNotFound(PacsError):
     """The PACS has no such study (or no MR series in it)."""
 

@@ -174,7 +174,7 @@ def test_gate_passes_validation_scans_with_enough_brain_on_every_source(classifi
 def test_a_glioma_patients_volume_is_a_tumour_and_a_healthy_head_is_not(classifier: Classifier, validation) -> None:
     """The series rule on real validation volumes: every LGG patient's FLAIR series held out for validation, and
     every Normal-heads subject's series held out (the card's series figures come from the same volumes)."""
-    from core.imaging.series import Volume
+    from core.imaging.volume import Volume
     from core.model.volume import analyse_volume
     from core.training.series_fit import volumes
     from core.training.sources import discover

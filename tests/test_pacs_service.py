@@ -313,3 +313,142 @@ def test_a_files_invalid_values_never_reach_warnings_or_the_log_when_a_report_is
     assert pacs.stored and str(pacs.stored[0][0].PatientBirthDate) == ""  # made and sent, the bad date left out
     said = caplog.text + " ".join(str(w.message) for w in recwarn.list)
     assert "1970-01-01" not in said
+
+
+def relabelled(files: list[bytes], **values: object) -> list[bytes]:
+    """``files`` with header ``values`` set as a scanner wrote them."""
+    import io
+
+    from pydicom import dcmread
+
+    out = []
+    for data in files:
+        ds = dcmread(io.BytesIO(data))
+        for keyword, value in values.items():
+            setattr(ds, keyword, value)
+        buffer = io.BytesIO()
+        ds.save_as(buffer)
+        out.append(buffer.getvalue())
+    return out
+
+
+def test_the_report_says_which_series_needs_review_and_the_threshold_each_was_judged_by(tiny_classifier) -> None:
+    """The report wrote the rule's own threshold beside a verdict judged on fewer neighbours at the single-scan one,
+    and never said that the app had sent the series to review first: a plain "notumor" in the PACS."""
+    files = dicom_series(head_volume(2, 64), study_uid=STUDY, series_uid=f"{STUDY}.1")
+    outcome = analyse_study(files, tiny_classifier)
+    (series,) = outcome.series
+    used, rule = series.neighbours_used, series.rule
+    assert used < rule.neighbours and series.needs_review and series.label is not None
+    line = objects._series_lines(objects.headers(files), series)
+    assert f"tumour at >= {rule.threshold_for(used, series.single_threshold):.2f})" in line
+    assert f"fewer than the rule's {rule.neighbours}" in line and "NEEDS REVIEW (too few" in line
+    card = tiny_classifier.card
+    report = objects.verdict_report(
+        objects.headers(files), outcome.series, outcome.verdict, objects.ModelFacts(card.name, card.version, "0" * 64)
+    )
+    texts = [str(item.get("TextValue", "")) for item in report.ContentSequence]
+    assert texts[0].startswith("Study verdict: ") and "flagged for review" in texts[0]
+
+
+def test_a_report_is_made_for_the_header_values_real_scanners_write(tiny_classifier, tmp_path) -> None:
+    """A patient sex of "U" or "male", and a Japanese character set written with its first value empty, stopped
+    the report (highdicom refused them; the command line printed the patient's value in its error); a character
+    set the report library cannot write is refused with a PACS error that quotes nothing, before anything is sent
+    or audited."""
+    card = tiny_classifier.card
+    model = objects.ModelFacts(card.name, card.version, card.weights_sha256)
+    store = SQLiteStore(tmp_path / "r.db")
+    for sex, charset, written in (("U", ["", "ISO 2022 IR 87"], ""), ("male", "ISO 2022 IR 100", "M")):
+        files = relabelled(tumour_study(STUDY), PatientSex=sex, SpecificCharacterSet=charset)
+        pulled = pacs_service.Pulled(STUDY, analyse_study(files, tiny_classifier), tuple(objects.headers(files)))
+        pacs = StandIn({STUDY: files})
+        assert pacs_service.send_results(pacs, RADIOLOGIST, pulled, model, store, None)
+        assert pacs.stored[0][0].PatientSex == written
+    events = len(store.audit_events())
+    files = relabelled(tumour_study(STUDY), SpecificCharacterSet=["", "ISO 2022 IR 149"])
+    pulled = pacs_service.Pulled(STUDY, analyse_study(files, tiny_classifier), tuple(objects.headers(files)))
+    pacs = StandIn({STUDY: files})
+    with pytest.raises(PacsError, match="report could not be made") as refused:
+        pacs_service.send_results(pacs, RADIOLOGIST, pulled, model, store, None)
+    assert "149" not in str(refused.value) and pacs.stored == [] and len(store.audit_events()) == events
+
+
+def test_a_send_the_audit_trail_cannot_record_is_not_made(tiny_classifier, tmp_path, monkeypatch) -> None:
+    """The send was audited after the PACS had the report: an audit write that failed then left a clinical report
+    in the PACS with no event, and the page saying "Not sent"."""
+    from core.errors import StoreUnavailable
+
+    files = tumour_study(STUDY)
+    pulled = pacs_service.Pulled(STUDY, analyse_study(files, tiny_classifier), tuple(objects.headers(files)))
+    card = tiny_classifier.card
+    store, pacs = SQLiteStore(tmp_path / "r.db"), StandIn({STUDY: files})
+
+    def unavailable(*args: object, **kwargs: object) -> None:
+        raise StoreUnavailable("The results database is busy.")
+
+    monkeypatch.setattr(store, "append_audit", unavailable)
+    with pytest.raises(StoreUnavailable):
+        pacs_service.send_results(
+            pacs, RADIOLOGIST, pulled, objects.ModelFacts(card.name, card.version, card.weights_sha256), store, None
+        )
+    assert pacs.stored == []
+
+
+def test_a_study_the_pacs_keeps_failing_is_left_behind_and_does_not_hold_back_the_feed(tiny_classifier, tmp_path):
+    """WADO-RS answering 406 or 500 for one study every time kept the watch at that study for ever: every study
+    after it in the feed was never triaged."""
+    broken, later = f"{STUDY}.11", f"{STUDY}.12"
+    pacs = StandIn({broken: [], later: tumour_study(later)}, {broken: [PacsError("HTTP 500")] * 10})
+    watcher = pacs_service.Watcher(
+        pacs, Feed([broken, later]), tiny_classifier, SQLiteStore(tmp_path / "r.db"), None, None
+    )
+    first = pacs_service.watch_once(watcher, pacs_service.WatchState.load(tmp_path / "w.json"), RADIOLOGIST)
+    assert [(line["study_uid"], line.get("retry")) for line in first] == [(broken, True), (later, None)]
+    for _ in range(pacs_service.MAX_TRIES - 2):
+        (line,) = pacs_service.watch_once(watcher, pacs_service.WatchState.load(tmp_path / "w.json"), RADIOLOGIST)
+        assert line["retry"] and line["study_uid"] == broken
+    assert pacs_service.WatchState.load(tmp_path / "w.json").last == 0  # held at the failing study so far
+    state = pacs_service.WatchState.load(tmp_path / "w.json")
+    (line,) = pacs_service.watch_once(watcher, state, RADIOLOGIST)
+    assert "left behind" in line["left_behind"] and "retry" not in line
+    assert state.seen(broken) and state.last == 2 and pacs_service.WatchState.load(tmp_path / "w.json").last == 2
+
+
+def test_an_outage_is_waited_out_and_a_report_that_could_not_be_sent_is_sent_by_the_next_watch(
+    tiny_classifier, tmp_path
+) -> None:
+    """A study the PACS did not answer for is never left behind, however many watches it takes; a report the PACS
+    did not take (down during the send) was never sent again: the study was marked handled."""
+    uid = f"{STUDY}.13"
+    pacs = StandIn({uid: tumour_study(uid)}, {uid: [PacsUnreachable("down")] * (pacs_service.MAX_TRIES + 1)})
+    watcher = pacs_service.Watcher(pacs, Feed([uid]), tiny_classifier, SQLiteStore(tmp_path / "r.db"), None, None)
+    watcher = pacs_service.Watcher(
+        *[getattr(watcher, f) for f in ("pacs", "changes", "classifier", "store")], None, None, True
+    )
+    for _ in range(pacs_service.MAX_TRIES + 1):
+        (line,) = pacs_service.watch_once(watcher, pacs_service.WatchState.load(tmp_path / "w.json"), RADIOLOGIST)
+        assert line["retry"] and "left_behind" not in line
+    real_store, calls = pacs.store, []
+
+    def down_once(datasets: list) -> list[str]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise PacsUnreachable("The PACS did not answer.")
+        return real_store(datasets)
+
+    pacs.store = down_once
+    (unsent,) = pacs_service.watch_once(watcher, pacs_service.WatchState.load(tmp_path / "w.json"), RADIOLOGIST)
+    assert unsent["saved"] == ["saved"] and unsent["send_error"]["code"] == "pacs_unreachable" and unsent["retry"]
+    state = pacs_service.WatchState.load(tmp_path / "w.json")
+    (sent,) = pacs_service.watch_once(watcher, state, RADIOLOGIST)
+    assert sent["saved"] == ["already saved"] and sent["stored"] and state.seen(uid)
+
+
+def test_a_damaged_watch_state_is_refused_not_taken_for_a_first_start(tmp_path) -> None:
+    """A state file cut short was read as a first start: the watch went back to the beginning of the PACS's
+    history and analysed, and with --send wrote reports into, every study it ever held."""
+    (tmp_path / "w.json").write_text("{")
+    with pytest.raises(PacsError, match="cannot be read"):
+        pacs_service.WatchState.load(tmp_path / "w.json")
+    assert pacs_service.WatchState.load(tmp_path / "none.json").last == 0  # no file: a first start

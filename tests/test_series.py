@@ -161,6 +161,34 @@ def test_an_enhanced_multiframe_file_is_one_series_ordered_by_its_frame_position
     assert series.positions == tuple(5.0 * k for k in range(7))
 
 
+def test_a_study_with_a_localizer_and_a_series_that_cannot_be_put_together_reads_its_other_series() -> None:
+    """One unusual series stopped the whole study: the scanner's three-plane localizer (nearly every brain MR has
+    one) made "One series mixes section orientations" of a study the PACS watch then dropped for good. Localizer
+    images are left out and counted; a series that cannot be put together is named while the others are read."""
+    from pydicom import dcmread
+
+    from core.imaging.series import read_upload
+
+    t1 = dicom_series(head_volume(4))
+    localizer = []
+    planes = (None, SAGITTAL, (1.0, 0.0, 0.0, 0.0, 0.0, -1.0))
+    for plane, raw in zip(planes, dicom_series(head_volume(3, seed=2)), strict=True):
+        ds = dcmread(io.BytesIO(raw))
+        ds.SeriesInstanceUID, ds.ImageType = "1.2.826.0.1.3680043.8.498.1.9", ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+        ds.ImageOrientationPatient = list(plane) if plane else ds.ImageOrientationPatient
+        out = io.BytesIO()
+        ds.save_as(out)
+        localizer.append(out.getvalue())
+    mixed = dicom_series(head_volume(3), series_uid="1.2.826.0.1.3680043.8.498.1.7")
+    mixed += dicom_series(head_volume(3, seed=5), orientation=SAGITTAL, series_uid="1.2.826.0.1.3680043.8.498.1.7")[:1]
+    upload = read_upload(t1 + localizer + mixed)
+    assert [len(v.sections) for v in upload.volumes] == [4]
+    assert upload.notes == ("3 localizer image(s) (the scanner's positioning images) were left out.",)
+    assert len(upload.unread) == 1 and "mixes section orientations" in upload.unread[0]
+    with pytest.raises(SeriesError, match="only localizer images"):
+        read_upload(localizer)
+
+
 def test_a_classic_multiframe_file_is_numbered_in_stored_order_and_measured_by_its_declared_step() -> None:
     """Frames of a classic multi-frame file carry no positions: they were placed along the stored normal, and a
     file whose frames run the other way came out mirrored head to foot, its positions named on the wrong side. They

@@ -88,6 +88,18 @@ def test_a_series_with_nothing_to_analyse_has_no_verdict(classifier: Classifier)
     assert result.label is None and result.score is None and result.to_json()["analysed"] == 0
 
 
+def test_a_study_with_a_series_that_cannot_be_put_together_gets_no_tumour_free_verdict(classifier: Classifier) -> None:
+    """The other series are analysed, but their "no tumour" does not cover the series nobody could read."""
+    from core.services.studies import analyse_study
+
+    mixed = dicom_series(head_volume(3), series_uid="1.2.826.0.1.3680043.8.498.1.7")
+    mixed += dicom_series(head_volume(3, seed=5), orientation=SAGITTAL, series_uid="1.2.826.0.1.3680043.8.498.1.7")[:1]
+    outcome = analyse_study(dicom_series(head_volume(6)) + mixed, classifier)
+    assert outcome.error_code is None and len(outcome.series) == 1 and outcome.series[0].label == "notumor"
+    assert outcome.unanalysed == 1 and outcome.verdict is None  # never "no tumour" with a series unread
+    assert any("could not be read" in note and "mixes section orientations" in note for note in outcome.notes)
+
+
 def test_the_shipped_card_states_its_series_rule() -> None:
     card = ModelCard.from_file(model_card_path())
     raw = json.loads(Path(model_card_path()).read_text())

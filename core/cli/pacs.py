@@ -133,7 +133,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
     watcher = pacs.Watcher(
         connection, OrthancChanges.of(connection, rest), load_classifier(args.model), store, images, key, args.send
     )
-    state = pacs.WatchState.load(data_dir() / "pacs-watch.json")
+    try:
+        state = pacs.WatchState.load(data_dir() / "pacs-watch.json")
+    except PacsError as error:  # damaged: never taken for a first start (every study in the PACS again)
+        emit(error_json(error.code, str(error)), sys.stdout)
+        return EXIT_USAGE
     while True:
         try:
             for line in pacs.watch_once(watcher, state, COMMAND_LINE):

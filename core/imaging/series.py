@@ -1,5 +1,5 @@
 """Whole series and volumes: DICOM files of one or more series (any names), a ``.zip`` of a study, a multi-frame
-DICOM, or a NIfTI volume (``.nii`` / ``.nii.gz``), each turned into :class:`Volume` objects of ordered sections.
+DICOM, or a NIfTI volume (:mod:`core.imaging.nifti`), each turned into :class:`Volume` objects of ordered sections.
 
 - DICOM files are grouped by StudyInstanceUID and SeriesInstanceUID and ordered by their position along the normal
   of the displayed view (ImagePositionPatient projected on the cross product of the row and column directions as
@@ -7,11 +7,11 @@ DICOM, or a NIfTI volume (``.nii`` / ``.nii.gz``), each turned into :class:`Volu
   encode their orientation (axial: feet first, as NIfTI volumes). Enhanced multi-frame files give orientation,
   spacing and position per frame or shared. Pixel spacing, slice thickness and orientation are kept. Mixed
   orientations in one series, two different sections at one position, and gaps are named; identical duplicates are
-  dropped.
+  dropped. The scanner's localizer images (positioning, three planes in one series) are left out and counted.
+- A series that cannot be put together (mixed orientations, two different sections at one place) does not stop the
+  study: :func:`read_upload` reads the others and names it (the study then gets no "no tumour" verdict).
 - A zip is checked before anything is read from it (:mod:`core.imaging.archive`); the DICOM files' pixels are
   counted from their headers against the upload's budget before any is decoded.
-- NIfTI volumes (nibabel) are brought to the closest RAS+ orientation (``as_closest_canonical``) and cut into
-  axial sections; their row and column directions come from the affine.
 - Every volume is shown in the radiological view of its plane (:mod:`core.imaging.geometry`): pixels, spacing and
   orientation are transformed together, so orientation letters always describe the pixels shown.
 Identifiers are not kept: a study and a series are named by a SHA-256 of their UIDs; files without a
@@ -20,107 +20,56 @@ StudyInstanceUID (NIfTI volumes among them) take the upload's identity as their 
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from functools import cached_property
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from core.errors import CorruptImage, FileTooLarge, ScanError, UnsupportedFormat
+from core.errors import FileTooLarge, UnsupportedFormat
 from core.imaging import dicom
 from core.imaging.archive import is_zip, unzip
-from core.imaging.geometry import (
-    apply_transform,
-    display_transform,
-    gap_notes,
-    gap_starts,
-    nifti_orientation,
-    orientation_letters,
-    plane_of,
-    transformed_orientation,
-    transformed_spacing,
-)
-from core.imaging.limits import (
-    DEFAULT_LIMITS,
-    DEFAULT_STUDY_LIMITS,
-    Limits,
-    StudyLimits,
-    apply_stretch,
-    stretch_bounds,
-)
-from core.imaging.nifti_header import check_nifti_budget, is_nifti, nifti_bytes, nifti_head
+from core.imaging.geometry import display_transform, gap_notes, transformed_orientation
+from core.imaging.limits import DEFAULT_LIMITS, DEFAULT_STUDY_LIMITS, Limits, StudyLimits
+from core.imaging.nifti import read_nifti
+from core.imaging.nifti_header import check_nifti_budget, is_nifti
 from core.imaging.scan import is_dicom
+from core.imaging.volume import NO_STUDY_UID, SeriesError, Volume, hash_parts, radiological
+
+__all__ = ["SeriesError", "Upload", "Volume", "is_nifti", "read_study", "read_upload"]
+
+# a series description the main vendors give their positioning images (ImageType says LOCALIZER on most)
+LOCALIZER = re.compile(r"locali[sz]er|\bscout\b|\bsurvey\b|3[\s_-]*pl(ane)?[\s_-]*loc|tri[\s_-]*pilot", re.IGNORECASE)
 
 
-class SeriesError(ScanError):
-    code = "series_error"
+@dataclass(frozen=True)
+class Upload:
+    """What an upload holds: its series, why each series that could not be put together was not (``unread``), and
+    what was left out on purpose (``notes``: the scanner's localizer images)."""
 
-
-@dataclass(frozen=True, eq=False)
-class Volume:
-    """One series, sections ordered along its normal: ``sections`` (N, H, W) uint8 as displayed."""
-
-    source: str
-    study: str
-    series: str
-    sections: np.ndarray
-    positions: tuple[float, ...]
-    spacing: tuple[float, float] | None = None  # (row, column) in mm
-    thickness: float | None = None  # declared distance between sections: SpacingBetweenSlices, else SliceThickness
-    orientation: tuple[float, ...] | None = None  # row and column direction cosines (6)
-    modality: str = ""
-    warnings: tuple[str, ...] = field(default_factory=tuple)
-    positions_in_mm: bool = True  # False: the files gave no positions and the sections are numbered instead
-    uid_key: str = ""  # :func:`series_key` of its source series (``series`` adds a multi-frame file's own hash)
-
-    @property
-    def step_mm(self) -> float | None:
-        """The distance between sections along the normal (the median step of the positions; the slice
-        thickness when there are no positions in mm or a single section); None when neither is known."""
-        steps = np.diff(self.positions) if self.positions_in_mm and len(self.positions) > 1 else np.array([])
-        if steps.size and float(np.median(steps)) > 0:
-            return float(np.median(steps))
-        return self.thickness if self.thickness and self.thickness > 0 else None
-
-    @property
-    def plane(self) -> str | None:
-        return plane_of(self.orientation)
-
-    @property
-    def letters(self) -> dict[str, str]:
-        """The patient directions at the displayed sections' edges ({} when the files give no orientation)."""
-        return orientation_letters(self.orientation)
-
-    @cached_property
-    def gap_starts(self) -> tuple[int, ...]:
-        """The sections that follow a gap in the positions (:func:`gap_starts`): the series rule's runs stop there."""
-        return tuple(gap_starts(self.positions))
-
-    @cached_property
-    def sha256(self) -> str:
-        """The identity of the series' content (its display pixels, in order), computed once."""
-        return hashlib.sha256(self.sections.tobytes()).hexdigest()
-
-
-NO_STUDY_UID = "no-study-uid"  # replaced by the upload's own identity in read_study
-
-
-def series_key(study_uid: str, series_uid: str) -> str:
-    """The key a volume keeps for its series (:attr:`Volume.series`): a hash of the two UIDs, never the UIDs."""
-    return _hash(study_uid, series_uid)
-
-
-def _hash(*parts: str) -> str:
-    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+    volumes: tuple[Volume, ...]
+    unread: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
 
 def read_study(
     files: Sequence[bytes], limits: Limits = DEFAULT_LIMITS, study_limits: StudyLimits = DEFAULT_STUDY_LIMITS
 ) -> list[Volume]:
-    """Every series in the uploaded files (DICOM files, zips of them, multi-frame DICOM, NIfTI)."""
+    """Every series in the uploaded files, or the reason the first that cannot be read is not (a strict
+    :func:`read_upload`)."""
+    upload = read_upload(files, limits, study_limits)
+    if upload.unread:
+        raise SeriesError(upload.unread[0])
+    return list(upload.volumes)
+
+
+def read_upload(
+    files: Sequence[bytes], limits: Limits = DEFAULT_LIMITS, study_limits: StudyLimits = DEFAULT_STUDY_LIMITS
+) -> Upload:
+    """Every series in the uploaded files (DICOM files, zips of them, multi-frame DICOM, NIfTI); a series that
+    cannot be put together is named in ``unread`` while the others are read. Raises for an upload nothing of which
+    can be used, and for one over a limit."""
     expanded: list[bytes] = []
     for data in files:
         expanded += unzip(data, study_limits) if is_zip(data) else [data]
@@ -142,16 +91,28 @@ def read_study(
             f"The upload holds {len(slices)} DICOM files; the limit is {study_limits.max_files} "
             "(refused before reading them)."
         )
-    volumes += _dicom_series(slices, limits, study_limits)
+    found, unread, localizers = _dicom_series(slices, limits, study_limits)
+    volumes += found
     # one definition of a study: its StudyInstanceUID, else the upload itself (NIfTI files and DICOM files without
     # the UID that came together are one study, as the page and the report show them)
-    upload = _hash("upload", *sorted(hashlib.sha256(d).hexdigest() for d in expanded))
+    upload = hash_parts("upload", *sorted(hashlib.sha256(d).hexdigest() for d in expanded))
     volumes = [replace(v, study=upload) if v.study in (NO_STUDY_UID, "") else v for v in volumes]
-    if len(volumes) > study_limits.max_series:
-        raise FileTooLarge(f"The upload holds {len(volumes)} series; the limit is {study_limits.max_series}.")
+    if len(volumes) + len(unread) > study_limits.max_series:
+        raise FileTooLarge(
+            f"The upload holds {len(volumes) + len(unread)} series; the limit is {study_limits.max_series}."
+        )
+    if not volumes and unread:
+        raise SeriesError(unread[0])
     if not volumes:
-        raise SeriesError("No series found in the upload.")
-    return volumes
+        raise SeriesError(
+            "The upload holds only localizer images (the scanner's positioning images); upload the series to read."
+            if localizers
+            else "No series found in the upload."
+        )
+    notes = (
+        (f"{localizers} localizer image(s) (the scanner's positioning images) were left out.",) if localizers else ()
+    )
+    return Upload(tuple(volumes), tuple(unread), notes)
 
 
 @dataclass(frozen=True)
@@ -217,8 +178,8 @@ def _plane_position(group: object) -> np.ndarray | None:
 
 def _sections_of(data: bytes, header: object, limits: Limits) -> list[_Section]:
     ds = dicom.checked_dataset(data, limits, header)[0]
-    study = _hash(str(ds.get("StudyInstanceUID", ""))) if ds.get("StudyInstanceUID") else NO_STUDY_UID
-    series = _hash(str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", "")))
+    study = hash_parts(str(ds.get("StudyInstanceUID", ""))) if ds.get("StudyInstanceUID") else NO_STUDY_UID
+    series = hash_parts(str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", "")))
     spacing = _spacing(ds.get("PixelSpacing"))
     # the declared distance between sections, for a series whose files give no positions: the spacing between
     # them where given (sections can have gaps or overlap), else their thickness
@@ -230,7 +191,7 @@ def _sections_of(data: bytes, header: object, limits: Limits) -> list[_Section]:
         pixels = dicom.display(dicom.decode_frame(ds, None), ds)
         position, instance = _floats(ds.get("ImagePositionPatient"), 3), int(ds.get("InstanceNumber", 0) or 0)
         return [_Section(study, series, position, orientation, instance, pixels, spacing, thickness, modality)]
-    uid_key, series = series, _hash(series, hashlib.sha256(data).hexdigest())  # each multi-frame file: a series
+    uid_key, series = series, hash_parts(series, hashlib.sha256(data).hexdigest())  # each multi-frame file: a series
     shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
     orientation, spacing, thickness = _geometry(shared, orientation, spacing, thickness)
@@ -264,8 +225,17 @@ def _sections_of(data: bytes, header: object, limits: Limits) -> list[_Section]:
     return sections
 
 
-def _dicom_series(files: Sequence[bytes], limits: Limits, study_limits: StudyLimits) -> list[Volume]:
-    """Every DICOM series of the upload, after checking from the headers alone that their pixels fit the budget."""
+def _is_localizer(header: object) -> bool:
+    """A positioning image: ImageType says LOCALIZER, or the series description is a vendor's name for one."""
+    image_type = [str(v).upper() for v in (header.get("ImageType") or [])]  # type: ignore[attr-defined]
+    return "LOCALIZER" in image_type or bool(LOCALIZER.search(str(header.get("SeriesDescription", "") or "")))  # type: ignore[attr-defined]
+
+
+def _dicom_series(
+    files: Sequence[bytes], limits: Limits, study_limits: StudyLimits
+) -> tuple[list[Volume], list[str], int]:
+    """Every DICOM series of the upload, after checking from the headers alone that their pixels fit the budget;
+    the reasons of those that cannot be put together; how many localizer images were left out."""
     headers, pixels = [], 0
     for data in files:
         header = dicom.header_of(data)
@@ -280,10 +250,20 @@ def _dicom_series(files: Sequence[bytes], limits: Limits, study_limits: StudyLim
             f"{study_limits.max_dicom_pixels / 2**20:.0f} M for one upload (refused before decoding them)."
         )
     groups: dict[tuple[str, str], list[_Section]] = {}
+    localizers = 0
     for data, header in zip(files, headers, strict=True):
+        if _is_localizer(header):
+            localizers += 1
+            continue
         for section in _sections_of(data, header, limits):
             groups.setdefault((section.study, section.series), []).append(section)
-    return [_volume(sections, study_limits) for sections in groups.values()]
+    volumes, unread = [], []
+    for sections in groups.values():
+        try:
+            volumes.append(_volume(sections, study_limits))
+        except SeriesError as error:
+            unread.append(str(error))
+    return volumes, unread, localizers
 
 
 def _volume(sections: list[_Section], limits: StudyLimits) -> Volume:
@@ -330,7 +310,7 @@ def _volume(sections: list[_Section], limits: StudyLimits) -> Volume:
     notes += gap_notes([p for p, _ in kept], in_mm, limits.max_gap_ratio)
     positions = [p for p, _ in kept]
     first = kept[0][1]
-    sections, spacing, orientation = _radiological(
+    sections, spacing, orientation = radiological(
         np.stack([s.pixels for _, s in kept]),
         first.spacing,
         tuple(float(v) for v in reference) if reference is not None else None,
@@ -348,99 +328,4 @@ def _volume(sections: list[_Section], limits: StudyLimits) -> Volume:
         positions_in_mm=in_mm,
         warnings=tuple(notes),
         uid_key=first.uid_key or first.series,
-    )
-
-
-def _radiological(
-    sections: np.ndarray, spacing: tuple[float, float] | None, orientation: tuple[float, ...] | None
-) -> tuple[np.ndarray, tuple[float, float] | None, tuple[float, ...] | None]:
-    """Sections, spacing and orientation moved together into the radiological view of their plane."""
-    if orientation is None:
-        return sections, spacing, None
-    transform = display_transform(orientation)
-    return (
-        apply_transform(sections, transform),
-        transformed_spacing(spacing, transform),
-        transformed_orientation(orientation, transform),
-    )
-
-
-def _nifti_placement(header: object) -> tuple[bool, tuple[str, ...]]:
-    """Whether the header says where the voxels lie in the patient, and what the reader must know about it. With
-    both codes 0, the affine is a reader's guess (nibabel's assumes radiological storage, the NIfTI standard's
-    method 1 the opposite): left and right are unknown, not shown. A qform and an sform that disagree (one of them
-    mirrored or turned) put the sform's directions on the screen, with a warning."""
-    qform, q_code = header.get_qform(coded=True)
-    sform, s_code = header.get_sform(coded=True)
-    if not q_code and not s_code:
-        return False, ("The NIfTI file does not say how its voxels lie in the patient: left and right are unknown.",)
-    if q_code and s_code:
-        q_axes, s_axes = (np.asarray(m, float)[:3, :3] for m in (qform, sform))
-        q_axes, s_axes = q_axes / np.linalg.norm(q_axes, axis=0), s_axes / np.linalg.norm(s_axes, axis=0)
-        if np.abs(q_axes - s_axes).max() > 1e-3:
-            return True, ("The NIfTI file's two orientations (qform and sform) disagree: the sform's is shown.",)
-    return True, ()
-
-
-def _nifti_normal_steps(affine: np.ndarray, shown: tuple[float, ...]) -> tuple[float, float]:
-    """The first section's position and the step between sections along the normal of the sections as shown (in
-    LPS, as DICOM positions are): the third voxel axis projected on it. A sheared affine (a gantry tilt) moves each
-    section sideways as well: its zoom along that axis is longer than the step, and positions, steps and volumes
-    taken from it came out a few per cent too large."""
-    ras_to_lps = np.array([-1.0, -1.0, 1.0])
-    normal = np.cross(shown[:3], shown[3:])
-    normal = normal / np.linalg.norm(normal)
-    origin = float((np.asarray(affine, float)[:3, 3] * ras_to_lps) @ normal)
-    return origin, float((np.asarray(affine, float)[:3, 2] * ras_to_lps) @ normal)
-
-
-def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volume:
-    """A NIfTI volume (optionally gzipped) as axial sections in RAS+ orientation, intensities stretched over the
-    whole volume (0.5th-99.5th percentile)."""
-    import nibabel
-
-    compressed = data[:2] == b"\x1f\x8b"
-    try:
-        needed = nifti_bytes(nifti_head(data), limits)
-        if compressed:
-            with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
-                data = stream.read(needed + 1)
-    except (OSError, EOFError) as error:
-        raise CorruptImage("The .nii.gz file is damaged.") from error
-    try:
-        stored = nibabel.Nifti1Image.from_bytes(data)
-        image = nibabel.as_closest_canonical(stored)
-        volume = np.asanyarray(image.dataobj)  # as stored (at most max_volume_bytes), never converted whole
-    except Exception as error:  # nibabel raises many types for a damaged file; all mean "cannot use it"
-        raise CorruptImage("The NIfTI file is damaged or is not a NIfTI-1 volume.") from error
-    placed, notes = _nifti_placement(stored.header)
-    if volume.ndim == 4 and volume.shape[3] == 1:
-        volume = volume[..., 0]
-    if volume.ndim != 3:
-        raise SeriesError(f"The NIfTI image has {volume.ndim} dimensions; a single 3-D volume is needed.")
-    if volume.shape[2] > limits.max_sections:
-        raise FileTooLarge(f"The volume holds {volume.shape[2]} sections; the limit is {limits.max_sections}.")
-    low, high = stretch_bounds(volume)
-    # the spacing comes from the same matrix as the directions (pixdim can disagree with the sform it is under)
-    zooms = np.linalg.norm(np.asarray(image.affine, float)[:3, :3], axis=0)
-    # section k as stored: rows follow the second voxel axis (j), columns the first (i); the affine says where
-    # each points in the patient, and _radiological turns them into the radiological view; one section at a time
-    sections, spacing, orientation = _radiological(
-        np.stack([apply_stretch(volume[:, :, k].T, low, high) for k in range(volume.shape[2])]),
-        (float(zooms[1]), float(zooms[0])),
-        nifti_orientation(image.affine) if placed else None,
-    )
-    digest = hashlib.sha256(data).hexdigest()
-    origin, step = _nifti_normal_steps(image.affine, orientation) if orientation else (0.0, float(zooms[2]))
-    return Volume(
-        source="NIfTI volume",
-        study=NO_STUDY_UID,  # the upload names the study (read_study)
-        series=_hash("nifti-series", digest),
-        sections=sections,
-        positions=tuple(round(origin + k * step, 3) for k in range(volume.shape[2])),
-        spacing=spacing,
-        thickness=step,
-        orientation=orientation,
-        modality="MR",
-        warnings=notes,
     )

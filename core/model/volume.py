@@ -23,7 +23,7 @@ import numpy as np
 
 from core.errors import ScanError
 from core.imaging import Scan
-from core.imaging.series import Volume
+from core.imaging.volume import Volume
 from core.model.analysis import Analysis, analyse_scans
 from core.model.classifier import Classifier
 from core.model.decision import SeriesRule, in_review_band

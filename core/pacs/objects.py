@@ -65,7 +65,35 @@ def headers(files: Sequence[bytes]) -> list[Any]:
                 kind(str(header.get(keyword) or ""))
             except ValueError:  # a date the standard does not allow: copied into our objects, it broke them
                 setattr(header, keyword, "")  # type 2: empty is allowed
+        _standard_values(header)
     return found
+
+
+_SEXES = {"M": "M", "F": "F", "O": "O", "MALE": "M", "FEMALE": "F"}
+
+
+def _standard_values(header: Any) -> None:
+    """Values real scanners write that the standard does not allow, and highdicom refuses in the report (the
+    report was never made for them): a patient sex of "U" or "male" (type 2: written as M / F, else empty); a
+    character set whose first value is empty (the default repertoire, written out as ISO 2022 IR 6), or a single
+    ISO 2022 term (the same repertoire without code extensions: ISO_IR n)."""
+    from pydicom.charset import python_encoding
+
+    header.PatientSex = _SEXES.get(str(header.get("PatientSex") or "").strip().upper(), "")
+    if "SpecificCharacterSet" not in header:
+        return
+    value = header.SpecificCharacterSet
+    terms = [str(v or "").strip() for v in ([value] if isinstance(value, str | None) else value)]
+    if len(terms) > 1 and not terms[0]:
+        terms[0] = "ISO 2022 IR 6"
+    if terms == ["ISO 2022 IR 6"]:
+        terms = []
+    elif len(terms) == 1 and terms[0].replace("ISO 2022 IR ", "ISO_IR ") in python_encoding:
+        terms = [terms[0].replace("ISO 2022 IR ", "ISO_IR ")]
+    if not terms:
+        del header.SpecificCharacterSet
+    else:
+        header.SpecificCharacterSet = terms if len(terms) > 1 else terms[0]
 
 
 def _uid(*parts: object) -> str:
@@ -101,13 +129,21 @@ def _series_name(evidence: Sequence[Any], series: SeriesAnalysis) -> str:
 
 
 def _series_lines(evidence: Sequence[Any], series: SeriesAnalysis) -> str:
-    verdict = "not analysed" if series.label is None else series.label
-    score = "n/a" if series.score is None else f"{series.score:.3f}"
-    rule = series.rule
+    """The series' verdict as the app states it: the threshold it was judged by (the single-scan one when it rests
+    on fewer neighbours than the rule asks for), whether it goes to review first and why, why nothing was analysed."""
+    name = _series_name(evidence, series)
+    if series.label is None:
+        reasons = "; ".join(sorted({s.skipped for s in series.refused if s.skipped}))[:300]
+        return f"Series {name}: not analysed ({reasons or 'no section could be analysed'}): read it yourself"
+    used, rule = series.neighbours_used, series.rule
+    fewer = f", fewer than the rule's {rule.neighbours}" if used < rule.neighbours else ""
     line = (
-        f"Series {_series_name(evidence, series)}: {verdict}; P(tumour) {score} (the lowest of the best "
-        f"{series.neighbours_used} neighbouring sections; tumour at >= {rule.threshold:.2f} over {rule.neighbours})"
+        f"Series {name}: {series.label}; P(tumour) {series.score:.3f} (the lowest of the best {used} neighbouring "
+        f"sections{fewer}; tumour at >= {rule.threshold_for(used, series.single_threshold):.2f})"
     )
+    if series.needs_review:
+        why = "too few neighbouring sections analysed" if used < rule.neighbours else "its score is in the review band"
+        line += f"; NEEDS REVIEW ({why})"
     if series.lesion_ml is not None:
         line += f"; lesion volume {series.lesion_ml:.2f} mL"
     return line
@@ -131,6 +167,7 @@ def verdict_report(
     final_label: str | None = None,
     predecessor: Any | None = None,
     version: int | None = None,
+    unread: Sequence[str] = (),
 ) -> Any:
     """The Comprehensive SR for one study (see the module docstring); ``version`` is its instance number: 1 the
     preliminary report, 2 the first review's, 3 the next review's (default: 2 with a final label, else 1)."""
@@ -139,8 +176,16 @@ def verdict_report(
     codes = _codes()
     study_uid = str(evidence[0].StudyInstanceUID)
     stated = verdict or "none: a series could not be analysed (read it yourself)"
+    if any(s.needs_review for s in series):
+        stated += " (flagged for review: read the series marked NEEDS REVIEW first)"
     items = [hd.sr.TextContentItem(codes["finding"], f"Study verdict: {stated}", "CONTAINS")]
     items += [hd.sr.TextContentItem(codes["finding"], _series_lines(evidence, s), "CONTAINS") for s in series]
+    items += [
+        hd.sr.TextContentItem(
+            codes["finding"], f"A series could not be read ({reason[:200]}): read it yourself", "CONTAINS"
+        )
+        for reason in unread
+    ]
     volumes = [s.lesion_ml for s in series if s.lesion_ml is not None]
     if volumes:
         items.append(
@@ -224,7 +269,7 @@ def key_images(evidence: Sequence[Any], series: SeriesAnalysis) -> list[Any]:
 def _source_series(evidence: Sequence[Any], series: SeriesAnalysis) -> str:
     """The source Series Instance UID of an analysed series (its volume keeps a hash of it: match by hash; a
     multi-frame file's volume by the hash of its UIDs alone). "unknown" when none matches, never another's."""
-    from core.imaging.series import series_key
+    from core.imaging.volume import series_key
 
     wanted = series.volume.uid_key or series.volume.series
     for header in evidence:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import PacsSettings
-from core.errors import FileTooLarge, PacsError, PacsUnreachable, StoreError
+from core.errors import FileTooLarge, PacsError, PacsReportRefused, PacsUnreachable, StoreError
 from core.identity import pseudonymise
 from core.model.classifier import Classifier
 from core.pacs import objects
@@ -111,25 +111,41 @@ def send_results(
     analysed = [s for s in pulled.outcome.series if s.label is not None]
     if not pulled.evidence or not analysed:
         raise PacsError("There is no analysed series to report on.")
-    every = list(pulled.outcome.series)  # the report names a series nobody could read too ("not analysed")
-    preliminary = objects.verdict_report(pulled.evidence, every, pulled.outcome.verdict, model)
-    report = preliminary
-    if final_label is not None:  # each reviewed version names the one it replaces: one chain, one current report
-        for version, label in enumerate([*earlier_finals, final_label], start=2):
-            report = objects.verdict_report(
-                pulled.evidence, every, pulled.outcome.verdict, model, label, predecessor=report, version=version
-            )
-    images = [image for series in analysed for image in objects.key_images(pulled.evidence, series)]
+    report, images = _report_objects(pulled, model, final_label, earlier_finals)
     target = _target(pulled.study_uid, key)
+    if store is not None:  # audited before anything leaves: a send the trail cannot record is not made
+        audit.record(store, actor, "pacs_send", target, report=str(report.SOPInstanceUID), key_images=len(images))
     try:
-        stored = pacs.store([report, *images])
+        return pacs.store([report, *images])
     except PacsError as error:
         if store is not None:
             audit.record(store, actor, "pacs_send_failed", target, code=error.code)
         raise
-    if store is not None:
-        audit.record(store, actor, "pacs_send", target, report=str(report.SOPInstanceUID), key_images=len(images))
-    return stored
+
+
+def _report_objects(
+    pulled: Pulled, model: objects.ModelFacts, final_label: str | None, earlier_finals: Sequence[str]
+) -> tuple[Any, list[Any]]:
+    """The study's report (the version chain up to ``final_label``) and its key images, or :class:`PacsError`
+    when the source headers hold a value the report library refuses (never quoted: it can be a patient's)."""
+    every = list(pulled.outcome.series)  # the report names a series nobody could read too ("not analysed")
+    unread = pulled.outcome.unread
+    try:
+        report = objects.verdict_report(pulled.evidence, every, pulled.outcome.verdict, model, unread=unread)
+        if final_label is not None:  # each reviewed version names the one it replaces: one chain, one current
+            for version, label in enumerate([*earlier_finals, final_label], start=2):
+                report = objects.verdict_report(
+                    pulled.evidence, every, pulled.outcome.verdict, model, label, report, version, unread
+                )
+        analysed = [s for s in every if s.label is not None]
+        images = [image for series in analysed for image in objects.key_images(pulled.evidence, series)]
+    except ValueError as error:
+        logger.info("event=pacs_report_refused error=%s", type(error).__name__)
+        raise PacsReportRefused(
+            "The report could not be made: the study's headers hold a value the DICOM standard does not allow "
+            "(for example a character set the report library does not support)."
+        ) from error
+    return report, images
 
 
 def review_and_send(
@@ -185,17 +201,27 @@ class WatchState:
     path: Path
     last: int = 0
     handled: dict[str, str] = field(default_factory=dict)
+    tries: dict[str, int] = field(default_factory=dict)  # failed tries of a study the PACS keeps failing
 
     @classmethod
     def load(cls, path: Path) -> WatchState:
+        """The state kept at ``path``; a fresh one when there is none (a first start). A file that is there but
+        cannot be read is refused, never taken for a first start: the watch would go back to the beginning of the
+        PACS's history and analyse (and, sending, write reports into) every study it ever held."""
+        if not path.exists():
+            return cls(path)
         try:
             saved = json.loads(path.read_text())
             handled = saved.get("handled", {})
             if isinstance(handled, list):  # written before fingerprints: handled, images unknown (never redone)
                 handled = dict.fromkeys(handled, LEGACY)
-            return cls(path, int(saved["last"]), {str(k): str(v) for k, v in handled.items()})
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return cls(path)
+            tries = {str(k): int(v) for k, v in saved.get("tries", {}).items()}
+            return cls(path, int(saved["last"]), {str(k): str(v) for k, v in handled.items()}, tries)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise PacsError(
+                f"The watch's state file ({path.name} in the data folder) cannot be read: restore it from a backup, "
+                "or move it away to start again from the beginning of the PACS's history."
+            ) from error
 
     def seen(self, study_uid: str) -> bool:
         return self.fingerprint(study_uid) is not None
@@ -204,17 +230,27 @@ class WatchState:
         """The study's MR fingerprint when it was analysed; None if it never was."""
         return self.handled.get(hashlib.sha256(study_uid.encode()).hexdigest())
 
+    def failed(self, study_uid: str) -> int:
+        """Count one more failed try of a study; returns how many there have been."""
+        key = hashlib.sha256(study_uid.encode()).hexdigest()
+        self.tries[key] = self.tries.get(key, 0) + 1
+        return self.tries[key]
+
     def save(self, last: int, handled: dict[str, str] | None = None) -> None:
         self.last = last
         for uid, fingerprint in (handled or {}).items():
             key = hashlib.sha256(uid.encode()).hexdigest()
             self.handled.pop(key, None)  # newest last
+            self.tries.pop(key, None)
             self.handled[key] = fingerprint
         self.handled = dict(list(self.handled.items())[-10_000:])
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_suffix(".tmp")
-        partial.write_text(json.dumps({"last": last, "handled": self.handled}))
-        os.replace(partial, self.path)  # never half-written
+        with partial.open("w") as out:
+            out.write(json.dumps({"last": last, "handled": self.handled, "tries": self.tries}))
+            out.flush()
+            os.fsync(out.fileno())  # on disk before it replaces the old state: a crash leaves one or the other
+        os.replace(partial, self.path)
 
 
 LEGACY = "handled"  # a study handled before fingerprints were kept
@@ -243,6 +279,9 @@ class Watcher:
 # the PACS did not answer, or failed (HTTP 5xx): the study is tried again by the next watch, never dropped
 STORE_DOWN = "store_unavailable"
 RETRIED = frozenset({PacsUnreachable.code, PacsError.code, STORE_DOWN})
+# a study the PACS answers with an error (not an outage) this many watches in a row is left behind, so that it
+# does not hold back every study after it in the feed
+MAX_TRIES = 5
 
 
 def watch_once(watcher: Watcher, state: WatchState, actor: Actor) -> list[dict[str, Any]]:
@@ -266,14 +305,27 @@ def watch_once(watcher: Watcher, state: WatchState, actor: Actor) -> list[dict[s
             line, fingerprint = _handled_once(watcher, state, study_uid, actor)
             if line is None:
                 continue  # stable again with the same MR images: analysed already
-            if line.get("skipped") in RETRIED:
+            if line.get("skipped") in RETRIED and not _given_up(state, study_uid, line):
                 line["retry"] = failed = True
             else:
-                handled[study_uid] = fingerprint
+                handled[study_uid] = fingerprint or f"left behind ({line.get('skipped')})"
             lines.append(line)
         state.save(state.last if failed else last, handled)
         done = done or failed
     return lines
+
+
+def _given_up(state: WatchState, study_uid: str, line: dict[str, Any]) -> bool:
+    """Whether a study the PACS failed (``line``) is now left behind: after :data:`MAX_TRIES` watches that got
+    an error answer for it (an outage, or our own database down, is waited out however long it lasts)."""
+    if line["skipped"] != PacsError.code:
+        return False
+    tries = state.failed(study_uid)
+    if tries < MAX_TRIES:
+        return False
+    logger.warning("event=pacs_study_left_behind tries=%d", tries)
+    line["left_behind"] = f"the PACS failed this study {tries} watches in a row; it is left behind (see the log)"
+    return True
 
 
 def _handled_once(watcher: Watcher, state: WatchState, study_uid: str, actor: Actor) -> tuple[dict | None, str]:
@@ -344,4 +396,6 @@ def _handle(watcher: Watcher, study_uid: str, actor: Actor) -> dict[str, Any]:
             line["stored"] = send_results(watcher.pacs, actor, pulled, model, watcher.store, watcher.key)
         except PacsError as error:
             line["send_error"] = {"code": error.code, "message": str(error)}
+            if error.code in RETRIED:  # the report is sent by a later watch (its series answer "already saved")
+                line["skipped"] = error.code
     return line

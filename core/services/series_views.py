@@ -12,7 +12,7 @@ import numpy as np
 from core.domain.results import Record
 from core.errors import ScanError
 from core.imaging.scan import Scan
-from core.imaging.series import Volume
+from core.imaging.volume import Volume
 from core.model.analysis import analyse_scan
 from core.model.classifier import Classifier
 from core.model.explain import Explainer

@@ -23,7 +23,8 @@ from core.identity import pseudonymise
 from core.imaging.archive import is_zip
 from core.imaging.limits import DEFAULT_STUDY_LIMITS, StudyLimits
 from core.imaging.scan import is_dicom
-from core.imaging.series import Volume, is_nifti, read_study
+from core.imaging.series import is_nifti, read_upload
+from core.imaging.volume import Volume
 from core.model.classifier import Classifier
 from core.model.gate import ACCEPTED, NEEDS_REVIEW
 from core.model.volume import SeriesAnalysis, analyse_volume
@@ -55,6 +56,7 @@ class StudyOutcome:
     read_ms: float = 0.0
     ignored: int = 0  # files in a folder that were neither DICOM, NIfTI nor a zip
     notes: tuple[str, ...] = field(default_factory=tuple)
+    unread: tuple[str, ...] = ()  # why each series that could not be put together was not (mixed orientations...)
 
     @property
     def verdict(self) -> str | None:
@@ -64,18 +66,19 @@ class StudyOutcome:
         judged = [s for s in self.series if s.label is not None]
         if any(s.is_tumour for s in judged):
             return "tumour"
-        if not judged or len(judged) < len(self.series):
+        if not judged or len(judged) < len(self.series) or self.unread:
             return None
         return judged[0].negative_label
 
     @property
     def unanalysed(self) -> int:
-        """Series no section of which could be analysed."""
-        return sum(s.label is None for s in self.series)
+        """Series no section of which could be analysed, and series that could not be put together."""
+        return sum(s.label is None for s in self.series) + len(self.unread)
 
 
 UNREAD_SERIES = (
-    "{} series could not be analysed (no section passed the input checks), so the study gets no verdict: "
+    "{} series could not be analysed (no section passed the input checks, or the series could not be put "
+    "together), so the study gets no verdict: "
     "the other series' 'no tumour' does not cover it. Read it yourself."
 )
 SEVERAL_STUDIES = (
@@ -118,7 +121,7 @@ def analyse_study(
     """Read every series in ``files`` and analyse each; never raises for a bad upload."""
     started = time.perf_counter()
     try:
-        volumes = read_study(files)
+        upload = read_upload(files)
     except ScanError as error:
         logger.info("event=study_refused code=%s", error.code)
         return StudyOutcome(source, error_code=error.code, error_message=str(error), ignored=ignored)
@@ -126,6 +129,7 @@ def analyse_study(
         logger.exception("event=study_failed code=internal_error")
         return StudyOutcome(source, error_code="internal_error", error_message="Unexpected error; try again.")
     read_ms = (time.perf_counter() - started) * 1000
+    volumes = upload.volumes
     if len({volume.study for volume in volumes}) > 1:  # one verdict, one report and one patient link per study
         logger.info("event=study_refused code=several_studies")
         return StudyOutcome(source, error_code="several_studies", error_message=SEVERAL_STUDIES, ignored=ignored)
@@ -135,7 +139,8 @@ def analyse_study(
         logger.exception("event=study_failed code=internal_error")
         return StudyOutcome(source, error_code="internal_error", error_message="Unexpected error; try again.")
     notes = (f"{ignored} file(s) that are not DICOM, NIfTI or zip were ignored",) if ignored else ()
-    return StudyOutcome(source, analyses, read_ms=read_ms, ignored=ignored, notes=notes)
+    notes += upload.notes + tuple(f"A series could not be read: {reason}" for reason in upload.unread)
+    return StudyOutcome(source, analyses, read_ms=read_ms, ignored=ignored, notes=notes, unread=upload.unread)
 
 
 def analyse_path(path: Path, classifier: Classifier) -> StudyOutcome:
@@ -329,6 +334,6 @@ def save_study(
         record = store.get(status.record_id) if store is not None and status.state != NOT_SAVED else None
         views.append(series_view(analysis, status, record))
     notes = outcome.notes
-    if outcome.unanalysed and outcome.verdict is None and len(outcome.series) > outcome.unanalysed:
+    if outcome.unanalysed and outcome.verdict is None and any(s.label is not None for s in outcome.series):
         notes = (*notes, UNREAD_SERIES.format(outcome.unanalysed))
     return StudyResult(tuple(views), outcome.verdict, notes=notes)

@@ -1,0 +1,98 @@
+"""NIfTI volumes (``.nii`` / ``.nii.gz``, nibabel): brought to the closest RAS+ orientation
+(``as_closest_canonical``) and cut into axial sections, their directions, spacing and steps from one matrix (the
+affine nibabel chose: sform, else qform); a header that gives no orientation is shown without left and right."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+
+import numpy as np
+
+from core.errors import CorruptImage, FileTooLarge
+from core.imaging.geometry import nifti_orientation
+from core.imaging.limits import DEFAULT_STUDY_LIMITS, StudyLimits, apply_stretch, stretch_bounds
+from core.imaging.nifti_header import nifti_bytes, nifti_head
+from core.imaging.volume import NO_STUDY_UID, SeriesError, Volume, hash_parts, radiological
+
+
+def _nifti_placement(header: object) -> tuple[bool, tuple[str, ...]]:
+    """Whether the header says where the voxels lie in the patient, and what the reader must know about it. With
+    both codes 0, the affine is a reader's guess (nibabel's assumes radiological storage, the NIfTI standard's
+    method 1 the opposite): left and right are unknown, not shown. A qform and an sform that disagree (one of them
+    mirrored or turned) put the sform's directions on the screen, with a warning."""
+    qform, q_code = header.get_qform(coded=True)
+    sform, s_code = header.get_sform(coded=True)
+    if not q_code and not s_code:
+        return False, ("The NIfTI file does not say how its voxels lie in the patient: left and right are unknown.",)
+    if q_code and s_code:
+        q_axes, s_axes = (np.asarray(m, float)[:3, :3] for m in (qform, sform))
+        q_axes, s_axes = q_axes / np.linalg.norm(q_axes, axis=0), s_axes / np.linalg.norm(s_axes, axis=0)
+        if np.abs(q_axes - s_axes).max() > 1e-3:
+            return True, ("The NIfTI file's two orientations (qform and sform) disagree: the sform's is shown.",)
+    return True, ()
+
+
+def _nifti_normal_steps(affine: np.ndarray, shown: tuple[float, ...]) -> tuple[float, float]:
+    """The first section's position and the step between sections along the normal of the sections as shown (in
+    LPS, as DICOM positions are): the third voxel axis projected on it. A sheared affine (a gantry tilt) moves each
+    section sideways as well: its zoom along that axis is longer than the step, and positions, steps and volumes
+    taken from it came out a few per cent too large."""
+    ras_to_lps = np.array([-1.0, -1.0, 1.0])
+    normal = np.cross(shown[:3], shown[3:])
+    normal = normal / np.linalg.norm(normal)
+    origin = float((np.asarray(affine, float)[:3, 3] * ras_to_lps) @ normal)
+    return origin, float((np.asarray(affine, float)[:3, 2] * ras_to_lps) @ normal)
+
+
+def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volume:
+    """A NIfTI volume (optionally gzipped) as axial sections in RAS+ orientation, intensities stretched over the
+    whole volume (0.5th-99.5th percentile)."""
+    import nibabel
+
+    compressed = data[:2] == b"\x1f\x8b"
+    try:
+        needed = nifti_bytes(nifti_head(data), limits)
+        if compressed:
+            with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
+                data = stream.read(needed + 1)
+    except (OSError, EOFError) as error:
+        raise CorruptImage("The .nii.gz file is damaged.") from error
+    try:
+        stored = nibabel.Nifti1Image.from_bytes(data)
+        image = nibabel.as_closest_canonical(stored)
+        volume = np.asanyarray(image.dataobj)  # as stored (at most max_volume_bytes), never converted whole
+    except Exception as error:  # nibabel raises many types for a damaged file; all mean "cannot use it"
+        raise CorruptImage("The NIfTI file is damaged or is not a NIfTI-1 volume.") from error
+    placed, notes = _nifti_placement(stored.header)
+    if volume.ndim == 4 and volume.shape[3] == 1:
+        volume = volume[..., 0]
+    if volume.ndim != 3:
+        raise SeriesError(f"The NIfTI image has {volume.ndim} dimensions; a single 3-D volume is needed.")
+    if volume.shape[2] > limits.max_sections:
+        raise FileTooLarge(f"The volume holds {volume.shape[2]} sections; the limit is {limits.max_sections}.")
+    low, high = stretch_bounds(volume)
+    # the spacing comes from the same matrix as the directions (pixdim can disagree with the sform it is under)
+    zooms = np.linalg.norm(np.asarray(image.affine, float)[:3, :3], axis=0)
+    # section k as stored: rows follow the second voxel axis (j), columns the first (i); the affine says where
+    # each points in the patient, and _radiological turns them into the radiological view; one section at a time
+    sections, spacing, orientation = radiological(
+        np.stack([apply_stretch(volume[:, :, k].T, low, high) for k in range(volume.shape[2])]),
+        (float(zooms[1]), float(zooms[0])),
+        nifti_orientation(image.affine) if placed else None,
+    )
+    digest = hashlib.sha256(data).hexdigest()
+    origin, step = _nifti_normal_steps(image.affine, orientation) if orientation else (0.0, float(zooms[2]))
+    return Volume(
+        source="NIfTI volume",
+        study=NO_STUDY_UID,  # the upload names the study (read_study)
+        series=hash_parts("nifti-series", digest),
+        sections=sections,
+        positions=tuple(round(origin + k * step, 3) for k in range(volume.shape[2])),
+        spacing=spacing,
+        thickness=step,
+        orientation=orientation,
+        modality="MR",
+        warnings=notes,
+    )

@@ -1,0 +1,97 @@
+"""A series as the app holds it: :class:`Volume`, its sections ordered along the normal in the radiological view
+of their plane, with what the files say about their geometry, and the keys that name a series without its UIDs."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+from core.errors import ScanError
+from core.imaging.geometry import (
+    apply_transform,
+    display_transform,
+    gap_starts,
+    orientation_letters,
+    plane_of,
+    transformed_orientation,
+    transformed_spacing,
+)
+
+
+class SeriesError(ScanError):
+    code = "series_error"
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """One series, sections ordered along its normal: ``sections`` (N, H, W) uint8 as displayed."""
+
+    source: str
+    study: str
+    series: str
+    sections: np.ndarray
+    positions: tuple[float, ...]
+    spacing: tuple[float, float] | None = None  # (row, column) in mm
+    thickness: float | None = None  # declared distance between sections: SpacingBetweenSlices, else SliceThickness
+    orientation: tuple[float, ...] | None = None  # row and column direction cosines (6)
+    modality: str = ""
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+    positions_in_mm: bool = True  # False: the files gave no positions and the sections are numbered instead
+    uid_key: str = ""  # :func:`series_key` of its source series (``series`` adds a multi-frame file's own hash)
+
+    @property
+    def step_mm(self) -> float | None:
+        """The distance between sections along the normal (the median step of the positions; the slice
+        thickness when there are no positions in mm or a single section); None when neither is known."""
+        steps = np.diff(self.positions) if self.positions_in_mm and len(self.positions) > 1 else np.array([])
+        if steps.size and float(np.median(steps)) > 0:
+            return float(np.median(steps))
+        return self.thickness if self.thickness and self.thickness > 0 else None
+
+    @property
+    def plane(self) -> str | None:
+        return plane_of(self.orientation)
+
+    @property
+    def letters(self) -> dict[str, str]:
+        """The patient directions at the displayed sections' edges ({} when the files give no orientation)."""
+        return orientation_letters(self.orientation)
+
+    @cached_property
+    def gap_starts(self) -> tuple[int, ...]:
+        """The sections that follow a gap in the positions (:func:`gap_starts`): the series rule's runs stop there."""
+        return tuple(gap_starts(self.positions))
+
+    @cached_property
+    def sha256(self) -> str:
+        """The identity of the series' content (its display pixels, in order), computed once."""
+        return hashlib.sha256(self.sections.tobytes()).hexdigest()
+
+
+NO_STUDY_UID = "no-study-uid"  # replaced by the upload's own identity in read_study
+
+
+def series_key(study_uid: str, series_uid: str) -> str:
+    """The key a volume keeps for its series (:attr:`Volume.series`): a hash of the two UIDs, never the UIDs."""
+    return hash_parts(study_uid, series_uid)
+
+
+def hash_parts(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+def radiological(
+    sections: np.ndarray, spacing: tuple[float, float] | None, orientation: tuple[float, ...] | None
+) -> tuple[np.ndarray, tuple[float, float] | None, tuple[float, ...] | None]:
+    """Sections, spacing and orientation moved together into the radiological view of their plane."""
+    if orientation is None:
+        return sections, spacing, None
+    transform = display_transform(orientation)
+    return (
+        apply_transform(sections, transform),
+        transformed_spacing(spacing, transform),
+        transformed_orientation(orientation, transform),
+    )
