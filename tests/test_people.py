@@ -432,7 +432,16 @@ def tampered(tmp_path: Path, monkeypatch, change) -> dict:
 
 @pytest.mark.parametrize(
     "case",
-    ["delete the last", "delete the last three", "delete all", "edit and re-hash", "delete the last and its head"],
+    [
+        "delete the last",
+        "delete the last three",
+        "delete all",
+        "edit and re-hash",
+        "delete the last and its head",
+        "edit, re-hash and unkey the head",
+        "delete the last and unkey the head",
+        "delete all and the head",
+    ],
 )
 def test_audit_verify_finds_deleted_tails_and_edits_rehashed_without_the_key(tmp_path, monkeypatch, case) -> None:
     """Deleting the last 1, 10 or all events read "intact"; so did an edit re-hashed with the app's own hash."""
@@ -473,11 +482,32 @@ def test_audit_verify_finds_deleted_tails_and_edits_rehashed_without_the_key(tmp
             db.execute("DELETE FROM audit WHERE seq = 5"),
             db.execute("UPDATE audit_head SET seq = 4, hash = (SELECT hash FROM audit WHERE seq = 4)"),
         ),
+        # the head's keyed_since set to 0 and its signature emptied switched the keyed checks off: read "intact"
+        "edit, re-hash and unkey the head": lambda db: (
+            rehash(db),
+            db.execute("UPDATE audit_head SET keyed_since = 0, mac = ''"),
+            db.execute("DELETE FROM audit_verified"),
+        ),
+        "delete the last and unkey the head": lambda db: (
+            db.execute("DELETE FROM audit WHERE seq = 5"),
+            db.execute("UPDATE audit_head SET seq = 4, hash = (SELECT hash FROM audit WHERE seq = 4)"),
+            db.execute("UPDATE audit_head SET keyed_since = 0, mac = ''"),
+            db.execute("DELETE FROM audit_verified"),
+        ),
+        "delete all and the head": lambda db: (
+            db.execute("DELETE FROM audit"),
+            db.execute("DELETE FROM audit_head"),
+            db.execute("DELETE FROM audit_verified"),
+        ),
     }
+    if case == "delete all and the head":  # an account beside the trail: its creation was audited
+        from core.services.resources import open_results_store
+
+        monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+        accounts.add_account(open_results_store(), COMMAND_LINE, "dr-b", "radiologist", PASSWORD)
     found = tampered(tmp_path, monkeypatch, changes[case])
     assert not found["noted"].intact and found["noted"].problem  # against the head an operator noted: always
-    if case != "delete the last and its head":  # rewriting the head too is caught only against a noted head
-        assert not found["plain"].intact and found["plain"].problem
+    assert not found["plain"].intact and found["plain"].problem
 
 
 def test_a_review_and_its_audit_event_commit_together_or_not_at_all(store, monkeypatch) -> None:

@@ -58,6 +58,10 @@ def _verify_all(store: AuditTrail, expected_head: tuple[int, str] | None, keep_p
     bad = first_broken(events, key)
     last = (events[-1].seq or 0, events[-1].hash) if events else None
     problem = _problem(events, bad, head, key, last)
+    if problem is None and not events and head is None and _holds_accounts(store):
+        problem = (
+            "the chain is empty, yet the database holds accounts, whose creation is audited: the trail was removed"
+        )
     if (
         problem is None
         and expected_head is not None
@@ -110,7 +114,14 @@ def _problem(
         return "the chain has no head: it was removed, or the events were written outside the application"
     if head is None:
         return None
-    if key is not None and head.keyed_since and head.mac != head.expected_mac(key):
+    # with a key every event signs the head, its keyed_since included: an unsigned head would let whoever holds
+    # the file re-hash the chain without the key, or cut it, and unkey the head to switch the keyed checks off
+    if key is not None and not head.mac:
+        return (
+            "the chain's head is not signed although the trail is keyed: it was altered (on a chain begun before "
+            "the key was set, the next event signs it)"
+        )
+    if key is not None and head.mac != head.expected_mac(key):
         return "the chain's head was altered (its signature does not hold)"
     unkeyed = [
         e for e in events if head.keyed_since and (e.seq or 0) >= head.keyed_since and not e.hash.startswith(KEYED)
@@ -120,6 +131,12 @@ def _problem(
     if last != (head.seq, head.hash) and not (last is None and head.seq == 0):
         return f"the chain ends at {last[0] if last else 0} but its head says {head.seq}: events were deleted"
     return None
+
+
+def _holds_accounts(store: AuditTrail) -> bool:
+    """Whether the store holds an account (a store of the audit trail alone holds none)."""
+    listed = getattr(store, "accounts", None)
+    return bool(listed()) if callable(listed) else False
 
 
 def _point_moved(store: AuditTrail, point: VerifiedPoint, key: bytes | None) -> str | None:
