@@ -18,11 +18,11 @@ class Clock:
 def test_a_live_token_resumes_its_user_and_counts_as_activity() -> None:
     clock = Clock()
     registry = SessionRegistry(idle_seconds=1800, clock=clock)
-    token = registry.issue("dr-a", "radiologist")
+    token = registry.issue("dr-a", "radiologist", "c0ffee")
     clock.now += 1700
-    assert registry.resume(token) == ("dr-a", "radiologist")
+    assert registry.resume(token) == ("dr-a", "radiologist", "c0ffee")
     clock.now += 1700  # the resume was activity: still live
-    assert registry.touch(token) and registry.resume(token) == ("dr-a", "radiologist")
+    assert registry.touch(token) and registry.resume(token) == ("dr-a", "radiologist", "c0ffee")
 
 
 def test_an_idle_token_a_forgotten_one_and_an_unknown_one_resume_nobody() -> None:
@@ -136,3 +136,39 @@ def test_signing_out_in_one_tab_signs_the_browsers_other_tabs_out_at_their_next_
     registry.forget(token)  # the first tab signed out
     assert auth.current_actor(activity=False) is None and auth.ACTOR_KEY not in other_tab
     assert "another tab" in other_tab["signed_out_reason"]
+
+
+def test_a_password_set_by_an_administrator_ends_the_sessions_it_opened_and_a_reload_does_not_resume_them(
+    monkeypatch, tmp_path
+) -> None:
+    """Resetting a stolen or shared password left the intruder signed in (the page run and a reload alike); the
+    user's own new sign-in goes on working, and a role change keeps the session."""
+    import time
+
+    from core.services import accounts
+    from core.services.access import COMMAND_LINE
+    from core.storage.sqlite import SQLiteStore
+    from ui import auth
+
+    store = SQLiteStore(tmp_path / "results.sqlite3")
+    accounts.add_account(store, COMMAND_LINE, "dr-a", "radiologist", "first password 1")
+    doctor = accounts.sign_in(store, "dr-a", "first password 1")
+    assert doctor.credential and doctor == accounts.refreshed_actor(store, doctor)
+    registry = SessionRegistry()
+    token = registry.issue(doctor.name, doctor.role, doctor.credential)
+    state = {auth.ACTOR_KEY: doctor, auth.SEEN_KEY: time.time(), auth.TOKEN_KEY: token, auth.BOUND_KEY: True}
+    monkeypatch.setattr(auth.st, "session_state", state)
+    monkeypatch.setattr(auth, "_browser_token", lambda: token)
+    monkeypatch.setattr(auth.resources, "current_store", lambda: store)
+    monkeypatch.setattr(auth.resources, "session_registry", lambda: registry)
+    accounts.set_role(store, COMMAND_LINE, "dr-a", "supervisor")
+    assert auth.current_actor() == accounts.Actor("dr-a", "supervisor")  # a role change keeps the session
+    accounts.set_password(store, COMMAND_LINE, "dr-a", "second password 2")
+    assert auth.current_actor() is None and "set its password" in state["signed_out_reason"]
+    fresh = {}
+    monkeypatch.setattr(auth.st, "session_state", fresh)
+    token = registry.issue(doctor.name, doctor.role, doctor.credential)  # a reload presenting an old session
+    monkeypatch.setattr(auth, "_browser_token", lambda: token)
+    assert auth.current_actor() is None and registry.resume(token) is None
+    renewed = accounts.sign_in(store, "dr-a", "second password 2")
+    assert accounts.refreshed_actor(store, renewed) == renewed

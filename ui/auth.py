@@ -105,8 +105,10 @@ def current_actor(activity: bool = True) -> Actor | None:
     except StoreError:
         return actor  # the database is down: the pages say so; the session itself stays
     if current is None:
-        sign_out("account disabled")
-        st.session_state["signed_out_reason"] = "Your account has been disabled by an administrator."
+        sign_out("account disabled or password set")
+        st.session_state["signed_out_reason"] = (
+            "An administrator disabled your account or set its password: sign in again (if you may)."
+        )
         return None
     if current != actor:
         st.session_state[ACTOR_KEY] = current
@@ -117,7 +119,7 @@ def _start_session(actor: Actor) -> None:
     """A new session token for a user who has just signed in (rotated at every sign-in); the next run writes it."""
     registry = resources.session_registry()
     registry.forget(st.session_state.get(TOKEN_KEY))
-    token = registry.issue(actor.name, actor.role)
+    token = registry.issue(actor.name, actor.role, actor.credential)
     st.session_state[TOKEN_KEY], st.session_state[BOUND_KEY], st.session_state[COOKIE_KEY] = token, False, token
 
 

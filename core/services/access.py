@@ -12,7 +12,7 @@ The command line runs as the server's administrator (:data:`COMMAND_LINE`), with
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from core.errors import AccessDenied
 
@@ -40,10 +40,13 @@ GRANTS["system"] = frozenset().union(*GRANTS.values())
 
 @dataclass(frozen=True)
 class Actor:
-    """The signed-in user (or the command line) on whose behalf a service acts."""
+    """The signed-in user (or the command line) on whose behalf a service acts. ``credential``: a fingerprint of
+    the password the user signed in with (:func:`core.services.accounts.credential_of`), so that a password set
+    since ends the session; empty where no password signed it in (single sign-on, the command line)."""
 
     name: str
     role: str
+    credential: str = field(default="", compare=False, repr=False)
 
 
 COMMAND_LINE = Actor("cli", "system")

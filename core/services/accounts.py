@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Mapping
 from contextlib import suppress
@@ -117,17 +118,24 @@ def set_password(store: Store, actor: Actor, name: str, password: str) -> Accoun
     return updated
 
 
+def credential_of(account: Account) -> str:
+    """A fingerprint of the account's password hash (a new salt at every password set: a new fingerprint); empty
+    for an account without a password."""
+    return hashlib.sha256(account.password_hash.encode()).hexdigest()[:16] if account.password_hash else ""
+
+
 def refreshed_actor(store: Store, actor: Actor) -> Actor | None:
-    """The signed-in ``actor`` as its account stands now: None once the account is disabled, its current role after
-    an admin changed it. One indexed read; a session calls it on every run and fragment run, so a change reaches
-    open sessions at their next interaction. An identity with no local account (single sign-on by a role claim)
-    is kept as it signed in."""
+    """The signed-in ``actor`` as its account stands now: None once the account is disabled or its password was set
+    since the session signed in with it (an administrator's answer to a stolen or shared password must end the
+    sessions it opened), its current role after an admin changed it. One indexed read; a session calls it on every
+    run and fragment run, so a change reaches open sessions at their next interaction. An identity with no local
+    account (single sign-on by a role claim) is kept as it signed in."""
     account = store.get_account(actor.name)
     if account is None:
         return actor
-    if account.disabled:
+    if account.disabled or (actor.credential and actor.credential != credential_of(account)):
         return None
-    return actor if account.role == actor.role else Actor(actor.name, account.role)
+    return actor if account.role == actor.role else Actor(actor.name, account.role, actor.credential)
 
 
 def list_accounts(store: Store, actor: Actor) -> list[Account]:
@@ -176,7 +184,8 @@ def sign_in(store: Store, name: str, password: str, now: datetime | None = None)
         raise SignInFailed(REFUSED)
     if hasher.check_needs_rehash(verified):
         _rehash(store, account, hasher.hash(password))
-    actor = Actor(name, account.role)
+        account = store.get_account(name) or account  # the session carries the stored hash's fingerprint
+    actor = Actor(name, account.role, credential_of(account))
     audit.record(store, actor, "sign_in", name)
     return actor
 

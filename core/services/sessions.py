@@ -30,6 +30,7 @@ class _Entry:
     name: str
     role: str
     seen: float
+    credential: str = ""  # the fingerprint of the password it signed in with (a password set since ends it)
 
 
 class SessionRegistry:
@@ -45,12 +46,12 @@ class SessionRegistry:
     def _key(token: str) -> str:
         return hashlib.sha256(token.encode()).hexdigest()
 
-    def issue(self, name: str, role: str) -> str:
+    def issue(self, name: str, role: str, credential: str = "") -> str:
         """A new token for a user who has just signed in (a new secret at every sign-in)."""
         token = secrets.token_urlsafe(32)
         with self._lock:
             self._prune()
-            self._entries[self._key(token)] = _Entry(name, role, self._clock())
+            self._entries[self._key(token)] = _Entry(name, role, self._clock(), credential)
         return token
 
     def _live(self, token: str | None) -> _Entry | None:
@@ -64,11 +65,12 @@ class SessionRegistry:
         entry.seen = self._clock()
         return entry
 
-    def resume(self, token: str | None) -> tuple[str, str] | None:
-        """(account name, role at sign-in) of a live ``token``; None when unknown, forgotten or idle too long."""
+    def resume(self, token: str | None) -> tuple[str, str, str] | None:
+        """(account name, role at sign-in, credential) of a live ``token``; None when unknown, forgotten or idle too
+        long."""
         with self._lock:
             entry = self._live(token)
-        return (entry.name, entry.role) if entry else None
+        return (entry.name, entry.role, entry.credential) if entry else None
 
     def touch(self, token: str | None) -> bool:
         """Record activity; False when the token is not (or no longer) live."""
