@@ -119,6 +119,20 @@ def test_dicom_series_in_every_plane_and_storage_order_show_the_marker_under_its
     assert marker_sides(volume.sections[2], volume.letters) == expected
 
 
+@pytest.mark.parametrize("plane", ["axial", "coronal", "sagittal"])
+@pytest.mark.parametrize("flags", STORED_WAYS)
+def test_one_dicom_slice_on_the_scan_page_shows_the_marker_under_its_letters_as_the_study_page_does(
+    plane, flags
+) -> None:
+    """The Scan page showed a single file as stored, with no letters: the patient's right on the right for a file
+    stored that way, while the Study page showed the same file mirrored back, letters beside it."""
+    from core.imaging.scan import read_scan
+
+    files, expected = stored_dicom(plane, *flags)
+    scan = read_scan(files[2])
+    assert scan.letters == RADIOLOGICAL[plane] and marker_sides(scan.pixels, scan.letters) == expected
+
+
 def test_the_display_transform_leaves_standard_views_alone_and_moves_geometry_with_pixels() -> None:
     assert display_transform((1.0, 0, 0, 0, 1.0, 0)).identity
     assert display_transform((0, 1.0, 0, 0, 0, -1.0)).identity

@@ -262,6 +262,10 @@ def test_a_dicom_file_without_an_extension_is_accepted(app_environment: Path) ->
     app.file_uploader[0].set_value([("IM000123", data, "application/octet-stream")]).run()
     assert not app.exception and not app.error
     assert app.metric[0].label == "Verdict" and stored(app_environment).summary().total == 1
+    # the patient directions at the image's edges, as the Study page gives them (a PNG says it has none)
+    assert "patient&#x27;s R at left, L at right, A at top" in shown_images(app)[0].proto.body
+    app.file_uploader[0].set_value([("slice.png", png_bytes(synthetic_slice(256)), "image/png")]).run()
+    assert "left and right unknown" in shown_images(app)[0].proto.body
 
 
 def test_bad_file_gets_its_reason_and_the_batch_goes_on(app_environment: Path) -> None:

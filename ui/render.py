@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,7 @@ from ui.auth import fragment_actor
 from ui.batch import Upload
 from ui.lesion import CAVEAT, OUTLINE_HELP, OUTLINE_LABEL, area_line, stored_volume_line
 from ui.viewer import series_panel, verdict_line
+from ui.viewer_figures import NO_ORIENTATION
 from ui.wording import count_of, pretty, verdict_shown
 
 PREDICTED = "the verdict's class"
@@ -91,6 +92,13 @@ def _verdict(result: Triaged) -> None:
 
 
 @st.fragment
+def edges(letters: Mapping[str, str]) -> str:
+    """The patient directions at a shown image's edges for its caption, or that the file does not give them."""
+    if not letters:
+        return f" · {NO_ORIENTATION[0].lower()}{NO_ORIENTATION[1:]}"
+    return f" · patient's {letters['left']} at left, {letters['right']} at right, {letters['top']} at top"
+
+
 def scan_panel(
     index: int, upload: Upload, labels: tuple[str, ...], choose_frame: Callable[[Upload, int], None]
 ) -> None:
@@ -132,7 +140,8 @@ def scan_panel(
             if view.prediction.gate.decision == "rejected"
             else " · brain region boxed"
         )
-        + (" · lesion outlined (magenta)" if outlined else ""),
+        + (" · lesion outlined (magenta)" if outlined else "")
+        + edges(view.letters),
     )
     inline_image(crop, view.crop, f"As the model sees it ({view.crop.shape[0]} px)")
     if view.heat:
@@ -170,7 +179,11 @@ def result_panel(opened, labels: tuple[str, ...], classifier=None, explainer=Non
             view = opened.view
             original, crop, looked = st.columns(3)
             outlined = " · lesion outlined (magenta)" if view.outline else ""
-            inline_image(original, view.original(True), f"{view.format.upper()} {view.width}×{view.height}{outlined}")
+            inline_image(
+                original,
+                view.original(True),
+                f"{view.format.upper()} {view.width}×{view.height}{outlined}{edges(view.letters)}",
+            )
             inline_image(crop, view.crop, "As the model sees it")
             label = view.explained or labels[0]
             heat = view.overlay(label, 0.45)

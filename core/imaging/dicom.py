@@ -98,8 +98,11 @@ _VALUE_ERRORS = (ValueError, TypeError, KeyError, AttributeError, IndexError, Ar
 DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian: pydicom inflates it whole, unbounded
 
 
-def read_dicom(data: bytes, limits: Limits, frame: int | None) -> tuple[np.ndarray, dict[str, str], tuple[str, ...]]:
-    """(display pixels, acquisition facts, warnings) of one frame of a DICOM file.
+def read_dicom(
+    data: bytes, limits: Limits, frame: int | None
+) -> tuple[np.ndarray, dict[str, str], tuple[str, ...], tuple[float, ...] | None]:
+    """(display pixels in the radiological view of their plane, acquisition facts, warnings, the row and column
+    directions as shown, or None when the file gives none) of one frame of a DICOM file.
 
     pydicom converts header values lazily: a malformed value (an empty window, frames = "x") surfaces as a
     ValueError wherever it is first read, so every read below is one guarded step.
@@ -209,7 +212,9 @@ def checked_dataset(data: bytes, limits: Limits, header: Any = None) -> tuple[An
     return dataset, notes
 
 
-def _read_checked(data: bytes, limits: Limits, frame: int | None) -> tuple[np.ndarray, dict[str, str], tuple[str, ...]]:
+def _read_checked(
+    data: bytes, limits: Limits, frame: int | None
+) -> tuple[np.ndarray, dict[str, str], tuple[str, ...], tuple[float, ...] | None]:
     header = header_of(data)
     frames = int(header.get("NumberOfFrames", 1) or 1)
     if frames > 1 and frame is None:
@@ -222,7 +227,35 @@ def _read_checked(data: bytes, limits: Limits, frame: int | None) -> tuple[np.nd
         raise MultiFrameImage(f"Frame {frame} does not exist: this DICOM file holds {frames} frame(s).", frames=frames)
     dataset, notes = checked_dataset(data, limits, header)
     pixels = decode_frame(dataset, frame if frames > 1 else None)
-    return display(pixels, dataset), acquisition_facts(dataset), notes
+    # shown in the radiological view of its plane, as the Study page shows the same file in its series (a file
+    # stored with the patient's right on the right was shown so on one page and mirrored on the other)
+    orientation = frame_orientation(dataset, frame if frames > 1 else None)
+    transform = geometry.display_transform(orientation)
+    shown = geometry.transformed_orientation(orientation, transform) if orientation else None
+    return geometry.apply_transform(display(pixels, dataset), transform), acquisition_facts(dataset), notes, shown
+
+
+def frame_orientation(dataset: Any, frame: int | None) -> tuple[float, ...] | None:
+    """The row and column directions (ImageOrientationPatient) of one frame: the file's own, else its shared
+    functional group's, else the frame's; None when the file gives none (or an unusable one)."""
+    groups = [dataset]
+    groups += [(dataset.get("SharedFunctionalGroupsSequence") or [None])[0]]
+    per_frame = dataset.get("PerFrameFunctionalGroupsSequence") or []
+    groups += [per_frame[frame]] if frame is not None and frame < len(per_frame) else []
+    for group in groups:
+        if group is None:
+            continue
+        value = group.get("ImageOrientationPatient")
+        if value is None and group.get("PlaneOrientationSequence"):
+            value = group.PlaneOrientationSequence[0].get("ImageOrientationPatient")
+        try:
+            cosines = np.array([float(v) for v in value][:6]) if value is not None else np.array([])
+        except (TypeError, ValueError):
+            cosines = np.array([])
+        usable = cosines.size == 6 and np.isfinite(cosines).all()
+        if usable and np.linalg.norm(cosines[:3]) > 0.5 and np.linalg.norm(cosines[3:]) > 0.5:
+            return tuple(float(v) for v in cosines)
+    return None
 
 
 def _named(text: str) -> str:

@@ -22,6 +22,7 @@ import numpy as np
 
 from core.errors import EmptyFile, FileTooLarge, MultiFrameImage, UnsupportedFormat
 from core.imaging.dicom import count_frames, read_dicom
+from core.imaging.geometry import orientation_letters
 from core.imaging.limits import DEFAULT_LIMITS, Limits
 from core.imaging.raster import read_raster
 
@@ -63,6 +64,12 @@ class Scan:
     frames: int = 1
     acquisition: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     warnings: tuple[str, ...] = ()
+    orientation: tuple[float, ...] | None = None  # row and column directions as shown (a DICOM file's; else None)
+
+    @property
+    def letters(self) -> dict[str, str]:
+        """The patient directions at the shown image's edges ({} when the file does not say: PNG, JPEG)."""
+        return orientation_letters(self.orientation)
 
     @property
     def height(self) -> int:
@@ -128,7 +135,7 @@ def read_scan(data: bytes, limits: Limits = DEFAULT_LIMITS, frame: int | None = 
     digest = hashlib.sha256(data).hexdigest()
     if fmt == "dicom":
         frames = count_frames(data)
-        pixels, acquisition, notes = read_dicom(data, limits, frame)
+        pixels, acquisition, notes, orientation = read_dicom(data, limits, frame)
         return Scan(
             pixels=pixels,
             format=fmt,
@@ -138,6 +145,7 @@ def read_scan(data: bytes, limits: Limits = DEFAULT_LIMITS, frame: int | None = 
             frames=frames,
             acquisition=MappingProxyType(acquisition),
             warnings=notes,
+            orientation=orientation,
         )
     if frame not in (None, 0):
         raise MultiFrameImage(f"A {fmt.upper()} file has a single frame; frame {frame} does not exist.", frames=1)

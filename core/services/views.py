@@ -60,6 +60,7 @@ class ScanView:
     lesion_px: int | None = None  # the segmenter's lesion area (None: no segmenter, or the gate refused the scan)
     lesion_mm2: float | None = None  # in mm^2 when the scan gives its pixel spacing
     outline: tuple[np.ndarray, ...] = ()  # the lesion's contours, (x, y) on the displayed original
+    letters: Mapping[str, str] = field(default_factory=dict)  # patient directions at its edges ({}: not given)
 
     def original(self, outlined: bool = False) -> bytes:
         """The displayed original (PNG) with the brain box and, when asked and there is one, the lesion outline."""
@@ -138,4 +139,5 @@ def scan_view(analysis: Analysis, explainer: Explainer | None) -> ScanView:
         lesion_px=None if lesion is None else lesion.area_px,
         lesion_mm2=None if lesion is None else lesion.area_mm2,
         outline=() if lesion is None else scaled_outline(lesion.outline, display_scale(scan.pixels.shape)),
+        letters=scan.letters,
     )
