@@ -5,10 +5,11 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import InvalidRecord, ModelError, StoreError
-from core.services import history, reports, reviews
+from core.services import history, reports
 from core.services.access import HISTORY
 from ui import resources
 from ui.lesion import lesion_change, lesion_size
+from ui.opened import opened_result
 from ui.page import setup_page
 from ui.viewer import comparison, timeline
 from ui.wording import count_of, pretty, probability_shown, verdict_shown
@@ -103,16 +104,11 @@ prior = right.selectbox(
 
 
 def opened(record_id: str):
-    key = f"opened-{record_id}"
-    if key not in st.session_state:  # opening a result is an audit event, once per session
-        try:
-            st.session_state[key] = reviews.open_result(
-                store, resources.image_store(store), actor, record_id, classifier, explainer
-            )
-        except StoreError as error:
-            st.error(f"The series cannot be opened right now: {error}")
-            st.stop()
-    return st.session_state[key].series
+    try:  # opening a result is an audit event, once while the session keeps it
+        return opened_result(store, actor, record_id, classifier, explainer).series
+    except (StoreError, InvalidRecord) as error:
+        st.error(f"The series cannot be opened right now: {error}")
+        st.stop()
 
 
 now_view = opened(current.id)

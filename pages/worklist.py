@@ -15,6 +15,7 @@ from core.services.access import REVIEW, WORKLIST
 from core.services.reviews import REASON_CODES, WorklistQuery
 from ui import resources
 from ui.auth import callback_actor
+from ui.opened import opened_result
 from ui.page import setup_page
 from ui.render import result_panel
 from ui.selection import chosen_id, table_key
@@ -103,16 +104,11 @@ st.session_state["wl_chosen"] = chosen_key
 if note:
     st.info(note)
 chosen = results[ids.index(chosen_key)]
-opened_key = f"opened-{chosen.id}"
-if opened_key not in st.session_state:  # opening is an audit event, once per result and session
-    try:
-        st.session_state[opened_key] = reviews.open_result(
-            store, resources.image_store(store), actor, chosen.id, classifier, explainer
-        )
-    except StoreError as error:
-        st.error(f"The result cannot be opened right now: {error}")
-        st.stop()
-opened = st.session_state[opened_key]
+try:  # opening is an audit event, once while the session keeps it; its reviews are read again on every run
+    opened = opened_result(store, actor, chosen.id, classifier, explainer)
+except (StoreError, InvalidRecord) as error:
+    st.error(f"The result cannot be opened right now: {error}")
+    st.stop()
 st.divider()
 result_panel(opened, classifier.card.labels, classifier, explainer)
 
@@ -126,7 +122,6 @@ def save_review(final_label: str, reasons: list[str], note: str) -> None:
     except (InvalidRecord, StoreError) as error:
         st.session_state["review_error"] = str(error)
         return
-    st.session_state.pop(opened_key, None)  # re-open with the new review in its history
     if SHOW[show] is False:  # reviewed, it leaves this list: the next one opens, as the reader expects
         st.session_state["wl_chosen"] = None
     saved = f"{chosen.created_at:%Y-%m-%d %H:%M} UTC, model {verdict_shown(chosen)}"

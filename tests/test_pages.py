@@ -507,6 +507,37 @@ def test_worklist_opens_a_saved_series_in_its_viewer_and_takes_a_review(app_envi
     assert [e.action for e in store.audit_events()] == ["upload", "open", "review"]
 
 
+def test_an_opened_result_shows_a_review_saved_in_another_session_and_few_stay_kept(
+    app_environment: Path, tiny_classifier
+) -> None:
+    """An opened result was kept whole for the session: a colleague's override saved meanwhile never showed ("Not
+    reviewed yet", no disagreement) while the table row beside it said it disagreed; and every result opened stayed
+    in memory until sign-out (a series' sections at display size each)."""
+    from core.services import reviews
+    from core.services.access import Actor
+    from ui.opened import KEPT
+
+    store = stored(app_environment)
+    status = saved_series(app_environment, tiny_classifier, sections=6, tumour=range(2, 4))
+    app = page("worklist.py").run()
+    app.selectbox(key="wl_show").select("all").run()
+    assert not app.exception and any(c.value == "Not reviewed yet." for c in app.caption)
+    record = store.get(status.record_id)
+    other = "notumor" if record.label != "notumor" else "glioma"
+    reviews.review_result(store, Actor("dr-b", "radiologist"), record.id, other, ["false_alarm"], "")
+    app.selectbox(key="wl_show").select("all").run()  # reviewed, it stays in this list
+    assert not app.exception and not any(c.value == "Not reviewed yet." for c in app.caption)
+    assert any(e.value.startswith("Disagreement: the model said") for e in app.error)
+    assert [e.action for e in store.audit_events()].count("open") == 1  # read again, not opened again
+    for key in [f"opened-x{k}" for k in range(KEPT + 2)]:
+        app.session_state[key] = app.session_state[f"opened-{record.id}"]
+    app.session_state["opened-order"] = [f"opened-x{k}" for k in range(KEPT + 2)]
+    app.run()
+    candidates = [f"opened-x{k}" for k in range(KEPT + 2)] + [f"opened-{record.id}"]
+    kept = [key for key in candidates if key in app.session_state]
+    assert len(kept) == KEPT and kept[-1] == f"opened-{record.id}"  # the oldest let go, the one looked at kept
+
+
 def test_a_one_section_series_opens_in_the_viewer_and_can_be_reviewed(app_environment: Path, tiny_classifier) -> None:
     """A slider from 1 to 1 is an error in Streamlit: a single-section series once crashed the viewer, and being the
     newest result it blocked the Worklist."""

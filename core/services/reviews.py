@@ -8,7 +8,7 @@ the same model for its crop and heat map (the model is deterministic, so the ver
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from core.domain.people import REASON_CODES, Review
@@ -80,6 +80,18 @@ def open_result(
     except ScanError:
         return OpenedResult(record, None, store.reviews_of(result_id), "The stored image cannot be read.")
     return OpenedResult(record, scan_view(analysis, explainer), store.reviews_of(result_id))
+
+
+def as_it_stands(store: Store, actor: Actor, opened: OpenedResult) -> OpenedResult:
+    """An opened result with its record and reviews as they stand now (another reader may have reviewed it since
+    this session opened it: its panel said "Not reviewed yet" beside a worklist row that said it disagreed); the
+    images are kept as opened. No audit event: the opening was one. Raises :class:`InvalidRecord` once the result is
+    gone."""
+    require(actor, OPEN_RESULT)
+    record = store.get(opened.record.id)
+    if record is None:
+        raise InvalidRecord("No such result.")
+    return replace(opened, record=record, reviews=store.reviews_of(record.id))
 
 
 def review_result(
