@@ -452,3 +452,32 @@ def test_a_damaged_watch_state_is_refused_not_taken_for_a_first_start(tmp_path) 
     with pytest.raises(PacsError, match="cannot be read"):
         pacs_service.WatchState.load(tmp_path / "w.json")
     assert pacs_service.WatchState.load(tmp_path / "none.json").last == 0  # no file: a first start
+
+
+def test_a_stow_answer_that_confirms_fewer_objects_than_were_sent_is_not_a_success() -> None:
+    """dicomweb-client reads an answer whose type carries a charset as an empty dataset: the PACS's failures were
+    never seen, and the page said "Sent" with "-1 key images"."""
+    from pydicom.dataset import Dataset
+
+    from core.pacs.client import Pacs
+
+    sent = []
+    for number in (1, 2):
+        ds = Dataset()
+        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.77.{number}"
+        sent.append(ds)
+    pacs = Pacs("http://127.0.0.1:9/dicom-web")
+    pacs._client.store_instances = lambda datasets: Dataset()  # nothing confirmed, nothing refused
+    with pytest.raises(PacsError, match="confirmed 0 of the 2 objects"):
+        pacs.store(sent)
+    confirmed = Dataset()
+    item = Dataset()
+    item.ReferencedSOPInstanceUID = sent[0].SOPInstanceUID
+    confirmed.ReferencedSOPSequence = [item]
+    pacs._client.store_instances = lambda datasets: confirmed
+    with pytest.raises(PacsError, match="confirmed 1 of the 2 objects"):
+        pacs.store(sent)
+    item2 = Dataset()
+    item2.ReferencedSOPInstanceUID = sent[1].SOPInstanceUID
+    confirmed.ReferencedSOPSequence = [item, item2]
+    assert pacs.store(sent) == [str(ds.SOPInstanceUID) for ds in sent]

@@ -216,7 +216,16 @@ class Pacs:
             failed = response.get("FailedSOPSequence", [])
             if failed:
                 raise PacsError(f"The PACS refused {len(failed)} of the {len(datasets)} objects sent.")
-            return [str(item.ReferencedSOPInstanceUID) for item in stored]
+            accepted = [str(item.ReferencedSOPInstanceUID) for item in stored]
+            # an answer that confirms fewer objects than were sent is no success (dicomweb-client reads an answer
+            # labelled with a charset as empty, its failures with it)
+            missing = {str(ds.SOPInstanceUID) for ds in datasets} - set(accepted)
+            if missing:
+                raise PacsError(
+                    f"The PACS confirmed {len(datasets) - len(missing)} of the {len(datasets)} objects sent; "
+                    "send again."
+                )
+            return accepted
 
 
 def _optional_int(value: Any) -> int | None:
