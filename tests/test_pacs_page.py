@@ -231,3 +231,25 @@ def test_a_supervisor_is_refused_the_page_and_the_pacs_service_refuses_them_wher
     search(direct, patient_id=PATIENT)
     assert not direct.exception and not direct.dataframe
     assert [e.value for e in direct.error] == ["The supervisor role may not search, pull from and send to the PACS."]
+
+
+def test_a_study_whose_series_were_not_saved_cannot_be_sent_until_they_are(
+    app_environment: Path, orthanc, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page sent a report for a study the database had not saved (the command line and the watch refuse to):
+    a reader in the PACS acted on a result nobody here could review."""
+    from core.errors import StoreUnavailable
+
+    def busy(self, record) -> bool:
+        raise StoreUnavailable("The results database is busy.")
+
+    monkeypatch.setattr(SQLiteStore, "add_series", lambda self, record, sections: busy(self, record))
+    app = search(study_page(), patient_id=PATIENT)
+    app.selectbox(key="pacs_pick").set_value(0).run()
+    button(app, "Analyse the chosen study").click().run()
+    assert not app.exception and app.metric[0].label == "Study verdict"
+    assert not any(b.label == "Send to PACS" for b in app.button)
+    assert any(c.value.startswith("Not sendable yet: a series of this study is not saved") for c in app.caption)
+    pacs = Pacs(orthanc.dicomweb, orthanc.user, orthanc.password)
+    study_uid = app.session_state["pacs_pulled"].study_uid
+    assert "SR" not in {s.modality for s in pacs.series_of(study_uid)}

@@ -24,7 +24,7 @@ from core.pacs.objects import ModelFacts
 from core.services import pacs as pacs_service
 from core.services.access import HISTORY, Actor, allowed
 from ui import resources
-from ui.study import keep, pacs_name, pacs_study_uid, studies
+from ui.study import keep, pacs_name, pacs_study_uid, studies, unsaved
 from ui.wording import count_of, pretty
 
 logger = logging.getLogger("btd.ui")
@@ -163,6 +163,11 @@ def send_panel(actor: Actor, name: Any, classifier: Any, key: bytes | None) -> N
     pulled = st.session_state.get(PULLED)
     if pulled is None or pulled.study_uid != study_uid:
         st.caption("To send this study's report to the PACS, analyse it again from the PACS.")
+        return
+    study = studies().get(name)
+    if study is not None and unsaved(study):  # as the command line and the watch: no report for a study that is
+        # on nobody's worklist (a reader in the PACS would act on a result no one here can review)
+        st.caption("Not sendable yet: a series of this study is not saved. Retry saving above, then send.")
         return
     sent: dict[str, int] = st.session_state.setdefault(SENT, {})
     labels = [*classifier.card.labels, "tumour"]
