@@ -481,3 +481,27 @@ def test_a_stow_answer_that_confirms_fewer_objects_than_were_sent_is_not_a_succe
     item2.ReferencedSOPInstanceUID = sent[1].SOPInstanceUID
     confirmed.ReferencedSOPSequence = [item, item2]
     assert pacs.store(sent) == [str(ds.SOPInstanceUID) for ds in sent]
+
+
+def test_a_reviewed_report_sent_first_takes_the_versions_it_replaces_with_it(tiny_classifier) -> None:
+    """A first send with a final label (or after reviews made on the Worklist) stored a FINAL report whose
+    predecessor the PACS never received: a chain that points at nothing."""
+    files = tumour_study(STUDY)
+    pulled = pacs_service.Pulled(STUDY, analyse_study(files, tiny_classifier), tuple(objects.headers(files)))
+    pacs = StandIn({STUDY: files})
+    card = tiny_classifier.card
+    model = objects.ModelFacts(card.name, card.version, card.weights_sha256)
+    returned = pacs_service.send_results(
+        pacs, RADIOLOGIST, pulled, model, None, None, final_label="meningioma", earlier_finals=["glioma"]
+    )
+    (batch,) = pacs.stored
+    final, *rest = batch
+    held = {str(ds.SOPInstanceUID) for ds in batch}
+    assert final.PreliminaryFlag == "FINAL" and int(final.InstanceNumber) == 3
+    seen = final
+    while seen.get("PredecessorDocumentsSequence"):  # every version it names is in the PACS too
+        uid = seen.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+        assert str(uid.ReferencedSOPInstanceUID) in held
+        seen = next(ds for ds in batch if str(ds.SOPInstanceUID) == str(uid.ReferencedSOPInstanceUID))
+    assert int(seen.InstanceNumber) == 1 and seen.PreliminaryFlag == "PRELIMINARY"
+    assert returned[0] == str(final.SOPInstanceUID) and len(returned) == len(batch) - 2  # this version, its images

@@ -111,31 +111,37 @@ def send_results(
     analysed = [s for s in pulled.outcome.series if s.label is not None]
     if not pulled.evidence or not analysed:
         raise PacsError("There is no analysed series to report on.")
-    report, images = _report_objects(pulled, model, final_label, earlier_finals)
+    chain, images = _report_objects(pulled, model, final_label, earlier_finals)
+    report, earlier = chain[-1], chain[-2::-1]
     target = _target(pulled.study_uid, key)
     if store is not None:  # audited before anything leaves: a send the trail cannot record is not made
         audit.record(store, actor, "pacs_send", target, report=str(report.SOPInstanceUID), key_images=len(images))
-    try:
-        return pacs.store([report, *images])
+    try:  # the versions it replaces go along (the PACS keeps one copy of each): never a predecessor it lacks
+        stored = pacs.store([report, *earlier, *images])
     except PacsError as error:
         if store is not None:
             audit.record(store, actor, "pacs_send_failed", target, code=error.code)
         raise
+    replaced = {str(version.SOPInstanceUID) for version in earlier}
+    return [uid for uid in stored if uid not in replaced]
 
 
 def _report_objects(
     pulled: Pulled, model: objects.ModelFacts, final_label: str | None, earlier_finals: Sequence[str]
-) -> tuple[Any, list[Any]]:
-    """The study's report (the version chain up to ``final_label``) and its key images, or :class:`PacsError`
-    when the source headers hold a value the report library refuses (never quoted: it can be a patient's)."""
+) -> tuple[list[Any], list[Any]]:
+    """The study's report versions (the chain from the preliminary one up to ``final_label``, oldest first) and
+    its key images, or :class:`PacsError` when the source headers hold a value the report library refuses (never
+    quoted: it can be a patient's)."""
     every = list(pulled.outcome.series)  # the report names a series nobody could read too ("not analysed")
     unread = pulled.outcome.unread
     try:
-        report = objects.verdict_report(pulled.evidence, every, pulled.outcome.verdict, model, unread=unread)
+        chain = [objects.verdict_report(pulled.evidence, every, pulled.outcome.verdict, model, unread=unread)]
         if final_label is not None:  # each reviewed version names the one it replaces: one chain, one current
             for version, label in enumerate([*earlier_finals, final_label], start=2):
-                report = objects.verdict_report(
-                    pulled.evidence, every, pulled.outcome.verdict, model, label, report, version, unread
+                chain.append(
+                    objects.verdict_report(
+                        pulled.evidence, every, pulled.outcome.verdict, model, label, chain[-1], version, unread
+                    )
                 )
         analysed = [s for s in every if s.label is not None]
         images = [image for series in analysed for image in objects.key_images(pulled.evidence, series)]
@@ -145,7 +151,7 @@ def _report_objects(
             "The report could not be made: the study's headers hold a value the DICOM standard does not allow "
             "(for example a character set the report library does not support)."
         ) from error
-    return report, images
+    return chain, images
 
 
 def review_and_send(
