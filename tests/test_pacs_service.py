@@ -495,7 +495,7 @@ def test_a_reviewed_report_sent_first_takes_the_versions_it_replaces_with_it(tin
         pacs, RADIOLOGIST, pulled, model, None, None, final_label="meningioma", earlier_finals=["glioma"]
     )
     (batch,) = pacs.stored
-    final, *rest = batch
+    final = batch[0]
     held = {str(ds.SOPInstanceUID) for ds in batch}
     assert final.PreliminaryFlag == "FINAL" and int(final.InstanceNumber) == 3
     seen = final
