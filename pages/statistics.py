@@ -144,8 +144,8 @@ baseline_end = st.date_input(
 )
 
 
-def quality_section():
-    board_q = quality(actor, start_day, end_day, timezone, period, tuple(picked), baseline_end, source)
+def quality_section(viewer):
+    board_q = quality(viewer, start_day, end_day, timezone, period, tuple(picked), baseline_end, source)
     st.subheader("Model quality: agreement with the radiologists and drift")
     if board_q.drift.message:
         st.error(board_q.drift.message, icon=":material/warning:")
@@ -322,7 +322,11 @@ def live_dashboard() -> None:
     volume_charts(dashboard)
     lesion_chart(dashboard)
     by_model_version(dashboard)
-    shown_quality = quality_section()
+    try:
+        shown_quality = quality_section(viewer)
+    except StoreError as error:  # the figures above stay; the quality board says why it is missing
+        st.error(f"The model-quality figures cannot be read: {error}")
+        shown_quality = None
     st.download_button(
         "Export these aggregates (CSV)",
         statistics_export.export_csv(dashboard, shown_quality),

@@ -354,6 +354,26 @@ def test_statistics_page_charts_the_stores_aggregates_under_the_small_count_rule
     assert len(tables) == 2 and all("time" not in table.columns for table in tables)
 
 
+def test_a_database_error_in_the_quality_board_is_a_message_not_a_crashed_page(app_environment: Path, monkeypatch):
+    """Only the dashboard's read was guarded: a busy database while reading the quality board ended the live
+    section with Streamlit's own error box."""
+    from core.errors import StoreUnavailable
+    from core.services import statistics
+
+    store = stored(app_environment)
+    for i in range(6):
+        store.add(make_record(i + 1, datetime.now(UTC) - timedelta(minutes=5 + i), "glioma"))
+
+    def busy(*args, **kwargs):
+        raise StoreUnavailable("The results database is busy.")
+
+    monkeypatch.setattr(statistics, "quality_board", busy)
+    app = page("statistics.py").run()
+    assert not app.exception and any(m.label == "Studies with a verdict" for m in app.metric)
+    assert [e.value for e in app.error] == ["The model-quality figures cannot be read: The results database is busy."]
+    assert app.get("download_button")  # the figures that were read can still be exported
+
+
 def test_a_time_zone_change_keeps_the_chosen_dates(app_environment: Path) -> None:
     store = stored(app_environment)
     for i in range(6):
