@@ -11,6 +11,7 @@ from core.errors import AccessDenied, StoreError
 from core.services import accounts, audit
 from core.services.access import AUDIT_EXPORT, AUDIT_READ, Actor, allowed
 from ui import resources
+from ui.auth import still_signed_in
 from ui.page import setup_page
 
 actor = setup_page("Audit trail", AUDIT_READ)
@@ -109,9 +110,14 @@ paging[1].button(
 )
 
 
+session_alive = still_signed_in()
+
+
 def export_now() -> bytes:
-    """Run by Streamlit when the button is pressed, outside any page run: with the account as it stands then (a
-    demoted or disabled admin exports nothing)."""
+    """Run by Streamlit when the button is pressed, outside any page run: with the session and the account as they
+    stand then (a session signed out in another tab or idle too long, a demoted or disabled admin export nothing)."""
+    if not session_alive():
+        raise AccessDenied("This session has ended: sign in again to export.")
     current = accounts.refreshed_actor(store, actor)
     if current is None:
         raise AccessDenied("The account has been disabled.")

@@ -172,3 +172,23 @@ def test_a_password_set_by_an_administrator_ends_the_sessions_it_opened_and_a_re
     assert auth.current_actor() is None and registry.resume(token) is None
     renewed = accounts.sign_in(store, "dr-a", "second password 2")
     assert accounts.refreshed_actor(store, renewed) == renewed
+
+
+def test_an_export_made_after_the_session_ended_elsewhere_is_refused(monkeypatch, tmp_path) -> None:
+    """The audit export's data is made when its button is pressed, outside any page run: an admin signed out in
+    another tab (or idle for an hour) still downloaded the whole trail from the page as it was drawn."""
+    import time
+
+    from core.services.access import Actor
+    from ui import auth
+
+    registry = SessionRegistry()
+    admin = Actor("admin-a", "admin")
+    token = registry.issue(admin.name, admin.role)
+    state = {auth.ACTOR_KEY: admin, auth.SEEN_KEY: time.time(), auth.TOKEN_KEY: token, auth.BOUND_KEY: True}
+    monkeypatch.setattr(auth.st, "session_state", state)
+    monkeypatch.setattr(auth.resources, "session_registry", lambda: registry)
+    alive = auth.still_signed_in()
+    assert alive()
+    registry.forget(token)  # signed out in another tab
+    assert not alive()

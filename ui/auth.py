@@ -12,6 +12,7 @@ out ends the provider's identity cookie too. The services check the role again f
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import suppress
 
 import streamlit as st
@@ -140,6 +141,14 @@ def callback_actor(permission: str) -> Actor | None:
     nothing, and the page run that follows shows the sign-in form or the refusal)."""
     actor = current_actor()
     return actor if actor is not None and allowed(actor, permission) else None
+
+
+def still_signed_in() -> Callable[[], bool]:
+    """For work Streamlit runs later, outside any page run (a download's data, made when its button is pressed):
+    whether this session is still signed in then. Signed out in another tab, or idle too long, an export made
+    from the page as it was drawn is refused."""
+    token, registry = st.session_state.get(TOKEN_KEY), resources.session_registry()
+    return lambda: token is None or registry.alive(token)  # no token: a test's session, without a browser
 
 
 def sign_out(reason: str = "signed out") -> None:
