@@ -6,7 +6,7 @@ import streamlit as st
 
 from core.errors import ModelError, StoreError
 from core.services.access import ANALYSE
-from core.services.studies import triage_study
+from core.services.studies import triage_study, upload_refusal
 from ui import pacs, resources
 from ui.page import setup_page
 from ui.study import current, earlier_note, keep, show_study, studies, unsaved
@@ -49,6 +49,10 @@ with upload:
         except StoreError as error:
             st.error(f"Results cannot be saved: {error}")
             store = None
+        refused = upload_refusal([f.size for f in files])
+        if refused:  # from the sizes alone: nothing copied, nothing read
+            st.error(f"Not analysed: {refused} Choose fewer files, or one series at a time.")
+            return
         with st.spinner(f"Reading and analysing {len(files)} file(s)…"):
             study = triage_study(
                 [f.getvalue() for f in files],

@@ -961,3 +961,28 @@ def test_deleting_stored_images_needs_a_confirmation_each_time(app_environment: 
     app.run()
     assert not app.checkbox(key="purge_ok_1").value and images.stored_keys() == []
     assert next(b for b in app.button if b.label == "Delete older images").disabled  # confirm again for another
+
+
+def test_a_study_upload_over_the_limits_is_refused_from_its_sizes_before_any_file_is_copied(
+    app_environment: Path, monkeypatch
+) -> None:
+    """Every chosen file was copied (``getvalue``) and read before the 1 GiB check: three users dropping 80 large
+    files each held gigabytes more in the server process."""
+    from core.imaging.limits import StudyLimits
+    from core.services import studies
+
+    assert studies.upload_refusal([2**20] * 3) is None
+    assert "the limit is 1024 MB" in studies.upload_refusal([600 * 2**20, 600 * 2**20])
+    assert "the limit is 2 for one study" in studies.upload_refusal([1, 1, 1], StudyLimits(max_files=2))
+    real = studies.upload_refusal
+    monkeypatch.setattr(studies, "upload_refusal", lambda sizes: real(sizes, StudyLimits(max_total_bytes=1000)))
+    copied = []  # the page copies the files only to hand them to the analysis
+    monkeypatch.setattr(studies, "triage_study", lambda files, *a, **k: copied.append(len(files)))
+    app = page("study.py").run()
+    app.file_uploader[0].set_value(
+        [("a.dcm", b"x" * 800, "application/dicom"), ("b.dcm", b"y" * 800, "application/dicom")]
+    )
+    app.run()
+    next(b for b in app.button if b.label == "Analyse this study").click().run()
+    assert not app.exception and app.error[0].value.startswith("Not analysed: The files are 0 MB in all")
+    assert copied == [] and not app.metric

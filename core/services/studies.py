@@ -92,6 +92,18 @@ def _wanted(data: bytes) -> bool:
     return is_zip(data) or is_nifti(data) or is_dicom(data)
 
 
+def upload_refusal(sizes: Sequence[int], limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> str | None:
+    """Why an upload of files of these ``sizes`` is refused before a byte of it is copied or read (None: it is
+    not); the same limits :func:`analyse_study` applies, checked from the sizes the browser sent."""
+    if len(sizes) > limits.max_files:
+        return f"{len(sizes)} files were chosen; the limit is {limits.max_files} for one study."
+    if sum(sizes) > limits.max_total_bytes:
+        return (
+            f"The files are {sum(sizes) / 2**20:.0f} MB in all; the limit is {limits.max_total_bytes / 2**20:.0f} MB."
+        )
+    return None
+
+
 def files_of(path: Path, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> tuple[list[bytes], int]:
     """The bytes of a file, or of every DICOM / NIfTI / zip file under a folder (any depth, any names; a DICOMDIR
     index and other files are ignored and counted). Sizes are checked on disk before anything is read."""
