@@ -502,6 +502,39 @@ def test_a_study_whose_series_could_not_be_saved_is_saved_by_the_retry_once_the_
     assert stored(app_environment).summary().total == 1 and not any(b.label.startswith("Retry") for b in app.button)
 
 
+def test_a_pdf_made_before_a_retry_saved_more_series_is_not_offered_for_the_study_as_it_now_is(
+    app_environment: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The PDF was kept by the study's name: after "Retry saving" saved the second series, the report of the first
+    alone was still offered beside a button that counted both."""
+    from core.errors import StoreUnavailable
+    from core.imaging.phantom_series import dicom_series, head_volume, zipped
+    from core.storage.sqlite import SQLiteStore
+
+    real, down = SQLiteStore.add_series, [True]
+
+    def add_series(self, record, sections):
+        if down[0] and record.section_count == 5:
+            raise StoreUnavailable("The database is locked.")
+        return real(self, record, sections)
+
+    monkeypatch.setattr(SQLiteStore, "add_series", add_series)
+    files = dicom_series(head_volume(8, 128, range(3, 6))) + dicom_series(
+        head_volume(5, 128, seed=3), series_uid="1.2.826.0.1.3680043.8.498.1.2"
+    )
+    app = page("study.py").run()
+    app.file_uploader[0].set_value([("study.zip", zipped(files, [f"IM{k}" for k in range(13)]), "application/zip")])
+    app.run(timeout=120)
+    next(b for b in app.button if b.label == "Analyse this study").click().run(timeout=120)
+    next(b for b in app.button if b.label == "Make the PDF report of this study (1 series)").click().run()
+    assert not app.exception and app.get("download_button")
+    down[0] = False
+    next(b for b in app.button if b.label.startswith("Retry saving")).click().run(timeout=120)
+    assert not app.exception and stored(app_environment).summary().total == 2
+    assert not app.get("download_button")  # the one-series report is gone
+    assert any(b.label == "Make the PDF report of this study (2 series)" for b in app.button)
+
+
 def test_study_page_explains_an_upload_that_is_not_a_study() -> None:
     app = page("study.py").run()
     app.file_uploader[0].set_value([("notes.txt", b"hello, not an image" * 20, "text/plain")]).run()

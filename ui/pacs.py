@@ -235,3 +235,5 @@ def _send(
         st.error("Not sent: the report could not be made. Press Send to PACS to try again.")
         return
     sent[pulled.study_uid] = len(stored)
+    if final_label is not None:  # the review is in the records now: a PDF made before it would leave it out
+        st.session_state.pop("study_pdf", None)

@@ -112,11 +112,12 @@ def show_study(
 
 def _report(actor: Actor, name: Hashable, study: StudyResult, classifier: Any, explainer: Any) -> None:
     saved = [view.record.id for view in study.views if view.record is not None]
+    made_for = (name, tuple(saved))  # a PDF made before a retry saved more series is not offered for them
     if saved and st.button(f"Make the PDF report of this study ({len(saved)} series)", key="study_report"):
         try:
             store = resources.current_store()
             st.session_state["study_pdf"] = (
-                name,
+                made_for,
                 reports.study_report(
                     store,
                     resources.image_store(store),
@@ -124,11 +125,11 @@ def _report(actor: Actor, name: Hashable, study: StudyResult, classifier: Any, e
                     saved,
                     classifier,
                     explainer,
-                    unread=sum(view.label is None for view in study.views),
+                    unread=study.unread,
                 ),
             )
         except (InvalidRecord, StoreError) as error:
             st.error(f"The report cannot be made: {error}")
     made = st.session_state.get("study_pdf")
-    if made and made[0] == name:
+    if made and made[0] == made_for:
         st.download_button("Download the report (PDF)", made[1], "study-report.pdf", "application/pdf")

@@ -301,6 +301,7 @@ class StudyResult:
     error_code: str | None = None
     error_message: str | None = None
     notes: tuple[str, ...] = ()
+    unread: int = 0  # series of the study nobody could read (no section analysed, or not put together)
 
 
 def triage_study(
@@ -348,4 +349,4 @@ def save_study(
     notes = outcome.notes
     if outcome.unanalysed and outcome.verdict is None and any(s.label is not None for s in outcome.series):
         notes = (*notes, UNREAD_SERIES.format(outcome.unanalysed))
-    return StudyResult(tuple(views), outcome.verdict, notes=notes)
+    return StudyResult(tuple(views), outcome.verdict, notes=notes, unread=outcome.unanalysed)
