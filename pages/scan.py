@@ -42,15 +42,54 @@ def open_store():
 
 
 def reference_changed() -> None:
-    """A typed or corrected reference applies to this session's results in place (never a second record)."""
+    """A reference typed after uploading applies to this session's results that have none yet (in place, never a
+    second record); results saved under another reference keep it until the reader moves them (below): typing the
+    next patient's reference over the field moved the previous patient's results to the next one's History."""
     session.patient_text = st.session_state["patient_text"]
+    _apply_reference(moving=False)
+
+
+def move_references() -> None:
+    """The reader's correction: this session's results saved under an earlier reference take the one typed now."""
+    _apply_reference(moving=True)
+
+
+def _apply_reference(moving: bool) -> None:
     current = callback_actor(ANALYSE)  # run before the page's own sign-in check: the session as it stands now
     if current is None:
         return
     reference, store = resources.patient_reference(session.patient_text), open_store()
     for upload in session:
         for frame, result in upload.results.items():
-            upload.results[frame] = apply_patient_reference(result, store, reference, current)
+            if moving or not _saved(result) or result.record.patient_ref is None:
+                upload.results[frame] = apply_patient_reference(result, store, reference, current)
+
+
+def _saved(result) -> bool:
+    return result.record is not None and result.status is not None and result.status.state != NOT_SAVED
+
+
+def elsewhere() -> int:
+    """This session's saved results under a reference other than the one typed now (none when the field is empty
+    or references are off); those kept under another session's patient are not counted (they stay where they are)."""
+    reference = resources.patient_reference(session.patient_text)
+    if reference is None:
+        return 0
+    return sum(
+        1
+        for result in session.results()
+        if _saved(result)
+        and result.record.patient_ref not in (None, reference)
+        and not (result.status is not None and result.status.others)
+    )
+
+
+def clear_session() -> None:
+    """A new batch starts from an empty reference too: a batch cleared for the next patient was filed under the
+    previous one's."""
+    session.clear()
+    session.patient_text = ""
+    st.session_state["patient_text"] = ""
 
 
 def uploader_changed() -> None:
@@ -104,13 +143,22 @@ def patient_field() -> None:
         key="patient_text",
         on_change=reference_changed,
         help="Kept only as a keyed hash, never as typed. Links this patient's scans without storing who they are. "
-        "Typed or corrected after uploading, it is applied to the results already saved.",
+        "Typed after uploading, it is applied to the results saved without one; results saved under another "
+        "reference keep theirs unless you move them.",
         disabled=key is None,
         placeholder="e.g. the local study number" if key else "Patient references need [identity] hmac_key in secrets",
     )
 
 
 patient_field()
+moved = elsewhere()
+if moved:
+    st.warning(
+        f"{count_of(moved, 'result')} of this session {'is' if moved == 1 else 'are'} saved under the patient "
+        "reference typed before. New scans take the reference typed now; the earlier ones keep theirs unless you "
+        "move them (to correct a typing mistake)."
+    )
+    st.button(f"Move {count_of(moved, 'result')} to this reference", on_click=move_references, key="move_refs")
 if session.uploader_key not in st.session_state:
     session.seen = set()  # a fresh uploader (first visit, or back from another page) shows no files yet
 uploads = st.file_uploader(
@@ -169,4 +217,4 @@ with_names = left.checkbox("Include file names in the CSV", help="File names can
 middle.download_button("Download results (CSV)", batch_csv(rows, with_names), "scan-results.csv", "text/csv")
 if any(result.status and result.status.state in (NOT_SAVED, NOT_UPDATED) for result in session.results()):
     right.button("Retry saving", on_click=retry_unsaved, type="primary")
-st.button("Clear this session's results", on_click=session.clear, type="tertiary")
+st.button("Clear this session's results", on_click=clear_session, type="tertiary")

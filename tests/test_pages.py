@@ -186,12 +186,19 @@ def test_a_reference_typed_after_uploading_updates_the_one_record(app_environmen
     app = page("scan.py").run()
     app.file_uploader[0].set_value([("a.png", png_bytes(synthetic_slice(256, tumour=True)), "image/png")]).run()
     app.text_input[0].input("ZZCANARY Patient").run()
-    app.text_input[0].input("ZZCANARY Patient 2").run()  # corrected
-    assert not app.exception
     store = stored(app_environment)
+    first = pseudonymise("ZZCANARY Patient", local_key(app_environment))
+    assert not app.exception and store.recent(5)[0].patient_ref == first  # saved without one: it takes it
+    app.text_input[0].input("ZZCANARY Patient 2").run()  # the next patient's, or a correction: not moved silently
+    assert not app.exception and store.recent(5)[0].patient_ref == first
+    assert any(w.value.startswith("1 result of this session is saved under the patient reference") for w in app.warning)
+    next(b for b in app.button if b.label == "Move 1 result to this reference").click().run()  # a correction
+    assert not app.exception and not any(w.value.startswith("1 result of this session") for w in app.warning)
     assert store.summary().total == 1  # one upload, one record, whatever was typed afterwards
     expected = pseudonymise("ZZCANARY Patient 2", local_key(app_environment))
     assert store.recent(5)[0].patient_ref == expected
+    next(b for b in app.button if b.label == "Clear this session's results").click().run()
+    assert app.text_input[0].value == ""  # the next batch does not start under this patient's reference
 
 
 def test_history_reads_a_patient_afresh_on_every_run_and_audits_the_read_once(app_environment: Path) -> None:
