@@ -1,5 +1,7 @@
 """Scan page: upload one scan or a batch; for each, the original, the brain crop and the verdict; saved once."""
 
+import logging
+
 import pandas as pd
 import streamlit as st
 
@@ -10,6 +12,7 @@ from core.services.triage import (
     NOT_UPDATED,
     apply_patient_reference,
     batch_csv,
+    record_batch_export,
     retry_save,
     triage,
 )
@@ -19,6 +22,8 @@ from ui.batch import Upload, batch, summary_row
 from ui.page import setup_page
 from ui.render import scan_panel
 from ui.wording import count_of, pretty
+
+logger = logging.getLogger("btd.ui")
 
 actor = setup_page("Scan", ANALYSE)
 st.title("Scan triage")
@@ -82,6 +87,16 @@ def elsewhere() -> int:
         and result.record.patient_ref not in (None, reference)
         and not (result.status is not None and result.status.others)
     )
+
+
+def exported(result_ids: list[str], with_names: bool) -> None:
+    """The CSV download's audit event, by the session as it stands when the button is pressed."""
+    current, store = callback_actor(ANALYSE), open_store()
+    if current is not None and store is not None:
+        try:
+            record_batch_export(store, current, result_ids, with_names)
+        except StoreError as error:
+            logger.warning("event=results_export_not_audited code=%s", error.code)
 
 
 def clear_session() -> None:
@@ -214,7 +229,14 @@ st.caption(
 st.dataframe(table, hide_index=True, width="stretch")
 left, middle, right = st.columns([1.2, 1, 1])
 with_names = left.checkbox("Include file names in the CSV", help="File names can carry patient identities.")
-middle.download_button("Download results (CSV)", batch_csv(rows, with_names), "scan-results.csv", "text/csv")
+middle.download_button(
+    "Download results (CSV)",
+    batch_csv(rows, with_names),
+    "scan-results.csv",
+    "text/csv",
+    on_click=exported,
+    args=([r.record.id for r in session.results() if r.record is not None], with_names),
+)
 if any(result.status and result.status.state in (NOT_SAVED, NOT_UPDATED) for result in session.results()):
     right.button("Retry saving", on_click=retry_unsaved, type="primary")
 st.button("Clear this session's results", on_click=clear_session, type="tertiary")

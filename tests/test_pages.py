@@ -176,6 +176,9 @@ def test_scan_page_shows_original_crop_and_verdict_and_saves_once(
     batch = app.dataframe[1].value
     assert batch["file"][0] == "ZZCANARY_MRN123.png"  # shown in the session, so a batch can be traced back
     assert app.get("download_button") and made and b"ZZCANARY" not in made[-1] and b"verdict" in made[-1]
+    app.get("download_button")[0].click().run()  # downloading the verdicts is an audit event (it had none)
+    (export,) = [e for e in stored(app_environment).audit_events() if e.action == "results_export"]
+    assert export.detail == {"results": [stored(app_environment).recent(1)[0].id], "file_names": False}
     next(c for c in app.checkbox if c.label.startswith("Include file names")).check().run()
     assert b"ZZCANARY_MRN123.png" in made[-1]  # only when asked for
     records = stored(app_environment).recent(5)

@@ -212,6 +212,7 @@ RESULT_ACTIONS = frozenset(
         "pacs_pull",
         "pacs_send",
         "pacs_send_failed",
+        "results_export",
     }
 )
 

@@ -313,6 +313,13 @@ def retry_save(
     return replace(triaged, record=record, status=status, unsaved_pixels=kept)
 
 
+def record_batch_export(store: Store, actor: Actor, result_ids: Sequence[str], with_names: bool) -> None:
+    """A download of the batch's verdicts is an audit event naming the results it carries and whether file names
+    went with them (they can carry identities); those who may analyse scans."""
+    require(actor, ANALYSE)
+    audit.record(store, actor, "results_export", None, results=list(result_ids), file_names=with_names)
+
+
 def batch_csv(rows: Sequence[Mapping[str, Any]], with_names: bool) -> bytes:
     """The batch table as CSV: file names only when asked for (they can carry identities), every text cell made
     safe for spreadsheets."""
