@@ -704,3 +704,28 @@ def test_a_worklist_filtered_to_one_patient_is_an_audit_event_under_the_keyed_re
     assert reviews.worklist(store, RADIOLOGIST, WorklistQuery(reviewed=None))  # no patient: nothing to audit
     events = [(e.action, e.target, e.detail) for e in store.audit_events()]
     assert events == [("worklist_patient", "d" * 64, {"results": 1})]
+
+
+def test_two_admins_disabling_each_other_at_once_on_mongodb_leave_one_enabled() -> None:
+    """MongoDB has no transaction: each admin's check saw the other still enabled, and both disables landed,
+    leaving nobody who could manage accounts from the app."""
+    import mongomock
+
+    from core.storage.mongo import MongoStore
+
+    store = MongoStore(mongomock.MongoClient(tz_aware=True), collection="scans_race")
+    accounts.add_account(store, COMMAND_LINE, "a1", "admin", PASSWORD)
+    accounts.add_account(store, COMMAND_LINE, "a2", "admin", PASSWORD)
+    update, raced = store.update_account, []
+
+    def racing(name, changes, expected):  # a1's disable of a2 lands between a2's check and its write
+        if name == "a1" and changes.get("disabled") and not raced:
+            raced.append(1)
+            accounts.set_disabled(store, Actor("a1", "admin"), "a2")
+        return update(name, changes, expected)
+
+    store.update_account = racing
+    with pytest.raises(InvalidRecord, match="only enabled admin"):
+        accounts.set_disabled(store, Actor("a2", "admin"), "a1")
+    enabled = [a.name for a in store.accounts() if a.role == "admin" and not a.disabled]
+    assert enabled == ["a1"] and [e.action for e in store.audit_events()].count("account_disabled") == 1

@@ -295,6 +295,30 @@ def test_accounts_are_kept_and_updated(store) -> None:
         store.put_account(Account("x", "superuser"))
 
 
+def test_an_account_is_created_once_and_changed_only_from_what_was_read(store) -> None:
+    """Two creations of one name: the second replaced the first's role and password (an upsert). A change made from
+    a copy read before another (a role change racing a password reset on MongoDB) wrote the old password back."""
+    first = Account("dr-a", "radiologist", "$argon2id$first", created_at=utc(2026, 1, 1))
+    assert store.insert_account(first)
+    assert not store.insert_account(replace(first, role="admin", password_hash="$argon2id$second"))
+    assert (
+        store.get_account("dr-a").password_hash == "$argon2id$first" and store.get_account("dr-a").role == "radiologist"
+    )
+    assert store.update_account("dr-a", {"password_hash": "$argon2id$new"}, {"password_hash": "$argon2id$first"})
+    # a role change from the copy read before the reset: refused, and the new password stays
+    assert not store.update_account(
+        "dr-a", {"role": "supervisor"}, {"role": "radiologist", "password_hash": "$argon2id$first"}
+    )
+    assert store.update_account(
+        "dr-a", {"disabled": True, "locked_until": None}, {"role": "radiologist", "disabled": False}
+    )
+    account = store.get_account("dr-a")
+    assert (account.role, account.password_hash, account.disabled) == ("radiologist", "$argon2id$new", True)
+    assert not store.update_account("nobody", {"role": "admin"}, {})
+    with pytest.raises(InvalidRecord):
+        store.update_account("dr-a", {"name": "x"}, {})
+
+
 def test_the_audit_trail_is_one_hash_chain(store) -> None:
     for k, action in enumerate(("sign_in", "upload", "open", "review")):
         event = store.append_audit(

@@ -64,7 +64,8 @@ def add_account(store: Store, actor: Actor, name: str, role: str, password: str 
         check_password(password)
     account = Account(name, role, _hasher().hash(password) if password else None, created_at=datetime.now(UTC))
     with store.atomic():  # the change and its audit event: both or neither
-        store.put_account(account.validate())
+        if not store.insert_account(account.validate()):  # created meanwhile (the page and the command line)
+            raise InvalidRecord(f"An account named {name} exists already.")
         audit.record(store, actor, "account_created", name, role=role)
     return account
 
@@ -79,8 +80,27 @@ def _keep_an_admin(store: Store, account: Account, updated: Account) -> None:
             raise InvalidRecord(f"{account.name} is the only enabled admin; make another account admin first.")
 
 
-# Each change reads the account, checks and writes it with its audit event in one unit of work (SQLite: one writer
-# at a time), so two admins' changes, or a change during a sign-in, never write back a stale copy of the row.
+# Each change reads the account, checks it and writes only the fields it changes, on the condition that the fields
+# it read still hold (compare and set): SQLite runs it in one unit of work with its audit event; on MongoDB (no
+# transaction) two admins' changes, or a change during a sign-in, never write back a stale copy of the account
+# (a role change once undid a password reset made meanwhile), and a change that left no enabled admin after all (two
+# admins disabling each other at once) is undone.
+CHANGED_MEANWHILE = "The account {} was changed by someone else meanwhile; look again and retry."
+
+
+def _change(store: Store, account: Account, changes: dict[str, Any], checked: tuple[str, ...]) -> Account:
+    """Write ``changes`` to ``account`` if the ``checked`` fields still hold what was read; then, if it was an
+    enabled admin, make sure one is left (else undo and refuse)."""
+    expected = {field: getattr(account, field) for field in checked}
+    if not store.update_account(account.name, changes, expected):
+        raise InvalidRecord(CHANGED_MEANWHILE.format(account.name))
+    updated = replace(account, **changes)
+    was_admin = account.role == "admin" and not account.disabled
+    if was_admin and not any(a.role == "admin" and not a.disabled for a in store.accounts()):
+        undo = {field: getattr(account, field) for field in changes}
+        store.update_account(account.name, undo, {field: getattr(updated, field) for field in changes})
+        raise InvalidRecord(f"{account.name} is the only enabled admin; make another account admin first.")
+    return updated
 
 
 def set_role(store: Store, actor: Actor, name: str, role: str) -> Account:
@@ -89,9 +109,8 @@ def set_role(store: Store, actor: Actor, name: str, role: str) -> Account:
         raise InvalidRecord(f"A role is one of {', '.join(ROLES)}.")
     with store.atomic():  # the read, the check, the change and its audit event: both or neither
         account = _existing(store, name)
-        updated = replace(account, role=role)
-        _keep_an_admin(store, account, updated)
-        store.put_account(updated)
+        _keep_an_admin(store, account, replace(account, role=role))
+        updated = _change(store, account, {"role": role}, ("role", "disabled"))
         audit.record(store, actor, "account_role_changed", name, role=role, was=account.role)
     return updated
 
@@ -100,9 +119,9 @@ def set_disabled(store: Store, actor: Actor, name: str, disabled: bool = True) -
     require(actor, ACCOUNTS)
     with store.atomic():  # the read, the check, the change and its audit event: both or neither
         account = _existing(store, name)
-        updated = replace(account, disabled=disabled, failed_count=0, locked_until=None)
-        _keep_an_admin(store, account, updated)
-        store.put_account(updated)
+        _keep_an_admin(store, account, replace(account, disabled=disabled))
+        changes = {"disabled": disabled, "failed_count": 0, "locked_until": None}
+        updated = _change(store, account, changes, ("role", "disabled"))
         audit.record(store, actor, "account_disabled" if disabled else "account_enabled", name)
     return updated
 
@@ -112,8 +131,9 @@ def set_password(store: Store, actor: Actor, name: str, password: str) -> Accoun
     check_password(password)
     new_hash = _hasher().hash(password)  # the slow part, before the unit of work
     with store.atomic():  # the read, the change and its audit event: both or neither
-        updated = replace(_existing(store, name), password_hash=new_hash, failed_count=0, locked_until=None)
-        store.put_account(updated)
+        account = _existing(store, name)
+        changes = {"password_hash": new_hash, "failed_count": 0, "locked_until": None}
+        updated = _change(store, account, changes, ("password_hash",))
         audit.record(store, actor, "account_password_set", name)
     return updated
 
@@ -193,10 +213,7 @@ def sign_in(store: Store, name: str, password: str, now: datetime | None = None)
 def _rehash(store: Store, seen: Account, new_hash: str) -> None:
     """Store a stronger hash of the same password, unless the account changed since ``seen`` was read (a new
     password, a disable): only the hash is replaced, on the row as it stands."""
-    with store.atomic():
-        current = store.get_account(seen.name)
-        if current is not None and current.password_hash == seen.password_hash:
-            store.put_account(replace(current, password_hash=new_hash))
+    store.update_account(seen.name, {"password_hash": new_hash}, {"password_hash": seen.password_hash})
 
 
 def external_actor(store: Store, claims: Mapping[str, Any], role_claim: str | None = None) -> Actor:

@@ -9,7 +9,7 @@ so replicas sharing one database keep one unbroken chain. A review is inserted, 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from datetime import datetime
 from typing import Any
@@ -86,6 +86,37 @@ class MongoPeople:
             self._people("accounts").update_one(
                 {"_id": name}, {"$set": {"failed_count": 0, "locked_until": locked_until}}
             )
+
+    def insert_account(self, account: Account) -> bool:
+        """As SQLite's: one insert, False when an account of that name exists (the unique ``_id``)."""
+        from pymongo.errors import DuplicateKeyError
+
+        account.validate()
+        document = {
+            "_id": account.name,
+            "role": account.role,
+            "password_hash": account.password_hash,
+            "disabled": account.disabled,
+            "failed_count": account.failed_count,
+            "locked_until": account.locked_until,
+            "created_at": account.created_at,
+        }
+        with self._errors():
+            try:
+                self._people("accounts").insert_one(document)
+            except DuplicateKeyError:  # before the store's own error mapping reads it as a refused write
+                return False
+        return True
+
+    def update_account(self, name: str, changes: Mapping[str, Any], expected: Mapping[str, Any]) -> bool:
+        """As SQLite's: one ``update_one`` whose filter holds the expected fields (atomic on the document)."""
+        known = {"role", "password_hash", "disabled", "failed_count", "locked_until"}
+        unknown = (set(changes) | set(expected)) - known
+        if unknown:
+            raise InvalidRecord(f"Not an account field: {sorted(unknown)[0]}.")
+        with self._errors():
+            found = self._people("accounts").update_one({"_id": name, **expected}, {"$set": dict(changes)})
+        return found.matched_count == 1
 
     def put_account(self, account: Account) -> None:
         account.validate()

@@ -9,6 +9,7 @@ writers (threads or processes) keep one unbroken chain.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +19,21 @@ from core.domain.times import from_ms, to_ms
 from core.errors import InvalidRecord
 from core.storage.protocol import check_review
 from core.storage.sqlite_base import SQLiteBase
+
+_ACCOUNT_COLUMNS = {"role": "role", "password_hash": "password_hash", "disabled": "disabled"}
+_ACCOUNT_COLUMNS |= {"failed_count": "failed_count", "locked_until": "locked_until_ms"}
+
+
+def _columns(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Account fields as the accounts table's columns and values (a field it does not know is refused)."""
+    unknown = set(fields) - set(_ACCOUNT_COLUMNS)
+    if unknown:
+        raise InvalidRecord(f"Not an account field: {sorted(unknown)[0]}.")
+    values = {
+        "disabled": lambda v: int(bool(v)),
+        "locked_until": lambda v: to_ms(v) if v is not None else None,
+    }
+    return {_ACCOUNT_COLUMNS[k]: values.get(k, lambda v: v)(v) for k, v in fields.items()}
 
 
 class SQLitePeople(SQLiteBase):
@@ -65,6 +81,40 @@ class SQLitePeople(SQLiteBase):
                     to_ms(created),
                 ),
             )
+
+    def insert_account(self, account: Account) -> bool:
+        """Create an account; False (nothing written) when one of that name exists."""
+        account.validate()
+        created = account.created_at or from_ms(0)
+        locked = to_ms(account.locked_until) if account.locked_until else None
+        with self._errors():
+            cursor = self._connection().execute(
+                "INSERT INTO accounts (name, role, password_hash, disabled, failed_count, locked_until_ms, created_ms) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO NOTHING",
+                (
+                    account.name,
+                    account.role,
+                    account.password_hash,
+                    int(account.disabled),
+                    account.failed_count,
+                    locked,
+                    to_ms(created),
+                ),
+            )
+        return cursor.rowcount == 1
+
+    def update_account(self, name: str, changes: Mapping[str, Any], expected: Mapping[str, Any]) -> bool:
+        """Set ``changes`` on the account ``name`` only while its fields still hold ``expected`` (compare and set:
+        a change made from a stale copy never overwrites another); False when they do not, or it does not exist."""
+        sets, wheres = _columns(changes), _columns(expected)
+        assignments = ", ".join(f"{column} = ?" for column in sets)
+        conditions = "".join(f" AND {column} IS ?" for column in wheres)
+        with self._errors():
+            cursor = self._connection().execute(
+                f"UPDATE accounts SET {assignments} WHERE name = ?{conditions}",  # columns from a fixed map
+                (*sets.values(), name, *wheres.values()),
+            )
+        return cursor.rowcount == 1
 
     def begin_sign_in(self, name: str, now: datetime) -> int | None:
         """Claim a password check for ``name``, atomically: its failure count goes up by one and the new count is
