@@ -112,6 +112,11 @@ def uploader_changed() -> None:
 
 
 def choose_frame(upload: Upload, frame: int) -> None:
+    """Analyse (and save) another frame, as the account stands now: the panel reruns alone, and the page run's
+    actor could be one an admin has demoted since."""
+    current = callback_actor(ANALYSE)
+    if current is None:
+        return
     if frame not in upload.results and upload.data is not None:
         store = open_store()
         upload.results[frame] = triage(
@@ -120,7 +125,7 @@ def choose_frame(upload: Upload, frame: int) -> None:
             explainer,
             store,
             frame=frame,
-            actor=actor,
+            actor=current,
             patient_ref=resources.patient_reference(session.patient_text),
             images=resources.image_store(store),
         )
