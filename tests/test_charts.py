@@ -426,3 +426,15 @@ def test_periods_cut_by_the_range_or_still_going_on_are_named_partial() -> None:
         partial_periods(board(date(2026, 11, 5), date(2026, 11, 5), "day", [date(2026, 11, 5)]), date(2026, 12, 1))
         is None
     )
+
+
+def test_a_period_out_of_control_stands_out_without_colour() -> None:
+    """Alarmed periods differed only by marker colour, two of nearly the same luminance: the same in greyscale."""
+    from ui.charts import drift_figure
+
+    starts = ["2026-11-02", "2026-11-09", "2026-11-16"]
+    limits = [(0.2, 0.6)] * 3
+    figure = drift_figure(starts, [0.4, 0.41, 0.9], limits, [0.5, 0.5, 0.8], limits, [False, False, True], None)
+    observed = [trace for trace in figure.data if trace.name == "observed"]
+    assert observed and all(list(t.marker.symbol) == ["circle", "circle", "x"] for t in observed)
+    assert all(list(t.text) == ["", "", "out of control"] for t in observed)

@@ -292,7 +292,7 @@ def drift_figure(
     baseline_end: str | None,
 ) -> go.Figure:
     """Control charts: the tumour rate against its p-chart limits (above) and the mean tumour probability
-    against its x-bar limits (below), both from the baseline period; periods out of control in red."""
+    against its x-bar limits (below), both from the baseline period; periods out of control as red crosses."""
     figure = make_subplots(
         rows=2,
         cols=1,
@@ -320,7 +320,14 @@ def drift_figure(
             mode="lines+markers",
             name="observed",
             showlegend=row == 1,
-            marker={"color": ["#c0392b" if alarm else "#1f6f8b" for alarm in alarms], "size": 7},
+            # out of control: red, and a larger cross with its words, so it shows without colour vision too
+            marker={
+                "color": ["#c0392b" if alarm else "#1f6f8b" for alarm in alarms],
+                "symbol": ["x" if alarm else "circle" for alarm in alarms],
+                "size": [12 if alarm else 7 for alarm in alarms],
+            },
+            text=["out of control" if alarm else "" for alarm in alarms],
+            hovertemplate="%{x}: %{y}% %{text}<extra></extra>",
             line_color="#1f6f8b",
             row=row,
             col=1,
