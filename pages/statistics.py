@@ -93,8 +93,18 @@ zones = sorted({browser_zone, "UTC", "Europe/London", "Europe/Paris", "America/N
 controls = st.columns([1, 1.4, 1, 1.2, 0.9, 0.8])
 timezone = controls[0].selectbox("Time zone", zones, index=zones.index(browser_zone), key="stats_zone")
 today = datetime.now(ZoneInfo(timezone)).date()
-if "stats_dates" not in st.session_state:  # set once: a time-zone change keeps the chosen range
-    st.session_state["stats_dates"] = (today - timedelta(days=89), today)
+
+
+def default_range(day: date) -> tuple[date, date]:
+    return day - timedelta(days=89), day
+
+
+# the default range follows today (a new day, a zone already on another date: its results were missing from the
+# totals while "Today" counted them); a range the supervisor chose is kept, a time-zone change included
+follows_today = st.session_state.get("stats_dates") in (None, st.session_state.get("stats_default"))
+if follows_today:
+    st.session_state["stats_dates"] = default_range(today)
+st.session_state["stats_default"] = default_range(today)
 # a day past today: a range chosen in a zone already on tomorrow stays valid when the zone is changed
 chosen = controls[1].date_input("Dates", key="stats_dates", max_value=today + timedelta(days=1))
 period = controls[2].radio("Group by", statistics.PERIODS, horizontal=True, index=0, key="stats_period")
@@ -144,8 +154,8 @@ baseline_end = st.date_input(
 )
 
 
-def quality_section(viewer):
-    board_q = quality(viewer, start_day, end_day, timezone, period, tuple(picked), baseline_end, source)
+def quality_section(viewer, first: date, last: date):
+    board_q = quality(viewer, first, last, timezone, period, tuple(picked), baseline_end, source)
     st.subheader("Model quality: agreement with the radiologists and drift")
     if board_q.drift.message:
         st.error(board_q.drift.message, icon=":material/warning:")
@@ -305,8 +315,9 @@ def exported(dashboard) -> None:
 @st.fragment(run_every=None if paused else REFRESH_SECONDS)
 def live_dashboard() -> None:
     viewer = fragment_actor(activity=False)  # checks as a page run does; a timed refresh is not the user's activity
+    first, last = default_range(datetime.now(ZoneInfo(timezone)).date()) if follows_today else (start_day, end_day)
     try:
-        dashboard = board(viewer, start_day, end_day, timezone, period, tuple(picked), source, unit)
+        dashboard = board(viewer, first, last, timezone, period, tuple(picked), source, unit)
     except StoreError as error:
         st.error(f"The results database cannot be read: {error}")
         return
@@ -323,7 +334,7 @@ def live_dashboard() -> None:
     lesion_chart(dashboard)
     by_model_version(dashboard)
     try:
-        shown_quality = quality_section(viewer)
+        shown_quality = quality_section(viewer, first, last)
     except StoreError as error:  # the figures above stay; the quality board says why it is missing
         st.error(f"The model-quality figures cannot be read: {error}")
         shown_quality = None

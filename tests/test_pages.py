@@ -397,6 +397,22 @@ def test_a_time_zone_change_keeps_the_chosen_dates(app_environment: Path) -> Non
     assert app.date_input[0].value == (start, datetime.now(UTC).date())
 
 
+def test_the_default_date_range_follows_today_and_a_chosen_one_stays(app_environment: Path) -> None:
+    """The default range was set once per session: the next day (or a zone already on another date) its end stayed
+    behind, and that day's results were missing from the totals and charts while "Today" counted them."""
+    store = stored(app_environment)
+    for i in range(6):
+        store.add(make_record(i + 1, datetime.now(UTC) - timedelta(minutes=10 + i), "glioma"))
+    today = datetime.now(UTC).date()
+    yesterdays = (today - timedelta(days=90), today - timedelta(days=1))
+    app = page("statistics.py")
+    app.session_state["stats_dates"] = yesterdays  # the default as a session opened yesterday set it
+    app.session_state["stats_default"] = yesterdays
+    app.run()
+    assert not app.exception and app.date_input[0].value == (today - timedelta(days=89), today)
+    assert {m.label: m.value for m in app.metric}["Studies with a verdict"] == "6"  # today's results counted
+
+
 def test_batch_of_fifty_scans_gets_a_progress_bar_and_one_record_each(app_environment: Path) -> None:
     files = [
         (f"scan{i}.png", png_bytes(synthetic_slice(256, tumour=i % 3 == 0, seed=i)), "image/png") for i in range(50)
