@@ -133,6 +133,17 @@ def test_one_dicom_slice_on_the_scan_page_shows_the_marker_under_its_letters_as_
     assert scan.letters == RADIOLOGICAL[plane] and marker_sides(scan.pixels, scan.letters) == expected
 
 
+def test_an_oblique_section_names_each_edge_with_the_axes_it_leans_towards_and_never_one_letter_twice() -> None:
+    """At 45 degrees the dominant axis was a tie: the right edge read "L" and the bottom "R", so R stood at two
+    edges; a slight obliquity keeps its single letters."""
+    letters = orientation_letters((0.7071, 0.7071, 0, -0.7071, 0.7071, 0))
+    assert letters == {"right": "LP", "left": "RA", "bottom": "RP", "top": "LA"}
+    assert len(set(letters.values())) == 4
+    slight = rotation_z(20) @ np.eye(3)
+    assert orientation_letters((*slight[:, 0], *slight[:, 1])) == RADIOLOGICAL["axial"]  # 20 degrees: L right, P bottom
+    assert orientation_letters((1.0, 0, 0, 0, 1.0, 0)) == RADIOLOGICAL["axial"]
+
+
 def test_the_display_transform_leaves_standard_views_alone_and_moves_geometry_with_pixels() -> None:
     assert display_transform((1.0, 0, 0, 0, 1.0, 0)).identity
     assert display_transform((0, 1.0, 0, 0, 0, -1.0)).identity

@@ -112,14 +112,19 @@ def nifti_orientation(affine: np.ndarray) -> tuple[float, ...]:
 
 def orientation_letters(orientation: Sequence[float] | None) -> dict[str, str]:
     """The patient directions at the edges of a displayed section: {"left", "right", "top", "bottom"} letters
-    (R/L, A/P, H/F) from its row and column directions (LPS); an oblique direction gets its dominant axis."""
+    (R/L, A/P, H/F) from its row and column directions (LPS). An oblique direction gets its dominant axis first and
+    every other axis it leans 30 degrees or more towards after it ("LA"): at 45 degrees the dominant axis alone
+    was a tie, and one letter stood at two edges."""
     if not orientation or len(orientation) < 6:
         return {}
 
     def letter(vector: np.ndarray) -> str:
-        axis = int(np.argmax(np.abs(vector)))
-        positive, negative = (("L", "R"), ("P", "A"), ("H", "F"))[axis]
-        return positive if vector[axis] > 0 else negative
+        named = ""
+        for axis in sorted(range(3), key=lambda a: -abs(vector[a])):  # stable: x before y before z at a tie
+            if not named or abs(vector[axis]) >= 0.5:
+                positive, negative = (("L", "R"), ("P", "A"), ("H", "F"))[axis]
+                named += positive if vector[axis] > 0 else negative
+        return named
 
     row, column = np.asarray(orientation[:3], float), np.asarray(orientation[3:6], float)
     return {"right": letter(row), "left": letter(-row), "bottom": letter(column), "top": letter(-column)}
