@@ -1045,3 +1045,14 @@ def test_a_study_upload_over_the_limits_is_refused_from_its_sizes_before_any_fil
     next(b for b in app.button if b.label == "Analyse this study").click().run()
     assert not app.exception and app.error[0].value.startswith("Not analysed: The files are 0 MB in all")
     assert copied == [] and not app.metric
+
+
+def test_each_scan_panel_is_a_fragment_that_reruns_alone() -> None:
+    """A helper put between the decorator and the panel took its ``@st.fragment``: picking a frame or a heat map's
+    class then reran the whole page (and every upload's panel), as the design says it must not."""
+    import ast
+
+    tree = ast.parse((ROOT / "ui" / "render.py").read_text())
+    decorated = {n.name for n in tree.body if isinstance(n, ast.FunctionDef) and n.decorator_list}
+    panel = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "scan_panel")
+    assert [ast.unparse(d) for d in panel.decorator_list] == ["st.fragment"] and decorated == {"scan_panel"}

@@ -91,7 +91,6 @@ def _verdict(result: Triaged) -> None:
         st.caption(f"Result {status.state}{note}. Analysed in {prediction.timings_ms['total']:.0f} ms.")
 
 
-@st.fragment
 def edges(letters: Mapping[str, str]) -> str:
     """The patient directions at a shown image's edges for its caption, or that the file does not give them."""
     if not letters:
@@ -99,6 +98,7 @@ def edges(letters: Mapping[str, str]) -> str:
     return f" · patient's {letters['left']} at left, {letters['right']} at right, {letters['top']} at top"
 
 
+@st.fragment
 def scan_panel(
     index: int, upload: Upload, labels: tuple[str, ...], choose_frame: Callable[[Upload, int], None]
 ) -> None:
