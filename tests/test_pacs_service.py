@@ -505,3 +505,26 @@ def test_a_reviewed_report_sent_first_takes_the_versions_it_replaces_with_it(tin
         seen = next(ds for ds in batch if str(ds.SOPInstanceUID) == str(uid.ReferencedSOPInstanceUID))
     assert int(seen.InstanceNumber) == 1 and seen.PreliminaryFlag == "PRELIMINARY"
     assert returned[0] == str(final.SOPInstanceUID) and len(returned) == len(batch) - 2  # this version, its images
+
+
+def test_an_oblique_tumour_series_is_reported_with_key_images_that_name_every_letter_of_their_edges(
+    tiny_classifier,
+) -> None:
+    """An oblique series' edges read "LP": highdicom takes one letter, so the key images, and with them the report of
+    every oblique tumour series, failed ("report not made")."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    angle = np.radians(35.0)
+    oblique = (np.cos(angle), np.sin(angle), 0.0, -np.sin(angle), np.cos(angle), 0.0)
+    files = dicom_series(head_volume(6, 96, range(2, 4)), orientation=oblique, study_uid=STUDY, series_uid=f"{STUDY}.1")
+    outcome = analyse_study(files, tiny_classifier)
+    (series,) = outcome.series
+    series = replace(series, rule=replace(series.rule, threshold=0.0))  # every section a key section
+    assert any(len(letter) > 1 for letter in series.volume.letters.values())
+    images = objects.key_images(objects.headers(files), series)
+    assert images and all(
+        list(image.PatientOrientation) == [series.volume.letters["right"], series.volume.letters["bottom"]]
+        for image in images
+    )

@@ -239,7 +239,7 @@ def key_images(evidence: Sequence[Any], series: SeriesAnalysis) -> list[Any]:
     letters = series.volume.letters  # the displayed section's edges: rows run to "right", columns to "bottom"
     if not letters:  # a Secondary Capture in patient coordinates needs its orientation: none without the files'
         return []
-    orientation = (letters["right"], letters["bottom"])
+    orientation = (letters["right"], letters["bottom"])  # an oblique edge has several letters ("LP"), as DICOM allows
     images = []
     for index in key_sections(series):
         pixels = np.ascontiguousarray(series.volume.sections[index])
@@ -253,13 +253,14 @@ def key_images(evidence: Sequence[Any], series: SeriesAnalysis) -> list[Any]:
             photometric_interpretation="RGB",
             bits_allocated=8,
             coordinate_system="PATIENT",
-            patient_orientation=orientation,
+            patient_orientation=(orientation[0][0], orientation[1][0]),  # highdicom takes one letter an edge
             series_instance_uid=_uid(reference.StudyInstanceUID, series.volume.series, "key images"),
             series_number=9902,
             sop_instance_uid=_uid(reference.StudyInstanceUID, series.volume.series, "key image", index, series.score),
             instance_number=index + 1,  # the section's number, as the app and the report count it
             manufacturer=MANUFACTURER,
         )
+        image.PatientOrientation = list(orientation)  # every letter, as the app shows the edges
         source = _series_name(evidence, series).split(" (UID ")[0]
         image.SeriesDescription = f"BTD key sections of {source}"[:64]  # which series they come from
         images.append(image)

@@ -335,15 +335,16 @@ def _section_image(pdf, view: SeriesView, rgb: np.ndarray, x: float, y: float, s
     letters = orientation_letters(view.geometry.get("orientation"))  # type: ignore[arg-type]
     pdf.set_font("Helvetica", "B", 7)
     pdf.set_text_color(255, 235, 59)
+    span = {edge: 2.5 * len(text) + 0.5 for edge, text in letters.items()}  # an oblique edge: "LP"
     for edge, (lx, ly) in {
-        "top": (left + w / 2 - 1, top + 0.5),
-        "bottom": (left + w / 2 - 1, top + h - 3.5),
+        "top": (left + w / 2 - span.get("top", 3) / 2, top + 0.5),
+        "bottom": (left + w / 2 - span.get("bottom", 3) / 2, top + h - 3.5),
         "left": (left + 0.5, top + h / 2 - 1.5),
-        "right": (left + w - 3, top + h / 2 - 1.5),
+        "right": (left + w - span.get("right", 3), top + h / 2 - 1.5),
     }.items():
         if edge in letters:
             pdf.set_xy(lx, ly)
-            pdf.cell(3, 3, letters[edge])
+            pdf.cell(span[edge], 3, letters[edge])
     if not letters:  # the files give no orientation: said, never left to be assumed
         pdf.set_font("Helvetica", "", 6)
         pdf.set_xy(left + 0.5, top + h - 3.5)
