@@ -430,6 +430,14 @@ def test_a_nifti_that_does_not_say_where_its_voxels_lie_shows_no_left_and_right(
     (series,) = read_study([bytes(raw)])
     assert series.orientation is None and series.letters == {} and "left and right are unknown" in series.warnings[0]
     assert series.spacing == pytest.approx((2.0, 2.0)) and series.step_mm == pytest.approx(3.0)  # sizes still hold
+    anterior = np.full((40, 50, 6), 300.0, np.float32)  # i: x, j: y (towards anterior), k: z
+    anterior[18:22, 42:46, :] = 1000.0  # a marker near the front of the head
+    for codes in ((1, 1), (0, 0)):  # placed, then a header that says nothing
+        raw = bytearray(nibabel.Nifti1Image(anterior, np.diag([2.0, 2.0, 3.0, 1.0])).to_bytes())
+        struct.pack_into("<hh", raw, 252, *codes)
+        (shown,) = read_study([bytes(raw)])
+        rows = np.nonzero(shown.sections[3] == shown.sections[3].max())[0]
+        assert rows.mean() < shown.sections.shape[1] / 3, codes  # anterior at the top either way, never upside down
 
 
 def test_a_nifti_takes_its_spacing_and_directions_from_one_matrix_and_says_when_qform_and_sform_disagree() -> None:

@@ -76,12 +76,15 @@ def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volum
     # the spacing comes from the same matrix as the directions (pixdim can disagree with the sform it is under)
     zooms = np.linalg.norm(np.asarray(image.affine, float)[:3, :3], axis=0)
     # section k as stored: rows follow the second voxel axis (j), columns the first (i); the affine says where
-    # each points in the patient, and _radiological turns them into the radiological view; one section at a time
+    # each points in the patient, and radiological() turns them into the radiological view; one section at a time.
+    # Without an orientation in the header (codes 0) the reader's affine still puts anterior at the top (readers
+    # differ on left and right only), so the view is turned the same way and then no direction is claimed.
     sections, spacing, orientation = radiological(
         np.stack([apply_stretch(volume[:, :, k].T, low, high) for k in range(volume.shape[2])]),
         (float(zooms[1]), float(zooms[0])),
-        nifti_orientation(image.affine) if placed else None,
+        nifti_orientation(image.affine),
     )
+    orientation = orientation if placed else None
     digest = hashlib.sha256(data).hexdigest()
     origin, step = _nifti_normal_steps(image.affine, orientation) if orientation else (0.0, float(zooms[2]))
     return Volume(
