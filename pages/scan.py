@@ -66,24 +66,21 @@ def _apply_reference(moving: bool) -> None:
     reference, store = resources.patient_reference(session.patient_text), open_store()
     for upload in session:
         for frame, result in upload.results.items():
-            if moving or not _saved(result) or result.record.patient_ref is None:
+            if moving or result.record is None or result.record.patient_ref is None:
                 upload.results[frame] = apply_patient_reference(result, store, reference, current)
 
 
-def _saved(result) -> bool:
-    return result.record is not None and result.status is not None and result.status.state != NOT_SAVED
-
-
 def elsewhere() -> int:
-    """This session's saved results under a reference other than the one typed now (none when the field is empty
-    or references are off); those kept under another session's patient are not counted (they stay where they are)."""
+    """This session's results (saved or waiting for a retry) under a reference other than the one typed now (none
+    when the field is empty or references are off); those kept under another session's patient are not counted
+    (they stay where they are)."""
     reference = resources.patient_reference(session.patient_text)
     if reference is None:
         return 0
     return sum(
         1
         for result in session.results()
-        if _saved(result)
+        if result.record is not None
         and result.record.patient_ref not in (None, reference)
         and not (result.status is not None and result.status.others)
     )
@@ -174,9 +171,9 @@ patient_field()
 moved = elsewhere()
 if moved:
     st.warning(
-        f"{count_of(moved, 'result')} of this session {'is' if moved == 1 else 'are'} saved under the patient "
-        "reference typed before. New scans take the reference typed now; the earlier ones keep theirs unless you "
-        "move them (to correct a typing mistake)."
+        f"{count_of(moved, 'result')} of this session {'is' if moved == 1 else 'are'} kept under the patient "
+        "reference typed before (saved, or to be saved by a retry). New scans take the reference typed now; the "
+        "earlier ones keep theirs unless you move them (to correct a typing mistake)."
     )
     st.button(f"Move {count_of(moved, 'result')} to this reference", on_click=move_references, key="move_refs")
 if session.uploader_key not in st.session_state:

@@ -194,7 +194,7 @@ def test_a_reference_typed_after_uploading_updates_the_one_record(app_environmen
     assert not app.exception and store.recent(5)[0].patient_ref == first  # saved without one: it takes it
     app.text_input[0].input("ZZCANARY Patient 2").run()  # the next patient's, or a correction: not moved silently
     assert not app.exception and store.recent(5)[0].patient_ref == first
-    assert any(w.value.startswith("1 result of this session is saved under the patient reference") for w in app.warning)
+    assert any(w.value.startswith("1 result of this session is kept under the patient reference") for w in app.warning)
     next(b for b in app.button if b.label == "Move 1 result to this reference").click().run()  # a correction
     assert not app.exception and not any(w.value.startswith("1 result of this session") for w in app.warning)
     assert store.summary().total == 1  # one upload, one record, whatever was typed afterwards

@@ -729,3 +729,24 @@ def test_two_admins_disabling_each_other_at_once_on_mongodb_leave_one_enabled() 
         accounts.set_disabled(store, Actor("a2", "admin"), "a1")
     enabled = [a.name for a in store.accounts() if a.role == "admin" and not a.disabled]
     assert enabled == ["a1"] and [e.action for e in store.audit_events()].count("account_disabled") == 1
+
+
+def test_a_result_not_saved_keeps_the_reference_it_was_analysed_under_when_the_next_patients_is_typed(
+    store, tmp_path, tiny_classifier, monkeypatch
+) -> None:
+    """Patient A's scan, not saved (the database down), was saved by the retry under patient B's reference typed
+    meanwhile: A's result in B's History."""
+    from core.errors import StoreUnavailable
+
+    scan = png_bytes(synthetic_slice(256, tumour=True, seed=8))
+    real = store.add
+
+    def down(record):
+        raise StoreUnavailable("locked")
+
+    monkeypatch.setattr(store, "add", down)
+    unsaved = triage(scan, tiny_classifier, None, store, actor=RADIOLOGIST, patient_ref="a" * 64)
+    assert unsaved.status.state == NOT_SAVED and unsaved.record.patient_ref == "a" * 64
+    monkeypatch.setattr(store, "add", real)
+    retried = retry_save(unsaved, store, FolderImages(tmp_path / "images"), "b" * 64, RADIOLOGIST)  # B typed since
+    assert retried.status.state == SAVED and store.get(retried.record.id).patient_ref == "a" * 64

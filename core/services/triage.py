@@ -285,9 +285,10 @@ def reference_for_saved(
 def retry_save(
     triaged: Triaged, store: Store | None, images: ImageStore | None, patient_ref: str | None, actor: Actor
 ) -> Triaged:
-    """Save again a result that was not saved (or whose reference was not updated), with the reference typed now,
-    keeping its image first when the first try could not: never a result without the image its review needs.
-    Only roles that may analyse scans."""
+    """Save again a result that was not saved (or whose reference was not updated), keeping its image first when
+    the first try could not: never a result without the image its review needs. A result not saved keeps the
+    reference it was analysed under (the next patient's, typed meanwhile, must not take it); one without a
+    reference takes ``patient_ref``. Only roles that may analyse scans."""
     require(actor, ANALYSE)
     if triaged.record is None or triaged.status is None:
         return triaged
@@ -296,6 +297,7 @@ def retry_save(
         return apply_patient_reference(previous, store, patient_ref, actor)
     if triaged.status.state != NOT_SAVED:
         return triaged
+    patient_ref = triaged.record.patient_ref or patient_ref
     record = replace(triaged.record, patient_ref=patient_ref)
     if record.image_key is None:
         if store is None or images is None or triaged.unsaved_pixels is None:
