@@ -153,7 +153,8 @@ def test_a_password_set_by_an_administrator_ends_the_sessions_it_opened_and_a_re
     store = SQLiteStore(tmp_path / "results.sqlite3")
     accounts.add_account(store, COMMAND_LINE, "dr-a", "radiologist", "first password 1")
     doctor = accounts.sign_in(store, "dr-a", "first password 1")
-    assert doctor.credential and doctor == accounts.refreshed_actor(store, doctor)
+    assert doctor.credential == accounts.credential_of(store.get_account("dr-a"))
+    assert accounts.refreshed_actor(store, doctor).credential == doctor.credential
     registry = SessionRegistry()
     token = registry.issue(doctor.name, doctor.role, doctor.credential)
     state = {auth.ACTOR_KEY: doctor, auth.SEEN_KEY: time.time(), auth.TOKEN_KEY: token, auth.BOUND_KEY: True}
@@ -162,7 +163,8 @@ def test_a_password_set_by_an_administrator_ends_the_sessions_it_opened_and_a_re
     monkeypatch.setattr(auth.resources, "current_store", lambda: store)
     monkeypatch.setattr(auth.resources, "session_registry", lambda: registry)
     accounts.set_role(store, COMMAND_LINE, "dr-a", "supervisor")
-    assert auth.current_actor() == accounts.Actor("dr-a", "supervisor")  # a role change keeps the session
+    kept = auth.current_actor()  # a role change keeps the session, and its credential
+    assert kept == accounts.Actor("dr-a", "supervisor") and kept.credential == doctor.credential
     accounts.set_password(store, COMMAND_LINE, "dr-a", "second password 2")
     assert auth.current_actor() is None and "set its password" in state["signed_out_reason"]
     fresh = {}
@@ -171,7 +173,7 @@ def test_a_password_set_by_an_administrator_ends_the_sessions_it_opened_and_a_re
     monkeypatch.setattr(auth, "_browser_token", lambda: token)
     assert auth.current_actor() is None and registry.resume(token) is None
     renewed = accounts.sign_in(store, "dr-a", "second password 2")
-    assert accounts.refreshed_actor(store, renewed) == renewed
+    assert renewed.credential != doctor.credential and accounts.refreshed_actor(store, renewed) is not None
 
 
 def test_an_export_made_after_the_session_ended_elsewhere_is_refused(monkeypatch, tmp_path) -> None:

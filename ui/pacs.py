@@ -217,6 +217,8 @@ def _send(
     except StoreError as error:  # a send that cannot be audited is not made
         st.error(f"Not sent: the results database is unavailable, so the send could not be audited ({error}).")
         return
+    if final_label is not None:  # the review goes into the records first: a PDF made before it would leave it out
+        st.session_state.pop("study_pdf", None)
     try:
         with st.spinner("Sending the report to the PACS…"):
             if final_label is None:
@@ -235,5 +237,3 @@ def _send(
         st.error("Not sent: the report could not be made. Press Send to PACS to try again.")
         return
     sent[pulled.study_uid] = len(stored)
-    if final_label is not None:  # the review is in the records now: a PDF made before it would leave it out
-        st.session_state.pop("study_pdf", None)

@@ -203,17 +203,18 @@ def sign_in(store: Store, name: str, password: str, now: datetime | None = None)
         audit.record(store, Actor(name, account.role), "sign_in_refused", name, reason=reason)
         raise SignInFailed(REFUSED)
     if hasher.check_needs_rehash(verified):
-        _rehash(store, account, hasher.hash(password))
-        account = store.get_account(name) or account  # the session carries the stored hash's fingerprint
+        stronger = hasher.hash(password)
+        if _rehash(store, account, stronger):  # the session carries the fingerprint of the hash it signed in with
+            account = replace(account, password_hash=stronger)
     actor = Actor(name, account.role, credential_of(account))
     audit.record(store, actor, "sign_in", name)
     return actor
 
 
-def _rehash(store: Store, seen: Account, new_hash: str) -> None:
-    """Store a stronger hash of the same password, unless the account changed since ``seen`` was read (a new
-    password, a disable): only the hash is replaced, on the row as it stands."""
-    store.update_account(seen.name, {"password_hash": new_hash}, {"password_hash": seen.password_hash})
+def _rehash(store: Store, seen: Account, new_hash: str) -> bool:
+    """Store a stronger hash of the same password, unless the password changed since ``seen`` was read (an admin's
+    reset meanwhile: the session then keeps the old hash's fingerprint, which the reset ends); whether it did."""
+    return store.update_account(seen.name, {"password_hash": new_hash}, {"password_hash": seen.password_hash})
 
 
 def external_actor(store: Store, claims: Mapping[str, Any], role_claim: str | None = None) -> Actor:
