@@ -236,12 +236,12 @@ def _read_checked(
 
 
 def frame_orientation(dataset: Any, frame: int | None) -> tuple[float, ...] | None:
-    """The row and column directions (ImageOrientationPatient) of one frame: the file's own, else its shared
-    functional group's, else the frame's; None when the file gives none (or an unusable one)."""
-    groups = [dataset]
-    groups += [(dataset.get("SharedFunctionalGroupsSequence") or [None])[0]]
+    """The row and column directions (ImageOrientationPatient) of one frame, the most specific the file gives: the
+    frame's own functional group, else the shared group, else the file's top level; None when the file gives none
+    (or only unusable ones). The one rule of the Scan page (one frame) and the Study page (the series)."""
     per_frame = dataset.get("PerFrameFunctionalGroupsSequence") or []
-    groups += [per_frame[frame]] if frame is not None and frame < len(per_frame) else []
+    groups = [per_frame[frame]] if frame is not None and frame < len(per_frame) else []
+    groups += [(dataset.get("SharedFunctionalGroupsSequence") or [None])[0], dataset]
     for group in groups:
         if group is None:
             continue

@@ -153,20 +153,22 @@ def _positive(value: object) -> float | None:
     return number if np.isfinite(number) and number > 0 else None
 
 
-def _geometry(group: object, orientation, spacing, thickness) -> tuple:
-    """Orientation, pixel spacing and thickness from a functional group (shared or one frame's), else as given."""
-    if group is None:
-        return orientation, spacing, thickness
-    if group.get("PlaneOrientationSequence"):  # type: ignore[attr-defined]
-        found = _floats(group.PlaneOrientationSequence[0].get("ImageOrientationPatient"), 6)  # type: ignore[attr-defined]
-        orientation = found if found is not None else orientation
-    if group.get("PixelMeasuresSequence"):  # type: ignore[attr-defined]
-        measures = group.PixelMeasuresSequence[0]  # type: ignore[attr-defined]
-        spacing = _spacing(measures.get("PixelSpacing")) or spacing
-        thickness = (
-            _positive(measures.get("SpacingBetweenSlices")) or _positive(measures.get("SliceThickness")) or thickness
-        )
-    return orientation, spacing, thickness
+def _measures(group: object, spacing, thickness) -> tuple:
+    """Pixel spacing and thickness from a functional group (shared or one frame's), else as given."""
+    if group is None or not group.get("PixelMeasuresSequence"):  # type: ignore[attr-defined]
+        return spacing, thickness
+    measures = group.PixelMeasuresSequence[0]  # type: ignore[attr-defined]
+    spacing = _spacing(measures.get("PixelSpacing")) or spacing
+    thickness = (
+        _positive(measures.get("SpacingBetweenSlices")) or _positive(measures.get("SliceThickness")) or thickness
+    )
+    return spacing, thickness
+
+
+def _orientation(ds: object, frame: int | None) -> np.ndarray | None:
+    """A frame's row and column directions as the Scan page reads them (one rule: :func:`dicom.frame_orientation`)."""
+    found = dicom.frame_orientation(ds, frame)
+    return np.array(found) if found is not None else None
 
 
 def _plane_position(group: object) -> np.ndarray | None:
@@ -185,16 +187,16 @@ def _sections_of(data: bytes, header: object, limits: Limits) -> list[_Section]:
     # them where given (sections can have gaps or overlap), else their thickness
     thickness = _positive(ds.get("SpacingBetweenSlices")) or _positive(ds.get("SliceThickness"))
     modality = str(ds.get("Modality", "") or "")
-    orientation = _floats(ds.get("ImageOrientationPatient"), 6)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames == 1:
+        orientation = _orientation(ds, None)
         pixels = dicom.display(dicom.decode_frame(ds, None), ds)
         position, instance = _floats(ds.get("ImagePositionPatient"), 3), int(ds.get("InstanceNumber", 0) or 0)
         return [_Section(study, series, position, orientation, instance, pixels, spacing, thickness, modality)]
     uid_key, series = series, hash_parts(series, hashlib.sha256(data).hexdigest())  # each multi-frame file: a series
     shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
-    orientation, spacing, thickness = _geometry(shared, orientation, spacing, thickness)
+    spacing, thickness = _measures(shared, spacing, thickness)
     # frames without a position of their own (a classic multi-frame file; an enhanced one without plane positions)
     # are numbered in stored order, not placed: which way they run along the normal is not in the file (placed
     # along it, a file stored the other way came out mirrored head to foot), and frames with no position given
@@ -202,7 +204,8 @@ def _sections_of(data: bytes, header: object, limits: Limits) -> list[_Section]:
     sections = []
     for k in range(frames):
         group = per_frame[k] if k < len(per_frame) else None
-        frame_orientation, frame_spacing, frame_thickness = _geometry(group, orientation, spacing, thickness)
+        frame_orientation = _orientation(ds, k)
+        frame_spacing, frame_thickness = _measures(group, spacing, thickness)
         position = _plane_position(group) if group is not None else None
         if position is None and shared is not None:
             position = _plane_position(shared)  # shared by every frame: one place (a dynamic or multi-echo file)
