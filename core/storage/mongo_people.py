@@ -18,7 +18,7 @@ from core.domain.people import NO_HEAD, Account, AuditEvent, AuditHead, AuditQue
 from core.domain.results import Record
 from core.domain.times import as_utc
 from core.errors import InvalidRecord, StoreUnavailable
-from core.storage.protocol import check_review
+from core.storage.protocol import check_account_fields, check_review
 
 # The audit page's filters, newest first (time, then sequence number): created by the schema set-up
 # (:func:`core.storage.migrations.migrate_mongo`) on every start.
@@ -110,10 +110,7 @@ class MongoPeople:
 
     def update_account(self, name: str, changes: Mapping[str, Any], expected: Mapping[str, Any]) -> bool:
         """As SQLite's: one ``update_one`` whose filter holds the expected fields (atomic on the document)."""
-        known = {"role", "password_hash", "disabled", "failed_count", "locked_until"}
-        unknown = (set(changes) | set(expected)) - known
-        if unknown:
-            raise InvalidRecord(f"Not an account field: {sorted(unknown)[0]}.")
+        check_account_fields(changes, expected)
         with self._errors():
             found = self._people("accounts").update_one({"_id": name, **expected}, {"$set": dict(changes)})
         return found.matched_count == 1

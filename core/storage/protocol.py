@@ -78,6 +78,17 @@ class AuditTrail(Protocol):
     def mark_audit_verified(self, point: VerifiedPoint) -> None: ...
 
 
+# the account fields ``update_account`` may set or compare (the name is the key; the creation time never changes)
+ACCOUNT_FIELDS = ("role", "password_hash", "disabled", "failed_count", "locked_until")
+
+
+def check_account_fields(*fields: Mapping[str, Any]) -> None:
+    """Refuse a field ``update_account`` does not know (both stores, the same rule)."""
+    unknown = sorted({key for mapping in fields for key in mapping} - set(ACCOUNT_FIELDS))
+    if unknown:
+        raise InvalidRecord(f"Not an account field: {unknown[0]}.")
+
+
 class Accounts(Protocol):
     """Local accounts and the atomic sign-in claims that bound password guessing."""
 

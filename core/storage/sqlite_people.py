@@ -17,23 +17,17 @@ from core.domain.people import NO_HEAD, Account, AuditEvent, AuditHead, AuditQue
 from core.domain.results import Record
 from core.domain.times import from_ms, to_ms
 from core.errors import InvalidRecord
-from core.storage.protocol import check_review
+from core.storage.protocol import check_account_fields, check_review
 from core.storage.sqlite_base import SQLiteBase
 
-_ACCOUNT_COLUMNS = {"role": "role", "password_hash": "password_hash", "disabled": "disabled"}
-_ACCOUNT_COLUMNS |= {"failed_count": "failed_count", "locked_until": "locked_until_ms"}
+_COLUMN_OF = {"locked_until": "locked_until_ms"}  # the accounts table's names where they differ from the fields
+_VALUE_OF = {"disabled": lambda v: int(bool(v)), "locked_until": lambda v: to_ms(v) if v is not None else None}
 
 
 def _columns(fields: Mapping[str, Any]) -> dict[str, Any]:
-    """Account fields as the accounts table's columns and values (a field it does not know is refused)."""
-    unknown = set(fields) - set(_ACCOUNT_COLUMNS)
-    if unknown:
-        raise InvalidRecord(f"Not an account field: {sorted(unknown)[0]}.")
-    values = {
-        "disabled": lambda v: int(bool(v)),
-        "locked_until": lambda v: to_ms(v) if v is not None else None,
-    }
-    return {_ACCOUNT_COLUMNS[k]: values.get(k, lambda v: v)(v) for k, v in fields.items()}
+    """Account fields as the accounts table's columns and values."""
+    check_account_fields(fields)
+    return {_COLUMN_OF.get(k, k): _VALUE_OF.get(k, lambda v: v)(v) for k, v in fields.items()}
 
 
 class SQLitePeople(SQLiteBase):
