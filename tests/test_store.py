@@ -1366,3 +1366,36 @@ def test_a_vanished_data_folder_gets_no_new_keys_that_would_stick_after_the_back
     assert not data.exists()
     shutil.copytree(tmp_path / "backup", data)
     assert patient_key({}, shared_database=False) == original
+
+
+def test_a_database_restored_without_its_key_files_is_refused_not_given_new_keys(tmp_path: Path, monkeypatch) -> None:
+    """Restoring the database file alone made new keys silently: the intact audit trail then read as tampered with
+    ("re-hashed without the key"), and typed patient references no longer found any patient's History."""
+    from dataclasses import replace
+
+    from core.config import audit_key, patient_key
+    from core.services import audit
+    from core.services.access import COMMAND_LINE
+    from core.services.resources import open_results_store
+
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("BTD_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("MONGODB_URI", raising=False)
+    monkeypatch.delenv("BTD_AUDIT_KEY", raising=False)
+    monkeypatch.delenv("BTD_HMAC_KEY", raising=False)
+    store = open_results_store()
+    audit.record(store, COMMAND_LINE, "account_created", "dr-a")
+    key = patient_key({}, shared_database=False)
+    store.add(replace(make_record(1, utc(2026, 5, 1, 9, 0), "glioma"), patient_ref="a" * 64))
+    assert key and audit.verify(store).intact
+    for name, read in (("audit.key", audit_key), ("patient-ref.key", patient_key)):
+        saved = (tmp_path / "data" / name).read_bytes()
+        (tmp_path / "data" / name).unlink()  # the database restored, this key file not
+        with pytest.raises(ValueError, match=f"{name} is missing beside a results database made with it"):
+            read({}, shared_database=False)
+        assert not (tmp_path / "data" / name).exists()  # no new key written
+        (tmp_path / "data" / name).write_bytes(saved)
+    assert audit.verify(open_results_store()).intact
+    fresh = tmp_path / "fresh"  # a new installation still gets its keys made
+    monkeypatch.setenv("BTD_DATA_DIR", str(fresh))
+    assert audit_key({}, shared_database=False) and patient_key({}, shared_database=False)

@@ -20,6 +20,29 @@ if TYPE_CHECKING:
 
 DATABASE_FILE = "results.sqlite3"
 
+# what an embedded database holds that only its local key file reads right: events hashed with the audit key, and
+# patient references hashed with the patient-reference key
+_KEYED = {
+    "audit.key": "SELECT 1 FROM audit_head WHERE mac != '' LIMIT 1",
+    "patient-ref.key": "SELECT 1 FROM scans WHERE patient_ref IS NOT NULL LIMIT 1",
+}
+
+
+def holds_keyed_data(database: Path, key_file: str) -> bool:
+    """Whether the embedded ``database`` already holds data made with the key kept in ``key_file``: a new key would
+    then report the intact audit trail as tampered with, or leave every patient's History unreachable. False for a
+    database that is not there, is empty, or cannot be read (the store's own checks say why)."""
+    import sqlite3
+
+    query = _KEYED.get(key_file)
+    if query is None or not database.exists():
+        return False
+    try:
+        with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5) as connection:
+            return connection.execute(query).fetchone() is not None
+    except sqlite3.Error:
+        return False
+
 
 def open_store(mongodb_uri: str | None, data_dir: Path, audit_key: bytes | None = None) -> SQLiteStore | MongoStore:
     """MongoDB when a URI is configured, else the embedded SQLite file ``data_dir/results.sqlite3``; ``audit_key``
