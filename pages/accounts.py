@@ -80,11 +80,16 @@ with right.form(f"change-account-{st.session_state.get('account_changes', 0)}"):
             attempt(accounts.set_disabled, target, change == "disable")
 
 st.subheader("Stored images")
+try:
+    kept_days = retention.retention_days()
+except ValueError as error:  # nothing is deleted on a setting nobody can read
+    st.error(f"Images cannot be purged: {error}.")
+    st.stop()
 st.caption(
-    f"De-identified images of saved results are kept {retention.retention_days()} days for review "
+    f"De-identified images of saved results are kept {kept_days} days for review "
     "(BTD_IMAGE_RETENTION_DAYS); older ones can be deleted now. Results stay; deleting is an audit event."
 )
-days = st.number_input("Delete images older than (days)", 1, 3650, retention.retention_days(), key="purge_days")
+days = st.number_input("Delete images older than (days)", 1, retention.MAX_RETENTION_DAYS, kept_days, key="purge_days")
 purges = st.session_state.get("purges", 0)
 purge_confirmed = st.checkbox(
     f"I confirm deleting every stored image older than {int(days)} days", key=f"purge_ok_{purges}"

@@ -276,6 +276,13 @@ def test_images_past_retention_are_purged_by_an_admin_only_and_audited(store, tm
     with pytest.raises(ValueError, match="at least 1 day"):  # 0 or fewer days would delete unreviewed images too
         retention.purge_images(store, images, ADMIN, -1)
     assert images.stored_keys() == [new]
+    for setting in ("180d", "1y", "0", "36501"):  # read as the default 90, a scheduled purge deleted kept images
+        monkeypatch.setenv("BTD_IMAGE_RETENTION_DAYS", setting)
+        with pytest.raises(ValueError, match="BTD_IMAGE_RETENTION_DAYS"):
+            retention.purge_images(store, images, ADMIN)
+    assert images.stored_keys() == [new]
+    monkeypatch.setenv("BTD_IMAGE_RETENTION_DAYS", "3651")  # valid: over the page's old limit of 3,650
+    assert retention.retention_days() == 3651
 
 
 def test_an_image_saved_again_is_kept_a_whole_period_from_then_and_a_purge_that_cannot_be_audited_deletes_nothing(

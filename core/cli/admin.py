@@ -160,8 +160,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 def cmd_images_purge(args: argparse.Namespace) -> int:
     store = open_results_store()
-    days = retention.retention_days() if args.days is None else args.days
-    try:
+    try:  # a retention setting that cannot be read deletes nothing (read as the default, it deleted images)
+        days = retention.retention_days() if args.days is None else args.days
         deleted = retention.purge_images(store, open_image_store(store), COMMAND_LINE, days)
     except ValueError as error:
         emit(error_json("invalid_days", str(error)), sys.stdout)

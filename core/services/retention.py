@@ -13,11 +13,22 @@ from core.storage.images import ImageStore
 from core.storage.protocol import Store
 
 DEFAULT_RETENTION_DAYS = 90
+MAX_RETENTION_DAYS = 36_500
 
 
 def retention_days() -> int:
-    value = os.environ.get("BTD_IMAGE_RETENTION_DAYS", "")
-    return int(value) if value.strip().isdigit() and 1 <= int(value) <= 36_500 else DEFAULT_RETENTION_DAYS
+    """The configured retention period in days (default 90 when unset). A setting that is not a whole number of
+    days from 1 to 36,500 ("180d", "1y", "0") is a ValueError naming it: read as the default, a scheduled purge
+    deleted images the site meant to keep, irreversibly."""
+    value = os.environ.get("BTD_IMAGE_RETENTION_DAYS", "").strip()
+    if not value:
+        return DEFAULT_RETENTION_DAYS
+    if not value.isdigit() or not 1 <= int(value) <= MAX_RETENTION_DAYS:
+        raise ValueError(
+            f"BTD_IMAGE_RETENTION_DAYS is {value[:20]!r}; it must be a whole number of days from 1 to "
+            f"{MAX_RETENTION_DAYS:,}"
+        )
+    return int(value)
 
 
 def purge_images(store: Store, images: ImageStore, actor: Actor, days: int | None = None) -> int:
