@@ -1245,6 +1245,24 @@ def test_a_version_8_database_gets_the_lesion_columns_and_keeps_its_results(tmp_
     assert upgraded.add(measured) and upgraded.get(measured.id).lesion_mm2 == 105.0
 
 
+def test_an_upgrade_replaces_a_backup_left_cut_short_and_writes_it_private(tmp_path: Path) -> None:
+    """An empty ".bak" (a full disk, a crash) was trusted as the backup and the upgrade ran without a real one; the
+    copy was world-readable while it was written."""
+    path = tmp_path / "results.sqlite3"
+    store = SQLiteStore(path)
+    store.add(FIXTURE[0])
+    del store
+    downgrade = [f"ALTER TABLE scans DROP COLUMN {name}" for name in ("lesion_px", "lesion_mm2", "lesion_ml")]
+    sqlite3.connect(path).executescript(";".join([*downgrade, "PRAGMA user_version = 8"]))
+    (tmp_path / "results.sqlite3.v8.bak").write_bytes(b"")  # what a backup cut short leaves
+    assert SQLiteStore(path).schema_version() == SCHEMA_VERSION
+    backup = tmp_path / "results.sqlite3.v8.bak"
+    assert oct(backup.stat().st_mode)[-3:] == "600"
+    with sqlite3.connect(backup) as copy:
+        assert copy.execute("SELECT count(*) FROM scans").fetchone()[0] == 1
+        assert copy.execute("PRAGMA user_version").fetchone()[0] == 8
+
+
 def test_lesion_measures_round_trip_and_a_negative_area_is_refused(store) -> None:
     series = replace(FIXTURE[2], lesion_px=1200, lesion_ml=3.75)
     store.add(series)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 from contextlib import suppress
 from pathlib import Path
@@ -135,15 +136,33 @@ def _sqlite_v6_to_v7(connection: sqlite3.Connection) -> int:
 
 
 def _backup(connection: sqlite3.Connection, path: Path, version: int) -> None:
+    """A copy of the database before it is upgraded from ``version``, beside it (0600 from its first byte). An
+    earlier copy is kept only when it opens whole; one cut short (a full disk, a crash) was trusted and the upgrade
+    ran with no real backup. Written to a draft renamed into place: never half a backup under the name."""
     target = path.with_name(f"{path.name}.v{version}.bak")
-    if target.exists():
+    if target.exists() and _whole(target):
         return
-    copy = sqlite3.connect(target)
+    draft = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    os.close(os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+    copy = sqlite3.connect(draft)
     try:
         connection.backup(copy)
     finally:
         copy.close()
-    target.chmod(0o600)
+    if not _whole(draft):
+        draft.unlink(missing_ok=True)
+        raise StoreError("The backup before the database upgrade could not be written whole; nothing was changed.")
+    os.replace(draft, target)
+
+
+def _whole(copy: Path) -> bool:
+    """Whether a backup opens, passes SQLite's integrity check and holds the results table."""
+    try:
+        with sqlite3.connect(f"file:{copy}?mode=ro", uri=True) as check:
+            ok = check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            return ok and check.execute("SELECT 1 FROM sqlite_master WHERE name = 'scans'").fetchone() is not None
+    except sqlite3.Error:
+        return False
 
 
 def _sqlite_v1_to_v2(connection: sqlite3.Connection) -> int:
