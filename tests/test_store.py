@@ -1417,3 +1417,11 @@ def test_a_database_restored_without_its_key_files_is_refused_not_given_new_keys
     fresh = tmp_path / "fresh"  # a new installation still gets its keys made
     monkeypatch.setenv("BTD_DATA_DIR", str(fresh))
     assert audit_key({}, shared_database=False) and patient_key({}, shared_database=False)
+
+
+def test_the_database_named_in_the_mongodb_uri_is_the_one_used() -> None:
+    """The URI's database was ignored: two sites configured as /site_a and /site_b on one cluster shared one
+    clinical history and one account table. No server is contacted to build a client."""
+    assert MongoStore.connect("mongodb://127.0.0.1:1/site_a")._db.name == "site_a"
+    assert MongoStore.connect("mongodb://127.0.0.1:1/?authSource=admin")._db.name == "brain_mri_triage"
+    assert MongoStore.connect("mongodb://127.0.0.1:1/site_a", "chosen")._db.name == "chosen"

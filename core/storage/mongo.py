@@ -121,8 +121,10 @@ class MongoStore(MongoPeople, MongoQuality):
         self._schema_ready = True
 
     @classmethod
-    def connect(cls, uri: str, database: str = "brain_mri_triage") -> MongoStore:
-        """A client with 2 s server selection and 3 s operations instead of pymongo's 30 s defaults."""
+    def connect(cls, uri: str, database: str | None = None) -> MongoStore:
+        """A client with 2 s server selection and 3 s operations instead of pymongo's 30 s defaults, on
+        ``database``, else the one the URI names (``mongodb://host/site_a``), else ``brain_mri_triage``: two sites
+        configured with their own database in the URI shared one history and one account table."""
         from pymongo import MongoClient
 
         client = MongoClient(
@@ -134,7 +136,7 @@ class MongoStore(MongoPeople, MongoQuality):
             tz_aware=True,
             appname="brain-mri-triage",
         )
-        return cls(client, database)
+        return cls(client, database or client.get_default_database(default="brain_mri_triage").name)
 
     def describe(self) -> str:
         nodes = getattr(self._client, "nodes", None) or ()
