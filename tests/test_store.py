@@ -1425,3 +1425,37 @@ def test_the_database_named_in_the_mongodb_uri_is_the_one_used() -> None:
     assert MongoStore.connect("mongodb://127.0.0.1:1/site_a")._db.name == "site_a"
     assert MongoStore.connect("mongodb://127.0.0.1:1/?authSource=admin")._db.name == "brain_mri_triage"
     assert MongoStore.connect("mongodb://127.0.0.1:1/site_a", "chosen")._db.name == "chosen"
+
+
+def test_a_backup_taken_while_the_app_writes_holds_every_result_its_keys_and_images(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """There was no way to back up the store: a copy of the file alone, taken while the store was open, held no table
+    at all (everything was still in its write-ahead log), and the key files and images were nowhere listed."""
+    import json
+    import shutil
+
+    import numpy as np
+
+    from core.cli import main
+    from core.services.resources import open_image_store, open_results_store
+
+    data = tmp_path / "data"
+    monkeypatch.setenv("BTD_DATA_DIR", str(data))
+    monkeypatch.setenv("BTD_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("MONGODB_URI", raising=False)
+    store = open_results_store()  # stays open and writing, as the running app's
+    for record in FIXTURE:
+        store.add(record)
+    open_image_store(store).put(np.full((64, 64), 90, np.uint8))
+    shutil.copy(data / "results.sqlite3", tmp_path / "copied.sqlite3")  # what a file copy gets
+    with sqlite3.connect(tmp_path / "copied.sqlite3") as copied, pytest.raises(sqlite3.Error):
+        copied.execute("SELECT count(*) FROM scans").fetchone()
+    assert main(["store", "backup", str(tmp_path / "backup")]) == 0
+    made = json.loads(capsys.readouterr().out)
+    assert made["results"] == len(FIXTURE) and made["keys"] == ["audit.key"] and made["images"] == 1
+    assert oct((tmp_path / "backup").stat().st_mode)[-3:] == "700"
+    assert oct((tmp_path / "backup" / "results.sqlite3").stat().st_mode)[-3:] == "600"
+    assert SQLiteStore(tmp_path / "backup" / "results.sqlite3").summary().total == len(FIXTURE)
+    assert main(["store", "backup", str(tmp_path / "backup")]) == 1  # never over an earlier backup
+    assert "exists already" in capsys.readouterr().out

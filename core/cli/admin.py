@@ -29,6 +29,11 @@ def add_commands(commands: Any) -> None:
     store_verbs.add_parser("forget", help="let a new empty database be created where a vanished one was").set_defaults(
         run=cmd_store_forget
     )
+    backup = store_verbs.add_parser(
+        "backup", help="a consistent copy of the embedded database, its key files and images, while the app runs"
+    )
+    backup.add_argument("out", help="a new folder to write the backup into")
+    backup.set_defaults(run=cmd_store_backup)
     users = commands.add_parser("users", help="local accounts: add, list, disable, enable, set-role, set-password")
     verbs = users.add_subparsers(dest="verb", required=True, parser_class=type(users))
     add = verbs.add_parser("add", help="create an account")
@@ -129,6 +134,24 @@ def cmd_store_forget(args: argparse.Namespace) -> int:
         emit(error_json("bad_usage", f"{database} exists: nothing to forget"), sys.stdout)
         return EXIT_USAGE
     emit({"forgotten": stamps.forget(database), "database": str(database)}, sys.stdout)
+    return EXIT_OK
+
+
+def cmd_store_backup(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from core.config import data_dir, file_secrets, mongodb_uri
+    from core.errors import StoreError
+    from core.storage.backup import backup_embedded
+
+    if mongodb_uri(file_secrets()):
+        emit(error_json("bad_usage", "the results are in MongoDB: back them up with mongodump"), sys.stdout)
+        return EXIT_USAGE
+    try:
+        emit(backup_embedded(data_dir(), Path(args.out)), sys.stdout)
+    except StoreError as error:
+        emit(error_json(error.code, str(error)), sys.stdout)
+        return EXIT_REJECTED
     return EXIT_OK
 
 
