@@ -528,11 +528,11 @@ def test_a_study_whose_series_could_not_be_saved_is_saved_by_the_retry_once_the_
     assert stored(app_environment).summary().total == 1 and not any(b.label.startswith("Retry") for b in app.button)
 
 
-def test_a_pdf_made_before_a_retry_saved_more_series_is_not_offered_for_the_study_as_it_now_is(
+def test_no_pdf_is_made_of_a_partly_saved_study_and_one_made_is_offered_only_for_the_study_as_it_was(
     app_environment: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The PDF was kept by the study's name: after "Retry saving" saved the second series, the report of the first
-    alone was still offered beside a button that counted both."""
+    """A report of the saved series alone said "No tumour" of a study the page called tumour (the tumour series not
+    saved); and a PDF was kept by the study's name, offered still after a retry saved more series."""
     from core.errors import StoreUnavailable
     from core.imaging.phantom_series import dicom_series, head_volume, zipped
     from core.storage.sqlite import SQLiteStore
@@ -552,13 +552,17 @@ def test_a_pdf_made_before_a_retry_saved_more_series_is_not_offered_for_the_stud
     app.file_uploader[0].set_value([("study.zip", zipped(files, [f"IM{k}" for k in range(13)]), "application/zip")])
     app.run(timeout=120)
     next(b for b in app.button if b.label == "Analyse this study").click().run(timeout=120)
-    next(b for b in app.button if b.label == "Make the PDF report of this study (1 series)").click().run()
-    assert not app.exception and app.get("download_button")
+    assert not any(b.label.startswith("Make the PDF report") for b in app.button)
+    assert any(c.value.startswith("No PDF report yet: a series of this study is not saved") for c in app.caption)
+    app.session_state["study_pdf"] = ((None, ()), b"%PDF-1.7 made earlier")  # a report kept from before
+    app.run()
+    assert not app.get("download_button")
     down[0] = False
     next(b for b in app.button if b.label.startswith("Retry saving")).click().run(timeout=120)
     assert not app.exception and stored(app_environment).summary().total == 2
-    assert not app.get("download_button")  # the one-series report is gone
-    assert any(b.label == "Make the PDF report of this study (2 series)" for b in app.button)
+    assert not app.get("download_button")  # the earlier report is not offered for the study as it is now
+    next(b for b in app.button if b.label == "Make the PDF report of this study (2 series)").click().run()
+    assert not app.exception and app.get("download_button")
 
 
 def test_study_page_explains_an_upload_that_is_not_a_study() -> None:

@@ -113,6 +113,9 @@ def show_study(
 def _report(actor: Actor, name: Hashable, study: StudyResult, classifier: Any, explainer: Any) -> None:
     saved = [view.record.id for view in study.views if view.record is not None]
     made_for = (name, tuple(saved))  # a PDF made before a retry saved more series is not offered for them
+    if unsaved(study):  # a report of the saved series alone could say "No tumour" of a study the page calls tumour
+        st.caption("No PDF report yet: a series of this study is not saved. Retry saving above, then make it.")
+        return
     if saved and st.button(f"Make the PDF report of this study ({len(saved)} series)", key="study_report"):
         try:
             store = resources.current_store()

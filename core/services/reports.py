@@ -376,6 +376,8 @@ def study_headline(records: Sequence[Record], model_tumour: bool, unread: int = 
     reviewed = [r for r in records if r.final_label]
     if reviewed and len(reviewed) == len(records):
         final = "Tumour" if any(r.final_label != NEGATIVE_LABEL for r in reviewed) else "No tumour"
+        if final == "No tumour" and unread:  # the reviews cover the saved series, not the ones nobody read
+            return f"Study: no verdict - the reviewed series are no tumour; model verdict: {model}"
         return f"Study: {final} (radiologist's final label) - model verdict: {model}"
     if reviewed:
         return f"Study verdict (model): {model} - {len(reviewed)} of {len(records)} series reviewed, see below"
