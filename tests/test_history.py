@@ -167,6 +167,25 @@ def test_a_change_is_only_claimed_between_one_lesion_measured_in_two_studies() -
     assert course[6].change is None and course[7].change is None and course[7].size == 120.0
 
 
+def test_two_series_of_todays_study_in_one_plane_get_no_change_and_a_few_voxels_before_no_percentage() -> None:
+    """A T1 (1.0 mL) and a FLAIR (9.0 mL) of one study were each set against the same prior (4.0 mL): "-75 %" and
+    "+125 %" in one table; a prior of 0.004 mL made a change of "+29900 %"."""
+    at = [datetime(2026, 9, 1, tzinfo=UTC) + timedelta(days=k) for k in range(6)]
+    records = [
+        replace(make_series(1, at[0], study=1), lesion_ml=4.0),
+        replace(make_series(2, at[1], study=2), lesion_ml=1.0),
+        replace(make_series(3, at[2], study=2), lesion_ml=9.0),
+    ]
+    course = lesion_course(records)
+    assert [(s.prior, s.change) for s in course[1:]] == [(None, None), (None, None)]
+    tiny = [
+        replace(make_series(4, at[3], study=3), lesion_ml=0.004),
+        replace(make_series(5, at[4], study=4), lesion_ml=1.2),
+    ]
+    (_, grown) = lesion_course(tiny)
+    assert grown.change == pytest.approx(1.196) and grown.change_percent is None
+
+
 @pytest.mark.pages
 def test_the_history_page_shows_each_lesion_size_and_its_change(
     tmp_path: Path, tiny_card: Path, monkeypatch: pytest.MonkeyPatch

@@ -10,14 +10,16 @@ mL; a single scan's area in mm^2, or in pixels when its pixel spacing is unknown
 the same lesion measured before: the one series in the same plane of the patient's previous study (another study
 UID), saved before it. A change is only computed between two known volumes in mL: never across an unknown one (not
 measured, or no voxel size), never between two series of one study (two sequences of one day are not a course),
-never when the previous study has several series in that plane (which one is the same sequence is not known:
-History's comparison lets the reader choose), never between single scans (two slices are not known to be the same
-section). The order is the order of saving: the app keeps no scan dates (they are removed with the identity), so
-a prior study saved after a later one reads as the later; the page says so.
+never when the previous study, or the current one, has several series in that plane (which one is the same
+sequence is not known: History's comparison lets the reader choose), never in percent of a prior volume under
+0.1 mL (a few voxels: any change is thousands of per cent), never between single scans (two slices are not
+known to be the same section). The order is the order of saving: the app keeps no scan dates (they are removed
+with the identity), so a prior study saved after a later one reads as the later; the page says so.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -160,17 +162,28 @@ def prior_series(earlier: Sequence[Record], record: Record) -> Record | None:
     return same_study[0] if len(same_study) == 1 else None
 
 
+MIN_PRIOR_ML = 0.1  # a prior volume below this gets a change in mL, never in per cent
+
+
+def _plane_of_study(record: Record) -> tuple[str | None, str | None]:
+    return record.study_ref, (record.geometry or {}).get("plane")
+
+
 def lesion_course(records: Sequence[Record]) -> list[LesionStep]:
     """Each result (in the order given, oldest first) with its lesion size and, for a series, the change from its
-    prior series (:func:`prior_series`): in mL and in percent of the prior volume (None when that was 0)."""
+    prior series (:func:`prior_series`): in mL and in percent of the prior volume (None under
+    :data:`MIN_PRIOR_ML`). A series whose own study has another in its plane has no prior: a T1 and a FLAIR of
+    one day were each set against the same earlier series, one as growth and one as shrinkage."""
+    in_plane = Counter(_plane_of_study(r) for r in records if r.kind == "series")
     steps = []
     for k, record in enumerate(records):
         size, unit = lesion_size(record)
-        prior = prior_series(records[:k], record)
+        alone = record.kind == "series" and in_plane[_plane_of_study(record)] == 1
+        prior = prior_series(records[:k], record) if alone else None
         before, before_unit = lesion_size(prior) if prior is not None else (None, None)
         if size is None or before is None or unit != "mL" or before_unit != "mL":
             steps.append(LesionStep(record, size, unit, prior=prior))
             continue
-        percent = (size - before) / before * 100 if before > 0 else None
+        percent = (size - before) / before * 100 if before >= MIN_PRIOR_ML else None
         steps.append(LesionStep(record, size, unit, size - before, percent, prior))
     return steps
