@@ -159,6 +159,27 @@ def segmented_study(tmp_path: Path, tiny_card: Path, tiny_lesion_card: Path):
     return store, images, doctor, status.record_id, classifier
 
 
+def test_a_lesion_volume_saved_as_a_lower_bound_says_so_in_the_report_and_on_reopening(
+    tmp_path: Path, tiny_card: Path, tiny_lesion_card: Path
+) -> None:
+    """A section inside the lesion not analysed: the Study page said the volume was a lower bound, but the saved
+    series kept no such note, so the PDF (and the Worklist) gave the volume as if it were whole."""
+    from core.model.classifier import with_segmenter
+
+    classifier = with_segmenter(Classifier.from_card(tiny_card), tiny_lesion_card)
+    store, images = SQLiteStore(tmp_path / "results.sqlite3"), FolderImages(tmp_path / "images")
+    doctor = Actor("dr-a", "radiologist")
+    heads = head_volume(8, 128, range(2, 5))
+    heads[4] = 0  # a blank section inside the lesion's span: not analysed
+    analysis = analyse_volume(read_study(dicom_series(heads))[0], classifier)
+    status = save_series(analysis, store, actor=doctor, patient_ref="e" * 64, images=images, key=b"k" * 32)
+    record = store.get(status.record_id)
+    (note,) = record.geometry["lesion_caveats"]
+    assert "lower bound" in note
+    text = " ".join(text_of(study_report(store, images, doctor, [record.id], classifier, None), tmp_path).split())
+    assert "lower bound" in text and f"{record.lesion_ml:.2f} mL" in text
+
+
 def test_a_report_states_the_lesion_volume_and_outlines_the_lesion_on_the_key_section(
     segmented_study, tmp_path: Path, tiny_classifier: Classifier
 ) -> None:

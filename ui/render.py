@@ -217,6 +217,8 @@ def result_panel(opened, labels: tuple[str, ...], classifier=None, explainer=Non
             lesion = None if lesion is None else f"{lesion}, as saved"
         if lesion is not None:  # nothing without a segmenter
             st.markdown(f"**{lesion}**", help=CAVEAT)
+            for note in (record.geometry or {}).get("lesion_caveats") or []:  # a lower bound is said with it
+                st.caption(f"Lesion volume: {note}.")
         if record.gate != "accepted":
             st.warning({"needs_review": "Flagged for review", "rejected": "Refused by the input gate"}[record.gate])
         if opened.reviews:

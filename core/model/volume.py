@@ -108,11 +108,14 @@ class SeriesAnalysis:
                 f"judged at least by the single-scan threshold ("
                 f"{self.rule.threshold_for(self.neighbours_used, self.single_threshold):.2f})"
             )
+        return notes + self.volume_caveats
+
+    @property
+    def volume_caveats(self) -> list[str]:
+        """Why the lesion volume may be short or rough (:meth:`_volume_caveats`); empty without a lesion."""
         areas = self.lesion_areas
         span = sections_spanned(areas) if areas is not None else None
-        if span is not None:
-            notes += self._volume_caveats(span)
-        return notes
+        return self._volume_caveats(span) if span is not None else []
 
     def _volume_caveats(self, span: tuple[int, int]) -> list[str]:
         """Why the lesion volume may be short or rough: sections inside its span not analysed, a gap in the files

@@ -189,8 +189,12 @@ def series_lines(record: Record, view: SeriesView | None, reviews: Sequence) -> 
 def lesion_line(record: Record) -> str:
     """The series' lesion as the segmenter measured it when the series was saved: its volume, or its area in
     pixels when the voxel size is unknown, or that it was not measured."""
+    caveats = "".join(f"; {note}" for note in (record.geometry or {}).get("lesion_caveats") or [])
     if record.lesion_ml is not None:
-        return f"Lesion volume (segmenter): {record.lesion_ml:.2f} mL ({record.lesion_px or 0:,} px over its sections)"
+        return (
+            f"Lesion volume (segmenter): {record.lesion_ml:.2f} mL ({record.lesion_px or 0:,} px over its sections)"
+            + caveats  # a lower bound (sections not analysed inside it, a gap) is said where the volume is
+        )
     if record.lesion_px is not None:
         return f"Lesion area (segmenter): {record.lesion_px:,} px over its sections; no volume (voxel size not known)"
     return "Lesion volume: not measured (no lesion segmenter when the series was saved)"
