@@ -80,7 +80,7 @@ if not series:
 def describe(record) -> str:
     plane = (record.geometry or {}).get("plane") or "unknown plane"
     sections = count_of(record.section_count or 0, "section")
-    return f"{record.created_at:%Y-%m-%d %H:%M} · {plane} · {sections} · {pretty(record.label)}"
+    return f"{record.created_at:%Y-%m-%d %H:%M} UTC · {plane} · {sections} · {pretty(record.label)}"
 
 
 st.subheader("Compare with a prior")

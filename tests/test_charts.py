@@ -233,6 +233,24 @@ def test_a_patients_timeline_within_one_day_spans_a_day_not_milliseconds() -> No
     assert high - low == timedelta(days=1) and low < datetime(2026, 3, 2, 10) < high
 
 
+def test_a_patients_timeline_colours_a_reviewed_result_by_the_radiologists_final_label() -> None:
+    """A no-tumour call a radiologist overrode to glioma was still drawn green."""
+    from ui.viewer import LABEL_NAMES
+    from ui.viewer_figures import timeline_figure
+
+    figure = timeline_figure(
+        ["2026-03-02 10:00", "2026-03-09 10:00"],
+        [0.2, 0.3],
+        ["glioma", "notumor"],  # the first: the model said no tumour, the final label is glioma
+        ["scan", "scan"],
+        LABEL_NAMES,
+        reviewed=[True, False],
+    )
+    (trace,) = figure.data
+    assert list(trace.marker.color) == ["#d32f2f", "#2e7d32"]
+    assert trace.text[0].endswith("(radiologist)") and trace.text[1].endswith("(model)")
+
+
 def test_a_new_result_reaches_the_live_board_within_the_promised_30_seconds() -> None:
     """The board refreshed every 30 s through a 30 s cache: a result could wait 58 s. Refresh + cache <= 30."""
     import ast

@@ -66,7 +66,7 @@ def test_a_study_report_states_the_verdicts_the_review_and_the_model_and_renders
     assert "Study verdict (model): " in text and "1 of 2 series reviewed" in text
     assert "Series 1: axial, 8 sections" in text and "Series 2: coronal" in text
     assert "eeeeeeeeeeee" in text and "e" * 13 not in text  # only a prefix of the keyed reference
-    assert "Reviewed by dr-a on 2026-11-30: final label Meningioma (override)" in text
+    assert "Reviewed by dr-a on 2026-11-30 09:00 UTC: final label Meningioma (override)" in text
     assert "Final label (radiologist): Meningioma; model verdict: " in text
     assert "Not reviewed by a radiologist yet." in text and "Model verdict (not reviewed yet): " in text
     assert "Pixel spacing: 0.90 x 0.90 mm" in text and "tiny" in text and "limitations" in text.lower()
@@ -132,7 +132,7 @@ def test_the_header_and_a_series_section_are_plain_lines(saved_study) -> None:
     reviewed = store.get(ids[0])
     lines = series_lines(reviewed, None, store.reviews_of(ids[0]))
     assert lines[0].startswith("Final label (radiologist): Meningioma; model verdict: ")
-    assert lines[-1] == "Reviewed by dr-a on 2026-11-30: final label Meningioma (override)"
+    assert lines[-1] == "Reviewed by dr-a on 2026-11-30 09:00 UTC: final label Meningioma (override)"
 
 
 def test_the_lesion_line_states_the_stored_volume_or_the_pixels_or_that_none_was_measured(saved_study) -> None:

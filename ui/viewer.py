@@ -173,9 +173,10 @@ def timeline(records) -> None:
         timeline_figure(
             [f"{r.created_at:%Y-%m-%d %H:%M}" for r in records],
             [r.tumour_probability for r in records],
-            [r.label for r in records],
+            [r.final_label or r.label for r in records],
             [r.kind for r in records],
             LABEL_NAMES,
+            reviewed=[r.final_label is not None for r in records],
         ),
         config={"displaylogo": False},
         key="history-timeline",

@@ -289,9 +289,12 @@ def timeline_figure(
     kinds: Sequence[str],
     names: Mapping[str, str],
     height: int = 260,
+    reviewed: Sequence[bool] | None = None,
 ) -> go.Figure:
     """A patient's results over time: tumour probability per result, circles for scans, squares for series,
-    coloured by verdict."""
+    coloured by verdict: the radiologist's final label where there is one (``reviewed``), else the model's (a no
+    tumour call overridden to glioma was drawn green)."""
+    reviewed = reviewed or [False] * len(labels)
     figure = go.Figure()
     for kind, symbol in (("scan", "circle"), ("series", "square")):
         chosen = [i for i, k in enumerate(kinds) if k == kind]
@@ -308,8 +311,10 @@ def timeline_figure(
                     "size": 11,
                     "color": ["#d32f2f" if labels[i] != "notumor" else "#2e7d32" for i in chosen],
                 },
-                text=[names.get(labels[i], labels[i]) for i in chosen],
-                hovertemplate="%{x}<br>%{text}: %{y:.2f}<extra></extra>",
+                text=[
+                    names.get(labels[i], labels[i]) + (" (radiologist)" if reviewed[i] else " (model)") for i in chosen
+                ],
+                hovertemplate="%{x} UTC<br>%{text}: P(tumour) %{y:.2f}<extra></extra>",
             )
         )
     figure.update_layout(

@@ -174,11 +174,12 @@ def series_lines(record: Record, view: SeriesView | None, reviews: Sequence) -> 
                 "asks): needs review"
             )
     if record.gate == "needs_review":
-        lines.append("Flagged for review (the verdict rests on fewer sections than the rule asks, or is uncertain)")
+        flagged = "Flagged for review (the verdict rests on fewer sections than the rule asks, or is uncertain)"
+        lines.append(flagged + ("; reviewed below" if reviews else ""))
     if reviews:
         last = reviews[-1]
         lines.append(
-            f"Reviewed by {last.reviewer} on {last.created_at:%Y-%m-%d}: final label "
+            f"Reviewed by {last.reviewer} on {last.created_at:%Y-%m-%d %H:%M} UTC: final label "
             f"{NAMES.get(last.final_label, last.final_label)} ({last.action})"
         )
     else:
