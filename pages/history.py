@@ -111,6 +111,11 @@ def opened(record_id: str):
         st.stop()
 
 
+if prior is not None and prior.study_ref is not None and prior.study_ref == current.study_ref:
+    st.warning(  # the default when the patient has no earlier study in this plane: said, never taken for a course
+        "The prior is another series of the same study (another sequence of the same day): the comparison shows "
+        "two sequences side by side, not a change over time."
+    )
 now_view = opened(current.id)
 prior_view = opened(prior.id) if prior is not None else None
 if now_view is None:

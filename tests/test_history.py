@@ -89,6 +89,8 @@ def test_history_page_compares_a_series_with_its_prior_and_makes_the_report(
     assert len(app.get("plotly_chart")) == 3  # the timeline, the current section and the prior's
     assert [m.label for m in app.metric] == ["Series tumour probability", "At this section"]
     assert any("1 series of this study could not be analysed" in w.value for w in app.warning)
+    # both series are of one study: the default prior is the other sequence, and the page says so
+    assert any(w.value.startswith("The prior is another series of the same study") for w in app.warning)
     button = next(b for b in app.button if b.label.startswith("Make the PDF report"))
     assert button.label.endswith("(2 series)")  # both series share the study's UID: one report for the study
     button.click().run()
