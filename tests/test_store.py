@@ -1459,3 +1459,26 @@ def test_a_backup_taken_while_the_app_writes_holds_every_result_its_keys_and_ima
     assert SQLiteStore(tmp_path / "backup" / "results.sqlite3").summary().total == len(FIXTURE)
     assert main(["store", "backup", str(tmp_path / "backup")]) == 1  # never over an earlier backup
     assert "exists already" in capsys.readouterr().out
+
+
+def test_an_image_purge_sweeps_the_chunks_an_interrupted_gridfs_deletion_left_behind() -> None:
+    """GridFS deletes an image's document, then its chunks: a timeout between the two left pixels that no later
+    purge found (purges list the documents). Chunks of an upload still in progress (no document yet) are kept."""
+    from datetime import timedelta
+
+    import mongomock
+    from bson import ObjectId
+
+    from core.storage.images import GridFSImages
+
+    db = mongomock.MongoClient(tz_aware=True)["btd_sweep"]
+    images = GridFSImages.__new__(GridFSImages)  # the sweep reads the two collections only (no bucket in mongomock)
+    images._files = db["images.files"]
+    hour_ago = ObjectId.from_datetime(datetime.now(UTC) - timedelta(hours=2))
+    kept, orphaned, uploading = hour_ago, ObjectId.from_datetime(datetime.now(UTC) - timedelta(hours=3)), ObjectId()
+    db["images.files"].insert_one({"_id": kept, "filename": "a" * 64})
+    for files_id in (kept, orphaned, orphaned, uploading):
+        db["images.chunks"].insert_one({"files_id": files_id, "n": 0, "data": b"x"})
+    assert images.sweep(datetime.now(UTC) - timedelta(hours=1)) == 1
+    left = sorted(str(c["files_id"]) for c in db["images.chunks"].find())
+    assert left == sorted([str(kept), str(uploading)])

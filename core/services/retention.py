@@ -41,4 +41,6 @@ def purge_images(store: Store, images: ImageStore, actor: Actor, days: int | Non
     cutoff = datetime.now(UTC) - timedelta(days=keep)
     expired = images.expired(cutoff)
     audit.record(store, actor, "images_purged", None, older_than_days=keep, deleted=len(expired))  # at most
-    return sum(images.delete(key, stored_before=cutoff) for key in expired)  # saved again meanwhile: kept
+    deleted = sum(images.delete(key, stored_before=cutoff) for key in expired)  # saved again meanwhile: kept
+    images.sweep(datetime.now(UTC) - timedelta(hours=1))  # pieces an interrupted deletion left behind
+    return deleted

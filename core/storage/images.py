@@ -33,6 +33,7 @@ class ImageStore(Protocol):
     def delete(self, key: str, stored_before: datetime | None = None) -> bool: ...
     def expired(self, before: datetime) -> list[str]: ...
     def stored_keys(self) -> list[str]: ...
+    def sweep(self, started_before: datetime) -> int: ...
 
 
 def encode(pixels: np.ndarray) -> bytes:
@@ -108,6 +109,10 @@ class FolderImages:
         limit = before.timestamp()
         return [key for key in self.stored_keys() if self._path(key).stat().st_mtime < limit]
 
+    def sweep(self, started_before: datetime) -> int:
+        """Nothing to sweep: an image is one file, written whole and renamed into place."""
+        return 0
+
 
 @contextmanager
 def _mongo_errors() -> Iterator[None]:
@@ -169,3 +174,24 @@ class GridFSImages:
         with _mongo_errors():
             found = self._files.find({"uploadDate": {"$lt": before}}, {"filename": 1})
             return sorted({d["filename"] for d in found})
+
+    def sweep(self, started_before: datetime) -> int:
+        """Delete the chunks of images whose file document is gone (GridFS deletes the document first, then its
+        chunks: a timeout or a crash between the two left de-identified pixels no purge found again), for uploads
+        started before ``started_before`` (an upload in progress writes its chunks before its document); returns
+        how many images' chunks it removed."""
+        from bson import ObjectId
+
+        chunks = self._files.database["images.chunks"]
+        with _mongo_errors():
+            listed = set(self._files.distinct("_id"))
+            orphans = [
+                files_id
+                for files_id in chunks.distinct("files_id")
+                if files_id not in listed
+                and isinstance(files_id, ObjectId)
+                and files_id.generation_time < started_before
+            ]
+            if orphans:
+                chunks.delete_many({"files_id": {"$in": orphans}})
+        return len(orphans)
