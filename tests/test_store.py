@@ -1482,3 +1482,31 @@ def test_an_image_purge_sweeps_the_chunks_an_interrupted_gridfs_deletion_left_be
     assert images.sweep(datetime.now(UTC) - timedelta(hours=1)) == 1
     left = sorted(str(c["files_id"]) for c in db["images.chunks"].find())
     assert left == sorted([str(kept), str(uploading)])
+
+
+def test_a_register_that_cannot_be_written_or_read_is_said_in_the_log(tmp_path: Path, monkeypatch, caplog) -> None:
+    """The vanished-database protection switched itself off without a word when the register could not be written
+    (a service user with no writable home) or had been damaged."""
+    import logging
+
+    from core.storage import stamps
+
+    state = tmp_path / "state"
+    state.mkdir()
+    monkeypatch.setenv("BTD_STATE_DIR", str(state))
+    (state / "stores.json").write_text("{damaged")
+    with caplog.at_level(logging.WARNING, logger="btd.storage"):
+        stamps.check(tmp_path / "nothing.sqlite3")
+    assert "event=store_register_unreadable" in caplog.text
+    caplog.clear()
+    (state / "stores.json").unlink()
+
+    def refused(*args: object) -> None:
+        raise PermissionError(13, "Permission denied")  # a folder the service user may not write
+
+    monkeypatch.setattr(stamps.os, "replace", refused)
+    database = tmp_path / "results.sqlite3"
+    database.write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="btd.storage"):
+        stamps.remember(database)
+    assert "event=store_register_not_written error=Permission denied" in caplog.text

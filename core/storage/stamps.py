@@ -28,9 +28,15 @@ def register_file() -> Path:
 
 
 def _read() -> dict[str, str]:
+    path = register_file()
+    if not path.exists():
+        return {}
     try:
-        return dict(json.loads(register_file().read_text()))
-    except (OSError, ValueError):
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError) as error:  # said, never silent: the protection is off until fixed
+        logging.getLogger("btd.storage").warning(
+            "event=store_register_unreadable error=%s fix=restore_or_remove_the_file", type(error).__name__
+        )
         return {}
 
 
@@ -42,8 +48,12 @@ def _write(entries: dict[str, str]) -> None:
         draft.write_text(json.dumps(entries, indent=1, sort_keys=True))
         os.chmod(draft, 0o600)
         os.replace(draft, path)
-    except OSError:
-        pass  # a register that cannot be written protects nothing, but must not stop the app
+    except OSError as error:  # a register that cannot be written protects nothing, but must not stop the app:
+        # said in the server's log, so that an administrator knows a vanished database would not be caught
+        logging.getLogger("btd.storage").warning(
+            "event=store_register_not_written error=%s fix=set_BTD_STATE_DIR_to_a_writable_folder",
+            error.strerror or type(error).__name__,
+        )
 
 
 def check(database: Path) -> None:
