@@ -147,6 +147,7 @@ def test_every_command_keeps_its_options() -> None:
         ],
         "store": [],
         "store forget": [],
+        "store backup": ["out"],
         "users": [],
         "users add": ["name", "--role", "--password-stdin", "--sso"],
         "users list": [],
