@@ -124,7 +124,14 @@ else:
     comparison(now_view, prior_view, classifier, explainer)
 
 st.subheader("Report")
-study = [r for r in series if r.study_ref is not None and r.study_ref == current.study_ref] or [current]
+whole = [r for r in series if r.study_ref is not None and r.study_ref == current.study_ref] or [current]
+model = (current.model_name, current.model_version)  # one reading of the study: the chosen series' model's
+study = [r for r in whole if (r.model_name, r.model_version) == model]
+if len(study) < len(whole):  # the same study read again by another model: each series once, under one model
+    st.caption(
+        f"This study was also read by another model version; the report gives the reading by {model[0]} {model[1]} "
+        "(choose a series read by the other one above for its report)."
+    )
 unread = max(int((r.geometry or {}).get("study_unread", 0)) for r in study)
 if unread:
     st.warning(

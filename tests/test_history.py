@@ -251,3 +251,43 @@ def test_a_prior_cut_in_another_plane_matches_no_section_and_says_so(tiny_classi
     assert moved.series_change == pytest.approx(now.score - prior.score)
     assert shown == (prior.window[len(prior.window) // 2] if prior.window else 6)
     assert "axial, the prior sagittal" in plane_caveat(now, prior) and plane_caveat(now, now) is None
+
+
+@pytest.mark.pages
+def test_a_history_report_of_a_study_read_by_two_model_versions_gives_each_series_once(
+    tmp_path: Path, tiny_card: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The report listed each series twice (once per model that read the study) under the first record's version
+    alone, and turned every heat map off."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from core.domain.results import record_id
+    from tests.test_store import series_sections
+
+    data = tmp_path / "data"
+    monkeypatch.setenv("BTD_MODEL", str(tiny_card))
+    monkeypatch.setenv("BTD_DATA_DIR", str(data))
+    monkeypatch.delenv("MONGODB_URI", raising=False)
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    store = SQLiteStore(data / "results.sqlite3")
+    reference = pseudonymise("P-0077", local_key(data))
+    first = replace(make_series(1, datetime(2026, 11, 1, 9, tzinfo=UTC)), patient_ref=reference)
+    again = replace(
+        first,
+        id=record_id(first.image_sha256, first.model_name, "9.9.9"),
+        model_version="9.9.9",
+        created_at=datetime(2026, 11, 2, 9, tzinfo=UTC),
+    )
+    for record in (first, again):
+        store.add_series(record, series_sections())
+    app = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "history.py"), default_timeout=60)
+    app.session_state["actor"] = DOCTOR
+    app.run()
+    app.text_input[0].set_value("P-0077").run()
+    assert not app.exception
+    assert any(b.label == "Make the PDF report of this study (1 series)" for b in app.button)
+    assert any(c.value.startswith("This study was also read by another model version") for c in app.caption)
+    st.cache_data.clear()
+    st.cache_resource.clear()
