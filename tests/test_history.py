@@ -25,6 +25,20 @@ from tests.test_store import make_record, make_series
 DOCTOR = Actor("dr-h", "radiologist")
 
 
+def history_environment(tmp_path: Path, tiny_card: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The History page's environment for an AppTest: the tiny model, a fresh data folder (returned), no MongoDB,
+    no cached resources from another test."""
+    import streamlit as st
+
+    data = tmp_path / "data"
+    monkeypatch.setenv("BTD_MODEL", str(tiny_card))
+    monkeypatch.setenv("BTD_DATA_DIR", str(data))
+    monkeypatch.delenv("MONGODB_URI", raising=False)
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    return data
+
+
 def test_sections_match_by_their_place_along_the_analysed_head(tiny_classifier) -> None:
     now = series_view(analyse_volume(read_study(dicom_series(head_volume(10, 96)))[0], tiny_classifier))
     prior = series_view(analyse_volume(read_study(dicom_series(head_volume(20, 96)))[0], tiny_classifier))
@@ -55,12 +69,7 @@ def test_history_page_compares_a_series_with_its_prior_and_makes_the_report(
     import streamlit as st
     from streamlit.testing.v1 import AppTest
 
-    data = tmp_path / "data"
-    monkeypatch.setenv("BTD_MODEL", str(tiny_card))
-    monkeypatch.setenv("BTD_DATA_DIR", str(data))
-    monkeypatch.delenv("MONGODB_URI", raising=False)
-    st.cache_data.clear()
-    st.cache_resource.clear()
+    data = history_environment(tmp_path, tiny_card, monkeypatch)
     store, images = SQLiteStore(data / "results.sqlite3"), FolderImages(data / "images")
     reference = pseudonymise("P-0042", local_key(data))
     for n, tumour in enumerate((None, range(3, 6))):
@@ -265,12 +274,7 @@ def test_a_history_report_of_a_study_read_by_two_model_versions_gives_each_serie
     from core.domain.results import record_id
     from tests.test_store import series_sections
 
-    data = tmp_path / "data"
-    monkeypatch.setenv("BTD_MODEL", str(tiny_card))
-    monkeypatch.setenv("BTD_DATA_DIR", str(data))
-    monkeypatch.delenv("MONGODB_URI", raising=False)
-    st.cache_data.clear()
-    st.cache_resource.clear()
+    data = history_environment(tmp_path, tiny_card, monkeypatch)
     store = SQLiteStore(data / "results.sqlite3")
     reference = pseudonymise("P-0077", local_key(data))
     first = replace(make_series(1, datetime(2026, 11, 1, 9, tzinfo=UTC)), patient_ref=reference)

@@ -56,35 +56,25 @@ class SQLitePeople(SQLiteBase):
 
     def put_account(self, account: Account) -> None:
         """Create or replace an account (every field as given)."""
-        account.validate()
-        created = account.created_at or from_ms(0)
-        locked = to_ms(account.locked_until) if account.locked_until else None
-        with self._errors():
-            self._connection().execute(
-                "INSERT INTO accounts (name, role, password_hash, disabled, failed_count, locked_until_ms, created_ms) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET role = excluded.role, "
-                "password_hash = excluded.password_hash, disabled = excluded.disabled, "
-                "failed_count = excluded.failed_count, locked_until_ms = excluded.locked_until_ms",
-                (
-                    account.name,
-                    account.role,
-                    account.password_hash,
-                    int(account.disabled),
-                    account.failed_count,
-                    locked,
-                    to_ms(created),
-                ),
-            )
+        self._write_account(
+            account,
+            "DO UPDATE SET role = excluded.role, password_hash = excluded.password_hash, disabled = excluded.disabled, "
+            "failed_count = excluded.failed_count, locked_until_ms = excluded.locked_until_ms",
+        )
 
     def insert_account(self, account: Account) -> bool:
         """Create an account; False (nothing written) when one of that name exists."""
+        return self._write_account(account, "DO NOTHING")
+
+    def _write_account(self, account: Account, on_conflict: str) -> bool:
+        """Insert ``account``, ``on_conflict`` (a fixed clause) when its name exists; whether a row was written."""
         account.validate()
         created = account.created_at or from_ms(0)
         locked = to_ms(account.locked_until) if account.locked_until else None
         with self._errors():
             cursor = self._connection().execute(
                 "INSERT INTO accounts (name, role, password_hash, disabled, failed_count, locked_until_ms, created_ms) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO NOTHING",
+                f"VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) {on_conflict}",
                 (
                     account.name,
                     account.role,
