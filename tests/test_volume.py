@@ -349,6 +349,8 @@ def test_a_saved_series_reopens_with_the_rule_that_made_its_verdict_and_no_heat_
     served, newer = tiny_classifier.card, replace(tiny_classifier.card, version="9.9.9", series=SeriesRule(7, 0.99))
     view = stored_series_view(record, store, images, newer, DOCTOR)
     assert (view.threshold, view.neighbours) == (served.series.threshold, served.series.neighbours)
+    # the sections that set its score, found again: reopened, it opens there (it opened at the series' middle)
+    assert view.window == tuple(w.index for w in analysis.window) and view.window
     assert section_heat(view, 0, SimpleNamespace(card=newer), explainer=None) is None
     assert f"{served.series.neighbours} neighbouring sections reach {served.series.threshold:.2f}" in "\n".join(
         series_lines(record, view, [])

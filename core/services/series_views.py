@@ -11,10 +11,12 @@ import numpy as np
 
 from core.domain.results import Record
 from core.errors import ScanError
+from core.imaging.geometry import gap_starts
 from core.imaging.scan import Scan
 from core.imaging.volume import Volume
 from core.model.analysis import analyse_scan
 from core.model.classifier import Classifier
+from core.model.decision import SeriesRule
 from core.model.explain import Explainer
 from core.model.gate import NEEDS_REVIEW
 from core.model.lesion import sections_spanned
@@ -212,12 +214,23 @@ def stored_series_view(
         score=record.tumour_probability,
         threshold=None if rule is None else float(rule["threshold"]),
         neighbours=None if rule is None else int(rule["neighbours"]),
-        window=(),
+        window=_deciding_window(curve, tuple(s.position for s in rows), rule),
         probabilities=dict(record.probabilities),
         model=f"{record.model_name} {record.model_version}",
         record=record,
         needs_review=record.gate == NEEDS_REVIEW and not record.review_count,  # reviewed: done
     )
+
+
+def _deciding_window(
+    curve: tuple[float | None, ...], positions: tuple[float, ...], rule: dict[str, Any] | None
+) -> tuple[int, ...]:
+    """The sections that set a stored series' score, found again by its rule (the viewer opens it at their middle,
+    History's prior is shown there: the middle of the series was called "its deciding section")."""
+    if rule is None:
+        return ()
+    breaks = gap_starts(positions)
+    return tuple(SeriesRule(int(rule["neighbours"]), float(rule["threshold"])).best_window(curve, breaks)[1])
 
 
 def section_heat(view: SeriesView, index: int, classifier: Classifier, explainer: Explainer) -> np.ndarray | None:
