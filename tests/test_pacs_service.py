@@ -528,3 +528,22 @@ def test_an_oblique_tumour_series_is_reported_with_key_images_that_name_every_le
         list(image.PatientOrientation) == [series.volume.letters["right"], series.volume.letters["bottom"]]
         for image in images
     )
+
+
+def test_patients_names_never_reach_the_log_or_warnings_when_a_report_is_made(tiny_classifier, caplog, recwarn, capsys):
+    """highdicom quoted a one-part patient name (and the referring physician's) in a warning and a log line, new for
+    every patient: the server's log held patients' names."""
+    import logging
+
+    files = relabelled(tumour_study(STUDY), PatientName="ZZCANARYSMITH", ReferringPhysicianName="ZZCANARYDOC")
+    caplog.set_level(logging.DEBUG)
+    caplog.clear()
+    recwarn.clear()
+    pulled = pacs_service.Pulled(STUDY, analyse_study(files, tiny_classifier), tuple(objects.headers(files)))
+    card = tiny_classifier.card
+    pacs = StandIn({STUDY: files})
+    model = objects.ModelFacts(card.name, card.version, card.weights_sha256)
+    assert pacs_service.send_results(pacs, RADIOLOGIST, pulled, model, None, None)
+    captured = capsys.readouterr()
+    said = caplog.text + " ".join(str(w.message) for w in recwarn.list) + captured.out + captured.err
+    assert "ZZCANARY" not in said and str(pacs.stored[0][0].PatientName) == "ZZCANARYSMITH"  # kept in the report

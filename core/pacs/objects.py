@@ -31,6 +31,20 @@ from core.imaging.dicom import quiet_pydicom
 from core.model.volume import SeriesAnalysis
 
 MANUFACTURER = "BTD brain MRI triage (decision aid)"
+
+
+def quiet_highdicom() -> None:
+    """highdicom quotes a value it finds doubtful (a one-part patient name such as "SMITHJOHN", a referring
+    physician's) in a warning and a log line, new for every patient: the server's log then held patients' names.
+    Its warnings are not shown and its logger says errors only (set once, process-wide: a ``catch_warnings`` per
+    call is not thread-safe under Streamlit)."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", module=r"highdicom(\..*)?")
+    logging.getLogger("highdicom").setLevel(logging.ERROR)
+
+
 STATEMENT = "Decision aid: this result needs a radiologist's review before any clinical use."
 
 
@@ -173,6 +187,7 @@ def verdict_report(
     preliminary report, 2 the first review's, 3 the next review's (default: 2 with a final label, else 1)."""
     import highdicom as hd
 
+    quiet_highdicom()
     codes = _codes()
     study_uid = str(evidence[0].StudyInstanceUID)
     stated = verdict or "none: a series could not be analysed (read it yourself)"
@@ -235,6 +250,7 @@ def key_images(evidence: Sequence[Any], series: SeriesAnalysis) -> list[Any]:
     """Secondary Capture images of the series' sections at or above the rule's threshold, outline burned in."""
     import highdicom as hd
 
+    quiet_highdicom()
     reference = next((e for e in evidence if str(e.SeriesInstanceUID) == _source_series(evidence, series)), evidence[0])
     letters = series.volume.letters  # the displayed section's edges: rows run to "right", columns to "bottom"
     if not letters:  # a Secondary Capture in patient coordinates needs its orientation: none without the files'
