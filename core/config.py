@@ -99,13 +99,18 @@ def _key(configured: str | None, what: str, shared_database: bool, local_file: s
         return None
     folder = data_dir()
     if not (folder / local_file).exists():  # about to create one: not beside a database known to have vanished
+        from core.errors import StoreError
         from core.storage import DATABASE_FILE, holds_keyed_data, stamps
 
         try:
             stamps.check(folder / DATABASE_FILE)
         except stamps.StoreVanished as error:  # a new key would silently stick once the backup is restored
             raise ValueError(f"the {what} is gone with the results database; restore the data folder") from error
-        if holds_keyed_data(folder / DATABASE_FILE, local_file):  # the database restored without its key file
+        try:
+            keyed = holds_keyed_data(folder / DATABASE_FILE, local_file)
+        except StoreError as error:  # never a new key beside a database nobody could check
+            raise ValueError(f"the {what} cannot be made: {error}") from error
+        if keyed:  # the database restored without its key file
             raise ValueError(
                 f"the {what} file {local_file} is missing beside a results database made with it; restore it from "
                 "the same backup (a new key would read the audit trail as tampered with, or lose every patient's "

@@ -1510,3 +1510,40 @@ def test_a_register_that_cannot_be_written_or_read_is_said_in_the_log(tmp_path: 
     with caplog.at_level(logging.WARNING, logger="btd.storage"):
         stamps.remember(database)
     assert "event=store_register_not_written error=Permission denied" in caplog.text
+
+
+def test_a_backup_inside_the_data_folder_or_cut_short_leaves_nothing_behind(tmp_path: Path, monkeypatch) -> None:
+    """A backup into the images folder copied itself into itself until Python gave up, and one cut short by a full
+    disk left a folder that looked like a backup, some keys or images missing."""
+    import shutil
+
+    from core.errors import StoreError
+    from core.storage.backup import backup_embedded
+
+    data = tmp_path / "data"
+    store = SQLiteStore(data / "results.sqlite3")
+    store.add(FIXTURE[0])
+    (data / "images").mkdir()
+    with pytest.raises(StoreError, match="inside the data folder"):
+        backup_embedded(data, data / "images" / "bk")
+    assert not (data / "images" / "bk").exists()
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copytree", full)
+    with pytest.raises(StoreError, match="No space left on device"):
+        backup_embedded(data, tmp_path / "backup")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no backup, no draft
+
+
+def test_a_data_folder_whose_name_a_uri_would_misread_is_read_where_it_is(tmp_path: Path) -> None:
+    """ "site#1" pasted into an SQLite URI opened "site" (a new empty file there): the check of the key files found no
+    patient references and a new key was made beside a database that had them."""
+    from core.storage import holds_keyed_data
+
+    folder = tmp_path / "site#1 50%"
+    store = SQLiteStore(folder / "results.sqlite3")
+    store.add(replace(FIXTURE[0], patient_ref="a" * 64))
+    assert holds_keyed_data(folder / "results.sqlite3", "patient-ref.key")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site#1 50%"]  # no stray file beside it

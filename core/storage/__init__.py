@@ -28,20 +28,27 @@ _KEYED = {
 }
 
 
+def read_only_uri(path: Path) -> str:
+    """An SQLite URI that opens ``path`` read-only (a folder named ``site#1`` or ``50%`` included: pasted into a
+    URI unescaped, it opened another file)."""
+    return path.resolve().as_uri() + "?mode=ro"
+
+
 def holds_keyed_data(database: Path, key_file: str) -> bool:
     """Whether the embedded ``database`` already holds data made with the key kept in ``key_file``: a new key would
     then report the intact audit trail as tampered with, or leave every patient's History unreachable. False for a
-    database that is not there, is empty, or cannot be read (the store's own checks say why)."""
+    database that is not there or holds no such data; a :class:`StoreError` when it cannot be read."""
     import sqlite3
+    from contextlib import closing
 
     query = _KEYED.get(key_file)
     if query is None or not database.exists():
         return False
     try:
-        with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5) as connection:
+        with closing(sqlite3.connect(read_only_uri(database), uri=True, timeout=5)) as connection:
             return connection.execute(query).fetchone() is not None
-    except sqlite3.Error:
-        return False
+    except sqlite3.Error as error:  # unreadable now: the key file is not made beside it blindly
+        raise StoreError(f"The results database cannot be read to check its keys ({error}).") from error
 
 
 def open_store(mongodb_uri: str | None, data_dir: Path, audit_key: bytes | None = None) -> SQLiteStore | MongoStore:

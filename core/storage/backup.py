@@ -1,57 +1,70 @@
 """A consistent backup of the embedded store while the app runs: the database through SQLite's online backup (a
 copy of the file alone holds nothing written since the last checkpoint: those pages are in its ``-wal`` file), with
-the key files that read it (the audit key, the patient-reference key) and the de-identified images. MongoDB is
-backed up with the server's own tools (``mongodump``)."""
+the key files that read it (the audit key, the patient-reference key) and the de-identified images. The backup can
+re-identify patients (the patient-reference key beside the pseudonyms): keep it as the data folder is kept. MongoDB
+is backed up with the server's own tools (``mongodump``)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 from core.errors import StoreError
-from core.storage import DATABASE_FILE
+from core.storage import DATABASE_FILE, read_only_uri
 
 KEY_FILES = ("audit.key", "patient-ref.key")
 
 
 def backup_embedded(data_dir: Path, out: Path) -> dict[str, Any]:
-    """Copy the embedded store of ``data_dir`` into the new folder ``out`` (created 0700; refused when it exists);
-    returns what it holds. Restore it by stopping the app and using the folder as the data folder (never beside an
-    old ``-wal`` file: SQLite would lay the old file's pages over the restored one)."""
+    """Copy the embedded store of ``data_dir`` into the new folder ``out`` (0700; refused when it exists or lies
+    inside the data folder); returns what it holds. Written into a draft folder beside ``out`` and renamed into
+    place: a backup cut short (a full disk, a file it cannot read) leaves nothing that looks like a backup. Restore
+    it by stopping the app and using the folder as the data folder (never beside an old ``-wal`` file: SQLite would
+    lay the old file's pages over the restored one)."""
     database = data_dir / DATABASE_FILE
     if not database.exists():
         raise StoreError("There is no embedded results database in the data folder to back up.")
+    if out.resolve().is_relative_to(data_dir.resolve()):
+        raise StoreError("The backup folder lies inside the data folder; name one outside it.")
+    if out.exists() or out.is_symlink():
+        raise StoreError("The backup folder exists already; name a new one.")
+    draft = out.with_name(f".{out.name}.{os.getpid()}.partial")
     try:
-        out.mkdir(mode=0o700, parents=False)
-    except FileExistsError as error:
-        raise StoreError("The backup folder exists already; name a new one.") from error
-    except OSError as error:
-        raise StoreError(f"The backup folder cannot be created ({error.strerror or error}).") from error
-    target = out / DATABASE_FILE
+        draft.mkdir(mode=0o700)
+        made = _copy(data_dir, database, draft)
+        os.replace(draft, out)
+    except (OSError, sqlite3.Error) as error:
+        shutil.rmtree(draft, ignore_errors=True)
+        raise StoreError(
+            f"The backup could not be written whole ({getattr(error, 'strerror', None) or error})."
+        ) from error
+    except StoreError:
+        shutil.rmtree(draft, ignore_errors=True)
+        raise
+    return {"backup": str(out), **made, "note": "holds the patient-reference key: keep it as the data folder"}
+
+
+def _copy(data_dir: Path, database: Path, draft: Path) -> dict[str, Any]:
+    target = draft / DATABASE_FILE
     os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    try:
-        with (
-            sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5) as source,
-            sqlite3.connect(target) as copy,
-        ):
-            source.backup(copy)  # a consistent snapshot, the write-ahead log included, while others write
-        with sqlite3.connect(f"file:{target}?mode=ro", uri=True) as check:
-            results = check.execute("SELECT count(*) FROM scans").fetchone()[0]
-            whole = check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    except sqlite3.Error as error:
-        raise StoreError(f"The database could not be backed up ({error}).") from error
-    if not whole:
-        raise StoreError("The backup did not pass SQLite's integrity check; keep the data folder as it is.")
-    keys = []
-    for name in KEY_FILES:
-        if (data_dir / name).exists():
-            shutil.copy2(data_dir / name, out / name)
-            keys.append(name)
+    source = closing(sqlite3.connect(read_only_uri(database), uri=True, timeout=5))
+    with source as reading, closing(sqlite3.connect(target)) as copy:
+        reading.backup(copy)  # a consistent snapshot, the write-ahead log included, while others write
+    with closing(sqlite3.connect(read_only_uri(target), uri=True)) as check:
+        results = check.execute("SELECT count(*) FROM scans").fetchone()[0]
+        if check.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
+            raise StoreError("The backup did not pass SQLite's integrity check; keep the data folder as it is.")
+    for leftover in (draft / f"{DATABASE_FILE}-wal", draft / f"{DATABASE_FILE}-shm"):
+        leftover.unlink(missing_ok=True)
+    keys = [name for name in KEY_FILES if (data_dir / name).exists()]
+    for name in keys:
+        shutil.copy2(data_dir / name, draft / name)
     images = 0
     if (data_dir / "images").is_dir():
-        shutil.copytree(data_dir / "images", out / "images")
-        images = sum(1 for _ in (out / "images").rglob("*.png"))
-    return {"backup": str(out), "results": results, "keys": keys, "images": images}
+        shutil.copytree(data_dir / "images", draft / "images")
+        images = sum(1 for _ in (draft / "images").rglob("*.png"))
+    return {"results": results, "keys": keys, "images": images}

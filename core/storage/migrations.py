@@ -35,12 +35,13 @@ import json
 import logging
 import os
 import sqlite3
-from contextlib import suppress
+from contextlib import closing, suppress
 from pathlib import Path
 from typing import Any
 
 from core.domain.results import record_id
 from core.errors import StoreError
+from core.storage import read_only_uri
 from core.storage.mongo_people import AUDIT_INDEXES
 from core.storage.protocol import SCHEMA_VERSION
 from core.storage.schema import AUDIT_SEARCH, LESION_COLUMNS, PEOPLE, SCANS, create_schema, fill_rollup
@@ -158,7 +159,7 @@ def _backup(connection: sqlite3.Connection, path: Path, version: int) -> None:
 def _whole(copy: Path) -> bool:
     """Whether a backup opens, passes SQLite's integrity check and holds the results table."""
     try:
-        with sqlite3.connect(f"file:{copy}?mode=ro", uri=True) as check:
+        with closing(sqlite3.connect(read_only_uri(copy), uri=True)) as check:
             ok = check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
             return ok and check.execute("SELECT 1 FROM sqlite_master WHERE name = 'scans'").fetchone() is not None
     except sqlite3.Error:
