@@ -1422,9 +1422,20 @@ def test_a_database_restored_without_its_key_files_is_refused_not_given_new_keys
 def test_the_database_named_in_the_mongodb_uri_is_the_one_used() -> None:
     """The URI's database was ignored: two sites configured as /site_a and /site_b on one cluster shared one
     clinical history and one account table. No server is contacted to build a client."""
+    import mongomock
+
+    from core.errors import StoreError
+
     assert MongoStore.connect("mongodb://127.0.0.1:1/site_a")._db.name == "site_a"
     assert MongoStore.connect("mongodb://127.0.0.1:1/?authSource=admin")._db.name == "brain_mri_triage"
+    assert MongoStore.connect("mongodb://127.0.0.1:1/admin")._db.name == "brain_mri_triage"  # where to sign in
     assert MongoStore.connect("mongodb://127.0.0.1:1/site_a", "chosen")._db.name == "chosen"
+    # an older URI whose path earlier releases ignored ("/test"): never a second, empty history beside the first
+    client = mongomock.MongoClient(tz_aware=True)
+    MongoStore(client).add(FIXTURE[0])
+    with pytest.raises(StoreError, match="names the database 'test', which holds no results"):
+        MongoStore(client, "test").summary()
+    assert MongoStore(client).summary().total == 1 and MongoStore(client, "site_b").summary().total == 0
 
 
 def test_a_backup_taken_while_the_app_writes_holds_every_result_its_keys_and_images(

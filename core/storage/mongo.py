@@ -94,10 +94,13 @@ _INDEXES = (
 )
 
 
+DEFAULT_DATABASE = "brain_mri_triage"
+
+
 class MongoStore(MongoPeople, MongoQuality):
     """The shared store: one collection, ``_id`` = idempotency key, majority writes, short timeouts."""
 
-    def __init__(self, client: Any, database: str = "brain_mri_triage", collection: str = "scans") -> None:
+    def __init__(self, client: Any, database: str = DEFAULT_DATABASE, collection: str = "scans") -> None:
         from pymongo import WriteConcern
 
         self._client = client
@@ -112,6 +115,7 @@ class MongoStore(MongoPeople, MongoQuality):
         if self._schema_ready:
             return
         if self._name not in self._db.list_collection_names():
+            self._refuse_a_split()
             # Another replica may create it first; a server may refuse validators to this user: indexes still apply.
             with suppress(Exception):
                 self._db.create_collection(self._name, validator=_VALIDATOR)
@@ -119,6 +123,20 @@ class MongoStore(MongoPeople, MongoQuality):
         for keys in _INDEXES:
             self._collection.create_index(keys)
         self._schema_ready = True
+
+    def _refuse_a_split(self) -> None:
+        """A placeholder database a hosted service's URI carries (``/test``, ``/myFirstDatabase``), empty, while
+        the one earlier releases used (they ignored the URI's name) holds results: refused, never a second, empty
+        history beside the first. A site's own name (``/site_b``) is its choice."""
+        if self._db.name not in ("test", "myFirstDatabase"):
+            return
+        earlier = self._client[DEFAULT_DATABASE]
+        if self._name in earlier.list_collection_names() and earlier[self._name].estimated_document_count():
+            raise StoreError(
+                f"The MongoDB URI names the database {self._db.name!r}, which holds no results, while "
+                f"{DEFAULT_DATABASE!r} holds those written before: put {DEFAULT_DATABASE!r} in the URI (or move the "
+                "results) so that one history is kept."
+            )
 
     @classmethod
     def connect(cls, uri: str, database: str | None = None) -> MongoStore:
@@ -136,7 +154,10 @@ class MongoStore(MongoPeople, MongoQuality):
             tz_aware=True,
             appname="brain-mri-triage",
         )
-        return cls(client, database or client.get_default_database(default="brain_mri_triage").name)
+        named = client.get_default_database(default=DEFAULT_DATABASE).name
+        if named in ("admin", "local", "config"):  # the server's own: in a URI, where to authenticate, not our data
+            named = DEFAULT_DATABASE
+        return cls(client, database or named)
 
     def describe(self) -> str:
         nodes = getattr(self._client, "nodes", None) or ()
