@@ -1558,3 +1558,5 @@ def test_a_data_folder_whose_name_a_uri_would_misread_is_read_where_it_is(tmp_pa
     store.add(replace(FIXTURE[0], patient_ref="a" * 64))
     assert holds_keyed_data(folder / "results.sqlite3", "patient-ref.key")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site#1 50%"]  # no stray file beside it
+    (tmp_path / "old.sqlite3").write_bytes(b"")  # an empty file, or one from before the keyed data: nothing to lose
+    assert not holds_keyed_data(tmp_path / "old.sqlite3", "audit.key")
