@@ -48,9 +48,7 @@ def holds_keyed_data(database: Path, key_file: str) -> bool:
         with closing(sqlite3.connect(read_only_uri(database), uri=True, timeout=5)) as connection:
             return connection.execute(query).fetchone() is not None
     except sqlite3.OperationalError as error:
-        if "no such" in str(
-            error
-        ):  # an empty file, or one older than the keyed data (table or column): nothing to lose
+        if "no such" in str(error):  # empty, or older than the keyed table or column: nothing to lose
             return False
         raise StoreError(f"The results database cannot be read to check its keys ({error}).") from error
     except sqlite3.Error as error:  # unreadable now: the key file is not made beside it blindly
