@@ -237,7 +237,10 @@ middle.download_button(
     "scan-results.csv",
     "text/csv",
     on_click=exported,
-    args=([r.record.id for r in session.results() if r.record is not None], with_names),
+    args=(
+        [r.record.id for r in session.results() if r.record is not None and r.status and r.status.state != NOT_SAVED],
+        with_names,
+    ),
 )
 if any(result.status and result.status.state in (NOT_SAVED, NOT_UPDATED) for result in session.results()):
     right.button("Retry saving", on_click=retry_unsaved, type="primary")
