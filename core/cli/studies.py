@@ -11,7 +11,7 @@ from core.config import file_secrets, mongodb_uri, patient_key
 from core.errors import StoreError
 from core.services.access import COMMAND_LINE
 from core.services.resources import load_classifier, open_image_store, open_results_store
-from core.services.studies import NOT_SAVED, StudyOutcome, analyse_path, display_png, save_series
+from core.services.studies import NOT_SAVED, StudyOutcome, analyse_path, display_png, save_study_series
 
 
 def cmd_study(args: argparse.Namespace) -> int:
@@ -76,12 +76,6 @@ def emit_outcome(
 def save_outcome_series(series, outcome: StudyOutcome, saving: tuple, patient_ref: str | None = None):
     """Save one series of ``outcome`` as the command line does (uploader ``cli``)."""
     store, images, key = saving
-    return save_series(
-        series,
-        store,
-        actor=COMMAND_LINE,
-        patient_ref=patient_ref,
-        images=images,
-        key=key,
-        study_unread=outcome.unanalysed,
+    return save_study_series(
+        series, outcome, store, actor=COMMAND_LINE, patient_ref=patient_ref, images=images, key=key
     )

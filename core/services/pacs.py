@@ -25,7 +25,14 @@ from core.pacs import objects
 from core.pacs.client import OrthancChanges, Pacs, StudyHit
 from core.services import audit, reviews
 from core.services.access import ANALYSE, PACS, REVIEW, Actor, require
-from core.services.studies import NOT_SAVED, StudyOutcome, StudyResult, analyse_study, save_series, save_study
+from core.services.studies import (
+    NOT_SAVED,
+    StudyOutcome,
+    StudyResult,
+    analyse_study,
+    save_study,
+    save_study_series,
+)
 from core.storage.images import ImageStore
 from core.storage.protocol import AuditTrail, Store
 
@@ -376,14 +383,8 @@ def _handle(watcher: Watcher, study_uid: str, actor: Actor) -> dict[str, Any]:
         return {"study_uid": study_uid, "skipped": pulled.outcome.error_code, "reason": pulled.outcome.error_message}
     reference = patient_reference(pacs_patient_id(pulled), watcher.key)
     saved = [
-        save_series(
-            s,
-            watcher.store,
-            actor=actor,
-            patient_ref=reference,
-            images=watcher.images,
-            key=watcher.key,
-            study_unread=pulled.outcome.unanalysed,
+        save_study_series(
+            s, pulled.outcome, watcher.store, actor=actor, patient_ref=reference, images=watcher.images, key=watcher.key
         ).state
         for s in pulled.outcome.series
     ]

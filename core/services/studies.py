@@ -321,6 +321,23 @@ def triage_study(
     return save_study(outcome, store, actor=actor, patient_ref=patient_ref, images=images, key=key)
 
 
+def save_study_series(
+    analysis: SeriesAnalysis,
+    outcome: StudyOutcome,
+    store: Store | None,
+    *,
+    actor: Actor,
+    patient_ref: str | None,
+    images: ImageStore | None,
+    key: bytes | None,
+) -> SaveStatus:
+    """Save one series of an analysed study (the page's, the command line's, the PACS watch's), keeping how many
+    series of its study nobody could read: a report made later from it gives no verdict the study did not have."""
+    return save_series(
+        analysis, store, actor=actor, patient_ref=patient_ref, images=images, key=key, study_unread=outcome.unanalysed
+    )
+
+
 def save_study(
     outcome: StudyOutcome,
     store: Store | None,
@@ -336,14 +353,8 @@ def save_study(
         return StudyResult(error_code=outcome.error_code, error_message=outcome.error_message)
     views = []
     for analysis in outcome.series:
-        status = save_series(
-            analysis,
-            store,
-            actor=actor,
-            patient_ref=patient_ref,
-            images=images,
-            key=key,
-            study_unread=outcome.unanalysed,
+        status = save_study_series(
+            analysis, outcome, store, actor=actor, patient_ref=patient_ref, images=images, key=key
         )
         record = store.get(status.record_id) if store is not None and status.state != NOT_SAVED else None
         views.append(series_view(analysis, status, record))
