@@ -7,11 +7,11 @@ from datetime import UTC, datetime, time, timedelta
 import pandas as pd
 import streamlit as st
 
-from core.errors import AccessDenied, StoreError
-from core.services import accounts, audit
+from core.errors import StoreError
+from core.services import audit
 from core.services.access import AUDIT_EXPORT, AUDIT_READ, Actor, allowed
 from ui import resources
-from ui.auth import still_signed_in
+from ui.auth import audited_download
 from ui.page import setup_page
 
 actor = setup_page("Audit trail", AUDIT_READ)
@@ -110,24 +110,10 @@ paging[1].button(
 )
 
 
-session_alive = still_signed_in()
-
-
-def export_now() -> bytes:
-    """Run by Streamlit when the button is pressed, outside any page run: with the session and the account as they
-    stand then (a session signed out in another tab or idle too long, a demoted or disabled admin export nothing)."""
-    if not session_alive():
-        raise AccessDenied("This session has ended: sign in again to export.")
-    current = accounts.refreshed_actor(store, actor)
-    if current is None:
-        raise AccessDenied("The account has been disabled.")
-    return audit.export_csv(store, current, filters)
-
-
 if allowed(actor, AUDIT_EXPORT):
     controls[-1].download_button(
         "Export (CSV)",
-        export_now,
+        audited_download(store, actor, AUDIT_EXPORT, lambda current: audit.export_csv(store, current, filters)),
         f"audit-{today:%Y%m%d}.csv",
         "text/csv",
     )

@@ -1,6 +1,7 @@
 """Scan page: upload one scan or a batch; for each, the original, the brain crop and the verdict; saved once."""
 
-import logging
+from collections.abc import Callable
+from functools import partial
 
 import pandas as pd
 import streamlit as st
@@ -17,13 +18,11 @@ from core.services.triage import (
     triage,
 )
 from ui import resources
-from ui.auth import callback_actor, fragment_actor
+from ui.auth import audited_download, callback_actor, fragment_actor
 from ui.batch import Upload, batch, summary_row
 from ui.page import setup_page
 from ui.render import scan_panel
 from ui.wording import count_of, pretty
-
-logger = logging.getLogger("btd.ui")
 
 actor = setup_page("Scan", ANALYSE)
 st.title("Scan triage")
@@ -86,14 +85,23 @@ def elsewhere() -> int:
     )
 
 
-def exported(result_ids: list[str], with_names: bool) -> None:
-    """The CSV download's audit event, by the session as it stands when the button is pressed."""
-    current, store = callback_actor(ANALYSE), open_store()
-    if current is not None and store is not None:
-        try:
-            record_batch_export(store, current, result_ids, with_names)
-        except StoreError as error:
-            logger.warning("event=results_export_not_audited code=%s", error.code)
+def exported(result_ids: list[str], with_names: bool, rows: list[dict]) -> Callable[[], bytes]:
+    """The CSV download, made when its button is pressed: its audit event (the results it carries, whether file
+    names went with them) first; refused without a database to record it in, or once the session has ended."""
+    try:
+        store = resources.current_store()
+    except StoreError as error:
+        return partial(raise_, error)
+
+    def make(current) -> bytes:
+        record_batch_export(store, current, result_ids, with_names)
+        return batch_csv(rows, with_names)
+
+    return audited_download(store, actor, ANALYSE, make)
+
+
+def raise_(error: Exception) -> bytes:
+    raise error
 
 
 def clear_session() -> None:
@@ -233,14 +241,13 @@ left, middle, right = st.columns([1.2, 1, 1])
 with_names = left.checkbox("Include file names in the CSV", help="File names can carry patient identities.")
 middle.download_button(
     "Download results (CSV)",
-    batch_csv(rows, with_names),
-    "scan-results.csv",
-    "text/csv",
-    on_click=exported,
-    args=(
+    exported(
         [r.record.id for r in session.results() if r.record is not None and r.status and r.status.state != NOT_SAVED],
         with_names,
+        rows,
     ),
+    "scan-results.csv",
+    "text/csv",
 )
 if any(result.status and result.status.state in (NOT_SAVED, NOT_UPDATED) for result in session.results()):
     right.button("Retry saving", on_click=retry_unsaved, type="primary")

@@ -3,6 +3,7 @@
 Everything shown follows the small-count rule: counts from 1 to 4, and rates that would reveal them, are withheld.
 """
 
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo, available_timezones
 
@@ -13,7 +14,7 @@ from core.errors import StoreError
 from core.services import statistics, statistics_export
 from core.services.access import STATISTICS, STORAGE_DETAILS, allowed
 from ui import charts, resources
-from ui.auth import callback_actor, fragment_actor
+from ui.auth import audited_download, fragment_actor
 from ui.page import setup_page
 from ui.wording import LABEL_NAMES, pretty
 
@@ -304,12 +305,14 @@ def by_model_version(dashboard) -> None:
     )
 
 
-def exported(dashboard) -> None:
-    """The export's audit event, by the account as it stands when the button is pressed (a callback runs before
-    any check of the page run)."""
-    viewer = callback_actor(STATISTICS)
-    if viewer is not None:
-        statistics_export.record_export(store, viewer, dashboard)
+def exported(viewer, dashboard, quality) -> Callable[[], bytes]:
+    """The export, made when its button is pressed by the account as it stands then: its audit event first."""
+
+    def make(current) -> bytes:
+        statistics_export.record_export(store, current, dashboard)
+        return statistics_export.export_csv(dashboard, quality)
+
+    return audited_download(store, viewer, STATISTICS, make)
 
 
 @st.fragment(run_every=None if paused else REFRESH_SECONDS)
@@ -340,11 +343,9 @@ def live_dashboard() -> None:
         shown_quality = None
     st.download_button(
         "Export these aggregates (CSV)",
-        statistics_export.export_csv(dashboard, shown_quality),
+        exported(viewer, dashboard, shown_quality),
         f"statistics-per-{period}-{datetime.now(UTC):%Y%m%d}.csv",
         "text/csv",
-        on_click=exported,
-        args=(dashboard,),
     )
 
 

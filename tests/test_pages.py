@@ -37,6 +37,17 @@ def app_environment(tmp_path: Path, tiny_card: Path, monkeypatch: pytest.MonkeyP
     st.cache_resource.clear()
 
 
+@pytest.fixture
+def downloads(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The deferred downloads the pages offer, to be pressed by the test (AppTest has no media server to run them)."""
+    from ui import auth
+
+    made: list = []
+    real = auth.audited_download
+    monkeypatch.setattr(auth, "audited_download", lambda *a: made.append(real(*a)) or made[-1])
+    return made
+
+
 ROLE_OF_PAGE = {
     "scan.py": "radiologist",
     "study.py": "radiologist",
@@ -152,14 +163,7 @@ def test_each_role_is_refused_the_pages_it_may_not_use(role: str, name: str, all
         assert not app.file_uploader and not shown_images(app) and not app.get("plotly_chart")
 
 
-def test_scan_page_shows_original_crop_and_verdict_and_saves_once(
-    app_environment: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from core.services import triage as triage_service
-
-    made: list[bytes] = []  # the CSVs the page offers (the download button itself only holds a media URL)
-    real_csv = triage_service.batch_csv
-    monkeypatch.setattr(triage_service, "batch_csv", lambda *a: made.append(real_csv(*a)) or made[-1])
+def test_scan_page_shows_original_crop_and_verdict_and_saves_once(app_environment: Path, downloads: list) -> None:
     app = page("scan.py").run()
     assert not app.exception and app.info  # the empty-state explanation
     scan = png_bytes(synthetic_slice(512, tumour=True))
@@ -175,14 +179,57 @@ def test_scan_page_shows_original_crop_and_verdict_and_saves_once(
     assert any("saved" in c.value for c in app.caption)
     batch = app.dataframe[1].value
     assert batch["file"][0] == "ZZCANARY_MRN123.png"  # shown in the session, so a batch can be traced back
-    assert app.get("download_button") and made and b"ZZCANARY" not in made[-1] and b"verdict" in made[-1]
-    app.get("download_button")[0].click().run()  # downloading the verdicts is an audit event (it had none)
-    (export,) = [e for e in stored(app_environment).audit_events() if e.action == "results_export"]
+    assert app.get("download_button") and not exports(app_environment)  # made when pressed, not with the page
+    made = downloads[-1]()
+    assert b"ZZCANARY" not in made and b"verdict" in made
+    (export,) = exports(app_environment)  # downloading the verdicts is an audit event (it had none)
     assert export.detail == {"results": [stored(app_environment).recent(1)[0].id], "file_names": False}
     next(c for c in app.checkbox if c.label.startswith("Include file names")).check().run()
-    assert b"ZZCANARY_MRN123.png" in made[-1]  # only when asked for
+    assert b"ZZCANARY_MRN123.png" in downloads[-1]()  # only when asked for
+    assert [e.detail["file_names"] for e in exports(app_environment)] == [False, True]
     records = stored(app_environment).recent(5)
     assert len(records) == 1 and "ZZCANARY" not in repr(records)  # never saved
+
+
+def exports(data_dir: Path, action: str = "results_export") -> list:
+    return [e for e in stored(data_dir).audit_events() if e.action == action]
+
+
+def test_a_download_is_refused_when_it_cannot_be_audited_or_the_account_changed(
+    app_environment: Path, downloads: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CSVs were made with the page and audited by the button's callback: a press after the account was
+    disabled, or while the database was down, still downloaded the verdicts without an event."""
+    from core.errors import AccessDenied, StoreUnavailable
+    from core.services import accounts
+    from core.storage.sqlite import SQLiteStore
+
+    store = stored(app_environment)
+    admin = Actor("root", "admin")
+    accounts.add_account(store, admin, "dr-b", "radiologist", "a long enough password 1")
+    app = AppTest.from_file(str(ROOT / "pages" / "scan.py"), default_timeout=60)
+    app.session_state["actor"] = Actor("dr-b", "radiologist")
+    app.run()
+    app.file_uploader[0].set_value([("a.png", png_bytes(synthetic_slice(256, tumour=True)), "image/png")]).run()
+    press = downloads[-1]
+
+    real_append = SQLiteStore.append_audit
+
+    def down(*args, **kwargs):
+        raise StoreUnavailable("The results database is busy.")
+
+    monkeypatch.setattr(SQLiteStore, "append_audit", down)
+    with pytest.raises(StoreUnavailable):
+        press()
+    monkeypatch.setattr(SQLiteStore, "append_audit", real_append)
+    accounts.set_role(store, admin, "dr-b", "supervisor")  # may no longer analyse scans
+    with pytest.raises(AccessDenied):
+        press()
+    accounts.set_role(store, admin, "dr-b", "radiologist")
+    accounts.set_disabled(store, admin, "dr-b")
+    with pytest.raises(AccessDenied):
+        press()
+    assert not exports(app_environment)
 
 
 def test_a_reference_typed_after_uploading_updates_the_one_record(app_environment: Path) -> None:
@@ -364,7 +411,9 @@ def test_statistics_page_charts_the_stores_aggregates_under_the_small_count_rule
     assert len(tables) == 2 and all("time" not in table.columns for table in tables)
 
 
-def test_a_database_error_in_the_quality_board_is_a_message_not_a_crashed_page(app_environment: Path, monkeypatch):
+def test_a_database_error_in_the_quality_board_is_a_message_not_a_crashed_page(
+    app_environment: Path, monkeypatch: pytest.MonkeyPatch, downloads: list
+) -> None:
     """Only the dashboard's read was guarded: a busy database while reading the quality board ended the live
     section with Streamlit's own error box."""
     from core.errors import StoreUnavailable
@@ -381,7 +430,11 @@ def test_a_database_error_in_the_quality_board_is_a_message_not_a_crashed_page(a
     app = page("statistics.py").run()
     assert not app.exception and any(m.label == "Studies with a verdict" for m in app.metric)
     assert [e.value for e in app.error] == ["The model-quality figures cannot be read: The results database is busy."]
-    assert app.get("download_button")  # the figures that were read can still be exported
+    assert app.get("download_button") and not exports(app_environment, "statistics_export")
+    made = downloads[-1]().decode()  # the figures that were read can still be exported, when pressed
+    assert "summary,,studies,6" in made and ",agreement," not in made
+    (export,) = exports(app_environment, "statistics_export")
+    assert export.actor == "test-supervisor" and export.detail["period"] == "day"
 
 
 def test_a_time_zone_change_keeps_the_chosen_dates(app_environment: Path) -> None:
@@ -828,7 +881,7 @@ def test_the_audit_page_says_when_the_chain_does_not_hold(app_environment: Path)
 
 
 def test_the_audit_page_reads_the_trail_a_page_at_a_time_newest_first(
-    app_environment: Path, monkeypatch: pytest.MonkeyPatch
+    app_environment: Path, monkeypatch: pytest.MonkeyPatch, downloads: list
 ) -> None:
     from core.services import audit
     from core.services.access import COMMAND_LINE
@@ -852,6 +905,8 @@ def test_the_audit_page_reads_the_trail_a_page_at_a_time_newest_first(
     assert list(app.dataframe[0].value["seq"]) == [5, 4]
     app.text_input(key="audit_target").set_value("user-2").run()
     assert list(app.dataframe[0].value["seq"]) == [2] and app.caption[0].value.startswith("1 event matches")
+    made = downloads[-1]().decode().splitlines()  # the matching events, made when pressed, itself an event
+    assert len(made) == 3 and ",user-2," in made[2] and exports(app_environment, "audit_export")
     supervisor = page("audit.py").run()  # no filter by target: it would say who touched which result
     assert not supervisor.exception and [t.label for t in supervisor.text_input] == ["Action", "Account"]
 

@@ -18,7 +18,7 @@ from contextlib import suppress
 import streamlit as st
 
 from core.config import first_admin_command
-from core.errors import SignInFailed, StoreError
+from core.errors import AccessDenied, SignInFailed, StoreError
 from core.services import accounts, audit
 from core.services.access import Actor, allowed
 from core.services.sessions import COOKIE
@@ -149,6 +149,23 @@ def still_signed_in() -> Callable[[], bool]:
     from the page as it was drawn is refused."""
     token, registry = st.session_state.get(TOKEN_KEY), resources.session_registry()
     return lambda: token is None or registry.alive(token)  # no token: a test's session, without a browser
+
+
+def audited_download(store, actor: Actor, permission: str, make: Callable[[Actor], bytes]) -> Callable[[], bytes]:
+    """A download's data made when its button is pressed (Streamlit runs it outside any page run): refused once
+    this session has ended, the account is disabled or its role no longer allows ``permission``; ``make`` records
+    the audit event first and then returns the file, so a download the trail cannot record is not made."""
+    alive = still_signed_in()
+
+    def made() -> bytes:
+        if not alive():
+            raise AccessDenied("This session has ended: sign in again to download.")
+        current = accounts.refreshed_actor(store, actor)
+        if current is None or not allowed(current, permission):
+            raise AccessDenied("This account may no longer download this.")
+        return make(current)
+
+    return made
 
 
 def sign_out(reason: str = "signed out") -> None:
