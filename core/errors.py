@@ -68,6 +68,12 @@ class NoBrainFound(ScanError):
     code = "no_brain_found"
 
 
+class NoModelAnswer(ScanError):
+    """The model's output for this image is not a number (a fault of the model, or an input it cannot read)."""
+
+    code = "no_model_answer"
+
+
 class ModelError(Exception):
     """The model file or its card cannot be used (missing, hash mismatch, shape disagrees with the card)."""
 

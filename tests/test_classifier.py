@@ -174,3 +174,31 @@ def test_a_card_write_cut_short_leaves_the_card_as_it_was(tmp_path: Path, monkey
     with pytest.raises(OSError):
         write_card(card, {"name": "x", "version": "2"})
     assert card.read_bytes() == before and json.loads(before)["version"] == "1"
+
+
+def test_a_model_output_that_is_not_a_number_decides_nothing(
+    tiny_classifier: Classifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NaN >= threshold is False: a NaN output read as a confident "no tumour" that the gate let through, and its
+    record then failed validation outside any handler (the rest of the batch was lost)."""
+    from core.errors import NoModelAnswer
+    from core.imaging.scan import read_scan
+    from core.model.analysis import analyse_scans
+    from core.services.triage import analyse_upload
+
+    real = tiny_classifier.scores_and_embedding
+
+    def poisoned(batch: np.ndarray):
+        raw, calibrated, embedding = (np.array(a) for a in real(batch))
+        raw[0], calibrated[0] = np.nan, np.nan  # the first image of every batch
+        return raw, calibrated, embedding
+
+    monkeypatch.setattr(tiny_classifier, "scores_and_embedding", poisoned)
+    outcome = analyse_upload(png_bytes(synthetic_slice(256, tumour=True)), tiny_classifier)
+    assert outcome.analysis is None and outcome.error_code == "no_model_answer"
+    assert "no usable answer" in outcome.error_message
+    scans = [read_scan(png_bytes(synthetic_slice(256, tumour=k == 1, seed=k))) for k in range(3)]
+    first, second, third = analyse_scans(scans, tiny_classifier)
+    assert isinstance(first, NoModelAnswer)  # the others are still read, each in its place
+    assert second.scan is scans[1] and third.scan is scans[2]
+    assert all(np.isfinite(list(a.prediction.probabilities.values())).all() for a in (second, third))

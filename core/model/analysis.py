@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import ScanError
+from core.errors import NoModelAnswer, ScanError
 from core.imaging import DEFAULT_LIMITS, Limits, Scan, read_scan
 from core.model.classifier import Classifier
 from core.model.gate import REJECTED, GateResult, assess, with_review
@@ -137,19 +137,24 @@ def analyse_scans(scans: Sequence[Scan], classifier: Classifier, batch_size: int
         model_input = to_model_input(scan.pixels, region.box, classifier.card.input)
         timings = {"crop": (crop_done - started) * 1000, "preprocess": (time.perf_counter() - crop_done) * 1000}
         prepared.append((scan, region, model_input, timings))
-    ready = [p for p in prepared if not isinstance(p, ScanError)]
-    done: list[Analysis] = []
+    ready = [(k, p) for k, p in enumerate(prepared) if not isinstance(p, ScanError)]
+    done: list[tuple[int, Analysis]] = []
     for start in range(0, len(ready), batch_size):
         chunk = ready[start : start + batch_size]
         began = time.perf_counter()
-        raw, calibrated, embedding = classifier.scores_and_embedding(np.stack([p[2] for p in chunk]))
+        raw, calibrated, embedding = classifier.scores_and_embedding(np.stack([p[2] for _, p in chunk]))
         share = (time.perf_counter() - began) * 1000 / len(chunk)
-        for i, (scan, region, model_input, timings) in enumerate(chunk):
+        for i, (k, (scan, region, model_input, timings)) in enumerate(chunk):
             outputs = (raw[i], calibrated[i], _row(embedding, i))
-            done.append(_verdict(scan, region, model_input, classifier, outputs, timings | {"predict": share}))
-    segmenter = classifier.segmenter
-    results = iter(with_lesions(done, segmenter) if segmenter is not None else done)
-    return [p if isinstance(p, ScanError) else next(results) for p in prepared]
+            try:
+                done.append((k, _verdict(scan, region, model_input, classifier, outputs, timings | {"predict": share})))
+            except ScanError as error:  # no usable answer for this section: the others are still read
+                prepared[k] = error
+    analyses = [a for _, a in done]
+    if classifier.segmenter is not None:
+        analyses = with_lesions(analyses, classifier.segmenter)
+    read = dict(zip((k for k, _ in done), analyses, strict=True))
+    return [p if isinstance(p, ScanError) else read[k] for k, p in enumerate(prepared)]
 
 
 def _row(embedding: np.ndarray, i: int) -> np.ndarray | None:
@@ -166,6 +171,8 @@ def _verdict(
 ) -> Analysis:
     """Decide and gate one scan from the model's outputs for it (raw, calibrated, embedding)."""
     raw, calibrated, embedding = outputs
+    if not (np.isfinite(raw).all() and np.isfinite(calibrated).all()):  # NaN >= threshold is False: "no tumour"
+        raise NoModelAnswer("The model gave no usable answer for this image (not a number); nothing was decided.")
     card = classifier.card
     decision = card.rule.apply(calibrated)
     logits = raw if card.output == "logits" else None

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import ScanError
+from core.errors import NoBrainFound, ScanError
 from core.imaging import Scan
 from core.imaging.volume import Volume
 from core.model.analysis import Analysis, analyse_scans
@@ -204,7 +204,8 @@ def analyse_volume(volume: Volume, classifier: Classifier, batch_size: int = 64)
     sections = []
     for index, (result, position) in enumerate(zip(results, volume.positions, strict=True)):
         if isinstance(result, ScanError):
-            sections.append(Section(index, position, None, f"no head region ({result})"))
+            why = f"no head region ({result})" if isinstance(result, NoBrainFound) else str(result)
+            sections.append(Section(index, position, None, why))
         elif result.prediction.gate.decision == REJECTED:
             sections.append(Section(index, position, None, "; ".join(result.prediction.gate.reasons)))
         else:
