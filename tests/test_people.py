@@ -173,6 +173,27 @@ def test_a_review_is_recorded_with_its_history_and_audited(store, tmp_path, tiny
     assert "no longer kept" in reviews.open_result(store, images, RADIOLOGIST, record_id, tiny_classifier, None).note
 
 
+def test_a_result_the_gate_refused_reopens_without_a_heat_map(
+    store, tmp_path, tiny_classifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kept image is a grey copy: reopened, it passed the colour check the upload had failed, and Grad-CAM was
+    drawn beside "Refused by the input gate"."""
+    from core.model.explain import Explainer
+    from core.model.gate import REJECTED, GatePolicy
+
+    images = FolderImages(tmp_path / "images")
+    monkeypatch.setattr(tiny_classifier, "gate_policy", GatePolicy(max_colourfulness=-1))  # refuses at upload
+    result = triage(png_bytes(synthetic_slice(256, tumour=True)), tiny_classifier, None, store, actor=RADIOLOGIST,
+                    patient_ref=None, images=images)  # fmt: skip
+    assert result.record.gate == REJECTED
+    monkeypatch.undo()  # reopened, the image passes every check
+    opened = reviews.open_result(
+        store, images, RADIOLOGIST, result.record.id, tiny_classifier, Explainer(tiny_classifier)
+    )
+    assert opened.view is not None and opened.view.heat == {} and opened.view.outline == ()
+    assert opened.view.prediction.gate.decision == REJECTED
+
+
 def test_a_save_that_cannot_be_audited_is_reported_not_saved(store, tiny_classifier, monkeypatch) -> None:
     from core.errors import StoreUnavailable
 

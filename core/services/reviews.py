@@ -18,6 +18,7 @@ from core.imaging import read_scan
 from core.model.analysis import analyse_scan
 from core.model.classifier import Classifier
 from core.model.explain import Explainer
+from core.model.gate import REJECTED
 from core.services import audit
 from core.services.access import OPEN_RESULT, REVIEW, WORKLIST, Actor, require
 from core.services.series_views import SeriesView, stored_series_view
@@ -79,6 +80,9 @@ def open_result(
         analysis = analyse_scan(read_scan(data), classifier)
     except ScanError:
         return OpenedResult(record, None, store.reviews_of(result_id), "The stored image cannot be read.")
+    if record.gate == REJECTED:  # the gate's decision as saved: the kept grey copy passes a colour check it failed
+        gate = replace(analysis.prediction.gate, decision=REJECTED)
+        analysis = replace(analysis, prediction=replace(analysis.prediction, gate=gate))
     return OpenedResult(record, scan_view(analysis, explainer), store.reviews_of(result_id))
 
 
