@@ -436,3 +436,33 @@ def test_a_verdict_resting_on_fewer_neighbours_than_the_rule_takes_at_least_the_
     lines = "\n".join(series_lines(record, series_view(analysis), []))
     assert "Judged on 1 neighbouring sections only, at 1.00 (fewer than the rule asks): needs review" in lines
     assert "Flagged for review" in lines
+
+
+def test_a_sections_heat_map_explains_the_series_call_not_the_sections_own(tmp_path, tiny_classifier) -> None:
+    """A section at 0.40 under a rule at 0.30 decides "Glioma" while, as a single scan, it is "No tumour": its heat
+    map in the viewer and the PDF showed where the model looked for "No tumour"."""
+    from dataclasses import replace
+
+    from core.model.explain import Explainer
+    from core.services.series_views import section_heat, stored_series_view
+    from core.services.studies import save_series
+    from core.storage.images import FolderImages
+    from core.storage.sqlite import SQLiteStore
+
+    store, images = SQLiteStore(tmp_path / "results.sqlite3"), FolderImages(tmp_path / "images")
+    analysis = analyse_volume(read_study(dicom_series(head_volume(4, 64, range(1, 3))))[0], tiny_classifier)
+    status = save_series(analysis, store, actor=Actor("dr", "radiologist"), patient_ref=None, images=images, key=None)
+    view = stored_series_view(store.get(status.record_id), store, images, tiny_classifier.card, DOCTOR)
+    asked: list[str | None] = []
+
+    class Recording(Explainer):
+        def explain(self, analysis, label=None):
+            asked.append(label)
+            return super().explain(analysis, label)
+
+    explainer = Recording(tiny_classifier)
+    for label, is_tumour, expected in (("meningioma", True, "meningioma"), ("notumor", False, None)):
+        heat = section_heat(replace(view, label=label, is_tumour=is_tumour), 1, tiny_classifier, explainer)
+        assert heat is not None and heat.shape == view.sections[1].shape and asked[-1] == expected
+    section_heat(replace(view, label="tumour", is_tumour=True), 1, tiny_classifier, explainer)  # type uncertain
+    assert asked[-1] in {"glioma", "meningioma", "pituitary"}  # the section's most probable type, never "notumor"

@@ -14,7 +14,8 @@ from core.errors import ScanError
 from core.imaging.geometry import gap_starts
 from core.imaging.scan import Scan
 from core.imaging.volume import Volume
-from core.model.analysis import analyse_scan
+from core.model.analysis import Analysis, analyse_scan
+from core.model.card import ModelCard
 from core.model.classifier import Classifier
 from core.model.decision import SeriesRule
 from core.model.explain import Explainer
@@ -245,4 +246,17 @@ def section_heat(view: SeriesView, index: int, classifier: Classifier, explainer
         analysis = analyse_scan(Scan(pixels, "volume", f"{view.key}:{index}", int(pixels.nbytes)), classifier)
     except ScanError:
         return None
-    return explainer.explain(analysis).on_scan
+    return explainer.explain(analysis, explained_label(view, analysis, card)).on_scan
+
+
+def explained_label(view: SeriesView, analysis: Analysis, card: ModelCard) -> str | None:
+    """What a section's heat map explains: the series' call, not the section's own as a single scan (a section at
+    0.40 under a rule at 0.30 decided "Glioma" and its map showed where the model looked for "No tumour"). A tumour
+    series of uncertain type explains the section's most probable type; a series without a tumour, the section's
+    own label (None: the explainer's default)."""
+    if not view.is_tumour:
+        return None
+    if view.label in card.labels and view.label != card.negative_label:
+        return view.label
+    probabilities = analysis.prediction.probabilities
+    return max((k for k in card.labels if k != card.negative_label), key=lambda k: probabilities[k])
