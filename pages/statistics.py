@@ -245,7 +245,11 @@ def headline(dashboard) -> None:
         help=WITHHELD if dashboard.today is None else None,
     )
     kpis[3].metric(
-        "Mean confidence", "withheld" if dashboard.mean_confidence is None else f"{dashboard.mean_confidence:.1%}"
+        "Mean confidence",
+        "—" if dashboard.mean_confidence is None else f"{dashboard.mean_confidence:.1%}",
+        help="Single scans only: the probability that a scan's tumour / no-tumour call is right, averaged (a series "
+        "is called by its rule, and its score is not that probability). "
+        + ("None in this range, or fewer than 5 (withheld)." if dashboard.mean_confidence is None else ""),
     )
     kpis[4].metric("Flagged for review", number(dashboard.flagged))
     kpis[5].metric("Rejected (not brain MRI)", number(dashboard.rejected))
@@ -265,8 +269,8 @@ def volume_charts(dashboard) -> None:
     st.caption(
         "Counts from 1 to 4, counts the total would give away beside one, and rates that would reveal them, are "
         "withheld: small counts can identify patients. "
-        "Periods without scans are shown as zero. The bars on the rate are its 95 % interval. The class mix and the "
-        "confidence count every scan or series."
+        "Periods without scans are shown as zero. The bars on the rate are its 95 % interval. The class mix counts "
+        "every scan or series; the confidence, single scans only."
     )
 
 
@@ -293,7 +297,7 @@ def by_model_version(dashboard) -> None:
                     "model": m.model,
                     "scans": number(m.scans),
                     "tumour rate": None if m.tumour_rate is None else round(m.tumour_rate, 4),
-                    "mean confidence": None if m.mean_confidence is None else round(m.mean_confidence, 4),
+                    "mean confidence (scans)": None if m.mean_confidence is None else round(m.mean_confidence, 4),
                     "first": m.first.isoformat() if m.first else WITHHELD_MARK,
                     "last": m.last.isoformat() if m.last else WITHHELD_MARK,
                 }

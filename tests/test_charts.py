@@ -193,16 +193,21 @@ def test_counts_that_add_up_to_a_shown_total_are_withheld_so_that_none_is_a_diff
 
 
 def test_a_supervisors_tumour_rate_per_study_counts_a_study_once_however_many_series_it_has(tmp_path) -> None:
+    from dataclasses import replace
+
     from tests.test_store import make_series, series_sections
 
     store = SQLiteStore(tmp_path / "results.sqlite3")
     day = datetime(2026, 11, 18, 9, 0, tzinfo=UTC)
-    for i in range(6):  # six single scans, three of them tumour
-        store.add(make_record(i + 1, day + timedelta(minutes=i), "glioma" if i < 3 else "notumor"))
+    scans = [make_record(i + 1, day + timedelta(minutes=i), "glioma" if i < 3 else "notumor") for i in range(6)]
+    for record in scans:  # six single scans, three of them tumour
+        store.add(record)
     for study in range(5):  # five studies of three series each; in studies 0 to 2 one series is tumour
         for k in range(3):
             label = "glioma" if study < 3 and k == 0 else "notumor"
             record = make_series(100 + 10 * study + k, day + timedelta(hours=1, minutes=k), label, study=study + 1)
+            if label == "glioma":  # a series' score under its own rule (at 0.30): not how sure the call is
+                record = replace(record, tumour_probability=0.31)
             store.add_series(record, series_sections())
     supervisor = Actor("boss", "supervisor")
     common = {"start_day": date(2026, 11, 18), "end_day": date(2026, 11, 18), "timezone": "UTC", "period": "day"}
@@ -212,6 +217,12 @@ def test_a_supervisors_tumour_rate_per_study_counts_a_study_once_however_many_se
     assert (results.scans, results.tumour_rate) == (21, 6 / 21)  # every scan and series once
     assert studies.periods[0].scans == 11 and "counted per study" in export_csv(studies).decode()
     assert studies.per_class == results.per_class  # the class mix always counts results
+    # a tumour series at 0.31 read as "31 % sure" in the confidence: single scans only
+    assert sum(results.histogram) == 6 and results.mean_confidence == pytest.approx(
+        sum(r.confidence for r in scans) / 6
+    )
+    assert results.models[0].mean_confidence == pytest.approx(results.mean_confidence)
+    assert ",mean_confidence_single_scans," in export_csv(results).decode()
     with pytest.raises(ValueError):
         dashboard(store, supervisor, unit="section", **common)
 

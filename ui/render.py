@@ -205,6 +205,8 @@ def result_panel(opened, labels: tuple[str, ...], classifier=None, explainer=Non
         saved = f"model {record.model_name} {record.model_version} · saved {record.created_at:%Y-%m-%d %H:%M} UTC"
         if record.gate == "rejected":  # what the model made of something that is not a brain MRI means nothing
             st.markdown(saved)
+        elif record.kind == "series":  # its score is judged by its own rule: not the probability that it is right
+            st.markdown(f"Series tumour probability **{record.tumour_probability:.1%}** (by its series rule) · {saved}")
         else:
             st.markdown(
                 f"Tumour probability **{record.tumour_probability:.1%}** · probability that this tumour / no-tumour "

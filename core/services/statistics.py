@@ -186,6 +186,14 @@ def dashboard(
     rate = None if lone else rate
     models = store.by_model(shown)
     model_totals = suppress_group([m.total for m in models])
+    # confidence is the probability that a single scan's call is right; a series' score is the lowest probability
+    # of its deciding sections under its own threshold (a tumour series at 0.30 read as 30 % sure): scans only
+    scans_only = replace(shown, kinds=("scan",))
+    scan_summary = store.summary(scans_only)
+    scan_confidence = {
+        (m.model_name, m.model_version): m.mean_confidence if suppress_small(m.total) else None
+        for m in store.by_model(scans_only)
+    }
     classes = sorted(summary.per_class)
     class_counts = suppress_classes(classes, [summary.per_class[k] for k in classes], NEGATIVE_LABEL)
     if lone:
@@ -200,20 +208,20 @@ def dashboard(
         scans=suppress_small(total),
         tumour_rate=rate,
         tumour_interval=wilson_interval(tumours, total) if rate is not None else None,
-        mean_confidence=summary.mean_confidence if suppress_small(summary.total) else None,
+        mean_confidence=scan_summary.mean_confidence if suppress_small(scan_summary.total) else None,
         today=None if hide_recent else suppress_small(today),
         week_mean=None if hide_recent or suppress_small(week) is None else week / 7,
         flagged=suppress_small(gates.get("needs_review", 0)),
         rejected=suppress_small(gates.get("rejected", 0)),
         per_class=dict(zip(classes, class_counts, strict=True)),
         periods=rows,
-        histogram=suppress_group(store.confidence_histogram(shown)),
+        histogram=suppress_group(store.confidence_histogram(scans_only)),
         models=tuple(
             VersionRow(
                 model=f"{m.model_name} {m.model_version}",
                 scans=scans,
                 tumour_rate=safe_rate(m.tumour, m.total) if scans is not None and not lone else None,
-                mean_confidence=m.mean_confidence if scans else None,
+                mean_confidence=scan_confidence.get((m.model_name, m.model_version)) if scans else None,
                 first=m.first.astimezone(ZoneInfo(timezone)).date() if scans is not None else None,
                 last=m.last.astimezone(ZoneInfo(timezone)).date() if scans is not None else None,
             )

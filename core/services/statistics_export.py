@@ -55,7 +55,7 @@ def export_csv(board: Dashboard, quality: QualityBoard | None = None) -> bytes:
 
     row("summary", "", unit, board.scans)
     row("summary", "", "tumour_rate", board.tumour_rate, board.tumour_interval, 4)
-    row("summary", "", "mean_confidence", board.mean_confidence, digits=4)
+    row("summary", "", "mean_confidence_single_scans", board.mean_confidence, digits=4)
     row("summary", "", "today", board.today)
     row("summary", "", "mean_per_day_last_7_days", board.week_mean, digits=2)
     row("summary", "", "flagged", board.flagged)
@@ -68,11 +68,11 @@ def export_csv(board: Dashboard, quality: QualityBoard | None = None) -> bytes:
         row("class_mix", label, "results", count)
     bins = len(board.histogram)
     for k, count in enumerate(board.histogram):
-        row("confidence", f"{k / bins:.2f}-{(k + 1) / bins:.2f}", "results", count)
+        row("confidence", f"{k / bins:.2f}-{(k + 1) / bins:.2f}", "single_scans", count)
     for version in board.models:
         row("model_version", version.model, "results", version.scans)
         row("model_version", version.model, "tumour_rate", version.tumour_rate, digits=4)
-        row("model_version", version.model, "mean_confidence", version.mean_confidence, digits=4)
+        row("model_version", version.model, "mean_confidence_single_scans", version.mean_confidence, digits=4)
         row("model_version", version.model, "first_day", version.first.isoformat() if version.first else WITHHELD)
         row("model_version", version.model, "last_day", version.last.isoformat() if version.last else WITHHELD)
     _lesion_export(row, board)
@@ -124,8 +124,8 @@ def _comments(buffer: io.StringIO, board: Dashboard) -> None:
     buffer.write(
         "# verdicts shown to users only (scans refused by the input gate are counted apart); counts from 1 to "
         "4, counts that the total would give away beside one, and rates that would reveal one, read 'withheld'; "
-        "the class mix, confidence and versions "
-        "count results; lesion volumes count tumour studies (quantiles withheld below 10)\n"
+        "the class mix and versions count results, the confidence single scans only (a series' score is not the "
+        "probability that its call is right); lesion volumes count tumour studies (quantiles withheld below 10)\n"
     )
 
 
