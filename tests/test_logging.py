@@ -65,3 +65,30 @@ def test_a_storage_state_change_is_logged_once(caplog, tmp_path: Path) -> None:
         "event=store_state state=store_unavailable",
         "event=store_state state=healthy",
     ]
+
+
+def test_a_failure_in_a_command_is_one_json_line_and_one_log_line_without_its_message(tmp_path: Path) -> None:
+    """The command line set up no log: its internal-error path printed Python's whole traceback on stderr, with
+    the exception's text (a path, a value; for the PACS watch, in the system journal)."""
+    import json
+    import subprocess
+    import sys
+
+    scan = tmp_path / "scan.png"
+    scan.write_bytes(png_bytes(synthetic_slice(256)))
+    script = (
+        "import runpy, sys\n"
+        "import core.model.analysis as analysis\n"
+        f"def broken(*a, **k): raise RuntimeError('{CANARY} /home/someone/patient.dcm')\n"
+        "analysis.find_brain = broken\n"
+        f"sys.argv = ['core', 'predict', {str(scan)!r}]\n"
+        "runpy.run_module('core', run_name='__main__')\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root, timeout=120)
+    assert done.returncode == 1, done.stderr
+    (line,) = [json.loads(text) for text in done.stdout.splitlines()]
+    assert line["error"]["code"] == "internal_error"
+    logged = [text for text in done.stderr.splitlines() if "event=analysis_failed" in text]
+    assert len(logged) == 1 and "exception=RuntimeError at=" in logged[0] and "analysis.py:" in logged[0]
+    assert "Traceback" not in done.stderr and CANARY not in done.stdout + done.stderr

@@ -3,25 +3,12 @@ sign-in and the role check, and the sidebar."""
 
 from __future__ import annotations
 
-import logging
-import sys
-
 import streamlit as st
 
 from core.errors import ModelError, StoreError
+from core.logs import configure_logging
 from core.services.access import STORAGE_DETAILS, Actor, allowed
 from ui import auth, resources
-
-
-def configure_logging() -> None:
-    """One structured line per event on stderr (``event=... code=...``), set up once per process."""
-    logger = logging.getLogger("btd")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
 
 
 def setup_page(title: str, permission: str | None) -> Actor:
