@@ -177,6 +177,37 @@ def test_bad_usage_exits_2_with_json(capsys) -> None:
     assert json.loads(capsys.readouterr().out)["error"]["code"] == "bad_usage"
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["pacs", "watch", "--url", "http://127.0.0.1:9/dicom-web", "--interval", value]
+        for value in ("-1", "0", "nan", "inf", "soon")
+    ]
+    + [
+        ["pacs", "analyse", "--url", "http://127.0.0.1:9/dicom-web", "--study", uid]
+        for uid in ("abc", "1.2.", "1" * 65)
+    ],
+)
+def test_bad_pacs_options_are_usage_errors_before_anything_runs(args: list[str], capsys) -> None:
+    """A negative interval failed after a whole pass had analysed and sent, 0 polled in a tight loop, inf
+    overflowed; a malformed study UID went to the PACS and its refusal was blamed on the PACS."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    assert json.loads(capsys.readouterr().out)["error"]["code"] == "bad_usage"
+
+
+def test_pacs_analyse_sends_nothing_unless_it_saves(tmp_path: Path, capsys, monkeypatch) -> None:
+    """Without --save, no series was "not saved", so --send sent a report to the PACS for a result on no worklist
+    (the page and the watch refuse it)."""
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    args = ["pacs", "analyse", "--url", "http://127.0.0.1:9/dicom-web", "--study", "1.2.3", "--send"]
+    assert main(args) == 2
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert error["code"] == "bad_usage" and "--save" in error["message"]
+    assert not (tmp_path / "data").exists()  # refused before the model, the database or the PACS
+
+
 def test_unusable_model_exits_2_with_json(tmp_path: Path, capsys) -> None:
     scan = tmp_path / "scan.png"
     scan.write_bytes(png_bytes(synthetic_slice(128)))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -74,3 +76,23 @@ def positive_int(text: str) -> int:
     if not 1 <= value <= 36_500:
         raise argparse.ArgumentTypeError(f"{value} is outside 1 to 36500")
     return value
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a number of seconds from 1 to 86,400 (a negative one failed after a whole pass had run, 0
+    polled in a tight loop, ``inf`` overflowed)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (math.isfinite(value) and 1 <= value <= 86_400):
+        raise argparse.ArgumentTypeError(f"{text} is outside 1 to 86400 seconds")
+    return value
+
+
+def dicom_uid(text: str) -> str:
+    """An argparse type: a DICOM UID (digits and dots, at most 64 characters): a malformed one was sent to the PACS
+    and its refusal read as the PACS's fault."""
+    if len(text) > 64 or not re.fullmatch(r"[0-9]+(\.[0-9]+)+", text):
+        raise argparse.ArgumentTypeError("not a DICOM UID (digits and dots, at most 64 characters)")
+    return text

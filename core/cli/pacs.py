@@ -1,6 +1,6 @@
 """``pacs``: studies from a PACS over DICOMweb, and a development Orthanc.
 
-    python -m core pacs analyse --url URL --study STUDY_UID [--user U --password-stdin] [--save] [--send]
+    python -m core pacs analyse --url URL --study STUDY_UID [--user U --password-stdin] [--save [--send]]
     python -m core pacs watch --url URL [--rest REST] [--user U --password-stdin] [--send] [--once]
     python -m core pacs serve-dev
 
@@ -21,7 +21,17 @@ import sys
 import time
 from typing import Any
 
-from core.cli.common import EXIT_NOT_SAVED, EXIT_OK, EXIT_REJECTED, EXIT_USAGE, emit, error_json, stdin_secret
+from core.cli.common import (
+    EXIT_NOT_SAVED,
+    EXIT_OK,
+    EXIT_REJECTED,
+    EXIT_USAGE,
+    dicom_uid,
+    emit,
+    error_json,
+    seconds,
+    stdin_secret,
+)
 from core.cli.studies import emit_outcome, save_outcome_series
 from core.config import PacsSettings, data_dir, file_secrets, mongodb_uri, pacs_settings, patient_key
 from core.errors import PacsError, StoreError
@@ -39,13 +49,15 @@ def add_commands(commands: Any) -> None:
     analyse = verbs.add_parser("analyse", help="pull a study's MR series and print one JSON line per series")
     _connection_options(analyse, study=True)
     analyse.add_argument("--save", action="store_true", help="also save each series to the app's database")
-    analyse.add_argument("--send", action="store_true", help="send the report (SR) and key images to the PACS")
+    analyse.add_argument(
+        "--send", action="store_true", help="with --save: send the report (SR) and key images to the PACS"
+    )
     analyse.set_defaults(run=cmd_analyse)
     watch = verbs.add_parser("watch", help="analyse new stable MR studies onto the worklist (again when MR is added)")
     _connection_options(watch, study=False)
     watch.add_argument("--send", action="store_true", help="also send each report and its key images")
     watch.add_argument("--once", action="store_true", help="handle what is new, then stop")
-    watch.add_argument("--interval", type=float, default=10.0, help="seconds between looks at the change feed")
+    watch.add_argument("--interval", type=seconds, default=10.0, help="seconds between looks at the change feed")
     watch.set_defaults(run=cmd_watch)
     serve = verbs.add_parser("serve-dev", help="start a local Orthanc (loopback, temporary) until interrupted")
     serve.set_defaults(run=cmd_serve_dev)
@@ -55,7 +67,9 @@ def _connection_options(command: Any, study: bool) -> None:
     """The PACS address and credentials, the study (analyse) or Orthanc's REST root (watch), and the model."""
     command.add_argument("--url", help="the PACS's DICOMweb root (default: BTD_PACS_URL / [pacs] url)")
     if study:
-        command.add_argument("--study", required=True, metavar="STUDY_UID", help="the Study Instance UID")
+        command.add_argument(
+            "--study", required=True, type=dicom_uid, metavar="STUDY_UID", help="the Study Instance UID"
+        )
     else:
         command.add_argument("--rest", help="Orthanc's REST root when it is not the DICOMweb root's parent")
     command.add_argument("--user", help="PACS user (default: BTD_PACS_USER / [pacs] user)")
@@ -79,6 +93,9 @@ def _settings(args: argparse.Namespace) -> PacsSettings | None:
 
 
 def cmd_analyse(args: argparse.Namespace) -> int:
+    if args.send and not args.save:  # as the page and the watch: no report in the PACS for a result nobody can review
+        emit(error_json("bad_usage", "--send needs --save: a report is sent for saved results only."), sys.stdout)
+        return EXIT_USAGE
     settings = _settings(args)
     if settings is None:
         emit(error_json("no_pacs", "No PACS address: give --url or set BTD_PACS_URL."), sys.stdout)
