@@ -388,3 +388,19 @@ def test_a_password_from_standard_input_loses_a_windows_line_ending(tmp_path, mo
     code, _ = run_main(["users", "add", "boss", "--role", "admin", "--password-stdin"], capsys)
     assert code == 0
     assert accounts.sign_in(open_store(None, tmp_path / "data"), "boss", "a long password").role == "admin"
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly(tmp_path: Path, tiny_card: Path, monkeypatch) -> None:
+    """`predict a b c | head -1`: the error line about the closed pipe was written to the same closed pipe, and
+    that second failure escaped as a traceback."""
+    import io
+    import sys
+
+    class Closed(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    scan = tmp_path / "scan.png"
+    scan.write_bytes(png_bytes(synthetic_slice(256)))
+    monkeypatch.setattr(sys, "stdout", Closed())
+    assert main(["predict", "--model", str(tiny_card), str(scan), str(scan)]) == 141

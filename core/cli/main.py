@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -219,6 +220,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))
+    except BrokenPipeError:  # the reader stopped (`| head`): nothing more can be said on that stream
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except (ModelError, StoreError, InvalidRecord, AccessDenied, PacsError) as error:
         emit(error_json(error.code, str(error)), sys.stdout)
         return EXIT_USAGE
@@ -232,6 +236,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("btd.cli").exception("event=cli_failed")
         emit(error_json("internal_error", f"The command failed ({type(error).__name__}); see the log."), sys.stdout)
         return EXIT_USAGE
+
+
+EXIT_BROKEN_PIPE = 141  # as a shell reports a command ended by SIGPIPE
+
+
+def _silence_stdout() -> None:
+    """Standard output to /dev/null, so that the interpreter's last flush does not fail again on the closed pipe
+    (the Python documentation's recipe for SIGPIPE)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (a test's capture): replace the stream itself
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+    finally:
+        os.close(devnull)
 
 
 def _add_lesion_commands(commands: Any) -> None:
