@@ -255,6 +255,9 @@ def test_evaluate_scores_a_labelled_folder(tmp_path: Path, tiny_card: Path, caps
             (tmp_path / label / f"{i}.png").write_bytes(data)
     (tmp_path / "notumor" / "broken.png").write_bytes(b"%PDF-1.4 nope" * 30)
     (tmp_path / "glioma" / "broken.png").write_bytes(b"%PDF-1.4 nope" * 30)  # a refused tumour: missed, not absent
+    (tmp_path / "glioma" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1" * 40)  # hidden files and folders: not scans
+    (tmp_path / "__MACOSX").mkdir()
+    (tmp_path / "__MACOSX" / "0.png").write_bytes(b"\0" * 100)
     code, lines = run_main(["evaluate", "--model", str(tiny_card), str(tmp_path)], capsys)
     report = lines[0]
     assert code == 0
@@ -404,3 +407,31 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly(tmp_path: Path, ti
     scan.write_bytes(png_bytes(synthetic_slice(256)))
     monkeypatch.setattr(sys, "stdout", Closed())
     assert main(["predict", "--model", str(tiny_card), str(scan), str(scan)]) == 141
+
+
+def test_evaluate_refuses_a_folder_that_is_not_a_label_and_goes_on_past_a_failing_file(
+    tmp_path: Path, tiny_card: Path, capsys, monkeypatch
+) -> None:
+    """A `no_tumor` folder (a common spelling) was scored as tumour positives; one file that failed in an
+    unexpected way ended a run of minutes."""
+    import core.evaluation.evaluate as evaluate
+
+    for label in ("glioma", "no_tumor"):
+        (tmp_path / label).mkdir()
+        for i in range(2):
+            (tmp_path / label / f"{i}.png").write_bytes(png_bytes(synthetic_slice(160, seed=i)))
+    code, lines = run_main(["evaluate", "--model", str(tiny_card), str(tmp_path)], capsys)
+    assert code == 2 and lines[0]["error"]["code"] == "bad_input" and "no_tumor" in lines[0]["error"]["message"]
+    (tmp_path / "no_tumor").rename(tmp_path / "notumor")
+    real = evaluate.analyse
+
+    def fails_once(data, classifier):
+        if not fails_once.done:
+            fails_once.done = True
+            raise RuntimeError("a bug")
+        return real(data, classifier)
+
+    fails_once.done = False
+    monkeypatch.setattr(evaluate, "analyse", fails_once)
+    code, lines = run_main(["evaluate", "--model", str(tiny_card), str(tmp_path)], capsys)
+    assert code == 0 and lines[0]["rejected"] == {"internal_error": 1} and lines[0]["n_labelled"] == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -17,14 +18,22 @@ from core.model.classifier import Classifier
 from core.model.gate import REJECTED
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ""}
+logger = logging.getLogger("btd.evaluate")
 
 
-def _labelled_files(root: Path) -> list[tuple[str, Path]]:
+def _labelled_files(root: Path, labels: Iterable[str]) -> list[tuple[str, Path]]:
+    """``root/<label>/*`` files: a folder must be one of the model's labels or ``tumour`` (a ``no_tumor`` folder
+    was scored as tumour positives); hidden folders and files (``.DS_Store``, ``__MACOSX``) are left out."""
+    known = {*labels, "tumour"}
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
+    unknown = [f.name for f in folders if f.name not in known]
+    if unknown:
+        raise ValueError(f"folders {unknown} are not labels of this model (expected some of {sorted(known)})")
     return [
         (folder.name, path)
-        for folder in sorted(p for p in root.iterdir() if p.is_dir())
+        for folder in folders
         for path in sorted(folder.iterdir())
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+        if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
     ]
 
 
@@ -36,6 +45,9 @@ def score_file(path: Path, classifier: Classifier) -> tuple[str | None, list[flo
         return error.code, None, None
     except OSError:
         return "unreadable", None, None
+    except Exception:  # a bug on one file must not end a run of minutes: counted, and the log has the rest
+        logger.exception("event=evaluation_failed code=internal_error")
+        return "internal_error", None, None
     prediction = analysis.prediction
     if prediction.gate.decision == REJECTED:
         return "not_brain_mri", None, None
@@ -51,7 +63,7 @@ def evaluate_folder(
     """Score ``root/<label>/*`` (or the validation files a split lists under ``root``); folder ``tumour`` means
     tumour present, subtype unknown. Scans the input gate rejects are counted under ``rejected`` and left out of the
     figures; ``with_refused_tumours_missed`` gives the tumour sensitivity counting refused tumour scans as missed."""
-    files = _labelled_files(root) if split is None else read_split(split, root)
+    files = _labelled_files(root, classifier.card.labels) if split is None else read_split(split, root)
     card = classifier.card
     true: list[str] = []
     rows: list[list[float]] = []
