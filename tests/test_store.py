@@ -1468,6 +1468,9 @@ def test_a_backup_taken_while_the_app_writes_holds_every_result_its_keys_and_ima
     assert oct((tmp_path / "backup").stat().st_mode)[-3:] == "700"
     assert oct((tmp_path / "backup" / "results.sqlite3").stat().st_mode)[-3:] == "600"
     assert SQLiteStore(tmp_path / "backup" / "results.sqlite3").summary().total == len(FIXTURE)
+    # a copy of every result and both keys is an event of the trail, the backup's own included
+    assert [(e.action, e.detail) for e in store.audit_events()] == [("store_backup", {"folder": "backup"})]
+    assert [e.action for e in SQLiteStore(tmp_path / "backup" / "results.sqlite3").audit_events()] == ["store_backup"]
     assert main(["store", "backup", str(tmp_path / "backup")]) == 1  # never over an earlier backup
     assert "exists already" in capsys.readouterr().out
 
