@@ -507,3 +507,37 @@ def test_an_upload_of_many_small_nifti_files_is_refused_from_their_headers_befor
         read_study([each] * 4, study_limits=StudyLimits(max_study_voxel_bytes=40 * 2**20))
     with pytest.raises(FileTooLarge, match="NIfTI volumes; the limit is 32"):
         read_study([each] * 33)
+
+
+def test_a_scaled_nifti_is_read_section_by_section_and_shown_as_its_scaled_values() -> None:
+    """nibabel applies a header's scl_slope to the whole volume at once (and again when it reorients it): a
+    uint8 volume within the budget became float64 five times its size, before any section was cut."""
+    import tracemalloc
+
+    import nibabel
+
+    from core.imaging.nifti import read_nifti
+
+    rng = np.random.default_rng(0)
+    stored = rng.integers(0, 200, (128, 128, 60), dtype=np.uint8)
+    affine = np.array([[-0.9, 0, 0, 10], [0, 0.9, 0, -5], [0, 0, 3.0, 2], [0, 0, 0, 1]])  # reoriented when read
+
+    def made(values: np.ndarray, slope: float, inter: float) -> bytes:
+        image = nibabel.Nifti1Image(values, affine)
+        image.header.set_slope_inter(slope, inter)
+        return image.to_bytes()
+
+    plain = read_nifti(made(stored.astype(np.float32), 1.0, 0.0)).sections
+    for slope, inter in ((2.5, 10.0), (-1.5, 300.0)):  # the same picture as its scaled values, however stored
+        values = stored.astype(np.float32) * slope + inter
+        expected = read_nifti(made(values, 1.0, 0.0)).sections
+        shown = read_nifti(made(stored, slope, inter)).sections
+        assert np.abs(shown.astype(int) - expected.astype(int)).max() <= 1
+    assert np.abs(255 - shown.astype(int) - plain.astype(int)).max() <= 1  # a negative slope inverts the greys
+    larger = rng.integers(0, 200, (256, 256, 60), dtype=np.uint8)
+    data = made(larger, 2.0, 1.0)
+    tracemalloc.start()  # (after a first read: what is loaded once is not counted)
+    read_nifti(data)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 4 * larger.nbytes  # about 3: the stored copy, its sections, the picture; whole as float64, 8 more

@@ -46,6 +46,12 @@ def _nifti_normal_steps(affine: np.ndarray, shown: tuple[float, ...]) -> tuple[f
     return origin, float((np.asarray(affine, float)[:3, 2] * ras_to_lps) @ normal)
 
 
+def _grey(section: np.ndarray, low: float, high: float, slope: float) -> np.ndarray:
+    """A stored section as the scaled values' stretch would show it (``slope`` below 0: the grey levels inverted)."""
+    shown = apply_stretch(section, low, high)
+    return 255 - shown if slope < 0 else shown
+
+
 def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volume:
     """A NIfTI volume (optionally gzipped) as axial sections in RAS+ orientation, intensities stretched over the
     whole volume (0.5th-99.5th percentile)."""
@@ -61,8 +67,14 @@ def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volum
         raise CorruptImage("The .nii.gz file is damaged.") from error
     try:
         stored = nibabel.Nifti1Image.from_bytes(data)
-        image = nibabel.as_closest_canonical(stored)
-        volume = np.asanyarray(image.dataobj)  # as stored (at most max_volume_bytes), never converted whole
+        # the values as stored (at most max_volume_bytes), never converted whole: nibabel applies a header's
+        # scl_slope to the whole volume at once (four times the bytes of uint8 as float32), and so does its
+        # reorientation; the stretch below is linear, so it is the same on the stored values (a negative slope
+        # inverts the grey levels: undone section by section)
+        slope = float(stored.dataobj.slope)
+        unscaled = nibabel.Nifti1Image(stored.dataobj.get_unscaled(), stored.affine, stored.header)
+        image = nibabel.as_closest_canonical(unscaled)
+        volume = np.asanyarray(image.dataobj)
     except Exception as error:  # nibabel raises many types for a damaged file; all mean "cannot use it"
         raise CorruptImage("The NIfTI file is damaged or is not a NIfTI-1 volume.") from error
     placed, notes = _nifti_placement(stored.header)
@@ -80,7 +92,7 @@ def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volum
     # Without an orientation in the header (codes 0) the reader's affine still puts anterior at the top (readers
     # differ on left and right only), so the view is turned the same way and then no direction is claimed.
     sections, spacing, orientation = radiological(
-        np.stack([apply_stretch(volume[:, :, k].T, low, high) for k in range(volume.shape[2])]),
+        np.stack([_grey(volume[:, :, k].T, low, high, slope) for k in range(volume.shape[2])]),
         (float(zooms[1]), float(zooms[0])),
         nifti_orientation(image.affine),
     )
