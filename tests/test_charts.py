@@ -467,3 +467,35 @@ def test_a_period_out_of_control_stands_out_without_colour() -> None:
     observed = [trace for trace in figure.data if trace.name == "observed"]
     assert observed and all(list(t.marker.symbol) == ["circle", "circle", "x"] for t in observed)
     assert all(list(t.text) == ["", "", "out of control"] for t in observed)
+
+
+def test_a_versions_withheld_rate_or_agreement_cannot_be_had_by_subtraction(tmp_path) -> None:
+    """Version B's 3 tumours of 50 were withheld, but the headline (43 of 150) less version A's rate times its
+    count (40 of 100) gave them back; so did a version's agreement against the overall one, and a period's
+    refused rate against the headline's refused total."""
+    from core.analytics.quality import quality_rows
+    from core.domain.results import DayQuality
+    from core.services.statistics import per_version_accuracy
+
+    store = SQLiteStore(tmp_path / "results.sqlite3")
+    now = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
+    for i in range(150):
+        version, tumour = ("1.0.0", i < 40) if i < 100 else ("2.0.0", i < 103)
+        store.add(make_record(i + 1, now - timedelta(hours=2, minutes=i), "glioma" if tumour else "notumor", version))
+    board = dashboard(
+        store, Actor("boss", "supervisor"), start_day=date(2026, 11, 20), end_day=date(2026, 11, 20),
+        timezone="UTC", period="day", now=now,
+    )  # fmt: skip
+    assert board.tumour_rate == pytest.approx(43 / 150)
+    assert sorted((m.scans, m.tumour_rate) for m in board.models) == [(50, None), (100, None)]  # withheld together
+    glioma, clear = ("glioma", "glioma"), ("notumor", "notumor")
+    versions = per_version_accuracy(
+        {"a": {glioma: 30, clear: 40}, "b": {glioma: 20, clear: 30}, "c": {glioma: 2, clear: 30}}
+    )
+    assert versions["c"].agreement is None and versions["b"].agreement is None  # the smallest other goes with it
+    assert versions["a"].agreement == 1.0 and versions["a"].matrix[glioma] == 30
+    day = date(2026, 11, 20)
+    periods = [DayQuality(day + timedelta(days=k), 50, 10, 6, rejected, 0, 0, 10.0, 3.0) for k, rejected in
+               enumerate((2, 8, 9))]  # fmt: skip
+    rows, _ = quality_rows(periods, None)
+    assert [r.rejected_rate is None for r in rows] == [True, True, False]  # 2 alone: the total less 8 and 9

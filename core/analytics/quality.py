@@ -107,6 +107,11 @@ def quality_rows(periods: Sequence[DayQuality], baseline_end: date | None) -> tu
     )
     tumours = known_parts(periods, shown_counts, "tumour", "shown")
     agreed = known_parts(periods, reviewed_counts, "agreed", "reviewed")
+    # flagged and refused scans add up to the headline's totals too (a rate beside the shown count gives its count)
+    everything = [p.shown + p.rejected for p in periods]
+    flagged_known, rejected_known = (
+        known_parts(periods, shown_counts, part, everything) for part in ("flagged", "rejected")
+    )
     n0 = sum(p.shown for p in base)
     # the baseline rate (and the limits centred on it) times the baseline's count gives its tumours back
     hidden = any(k is None and p.tumour > 0 and p in base for p, k in zip(periods, tumours, strict=True))
@@ -114,8 +119,8 @@ def quality_rows(periods: Sequence[DayQuality], baseline_end: date | None) -> tu
     mean0 = sum(p.probability_sum for p in base) / n0 if n0 >= SMALL_CELL else None
     sd0 = math.sqrt(max(sum(p.probability_squares for p in base) / n0 - mean0**2, 0.0)) if mean0 is not None else None
     rows, alarms = [], []
-    for p, shown, reviewed, tumour, agreement_known in zip(
-        periods, shown_counts, reviewed_counts, tumours, agreed, strict=True
+    for p, shown, reviewed, tumour, agreement_known, flagged, rejected in zip(
+        periods, shown_counts, reviewed_counts, tumours, agreed, flagged_known, rejected_known, strict=True
     ):
         rate = safe_rate(p.tumour, p.shown) if tumour is not None else None
         limits = mean_limits = None
@@ -145,8 +150,8 @@ def quality_rows(periods: Sequence[DayQuality], baseline_end: date | None) -> tu
                 reviewed=reviewed,
                 agreement=agreement,
                 agreement_interval=wilson_interval(p.agreed, p.reviewed) if agreement is not None else None,
-                flagged_rate=safe_rate(p.flagged, all_scans) if shown is not None else None,
-                rejected_rate=safe_rate(p.rejected, all_scans) if shown is not None else None,
+                flagged_rate=safe_rate(p.flagged, all_scans) if flagged is not None else None,
+                rejected_rate=safe_rate(p.rejected, all_scans) if rejected is not None else None,
                 tumour_rate=rate,
                 rate_limits=limits,
                 mean_probability=mean,
@@ -158,13 +163,17 @@ def quality_rows(periods: Sequence[DayQuality], baseline_end: date | None) -> tu
     return rows, Drift(start, baseline_end, rate0, mean0, tuple(alarms))
 
 
-def known_parts(periods: Sequence[DayQuality], counts: Sequence[int | None], part: str, whole: str) -> tuple:
-    """Each period's ``part`` (tumours, agreements) where its rate may be shown: its ``whole`` shown and the rate
-    safe; withheld as a group (:func:`complement`), so none is the total a rate elsewhere gives minus the others."""
+def known_parts(
+    periods: Sequence[DayQuality], counts: Sequence[int | None], part: str, whole: str | Sequence[int]
+) -> tuple:
+    """Each period's ``part`` (tumours, agreements, flagged or refused scans) where its rate may be shown: its
+    ``whole`` (a field, or each period's value) shown and the rate safe; withheld as a group (:func:`complement`),
+    so none is the total a rate elsewhere gives minus the others."""
     values = [int(getattr(p, part)) for p in periods]
+    wholes = [int(getattr(p, whole)) for p in periods] if isinstance(whole, str) else list(whole)
     shown = [
-        v if n is not None and safe_rate(v, int(getattr(p, whole))) is not None else None
-        for p, v, n in zip(periods, values, counts, strict=True)
+        v if n is not None and safe_rate(v, w) is not None else None
+        for v, w, n in zip(values, wholes, counts, strict=True)
     ]
     return complement(values, shown)
 

@@ -186,6 +186,15 @@ def dashboard(
     rate = None if lone else rate
     models = store.by_model(shown)
     model_totals = suppress_group([m.total for m in models])
+    # the versions' tumours add up to the headline's (rate times count each): a version's rate withheld alone was
+    # the headline's tumours minus the others', so its rate is withheld with a partner's
+    version_rates = complement(
+        [m.total for m in models],
+        [
+            safe_rate(m.tumour, m.total) if n is not None and not lone else None
+            for m, n in zip(models, model_totals, strict=True)
+        ],
+    )
     # confidence is the probability that a single scan's call is right; a series' score is the lowest probability
     # of its deciding sections under its own threshold (a tumour series at 0.30 read as 30 % sure): scans only
     scans_only = replace(shown, kinds=("scan",))
@@ -220,12 +229,12 @@ def dashboard(
             VersionRow(
                 model=f"{m.model_name} {m.model_version}",
                 scans=scans,
-                tumour_rate=safe_rate(m.tumour, m.total) if scans is not None and not lone else None,
+                tumour_rate=version_rate,
                 mean_confidence=scan_confidence.get((m.model_name, m.model_version)) if scans else None,
                 first=m.first.astimezone(ZoneInfo(timezone)).date() if scans is not None else None,
                 last=m.last.astimezone(ZoneInfo(timezone)).date() if scans is not None else None,
             )
-            for m, scans in zip(models, model_totals, strict=True)
+            for m, scans, version_rate in zip(models, model_totals, version_rates, strict=True)
         ),
         unit=unit,
         lesion_studies=lesion_studies,
@@ -325,10 +334,25 @@ def without_agreement(board: Accuracy) -> Accuracy:
 def per_version_accuracy(confusions: Mapping[str, Mapping[tuple[str, str], int]]) -> dict[str, Accuracy]:
     """Each version's accuracy, their reviewed counts (which add up to the overall one shown) withheld as a group."""
     reviewed = suppress_group([sum(c.values()) for c in confusions.values()])
-    return {
-        version: replace(accuracy(confusion), reviewed=n)
-        for (version, confusion), n in zip(confusions.items(), reviewed, strict=True)
-    }
+    boards = [
+        replace(accuracy(confusion), reviewed=n) for confusion, n in zip(confusions.values(), reviewed, strict=True)
+    ]
+    # the versions' cells and agreements add up to the overall ones too: one version with a figure withheld alone
+    # was the overall minus the others', so the smallest other version is withheld whole with it
+    counts = [sum(c.values()) for c in confusions.values()]
+    partial = [withholds(b) and n > 0 for b, n in zip(boards, counts, strict=True)]
+    if sum(partial) == 1:
+        others = [(n, k) for k, n in enumerate(counts) if n > 0 and not partial[k]]
+        if others:
+            k = min(others)[1]
+            boards[k] = Accuracy(None, None, None, None, None, None, dict.fromkeys(boards[k].matrix))
+    return dict(zip(confusions, boards, strict=True))
+
+
+def withholds(board: Accuracy) -> bool:
+    """Whether any figure of ``board`` is withheld (its rates, or a cell of its matrix)."""
+    rates = (board.agreement, board.sensitivity, board.specificity)
+    return board.reviewed is None or None in rates or None in board.matrix.values()
 
 
 def quality_board(
