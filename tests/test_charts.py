@@ -499,3 +499,22 @@ def test_a_versions_withheld_rate_or_agreement_cannot_be_had_by_subtraction(tmp_
                enumerate((2, 8, 9))]  # fmt: skip
     rows, _ = quality_rows(periods, None)
     assert [r.rejected_rate is None for r in rows] == [True, True, False]  # 2 alone: the total less 8 and 9
+
+
+def test_no_cell_opens_a_formula_in_a_spreadsheet_whose_list_separator_is_a_semicolon(tmp_path) -> None:
+    """A model version "1;=HYPERLINK(...)" was written unquoted (no comma in it): a spreadsheet set to ";" as its
+    list separator (much of Europe) opened a formula cell."""
+    store = SQLiteStore(tmp_path / "results.sqlite3")
+    now = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
+    crafted = '1;=HYPERLINK("http://x.example");\t@SUM(1)'
+    for i in range(8):
+        store.add(make_record(i + 1, now - timedelta(hours=1, minutes=i), "glioma" if i % 2 else "notumor", crafted))
+    board = dashboard(
+        store, Actor("boss", "supervisor"), start_day=date(2026, 11, 20), end_day=date(2026, 11, 20),
+        timezone="UTC", period="day", now=now,
+    )  # fmt: skip
+    text = export_csv(board).decode()
+    assert "HYPERLINK" in text
+    for delimiter in (";", "\t", ","):
+        cells = [c.strip() for row in csv.reader(io.StringIO(text), delimiter=delimiter) for c in row]
+        assert not [c for c in cells if c.startswith(("=", "+", "@")) or (c.startswith("-") and c[1:2].isalpha())]

@@ -3,14 +3,20 @@ audit trail all pass their cells through :func:`spreadsheet_safe`)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# where a spreadsheet set to another list separator (";" in much of Europe, a tab) starts a new cell inside ours
+_INNER_CELL = re.compile(r"([;\t])(\s*)(?=[=+\-@])")
 
 
 def spreadsheet_safe(value: Any) -> Any:
     """A CSV cell that a spreadsheet will not run: text starting with ``= + - @``, tab or CR gets a leading
-    apostrophe (OWASP's advice against formula injection); numbers and other values pass unchanged."""
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
-        return "'" + value
-    return value
+    apostrophe (OWASP's advice against formula injection), and so does such text after a ``;`` or a tab (a
+    spreadsheet whose list separator is ``;`` splits ``1;=HYPERLINK(...)`` into a formula cell); numbers and other
+    values pass unchanged."""
+    if not isinstance(value, str):
+        return value
+    value = _INNER_CELL.sub(r"\1\2'", value)
+    return "'" + value if value.startswith(_FORMULA_START) else value
