@@ -202,3 +202,16 @@ def test_a_model_output_that_is_not_a_number_decides_nothing(
     assert isinstance(first, NoModelAnswer)  # the others are still read, each in its place
     assert second.scan is scans[1] and third.scan is scans[2]
     assert all(np.isfinite(list(a.prediction.probabilities.values())).all() for a in (second, third))
+
+
+def test_a_card_whose_two_thresholds_disagree_is_refused(tmp_path: Path, tiny_card: Path) -> None:
+    """A threshold under "decision" was silently ignored beside the top-level one training always writes."""
+    raw = json.loads(tiny_card.read_text())
+    raw["threshold"], raw["decision"] = 0.5, {"threshold": 0.35, "review_band": [0.1, 0.9]}
+    card = tmp_path / "card.json"
+    card.write_text(json.dumps(raw))
+    with pytest.raises(ModelError, match="two thresholds"):
+        ModelCard.from_file(card)
+    raw["decision"]["threshold"] = 0.5  # the same threshold twice is fine
+    card.write_text(json.dumps(raw))
+    assert ModelCard.from_file(card).rule.threshold == 0.5

@@ -90,6 +90,8 @@ class DecisionRule:
     @classmethod
     def from_card(cls, raw: Mapping[str, Any], labels: Sequence[str], negative_label: str) -> DecisionRule:
         decision = raw.get("decision") or {}
+        if "threshold" in raw and "threshold" in decision and float(raw["threshold"]) != float(decision["threshold"]):
+            raise ValueError("the card gives two thresholds (its own and its decision's) that disagree")
         band = decision.get("review_band", DEFAULT_REVIEW_BAND)
         share = decision.get("subtype_min_share")
         rule = cls(
