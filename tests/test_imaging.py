@@ -305,3 +305,8 @@ def test_a_transparent_colour_key_is_composited_over_black_in_gray_and_palette_p
     from_gray = read_scan(gray_buffer.getvalue()).pixels
     from_palette = read_scan(palette_buffer.getvalue()).pixels
     assert from_gray[0, 0] == 0 and from_palette[0, 0] == 0
+    deep, deep_buffer = pixels.astype(np.uint16) * 257, io.BytesIO()  # the same at 16 bits: it stayed white there
+    deep[:8, :8] = 65535
+    Image.fromarray(deep).save(deep_buffer, "PNG", transparency=65535)
+    from_deep = read_scan(deep_buffer.getvalue()).pixels
+    assert from_deep[0, 0] == 0 and from_deep[:8, :8].max() == 0 and from_deep.max() == 255

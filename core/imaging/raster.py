@@ -113,7 +113,10 @@ def _to_gray(image: Image.Image) -> tuple[np.ndarray, float]:
     """One documented path from any Pillow mode to uint8 gray; returns (pixels, colourfulness in 0..1)."""
     mode = image.mode
     if mode in _HIGH_DEPTH:
-        return stretch_to_uint8(np.asarray(image)), 0.0
+        values, key = np.asarray(image), image.info.get("transparency")
+        if isinstance(key, int) and (values == key).any():  # a tRNS grey: transparent, black as at 8 bits
+            values = np.where(values == key, np.nan, values.astype(np.float32))
+        return stretch_to_uint8(values), 0.0
     if mode in ("P", "L", "RGB") and "transparency" in image.info:  # a tRNS colour: transparent, whatever the mode
         image = image.convert("RGBA")
     elif mode == "P":
