@@ -310,3 +310,37 @@ def test_a_transparent_colour_key_is_composited_over_black_in_gray_and_palette_p
     Image.fromarray(deep).save(deep_buffer, "PNG", transparency=65535)
     from_deep = read_scan(deep_buffer.getvalue()).pixels
     assert from_deep[0, 0] == 0 and from_deep[:8, :8].max() == 0 and from_deep.max() == 255
+
+
+def test_a_jpeg_declaring_billions_of_pixels_or_holding_several_frames_is_refused_before_decoding() -> None:
+    from core.errors import ImageTooLarge, MultiFrameImage
+
+    small = bytearray(jpeg_bytes(synthetic_slice(64)))
+    frame_header = small.index(b"\xff\xc0")  # baseline SOF0: length, precision, then height and width
+    small[frame_header + 5 : frame_header + 9] = struct.pack(">HH", 60000, 60000)
+    with pytest.raises(ImageTooLarge, match="megapixels"):
+        read_scan(bytes(small))
+    frames = [Image.fromarray(np.full((64, 64), v, np.uint8)) for v in (10, 200)]
+    mpo = io.BytesIO()
+    frames[0].save(mpo, "MPO", save_all=True, append_images=frames[1:])
+    with pytest.raises(MultiFrameImage, match="2 frames"):
+        read_scan(mpo.getvalue())
+
+
+def test_importing_the_app_leaves_pillows_bomb_and_truncation_guards_on() -> None:
+    """A module setting Image.MAX_IMAGE_PIXELS = None or LOAD_TRUNCATED_IMAGES = True (a common snippet) would
+    switch them off for every upload of the process."""
+    import importlib
+    import pkgutil
+
+    from PIL import ImageFile
+
+    import core
+    import ui
+
+    for package in (core, ui):
+        for module in pkgutil.walk_packages(package.__path__, f"{package.__name__}."):
+            if not any(part in module.name for part in (".training", ".cli", "__main__")):  # heavy, or a command
+                importlib.import_module(module.name)
+    assert Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS <= 200_000_000
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
