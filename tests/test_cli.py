@@ -94,14 +94,16 @@ def test_every_bad_input_gets_its_specific_json_error(tmp_path: Path, tiny_card:
         huge.seek(51 * 2**20)
         huge.write(b"\0")
     cases["huge.png"] = (b"", "file_too_large")
+    (tmp_path / "a-folder").mkdir()  # it said "No such file"
     paths = [str(tmp_path / name) for name in cases] + [str(good), str(tmp_path / "missing.png")]
-    code, lines = run_main(["predict", "--model", str(tiny_card), *paths], capsys)
+    code, lines = run_main(["predict", "--model", str(tiny_card), *paths, str(tmp_path / "a-folder")], capsys)
     assert code == 1
     by_file = {Path(line["file"]).name: line for line in lines}
     for name, (_, expected_code) in cases.items():
         assert by_file[name]["error"]["code"] == expected_code, name
         assert by_file[name]["error"]["message"]
     assert by_file["missing.png"]["error"]["code"] == "not_found"
+    assert by_file["a-folder"]["error"]["code"] == "is_a_folder" and "study" in by_file["a-folder"]["error"]["message"]
     assert "label" in by_file["good.png"]  # a bad file never stops the batch
 
 

@@ -158,7 +158,9 @@ def test_nifti_directions_come_from_the_affine_in_patient_lps_coordinates() -> N
     assert nifti_orientation(np.diag([-1.0, -1.0, 1.0, 1.0])) == (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 
-def test_study_command_writes_the_displayed_middle_section_and_its_letters(tmp_path, tiny_card, capsys) -> None:
+def test_study_command_writes_the_displayed_middle_section_and_its_letters(
+    tmp_path, tiny_card, capsys, monkeypatch
+) -> None:
     import json
 
     import cv2
@@ -174,3 +176,8 @@ def test_study_command_writes_the_displayed_middle_section_and_its_letters(tmp_p
     assert {k: display[k] for k in ("top", "bottom", "left", "right")} == RADIOLOGICAL["axial"]
     shown = cv2.imread(display["image"], cv2.IMREAD_GRAYSCALE)
     assert shown.shape == (96, 80) and marker_sides(shown, display) == {"R", "A"}
+    (tmp_path / "a-file").write_text("not a folder")  # refused before anything is analysed or saved
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    assert main(["study", "--display-out", str(tmp_path / "a-file"), "--save", str(path)]) == 2
+    (line,) = [json.loads(text) for text in capsys.readouterr().out.splitlines()]
+    assert line["error"]["code"] == "unwritable" and not (tmp_path / "data").exists()

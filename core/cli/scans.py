@@ -37,13 +37,14 @@ def _classify_file(path: Path, classifier: Classifier, frame: int | None) -> tup
         data = read_file_bytes(path)
     except ScanError as error:
         return {"file": str(path), **error_json(error.code, str(error))}, ScanOutcome("")
-    except (FileNotFoundError, IsADirectoryError):
+    except FileNotFoundError:
         return {"file": str(path), **error_json("not_found", "No such file.")}, ScanOutcome("")
-    except OSError:
-        return {
-            "file": str(path),
-            **error_json("unreadable", "The file cannot be read (permission denied)."),
-        }, ScanOutcome("")
+    except IsADirectoryError:
+        message = "This is a folder: name the files in it (a series: `python -m core study FOLDER`)."
+        return {"file": str(path), **error_json("is_a_folder", message)}, ScanOutcome("")
+    except OSError as error:  # permission, a name too long, a loop of links...: said as the system says it
+        reason = (error.strerror or "it cannot be opened").lower()
+        return {"file": str(path), **error_json("unreadable", f"The file cannot be read ({reason}).")}, ScanOutcome("")
     outcome = analyse_upload(data, classifier, frame)
     if outcome.analysis is None:
         return {

@@ -15,6 +15,12 @@ from core.services.studies import NOT_SAVED, StudyOutcome, analyse_path, display
 
 
 def cmd_study(args: argparse.Namespace) -> int:
+    if args.display_out:  # checked before anything is analysed or saved (a file there stopped the batch midway)
+        try:
+            Path(args.display_out).mkdir(parents=True, exist_ok=True)
+        except OSError:
+            emit(error_json("unwritable", f"The folder {args.display_out} cannot be created."), sys.stdout)
+            return EXIT_USAGE
     classifier = load_classifier(args.model)
     store, images, key = None, None, None
     if args.save:  # the database the app uses (MONGODB_URI, else BTD_DATA_DIR's SQLite file)
