@@ -365,6 +365,27 @@ def test_output_files_never_overwrite_a_file_nor_follow_a_link_planted_in_the_fo
     assert victim.read_text() == "keep me" and first.read_bytes() == b"mask one" and second.read_bytes() == b"mask two"
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "--epochs", "-1"],
+        ["train", "--size", "0"],
+        ["train", "--max-minutes", "-5"],
+        ["cache", "--workers", "0"],
+        ["train-standard", "--draws", "0"],
+        ["train-standard", "--batch-size", "0"],
+        ["train-standard", "--learning-rate", "nan"],
+        ["train-lesion", "--width", "0"],
+    ],
+)
+def test_training_options_out_of_range_are_usage_errors_before_anything_runs(args: list[str], capsys) -> None:
+    """They failed deep inside a run (a zero batch, a negative epoch count) or trained nothing."""
+    with pytest.raises(SystemExit) as usage:
+        main(args)
+    (line,) = [json.loads(text) for text in capsys.readouterr().out.splitlines()]
+    assert usage.value.code == 2 and line["error"]["code"] == "bad_usage" and args[1] in line["error"]["message"]
+
+
 def test_bad_values_a_corrupt_file_and_a_url_with_credentials_each_get_one_json_line(tmp_path, capsys) -> None:
     """Each was a traceback (an overflowing --days, --validate-every 0 after a whole round, a corrupt cache), or
     printed the PACS password written into the address."""

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from core.cli import admin, model, pacs, scans, studies
-from core.cli.common import EXIT_USAGE, Parser, emit, error_json, positive_int
+from core.cli.common import EXIT_USAGE, Parser, emit, error_json, positive, positive_int, whole
 from core.errors import AccessDenied, InvalidRecord, ModelError, PacsError, StoreError
 
 
@@ -112,8 +112,8 @@ def _add_train_command(commands: Any) -> None:
     train = commands.add_parser("train", help="train, calibrate and write a model with its card")
     train.add_argument("--data", action="append", required=True, metavar="DIR", help="DIR/<label>/* (repeatable)")
     train.add_argument("--out", default="models", metavar="DIR")
-    train.add_argument("--epochs", type=int, default=None)
-    train.add_argument("--size", type=int, default=None, help="input side in pixels")
+    train.add_argument("--epochs", type=whole(1, 10_000), default=None)
+    train.add_argument("--size", type=whole(32, 1024), default=None, help="input side in pixels")
     train.add_argument("--name", default=None)
     train.add_argument("--seed", type=int, default=None)
     train.add_argument("--version", default=None, help="model version (the weights' hash is appended)")
@@ -129,8 +129,8 @@ def _add_train_command(commands: Any) -> None:
         help="share of normal scans also trained with a lesion",
     )
     train.add_argument("--rotation", type=float, default=None, metavar="DEG", help="augmentation's largest turn")
-    train.add_argument("--learning-rate", type=float, default=None, help="peak learning rate")
-    train.add_argument("--max-minutes", type=float, default=None, help="time budget (default 180; resumes included)")
+    train.add_argument("--learning-rate", type=positive, default=None, help="peak learning rate")
+    train.add_argument("--max-minutes", type=positive, default=None, help="time budget (default 180; resumes included)")
     train.add_argument("--init", metavar="CARD", help="start from this model (same input and validation split)")
     train.add_argument("--samples-per-epoch", type=int, default=None, help="images drawn per epoch (0: all)")
     train.add_argument(
@@ -158,8 +158,8 @@ def _add_standard_training_commands(commands: Any) -> None:
     source.add_argument("--data", metavar="ROOT", help="the folder that holds the training folders")
     source.add_argument("--from", dest="source", metavar="FILE", help="an existing cache to write again (--jpeg)")
     cache.add_argument("--out", default="data/cache/brain-mri-128.npz", metavar="FILE")
-    cache.add_argument("--size", type=int, default=128, help="crop side in pixels")
-    cache.add_argument("--workers", type=int, default=2, help="processes that decode in parallel")
+    cache.add_argument("--size", type=whole(32, 1024), default=128, help="crop side in pixels")
+    cache.add_argument("--workers", type=whole(1, 64), default=2, help="processes that decode in parallel")
     cache.add_argument(
         "--jpeg", type=int, metavar="QUALITY", help="pack the crops as JPEG (85: 44 MB, small enough to send)"
     )
@@ -176,15 +176,21 @@ def _add_standard_training_commands(commands: Any) -> None:
     )
     standard.add_argument("--out", default="data/runs", metavar="DIR")
     standard.add_argument("--data", metavar="ROOT", help="the training folders: finish the card on the raw files")
-    standard.add_argument("--width", type=int, default=None, help="ResNet base width (64: the published ResNet-18)")
-    standard.add_argument("--draws", type=int, default=None, help="training images drawn in the whole schedule")
-    standard.add_argument("--batch-size", type=int, default=None)
-    standard.add_argument("--round-steps", type=int, default=None, help="optimiser steps between checkpoints")
-    standard.add_argument("--learning-rate", type=float, default=None, help="peak learning rate")
+    standard.add_argument(
+        "--width", type=whole(1, 1024), default=None, help="ResNet base width (64: the published ResNet-18)"
+    )
+    standard.add_argument(
+        "--draws", type=whole(1, 10**10), default=None, help="training images drawn in the whole schedule"
+    )
+    standard.add_argument("--batch-size", type=whole(1, 65_536), default=None)
+    standard.add_argument(
+        "--round-steps", type=whole(1, 10**9), default=None, help="optimiser steps between checkpoints"
+    )
+    standard.add_argument("--learning-rate", type=positive, default=None, help="peak learning rate")
     standard.add_argument("--seed", type=int, default=None)
     standard.add_argument("--name", default=None)
     standard.add_argument("--version", default=None, help="model version (the weights' hash is appended)")
-    standard.add_argument("--max-minutes", type=float, default=None, help="end this sitting after this long")
+    standard.add_argument("--max-minutes", type=positive, default=None, help="end this sitting after this long")
     standard.add_argument(
         "--validate-every",
         type=positive_int,
@@ -271,9 +277,11 @@ def _add_lesion_commands(commands: Any) -> None:
         metavar="INSTITUTION",
         help="leave this LGG institution out (repeatable; a later call adds others to the same card)",
     )
-    lesion.add_argument("--draws", type=int, default=None, help="training images drawn per network")
-    lesion.add_argument("--width", type=int, default=None, help="U-Net base width (a decoder: 4 x this many channels)")
-    lesion.add_argument("--batch", type=int, default=None, help="sections a step (16)")
+    lesion.add_argument("--draws", type=whole(1, 10**10), default=None, help="training images drawn per network")
+    lesion.add_argument(
+        "--width", type=whole(1, 1024), default=None, help="U-Net base width (a decoder: 4 x this many channels)"
+    )
+    lesion.add_argument("--batch", type=whole(1, 65_536), default=None, help="sections a step (16)")
     lesion.add_argument(
         "--backbone",
         metavar="CARD",
