@@ -778,3 +778,24 @@ def test_a_result_not_saved_keeps_the_reference_it_was_analysed_under_when_the_n
     monkeypatch.setattr(store, "add", real)
     retried = retry_save(unsaved, store, FolderImages(tmp_path / "images"), "b" * 64, RADIOLOGIST)  # B typed since
     assert retried.status.state == SAVED and store.get(retried.record.id).patient_ref == "a" * 64
+
+
+def test_a_result_that_fails_its_own_checks_is_not_saved_and_the_batch_goes_on(
+    store, tiny_classifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record was built and checked outside any handler: one result that failed its checks ended the page's
+    batch (a traceback) and the command line's `predict --save` batch."""
+    from core.errors import InvalidRecord
+    from core.services import triage as triage_service
+    from core.services.triage import analyse_upload, save
+
+    def refused(*args, **kwargs):
+        raise InvalidRecord("Record refused: probabilities must add up to 1.")
+
+    analysis = analyse_upload(png_bytes(synthetic_slice(256)), tiny_classifier).analysis
+    monkeypatch.setattr(triage_service, "new_record", refused)
+    status = save(analysis, store, actor=RADIOLOGIST, patient_ref=None)
+    assert status.state == NOT_SAVED and "probabilities" in status.message
+    shown = triage(png_bytes(synthetic_slice(256)), tiny_classifier, None, store, actor=RADIOLOGIST, patient_ref=None)
+    assert shown.error_code == "invalid_record" and "nothing was saved" in shown.error_message
+    assert store.summary().total == 0 and not store.audit_events()

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from core.domain.results import Record, record_id
-from core.errors import MultiFrameImage, ScanError, StoreError
+from core.errors import InvalidRecord, MultiFrameImage, ScanError, StoreError
 from core.imaging import frames_in
 from core.model.analysis import Analysis, analyse
 from core.model.classifier import Classifier
@@ -131,7 +131,11 @@ def save(
         image_key = keep_image(images, analysis.scan.pixels)
     except StoreError as error:
         return image_not_kept(error)
-    record = new_record(analysis, patient_ref=patient_ref, uploader=actor.name, image_key=image_key)
+    try:
+        record = new_record(analysis, patient_ref=patient_ref, uploader=actor.name, image_key=image_key)
+    except InvalidRecord as error:  # one result that fails its own checks: that file not saved, the batch goes on
+        logger.warning("event=save_failed code=%s", error.code)
+        return SaveStatus(NOT_SAVED, f"{error} (nothing was saved)")
     return save_record(record, store, actor, analysis.prediction.gate.decision)
 
 
@@ -237,7 +241,12 @@ def triage(
         image_key, kept = keep_image(images, analysis.scan.pixels), None
     except StoreError as error:
         image_key, kept = None, error
-    record = new_record(analysis, patient_ref=patient_ref, uploader=actor.name, image_key=image_key)
+    try:
+        record = new_record(analysis, patient_ref=patient_ref, uploader=actor.name, image_key=image_key)
+    except InvalidRecord as error:  # the page's batch goes on past it (it stopped there, a traceback on screen)
+        logger.warning("event=save_failed code=%s", error.code)
+        message = f"The result cannot be recorded ({error}); nothing was saved."
+        return Triaged(outcome.sha256, outcome.frames, frame, None, error.code, message)
     if kept is not None:
         status = image_not_kept(kept, record.id)
     else:
