@@ -581,6 +581,37 @@ def test_a_study_whose_series_could_not_be_saved_is_saved_by_the_retry_once_the_
     assert stored(app_environment).summary().total == 1 and not any(b.label.startswith("Retry") for b in app.button)
 
 
+def test_a_scan_analysed_while_the_database_is_down_shows_its_verdict_and_is_saved_once_by_the_retry(
+    app_environment: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RELIABILITY: with the database unreachable the prediction is still shown, marked not saved, with a retry."""
+    from core.errors import StoreUnavailable
+    from ui import resources
+
+    real, down = resources.current_store, [True]
+
+    def current_store():
+        if down[0]:
+            raise StoreUnavailable("MongoDB cannot be reached right now.")
+        return real()
+
+    monkeypatch.setattr(resources, "current_store", current_store)
+    app = page("scan.py").run()
+    scan = png_bytes(synthetic_slice(256, tumour=True))
+    app.file_uploader[0].set_value([("a.png", scan, "image/png")]).run()
+    assert not app.exception and app.metric[0].label == "Verdict"
+    assert any("Results cannot be saved: MongoDB cannot be reached" in e.value for e in app.error)
+    assert any(w.value.startswith("Not saved: the results database is unavailable") for w in app.warning)
+    down[0] = False
+    next(b for b in app.button if b.label == "Retry saving").click().run()
+    assert not app.exception and not any(b.label == "Retry saving" for b in app.button)
+    records = stored(app_environment).recent(5)
+    assert len(records) == 1 and records[0].image_key  # saved once, with the image its review needs
+    assert not any(w.value.startswith("Not saved") for w in app.warning)
+    app.run()  # a rerun saves nothing more
+    assert stored(app_environment).summary().total == 1
+
+
 def test_no_pdf_is_made_of_a_partly_saved_study_and_one_made_is_offered_only_for_the_study_as_it_was(
     app_environment: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
