@@ -67,7 +67,7 @@ def bench_ours(data: list[bytes], card: Path, repeats: int) -> dict:
     started = time.perf_counter()
     classifier = Classifier.from_card(card)
     load_s = time.perf_counter() - started
-    stages: dict[str, list[float]] = {"read": [], "crop": [], "preprocess": [], "predict": [], "total": []}
+    stages: dict[str, list[float]] = {k: [] for k in ("read", "crop", "preprocess", "predict", "decide", "total")}
     front: list[float] = []
     for _ in range(repeats):
         for blob in data:
@@ -134,7 +134,7 @@ def main() -> None:
             "total_p50": round(ours["total"]["p50"] / peer["total"]["p50"], 3),
         }
     print(f"{'stage':24} {'p50 ms':>9} {'p95 ms':>9}", file=sys.stderr)
-    for key in ("read", "crop", "preprocess", "read_crop_preprocess", "predict", "total"):
+    for key in ("read", "crop", "preprocess", "read_crop_preprocess", "predict", "decide", "total"):
         print(f"{'ours ' + key:24} {ours[key]['p50']:9.2f} {ours[key]['p95']:9.2f}", file=sys.stderr)
     if peer:
         for key in ("predict", "total"):

@@ -26,7 +26,7 @@ def test_four_class_prediction_follows_the_card(tiny_classifier: Classifier) -> 
     # the verdict agrees with the tumour probability shown beside it (core.classifier.decide)
     assert (prediction.label == "notumor") == (prediction.tumour_probability < 0.5)
     assert prediction.model_name == "tiny" and prediction.model_version == "0.0.1-test"
-    assert set(prediction.timings_ms) == {"read", "crop", "preprocess", "predict", "total"}
+    assert set(prediction.timings_ms) == {"read", "crop", "preprocess", "predict", "decide", "total"}
     x0, y0, x1, y1 = prediction.roi
     assert 0 <= x0 < x1 <= 512 and 0 <= y0 < y1 <= 512
     assert json.loads(json.dumps(prediction.to_json()))["model"] == {"name": "tiny", "version": "0.0.1-test"}

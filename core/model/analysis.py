@@ -174,11 +174,12 @@ def _verdict(
     if not (np.isfinite(raw).all() and np.isfinite(calibrated).all()):  # NaN >= threshold is False: "no tumour"
         raise NoModelAnswer("The model gave no usable answer for this image (not a number); nothing was decided.")
     card = classifier.card
+    began = time.perf_counter()
     decision = card.rule.apply(calibrated)
     logits = raw if card.output == "logits" else None
     gate = assess(scan, region, logits, card.temperature, classifier.gate_policy, embedding)
     gate = with_review(gate, decision.review_reasons)
-    timings = dict(timings)
+    timings = dict(timings) | {"decide": (time.perf_counter() - began) * 1000}  # the rule and the gate's checks
     timings["total"] = sum(timings.values())
     prediction = Prediction(
         label=decision.label,

@@ -220,7 +220,9 @@ def analyse_volume(volume: Volume, classifier: Classifier, batch_size: int = 64)
         if score is None
         else ("tumour" if score >= rule.threshold_for(used, card.rule.threshold) else card.negative_label)
     )
-    stages = dict.fromkeys(("crop", "preprocess", "predict", *(("segment",) if classifier.segmenter else ())), 0.0)
+    stages = dict.fromkeys(
+        ("crop", "preprocess", "predict", "decide", *(("segment",) if classifier.segmenter else ())), 0.0
+    )
     for result in results:
         if not isinstance(result, ScanError):
             for stage in stages:
