@@ -63,7 +63,9 @@ def start_app(card: str | None, data_dir: str, users: int) -> tuple[subprocess.P
     for u in range(users):
         accounts.add_account(store, COMMAND_LINE, f"reader{u}", "radiologist", PASSWORD)
     port = free_port()
-    env = {**os.environ, "BTD_DATA_DIR": data_dir, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    # the bench's writes go to its own temporary database, never to a configured MongoDB or PACS
+    kept = {k: v for k, v in os.environ.items() if k != "MONGODB_URI" and not k.startswith("BTD_PACS")}
+    env = {**kept, "BTD_DATA_DIR": data_dir, "TF_CPP_MIN_LOG_LEVEL": "2"}
     if card:
         env["BTD_MODEL"] = card
     process = subprocess.Popen(
@@ -180,6 +182,8 @@ def main() -> None:
     )
     parser.add_argument("--screenshots", type=Path, default=None, help="save each user's page at the end here")
     args = parser.parse_args()
+    if not Path(CHROMIUM).exists():
+        sys.exit(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium) to run this bench.")
     report: dict = {"machine": machine(), "scans_per_user": args.scans, "levels": []}
     with tempfile.TemporaryDirectory() as data_dir:
         process, url = start_app(args.model, data_dir, max(args.users))

@@ -85,6 +85,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--model", default=None)
     args = parser.parse_args()
+    if not Path(CHROMIUM).exists():
+        sys.exit(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium) to run this bench.")
     from playwright.sync_api import sync_playwright
 
     study = zipped(dicom_series(head_volume(args.sections, args.size, range(70, 100)), spacing=1.0))
