@@ -125,7 +125,7 @@ def test_every_command_keeps_its_options() -> None:
         "": [],
         "predict": ["--model", "--frame", "--save", "--lesion-masks", "files"],
         "study": ["--model", "paths", "--save", "--display-out"],
-        "evaluate": ["--model", "--split", "dir"],
+        "evaluate": ["--model", "--split", "--source", "--without-neighbours", "dir"],
         "fit-gate": ["--model", "--data"],
         "fit-decision": ["--model", "--data"],
         "calibrate": ["--model", "--data", "--batchnorm"],

@@ -48,7 +48,7 @@ def make_folder(root: Path, per_class: int = 6) -> Path:
         (root / label).mkdir(parents=True)
         for i in range(per_class):
             image = synthetic_slice(128, tumour=label != "notumor", seed=100 * k + i, offset=(4 * i - 10, 3 * k - 6))
-            (root / label / f"{i}.png").write_bytes(png_bytes(image))
+            (root / label / f"{10 * i}.png").write_bytes(png_bytes(image))  # numbered apart: other patients
     return root
 
 
@@ -523,3 +523,60 @@ def test_a_card_whose_labels_are_in_another_order_is_refused_before_anything_is_
         finish_card(card_path, tmp_path)
     with pytest.raises(ValueError, match="labels"):
         fit_decision(card_path, tmp_path)
+
+
+def patient_section(seed: int, shift: int = 0, jitter: int = 0) -> np.ndarray:
+    """A head of one patient's texture (``seed``), moved sideways by ``shift`` and a little altered by ``jitter``:
+    the next section of the same patient, as the public collection numbers them."""
+    import cv2
+
+    head = synthetic_slice(128, seed=0) > 20
+    texture = cv2.GaussianBlur(np.random.default_rng(seed).random((128, 128)).astype(np.float32), (0, 0), 6)
+    if jitter:
+        other = cv2.GaussianBlur(np.random.default_rng(1000 + jitter).random((128, 128)).astype(np.float32), (0, 0), 6)
+        texture = 0.8 * texture + 0.2 * other
+    texture = (texture - texture.min()) / np.ptp(texture)
+    section = (head * (60 + 180 * texture)).astype(np.uint8)
+    return cv2.warpAffine(section, np.float32([[1, 0, shift], [0, 1, 0]]), (128, 128))
+
+
+def test_numbered_neighbours_of_one_patient_share_a_split_unit_that_twins_alone_did_not_join() -> None:
+    """The public collection's units were twin groups only: adjacent sections of one patient (numbered 173, 174)
+    are not twins, so one was trained on and the next scored, flattering its validation figures."""
+    from core.evaluation.neighbours import neighbour_pairs
+
+    names = ["Tr-gl_0173.jpg", "Tr-gl_0174.jpg", "Tr-gl_0175.jpg", "Tr-gl_0190.jpg", "Tr-me_0174.jpg"]
+    images = [
+        patient_section(1),
+        patient_section(1, 5, 1),
+        patient_section(1, -4, 2),
+        patient_section(1, 14, 3),  # alike, but not twins
+        patient_section(1, -14, 4),
+    ]
+    items = [Item(Path("Training/glioma") / n, "glioma", "Training") for n in names[:4]]
+    items.append(Item(Path("Training/meningioma") / names[4], "meningioma", "Training"))
+    data = Dataset(items=items, images=images)
+    assert len(set(twin_groups(thumbnails(images[:3]), 0.97))) > 1  # not twins: twin groups alone split them
+    assign_units(data, 0.97)
+    assert data.units[0] == data.units[1] == data.units[2]  # 173-175: one patient, one side of any split
+    assert data.units[3] != data.units[0]  # far in number: another series, even alike (a twin test decides)
+    assert data.units[4] != data.units[0]  # another folder
+    unlike = np.eye(3, dtype=np.float32)  # adjacent numbers, nothing alike: not joined
+    assert neighbour_pairs([Path("a/x_1.png"), Path("a/x_2.png"), Path("a/x_3.png")], unlike) == []
+
+
+def test_validation_files_with_a_trained_neighbour_are_found_on_disk(tmp_path: Path) -> None:
+    from core.evaluation.neighbours import with_trained_neighbour
+
+    folder = tmp_path / "Training" / "glioma"
+    folder.mkdir(parents=True)
+    for name, pixels in {
+        "Tr-gl_0009.png": patient_section(2, 4, 1),  # trained on: the next section of 0010's patient
+        "Tr-gl_0010.png": patient_section(2),
+        "Tr-gl_0011.png": patient_section(2, -3, 2),  # scored too: not a trained neighbour
+        "Tr-gl_0040.png": patient_section(3),
+        "Tr-gl_0050.png": patient_section(3),  # alike but ten numbers away
+    }.items():
+        (folder / name).write_bytes(png_bytes(pixels))
+    scored = [folder / "Tr-gl_0010.png", folder / "Tr-gl_0011.png", folder / "Tr-gl_0040.png"]
+    assert with_trained_neighbour(scored) == {folder / "Tr-gl_0010.png", folder / "Tr-gl_0011.png"}

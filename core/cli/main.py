@@ -58,6 +58,12 @@ def _add_scan_commands(commands: Any) -> None:
     evaluate = commands.add_parser("evaluate", help="score DIR/<label>/* and print JSON metrics")
     evaluate.add_argument("--model", help="model card JSON (default: the shipped model or $BTD_MODEL)")
     evaluate.add_argument("--split", help="score only the files listed in a training split file, under DIR")
+    evaluate.add_argument("--source", metavar="FOLDER", help="with --split: only its files under DIR/FOLDER")
+    evaluate.add_argument(
+        "--without-neighbours",
+        action="store_true",
+        help="with --split: leave out files with a trained numbered neighbour (the same patient's next section)",
+    )
     evaluate.add_argument("dir", metavar="DIR")
     evaluate.set_defaults(run=scans.cmd_evaluate)
 

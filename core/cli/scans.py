@@ -117,8 +117,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     started = time.perf_counter()
     split = Path(args.split) if args.split else None
+    if split is None and (args.source or args.without_neighbours):
+        emit(error_json("bad_usage", "--source and --without-neighbours choose among a --split's files"), sys.stdout)
+        return EXIT_USAGE
     report = evaluate_folder(
-        root, load_classifier(args.model, lesions=False), split, lambda files: progress(files, "evaluate")
+        root,
+        load_classifier(args.model, lesions=False),
+        split,
+        lambda files: progress(files, "evaluate"),
+        args.source,
+        args.without_neighbours,
     )
     report["seconds"] = round(time.perf_counter() - started, 1)
     emit(report, sys.stdout)

@@ -11,6 +11,7 @@ import numpy as np
 
 from core.errors import ScanError
 from core.evaluation.metrics import classification_report, machine, percentiles_ms
+from core.evaluation.neighbours import with_trained_neighbour
 from core.evaluation.splits import read_split
 from core.imaging import read_file_bytes
 from core.model.analysis import analyse
@@ -59,11 +60,19 @@ def evaluate_folder(
     classifier: Classifier,
     split: Path | None = None,
     progress: Callable[[list[Any]], Iterable[Any]] = iter,
+    source: str | None = None,
+    without_neighbours: bool = False,
 ) -> dict[str, Any]:
-    """Score ``root/<label>/*`` (or the validation files a split lists under ``root``); folder ``tumour`` means
-    tumour present, subtype unknown. Scans the input gate rejects are counted under ``rejected`` and left out of the
-    figures; ``with_refused_tumours_missed`` gives the tumour sensitivity counting refused tumour scans as missed."""
+    """Score ``root/<label>/*`` (or the validation files a split lists under ``root``: those of one ``source``
+    folder when given); folder ``tumour`` means tumour present, subtype unknown. Scans the input gate rejects are
+    counted under ``rejected`` and left out of the figures; ``with_refused_tumours_missed`` gives the tumour
+    sensitivity counting refused tumour scans as missed. ``without_neighbours`` leaves out the split's files with a
+    trained neighbour (:mod:`core.evaluation.neighbours`: a section of the same patient seen in training)."""
     files = _labelled_files(root, classifier.card.labels) if split is None else read_split(split, root)
+    if source is not None:
+        files = [(label, path) for label, path in files if path.relative_to(root).parts[0] == source]
+    left_out = with_trained_neighbour([path for _, path in files]) if without_neighbours else set()
+    files = [(label, path) for label, path in files if path not in left_out]
     card = classifier.card
     true: list[str] = []
     rows: list[list[float]] = []
@@ -97,6 +106,8 @@ def evaluate_folder(
             "files": len(files),
             "rejected": rejected,
             "rejected_by_label": rejected_by_label,
+            **({"source": source} if source else {}),
+            **({"left_out_with_trained_neighbour": len(left_out)} if without_neighbours else {}),
             "latency_ms": percentiles_ms(latencies),
             "machine": machine(),
         }

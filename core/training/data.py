@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import cv2
 import numpy as np
 
 from core.errors import ScanError
+from core.evaluation.neighbours import crop_thumbnail, neighbour_pairs, thumbnails
 from core.imaging import read_scan_file
 from core.model.decision import UNKNOWN_TYPE
 from core.model.roi import find_brain
@@ -54,15 +54,6 @@ def load(items: Sequence[Item], log: Any = None) -> tuple[Dataset, dict[str, int
     return dataset, rejected
 
 
-def thumbnails(images: Sequence[np.ndarray], side: int = 48) -> np.ndarray:
-    """Zero-mean, unit-norm 48 x 48 thumbnails: their dot product is the Pearson correlation."""
-    rows = np.stack([cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA).ravel() for img in images])
-    rows = rows.astype(np.float32)
-    rows -= rows.mean(axis=1, keepdims=True)
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    return rows / np.where(norms > 0, norms, 1.0)
-
-
 def twin_groups(thumbs: np.ndarray, threshold: float) -> np.ndarray:
     """Union-find over pairs with correlation >= ``threshold``; returns a group id per image."""
     parent = np.arange(len(thumbs))
@@ -83,16 +74,37 @@ def twin_groups(thumbs: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def assign_units(data: Dataset, threshold: float) -> None:
-    """Split units: the patient or subject a source names, else a near-identical-twin group found by the pixels
-    (over every image without a named unit, so twins across those sources share a group)."""
+    """Split units: the patient or subject a source names, else a group found by the pixels (over every image
+    without a named unit, so twins across those sources share a group): near-identical twins, joined with their
+    numbered neighbours (:mod:`core.evaluation.neighbours`: adjacent sections of one patient, which twins alone
+    left on both sides of the split, flattering the public collection's validation figures)."""
     pool = [i for i, item in enumerate(data.items) if not item.unit]
     units = np.array([f"{item.source}:{item.unit}" for item in data.items], dtype=object)
     twins = np.full(len(data.items), -1)
     if pool:
         groups = twin_groups(thumbnails([data.images[i] for i in pool]), threshold)
+        crops = np.stack([crop_thumbnail(data.images[i]) for i in pool])
+        groups = joined(groups, neighbour_pairs([data.items[i].path for i in pool], crops))
         for i, group in zip(pool, groups, strict=True):
             units[i], twins[i] = f"twins:{group}", int(group)
     data.units, data.twins = units, twins
+
+
+def joined(groups: np.ndarray, pairs: Sequence[tuple[int, int]]) -> np.ndarray:
+    """``groups`` with the groups of each pair of members merged (union-find; the smallest id names a group)."""
+    parent = {int(g): int(g) for g in groups}
+
+    def root(g: int) -> int:
+        while parent[g] != g:
+            parent[g] = parent[parent[g]]
+            g = parent[g]
+        return g
+
+    for i, j in pairs:
+        a, b = root(int(groups[i])), root(int(groups[j]))
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    return np.array([root(int(g)) for g in groups])
 
 
 def split(labels: Sequence[str], groups: np.ndarray, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
