@@ -241,3 +241,22 @@ def test_grad_cam_is_aligned_to_the_crop_and_the_scan(tiny_classifier: Classifie
     assert concentration(heat.on_scan, mask) > 1.0
     with pytest.raises(ValueError):
         explainer.explain(analysis, "cat")
+
+
+def test_a_folds_learned_checks_never_read_its_held_out_institution(tmp_path: Path, monkeypatch) -> None:
+    """The checks learned from everything outside the validation list: in a leave-one-institution-out fold, the
+    institution left out of every other fitted rule was among their training slices."""
+    from core.training import gate_learning
+
+    for name in ("a.png", "b.png", "c.png"):
+        folder = tmp_path / "Training" / "glioma"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(png_bytes(synthetic_slice(64)))
+    read: list[Path] = []
+    monkeypatch.setattr(gate_learning, "sample_of", lambda classifier, path, *a: read.append(Path(path).name))
+    monkeypatch.setattr(gate_learning, "_variants", lambda *a, **k: [])
+    monkeypatch.setattr(gate_learning, "generated_negatives", lambda *a, **k: [])
+    held = frozenset({(tmp_path / "Training" / "glioma" / "c.png").resolve()})
+    validation = {(tmp_path / "Training" / "glioma" / "b.png").resolve()}
+    gate_learning.collect_samples(None, tmp_path, validation, held_out=held)
+    assert sorted(read) == ["a.png", "b.png"]  # trained on a, thresholds set on b, c never read

@@ -30,8 +30,13 @@ from tests.conftest import SHARED_DATA
 CARD = model_card_path()  # the shipped card unless BTD_MODEL names a candidate
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not (SHARED_DATA / "Training").is_dir(), reason="../shared/data/brain-mri is not available"),
-    pytest.mark.skipif(not CARD.exists(), reason="the shipped model is not in models/"),
+    pytest.mark.skipif(
+        not all((SHARED_DATA / name).is_dir() for name in ("Training", "LGG", "Normal-heads", "Web-tumour")),
+        reason="../shared/data/brain-mri (all four brain folders) is not available",
+    ),
+    pytest.mark.skipif(
+        not (CARD.exists() and split_file_of(CARD).exists()), reason="the model or its split file is not in models/"
+    ),
 ]
 CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
 

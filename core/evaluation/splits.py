@@ -15,3 +15,9 @@ def read_split(split_file: Path, root: Path) -> list[tuple[str, Path]]:
     """(label, path) of the validation files a split file lists, under ``root``."""
     entries = json.loads(split_file.read_text())["validation"]
     return [(label, root / relative) for relative, label in entries]
+
+
+def read_held_out(split_file: Path, root: Path) -> list[Path]:
+    """The files of the institutions a split left out of everything (a leave-one-institution-out fold), under
+    ``root``; none for an ordinary split."""
+    return [root / relative for relative, _ in json.loads(split_file.read_text()).get("held_out", [])]

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from core.evaluation.splits import read_split, split_file_of
+from core.evaluation.splits import read_held_out, read_split, split_file_of
 from core.model.preprocess import to_model_input
 from core.model.roi import find_brain
 from core.training.card_io import write_card
@@ -46,7 +46,8 @@ def fit_gate(card_path: Path, root: Path, quantile: float = 0.995, restamp: bool
     per_source = {s: round(sum(e > threshold for e in v) / len(v), 4) for s, v in sorted(by_source.items())}
     checks, learned = [], None
     if (root / NOT_BRAIN).is_dir() and embedding_layer(classifier.model) is not None:
-        checks, learned = fit_learned_checks(classifier, root, {path.resolve() for _, path in files})
+        held_out = frozenset(path.resolve() for path in read_held_out(split_file_of(card_path), root))
+        checks, learned = fit_learned_checks(classifier, root, {path.resolve() for _, path in files}, held_out=held_out)
     frame = relaxed_frame_bounds(learned)
     policy = GatePolicy(max_energy=threshold, checks=tuple(checks), **frame)
     fitted_on = f"validation split ({len(files)} scans), the highest per-source energy quantile {quantile}"

@@ -215,11 +215,19 @@ def _variants(classifier: Classifier, items: Sequence[Item], kinds: Sequence[str
     return samples
 
 
-def collect_samples(classifier: Classifier, root: Path, validation: set[Path], per_source: int = 700) -> GateSamples:
-    """Read (and vary, and generate) every image the checks learn from, once."""
+def collect_samples(
+    classifier: Classifier,
+    root: Path,
+    validation: set[Path],
+    per_source: int = 700,
+    held_out: frozenset[Path] = frozenset(),
+) -> GateSamples:
+    """Read (and vary, and generate) every image the checks learn from, once; never a ``held_out`` one (a fold's
+    institution left out of every fitted rule: the checks trained on it, little-brain sections and all)."""
     from core.training.sources import discover
 
     items = discover([root / name for name in BRAIN_SOURCES if (root / name).is_dir()])
+    items = [item for item in items if item.path.resolve() not in held_out]
     rng = np.random.default_rng(0)
     train, held_out, chosen_all, held_all = [], [], [], []
     for source in sorted({item.source for item in items}):
@@ -247,11 +255,17 @@ def collect_samples(classifier: Classifier, root: Path, validation: set[Path], p
 
 
 def fit_learned_checks(
-    classifier: Classifier, root: Path, validation: set[Path], max_refused: float = 0.005, per_source: int = 700
+    classifier: Classifier,
+    root: Path,
+    validation: set[Path],
+    max_refused: float = 0.005,
+    per_source: int = 700,
+    held_out: frozenset[Path] = frozenset(),
 ) -> tuple[list[LearnedCheck], dict[str, Any]]:
     """Fit both checks from the folders under ``root`` (training parts only; ``validation`` paths are where the
-    thresholds are set and the refusals measured). Returns the checks and a report of what they refuse."""
-    return fit_from_samples(collect_samples(classifier, root, validation, per_source), max_refused)
+    thresholds are set and the refusals measured; ``held_out`` ones are never read). Returns the checks and a
+    report of what they refuse."""
+    return fit_from_samples(collect_samples(classifier, root, validation, per_source, held_out), max_refused)
 
 
 def fit_from_samples(samples: GateSamples, max_refused: float = 0.005) -> tuple[list[LearnedCheck], dict[str, Any]]:
