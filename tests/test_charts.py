@@ -494,6 +494,9 @@ def test_a_versions_withheld_rate_or_agreement_cannot_be_had_by_subtraction(tmp_
     )
     assert versions["c"].agreement is None and versions["b"].agreement is None  # the smallest other goes with it
     assert versions["a"].agreement == 1.0 and versions["a"].matrix[glioma] == 30
+    rollout = per_version_accuracy({"new": {clear: 10}, "main": {glioma: 200, clear: 300}})
+    assert rollout["new"].sensitivity is None  # no reviewed tumour yet: nothing withheld, so nothing to pair
+    assert rollout["main"].agreement == 1.0 and rollout["main"].sensitivity == 1.0
     day = date(2026, 11, 20)
     periods = [DayQuality(day + timedelta(days=k), 50, 10, 6, rejected, 0, 0, 10.0, 3.0) for k, rejected in
                enumerate((2, 8, 9))]  # fmt: skip

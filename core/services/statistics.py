@@ -184,25 +184,10 @@ def dashboard(
     # the total, the tumour classes, a version's rate times its count)
     lone = lone_withheld([p.tumour for p in periods], [r.tumours for r in rows])
     rate = None if lone else rate
-    models = store.by_model(shown)
-    model_totals = suppress_group([m.total for m in models])
-    # the versions' tumours add up to the headline's (rate times count each): a version's rate withheld alone was
-    # the headline's tumours minus the others', so its rate is withheld with a partner's
-    version_rates = complement(
-        [m.total for m in models],
-        [
-            safe_rate(m.tumour, m.total) if n is not None and not lone else None
-            for m, n in zip(models, model_totals, strict=True)
-        ],
-    )
     # confidence is the probability that a single scan's call is right; a series' score is the lowest probability
     # of its deciding sections under its own threshold (a tumour series at 0.30 read as 30 % sure): scans only
     scans_only = replace(shown, kinds=("scan",))
     scan_summary = store.summary(scans_only)
-    scan_confidence = {
-        (m.model_name, m.model_version): m.mean_confidence if suppress_small(m.total) else None
-        for m in store.by_model(scans_only)
-    }
     classes = sorted(summary.per_class)
     class_counts = suppress_classes(classes, [summary.per_class[k] for k in classes], NEGATIVE_LABEL)
     if lone:
@@ -225,20 +210,40 @@ def dashboard(
         per_class=dict(zip(classes, class_counts, strict=True)),
         periods=rows,
         histogram=suppress_group(store.confidence_histogram(scans_only)),
-        models=tuple(
-            VersionRow(
-                model=f"{m.model_name} {m.model_version}",
-                scans=scans,
-                tumour_rate=version_rate,
-                mean_confidence=scan_confidence.get((m.model_name, m.model_version)) if scans else None,
-                first=m.first.astimezone(ZoneInfo(timezone)).date() if scans is not None else None,
-                last=m.last.astimezone(ZoneInfo(timezone)).date() if scans is not None else None,
-            )
-            for m, scans, version_rate in zip(models, model_totals, version_rates, strict=True)
-        ),
+        models=version_rows(store, shown, scans_only, timezone, lone),
         unit=unit,
         lesion_studies=lesion_studies,
         lesions=lesions,
+    )
+
+
+def version_rows(store: Dashboards, shown: Filters, scans_only: Filters, timezone: str, lone: bool) -> tuple:
+    """The per-version table: results, tumour rate, the single scans' mean confidence, first and last day."""
+    models = store.by_model(shown)
+    model_totals = suppress_group([m.total for m in models])
+    # the versions' tumours add up to the headline's (rate times count each): a version's rate withheld alone was
+    # the headline's tumours minus the others', so its rate is withheld with a partner's
+    version_rates = complement(
+        [m.total for m in models],
+        [
+            safe_rate(m.tumour, m.total) if n is not None and not lone else None
+            for m, n in zip(models, model_totals, strict=True)
+        ],
+    )
+    scan_confidence = {
+        (m.model_name, m.model_version): m.mean_confidence if suppress_small(m.total) else None
+        for m in store.by_model(scans_only)
+    }
+    return tuple(
+        VersionRow(
+            model=f"{m.model_name} {m.model_version}",
+            scans=scans,
+            tumour_rate=version_rate,
+            mean_confidence=scan_confidence.get((m.model_name, m.model_version)) if scans else None,
+            first=m.first.astimezone(ZoneInfo(timezone)).date() if scans is not None else None,
+            last=m.last.astimezone(ZoneInfo(timezone)).date() if scans is not None else None,
+        )
+        for m, scans, version_rate in zip(models, model_totals, version_rates, strict=True)
     )
 
 
@@ -350,9 +355,9 @@ def per_version_accuracy(confusions: Mapping[str, Mapping[tuple[str, str], int]]
 
 
 def withholds(board: Accuracy) -> bool:
-    """Whether any figure of ``board`` is withheld (its rates, or a cell of its matrix)."""
-    rates = (board.agreement, board.sensitivity, board.specificity)
-    return board.reviewed is None or None in rates or None in board.matrix.values()
+    """Whether a figure of ``board`` is withheld: its count or a cell of its matrix (a rate is withheld only with a
+    cell; one with nothing to count, such as sensitivity without a reviewed tumour, hides nothing)."""
+    return board.reviewed is None or None in board.matrix.values()
 
 
 def quality_board(
