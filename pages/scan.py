@@ -1,7 +1,6 @@
 """Scan page: upload one scan or a batch; for each, the original, the brain crop and the verdict; saved once."""
 
 from collections.abc import Callable
-from functools import partial
 
 import pandas as pd
 import streamlit as st
@@ -85,23 +84,15 @@ def elsewhere() -> int:
     )
 
 
-def exported(result_ids: list[str], with_names: bool, rows: list[dict]) -> Callable[[], bytes]:
+def exported(store, result_ids: list[str], with_names: bool, rows: list[dict]) -> Callable[[], bytes]:
     """The CSV download, made when its button is pressed: its audit event (the results it carries, whether file
-    names went with them) first; refused without a database to record it in, or once the session has ended."""
-    try:
-        store = resources.current_store()
-    except StoreError as error:
-        return partial(raise_, error)
+    names went with them) first; refused once the session has ended or the account may no longer analyse."""
 
     def make(current) -> bytes:
         record_batch_export(store, current, result_ids, with_names)
         return batch_csv(rows, with_names)
 
     return audited_download(store, actor, ANALYSE, make)
-
-
-def raise_(error: Exception) -> bytes:
-    raise error
 
 
 def clear_session() -> None:
@@ -239,15 +230,24 @@ st.caption(
 st.dataframe(table, hide_index=True, width="stretch")
 left, middle, right = st.columns([1.2, 1, 1])
 with_names = left.checkbox("Include file names in the CSV", help="File names can carry patient identities.")
+try:  # a download is an audit event: without a database to record it in, none is offered
+    export_store, unrecordable = resources.current_store(), None
+except StoreError as error:
+    export_store, unrecordable = None, f"Not now: the download cannot be recorded in the audit trail ({error})."
 middle.download_button(
     "Download results (CSV)",
-    exported(
+    b""
+    if export_store is None
+    else exported(
+        export_store,
         [r.record.id for r in session.results() if r.record is not None and r.status and r.status.state != NOT_SAVED],
         with_names,
         rows,
     ),
     "scan-results.csv",
     "text/csv",
+    disabled=export_store is None,
+    help=unrecordable,
 )
 if any(result.status and result.status.state in (NOT_SAVED, NOT_UPDATED) for result in session.results()):
     right.button("Retry saving", on_click=retry_unsaved, type="primary")

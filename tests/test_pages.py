@@ -602,12 +602,15 @@ def test_a_scan_analysed_while_the_database_is_down_shows_its_verdict_and_is_sav
     assert not app.exception and app.metric[0].label == "Verdict"
     assert any("Results cannot be saved: MongoDB cannot be reached" in e.value for e in app.error)
     assert any(w.value.startswith("Not saved: the results database is unavailable") for w in app.warning)
+    (download,) = app.get("download_button")  # no download the audit trail cannot record: said, not failed
+    assert download.proto.disabled and "cannot be recorded in the audit trail" in download.proto.help
     down[0] = False
     next(b for b in app.button if b.label == "Retry saving").click().run()
     assert not app.exception and not any(b.label == "Retry saving" for b in app.button)
     records = stored(app_environment).recent(5)
     assert len(records) == 1 and records[0].image_key  # saved once, with the image its review needs
     assert not any(w.value.startswith("Not saved") for w in app.warning)
+    assert not app.get("download_button")[0].proto.disabled
     app.run()  # a rerun saves nothing more
     assert stored(app_environment).summary().total == 1
 
