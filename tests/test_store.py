@@ -1473,6 +1473,7 @@ def test_a_backup_taken_while_the_app_writes_holds_every_result_its_keys_and_ima
     assert [e.action for e in SQLiteStore(tmp_path / "backup" / "results.sqlite3").audit_events()] == ["store_backup"]
     assert main(["store", "backup", str(tmp_path / "backup")]) == 1  # never over an earlier backup
     assert "exists already" in capsys.readouterr().out
+    assert [e.action for e in store.audit_events()] == ["store_backup"]  # a refused backup leaves no event
 
 
 def test_an_image_purge_sweeps_the_chunks_an_interrupted_gridfs_deletion_left_behind() -> None:

@@ -142,15 +142,15 @@ def cmd_store_backup(args: argparse.Namespace) -> int:
 
     from core.config import data_dir, file_secrets, mongodb_uri
     from core.errors import StoreError
-    from core.storage import DATABASE_FILE
-    from core.storage.backup import backup_embedded
+    from core.storage.backup import backup_embedded, check_target
 
     if mongodb_uri(file_secrets()):
         emit(error_json("bad_usage", "the results are in MongoDB: back them up with mongodump"), sys.stdout)
         return EXIT_USAGE
     try:
-        if (data_dir() / DATABASE_FILE).exists():  # a copy of every result and both keys: an event, written first
-            audit.record(open_results_store(), COMMAND_LINE, "store_backup", None, folder=Path(args.out).name)
+        check_target(data_dir(), Path(args.out))  # a refused backup leaves no event
+        # a copy of every result and both keys: an event, written first
+        audit.record(open_results_store(), COMMAND_LINE, "store_backup", None, folder=Path(args.out).name)
         emit(backup_embedded(data_dir(), Path(args.out)), sys.stdout)
     except StoreError as error:
         emit(error_json(error.code, str(error)), sys.stdout)

@@ -25,13 +25,7 @@ def backup_embedded(data_dir: Path, out: Path) -> dict[str, Any]:
     place: a backup cut short (a full disk, a file it cannot read) leaves nothing that looks like a backup. Restore
     it by stopping the app and using the folder as the data folder (never beside an old ``-wal`` file: SQLite would
     lay the old file's pages over the restored one)."""
-    database = data_dir / DATABASE_FILE
-    if not database.exists():
-        raise StoreError("There is no embedded results database in the data folder to back up.")
-    if out.resolve().is_relative_to(data_dir.resolve()):
-        raise StoreError("The backup folder lies inside the data folder; name one outside it.")
-    if out.exists() or out.is_symlink():
-        raise StoreError("The backup folder exists already; name a new one.")
+    database = check_target(data_dir, out)
     draft = out.with_name(f".{out.name}.{os.getpid()}.partial")
     try:
         draft.mkdir(mode=0o700)
@@ -46,6 +40,19 @@ def backup_embedded(data_dir: Path, out: Path) -> dict[str, Any]:
         shutil.rmtree(draft, ignore_errors=True)
         raise
     return {"backup": str(out), **made, "note": "holds the patient-reference key: keep it as the data folder"}
+
+
+def check_target(data_dir: Path, out: Path) -> Path:
+    """The database to back up into the new folder ``out``; a StoreError when there is none, or ``out`` exists or
+    lies inside the data folder (checked before anything is written, the backup's audit event included)."""
+    database = data_dir / DATABASE_FILE
+    if not database.exists():
+        raise StoreError("There is no embedded results database in the data folder to back up.")
+    if out.resolve().is_relative_to(data_dir.resolve()):
+        raise StoreError("The backup folder lies inside the data folder; name one outside it.")
+    if out.exists() or out.is_symlink():
+        raise StoreError("The backup folder exists already; name a new one.")
+    return database
 
 
 def _copy(data_dir: Path, database: Path, draft: Path) -> dict[str, Any]:
