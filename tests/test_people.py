@@ -781,7 +781,7 @@ def test_a_result_not_saved_keeps_the_reference_it_was_analysed_under_when_the_n
 
 
 def test_a_result_that_fails_its_own_checks_is_not_saved_and_the_batch_goes_on(
-    store, tiny_classifier, monkeypatch: pytest.MonkeyPatch
+    store, tmp_path, tiny_classifier, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The record was built and checked outside any handler: one result that failed its checks ended the page's
     batch (a traceback) and the command line's `predict --save` batch."""
@@ -794,8 +794,10 @@ def test_a_result_that_fails_its_own_checks_is_not_saved_and_the_batch_goes_on(
 
     analysis = analyse_upload(png_bytes(synthetic_slice(256)), tiny_classifier).analysis
     monkeypatch.setattr(triage_service, "new_record", refused)
-    status = save(analysis, store, actor=RADIOLOGIST, patient_ref=None)
+    images = FolderImages(tmp_path / "images")
+    status = save(analysis, store, actor=RADIOLOGIST, patient_ref=None, images=images)
     assert status.state == NOT_SAVED and "probabilities" in status.message
-    shown = triage(png_bytes(synthetic_slice(256)), tiny_classifier, None, store, actor=RADIOLOGIST, patient_ref=None)
+    scan = png_bytes(synthetic_slice(256))
+    shown = triage(scan, tiny_classifier, None, store, actor=RADIOLOGIST, patient_ref=None, images=images)
     assert shown.error_code == "invalid_record" and "nothing was saved" in shown.error_message
-    assert store.summary().total == 0 and not store.audit_events()
+    assert store.summary().total == 0 and not store.audit_events() and not images.stored_keys()  # no image left

@@ -127,15 +127,15 @@ def save(
     same upload and model answers 'already saved'), and record the upload as an audit event. ``store`` None means
     the database could not be opened: the result is reported as not saved."""
     require(actor, ANALYSE)
-    try:
-        image_key = keep_image(images, analysis.scan.pixels)
-    except StoreError as error:
-        return image_not_kept(error)
-    try:
-        record = new_record(analysis, patient_ref=patient_ref, uploader=actor.name, image_key=image_key)
+    try:  # checked before its image is kept: a refused record leaves no image behind
+        record = new_record(analysis, patient_ref=patient_ref, uploader=actor.name)
     except InvalidRecord as error:  # one result that fails its own checks: that file not saved, the batch goes on
         logger.warning("event=save_failed code=%s", error.code)
         return SaveStatus(NOT_SAVED, f"{error} (nothing was saved)")
+    try:
+        record = replace(record, image_key=keep_image(images, analysis.scan.pixels))
+    except StoreError as error:
+        return image_not_kept(error)
     return save_record(record, store, actor, analysis.prediction.gate.decision)
 
 
@@ -237,16 +237,16 @@ def triage(
     if outcome.analysis is None:
         return Triaged(outcome.sha256, outcome.frames, frame, None, outcome.error_code, outcome.error_message)
     analysis = outcome.analysis
-    try:
-        image_key, kept = keep_image(images, analysis.scan.pixels), None
-    except StoreError as error:
-        image_key, kept = None, error
-    try:
-        record = new_record(analysis, patient_ref=patient_ref, uploader=actor.name, image_key=image_key)
+    try:  # checked before its image is kept: a refused record leaves no image behind
+        record = new_record(analysis, patient_ref=patient_ref, uploader=actor.name)
     except InvalidRecord as error:  # the page's batch goes on past it (it stopped there, a traceback on screen)
         logger.warning("event=save_failed code=%s", error.code)
         message = f"The result cannot be recorded ({error}); nothing was saved."
         return Triaged(outcome.sha256, outcome.frames, frame, None, error.code, message)
+    try:
+        record, kept = replace(record, image_key=keep_image(images, analysis.scan.pixels)), None
+    except StoreError as error:
+        kept = error
     if kept is not None:
         status = image_not_kept(kept, record.id)
     else:
