@@ -534,6 +534,10 @@ def test_a_scaled_nifti_is_read_section_by_section_and_shown_as_its_scaled_value
         shown = read_nifti(made(stored, slope, inter)).sections
         assert np.abs(shown.astype(int) - expected.astype(int)).max() <= 1
     assert np.abs(255 - shown.astype(int) - plain.astype(int)).max() <= 1  # a negative slope inverts the greys
+    masked = stored.astype(np.float32)
+    masked[:, :, :5] = np.nan  # outside a mask: background, black however the values are scaled
+    inverted = read_nifti(made(masked, -1.5, 300.0)).sections
+    assert inverted[:5].max() == 0 and inverted[5:].max() == 255
     larger = rng.integers(0, 200, (256, 256, 60), dtype=np.uint8)
     data = made(larger, 2.0, 1.0)
     tracemalloc.start()  # (after a first read: what is loaded once is not counted)

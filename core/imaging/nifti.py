@@ -47,9 +47,11 @@ def _nifti_normal_steps(affine: np.ndarray, shown: tuple[float, ...]) -> tuple[f
 
 
 def _grey(section: np.ndarray, low: float, high: float, slope: float) -> np.ndarray:
-    """A stored section as the scaled values' stretch would show it (``slope`` below 0: the grey levels inverted)."""
-    shown = apply_stretch(section, low, high)
-    return 255 - shown if slope < 0 else shown
+    """A stored section as the scaled values' stretch would show it (``slope`` below 0: the grey levels inverted,
+    section by section, while NaN voxels and a flat volume stay black)."""
+    if slope < 0:
+        return apply_stretch(-section.astype(np.float32), -high, -low)
+    return apply_stretch(section, low, high)
 
 
 def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volume:
