@@ -416,7 +416,9 @@ def test_a_password_from_standard_input_loses_a_windows_line_ending(tmp_path, mo
     assert accounts.sign_in(open_store(None, tmp_path / "data"), "boss", "a long password").role == "admin"
 
 
-def test_a_reader_that_stops_reading_ends_the_command_quietly(tmp_path: Path, tiny_card: Path, monkeypatch) -> None:
+def test_a_reader_that_stops_reading_ends_the_command_quietly(
+    tmp_path: Path, tiny_card: Path, monkeypatch, capsys
+) -> None:
     """`predict a b c | head -1`: the error line about the closed pipe was written to the same closed pipe, and
     that second failure escaped as a traceback."""
     import io
@@ -426,10 +428,22 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly(tmp_path: Path, ti
         def write(self, text: str) -> int:
             raise BrokenPipeError(32, "Broken pipe")
 
+        def flush(self) -> None:
+            raise BrokenPipeError(32, "Broken pipe")
+
     scan = tmp_path / "scan.png"
     scan.write_bytes(png_bytes(synthetic_slice(256)))
     monkeypatch.setattr(sys, "stdout", Closed())
     assert main(["predict", "--model", str(tiny_card), str(scan), str(scan)]) == 141
+    monkeypatch.undo()  # a broken pipe elsewhere (a worker's) while stdout is fine: an internal error, said so
+    import core.cli.scans as scans
+
+    def worker_died(*args, **kwargs):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(scans, "load_classifier", worker_died)
+    code, lines = run_main(["predict", str(scan)], capsys)
+    assert code == 2 and lines[0]["error"]["code"] == "internal_error"
 
 
 def test_evaluate_refuses_a_folder_that_is_not_a_label_and_goes_on_past_a_failing_file(

@@ -232,9 +232,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))
-    except BrokenPipeError:  # the reader stopped (`| head`): nothing more can be said on that stream
-        _silence_stdout()
-        return EXIT_BROKEN_PIPE
+    except BrokenPipeError as error:
+        if _stdout_closed():  # the reader stopped (`| head`): nothing more can be said on that stream
+            _silence_stdout()
+            return EXIT_BROKEN_PIPE
+        return _internal_error(error)  # another pipe (a worker's): a failure like any other
     except (ModelError, StoreError, InvalidRecord, AccessDenied, PacsError) as error:
         emit(error_json(error.code, str(error)), sys.stdout)
         return EXIT_USAGE
@@ -243,11 +245,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
-    except Exception as error:  # anything else is still one JSON line, never a traceback; its text is not
-        # echoed (it may quote an address, a path or a value), its type is, and the log has the rest
-        logging.getLogger("btd.cli").exception("event=cli_failed")
-        emit(error_json("internal_error", f"The command failed ({type(error).__name__}); see the log."), sys.stdout)
-        return EXIT_USAGE
+    except Exception as error:
+        return _internal_error(error)
+
+
+def _internal_error(error: Exception) -> int:
+    """Anything unexpected is still one JSON line, never a traceback; its text is not echoed (it may quote an
+    address, a path or a value), its type is, and the log has the rest."""
+    logging.getLogger("btd.cli").exception("event=cli_failed")
+    emit(error_json("internal_error", f"The command failed ({type(error).__name__}); see the log."), sys.stdout)
+    return EXIT_USAGE
+
+
+def _stdout_closed() -> bool:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return True
+    return False
 
 
 EXIT_BROKEN_PIPE = 141  # as a shell reports a command ended by SIGPIPE
