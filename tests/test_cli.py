@@ -376,6 +376,10 @@ def test_output_files_never_overwrite_a_file_nor_follow_a_link_planted_in_the_fo
         ["train-standard", "--batch-size", "0"],
         ["train-standard", "--learning-rate", "nan"],
         ["train-lesion", "--width", "0"],
+        ["train", "--samples-per-epoch", "-5"],
+        ["train", "--rotation", "nan"],
+        ["train", "--seed", "-1"],
+        ["train", "--transplants", "1.5"],
     ],
 )
 def test_training_options_out_of_range_are_usage_errors_before_anything_runs(args: list[str], capsys) -> None:

@@ -123,3 +123,28 @@ def positive(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"{text} is not a number above 0")
     return value
+
+
+def share(text: str) -> float:
+    """An argparse type: a number from 0 to 1 (a share of draws, a probability)."""
+    return _between(text, 0.0, 1.0)
+
+
+def degrees(text: str) -> float:
+    """An argparse type: an angle from 0 to 180 degrees."""
+    return _between(text, 0.0, 180.0)
+
+
+def weight(text: str) -> float:
+    """An argparse type: a finite number from 0 up."""
+    return _between(text, 0.0, math.inf)
+
+
+def _between(text: str, low: float, high: float) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if math.isnan(value) or math.isinf(value) or not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{text} is outside {low:g} to {high:g}")
+    return value

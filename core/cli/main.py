@@ -15,7 +15,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from core.cli import admin, model, pacs, scans, studies
-from core.cli.common import EXIT_USAGE, Parser, emit, error_json, positive, positive_int, whole
+from core.cli.common import (
+    EXIT_USAGE,
+    Parser,
+    degrees,
+    emit,
+    error_json,
+    positive,
+    positive_int,
+    share,
+    weight,
+    whole,
+)
 from core.errors import AccessDenied, InvalidRecord, ModelError, PacsError, StoreError
 
 
@@ -121,32 +132,36 @@ def _add_train_command(commands: Any) -> None:
     train.add_argument("--epochs", type=whole(1, 10_000), default=None)
     train.add_argument("--size", type=whole(32, 1024), default=None, help="input side in pixels")
     train.add_argument("--name", default=None)
-    train.add_argument("--seed", type=int, default=None)
+    train.add_argument("--seed", type=whole(0, 2**32 - 1), default=None)
     train.add_argument("--version", default=None, help="model version (the weights' hash is appended)")
-    train.add_argument("--unknown-weight", type=float, default=None, help="weight of tumour-of-unknown-type scans")
+    train.add_argument("--unknown-weight", type=weight, default=None, help="weight of tumour-of-unknown-type scans")
     train.add_argument(
         "--mirror", action=argparse.BooleanOptionalAction, default=None, help="add the left-right asymmetry channel"
     )
     train.add_argument(
         "--synthetic-lesions",
-        type=float,
+        type=share,
         default=None,
         metavar="P",
         help="share of normal scans also trained with a lesion",
     )
-    train.add_argument("--rotation", type=float, default=None, metavar="DEG", help="augmentation's largest turn")
+    train.add_argument("--rotation", type=degrees, default=None, metavar="DEG", help="augmentation's largest turn")
     train.add_argument("--learning-rate", type=positive, default=None, help="peak learning rate")
     train.add_argument("--max-minutes", type=positive, default=None, help="time budget (default 180; resumes included)")
     train.add_argument("--init", metavar="CARD", help="start from this model (same input and validation split)")
-    train.add_argument("--samples-per-epoch", type=int, default=None, help="images drawn per epoch (0: all)")
+    train.add_argument(
+        "--samples-per-epoch", type=whole(0, 10**9), default=None, help="images drawn per epoch (0: all)"
+    )
     train.add_argument(
         "--transplants",
-        type=float,
+        type=share,
         default=None,
         metavar="P",
         help="share of normal scans also trained with a real tumour transplanted in",
     )
-    train.add_argument("--min-tumour-pixels", type=int, default=None, help="smallest tumour mask trained as tumour")
+    train.add_argument(
+        "--min-tumour-pixels", type=whole(0, 10**6), default=None, help="smallest tumour mask trained as tumour"
+    )
     train.add_argument(
         "--hold-out",
         action="append",
@@ -193,7 +208,7 @@ def _add_standard_training_commands(commands: Any) -> None:
         "--round-steps", type=whole(1, 10**9), default=None, help="optimiser steps between checkpoints"
     )
     standard.add_argument("--learning-rate", type=positive, default=None, help="peak learning rate")
-    standard.add_argument("--seed", type=int, default=None)
+    standard.add_argument("--seed", type=whole(0, 2**32 - 1), default=None)
     standard.add_argument("--name", default=None)
     standard.add_argument("--version", default=None, help="model version (the weights' hash is appended)")
     standard.add_argument("--max-minutes", type=positive, default=None, help="end this sitting after this long")
