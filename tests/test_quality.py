@@ -138,6 +138,23 @@ def test_the_overall_agreement_is_withheld_when_it_would_give_back_the_one_perio
     assert board.overall.agreement is None and board.overall.reviewed == 20
     assert all(n is None for n in board.overall.matrix.values())  # 20 minus the disagreements would give it back
     assert all(v.agreement is None for v in board.per_version.values())  # one version: the same figure
+    assert board.overall.sensitivity is None  # 7 found of 7 tumours (with its interval) gave the 7 back too
+    from core.services.statistics import dashboard
+    from core.services.statistics_export import export_csv
+
+    figures = dashboard(
+        store, Actor("boss", "supervisor"), start_day=date(2026, 11, 2), end_day=date(2026, 11, 3), timezone="UTC",
+        period="day",
+    )  # fmt: skip
+    lines = export_csv(figures, board).decode().splitlines()  # everything the page draws, withheld as drawn
+    version = next(iter(board.per_version))
+    assert "confusion,glioma -> glioma,reviewed,withheld,withheld,withheld" in lines
+    assert f"accuracy,{version},reviewed,20,withheld,withheld" in lines
+    assert f"accuracy,{version},sensitivity,withheld,withheld,withheld" in lines
+    assert "drift,baseline,start,2026-11-02,withheld,withheld" in lines
+    assert "drift,baseline,tumour_rate,1.0,withheld,withheld" in lines
+    assert "quality_per_period,2026-11-02,flagged_rate,0.0,withheld,withheld" in lines
+    assert "quality_per_period,2026-11-03,refused_rate,0.0,withheld,withheld" in lines
 
 
 def test_every_period_of_the_range_is_listed_and_the_default_baseline_is_the_ranges_first_half() -> None:

@@ -331,9 +331,18 @@ class QualityBoard:
 
 
 def without_agreement(board: Accuracy) -> Accuracy:
-    """``board`` without the agreement and the cells of its matrix (the diagonal adds up to it, and the reviewed
-    count minus the other cells too)."""
-    return replace(board, agreement=None, matrix=dict.fromkeys(board.matrix))
+    """``board`` without the agreement, the cells of its matrix (the diagonal adds up to it, and the reviewed count
+    minus the other cells too), and the sensitivity and specificity (each, with the interval that gives its count,
+    sums cells of the matrix: with every final label a tumour, the tumours found were the agreements)."""
+    return replace(
+        board,
+        agreement=None,
+        matrix=dict.fromkeys(board.matrix),
+        sensitivity=None,
+        sensitivity_interval=None,
+        specificity=None,
+        specificity_interval=None,
+    )
 
 
 def per_version_accuracy(confusions: Mapping[str, Mapping[tuple[str, str], int]]) -> dict[str, Accuracy]:

@@ -136,6 +136,18 @@ def _quality_export(row, quality: QualityBoard) -> None:
     row("accuracy", "all versions", "agreement", overall.agreement, digits=4)
     row("accuracy", "all versions", "sensitivity", overall.sensitivity, overall.sensitivity_interval, 4)
     row("accuracy", "all versions", "specificity", overall.specificity, overall.specificity_interval, 4)
+    for (label, final), n in sorted(overall.matrix.items()):  # the page's matrix: model verdict against final label
+        row("confusion", f"{label} -> {final}", "reviewed", n)
+    for version, board in quality.per_version.items():
+        row("accuracy", version, "reviewed", board.reviewed)
+        row("accuracy", version, "agreement", board.agreement, digits=4)
+        row("accuracy", version, "sensitivity", board.sensitivity, board.sensitivity_interval, 4)
+        row("accuracy", version, "specificity", board.specificity, board.specificity_interval, 4)
+    drift = quality.drift
+    row("drift", "baseline", "start", drift.baseline_start.isoformat() if drift.baseline_start else WITHHELD)
+    row("drift", "baseline", "end", drift.baseline_end.isoformat() if drift.baseline_end else WITHHELD)
+    row("drift", "baseline", "tumour_rate", drift.baseline_rate, digits=4)
+    row("drift", "baseline", "mean_tumour_probability", drift.baseline_mean, digits=4)
     row("review", "", "backlog", quality.backlog)
     row("review", "", "turnaround_median_h", quality.turnaround_median_h, digits=2)
     row("review", "", "turnaround_p90_h", quality.turnaround_p90_h, digits=2)
@@ -145,4 +157,6 @@ def _quality_export(row, quality: QualityBoard) -> None:
         row("quality_per_period", key, "agreement", q.agreement, q.agreement_interval, 4)
         row("quality_per_period", key, "tumour_rate", q.tumour_rate, q.rate_limits, 4)
         row("quality_per_period", key, "mean_tumour_probability", q.mean_probability, q.mean_limits, 4)
+        row("quality_per_period", key, "flagged_rate", q.flagged_rate, digits=4)
+        row("quality_per_period", key, "refused_rate", q.rejected_rate, digits=4)
         row("quality_per_period", key, "out_of_control", str(q.out_of_control).lower())
