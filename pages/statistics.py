@@ -224,7 +224,9 @@ def headline(dashboard) -> None:
     """The key figures, then the count per verdict."""
     kpis = st.columns(6)
     counted = "Studies" if dashboard.unit == "study" else "Scans and series"
-    kpis[0].metric(f"{counted} with a verdict", number(dashboard.scans), help=None if dashboard.scans else WITHHELD)
+    kpis[0].metric(
+        f"{counted} with a verdict", number(dashboard.scans), help=WITHHELD if dashboard.scans is None else None
+    )
     rate = dashboard.tumour_rate
     kpis[1].metric(
         "Tumour rate",
@@ -233,16 +235,12 @@ def headline(dashboard) -> None:
         if dashboard.tumour_interval is None
         else "95 % interval {:.1%} to {:.1%}".format(*dashboard.tumour_interval),
     )
-    change = None
-    if dashboard.today is not None and dashboard.week_mean is not None:
-        difference = dashboard.today - dashboard.week_mean
-        change = None if round(difference, 1) == 0 else f"{difference:+.1f} vs 7-day mean"
+    # today is still going on: set against whole days, every morning read as a fall, so the mean is said, not subtracted
+    week = None if dashboard.week_mean is None else f"The last 7 whole days averaged {dashboard.week_mean:.1f} a day."
     kpis[2].metric(
-        "Today",
+        "Today so far",
         number(dashboard.today),
-        delta=change,
-        delta_color="off",
-        help=WITHHELD if dashboard.today is None else None,
+        help=WITHHELD if dashboard.today is None else week,
     )
     kpis[3].metric(
         "Mean confidence",
@@ -296,8 +294,8 @@ def by_model_version(dashboard) -> None:
                 {
                     "model": m.model,
                     "scans": number(m.scans),
-                    "tumour rate": None if m.tumour_rate is None else round(m.tumour_rate, 4),
-                    "mean confidence (scans)": None if m.mean_confidence is None else round(m.mean_confidence, 4),
+                    "tumour rate": percent(m.tumour_rate),  # as the headline gives it (it read 0.4321 here)
+                    "mean confidence (scans)": "—" if m.mean_confidence is None else f"{m.mean_confidence:.1%}",
                     "first": m.first.isoformat() if m.first else WITHHELD_MARK,
                     "last": m.last.isoformat() if m.last else WITHHELD_MARK,
                 }
