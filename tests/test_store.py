@@ -1564,3 +1564,32 @@ def test_a_data_folder_whose_name_a_uri_would_misread_is_read_where_it_is(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site#1 50%"]  # no stray file beside it
     (tmp_path / "old.sqlite3").write_bytes(b"")  # an empty file, or one from before the keyed data: nothing to lose
     assert not holds_keyed_data(tmp_path / "old.sqlite3", "audit.key")
+
+
+def test_a_mongodb_client_writes_to_a_majority_with_short_timeouts_and_says_when_it_cannot_validate(caplog) -> None:
+    """RELIABILITY: w="majority", a 2 s server selection and 3 s operations (no server needed to check), and a
+    validator the server refuses (a user without the right) was passed over without a word."""
+    import logging
+
+    import mongomock
+    from pymongo.errors import OperationFailure
+
+    store = MongoStore.connect("mongodb://127.0.0.1:9/?directConnection=true")
+    options = store._client.options
+    assert options.write_concern.document["w"] == "majority" and options.server_selection_timeout == 2
+    assert options.timeout == 3 and options.codec_options.tz_aware
+    assert store._collection.write_concern.document["w"] == "majority"
+    store._client.close()
+
+    db = mongomock.MongoClient(tz_aware=True)["btd_validator"]
+
+    def refused(*args, **kwargs):
+        raise OperationFailure("not authorized on btd_validator to execute command { create: ... }", 13)
+
+    local = MongoStore(db.client, "btd_validator")
+    local._db = db
+    db.create_collection = refused  # what a server says to a user without the right to set a validator
+    with caplog.at_level(logging.WARNING, logger="btd.storage"):
+        local.add(make_record(1, utc(2026, 5, 1, 9, 0)))
+    assert "event=store_validator_not_installed error=OperationFailure" in caplog.text
+    assert local.summary().total == 1  # the store works on, unvalidated

@@ -288,9 +288,11 @@ def migrate_mongo(database: Any, collection: Any, validator: dict[str, Any] | No
         logger.warning("event=store_migrated store=mongodb to=3 reviews_moved=%d", moved)
     if found < 4:
         collection.update_many({"kind": {"$exists": False}}, {"$set": {"kind": "scan"}})
-        with suppress(Exception):  # a user without collMod keeps the old validator, which refuses NIfTI series
+        try:  # a user without collMod keeps the old validator, which refuses NIfTI series: said in the log
             if validator is not None:
                 database.command("collMod", collection.name, validator=validator)
+        except Exception as error:
+            validator_not_installed(error)
         logger.warning("event=store_migrated store=mongodb to=4")
     if found < 7:
         fixed = collection.update_many(
@@ -392,3 +394,10 @@ def _mongo_v2_to_v3(database: Any, collection: Any) -> int:
         moved += 1
     collection.update_many({"review_count": {"$exists": False}}, {"$set": {"review_count": 0}})
     return moved
+
+
+def validator_not_installed(error: Exception) -> None:
+    """The log line for a schema validator the server refused (the user may not create or change one): the store
+    works on, unvalidated, and the operator is told. A collection another replica created first is no refusal."""
+    if type(error).__name__ != "CollectionInvalid":
+        logger.warning("event=store_validator_not_installed error=%s", type(error).__name__)

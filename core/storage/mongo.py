@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from itertools import pairwise
 from typing import Any
 
@@ -30,7 +30,7 @@ from core.domain.results import (
 )
 from core.domain.times import DAY_MS, EPOCH, as_utc, to_ms, utc_offset_segments
 from core.errors import InvalidRecord, StoreError, StoreUnavailable
-from core.storage.migrations import migrate_mongo
+from core.storage.migrations import migrate_mongo, validator_not_installed
 from core.storage.mongo_people import MongoPeople
 from core.storage.mongo_quality import MongoQuality
 from core.storage.protocol import (
@@ -116,9 +116,10 @@ class MongoStore(MongoPeople, MongoQuality):
             return
         if self._name not in self._db.list_collection_names():
             self._refuse_a_split()
-            # Another replica may create it first; a server may refuse validators to this user: indexes still apply.
-            with suppress(Exception):
+            try:  # a server may refuse validators to this user (indexes still apply); another replica may be first
                 self._db.create_collection(self._name, validator=_VALIDATOR)
+            except Exception as error:  # said in the log, unless another replica created it (CollectionInvalid)
+                validator_not_installed(error)
         migrate_mongo(self._db, self._collection, _VALIDATOR)
         for keys in _INDEXES:
             self._collection.create_index(keys)
