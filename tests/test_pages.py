@@ -672,6 +672,9 @@ def test_worklist_opens_a_saved_series_in_its_viewer_and_takes_a_review(app_envi
     assert not app.exception
     assert app.dataframe[0].value["kind"].tolist() == ["series"]
     assert len(app.get("plotly_chart")) == 2 and any(s.label == "Section" for s in app.slider)
+    next(t for t in app.toggle if t.label == "Heat map").set_value(True).run()
+    kept = [m for m in app.session_state["viewer-heat"].values() if m is not None]
+    assert not app.exception and kept and all(m.dtype == np.uint8 for m in kept)  # 8 bits a pixel, not float32
     next(b for b in app.button if b.label.startswith("Agree")).click().run()
     assert not app.exception and store.get(status.record_id).review_count == 1
     assert [e.action for e in store.audit_events()] == ["upload", "open", "review"]

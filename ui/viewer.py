@@ -8,6 +8,7 @@ One fragment per series for the detailed view: moving through it re-runs the vie
 
 from __future__ import annotations
 
+import numpy as np
 import streamlit as st
 
 from core.imaging.geometry import orientation_letters
@@ -40,13 +41,21 @@ def verdict_line(view: SeriesView) -> str:
 
 
 def _heat(view: SeriesView, index: int, classifier, explainer):
+    """A section's heat map, kept for the session as 8 bits a pixel (a quarter of float32: 64 maps of 512 x 512
+    held 64 MiB a session, now 16), bounded."""
     cache = st.session_state.setdefault("viewer-heat", {})
     key = (view.key, index)
     if key not in cache:
         if len(cache) > 64:  # a bounded cache: a session never holds more than a few series' worth of maps
             cache.clear()
-        cache[key] = section_heat(view, index, classifier, explainer)
-    return cache[key]
+        cache[key] = small_heat(section_heat(view, index, classifier, explainer))
+    kept = cache[key]
+    return None if kept is None else kept.astype(np.float32) / 255.0
+
+
+def small_heat(heat: np.ndarray | None) -> np.ndarray | None:
+    """A 0..1 heat map as uint8 (what the screen can show anyway)."""
+    return None if heat is None else np.round(np.clip(heat, 0.0, 1.0) * 255).astype(np.uint8)
 
 
 def start_section(view: SeriesView) -> int:
