@@ -580,3 +580,20 @@ def test_validation_files_with_a_trained_neighbour_are_found_on_disk(tmp_path: P
         (folder / name).write_bytes(png_bytes(pixels))
     scored = [folder / "Tr-gl_0010.png", folder / "Tr-gl_0011.png", folder / "Tr-gl_0040.png"]
     assert with_trained_neighbour(scored) == {folder / "Tr-gl_0010.png", folder / "Tr-gl_0011.png"}
+
+
+def test_an_interval_over_patients_is_wide_when_a_few_patients_give_every_section() -> None:
+    """Two patients of 50 sections each, one all found and one all missed: the Wilson interval over 100 sections
+    said 0.40-0.60, as if 100 patients had been seen."""
+    from core.evaluation.metrics import patient_interval, wilson_interval
+
+    hits = [True] * 50 + [False] * 50
+    patients = ["a"] * 50 + ["b"] * 50
+    low, high = patient_interval(hits, patients)
+    assert low <= 0.05 and high >= 0.95 and wilson_interval(50, 100) == [0.4038, 0.5962]
+    spread = patient_interval([k % 2 == 0 for k in range(100)], [f"p{k}" for k in range(100)])
+    assert 0.38 <= spread[0] <= 0.42 and 0.58 <= spread[1] <= 0.62  # independent sections: about Wilson's
+    assert patient_interval([], []) is None
+    items = [Item(Path(f"{k}"), "glioma", "LGG", f"p{k % 3}", "AA", "flair", tumour_pixels=400) for k in range(6)]
+    targets = lgg_targets(np.tile([[0.9, 0, 0.1, 0]], (6, 1)), items, DecisionRule())
+    assert targets["AA"]["sensitivity"]["patients"] == 3 and targets["AA"]["sensitivity"]["patients_95"] == [1.0, 1.0]

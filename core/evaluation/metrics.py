@@ -106,6 +106,21 @@ def wilson_interval(successes: int, n: int) -> list[float] | None:
     return None if interval is None else [round(interval[0], 4), round(interval[1], 4)]
 
 
+def patient_interval(hits: Sequence[bool], patients: Sequence[str], draws: int = 2000) -> list[float] | None:
+    """95 % interval of a proportion whose trials come in clusters (the sections of one patient), by resampling the
+    patients with replacement (percentile bootstrap, fixed seed). Sections of one patient are not independent
+    trials: a Wilson interval over sections is far too narrow when a handful of patients give them all."""
+    if not len(hits):
+        return None
+    names, group = np.unique(np.asarray(patients, dtype=object).astype(str), return_inverse=True)
+    successes = np.bincount(group, weights=np.asarray(hits, dtype=np.float64), minlength=len(names))
+    trials = np.bincount(group, minlength=len(names)).astype(np.float64)
+    chosen = np.random.default_rng(0).integers(0, len(names), size=(draws, len(names)))
+    shares = successes[chosen].sum(axis=1) / trials[chosen].sum(axis=1)
+    low, high = np.percentile(shares, (2.5, 97.5))
+    return [round(float(low), 4), round(float(high), 4)]
+
+
 def percentiles_ms(values: Sequence[float]) -> dict[str, float | None]:
     if not values:
         return {"p50": None, "p95": None}

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from core.analytics.stats import wilson_interval
-from core.evaluation.metrics import classification_report
+from core.evaluation.metrics import classification_report, patient_interval
 from core.model.decision import DecisionRule, decide
 from core.model.preprocess import InputSpec, square_to_input, to_model_input
 from core.model.roi import find_brain
@@ -140,8 +140,8 @@ def lgg_targets(probabilities: np.ndarray, items: Sequence[Item], rule: Decision
         subtype = [k for k in tumour if called[k]]
         right_type = sum(rule.labels_of(probabilities[k : k + 1])[0] == "glioma" for k in subtype)
         out[institution] = {
-            "sensitivity": _proportion(found, len(tumour)),
-            "specificity": _proportion(cleared, len(normal)),
+            "sensitivity": _proportion(found, len(tumour)) | _by_patient(called[tumour], items, tumour),
+            "specificity": _proportion(cleared, len(normal)) | _by_patient(~called[normal], items, normal),
             "sensitivity_by_sequence": by_sequence,
             "glioma_named_among_found": _proportion(right_type, len(subtype)),
         }
@@ -151,6 +151,12 @@ def lgg_targets(probabilities: np.ndarray, items: Sequence[Item], rule: Decision
 def _share_called(rows: Sequence[int], probabilities: np.ndarray, rule: DecisionRule) -> dict[str, Any]:
     labels = rule.labels_of(probabilities[list(rows)]) if rows else []
     return _proportion(sum(label != NEGATIVE for label in labels), len(rows))
+
+
+def _by_patient(hits: np.ndarray, items: Sequence[Item], rows: Sequence[int]) -> dict[str, Any]:
+    """The interval that counts patients, not sections, and how many patients the sections come from."""
+    patients = [items[k].unit for k in rows]
+    return {"patients": len(set(patients)), "patients_95": patient_interval(list(hits), patients)}
 
 
 def _proportion(successes: int, n: int) -> dict[str, Any]:
