@@ -17,20 +17,14 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from core.config import model_card_path
-from core.errors import ScanError
 from core.evaluation.metrics import machine
 from core.evaluation.splits import split_file_of
-from core.imaging import read_scan_file
-from core.model.classifier import Classifier
-from core.model.preprocess import to_model_input
-from core.model.roi import find_brain
-from core.training.finish import split_items
+from core.model.classifier import Classifier, calibrated_logits
+from core.training.finish import raw_logits, split_items
 from core.training.probes import lgg_targets
 from core.training.sources import discover
 
@@ -46,17 +40,8 @@ def main() -> None:
     split = json.loads(split_file_of(args.model).read_text())
     known = {item.path.resolve(): item for item in discover([args.data / "LGG"])}
     items = split_items(args.data, [e for e in split["validation"] if e[0].startswith("LGG/")], known)
-    inputs, kept = [], []
-    for item in items:
-        try:
-            pixels = read_scan_file(item.path).pixels
-            inputs.append(to_model_input(pixels, find_brain(pixels).box, classifier.card.input))
-            kept.append(item)
-        except ScanError:  # as the card's probe: what the app cannot read is not scored
-            continue
-    probabilities = np.concatenate(
-        [classifier.scores(np.stack(inputs[i : i + 64]))[1] for i in range(0, len(inputs), 64)]
-    )
+    logits, kept = raw_logits(classifier, items)  # as the card's probe: what the app cannot read is not scored
+    probabilities = calibrated_logits(logits, classifier.card)
     report = {}
     for place, figures in lgg_targets(probabilities, kept, classifier.card.rule).items():
         report[place] = {
