@@ -23,12 +23,12 @@ from PIL import Image, ImageOps
 from core.errors import CorruptImage, ImageTooLarge, MultiFrameImage, ScanError, UnsupportedFormat
 from core.imaging.limits import Limits, check_decoded_size, check_dimensions, stretch_to_uint8
 
-# Bytes per pixel of the largest working copy a mode needs (Pillow keeps multi-band images at 4 bytes a pixel;
-# palette images are expanded to RGB(A) before use).
 # Pillow's debug lines quote every EXIF tag's value as it decodes (an ImageDescription or Artist holding a name):
 # never below INFO, whatever level a deployment turns its log to
 logging.getLogger("PIL").setLevel(max(logging.getLogger("PIL").getEffectiveLevel(), logging.INFO))
 
+# Bytes per pixel of the largest working copy a mode needs (Pillow keeps multi-band images at 4 bytes a pixel;
+# palette images are expanded to RGB(A) before use).
 _BYTES_PER_PIXEL = {"1": 1, "L": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
 _HIGH_DEPTH = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
