@@ -91,16 +91,7 @@ class MongoPeople:
         """As SQLite's: one insert, False when an account of that name exists (the unique ``_id``)."""
         from pymongo.errors import DuplicateKeyError
 
-        account.validate()
-        document = {
-            "_id": account.name,
-            "role": account.role,
-            "password_hash": account.password_hash,
-            "disabled": account.disabled,
-            "failed_count": account.failed_count,
-            "locked_until": account.locked_until,
-            "created_at": account.created_at,
-        }
+        document = {"_id": account.name, **_account_fields(account), "created_at": account.created_at}
         with self._errors():
             try:
                 self._people("accounts").insert_one(document)
@@ -116,18 +107,10 @@ class MongoPeople:
         return found.matched_count == 1
 
     def put_account(self, account: Account) -> None:
-        account.validate()
-        document = {
-            "role": account.role,
-            "password_hash": account.password_hash,
-            "disabled": account.disabled,
-            "failed_count": account.failed_count,
-            "locked_until": account.locked_until,
-        }
         with self._errors():
             self._people("accounts").update_one(
                 {"_id": account.name},
-                {"$set": document, "$setOnInsert": {"created_at": account.created_at}},
+                {"$set": _account_fields(account), "$setOnInsert": {"created_at": account.created_at}},
                 upsert=True,
             )
 
@@ -307,3 +290,15 @@ class MongoPeople:
                 {"$set": {"seq": point.seq, "hash": point.hash, "mac": point.mac}},
                 upsert=True,
             )
+
+
+def _account_fields(account: Account) -> dict[str, Any]:
+    """An account's fields as its document holds them (name and creation time apart), once it is validated."""
+    account.validate()
+    return {
+        "role": account.role,
+        "password_hash": account.password_hash,
+        "disabled": account.disabled,
+        "failed_count": account.failed_count,
+        "locked_until": account.locked_until,
+    }
