@@ -69,25 +69,13 @@ def stdin_secret() -> str:
 
 def positive_int(text: str) -> int:
     """An argparse type: a whole number from 1 to 36,500 (a bad one is a usage error, not a traceback later)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 1 <= value <= 36_500:
-        raise argparse.ArgumentTypeError(f"{value} is outside 1 to 36500")
-    return value
+    return whole(1, 36_500)(text)
 
 
 def seconds(text: str) -> float:
     """An argparse type: a number of seconds from 1 to 86,400 (a negative one failed after a whole pass had run, 0
     polled in a tight loop, ``inf`` overflowed)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not (math.isfinite(value) and 1 <= value <= 86_400):
-        raise argparse.ArgumentTypeError(f"{text} is outside 1 to 86400 seconds")
-    return value
+    return _between(text, 1.0, 86_400.0)
 
 
 def dicom_uid(text: str) -> str:
