@@ -55,22 +55,14 @@ def load(items: Sequence[Item], log: Any = None) -> tuple[Dataset, dict[str, int
 
 
 def twin_groups(thumbs: np.ndarray, threshold: float) -> np.ndarray:
-    """Union-find over pairs with correlation >= ``threshold``; returns a group id per image."""
-    parent = np.arange(len(thumbs))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for start in range(0, len(thumbs), 1024):
-        block = thumbs[start : start + 1024] @ thumbs.T
-        for a, b in zip(*np.nonzero(block >= threshold), strict=True):
-            i, j = root(start + int(a)), root(int(b))
-            if i != j:
-                parent[max(i, j)] = min(i, j)
-    return np.array([root(i) for i in range(len(thumbs))])
+    """A group id per image: images joined by pairs with correlation >= ``threshold`` (:func:`joined`), the
+    correlations computed a block of rows at a time."""
+    pairs = [
+        (start + int(a), int(b))
+        for start in range(0, len(thumbs), 1024)
+        for a, b in zip(*np.nonzero(thumbs[start : start + 1024] @ thumbs.T >= threshold), strict=True)
+    ]
+    return joined(np.arange(len(thumbs)), pairs)
 
 
 def assign_units(data: Dataset, threshold: float) -> None:
