@@ -23,6 +23,8 @@ from ui.wording import pretty, probability_shown, verdict_shown
 
 actor = setup_page("Worklist", WORKLIST)
 st.title("Worklist")
+SHOWN = "wl_shown"  # (result id, number of reviews) as the panel last showed them: what a review is saved against
+shown_before = st.session_state.get(SHOWN)
 try:
     store = resources.current_store()
     classifier, explainer = resources.current_classifier(), resources.current_explainer()
@@ -111,14 +113,17 @@ except (StoreError, InvalidRecord) as error:
     st.stop()
 st.divider()
 result_panel(opened, classifier.card.labels, classifier, explainer)
+st.session_state[SHOWN] = (chosen.id, opened.record.review_count)
 
 
-def save_review(final_label: str, reasons: list[str], note: str) -> None:
+def save_review(final_label: str, reasons: list[str], note: str, seen: int | None) -> None:
+    """Save the review against the ``seen`` reviews the panel showed: one saved by another reader since is never
+    replaced unseen (the page says so and shows it)."""
     reviewer = callback_actor(REVIEW)  # run before the page's own sign-in check: the session as it stands now
     if reviewer is None:
         return
     try:
-        reviews.review_result(store, reviewer, chosen.id, final_label, reasons, note)
+        reviews.review_result(store, reviewer, chosen.id, final_label, reasons, note, seen_reviews=seen)
     except (InvalidRecord, StoreError) as error:
         st.session_state["review_error"] = str(error)
         return
@@ -141,7 +146,7 @@ else:
         type="primary",
         shortcut="shift+a",
         on_click=save_review,
-        args=(chosen.label, [], ""),
+        args=(chosen.label, [], "", opened.record.review_count),
         help="Keyboard: Shift+A (two keys, so that a stray keypress never signs a review)",
     )
 with override.form(f"override-{chosen.id}", clear_on_submit=True, border=True):
@@ -149,6 +154,7 @@ with override.form(f"override-{chosen.id}", clear_on_submit=True, border=True):
     final = st.selectbox("Override: final label", labels, format_func=pretty)
     reasons = st.multiselect("Reasons", REASON_CODES, format_func=lambda code: code.replace("_", " "))
     note = st.text_input("Note (optional; no patient names)", max_chars=500)
-    if st.form_submit_button("Save override"):
-        save_review(final, reasons, note)
+    if st.form_submit_button("Save override"):  # this run read the reviews again: save against those shown before
+        shown = shown_before if shown_before and shown_before[0] == chosen.id else (chosen.id, None)
+        save_review(final, reasons, note, shown[1])
         st.rerun()

@@ -863,6 +863,39 @@ def test_a_refused_result_saved_from_the_command_line_opens_on_the_worklist_and_
     assert not app.exception and stored(app_environment).recent(1)[0].review_count == 1
 
 
+def test_a_review_pressed_on_a_stale_panel_never_replaces_a_colleagues_and_says_why(
+    app_environment: Path, tiny_card: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The panel showed "Not reviewed yet"; a colleague overrode the result meanwhile; Agree (or an override) then
+    became the final label, the colleague's correction lost without a word to either."""
+    from core.cli import main
+    from core.services import reviews
+    from core.services.access import Actor
+
+    path = app_environment.parent / "scan.png"
+    path.write_bytes(png_bytes(synthetic_slice(256, tumour=True)))
+    main(["predict", "--model", str(tiny_card), "--save", str(path)])
+    capsys.readouterr()
+    store = stored(app_environment)
+    record = store.recent(1)[0]
+    other = "notumor" if record.label != "notumor" else "glioma"
+    for press in ("agree", "override"):
+        app = page("worklist.py")
+        app.session_state["wl_show"] = "all"
+        app.run()
+        seen = store.get(record.id).review_count
+        reviews.review_result(store, Actor("dr-b", "radiologist"), record.id, other, ["false_alarm"], "")
+        if press == "agree":
+            next(b for b in app.button if b.label.startswith("Agree")).click().run()
+        else:
+            app.selectbox[-1].set_value("tumour")  # tumour, type unknown: another label than the model's
+            app.multiselect[-1].set_value(["wrong_type"])
+            next(b for b in app.button if b.label == "Save override").click().run()
+        assert not app.exception
+        assert store.get(record.id).final_label == other and store.get(record.id).review_count == seen + 1
+        assert any("reviewed this result meanwhile" in e.value for e in app.error)
+
+
 def test_a_review_pressed_after_the_session_expired_or_the_account_was_disabled_is_not_saved(
     app_environment: Path, tiny_card: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -7,6 +7,7 @@ import json
 import logging
 import sqlite3
 import sys
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -354,6 +355,11 @@ def test_an_open_session_follows_its_accounts_role_and_ends_when_it_is_disabled(
     assert accounts.refreshed_actor(store, session) is None
     sso = Actor("someone@example.org", "supervisor")  # a role from the identity provider, no local account
     assert accounts.refreshed_actor(store, sso) == sso
+    accounts.add_account(store, COMMAND_LINE, "eve", "admin", PASSWORD)
+    eve = accounts.sign_in(store, "eve", PASSWORD)
+    with sqlite3.connect(store.path) as connection:  # no service deletes an account: as a backup from before it
+        connection.execute("DELETE FROM accounts WHERE name = 'eve'")
+    assert accounts.refreshed_actor(store, eve) is None  # a password sign-in whose account is gone (a restore)
 
 
 @pytest.mark.heavy
@@ -700,6 +706,40 @@ def test_a_scan_uploaded_again_with_a_reference_gets_it_when_it_had_none_and_kee
     assert store.get(first.record.id).patient_ref == "a" * 64
 
 
+def test_a_stale_session_never_moves_a_result_another_session_linked_to_its_patient(store, tiny_classifier) -> None:
+    """Alice saved it with no reference; Bob's upload linked it to his patient; Alice then typed hers: her session
+    still saw no reference, and the result moved from Bob's patient's History to hers."""
+    scan = png_bytes(synthetic_slice(256, tumour=True, seed=8))
+    alice = triage(scan, tiny_classifier, None, store, actor=RADIOLOGIST, patient_ref=None)
+    bob = triage(scan, tiny_classifier, None, store, actor=Actor("dr-b", "radiologist"), patient_ref="b" * 64)
+    assert bob.status.state == "already saved" and store.get(alice.record.id).patient_ref == "b" * 64
+    typed = apply_patient_reference(alice, store, "a" * 64, RADIOLOGIST)
+    assert store.get(alice.record.id).patient_ref == "b" * 64  # kept Bob's patient's
+    assert typed.status.others and "another patient reference" in typed.status.message
+    assert typed.record.patient_ref == "b" * 64
+    assert [e.action for e in store.audit_events()].count("patient_reference_set") == 1  # Bob's link only
+
+
+def test_a_stale_panel_never_replaces_a_colleagues_review_and_a_refused_image_is_overridden_only(store) -> None:
+    record = make_record(31, datetime.now(UTC), "glioma")
+    store.add(record)
+    reviews.review_result(
+        store, Actor("dr-b", "radiologist"), record.id, "meningioma", ["wrong_type"], "", seen_reviews=0
+    )
+    with pytest.raises(InvalidRecord, match="meanwhile"):  # Alice's panel still showed no review
+        reviews.review_result(store, RADIOLOGIST, record.id, "glioma", seen_reviews=0)
+    assert store.get(record.id).final_label == "meningioma" and len(store.reviews_of(record.id)) == 1
+    assert [e.action for e in store.audit_events()].count("review") == 1  # nothing audited for the refused one
+    reviews.review_result(store, RADIOLOGIST, record.id, "glioma", seen_reviews=1)  # looked again: hers is saved
+    assert store.get(record.id).final_label == "glioma"
+    refused = replace(make_record(32, datetime.now(UTC), "notumor"), gate="rejected")
+    store.add(refused)
+    with pytest.raises(InvalidRecord):  # its hidden class is nothing to agree with: the reader says why
+        reviews.review_result(store, RADIOLOGIST, refused.id, "notumor")
+    saved = reviews.review_result(store, RADIOLOGIST, refused.id, "notumor", ["image_unsuitable"])
+    assert (saved.review_verdict, saved.final_label) == ("override", "notumor")
+
+
 def test_a_reference_link_that_failed_on_a_re_upload_is_applied_by_the_retry(
     store, tiny_classifier, monkeypatch
 ) -> None:
@@ -709,7 +749,7 @@ def test_a_reference_link_that_failed_on_a_re_upload_is_applied_by_the_retry(
     first = triage(scan, tiny_classifier, None, store, actor=RADIOLOGIST, patient_ref=None)
     real = store.set_patient_ref
 
-    def down(*args):
+    def down(*args, **kwargs):
         raise StoreUnavailable("locked")
 
     monkeypatch.setattr(store, "set_patient_ref", down)

@@ -152,12 +152,15 @@ def test_patient_reference_is_an_attribute_not_part_of_the_identity(store) -> No
     record = FIXTURE[0]
     assert store.add(record) is True
     assert store.add(replace(record, patient_ref="a" * 64)) is False  # the same upload: still one result
-    assert store.set_patient_ref(record.id, "b" * 64) is True  # typed or corrected later: updated in place
-    assert store.set_patient_ref(record.id, "b" * 64) is False
+    assert store.set_patient_ref(record.id, "b" * 64, was=None) is True  # typed or corrected later: in place
+    assert store.set_patient_ref(record.id, "b" * 64, was="b" * 64) is False
     assert store.get(record.id).patient_ref == "b" * 64 and store.summary().total == 1
-    assert store.set_patient_ref(record.id, None) is True and store.get(record.id).patient_ref is None
+    # a compare-and-set: a session that saw no reference never moves one another session linked meanwhile
+    assert store.set_patient_ref(record.id, "c" * 64, was=None) is False
+    assert store.get(record.id).patient_ref == "b" * 64
+    assert store.set_patient_ref(record.id, None, was="b" * 64) is True and store.get(record.id).patient_ref is None
     with pytest.raises(InvalidRecord):
-        store.set_patient_ref("0" * 64, "b" * 64)
+        store.set_patient_ref("0" * 64, "b" * 64, was=None)
 
 
 def test_frames_of_one_file_are_separate_results(store) -> None:
@@ -278,6 +281,24 @@ def test_reviews_are_an_append_only_history_whose_latest_is_the_final_label(fill
     with pytest.raises(InvalidRecord):
         filled.add_review(replace(first, result_id="0" * 64))
     assert len(filled.reviews_of(record.id)) == 2
+    # saved against the one review its reader saw: another was saved since, so nothing is written
+    with pytest.raises(InvalidRecord, match="meanwhile"):
+        filled.add_review(replace(first, reviewer="dr-c", created_at=utc(2026, 5, 3)), seen_reviews=1)
+    assert len(filled.reviews_of(record.id)) == 2 and filled.get(record.id).final_label == "meningioma"
+    third = filled.add_review(replace(first, reviewer="dr-c", created_at=utc(2026, 5, 3)), seen_reviews=2)
+    assert (third.final_label, third.review_count) == ("pituitary", 3)
+
+
+def test_a_refused_image_is_never_agreed_with(store) -> None:
+    record = replace(make_record(90, utc(2026, 5, 1), "notumor"), gate="rejected")
+    store.add(record)
+    with pytest.raises(InvalidRecord, match="no verdict to agree with"):
+        store.add_review(Review(record.id, "dr", utc(2026, 5, 2), "agree", "notumor", "notumor"))
+    assert store.reviews_of(record.id) == [] and store.get(record.id).review_count == 0
+    saved = store.add_review(
+        Review(record.id, "dr", utc(2026, 5, 2), "override", "notumor", "notumor", ("image_unsuitable",))
+    )
+    assert (saved.review_verdict, saved.final_label) == ("override", "notumor")
 
 
 def test_accounts_are_kept_and_updated(store) -> None:
@@ -1342,7 +1363,7 @@ def test_both_stores_cut_a_moment_to_its_millisecond_and_answer_edge_queries_ali
         store.add_series(twice, [Section(0, 0.0, 0.1, "notumor"), Section(0, 5.0, 0.2, "notumor")])
     for bad in ("G" * 64, "abc"):
         with pytest.raises(InvalidRecord):
-            store.set_patient_ref(late.id, bad)
+            store.set_patient_ref(late.id, bad, was=None)
     assert store.daily_quality(Filters(start=utc(2030, 1, 1)), "UTC") == []
     assert store.recent(0) == [] and store.worklist(WorklistQuery(), 0) == []
 

@@ -106,18 +106,23 @@ def review_result(
     reasons: Sequence[str] = (),
     note: str = "",
     now: datetime | None = None,
+    seen_reviews: int | None = None,
 ) -> Record:
-    """Agree (``final_label`` is the model's) or override; returns the result with its new final label."""
+    """Agree (``final_label`` is the model's) or override; returns the result with its new final label. A refused
+    image has no verdict to agree with: its review is an override. ``seen_reviews``: the number of reviews the
+    reader saw on screen; when another reader has saved one since, nothing is saved and :class:`InvalidRecord`
+    says so (a stale panel's Agree replaced a colleague's correction silently)."""
     require(actor, REVIEW)
     record = store.get(result_id)
     if record is None:
         raise InvalidRecord("No such result.")
-    action = "agree" if final_label == record.label and not reasons else "override"
+    agrees = final_label == record.label and not reasons and record.gate != REJECTED
+    action = "agree" if agrees else "override"
     review = Review(
         result_id, actor.name, now or datetime.now(UTC), action, record.label, final_label, tuple(reasons), note.strip()
     )
     with store.atomic():  # the review and its audit event: both or neither
-        updated = store.add_review(review)
+        updated = store.add_review(review, seen_reviews)
         audit.record(
             store,
             actor,

@@ -53,6 +53,9 @@ class ScanOutcome:
         return self.error_code == MultiFrameImage.code and self.frames > 1 and self.frame is None
 
 
+OTHER_REFERENCE = "it is saved under another patient reference, which was kept (correct it there if it is wrong)"
+
+
 @dataclass(frozen=True)
 class SaveStatus:
     state: str
@@ -185,12 +188,16 @@ def apply_patient_reference(triaged: Triaged, store: Store | None, patient_ref: 
         return replace(triaged, record=record)
     try:
         with store.atomic():  # the change and its audit event: both or neither
-            if store.set_patient_ref(record.id, patient_ref):
+            if store.set_patient_ref(record.id, patient_ref, was=triaged.record.patient_ref):
                 audit.record(store, actor, "patient_reference_set", record.id, cleared=patient_ref is None)
+            stored = store.get(record.id)
     except StoreError as error:
         logger.warning("event=reference_update_failed code=%s", error.code)
         status = SaveStatus(NOT_UPDATED, f"the patient reference was not updated: {error}", record.id)
         return replace(triaged, status=status)
+    if stored is not None and stored.patient_ref != patient_ref:  # another session linked it meanwhile: kept
+        status = SaveStatus(triaged.status.state, OTHER_REFERENCE, record.id, others=True)
+        return replace(triaged, record=replace(record, patient_ref=stored.patient_ref), status=status)
     return replace(triaged, record=record, status=SaveStatus(triaged.status.state, record_id=record.id))
 
 
@@ -281,14 +288,16 @@ def reference_for_saved(
             return SaveStatus(status.state, note, record_id, others=True), saved.patient_ref
         if saved.patient_ref is None:
             with store.atomic():  # the change and its audit event: both or neither
-                if store.set_patient_ref(record_id, patient_ref):
+                if store.set_patient_ref(record_id, patient_ref, was=None):
                     audit.record(store, actor, "patient_reference_set", record_id, cleared=False)
-            return status, patient_ref
+                    return status, patient_ref
+                saved = store.get(record_id)  # linked by another session meanwhile
+            if saved is None or saved.patient_ref == patient_ref:
+                return status, patient_ref
     except StoreError as error:  # the stored reference is unknown: keep none, so a retry applies the typed one
         logger.warning("event=reference_update_failed code=%s", error.code)
         return SaveStatus(NOT_UPDATED, f"the patient reference was not updated: {error}", record_id), None
-    note = "it is saved under another patient reference, which was kept (correct it there if it is wrong)"
-    return SaveStatus(ALREADY_SAVED, note, record_id, others=True), saved.patient_ref
+    return SaveStatus(ALREADY_SAVED, OTHER_REFERENCE, record_id, others=True), saved.patient_ref
 
 
 def retry_save(

@@ -259,14 +259,13 @@ class MongoStore(MongoPeople, MongoQuality):
             for s in (document or {}).get("sections", [])
         ]
 
-    def set_patient_ref(self, record_id: str, patient_ref: str | None) -> bool:
-        """Set or correct the pseudonymous reference of a saved result; False when it already had this one."""
+    def set_patient_ref(self, record_id: str, patient_ref: str | None, was: str | None) -> bool:
+        """As SQLite's: a compare-and-set from ``was``; False when unchanged (this one already, or not ``was``)."""
         if patient_ref is not None and not is_patient_ref(patient_ref):
             raise InvalidRecord("A patient reference is a keyed hash (64 hexadecimal characters).")
         with self._errors():
-            result = self._collection.update_one(
-                {"_id": record_id, "patient_ref": {"$ne": patient_ref}}, {"$set": {"patient_ref": patient_ref}}
-            )
+            still = {"_id": record_id, "patient_ref": {"$eq": was, "$ne": patient_ref}}
+            result = self._collection.update_one(still, {"$set": {"patient_ref": patient_ref}})
         if result.matched_count == 0 and self.get(record_id) is None:
             raise InvalidRecord("No such record.")
         return result.modified_count == 1

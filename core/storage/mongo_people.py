@@ -18,7 +18,7 @@ from core.domain.people import NO_HEAD, Account, AuditEvent, AuditHead, AuditQue
 from core.domain.results import Record
 from core.domain.times import as_utc
 from core.errors import InvalidRecord, StoreUnavailable
-from core.storage.protocol import check_account_fields, check_review
+from core.storage.protocol import REVIEWED_MEANWHILE, check_account_fields, check_review
 
 # The audit page's filters, newest first (time, then sequence number): created by the schema set-up
 # (:func:`core.storage.migrations.migrate_mongo`) on every start.
@@ -116,11 +116,13 @@ class MongoPeople:
 
     # --- reviews ------------------------------------------------------------------------------------------
 
-    def add_review(self, review: Review) -> Record:
+    def add_review(self, review: Review, seen_reviews: int | None = None) -> Record:
+        """Append ``review`` and make it the result's latest: the review document first, then the result's summary
+        on the condition that its review count is still the one read (the review document is taken back when not)."""
         current = self.get(review.result_id)
         if current is None:
             raise InvalidRecord("No such result to review.")
-        check_review(current, review)
+        check_review(current, review, seen_reviews)
         document = {
             "result_id": review.result_id,
             "reviewer": review.reviewer,
@@ -131,10 +133,12 @@ class MongoPeople:
             "reasons": list(review.reasons),
             "note": review.note,
         }
+        seen = current.review_count if seen_reviews is None else seen_reviews
+        count = seen if seen else {"$in": [0, None]}  # results written before reviews existed carry no count
         with self._errors():
-            self._people("reviews").insert_one(document)
-            self._collection.update_one(
-                {"_id": review.result_id},
+            inserted = self._people("reviews").insert_one(document).inserted_id
+            changed = self._collection.update_one(
+                {"_id": review.result_id, "review_count": count},
                 {
                     "$set": {
                         "reviewer": review.reviewer,
@@ -146,6 +150,9 @@ class MongoPeople:
                     "$min": {"first_reviewed_at": review.created_at},
                 },
             )
+            if changed.matched_count != 1:  # reviewed (or deleted) since it was read
+                self._people("reviews").delete_one({"_id": inserted})
+                raise InvalidRecord(REVIEWED_MEANWHILE)
         updated = self.get(review.result_id)
         assert updated is not None
         return updated

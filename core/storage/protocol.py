@@ -54,15 +54,17 @@ class Results(Protocol):
     def add_series(self, record: Record, sections: Sequence[Section]) -> bool: ...
     def sections_of(self, record_id: str) -> list[Section]: ...
     def get(self, record_id: str) -> Record | None: ...
-    def set_patient_ref(self, record_id: str, patient_ref: str | None) -> bool: ...
+    def set_patient_ref(self, record_id: str, patient_ref: str | None, was: str | None) -> bool: ...
     def recent(self, limit: int, filters: Filters = ...) -> list[Record]: ...
     def worklist(self, query: WorklistQuery, limit: int = ...) -> list[Record]: ...
 
 
 class Reviews(Protocol):
-    """The append-only review history of a result; the latest review is summarised on the result."""
+    """The append-only review history of a result; the latest review is summarised on the result. ``add_review``
+    with ``seen_reviews`` is a compare-and-set: :class:`InvalidRecord` and nothing written when the result has
+    another number of reviews by then."""
 
-    def add_review(self, review: Review) -> Record: ...
+    def add_review(self, review: Review, seen_reviews: int | None = None) -> Record: ...
     def reviews_of(self, record_id: str) -> list[Review]: ...
 
 
@@ -147,11 +149,19 @@ def day_rows(rows: Sequence[tuple[int, int, int]]) -> list[DayCount]:
     return [DayCount(day=date(1970, 1, 1) + timedelta(days=int(d)), total=int(n), tumour=int(t)) for d, n, t in rows]
 
 
-def check_review(record: Record, review: Review) -> None:
-    """A review must be of this result's verdict and name one of the model's labels (or tumour, type unknown)."""
+REVIEWED_MEANWHILE = "Another reader reviewed this result meanwhile; look at it again (nothing was saved)."
+
+
+def check_review(record: Record, review: Review, seen_reviews: int | None = None) -> None:
+    """A review must be of this result's verdict and name one of the model's labels (or tumour, type unknown); a
+    refused image's is an override; ``seen_reviews`` (when given) must still be the result's number of reviews."""
     review.validate()
     if review.model_label != record.label:
         raise InvalidRecord("The review is not of this result's verdict.")
+    if record.gate == "rejected" and review.action == "agree":
+        raise InvalidRecord("The input gate refused this image: there is no verdict to agree with; override it.")
+    if seen_reviews is not None and record.review_count != seen_reviews:
+        raise InvalidRecord(REVIEWED_MEANWHILE)
     if review.final_label not in record.probabilities and review.final_label != UNKNOWN_TYPE:
         raise InvalidRecord("The final label must be one of the model's labels.")
 

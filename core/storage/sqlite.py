@@ -145,14 +145,15 @@ class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
         )
         return day_rows([tuple(row) for row in rows])
 
-    def set_patient_ref(self, record_id: str, patient_ref: str | None) -> bool:
-        """Set or correct the pseudonymous reference of a saved result; False when it already had this one."""
+    def set_patient_ref(self, record_id: str, patient_ref: str | None, was: str | None) -> bool:
+        """Set or correct the pseudonymous reference of a saved result from ``was`` (a compare-and-set); False when
+        it already had this one or had another than ``was`` (another session linked it meanwhile)."""
         if patient_ref is not None and not is_patient_ref(patient_ref):
             raise InvalidRecord("A patient reference is a keyed hash (64 hexadecimal characters).")
         with self._errors():
             cursor = self._connection().execute(
-                "UPDATE scans SET patient_ref = ? WHERE id = ? AND patient_ref IS NOT ?",
-                (patient_ref, record_id, patient_ref),
+                "UPDATE scans SET patient_ref = ? WHERE id = ? AND patient_ref IS ? AND patient_ref IS NOT ?",
+                (patient_ref, record_id, was, patient_ref),
             )
         if cursor.rowcount == 0 and self.get(record_id) is None:
             raise InvalidRecord("No such record.")

@@ -17,7 +17,7 @@ from core.domain.people import NO_HEAD, Account, AuditEvent, AuditHead, AuditQue
 from core.domain.results import Record
 from core.domain.times import from_ms, to_ms
 from core.errors import InvalidRecord
-from core.storage.protocol import check_account_fields, check_review
+from core.storage.protocol import REVIEWED_MEANWHILE, check_account_fields, check_review
 from core.storage.sqlite_base import SQLiteBase
 
 _COLUMN_OF = {"locked_until": "locked_until_ms"}  # the accounts table's names where they differ from the fields
@@ -129,12 +129,12 @@ class SQLitePeople(SQLiteBase):
 
     # --- reviews ------------------------------------------------------------------------------------------
 
-    def add_review(self, review: Review) -> Record:
+    def add_review(self, review: Review, seen_reviews: int | None = None) -> Record:
         """Append ``review`` and make it the result's latest, in one transaction; returns the updated result."""
         current = self.get(review.result_id)
         if current is None:
             raise InvalidRecord("No such result to review.")
-        check_review(current, review)
+        check_review(current, review, seen_reviews)
         with self._errors(), self._transaction() as connection:
             connection.execute(
                 "INSERT INTO reviews (result_id, reviewer, created_ms, action, model_label, final_label, reasons, "
@@ -150,9 +150,10 @@ class SQLitePeople(SQLiteBase):
                     review.note,
                 ),
             )
-            connection.execute(
+            changed = connection.execute(
                 "UPDATE scans SET reviewer = ?, review_verdict = ?, final_label = ?, reviewed_ms = ?, "
-                "first_reviewed_ms = COALESCE(first_reviewed_ms, ?), review_count = review_count + 1 WHERE id = ?",
+                "first_reviewed_ms = COALESCE(first_reviewed_ms, ?), review_count = review_count + 1 "
+                "WHERE id = ? AND review_count = ?",
                 (
                     review.reviewer,
                     review.action,
@@ -160,8 +161,11 @@ class SQLitePeople(SQLiteBase):
                     to_ms(review.created_at),
                     to_ms(review.created_at),
                     review.result_id,
+                    current.review_count if seen_reviews is None else seen_reviews,
                 ),
             )
+            if changed.rowcount != 1:  # reviewed (or deleted) since it was read: the insert above is rolled back
+                raise InvalidRecord(REVIEWED_MEANWHILE)
         updated = self.get(review.result_id)
         assert updated is not None
         return updated
