@@ -149,10 +149,11 @@ def refreshed_actor(store: Store, actor: Actor) -> Actor | None:
     since the session signed in with it (an administrator's answer to a stolen or shared password must end the
     sessions it opened), its current role after an admin changed it. One indexed read; a session calls it on every
     run and fragment run, so a change reaches open sessions at their next interaction. An identity with no local
-    account (single sign-on by a role claim) is kept as it signed in."""
+    account (single sign-on by a role claim) is kept as it signed in; a password sign-in whose account is gone
+    (forgotten, or a backup from before it was restored) is not."""
     account = store.get_account(actor.name)
     if account is None:
-        return actor
+        return None if actor.credential else actor
     if account.disabled or (actor.credential and actor.credential != credential_of(account)):
         return None
     return actor if account.role == actor.role else Actor(actor.name, account.role, actor.credential)
