@@ -192,6 +192,23 @@ def test_a_failed_search_shows_its_message(
     assert not app.dataframe and not app.metric
 
 
+def test_a_search_whose_audit_event_cannot_be_written_shows_nothing_found_and_says_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The search shows patients' names: with the audit trail locked at that moment the page raised a traceback."""
+    from core.errors import StoreUnavailable
+
+    app = study_page()
+
+    def locked(self, event):
+        raise StoreUnavailable("The results database is locked by another process; try again.")
+
+    monkeypatch.setattr(SQLiteStore, "append_audit", locked)
+    app = search(app, patient_id=PATIENT)
+    assert not app.exception and not app.dataframe
+    assert len(app.error) == 1 and "audit event could not be written" in app.error[0].value
+
+
 def test_a_study_without_mr_or_over_the_limits_is_explained(orthanc, monkeypatch: pytest.MonkeyPatch) -> None:
     import requests
 

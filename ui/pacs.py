@@ -116,6 +116,10 @@ def _search_form(actor: Actor) -> None:
         st.session_state.pop(HITS, None)
         st.error(str(error))
         return
+    except StoreError as error:  # found, but not shown: a search shows patients' names, never unaudited
+        st.session_state.pop(HITS, None)
+        st.error(f"The studies found are not shown: the search's audit event could not be written ({error}).")
+        return
     st.session_state[HITS] = hits
 
 
