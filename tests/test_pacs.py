@@ -110,6 +110,8 @@ def test_watch_mode_analyses_each_new_brain_mr_study_once_also_after_a_restart_a
 ) -> None:
     import time
 
+    import requests
+
     from core.domain.results import WorklistQuery
     from core.pacs.client import OrthancChanges
     from core.storage.images import FolderImages
@@ -140,6 +142,17 @@ def test_watch_mode_analyses_each_new_brain_mr_study_once_also_after_a_restart_a
     (again,) = pacs_service.watch_once(watcher, state, RADIOLOGIST)
     assert again["study_uid"] == new and again["again"] and sorted(again["saved"]) == ["already saved", "saved"]
     assert len(store.worklist(WorklistQuery(), 10)) == 3
+    # a study deleted after it became stable (by hand, or recycled by a full PACS): Orthanc drops its changes too
+    gone, later = "1.2.826.0.1.3680043.8.498.80", "1.2.826.0.1.3680043.8.498.81"
+    pacs.store(_datasets(dicom_series(head_volume(4, 96), study_uid=gone, series_uid=f"{gone}.1")))
+    time.sleep(2.5)
+    auth = (orthanc.user, orthanc.password)
+    (found,) = requests.post(f"{orthanc.rest}/tools/lookup", data=gone, auth=auth, timeout=10).json()
+    requests.delete(f"{orthanc.rest}/studies/{found['ID']}", auth=auth, timeout=10).raise_for_status()
+    pacs.store(_datasets(dicom_series(head_volume(4, 96), study_uid=later, series_uid=f"{later}.1")))
+    time.sleep(2.5)
+    assert [line["study_uid"] for line in pacs_service.watch_once(watcher, state, RADIOLOGIST)] == [later]
+    assert pacs_service.watch_once(watcher, state, RADIOLOGIST) == []
 
 
 def test_supervisors_and_admins_never_reach_pacs_images(orthanc, tiny_classifier) -> None:
@@ -192,6 +205,37 @@ def test_pacs_failures_each_get_their_own_message(orthanc, tiny_classifier) -> N
         small.retrieve_mr(STUDY)
     outcome = pacs_service.pull_and_analyse(small, RADIOLOGIST, STUDY, tiny_classifier, None, None).outcome
     assert outcome.error_code == "file_too_large" and outcome.series == ()  # nothing analysed from a part
+
+
+def test_a_study_deleted_between_the_feed_and_its_read_is_passed_over_not_a_watch_stopped_for_good() -> None:
+    """Orthanc listed the change, then the study was gone (HTTP 404): the error stopped every watch at that change,
+    so no later study was ever triaged."""
+    import requests
+
+    from core.errors import PacsRefused
+    from core.pacs.client import OrthancChanges
+
+    def answer(status: int, body: object) -> requests.Response:
+        response = requests.Response()
+        response.status_code, response._content = status, json.dumps(body).encode()
+        return response
+
+    class Feed:
+        gone = 404
+
+        def get(self, url: str, timeout: float) -> requests.Response:
+            if "/changes" in url:
+                changes = [{"ChangeType": "StableStudy", "ID": i, "Seq": n} for n, i in ((4, "gone"), (5, "ok"))]
+                return answer(200, {"Changes": changes, "Last": 5, "Done": True})
+            if url.endswith("/studies/gone"):
+                return answer(self.gone, {})
+            return answer(200, {"MainDicomTags": {"StudyInstanceUID": "1.2.3"}})
+
+    feed = Feed()
+    assert OrthancChanges("http://pacs", feed).stable_studies(3) == ([(5, "1.2.3")], 5, True)
+    feed.gone = 403  # refused is not gone: the watch says so and tries again
+    with pytest.raises(PacsRefused):
+        OrthancChanges("http://pacs", feed).stable_studies(3)
 
 
 def test_a_pacs_that_answers_malformed_json_is_reported_as_such() -> None:

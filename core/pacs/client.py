@@ -262,6 +262,8 @@ class OrthancChanges:
             status = getattr(error.response, "status_code", None)
             if status in (401, 403):
                 raise PacsRefused("The PACS refused the user name or password (or this request).") from error
+            if status == 404:
+                raise PacsNotFound("The PACS no longer has this study.") from error
             raise PacsError(f"The PACS failed the change feed (HTTP {status}).") from error
         except (requests.ConnectionError, requests.Timeout) as error:
             raise PacsUnreachable("The PACS does not answer; check its address, or try again later.") from error
@@ -270,14 +272,20 @@ class OrthancChanges:
 
     def stable_studies(self, since: int, limit: int = 100) -> tuple[list[tuple[int, str]], int, bool]:
         """((seq, Study Instance UID) of each study that became stable after change ``since``, the last change
-        seen, whether the feed is done)."""
+        seen, whether the feed is done). A study deleted since it became stable (by hand, or recycled by a full
+        PACS) is passed over: its 404 stopped the watch at that change for good."""
         page = self._get(f"/changes?since={int(since)}&limit={int(limit)}")
         try:
             found = []
             for change in page["Changes"]:
-                if change["ChangeType"] == "StableStudy":
+                if change["ChangeType"] != "StableStudy":
+                    continue
+                try:
                     tags = self._get(f"/studies/{change['ID']}")["MainDicomTags"]
-                    found.append((int(change["Seq"]), str(tags["StudyInstanceUID"])))
+                except PacsNotFound:
+                    logger.info("event=pacs_study_gone seq=%s", change["Seq"])
+                    continue
+                found.append((int(change["Seq"]), str(tags["StudyInstanceUID"])))
             return found, int(page["Last"]), bool(page["Done"])
         except (KeyError, TypeError, ValueError) as error:
             raise PacsMalformed("The PACS's change feed is not what Orthanc sends.") from error
