@@ -547,3 +547,22 @@ def test_patients_names_never_reach_the_log_or_warnings_when_a_report_is_made(ti
     captured = capsys.readouterr()
     said = caplog.text + " ".join(str(w.message) for w in recwarn.list) + captured.out + captured.err
     assert "ZZCANARY" not in said and str(pacs.stored[0][0].PatientName) == "ZZCANARYSMITH"  # kept in the report
+
+
+def test_a_report_whose_study_has_a_series_it_could_not_read_is_a_new_instance_naming_that_series(
+    tiny_classifier,
+) -> None:
+    """A series added to the study that cannot be read withholds the verdict; its report took the UID of the report
+    without it, so the PACS kept the old one's verdict (and the line did not say which series)."""
+    files = dicom_series(head_volume(6, 64), study_uid=STUDY, series_uid=f"{STUDY}.1")
+    outcome = analyse_study(files, tiny_classifier)
+    card = tiny_classifier.card
+    model = objects.ModelFacts(card.name, card.version, "0" * 64)
+    before = objects.verdict_report(objects.headers(files), outcome.series, outcome.verdict, model)
+    unread = ("Series 7: This DICOM image is in colour (RGB); the model reads grayscale MRI only.",)
+    after = objects.verdict_report(objects.headers(files), outcome.series, None, model, unread=unread)
+    assert after.SOPInstanceUID != before.SOPInstanceUID
+    again = objects.verdict_report(objects.headers(files), outcome.series, outcome.verdict, model)
+    assert again.SOPInstanceUID == before.SOPInstanceUID  # the same report: the same instance, stored once
+    texts = [str(item.get("TextValue", "")) for item in after.ContentSequence]
+    assert any(t.startswith("A series could not be read (Series 7: ") for t in texts)

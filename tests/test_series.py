@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 
 from core.errors import CorruptImage, FileTooLarge, UnsupportedFormat
@@ -545,3 +546,32 @@ def test_a_scaled_nifti_is_read_section_by_section_and_shown_as_its_scaled_value
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 4 * larger.nbytes  # about 3: the stored copy, its sections, the picture; whole as float64, 8 more
+
+
+def test_a_series_with_a_file_the_model_cannot_read_is_named_unread_and_the_others_are_read() -> None:
+    """An ordinary neuro study with a colour map (DTI FA, perfusion) or a spectroscopy object: one such file refused
+    the whole upload, so the T1 series beside it was never analysed (and the PACS watch never tried the study)."""
+    from core.errors import UnsupportedDicom
+    from core.imaging.series import read_upload
+
+    def numbered(files: list[bytes], number: int) -> list[bytes]:
+        out = []
+        for data in files:
+            ds = pydicom.dcmread(io.BytesIO(data))
+            ds.SeriesNumber = number
+            buffer = io.BytesIO()
+            ds.save_as(buffer)
+            out.append(buffer.getvalue())
+        return out
+
+    t1 = numbered(dicom_series(head_volume(6, 64), series_uid="1.2.826.0.1.3680043.8.498.1.1"), 3)
+    fa = dicom_series(head_volume(2, 64), series_uid="1.2.826.0.1.3680043.8.498.1.2", photometric="PALETTE COLOR")
+    upload = read_upload(t1 + numbered(fa, 7))
+    assert len(upload.volumes) == 1 and len(upload.volumes[0].sections) == 6
+    (unread,) = upload.unread
+    assert unread.startswith("Series 7: ") and "colour" in unread  # which series, so the reader can find it
+    with pytest.raises(UnsupportedDicom, match="colour"):  # nothing else in the upload: its own reason, as before
+        read_upload(fa)
+    broken = [*t1[:3], t1[3][:-1000], *t1[4:]]  # one file of a series cut off: the series is not read short
+    upload = read_upload(broken + numbered(dicom_series(head_volume(4, 64), series_uid="1.2.3.9"), 9))
+    assert [len(v.sections) for v in upload.volumes] == [4] and upload.unread[0].startswith("Series 3: ")

@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from core.errors import FileTooLarge, UnsupportedFormat
+from core.errors import FileTooLarge, ScanError, UnsupportedFormat
 from core.imaging import dicom
 from core.imaging.archive import is_zip, unzip
 from core.imaging.geometry import display_transform, gap_notes, transformed_orientation
@@ -253,20 +253,50 @@ def _dicom_series(
             f"{study_limits.max_dicom_pixels / 2**20:.0f} M for one upload (refused before decoding them)."
         )
     groups: dict[tuple[str, str], list[_Section]] = {}
+    names: dict[str, str] = {}  # a series' UID key: how a reader finds it in the study (its number)
+    failed: dict[str, ScanError] = {}  # a series with a file that cannot be read: not read short, named unread
     localizers = 0
     for data, header in zip(files, headers, strict=True):
         if _is_localizer(header):
             localizers += 1
             continue
-        for section in _sections_of(data, header, limits):
+        key = _uid_key(header)
+        names.setdefault(key, _series_name(header))
+        try:
+            sections = _sections_of(data, header, limits)
+        except FileTooLarge:
+            raise
+        except ScanError as error:  # a colour map, a spectroscopy object, a file cut off: that series only
+            failed.setdefault(key, error)
+            continue
+        for section in sections:
             groups.setdefault((section.study, section.series), []).append(section)
-    volumes, unread = [], []
+    volumes, unread = [], [f"{names[key]}: {error}" for key, error in failed.items()]
     for sections in groups.values():
+        key = sections[0].uid_key or sections[0].series
+        if key in failed:
+            continue
         try:
             volumes.append(_volume(sections, study_limits))
         except SeriesError as error:
-            unread.append(str(error))
+            unread.append(f"{names[key]}: {error}")
+    if failed and not volumes and len(failed) == len(unread):  # nothing read, all for one reason: that reason
+        raise next(iter(failed.values()))
     return volumes, unread, localizers
+
+
+def _uid_key(header: object) -> str:
+    """The hash of a file's study and series UIDs (a :class:`_Section`'s ``uid_key``)."""
+    return hash_parts(str(header.get("StudyInstanceUID", "")), str(header.get("SeriesInstanceUID", "")))  # type: ignore[attr-defined]
+
+
+def _series_name(header: object) -> str:
+    """ "Series 5": its SeriesNumber, as the reader's viewer lists it (never its free-text description)."""
+    number = header.get("SeriesNumber")  # type: ignore[attr-defined]
+    try:
+        return f"Series {int(number)}"
+    except (TypeError, ValueError):
+        return "A series without a number"
 
 
 def _volume(sections: list[_Section], limits: StudyLimits) -> Volume:

@@ -164,13 +164,19 @@ def _series_lines(evidence: Sequence[Any], series: SeriesAnalysis) -> str:
 
 
 def content_fingerprint(
-    series: Sequence[SeriesAnalysis], model: ModelFacts, final_label: str | None, version: int = 1
+    series: Sequence[SeriesAnalysis],
+    model: ModelFacts,
+    final_label: str | None,
+    version: int = 1,
+    unread: Sequence[str] = (),
 ) -> str:
-    """What makes a report version: the verdicts, the model, the review and which review it is (not the time it
-    was made)."""
+    """What makes a report version: the verdicts, the series that could not be read (they withhold the study's
+    verdict: a report with them once took the UID of the one without, and the PACS kept the old verdict), the
+    model, the review and which review it is (not the time it was made)."""
     facts = [(s.volume.series, s.label, None if s.score is None else round(s.score, 4), s.lesion_ml) for s in series]
     reviewed = [final_label, version] if version > 2 else [final_label]  # the first review's identity as before
-    return json.dumps([facts, model.name, model.version, model.weights_sha256, *reviewed])
+    unread_facts = [sorted(unread)] if unread else []  # a report without them keeps the identity it always had
+    return json.dumps([facts, model.name, model.version, model.weights_sha256, *reviewed, *unread_facts])
 
 
 def verdict_report(
@@ -218,7 +224,7 @@ def verdict_report(
     root = hd.sr.ContainerContentItem(codes["report"])
     root.ContentSequence = hd.sr.ContentSequence(items, is_root=False)
     version = version or (2 if final_label is not None else 1)
-    fingerprint = content_fingerprint(series, model, final_label, version)
+    fingerprint = content_fingerprint(series, model, final_label, version, unread)
     report = hd.sr.ComprehensiveSR(
         evidence=list(evidence),
         content=root,
