@@ -209,6 +209,17 @@ def test_a_search_whose_audit_event_cannot_be_written_shows_nothing_found_and_sa
     assert len(app.error) == 1 and "audit event could not be written" in app.error[0].value
 
 
+def test_a_search_that_fills_the_list_says_more_studies_match(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The PACS sends its first matches in its own order: a full list could leave out today's study unsaid."""
+    import ui.pacs
+
+    app = search(study_page())
+    assert not app.exception and not app.warning and len(app.dataframe[0].value) == 3
+    monkeypatch.setattr(ui.pacs, "SEARCH_LIMIT", 3)
+    app = search(study_page())
+    assert len(app.warning) == 1 and "more match" in app.warning[0].value
+
+
 def test_a_study_without_mr_or_over_the_limits_is_explained(orthanc, monkeypatch: pytest.MonkeyPatch) -> None:
     import requests
 

@@ -566,3 +566,24 @@ def test_a_report_whose_study_has_a_series_it_could_not_read_is_a_new_instance_n
     assert again.SOPInstanceUID == before.SOPInstanceUID  # the same report: the same instance, stored once
     texts = [str(item.get("TextValue", "")) for item in after.ContentSequence]
     assert any(t.startswith("A series could not be read (Series 7: ") for t in texts)
+
+
+def test_a_series_the_pacs_gives_short_is_not_analysed_short(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The PACS listed 6 images and sent 4 (ones it could not transcode): the series was analysed without them,
+    and a study missing its end sections could read "no tumour"."""
+    import io
+
+    import pydicom
+
+    from core.pacs.client import Pacs
+
+    files = dicom_series(head_volume(6, 64), study_uid=STUDY, series_uid=f"{STUDY}.1")
+    pacs = Pacs("http://pacs.invalid/dicom-web")
+    listed = [SeriesHit(f"{STUDY}.1", "MR", "T1", 6)]
+    monkeypatch.setattr(pacs, "series_of", lambda study_uid: listed)
+    sent = [pydicom.dcmread(io.BytesIO(data)) for data in files]
+    monkeypatch.setattr(pacs._client, "iter_series", lambda study_uid, series_uid: iter(sent[:4]))
+    with pytest.raises(PacsError, match="gave 4 of the 6 images"):
+        pacs.retrieve_mr(STUDY)
+    monkeypatch.setattr(pacs._client, "iter_series", lambda study_uid, series_uid: iter(sent))
+    assert len(pacs.retrieve_mr(STUDY)) == 6

@@ -19,7 +19,7 @@ import streamlit as st
 
 from core.config import PacsSettings, pacs_settings
 from core.errors import AccessDenied, PacsError, StoreError
-from core.pacs.client import StudyHit
+from core.pacs.client import SEARCH_LIMIT, StudyHit
 from core.pacs.objects import ModelFacts
 from core.services import pacs as pacs_service
 from core.services.access import HISTORY, Actor, allowed
@@ -69,6 +69,11 @@ def pacs_panel(actor: Actor, classifier: Any, key: bytes | None) -> None:
         st.info("No MR study in the PACS matches this search.")
         return
     _hits_table(actor, hits)
+    if len(hits) >= SEARCH_LIMIT:  # the PACS's first matches, in its own order: today's study may not be among them
+        st.warning(
+            f"The PACS lists at most {SEARCH_LIMIT} studies per search: more match, and newer ones may be left out. "
+            "Narrow the search (a patient ID or a shorter date range)."
+        )
     chosen = st.selectbox(
         "Study to analyse",
         range(len(hits)),

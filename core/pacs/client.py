@@ -21,6 +21,7 @@ from core.imaging.dicom import quiet_pydicom
 from core.imaging.limits import DEFAULT_STUDY_LIMITS, StudyLimits
 
 logger = logging.getLogger("btd.pacs")
+SEARCH_LIMIT = 50  # studies a search lists (QIDO limit): a full list says that more may match
 T = TypeVar("T")
 
 
@@ -126,9 +127,10 @@ class Pacs:
         start: str | None = None,
         end: str | None = None,
         description: str | None = None,
-        limit: int = 50,
+        limit: int = SEARCH_LIMIT,
     ) -> list[StudyHit]:
-        """MR studies matching the filters, newest first (dates YYYYMMDD; ``description`` matches anywhere)."""
+        """MR studies matching the filters, newest first (dates YYYYMMDD; ``description`` matches anywhere); at most
+        ``limit``, the first the PACS found in its own order (a full list may leave out newer ones: say so)."""
         filters = [("ModalitiesInStudy", "MR"), ("limit", str(limit))]
         filters += [("includefield", tag) for tag in ("00081030", "00201206", "00201208")]
         if patient_id:
@@ -196,6 +198,7 @@ class Pacs:
         total = 0
         for hit in series:
             datasets = self._call("retrieval", lambda hit=hit: self._client.iter_series(study_uid, hit.series_uid))
+            before = len(files)
             with self._errors("retrieval"):
                 for dataset in datasets:
                     data = _file_bytes(dataset)
@@ -206,6 +209,12 @@ class Pacs:
                             f"The study is over the limits ({self.limits.max_files} images, "
                             f"{self.limits.max_total_bytes / 2**20:.0f} MB)."
                         )
+            if hit.instances is not None and len(files) - before < hit.instances:  # never a series analysed short
+                logger.warning("event=pacs_retrieval_short got=%d listed=%d", len(files) - before, hit.instances)
+                raise PacsError(
+                    f"The PACS gave {len(files) - before} of the {hit.instances} images it lists for a series; the "
+                    "study was not analysed short. Try again."
+                )
         return files
 
     def store(self, datasets: Sequence[Any]) -> list[str]:
