@@ -84,7 +84,7 @@ def quality(
 
 
 @st.cache_data(ttl=CACHE_SECONDS, show_spinner=False)
-def versions(actor, source: str) -> list[str]:
+def versions(actor, source: str) -> dict[str, str]:
     del source
     return statistics.model_versions(store, actor)
 
@@ -114,7 +114,13 @@ try:
 except StoreError as error:
     st.error(f"The results database cannot be read: {error}")
     st.stop()
-picked = controls[3].multiselect("Model versions", available, placeholder="all versions", key="stats_versions")
+picked = controls[3].multiselect(
+    "Model versions",
+    list(available),
+    format_func=lambda v: available.get(v, v),
+    placeholder="all versions",
+    key="stats_versions",
+)
 UNIT_NAMES = {"study": "per study", "result": "per scan or series"}
 unit = controls[4].radio(
     "Count",
@@ -205,7 +211,7 @@ def quality_section(viewer, first: date, last: date):
         pd.DataFrame(
             [
                 {
-                    "model version": v,
+                    "model version": available.get(v, v),
                     "reviewed": number(a.reviewed),
                     "agreement": percent(a.agreement),
                     "sensitivity": percent(a.sensitivity, a.sensitivity_interval),

@@ -521,3 +521,25 @@ def test_no_cell_opens_a_formula_in_a_spreadsheet_whose_list_separator_is_a_semi
     for delimiter in (";", "\t", ","):
         cells = [c.strip() for row in csv.reader(io.StringIO(text), delimiter=delimiter) for c in row]
         assert not [c for c in cells if c.startswith(("=", "+", "@")) or (c.startswith("-") and c[1:2].isalpha())]
+
+
+def test_two_models_that_share_a_version_string_are_named_together_in_the_version_filter(tmp_path) -> None:
+    """The filter and the quality board select by version: btd-cnn 1.0.0 and btd-resnet 1.0.0 read as one model's
+    "1.0.0" row while the dashboard's version table kept them apart."""
+    from dataclasses import replace
+
+    from core.domain.results import record_id
+    from core.services.statistics import model_versions
+
+    store = SQLiteStore(tmp_path / "results.sqlite3")
+    day = datetime(2026, 5, 1, 9, tzinfo=UTC)
+    store.add(make_record(1, day, version="1.0.0"))
+    other = make_record(2, day, version="1.0.0")
+    store.add(replace(other, model_name="btd-resnet", id=record_id(other.image_sha256, "btd-resnet", "1.0.0")))
+    store.add(make_record(3, day, version="2.1.0"))
+    labels = model_versions(store, Actor("boss", "supervisor"))
+    name = make_record(1, day).model_name
+    assert labels == {
+        "1.0.0": f"1.0.0 ({' and '.join(sorted([name, 'btd-resnet']))}, counted together)",
+        "2.1.0": f"2.1.0 ({name})",
+    }

@@ -312,9 +312,22 @@ def period_rows(periods: Sequence[PeriodRate]) -> tuple[PeriodRow, ...]:
     )
 
 
-def model_versions(store: Dashboards, actor: Actor) -> list[str]:
+def model_versions(store: Dashboards, actor: Actor) -> dict[str, str]:
+    """Each model version the filter offers, with the models that wrote it: the filter and the quality board select
+    by version, so two models that share a version string (a name and version are free to set when training) are
+    counted together, and their label says so rather than showing one merged row as one model's."""
     require(actor, STATISTICS)
-    return store.model_versions()
+    names: dict[str, list[str]] = {version: [] for version in store.model_versions()}
+    for row in store.by_model(Filters()):
+        names.setdefault(row.model_version, []).append(row.model_name)
+    return {
+        version: f"{version} ({' and '.join(sorted(set(models)))}, counted together)"
+        if len(set(models)) > 1
+        else f"{version} ({models[0]})"
+        if models
+        else version
+        for version, models in names.items()
+    }
 
 
 @dataclass(frozen=True)
