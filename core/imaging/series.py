@@ -291,7 +291,8 @@ def _uid_key(header: object) -> str:
 
 
 def _series_name(header: object) -> str:
-    """ "Series 5": its SeriesNumber, as the reader's viewer lists it (never its free-text description)."""
+    """How a reader finds a series in the study: "Series 5" from its SeriesNumber, as their viewer lists it (never
+    its free-text description)."""
     number = header.get("SeriesNumber")  # type: ignore[attr-defined]
     try:
         return f"Series {int(number)}"

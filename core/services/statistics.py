@@ -317,17 +317,16 @@ def model_versions(store: Dashboards, actor: Actor) -> dict[str, str]:
     by version, so two models that share a version string (a name and version are free to set when training) are
     counted together, and their label says so rather than showing one merged row as one model's."""
     require(actor, STATISTICS)
-    names: dict[str, list[str]] = {version: [] for version in store.model_versions()}
+    names: dict[str, set[str]] = {version: set() for version in store.model_versions()}
     for row in store.by_model(Filters()):
-        names.setdefault(row.model_version, []).append(row.model_name)
-    return {
-        version: f"{version} ({' and '.join(sorted(set(models)))}, counted together)"
-        if len(set(models)) > 1
-        else f"{version} ({models[0]})"
-        if models
-        else version
-        for version, models in names.items()
-    }
+        names.setdefault(row.model_version, set()).add(row.model_name)
+    return {version: _version_label(version, sorted(models)) for version, models in names.items()}
+
+
+def _version_label(version: str, models: Sequence[str]) -> str:
+    if len(models) > 1:
+        return f"{version} ({' and '.join(models)}, counted together)"
+    return f"{version} ({models[0]})" if models else version
 
 
 @dataclass(frozen=True)
