@@ -33,14 +33,20 @@ if reference is None:
     st.stop()
 seen_key = f"history-read-{reference}"
 try:  # read afresh on every run (a study saved or a review made meanwhile shows); audited once per session
-    records = history.patient_history(store, actor, reference, audited=seen_key not in st.session_state)
+    read = history.patient_history(store, actor, reference, audited=seen_key not in st.session_state)
 except StoreError as error:
     st.error(f"The history cannot be read right now: {error}")
     st.stop()
 st.session_state[seen_key] = True
+records = read.records
 if not records:
     st.info("No result is saved under this reference.")
     st.stop()
+if read.earlier_left_out:
+    st.warning(
+        f"This patient has more than {history.LIMIT} saved results: the newest {history.LIMIT} are shown, and the "
+        "oldest shown is not the first (a change is measured against the earliest study shown)."
+    )
 
 timeline([r for r in records if r.gate != "rejected"])  # a refused scan has no probability to plot
 st.dataframe(

@@ -55,11 +55,33 @@ def test_a_history_is_the_patients_results_in_time_order_and_an_audit_event(tmp_
     start = datetime(2026, 10, 1, 9, tzinfo=UTC)
     for n in range(4):
         store.add(make_record(n + 1, start + timedelta(days=10 * (3 - n)), patient="a" * 64 if n < 3 else "b" * 64))
-    found = patient_history(store, DOCTOR, "a" * 64)
+    read = patient_history(store, DOCTOR, "a" * 64)
+    found = read.records
     assert [r.image_sha256[-1] for r in found] == ["3", "2", "1"] and found[0].created_at < found[-1].created_at
+    assert not read.earlier_left_out
     assert [(e.action, e.target, e.detail) for e in store.audit_events()] == [("history", "a" * 64, {"results": 3})]
     with pytest.raises(AccessDenied):
         patient_history(store, Actor("boss", "supervisor"), "a" * 64)
+
+
+def test_a_history_over_its_limit_keeps_the_newest_in_time_order_and_says_older_ones_were_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It was read in the worklist's order (unreviewed first) and cut there: a reviewed study in the middle went
+    missing unsaid, and the lesion's change was measured against an older one."""
+    from core.domain.people import Review
+    from core.services import history
+
+    store = SQLiteStore(tmp_path / "r.sqlite3")
+    start = datetime(2026, 10, 1, 9, tzinfo=UTC)
+    made = [make_record(n + 1, start + timedelta(days=n), patient="a" * 64) for n in range(5)]
+    for record in made:
+        store.add(record)
+    reviewed = made[3]  # the prior of the newest: reviewed, so the worklist's order put it last
+    store.add_review(Review(reviewed.id, "dr", start + timedelta(days=9), "agree", reviewed.label, reviewed.label))
+    monkeypatch.setattr(history, "LIMIT", 3)
+    read = patient_history(store, DOCTOR, "a" * 64)
+    assert [r.id for r in read.records] == [r.id for r in made[2:]] and read.earlier_left_out
 
 
 @pytest.mark.pages

@@ -27,7 +27,8 @@ from core.domain.times import utc_offset_segments
 from core.errors import InvalidRecord, StoreError, StoreUnavailable
 from core.identity import local_key, pseudonymise
 from core.storage import open_store
-from core.storage.mongo import _VALIDATOR, MongoStore
+from core.storage.mongo import MongoStore
+from core.storage.mongo_schema import VALIDATOR
 from core.storage.protocol import SCHEMA_VERSION
 from core.storage.sqlite import SQLiteStore
 from core.storage.synthetic import LABELS, synthetic_record
@@ -141,7 +142,7 @@ def test_the_stores_derive_their_columns_and_validator_from_the_one_field_table(
     legacy = {"review_note", "first_reviewed_ms"}  # kept so that older files' data can be moved on migration
     assert set(table) - legacy == {spec.sql_column for spec in FIELDS}
     assert all(table[spec.sql_column] == spec.required for spec in FIELDS)
-    schema = _VALIDATOR["$jsonSchema"]
+    schema = VALIDATOR["$jsonSchema"]
     assert set(schema["properties"]) == {"_id", "sections"} | {spec.name for spec in FIELDS} - {"id"}
     assert "_id" in schema["required"] and "confidence" in schema["required"] and "frame" not in schema["required"]
     assert schema["properties"]["gate"] == {"enum": ["accepted", "needs_review", "rejected"]}
@@ -161,6 +162,15 @@ def test_patient_reference_is_an_attribute_not_part_of_the_identity(store) -> No
     assert store.set_patient_ref(record.id, None, was="b" * 64) is True and store.get(record.id).patient_ref is None
     with pytest.raises(InvalidRecord):
         store.set_patient_ref("0" * 64, "b" * 64, was=None)
+
+
+def test_one_patients_results_are_read_newest_first(store) -> None:
+    mine = [make_record(80 + n, utc(2026, 5, 1 + n), patient="a" * 64) for n in range(3)]
+    for record in [*mine, make_record(90, utc(2026, 5, 9), patient="b" * 64), make_record(91, utc(2026, 5, 9))]:
+        store.add(record)
+    assert [r.id for r in store.of_patient("a" * 64, 10)] == [r.id for r in reversed(mine)]
+    assert [r.id for r in store.of_patient("a" * 64, 2)] == [mine[2].id, mine[1].id]
+    assert store.of_patient("c" * 64, 10) == [] and store.of_patient("a" * 64, 0) == []
 
 
 def test_frames_of_one_file_are_separate_results(store) -> None:
@@ -624,8 +634,6 @@ def test_a_round_2_mongodb_result_gets_every_field_the_validator_requires() -> N
     of it (a review, a patient reference); the upgrade fills what the validator requires with neutral values."""
     import mongomock
 
-    from core.storage.mongo import _VALIDATOR
-
     client = mongomock.MongoClient(tz_aware=True)
     database = client["brain_mri_triage"]
     document = {**make_record(7, utc(2026, 11, 20, 9, 0), "glioma").__dict__}
@@ -646,7 +654,7 @@ def test_a_round_2_mongodb_result_gets_every_field_the_validator_requires() -> N
     store = MongoStore(client)
     assert store.schema_version() == SCHEMA_VERSION
     stored = database["scans"].find_one({"_id": document["_id"]})
-    assert not [name for name in _VALIDATOR["$jsonSchema"]["required"] if name not in stored]
+    assert not [name for name in VALIDATOR["$jsonSchema"]["required"] if name not in stored]
     assert stored["geometry"] == {} and stored["timings_ms"] == {} and stored["kind"] == "scan"
     assert store.get(document["_id"]).geometry == {}
 

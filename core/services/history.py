@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from core.domain.results import Record, WorklistQuery
+from core.domain.results import Record
 from core.services import audit
 from core.services.access import HISTORY, Actor, require
 from core.services.series_views import SECTION_ORDER, SeriesView
@@ -32,14 +32,24 @@ from core.storage.protocol import Store
 LIMIT = 500
 
 
-def patient_history(store: Store, actor: Actor, patient_ref: str, audited: bool = True) -> list[Record]:
-    """The patient's results (scans and series), oldest first, read as they stand now; the read is an audit event
-    unless ``audited`` is False (the page's later reruns of a history it already audited in this session)."""
+@dataclass(frozen=True)
+class PatientHistory:
+    """The patient's newest :data:`LIMIT` results, oldest first; ``earlier_left_out`` when older ones exist (the
+    page says so: a lesion's change is then against the oldest shown, never a silently wrong prior)."""
+
+    records: list[Record]
+    earlier_left_out: bool = False
+
+
+def patient_history(store: Store, actor: Actor, patient_ref: str, audited: bool = True) -> PatientHistory:
+    """The patient's results (scans and series), newest :data:`LIMIT` in time order, read as they stand now; the
+    read is an audit event unless ``audited`` is False (the page's later reruns of a history it already audited in
+    this session). Read in time order: the worklist's order (unreviewed first) once cut the history's middle."""
     require(actor, HISTORY)
-    records = store.worklist(WorklistQuery(reviewed=None, patient_ref=patient_ref), LIMIT)
-    if audited:
-        audit.record(store, actor, "history", patient_ref, results=len(records))  # the keyed reference only
-    return sorted(records, key=lambda r: r.created_at)
+    records = store.of_patient(patient_ref, LIMIT + 1)
+    if audited:  # the keyed reference only
+        audit.record(store, actor, "history", patient_ref, results=min(len(records), LIMIT))
+    return PatientHistory(sorted(records[:LIMIT], key=lambda r: r.created_at), len(records) > LIMIT)
 
 
 def _extent(view: SeriesView) -> tuple[int, int]:

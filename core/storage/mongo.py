@@ -15,9 +15,7 @@ from itertools import pairwise
 from typing import Any
 
 from core.domain.results import (
-    FIELDS,
     DayCount,
-    Field,
     Filters,
     ModelRow,
     Record,
@@ -33,6 +31,7 @@ from core.errors import InvalidRecord, StoreError, StoreUnavailable
 from core.storage.migrations import migrate_mongo, validator_not_installed
 from core.storage.mongo_people import MongoPeople
 from core.storage.mongo_quality import MongoQuality
+from core.storage.mongo_schema import VALIDATOR
 from core.storage.protocol import (
     EVERYTHING,
     HISTOGRAM_BINS,
@@ -43,46 +42,6 @@ from core.storage.protocol import (
 
 logger = logging.getLogger("btd.storage")
 
-
-_BSON = {
-    "text": "string",
-    "int": ["int", "long"],
-    "float": "double",
-    "bool": "bool",
-    "time": "date",
-    "scores": "object",
-    "map": "object",
-    "box": "array",
-}
-
-
-def _property(spec: Field) -> dict[str, Any]:
-    """One field's ``$jsonSchema`` rule, from the field table (null allowed where the field is optional)."""
-    kinds = _BSON[spec.kind] if isinstance(_BSON[spec.kind], list) else [_BSON[spec.kind]]
-    rule: dict[str, Any] = {"bsonType": kinds if spec.required else [*kinds, "null"]}
-    if spec.choices:
-        rule = {"enum": [*spec.choices] if spec.required else [*spec.choices, None]}
-    if spec.pattern is not None:
-        rule["pattern"] = f"^{spec.pattern}$"
-    if spec.minimum is not None:
-        rule["minimum"] = spec.minimum
-    if spec.maximum is not None:
-        rule["maximum"] = spec.maximum
-    if spec.kind == "box":
-        rule.update(minItems=4, maxItems=4)
-    return rule
-
-
-def _validator() -> dict[str, Any]:
-    """MongoDB's second line of defence, derived from :data:`~core.domain.results.FIELDS` (``id`` is ``_id``)."""
-    name = {"id": "_id"}
-    properties = {name.get(spec.name, spec.name): _property(spec) for spec in FIELDS}
-    properties["sections"] = {"bsonType": "array"}  # a series' sections live inside its document
-    required = [name.get(spec.name, spec.name) for spec in FIELDS if spec.required]
-    return {"$jsonSchema": {"bsonType": "object", "required": required, "properties": properties}}
-
-
-_VALIDATOR = _validator()
 
 _INDEXES = (
     [("created_at", 1), ("model_version", 1), ("label", 1), ("gate", 1)],
@@ -117,10 +76,10 @@ class MongoStore(MongoPeople, MongoQuality):
         if self._name not in self._db.list_collection_names():
             self._refuse_a_split()
             try:  # a server may refuse validators to this user (indexes still apply); another replica may be first
-                self._db.create_collection(self._name, validator=_VALIDATOR)
+                self._db.create_collection(self._name, validator=VALIDATOR)
             except Exception as error:  # said in the log, unless another replica created it (CollectionInvalid)
                 validator_not_installed(error)
-        migrate_mongo(self._db, self._collection, _VALIDATOR)
+        migrate_mongo(self._db, self._collection, VALIDATOR)
         for keys in _INDEXES:
             self._collection.create_index(keys)
         self._schema_ready = True
@@ -317,11 +276,17 @@ class MongoStore(MongoPeople, MongoQuality):
         return self._decode(document) if document else None
 
     def recent(self, limit: int, filters: Filters = EVERYTHING) -> list[Record]:
+        return self._newest(self._match(filters), limit)
+
+    def _newest(self, match: dict[str, Any], limit: int) -> list[Record]:
         if limit <= 0:  # MongoDB reads limit(0) as "no limit"
             return []
         with self._errors():
-            cursor = self._collection.find(self._match(filters), {"sections": 0}).sort("created_at", -1).limit(limit)
+            cursor = self._collection.find(match, {"sections": 0}).sort("created_at", -1).limit(limit)
             return [self._decode(document) for document in cursor]
+
+    def of_patient(self, patient_ref: str, limit: int) -> list[Record]:
+        return self._newest({"patient_ref": patient_ref}, limit)
 
     def worklist(self, query: WorklistQuery, limit: int = 200) -> list[Record]:
         """Results to read: not yet reviewed first, then flagged, then rejected, newest first within each."""

@@ -174,6 +174,13 @@ class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
         rows = self._query(f"SELECT {_COLUMNS} FROM scans{where} ORDER BY created_ms DESC LIMIT ?", [*params, limit])
         return [self._decode(row) for row in rows]
 
+    def of_patient(self, patient_ref: str, limit: int) -> list[Record]:
+        """One patient's results, newest first (the ``scans_by_patient`` index)."""
+        rows = self._query(
+            f"SELECT {_COLUMNS} FROM scans WHERE patient_ref = ? ORDER BY created_ms DESC LIMIT ?", (patient_ref, limit)
+        )
+        return [self._decode(row) for row in rows]
+
     def worklist(self, query: WorklistQuery, limit: int = 200) -> list[Record]:
         """Results to read: not yet reviewed first, then flagged, then rejected, newest first within each. One
         small query per (reviewed, gate) group, in that order, each served by the ``scans_unreviewed`` index."""
