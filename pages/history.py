@@ -58,7 +58,7 @@ st.dataframe(
                 "verdict": verdict_shown(r),
                 "tumour probability": probability_shown(r),
                 "lesion": lesion_size(step.size, step.unit),
-                "change": lesion_change(step.change, step.unit, step.change_percent),
+                "change": step.not_compared or lesion_change(step.change, step.unit, step.change_percent),
                 "sections": r.section_count or "",
                 "plane": (r.geometry or {}).get("plane") or "",
                 "final label": pretty(r.final_label) if r.final_label else "",

@@ -219,6 +219,23 @@ def test_two_series_of_todays_study_in_one_plane_get_no_change_and_a_few_voxels_
     assert grown.change == pytest.approx(1.196) and grown.change_percent is None
 
 
+def test_a_lower_bound_or_another_models_volume_is_never_a_change() -> None:
+    """A volume with sections inside the lesion not analysed is a lower bound: 3.0 mL then 1.5 mL read as "-50 %",
+    a lesion halving; a prior measured by another model (another segmenter) is not the same measurement."""
+    at = [datetime(2026, 9, 1, tzinfo=UTC) + timedelta(days=k) for k in range(3)]
+    prior = replace(make_series(1, at[0], study=1), lesion_ml=3.0)
+    caveat = "2 section(s) inside the lesion's span (sections 3-9) could not be analysed: ... a lower bound"
+    short = replace(make_series(2, at[1], study=2), lesion_ml=1.5)
+    short = replace(short, geometry={**short.geometry, "lesion_caveats": [caveat]})
+    (_, step) = lesion_course([prior, short])
+    assert step.prior is prior and step.change is None and "lower bound" in step.not_compared
+    other = replace(make_series(3, at[2], study=3), lesion_ml=4.0, model_version="9.9.9")
+    (_, step) = lesion_course([prior, other])
+    assert step.change is None and "another model" in step.not_compared
+    (_, step) = lesion_course([prior, replace(make_series(4, at[2], study=3), lesion_ml=4.0)])
+    assert step.change == pytest.approx(1.0) and step.not_compared is None
+
+
 @pytest.mark.pages
 def test_the_history_page_shows_each_lesion_size_and_its_change(
     tmp_path: Path, tiny_card: Path, monkeypatch: pytest.MonkeyPatch

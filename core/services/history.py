@@ -13,8 +13,10 @@ measured, or no voxel size), never between two series of one study (two sequence
 never when the previous study, or the current one, has several series in that plane (which one is the same
 sequence is not known: History's comparison lets the reader choose), never in percent of a prior volume under
 0.1 mL (a few voxels: any change is thousands of per cent), never between single scans (two slices are not
-known to be the same section). The order is the order of saving: the app keeps no scan dates (they are removed
-with the identity), so a prior study saved after a later one reads as the later; the page says so.
+known to be the same section), never when either volume is a lower bound or approximate (its caveats) or the two
+were measured by different models (the step says why). The order is the order of saving: the app keeps no scan
+dates (they are removed with the identity), so a prior study saved after a later one reads as the later; the page
+says so.
 """
 
 from __future__ import annotations
@@ -139,6 +141,7 @@ class LesionStep:
     change: float | None = None
     change_percent: float | None = None
     prior: Record | None = None
+    not_compared: str | None = None  # why a prior was found but no change is given
 
 
 def lesion_size(record: Record) -> tuple[float | None, str | None]:
@@ -179,6 +182,17 @@ def _plane_of_study(record: Record) -> tuple[str | None, str | None]:
     return record.study_ref, (record.geometry or {}).get("plane")
 
 
+def _not_comparable(prior: Record, record: Record) -> str | None:
+    """Why two volumes in mL are still not a change: one is a lower bound or approximate (sections inside the
+    lesion not analysed, a gap, uneven steps: a lower bound read as the lesion shrinking), or another model (and so
+    another segmenter) measured the prior."""
+    if (prior.geometry or {}).get("lesion_caveats") or (record.geometry or {}).get("lesion_caveats"):
+        return "not compared: a volume is a lower bound or approximate"
+    if (prior.model_name, prior.model_version) != (record.model_name, record.model_version):
+        return f"not compared: measured by another model ({prior.model_name} {prior.model_version})"
+    return None
+
+
 def lesion_course(records: Sequence[Record]) -> list[LesionStep]:
     """Each result (in the order given, oldest first) with its lesion size and, for a series, the change from its
     prior series (:func:`prior_series`): in mL and in percent of the prior volume (None under
@@ -193,6 +207,10 @@ def lesion_course(records: Sequence[Record]) -> list[LesionStep]:
         before, before_unit = lesion_size(prior) if prior is not None else (None, None)
         if size is None or before is None or unit != "mL" or before_unit != "mL":
             steps.append(LesionStep(record, size, unit, prior=prior))
+            continue
+        why = _not_comparable(prior, record)  # type: ignore[arg-type]
+        if why is not None:
+            steps.append(LesionStep(record, size, unit, prior=prior, not_compared=why))
             continue
         percent = (size - before) / before * 100 if before >= MIN_PRIOR_ML else None
         steps.append(LesionStep(record, size, unit, size - before, percent, prior))
