@@ -144,10 +144,13 @@ if unread:
         f"{unread} series of this study could not be analysed when it was uploaded (not saved): the study has no "
         "verdict from the model, whatever its saved series say. Read that series yourself."
     )
+# what the report says: a review or a series saved since it was made (read afresh on every run) takes its download
+# away, so an old "not reviewed yet" PDF is never offered beside the final label
+as_made = tuple((r.id, r.review_count, r.final_label) for r in study)
 if st.button(f"Make the PDF report of this study ({len(study)} series)", key="history_report"):
     try:
         st.session_state["history_pdf"] = (
-            current.id,
+            as_made,
             reports.study_report(
                 store, resources.image_store(store), actor, [r.id for r in study], classifier, explainer
             ),
@@ -155,5 +158,5 @@ if st.button(f"Make the PDF report of this study ({len(study)} series)", key="hi
     except (InvalidRecord, StoreError) as error:
         st.error(f"The report cannot be made: {error}")
 made = st.session_state.get("history_pdf")
-if made and made[0] == current.id:
+if made and made[0] == as_made:
     st.download_button("Download the report (PDF)", made[1], "study-report.pdf", "application/pdf")

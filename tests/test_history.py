@@ -128,6 +128,13 @@ def test_history_page_compares_a_series_with_its_prior_and_makes_the_report(
     assert not app.exception and app.get("download_button")
     actions = [e.action for e in store.audit_events()]
     assert actions.count("history") == 1 and actions.count("open") == 2 and actions.count("report") == 2
+    # reviewed meanwhile (another session): the PDF made before it said "not reviewed yet", so it is not offered
+    from core.services import reviews
+
+    reviewed = store.recent(1)[0]
+    reviews.review_result(store, Actor("dr-b", "radiologist"), reviewed.id, "tumour", ["wrong_type"])
+    app.run()
+    assert not app.exception and not app.get("download_button")
     assert np.isfinite([r.tumour_probability for r in store.recent(5)]).all()
     st.cache_data.clear()
     st.cache_resource.clear()
