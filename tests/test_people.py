@@ -307,6 +307,35 @@ def test_images_past_retention_are_purged_by_an_admin_only_and_audited(store, tm
     assert retention.retention_days() == 3651
 
 
+def test_a_purge_deletes_the_drafts_a_killed_writer_left_and_carries_on_past_an_image_another_purge_took(
+    store, tmp_path, monkeypatch
+) -> None:
+    """A process killed between writing an image's draft and renaming it left de-identified pixels no purge
+    looked at; an image another purge deleted between the listing and its date check crashed the Accounts page."""
+    import os
+
+    from core.services import retention
+
+    images = FolderImages(tmp_path / "images")
+    kept = images.put(synthetic_slice(128, seed=1))
+    folder = next((tmp_path / "images").glob(f"??/??/{kept}.png")).parent
+    draft, fresh = folder / f".{'0' * 64}.123.456.part", folder / f".{'1' * 64}.123.789.part"
+    draft.write_bytes(b"pixels"), fresh.write_bytes(b"being written now")
+    past = datetime.now(UTC).timestamp() - 2 * 3600
+    os.utime(draft, (past, past))
+    assert retention.purge_images(store, images, ADMIN, 30) == 0
+    assert not draft.exists() and fresh.exists() and images.stored_keys() == [kept]  # a write under way is kept
+    listed = images.stored_keys
+
+    def then_gone() -> list[str]:
+        keys = listed()
+        next((tmp_path / "images").glob(f"??/??/{kept}.png")).unlink()  # another purge, meanwhile
+        return keys
+
+    monkeypatch.setattr(images, "stored_keys", then_gone)
+    assert images.expired(datetime.now(UTC)) == []
+
+
 def test_an_image_saved_again_is_kept_a_whole_period_from_then_and_a_purge_that_cannot_be_audited_deletes_nothing(
     store, tmp_path, monkeypatch
 ) -> None:

@@ -105,13 +105,31 @@ class FolderImages:
         return sorted(p.stem for p in self.root.glob("??/??/*.png")) if self.root.is_dir() else []
 
     def expired(self, before: datetime) -> list[str]:
-        """The keys of images last stored before ``before``."""
+        """The keys of images last stored before ``before`` (one another purge deleted meanwhile is not one)."""
         limit = before.timestamp()
-        return [key for key in self.stored_keys() if self._path(key).stat().st_mtime < limit]
+        found = []
+        for key in self.stored_keys():
+            try:
+                if self._path(key).stat().st_mtime < limit:
+                    found.append(key)
+            except FileNotFoundError:
+                continue
+        return found
 
     def sweep(self, started_before: datetime) -> int:
-        """Nothing to sweep: an image is one file, written whole and renamed into place."""
-        return 0
+        """Delete the drafts (``.part``) of writes started before ``started_before``: a process killed between
+        writing one and renaming it into place left its pixels where no purge looked."""
+        if not self.root.is_dir():
+            return 0
+        swept = 0
+        for draft in self.root.glob("??/??/.*.part"):
+            try:
+                if draft.stat().st_mtime < started_before.timestamp():
+                    draft.unlink()
+                    swept += 1
+            except FileNotFoundError:
+                continue
+        return swept
 
 
 @contextmanager
