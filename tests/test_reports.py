@@ -224,6 +224,40 @@ def test_a_report_states_the_lesion_volume_and_outlines_the_lesion_on_the_key_se
     assert "No lesion outline: no lesion segmenter is loaded" in text and "Lesion outline\n" not in text
 
 
+def test_every_image_of_a_long_report_lies_inside_its_page_with_its_caption(
+    segmented_study, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only text breaks an FPDF page: with three series a key section was drawn past the bottom of the page, its
+    letters and caption ("section 18: P(tumour) 0.86") landing on the next pages beside other sections."""
+    from fpdf import FPDF
+
+    store, images, doctor, record_id, classifier = segmented_study
+    placed = []
+    draw = FPDF.image
+
+    def image(self, *args, **kwargs):
+        placed.append((self.page, kwargs["y"], kwargs["h"], self.h - self.b_margin))
+        return draw(self, *args, **kwargs)
+
+    monkeypatch.setattr(FPDF, "image", image)
+    study_report(store, images, doctor, [record_id] * 3, classifier, Explainer(classifier))
+    assert len(placed) >= 3 * 4
+    assert all(y + h <= bottom + 0.01 for _, y, h, bottom in placed)
+    from core.services.reports import _series
+    from core.services.series_views import series_view
+
+    volume = read_study(dicom_series(head_volume(8, 128, range(2, 6))))[0]
+    view = series_view(analyse_volume(volume, classifier))
+    for start in range(140, 240, 4):  # a series whose lines end low on a page
+        placed.clear()
+        pdf = FPDF(format="A4")
+        pdf.set_auto_page_break(True, margin=15)
+        pdf.add_page()
+        pdf.set_y(float(start))
+        _series(pdf, 1, store.get(record_id), view, [], {})
+        assert placed and all(y + h <= bottom + 0.01 for _, y, h, bottom in placed)
+
+
 def test_key_sections_keep_their_proportions_and_carry_the_patient_directions(tiny_classifier: Classifier) -> None:
     """A 96 x 128 sagittal section (1 mm pixels) is drawn 4:3 wide, not squashed square, with its letters."""
     from core.imaging.phantom_series import SAGITTAL

@@ -267,8 +267,7 @@ def _key_lesion(pdf, record: Record, view: SeriesView, key: KeyLesion | None, se
     if key is None:  # no key section to outline
         return
     side = 60
-    if pdf.get_y() + side > pdf.h - pdf.b_margin:
-        pdf.add_page()
+    _room_for(pdf, side + 4)
     y = pdf.get_y()
     _section_image(pdf, view, outlined(view.sections[key.index], key.lesion), pdf.l_margin, y, side)
     pdf.set_font("Helvetica", "B", 9)
@@ -301,8 +300,7 @@ def _series(
     if view is None:
         pdf.multi_cell(0, 4.5, _text("The series' images are no longer kept (retention period)."), **_NEXT_LINE)
         return
-    if pdf.get_y() > 200:
-        pdf.add_page()
+    _room_for(pdf, 34 + KEY_SIDE + 6)  # the curve and the key sections' row, with their captions, on one page
     top = pdf.get_y() + 1
     _curve(pdf, view, pdf.l_margin, top, 180, 28)
     pdf.set_y(top + 33)
@@ -310,9 +308,22 @@ def _series(
     _key_lesion(pdf, record, view, (lesions or {}).get(number), lesions is not None)
 
 
+KEY_SIDE = 55  # mm: a key section's box
+
+
+def _room_for(pdf, height: float) -> None:
+    """A new page unless ``height`` mm fit above the bottom margin (an image is drawn where it is put, past the
+    page's end too; only text breaks the page)."""
+    if pdf.get_y() + height > pdf.h - pdf.b_margin:
+        pdf.add_page()
+
+
 def _key_section_images(pdf, view: SeriesView, maps: dict[int, np.ndarray | None]) -> None:
-    """The key sections side by side, each with its heat map when there is one, captioned with P(tumour)."""
-    side = 55
+    """The key sections side by side, each with its heat map when there is one, captioned with P(tumour): the row
+    and its captions on one page (an image drawn past the bottom had its caption on the next page, beside another
+    section)."""
+    side = KEY_SIDE
+    _room_for(pdf, side + 6)
     y = pdf.get_y()
     for k, (index, map_) in enumerate(maps.items()):
         section = view.sections[index]
