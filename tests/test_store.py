@@ -839,15 +839,19 @@ def test_the_roll_ups_give_the_figures_the_results_give(tmp_path: Path) -> None:
         )
         store.add(record)
         records.append(record)
+
+    def review(record: Record, reviewer: str, at: datetime, final: str) -> Review:
+        """Agree when the label is kept, except with a refused image: an override saying why."""
+        agree = final == record.label and record.gate != "rejected"
+        reasons = ("image_unsuitable",) if final == record.label and not agree else ()
+        return Review(record.id, reviewer, at, "agree" if agree else "override", record.label, final, reasons)
+
     for record in rng.sample(records, 120):
         final = rng.choice([record.label, "notumor" if record.label != "notumor" else "glioma"])
-        action = "agree" if final == record.label else "override"
-        store.add_review(Review(record.id, "dr", record.created_at + timedelta(hours=2), action, record.label, final))
+        store.add_review(review(record, "dr", record.created_at + timedelta(hours=2), final))
     for record in rng.sample(records, 30):
         if store.get(record.id).review_count:
-            store.add_review(
-                Review(record.id, "dr2", record.created_at + timedelta(days=1), "agree", record.label, record.label)
-            )
+            store.add_review(review(record, "dr2", record.created_at + timedelta(days=1), record.label))
 
     start, end = utc(2026, 3, 10), utc(2026, 4, 20)
     ranges = [
