@@ -82,7 +82,9 @@ def add_reviews(store: SQLiteStore, n: int, seed: int = 1) -> None:
     """Benchmark set-up only: ``n`` results get one review each (13 % overrides), written in bulk with SQL the way
     the store's add_review writes one (an append-only row and the result's summary)."""
     connection = store._connection()
-    rows = connection.execute("SELECT id, created_ms, label FROM scans ORDER BY random() LIMIT ?", (n,)).fetchall()
+    rows = connection.execute(  # a refused image is never agreed with (the stores refuse it): not reviewed here
+        "SELECT id, created_ms, label FROM scans WHERE gate != 'rejected' ORDER BY random() LIMIT ?", (n,)
+    ).fetchall()
     rng = np.random.default_rng(seed)
     others = {"notumor": "glioma", "glioma": "notumor", "meningioma": "glioma", "pituitary": "meningioma"}
     connection.execute("BEGIN")
@@ -212,7 +214,7 @@ def main() -> None:
     for record in fresh[:100]:  # a radiologist's review: append it and update the result, one transaction
         stored = store.recent(1, Filters(start=record.created_at - timedelta(seconds=1)))
         target = store.get(record.id) or (stored[0] if stored else None)
-        if target is None:
+        if target is None or target.gate == "rejected":  # nothing to agree with
             continue
         t0 = time.perf_counter()
         store.add_review(Review(target.id, "bench", datetime.now(UTC), "agree", target.label, target.label))
