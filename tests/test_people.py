@@ -70,6 +70,10 @@ def test_five_failures_lock_the_account_for_fifteen_minutes(store) -> None:
 def test_disabled_accounts_and_short_passwords_are_refused(store) -> None:
     with pytest.raises(InvalidRecord, match="12 characters"):
         accounts.add_account(store, COMMAND_LINE, "dr-b", "radiologist", "short")
+    for weak in (" " * 12, "\t" * 14, "a" * 12):  # twelve spaces made an admin account
+        with pytest.raises(InvalidRecord, match="one character repeated"):
+            accounts.add_account(store, COMMAND_LINE, "dr-b", "admin", weak)
+    assert store.accounts() == []
     accounts.add_account(store, COMMAND_LINE, "dr-a", "radiologist", PASSWORD)
     accounts.set_disabled(store, ADMIN, "dr-a")
     with pytest.raises(SignInFailed):

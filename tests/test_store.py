@@ -1584,6 +1584,14 @@ def test_a_backup_inside_the_data_folder_or_cut_short_leaves_nothing_behind(tmp_
         backup_embedded(data, tmp_path / "backup")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no backup, no draft
 
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "copytree", interrupted)  # Ctrl-C left a hidden copy of the database and its keys
+    with pytest.raises(KeyboardInterrupt):
+        backup_embedded(data, tmp_path / "backup")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
 
 def test_a_data_folder_whose_name_a_uri_would_misread_is_read_where_it_is(tmp_path: Path) -> None:
     """ "site#1" pasted into an SQLite URI opened "site" (a new empty file there): the check of the key files found no

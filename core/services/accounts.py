@@ -51,8 +51,12 @@ def _dummy_hash() -> str:
 
 
 def check_password(password: str) -> None:
+    """At least :data:`MIN_PASSWORD` characters, not only spaces and not one character repeated (twelve spaces
+    made an admin account)."""
     if len(password) < MIN_PASSWORD:
         raise InvalidRecord(f"A password has at least {MIN_PASSWORD} characters.")
+    if not password.strip() or len(set(password)) == 1:
+        raise InvalidRecord("A password is not only spaces or one character repeated.")
 
 
 def add_account(store: Store, actor: Actor, name: str, role: str, password: str | None) -> Account:

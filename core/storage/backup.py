@@ -36,7 +36,7 @@ def backup_embedded(data_dir: Path, out: Path) -> dict[str, Any]:
         raise StoreError(
             f"The backup could not be written whole ({getattr(error, 'strerror', None) or error})."
         ) from error
-    except StoreError:
+    except BaseException:  # a store error, or Ctrl-C: never a hidden copy of the database and its keys left
         shutil.rmtree(draft, ignore_errors=True)
         raise
     return {"backup": str(out), **made, "note": "holds the patient-reference key: keep it as the data folder"}
