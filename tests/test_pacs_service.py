@@ -587,3 +587,17 @@ def test_a_series_the_pacs_gives_short_is_not_analysed_short(monkeypatch: pytest
         pacs.retrieve_mr(STUDY)
     monkeypatch.setattr(pacs._client, "iter_series", lambda study_uid, series_uid: iter(sent))
     assert len(pacs.retrieve_mr(STUDY)) == 6
+
+
+@pytest.mark.parametrize("rest", ["notaurl", "ftp://pacs.example", "http://user:secret@pacs.example:8042"])
+def test_the_watchs_rest_root_is_checked_like_the_pacs_address(rest, tmp_path, monkeypatch, capsys) -> None:
+    """``--rest notaurl`` read as "the change feed is not valid JSON", and one with credentials in it was used."""
+    import json
+
+    from core.cli import main
+
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    code = main(["pacs", "watch", "--url", "http://127.0.0.1:1/dicom-web", "--rest", rest, "--once"])
+    (line,) = capsys.readouterr().out.splitlines()
+    assert code == 2 and "not an http(s) URL with a host" in json.loads(line)["error"]["message"]
+    assert "secret" not in line

@@ -73,15 +73,10 @@ class Pacs:
         timeout_s: float = 10.0,
         limits: StudyLimits = DEFAULT_STUDY_LIMITS,
     ) -> None:
-        from urllib.parse import urlsplit
-
         import requests
         from dicomweb_client.api import DICOMwebClient
 
-        parts = urlsplit(url.strip())
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
-            # never echoed: an address written with its credentials in it would reach the message and the log
-            raise PacsError("The PACS address is not an http(s) URL with a host (credentials go in their options).")
+        url = checked_address(url)
         session = requests.Session()
         session.verify = verify_tls
         if user is not None:
@@ -237,6 +232,17 @@ class Pacs:
             return accepted
 
 
+def checked_address(url: str) -> str:
+    """An http(s) address with a host and no credentials in it, stripped; :class:`PacsError` otherwise (never
+    echoing it: an address written with its credentials would reach the message and the log)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+        raise PacsError("The PACS address is not an http(s) URL with a host (credentials go in their options).")
+    return url.strip()
+
+
 def _optional_int(value: Any) -> int | None:
     try:
         return None if value in (None, "") else int(value)
@@ -257,7 +263,7 @@ class OrthancChanges:
     """Orthanc's change feed (its REST root, e.g. ``http://host:8042``): the studies that became stable."""
 
     def __init__(self, rest: str, session: Any, timeout_s: float = 10.0) -> None:
-        self.rest = rest.rstrip("/")
+        self.rest = checked_address(rest).rstrip("/")
         self._session, self._timeout_s = session, timeout_s
 
     def _get(self, path: str) -> Any:
