@@ -29,8 +29,12 @@ format: $(VENV)/.dev
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
+# Every test: all but the heavy ones on two workers (the suite is mostly single-threaded Python: graph tracing,
+# whole pages, the browser), then the heavy ones (whole processes, memory budgets and races) alone, so that another
+# worker's load never skews what they measure.
 test: lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 -m "not heavy"
+	$(PY) -m pytest -m heavy
 
 # The inner loop: lint and the unit tests on fakes and a tmp SQLite, on two workers. make test runs everything,
 # the whole pages (AppTest), the browser, training, heavy and shared-data tests too.
