@@ -476,3 +476,29 @@ def test_evaluate_refuses_a_folder_that_is_not_a_label_and_goes_on_past_a_failin
     monkeypatch.setattr(evaluate, "analyse", fails_once)
     code, lines = run_main(["evaluate", "--model", str(tiny_card), str(tmp_path)], capsys)
     assert code == 0 and lines[0]["rejected"] == {"internal_error": 1} and lines[0]["n_labelled"] == 3
+
+
+def test_evaluate_refuses_an_empty_folder_and_a_split_that_does_not_fit_it(tmp_path: Path, tiny_card: Path, capsys):
+    """An empty folder printed "n": 0 and exit 0; a split's missing file was scored as an unreadable scan, a ".."
+    entry scored a file outside the data, and a bare [] gave an internal error."""
+    import json
+
+    data = tmp_path / "data"
+    (data / "glioma").mkdir(parents=True)
+    code, lines = run_main(["evaluate", "--model", str(tiny_card), str(data)], capsys)
+    assert code == 2 and "Nothing to score" in lines[0]["error"]["message"]
+    (data / "glioma" / "0.png").write_bytes(png_bytes(synthetic_slice(160, seed=1)))
+    (tmp_path / "outside.png").write_bytes(png_bytes(synthetic_slice(160, seed=2)))
+    split = tmp_path / "split.json"
+    for entries, said in (
+        ([["glioma/0.png", "glioma"], ["glioma/nope.png", "glioma"]], "1 of split.json's 2 files are not in"),
+        ([["glioma/0.png", "glioma"], ["../outside.png", "glioma"]], "lie outside"),
+        ([], "Nothing to score"),
+    ):
+        split.write_text(json.dumps({"validation": entries}))
+        code, lines = run_main(["evaluate", "--model", str(tiny_card), "--split", str(split), str(data)], capsys)
+        assert code == 2 and lines[0]["error"]["code"] == "bad_input" and said in lines[0]["error"]["message"]
+    for text in ("[]", '{"train": []}', "not json"):
+        split.write_text(text)
+        code, lines = run_main(["evaluate", "--model", str(tiny_card), "--split", str(split), str(data)], capsys)
+        assert code == 2 and "is not a split file" in lines[0]["error"]["message"]

@@ -22,7 +22,7 @@ from core.cli.common import (
     write_new,
 )
 from core.errors import ScanError, StoreError
-from core.evaluation.evaluate import evaluate_folder
+from core.evaluation.evaluate import NothingToScore, evaluate_folder
 from core.imaging import read_file_bytes
 from core.model.classifier import Classifier
 from core.model.gate import REJECTED
@@ -120,14 +120,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if split is None and (args.source or args.without_neighbours):
         emit(error_json("bad_usage", "--source and --without-neighbours choose among a --split's files"), sys.stdout)
         return EXIT_USAGE
-    report = evaluate_folder(
-        root,
-        load_classifier(args.model, lesions=False),
-        split,
-        lambda files: progress(files, "evaluate"),
-        args.source,
-        args.without_neighbours,
-    )
+    try:
+        report = evaluate_folder(
+            root,
+            load_classifier(args.model, lesions=False),
+            split,
+            lambda files: progress(files, "evaluate"),
+            args.source,
+            args.without_neighbours,
+        )
+    except NothingToScore as error:  # an empty folder, or a split that does not fit it
+        emit(error_json("bad_input", str(error)), sys.stdout)
+        return EXIT_USAGE
     report["seconds"] = round(time.perf_counter() - started, 1)
     emit(report, sys.stdout)
     return EXIT_OK

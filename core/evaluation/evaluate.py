@@ -55,6 +55,32 @@ def score_file(path: Path, classifier: Classifier) -> tuple[str | None, list[flo
     return None, [prediction.probabilities[name] for name in classifier.card.labels], prediction.timings_ms["total"]
 
 
+class NothingToScore(ValueError):
+    """The folder or split given to :func:`evaluate_folder` holds nothing it can score as asked."""
+
+
+def _split_files(split: Path, root: Path) -> list[tuple[str, Path]]:
+    """A split's validation files under ``root``, each there and inside it: a missing one was scored as an
+    unreadable scan, and a ``..`` entry scored a file outside the data."""
+    try:
+        files = read_split(split, root)
+    except ValueError as error:
+        raise NothingToScore(str(error)) from error
+    base = root.resolve()
+    outside = [path for _, path in files if not path.resolve().is_relative_to(base)]
+    if outside:
+        raise NothingToScore(
+            f"{len(outside)} of {split.name}'s files lie outside {root}; a split names files under it."
+        )
+    missing = [path for _, path in files if not path.is_file()]
+    if missing:
+        raise NothingToScore(
+            f"{len(missing)} of {split.name}'s {len(files)} files are not in {root} (the first: "
+            f"{missing[0].relative_to(root)}): is it the folder the split was made from?"
+        )
+    return files
+
+
 def evaluate_folder(
     root: Path,
     classifier: Classifier,
@@ -68,9 +94,12 @@ def evaluate_folder(
     counted under ``rejected`` and left out of the figures; ``with_refused_tumours_missed`` gives the tumour
     sensitivity counting refused tumour scans as missed. ``without_neighbours`` leaves out the split's files with a
     trained neighbour (:mod:`core.evaluation.neighbours`: a section of the same patient seen in training)."""
-    files = _labelled_files(root, classifier.card.labels) if split is None else read_split(split, root)
+    files = _labelled_files(root, classifier.card.labels) if split is None else _split_files(split, root)
     if source is not None:
         files = [(label, path) for label, path in files if path.relative_to(root).parts[0] == source]
+    if not files:  # an empty folder scored "n": 0 and exit 0, as if it were a result
+        where = f"{split.name}'s validation files" if split is not None else f"{root}/<label>/ for the model's labels"
+        raise NothingToScore(f"Nothing to score: no image in {where}{f' from {source}' if source else ''}.")
     left_out = with_trained_neighbour([path for _, path in files]) if without_neighbours else set()
     files = [(label, path) for label, path in files if path not in left_out]
     card = classifier.card

@@ -12,9 +12,15 @@ def split_file_of(card_path: Path) -> Path:
 
 
 def read_split(split_file: Path, root: Path) -> list[tuple[str, Path]]:
-    """(label, path) of the validation files a split file lists, under ``root``."""
-    entries = json.loads(split_file.read_text())["validation"]
-    return [(label, root / relative) for relative, label in entries]
+    """(label, path) of the validation files a split file lists, under ``root``; ValueError saying so when the file
+    is not a split (a bare ``[]`` gave an internal error, a missing key its Python name)."""
+    try:
+        entries = json.loads(split_file.read_text())["validation"]
+        return [(str(label), root / str(relative)) for relative, label in entries]
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(
+            f"{split_file.name} is not a split file: no 'validation' list of [path, label] pairs"
+        ) from error
 
 
 def read_held_out(split_file: Path, root: Path) -> list[Path]:
