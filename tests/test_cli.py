@@ -502,3 +502,11 @@ def test_evaluate_refuses_an_empty_folder_and_a_split_that_does_not_fit_it(tmp_p
         split.write_text(text)
         code, lines = run_main(["evaluate", "--model", str(tiny_card), "--split", str(split), str(data)], capsys)
         assert code == 2 and "is not a split file" in lines[0]["error"]["message"]
+
+
+def test_a_retention_setting_out_of_range_exits_2_like_the_option(tmp_path, capsys, monkeypatch) -> None:
+    """``BTD_IMAGE_RETENTION_DAYS=abc`` exited 1 (as if files were rejected) where ``--days 0`` exits 2."""
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("BTD_IMAGE_RETENTION_DAYS", "abc")
+    code, lines = run_main(["images", "purge"], capsys)
+    assert code == 2 and lines[0]["error"]["code"] == "invalid_days" and "BTD_IMAGE_RETENTION_DAYS" in json.dumps(lines)

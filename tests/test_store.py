@@ -1504,7 +1504,7 @@ def test_a_backup_taken_while_the_app_writes_holds_every_result_its_keys_and_ima
     # a copy of every result and both keys is an event of the trail, the backup's own included
     assert [(e.action, e.detail) for e in store.audit_events()] == [("store_backup", {"folder": "backup"})]
     assert [e.action for e in SQLiteStore(tmp_path / "backup" / "results.sqlite3").audit_events()] == ["store_backup"]
-    assert main(["store", "backup", str(tmp_path / "backup")]) == 1  # never over an earlier backup
+    assert main(["store", "backup", str(tmp_path / "backup")]) == 2  # never over an earlier backup (exit 2: usage)
     assert "exists already" in capsys.readouterr().out
     assert [e.action for e in store.audit_events()] == ["store_backup"]  # a refused backup leaves no event
 

@@ -152,9 +152,9 @@ def cmd_store_backup(args: argparse.Namespace) -> int:
         # a copy of every result and both keys: an event, written first
         audit.record(open_results_store(), COMMAND_LINE, "store_backup", None, folder=Path(args.out).name)
         emit(backup_embedded(data_dir(), Path(args.out)), sys.stdout)
-    except StoreError as error:
+    except StoreError as error:  # exit 2, as every store error (main): the folder exists, a full disk, ...
         emit(error_json(error.code, str(error)), sys.stdout)
-        return EXIT_REJECTED
+        return EXIT_USAGE
     return EXIT_OK
 
 
@@ -189,9 +189,9 @@ def cmd_images_purge(args: argparse.Namespace) -> int:
     try:  # a retention setting that cannot be read deletes nothing (read as the default, it deleted images)
         days = retention.retention_days() if args.days is None else args.days
         deleted = retention.purge_images(store, open_image_store(store), COMMAND_LINE, days)
-    except ValueError as error:
+    except ValueError as error:  # a setting or option out of range: exit 2 whichever gave it (--days 0 did)
         emit(error_json("invalid_days", str(error)), sys.stdout)
-        return EXIT_REJECTED
+        return EXIT_USAGE
     emit({"deleted": deleted, "older_than_days": days}, sys.stdout)
     return EXIT_OK
 
