@@ -601,3 +601,29 @@ def test_the_watchs_rest_root_is_checked_like_the_pacs_address(rest, tmp_path, m
     (line,) = capsys.readouterr().out.splitlines()
     assert code == 2 and "not an http(s) URL with a host" in json.loads(line)["error"]["message"]
     assert "secret" not in line
+
+
+def test_the_reports_coded_lesion_volume_is_a_tumour_series_and_never_a_no_tumour_studys(
+    tiny_classifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The segmenter runs on every section: a "no tumour" series' leftover outline went into the report as the
+    study's coded Volume (mL), which software reading the SR takes for a lesion."""
+    from dataclasses import replace
+
+    from core.model.volume import SeriesAnalysis
+
+    monkeypatch.setattr(SeriesAnalysis, "lesion_ml", property(lambda self: 2.5))  # as a segmenter measured it
+    files = dicom_series(head_volume(6, 64), study_uid=STUDY, series_uid=f"{STUDY}.1")
+    outcome = analyse_study(files, tiny_classifier)
+    card = tiny_classifier.card
+    model = objects.ModelFacts(card.name, card.version, "0" * 64)
+    (series,) = outcome.series
+
+    def coded(label: str) -> list:
+        analysed = replace(series, label=label)
+        report = objects.verdict_report(objects.headers(files), [analysed], label, model)
+        return [item for item in report.ContentSequence if item.ValueType == "NUM"]
+
+    assert coded(card.negative_label) == []
+    (volume,) = coded("glioma")
+    assert float(volume.MeasuredValueSequence[0].NumericValue) == 2.5

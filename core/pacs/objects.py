@@ -207,7 +207,9 @@ def verdict_report(
         )
         for reason in unread
     ]
-    volumes = [s.lesion_ml for s in series if s.lesion_ml is not None]
+    # the coded volume is a tumour's: the largest of the tumour series' (a "no tumour" study's segmenter output
+    # read by software as a lesion volume); each series' line states its own
+    volumes = [s.lesion_ml for s in series if s.lesion_ml is not None and s.is_tumour]
     if volumes:
         items.append(
             hd.sr.NumContentItem(codes["volume"], float(max(volumes)), codes["ml"], relationship_type="CONTAINS")
