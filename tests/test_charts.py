@@ -168,6 +168,23 @@ def test_today_and_the_week_are_withheld_when_a_recent_day_is_so_neither_gives_i
     assert weekly.periods[0].scans == 147 and weekly.today == 5  # nothing withheld: today is shown
 
 
+def test_today_is_withheld_when_its_period_minus_it_leaves_a_small_count(tmp_path) -> None:
+    """Grouped by week on a Wednesday with 1 result on Monday and 5 today: the week showed 6 beside "Today so far"
+    5, Monday's 1 given back by subtraction."""
+    store = SQLiteStore(tmp_path / "results.sqlite3")
+    now = datetime(2024, 5, 8, 15, 0, tzinfo=UTC)  # a Wednesday
+    store.add(make_record(1, now - timedelta(days=2)))
+    for i in range(5):
+        store.add(make_record(10 + i, now - timedelta(minutes=i + 1)))
+    common = {"start_day": date(2024, 5, 1), "end_day": date(2024, 5, 8), "timezone": "UTC", "now": now}
+    for unit in ("study", "result"):
+        weekly = dashboard(store, Actor("boss", "supervisor"), period="week", unit=unit, **common)
+        assert weekly.periods[-1].scans == 6 and weekly.today is None, unit
+    for i in range(4):  # Monday 5: the week minus today is no longer small, and today is shown
+        store.add(make_record(20 + i, now - timedelta(days=2, minutes=i + 1)))
+    assert dashboard(store, Actor("boss", "supervisor"), period="week", **common).today == 5
+
+
 def test_lesion_volume_counts_per_period_are_withheld_as_a_group_under_their_total() -> None:
     from core.domain.results import LesionPeriod
     from core.services.statistics import _lesion_rows as lesion_rows

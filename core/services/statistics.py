@@ -203,7 +203,7 @@ def dashboard(
         tumour_rate=rate,
         tumour_interval=wilson_interval(tumours, total) if rate is not None else None,
         mean_confidence=scan_summary.mean_confidence if suppress_small(scan_summary.total) else None,
-        today=None if hide_recent else suppress_small(today),
+        today=None if hide_recent or today_gives_back(rows, period, timezone, now, today) else suppress_small(today),
         week_mean=None if hide_recent or suppress_small(week) is None else week / 7,
         flagged=suppress_small(gates.get("needs_review", 0)),
         rejected=suppress_small(gates.get("rejected", 0)),
@@ -269,6 +269,18 @@ def withheld_recently(rows: Sequence[PeriodRow], period: str, timezone: str, now
     local_today = (now or datetime.now(UTC)).astimezone(ZoneInfo(timezone)).date()
     first = local_today - timedelta(7)
     return any(r.scans is None and r.start <= local_today and next_period(r.start, period) > first for r in rows)
+
+
+def today_gives_back(rows: Sequence[PeriodRow], period: str, timezone: str, now: datetime | None, today: int) -> bool:
+    """Whether today's count, taken from the shown period it lies in, leaves 1 to 4: the period's earlier days, a
+    small count given back by subtraction (a week of 6 beside "Today so far" 5)."""
+    local_today = (now or datetime.now(UTC)).astimezone(ZoneInfo(timezone)).date()
+    return any(
+        r.scans is not None
+        and r.start <= local_today < next_period(r.start, period)
+        and 0 < r.scans - today < SMALL_CELL
+        for r in rows
+    )
 
 
 def _recent_counts(
