@@ -207,37 +207,6 @@ def test_pacs_failures_each_get_their_own_message(orthanc, tiny_classifier) -> N
     assert outcome.error_code == "file_too_large" and outcome.series == ()  # nothing analysed from a part
 
 
-def test_a_study_deleted_between_the_feed_and_its_read_is_passed_over_not_a_watch_stopped_for_good() -> None:
-    """Orthanc listed the change, then the study was gone (HTTP 404): the error stopped every watch at that change,
-    so no later study was ever triaged."""
-    import requests
-
-    from core.errors import PacsRefused
-    from core.pacs.client import OrthancChanges
-
-    def answer(status: int, body: object) -> requests.Response:
-        response = requests.Response()
-        response.status_code, response._content = status, json.dumps(body).encode()
-        return response
-
-    class Feed:
-        gone = 404
-
-        def get(self, url: str, timeout: float) -> requests.Response:
-            if "/changes" in url:
-                changes = [{"ChangeType": "StableStudy", "ID": i, "Seq": n} for n, i in ((4, "gone"), (5, "ok"))]
-                return answer(200, {"Changes": changes, "Last": 5, "Done": True})
-            if url.endswith("/studies/gone"):
-                return answer(self.gone, {})
-            return answer(200, {"MainDicomTags": {"StudyInstanceUID": "1.2.3"}})
-
-    feed = Feed()
-    assert OrthancChanges("http://pacs", feed).stable_studies(3) == ([(5, "1.2.3")], 5, True)
-    feed.gone = 403  # refused is not gone: the watch says so and tries again
-    with pytest.raises(PacsRefused):
-        OrthancChanges("http://pacs", feed).stable_studies(3)
-
-
 def test_a_pacs_that_answers_malformed_json_is_reported_as_such() -> None:
     with garbage_pacs(b'{"not": "a list of DICOM JSON"') as url, pytest.raises(PacsMalformed, match="not valid"):
         Pacs(url).search()

@@ -3,6 +3,7 @@ report names the version before it, and a watch never drops a study the PACS fai
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -627,3 +628,41 @@ def test_the_reports_coded_lesion_volume_is_a_tumour_series_and_never_a_no_tumou
     assert coded(card.negative_label) == []
     (volume,) = coded("glioma")
     assert float(volume.MeasuredValueSequence[0].NumericValue) == 2.5
+
+
+def test_a_study_deleted_between_the_feed_and_its_read_is_passed_over_not_a_watch_stopped_for_good() -> None:
+    """Orthanc listed the change, then the study was gone (HTTP 404): the error stopped every watch at that change,
+    so no later study was ever triaged."""
+    import requests
+
+    from core.errors import PacsRefused
+    from core.pacs.client import OrthancChanges
+
+    def answer(status: int, body: object) -> requests.Response:
+        response = requests.Response()
+        response.status_code, response._content = status, json.dumps(body).encode()
+        return response
+
+    class Feed:
+        gone = 404
+
+        def get(self, url: str, timeout: float) -> requests.Response:
+            if "/changes" in url:
+                changes = [{"ChangeType": "StableStudy", "ID": i, "Seq": n} for n, i in ((4, "gone"), (5, "ok"))]
+                return answer(200, {"Changes": changes, "Last": 5, "Done": True})
+            if url.endswith("/studies/gone"):
+                return answer(self.gone, {})
+            return answer(200, {"MainDicomTags": {"StudyInstanceUID": "1.2.3"}})
+
+    feed = Feed()
+    assert OrthancChanges("http://pacs", feed).stable_studies(3) == ([(5, "1.2.3")], 5, True)
+    feed.gone = 403  # refused is not gone: the watch says so and tries again
+    with pytest.raises(PacsRefused):
+        OrthancChanges("http://pacs", feed).stable_studies(3)
+
+    class NoFeed(Feed):  # a wrong REST root: the feed itself is not there, which is not "no longer has this study"
+        def get(self, url: str, timeout: float) -> requests.Response:
+            return answer(404, {})
+
+    with pytest.raises(PacsError, match=r"failed the change feed \(HTTP 404\)"):
+        OrthancChanges("http://pacs", NoFeed()).stable_studies(3)

@@ -299,6 +299,21 @@ def test_reviews_are_an_append_only_history_whose_latest_is_the_final_label(fill
     assert (third.final_label, third.review_count) == ("pituitary", 3)
 
 
+def test_two_reviews_saved_against_the_same_count_keep_the_first_in_the_stores_own_write(store, monkeypatch) -> None:
+    """The service's read and the store's write are apart: a colleague's review landing between them must still
+    be refused by the write itself (SQLite's conditional update, MongoDB's numbered review id), nothing written."""
+    record = make_record(91, utc(2026, 5, 1), "glioma")
+    store.add(record)
+    stale = store.get(record.id)
+    store.add_review(Review(record.id, "dr-b", utc(2026, 5, 2), "override", "glioma", "notumor", ("false_alarm",)))
+    monkeypatch.setattr(store, "get", lambda record_id: stale)  # read before the colleague's review was saved
+    with pytest.raises(InvalidRecord, match="meanwhile"):
+        store.add_review(Review(record.id, "dr-a", utc(2026, 5, 3), "agree", "glioma", "glioma"), seen_reviews=0)
+    monkeypatch.undo()
+    assert [r.reviewer for r in store.reviews_of(record.id)] == ["dr-b"]
+    assert (store.get(record.id).final_label, store.get(record.id).review_count) == ("notumor", 1)
+
+
 def test_a_refused_image_is_never_agreed_with(store) -> None:
     record = replace(make_record(90, utc(2026, 5, 1), "notumor"), gate="rejected")
     store.add(record)

@@ -266,7 +266,8 @@ class OrthancChanges:
         self.rest = checked_address(rest).rstrip("/")
         self._session, self._timeout_s = session, timeout_s
 
-    def _get(self, path: str) -> Any:
+    def _get(self, path: str, study: bool = False) -> Any:
+        """The JSON at ``path``; a ``study`` read that finds nothing (HTTP 404) is :class:`PacsNotFound`."""
         import requests
 
         try:
@@ -277,7 +278,7 @@ class OrthancChanges:
             status = getattr(error.response, "status_code", None)
             if status in (401, 403):
                 raise PacsRefused("The PACS refused the user name or password (or this request).") from error
-            if status == 404:
+            if status == 404 and study:
                 raise PacsNotFound("The PACS no longer has this study.") from error
             raise PacsError(f"The PACS failed the change feed (HTTP {status}).") from error
         except (requests.ConnectionError, requests.Timeout) as error:
@@ -296,7 +297,7 @@ class OrthancChanges:
                 if change["ChangeType"] != "StableStudy":
                     continue
                 try:
-                    tags = self._get(f"/studies/{change['ID']}")["MainDicomTags"]
+                    tags = self._get(f"/studies/{change['ID']}", study=True)["MainDicomTags"]
                 except PacsNotFound:
                     logger.info("event=pacs_study_gone seq=%s", change["Seq"])
                     continue

@@ -117,13 +117,18 @@ class MongoPeople:
     # --- reviews ------------------------------------------------------------------------------------------
 
     def add_review(self, review: Review, seen_reviews: int | None = None) -> Record:
-        """Append ``review`` and make it the result's latest: the review document first, then the result's summary
-        on the condition that its review count is still the one read (the review document is taken back when not)."""
+        """Append ``review`` and make it the result's latest. The review's ``_id`` is the result's and its number
+        (``<result id>:<n>``), so the insert is the compare-and-set: a second review saved against the same count
+        is refused by the unique ``_id`` with nothing written (the reviews stay insert-only)."""
+        from pymongo.errors import DuplicateKeyError
+
         current = self.get(review.result_id)
         if current is None:
             raise InvalidRecord("No such result to review.")
         check_review(current, review, seen_reviews)
+        seen = current.review_count if seen_reviews is None else seen_reviews
         document = {
+            "_id": f"{review.result_id}:{seen + 1}",
             "result_id": review.result_id,
             "reviewer": review.reviewer,
             "created_at": review.created_at,
@@ -133,12 +138,13 @@ class MongoPeople:
             "reasons": list(review.reasons),
             "note": review.note,
         }
-        seen = current.review_count if seen_reviews is None else seen_reviews
-        count = seen if seen else {"$in": [0, None]}  # results written before reviews existed carry no count
         with self._errors():
-            inserted = self._people("reviews").insert_one(document).inserted_id
-            changed = self._collection.update_one(
-                {"_id": review.result_id, "review_count": count},
+            try:
+                self._people("reviews").insert_one(document)
+            except DuplicateKeyError as error:  # another reader's review took this number meanwhile
+                raise InvalidRecord(REVIEWED_MEANWHILE) from error
+            self._collection.update_one(
+                {"_id": review.result_id},
                 {
                     "$set": {
                         "reviewer": review.reviewer,
@@ -150,9 +156,6 @@ class MongoPeople:
                     "$min": {"first_reviewed_at": review.created_at},
                 },
             )
-            if changed.matched_count != 1:  # reviewed (or deleted) since it was read
-                self._people("reviews").delete_one({"_id": inserted})
-                raise InvalidRecord(REVIEWED_MEANWHILE)
         updated = self.get(review.result_id)
         assert updated is not None
         return updated
