@@ -30,10 +30,11 @@ format: $(VENV)/.dev
 	$(PY) -m ruff check --fix .
 
 # Every test: all but the heavy ones on two workers (the suite is mostly single-threaded Python: graph tracing,
-# whole pages, the browser), then the heavy ones (whole processes, memory budgets and races) alone, so that another
-# worker's load never skews what they measure.
+# whole pages, the browser), a test file's tests on one worker (its module fixtures, an Orthanc or an app server,
+# are started once); then the heavy ones (whole processes, timings, memory budgets and races) alone, so that
+# another worker's load never skews what they measure.
 test: lint
-	$(PY) -m pytest -n 2 -m "not heavy"
+	$(PY) -m pytest -n 2 --dist loadfile -m "not heavy"
 	$(PY) -m pytest -m heavy
 
 # The inner loop: lint and the unit tests on fakes and a tmp SQLite, on two workers. make test runs everything,

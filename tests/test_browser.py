@@ -182,6 +182,7 @@ def wait_idle(page) -> None:
     )
 
 
+@pytest.mark.heavy  # it times the upload to the verdict: run alone (make test), never beside another worker
 def test_upload_to_verdict_and_statistics_in_chromium(server: str, tmp_path: Path) -> None:
     from playwright.sync_api import FilePayload, expect, sync_playwright
 

@@ -529,6 +529,7 @@ def test_concurrent_writers_keep_one_record_per_upload(tmp_path: Path) -> None:
     assert results.count(True) == 4 and store.summary().total == 4
 
 
+@pytest.mark.heavy  # a timing: run alone
 def test_unreachable_mongodb_fails_within_three_seconds() -> None:
     import time
 
