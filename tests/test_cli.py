@@ -493,6 +493,7 @@ def test_evaluate_refuses_an_empty_folder_and_a_split_that_does_not_fit_it(tmp_p
     for entries, said in (
         ([["glioma/0.png", "glioma"], ["glioma/nope.png", "glioma"]], "1 of split.json's 2 files are not in"),
         ([["glioma/0.png", "glioma"], ["../outside.png", "glioma"]], "lie outside"),
+        ([["glioma/0.png", "glioma"], [str(tmp_path / "outside.png"), "glioma"]], "lie outside"),
         ([], "Nothing to score"),
     ):
         split.write_text(json.dumps({"validation": entries}))
@@ -502,6 +503,12 @@ def test_evaluate_refuses_an_empty_folder_and_a_split_that_does_not_fit_it(tmp_p
         split.write_text(text)
         code, lines = run_main(["evaluate", "--model", str(tiny_card), "--split", str(split), str(data)], capsys)
         assert code == 2 and "is not a split file" in lines[0]["error"]["message"]
+    linked = tmp_path / "linked"  # a class folder linked to another disk is the data's own, not "outside"
+    linked.mkdir()
+    (linked / "glioma").symlink_to(data / "glioma")
+    split.write_text(json.dumps({"validation": [["glioma/0.png", "glioma"]]}))
+    code, lines = run_main(["evaluate", "--model", str(tiny_card), "--split", str(split), str(linked)], capsys)
+    assert code == 0 and lines[0]["files"] == 1
 
 
 def test_a_retention_setting_out_of_range_exits_2_like_the_option(tmp_path, capsys, monkeypatch) -> None:

@@ -66,8 +66,8 @@ def _split_files(split: Path, root: Path) -> list[tuple[str, Path]]:
         files = read_split(split, root)
     except ValueError as error:
         raise NothingToScore(str(error)) from error
-    base = root.resolve()
-    outside = [path for _, path in files if not path.resolve().is_relative_to(base)]
+    # as written, not resolved: class folders linked to another disk are the data's own
+    outside = [path for _, path in files if not path.is_relative_to(root) or ".." in path.relative_to(root).parts]
     if outside:
         raise NothingToScore(
             f"{len(outside)} of {split.name}'s files lie outside {root}; a split names files under it."

@@ -280,8 +280,8 @@ def _dicom_series(
             volumes.append(_volume(sections, study_limits))
         except SeriesError as error:
             unread.append(f"{names[key]}: {error}")
-    if failed and not volumes and len(failed) == len(unread):  # nothing read, all for one reason: that reason
-        raise next(iter(failed.values()))
+    if not volumes and len(failed) == len(unread) and len({type(e) for e in failed.values()}) == 1:
+        raise next(iter(failed.values()))  # nothing read, every series for one kind of reason: that refusal
     return volumes, unread, localizers
 
 

@@ -175,7 +175,9 @@ def content_fingerprint(
     model, the review and which review it is (not the time it was made)."""
     facts = [(s.volume.series, s.label, None if s.score is None else round(s.score, 4), s.lesion_ml) for s in series]
     reviewed = [final_label, version] if version > 2 else [final_label]  # the first review's identity as before
-    unread_facts = [sorted(unread)] if unread else []  # a report without them keeps the identity it always had
+    # which series were unread ("Series 7", the part before the reason), not the reasons' wording: a message
+    # reworded later must not make an unchanged report a new instance; none keeps the identity it always had
+    unread_facts = [sorted(reason.split(":", 1)[0] for reason in unread)] if unread else []
     return json.dumps([facts, model.name, model.version, model.weights_sha256, *reviewed, *unread_facts])
 
 
