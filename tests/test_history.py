@@ -226,9 +226,9 @@ def test_two_series_of_todays_study_in_one_plane_get_no_change_and_a_few_voxels_
     assert grown.change == pytest.approx(1.196) and grown.change_percent is None
 
 
-def test_a_lower_bound_or_another_models_volume_is_never_a_change() -> None:
+def test_a_lower_bound_or_another_segmenters_volume_is_never_a_change() -> None:
     """A volume with sections inside the lesion not analysed is a lower bound: 3.0 mL then 1.5 mL read as "-50 %",
-    a lesion halving; a prior measured by another model (another segmenter) is not the same measurement."""
+    a lesion halving; a prior another segmenter measured is not the same measurement."""
     at = [datetime(2026, 9, 1, tzinfo=UTC) + timedelta(days=k) for k in range(3)]
     prior = replace(make_series(1, at[0], study=1), lesion_ml=3.0)
     caveat = "2 section(s) inside the lesion's span (sections 3-9) could not be analysed: ... a lower bound"
@@ -236,10 +236,18 @@ def test_a_lower_bound_or_another_models_volume_is_never_a_change() -> None:
     short = replace(short, geometry={**short.geometry, "lesion_caveats": [caveat]})
     (_, step) = lesion_course([prior, short])
     assert step.prior is prior and step.change is None and "lower bound" in step.not_compared
-    other = replace(make_series(3, at[2], study=3), lesion_ml=4.0, model_version="9.9.9")
-    (_, step) = lesion_course([prior, other])
-    assert step.change is None and "another model" in step.not_compared
-    (_, step) = lesion_course([prior, replace(make_series(4, at[2], study=3), lesion_ml=4.0)])
+
+    def measured_by(record, segmenter: str):
+        return replace(record, geometry={**record.geometry, "lesion_model": segmenter})
+
+    first = measured_by(prior, "lesion-a 1.0")
+    other = measured_by(replace(make_series(3, at[2], study=3), lesion_ml=4.0), "lesion-b 2.0")
+    (_, step) = lesion_course([first, other])
+    assert step.change is None and "another segmenter (lesion-a 1.0)" in step.not_compared
+    (_, step) = lesion_course([prior, other])  # saved before records named their segmenter: unknown, not the same
+    assert step.change is None and "not recorded" in step.not_compared
+    same = measured_by(replace(make_series(4, at[2], study=3), lesion_ml=4.0, model_version="9.9.9"), "lesion-a 1.0")
+    (_, step) = lesion_course([first, same])  # another classifier, the same segmenter: one lesion's course
     assert step.change == pytest.approx(1.0) and step.not_compared is None
 
 

@@ -104,10 +104,8 @@ def with_lesions(analyses: Sequence[Analysis], segmenter: Segmenter, batch_size:
         maps = segmenter.probabilities([a.scan.pixels for a in chunk], [a.region.box for a in chunk])
         share = (time.perf_counter() - began) * 1000 / len(chunk)
         for analysis, probability in zip(chunk, maps, strict=True):
-            measured[id(analysis)] = (
-                lesion_of(probability, segmenter.card.threshold, pixel_spacing(analysis.scan)),
-                share,
-            )
+            lesion = lesion_of(probability, segmenter.card.threshold, pixel_spacing(analysis.scan))
+            measured[id(analysis)] = (replace(lesion, by=segmenter.name), share)
     done = []
     for analysis in analyses:
         if id(analysis) not in measured:

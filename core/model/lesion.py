@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,7 @@ class Lesion:
     area_px: int
     area_mm2: float | None
     outline: list[np.ndarray]
+    by: str = ""  # the segmenter that measured it ("name version"): volumes of two are not one lesion's course
 
 
 class Segmenter:
@@ -109,7 +110,11 @@ class Segmenter:
     def lesion(
         self, pixels: np.ndarray, box: tuple[int, int, int, int] | None, spacing: tuple[float, float] | None = None
     ) -> Lesion:
-        return lesion_of(self.probabilities([pixels], [box])[0], self.card.threshold, spacing)
+        return replace(lesion_of(self.probabilities([pixels], [box])[0], self.card.threshold, spacing), by=self.name)
+
+    @property
+    def name(self) -> str:
+        return f"{self.card.name} {self.card.version}"
 
 
 def lesion_of(probability: np.ndarray, threshold: float, spacing: tuple[float, float] | None = None) -> Lesion:

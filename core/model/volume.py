@@ -154,6 +154,11 @@ class SeriesAnalysis:
         return [s.analysis.lesion.area_px if s.analysis and s.analysis.lesion else 0 for s in self.sections]
 
     @property
+    def lesion_model(self) -> str | None:
+        """The segmenter that measured the series' lesion ("name version"); None without one."""
+        return next((s.analysis.lesion.by for s in self.sections if s.analysis and s.analysis.lesion), None)
+
+    @property
     def lesion_ml(self) -> float | None:
         """The lesion volume in mL (areas x pixel spacing x distance between sections); None without a
         segmenter or a spacing."""

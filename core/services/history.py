@@ -14,7 +14,7 @@ never when the previous study, or the current one, has several series in that pl
 sequence is not known: History's comparison lets the reader choose), never in percent of a prior volume under
 0.1 mL (a few voxels: any change is thousands of per cent), never between single scans (two slices are not
 known to be the same section), never when either volume is a lower bound or approximate (its caveats) or the two
-were measured by different models (the step says why). The order is the order of saving: the app keeps no scan
+were measured by different segmenters (the step says why). The order is the order of saving: the app keeps no scan
 dates (they are removed with the identity), so a prior study saved after a later one reads as the later; the page
 says so.
 """
@@ -184,12 +184,14 @@ def _plane_of_study(record: Record) -> tuple[str | None, str | None]:
 
 def _not_comparable(prior: Record, record: Record) -> str | None:
     """Why two volumes in mL are still not a change: one is a lower bound or approximate (sections inside the
-    lesion not analysed, a gap, uneven steps: a lower bound read as the lesion shrinking), or another model (and so
-    another segmenter) measured the prior."""
-    if (prior.geometry or {}).get("lesion_caveats") or (record.geometry or {}).get("lesion_caveats"):
+    lesion not analysed, a gap, uneven steps: a lower bound read as the lesion shrinking), or another segmenter
+    measured the prior (each record names its own; records saved before they did name none, and two such are
+    compared as before)."""
+    before, now = prior.geometry or {}, record.geometry or {}
+    if before.get("lesion_caveats") or now.get("lesion_caveats"):
         return "not compared: a volume is a lower bound or approximate"
-    if (prior.model_name, prior.model_version) != (record.model_name, record.model_version):
-        return f"not compared: measured by another model ({prior.model_name} {prior.model_version})"
+    if before.get("lesion_model") != now.get("lesion_model"):
+        return f"not compared: measured by another segmenter ({before.get('lesion_model') or 'not recorded'})"
     return None
 
 

@@ -222,7 +222,8 @@ def series_record(
         geometry=geometry_of(volume)
         | {"rule": applied_rule(analysis)}
         | ({"study_unread": study_unread} if study_unread else {})
-        | ({"lesion_caveats": analysis.volume_caveats} if analysis.volume_caveats else {}),
+        | ({"lesion_caveats": analysis.volume_caveats} if analysis.volume_caveats else {})
+        | ({"lesion_model": analysis.lesion_model} if analysis.lesion_areas is not None else {}),
         lesion_px=None if analysis.lesion_areas is None else sum(analysis.lesion_areas),
         lesion_ml=analysis.lesion_ml,
     ).validate()
