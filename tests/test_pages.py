@@ -251,7 +251,9 @@ def test_a_reference_typed_after_uploading_updates_the_one_record(app_environmen
     assert app.text_input[0].value == ""  # the next batch does not start under this patient's reference
 
 
-def test_history_reads_a_patient_afresh_on_every_run_and_audits_the_read_once(app_environment: Path) -> None:
+def test_history_reads_a_patient_afresh_on_every_run_and_audits_the_read_once(
+    app_environment: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """It kept the first read for the whole session: a study saved meanwhile was missing from the table."""
     store = stored(app_environment)
     reference = pseudonymise("ZZCANARY Patient", local_key(app_environment))
@@ -262,8 +264,14 @@ def test_history_reads_a_patient_afresh_on_every_run_and_audits_the_read_once(ap
     assert not app.exception and len(app.dataframe[0].value) == 1
     store.add(replace(make_record(2, datetime(2026, 12, 1, 9, tzinfo=UTC)), patient_ref=reference))
     app.run()
-    assert not app.exception and len(app.dataframe[0].value) == 2
+    assert not app.exception and len(app.dataframe[0].value) == 2 and not app.warning
     assert [e.action for e in store.audit_events()].count("history") == 1
+    from core.services import history
+
+    monkeypatch.setattr(history, "LIMIT", 1)  # more saved results than a history shows: said, the newest kept
+    app.run()
+    assert not app.exception and len(app.dataframe[0].value) == 1
+    assert any("more than 1 saved results" in w.value for w in app.warning)
 
 
 def test_the_worklist_never_lists_every_patient_under_a_reference_it_cannot_compute(
