@@ -466,3 +466,20 @@ def test_a_sections_heat_map_explains_the_series_call_not_the_sections_own(tmp_p
         assert heat is not None and heat.shape == view.sections[1].shape and asked[-1] == expected
     section_heat(replace(view, label="tumour", is_tumour=True), 1, tiny_classifier, explainer)  # type uncertain
     assert asked[-1] in {"glioma", "meningioma", "pituitary"}  # the section's most probable type, never "notumor"
+
+
+def test_a_study_path_that_cannot_be_read_gets_its_own_reason_never_its_path(tmp_path, monkeypatch) -> None:
+    """Every read error was "permission denied", an I/O error too."""
+    from core.services import studies
+
+    for error, said in (
+        (PermissionError(13, "Permission denied"), "permission denied"),
+        (OSError(5, "Input/output error"), "input/output error"),
+    ):
+
+        def fails(path, error=error):
+            raise error
+
+        monkeypatch.setattr(studies, "files_of", fails)
+        outcome = studies.analyse_path(tmp_path / "ZZCANARY-study", None)  # type: ignore[arg-type]
+        assert outcome.error_code == "unreadable" and outcome.error_message == f"It cannot be read ({said})."

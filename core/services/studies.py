@@ -163,8 +163,9 @@ def analyse_path(path: Path, classifier: Classifier) -> StudyOutcome:
         return StudyOutcome(str(path), error_code=error.code, error_message=str(error))
     except FileNotFoundError:
         return StudyOutcome(str(path), error_code="not_found", error_message="No such file or folder.")
-    except OSError:
-        return StudyOutcome(str(path), error_code="unreadable", error_message="It cannot be read (permission denied).")
+    except OSError as error:  # its reason (permission denied, an I/O error, ...), never its own path
+        why = error.strerror or type(error).__name__
+        return StudyOutcome(str(path), error_code="unreadable", error_message=f"It cannot be read ({why.lower()}).")
     if not files:
         return StudyOutcome(str(path), error_code="series_error", error_message="No DICOM, NIfTI or zip file in it.")
     return analyse_study(files, classifier, str(path), ignored)
