@@ -70,6 +70,8 @@ def test_refuses_missing_weights_and_malformed_cards(tmp_path: Path) -> None:
     card.write_text("{not json")
     with pytest.raises(ModelError, match="not valid JSON"):
         ModelCard.from_file(card)
+    with pytest.raises(ModelError, match="is a folder"):  # it said "not valid JSON"
+        ModelCard.from_file(card.parent)
     card.write_text(json.dumps({"name": "x"}))
     with pytest.raises(ModelError, match="incomplete"):
         ModelCard.from_file(card)

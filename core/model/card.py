@@ -54,7 +54,13 @@ class ModelCard:
             raw = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError as error:
             raise ModelError(f"Model card not found: {path.name}") from error
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        except IsADirectoryError as error:
+            raise ModelError(f"Model card {path.name} is a folder; give the card's JSON file.") from error
+        except OSError as error:
+            raise ModelError(
+                f"Model card {path.name} cannot be read ({error.strerror or type(error).__name__})."
+            ) from error
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise ModelError(f"Model card {path.name} is not valid JSON.") from error
         try:
             spec = raw["input"]
