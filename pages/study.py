@@ -6,10 +6,10 @@ import streamlit as st
 
 from core.errors import ModelError, StoreError
 from core.services.access import ANALYSE
-from core.services.studies import triage_study, upload_refusal
+from core.services.studies import link_study, needs_link, triage_study, upload_refusal
 from ui import pacs, resources
 from ui.page import setup_page
-from ui.study import current, earlier_note, keep, show_study, studies, unsaved
+from ui.study import current, earlier_note, keep, pacs_study_uid, show_study, studies, unsaved
 
 actor = setup_page("Study", ANALYSE)
 st.title("Study")
@@ -89,6 +89,12 @@ if pacs_tab is not None:
 shown = current()
 if shown is None:
     st.stop()
+typed = resources.patient_reference(patient) if pacs_study_uid(shown) is None else None
+if typed is not None and needs_link(results[shown], typed):  # typed after the study was analysed: applied to it
+    try:
+        results[shown] = link_study(resources.current_store(), actor, results[shown], typed)
+    except StoreError as error:
+        st.warning(f"The patient reference was not applied to the saved series: {error}")
 if signature != shown:
     st.caption(earlier_note(shown, bool(files) and signature not in results))
     if st.button("Clear this study from the page", key="study_clear"):

@@ -739,6 +739,27 @@ def test_a_one_section_series_opens_in_the_viewer_and_can_be_reviewed(app_enviro
     assert " · 1 section · " in study.expander[0].label  # not "1 sections"
 
 
+def test_a_reference_typed_after_a_study_was_analysed_links_its_saved_series(app_environment: Path) -> None:
+    """It was ignored: the series stayed under no reference, and the patient's History stayed empty."""
+    from core.imaging.phantom_series import dicom_series, head_volume
+
+    files = [(f"IM{k}", data, "application/dicom") for k, data in enumerate(dicom_series(head_volume(6, 128)))]
+    app = page("study.py").run()
+    app.file_uploader[0].set_value(files).run()
+    next(b for b in app.button if b.label == "Analyse this study").click().run(timeout=120)
+    store = stored(app_environment)
+    (record,) = store.recent(5)
+    assert not app.exception and record.patient_ref is None
+    app.text_input(key="study_patient").input("ZZCANARY Study Patient").run()
+    reference = pseudonymise("ZZCANARY Study Patient", local_key(app_environment))
+    assert not app.exception and store.get(record.id).patient_ref == reference
+    assert [e.action for e in store.audit_events()].count("patient_reference_set") == 1
+    app.text_input(key="study_patient").input("ZZCANARY Other Patient").run()  # a linked study is never moved
+    assert store.get(record.id).patient_ref == reference
+    assert [e.action for e in store.audit_events()].count("patient_reference_set") == 1
+    assert any("another patient reference" in c.value for c in [*app.caption, *app.warning, *app.info])
+
+
 def test_removing_files_one_by_one_from_the_study_uploader_saves_nothing_new(app_environment: Path) -> None:
     """Each removal once saved another partial series (185 phantom series from one 176-file selection)."""
     from core.imaging.phantom_series import dicom_series, head_volume

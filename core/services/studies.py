@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -364,3 +364,29 @@ def save_study(
     if outcome.unanalysed and outcome.verdict is None and any(s.label is not None for s in outcome.series):
         notes = (*notes, UNREAD_SERIES.format(outcome.unanalysed))
     return StudyResult(tuple(views), outcome.verdict, notes=notes, unread=outcome.unanalysed)
+
+
+def _unlinked(view: SeriesView, patient_ref: str | None) -> bool:
+    """A saved series under no reference, or one other than ``patient_ref`` its status does not say yet."""
+    saved = view.record is not None and view.status is not None and not view.status.others
+    return saved and view.record.patient_ref != patient_ref  # type: ignore[union-attr]
+
+
+def needs_link(study: StudyResult, patient_ref: str | None) -> bool:
+    return any(_unlinked(view, patient_ref) for view in study.views)
+
+
+def link_study(store: Store, actor: Actor, study: StudyResult, patient_ref: str | None) -> StudyResult:
+    """The study with the reference typed after it was analysed applied to each saved series that has none (an
+    audited change each, as a result uploaded again; it was ignored, and the patient's History stayed empty); a
+    series saved under another patient's reference keeps it and its status says so (never relinked from here)."""
+    require(actor, ANALYSE)
+    views = []
+    for view in study.views:
+        record, status = view.record, view.status
+        if record is None or status is None or not _unlinked(view, patient_ref):
+            views.append(view)
+            continue
+        status, kept = reference_for_saved(store, actor, record.id, patient_ref, status)
+        views.append(replace(view, record=replace(record, patient_ref=kept), status=status))
+    return replace(study, views=tuple(views))
