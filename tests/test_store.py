@@ -314,6 +314,45 @@ def test_two_reviews_saved_against_the_same_count_keep_the_first_in_the_stores_o
     assert (store.get(record.id).final_label, store.get(record.id).review_count) == ("notumor", 1)
 
 
+def test_the_latest_review_is_the_last_saved_whatever_the_clocks_say(store) -> None:
+    """MongoDB ordered a result's reviews by their time: a replica's clock a minute behind put the later review
+    first, and the report and the PACS read it as the latest while the result's final label was the other's."""
+    record = make_record(92, utc(2026, 5, 1), "glioma")
+    store.add(record)
+    store.add_review(Review(record.id, "dr-a", utc(2026, 5, 2, 10), "agree", "glioma", "glioma"))
+    store.add_review(
+        Review(record.id, "dr-b", utc(2026, 5, 2, 9, 59), "override", "glioma", "notumor", ("false_alarm",))
+    )
+    assert [r.reviewer for r in store.reviews_of(record.id)] == ["dr-a", "dr-b"]
+    assert store.reviews_of(record.id)[-1].final_label == store.get(record.id).final_label == "notumor"
+
+
+def test_a_mongodb_review_whose_summary_a_timeout_left_unwritten_never_blocks_the_result(monkeypatch) -> None:
+    """The review is written, then the result's summary: a timeout between the two left a review numbered 1 with
+    the result still at 0 reviews, and every later review was refused as "reviewed meanwhile", for good."""
+    import mongomock
+    from pymongo.errors import WTimeoutError
+
+    store = MongoStore(mongomock.MongoClient(tz_aware=True), collection=f"scans_{uuid.uuid4().hex[:8]}")
+    record = make_record(93, utc(2026, 5, 1), "glioma")
+    store.add(record)
+    real = store._collection.update_one
+
+    def times_out(*args, **kwargs):
+        raise WTimeoutError("waiting for replication timed out")
+
+    monkeypatch.setattr(store._collection, "update_one", times_out)
+    with pytest.raises(StoreError):
+        store.add_review(Review(record.id, "dr-a", utc(2026, 5, 2), "agree", "glioma", "glioma"))
+    monkeypatch.setattr(store._collection, "update_one", real)
+    assert store.get(record.id).review_count == 0 and len(store.reviews_of(record.id)) == 1
+    with pytest.raises(InvalidRecord, match="meanwhile"):  # the next attempt writes the summary, then says so
+        store.add_review(Review(record.id, "dr-b", utc(2026, 5, 3), "agree", "glioma", "glioma"))
+    assert (store.get(record.id).review_count, store.get(record.id).reviewer) == (1, "dr-a")
+    again = store.add_review(Review(record.id, "dr-b", utc(2026, 5, 3), "agree", "glioma", "glioma"), seen_reviews=1)
+    assert again.review_count == 2 and [r.reviewer for r in store.reviews_of(record.id)] == ["dr-a", "dr-b"]
+
+
 def test_a_refused_image_is_never_agreed_with(store) -> None:
     record = replace(make_record(90, utc(2026, 5, 1), "notumor"), gate="rejected")
     store.add(record)

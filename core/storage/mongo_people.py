@@ -117,18 +117,21 @@ class MongoPeople:
     # --- reviews ------------------------------------------------------------------------------------------
 
     def add_review(self, review: Review, seen_reviews: int | None = None) -> Record:
-        """Append ``review`` and make it the result's latest. The review's ``_id`` is the result's and its number
-        (``<result id>:<n>``), so the insert is the compare-and-set: a second review saved against the same count
-        is refused by the unique ``_id`` with nothing written (the reviews stay insert-only)."""
+        """Append ``review`` and make it the result's latest. A review document's ``_id`` is its result's and its
+        number (``<result id>:<n>``), so the insert is the compare-and-set: a second review saved against the same
+        count is refused by the unique ``_id`` with nothing written (the reviews stay insert-only). The result's
+        summary follows from the review and is written only forward (never over a later review's): a summary a
+        timeout left unwritten is written by the next review's attempt, which then says the result was reviewed."""
         from pymongo.errors import DuplicateKeyError
 
         current = self.get(review.result_id)
         if current is None:
             raise InvalidRecord("No such result to review.")
         check_review(current, review, seen_reviews)
-        seen = current.review_count if seen_reviews is None else seen_reviews
+        number = (current.review_count if seen_reviews is None else seen_reviews) + 1
         document = {
-            "_id": f"{review.result_id}:{seen + 1}",
+            "_id": f"{review.result_id}:{number}",
+            "n": number,
             "result_id": review.result_id,
             "reviewer": review.reviewer,
             "created_at": review.created_at,
@@ -141,30 +144,38 @@ class MongoPeople:
         with self._errors():
             try:
                 self._people("reviews").insert_one(document)
-            except DuplicateKeyError as error:  # another reader's review took this number meanwhile
+            except DuplicateKeyError as error:  # that number was taken meanwhile: its summary written, then said
+                taken = self._people("reviews").find_one({"_id": document["_id"]})
+                if taken is not None:
+                    self._summarise(taken)
                 raise InvalidRecord(REVIEWED_MEANWHILE) from error
-            self._collection.update_one(
-                {"_id": review.result_id},
-                {
-                    "$set": {
-                        "reviewer": review.reviewer,
-                        "review_verdict": review.action,
-                        "final_label": review.final_label,
-                        "reviewed_at": review.created_at,
-                    },
-                    "$inc": {"review_count": 1},
-                    "$min": {"first_reviewed_at": review.created_at},
-                },
-            )
+            self._summarise(document)
         updated = self.get(review.result_id)
         assert updated is not None
         return updated
 
+    def _summarise(self, document: dict[str, Any]) -> None:
+        """The result's summary from its review number ``n``, unless a later review's is there already."""
+        number = int(document["n"])
+        self._collection.update_one(
+            {"_id": document["result_id"], "$or": [{"review_count": {"$lt": number}}, {"review_count": None}]},
+            {
+                "$set": {
+                    "reviewer": document["reviewer"],
+                    "review_verdict": document["action"],
+                    "final_label": document["final_label"],
+                    "reviewed_at": document["created_at"],
+                    "review_count": number,
+                },
+                "$min": {"first_reviewed_at": document["created_at"]},
+            },
+        )
+
     def reviews_of(self, record_id: str) -> list[Review]:
+        """In the order they were saved: by number (those saved before reviews were numbered first, in insertion
+        order), never by their clocks (a replica's skewed clock put a later review first, read as the latest)."""
         with self._errors():
-            documents = list(
-                self._people("reviews").find({"result_id": record_id}).sort([("created_at", 1), ("_id", 1)])
-            )
+            documents = list(self._people("reviews").find({"result_id": record_id}).sort([("n", 1), ("_id", 1)]))
         return [
             Review(
                 result_id=d["result_id"],
