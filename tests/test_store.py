@@ -1437,17 +1437,23 @@ def test_both_stores_cut_a_moment_to_its_millisecond_and_answer_edge_queries_ali
 
 def test_a_mongodb_audit_trail_from_before_version_7_gets_its_head_on_upgrade() -> None:
     """SQLite's upgrade starts the chain's head at its last event; MongoDB's left none, so the check said the chain
-    had no head until the next event."""
+    had no head until the next event. Events as the store writes them (the sequence number is the _id): the upgrade
+    read a "seq" field and failed on every call."""
     import mongomock
 
     client = mongomock.MongoClient(tz_aware=True)
+    written = MongoStore(client)
+    for n in range(3):
+        written.append_audit(AuditEvent(utc(2026, 5, 1, 9, n), "cli", "system", "upload", detail={"n": n}))
     database = client["brain_mri_triage"]
-    database["audit"].insert_many([{"seq": 1, "hash": "a" * 64}, {"seq": 2, "hash": "b" * 64}])
-    database["meta"].insert_one({"_id": "schema", "version": 6})
+    last = written.audit_events()[-1]
+    database["meta"].delete_one({"_id": "audit_head"})  # as a version-6 database: events, no head
+    database["meta"].update_one({"_id": "schema"}, {"$set": {"version": 6}})
     store = MongoStore(client)
     assert store.schema_version() == SCHEMA_VERSION
     head = store.audit_head()
-    assert head is not None and (head.seq, head.hash) == (2, "b" * 64)
+    assert head is not None and (head.seq, head.hash) == (last.seq, last.hash) == (3, last.hash)
+    assert store.recent(5) == [] and first_broken(store.audit_events()) is None
 
 
 def test_a_vanished_data_folder_gets_no_new_keys_that_would_stick_after_the_backup_is_restored(

@@ -299,11 +299,12 @@ def migrate_mongo(database: Any, collection: Any, validator: dict[str, Any] | No
             {"kind": "series", "image_format": "nifti", "geometry.orientation": OLD_NIFTI_ORIENTATION},
             {"$set": {"geometry.orientation": NIFTI_ORIENTATION_OF_OLD_PIXELS}},
         ).modified_count
-        last = database["audit"].find_one({}, {"seq": 1, "hash": 1}, sort=[("seq", -1)])
+        # an event's sequence number is its _id (it read a "seq" field no version wrote: KeyError on every call)
+        last = database["audit"].find_one({}, {"hash": 1}, sort=[("_id", -1)])
         if last is not None:  # the chain's head starts at its last event, as SQLite's upgrade starts it
             database["meta"].update_one(
                 {"_id": "audit_head"},
-                {"$setOnInsert": {"seq": int(last["seq"]), "hash": str(last["hash"]), "keyed_since": 0, "mac": ""}},
+                {"$setOnInsert": {"seq": int(last["_id"]), "hash": str(last["hash"]), "keyed_since": 0, "mac": ""}},
                 upsert=True,
             )
         logger.warning("event=store_migrated store=mongodb to=7 nifti_orientations_fixed=%d", fixed)
