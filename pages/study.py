@@ -63,6 +63,8 @@ with upload:
                 images=resources.image_store(store),
                 key=key,
             )
+            results[signature] = study  # kept before any Streamlit call: a rerun asked for meanwhile stops the
+            # script at the next one, and the saved study was lost from the page (Analyse offered again)
         keep(signature, study)
         st.rerun()  # drawn again without the button and its "nothing is analysed" note
 

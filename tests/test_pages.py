@@ -760,6 +760,34 @@ def test_a_reference_typed_after_a_study_was_analysed_links_its_saved_series(app
     assert any("another patient reference" in c.value for c in [*app.caption, *app.warning, *app.info])
 
 
+def test_a_rerun_asked_for_while_a_study_is_analysed_keeps_the_saved_study_on_the_page(
+    app_environment: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A widget touched during the analysis asks for a rerun, which stops the script at its next Streamlit call:
+    the study was saved but lost from the page, and Analyse was offered again (another upload event each press)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+    from streamlit.runtime.scriptrunner_utils.script_requests import RerunData
+
+    from core.imaging.phantom_series import dicom_series, head_volume
+    from core.services import studies
+
+    real = studies.triage_study
+
+    def touched_meanwhile(*args, **kwargs):
+        study = real(*args, **kwargs)
+        get_script_run_ctx().script_requests.request_rerun(RerunData())  # the reader typed in a field meanwhile
+        return study
+
+    monkeypatch.setattr(studies, "triage_study", touched_meanwhile)
+    files = [(f"IM{k}", data, "application/dicom") for k, data in enumerate(dicom_series(head_volume(6, 128)))]
+    app = page("study.py").run()
+    app.file_uploader[0].set_value(files).run()
+    next(b for b in app.button if b.label == "Analyse this study").click().run(timeout=120)
+    assert not app.exception and len(app.session_state["studies"]) == 1
+    assert not any(b.label == "Analyse this study" for b in app.button)
+    assert [e.action for e in stored(app_environment).audit_events()].count("upload") == 1
+
+
 def test_removing_files_one_by_one_from_the_study_uploader_saves_nothing_new(app_environment: Path) -> None:
     """Each removal once saved another partial series (185 phantom series from one 176-file selection)."""
     from core.imaging.phantom_series import dicom_series, head_volume

@@ -148,6 +148,7 @@ def _analyse(actor: Actor, hit: StudyHit, classifier: Any, key: bytes | None) ->
     except StoreError as error:  # a pull reads a patient's images: not without its audit event
         st.error(f"The study is not pulled while the results database and audit trail are unavailable: {error}")
         return
+    results = studies()
     try:
         with st.spinner(f"Pulling {count_of(hit.instances or 0, 'image')} from the PACS and analysing them…"):
             pulled = pacs_service.pull_and_analyse(_connect(), actor, hit.study_uid, classifier, store, key)
@@ -155,6 +156,7 @@ def _analyse(actor: Actor, hit: StudyHit, classifier: Any, key: bytes | None) ->
                 st.error(f"This study cannot be analysed. {pulled.outcome.error_message}")
                 return
             study = pacs_service.save_pulled(pulled, store, actor=actor, images=resources.image_store(store), key=key)
+            results[pacs_name(hit.study_uid)] = study  # before any Streamlit call (a rerun asked for stops there)
     except (PacsError, AccessDenied, StoreError) as error:  # the audit of a pull fails with the database too
         st.error(str(error))
         return
