@@ -68,7 +68,8 @@ with upload:
         keep(signature, study)
         st.rerun()  # drawn again without the button and its "nothing is analysed" note
 
-    if files and signature not in results:  # a selection is analysed and saved once, when the reader says so
+    failed = signature in results and results[signature].error_code == "internal_error"  # "try again": offered
+    if files and (signature not in results or failed):  # a selection is analysed and saved once, when asked
         st.caption(f"{len(files)} file(s) chosen; nothing is analysed or saved until you press Analyse.")
         if st.button("Analyse this study", type="primary", key="study_analyse"):
             analyse_and_save()

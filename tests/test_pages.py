@@ -788,6 +788,29 @@ def test_a_rerun_asked_for_while_a_study_is_analysed_keeps_the_saved_study_on_th
     assert [e.action for e in stored(app_environment).audit_events()].count("upload") == 1
 
 
+def test_a_study_that_failed_unexpectedly_can_be_analysed_again(app_environment: Path, monkeypatch) -> None:
+    """ "Unexpected error; try again." with no button to try again: the failed outcome was kept for those files."""
+    from core.imaging.phantom_series import dicom_series, head_volume
+    from core.services import studies
+
+    real, calls = studies.read_upload, []
+
+    def fails_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a moment's fault")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(studies, "read_upload", fails_once)
+    files = [(f"IM{k}", data, "application/dicom") for k, data in enumerate(dicom_series(head_volume(6, 128)))]
+    app = page("study.py").run()
+    app.file_uploader[0].set_value(files).run()
+    next(b for b in app.button if b.label == "Analyse this study").click().run(timeout=120)
+    assert not app.exception and any("Unexpected error; try again." in e.value for e in app.error)
+    next(b for b in app.button if b.label == "Analyse this study").click().run(timeout=120)
+    assert not app.exception and not app.error and len(stored(app_environment).recent(5)) == 1
+
+
 def test_removing_files_one_by_one_from_the_study_uploader_saves_nothing_new(app_environment: Path) -> None:
     """Each removal once saved another partial series (185 phantom series from one 176-file selection)."""
     from core.imaging.phantom_series import dicom_series, head_volume
