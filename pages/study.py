@@ -74,7 +74,8 @@ with upload:
         if st.button("Analyse this study", type="primary", key="study_analyse"):
             analyse_and_save()
     else:
-        if files and st.session_state.get("study_files_seen") != signature:  # a choice of files analysed before
+        # a choice of files analysed before, or the page cleared of another study: the chosen files' is shown
+        if files and (st.session_state.get("study_files_seen") != signature or current() is None):
             st.session_state["study_current"] = signature
         if files and unsaved(results[signature]):  # the database failed: the same files, saved now it is back
             st.warning("Some series of this study were not saved (see below).")

@@ -811,6 +811,25 @@ def test_a_study_that_failed_unexpectedly_can_be_analysed_again(app_environment:
     assert not app.exception and not app.error and len(stored(app_environment).recent(5)) == 1
 
 
+def test_clearing_another_study_from_the_page_shows_the_chosen_files_study_again(app_environment: Path) -> None:
+    """Files analysed, then a PACS study put on the page, then "Clear": nothing was shown, no button, no message."""
+    from core.imaging.phantom_series import dicom_series, head_volume
+
+    files = [(f"IM{k}", data, "application/dicom") for k, data in enumerate(dicom_series(head_volume(6, 128)))]
+    app = page("study.py").run()
+    app.file_uploader[0].set_value(files).run()
+    next(b for b in app.button if b.label == "Analyse this study").click().run(timeout=120)
+    (analysed,) = app.session_state["studies"].values()
+    shown = app.session_state["study_current"]
+    studies = {shown: analysed, ("pacs", "1.2.826.0.1.3680043.8.498.5"): analysed}  # as the PACS panel keeps one
+    app.session_state["studies"] = studies
+    app.session_state["study_current"] = ("pacs", "1.2.826.0.1.3680043.8.498.5")
+    app.run()
+    next(b for b in app.button if b.label == "Clear this study from the page").click().run()
+    assert not app.exception and app.session_state["study_current"] == shown
+    assert any(b.label.startswith("Make the PDF report") for b in app.button)  # the chosen files' study, whole
+
+
 def test_removing_files_one_by_one_from_the_study_uploader_saves_nothing_new(app_environment: Path) -> None:
     """Each removal once saved another partial series (185 phantom series from one 176-file selection)."""
     from core.imaging.phantom_series import dicom_series, head_volume
