@@ -240,7 +240,14 @@ middle.download_button(
     if export_store is None
     else exported(
         export_store,
-        [r.record.id for r in session.results() if r.record is not None and r.status and r.status.state != NOT_SAVED],
+        [  # the results the rows carry (each upload's frame shown), no other frame analysed in the session
+            upload.current.record.id
+            for upload in session
+            if upload.current is not None
+            and upload.current.record is not None
+            and upload.current.status
+            and upload.current.status.state != NOT_SAVED
+        ],
         with_names,
         rows,
     ),

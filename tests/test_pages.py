@@ -305,7 +305,7 @@ def test_a_key_too_short_to_use_is_a_message_on_every_page_never_a_crash(
             assert app.error and ("disabled" in app.error[0].value or "audit key" in app.error[0].value), name
 
 
-def test_a_two_frame_dicom_gives_two_results_with_a_frame_picker(app_environment: Path) -> None:
+def test_a_two_frame_dicom_gives_two_results_with_a_frame_picker(app_environment: Path, downloads: list) -> None:
     frames = np.stack([synthetic_slice(128, seed=1), synthetic_slice(128, tumour=True, seed=2)]).astype("uint16") * 16
     app = page("scan.py").run()
     app.file_uploader[0].set_value([("series.dcm", dicom_bytes(frames, frames=2), "application/dicom")]).run()
@@ -319,6 +319,9 @@ def test_a_two_frame_dicom_gives_two_results_with_a_frame_picker(app_environment
     assert sorted(r.frame for r in records) == [0, 1]  # frame 1 is its own result, not "already saved"
     batch = next(d.value for d in app.dataframe if "frame" in d.value.columns)  # beside the acquisition facts
     assert batch["frame"][0] == 1
+    downloads[-1]()  # the CSV carries frame 1's row: its audit event names that result, not every frame analysed
+    (export,) = exports(app_environment)
+    assert export.detail["results"] == [next(r.id for r in records if r.frame == 1)]
 
 
 def test_a_dicom_file_without_an_extension_is_accepted(app_environment: Path) -> None:
