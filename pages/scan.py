@@ -50,6 +50,7 @@ def reference_changed() -> None:
     next patient's reference over the field moved the previous patient's results to the next one's History."""
     session.patient_text = st.session_state["patient_text"]
     _apply_reference(moving=False)
+    st.session_state["reference_typed"] = True  # the field's fragment then redraws the page if results are kept
 
 
 def move_references() -> None:
@@ -164,6 +165,10 @@ def patient_field() -> None:
         disabled=key is None,
         placeholder="e.g. the local study number" if key else "Patient references need [identity] hmac_key in secrets",
     )
+    # a correction that leaves earlier results under the reference typed before: the whole page, with the warning
+    # and the Move button (drawn outside this fragment, they waited for some later page run)
+    if st.session_state.pop("reference_typed", False) and elsewhere():
+        st.rerun(scope="app")
 
 
 patient_field()

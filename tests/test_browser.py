@@ -223,6 +223,11 @@ def test_upload_to_verdict_and_statistics_in_chromium(server: str, tmp_path: Pat
             handle.truncate(51 * 2**20)
         page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files([str(too_big)])
         expect(page.get_by_text("50.0MB or smaller", exact=False).first).to_be_visible(timeout=30_000)
+        field.fill("ZZCANARY browser patient 2")  # a correction: Enter re-runs the field alone, yet the warning and
+        field.press("Enter")  # the Move button (drawn outside it) come at once, not at some later page run
+        kept = page.get_by_text("1 result of this session is kept under the patient reference", exact=False)
+        expect(kept).to_be_visible(timeout=30_000)
+        expect(page.get_by_role("button", name="Move 1 result to this reference")).to_be_visible()
 
         # the radiologist reads it on the worklist and overrides the model's verdict
         page.get_by_test_id("stSidebarNav").get_by_text("Worklist").click()
