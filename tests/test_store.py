@@ -714,6 +714,32 @@ def test_a_round_2_mongodb_result_gets_every_field_the_validator_requires() -> N
     assert store.get(document["_id"]).geometry == {}
 
 
+def test_a_version_2_mongodb_review_is_moved_into_the_history_once_even_by_two_upgrades() -> None:
+    """Two app processes upgrading at once (or one resumed after a crash) each inserted the result's one review:
+    two history entries for one review."""
+    import mongomock
+
+    from core.storage.migrations import _mongo_v2_to_v3
+
+    client = mongomock.MongoClient(tz_aware=True)
+    database = client["brain_mri_triage"]
+    document = {**make_record(8, utc(2026, 11, 20, 9, 0), "glioma").__dict__}
+    for name in ("review_count", "first_reviewed_at", "geometry", "kind", "lesion_px", "lesion_mm2", "lesion_ml"):
+        document.pop(name, None)
+    document.update(_id=document.pop("id"), reviewed_at=utc(2026, 11, 21), reviewer="dr-old", review_verdict="agree")
+    database["scans"].insert_one(document)
+    database["meta"].insert_one({"_id": "schema", "version": 2})
+    copy = {**document}
+    store = MongoStore(client)
+    assert store.schema_version() == SCHEMA_VERSION
+    database["scans"].replace_one({"_id": copy["_id"]}, copy)  # the other process read it before the first wrote
+    _mongo_v2_to_v3(database, database["scans"])
+    history = store.reviews_of(copy["_id"])
+    assert [(r.reviewer, r.action, r.final_label) for r in history] == [("dr-old", "agree", "glioma")]
+    later = store.add_review(Review(copy["_id"], "dr-new", utc(2026, 11, 22), "agree", "glioma", "glioma"))
+    assert later.review_count == 2 and [r.reviewer for r in store.reviews_of(copy["_id"])] == ["dr-old", "dr-new"]
+
+
 def test_a_round_1_mongodb_collection_is_upgraded_on_first_use() -> None:
     import mongomock
 

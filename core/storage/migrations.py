@@ -31,6 +31,7 @@ this code is refused rather than guessed at.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -363,23 +364,28 @@ def _mongo_v1_to_v2(collection: Any) -> int:
 
 
 def _mongo_v2_to_v3(database: Any, collection: Any) -> int:
-    """Move each result's one version-2 review into the reviews collection (as the SQLite upgrade does)."""
+    """Move each result's one version-2 review into the reviews collection (as the SQLite upgrade does), as its
+    review number 1: two app processes upgrading at once (or one resumed after a crash) move it once."""
+    from pymongo.errors import DuplicateKeyError
+
     moved = 0
     for document in collection.find({"reviewed_at": {"$ne": None}, "review_count": {"$exists": False}}):
         action = "agree" if document.get("review_verdict") == "agree" else "override"
         final = document.get("final_label") or document["label"]
-        database["reviews"].insert_one(
-            {
-                "result_id": document["_id"],
-                "reviewer": document.get("reviewer") or "unknown",
-                "created_at": document["reviewed_at"],
-                "action": action,
-                "model_label": document["label"],
-                "final_label": final,
-                "reasons": [],
-                "note": document.get("review_note") or "",
-            }
-        )
+        review = {
+            "_id": f"{document['_id']}:1",
+            "n": 1,
+            "result_id": document["_id"],
+            "reviewer": document.get("reviewer") or "unknown",
+            "created_at": document["reviewed_at"],
+            "action": action,
+            "model_label": document["label"],
+            "final_label": final,
+            "reasons": [],
+            "note": document.get("review_note") or "",
+        }
+        with contextlib.suppress(DuplicateKeyError):  # moved by another process (or before a crash): kept once
+            database["reviews"].insert_one(review)
         collection.update_one(
             {"_id": document["_id"]},
             {
