@@ -64,8 +64,7 @@ with upload:
                 key=key,
             )
             results[signature] = study  # kept before any Streamlit call: a rerun asked for meanwhile stops the
-            # script at the next one, and the saved study was lost from the page (Analyse offered again)
-        keep(signature, study)
+            keep(signature, study)  # script at the next one, and the saved study was lost from the page
         st.rerun()  # drawn again without the button and its "nothing is analysed" note
 
     failed = signature in results and results[signature].error_code == "internal_error"  # "try again": offered
@@ -93,12 +92,20 @@ if pacs_tab is not None:
 shown = current()
 if shown is None:
     st.stop()
-typed = resources.patient_reference(patient) if pacs_study_uid(shown) is None else None
-if typed is not None and needs_link(results[shown], typed):  # typed after the study was analysed: applied to it
-    try:
-        results[shown] = link_study(resources.current_store(), actor, results[shown], typed)
-    except StoreError as error:
-        st.warning(f"The patient reference was not applied to the saved series: {error}")
+# a reference typed after the chosen files' study was analysed: linked when the reader says so (typed for the
+# next patient before dropping their files, it would otherwise have linked this one), as an audited change
+typed = resources.patient_reference(patient) if files and shown == signature else None
+if typed is not None and pacs_study_uid(shown) is None and needs_link(results[shown], typed):
+    st.warning(
+        "The saved series of this study are not under the patient reference typed now (typed after it was analysed)."
+    )
+    if st.button("Link this study to the reference typed now", key="study_link"):
+        try:
+            results[shown] = link_study(resources.current_store(), actor, results[shown], typed)
+        except StoreError as error:
+            st.error(f"The patient reference was not applied: {error}")
+        else:
+            st.rerun()
 if signature != shown:
     st.caption(earlier_note(shown, bool(files) and signature not in results))
     if st.button("Clear this study from the page", key="study_clear"):

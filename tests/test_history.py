@@ -249,6 +249,9 @@ def test_a_lower_bound_or_another_segmenters_volume_is_never_a_change() -> None:
     same = measured_by(replace(make_series(4, at[2], study=3), lesion_ml=4.0, model_version="9.9.9"), "lesion-a 1.0")
     (_, step) = lesion_course([first, same])  # another classifier, the same segmenter: one lesion's course
     assert step.change == pytest.approx(1.0) and step.not_compared is None
+    unnamed = replace(make_series(5, at[2], study=3), lesion_ml=4.0, model_version="9.9.9")  # saved before records
+    (_, step) = lesion_course([prior, unnamed])  # named their segmenter: another model's reading is not compared
+    assert step.change is None and "another model" in step.not_compared
 
 
 @pytest.mark.pages

@@ -754,13 +754,36 @@ def test_a_reference_typed_after_a_study_was_analysed_links_its_saved_series(app
     (record,) = store.recent(5)
     assert not app.exception and record.patient_ref is None
     app.text_input(key="study_patient").input("ZZCANARY Study Patient").run()
+    assert store.get(record.id).patient_ref is None  # typed: linked only when the reader says so
+    next(b for b in app.button if b.label == "Link this study to the reference typed now").click().run()
     reference = pseudonymise("ZZCANARY Study Patient", local_key(app_environment))
     assert not app.exception and store.get(record.id).patient_ref == reference
     assert [e.action for e in store.audit_events()].count("patient_reference_set") == 1
     app.text_input(key="study_patient").input("ZZCANARY Other Patient").run()  # a linked study is never moved
+    next(b for b in app.button if b.label == "Link this study to the reference typed now").click().run()
     assert store.get(record.id).patient_ref == reference
     assert [e.action for e in store.audit_events()].count("patient_reference_set") == 1
     assert any("another patient reference" in c.value for c in [*app.caption, *app.warning, *app.info])
+    assert not any(b.label.startswith("Link this study") for b in app.button)
+
+
+def test_the_next_patients_reference_is_never_offered_to_the_study_still_on_the_page(app_environment: Path) -> None:
+    """Study 1 analysed without a reference; the next patient's files dropped and their reference typed: study 1,
+    still on the page until Analyse, must not be linked to them."""
+    from core.imaging.phantom_series import dicom_series, head_volume
+
+    first = [(f"IM{k}", data, "application/dicom") for k, data in enumerate(dicom_series(head_volume(6, 128)))]
+    app = page("study.py").run()
+    app.file_uploader[0].set_value(first).run()
+    next(b for b in app.button if b.label == "Analyse this study").click().run(timeout=120)
+    (record,) = stored(app_environment).recent(5)
+    nxt = [
+        (f"N{k}", data, "application/dicom") for k, data in enumerate(dicom_series(head_volume(5, 128, range(1, 3))))
+    ]
+    app.file_uploader[0].set_value(nxt).run()
+    app.text_input(key="study_patient").input("ZZCANARY Next Patient").run()
+    assert not app.exception and not any(b.label.startswith("Link this study") for b in app.button)
+    assert stored(app_environment).get(record.id).patient_ref is None
 
 
 def test_a_rerun_asked_for_while_a_study_is_analysed_keeps_the_saved_study_on_the_page(

@@ -186,7 +186,7 @@ def test_a_report_states_the_lesion_volume_and_outlines_the_lesion_on_the_key_se
     store, images, doctor, record_id, classifier = segmented_study
     record = store.get(record_id)
     assert record.lesion_ml is not None and record.lesion_ml > 0
-    assert record.geometry["lesion_model"] == "tiny-lesion 0.0.1"  # History compares one segmenter's volumes only
+    assert record.geometry["lesion_model"].startswith("tiny-lesion 0.0.1 (")  # History compares one segmenter's
     pdf = study_report(store, images, doctor, [record_id], classifier, Explainer(classifier))
     text = text_of(pdf, tmp_path)
     assert f"Lesion volume (segmenter): {record.lesion_ml:.2f} mL ({record.lesion_px:,} px over its sections)" in text

@@ -157,12 +157,12 @@ def _analyse(actor: Actor, hit: StudyHit, classifier: Any, key: bytes | None) ->
                 return
             study = pacs_service.save_pulled(pulled, store, actor=actor, images=resources.image_store(store), key=key)
             results[pacs_name(hit.study_uid)] = study  # before any Streamlit call (a rerun asked for stops there)
+            st.session_state[PULLED] = pulled  # one study's analyses at most: what a send needs
+            keep(pacs_name(hit.study_uid), study)
     except (PacsError, AccessDenied, StoreError) as error:  # the audit of a pull fails with the database too
         st.error(str(error))
         return
-    st.session_state[PULLED] = pulled  # one study's analyses at most: what a send needs
     st.session_state.setdefault(SENT, {}).pop(hit.study_uid, None)
-    keep(pacs_name(hit.study_uid), study)
     st.rerun()  # drawn again with the study below
 
 

@@ -114,7 +114,8 @@ class Segmenter:
 
     @property
     def name(self) -> str:
-        return f"{self.card.name} {self.card.version}"
+        """Its name, version and weights (a segmenter retrained under the same name and version is another)."""
+        return f"{self.card.name} {self.card.version} ({self.card.weights_sha256[:8]})"
 
 
 def lesion_of(probability: np.ndarray, threshold: float, spacing: tuple[float, float] | None = None) -> Lesion:

@@ -185,13 +185,15 @@ def _plane_of_study(record: Record) -> tuple[str | None, str | None]:
 def _not_comparable(prior: Record, record: Record) -> str | None:
     """Why two volumes in mL are still not a change: one is a lower bound or approximate (sections inside the
     lesion not analysed, a gap, uneven steps: a lower bound read as the lesion shrinking), or another segmenter
-    measured the prior (each record names its own; records saved before they did name none, and two such are
-    compared as before)."""
+    measured the prior (each record names its own; of two saved before they did, one model's readings only)."""
     before, now = prior.geometry or {}, record.geometry or {}
     if before.get("lesion_caveats") or now.get("lesion_caveats"):
         return "not compared: a volume is a lower bound or approximate"
     if before.get("lesion_model") != now.get("lesion_model"):
         return f"not compared: measured by another segmenter ({before.get('lesion_model') or 'not recorded'})"
+    same_model = (prior.model_name, prior.model_version) == (record.model_name, record.model_version)
+    if before.get("lesion_model") is None and not same_model:  # neither names its segmenter: one model's only
+        return f"not compared: read by another model ({prior.model_name} {prior.model_version})"
     return None
 
 

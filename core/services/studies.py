@@ -33,6 +33,8 @@ from core.services.series_views import SeriesView, geometry_of, series_view
 from core.services.triage import (
     ALREADY_SAVED,
     NOT_SAVED,
+    NOT_UPDATED,
+    SAVED,
     SaveStatus,
     image_not_kept,
     keep_image,
@@ -387,6 +389,8 @@ def link_study(store: Store, actor: Actor, study: StudyResult, patient_ref: str 
         if record is None or status is None or not _unlinked(view, patient_ref):
             views.append(view)
             continue
+        if status.state == NOT_UPDATED:  # an earlier link failed: once applied, it is simply saved
+            status = SaveStatus(SAVED, record_id=record.id)
         status, kept = reference_for_saved(store, actor, record.id, patient_ref, status)
         views.append(replace(view, record=replace(record, patient_ref=kept), status=status))
     return replace(study, views=tuple(views))

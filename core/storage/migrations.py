@@ -386,8 +386,8 @@ def _mongo_v2_to_v3(database: Any, collection: Any) -> int:
         }
         with contextlib.suppress(DuplicateKeyError):  # moved by another process (or before a crash): kept once
             database["reviews"].insert_one(review)
-        collection.update_one(
-            {"_id": document["_id"]},
+        collection.update_one(  # only while not moved: never over a review saved since by another process
+            {"_id": document["_id"], "review_count": {"$exists": False}},
             {
                 "$set": {
                     "review_verdict": action,

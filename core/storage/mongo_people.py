@@ -156,7 +156,7 @@ class MongoPeople:
 
     def _summarise(self, document: dict[str, Any]) -> None:
         """The result's summary from its review number ``n``, unless a later review's is there already."""
-        number = int(document["n"])
+        number = int(document.get("n") or str(document["_id"]).rsplit(":", 1)[1])
         self._collection.update_one(
             {"_id": document["result_id"], "$or": [{"review_count": {"$lt": number}}, {"review_count": None}]},
             {
@@ -172,10 +172,11 @@ class MongoPeople:
         )
 
     def reviews_of(self, record_id: str) -> list[Review]:
-        """In the order they were saved: by number (those saved before reviews were numbered first, in insertion
-        order), never by their clocks (a replica's skewed clock put a later review first, read as the latest)."""
+        """In the order they were saved: by number, never by their clocks (a replica's skewed clock put a later
+        review first, read as the latest); those saved before reviews were numbered come first, by time."""
+        order = [("n", 1), ("created_at", 1), ("_id", 1)]
         with self._errors():
-            documents = list(self._people("reviews").find({"result_id": record_id}).sort([("n", 1), ("_id", 1)]))
+            documents = list(self._people("reviews").find({"result_id": record_id}).sort(order))
         return [
             Review(
                 result_id=d["result_id"],
