@@ -42,7 +42,7 @@ with upload:
     )
     signature = tuple(sorted(f.file_id for f in files or []))
 
-    def analyse_and_save() -> None:
+    def analyse_and_save(patient_ref: str | None) -> None:
         """Analyse the chosen files and save each series once (a series saved before answers 'already saved')."""
         try:
             store = resources.current_store()
@@ -59,7 +59,7 @@ with upload:
                 classifier,
                 store,
                 actor=actor,
-                patient_ref=resources.patient_reference(patient),
+                patient_ref=patient_ref,
                 images=resources.image_store(store),
                 key=key,
             )
@@ -71,7 +71,7 @@ with upload:
     if files and (signature not in results or failed):  # a selection is analysed and saved once, when asked
         st.caption(f"{len(files)} file(s) chosen; nothing is analysed or saved until you press Analyse.")
         if st.button("Analyse this study", type="primary", key="study_analyse"):
-            analyse_and_save()
+            analyse_and_save(resources.patient_reference(patient))
     else:
         # a choice of files analysed before, or the page cleared of another study: the chosen files' is shown
         if files and (st.session_state.get("study_files_seen") != signature or current() is None):
@@ -79,7 +79,9 @@ with upload:
         if files and unsaved(results[signature]):  # the database failed: the same files, saved now it is back
             st.warning("Some series of this study were not saved (see below).")
             if st.button("Retry saving (the files are analysed again)", type="primary", key="study_retry"):
-                analyse_and_save()
+                # under the reference its saved series have: one study, one patient, whatever was typed since
+                saved = [v.record.patient_ref for v in results[signature].views if v.record is not None]
+                analyse_and_save(saved[0] if saved else resources.patient_reference(patient))
     st.session_state["study_files_seen"] = signature
     if current() is None and not files:
         st.info(

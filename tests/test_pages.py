@@ -592,6 +592,41 @@ def test_a_study_whose_series_could_not_be_saved_is_saved_by_the_retry_once_the_
     assert stored(app_environment).summary().total == 1 and not any(b.label.startswith("Retry") for b in app.button)
 
 
+def test_a_retry_saves_a_studys_last_series_under_the_reference_its_first_were_saved_with(
+    app_environment: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One series saved under P1, the other refused by a locked database; the field corrected to P2 before the
+    retry: the study ended split between two patients."""
+    from core.errors import StoreUnavailable
+    from core.imaging.phantom_series import dicom_series, head_volume
+    from core.storage.sqlite import SQLiteStore
+
+    real, calls = SQLiteStore.add_series, []
+
+    def second_refused(self, record, sections):
+        calls.append(1)
+        if len(calls) == 2:
+            raise StoreUnavailable("The database is locked.")
+        return real(self, record, sections)
+
+    monkeypatch.setattr(SQLiteStore, "add_series", second_refused)
+    uid = "1.2.826.0.1.3680043.8.498.61"
+    files = [
+        (f"S{s}-{k}", data, "application/dicom")
+        for s, tumour in ((1, None), (2, range(2, 4)))  # two series, two images (one image is one result)
+        for k, data in enumerate(dicom_series(head_volume(6, 128, tumour), study_uid=uid, series_uid=f"{uid}.{s}"))
+    ]
+    app = page("study.py").run()
+    app.text_input(key="study_patient").input("ZZCANARY Patient One").run()
+    app.file_uploader[0].set_value(files).run()
+    next(b for b in app.button if b.label == "Analyse this study").click().run(timeout=120)
+    assert stored(app_environment).summary().total == 1
+    app.text_input(key="study_patient").input("ZZCANARY Patient Two").run()
+    next(b for b in app.button if b.label.startswith("Retry saving")).click().run(timeout=120)
+    first = pseudonymise("ZZCANARY Patient One", local_key(app_environment))
+    assert not app.exception and [r.patient_ref for r in stored(app_environment).recent(5)] == [first, first]
+
+
 def test_a_scan_analysed_while_the_database_is_down_shows_its_verdict_and_is_saved_once_by_the_retry(
     app_environment: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
