@@ -39,8 +39,7 @@ def older(after: tuple[datetime, int]) -> None:
 
 try:
     store = resources.current_store()
-    head = store.audit_head()
-    intact, count, problem = chain_check((head.seq, head.hash) if head else None, store.describe(), actor)
+    intact, count, problem = chain_check(audit.chain_head(store, actor), store.describe(), actor)
 except StoreError as error:
     st.error(f"The audit trail cannot be read: {error}")
     st.stop()

@@ -194,3 +194,12 @@ def test_the_audit_export_has_no_cell_a_spreadsheet_would_run(store) -> None:
     (event,) = [r for r in rows[2:] if r[4] == "review"]
     assert event[2] == '\'=HYPERLINK("http://x","y")' and event[5] == "'-1+2" and '"@SUM(A1)"' in event[6]
     assert not any(cell.startswith(("=", "+", "-", "@")) for r in rows[1:] for cell in r)
+
+
+def test_the_chains_head_is_read_through_the_service_by_readers_of_the_trail_only(store) -> None:
+    """The Audit page read the head from the store itself, past the role check every other read goes through."""
+    assert audit.chain_head(store, SUPERVISOR) is None
+    write(store, 3)
+    assert audit.chain_head(store, SUPERVISOR) == (3, store.audit_events()[-1].hash)
+    with pytest.raises(AccessDenied):
+        audit.chain_head(store, Actor("dr-a", "radiologist"))

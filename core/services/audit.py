@@ -73,6 +73,14 @@ def _verify_all(store: AuditTrail, expected_head: tuple[int, str] | None, keep_p
     return Verification(problem is None, len(events), bad, head, problem, key is not None, len(events))
 
 
+def chain_head(store: AuditTrail, actor: Actor) -> tuple[int, str] | None:
+    """The chain's head (sequence number, hash), what the Audit page's cached check is keyed by; readers of the
+    trail only (the page read it from the store itself)."""
+    require(actor, AUDIT_READ)
+    head = store.audit_head()
+    return (head.seq, head.hash) if head else None
+
+
 def verify_new(store: AuditTrail, actor: Actor) -> Verification:
     """The page's check: re-hash only the events after the last verified one (the whole chain the first time), and
     compare the chain's end with its head. A verified point that no longer matches the chain (its event edited or
