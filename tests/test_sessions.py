@@ -194,3 +194,29 @@ def test_an_export_made_after_the_session_ended_elsewhere_is_refused(monkeypatch
     assert alive()
     registry.forget(token)  # signed out in another tab
     assert not alive()
+
+
+def test_a_fragment_reruns_the_whole_app_when_the_role_changed_since_the_page_ran(monkeypatch, tmp_path) -> None:
+    """A radiologist demoted to supervisor kept paging through a viewer's images: only the fragment reran, and it
+    checked expiry and a disabled account but not the role, which the page's own check would refuse."""
+    import time
+
+    from core.services import accounts
+    from core.services.access import COMMAND_LINE
+    from core.storage.sqlite import SQLiteStore
+    from ui import auth
+
+    store = SQLiteStore(tmp_path / "results.sqlite3")
+    accounts.add_account(store, COMMAND_LINE, "root", "admin", "a long enough password")
+    accounts.add_account(store, COMMAND_LINE, "dr-a", "radiologist", "another long password")
+    doctor = accounts.sign_in(store, "dr-a", "another long password")
+    state = {auth.ACTOR_KEY: doctor, auth.SEEN_KEY: time.time()}
+    monkeypatch.setattr(auth.st, "session_state", state)
+    monkeypatch.setattr(auth, "_browser_token", lambda: None)
+    monkeypatch.setattr(auth.resources, "current_store", lambda: store)
+    monkeypatch.setattr(auth.resources, "session_registry", lambda: SessionRegistry())
+    reruns: list[str] = []
+    monkeypatch.setattr(auth.st, "rerun", lambda scope="app": reruns.append(scope))
+    assert auth.fragment_actor() == doctor and reruns == []
+    accounts.set_role(store, COMMAND_LINE, "dr-a", "supervisor")
+    assert auth.fragment_actor().role == "supervisor" and reruns == ["app"]  # the page then refuses its images

@@ -127,9 +127,12 @@ def _start_session(actor: Actor) -> None:
 def fragment_actor(activity: bool = True) -> Actor:
     """For the top of every fragment (auto-refresh, viewers): the same checks as a page run (idle expiry, account
     disabled, role changed); when the session has ended, the whole app reruns and shows the sign-in form. A timed
-    refresh passes ``activity=False``: it never keeps an unattended session alive."""
+    refresh passes ``activity=False``: it never keeps an unattended session alive. A role changed since the page
+    ran reruns the whole app too, whose page then checks it: a radiologist demoted to supervisor kept paging
+    through the images a viewer fragment held."""
+    before = st.session_state.get(ACTOR_KEY)
     actor = current_actor(activity)
-    if actor is None:
+    if actor is None or (before is not None and actor.role != before.role):
         st.rerun(scope="app")
     return actor  # type: ignore[return-value]
 
