@@ -220,3 +220,35 @@ def test_a_fragment_reruns_the_whole_app_when_the_role_changed_since_the_page_ra
     assert auth.fragment_actor() == doctor and reruns == []
     accounts.set_role(store, COMMAND_LINE, "dr-a", "supervisor")
     assert auth.fragment_actor().role == "supervisor" and reruns == ["app"]  # the page then refuses its images
+
+
+def test_an_idle_tab_never_signs_out_the_tab_of_the_same_browser_in_use(monkeypatch, tmp_path) -> None:
+    """Statistics left open in one tab expired after 30 minutes and forgot the token every tab of the browser
+    shares: the tab in use was signed out at its next click."""
+    import time
+
+    from core.services import accounts
+    from core.services.access import COMMAND_LINE
+    from core.storage.sqlite import SQLiteStore
+    from ui import auth
+
+    store = SQLiteStore(tmp_path / "results.sqlite3")
+    accounts.add_account(store, COMMAND_LINE, "boss", "supervisor", "a long enough password")
+    boss = accounts.sign_in(store, "boss", "a long enough password")
+    clock = Clock()
+    registry = SessionRegistry(idle_seconds=1800, clock=clock)
+    token = registry.issue(boss.name, boss.role, boss.credential)
+    monkeypatch.setattr(auth, "_browser_token", lambda: token)
+    monkeypatch.setattr(auth.resources, "current_store", lambda: store)
+    monkeypatch.setattr(auth.resources, "session_registry", lambda: registry)
+    idle = {auth.ACTOR_KEY: boss, auth.SEEN_KEY: time.time() - 31 * 60, auth.TOKEN_KEY: token, auth.BOUND_KEY: True}
+    busy = {auth.ACTOR_KEY: boss, auth.SEEN_KEY: time.time(), auth.TOKEN_KEY: token, auth.BOUND_KEY: True}
+    monkeypatch.setattr(auth.st, "session_state", busy)
+    assert auth.current_actor() == boss  # the tab in use: its click touches the shared token
+    monkeypatch.setattr(auth.st, "session_state", idle)
+    assert auth.current_actor(activity=False) == boss  # the idle tab's timed refresh goes on with it
+    monkeypatch.setattr(auth.st, "session_state", busy)
+    assert auth.current_actor() == boss and registry.alive(token)
+    clock.now += 1801  # then every tab left alone: the shared token idles out, and the idle tab ends
+    monkeypatch.setattr(auth.st, "session_state", idle)
+    assert auth.current_actor(activity=False) is None and not registry.alive(token)

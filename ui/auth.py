@@ -89,11 +89,13 @@ def current_actor(activity: bool = True) -> Actor | None:
         return None
     now = time.time()
     seen = st.session_state.get(SEEN_KEY, now)
-    if now - seen > accounts.IDLE_MINUTES * 60:
+    registry = resources.session_registry()
+    # idle here, but the browser's session is in use in another of its tabs (they share the token, kept alive by
+    # that tab's activity): this tab goes on with it; ending it forgot the token and signed the busy tab out
+    if now - seen > accounts.IDLE_MINUTES * 60 and not (token and registry.alive(token)):
         sign_out("expired")
         st.session_state["signed_out_reason"] = "Your session expired after 30 minutes without activity."
         return None
-    registry = resources.session_registry()
     if token and not (registry.touch(token) if activity else registry.alive(token)):
         # signed out in another tab of this browser (they share the token), or the token idled out there
         sign_out("signed out elsewhere")
