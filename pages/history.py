@@ -8,6 +8,7 @@ from core.errors import InvalidRecord, ModelError, StoreError
 from core.services import history, reports
 from core.services.access import HISTORY
 from ui import resources
+from ui.auth import report_download
 from ui.lesion import lesion_change, lesion_size
 from ui.opened import opened_result
 from ui.page import setup_page
@@ -159,4 +160,4 @@ if st.button(f"Make the PDF report of this study ({len(study)} series)", key="hi
         st.error(f"The report cannot be made: {error}")
 made = st.session_state.get("history_pdf")
 if made and made[0] == as_made:
-    st.download_button("Download the report (PDF)", made[1], "study-report.pdf", "application/pdf")
+    report_download(actor, made[1])

@@ -232,6 +232,31 @@ def test_a_download_is_refused_when_it_cannot_be_audited_or_the_account_changed(
     assert not exports(app_environment)
 
 
+def test_a_study_report_is_handed_over_only_while_the_session_and_account_last(
+    app_environment: Path, downloads: list
+) -> None:
+    """The PDF was given to the button as bytes: Streamlit served it from a media address without the session,
+    after sign-out, expiry or a disabled account too."""
+    from core.errors import AccessDenied
+    from core.imaging.phantom_series import dicom_series, head_volume
+    from core.services import accounts
+
+    store = stored(app_environment)
+    admin = Actor("root", "admin")
+    accounts.add_account(store, admin, "dr-b", "radiologist", "a long enough password 1")
+    app = AppTest.from_file(str(ROOT / "pages" / "study.py"), default_timeout=120)
+    app.session_state["actor"] = Actor("dr-b", "radiologist")
+    app.run()
+    files = [(f"IM{k}", data, "application/dicom") for k, data in enumerate(dicom_series(head_volume(6, 128)))]
+    app.file_uploader[0].set_value(files).run()
+    next(b for b in app.button if b.label == "Analyse this study").click().run(timeout=120)
+    next(b for b in app.button if b.label.startswith("Make the PDF report")).click().run(timeout=120)
+    assert not app.exception and downloads[-1]().startswith(b"%PDF")
+    accounts.set_disabled(store, admin, "dr-b")
+    with pytest.raises(AccessDenied):
+        downloads[-1]()
+
+
 def test_a_reference_typed_after_uploading_updates_the_one_record(app_environment: Path) -> None:
     app = page("scan.py").run()
     app.file_uploader[0].set_value([("a.png", png_bytes(synthetic_slice(256, tumour=True)), "image/png")]).run()

@@ -20,7 +20,7 @@ import streamlit as st
 from core.config import first_admin_command
 from core.errors import AccessDenied, SignInFailed, StoreError
 from core.services import accounts, audit
-from core.services.access import Actor, allowed
+from core.services.access import OPEN_RESULT, Actor, allowed
 from core.services.sessions import COOKIE
 from ui import resources
 
@@ -171,6 +171,22 @@ def audited_download(store, actor: Actor, permission: str, make: Callable[[Actor
         return make(current)
 
     return made
+
+
+def report_download(actor: Actor, pdf: bytes) -> None:
+    """The button of a PDF report already made (its making was the audit event): its bytes handed over only while
+    this session lives and the account may still open results (given as bytes, Streamlit served them from a
+    media address that answers without the session, after sign-out or expiry too)."""
+    try:
+        data: bytes | Callable[[], bytes] = audited_download(
+            resources.current_store(), actor, OPEN_RESULT, lambda _: pdf
+        )
+        why = None
+    except StoreError as error:
+        data, why = b"", f"Not now: the account cannot be checked ({error})."
+    st.download_button(
+        "Download the report (PDF)", data, "study-report.pdf", "application/pdf", disabled=why is not None, help=why
+    )
 
 
 def sign_out(reason: str = "signed out") -> None:

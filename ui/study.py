@@ -15,6 +15,7 @@ from core.services.access import Actor
 from core.services.studies import NOT_SAVED, StudyResult
 from core.services.triage import NOT_UPDATED
 from ui import resources
+from ui.auth import report_download
 from ui.viewer import series_panel, verdict_line
 from ui.wording import count_of, pretty
 
@@ -135,4 +136,4 @@ def _report(actor: Actor, name: Hashable, study: StudyResult, classifier: Any, e
             st.error(f"The report cannot be made: {error}")
     made = st.session_state.get("study_pdf")
     if made and made[0] == made_for:
-        st.download_button("Download the report (PDF)", made[1], "study-report.pdf", "application/pdf")
+        report_download(actor, made[1])
