@@ -365,13 +365,22 @@ def test_an_image_saved_again_is_kept_a_whole_period_from_then_and_a_purge_that_
     assert images.stored_keys() == [key]  # nothing deleted unaudited
 
 
-def test_the_last_enabled_admin_cannot_be_demoted_or_disabled(store) -> None:
+def test_the_last_enabled_admin_cannot_be_demoted_or_disabled(store, tmp_path, monkeypatch) -> None:
     accounts.add_account(store, COMMAND_LINE, "root", "admin", PASSWORD)
     with pytest.raises(InvalidRecord, match="only enabled admin"):
         accounts.set_role(store, ADMIN, "root", "radiologist")
     with pytest.raises(InvalidRecord, match="only enabled admin"):
         accounts.set_disabled(store, ADMIN, "root")
     assert store.get_account("root").role == "admin" and not store.get_account("root").disabled
+    accounts.add_account(store, COMMAND_LINE, "sso-admin", "admin", None)  # no password, single sign-on is off:
+    with pytest.raises(InvalidRecord, match="only enabled admin"):  # nobody could sign in as it
+        accounts.set_disabled(store, ADMIN, "root")
+    with monkeypatch.context() as patched:  # with single sign-on set up, it is an admin who can sign in
+        secrets = tmp_path / "secrets.toml"
+        secrets.write_text('[auth]\nredirect_uri = "https://triage.example/oauth2callback"\n')
+        patched.setenv("BTD_SECRETS", str(secrets))
+        accounts.set_disabled(store, ADMIN, "root")
+        accounts.set_disabled(store, ADMIN, "root", False)
     accounts.add_account(store, COMMAND_LINE, "second", "admin", PASSWORD)
     accounts.set_role(store, ADMIN, "root", "radiologist")  # another admin remains: allowed
     assert store.get_account("root").role == "radiologist"

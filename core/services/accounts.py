@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
 
+from core.config import file_secrets
 from core.domain.people import ROLES, Account
 from core.errors import AccountLocked, InvalidRecord, SignInFailed
 from core.services import audit
@@ -74,14 +75,28 @@ def add_account(store: Store, actor: Actor, name: str, role: str, password: str 
     return account
 
 
+def _manages(account: Account) -> bool:
+    """An enabled admin who can sign in to the app: with a password, or by single sign-on when it is set up (a
+    password-less admin with none counted as the other admin, and the last one who could sign in was disabled)."""
+    if account.role != "admin" or account.disabled:
+        return False
+    if account.password_hash:
+        return True
+    try:
+        return bool(file_secrets().get("auth"))
+    except ValueError:  # a secrets file that cannot be read: no single sign-on to count on
+        return False
+
+
+ONLY_ADMIN = "{} is the only enabled admin who can sign in; make another account admin (with a password) first."
+
+
 def _keep_an_admin(store: Store, account: Account, updated: Account) -> None:
-    """Refuse a change that would leave no enabled admin (nobody could manage accounts from the app again)."""
-    was_admin = account.role == "admin" and not account.disabled
-    still_admin = updated.role == "admin" and not updated.disabled
-    if was_admin and not still_admin:
-        others = [a for a in store.accounts() if a.name != account.name and a.role == "admin" and not a.disabled]
-        if not others:
-            raise InvalidRecord(f"{account.name} is the only enabled admin; make another account admin first.")
+    """Refuse a change that would leave no enabled admin who can sign in (nobody could manage accounts from the
+    app again)."""
+    leaves = _manages(account) and not _manages(updated)
+    if leaves and not any(_manages(a) for a in store.accounts() if a.name != account.name):
+        raise InvalidRecord(ONLY_ADMIN.format(account.name))
 
 
 # Each change reads the account, checks it and writes only the fields it changes, on the condition that the fields
@@ -99,11 +114,10 @@ def _change(store: Store, account: Account, changes: dict[str, Any], checked: tu
     if not store.update_account(account.name, changes, expected):
         raise InvalidRecord(CHANGED_MEANWHILE.format(account.name))
     updated = replace(account, **changes)
-    was_admin = account.role == "admin" and not account.disabled
-    if was_admin and not any(a.role == "admin" and not a.disabled for a in store.accounts()):
+    if _manages(account) and not any(_manages(a) for a in store.accounts()):
         undo = {field: getattr(account, field) for field in changes}
         store.update_account(account.name, undo, {field: getattr(updated, field) for field in changes})
-        raise InvalidRecord(f"{account.name} is the only enabled admin; make another account admin first.")
+        raise InvalidRecord(ONLY_ADMIN.format(account.name))
     return updated
 
 
