@@ -103,6 +103,17 @@ def stored(data_dir: Path) -> SQLiteStore:
     return SQLiteStore(data_dir / "results.sqlite3")
 
 
+def as_local_account(data_dir: Path, name: str) -> tuple[SQLiteStore, AppTest]:
+    """Page ``name`` run by dr-b, a radiologist with a local account an admin may change meanwhile."""
+    from core.services import accounts
+
+    store = stored(data_dir)
+    accounts.add_account(store, Actor("root", "admin"), "dr-b", "radiologist", "a long enough password 1")
+    app = AppTest.from_file(str(ROOT / "pages" / name), default_timeout=120)
+    app.session_state["actor"] = Actor("dr-b", "radiologist")
+    return store, app.run()
+
+
 def test_a_visitor_sees_only_the_sign_in_form() -> None:
     app = entry(None).run()
     assert not app.exception
@@ -204,12 +215,8 @@ def test_a_download_is_refused_when_it_cannot_be_audited_or_the_account_changed(
     from core.services import accounts
     from core.storage.sqlite import SQLiteStore
 
-    store = stored(app_environment)
+    store, app = as_local_account(app_environment, "scan.py")
     admin = Actor("root", "admin")
-    accounts.add_account(store, admin, "dr-b", "radiologist", "a long enough password 1")
-    app = AppTest.from_file(str(ROOT / "pages" / "scan.py"), default_timeout=60)
-    app.session_state["actor"] = Actor("dr-b", "radiologist")
-    app.run()
     app.file_uploader[0].set_value([("a.png", png_bytes(synthetic_slice(256, tumour=True)), "image/png")]).run()
     press = downloads[-1]
 
@@ -241,12 +248,8 @@ def test_a_study_report_is_handed_over_only_while_the_session_and_account_last(
     from core.imaging.phantom_series import dicom_series, head_volume
     from core.services import accounts
 
-    store = stored(app_environment)
+    store, app = as_local_account(app_environment, "study.py")
     admin = Actor("root", "admin")
-    accounts.add_account(store, admin, "dr-b", "radiologist", "a long enough password 1")
-    app = AppTest.from_file(str(ROOT / "pages" / "study.py"), default_timeout=120)
-    app.session_state["actor"] = Actor("dr-b", "radiologist")
-    app.run()
     files = [(f"IM{k}", data, "application/dicom") for k, data in enumerate(dicom_series(head_volume(6, 128)))]
     app.file_uploader[0].set_value(files).run()
     next(b for b in app.button if b.label == "Analyse this study").click().run(timeout=120)
