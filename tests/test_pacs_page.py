@@ -18,6 +18,7 @@ from core.imaging.phantom_series import dicom_series, head_volume
 from core.pacs.client import Pacs
 from core.pacs.orthanc import DevOrthanc, available
 from core.services import pacs as pacs_service
+from core.services import reviews
 from core.services.access import Actor
 from core.storage.sqlite import SQLiteStore
 from tests.scans import garbage_pacs
@@ -159,6 +160,17 @@ def test_a_radiologist_searches_picks_analyses_and_sends_the_report_back_once(
         preliminary.SOPInstanceUID
     )
     assert "Radiologist's final label: glioma" in [str(item.get("TextValue", "")) for item in final.ContentSequence]
+    # the reviews so far stand above the choice; a colleague's review saved after the page was drawn is never
+    # reviewed over unseen (the Worklist's compare-and-set): refused, shown, and the reader chooses again
+    assert any("Reviewed already" in i.value and "Glioma by" in i.value for i in app.info)
+    app.selectbox(key="pacs_final_label").set_value("pituitary").run()
+    reviews.review_result(store, Actor("dr-b", "radiologist"), series.id, "meningioma")
+    button(app, "Send to PACS").click().run()
+    assert not app.exception and app.error[0].value.startswith("Not sent: Another reader reviewed")
+    assert store.get(series.id).final_label == "meningioma" and store.get(series.id).review_count == 2
+    assert any("Meningioma by dr-b" in i.value for i in app.info)
+    button(app, "Send to PACS").click().run()  # pressed again, against the reviews now on screen
+    assert not app.exception and not app.error and store.get(series.id).final_label == "pituitary"
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from core.domain.results import WorklistQuery
-from core.errors import PacsError, PacsNotFound, PacsUnreachable
+from core.errors import AccessDenied, InvalidRecord, PacsError, PacsNotFound, PacsUnreachable
 from core.imaging.phantom_series import dicom_series, head_volume
 from core.pacs import objects
 from core.pacs.client import SeriesHit
@@ -168,6 +168,38 @@ def test_sending_a_review_again_records_no_second_review_and_sends_the_same_repo
     assert again == first and [len(store.reviews_of(i)) for i in ids] == [1] * len(ids)
     changed = pacs_service.review_and_send(pacs, RADIOLOGIST, pulled, model, store, None, "meningioma", ids)[0]
     assert changed != first and [len(store.reviews_of(i)) for i in ids] == [2] * len(ids)
+
+
+def test_a_pacs_review_over_a_colleagues_review_made_since_the_page_was_drawn_is_refused_whole(
+    tiny_classifier, tmp_path
+) -> None:
+    """The Study page's review and send appended the reader's label over a review a colleague had saved on the
+    Worklist meanwhile, unseen (the Worklist's own review is compare-and-set): now no series is reviewed and
+    nothing is sent; against the counts as they stand, it goes through."""
+    from core.services import reviews
+    from core.services.studies import save_series
+    from core.storage.protocol import REVIEWED_MEANWHILE
+
+    files = tumour_study(STUDY) + dicom_series(head_volume(5, 96, seed=3), study_uid=STUDY, series_uid=f"{STUDY}.2")
+    outcome = analyse_study(files, tiny_classifier)
+    pulled = pacs_service.Pulled(STUDY, outcome, tuple(objects.headers(files)))
+    store = SQLiteStore(tmp_path / "r.db")
+    ids = [save_series(s, store, actor=RADIOLOGIST, patient_ref=None).record_id for s in outcome.series]
+    assert len(ids) == 2
+    card = tiny_classifier.card
+    model = objects.ModelFacts(card.name, card.version, card.weights_sha256)
+    pacs = StandIn({STUDY: files})
+    on_screen = {rid: len(h) for rid, h in pacs_service.study_reviews(store, RADIOLOGIST, ids).items()}
+    assert on_screen == dict.fromkeys(ids, 0)
+    reviews.review_result(store, Actor("dr-b", "radiologist"), ids[-1], "meningioma")  # the colleague, meanwhile
+    with pytest.raises(InvalidRecord, match=REVIEWED_MEANWHILE[:30]):
+        pacs_service.review_and_send(pacs, RADIOLOGIST, pulled, model, store, None, "glioma", ids, on_screen)
+    assert [len(store.reviews_of(i)) for i in ids] == [0] * (len(ids) - 1) + [1] and not pacs.stored
+    with pytest.raises(AccessDenied):  # what the panel shows is for readers only
+        pacs_service.study_reviews(store, Actor("sup", "supervisor"), ids)
+    on_screen = {rid: len(h) for rid, h in pacs_service.study_reviews(store, RADIOLOGIST, ids).items()}
+    pacs_service.review_and_send(pacs, RADIOLOGIST, pulled, model, store, None, "glioma", ids, on_screen)
+    assert [store.get(i).final_label for i in ids] == ["glioma"] * len(ids) and len(pacs.stored) == 1
 
 
 def test_the_report_names_each_multiframe_files_own_series(tiny_classifier) -> None:

@@ -11,6 +11,7 @@ message, as is every PACS failure (unreachable, refused credentials, no MR serie
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from datetime import date
 from typing import Any
@@ -18,17 +19,17 @@ from typing import Any
 import streamlit as st
 
 from core.config import PacsSettings, pacs_settings
-from core.errors import AccessDenied, PacsError, StoreError
+from core.errors import AccessDenied, InvalidRecord, PacsError, StoreError
 from core.pacs.client import SEARCH_LIMIT, StudyHit
 from core.pacs.objects import ModelFacts
 from core.services import pacs as pacs_service
-from core.services.access import HISTORY, Actor, allowed
+from core.services.access import HISTORY, REVIEW, Actor, allowed
 from ui import resources
 from ui.study import keep, pacs_name, pacs_study_uid, studies, unsaved
 from ui.wording import count_of, pretty
 
 logger = logging.getLogger("btd.ui")
-HITS, PULLED, SENT = "pacs_hits", "pacs_pulled", "pacs_sent"
+HITS, PULLED, SENT, SHOWN_REVIEWS = "pacs_hits", "pacs_pulled", "pacs_sent", "pacs_shown_reviews"
 
 
 def settings() -> PacsSettings | None:
@@ -181,6 +182,7 @@ def send_panel(actor: Actor, name: Any, classifier: Any, key: bytes | None) -> N
         st.caption("Not sendable yet: a series of this study is not saved. Retry saving above, then send.")
         return
     sent: dict[str, int] = st.session_state.setdefault(SENT, {})
+    so_far = st.container()  # the study's reviews so far, above the choice of a final label
     labels = [*classifier.card.labels, "tumour"]
     final = st.selectbox(
         "Your final label (optional)",
@@ -190,13 +192,17 @@ def send_panel(actor: Actor, name: Any, classifier: Any, key: bytes | None) -> N
         help="Recorded as your review of each series (as on the Worklist); the report sent is then the final "
         "version, which replaces the preliminary one in the PACS.",
     )
+    ids = _saved_ids(name)
+    shown = st.session_state.get(SHOWN_REVIEWS)  # the review counts the last run put on screen: a review is
+    seen = shown[1] if shown and shown[0] == study_uid else None  # saved against those (as on the Worklist)
     if st.button(
         "Send to PACS",
         key="pacs_send",
         help="The report (a DICOM Structured Report) and the key images go into this study in the PACS. "
         "Sending again stores nothing new.",
     ):
-        _send(actor, pulled, classifier, key, sent, final, _saved_ids(name))
+        _send(actor, pulled, classifier, key, sent, final, ids, seen)
+    st.session_state[SHOWN_REVIEWS] = (study_uid, _reviews_so_far(so_far, actor, ids))
     if study_uid in sent:
         stored = sent[study_uid]
         st.success(
@@ -204,6 +210,34 @@ def send_panel(actor: Actor, name: Any, classifier: Any, key: bytes | None) -> N
             f"{count_of(stored - 1, 'key image')}).",
             icon=":material/check_circle:",
         )
+
+
+def _reviews_so_far(box: Any, actor: Actor, result_ids: Sequence[str]) -> dict[str, int] | None:
+    """Say in ``box`` how the study's saved series stand reviewed (read after any send of this run); returns each
+    one's number of reviews (None when they cannot be read: a review then is not checked against them)."""
+    if not result_ids or not allowed(actor, REVIEW):
+        return None
+    try:
+        found = pacs_service.study_reviews(resources.current_store(), actor, result_ids)
+    except (StoreError, AccessDenied):
+        box.caption("The reviews of this study cannot be read right now.")
+        return None
+    latest = Counter(
+        (history[-1].final_label, history[-1].reviewer, f"{history[-1].created_at:%Y-%m-%d %H:%M} UTC")
+        for history in found.values()
+        if history
+    )
+    if latest:
+        box.info(
+            "Reviewed already (each series' latest review): "
+            + "; ".join(
+                f"{pretty(label)} by {reviewer}, {when} ({n} series)"
+                for (label, reviewer, when), n in sorted(latest.items(), key=lambda item: item[0][2])
+            )
+            + ". A final label chosen here is recorded as a new review of each series.",
+            icon=":material/rate_review:",
+        )
+    return {rid: len(history) for rid, history in found.items()}
 
 
 def _saved_ids(name: Any) -> list[str]:
@@ -220,6 +254,7 @@ def _send(
     sent: dict[str, int],
     final_label: str | None = None,
     result_ids: Sequence[str] = (),
+    seen: dict[str, int] | None = None,
 ) -> None:
     card = classifier.card
     model = ModelFacts(card.name, card.version, card.weights_sha256)
@@ -236,8 +271,12 @@ def _send(
                 stored = pacs_service.send_results(_connect(), actor, pulled, model, store, key)
             else:
                 stored = pacs_service.review_and_send(
-                    _connect(), actor, pulled, model, store, key, final_label, result_ids
+                    _connect(), actor, pulled, model, store, key, final_label, result_ids, seen
                 )
+    except InvalidRecord as error:  # a colleague reviewed a series since this page was drawn: shown above now
+        sent.pop(pulled.study_uid, None)
+        st.error(f"Not sent: {error} Their review is shown above; choose your final label again.")
+        return
     except (PacsError, AccessDenied, StoreError) as error:
         sent.pop(pulled.study_uid, None)
         st.error(f"Not sent: {error} Press Send to PACS to try again.")

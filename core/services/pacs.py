@@ -12,13 +12,14 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from core.config import PacsSettings
-from core.errors import FileTooLarge, PacsError, PacsReportRefused, PacsUnreachable, StoreError
+from core.domain.people import Review
+from core.errors import FileTooLarge, InvalidRecord, PacsError, PacsReportRefused, PacsUnreachable, StoreError
 from core.identity import pseudonymise
 from core.model.classifier import Classifier
 from core.pacs import objects
@@ -34,7 +35,7 @@ from core.services.studies import (
     save_study_series,
 )
 from core.storage.images import ImageStore
-from core.storage.protocol import AuditTrail, Store
+from core.storage.protocol import REVIEWED_MEANWHILE, AuditTrail, Store
 
 logger = logging.getLogger("btd.pacs")
 
@@ -170,10 +171,14 @@ def review_and_send(
     key: bytes | None,
     final_label: str,
     result_ids: Sequence[str],
+    seen: Mapping[str, int] | None = None,
 ) -> list[str]:
     """The radiologist's review of a pulled study: ``final_label`` recorded as the review of each of its saved
     series (audited, as on the Worklist), then the report sent again as its reviewed version (a new instance in the
-    same series, FINAL and COMPLETE, naming the preliminary one). Radiologists only (reviewing is theirs)."""
+    same series, FINAL and COMPLETE, naming the preliminary one). Radiologists only (reviewing is theirs).
+    ``seen``: each result's number of reviews the reader had on screen when choosing the label; when another reader
+    has reviewed one since, no series is reviewed, nothing is sent and :class:`InvalidRecord` says so (the same
+    compare-and-set as the Worklist's)."""
     require(actor, REVIEW)
     require(actor, PACS)
     if not result_ids:
@@ -181,13 +186,34 @@ def review_and_send(
     history = store.reviews_of(result_ids[0])
     # pressed again (a retry after the PACS failed, or a second press): the same review is not recorded twice and
     # the same report version goes again (the same instance: the PACS stores nothing new)
-    again = bool(history) and (history[-1].final_label, history[-1].reviewer) == (final_label, actor.name)
+    again = _reviewed_so(history, final_label, actor)
     earlier = [r.final_label for r in (history[:-1] if again else history)]
-    for result_id in result_ids:
-        latest = store.reviews_of(result_id)
-        if not (latest and (latest[-1].final_label, latest[-1].reviewer) == (final_label, actor.name)):
-            reviews.review_result(store, actor, result_id, final_label)
+    due = [rid for rid in result_ids if not _reviewed_so(store.reviews_of(rid), final_label, actor)]
+    seen = seen or {}
+    if any(seen.get(rid, record.review_count) != record.review_count for rid, record in _records(store, due)):
+        raise InvalidRecord(REVIEWED_MEANWHILE)  # checked for every series before any is reviewed
+    with store.atomic():  # every series' review or none (SQLite; MongoDB writes one after the other)
+        for result_id in due:
+            reviews.review_result(store, actor, result_id, final_label, seen_reviews=seen.get(result_id))
     return send_results(pacs, actor, pulled, model, store, key, final_label=final_label, earlier_finals=earlier)
+
+
+def _reviewed_so(history: Sequence[Review], final_label: str, actor: Actor) -> bool:
+    return bool(history) and (history[-1].final_label, history[-1].reviewer) == (final_label, actor.name)
+
+
+def _records(store: Store, result_ids: Sequence[str]) -> list[tuple[str, Any]]:
+    found = [(rid, store.get(rid)) for rid in result_ids]
+    if any(record is None for _, record in found):
+        raise InvalidRecord("A series of this study is no longer in the results database; analyse it again.")
+    return found
+
+
+def study_reviews(store: Store, actor: Actor, result_ids: Sequence[str]) -> dict[str, list[Review]]:
+    """The reviews of a pulled study's saved series, oldest first, for the reader about to review it (what the
+    send panel shows, and the counts its review is compared against)."""
+    require(actor, REVIEW)
+    return {rid: store.reviews_of(rid) for rid in result_ids}
 
 
 def study_reference(study_uid: str, key: bytes | None) -> str | None:
