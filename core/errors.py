@@ -98,6 +98,17 @@ class InvalidRecord(StoreError):
     code = "invalid_record"
 
 
+class ReviewedMeanwhile(InvalidRecord):
+    """A review pressed against reviews another reader has added to since: not saved (compare-and-set)."""
+
+    code = "reviewed_meanwhile"
+
+    def __init__(
+        self, message: str = "Another reader reviewed this result meanwhile; look at it again (nothing was saved)."
+    ) -> None:
+        super().__init__(message)
+
+
 class AccessDenied(Exception):
     """The acting user's role does not allow the action (checked in the services, whatever the page shows)."""
 

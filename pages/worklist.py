@@ -9,21 +9,22 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import streamlit as st
 
-from core.errors import InvalidRecord, ModelError, StoreError
+from core.errors import InvalidRecord, ModelError, ReviewedMeanwhile, StoreError
 from core.services import reviews
 from core.services.access import REVIEW, WORKLIST
-from core.services.reviews import REASON_CODES, WorklistQuery
+from core.services.reviews import LISTED, REASON_CODES, WorklistQuery, review_labels
 from ui import resources
 from ui.auth import callback_actor
 from ui.opened import opened_result
 from ui.page import setup_page
 from ui.render import result_panel
 from ui.selection import chosen_id, table_key
-from ui.wording import pretty, probability_shown, verdict_shown
+from ui.wording import count_of, pretty, probability_shown, verdict_shown
 
 actor = setup_page("Worklist", WORKLIST)
 st.title("Worklist")
 SHOWN = "wl_shown"  # (result id, number of reviews) as the panel last showed them: what a review is saved against
+CONFLICT = "wl_conflict"  # the result whose review was refused: another reader reviewed it meanwhile
 shown_before = st.session_state.get(SHOWN)
 try:
     store = resources.current_store()
@@ -38,7 +39,9 @@ GATES = {"needs review": "needs_review", "not a brain MRI": "rejected", "accepte
 
 filters = st.columns([1.1, 1.2, 1.3, 1, 1.3, 0.9])
 show = filters[0].selectbox("Show", list(SHOW), key="wl_show")
-verdicts = filters[1].multiselect("Verdict", classifier.card.labels, format_func=pretty, key="wl_verdicts")
+verdicts = filters[1].multiselect(  # "tumour, type uncertain" too: a verdict of a card with a subtype rule
+    "Verdict", review_labels(classifier.card.labels), format_func=pretty, key="wl_verdicts"
+)
 gates = filters[2].multiselect("Flag", list(GATES), key="wl_gates")
 age = filters[3].selectbox("Age", list(AGES), index=1, key="wl_age")
 patient = filters[4].text_input("Patient reference", key="wl_patient", help="Typed as on the Scan page.")
@@ -58,7 +61,9 @@ query = WorklistQuery(
 )
 seen_key = f"worklist-read-{reference}"
 try:  # a patient's list: audited once per session, as History
-    results = reviews.worklist(store, actor, query, audited=reference is not None and seen_key not in st.session_state)
+    results = reviews.worklist(
+        store, actor, query, LISTED + 1, audited=reference is not None and seen_key not in st.session_state
+    )
     if reference is not None:
         st.session_state[seen_key] = True
 except StoreError as error:
@@ -67,6 +72,8 @@ except StoreError as error:
 if not results:
     st.info("Nothing to read with these filters.")
     st.stop()
+more = len(results) > LISTED  # read one more than shown: the list never stops short without saying so
+results = results[:LISTED]
 
 table = pd.DataFrame(
     [
@@ -84,7 +91,14 @@ table = pd.DataFrame(
         for r in results
     ]
 )
-st.caption(f"{len(results)} results · unreviewed first, then flagged, then refused; newest first within each.")
+order = "not yet reviewed first, then reviewed; within each flagged, then the rest, then refused; newest first"
+if more:
+    st.warning(
+        f"Showing the newest {LISTED} results of more than {LISTED}: older ones to read are not in this list. "
+        "Narrow it (age, verdict, flag) to reach them.",
+        icon=":material/list:",
+    )
+st.caption(f"{count_of(len(results), 'result')} · {order}.")
 if message := st.session_state.pop("review_saved", None):  # above the list: the next result opens below it
     st.success(message)
 if message := st.session_state.pop("review_error", None):
@@ -99,18 +113,22 @@ picked = st.dataframe(
     key=table_key("wl_table", ids),
     height=min(38 * (len(table) + 1), 360),
 )
-chosen_key, note = chosen_id(
-    ids, picked.selection.rows if picked and picked.selection else [], st.session_state.get("wl_chosen")
-)
+before = st.session_state.get("wl_chosen")
+chosen_key, note = chosen_id(ids, picked.selection.rows if picked and picked.selection else [], before)
+if note and before is not None and before == st.session_state.get(CONFLICT):  # left the list under the reader's
+    chosen_key, note = before, None  # eyes, reviewed by another reader: kept open, with their review
+    st.info("Another reader reviewed this result meanwhile, so it has left this list; it stays open here.")
 st.session_state["wl_chosen"] = chosen_key
+if chosen_key != st.session_state.get(CONFLICT):  # the reader moved on
+    st.session_state.pop(CONFLICT, None)
 if note:
     st.info(note)
-chosen = results[ids.index(chosen_key)]
 try:  # opening is an audit event, once while the session keeps it; its reviews are read again on every run
-    opened = opened_result(store, actor, chosen.id, classifier, explainer)
+    opened = opened_result(store, actor, chosen_key, classifier, explainer)
 except (StoreError, InvalidRecord) as error:
     st.error(f"The result cannot be opened right now: {error}")
     st.stop()
+chosen = opened.record  # as it stands now (it may be off the list: see above)
 st.divider()
 result_panel(opened, classifier.card.labels, classifier, explainer)
 st.session_state[SHOWN] = (chosen.id, opened.record.review_count)
@@ -126,7 +144,11 @@ def save_review(final_label: str, reasons: list[str], note: str, seen: int | Non
         reviews.review_result(store, reviewer, chosen.id, final_label, reasons, note, seen_reviews=seen)
     except (InvalidRecord, StoreError) as error:
         st.session_state["review_error"] = str(error)
+        if isinstance(error, ReviewedMeanwhile):  # the colleague's review is what the reader must see next
+            st.session_state[CONFLICT] = chosen.id
         return
+    for field in ("final", "reasons", "note"):  # the override form starts empty again (kept after a failure)
+        st.session_state.pop(f"override-{field}-{chosen.id}", None)
     if SHOW[show] is False:  # reviewed, it leaves this list: the next one opens, as the reader expects
         st.session_state["wl_chosen"] = None
     saved = f"{chosen.created_at:%Y-%m-%d %H:%M} UTC, model {verdict_shown(chosen)}"
@@ -144,16 +166,19 @@ else:
     agree.button(
         f"Agree: {pretty(chosen.label)}",
         type="primary",
+        key=f"agree-{chosen.id}",  # one button per result: a late press never agrees the result opened after it
         shortcut="shift+a",
         on_click=save_review,
         args=(chosen.label, [], "", opened.record.review_count),
         help="Keyboard: Shift+A (two keys, so that a stray keypress never signs a review)",
     )
-with override.form(f"override-{chosen.id}", clear_on_submit=True, border=True):
-    labels = [label for label in (*classifier.card.labels, "tumour") if refused or label != chosen.label]
-    final = st.selectbox("Override: final label", labels, format_func=pretty)
-    reasons = st.multiselect("Reasons", REASON_CODES, format_func=lambda code: code.replace("_", " "))
-    note = st.text_input("Note (optional; no patient names)", max_chars=500)
+with override.form(f"override-{chosen.id}", border=True):  # cleared when saved, never when refused
+    labels = review_labels(classifier.card.labels, chosen)
+    final = st.selectbox("Override: final label", labels, format_func=pretty, key=f"override-final-{chosen.id}")
+    reasons = st.multiselect(
+        "Reasons", REASON_CODES, format_func=lambda code: code.replace("_", " "), key=f"override-reasons-{chosen.id}"
+    )
+    note = st.text_input("Note (optional; no patient names)", max_chars=500, key=f"override-note-{chosen.id}")
     if st.form_submit_button("Save override"):  # this run read the reviews again: save against those shown before
         shown = shown_before if shown_before and shown_before[0] == chosen.id else (chosen.id, None)
         save_review(final, reasons, note, shown[1])

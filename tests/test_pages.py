@@ -1084,6 +1084,42 @@ def test_a_review_pressed_on_a_stale_panel_never_replaces_a_colleagues_and_says_
         assert any("reviewed this result meanwhile" in e.value for e in app.error)
 
 
+def test_a_result_a_colleague_reviewed_meanwhile_stays_open_with_their_review_and_the_list_says_when_it_is_cut(
+    app_environment: Path, tiny_card: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On the "not yet reviewed" list a stale Agree was refused, but the result had left the list: the page opened
+    another one (same Agree button), blamed "the filters", and never showed the colleague's review. And the list
+    stopped at 200 without a word, the oldest results to read out of reach."""
+    from core.cli import main
+    from core.services import reviews
+    from core.services.access import Actor
+
+    for n in range(3):
+        path = app_environment.parent / f"scan{n}.png"
+        path.write_bytes(png_bytes(synthetic_slice(256, tumour=n % 2 == 0, seed=n)))
+        main(["predict", "--model", str(tiny_card), "--save", str(path)])
+    capsys.readouterr()
+    store = stored(app_environment)
+    monkeypatch.setattr(reviews, "LISTED", 2)
+    app = page("worklist.py")
+    app.session_state["wl_show"] = "not yet reviewed"
+    app.run()
+    assert not app.exception and len(app.dataframe[0].value) == 2
+    assert any("Showing the newest 2 results of more than 2" in w.value for w in app.warning)
+    assert "Tumour, type uncertain" in app.multiselect(key="wl_verdicts").options
+    opened = app.session_state["wl_chosen"]
+    label = store.get(opened).label
+    other = "notumor" if label != "notumor" else "glioma"
+    reviews.review_result(store, Actor("dr-b", "radiologist"), opened, other, ["false_alarm"], "")
+    next(b for b in app.button if b.label.startswith("Agree")).click().run()
+    assert not app.exception and store.get(opened).review_count == 1 and store.get(opened).final_label == other
+    assert any("reviewed this result meanwhile" in e.value for e in app.error)
+    assert app.session_state["wl_chosen"] == opened  # the same result, with the colleague's review, not another
+    assert any("it stays open here" in i.value for i in app.info)
+    assert not any("filters changed" in i.value for i in app.info)
+    assert "dr-b" in list(app.dataframe[-1].value["by"])  # the panel's reviews: the colleague's
+
+
 def test_a_review_pressed_after_the_session_expired_or_the_account_was_disabled_is_not_saved(
     app_environment: Path, tiny_card: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -891,6 +891,29 @@ def test_the_worklist_puts_unreviewed_first_then_flagged_then_refused_newest_fir
     assert len(store.worklist(WorklistQuery(reviewed=None), limit=2)) == 2
 
 
+def test_a_refused_image_is_never_listed_under_a_verdict_or_as_a_disagreement(store) -> None:
+    """A refused image's hidden class decided "disagrees", the Verdict filter and the Disagreements list (a row
+    reading "Refused" under Verdict = glioma); and overriding it to that hidden class without a reason was refused
+    with a message the reader could not understand (every review of it is an override)."""
+    base = utc(2026, 7, 1, 8)
+    refused = replace(make_record(1, base, "glioma"), gate="rejected")
+    shown = replace(make_record(2, base + timedelta(hours=1), "glioma"), gate="accepted")
+    store.add(refused)
+    store.add(shown)
+    kept = store.add_review(Review(refused.id, "dr", base + timedelta(hours=2), "override", "glioma", "glioma"))
+    assert kept.final_label == "glioma" and not kept.disagrees
+    store.add_review(Review(shown.id, "dr", base + timedelta(hours=2), "override", "glioma", "notumor"))
+    hidden = store.add_review(Review(refused.id, "dr", base + timedelta(hours=3), "override", "glioma", "notumor"))
+    assert not hidden.disagrees and store.get(shown.id).disagrees
+    listed = store.worklist(WorklistQuery(reviewed=True, disagreements=True))
+    assert [r.id for r in listed] == [shown.id]
+    assert [r.id for r in store.worklist(WorklistQuery(reviewed=None, labels=("glioma",)))] == [shown.id]
+    both = store.worklist(WorklistQuery(reviewed=None))
+    assert [r.id for r in both] == [shown.id, refused.id]
+    with pytest.raises(InvalidRecord, match="changes the label"):  # a verdict shown: the rule stands
+        store.add_review(Review(shown.id, "dr", base + timedelta(hours=4), "override", "glioma", "glioma"))
+
+
 def _same(a: object, b: object) -> bool:
     """Equal figures; sums of floats in another order may differ in the last bit."""
     if isinstance(a, list | tuple):

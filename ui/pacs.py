@@ -24,6 +24,7 @@ from core.pacs.client import SEARCH_LIMIT, StudyHit
 from core.pacs.objects import ModelFacts
 from core.services import pacs as pacs_service
 from core.services.access import HISTORY, REVIEW, Actor, allowed
+from core.services.reviews import review_labels
 from ui import resources
 from ui.study import keep, pacs_name, pacs_study_uid, studies, unsaved
 from ui.wording import count_of, pretty
@@ -183,10 +184,9 @@ def send_panel(actor: Actor, name: Any, classifier: Any, key: bytes | None) -> N
         return
     sent: dict[str, int] = st.session_state.setdefault(SENT, {})
     so_far = st.container()  # the study's reviews so far, above the choice of a final label
-    labels = [*classifier.card.labels, "tumour"]
     final = st.selectbox(
         "Your final label (optional)",
-        [None, *labels],
+        [None, *review_labels(classifier.card.labels)],
         format_func=lambda label: "none yet: send the report as preliminary" if label is None else pretty(label),
         key="pacs_final_label",
         help="Recorded as your review of each series (as on the Worklist); the report sent is then the final "

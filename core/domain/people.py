@@ -57,12 +57,14 @@ class Review:
     note: str = ""
     seq: int | None = None
 
-    def validate(self) -> Review:
+    def validate(self, refused: bool = False) -> Review:
+        """``refused``: the review is of an image the input gate refused, whose model label is never shown: every
+        review of it is an override, the hidden label included (it was refused unless a reason was given)."""
         if self.action not in REVIEW_ACTIONS:
             raise InvalidRecord(f"A review is one of {', '.join(REVIEW_ACTIONS)}.")
         if self.action == "agree" and self.final_label != self.model_label:
             raise InvalidRecord("Agreeing keeps the model's label; an override names another one.")
-        if self.action == "override" and self.final_label == self.model_label and not self.reasons:
+        if self.action == "override" and self.final_label == self.model_label and not self.reasons and not refused:
             raise InvalidRecord("An override changes the label or gives a reason.")
         unknown = [code for code in self.reasons if code not in REASON_CODES]
         if unknown:

@@ -31,6 +31,8 @@ IMAGE_FORMATS = ("png", "jpeg", "dicom", "nifti")
 KINDS = ("scan", "series")  # one image (or frame), or a whole series with its sections
 GATE_DECISIONS = ("accepted", "needs_review", "rejected")
 SHOWN = ("accepted", "needs_review")  # gate decisions whose verdict was shown to the user
+REFUSED = "rejected"  # the input gate refused the image: no verdict
+WORKLIST_GATES = ("needs_review", "accepted", REFUSED)  # the worklist's order: flagged first, refused last
 REVIEW_VERDICTS = ("agree", "override")  # the latest review's action (the history is in the reviews table)
 
 
@@ -86,8 +88,9 @@ class Record:
 
     @property
     def disagrees(self) -> bool:
-        """The radiologist's final label differs from the model's verdict."""
-        return self.final_label is not None and self.final_label != self.label
+        """The radiologist's final label differs from the model's verdict. A refused image has no verdict to differ
+        from (the class the model picked for it is never shown, and the statistics leave it out of agreement)."""
+        return self.final_label is not None and self.final_label != self.label and self.gate != REFUSED
 
     @property
     def confidence(self) -> float:
@@ -347,6 +350,16 @@ class WorklistQuery:
     patient_ref: str | None = None
     since: datetime | None = None
     disagreements: bool = False
+
+    def gates_listed(self) -> tuple[str, ...]:
+        """The gate decisions listed, in the worklist's order (flagged, accepted, refused): a refused image has no
+        verdict, so it is never listed under a verdict or as a disagreement (both stores read this)."""
+        without_verdict = bool(self.labels) or self.disagreements
+        return tuple(
+            gate
+            for gate in WORKLIST_GATES
+            if (not self.gates or gate in self.gates) and not (gate == REFUSED and without_verdict)
+        )
 
 
 @dataclass(frozen=True)

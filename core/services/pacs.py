@@ -19,7 +19,15 @@ from typing import Any
 
 from core.config import PacsSettings
 from core.domain.people import Review
-from core.errors import FileTooLarge, InvalidRecord, PacsError, PacsReportRefused, PacsUnreachable, StoreError
+from core.errors import (
+    FileTooLarge,
+    InvalidRecord,
+    PacsError,
+    PacsReportRefused,
+    PacsUnreachable,
+    ReviewedMeanwhile,
+    StoreError,
+)
 from core.identity import pseudonymise
 from core.model.classifier import Classifier
 from core.pacs import objects
@@ -35,7 +43,7 @@ from core.services.studies import (
     save_study_series,
 )
 from core.storage.images import ImageStore
-from core.storage.protocol import REVIEWED_MEANWHILE, AuditTrail, Store
+from core.storage.protocol import AuditTrail, Store
 
 logger = logging.getLogger("btd.pacs")
 
@@ -191,7 +199,7 @@ def review_and_send(
     due = [rid for rid in result_ids if not _reviewed_so(store.reviews_of(rid), final_label, actor)]
     seen = seen or {}
     if any(seen.get(rid, record.review_count) != record.review_count for rid, record in _records(store, due)):
-        raise InvalidRecord(REVIEWED_MEANWHILE)  # checked for every series before any is reviewed
+        raise ReviewedMeanwhile()  # checked for every series before any is reviewed
     with store.atomic():  # every series' review or none (SQLite; MongoDB writes one after the other)
         for result_id in due:
             reviews.review_result(store, actor, result_id, final_label, seen_reviews=seen.get(result_id))

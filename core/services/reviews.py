@@ -12,11 +12,12 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from core.domain.people import REASON_CODES, Review
-from core.domain.results import Record, WorklistQuery
+from core.domain.results import REFUSED, Record, WorklistQuery
 from core.errors import InvalidRecord, ScanError
 from core.imaging import read_scan
 from core.model.analysis import analyse_scan
 from core.model.classifier import Classifier
+from core.model.decision import UNKNOWN_TYPE
 from core.model.explain import Explainer
 from core.model.gate import REJECTED
 from core.services import audit
@@ -26,10 +27,33 @@ from core.services.views import ScanView, scan_view
 from core.storage.images import ImageStore
 from core.storage.protocol import Store
 
-__all__ = ["REASON_CODES", "OpenedResult", "WorklistQuery", "open_result", "review_result", "worklist"]
+__all__ = [
+    "LISTED",
+    "REASON_CODES",
+    "OpenedResult",
+    "WorklistQuery",
+    "open_result",
+    "review_labels",
+    "review_result",
+    "worklist",
+]
 
 
-def worklist(store: Store, actor: Actor, query: WorklistQuery, limit: int = 200, audited: bool = True) -> list[Record]:
+LISTED = 200  # the worklist's length on the page (it reads one more, to say when there are more)
+
+
+def review_labels(labels: Sequence[str], record: Record | None = None) -> list[str]:
+    """The final labels a reader may choose: the model's classes and "tumour, type uncertain"; for an override of a
+    verdict (``record``), every one but the verdict itself (a refused image has none: every label)."""
+    every = [*labels, UNKNOWN_TYPE]
+    if record is None or record.gate == REFUSED:
+        return every
+    return [label for label in every if label != record.label]
+
+
+def worklist(
+    store: Store, actor: Actor, query: WorklistQuery, limit: int = LISTED, audited: bool = True
+) -> list[Record]:
     """The results to read. Filtered to one patient, the read is an audit event under the keyed reference, as
     History's is (it listed a patient's results unaudited), unless ``audited`` is False (the page's later reruns of
     a list it already audited in this session)."""

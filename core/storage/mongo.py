@@ -297,8 +297,7 @@ class MongoStore(MongoPeople, MongoQuality):
             match["review_count"] = {"$gt": 0} if query.reviewed else {"$in": [0, None]}
         if query.labels:
             match["label"] = {"$in": list(query.labels)}
-        if query.gates:
-            match["gate"] = {"$in": list(query.gates)}
+        match["gate"] = {"$in": list(query.gates_listed())}
         if query.patient_ref is not None:
             match["patient_ref"] = query.patient_ref
         if query.since is not None:
@@ -322,7 +321,7 @@ class MongoStore(MongoPeople, MongoQuality):
                 {"$addFields": {"_reviewed": reviewed, "_rank": rank}},
                 {"$sort": {"_reviewed": 1, "_rank": 1, "created_at": -1}},
                 {"$limit": limit},
-                {"$project": {"_reviewed": 0, "_rank": 0}},
+                {"$project": {"_reviewed": 0, "_rank": 0, "sections": 0}},  # as recent: a list needs no sections
             ]
         )
         return [self._decode(document) for document in documents]

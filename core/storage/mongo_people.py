@@ -17,8 +17,8 @@ from typing import Any
 from core.domain.people import NO_HEAD, Account, AuditEvent, AuditHead, AuditQuery, Review, VerifiedPoint, chained
 from core.domain.results import Record
 from core.domain.times import as_utc
-from core.errors import InvalidRecord, StoreUnavailable
-from core.storage.protocol import REVIEWED_MEANWHILE, check_account_fields, check_review
+from core.errors import InvalidRecord, ReviewedMeanwhile, StoreUnavailable
+from core.storage.protocol import check_account_fields, check_review
 
 # The audit page's filters, newest first (time, then sequence number): created by the schema set-up
 # (:func:`core.storage.migrations.migrate_mongo`) on every start.
@@ -148,7 +148,7 @@ class MongoPeople:
                 taken = self._people("reviews").find_one({"_id": document["_id"]})
                 if taken is not None:
                     self._summarise(taken)
-                raise InvalidRecord(REVIEWED_MEANWHILE) from error
+                raise ReviewedMeanwhile() from error
             self._summarise(document)
         updated = self.get(review.result_id)
         assert updated is not None

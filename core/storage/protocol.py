@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from core.domain.people import Account, AuditEvent, AuditHead, AuditQuery, Review, VerifiedPoint
 from core.domain.results import (
     LESION_QUANTILES,
+    REFUSED,
     DayCount,
     DayQuality,
     Filters,
@@ -30,7 +31,7 @@ from core.domain.results import (
     WorklistQuery,
 )
 from core.domain.times import as_utc
-from core.errors import InvalidRecord
+from core.errors import InvalidRecord, ReviewedMeanwhile
 from core.model.decision import UNKNOWN_TYPE
 
 HISTOGRAM_BINS = 20
@@ -150,19 +151,16 @@ def day_rows(rows: Sequence[tuple[int, int, int]]) -> list[DayCount]:
     return [DayCount(day=date(1970, 1, 1) + timedelta(days=int(d)), total=int(n), tumour=int(t)) for d, n, t in rows]
 
 
-REVIEWED_MEANWHILE = "Another reader reviewed this result meanwhile; look at it again (nothing was saved)."
-
-
 def check_review(record: Record, review: Review, seen_reviews: int | None = None) -> None:
     """A review must be of this result's verdict and name one of the model's labels (or tumour, type unknown); a
     refused image's is an override; ``seen_reviews`` (when given) must still be the result's number of reviews."""
-    review.validate()
+    review.validate(refused=record.gate == REFUSED)
     if review.model_label != record.label:
         raise InvalidRecord("The review is not of this result's verdict.")
-    if record.gate == "rejected" and review.action == "agree":
+    if record.gate == REFUSED and review.action == "agree":
         raise InvalidRecord("The input gate refused this image: there is no verdict to agree with; override it.")
     if seen_reviews is not None and record.review_count != seen_reviews:
-        raise InvalidRecord(REVIEWED_MEANWHILE)
+        raise ReviewedMeanwhile()
     if review.final_label not in record.probabilities and review.final_label != UNKNOWN_TYPE:
         raise InvalidRecord("The final label must be one of the model's labels.")
 

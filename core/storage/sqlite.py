@@ -199,7 +199,7 @@ class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
             clauses.append("final_label IS NOT NULL AND final_label != label")
         extra = "".join(f" AND {clause}" for clause in clauses)
         reviewed = [False, True] if query.reviewed is None else [query.reviewed]
-        gates = [g for g in ("needs_review", "accepted", "rejected") if not query.gates or g in query.gates]
+        gates = query.gates_listed()
         ids: list[str] = []
         for done in reviewed:
             for gate in gates:

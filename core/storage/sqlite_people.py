@@ -16,8 +16,8 @@ from typing import Any
 from core.domain.people import NO_HEAD, Account, AuditEvent, AuditHead, AuditQuery, Review, VerifiedPoint, chained
 from core.domain.results import Record
 from core.domain.times import from_ms, to_ms
-from core.errors import InvalidRecord
-from core.storage.protocol import REVIEWED_MEANWHILE, check_account_fields, check_review
+from core.errors import InvalidRecord, ReviewedMeanwhile
+from core.storage.protocol import check_account_fields, check_review
 from core.storage.sqlite_base import SQLiteBase
 
 _COLUMN_OF = {"locked_until": "locked_until_ms"}  # the accounts table's names where they differ from the fields
@@ -165,7 +165,7 @@ class SQLitePeople(SQLiteBase):
                 ),
             )
             if changed.rowcount != 1:  # reviewed (or deleted) since it was read: the insert above is rolled back
-                raise InvalidRecord(REVIEWED_MEANWHILE)
+                raise ReviewedMeanwhile()
         updated = self.get(review.result_id)
         assert updated is not None
         return updated
