@@ -21,7 +21,9 @@ def _nifti_placement(header: object) -> tuple[bool, tuple[str, ...]]:
     """Whether the header says where the voxels lie in the patient, and what the reader must know about it. With
     both codes 0, the affine is a reader's guess (nibabel's assumes radiological storage, the NIfTI standard's
     method 1 the opposite): left and right are unknown, not shown. A qform and an sform that disagree (one of them
-    mirrored or turned) put the sform's directions on the screen, with a warning."""
+    mirrored or turned) are the same: readers differ on which one they take (nibabel and FSL the sform, ITK the
+    qform), so the directions are unknown too (the sform's letters, shown with a warning, were lost with the warning
+    on every page that reopens a saved series, and in its report)."""
     qform, q_code = header.get_qform(coded=True)
     sform, s_code = header.get_sform(coded=True)
     if not q_code and not s_code:
@@ -30,7 +32,9 @@ def _nifti_placement(header: object) -> tuple[bool, tuple[str, ...]]:
         q_axes, s_axes = (np.asarray(m, float)[:3, :3] for m in (qform, sform))
         q_axes, s_axes = q_axes / np.linalg.norm(q_axes, axis=0), s_axes / np.linalg.norm(s_axes, axis=0)
         if np.abs(q_axes - s_axes).max() > 1e-3:
-            return True, ("The NIfTI file's two orientations (qform and sform) disagree: the sform's is shown.",)
+            return False, (
+                "The NIfTI file's two orientations (qform and sform) disagree: left and right are unknown, not shown.",
+            )
     return True, ()
 
 

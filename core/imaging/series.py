@@ -41,6 +41,7 @@ __all__ = ["SeriesError", "Upload", "Volume", "is_nifti", "read_study", "read_up
 
 # a series description the main vendors give their positioning images (ImageType says LOCALIZER on most)
 LOCALIZER = re.compile(r"locali[sz]er|\bscout\b|\bsurvey\b|3[\s_-]*pl(ane)?[\s_-]*loc|tri[\s_-]*pilot", re.IGNORECASE)
+PER_FRAME = "PerFrameFunctionalGroupsSequence"
 
 
 @dataclass(frozen=True)
@@ -188,14 +189,20 @@ def _sections_of(data: bytes, header: object, limits: Limits) -> list[_Section]:
     thickness = _positive(ds.get("SpacingBetweenSlices")) or _positive(ds.get("SliceThickness"))
     modality = str(ds.get("Modality", "") or "")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames == 1:
+    if frames == 1:  # a one-frame enhanced file keeps its position and measures in its functional groups
+        shared, own = ((ds.get(name) or [None])[0] for name in ("SharedFunctionalGroupsSequence", PER_FRAME))
+        spacing, thickness = _measures(own, *_measures(shared, spacing, thickness))
+        position = _floats(ds.get("ImagePositionPatient"), 3)
+        for group in (own, shared):  # the frame's own group first
+            if position is None and group is not None:
+                position = _plane_position(group)
         orientation = _orientation(ds, None)
         pixels = dicom.display(dicom.decode_frame(ds, None), ds)
-        position, instance = _floats(ds.get("ImagePositionPatient"), 3), int(ds.get("InstanceNumber", 0) or 0)
+        instance = int(ds.get("InstanceNumber", 0) or 0)
         return [_Section(study, series, position, orientation, instance, pixels, spacing, thickness, modality)]
     uid_key, series = series, hash_parts(series, hashlib.sha256(data).hexdigest())  # each multi-frame file: a series
     shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    per_frame = ds.get(PER_FRAME) or []
     spacing, thickness = _measures(shared, spacing, thickness)
     # frames without a position of their own (a classic multi-frame file; an enhanced one without plane positions)
     # are numbered in stored order, not placed: which way they run along the normal is not in the file (placed
@@ -311,6 +318,13 @@ def _volume(sections: list[_Section], limits: StudyLimits) -> Volume:
     reference = orientations[0] if orientations else None
     if reference is not None and any(np.abs(o - reference).max() > 1e-3 for o in orientations):
         raise SeriesError("One series mixes section orientations (e.g. axial and sagittal); upload them apart.")
+    placed = [s for s in sections if s.position is not None]
+    if reference is not None and len(sections) > len(placed) and 2 * len(placed) > len(sections):
+        # a file without a position (a derived or captured image) put every section in instance-number order,
+        # which need not be the order in the head: the others are placed, it is left out and said
+        left = len(sections) - len(placed)
+        notes.append(f"{left} file{'s' if left > 1 else ''} without a position in the head left out.")
+        sections = placed
     in_mm = reference is not None and all(s.position is not None for s in sections)
     if in_mm:  # along the normal of the view as shown, so the stack runs the same way whatever the encoding
         shown = transformed_orientation(reference, display_transform(reference))  # type: ignore[arg-type]
@@ -323,7 +337,8 @@ def _volume(sections: list[_Section], limits: StudyLimits) -> Volume:
         )
         keyed = sorted(((float(s.instance), s) for s in sections), key=lambda pair: pair[0])
     else:
-        notes.append("The files give no positions: sections are ordered by instance number.")
+        some = any(s.position is not None for s in sections) and reference is not None
+        notes.append(f"{'Most' if some else 'The'} files give no positions: sections are ordered by instance number.")
         keyed = sorted(((float(s.instance), s) for s in sections), key=lambda pair: pair[0])
     if in_mm and sections[0].multi_frame and len(sections) > 1 and np.ptp([p for p, _ in keyed]) < 1e-3:
         raise SeriesError(
@@ -344,9 +359,14 @@ def _volume(sections: list[_Section], limits: StudyLimits) -> Volume:
     notes += gap_notes([p for p, _ in kept], in_mm, limits.max_gap_ratio)
     positions = [p for p, _ in kept]
     first = kept[0][1]
+    spacing = first.spacing
+    spacings = {None if s.spacing is None else tuple(round(v, 3) for v in s.spacing) for _, s in kept}
+    if len(spacings) > 1:  # the first one's for all: distances off by their ratio elsewhere
+        notes.append("Its sections give different pixel spacings: no distance, area or volume is measured.")
+        spacing = None
     sections, spacing, orientation = radiological(
         np.stack([s.pixels for _, s in kept]),
-        first.spacing,
+        spacing,
         tuple(float(v) for v in reference) if reference is not None else None,
     )
     return Volume(
