@@ -650,3 +650,36 @@ def test_direction_cosines_that_are_not_a_plane_are_no_orientation() -> None:
         assert (frame_orientation(ds, None) is not None) is plane
     ds.ImageOrientationPatient = [1, 0, 0, 0, 0.9995, 0.0316]  # rounded as files carry them: still a plane
     assert frame_orientation(ds, None) is not None
+
+
+def test_zips_over_the_uploads_limit_together_are_refused_before_any_is_unpacked(monkeypatch) -> None:
+    """Each zip was checked against the limit alone and unpacked whole before their sum was: twenty zips under
+    the limit took twenty times its memory. An encrypted zip or an unknown compression method was an
+    unexpected error."""
+    import struct
+    import zipfile
+
+    from core.imaging import archive
+
+    files = dicom_series(head_volume(3))
+    one = zipped(files)
+    size = sum(len(f) for f in files)
+    opened = []
+    monkeypatch.setattr(zipfile.ZipFile, "open", lambda self, *a, **k: opened.append(a) or 1 / 0)
+    with pytest.raises(FileTooLarge, match="in all"):
+        read_study([files[0], one, one], study_limits=StudyLimits(max_total_bytes=2 * size))
+    assert opened == []  # refused from the headers: nothing was unpacked
+    monkeypatch.undo()
+    assert len(read_study([one, one], study_limits=StudyLimits(max_total_bytes=2 * size))) == 1
+
+    encrypted = bytearray(zipped(files[:1], ["a.dcm"]))
+    struct.pack_into("<H", encrypted, 6, 1)  # the local header's flags: encrypted
+    central = encrypted.index(b"PK\x01\x02")
+    struct.pack_into("<H", encrypted, central + 8, 1)
+    with pytest.raises(UnsupportedFormat, match="password-protected"):
+        archive.unzip(bytes(encrypted))
+    unknown = bytearray(zipped(files[:1], ["a.dcm"]))
+    struct.pack_into("<H", unknown, 8, 99)  # compression method 99 (AES or another the library cannot read)
+    struct.pack_into("<H", unknown, unknown.index(b"PK\x01\x02") + 10, 99)
+    with pytest.raises(UnsupportedFormat, match="compression method"):
+        archive.unzip(bytes(unknown))

@@ -16,13 +16,27 @@ def is_zip(data: bytes) -> bool:
     return data[:4] == b"PK\x03\x04"
 
 
-def unzip(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> list[bytes]:
-    """The members of a zip, in memory, after checking it for bombs and path tricks."""
+READABLE = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
+
+
+def _members(data: bytes) -> tuple[zipfile.ZipFile, list[zipfile.ZipInfo]]:
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-        members = [m for m in archive.infolist() if not m.is_dir()]
+        return archive, [m for m in archive.infolist() if not m.is_dir()]
     except zipfile.BadZipFile as error:
         raise CorruptImage("The zip archive is damaged.") from error
+
+
+def declared_size(data: bytes) -> int:
+    """The bytes a zip says it unpacks to, from its directory alone (nothing is unpacked): what an upload of
+    several zips adds up before any is opened (each was unpacked whole before their sum was refused). Reading is
+    held to these sizes (:func:`unzip`)."""
+    return sum(member.file_size for member in _members(data)[1])
+
+
+def unzip(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> list[bytes]:
+    """The members of a zip, in memory, after checking it for bombs and path tricks."""
+    archive, members = _members(data)
     if len(members) > limits.max_zip_members:
         raise FileTooLarge(f"The zip holds {len(members)} files; the limit is {limits.max_zip_members}.")
     total = sum(m.file_size for m in members)
@@ -38,6 +52,10 @@ def unzip(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> list[bytes
             raise FileTooLarge("The zip holds a file compressed over 200 times (a zip bomb?); refused.")
         if member.filename.lower().endswith(".zip"):
             raise UnsupportedFormat("The zip holds another zip; upload the inner archive itself.")
+        if member.flag_bits & 0x1:
+            raise UnsupportedFormat("The zip is password-protected; upload the files unencrypted.")
+        if member.compress_type not in READABLE:
+            raise UnsupportedFormat("The zip uses a compression method that cannot be read; zip it again (deflate).")
     out = []
     for member in members:
         try:

@@ -29,7 +29,7 @@ import numpy as np
 
 from core.errors import FileTooLarge, ScanError, UnsupportedFormat
 from core.imaging import dicom
-from core.imaging.archive import is_zip, unzip
+from core.imaging.archive import declared_size, is_zip, unzip
 from core.imaging.geometry import display_transform, gap_notes, transformed_orientation
 from core.imaging.limits import DEFAULT_LIMITS, DEFAULT_STUDY_LIMITS, Limits, StudyLimits
 from core.imaging.nifti import read_nifti
@@ -71,11 +71,12 @@ def read_upload(
     """Every series in the uploaded files (DICOM files, zips of them, multi-frame DICOM, NIfTI); a series that
     cannot be put together is named in ``unread`` while the others are read. Raises for an upload nothing of which
     can be used, and for one over a limit."""
+    declared = sum(declared_size(data) if is_zip(data) else len(data) for data in files)
+    if declared > study_limits.max_total_bytes:  # from the zips' directories: refused before any is unpacked
+        raise FileTooLarge(f"The upload is over {study_limits.max_total_bytes / 2**20:.0f} MB in all.")
     expanded: list[bytes] = []
     for data in files:
         expanded += unzip(data, study_limits) if is_zip(data) else [data]
-    if sum(len(d) for d in expanded) > study_limits.max_total_bytes:
-        raise FileTooLarge(f"The upload is over {study_limits.max_total_bytes / 2**20:.0f} MB in all.")
     check_nifti_budget([d for d in expanded if is_nifti(d)], study_limits)
     volumes, slices = [], []
     for data in expanded:
