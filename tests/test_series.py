@@ -683,3 +683,41 @@ def test_zips_over_the_uploads_limit_together_are_refused_before_any_is_unpacked
     struct.pack_into("<H", unknown, unknown.index(b"PK\x01\x02") + 10, 99)
     with pytest.raises(UnsupportedFormat, match="compression method"):
         archive.unzip(bytes(unknown))
+
+
+def test_malformed_header_values_and_unknown_syntaxes_name_their_series_and_the_others_are_read() -> None:
+    """An empty WindowCenter or NumberOfFrames "ab" in one file was an unexpected error for the whole study; a
+    negative NumberOfFrames lowered the upload's pixel budget and its file gave nothing, unsaid; a transfer syntax
+    pydicom does not know read as invalid values; an RGB NIfTI was an unexpected error."""
+    import nibabel
+
+    from core.errors import UnsupportedDicom
+    from core.imaging.dicom import check_transfer_syntax
+    from core.imaging.series import read_upload
+
+    good = dicom_series(head_volume(4), series_uid="1.2.3.9.1")
+
+    def broken(value):
+        def change(ds, k) -> None:
+            ds.SeriesInstanceUID, ds.SeriesNumber = "1.2.3.9.2", 7
+            if k == 1:
+                setattr(ds, *value)
+                ds.WindowWidth = "400"  # beside an empty WindowCenter: read as a window, it failed
+
+        return change
+
+    for value in (("WindowCenter", ""), ("NumberOfFrames", 9), ("NumberOfFrames", -1000)):
+        other = rewritten(dicom_series(head_volume(4)), broken(value))
+        if value[1] == 9:  # "ab": written over the encoded value, as no library writes it
+            other[1] = other[1].replace(b"\x28\x00\x08\x00IS\x02\x009 ", b"\x28\x00\x08\x00IS\x02\x00ab", 1)
+            assert b"IS\x02\x00ab" in other[1]
+        upload = read_upload(good + other)
+        assert len(upload.volumes) == 1 and len(upload.volumes[0].sections) == 4, value
+        assert upload.unread == ("Series 7: The DICOM header holds invalid values; it cannot be displayed reliably.",)
+    header = pydicom.dcmread(io.BytesIO(good[0]), stop_before_pixels=True)
+    header.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.110"  # JPEG XL: newer than the library
+    with pytest.raises(UnsupportedDicom, match="does not know"):
+        check_transfer_syntax(header)
+    rgb = np.zeros((8, 8, 4), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    with pytest.raises(SeriesError, match="colour"):
+        read_study([nibabel.Nifti1Image(rgb, np.eye(4)).to_bytes()])

@@ -95,6 +95,8 @@ _OTHER_PARTS = (
 
 _HEADER_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError, zlib.error)
 _VALUE_ERRORS = (ValueError, TypeError, KeyError, AttributeError, IndexError, ArithmeticError, zlib.error)
+INVALID_VALUES = _VALUE_ERRORS  # what pydicom raises where it first converts a malformed value
+INVALID_HEADER = "The DICOM header holds invalid values; it cannot be displayed reliably."
 DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian: pydicom inflates it whole, unbounded
 
 
@@ -112,17 +114,24 @@ def read_dicom(
     except ScanError:
         raise
     except _VALUE_ERRORS as error:
-        raise CorruptImage("The DICOM header holds invalid values; it cannot be displayed reliably.") from error
+        raise CorruptImage(INVALID_HEADER) from error
 
 
 def count_frames(data: bytes) -> int:
     """How many frames a DICOM file holds, from its header alone (1 for a single slice)."""
+    return frames_of(header_of(data))
+
+
+def frames_of(header: Any) -> int:
+    """A header's NumberOfFrames (1 when absent), or :class:`CorruptImage` for one that is not a count (a negative
+    one lowered an upload's pixel budget and its file then gave no section, unsaid)."""
     try:
-        return int(header_of(data).get("NumberOfFrames", 1) or 1)
-    except ScanError:
-        raise
+        frames = int(header.get("NumberOfFrames", 1) or 1)
     except _VALUE_ERRORS as error:
-        raise CorruptImage("The DICOM header holds invalid values; it cannot be displayed reliably.") from error
+        raise CorruptImage(INVALID_HEADER) from error
+    if frames < 1:
+        raise CorruptImage(INVALID_HEADER)
+    return frames
 
 
 def quiet_pydicom() -> None:
@@ -216,7 +225,7 @@ def _read_checked(
     data: bytes, limits: Limits, frame: int | None
 ) -> tuple[np.ndarray, dict[str, str], tuple[str, ...], tuple[float, ...] | None]:
     header = header_of(data)
-    frames = int(header.get("NumberOfFrames", 1) or 1)
+    frames = frames_of(header)
     if frames > 1 and frame is None:
         raise MultiFrameImage(
             f"This DICOM file holds {frames} frames (a volume or a series); choose one frame (0 to {frames - 1}) "
@@ -313,7 +322,16 @@ def check_transfer_syntax(header: Any) -> None:
 
     meta = getattr(header, "file_meta", None)
     uid = getattr(meta, "TransferSyntaxUID", None)
-    if uid is None or not uid.is_compressed:
+    if uid is None:
+        return
+    try:
+        compressed = uid.is_compressed
+    except ValueError:  # a transfer syntax pydicom does not know (JPEG XL, a private one): named, not "invalid"
+        raise UnsupportedDicom(
+            f"This DICOM file uses a transfer syntax this installation does not know ({_named(str(uid))}). "
+            "Export it uncompressed (Explicit VR Little Endian)."
+        ) from None
+    if not compressed:
         return
     try:
         available = get_decoder(uid).is_available

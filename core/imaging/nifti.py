@@ -83,6 +83,8 @@ def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volum
         volume = np.asanyarray(image.dataobj)
     except Exception as error:  # nibabel raises many types for a damaged file; all mean "cannot use it"
         raise CorruptImage("The NIfTI file is damaged or is not a NIfTI-1 volume.") from error
+    if volume.dtype.names or not (np.issubdtype(volume.dtype, np.integer) or np.issubdtype(volume.dtype, np.floating)):
+        raise SeriesError("The NIfTI volume holds colour (RGB) or complex values; a grey-level MR volume is needed.")
     placed, notes = _nifti_placement(stored.header)
     if volume.ndim == 4 and volume.shape[3] == 1:
         volume = volume[..., 0]

@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from core.errors import FileTooLarge, ScanError, UnsupportedFormat
+from core.errors import CorruptImage, FileTooLarge, ScanError, UnsupportedFormat
 from core.imaging import dicom
 from core.imaging.archive import declared_size, is_zip, unzip
 from core.imaging.geometry import display_transform, gap_notes, transformed_orientation
@@ -189,7 +189,7 @@ def _sections_of(data: bytes, header: object, limits: Limits) -> list[_Section]:
     # them where given (sections can have gaps or overlap), else their thickness
     thickness = _positive(ds.get("SpacingBetweenSlices")) or _positive(ds.get("SliceThickness"))
     modality = str(ds.get("Modality", "") or "")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = dicom.frames_of(ds)
     if frames == 1:  # a one-frame enhanced file keeps its position and measures in its functional groups
         shared, own = ((ds.get(name) or [None])[0] for name in ("SharedFunctionalGroupsSequence", PER_FRAME))
         spacing, thickness = _measures(own, *_measures(shared, spacing, thickness))
@@ -250,10 +250,13 @@ def _dicom_series(
     headers, pixels = [], 0
     for data in files:
         header = dicom.header_of(data)
-        frames = int(header.get("NumberOfFrames", 1) or 1)
+        try:  # a file whose sizes are not counts gives no pixels here: its series is named unread below
+            frames = dicom.frames_of(header)
+            pixels += int(header.get("Rows") or 0) * int(header.get("Columns") or 0) * frames
+        except (ScanError, *dicom.INVALID_VALUES):
+            frames = 0
         if frames > study_limits.max_sections:
             raise FileTooLarge(f"A file holds {frames} frames; the limit is {study_limits.max_sections} sections.")
-        pixels += int(header.get("Rows") or 0) * int(header.get("Columns") or 0) * frames
         headers.append(header)
     if pixels > study_limits.max_dicom_pixels:
         raise FileTooLarge(
@@ -276,6 +279,9 @@ def _dicom_series(
             raise
         except ScanError as error:  # a colour map, a spectroscopy object, a file cut off: that series only
             failed.setdefault(key, error)
+            continue
+        except dicom.INVALID_VALUES:  # a malformed value pydicom converts where it is first read (an empty window)
+            failed.setdefault(key, CorruptImage(dicom.INVALID_HEADER))
             continue
         for section in sections:
             groups.setdefault((section.study, section.series), []).append(section)
