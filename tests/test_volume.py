@@ -236,6 +236,34 @@ def test_study_command_answers_bad_paths_with_json_errors(tmp_path: Path, capsys
     assert all(line["error"]["message"] for line in lines)
 
 
+def test_study_exit_status_says_rejected_for_an_unread_series_and_never_not_saved_for_one_without_a_verdict(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A series that could not be read (a CT beside the MR) exited 0, named only in the others' warnings; an
+    all-black series with --save exited 3, "could not save", with the database working: a script retried it."""
+    from pydicom import dcmread
+    from pydicom.filebase import DicomBytesIO
+
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    (tmp_path / "black").mkdir()
+    for k, data in enumerate(dicom_series(np.zeros((3, 64, 64), np.uint16))):
+        (tmp_path / "black" / f"{k}.dcm").write_bytes(data)
+    code, (line,) = study_lines(["--save", str(tmp_path / "black")], capsys)
+    assert code == 1 and line["error"]["code"] == "no_brain_sections" and line["saved"].startswith("not saved")
+    (tmp_path / "mixed").mkdir()
+    for k, data in enumerate(dicom_series(head_volume(6, 128, range(2, 4)), series_uid="1.2.3.1")):
+        (tmp_path / "mixed" / f"mr{k}.dcm").write_bytes(data)
+    for k, data in enumerate(dicom_series(head_volume(4, 128), series_uid="1.2.3.2")):
+        ds = dcmread(DicomBytesIO(data))
+        ds.Modality, ds.SeriesNumber = "CT", 4
+        buffer = DicomBytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        (tmp_path / "mixed" / f"ct{k}.dcm").write_bytes(buffer.getvalue())
+    code, lines = study_lines([str(tmp_path / "mixed")], capsys)
+    assert code == 1 and len(lines) == 2 and lines[0]["slices"] == 6
+    assert lines[1]["error"]["code"] == "series_unread" and lines[1]["error"]["message"].startswith("Series 4: ")
+
+
 def test_saving_a_series_keeps_its_record_sections_pixels_and_an_audit_event(
     classifier: Classifier, tmp_path: Path
 ) -> None:

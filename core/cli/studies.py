@@ -74,8 +74,12 @@ def emit_outcome(
         if args.save:
             status_of = saved[number] if saved is not None else save_outcome_series(series, outcome, saving)
             result["saved"] = status_of.state + (f": {status_of.message}" if status_of.message else "")
-            unsaved = unsaved or status_of.state == NOT_SAVED
+            # a series without a verdict has nothing to save: a rejection (1), not a database failure (3)
+            unsaved = unsaved or (status_of.state == NOT_SAVED and series.label is not None)
         emit(result, sys.stdout)
+    for reason in outcome.unread:  # a series that could not be put together: a line of its own, and a rejection
+        emit({"source": name, **(extra or {}), **error_json("series_unread", reason)}, sys.stdout)
+        status = EXIT_REJECTED
     return status, unsaved
 
 
