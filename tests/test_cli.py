@@ -347,6 +347,11 @@ def test_a_file_name_that_is_not_valid_text_is_one_json_line_not_the_end_of_the_
     emit({"file": "ok.png"}, stream)
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert len(lines) == 2 and lines[0]["label"] == "glioma" and lines[0]["file"].startswith("/tmp/M")
+    # a C-locale stdout (errors="surrogateescape") wrote the raw bytes back: not UTF-8, not JSON to a reader
+    raw = io.BytesIO()
+    lenient = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape")
+    emit({"file": os.fsdecode(b"bad\xff\xfename.png")}, lenient)
+    assert json.loads(raw.getvalue().decode("utf-8"))["file"].startswith("bad")
 
 
 def test_output_files_never_overwrite_a_file_nor_follow_a_link_planted_in_the_folder(tmp_path: Path) -> None:

@@ -207,7 +207,7 @@ def test_a_save_that_cannot_be_audited_is_reported_not_saved(store, tiny_classif
 
     monkeypatch.setattr(store, "append_audit", broken)
     result = triage(png_bytes(synthetic_slice(256)), tiny_classifier, None, store, actor=RADIOLOGIST, patient_ref=None)
-    assert result.status.state == NOT_SAVED and "nothing was saved" in result.status.message
+    assert result.status.state == NOT_SAVED and "the result was not saved" in result.status.message
     if isinstance(store, SQLiteStore):  # one unit of work: the record is not there either (MongoDB: a known limit)
         assert store.summary().total == 0 and store.get(result.record.id) is None
 

@@ -27,10 +27,11 @@ def emit(obj: dict[str, Any], stream: TextIO) -> None:
     """One JSON line. A file name that is not valid text (bytes the file system allowed) is escaped, never a
     stop of the batch: a strict stream refuses the lone surrogates Python decodes such names to."""
     line = json.dumps(obj, ensure_ascii=False)
-    try:
-        stream.write(line + "\n")
+    try:  # checked here, not by the stream: under a C locale its errors are "surrogateescape", which wrote the
+        line.encode("utf-8")  # raw bytes back, and the line was no longer UTF-8 JSON
     except UnicodeEncodeError:
-        stream.write(json.dumps(obj, ensure_ascii=True) + "\n")  # \udcxx escapes: valid JSON, every byte named
+        line = json.dumps(obj, ensure_ascii=True)  # \udcxx escapes: valid JSON, every byte named
+    stream.write(line + "\n")
     stream.flush()
 
 

@@ -92,8 +92,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         try:
             store = open_results_store()
             images = open_image_store(store)
-        except StoreError as error:
-            emit(error_json(error.code, str(error)), sys.stdout)
+        except (StoreError, ValueError) as error:  # ValueError: the audit key cannot be made (as `study` says)
+            emit(error_json(getattr(error, "code", "bad_configuration"), str(error)), sys.stdout)
             return EXIT_USAGE
     status, unsaved = EXIT_OK, False
     for name in progress(args.files, "predict"):

@@ -169,7 +169,7 @@ def save_record(
             audit.record(store, actor, "upload", record.id, state=state, gate=gate)
     except StoreError as error:
         logger.warning("event=save_failed code=%s", error.code)
-        return SaveStatus(NOT_SAVED, f"{error} (nothing was saved)", record.id)
+        return SaveStatus(NOT_SAVED, f"{error} (the result was not saved)", record.id)
     return SaveStatus(state, record_id=record.id)
 
 
