@@ -139,6 +139,21 @@ def test_multi_frame_needs_an_explicit_frame() -> None:
 def test_rejects_colour_dicom() -> None:
     with pytest.raises(UnsupportedDicom, match="colour"):
         read_scan(dicom_bytes(stored_slice(), photometric="RGB"))
+    with pytest.raises(UnsupportedDicom, match=r"colour \(3 samples per pixel\)"):  # it said "(MONOCHROME2)"
+        read_scan(dicom_bytes(stored_slice(), extra={"SamplesPerPixel": 3}))
+
+
+def test_floating_point_pixels_are_named_not_called_missing() -> None:
+    from pydicom import dcmread
+    from pydicom.filebase import DicomBytesIO
+
+    ds = dcmread(DicomBytesIO(dicom_bytes(stored_slice())))
+    del ds.PixelData
+    ds.FloatPixelData = np.zeros(128 * 128, np.float32).tobytes()
+    buffer = DicomBytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    with pytest.raises(UnsupportedDicom, match="floating-point"):
+        read_scan(buffer.getvalue())
 
 
 def test_rejects_other_modalities_and_warns_for_secondary_capture() -> None:

@@ -721,3 +721,16 @@ def test_malformed_header_values_and_unknown_syntaxes_name_their_series_and_the_
     rgb = np.zeros((8, 8, 4), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
     with pytest.raises(SeriesError, match="colour"):
         read_study([nibabel.Nifti1Image(rgb, np.eye(4)).to_bytes()])
+
+
+def test_a_nifti_2_file_is_read_as_its_nifti_1_twin_is() -> None:
+    """NIfTI-2 keeps its magic at byte 4, where it was never looked for: "neither DICOM nor NIfTI"."""
+    import nibabel
+
+    data = np.transpose(head_volume(6).astype(np.float32)[:, ::-1, ::-1], (2, 1, 0)).copy()
+    affine = np.diag([0.9, 0.9, 5.0, 1.0])
+    (one,) = read_study([nibabel.Nifti1Image(data, affine).to_bytes()])
+    (two,) = read_study([nibabel.Nifti2Image(data, affine).to_bytes()])
+    assert np.array_equal(one.sections, two.sections) and one.letters == two.letters and two.step_mm == 5.0
+    with pytest.raises(CorruptImage):
+        read_study([nibabel.Nifti2Image(data, affine).to_bytes()[:600]])

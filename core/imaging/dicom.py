@@ -207,9 +207,10 @@ def checked_dataset(data: bytes, limits: Limits, header: Any = None) -> tuple[An
     samples = int(header.get("SamplesPerPixel", 1) or 1)
     photometric = str(header.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        kind = _named(photometric) if samples == 1 or photometric not in ("MONOCHROME1", "MONOCHROME2") else ""
         raise UnsupportedDicom(
-            f"This DICOM image is in colour ({_named(photometric)}); the model reads grayscale MRI "
-            "(MONOCHROME1/2) only."
+            f"This DICOM image is in colour ({kind or f'{samples} samples per pixel'}); the model reads grayscale "
+            "MRI (MONOCHROME1/2) only."
         )
     check_transfer_syntax(header)
     try:
@@ -217,6 +218,8 @@ def checked_dataset(data: bytes, limits: Limits, header: Any = None) -> tuple[An
     except (InvalidDicomError, *_HEADER_ERRORS) as error:
         raise CorruptImage("The DICOM file is damaged: its pixel data cannot be read.") from error
     if "PixelData" not in dataset:
+        if "FloatPixelData" in dataset or "DoubleFloatPixelData" in dataset:
+            raise UnsupportedDicom("This DICOM file holds floating-point pixels (a parametric map), not an MR image.")
         raise NoPixelData("The DICOM file has an image header but no pixel data.")
     return dataset, notes
 

@@ -72,7 +72,8 @@ def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volum
     except (OSError, EOFError) as error:
         raise CorruptImage("The .nii.gz file is damaged.") from error
     try:
-        stored = nibabel.Nifti1Image.from_bytes(data)
+        kind = nibabel.Nifti2Image if int.from_bytes(data[:4], "little") == 540 else nibabel.Nifti1Image
+        stored = kind.from_bytes(data)  # NIfTI-2 (64-bit sizes) reads as NIfTI-1 does, within the same budgets
         # the values as stored (at most max_volume_bytes), never converted whole: nibabel applies a header's
         # scl_slope to the whole volume at once (four times the bytes of uint8 as float32), and so does its
         # reorientation; the stretch below is linear, so it is the same on the stored values (a negative slope
@@ -82,7 +83,7 @@ def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volum
         image = nibabel.as_closest_canonical(unscaled)
         volume = np.asanyarray(image.dataobj)
     except Exception as error:  # nibabel raises many types for a damaged file; all mean "cannot use it"
-        raise CorruptImage("The NIfTI file is damaged or is not a NIfTI-1 volume.") from error
+        raise CorruptImage("The NIfTI file is damaged or is not a NIfTI volume.") from error
     if volume.dtype.names or not (np.issubdtype(volume.dtype, np.integer) or np.issubdtype(volume.dtype, np.floating)):
         raise SeriesError("The NIfTI volume holds colour (RGB) or complex values; a grey-level MR volume is needed.")
     placed, notes = _nifti_placement(stored.header)

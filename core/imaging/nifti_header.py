@@ -19,10 +19,10 @@ def is_nifti(data: bytes) -> bool:
     if data[:2] == b"\x1f\x8b":
         return True  # a gzip stream: a .nii.gz is the only compressed upload accepted
     return (
-        len(data) >= 348
-        and int.from_bytes(data[:4], "little") in (348, 540)
-        and data[344:348] in (b"n+1\x00", b"ni1\x00", b"n+2\x00")
-    )
+        len(data) >= 348 and int.from_bytes(data[:4], "little") == 348 and data[344:348] in (b"n+1\x00", b"ni1\x00")
+    ) or (
+        len(data) >= 540 and int.from_bytes(data[:4], "little") == 540 and data[4:8] in (b"n+2\x00", b"ni2\x00")
+    )  # NIfTI-2 (its magic at byte 4) is recognised, to be refused by name (:func:`core.imaging.nifti.read_nifti`)
 
 
 def nifti_bytes(head: bytes, limits: StudyLimits) -> int:
