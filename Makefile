@@ -18,7 +18,7 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 	touch $@
 
 run: $(VENV)/.runtime
-	$(PY) -m streamlit run streamlit_app.py --server.port $(PORT)
+	$(PY) -m streamlit run streamlit_app.py --server.port $(PORT) $(if $(BTD_SECRETS),--secrets.files "$(BTD_SECRETS)")
 
 lint: $(VENV)/.dev
 	$(PY) -m ruff check .

@@ -138,3 +138,19 @@ def test_the_command_line_reads_the_apps_secrets_file(tmp_path: Path, monkeypatc
     path.write_text("[identity\n")
     with pytest.raises(ValueError, match="cannot be read"):
         file_secrets()
+
+
+def test_the_app_reads_the_one_secrets_file_the_command_line_reads() -> None:
+    """Streamlit also merged ~/.streamlit/secrets.toml, which the command line never reads: a key kept there gave
+    the app and the PACS watch two patient keys (History never matched), or two databases."""
+    import subprocess
+    import tomllib
+
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert config["secrets"]["files"] == [".streamlit/secrets.toml"]  # the project's, as core.config.file_secrets
+    shown = subprocess.run(
+        ["make", "-n", "run", "BTD_SECRETS=/etc/btd/secrets.toml"], cwd=ROOT, capture_output=True, text=True
+    ).stdout
+    assert '--secrets.files "/etc/btd/secrets.toml"' in shown.splitlines()[-1]
+    plain = subprocess.run(["make", "-n", "run", "BTD_SECRETS="], cwd=ROOT, capture_output=True, text=True).stdout
+    assert "--secrets.files" not in plain.splitlines()[-1]
