@@ -6,11 +6,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import date, timedelta
-from itertools import pairwise
 from typing import Any
 
 from core.domain.results import LESION_QUANTILES, DayCount, DayQuality, Filters, LesionPeriod
-from core.domain.times import DAY_MS, EPOCH, as_utc, from_ms, period_bounds, to_ms, utc_offset_segments
+from core.domain.times import as_utc, from_ms, period_bounds, to_ms
 from core.storage.protocol import day_rows, lesion_period, quantile_ranks
 
 SHOWN = {"$ne": ["$gate", "rejected"]}
@@ -43,20 +42,14 @@ class MongoQuality:
         )
         if not span or span[0]["first"] is None:  # nothing in range (mongomock answers one empty group)
             return []
-        segments = utc_offset_segments(timezone, to_ms(span[0]["first"]), to_ms(span[0]["last"]))
-        ms = {"$subtract": ["$created_at", EPOCH]}
-        branches = [
-            {"case": {"$lt": [ms, boundary]}, "then": previous_offset}
-            for (_, previous_offset), (boundary, _) in pairwise(segments)
-        ]
-        offset: Any = {"$switch": {"branches": branches, "default": segments[-1][1]}} if branches else segments[0][1]
+        day = self._local_day("$created_at", timezone, to_ms(span[0]["first"]), to_ms(span[0]["last"]))
         shown_p = {"$cond": [SHOWN, "$tumour_probability", 0]}
         rows = self._aggregate(
             [
                 {"$match": match},
                 {
                     "$group": {
-                        "_id": {"$floor": {"$divide": [{"$add": [ms, offset]}, DAY_MS]}},
+                        "_id": day,  # the dashboard's own local day: one definition
                         "shown": _count(SHOWN),
                         "tumour": _count({"$and": [SHOWN, "$is_tumour"]}),
                         "flagged": _count({"$eq": ["$gate", "needs_review"]}),
