@@ -296,6 +296,22 @@ def test_the_type_is_named_only_when_it_stands_out() -> None:
     three_way = [[0.30, 0.32, 0.05, 0.33]] * 50  # glioma, named pituitary at a share of 0.35
     share = fit_subtype_share(np.array(sure[::2] + three_way), ["glioma"] * 100)
     assert share is not None and 0.35 < share <= 0.5
+    # fitted on the tumours the card's threshold calls tumour: at 0.7 the unsure ones below (P(tumour) 0.67) are
+    # no tumour verdicts, so no type of theirs is ever named (it was fitted at 0.5 whatever the card served)
+    unsure = [[0.22, 0.24, 0.33, 0.21]] * 50  # glioma named meningioma, P(tumour) 0.67
+    assert fit_subtype_share(np.array(sure[::2] + unsure), ["glioma"] * 100) is not None
+    assert fit_subtype_share(np.array(sure[::2] + unsure), ["glioma"] * 100, threshold=0.7) is None
+
+
+def test_the_decision_rule_is_fitted_around_the_threshold_the_card_serves() -> None:
+    from core.training.finish import fit_rule
+
+    rng = np.random.default_rng(1)
+    labels = list(rng.choice(["glioma", "meningioma", "pituitary", "notumor"], 800))
+    logits = rng.normal(0, 1, (800, 4)) + np.array([[3.0 * (label == c) for c in CLASSES] for label in labels])
+    assert fit_rule(logits, labels)[2].threshold == 0.5
+    rule = fit_rule(logits, labels, threshold=0.35)[2]
+    assert rule.threshold == 0.35 and rule.review_band[0] <= 0.2 <= 0.8 <= rule.review_band[1]
 
 
 def test_lgg_targets_count_only_clear_tumours_and_sections_with_enough_head() -> None:

@@ -130,17 +130,20 @@ def fit_explain_layer(classifier: Classifier, items: Sequence[Item], limit: int 
     }
 
 
-def fit_rule(logits: np.ndarray, labels: Sequence[str]) -> tuple[float, float, DecisionRule]:
+def fit_rule(logits: np.ndarray, labels: Sequence[str], threshold: float = 0.5) -> tuple[float, float, DecisionRule]:
     """Calibration (a temperature and a bias on the no-tumour logit) and the decision rule (review band, subtype
-    share) fitted on validation outputs of a known class (never on the web-style scans, whose type is unknown)."""
+    share) fitted on validation outputs of a known class (never on the web-style scans, whose type is unknown),
+    around the card's ``threshold`` (the one the app serves: the band was centred on 0.5 whatever the card said)."""
     typed = np.array([label in CLASSES for label in labels])
     temperature, negative_bias = fit_calibration(logits[typed], label_masks(labels)[typed], CLASSES.index(NEGATIVE))
     bias = negative_bias_vector(negative_bias)
     calibrated = calibrate(logits, temperature, bias)
     tumour_probability = 1.0 - calibrated[:, CLASSES.index(NEGATIVE)]
-    band = fit_review_band(tumour_probability[typed], np.array([label != NEGATIVE for label in labels])[typed])
-    share = fit_subtype_share(calibrated[typed], [label for label, k in zip(labels, typed, strict=True) if k])
-    return temperature, negative_bias, DecisionRule(CLASSES, NEGATIVE, 0.5, band, share)
+    truth = np.array([label != NEGATIVE for label in labels])[typed]
+    band = fit_review_band(tumour_probability[typed], truth, threshold=threshold)
+    named = [label for label, k in zip(labels, typed, strict=True) if k]
+    share = fit_subtype_share(calibrated[typed], named, threshold=threshold)
+    return temperature, negative_bias, DecisionRule(CLASSES, NEGATIVE, threshold, band, share)
 
 
 def finish_card(
@@ -156,7 +159,7 @@ def finish_card(
     known = {item.path.resolve(): item for item in discover([root / s for s in BRAIN_SOURCES if (root / s).is_dir()])}
     val_logits, val_items = raw_logits(classifier, split_items(root, split["validation"], known))
     labels = [item.label for item in val_items]
-    temperature, negative_bias, rule = fit_rule(val_logits, labels)
+    temperature, negative_bias, rule = fit_rule(val_logits, labels, classifier.card.rule.threshold)
     bias = negative_bias_vector(negative_bias)
     calibrated = calibrate(val_logits, temperature, bias)
     band, share = rule.review_band, rule.subtype_min_share

@@ -106,8 +106,9 @@ def fit_decision(
         labels.append(label)
     probabilities = np.asarray(rows)
     tumour_probability = 1.0 - probabilities[:, list(card.labels).index(NEGATIVE)]
-    band = fit_review_band(tumour_probability, np.array([label != NEGATIVE for label in labels]), max_error)
-    share = fit_subtype_share(probabilities, labels, min_type_accuracy)
+    truth, threshold = np.array([label != NEGATIVE for label in labels]), card.rule.threshold  # the card's, served
+    band = fit_review_band(tumour_probability, truth, max_error, threshold=threshold)
+    share = fit_subtype_share(probabilities, labels, min_type_accuracy, threshold=threshold)
     decision = {
         "review_band": list(band),
         "subtype_min_share": share,

@@ -191,13 +191,16 @@ def fit_review_band(
     return round(float(max(low, 0.0)), 2), round(float(min(high, 1.0)), 2)
 
 
-def fit_subtype_share(probabilities: np.ndarray, labels: Sequence[str], min_accuracy: float = 0.9) -> float | None:
+def fit_subtype_share(
+    probabilities: np.ndarray, labels: Sequence[str], min_accuracy: float = 0.9, threshold: float = 0.5
+) -> float | None:
     """The smallest share of P(tumour) the top type must hold for the verdict to name it, such that named types
-    of validation tumours of known type are right at least ``min_accuracy`` of the time (None: always name)."""
+    of validation tumours of known type (called tumour: P(tumour) from the card's ``threshold``) are right at least
+    ``min_accuracy`` of the time (None: always name)."""
     p = np.asarray(probabilities, np.float64)
     negative = CLASSES.index(NEGATIVE)
     tumour_probability = 1.0 - p[:, negative]
-    typed = np.array([label in CLASSES and label != NEGATIVE for label in labels]) & (tumour_probability >= 0.5)
+    typed = np.array([label in CLASSES and label != NEGATIVE for label in labels]) & (tumour_probability >= threshold)
     if not typed.any():
         return None
     scores = p.copy()
