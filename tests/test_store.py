@@ -82,6 +82,13 @@ def filled(store: SQLiteStore | MongoStore) -> SQLiteStore | MongoStore:
     return store
 
 
+def test_a_bulk_insert_counts_the_results_it_added_and_nothing_else(store) -> None:
+    """SQLite counted the daily roll-up triggers' writes too: 4,000 "new" for 250 results."""
+    assert store.add_many(FIXTURE) == len(FIXTURE)
+    assert store.add_many(FIXTURE) == 0  # the same again: none new
+    assert store.summary().total == len(FIXTURE)
+
+
 def test_same_upload_saves_one_record(store) -> None:
     record = FIXTURE[0]
     assert store.add(record) is True
