@@ -6,10 +6,11 @@ PORT ?= 8501
 
 .PHONY: run test check lint format audit bench clean
 
-# constraints.txt pins every transitive package too, so a fresh machine installs the tree CI passed with.
+# constraints.txt pins every transitive package too, so a fresh machine installs the tree CI passed with. A .venv
+# without a working pip (a first run on Debian without python3.11-venv stops half-way) is made again, not reused.
 $(VENV)/.runtime: requirements.txt constraints.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -c constraints.txt pip
+	$(PY) -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)
+	$(PY) -m pip install --quiet -c constraints.txt pip setuptools wheel
 	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt
 	touch $@
 

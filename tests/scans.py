@@ -184,6 +184,15 @@ def garbage_pacs(body: bytes = b"<html>not DICOMweb</html>", declared: int | Non
         server.shutdown()
 
 
+def sandboxed(env: dict[str, str]) -> dict[str, str]:
+    """A child process's environment built from nothing, with the tests' register of databases and secrets file
+    (tests/conftest.py): without them a child wrote the user's own register and read the checkout's real
+    secrets file (its database, its keys)."""
+    import os
+
+    return {**env, "BTD_STATE_DIR": os.environ["BTD_STATE_DIR"], "BTD_SECRETS": os.environ["BTD_SECRETS"]}
+
+
 def run_core(args: list[str], env: dict[str, str], stdin: str | None = None, timeout: int = 300):
     """``python -m core ARGS`` in a process of its own, from the repository root, as an operator runs it."""
     import subprocess
@@ -191,6 +200,6 @@ def run_core(args: list[str], env: dict[str, str], stdin: str | None = None, tim
 
     root = Path(__file__).resolve().parents[1]
     return subprocess.run(
-        [sys.executable, "-m", "core", *args], input=stdin, cwd=root, capture_output=True, text=True, env=env,
-        timeout=timeout,
+        [sys.executable, "-m", "core", *args], input=stdin, cwd=root, capture_output=True, text=True,
+        env=sandboxed(env), timeout=timeout,
     )  # fmt: skip

@@ -108,6 +108,8 @@ def serve(tmp_path_factory: pytest.TempPathFactory, extra: dict[str, str] | None
             "127.0.0.1",
             "--server.headless",
             "true",
+            "--secrets.files",  # the tests' own (tests/conftest.py), never the checkout's real secrets file
+            env["BTD_SECRETS"],
         ],
         cwd=ROOT,
         env=env,

@@ -27,7 +27,7 @@ from core.model.lesion import (
 )
 from core.model.preprocess import InputSpec, input_to_image, to_model_input
 from core.model.roi import find_brain
-from tests.scans import dicom_bytes, png_bytes, synthetic_slice
+from tests.scans import dicom_bytes, png_bytes, sandboxed, synthetic_slice
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -149,7 +149,7 @@ def test_predict_writes_a_lesion_mask_of_each_inputs_size_and_reports_its_area(
     (tmp_path / "other").mkdir()
     namesake = tmp_path / "other" / "case.png"  # the same file name from another folder: its own mask
     namesake.write_bytes(png_bytes(synthetic_slice(150, seed=2)))
-    env = {"PATH": "/usr/bin:/bin", "BTD_LESION_MODEL": str(tiny_lesion_card), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = sandboxed({"PATH": "/usr/bin:/bin", "BTD_LESION_MODEL": str(tiny_lesion_card), "TF_CPP_MIN_LOG_LEVEL": "3"})
     env |= {"KERAS_BACKEND": os.environ["KERAS_BACKEND"]} if "KERAS_BACKEND" in os.environ else {}
     command = [sys.executable, "-m", "core", "predict", "--model", str(tiny_card), "--lesion-masks"]
     done = subprocess.run(

@@ -17,7 +17,7 @@ from streamlit.testing.v1 import AppTest
 from core.identity import local_key, pseudonymise
 from core.services.access import Actor
 from core.storage.sqlite import SQLiteStore
-from tests.scans import dicom_bytes, png_bytes, synthetic_slice
+from tests.scans import dicom_bytes, png_bytes, sandboxed, synthetic_slice
 from tests.test_store import make_record
 
 pytestmark = pytest.mark.pages  # whole pages run by Streamlit's AppTest: make check leaves them out
@@ -533,7 +533,7 @@ def test_the_statistics_page_never_loads_tensorflow(app_environment: Path, tiny_
         "app.session_state['actor'] = Actor('boss', 'supervisor'); app.run(); "
         "assert not app.exception, app.exception; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
     )
-    env = {"BTD_MODEL": str(tiny_card), "BTD_DATA_DIR": str(app_environment), "PATH": "/usr/bin:/bin"}
+    env = sandboxed({"BTD_MODEL": str(tiny_card), "BTD_DATA_DIR": str(app_environment), "PATH": "/usr/bin:/bin"})
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-2:] == ["False", "False"]
