@@ -151,6 +151,8 @@ def first_admin_command(secrets: Mapping[str, Any]) -> str:
     settings = ""
     if os.environ.get("BTD_DATA_DIR"):
         settings += f"BTD_DATA_DIR={shlex.quote(str(data_dir().resolve()))} "
+    if os.environ.get("BTD_SECRETS"):  # the server's secrets file (its audit key, database): never the default
+        settings += f"BTD_SECRETS={shlex.quote(str(Path(os.environ['BTD_SECRETS']).resolve()))} "
     if mongodb_uri(secrets):
         settings += "MONGODB_URI='<the server's MongoDB URI>' "
     return (

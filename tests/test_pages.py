@@ -997,6 +997,7 @@ def test_the_accounts_form_changes_nothing_until_an_account_a_change_and_a_confi
 def test_the_first_admin_command_shown_creates_an_admin_this_server_then_signs_in(app_environment: Path) -> None:
     """The page once printed a command without the server's data directory: the admin went into ./data and the
     sign-in then failed while the page still said no accounts existed."""
+    import os
     import subprocess
 
     from core.services import accounts
@@ -1004,6 +1005,7 @@ def test_the_first_admin_command_shown_creates_an_admin_this_server_then_signs_i
     app = entry(None).run()
     command = app.code[0].value
     assert f"BTD_DATA_DIR={app_environment.resolve()}" in command
+    assert f"BTD_SECRETS={Path(os.environ['BTD_SECRETS']).resolve()}" in command  # the server's own file
     done = subprocess.run(
         ["bash", "-c", command.replace("a long password", "a long enough password")],
         capture_output=True,
