@@ -23,9 +23,7 @@ from ui.wording import count_of, pretty, probability_shown, verdict_shown
 
 actor = setup_page("Worklist", WORKLIST)
 st.title("Worklist")
-SHOWN = "wl_shown"  # (result id, number of reviews) as the panel last showed them: what a review is saved against
 CONFLICT = "wl_conflict"  # the result whose review was refused: another reader reviewed it meanwhile
-shown_before = st.session_state.get(SHOWN)
 try:
     store = resources.current_store()
     classifier, explainer = resources.current_classifier(), resources.current_explainer()
@@ -131,28 +129,37 @@ except (StoreError, InvalidRecord) as error:
 chosen = opened.record  # as it stands now (it may be off the list: see above)
 st.divider()
 result_panel(opened, classifier.card.labels, classifier, explainer)
-st.session_state[SHOWN] = (chosen.id, opened.record.review_count)
 
 
-def save_review(final_label: str, reasons: list[str], note: str, seen: int | None) -> None:
+def save_review(final_label: str, reasons: list[str], note: str, seen: int | None) -> bool:
     """Save the review against the ``seen`` reviews the panel showed: one saved by another reader since is never
-    replaced unseen (the page says so and shows it)."""
+    replaced unseen (the page says so and keeps the result open with theirs). A button's callback: it runs before
+    the page script, with the names of the run that drew the button."""
     reviewer = callback_actor(REVIEW)  # run before the page's own sign-in check: the session as it stands now
     if reviewer is None:
-        return
+        return False
     try:
         reviews.review_result(store, reviewer, chosen.id, final_label, reasons, note, seen_reviews=seen)
     except (InvalidRecord, StoreError) as error:
         st.session_state["review_error"] = str(error)
         if isinstance(error, ReviewedMeanwhile):  # the colleague's review is what the reader must see next
             st.session_state[CONFLICT] = chosen.id
-        return
-    for field in ("final", "reasons", "note"):  # the override form starts empty again (kept after a failure)
-        st.session_state.pop(f"override-{field}-{chosen.id}", None)
+        return False
+    st.session_state.pop(CONFLICT, None)  # looked at again and saved: nothing is kept open on its account
     if SHOW[show] is False:  # reviewed, it leaves this list: the next one opens, as the reader expects
         st.session_state["wl_chosen"] = None
     saved = f"{chosen.created_at:%Y-%m-%d %H:%M} UTC, model {verdict_shown(chosen)}"
     st.session_state["review_saved"] = f"Review saved: {pretty(final_label)} for the result of {saved}."
+    return True
+
+
+def save_override(labels: list[str], seen: int | None) -> None:
+    """The override form's values saved as a review; the form starts empty again only when it was saved (kept
+    after a refusal). Values are set back, not deleted: a deleted widget value never reaches the browser."""
+    form = {field: f"override-{field}-{chosen.id}" for field in ("final", "reasons", "note")}
+    state = st.session_state
+    if save_review(state[form["final"]], list(state[form["reasons"]]), state[form["note"]], seen):
+        state[form["final"]], state[form["reasons"]], state[form["note"]] = labels[0], [], ""
 
 
 agree, override = st.columns([1, 2])
@@ -174,12 +181,9 @@ else:
     )
 with override.form(f"override-{chosen.id}", border=True):  # cleared when saved, never when refused
     labels = review_labels(classifier.card.labels, chosen)
-    final = st.selectbox("Override: final label", labels, format_func=pretty, key=f"override-final-{chosen.id}")
-    reasons = st.multiselect(
+    st.selectbox("Override: final label", labels, format_func=pretty, key=f"override-final-{chosen.id}")
+    st.multiselect(
         "Reasons", REASON_CODES, format_func=lambda code: code.replace("_", " "), key=f"override-reasons-{chosen.id}"
     )
-    note = st.text_input("Note (optional; no patient names)", max_chars=500, key=f"override-note-{chosen.id}")
-    if st.form_submit_button("Save override"):  # this run read the reviews again: save against those shown before
-        shown = shown_before if shown_before and shown_before[0] == chosen.id else (chosen.id, None)
-        save_review(final, reasons, note, shown[1])
-        st.rerun()
+    st.text_input("Note (optional; no patient names)", max_chars=500, key=f"override-note-{chosen.id}")
+    st.form_submit_button("Save override", on_click=save_override, args=(labels, opened.record.review_count))

@@ -352,6 +352,10 @@ def test_a_file_name_that_is_not_valid_text_is_one_json_line_not_the_end_of_the_
     lenient = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape")
     emit({"file": os.fsdecode(b"bad\xff\xfename.png")}, lenient)
     assert json.loads(raw.getvalue().decode("utf-8"))["file"].startswith("bad")
+    ascii_only = io.TextIOWrapper(io.BytesIO(), encoding="ascii")  # PYTHONIOENCODING=ascii: escaped, not a stop
+    emit({"file": "café.png"}, ascii_only)
+    ascii_only.flush()
+    assert json.loads(ascii_only.buffer.getvalue())["file"] == "café.png"
 
 
 def test_output_files_never_overwrite_a_file_nor_follow_a_link_planted_in_the_folder(tmp_path: Path) -> None:

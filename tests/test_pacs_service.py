@@ -188,7 +188,7 @@ def test_a_pacs_review_over_a_colleagues_review_made_since_the_page_was_drawn_is
     card = tiny_classifier.card
     model = objects.ModelFacts(card.name, card.version, card.weights_sha256)
     pacs = StandIn({STUDY: files})
-    on_screen = {rid: len(h) for rid, h in pacs_service.study_reviews(store, RADIOLOGIST, ids).items()}
+    on_screen = {rid: n for rid, (n, _) in pacs_service.study_reviews(store, RADIOLOGIST, ids).items()}
     assert on_screen == dict.fromkeys(ids, 0)
     reviews.review_result(store, Actor("dr-b", "radiologist"), ids[-1], "meningioma")  # the colleague, meanwhile
     with pytest.raises(ReviewedMeanwhile):
@@ -196,7 +196,7 @@ def test_a_pacs_review_over_a_colleagues_review_made_since_the_page_was_drawn_is
     assert [len(store.reviews_of(i)) for i in ids] == [0] * (len(ids) - 1) + [1] and not pacs.stored
     with pytest.raises(AccessDenied):  # what the panel shows is for readers only
         pacs_service.study_reviews(store, Actor("sup", "supervisor"), ids)
-    on_screen = {rid: len(h) for rid, h in pacs_service.study_reviews(store, RADIOLOGIST, ids).items()}
+    on_screen = {rid: n for rid, (n, _) in pacs_service.study_reviews(store, RADIOLOGIST, ids).items()}
     pacs_service.review_and_send(pacs, RADIOLOGIST, pulled, model, store, None, "glioma", ids, on_screen)
     assert [store.get(i).final_label for i in ids] == ["glioma"] * len(ids) and len(pacs.stored) == 1
 

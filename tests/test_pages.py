@@ -1084,6 +1084,11 @@ def test_a_review_pressed_on_a_stale_panel_never_replaces_a_colleagues_and_says_
         assert not app.exception
         assert store.get(record.id).final_label == other and store.get(record.id).review_count == seen + 1
         assert any("reviewed this result meanwhile" in e.value for e in app.error)
+        if press == "override":  # refused: the reader's input stays; saved against what is shown now: cleared
+            assert app.multiselect[-1].value == ["wrong_type"]
+            next(b for b in app.button if b.label == "Save override").click().run()
+            assert not app.exception and store.get(record.id).final_label == "tumour"
+            assert app.multiselect[-1].value == [] and app.session_state[f"override-note-{record.id}"] == ""
 
 
 def test_a_result_a_colleague_reviewed_meanwhile_stays_open_with_their_review_and_the_list_says_when_it_is_cut(

@@ -19,7 +19,7 @@ from typing import Any
 import streamlit as st
 
 from core.config import PacsSettings, pacs_settings
-from core.errors import AccessDenied, InvalidRecord, PacsError, StoreError
+from core.errors import AccessDenied, PacsError, ReviewedMeanwhile, StoreError
 from core.pacs.client import SEARCH_LIMIT, StudyHit
 from core.pacs.objects import ModelFacts
 from core.services import pacs as pacs_service
@@ -224,7 +224,7 @@ def _reviews_so_far(box: Any, actor: Actor, result_ids: Sequence[str]) -> dict[s
         return None
     latest = Counter(
         (history[-1].final_label, history[-1].reviewer, f"{history[-1].created_at:%Y-%m-%d %H:%M} UTC")
-        for history in found.values()
+        for _, history in found.values()
         if history
     )
     if latest:
@@ -237,7 +237,7 @@ def _reviews_so_far(box: Any, actor: Actor, result_ids: Sequence[str]) -> dict[s
             + ". A final label chosen here is recorded as a new review of each series.",
             icon=":material/rate_review:",
         )
-    return {rid: len(history) for rid, history in found.items()}
+    return {rid: count for rid, (count, _) in found.items()}
 
 
 def _saved_ids(name: Any) -> list[str]:
@@ -273,7 +273,7 @@ def _send(
                 stored = pacs_service.review_and_send(
                     _connect(), actor, pulled, model, store, key, final_label, result_ids, seen
                 )
-    except InvalidRecord as error:  # a colleague reviewed a series since this page was drawn: shown above now
+    except ReviewedMeanwhile as error:  # a colleague reviewed a series since this page was drawn: shown above now
         sent.pop(pulled.study_uid, None)
         st.error(f"Not sent: {error} Their review is shown above; choose your final label again.")
         return

@@ -27,9 +27,9 @@ def emit(obj: dict[str, Any], stream: TextIO) -> None:
     """One JSON line. A file name that is not valid text (bytes the file system allowed) is escaped, never a
     stop of the batch: a strict stream refuses the lone surrogates Python decodes such names to."""
     line = json.dumps(obj, ensure_ascii=False)
-    try:  # checked here, not by the stream: under a C locale its errors are "surrogateescape", which wrote the
-        line.encode("utf-8")  # raw bytes back, and the line was no longer UTF-8 JSON
-    except UnicodeEncodeError:
+    try:  # checked here, strictly, in the stream's encoding: under a C locale its errors are "surrogateescape",
+        line.encode(getattr(stream, "encoding", None) or "utf-8")  # which wrote raw bytes back (not UTF-8 JSON)
+    except (UnicodeEncodeError, LookupError):
         line = json.dumps(obj, ensure_ascii=True)  # \udcxx escapes: valid JSON, every byte named
     stream.write(line + "\n")
     stream.flush()

@@ -22,7 +22,7 @@ def is_nifti(data: bytes) -> bool:
         len(data) >= 348 and int.from_bytes(data[:4], "little") == 348 and data[344:348] in (b"n+1\x00", b"ni1\x00")
     ) or (
         len(data) >= 540 and int.from_bytes(data[:4], "little") == 540 and data[4:8] in (b"n+2\x00", b"ni2\x00")
-    )  # NIfTI-2 (its magic at byte 4) is recognised, to be refused by name (:func:`core.imaging.nifti.read_nifti`)
+    )  # NIfTI-2 keeps its magic at byte 4 (read as NIfTI-1 is: :func:`core.imaging.nifti.read_nifti`)
 
 
 def nifti_bytes(head: bytes, limits: StudyLimits) -> int:
@@ -37,7 +37,7 @@ def nifti_bytes(head: bytes, limits: StudyLimits) -> int:
         itemsize = int(header.get_data_dtype().itemsize)
         offset = int(header.get_data_offset())
     except Exception as error:  # a header nibabel cannot parse
-        raise CorruptImage("The NIfTI file is damaged or is not a NIfTI-1 volume.") from error
+        raise CorruptImage("The NIfTI file is damaged or is not a NIfTI volume.") from error
     if not shape or min(shape) < 1:
         raise CorruptImage("The NIfTI header declares an empty volume.")
     if max(shape[:3]) > limits.max_volume_side:

@@ -345,7 +345,7 @@ def _volume(sections: list[_Section], limits: StudyLimits) -> Volume:
         keyed = sorted(((float(s.instance), s) for s in sections), key=lambda pair: pair[0])
     else:
         some = any(s.position is not None for s in sections) and reference is not None
-        notes.append(f"{'Most' if some else 'The'} files give no positions: sections are ordered by instance number.")
+        notes.append(f"{'Some' if some else 'The'} files give no positions: sections are ordered by instance number.")
         keyed = sorted(((float(s.instance), s) for s in sections), key=lambda pair: pair[0])
     if in_mm and sections[0].multi_frame and len(sections) > 1 and np.ptp([p for p, _ in keyed]) < 1e-3:
         raise SeriesError(

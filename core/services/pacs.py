@@ -217,11 +217,11 @@ def _records(store: Store, result_ids: Sequence[str]) -> list[tuple[str, Any]]:
     return found
 
 
-def study_reviews(store: Store, actor: Actor, result_ids: Sequence[str]) -> dict[str, list[Review]]:
-    """The reviews of a pulled study's saved series, oldest first, for the reader about to review it (what the
-    send panel shows, and the counts its review is compared against)."""
+def study_reviews(store: Store, actor: Actor, result_ids: Sequence[str]) -> dict[str, tuple[int, list[Review]]]:
+    """Each saved series of a pulled study: its number of reviews as its result counts them (what a review is
+    compared against, as on the Worklist) and its reviews, oldest first (what the send panel shows)."""
     require(actor, REVIEW)
-    return {rid: store.reviews_of(rid) for rid in result_ids}
+    return {rid: (record.review_count, store.reviews_of(rid)) for rid, record in _records(store, result_ids)}
 
 
 def study_reference(study_uid: str, key: bytes | None) -> str | None:

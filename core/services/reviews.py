@@ -60,7 +60,7 @@ def worklist(
     require(actor, WORKLIST)
     results = store.worklist(query, limit)
     if query.patient_ref is not None and audited:
-        audit.record(store, actor, "worklist_patient", query.patient_ref, results=len(results))
+        audit.record(store, actor, "worklist_patient", query.patient_ref, results=min(len(results), LISTED))
     return results
 
 

@@ -146,6 +146,13 @@ def fit_rule(logits: np.ndarray, labels: Sequence[str], threshold: float = 0.5) 
     return temperature, negative_bias, DecisionRule(CLASSES, NEGATIVE, threshold, band, share)
 
 
+def kept_threshold(card: dict[str, Any]) -> dict[str, Any]:
+    """A threshold the card keeps in its ``decision`` section, carried into the section written anew (the rule was
+    fitted around it: dropped, the card was served at 0.5)."""
+    decision = card.get("decision") or {}
+    return {"threshold": decision["threshold"]} if "threshold" in decision else {}
+
+
 def finish_card(
     card_path: Path, root: Path, log: Callable[[str], None] = print, restamp: bool = False
 ) -> dict[str, Any]:
@@ -173,6 +180,7 @@ def finish_card(
         "class mix",
     }
     card["decision"] = {
+        **kept_threshold(card),
         "review_band": list(band),
         "subtype_min_share": share,
         "fitted_on": "validation split, scans of a known class: every call less than 80 % sure, widened until "

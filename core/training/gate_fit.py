@@ -90,6 +90,7 @@ def fit_decision(
     from core.imaging import read_scan_file
     from core.model.classifier import Classifier
     from core.training.config import CLASSES, NEGATIVE
+    from core.training.finish import kept_threshold
     from core.training.probes import fit_review_band, fit_subtype_share
 
     classifier = Classifier.from_card(card_path)
@@ -117,6 +118,6 @@ def fit_decision(
         f"{max_error:.0%} of the time on each side; a named type right at least {min_type_accuracy:.0%} of the time",
     }
     raw = json.loads(card_path.read_text())
-    raw["decision"] = decision
+    raw["decision"] = kept_threshold(raw) | decision
     write_card(card_path, raw, restamp=restamp)
     return decision
