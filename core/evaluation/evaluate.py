@@ -11,7 +11,7 @@ import numpy as np
 
 from core.errors import ScanError
 from core.evaluation.metrics import classification_report, machine, percentiles_ms
-from core.evaluation.neighbours import with_trained_neighbour
+from core.evaluation.neighbours import with_trained_neighbour, with_trained_twin
 from core.evaluation.splits import read_split
 from core.imaging import read_file_bytes
 from core.model.analysis import analyse
@@ -93,15 +93,17 @@ def evaluate_folder(
     folder when given); folder ``tumour`` means tumour present, subtype unknown. Scans the input gate rejects are
     counted under ``rejected`` and left out of the figures; ``with_refused_tumours_missed`` gives the tumour
     sensitivity counting refused tumour scans as missed. ``without_neighbours`` leaves out the split's files with a
-    trained neighbour (:mod:`core.evaluation.neighbours`: a section of the same patient seen in training)."""
+    trained neighbour (:mod:`core.evaluation.neighbours`: a section of the same patient seen in training) or a
+    trained twin (the same slice, as stored or mirrored, elsewhere in its source)."""
     files = _labelled_files(root, classifier.card.labels) if split is None else _split_files(split, root)
     if source is not None:
         files = [(label, path) for label, path in files if path.relative_to(root).parts[0] == source]
     if not files:  # an empty folder scored "n": 0 and exit 0, as if it were a result
         where = f"{split.name}'s validation files" if split is not None else f"{root}/<label>/ for the model's labels"
         raise NothingToScore(f"Nothing to score: no image in {where}{f' from {source}' if source else ''}.")
-    left_out = with_trained_neighbour([path for _, path in files]) if without_neighbours else set()
-    files = [(label, path) for label, path in files if path not in left_out]
+    neighboured = with_trained_neighbour([path for _, path in files]) if without_neighbours else set()
+    twinned = with_trained_twin([path for _, path in files]) if without_neighbours else set()
+    files = [(label, path) for label, path in files if path not in neighboured | twinned]
     card = classifier.card
     true: list[str] = []
     rows: list[list[float]] = []
@@ -136,7 +138,11 @@ def evaluate_folder(
             "rejected": rejected,
             "rejected_by_label": rejected_by_label,
             **({"source": source} if source else {}),
-            **({"left_out_with_trained_neighbour": len(left_out)} if without_neighbours else {}),
+            **(
+                {"left_out_with_trained_neighbour": len(neighboured), "left_out_with_trained_twin": len(twinned)}
+                if without_neighbours
+                else {}
+            ),
             "latency_ms": percentiles_ms(latencies),
             "machine": machine(),
         }

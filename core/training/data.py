@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import ScanError
-from core.evaluation.neighbours import crop_thumbnail, neighbour_pairs, thumbnails
+from core.evaluation.neighbours import crop_thumbnail, neighbour_pairs, thumbnails, twin_scores
 from core.imaging import read_scan_file
 from core.model.decision import UNKNOWN_TYPE
 from core.model.roi import find_brain
@@ -55,12 +55,13 @@ def load(items: Sequence[Item], log: Any = None) -> tuple[Dataset, dict[str, int
 
 
 def twin_groups(thumbs: np.ndarray, threshold: float) -> np.ndarray:
-    """A group id per image: images joined by pairs with correlation >= ``threshold`` (:func:`joined`), the
-    correlations computed a block of rows at a time."""
+    """A group id per image: images joined (:func:`joined`) by pairs with correlation >= ``threshold`` as stored
+    or mirrored left-right (:func:`core.evaluation.neighbours.twin_scores`: mirrored copies fell on both sides of
+    the split), the correlations computed a block of rows at a time."""
     pairs = [
         (start + int(a), int(b))
         for start in range(0, len(thumbs), 1024)
-        for a, b in zip(*np.nonzero(thumbs[start : start + 1024] @ thumbs.T >= threshold), strict=True)
+        for a, b in zip(*np.nonzero(twin_scores(thumbs[start : start + 1024], thumbs) >= threshold), strict=True)
     ]
     return joined(np.arange(len(thumbs)), pairs)
 
