@@ -1,5 +1,5 @@
 """PACS benchmark: a 176-section MR series in a local Orthanc (DICOMweb), then the app's path from the PACS to the
-verdict (search, retrieve into memory, read, analyse with the shipped model) and the send of its report and key
+verdict (retrieve into memory, read, analyse with the shipped model; no search) and the send of its report and key
 images, timed; the peer in the same run is the same series analysed from files on disk (``study``'s path).
 
     .venv/bin/python bench/pacs.py [--sections 176] [--repeats 3]

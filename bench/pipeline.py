@@ -45,8 +45,8 @@ def scans(folder: str | None, limit: int, size: int | None) -> list[bytes]:
         files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".dcm"})
         step = max(1, len(files) // limit)
         arrays = [read_scan_file(p).pixels for p in files[::step][:limit]]
-        if size is None:
-            return [p.read_bytes() for p in files[::step][:limit]]
+        if size is None and not any(p.suffix.lower() == ".dcm" for p in files[::step][:limit]):
+            return [p.read_bytes() for p in files[::step][:limit]]  # as stored (the peer reads no DICOM: PNG below)
     out = []
     for array in arrays:
         buffer = io.BytesIO()

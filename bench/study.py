@@ -49,10 +49,10 @@ def peak_mb(args: argparse.Namespace, study: bool) -> float:
     this process (which has loaded the model and run the study) would report this process's size, not its own."""
     code = (
         "import resource, sys; sys.path.insert(0, '.');"
-        "from bench.study import series_files; from core.model.classifier import Classifier;"
+        "from bench.study import series_files; from core.services.resources import load_classifier;"
         "from core.services.studies import analyse_study;"
         f"files = series_files({args.sections}, {args.size}) if {study} else None;"
-        f"classifier = Classifier.from_card({str(args.model)!r});"
+        f"classifier = load_classifier({str(args.model)!r});"
         "outcome = analyse_study(files, classifier) if files else None;"
         "assert outcome is None or outcome.verdict is not None;"
         "print([line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM:')][0])"
@@ -79,14 +79,14 @@ def main() -> None:
     args.model = args.model.resolve()  # the memory child runs from the repository root
 
     from core.model.analysis import analyse
-    from core.model.classifier import Classifier
     from core.services.access import Actor
+    from core.services.resources import load_classifier
     from core.services.studies import analyse_study, triage_study
     from core.storage.images import FolderImages
     from core.storage.sqlite import SQLiteStore
 
     files = series_files(args.sections, args.size)
-    classifier = Classifier.from_card(args.model)
+    classifier = load_classifier(args.model)  # as the Study page loads it: with the lesion segmenter when installed
     analyse_study(files[:8], classifier)  # warm-up: the first batch traces the model
     study_ms, saved_ms, predict_ms, outcome = [], [], [], None
     reader = Actor("bench", "radiologist")
@@ -109,6 +109,7 @@ def main() -> None:
     result = {
         "machine": machine(),
         "model": f"{classifier.card.name} {classifier.card.version}",
+        "segmenter": classifier.segmenter is not None,
         "series": f"{args.sections} sections, {args.size} x {args.size}, 12-bit DICOM, {len(files)} files",
         "study_ms": round(median(study_ms), 1),
         "study_ms_all": [round(v) for v in study_ms],
