@@ -205,7 +205,7 @@ def main() -> None:
             process.wait(timeout=30)
     levels = report["levels"]
     alone = next((lv for lv in levels if lv["users"] == 1 and lv["upload_to_verdict_s_p95"]), None)
-    if alone is not None and levels[-1] is not alone:  # against one user alone, measured warm in the same run
+    if alone is not None and levels[-1] is not alone and levels[-1]["upload_to_verdict_s_p95"]:  # one user, warm
         report["p95_ratio_highest_to_alone"] = round(
             levels[-1]["upload_to_verdict_s_p95"] / alone["upload_to_verdict_s_p95"], 2
         )
