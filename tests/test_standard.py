@@ -14,11 +14,11 @@ from core.model.classifier import Classifier
 from core.model.explain import stage_layers
 from core.model.preprocess import to_model_input
 from core.model.roi import find_brain
-from core.training.cache import CropCache, build_cache, indices_of
+from core.training.cache import CropCache, build_cache, indices_of, split_indices
 from core.training.data import label_masks
 from core.training.loio import collect
 from core.training.standard import AugmentSettings, batch_augment, build_resnet, smoothed_allowed_label_nll
-from core.training.standard_run import StandardConfig, draw_batch, split_indices, strata, train_standard
+from core.training.standard_run import StandardConfig, draw_batch, strata, train_standard
 from tests.scans import png_bytes, synthetic_slice
 from tests.test_training import lgg_like
 
@@ -206,8 +206,8 @@ def test_a_held_out_institution_is_never_trained_on_and_validation_follows_the_s
     cache = CropCache.load(out)
     bb = "LGG/glioma/TCGA_BB_0002_20000101_1_flair.jpg"  # a validation patient of the institution left out
     split = {"validation": [["Training/notumor/0.png", "notumor"], [bb, "glioma"]], "held_out": []}
-    assert len(split_indices(cache, split, StandardConfig())["validation"]) == 2
-    parts = split_indices(cache, split, StandardConfig(hold_out=("BB",)))
+    assert len(split_indices(cache, split)["validation"]) == 2
+    parts = split_indices(cache, split, ("BB",))
     assert [str(cache.path[i]) for i in parts["validation"]] == ["Training/notumor/0.png"]  # no rule fitted on BB
     assert {str(cache.institution[i]) for i in parts["held_out"]} == {"BB"} and len(parts["held_out"]) == 4
     assert not {str(cache.institution[i]) for i in parts["train"]} & {"BB"}
@@ -579,3 +579,35 @@ def test_an_annealed_branch_ends_the_rate_at_zero_resumes_and_leaves_the_run_as_
     assert not (stale / "branch.json").exists()  # the same command now starts afresh, and the run is finished:
     with pytest.raises(ValueError, match="finished its schedule"):
         train_standard(out, split, tmp_path / "run", config, "b", anneal=Branch(stale, 2))
+
+
+def test_a_mirrored_copy_of_a_validation_crop_is_held_out_of_training() -> None:
+    """The shipped split joined twins as stored only: half the public collection's validation files had their
+    left-right mirror in training, which random flips made seen. Twins of sources that name a patient are that
+    patient's unit already and left to the split."""
+    import cv2
+
+    from core.imaging.phantoms import synthetic_slice
+
+    rng = np.random.default_rng(0)
+    scan = cv2.resize(synthetic_slice(256, tumour=True, seed=3), (32, 32))
+    scan[4:12, 2:9] = 255  # off-centre: its mirror is not itself
+    crops = np.stack([scan, scan[:, ::-1], (rng.random((32, 32)) * 255).astype(np.uint8), scan[:, ::-1]])
+    text = lambda *values: np.array(values, dtype=object)  # noqa: E731
+    cache = CropCache(
+        crops=crops,
+        masks=np.zeros_like(crops),
+        path=text("Training/glioma/a.png", "Training/glioma/b.png", "Training/glioma/c.png", "LGG/glioma/d.png"),
+        label=text("glioma", "glioma", "glioma", "glioma"),
+        source=text("Training", "Training", "Training", "LGG"),
+        unit=text("", "", "", "TCGA_AA_0001"),
+        institution=text("", "", "", "AA"),
+        sequence=text("", "", "", "flair"),
+        plane=text("", "", "", "axial"),
+        tumour_pixels=np.array([-1, -1, -1, 400]),
+        rejected={},
+    )
+    split = {"validation": [["Training/glioma/a.png", "glioma"]], "held_out": []}
+    assert list(split_indices(cache, split)["train"]) == [1, 2, 3]  # as the shipped runs drew it
+    parts = split_indices(cache, split, twin_threshold=0.97)
+    assert list(parts["train"]) == [2, 3] and list(parts["held_out"]) == [1]

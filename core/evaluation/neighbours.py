@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -123,15 +124,25 @@ def with_trained_twin(validation: Sequence[Path], threshold: float = TWIN_THRESH
     others = sorted(p for folder in folders for p in folder.iterdir() if p.suffix.lower() in IMAGES and p not in scored)
     if not others:
         return set()
-    own, own_paths = _thumbs(sorted(scored))
-    theirs, _ = _thumbs(others)
-    if not len(own) or not len(theirs):
-        return set()
-    close = np.concatenate([twin_scores(own[k : k + 512], theirs).max(axis=1) for k in range(0, len(own), 512)])
-    return {path for path, score in zip(own_paths, close, strict=True) if score >= threshold}
+    own, own_paths = _readable(sorted(scored))
+    theirs, _ = _readable(others)
+    return {path for path, twin in zip(own_paths, has_twin(own, theirs, threshold), strict=True) if twin}
 
 
-def _thumbs(paths: Sequence[Path]) -> tuple[np.ndarray, list[Path]]:
+def has_twin(images: Sequence[np.ndarray], among: Sequence[np.ndarray], threshold: float = TWIN_THRESHOLD) -> Any:
+    """Whether each of ``images`` has a twin among ``among``: thumbnails correlated >= ``threshold``, as stored or
+    mirrored left-right (:func:`twin_scores`)."""
+    found = np.zeros(len(images), bool)
+    if not len(images) or not len(among):
+        return found
+    theirs = thumbnails(among)
+    for start in range(0, len(images), 512):
+        own = thumbnails(images[start : start + 512])
+        found[start : start + len(own)] = twin_scores(own, theirs).max(axis=1) >= threshold
+    return found
+
+
+def _readable(paths: Sequence[Path]) -> tuple[list[np.ndarray], list[Path]]:
     images, kept = [], []
     for path in paths:
         try:
@@ -139,4 +150,4 @@ def _thumbs(paths: Sequence[Path]) -> tuple[np.ndarray, list[Path]]:
         except (ScanError, OSError):
             continue
         kept.append(path)
-    return (thumbnails(images) if images else np.zeros((0, 48 * 48), np.float32)), kept
+    return images, kept

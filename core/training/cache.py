@@ -169,3 +169,33 @@ def indices_of(cache: CropCache, relative_paths: Sequence[str]) -> np.ndarray:
     """Positions in the cache of the given relative paths (those the cache lacks are left out)."""
     position = {str(p): i for i, p in enumerate(cache.path)}
     return np.array(sorted(position[p] for p in relative_paths if p in position), dtype=int)
+
+
+def validation_twins(cache: CropCache, train: np.ndarray, validation: np.ndarray, threshold: float) -> np.ndarray:
+    """The ``train`` positions whose crop is a twin of a ``validation`` crop, as stored or mirrored left-right
+    (:func:`core.evaluation.neighbours.has_twin`), among sources that name no patient (a named one is a split unit
+    already): the shipped split left 566 of the public collection's 1,145 validation files' mirrored copies in
+    training, which the networks' random flips made seen."""
+    from core.evaluation.neighbours import has_twin
+
+    unnamed = np.array([not str(unit) for unit in cache.unit], dtype=bool)
+    pool, seen = train[unnamed[train]], validation[unnamed[validation]]
+    return pool[has_twin(list(cache.crops[pool]), list(cache.crops[seen]), threshold)]
+
+
+def split_indices(
+    cache: CropCache, split: dict[str, Any], hold_out: Sequence[str] = (), twin_threshold: float | None = None
+) -> dict[str, np.ndarray]:
+    """train / validation / held_out positions in the cache: as the split file lists them, except that a ``hold_out``
+    institution is held out whole, validation patients too (no fitted rule sees it), and with ``twin_threshold`` a
+    crop that is a validation crop's twin (:func:`validation_twins`); training is the rest."""
+    institution = {i for i, inst in enumerate(cache.institution) if inst and str(inst) in hold_out}
+    validation = np.array([i for i in indices_of(cache, [p for p, _ in split["validation"]]) if i not in institution])
+    held = set(indices_of(cache, [p for p, _ in split.get("held_out", [])]).tolist()) | institution
+    held_idx = np.array(sorted(held - set(validation.tolist())), dtype=int)
+    used = set(validation.tolist()) | held
+    train_idx = np.array([i for i in range(len(cache)) if i not in used], dtype=int)
+    if twin_threshold is not None:
+        twins = validation_twins(cache, train_idx, validation.astype(int), twin_threshold)
+        train_idx, held_idx = np.setdiff1d(train_idx, twins), np.union1d(held_idx, twins).astype(int)
+    return {"train": train_idx, "validation": validation.astype(int), "held_out": held_idx}

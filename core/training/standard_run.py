@@ -44,7 +44,7 @@ import numpy as np
 from core.evaluation.metrics import machine
 from core.model.decision import UNKNOWN_TYPE
 from core.model.preprocess import InputSpec
-from core.training.cache import CropCache, indices_of
+from core.training.cache import CropCache, split_indices
 from core.training.calibration import softmax
 from core.training.checkpoint import Checkpoint, Progress, run_key
 from core.training.config import CLASSES, NEGATIVE
@@ -70,6 +70,8 @@ class StandardConfig:
     min_tumour_pixels: int = 100
     web_weight: float = 0.5
     hold_out: tuple[str, ...] = ()
+    # a training crop that is a validation crop's twin, as stored or mirrored, is held out (None: kept, as shipped)
+    twin_threshold: float | None = 0.97
     augment: AugmentSettings = field(default_factory=AugmentSettings)
     seed: int = 20261204
     name: str = "btd-resnet"
@@ -159,18 +161,6 @@ def score(network: Any, cache: CropCache, indices: np.ndarray) -> dict[str, Any]
     report = source_report(softmax(logits), cache_items(cache, indices))
     keep = ("n", "accuracy", "tumour_sensitivity", "tumour_specificity")
     return {source: {k: r.get(k) for k in keep if k in r} for source, r in report.items()}
-
-
-def split_indices(cache: CropCache, split: dict[str, Any], config: StandardConfig) -> dict[str, np.ndarray]:
-    """train / validation / held_out positions in the cache: as the split file lists them, except that a ``hold_out``
-    institution is held out whole, validation patients too (no fitted rule sees it); training is the rest."""
-    institution = {i for i, inst in enumerate(cache.institution) if inst and str(inst) in config.hold_out}
-    validation = np.array([i for i in indices_of(cache, [p for p, _ in split["validation"]]) if i not in institution])
-    held = set(indices_of(cache, [p for p, _ in split.get("held_out", [])]).tolist()) | institution
-    held_idx = np.array(sorted(held - set(validation.tolist())), dtype=int)
-    used = set(validation.tolist()) | held
-    train_idx = np.array([i for i in range(len(cache)) if i not in used], dtype=int)
-    return {"train": train_idx, "validation": validation.astype(int), "held_out": held_idx}
 
 
 def train_standard(
@@ -311,7 +301,7 @@ def _data(cache_path: Path, split_path: Path, config: StandardConfig) -> tuple[C
     """The crop cache, the split file, and the cache's train / validation / held-out positions (logged)."""
     cache = CropCache.load(cache_path)
     split = json.loads(split_path.read_text())
-    parts = split_indices(cache, split, config)
+    parts = split_indices(cache, split, config.hold_out, config.twin_threshold)
     _log(
         f"{len(cache)} cached crops: train {len(parts['train'])}, validation {len(parts['validation'])}, held out "
         f"{len(parts['held_out'])}; {config.steps} steps of {config.batch_size}"
