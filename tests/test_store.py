@@ -1140,6 +1140,23 @@ def test_a_study_saved_across_midnight_counts_once_on_its_first_day_whatever_the
     assert studies(third, both) == [(date(2026, 3, 3), 1, 1)]
 
 
+def test_a_study_with_a_series_nobody_could_read_and_no_tumour_series_has_no_verdict_in_the_studies_chart(
+    store,
+) -> None:
+    """The app gives such a study no verdict (a FLAIR series the gate refused is where a lesion would be missed);
+    the studies' chart counted it tumour-free, so the tumour rate of studies read low. A tumour series still makes
+    the study a tumour study."""
+    day = utc(2026, 5, 1, 8, 0)
+    unread = {"study_unread": 1}
+    store.add_series(replace(make_series(50, day, "notumor", study=11), geometry=unread), series_sections())
+    store.add_series(make_series(51, day + timedelta(minutes=1), "notumor", study=11), series_sections())
+    store.add_series(replace(make_series(52, day, "glioma", study=12), geometry=unread), series_sections())
+    store.add_series(make_series(53, day, "notumor", study=13), series_sections())
+    studies = [(d.day, d.total, d.tumour) for d in store.daily_studies(Filters(), "UTC")]
+    assert studies == [(date(2026, 5, 1), 2, 1)]  # study 12 (tumour) and 13 (no tumour); 11 has no verdict
+    assert store.get(make_series(50, day, "notumor", study=11).id).study_unread == 1
+
+
 VERSION_6_STATEMENTS = ("DROP TRIGGER shifted_on_insert", "DROP TRIGGER shifted_on_review", "DROP TABLE rollup_shifted")
 
 
@@ -1164,7 +1181,7 @@ def test_a_version_5_database_gets_its_shifted_day_roll_ups_built_on_upgrade(tmp
     connection.commit()
     connection.close()
     upgraded = SQLiteStore(path)
-    assert upgraded.schema_version() == SCHEMA_VERSION == 10 and (tmp_path / "results.sqlite3.v5.bak").exists()
+    assert upgraded.schema_version() == SCHEMA_VERSION == 11 and (tmp_path / "results.sqlite3.v5.bak").exists()
     shifted = sqlite3.connect(path).execute("SELECT count(DISTINCT shift), sum(n), sum(reviewed) FROM rollup_shifted")
     assert shifted.fetchone() == (12, 12 * len(FIXTURE), 12)
     assert _same(
@@ -1214,7 +1231,7 @@ def test_a_version_4_database_gets_its_day_roll_ups_built_on_upgrade(tmp_path: P
     connection.commit()
     connection.close()
     upgraded = SQLiteStore(path)
-    assert upgraded.schema_version() == SCHEMA_VERSION == 10 and (tmp_path / "results.sqlite3.v4.bak").exists()
+    assert upgraded.schema_version() == SCHEMA_VERSION == 11 and (tmp_path / "results.sqlite3.v4.bak").exists()
     tables = {row[0] for row in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
     assert {"rollup_day", "confusion_day", "days_on_insert", "scans_studies"} <= tables and "scans_series" not in tables
     assert (
@@ -1265,7 +1282,7 @@ def test_a_version_6_database_gets_the_orientation_its_nifti_series_pixels_reall
     connection.commit()
     connection.close()
     upgraded = SQLiteStore(path)
-    assert upgraded.schema_version() == SCHEMA_VERSION == 10 and (tmp_path / "results.sqlite3.v6.bak").exists()
+    assert upgraded.schema_version() == SCHEMA_VERSION == 11 and (tmp_path / "results.sqlite3.v6.bak").exists()
     assert upgraded.get(nifti.id).geometry["orientation"] == [-1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
     assert upgraded.get(nifti.id).geometry["plane"] == "axial"
     assert upgraded.get(dicom.id).geometry["orientation"] == old["orientation"]
@@ -1306,7 +1323,7 @@ def test_a_version_7_database_gets_its_audit_trail_indexed_keeping_the_chain(tmp
     downgrade = [f"DROP INDEX {name}" for name in sorted(AUDIT_SEARCH_INDEXES)]
     sqlite3.connect(path).executescript(";".join([*downgrade, "DROP TABLE audit_verified", "PRAGMA user_version = 7"]))
     upgraded = SQLiteStore(path)
-    assert upgraded.schema_version() == SCHEMA_VERSION == 10 and (tmp_path / "results.sqlite3.v7.bak").exists()
+    assert upgraded.schema_version() == SCHEMA_VERSION == 11 and (tmp_path / "results.sqlite3.v7.bak").exists()
     found = {row[0] for row in sqlite3.connect(path).execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert AUDIT_SEARCH_INDEXES | {"audit_by_action"} <= found
     assert upgraded.audit_events() == before and first_broken(upgraded.audit_events()) is None
@@ -1383,10 +1400,32 @@ def test_a_version_8_database_gets_the_lesion_columns_and_keeps_its_results(tmp_
     downgrade = [f"ALTER TABLE scans DROP COLUMN {name}" for name in ("lesion_px", "lesion_mm2", "lesion_ml")]
     sqlite3.connect(path).executescript(";".join([*downgrade, "PRAGMA user_version = 8"]))
     upgraded = SQLiteStore(path)
-    assert upgraded.schema_version() == SCHEMA_VERSION == 10 and (tmp_path / "results.sqlite3.v8.bak").exists()
+    assert upgraded.schema_version() == SCHEMA_VERSION == 11 and (tmp_path / "results.sqlite3.v8.bak").exists()
     assert upgraded.get(old.id) == old and old.lesion_px is None  # never segmented: no area claimed
     measured = replace(FIXTURE[1], lesion_px=420, lesion_mm2=105.0)
     assert upgraded.add(measured) and upgraded.get(measured.id).lesion_mm2 == 105.0
+
+
+def test_a_version_10_database_gets_its_series_study_unread_column_from_their_geometry(tmp_path: Path) -> None:
+    path = tmp_path / "results.sqlite3"
+    store = SQLiteStore(path)
+    day = utc(2026, 5, 1, 8, 0)
+    unread = replace(make_series(60, day, "notumor", study=21), geometry={"study_unread": 2})
+    store.add_series(unread, series_sections())
+    store.add_series(make_series(61, day, "notumor", study=22), series_sections())
+    del store
+    downgrade = ["DROP INDEX scans_studies", "ALTER TABLE scans DROP COLUMN study_unread", "PRAGMA user_version = 10"]
+    sqlite3.connect(path).executescript(";".join(downgrade))
+    upgraded = SQLiteStore(path)
+    assert upgraded.schema_version() == 11 and (tmp_path / "results.sqlite3.v10.bak").exists()
+    column = sqlite3.connect(path).execute("SELECT id, study_unread FROM scans ORDER BY id").fetchall()
+    assert sorted(column) == sorted([(unread.id, 2), (make_series(61, day, "notumor", study=22).id, None)])
+    assert [(d.total, d.tumour) for d in upgraded.daily_studies(Filters(), "UTC")] == [(1, 0)]  # 21: no verdict
+    plan = sqlite3.connect(path).execute(
+        "EXPLAIN QUERY PLAN SELECT max(COALESCE(study_unread, 0)) FROM scans WHERE kind = 'series' "
+        "GROUP BY COALESCE(study_ref, id)"
+    ).fetchall()
+    assert "COVERING INDEX scans_studies" in str(plan)  # the chart reads the index alone, as before
 
 
 def test_an_upgrade_replaces_a_backup_left_cut_short_and_writes_it_private(tmp_path: Path) -> None:

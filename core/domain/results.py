@@ -93,6 +93,12 @@ class Record:
         return self.final_label is not None and self.final_label != self.label and self.gate != REFUSED
 
     @property
+    def study_unread(self) -> int:
+        """Series of this series' study that nobody could read when it was saved (kept in its geometry; 0 for a
+        scan): a study without a tumour series and with one of these has no verdict (the study rule)."""
+        return int((self.geometry or {}).get("study_unread", 0) or 0)
+
+    @property
     def confidence(self) -> float:
         """The probability that the tumour / no-tumour call is right (:mod:`core.model.decision`)."""
         return float(self.tumour_probability if self.is_tumour else 1.0 - self.tumour_probability)
@@ -224,6 +230,7 @@ FIELDS: tuple[Field, ...] = (
     Field("lesion_px", "int", required=False, minimum=0),
     Field("lesion_mm2", "float", required=False, minimum=0),
     Field("lesion_ml", "float", required=False, minimum=0),
+    Field("study_unread", "int", required=False, minimum=0, derived=True),  # version 11: studies' charts read it
 )
 
 _TO_PLAIN = {

@@ -45,7 +45,15 @@ from core.errors import StoreError
 from core.storage import read_only_uri
 from core.storage.mongo_people import AUDIT_INDEXES
 from core.storage.protocol import SCHEMA_VERSION
-from core.storage.schema import AUDIT_SEARCH, LESION_COLUMNS, PEOPLE, SCANS, create_schema, fill_rollup
+from core.storage.schema import (
+    AUDIT_SEARCH,
+    LESION_COLUMNS,
+    PEOPLE,
+    SCANS,
+    STUDY_UNREAD_COLUMN,
+    create_schema,
+    fill_rollup,
+)
 
 logger = logging.getLogger("btd.storage")
 
@@ -88,6 +96,9 @@ def migrate_sqlite(connection: sqlite3.Connection, path: Path) -> int:
             if found <= 8:
                 added = _sqlite_v8_to_v9(connection)
                 logger.warning("event=store_migrated store=sqlite to=9 lesion_columns_added=%d", added)
+            if found <= 10:
+                marked = _sqlite_v10_to_v11(connection)
+                logger.warning("event=store_migrated store=sqlite to=11 studies_with_unread_series=%d", marked)
             connection.execute("DROP INDEX IF EXISTS scans_series")  # version 4's, now scans_studies (covering)
             logger.warning("event=store_migrated store=sqlite to=%d", SCHEMA_VERSION)  # roll-ups rebuilt below
         create_schema(connection)
@@ -113,6 +124,19 @@ def _sqlite_v8_to_v9(connection: sqlite3.Connection) -> int:
     for column in missing:
         connection.execute(f"ALTER TABLE scans ADD COLUMN {column}")
     return len(missing)
+
+
+def _sqlite_v10_to_v11(connection: sqlite3.Connection) -> int:
+    """The column the studies' chart groups on, read from each series' geometry (where it stays), and the covering
+    index rebuilt with it (:data:`~core.storage.schema.INDEXES` makes it again). Returns how many series it marks."""
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(scans)")}
+    if "study_unread" not in columns:
+        connection.execute(f"ALTER TABLE scans ADD COLUMN {STUDY_UNREAD_COLUMN}")
+    connection.execute("DROP INDEX IF EXISTS scans_studies")
+    return connection.execute(
+        "UPDATE scans SET study_unread = json_extract(geometry, '$.study_unread') "
+        "WHERE kind = 'series' AND json_extract(geometry, '$.study_unread') > 0"
+    ).rowcount
 
 
 OLD_NIFTI_ORIENTATION = [1.0, 0.0, 0.0, 0.0, -1.0, 0.0]  # what versions up to 6 wrote for every NIfTI series

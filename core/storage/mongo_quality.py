@@ -123,9 +123,11 @@ class MongoQuality:
                         "_id": {"$ifNull": ["$study_ref", "$_id"]},
                         "first": {"$min": "$created_at"},
                         "tumour": {"$max": {"$cond": ["$is_tumour", 1, 0]}},
+                        "unread": {"$max": {"$ifNull": ["$geometry.study_unread", 0]}},
                     }
                 },
-                *([{"$match": {"first": bounds}}] if bounds else []),  # then the range, on its first series
+                # the study rule: no verdict (not counted) without a tumour series and with a series unread
+                {"$match": {"$or": [{"tumour": 1}, {"unread": 0}]} | ({"first": bounds} if bounds else {})},
                 {"$group": {"_id": day, "n": {"$sum": 1}, "tumour": {"$sum": "$tumour"}}},
                 {"$sort": {"_id": 1}},
             ]

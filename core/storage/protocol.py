@@ -36,10 +36,11 @@ from core.model.decision import UNKNOWN_TYPE
 
 HISTOGRAM_BINS = 20
 EVERYTHING = Filters()
-SCHEMA_VERSION = 10  # 1: round 1 (id had the patient reference); 2: id = image + model + frame; 3: people; 4: series;
+SCHEMA_VERSION = 11  # 1: round 1 (id had the patient reference); 2: id = image + model + frame; 3: people; 4: series;
 # 5: whole-day roll-ups; 6: days shifted by whole hours (both SQLite only); 7: NIfTI series' orientation corrected;
 # 8: audit filters indexed, the last verified audit event kept; 9: lesion area and volume; 10: MongoDB results
-# written before version 4 given the fields its validator requires (SQLite: no change)
+# written before version 4 given the fields its validator requires (SQLite: no change); 11: a series' count of its
+# study's unread series as a column of its own, for the studies' chart (SQLite; MongoDB reads it from the geometry)
 
 
 class UnitOfWork(Protocol):

@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS scans (
     lesion_px INTEGER CHECK (lesion_px IS NULL OR lesion_px >= 0),
     lesion_mm2 REAL CHECK (lesion_mm2 IS NULL OR lesion_mm2 >= 0),
     lesion_ml REAL CHECK (lesion_ml IS NULL OR lesion_ml >= 0),
+    study_unread INTEGER CHECK (study_unread IS NULL OR study_unread >= 0),
     CHECK ((kind = 'series') = (section_count IS NOT NULL))
 )"""
 LESION_COLUMNS = (  # version 9: the lesion segmenter's area and volume (added in place to older tables)
@@ -51,6 +52,7 @@ LESION_COLUMNS = (  # version 9: the lesion segmenter's area and volume (added i
     "lesion_mm2 REAL CHECK (lesion_mm2 IS NULL OR lesion_mm2 >= 0)",
     "lesion_ml REAL CHECK (lesion_ml IS NULL OR lesion_ml >= 0)",
 )
+STUDY_UNREAD_COLUMN = "study_unread INTEGER CHECK (study_unread IS NULL OR study_unread >= 0)"  # version 11
 # review_note is kept only so that a version-2 file's notes can be moved into the reviews table.
 
 INDEXES = (
@@ -68,7 +70,7 @@ INDEXES = (
     "CREATE INDEX IF NOT EXISTS scans_disagreements ON scans (gate, created_ms) "
     "WHERE review_count > 0 AND final_label IS NOT NULL AND final_label != label",
     "CREATE INDEX IF NOT EXISTS scans_studies ON scans (kind, COALESCE(study_ref, id), created_ms, is_tumour, gate, "
-    "model_version, label, study_ref, id) WHERE kind = 'series'",  # series grouped by study in index order
+    "model_version, label, study_ref, id, study_unread) WHERE kind = 'series'",  # series grouped by study in order
     "CREATE INDEX IF NOT EXISTS scans_quality ON scans (created_ms / 900000, created_ms, model_version, gate, "
     "is_tumour, tumour_probability, review_count, label, final_label, first_reviewed_ms)",
 )

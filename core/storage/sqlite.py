@@ -40,6 +40,7 @@ from core.storage.sqlite_quality import SQLiteQuality
 
 logger = logging.getLogger("btd.storage")
 
+STUDY_WITH_VERDICT = "(tumour = 1 OR unread = 0)"  # the study rule (StudyOutcome.verdict): no "no tumour" unread
 _COLUMNS = ", ".join(spec.sql_column for spec in FIELDS)  # the results table's columns, from the one field table
 _TO_SQL = {"time": to_ms, "bool": int, "scores": json.dumps, "map": json.dumps, "box": json.dumps}
 _FROM_SQL = {"time": from_ms, "scores": json.loads, "map": json.loads, "box": json.loads}
@@ -122,9 +123,11 @@ class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
         """Studies whose first series falls in ``filters``' time range (the other filters apply to every series),
         per local day of that first series in ``timezone``: how many, and how many with any series called tumour.
         A study's series are grouped before the range applies, so a study is counted once, on its own first day,
-        with one verdict, whatever range is asked (grouping the series in range counted a study saved across
-        midnight on both days' boards). Grouped in SQL through the covering partial index ``scans_studies`` (its
-        condition is written as a literal so that the planner can use it), which keeps grouping every series cheap."""
+        with one verdict (the study rule: tumour when a series is; none, and so not counted, when no series is and
+        a series of it could not be read), whatever range is asked (grouping the series in range counted a study
+        saved across midnight on both days' boards). Grouped in SQL through the covering partial index
+        ``scans_studies`` (its condition is written as a literal so that the planner can use it), which keeps
+        grouping every series cheap."""
         span = self._time_range(filters)  # dates only
         if span is None:
             return []
@@ -132,12 +135,12 @@ class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
         where, params = self._where(replace(filters, kinds=(), start=None, end=None))  # every series of a study
         series = f"{where} AND kind = 'series'" if where else " WHERE kind = 'series'"
         studies = (
-            f"SELECT min(created_ms) AS first_ms, max(is_tumour) AS tumour FROM scans{series} "
-            "GROUP BY COALESCE(study_ref, id)"
+            f"SELECT min(created_ms) AS first_ms, max(is_tumour) AS tumour, max(COALESCE(study_unread, 0)) AS unread "
+            f"FROM scans{series} GROUP BY COALESCE(study_ref, id)"
         )
         bounds = (("first_ms >= ?", filters.start), ("first_ms < ?", filters.end))
         known = [(sql, to_ms(when)) for sql, when in bounds if when is not None]
-        within = (" WHERE " + " AND ".join(sql for sql, _ in known)) if known else ""
+        within = " WHERE " + " AND ".join([STUDY_WITH_VERDICT, *(sql for sql, _ in known)])
         rows = self._query(
             f"SELECT {day} AS day, count(*), sum(tumour) FROM ({studies}){within} GROUP BY day ORDER BY day",
             [*day_params, *params, *(ms for _, ms in known)],
