@@ -58,7 +58,8 @@ st.dataframe(
                 "kind": r.kind,
                 "verdict": verdict_shown(r),
                 "tumour probability": probability_shown(r),
-                "lesion": lesion_size(step.size, step.unit),
+                "lesion": ("≥ " if (r.geometry or {}).get("lesion_caveats") and step.size is not None else "")
+                + lesion_size(step.size, step.unit),  # a lower bound or approximate, as the report says
                 "change": step.not_compared or lesion_change(step.change, step.unit, step.change_percent),
                 "sections": r.section_count or "",
                 "plane": (r.geometry or {}).get("plane") or "",
@@ -85,9 +86,15 @@ if not series:
 
 
 def describe(record) -> str:
+    """A series as the pickers list it: unique (two sequences of one study saved in one minute read alike, and
+    Streamlit kept the last of two equal labels: one could not be chosen), with the model that read it."""
     plane = (record.geometry or {}).get("plane") or "unknown plane"
     sections = count_of(record.section_count or 0, "section")
-    return f"{record.created_at:%Y-%m-%d %H:%M} UTC · {plane} · {sections} · {pretty(record.label)}"
+    read_by = f"{record.model_name} {record.model_version}"
+    return (
+        f"{record.created_at:%Y-%m-%d %H:%M} UTC · {plane} · {sections} · {pretty(record.label)} · {read_by} · "
+        f"#{record.id[:6]}"
+    )
 
 
 st.subheader("Compare with a prior")
@@ -104,7 +111,7 @@ prior = right.selectbox(
     "Prior",
     choices,
     format_func=describe,
-    key="history_prior",
+    key=f"history_prior-{current.id}",  # the default prior follows the series chosen (a kept value did not)
     placeholder="no earlier series",
     index=choices.index(best[0]) if best else None,
 )
@@ -128,6 +135,8 @@ prior_view = opened(prior.id) if prior is not None else None
 if now_view is None:
     st.info("The images of this series are no longer kept (retention period).")
 else:
+    if prior is not None and prior_view is None:  # said, never "no earlier series"
+        st.info("The images of the prior chosen are no longer kept (retention period): it cannot be shown.")
     comparison(now_view, prior_view, classifier, explainer)
 
 st.subheader("Report")

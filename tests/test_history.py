@@ -48,6 +48,14 @@ def test_sections_match_by_their_place_along_the_analysed_head(tiny_classifier) 
     assert matched == matching_section(now, 5, prior)
     assert moved.series_change == pytest.approx(now.score - prior.score)
     assert moved.section_change == pytest.approx(now.curve[5] - prior.curve[matched])
+    from dataclasses import replace as changed
+
+    from core.services.history import model_caveat
+
+    older = changed(prior, model="btd-cnn 2.1.1")  # another model's scale: shown, never a change
+    assert "read by another model (btd-cnn 2.1.1)" in model_caveat(now, older) and model_caveat(now, prior) is None
+    _, moved = change(now, 5, older)
+    assert moved.series_change is None and moved.section_change is None and moved.series_now == now.score
 
 
 def test_a_history_is_the_patients_results_in_time_order_and_an_audit_event(tmp_path: Path) -> None:
@@ -205,6 +213,12 @@ def test_a_change_is_only_claimed_between_one_lesion_measured_in_two_studies() -
     assert course[4].prior is None and course[4].change is None
     assert course[5].prior is records[3] and course[5].change == pytest.approx(-3.0)
     assert course[6].change is None and course[7].change is None and course[7].size == 120.0
+    # the prior study's second axial series saved after today's (the PACS sent it later): which is the prior is
+    # unknown again (today's FLAIR read +900 % against the prior T1c)
+    late = [records[0], replace(make_series(11, at[1], study=12), lesion_ml=20.0)]
+    late.append(replace(make_series(12, at[2], study=1), lesion_ml=2.0))
+    assert lesion_course(late[:2])[1].prior is records[0]
+    assert lesion_course(late)[1].prior is None and lesion_course(late)[1].change is None
 
 
 def test_two_series_of_todays_study_in_one_plane_get_no_change_and_a_few_voxels_before_no_percentage() -> None:
@@ -299,6 +313,11 @@ def test_the_history_page_shows_each_lesion_size_and_its_change(
         "-6.6 mL (-100%)",
     ]
     assert any("one series in the same plane of this patient's previous study" in c.value for c in app.caption)
+    # two sequences of one study saved in one minute read alike in the pickers, and Streamlit kept the last of two
+    # equal labels: one of them could not be chosen
+    labels = app.selectbox(key="history_current").options
+    assert len(labels) == len(set(labels)) == sum(r.kind == "series" for r in lesion_history())
+    assert all(" · #" in label for label in labels), labels
     st.cache_data.clear()
     st.cache_resource.clear()
 

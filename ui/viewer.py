@@ -200,7 +200,7 @@ def _delta(value: float | None) -> str | None:
 def comparison(current: SeriesView, prior: SeriesView | None, classifier, explainer) -> None:
     """The current series beside a prior at the matching position (relative place along the analysed head),
     with the change in tumour probability for the series and at this section."""
-    from core.services.history import change, order_caveat, plane_caveat, same_plane
+    from core.services.history import change, model_caveat, order_caveat, plane_caveat, same_plane
 
     fragment_actor()
     count = len(current.sections)
@@ -225,10 +225,10 @@ def comparison(current: SeriesView, prior: SeriesView | None, classifier, explai
         )
     with right:
         if prior is None:
-            st.info("No earlier series of this patient to compare with.")
+            st.info("No earlier series to show beside it.")
             return
         matched, moved = change(current, index, prior)
-        for caveat in (plane_caveat(current, prior), order_caveat(current, prior)):
+        for caveat in (plane_caveat(current, prior), order_caveat(current, prior), model_caveat(current, prior)):
             if caveat:
                 st.warning(caveat)
         q = prior.curve[matched]

@@ -100,6 +100,21 @@ def order_caveat(current: SeriesView, prior: SeriesView) -> str | None:
     )
 
 
+def model_caveat(current: SeriesView, prior: SeriesView) -> str | None:
+    """A warning when another model read the prior: its probabilities are on another scale (another calibration,
+    another series rule), so no change in them is given (the same series read again by an older model read as a
+    change "since the prior")."""
+    if current.model == prior.model:
+        return None
+    same_images = (
+        current.record is not None
+        and prior.record is not None
+        and (current.record.image_sha256 == prior.record.image_sha256)
+    )
+    what = "This is the same series read by another model" if same_images else "The prior was read by another model"
+    return f"{what} ({prior.model}): its probabilities are on another scale, so no change in them is given."
+
+
 def same_plane(current: SeriesView, prior: SeriesView) -> bool:
     """Whether both series were cut in one known plane (only then does a section of one match a section of the
     other: an axial section's relative place is not a sagittal one's)."""
@@ -122,11 +137,14 @@ def change(current: SeriesView, index: int, prior: SeriesView) -> tuple[int, Cha
     """The matching prior section and the change in tumour probability, for the series and at this section. Two
     series not cut in one known plane match no section (an axial section was paired with a sagittal one by its
     index): the prior's deciding section is given, and no change at the section."""
+    comparable = model_caveat(current, prior) is None  # another model's probabilities: no change in them
+    before = prior.score if comparable else None
     if not same_plane(current, prior):
         shown = prior.window[len(prior.window) // 2] if prior.window else len(prior.sections) // 2
-        return shown, Change(prior.score, current.score, None, current.curve[index])
+        return shown, Change(before, current.score, None, current.curve[index])
     matched = matching_section(current, index, prior)
-    return matched, Change(prior.score, current.score, prior.curve[matched], current.curve[index])
+    at_section = prior.curve[matched] if comparable else None
+    return matched, Change(before, current.score, at_section, current.curve[index])
 
 
 @dataclass(frozen=True)
@@ -208,6 +226,8 @@ def lesion_course(records: Sequence[Record]) -> list[LesionStep]:
         size, unit = lesion_size(record)
         alone = record.kind == "series" and in_plane[_plane_of_study(record)] == 1
         prior = prior_series(records[:k], record) if alone else None
+        if prior is not None and in_plane[_plane_of_study(prior)] != 1:  # that study has another series in the
+            prior = None  # plane, saved after this one (sent later by the PACS): which to set it against is unknown
         before, before_unit = lesion_size(prior) if prior is not None else (None, None)
         if size is None or before is None or unit != "mL" or before_unit != "mL":
             steps.append(LesionStep(record, size, unit, prior=prior))
