@@ -296,6 +296,20 @@ def test_saving_a_series_keeps_its_record_sections_pixels_and_an_audit_event(
     refused = save_series(empty, store, actor=doctor, patient_ref=None, images=images, key=key)
     assert refused.state == "not saved" and "no section" in refused.message
     assert store.summary().total == 1
+    # what the reading said of a series (a section missing) is kept with it: reopened on the Worklist or History,
+    # and in its PDF, it was said nowhere
+    from core.services.reports import series_lines
+    from core.services.series_views import stored_series_view
+
+    gapped = analyse_volume(read_study(dicom_series(head_volume(8, 160, range(2, 6)), skip=(4,)))[0], classifier)
+    assert any("gap" in w.lower() for w in gapped.volume.warnings)
+    saved = store.get(save_series(gapped, store, actor=doctor, patient_ref=None, images=images, key=key).record_id)
+    assert saved.geometry["notes"] == list(gapped.volume.warnings)
+    reopened = stored_series_view(saved, store, images, classifier.card, doctor)
+    assert reopened.warnings == gapped.volume.warnings
+    assert [f"Note: {w}" for w in gapped.volume.warnings] == [
+        line for line in series_lines(saved, reopened, []) if line.startswith("Note: ")
+    ]
 
 
 def test_study_command_saves_each_series_once_with_save(

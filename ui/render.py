@@ -174,6 +174,8 @@ def result_panel(opened, labels: tuple[str, ...], classifier=None, explainer=Non
     with left:
         if opened.series is not None and classifier is not None:
             st.markdown(verdict_line(opened.series))
+            for warning in opened.series.warnings:  # kept with the series: a gap, a file left out...
+                st.warning(warning)
             series_panel(opened.series, classifier, explainer, prefix=f"wl-{record.id[:12]}")
         elif opened.view is not None:
             view = opened.view

@@ -159,6 +159,7 @@ def series_lines(record: Record, view: SeriesView | None, reviews: Sequence) -> 
         else f"Model verdict (not reviewed yet): {model_line}",
         f"Pixel spacing: {spacing[0]:.2f} x {spacing[1]:.2f} mm" if spacing else "Pixel spacing: not given",
         lesion_line(record),
+        *(f"Note: {note}" for note in (record.geometry or {}).get("notes") or ()),  # as the screen said them
     ]
     if view is not None and view.threshold is None:
         lines.append(f"Rule: that of {view.model}, not recorded with the verdict")

@@ -40,7 +40,8 @@ def geometry_of(volume: Volume) -> dict[str, Any]:
         "source": volume.source,
         "positions_in_mm": volume.positions_in_mm,
         "section_order": SECTION_ORDER,
-    }
+    } | ({"notes": list(volume.warnings)} if volume.warnings else {})  # a gap, a file left out...: kept, so that
+    # a reopened series and its PDF say them as the page that analysed it did (their words name no patient)
 
 
 def toward(orientation: Any, position: float) -> str:
@@ -218,6 +219,7 @@ def stored_series_view(
         window=_deciding_window(curve, tuple(s.position for s in rows), rule),
         probabilities=dict(record.probabilities),
         model=f"{record.model_name} {record.model_version}",
+        warnings=tuple(record.geometry.get("notes") or ()),
         record=record,
         needs_review=record.gate == NEEDS_REVIEW and not record.review_count,  # reviewed: done
     )
