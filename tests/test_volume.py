@@ -525,3 +525,27 @@ def test_a_study_path_that_cannot_be_read_gets_its_own_reason_never_its_path(tmp
         monkeypatch.setattr(studies, "files_of", fails)
         outcome = studies.analyse_path(tmp_path / "ZZCANARY-study", None)  # type: ignore[arg-type]
         assert outcome.error_code == "unreadable" and outcome.error_message == f"It cannot be read ({said})."
+
+
+def test_a_tumour_series_names_its_type_when_one_stands_out_even_under_the_single_scan_threshold(
+    classifier: Classifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The type was named by the single-scan rule, threshold included: a series the series rule called tumour with
+    a window mean P(tumour) of 0.40 read "Tumour, type uncertain" however clearly glioma stood out, and a reader
+    confirming glioma was counted as disagreeing with the model."""
+    from types import SimpleNamespace
+
+    from core.model import volume as volume_module
+
+    def fake(scans, classifier, batch_size):  # every section: glioma 0.38 of P(tumour) 0.40
+        row = dict(zip(classifier.card.labels, (0.38, 0.01, 0.60, 0.01), strict=True))
+        prediction = SimpleNamespace(
+            tumour_probability=0.40, probabilities=row, gate=SimpleNamespace(decision="accepted"), timings_ms={}
+        )
+        return [SimpleNamespace(prediction=prediction) for _ in scans]
+
+    monkeypatch.setattr(volume_module, "analyse_scans", fake)
+    volume = read_study(dicom_series(head_volume(8, 96)))[0]
+    analysis = analyse_volume(volume, classifier)
+    assert classifier.card.series.threshold <= 0.40 < classifier.card.rule.threshold
+    assert analysis.is_tumour and analysis.label == "glioma"

@@ -26,7 +26,7 @@ from core.imaging import Scan
 from core.imaging.volume import Volume
 from core.model.analysis import Analysis, analyse_scans
 from core.model.classifier import Classifier
-from core.model.decision import SeriesRule, in_review_band
+from core.model.decision import UNKNOWN_TYPE, SeriesRule, decide, in_review_band
 from core.model.gate import REJECTED
 from core.model.lesion import sections_spanned, volume_ml
 
@@ -223,7 +223,7 @@ def analyse_volume(volume: Volume, classifier: Classifier, batch_size: int = 64)
     label = (
         None
         if score is None
-        else ("tumour" if score >= rule.threshold_for(used, card.rule.threshold) else card.negative_label)
+        else (UNKNOWN_TYPE if score >= rule.threshold_for(used, card.rule.threshold) else card.negative_label)
     )
     stages = dict.fromkeys(
         ("crop", "preprocess", "predict", "decide", *(("segment",) if classifier.segmenter else ())), 0.0
@@ -247,9 +247,11 @@ def analyse_volume(volume: Volume, classifier: Classifier, batch_size: int = 64)
         review_band=tuple(card.rule.review_band),
         single_threshold=card.rule.threshold,
     )
-    if label == "tumour":  # name the type from the best window's mean, by the card's rule, when it stands out
+    if label == UNKNOWN_TYPE:  # its type from the best window's mean, named when it stands out by the card's type
+        # rule; the series rule called it tumour, so the single-scan threshold is not applied again (a window mean
+        # under it left the type unnamed however clearly one stood out)
         mean = result.probabilities
-        typed = card.rule.apply(np.array([mean[k] for k in card.labels])).label
-        if typed != card.negative_label:
-            result = replace(result, label=typed)
+        row = np.array([[mean[k] for k in card.labels]])
+        typed = decide(row, card.labels, card.negative_label, 0.0, card.rule.subtype_min_share)[0]
+        result = replace(result, label=typed)
     return result
