@@ -298,6 +298,8 @@ def test_saving_a_series_keeps_its_record_sections_pixels_and_an_audit_event(
     assert store.summary().total == 1
     # what the reading said of a series (a section missing) is kept with it: reopened on the Worklist or History,
     # and in its PDF, it was said nowhere
+    from dataclasses import replace
+
     from core.services.reports import series_lines
     from core.services.series_views import stored_series_view
 
@@ -306,10 +308,17 @@ def test_saving_a_series_keeps_its_record_sections_pixels_and_an_audit_event(
     saved = store.get(save_series(gapped, store, actor=doctor, patient_ref=None, images=images, key=key).record_id)
     assert saved.geometry["notes"] == list(gapped.volume.warnings)
     reopened = stored_series_view(saved, store, images, classifier.card, doctor)
-    assert reopened.warnings == gapped.volume.warnings
+    assert reopened.warnings[: len(gapped.volume.warnings)] == gapped.volume.warnings
+    short = gapped.neighbours_used < gapped.rule.neighbours  # the gap cut the run: said as the Study page said it
+    assert [w for w in reopened.warnings if "verdict rests on" in w] == ([reopened.warnings[-1]] if short else [])
+    assert short and f"rests on {gapped.neighbours_used} neighbouring" in reopened.warnings[-1]
     assert [f"Note: {w}" for w in gapped.volume.warnings] == [
         line for line in series_lines(saved, reopened, []) if line.startswith("Note: ")
     ]
+    few = {"threshold": 0.3, "neighbours": 5, "used": 2, "applied": 0.5}  # a verdict on 2 neighbours, at 0.50
+    thin = stored_series_view(replace(saved, geometry=saved.geometry | {"rule": few}), store, images, None, doctor)
+    assert thin.warnings[-1].startswith("the verdict rests on 2 neighbouring sections (the rule asks 5)")
+    assert "(0.50)" in thin.warnings[-1]
 
 
 def test_study_command_saves_each_series_once_with_save(

@@ -219,9 +219,20 @@ def stored_series_view(
         window=_deciding_window(curve, tuple(s.position for s in rows), rule),
         probabilities=dict(record.probabilities),
         model=f"{record.model_name} {record.model_version}",
-        warnings=tuple(record.geometry.get("notes") or ()),
+        warnings=tuple(record.geometry.get("notes") or ()) + _few_neighbours(rule),
         record=record,
         needs_review=record.gate == NEEDS_REVIEW and not record.review_count,  # reviewed: done
+    )
+
+
+def _few_neighbours(rule: dict[str, Any] | None) -> tuple[str, ...]:
+    """What a fresh analysis says of a verdict resting on fewer neighbours than the rule asks, from the rule saved
+    with it (the reopened series stated the rule's threshold alone, the PDF and the report sent the one applied)."""
+    if not rule or rule.get("used") is None or rule["used"] >= rule.get("neighbours", 0):
+        return ()
+    return (
+        f"the verdict rests on {rule['used']} neighbouring sections (the rule asks {rule['neighbours']}), judged at "
+        f"least by the single-scan threshold ({rule['applied']:.2f})",
     )
 
 
