@@ -381,6 +381,19 @@ def test_the_report_says_which_series_needs_review_and_the_threshold_each_was_ju
     )
     texts = [str(item.get("TextValue", "")) for item in report.ContentSequence]
     assert texts[0].startswith("Study verdict: ") and "flagged for review" in texts[0]
+    assert "notumor" not in " ".join(texts)  # the words the screen uses, never the model's codes
+    # the reviewed (FINAL) version: the flag is history, no longer "NEEDS REVIEW" beside the radiologist's label
+    final = objects.verdict_report(
+        objects.headers(files),
+        outcome.series,
+        outcome.verdict,
+        objects.ModelFacts(card.name, card.version, "0" * 64),
+        "glioma",
+        report,
+    )
+    texts = [str(item.get("TextValue", "")) for item in final.ContentSequence]
+    assert not any("NEEDS REVIEW" in t for t in texts) and "since reviewed" in texts[1]
+    assert "reviewed: the radiologist's final label below" in texts[0] and "Radiologist's final label: Glioma" in texts
 
 
 def test_a_report_is_made_for_the_header_values_real_scanners_write(tiny_classifier, tmp_path) -> None:

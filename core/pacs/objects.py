@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from core.imaging.dicom import quiet_pydicom
+from core.model.decision import LABEL_NAMES, UNKNOWN_TYPE
 from core.model.volume import SeriesAnalysis
 
 MANUFACTURER = "BTD brain MRI triage (decision aid)"
@@ -142,9 +143,18 @@ def _series_name(evidence: Sequence[Any], series: SeriesAnalysis) -> str:
     return f"{shown} (UID {uid})" if shown else f"UID {uid}"
 
 
-def _series_lines(evidence: Sequence[Any], series: SeriesAnalysis) -> str:
+def _words(label: str | None, study: bool = False) -> str | None:
+    """A verdict in the words the screen and the PDF use ("No tumour", "Glioma"); a study's "tumour" is any
+    tumour, a series' one whose type is uncertain (the report wrote the raw codes, "notumor")."""
+    if label is None:
+        return None
+    return "Tumour" if study and label == UNKNOWN_TYPE else LABEL_NAMES.get(label, label)
+
+
+def _series_lines(evidence: Sequence[Any], series: SeriesAnalysis, reviewed: bool = False) -> str:
     """The series' verdict as the app states it: the threshold it was judged by (the single-scan one when it rests
-    on fewer neighbours than the rule asks for), whether it goes to review first and why, why nothing was analysed."""
+    on fewer neighbours than the rule asks for), whether it goes to review first and why (or went, once the study
+    is reviewed: a FINAL report said NEEDS REVIEW), why nothing was analysed."""
     name = _series_name(evidence, series)
     if series.label is None:
         reasons = "; ".join(sorted({s.skipped for s in series.refused if s.skipped}))[:300]
@@ -152,12 +162,12 @@ def _series_lines(evidence: Sequence[Any], series: SeriesAnalysis) -> str:
     used, rule = series.neighbours_used, series.rule
     fewer = f", fewer than the rule's {rule.neighbours}" if used < rule.neighbours else ""
     line = (
-        f"Series {name}: {series.label}; P(tumour) {series.score:.3f} (the lowest of the best {used} neighbouring "
-        f"sections{fewer}; tumour at >= {rule.threshold_for(used, series.single_threshold):.2f})"
+        f"Series {name}: {_words(series.label)}; P(tumour) {series.score:.3f} (the lowest of the best {used} "
+        f"neighbouring sections{fewer}; tumour at >= {rule.threshold_for(used, series.single_threshold):.2f})"
     )
     if series.needs_review:
         why = "too few neighbouring sections analysed" if used < rule.neighbours else "its score is in the review band"
-        line += f"; NEEDS REVIEW ({why})"
+        line += f"; flagged for review ({why}), since reviewed" if reviewed else f"; NEEDS REVIEW ({why})"
     if series.lesion_ml is not None:
         line += f"; lesion volume {series.lesion_ml:.2f} mL"
     return line
@@ -198,11 +208,16 @@ def verdict_report(
     quiet_highdicom()
     codes = _codes()
     study_uid = str(evidence[0].StudyInstanceUID)
-    stated = verdict or "none: a series could not be analysed (read it yourself)"
+    stated = _words(verdict, study=True) or "none: a series could not be analysed (read it yourself)"
+    reviewed = final_label is not None
     if any(s.needs_review for s in series):
-        stated += " (flagged for review: read the series marked NEEDS REVIEW first)"
+        stated += (
+            " (flagged for review; reviewed: the radiologist's final label below)"
+            if reviewed
+            else " (flagged for review: read the series marked NEEDS REVIEW first)"
+        )
     items = [hd.sr.TextContentItem(codes["finding"], f"Study verdict: {stated}", "CONTAINS")]
-    items += [hd.sr.TextContentItem(codes["finding"], _series_lines(evidence, s), "CONTAINS") for s in series]
+    items += [hd.sr.TextContentItem(codes["finding"], _series_lines(evidence, s, reviewed), "CONTAINS") for s in series]
     items += [
         hd.sr.TextContentItem(
             codes["finding"], f"A series could not be read ({reason[:200]}): read it yourself", "CONTAINS"
@@ -224,7 +239,9 @@ def verdict_report(
         hd.sr.TextContentItem(codes["comment"], STATEMENT, "CONTAINS"),
     ]
     if final_label is not None:
-        items.append(hd.sr.TextContentItem(codes["finding"], f"Radiologist's final label: {final_label}", "CONTAINS"))
+        items.append(
+            hd.sr.TextContentItem(codes["finding"], f"Radiologist's final label: {_words(final_label)}", "CONTAINS")
+        )
     root = hd.sr.ContainerContentItem(codes["report"])
     root.ContentSequence = hd.sr.ContentSequence(items, is_root=False)
     version = version or (2 if final_label is not None else 1)
