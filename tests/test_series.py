@@ -637,7 +637,7 @@ def test_direction_cosines_that_are_not_a_plane_are_no_orientation() -> None:
     """``1\\0\\0\\1\\0\\0`` (one direction twice) gave two edges the same letter and every section one position."""
     from pydicom.dataset import Dataset
 
-    from core.imaging.dicom import frame_orientation
+    from core.imaging.geometry import frame_orientation
 
     for cosines, plane in (
         ([1, 0, 0, 1, 0, 0], False),

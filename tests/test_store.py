@@ -1421,10 +1421,14 @@ def test_a_version_10_database_gets_its_series_study_unread_column_from_their_ge
     column = sqlite3.connect(path).execute("SELECT id, study_unread FROM scans ORDER BY id").fetchall()
     assert sorted(column) == sorted([(unread.id, 2), (make_series(61, day, "notumor", study=22).id, None)])
     assert [(d.total, d.tumour) for d in upgraded.daily_studies(Filters(), "UTC")] == [(1, 0)]  # 21: no verdict
-    plan = sqlite3.connect(path).execute(
-        "EXPLAIN QUERY PLAN SELECT max(COALESCE(study_unread, 0)) FROM scans WHERE kind = 'series' "
-        "GROUP BY COALESCE(study_ref, id)"
-    ).fetchall()
+    plan = (
+        sqlite3.connect(path)
+        .execute(
+            "EXPLAIN QUERY PLAN SELECT max(COALESCE(study_unread, 0)) FROM scans WHERE kind = 'series' "
+            "GROUP BY COALESCE(study_ref, id)"
+        )
+        .fetchall()
+    )
     assert "COVERING INDEX scans_studies" in str(plan)  # the chart reads the index alone, as before
 
 

@@ -241,44 +241,10 @@ def _read_checked(
     pixels = decode_frame(dataset, frame if frames > 1 else None)
     # shown in the radiological view of its plane, as the Study page shows the same file in its series (a file
     # stored with the patient's right on the right was shown so on one page and mirrored on the other)
-    orientation = frame_orientation(dataset, frame if frames > 1 else None)
+    orientation = geometry.frame_orientation(dataset, frame if frames > 1 else None)
     transform = geometry.display_transform(orientation)
     shown = geometry.transformed_orientation(orientation, transform) if orientation else None
     return geometry.apply_transform(display(pixels, dataset), transform), acquisition_facts(dataset), notes, shown
-
-
-def frame_orientation(dataset: Any, frame: int | None) -> tuple[float, ...] | None:
-    """The row and column directions (ImageOrientationPatient) of one frame, the most specific the file gives: the
-    frame's own functional group, else the shared group, else the file's top level; None when the file gives none
-    (or only unusable ones). The one rule of the Scan page (one frame) and the Study page (the series)."""
-    per_frame = dataset.get("PerFrameFunctionalGroupsSequence") or []
-    if frame is None and len(per_frame) == 1:  # a one-frame enhanced file keeps its geometry in its frame's group
-        frame = 0
-    groups = [per_frame[frame]] if frame is not None and frame < len(per_frame) else []
-    groups += [(dataset.get("SharedFunctionalGroupsSequence") or [None])[0], dataset]
-    for group in groups:
-        if group is None:
-            continue
-        value = group.get("ImageOrientationPatient")
-        if value is None and group.get("PlaneOrientationSequence"):
-            value = group.PlaneOrientationSequence[0].get("ImageOrientationPatient")
-        try:
-            cosines = np.array([float(v) for v in value][:6]) if value is not None else np.array([])
-        except (TypeError, ValueError):
-            cosines = np.array([])
-        if cosines.size == 6 and np.isfinite(cosines).all() and _unit_and_orthogonal(cosines[:3], cosines[3:]):
-            return tuple(float(v) for v in cosines)
-    return None
-
-
-def _unit_and_orthogonal(row: np.ndarray, column: np.ndarray, tolerance: float = 0.05) -> bool:
-    """Two direction cosines that describe a plane: each of length one and at right angles (within the rounding
-    files carry). Others (``1\\0\\0\\1\\0\\0``: one direction twice) gave two edges the same letter and every
-    section of a series one position; they are treated as no orientation given."""
-    lengths = np.linalg.norm(row), np.linalg.norm(column)
-    if any(abs(length - 1.0) > tolerance for length in lengths):
-        return False
-    return abs(float(row @ column)) < tolerance
 
 
 def _named(text: str) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import product
+from typing import Any
 
 import numpy as np
 
@@ -151,3 +152,37 @@ def gap_notes(positions: Sequence[float], in_mm: bool, ratio: float = DEFAULT_ST
         else f"Section numbers jump from {positions[k - 1]:.0f} to {positions[k]:.0f}: a section may be missing."
         for k in gap_starts(positions, ratio)
     ]
+
+
+def frame_orientation(dataset: Any, frame: int | None) -> tuple[float, ...] | None:
+    """The row and column directions (ImageOrientationPatient) of one frame, the most specific the file gives: the
+    frame's own functional group, else the shared group, else the file's top level; None when the file gives none
+    (or only unusable ones). The one rule of the Scan page (one frame) and the Study page (the series)."""
+    per_frame = dataset.get("PerFrameFunctionalGroupsSequence") or []
+    if frame is None and len(per_frame) == 1:  # a one-frame enhanced file keeps its geometry in its frame's group
+        frame = 0
+    groups = [per_frame[frame]] if frame is not None and frame < len(per_frame) else []
+    groups += [(dataset.get("SharedFunctionalGroupsSequence") or [None])[0], dataset]
+    for group in groups:
+        if group is None:
+            continue
+        value = group.get("ImageOrientationPatient")
+        if value is None and group.get("PlaneOrientationSequence"):
+            value = group.PlaneOrientationSequence[0].get("ImageOrientationPatient")
+        try:
+            cosines = np.array([float(v) for v in value][:6]) if value is not None else np.array([])
+        except (TypeError, ValueError):
+            cosines = np.array([])
+        if cosines.size == 6 and np.isfinite(cosines).all() and _unit_and_orthogonal(cosines[:3], cosines[3:]):
+            return tuple(float(v) for v in cosines)
+    return None
+
+
+def _unit_and_orthogonal(row: np.ndarray, column: np.ndarray, tolerance: float = 0.05) -> bool:
+    """Two direction cosines that describe a plane: each of length one and at right angles (within the rounding
+    files carry). Others (``1\\0\\0\\1\\0\\0``: one direction twice) gave two edges the same letter and every
+    section of a series one position; they are treated as no orientation given."""
+    lengths = np.linalg.norm(row), np.linalg.norm(column)
+    if any(abs(length - 1.0) > tolerance for length in lengths):
+        return False
+    return abs(float(row @ column)) < tolerance

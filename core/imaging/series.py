@@ -30,7 +30,7 @@ import numpy as np
 from core.errors import CorruptImage, FileTooLarge, ScanError, UnsupportedFormat
 from core.imaging import dicom
 from core.imaging.archive import declared_size, is_zip, unzip
-from core.imaging.geometry import display_transform, gap_notes, transformed_orientation
+from core.imaging.geometry import display_transform, frame_orientation, gap_notes, transformed_orientation
 from core.imaging.limits import DEFAULT_LIMITS, DEFAULT_STUDY_LIMITS, Limits, StudyLimits
 from core.imaging.nifti import read_nifti
 from core.imaging.nifti_header import check_nifti_budget, is_nifti
@@ -168,8 +168,8 @@ def _measures(group: object, spacing, thickness) -> tuple:
 
 
 def _orientation(ds: object, frame: int | None) -> np.ndarray | None:
-    """A frame's row and column directions as the Scan page reads them (one rule: :func:`dicom.frame_orientation`)."""
-    found = dicom.frame_orientation(ds, frame)
+    """A frame's row and column directions as the Scan page reads them (one rule: :func:`frame_orientation`)."""
+    found = frame_orientation(ds, frame)
     return np.array(found) if found is not None else None
 
 
@@ -212,7 +212,7 @@ def _sections_of(data: bytes, header: object, limits: Limits) -> list[_Section]:
     sections = []
     for k in range(frames):
         group = per_frame[k] if k < len(per_frame) else None
-        frame_orientation = _orientation(ds, k)
+        own_orientation = _orientation(ds, k)
         frame_spacing, frame_thickness = _measures(group, spacing, thickness)
         position = _plane_position(group) if group is not None else None
         if position is None and shared is not None:
@@ -223,7 +223,7 @@ def _sections_of(data: bytes, header: object, limits: Limits) -> list[_Section]:
                 study,
                 series,
                 position,
-                frame_orientation,
+                own_orientation,
                 k + 1,  # numbered from 1, as the viewer counts
                 pixels,
                 frame_spacing,
