@@ -190,3 +190,33 @@ def test_when_one_period_alone_is_withheld_no_other_figure_sums_it_back(tmp_path
     assert board.periods[0].tumours is None and board.tumour_rate is None
     assert board.per_class["glioma"] is None and board.per_class["meningioma"] is None
     assert all(m.tumour_rate is None for m in board.models)
+
+
+def test_the_mean_tumour_probability_and_its_drift_alarm_read_single_scans_only(tmp_path) -> None:
+    """A series' score is the lowest of its best window under its own threshold, not a probability on a single
+    scan's scale: mixed into the mean, a day of many studies moved the x-bar chart and raised a drift alarm."""
+    from dataclasses import replace
+    from datetime import UTC, datetime
+
+    from core.services.access import Actor
+    from core.services.statistics import quality_board
+    from core.storage.sqlite import SQLiteStore
+    from tests.test_store import make_record, make_series, series_sections
+
+    store = SQLiteStore(tmp_path / "results.sqlite3")
+    start = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+    for d in range(4):
+        for n in range(20):  # single scans at P(tumour) 0.8 every day
+            record = make_record(100 * d + n + 1, start + timedelta(days=d, minutes=n), "glioma")
+            store.add(replace(record, tumour_probability=0.8))
+    for n in range(20):  # the last day also 20 series scored 0.3 (their rule's scale)
+        series = make_series(1000 + n, start + timedelta(days=3, hours=2, minutes=n), "glioma", study=n + 1)
+        store.add_series(replace(series, tumour_probability=0.3), series_sections())
+    board = quality_board(
+        store, Actor("boss", "supervisor"), start_day=date(2026, 11, 2), end_day=date(2026, 11, 5), timezone="UTC",
+        period="day", baseline_end=date(2026, 11, 3),
+    )  # fmt: skip
+    assert [row.mean_probability for row in board.rows] == pytest.approx([0.8] * 4)
+    assert board.rows[3].shown == 40 and not board.drift.alarms  # the series count as results, not in the mean
+    steady = roll_up_quality([day(1, 40, 12), replace(day(2, 40, 12), scored=0)], "week")  # one week
+    assert steady[0].scored == 40 and steady[0].shown == 80

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 
 from core.analytics.stats import (
@@ -70,10 +70,10 @@ def roll_up_quality(
     if first is not None and last is not None:
         start = period_start(first, period)
         while start <= last:
-            totals[start] = [0.0] * 8
+            totals[start] = [0.0] * 9
             start = next_period(start, period)
     for row in days:
-        bucket = totals.setdefault(period_start(row.day, period), [0.0] * 8)
+        bucket = totals.setdefault(period_start(row.day, period), [0.0] * 9)
         for k, value in enumerate(
             (
                 row.shown,
@@ -84,11 +84,12 @@ def roll_up_quality(
                 row.agreed,
                 row.probability_sum,
                 row.probability_squares,
+                row.scored_n,
             )
         ):
             bucket[k] += value
     return [
-        DayQuality(start, *(int(v) for v in values[:6]), values[6], values[7])
+        DayQuality(start, *(int(v) for v in values[:6]), values[6], values[7], int(values[8]))
         for start, values in sorted(totals.items())
     ]
 
@@ -116,8 +117,9 @@ def quality_rows(periods: Sequence[DayQuality], baseline_end: date | None) -> tu
     # the baseline rate (and the limits centred on it) times the baseline's count gives its tumours back
     hidden = any(k is None and p.tumour > 0 and p in base for p, k in zip(periods, tumours, strict=True))
     rate0 = sum(p.tumour for p in base) / n0 if n0 >= SMALL_CELL and not hidden else None
-    mean0 = sum(p.probability_sum for p in base) / n0 if n0 >= SMALL_CELL else None
-    sd0 = math.sqrt(max(sum(p.probability_squares for p in base) / n0 - mean0**2, 0.0)) if mean0 is not None else None
+    m0 = sum(p.scored_n for p in base)  # the mean's own count (single scans on the board)
+    mean0 = sum(p.probability_sum for p in base) / m0 if m0 >= SMALL_CELL else None
+    sd0 = math.sqrt(max(sum(p.probability_squares for p in base) / m0 - mean0**2, 0.0)) if mean0 is not None else None
     rows, alarms = [], []
     for p, shown, reviewed, tumour, agreement_known, flagged, rejected in zip(
         periods, shown_counts, reviewed_counts, tumours, agreed, flagged_known, rejected_known, strict=True
@@ -127,9 +129,9 @@ def quality_rows(periods: Sequence[DayQuality], baseline_end: date | None) -> tu
         if rate0 is not None and p.shown >= SMALL_CELL:
             half = 3 * math.sqrt(rate0 * (1 - rate0) / p.shown)
             limits = (max(0.0, rate0 - half), min(1.0, rate0 + half))
-        mean = p.probability_sum / p.shown if p.shown >= SMALL_CELL else None
-        if mean0 is not None and sd0 is not None and p.shown >= SMALL_CELL:
-            half = 3 * sd0 / math.sqrt(p.shown)
+        mean = p.probability_sum / p.scored_n if p.scored_n >= SMALL_CELL else None
+        if mean0 is not None and sd0 is not None and p.scored_n >= SMALL_CELL:
+            half = 3 * sd0 / math.sqrt(p.scored_n)
             mean_limits = (max(0.0, mean0 - half), min(1.0, mean0 + half))
         after = baseline_end is not None and p.day > baseline_end
         out = after and (
@@ -231,3 +233,12 @@ def turnaround(hours: Mapping[int, int]) -> tuple[float | None, float | None]:
         return float(max(hours))
 
     return quantile(0.5), quantile(0.9)
+
+
+def scored_by_scans(day: DayQuality, scans: DayQuality | None) -> DayQuality:
+    """``day`` with its probability sums those of its single scans only (none that day: nothing to average)."""
+    if scans is None:
+        return replace(day, probability_sum=0.0, probability_squares=0.0, scored=0)
+    return replace(
+        day, probability_sum=scans.probability_sum, probability_squares=scans.probability_squares, scored=scans.shown
+    )

@@ -373,7 +373,9 @@ class WorklistQuery:
 class DayQuality:
     """What a supervisor monitors, per local calendar day: verdicts shown (accepted or flagged), tumour verdicts,
     flagged and refused scans, shown results reviewed and agreed with (final label = verdict), and the sum and
-    sum of squares of the tumour probability of shown verdicts (for a mean and its control limits)."""
+    sum of squares of the tumour probability of shown verdicts (for a mean and its control limits) over
+    ``scored`` of them (None: all shown; the quality board gives single scans only: a series' score is the lowest
+    of its best window under its own threshold, not a probability on their scale)."""
 
     day: date
     shown: int
@@ -384,6 +386,11 @@ class DayQuality:
     agreed: int
     probability_sum: float
     probability_squares: float
+    scored: int | None = None
+
+    @property
+    def scored_n(self) -> int:
+        return self.shown if self.scored is None else self.scored
 
 
 LESION_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)  # what a period's lesion volumes are summarised by (a box plot)

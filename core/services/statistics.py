@@ -12,7 +12,16 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from core.analytics.quality import Accuracy, Drift, QualityRow, accuracy, quality_rows, roll_up_quality, turnaround
+from core.analytics.quality import (
+    Accuracy,
+    Drift,
+    QualityRow,
+    accuracy,
+    quality_rows,
+    roll_up_quality,
+    scored_by_scans,
+    turnaround,
+)
 from core.analytics.stats import (
     PERIODS,
     SMALL_CELL,
@@ -408,6 +417,10 @@ def quality_board(
     require(actor, STATISTICS)
     scope = date_range(start_day, end_day, timezone, versions)
     days = store.daily_quality(scope, timezone)
+    # the mean tumour probability (the x-bar chart and its drift alarm) over single scans: a series' score is no
+    # probability on their scale, so a change in the share of studies moved the mean and raised the alarm
+    scans = {d.day: d for d in store.daily_quality(replace(scope, kinds=("scan",)), timezone)}
+    days = [scored_by_scans(d, scans.get(d.day)) for d in days]
     periods = roll_up_quality(days, period, start_day, end_day)
     rows, drift = quality_rows(periods, baseline_end)
     median, p90 = turnaround(store.turnaround_hours(scope))
