@@ -298,7 +298,7 @@ def drift_figure(
         cols=1,
         shared_xaxes=True,
         vertical_spacing=0.08,
-        subplot_titles=("tumour rate %", "mean tumour probability %"),
+        subplot_titles=("tumour rate %", "mean tumour probability of single scans %"),
     )
     for row, values, bounds in ((1, rates, limits), (2, means, mean_limits)):
         pct = [None if v is None else round(v * 100, 2) for v in values]
