@@ -381,6 +381,7 @@ def test_the_report_says_which_series_needs_review_and_the_threshold_each_was_ju
     )
     texts = [str(item.get("TextValue", "")) for item in report.ContentSequence]
     assert texts[0].startswith("Study verdict: ") and "flagged for review" in texts[0]
+    assert outcome.needs_review  # and so the screen, the PDF headline and the command line say (they did not)
     assert "notumor" not in " ".join(texts)  # the words the screen uses, never the model's codes
     # the reviewed (FINAL) version: the flag is history, no longer "NEEDS REVIEW" beside the radiologist's label
     final = objects.verdict_report(
@@ -713,3 +714,4 @@ def test_a_study_deleted_between_the_feed_and_its_read_is_passed_over_not_a_watc
 
     with pytest.raises(PacsError, match=r"failed the change feed \(HTTP 404\)"):
         OrthancChanges("http://pacs", NoFeed()).stable_studies(3)
+

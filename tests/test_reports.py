@@ -63,7 +63,8 @@ def test_a_study_report_states_the_verdicts_the_review_and_the_model_and_renders
     assert pdf.startswith(b"%PDF")
     text = text_of(pdf, tmp_path)
     assert "Brain MRI triage report" in text and "not a diagnosis" in text
-    assert "Study verdict (model): " in text and "1 of 2 series reviewed" in text
+    words = " ".join(text.split())  # a long headline wraps
+    assert "Study verdict (model): " in words and "1 of 2 series reviewed" in words
     assert "Series 1: axial, 8 sections" in text and "Series 2: coronal" in text
     assert "eeeeeeeeeeee" in text and "e" * 13 not in text  # only a prefix of the keyed reference
     assert "Reviewed by dr-a on 2026-11-30 09:00 UTC: final label Meningioma (override)" in text
@@ -301,7 +302,7 @@ def test_a_report_of_a_study_with_a_series_nobody_could_read_gives_no_no_tumour(
     from core.services.reports import study_headline
 
     store, _, _, ids = saved_study
-    records = [replace(store.get(i), is_tumour=False, label="notumor") for i in ids]
+    records = [replace(store.get(i), is_tumour=False, label="notumor", gate="accepted") for i in ids]
     assert study_headline(records, False) == "Study verdict (model, not yet reviewed): No tumour"
     headline = study_headline(records, False, unread=1)
     assert "No tumour" not in headline and "1 series of the study could not be analysed" in headline
@@ -310,6 +311,10 @@ def test_a_report_of_a_study_with_a_series_nobody_could_read_gives_no_no_tumour(
     headline = study_headline(reviewed, False, unread=1)
     assert not headline.startswith("Study: No tumour") and headline.startswith("Study: no verdict")
     assert study_headline(reviewed, False).startswith("Study: No tumour (radiologist's final label)")
+    # a series flagged for review: said with the model's verdict, as the report sent to the PACS says it
+    flagged = [replace(records[0], gate="needs_review"), *records[1:]]
+    assert study_headline(flagged, False).endswith("No tumour (flagged for review: read the series marked so first)")
+    assert "flagged" not in study_headline([replace(r, final_label="notumor") for r in flagged], False)
 
 
 def test_a_report_made_later_from_history_still_gives_no_verdict_to_a_study_with_an_unread_series(

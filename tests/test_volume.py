@@ -216,6 +216,7 @@ def test_study_command_prints_one_line_per_series_from_folders_zips_and_volumes(
     assert [line["source"] for line in lines].count(str(tmp_path / "study.zip")) == 2
     first = lines[0]
     assert first["slices"] == 8 and first["series_verdict"] in ("tumour", "notumor")
+    assert first["study_needs_review"] is any(line["needs_review"] for line in lines[:1])  # its study: one series
     assert {"total", "read", "predict"} <= set(first["timings_ms"]) and first["timings_ms"]["total"] > 0
     assert any("2 file(s)" in note for note in first["warnings"])  # the DICOMDIR and the note were ignored
     assert all(len(line["study"]) == 64 and "1.2.3" not in json.dumps(line) for line in lines)  # UIDs hashed only

@@ -80,6 +80,8 @@ def show_study(
         return
     verdict = {None: "No verdict", "tumour": "Tumour"}.get(study.verdict) or pretty(study.verdict or "")
     st.metric("Study verdict", verdict, help="Tumour when any series is called tumour by the series rule.")
+    if study.verdict is not None and any(view.needs_review for view in study.views):  # as the report says it
+        st.warning("Flagged for review: read the series marked **needs review** first.", icon=":material/flag:")
     st.caption(
         f"{len(study.views)} series · model {classifier.card.name} {classifier.card.version} · "
         "a triage aid for a radiologist, not a diagnosis"

@@ -57,6 +57,7 @@ def emit_outcome(
     status, unsaved = EXIT_OK, False
     for number, series in enumerate(outcome.series):
         result = {"source": name, **(extra or {}), **series.to_json(), "study_verdict": outcome.verdict}
+        result["study_needs_review"] = outcome.needs_review
         result["timings_ms"] = {"read": round(outcome.read_ms, 1), **result["timings_ms"]}
         result["timings_ms"]["total"] = round(outcome.read_ms + series.timings_ms["series"], 1)
         result["warnings"] = [*result["warnings"], *outcome.notes]

@@ -390,6 +390,8 @@ def study_headline(records: Sequence[Record], model_tumour: bool, unread: int = 
     model = "Tumour" if model_tumour else ("none" if unread else "No tumour")
     if unread:
         model += f" ({unread} series of the study could not be analysed: read them yourself)"
+    if any(r.gate == "needs_review" and not r.final_label for r in records):  # as the PACS report says it
+        model += " (flagged for review: read the series marked so first)"
     reviewed = [r for r in records if r.final_label]
     if reviewed and len(reviewed) == len(records):
         final = "Tumour" if any(r.final_label != NEGATIVE_LABEL for r in reviewed) else "No tumour"

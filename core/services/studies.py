@@ -73,6 +73,13 @@ class StudyOutcome:
         return judged[0].negative_label
 
     @property
+    def needs_review(self) -> bool:
+        """Whether a series with a verdict goes to review first (few neighbours, or in the review band): said
+        with the study verdict everywhere (the report sent to the PACS said it, the screen, the PDF and the
+        command line did not)."""
+        return any(s.needs_review for s in self.series if s.label is not None)
+
+    @property
     def unanalysed(self) -> int:
         """Series no section of which could be analysed, and series that could not be put together."""
         return sum(s.label is None for s in self.series) + len(self.unread)
