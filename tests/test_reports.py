@@ -335,3 +335,18 @@ def test_a_report_made_later_from_history_still_gives_no_verdict_to_a_study_with
     assert len(ids) == 1 and store.get(ids[0]).geometry["study_unread"] == 1
     text = text_of(study_report(store, images, doctor, ids, tiny_classifier, None), tmp_path)  # as History makes it
     assert "1 series of the study could not be analysed" in " ".join(text.split())
+
+
+def test_a_report_of_a_study_whose_series_are_filed_under_two_patients_is_refused(
+    saved_study, tiny_classifier: Classifier
+) -> None:
+    """A series linked to another patient before the study was saved kept that link: the PDF named the first
+    series' reference for every series (one patient's findings under another's reference)."""
+    from core.errors import InvalidRecord
+
+    store, images, doctor, ids = saved_study
+    assert store.set_patient_ref(ids[1], "f" * 64, was="e" * 64)
+    with pytest.raises(InvalidRecord, match="different patient references"):
+        study_report(store, images, doctor, ids, tiny_classifier, None)
+    assert not [e for e in store.audit_events() if e.action == "report"]  # nothing made, nothing audited
+    assert study_report(store, images, doctor, ids[:1], tiny_classifier, None).startswith(b"%PDF")

@@ -427,6 +427,11 @@ def study_report(
     records = [store.get(i) for i in record_ids]
     if not records or any(r is None or r.kind != "series" for r in records):
         raise InvalidRecord("A report is made of saved series results.")
+    if len({r.patient_ref for r in records}) > 1:  # type: ignore[union-attr]  # one patient's report, or none
+        raise InvalidRecord(
+            "The series of this study are filed under different patient references (one was linked before): link "
+            "them to one patient first, then make the report (it would name one patient for the other's series)."
+        )
     unread = max([unread, *(int((r.geometry or {}).get("study_unread", 0)) for r in records)])  # type: ignore[union-attr]
     views = [stored_series_view(r, store, images, classifier.card, actor) for r in records]  # type: ignore[arg-type]
     same_model = all(
