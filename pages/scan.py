@@ -21,7 +21,7 @@ from ui.auth import audited_download, callback_actor, fragment_actor
 from ui.batch import Upload, batch, summary_row
 from ui.page import setup_page
 from ui.render import scan_panel
-from ui.wording import count_of, pretty
+from ui.wording import count_of
 
 actor = setup_page("Scan", ANALYSE)
 st.title("Scan triage")
@@ -226,7 +226,7 @@ rows = [
 table = pd.DataFrame(rows)
 st.subheader("Batch summary")
 verdicts = [row for row in rows if row["verdict"] is not None]
-tumours = sum(1 for row in verdicts if row["verdict"] != pretty(classifier.card.negative_label))
+tumours = sum(1 for row in verdicts if row["tumour"])
 review = sum(1 for row in rows if row["result"] == "needs review")
 st.caption(
     f"{count_of(len(rows), 'file')} received; {len(verdicts)} with a verdict, {tumours} of them a tumour; "

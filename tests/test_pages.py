@@ -392,6 +392,10 @@ def test_needs_review_reason_is_in_the_batch_table(app_environment: Path) -> Non
     if row["result"] == "needs review":  # the tiny model is unsure: its P(tumour) sits in the review band
         assert "review band" in row["reason"]
     assert 0.5 <= row["confidence"] <= 1.0  # the call's confidence, never P(no tumour) beside a tumour verdict
+    # the decision is a column of its own (counted from it, and in the CSV), never read back from the wording
+    assert bool(row["tumour"]) is (row["verdict"] != "No tumour")
+    summary = next(c.value for c in app.caption if "with a verdict" in c.value)
+    assert f"1 with a verdict, {int(bool(row['tumour']))} of them a tumour" in summary
 
 
 def test_uploads_and_reference_survive_leaving_the_page_and_coming_back(app_environment: Path) -> None:

@@ -96,7 +96,7 @@ def summary_row(index: int, name: str, result: Triaged) -> dict[str, Any]:
     session only: the caller leaves it out of the CSV unless the user asks for it (names can carry identities)."""
     row: dict[str, Any] = {"scan": index, "file": name, "frame": result.frame, "sha256": result.sha256[:12]}
     state = result_state(result)
-    empty = {"verdict": None, "tumour_probability": None, "confidence": None}
+    empty = {"verdict": None, "tumour": None, "tumour_probability": None, "confidence": None}
     saved = result.status.state if result.status else None
     if result.view is None:
         return {**row, "result": state, **empty, "model_version": None, "saved": saved, "reason": result.error_message}
@@ -117,6 +117,7 @@ def summary_row(index: int, name: str, result: Triaged) -> dict[str, Any]:
         **row,
         "result": state,
         "verdict": pretty(prediction.label),
+        "tumour": prediction.is_tumour,  # the decision itself, never read back from the wording
         "tumour_probability": round(prediction.tumour_probability, 4),
         "confidence": round(prediction.confidence, 4),
         "model_version": prediction.model_version,
