@@ -49,6 +49,15 @@ if read.earlier_left_out:
         "oldest shown is not the first (a change is measured against the earliest study shown)."
     )
 
+
+def bound(record, size) -> str:
+    """ "≥ " before a volume that is a lower bound, "≈ " before an approximate one (as the report says them)."""
+    caveats = " ".join((record.geometry or {}).get("lesion_caveats") or ())
+    if size is None or not caveats:
+        return ""
+    return "≥ " if "lower bound" in caveats else "≈ "
+
+
 timeline([r for r in records if r.gate != "rejected"])  # a refused scan has no probability to plot
 st.dataframe(
     pd.DataFrame(
@@ -58,8 +67,7 @@ st.dataframe(
                 "kind": r.kind,
                 "verdict": verdict_shown(r),
                 "tumour probability": probability_shown(r),
-                "lesion": ("≥ " if (r.geometry or {}).get("lesion_caveats") and step.size is not None else "")
-                + lesion_size(step.size, step.unit),  # a lower bound or approximate, as the report says
+                "lesion": bound(r, step.size) + lesion_size(step.size, step.unit),
                 "change": step.not_compared or lesion_change(step.change, step.unit, step.change_percent),
                 "sections": r.section_count or "",
                 "plane": (r.geometry or {}).get("plane") or "",
@@ -137,6 +145,8 @@ if now_view is None:
 else:
     if prior is not None and prior_view is None:  # said, never "no earlier series"
         st.info("The images of the prior chosen are no longer kept (retention period): it cannot be shown.")
+    for warning in now_view.warnings:  # what its reading said of it (a gap, a file left out, few neighbours)
+        st.warning(warning)
     comparison(now_view, prior_view, classifier, explainer)
 
 st.subheader("Report")

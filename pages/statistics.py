@@ -157,8 +157,8 @@ baseline_end = st.date_input(
     "Drift baseline: periods up to",
     value=None,
     key="stats_baseline",
-    help="The tumour rate and mean tumour probability of later periods are checked against this baseline's 3-sigma "
-    "control limits. Empty: the first half of the chosen range.",
+    help="The tumour rate and mean tumour probability (single scans) of later periods are checked against this "
+    "baseline's 3-sigma control limits. Empty: the first half of the chosen range.",
 )
 
 

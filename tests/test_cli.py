@@ -140,7 +140,8 @@ def test_every_command_keeps_its_options() -> None:
         "cache": ["--data", "--from", "--out", "--size", "--workers", "--jpeg"],
         "train-standard": [
             *("--cache", "--split", "--out", "--data", "--width", "--draws", "--batch-size", "--round-steps"),
-            *("--learning-rate", "--seed", "--name", "--version", "--max-minutes", "--validate-every", "--anneal"),
+            *("--learning-rate", "--seed", "--name", "--version", "--max-minutes", "--twin-threshold"),
+            *("--validate-every", "--anneal"),
             *("--branch", "--hold-out", "--fast"),
         ],
         "train-lesion": [

@@ -714,4 +714,3 @@ def test_a_study_deleted_between_the_feed_and_its_read_is_passed_over_not_a_watc
 
     with pytest.raises(PacsError, match=r"failed the change feed \(HTTP 404\)"):
         OrthancChanges("http://pacs", NoFeed()).stable_studies(3)
-

@@ -18,7 +18,8 @@ from core.model.classifier import Classifier
 from core.model.explain import Explainer
 from core.model.volume import analyse_volume
 from core.services.access import Actor
-from core.services.reports import lesion_line, series_lines, study_facts, study_report
+from core.services.report_text import lesion_line, series_lines, study_facts
+from core.services.reports import study_report
 from core.services.reviews import review_result
 from core.services.studies import save_series
 from core.storage.images import FolderImages
@@ -299,7 +300,7 @@ def test_key_sections_keep_their_proportions_and_carry_the_patient_directions(ti
 
 
 def test_a_report_of_a_study_with_a_series_nobody_could_read_gives_no_no_tumour(saved_study) -> None:
-    from core.services.reports import study_headline
+    from core.services.report_text import study_headline
 
     store, _, _, ids = saved_study
     records = [replace(store.get(i), is_tumour=False, label="notumor", gate="accepted") for i in ids]

@@ -294,10 +294,9 @@ def test_a_fold_trained_without_an_institution_is_scored_on_it_and_makes_a_row(c
     validation.append(["LGG/glioma/TCGA_BB_0002_20000101_1_flair.jpg", "glioma"])  # BB's: held out, not validated
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"validation": validation}))
-    config = StandardConfig(  # no twin hold-out: the synthetic heads differ by little more than their lesions
-        size=32, width=8, draws=48, batch_size=8, round_steps=3, warmup_steps=2, name="fold", hold_out=("BB",),
-        twin_threshold=None,
-    )  # fmt: skip
+    config = StandardConfig(
+        size=32, width=8, draws=48, batch_size=8, round_steps=3, warmup_steps=2, name="fold", hold_out=("BB",)
+    )
     fold = train_standard(cache, split, tmp_path / "fold-BB", config, "pytest fold", data_root=root)
     held = fold["metrics"]["held_out"]
     assert held["institutions"] == ["BB"]
@@ -611,4 +610,4 @@ def test_a_mirrored_copy_of_a_validation_crop_is_held_out_of_training() -> None:
     split = {"validation": [["Training/glioma/a.png", "glioma"]], "held_out": []}
     assert list(split_indices(cache, split)["train"]) == [1, 2, 3]  # as the shipped runs drew it
     parts = split_indices(cache, split, twin_threshold=0.97)
-    assert list(parts["train"]) == [2, 3] and list(parts["held_out"]) == [1]
+    assert list(parts["train"]) == [2, 3] and list(parts["twins"]) == [1] and not len(parts["held_out"])

@@ -301,7 +301,7 @@ def test_saving_a_series_keeps_its_record_sections_pixels_and_an_audit_event(
     # and in its PDF, it was said nowhere
     from dataclasses import replace
 
-    from core.services.reports import series_lines
+    from core.services.report_text import series_lines
     from core.services.series_views import stored_series_view
 
     gapped = analyse_volume(read_study(dicom_series(head_volume(8, 160, range(2, 6)), skip=(4,)))[0], classifier)
@@ -386,7 +386,7 @@ def test_a_saved_series_reopens_with_the_rule_that_made_its_verdict_and_no_heat_
     from types import SimpleNamespace
 
     from core.services.access import Actor
-    from core.services.reports import series_lines
+    from core.services.report_text import series_lines
     from core.services.series_views import section_heat, stored_series_view
     from core.services.studies import save_series
     from core.storage.images import FolderImages
@@ -479,7 +479,7 @@ def test_a_verdict_resting_on_fewer_neighbours_than_the_rule_takes_at_least_the_
     assert analysis.score < 0.999 and not analysis.is_tumour  # by the single-scan 0.999, not the rule's 0.01
     assert any("judged at least by the single-scan threshold (1.00)" in w for w in analysis.warnings)  # 0.999
     # the record keeps the threshold the verdict was judged by, and a report made later from it says so
-    from core.services.reports import series_lines
+    from core.services.report_text import series_lines
     from core.services.series_views import series_view
     from core.services.studies import series_record
 

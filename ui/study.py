@@ -80,7 +80,7 @@ def show_study(
         return
     verdict = {None: "No verdict", "tumour": "Tumour"}.get(study.verdict) or pretty(study.verdict or "")
     st.metric("Study verdict", verdict, help="Tumour when any series is called tumour by the series rule.")
-    if study.verdict is not None and any(view.needs_review for view in study.views):  # as the report says it
+    if any(view.needs_review for view in study.views):  # as the PDF, the PACS report and the command line say it
         st.warning("Flagged for review: read the series marked **needs review** first.", icon=":material/flag:")
     st.caption(
         f"{len(study.views)} series · model {classifier.card.name} {classifier.card.version} · "

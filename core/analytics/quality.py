@@ -56,7 +56,7 @@ class Drift:
         when = ", ".join(d.isoformat() for d in self.alarms[-3:])
         return (
             f"Out of control against the baseline ({self.baseline_start} to {self.baseline_end}): the tumour rate or "
-            f"the mean tumour probability left its 3-sigma limits in the period(s) starting {when}."
+            f"the mean tumour probability of single scans left its 3-sigma limits in the period(s) starting {when}."
         )
 
 

@@ -73,7 +73,8 @@ def _add_scan_commands(commands: Any) -> None:
     evaluate.add_argument(
         "--without-neighbours",
         action="store_true",
-        help="with --split: leave out files with a trained numbered neighbour (the same patient's next section)",
+        help="with --split: leave out files with a trained numbered neighbour (the same patient's next section) "
+        "or a trained twin (the same slice, as stored or mirrored)",
     )
     evaluate.add_argument("dir", metavar="DIR")
     evaluate.set_defaults(run=scans.cmd_evaluate)
@@ -212,6 +213,13 @@ def _add_standard_training_commands(commands: Any) -> None:
     standard.add_argument("--name", default=None)
     standard.add_argument("--version", default=None, help="model version (the weights' hash is appended)")
     standard.add_argument("--max-minutes", type=positive, default=None, help="end this sitting after this long")
+    standard.add_argument(
+        "--twin-threshold",
+        type=lambda text: None if text == "none" else share(text),
+        default=0.97,
+        help="leave out training crops correlated this closely with a validation crop, as stored or mirrored "
+        "('none': keep them, as the shipped runs did)",
+    )
     standard.add_argument(
         "--validate-every",
         type=positive_int,

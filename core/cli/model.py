@@ -170,7 +170,7 @@ def cmd_train_standard(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if args.hold_out:
         overrides["hold_out"] = tuple(args.hold_out)
-    config = replace(StandardConfig(), **overrides)
+    config = replace(StandardConfig(), **overrides, twin_threshold=args.twin_threshold)
     for path in (args.cache, args.split):
         if not Path(path).is_file():
             emit(error_json("not_found", f"no such file: {path}"), sys.stdout)

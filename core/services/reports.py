@@ -11,7 +11,6 @@ one is an audit event.
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,22 +22,23 @@ from core.domain.results import Record
 from core.errors import InvalidRecord, NoBrainFound
 from core.imaging.geometry import orientation_letters
 from core.model.classifier import Classifier
-from core.model.decision import LABEL_NAMES, NEGATIVE_LABEL
 from core.model.explain import Explainer, overlay
 from core.model.lesion import Lesion, Segmenter
 from core.model.roi import find_brain
 from core.services import audit
 from core.services.access import OPEN_RESULT, Actor, require
+from core.services.report_text import (
+    DEFAULT_LIMITATIONS,
+    MIXED_PATIENTS,
+    card_notes,
+    series_lines,
+    study_facts,
+    study_headline,
+)
 from core.services.series_views import SeriesView, section_heat, stored_series_view
 from core.services.views import draw_outline, scaled_outline
 from core.storage.images import ImageStore
 from core.storage.protocol import Store
-
-NAMES = LABEL_NAMES
-DEFAULT_LIMITATIONS = (
-    "Decision support for a radiologist, not a diagnosis: every verdict is to be read with the images.",
-    "Trained on 2-D slices of adult brain MRI; other body parts, children and post-operative heads were not seen.",
-)
 
 
 def _text(value: object) -> str:
@@ -115,19 +115,6 @@ def render(
     return bytes(pdf.output())
 
 
-def study_facts(records: Sequence[Record], author: str, now: datetime) -> list[tuple[str, str]]:
-    """The header's (name, value) rows: the pseudonymous reference (a prefix only), when the study was saved, how
-    many series, the model, and who made the report when."""
-    first = records[0]
-    return [
-        ("Patient reference (pseudonymous)", first.patient_ref[:12] if first.patient_ref else "none given"),
-        ("Study saved", f"{min(r.created_at for r in records):%Y-%m-%d %H:%M} UTC"),
-        ("Series", str(len(records))),
-        ("Model", f"{first.model_name} {first.model_version}"),
-        ("Report made", f"{now:%Y-%m-%d %H:%M} UTC by {author}"),
-    ]
-
-
 def _header(pdf, facts: list[tuple[str, str]]) -> None:
     """The title, the not-a-diagnosis line and the study's facts as two columns."""
     pdf.set_font("Helvetica", "B", 15)
@@ -146,60 +133,6 @@ def _verdict(pdf, records: Sequence[Record], unread: int = 0) -> None:
     pdf.set_font("Helvetica", "B", 13)
     headline = study_headline(records, any(r.is_tumour for r in records), unread)
     pdf.multi_cell(0, 7, _text(headline), **_NEXT_LINE)
-
-
-def series_lines(record: Record, view: SeriesView | None, reviews: Sequence) -> list[str]:
-    """The lines under a series' title: the verdict (the radiologist's final label first once reviewed), the pixel
-    spacing, the lesion's stored volume, the series rule (while the images are kept) and the last review."""
-    spacing = (record.geometry or {}).get("spacing")
-    model_line = f"{NAMES.get(record.label, record.label)} (series tumour probability {record.tumour_probability:.1%})"
-    lines = [
-        f"Final label (radiologist): {NAMES.get(record.final_label, record.final_label)}; model verdict: {model_line}"
-        if record.final_label
-        else f"Model verdict (not reviewed yet): {model_line}",
-        f"Pixel spacing: {spacing[0]:.2f} x {spacing[1]:.2f} mm" if spacing else "Pixel spacing: not given",
-        lesion_line(record),
-        *(f"Note: {note}" for note in (record.geometry or {}).get("notes") or ()),  # as the screen said them
-    ]
-    if view is not None and view.threshold is None:
-        lines.append(f"Rule: that of {view.model}, not recorded with the verdict")
-    elif view is not None:
-        lines.append(
-            f"Rule: tumour when {view.neighbours} neighbouring sections reach {view.threshold:.2f}; "
-            f"{len(view.marked)} sections at or above it; {len(view.skipped)} skipped"
-        )
-        rule = (record.geometry or {}).get("rule") or {}
-        if rule.get("used") is not None and rule["used"] < rule.get("neighbours", 0):
-            lines.append(
-                f"Judged on {rule['used']} neighbouring sections only, at {rule['applied']:.2f} (fewer than the rule "
-                "asks): needs review"
-            )
-    if record.gate == "needs_review":
-        flagged = "Flagged for review (the verdict rests on fewer sections than the rule asks, or is uncertain)"
-        lines.append(flagged + ("; reviewed below" if reviews else ""))
-    if reviews:
-        last = reviews[-1]
-        lines.append(
-            f"Reviewed by {last.reviewer} on {last.created_at:%Y-%m-%d %H:%M} UTC: final label "
-            f"{NAMES.get(last.final_label, last.final_label)} ({last.action})"
-        )
-    else:
-        lines.append("Not reviewed by a radiologist yet.")
-    return lines
-
-
-def lesion_line(record: Record) -> str:
-    """The series' lesion as the segmenter measured it when the series was saved: its volume, or its area in
-    pixels when the voxel size is unknown, or that it was not measured."""
-    caveats = "".join(f"; {note}" for note in (record.geometry or {}).get("lesion_caveats") or [])
-    if record.lesion_ml is not None:
-        return (
-            f"Lesion volume (segmenter): {record.lesion_ml:.2f} mL ({record.lesion_px or 0:,} px over its sections)"
-            + caveats  # a lower bound (sections not analysed inside it, a gap) is said where the volume is
-        )
-    if record.lesion_px is not None:
-        return f"Lesion area (segmenter): {record.lesion_px:,} px over its sections; no volume (voxel size not known)"
-    return "Lesion volume: not measured (no lesion segmenter when the series was saved)"
 
 
 @dataclass(frozen=True, eq=False)
@@ -383,33 +316,6 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def study_headline(records: Sequence[Record], model_tumour: bool, unread: int = 0) -> str:
-    """The report's first verdict line: the radiologists' final labels when every series is reviewed, with the
-    model's verdict beside them; the model's verdict, marked as such, while any series is unreviewed. ``unread``
-    series (none of their sections could be analysed, so never saved) leave the model no "No tumour" to give."""
-    model = "Tumour" if model_tumour else ("none" if unread else "No tumour")
-    if unread:
-        model += f" ({unread} series of the study could not be analysed: read them yourself)"
-    if any(r.gate == "needs_review" and not r.final_label for r in records):  # as the PACS report says it
-        model += " (flagged for review: read the series marked so first)"
-    reviewed = [r for r in records if r.final_label]
-    if reviewed and len(reviewed) == len(records):
-        final = "Tumour" if any(r.final_label != NEGATIVE_LABEL for r in reviewed) else "No tumour"
-        if final == "No tumour" and unread:  # the reviews cover the saved series, not the ones nobody read
-            return f"Study: no verdict - the reviewed series are no tumour; model verdict: {model}"
-        return f"Study: {final} (radiologist's final label) - model verdict: {model}"
-    if reviewed:
-        return f"Study verdict (model): {model} - {len(reviewed)} of {len(records)} series reviewed, see below"
-    return f"Study verdict (model, not yet reviewed): {model}"
-
-
-def card_notes(classifier: Classifier) -> dict:
-    """The card's intended use and limitations (the defaults when the card states none)."""
-    path = classifier.card.path
-    raw = json.loads(path.read_text()) if path is not None and path.exists() else {}
-    return {"intended_use": raw.get("intended_use", ""), "limitations": raw.get("limitations", DEFAULT_LIMITATIONS)}
-
-
 def study_report(
     store: Store,
     images: ImageStore | None,
@@ -427,12 +333,9 @@ def study_report(
     records = [store.get(i) for i in record_ids]
     if not records or any(r is None or r.kind != "series" for r in records):
         raise InvalidRecord("A report is made of saved series results.")
-    if len({r.patient_ref for r in records}) > 1:  # type: ignore[union-attr]  # one patient's report, or none
-        raise InvalidRecord(
-            "The series of this study are filed under different patient references (one was linked before): link "
-            "them to one patient first, then make the report (it would name one patient for the other's series)."
-        )
-    unread = max([unread, *(int((r.geometry or {}).get("study_unread", 0)) for r in records)])  # type: ignore[union-attr]
+    if len({r.patient_ref for r in records}) > 1:  # type: ignore[union-attr]  # a report names one patient
+        raise InvalidRecord(MIXED_PATIENTS)
+    unread = max([unread, *(r.study_unread for r in records)])  # type: ignore[union-attr]
     views = [stored_series_view(r, store, images, classifier.card, actor) for r in records]  # type: ignore[arg-type]
     same_model = all(
         (r.model_name, r.model_version) == (classifier.card.name, classifier.card.version) for r in records

@@ -108,7 +108,7 @@ class Dashboard:
 
 
 WITHHELD_TEXT = (WITHHELD, WITHHELD_REASON)  # how the page, its charts and the CSV name a withheld figure
-UNITS = ("study", "result")  # a study counts once (tumour when any of its series is); a result is a scan or a series
+UNITS = ("study", "result")  # a study counts once (by the study rule); a result is a scan or a series
 
 
 def _study_days(store: Dashboards, filters: Filters, timezone: str) -> list[DayCount]:

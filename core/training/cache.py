@@ -187,15 +187,17 @@ def split_indices(
     cache: CropCache, split: dict[str, Any], hold_out: Sequence[str] = (), twin_threshold: float | None = None
 ) -> dict[str, np.ndarray]:
     """train / validation / held_out positions in the cache: as the split file lists them, except that a ``hold_out``
-    institution is held out whole, validation patients too (no fitted rule sees it), and with ``twin_threshold`` a
-    crop that is a validation crop's twin (:func:`validation_twins`); training is the rest."""
+    institution is held out whole, validation patients too (no fitted rule sees it); training is the rest, less
+    (with ``twin_threshold``) the crops that are a validation crop's twin (:func:`validation_twins`: ``twins``,
+    neither trained on nor scored as held out)."""
     institution = {i for i, inst in enumerate(cache.institution) if inst and str(inst) in hold_out}
     validation = np.array([i for i in indices_of(cache, [p for p, _ in split["validation"]]) if i not in institution])
     held = set(indices_of(cache, [p for p, _ in split.get("held_out", [])]).tolist()) | institution
     held_idx = np.array(sorted(held - set(validation.tolist())), dtype=int)
     used = set(validation.tolist()) | held
     train_idx = np.array([i for i in range(len(cache)) if i not in used], dtype=int)
+    twins = np.array([], dtype=int)
     if twin_threshold is not None:
-        twins = validation_twins(cache, train_idx, validation.astype(int), twin_threshold)
-        train_idx, held_idx = np.setdiff1d(train_idx, twins), np.union1d(held_idx, twins).astype(int)
-    return {"train": train_idx, "validation": validation.astype(int), "held_out": held_idx}
+        twins = validation_twins(cache, train_idx, validation.astype(int), twin_threshold).astype(int)
+        train_idx = np.setdiff1d(train_idx, twins)
+    return {"train": train_idx, "validation": validation.astype(int), "held_out": held_idx, "twins": twins}

@@ -70,7 +70,7 @@ class StandardConfig:
     min_tumour_pixels: int = 100
     web_weight: float = 0.5
     hold_out: tuple[str, ...] = ()
-    # a training crop that is a validation crop's twin, as stored or mirrored, is held out (None: kept, as shipped)
+    # a training crop that is a validation crop's twin, as stored or mirrored, is left out (None: kept, as shipped)
     twin_threshold: float | None = 0.97
     augment: AugmentSettings = field(default_factory=AugmentSettings)
     seed: int = 20261204
@@ -304,7 +304,8 @@ def _data(cache_path: Path, split_path: Path, config: StandardConfig) -> tuple[C
     parts = split_indices(cache, split, config.hold_out, config.twin_threshold)
     _log(
         f"{len(cache)} cached crops: train {len(parts['train'])}, validation {len(parts['validation'])}, held out "
-        f"{len(parts['held_out'])}; {config.steps} steps of {config.batch_size}"
+        f"{len(parts['held_out'])}, left out as validation twins {len(parts['twins'])}; {config.steps} steps of "
+        f"{config.batch_size}"
     )
     return cache, split, parts
 
@@ -415,6 +416,7 @@ def _write_model(
             "train": len(parts["train"]),
             "validation": len(parts["validation"]),
             "held_out": len(parts["held_out"]),
+            "validation_twins_left_out": len(parts["twins"]),  # neither trained on nor scored
             "rejected": cache.rejected,
             "split_file": split_file.name,
         },

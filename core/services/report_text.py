@@ -1,0 +1,120 @@
+"""What a study's report says, apart from how the PDF lays it out (:mod:`core.services.reports`): the header's
+facts, the headline verdict, each series' lines and the lesion's, and the card's notes on intended use."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+
+from core.domain.results import Record
+from core.model.classifier import Classifier
+from core.model.decision import LABEL_NAMES, NEGATIVE_LABEL
+from core.services.series_views import SeriesView
+
+NAMES = LABEL_NAMES
+
+DEFAULT_LIMITATIONS = (
+    "Decision support for a radiologist, not a diagnosis: every verdict is to be read with the images.",
+    "Trained on 2-D slices of adult brain MRI; other body parts, children and post-operative heads were not seen.",
+)
+
+
+def study_facts(records: Sequence[Record], author: str, now: datetime) -> list[tuple[str, str]]:
+    """The header's (name, value) rows: the pseudonymous reference (a prefix only), when the study was saved, how
+    many series, the model, and who made the report when."""
+    first = records[0]
+    return [
+        ("Patient reference (pseudonymous)", first.patient_ref[:12] if first.patient_ref else "none given"),
+        ("Study saved", f"{min(r.created_at for r in records):%Y-%m-%d %H:%M} UTC"),
+        ("Series", str(len(records))),
+        ("Model", f"{first.model_name} {first.model_version}"),
+        ("Report made", f"{now:%Y-%m-%d %H:%M} UTC by {author}"),
+    ]
+
+
+def series_lines(record: Record, view: SeriesView | None, reviews: Sequence) -> list[str]:
+    """The lines under a series' title: the verdict (the radiologist's final label first once reviewed), the pixel
+    spacing, the lesion's stored volume, the series rule (while the images are kept) and the last review."""
+    spacing = (record.geometry or {}).get("spacing")
+    model_line = f"{NAMES.get(record.label, record.label)} (series tumour probability {record.tumour_probability:.1%})"
+    lines = [
+        f"Final label (radiologist): {NAMES.get(record.final_label, record.final_label)}; model verdict: {model_line}"
+        if record.final_label
+        else f"Model verdict (not reviewed yet): {model_line}",
+        f"Pixel spacing: {spacing[0]:.2f} x {spacing[1]:.2f} mm" if spacing else "Pixel spacing: not given",
+        lesion_line(record),
+        *(f"Note: {note}" for note in (record.geometry or {}).get("notes") or ()),  # as the screen said them
+    ]
+    if view is not None and view.threshold is None:
+        lines.append(f"Rule: that of {view.model}, not recorded with the verdict")
+    elif view is not None:
+        lines.append(
+            f"Rule: tumour when {view.neighbours} neighbouring sections reach {view.threshold:.2f}; "
+            f"{len(view.marked)} sections at or above it; {len(view.skipped)} skipped"
+        )
+        rule = (record.geometry or {}).get("rule") or {}
+        if rule.get("used") is not None and rule["used"] < rule.get("neighbours", 0):
+            lines.append(
+                f"Judged on {rule['used']} neighbouring sections only, at {rule['applied']:.2f} (fewer than the rule "
+                "asks): needs review"
+            )
+    if record.gate == "needs_review":
+        flagged = "Flagged for review (the verdict rests on fewer sections than the rule asks, or is uncertain)"
+        lines.append(flagged + ("; reviewed below" if reviews else ""))
+    if reviews:
+        last = reviews[-1]
+        lines.append(
+            f"Reviewed by {last.reviewer} on {last.created_at:%Y-%m-%d %H:%M} UTC: final label "
+            f"{NAMES.get(last.final_label, last.final_label)} ({last.action})"
+        )
+    else:
+        lines.append("Not reviewed by a radiologist yet.")
+    return lines
+
+
+def lesion_line(record: Record) -> str:
+    """The series' lesion as the segmenter measured it when the series was saved: its volume, or its area in
+    pixels when the voxel size is unknown, or that it was not measured."""
+    caveats = "".join(f"; {note}" for note in (record.geometry or {}).get("lesion_caveats") or [])
+    if record.lesion_ml is not None:
+        return (
+            f"Lesion volume (segmenter): {record.lesion_ml:.2f} mL ({record.lesion_px or 0:,} px over its sections)"
+            + caveats  # a lower bound (sections not analysed inside it, a gap) is said where the volume is
+        )
+    if record.lesion_px is not None:
+        return f"Lesion area (segmenter): {record.lesion_px:,} px over its sections; no volume (voxel size not known)"
+    return "Lesion volume: not measured (no lesion segmenter when the series was saved)"
+
+
+def study_headline(records: Sequence[Record], model_tumour: bool, unread: int = 0) -> str:
+    """The report's first verdict line: the radiologists' final labels when every series is reviewed, with the
+    model's verdict beside them; the model's verdict, marked as such, while any series is unreviewed. ``unread``
+    series (none of their sections could be analysed, so never saved) leave the model no "No tumour" to give."""
+    model = "Tumour" if model_tumour else ("none" if unread else "No tumour")
+    if unread:
+        model += f" ({unread} series of the study could not be analysed: read them yourself)"
+    if any(r.gate == "needs_review" and not r.final_label for r in records):  # as the PACS report says it
+        model += " (flagged for review: read the series marked so first)"
+    reviewed = [r for r in records if r.final_label]
+    if reviewed and len(reviewed) == len(records):
+        final = "Tumour" if any(r.final_label != NEGATIVE_LABEL for r in reviewed) else "No tumour"
+        if final == "No tumour" and unread:  # the reviews cover the saved series, not the ones nobody read
+            return f"Study: no verdict - the reviewed series are no tumour; model verdict: {model}"
+        return f"Study: {final} (radiologist's final label) - model verdict: {model}"
+    if reviewed:
+        return f"Study verdict (model): {model} - {len(reviewed)} of {len(records)} series reviewed, see below"
+    return f"Study verdict (model, not yet reviewed): {model}"
+
+
+MIXED_PATIENTS = (
+    "The series of this study are filed under different patient references (one was linked to another patient "
+    "before), so one report would name one patient for the other's series: make it from History, per patient."
+)
+
+
+def card_notes(classifier: Classifier) -> dict:
+    """The card's intended use and limitations (the defaults when the card states none)."""
+    path = classifier.card.path
+    raw = json.loads(path.read_text()) if path is not None and path.exists() else {}
+    return {"intended_use": raw.get("intended_use", ""), "limitations": raw.get("limitations", DEFAULT_LIMITATIONS)}
