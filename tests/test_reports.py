@@ -82,6 +82,9 @@ def test_a_study_report_states_the_verdicts_the_review_and_the_model_and_renders
     page = np.asarray(Image.open(next(tmp_path.glob("page*.png"))).convert("L"))
     assert page.shape[0] > page.shape[1] and (page < 128).mean() > 0.02  # A4 portrait with text and images
     assert [e.action for e in store.audit_events()].count("report") == 2
+    # numbered as the Study page numbered them (a series with no verdict, never saved, shifted the PDF's numbers)
+    renumbered = text_of(study_report(store, images, doctor, ids, tiny_classifier, None, numbers=[1, 3]), tmp_path)
+    assert "Series 3: coronal" in renumbered and "Series 2:" not in renumbered
 
 
 def test_a_report_is_refused_to_a_visitor_and_for_single_scans(saved_study, tiny_classifier: Classifier) -> None:

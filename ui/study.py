@@ -132,6 +132,7 @@ def _report(actor: Actor, name: Hashable, study: StudyResult, classifier: Any, e
                     classifier,
                     explainer,
                     unread=study.unread,
+                    numbers=[n for n, view in enumerate(study.views, start=1) if view.record is not None],
                 ),
             )
         except (InvalidRecord, StoreError) as error:

@@ -96,10 +96,12 @@ def render(
     now: datetime | None = None,
     lesions: dict[int, KeyLesion | None] | None = None,
     unread: int = 0,
+    numbers: Sequence[int] | None = None,
 ) -> bytes:
     """The PDF of one study from its series' records and views (views None once the pixels were purged): the
     header with the study's facts, the study verdict, one section per series (``lesions``: series number -> its
-    outlined key section; none given: no segmenter was loaded), and the model's intended use."""
+    outlined key section; none given: no segmenter was loaded), and the model's intended use. ``numbers``: each
+    series' number as the page showed it (default 1, 2, ...: a series with no verdict, never saved, shifted them)."""
     from fpdf import FPDF
 
     pdf = FPDF(format="A4")
@@ -109,7 +111,7 @@ def render(
     pdf.add_page()
     _header(pdf, study_facts(records, author, now or datetime.now(UTC)))
     _verdict(pdf, records, unread)
-    for number, (record, view) in enumerate(zip(records, views, strict=True), start=1):
+    for number, record, view in zip(numbers or range(1, len(records) + 1), records, views, strict=True):
         _series(pdf, number, record, view, list(reviews_by_record.get(record.id, [])), heat, lesions)
     _intended_use(pdf, card_notes)
     return bytes(pdf.output())
@@ -324,11 +326,13 @@ def study_report(
     classifier: Classifier,
     explainer: Explainer | None,
     unread: int = 0,
+    numbers: Sequence[int] | None = None,
 ) -> bytes:
     """The PDF report of the series ``record_ids`` (one study), with heat maps when the shipped model made the
     verdicts and the lesion's outline on each key section when the classifier has a segmenter beside it; ``unread``:
     series of the study none of whose sections could be analysed (never saved; a report made later from History
-    reads the count its series' records kept). An audit event names every result reported."""
+    reads the count its series' records kept); ``numbers``: the series' numbers on the page that asks for it. An
+    audit event names every result reported."""
     require(actor, OPEN_RESULT)
     records = [store.get(i) for i in record_ids]
     if not records or any(r is None or r.kind != "series" for r in records):
@@ -337,21 +341,24 @@ def study_report(
         raise InvalidRecord(MIXED_PATIENTS)
     unread = max([unread, *(r.study_unread for r in records)])  # type: ignore[union-attr]
     views = [stored_series_view(r, store, images, classifier.card, actor) for r in records]  # type: ignore[arg-type]
+    shown = list(numbers) if numbers is not None else list(range(1, len(records) + 1))
+    if len(shown) != len(records):
+        raise InvalidRecord("A report numbers each of its series once.")
     same_model = all(
         (r.model_name, r.model_version) == (classifier.card.name, classifier.card.version) for r in records
     )  # type: ignore[union-attr]
     heat: dict[tuple[int, int], np.ndarray | None] = {}
     if explainer is not None and same_model:
-        for number, view in enumerate(views, start=1):
+        for number, view in zip(shown, views, strict=True):
             for index in key_sections(view) if view is not None else []:
                 heat[(number, index)] = section_heat(view, index, classifier, explainer)
     segmenter = classifier.segmenter
     lesions = None
     if segmenter is not None:
-        lesions = {n: key_lesion(v, segmenter) for n, v in enumerate(views, start=1) if v is not None}
+        lesions = {n: key_lesion(v, segmenter) for n, v in zip(shown, views, strict=True) if v is not None}
     reviews = {r.id: store.reviews_of(r.id) for r in records}  # type: ignore[union-attr]
     notes = card_notes(classifier)
-    data = render(records, views, reviews, notes, heat, actor.name, lesions=lesions, unread=unread)  # type: ignore[arg-type]
+    data = render(records, views, reviews, notes, heat, actor.name, lesions=lesions, unread=unread, numbers=shown)  # type: ignore[arg-type]
     for record_id in record_ids:
         audit.record(store, actor, "report", record_id)
     return data
