@@ -63,8 +63,8 @@ with upload:
                 images=resources.image_store(store),
                 key=key,
             )
-            results[signature] = study  # kept before any Streamlit call: a rerun asked for meanwhile stops the
-            keep(signature, study)  # script at the next one, and the saved study was lost from the page
+            results[signature] = study  # kept before any Streamlit call (session_state's included, so not by
+            keep(signature, study)  # keep() alone): a rerun asked for meanwhile stops the script at the next one
         st.rerun()  # drawn again without the button and its "nothing is analysed" note
 
     failed = signature in results and results[signature].error_code == "internal_error"  # "try again": offered

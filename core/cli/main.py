@@ -28,6 +28,7 @@ from core.cli.common import (
     whole,
 )
 from core.errors import AccessDenied, InvalidRecord, ModelError, PacsError, StoreError
+from core.evaluation.neighbours import TWIN_THRESHOLD
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,7 +217,7 @@ def _add_standard_training_commands(commands: Any) -> None:
     standard.add_argument(
         "--twin-threshold",
         type=lambda text: None if text == "none" else share(text),
-        default=0.97,
+        default=TWIN_THRESHOLD,
         help="leave out training crops correlated this closely with a validation crop, as stored or mirrored "
         "('none': keep them, as the shipped runs did)",
     )

@@ -103,7 +103,8 @@ def evaluate_folder(
         raise NothingToScore(f"Nothing to score: no image in {where}{f' from {source}' if source else ''}.")
     neighboured = with_trained_neighbour([path for _, path in files]) if without_neighbours else set()
     twinned = with_trained_twin([path for _, path in files]) if without_neighbours else set()
-    files = [(label, path) for label, path in files if path not in neighboured | twinned]
+    left_out = neighboured | twinned
+    files = [(label, path) for label, path in files if path not in left_out]
     card = classifier.card
     true: list[str] = []
     rows: list[list[float]] = []

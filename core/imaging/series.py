@@ -183,7 +183,7 @@ def _plane_position(group: object) -> np.ndarray | None:
 def _sections_of(data: bytes, header: object, limits: Limits) -> list[_Section]:
     ds = dicom.checked_dataset(data, limits, header)[0]
     study = hash_parts(str(ds.get("StudyInstanceUID", ""))) if ds.get("StudyInstanceUID") else NO_STUDY_UID
-    series = hash_parts(str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", "")))
+    series = _uid_key(ds)  # the key a series that cannot be read is named under too
     spacing = _spacing(ds.get("PixelSpacing"))
     # the declared distance between sections, for a series whose files give no positions: the spacing between
     # them where given (sections can have gaps or overlap), else their thickness

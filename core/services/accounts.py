@@ -75,17 +75,18 @@ def add_account(store: Store, actor: Actor, name: str, role: str, password: str 
     return account
 
 
-def _manages(account: Account) -> bool:
-    """An enabled admin who can sign in to the app: with a password, or by single sign-on when it is set up (a
-    password-less admin with none counted as the other admin, and the last one who could sign in was disabled)."""
-    if account.role != "admin" or account.disabled:
-        return False
-    if account.password_hash:
-        return True
+def _single_sign_on() -> bool:
+    """Whether single sign-on is set up (read once per change, not once per account)."""
     try:
         return bool(file_secrets().get("auth"))
     except ValueError:  # a secrets file that cannot be read: no single sign-on to count on
         return False
+
+
+def _manages(account: Account, sso: bool) -> bool:
+    """An enabled admin who can sign in to the app: with a password, or by single sign-on when it is set up (a
+    password-less admin with none counted as the other admin, and the last one who could sign in was disabled)."""
+    return account.role == "admin" and not account.disabled and (bool(account.password_hash) or sso)
 
 
 ONLY_ADMIN = "{} is the only enabled admin who can sign in; make another account admin (with a password) first."
@@ -94,8 +95,9 @@ ONLY_ADMIN = "{} is the only enabled admin who can sign in; make another account
 def _keep_an_admin(store: Store, account: Account, updated: Account) -> None:
     """Refuse a change that would leave no enabled admin who can sign in (nobody could manage accounts from the
     app again)."""
-    leaves = _manages(account) and not _manages(updated)
-    if leaves and not any(_manages(a) for a in store.accounts() if a.name != account.name):
+    sso = _single_sign_on()
+    leaves = _manages(account, sso) and not _manages(updated, sso)
+    if leaves and not any(_manages(a, sso) for a in store.accounts() if a.name != account.name):
         raise InvalidRecord(ONLY_ADMIN.format(account.name))
 
 
@@ -114,7 +116,8 @@ def _change(store: Store, account: Account, changes: dict[str, Any], checked: tu
     if not store.update_account(account.name, changes, expected):
         raise InvalidRecord(CHANGED_MEANWHILE.format(account.name))
     updated = replace(account, **changes)
-    if _manages(account) and not any(_manages(a) for a in store.accounts()):
+    sso = _single_sign_on()
+    if _manages(account, sso) and not any(_manages(a, sso) for a in store.accounts()):
         undo = {field: getattr(account, field) for field in changes}
         store.update_account(account.name, undo, {field: getattr(updated, field) for field in changes})
         raise InvalidRecord(ONLY_ADMIN.format(account.name))

@@ -188,9 +188,10 @@ def apply_patient_reference(triaged: Triaged, store: Store | None, patient_ref: 
         return replace(triaged, record=record)
     try:
         with store.atomic():  # the change and its audit event: both or neither
-            if store.set_patient_ref(record.id, patient_ref, was=triaged.record.patient_ref):
+            changed = store.set_patient_ref(record.id, patient_ref, was=triaged.record.patient_ref)
+            if changed:
                 audit.record(store, actor, "patient_reference_set", record.id, cleared=patient_ref is None)
-            stored = store.get(record.id)
+            stored = None if changed else store.get(record.id)  # read again only when another session won
     except StoreError as error:
         logger.warning("event=reference_update_failed code=%s", error.code)
         status = SaveStatus(NOT_UPDATED, f"the patient reference was not updated: {error}", record.id)

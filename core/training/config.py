@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from core.evaluation.neighbours import TWIN_THRESHOLD
 from core.model.preprocess import InputSpec
 
 CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
@@ -41,7 +42,7 @@ class TrainConfig:
     rotation: float = 20.0  # augmentation turns scans by up to this many degrees either way
     hold_out: tuple[str, ...] = field(default_factory=tuple)  # institutions left out entirely (scored apart)
     init: str | None = None  # a model card to start from (fine-tuning); it must have been validated on this split
-    twin_threshold: float = 0.97
+    twin_threshold: float = TWIN_THRESHOLD
     seed: int = 20261125
     name: str = "btd-cnn"
     version: str = "2.0.0"

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from core.evaluation.metrics import machine
+from core.evaluation.neighbours import TWIN_THRESHOLD
 from core.model.decision import UNKNOWN_TYPE
 from core.model.preprocess import InputSpec
 from core.training.cache import CropCache, split_indices
@@ -71,7 +72,7 @@ class StandardConfig:
     web_weight: float = 0.5
     hold_out: tuple[str, ...] = ()
     # a training crop that is a validation crop's twin, as stored or mirrored, is left out (None: kept, as shipped)
-    twin_threshold: float | None = 0.97
+    twin_threshold: float | None = TWIN_THRESHOLD
     augment: AugmentSettings = field(default_factory=AugmentSettings)
     seed: int = 20261204
     name: str = "btd-resnet"
