@@ -49,6 +49,32 @@ def file_secrets() -> dict[str, Any]:
         raise ValueError(f"the secrets file {path} cannot be read ({type(error).__name__})") from error
 
 
+def authlib_installed() -> bool:
+    """Whether Authlib, which Streamlit's ``st.login`` needs, is installed (it is not a pinned requirement)."""
+    import importlib.util
+
+    return importlib.util.find_spec("authlib") is not None
+
+
+def sso_refusal(secrets: Mapping[str, Any]) -> str | None:
+    """Why the ``[auth]`` (single sign-on) settings cannot be used, None when they can or there are none. The
+    sign-in page and the account rules ask this one question: an admin without a password counted as one who could
+    sign in while the page kept single sign-on off, and the last admin with a password could be disabled. Streamlit
+    signs its identity cookie with ``cookie_secret``: the example's placeholder (or a short one) would let anyone
+    forge a signed-in identity and its groups."""
+    if not secrets.get("auth"):
+        return None
+    secret = str((secrets.get("auth") or {}).get("cookie_secret") or "")
+    if len(secret) < 32 or secret.upper().startswith("REPLACE"):
+        return (
+            "Single sign-on is configured without a cookie secret of its own (at least 32 random characters in "
+            "[auth] cookie_secret): it is off until an administrator sets one."
+        )
+    if not authlib_installed():
+        return "Single sign-on is configured but the server lacks Authlib (pip install Authlib): it is off."
+    return None
+
+
 def mongodb_uri(secrets: Mapping[str, Any]) -> str | None:
     """``MONGODB_URI`` from the environment, else ``[mongo] uri`` from the Streamlit secrets; None = embedded."""
     return os.environ.get("MONGODB_URI") or (secrets.get("mongo") or {}).get("uri") or None

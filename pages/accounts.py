@@ -63,7 +63,7 @@ with left.form("new-account", clear_on_submit=True):
 with right.form(f"change-account-{st.session_state.get('account_changes', 0)}"):  # a new, empty form after a change
     st.markdown("**Change an account**")
     target = st.selectbox("Account", [a.name for a in people], index=None, placeholder="Choose an account")
-    change = st.radio("Change", ["role", "password", "disable", "enable"], index=None, horizontal=True)
+    change = st.radio("Change", ["role", "password", "disable", "enable", "unlock"], index=None, horizontal=True)
     new_role = st.selectbox("New role (for a role change)", ROLES, index=None, placeholder="Choose a role")
     new_password = st.text_input("New password (for a password change)", type="password")
     confirmed = st.checkbox("I confirm this change")
@@ -76,6 +76,8 @@ with right.form(f"change-account-{st.session_state.get('account_changes', 0)}"):
             attempt(accounts.set_role, target, new_role)
         elif change == "password":
             attempt(accounts.set_password, target, new_password)
+        elif change == "unlock":
+            attempt(accounts.unlock, target)
         else:
             attempt(accounts.set_disabled, target, change == "disable")
 

@@ -23,6 +23,13 @@ def state_register(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["BTD_SECRETS"] = str(tmp_path_factory.mktemp("secrets") / "secrets.toml")
 
 
+@pytest.fixture(autouse=True)
+def quick_refusals(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refused sign-in waits a second in the app (its timing tells nothing); not in the tests, but the one that
+    proves it (the browser tests' app waits the full second)."""
+    monkeypatch.setattr("core.services.accounts.REFUSAL_SECONDS", 0.0)
+
+
 @pytest.fixture(scope="session")
 def tiny_card(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 4-class logits model with its card, built once per test session."""

@@ -375,12 +375,21 @@ def test_the_last_enabled_admin_cannot_be_demoted_or_disabled(store, tmp_path, m
     accounts.add_account(store, COMMAND_LINE, "sso-admin", "admin", None)  # no password, single sign-on is off:
     with pytest.raises(InvalidRecord, match="only enabled admin"):  # nobody could sign in as it
         accounts.set_disabled(store, ADMIN, "root")
-    with monkeypatch.context() as patched:  # with single sign-on set up, it is an admin who can sign in
-        secrets = tmp_path / "secrets.toml"
-        secrets.write_text('[auth]\nredirect_uri = "https://triage.example/oauth2callback"\n')
-        patched.setenv("BTD_SECRETS", str(secrets))
+    secrets = tmp_path / "secrets.toml"
+    monkeypatch.setenv("BTD_SECRETS", str(secrets))
+    monkeypatch.setattr("core.config.authlib_installed", lambda: True)
+    # single sign-on the sign-in page refuses (the example's cookie secret, or no Authlib) signs nobody in: the
+    # password-less admin was counted as one who could, and the last admin with a password was disabled
+    secrets.write_text('[auth]\nredirect_uri = "https://t.example/oauth2callback"\ncookie_secret = "REPLACE_ME"\n')
+    with pytest.raises(InvalidRecord, match="only enabled admin"):
         accounts.set_disabled(store, ADMIN, "root")
-        accounts.set_disabled(store, ADMIN, "root", False)
+    secrets.write_text(f'[auth]\nredirect_uri = "https://t.example/oauth2callback"\ncookie_secret = "{"q7" * 20}"\n')
+    with monkeypatch.context() as patched:
+        patched.setattr("core.config.authlib_installed", lambda: False)
+        with pytest.raises(InvalidRecord, match="only enabled admin"):
+            accounts.set_disabled(store, ADMIN, "root")
+    accounts.set_disabled(store, ADMIN, "root")  # single sign-on usable: the other admin can sign in
+    accounts.set_disabled(store, ADMIN, "root", False)
     accounts.add_account(store, COMMAND_LINE, "second", "admin", PASSWORD)
     accounts.set_role(store, ADMIN, "root", "radiologist")  # another admin remains: allowed
     assert store.get_account("root").role == "radiologist"
@@ -395,7 +404,7 @@ def test_an_open_session_follows_its_accounts_role_and_ends_when_it_is_disabled(
     assert accounts.refreshed_actor(store, session) == Actor("boss", "radiologist")
     accounts.set_disabled(store, ADMIN, "boss")
     assert accounts.refreshed_actor(store, session) is None
-    sso = Actor("someone@example.org", "supervisor")  # a role from the identity provider, no local account
+    sso = Actor("someone@example.org", "supervisor", via="claim")  # a role from the identity provider's claim
     assert accounts.refreshed_actor(store, sso) == sso
     accounts.add_account(store, COMMAND_LINE, "eve", "admin", PASSWORD)
     eve = accounts.sign_in(store, "eve", PASSWORD)
@@ -885,3 +894,119 @@ def test_a_result_that_fails_its_own_checks_is_not_saved_and_the_batch_goes_on(
     shown = triage(scan, tiny_classifier, None, store, actor=RADIOLOGIST, patient_ref=None, images=images)
     assert shown.error_code == "invalid_record" and "nothing was saved" in shown.error_message
     assert store.summary().total == 0 and not store.audit_events() and not images.stored_keys()  # no image left
+
+
+def test_a_single_sign_on_session_keeps_to_where_its_role_came_from(store) -> None:
+    """A stale local account of an identity's name gave every run after sign-in its role, over the claim's: someone
+    taken out of the admin group stayed admin."""
+    accounts.add_account(store, COMMAND_LINE, "dr.x@hospital.example", "admin", None)
+    claims = {"email": "dr.x@hospital.example", "email_verified": True, "groups": ["radiologist"]}
+    claimed = accounts.external_actor(store, claims, "groups")
+    assert claimed.role == "radiologist" and claimed.via == "claim"
+    assert accounts.refreshed_actor(store, claimed).role == "radiologist"  # not the local account's admin
+    accounts.set_disabled(store, COMMAND_LINE, "dr.x@hospital.example")
+    assert accounts.refreshed_actor(store, claimed) is None  # its sign-in would be refused now
+    accounts.add_account(store, COMMAND_LINE, "dr.y@hospital.example", "radiologist", None)
+    local = accounts.external_actor(store, {"email": "dr.y@hospital.example"})
+    assert local.via == "account" and accounts.refreshed_actor(store, local) == local
+    accounts.set_role(store, COMMAND_LINE, "dr.y@hospital.example", "supervisor")
+    assert accounts.refreshed_actor(store, local).role == "supervisor"  # follows the account it came from
+    accounts.set_password(store, COMMAND_LINE, "dr.y@hospital.example", PASSWORD)
+    assert accounts.refreshed_actor(store, local) is None  # a password account's name is not single sign-on's
+
+
+def test_the_audit_trails_own_names_are_not_account_names(store) -> None:
+    for name in ("cli", "unknown", "CLI"):
+        with pytest.raises(InvalidRecord, match="reserved"):
+            accounts.add_account(store, COMMAND_LINE, name, "radiologist", PASSWORD)
+    with pytest.raises(SignInFailed, match="reserved"):
+        accounts.external_actor(store, {"sub": "cli", "groups": ["admin"]}, "groups")
+    assert store.accounts() == []
+
+
+def test_an_admin_unlocks_an_account_someone_keeps_locked(store, tmp_path, monkeypatch) -> None:
+    accounts.add_account(store, COMMAND_LINE, "root", "admin", PASSWORD)
+    for _ in range(accounts.MAX_FAILURES):
+        with pytest.raises(SignInFailed):
+            accounts.sign_in(store, "root", "someone else's guess")
+    with pytest.raises(AccountLocked):
+        accounts.sign_in(store, "root", PASSWORD)
+    with pytest.raises(AccessDenied):
+        accounts.unlock(store, RADIOLOGIST, "root")
+    from core.cli.main import main
+
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("MONGODB_URI", raising=False)
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    assert main(["users", "unlock", "root"]) == 0
+    assert json.loads(out.getvalue())["updated"]["locked_until"] is None
+    assert accounts.sign_in(store, "root", PASSWORD).role == "admin"
+    assert "account_unlocked" in actions(store)
+
+
+def test_every_refused_sign_in_takes_the_same_time(store, monkeypatch) -> None:
+    """An unknown name made no store write, a known one a committed write: the refusal's time told which names
+    exist. Each refusal now ends no sooner than REFUSAL_SECONDS after it began."""
+    import time
+
+    monkeypatch.setattr(accounts, "REFUSAL_SECONDS", 0.4)
+    accounts.add_account(store, COMMAND_LINE, "dr-a", "radiologist", PASSWORD)
+    for name in ("dr-a", "nobody-here"):
+        began = time.monotonic()
+        with pytest.raises(SignInFailed):
+            accounts.sign_in(store, name, "not the password")
+        assert time.monotonic() - began >= 0.4
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "mongomock"])
+def test_an_account_change_whose_audit_event_cannot_be_written_is_undone(
+    tmp_path: Path, kind: str, monkeypatch
+) -> None:
+    """On MongoDB (no transaction) a promotion to admin stood while the admin was told it failed, unaudited."""
+    from core.errors import StoreUnavailable
+
+    if kind == "sqlite":
+        store = SQLiteStore(tmp_path / "results.sqlite3")
+    else:
+        import mongomock
+
+        from core.storage.mongo import MongoStore
+
+        store = MongoStore(mongomock.MongoClient(tz_aware=True), collection="scans_undo")
+    accounts.add_account(store, COMMAND_LINE, "eve", "radiologist", PASSWORD)
+
+    def broken(*args, **kwargs):
+        raise StoreUnavailable("The audit trail cannot be written.")
+
+    monkeypatch.setattr(store, "append_audit", broken)
+    for change in (
+        lambda: accounts.set_role(store, ADMIN, "eve", "admin"),
+        lambda: accounts.set_disabled(store, ADMIN, "eve"),
+        lambda: accounts.set_password(store, ADMIN, "eve", "another long password"),
+    ):
+        with pytest.raises(StoreUnavailable):
+            change()
+    eve = store.get_account("eve")
+    assert eve.role == "radiologist" and not eve.disabled
+    monkeypatch.undo()
+    assert accounts.sign_in(store, "eve", PASSWORD).role == "radiologist"  # the old password still
+
+
+def test_a_patient_reference_whose_audit_event_cannot_be_written_is_set_back_on_mongodb(monkeypatch) -> None:
+    import mongomock
+
+    from core.errors import StoreUnavailable
+    from core.storage.mongo import MongoStore
+
+    store = MongoStore(mongomock.MongoClient(tz_aware=True), collection="scans_reference")
+    saved = saved_upload(store)
+    store.add(saved.record)
+
+    def broken(*args, **kwargs):
+        raise StoreUnavailable("The audit trail cannot be written.")
+
+    monkeypatch.setattr(store, "append_audit", broken)
+    after = apply_patient_reference(saved, store, "a" * 64, RADIOLOGIST)
+    assert "not updated" in after.status.message
+    assert store.get(saved.record.id).patient_ref is None  # it stood, linked to a patient unaudited

@@ -354,3 +354,26 @@ def test_a_report_of_a_study_whose_series_are_filed_under_two_patients_is_refuse
         study_report(store, images, doctor, ids, tiny_classifier, None)
     assert not [e for e in store.audit_events() if e.action == "report"]  # nothing made, nothing audited
     assert study_report(store, images, doctor, ids[:1], tiny_classifier, None).startswith(b"%PDF")
+
+
+def test_a_report_whose_events_cannot_all_be_written_leaves_none(
+    saved_study, tiny_classifier: Classifier, monkeypatch
+) -> None:
+    """The first series' "report" event stayed when the second's failed: the trail recorded a report nobody got."""
+    from core.errors import StoreUnavailable
+
+    store, images, doctor, ids = saved_study
+    written = store.append_audit
+
+    def second_fails(event, *args, **kwargs):
+        if event.action == "report" and any(e.action == "report" for e in pending):
+            raise StoreUnavailable("The audit trail cannot be written.")
+        pending.append(event)
+        return written(event, *args, **kwargs)
+
+    pending: list = []
+    monkeypatch.setattr(store, "append_audit", second_fails)
+    with pytest.raises(StoreUnavailable):
+        study_report(store, images, doctor, ids, tiny_classifier, None)
+    monkeypatch.undo()
+    assert not [e for e in store.audit_events() if e.action == "report"]

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from core.services.access import Actor
 from core.services.sessions import SessionRegistry
+
+DOCTOR = Actor("dr-a", "radiologist", "c0ffee")
 
 
 class Clock:
@@ -18,17 +21,17 @@ class Clock:
 def test_a_live_token_resumes_its_user_and_counts_as_activity() -> None:
     clock = Clock()
     registry = SessionRegistry(idle_seconds=1800, clock=clock)
-    token = registry.issue("dr-a", "radiologist", "c0ffee")
+    token = registry.issue(DOCTOR)
     clock.now += 1700
-    assert registry.resume(token) == ("dr-a", "radiologist", "c0ffee")
+    assert registry.resume(token) == DOCTOR and registry.resume(token).credential == "c0ffee"
     clock.now += 1700  # the resume was activity: still live
-    assert registry.touch(token) and registry.resume(token) == ("dr-a", "radiologist", "c0ffee")
+    assert registry.touch(token) and registry.resume(token) == DOCTOR
 
 
 def test_an_idle_token_a_forgotten_one_and_an_unknown_one_resume_nobody() -> None:
     clock = Clock()
     registry = SessionRegistry(idle_seconds=1800, clock=clock)
-    idle, forgotten = registry.issue("a", "supervisor"), registry.issue("b", "admin")
+    idle, forgotten = registry.issue(Actor("a", "supervisor")), registry.issue(Actor("b", "admin"))
     registry.forget(forgotten)
     clock.now += 1801
     assert registry.resume(idle) is None and not registry.touch(idle)
@@ -37,7 +40,7 @@ def test_an_idle_token_a_forgotten_one_and_an_unknown_one_resume_nobody() -> Non
 
 def test_every_sign_in_gets_a_new_unguessable_token_and_only_its_hash_is_kept() -> None:
     registry = SessionRegistry()
-    first, second = registry.issue("dr-a", "radiologist"), registry.issue("dr-a", "radiologist")
+    first, second = registry.issue(DOCTOR), registry.issue(DOCTOR)
     assert first != second and len(first) >= 40
     assert first not in repr(registry._entries) and second not in repr(registry._entries)
 
@@ -112,6 +115,9 @@ def test_single_sign_on_is_off_while_its_cookie_secret_is_the_examples_placehold
         monkeypatch.setattr(auth.resources, "secrets", lambda s=secret: {"auth": {"cookie_secret": s}})
         assert "cookie secret" in auth._sso_refusal()
     monkeypatch.setattr(auth.resources, "secrets", lambda: {"auth": {"cookie_secret": "q7" * 20}})
+    monkeypatch.setattr("core.config.authlib_installed", lambda: False)  # st.login cannot work without it
+    assert "Authlib" in auth._sso_refusal()
+    monkeypatch.setattr("core.config.authlib_installed", lambda: True)
     assert auth._sso_refusal() is None
 
 
@@ -126,7 +132,7 @@ def test_signing_out_in_one_tab_signs_the_browsers_other_tabs_out_at_their_next_
 
     registry, store = SessionRegistry(), SQLiteStore(tmp_path / "results.sqlite3")
     doctor = Actor("dr-a", "radiologist")
-    token = registry.issue(doctor.name, doctor.role)
+    token = registry.issue(doctor)
     other_tab = {auth.ACTOR_KEY: doctor, auth.SEEN_KEY: time.time(), auth.TOKEN_KEY: token, auth.BOUND_KEY: True}
     monkeypatch.setattr(auth.st, "session_state", other_tab)
     monkeypatch.setattr(auth, "_browser_token", lambda: token)
@@ -156,7 +162,7 @@ def test_a_password_set_by_an_administrator_ends_the_sessions_it_opened_and_a_re
     assert doctor.credential == accounts.credential_of(store.get_account("dr-a"))
     assert accounts.refreshed_actor(store, doctor).credential == doctor.credential
     registry = SessionRegistry()
-    token = registry.issue(doctor.name, doctor.role, doctor.credential)
+    token = registry.issue(doctor)
     state = {auth.ACTOR_KEY: doctor, auth.SEEN_KEY: time.time(), auth.TOKEN_KEY: token, auth.BOUND_KEY: True}
     monkeypatch.setattr(auth.st, "session_state", state)
     monkeypatch.setattr(auth, "_browser_token", lambda: token)
@@ -169,7 +175,7 @@ def test_a_password_set_by_an_administrator_ends_the_sessions_it_opened_and_a_re
     assert auth.current_actor() is None and "set its password" in state["signed_out_reason"]
     fresh = {}
     monkeypatch.setattr(auth.st, "session_state", fresh)
-    token = registry.issue(doctor.name, doctor.role, doctor.credential)  # a reload presenting an old session
+    token = registry.issue(doctor)  # a reload presenting an old session
     monkeypatch.setattr(auth, "_browser_token", lambda: token)
     assert auth.current_actor() is None and registry.resume(token) is None
     renewed = accounts.sign_in(store, "dr-a", "second password 2")
@@ -186,7 +192,7 @@ def test_an_export_made_after_the_session_ended_elsewhere_is_refused(monkeypatch
 
     registry = SessionRegistry()
     admin = Actor("admin-a", "admin")
-    token = registry.issue(admin.name, admin.role)
+    token = registry.issue(admin)
     state = {auth.ACTOR_KEY: admin, auth.SEEN_KEY: time.time(), auth.TOKEN_KEY: token, auth.BOUND_KEY: True}
     monkeypatch.setattr(auth.st, "session_state", state)
     monkeypatch.setattr(auth.resources, "session_registry", lambda: registry)
@@ -237,7 +243,7 @@ def test_an_idle_tab_never_signs_out_the_tab_of_the_same_browser_in_use(monkeypa
     boss = accounts.sign_in(store, "boss", "a long enough password")
     clock = Clock()
     registry = SessionRegistry(idle_seconds=1800, clock=clock)
-    token = registry.issue(boss.name, boss.role, boss.credential)
+    token = registry.issue(boss)
     monkeypatch.setattr(auth, "_browser_token", lambda: token)
     monkeypatch.setattr(auth.resources, "current_store", lambda: store)
     monkeypatch.setattr(auth.resources, "session_registry", lambda: registry)

@@ -17,7 +17,7 @@ from contextlib import suppress
 
 import streamlit as st
 
-from core.config import first_admin_command
+from core.config import first_admin_command, sso_refusal
 from core.errors import AccessDenied, SignInFailed, StoreError
 from core.services import accounts, audit
 from core.services.access import OPEN_RESULT, Actor, allowed
@@ -60,7 +60,7 @@ def _resumed_actor() -> Actor | None:
         known = registry.resume(token)
         if known is None:
             return None
-        actor = accounts.refreshed_actor(store, Actor(*known))
+        actor = accounts.refreshed_actor(store, known)
     except StoreError:
         return None
     if actor is None:
@@ -122,7 +122,7 @@ def _start_session(actor: Actor) -> None:
     """A new session token for a user who has just signed in (rotated at every sign-in); the next run writes it."""
     registry = resources.session_registry()
     registry.forget(st.session_state.get(TOKEN_KEY))
-    token = registry.issue(actor.name, actor.role, actor.credential)
+    token = registry.issue(actor)
     st.session_state[TOKEN_KEY], st.session_state[BOUND_KEY], st.session_state[COOKIE_KEY] = token, False, token
 
 
@@ -213,15 +213,7 @@ def _sso_configured() -> bool:
 
 
 def _sso_refusal() -> str | None:
-    """Why the single-sign-on settings cannot be used: Streamlit signs its identity cookie with ``cookie_secret``,
-    so the example's placeholder (or a short one) would let anyone forge a signed-in identity and its groups."""
-    secret = str((resources.secrets().get("auth") or {}).get("cookie_secret") or "")
-    if len(secret) < 32 or secret.upper().startswith("REPLACE"):
-        return (
-            "Single sign-on is configured without a cookie secret of its own (at least 32 random characters in "
-            "[auth] cookie_secret): it is off until an administrator sets one."
-        )
-    return None
+    return sso_refusal(resources.secrets())
 
 
 def sign_in_screen() -> None:

@@ -1,7 +1,8 @@
 """``users`` and ``audit``: accounts (the first admin is made here) and the audit trail, for the administrator.
 
     python -m core users add NAME --role radiologist|supervisor|admin --password-stdin   (or --sso: no password)
-    python -m core users list | disable NAME | enable NAME | set-role NAME ROLE | set-password NAME --password-stdin
+    python -m core users list | disable NAME | enable NAME | unlock NAME | set-role NAME ROLE
+    python -m core users set-password NAME --password-stdin
     python -m core audit verify            exit 0 when the chain is intact, 1 naming the first bad event
     python -m core audit export [--action A] [--actor NAME]   CSV on stdout, headed by the filters
     python -m core images purge [--days N]   delete de-identified images older than the retention period
@@ -34,7 +35,9 @@ def add_commands(commands: Any) -> None:
     )
     backup.add_argument("out", help="a new folder to write the backup into")
     backup.set_defaults(run=cmd_store_backup)
-    users = commands.add_parser("users", help="local accounts: add, list, disable, enable, set-role, set-password")
+    users = commands.add_parser(
+        "users", help="local accounts: add, list, disable, enable, unlock, set-role, set-password"
+    )
     verbs = users.add_subparsers(dest="verb", required=True, parser_class=type(users))
     add = verbs.add_parser("add", help="create an account")
     add.add_argument("name")
@@ -48,6 +51,9 @@ def add_commands(commands: Any) -> None:
         parser = verbs.add_parser(verb, help=f"{verb} an account")
         parser.add_argument("name")
         parser.set_defaults(run=cmd_users_disable, disabled=disabled)
+    unlock = verbs.add_parser("unlock", help="end an account's sign-in lock now (failed attempts forgotten)")
+    unlock.add_argument("name")
+    unlock.set_defaults(run=cmd_users_unlock)
     role = verbs.add_parser("set-role", help="change an account's role")
     role.add_argument("name")
     role.add_argument("role", choices=ROLES)
@@ -111,6 +117,11 @@ def cmd_users_disable(args: argparse.Namespace) -> int:
         {"updated": _shown(accounts.set_disabled(open_results_store(), COMMAND_LINE, args.name, args.disabled))},
         sys.stdout,
     )
+    return EXIT_OK
+
+
+def cmd_users_unlock(args: argparse.Namespace) -> int:
+    emit({"updated": _shown(accounts.unlock(open_results_store(), COMMAND_LINE, args.name))}, sys.stdout)
     return EXIT_OK
 
 

@@ -27,6 +27,9 @@ REASON_CODES = ("missed_lesion", "false_alarm", "wrong_type", "image_unsuitable"
 GENESIS = "0" * 64
 
 
+RESERVED_NAMES = ("cli", "unknown")  # the audit trail's actors for the command line and for failed sign-ins
+
+
 @dataclass(frozen=True)
 class Account:
     name: str
@@ -40,6 +43,8 @@ class Account:
     def validate(self) -> Account:
         if not self.name or len(self.name) > 64 or not all(c.isalnum() or c in "._@-" for c in self.name):
             raise InvalidRecord("An account name is 1 to 64 letters, digits or . _ @ -.")
+        if self.name.lower() in RESERVED_NAMES:  # an account "cli" mixed a user's actions with the server's
+            raise InvalidRecord(f"The account name {self.name} is reserved (the audit trail's {RESERVED_NAMES}).")
         if self.role not in ROLES:
             raise InvalidRecord(f"A role is one of {', '.join(ROLES)}.")
         return self

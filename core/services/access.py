@@ -42,11 +42,17 @@ GRANTS["system"] = frozenset().union(*GRANTS.values())
 class Actor:
     """The signed-in user (or the command line) on whose behalf a service acts. ``credential``: a fingerprint of
     the password the user signed in with (:func:`core.services.accounts.credential_of`), so that a password set
-    since ends the session; empty where no password signed it in (single sign-on, the command line)."""
+    since ends the session; empty where no password signed it in (single sign-on, the command line). ``via``:
+    where the role came from: "" a password (or the command line), :data:`VIA_CLAIM` the identity provider's role
+    claim, :data:`VIA_ACCOUNT` the local account made for single sign-on; every later run keeps to that source."""
 
     name: str
     role: str
     credential: str = field(default="", compare=False, repr=False)
+    via: str = field(default="", compare=False, repr=False)
+
+
+VIA_CLAIM, VIA_ACCOUNT = "claim", "account"
 
 
 COMMAND_LINE = Actor("cli", "system")

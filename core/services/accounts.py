@@ -2,9 +2,10 @@
 
 - Passwords: at least 12 characters; stored only as Argon2id hashes; never logged, never in an event.
 - Signing in: a wrong password adds to the account's failures; the fifth in a row locks it for 15 minutes
-  (``MAX_FAILURES``, ``LOCK_MINUTES``). An unknown name costs the same hashing time as a known one and gets the
-  same message, so neither timing nor wording tells which names exist. Every attempt is an audit event (an
-  unknown name is recorded as "unknown", not as typed: people type patient names in the wrong field).
+  (``MAX_FAILURES``, ``LOCK_MINUTES``; an admin can end it with :func:`unlock`). Every refusal gets the same
+  message after the same time (``REFUSAL_SECONDS``), so neither timing nor wording tells which names exist. Every
+  attempt is an audit event (an unknown name is recorded as "unknown", not as typed: people type patient names in
+  the wrong field).
 - Sessions expire after ``IDLE_MINUTES`` without activity (checked by the UI at every interaction).
 - Single sign-on (Streamlit's ``st.login``, OIDC): :func:`external_actor` maps the identity provider's claims to a
   role, from a claim the deployment names or from the local account of that name created with ``--sso`` (no
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import replace
@@ -22,16 +24,17 @@ from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
 
-from core.config import file_secrets
-from core.domain.people import ROLES, Account
-from core.errors import AccountLocked, InvalidRecord, SignInFailed
+from core.config import file_secrets, sso_refusal
+from core.domain.people import RESERVED_NAMES, ROLES, Account
+from core.errors import AccountLocked, InvalidRecord, SignInFailed, StoreError
 from core.services import audit
-from core.services.access import ACCOUNTS, Actor, require
+from core.services.access import ACCOUNTS, VIA_ACCOUNT, VIA_CLAIM, Actor, require
 from core.storage.protocol import Store
 
 MAX_FAILURES = 5
 LOCK_MINUTES = 15
 IDLE_MINUTES = 30
+REFUSAL_SECONDS = 1.0  # longer than any refusal's own work: each takes this long
 MIN_PASSWORD = 12
 REFUSED = (
     f"Wrong account name or password. After {MAX_FAILURES} failed attempts in a row an account is locked for "
@@ -76,9 +79,10 @@ def add_account(store: Store, actor: Actor, name: str, role: str, password: str 
 
 
 def _single_sign_on() -> bool:
-    """Whether single sign-on is set up (read once per change, not once per account)."""
+    """Whether single sign-on is set up and usable (read once per change, not once per account)."""
     try:
-        return bool(file_secrets().get("auth"))
+        secrets = file_secrets()
+        return bool(secrets.get("auth")) and sso_refusal(secrets) is None
     except ValueError:  # a secrets file that cannot be read: no single sign-on to count on
         return False
 
@@ -104,23 +108,37 @@ def _keep_an_admin(store: Store, account: Account, updated: Account) -> None:
 # Each change reads the account, checks it and writes only the fields it changes, on the condition that the fields
 # it read still hold (compare and set): SQLite runs it in one unit of work with its audit event; on MongoDB (no
 # transaction) two admins' changes, or a change during a sign-in, never write back a stale copy of the account
-# (a role change once undid a password reset made meanwhile), and a change that left no enabled admin after all (two
-# admins disabling each other at once) is undone.
+# (a role change once undid a password reset made meanwhile), a change that left no enabled admin after all (two
+# admins disabling each other at once) is undone, and so is one whose audit event cannot be written (a promotion
+# to admin stood unaudited while the admin was told it failed).
 CHANGED_MEANWHILE = "The account {} was changed by someone else meanwhile; look again and retry."
 
 
-def _change(store: Store, account: Account, changes: dict[str, Any], checked: tuple[str, ...]) -> Account:
-    """Write ``changes`` to ``account`` if the ``checked`` fields still hold what was read; then, if it was an
-    enabled admin, make sure one is left (else undo and refuse)."""
+def _change(
+    store: Store,
+    actor: Actor,
+    account: Account,
+    changes: dict[str, Any],
+    checked: tuple[str, ...],
+    event: str,
+    **details: Any,
+) -> Account:
+    """Write ``changes`` to ``account`` if the ``checked`` fields still hold what was read, with the audit ``event``;
+    undone (and refused) when that left no enabled admin or the event cannot be written."""
     expected = {field: getattr(account, field) for field in checked}
     if not store.update_account(account.name, changes, expected):
         raise InvalidRecord(CHANGED_MEANWHILE.format(account.name))
     updated = replace(account, **changes)
-    sso = _single_sign_on()
-    if _manages(account, sso) and not any(_manages(a, sso) for a in store.accounts()):
-        undo = {field: getattr(account, field) for field in changes}
-        store.update_account(account.name, undo, {field: getattr(updated, field) for field in changes})
-        raise InvalidRecord(ONLY_ADMIN.format(account.name))
+    try:
+        sso = _single_sign_on()
+        if _manages(account, sso) and not any(_manages(a, sso) for a in store.accounts()):
+            raise InvalidRecord(ONLY_ADMIN.format(account.name))
+        audit.record(store, actor, event, account.name, **details)
+    except (InvalidRecord, StoreError):
+        with suppress(StoreError):  # SQLite rolls the unit back anyway; MongoDB needs the undo
+            undo = {field: getattr(account, field) for field in changes}
+            store.update_account(account.name, undo, {field: getattr(updated, field) for field in changes})
+        raise
     return updated
 
 
@@ -131,9 +149,16 @@ def set_role(store: Store, actor: Actor, name: str, role: str) -> Account:
     with store.atomic():  # the read, the check, the change and its audit event: both or neither
         account = _existing(store, name)
         _keep_an_admin(store, account, replace(account, role=role))
-        updated = _change(store, account, {"role": role}, ("role", "disabled"))
-        audit.record(store, actor, "account_role_changed", name, role=role, was=account.role)
-    return updated
+        return _change(
+            store,
+            actor,
+            account,
+            {"role": role},
+            ("role", "disabled"),
+            "account_role_changed",
+            role=role,
+            was=account.role,
+        )
 
 
 def set_disabled(store: Store, actor: Actor, name: str, disabled: bool = True) -> Account:
@@ -142,9 +167,17 @@ def set_disabled(store: Store, actor: Actor, name: str, disabled: bool = True) -
         account = _existing(store, name)
         _keep_an_admin(store, account, replace(account, disabled=disabled))
         changes = {"disabled": disabled, "failed_count": 0, "locked_until": None}
-        updated = _change(store, account, changes, ("role", "disabled"))
-        audit.record(store, actor, "account_disabled" if disabled else "account_enabled", name)
-    return updated
+        event = "account_disabled" if disabled else "account_enabled"
+        return _change(store, actor, account, changes, ("role", "disabled"), event)
+
+
+def unlock(store: Store, actor: Actor, name: str) -> Account:
+    """End a sign-in lock now (admins): the answer when someone keeps an account locked by failing on purpose."""
+    require(actor, ACCOUNTS)
+    with store.atomic():  # the read, the change and its audit event: both or neither
+        account = _existing(store, name)
+        changes = {"failed_count": 0, "locked_until": None}
+        return _change(store, actor, account, changes, ("password_hash",), "account_unlocked")
 
 
 def set_password(store: Store, actor: Actor, name: str, password: str) -> Account:
@@ -154,9 +187,7 @@ def set_password(store: Store, actor: Actor, name: str, password: str) -> Accoun
     with store.atomic():  # the read, the change and its audit event: both or neither
         account = _existing(store, name)
         changes = {"password_hash": new_hash, "failed_count": 0, "locked_until": None}
-        updated = _change(store, account, changes, ("password_hash",))
-        audit.record(store, actor, "account_password_set", name)
-    return updated
+        return _change(store, actor, account, changes, ("password_hash",), "account_password_set")
 
 
 def credential_of(account: Account) -> str:
@@ -169,15 +200,23 @@ def refreshed_actor(store: Store, actor: Actor) -> Actor | None:
     """The signed-in ``actor`` as its account stands now: None once the account is disabled or its password was set
     since the session signed in with it (an administrator's answer to a stolen or shared password must end the
     sessions it opened), its current role after an admin changed it. One indexed read; a session calls it on every
-    run and fragment run, so a change reaches open sessions at their next interaction. An identity with no local
-    account (single sign-on by a role claim) is kept as it signed in; a password sign-in whose account is gone
-    (forgotten, or a backup from before it was restored) is not."""
+    run and fragment run, so a change reaches open sessions at their next interaction. A password sign-in whose
+    account is gone (forgotten, or a backup from before it was restored) ends. Single sign-on keeps to where its
+    role came from: a role from the provider's claim stays as it signed in (a local account of that name gave the
+    next run its own role: someone removed from the admin group stayed admin) and ends when its sign-in would be
+    refused now (that account disabled or given a password); a role from the local account follows the account and
+    ends with it, or once it has a password."""
     account = store.get_account(actor.name)
+    if actor.via == VIA_CLAIM:
+        refused = account is not None and (account.disabled or account.password_hash is not None)
+        return None if refused else actor
     if account is None:
-        return None if actor.credential else actor
+        return None if actor.credential or actor.via == VIA_ACCOUNT else actor
     if account.disabled or (actor.credential and actor.credential != credential_of(account)):
         return None
-    return actor if account.role == actor.role else Actor(actor.name, account.role, actor.credential)
+    if actor.via == VIA_ACCOUNT and account.password_hash is not None:
+        return None
+    return actor if account.role == actor.role else replace(actor, role=account.role)
 
 
 def list_accounts(store: Store, actor: Actor) -> list[Account]:
@@ -193,7 +232,18 @@ def _existing(store: Store, name: str) -> Account:
 
 
 def sign_in(store: Store, name: str, password: str, now: datetime | None = None) -> Actor:
-    """The actor for ``name`` when ``password`` is right; :class:`SignInFailed` or :class:`AccountLocked` else."""
+    """The actor for ``name`` when ``password`` is right; :class:`SignInFailed` or :class:`AccountLocked` else,
+    never sooner than :data:`REFUSAL_SECONDS` after the attempt began: the refusals' different store work (none
+    for an unknown name, a counted failure for a known one) no longer tells which names exist."""
+    started = time.monotonic()
+    try:
+        return _sign_in(store, name, password, now)
+    except SignInFailed:
+        time.sleep(max(0.0, started + REFUSAL_SECONDS - time.monotonic()))
+        raise
+
+
+def _sign_in(store: Store, name: str, password: str, now: datetime | None) -> Actor:
     from argon2.exceptions import InvalidHashError, VerificationError
 
     now = now or datetime.now(UTC)
@@ -251,6 +301,10 @@ def external_actor(store: Store, claims: Mapping[str, Any], role_claim: str | No
         value = claims.get(role_claim)
         values = value if isinstance(value, list | tuple) else [value]
         role = next((str(v) for v in values if str(v) in ROLES), None)
+    via = VIA_CLAIM if role is not None else VIA_ACCOUNT
+    if name.lower() in RESERVED_NAMES:  # the trail's names for the command line and for failed sign-ins
+        audit.record(store, Actor("unknown", "none"), "sign_in_failed", None, reason="reserved name")
+        raise SignInFailed("This identity's name is reserved by the triage dashboard; ask an administrator.")
     account = store.get_account(name) if name else None
     if account is not None and account.password_hash is not None:  # a local password account's name: refused, or
         # every later run (which re-reads the account by name) would give the identity that account's role
@@ -261,6 +315,6 @@ def external_actor(store: Store, claims: Mapping[str, Any], role_claim: str | No
     if not name or role is None or (account is not None and account.disabled):
         audit.record(store, Actor("unknown", "none"), "sign_in_failed", None, reason="no role for this identity")
         raise SignInFailed("This identity has no role in the triage dashboard; ask an administrator.")
-    actor = Actor(name, role)
+    actor = Actor(name, role, via=via)
     audit.record(store, actor, "sign_in", name, via="single sign-on")
     return actor

@@ -359,6 +359,7 @@ def study_report(
     reviews = {r.id: store.reviews_of(r.id) for r in records}  # type: ignore[union-attr]
     notes = card_notes(classifier)
     data = render(records, views, reviews, notes, heat, actor.name, lesions=lesions, unread=unread, numbers=shown)  # type: ignore[arg-type]
-    for record_id in record_ids:
-        audit.record(store, actor, "report", record_id)
+    with store.atomic():  # every result's event or none: a report that failed half-way is no event on SQLite
+        for record_id in record_ids:
+            audit.record(store, actor, "report", record_id)
     return data

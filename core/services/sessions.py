@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from core.services.access import Actor
 from core.services.accounts import IDLE_MINUTES
 
 COOKIE = "btd_session"
@@ -27,14 +28,12 @@ COOKIE = "btd_session"
 
 @dataclass
 class _Entry:
-    name: str
-    role: str
+    actor: Actor  # as it signed in: its credential (a password set since ends it) and where its role came from
     seen: float
-    credential: str = ""  # the fingerprint of the password it signed in with (a password set since ends it)
 
 
 class SessionRegistry:
-    """Token hashes -> (account name, last activity). Tokens themselves are never stored."""
+    """Token hashes -> (the user as signed in, last activity). Tokens themselves are never stored."""
 
     def __init__(self, idle_seconds: float = IDLE_MINUTES * 60, clock=time.time) -> None:
         self._entries: dict[str, _Entry] = {}
@@ -46,12 +45,12 @@ class SessionRegistry:
     def _key(token: str) -> str:
         return hashlib.sha256(token.encode()).hexdigest()
 
-    def issue(self, name: str, role: str, credential: str = "") -> str:
+    def issue(self, actor: Actor) -> str:
         """A new token for a user who has just signed in (a new secret at every sign-in)."""
         token = secrets.token_urlsafe(32)
         with self._lock:
             self._prune()
-            self._entries[self._key(token)] = _Entry(name, role, self._clock(), credential)
+            self._entries[self._key(token)] = _Entry(actor, self._clock())
         return token
 
     def _live(self, token: str | None) -> _Entry | None:
@@ -65,12 +64,11 @@ class SessionRegistry:
         entry.seen = self._clock()
         return entry
 
-    def resume(self, token: str | None) -> tuple[str, str, str] | None:
-        """(account name, role at sign-in, credential) of a live ``token``; None when unknown, forgotten or idle too
-        long."""
+    def resume(self, token: str | None) -> Actor | None:
+        """The user of a live ``token`` as signed in; None when unknown, forgotten or idle too long."""
         with self._lock:
             entry = self._live(token)
-        return (entry.name, entry.role, entry.credential) if entry else None
+        return entry.actor if entry else None
 
     def touch(self, token: str | None) -> bool:
         """Record activity; False when the token is not (or no longer) live."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -173,6 +174,17 @@ def save_record(
     return SaveStatus(state, record_id=record.id)
 
 
+def _record_or_undo(store: Store, actor: Actor, record_id: str, new: str | None, old: str | None) -> None:
+    """The event of a patient reference just set; the reference set back when it cannot be written (SQLite rolls
+    the unit back; MongoDB has no transaction, and the link stood unaudited)."""
+    try:
+        audit.record(store, actor, "patient_reference_set", record_id, cleared=new is None)
+    except StoreError:
+        with suppress(StoreError):
+            store.set_patient_ref(record_id, old, was=new)
+        raise
+
+
 def apply_patient_reference(triaged: Triaged, store: Store | None, patient_ref: str | None, actor: Actor) -> Triaged:
     """Set or correct the patient reference of a result in place (one record, never a second). A result not yet
     saved just takes the new reference for its next save; one saved before under another patient's reference is
@@ -190,7 +202,7 @@ def apply_patient_reference(triaged: Triaged, store: Store | None, patient_ref: 
         with store.atomic():  # the change and its audit event: both or neither
             changed = store.set_patient_ref(record.id, patient_ref, was=triaged.record.patient_ref)
             if changed:
-                audit.record(store, actor, "patient_reference_set", record.id, cleared=patient_ref is None)
+                _record_or_undo(store, actor, record.id, patient_ref, triaged.record.patient_ref)
             stored = None if changed else store.get(record.id)  # read again only when another session won
     except StoreError as error:
         logger.warning("event=reference_update_failed code=%s", error.code)
