@@ -156,6 +156,7 @@ def test_every_command_keeps_its_options() -> None:
         "users list": [],
         "users disable": ["name"],
         "users enable": ["name"],
+        "users unlock": ["name"],
         "users set-role": ["name", "role"],
         "users set-password": ["name", "--password-stdin"],
         "audit": [],

@@ -253,7 +253,7 @@ def test_a_study_that_breaks_the_watch_is_reported_and_left_behind_and_one_not_s
     pacs.files[later] = tumour_study(later)
     from core.services.triage import SaveStatus
 
-    monkeypatch.setattr(pacs_service, "save_study_series", lambda *a, **k: SaveStatus("not saved", "disk full"))
+    monkeypatch.setattr("core.services.studies.save_study_series", lambda *a, **k: SaveStatus("not saved", "disk full"))
     again = pacs_service.watch_once(
         pacs_service.Watcher(pacs, Feed([bad, good, later]), tiny_classifier, store, None, None), state, RADIOLOGIST
     )

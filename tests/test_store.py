@@ -7,6 +7,7 @@ the validator and write concern, and it needs a MongoDB the tests can reach.
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -1794,3 +1795,43 @@ def test_a_mongodb_client_writes_to_a_majority_with_short_timeouts_and_says_when
         local.add(make_record(1, utc(2026, 5, 1, 9, 0)))
     assert "event=store_validator_not_installed error=OperationFailure" in caplog.text
     assert local.summary().total == 1  # the store works on, unvalidated
+
+
+def test_a_commit_that_fails_leaves_no_transaction_open_behind_it(tmp_path: Path) -> None:
+    """A COMMIT refused (a reader holding the file in rollback-journal mode) left the connection inside the dead
+    transaction: later saves on that thread said "saved", other sessions were locked out, and nothing reached the
+    file."""
+    from core.errors import StoreError
+    from core.services import audit
+    from core.services.access import COMMAND_LINE
+
+    path = tmp_path / "results.sqlite3"
+    store = SQLiteStore(path, busy_timeout_s=0.2)
+    store._connection().execute("PRAGMA journal_mode=DELETE")  # as where WAL is not available
+    reader = sqlite3.connect(path)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM scans").fetchall()  # holds a shared lock until it ends
+    with pytest.raises(StoreError), store.atomic():  # a result and its event, as every save
+        store.add(make_record(1, datetime(2026, 12, 1, tzinfo=UTC)))
+        audit.record(store, COMMAND_LINE, "upload", "x")
+    assert not store._connection().in_transaction
+    reader.rollback()
+    assert store.add(make_record(2, datetime(2026, 12, 1, tzinfo=UTC)))
+    with sqlite3.connect(path) as other:
+        assert other.execute("SELECT count(*) FROM scans").fetchone()[0] == 1
+
+
+def test_a_restore_during_a_unit_of_work_commits_none_of_it_anywhere(tmp_path: Path) -> None:
+    """The result went with the old file and its audit event into the restored one."""
+    from core.errors import StoreUnavailable
+    from core.services import audit
+    from core.services.access import COMMAND_LINE
+
+    path = tmp_path / "results.sqlite3"
+    store = SQLiteStore(path)
+    shutil.copy(path, tmp_path / "backup.sqlite3")
+    with pytest.raises(StoreUnavailable, match="replaced"), store.atomic():
+        store.add(make_record(1, datetime(2026, 12, 1, tzinfo=UTC)))
+        os.replace(tmp_path / "backup.sqlite3", path)
+        audit.record(store, COMMAND_LINE, "upload", "x")
+    assert store.summary().total == 0 and store.audit_events() == []

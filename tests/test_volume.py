@@ -559,3 +559,37 @@ def test_a_tumour_series_names_its_type_when_one_stands_out_even_under_the_singl
     analysis = analyse_volume(volume, classifier)
     assert classifier.card.series.threshold <= 0.40 < classifier.card.rule.threshold
     assert analysis.is_tumour and analysis.label == "glioma"
+
+
+def test_a_study_is_stored_tumour_series_first_and_nothing_after_a_series_that_could_not_be_saved(
+    tmp_path, tiny_classifier, monkeypatch
+) -> None:
+    """Each series is saved on its own: the glioma series failed and the no-tumour one was stored, so the study
+    counted tumour-free until somebody pressed Retry; and a store failing the read-back raised out of the page."""
+    from dataclasses import replace
+
+    from core.errors import StoreUnavailable
+    from core.imaging.phantom_series import head_volume, nifti
+    from core.services.access import Actor
+    from core.services.studies import NOT_SAVED, NOT_TRIED, analyse_study, save_study
+    from core.storage.sqlite import SQLiteStore
+
+    outcome = analyse_study([nifti(head_volume(4)), nifti(head_volume(4, seed=7))], tiny_classifier)
+    clear, glioma = (replace(s, label=label) for s, label in zip(outcome.series, ("notumor", "glioma"), strict=True))
+    outcome = replace(outcome, series=(clear, glioma))
+    store, doctor = SQLiteStore(tmp_path / "results.sqlite3"), Actor("dr", "radiologist")
+    add_series = store.add_series
+
+    def glioma_fails(record, sections):
+        if record.label == "glioma":
+            raise StoreUnavailable("The results database is locked by another process; try again.")
+        return add_series(record, sections)
+
+    monkeypatch.setattr(store, "add_series", glioma_fails)
+    result = save_study(outcome, store, actor=doctor, patient_ref=None, images=None, key=b"k" * 32)
+    assert [v.status.state for v in result.views] == [NOT_SAVED, NOT_SAVED]
+    assert result.views[0].status.message == NOT_TRIED and store.summary().total == 0  # no tumour-free study stored
+    monkeypatch.setattr(store, "add_series", add_series)
+    monkeypatch.setattr(store, "get", lambda record_id: (_ for _ in ()).throw(StoreUnavailable("down")))
+    again = save_study(outcome, store, actor=doctor, patient_ref=None, images=None, key=b"k" * 32)  # the retry
+    assert [v.status.state for v in again.views] == ["saved", "saved"] and store.summary().total == 2

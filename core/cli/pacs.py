@@ -32,7 +32,7 @@ from core.cli.common import (
     seconds,
     stdin_secret,
 )
-from core.cli.studies import emit_outcome, save_outcome_series
+from core.cli.studies import emit_outcome, save_outcome
 from core.config import PacsSettings, data_dir, file_secrets, mongodb_uri, pacs_settings, patient_key
 from core.errors import PacsError, StoreError
 from core.pacs.client import OrthancChanges
@@ -115,7 +115,7 @@ def cmd_analyse(args: argparse.Namespace) -> int:
     saved = None
     if args.save and pulled.outcome.error_code is None:  # saved first, under the PACS patient's keyed reference
         reference = pacs.patient_reference(pacs.pacs_patient_id(pulled), key)  # (as the watch and the page do)
-        saved = [save_outcome_series(s, pulled.outcome, (store, images, key), reference) for s in pulled.outcome.series]
+        saved = save_outcome(pulled.outcome, (store, images, key), reference)
     if args.send and pulled.outcome.error_code is None:
         card = classifier.card
         model = ModelFacts(card.name, card.version, card.weights_sha256)

@@ -11,7 +11,7 @@ from core.config import file_secrets, mongodb_uri, patient_key
 from core.errors import StoreError
 from core.services.access import COMMAND_LINE
 from core.services.resources import load_classifier, open_image_store, open_results_store
-from core.services.studies import NOT_SAVED, StudyOutcome, analyse_path, display_png, save_study_series
+from core.services.studies import NOT_SAVED, StudyOutcome, analyse_path, display_png, save_study_statuses
 
 
 def cmd_study(args: argparse.Namespace) -> int:
@@ -55,6 +55,8 @@ def emit_outcome(
         )
         return EXIT_REJECTED, False
     status, unsaved = EXIT_OK, False
+    if args.save and saved is None:
+        saved = save_outcome(outcome, saving)
     for number, series in enumerate(outcome.series):
         result = {"source": name, **(extra or {}), **series.to_json(), "study_verdict": outcome.verdict}
         result["study_needs_review"] = outcome.needs_review
@@ -73,7 +75,7 @@ def emit_outcome(
             )
             status = EXIT_REJECTED
         if args.save:
-            status_of = saved[number] if saved is not None else save_outcome_series(series, outcome, saving)
+            status_of = saved[number]
             result["saved"] = status_of.state + (f": {status_of.message}" if status_of.message else "")
             # a series without a verdict has nothing to save: a rejection (1), not a database failure (3)
             unsaved = unsaved or (status_of.state == NOT_SAVED and series.label is not None)
@@ -84,9 +86,7 @@ def emit_outcome(
     return status, unsaved
 
 
-def save_outcome_series(series, outcome: StudyOutcome, saving: tuple, patient_ref: str | None = None):
-    """Save one series of ``outcome`` as the command line does (uploader ``cli``)."""
+def save_outcome(outcome: StudyOutcome, saving: tuple, patient_ref: str | None = None) -> list:
+    """Save the series of ``outcome`` as the command line does (uploader ``cli``): one status per series."""
     store, images, key = saving
-    return save_study_series(
-        series, outcome, store, actor=COMMAND_LINE, patient_ref=patient_ref, images=images, key=key
-    )
+    return save_study_statuses(outcome, store, actor=COMMAND_LINE, patient_ref=patient_ref, images=images, key=key)

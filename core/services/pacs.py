@@ -40,7 +40,7 @@ from core.services.studies import (
     StudyResult,
     analyse_study,
     save_study,
-    save_study_series,
+    save_study_statuses,
 )
 from core.storage.images import ImageStore
 from core.storage.protocol import AuditTrail, Store
@@ -416,12 +416,10 @@ def _handle(watcher: Watcher, study_uid: str, actor: Actor) -> dict[str, Any]:
         logger.info("event=pacs_study_skipped code=%s", pulled.outcome.error_code)
         return {"study_uid": study_uid, "skipped": pulled.outcome.error_code, "reason": pulled.outcome.error_message}
     reference = patient_reference(pacs_patient_id(pulled), watcher.key)
-    saved = [
-        save_study_series(
-            s, pulled.outcome, watcher.store, actor=actor, patient_ref=reference, images=watcher.images, key=watcher.key
-        ).state
-        for s in pulled.outcome.series
-    ]
+    statuses = save_study_statuses(
+        pulled.outcome, watcher.store, actor=actor, patient_ref=reference, images=watcher.images, key=watcher.key
+    )
+    saved = [status.state for status in statuses]
     unsaved = [state for s, state in zip(pulled.outcome.series, saved, strict=True) if s.label is not None]
     if NOT_SAVED in unsaved:  # not on the worklist: tried again, no report for a study nobody can review (a series
         # nobody could read is never saved: that one is reported, not retried)

@@ -349,6 +349,47 @@ def save_study_series(
     )
 
 
+NOT_TRIED = "not tried: a series of this study that decides its verdict could not be saved; retry"
+
+
+def save_study_statuses(
+    outcome: StudyOutcome,
+    store: Store | None,
+    *,
+    actor: Actor,
+    patient_ref: str | None,
+    images: ImageStore | None,
+    key: bytes | None,
+) -> list[SaveStatus]:
+    """Save every series of ``outcome`` (one status each, in its order): tumour series first, and none after one
+    that could not be saved. Each series is its own unit of work, so a failure part-way left a stored study whose
+    saved series read another verdict (its tumour series lost, the no-tumour ones counted a tumour-free study);
+    now what is stored of a study is its most decisive series, or nothing, until a retry saves the rest."""
+    statuses: dict[int, SaveStatus] = {}
+    failed = False
+    for index in sorted(range(len(outcome.series)), key=lambda i: not outcome.series[i].is_tumour):
+        analysis = outcome.series[index]
+        if failed and analysis.label is not None:
+            statuses[index] = SaveStatus(NOT_SAVED, NOT_TRIED)
+            continue
+        statuses[index] = save_study_series(
+            analysis, outcome, store, actor=actor, patient_ref=patient_ref, images=images, key=key
+        )
+        failed = statuses[index].state == NOT_SAVED and analysis.label is not None
+    return [statuses[i] for i in range(len(outcome.series))]
+
+
+def _saved_record(store: Store | None, status: SaveStatus) -> Record | None:
+    """The stored record a status names, None when unsaved or when it cannot be read now (the store that just
+    failed a save: the view goes on, with its retry)."""
+    if store is None or status.state == NOT_SAVED or status.record_id is None:
+        return None
+    try:
+        return store.get(status.record_id)
+    except StoreError:
+        return None
+
+
 def save_study(
     outcome: StudyOutcome,
     store: Store | None,
@@ -362,13 +403,11 @@ def save_study(
     require(actor, ANALYSE)
     if outcome.error_code:
         return StudyResult(error_code=outcome.error_code, error_message=outcome.error_message)
-    views = []
-    for analysis in outcome.series:
-        status = save_study_series(
-            analysis, outcome, store, actor=actor, patient_ref=patient_ref, images=images, key=key
-        )
-        record = store.get(status.record_id) if store is not None and status.state != NOT_SAVED else None
-        views.append(series_view(analysis, status, record))
+    statuses = save_study_statuses(outcome, store, actor=actor, patient_ref=patient_ref, images=images, key=key)
+    views = [
+        series_view(analysis, status, _saved_record(store, status))
+        for analysis, status in zip(outcome.series, statuses, strict=True)
+    ]
     notes = outcome.notes
     if outcome.unanalysed and outcome.verdict is None and any(s.label is not None for s in outcome.series):
         notes = (*notes, UNREAD_SERIES.format(outcome.unanalysed))

@@ -12,7 +12,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,8 @@ class SQLiteBase:
 
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
+        if connection is not None and connection.in_transaction:
+            return connection  # a unit of work ends where it began (a restore part-way split it over two files)
         if connection is not None and self._file_identity() != self._local.identity:
             logger.warning("event=store_file_replaced store=sqlite action=reconnect")
             connection.close()
@@ -71,7 +73,8 @@ class SQLiteBase:
             os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
         connection = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None)
         connection.row_factory = sqlite3.Row
-        connection.execute("PRAGMA journal_mode=WAL")
+        if connection.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":  # a network file system
+            logger.warning("event=store_journal store=sqlite mode=rollback")  # readers can then make writes wait
         connection.execute("PRAGMA synchronous=FULL")
         connection.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_s * 1000)}")
         connection.execute("PRAGMA foreign_keys=ON")
@@ -108,10 +111,14 @@ class SQLiteBase:
         connection.execute(f"BEGIN {mode}")
         try:
             yield connection
+            if self._file_identity() != self._local.identity:  # restored from a backup meanwhile: not into it
+                raise StoreUnavailable("The results database was replaced (restored) meanwhile; try again.")
+            connection.execute("COMMIT")
         except BaseException:
-            connection.execute("ROLLBACK")
+            if connection.in_transaction:  # a failed COMMIT too: left open, every later write joined it unsaved
+                with suppress(sqlite3.Error):
+                    connection.execute("ROLLBACK")
             raise
-        connection.execute("COMMIT")
 
     @contextmanager
     def atomic(self) -> Iterator[None]:
