@@ -15,6 +15,7 @@ def test_streamlit_config_is_hardened() -> None:
     config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
     assert config["client"]["showErrorDetails"] == "none"
     assert config["client"]["toolbarMode"] == "viewer"
+    assert config["client"]["disableDataExport"] is True  # tables' own CSV download: unaudited, formulas live
     assert config["server"]["enableXsrfProtection"] is True
     assert config["server"]["enableCORS"] is True
     assert config["server"]["enableStaticServing"] is False
