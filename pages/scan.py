@@ -199,10 +199,8 @@ if new:
         data = file.getvalue()
         result = triage(data, classifier, explainer, store, actor=actor, patient_ref=reference, images=images)
         upload = Upload(file.file_id, file.name, {result.frame: result}, frame=result.frame)
-        if result.frames > 1:  # keep the bytes for the other frames; show the first one now
+        if result.frames > 1:  # keep the bytes for the frames the reader picks
             upload.data = data
-            if result.needs_frame:
-                choose_frame(upload, 0)
         session.uploads[file.file_id] = upload
         if progress:
             progress.progress(done / len(new), text=f"Analysed {done} of {len(new)} scans")

@@ -339,9 +339,11 @@ def test_a_two_frame_dicom_gives_two_results_with_a_frame_picker(app_environment
     app.file_uploader[0].set_value([("series.dcm", dicom_bytes(frames, frames=2), "application/dicom")]).run()
     assert not app.exception
     picker = app.number_input[0]
-    assert picker.value == 0 and "0 to 1" in picker.label
+    assert picker.value is None and "0 to 1" in picker.label  # no frame chosen for the reader: frame 0 of a glioma
+    assert stored(app_environment).summary().total == 0 and "choose the frame" in app.info[0].value  # volume said
+    picker.set_value(0).run()  # "no tumour" and was saved before anyone looked
     assert stored(app_environment).summary().total == 1
-    picker.set_value(1).run()
+    app.number_input[0].set_value(1).run()
     assert not app.exception
     records = stored(app_environment).recent(5)
     assert sorted(r.frame for r in records) == [0, 1]  # frame 1 is its own result, not "already saved"

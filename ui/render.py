@@ -107,20 +107,27 @@ def scan_panel(
     st.markdown(f"**Scan {index}**")
     st.text(upload.name)  # plain text: a file name is never read as Markdown (links, images)
     frames = upload.frames
-    if frames > 1:
-        shown = upload.frame if upload.frame is not None else 0
+    if frames > 1:  # nothing analysed nor saved until the reader picks (frame 0 of a glioma volume was saved as
+        # "no tumour" before anyone chose)
         chosen = st.number_input(
             f"Frame (0 to {frames - 1})",
             0,
             frames - 1,
-            shown,
+            upload.frame,
             key=f"frame-{upload.file_id}",
-            help="This file holds several frames; each frame analysed is its own result.",
+            placeholder="choose the frame to analyse",
+            help="This file holds several frames; each frame analysed is its own saved result.",
         )
-        if upload.frame is None or chosen != upload.frame:
+        if chosen is not None and chosen != upload.frame:
             choose_frame(upload, int(chosen))
             st.rerun()  # the batch summary below changes too
     result = upload.current
+    if upload.frame is None and result is not None and result.needs_frame:
+        st.info(
+            f"This file holds {frames} frames: choose the frame to analyse (nothing is analysed or saved until you "
+            "do), or read the whole volume on the Study page, which judges a series by all its sections."
+        )
+        return
     if result is None or result.view is None:
         message = result.error_message if result is not None else "Not analysed."
         st.error(f"Not analysed: {message}")
