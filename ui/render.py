@@ -20,7 +20,7 @@ from ui.batch import Upload
 from ui.lesion import CAVEAT, OUTLINE_HELP, OUTLINE_LABEL, area_line, stored_volume_line
 from ui.viewer import series_panel, verdict_line
 from ui.viewer_figures import NO_ORIENTATION
-from ui.wording import count_of, pretty, verdict_shown
+from ui.wording import CALL_CONFIDENCE, CONFIDENCE_HELP, count_of, percent, pretty, verdict_shown
 
 PREDICTED = "the verdict's class"
 
@@ -75,8 +75,9 @@ def _verdict(result: Triaged) -> None:
             "probable tumour type, or 'type uncertain' when no type stands out.",
         )
         st.markdown(
-            f"Tumour probability **{prediction.tumour_probability:.1%}** · probability that this tumour / no-tumour "
-            f"call is right {prediction.confidence:.1%} · model {prediction.model_name} {prediction.model_version}"
+            f"Tumour probability **{percent(prediction.tumour_probability)}** · {CALL_CONFIDENCE} "
+            f"{percent(prediction.confidence)} · model {prediction.model_name} {prediction.model_version}",
+            help=CONFIDENCE_HELP,
         )
         lesion = area_line(view.lesion_px, view.lesion_mm2)
         if lesion is not None:  # nothing at all without a segmenter
@@ -215,11 +216,14 @@ def result_panel(opened, labels: tuple[str, ...], classifier=None, explainer=Non
         if record.gate == "rejected":  # what the model made of something that is not a brain MRI means nothing
             st.markdown(saved)
         elif record.kind == "series":  # its score is judged by its own rule: not the probability that it is right
-            st.markdown(f"Series tumour probability **{record.tumour_probability:.1%}** (by its series rule) · {saved}")
+            st.markdown(
+                f"Series tumour probability **{percent(record.tumour_probability)}** (by its series rule) · {saved}"
+            )
         else:
             st.markdown(
-                f"Tumour probability **{record.tumour_probability:.1%}** · probability that this tumour / no-tumour "
-                f"call is right {record.confidence:.1%} · {saved}"
+                f"Tumour probability **{percent(record.tumour_probability)}** · {CALL_CONFIDENCE} "
+                f"{percent(record.confidence)} · {saved}",
+                help=CONFIDENCE_HELP,
             )
         if record.kind == "series":  # saved outlines are not kept: the volume it was saved with
             lesion = stored_volume_line(record.lesion_px, record.lesion_ml)

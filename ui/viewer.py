@@ -25,13 +25,13 @@ from ui.viewer_figures import (
     timeline_figure,
     windowed,
 )
-from ui.wording import LABEL_NAMES, pretty
+from ui.wording import LABEL_NAMES, percent, pretty
 
 
 def verdict_line(view: SeriesView) -> str:
     if view.label is None:
         return "No verdict: no section could be analysed."
-    score = "" if view.score is None else f" · series tumour probability **{view.score:.1%}**"
+    score = "" if view.score is None else f" · series tumour probability **{percent(view.score)}**"
     if view.threshold is None:  # saved by another model before rules were kept with the verdict
         return f"**{pretty(view.label)}**{score} · read by {view.model}, whose series rule was not recorded"
     rule = f"{view.neighbours} neighbouring sections at {view.threshold:.2f} or more"

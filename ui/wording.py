@@ -3,9 +3,26 @@ from (the display names themselves are the model's, :data:`core.model.decision.L
 
 from __future__ import annotations
 
-from core.model.decision import LABEL_NAMES
+from core.model.decision import LABEL_NAMES, percent
 
-__all__ = ["LABEL_NAMES", "REFUSED", "count_of", "pretty", "probability_shown", "verdict_shown"]
+__all__ = [
+    "CALL_CONFIDENCE",
+    "CONFIDENCE_HELP",
+    "LABEL_NAMES",
+    "REFUSED",
+    "count_of",
+    "percent",
+    "pretty",
+    "probability_shown",
+    "verdict_shown",
+]
+
+# what the confidence is: fitted on validation scans (calibration), not a promise at another hospital
+CALL_CONFIDENCE = "calibrated confidence in the tumour / no-tumour call"
+CONFIDENCE_HELP = (
+    "Probabilities are calibrated on the model's validation scans; at another hospital or scanner the model is "
+    "right less often (the sidebar's model card). Never shown as 100%: no call is certain."
+)
 
 
 def count_of(n: int, noun: str) -> str:

@@ -25,6 +25,18 @@ UNKNOWN_TYPE = "tumour"  # tumour present, type not given (a data folder) or unc
 # the one label that means "no tumour", for every model, record, review, statistic and report (a card naming another
 # is refused: the stores and the statistics count tumours against this name)
 NEGATIVE_LABEL = "notumor"
+
+
+def percent(probability: float) -> str:
+    """A probability as the screen and the report state it: never "100.0%" nor "0.0%" (a calibrated model's
+    rounding read as certainty it does not have, on a phantom too)."""
+    if probability >= 0.999:
+        return ">99.9%"
+    if probability <= 0.001:
+        return "<0.1%"
+    return f"{probability:.1%}"
+
+
 LABEL_NAMES = {  # how a label reads on the screen and in reports (one definition)
     "glioma": "Glioma",
     "meningioma": "Meningioma",

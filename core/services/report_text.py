@@ -9,7 +9,7 @@ from datetime import datetime
 
 from core.domain.results import Record
 from core.model.classifier import Classifier
-from core.model.decision import LABEL_NAMES, NEGATIVE_LABEL
+from core.model.decision import LABEL_NAMES, NEGATIVE_LABEL, percent
 from core.services.series_views import SeriesView
 
 NAMES = LABEL_NAMES
@@ -37,7 +37,9 @@ def series_lines(record: Record, view: SeriesView | None, reviews: Sequence) -> 
     """The lines under a series' title: the verdict (the radiologist's final label first once reviewed), the pixel
     spacing, the lesion's stored volume, the series rule (while the images are kept) and the last review."""
     spacing = (record.geometry or {}).get("spacing")
-    model_line = f"{NAMES.get(record.label, record.label)} (series tumour probability {record.tumour_probability:.1%})"
+    model_line = (
+        f"{NAMES.get(record.label, record.label)} (series tumour probability {percent(record.tumour_probability)})"
+    )
     lines = [
         f"Final label (radiologist): {NAMES.get(record.final_label, record.final_label)}; model verdict: {model_line}"
         if record.final_label
