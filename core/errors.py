@@ -158,6 +158,12 @@ class PacsReportRefused(PacsError):
     code = "report_not_made"
 
 
+class PacsQueryRefused(PacsError):
+    """A search the app does not send as typed (a wildcard or a list in a patient ID would match other patients)."""
+
+    code = "pacs_query_refused"
+
+
 class PacsNotFound(PacsError):
     """The PACS has no such study (or no MR series in it)."""
 

@@ -9,8 +9,17 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.uid import JPEG2000Lossless
 
-from core.errors import AccessDenied, FileTooLarge, PacsMalformed, PacsNotFound, PacsRefused, PacsUnreachable
+from core.errors import (
+    AccessDenied,
+    FileTooLarge,
+    PacsMalformed,
+    PacsNotFound,
+    PacsQueryRefused,
+    PacsRefused,
+    PacsUnreachable,
+)
 from core.imaging.limits import StudyLimits
 from core.imaging.phantom_series import dicom_series, head_volume
 from core.pacs.client import Pacs
@@ -25,6 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RADIOLOGIST, SUPERVISOR, ADMIN = Actor("dr-a", "radiologist"), Actor("boss", "supervisor"), Actor("root", "admin")
 STUDY = "1.2.826.0.1.3680043.8.498.77"
 CT_STUDY = "1.2.826.0.1.3680043.8.498.78"
+J2K_STUDY = "1.2.826.0.1.3680043.8.498.90"  # stored JPEG 2000: an Orthanc without GDCM cannot transcode it
+MIXED_STUDY = "1.2.826.0.1.3680043.8.498.91"  # one Study Instance UID, two patients
 
 pytestmark = pytest.mark.heavy  # a real Orthanc process per module: make test runs these, make check does not
 
@@ -57,7 +68,7 @@ def orthanc():
 def test_a_study_is_found_pulled_into_memory_and_analysed_like_an_upload(orthanc, tiny_classifier, tmp_path) -> None:
     pacs = Pacs(orthanc.dicomweb, orthanc.user, orthanc.password)
     hits = pacs_service.search(pacs, RADIOLOGIST, patient_id="PACS-TEST-001", description="BRAIN")
-    assert [h.study_uid for h in hits] == [STUDY] and hits[0].modalities == ("MR",) and hits[0].instances == 8
+    assert STUDY in [h.study_uid for h in hits] and hits[0].modalities == ("MR",) and hits[0].instances == 8
     assert pacs_service.search(pacs, RADIOLOGIST, start="20270101") == []  # a date range that excludes it
     store = SQLiteStore(tmp_path / "results.sqlite3")
     key = b"k" * 32
@@ -206,6 +217,37 @@ def test_pacs_failures_each_get_their_own_message(orthanc, tiny_classifier) -> N
         small.retrieve_mr(STUDY)
     outcome = pacs_service.pull_and_analyse(small, RADIOLOGIST, STUDY, tiny_classifier, None, None).outcome
     assert outcome.error_code == "file_too_large" and outcome.series == ()  # nothing analysed from a part
+    with pytest.raises(PacsUnreachable, match="no DICOMweb service at this address"):  # a mistyped root: "no such
+        Pacs(orthanc.dicomweb.replace("dicom-web", "dicomweb"), orthanc.user, orthanc.password).search()  # study"
+    with pytest.raises(PacsQueryRefused, match="exactly"):  # "*" listed every patient's studies, "A,B" two
+        good.search(patient_id="PACS-TEST-001,PACS-TEST-002")
+    hits = good.search(patient_id="PACS-TEST-001", description="MR, BRAIN")  # a comma is a word break, not a list
+    assert STUDY in [h.study_uid for h in hits]
+
+
+def test_a_study_the_pacs_keeps_as_jpeg_2000_is_pulled_as_stored(orthanc, tiny_classifier) -> None:
+    """Asked for uncompressed images, an Orthanc without a JPEG 2000 transcoder failed the retrieval (HTTP 500)
+    for ever: a study from an archive that compresses was never analysed."""
+    pacs = Pacs(orthanc.dicomweb, orthanc.user, orthanc.password)
+    j2k = dicom_series(head_volume(4, 64), study_uid=J2K_STUDY, series_uid=f"{J2K_STUDY}.1")
+    j2k = _datasets(j2k, PatientID="PACS-TEST-005")
+    for dataset in j2k:
+        dataset.compress(JPEG2000Lossless)
+    pacs.store(j2k)
+    files = pacs.retrieve_mr(J2K_STUDY)
+    assert len(files) == 4
+    outcome = pacs_service.pull_and_analyse(pacs, RADIOLOGIST, J2K_STUDY, tiny_classifier, None, None).outcome
+    assert outcome.error_code is None and len(outcome.series[0].sections) == 4
+
+
+def test_a_study_uid_shared_by_two_patients_is_refused_not_filed_under_the_first(orthanc, tiny_classifier) -> None:
+    pacs = Pacs(orthanc.dicomweb, orthanc.user, orthanc.password)
+    for n, patient in enumerate(("PACS-TEST-003", "PACS-TEST-004"), start=1):
+        files = dicom_series(head_volume(3, 64, seed=n), study_uid=MIXED_STUDY, series_uid=f"{MIXED_STUDY}.{n}")
+        pacs.store(_datasets(files, PatientID=patient))
+    outcome = pacs_service.pull_and_analyse(pacs, RADIOLOGIST, MIXED_STUDY, tiny_classifier, None, None).outcome
+    assert outcome.error_code == "several_patients" and outcome.series == ()
+    assert "more than one patient" in (outcome.error_message or "")
 
 
 def test_a_pacs_that_answers_malformed_json_is_reported_as_such() -> None:
@@ -216,8 +258,15 @@ def test_a_pacs_that_answers_malformed_json_is_reported_as_such() -> None:
 
 
 def test_an_answer_cut_off_is_a_pacs_failure_to_retry_not_a_crash() -> None:
+    import requests
+
+    from core.pacs.client import OrthancChanges
+
     with garbage_pacs(b"[{", declared=5000) as url, pytest.raises(PacsUnreachable, match=r"broke off|does not answer"):
         Pacs(url, timeout_s=5).search()
+    with garbage_pacs(b"[{", declared=5000) as url, pytest.raises(PacsUnreachable, match=r"broke off|does not answer"):
+        OrthancChanges(url.removesuffix("/dicom-web"), requests.Session(), timeout_s=5).stable_studies(0)  # it ended
+        # the watch service (ChunkedEncodingError)
 
 
 def test_pacs_analyse_saves_under_the_patients_reference_before_sending_and_sends_nothing_unsaved(

@@ -631,10 +631,10 @@ def test_a_series_the_pacs_gives_short_is_not_analysed_short(monkeypatch: pytest
     listed = [SeriesHit(f"{STUDY}.1", "MR", "T1", 6)]
     monkeypatch.setattr(pacs, "series_of", lambda study_uid: listed)
     sent = [pydicom.dcmread(io.BytesIO(data)) for data in files]
-    monkeypatch.setattr(pacs._client, "iter_series", lambda study_uid, series_uid: iter(sent[:4]))
+    monkeypatch.setattr(pacs._client, "iter_series", lambda study_uid, series_uid, **_: iter(sent[:4]))
     with pytest.raises(PacsError, match="gave 4 of the 6 images"):
         pacs.retrieve_mr(STUDY)
-    monkeypatch.setattr(pacs._client, "iter_series", lambda study_uid, series_uid: iter(sent))
+    monkeypatch.setattr(pacs._client, "iter_series", lambda study_uid, series_uid, **_: iter(sent))
     assert len(pacs.retrieve_mr(STUDY)) == 6
 
 

@@ -180,7 +180,10 @@ def send_panel(actor: Actor, name: Any, classifier: Any, key: bytes | None) -> N
     study = studies().get(name)
     if study is not None and unsaved(study):  # as the command line and the watch: no report for a study that is
         # on nobody's worklist (a reader in the PACS would act on a result no one here can review)
-        st.caption("Not sendable yet: a series of this study is not saved. Retry saving above, then send.")
+        st.caption(
+            "Not sendable yet: a series of this study is not saved. Press 'Analyse the chosen study' again once the "
+            "database is back (its saved series answer 'already saved'), then send."
+        )
         return
     sent: dict[str, int] = st.session_state.setdefault(SENT, {})
     so_far = st.container()  # the study's reviews so far, above the choice of a final label

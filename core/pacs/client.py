@@ -16,7 +16,15 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from core.errors import FileTooLarge, PacsError, PacsMalformed, PacsNotFound, PacsRefused, PacsUnreachable
+from core.errors import (
+    FileTooLarge,
+    PacsError,
+    PacsMalformed,
+    PacsNotFound,
+    PacsQueryRefused,
+    PacsRefused,
+    PacsUnreachable,
+)
 from core.imaging.dicom import quiet_pydicom
 from core.imaging.limits import DEFAULT_STUDY_LIMITS, StudyLimits
 
@@ -61,6 +69,10 @@ def _all(attributes: dict[str, Any], tag: str) -> tuple[str, ...]:
     return tuple(str(v) for v in (attributes.get(tag) or {}).get("Value") or [])
 
 
+AS_STORED = (("application/dicom", "*"),)  # any transfer syntax: the app decodes what the PACS keeps
+WILDCARDS = frozenset("*?,\\")  # QIDO's wildcards and its list separator (Orthanc splits on a comma, encoded too)
+
+
 class Pacs:
     """One PACS's DICOMweb root (for Orthanc ``http://host:8042/dicom-web``)."""
 
@@ -99,8 +111,11 @@ class Pacs:
             logger.warning("event=pacs_failed what=%s status=%s", what, status)
             if status in (401, 403):
                 raise PacsRefused("The PACS refused the user name or password (or this request).") from error
-            if status == 404:
-                raise PacsNotFound("The PACS has no such study.") from error
+            if status == 404:  # DICOMweb answers a search with none found; "not found" is the service's address
+                raise PacsUnreachable(
+                    f"The PACS answered 'not found' to the {what} (HTTP 404): no DICOMweb service at this address; "
+                    "check it."
+                ) from error
             raise PacsError(f"The PACS failed the {what} (HTTP {status}).") from error
         except (requests.ConnectionError, requests.Timeout) as error:
             logger.warning("event=pacs_unreachable what=%s", what)
@@ -129,11 +144,15 @@ class Pacs:
         filters = [("ModalitiesInStudy", "MR"), ("limit", str(limit))]
         filters += [("includefield", tag) for tag in ("00081030", "00201206", "00201208")]
         if patient_id:
+            if WILDCARDS & set(patient_id):  # "*" listed every patient's studies, "A,B" two patients'
+                raise PacsQueryRefused("A patient ID is searched exactly: it cannot hold * ? , or \\.")
             filters.append(("PatientID", patient_id))
         if start or end:
             filters.append(("StudyDate", f"{start or ''}-{end or ''}"))
-        if description:  # a word anywhere; spaces match as wildcards (some PACS do not decode %20 in QIDO)
-            filters.append(("StudyDescription", "*" + "*".join(description.split()) + "*"))
+        if description:  # words anywhere; spaces (and the list separators a PACS splits on) match as wildcards
+            words = "".join(" " if c in WILDCARDS else c for c in description).split()
+            if words:
+                filters.append(("StudyDescription", "*" + "*".join(words) + "*"))
         query = "&".join(f"{name}={quote(value, safe='*-.,')}" for name, value in filters)
         found = self._call("search", lambda: self._get_json(f"{self.url}/studies?{query}"))
         with self._errors("search"):
@@ -192,7 +211,10 @@ class Pacs:
         files: list[bytes] = []
         total = 0
         for hit in series:
-            datasets = self._call("retrieval", lambda hit=hit: self._client.iter_series(study_uid, hit.series_uid))
+            datasets = self._call(
+                "retrieval",  # as stored (JPEG 2000 too): asked for uncompressed, a PACS that cannot transcode failed
+                lambda hit=hit: self._client.iter_series(study_uid, hit.series_uid, media_types=AS_STORED),
+            )
             before = len(files)
             with self._errors("retrieval"):
                 for dataset in datasets:
@@ -285,6 +307,8 @@ class OrthancChanges:
             raise PacsUnreachable("The PACS does not answer; check its address, or try again later.") from error
         except ValueError as error:
             raise PacsMalformed("The PACS's change feed is not valid JSON.") from error
+        except requests.RequestException as error:  # an answer cut off (a PACS restarting): the watch waits it out
+            raise PacsUnreachable("The PACS's change feed broke off; try again later.") from error
 
     def stable_studies(self, since: int, limit: int = 100) -> tuple[list[tuple[int, str]], int, bool]:
         """((seq, Study Instance UID) of each study that became stable after change ``since``, the last change

@@ -23,6 +23,7 @@ from core.errors import (
     FileTooLarge,
     InvalidRecord,
     PacsError,
+    PacsRefused,
     PacsReportRefused,
     PacsUnreachable,
     ReviewedMeanwhile,
@@ -73,6 +74,12 @@ class Pulled:
     evidence: tuple[Any, ...] = ()
 
 
+SEVERAL_PATIENTS = (
+    "The images of this PACS study belong to more than one patient (their patient IDs differ under one Study "
+    "Instance UID): it is not analysed as one study. Ask the PACS administrator to correct the study."
+)
+
+
 def pull_and_analyse(
     pacs: Pacs, actor: Actor, study_uid: str, classifier: Classifier, store: AuditTrail | None, key: bytes | None
 ) -> Pulled:
@@ -86,9 +93,14 @@ def pull_and_analyse(
     except (PacsError, FileTooLarge) as error:
         logger.info("event=pacs_pull_refused code=%s", error.code)
         return Pulled(study_uid, StudyOutcome(source, error_code=error.code, error_message=str(error)))
+    evidence = tuple(objects.headers(files))
+    patients = {(str(h.get("PatientID", "") or ""), str(h.get("IssuerOfPatientID", "") or "")) for h in evidence}
+    if len(patients) > 1:  # one Study Instance UID, two patients: analysed as one and filed under the first
+        logger.warning("event=pacs_pull_refused code=several_patients")
+        return Pulled(study_uid, StudyOutcome(source, error_code="several_patients", error_message=SEVERAL_PATIENTS))
     if store is not None:
         audit.record(store, actor, "pacs_pull", _target(study_uid, key), instances=len(files))
-    return Pulled(study_uid, analyse_study(files, classifier, source), tuple(objects.headers(files)))
+    return Pulled(study_uid, analyse_study(files, classifier, source), evidence)
 
 
 def pacs_patient_id(pulled: Pulled) -> str:
@@ -325,7 +337,8 @@ class Watcher:
 
 # the PACS did not answer, or failed (HTTP 5xx): the study is tried again by the next watch, never dropped
 STORE_DOWN = "store_unavailable"
-RETRIED = frozenset({PacsUnreachable.code, PacsError.code, STORE_DOWN})
+# a refused user name or password is waited out as an outage is (it left every study behind for good)
+RETRIED = frozenset({PacsUnreachable.code, PacsRefused.code, PacsError.code, STORE_DOWN})
 # a study the PACS answers with an error (not an outage) this many watches in a row is left behind, so that it
 # does not hold back every study after it in the feed
 MAX_TRIES = 5
