@@ -871,6 +871,9 @@ def test_quality_aggregates_equal_what_the_raw_records_say(store) -> None:
     store.add_review(Review(records[1].id, "dr2", base + timedelta(days=3), "agree", "notumor", "notumor"))
     assert store.confusion(june_first)[("notumor", "notumor")] == 1
     assert store.turnaround_hours(june_first) == {2: 1, 30: 1, 5: 1}  # the first review's time stays
+    late = Review(records[2].id, "dr3", records[2].created_at + timedelta(hours=1), "agree", "meningioma", "meningioma")
+    store.add_review(late)  # a second review on a clock behind the first's: the first saved is still the first
+    assert store.turnaround_hours(june_first) == {2: 1, 30: 1, 5: 1}  # (MongoDB took the earliest clock: 1 h)
     skewed = replace(make_record(9, base + timedelta(hours=4), "glioma"), gate="accepted")
     store.add(skewed)  # reviewed "before" it was saved (another machine's clock): hour 0, with the true hour-0 one
     store.add_review(Review(skewed.id, "dr", skewed.created_at - timedelta(minutes=90), "agree", "glioma", "glioma"))
@@ -1835,3 +1838,13 @@ def test_a_restore_during_a_unit_of_work_commits_none_of_it_anywhere(tmp_path: P
         os.replace(tmp_path / "backup.sqlite3", path)
         audit.record(store, COMMAND_LINE, "upload", "x")
     assert store.summary().total == 0 and store.audit_events() == []
+
+
+def test_study_references_alone_make_a_database_keyed(tmp_path: Path) -> None:
+    """A data folder restored without its key file, holding series of studies but no patient reference, got a new
+    key: the study's series saved after it had another study reference (one study counted as two)."""
+    from core.storage import holds_keyed_data
+
+    store = SQLiteStore(tmp_path / "results.sqlite3")
+    store.add(replace(FIXTURE[0], patient_ref=None, study_ref="b" * 64))
+    assert holds_keyed_data(tmp_path / "results.sqlite3", "patient-ref.key")

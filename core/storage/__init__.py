@@ -21,10 +21,11 @@ if TYPE_CHECKING:
 DATABASE_FILE = "results.sqlite3"
 
 # what an embedded database holds that only its local key file reads right: events hashed with the audit key, and
-# patient references hashed with the patient-reference key
+# patient and study references hashed with the patient-reference key (a study's series saved after a new key
+# got another study reference: one study counted as two)
 _KEYED = {
     "audit.key": "SELECT 1 FROM audit_head WHERE mac != '' LIMIT 1",
-    "patient-ref.key": "SELECT 1 FROM scans WHERE patient_ref IS NOT NULL LIMIT 1",
+    "patient-ref.key": "SELECT 1 FROM scans WHERE patient_ref IS NOT NULL OR study_ref IS NOT NULL LIMIT 1",
 }
 
 

@@ -167,9 +167,12 @@ class MongoPeople:
                     "reviewed_at": document["created_at"],
                     "review_count": number,
                 },
-                "$min": {"first_reviewed_at": document["created_at"]},
             },
         )
+        if number == 1:  # the first review saved, as SQLite keeps it (the earliest clock was another figure)
+            self._collection.update_one(
+                {"_id": document["result_id"]}, {"$set": {"first_reviewed_at": document["created_at"]}}
+            )
 
     def reviews_of(self, record_id: str) -> list[Review]:
         """In the order they were saved: by number, never by their clocks (a replica's skewed clock put a later
