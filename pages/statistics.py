@@ -188,7 +188,7 @@ def quality_section(viewer, first: date, last: date):
     kpis[4].metric("Awaiting review", number(board_q.backlog))
     kpis[5].metric(
         "Turnaround (median)",
-        "withheld" if board_q.turnaround_median_h is None else f"{board_q.turnaround_median_h:.0f} h",
+        "withheld" if board_q.turnaround_median_h is None else f"within {board_q.turnaround_median_h:.0f} h",
         help=None if board_q.turnaround_p90_h is None else f"90 % reviewed within {board_q.turnaround_p90_h:.0f} h",
     )
     st.caption("Against the radiologists' final labels, reviewed results only (intervals are 95 % Wilson).")

@@ -560,3 +560,33 @@ def test_two_models_that_share_a_version_string_are_named_together_in_the_versio
         "1.0.0": f"1.0.0 ({' and '.join(sorted([name, 'btd-resnet']))}, counted together)",
         "2.1.0": f"2.1.0 ({name})",
     }
+
+
+def test_a_range_of_refused_scans_only_is_not_called_empty(tmp_path) -> None:
+    """Three refused scans (a withheld refusal count) hid the whole board under "No saved results"."""
+    from dataclasses import replace
+
+    store = SQLiteStore(tmp_path / "results.sqlite3")
+    now = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
+    for i in range(3):
+        store.add(replace(make_record(i + 1, now - timedelta(hours=i), "glioma"), gate="rejected"))
+    board = dashboard(
+        store,
+        Actor("boss", "supervisor"),
+        start_day=date(2026, 11, 20),
+        end_day=date(2026, 11, 20),
+        timezone="UTC",
+        period="day",
+        now=now,
+    )
+    assert board.scans == 0 and board.rejected is None and not board.empty
+    nothing = dashboard(
+        store,
+        Actor("boss", "supervisor"),
+        start_day=date(2026, 11, 1),
+        end_day=date(2026, 11, 2),
+        timezone="UTC",
+        period="day",
+        now=now,
+    )
+    assert nothing.empty

@@ -219,7 +219,8 @@ def accuracy(confusion: Mapping[tuple[str, str], int]) -> Accuracy:
 
 
 def turnaround(hours: Mapping[int, int]) -> tuple[float | None, float | None]:
-    """(median, 90th percentile) of whole hours to the first review, from the database's hour counts."""
+    """(median, 90th percentile) of the hours to the first review, as the upper edge of the database's whole-hour
+    bins: "within 6 h" for reviews taken 5 h 50 min (the bins' lower edges said "within 5 h", and 40 minutes "0 h")."""
     total = sum(hours.values())
     if total < SMALL_CELL:
         return None, None
@@ -229,8 +230,8 @@ def turnaround(hours: Mapping[int, int]) -> tuple[float | None, float | None]:
         for hour in sorted(hours):
             seen += hours[hour]
             if seen >= q * total:
-                return float(hour)
-        return float(max(hours))
+                return float(hour + 1)
+        return float(max(hours) + 1)
 
     return quantile(0.5), quantile(0.9)
 

@@ -102,9 +102,11 @@ class Dashboard:
     lesion_studies: int | None = 0  # tumour studies with a lesion volume in the range (always counted per study)
     lesions: tuple[LesionRow, ...] = ()  # their volumes per period, every period of the range
 
-    @property
+    any_results: bool = True  # any result in the range, refused or not (a withheld refusal count, or studies with no
+
+    @property  # verdict, hid the whole board under "no saved results")
     def empty(self) -> bool:
-        return self.scans == 0 and not self.rejected
+        return not self.any_results
 
 
 WITHHELD_TEXT = (WITHHELD, WITHHELD_REASON)  # how the page, its charts and the CSV name a withheld figure
@@ -180,8 +182,8 @@ def dashboard(
         raise ValueError(f"unit must be one of {UNITS}")
     everything = date_range(start_day, end_day, timezone, versions)
     shown = replace(everything, gates=SHOWN)
-    summary = store.summary(shown)
-    gates = store.summary(everything).per_gate
+    summary, every = store.summary(shown), store.summary(everything)
+    gates = every.per_gate
     days = _study_days(store, shown, timezone) if unit == "study" else store.daily_counts(shown, timezone)
     today, week = _recent_counts(store, shown, timezone, unit, now)
     periods = roll_up(days, period, start_day, end_day)
@@ -223,6 +225,7 @@ def dashboard(
         unit=unit,
         lesion_studies=lesion_studies,
         lesions=lesions,
+        any_results=every.total > 0,
     )
 
 
