@@ -105,7 +105,7 @@ def test_a_periods_withheld_tumours_or_agreements_are_not_given_back_by_the_othe
     rows, drift = quality_rows(periods, date(2026, 3, 3))
     assert [r.tumour_rate for r in rows] == [None, None, pytest.approx(0.5)]  # the 7 and its partner, the 5
     assert [r.agreement for r in rows] == [None, pytest.approx(1.0), None]  # the 7 and its partner, the 10
-    assert drift.baseline_rate is None and all(r.rate_limits is None for r in rows)  # 22 of 40 gives them back
+    assert drift.baseline_rate == pytest.approx(0.5)  # from the shown day alone (22 of 40 gave the others back)
     steady = [day(0, 10, 5), day(1, 10, 5), day(2, 20, 10)]
     assert quality_rows(steady, date(2026, 3, 3))[1].baseline_rate == pytest.approx(0.5)
 
@@ -220,3 +220,16 @@ def test_the_mean_tumour_probability_and_its_drift_alarm_read_single_scans_only(
     assert board.rows[3].shown == 40 and not board.drift.alarms  # the series count as results, not in the mean
     steady = roll_up_quality([day(1, 40, 12), replace(day(2, 40, 12), scored=0)], "week")  # one week
     assert steady[0].scored == 40 and steady[0].shown == 80
+
+
+def test_a_quiet_weekend_does_not_switch_the_rate_alarm_off_and_a_withheld_period_raises_none() -> None:
+    """Weekdays of 30 series whose tumour rate goes from 20 % to 60 %, weekend days of 3: each weekend's withheld
+    count voided the baseline, so no limits were drawn and no alarm raised, unsaid."""
+    periods = [
+        day(d, 3, 1, p=0.3) if d % 7 in (5, 6) else day(d, 30, 6 if d < 14 else 18, p=0.3) for d in range(28)
+    ]
+    rows, drift = quality_rows(periods, date(2026, 3, 14))
+    assert drift.baseline_rate == pytest.approx(0.2)
+    assert len(drift.alarms) == 10 and all(r.shown is not None for r in rows if r.start in drift.alarms)
+    withheld = [r.start for r in rows if r.shown is None]
+    assert withheld and not set(withheld) & set(drift.alarms)

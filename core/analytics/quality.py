@@ -113,10 +113,11 @@ def quality_rows(periods: Sequence[DayQuality], baseline_end: date | None) -> tu
     flagged_known, rejected_known = (
         known_parts(periods, shown_counts, part, everything) for part in ("flagged", "rejected")
     )
-    n0 = sum(p.shown for p in base)
-    # the baseline rate (and the limits centred on it) times the baseline's count gives its tumours back
-    hidden = any(k is None and p.tumour > 0 and p in base for p, k in zip(periods, tumours, strict=True))
-    rate0 = sum(p.tumour for p in base) / n0 if n0 >= SMALL_CELL and not hidden else None
+    # the baseline rate from the baseline's periods whose tumours are shown: it then gives back nothing withheld (one
+    # quiet weekend day with a withheld count switched the rate alarm off for the whole range, unsaid)
+    counted = [p for p, k in zip(periods, tumours, strict=True) if k is not None and p in base]
+    n0 = sum(p.shown for p in counted)
+    rate0 = sum(p.tumour for p in counted) / n0 if n0 >= SMALL_CELL else None
     m0 = sum(p.scored_n for p in base)  # the mean's own count (single scans on the board)
     mean0 = sum(p.probability_sum for p in base) / m0 if m0 >= SMALL_CELL else None
     sd0 = math.sqrt(max(sum(p.probability_squares for p in base) / m0 - mean0**2, 0.0)) if mean0 is not None else None
@@ -133,8 +134,8 @@ def quality_rows(periods: Sequence[DayQuality], baseline_end: date | None) -> tu
         if mean0 is not None and sd0 is not None and p.scored_n >= SMALL_CELL:
             half = 3 * sd0 / math.sqrt(p.scored_n)
             mean_limits = (max(0.0, mean0 - half), min(1.0, mean0 + half))
-        after = baseline_end is not None and p.day > baseline_end
-        out = after and (
+        after = baseline_end is not None and p.day > baseline_end and shown is not None  # no alarm on a withheld
+        out = after and (  # period: the banner named a period whose figures nobody could see
             (limits is not None and rate is not None and not limits[0] <= rate <= limits[1])
             or (mean_limits is not None and mean is not None and not mean_limits[0] <= mean <= mean_limits[1])
         )
