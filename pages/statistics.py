@@ -191,7 +191,11 @@ def quality_section(viewer, first: date, last: date):
         "withheld" if board_q.turnaround_median_h is None else f"within {board_q.turnaround_median_h:.0f} h",
         help=None if board_q.turnaround_p90_h is None else f"90 % reviewed within {board_q.turnaround_p90_h:.0f} h",
     )
-    st.caption("Against the radiologists' final labels, reviewed results only (intervals are 95 % Wilson).")
+    st.caption(
+        "Against the radiologists' final labels, reviewed results only, per scan or series (a study reviewed from the "
+        "PACS gives its label to each of its series: a series the model called no tumour in a tumour study counts "
+        "as missed). Intervals are 95 % Wilson."
+    )
     left, right = st.columns(2)
     left.plotly_chart(charts.agreement(board_q, period), width="stretch", key="agreement")
     right.plotly_chart(charts.drift(board_q), width="stretch", key="drift")
@@ -227,6 +231,12 @@ def quality_section(viewer, first: date, last: date):
     return board_q
 
 
+MODELS_CALLS = (
+    "The model's calls, as made: a radiologist's override does not change them (the quality board below sets them "
+    "against the final labels)."
+)
+
+
 def headline(dashboard) -> None:
     """The key figures, then the count per verdict."""
     kpis = st.columns(6)
@@ -236,11 +246,14 @@ def headline(dashboard) -> None:
     )
     rate = dashboard.tumour_rate
     kpis[1].metric(
-        "Tumour rate",
+        "Tumour rate (model)",
         f"{rate:.1%}" if rate is not None else "withheld",
-        help=None
-        if dashboard.tumour_interval is None
-        else "95 % interval {:.1%} to {:.1%}".format(*dashboard.tumour_interval),
+        help=MODELS_CALLS
+        + (
+            ""
+            if dashboard.tumour_interval is None
+            else " 95 % interval {:.1%} to {:.1%}.".format(*dashboard.tumour_interval)
+        ),
     )
     # today is still going on: set against whole days, every morning read as a fall, so the mean is said, not subtracted
     week = None if dashboard.week_mean is None else f"The last 7 whole days averaged {dashboard.week_mean:.1f} a day."
@@ -258,6 +271,7 @@ def headline(dashboard) -> None:
     )
     kpis[4].metric("Flagged for review", number(dashboard.flagged))
     kpis[5].metric("Rejected (not brain MRI)", number(dashboard.rejected))
+    st.caption(f"The model's calls per class (results). {MODELS_CALLS}")
     classes = st.columns(max(1, len(dashboard.per_class)))
     for column, (label, count) in zip(classes, dashboard.per_class.items(), strict=False):
         column.metric(pretty(label), number(count))

@@ -39,7 +39,9 @@ def test_the_rate_is_drawn_above_the_counts_with_its_interval() -> None:
     assert list(bars.y) == [10, 4, 0] and bars.customdata[1] == WITHHELD  # withheld: hatched, labelled, not zero
     assert list(bars.text) == ["", "withheld", ""] and list(bars.marker.pattern.shape) == ["", "/", ""]
     assert figure.layout.yaxis2.tickformat == ",d" and figure.layout.yaxis2.dtick >= 1  # whole scans only
-    assert figure.layout.title.text == "Tumour rate per week"
+    assert figure.layout.title.text == "Tumour rate per week (model's calls, scans)"
+    studies = tumour_rate_figure(["2026-03-02"], [10], [0.4], [None], "week", "studies")  # not "scans" for studies
+    assert studies.layout.yaxis2.title.text == "studies" and "studies" in studies.layout.title.text
 
 
 def test_class_mix_is_sorted_and_coloured_by_label_with_withheld_classes_last() -> None:

@@ -155,6 +155,14 @@ def test_the_overall_agreement_is_withheld_when_it_would_give_back_the_one_perio
     assert "drift,baseline,tumour_rate,1.0,withheld,withheld" in lines
     assert "quality_per_period,2026-11-02,flagged_rate,0.0,withheld,withheld" in lines
     assert "quality_per_period,2026-11-03,refused_rate,0.0,withheld,withheld" in lines
+    # control limits are rows of their own, never in the 95 % interval columns
+    limits = [line for line in lines if line.startswith("quality_per_period,2026-11-03,tumour_rate")]
+    assert [line.split(",")[2] for line in limits] == [
+        "tumour_rate",
+        "tumour_rate_lower_control_limit",
+        "tumour_rate_upper_control_limit",
+    ]
+    assert limits[0].endswith(",withheld,withheld") and any("not 95 % intervals" in line for line in lines)
 
 
 def test_every_period_of_the_range_is_listed_and_the_default_baseline_is_the_ranges_first_half() -> None:
@@ -225,9 +233,7 @@ def test_the_mean_tumour_probability_and_its_drift_alarm_read_single_scans_only(
 def test_a_quiet_weekend_does_not_switch_the_rate_alarm_off_and_a_withheld_period_raises_none() -> None:
     """Weekdays of 30 series whose tumour rate goes from 20 % to 60 %, weekend days of 3: each weekend's withheld
     count voided the baseline, so no limits were drawn and no alarm raised, unsaid."""
-    periods = [
-        day(d, 3, 1, p=0.3) if d % 7 in (5, 6) else day(d, 30, 6 if d < 14 else 18, p=0.3) for d in range(28)
-    ]
+    periods = [day(d, 3, 1, p=0.3) if d % 7 in (5, 6) else day(d, 30, 6 if d < 14 else 18, p=0.3) for d in range(28)]
     rows, drift = quality_rows(periods, date(2026, 3, 14))
     assert drift.baseline_rate == pytest.approx(0.2)
     assert len(drift.alarms) == 10 and all(r.shown is not None for r in rows if r.start in drift.alarms)

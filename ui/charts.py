@@ -91,9 +91,11 @@ def tumour_rate_figure(
     rates: Sequence[float | None],
     intervals: Sequence[tuple[float, float] | None],
     period: str,
+    counted: str = "scans",
 ) -> go.Figure:
-    """Two panels on one time axis: the tumour rate (percent) with its 95 % interval as error bars above, scans per
-    period below. ``scans`` None and ``rates`` None are withheld small counts; zero-scan periods are drawn as zero."""
+    """Two panels on one time axis: the tumour rate (percent) with its 95 % interval as error bars above, what is
+    ``counted`` per period below ("studies" when the board counts studies: its bars said "scans"). ``scans`` None
+    and ``rates`` None are withheld small counts; zero-scan periods are drawn as zero."""
     figure = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.62, 0.38], vertical_spacing=0.06)
     percent = [None if r is None else round(r * 100, 2) for r in rates]
     figure.add_scatter(
@@ -108,10 +110,10 @@ def tumour_rate_figure(
         row=1,
         col=1,
     )
-    tallest = _count_panel(figure, starts, scans, "scans", period)
-    _two_panel_layout(figure, f"Tumour rate per {period}", starts, period)
+    tallest = _count_panel(figure, starts, scans, counted, period)
+    _two_panel_layout(figure, f"Tumour rate per {period} (model's calls, {counted})", starts, period)
     figure.update_yaxes(title="tumour rate %", range=[0, 100], row=1, col=1)
-    figure.update_yaxes(title="scans", **count_ticks(tallest), row=2, col=1)
+    figure.update_yaxes(title=counted, **count_ticks(tallest), row=2, col=1)
     return figure
 
 
@@ -298,7 +300,7 @@ def drift_figure(
         cols=1,
         shared_xaxes=True,
         vertical_spacing=0.08,
-        subplot_titles=("tumour rate %", "mean tumour probability of single scans %"),
+        subplot_titles=("tumour rate % per scan or series", "mean tumour probability of single scans %"),
     )
     for row, values, bounds in ((1, rates, limits), (2, means, mean_limits)):
         pct = [None if v is None else round(v * 100, 2) for v in values]
@@ -347,6 +349,7 @@ def rate(board: Dashboard) -> go.Figure:
         [row.rate for row in rows],
         [row.interval for row in rows],
         board.period,
+        "studies" if board.unit == "study" else "scans and series",
     )
 
 

@@ -13,6 +13,7 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
+from core.model.explain import HEAT_MEANING, heat_title
 from core.model.gate import NEEDS_REVIEW, REJECTED
 from core.services.triage import NOT_SAVED, NOT_UPDATED, Triaged
 from ui.auth import fragment_actor
@@ -103,7 +104,7 @@ def edges(letters: Mapping[str, str]) -> str:
 def scan_panel(
     index: int, upload: Upload, labels: tuple[str, ...], choose_frame: Callable[[Upload, int], None]
 ) -> None:
-    """Original with box | crop as the model sees it | where it looked | verdict, probabilities, save status."""
+    """Original with box | crop as the model sees it | the heat map | verdict, probabilities, save status."""
     fragment_actor()
     st.markdown(f"**Scan {index}**")
     st.text(upload.name)  # plain text: a file name is never read as Markdown (links, images)
@@ -161,7 +162,8 @@ def scan_panel(
         )
         opacity = looked.slider("Heat map opacity", 0.0, 1.0, 0.45, 0.05, key=f"opacity-{upload.file_id}")
         label = explained if explained != PREDICTED else view.explained or labels[0]
-        inline_image(looked, view.overlay(label, opacity), f"Where the model looked for {pretty(label)} (Grad-CAM)")
+        inline_image(looked, view.overlay(label, opacity), heat_title(pretty(label)))
+        looked.caption(HEAT_MEANING)
     with verdict:
         _verdict(result)
     for warning in view.warnings:
@@ -200,7 +202,8 @@ def result_panel(opened, labels: tuple[str, ...], classifier=None, explainer=Non
             if heat is None:  # a refused image: the model's attention on it means nothing
                 looked.info("No heat map: the input gate refused this image.")
             else:
-                inline_image(looked, heat, f"Where the model looked for {pretty(label)}")
+                inline_image(looked, heat, heat_title(pretty(label)))
+                looked.caption(HEAT_MEANING)
         else:
             st.info(opened.note or "No image is kept for this result.")
     with right:

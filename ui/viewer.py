@@ -12,6 +12,7 @@ import numpy as np
 import streamlit as st
 
 from core.imaging.geometry import orientation_letters
+from core.model.explain import HEAT_MEANING
 from core.services.series_views import SeriesView, section_heat
 from ui.auth import fragment_actor
 from ui.lesion import CAVEAT, OUTLINE_HELP, OUTLINE_LABEL, volume_line
@@ -123,7 +124,7 @@ def series_viewer(view: SeriesView, classifier, explainer, prefix: str, outlined
         "Heat map",
         value=False,
         key=f"{prefix}-heat",
-        help="Where the model looked on this section (computed when shown).",
+        help=f"Computed when shown. {HEAT_MEANING}",
     )
     opacity = controls[3].slider("Opacity", 0.0, 1.0, 0.4, 0.05, key=f"{prefix}-opacity", disabled=not show_heat)
     with st.expander("Level / width and measurement"):

@@ -22,7 +22,7 @@ from core.domain.results import Record
 from core.errors import InvalidRecord, NoBrainFound
 from core.imaging.geometry import orientation_letters
 from core.model.classifier import Classifier
-from core.model.explain import Explainer, overlay
+from core.model.explain import HEAT_MEANING, Explainer, overlay
 from core.model.lesion import Lesion, Segmenter
 from core.model.roi import find_brain
 from core.services import audit
@@ -270,6 +270,9 @@ def _key_section_images(pdf, view: SeriesView, maps: dict[int, np.ndarray | None
         heat_note = " (heat map)" if map_ is not None else ""
         pdf.cell(side, 3, _text(f"section {index + 1}: P(tumour) {view.curve[index]:.2f}{heat_note}"))
     pdf.set_y(y + side + 6)
+    if any(map_ is not None for map_ in maps.values()):
+        pdf.set_font("Helvetica", size=7)
+        pdf.multi_cell(0, 3, _text(HEAT_MEANING), **_NEXT_LINE)
 
 
 def _section_image(pdf, view: SeriesView, rgb: np.ndarray, x: float, y: float, side: float) -> None:

@@ -128,6 +128,11 @@ def _comments(buffer: io.StringIO, board: Dashboard) -> None:
         "the class mix and versions count results, the confidence single scans only (a series' score is not the "
         "probability that its call is right); lesion volumes count tumour studies (quantiles withheld below 10)\n"
     )
+    buffer.write(
+        "# tumour rate and class mix: the model's calls (overrides do not change them); the quality board (accuracy, "
+        "confusion, drift, quality_per_period) counts each scan or series against its final label, whatever the "
+        "unit above; control limits are 3-sigma limits around the drift baseline, not 95 % intervals\n"
+    )
 
 
 def _quality_export(row, quality: QualityBoard) -> None:
@@ -156,8 +161,15 @@ def _quality_export(row, quality: QualityBoard) -> None:
         key = q.start.isoformat()
         row("quality_per_period", key, "reviewed", q.reviewed)
         row("quality_per_period", key, "agreement", q.agreement, q.agreement_interval, 4)
-        row("quality_per_period", key, "tumour_rate", q.tumour_rate, q.rate_limits, 4)
-        row("quality_per_period", key, "mean_tumour_probability", q.mean_probability, q.mean_limits, 4)
+        # control limits are measures of their own: in the interval columns they read as a 95 % interval
+        for measure, value, limits in (
+            ("tumour_rate", q.tumour_rate, q.rate_limits),
+            ("mean_tumour_probability", q.mean_probability, q.mean_limits),
+        ):
+            row("quality_per_period", key, measure, value, digits=4)
+            low, high = limits if limits else (None, None)
+            row("quality_per_period", key, f"{measure}_lower_control_limit", low, digits=4)
+            row("quality_per_period", key, f"{measure}_upper_control_limit", high, digits=4)
         row("quality_per_period", key, "flagged_rate", q.flagged_rate, digits=4)
         row("quality_per_period", key, "refused_rate", q.rejected_rate, digits=4)
         row("quality_per_period", key, "out_of_control", str(q.out_of_control).lower())
