@@ -237,7 +237,7 @@ def pydicom_window_as_uint8(stored: np.ndarray, ds) -> np.ndarray:
     ],
 )
 def test_windows_match_pydicom(function: str, center: float, width: float) -> None:
-    from core.imaging.dicom import display
+    from core.imaging.dicom_display import display
 
     stored = np.tile(np.arange(0, 4096, 16, dtype=np.uint16), (64, 1))[:, :256]
     ds = voi_dataset(stored, WindowCenter=center, WindowWidth=width, VOILUTFunction=function)
@@ -255,7 +255,7 @@ def test_voi_lut_sequence_is_looked_up_with_integers_as_the_standard_says(bits: 
     from pydicom.dataset import Dataset
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    from core.imaging.dicom import display
+    from core.imaging.dicom_display import display
 
     stored = np.tile(np.arange(0, 4096, 16, dtype=np.uint16), (32, 1))
     top = 2**bits - 1
@@ -323,7 +323,7 @@ def test_a_deflated_dicom_is_refused_by_name_before_it_is_inflated() -> None:
 def test_a_voi_table_of_zero_bits_and_a_nan_window_are_no_crash() -> None:
     from pydicom.dataset import Dataset
 
-    from core.imaging.dicom import apply_window
+    from core.imaging.dicom_display import apply_window
 
     item = Dataset()
     item.LUTDescriptor = [256, 0, 0]  # entries of 0 bits: 255 / (2**0 - 1) divided by zero
@@ -332,3 +332,26 @@ def test_a_voi_table_of_zero_bits_and_a_nan_window_are_no_crash() -> None:
     assert scan.pixels.dtype == np.uint8 and scan.pixels.max() == 255
     shown = apply_window(np.arange(100.0).reshape(10, 10), float("nan"), 40.0)
     assert shown.min() == 0 and shown.max() == 255  # a NaN window is no window: the percentile stretch
+
+
+@pytest.mark.parametrize("window", [(1500.0, 3000.0), None])
+def test_padding_around_a_rotated_slice_is_black_and_left_out_of_the_crop(window) -> None:
+    """Corners filled with PixelPaddingValue (the 12-bit maximum here) showed white: the brain crop fell inside the
+    head and a glioma slice's score fell (with no window, the stretch spent its range on the padding)."""
+    import cv2
+
+    from core.imaging.scan import read_scan
+    from core.model.roi import find_brain
+
+    head = synthetic_slice(256, tumour=True).astype(np.uint16) * 12
+    plain = read_scan(dicom_bytes(head, window=window))
+    turned = cv2.warpAffine(
+        head, cv2.getRotationMatrix2D((128, 128), 25, 1.0), (256, 256), flags=cv2.INTER_NEAREST, borderValue=4095
+    )
+    outside = cv2.warpAffine(
+        np.zeros_like(head), cv2.getRotationMatrix2D((128, 128), 25, 1.0), (256, 256), borderValue=1
+    )
+    padded = read_scan(dicom_bytes(turned, window=window, extra={"PixelPaddingValue": 4095}))
+    assert padded.pixels[outside > 0].max() == 0  # black, as a viewer shows padding
+    box, unpadded_box = find_brain(padded.pixels).box, find_brain(plain.pixels).box
+    assert (box[2] - box[0]) >= 0.85 * (unpadded_box[2] - unpadded_box[0])  # the head, not a patch inside it

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import plotly.graph_objects as go
 
-from core.imaging.dicom import apply_window
+from core.imaging.dicom_display import apply_window
 from core.services.views import OUTLINE_RGB, draw_outline
 
 OUTLINE_COLOR = "#{:02x}{:02x}{:02x}".format(*OUTLINE_RGB)
@@ -34,7 +34,7 @@ WINDOW_PRESETS: dict[str, tuple[int, int]] = {
 
 
 def windowed(section: np.ndarray, level: float, width: float) -> np.ndarray:
-    """uint8 section -> uint8 through DICOM's linear window (:func:`core.imaging.dicom.apply_window`, LINEAR):
+    """uint8 section -> uint8 through DICOM's linear window (:func:`core.imaging.dicom_display.apply_window`, LINEAR):
     ``level`` at mid-grey, ``width`` grey levels spread over 0-255 (at least 1: a threshold at the level);
     "as stored" (128, 256) changes nothing."""
     return apply_window(section, level, max(float(width), 1.0), "LINEAR")

@@ -3,9 +3,7 @@
 - The header is read with ``stop_before_pixels`` and checked (size, frames, colour, modality, transfer syntax)
   before any pixel is decoded; never ``force=True``.
 - Compressed syntaxes are decoded by the pylibjpeg plugins (JPEG, JPEG-LS, JPEG 2000, RLE) or refused by name.
-- Display (PS3.3 C.11): modality LUT (rescale slope and intercept) first; then the VOI LUT (on integer values, as
-  its table is indexed) or the first window (LINEAR, LINEAR_EXACT or SIGMOID, straight to 0..255); a percentile
-  stretch when neither is present; MONOCHROME1 inverted last.
+- Display (PS3.3 C.11): :mod:`core.imaging.dicom_display`.
 - Only non-identifying acquisition facts (:data:`ACQUISITION_FIELDS`) leave this module.
 """
 
@@ -30,7 +28,8 @@ from core.errors import (
     WrongModality,
 )
 from core.imaging import geometry
-from core.imaging.limits import Limits, check_decoded_size, check_dimensions, stretch_to_uint8
+from core.imaging.dicom_display import display
+from core.imaging.limits import Limits, check_decoded_size, check_dimensions
 
 # DICOM modalities the model may see. Secondary captures and "other" are allowed with a warning because MR
 # slices are often exported that way; any other declared modality is refused.
@@ -327,88 +326,6 @@ def decode_frame(dataset: Any, frame: int | None) -> np.ndarray:
     if pixels.ndim != 2:
         raise UnsupportedDicom(f"Unexpected DICOM pixel layout {pixels.shape}; a single grayscale slice is needed.")
     return pixels
-
-
-def display(stored: np.ndarray, dataset: Any) -> np.ndarray:
-    """Stored values -> displayed uint8: modality LUT, VOI LUT or window (first of several), else stretch."""
-    from pydicom.pixels import apply_modality_lut
-
-    values = apply_modality_lut(stored, dataset)
-    voi_sequence = dataset.get("VOILUTSequence")
-    if voi_sequence:
-        shown = apply_voi_table(values, dataset)
-    elif "WindowCenter" in dataset and "WindowWidth" in dataset:
-        shown = apply_window(values, *first_window(dataset), window_function(dataset))
-    else:
-        shown = stretch_to_uint8(values)
-    if str(dataset.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        shown = 255 - shown
-    return shown
-
-
-def apply_voi_table(values: np.ndarray, dataset: Any) -> np.ndarray:
-    """The first VOI LUT table (PS3.3 C.11.2.1.1), its output range scaled to 0..255.
-
-    A table is indexed by integer values, so the modality output is rounded first (pydicom warns that a float
-    input gives wrong results). Values below the first mapped one take the first entry, values past the table the
-    last (the lookup is done here because pydicom 3.0.2 computes the index in the table's own 8-bit type, which
-    wraps values more than 255 past the first mapped one round to the start of an 8-bit table).
-    """
-    item = dataset.VOILUTSequence[0]
-    entries, first, bits = (int(v) for v in item.LUTDescriptor)
-    if not 1 <= bits <= 16:  # a table whose entries have no range is no table: the percentile stretch
-        return stretch_to_uint8(np.asarray(values, dtype=np.float64))
-    entries = entries or 65536
-    data = item.LUTData
-    if isinstance(data, bytes):  # OW: 16-bit words, little endian
-        table = np.frombuffer(data, dtype="<u2")[:entries].astype(np.float64)
-    else:
-        table = np.asarray([data] if isinstance(data, int | float) else list(data), dtype=np.float64)[:entries]
-    index = np.clip(np.rint(values).astype(np.int64) - first, 0, len(table) - 1)
-    shown = table[index] * (255.0 / (2**bits - 1))
-    return np.clip(shown + 0.5, 0, 255).astype(np.uint8)
-
-
-def first_window(dataset: Any) -> tuple[float, float]:
-    """(centre, width) of the first window the header offers."""
-    center_value, width_value = dataset.WindowCenter, dataset.WindowWidth
-    center = float(center_value[0]) if dataset["WindowCenter"].VM > 1 else float(center_value)
-    width = float(width_value[0]) if dataset["WindowWidth"].VM > 1 else float(width_value)
-    return center, width
-
-
-def window_function(dataset: Any) -> str:
-    return str(dataset.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
-
-
-def apply_window(values: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
-    """DICOM PS3.3 C.11.2.1.2 window (LINEAR, LINEAR_EXACT or SIGMOID) straight to the 0..255 output range.
-
-    A width the function does not allow (LINEAR below 1, others not above 0) falls back to a percentile stretch;
-    a LINEAR width of exactly 1 is the standard's step at ``center - 0.5``.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    if not (np.isfinite(center) and np.isfinite(width)):  # a NaN or infinite window is no window
-        return stretch_to_uint8(values)
-    if function == "SIGMOID":
-        if width <= 0:
-            return stretch_to_uint8(values)
-        shown = 255.0 / (1.0 + np.exp(np.clip(-4.0 * (values - center) / width, -700, 700)))
-        return np.clip(shown + 0.5, 0, 255).astype(np.uint8)
-    if function == "LINEAR_EXACT":
-        if width <= 0:
-            return stretch_to_uint8(values)
-    elif width < 1:
-        return stretch_to_uint8(values)
-    else:  # LINEAR: the standard's half-pixel shift and width - 1
-        center, width = center - 0.5, width - 1.0
-    below, above = values <= center - width / 2, values > center + width / 2
-    shown = np.empty(values.shape, np.float64)
-    shown[below], shown[above] = 0.0, 255.0
-    between = ~(below | above)
-    if width > 0:  # at width 0 (LINEAR width 1) every value is below or above: a step
-        shown[between] = ((values[between] - center) / width + 0.5) * 255.0
-    return np.clip(shown + 0.5, 0, 255).astype(np.uint8)
 
 
 def acquisition_facts(dataset: Any) -> dict[str, str]:
