@@ -355,3 +355,23 @@ def test_padding_around_a_rotated_slice_is_black_and_left_out_of_the_crop(window
     assert padded.pixels[outside > 0].max() == 0  # black, as a viewer shows padding
     box, unpadded_box = find_brain(padded.pixels).box, find_brain(plain.pixels).box
     assert (box[2] - box[0]) >= 0.85 * (unpadded_box[2] - unpadded_box[0])  # the head, not a patch inside it
+
+
+def test_a_dicom_slice_reopened_from_the_worklist_keeps_its_patient_directions(tmp_path, tiny_classifier) -> None:
+    """The kept copy is a PNG: reopened, the slice said "left and right unknown" where the upload had shown them."""
+    from core.services.access import Actor
+    from core.services.reviews import open_result
+    from core.services.triage import triage
+    from core.storage.images import FolderImages
+    from core.storage.sqlite import SQLiteStore
+
+    store, images, doctor = (
+        SQLiteStore(tmp_path / "r.sqlite3"),
+        FolderImages(tmp_path / "img"),
+        Actor("dr", "radiologist"),
+    )
+    uploaded = triage(dicom_bytes(synthetic_slice(256).astype("uint16") * 16), tiny_classifier, None, store,
+                      actor=doctor, patient_ref=None, images=images)  # fmt: skip
+    assert uploaded.view.letters
+    opened = open_result(store, images, doctor, uploaded.record.id, tiny_classifier, None)
+    assert opened.view is not None and opened.view.letters == uploaded.view.letters

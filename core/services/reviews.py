@@ -101,7 +101,10 @@ def open_result(
         note = f"The image is shown without a heat map: it was read by {record.model_name} {record.model_version}."
         return OpenedResult(record, None, store.reviews_of(result_id), note)
     try:
-        analysis = analyse_scan(read_scan(data), classifier)
+        scan = read_scan(data)
+        if orientation := (record.geometry or {}).get("orientation"):  # the kept copy's directions, as uploaded
+            scan = replace(scan, orientation=tuple(float(v) for v in orientation))  # type: ignore[attr-defined]
+        analysis = analyse_scan(scan, classifier)
     except ScanError:
         return OpenedResult(record, None, store.reviews_of(result_id), "The stored image cannot be read.")
     if record.gate == REJECTED:  # the gate's decision as saved: the kept grey copy passes a colour check it failed

@@ -116,6 +116,9 @@ def new_record(
         image_key=image_key,
         lesion_px=None if analysis.lesion is None else analysis.lesion.area_px,
         lesion_mm2=None if analysis.lesion is None else analysis.lesion.area_mm2,
+        # the directions of the stored (displayed) pixels: the kept PNG has none, and a reopened DICOM slice said
+        # "left and right unknown" where the upload had shown them
+        geometry={"orientation": list(scan.orientation)} if scan.orientation else {},
     ).validate()
 
 
