@@ -1452,6 +1452,24 @@ def test_an_upgrade_replaces_a_backup_left_cut_short_and_writes_it_private(tmp_p
     with sqlite3.connect(backup) as copy:
         assert copy.execute("SELECT count(*) FROM scans").fetchone()[0] == 1
         assert copy.execute("PRAGMA user_version").fetchone()[0] == 8
+    assert sorted(p.name for p in tmp_path.iterdir() if "tmp" in p.name) == []  # no draft's -wal or -shm left
+
+
+def test_an_upgrade_backs_up_the_database_as_it_is_not_an_older_copy_under_the_name(tmp_path: Path) -> None:
+    """After a first upgrade, a restore of the ".v8.bak" and two more results from the older release, the next
+    upgrade kept the old backup: one result where the database held three."""
+    path = tmp_path / "results.sqlite3"
+    store = SQLiteStore(path)
+    store.add(FIXTURE[0])
+    del store
+    downgrade = [f"ALTER TABLE scans DROP COLUMN {name}" for name in ("lesion_px", "lesion_mm2", "lesion_ml")]
+    sqlite3.connect(path).executescript(";".join([*downgrade, "PRAGMA user_version = 8"]))
+    shutil.copy(path, tmp_path / "results.sqlite3.v8.bak")  # an older copy under the name (one result)
+    with sqlite3.connect(path) as older_release:  # the older release wrote more since
+        older_release.execute("CREATE TABLE more (n)")
+    assert SQLiteStore(path).schema_version() == SCHEMA_VERSION
+    with sqlite3.connect(tmp_path / "results.sqlite3.v8.bak") as copy:
+        assert copy.execute("SELECT count(*) FROM sqlite_master WHERE name = 'more'").fetchone()[0] == 1
 
 
 def test_lesion_measures_round_trip_and_a_negative_area_is_refused(store) -> None:

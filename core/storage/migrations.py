@@ -162,12 +162,11 @@ def _sqlite_v6_to_v7(connection: sqlite3.Connection) -> int:
 
 
 def _backup(connection: sqlite3.Connection, path: Path, version: int) -> None:
-    """A copy of the database before it is upgraded from ``version``, beside it (0600 from its first byte). An
-    earlier copy is kept only when it opens whole; one cut short (a full disk, a crash) was trusted and the upgrade
-    ran with no real backup. Written to a draft renamed into place: never half a backup under the name."""
+    """A copy of the database as it is just before it is upgraded from ``version``, beside it (0600 from its first
+    byte), always made anew: an earlier copy under the name was reused, weeks older than the database after a
+    restore and a downgrade. Written to a draft renamed into place once it opens whole: never half a backup under
+    the name, and the earlier copy stays if this one cannot be made."""
     target = path.with_name(f"{path.name}.v{version}.bak")
-    if target.exists() and _whole(target):
-        return
     draft = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     os.close(os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
     copy = sqlite3.connect(draft)
@@ -179,6 +178,8 @@ def _backup(connection: sqlite3.Connection, path: Path, version: int) -> None:
         draft.unlink(missing_ok=True)
         raise StoreError("The backup before the database upgrade could not be written whole; nothing was changed.")
     os.replace(draft, target)
+    for leftover in (draft.with_name(f"{draft.name}-wal"), draft.with_name(f"{draft.name}-shm")):
+        leftover.unlink(missing_ok=True)  # the whole-check's read-only open of the draft left them beside it
 
 
 def _whole(copy: Path) -> bool:
