@@ -127,9 +127,9 @@ unit = controls[4].radio(
     list(UNIT_NAMES),
     format_func=UNIT_NAMES.get,
     key="stats_unit",
-    help="Per study: a study counts once, tumour when any of its series is, not at all when none is and one of "
-    "its series could not be read (it has no verdict); a single scan is a study of its own. Per scan or series: "
-    "every saved result once.",
+    help="Per study: a study counts once (once for each model version that read it: pick a version to count it "
+    "once), tumour when any of its series is, not at all when none is and one of its series could not be read (it "
+    "has no verdict); a single scan is a study of its own. Per scan or series: every saved result once.",
 )
 paused = controls[5].toggle("Pause", help=f"Stop refreshing (every {REFRESH_SECONDS} s)")
 

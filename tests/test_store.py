@@ -1161,6 +1161,20 @@ def test_a_study_with_a_series_nobody_could_read_and_no_tumour_series_has_no_ver
     assert store.get(make_series(50, day, "notumor", study=11).id).study_unread == 1
 
 
+def test_a_study_read_by_two_model_versions_counts_once_for_each_as_a_scan_does(store) -> None:
+    """Its series were merged across models (tumour when either said so) while a re-read single scan counted twice:
+    after a back-fill the per-study board mixed two models' verdicts."""
+    day = utc(2026, 5, 2, 8, 0)
+    first = make_series(70, day, "glioma", study=14)
+    again = make_record(70, day + timedelta(hours=1), "notumor", "2.0.0")
+    again = replace(again, image_format="dicom", section_count=5, study_ref=first.study_ref, geometry=first.geometry)
+    store.add_series(first, series_sections())
+    store.add_series(again, series_sections())
+    assert [(d.total, d.tumour) for d in store.daily_studies(Filters(), "UTC")] == [(2, 1)]  # one per model
+    only = Filters(model_versions=("2.0.0",))
+    assert [(d.total, d.tumour) for d in store.daily_studies(only, "UTC")] == [(1, 0)]
+
+
 VERSION_6_STATEMENTS = ("DROP TRIGGER shifted_on_insert", "DROP TRIGGER shifted_on_review", "DROP TABLE rollup_shifted")
 
 

@@ -116,8 +116,8 @@ def _comments(buffer: io.StringIO, board: Dashboard) -> None:
     buffer.write(
         f"# counted per {board.unit}"
         + (
-            ": a study counts once, tumour when any of its series is, not counted when none is and one could not be "
-            "read (no verdict); a single scan is a study of its own\n"
+            ": a study counts once for each model version that read it, tumour when any of its series is, not "
+            "counted when none is and one could not be read (no verdict); a single scan is a study of its own\n"
             if board.unit == "study"
             else ": each scan or series once\n"
         )

@@ -108,7 +108,8 @@ class MongoQuality:
         return merged
 
     def daily_studies(self, filters: Filters, timezone: str) -> list[DayCount]:
-        """Studies whose first series falls in the range, per local day of that first series (see SQLite)."""
+        """Studies whose first series falls in the range, per local day of that first series, once per model version
+        (see SQLite)."""
         series = replace(filters, kinds=("series",))
         summary = self.summary(series)
         if summary.first is None or summary.last is None:
@@ -120,7 +121,7 @@ class MongoQuality:
                 {"$match": self._match(replace(series, start=None, end=None))},  # every series of a study first
                 {
                     "$group": {
-                        "_id": {"$ifNull": ["$study_ref", "$_id"]},
+                        "_id": {"study": {"$ifNull": ["$study_ref", "$_id"]}, "version": "$model_version"},
                         "first": {"$min": "$created_at"},
                         "tumour": {"$max": {"$cond": ["$is_tumour", 1, 0]}},
                         "unread": {"$max": {"$ifNull": ["$geometry.study_unread", 0]}},

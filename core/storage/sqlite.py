@@ -127,7 +127,8 @@ class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
         a series of it could not be read), whatever range is asked (grouping the series in range counted a study
         saved across midnight on both days' boards). Grouped in SQL through the covering partial index
         ``scans_studies`` (its condition is written as a literal so that the planner can use it), which keeps
-        grouping every series cheap."""
+        grouping every series cheap. A study read by two model versions counts once for each, as a single scan
+        does (their verdicts were merged: tumour when either model said so, a scan re-read counted twice)."""
         span = self._time_range(filters)  # dates only
         if span is None:
             return []
@@ -136,7 +137,7 @@ class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
         series = f"{where} AND kind = 'series'" if where else " WHERE kind = 'series'"
         studies = (
             f"SELECT min(created_ms) AS first_ms, max(is_tumour) AS tumour, max(COALESCE(study_unread, 0)) AS unread "
-            f"FROM scans{series} GROUP BY COALESCE(study_ref, id)"
+            f"FROM scans{series} GROUP BY COALESCE(study_ref, id), model_version"
         )
         bounds = (("first_ms >= ?", filters.start), ("first_ms < ?", filters.end))
         known = [(sql, to_ms(when)) for sql, when in bounds if when is not None]
