@@ -85,7 +85,9 @@ def test_each_reviewed_report_names_the_version_before_it(tiny_classifier) -> No
     send = pacs_service.send_results
     preliminary = send(pacs, RADIOLOGIST, pulled, model, None, None)[0]
     first = send(pacs, RADIOLOGIST, pulled, model, None, None, final_label="glioma")[0]
-    second = send(pacs, RADIOLOGIST, pulled, model, None, None, final_label="meningioma", earlier_finals=["glioma"])[0]
+    second = send(
+        pacs, RADIOLOGIST, pulled, model, None, None, final_label="meningioma", earlier_finals=[("glioma", "dr-a")]
+    )[0]
     assert send(pacs, RADIOLOGIST, pulled, model, None, None, final_label="glioma")[0] == first  # the same: again
     assert len({preliminary, first, second}) == 3
 
@@ -107,9 +109,23 @@ def test_each_reviewed_report_names_the_version_before_it(tiny_classifier) -> No
     assert any(text.startswith(f"Series UID {STUDY}.1: ") for text in texts)  # a reader finds it in the PACS
     # glioma -> meningioma -> glioma: the third review is a version of its own, not the first one again
     third = send(
-        pacs, RADIOLOGIST, pulled, model, None, None, final_label="glioma", earlier_finals=["glioma", "meningioma"]
+        pacs,
+        RADIOLOGIST,
+        pulled,
+        model,
+        None,
+        None,
+        final_label="glioma",
+        earlier_finals=[("glioma", "dr-a"), ("meningioma", "dr-a")],
     )[0]
     assert third not in (preliminary, first, second) and predecessor(third) == second
+    # a final report names who gave its label (it named nobody)
+    finding = [str(item.get("TextValue", "")) for item in report(second).ContentSequence]
+    assert any(f"Meningioma (given by {RADIOLOGIST.name}" in text for text in finding)
+    assert report(second).CompletionFlag == "COMPLETE"
+    series, verdict = list(pulled.outcome.series), pulled.outcome.verdict
+    partly = objects.verdict_report(pulled.evidence, series, verdict, model, "glioma", unread=("Series 9: colour",))
+    assert partly.CompletionFlag == "PARTIAL"  # it lists a series nobody read: never COMPLETE
 
 
 def test_a_study_the_pacs_failed_to_give_is_tried_again_not_dropped(tiny_classifier, tmp_path: Path) -> None:

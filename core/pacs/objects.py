@@ -200,9 +200,12 @@ def verdict_report(
     predecessor: Any | None = None,
     version: int | None = None,
     unread: Sequence[str] = (),
+    reader: str | None = None,
 ) -> Any:
     """The Comprehensive SR for one study (see the module docstring); ``version`` is its instance number: 1 the
-    preliminary report, 2 the first review's, 3 the next review's (default: 2 with a final label, else 1)."""
+    preliminary report, 2 the first review's, 3 the next review's (default: 2 with a final label, else 1);
+    ``reader``: the account that gave ``final_label``, named beside it (a final report named nobody). A report
+    listing a series nobody could read is never COMPLETE."""
     import highdicom as hd
 
     quiet_highdicom()
@@ -239,8 +242,9 @@ def verdict_report(
         hd.sr.TextContentItem(codes["comment"], STATEMENT, "CONTAINS"),
     ]
     if final_label is not None:
+        by = f" (given by {reader} in the triage dashboard)" if reader else ""
         items.append(
-            hd.sr.TextContentItem(codes["finding"], f"Radiologist's final label: {_words(final_label)}", "CONTAINS")
+            hd.sr.TextContentItem(codes["finding"], f"Radiologist's final label: {_words(final_label)}{by}", "CONTAINS")
         )
     root = hd.sr.ContainerContentItem(codes["report"])
     root.ContentSequence = hd.sr.ContentSequence(items, is_root=False)
@@ -254,7 +258,7 @@ def verdict_report(
         sop_instance_uid=_uid(study_uid, "report", fingerprint),
         instance_number=version,
         manufacturer=MANUFACTURER,
-        is_complete=final_label is not None,
+        is_complete=final_label is not None and not unread,
         is_final=final_label is not None,
         previous_versions=[predecessor] if predecessor is not None else None,
     )

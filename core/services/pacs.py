@@ -127,19 +127,21 @@ def send_results(
     store: AuditTrail | None,
     key: bytes | None,
     final_label: str | None = None,
-    earlier_finals: Sequence[str] = (),
+    earlier_finals: Sequence[tuple[str, str]] = (),
 ) -> list[str]:
     """Send the study's report and key images to the PACS; returns the SOP Instance UIDs it stored. The same result
     sent again stores the same instances (no duplicate); a failure raises :class:`PacsError` with its reason and
-    is audited, and the send can simply be retried. ``earlier_finals``: the final labels of the study's earlier
-    reviews, oldest first, so that a reviewed report names the version before it (see :mod:`core.pacs.objects`).
+    is audited, and the send can simply be retried. ``earlier_finals``: the (final label, reviewer) of the study's
+    earlier reviews, oldest first, so that a reviewed report names the version before it (see
+    :mod:`core.pacs.objects`); ``final_label`` is the acting reader's, named in the report.
     Those who may use the PACS and analyse scans only (an admin manages the connection, not reports)."""
     require(actor, PACS)
     require(actor, ANALYSE)
     analysed = [s for s in pulled.outcome.series if s.label is not None]
     if not pulled.evidence or not analysed:
         raise PacsError("There is no analysed series to report on.")
-    chain, images = _report_objects(pulled, model, final_label, earlier_finals)
+    finals = [*earlier_finals, (final_label, actor.name)] if final_label is not None else []
+    chain, images = _report_objects(pulled, model, finals)
     report, earlier = chain[-1], chain[-2::-1]
     target = _target(pulled.study_uid, key)
     if store is not None:  # audited before anything leaves: a send the trail cannot record is not made
@@ -155,22 +157,22 @@ def send_results(
 
 
 def _report_objects(
-    pulled: Pulled, model: objects.ModelFacts, final_label: str | None, earlier_finals: Sequence[str]
+    pulled: Pulled, model: objects.ModelFacts, finals: Sequence[tuple[str, str]]
 ) -> tuple[list[Any], list[Any]]:
-    """The study's report versions (the chain from the preliminary one up to ``final_label``, oldest first) and
-    its key images, or :class:`PacsError` when the source headers hold a value the report library refuses (never
-    quoted: it can be a patient's)."""
+    """The study's report versions (the chain from the preliminary one through each review in ``finals``, its
+    final label and reader, oldest first) and its key images, or :class:`PacsError` when the source headers hold a
+    value the report library refuses (never quoted: it can be a patient's)."""
     every = list(pulled.outcome.series)  # the report names a series nobody could read too ("not analysed")
     unread = pulled.outcome.unread
     try:
         chain = [objects.verdict_report(pulled.evidence, every, pulled.outcome.verdict, model, unread=unread)]
-        if final_label is not None:  # each reviewed version names the one it replaces: one chain, one current
-            for version, label in enumerate([*earlier_finals, final_label], start=2):
-                chain.append(
-                    objects.verdict_report(
-                        pulled.evidence, every, pulled.outcome.verdict, model, label, chain[-1], version, unread
-                    )
+        # each reviewed version names the one it replaces (one chain, one current) and the reader who gave it
+        for version, (label, reader) in enumerate(finals, start=2):
+            chain.append(
+                objects.verdict_report(
+                    pulled.evidence, every, pulled.outcome.verdict, model, label, chain[-1], version, unread, reader
                 )
+            )
         analysed = [s for s in every if s.label is not None]
         images = [image for series in analysed for image in objects.key_images(pulled.evidence, series)]
     except ValueError as error:
@@ -207,7 +209,7 @@ def review_and_send(
     # pressed again (a retry after the PACS failed, or a second press): the same review is not recorded twice and
     # the same report version goes again (the same instance: the PACS stores nothing new)
     again = _reviewed_so(history, final_label, actor)
-    earlier = [r.final_label for r in (history[:-1] if again else history)]
+    earlier = [(r.final_label, r.reviewer) for r in (history[:-1] if again else history)]
     due = [rid for rid in result_ids if not _reviewed_so(store.reviews_of(rid), final_label, actor)]
     seen = seen or {}
     if any(seen.get(rid, record.review_count) != record.review_count for rid, record in _records(store, due)):
