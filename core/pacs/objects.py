@@ -3,8 +3,8 @@
 - The **Structured Report** (one series per study, "BTD decision aid"): the study verdict, each series' verdict,
   P(tumour) and the series rule, the lesion volume when segmented, the model's name, version and weights hash, the
   statement that this is a decision aid that needs a radiologist's review and, once reviewed, the radiologist's
-  final label. ``PreliminaryFlag`` is PRELIMINARY and ``CompletionFlag`` PARTIAL until a review makes it FINAL and
-  COMPLETE; a reviewed report is a new instance in the same series that lists the version before it as its
+  final label and the account that gave it. ``PreliminaryFlag`` is PRELIMINARY and ``CompletionFlag`` PARTIAL until
+  a review makes it FINAL and COMPLETE (PARTIAL still when a series could not be read); a reviewed report is a new instance in the same series that lists the version before it as its
   predecessor (the preliminary report, or the previous review's when the study is reviewed again), so that the
   PACS holds one chain of versions, never two final reports that both claim to replace the preliminary one.
 - The **key images**: a Secondary Capture series per analysed series with its sections at or above the rule's
