@@ -730,3 +730,22 @@ def test_a_study_deleted_between_the_feed_and_its_read_is_passed_over_not_a_watc
 
     with pytest.raises(PacsError, match=r"failed the change feed \(HTTP 404\)"):
         OrthancChanges("http://pacs", NoFeed()).stable_studies(3)
+
+
+def test_a_key_image_that_shows_something_else_is_a_new_instance(tiny_classifier) -> None:
+    """Its UID came from the study, the series, the section and the score alone: an outline added later (a lesion
+    segmenter installed) went under the old image's UID, and the PACS kept the picture without it."""
+    from dataclasses import replace
+
+    files = tumour_study(STUDY)
+    (series,) = analyse_study(files, tiny_classifier).series
+    series = replace(series, rule=replace(series.rule, threshold=0.0))  # every section a key section
+    evidence = objects.headers(files)
+    first = [str(image.SOPInstanceUID) for image in objects.key_images(evidence, series)]
+    assert first == [str(image.SOPInstanceUID) for image in objects.key_images(evidence, series)]  # sent again: same
+    drawn = list(series.volume.sections)
+    drawn[0] = drawn[0].copy()
+    drawn[0][10:20, 10:20] = 255  # what an outline burned in does to the picture
+    changed = replace(series, volume=replace(series.volume, sections=drawn))
+    second = [str(image.SOPInstanceUID) for image in objects.key_images(evidence, changed)]
+    assert second[0] != first[0] and second[1:] == first[1:]

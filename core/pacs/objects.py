@@ -18,6 +18,7 @@ PACS); nothing of it is stored by the app.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from collections.abc import Sequence
@@ -303,7 +304,11 @@ def key_images(evidence: Sequence[Any], series: SeriesAnalysis) -> list[Any]:
             patient_orientation=(orientation[0][0], orientation[1][0]),  # highdicom takes one letter an edge
             series_instance_uid=_uid(reference.StudyInstanceUID, series.volume.series, "key images"),
             series_number=9902,
-            sop_instance_uid=_uid(reference.StudyInstanceUID, series.volume.series, "key image", index, series.score),
+            # what it shows is part of its identity: an outline added (a segmenter installed) under the UID of the
+            # image without it was "sent" while the PACS kept the old picture
+            sop_instance_uid=_uid(
+                reference.StudyInstanceUID, series.volume.series, "key image", index, series.score, _digest(rgb)
+            ),
             instance_number=index + 1,  # the section's number, as the app and the report count it
             manufacturer=MANUFACTURER,
         )
@@ -312,6 +317,10 @@ def key_images(evidence: Sequence[Any], series: SeriesAnalysis) -> list[Any]:
         image.SeriesDescription = f"BTD key sections of {source}"[:64]  # which series they come from
         images.append(image)
     return images
+
+
+def _digest(pixels: np.ndarray) -> str:
+    return hashlib.sha256(pixels.tobytes()).hexdigest()[:16]
 
 
 def _source_series(evidence: Sequence[Any], series: SeriesAnalysis) -> str:
