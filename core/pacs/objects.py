@@ -4,12 +4,14 @@
   P(tumour) and the series rule, the lesion volume when segmented, the model's name, version and weights hash, the
   statement that this is a decision aid that needs a radiologist's review and, once reviewed, the radiologist's
   final label and the account that gave it. ``PreliminaryFlag`` is PRELIMINARY and ``CompletionFlag`` PARTIAL until
-  a review makes it FINAL and COMPLETE (PARTIAL still when a series could not be read); a reviewed report is a new instance in the same series that lists the version before it as its
-  predecessor (the preliminary report, or the previous review's when the study is reviewed again), so that the
-  PACS holds one chain of versions, never two final reports that both claim to replace the preliminary one.
+  a review makes it FINAL and COMPLETE (PARTIAL still when a series could not be read); a reviewed report is a new
+  instance in the same series that lists the version before it as its predecessor (the preliminary report, or the
+  previous review's when the study is reviewed again), so that the PACS holds one chain of versions, never two
+  final reports that both claim to replace the preliminary one.
 - The **key images**: a Secondary Capture series per analysed series with its sections at or above the rule's
   threshold (the 12 most likely tumour when there are more), the lesion outline (or the section alone) burned in.
-- Identity: every UID is derived from the study, the series and the result's content, so sending the same result
+- Identity: every UID is derived from the study, the series and the result's content (a key image's from its
+  pixels too), so sending the same result
   twice stores the same instances again (the PACS keeps one), while a new version gets new instances.
 
 Patient and study attributes are copied from the source images (this object belongs to that patient's study in the
