@@ -26,6 +26,7 @@ from core.pacs.client import Pacs
 from core.pacs.objects import ModelFacts
 from core.pacs.orthanc import DevOrthanc, available
 from core.services import pacs as pacs_service
+from core.services import pacs_watch
 from core.services.access import Actor
 from core.storage.sqlite import SQLiteStore
 from tests.scans import garbage_pacs, run_core
@@ -130,28 +131,28 @@ def test_watch_mode_analyses_each_new_brain_mr_study_once_also_after_a_restart_a
 
     pacs = Pacs(orthanc.dicomweb, orthanc.user, orthanc.password)
     store = SQLiteStore(tmp_path / "results.sqlite3")
-    watcher = pacs_service.Watcher(
+    watcher = pacs_watch.Watcher(
         pacs, OrthancChanges.of(pacs, orthanc.rest), tiny_classifier, store, FolderImages(tmp_path / "img"), b"k" * 32
     )
     state_file = tmp_path / "pacs-watch.json"
     time.sleep(2.5)  # Orthanc calls a study stable after a second without new images
-    first = pacs_service.watch_once(watcher, pacs_service.WatchState.load(state_file), RADIOLOGIST)
+    first = pacs_watch.watch_once(watcher, pacs_watch.WatchState.load(state_file), RADIOLOGIST)
     handled = {line["study_uid"]: line for line in first}
     assert handled[STUDY]["saved"] == ["saved"] and handled[CT_STUDY]["skipped"] == "pacs_not_found"
     (result,) = store.worklist(WorklistQuery(), 10)
     assert result.patient_ref == pacs_service.patient_reference("PACS-TEST-001", b"k" * 32)
-    assert pacs_service.watch_once(watcher, pacs_service.WatchState.load(state_file), RADIOLOGIST) == []  # restart
+    assert pacs_watch.watch_once(watcher, pacs_watch.WatchState.load(state_file), RADIOLOGIST) == []  # restart
     new = "1.2.826.0.1.3680043.8.498.79"
     pacs.store(_datasets(dicom_series(head_volume(6, 96), study_uid=new, series_uid=f"{new}.1")))
     time.sleep(2.5)
-    state = pacs_service.WatchState.load(state_file)
-    assert [line["study_uid"] for line in pacs_service.watch_once(watcher, state, RADIOLOGIST)] == [new]
-    assert pacs_service.watch_once(watcher, state, RADIOLOGIST) == []  # exactly once
+    state = pacs_watch.WatchState.load(state_file)
+    assert [line["study_uid"] for line in pacs_watch.watch_once(watcher, state, RADIOLOGIST)] == [new]
+    assert pacs_watch.watch_once(watcher, state, RADIOLOGIST) == []  # exactly once
     assert len(store.worklist(WorklistQuery(), 10)) == 2
     # the scanner sends another series to that study later: analysed again, the new series added to the worklist
     pacs.store(_datasets(dicom_series(head_volume(5, 96, range(1, 3)), study_uid=new, series_uid=f"{new}.2")))
     time.sleep(2.5)
-    (again,) = pacs_service.watch_once(watcher, state, RADIOLOGIST)
+    (again,) = pacs_watch.watch_once(watcher, state, RADIOLOGIST)
     assert again["study_uid"] == new and again["again"] and sorted(again["saved"]) == ["already saved", "saved"]
     assert len(store.worklist(WorklistQuery(), 10)) == 3
     # a study deleted after it became stable (by hand, or recycled by a full PACS): Orthanc drops its changes too
@@ -163,8 +164,8 @@ def test_watch_mode_analyses_each_new_brain_mr_study_once_also_after_a_restart_a
     requests.delete(f"{orthanc.rest}/studies/{found['ID']}", auth=auth, timeout=10).raise_for_status()
     pacs.store(_datasets(dicom_series(head_volume(4, 96), study_uid=later, series_uid=f"{later}.1")))
     time.sleep(2.5)
-    assert [line["study_uid"] for line in pacs_service.watch_once(watcher, state, RADIOLOGIST)] == [later]
-    assert pacs_service.watch_once(watcher, state, RADIOLOGIST) == []
+    assert [line["study_uid"] for line in pacs_watch.watch_once(watcher, state, RADIOLOGIST)] == [later]
+    assert pacs_watch.watch_once(watcher, state, RADIOLOGIST) == []
 
 
 def test_supervisors_and_admins_never_reach_pacs_images(orthanc, tiny_classifier) -> None:
@@ -234,8 +235,8 @@ def test_a_study_the_pacs_keeps_as_jpeg_2000_is_pulled_as_stored(orthanc, tiny_c
     for dataset in j2k:
         dataset.compress(JPEG2000Lossless)
     pacs.store(j2k)
-    files = pacs.retrieve_mr(J2K_STUDY)
-    assert len(files) == 4
+    files, left_out = pacs.retrieve_mr(J2K_STUDY)
+    assert len(files) == 4 and left_out == []
     outcome = pacs_service.pull_and_analyse(pacs, RADIOLOGIST, J2K_STUDY, tiny_classifier, None, None).outcome
     assert outcome.error_code is None and len(outcome.series[0].sections) == 4
 

@@ -14,6 +14,7 @@ from core.imaging.phantom_series import dicom_series, head_volume
 from core.pacs import objects
 from core.pacs.client import SeriesHit
 from core.services import pacs as pacs_service
+from core.services import pacs_watch
 from core.services.access import Actor
 from core.services.studies import analyse_study
 from core.storage.sqlite import SQLiteStore
@@ -29,10 +30,10 @@ class StandIn:
     def __init__(self, files: dict[str, list[bytes]], failures: dict[str, list[Exception]] | None = None) -> None:
         self.files, self.failures, self.stored = files, failures or {}, []
 
-    def retrieve_mr(self, study_uid: str) -> list[bytes]:
+    def retrieve_mr(self, study_uid: str) -> tuple[list[bytes], list[str]]:
         if self.failures.get(study_uid):
             raise self.failures[study_uid].pop(0)
-        return self.files[study_uid]
+        return self.files[study_uid], []
 
     def store(self, datasets: list) -> list[str]:
         self.stored.append(datasets)
@@ -135,11 +136,11 @@ def test_a_study_the_pacs_failed_to_give_is_tried_again_not_dropped(tiny_classif
         three: [PacsNotFound("The PACS has no MR series in this study.")],  # not transient: skipped for good
     }
     pacs = StandIn({uid: tumour_study(uid) for uid in (one, two, three)}, failures)
-    watcher = pacs_service.Watcher(
+    watcher = pacs_watch.Watcher(
         pacs, Feed([one, two, three]), tiny_classifier, SQLiteStore(tmp_path / "r.db"), None, None
     )
-    state = pacs_service.WatchState.load(tmp_path / "watch.json")
-    first = pacs_service.watch_once(watcher, state, RADIOLOGIST)
+    state = pacs_watch.WatchState.load(tmp_path / "watch.json")
+    first = pacs_watch.watch_once(watcher, state, RADIOLOGIST)
     assert [(line["study_uid"], line.get("skipped"), line.get("retry")) for line in first] == [
         (one, None, None),
         (two, "pacs_unreachable", True),
@@ -147,23 +148,23 @@ def test_a_study_the_pacs_failed_to_give_is_tried_again_not_dropped(tiny_classif
     ]
     assert state.last == 0  # the feed is not moved past the failed study
     assert state.seen(one) and state.seen(three) and not state.seen(two)
-    second = pacs_service.watch_once(watcher, pacs_service.WatchState.load(tmp_path / "watch.json"), RADIOLOGIST)
+    second = pacs_watch.watch_once(watcher, pacs_watch.WatchState.load(tmp_path / "watch.json"), RADIOLOGIST)
     assert [(line["study_uid"], line.get("skipped")) for line in second] == [(two, "pacs_error")]  # a 5xx: again
-    third = pacs_service.watch_once(watcher, pacs_service.WatchState.load(tmp_path / "watch.json"), RADIOLOGIST)
+    third = pacs_watch.watch_once(watcher, pacs_watch.WatchState.load(tmp_path / "watch.json"), RADIOLOGIST)
     assert [(line["study_uid"], line.get("skipped")) for line in third] == [(two, None)]
     assert third[0]["verdict"] is not None and len(third[0]["saved"]) == 1
-    done = pacs_service.WatchState.load(tmp_path / "watch.json")
+    done = pacs_watch.WatchState.load(tmp_path / "watch.json")
     assert done.last == 3 and all(done.seen(uid) for uid in (one, two, three))
-    assert pacs_service.watch_once(watcher, done, RADIOLOGIST) == []  # each once
+    assert pacs_watch.watch_once(watcher, done, RADIOLOGIST) == []  # each once
 
 
 def test_admins_and_supervisors_may_not_watch_the_pacs(tiny_classifier, tmp_path: Path) -> None:
     from core.errors import AccessDenied
 
-    watcher = pacs_service.Watcher(StandIn({}), Feed([]), tiny_classifier, SQLiteStore(tmp_path / "r.db"), None, None)
+    watcher = pacs_watch.Watcher(StandIn({}), Feed([]), tiny_classifier, SQLiteStore(tmp_path / "r.db"), None, None)
     for role in ("admin", "supervisor"):
         with pytest.raises(AccessDenied):
-            pacs_service.watch_once(watcher, pacs_service.WatchState.load(tmp_path / "w.json"), Actor("x", role))
+            pacs_watch.watch_once(watcher, pacs_watch.WatchState.load(tmp_path / "w.json"), Actor("x", role))
 
 
 def test_sending_a_review_again_records_no_second_review_and_sends_the_same_report(tiny_classifier, tmp_path) -> None:
@@ -250,28 +251,28 @@ def test_a_study_that_breaks_the_watch_is_reported_and_left_behind_and_one_not_s
     bad, good = f"{STUDY}.5", f"{STUDY}.6"
     pacs = StandIn({uid: tumour_study(uid) for uid in (bad, good)})
     store = SQLiteStore(tmp_path / "r.db")
-    watcher = pacs_service.Watcher(pacs, Feed([bad, good]), tiny_classifier, store, None, None)
-    real = pacs_service._handle
+    watcher = pacs_watch.Watcher(pacs, Feed([bad, good]), tiny_classifier, store, None, None)
+    real = pacs_watch._handle
 
     def breaks_on_bad(w, uid, actor):
         if uid == bad:
             raise ValueError("a study the code cannot handle")
         return real(w, uid, actor)
 
-    monkeypatch.setattr(pacs_service, "_handle", breaks_on_bad)
-    state = pacs_service.WatchState.load(tmp_path / "watch.json")
-    lines = pacs_service.watch_once(watcher, state, RADIOLOGIST)
+    monkeypatch.setattr(pacs_watch, "_handle", breaks_on_bad)
+    state = pacs_watch.WatchState.load(tmp_path / "watch.json")
+    lines = pacs_watch.watch_once(watcher, state, RADIOLOGIST)
     assert [(line["study_uid"], line.get("skipped")) for line in lines] == [(bad, "internal_error"), (good, None)]
     assert state.seen(bad) and state.seen(good) and state.last == 2
-    monkeypatch.setattr(pacs_service, "_handle", real)
+    monkeypatch.setattr(pacs_watch, "_handle", real)
 
     later = f"{STUDY}.7"
     pacs.files[later] = tumour_study(later)
     from core.services.triage import SaveStatus
 
     monkeypatch.setattr("core.services.studies.save_study_series", lambda *a, **k: SaveStatus("not saved", "disk full"))
-    again = pacs_service.watch_once(
-        pacs_service.Watcher(pacs, Feed([bad, good, later]), tiny_classifier, store, None, None), state, RADIOLOGIST
+    again = pacs_watch.watch_once(
+        pacs_watch.Watcher(pacs, Feed([bad, good, later]), tiny_classifier, store, None, None), state, RADIOLOGIST
     )
     assert [(line["study_uid"], line.get("skipped"), line.get("retry")) for line in again] == [
         (later, "store_unavailable", True)
@@ -287,9 +288,9 @@ def test_a_watched_study_with_a_series_nobody_could_read_is_handled_not_retried_
     uid = f"{STUDY}.8"
     unread = dicom_series(np.zeros((4, 96, 96), np.uint16), study_uid=uid, series_uid=f"{uid}.2")
     pacs = StandIn({uid: tumour_study(uid) + unread})
-    watcher = pacs_service.Watcher(pacs, Feed([uid]), tiny_classifier, SQLiteStore(tmp_path / "r.db"), None, None)
-    state = pacs_service.WatchState.load(tmp_path / "watch.json")
-    (line,) = pacs_service.watch_once(watcher, state, RADIOLOGIST)
+    watcher = pacs_watch.Watcher(pacs, Feed([uid]), tiny_classifier, SQLiteStore(tmp_path / "r.db"), None, None)
+    state = pacs_watch.WatchState.load(tmp_path / "watch.json")
+    (line,) = pacs_watch.watch_once(watcher, state, RADIOLOGIST)
     assert line.get("skipped") is None and line["unanalysed_series"] == 1 and line["saved"] == ["saved", "not saved"]
     assert state.seen(uid) and state.last == 1
 
@@ -301,22 +302,22 @@ def test_a_watched_study_is_analysed_again_only_when_mr_images_are_added_to_it(t
     pacs = StandIn({uid: tumour_study(uid)})
     feed = Feed([uid])
     store = SQLiteStore(tmp_path / "r.db")
-    watcher = pacs_service.Watcher(pacs, feed, tiny_classifier, store, None, None)
-    state = pacs_service.WatchState.load(tmp_path / "watch.json")
-    (first,) = pacs_service.watch_once(watcher, state, RADIOLOGIST)
+    watcher = pacs_watch.Watcher(pacs, feed, tiny_classifier, store, None, None)
+    state = pacs_watch.WatchState.load(tmp_path / "watch.json")
+    (first,) = pacs_watch.watch_once(watcher, state, RADIOLOGIST)
     assert first["saved"] == ["saved"] and "again" not in first
     feed.studies.append(uid)  # stable again, nothing of MR added (our report, say)
-    assert pacs_service.watch_once(watcher, state, RADIOLOGIST) == [] and state.last == 2
+    assert pacs_watch.watch_once(watcher, state, RADIOLOGIST) == [] and state.last == 2
     later = dicom_series(head_volume(5, 96, range(1, 3), seed=4), study_uid=uid, series_uid=f"{uid}.2")
     pacs.files[uid] = pacs.files[uid] + later
     feed.studies.append(uid)
-    restarted = pacs_service.WatchState.load(tmp_path / "watch.json")
-    (again,) = pacs_service.watch_once(watcher, restarted, RADIOLOGIST)
+    restarted = pacs_watch.WatchState.load(tmp_path / "watch.json")
+    (again,) = pacs_watch.watch_once(watcher, restarted, RADIOLOGIST)
     assert again["again"] and again["saved"] == ["already saved", "saved"]  # the first series is not saved twice
     assert again["verdict"] is not None and restarted.last == 3
     assert len(store.worklist(WorklistQuery(), 10)) == 2
     feed.studies.append(uid)
-    assert pacs_service.watch_once(watcher, pacs_service.WatchState.load(tmp_path / "watch.json"), RADIOLOGIST) == []
+    assert pacs_watch.watch_once(watcher, pacs_watch.WatchState.load(tmp_path / "watch.json"), RADIOLOGIST) == []
 
 
 def test_a_watch_state_written_before_fingerprints_keeps_its_studies_handled(tiny_classifier, tmp_path) -> None:
@@ -326,9 +327,9 @@ def test_a_watch_state_written_before_fingerprints_keeps_its_studies_handled(tin
     uid = f"{STUDY}.10"
     (tmp_path / "watch.json").write_text(json.dumps({"last": 0, "handled": [hashlib.sha256(uid.encode()).hexdigest()]}))
     pacs = StandIn({uid: tumour_study(uid)})
-    watcher = pacs_service.Watcher(pacs, Feed([uid]), tiny_classifier, SQLiteStore(tmp_path / "r.db"), None, None)
-    state = pacs_service.WatchState.load(tmp_path / "watch.json")
-    assert state.seen(uid) and pacs_service.watch_once(watcher, state, RADIOLOGIST) == [] and state.last == 1
+    watcher = pacs_watch.Watcher(pacs, Feed([uid]), tiny_classifier, SQLiteStore(tmp_path / "r.db"), None, None)
+    state = pacs_watch.WatchState.load(tmp_path / "watch.json")
+    assert state.seen(uid) and pacs_watch.watch_once(watcher, state, RADIOLOGIST) == [] and state.last == 1
 
 
 def test_a_files_invalid_values_never_reach_warnings_or_the_log_when_a_report_is_made(
@@ -462,19 +463,19 @@ def test_a_study_the_pacs_keeps_failing_is_left_behind_and_does_not_hold_back_th
     after it in the feed was never triaged."""
     broken, later = f"{STUDY}.11", f"{STUDY}.12"
     pacs = StandIn({broken: [], later: tumour_study(later)}, {broken: [PacsError("HTTP 500")] * 10})
-    watcher = pacs_service.Watcher(
+    watcher = pacs_watch.Watcher(
         pacs, Feed([broken, later]), tiny_classifier, SQLiteStore(tmp_path / "r.db"), None, None
     )
-    first = pacs_service.watch_once(watcher, pacs_service.WatchState.load(tmp_path / "w.json"), RADIOLOGIST)
+    first = pacs_watch.watch_once(watcher, pacs_watch.WatchState.load(tmp_path / "w.json"), RADIOLOGIST)
     assert [(line["study_uid"], line.get("retry")) for line in first] == [(broken, True), (later, None)]
-    for _ in range(pacs_service.MAX_TRIES - 2):
-        (line,) = pacs_service.watch_once(watcher, pacs_service.WatchState.load(tmp_path / "w.json"), RADIOLOGIST)
+    for _ in range(pacs_watch.MAX_TRIES - 2):
+        (line,) = pacs_watch.watch_once(watcher, pacs_watch.WatchState.load(tmp_path / "w.json"), RADIOLOGIST)
         assert line["retry"] and line["study_uid"] == broken
-    assert pacs_service.WatchState.load(tmp_path / "w.json").last == 0  # held at the failing study so far
-    state = pacs_service.WatchState.load(tmp_path / "w.json")
-    (line,) = pacs_service.watch_once(watcher, state, RADIOLOGIST)
+    assert pacs_watch.WatchState.load(tmp_path / "w.json").last == 0  # held at the failing study so far
+    state = pacs_watch.WatchState.load(tmp_path / "w.json")
+    (line,) = pacs_watch.watch_once(watcher, state, RADIOLOGIST)
     assert "left behind" in line["left_behind"] and "retry" not in line
-    assert state.seen(broken) and state.last == 2 and pacs_service.WatchState.load(tmp_path / "w.json").last == 2
+    assert state.seen(broken) and state.last == 2 and pacs_watch.WatchState.load(tmp_path / "w.json").last == 2
 
 
 def test_an_outage_is_waited_out_and_a_report_that_could_not_be_sent_is_sent_by_the_next_watch(
@@ -483,13 +484,13 @@ def test_an_outage_is_waited_out_and_a_report_that_could_not_be_sent_is_sent_by_
     """A study the PACS did not answer for is never left behind, however many watches it takes; a report the PACS
     did not take (down during the send) was never sent again: the study was marked handled."""
     uid = f"{STUDY}.13"
-    pacs = StandIn({uid: tumour_study(uid)}, {uid: [PacsUnreachable("down")] * (pacs_service.MAX_TRIES + 1)})
-    watcher = pacs_service.Watcher(pacs, Feed([uid]), tiny_classifier, SQLiteStore(tmp_path / "r.db"), None, None)
-    watcher = pacs_service.Watcher(
+    pacs = StandIn({uid: tumour_study(uid)}, {uid: [PacsUnreachable("down")] * (pacs_watch.MAX_TRIES + 1)})
+    watcher = pacs_watch.Watcher(pacs, Feed([uid]), tiny_classifier, SQLiteStore(tmp_path / "r.db"), None, None)
+    watcher = pacs_watch.Watcher(
         *[getattr(watcher, f) for f in ("pacs", "changes", "classifier", "store")], None, None, True
     )
-    for _ in range(pacs_service.MAX_TRIES + 1):
-        (line,) = pacs_service.watch_once(watcher, pacs_service.WatchState.load(tmp_path / "w.json"), RADIOLOGIST)
+    for _ in range(pacs_watch.MAX_TRIES + 1):
+        (line,) = pacs_watch.watch_once(watcher, pacs_watch.WatchState.load(tmp_path / "w.json"), RADIOLOGIST)
         assert line["retry"] and "left_behind" not in line
     real_store, calls = pacs.store, []
 
@@ -500,10 +501,10 @@ def test_an_outage_is_waited_out_and_a_report_that_could_not_be_sent_is_sent_by_
         return real_store(datasets)
 
     pacs.store = down_once
-    (unsent,) = pacs_service.watch_once(watcher, pacs_service.WatchState.load(tmp_path / "w.json"), RADIOLOGIST)
+    (unsent,) = pacs_watch.watch_once(watcher, pacs_watch.WatchState.load(tmp_path / "w.json"), RADIOLOGIST)
     assert unsent["saved"] == ["saved"] and unsent["send_error"]["code"] == "pacs_unreachable" and unsent["retry"]
-    state = pacs_service.WatchState.load(tmp_path / "w.json")
-    (sent,) = pacs_service.watch_once(watcher, state, RADIOLOGIST)
+    state = pacs_watch.WatchState.load(tmp_path / "w.json")
+    (sent,) = pacs_watch.watch_once(watcher, state, RADIOLOGIST)
     assert sent["saved"] == ["already saved"] and sent["stored"] and state.seen(uid)
 
 
@@ -512,8 +513,8 @@ def test_a_damaged_watch_state_is_refused_not_taken_for_a_first_start(tmp_path) 
     history and analysed, and with --send wrote reports into, every study it ever held."""
     (tmp_path / "w.json").write_text("{")
     with pytest.raises(PacsError, match="cannot be read"):
-        pacs_service.WatchState.load(tmp_path / "w.json")
-    assert pacs_service.WatchState.load(tmp_path / "none.json").last == 0  # no file: a first start
+        pacs_watch.WatchState.load(tmp_path / "w.json")
+    assert pacs_watch.WatchState.load(tmp_path / "none.json").last == 0  # no file: a first start
 
 
 def test_a_stow_answer_that_confirms_fewer_objects_than_were_sent_is_not_a_success() -> None:
@@ -554,7 +555,7 @@ def test_a_reviewed_report_sent_first_takes_the_versions_it_replaces_with_it(tin
     card = tiny_classifier.card
     model = objects.ModelFacts(card.name, card.version, card.weights_sha256)
     returned = pacs_service.send_results(
-        pacs, RADIOLOGIST, pulled, model, None, None, final_label="meningioma", earlier_finals=["glioma"]
+        pacs, RADIOLOGIST, pulled, model, None, None, final_label="meningioma", earlier_finals=[("glioma", "dr-b")]
     )
     (batch,) = pacs.stored
     final = batch[0]
@@ -651,7 +652,35 @@ def test_a_series_the_pacs_gives_short_is_not_analysed_short(monkeypatch: pytest
     with pytest.raises(PacsError, match="gave 4 of the 6 images"):
         pacs.retrieve_mr(STUDY)
     monkeypatch.setattr(pacs._client, "iter_series", lambda study_uid, series_uid, **_: iter(sent))
-    assert len(pacs.retrieve_mr(STUDY)) == 6
+    assert len(pacs.retrieve_mr(STUDY)[0]) == 6
+
+
+def test_a_study_over_the_limits_is_pulled_without_its_largest_series_which_it_names(
+    tiny_classifier, monkeypatch
+) -> None:
+    """A tumour protocol with a perfusion series of a thousand images was refused whole (over 1,024 images), and the
+    watch never put it on the worklist: the smaller series are pulled, the left-out one named as unread (so the
+    study gets no "no tumour" verdict from the rest)."""
+    import io
+
+    import pydicom
+
+    from core.imaging.limits import StudyLimits
+    from core.pacs.client import Pacs, within_limits
+
+    limits = StudyLimits(max_files=10, max_sections=10)
+    t1 = SeriesHit(f"{STUDY}.1", "MR", "T1", 6, "3")
+    perfusion = SeriesHit(f"{STUDY}.2", "MR", "PERF", 50, "9")
+    assert within_limits([perfusion, t1], limits) == ([t1], [perfusion])
+    files = tumour_study(STUDY)
+    pacs = Pacs("http://pacs.invalid/dicom-web", limits=limits)
+    monkeypatch.setattr(pacs, "series_of", lambda study_uid: [t1, perfusion])
+    sent = [pydicom.dcmread(io.BytesIO(data)) for data in files]
+    monkeypatch.setattr(pacs._client, "iter_series", lambda study_uid, series_uid, **_: iter(sent))
+    pulled = pacs_service.pull_and_analyse(pacs, RADIOLOGIST, STUDY, tiny_classifier, None, None)
+    assert pulled.outcome.error_code is None and len(pulled.outcome.series) == 1
+    assert any(reason.startswith("Series 9: 50 images, left out") for reason in pulled.outcome.unread)
+    assert pulled.outcome.verdict != "notumor"  # a study with a series nobody read is never "no tumour"
 
 
 @pytest.mark.parametrize("rest", ["notaurl", "ftp://pacs.example", "http://user:secret@pacs.example:8042"])

@@ -37,7 +37,7 @@ from core.config import PacsSettings, data_dir, file_secrets, mongodb_uri, pacs_
 from core.errors import PacsError, StoreError
 from core.pacs.client import OrthancChanges
 from core.pacs.objects import ModelFacts
-from core.services import pacs
+from core.services import pacs, pacs_watch
 from core.services.access import COMMAND_LINE
 from core.services.resources import load_classifier, open_image_store, open_results_store
 from core.services.studies import NOT_SAVED
@@ -147,17 +147,17 @@ def cmd_watch(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     connection = pacs.connect(settings)
     rest = args.rest or settings.url.rstrip("/").rsplit("/", 1)[0]  # Orthanc: http://host:8042/dicom-web
-    watcher = pacs.Watcher(
+    watcher = pacs_watch.Watcher(
         connection, OrthancChanges.of(connection, rest), load_classifier(args.model), store, images, key, args.send
     )
     try:
-        state = pacs.WatchState.load(data_dir() / "pacs-watch.json")
+        state = pacs_watch.WatchState.load(data_dir() / "pacs-watch.json")
     except PacsError as error:  # damaged: never taken for a first start (every study in the PACS again)
         emit(error_json(error.code, str(error)), sys.stdout)
         return EXIT_USAGE
     while True:
         try:
-            for line in pacs.watch_once(watcher, state, COMMAND_LINE):
+            for line in pacs_watch.watch_once(watcher, state, COMMAND_LINE):
                 emit(_for_the_log(line, key), sys.stdout)
         except PacsError as error:  # the PACS is down or refuses: say so, keep watching (or stop with --once)
             emit(error_json(error.code, str(error)), sys.stdout)

@@ -54,6 +54,19 @@ class SeriesHit:
     modality: str
     description: str
     instances: int | None
+    number: str = ""  # the Series Number, as a reader names the series
+
+
+def within_limits(series: Sequence[SeriesHit], limits: StudyLimits) -> tuple[list[SeriesHit], list[SeriesHit]]:
+    """The MR series a study's retrieval takes (the smallest first, up to the limits' images and series) and those it
+    leaves out, each in the PACS's order: a tumour protocol with a perfusion series of a thousand images was
+    refused whole, and the watch never put it on the worklist."""
+    budget, used, taken = min(limits.max_files, limits.max_sections), 0, set()
+    for hit in sorted(series, key=lambda s: s.instances or 0):
+        if len(taken) < limits.max_series and used + (hit.instances or 0) <= budget:
+            taken.add(hit.series_uid)
+            used += hit.instances or 0
+    return [s for s in series if s.series_uid in taken], [s for s in series if s.series_uid not in taken]
 
 
 def _value(attributes: dict[str, Any], tag: str, default: Any = "") -> Any:
@@ -183,7 +196,7 @@ class Pacs:
         return found
 
     def series_of(self, study_uid: str) -> list[SeriesHit]:
-        fields = ("SeriesDescription", "NumberOfSeriesRelatedInstances", "Modality")
+        fields = ("SeriesDescription", "NumberOfSeriesRelatedInstances", "Modality", "SeriesNumber")
         found = self._call("series search", lambda: self._client.search_for_series(study_uid, fields=fields))
         with self._errors("series search"):
             return [
@@ -192,22 +205,31 @@ class Pacs:
                     modality=str(_value(s, "00080060")),
                     description=str(_value(s, "0008103E")),
                     instances=_optional_int(_value(s, "00201209", None)),
+                    number=str(_value(s, "00200011")),
                 )
                 for s in found
             ]
 
-    def retrieve_mr(self, study_uid: str) -> list[bytes]:
-        """Every instance of the study's MR series, as DICOM file bytes in memory. Refuses a study with no MR
-        series, and one over the study limits (counted from the search before anything is retrieved, and again
-        while retrieving)."""
-        series = [s for s in self.series_of(study_uid) if s.modality.upper() == "MR"]
-        if not series:
+    def retrieve_mr(self, study_uid: str) -> tuple[list[bytes], list[str]]:
+        """Every instance of the study's MR series within the study limits, as DICOM file bytes in memory, and why
+        each series left out was (over the limits: the largest are left out, named, and the study then has no "no
+        tumour" verdict). Refuses a study with no MR series, and one none of whose series fits (counted from the
+        search before anything is retrieved, and again while retrieving)."""
+        found = [s for s in self.series_of(study_uid) if s.modality.upper() == "MR"]
+        if not found:
             raise PacsNotFound("This study has no MR series.")
-        announced = sum(s.instances or 0 for s in series)
-        if announced > self.limits.max_files:
+        series, left_out = within_limits(found, self.limits)
+        if not series:
             raise FileTooLarge(
-                f"The study holds {announced} MR images; the limit is {self.limits.max_files} per study."
+                f"The study's smallest MR series holds {min(s.instances or 0 for s in found)} images; the limit is "
+                f"{min(self.limits.max_files, self.limits.max_sections)} per study."
             )
+        skipped = [
+            f"Series {s.number or '?'}: {s.instances} images, "
+            f"left out to keep the study within {min(self.limits.max_files, self.limits.max_sections)} images and "
+            f"{self.limits.max_series} series (not retrieved, not analysed)"
+            for s in left_out
+        ]
         files: list[bytes] = []
         total = 0
         for hit in series:
@@ -232,7 +254,7 @@ class Pacs:
                     f"The PACS gave {len(files) - before} of the {hit.instances} images it lists for a series; the "
                     "study was not analysed short. Try again."
                 )
-        return files
+        return files, skipped
 
     def store(self, datasets: Sequence[Any]) -> list[str]:
         """Store DICOM datasets (STOW-RS); returns the SOP Instance UIDs the PACS accepted."""
