@@ -176,6 +176,25 @@ def scan_panel(
             )
 
 
+def _stored_scan(view, labels: tuple[str, ...]) -> None:
+    """A saved scan's image, crop and heat map, side by side."""
+    original, crop, looked = st.columns(3)
+    outlined = " · lesion outlined (magenta)" if view.outline else ""
+    inline_image(
+        original,
+        view.original(True),
+        f"{view.format.upper()} {view.width}×{view.height}{outlined}{edges(view.letters)}",
+    )
+    inline_image(crop, view.crop, "As the model sees it")
+    label = view.explained or labels[0]
+    heat = view.overlay(label, 0.45)
+    if heat is None:  # a refused image: the model's attention on it means nothing
+        looked.info("No heat map: the input gate refused this image.")
+    else:
+        inline_image(looked, heat, heat_title(pretty(label)))
+        looked.caption(HEAT_MEANING)
+
+
 def result_panel(opened, labels: tuple[str, ...], classifier=None, explainer=None) -> None:
     """A saved result as the worklist shows it: its image, crop and heat map (a series: its viewer and curve)
     while the pixels are kept, the verdict, the final label (a disagreement stands out) and the review history."""
@@ -188,22 +207,7 @@ def result_panel(opened, labels: tuple[str, ...], classifier=None, explainer=Non
                 st.warning(warning)
             series_panel(opened.series, classifier, explainer, prefix=f"wl-{record.id[:12]}")
         elif opened.view is not None:
-            view = opened.view
-            original, crop, looked = st.columns(3)
-            outlined = " · lesion outlined (magenta)" if view.outline else ""
-            inline_image(
-                original,
-                view.original(True),
-                f"{view.format.upper()} {view.width}×{view.height}{outlined}{edges(view.letters)}",
-            )
-            inline_image(crop, view.crop, "As the model sees it")
-            label = view.explained or labels[0]
-            heat = view.overlay(label, 0.45)
-            if heat is None:  # a refused image: the model's attention on it means nothing
-                looked.info("No heat map: the input gate refused this image.")
-            else:
-                inline_image(looked, heat, heat_title(pretty(label)))
-                looked.caption(HEAT_MEANING)
+            _stored_scan(opened.view, labels)
         else:
             st.info(opened.note or "No image is kept for this result.")
     with right:
