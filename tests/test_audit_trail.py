@@ -203,3 +203,21 @@ def test_the_chains_head_is_read_through_the_service_by_readers_of_the_trail_onl
     assert audit.chain_head(store, SUPERVISOR) == (3, store.audit_events()[-1].hash)
     with pytest.raises(AccessDenied):
         audit.chain_head(store, Actor("dr-a", "radiologist"))
+
+
+def test_a_head_whose_own_write_was_cut_off_after_its_event_is_no_tampering_alarm() -> None:
+    """MongoDB writes an event, then the chain's head: a timeout between them left the head one behind, and `audit
+    verify` said events were deleted (a false alarm) until the next event moved it."""
+    import mongomock
+
+    store = MongoStore(mongomock.MongoClient(tz_aware=True), collection=f"scans_{uuid.uuid4().hex[:8]}")
+    store.audit_key = KEY
+    write(store, 3)
+    behind = store._db["meta"].find_one({"_id": "audit_head"})
+    write(store, 1, start=3)
+    store._db["meta"].replace_one({"_id": "audit_head"}, behind)  # as if the head's update had timed out
+    check = audit.verify(store)
+    assert check.intact and check.problem is None
+    tamper(store, 4)  # the last event deleted as well: the head past the end is still an alarm
+    tamper(store, 3)
+    assert "events were deleted" in (audit.verify(store).problem or "")
