@@ -1010,3 +1010,28 @@ def test_a_patient_reference_whose_audit_event_cannot_be_written_is_set_back_on_
     after = apply_patient_reference(saved, store, "a" * 64, RADIOLOGIST)
     assert "not updated" in after.status.message
     assert store.get(saved.record.id).patient_ref is None  # it stood, linked to a patient unaudited
+
+
+def test_a_purge_never_deletes_an_image_saved_again_while_it_deletes(tmp_path, monkeypatch) -> None:
+    """The age was checked, then the file unlinked: the same pixels saved in between were deleted, and a result saved
+    a moment before opened as "no longer kept"."""
+    import os
+
+    from core.storage import images as image_module
+
+    images = FolderImages(tmp_path / "images")
+    pixels = synthetic_slice(128, seed=6)
+    key = images.put(pixels)
+    past = datetime.now(UTC).timestamp() - 100 * 86400
+    os.utime(next((tmp_path / "images").glob(f"??/??/{key}.png")), (past, past))
+    real = os.rename
+
+    def saved_meanwhile(source, target):
+        real(source, target)
+        images.put(pixels)  # a save lands just as the purge takes the old file
+
+    monkeypatch.setattr(image_module.os, "rename", saved_meanwhile)
+    assert images.delete(key, stored_before=datetime.now(UTC) - timedelta(days=90))
+    monkeypatch.setattr(image_module.os, "rename", real)
+    assert images.get(key) is not None and images.stored_keys() == [key]  # the fresh copy stays
+    assert not list((tmp_path / "images").rglob(".*.purge"))

@@ -93,12 +93,18 @@ class FolderImages:
         """Delete an image (only if it was last stored before ``stored_before``, when given: one saved again
         since a purge listed it stays)."""
         path = self._path(key)
+        # moved aside first, then its age read there: the same pixels saved again between a check and the unlink
+        # were deleted (a result saved a moment before opened as "no longer kept"); now a save either refreshed it
+        # before the move (it is moved back) or finds no file and writes it anew
+        aside = path.with_name(f".{key}.{os.getpid()}.{threading.get_ident()}.purge")
         try:
-            if stored_before is not None and path.stat().st_mtime >= stored_before.timestamp():
-                return False
-            path.unlink()
+            os.rename(path, aside)
         except FileNotFoundError:
             return False
+        if stored_before is not None and aside.stat().st_mtime >= stored_before.timestamp():
+            os.replace(aside, path)
+            return False
+        aside.unlink()
         return True
 
     def stored_keys(self) -> list[str]:
@@ -117,12 +123,13 @@ class FolderImages:
         return found
 
     def sweep(self, started_before: datetime) -> int:
-        """Delete the drafts (``.part``) of writes started before ``started_before``: a process killed between
-        writing one and renaming it into place left its pixels where no purge looked."""
+        """Delete the drafts (``.part``) of writes, and the images a purge had moved aside (``.purge``), older than
+        ``started_before``: a process killed between writing one and renaming it into place (or between moving one
+        aside and deleting it) left its pixels where no purge looked."""
         if not self.root.is_dir():
             return 0
         swept = 0
-        for draft in self.root.glob("??/??/.*.part"):
+        for draft in [*self.root.glob("??/??/.*.part"), *self.root.glob("??/??/.*.purge")]:
             try:
                 if draft.stat().st_mtime < started_before.timestamp():
                     draft.unlink()
@@ -151,7 +158,7 @@ class GridFSImages:
         import gridfs
 
         self._bucket = gridfs.GridFSBucket(database, bucket_name="images")
-        self._files = database["images.files"]
+        self._files, self._chunks = database["images.files"], database["images.chunks"]
 
     def put(self, pixels: np.ndarray) -> str:
         data = encode(pixels)
@@ -177,11 +184,15 @@ class GridFSImages:
         query: dict[str, Any] = {"filename": key}
         if stored_before is not None:
             query["uploadDate"] = {"$lt": stored_before}
+        deleted = False
         with _mongo_errors():
-            found = list(self._files.find(query, {"_id": 1}))
-            for document in found:
-                self._bucket.delete(document["_id"])
-        return bool(found)
+            for document in list(self._files.find(query, {"_id": 1})):
+                # the file's entry removed only while it is still as old (a save that refreshed it meanwhile keeps
+                # it), then its chunks: deleted by id alone, a refreshed image went
+                if self._files.delete_one({"_id": document["_id"], **query}).deleted_count:
+                    self._chunks.delete_many({"files_id": document["_id"]})
+                    deleted = True
+        return deleted
 
     def stored_keys(self) -> list[str]:
         with _mongo_errors():
