@@ -16,7 +16,7 @@ from core.services.access import STATISTICS, STORAGE_DETAILS, allowed
 from ui import charts, resources
 from ui.auth import audited_download, fragment_actor
 from ui.page import setup_page
-from ui.wording import LABEL_NAMES, pretty
+from ui.wording import LABEL_NAMES, hours_within, pretty
 
 LIVE_WITHIN_SECONDS = 30  # what the page promises: a new result is on the board within this long
 REFRESH_SECONDS = 25  # the board re-runs this often ...
@@ -188,8 +188,8 @@ def quality_section(viewer, first: date, last: date):
     kpis[4].metric("Awaiting review", number(board_q.backlog))
     kpis[5].metric(
         "Turnaround (median)",
-        "withheld" if board_q.turnaround_median_h is None else f"within {board_q.turnaround_median_h:.0f} h",
-        help=None if board_q.turnaround_p90_h is None else f"90 % reviewed within {board_q.turnaround_p90_h:.0f} h",
+        "withheld" if board_q.turnaround_median_h is None else hours_within(board_q.turnaround_median_h),
+        help=None if board_q.turnaround_p90_h is None else f"90 % reviewed {hours_within(board_q.turnaround_p90_h)}",
     )
     st.caption(
         "Against the radiologists' final labels, reviewed results only, per scan or series (a study reviewed from the "

@@ -218,6 +218,7 @@ def test_a_head_whose_own_write_was_cut_off_after_its_event_is_no_tampering_alar
     store._db["meta"].replace_one({"_id": "audit_head"}, behind)  # as if the head's update had timed out
     check = audit.verify(store)
     assert check.intact and check.problem is None
+    assert audit.verify_new(store, SUPERVISOR).intact  # the page's check after it too (its point stays at the head)
     tamper(store, 4)  # the last event deleted as well: the head past the end is still an alarm
     tamper(store, 3)
     assert "events were deleted" in (audit.verify(store).problem or "")

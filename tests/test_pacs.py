@@ -241,13 +241,18 @@ def test_a_study_the_pacs_keeps_as_jpeg_2000_is_pulled_as_stored(orthanc, tiny_c
     assert outcome.error_code is None and len(outcome.series[0].sections) == 4
 
 
-def test_a_study_uid_shared_by_two_patients_is_refused_not_filed_under_the_first(orthanc, tiny_classifier) -> None:
+def test_a_study_uid_shared_by_two_patients_is_refused_not_filed_under_the_first(
+    orthanc, tiny_classifier, tmp_path
+) -> None:
     pacs = Pacs(orthanc.dicomweb, orthanc.user, orthanc.password)
     for n, patient in enumerate(("PACS-TEST-003", "PACS-TEST-004"), start=1):
         files = dicom_series(head_volume(3, 64, seed=n), study_uid=MIXED_STUDY, series_uid=f"{MIXED_STUDY}.{n}")
         pacs.store(_datasets(files, PatientID=patient))
-    outcome = pacs_service.pull_and_analyse(pacs, RADIOLOGIST, MIXED_STUDY, tiny_classifier, None, None).outcome
+    store = SQLiteStore(tmp_path / "results.sqlite3")
+    outcome = pacs_service.pull_and_analyse(pacs, RADIOLOGIST, MIXED_STUDY, tiny_classifier, store, b"k" * 32).outcome
     assert outcome.error_code == "several_patients" and outcome.series == ()
+    (pull,) = [e for e in store.audit_events() if e.action == "pacs_pull"]  # retrieved, so audited, refused or not
+    assert pull.detail["refused"] == "several_patients"
     assert "more than one patient" in (outcome.error_message or "")
 
 

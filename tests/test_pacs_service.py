@@ -90,6 +90,8 @@ def test_each_reviewed_report_names_the_version_before_it(tiny_classifier) -> No
         pacs, RADIOLOGIST, pulled, model, None, None, final_label="meningioma", earlier_finals=[("glioma", "dr-a")]
     )[0]
     assert send(pacs, RADIOLOGIST, pulled, model, None, None, final_label="glioma")[0] == first  # the same: again
+    other_reader = send(pacs, Actor("dr-b", "radiologist"), pulled, model, None, None, final_label="glioma")[0]
+    assert other_reader != first  # it names another reader: a new instance, never the old one's UID
     assert len({preliminary, first, second}) == 3
 
     def report(uid: str):
@@ -668,10 +670,18 @@ def test_a_study_over_the_limits_is_pulled_without_its_largest_series_which_it_n
     from core.imaging.limits import StudyLimits
     from core.pacs.client import Pacs, within_limits
 
-    limits = StudyLimits(max_files=10, max_sections=10)
+    limits = StudyLimits(max_files=10, max_sections=8)
     t1 = SeriesHit(f"{STUDY}.1", "MR", "T1", 6, "3")
     perfusion = SeriesHit(f"{STUDY}.2", "MR", "PERF", 50, "9")
     assert within_limits([perfusion, t1], limits) == ([t1], [perfusion])
+    # a protocol within the study's images whose series each fit is taken whole (a per-series limit of 512 sections
+    # read as the study's budget left a 582-image protocol's largest series out)
+    protocol = [SeriesHit(f"{STUDY}.{k}", "MR", "", n, str(k)) for k, n in enumerate((176, 176, 200, 30))]
+    assert within_limits(protocol, StudyLimits()) == (protocol, [])
+    assert within_limits(protocol, StudyLimits(max_files=400)) == (
+        [protocol[0], protocol[1], protocol[3]],
+        [protocol[2]],
+    )
     files = tumour_study(STUDY)
     pacs = Pacs("http://pacs.invalid/dicom-web", limits=limits)
     monkeypatch.setattr(pacs, "series_of", lambda study_uid: [t1, perfusion])

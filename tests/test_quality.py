@@ -74,6 +74,7 @@ def test_accuracy_against_final_labels() -> None:
 
 def test_turnaround_percentiles_come_from_hour_counts() -> None:
     assert turnaround({0: 3, 2: 3, 5: 3, 48: 1}) == (3.0, 6.0)  # within: the bins' upper edges (5 h 50 is "6 h")
+    assert turnaround({720: 5}) == (720.0, 720.0)  # the last bin is "720 h or more", never "within 721"
     assert turnaround({1: 2}) == (None, None)
 
 

@@ -1880,3 +1880,25 @@ def test_study_references_alone_make_a_database_keyed(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "results.sqlite3")
     store.add(replace(FIXTURE[0], patient_ref=None, study_ref="b" * 64))
     assert holds_keyed_data(tmp_path / "results.sqlite3", "patient-ref.key")
+
+
+def test_a_backup_taken_after_another_process_upgraded_the_file_never_replaces_the_old_versions_copy(
+    tmp_path: Path,
+) -> None:
+    """The app and the PACS watch started together: one upgraded the file while the other was copying it, and the
+    ".v8.bak" was replaced by an already upgraded copy."""
+    from core.storage.migrations import _backup
+
+    path = tmp_path / "results.sqlite3"
+    SQLiteStore(path).add(FIXTURE[0])  # the current version: what the other process left
+    kept = tmp_path / "results.sqlite3.v8.bak"
+    copy = sqlite3.connect(kept)  # stands for the version-8 copy the other process made
+    copy.executescript("CREATE TABLE scans (id TEXT); PRAGMA user_version = 8;")
+    copy.close()
+    connection = sqlite3.connect(path)
+    _backup(connection, path, 8)
+    connection.close()
+    copy = sqlite3.connect(kept)
+    assert copy.execute("PRAGMA user_version").fetchone()[0] == 8
+    copy.close()
+    assert sorted(p.name for p in tmp_path.iterdir() if "tmp" in p.name) == []

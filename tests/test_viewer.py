@@ -215,3 +215,12 @@ def test_pixels_spaced_unlike_in_rows_and_columns_are_drawn_square(tiny_classifi
     view = series_view(analyse_volume(read_study(dicom_series(head_volume(3, 64)))[0], tiny_classifier))
     assert view.sections.shape[1:] == (64, 64)  # square pixels stay as they are
     assert replace(view).geometry["spacing"] == pytest.approx([0.9, 0.9])
+
+
+def test_probabilities_are_never_printed_as_certainty() -> None:
+    """29 of 60 pituitary slices read "100.0%", and sections "P(tumour) 1.00", in the viewer, the scroller and the
+    PDF."""
+    from core.model.decision import percent, two_places
+
+    assert [percent(p) for p in (0.9996, 0.0004, 0.123)] == [">99.9%", "<0.1%", "12.3%"]
+    assert [two_places(p) for p in (0.996, 0.004, 0.5)] == [">0.99", "<0.01", "0.50"]

@@ -14,6 +14,7 @@ import streamlit as st
 from core.imaging.geometry import orientation_letters
 from core.services.series_views import SeriesView
 from ui.viewer_figures import NO_ORIENTATION, cine_frames, lesion_note, rule_side
+from ui.wording import two_places
 
 _CSS = """
 .btd-cine { outline: none; margin-bottom: 0.5rem; }
@@ -100,7 +101,7 @@ def titles(view: SeriesView) -> list[str]:
     count, lines = len(view.sections), []
     for index in range(count):
         skipped, p = view.skipped.get(index), view.curve[index]
-        status = f"skipped: {skipped}" if skipped or p is None else f"P(tumour) {p:.2f}{rule_side(view, p)}"
+        status = f"skipped: {skipped}" if skipped or p is None else f"P(tumour) {two_places(p)}{rule_side(view, p)}"
         lines.append(f"Section {index + 1} of {count} · {view.place(index)} · {status}{lesion_note(view, index)}")
     return lines
 

@@ -26,7 +26,7 @@ from ui.viewer_figures import (
     timeline_figure,
     windowed,
 )
-from ui.wording import LABEL_NAMES, percent, pretty
+from ui.wording import LABEL_NAMES, percent, pretty, two_places
 
 
 def verdict_line(view: SeriesView) -> str:
@@ -72,7 +72,7 @@ def section_title(view: SeriesView, index: int) -> str:
     if skipped or p is None:
         status = f"skipped: {skipped or 'not analysed'}"
     else:
-        status = f"P(tumour) {p:.2f}{rule_side(view, p)}"
+        status = f"P(tumour) {two_places(p)}{rule_side(view, p)}"
         if view.section_labels[index]:
             status += f" · as a single scan: {pretty(view.section_labels[index])}"
     return f"Section {index + 1} of {len(view.sections)} · {view.place(index)} · {status}{lesion_note(view, index)}"

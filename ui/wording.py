@@ -3,7 +3,8 @@ from (the display names themselves are the model's, :data:`core.model.decision.L
 
 from __future__ import annotations
 
-from core.model.decision import LABEL_NAMES, percent
+from core.analytics.quality import TURNAROUND_CAP_H
+from core.model.decision import LABEL_NAMES, percent, two_places
 
 __all__ = [
     "CALL_CONFIDENCE",
@@ -11,9 +12,11 @@ __all__ = [
     "LABEL_NAMES",
     "REFUSED",
     "count_of",
+    "hours_within",
     "percent",
     "pretty",
     "probability_shown",
+    "two_places",
     "verdict_shown",
 ]
 
@@ -47,3 +50,8 @@ def probability_shown(record) -> str:
     """The tumour probability as lists show it, three decimals (so that the column sorts as numbers do), and a
     dash for a refused scan (as :func:`verdict_shown`; a numeric column showed the word "None")."""
     return "—" if record.gate == "rejected" else f"{record.tumour_probability:.3f}"
+
+
+def hours_within(hours: float) -> str:
+    """A review turnaround (an upper bin edge) as the board states it; the stores' last bin is "or more"."""
+    return f"{hours:.0f} h or more" if hours >= TURNAROUND_CAP_H else f"within {hours:.0f} h"

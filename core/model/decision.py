@@ -37,6 +37,16 @@ def percent(probability: float) -> str:
     return f"{probability:.1%}"
 
 
+def two_places(probability: float) -> str:
+    """A section's probability to two places, as the viewer, the scroller and the PDF print it: never "1.00" nor
+    "0.00" (certainty the model does not have)."""
+    if probability >= 0.995:
+        return ">0.99"
+    if probability < 0.005:
+        return "<0.01"
+    return f"{probability:.2f}"
+
+
 LABEL_NAMES = {  # how a label reads on the screen and in reports (one definition)
     "glioma": "Glioma",
     "meningioma": "Meningioma",

@@ -58,12 +58,14 @@ class SeriesHit:
 
 
 def within_limits(series: Sequence[SeriesHit], limits: StudyLimits) -> tuple[list[SeriesHit], list[SeriesHit]]:
-    """The MR series a study's retrieval takes (the smallest first, up to the limits' images and series) and those it
-    leaves out, each in the PACS's order: a tumour protocol with a perfusion series of a thousand images was
-    refused whole, and the watch never put it on the worklist."""
-    budget, used, taken = min(limits.max_files, limits.max_sections), 0, set()
+    """The MR series a study's retrieval takes and those it leaves out, each in the PACS's order: a series over the
+    sections one series may hold is left out, and of the rest the smallest are taken up to the study's images and
+    series (a tumour protocol with a perfusion series of a thousand images was refused whole, and the watch never
+    put it on the worklist)."""
+    budget, used, taken = limits.max_files, 0, set()
     for hit in sorted(series, key=lambda s: s.instances or 0):
-        if len(taken) < limits.max_series and used + (hit.instances or 0) <= budget:
+        fits = (hit.instances or 0) <= limits.max_sections and used + (hit.instances or 0) <= budget
+        if fits and len(taken) < limits.max_series:
             taken.add(hit.series_uid)
             used += hit.instances or 0
     return [s for s in series if s.series_uid in taken], [s for s in series if s.series_uid not in taken]
@@ -222,12 +224,12 @@ class Pacs:
         if not series:
             raise FileTooLarge(
                 f"The study's smallest MR series holds {min(s.instances or 0 for s in found)} images; the limit is "
-                f"{min(self.limits.max_files, self.limits.max_sections)} per study."
+                f"{min(self.limits.max_files, self.limits.max_sections)} (a series), {self.limits.max_files} per study."
             )
         skipped = [
             f"Series {s.number or '?'}: {s.instances} images, "
-            f"left out to keep the study within {min(self.limits.max_files, self.limits.max_sections)} images and "
-            f"{self.limits.max_series} series (not retrieved, not analysed)"
+            f"left out to keep the study within {self.limits.max_files} images, {self.limits.max_series} series and "
+            f"{self.limits.max_sections} sections a series (not retrieved, not analysed)"
             for s in left_out
         ]
         files: list[bytes] = []

@@ -182,12 +182,14 @@ def content_fingerprint(
     final_label: str | None,
     version: int = 1,
     unread: Sequence[str] = (),
+    reader: str | None = None,
 ) -> str:
     """What makes a report version: the verdicts, the series that could not be read (they withhold the study's
     verdict: a report with them once took the UID of the one without, and the PACS kept the old verdict), the
     model, the review and which review it is (not the time it was made)."""
     facts = [(s.volume.series, s.label, None if s.score is None else round(s.score, 4), s.lesion_ml) for s in series]
     reviewed = [final_label, version] if version > 2 else [final_label]  # the first review's identity as before
+    reviewed += [reader] if reader else []  # who gave it is part of what it says: a new instance, not the old one
     # which series were unread ("Series 7", the part before the reason), not the reasons' wording: a message
     # reworded later must not make an unchanged report a new instance; none keeps the identity it always had
     unread_facts = [sorted(reason.split(":", 1)[0] for reason in unread)] if unread else []
@@ -252,7 +254,7 @@ def verdict_report(
     root = hd.sr.ContainerContentItem(codes["report"])
     root.ContentSequence = hd.sr.ContentSequence(items, is_root=False)
     version = version or (2 if final_label is not None else 1)
-    fingerprint = content_fingerprint(series, model, final_label, version, unread)
+    fingerprint = content_fingerprint(series, model, final_label, version, unread, reader)
     report = hd.sr.ComprehensiveSR(
         evidence=list(evidence),
         content=root,

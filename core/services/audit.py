@@ -57,7 +57,8 @@ def _verify_all(store: AuditTrail, expected_head: tuple[int, str] | None, keep_p
     head = store.audit_head()
     bad = first_broken(events, key)
     last = (events[-1].seq or 0, events[-1].hash) if events else None
-    problem = _problem(events, bad, head, key, last)
+    apart = bool(getattr(store, "head_written_apart", False))  # MongoDB: the head is a write after its event's
+    problem = _problem(events, bad, head, key, last, apart)
     if problem is None and not events and head is None and _holds_accounts(store):
         problem = (
             "the chain is empty, yet the database holds accounts, whose creation is audited: the trail was removed"
@@ -68,8 +69,8 @@ def _verify_all(store: AuditTrail, expected_head: tuple[int, str] | None, keep_p
         and not any(e.seq == expected_head[0] and e.hash == expected_head[1] for e in events)
     ):
         problem = f"the noted head {expected_head[0]} is no longer in the chain: the trail was cut or replaced"
-    if problem is None and last is not None and keep_point:
-        _mark(store, last, key)
+    if problem is None and last is not None and keep_point:  # a head one behind: the point stays at the head's
+        _mark(store, (head.seq, head.hash) if _behind(events, head, last) else last, key)  # type: ignore[union-attr]
     return Verification(problem is None, len(events), bad, head, problem, key is not None, len(events))
 
 
@@ -107,12 +108,23 @@ def verify_new(store: AuditTrail, actor: Actor) -> Verification:
     return Verification(problem is None, last[0], bad, head, problem, key is not None, len(new))
 
 
+def _behind(events: Sequence[AuditEvent], head: AuditHead | None, last: tuple[int, str] | None) -> bool:
+    """Whether the chain is intact one event past a head that names the event before it."""
+    return (
+        head is not None
+        and last is not None
+        and last[0] == head.seq + 1
+        and any((e.seq, e.hash) == (head.seq, head.hash) for e in events)
+    )
+
+
 def _problem(
     events: Sequence[AuditEvent],
     bad: AuditEvent | None,
     head: AuditHead | None,
     key: bytes | None,
     last: tuple[int, str] | None,
+    apart: bool = False,
 ) -> str | None:
     """What is wrong with a chain ending at ``last`` whose ``events`` (all, or those after the verified point) were
     re-hashed and found first broken at ``bad``, given its ``head``; None when nothing is."""
@@ -136,10 +148,9 @@ def _problem(
     ]
     if unkeyed:
         return f"event {unkeyed[0].seq} is not keyed where the chain is: it was re-hashed without the key"
-    behind = last is not None and last[0] > head.seq and any((e.seq, e.hash) == (head.seq, head.hash) for e in events)
-    if behind:  # intact events past a head that names one of them: the head's own write was cut off after its event
-        # was written (a MongoDB timeout); the next event moves it. Deleted events leave the head past the end.
-        logger.warning("event=audit_head_behind by=%d", last[0] - head.seq)  # type: ignore[index]
+    if apart and _behind(events, head, last):  # the head's own write cut off after its event (a MongoDB timeout
+        # between the two); the next event moves it. Deleted events leave the head past the end.
+        logger.warning("event=audit_head_behind by=1")
         return None
     if last != (head.seq, head.hash) and not (last is None and head.seq == 0):
         return f"the chain ends at {last[0] if last else 0} but its head says {head.seq}: events were deleted"

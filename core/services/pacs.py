@@ -85,12 +85,13 @@ def pull_and_analyse(
         logger.info("event=pacs_pull_refused code=%s", error.code)
         return Pulled(study_uid, StudyOutcome(source, error_code=error.code, error_message=str(error)))
     evidence = tuple(objects.headers(files))
-    patients = {(str(h.get("PatientID", "") or ""), str(h.get("IssuerOfPatientID", "") or "")) for h in evidence}
-    if len(patients) > 1:  # one Study Instance UID, two patients: analysed as one and filed under the first
+    several = len({str(h.get("PatientID", "") or "") for h in evidence}) > 1  # one Study Instance UID, two patients
+    if store is not None:  # every pull is an event, a refused one too (its images were retrieved)
+        refused = {"refused": "several_patients"} if several else {}
+        audit.record(store, actor, "pacs_pull", _target(study_uid, key), instances=len(files), **refused)
+    if several:  # analysed as one, it was filed under the first patient
         logger.warning("event=pacs_pull_refused code=several_patients")
         return Pulled(study_uid, StudyOutcome(source, error_code="several_patients", error_message=SEVERAL_PATIENTS))
-    if store is not None:
-        audit.record(store, actor, "pacs_pull", _target(study_uid, key), instances=len(files))
     outcome = analyse_study(files, classifier, source)
     if left_out and outcome.error_code is None:  # named as unread: the study then has no "no tumour" verdict
         notes = (*outcome.notes, *(f"A series could not be read: {reason}" for reason in left_out))

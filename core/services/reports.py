@@ -22,6 +22,7 @@ from core.domain.results import Record
 from core.errors import InvalidRecord, NoBrainFound
 from core.imaging.geometry import orientation_letters
 from core.model.classifier import Classifier
+from core.model.decision import two_places
 from core.model.explain import HEAT_MEANING, Explainer, overlay
 from core.model.lesion import Lesion, Segmenter
 from core.model.roi import find_brain
@@ -186,7 +187,7 @@ def key_lesion_lines(record: Record, view: SeriesView, key: KeyLesion) -> list[s
         found = f"Lesion on this section: {mm2}{lesion.area_px:,} px (outlined in magenta)"
     stored = f"{record.lesion_ml:.2f} mL" if record.lesion_ml is not None else "not known"
     return [
-        f"Key section {key.index + 1} of {len(view.curve)} (highest P(tumour) {view.curve[key.index]:.2f})",
+        f"Key section {key.index + 1} of {len(view.curve)} (highest P(tumour) {two_places(view.curve[key.index])})",
         found,
         f"Segmented again for this report by {key.segmenter}, from the stored section.",
         f"Series lesion volume (stored when it was saved): {stored}",
@@ -268,7 +269,7 @@ def _key_section_images(pdf, view: SeriesView, maps: dict[int, np.ndarray | None
         pdf.set_xy(pdf.l_margin + k * (side + 7), y + side + 0.5)
         pdf.set_font("Helvetica", size=7)
         heat_note = " (heat map)" if map_ is not None else ""
-        pdf.cell(side, 3, _text(f"section {index + 1}: P(tumour) {view.curve[index]:.2f}{heat_note}"))
+        pdf.cell(side, 3, _text(f"section {index + 1}: P(tumour) {two_places(view.curve[index])}{heat_note}"))
     pdf.set_y(y + side + 6)
     if any(map_ is not None for map_ in maps.values()):
         pdf.set_font("Helvetica", size=7)

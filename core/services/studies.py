@@ -375,7 +375,7 @@ def save_study_statuses(
         statuses[index] = save_study_series(
             analysis, outcome, store, actor=actor, patient_ref=patient_ref, images=images, key=key
         )
-        failed = statuses[index].state == NOT_SAVED and analysis.label is not None
+        failed = failed or (statuses[index].state == NOT_SAVED and analysis.label is not None)
     return [statuses[i] for i in range(len(outcome.series))]
 
 

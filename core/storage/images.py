@@ -99,12 +99,12 @@ class FolderImages:
         aside = path.with_name(f".{key}.{os.getpid()}.{threading.get_ident()}.purge")
         try:
             os.rename(path, aside)
-        except FileNotFoundError:
+            if stored_before is not None and aside.stat().st_mtime >= stored_before.timestamp():
+                os.replace(aside, path)
+                return False
+            aside.unlink()
+        except FileNotFoundError:  # another purge took it first
             return False
-        if stored_before is not None and aside.stat().st_mtime >= stored_before.timestamp():
-            os.replace(aside, path)
-            return False
-        aside.unlink()
         return True
 
     def stored_keys(self) -> list[str]:
@@ -130,8 +130,9 @@ class FolderImages:
             return 0
         swept = 0
         for draft in [*self.root.glob("??/??/.*.part"), *self.root.glob("??/??/.*.purge")]:
-            try:
-                if draft.stat().st_mtime < started_before.timestamp():
+            try:  # an image moved aside keeps its (old) time of storing: its move is its change time
+                status = draft.stat()
+                if (status.st_ctime if draft.suffix == ".purge" else status.st_mtime) < started_before.timestamp():
                     draft.unlink()
                     swept += 1
             except FileNotFoundError:

@@ -177,9 +177,14 @@ def _backup(connection: sqlite3.Connection, path: Path, version: int) -> None:
     if not _whole(draft):
         draft.unlink(missing_ok=True)
         raise StoreError("The backup before the database upgrade could not be written whole; nothing was changed.")
-    os.replace(draft, target)
+    with closing(sqlite3.connect(read_only_uri(draft), uri=True)) as check:
+        copied = check.execute("PRAGMA user_version").fetchone()[0]
+    if copied > version:  # another process (the app and the PACS watch started together) upgraded it meanwhile:
+        draft.unlink()  # its backup of version ``version`` stands, never replaced by an upgraded copy
+    else:
+        os.replace(draft, target)
     for leftover in (draft.with_name(f"{draft.name}-wal"), draft.with_name(f"{draft.name}-shm")):
-        leftover.unlink(missing_ok=True)  # the whole-check's read-only open of the draft left them beside it
+        leftover.unlink(missing_ok=True)  # the read-only opens of the draft left them beside it
 
 
 def _whole(copy: Path) -> bool:

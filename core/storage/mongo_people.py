@@ -35,6 +35,7 @@ class MongoPeople:
 
     _db: Any
     audit_key: bytes | None = None
+    head_written_apart = True  # the chain's head is a document of its own, written after each event
     _collection: Any
     _errors: Any
     get: Any
@@ -157,22 +158,22 @@ class MongoPeople:
     def _summarise(self, document: dict[str, Any]) -> None:
         """The result's summary from its review number ``n``, unless a later review's is there already."""
         number = int(document.get("n") or str(document["_id"]).rsplit(":", 1)[1])
-        self._collection.update_one(
+        # the first review saved is the first, as SQLite keeps it (the earliest clock was another figure), written
+        # with the summary: a second write failing left a reviewed result out of the turnaround for good
+        first = {"first_reviewed_at": document["created_at"]} if number == 1 else {}
+        summary = {
+            "reviewer": document["reviewer"],
+            "review_verdict": document["action"],
+            "final_label": document["final_label"],
+            "reviewed_at": document["created_at"],
+            "review_count": number,
+        }
+        written = self._collection.update_one(
             {"_id": document["result_id"], "$or": [{"review_count": {"$lt": number}}, {"review_count": None}]},
-            {
-                "$set": {
-                    "reviewer": document["reviewer"],
-                    "review_verdict": document["action"],
-                    "final_label": document["final_label"],
-                    "reviewed_at": document["created_at"],
-                    "review_count": number,
-                },
-            },
+            {"$set": summary | first},
         )
-        if number == 1:  # the first review saved, as SQLite keeps it (the earliest clock was another figure)
-            self._collection.update_one(
-                {"_id": document["result_id"]}, {"$set": {"first_reviewed_at": document["created_at"]}}
-            )
+        if first and not written.matched_count:  # a later review's summary got there first: the time alone
+            self._collection.update_one({"_id": document["result_id"]}, {"$set": first})
 
     def reviews_of(self, record_id: str) -> list[Review]:
         """In the order they were saved: by number, never by their clocks (a replica's skewed clock put a later
