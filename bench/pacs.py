@@ -28,7 +28,7 @@ from core.pacs.orthanc import DevOrthanc, available
 from core.services import pacs as service
 from core.services.access import COMMAND_LINE
 from core.services.resources import load_classifier
-from core.services.studies import analyse_path
+from core.services.study_reading import analyse_path
 
 STUDY = "1.2.826.0.1.3680043.8.498.176"
 

@@ -2,7 +2,7 @@
 
 Generates a synthetic 176-section 256 x 256 DICOM series (12-bit, tumour in sections 70-99; no real scan) and
 times, warm, in one process (the median of ``--repeat`` runs; every run listed):
-- **study**: the files' bytes -> :func:`core.services.studies.analyse_study` (read and order the series, every
+- **study**: the files' bytes -> :func:`core.services.study_reading.analyse_study` (read and order the series, every
   section through crop, model in batches, gate, series rule);
 - **study and save**: what the Study page's spinner waits for, :func:`core.services.studies.triage_study` into a
   new SQLite store and image folder (the analysis, the series' image kept as PNG, the record, its sections and
@@ -81,7 +81,8 @@ def main() -> None:
     from core.model.analysis import analyse
     from core.services.access import Actor
     from core.services.resources import load_classifier
-    from core.services.studies import analyse_study, triage_study
+    from core.services.studies import triage_study
+    from core.services.study_reading import analyse_study
     from core.storage.images import FolderImages
     from core.storage.sqlite import SQLiteStore
 

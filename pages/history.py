@@ -153,6 +153,10 @@ st.subheader("Report")
 whole = [r for r in series if r.study_ref is not None and r.study_ref == current.study_ref] or [current]
 model = (current.model_name, current.model_version)  # one reading of the study: the chosen series' model's
 study = [r for r in whole if (r.model_name, r.model_version) == model]
+shown_as = [(r.geometry or {}).get("series_number") for r in study]  # as the Study page numbered them
+numbered = None not in shown_as and len(set(shown_as)) == len(shown_as)
+if numbered:
+    study = [r for _, r in sorted(zip(shown_as, study, strict=True), key=lambda pair: pair[0])]
 if len(study) < len(whole):  # the same study read again by another model: each series once, under one model
     st.caption(
         f"This study was also read by another model version; the report gives the reading by {model[0]} {model[1]} "
@@ -174,7 +178,13 @@ if st.button(f"Make the PDF report of this study ({len(study)} series)", key="hi
         st.session_state["history_pdf"] = (
             as_made,
             reports.study_report(
-                store, resources.image_store(store), actor, [r.id for r in study], classifier, explainer
+                store,
+                resources.image_store(store),
+                actor,
+                [r.id for r in study],
+                classifier,
+                explainer,
+                numbers=sorted(shown_as) if numbered else None,
             ),
         )
     except (InvalidRecord, StoreError) as error:

@@ -6,7 +6,8 @@ import streamlit as st
 
 from core.errors import ModelError, StoreError
 from core.services.access import ANALYSE
-from core.services.studies import link_study, needs_link, triage_study, upload_refusal
+from core.services.studies import link_study, needs_link, triage_study
+from core.services.study_reading import upload_refusal
 from ui import pacs, resources
 from ui.page import setup_page
 from ui.study import current, earlier_note, keep, pacs_study_uid, show_study, studies, unsaved

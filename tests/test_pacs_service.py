@@ -16,7 +16,7 @@ from core.pacs.client import SeriesHit
 from core.services import pacs as pacs_service
 from core.services import pacs_watch
 from core.services.access import Actor
-from core.services.studies import analyse_study
+from core.services.study_reading import analyse_study
 from core.storage.sqlite import SQLiteStore
 
 RADIOLOGIST = Actor("dr-a", "radiologist")

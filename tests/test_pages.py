@@ -887,9 +887,9 @@ def test_a_rerun_asked_for_while_a_study_is_analysed_keeps_the_saved_study_on_th
 def test_a_study_that_failed_unexpectedly_can_be_analysed_again(app_environment: Path, monkeypatch) -> None:
     """ "Unexpected error; try again." with no button to try again: the failed outcome was kept for those files."""
     from core.imaging.phantom_series import dicom_series, head_volume
-    from core.services import studies
+    from core.services import study_reading
 
-    real, calls = studies.read_upload, []
+    real, calls = study_reading.read_upload, []
 
     def fails_once(*args, **kwargs):
         calls.append(1)
@@ -897,7 +897,7 @@ def test_a_study_that_failed_unexpectedly_can_be_analysed_again(app_environment:
             raise RuntimeError("a moment's fault")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(studies, "read_upload", fails_once)
+    monkeypatch.setattr(study_reading, "read_upload", fails_once)
     files = [(f"IM{k}", data, "application/dicom") for k, data in enumerate(dicom_series(head_volume(6, 128)))]
     app = page("study.py").run()
     app.file_uploader[0].set_value(files).run()
@@ -1395,13 +1395,13 @@ def test_a_study_upload_over_the_limits_is_refused_from_its_sizes_before_any_fil
     """Every chosen file was copied (``getvalue``) and read before the 1 GiB check: three users dropping 80 large
     files each held gigabytes more in the server process."""
     from core.imaging.limits import StudyLimits
-    from core.services import studies
+    from core.services import studies, study_reading
 
-    assert studies.upload_refusal([2**20] * 3) is None
-    assert "the limit is 1024 MB" in studies.upload_refusal([600 * 2**20, 600 * 2**20])
-    assert "the limit is 2 for one study" in studies.upload_refusal([1, 1, 1], StudyLimits(max_files=2))
-    real = studies.upload_refusal
-    monkeypatch.setattr(studies, "upload_refusal", lambda sizes: real(sizes, StudyLimits(max_total_bytes=1000)))
+    assert study_reading.upload_refusal([2**20] * 3) is None
+    assert "the limit is 1024 MB" in study_reading.upload_refusal([600 * 2**20, 600 * 2**20])
+    assert "the limit is 2 for one study" in study_reading.upload_refusal([1, 1, 1], StudyLimits(max_files=2))
+    real = study_reading.upload_refusal
+    monkeypatch.setattr(study_reading, "upload_refusal", lambda sizes: real(sizes, StudyLimits(max_total_bytes=1000)))
     copied = []  # the page copies the files only to hand them to the analysis
     monkeypatch.setattr(studies, "triage_study", lambda files, *a, **k: copied.append(len(files)))
     app = page("study.py").run()

@@ -326,7 +326,8 @@ def test_a_report_made_later_from_history_still_gives_no_verdict_to_a_study_with
 ) -> None:
     """The series nobody could read is never saved, so a report made from the saved series alone said "No tumour"
     for a study the Study page had left without a verdict; the saved series keep the count."""
-    from core.services.studies import analyse_study, save_study
+    from core.services.studies import save_study
+    from core.services.study_reading import analyse_study
 
     uid = "1.2.826.0.1.3680043.8.498.81"
     files = dicom_series(head_volume(8, 128, range(2, 5)), study_uid=uid, series_uid=uid + ".1")

@@ -90,7 +90,7 @@ def test_a_series_with_nothing_to_analyse_has_no_verdict(classifier: Classifier)
 
 def test_a_study_with_a_series_that_cannot_be_put_together_gets_no_tumour_free_verdict(classifier: Classifier) -> None:
     """The other series are analysed, but their "no tumour" does not cover the series nobody could read."""
-    from core.services.studies import analyse_study
+    from core.services.study_reading import analyse_study
 
     mixed = dicom_series(head_volume(3), series_uid="1.2.826.0.1.3680043.8.498.1.7")
     mixed += dicom_series(head_volume(3, seed=5), orientation=SAGITTAL, series_uid="1.2.826.0.1.3680043.8.498.1.7")[:1]
@@ -366,7 +366,7 @@ def test_two_nifti_files_uploaded_together_count_as_one_study_in_statistics(tmp_
 
 def test_an_upload_holding_two_studies_is_refused_not_given_one_merged_verdict(tiny_classifier) -> None:
     """A patient CD with today's exam and a prior: two StudyInstanceUIDs must not become one verdict and report."""
-    from core.services.studies import analyse_study
+    from core.services.study_reading import analyse_study
 
     today = dicom_series(head_volume(3), study_uid="1.2.826.0.1.3680043.8.498.7", series_uid="1.2.3.1")
     prior = dicom_series(head_volume(3, seed=4), study_uid="1.2.826.0.1.3680043.8.498.8", series_uid="1.2.3.2")
@@ -440,7 +440,7 @@ def test_a_study_with_a_series_nobody_could_read_gets_no_no_tumour_verdict(tiny_
     statement about a series nobody read."""
     from dataclasses import replace as changed
 
-    from core.services.studies import StudyOutcome
+    from core.services.study_reading import StudyOutcome
 
     negative = analyse_volume(read_study(dicom_series(head_volume(4, 64)))[0], tiny_classifier)
     negative = changed(negative, label="notumor")
@@ -522,7 +522,7 @@ def test_a_sections_heat_map_explains_the_series_call_not_the_sections_own(tmp_p
 
 def test_a_study_path_that_cannot_be_read_gets_its_own_reason_never_its_path(tmp_path, monkeypatch) -> None:
     """Every read error was "permission denied", an I/O error too."""
-    from core.services import studies
+    from core.services import study_reading as studies
 
     for error, said in (
         (PermissionError(13, "Permission denied"), "permission denied"),
@@ -571,7 +571,8 @@ def test_a_study_is_stored_tumour_series_first_and_nothing_after_a_series_that_c
     from core.errors import StoreUnavailable
     from core.imaging.phantom_series import head_volume, nifti
     from core.services.access import Actor
-    from core.services.studies import NOT_SAVED, NOT_TRIED, analyse_study, save_study
+    from core.services.studies import NOT_SAVED, NOT_TRIED, save_study
+    from core.services.study_reading import analyse_study
     from core.storage.sqlite import SQLiteStore
 
     outcome = analyse_study([nifti(head_volume(4)), nifti(head_volume(4, seed=7))], tiny_classifier)
@@ -594,3 +595,6 @@ def test_a_study_is_stored_tumour_series_first_and_nothing_after_a_series_that_c
     monkeypatch.setattr(store, "get", lambda record_id: (_ for _ in ()).throw(StoreUnavailable("down")))
     again = save_study(outcome, store, actor=doctor, patient_ref=None, images=None, key=b"k" * 32)  # the retry
     assert [v.status.state for v in again.views] == [NOT_SAVED, "saved", "saved"] and store.summary().total == 2
+    # saved tumour first, each keeps its number on the Study page (History's PDF numbered them in saving order)
+    monkeypatch.undo()
+    assert [store.get(v.status.record_id).geometry["series_number"] for v in again.views[1:]] == [2, 3]

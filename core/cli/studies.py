@@ -11,7 +11,8 @@ from core.config import file_secrets, mongodb_uri, patient_key
 from core.errors import StoreError
 from core.services.access import COMMAND_LINE
 from core.services.resources import load_classifier, open_image_store, open_results_store
-from core.services.studies import NOT_SAVED, StudyOutcome, analyse_path, display_png, save_study_statuses
+from core.services.studies import NOT_SAVED, save_study_statuses
+from core.services.study_reading import StudyOutcome, analyse_path, display_png
 
 
 def cmd_study(args: argparse.Namespace) -> int:

@@ -28,12 +28,8 @@ from core.pacs import objects
 from core.pacs.client import Pacs, StudyHit
 from core.services import audit, reviews
 from core.services.access import ANALYSE, PACS, REVIEW, Actor, require
-from core.services.studies import (
-    StudyOutcome,
-    StudyResult,
-    analyse_study,
-    save_study,
-)
+from core.services.studies import StudyResult, save_study
+from core.services.study_reading import StudyOutcome, analyse_study
 from core.storage.images import ImageStore
 from core.storage.protocol import AuditTrail, Store
 

@@ -8,28 +8,22 @@ and per-section verdicts (:mod:`core.model.volume`).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from core.domain.results import Record, Section, record_id
-from core.errors import FileTooLarge, ScanError, StoreError
+from core.errors import StoreError
 from core.identity import pseudonymise
-from core.imaging.archive import is_zip
-from core.imaging.limits import DEFAULT_STUDY_LIMITS, StudyLimits
-from core.imaging.scan import is_dicom
-from core.imaging.series import is_nifti, read_upload
-from core.imaging.volume import Volume
 from core.model.classifier import Classifier
 from core.model.gate import ACCEPTED, NEEDS_REVIEW
-from core.model.volume import SeriesAnalysis, analyse_volume
+from core.model.volume import SeriesAnalysis
 from core.services.access import ANALYSE, Actor, require
 from core.services.series_views import SeriesView, geometry_of, series_view
+from core.services.study_reading import StudyOutcome, analyse_study
 from core.services.triage import (
     ALREADY_SAVED,
     NOT_SAVED,
@@ -47,140 +41,11 @@ from core.storage.protocol import Store
 logger = logging.getLogger("btd.studies")
 
 
-@dataclass(frozen=True, eq=False)
-class StudyOutcome:
-    """The analyses of every series in one source, or why there are none (``error_code`` and its message)."""
-
-    source: str
-    series: tuple[SeriesAnalysis, ...] = ()
-    error_code: str | None = None
-    error_message: str | None = None
-    read_ms: float = 0.0
-    ignored: int = 0  # files in a folder that were neither DICOM, NIfTI nor a zip
-    notes: tuple[str, ...] = field(default_factory=tuple)
-    unread: tuple[str, ...] = ()  # why each series that could not be put together was not (mixed orientations...)
-
-    @property
-    def verdict(self) -> str | None:
-        """``tumour`` when any series is called tumour; the negative label when every series was analysed and none
-        is; None otherwise: no "no tumour" for a study with a series nobody read (a FLAIR series the gate refused
-        is where a lesion would be missed)."""
-        judged = [s for s in self.series if s.label is not None]
-        if any(s.is_tumour for s in judged):
-            return "tumour"
-        if not judged or len(judged) < len(self.series) or self.unread:
-            return None
-        return judged[0].negative_label
-
-    @property
-    def needs_review(self) -> bool:
-        """Whether a series with a verdict goes to review first (few neighbours, or in the review band): said
-        with the study verdict everywhere (the report sent to the PACS said it, the screen, the PDF and the
-        command line did not)."""
-        return any(s.needs_review for s in self.series if s.label is not None)
-
-    @property
-    def unanalysed(self) -> int:
-        """Series no section of which could be analysed, and series that could not be put together."""
-        return sum(s.label is None for s in self.series) + len(self.unread)
-
-
 UNREAD_SERIES = (
     "{} series could not be analysed (no section passed the input checks, or the series could not be put "
     "together), so the study gets no verdict: "
     "the other series' 'no tumour' does not cover it. Read it yourself."
 )
-SEVERAL_STUDIES = (
-    "The upload holds series of more than one study (files of different studies, or files with and without a "
-    "study's identity: a prior exam beside today's, or another patient's). Upload each study on its own, so that "
-    "each gets its own verdict, report and patient link."
-)
-
-
-def _wanted(data: bytes) -> bool:
-    return is_zip(data) or is_nifti(data) or is_dicom(data)
-
-
-def upload_refusal(sizes: Sequence[int], limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> str | None:
-    """Why an upload of files of these ``sizes`` is refused before a byte of it is copied or read (None: it is
-    not); the same limits :func:`analyse_study` applies, checked from the sizes the browser sent."""
-    if len(sizes) > limits.max_files:
-        return f"{len(sizes)} files were chosen; the limit is {limits.max_files} for one study."
-    if sum(sizes) > limits.max_total_bytes:
-        return (
-            f"The files are {sum(sizes) / 2**20:.0f} MB in all; the limit is {limits.max_total_bytes / 2**20:.0f} MB."
-        )
-    return None
-
-
-def files_of(path: Path, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> tuple[list[bytes], int]:
-    """The bytes of a file, or of every DICOM / NIfTI / zip file under a folder (any depth, any names; a DICOMDIR
-    index and other files are ignored and counted). Sizes are checked on disk before anything is read."""
-    if not path.exists():
-        raise FileNotFoundError(path)
-    paths = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    total = sum(p.stat().st_size for p in paths)
-    if total > limits.max_total_bytes:
-        raise FileTooLarge(
-            f"The files are {total / 2**20:.0f} MB; the limit is {limits.max_total_bytes / 2**20:.0f} MB."
-        )
-    if len(paths) > limits.max_zip_members:
-        raise FileTooLarge(f"The folder holds {len(paths)} files; the limit is {limits.max_zip_members}.")
-    found, ignored = [], 0
-    for p in paths:
-        data = p.read_bytes()
-        if path.is_file() or (p.name.upper() != "DICOMDIR" and _wanted(data)):
-            found.append(data)
-        else:
-            ignored += 1
-    return found, ignored
-
-
-def analyse_study(
-    files: Sequence[bytes], classifier: Classifier, source: str = "upload", ignored: int = 0
-) -> StudyOutcome:
-    """Read every series in ``files`` and analyse each; never raises for a bad upload."""
-    started = time.perf_counter()
-    try:
-        upload = read_upload(files)
-    except ScanError as error:
-        logger.info("event=study_refused code=%s", error.code)
-        return StudyOutcome(source, error_code=error.code, error_message=str(error), ignored=ignored)
-    except Exception:
-        logger.exception("event=study_failed code=internal_error")
-        return StudyOutcome(source, error_code="internal_error", error_message="Unexpected error; try again.")
-    read_ms = (time.perf_counter() - started) * 1000
-    volumes = upload.volumes
-    if len({volume.study for volume in volumes}) > 1:  # one verdict, one report and one patient link per study
-        logger.info("event=study_refused code=several_studies")
-        return StudyOutcome(source, error_code="several_studies", error_message=SEVERAL_STUDIES, ignored=ignored)
-    try:
-        analyses = tuple(analyse_volume(volume, classifier) for volume in volumes)
-    except Exception:
-        logger.exception("event=study_failed code=internal_error")
-        return StudyOutcome(source, error_code="internal_error", error_message="Unexpected error; try again.")
-    notes = (f"{ignored} file(s) that are not DICOM, NIfTI or zip were ignored",) if ignored else ()
-    notes += upload.notes + tuple(f"A series could not be read: {reason}" for reason in upload.unread)
-    return StudyOutcome(source, analyses, read_ms=read_ms, ignored=ignored, notes=notes, unread=upload.unread)
-
-
-def analyse_path(path: Path, classifier: Classifier) -> StudyOutcome:
-    """:func:`analyse_study` for a folder, a zip, a multi-frame DICOM or a NIfTI file on disk."""
-    try:
-        files, ignored = files_of(path)
-    except ScanError as error:
-        return StudyOutcome(str(path), error_code=error.code, error_message=str(error))
-    except FileNotFoundError:
-        return StudyOutcome(str(path), error_code="not_found", error_message="No such file or folder.")
-    except OSError as error:  # its reason (permission denied, an I/O error, ...), never its own path
-        why = error.strerror or type(error).__name__
-        return StudyOutcome(str(path), error_code="unreadable", error_message=f"It cannot be read ({why.lower()}).")
-    if not files:
-        return StudyOutcome(str(path), error_code="series_error", error_message="No DICOM, NIfTI or zip file in it.")
-    return analyse_study(files, classifier, str(path), ignored)
-
-
-# --- saving a series ------------------------------------------------------------------------------------------
 
 
 def stacked(sections: np.ndarray) -> np.ndarray:
@@ -197,10 +62,13 @@ def series_record(
     image_key: str | None = None,
     created_at: datetime | None = None,
     study_unread: int = 0,
+    series_number: int | None = None,
 ) -> Record:
     """The record of an analysed series (validated). Its study is kept as a keyed hash of the study's UID hash
     (None without a key: each series then counts as its own study); ``study_unread``: series of its study nobody
-    could read (never saved themselves), kept so that a report made later gives the study no verdict either."""
+    could read (never saved themselves), kept so that a report made later gives the study no verdict either;
+    ``series_number``: its number on the Study page (series are saved tumour first: History's PDF numbered them in
+    that order, and two reports of one study called different series "Series 1")."""
     volume = analysis.volume
     window = analysis.window
     middle = window[len(window) // 2].analysis if window else None
@@ -232,6 +100,7 @@ def series_record(
         geometry=geometry_of(volume)
         | {"rule": applied_rule(analysis)}
         | ({"study_unread": study_unread} if study_unread else {})
+        | ({"series_number": series_number} if series_number else {})
         | ({"lesion_caveats": analysis.volume_caveats} if analysis.volume_caveats else {})
         | ({"lesion_model": analysis.lesion_model} if analysis.lesion_areas is not None else {}),
         lesion_px=None if analysis.lesion_areas is None else sum(analysis.lesion_areas),
@@ -246,19 +115,6 @@ def applied_rule(analysis: SeriesAnalysis) -> dict[str, Any]:
     used, rule = analysis.neighbours_used, analysis.rule
     applied = rule.threshold_for(used, analysis.single_threshold)
     return {"threshold": rule.threshold, "neighbours": rule.neighbours, "used": used, "applied": float(applied)}
-
-
-def display_png(volume: Volume) -> tuple[dict[str, str], bytes]:
-    """The series' middle section as the viewer displays it (PNG, pixels only) and the letters at its edges
-    ({"top", "bottom", "left", "right"}: R/L, A/P, H/F; empty when the files give no orientation)."""
-    import cv2
-
-    middle = volume.sections[len(volume.sections) // 2]
-    ok, png = cv2.imencode(".png", middle)
-    if not ok:
-        raise ValueError("the section could not be encoded as PNG")
-    letters = volume.letters
-    return {side: letters[side] for side in ("top", "bottom", "left", "right") if side in letters}, png.tobytes()
 
 
 def section_rows(analysis: SeriesAnalysis) -> list[Section]:
@@ -283,6 +139,7 @@ def save_series(
     images: ImageStore | None = None,
     key: bytes | None = None,
     study_unread: int = 0,
+    series_number: int | None = None,
 ) -> SaveStatus:
     """Keep the series' de-identified pixels, write its record and sections once (both or neither), and audit the
     upload. A series with no analysed section is not saved (it has no verdict); ``study_unread``: how many series
@@ -295,7 +152,13 @@ def save_series(
     except StoreError as error:
         return image_not_kept(error)
     record = series_record(
-        analysis, patient_ref=patient_ref, uploader=actor.name, key=key, image_key=image_key, study_unread=study_unread
+        analysis,
+        patient_ref=patient_ref,
+        uploader=actor.name,
+        key=key,
+        image_key=image_key,
+        study_unread=study_unread,
+        series_number=series_number,
     )
     sections = section_rows(analysis)
     status = save_record(record, store, actor, record.gate, write=lambda r: store.add_series(r, sections))
@@ -344,8 +207,16 @@ def save_study_series(
 ) -> SaveStatus:
     """Save one series of an analysed study (the page's, the command line's, the PACS watch's), keeping how many
     series of its study nobody could read: a report made later from it gives no verdict the study did not have."""
+    number = next((k for k, series in enumerate(outcome.series, start=1) if series is analysis), None)
     return save_series(
-        analysis, store, actor=actor, patient_ref=patient_ref, images=images, key=key, study_unread=outcome.unanalysed
+        analysis,
+        store,
+        actor=actor,
+        patient_ref=patient_ref,
+        images=images,
+        key=key,
+        study_unread=outcome.unanalysed,
+        series_number=number,
     )
 
 
