@@ -599,6 +599,31 @@ def test_study_page_reads_a_zipped_series_shows_the_study_verdict_first_and_save
     assert not app.exception and app.get("download_button")
 
 
+def test_a_study_analysed_again_after_a_review_shows_the_final_label_and_no_open_flag(app_environment: Path) -> None:
+    """A colleague overrode the series; analysed again, the page showed the model's call flagged as open while the
+    PDF of the same page gave the final label."""
+    from core.imaging.phantom_series import dicom_series, head_volume, zipped
+    from core.services.access import Actor
+    from core.services.reviews import review_result
+
+    study = zipped(dicom_series(head_volume(8, 128, range(3, 6))), [f"export/IM{k}" for k in range(8)])
+    app = page("study.py").run()
+    app.file_uploader[0].set_value([("study.zip", study, "application/zip")]).run(timeout=120)
+    next(b for b in app.button if b.label == "Analyse this study").click().run(timeout=120)
+    flagged = any("Flagged for review" in w.value for w in app.warning)
+    store = stored(app_environment)
+    (saved,) = store.recent(5)
+    final = "notumor" if saved.is_tumour else "glioma"
+    review_result(store, Actor("dr-b", "radiologist"), saved.id, final, ["false_alarm"] if saved.is_tumour else [])
+    again = page("study.py").run()
+    again.file_uploader[0].set_value([("study.zip", study, "application/zip")]).run(timeout=120)
+    next(b for b in again.button if b.label == "Analyse this study").click().run(timeout=120)
+    assert not again.exception
+    assert any("Reviewed by a radiologist since it was saved: series 1:" in i.value for i in again.info)
+    assert flagged and not any("Flagged for review" in w.value for w in again.warning)
+    assert any("(reviewed)" in m.value and "dr-b" in m.value for m in again.markdown)
+
+
 def test_a_study_whose_series_could_not_be_saved_is_saved_by_the_retry_once_the_database_is_back(
     app_environment: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

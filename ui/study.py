@@ -82,6 +82,13 @@ def show_study(
     st.metric("Study verdict", verdict, help="Tumour when any series is called tumour by the series rule.")
     if any(view.needs_review for view in study.views):  # as the PDF, the PACS report and the command line say it
         st.warning("Flagged for review: read the series marked **needs review** first.", icon=":material/flag:")
+    finals = [
+        f"series {n}: {pretty(v.record.final_label)}"
+        for n, v in enumerate(study.views, start=1)
+        if v.record is not None and v.record.review_count and v.record.final_label
+    ]
+    if finals:  # analysed again after a review: the model's verdict above is not the last word (the PDF's headline)
+        st.info(f"Reviewed by a radiologist since it was saved: {'; '.join(finals)}.", icon=":material/task_alt:")
     st.caption(
         f"{len(study.views)} series · model {classifier.card.name} {classifier.card.version} · "
         "a triage aid for a radiologist, not a diagnosis"

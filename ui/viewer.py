@@ -38,7 +38,17 @@ def verdict_line(view: SeriesView) -> str:
     rule = f"{view.neighbours} neighbouring sections at {view.threshold:.2f} or more"
     above = f"{len(view.marked)} of {len(view.sections)} sections above"
     review = " · **needs review** (few neighbours, or in the uncertain band)" if view.needs_review else ""
-    return f"**{pretty(view.label)}**{score} · rule: tumour when {rule} · {above}{review}"
+    return f"**{pretty(view.label)}**{score} · rule: tumour when {rule} · {above}{review}{reviewed(view)}"
+
+
+def reviewed(view: SeriesView) -> str:
+    """A saved series' last review, beside the model's verdict (analysed again, it read as an open call a colleague
+    had already overruled, while the PDF of the same page gave the final label)."""
+    record = view.record
+    if record is None or not record.review_count or record.final_label is None:
+        return ""
+    by = f" by {record.reviewer}" if record.reviewer else ""
+    return f" · **final label {pretty(record.final_label)}**{by} (reviewed)"
 
 
 def _heat(view: SeriesView, index: int, classifier, explainer):

@@ -182,7 +182,8 @@ def series_view(analysis: SeriesAnalysis, status: SaveStatus | None = None, reco
         lesion_areas=None if areas is None else tuple(areas),
         lesion_ml=analysis.lesion_ml,
         outlines=None if areas is None else tuple(scaled_outline(x.outline, scale) if x else () for x in lesions),
-        needs_review=analysis.needs_review,
+        # analysed again after a colleague reviewed it: the flag is done with, as on the Worklist and in the PDF
+        needs_review=analysis.needs_review and not (record is not None and record.review_count),
     )
 
 
