@@ -66,6 +66,8 @@ st.dataframe(
                 "saved (UTC)": f"{r.created_at:%Y-%m-%d %H:%M}",
                 "kind": r.kind,
                 "verdict": verdict_shown(r),
+                "flag": "needs review" if r.gate == "needs_review" and not r.review_count else "",  # as the
+                # Worklist, the Study page and the PDF flag it (History showed a flagged call as a plain one)
                 "tumour probability": probability_shown(r),
                 "lesion": bound(r, step.size) + lesion_size(step.size, step.unit),
                 "change": step.not_compared or lesion_change(step.change, step.unit, step.change_percent),

@@ -126,6 +126,10 @@ def test_history_page_compares_a_series_with_its_prior_and_makes_the_report(
     assert app.dataframe[0].value["lesion"].tolist() == ["—", "—"]  # saved without a segmenter: nothing claimed
     assert app.dataframe[0].value["change"].tolist() == ["—", "—"]
     assert len(app.get("plotly_chart")) == 3  # the timeline, the current section and the prior's
+    heat = next(t for t in app.toggle if t.label == "Heat maps")
+    assert heat.value is False  # red blobs side by side in a "change over time" view read as the lesion
+    heat.set_value(True).run()
+    assert any("not where a tumour is" in c.value for c in app.caption)
     assert [m.label for m in app.metric] == ["Series tumour probability", "At this section"]
     assert any("1 series of this study could not be analysed" in w.value for w in app.warning)
     # both series are of one study: the default prior is the other sequence, and the page says so
@@ -284,14 +288,15 @@ def test_the_history_page_shows_each_lesion_size_and_its_change(
     st.cache_resource.clear()
     store = SQLiteStore(data / "results.sqlite3")
     reference = pseudonymise("P-0077", local_key(data))
-    for record in lesion_history():
-        store.add(replace(record, patient_ref=reference))
+    for k, record in enumerate(lesion_history()):  # the second flagged for review, never reviewed
+        store.add(replace(record, patient_ref=reference, gate="needs_review" if k == 1 else record.gate))
     app = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "history.py"), default_timeout=60)
     app.session_state["actor"] = DOCTOR
     app.run()
     app.text_input[0].set_value("P-0077").run()
     assert not app.exception
     table = app.dataframe[0].value
+    assert table["flag"].tolist().count("needs review") == 1  # as the Worklist and the PDF flag it
     assert table["lesion"].tolist() == [
         "4.0 mL",
         "120 mm²",

@@ -220,15 +220,18 @@ def comparison(current: SeriesView, prior: SeriesView | None, classifier, explai
     else:
         index = 0
     letters = orientation_letters(current.geometry.get("orientation"))
+    heat = st.toggle("Heat maps", value=False, key=f"cmp-heat-{current.key[:8]}", help=HEAT_MEANING)  # off: red
+    if heat:  # blobs side by side in a "change over time" view read as the lesion
+        st.caption(HEAT_MEANING)
     left, right = st.columns(2)
     with left:
         p = current.curve[index]
         st.plotly_chart(
             section_figure(
                 current.sections[index],
-                heat=_heat(current, index, classifier, explainer),
+                heat=_heat(current, index, classifier, explainer) if heat else None,
                 letters=letters,
-                title=f"Now · section {index + 1} · " + ("skipped" if p is None else f"P {p:.2f}"),
+                title=f"Now · section {index + 1} · " + ("skipped" if p is None else f"P {two_places(p)}"),
                 height=420,
             ),
             config={"scrollZoom": True, "displaylogo": False},
@@ -246,10 +249,10 @@ def comparison(current: SeriesView, prior: SeriesView | None, classifier, explai
         st.plotly_chart(
             section_figure(
                 prior.sections[matched],
-                heat=_heat(prior, matched, classifier, explainer),
+                heat=_heat(prior, matched, classifier, explainer) if heat else None,
                 letters=orientation_letters(prior.geometry.get("orientation")),
                 title=f"Prior · section {matched + 1} · "
-                + ("skipped" if q is None else f"P {q:.2f}")
+                + ("skipped" if q is None else f"P {two_places(q)}")
                 + ("" if same_plane(current, prior) else " (its deciding section, not matched)"),
                 height=420,
             ),
@@ -259,14 +262,14 @@ def comparison(current: SeriesView, prior: SeriesView | None, classifier, explai
     a, b = st.columns(2)
     a.metric(
         "Series tumour probability",
-        "-" if moved.series_now is None else f"{moved.series_now:.2f}",
+        "-" if moved.series_now is None else two_places(moved.series_now),
         _delta(moved.series_change),
         delta_color="inverse",
         help="Change since the prior series.",
     )
     b.metric(
         "At this section",
-        "-" if moved.section_now is None else f"{moved.section_now:.2f}",
+        "-" if moved.section_now is None else two_places(moved.section_now),
         _delta(moved.section_change),
         delta_color="inverse",
         help="Matched by relative place along the analysed head: studies on different days are not in the "
