@@ -58,6 +58,9 @@ def _grey(section: np.ndarray, low: float, high: float, slope: float) -> np.ndar
     return apply_stretch(section, low, high)
 
 
+_MM_PER_UNIT = {"meter": 1000.0, "micron": 0.001}  # NIfTI's xyzt_units; "mm" and "unknown" (read as mm) are 1
+
+
 def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volume:
     """A NIfTI volume (optionally gzipped) as axial sections in RAS+ orientation, intensities stretched over the
     whole volume (0.5th-99.5th percentile)."""
@@ -89,13 +92,18 @@ def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volum
     placed, notes = _nifti_placement(stored.header)
     if volume.ndim == 4 and volume.shape[3] == 1:
         volume = volume[..., 0]
+    if volume.ndim == 2:  # one slice stored as X x Y (as X x Y x 1 it was read): a series of one section
+        volume = volume[..., None]
     if volume.ndim != 3:
         raise SeriesError(f"The NIfTI image has {volume.ndim} dimensions; a single 3-D volume is needed.")
     if volume.shape[2] > limits.max_sections:
         raise FileTooLarge(f"The volume holds {volume.shape[2]} sections; the limit is {limits.max_sections}.")
     low, high = stretch_bounds(volume)
     # the spacing comes from the same matrix as the directions (pixdim can disagree with the sform it is under)
-    zooms = np.linalg.norm(np.asarray(image.affine, float)[:3, :3], axis=0)
+    # in millimetres whatever the header's unit (one in metres gave a spacing of 0.0009 "mm": distances, gaps and
+    # lesion volumes 1000 times off, unsaid)
+    to_mm = _MM_PER_UNIT.get(stored.header.get_xyzt_units()[0], 1.0)
+    zooms = np.linalg.norm(np.asarray(image.affine, float)[:3, :3], axis=0) * to_mm
     # section k as stored: rows follow the second voxel axis (j), columns the first (i); the affine says where
     # each points in the patient, and radiological() turns them into the radiological view; one section at a time.
     # Without an orientation in the header (codes 0) the reader's affine still puts anterior at the top (readers
@@ -107,7 +115,9 @@ def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volum
     )
     orientation = orientation if placed else None
     digest = hashlib.sha256(data).hexdigest()
-    origin, step = _nifti_normal_steps(image.affine, orientation) if orientation else (0.0, float(zooms[2]))
+    origin, step = 0.0, float(zooms[2])
+    if orientation:
+        origin, step = (value * to_mm for value in _nifti_normal_steps(image.affine, orientation))
     return Volume(
         source="NIfTI volume",
         study=NO_STUDY_UID,  # the upload names the study (read_study)
