@@ -302,7 +302,7 @@ def test_saving_a_series_keeps_its_record_sections_pixels_and_an_audit_event(
     from dataclasses import replace
 
     from core.services.report_text import series_lines
-    from core.services.series_views import stored_series_view
+    from core.services.series_views import series_view, stored_series_view
 
     gapped = analyse_volume(read_study(dicom_series(head_volume(8, 160, range(2, 6)), skip=(4,)))[0], classifier)
     assert any("gap" in w.lower() for w in gapped.volume.warnings)
@@ -320,6 +320,10 @@ def test_saving_a_series_keeps_its_record_sections_pixels_and_an_audit_event(
     thin = stored_series_view(replace(saved, geometry=saved.geometry | {"rule": few}), store, images, None, doctor)
     assert thin.warnings[-1].startswith("the verdict rests on 2 neighbouring sections (the rule asks 5)")
     assert "(0.50)" in thin.warnings[-1]
+    assert thin.threshold == 0.5  # the curve, the count above it and each section's side drawn at what judged it
+    fresh = series_view(gapped)
+    applied = gapped.rule.threshold_for(gapped.neighbours_used, gapped.single_threshold)
+    assert fresh.threshold == pytest.approx(applied) and applied > gapped.rule.threshold
 
 
 def test_study_command_saves_each_series_once_with_save(

@@ -171,7 +171,9 @@ def series_view(analysis: SeriesAnalysis, status: SaveStatus | None = None, reco
         label=analysis.label,
         is_tumour=analysis.is_tumour,
         score=analysis.score,
-        threshold=analysis.rule.threshold,
+        # the threshold the verdict was judged by (higher when fewer neighbours than the rule's were analysed): the
+        # curve, the count above it and each section's side drawn at the rule's argued against the verdict shown
+        threshold=float(analysis.rule.threshold_for(analysis.neighbours_used, analysis.single_threshold)),
         neighbours=analysis.rule.neighbours,
         window=tuple(s.index for s in analysis.window),
         probabilities=analysis.probabilities,
@@ -215,7 +217,7 @@ def stored_series_view(
         label=record.label,
         is_tumour=record.is_tumour,
         score=record.tumour_probability,
-        threshold=None if rule is None else float(rule["threshold"]),
+        threshold=None if rule is None else float(rule.get("applied", rule["threshold"])),
         neighbours=None if rule is None else int(rule["neighbours"]),
         window=_deciding_window(curve, tuple(s.position for s in rows), rule),
         probabilities=dict(record.probabilities),
