@@ -109,6 +109,18 @@ if typed is not None and pacs_study_uid(shown) is None and needs_link(results[sh
             st.error(f"The patient reference was not applied: {error}")
         else:
             st.rerun()
+elif typed is not None and pacs_study_uid(shown) is None and needs_link(results[shown], typed, moving=True):
+    st.warning(  # the reader's correction of a typing mistake (the Link button did nothing for these)
+        "The saved series of this study are under the patient reference typed before. Move them only to correct a "
+        "typing mistake: the study leaves that reference's History."
+    )
+    if st.button("Move this study's series to the reference typed now", key="study_move"):
+        try:
+            results[shown] = link_study(resources.current_store(), actor, results[shown], typed, moving=True)
+        except StoreError as error:
+            st.error(f"The patient reference was not applied: {error}")
+        else:
+            st.rerun()
 if signature != shown:
     st.caption(earlier_note(shown, bool(files) and signature not in results))
     if st.button("Clear this study from the page", key="study_clear"):

@@ -28,10 +28,12 @@ from core.services.triage import (
     ALREADY_SAVED,
     NOT_SAVED,
     NOT_UPDATED,
+    OTHER_REFERENCE,
     SAVED,
     SaveStatus,
     image_not_kept,
     keep_image,
+    move_reference,
     reference_for_saved,
     save_record,
 )
@@ -285,29 +287,45 @@ def save_study(
     return StudyResult(tuple(views), outcome.verdict, notes=notes, unread=outcome.unanalysed)
 
 
-def _unlinked(view: SeriesView, patient_ref: str | None) -> bool:
-    """A saved series under no reference, or one other than ``patient_ref`` its status does not say yet."""
+def _unlinked(view: SeriesView, patient_ref: str | None, moving: bool = False) -> bool:
+    """A saved series this session may link to ``patient_ref``: one under no reference, or (``moving``) one under
+    the reference this session gave it; never one kept under another patient's (its status says so)."""
     saved = view.record is not None and view.status is not None and not view.status.others
-    return saved and view.record.patient_ref != patient_ref  # type: ignore[union-attr]
+    if not saved or view.record.patient_ref == patient_ref:  # type: ignore[union-attr]
+        return False
+    return moving or view.record.patient_ref is None  # type: ignore[union-attr]
 
 
-def needs_link(study: StudyResult, patient_ref: str | None) -> bool:
-    return any(_unlinked(view, patient_ref) for view in study.views)
+def needs_link(study: StudyResult, patient_ref: str | None, moving: bool = False) -> bool:
+    """Whether a saved series of the study has no reference yet; ``moving``: whether one is under another reference
+    this session gave it (to be moved only by the reader's correction)."""
+    return any(
+        _unlinked(view, patient_ref, moving) and (view.record.patient_ref is not None) == moving  # type: ignore[union-attr]
+        for view in study.views
+    )
 
 
-def link_study(store: Store, actor: Actor, study: StudyResult, patient_ref: str | None) -> StudyResult:
-    """The study with the reference typed after it was analysed applied to each saved series that has none (an
-    audited change each, as a result uploaded again; it was ignored, and the patient's History stayed empty); a
-    series saved under another patient's reference keeps it and its status says so (never relinked from here)."""
+def link_study(
+    store: Store, actor: Actor, study: StudyResult, patient_ref: str | None, moving: bool = False
+) -> StudyResult:
+    """The study with the reference typed after it was analysed applied to each saved series that has none and,
+    ``moving`` (the reader's correction of a typing mistake, a button of its own), to each this session saved
+    under the reference typed before; an audited change each. A series saved earlier under another patient's
+    reference (its status says so) is never relinked from here."""
     require(actor, ANALYSE)
     views = []
     for view in study.views:
         record, status = view.record, view.status
-        if record is None or status is None or not _unlinked(view, patient_ref):
+        if record is None or status is None or not _unlinked(view, patient_ref, moving):
             views.append(view)
             continue
         if status.state == NOT_UPDATED:  # an earlier link failed: once applied, it is simply saved
             status = SaveStatus(SAVED, record_id=record.id)
-        status, kept = reference_for_saved(store, actor, record.id, patient_ref, status)
+        if record.patient_ref is None:
+            status, kept = reference_for_saved(store, actor, record.id, patient_ref, status)
+        else:
+            kept = move_reference(store, actor, record.id, patient_ref, record.patient_ref)
+            moved = kept == patient_ref
+            status = SaveStatus(status.state, "" if moved else OTHER_REFERENCE, record.id, others=not moved)
         views.append(replace(view, record=replace(record, patient_ref=kept), status=status))
     return replace(study, views=tuple(views))

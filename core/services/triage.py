@@ -202,19 +202,28 @@ def apply_patient_reference(triaged: Triaged, store: Store | None, patient_ref: 
     if triaged.status is None or triaged.status.state == NOT_SAVED or store is None:
         return replace(triaged, record=record)
     try:
-        with store.atomic():  # the change and its audit event: both or neither
-            changed = store.set_patient_ref(record.id, patient_ref, was=triaged.record.patient_ref)
-            if changed:
-                _record_or_undo(store, actor, record.id, patient_ref, triaged.record.patient_ref)
-            stored = None if changed else store.get(record.id)  # read again only when another session won
+        kept = move_reference(store, actor, record.id, patient_ref, triaged.record.patient_ref)
     except StoreError as error:
         logger.warning("event=reference_update_failed code=%s", error.code)
         status = SaveStatus(NOT_UPDATED, f"the patient reference was not updated: {error}", record.id)
         return replace(triaged, status=status)
-    if stored is not None and stored.patient_ref != patient_ref:  # another session linked it meanwhile: kept
+    if kept != patient_ref:  # another session linked it meanwhile: kept
         status = SaveStatus(triaged.status.state, OTHER_REFERENCE, record.id, others=True)
-        return replace(triaged, record=replace(record, patient_ref=stored.patient_ref), status=status)
+        return replace(triaged, record=replace(record, patient_ref=kept), status=status)
     return replace(triaged, record=record, status=SaveStatus(triaged.status.state, record_id=record.id))
+
+
+def move_reference(store: Store, actor: Actor, record_id: str, new: str | None, old: str | None) -> str | None:
+    """A saved result's patient reference set from ``old`` to ``new`` (compare and set) with its audit event, both
+    or neither; the reference it has afterwards (another session's, when one linked it meanwhile). Only roles that
+    may analyse scans."""
+    require(actor, ANALYSE)
+    with store.atomic():
+        if store.set_patient_ref(record_id, new, was=old):
+            _record_or_undo(store, actor, record_id, new, old)
+            return new
+        stored = store.get(record_id)  # read again only when another session won
+    return stored.patient_ref if stored is not None else old
 
 
 @dataclass(frozen=True, eq=False)
