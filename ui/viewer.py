@@ -107,6 +107,16 @@ def series_panel(view: SeriesView, classifier, explainer, prefix: str) -> None:
     series_viewer(view, classifier, explainer, prefix, outlined)
 
 
+def _section_slider(place, count: int, key: str, last_click: str) -> int:
+    """The section shown, from 0; moved by hand, the curve's last click is forgotten (clicking the same point again
+    then jumps back to it: it did nothing)."""
+    if count < 2:  # a slider needs two values: one section has nothing to move through
+        place.caption("Section 1 of 1 (a single section)")
+        return 0
+    forget = lambda: st.session_state.pop(last_click, None)  # noqa: E731
+    return place.slider("Section", 1, count, key=key, help="Arrow keys move one section.", on_change=forget) - 1
+
+
 @st.fragment
 def series_viewer(view: SeriesView, classifier, explainer, prefix: str, outlined: bool = False) -> None:
     """The viewer for one series (``prefix`` keeps its widgets apart from other series on the page), with the
@@ -123,11 +133,7 @@ def series_viewer(view: SeriesView, classifier, explainer, prefix: str, outlined
         st.session_state[slider_key] = start_section(view) + 1
 
     controls = st.columns([3, 1.3, 1, 1])
-    if count > 1:
-        index = controls[0].slider("Section", 1, count, key=slider_key, help="Arrow keys move one section.") - 1
-    else:  # a slider needs two values: one section has nothing to move through
-        index = 0
-        controls[0].caption("Section 1 of 1 (a single section)")
+    index = _section_slider(controls[0], count, slider_key, f"{curve_key}-last")
     preset = controls[1].selectbox("Window", list(WINDOW_PRESETS), key=f"{prefix}-preset")
     custom_note = controls[1].empty()
     show_heat = controls[2].toggle(
