@@ -224,7 +224,7 @@ class Pacs:
         if not series:
             raise FileTooLarge(
                 f"The study's smallest MR series holds {min(s.instances or 0 for s in found)} images; the limit is "
-                f"{min(self.limits.max_files, self.limits.max_sections)} (a series), {self.limits.max_files} per study."
+                f"{self.limits.max_files} per study ({self.limits.max_sections} sections a series)."
             )
         skipped = [
             f"Series {s.number or '?'}: {s.instances} images, "
