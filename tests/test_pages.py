@@ -184,12 +184,14 @@ def test_scan_page_shows_original_crop_and_verdict_and_saves_once(app_environmen
     assert app.metric[0].label == "Verdict"
     assert app.metric[0].value in {"Glioma", "Meningioma", "Pituitary tumour", "No tumour", "Tumour, type uncertain"}
     probabilities = app.dataframe[0].value
-    assert len(probabilities) == 4 and abs(probabilities["probability"].sum() - 100) < 0.01
+    assert len(probabilities) == 4 and abs(probabilities["bar"].sum() - 100) < 0.01
+    assert all(text.endswith("%") and text not in ("0.0%", "100.0%") for text in probabilities["probability"])
     app.run()  # a rerun (any widget change) must not save again
     assert stored(app_environment).summary().total == 1
     assert any("saved" in c.value for c in app.caption)
     batch = app.dataframe[1].value
     assert batch["file"][0] == "ZZCANARY_MRN123.png"  # shown in the session, so a batch can be traced back
+    assert str(batch["tumour_probability"][0]).endswith("%")  # as the panel states it, never "1"
     assert app.get("download_button") and not exports(app_environment)  # made when pressed, not with the page
     made = downloads[-1]()
     assert b"ZZCANARY" not in made and b"verdict" in made
@@ -393,7 +395,8 @@ def test_needs_review_reason_is_in_the_batch_table(app_environment: Path) -> Non
     row = app.dataframe[-1].value.iloc[0]
     if row["result"] == "needs review":  # the tiny model is unsure: its P(tumour) sits in the review band
         assert "review band" in row["reason"]
-    assert 0.5 <= row["confidence"] <= 1.0  # the call's confidence, never P(no tumour) beside a tumour verdict
+    shown = row["confidence"]  # as the panel states it: "73.4%", ">99.9%"
+    assert shown.startswith(">") or 50.0 <= float(shown.rstrip("%")) <= 100.0  # the call's, never P(no tumour)
     # the decision is a column of its own (counted from it, and in the CSV), never read back from the wording
     assert bool(row["tumour"]) is (row["verdict"] != "No tumour")
     summary = next(c.value for c in app.caption if "with a verdict" in c.value)

@@ -16,7 +16,7 @@ import streamlit as st
 
 from core.model.gate import NEEDS_REVIEW, REJECTED
 from core.services.triage import Triaged
-from ui.wording import pretty
+from ui.wording import percent, pretty
 
 STATE_KEY = "scan_batch"
 
@@ -89,6 +89,16 @@ def result_state(result: Triaged) -> str:
         return "choose a frame" if result.needs_frame else "rejected"
     decision = result.view.prediction.gate.decision
     return {REJECTED: "not a brain MRI", NEEDS_REVIEW: "needs review"}.get(decision, "classified")
+
+
+def on_screen(table: Any) -> Any:
+    """The batch table as the page shows it: probabilities as the panels state them (">99.9%", never "1"); the CSV
+    keeps the numbers."""
+    shown = table.copy()
+    for column in ("tumour_probability", "confidence"):
+        if column in shown:
+            shown[column] = [None if v is None or v != v else percent(float(v)) for v in shown[column]]
+    return shown
 
 
 def summary_row(index: int, name: str, result: Triaged) -> dict[str, Any]:

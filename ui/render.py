@@ -46,17 +46,20 @@ def inline_image(container, image: bytes | np.ndarray, caption: str) -> None:
 
 
 def probability_table(probabilities: dict[str, float]) -> None:
-    """Class probabilities as bars in a small table (cheaper to re-draw than one chart per scan)."""
+    """Class probabilities as bars in a small table (cheaper to re-draw than one chart per scan), each stated as the
+    panels state them (the bars' own "%.1f %%" read "0.0 %" and "100.0 %")."""
     frame = pd.DataFrame(
-        {"class": [pretty(k) for k in probabilities], "probability": [v * 100 for v in probabilities.values()]}
+        {
+            "class": [pretty(k) for k in probabilities],
+            "probability": [percent(v) for v in probabilities.values()],
+            "bar": [v * 100 for v in probabilities.values()],
+        }
     )
     st.dataframe(
         frame,
         hide_index=True,
         width="stretch",
-        column_config={
-            "probability": st.column_config.ProgressColumn("probability", format="%.1f %%", min_value=0, max_value=100)
-        },
+        column_config={"bar": st.column_config.ProgressColumn(" ", format=" ", min_value=0, max_value=100)},
     )
 
 
