@@ -271,7 +271,10 @@ def headline(dashboard) -> None:
     )
     kpis[4].metric("Flagged for review", number(dashboard.flagged))
     kpis[5].metric("Rejected (not brain MRI)", number(dashboard.rejected))
-    st.caption(f"The model's calls per class (results). {MODELS_CALLS}")
+    st.caption(
+        "The model's calls per class, counting results, as made: an override does not change them (the quality "
+        "board below sets them against the final labels)."
+    )
     classes = st.columns(max(1, len(dashboard.per_class)))
     for column, (label, count) in zip(classes, dashboard.per_class.items(), strict=False):
         column.metric(pretty(label), number(count))
