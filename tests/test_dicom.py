@@ -375,3 +375,20 @@ def test_a_dicom_slice_reopened_from_the_worklist_keeps_its_patient_directions(t
     assert uploaded.view.letters
     opened = open_result(store, images, doctor, uploaded.record.id, tiny_classifier, None)
     assert opened.view is not None and opened.view.letters == uploaded.view.letters
+
+
+def test_a_dicom_cut_anywhere_in_its_header_is_named_damaged_never_an_unexpected_error() -> None:
+    """Cut inside an element of the header (struct.error, pydicom's BytesLengthException), the file reached the user
+    as "Unexpected error; try again", which no retry can fix."""
+    from core.errors import ScanError
+
+    data = dicom_bytes(synthetic_slice(128).astype(np.uint16) * 16)
+    unexpected = []
+    for cut in range(128, data.find(b"\xe0\x7f\x10\x00") + 16):
+        try:
+            read_scan(data[:cut])
+        except ScanError:
+            continue
+        except Exception as error:  # noqa: BLE001 - what the test looks for
+            unexpected.append((cut, type(error).__name__))
+    assert unexpected == []

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from pydicom.errors import BytesLengthException
 
 from core.errors import (
     CorruptImage,
@@ -92,8 +93,32 @@ _OTHER_PARTS = (
     "BOWEL",
 )
 
-_HEADER_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError, zlib.error)
-_VALUE_ERRORS = (ValueError, TypeError, KeyError, AttributeError, IndexError, ArithmeticError, zlib.error)
+# what a damaged header raises while it is parsed (a file cut inside its header: struct.error, pydicom's
+# BytesLengthException; an unknown value representation: NotImplementedError) besides the usual: each once reached
+# the user as "Unexpected error; try again", which no retry can fix
+_HEADER_ERRORS = (
+    OSError,
+    ValueError,
+    KeyError,
+    TypeError,
+    EOFError,
+    zlib.error,
+    struct.error,
+    NotImplementedError,
+    BytesLengthException,
+)
+_VALUE_ERRORS = (
+    ValueError,
+    TypeError,
+    KeyError,
+    AttributeError,
+    IndexError,
+    ArithmeticError,
+    zlib.error,
+    struct.error,
+    NotImplementedError,
+    BytesLengthException,
+)
 INVALID_VALUES = _VALUE_ERRORS  # what pydicom raises where it first converts a malformed value
 INVALID_HEADER = "The DICOM header holds invalid values; it cannot be displayed reliably."
 DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian: pydicom inflates it whole, unbounded
@@ -177,6 +202,8 @@ def _transfer_syntax(data: bytes) -> str | None:
         if group != 2:
             return None
         long_vr = data[position + 4 : position + 6] in _LONG_VRS
+        if position + (12 if long_vr else 8) > len(data):  # cut inside the element: the header reader says so
+            return None
         length = struct.unpack_from("<I" if long_vr else "<H", data, position + (8 if long_vr else 6))[0]
         value = position + (12 if long_vr else 8)
         if element == 0x0010:
