@@ -54,6 +54,10 @@ def read_raster(data: bytes, fmt: str, limits: Limits) -> tuple[np.ndarray, floa
                     header.verify()  # chunk CRCs and the IEND marker
             with Image.open(io.BytesIO(data), formats=[pillow_format]) as image:
                 image = _decode_within_budget(image, limits)
+                if fmt == "jpeg" and _grey_filled(image):
+                    raise CorruptImage(
+                        "The JPEG file is cut short: its last rows are the decoder's grey fill, not the image."
+                    )
                 image = ImageOps.exif_transpose(image)
                 pixels, colourfulness = _to_gray(image)
                 return pixels, colourfulness, declared
@@ -69,6 +73,19 @@ def read_raster(data: bytes, fmt: str, limits: Limits) -> tuple[np.ndarray, floa
         ) from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise CorruptImage(f"The {what} file is damaged or incomplete ({_describe(error)}).") from error
+
+
+def _grey_filled(image: Image.Image) -> bool:
+    """Whether a decoded JPEG ends in rows of the decoder's fill (mid-grey, 128, one block high at least): a file cut
+    short and closed with an end marker decodes without an error, its missing rows grey (a slice cut so was called
+    meningioma at 1.0)."""
+    pixels = np.asarray(image.convert("L"))
+    filled = 0
+    for row in pixels[::-1]:
+        if row.min() != 128 or row.max() != 128:
+            break
+        filled += 1
+    return 8 <= filled < pixels.shape[0]
 
 
 def _check_png_depth(data: bytes, what: str) -> None:
