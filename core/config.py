@@ -125,17 +125,15 @@ def _key(configured: str | None, what: str, shared_database: bool, local_file: s
         return None
     folder = data_dir()
     if not (folder / local_file).exists():  # about to create one: not beside a database known to have vanished
-        from core.errors import StoreError
         from core.storage import DATABASE_FILE, holds_keyed_data, stamps
 
         try:
             stamps.check(folder / DATABASE_FILE)
         except stamps.StoreVanished as error:  # a new key would silently stick once the backup is restored
             raise ValueError(f"the {what} is gone with the results database; restore the data folder") from error
-        try:
-            keyed = holds_keyed_data(folder / DATABASE_FILE, local_file)
-        except StoreError as error:  # never a new key beside a database nobody could check
-            raise ValueError(f"the {what} cannot be made: {error}") from error
+        # never a new key beside a database nobody could check: its error (a corrupt file) as the store's own, which
+        # every page and command names as such (wrapped, it read as a configuration mistake)
+        keyed = holds_keyed_data(folder / DATABASE_FILE, local_file)
         if keyed:  # the database restored without its key file
             raise ValueError(
                 f"the {what} file {local_file} is missing beside a results database made with it; restore it from "

@@ -545,6 +545,23 @@ def test_corrupt_sqlite_file_gives_a_clear_error(tmp_path: Path) -> None:
         SQLiteStore(path)
 
 
+def test_a_corrupt_database_met_before_its_key_is_made_is_named_a_store_error_not_a_configuration_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no audit.key yet, the key's check of the database wrapped its error: the command line said
+    "bad_configuration" and the app "fix the configuration" for a file that is not a database."""
+    from core.services.resources import open_results_store
+
+    (tmp_path / "results.sqlite3").write_bytes(b"this is not a database" * 100)
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("MONGODB_URI", raising=False)
+    monkeypatch.delenv("BTD_AUDIT_KEY", raising=False)
+    with pytest.raises(StoreError, match="not a database") as raised:
+        open_results_store({})
+    assert not isinstance(raised.value, ValueError) and "configuration" not in str(raised.value)
+    assert not (tmp_path / "audit.key").exists()  # and no new key beside it
+
+
 def test_locked_sqlite_file_gives_a_retryable_error(tmp_path: Path) -> None:
     path = tmp_path / "results.sqlite3"
     store = SQLiteStore(path, busy_timeout_s=0.2)
