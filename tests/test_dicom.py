@@ -392,3 +392,16 @@ def test_a_dicom_cut_anywhere_in_its_header_is_named_damaged_never_an_unexpected
         except Exception as error:
             unexpected.append((cut, type(error).__name__))
     assert unexpected == []
+
+
+def test_an_mr_image_cut_before_its_size_and_an_empty_photometric_value_are_named_for_what_they_are() -> None:
+    """Cut before Rows, an MR image read as "holds no image: it may be a report"; an empty Photometric
+    Interpretation as "in colour (1 samples per pixel)"."""
+    from core.errors import ScanError
+
+    data = dicom_bytes(synthetic_slice(128).astype(np.uint16) * 16)
+    with pytest.raises(ScanError, match="ends inside its header"):
+        read_scan(data[: data.find(b"\x28\x00\x10\x00")])  # just before Rows
+    empty = dicom_bytes(synthetic_slice(128).astype(np.uint16) * 16, extra={"PhotometricInterpretation": ""})
+    with pytest.raises(ScanError, match="Photometric Interpretation empty"):
+        read_scan(empty)

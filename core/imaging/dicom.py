@@ -225,6 +225,8 @@ def checked_dataset(data: bytes, limits: Limits, header: Any = None) -> tuple[An
     check_body_part(header)
     rows, columns = header.get("Rows"), header.get("Columns")
     if rows is None or columns is None:
+        if "Image" in str(getattr(header.get("SOPClassUID"), "name", "")):  # an image's class: the file is cut
+            raise CorruptImage("The DICOM file is damaged: it ends inside its header, before the image's size.")
         raise NoPixelData(
             "The DICOM file holds no image (no Rows/Columns): it may be a report or a structured document."
         )
@@ -232,6 +234,8 @@ def checked_dataset(data: bytes, limits: Limits, header: Any = None) -> tuple[An
     check_decoded_size(int(columns), int(rows), _WORKING_BYTES_PER_PIXEL, limits)
     samples = int(header.get("SamplesPerPixel", 1) or 1)
     photometric = str(header.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if not photometric.strip():  # empty: no colour to name ("in colour (1 samples per pixel)" was said)
+        raise CorruptImage("The DICOM header leaves its Photometric Interpretation empty; it cannot be displayed.")
     if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
         kind = _named(photometric) if samples == 1 or photometric not in ("MONOCHROME1", "MONOCHROME2") else ""
         raise UnsupportedDicom(
