@@ -18,7 +18,7 @@ from core.services.triage import (
 )
 from ui import resources
 from ui.auth import audited_download, callback_actor, fragment_actor
-from ui.batch import Upload, batch, on_screen, summary_row
+from ui.batch import PERCENT_COLUMNS, Upload, batch, on_screen, summary_row
 from ui.page import setup_page
 from ui.render import scan_panel
 from ui.wording import count_of
@@ -230,7 +230,12 @@ st.caption(
     f"{count_of(len(rows), 'file')} received; {len(verdicts)} with a verdict, {tumours} of them a tumour; "
     f"{review} need review. File names are shown here only: they are never saved."
 )
-st.dataframe(on_screen(table), hide_index=True, width="stretch")
+st.dataframe(
+    on_screen(table),
+    hide_index=True,
+    width="stretch",
+    column_config={name: st.column_config.NumberColumn(format="%.1f%%") for name in PERCENT_COLUMNS},
+)
 left, middle, right = st.columns([1.2, 1, 1])
 with_names = left.checkbox("Include file names in the CSV", help="File names can carry patient identities.")
 try:  # a download is an audit event: without a database to record it in, none is offered

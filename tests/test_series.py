@@ -751,5 +751,6 @@ def test_a_nifti_in_metres_or_microns_is_measured_in_millimetres_and_one_slice_i
         volume = read_nifti(image.to_bytes())
         assert volume.spacing == pytest.approx((0.9, 0.9)) and volume.thickness == pytest.approx(5.0), unit
         assert volume.positions[1] - volume.positions[0] == pytest.approx(5.0)
-    flat = nibabel.Nifti1Image(data[:, :, 0], np.diag([0.9, 0.9, 5.0, 1.0]))
-    assert read_nifti(flat.to_bytes()).sections.shape[0] == 1
+    for affine in (np.diag([0.9, 0.9, 5.0, 1.0]), np.diag([-0.9, -0.9, 5.0, 1.0])):  # canonical or not
+        flat = nibabel.Nifti1Image(data[:, :, 0], affine)
+        assert read_nifti(flat.to_bytes()).sections.shape[0] == 1

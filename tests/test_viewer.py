@@ -62,7 +62,7 @@ def test_the_curve_marks_the_threshold_the_current_section_and_the_sections_abov
     assert (skipped["x"], skipped["y"], skipped["name"]) == ([2], [0.0], "skipped")  # counted from 1, as titles
     threshold, current = figure["layout"]["shapes"]
     assert threshold["y0"] == threshold["y1"] == 0.5 and current["x0"] == current["x1"] == 3
-    assert figure["layout"]["annotations"][0]["text"] == "rule 0.50" and figure["layout"]["height"] == 220
+    assert figure["layout"]["annotations"][0]["text"] == "judged at 0.50" and figure["layout"]["height"] == 220
     plain = curve_figure([0.1, 0.2], threshold=0.7, current=0)  # nothing above, nothing skipped: the line alone
     assert [trace["name"] for trace in plain["data"]] == ["tumour probability"]
 

@@ -321,6 +321,10 @@ def test_saving_a_series_keeps_its_record_sections_pixels_and_an_audit_event(
     assert thin.warnings[-1].startswith("the verdict rests on 2 neighbouring sections (the rule asks 5)")
     assert "(0.50)" in thin.warnings[-1]
     assert thin.threshold == 0.5  # the curve, the count above it and each section's side drawn at what judged it
+    from ui.viewer import verdict_line
+
+    assert "at 0.30 or more; judged at 0.50" in verdict_line(thin)  # the rule's own is named as the rule's
+    assert any("reach 0.30; judged at 0.50" in line for line in series_lines(saved, thin, []))
     fresh = series_view(gapped)
     applied = gapped.rule.threshold_for(gapped.neighbours_used, gapped.single_threshold)
     assert fresh.threshold == pytest.approx(applied) and applied > gapped.rule.threshold

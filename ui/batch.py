@@ -16,7 +16,7 @@ import streamlit as st
 
 from core.model.gate import NEEDS_REVIEW, REJECTED
 from core.services.triage import Triaged
-from ui.wording import percent, pretty
+from ui.wording import pretty
 
 STATE_KEY = "scan_batch"
 
@@ -91,13 +91,16 @@ def result_state(result: Triaged) -> str:
     return {REJECTED: "not a brain MRI", NEEDS_REVIEW: "needs review"}.get(decision, "classified")
 
 
+PERCENT_COLUMNS = ("tumour_probability", "confidence")
+
+
 def on_screen(table: Any) -> Any:
-    """The batch table as the page shows it: probabilities as the panels state them (">99.9%", never "1"); the CSV
-    keeps the numbers."""
+    """The batch table as the page shows it: probabilities in percent held between 0.1 and 99.9 (the table read
+    "1", certainty; as numbers, the columns still sort); the CSV keeps the values as computed."""
     shown = table.copy()
-    for column in ("tumour_probability", "confidence"):
+    for column in PERCENT_COLUMNS:
         if column in shown:
-            shown[column] = [None if v is None or v != v else percent(float(v)) for v in shown[column]]
+            shown[column] = (shown[column].astype(float) * 100).clip(0.1, 99.9)
     return shown
 
 

@@ -126,8 +126,13 @@ def _patient_key(shared: bool, configured: str | None) -> bytes | None:
 
 
 def current_patient_key() -> bytes | None:
+    """The patient-reference key; a ValueError (the pages then turn references off and say why) also when the
+    database its check reads cannot be read (the store's own error: the pages beside it name it too)."""
     identity = secrets().get("identity") or {}
-    return _patient_key(bool(mongodb_uri(secrets())), identity.get("hmac_key"))
+    try:
+        return _patient_key(bool(mongodb_uri(secrets())), identity.get("hmac_key"))
+    except StoreError as error:
+        raise ValueError(str(error)) from error
 
 
 _last_health: dict[str, str] = {}  # the last state logged per store

@@ -35,10 +35,17 @@ def verdict_line(view: SeriesView) -> str:
     score = "" if view.score is None else f" · series tumour probability **{percent(view.score)}**"
     if view.threshold is None:  # saved by another model before rules were kept with the verdict
         return f"**{pretty(view.label)}**{score} · read by {view.model}, whose series rule was not recorded"
-    rule = f"{view.neighbours} neighbouring sections at {view.threshold:.2f} or more"
+    rule = f"{view.neighbours} neighbouring sections at {judged_note(view)}"
     above = f"{len(view.marked)} of {len(view.sections)} sections above"
     review = " · **needs review** (few neighbours, or in the uncertain band)" if view.needs_review else ""
     return f"**{pretty(view.label)}**{score} · rule: tumour when {rule} · {above}{review}{reviewed(view)}"
+
+
+def judged_note(view: SeriesView) -> str:
+    """The rule's threshold, and the one the verdict was judged by when it is higher (fewer sections analysed)."""
+    own = view.rule_threshold if view.rule_threshold is not None else view.threshold
+    judged = "" if own == view.threshold else f"; judged at {view.threshold:.2f}: fewer sections analysed"
+    return f"{own:.2f} or more{judged}"
 
 
 def reviewed(view: SeriesView) -> str:
@@ -107,14 +114,12 @@ def series_panel(view: SeriesView, classifier, explainer, prefix: str) -> None:
     series_viewer(view, classifier, explainer, prefix, outlined)
 
 
-def _section_slider(place, count: int, key: str, last_click: str) -> int:
-    """The section shown, from 0; moved by hand, the curve's last click is forgotten (clicking the same point again
-    then jumps back to it: it did nothing)."""
-    if count < 2:  # a slider needs two values: one section has nothing to move through
+def _section_slider(place, count: int, key: str) -> int:
+    """The section shown, from 0 (a slider needs two values: one section has nothing to move through)."""
+    if count < 2:
         place.caption("Section 1 of 1 (a single section)")
         return 0
-    forget = lambda: st.session_state.pop(last_click, None)  # noqa: E731
-    return place.slider("Section", 1, count, key=key, help="Arrow keys move one section.", on_change=forget) - 1
+    return place.slider("Section", 1, count, key=key, help="Arrow keys move one section.") - 1
 
 
 @st.fragment
@@ -133,7 +138,7 @@ def series_viewer(view: SeriesView, classifier, explainer, prefix: str, outlined
         st.session_state[slider_key] = start_section(view) + 1
 
     controls = st.columns([3, 1.3, 1, 1])
-    index = _section_slider(controls[0], count, slider_key, f"{curve_key}-last")
+    index = _section_slider(controls[0], count, slider_key)
     preset = controls[1].selectbox("Window", list(WINDOW_PRESETS), key=f"{prefix}-preset")
     custom_note = controls[1].empty()
     show_heat = controls[2].toggle(

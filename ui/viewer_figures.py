@@ -266,7 +266,7 @@ def _curve_axes(threshold: float, current: int, height: int) -> dict[str, Any]:
         "y": threshold,
         "yanchor": "bottom",
         "xanchor": "right",
-        "text": f"rule {threshold:.2f}",
+        "text": f"judged at {threshold:.2f}",
         "showarrow": False,
         "font": {"color": "#d32f2f"},
     }

@@ -82,7 +82,10 @@ def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volum
         # reorientation; the stretch below is linear, so it is the same on the stored values (a negative slope
         # inverts the grey levels: undone section by section)
         slope = float(stored.dataobj.slope)
-        unscaled = nibabel.Nifti1Image(stored.dataobj.get_unscaled(), stored.affine, stored.header)
+        voxels = stored.dataobj.get_unscaled()
+        if voxels.ndim == 2:  # one slice stored as X x Y: a third axis before it is turned (nibabel needs three)
+            voxels = voxels[..., None]
+        unscaled = nibabel.Nifti1Image(voxels, stored.affine, stored.header)
         image = nibabel.as_closest_canonical(unscaled)
         volume = np.asanyarray(image.dataobj)
     except Exception as error:  # nibabel raises many types for a damaged file; all mean "cannot use it"
@@ -92,8 +95,6 @@ def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volum
     placed, notes = _nifti_placement(stored.header)
     if volume.ndim == 4 and volume.shape[3] == 1:
         volume = volume[..., 0]
-    if volume.ndim == 2:  # one slice stored as X x Y (as X x Y x 1 it was read): a series of one section
-        volume = volume[..., None]
     if volume.ndim != 3:
         raise SeriesError(f"The NIfTI image has {volume.ndim} dimensions; a single 3-D volume is needed.")
     if volume.shape[2] > limits.max_sections:

@@ -51,8 +51,10 @@ def series_lines(record: Record, view: SeriesView | None, reviews: Sequence) -> 
     if view is not None and view.threshold is None:
         lines.append(f"Rule: that of {view.model}, not recorded with the verdict")
     elif view is not None:
+        own = view.rule_threshold if view.rule_threshold is not None else view.threshold
+        judged = "" if own == view.threshold else f"; judged at {view.threshold:.2f} (fewer sections analysed)"
         lines.append(
-            f"Rule: tumour when {view.neighbours} neighbouring sections reach {view.threshold:.2f}; "
+            f"Rule: tumour when {view.neighbours} neighbouring sections reach {own:.2f}{judged}; "
             f"{len(view.marked)} sections at or above it; {len(view.skipped)} skipped"
         )
         rule = (record.geometry or {}).get("rule") or {}

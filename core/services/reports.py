@@ -83,7 +83,7 @@ def _curve(pdf, view: SeriesView, x: float, y: float, w: float, h: float) -> Non
         previous = point
     pdf.set_font("Helvetica", size=7)
     pdf.set_xy(x, y + h + 0.5)
-    rule = "" if view.threshold is None else f"; dashed: the rule's threshold {view.threshold:.2f}"
+    rule = "" if view.threshold is None else f"; dashed: the threshold the verdict was judged by {view.threshold:.2f}"
     pdf.cell(w, 3, _text(f"section 1 ... {len(view.curve)}{rule}"))
 
 

@@ -108,6 +108,7 @@ class SeriesView:
     lesion_ml: float | None = None  # None without a segmenter or a voxel size
     outlines: tuple[tuple[np.ndarray, ...], ...] | None = None  # per section: lesion contours on displayed pixels
     needs_review: bool = False  # the verdict rests on fewer neighbours than the rule's, or lies in the review band
+    rule_threshold: float | None = None  # the rule's own, when the verdict was judged at a higher one (``threshold``)
 
     @property
     def marked(self) -> list[int]:
@@ -174,6 +175,7 @@ def series_view(analysis: SeriesAnalysis, status: SaveStatus | None = None, reco
         # the threshold the verdict was judged by (higher when fewer neighbours than the rule's were analysed): the
         # curve, the count above it and each section's side drawn at the rule's argued against the verdict shown
         threshold=float(analysis.rule.threshold_for(analysis.neighbours_used, analysis.single_threshold)),
+        rule_threshold=float(analysis.rule.threshold),
         neighbours=analysis.rule.neighbours,
         window=tuple(s.index for s in analysis.window),
         probabilities=analysis.probabilities,
@@ -218,6 +220,7 @@ def stored_series_view(
         is_tumour=record.is_tumour,
         score=record.tumour_probability,
         threshold=None if rule is None else float(rule.get("applied", rule["threshold"])),
+        rule_threshold=None if rule is None else float(rule["threshold"]),
         neighbours=None if rule is None else int(rule["neighbours"]),
         window=_deciding_window(curve, tuple(s.position for s in rows), rule),
         probabilities=dict(record.probabilities),

@@ -324,7 +324,12 @@ def link_study(
         if record.patient_ref is None:
             status, kept = reference_for_saved(store, actor, record.id, patient_ref, status)
         else:
-            kept = move_reference(store, actor, record.id, patient_ref, record.patient_ref)
+            try:
+                kept = move_reference(store, actor, record.id, patient_ref, record.patient_ref)
+            except StoreError as error:  # this series stays where it was, said; the others still move
+                message = f"the patient reference was not updated: {error}"
+                views.append(replace(view, status=SaveStatus(NOT_UPDATED, message, record.id)))
+                continue
             moved = kept == patient_ref
             status = SaveStatus(status.state, "" if moved else OTHER_REFERENCE, record.id, others=not moved)
         views.append(replace(view, record=replace(record, patient_ref=kept), status=status))

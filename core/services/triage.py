@@ -223,7 +223,7 @@ def move_reference(store: Store, actor: Actor, record_id: str, new: str | None, 
             _record_or_undo(store, actor, record_id, new, old)
             return new
         stored = store.get(record_id)  # read again only when another session won
-    return stored.patient_ref if stored is not None else old
+    return stored.patient_ref if stored is not None else new  # gone: nothing of another patient's to keep
 
 
 @dataclass(frozen=True, eq=False)
