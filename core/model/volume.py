@@ -99,6 +99,12 @@ class SeriesAnalysis:
         return [s.tumour_probability for s in self.sections]
 
     @property
+    def applied_threshold(self) -> float:
+        """The threshold the verdict was judged by: the rule's, or higher when fewer neighbours than the rule asks
+        were analysed (at least the single-scan threshold)."""
+        return float(self.rule.threshold_for(self.neighbours_used, self.single_threshold))
+
+    @property
     def warnings(self) -> list[str]:
         notes = list(self.volume.warnings)
         if self.label is not None and self.neighbours_used < self.rule.neighbours:
@@ -106,7 +112,7 @@ class SeriesAnalysis:
                 f"no {self.rule.neighbours} neighbouring sections could be analysed (the series has "
                 f"{len(self.sections)}, {len(self.analysed)} analysed); the verdict rests on {self.neighbours_used}, "
                 f"judged at least by the single-scan threshold ("
-                f"{self.rule.threshold_for(self.neighbours_used, self.single_threshold):.2f})"
+                f"{self.applied_threshold:.2f})"
             )
         return notes + self.volume_caveats
 

@@ -166,7 +166,7 @@ def _series_lines(evidence: Sequence[Any], series: SeriesAnalysis, reviewed: boo
     fewer = f", fewer than the rule's {rule.neighbours}" if used < rule.neighbours else ""
     line = (
         f"Series {name}: {_words(series.label)}; P(tumour) {series.score:.3f} (the lowest of the best {used} "
-        f"neighbouring sections{fewer}; tumour at >= {rule.threshold_for(used, series.single_threshold):.2f})"
+        f"neighbouring sections{fewer}; tumour at >= {series.applied_threshold:.2f})"
     )
     if series.needs_review:
         why = "too few neighbouring sections analysed" if used < rule.neighbours else "its score is in the review band"

@@ -174,7 +174,7 @@ def series_view(analysis: SeriesAnalysis, status: SaveStatus | None = None, reco
         score=analysis.score,
         # the threshold the verdict was judged by (higher when fewer neighbours than the rule's were analysed): the
         # curve, the count above it and each section's side drawn at the rule's argued against the verdict shown
-        threshold=float(analysis.rule.threshold_for(analysis.neighbours_used, analysis.single_threshold)),
+        threshold=analysis.applied_threshold,
         rule_threshold=float(analysis.rule.threshold),
         neighbours=analysis.rule.neighbours,
         window=tuple(s.index for s in analysis.window),

@@ -114,9 +114,14 @@ def applied_rule(analysis: SeriesAnalysis) -> dict[str, Any]:
     """The series rule as the record keeps it: the rule's threshold and neighbours, and the neighbours the verdict
     rested on with the threshold it was judged by (higher when fewer than the rule's could be analysed: History and
     the report stated the rule's own beside such a verdict)."""
-    used, rule = analysis.neighbours_used, analysis.rule
-    applied = rule.threshold_for(used, analysis.single_threshold)
-    return {"threshold": rule.threshold, "neighbours": rule.neighbours, "used": used, "applied": float(applied)}
+    rule = analysis.rule
+    applied = analysis.applied_threshold
+    return {
+        "threshold": rule.threshold,
+        "neighbours": rule.neighbours,
+        "used": analysis.neighbours_used,
+        "applied": applied,
+    }
 
 
 def section_rows(analysis: SeriesAnalysis) -> list[Section]:
