@@ -572,23 +572,12 @@ def test_a_range_of_refused_scans_only_is_not_called_empty(tmp_path) -> None:
     now = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
     for i in range(3):
         store.add(replace(make_record(i + 1, now - timedelta(hours=i), "glioma"), gate="rejected"))
-    board = dashboard(
-        store,
-        Actor("boss", "supervisor"),
-        start_day=date(2026, 11, 20),
-        end_day=date(2026, 11, 20),
-        timezone="UTC",
-        period="day",
-        now=now,
-    )
+
+    def board_of(first: date, last: date):
+        return dashboard(
+            store, Actor("boss", "supervisor"), start_day=first, end_day=last, timezone="UTC", period="day", now=now
+        )
+
+    board = board_of(date(2026, 11, 20), date(2026, 11, 20))
     assert board.scans == 0 and board.rejected is None and not board.empty
-    nothing = dashboard(
-        store,
-        Actor("boss", "supervisor"),
-        start_day=date(2026, 11, 1),
-        end_day=date(2026, 11, 2),
-        timezone="UTC",
-        period="day",
-        now=now,
-    )
-    assert nothing.empty
+    assert board_of(date(2026, 11, 1), date(2026, 11, 2)).empty

@@ -1467,15 +1467,19 @@ def test_a_version_10_database_gets_its_series_study_unread_column_from_their_ge
     assert "COVERING INDEX scans_studies" in str(plan)  # the chart reads the index alone, as before
 
 
+def version_8_database(folder: Path) -> Path:
+    """A database of one result as schema version 8 left it (no lesion columns): an upgrade backs it up first."""
+    path = folder / "results.sqlite3"
+    SQLiteStore(path).add(FIXTURE[0])
+    downgrade = [f"ALTER TABLE scans DROP COLUMN {name}" for name in ("lesion_px", "lesion_mm2", "lesion_ml")]
+    sqlite3.connect(path).executescript(";".join([*downgrade, "PRAGMA user_version = 8"]))
+    return path
+
+
 def test_an_upgrade_replaces_a_backup_left_cut_short_and_writes_it_private(tmp_path: Path) -> None:
     """An empty ".bak" (a full disk, a crash) was trusted as the backup and the upgrade ran without a real one; the
     copy was world-readable while it was written."""
-    path = tmp_path / "results.sqlite3"
-    store = SQLiteStore(path)
-    store.add(FIXTURE[0])
-    del store
-    downgrade = [f"ALTER TABLE scans DROP COLUMN {name}" for name in ("lesion_px", "lesion_mm2", "lesion_ml")]
-    sqlite3.connect(path).executescript(";".join([*downgrade, "PRAGMA user_version = 8"]))
+    path = version_8_database(tmp_path)
     (tmp_path / "results.sqlite3.v8.bak").write_bytes(b"")  # what a backup cut short leaves
     assert SQLiteStore(path).schema_version() == SCHEMA_VERSION
     backup = tmp_path / "results.sqlite3.v8.bak"
@@ -1489,12 +1493,7 @@ def test_an_upgrade_replaces_a_backup_left_cut_short_and_writes_it_private(tmp_p
 def test_an_upgrade_backs_up_the_database_as_it_is_not_an_older_copy_under_the_name(tmp_path: Path) -> None:
     """After a first upgrade, a restore of the ".v8.bak" and two more results from the older release, the next
     upgrade kept the old backup: one result where the database held three."""
-    path = tmp_path / "results.sqlite3"
-    store = SQLiteStore(path)
-    store.add(FIXTURE[0])
-    del store
-    downgrade = [f"ALTER TABLE scans DROP COLUMN {name}" for name in ("lesion_px", "lesion_mm2", "lesion_ml")]
-    sqlite3.connect(path).executescript(";".join([*downgrade, "PRAGMA user_version = 8"]))
+    path = version_8_database(tmp_path)
     shutil.copy(path, tmp_path / "results.sqlite3.v8.bak")  # an older copy under the name (one result)
     with sqlite3.connect(path) as older_release:  # the older release wrote more since
         older_release.execute("CREATE TABLE more (n)")
