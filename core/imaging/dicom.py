@@ -14,10 +14,10 @@ import re
 import struct
 import zlib
 from collections.abc import Sequence
+from functools import cache
 from typing import Any
 
 import numpy as np
-from pydicom.errors import BytesLengthException
 
 from core.errors import (
     CorruptImage,
@@ -96,17 +96,7 @@ _OTHER_PARTS = (
 # what a damaged header raises while it is parsed (a file cut inside its header: struct.error, pydicom's
 # BytesLengthException; an unknown value representation: NotImplementedError) besides the usual: each once reached
 # the user as "Unexpected error; try again", which no retry can fix
-_HEADER_ERRORS = (
-    OSError,
-    ValueError,
-    KeyError,
-    TypeError,
-    EOFError,
-    zlib.error,
-    struct.error,
-    NotImplementedError,
-    BytesLengthException,
-)
+_HEADER_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError, zlib.error, struct.error, NotImplementedError)
 _VALUE_ERRORS = (
     ValueError,
     TypeError,
@@ -117,9 +107,25 @@ _VALUE_ERRORS = (
     zlib.error,
     struct.error,
     NotImplementedError,
-    BytesLengthException,
 )
-INVALID_VALUES = _VALUE_ERRORS  # what pydicom raises where it first converts a malformed value
+
+
+@cache
+def invalid_values() -> tuple[type[BaseException], ...]:
+    """What pydicom raises where it first converts a malformed or cut value (pydicom is imported when a DICOM file
+    is first read, never at import: it costs a third of a second)."""
+    from pydicom.errors import BytesLengthException
+
+    return (*_VALUE_ERRORS, BytesLengthException)
+
+
+@cache
+def _damaged_header() -> tuple[type[BaseException], ...]:
+    from pydicom.errors import BytesLengthException, InvalidDicomError
+
+    return (InvalidDicomError, BytesLengthException, *_HEADER_ERRORS)
+
+
 INVALID_HEADER = "The DICOM header holds invalid values; it cannot be displayed reliably."
 DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian: pydicom inflates it whole, unbounded
 
@@ -137,7 +143,7 @@ def read_dicom(
         return _read_checked(data, limits, frame)
     except ScanError:
         raise
-    except _VALUE_ERRORS as error:
+    except invalid_values() as error:
         raise CorruptImage(INVALID_HEADER) from error
 
 
@@ -151,7 +157,7 @@ def frames_of(header: Any) -> int:
     one lowered an upload's pixel budget and its file then gave no section, unsaid)."""
     try:
         frames = int(header.get("NumberOfFrames", 1) or 1)
-    except _VALUE_ERRORS as error:
+    except invalid_values() as error:
         raise CorruptImage(INVALID_HEADER) from error
     if frames < 1:
         raise CorruptImage(INVALID_HEADER)
@@ -170,13 +176,12 @@ def quiet_pydicom() -> None:
 def header_of(data: bytes) -> Any:
     """A DICOM file's header, read without its pixel data."""
     from pydicom import dcmread
-    from pydicom.errors import InvalidDicomError
 
     quiet_pydicom()
     _refuse_deflated(data)
     try:
         return dcmread(io.BytesIO(data), stop_before_pixels=True)
-    except (InvalidDicomError, *_HEADER_ERRORS) as error:
+    except _damaged_header() as error:
         raise CorruptImage("The DICOM file is damaged: its header cannot be read.") from error
 
 
@@ -217,7 +222,6 @@ def checked_dataset(data: bytes, limits: Limits, header: Any = None) -> tuple[An
     against the budget, grayscale, a decodable transfer syntax), then the whole dataset; with the modality notes.
     Single scans and series both read through it."""
     from pydicom import dcmread
-    from pydicom.errors import InvalidDicomError
 
     quiet_pydicom()
     header = header if header is not None else header_of(data)  # parsed once when the caller already has it
@@ -245,7 +249,7 @@ def checked_dataset(data: bytes, limits: Limits, header: Any = None) -> tuple[An
     check_transfer_syntax(header)
     try:
         dataset = dcmread(io.BytesIO(data))
-    except (InvalidDicomError, *_HEADER_ERRORS) as error:
+    except _damaged_header() as error:
         raise CorruptImage("The DICOM file is damaged: its pixel data cannot be read.") from error
     if "PixelData" not in dataset:
         if "FloatPixelData" in dataset or "DoubleFloatPixelData" in dataset:

@@ -254,7 +254,7 @@ def _dicom_series(
         try:  # a file whose sizes are not counts gives no pixels here: its series is named unread below
             frames = dicom.frames_of(header)
             pixels += int(header.get("Rows") or 0) * int(header.get("Columns") or 0) * frames
-        except (ScanError, *dicom.INVALID_VALUES):
+        except (ScanError, *dicom.invalid_values()):
             frames = 0
         if frames > study_limits.max_sections:
             raise FileTooLarge(f"A file holds {frames} frames; the limit is {study_limits.max_sections} sections.")
@@ -281,7 +281,7 @@ def _dicom_series(
         except ScanError as error:  # a colour map, a spectroscopy object, a file cut off: that series only
             failed.setdefault(key, error)
             continue
-        except dicom.INVALID_VALUES:  # a malformed value pydicom converts where it is first read (an empty window)
+        except dicom.invalid_values():  # a malformed value pydicom converts where it is first read (an empty window)
             failed.setdefault(key, CorruptImage(dicom.INVALID_HEADER))
             continue
         for section in sections:
