@@ -413,6 +413,29 @@ def test_an_open_session_follows_its_accounts_role_and_ends_when_it_is_disabled(
     assert accounts.refreshed_actor(store, eve) is None  # a password sign-in whose account is gone (a restore)
 
 
+def test_enabling_a_disabled_account_again_does_not_bring_back_its_sessions(store) -> None:
+    """A session left idle while its account was disabled and enabled again resumed (the check at its next
+    interaction found the account enabled): a disable now ends the sessions signed in before it, for good."""
+    accounts.add_account(store, COMMAND_LINE, "boss", "supervisor", PASSWORD)
+    before = accounts.sign_in(store, "boss", PASSWORD)
+    claims = {"email": "dr.y@hospital.example"}
+    accounts.add_account(store, COMMAND_LINE, "dr.y@hospital.example", "radiologist", None)
+    sso_before = accounts.external_actor(store, claims)
+    for name in ("boss", "dr.y@hospital.example"):
+        accounts.set_disabled(store, ADMIN, name)
+        accounts.set_disabled(store, ADMIN, name, False)
+    assert store.get_account("boss").sessions_from is not None
+    assert accounts.refreshed_actor(store, before) is None
+    assert accounts.refreshed_actor(store, sso_before) is None
+    after = accounts.sign_in(store, "boss", PASSWORD)  # a new sign-in is a new session
+    assert accounts.refreshed_actor(store, after) == after
+    sso_after = accounts.external_actor(store, claims)
+    assert accounts.refreshed_actor(store, sso_after) == sso_after
+    accounts.set_role(store, ADMIN, "boss", "radiologist")  # other changes keep the time of the last disable
+    assert store.get_account("boss").sessions_from == store.get_account("boss").sessions_from is not None
+    assert accounts.refreshed_actor(store, after).role == "radiologist"
+
+
 @pytest.mark.heavy
 def test_parallel_sign_ins_check_no_more_passwords_than_the_lockout_allows(tmp_path: Path, monkeypatch) -> None:
     """8 threads x 5 wrong passwords once had all 40 checked (each read the count and wrote the account back):

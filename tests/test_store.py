@@ -382,6 +382,11 @@ def test_accounts_are_kept_and_updated(store) -> None:
     assert (account.role, account.password_hash, account.failed_count) == ("radiologist", "$argon2id$hash", 3)
     assert account.locked_until == utc(2026, 1, 1, 0, 15) and account.created_at == utc(2026, 1, 1)
     assert [a.name for a in store.accounts()] == ["boss", "dr-a"]
+    assert account.sessions_from is None and store.get_account("boss").sessions_from is None
+    assert store.update_account("dr-a", {"sessions_from": utc(2026, 1, 3, 8)}, {"sessions_from": None})
+    assert store.get_account("dr-a").sessions_from == utc(2026, 1, 3, 8)
+    store.put_account(replace(store.get_account("dr-a"), role="admin"))  # kept by a whole-account write
+    assert store.get_account("dr-a").sessions_from == utc(2026, 1, 3, 8)
     with pytest.raises(InvalidRecord):
         store.put_account(Account("dr a; drop", "radiologist"))
     with pytest.raises(InvalidRecord):
@@ -1216,7 +1221,7 @@ def test_a_version_5_database_gets_its_shifted_day_roll_ups_built_on_upgrade(tmp
     connection.commit()
     connection.close()
     upgraded = SQLiteStore(path)
-    assert upgraded.schema_version() == SCHEMA_VERSION == 11 and (tmp_path / "results.sqlite3.v5.bak").exists()
+    assert upgraded.schema_version() == SCHEMA_VERSION == 12 and (tmp_path / "results.sqlite3.v5.bak").exists()
     shifted = sqlite3.connect(path).execute("SELECT count(DISTINCT shift), sum(n), sum(reviewed) FROM rollup_shifted")
     assert shifted.fetchone() == (12, 12 * len(FIXTURE), 12)
     assert _same(
@@ -1266,7 +1271,7 @@ def test_a_version_4_database_gets_its_day_roll_ups_built_on_upgrade(tmp_path: P
     connection.commit()
     connection.close()
     upgraded = SQLiteStore(path)
-    assert upgraded.schema_version() == SCHEMA_VERSION == 11 and (tmp_path / "results.sqlite3.v4.bak").exists()
+    assert upgraded.schema_version() == SCHEMA_VERSION == 12 and (tmp_path / "results.sqlite3.v4.bak").exists()
     tables = {row[0] for row in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
     assert {"rollup_day", "confusion_day", "days_on_insert", "scans_studies"} <= tables and "scans_series" not in tables
     assert (
@@ -1317,7 +1322,7 @@ def test_a_version_6_database_gets_the_orientation_its_nifti_series_pixels_reall
     connection.commit()
     connection.close()
     upgraded = SQLiteStore(path)
-    assert upgraded.schema_version() == SCHEMA_VERSION == 11 and (tmp_path / "results.sqlite3.v6.bak").exists()
+    assert upgraded.schema_version() == SCHEMA_VERSION == 12 and (tmp_path / "results.sqlite3.v6.bak").exists()
     assert upgraded.get(nifti.id).geometry["orientation"] == [-1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
     assert upgraded.get(nifti.id).geometry["plane"] == "axial"
     assert upgraded.get(dicom.id).geometry["orientation"] == old["orientation"]
@@ -1358,7 +1363,7 @@ def test_a_version_7_database_gets_its_audit_trail_indexed_keeping_the_chain(tmp
     downgrade = [f"DROP INDEX {name}" for name in sorted(AUDIT_SEARCH_INDEXES)]
     sqlite3.connect(path).executescript(";".join([*downgrade, "DROP TABLE audit_verified", "PRAGMA user_version = 7"]))
     upgraded = SQLiteStore(path)
-    assert upgraded.schema_version() == SCHEMA_VERSION == 11 and (tmp_path / "results.sqlite3.v7.bak").exists()
+    assert upgraded.schema_version() == SCHEMA_VERSION == 12 and (tmp_path / "results.sqlite3.v7.bak").exists()
     found = {row[0] for row in sqlite3.connect(path).execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert AUDIT_SEARCH_INDEXES | {"audit_by_action"} <= found
     assert upgraded.audit_events() == before and first_broken(upgraded.audit_events()) is None
@@ -1435,7 +1440,7 @@ def test_a_version_8_database_gets_the_lesion_columns_and_keeps_its_results(tmp_
     downgrade = [f"ALTER TABLE scans DROP COLUMN {name}" for name in ("lesion_px", "lesion_mm2", "lesion_ml")]
     sqlite3.connect(path).executescript(";".join([*downgrade, "PRAGMA user_version = 8"]))
     upgraded = SQLiteStore(path)
-    assert upgraded.schema_version() == SCHEMA_VERSION == 11 and (tmp_path / "results.sqlite3.v8.bak").exists()
+    assert upgraded.schema_version() == SCHEMA_VERSION == 12 and (tmp_path / "results.sqlite3.v8.bak").exists()
     assert upgraded.get(old.id) == old and old.lesion_px is None  # never segmented: no area claimed
     measured = replace(FIXTURE[1], lesion_px=420, lesion_mm2=105.0)
     assert upgraded.add(measured) and upgraded.get(measured.id).lesion_mm2 == 105.0
@@ -1452,7 +1457,7 @@ def test_a_version_10_database_gets_its_series_study_unread_column_from_their_ge
     downgrade = ["DROP INDEX scans_studies", "ALTER TABLE scans DROP COLUMN study_unread", "PRAGMA user_version = 10"]
     sqlite3.connect(path).executescript(";".join(downgrade))
     upgraded = SQLiteStore(path)
-    assert upgraded.schema_version() == 11 and (tmp_path / "results.sqlite3.v10.bak").exists()
+    assert upgraded.schema_version() == SCHEMA_VERSION and (tmp_path / "results.sqlite3.v10.bak").exists()
     column = sqlite3.connect(path).execute("SELECT id, study_unread FROM scans ORDER BY id").fetchall()
     assert sorted(column) == sorted([(unread.id, 2), (make_series(61, day, "notumor", study=22).id, None)])
     assert [(d.total, d.tumour) for d in upgraded.daily_studies(Filters(), "UTC")] == [(1, 0)]  # 21: no verdict
@@ -1465,6 +1470,21 @@ def test_a_version_10_database_gets_its_series_study_unread_column_from_their_ge
         .fetchall()
     )
     assert "COVERING INDEX scans_studies" in str(plan)  # the chart reads the index alone, as before
+
+
+def test_a_version_11_database_gets_the_accounts_sessions_from_column_and_keeps_its_accounts(tmp_path: Path) -> None:
+    path = tmp_path / "results.sqlite3"
+    store = SQLiteStore(path)
+    store.put_account(Account("dr-a", "radiologist", "$argon2id$hash", disabled=True, created_at=utc(2026, 1, 1)))
+    del store
+    downgrade = ["ALTER TABLE accounts DROP COLUMN sessions_from_ms", "PRAGMA user_version = 11"]
+    sqlite3.connect(path).executescript(";".join(downgrade))
+    upgraded = SQLiteStore(path)
+    assert upgraded.schema_version() == SCHEMA_VERSION == 12 and (tmp_path / "results.sqlite3.v11.bak").exists()
+    account = upgraded.get_account("dr-a")
+    assert (account.password_hash, account.disabled, account.sessions_from) == ("$argon2id$hash", True, None)
+    assert upgraded.update_account("dr-a", {"sessions_from": utc(2026, 2, 1)}, {"disabled": True})
+    assert upgraded.get_account("dr-a").sessions_from == utc(2026, 2, 1)
 
 
 def version_8_database(folder: Path) -> Path:

@@ -39,6 +39,7 @@ class Account:
     failed_count: int = 0
     locked_until: datetime | None = None
     created_at: datetime | None = None
+    sessions_from: datetime | None = None  # sessions signed in up to this time have ended (set when disabled)
 
     def validate(self) -> Account:
         if not self.name or len(self.name) > 64 or not all(c.isalnum() or c in "._@-" for c in self.name):

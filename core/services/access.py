@@ -13,6 +13,7 @@ The command line runs as the server's administrator (:data:`COMMAND_LINE`), with
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from core.errors import AccessDenied
 
@@ -44,12 +45,14 @@ class Actor:
     the password the user signed in with (:func:`core.services.accounts.credential_of`), so that a password set
     since ends the session; empty where no password signed it in (single sign-on, the command line). ``via``:
     where the role came from: "" a password (or the command line), :data:`VIA_CLAIM` the identity provider's role
-    claim, :data:`VIA_ACCOUNT` the local account made for single sign-on; every later run keeps to that source."""
+    claim, :data:`VIA_ACCOUNT` the local account made for single sign-on; every later run keeps to that source.
+    ``signed_in_at``: when, so that disabling the account ends the session for good (None: the command line)."""
 
     name: str
     role: str
     credential: str = field(default="", compare=False, repr=False)
     via: str = field(default="", compare=False, repr=False)
+    signed_in_at: datetime | None = field(default=None, compare=False, repr=False)
 
 
 VIA_CLAIM, VIA_ACCOUNT = "claim", "account"

@@ -166,7 +166,9 @@ def set_disabled(store: Store, actor: Actor, name: str, disabled: bool = True) -
     with store.atomic():  # the read, the check, the change and its audit event: both or neither
         account = _existing(store, name)
         _keep_an_admin(store, account, replace(account, disabled=disabled))
-        changes = {"disabled": disabled, "failed_count": 0, "locked_until": None}
+        changes: dict[str, Any] = {"disabled": disabled, "failed_count": 0, "locked_until": None}
+        if disabled:  # its sessions end now and stay ended once it is enabled again (an idle one resumed)
+            changes["sessions_from"] = datetime.now(UTC)
         event = "account_disabled" if disabled else "account_enabled"
         return _change(store, actor, account, changes, ("role", "disabled"), event)
 
@@ -197,7 +199,8 @@ def credential_of(account: Account) -> str:
 
 
 def refreshed_actor(store: Store, actor: Actor) -> Actor | None:
-    """The signed-in ``actor`` as its account stands now: None once the account is disabled or its password was set
+    """The signed-in ``actor`` as its account stands now: None once the account is disabled (or was, since the
+    session signed in: enabling it again does not bring the session back) or its password was set
     since the session signed in with it (an administrator's answer to a stolen or shared password must end the
     sessions it opened), its current role after an admin changed it. One indexed read; a session calls it on every
     run and fragment run, so a change reaches open sessions at their next interaction. A password sign-in whose
@@ -207,6 +210,8 @@ def refreshed_actor(store: Store, actor: Actor) -> Actor | None:
     refused now (that account disabled or given a password); a role from the local account follows the account and
     ends with it, or once it has a password."""
     account = store.get_account(actor.name)
+    if account is not None and ended(actor, account):
+        return None
     if actor.via == VIA_CLAIM:
         refused = account is not None and (account.disabled or account.password_hash is not None)
         return None if refused else actor
@@ -217,6 +222,14 @@ def refreshed_actor(store: Store, actor: Actor) -> Actor | None:
     if actor.via == VIA_ACCOUNT and account.password_hash is not None:
         return None
     return actor if account.role == actor.role else replace(actor, role=account.role)
+
+
+def ended(actor: Actor, account: Account) -> bool:
+    """Whether ``actor`` signed in before ``account`` was last disabled (its sessions then ended; the time is
+    stored to the millisecond, so a sign-in within that millisecond counts as before)."""
+    if account.sessions_from is None:
+        return False
+    return actor.signed_in_at is None or actor.signed_in_at < account.sessions_from + timedelta(milliseconds=1)
 
 
 def list_accounts(store: Store, actor: Actor) -> list[Account]:
@@ -278,7 +291,7 @@ def _sign_in(store: Store, name: str, password: str, now: datetime | None) -> Ac
         stronger = hasher.hash(password)
         if _rehash(store, account, stronger):  # the session carries the fingerprint of the hash it signed in with
             account = replace(account, password_hash=stronger)
-    actor = Actor(name, account.role, credential_of(account))
+    actor = Actor(name, account.role, credential_of(account), signed_in_at=now)
     audit.record(store, actor, "sign_in", name)
     return actor
 
@@ -315,6 +328,6 @@ def external_actor(store: Store, claims: Mapping[str, Any], role_claim: str | No
     if not name or role is None or (account is not None and account.disabled):
         audit.record(store, Actor("unknown", "none"), "sign_in_failed", None, reason="no role for this identity")
         raise SignInFailed("This identity has no role in the triage dashboard; ask an administrator.")
-    actor = Actor(name, role, via=via)
+    actor = Actor(name, role, via=via, signed_in_at=datetime.now(UTC))
     audit.record(store, actor, "sign_in", name, via="single sign-on")
     return actor

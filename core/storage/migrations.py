@@ -25,6 +25,10 @@ SQLite keeps its version in ``PRAGMA user_version``; MongoDB in the ``meta`` col
   chain found intact is kept (SQLite: table ``audit_verified``; MongoDB: ``meta`` ``_id: "audit_verified"``), so
   the page re-hashes only the events after it. Upgrading builds the indexes; the first check verifies everything.
 
+- version 12: an account keeps the time its sessions were last ended (``sessions_from``, set when it is disabled),
+  so that a session signed in before it stays ended after the account is enabled again (one left idle throughout
+  resumed). Upgrading adds the SQLite column (empty); MongoDB's accounts gain the field when next disabled.
+
 An upgrade runs in one transaction after a backup copy of the file (``<file>.v<N>.bak``); a database newer than
 this code is refused rather than guessed at.
 """
@@ -99,6 +103,9 @@ def migrate_sqlite(connection: sqlite3.Connection, path: Path) -> int:
             if found <= 10:
                 marked = _sqlite_v10_to_v11(connection)
                 logger.warning("event=store_migrated store=sqlite to=11 studies_with_unread_series=%d", marked)
+            if found <= 11:
+                added = _sqlite_v11_to_v12(connection)
+                logger.warning("event=store_migrated store=sqlite to=12 account_column_added=%d", added)
             connection.execute("DROP INDEX IF EXISTS scans_series")  # version 4's, now scans_studies (covering)
             logger.warning("event=store_migrated store=sqlite to=%d", SCHEMA_VERSION)  # roll-ups rebuilt below
         create_schema(connection)
@@ -137,6 +144,16 @@ def _sqlite_v10_to_v11(connection: sqlite3.Connection) -> int:
         "UPDATE scans SET study_unread = json_extract(geometry, '$.study_unread') "
         "WHERE kind = 'series' AND json_extract(geometry, '$.study_unread') > 0"
     ).rowcount
+
+
+def _sqlite_v11_to_v12(connection: sqlite3.Connection) -> int:
+    """Add the accounts' ``sessions_from_ms`` (NULL: no session ended); a table an earlier step made from the
+    current definition has it. Returns how many columns were added."""
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(accounts)")}
+    if "sessions_from_ms" in columns:
+        return 0
+    connection.execute("ALTER TABLE accounts ADD COLUMN sessions_from_ms INTEGER")
+    return 1
 
 
 OLD_NIFTI_ORIENTATION = [1.0, 0.0, 0.0, 0.0, -1.0, 0.0]  # what versions up to 6 wrote for every NIfTI series

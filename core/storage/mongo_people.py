@@ -57,6 +57,7 @@ class MongoPeople:
             failed_count=int(document.get("failed_count") or 0),
             locked_until=as_utc(document["locked_until"]) if document.get("locked_until") else None,
             created_at=as_utc(document["created_at"]) if document.get("created_at") else None,
+            sessions_from=as_utc(document["sessions_from"]) if document.get("sessions_from") else None,
         )
 
     def get_account(self, name: str) -> Account | None:
@@ -327,4 +328,5 @@ def _account_fields(account: Account) -> dict[str, Any]:
         "disabled": account.disabled,
         "failed_count": account.failed_count,
         "locked_until": account.locked_until,
+        "sessions_from": account.sessions_from,
     }

@@ -86,7 +86,8 @@ PEOPLE = (
         disabled INTEGER NOT NULL DEFAULT 0 CHECK (disabled IN (0, 1)),
         failed_count INTEGER NOT NULL DEFAULT 0,
         locked_until_ms INTEGER,
-        created_ms INTEGER NOT NULL
+        created_ms INTEGER NOT NULL,
+        sessions_from_ms INTEGER
     )""",
     """CREATE TABLE IF NOT EXISTS reviews (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,

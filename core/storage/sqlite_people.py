@@ -20,8 +20,12 @@ from core.errors import InvalidRecord, ReviewedMeanwhile
 from core.storage.protocol import check_account_fields, check_review
 from core.storage.sqlite_base import SQLiteBase
 
-_COLUMN_OF = {"locked_until": "locked_until_ms"}  # the accounts table's names where they differ from the fields
-_VALUE_OF = {"disabled": lambda v: int(bool(v)), "locked_until": lambda v: to_ms(v) if v is not None else None}
+_COLUMN_OF = {"locked_until": "locked_until_ms", "sessions_from": "sessions_from_ms"}  # where names differ
+_VALUE_OF = {
+    "disabled": lambda v: int(bool(v)),
+    "locked_until": lambda v: to_ms(v) if v is not None else None,
+    "sessions_from": lambda v: to_ms(v) if v is not None else None,
+}
 
 
 def _columns(fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -45,6 +49,7 @@ class SQLitePeople(SQLiteBase):
             failed_count=int(row["failed_count"]),
             locked_until=from_ms(row["locked_until_ms"]) if row["locked_until_ms"] is not None else None,
             created_at=from_ms(row["created_ms"]),
+            sessions_from=from_ms(row["sessions_from_ms"]) if row["sessions_from_ms"] is not None else None,
         )
 
     def get_account(self, name: str) -> Account | None:
@@ -59,7 +64,8 @@ class SQLitePeople(SQLiteBase):
         self._write_account(
             account,
             "DO UPDATE SET role = excluded.role, password_hash = excluded.password_hash, disabled = excluded.disabled, "
-            "failed_count = excluded.failed_count, locked_until_ms = excluded.locked_until_ms",
+            "failed_count = excluded.failed_count, locked_until_ms = excluded.locked_until_ms, "
+            "sessions_from_ms = excluded.sessions_from_ms",
         )
 
     def insert_account(self, account: Account) -> bool:
@@ -71,10 +77,11 @@ class SQLitePeople(SQLiteBase):
         account.validate()
         created = account.created_at or from_ms(0)
         locked = to_ms(account.locked_until) if account.locked_until else None
+        ended = to_ms(account.sessions_from) if account.sessions_from else None
         with self._errors():
             cursor = self._connection().execute(
-                "INSERT INTO accounts (name, role, password_hash, disabled, failed_count, locked_until_ms, created_ms) "
-                f"VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) {on_conflict}",
+                "INSERT INTO accounts (name, role, password_hash, disabled, failed_count, locked_until_ms, created_ms, "
+                f"sessions_from_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) {on_conflict}",
                 (
                     account.name,
                     account.role,
@@ -83,6 +90,7 @@ class SQLitePeople(SQLiteBase):
                     account.failed_count,
                     locked,
                     to_ms(created),
+                    ended,
                 ),
             )
         return cursor.rowcount == 1
