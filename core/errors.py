@@ -92,6 +92,13 @@ class StoreUnavailable(StoreError):
     code = "store_unavailable"
 
 
+class UnauditedChange(StoreError):
+    """A change was saved but its audit event could not be written after it (MongoDB writes the two one after the
+    other); the message says so: pressing again would save it twice."""
+
+    code = "unaudited_change"
+
+
 class InvalidRecord(StoreError):
     """A record failed validation and was not written."""
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import streamlit as st
 
-from core.errors import InvalidRecord, ModelError, ReviewedMeanwhile, StoreError
+from core.errors import InvalidRecord, ModelError, ReviewedMeanwhile, StoreError, UnauditedChange
 from core.services import reviews
 from core.services.access import REVIEW, WORKLIST
 from core.services.reviews import LISTED, REASON_CODES, WorklistQuery, review_labels
@@ -100,7 +100,7 @@ st.caption(f"{count_of(len(results), 'result')} · {order}.")
 if message := st.session_state.pop("review_saved", None):  # above the list: the next result opens below it
     st.success(message)
 if message := st.session_state.pop("review_error", None):
-    st.error(f"Review not saved: {message}")
+    st.error(message)
 ids = [r.id for r in results]
 picked = st.dataframe(
     table,
@@ -141,7 +141,9 @@ def save_review(final_label: str, reasons: list[str], note: str, seen: int | Non
     try:
         reviews.review_result(store, reviewer, chosen.id, final_label, reasons, note, seen_reviews=seen)
     except (InvalidRecord, StoreError) as error:
-        st.session_state["review_error"] = str(error)
+        st.session_state["review_error"] = (
+            str(error) if isinstance(error, UnauditedChange) else f"Review not saved: {error}"
+        )
         if isinstance(error, ReviewedMeanwhile):  # the colleague's review is what the reader must see next
             st.session_state[CONFLICT] = chosen.id
         return False
@@ -153,13 +155,16 @@ def save_review(final_label: str, reasons: list[str], note: str, seen: int | Non
     return True
 
 
-def save_override(labels: list[str], seen: int | None) -> None:
+def save_override(seen: int | None) -> None:
     """The override form's values saved as a review; the form starts empty again only when it was saved (kept
     after a refusal). Values are set back, not deleted: a deleted widget value never reaches the browser."""
     form = {field: f"override-{field}-{chosen.id}" for field in ("final", "reasons", "note")}
     state = st.session_state
+    if state[form["final"]] is None:  # no label is chosen for the reader: one press once recorded "Glioma"
+        state["review_error"] = "Review not saved: choose the final label first."
+        return
     if save_review(state[form["final"]], list(state[form["reasons"]]), state[form["note"]], seen):
-        state[form["final"]], state[form["reasons"]], state[form["note"]] = labels[0], [], ""
+        state[form["final"]], state[form["reasons"]], state[form["note"]] = None, [], ""
 
 
 agree, override = st.columns([1, 2])
@@ -181,9 +186,16 @@ else:
     )
 with override.form(f"override-{chosen.id}", border=True):  # cleared when saved, never when refused
     labels = review_labels(classifier.card.labels, chosen)
-    st.selectbox("Override: final label", labels, format_func=pretty, key=f"override-final-{chosen.id}")
+    st.selectbox(
+        "Override: final label",
+        labels,
+        index=None,
+        placeholder="Choose what the image shows",
+        format_func=pretty,
+        key=f"override-final-{chosen.id}",
+    )
     st.multiselect(
         "Reasons", REASON_CODES, format_func=lambda code: code.replace("_", " "), key=f"override-reasons-{chosen.id}"
     )
     st.text_input("Note (optional; no patient names)", max_chars=500, key=f"override-note-{chosen.id}")
-    st.form_submit_button("Save override", on_click=save_override, args=(labels, opened.record.review_count))
+    st.form_submit_button("Save override", on_click=save_override, args=(opened.record.review_count,))

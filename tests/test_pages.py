@@ -1090,6 +1090,29 @@ def test_a_refused_result_saved_from_the_command_line_opens_on_the_worklist_and_
     assert not app.exception and stored(app_environment).recent(1)[0].review_count == 1
 
 
+def test_the_override_form_starts_with_no_label_and_saves_nothing_until_one_is_chosen(
+    app_environment: Path, tiny_card: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The form came with the first label ("Glioma") chosen: one press of Save override recorded a tumour
+    diagnosis the reader never picked."""
+    from core.cli import main
+
+    path = app_environment.parent / "scan.png"
+    path.write_bytes(png_bytes(synthetic_slice(256)))
+    main(["predict", "--model", str(tiny_card), "--save", str(path)])
+    capsys.readouterr()
+    app = page("worklist.py")
+    app.session_state["wl_show"] = "all"
+    app.run()
+    assert app.selectbox[-1].label == "Override: final label" and app.selectbox[-1].value is None
+    next(b for b in app.button if b.label == "Save override").click().run()
+    assert not app.exception and any("choose the final label first" in e.value for e in app.error)
+    assert stored(app_environment).recent(1)[0].review_count == 0
+    app.selectbox[-1].set_value("meningioma")
+    next(b for b in app.button if b.label == "Save override").click().run()
+    assert stored(app_environment).recent(1)[0].final_label == "meningioma" and app.selectbox[-1].value is None
+
+
 def test_a_review_pressed_on_a_stale_panel_never_replaces_a_colleagues_and_says_why(
     app_environment: Path, tiny_card: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -618,12 +618,23 @@ def test_audit_verify_finds_deleted_tails_and_edits_rehashed_without_the_key(tmp
     assert not found["plain"].intact and found["plain"].problem
 
 
-def test_a_review_and_its_audit_event_commit_together_or_not_at_all(store, monkeypatch) -> None:
-    """A crash between a review and its event left unaudited reviews (8 of 15 kills)."""
-    from core.errors import StoreUnavailable
+@pytest.mark.parametrize("kind", ["sqlite", "mongomock"])
+def test_a_review_and_its_audit_event_commit_together_or_the_reader_is_told_the_truth(
+    tmp_path: Path, monkeypatch, kind: str
+) -> None:
+    """A crash between a review and its event left unaudited reviews (8 of 15 kills): SQLite commits both or
+    neither. MongoDB writes them one after the other: the review stood, and the page said "Review not saved" (a
+    press again was then refused as "another reader")."""
+    from core.errors import StoreUnavailable, UnauditedChange
 
-    if not isinstance(store, SQLiteStore):
-        pytest.skip("MongoDB writes the two documents one after the other (a documented limit)")
+    if kind == "sqlite":
+        store = SQLiteStore(tmp_path / "results.sqlite3")
+    else:
+        import mongomock
+
+        from core.storage.mongo import MongoStore
+
+        store = MongoStore(mongomock.MongoClient(tz_aware=True), collection="scans_unaudited")
     record = make_record(8, datetime(2026, 11, 30, 9, tzinfo=UTC), "glioma")
     store.add(record)
 
@@ -631,9 +642,34 @@ def test_a_review_and_its_audit_event_commit_together_or_not_at_all(store, monke
         raise StoreUnavailable("the audit write failed")
 
     monkeypatch.setattr(store, "append_audit", broken)
-    with pytest.raises(StoreUnavailable):
-        reviews.review_result(store, RADIOLOGIST, record.id, "notumor", ["false_alarm"], "")
-    assert store.get(record.id).review_count == 0 and store.reviews_of(record.id) == []
+    if kind == "sqlite":
+        with pytest.raises(StoreUnavailable) as refused:
+            reviews.review_result(store, RADIOLOGIST, record.id, "notumor", ["false_alarm"], "", seen_reviews=0)
+        assert not isinstance(refused.value, UnauditedChange)
+        assert store.get(record.id).review_count == 0 and store.reviews_of(record.id) == []
+    else:
+        with pytest.raises(UnauditedChange, match="review was saved, but its audit event could not be written"):
+            reviews.review_result(store, RADIOLOGIST, record.id, "notumor", ["false_alarm"], "", seen_reviews=0)
+        assert store.get(record.id).review_count == 1
+    with pytest.raises(InvalidRecord, match=r"must be one of the model's labels"):  # refused before any write
+        reviews.review_result(store, RADIOLOGIST, record.id, "banana")
+
+
+def test_a_review_pressed_twice_is_saved_once_and_nobody_else_is_blamed(store) -> None:
+    """The second press of one button (landing while the first one's rerun was under way) was refused as "Another
+    reader reviewed this result meanwhile"."""
+    record = make_record(33, datetime.now(UTC), "glioma")
+    store.add(record)
+    for _ in range(2):
+        saved = reviews.review_result(store, RADIOLOGIST, record.id, "meningioma", ["wrong_type"], "", seen_reviews=0)
+        assert saved.final_label == "meningioma" and saved.review_count == 1
+    assert len(store.reviews_of(record.id)) == 1 and actions(store).count("review") == 1
+    with pytest.raises(InvalidRecord, match="meanwhile"):  # another reader, or another label: still refused
+        reviews.review_result(
+            store, Actor("dr-b", "radiologist"), record.id, "meningioma", ["wrong_type"], "", seen_reviews=0
+        )
+    with pytest.raises(InvalidRecord, match="meanwhile"):
+        reviews.review_result(store, RADIOLOGIST, record.id, "glioma", seen_reviews=0)
 
 
 def test_a_result_is_never_saved_without_its_image_and_no_part_file_is_left(

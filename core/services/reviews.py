@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from core.domain.people import REASON_CODES, Review
 from core.domain.results import REFUSED, Record, WorklistQuery
-from core.errors import InvalidRecord, ScanError
+from core.errors import InvalidRecord, ReviewedMeanwhile, ScanError, StoreError, UnauditedChange
 from core.imaging import read_scan
 from core.model.analysis import analyse_scan
 from core.model.classifier import Classifier
@@ -148,16 +148,53 @@ def review_result(
     review = Review(
         result_id, actor.name, now or datetime.now(UTC), action, record.label, final_label, tuple(reasons), note.strip()
     )
-    with store.atomic():  # the review and its audit event: both or neither
-        updated = store.add_review(review, seen_reviews)
-        audit.record(
-            store,
-            actor,
-            "review",
-            result_id,
-            action=action,
-            model_label=record.label,
-            final_label=final_label,
-            reasons=list(reasons),
-        )
+    try:
+        with store.atomic():  # the review and its audit event: both or neither (SQLite)
+            updated = store.add_review(review, seen_reviews)
+            audit.record(
+                store,
+                actor,
+                "review",
+                result_id,
+                action=action,
+                model_label=record.label,
+                final_label=final_label,
+                reasons=list(reasons),
+            )
+    except ReviewedMeanwhile:
+        if seen_reviews is not None and _pressed_twice(store.reviews_of(result_id), review, seen_reviews):
+            return store.get(result_id) or record  # the reader's own review, saved by the first press
+        raise
+    except StoreError as error:
+        if not isinstance(error, InvalidRecord) and _stands(store, review):  # MongoDB writes the two one after
+            raise UnauditedChange(  # the other: the review stood without its event
+                f"The review was saved, but its audit event could not be written ({error}); do not press again: "
+                "tell an administrator."
+            ) from error
+        raise
     return updated
+
+
+def _pressed_twice(reviews: Sequence[Review], review: Review, seen: int) -> bool:
+    """Whether the one review saved since the reader's panel was drawn is this reader's same review (a second
+    press that landed while the first one's rerun was under way): nothing to refuse, nobody else to blame."""
+    if len(reviews) != seen + 1:
+        return False
+    latest = reviews[-1]
+    same = (latest.final_label, latest.reasons, latest.note) == (review.final_label, review.reasons, review.note)
+    return latest.reviewer == review.reviewer and same
+
+
+def _stands(store: Store, review: Review) -> bool:
+    """Whether ``review`` is the result's latest review after a failure (it was written before the failure)."""
+    try:
+        reviews = store.reviews_of(review.result_id)
+    except StoreError:
+        return False
+    latest = reviews[-1] if reviews else None
+    return (
+        latest is not None
+        and latest.reviewer == review.reviewer
+        and latest.final_label == review.final_label
+        and abs(latest.created_at - review.created_at) < timedelta(milliseconds=1)
+    )
