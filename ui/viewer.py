@@ -222,7 +222,7 @@ def _delta(value: float | None) -> str | None:
 def comparison(current: SeriesView, prior: SeriesView | None, classifier, explainer) -> None:
     """The current series beside a prior at the matching position (relative place along the analysed head),
     with the change in tumour probability for the series and at this section."""
-    from core.services.history import change, model_caveat, order_caveat, plane_caveat, same_plane
+    from core.services.history import change, model_caveat, order_caveat, plane_caveat, sections_correspond
 
     fragment_actor()
     count = len(current.sections)
@@ -264,7 +264,7 @@ def comparison(current: SeriesView, prior: SeriesView | None, classifier, explai
                 letters=orientation_letters(prior.geometry.get("orientation")),
                 title=f"Prior · section {matched + 1} · "
                 + ("skipped" if q is None else f"P {two_places(q)}")
-                + ("" if same_plane(current, prior) else " (its deciding section, not matched)"),
+                + ("" if sections_correspond(current, prior) else " (its deciding section, not matched)"),
                 height=420,
             ),
             config={"scrollZoom": True, "displaylogo": False},

@@ -115,18 +115,36 @@ def model_caveat(current: SeriesView, prior: SeriesView) -> str | None:
     return f"{what} ({prior.model}): its probabilities are on another scale, so no change in them is given."
 
 
-def same_plane(current: SeriesView, prior: SeriesView) -> bool:
-    """Whether both series were cut in one known plane (only then does a section of one match a section of the
-    other: an axial section's relative place is not a sagittal one's)."""
-    plane = current.geometry.get("plane")
-    return plane is not None and plane == prior.geometry.get("plane")
+def _plane(view: SeriesView) -> str | None:
+    return view.geometry.get("plane")
+
+
+def _runs_known(view: SeriesView) -> bool:
+    """Whether the series' sections have positions (files that gave none are numbered in an order that may run
+    head to foot or foot to head)."""
+    return bool(view.geometry.get("positions_in_mm", True))
+
+
+def sections_correspond(current: SeriesView, prior: SeriesView) -> bool:
+    """Whether a section of one series matches a section of the other: both cut in one known plane (an axial
+    section's relative place is not a sagittal one's) and both with positions along it (without them, section k of
+    one could be the other end of the head from section k of the other)."""
+    return (
+        _plane(current) is not None and _plane(current) == _plane(prior) and _runs_known(current) and _runs_known(prior)
+    )
 
 
 def plane_caveat(current: SeriesView, prior: SeriesView) -> str | None:
-    """A warning when the two series are not cut in one known plane: no section is matched, no change at it."""
-    if same_plane(current, prior):
+    """A warning when no section of the two series can be matched: no change is given at a section."""
+    if sections_correspond(current, prior):
         return None
-    planes = [view.geometry.get("plane") or "unknown plane" for view in (current, prior)]
+    if _plane(current) is not None and _plane(current) == _plane(prior):
+        which = "this series'" if not _runs_known(current) else "the prior's"
+        return (
+            f"The files of {which} gave no section positions, so which way its sections run (head or foot) is not "
+            "known: the prior is shown at its own deciding section and no change is given at this section."
+        )
+    planes = [_plane(view) or "unknown plane" for view in (current, prior)]
     return (
         f"This series is {planes[0]}, the prior {planes[1]}: their sections do not correspond, so the prior is shown "
         "at its own deciding section and no change is given at this section."
@@ -135,11 +153,12 @@ def plane_caveat(current: SeriesView, prior: SeriesView) -> str | None:
 
 def change(current: SeriesView, index: int, prior: SeriesView) -> tuple[int, Change]:
     """The matching prior section and the change in tumour probability, for the series and at this section. Two
-    series not cut in one known plane match no section (an axial section was paired with a sagittal one by its
-    index): the prior's deciding section is given, and no change at the section."""
+    series whose sections do not correspond (:func:`sections_correspond`: an axial section was paired with a
+    sagittal one by its index, and a series without positions with one that may run the other way) match no
+    section: the prior's deciding section is given, and no change at the section."""
     comparable = model_caveat(current, prior) is None  # another model's probabilities: no change in them
     before = prior.score if comparable else None
-    if not same_plane(current, prior):
+    if not sections_correspond(current, prior):
         shown = prior.window[len(prior.window) // 2] if prior.window else len(prior.sections) // 2
         return shown, Change(before, current.score, None, current.curve[index])
     matched = matching_section(current, index, prior)
