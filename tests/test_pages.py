@@ -1253,15 +1253,17 @@ def test_the_audit_page_reads_the_trail_a_page_at_a_time_newest_first(
         audit.record(store, COMMAND_LINE, "account_created", f"user-{k + 1}")
     monkeypatch.setattr(audit, "PAGE", 2)
     app = page("audit.py", role="admin").run()
-    assert not app.exception and "chain of 5 events is intact" in app.success[0].value
-    assert app.caption[0].value == "5 events match; showing 1 to 2, newest first."
+    assert not app.exception and "Every one of the 5 events re-hashed" in app.success[0].value
+    assert app.caption[0].value == "5 events match; showing 2 on page 1, newest first."
     seen = []
     while True:
         seen.append(list(app.dataframe[0].value["seq"]))
         if app.button(key="audit_older").disabled:
             break
         app.button(key="audit_older").click().run()
-    assert seen == [[5, 4], [3, 2], [1]] and app.caption[0].value == "5 events match; showing 5 to 5, newest first."
+    assert (
+        seen == [[5, 4], [3, 2], [1]] and app.caption[0].value == "5 events match; showing 1 on page 3, newest first."
+    )
     app.button(key="audit_newest").click().run()
     assert list(app.dataframe[0].value["seq"]) == [5, 4]
     app.text_input(key="audit_target").set_value("user-2").run()
@@ -1293,6 +1295,38 @@ def test_the_audit_page_finds_an_edit_made_after_the_chain_was_last_verified(app
     st.cache_data.clear()  # a minute later (the head did not move)
     app.run()
     assert not app.exception and app.error[0].value.startswith("The audit chain does not hold: event 4 was edited")
+
+
+def test_the_audit_page_never_calls_the_whole_chain_intact_after_checking_only_its_newest_events(
+    app_environment: Path,
+) -> None:
+    """An event edited before the last verified one left "The chain of N events is intact" on the page for good
+    (only newer events are re-hashed there), even after a full check had found the edit."""
+    import sqlite3
+
+    from core.services import audit
+    from core.services.access import COMMAND_LINE
+    from core.services.resources import open_results_store
+
+    store = open_results_store()
+    for k in range(3):
+        audit.record(store, COMMAND_LINE, "account_created", f"user-{k}")
+    app = page("audit.py").run()
+    assert "Every one of the 3 events re-hashed" in app.success[0].value
+    database = sqlite3.connect(app_environment / "results.sqlite3")
+    database.execute("DROP TRIGGER audit_append_only_update")
+    database.execute("UPDATE audit SET target = 'someone-else' WHERE seq = 2")
+    database.commit()
+    database.close()
+    audit.record(store, COMMAND_LINE, "account_created", "user-3")
+    st.cache_data.clear()
+    app.run()
+    assert "holds from the last check on: the 1 events since re-hashed" in app.success[0].value  # not "intact"
+    app.button(key="audit_check_all").click().run()
+    assert app.error[0].value.startswith("The audit chain does not hold: event 2 was edited")
+    st.cache_data.clear()
+    app.run()  # the page's own check starts again from the chain's start until a full check finds it whole
+    assert not app.exception and app.error[0].value.startswith("The audit chain does not hold: event 2 was edited")
 
 
 # --- the lesion segmenter on screen (issue 26) -------------------------------------------------------------------

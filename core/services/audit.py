@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from core.domain.people import KEYED, AuditEvent, AuditHead, AuditQuery, VerifiedPoint, first_broken
+from core.domain.people import GENESIS, KEYED, AuditEvent, AuditHead, AuditQuery, VerifiedPoint, first_broken
 from core.errors import AccessDenied, StoreError
 from core.services.access import AUDIT_EXPORT, AUDIT_READ, OPEN_RESULT, Actor, allowed, require
 from core.services.exports import spreadsheet_safe
@@ -71,7 +71,15 @@ def _verify_all(store: AuditTrail, expected_head: tuple[int, str] | None, keep_p
         problem = f"the noted head {expected_head[0]} is no longer in the chain: the trail was cut or replaced"
     if problem is None and last is not None and keep_point:  # a head one behind: the point stays at the head's
         _mark(store, (head.seq, head.hash) if _behind(events, head, last) else last, key)  # type: ignore[union-attr]
+    elif problem is not None and keep_point:  # back to the chain's start: the page's check re-hashes everything
+        _mark(store, (0, GENESIS), key)  # (and says broken) until a full check finds the chain whole again
     return Verification(problem is None, len(events), bad, head, problem, key is not None, len(events))
+
+
+def full_check(store: AuditTrail, actor: Actor) -> Verification:
+    """:func:`verify` for a reader of the trail (the Audit page's "check every event")."""
+    require(actor, AUDIT_READ)
+    return verify(store)
 
 
 def chain_head(store: AuditTrail, actor: Actor) -> tuple[int, str] | None:
@@ -167,6 +175,8 @@ def _point_moved(store: AuditTrail, point: VerifiedPoint, key: bytes | None) -> 
     """Why the verified point no longer stands (None when its event is in the chain as it was verified)."""
     if key is not None and point.mac != point.expected_mac(key):
         return "the record of the last verified event was altered (its signature does not hold)"
+    if point.seq == 0:  # the chain's start (a full check found it broken): every event is checked from there
+        return None if point.hash == GENESIS else "the record of the last verified event was altered"
     found = store.audit_events(point.seq - 1, 1)
     if not found or (found[0].seq, found[0].hash) != (point.seq, point.hash):
         return f"event {point.seq}, verified earlier, is no longer in the chain as it was: the trail was changed"
@@ -265,7 +275,7 @@ def export_csv(store: AuditTrail, actor: Actor, filters: Mapping[str, Any]) -> b
     for e in chosen:  # names and details are text users chose: no cell a spreadsheet would run
         cells = [e.actor, e.role, e.action, e.target or "", json.dumps(e.detail, sort_keys=True)]
         writer.writerow([e.seq, e.at.isoformat(), *map(spreadsheet_safe, cells), e.prev_hash, e.hash])
-    record(store, actor, "audit_export", None, events=len(chosen))
+    record(store, actor, "audit_export", None, events=len(chosen), filters=shown)  # whose events left, too
     return buffer.getvalue().encode("utf-8")
 
 
