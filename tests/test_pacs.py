@@ -116,6 +116,8 @@ def test_the_report_and_key_images_go_back_to_the_pacs_once_and_read_back_with_t
     assert reviewed[0] != stored[0]  # a new version: a new instance in the same report series
     sent = [e for e in store.audit_events() if e.action == "pacs_send"]
     assert len(sent) == 3 and all(STUDY not in e.detail.values() for e in sent)  # keyed, never the UID
+    trail = json.dumps([e.detail for e in sent])  # nor the report's UID: the PACS answers it with the patient
+    assert not any(uid in trail for uid in [*stored, *reviewed]) and all(len(e.detail["report"]) == 64 for e in sent)
 
 
 def test_watch_mode_analyses_each_new_brain_mr_study_once_also_after_a_restart_and_again_when_a_series_is_added(
@@ -203,6 +205,16 @@ def test_the_watch_command_logs_each_study_under_its_keyed_reference_never_its_u
     lines = [json.loads(text) for text in done.stdout.splitlines()]
     assert done.returncode == 0 and lines and all(len(line["study_ref"]) == 64 for line in lines), done.stdout
     assert STUDY not in done.stdout + done.stderr and CT_STUDY not in done.stdout + done.stderr
+
+
+def test_a_watch_line_in_the_log_counts_the_objects_it_stored_and_never_names_them() -> None:
+    """The watch's log line listed the report's and key images' UIDs: the PACS answers any of them with the
+    patient's name and ID."""
+    from core.cli.pacs import _for_the_log
+
+    line = {"study_uid": STUDY, "verdict": "tumour", "stored": [f"{STUDY}.9.1", f"{STUDY}.9.2"]}
+    logged = _for_the_log(dict(line), b"k" * 32)
+    assert logged["stored"] == 2 and STUDY not in json.dumps(logged) and len(logged["study_ref"]) == 64
 
 
 def test_pacs_failures_each_get_their_own_message(orthanc, tiny_classifier) -> None:

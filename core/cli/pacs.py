@@ -170,8 +170,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 def _for_the_log(line: dict, key: bytes | None) -> dict:
     """A watch line as the service's log keeps it (a daemon's output ends in the system journal): the study's keyed
-    reference, as its audit events name it, never its UID (which the PACS maps to a patient)."""
+    reference, as its audit events name it, never its UID, and how many objects were stored, never their UIDs (the
+    PACS finds the patient from any of them)."""
     uid = line.pop("study_uid", None)
+    if "stored" in line:
+        line["stored"] = len(line["stored"])
     return {"study_ref": pacs.study_reference(uid, key) if uid else None, **line}
 
 

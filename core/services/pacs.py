@@ -137,7 +137,8 @@ def send_results(
     report, earlier = chain[-1], chain[-2::-1]
     target = _target(pulled.study_uid, key)
     if store is not None:  # audited before anything leaves: a send the trail cannot record is not made
-        audit.record(store, actor, "pacs_send", target, report=str(report.SOPInstanceUID), key_images=len(images))
+        report_ref = study_reference(str(report.SOPInstanceUID), key)  # keyed: the PACS maps the UID to the patient
+        audit.record(store, actor, "pacs_send", target, report=report_ref, key_images=len(images))
     try:  # the versions it replaces go along (the PACS keeps one copy of each): never a predecessor it lacks
         stored = pacs.store([report, *earlier, *images])
     except PacsError as error:
