@@ -333,6 +333,23 @@ def test_predict_save_exits_3_when_a_result_could_not_be_saved(
     assert core.services.triage.NOT_SAVED == "not saved"
 
 
+def test_predict_save_goes_on_past_an_image_store_that_is_not_a_folder(
+    tmp_path: Path, tiny_card: Path, capsys, monkeypatch
+) -> None:
+    """With "images" a file, removing the draft raised its own NotADirectoryError: one "bad_input" line, exit 2,
+    and no file after the first was read."""
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("MONGODB_URI", raising=False)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "images").write_bytes(b"not a folder")
+    scans = [tmp_path / f"scan-{k}.png" for k in range(2)]
+    for k, scan in enumerate(scans):
+        scan.write_bytes(png_bytes(synthetic_slice(256, tumour=True, seed=k)))
+    code, lines = run_main(["predict", "--save", "--model", str(tiny_card), *map(str, scans)], capsys)
+    assert code == 3 and len(lines) == 2 and all(line["saved"].startswith("not saved") for line in lines)
+    assert all("image could not be kept" in line["saved"] for line in lines)
+
+
 def test_a_file_name_that_is_not_valid_text_is_one_json_line_not_the_end_of_the_batch() -> None:
     import io
     import os

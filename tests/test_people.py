@@ -618,6 +618,53 @@ def test_audit_verify_finds_deleted_tails_and_edits_rehashed_without_the_key(tmp
     assert not found["plain"].intact and found["plain"].problem
 
 
+def test_audit_verify_finds_a_wiped_trail_beside_results_and_refuses_a_data_folder_without_a_database(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """A trail wiped with the accounts (results kept) read "intact"; so did a mistyped data folder, where the
+    command made an empty database and its keys."""
+    from core.services.resources import open_results_store
+
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("MONGODB_URI", raising=False)
+    store = open_results_store()
+    store.add(make_record(3, datetime(2026, 11, 30, 9, tzinfo=UTC), "glioma"))
+    audit.record(store, COMMAND_LINE, "upload", "r" * 64)
+    database = sqlite3.connect(tmp_path / "data" / "results.sqlite3")
+    database.execute("DROP TRIGGER audit_append_only_delete")
+    for table in ("audit", "audit_head", "audit_verified"):
+        database.execute(f"DELETE FROM {table}")
+    database.commit()
+    database.close()
+    code, (line,) = run_cli(["audit", "verify"], capsys)
+    assert code == 1 and not line["intact"] and "accounts or results" in line["problem"]
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "typo"))
+    for command in (["audit", "verify"], ["users", "list"], ["users", "disable", "dr-a"], ["images", "purge"]):
+        code, (line,) = run_cli(command, capsys)
+        assert code == 2 and "no results database" in line["error"]["message"], command
+    assert not (tmp_path / "typo").exists()  # no database, no key made there
+
+
+def test_a_backup_that_fails_after_its_event_is_recorded_as_failed(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The store_backup event is written before the copy: a copy that failed left only "a backup was made"."""
+    import shutil
+
+    from core.services.resources import open_results_store
+
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("MONGODB_URI", raising=False)
+    open_results_store().add(make_record(4, datetime(2026, 11, 30, 9, tzinfo=UTC), "glioma"))
+    (tmp_path / "data" / "images").mkdir()
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copytree", full)
+    code, (line,) = run_cli(["store", "backup", str(tmp_path / "backup")], capsys)
+    assert code == 2 and "No space left" in line["error"]["message"]
+    assert actions(open_results_store())[-2:] == ["store_backup", "store_backup_failed"]
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "mongomock"])
 def test_a_review_and_its_audit_event_commit_together_or_the_reader_is_told_the_truth(
     tmp_path: Path, monkeypatch, kind: str

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import suppress
 from typing import Any
 
 from core.cli.common import EXIT_OK, EXIT_REJECTED, EXIT_USAGE, emit, error_json, positive_int, stdin_secret
@@ -22,6 +23,7 @@ from core.domain.people import ROLES, Account
 from core.services import accounts, audit, retention
 from core.services.access import COMMAND_LINE
 from core.services.resources import open_image_store, open_results_store
+from core.storage.protocol import Store
 
 
 def add_commands(commands: Any) -> None:
@@ -97,6 +99,11 @@ def _shown(account: Account) -> dict[str, Any]:
     }
 
 
+def _stored() -> Store:
+    """The database a command reads or changes: refused when the data folder has none (never made there)."""
+    return open_results_store(existing=True)
+
+
 def cmd_users_add(args: argparse.Namespace) -> int:
     password = None if args.sso else _password()
     emit(
@@ -107,31 +114,34 @@ def cmd_users_add(args: argparse.Namespace) -> int:
 
 
 def cmd_users_list(args: argparse.Namespace) -> int:
-    for account in accounts.list_accounts(open_results_store(), COMMAND_LINE):
+    for account in accounts.list_accounts(_stored(), COMMAND_LINE):
         emit(_shown(account), sys.stdout)
     return EXIT_OK
 
 
 def cmd_users_disable(args: argparse.Namespace) -> int:
     emit(
-        {"updated": _shown(accounts.set_disabled(open_results_store(), COMMAND_LINE, args.name, args.disabled))},
+        {"updated": _shown(accounts.set_disabled(_stored(), COMMAND_LINE, args.name, args.disabled))},
         sys.stdout,
     )
     return EXIT_OK
 
 
 def cmd_users_unlock(args: argparse.Namespace) -> int:
-    emit({"updated": _shown(accounts.unlock(open_results_store(), COMMAND_LINE, args.name))}, sys.stdout)
+    emit({"updated": _shown(accounts.unlock(_stored(), COMMAND_LINE, args.name))}, sys.stdout)
     return EXIT_OK
 
 
 def cmd_users_set_role(args: argparse.Namespace) -> int:
-    emit({"updated": _shown(accounts.set_role(open_results_store(), COMMAND_LINE, args.name, args.role))}, sys.stdout)
+    emit(
+        {"updated": _shown(accounts.set_role(_stored(), COMMAND_LINE, args.name, args.role))},
+        sys.stdout,
+    )
     return EXIT_OK
 
 
 def cmd_users_set_password(args: argparse.Namespace) -> int:
-    account = accounts.set_password(open_results_store(), COMMAND_LINE, args.name, _password())
+    account = accounts.set_password(_stored(), COMMAND_LINE, args.name, _password())
     emit({"updated": _shown(account)}, sys.stdout)
     return EXIT_OK
 
@@ -158,12 +168,17 @@ def cmd_store_backup(args: argparse.Namespace) -> int:
     if mongodb_uri(file_secrets()):
         emit(error_json("bad_usage", "the results are in MongoDB: back them up with mongodump"), sys.stdout)
         return EXIT_USAGE
+    store = None
     try:
         check_target(data_dir(), Path(args.out))  # a refused backup leaves no event
         # a copy of every result and both keys: an event, written first
-        audit.record(open_results_store(), COMMAND_LINE, "store_backup", None, folder=Path(args.out).name)
+        store = _stored()
+        audit.record(store, COMMAND_LINE, "store_backup", None, folder=Path(args.out).name)
         emit(backup_embedded(data_dir(), Path(args.out)), sys.stdout)
     except StoreError as error:  # exit 2, as every store error (main): the folder exists, a full disk, ...
+        if store is not None:  # the event said a backup was made: the trail says it failed
+            with suppress(StoreError):
+                audit.record(store, COMMAND_LINE, "store_backup_failed", None, folder=Path(args.out).name)
         emit(error_json(error.code, str(error)), sys.stdout)
         return EXIT_USAGE
     return EXIT_OK
@@ -177,7 +192,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             emit(error_json("bad_usage", "--expect-head takes SEQ:HASH as printed by an earlier verify"), sys.stdout)
             return EXIT_USAGE
         expected = (int(seq), digest)
-    result = audit.verify(open_results_store(), expected)
+    result = audit.verify(_stored(), expected)
     report: dict[str, Any] = {
         "intact": result.intact,
         "events": result.events,
@@ -196,9 +211,9 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_images_purge(args: argparse.Namespace) -> int:
-    store = open_results_store()
     try:  # a retention setting that cannot be read deletes nothing (read as the default, it deleted images)
         days = retention.retention_days() if args.days is None else args.days
+        store = _stored()
         deleted = retention.purge_images(store, open_image_store(store), COMMAND_LINE, days)
     except ValueError as error:  # a setting or option out of range: exit 2 whichever gave it (--days 0 did)
         emit(error_json("invalid_days", str(error)), sys.stdout)
@@ -209,7 +224,7 @@ def cmd_images_purge(args: argparse.Namespace) -> int:
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
     filters = {"action": args.action, "who": args.actor}
-    sys.stdout.write(audit.export_csv(open_results_store(), COMMAND_LINE, filters).decode("utf-8"))
+    sys.stdout.write(audit.export_csv(_stored(), COMMAND_LINE, filters).decode("utf-8"))
     return EXIT_OK
 
 

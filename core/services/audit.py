@@ -59,9 +59,10 @@ def _verify_all(store: AuditTrail, expected_head: tuple[int, str] | None, keep_p
     last = (events[-1].seq or 0, events[-1].hash) if events else None
     apart = bool(getattr(store, "head_written_apart", False))  # MongoDB: the head is a write after its event's
     problem = _problem(events, bad, head, key, last, apart)
-    if problem is None and not events and head is None and _holds_accounts(store):
+    if problem is None and not events and head is None and _holds_audited(store):
         problem = (
-            "the chain is empty, yet the database holds accounts, whose creation is audited: the trail was removed"
+            "the chain is empty, yet the database holds accounts or results, whose creation is audited: the trail "
+            "was removed"
         )
     if (
         problem is None
@@ -165,10 +166,11 @@ def _problem(
     return None
 
 
-def _holds_accounts(store: AuditTrail) -> bool:
-    """Whether the store holds an account (a store of the audit trail alone holds none)."""
-    listed = getattr(store, "accounts", None)
-    return bool(listed()) if callable(listed) else False
+def _holds_audited(store: AuditTrail) -> bool:
+    """Whether the store holds an account or a result, whose creation is audited (a store of the audit trail alone
+    holds neither)."""
+    listed, recent = getattr(store, "accounts", None), getattr(store, "recent", None)
+    return (bool(listed()) if callable(listed) else False) or (bool(recent(1)) if callable(recent) else False)
 
 
 def _point_moved(store: AuditTrail, point: VerifiedPoint, key: bytes | None) -> str | None:

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from core.config import audit_key, data_dir, file_secrets, lesion_card_path, model_card_path, mongodb_uri
+from core.errors import StoreError
 from core.model.classifier import Classifier, with_segmenter
 from core.model.explain import Explainer
-from core.storage import open_store
+from core.storage import DATABASE_FILE, open_store
 from core.storage.images import FolderImages, GridFSImages, ImageStore
 from core.storage.protocol import Store
 
@@ -29,11 +30,15 @@ def load_explainer(classifier: Classifier) -> Explainer:
     return Explainer(classifier)
 
 
-def open_results_store(secrets: Mapping[str, Any] | None = None) -> Store:
+def open_results_store(secrets: Mapping[str, Any] | None = None, existing: bool = False) -> Store:
     """The configured database: MongoDB when a URI is set (environment or secrets: by default the app's secrets
-    file, :func:`core.config.file_secrets`), else the embedded SQLite file."""
+    file, :func:`core.config.file_secrets`), else the embedded SQLite file. ``existing``: refuse an embedded
+    database that is not there yet rather than create it (a command that reads or changes what is stored, run with
+    a mistyped data folder, made an empty database and its keys there and answered "intact")."""
     secrets = file_secrets() if secrets is None else secrets
     uri = mongodb_uri(secrets)
+    if existing and not uri and not (data_dir() / DATABASE_FILE).exists():
+        raise StoreError(f"There is no results database in {data_dir()} (BTD_DATA_DIR): nothing was read or made.")
     return open_store(uri, data_dir(), audit_key(secrets, shared_database=bool(uri)))
 
 

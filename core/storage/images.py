@@ -14,7 +14,7 @@ import os
 import re
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -79,7 +79,8 @@ class FolderImages:
                 os.fsync(handle.fileno())  # a full disk shows here, not later
             os.replace(draft, path)
         except OSError as error:
-            draft.unlink(missing_ok=True)  # never a half-written .part left behind
+            with suppress(OSError):  # never a half-written .part left behind (its folder may not be one: ENOTDIR)
+                draft.unlink(missing_ok=True)
             raise StoreUnavailable(f"The image store cannot be written to ({error.strerror or error}).") from error
         return key
 
