@@ -545,3 +545,14 @@ def test_a_retention_setting_out_of_range_exits_2_like_the_option(tmp_path, caps
     monkeypatch.setenv("BTD_IMAGE_RETENTION_DAYS", "abc")
     code, lines = run_main(["images", "purge"], capsys)
     assert code == 2 and lines[0]["error"]["code"] == "invalid_days" and "BTD_IMAGE_RETENTION_DAYS" in json.dumps(lines)
+
+
+def test_a_pacs_password_without_a_user_name_is_a_usage_error(tmp_path: Path, capsys, monkeypatch) -> None:
+    """It was dropped without a word, and the PACS's refusal blamed the password."""
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    for env in ("BTD_PACS_USER", "BTD_PACS_URL", "BTD_PACS_PASSWORD"):
+        monkeypatch.delenv(env, raising=False)
+    for command in (["pacs", "analyse", "--study", "1.2.3"], ["pacs", "watch", "--once"]):
+        monkeypatch.setattr(sys, "stdin", io.StringIO("secret\n"))
+        code, lines = run_main([*command, "--url", "http://127.0.0.1:9/dicom-web", "--password-stdin"], capsys)
+        assert code == 2 and lines[0]["error"]["code"] == "bad_usage" and "--user" in lines[0]["error"]["message"]

@@ -1021,6 +1021,15 @@ def test_a_single_sign_on_session_keeps_to_where_its_role_came_from(store) -> No
     assert accounts.refreshed_actor(store, local) is None  # a password account's name is not single sign-on's
 
 
+def test_an_account_name_that_differs_from_another_only_in_case_is_refused(store) -> None:
+    """ "alice" and "Alice" were two accounts: two look-alike names in the trail, and "users disable ALICE" found
+    neither."""
+    accounts.add_account(store, COMMAND_LINE, "alice", "admin", PASSWORD)
+    with pytest.raises(InvalidRecord, match="alice exists already"):
+        accounts.add_account(store, COMMAND_LINE, "Alice", "radiologist", PASSWORD)
+    assert [a.name for a in store.accounts()] == ["alice"] and actions(store) == ["account_created"]
+
+
 def test_the_audit_trails_own_names_are_not_account_names(store) -> None:
     for name in ("cli", "unknown", "CLI"):
         with pytest.raises(InvalidRecord, match="reserved"):

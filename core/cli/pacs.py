@@ -92,13 +92,23 @@ def _settings(args: argparse.Namespace) -> PacsSettings | None:
     )
 
 
+def _unusable(settings: PacsSettings | None) -> dict | None:
+    """The usage error that settings cannot connect with: no address, or a password without a user name (it was
+    dropped, and the PACS's refusal pointed at the password)."""
+    if settings is None:
+        return error_json("no_pacs", "No PACS address: give --url or set BTD_PACS_URL.")
+    if settings.password and not settings.user:
+        return error_json("bad_usage", "A PACS password needs a user name: give --user or set BTD_PACS_USER.")
+    return None
+
+
 def cmd_analyse(args: argparse.Namespace) -> int:
     if args.send and not args.save:  # as the page and the watch: no report in the PACS for a result nobody can review
         emit(error_json("bad_usage", "--send needs --save: a report is sent for saved results only."), sys.stdout)
         return EXIT_USAGE
     settings = _settings(args)
-    if settings is None:
-        emit(error_json("no_pacs", "No PACS address: give --url or set BTD_PACS_URL."), sys.stdout)
+    if (refused := _unusable(settings)) is not None:
+        emit(refused, sys.stdout)
         return EXIT_USAGE
     classifier = load_classifier(args.model)
     store, images, key = None, None, None
@@ -135,8 +145,8 @@ def cmd_analyse(args: argparse.Namespace) -> int:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    if settings is None:
-        emit(error_json("no_pacs", "No PACS address: give --url or set BTD_PACS_URL."), sys.stdout)
+    if (refused := _unusable(settings)) is not None:
+        emit(refused, sys.stdout)
         return EXIT_USAGE
     try:
         store = open_results_store()

@@ -68,6 +68,8 @@ def add_account(store: Store, actor: Actor, name: str, role: str, password: str 
     require(actor, ACCOUNTS)
     if store.get_account(name) is not None:
         raise InvalidRecord(f"An account named {name} exists already.")
+    if twin := next((a.name for a in store.accounts() if a.name.lower() == name.lower()), None):  # "Alice" beside
+        raise InvalidRecord(f"An account named {twin} exists already (names differ only in case).")  # "alice"
     if password is not None:
         check_password(password)
     account = Account(name, role, _hasher().hash(password) if password else None, created_at=datetime.now(UTC))
