@@ -31,12 +31,14 @@ def setup_page(title: str, permission: str | None) -> Actor:
             st.markdown(f"**{card.name}** · version {card.version}")
             validation = (card.metrics or {}).get("validation") or {}
             if validation.get("accuracy") is not None:
-                st.caption(  # what the figures are: its calibration was fitted on these scans, and they come
-                    # from the hospitals it trained on (at one it never saw it does worse: the README's limits)
-                    f"Validation ({validation.get('n', '?')} scans it did not train on; its calibration and review "
-                    f"band were fitted on them): accuracy {validation['accuracy']:.1%}, tumour sensitivity "
+                st.caption(  # what the figures are: its calibration was fitted on these scans, many of the public
+                    # collection's have a mirrored copy or the next section in training, and they come from the
+                    # hospitals it trained on (at one it never saw it does worse: the README's limits)
+                    f"Validation ({validation.get('n', '?')} scans held out of training, many with a mirrored copy "
+                    f"or a neighbouring section in it; its calibration and review band were fitted on them): "
+                    f"accuracy {validation['accuracy']:.1%}, tumour sensitivity "
                     f"{validation['tumour_sensitivity']:.1%}, specificity {validation['tumour_specificity']:.1%}. "
-                    "Lower at a hospital it never saw."
+                    "Optimistic; lower at a hospital it never saw."
                 )
         st.markdown("### Storage")
         try:
