@@ -87,6 +87,24 @@ def test_a_study_report_states_the_verdicts_the_review_and_the_model_and_renders
     assert "Series 3: coronal" in renumbered and "Series 2:" not in renumbered
 
 
+def test_names_in_other_scripts_and_long_names_reach_the_report_whole_and_told_apart(
+    saved_study, tmp_path: Path, tiny_classifier: Classifier
+) -> None:
+    """Two reviewers named in another script both read "??" (the sign-off could not be attributed), a 64-letter
+    author ran off the page, and the limitations block did not say which model it was about."""
+    from core.services.access import Actor
+
+    store, images, _, ids = saved_study
+    for name, record_id in (("张伟", ids[0]), ("李娜", ids[1])):
+        review_result(store, Actor(name, "radiologist"), record_id, "notumor", ["false_alarm"], "")
+    author = Actor("a" * 60 + "-end", "radiologist")
+    words = " ".join(text_of(study_report(store, images, author, ids, tiny_classifier, None), tmp_path).split())
+    assert "Reviewed by <U+5F20><U+4F1F> on" in words and "Reviewed by <U+674E><U+5A1C> on" in words
+    assert "??" not in words and "a" * 60 + "-end" in words.replace(" ", "")  # wrapped, never cut
+    card = tiny_classifier.card
+    assert f"limitations of {card.name} {card.version}, the model in use when this report was made" in words
+
+
 def test_a_report_is_refused_to_a_visitor_and_for_single_scans(saved_study, tiny_classifier: Classifier) -> None:
     store, images, _, ids = saved_study
     with pytest.raises(AccessDenied):
@@ -246,6 +264,14 @@ def test_every_image_of_a_long_report_lies_inside_its_page_with_its_caption(
         return draw(self, *args, **kwargs)
 
     monkeypatch.setattr(FPDF, "image", image)
+    titled, write = [], FPDF.cell
+
+    def cell(self, *args, **kwargs):
+        if str(args[2] if len(args) > 2 else kwargs.get("text", "")).startswith("Series 1:"):
+            titled.append(self.page)
+        return write(self, *args, **kwargs)
+
+    monkeypatch.setattr(FPDF, "cell", cell)
     study_report(store, images, doctor, [record_id] * 3, classifier, Explainer(classifier))
     assert len(placed) >= 3 * 4
     assert all(y + h <= bottom + 0.01 for _, y, h, bottom in placed)
@@ -262,6 +288,7 @@ def test_every_image_of_a_long_report_lies_inside_its_page_with_its_caption(
         pdf.set_y(float(start))
         _series(pdf, 1, store.get(record_id), view, [], {})
         assert placed and all(y + h <= bottom + 0.01 for _, y, h, bottom in placed)
+        assert titled[-1] == placed[0][0], start  # the title on the page of its images, never left behind
 
 
 def test_key_sections_keep_their_proportions_and_carry_the_patient_directions(tiny_classifier: Classifier) -> None:
@@ -294,6 +321,17 @@ def test_key_sections_keep_their_proportions_and_carry_the_patient_directions(ti
     _section_image(page, view, np.zeros((*view.sections[0].shape, 3), np.uint8), 10.0, 20.0, 60.0)
     ((x, y, w, h),) = page.images
     assert (x, y, w, h) == pytest.approx((10.0, 27.5, 60.0, 45.0))  # 4:3, centred in its 60 x 60 box
+    from fpdf import FPDF  # a narrow image without directions: its note wrapped inside it (it ran onto the next)
+
+    pdf, written = FPDF(format="A4"), []
+    pdf.add_page()
+    pdf.multi_cell = lambda w, h, text, **kw: (
+        written.append((pdf.get_x(), pdf.get_y(), w)) or FPDF.multi_cell(pdf, w, h, text, **kw)
+    )
+    portrait = replace(view, geometry=dict(view.geometry) | {"orientation": None, "spacing": [1.0, 0.25]})
+    _section_image(pdf, portrait, np.zeros((*view.sections[0].shape, 3), np.uint8), 10.0, 20.0, 60.0)
+    x, y, w = written[-1]  # 96 x 128 pixels at 1 x 0.25 mm: drawn 20 mm wide, the note 41 mm long
+    assert w < 20 and x >= 10.0 + (60.0 - 20.0) / 2 and 20.0 < y < 80.0
     page.images.clear()  # a record saved before a zero spacing was refused: square pixels, not a division by zero
     zero = replace(view, geometry=dict(view.geometry) | {"spacing": [0.0, 0.0]})
     _section_image(page, zero, np.zeros((*view.sections[0].shape, 3), np.uint8), 10.0, 20.0, 60.0)

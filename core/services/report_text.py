@@ -118,7 +118,12 @@ MIXED_PATIENTS = (
 
 
 def card_notes(classifier: Classifier) -> dict:
-    """The card's intended use and limitations (the defaults when the card states none)."""
+    """The card's intended use and limitations (the defaults when the card states none), with the model they are
+    of: the one in use when the report is made, which may not be the one that read an older series."""
     path = classifier.card.path
     raw = json.loads(path.read_text()) if path is not None and path.exists() else {}
-    return {"intended_use": raw.get("intended_use", ""), "limitations": raw.get("limitations", DEFAULT_LIMITATIONS)}
+    return {
+        "model": f"{classifier.card.name} {classifier.card.version}",
+        "intended_use": raw.get("intended_use", ""),
+        "limitations": raw.get("limitations", DEFAULT_LIMITATIONS),
+    }

@@ -43,9 +43,11 @@ from core.storage.protocol import Store
 
 
 def _text(value: object) -> str:
-    """Text the PDF's core fonts can draw (Latin-1), with the few symbols used here spelled out."""
+    """Text the PDF's core fonts can draw (Latin-1), with the few symbols used here spelled out and any other
+    letter or digit written as its code point ("<U+5F20>"): two reviewers named in another script both read "??",
+    and a sign-off could not be told from another's."""
     text = str(value).replace("≥", ">=").replace("≤", "<=").replace("–", "-").replace("—", "-").replace("…", "...")
-    return text.encode("latin-1", "replace").decode("latin-1")
+    return "".join(c if ord(c) < 256 else f"<U+{ord(c):04X}>" if c.isalnum() else "?" for c in text)
 
 
 def _png(rgb: np.ndarray) -> io.BytesIO:
@@ -127,7 +129,7 @@ def _header(pdf, facts: list[tuple[str, str]]) -> None:
     pdf.set_font("Helvetica", size=10)
     for name, value in facts:
         pdf.cell(62, 5.5, _text(name))
-        pdf.cell(0, 5.5, _text(value), **_NEXT_LINE)
+        pdf.multi_cell(0, 5.5, _text(value), **_NEXT_LINE)  # a long name or version wraps (it ran off the page)
     pdf.ln(2)
 
 
@@ -229,10 +231,15 @@ def _series(
     """One series: its title and lines, then its curve, key sections and the lesion's outline on the key section
     (``lesions`` None: no segmenter is loaded), or a note once the images are gone."""
     plane = str((record.geometry or {}).get("plane") or "unknown plane")
+    lines = series_lines(record, view, reviews)
+    pdf.set_font("Helvetica", size=9)
+    rows = sum(len(pdf.multi_cell(0, 4.5, _text(line), dry_run=True, output="LINES")) for line in lines)
+    # the title with its curve and key sections on one page (they once began the next page under no title)
+    _room_for(pdf, 7 + 4.5 * rows + (0 if view is None else 34 + KEY_SIDE + 6))
     pdf.set_font("Helvetica", "B", 11)
     pdf.cell(0, 7, _text(f"Series {number}: {plane}, {_count(record.section_count or 0, 'section')}"), **_NEXT_LINE)
     pdf.set_font("Helvetica", size=9)
-    for line in series_lines(record, view, reviews):
+    for line in lines:
         pdf.multi_cell(0, 4.5, _text(line), **_NEXT_LINE)
     if view is None:
         pdf.multi_cell(0, 4.5, _text("The series' images are no longer kept (retention period)."), **_NEXT_LINE)
@@ -303,15 +310,20 @@ def _section_image(pdf, view: SeriesView, rgb: np.ndarray, x: float, y: float, s
             pdf.cell(span[edge], 3, letters[edge])
     if not letters:  # the files give no orientation: said, never left to be assumed
         pdf.set_font("Helvetica", "", 6)
-        pdf.set_xy(left + 0.5, top + h - 3.5)
-        pdf.cell(w - 1, 3, "Orientation not given: left and right unknown")
+        note = "Orientation not given: left and right unknown"  # wrapped inside a narrow image (it ran past it)
+        rows = len(pdf.multi_cell(w - 1, 2.6, note, dry_run=True, output="LINES"))
+        pdf.set_xy(left + 0.5, top + h - 0.8 - 2.6 * rows)
+        pdf.multi_cell(w - 1, 2.6, note)
     pdf.set_text_color(0, 0, 0)
 
 
 def _intended_use(pdf, card_notes: dict) -> None:
     """The footer: the model card's intended use and known limitations (the defaults when it states none)."""
     pdf.set_font("Helvetica", "B", 10)
-    pdf.cell(0, 6, _text("Intended use and known limitations"), **_NEXT_LINE)
+    title = "Intended use and known limitations"
+    if model := card_notes.get("model"):  # a History report's older series were read by another version
+        title += f" of {model}, the model in use when this report was made"
+    pdf.multi_cell(0, 6, _text(title), **_NEXT_LINE)
     pdf.set_font("Helvetica", size=8)
     for line in [card_notes.get("intended_use", ""), *card_notes.get("limitations", DEFAULT_LIMITATIONS)]:
         if line:
