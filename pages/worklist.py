@@ -4,6 +4,7 @@ Opening a result shows its stored, de-identified image with the crop and heat ma
 is an audit event; reviews are kept as history (the latest is the final label). Disagreements are marked.
 """
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
@@ -24,6 +25,7 @@ from ui.wording import count_of, pretty, probability_shown, verdict_shown
 actor = setup_page("Worklist", WORKLIST)
 st.title("Worklist")
 CONFLICT = "wl_conflict"  # the result whose review was refused: another reader reviewed it meanwhile
+REVIEWED_HERE = "wl_reviewed"  # the result this reader last reviewed on a list that keeps reviewed results
 try:
     store = resources.current_store()
     classifier, explainer = resources.current_classifier(), resources.current_explainer()
@@ -69,7 +71,12 @@ except StoreError as error:
     st.stop()
 if not results:
     st.info("Nothing to read with these filters.")
+    if disagreements and SHOW[show] is False:  # a disagreement is a review: never among the unreviewed
+        st.caption("Disagreements are reviewed results: choose Show: reviewed or all to list them.")
+    elif days and reviews.worklist(store, actor, replace(query, since=None), 1, audited=False):
+        st.caption(f"Older results match these filters: choose Age: any time to see them (the list shows the {age}).")
     st.stop()
+order = "not yet reviewed first, then reviewed; within each flagged, then the rest, then refused; newest first"
 more = len(results) > LISTED  # read one more than shown: the list never stops short without saying so
 results = results[:LISTED]
 
@@ -89,11 +96,10 @@ table = pd.DataFrame(
         for r in results
     ]
 )
-order = "not yet reviewed first, then reviewed; within each flagged, then the rest, then refused; newest first"
-if more:
+if more:  # cut in the list's order, not by age: "older ones" were once said where newer reviewed ones were cut
     st.warning(
-        f"Showing the newest {LISTED} results of more than {LISTED}: older ones to read are not in this list. "
-        "Narrow it (age, verdict, flag) to reach them.",
+        f"Showing the first {LISTED} results in this order ({order}): more match these filters and are not in "
+        "this list. Narrow it (age, verdict, flag) to reach them.",
         icon=":material/list:",
     )
 st.caption(f"{count_of(len(results), 'result')} · {order}.")
@@ -116,9 +122,14 @@ chosen_key, note = chosen_id(ids, picked.selection.rows if picked and picked.sel
 if note and before is not None and before == st.session_state.get(CONFLICT):  # left the list under the reader's
     chosen_key, note = before, None  # eyes, reviewed by another reader: kept open, with their review
     st.info("Another reader reviewed this result meanwhile, so it has left this list; it stays open here.")
+elif note and before is not None and before == st.session_state.get(REVIEWED_HERE):  # its review moved it past
+    chosen_key, note = before, None  # the cut: the reader's own review never opens another result under them
+    st.info("This result, just reviewed, has moved past the end of this list; it stays open here.")
 st.session_state["wl_chosen"] = chosen_key
 if chosen_key != st.session_state.get(CONFLICT):  # the reader moved on
     st.session_state.pop(CONFLICT, None)
+if chosen_key != st.session_state.get(REVIEWED_HERE):
+    st.session_state.pop(REVIEWED_HERE, None)
 if note:
     st.info(note)
 try:  # opening is an audit event, once while the session keeps it; its reviews are read again on every run
@@ -150,6 +161,8 @@ def save_review(final_label: str, reasons: list[str], note: str, seen: int | Non
     st.session_state.pop(CONFLICT, None)  # looked at again and saved: nothing is kept open on its account
     if SHOW[show] is False:  # reviewed, it leaves this list: the next one opens, as the reader expects
         st.session_state["wl_chosen"] = None
+    else:  # it stays listed, but may move past the list's cut: kept open all the same
+        st.session_state[REVIEWED_HERE] = chosen.id
     saved = f"{chosen.created_at:%Y-%m-%d %H:%M} UTC, model {verdict_shown(chosen)}"
     st.session_state["review_saved"] = f"Review saved: {pretty(final_label)} for the result of {saved}."
     return True

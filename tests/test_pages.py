@@ -1151,6 +1151,46 @@ def test_a_review_pressed_on_a_stale_panel_never_replaces_a_colleagues_and_says_
             assert app.multiselect[-1].value == [] and app.session_state[f"override-note-{record.id}"] == ""
 
 
+def test_a_result_the_reader_reviews_stays_open_when_its_review_moves_it_past_the_lists_cut_and_empty_lists_say_why(
+    app_environment: Path, tiny_card: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On "all" with a full list, Agree moved the result after the unreviewed ones and past the cut: the page opened
+    another one, blaming "the filters". An empty list never said that older results matched, or that
+    disagreements are never among the unreviewed."""
+    import sqlite3
+    from datetime import timedelta
+
+    from core.cli import main
+    from core.services import reviews
+
+    for n in range(3):
+        path = app_environment.parent / f"scan{n}.png"
+        path.write_bytes(png_bytes(synthetic_slice(256, tumour=n % 2 == 0, seed=n)))
+        main(["predict", "--model", str(tiny_card), "--save", str(path)])
+    capsys.readouterr()
+    store = stored(app_environment)
+    monkeypatch.setattr(reviews, "LISTED", 2)
+    app = page("worklist.py")
+    app.session_state["wl_show"] = "all"
+    app.run()
+    opened = app.session_state["wl_chosen"]
+    next(b for b in app.button if b.label.startswith("Agree")).click().run()
+    assert not app.exception and store.get(opened).review_count == 1
+    assert app.session_state["wl_chosen"] == opened and not any("filters changed" in i.value for i in app.info)
+    app.toggle(key="wl_disagreements").set_value(True)
+    app.selectbox(key="wl_show").set_value("not yet reviewed").run()
+    assert any("Disagreements are reviewed results" in c.value for c in app.caption)
+    app.toggle(key="wl_disagreements").set_value(False)
+    connection = sqlite3.connect(app_environment / "results.sqlite3")  # every result a week and more old
+    week = int(timedelta(days=8).total_seconds() * 1000)
+    connection.execute("UPDATE scans SET created_ms = created_ms - ?", (week,))
+    connection.commit()
+    connection.close()
+    app.run()
+    assert any("Nothing to read" in i.value for i in app.info)
+    assert any("Older results match these filters" in c.value for c in app.caption)
+
+
 def test_a_result_a_colleague_reviewed_meanwhile_stays_open_with_their_review_and_the_list_says_when_it_is_cut(
     app_environment: Path, tiny_card: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -1172,7 +1212,7 @@ def test_a_result_a_colleague_reviewed_meanwhile_stays_open_with_their_review_an
     app.session_state["wl_show"] = "not yet reviewed"
     app.run()
     assert not app.exception and len(app.dataframe[0].value) == 2
-    assert any("Showing the newest 2 results of more than 2" in w.value for w in app.warning)
+    assert any("Showing the first 2 results in this order (not yet reviewed first" in w.value for w in app.warning)
     assert "Tumour, type uncertain" in app.multiselect(key="wl_verdicts").options
     opened = app.session_state["wl_chosen"]
     label = store.get(opened).label
