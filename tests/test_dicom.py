@@ -357,6 +357,28 @@ def test_padding_around_a_rotated_slice_is_black_and_left_out_of_the_crop(window
     assert (box[2] - box[0]) >= 0.85 * (unpadded_box[2] - unpadded_box[0])  # the head, not a patch inside it
 
 
+def test_signed_pixels_with_a_padding_value_or_lut_start_written_unsigned_are_read_in_their_sign() -> None:
+    """Signed pixels whose PixelPaddingValue (-2000) or first mapped LUT value (-1000) the file wrote as US (63536,
+    64536): the padding matched no pixel and squashed the stretch, and the LUT showed the whole image black."""
+    from pydicom.dataset import Dataset
+
+    from core.imaging.dicom_display import display
+
+    stored = np.tile(np.linspace(-1000, 1000, 64).astype(np.int16), (64, 1))
+    stored[:8, :8] = -2000  # a corner of padding
+    ds = voi_dataset(stored, PixelPaddingValue=63536, RescaleSlope=1.0, RescaleIntercept=0.0)
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 15, 1
+    shown = display(stored, ds)
+    assert shown[:8, :8].max() == 0 and shown[32, 32] in range(110, 146)  # padding black, the middle mid-grey
+    item = Dataset()
+    item.LUTDescriptor = [2001, 64536, 8]  # 2001 entries from stored value -1000
+    item.LUTData = [int(v) for v in np.linspace(0, 255, 2001)]
+    ds = voi_dataset(stored, VOILUTSequence=[item], RescaleSlope=1.0, RescaleIntercept=0.0)
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 15, 1
+    shown = display(stored, ds)
+    assert shown[32, 0] < 10 and shown[32, 32] in range(110, 146) and shown[32, -1] > 245
+
+
 def test_a_dicom_slice_reopened_from_the_worklist_keeps_its_patient_directions(tmp_path, tiny_classifier) -> None:
     """The kept copy is a PNG: reopened, the slice said "left and right unknown" where the upload had shown them."""
     from core.services.access import Actor

@@ -14,13 +14,22 @@ import numpy as np
 from core.imaging.limits import stretch_to_uint8
 
 
+def _as_stored(value: Any, dataset: Any) -> int:
+    """A 16-bit header value in the pixels' own sign: files with signed pixels often write a negative padding value
+    or first mapped LUT value as US (-2000 as 63536), which then matched no pixel, or blackened the whole image."""
+    number = int(value)
+    signed = int(dataset.get("PixelRepresentation", 0) or 0) == 1
+    return number - 65536 if signed and 32768 <= number <= 65535 else number
+
+
 def padding_of(stored: np.ndarray, dataset: Any) -> np.ndarray | None:
     """Where the stored values are padding (PixelPaddingValue, up to PixelPaddingRangeLimit: the corners a scanner
     fills around a rotated or reformatted image), None when none is declared or found."""
     try:
         value = dataset.get("PixelPaddingValue")
         limit = dataset.get("PixelPaddingRangeLimit")
-        low, high = sorted((int(value), int(limit if limit is not None else value))) if value is not None else (0, 0)
+        ends = (value, limit if limit is not None else value)
+        low, high = sorted(_as_stored(v, dataset) for v in ends) if value is not None else (0, 0)
     except (TypeError, ValueError):  # a malformed value: no padding assumed, the image shown as stored
         return None
     if value is None:
@@ -62,6 +71,7 @@ def apply_voi_table(values: np.ndarray, dataset: Any) -> np.ndarray:
     """
     item = dataset.VOILUTSequence[0]
     entries, first, bits = (int(v) for v in item.LUTDescriptor)
+    first = _as_stored(first, dataset)
     if not 1 <= bits <= 16:  # a table whose entries have no range is no table: the percentile stretch
         return stretch_to_uint8(np.asarray(values, dtype=np.float64))
     entries = entries or 65536
