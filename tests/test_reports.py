@@ -73,6 +73,9 @@ def test_a_study_report_states_the_verdicts_the_review_and_the_model_and_renders
     assert "Not reviewed by a radiologist yet." in text and "Model verdict (not reviewed yet): " in text
     assert "Pixel spacing: 0.90 x 0.90 mm" in text and "tiny" in text and "limitations" in text.lower()
     assert "ZZCANARY" not in text  # the DICOM PatientName of the phantom never reaches a report
+    import re
+
+    assert re.search(r"section \d+, [RLAPSIFH]+ ?\d+\.\d mm", text), text  # each key section's place, as the viewer's
     subprocess.run(
         ["pdftoppm", "-png", "-r", "60", "-f", "1", "-l", "1", str(tmp_path / "report.pdf"), str(tmp_path / "page")],
         check=True,

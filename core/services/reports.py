@@ -129,7 +129,7 @@ def _header(pdf, facts: list[tuple[str, str]]) -> None:
     pdf.set_font("Helvetica", size=10)
     for name, value in facts:
         pdf.cell(62, 5.5, _text(name))
-        pdf.multi_cell(0, 5.5, _text(value), **_NEXT_LINE)  # a long name or version wraps (it ran off the page)
+        pdf.multi_cell(0, 5.5, _text(value), align="L", **_NEXT_LINE)  # a long name wraps (it ran off the page)
     pdf.ln(2)
 
 
@@ -235,7 +235,7 @@ def _series(
     pdf.set_font("Helvetica", size=9)
     rows = sum(len(pdf.multi_cell(0, 4.5, _text(line), dry_run=True, output="LINES")) for line in lines)
     # the title with its curve and key sections on one page (they once began the next page under no title)
-    _room_for(pdf, 7 + 4.5 * rows + (0 if view is None else 34 + KEY_SIDE + 6))
+    _room_for(pdf, 7 + 4.5 * rows + (0 if view is None else 34 + KEY_SIDE + CAPTION))
     pdf.set_font("Helvetica", "B", 11)
     pdf.cell(0, 7, _text(f"Series {number}: {plane}, {_count(record.section_count or 0, 'section')}"), **_NEXT_LINE)
     pdf.set_font("Helvetica", size=9)
@@ -244,7 +244,7 @@ def _series(
     if view is None:
         pdf.multi_cell(0, 4.5, _text("The series' images are no longer kept (retention period)."), **_NEXT_LINE)
         return
-    _room_for(pdf, 34 + KEY_SIDE + 6)  # the curve and the key sections' row, with their captions, on one page
+    _room_for(pdf, 34 + KEY_SIDE + CAPTION)  # the curve and the key sections' row, with their captions, on one page
     top = pdf.get_y() + 1
     _curve(pdf, view, pdf.l_margin, top, 180, 28)
     pdf.set_y(top + 33)
@@ -253,6 +253,7 @@ def _series(
 
 
 KEY_SIDE = 55  # mm: a key section's box
+CAPTION = 8  # mm under it: two lines (the section and its place, its probability)
 
 
 def _room_for(pdf, height: float) -> None:
@@ -267,7 +268,7 @@ def _key_section_images(pdf, view: SeriesView, maps: dict[int, np.ndarray | None
     and its captions on one page (an image drawn past the bottom had its caption on the next page, beside another
     section)."""
     side = KEY_SIDE
-    _room_for(pdf, side + 6)
+    _room_for(pdf, side + CAPTION)
     y = pdf.get_y()
     for k, (index, map_) in enumerate(maps.items()):
         section = view.sections[index]
@@ -276,8 +277,10 @@ def _key_section_images(pdf, view: SeriesView, maps: dict[int, np.ndarray | None
         pdf.set_xy(pdf.l_margin + k * (side + 7), y + side + 0.5)
         pdf.set_font("Helvetica", size=7)
         heat_note = " (heat map)" if map_ is not None else ""
-        pdf.cell(side, 3, _text(f"section {index + 1}: P(tumour) {two_places(view.curve[index])}{heat_note}"))
-    pdf.set_y(y + side + 6)
+        place = view.place(index)  # where it lies, as the viewer titles it: found again in the PACS by position
+        caption = f"section {index + 1}, {place}\nP(tumour) {two_places(view.curve[index])}{heat_note}"
+        pdf.multi_cell(side, 3, _text(caption))
+    pdf.set_y(y + side + CAPTION)
     if any(map_ is not None for map_ in maps.values()):
         pdf.set_font("Helvetica", size=7)
         pdf.multi_cell(0, 3, _text(HEAT_MEANING), **_NEXT_LINE)
