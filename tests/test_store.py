@@ -1807,6 +1807,9 @@ def test_a_backup_inside_the_data_folder_or_cut_short_leaves_nothing_behind(tmp_
     with pytest.raises(StoreError, match="inside the data folder"):
         backup_embedded(data, data / "images" / "bk")
     assert not (data / "images" / "bk").exists()
+    made = backup_embedded(data, tmp_path / "first")  # no patient-reference key here: the note does not claim one
+    assert "patient-ref.key" not in made["keys"] and "patient-reference key" not in made["note"]
+    shutil.rmtree(tmp_path / "first")
 
     def full(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")

@@ -2,7 +2,7 @@
 
 JSON on stdout, progress on stderr, never a traceback. Exit status: 0 when every file was classified (or the
 command did what it was asked), 1 when any file was rejected (or the audit chain is broken), 2 for bad usage or an
-unusable model or database.
+unusable model or database, 3 when a result asked to be saved (``--save``) could not be.
 """
 
 from __future__ import annotations

@@ -39,7 +39,12 @@ def backup_embedded(data_dir: Path, out: Path) -> dict[str, Any]:
     except BaseException:  # a store error, or Ctrl-C: never a hidden copy of the database and its keys left
         shutil.rmtree(draft, ignore_errors=True)
         raise
-    return {"backup": str(out), **made, "note": "holds the patient-reference key: keep it as the data folder"}
+    note = (  # only what it holds: a site whose references are keyed elsewhere has no key file here
+        "holds the patient-reference key: keep it as the data folder"
+        if "patient-ref.key" in made["keys"]
+        else "keep it as the data folder is kept"
+    )
+    return {"backup": str(out), **made, "note": note}
 
 
 def check_target(data_dir: Path, out: Path) -> Path:
