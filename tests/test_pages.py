@@ -1151,6 +1151,20 @@ def test_a_review_pressed_on_a_stale_panel_never_replaces_a_colleagues_and_says_
             assert app.multiselect[-1].value == [] and app.session_state[f"override-note-{record.id}"] == ""
 
 
+def three_saved_scans_on_a_list_of_two(app_environment: Path, tiny_card: Path, monkeypatch, capsys):
+    """Three scans saved from the command line, the worklist cut at two; the store."""
+    from core.cli import main
+    from core.services import reviews
+
+    for n in range(3):
+        path = app_environment.parent / f"scan{n}.png"
+        path.write_bytes(png_bytes(synthetic_slice(256, tumour=n % 2 == 0, seed=n)))
+        main(["predict", "--model", str(tiny_card), "--save", str(path)])
+    capsys.readouterr()
+    monkeypatch.setattr(reviews, "LISTED", 2)
+    return stored(app_environment)
+
+
 def test_a_result_the_reader_reviews_stays_open_when_its_review_moves_it_past_the_lists_cut_and_empty_lists_say_why(
     app_environment: Path, tiny_card: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -1160,16 +1174,7 @@ def test_a_result_the_reader_reviews_stays_open_when_its_review_moves_it_past_th
     import sqlite3
     from datetime import timedelta
 
-    from core.cli import main
-    from core.services import reviews
-
-    for n in range(3):
-        path = app_environment.parent / f"scan{n}.png"
-        path.write_bytes(png_bytes(synthetic_slice(256, tumour=n % 2 == 0, seed=n)))
-        main(["predict", "--model", str(tiny_card), "--save", str(path)])
-    capsys.readouterr()
-    store = stored(app_environment)
-    monkeypatch.setattr(reviews, "LISTED", 2)
+    store = three_saved_scans_on_a_list_of_two(app_environment, tiny_card, monkeypatch, capsys)
     app = page("worklist.py")
     app.session_state["wl_show"] = "all"
     app.run()
@@ -1197,17 +1202,10 @@ def test_a_result_a_colleague_reviewed_meanwhile_stays_open_with_their_review_an
     """On the "not yet reviewed" list a stale Agree was refused, but the result had left the list: the page opened
     another one (same Agree button), blamed "the filters", and never showed the colleague's review. And the list
     stopped at 200 without a word, the oldest results to read out of reach."""
-    from core.cli import main
     from core.services import reviews
     from core.services.access import Actor
 
-    for n in range(3):
-        path = app_environment.parent / f"scan{n}.png"
-        path.write_bytes(png_bytes(synthetic_slice(256, tumour=n % 2 == 0, seed=n)))
-        main(["predict", "--model", str(tiny_card), "--save", str(path)])
-    capsys.readouterr()
-    store = stored(app_environment)
-    monkeypatch.setattr(reviews, "LISTED", 2)
+    store = three_saved_scans_on_a_list_of_two(app_environment, tiny_card, monkeypatch, capsys)
     app = page("worklist.py")
     app.session_state["wl_show"] = "not yet reviewed"
     app.run()
