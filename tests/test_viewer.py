@@ -52,6 +52,9 @@ def test_the_section_figure_carries_the_section_as_a_png_with_its_letters_and_li
     hot = _decode(section_figure(section, heat=heat, opacity=0.5)["data"][0]["source"], "data:image/png;base64,")
     assert hot[0, 40, 2] > hot[0, 40, 0]  # red (BGR) where the map is hot, grey where it is cold
     assert hot[0, 10, 2] == hot[0, 10, 0]
+    from core.model.explain import overlay  # the colours of the Scan page and the PDF (a red-white blend differed)
+
+    assert np.array_equal(cv2.cvtColor(hot, cv2.COLOR_BGR2RGB), overlay(section, heat, 0.5))
 
 
 def test_the_curve_marks_the_threshold_the_current_section_and_the_sections_above_and_skipped() -> None:

@@ -20,6 +20,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from core.imaging.dicom_display import apply_window
+from core.model.explain import overlay
 from core.services.views import OUTLINE_RGB, draw_outline
 
 OUTLINE_COLOR = "#{:02x}{:02x}{:02x}".format(*OUTLINE_RGB)
@@ -121,11 +122,10 @@ def section_figure(
 
     The viewer's figures are plain Plotly specifications (dicts): building and validating graph objects cost
     tens of milliseconds per figure, on every step of a scroll through a series."""
-    rgb = np.repeat(section[:, :, None], 3, axis=2).astype(np.float32)
-    if heat is not None:
-        red = np.stack([np.ones_like(heat), 1.0 - heat, 1.0 - heat], axis=2) * 255.0
-        weight = (opacity * np.clip(heat, 0.0, 1.0))[:, :, None]
-        rgb = rgb * (1.0 - weight) + red * weight
+    if heat is None:
+        rgb = np.repeat(section[:, :, None], 3, axis=2)
+    else:  # the colours of the Scan page, the Worklist and the PDF (a red-white blend here read otherwise)
+        rgb = overlay(np.asarray(section, np.uint8), np.clip(heat, 0.0, 1.0).astype(np.float32), opacity)
     # a PNG data URI, not a z array: a 256 x 256 x 3 array goes out as 196,608 JSON numbers on every scroll step
     source = data_uri(cv2.cvtColor(rgb.astype(np.uint8), cv2.COLOR_RGB2BGR), "png")
     h, w = section.shape
