@@ -230,6 +230,11 @@ def test_pacs_failures_each_get_their_own_message(orthanc, tiny_classifier) -> N
         small.retrieve_mr(STUDY)
     outcome = pacs_service.pull_and_analyse(small, RADIOLOGIST, STUDY, tiny_classifier, None, None).outcome
     assert outcome.error_code == "file_too_large" and outcome.series == ()  # nothing analysed from a part
+    # pixels counted from the series' metadata before any image is held (one huge multi-frame file was held whole)
+    few = Pacs(orthanc.dicomweb, orthanc.user, orthanc.password, limits=StudyLimits(max_dicom_pixels=1000))
+    few._client.iter_series = lambda *a, **k: pytest.fail("retrieved before the pixels were counted")
+    with pytest.raises(FileTooLarge, match="refused before retrieving them"):
+        few.retrieve_mr(STUDY)
     with pytest.raises(PacsUnreachable, match="no DICOMweb service at this address"):  # a mistyped root: "no such
         Pacs(orthanc.dicomweb.replace("dicom-web", "dicomweb"), orthanc.user, orthanc.password).search()  # study"
     with pytest.raises(PacsQueryRefused, match="exactly"):  # "*" listed every patient's studies, "A,B" two

@@ -650,6 +650,7 @@ def test_a_series_the_pacs_gives_short_is_not_analysed_short(monkeypatch: pytest
     listed = [SeriesHit(f"{STUDY}.1", "MR", "T1", 6)]
     monkeypatch.setattr(pacs, "series_of", lambda study_uid: listed)
     sent = [pydicom.dcmread(io.BytesIO(data)) for data in files]
+    monkeypatch.setattr(pacs._client, "retrieve_series_metadata", lambda *_: [d.to_json_dict() for d in sent])
     monkeypatch.setattr(pacs._client, "iter_series", lambda study_uid, series_uid, **_: iter(sent[:4]))
     with pytest.raises(PacsError, match="gave 4 of the 6 images"):
         pacs.retrieve_mr(STUDY)
@@ -686,6 +687,7 @@ def test_a_study_over_the_limits_is_pulled_without_its_largest_series_which_it_n
     pacs = Pacs("http://pacs.invalid/dicom-web", limits=limits)
     monkeypatch.setattr(pacs, "series_of", lambda study_uid: [t1, perfusion])
     sent = [pydicom.dcmread(io.BytesIO(data)) for data in files]
+    monkeypatch.setattr(pacs._client, "retrieve_series_metadata", lambda *_: [d.to_json_dict() for d in sent])
     monkeypatch.setattr(pacs._client, "iter_series", lambda study_uid, series_uid, **_: iter(sent))
     pulled = pacs_service.pull_and_analyse(pacs, RADIOLOGIST, STUDY, tiny_classifier, None, None)
     assert pulled.outcome.error_code is None and len(pulled.outcome.series) == 1

@@ -232,6 +232,12 @@ class Pacs:
             f"{self.limits.max_sections} sections a series (not retrieved, not analysed)"
             for s in left_out
         ]
+        pixels = sum(self._pixels_of(study_uid, hit.series_uid) for hit in series)
+        if pixels > self.limits.max_dicom_pixels:  # from the headers, before any image is held in memory
+            raise FileTooLarge(
+                f"The study's MR series hold {pixels / 2**20:.0f} M pixels; the limit is "
+                f"{self.limits.max_dicom_pixels / 2**20:.0f} M (refused before retrieving them)."
+            )
         files: list[bytes] = []
         total = 0
         for hit in series:
@@ -257,6 +263,20 @@ class Pacs:
                     "study was not analysed short. Try again."
                 )
         return files, skipped
+
+    def _pixels_of(self, study_uid: str, series_uid: str) -> int:
+        """The pixels a series' images hold, from its metadata (WADO-RS, no pixel data): rows x columns x frames x
+        samples per image (one very large multi-frame file was held, about four times its size, before the byte
+        limit refused the study)."""
+        metadata = self._call("series metadata", lambda: self._client.retrieve_series_metadata(study_uid, series_uid))
+        with self._errors("series metadata"):
+            return sum(
+                int(_value(m, "00280010", 0) or 0)  # Rows
+                * int(_value(m, "00280011", 0) or 0)  # Columns
+                * max(int(_value(m, "00280008", 1) or 1), 1)  # NumberOfFrames (IS)
+                * max(int(_value(m, "00280002", 1) or 1), 1)  # SamplesPerPixel
+                for m in metadata
+            )
 
     def store(self, datasets: Sequence[Any]) -> list[str]:
         """Store DICOM datasets (STOW-RS); returns the SOP Instance UIDs the PACS accepted."""
