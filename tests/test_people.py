@@ -424,15 +424,15 @@ def test_enabling_a_disabled_account_again_does_not_bring_back_its_sessions(stor
     for name in ("boss", "dr.y@hospital.example"):
         accounts.set_disabled(store, ADMIN, name)
         accounts.set_disabled(store, ADMIN, name, False)
-    assert store.get_account("boss").sessions_from is not None
-    assert accounts.refreshed_actor(store, before) is None
+    ended = store.get_account("boss").sessions_from
+    assert ended is not None and accounts.refreshed_actor(store, before) is None
     assert accounts.refreshed_actor(store, sso_before) is None
     after = accounts.sign_in(store, "boss", PASSWORD)  # a new sign-in is a new session
     assert accounts.refreshed_actor(store, after) == after
     sso_after = accounts.external_actor(store, claims)
     assert accounts.refreshed_actor(store, sso_after) == sso_after
     accounts.set_role(store, ADMIN, "boss", "radiologist")  # other changes keep the time of the last disable
-    assert store.get_account("boss").sessions_from == store.get_account("boss").sessions_from is not None
+    assert store.get_account("boss").sessions_from == ended
     assert accounts.refreshed_actor(store, after).role == "radiologist"
 
 
@@ -694,6 +694,9 @@ def test_a_review_and_its_audit_event_commit_together_or_the_reader_is_told_the_
             reviews.review_result(store, RADIOLOGIST, record.id, "notumor", ["false_alarm"], "", seen_reviews=0)
         assert not isinstance(refused.value, UnauditedChange)
         assert store.get(record.id).review_count == 0 and store.reviews_of(record.id) == []
+        with pytest.raises(StoreUnavailable) as refused, store.atomic():  # inside a unit of work (the PACS's review
+            reviews.review_result(store, RADIOLOGIST, record.id, "notumor", seen_reviews=0)  # and send): not "saved"
+        assert not isinstance(refused.value, UnauditedChange) and store.get(record.id).review_count == 0
     else:
         with pytest.raises(UnauditedChange, match="review was saved, but its audit event could not be written"):
             reviews.review_result(store, RADIOLOGIST, record.id, "notumor", ["false_alarm"], "", seen_reviews=0)

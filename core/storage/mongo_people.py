@@ -36,6 +36,7 @@ class MongoPeople:
     _db: Any
     audit_key: bytes | None = None
     head_written_apart = True  # the chain's head is a document of its own, written after each event
+    rolls_back = False  # atomic() writes one document after another: a failure inside undoes nothing
     _collection: Any
     _errors: Any
     get: Any

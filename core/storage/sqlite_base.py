@@ -27,6 +27,7 @@ class SQLiteBase:
     """A SQLite file's connections, transactions and error mapping: what every part of :class:`SQLiteStore` uses."""
 
     audit_key: bytes | None = None  # keys the audit chain (set by open_store from the configuration)
+    rolls_back = True  # a failure inside atomic() (or a unit of work around it) undoes every write in it
 
     def __init__(self, path: Path, busy_timeout_s: float = 5.0) -> None:
         self.path = Path(path)
