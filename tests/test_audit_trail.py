@@ -190,6 +190,10 @@ def test_the_export_reads_every_matching_event_a_page_at_a_time_oldest_first(sto
         "action": "account_created",
         "who": "root",
     }
+    made = audit.export_csv(store, ADMIN, {"who": "x;=HYPERLINK(1);y", "target": "a" * 64}).decode()
+    assert ";=HYPERLINK" not in made.splitlines()[0]  # the typed filter in the heading is no formula either
+    seen = audit.events(store, SUPERVISOR, action="audit_export", limit=1)[0]  # supervisors read this event:
+    assert seen.detail["filters"] == {"who": "x;=HYPERLINK(1);y", "by_target": True}  # not which result it was
 
 
 def test_the_audit_export_has_no_cell_a_spreadsheet_would_run(store) -> None:

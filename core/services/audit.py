@@ -271,13 +271,17 @@ def export_csv(store: AuditTrail, actor: Actor, filters: Mapping[str, Any]) -> b
     chosen = newest_first[::-1]
     buffer = io.StringIO()
     shown = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in filters.items() if v is not None}
-    buffer.write(f"# audit events; filters: {json.dumps(shown, sort_keys=True) if shown else 'none'}\n")
+    heading = f"# audit events; filters: {json.dumps(shown, sort_keys=True) if shown else 'none'}"
+    buffer.write(f"{spreadsheet_safe(heading)}\n")  # typed filters are text too: no formula a spreadsheet would run
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["seq", "at_utc", "actor", "role", "action", "target", "detail", "prev_hash", "hash"])
     for e in chosen:  # names and details are text users chose: no cell a spreadsheet would run
         cells = [e.actor, e.role, e.action, e.target or "", json.dumps(e.detail, sort_keys=True)]
         writer.writerow([e.seq, e.at.isoformat(), *map(spreadsheet_safe, cells), e.prev_hash, e.hash])
-    record(store, actor, "audit_export", None, events=len(chosen), filters=shown)  # whose events left, too
+    # which events left, too; the target as a flag only (supervisors read this event: which result or patient an
+    # admin looked into is theirs no more than a target filter is)
+    kept = {k: v for k, v in shown.items() if k != "target"} | ({"by_target": True} if "target" in shown else {})
+    record(store, actor, "audit_export", None, events=len(chosen), filters=kept)
     return buffer.getvalue().encode("utf-8")
 
 
