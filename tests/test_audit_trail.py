@@ -9,6 +9,7 @@ import json
 import sqlite3
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -147,6 +148,31 @@ def test_a_verified_point_that_no_longer_matches_the_chain_is_a_broken_chain(sto
         assert audit.verify(store).intact and audit.verify_new(store, SUPERVISOR).intact
     if case == "moved past an edit":
         assert check.first_bad.seq == 7
+
+
+def test_an_unkeyed_trail_replaced_by_a_re_hashed_one_stays_broken_after_a_full_check(store) -> None:
+    """A failed full check sent the page's check back to the chain's start: an unkeyed trail replaced by one
+    re-hashed whole (the verified event gone) then read intact on the page."""
+    from core.domain.people import event_hash
+
+    store.audit_key = None  # a shared MongoDB without [audit] key: re-hashing is possible
+    write(store, 5)
+    assert audit.verify_new(store, SUPERVISOR).intact and store.audit_verified().seq == 5
+    previous = "0" * 64
+    for event in store.audit_events():  # every event re-written and re-hashed, the head with them
+        forged = replace(event, actor="someone-else", prev_hash=previous, hash="")
+        forged = replace(forged, hash=event_hash(forged))
+        tamper(store, event.seq, actor=forged.actor, prev_hash=forged.prev_hash, hash=forged.hash)
+        previous = forged.hash
+    if isinstance(store, SQLiteStore):
+        with sqlite3.connect(store.path) as database:
+            database.execute("UPDATE audit_head SET hash = ?", (previous,))
+    else:
+        store._db["meta"].update_one({"_id": "audit_head"}, {"$set": {"hash": previous}})
+    assert audit.verify_new(store, SUPERVISOR).intact is False
+    full = audit.verify(store)  # whole in itself, but the event verified before is gone
+    assert not full.intact and "verified earlier, is no longer in the chain" in full.problem
+    assert not audit.verify_new(store, SUPERVISOR).intact and store.audit_verified().seq == 5
 
 
 def test_events_are_filtered_in_the_database_newest_first_and_redacted_for_supervisors(store, monkeypatch) -> None:

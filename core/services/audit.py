@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from core.domain.people import GENESIS, KEYED, AuditEvent, AuditHead, AuditQuery, VerifiedPoint, first_broken
+from core.domain.people import KEYED, AuditEvent, AuditHead, AuditQuery, VerifiedPoint, first_broken
 from core.errors import AccessDenied, StoreError
 from core.services.access import AUDIT_EXPORT, AUDIT_READ, OPEN_RESULT, Actor, allowed, require
 from core.services.exports import spreadsheet_safe
@@ -70,11 +70,19 @@ def _verify_all(store: AuditTrail, expected_head: tuple[int, str] | None, keep_p
         and not any(e.seq == expected_head[0] and e.hash == expected_head[1] for e in events)
     ):
         problem = f"the noted head {expected_head[0]} is no longer in the chain: the trail was cut or replaced"
+    point = store.audit_verified() if keep_point else None
+    moved = None
+    if point is not None and point.hash != BROKEN and key is None:  # an unkeyed chain whole in itself that lost the
+        moved = _point_moved(store, point, key)  # event verified before was replaced, re-hashed (a keyed one cannot be)
+    problem = problem or moved
     if problem is None and last is not None and keep_point:  # a head one behind: the point stays at the head's
         _mark(store, (head.seq, head.hash) if _behind(events, head, last) else last, key)  # type: ignore[union-attr]
-    elif problem is not None and keep_point:  # back to the chain's start: the page's check re-hashes everything
-        _mark(store, (0, GENESIS), key)  # (and says broken) until a full check finds the chain whole again
+    elif problem is not None and keep_point and moved is None:  # an edit before the point, which still stands:
+        _mark(store, (0, BROKEN), key)  # the page's check says broken from now on, until a full check finds it whole
     return Verification(problem is None, len(events), bad, head, problem, key is not None, len(events))
+
+
+BROKEN = "broken"  # the verified point's hash after a full check found the chain broken (its sequence number: 0)
 
 
 def full_check(store: AuditTrail, actor: Actor) -> Verification:
@@ -104,6 +112,8 @@ def verify_new(store: AuditTrail, actor: Actor) -> Verification:
     if point is None or (key is not None and not point.mac):  # never checked (or only before the chain was keyed)
         return verify(store)
     moved = _point_moved(store, point, key)
+    if moved is None and point.hash == BROKEN:  # a full check found the chain broken: not checked from here
+        moved = "a full check found the chain broken (python -m core audit verify names what changed)"
     if moved is not None:  # checked whole to name what changed, but the point stays where it was
         whole = _verify_all(store, None, keep_point=False)
         return replace(whole, intact=False, problem=whole.problem or moved)
@@ -177,8 +187,8 @@ def _point_moved(store: AuditTrail, point: VerifiedPoint, key: bytes | None) -> 
     """Why the verified point no longer stands (None when its event is in the chain as it was verified)."""
     if key is not None and point.mac != point.expected_mac(key):
         return "the record of the last verified event was altered (its signature does not hold)"
-    if point.seq == 0:  # the chain's start (a full check found it broken): every event is checked from there
-        return None if point.hash == GENESIS else "the record of the last verified event was altered"
+    if point.hash == BROKEN:  # no event: the mark a failed full check leaves
+        return None
     found = store.audit_events(point.seq - 1, 1)
     if not found or (found[0].seq, found[0].hash) != (point.seq, point.hash):
         return f"event {point.seq}, verified earlier, is no longer in the chain as it was: the trail was changed"
