@@ -790,3 +790,15 @@ def test_a_key_image_that_shows_something_else_is_a_new_instance(tiny_classifier
     changed = replace(series, volume=replace(series.volume, sections=drawn))
     second = [str(image.SOPInstanceUID) for image in objects.key_images(evidence, changed)]
     assert second[0] != first[0] and second[1:] == first[1:]
+
+
+def test_text_from_the_pacs_and_names_reach_the_page_as_text_never_as_markdown() -> None:
+    """A series number holding a Markdown link, left out over the limits, was quoted in a caption and shown as a
+    link; a reviewer named dr_x_y read in italics."""
+    from core.pacs.client import _series_number
+    from ui.wording import plain
+
+    assert _series_number("[Open](https://evil.example)") == "" and _series_number("7") == "7"
+    assert plain("[Open](https://e.example) ![](x.png) dr_x_y") == (
+        r"\[Open\]\(https\://e.example\) \!\[\]\(x.png\) dr\_x\_y"
+    )

@@ -27,7 +27,7 @@ from core.services.access import HISTORY, REVIEW, Actor, allowed
 from core.services.reviews import review_labels
 from ui import resources
 from ui.study import keep, pacs_name, pacs_study_uid, studies, unsaved
-from ui.wording import count_of, pretty
+from ui.wording import count_of, plain, pretty
 
 logger = logging.getLogger("btd.ui")
 HITS, PULLED, SENT, SHOWN_REVIEWS = "pacs_hits", "pacs_pulled", "pacs_sent", "pacs_shown_reviews"
@@ -234,7 +234,7 @@ def _reviews_so_far(box: Any, actor: Actor, result_ids: Sequence[str]) -> dict[s
         box.info(
             "Reviewed already (each series' latest review): "
             + "; ".join(
-                f"{pretty(label)} by {reviewer}, {when} ({n} series)"
+                f"{pretty(label)} by {plain(reviewer)}, {when} ({n} series)"
                 for (label, reviewer, when), n in sorted(latest.items(), key=lambda item: item[0][2])
             )
             + ". A final label chosen here is recorded as a new review of each series.",

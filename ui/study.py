@@ -17,7 +17,7 @@ from core.services.triage import NOT_UPDATED
 from ui import resources
 from ui.auth import report_download
 from ui.viewer import series_panel, verdict_line
-from ui.wording import count_of, pretty
+from ui.wording import count_of, plain, pretty
 
 KEPT = 3  # studies a session keeps (each holds its sections at display size)
 CURRENT = "study_current"
@@ -93,8 +93,8 @@ def show_study(
         f"{len(study.views)} series · model {classifier.card.name} {classifier.card.version} · "
         "a triage aid for a radiologist, not a diagnosis"
     )
-    for note in study.notes:
-        st.caption(note)
+    for note in study.notes:  # may quote a PACS's answer (a series number): shown as text, never as Markdown
+        st.caption(plain(note))
     if actions is not None:
         actions()
     for number, view in enumerate(study.views, start=1):

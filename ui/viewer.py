@@ -26,7 +26,7 @@ from ui.viewer_figures import (
     timeline_figure,
     windowed,
 )
-from ui.wording import LABEL_NAMES, percent, pretty, two_places
+from ui.wording import LABEL_NAMES, percent, plain, pretty, two_places
 
 
 def verdict_line(view: SeriesView) -> str:
@@ -54,7 +54,7 @@ def reviewed(view: SeriesView) -> str:
     record = view.record
     if record is None or not record.review_count or record.final_label is None:
         return ""
-    by = f" by {record.reviewer}" if record.reviewer else ""
+    by = f" by {plain(record.reviewer)}" if record.reviewer else ""  # a name is text from outside: never Markdown
     return f" · **final label {pretty(record.final_label)}**{by} (reviewed)"
 
 

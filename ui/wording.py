@@ -3,6 +3,8 @@ from (the display names themselves are the model's, :data:`core.model.decision.L
 
 from __future__ import annotations
 
+import re
+
 from core.analytics.quality import TURNAROUND_CAP_H
 from core.model.decision import LABEL_NAMES, percent, two_places
 
@@ -14,6 +16,7 @@ __all__ = [
     "count_of",
     "hours_within",
     "percent",
+    "plain",
     "pretty",
     "probability_shown",
     "two_places",
@@ -55,3 +58,13 @@ def probability_shown(record) -> str:
 def hours_within(hours: float) -> str:
     """A review turnaround (an upper bin edge) as the board states it; the stores' last bin is "or more"."""
     return f"{hours:.0f} h or more" if hours >= TURNAROUND_CAP_H else f"within {hours:.0f} h"
+
+
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+!|<>$~:-])")
+
+
+def plain(text: object) -> str:
+    """Text from outside the app (a name, a PACS's series number, a reason built from either) as Markdown shows it
+    literally: every mark Markdown would read escaped (a name with underscores read in italics, and a link in a
+    PACS's answer was a link on the page)."""
+    return _MARKDOWN.sub(r"\\\1", str(text))

@@ -71,6 +71,14 @@ def within_limits(series: Sequence[SeriesHit], limits: StudyLimits) -> tuple[lis
     return [s for s in series if s.series_uid in taken], [s for s in series if s.series_uid not in taken]
 
 
+def _series_number(value: Any) -> str:
+    """A Series Number (IS) as digits, or "" when the PACS sent something else (it is quoted on the page)."""
+    try:
+        return str(int(value))
+    except (TypeError, ValueError):
+        return ""
+
+
 def _value(attributes: dict[str, Any], tag: str, default: Any = "") -> Any:
     """The first value of a DICOM JSON attribute (PS3.18 F.2), or ``default``."""
     values = (attributes.get(tag) or {}).get("Value") or []
@@ -207,7 +215,7 @@ class Pacs:
                     modality=str(_value(s, "00080060")),
                     description=str(_value(s, "0008103E")),
                     instances=_optional_int(_value(s, "00201209", None)),
-                    number=str(_value(s, "00200011")),
+                    number=_series_number(_value(s, "00200011", None)),
                 )
                 for s in found
             ]

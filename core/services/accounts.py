@@ -304,6 +304,20 @@ def _rehash(store: Store, seen: Account, new_hash: str) -> bool:
     return store.update_account(seen.name, {"password_hash": new_hash}, {"password_hash": seen.password_hash})
 
 
+def _identity_refusal(store: Store, name: str, account: Account | None) -> tuple[str, str] | None:
+    """Why an identity's name cannot sign in (the audit's reason, the screen's words), or None."""
+    if name.lower() in RESERVED_NAMES:  # the trail's names for the command line and for failed sign-ins
+        return "reserved name", "is reserved by the triage dashboard"
+    if len(name) > 254 or not all(c.isalnum() or c in "._@+-" for c in name):  # shown to other readers (a
+        return "unusable identity name", "has characters the triage dashboard cannot show"  # link in a name)
+    if account is None and name and any(a.name.lower() == name.lower() for a in store.accounts()):  # "DR-A" by "dr-a"
+        return "name differs only in case", "differs from an account's only in case"
+    if account is not None and account.password_hash is not None:  # a local password account's name: refused, or
+        # every later run (which re-reads the account by name) would give the identity that account's role
+        return "name of a password account", "belongs to a local account with a password"
+    return None
+
+
 def external_actor(store: Store, claims: Mapping[str, Any], role_claim: str | None = None) -> Actor:
     """The actor for an identity provider's user: the name is the e-mail (or the subject); the role comes from
     ``role_claim`` when the deployment maps one (a role name or a list holding one), else from the local account
@@ -317,14 +331,11 @@ def external_actor(store: Store, claims: Mapping[str, Any], role_claim: str | No
         values = value if isinstance(value, list | tuple) else [value]
         role = next((str(v) for v in values if str(v) in ROLES), None)
     via = VIA_CLAIM if role is not None else VIA_ACCOUNT
-    if name.lower() in RESERVED_NAMES:  # the trail's names for the command line and for failed sign-ins
-        audit.record(store, Actor("unknown", "none"), "sign_in_failed", None, reason="reserved name")
-        raise SignInFailed("This identity's name is reserved by the triage dashboard; ask an administrator.")
     account = store.get_account(name) if name else None
-    if account is not None and account.password_hash is not None:  # a local password account's name: refused, or
-        # every later run (which re-reads the account by name) would give the identity that account's role
-        audit.record(store, Actor("unknown", "none"), "sign_in_failed", None, reason="name of a password account")
-        raise SignInFailed("This identity's name belongs to a local account with a password; ask an administrator.")
+    refused = _identity_refusal(store, name, account)
+    if refused is not None:
+        audit.record(store, Actor("unknown", "none"), "sign_in_failed", None, reason=refused[0])
+        raise SignInFailed(f"This identity's name {refused[1]}; ask an administrator.")
     if role is None and account is not None and not account.disabled:
         role = account.role
     if not name or role is None or (account is not None and account.disabled):
