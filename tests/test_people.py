@@ -631,12 +631,14 @@ def test_audit_verify_finds_a_wiped_trail_beside_results_and_refuses_a_data_fold
 ) -> None:
     """A trail wiped with the accounts (results kept) read "intact"; so did a mistyped data folder, where the
     command made an empty database and its keys."""
+    import shutil
+
     from core.services.resources import open_results_store
 
     monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.delenv("MONGODB_URI", raising=False)
     store = open_results_store()
-    store.add(make_record(3, datetime(2026, 11, 30, 9, tzinfo=UTC), "glioma"))
+    store.add(replace(make_record(3, datetime(2026, 11, 30, 9, tzinfo=UTC), "glioma"), image_key="a" * 64))
     audit.record(store, COMMAND_LINE, "upload", "r" * 64)
     database = sqlite3.connect(tmp_path / "data" / "results.sqlite3")
     database.execute("DROP TRIGGER audit_append_only_delete")
@@ -651,6 +653,12 @@ def test_audit_verify_finds_a_wiped_trail_beside_results_and_refuses_a_data_fold
         code, (line,) = run_cli(command, capsys)
         assert code == 2 and "no results database" in line["error"]["message"], command
     assert not (tmp_path / "typo").exists()  # no database, no key made there
+    upgraded = tmp_path / "upgraded"  # results from before the trail began (version 2): nothing was removed
+    upgraded.mkdir()
+    shutil.copy(Path(__file__).parent / "data" / "results-v2.sqlite3", upgraded / "results.sqlite3")
+    monkeypatch.setenv("BTD_DATA_DIR", str(upgraded))
+    code, (line,) = run_cli(["audit", "verify"], capsys)
+    assert code == 0 and line["intact"] and line["events"] == 0
 
 
 def test_a_backup_that_fails_after_its_event_is_recorded_as_failed(tmp_path: Path, monkeypatch, capsys) -> None:

@@ -177,10 +177,13 @@ def _problem(
 
 
 def _holds_audited(store: AuditTrail) -> bool:
-    """Whether the store holds an account or a result, whose creation is audited (a store of the audit trail alone
-    holds neither)."""
+    """Whether the store holds an account, or a result saved since the trail began (it keeps its image; results
+    of a database from before the trail, upgraded, have none), whose creation is audited (a store of the audit
+    trail alone holds neither)."""
     listed, recent = getattr(store, "accounts", None), getattr(store, "recent", None)
-    return (bool(listed()) if callable(listed) else False) or (bool(recent(1)) if callable(recent) else False)
+    if callable(listed) and listed():
+        return True
+    return callable(recent) and any(record.image_key for record in recent(1))
 
 
 def _point_moved(store: AuditTrail, point: VerifiedPoint, key: bytes | None) -> str | None:
