@@ -13,6 +13,7 @@ from core.services.access import AUDIT_EXPORT, AUDIT_READ, Actor, allowed
 from ui import resources
 from ui.auth import audited_download, callback_actor
 from ui.page import setup_page
+from ui.wording import count_of
 
 actor = setup_page("Audit trail", AUDIT_READ)
 st.title("Audit trail")
@@ -70,8 +71,8 @@ elif checked >= count:
     st.success(f"Every one of the {count:,} events re-hashed: the chain is intact.", icon=":material/verified:")
 else:  # "intact" over a check of the newest events only: an edit to an older one stayed green
     st.success(
-        f"The chain of {count:,} events holds from the last check on: the {checked:,} events since re-hashed, its "
-        "end matches its head. Edits to older events are found by checking every event.",
+        f"The chain of {count:,} events holds from the last check on: {count_of(checked, 'event')} since "
+        "re-hashed, its end matches its head. Edits to older events are found by checking every event.",
         icon=":material/verified:",
     )
 st.button("Check every event", on_click=check_everything, key="audit_check_all")

@@ -69,11 +69,21 @@ try:  # a patient's list: audited once per session, as History
 except StoreError as error:
     st.error(f"The results database cannot be read: {error}")
     st.stop()
+
+
+def older_match(query: WorklistQuery) -> bool:
+    """Whether results older than the age filter match the rest (False when the database cannot say)."""
+    try:
+        return bool(reviews.worklist(store, actor, replace(query, since=None), 1, audited=False))
+    except StoreError:
+        return False
+
+
 if not results:
     st.info("Nothing to read with these filters.")
     if disagreements and SHOW[show] is False:  # a disagreement is a review: never among the unreviewed
         st.caption("Disagreements are reviewed results: choose Show: reviewed or all to list them.")
-    elif days and reviews.worklist(store, actor, replace(query, since=None), 1, audited=False):
+    elif days and older_match(query):
         st.caption(f"Older results match these filters: choose Age: any time to see them (the list shows the {age}).")
     st.stop()
 order = "not yet reviewed first, then reviewed; within each flagged, then the rest, then refused; newest first"
@@ -124,7 +134,10 @@ if note and before is not None and before == st.session_state.get(CONFLICT):  # 
     st.info("Another reader reviewed this result meanwhile, so it has left this list; it stays open here.")
 elif note and before is not None and before == st.session_state.get(REVIEWED_HERE):  # its review moved it past
     chosen_key, note = before, None  # the cut: the reader's own review never opens another result under them
-    st.info("This result, just reviewed, has moved past the end of this list; it stays open here.")
+    st.info(
+        "This result, just reviewed, is not in this list now (its review moved it past the end, or the filters "
+        "changed); it stays open here."
+    )
 st.session_state["wl_chosen"] = chosen_key
 if chosen_key != st.session_state.get(CONFLICT):  # the reader moved on
     st.session_state.pop(CONFLICT, None)

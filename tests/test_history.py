@@ -343,7 +343,7 @@ def test_a_prior_cut_in_another_plane_matches_no_section_and_says_so(tiny_classi
     assert "axial, the prior sagittal" in plane_caveat(now, prior) and plane_caveat(now, now) is None
     # one plane, but files that gave no positions: their sections may run the other way, so none is matched
     unplaced = replace(now, geometry={**now.geometry, "positions_in_mm": False})
-    for current, earlier, which in ((now, unplaced, "the prior's"), (unplaced, now, "this series'")):
+    for current, earlier, which in ((now, unplaced, "the prior"), (unplaced, now, "this series")):
         shown, moved = change(current, 3, earlier)
         assert moved.section_before is None and moved.section_change is None
         assert moved.series_change == pytest.approx(current.score - earlier.score)

@@ -1181,7 +1181,7 @@ def test_a_result_the_reader_reviews_stays_open_when_its_review_moves_it_past_th
     opened = app.session_state["wl_chosen"]
     next(b for b in app.button if b.label.startswith("Agree")).click().run()
     assert not app.exception and store.get(opened).review_count == 1
-    assert app.session_state["wl_chosen"] == opened and not any("filters changed" in i.value for i in app.info)
+    assert app.session_state["wl_chosen"] == opened and any("just reviewed" in i.value for i in app.info)
     app.toggle(key="wl_disagreements").set_value(True)
     app.selectbox(key="wl_show").set_value("not yet reviewed").run()
     assert any("Disagreements are reviewed results" in c.value for c in app.caption)
@@ -1359,7 +1359,7 @@ def test_the_audit_page_never_calls_the_whole_chain_intact_after_checking_only_i
     audit.record(store, COMMAND_LINE, "account_created", "user-3")
     st.cache_data.clear()
     app.run()
-    assert "holds from the last check on: the 1 events since re-hashed" in app.success[0].value  # not "intact"
+    assert "holds from the last check on: 1 event since re-hashed" in app.success[0].value  # not "intact"
     app.button(key="audit_check_all").click().run()
     assert app.error[0].value.startswith("The audit chain does not hold: event 2 was edited")
     st.cache_data.clear()

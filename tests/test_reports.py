@@ -106,6 +106,10 @@ def test_names_in_other_scripts_and_long_names_reach_the_report_whole_and_told_a
     assert "??" not in words and "a" * 60 + "-end" in words.replace(" ", "")  # wrapped, never cut
     card = tiny_classifier.card
     assert f"limitations of {card.name} {card.version}, the model in use when this report was made" in words
+    from core.services.reports import _text
+
+    assert _text("Jose\u0301") == "Jos\u00e9"  # an accent typed apart is one Latin-1 letter
+    assert _text("\u0915\u093f") != _text("\u0915\u0940")  # names differing by a vowel sign stay apart
 
 
 def test_a_report_is_refused_to_a_visitor_and_for_single_scans(saved_study, tiny_classifier: Classifier) -> None:

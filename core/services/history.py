@@ -139,9 +139,10 @@ def plane_caveat(current: SeriesView, prior: SeriesView) -> str | None:
     if sections_correspond(current, prior):
         return None
     if _plane(current) is not None and _plane(current) == _plane(prior):
-        which = "this series'" if not _runs_known(current) else "the prior's"
+        unplaced = [name for name, view in (("this series", current), ("the prior", prior)) if not _runs_known(view)]
+        which = " and ".join(unplaced)
         return (
-            f"The files of {which} gave no section positions, so which way its sections run (head or foot) is not "
+            f"The files of {which} gave no section positions, so which way the sections run (head or foot) is not "
             "known: the prior is shown at its own deciding section and no change is given at this section."
         )
     planes = [_plane(view) or "unknown plane" for view in (current, prior)]

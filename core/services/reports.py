@@ -11,6 +11,7 @@ one is an audit event.
 from __future__ import annotations
 
 import io
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,7 +48,13 @@ def _text(value: object) -> str:
     letter or digit written as its code point ("<U+5F20>"): two reviewers named in another script both read "??",
     and a sign-off could not be told from another's."""
     text = str(value).replace("≥", ">=").replace("≤", "<=").replace("–", "-").replace("—", "-").replace("…", "...")
-    return "".join(c if ord(c) < 256 else f"<U+{ord(c):04X}>" if c.isalnum() else "?" for c in text)
+    text = unicodedata.normalize("NFC", text)  # "e" and an accent as one Latin-1 letter where there is one
+    return "".join(c if ord(c) < 256 else f"<U+{ord(c):04X}>" if _lettering(c) else "?" for c in text)
+
+
+def _lettering(c: str) -> bool:
+    """A letter, digit or mark of a word (two names differing by a vowel sign stay two)."""
+    return c.isalnum() or unicodedata.category(c).startswith("M")
 
 
 def _png(rgb: np.ndarray) -> io.BytesIO:
