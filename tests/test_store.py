@@ -1062,6 +1062,26 @@ def test_gridfs_keeps_images_like_the_folder_store() -> None:
         store._client.drop_database(store._db.name)
 
 
+def test_a_folder_image_store_that_is_no_folder_is_a_store_error_every_caller_handles(tmp_path: Path) -> None:
+    """With "images" a file, reading or deleting raised NotADirectoryError: a traceback on the Worklist and History,
+    and a purge stopped at its first image."""
+    import numpy as np
+
+    from core.errors import StoreUnavailable
+    from core.storage.images import FolderImages
+
+    (tmp_path / "images").write_bytes(b"not a folder")
+    images = FolderImages(tmp_path / "images")
+    for call in (
+        lambda: images.put(np.zeros((8, 8), np.uint8)),
+        lambda: images.get("a" * 64),
+        lambda: images.delete("a" * 64),
+    ):
+        with pytest.raises(StoreUnavailable, match="image store cannot be"):
+            call()
+    assert images.stored_keys() == [] and images.expired(datetime.now(UTC)) == []
+
+
 def test_the_gridfs_image_store_reports_a_database_gone_as_a_store_error_every_caller_handles() -> None:
     """pymongo's own ServerSelectionTimeoutError reached the Scan page and the CLI as a traceback."""
     import numpy as np

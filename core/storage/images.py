@@ -89,6 +89,8 @@ class FolderImages:
             return self._path(key).read_bytes()
         except FileNotFoundError:
             return None
+        except OSError as error:  # the folder is no folder (ENOTDIR), unreadable, ...: what every caller handles
+            raise StoreUnavailable(f"The image store cannot be read ({error.strerror or error}).") from error
 
     def delete(self, key: str, stored_before: datetime | None = None) -> bool:
         """Delete an image (only if it was last stored before ``stored_before``, when given: one saved again
@@ -106,6 +108,8 @@ class FolderImages:
             aside.unlink()
         except FileNotFoundError:  # another purge took it first
             return False
+        except OSError as error:
+            raise StoreUnavailable(f"The image store cannot be changed ({error.strerror or error}).") from error
         return True
 
     def stored_keys(self) -> list[str]:
