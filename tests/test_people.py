@@ -721,6 +721,39 @@ def test_a_review_and_its_audit_event_commit_together_or_the_reader_is_told_the_
         reviews.review_result(store, RADIOLOGIST, record.id, "banana")
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "mongomock"])
+def test_an_account_or_a_patient_link_whose_audit_event_fails_is_not_left_standing(
+    tmp_path: Path, monkeypatch, kind: str, tiny_classifier
+) -> None:
+    """MongoDB has no transaction: an admin account stood, unaudited, while its creator was told it failed (a retry
+    said "exists already"); a re-upload's patient link stood unaudited, and the retry found nothing to do."""
+    from core.errors import StoreUnavailable
+
+    if kind == "sqlite":
+        store = SQLiteStore(tmp_path / "results.sqlite3")
+    else:
+        import mongomock
+
+        from core.storage.mongo import MongoStore
+
+        store = MongoStore(mongomock.MongoClient(tz_aware=True), collection="scans_undo_creation")
+    scan = png_bytes(synthetic_slice(256, tumour=True, seed=5))
+    first = triage(scan, tiny_classifier, None, store, actor=RADIOLOGIST, patient_ref=None)
+    real = store.append_audit
+
+    def broken(event):
+        if event.action in ("account_created", "patient_reference_set"):
+            raise StoreUnavailable("the audit write failed")
+        return real(event)
+
+    monkeypatch.setattr(store, "append_audit", broken)
+    with pytest.raises(StoreUnavailable):
+        accounts.add_account(store, COMMAND_LINE, "eve", "admin", PASSWORD)
+    assert store.get_account("eve") is None
+    again = triage(scan, tiny_classifier, None, store, actor=RADIOLOGIST, patient_ref="e" * 64)
+    assert again.status.state == "reference not updated" and store.get(first.record.id).patient_ref is None
+
+
 def test_a_review_pressed_twice_is_saved_once_and_nobody_else_is_blamed(store) -> None:
     """The second press of one button (landing while the first one's rerun was under way) was refused as "Another
     reader reviewed this result meanwhile"."""

@@ -76,7 +76,13 @@ def add_account(store: Store, actor: Actor, name: str, role: str, password: str 
     with store.atomic():  # the change and its audit event: both or neither
         if not store.insert_account(account.validate()):  # created meanwhile (the page and the command line)
             raise InvalidRecord(f"An account named {name} exists already.")
-        audit.record(store, actor, "account_created", name, role=role)
+        try:
+            audit.record(store, actor, "account_created", name, role=role)
+        except StoreError:  # SQLite rolls the unit back; MongoDB needs the undo (an admin stood, unaudited)
+            if not getattr(store, "rolls_back", True):
+                with suppress(StoreError):
+                    store.uncreate_account(account)
+            raise
     return account
 
 

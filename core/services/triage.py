@@ -314,7 +314,7 @@ def reference_for_saved(
         if saved.patient_ref is None:
             with store.atomic():  # the change and its audit event: both or neither
                 if store.set_patient_ref(record_id, patient_ref, was=None):
-                    audit.record(store, actor, "patient_reference_set", record_id, cleared=False)
+                    _record_or_undo(store, actor, record_id, patient_ref, None)  # MongoDB: never a link unaudited
                     return status, patient_ref
                 saved = store.get(record_id)  # linked by another session meanwhile
             if saved is None or saved.patient_ref == patient_ref:

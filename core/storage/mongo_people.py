@@ -102,6 +102,13 @@ class MongoPeople:
                 return False
         return True
 
+    def uncreate_account(self, account: Account) -> bool:
+        """Remove ``account`` as :meth:`insert_account` wrote it (its name and creation time), the undo of a
+        creation whose audit event could not be written; whether it was there."""
+        with self._errors():
+            found = self._people("accounts").delete_one({"_id": account.name, "created_at": account.created_at})
+        return found.deleted_count == 1
+
     def update_account(self, name: str, changes: Mapping[str, Any], expected: Mapping[str, Any]) -> bool:
         """As SQLite's: one ``update_one`` whose filter holds the expected fields (atomic on the document)."""
         check_account_fields(changes, expected)

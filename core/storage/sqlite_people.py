@@ -95,6 +95,15 @@ class SQLitePeople(SQLiteBase):
             )
         return cursor.rowcount == 1
 
+    def uncreate_account(self, account: Account) -> bool:
+        """As MongoDB's (SQLite rolls a failed creation back with its unit of work; this is for symmetry)."""
+        with self._errors():
+            cursor = self._connection().execute(
+                "DELETE FROM accounts WHERE name = ? AND created_ms = ?",
+                (account.name, to_ms(account.created_at or from_ms(0))),
+            )
+        return cursor.rowcount == 1
+
     def update_account(self, name: str, changes: Mapping[str, Any], expected: Mapping[str, Any]) -> bool:
         """Set ``changes`` on the account ``name`` only while its fields still hold ``expected`` (compare and set:
         a change made from a stale copy never overwrites another); False when they do not, or it does not exist."""
