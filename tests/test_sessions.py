@@ -258,3 +258,31 @@ def test_an_idle_tab_never_signs_out_the_tab_of_the_same_browser_in_use(monkeypa
     clock.now += 1801  # then every tab left alone: the shared token idles out, and the idle tab ends
     monkeypatch.setattr(auth.st, "session_state", idle)
     assert auth.current_actor(activity=False) is None and not registry.alive(token)
+
+
+def test_a_sign_in_ends_after_a_working_day_however_busy(monkeypatch, tmp_path) -> None:
+    """A session kept busy lasted for ever, and with it a role taken from the identity provider's claim, never
+    read again."""
+    import time
+    from dataclasses import replace
+    from datetime import UTC, datetime, timedelta
+
+    from core.services import accounts
+    from core.services.access import COMMAND_LINE
+    from core.storage.sqlite import SQLiteStore
+    from ui import auth
+
+    store = SQLiteStore(tmp_path / "results.sqlite3")
+    accounts.add_account(store, COMMAND_LINE, "dr-a", "radiologist", "first password 1")
+    doctor = accounts.sign_in(store, "dr-a", "first password 1")
+    registry = SessionRegistry()
+    token = registry.issue(doctor)
+    state = {auth.ACTOR_KEY: doctor, auth.SEEN_KEY: time.time(), auth.TOKEN_KEY: token, auth.BOUND_KEY: True}
+    monkeypatch.setattr(auth.st, "session_state", state)
+    monkeypatch.setattr(auth, "_browser_token", lambda: token)
+    monkeypatch.setattr(auth.resources, "current_store", lambda: store)
+    monkeypatch.setattr(auth.resources, "session_registry", lambda: registry)
+    assert auth.current_actor() == doctor
+    state[auth.ACTOR_KEY] = replace(doctor, signed_in_at=datetime.now(UTC) - timedelta(hours=12, minutes=1))
+    assert auth.current_actor() is None and "ended after 12 hours" in state["signed_out_reason"]
+    assert not accounts.outlived(COMMAND_LINE)  # the command line has no sign-in to outlive

@@ -32,7 +32,7 @@ def _write_cookie(token: str | None) -> None:
     """Set (or, with None, delete) the session cookie in the browser: SameSite=Strict, Secure over HTTPS, no
     longer than a working day. JavaScript sets it, so it cannot be HttpOnly (Streamlit sets no cookies of its own
     choosing); the token alone is useless once signed out or idle, and the deployment's CSP limits scripts."""
-    value, age = (token, 12 * 3600) if token else ("", 0)
+    value, age = (token, accounts.SESSION_HOURS * 3600) if token else ("", 0)
     st.html(
         f"<script>document.cookie = '{COOKIE}={value}; Path=/; SameSite=Strict; Max-Age={age}'"
         " + (location.protocol === 'https:' ? '; Secure' : '');</script>",
@@ -81,6 +81,12 @@ def current_actor(activity: bool = True) -> Actor | None:
         actor = _resumed_actor()
         if actor is None:
             return None
+    if accounts.outlived(actor):  # busy all day: a sign-in still ends after a working day
+        sign_out("expired")
+        st.session_state["signed_out_reason"] = (
+            f"Your session ended after {accounts.SESSION_HOURS} hours; sign in again."
+        )
+        return None
     token, cookie = st.session_state.get(TOKEN_KEY), _browser_token()
     if token and cookie == token:
         st.session_state[BOUND_KEY] = True

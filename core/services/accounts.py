@@ -34,6 +34,17 @@ from core.storage.protocol import Store
 MAX_FAILURES = 5
 LOCK_MINUTES = 15
 IDLE_MINUTES = 30
+SESSION_HOURS = 12  # the longest a sign-in lasts, however busy (the cookie's own lifetime): a role taken from an
+# identity provider's claim, never read again, is re-read at the next sign-in
+
+
+def outlived(actor: Actor, now: datetime | None = None) -> bool:
+    """Whether ``actor`` signed in more than :data:`SESSION_HOURS` ago (never for the command line)."""
+    if actor.signed_in_at is None:
+        return False
+    return (now or datetime.now(UTC)) - actor.signed_in_at > timedelta(hours=SESSION_HOURS)
+
+
 REFUSAL_SECONDS = 1.0  # longer than any refusal's own work: each takes this long
 MIN_PASSWORD = 12
 REFUSED = (
@@ -299,7 +310,7 @@ def _sign_in(store: Store, name: str, password: str, now: datetime | None) -> Ac
         stronger = hasher.hash(password)
         if _rehash(store, account, stronger):  # the session carries the fingerprint of the hash it signed in with
             account = replace(account, password_hash=stronger)
-    actor = Actor(name, account.role, credential_of(account), signed_in_at=now)
+    actor = Actor(name, account.role, credential_of(account), signed_in_at=datetime.now(UTC))  # ``now``: the lock's
     audit.record(store, actor, "sign_in", name)
     return actor
 
