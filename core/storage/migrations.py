@@ -25,9 +25,7 @@ SQLite keeps its version in ``PRAGMA user_version``; MongoDB in the ``meta`` col
   chain found intact is kept (SQLite: table ``audit_verified``; MongoDB: ``meta`` ``_id: "audit_verified"``), so
   the page re-hashes only the events after it. Upgrading builds the indexes; the first check verifies everything.
 
-- version 12: an account keeps the time its sessions were last ended (``sessions_from``, set when it is disabled),
-  so that a session signed in before it stays ended after the account is enabled again (one left idle throughout
-  resumed). Upgrading adds the SQLite column (empty); MongoDB's accounts gain the field when next disabled.
+- versions 9 to 12: docs/changes.md.
 
 An upgrade runs in one transaction after a backup copy of the file (``<file>.v<N>.bak``); a database newer than
 this code is refused rather than guessed at.
@@ -98,13 +96,13 @@ def migrate_sqlite(connection: sqlite3.Connection, path: Path) -> int:
                     connection.execute(statement)
                 logger.warning("event=store_migrated store=sqlite to=8 audit_indexes=built")
             if found <= 8:
-                added = _sqlite_v8_to_v9(connection)
+                added = _add_columns(connection, "scans", LESION_COLUMNS)  # never segmented: no area
                 logger.warning("event=store_migrated store=sqlite to=9 lesion_columns_added=%d", added)
             if found <= 10:
                 marked = _sqlite_v10_to_v11(connection)
                 logger.warning("event=store_migrated store=sqlite to=11 studies_with_unread_series=%d", marked)
             if found <= 11:
-                added = _sqlite_v11_to_v12(connection)
+                added = _add_columns(connection, "accounts", ("sessions_from_ms INTEGER",))
                 logger.warning("event=store_migrated store=sqlite to=12 account_column_added=%d", added)
             connection.execute("DROP INDEX IF EXISTS scans_series")  # version 4's, now scans_studies (covering)
             logger.warning("event=store_migrated store=sqlite to=%d", SCHEMA_VERSION)  # roll-ups rebuilt below
@@ -123,37 +121,25 @@ def migrate_sqlite(connection: sqlite3.Connection, path: Path) -> int:
     return found
 
 
-def _sqlite_v8_to_v9(connection: sqlite3.Connection) -> int:
-    """Add the lesion columns (NULL for every older result: it was never segmented); a table rebuilt by an earlier
-    step from the current definition has them already. Returns how many were added."""
-    columns = {row[1] for row in connection.execute("PRAGMA table_info(scans)")}
-    missing = [column for column in LESION_COLUMNS if column.split()[0] not in columns]
+def _add_columns(connection: sqlite3.Connection, table: str, columns: tuple[str, ...]) -> int:
+    """Add the ``columns`` (definitions) ``table`` lacks (NULL in every older row; a table an earlier step rebuilt
+    from the current definition has them already). Returns how many were added."""
+    present = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
+    missing = [column for column in columns if column.split()[0] not in present]
     for column in missing:
-        connection.execute(f"ALTER TABLE scans ADD COLUMN {column}")
+        connection.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
     return len(missing)
 
 
 def _sqlite_v10_to_v11(connection: sqlite3.Connection) -> int:
     """The column the studies' chart groups on, read from each series' geometry (where it stays), and the covering
     index rebuilt with it (:data:`~core.storage.schema.INDEXES` makes it again). Returns how many series it marks."""
-    columns = {row[1] for row in connection.execute("PRAGMA table_info(scans)")}
-    if "study_unread" not in columns:
-        connection.execute(f"ALTER TABLE scans ADD COLUMN {STUDY_UNREAD_COLUMN}")
+    _add_columns(connection, "scans", (STUDY_UNREAD_COLUMN,))
     connection.execute("DROP INDEX IF EXISTS scans_studies")
     return connection.execute(
         "UPDATE scans SET study_unread = json_extract(geometry, '$.study_unread') "
         "WHERE kind = 'series' AND json_extract(geometry, '$.study_unread') > 0"
     ).rowcount
-
-
-def _sqlite_v11_to_v12(connection: sqlite3.Connection) -> int:
-    """Add the accounts' ``sessions_from_ms`` (NULL: no session ended); a table an earlier step made from the
-    current definition has it. Returns how many columns were added."""
-    columns = {row[1] for row in connection.execute("PRAGMA table_info(accounts)")}
-    if "sessions_from_ms" in columns:
-        return 0
-    connection.execute("ALTER TABLE accounts ADD COLUMN sessions_from_ms INTEGER")
-    return 1
 
 
 OLD_NIFTI_ORIENTATION = [1.0, 0.0, 0.0, 0.0, -1.0, 0.0]  # what versions up to 6 wrote for every NIfTI series
