@@ -800,5 +800,5 @@ def test_text_from_the_pacs_and_names_reach_the_page_as_text_never_as_markdown()
 
     assert _series_number("[Open](https://evil.example)") == "" and _series_number("7") == "7"
     assert plain("[Open](https://e.example) ![](x.png) dr_x_y") == (
-        r"\[Open\]\(https\://e.example\) \!\[\]\(x.png\) dr\_x\_y"
+        r"\[Open\]\(https://e.example\) \!\[\]\(x.png\) dr\_x\_y"
     )

@@ -60,7 +60,7 @@ def hours_within(hours: float) -> str:
     return f"{hours:.0f} h or more" if hours >= TURNAROUND_CAP_H else f"within {hours:.0f} h"
 
 
-_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+!|<>$~:-])")
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#!|<>$~])")  # what starts a link, an image, emphasis, code, HTML, maths
 
 
 def plain(text: object) -> str:
