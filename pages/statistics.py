@@ -317,7 +317,7 @@ def by_model_version(dashboard) -> None:
             [
                 {
                     "model": m.model,
-                    "scans": number(m.scans),
+                    "results": number(m.scans),  # scans and series, each counted (studies are not split by version)
                     "tumour rate": percent(m.tumour_rate),  # as the headline gives it (it read 0.4321 here)
                     "mean confidence (scans)": "—" if m.mean_confidence is None else f"{m.mean_confidence:.1%}",
                     "first": m.first.isoformat() if m.first else WITHHELD_MARK,

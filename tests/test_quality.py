@@ -24,6 +24,18 @@ def day(d: int, shown: int, tumour: int, reviewed: int = 0, agreed: int = 0, p: 
     )
 
 
+def test_a_periods_mean_limits_never_give_back_a_single_scan_count_withheld_alone() -> None:
+    """The limits' half-width is 3 sd / sqrt(n): nine days' limits gave each day's count of single scans, and the
+    histogram's total minus them the one day's withheld (2 scans beside 30 series)."""
+    from dataclasses import replace as changed
+
+    days = [changed(day(k, 20, 6), scored=20) for k in range(9)]
+    mixed = changed(day(9, 32, 10), scored=2, probability_sum=0.6, probability_squares=0.2)
+    rows, _ = quality_rows([*days, mixed], date(2026, 3, 5))
+    assert rows[9].mean_limits is None and rows[9].mean_probability is None  # its 2 scans: withheld
+    assert sum(r.mean_limits is None for r in rows[:9]) == 1  # and one other day's with it, as a group
+
+
 def test_agreement_and_rates_per_period_follow_the_small_count_rule() -> None:
     busy = day(0, 40, 12, reviewed=30, agreed=24, flagged=4, rejected=5)
     rows, _ = quality_rows([busy, day(1, 3, 1, 3, 3), day(2, 30, 9, reviewed=10, agreed=8)], None)
@@ -149,13 +161,14 @@ def test_the_overall_agreement_is_withheld_when_it_would_give_back_the_one_perio
     )  # fmt: skip
     lines = export_csv(figures, board).decode().splitlines()  # everything the page draws, withheld as drawn
     version = next(iter(board.per_version))
-    assert "confusion,glioma -> glioma,reviewed,withheld,withheld,withheld" in lines
-    assert f"accuracy,{version},reviewed,20,withheld,withheld" in lines
-    assert f"accuracy,{version},sensitivity,withheld,withheld,withheld" in lines
-    assert "drift,baseline,start,2026-11-02,withheld,withheld" in lines
-    assert "drift,baseline,tumour_rate,1.0,withheld,withheld" in lines
-    assert "quality_per_period,2026-11-02,flagged_rate,0.0,withheld,withheld" in lines
-    assert "quality_per_period,2026-11-03,refused_rate,0.0,withheld,withheld" in lines
+    # a count has no interval: its interval cells are empty, not "withheld" (counting those overcounted)
+    assert "confusion,glioma -> glioma,reviewed,withheld,," in lines
+    assert f"accuracy,{version},reviewed,20,," in lines
+    assert f"accuracy,{version},sensitivity,withheld,withheld,withheld" in lines  # a rate's interval: with it
+    assert "drift,baseline,start,2026-11-02,," in lines
+    assert "drift,baseline,tumour_rate,1.0,," in lines
+    assert "quality_per_period,2026-11-02,flagged_rate,0.0,," in lines
+    assert "quality_per_period,2026-11-03,refused_rate,0.0,," in lines
     # control limits are rows of their own, never in the 95 % interval columns
     limits = [line for line in lines if line.startswith("quality_per_period,2026-11-03,tumour_rate")]
     assert [line.split(",")[2] for line in limits] == [
@@ -163,7 +176,7 @@ def test_the_overall_agreement_is_withheld_when_it_would_give_back_the_one_perio
         "tumour_rate_lower_control_limit",
         "tumour_rate_upper_control_limit",
     ]
-    assert limits[0].endswith(",withheld,withheld") and any("not 95 % intervals" in line for line in lines)
+    assert limits[0].endswith(",,") and any("not 95 % intervals" in line for line in lines)
 
 
 def test_every_period_of_the_range_is_listed_and_the_default_baseline_is_the_ranges_first_half() -> None:

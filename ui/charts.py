@@ -137,7 +137,7 @@ def class_mix_figure(per_class: Mapping[str, int | None], names: Mapping[str, st
     )
     figure.update_layout(
         title="Class mix",
-        xaxis={"title": "scans", **count_ticks(max(bars["values"]) if counts else 0)},
+        xaxis={"title": "results", **count_ticks(max(bars["values"]) if counts else 0)},  # series counted too
         yaxis={"autorange": "reversed"},
         **_LAYOUT,
     )

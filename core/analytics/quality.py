@@ -102,10 +102,11 @@ def quality_rows(periods: Sequence[DayQuality], baseline_end: date | None) -> tu
     base = [p for p in periods if baseline_end is not None and p.day <= baseline_end]
     # the periods' counts add up to totals shown elsewhere (the dashboard's scans, the overall reviewed), and so do
     # the tumours and the agreements their rates give back: each withheld as a group
-    shown_counts, reviewed_counts = (
+    shown_counts, reviewed_counts, scored_counts = (
         suppress_group([p.shown for p in periods]),
         suppress_group([p.reviewed for p in periods]),
-    )
+        suppress_group([p.scored_n for p in periods]),  # the single scans, which the histogram's total sums:
+    )  # a mean's control limits give its count back (3 sd / sqrt(n)), so one withheld alone was the total minus them
     tumours = known_parts(periods, shown_counts, "tumour", "shown")
     agreed = known_parts(periods, reviewed_counts, "agreed", "reviewed")
     # flagged and refused scans add up to the headline's totals too (a rate beside the shown count gives its count)
@@ -122,16 +123,15 @@ def quality_rows(periods: Sequence[DayQuality], baseline_end: date | None) -> tu
     mean0 = sum(p.probability_sum for p in base) / m0 if m0 >= SMALL_CELL else None
     sd0 = math.sqrt(max(sum(p.probability_squares for p in base) / m0 - mean0**2, 0.0)) if mean0 is not None else None
     rows, alarms = [], []
-    for p, shown, reviewed, tumour, agreement_known, flagged, rejected in zip(
-        periods, shown_counts, reviewed_counts, tumours, agreed, flagged_known, rejected_known, strict=True
-    ):
+    known = (shown_counts, reviewed_counts, tumours, agreed, flagged_known, rejected_known, scored_counts)
+    for p, shown, reviewed, tumour, agreement_known, flagged, rejected, scored in zip(periods, *known, strict=True):
         rate = safe_rate(p.tumour, p.shown) if tumour is not None else None
         limits = mean_limits = None
         if rate0 is not None and p.shown >= SMALL_CELL:
             half = 3 * math.sqrt(rate0 * (1 - rate0) / p.shown)
             limits = (max(0.0, rate0 - half), min(1.0, rate0 + half))
-        mean = p.probability_sum / p.scored_n if p.scored_n >= SMALL_CELL else None
-        if mean0 is not None and sd0 is not None and p.scored_n >= SMALL_CELL:
+        mean = p.probability_sum / p.scored_n if scored is not None and p.scored_n >= SMALL_CELL else None
+        if mean0 is not None and sd0 is not None and mean is not None:
             half = 3 * sd0 / math.sqrt(p.scored_n)
             mean_limits = (max(0.0, mean0 - half), min(1.0, mean0 + half))
         after = baseline_end is not None and p.day > baseline_end and shown is not None  # no alarm on a withheld
@@ -248,3 +248,42 @@ def scored_by_scans(day: DayQuality, scans: DayQuality | None) -> DayQuality:
     return replace(
         day, probability_sum=scans.probability_sum, probability_squares=scans.probability_squares, scored=scans.shown
     )
+
+
+def without_agreement(board: Accuracy) -> Accuracy:
+    """``board`` without the agreement, the cells of its matrix (the diagonal adds up to it, and the reviewed count
+    minus the other cells too), and the sensitivity and specificity (each, with the interval that gives its count,
+    sums cells of the matrix: with every final label a tumour, the tumours found were the agreements)."""
+    return replace(
+        board,
+        agreement=None,
+        matrix=dict.fromkeys(board.matrix),
+        sensitivity=None,
+        sensitivity_interval=None,
+        specificity=None,
+        specificity_interval=None,
+    )
+
+
+def per_version_accuracy(confusions: Mapping[str, Mapping[tuple[str, str], int]]) -> dict[str, Accuracy]:
+    """Each version's accuracy, their reviewed counts (which add up to the overall one shown) withheld as a group."""
+    reviewed = suppress_group([sum(c.values()) for c in confusions.values()])
+    boards = [
+        replace(accuracy(confusion), reviewed=n) for confusion, n in zip(confusions.values(), reviewed, strict=True)
+    ]
+    # the versions' cells and agreements add up to the overall ones too: one version with a figure withheld alone
+    # was the overall minus the others', so the smallest other version is withheld whole with it
+    counts = [sum(c.values()) for c in confusions.values()]
+    partial = [withholds(b) and n > 0 for b, n in zip(boards, counts, strict=True)]
+    if sum(partial) == 1:
+        others = [(n, k) for k, n in enumerate(counts) if n > 0 and not partial[k]]
+        if others:
+            k = min(others)[1]
+            boards[k] = Accuracy(None, None, None, None, None, None, dict.fromkeys(boards[k].matrix))
+    return dict(zip(confusions, boards, strict=True))
+
+
+def withholds(board: Accuracy) -> bool:
+    """Whether a figure of ``board`` is withheld: its count or a cell of its matrix (a rate is withheld only with a
+    cell; one with nothing to count, such as sensitivity without a reviewed tumour, hides nothing)."""
+    return board.reviewed is None or None in board.matrix.values()

@@ -17,10 +17,12 @@ from core.analytics.quality import (
     Drift,
     QualityRow,
     accuracy,
+    per_version_accuracy,
     quality_rows,
     roll_up_quality,
     scored_by_scans,
     turnaround,
+    without_agreement,
 )
 from core.analytics.stats import (
     PERIODS,
@@ -364,45 +366,6 @@ class QualityBoard:
     backlog: int | None
     turnaround_median_h: float | None
     turnaround_p90_h: float | None
-
-
-def without_agreement(board: Accuracy) -> Accuracy:
-    """``board`` without the agreement, the cells of its matrix (the diagonal adds up to it, and the reviewed count
-    minus the other cells too), and the sensitivity and specificity (each, with the interval that gives its count,
-    sums cells of the matrix: with every final label a tumour, the tumours found were the agreements)."""
-    return replace(
-        board,
-        agreement=None,
-        matrix=dict.fromkeys(board.matrix),
-        sensitivity=None,
-        sensitivity_interval=None,
-        specificity=None,
-        specificity_interval=None,
-    )
-
-
-def per_version_accuracy(confusions: Mapping[str, Mapping[tuple[str, str], int]]) -> dict[str, Accuracy]:
-    """Each version's accuracy, their reviewed counts (which add up to the overall one shown) withheld as a group."""
-    reviewed = suppress_group([sum(c.values()) for c in confusions.values()])
-    boards = [
-        replace(accuracy(confusion), reviewed=n) for confusion, n in zip(confusions.values(), reviewed, strict=True)
-    ]
-    # the versions' cells and agreements add up to the overall ones too: one version with a figure withheld alone
-    # was the overall minus the others', so the smallest other version is withheld whole with it
-    counts = [sum(c.values()) for c in confusions.values()]
-    partial = [withholds(b) and n > 0 for b, n in zip(boards, counts, strict=True)]
-    if sum(partial) == 1:
-        others = [(n, k) for k, n in enumerate(counts) if n > 0 and not partial[k]]
-        if others:
-            k = min(others)[1]
-            boards[k] = Accuracy(None, None, None, None, None, None, dict.fromkeys(boards[k].matrix))
-    return dict(zip(confusions, boards, strict=True))
-
-
-def withholds(board: Accuracy) -> bool:
-    """Whether a figure of ``board`` is withheld: its count or a cell of its matrix (a rate is withheld only with a
-    cell; one with nothing to count, such as sensitivity without a reviewed tumour, hides nothing)."""
-    return board.reviewed is None or None in board.matrix.values()
 
 
 def quality_board(

@@ -47,11 +47,13 @@ def export_csv(board: Dashboard, quality: QualityBoard | None = None) -> bytes:
         key: str,
         measure: str,
         value: object,
-        interval: tuple[float, float] | None = None,
+        interval: tuple[float, float] | bool | None = False,
         digits: int | None = None,
     ) -> None:
-        low, high = interval if interval else (None, None)
-        writer.writerow([table, spreadsheet_safe(key), measure, _cell(value, digits), _cell(low, 4), _cell(high, 4)])
+        """``interval`` False: the measure has none (its cells empty; every count's read "withheld", and counting
+        those cells overcounted what was withheld); None: withheld with the value."""
+        low, high = ("", "") if interval is False else (_cell(v, 4) for v in (interval or (None, None)))
+        writer.writerow([table, spreadsheet_safe(key), measure, _cell(value, digits), low, high])
 
     row("summary", "", unit, board.scans)
     row("summary", "", "tumour_rate", board.tumour_rate, board.tumour_interval, 4)
