@@ -116,6 +116,10 @@ def choose_frame(upload: Upload, frame: int) -> None:
         return
     if frame not in upload.results and upload.data is not None:
         store = open_store()
+        # one file is one patient: a later frame takes the reference its earlier frames were analysed under (one
+        # typed between two frames filed them under two patients)
+        earlier = [r.record.patient_ref for r in upload.results.values() if r.record and r.record.patient_ref]
+        reference = earlier[0] if earlier else resources.patient_reference(session.patient_text)
         upload.results[frame] = triage(
             upload.data,
             classifier,
@@ -123,7 +127,7 @@ def choose_frame(upload: Upload, frame: int) -> None:
             store,
             frame=frame,
             actor=current,
-            patient_ref=resources.patient_reference(session.patient_text),
+            patient_ref=reference,
             images=resources.image_store(store),
         )
     upload.frame = frame

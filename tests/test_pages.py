@@ -356,6 +356,23 @@ def test_a_two_frame_dicom_gives_two_results_with_a_frame_picker(app_environment
     assert export.detail["results"] == [next(r.id for r in records if r.frame == 1)]
 
 
+def test_two_frames_of_one_file_are_filed_under_one_patient_whatever_was_typed_between_them(
+    app_environment: Path,
+) -> None:
+    """Frame 0 picked under "Patient One", then "Patient Two" typed and frame 1 picked: one file's two frames were
+    saved under two patients."""
+    frames = np.stack([synthetic_slice(128, seed=1), synthetic_slice(128, tumour=True, seed=2)]).astype("uint16") * 16
+    app = page("scan.py").run()
+    app.text_input[0].input("ZZCANARY Patient One").run()
+    app.file_uploader[0].set_value([("series.dcm", dicom_bytes(frames, frames=2), "application/dicom")]).run()
+    app.number_input[0].set_value(0).run()
+    app.text_input[0].input("ZZCANARY Patient Two").run()
+    app.number_input[0].set_value(1).run()
+    assert not app.exception
+    references = {r.frame: r.patient_ref for r in stored(app_environment).recent(5)}
+    assert sorted(references) == [0, 1] and references[0] is not None and references[1] == references[0]
+
+
 def test_a_dicom_file_without_an_extension_is_accepted(app_environment: Path) -> None:
     app = page("scan.py").run()
     data = dicom_bytes(synthetic_slice(256).astype("uint16") * 16)
