@@ -64,6 +64,12 @@ class WrongBodyPart(ScanError):
     code = "wrong_body_part"
 
 
+class BurnedInText(ScanError):
+    """The file says its pixels carry burnt-in text (patient details): never analysed, never kept."""
+
+    code = "burned_in_annotation"
+
+
 class NoBrainFound(ScanError):
     code = "no_brain_found"
 

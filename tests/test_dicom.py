@@ -357,6 +357,27 @@ def test_padding_around_a_rotated_slice_is_black_and_left_out_of_the_crop(window
     assert (box[2] - box[0]) >= 0.85 * (unpadded_box[2] - unpadded_box[0])  # the head, not a patch inside it
 
 
+def test_a_dicom_file_with_burnt_in_text_is_neither_analysed_nor_kept(tmp_path, tiny_classifier) -> None:
+    """BurnedInAnnotation YES (a name, a record number printed in the pixels) was analysed and its pixels kept
+    as the "de-identified" copy."""
+    from core.errors import BurnedInText
+    from core.imaging.scan import read_scan
+    from core.services.access import Actor
+    from core.services.triage import triage
+    from core.storage.images import FolderImages
+    from core.storage.sqlite import SQLiteStore
+
+    data = dicom_bytes(synthetic_slice(256).astype(np.uint16) * 16, extra={"BurnedInAnnotation": "YES"})
+    with pytest.raises(BurnedInText, match="burnt-in text"):
+        read_scan(data)
+    store, images = SQLiteStore(tmp_path / "results.sqlite3"), FolderImages(tmp_path / "images")
+    shown = triage(
+        data, tiny_classifier, None, store, actor=Actor("dr-a", "radiologist"), patient_ref=None, images=images
+    )
+    assert shown.error_code == "burned_in_annotation" and store.summary().total == 0 and not images.stored_keys()
+    assert read_scan(dicom_bytes(synthetic_slice(256).astype(np.uint16) * 16, extra={"BurnedInAnnotation": "NO"}))
+
+
 def test_signed_pixels_with_a_padding_value_or_lut_start_written_unsigned_are_read_in_their_sign() -> None:
     """Signed pixels whose PixelPaddingValue (-2000) or first mapped LUT value (-1000) the file wrote as US (63536,
     64536): the padding matched no pixel and squashed the stretch, and the LUT showed the whole image black."""

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import (
+    BurnedInText,
     CorruptImage,
     MultiFrameImage,
     NoPixelData,
@@ -227,6 +228,11 @@ def checked_dataset(data: bytes, limits: Limits, header: Any = None) -> tuple[An
     header = header if header is not None else header_of(data)  # parsed once when the caller already has it
     notes = check_modality(str(header.get("Modality", "") or "").upper())
     check_body_part(header)
+    if str(header.get("BurnedInAnnotation", "") or "").upper() == "YES":  # its pixels would be kept as de-identified
+        raise BurnedInText(
+            "This DICOM file says its pixels carry burnt-in text (patient details): it is not analysed or kept. "
+            "Use a copy without it (most scanners can export one)."
+        )
     rows, columns = header.get("Rows"), header.get("Columns")
     if rows is None or columns is None:
         if "Image" in str(getattr(header.get("SOPClassUID"), "name", "")):  # an image's class: the file is cut
