@@ -232,7 +232,7 @@ tumours = sum(1 for row in verdicts if row["tumour"])
 review = sum(1 for row in rows if row["result"] == "needs review")
 st.caption(
     f"{count_of(len(rows), 'file')} received; {len(verdicts)} with a verdict, {tumours} of them a tumour; "
-    f"{review} need review. File names are shown here only: they are never saved."
+    f"{review} {'needs' if review == 1 else 'need'} review. File names are shown here only: they are never saved."
 )
 st.dataframe(
     on_screen(table),

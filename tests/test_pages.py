@@ -195,6 +195,11 @@ def test_scan_page_shows_original_crop_and_verdict_and_saves_once(app_environmen
     assert app.get("download_button") and not exports(app_environment)  # made when pressed, not with the page
     made = downloads[-1]()
     assert b"ZZCANARY" not in made and b"verdict" in made
+    import csv
+    import io
+
+    (row,) = csv.DictReader(io.StringIO(made.decode()))  # the probability as computed, never rounded to certainty
+    assert float(row["tumour_probability"]) == pytest.approx(stored(app_environment).recent(1)[0].tumour_probability)
     (export,) = exports(app_environment)  # downloading the verdicts is an audit event (it had none)
     assert export.detail == {"results": [stored(app_environment).recent(1)[0].id], "file_names": False}
     next(c for c in app.checkbox if c.label.startswith("Include file names")).check().run()

@@ -131,8 +131,9 @@ def summary_row(index: int, name: str, result: Triaged) -> dict[str, Any]:
         "result": state,
         "verdict": pretty(prediction.label),
         "tumour": prediction.is_tumour,  # the decision itself, never read back from the wording
-        "tumour_probability": round(prediction.tumour_probability, 4),
-        "confidence": round(prediction.confidence, 4),
+        # as computed (rounded to 4 places, 0.99995 read 1.0 in the CSV: a certainty the panel never states)
+        "tumour_probability": float(prediction.tumour_probability),
+        "confidence": float(prediction.confidence),
         "model_version": prediction.model_version,
         "saved": saved,
         "reason": "; ".join(reasons),
