@@ -76,12 +76,14 @@ def elsewhere() -> int:
     reference = resources.patient_reference(session.patient_text)
     if reference is None:
         return 0
-    return sum(
-        1
-        for result in session.results()
-        if result.record is not None
-        and result.record.patient_ref not in (None, reference)
-        and not (result.status is not None and result.status.others)
+    return len(  # results, not uploads: the same image uploaded twice is one result
+        {
+            result.record.id
+            for result in session.results()
+            if result.record is not None
+            and result.record.patient_ref not in (None, reference)
+            and not (result.status is not None and result.status.others)
+        }
     )
 
 
@@ -230,8 +232,10 @@ st.subheader("Batch summary")
 verdicts = [row for row in rows if row["verdict"] is not None]
 tumours = sum(1 for row in verdicts if row["tumour"])
 review = sum(1 for row in rows if row["result"] == "needs review")
+distinct = len({(row["sha256"], row["frame"]) for row in rows})  # the same image twice is one result
+same = f" ({count_of(distinct, 'distinct image')}: the same image twice is one result)" if distinct < len(rows) else ""
 st.caption(
-    f"{count_of(len(rows), 'file')} received; {len(verdicts)} with a verdict, {tumours} of them a tumour; "
+    f"{count_of(len(rows), 'file')} received{same}; {len(verdicts)} with a verdict, {tumours} of them a tumour; "
     f"{review} {'needs' if review == 1 else 'need'} review. File names are shown here only: they are never saved."
 )
 st.dataframe(
@@ -252,14 +256,16 @@ middle.download_button(
     if export_store is None
     else exported(
         export_store,
-        [  # the results the rows carry (each upload's frame shown), no other frame analysed in the session
-            upload.current.record.id
-            for upload in session
-            if upload.current is not None
-            and upload.current.record is not None
-            and upload.current.status
-            and upload.current.status.state != NOT_SAVED
-        ],
+        list(  # the results the rows carry (each upload's frame shown, each result once), no other frame analysed
+            dict.fromkeys(
+                upload.current.record.id
+                for upload in session
+                if upload.current is not None
+                and upload.current.record is not None
+                and upload.current.status
+                and upload.current.status.state != NOT_SAVED
+            )
+        ),
         with_names,
         rows,
     ),

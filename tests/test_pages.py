@@ -378,6 +378,23 @@ def test_two_frames_of_one_file_are_filed_under_one_patient_whatever_was_typed_b
     assert sorted(references) == [0, 1] and references[0] is not None and references[1] == references[0]
 
 
+def test_the_same_image_uploaded_under_two_names_is_one_result_in_the_counts_and_the_export(
+    app_environment: Path, downloads: list
+) -> None:
+    """a.png, its copy and b.png: two results saved, but the caption counted three and the export's audit event
+    named one result twice."""
+    scan, other = png_bytes(synthetic_slice(256, tumour=True, seed=3)), png_bytes(synthetic_slice(256, seed=4))
+    app = page("scan.py").run()
+    app.file_uploader[0].set_value(
+        [("a.png", scan, "image/png"), ("a_copy.png", scan, "image/png"), ("b.png", other, "image/png")]
+    ).run()
+    assert not app.exception and stored(app_environment).summary().total == 2
+    assert any("3 files received (2 distinct images" in c.value for c in app.caption)
+    downloads[-1]()
+    (export,) = exports(app_environment)
+    assert len(export.detail["results"]) == len(set(export.detail["results"])) == 2
+
+
 def test_a_dicom_file_without_an_extension_is_accepted(app_environment: Path) -> None:
     app = page("scan.py").run()
     data = dicom_bytes(synthetic_slice(256).astype("uint16") * 16)
