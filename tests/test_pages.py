@@ -1095,13 +1095,22 @@ def test_the_first_admin_command_shown_creates_an_admin_this_server_then_signs_i
 
 def test_a_nifti_volume_dropped_on_the_scan_page_is_pointed_to_the_study_page(app_environment: Path) -> None:
     import gzip
+    import io
+    import zipfile
 
-    app = page("scan.py").run()
-    app.file_uploader[0].set_value([("head.nii.gz", gzip.compress(b"\x5c\x01" + b"\x00" * 400), "application/gzip")])
-    app.run()
-    assert not app.exception
-    shown = " ".join(e.value for e in app.error) + " ".join(str(getattr(t, "value", "")) for t in app.dataframe)
-    assert "Study page" in shown
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("series/IM0001", b"\x00" * 200)
+    for name, data, kind in (
+        ("head.nii.gz", gzip.compress(b"\x5c\x01" + b"\x00" * 400), "application/gzip"),
+        ("study.zip", archive.getvalue(), "application/zip"),  # a study's zip was told "not a scan" only
+    ):
+        app = page("scan.py").run()
+        app.file_uploader[0].set_value([(name, data, kind)])
+        app.run()
+        assert not app.exception
+        shown = " ".join(e.value for e in app.error) + " ".join(str(getattr(t, "value", "")) for t in app.dataframe)
+        assert "Study page" in shown, name
 
 
 def test_a_refused_result_saved_from_the_command_line_opens_on_the_worklist_and_can_be_reviewed(

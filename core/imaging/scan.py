@@ -34,7 +34,7 @@ FORMATS = ("png", "jpeg", "dicom")
 # Signatures of things people drop on an image uploader by mistake, named in the rejection message.
 _OTHER_SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"%PDF", "a PDF document"),
-    (b"PK\x03\x04", "a ZIP archive (or an Office document)"),
+    (b"PK\x03\x04", "a ZIP archive or an Office document (a zip of DICOM series? Studies are read on the Study page)"),
     (b"II*\x00", "a TIFF image"),
     (b"MM\x00*", "a TIFF image"),
     (b"GIF8", "a GIF image"),
