@@ -286,3 +286,30 @@ def test_a_sign_in_ends_after_a_working_day_however_busy(monkeypatch, tmp_path) 
     state[auth.ACTOR_KEY] = replace(doctor, signed_in_at=datetime.now(UTC) - timedelta(hours=12, minutes=1))
     assert auth.current_actor() is None and "ended after 12 hours" in state["signed_out_reason"]
     assert not accounts.outlived(COMMAND_LINE)  # the command line has no sign-in to outlive
+
+
+def test_a_secrets_file_that_cannot_be_read_opens_no_database_and_makes_no_key(monkeypatch, tmp_path) -> None:
+    """A TOML typo read as "no secrets": the app opened the embedded database and made new keys there, while the
+    command line refused the same file (and the configured MongoDB was never used)."""
+    from streamlit import config
+
+    from core.errors import StoreError
+    from ui import resources
+
+    broken = tmp_path / "secrets.toml"
+    broken.write_text('[mongodb\nuri = "mongodb://db.example"\n')
+
+    class Unreadable:
+        def to_dict(self):
+            raise ValueError("not TOML")
+
+    monkeypatch.setattr(resources.st, "secrets", Unreadable())
+    monkeypatch.setattr(config, "get_option", lambda name: [str(broken)] if name == "secrets.files" else None)
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    with pytest.raises(StoreError, match="cannot be read"):
+        resources.current_store()
+    with pytest.raises(ValueError, match="cannot be read"):
+        resources.current_patient_key()
+    assert not (tmp_path / "data").exists()  # no database, no key file made
+    broken.unlink()  # no file at all: nothing configured, the embedded database as before
+    assert resources.secrets_problem() is None

@@ -28,11 +28,27 @@ logger = logging.getLogger("btd.ui")
 
 
 def secrets() -> Mapping[str, Any]:
-    """The Streamlit secrets as a plain mapping; empty when no secrets file exists."""
+    """The Streamlit secrets as a plain mapping; empty when no secrets file exists or it cannot be read (then
+    :func:`secrets_problem` says why, and no database is opened)."""
     try:
         return st.secrets.to_dict()
     except Exception:  # no secrets.toml: Streamlit raises rather than returning an empty mapping
         return {}
+
+
+def secrets_problem() -> str | None:
+    """Why a secrets file that exists cannot be read (a TOML typo, its permissions), or None. Read as empty, it
+    opened the embedded database and made new keys beside it, while the command line refused the same file."""
+    try:
+        st.secrets.to_dict()
+        return None
+    except Exception as error:
+        from streamlit import config
+
+        found = [name for name in config.get_option("secrets.files") if Path(name).expanduser().is_file()]
+        if not found:
+            return None
+        return f"the secrets file {found[0]} cannot be read ({type(error).__name__}): fix it"
 
 
 @st.cache_resource(show_spinner=False)
@@ -116,6 +132,8 @@ def _store(uri: str | None, directory: str) -> Store:
 
 
 def current_store() -> Store:
+    if problem := secrets_problem():  # no database guessed at: the configured one may be another
+        raise StoreError(f"No database is opened: {problem}.")
     return _store(mongodb_uri(secrets()), str(data_dir()))
 
 
@@ -128,6 +146,8 @@ def _patient_key(shared: bool, configured: str | None) -> bytes | None:
 def current_patient_key() -> bytes | None:
     """The patient-reference key; a ValueError (the pages then turn references off and say why) also when the
     database its check reads cannot be read (the store's own error: the pages beside it name it too)."""
+    if problem := secrets_problem():  # no key made beside a database that may not be the configured one
+        raise ValueError(problem)
     identity = secrets().get("identity") or {}
     try:
         return _patient_key(bool(mongodb_uri(secrets())), identity.get("hmac_key"))
