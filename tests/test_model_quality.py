@@ -2,8 +2,8 @@
 ``BTD_MODEL=CARD`` runs the same checks on a candidate model (its own validation split).
 
 Invariance (small brightness, contrast and margin changes keep the label), orientation (a flipped tumour scan is
-still a tumour), minimum functionality on a handful of training images per class, the input gate on generated
-non-MRI images, and Grad-CAM concentrating inside the brain.
+still a tumour), minimum functionality on a handful of training images per class, the input gate on varied brain
+slices, and Grad-CAM concentrating inside the brain (the gate on generated images: ``test_shipped_gate.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from core.config import MODELS_DIR, model_card_path
 from core.errors import ScanError
 from core.evaluation.splits import read_split, split_file_of
 from core.imaging import read_scan_file
-from core.imaging.negatives import collection, make
 from core.model.analysis import analyse
 from core.model.classifier import Classifier
 from core.model.explain import Explainer, concentration
@@ -101,28 +100,6 @@ def test_flipped_tumour_scans_stay_tumours(classifier: Classifier, validation) -
             continue
         kept.append(analyse(png(np.ascontiguousarray(pixels[:, ::-1])), classifier).prediction.label != "notumor")
     assert np.mean(kept) >= 0.9
-
-
-def test_gate_refuses_generated_non_mri(classifier: Classifier) -> None:
-    refused = []
-    for _, image in collection(per_kind=15):
-        try:
-            refused.append(analyse(png(image), classifier).prediction.gate.decision == REJECTED)
-        except ScanError:
-            refused.append(True)
-    assert np.mean(refused) >= 0.95
-
-
-def test_gate_refuses_mr_sections_of_other_body_parts(classifier: Classifier) -> None:
-    """Pelvis, abdomen, spine and knee MR sections generated with seeds the check was never fitted on: model
-    2.1.0's gate accepted 92 of 100 and called 70 of them a tumour; 2.1.1 refused 99 of 100."""
-    refused = []
-    for seed in range(90_000, 90_040):
-        try:
-            refused.append(analyse(png(make("body_mr", seed)), classifier).prediction.gate.decision == REJECTED)
-        except ScanError:
-            refused.append(True)
-    assert np.mean(refused) >= 0.95
 
 
 def test_gate_keeps_brain_slices_that_fill_the_frame_or_sit_small_in_it(classifier: Classifier, validation) -> None:
