@@ -754,6 +754,39 @@ def test_an_account_or_a_patient_link_whose_audit_event_fails_is_not_left_standi
     assert again.status.state == "reference not updated" and store.get(first.record.id).patient_ref is None
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "mongomock"])
+def test_an_upload_whose_audit_event_fails_says_what_stood_and_its_retry_records_it(
+    tmp_path: Path, monkeypatch, kind: str, tiny_classifier
+) -> None:
+    """MongoDB kept the result without its upload event while the page said "the result was not saved"."""
+    from core.errors import StoreUnavailable
+
+    if kind == "sqlite":
+        store = SQLiteStore(tmp_path / "results.sqlite3")
+    else:
+        import mongomock
+
+        from core.storage.mongo import MongoStore
+
+        store = MongoStore(mongomock.MongoClient(tz_aware=True), collection="scans_unaudited_upload")
+    real = store.append_audit
+
+    def broken(event):
+        raise StoreUnavailable("the audit write failed")
+
+    monkeypatch.setattr(store, "append_audit", broken)
+    images = FolderImages(tmp_path / "images")
+    first = triage(png_bytes(synthetic_slice(256, seed=6)), tiny_classifier, None, store, actor=RADIOLOGIST,
+                   patient_ref=None, images=images)  # fmt: skip
+    assert first.status.state == NOT_SAVED
+    stood = store.get(first.record.id) is not None
+    assert stood == (kind == "mongomock")  # SQLite rolls the unit back
+    assert ("was saved, its audit event was not" in first.status.message) == stood
+    monkeypatch.setattr(store, "append_audit", real)
+    retried = retry_save(first, store, images, None, RADIOLOGIST)
+    assert retried.status.state in (SAVED, "already saved") and actions(store) == ["upload"]
+
+
 def test_a_review_pressed_twice_is_saved_once_and_nobody_else_is_blamed(store) -> None:
     """The second press of one button (landing while the first one's rerun was under way) was refused as "Another
     reader reviewed this result meanwhile"."""

@@ -166,6 +166,7 @@ def save_record(
     if store is None:
         logger.warning("event=save_failed code=store_unavailable")
         return SaveStatus(NOT_SAVED, "the results database is unavailable", record.id)
+    created = False
     try:
         with store.atomic():
             created = (write or store.add)(record)
@@ -173,6 +174,10 @@ def save_record(
             audit.record(store, actor, "upload", record.id, state=state, gate=gate)
     except StoreError as error:
         logger.warning("event=save_failed code=%s", error.code)
+        if created and not getattr(store, "rolls_back", True):  # MongoDB: the result stood without its event; a
+            # retry answers "already saved" and writes the event ("not saved" was untrue, and nothing said so)
+            note = f"{error} (the result was saved, its audit event was not: retry to record it)"
+            return SaveStatus(NOT_SAVED, note, record.id)
         return SaveStatus(NOT_SAVED, f"{error} (the result was not saved)", record.id)
     return SaveStatus(state, record_id=record.id)
 
