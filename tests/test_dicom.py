@@ -375,6 +375,9 @@ def test_a_dicom_file_with_burnt_in_text_is_neither_analysed_nor_kept(tmp_path, 
         data, tiny_classifier, None, store, actor=Actor("dr-a", "radiologist"), patient_ref=None, images=images
     )
     assert shown.error_code == "burned_in_annotation" and store.summary().total == 0 and not images.stored_keys()
+    for said in (" YES", "yes", ["NO", "YES"]):  # padded, lower case, one of several values: said all the same
+        with pytest.raises(BurnedInText):
+            read_scan(dicom_bytes(synthetic_slice(256).astype(np.uint16) * 16, extra={"BurnedInAnnotation": said}))
     assert read_scan(dicom_bytes(synthetic_slice(256).astype(np.uint16) * 16, extra={"BurnedInAnnotation": "NO"}))
 
 

@@ -228,7 +228,7 @@ def checked_dataset(data: bytes, limits: Limits, header: Any = None) -> tuple[An
     header = header if header is not None else header_of(data)  # parsed once when the caller already has it
     notes = check_modality(str(header.get("Modality", "") or "").upper())
     check_body_part(header)
-    if str(header.get("BurnedInAnnotation", "") or "").upper() == "YES":  # its pixels would be kept as de-identified
+    if _says_burnt_in(header.get("BurnedInAnnotation")):  # its pixels would be kept as the de-identified copy
         raise BurnedInText(
             "This DICOM file says its pixels carry burnt-in text (patient details): it is not analysed or kept. "
             "Use a copy without it (most scanners can export one)."
@@ -291,6 +291,12 @@ def _named(text: str) -> str:
     """A file's own words as a message quotes them: letters, digits, spaces and ``_.-`` only, at most 32 characters
     (messages reach the page, where markup in a crafted header would render)."""
     return re.sub(r"[^A-Za-z0-9 _.-]", "", text)[:32]
+
+
+def _says_burnt_in(value: Any) -> bool:
+    """Whether a BurnedInAnnotation value says YES (any case, padded either side, any of several values)."""
+    values = [value] if value is None or isinstance(value, str | bytes) else list(value)  # a MultiValue too
+    return any(str(v or "").strip().upper() == "YES" for v in values)
 
 
 def check_modality(modality: str) -> tuple[str, ...]:
