@@ -104,14 +104,15 @@ def test_a_single_sign_on_identity_never_takes_a_password_accounts_role_nor_an_u
         accounts.external_actor(store, unverified)
     verified = unverified | {"email_verified": True}
     assert accounts.external_actor(store, verified) == Actor("dr.y@hospital.example", "radiologist")
-    # a name shown to other readers with a link in it, or one differing from an account's only in case: refused
+    # a name with a line break in it, or one differing from an account's only in case: refused
     with pytest.raises(SignInFailed, match="characters the triage dashboard cannot show"):
-        accounts.external_actor(
-            store, {"email": '"[Second opinion](https://x.example)"@corp.example', "groups": ["admin"]}, "groups"
-        )
+        accounts.external_actor(store, {"email": "dr\nx@corp.example", "groups": ["admin"]}, "groups")
     with pytest.raises(SignInFailed, match="only in case"):
         accounts.external_actor(store, {"email": "DR.Y@hospital.example", "groups": ["admin"]}, "groups")
     assert actions(store)[-2:] == ["sign_in_failed", "sign_in_failed"]
+    for name in ("o'brien@hospital.example", "auth0|5f7c1e", '"[a](b)"@corp.example'):  # real names sign in (the
+        assert accounts.external_actor(store, {"sub": name, "groups": ["radiologist"]}, "groups").name == name  # page
+    # escapes Markdown wherever it shows a name)
 
 
 def saved_upload(store) -> Triaged:

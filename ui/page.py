@@ -9,6 +9,7 @@ from core.errors import ModelError, StoreError
 from core.logs import configure_logging
 from core.services.access import STORAGE_DETAILS, Actor, allowed
 from ui import auth, resources
+from ui.wording import plain
 
 
 def setup_page(title: str, permission: str | None) -> Actor:
@@ -20,7 +21,7 @@ def setup_page(title: str, permission: str | None) -> Actor:
     actor = auth.require(permission)
     auth.write_pending_cookie()  # a sign-in's: the browser keeps the session across reloads
     with st.sidebar:
-        st.markdown(f"Signed in as **{actor.name}** · {actor.role}")
+        st.markdown(f"Signed in as **{plain(actor.name)}** · {actor.role}")  # a name is text, never Markdown
         st.button("Sign out", on_click=auth.sign_out, key="sign-out")
         st.markdown("### Model")
         try:

@@ -325,8 +325,8 @@ def _identity_refusal(store: Store, name: str, account: Account | None) -> tuple
     """Why an identity's name cannot sign in (the audit's reason, the screen's words), or None."""
     if name.lower() in RESERVED_NAMES:  # the trail's names for the command line and for failed sign-ins
         return "reserved name", "is reserved by the triage dashboard"
-    if len(name) > 254 or not all(c.isalnum() or c in "._@+-" for c in name):  # shown to other readers (a
-        return "unusable identity name", "has characters the triage dashboard cannot show"  # link in a name)
+    if len(name) > 254 or not name.isprintable():  # a line break or a control character in a name shown to others
+        return "unusable identity name", "has characters the triage dashboard cannot show"  # (Markdown is escaped)
     if account is None and name and any(a.name.lower() == name.lower() for a in store.accounts()):  # "DR-A" by "dr-a"
         return "name differs only in case", "differs from an account's only in case"
     if account is not None and account.password_hash is not None:  # a local password account's name: refused, or
