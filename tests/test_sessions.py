@@ -304,12 +304,20 @@ def test_a_secrets_file_that_cannot_be_read_opens_no_database_and_makes_no_key(m
             raise ValueError("not TOML")
 
     monkeypatch.setattr(resources.st, "secrets", Unreadable())
-    monkeypatch.setattr(config, "get_option", lambda name: [str(broken)] if name == "secrets.files" else None)
+    good = tmp_path / "good.toml"
+    good.write_text('[identity]\nhmac_key = "x"\n')
+    files = [str(good), str(broken)]  # the broken one is named, not the first that exists
+    monkeypatch.setattr(config, "get_option", lambda name: files if name == "secrets.files" else None)
     monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
-    with pytest.raises(StoreError, match="cannot be read"):
+    with pytest.raises(StoreError, match=r"secrets\.toml cannot be read \(TOMLDecodeError"):
         resources.current_store()
     with pytest.raises(ValueError, match="cannot be read"):
         resources.current_patient_key()
     assert not (tmp_path / "data").exists()  # no database, no key file made
-    broken.unlink()  # no file at all: nothing configured, the embedded database as before
+    folder = tmp_path / "mounted"  # a folder of secrets (a mounted secret): its .toml files are read
+    folder.mkdir()
+    broken.rename(folder / "secrets.toml")
+    files[:] = [str(folder)]
+    assert "mounted/secrets.toml cannot be read" in resources.secrets_problem()
+    (folder / "secrets.toml").unlink()  # no file at all: nothing configured, the embedded database as before
     assert resources.secrets_problem() is None

@@ -42,13 +42,19 @@ def secrets_problem() -> str | None:
     try:
         st.secrets.to_dict()
         return None
-    except Exception as error:
+    except Exception:
+        import tomllib
+
         from streamlit import config
 
-        found = [name for name in config.get_option("secrets.files") if Path(name).expanduser().is_file()]
-        if not found:
-            return None
-        return f"the secrets file {found[0]} cannot be read ({type(error).__name__}): fix it"
+        for name in config.get_option("secrets.files"):  # each file, or each .toml of a folder (a mounted secret)
+            path = Path(name).expanduser()
+            for file in [path] if path.is_file() else sorted(path.glob("*.toml")) if path.is_dir() else []:
+                try:
+                    tomllib.loads(file.read_text())
+                except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+                    return f"the secrets file {file} cannot be read ({type(error).__name__}): fix it"
+        return None
 
 
 @st.cache_resource(show_spinner=False)
