@@ -286,6 +286,13 @@ def test_a_sign_in_ends_after_a_working_day_however_busy(monkeypatch, tmp_path) 
     state[auth.ACTOR_KEY] = replace(doctor, signed_in_at=datetime.now(UTC) - timedelta(hours=12, minutes=1))
     assert auth.current_actor() is None and "ended after 12 hours" in state["signed_out_reason"]
     assert not accounts.outlived(COMMAND_LINE)  # the command line has no sign-in to outlive
+    old = replace(doctor, signed_in_at=datetime.now(UTC) - timedelta(hours=13))  # a reload or a download: ended too
+    assert accounts.refreshed_actor(store, old) is None
+    token = registry.issue(old)
+    fresh: dict = {}
+    monkeypatch.setattr(auth.st, "session_state", fresh)
+    monkeypatch.setattr(auth, "_browser_token", lambda: token)
+    assert auth.current_actor() is None and registry.resume(token) is None  # not resumed, its token forgotten
 
 
 def test_a_secrets_file_that_cannot_be_read_opens_no_database_and_makes_no_key(monkeypatch, tmp_path) -> None:

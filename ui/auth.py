@@ -82,7 +82,7 @@ def current_actor(activity: bool = True) -> Actor | None:
         if actor is None:
             return None
     if accounts.outlived(actor):  # busy all day: a sign-in still ends after a working day
-        sign_out("expired")
+        sign_out("session lifetime")
         st.session_state["signed_out_reason"] = (
             f"Your session ended after {accounts.SESSION_HOURS} hours; sign in again."
         )

@@ -218,7 +218,8 @@ def credential_of(account: Account) -> str:
 
 
 def refreshed_actor(store: Store, actor: Actor) -> Actor | None:
-    """The signed-in ``actor`` as its account stands now: None once the account is disabled (or was, since the
+    """The signed-in ``actor`` as its account stands now: None once its sign-in is :data:`SESSION_HOURS` old, once
+    the account is disabled (or was, since the
     session signed in: enabling it again does not bring the session back) or its password was set
     since the session signed in with it (an administrator's answer to a stolen or shared password must end the
     sessions it opened), its current role after an admin changed it. One indexed read; a session calls it on every
@@ -228,6 +229,8 @@ def refreshed_actor(store: Store, actor: Actor) -> Actor | None:
     next run its own role: someone removed from the admin group stayed admin) and ends when its sign-in would be
     refused now (that account disabled or given a password); a role from the local account follows the account and
     ends with it, or once it has a password."""
+    if outlived(actor):  # a reload, a download or a fragment too, not only a page run
+        return None
     account = store.get_account(actor.name)
     if account is not None and ended(actor, account):
         return None
