@@ -182,8 +182,9 @@ moved = elsewhere()
 if moved:
     st.warning(
         f"{count_of(moved, 'result')} of this session {'is' if moved == 1 else 'are'} kept under the patient "
-        "reference typed before (saved, or to be saved by a retry). New scans take the reference typed now; the "
-        "earlier ones keep theirs unless you move them (to correct a typing mistake)."
+        "reference typed before (saved, or to be saved by a retry). New scans take the reference typed now (another "
+        "frame of an earlier file keeps that file's); the earlier ones keep theirs unless you move them (to correct a "
+        "typing mistake)."
     )
     st.button(f"Move {count_of(moved, 'result')} to this reference", on_click=move_references, key="move_refs")
 if session.uploader_key not in st.session_state:
@@ -229,10 +230,11 @@ rows = [
 ]
 table = pd.DataFrame(rows)
 st.subheader("Batch summary")
-verdicts = [row for row in rows if row["verdict"] is not None]
+images = {(row["sha256"], row["frame"]): row for row in rows}  # the same image twice is one result: counted once
+verdicts = [row for row in images.values() if row["verdict"] is not None]
 tumours = sum(1 for row in verdicts if row["tumour"])
-review = sum(1 for row in rows if row["result"] == "needs review")
-distinct = len({(row["sha256"], row["frame"]) for row in rows})  # the same image twice is one result
+review = sum(1 for row in images.values() if row["result"] == "needs review")
+distinct = len(images)
 same = f" ({count_of(distinct, 'distinct image')}: the same image twice is one result)" if distinct < len(rows) else ""
 st.caption(
     f"{count_of(len(rows), 'file')} received{same}; {len(verdicts)} with a verdict, {tumours} of them a tumour; "

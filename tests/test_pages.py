@@ -389,7 +389,8 @@ def test_the_same_image_uploaded_under_two_names_is_one_result_in_the_counts_and
         [("a.png", scan, "image/png"), ("a_copy.png", scan, "image/png"), ("b.png", other, "image/png")]
     ).run()
     assert not app.exception and stored(app_environment).summary().total == 2
-    assert any("3 files received (2 distinct images" in c.value for c in app.caption)
+    caption = next(c.value for c in app.caption if "files received" in c.value)
+    assert "3 files received (2 distinct images" in caption and "; 2 with a verdict, " in caption  # not 3
     downloads[-1]()
     (export,) = exports(app_environment)
     assert len(export.detail["results"]) == len(set(export.detail["results"])) == 2
