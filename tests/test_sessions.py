@@ -144,12 +144,28 @@ def test_signing_out_in_one_tab_signs_the_browsers_other_tabs_out_at_their_next_
     assert "another tab" in other_tab["signed_out_reason"]
 
 
+def browser_session(monkeypatch, store, doctor):
+    """A signed-in browser's page session for ``doctor`` (its token bound, its cookie presented): (registry, token,
+    session state)."""
+    import time
+
+    from ui import auth
+
+    registry = SessionRegistry()
+    token = registry.issue(doctor)
+    state = {auth.ACTOR_KEY: doctor, auth.SEEN_KEY: time.time(), auth.TOKEN_KEY: token, auth.BOUND_KEY: True}
+    monkeypatch.setattr(auth.st, "session_state", state)
+    monkeypatch.setattr(auth, "_browser_token", lambda: token)
+    monkeypatch.setattr(auth.resources, "current_store", lambda: store)
+    monkeypatch.setattr(auth.resources, "session_registry", lambda: registry)
+    return registry, token, state
+
+
 def test_a_password_set_by_an_administrator_ends_the_sessions_it_opened_and_a_reload_does_not_resume_them(
     monkeypatch, tmp_path
 ) -> None:
     """Resetting a stolen or shared password left the intruder signed in (the page run and a reload alike); the
     user's own new sign-in goes on working, and a role change keeps the session."""
-    import time
 
     from core.services import accounts
     from core.services.access import COMMAND_LINE
@@ -161,13 +177,7 @@ def test_a_password_set_by_an_administrator_ends_the_sessions_it_opened_and_a_re
     doctor = accounts.sign_in(store, "dr-a", "first password 1")
     assert doctor.credential == accounts.credential_of(store.get_account("dr-a"))
     assert accounts.refreshed_actor(store, doctor).credential == doctor.credential
-    registry = SessionRegistry()
-    token = registry.issue(doctor)
-    state = {auth.ACTOR_KEY: doctor, auth.SEEN_KEY: time.time(), auth.TOKEN_KEY: token, auth.BOUND_KEY: True}
-    monkeypatch.setattr(auth.st, "session_state", state)
-    monkeypatch.setattr(auth, "_browser_token", lambda: token)
-    monkeypatch.setattr(auth.resources, "current_store", lambda: store)
-    monkeypatch.setattr(auth.resources, "session_registry", lambda: registry)
+    registry, token, state = browser_session(monkeypatch, store, doctor)
     accounts.set_role(store, COMMAND_LINE, "dr-a", "supervisor")
     kept = auth.current_actor()  # a role change keeps the session, and its credential
     assert kept == accounts.Actor("dr-a", "supervisor") and kept.credential == doctor.credential
@@ -263,7 +273,6 @@ def test_an_idle_tab_never_signs_out_the_tab_of_the_same_browser_in_use(monkeypa
 def test_a_sign_in_ends_after_a_working_day_however_busy(monkeypatch, tmp_path) -> None:
     """A session kept busy lasted for ever, and with it a role taken from the identity provider's claim, never
     read again."""
-    import time
     from dataclasses import replace
     from datetime import UTC, datetime, timedelta
 
@@ -275,13 +284,7 @@ def test_a_sign_in_ends_after_a_working_day_however_busy(monkeypatch, tmp_path) 
     store = SQLiteStore(tmp_path / "results.sqlite3")
     accounts.add_account(store, COMMAND_LINE, "dr-a", "radiologist", "first password 1")
     doctor = accounts.sign_in(store, "dr-a", "first password 1")
-    registry = SessionRegistry()
-    token = registry.issue(doctor)
-    state = {auth.ACTOR_KEY: doctor, auth.SEEN_KEY: time.time(), auth.TOKEN_KEY: token, auth.BOUND_KEY: True}
-    monkeypatch.setattr(auth.st, "session_state", state)
-    monkeypatch.setattr(auth, "_browser_token", lambda: token)
-    monkeypatch.setattr(auth.resources, "current_store", lambda: store)
-    monkeypatch.setattr(auth.resources, "session_registry", lambda: registry)
+    registry, token, state = browser_session(monkeypatch, store, doctor)
     assert auth.current_actor() == doctor
     state[auth.ACTOR_KEY] = replace(doctor, signed_in_at=datetime.now(UTC) - timedelta(hours=12, minutes=1))
     assert auth.current_actor() is None and "ended after 12 hours" in state["signed_out_reason"]
