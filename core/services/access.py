@@ -46,7 +46,8 @@ class Actor:
     since ends the session; empty where no password signed it in (single sign-on, the command line). ``via``:
     where the role came from: "" a password (or the command line), :data:`VIA_CLAIM` the identity provider's role
     claim, :data:`VIA_ACCOUNT` the local account made for single sign-on; every later run keeps to that source.
-    ``signed_in_at``: when, so that disabling the account ends the session for good (None: the command line)."""
+    ``signed_in_at``: when (None: the command line), so that a disable ends the session for good and a sign-in
+    lasts at most a working day."""
 
     name: str
     role: str

@@ -36,15 +36,6 @@ LOCK_MINUTES = 15
 IDLE_MINUTES = 30
 SESSION_HOURS = 12  # the longest a sign-in lasts, however busy (the cookie's own lifetime): a role taken from an
 # identity provider's claim, never read again, is re-read at the next sign-in
-
-
-def outlived(actor: Actor, now: datetime | None = None) -> bool:
-    """Whether ``actor`` signed in more than :data:`SESSION_HOURS` ago (never for the command line)."""
-    if actor.signed_in_at is None:
-        return False
-    return (now or datetime.now(UTC)) - actor.signed_in_at > timedelta(hours=SESSION_HOURS)
-
-
 REFUSAL_SECONDS = 1.0  # longer than any refusal's own work: each takes this long
 MIN_PASSWORD = 12
 REFUSED = (
@@ -218,17 +209,16 @@ def credential_of(account: Account) -> str:
 
 
 def refreshed_actor(store: Store, actor: Actor) -> Actor | None:
-    """The signed-in ``actor`` as its account stands now: None once its sign-in is :data:`SESSION_HOURS` old, once
-    the account is disabled (or was, since the
-    session signed in: enabling it again does not bring the session back) or its password was set
-    since the session signed in with it (an administrator's answer to a stolen or shared password must end the
-    sessions it opened), its current role after an admin changed it. One indexed read; a session calls it on every
-    run and fragment run, so a change reaches open sessions at their next interaction. A password sign-in whose
-    account is gone (forgotten, or a backup from before it was restored) ends. Single sign-on keeps to where its
-    role came from: a role from the provider's claim stays as it signed in (a local account of that name gave the
-    next run its own role: someone removed from the admin group stayed admin) and ends when its sign-in would be
-    refused now (that account disabled or given a password); a role from the local account follows the account and
-    ends with it, or once it has a password."""
+    """The signed-in ``actor`` as its account stands now: None once its sign-in is :data:`SESSION_HOURS` old, once the
+    account is disabled (or was, since the session signed in: enabling it again does not bring the session back) or its
+    password was set since the session signed in with it (an administrator's answer to a stolen or shared password must
+    end the sessions it opened), its current role after an admin changed it. One indexed read; a session calls it on
+    every run and fragment run, so a change reaches open sessions at their next interaction. A password sign-in whose
+    account is gone (forgotten, or a backup from before it was restored) ends. Single sign-on keeps to where its role
+    came from: a role from the provider's claim stays as it signed in (a local account of that name gave the next run
+    its own role: someone removed from the admin group stayed admin) and ends when its sign-in would be refused now
+    (that account disabled or given a password); a role from the local account follows the account and ends with it, or
+    once it has a password."""
     if outlived(actor):  # a reload, a download or a fragment too, not only a page run
         return None
     account = store.get_account(actor.name)
@@ -244,6 +234,13 @@ def refreshed_actor(store: Store, actor: Actor) -> Actor | None:
     if actor.via == VIA_ACCOUNT and account.password_hash is not None:
         return None
     return actor if account.role == actor.role else replace(actor, role=account.role)
+
+
+def outlived(actor: Actor, now: datetime | None = None) -> bool:
+    """Whether ``actor`` signed in more than :data:`SESSION_HOURS` ago (never for the command line)."""
+    if actor.signed_in_at is None:
+        return False
+    return (now or datetime.now(UTC)) - actor.signed_in_at > timedelta(hours=SESSION_HOURS)
 
 
 def ended(actor: Actor, account: Account) -> bool:
