@@ -147,9 +147,10 @@ def number(value: int | None) -> str:
     return f"{value:,}" if value is not None else WITHHELD_MARK
 
 
-def percent(value: float | None, interval: tuple[float, float] | None = None) -> str:
+def percent(value: float | None, interval: tuple[float, float] | None = None, counted: int | None = None) -> str:
+    """A rate as the page gives it; "—" when nothing was counted (``counted`` 0: "withheld" read as a secret)."""
     if value is None:
-        return "withheld"
+        return "—" if counted == 0 else "withheld"
     return f"{value:.1%}" + (f" ({interval[0]:.0%}-{interval[1]:.0%})" if interval else "")
 
 
@@ -170,17 +171,17 @@ def quality_section(viewer, first: date, last: date):
     overall = board_q.overall
     kpis = st.columns(6)
     kpis[0].metric("Reviewed", number(overall.reviewed))
-    kpis[1].metric("Agreement", percent(overall.agreement))
+    kpis[1].metric("Agreement", percent(overall.agreement, counted=overall.reviewed))
     kpis[2].metric(
         "Sensitivity",
-        percent(overall.sensitivity),
+        percent(overall.sensitivity, counted=overall.reviewed),
         help=None
         if overall.sensitivity_interval is None
         else "95 % interval {:.1%} to {:.1%}".format(*overall.sensitivity_interval),
     )
     kpis[3].metric(
         "Specificity",
-        percent(overall.specificity),
+        percent(overall.specificity, counted=overall.reviewed),
         help=None
         if overall.specificity_interval is None
         else "95 % interval {:.1%} to {:.1%}".format(*overall.specificity_interval),
@@ -218,9 +219,9 @@ def quality_section(viewer, first: date, last: date):
                 {
                     "model version": available.get(v, v),
                     "reviewed": number(a.reviewed),
-                    "agreement": percent(a.agreement),
-                    "sensitivity": percent(a.sensitivity, a.sensitivity_interval),
-                    "specificity": percent(a.specificity, a.specificity_interval),
+                    "agreement": percent(a.agreement, counted=a.reviewed),
+                    "sensitivity": percent(a.sensitivity, a.sensitivity_interval, a.reviewed),
+                    "specificity": percent(a.specificity, a.specificity_interval, a.reviewed),
                 }
                 for v, a in board_q.per_version.items()
             ]
@@ -247,7 +248,7 @@ def headline(dashboard) -> None:
     rate = dashboard.tumour_rate
     kpis[1].metric(
         "Tumour rate (model)",
-        f"{rate:.1%}" if rate is not None else "withheld",
+        percent(rate, counted=dashboard.scans),
         help=MODELS_CALLS
         + (
             ""

@@ -476,6 +476,8 @@ def test_statistics_page_charts_the_stores_aggregates_under_the_small_count_rule
     assert metrics["Studies with a verdict"] == "13"  # single scans: a study each
     assert metrics["Tumour rate (model)"] == "61.5%"
     assert metrics["Flagged for review"] == "0" and metrics["Rejected (not brain MRI)"] == "withheld"
+    # nothing reviewed: the rates against the final labels have nothing to count, which "withheld" read as a secret
+    assert metrics["Reviewed"] == "0" and metrics["Agreement"] == "—" and metrics["Sensitivity"] == "—"
     # pituitary's 2 withheld, with no tumour's 5 beside it, and glioma's 6: the tumour rate gives their sum, 8
     assert metrics["Glioma"] == "withheld" and metrics["Pituitary tumour"] == "withheld"
     assert metrics["No tumour"] == "withheld"  # 13 - 6 - 5 would give the 2 pituitary away
