@@ -124,20 +124,13 @@ def test_single_sign_on_is_off_while_its_cookie_secret_is_the_examples_placehold
 def test_signing_out_in_one_tab_signs_the_browsers_other_tabs_out_at_their_next_run(monkeypatch, tmp_path) -> None:
     """The tabs of one browser share its session token: after a sign-out in one (the token forgotten), another
     went on working under the same user for up to 30 minutes."""
-    import time
 
     from core.services.access import Actor
     from core.storage.sqlite import SQLiteStore
     from ui import auth
 
-    registry, store = SessionRegistry(), SQLiteStore(tmp_path / "results.sqlite3")
     doctor = Actor("dr-a", "radiologist")
-    token = registry.issue(doctor)
-    other_tab = {auth.ACTOR_KEY: doctor, auth.SEEN_KEY: time.time(), auth.TOKEN_KEY: token, auth.BOUND_KEY: True}
-    monkeypatch.setattr(auth.st, "session_state", other_tab)
-    monkeypatch.setattr(auth, "_browser_token", lambda: token)
-    monkeypatch.setattr(auth.resources, "current_store", lambda: store)
-    monkeypatch.setattr(auth.resources, "session_registry", lambda: registry)
+    registry, token, other_tab = browser_session(monkeypatch, SQLiteStore(tmp_path / "results.sqlite3"), doctor)
     assert auth.current_actor() == doctor and auth.current_actor(activity=False) == doctor
     registry.forget(token)  # the first tab signed out
     assert auth.current_actor(activity=False) is None and auth.ACTOR_KEY not in other_tab
