@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from datetime import date, timedelta
 
 import pytest
 
 from core.analytics.quality import accuracy, quality_rows, roll_up_quality, turnaround
 from core.domain.results import DayQuality
+from ui.wording import hours_within
 
 
 def day(d: int, shown: int, tumour: int, reviewed: int = 0, agreed: int = 0, p: float = 0.3, **more) -> DayQuality:
@@ -86,7 +88,10 @@ def test_accuracy_against_final_labels() -> None:
 
 def test_turnaround_percentiles_come_from_hour_counts() -> None:
     assert turnaround({0: 3, 2: 3, 5: 3, 48: 1}) == (3.0, 6.0)  # within: the bins' upper edges (5 h 50 is "6 h")
-    assert turnaround({720: 5}) == (720.0, 720.0)  # the last bin is "720 h or more", never "within 721"
+    assert turnaround({720: 5}) == (math.inf, math.inf)  # the last bin is "720 h or more", never "within 721"
+    assert turnaround({719: 5}) == (720.0, 720.0)  # the bin below it is "within 720 h", not "720 h or more"
+    assert turnaround({719: 5, 720: 5}) == (720.0, math.inf)
+    assert (hours_within(720.0), hours_within(math.inf)) == ("within 720 h", "720 h or more")
     assert turnaround({1: 2}) == (None, None)
 
 

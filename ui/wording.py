@@ -3,6 +3,7 @@ from (the display names themselves are the model's, :data:`core.model.decision.L
 
 from __future__ import annotations
 
+import math
 import re
 
 from core.analytics.quality import TURNAROUND_CAP_H
@@ -56,8 +57,8 @@ def probability_shown(record) -> str:
 
 
 def hours_within(hours: float) -> str:
-    """A review turnaround (an upper bin edge) as the board states it; the stores' last bin is "or more"."""
-    return f"{hours:.0f} h or more" if hours >= TURNAROUND_CAP_H else f"within {hours:.0f} h"
+    """A review turnaround (an upper bin edge) as the board states it; the stores' last bin (no edge) is "or more"."""
+    return f"{TURNAROUND_CAP_H} h or more" if math.isinf(hours) else f"within {hours:.0f} h"
 
 
 _MARKDOWN = re.compile(r"([\\`*_{}\[\]()#!|<>$~])")  # what starts a link, an image, emphasis, code, HTML, maths

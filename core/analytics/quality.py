@@ -225,7 +225,8 @@ TURNAROUND_CAP_H = 720  # the stores' last bin: 720 hours or more
 def turnaround(hours: Mapping[int, int]) -> tuple[float | None, float | None]:
     """(median, 90th percentile) of the hours to the first review, as the upper edge of the database's whole-hour
     bins: "within 6 h" for reviews taken 5 h 50 min (the bins' lower edges said "within 5 h", and 40 minutes "0 h");
-    the stores' last bin, :data:`TURNAROUND_CAP_H` or more, stays itself (a review weeks later is not "within 721")."""
+    the stores' last bin, :data:`TURNAROUND_CAP_H` or more, has no upper edge: infinity (a review weeks later is not
+    "within 721", and the bin below it, "within 720 h", read "720 h or more" when both were 720)."""
     total = sum(hours.values())
     if total < SMALL_CELL:
         return None, None
@@ -235,8 +236,8 @@ def turnaround(hours: Mapping[int, int]) -> tuple[float | None, float | None]:
         for hour in sorted(hours):
             seen += hours[hour]
             if seen >= q * total:
-                return float(hour + 1 if hour < TURNAROUND_CAP_H else hour)
-        return float(min(max(hours) + 1, TURNAROUND_CAP_H))
+                break
+        return float(hour + 1) if hour < TURNAROUND_CAP_H else math.inf
 
     return quantile(0.5), quantile(0.9)
 

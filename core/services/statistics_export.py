@@ -133,7 +133,8 @@ def _comments(buffer: io.StringIO, board: Dashboard) -> None:
     buffer.write(
         "# tumour rate and class mix: the model's calls (overrides do not change them); the quality board (accuracy, "
         "confusion, drift, quality_per_period) counts each scan or series against its final label, whatever the "
-        "unit above; control limits are 3-sigma limits around the drift baseline, not 95 % intervals\n"
+        "unit above; control limits are 3-sigma limits around the drift baseline, not 95 % intervals; turnaround: "
+        "hours to the first review, the upper edge of its whole-hour bin ('inf': 720 h or more)\n"
     )
 
 
