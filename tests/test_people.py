@@ -755,6 +755,35 @@ def test_an_account_or_a_patient_link_whose_audit_event_fails_is_not_left_standi
     assert again.status.state == "reference not updated" and store.get(first.record.id).patient_ref is None
 
 
+def test_a_mongodb_audit_head_that_cannot_be_moved_leaves_the_written_event_and_its_change_standing(
+    monkeypatch,
+) -> None:
+    """MongoDB writes the event, then the chain's head: a failure of the second raised, so the account was removed
+    again while its "account_created" event stayed, recording a creation that did not stand. The event is written:
+    the change stands, and the chain reads intact with its head one event behind (a crash's window)."""
+    import mongomock
+    from pymongo.errors import ConnectionFailure
+
+    from core.storage.mongo import MongoStore
+
+    store = MongoStore(mongomock.MongoClient(tz_aware=True), collection="scans_head_lags")
+    accounts.add_account(store, COMMAND_LINE, "amy", "admin", PASSWORD)
+
+    real = mongomock.collection.Collection.update_one
+
+    def unreachable(collection, query, *args, **kwargs):
+        if query.get("_id") == "audit_head":
+            raise ConnectionFailure("the server went away")
+        return real(collection, query, *args, **kwargs)
+
+    monkeypatch.setattr(mongomock.collection.Collection, "update_one", unreachable)
+    accounts.add_account(store, COMMAND_LINE, "eve", "radiologist", PASSWORD)
+    assert store.get_account("eve") is not None
+    assert [e.action for e in store.audit_events()] == ["account_created", "account_created"]
+    assert store.audit_head().seq == 1
+    assert audit.verify(store).intact
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "mongomock"])
 def test_an_upload_whose_audit_event_fails_says_what_stood_and_its_retry_records_it(
     tmp_path: Path, monkeypatch, kind: str, tiny_classifier

@@ -9,6 +9,7 @@ so replicas sharing one database keep one unbroken chain. A review is inserted, 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from datetime import datetime
@@ -19,6 +20,8 @@ from core.domain.results import Record
 from core.domain.times import as_utc
 from core.errors import InvalidRecord, ReviewedMeanwhile, StoreUnavailable
 from core.storage.protocol import check_account_fields, check_review
+
+logger = logging.getLogger("btd.storage")
 
 # The audit page's filters, newest first (time, then sequence number): created by the schema set-up
 # (:func:`core.storage.migrations.migrate_mongo`) on every start.
@@ -232,23 +235,25 @@ class MongoPeople:
                     )
                 except DuplicateKeyError:
                     continue  # another replica appended first: link to its event instead
-                current = self.audit_head() or NO_HEAD
-                head = current.after(seq, linked.hash, self.audit_key)
-                with suppress(DuplicateKeyError):  # the head, kept outside the events; a later event may lead
-                    self._db["meta"].update_one(
-                        {"_id": "audit_head", "$or": [{"seq": {"$lt": seq}}, {"seq": {"$exists": False}}]},
-                        {
-                            "$set": {
-                                "seq": head.seq,
-                                "hash": head.hash,
-                                "keyed_since": head.keyed_since,
-                                "mac": head.mac,
-                            }
-                        },
-                        upsert=True,
-                    )
-                return linked
+            try:
+                self._move_audit_head(seq, linked.hash)
+            except StoreUnavailable:  # the event is written: the change it records is audited, and a head one
+                logger.warning("the audit head was not moved after event %d; it lags one event", seq)  # behind
+            return linked  # reads intact (a crash's window); a caller told "failed" undid a change its event kept
         raise StoreUnavailable("The audit trail is too busy to append to; try again.")
+
+    def _move_audit_head(self, seq: int, digest: str) -> None:
+        """Move the chain's head, kept outside the events, to event ``seq`` (a later event's may lead already)."""
+        from pymongo.errors import DuplicateKeyError
+
+        with self._errors():
+            head = (self.audit_head() or NO_HEAD).after(seq, digest, self.audit_key)
+            with suppress(DuplicateKeyError):
+                self._db["meta"].update_one(
+                    {"_id": "audit_head", "$or": [{"seq": {"$lt": seq}}, {"seq": {"$exists": False}}]},
+                    {"$set": {"seq": head.seq, "hash": head.hash, "keyed_since": head.keyed_since, "mac": head.mac}},
+                    upsert=True,
+                )
 
     def audit_head(self) -> AuditHead | None:
         with self._errors():
