@@ -364,6 +364,12 @@ def test_a_report_of_a_study_with_a_series_nobody_could_read_gives_no_no_tumour(
     flagged = [replace(records[0], gate="needs_review"), *records[1:]]
     assert study_headline(flagged, False).endswith("No tumour (flagged for review: read the series marked so first)")
     assert "flagged" not in study_headline([replace(r, final_label="notumor") for r in flagged], False)
+    # one series overridden to a tumour, another not reviewed: the study is a tumour, not the model's "No tumour"
+    partly = [replace(records[0], final_label="glioma"), *records[1:]]
+    headline = study_headline(partly, False)
+    assert headline.startswith(f"Study: Tumour (radiologist's final label, 1 of {len(records)} series reviewed)")
+    partly_clear = [replace(records[0], final_label="notumor"), *records[1:]]
+    assert study_headline(partly_clear, False).startswith("Study verdict (model): No tumour - 1 of")
 
 
 def test_a_report_made_later_from_history_still_gives_no_verdict_to_a_study_with_an_unread_series(

@@ -92,8 +92,9 @@ def lesion_line(record: Record) -> str:
 
 
 def study_headline(records: Sequence[Record], model_tumour: bool, unread: int = 0) -> str:
-    """The report's first verdict line: the radiologists' final labels when every series is reviewed, with the
-    model's verdict beside them; the model's verdict, marked as such, while any series is unreviewed. ``unread``
+    """The report's first verdict line: the radiologists' final labels when every series is reviewed, or when a
+    reviewed one is a tumour (it makes the study one), with the model's verdict beside them; the model's verdict,
+    marked as such, while any series is unreviewed and no reviewed one is a tumour. ``unread``
     series (none of their sections could be analysed, so never saved) leave the model no "No tumour" to give."""
     model = "Tumour" if model_tumour else ("none" if unread else "No tumour")
     if unread:
@@ -106,6 +107,11 @@ def study_headline(records: Sequence[Record], model_tumour: bool, unread: int = 
         if final == "No tumour" and unread:  # the reviews cover the saved series, not the ones nobody read
             return f"Study: no verdict - the reviewed series are no tumour; model verdict: {model}"
         return f"Study: {final} (radiologist's final label) - model verdict: {model}"
+    if any(r.final_label != NEGATIVE_LABEL for r in reviewed):  # one tumour series makes a tumour study: a reader's
+        return (  # tumour is the study's, whatever the unreviewed series (the model's "No tumour" led in large type)
+            f"Study: Tumour (radiologist's final label, {len(reviewed)} of {len(records)} series reviewed) - "
+            f"model verdict: {model}"
+        )
     if reviewed:
         return f"Study verdict (model): {model} - {len(reviewed)} of {len(records)} series reviewed, see below"
     return f"Study verdict (model, not yet reviewed): {model}"
