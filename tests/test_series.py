@@ -190,6 +190,48 @@ def test_a_study_with_a_localizer_and_a_series_that_cannot_be_put_together_reads
         read_upload(localizer)
 
 
+def _non_image(sop_class: str, series_uid: str) -> bytes:
+    """A DICOM object without an image, of ``sop_class``, in the phantom study."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.TransferSyntaxUID = sop_class, ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPInstanceUID = series_uid + ".1"
+    if sop_class != "1.2.840.10008.1.3.10":  # a DICOMDIR names its class in the file meta only
+        ds.SOPClassUID, ds.SOPInstanceUID = sop_class, series_uid + ".1"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = "1.2.826.0.1.3680043.8.498.1", series_uid, "PR"
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def test_a_cd_export_reads_its_images_and_leaves_out_its_index_reports_and_other_files() -> None:
+    """A study exported to CD (a DICOMDIR index, a presentation state, a viewer's AUTORUN.INF) or zipped by macOS
+    (its "._" copies): the index and the presentation state were series "nobody could read", so the study never got
+    a "No tumour"; one file that is neither DICOM nor NIfTI refused the whole zip. They are left out and counted."""
+    from core.imaging.series import read_upload
+
+    t1 = dicom_series(head_volume(4))
+    index = _non_image("1.2.840.10008.1.3.10", "1.2.826.0.1.3680043.8.498.1.8")  # Media Storage Directory
+    state = _non_image("1.2.840.10008.5.1.4.1.1.11.1", "1.2.826.0.1.3680043.8.498.1.9")  # Grayscale Softcopy PS
+    others = [b"\x00\x05\x16\x07" + bytes(60), b"[autorun]\r\nopen=viewer.exe\r\n"]  # AppleDouble, AUTORUN.INF
+    names = [f"DICOM/IM{k}" for k in range(4)] + ["DICOMDIR", "DICOM/PS0", "__MACOSX/DICOM/._IM0", "AUTORUN.INF"]
+    upload = read_upload([zipped([*t1, index, state, *others], names)])
+    assert [len(v.sections) for v in upload.volumes] == [4] and upload.unread == ()
+    assert upload.notes == (
+        "2 DICOM object(s) without an image (a DICOMDIR index, reports, presentation states) were left out.",
+        "2 file(s) in the zip that are neither DICOM nor NIfTI (a viewer program, an index, a read-me) were left out.",
+    )
+    with pytest.raises(SeriesError, match="holds no image: only DICOM objects without one"):
+        read_upload([index, state])
+    with pytest.raises(SeriesError, match="The zip holds no DICOM or NIfTI file"):
+        read_upload([zipped(others)])
+    with pytest.raises(UnsupportedFormat, match="neither DICOM nor NIfTI"):  # a file given itself: said, not skipped
+        read_upload([*t1, others[1]])
+
+
 def test_a_classic_multiframe_file_is_numbered_in_stored_order_and_measured_by_its_declared_step() -> None:
     """Frames of a classic multi-frame file carry no positions: they were placed along the stored normal, and a
     file whose frames run the other way came out mirrored head to foot, its positions named on the wrong side. They

@@ -186,6 +186,16 @@ def header_of(data: bytes) -> Any:
         raise CorruptImage("The DICOM file is damaged: its header cannot be read.") from error
 
 
+def is_non_image(header: Any) -> bool:
+    """A DICOM object that is no image: no Rows/Columns and a class whose name is not an image's (a DICOMDIR index,
+    a structured report, a presentation state, a key-object selection: what a CD or PACS export holds beside its
+    images). An image's class without its size is a cut file, not this."""
+    meta = getattr(header, "file_meta", None)
+    sop_class = header.get("SOPClassUID") or getattr(meta, "MediaStorageSOPClassUID", None)
+    sized = header.get("Rows") is not None and header.get("Columns") is not None
+    return not sized and "Image" not in str(getattr(sop_class, "name", ""))
+
+
 def _refuse_deflated(data: bytes) -> None:
     """Refuse the deflated transfer syntax from the file meta alone: pydicom inflates the whole dataset before
     reading any element, so a few KB could ask for gigabytes before the header's sizes are checked."""
@@ -235,7 +245,7 @@ def checked_dataset(data: bytes, limits: Limits, header: Any = None) -> tuple[An
         )
     rows, columns = header.get("Rows"), header.get("Columns")
     if rows is None or columns is None:
-        if "Image" in str(getattr(header.get("SOPClassUID"), "name", "")):  # an image's class: the file is cut
+        if not is_non_image(header):  # an image's class: the file is cut
             raise CorruptImage("The DICOM file is damaged: it ends inside its header, before the image's size.")
         raise NoPixelData(
             "The DICOM file holds no image (no Rows/Columns): it may be a report or a structured document."

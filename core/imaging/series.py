@@ -76,8 +76,15 @@ def read_upload(
     if declared > study_limits.max_total_bytes:  # from the zips' directories: refused before any is unpacked
         raise FileTooLarge(f"The upload is over {study_limits.max_total_bytes / 2**20:.0f} MB in all.")
     expanded: list[bytes] = []
+    others = 0  # a zip's files that are neither DICOM nor NIfTI (a CD's viewer program, macOS's "._" copies)
     for data in files:
-        expanded += unzip(data, study_limits) if is_zip(data) else [data]
+        if not is_zip(data):
+            expanded.append(data)
+            continue
+        members = unzip(data, study_limits)
+        readable = [m for m in members if is_nifti(m) or is_dicom(m)]
+        others += len(members) - len(readable)
+        expanded += readable
     check_nifti_budget([d for d in expanded if is_nifti(d)], study_limits)
     volumes, slices = [], []
     for data in expanded:
@@ -94,7 +101,7 @@ def read_upload(
             f"The upload holds {len(slices)} DICOM files; the limit is {study_limits.max_files} "
             "(refused before reading them)."
         )
-    found, unread, localizers = _dicom_series(slices, limits, study_limits)
+    found, unread, localizers, non_images = _dicom_series(slices, limits, study_limits)
     volumes += found
     # one definition of a study: its StudyInstanceUID, else the upload itself (NIfTI files and DICOM files without
     # the UID that came together are one study, as the page and the report show them)
@@ -107,14 +114,19 @@ def read_upload(
     if not volumes and unread:
         raise SeriesError(unread[0])
     if not volumes:
-        raise SeriesError(
-            "The upload holds only localizer images (the scanner's positioning images); upload the series to read."
-            if localizers
-            else "No series found in the upload."
-        )
-    notes = (
-        (f"{localizers} localizer image(s) (the scanner's positioning images) were left out.",) if localizers else ()
+        if localizers:
+            raise SeriesError(
+                "The upload holds only localizer images (the scanner's positioning images); upload the series to read."
+            )
+        if non_images:
+            raise SeriesError("The upload holds no image: only DICOM objects without one (an index, reports).")
+        raise SeriesError("The zip holds no DICOM or NIfTI file." if others else "No series found in the upload.")
+    left_out = (
+        (localizers, "localizer image(s) (the scanner's positioning images)"),
+        (non_images, "DICOM object(s) without an image (a DICOMDIR index, reports, presentation states)"),
+        (others, "file(s) in the zip that are neither DICOM nor NIfTI (a viewer program, an index, a read-me)"),
     )
+    notes = tuple(f"{n} {what} were left out." for n, what in left_out if n)
     return Upload(tuple(volumes), tuple(unread), notes)
 
 
@@ -245,9 +257,10 @@ def _is_localizer(header: object) -> bool:
 
 def _dicom_series(
     files: Sequence[bytes], limits: Limits, study_limits: StudyLimits
-) -> tuple[list[Volume], list[str], int]:
+) -> tuple[list[Volume], list[str], int, int]:
     """Every DICOM series of the upload, after checking from the headers alone that their pixels fit the budget;
-    the reasons of those that cannot be put together; how many localizer images were left out."""
+    the reasons of those that cannot be put together; how many localizer images and objects without an image (a
+    DICOMDIR, a report, a presentation state: not a series nobody could read) were left out."""
     headers, pixels = [], 0
     for data in files:
         header = dicom.header_of(data)
@@ -267,8 +280,11 @@ def _dicom_series(
     groups: dict[tuple[str, str], list[_Section]] = {}
     names: dict[str, str] = {}  # a series' UID key: how a reader finds it in the study (its number)
     failed: dict[str, ScanError] = {}  # a series with a file that cannot be read: not read short, named unread
-    localizers = 0
+    localizers = non_images = 0
     for data, header in zip(files, headers, strict=True):
+        if dicom.is_non_image(header):
+            non_images += 1
+            continue
         if _is_localizer(header):
             localizers += 1
             continue
@@ -297,7 +313,7 @@ def _dicom_series(
             unread.append(f"{names[key]}: {error}")
     if not volumes and len(failed) == len(unread) and len({type(e) for e in failed.values()}) == 1:
         raise next(iter(failed.values()))  # nothing read, every series for one kind of reason: that refusal
-    return volumes, unread, localizers
+    return volumes, unread, localizers, non_images
 
 
 def _uid_key(header: object) -> str:
