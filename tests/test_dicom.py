@@ -297,6 +297,8 @@ def test_head_descriptions_are_accepted_even_when_they_mention_another_part() ->
         {"BodyPartExamined": "BRAIN"},
         {"StudyDescription": "MRI BRAIN AND CERVICAL SPINE"},
         {"SeriesDescription": "AX T2 FLAIR"},
+        {"BodyPartExamined": "PITUITARY"},  # a pituitary protocol was refused: "of the pituitary ... brain MRI"
+        {"BodyPartExamined": "SELLA"},
     ):
         assert read_scan(dicom_bytes(stored_slice(), extra=fields)).pixels.shape == (128, 128)
 

@@ -190,6 +190,30 @@ def test_a_study_with_a_localizer_and_a_series_that_cannot_be_put_together_reads
         read_upload(localizer)
 
 
+@pytest.mark.parametrize(
+    ("description", "localizer"),
+    [
+        ("AAHead_Scout_64ch-head-coil", True),  # Siemens: "\bscout\b" never matched after an underscore
+        ("Survey_32ch_HeadCoil", True),  # Philips: the three-plane survey made the study "mixes orientations"
+        ("ExamCard_Survey", True),
+        ("SmartSurvey", True),
+        ("3-pl loc", True),
+        ("Scout", True),
+        ("t2_tse_tra", False),
+        ("AX T2 FLAIR", False),
+        ("Scoutline_T1", False),
+    ],
+)
+def test_vendor_names_of_localizers_are_found_whatever_marks_join_them(description: str, localizer: bool) -> None:
+    from pydicom.dataset import Dataset
+
+    from core.imaging.series import _is_localizer
+
+    header = Dataset()
+    header.SeriesDescription = description
+    assert _is_localizer(header) is localizer
+
+
 def _non_image(sop_class: str, series_uid: str) -> bytes:
     """A DICOM object without an image, of ``sop_class``, in the phantom study."""
     from pydicom.dataset import Dataset, FileMetaDataset

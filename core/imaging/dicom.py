@@ -57,7 +57,11 @@ ACQUISITION_FIELDS: tuple[str, ...] = (
 _WORKING_BYTES_PER_PIXEL = 8
 
 # Body parts a brain slice may be filed under (BodyPartExamined defined terms and common local values).
-_HEAD_PARTS = {"HEAD", "BRAIN", "SKULL", "HEADNECK", "HEAD_NECK", "NEURO", "CEREBRUM", "CRANIUM", "IAC", "ORBIT"}
+_HEAD_PARTS = {
+    "HEAD", "BRAIN", "SKULL", "HEADNECK", "HEAD_NECK", "NEURO", "CEREBRUM", "CRANIUM", "IAC", "ORBIT",
+    # parts of the brain a protocol is named after (a pituitary study is one of the model's four classes)
+    "PITUITARY", "SELLA", "BRAINSTEM", "CEREBELLUM", "POSTERIORFOSSA", "HYPOPHYSIS",
+}  # fmt: skip
 # Words in a study or series description that name another part of the body.
 _OTHER_PARTS = (
     "ABDOMEN",

@@ -41,7 +41,10 @@ from core.imaging.volume import NO_STUDY_UID, SeriesError, Volume, hash_parts, r
 __all__ = ["SeriesError", "Upload", "Volume", "is_nifti", "read_study", "read_upload"]
 
 # a series description the main vendors give their positioning images (ImageType says LOCALIZER on most)
-LOCALIZER = re.compile(r"locali[sz]er|\bscout\b|\bsurvey\b|3[\s_-]*pl(ane)?[\s_-]*loc|tri[\s_-]*pilot", re.IGNORECASE)
+# (a word of its own between any marks, an underscore too: "AAHead_Scout_64ch", "Survey_32ch_HeadCoil", "SmartSurvey")
+LOCALIZER = re.compile(
+    r"locali[sz]er|(?<![a-z])scout(?![a-z])|survey(?![a-z])|3[\s_-]*pl(ane)?[\s_-]*loc|tri[\s_-]*pilot", re.IGNORECASE
+)
 PER_FRAME = "PerFrameFunctionalGroupsSequence"
 
 
