@@ -155,6 +155,45 @@ def test_mixed_orientations_and_two_different_sections_at_one_position_are_refus
     assert len(deduplicated.sections) == 3 and "duplicate" in deduplicated.warnings[0]
 
 
+def _tagged(files: list[bytes], **values) -> list[bytes]:
+    """``files`` with each DICOM attribute of ``values`` set."""
+    out = []
+    for raw in files:
+        ds = pydicom.dcmread(io.BytesIO(raw))
+        for name, value in values.items():
+            setattr(ds, name, value)
+        buffer = io.BytesIO()
+        ds.save_as(buffer)
+        out.append(buffer.getvalue())
+    return out
+
+
+def test_a_diffusion_or_multi_echo_series_is_read_as_one_volume_per_stack_each_named() -> None:
+    """A diffusion series' b0 and b1000 images (or a dual echo's) share their positions in one series: "Two different
+    sections lie at the same position" left it unread, and with it every routine brain protocol without a "No
+    tumour". Files that say their b-value or echo are read as one stack each; files that do not are still named."""
+    from core.imaging.series import read_upload
+
+    t2 = dicom_series(head_volume(4, seed=1), series_uid="1.2.826.0.1.3680043.8.498.1.2")
+    dwi = "1.2.826.0.1.3680043.8.498.1.3"
+    b0 = _tagged(dicom_series(head_volume(4, seed=2), series_uid=dwi), DiffusionBValue=0, SeriesNumber=5)
+    b1000 = _tagged(dicom_series(head_volume(4, seed=3), series_uid=dwi), DiffusionBValue=1000, SeriesNumber=5)
+    upload = read_upload(t2 + b0 + b1000)
+    assert upload.unread == () and [len(v.sections) for v in upload.volumes] == [4, 4, 4]
+    assert len({v.series for v in upload.volumes}) == 3 and upload.volumes[1].uid_key == upload.volumes[2].uid_key
+    named = sorted(v.warnings[0] for v in upload.volumes[1:])
+    assert named == [
+        "Series 5, its images at b = 0 s/mm2 (one of its 2 stacks at the same positions).",
+        "Series 5, its images at b = 1000 s/mm2 (one of its 2 stacks at the same positions).",
+    ]
+    assert not upload.volumes[0].warnings  # a series of one stack is as before
+    echoes = _tagged(b0, EchoNumbers=1) + _tagged(b0[:2], EchoNumbers=2)  # PD and T2 of a dual echo: 4 + 2 sections
+    (_, first, second) = read_upload(t2 + echoes).volumes
+    assert (len(first.sections), len(second.sections)) == (4, 2) and "echo 2" in second.warnings[0]
+    with pytest.raises(SeriesError, match=r"same position .* diffusion, multi-echo or dynamic"):  # files that do not
+        read_study(dicom_series(head_volume(4, seed=2), series_uid=dwi) + dicom_series(head_volume(4), series_uid=dwi))
+
+
 def test_an_enhanced_multiframe_file_is_one_series_ordered_by_its_frame_positions() -> None:
     volume = head_volume(7)
     (series,) = read_study([enhanced_multiframe(volume, order=[3, 0, 6, 1, 5, 2, 4])])

@@ -7,7 +7,10 @@ DICOM, or a NIfTI volume (:mod:`core.imaging.nifti`), each turned into :class:`V
   encode their orientation (axial: feet first, as NIfTI volumes). Enhanced multi-frame files give orientation,
   spacing and position per frame or shared. Pixel spacing, slice thickness and orientation are kept. Mixed
   orientations in one series, two different sections at one position, and gaps are named; identical duplicates are
-  dropped. The scanner's localizer images (positioning, three planes in one series) are left out and counted.
+  dropped. A series of several stacks at the same positions whose files say which is which (a diffusion series'
+  b-values, a multi-echo series' echoes) is read as one volume per stack, each named so. The scanner's localizer
+  images (positioning, three planes in one series) are left out and counted, as are DICOM objects without an image
+  (a DICOMDIR, a report) and a zip's files that are neither DICOM nor NIfTI.
 - A series that cannot be put together (mixed orientations, two different sections at one place) does not stop the
   study: :func:`read_upload` reads the others and names it (the study then gets no "no tumour" verdict).
 - A zip is checked before anything is read from it (:mod:`core.imaging.archive`); the DICOM files' pixels are
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -146,6 +150,7 @@ class _Section:
     modality: str
     multi_frame: bool = False
     uid_key: str = ""  # the hash of the study's and series' UIDs alone (a multi-frame file's series adds its own)
+    stack: str = ""  # which of a series' stacks at the same positions (a b-value, an echo): "b = 1000 s/mm2"
 
 
 def _floats(value: object, n: int) -> np.ndarray | None:
@@ -216,7 +221,11 @@ def _sections_of(data: bytes, header: object, limits: Limits) -> list[_Section]:
         orientation = _orientation(ds, None)
         pixels = display(dicom.decode_frame(ds, None), ds)
         instance = int(ds.get("InstanceNumber", 0) or 0)
-        return [_Section(study, series, position, orientation, instance, pixels, spacing, thickness, modality)]
+        return [
+            _Section(
+                study, series, position, orientation, instance, pixels, spacing, thickness, modality, stack=_stack(ds)
+            )
+        ]
     uid_key, series = series, hash_parts(series, hashlib.sha256(data).hexdigest())  # each multi-frame file: a series
     shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
     per_frame = ds.get(PER_FRAME) or []
@@ -252,6 +261,19 @@ def _sections_of(data: bytes, header: object, limits: Limits) -> list[_Section]:
     return sections
 
 
+def _stack(ds: object) -> str:
+    """Which stack of its series a file's image belongs to where a series holds several at the same positions: its
+    diffusion b-value and echo number as the standard tags give them ("" when neither is given)."""
+    parts = []
+    b_value = _floats([ds.get("DiffusionBValue")], 1)  # type: ignore[attr-defined]
+    if b_value is not None and b_value[0] >= 0:
+        parts.append(f"b = {b_value[0]:g} s/mm2")
+    echo = _floats([ds.get("EchoNumbers")], 1)  # type: ignore[attr-defined]
+    if echo is not None:
+        parts.append(f"echo {echo[0]:g}")
+    return ", ".join(parts)
+
+
 def _is_localizer(header: object) -> bool:
     """A positioning image: ImageType says LOCALIZER, or the series description is a vendor's name for one."""
     image_type = [str(v).upper() for v in (header.get("ImageType") or [])]  # type: ignore[attr-defined]
@@ -280,7 +302,7 @@ def _dicom_series(
             f"The DICOM files hold {pixels / 2**20:.0f} M pixels in all; the limit is "
             f"{study_limits.max_dicom_pixels / 2**20:.0f} M for one upload (refused before decoding them)."
         )
-    groups: dict[tuple[str, str], list[_Section]] = {}
+    groups: dict[tuple[str, str, str], list[_Section]] = {}
     names: dict[str, str] = {}  # a series' UID key: how a reader finds it in the study (its number)
     failed: dict[str, ScanError] = {}  # a series with a file that cannot be read: not read short, named unread
     localizers = non_images = 0
@@ -304,16 +326,23 @@ def _dicom_series(
             failed.setdefault(key, CorruptImage(dicom.INVALID_HEADER))
             continue
         for section in sections:
-            groups.setdefault((section.study, section.series), []).append(section)
+            groups.setdefault((section.study, section.series, section.stack), []).append(section)
     volumes, unread = [], [f"{names[key]}: {error}" for key, error in failed.items()]
-    for sections in groups.values():
+    stacks = Counter((study, series) for study, series, _ in groups)
+    for (study, series, stack), sections in groups.items():
         key = sections[0].uid_key or sections[0].series
         if key in failed:
             continue
         try:
-            volumes.append(_volume(sections, study_limits))
+            volume = _volume(sections, study_limits)
         except SeriesError as error:
             unread.append(f"{names[key]}: {error}")
+            continue
+        if stacks[study, series] > 1:  # a diffusion or multi-echo series: each stack a series of its own, said so
+            note = f"{names[key]}, its images at {stack or 'no b-value or echo given'}"
+            note += f" (one of its {stacks[study, series]} stacks at the same positions)."
+            volume = replace(volume, series=hash_parts(series, stack), warnings=(note, *volume.warnings))
+        volumes.append(volume)
     if not volumes and len(failed) == len(unread) and len({type(e) for e in failed.values()}) == 1:
         raise next(iter(failed.values()))  # nothing read, every series for one kind of reason: that refusal
     return volumes, unread, localizers, non_images
@@ -380,7 +409,8 @@ def _volume(sections: list[_Section], limits: StudyLimits) -> Volume:
                 notes.append(f"A duplicate of the section at {where.format(position)} was left out.")
                 continue
             raise SeriesError(
-                f"Two different sections lie at the same position ({where.format(position)}) in one series."
+                f"Two different sections lie at the same position ({where.format(position)}) in one series (a "
+                "diffusion, multi-echo or dynamic series whose files do not say which image is which?)."
             )
         kept.append((position, section))
     notes += gap_notes([p for p, _ in kept], in_mm, limits.max_gap_ratio)
