@@ -194,6 +194,15 @@ def test_a_diffusion_or_multi_echo_series_is_read_as_one_volume_per_stack_each_n
         read_study(dicom_series(head_volume(4, seed=2), series_uid=dwi) + dicom_series(head_volume(4), series_uid=dwi))
 
 
+def test_a_series_whose_files_are_not_mr_says_so_as_a_single_scan_does() -> None:
+    """A secondary capture (OT) or a series without a modality was analysed without the warning the Scan page gives
+    the same file: the series-reading path dropped it."""
+    (captured,) = read_study(_tagged(dicom_series(head_volume(3)), Modality="OT"))
+    assert captured.warnings == ("The DICOM modality is 'OT', not MR: check that this is an MRI slice.",)
+    (series,) = read_study(dicom_series(head_volume(3)))
+    assert series.warnings == ()
+
+
 def test_an_enhanced_multiframe_file_is_one_series_ordered_by_its_frame_positions() -> None:
     volume = head_volume(7)
     (series,) = read_study([enhanced_multiframe(volume, order=[3, 0, 6, 1, 5, 2, 4])])

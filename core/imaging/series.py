@@ -369,7 +369,9 @@ def _volume(sections: list[_Section], limits: StudyLimits) -> Volume:
     shapes = {s.pixels.shape for s in sections}
     if len(shapes) > 1:
         raise SeriesError("The sections of one series differ in size; a series holds sections of one size.")
-    notes: list[str] = []
+    notes: list[str] = []  # an OT or SC series, one without a modality: said once, as for a single scan
+    for modality in sorted({s.modality.strip().upper() for s in sections}):
+        notes += dicom.check_modality(modality)  # each file passed it: a note, never a refusal here
     orientations = [s.orientation for s in sections if s.orientation is not None]
     reference = orientations[0] if orientations else None
     if reference is not None and any(np.abs(o - reference).max() > 1e-3 for o in orientations):
