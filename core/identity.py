@@ -11,13 +11,23 @@ import hashlib
 import hmac
 import os
 import secrets
+import unicodedata
 from pathlib import Path
 
 KEY_FILE = "patient-ref.key"
 
 
 def normalise(text: str) -> str:
-    """Case, surrounding and repeated whitespace do not change the reference."""
+    """Case, surrounding and repeated whitespace do not change the reference, nor how the text was typed: composed
+    or decomposed accents, full-width digits (NFKC), invisible format characters (a zero-width space pasted with an
+    ID) and the kind of dash. ASCII text reads as before; a reference typed with any of those now finds the
+    same patient (it split one patient in two: History found no priors)."""
+    text = unicodedata.normalize("NFKC", text)
+    text = "".join(
+        "-" if unicodedata.category(c) == "Pd" or c == "\N{MINUS SIGN}" else c
+        for c in text
+        if unicodedata.category(c) != "Cf"
+    )
     return " ".join(text.split()).casefold()
 
 

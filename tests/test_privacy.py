@@ -97,3 +97,27 @@ def test_no_page_serves_review_images_through_streamlits_media_urls() -> None:
     sources = [*(root / "ui").glob("*.py"), *(root / "pages").glob("*.py"), root / "streamlit_app.py"]
     calls = [str(p.name) for p in sources if re.search(r"\.image\(", p.read_text())]
     assert calls == []
+
+
+def test_a_patient_reference_typed_or_pasted_differently_is_the_same_patient() -> None:
+    """Decomposed accents, full-width digits, a zero-width space pasted with an ID and a non-breaking hyphen each
+    gave another reference (History then found no priors). ASCII references hash as they always did."""
+    import hashlib
+    import hmac
+
+    from core.identity import pseudonymise
+
+    key = b"k" * 32
+    same = [
+        ("Zoe\u0308 Mu\u0308ller", "Zoë Müller"),
+        ("\uff11\uff12\uff13\uff14\uff15", "12345"),
+        ("MRN\u200b12345", "MRN12345"),
+        ("MRN\u201112345", "MRN-12345"),
+        ("MRN\u221212345", "mrn-12345"),
+        ("  p-0042 ", "P-0042"),
+    ]
+    for typed, reference in same:
+        assert pseudonymise(typed, key) == pseudonymise(reference, key), typed
+    assert pseudonymise("P-0042", key) == hmac.new(key, b"p-0042", hashlib.sha256).hexdigest()  # as stored before
+    assert pseudonymise("MRN12345", key) != pseudonymise("MRN12346", key)
+    assert pseudonymise("\u200b", key) is None  # only an invisible character: nothing typed
