@@ -59,7 +59,10 @@ with left.form("new-account", clear_on_submit=True):
     role = st.selectbox("Role", ROLES)
     password = st.text_input("Password (at least 12 characters; empty: single sign-on only)", type="password")
     if st.form_submit_button("Create"):
-        attempt(accounts.add_account, name.strip(), role, password or None)
+        if not password and not accounts.single_sign_on_ready():  # it was made, listed and could never sign in
+            st.error("Give a password: single sign-on is not set up, so an account without one could not sign in.")
+        else:
+            attempt(accounts.add_account, name.strip(), role, password or None)
 with right.form(f"change-account-{st.session_state.get('account_changes', 0)}"):  # a new, empty form after a change
     st.markdown("**Change an account**")
     target = st.selectbox("Account", [a.name for a in people], index=None, placeholder="Choose an account")

@@ -1071,6 +1071,11 @@ def test_the_accounts_form_changes_nothing_until_an_account_a_change_and_a_confi
     assert not app.exception and store.get_account("dr-a").role == "supervisor"
     assert app.success[0].value == "Saved." and "supervisor" in app.dataframe[0].value["role"].tolist()
     assert not app.checkbox[0].value  # a new, empty form: the next change needs its own confirmation
+    new_name = next(t for t in app.text_input if t.label == "Account name")
+    new_name.set_value("dr-b")
+    next(b for b in app.button if b.label == "Create").click().run()  # no password, no single sign-on set up:
+    assert not app.exception and "single sign-on is not set up" in app.error[0].value  # it could never sign in
+    assert store.get_account("dr-b") is None
 
 
 def test_the_first_admin_command_shown_creates_an_admin_this_server_then_signs_in(app_environment: Path) -> None:

@@ -375,15 +375,16 @@ def test_an_image_saved_again_is_kept_a_whole_period_from_then_and_a_purge_that_
 
 
 def test_the_last_enabled_admin_cannot_be_demoted_or_disabled(store, tmp_path, monkeypatch) -> None:
+    """(From the command line: an admin in the app does not change their own account at all, below.)"""
     accounts.add_account(store, COMMAND_LINE, "root", "admin", PASSWORD)
     with pytest.raises(InvalidRecord, match="only enabled admin"):
-        accounts.set_role(store, ADMIN, "root", "radiologist")
+        accounts.set_role(store, COMMAND_LINE, "root", "radiologist")
     with pytest.raises(InvalidRecord, match="only enabled admin"):
-        accounts.set_disabled(store, ADMIN, "root")
+        accounts.set_disabled(store, COMMAND_LINE, "root")
     assert store.get_account("root").role == "admin" and not store.get_account("root").disabled
     accounts.add_account(store, COMMAND_LINE, "sso-admin", "admin", None)  # no password, single sign-on is off:
     with pytest.raises(InvalidRecord, match="only enabled admin"):  # nobody could sign in as it
-        accounts.set_disabled(store, ADMIN, "root")
+        accounts.set_disabled(store, COMMAND_LINE, "root")
     secrets = tmp_path / "secrets.toml"
     monkeypatch.setenv("BTD_SECRETS", str(secrets))
     monkeypatch.setattr("core.config.authlib_installed", lambda: True)
@@ -391,17 +392,51 @@ def test_the_last_enabled_admin_cannot_be_demoted_or_disabled(store, tmp_path, m
     # password-less admin was counted as one who could, and the last admin with a password was disabled
     secrets.write_text('[auth]\nredirect_uri = "https://t.example/oauth2callback"\ncookie_secret = "REPLACE_ME"\n')
     with pytest.raises(InvalidRecord, match="only enabled admin"):
-        accounts.set_disabled(store, ADMIN, "root")
+        accounts.set_disabled(store, COMMAND_LINE, "root")
     secrets.write_text(f'[auth]\nredirect_uri = "https://t.example/oauth2callback"\ncookie_secret = "{"q7" * 20}"\n')
     with monkeypatch.context() as patched:
         patched.setattr("core.config.authlib_installed", lambda: False)
         with pytest.raises(InvalidRecord, match="only enabled admin"):
-            accounts.set_disabled(store, ADMIN, "root")
-    accounts.set_disabled(store, ADMIN, "root")  # single sign-on usable: the other admin can sign in
-    accounts.set_disabled(store, ADMIN, "root", False)
+            accounts.set_disabled(store, COMMAND_LINE, "root")
+    accounts.set_disabled(store, COMMAND_LINE, "root")  # single sign-on usable: the other admin can sign in
+    accounts.set_disabled(store, COMMAND_LINE, "root", False)
     accounts.add_account(store, COMMAND_LINE, "second", "admin", PASSWORD)
-    accounts.set_role(store, ADMIN, "root", "radiologist")  # another admin remains: allowed
+    accounts.set_role(store, COMMAND_LINE, "root", "radiologist")  # another admin remains: allowed
     assert store.get_account("root").role == "radiologist"
+
+
+def test_an_admin_does_not_disable_or_re_role_themselves_and_a_change_that_changes_nothing_is_refused(
+    store,
+) -> None:
+    """An admin could disable or demote their own account (signed out by their own change); a role "changed" to the
+    same role, an unlock of an account that was not locked were audited as changes; "enable" on an enabled account
+    ended its sign-in lock, audited only as "account_enabled"."""
+    accounts.add_account(store, COMMAND_LINE, "root", "admin", PASSWORD)
+    accounts.add_account(store, COMMAND_LINE, "second", "admin", PASSWORD)
+    accounts.add_account(store, COMMAND_LINE, "dr-a", "radiologist", PASSWORD)
+    events = len(store.audit_events())
+    with pytest.raises(InvalidRecord, match="cannot disable your own account; ask another administrator"):
+        accounts.set_disabled(store, ADMIN, "root")
+    with pytest.raises(InvalidRecord, match="cannot change the role of your own account"):
+        accounts.set_role(store, ADMIN, "Root", "radiologist")
+    with pytest.raises(InvalidRecord, match="dr-a is radiologist already: nothing changed"):
+        accounts.set_role(store, ADMIN, "dr-a", "radiologist")
+    with pytest.raises(InvalidRecord, match="dr-a is enabled already"):
+        accounts.set_disabled(store, ADMIN, "dr-a", False)
+    with pytest.raises(InvalidRecord, match="not locked and has no failed sign-ins"):
+        accounts.unlock(store, ADMIN, "dr-a")
+    assert len(store.audit_events()) == events and store.get_account("root").role == "admin"
+    for _ in range(accounts.MAX_FAILURES):
+        with pytest.raises(SignInFailed):
+            accounts.sign_in(store, "dr-a", "wrong password here")
+    assert store.get_account("dr-a").locked_until is not None
+    with pytest.raises(InvalidRecord, match="enabled already"):  # it ended the lock, unaudited as such
+        accounts.set_disabled(store, ADMIN, "dr-a", False)
+    assert store.get_account("dr-a").locked_until is not None
+    accounts.unlock(store, ADMIN, "dr-a")
+    accounts.set_disabled(store, Actor("second", "admin"), "root")  # another administrator does it
+    assert store.get_account("root").disabled
+    assert [e.action for e in store.audit_events()[events:]][-2:] == ["account_unlocked", "account_disabled"]
 
 
 def test_an_open_session_follows_its_accounts_role_and_ends_when_it_is_disabled(store) -> None:

@@ -88,7 +88,7 @@ def add_account(store: Store, actor: Actor, name: str, role: str, password: str 
     return account
 
 
-def _single_sign_on() -> bool:
+def single_sign_on_ready() -> bool:
     """Whether single sign-on is set up and usable (read once per change, not once per account)."""
     try:
         secrets = file_secrets()
@@ -109,7 +109,7 @@ ONLY_ADMIN = "{} is the only enabled admin who can sign in; make another account
 def _keep_an_admin(store: Store, account: Account, updated: Account) -> None:
     """Refuse a change that would leave no enabled admin who can sign in (nobody could manage accounts from the
     app again)."""
-    sso = _single_sign_on()
+    sso = single_sign_on_ready()
     leaves = _manages(account, sso) and not _manages(updated, sso)
     if leaves and not any(_manages(a, sso) for a in store.accounts() if a.name != account.name):
         raise InvalidRecord(ONLY_ADMIN.format(account.name))
@@ -140,7 +140,7 @@ def _change(
         raise InvalidRecord(CHANGED_MEANWHILE.format(account.name))
     updated = replace(account, **changes)
     try:
-        sso = _single_sign_on()
+        sso = single_sign_on_ready()
         if _manages(account, sso) and not any(_manages(a, sso) for a in store.accounts()):
             raise InvalidRecord(ONLY_ADMIN.format(account.name))
         audit.record(store, actor, event, account.name, **details)
@@ -152,12 +152,22 @@ def _change(
     return updated
 
 
+def _not_yourself(actor: Actor, name: str, what: str) -> None:
+    """An admin does not disable or re-role their own account (they were signed out by their own change, the
+    account left to whoever else is admin): another administrator does it."""
+    if actor.name.lower() == name.lower() and actor.role == "admin":
+        raise InvalidRecord(f"You cannot {what} your own account; ask another administrator.")
+
+
 def set_role(store: Store, actor: Actor, name: str, role: str) -> Account:
     require(actor, ACCOUNTS)
     if role not in ROLES:
         raise InvalidRecord(f"A role is one of {', '.join(ROLES)}.")
+    _not_yourself(actor, name, "change the role of")
     with store.atomic():  # the read, the check, the change and its audit event: both or neither
         account = _existing(store, name)
+        if account.role == role:  # no change, no event claiming one ("role radiologist, was radiologist")
+            raise InvalidRecord(f"{name} is {role} already: nothing changed.")
         _keep_an_admin(store, account, replace(account, role=role))
         return _change(
             store,
@@ -173,8 +183,12 @@ def set_role(store: Store, actor: Actor, name: str, role: str) -> Account:
 
 def set_disabled(store: Store, actor: Actor, name: str, disabled: bool = True) -> Account:
     require(actor, ACCOUNTS)
+    if disabled:
+        _not_yourself(actor, name, "disable")
     with store.atomic():  # the read, the check, the change and its audit event: both or neither
         account = _existing(store, name)
+        if account.disabled == disabled:  # "enable" on an enabled account also ended its lock, audited as neither
+            raise InvalidRecord(f"{name} is {'disabled' if disabled else 'enabled'} already: nothing changed.")
         _keep_an_admin(store, account, replace(account, disabled=disabled))
         changes: dict[str, Any] = {"disabled": disabled, "failed_count": 0, "locked_until": None}
         if disabled:  # its sessions end now and stay ended once it is enabled again (an idle one resumed)
@@ -188,6 +202,8 @@ def unlock(store: Store, actor: Actor, name: str) -> Account:
     require(actor, ACCOUNTS)
     with store.atomic():  # the read, the change and its audit event: both or neither
         account = _existing(store, name)
+        if not account.failed_count and account.locked_until is None:
+            raise InvalidRecord(f"{name} is not locked and has no failed sign-ins: nothing changed.")
         changes = {"failed_count": 0, "locked_until": None}
         return _change(store, actor, account, changes, ("password_hash",), "account_unlocked")
 
