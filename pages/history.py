@@ -86,7 +86,9 @@ st.caption(
     "segmenter measured it. Change: a series' volume against the one series in the same plane of this patient's "
     "previous study; — when there is none or several (compare them below), when either volume is unknown, and for "
     "single scans (two slices are not the same section). Results are in the order they were saved: scan dates are "
-    "not kept, so a prior study saved late reads as the later one."
+    "not kept, so a prior study saved late reads as the later one, its change the other way round. Nor is the "
+    "sequence (T1, T1 with contrast, T2, FLAIR) kept: check that two series are the same sequence before reading a "
+    "change between them."
 )
 
 series = [r for r in records if r.kind == "series"]
@@ -102,8 +104,8 @@ def describe(record) -> str:
     sections = count_of(record.section_count or 0, "section")
     read_by = f"{record.model_name} {record.model_version}"
     return (
-        f"{record.created_at:%Y-%m-%d %H:%M} UTC · {plane} · {sections} · {pretty(record.label)} · {read_by} · "
-        f"#{record.id[:6]}"
+        f"saved {record.created_at:%Y-%m-%d %H:%M} UTC · {plane} · {sections} · {pretty(record.label)} · {read_by} "
+        f"· #{record.id[:6]}"
     )
 
 
@@ -111,18 +113,19 @@ st.subheader("Compare with a prior")
 left, right = st.columns(2)
 current = left.selectbox("Series", series[::-1], format_func=describe, key="history_current")
 earlier = [r for r in series if r.created_at < current.created_at]
-# every earlier series can be chosen; the default is the latest of the same plane from another study (not another
-# sequence of this one, nor a plane whose sections do not correspond)
+# every other series can be chosen (scan dates are not kept: a prior pulled from the PACS after today's study was
+# saved later, and only earlier-saved ones were offered, so none); the default is the latest saved before it in the
+# same plane from another study (not another sequence of this one, nor a plane whose sections do not correspond)
 same_plane = [r for r in earlier if (r.geometry or {}).get("plane") == (current.geometry or {}).get("plane")]
 other_study = [r for r in same_plane if r.study_ref is None or r.study_ref != current.study_ref]
-choices = earlier[::-1]
+choices = [r for r in series[::-1] if r.id != current.id]
 best = (other_study or same_plane or earlier)[-1:] if earlier else []
 prior = right.selectbox(
-    "Prior",
+    "Prior (any other series of this patient)",
     choices,
     format_func=describe,
     key=f"history_prior-{current.id}",  # the default prior follows the series chosen (a kept value did not)
-    placeholder="no earlier series",
+    placeholder="choose a series" if choices else "no other series saved",
     index=choices.index(best[0]) if best else None,
 )
 

@@ -323,6 +323,12 @@ def test_the_history_page_shows_each_lesion_size_and_its_change(
     labels = app.selectbox(key="history_current").options
     assert len(labels) == len(set(labels)) == sum(r.kind == "series" for r in lesion_history())
     assert all(" · #" in label for label in labels), labels
+    # a prior pulled from the PACS after today's study was saved later: only earlier-saved series were offered
+    app.selectbox(key="history_current").set_value(app.selectbox(key="history_current").options[-1]).run()
+    chosen = app.selectbox(key="history_current").value
+    priors = next(s for s in app.selectbox if s.label.startswith("Prior")).options
+    assert len(priors) == len(labels) - 1 and all(label.startswith("saved ") for label in priors)
+    assert f"#{chosen.id[:6]}" not in " ".join(priors)
     st.cache_data.clear()
     st.cache_resource.clear()
 

@@ -250,7 +250,7 @@ def comparison(current: SeriesView, prior: SeriesView | None, classifier, explai
         )
     with right:
         if prior is None:
-            st.info("No earlier series to show beside it.")
+            st.info("No prior chosen to show beside it.")
             return
         matched, moved = change(current, index, prior)
         for caveat in (plane_caveat(current, prior), order_caveat(current, prior), model_caveat(current, prior)):
