@@ -203,6 +203,33 @@ def test_a_series_whose_files_are_not_mr_says_so_as_a_single_scan_does() -> None
     assert series.warnings == ()
 
 
+def test_an_enhanced_files_window_in_its_functional_groups_is_applied_as_a_classic_files_is() -> None:
+    """Enhanced MR keeps its window (FrameVOILUTSequence) and rescale (PixelValueTransformationSequence) in its
+    functional groups: they were not looked for, so its frames got a percentile stretch and the same series looked,
+    and fed the model, otherwise than as classic files. The frame's own group wins over the shared one."""
+    from pydicom.dataset import Dataset
+
+    volume = head_volume(4)
+    (classic,) = read_study(_tagged(dicom_series(volume), WindowCenter=800, WindowWidth=1200))
+    ds = pydicom.dcmread(io.BytesIO(enhanced_multiframe(volume)))
+    window = Dataset()
+    window.WindowCenter, window.WindowWidth = 800, 1200
+    ds.SharedFunctionalGroupsSequence[0].FrameVOILUTSequence = [window]
+    wide = Dataset()
+    wide.WindowCenter, wide.WindowWidth = 2000, 4000
+    ds.PerFrameFunctionalGroupsSequence[2].FrameVOILUTSequence = [wide]  # the third frame's own window
+    out = io.BytesIO()
+    ds.save_as(out)
+    (enhanced,) = read_study([out.getvalue()])
+    same = [k for k in range(4) if np.array_equal(enhanced.sections[k], classic.sections[k])]
+    assert same == [0, 1, 3]  # its own window for the third: darker than the shared one's
+    assert enhanced.sections[2].mean() < classic.sections[2].mean()
+    from core.imaging.scan import read_scan  # the Scan page reads one frame of it by the same rule
+
+    for frame in (1, 2):
+        assert np.array_equal(read_scan(out.getvalue(), frame=frame).pixels, enhanced.sections[frame])
+
+
 def test_an_enhanced_multiframe_file_is_one_series_ordered_by_its_frame_positions() -> None:
     volume = head_volume(7)
     (series,) = read_study([enhanced_multiframe(volume, order=[3, 0, 6, 1, 5, 2, 4])])

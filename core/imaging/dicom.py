@@ -30,7 +30,7 @@ from core.errors import (
     WrongModality,
 )
 from core.imaging import geometry
-from core.imaging.dicom_display import display
+from core.imaging.dicom_display import display, frame_view
 from core.imaging.limits import Limits, check_decoded_size, check_dimensions
 
 # DICOM modalities the model may see. Secondary captures and "other" are allowed with a warning because MR
@@ -298,7 +298,8 @@ def _read_checked(
     orientation = geometry.frame_orientation(dataset, frame if frames > 1 else None)
     transform = geometry.display_transform(orientation)
     shown = geometry.transformed_orientation(orientation, transform) if orientation else None
-    return geometry.apply_transform(display(pixels, dataset), transform), acquisition_facts(dataset), notes, shown
+    shown_pixels = display(pixels, frame_view(dataset, frame if frames > 1 else 0))
+    return geometry.apply_transform(shown_pixels, transform), acquisition_facts(dataset), notes, shown
 
 
 def _named(text: str) -> str:

@@ -38,6 +38,42 @@ def padding_of(stored: np.ndarray, dataset: Any) -> np.ndarray | None:
     return mask if mask.any() and not mask.all() else None
 
 
+_FRAME_GROUPS = {  # a functional group's macro -> the elements it carries that the display transform reads
+    "PixelValueTransformationSequence": ("RescaleIntercept", "RescaleSlope", "RescaleType"),
+    "FrameVOILUTSequence": ("WindowCenter", "WindowWidth", "VOILUTFunction", "WindowCenterWidthExplanation"),
+}
+
+
+def frame_view(dataset: Any, frame: int | None) -> Any:
+    """``dataset`` as :func:`display` reads it for one frame: an enhanced file keeps its rescale and window in its
+    functional groups (shared, or the frame's own, which wins), not at the top level, where they were not looked for
+    (its frames got a percentile stretch: the same series looked, and fed the model, otherwise than as classic files).
+    The dataset itself when it has no such group."""
+    from pydicom.dataset import Dataset
+
+    groups = [(dataset.get("SharedFunctionalGroupsSequence") or [None])[0]]
+    per_frame = dataset.get("PerFrameFunctionalGroupsSequence") or []
+    groups.append(per_frame[frame] if frame is not None and frame < len(per_frame) else None)
+    found = {
+        keyword: item[keyword]
+        for group in groups
+        if group is not None
+        for macro, keywords in _FRAME_GROUPS.items()
+        for item in (group.get(macro) or [])[:1]
+        for keyword in keywords
+        if keyword in item
+    }
+    if not found:
+        return dataset
+    view = Dataset()
+    for element in dataset:
+        if element.keyword not in ("PixelData", *(k for keywords in _FRAME_GROUPS.values() for k in keywords)):
+            view.add(element)
+    for element in found.values():
+        view.add(element)
+    return view
+
+
 def display(stored: np.ndarray, dataset: Any) -> np.ndarray:
     """Stored values -> displayed uint8: modality LUT, VOI LUT or window (first of several), else stretch; padding
     black, and left out of the stretch (white corners of a rotated slice shrank the brain crop and its score)."""

@@ -34,7 +34,7 @@ import numpy as np
 from core.errors import CorruptImage, FileTooLarge, ScanError, UnsupportedFormat
 from core.imaging import dicom
 from core.imaging.archive import declared_size, is_zip, unzip
-from core.imaging.dicom_display import display
+from core.imaging.dicom_display import display, frame_view
 from core.imaging.geometry import display_transform, frame_orientation, gap_notes, transformed_orientation
 from core.imaging.limits import DEFAULT_LIMITS, DEFAULT_STUDY_LIMITS, Limits, StudyLimits
 from core.imaging.nifti import read_nifti
@@ -219,7 +219,7 @@ def _sections_of(data: bytes, header: object, limits: Limits) -> list[_Section]:
             if position is None and group is not None:
                 position = _plane_position(group)
         orientation = _orientation(ds, None)
-        pixels = display(dicom.decode_frame(ds, None), ds)
+        pixels = display(dicom.decode_frame(ds, None), frame_view(ds, 0))
         instance = int(ds.get("InstanceNumber", 0) or 0)
         return [
             _Section(
@@ -242,7 +242,7 @@ def _sections_of(data: bytes, header: object, limits: Limits) -> list[_Section]:
         position = _plane_position(group) if group is not None else None
         if position is None and shared is not None:
             position = _plane_position(shared)  # shared by every frame: one place (a dynamic or multi-echo file)
-        pixels = display(dicom.decode_frame(ds, k), ds)
+        pixels = display(dicom.decode_frame(ds, k), frame_view(ds, k))
         sections.append(
             _Section(
                 study,
