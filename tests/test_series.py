@@ -895,3 +895,18 @@ def test_a_nifti_in_metres_or_microns_is_measured_in_millimetres_and_one_slice_i
     for affine in (np.diag([0.9, 0.9, 5.0, 1.0]), np.diag([-0.9, -0.9, 5.0, 1.0])):  # canonical or not
         flat = nibabel.Nifti1Image(data[:, :, 0], affine)
         assert read_nifti(flat.to_bytes()).sections.shape[0] == 1
+
+
+def test_a_nifti_acquired_in_another_plane_says_its_axial_sections_are_reformatted_across_thick_voxels() -> None:
+    """A 2-D sagittal acquisition (5 mm across x) was cut into axial sections silently: thick-slab reformats, read
+    by the classifier and stretched five times in the viewer, where its DICOM twin is read sagittally."""
+    import nibabel
+
+    from core.imaging.nifti import read_nifti
+    from core.imaging.phantom_series import head_volume
+
+    data = np.transpose(head_volume(4, 64)[:, ::-1, ::-1], (2, 1, 0)).astype(np.int16)
+    sagittal = read_nifti(nibabel.Nifti1Image(data, np.diag([5.0, 0.9, 0.9, 1.0])).to_bytes())
+    assert any("5.0 mm thick across its axial sections" in w for w in sagittal.warnings)
+    axial = read_nifti(nibabel.Nifti1Image(data, np.diag([0.9, 0.9, 5.0, 1.0])).to_bytes())
+    assert not any("thick across" in w for w in axial.warnings)

@@ -63,7 +63,8 @@ _MM_PER_UNIT = {"meter": 1000.0, "micron": 0.001}  # NIfTI's xyzt_units; "mm" an
 
 def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volume:
     """A NIfTI volume (optionally gzipped) as axial sections in RAS+ orientation, intensities stretched over the
-    whole volume (0.5th-99.5th percentile)."""
+    whole volume (0.5th-99.5th percentile); a volume acquired in another plane (thick voxels across the axial
+    sections) is still cut axially, and said to be."""
     import nibabel
 
     compressed = data[:2] == b"\x1f\x8b"
@@ -115,6 +116,13 @@ def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volum
         nifti_orientation(image.affine),
     )
     orientation = orientation if placed else None
+    if max(zooms[0], zooms[1]) > 1.5 * zooms[2]:  # thick voxels across the axial sections: another plane's acquisition
+        notes = (
+            *notes,
+            f"The volume's voxels are {max(zooms[0], zooms[1]):.1f} mm thick across its axial sections (acquired in "
+            "another plane, sagittal or coronal): its axial sections are reformatted across them, coarser than the "
+            "acquisition; read it in its own plane too.",
+        )
     digest = hashlib.sha256(data).hexdigest()
     origin, step = 0.0, float(zooms[2])
     if orientation:
