@@ -632,6 +632,11 @@ def test_a_report_whose_study_has_a_series_it_could_not_read_is_a_new_instance_n
     reworded = ("Series 7: a colour image (RGB): not read.",)  # the same series unread, the message reworded
     same = objects.verdict_report(objects.headers(files), outcome.series, None, model, unread=reworded)
     assert same.SOPInstanceUID == after.SOPInstanceUID
+    renamed = ("DICOM series 7: a colour image (RGB): not read.",)  # as series are named since: the same report
+    assert (
+        objects.verdict_report(objects.headers(files), outcome.series, None, model, unread=renamed).SOPInstanceUID
+        == after.SOPInstanceUID
+    )
     texts = [str(item.get("TextValue", "")) for item in after.ContentSequence]
     assert any(t.startswith("A series could not be read (Series 7: ") for t in texts)
 

@@ -183,8 +183,8 @@ def test_a_diffusion_or_multi_echo_series_is_read_as_one_volume_per_stack_each_n
     assert len({v.series for v in upload.volumes}) == 3 and upload.volumes[1].uid_key == upload.volumes[2].uid_key
     named = sorted(v.warnings[0] for v in upload.volumes[1:])
     assert named == [
-        "Series 5, its images at b = 0 s/mm2 (one of its 2 stacks at the same positions).",
-        "Series 5, its images at b = 1000 s/mm2 (one of its 2 stacks at the same positions).",
+        "DICOM series 5, its images at b = 0 s/mm2 (one of its 2 stacks at the same positions).",
+        "DICOM series 5, its images at b = 1000 s/mm2 (one of its 2 stacks at the same positions).",
     ]
     assert not upload.volumes[0].warnings  # a series of one stack is as before
     echoes = _tagged(b0, EchoNumbers=1) + _tagged(b0[:2], EchoNumbers=2)  # PD and T2 of a dual echo: 4 + 2 sections
@@ -712,12 +712,12 @@ def test_a_series_with_a_file_the_model_cannot_read_is_named_unread_and_the_othe
     upload = read_upload(t1 + numbered(fa, 7))
     assert len(upload.volumes) == 1 and len(upload.volumes[0].sections) == 6
     (unread,) = upload.unread
-    assert unread.startswith("Series 7: ") and "colour" in unread  # which series, so the reader can find it
+    assert unread.startswith("DICOM series 7: ") and "colour" in unread  # which series, so the reader can find it
     with pytest.raises(UnsupportedDicom, match="colour"):  # nothing else in the upload: its own reason, as before
         read_upload(fa)
     broken = [*t1[:3], t1[3][:-1000], *t1[4:]]  # one file of a series cut off: the series is not read short
     upload = read_upload(broken + numbered(dicom_series(head_volume(4, 64), series_uid="1.2.3.9"), 9))
-    assert [len(v.sections) for v in upload.volumes] == [4] and upload.unread[0].startswith("Series 3: ")
+    assert [len(v.sections) for v in upload.volumes] == [4] and upload.unread[0].startswith("DICOM series 3: ")
 
 
 def test_one_file_without_a_position_leaves_the_others_in_the_order_of_the_head_and_is_named() -> None:
@@ -854,7 +854,8 @@ def test_malformed_header_values_and_unknown_syntaxes_name_their_series_and_the_
             assert b"IS\x02\x00ab" in other[1]
         upload = read_upload(good + other)
         assert len(upload.volumes) == 1 and len(upload.volumes[0].sections) == 4, value
-        assert upload.unread == ("Series 7: The DICOM header holds invalid values; it cannot be displayed reliably.",)
+        invalid = "The DICOM header holds invalid values; it cannot be displayed reliably."
+        assert upload.unread == (f"DICOM series 7: {invalid}",)
     header = pydicom.dcmread(io.BytesIO(good[0]), stop_before_pixels=True)
     header.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.110"  # JPEG XL: newer than the library
     with pytest.raises(UnsupportedDicom, match="does not know"):

@@ -354,13 +354,13 @@ def _uid_key(header: object) -> str:
 
 
 def _series_name(header: object) -> str:
-    """How a reader finds a series in the study: "Series 5" from its SeriesNumber, as their viewer lists it (never
-    its free-text description)."""
+    """How a reader finds a series in the study: "DICOM series 5" from its SeriesNumber, as their viewer lists it
+    (never its free-text description; "DICOM": the page numbers the series it shows in upload order, "Series 1")."""
     number = header.get("SeriesNumber")  # type: ignore[attr-defined]
     try:
-        return f"Series {int(number)}"
+        return f"DICOM series {int(number)}"
     except (TypeError, ValueError):
-        return "A series without a number"
+        return "A DICOM series without a number"
 
 
 def _volume(sections: list[_Section], limits: StudyLimits) -> Volume:

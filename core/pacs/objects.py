@@ -191,8 +191,10 @@ def content_fingerprint(
     reviewed = [final_label, version] if version > 2 else [final_label]  # the first review's identity as before
     reviewed += [reader] if reader else []  # who gave it is part of what it says: a new instance, not the old one
     # which series were unread ("Series 7", the part before the reason), not the reasons' wording: a message
-    # reworded later must not make an unchanged report a new instance; none keeps the identity it always had
-    unread_facts = [sorted(reason.split(":", 1)[0] for reason in unread)] if unread else []
+    # reworded later must not make an unchanged report a new instance (nor the names' later "DICOM series 7");
+    # none keeps the identity it always had
+    names = (reason.split(":", 1)[0].replace("A DICOM series", "A series") for reason in unread)
+    unread_facts = [sorted(name.replace("DICOM series", "Series") for name in names)] if unread else []
     return json.dumps([facts, model.name, model.version, model.weights_sha256, *reviewed, *unread_facts])
 
 
