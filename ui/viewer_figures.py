@@ -25,12 +25,13 @@ from core.services.views import OUTLINE_RGB, draw_outline
 
 OUTLINE_COLOR = "#{:02x}{:02x}{:02x}".format(*OUTLINE_RGB)
 
-# name -> (level, width) on the 0-255 display scale
+# name -> (level, width) on the 0-255 display scale; named by what they do to an MR image's contrast, not after CT's
+# Hounsfield windows ("Stroke", "Subdural": a "stroke" view of an MR display scale promised what only DWI shows)
 WINDOW_PRESETS: dict[str, tuple[int, int]] = {
     "As stored": (128, 256),
     "Brain": (120, 160),  # grey-white matter contrast: the middle of the range, stretched
-    "Subdural": (140, 230),  # wide: thin bright or dark collections against the skull
-    "Stroke": (110, 80),  # narrow: small differences in parenchymal signal
+    "Wide": (140, 230),  # thin bright or dark collections against the skull
+    "Narrow": (110, 80),  # small differences in parenchymal signal
 }
 
 
