@@ -65,7 +65,8 @@ def test_a_study_report_states_the_verdicts_the_review_and_the_model_and_renders
     text = text_of(pdf, tmp_path)
     assert "Brain MRI triage report" in text and "not a diagnosis" in text
     words = " ".join(text.split())  # a long headline wraps
-    assert "Study verdict (model): " in words and "1 of 2 series reviewed" in words
+    # a reader's tumour on one series makes the study one (the model's verdict led in large type before)
+    assert "Study: Tumour (radiologist's final label, 1 of 2 series reviewed)" in words
     assert "Series 1: axial, 8 sections" in text and "Series 2: coronal" in text
     assert "eeeeeeeeeeee" in text and "e" * 13 not in text  # only a prefix of the keyed reference
     assert "Reviewed by dr-a on 2026-11-30 09:00 UTC: final label Meningioma (override)" in text
@@ -118,6 +119,26 @@ def test_a_report_is_refused_to_a_visitor_and_for_single_scans(saved_study, tiny
         study_report(store, images, None, ids, tiny_classifier, None)  # type: ignore[arg-type]
     with pytest.raises(InvalidRecord):
         study_report(store, images, Actor("dr-a", "radiologist"), ["0" * 64], tiny_classifier, None)
+
+
+def test_a_report_is_of_one_study_and_one_reading(saved_study, tiny_classifier: Classifier) -> None:
+    """Series of two studies, or read by two model versions, were printed as one study under the first one's model
+    (the pages pass one study; the service trusted them to)."""
+    store, images, doctor, ids = saved_study
+    from core.domain.results import record_id
+
+    first = store.get(ids[0])
+    image = "c" * 64
+    other_study = replace(first, id=record_id(image, first.model_name, first.model_version, first.frame),
+                          image_sha256=image, study_ref="f" * 64)  # fmt: skip
+    version = first.model_version + "-other"
+    other_model = replace(first, id=record_id(first.image_sha256, first.model_name, version, first.frame),
+                          model_version=version)  # fmt: skip
+    for odd, words in ((other_study, "different studies"), (other_model, "different model versions")):
+        store.add(odd)
+        with pytest.raises(InvalidRecord, match=words):
+            study_report(store, images, doctor, [ids[0], odd.id], tiny_classifier, None)
+    assert [e.action for e in store.audit_events()].count("report") == 0
 
 
 def test_a_report_after_the_retention_period_says_the_images_are_gone(

@@ -365,6 +365,12 @@ def study_report(
         raise InvalidRecord("A report is made of saved series results.")
     if len({r.patient_ref for r in records}) > 1:  # type: ignore[union-attr]  # a report names one patient
         raise InvalidRecord(MIXED_PATIENTS)
+    # one study, one reading: series of two studies or two model versions were printed under the first one's model
+    # and the earliest time as "Study saved" (the pages pass one; the service no longer trusts them to)
+    if len({r.study_ref for r in records}) > 1:  # type: ignore[union-attr]
+        raise InvalidRecord("A report is of one study: these series belong to different studies.")
+    if len({(r.model_name, r.model_version) for r in records}) > 1:  # type: ignore[union-attr]
+        raise InvalidRecord("A report is of one reading: these series were read by different model versions.")
     unread = max([unread, *(r.study_unread for r in records)])  # type: ignore[union-attr]
     views = [stored_series_view(r, store, images, classifier.card, actor) for r in records]  # type: ignore[arg-type]
     shown = list(numbers) if numbers is not None else list(range(1, len(records) + 1))
