@@ -1178,6 +1178,10 @@ def test_an_account_name_that_differs_from_another_only_in_case_is_refused(store
     with pytest.raises(InvalidRecord, match="alice exists already"):
         accounts.add_account(store, COMMAND_LINE, "Alice", "radiologist", PASSWORD)
     assert [a.name for a in store.accounts()] == ["alice"] and actions(store) == ["account_created"]
+    for look_alike in ("\u0430lice", "\uff41lice", "ALİCE"):  # a Cyrillic a, a full-width a, a dotted I
+        with pytest.raises(InvalidRecord, match="ASCII letters"):  # each read as "alice" in the audit trail
+            accounts.add_account(store, COMMAND_LINE, look_alike, "radiologist", PASSWORD)
+    assert [a.name for a in store.accounts()] == ["alice"]
 
 
 def test_the_audit_trails_own_names_are_not_account_names(store) -> None:

@@ -68,6 +68,11 @@ def check_password(password: str) -> None:
 def add_account(store: Store, actor: Actor, name: str, role: str, password: str | None) -> Account:
     """Create an account (admins; ``password`` None for a single-sign-on account)."""
     require(actor, ACCOUNTS)
+    if not name.isascii():  # "admin" with a Cyrillic "a", or a full-width "ROOT": another account in the trail
+        raise InvalidRecord(
+            "A new account name uses ASCII letters, digits and . _ @ - only (names in other scripts can look exactly "
+            "like another account's)."
+        )
     if store.get_account(name) is not None:
         raise InvalidRecord(f"An account named {name} exists already.")
     if twin := next((a.name for a in store.accounts() if a.name.lower() == name.lower()), None):  # "Alice" beside
