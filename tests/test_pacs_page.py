@@ -146,7 +146,7 @@ def test_a_radiologist_searches_picks_analyses_and_sends_the_report_back_once(
     # every send is audited before it leaves (the refused one too, followed by its failure)
     assert store.summary().total == 1 and [e.action for e in store.audit_events()].count("pacs_send") == 3
     assert [e.action for e in store.audit_events()].count("pacs_send_failed") == 1
-    app.selectbox(key="pacs_final_label").set_value("glioma").run()  # the radiologist's review, then the final SR
+    final_label(app).set_value("glioma").run()  # the radiologist's review, then the final SR
     button(app, "Send to PACS").click().run()
     assert not app.exception and not app.error
     assert store.get(series.id).final_label == "glioma" and store.get(series.id).review_count == 1
@@ -164,7 +164,7 @@ def test_a_radiologist_searches_picks_analyses_and_sends_the_report_back_once(
     # the reviews so far stand above the choice; a colleague's review saved after the page was drawn is never
     # reviewed over unseen (the Worklist's compare-and-set): refused, shown, and the reader chooses again
     assert any("Reviewed already" in i.value and "Glioma by" in i.value for i in app.info)
-    app.selectbox(key="pacs_final_label").set_value("pituitary").run()
+    final_label(app).set_value("pituitary").run()
     reviews.review_result(store, Actor("dr-b", "radiologist"), series.id, "meningioma")
     button(app, "Send to PACS").click().run()
     assert not app.exception and app.error[0].value.startswith("Not sent: Another reader reviewed")
@@ -172,6 +172,16 @@ def test_a_radiologist_searches_picks_analyses_and_sends_the_report_back_once(
     assert any("Meningioma by dr-b" in i.value for i in app.info)
     button(app, "Send to PACS").click().run()  # pressed again, against the reviews now on screen
     assert not app.exception and not app.error and store.get(series.id).final_label == "pituitary"
+    # a label chosen for one study stayed chosen for the next one pulled: one press sent it as its final report
+    final_label(app).set_value("glioma").run()
+    app.selectbox(key="pacs_pick").set_value(0).run()  # the newer study
+    button(app, "Analyse the chosen study").click().run()
+    assert not app.exception and final_label(app).value is None
+
+
+def final_label(app):
+    """The send panel's choice of a final label (keyed per study)."""
+    return next(s for s in app.selectbox if s.label == "Your final label (optional)")
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ message, as is every PACS failure (unreachable, refused credentials, no MR serie
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -191,7 +192,9 @@ def send_panel(actor: Actor, name: Any, classifier: Any, key: bytes | None) -> N
         "Your final label (optional)",
         [None, *review_labels(classifier.card.labels)],
         format_func=lambda label: "none yet: send the report as preliminary" if label is None else pretty(label),
-        key="pacs_final_label",
+        key=f"pacs_final_label-{hashlib.sha256(study_uid.encode()).hexdigest()[:16]}",  # one per study: a label
+        # chosen for the last study stayed chosen for the next (a rerun stops before stale widgets are cleared),
+        # and one press sent it as this study's final report
         help="Recorded as your review of each series (as on the Worklist); the report sent is then the final "
         "version, which replaces the preliminary one in the PACS.",
     )
