@@ -696,7 +696,7 @@ def test_a_study_over_the_limits_is_pulled_without_its_largest_series_which_it_n
     monkeypatch.setattr(pacs._client, "iter_series", lambda study_uid, series_uid, **_: iter(sent))
     pulled = pacs_service.pull_and_analyse(pacs, RADIOLOGIST, STUDY, tiny_classifier, None, None)
     assert pulled.outcome.error_code is None and len(pulled.outcome.series) == 1
-    assert any(reason.startswith("Series 9: 50 images, left out") for reason in pulled.outcome.unread)
+    assert any(reason.startswith("DICOM series 9: 50 images, left out") for reason in pulled.outcome.unread)
     assert pulled.outcome.verdict != "notumor"  # a study with a series nobody read is never "no tumour"
 
 

@@ -262,7 +262,7 @@ def test_study_exit_status_says_rejected_for_an_unread_series_and_never_not_save
         (tmp_path / "mixed" / f"ct{k}.dcm").write_bytes(buffer.getvalue())
     code, lines = study_lines([str(tmp_path / "mixed")], capsys)
     assert code == 1 and len(lines) == 2 and lines[0]["slices"] == 6
-    assert lines[1]["error"]["code"] == "series_unread" and lines[1]["error"]["message"].startswith("Series 4: ")
+    assert lines[1]["error"]["code"] == "series_unread" and lines[1]["error"]["message"].startswith("DICOM series 4: ")
 
 
 def test_saving_a_series_keeps_its_record_sections_pixels_and_an_audit_event(

@@ -235,7 +235,7 @@ class Pacs:
                 f"{self.limits.max_files} per study ({self.limits.max_sections} sections a series)."
             )
         skipped = [
-            f"Series {s.number or '?'}: {s.instances} images, "
+            f"DICOM series {s.number or '?'}: {s.instances} images, "
             f"left out to keep the study within {self.limits.max_files} images, {self.limits.max_series} series and "
             f"{self.limits.max_sections} sections a series (not retrieved, not analysed)"
             for s in left_out
