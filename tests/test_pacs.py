@@ -107,7 +107,7 @@ def test_the_report_and_key_images_go_back_to_the_pacs_once_and_read_back_with_t
     (report,) = pacs._client.retrieve_series(STUDY, found["SR"].series_uid)
     text = json.dumps([str(item.get("TextValue", "")) for item in report.ContentSequence])
     said = {"tumour": "Tumour", "notumor": "No tumour"}[pulled.outcome.verdict]  # the screen's words, not codes
-    assert f"Study verdict: {said}" in text and STATEMENT in text and card.name in text
+    assert f"Model verdict (decision aid): {said}" in text and STATEMENT in text and card.name in text
     assert report.StudyInstanceUID == STUDY and report.PreliminaryFlag == "PRELIMINARY"
     assert report.CompletionFlag == "PARTIAL" and str(report.SOPInstanceUID) in stored
     (evidence,) = report.CurrentRequestedProcedureEvidenceSequence  # it refers to the source images

@@ -4,6 +4,7 @@ report names the version before it, and a watch never drops a study the PACS fai
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -399,7 +400,7 @@ def test_the_report_says_which_series_needs_review_and_the_threshold_each_was_ju
         objects.headers(files), outcome.series, outcome.verdict, objects.ModelFacts(card.name, card.version, "0" * 64)
     )
     texts = [str(item.get("TextValue", "")) for item in report.ContentSequence]
-    assert texts[0].startswith("Study verdict: ") and "flagged for review" in texts[0]
+    assert texts[0].startswith("Model verdict (decision aid): ") and "flagged for review" in texts[0]
     assert outcome.needs_review  # and so the screen, the PDF headline and the command line say (they did not)
     assert "notumor" not in " ".join(texts)  # the words the screen uses, never the model's codes
     # the reviewed (FINAL) version: the flag is history, no longer "NEEDS REVIEW" beside the radiologist's label
@@ -412,8 +413,13 @@ def test_the_report_says_which_series_needs_review_and_the_threshold_each_was_ju
         report,
     )
     texts = [str(item.get("TextValue", "")) for item in final.ContentSequence]
-    assert not any("NEEDS REVIEW" in t for t in texts) and "since reviewed" in texts[1]
-    assert "reviewed: the radiologist's final label below" in texts[0] and "Radiologist's final label: Glioma" in texts
+    assert not any("NEEDS REVIEW" in t for t in texts) and "since reviewed" in texts[2]
+    # the reader's label first (a viewer's preview shows the first finding: it was the model's, unnamed as such)
+    assert texts[0].startswith("Radiologist's final label: Glioma") and texts[1].startswith("Model verdict (decision")
+    assert "reviewed: the radiologist's final label above" in texts[1] and final.CompletionFlag == "COMPLETE"
+    blank = replace(outcome.series[0], label=None, score=None)  # a series nothing of which could be analysed
+    partly = objects.verdict_report(objects.headers(files), [blank], None, final_model(card), "glioma", report)
+    assert partly.PreliminaryFlag == "FINAL" and partly.CompletionFlag == "PARTIAL"  # it said COMPLETE
 
 
 def test_a_report_is_made_for_the_header_values_real_scanners_write(tiny_classifier, tmp_path) -> None:
@@ -807,3 +813,7 @@ def test_text_from_the_pacs_and_names_reach_the_page_as_text_never_as_markdown()
     assert plain("[Open](https://e.example) ![](x.png) dr_x_y") == (
         r"\[Open\]\(https://e.example\) \!\[\]\(x.png\) dr\_x\_y"
     )
+
+
+def final_model(card) -> objects.ModelFacts:
+    return objects.ModelFacts(card.name, card.version, "0" * 64)

@@ -1,10 +1,11 @@
 """What goes back to the PACS (highdicom): a Comprehensive SR with the study's verdict and the key images.
 
-- The **Structured Report** (one series per study, "BTD decision aid"): the study verdict, each series' verdict,
-  P(tumour) and the series rule, the lesion volume when segmented, the model's name, version and weights hash, the
-  statement that this is a decision aid that needs a radiologist's review and, once reviewed, the radiologist's
-  final label and the account that gave it. ``PreliminaryFlag`` is PRELIMINARY and ``CompletionFlag`` PARTIAL until
-  a review makes it FINAL and COMPLETE (PARTIAL still when a series could not be read); a reviewed report is a new
+- The **Structured Report** (one series per study, "BTD decision aid"): once reviewed, first the radiologist's
+  final label and the account that gave it; the model's study verdict (named so), each series' verdict, P(tumour)
+  and the series rule, the lesion volume when segmented, the model's name, version and weights hash, the statement
+  that this is a decision aid that needs a radiologist's review. ``PreliminaryFlag`` is PRELIMINARY and
+  ``CompletionFlag`` PARTIAL until a review makes it FINAL and COMPLETE (PARTIAL still when a series could not be
+  read or analysed); a reviewed report is a new
   instance in the same series that lists the version before it as its predecessor (the preliminary report, or the
   previous review's when the study is reviewed again), so that the PACS holds one chain of versions, never two
   final reports that both claim to replace the preliminary one.
@@ -222,11 +223,16 @@ def verdict_report(
     reviewed = final_label is not None
     if any(s.needs_review for s in series):
         stated += (
-            " (flagged for review; reviewed: the radiologist's final label below)"
+            " (flagged for review; reviewed: the radiologist's final label above)"
             if reviewed
             else " (flagged for review: read the series marked NEEDS REVIEW first)"
         )
-    items = [hd.sr.TextContentItem(codes["finding"], f"Study verdict: {stated}", "CONTAINS")]
+    items = []
+    if final_label is not None:  # a final report leads with the reader's label: its first finding, the one a
+        by = f" (given by {reader} in the triage dashboard)" if reader else ""  # viewer's preview shows, was the
+        text = f"Radiologist's final label: {_words(final_label)}{by}"  # model's verdict, unnamed as such
+        items.append(hd.sr.TextContentItem(codes["finding"], text, "CONTAINS"))
+    items.append(hd.sr.TextContentItem(codes["finding"], f"Model verdict (decision aid): {stated}", "CONTAINS"))
     items += [hd.sr.TextContentItem(codes["finding"], _series_lines(evidence, s, reviewed), "CONTAINS") for s in series]
     items += [
         hd.sr.TextContentItem(
@@ -248,11 +254,6 @@ def verdict_report(
         ),
         hd.sr.TextContentItem(codes["comment"], STATEMENT, "CONTAINS"),
     ]
-    if final_label is not None:
-        by = f" (given by {reader} in the triage dashboard)" if reader else ""
-        items.append(
-            hd.sr.TextContentItem(codes["finding"], f"Radiologist's final label: {_words(final_label)}{by}", "CONTAINS")
-        )
     root = hd.sr.ContainerContentItem(codes["report"])
     root.ContentSequence = hd.sr.ContentSequence(items, is_root=False)
     version = version or (2 if final_label is not None else 1)
@@ -265,7 +266,8 @@ def verdict_report(
         sop_instance_uid=_uid(study_uid, "report", fingerprint),
         instance_number=version,
         manufacturer=MANUFACTURER,
-        is_complete=final_label is not None and not unread,
+        # never COMPLETE while a series could not be read, or was not analysed ("read it yourself")
+        is_complete=final_label is not None and not unread and all(s.label is not None for s in series),
         is_final=final_label is not None,
         previous_versions=[predecessor] if predecessor is not None else None,
     )
