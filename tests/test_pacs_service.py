@@ -221,6 +221,30 @@ def test_a_pacs_review_over_a_colleagues_review_made_since_the_page_was_drawn_is
     assert [store.get(i).final_label for i in ids] == ["glioma"] * len(ids) and len(pacs.stored) == 1
 
 
+def test_a_worklist_review_of_one_series_of_several_is_no_study_report_of_its_reader(tiny_classifier, tmp_path) -> None:
+    """dr-b reviewed the first of two series on the Worklist; a study review sent from the PACS panel then rebuilt
+    dr-b's series label as a FINAL, COMPLETE study report "given by dr-b", a label dr-b never gave the study."""
+    from core.services import reviews
+    from core.services.studies import save_series
+
+    files = tumour_study(STUDY) + dicom_series(head_volume(5, 96, seed=3), study_uid=STUDY, series_uid=f"{STUDY}.2")
+    outcome = analyse_study(files, tiny_classifier)
+    pulled = pacs_service.Pulled(STUDY, outcome, tuple(objects.headers(files)))
+    store = SQLiteStore(tmp_path / "r.db")
+    ids = [save_series(s, store, actor=RADIOLOGIST, patient_ref=None).record_id for s in outcome.series]
+    card = tiny_classifier.card
+    model = objects.ModelFacts(card.name, card.version, card.weights_sha256)
+    pacs = StandIn({STUDY: files})
+    reviews.review_result(store, Actor("dr-b", "radiologist"), ids[0], "notumor")  # one series, on the Worklist
+    on_screen = {rid: n for rid, (n, _) in pacs_service.study_reviews(store, RADIOLOGIST, ids).items()}
+    pacs_service.review_and_send(pacs, RADIOLOGIST, pulled, model, store, None, "glioma", ids, on_screen)
+    (sent,) = pacs.stored
+    reports = [d for d in sent if d.Modality == "SR"]
+    texts = [str(i.get("TextValue", "")) for r in reports for i in r.ContentSequence]
+    assert not any("given by dr-b" in t for t in texts) and len(reports) == 2  # the preliminary and the review
+    assert any(t.startswith(f"Radiologist's final label: Glioma (given by {RADIOLOGIST.name}") for t in texts)
+
+
 def test_the_report_names_each_multiframe_files_own_series(tiny_classifier) -> None:
     """A multi-frame file's series key adds the file's hash: the report fell back to the first file's series, so a
     finding on the T1 post-contrast file was attributed to the FLAIR file."""

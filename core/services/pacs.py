@@ -198,12 +198,19 @@ def review_and_send(
     require(actor, PACS)
     if not result_ids:
         raise PacsError("The study's series were not saved, so there is no result to review.")
-    history = store.reviews_of(result_ids[0])
+    histories = [store.reviews_of(rid) for rid in result_ids]
+    history = histories[0]
     # pressed again (a retry after the PACS failed, or a second press): the same review is not recorded twice and
     # the same report version goes again (the same instance: the PACS stores nothing new)
     again = _reviewed_so(history, final_label, actor)
-    earlier = [(r.final_label, r.reviewer) for r in (history[:-1] if again else history)]
-    due = [rid for rid in result_ids if not _reviewed_so(store.reviews_of(rid), final_label, actor)]
+    # the earlier versions are the study's reviews: a label its reader gave every series (a Worklist review of one
+    # series of several became a FINAL study report "given by" a reader who never labelled the study)
+    earlier = [
+        (r.final_label, r.reviewer)
+        for r in (history[:-1] if again else history)
+        if all(any((o.final_label, o.reviewer) == (r.final_label, r.reviewer) for o in other) for other in histories)
+    ]
+    due = [rid for rid, past in zip(result_ids, histories, strict=True) if not _reviewed_so(past, final_label, actor)]
     seen = seen or {}
     if any(seen.get(rid, record.review_count) != record.review_count for rid, record in _records(store, due)):
         raise ReviewedMeanwhile()  # checked for every series before any is reviewed
