@@ -40,6 +40,12 @@ class StandIn:
         self.stored.append(datasets)
         return [str(ds.SOPInstanceUID) for ds in datasets]
 
+    def report_head(self, study_uid: str, series_uid: str):
+        """The highest-numbered report stored in ``series_uid`` (as a PACS keeps one copy of each)."""
+        held = [d for batch in self.stored for d in batch if d.SeriesInstanceUID == series_uid]
+        reports = {str(d.SOPInstanceUID): d for d in held}
+        return max(reports.values(), key=lambda d: int(d.InstanceNumber)) if reports else None
+
     def series_of(self, study_uid: str) -> list[SeriesHit]:
         """The study's files as one MR series (enough for the watch's fingerprint: adding files changes it)."""
         return [SeriesHit(f"{study_uid}.mr", "MR", "", len(self.files.get(study_uid, [])))]
@@ -87,11 +93,12 @@ def test_each_reviewed_report_names_the_version_before_it(tiny_classifier) -> No
     send = pacs_service.send_results
     preliminary = send(pacs, RADIOLOGIST, pulled, model, None, None)[0]
     first = send(pacs, RADIOLOGIST, pulled, model, None, None, final_label="glioma")[0]
+    assert send(pacs, RADIOLOGIST, pulled, model, None, None, final_label="glioma")[0] == first  # the same: again
     second = send(
         pacs, RADIOLOGIST, pulled, model, None, None, final_label="meningioma", earlier_finals=[("glioma", "dr-a")]
     )[0]
-    assert send(pacs, RADIOLOGIST, pulled, model, None, None, final_label="glioma")[0] == first  # the same: again
-    other_reader = send(pacs, Actor("dr-b", "radiologist"), pulled, model, None, None, final_label="glioma")[0]
+    elsewhere = StandIn({STUDY: files})  # the same review by another reader, sent to a PACS of its own
+    other_reader = send(elsewhere, Actor("dr-b", "radiologist"), pulled, model, None, None, final_label="glioma")[0]
     assert other_reader != first  # it names another reader: a new instance, never the old one's UID
     assert len({preliminary, first, second}) == 3
 
@@ -243,6 +250,51 @@ def test_a_worklist_review_of_one_series_of_several_is_no_study_report_of_its_re
     texts = [str(i.get("TextValue", "")) for r in reports for i in r.ContentSequence]
     assert not any("given by dr-b" in t for t in texts) and len(reports) == 2  # the preliminary and the review
     assert any(t.startswith(f"Radiologist's final label: Glioma (given by {RADIOLOGIST.name}") for t in texts)
+
+
+def test_a_report_of_a_study_read_again_replaces_the_pacs_current_one_never_stands_beside_it(
+    tiny_classifier, tmp_path
+) -> None:
+    """The report chain was rebuilt from each analysis: once a series came later, the watch's new preliminary named
+    no predecessor and the reviewed FINAL report stayed current beside it (two current reports). A report of the
+    same reading sent again without a label (the command line) left the FINAL as it was before, and still does."""
+    from core.services.studies import save_series
+
+    first_files = tumour_study(STUDY)
+    outcome = analyse_study(first_files, tiny_classifier)
+    pulled = pacs_service.Pulled(STUDY, outcome, tuple(objects.headers(first_files)))
+    store = SQLiteStore(tmp_path / "r.db")
+    ids = [save_series(s, store, actor=RADIOLOGIST, patient_ref=None).record_id for s in outcome.series]
+    model = final_model(tiny_classifier.card)
+    pacs = StandIn({STUDY: first_files})
+    series_uid = objects.report_series(STUDY)
+    pacs_service.send_results(pacs, RADIOLOGIST, pulled, model, store, None)
+    pacs_service.review_and_send(pacs, RADIOLOGIST, pulled, model, store, None, "glioma", ids)
+    final = pacs.report_head(STUDY, series_uid)
+    assert final.PreliminaryFlag == "FINAL" and int(final.InstanceNumber) == 2
+    pacs_service.send_results(pacs, RADIOLOGIST, pulled, model, store, None)  # the same reading, no label
+    assert pacs.report_head(STUDY, series_uid).SOPInstanceUID == final.SOPInstanceUID  # the FINAL stays current
+    # a series arrives later: the study is read again and its preliminary report sent (the watch)
+    files = first_files + dicom_series(head_volume(5, 96, seed=3), study_uid=STUDY, series_uid=f"{STUDY}.2")
+    again = analyse_study(files, tiny_classifier)
+    later = pacs_service.Pulled(STUDY, again, tuple(objects.headers(files)))
+    pacs_service.send_results(pacs, RADIOLOGIST, later, model, store, None)
+    head = pacs.report_head(STUDY, series_uid)
+    assert head.PreliminaryFlag == "PRELIMINARY" and int(head.InstanceNumber) == 3
+    (before,) = head.PredecessorDocumentsSequence
+    assert before.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == final.SOPInstanceUID
+    reports = {str(d.SOPInstanceUID) for batch in pacs.stored for d in batch if d.Modality == "SR"}
+    pacs_service.send_results(pacs, RADIOLOGIST, later, model, store, None)  # sent again: nothing new
+    assert {str(d.SOPInstanceUID) for batch in pacs.stored for d in batch if d.Modality == "SR"} == reports
+    replaced = {
+        str(sop.ReferencedSOPInstanceUID)
+        for uid in reports
+        for d in [next(d for batch in pacs.stored for d in batch if str(d.SOPInstanceUID) == uid)]
+        for ref in d.get("PredecessorDocumentsSequence") or []
+        for series in ref.ReferencedSeriesSequence
+        for sop in series.ReferencedSOPSequence
+    }
+    assert reports - replaced == {str(head.SOPInstanceUID)}  # one current report
 
 
 def test_the_report_names_each_multiframe_files_own_series(tiny_classifier) -> None:

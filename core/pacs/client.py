@@ -286,6 +286,20 @@ class Pacs:
                 for m in metadata
             )
 
+    def report_head(self, study_uid: str, series_uid: str) -> Any | None:
+        """The current version of our report in the study (the highest-numbered instance of its report series, as
+        a dataset), or None when the PACS holds none."""
+        fields = ("InstanceNumber",)
+        found = self._call(
+            "report search", lambda: self._client.search_for_instances(study_uid, series_uid, fields=fields)
+        )
+        with self._errors("report search"):
+            numbered = [(_optional_int(_value(i, "00200013", None)) or 0, str(_value(i, "00080018"))) for i in found]
+        if not numbered:
+            return None
+        uid = max(numbered)[1]
+        return self._call("report retrieval", lambda: self._client.retrieve_instance(study_uid, series_uid, uid))
+
     def store(self, datasets: Sequence[Any]) -> list[str]:
         """Store DICOM datasets (STOW-RS); returns the SOP Instance UIDs the PACS accepted."""
         response = self._call("store", lambda: self._client.store_instances(list(datasets)))

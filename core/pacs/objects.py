@@ -8,7 +8,8 @@
   read or analysed); a reviewed report is a new
   instance in the same series that lists the version before it as its predecessor (the preliminary report, or the
   previous review's when the study is reviewed again), so that the PACS holds one chain of versions, never two
-  final reports that both claim to replace the preliminary one.
+  final reports that both claim to replace the preliminary one; a study read again (a series came later, another
+  model) gets a version that names the PACS's current one (:func:`core.services.pacs.send_results`).
 - The **key images**: a Secondary Capture series per analysed series with its sections at or above the rule's
   threshold (the 12 most likely tumour when there are more), the lesion outline (or the section alone) burned in.
 - Identity: every UID is derived from the study, the series and the result's content (a key image's from its
@@ -199,6 +200,24 @@ def content_fingerprint(
     return json.dumps([facts, model.name, model.version, model.weights_sha256, *reviewed, *unread_facts])
 
 
+def report_series(study_uid: str) -> str:
+    """The Series Instance UID of our reports in a study (one series, every version)."""
+    return _uid(study_uid, "report series")
+
+
+def same_reading(report: Any, evidence: Sequence[Any], model: ModelFacts) -> bool:
+    """Whether a report in the PACS reads the same images (its evidence) with the same model as ours would."""
+    referenced = {
+        str(sop.ReferencedSOPInstanceUID)
+        for study in report.get("CurrentRequestedProcedureEvidenceSequence") or []
+        for series in study.get("ReferencedSeriesSequence") or []
+        for sop in series.get("ReferencedSOPSequence") or []
+    }
+    texts = [str(item.get("TextValue", "")) for item in report.get("ContentSequence") or []]
+    weights = f"{model.version} (weights SHA-256 {model.weights_sha256[:16]})"
+    return referenced == {str(ds.SOPInstanceUID) for ds in evidence} and model.name in texts and weights in texts
+
+
 def verdict_report(
     evidence: Sequence[Any],
     series: Sequence[SeriesAnalysis],
@@ -261,7 +280,7 @@ def verdict_report(
     report = hd.sr.ComprehensiveSR(
         evidence=list(evidence),
         content=root,
-        series_instance_uid=_uid(study_uid, "report series"),
+        series_instance_uid=report_series(study_uid),
         series_number=9901,
         sop_instance_uid=_uid(study_uid, "report", fingerprint),
         instance_number=version,

@@ -9,7 +9,7 @@ ID (:func:`patient_reference`). Every pull is an audit event (the study's keyed 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -134,8 +134,17 @@ def send_results(
         raise PacsError("There is no analysed series to report on.")
     finals = [*earlier_finals, (final_label, actor.name)] if final_label is not None else []
     chain, images = _report_objects(pulled, model, finals)
-    report, earlier = chain[-1], chain[-2::-1]
     target = _target(pulled.study_uid, key)
+    try:  # the PACS's current report, which ours replaces (asked before anything leaves)
+        head = pacs.report_head(pulled.study_uid, objects.report_series(pulled.study_uid))
+    except PacsError as error:
+        if store is not None:
+            audit.record(store, actor, "pacs_send_failed", target, code=error.code)
+        raise
+    if head is not None and not finals and objects.same_reading(head, pulled.evidence, model):
+        chain = [head]  # the same reading sent again without a label (the watch, the command line): the PACS's
+        # current version stands (a preliminary rebuilt from scratch would replace the reader's FINAL report)
+    report, earlier = _placed(chain, head, lambda before, version: _version(pulled, model, finals, before, version))
     if store is not None:  # audited before anything leaves: a send the trail cannot record is not made
         report_ref = study_reference(str(report.SOPInstanceUID), key)  # keyed: the PACS maps the UID to the patient
         audit.record(store, actor, "pacs_send", target, report=report_ref, key_images=len(images))
@@ -147,6 +156,38 @@ def send_results(
         raise
     replaced = {str(version.SOPInstanceUID) for version in earlier}
     return [uid for uid in stored if uid not in replaced]
+
+
+def _placed(chain: list[Any], head: Any | None, version_after: Callable[[Any, int], Any]) -> tuple[Any, list[Any]]:
+    """The report to send and the earlier versions to send with it, given the PACS's current version ``head``.
+    The chain is rebuilt from this analysis: sent whole to a PACS without our report; from the head on where the
+    head is one of its versions; and where the head comes from an earlier analysis of the study (a series came
+    later, another model read it), the report names that head as the version it replaces (rebuilt from scratch, it
+    named none: the PACS held two current reports, an old FINAL among them). Sent again, the same version."""
+    if head is None:
+        return chain[-1], chain[-2::-1]
+    uids = [str(version.SOPInstanceUID) for version in chain]
+    if str(head.SOPInstanceUID) in uids:
+        return chain[-1], chain[uids.index(str(head.SOPInstanceUID)) + 1 : -1][::-1]
+    number = int(head.get("InstanceNumber") or 0)
+    if str(version_after(None, number).SOPInstanceUID) == str(head.SOPInstanceUID):
+        return head, []  # this report, placed after an earlier analysis's, is the PACS's current one already
+    return version_after(head, number + 1), []
+
+
+def _version(
+    pulled: Pulled, model: objects.ModelFacts, finals: Sequence[tuple[str, str]], head: Any | None, version: int
+) -> Any:
+    """This analysis's latest report as version ``version``, naming ``head`` as the one it replaces."""
+    label, reader = finals[-1] if finals else (None, None)
+    outcome = pulled.outcome
+    try:
+        return objects.verdict_report(
+            pulled.evidence, list(outcome.series), outcome.verdict, model, label, head, version, outcome.unread, reader
+        )
+    except ValueError as error:
+        raise PacsReportRefused("The report could not be made: the study's headers hold a value the DICOM "
+                                "standard does not allow.") from error  # fmt: skip
 
 
 def _report_objects(
