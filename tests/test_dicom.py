@@ -98,6 +98,35 @@ def test_decodes_jpeg_ls_and_jpeg_2000_compressed_dicom_to_the_same_pixels(synta
     assert np.array_equal(plain.pixels, compressed.pixels)
 
 
+@pytest.mark.parametrize(
+    ("syntax", "marker", "offset", "layout"),
+    [
+        ("1.2.840.10008.1.2.4.80", b"\xff\xf7", 5, ">HH"),  # JPEG-LS: the frame header's Y and X
+        ("1.2.840.10008.1.2.4.90", b"\xff\x51", 6, ">IIIIII"),  # JPEG 2000: SIZ's image, offset and tile sizes
+    ],
+)
+def test_a_compressed_image_declaring_another_size_than_its_header_is_refused_before_decoding(
+    syntax: str, marker: bytes, offset: int, layout: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the header's Rows x Columns was checked against the budget; the decoder allocates what the codestream
+    declares: a 47 KB JPEG-LS file declaring 16000 x 16000 took 1.5 GB before it failed."""
+    import struct
+
+    import pydicom.pixels
+
+    data = bytearray(dicom_bytes(stored_slice(), transfer_syntax=syntax))
+    at = data.find(marker)
+    assert at > 0
+    struct.pack_into(layout, data, at + offset, *(16000, 16000, 0, 0, 16000, 16000)[: len(layout) - 1])
+
+    def never(*args, **kwargs):
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(pydicom.pixels, "pixel_array", never)
+    with pytest.raises(CorruptImage, match="says it is 16000 x 16000 pixels where its header says 128 x 128"):
+        read_scan(bytes(data))
+
+
 def test_rejects_undecodable_transfer_syntax_by_name() -> None:
     data = dicom_bytes(stored_slice(), transfer_syntax="1.2.840.10008.1.2.4.100")  # MPEG2 video
     with pytest.raises(UnsupportedDicom, match="MPEG2"):
