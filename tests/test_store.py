@@ -1437,6 +1437,15 @@ def test_a_vanished_database_is_refused_not_replaced_by_an_empty_one(tmp_path: P
     monkeypatch.setenv("BTD_DATA_DIR", str(data))
     assert main(["store", "forget"]) == 0 and '"forgotten": true' in capsys.readouterr().out
     assert open_store(None, data).summary().total == 0  # a new database, on purpose
+    # a remembered file emptied to 0 bytes (a failed copy, a full disk) opened as a new, empty database too
+    emptied = open_store(None, data)
+    emptied.add(make_record(2, utc(2026, 5, 2, 9, 0), "glioma"))
+    del emptied
+    for leftover in data.glob("results.sqlite3-*"):
+        leftover.unlink()
+    (data / "results.sqlite3").write_bytes(b"")
+    with pytest.raises(StoreVanished, match="has disappeared"):
+        open_store(None, data)
 
 
 def test_the_health_check_writes_for_real(store) -> None:

@@ -56,10 +56,19 @@ def _write(entries: dict[str, str]) -> None:
         )
 
 
+def _gone(database: Path) -> bool:
+    """Missing, or emptied to 0 bytes with no write-ahead log beside it (SQLite opens an empty file as a new,
+    empty database: a truncated file became one, and the sign-in page offered to create the first admin)."""
+    if not database.exists():
+        return True
+    wal = database.with_name(database.name + "-wal")
+    return database.stat().st_size == 0 and not (wal.exists() and wal.stat().st_size > 0)
+
+
 def check(database: Path) -> None:
-    """Raise :class:`StoreVanished` when ``database`` is missing but is known to have existed."""
+    """Raise :class:`StoreVanished` when ``database`` is missing (or emptied) but is known to have existed."""
     key = str(database.resolve())
-    if not database.exists() and key in _read():
+    if _gone(database) and key in _read():
         logging.getLogger("btd.storage").error("event=store_vanished path=%s", database)  # for the server's admin
         raise StoreVanished(  # shown to every role and on the sign-in page: no path
             f"The results database has disappeared (it was created {_read()[key]}); restore it from a "
