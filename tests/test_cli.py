@@ -30,6 +30,7 @@ PREDICTION_KEYS = {
     "model",
     "timings_ms",
     "gate",
+    "warnings",
 }
 
 
@@ -82,6 +83,11 @@ def test_predict_prints_one_json_line_per_file(tmp_path: Path, tiny_card: Path, 
         assert set(line) == PREDICTION_KEYS and line["file"] == str(path)
         assert line["label"] in line["probabilities"]
         assert line["tumour_probability"] == pytest.approx(1 - line["probabilities"]["notumor"], abs=1e-5)
+        assert line["warnings"] == []
+    secondary = tmp_path / "capture.dcm"  # a secondary capture: the Scan page warned, the command line did not
+    secondary.write_bytes(dicom_bytes((synthetic_slice(256) * 16).astype(np.uint16), modality="OT"))
+    code, (line,) = run_main(["predict", "--model", str(tiny_card), str(secondary)], capsys)
+    assert "not MR: check that this is an MRI slice" in " ".join(line.get("warnings", [])), line
 
 
 def test_every_bad_input_gets_its_specific_json_error(tmp_path: Path, tiny_card: Path, capsys) -> None:

@@ -55,7 +55,12 @@ def _classify_file(path: Path, classifier: Classifier, frame: int | None) -> tup
     if gate.decision == REJECTED:  # never a diagnosis for what is not a brain MRI
         message = "This does not look like a brain MRI slice: " + "; ".join(gate.reasons) + "."
         return {"file": str(path), "gate": gate.to_json(), **error_json("not_brain_mri", message)}, outcome
-    result = {"file": str(path), **outcome.analysis.prediction.to_json()}
+    # what the Scan page shows above the verdict ("modality 'OT', not MR", "reduced"): a script reads it too
+    result = {
+        "file": str(path),
+        **outcome.analysis.prediction.to_json(),
+        "warnings": list(outcome.analysis.scan.warnings),
+    }
     lesion = outcome.analysis.lesion
     if lesion is not None:
         result |= {"lesion_px": lesion.area_px, "lesion_mm2": lesion.area_mm2}
