@@ -141,6 +141,11 @@ def test_rejects_dicom_without_pixel_data() -> None:
 def test_rejects_truncated_pixel_data() -> None:
     with pytest.raises(CorruptImage, match=r"truncated|cannot be decoded"):
         read_scan(dicom_bytes(stored_slice(), truncate_pixels=5000))
+    # compressed and cut short: pydicom drops the unfinished element, and it read "no pixel data"
+    for syntax in ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.5"):
+        whole = dicom_bytes(stored_slice(), transfer_syntax=syntax)
+        with pytest.raises(CorruptImage, match="truncated"):
+            read_scan(whole[: len(whole) * 3 // 4])
 
 
 def test_refuses_oversized_dicom_from_the_header() -> None:

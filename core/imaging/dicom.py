@@ -274,6 +274,10 @@ def checked_dataset(data: bytes, limits: Limits, header: Any = None) -> tuple[An
     if "PixelData" not in dataset:
         if "FloatPixelData" in dataset or "DoubleFloatPixelData" in dataset:
             raise UnsupportedDicom("This DICOM file holds floating-point pixels (a parametric map), not an MR image.")
+        if b"\xe0\x7f\x10\x00" in data[132:]:
+            # its pixel data's tag is there: pydicom drops an element the file ends inside (a compressed image cut
+            # short read as "no pixel data", where an uncompressed one cut short is "truncated")
+            raise CorruptImage("The DICOM pixel data is truncated: the file ends before the image does.")
         raise NoPixelData("The DICOM file has an image header but no pixel data.")
     return dataset, notes
 
