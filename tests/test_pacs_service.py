@@ -675,6 +675,10 @@ def test_an_oblique_tumour_series_is_reported_with_key_images_that_name_every_le
         list(image.PatientOrientation) == [series.volume.letters["right"], series.volume.letters["bottom"]]
         for image in images
     )
+    # the identity qualifiers the report keeps, the key images keep too (an issuer-aware PACS filed them apart)
+    qualified = relabelled(files, IssuerOfPatientID="HOSP-A", StudyDescription="MR BRAIN")
+    (image, *_) = objects.key_images(objects.headers(qualified), series)
+    assert (image.IssuerOfPatientID, image.StudyDescription, image.BurnedInAnnotation) == ("HOSP-A", "MR BRAIN", "NO")
 
 
 def test_patients_names_never_reach_the_log_or_warnings_when_a_report_is_made(tiny_classifier, caplog, recwarn, capsys):

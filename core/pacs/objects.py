@@ -339,6 +339,9 @@ def key_images(evidence: Sequence[Any], series: SeriesAnalysis) -> list[Any]:
             instance_number=index + 1,  # the section's number, as the app and the report count it
             manufacturer=MANUFACTURER,
         )
+        image.copy_patient_and_study_information(reference)  # every identity qualifier the report keeps (the
+        # issuer of the patient ID, of the accession number): an issuer-aware PACS filed them under another patient
+        image.BurnedInAnnotation = "NO"  # an outline, no text: said, not left for a reader to guess
         image.PatientOrientation = list(orientation)  # every letter, as the app shows the edges
         source = _series_name(evidence, series).split(" (UID ")[0]
         image.SeriesDescription = f"BTD key sections of {source}"[:64]  # which series they come from
