@@ -297,6 +297,28 @@ def test_a_report_of_a_study_read_again_replaces_the_pacs_current_one_never_stan
     assert reports - replaced == {str(head.SOPInstanceUID)}  # one current report
 
 
+def test_the_watch_state_names_studies_by_a_keyed_hash_and_still_reads_a_file_written_before(tmp_path) -> None:
+    """The state file kept a plain SHA-256 of each Study Instance UID: whoever held it could test which PACS studies
+    were triaged. With a key it keeps an HMAC; a file written before keys is still honoured (no study redone)."""
+    import hashlib
+    import json
+
+    key, uid = b"k" * 32, f"{STUDY}.5"
+    state = pacs_watch.WatchState.load(tmp_path / "watch.json", key)
+    state.save(1, {uid: "fingerprint-1"})
+    written = (tmp_path / "watch.json").read_text()
+    assert hashlib.sha256(uid.encode()).hexdigest() not in written and uid not in written
+    assert pacs_watch.WatchState.load(tmp_path / "watch.json", key).fingerprint(uid) == "fingerprint-1"
+    assert pacs_watch.WatchState.load(tmp_path / "watch.json").fingerprint(uid) is None  # the key names it
+    before = {"last": 7, "handled": {hashlib.sha256(uid.encode()).hexdigest(): "old"}, "tries": {}}
+    (tmp_path / "old.json").write_text(json.dumps(before))
+    old = pacs_watch.WatchState.load(tmp_path / "old.json", key)
+    assert old.seen(uid) and old.fingerprint(uid) == "old"  # not analysed again after the upgrade
+    old.save(8, {uid: "new"})
+    assert hashlib.sha256(uid.encode()).hexdigest() not in (tmp_path / "old.json").read_text()
+    assert pacs_watch.WatchState.load(tmp_path / "old.json", key).fingerprint(uid) == "new"
+
+
 def test_the_report_names_each_multiframe_files_own_series(tiny_classifier) -> None:
     """A multi-frame file's series key adds the file's hash: the report fell back to the first file's series, so a
     finding on the T1 post-contrast file was attributed to the FLAIR file."""

@@ -161,7 +161,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         connection, OrthancChanges.of(connection, rest), load_classifier(args.model), store, images, key, args.send
     )
     try:
-        state = pacs_watch.WatchState.load(data_dir() / "pacs-watch.json")
+        state = pacs_watch.WatchState.load(data_dir() / "pacs-watch.json", key)
     except PacsError as error:  # damaged: never taken for a first start (every study in the PACS again)
         emit(error_json(error.code, str(error)), sys.stdout)
         return EXIT_USAGE

@@ -6,6 +6,7 @@ tried again by the next watch, never dropped, and one whose MR images changed is
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -28,30 +29,39 @@ logger = logging.getLogger("btd.pacs")
 
 @dataclass
 class WatchState:
-    """The last change of the PACS's feed already handled and, for each study analysed (SHA-256 of its UID, newest
-    last), a fingerprint of its MR series and their image counts when it was; kept in a small JSON file so that a
-    restart goes on from there. A study stable again with the same MR images (our own report added to it, say) is
-    not analysed again; one with MR images added since is."""
+    """The last change of the PACS's feed already handled and, for each study analysed (a keyed HMAC of its UID with
+    the patient-reference key, newest last; a plain SHA-256 without a key, and in files written before), a
+    fingerprint of its MR series and their image counts when it was; kept in a small JSON file so that a restart
+    goes on from there. A study stable again with the same MR images (our own report added to it, say) is not
+    analysed again; one with MR images added since is. (A plain hash let whoever held the file test which PACS
+    studies were triaged.)"""
 
     path: Path
     last: int = 0
     handled: dict[str, str] = field(default_factory=dict)
     tries: dict[str, int] = field(default_factory=dict)  # failed tries of a study the PACS keeps failing
+    key: bytes | None = None
+
+    def _name(self, study_uid: str) -> str:
+        """A study's name in the file: keyed when there is a key."""
+        if self.key is None:
+            return _plain(study_uid)
+        return hmac.new(self.key, f"pacs-watch|{study_uid}".encode(), hashlib.sha256).hexdigest()
 
     @classmethod
-    def load(cls, path: Path) -> WatchState:
+    def load(cls, path: Path, key: bytes | None = None) -> WatchState:
         """The state kept at ``path``; a fresh one when there is none (a first start). A file that is there but
         cannot be read is refused, never taken for a first start: the watch would go back to the beginning of the
         PACS's history and analyse (and, sending, write reports into) every study it ever held."""
         if not path.exists():
-            return cls(path)
+            return cls(path, key=key)
         try:
             saved = json.loads(path.read_text())
             handled = saved.get("handled", {})
             if isinstance(handled, list):  # written before fingerprints: handled, images unknown (never redone)
                 handled = dict.fromkeys(handled, LEGACY)
             tries = {str(k): int(v) for k, v in saved.get("tries", {}).items()}
-            return cls(path, int(saved["last"]), {str(k): str(v) for k, v in handled.items()}, tries)
+            return cls(path, int(saved["last"]), {str(k): str(v) for k, v in handled.items()}, tries, key)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise PacsError(
                 f"The watch's state file ({path.name} in the data folder) cannot be read: restore it from a backup, "
@@ -63,21 +73,23 @@ class WatchState:
 
     def fingerprint(self, study_uid: str) -> str | None:
         """The study's MR fingerprint when it was analysed; None if it never was."""
-        return self.handled.get(hashlib.sha256(study_uid.encode()).hexdigest())
+        found = self.handled.get(self._name(study_uid))
+        return found if found is not None else self.handled.get(_plain(study_uid))  # as files before keys wrote it
 
     def failed(self, study_uid: str) -> int:
         """Count one more failed try of a study; returns how many there have been."""
-        key = hashlib.sha256(study_uid.encode()).hexdigest()
-        self.tries[key] = self.tries.get(key, 0) + 1
-        return self.tries[key]
+        name = self._name(study_uid)
+        self.tries[name] = self.tries.pop(_plain(study_uid), 0) + self.tries.get(name, 0) + 1
+        return self.tries[name]
 
     def save(self, last: int, handled: dict[str, str] | None = None) -> None:
         self.last = last
         for uid, fingerprint in (handled or {}).items():
-            key = hashlib.sha256(uid.encode()).hexdigest()
-            self.handled.pop(key, None)  # newest last
-            self.tries.pop(key, None)
-            self.handled[key] = fingerprint
+            name = self._name(uid)
+            for old in (name, _plain(uid)):  # newest last; a plain name written before keys goes
+                self.handled.pop(old, None)
+                self.tries.pop(old, None)
+            self.handled[name] = fingerprint
         self.handled = dict(list(self.handled.items())[-10_000:])
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_suffix(".tmp")
@@ -89,6 +101,11 @@ class WatchState:
 
 
 LEGACY = "handled"  # a study handled before fingerprints were kept
+
+
+def _plain(study_uid: str) -> str:
+    """A study's name in files written without a key (and before keys): the SHA-256 of its UID."""
+    return hashlib.sha256(study_uid.encode()).hexdigest()
 
 
 def mr_fingerprint(pacs: Pacs, study_uid: str) -> str:
