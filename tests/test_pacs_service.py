@@ -44,7 +44,7 @@ class StandIn:
         """The highest-numbered report stored in ``series_uid`` (as a PACS keeps one copy of each)."""
         held = [d for batch in self.stored for d in batch if d.SeriesInstanceUID == series_uid]
         reports = {str(d.SOPInstanceUID): d for d in held}
-        return max(reports.values(), key=lambda d: int(d.InstanceNumber)) if reports else None
+        return max(reports.values(), key=lambda d: (int(d.InstanceNumber), str(d.SOPInstanceUID))) if reports else None
 
     def series_of(self, study_uid: str) -> list[SeriesHit]:
         """The study's files as one MR series (enough for the watch's fingerprint: adding files changes it)."""
@@ -286,15 +286,54 @@ def test_a_report_of_a_study_read_again_replaces_the_pacs_current_one_never_stan
     reports = {str(d.SOPInstanceUID) for batch in pacs.stored for d in batch if d.Modality == "SR"}
     pacs_service.send_results(pacs, RADIOLOGIST, later, model, store, None)  # sent again: nothing new
     assert {str(d.SOPInstanceUID) for batch in pacs.stored for d in batch if d.Modality == "SR"} == reports
+    assert current_reports(pacs) == [str(head.SOPInstanceUID)]  # one current report
+    later_ids = [save_series(s, store, actor=RADIOLOGIST, patient_ref=None).record_id for s in again.series]
+    reviewed = pacs_service.review_and_send(pacs, RADIOLOGIST, later, model, store, None, "meningioma", later_ids)
+    assert current_reports(pacs) == [reviewed[0]] and int(pacs.report_head(STUDY, series_uid).InstanceNumber) == 4
+    pacs_service.review_and_send(pacs, RADIOLOGIST, later, model, store, None, "meningioma", later_ids)  # again
+    assert current_reports(pacs) == [reviewed[0]]
+
+
+def test_a_review_of_a_study_read_again_before_any_resend_replaces_the_preliminary_once(
+    tiny_classifier, tmp_path
+) -> None:
+    """A preliminary report, a series added, a review sent (no watch between) and sent again: the second press
+    found the first's UID in the chain rebuilt from scratch and sent another instance under it; numbers and UIDs
+    are each one version's."""
+    from core.services.studies import save_series
+
+    first_files = tumour_study(STUDY)
+    pulled = pacs_service.Pulled(
+        STUDY, analyse_study(first_files, tiny_classifier), tuple(objects.headers(first_files))
+    )
+    model = final_model(tiny_classifier.card)
+    pacs, store = StandIn({STUDY: first_files}), SQLiteStore(tmp_path / "r.db")
+    pacs_service.send_results(pacs, RADIOLOGIST, pulled, model, store, None)
+    files = first_files + dicom_series(head_volume(5, 96, seed=3), study_uid=STUDY, series_uid=f"{STUDY}.2")
+    again = analyse_study(files, tiny_classifier)
+    later = pacs_service.Pulled(STUDY, again, tuple(objects.headers(files)))
+    ids = [save_series(s, store, actor=RADIOLOGIST, patient_ref=None).record_id for s in again.series]
+    for _ in range(2):
+        pacs_service.review_and_send(pacs, RADIOLOGIST, later, model, store, None, "glioma", ids)
+    sent = [d for batch in pacs.stored for d in batch if d.Modality == "SR"]
+    by_uid = {str(d.SOPInstanceUID): d for d in sent}
+    assert all(int(d.InstanceNumber) == int(by_uid[str(d.SOPInstanceUID)].InstanceNumber) for d in sent)
+    assert sorted(int(d.InstanceNumber) for d in by_uid.values()) == [1, 2]  # the preliminary, then the review
+    (current,) = current_reports(pacs)
+    assert by_uid[current].PreliminaryFlag == "FINAL"
+
+
+def current_reports(pacs: StandIn) -> list[str]:
+    """The report UIDs no stored version names as the one it replaces."""
+    reports = {str(d.SOPInstanceUID): d for batch in pacs.stored for d in batch if d.Modality == "SR"}
     replaced = {
         str(sop.ReferencedSOPInstanceUID)
-        for uid in reports
-        for d in [next(d for batch in pacs.stored for d in batch if str(d.SOPInstanceUID) == uid)]
+        for d in reports.values()
         for ref in d.get("PredecessorDocumentsSequence") or []
         for series in ref.ReferencedSeriesSequence
         for sop in series.ReferencedSOPSequence
     }
-    assert reports - replaced == {str(head.SOPInstanceUID)}  # one current report
+    return sorted(set(reports) - replaced)
 
 
 def test_the_watch_state_names_studies_by_a_keyed_hash_and_still_reads_a_file_written_before(tmp_path) -> None:

@@ -185,6 +185,7 @@ def content_fingerprint(
     version: int = 1,
     unread: Sequence[str] = (),
     reader: str | None = None,
+    supersedes: str | None = None,
 ) -> str:
     """What makes a report version: the verdicts, the series that could not be read (they withhold the study's
     verdict: a report with them once took the UID of the one without, and the PACS kept the old verdict), the
@@ -197,7 +198,10 @@ def content_fingerprint(
     # none keeps the identity it always had
     names = (reason.split(":", 1)[0].replace("A DICOM series", "A series") for reason in unread)
     unread_facts = [sorted(name.replace("DICOM series", "Series") for name in names)] if unread else []
-    return json.dumps([facts, model.name, model.version, model.weights_sha256, *reviewed, *unread_facts])
+    # a version placed after another reading's current report names it: never the UID of this reading's own
+    # version of the same number (the PACS held two instances under one UID, or two of one number)
+    after = [["after", supersedes]] if supersedes else []
+    return json.dumps([facts, model.name, model.version, model.weights_sha256, *reviewed, *unread_facts, *after])
 
 
 def report_series(study_uid: str) -> str:
@@ -228,10 +232,12 @@ def verdict_report(
     version: int | None = None,
     unread: Sequence[str] = (),
     reader: str | None = None,
+    supersedes: str | None = None,
 ) -> Any:
     """The Comprehensive SR for one study (see the module docstring); ``version`` is its instance number: 1 the
     preliminary report, 2 the first review's, 3 the next review's (default: 2 with a final label, else 1);
-    ``reader``: the account that gave ``final_label``, named beside it (a final report named nobody). A report
+    ``reader``: the account that gave ``final_label``, named beside it (a final report named nobody);
+    ``supersedes``: the UID of another reading's report this version replaces (part of its identity). A report
     listing a series nobody could read is never COMPLETE."""
     import highdicom as hd
 
@@ -276,7 +282,7 @@ def verdict_report(
     root = hd.sr.ContainerContentItem(codes["report"])
     root.ContentSequence = hd.sr.ContentSequence(items, is_root=False)
     version = version or (2 if final_label is not None else 1)
-    fingerprint = content_fingerprint(series, model, final_label, version, unread, reader)
+    fingerprint = content_fingerprint(series, model, final_label, version, unread, reader, supersedes)
     report = hd.sr.ComprehensiveSR(
         evidence=list(evidence),
         content=root,

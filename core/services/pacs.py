@@ -170,9 +170,23 @@ def _placed(chain: list[Any], head: Any | None, version_after: Callable[[Any, in
     if str(head.SOPInstanceUID) in uids:
         return chain[-1], chain[uids.index(str(head.SOPInstanceUID)) + 1 : -1][::-1]
     number = int(head.get("InstanceNumber") or 0)
-    if str(version_after(None, number).SOPInstanceUID) == str(head.SOPInstanceUID):
+    if str(version_after(_predecessor_of(head), number).SOPInstanceUID) == str(head.SOPInstanceUID):
         return head, []  # this report, placed after an earlier analysis's, is the PACS's current one already
     return version_after(head, number + 1), []
+
+
+def _predecessor_of(report: Any) -> Any | None:
+    """The version a report names as the one it replaces (its study, series, class and instance UIDs), or None."""
+    from pydicom.dataset import Dataset
+
+    for study in report.get("PredecessorDocumentsSequence") or []:
+        for series in study.get("ReferencedSeriesSequence") or []:
+            for sop in series.get("ReferencedSOPSequence") or []:
+                before = Dataset()
+                before.StudyInstanceUID, before.SeriesInstanceUID = study.StudyInstanceUID, series.SeriesInstanceUID
+                before.SOPClassUID, before.SOPInstanceUID = sop.ReferencedSOPClassUID, sop.ReferencedSOPInstanceUID
+                return before
+    return None
 
 
 def _version(
@@ -181,10 +195,12 @@ def _version(
     """This analysis's latest report as version ``version``, naming ``head`` as the one it replaces."""
     label, reader = finals[-1] if finals else (None, None)
     outcome = pulled.outcome
+    after = str(head.SOPInstanceUID) if head is not None else None
     try:
         return objects.verdict_report(
-            pulled.evidence, list(outcome.series), outcome.verdict, model, label, head, version, outcome.unread, reader
-        )
+            pulled.evidence, list(outcome.series), outcome.verdict, model, label, head, version, outcome.unread,
+            reader, after,
+        )  # fmt: skip
     except ValueError as error:
         raise PacsReportRefused("The report could not be made: the study's headers hold a value the DICOM "
                                 "standard does not allow.") from error  # fmt: skip
