@@ -365,10 +365,9 @@ def study_report(
         raise InvalidRecord("A report is made of saved series results.")
     if len({r.patient_ref for r in records}) > 1:  # type: ignore[union-attr]  # a report names one patient
         raise InvalidRecord(MIXED_PATIENTS)
-    # one study, one reading: series of two studies or two model versions were printed under the first one's model
-    # and the earliest time as "Study saved" (the pages pass one; the service no longer trusts them to)
-    if len({r.study_ref for r in records}) > 1:  # type: ignore[union-attr]
-        raise InvalidRecord("A report is of one study: these series belong to different studies.")
+    # one reading: series read by two model versions were printed under the first one's model (the pages pass one;
+    # the service no longer trusts them to). Not one study reference: a series saved before keeps the study it was
+    # first saved under (its record is its pixels and model), and a study uploaded again with it is still one study
     if len({(r.model_name, r.model_version) for r in records}) > 1:  # type: ignore[union-attr]
         raise InvalidRecord("A report is of one reading: these series were read by different model versions.")
     unread = max([unread, *(r.study_unread for r in records)])  # type: ignore[union-attr]
