@@ -1420,6 +1420,7 @@ def test_the_embedded_database_runs_in_wal_mode_with_full_sync(tmp_path: Path) -
 
 def test_a_vanished_database_is_refused_not_replaced_by_an_empty_one(tmp_path: Path, monkeypatch, capsys) -> None:
     """A deleted data folder once became a new database with no accounts, and the app said "Result saved"."""
+    import gc
     import shutil
 
     from core.cli import main
@@ -1440,12 +1441,24 @@ def test_a_vanished_database_is_refused_not_replaced_by_an_empty_one(tmp_path: P
     # a remembered file emptied to 0 bytes (a failed copy, a full disk) opened as a new, empty database too
     emptied = open_store(None, data)
     emptied.add(make_record(2, utc(2026, 5, 2, 9, 0), "glioma"))
-    del emptied
+    emptied._local.connection.close()
+    gc.collect()  # the stores opened above: their connections closed (one closed later checkpoints into the file)
     for leftover in data.glob("results.sqlite3-*"):
         leftover.unlink()
     (data / "results.sqlite3").write_bytes(b"")
     with pytest.raises(StoreVanished, match="has disappeared"):
         open_store(None, data)
+    assert main(["store", "forget"]) == 0 and '"forgotten": true' in capsys.readouterr().out  # as it says to
+    running = open_store(None, data)
+    running.add(make_record(3, utc(2026, 5, 3, 9, 0), "glioma"))
+    running._local.connection.close()  # another thread's first connection, after the file was emptied
+    running._local.connection = None
+    gc.collect()
+    for leftover in data.glob("results.sqlite3-*"):
+        leftover.unlink()
+    (data / "results.sqlite3").write_bytes(b"")
+    with pytest.raises(StoreVanished, match="disappeared while the app was running"):
+        running.summary()
 
 
 def test_the_health_check_writes_for_real(store) -> None:

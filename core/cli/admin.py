@@ -151,9 +151,11 @@ def cmd_store_forget(args: argparse.Namespace) -> int:
     from core.storage import DATABASE_FILE, stamps
 
     database = data_dir() / DATABASE_FILE
-    if database.exists():
+    if not stamps.gone(database):
         emit(error_json("bad_usage", f"{database} exists: nothing to forget"), sys.stdout)
         return EXIT_USAGE
+    if database.exists():  # emptied to 0 bytes: nothing of it to keep, and a new database goes in its place
+        database.unlink()
     emit({"forgotten": stamps.forget(database), "database": str(database)}, sys.stdout)
     return EXIT_OK
 

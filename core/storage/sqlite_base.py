@@ -61,9 +61,9 @@ class SQLiteBase:
         return connection
 
     def _open(self) -> sqlite3.Connection:
-        if self._opened and not self.path.exists():
-            from core.storage.stamps import StoreVanished
+        from core.storage.stamps import StoreVanished, gone
 
+        if self._opened and gone(self.path):  # deleted, or emptied to 0 bytes (opened, an empty one is migrated)
             logger.error("event=store_vanished store=sqlite path=%s", self.path)  # where: for the server's admin
             raise StoreVanished(  # shown to every role and on the sign-in page: no path
                 "The results database disappeared while the app was running; nothing more is saved "

@@ -56,7 +56,7 @@ def _write(entries: dict[str, str]) -> None:
         )
 
 
-def _gone(database: Path) -> bool:
+def gone(database: Path) -> bool:
     """Missing, or emptied to 0 bytes with no write-ahead log beside it (SQLite opens an empty file as a new,
     empty database: a truncated file became one, and the sign-in page offered to create the first admin)."""
     if not database.exists():
@@ -68,7 +68,7 @@ def _gone(database: Path) -> bool:
 def check(database: Path) -> None:
     """Raise :class:`StoreVanished` when ``database`` is missing (or emptied) but is known to have existed."""
     key = str(database.resolve())
-    if _gone(database) and key in _read():
+    if gone(database) and key in _read():
         logging.getLogger("btd.storage").error("event=store_vanished path=%s", database)  # for the server's admin
         raise StoreVanished(  # shown to every role and on the sign-in page: no path
             f"The results database has disappeared (it was created {_read()[key]}); restore it from a "
