@@ -797,25 +797,30 @@ def test_a_mongodb_audit_head_that_cannot_be_moved_leaves_the_written_event_and_
     again while its "account_created" event stayed, recording a creation that did not stand. The event is written:
     the change stands, and the chain reads intact with its head one event behind (a crash's window)."""
     import mongomock
-    from pymongo.errors import ConnectionFailure
+    from pymongo.errors import ConnectionFailure, OperationFailure
 
     from core.storage.mongo import MongoStore
 
     store = MongoStore(mongomock.MongoClient(tz_aware=True), collection="scans_head_lags")
-    accounts.add_account(store, COMMAND_LINE, "amy", "admin", PASSWORD)
-
     real = mongomock.collection.Collection.update_one
+    failure = [ConnectionFailure("the server went away")]
 
     def unreachable(collection, query, *args, **kwargs):
         if query.get("_id") == "audit_head":
-            raise ConnectionFailure("the server went away")
+            raise failure[0]
         return real(collection, query, *args, **kwargs)
 
+    with monkeypatch.context() as patched:  # the very first event's head: none at all, one event
+        patched.setattr(mongomock.collection.Collection, "update_one", unreachable)
+        accounts.add_account(store, COMMAND_LINE, "amy", "admin", PASSWORD)
+        assert store.audit_head() is None and audit.verify(store).intact
+    accounts.add_account(store, COMMAND_LINE, "bob", "admin", PASSWORD)  # moves it
     monkeypatch.setattr(mongomock.collection.Collection, "update_one", unreachable)
+    failure[0] = OperationFailure("write concern not met", code=64)  # a refusal, not an outage: the same
     accounts.add_account(store, COMMAND_LINE, "eve", "radiologist", PASSWORD)
     assert store.get_account("eve") is not None
-    assert [e.action for e in store.audit_events()] == ["account_created", "account_created"]
-    assert store.audit_head().seq == 1
+    assert [e.action for e in store.audit_events()] == ["account_created"] * 3
+    assert store.audit_head().seq == 2
     assert audit.verify(store).intact
 
 

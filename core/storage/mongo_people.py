@@ -18,7 +18,7 @@ from typing import Any
 from core.domain.people import NO_HEAD, Account, AuditEvent, AuditHead, AuditQuery, Review, VerifiedPoint, chained
 from core.domain.results import Record
 from core.domain.times import as_utc
-from core.errors import InvalidRecord, ReviewedMeanwhile, StoreUnavailable
+from core.errors import InvalidRecord, ReviewedMeanwhile, StoreError, StoreUnavailable
 from core.storage.protocol import check_account_fields, check_review
 
 logger = logging.getLogger("btd.storage")
@@ -237,7 +237,7 @@ class MongoPeople:
                     continue  # another replica appended first: link to its event instead
             try:
                 self._move_audit_head(seq, linked.hash)
-            except StoreUnavailable:  # the event is written: the change it records is audited, and a head one
+            except StoreError:  # the event is written: the change it records is audited, and a head one
                 logger.warning("the audit head was not moved after event %d; it lags one event", seq)  # behind
             return linked  # reads intact (a crash's window); a caller told "failed" undid a change its event kept
         raise StoreUnavailable("The audit trail is too busy to append to; try again.")
