@@ -223,6 +223,14 @@ def test_an_enhanced_files_window_in_its_functional_groups_is_applied_as_a_class
     (enhanced,) = read_study([out.getvalue()])
     same = [k for k in range(4) if np.array_equal(enhanced.sections[k], classic.sections[k])]
     assert same == [0, 1, 3]  # its own window for the third: darker than the shared one's
+    rescaled = pydicom.dcmread(io.BytesIO(enhanced_multiframe(volume)))  # a window at the top, an identity rescale
+    rescaled.WindowCenter, rescaled.WindowWidth = 800, 1200  # in the groups: the window stays (it was dropped)
+    identity = Dataset()
+    identity.RescaleIntercept, identity.RescaleSlope, identity.RescaleType = 0, 1, "US"
+    rescaled.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence = [identity]
+    kept = io.BytesIO()
+    rescaled.save_as(kept)
+    assert np.array_equal(read_study([kept.getvalue()])[0].sections, classic.sections)
     assert enhanced.sections[2].mean() < classic.sections[2].mean()
     from core.imaging.scan import read_scan  # the Scan page reads one frame of it by the same rule
 
@@ -911,3 +919,5 @@ def test_a_nifti_acquired_in_another_plane_says_its_axial_sections_are_reformatt
     assert any("5.0 mm thick across its axial sections" in w for w in sagittal.warnings)
     axial = read_nifti(nibabel.Nifti1Image(data, np.diag([0.9, 0.9, 5.0, 1.0])).to_bytes())
     assert not any("thick across" in w for w in axial.warnings)
+    overlapping = read_nifti(nibabel.Nifti1Image(data, np.diag([1.0, 1.0, 0.5, 1.0])).to_bytes())  # thin, axial
+    assert not any("thick across" in w for w in overlapping.warnings)

@@ -66,8 +66,8 @@ def frame_view(dataset: Any, frame: int | None) -> Any:
     if not found:
         return dataset
     view = Dataset()
-    for element in dataset:
-        if element.keyword not in ("PixelData", *(k for keywords in _FRAME_GROUPS.values() for k in keywords)):
+    for element in dataset:  # the top level's own values stay where the groups give none (its window beside an
+        if element.keyword != "PixelData" and element.keyword not in found:  # identity rescale in the groups)
             view.add(element)
     for element in found.values():
         view.add(element)

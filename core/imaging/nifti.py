@@ -116,10 +116,12 @@ def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volum
         nifti_orientation(image.affine),
     )
     orientation = orientation if placed else None
-    if max(zooms[0], zooms[1]) > 1.5 * zooms[2]:  # thick voxels across the axial sections: another plane's acquisition
+    thick = max(zooms[0], zooms[1])
+    if thick >= 2.0 and thick > 1.5 * zooms[2]:  # thick voxels across the axial sections: another plane's acquisition
+        # (not an axial volume of thin overlapping sections: 1 x 1 mm in plane, 0.5 mm apart)
         notes = (
             *notes,
-            f"The volume's voxels are {max(zooms[0], zooms[1]):.1f} mm thick across its axial sections (acquired in "
+            f"The volume's voxels are {thick:.1f} mm thick across its axial sections (acquired in "
             "another plane, sagittal or coronal): its axial sections are reformatted across them, coarser than the "
             "acquisition; read it in its own plane too.",
         )
