@@ -358,6 +358,31 @@ def test_the_watch_state_names_studies_by_a_keyed_hash_and_still_reads_a_file_wr
     assert pacs_watch.WatchState.load(tmp_path / "old.json", key).fingerprint(uid) == "new"
 
 
+def test_a_diffusion_series_two_stacks_are_two_lines_told_apart_in_the_report(tiny_classifier) -> None:
+    """Each stack of a diffusion series is read as a series of its own: the report named both "Series 5 DWI (UID
+    x)", two lines that could carry two verdicts, and their key images read alike."""
+    dwi = f"{STUDY}.5"
+    b0 = relabelled(dicom_series(head_volume(5, 96, range(2, 4), seed=2), study_uid=STUDY, series_uid=dwi),
+                    DiffusionBValue=0, SeriesNumber=5)  # fmt: skip
+    b1000 = relabelled(dicom_series(head_volume(5, 96, range(2, 4), seed=3), study_uid=STUDY, series_uid=dwi),
+                       DiffusionBValue=1000, SeriesNumber=5)  # fmt: skip
+    files = b0 + b1000
+    outcome = analyse_study(files, tiny_classifier)
+    assert len(outcome.series) == 2
+    report = objects.verdict_report(
+        objects.headers(files), outcome.series, outcome.verdict, final_model(tiny_classifier.card)
+    )
+    lines = [
+        str(i.get("TextValue", ""))
+        for i in report.ContentSequence
+        if str(i.get("TextValue", "")).startswith("Series 5")
+    ]
+    assert sorted(line.split(" (UID")[0] for line in lines) == [
+        "Series 5, images at b = 0 s/mm2",
+        "Series 5, images at b = 1000 s/mm2",
+    ]
+
+
 def test_the_report_names_each_multiframe_files_own_series(tiny_classifier) -> None:
     """A multi-frame file's series key adds the file's hash: the report fell back to the first file's series, so a
     finding on the T1 post-contrast file was attributed to the FLAIR file."""

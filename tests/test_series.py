@@ -184,8 +184,10 @@ def test_a_diffusion_or_multi_echo_series_is_read_as_one_volume_per_stack_each_n
     named = sorted(v.warnings[0] for v in upload.volumes[1:])
     assert named == [
         "DICOM series 5, its images at b = 0 s/mm2 (one of its 2 stacks at the same positions).",
-        "DICOM series 5, its images at b = 1000 s/mm2 (one of its 2 stacks at the same positions).",
+        "DICOM series 5, its images at b = 1000 s/mm2 (one of its 2 stacks at the same positions). Diffusion "
+        "images: the model was trained on T1, T2 and FLAIR sections, not on these.",
     ]
+    assert sorted(v.stack for v in upload.volumes) == ["", "b = 0 s/mm2", "b = 1000 s/mm2"]
     assert not upload.volumes[0].warnings  # a series of one stack is as before
     echoes = _tagged(b0, EchoNumbers=1) + _tagged(b0[:2], EchoNumbers=2)  # PD and T2 of a dual echo: 4 + 2 sections
     (_, first, second) = read_upload(t2 + echoes).volumes

@@ -341,7 +341,11 @@ def _dicom_series(
         if stacks[study, series] > 1:  # a diffusion or multi-echo series: each stack a series of its own, said so
             note = f"{names[key]}, its images at {stack or 'no b-value or echo given'}"
             note += f" (one of its {stacks[study, series]} stacks at the same positions)."
-            volume = replace(volume, series=hash_parts(series, stack), warnings=(note, *volume.warnings))
+            if stack.startswith("b = ") and not stack.startswith("b = 0 "):  # what the model never saw
+                note += " Diffusion images: the model was trained on T1, T2 and FLAIR sections, not on these."
+            volume = replace(
+                volume, series=hash_parts(series, stack), warnings=(note, *volume.warnings), stack=stack or "none given"
+            )
         volumes.append(volume)
     if not volumes and len(failed) == len(unread) and len({type(e) for e in failed.values()}) == 1:
         raise next(iter(failed.values()))  # nothing read, every series for one kind of reason: that refusal

@@ -41,6 +41,7 @@ class Volume:
     warnings: tuple[str, ...] = field(default_factory=tuple)
     positions_in_mm: bool = True  # False: the files gave no positions and the sections are numbered instead
     uid_key: str = ""  # :func:`series_key` of its source series (``series`` adds a multi-frame file's own hash)
+    stack: str = ""  # which stack of its source series it is, where that holds several ("b = 1000 s/mm2")
 
     @property
     def step_mm(self) -> float | None:

@@ -145,6 +145,8 @@ def _series_name(evidence: Sequence[Any], series: SeriesAnalysis) -> str:
     number = header.get("SeriesNumber") if header is not None else None
     description = str(header.get("SeriesDescription", "") or "").strip() if header is not None else ""
     shown = " ".join(part for part in (f"{number}" if number not in (None, "") else "", description) if part)
+    if series.volume.stack:  # one of several stacks of the series (a b-value, an echo): two lines told apart
+        shown = f"{shown}, images at {series.volume.stack}" if shown else f"images at {series.volume.stack}"
     return f"{shown} (UID {uid})" if shown else f"UID {uid}"
 
 
