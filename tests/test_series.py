@@ -339,6 +339,10 @@ def test_a_cd_export_reads_its_images_and_leaves_out_its_index_reports_and_other
         read_upload([zipped(others)])
     with pytest.raises(UnsupportedFormat, match="neither DICOM nor NIfTI"):  # a file given itself: said, not skipped
         read_upload([*t1, others[1]])
+    headerless = t1[0][128 + 4 :]  # an older export without the preamble: said, not left out as another file
+    assert headerless[:2] == b"\x02\x00"
+    with pytest.raises(UnsupportedFormat, match="without the standard 128-byte preamble"):
+        read_upload([zipped([*t1[1:], headerless])])
 
 
 def test_a_classic_multiframe_file_is_numbered_in_stored_order_and_measured_by_its_declared_step() -> None:

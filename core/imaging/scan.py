@@ -85,6 +85,17 @@ def is_dicom(data: bytes) -> bool:
     return data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == b"DICM"
 
 
+HEADERLESS_DICOM = (
+    "This looks like a DICOM file without the standard 128-byte preamble and 'DICM' marker. "
+    "Export it from the PACS as a standard DICOM (Part 10) file."
+)
+
+
+def is_headerless_dicom(data: bytes) -> bool:
+    """A DICOM data set written without the Part 10 preamble (its first element a group 0002 or 0008 tag)."""
+    return data[:4] in (b"\x08\x00\x05\x00", b"\x08\x00\x08\x00", b"\x02\x00\x00\x00", b"\x02\x00\x01\x00")
+
+
 def sniff_format(data: bytes) -> str:
     """Return ``"png"``, ``"jpeg"`` or ``"dicom"`` from the leading bytes, or raise :class:`UnsupportedFormat`."""
     if data.startswith(PNG_SIGNATURE):
@@ -98,11 +109,8 @@ def sniff_format(data: bytes) -> str:
             raise UnsupportedFormat(f"This file is {what}, not a PNG, JPEG or DICOM scan.")
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         raise UnsupportedFormat("This file is a WebP image, not a PNG, JPEG or DICOM scan.")
-    if data[:4] in (b"\x08\x00\x05\x00", b"\x08\x00\x08\x00", b"\x02\x00\x00\x00", b"\x02\x00\x01\x00"):
-        raise UnsupportedFormat(
-            "This looks like a DICOM file without the standard 128-byte preamble and 'DICM' marker. "
-            "Export it from the PACS as a standard DICOM (Part 10) file."
-        )
+    if is_headerless_dicom(data):
+        raise UnsupportedFormat(HEADERLESS_DICOM)
     if data.lstrip()[:1] in (b"<", b"{"):
         raise UnsupportedFormat("This file is a text document (HTML, XML or JSON), not a PNG, JPEG or DICOM scan.")
     raise UnsupportedFormat("This file is not a PNG, JPEG or DICOM scan (its content matches none of them).")

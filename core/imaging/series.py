@@ -39,7 +39,7 @@ from core.imaging.geometry import display_transform, frame_orientation, gap_note
 from core.imaging.limits import DEFAULT_LIMITS, DEFAULT_STUDY_LIMITS, Limits, StudyLimits
 from core.imaging.nifti import read_nifti
 from core.imaging.nifti_header import check_nifti_budget, is_nifti
-from core.imaging.scan import is_dicom
+from core.imaging.scan import HEADERLESS_DICOM, is_dicom, is_headerless_dicom
 from core.imaging.volume import NO_STUDY_UID, SeriesError, Volume, hash_parts, radiological
 
 __all__ = ["SeriesError", "Upload", "Volume", "is_nifti", "read_study", "read_upload"]
@@ -89,6 +89,8 @@ def read_upload(
             expanded.append(data)
             continue
         members = unzip(data, study_limits)
+        if any(is_headerless_dicom(m) for m in members):  # an older export: said, never left out as "other files"
+            raise UnsupportedFormat(f"A file in the zip: {HEADERLESS_DICOM}")
         readable = [m for m in members if is_nifti(m) or is_dicom(m)]
         others += len(members) - len(readable)
         expanded += readable
