@@ -1,0 +1,64 @@
+"""A compressed DICOM frame's codestream checked before it is decoded: the size it declares (a JPEG or JPEG-LS frame
+header, a JPEG 2000 SIZ marker) must be the header's Rows x Columns, which the budget was checked against."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core.errors import CorruptImage
+
+_JPEG_2000 = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201",
+              "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"}  # fmt: skip
+_JPEG = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
+         "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"}  # fmt: skip  # baseline, extended, lossless, JPEG-LS
+
+
+def check_codestream(dataset: Any, frame: int | None, frames: int) -> None:
+    """Refuse a compressed frame whose codestream declares another size than the header's Rows x Columns before it is
+    decoded: the decoder allocates what the codestream says (a 47 KB JPEG-LS file declaring 16000 x 16000 took 1.5
+    GB before failing), and only the header's size was checked against the budget."""
+    syntax = str(getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", ""))
+    if syntax not in _JPEG_2000 | _JPEG:
+        return
+    from pydicom.encaps import get_frame
+
+    try:
+        data = get_frame(dataset.PixelData, frame or 0, number_of_frames=frames)
+        if syntax in _JPEG_2000:
+            import openjpeg
+
+            found = openjpeg.get_parameters(data)
+            size = (int(found["rows"]), int(found["columns"]))
+        else:
+            size = _jpeg_frame_size(data)
+    except (ValueError, RuntimeError, KeyError, TypeError, IndexError) as error:
+        raise CorruptImage("The DICOM pixel data cannot be decoded.") from error
+    if size != (int(dataset.Rows), int(dataset.Columns)):
+        raise CorruptImage(
+            f"The DICOM file's compressed image says it is {size[1]} x {size[0]} pixels where its header says "
+            f"{dataset.Columns} x {dataset.Rows}: refused before decoding it."
+        )
+
+
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}  # start of frame (F7: LS)
+
+
+def _jpeg_frame_size(data: bytes) -> tuple[int, int]:
+    """(rows, columns) from a JPEG or JPEG-LS codestream's frame header, read by walking its marker segments (the
+    decoders' own parameter readers allocate the image first)."""
+    if data[:2] != b"\xff\xd8":
+        raise ValueError("no JPEG start of image")
+    at = 2
+    while at + 4 <= len(data):
+        if data[at] != 0xFF:
+            raise ValueError("not a marker")
+        if data[at + 1] == 0xFF:  # a fill byte before a marker
+            at += 1
+            continue
+        marker, length = data[at + 1], int.from_bytes(data[at + 2 : at + 4], "big")
+        if marker in _SOF:
+            if at + 9 > len(data):
+                raise ValueError("frame header cut off")
+            return int.from_bytes(data[at + 5 : at + 7], "big"), int.from_bytes(data[at + 7 : at + 9], "big")
+        at += 2 + length
+    raise ValueError("no frame header before the data")
