@@ -274,6 +274,12 @@ def test_a_report_of_a_study_read_again_replaces_the_pacs_current_one_never_stan
     assert final.PreliminaryFlag == "FINAL" and int(final.InstanceNumber) == 2
     pacs_service.send_results(pacs, RADIOLOGIST, pulled, model, store, None)  # the same reading, no label
     assert pacs.report_head(STUDY, series_uid).SOPInstanceUID == final.SOPInstanceUID  # the FINAL stays current
+    series = outcome.series[0]  # the same images and model read otherwise (a rule changed, a series now read)
+    reread = replace(outcome, series=(replace(series, score=(series.score or 0.0) / 2),))
+    pacs_service.send_results(pacs, RADIOLOGIST, replace(pulled, outcome=reread), model, store, None)
+    head = pacs.report_head(STUDY, series_uid)
+    assert head.PreliminaryFlag == "PRELIMINARY" and int(head.InstanceNumber) == 3  # it said the old reading
+    pacs.stored = [batch for batch in pacs.stored if head not in batch]  # as before it, for the rest of the test
     # a series arrives later: the study is read again and its preliminary report sent (the watch)
     files = first_files + dicom_series(head_volume(5, 96, seed=3), study_uid=STUDY, series_uid=f"{STUDY}.2")
     again = analyse_study(files, tiny_classifier)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -211,17 +212,25 @@ def report_series(study_uid: str) -> str:
     return _uid(study_uid, "report series")
 
 
-def same_reading(report: Any, evidence: Sequence[Any], model: ModelFacts) -> bool:
-    """Whether a report in the PACS reads the same images (its evidence) with the same model as ours would."""
-    referenced = {
-        str(sop.ReferencedSOPInstanceUID)
-        for study in report.get("CurrentRequestedProcedureEvidenceSequence") or []
-        for series in study.get("ReferencedSeriesSequence") or []
-        for sop in series.get("ReferencedSOPSequence") or []
-    }
-    texts = [str(item.get("TextValue", "")) for item in report.get("ContentSequence") or []]
-    weights = f"{model.version} (weights SHA-256 {model.weights_sha256[:16]})"
-    return referenced == {str(ds.SOPInstanceUID) for ds in evidence} and model.name in texts and weights in texts
+def same_reading(report: Any, ours: Any) -> bool:
+    """Whether a report in the PACS reads the same images (its evidence) with the same model, to the same series
+    scores and unread series, as ``ours`` (this reading's report): the same images and model read otherwise (a
+    series unread before, read now) are another reading."""
+
+    def reading(sr: Any) -> tuple:
+        referenced = {
+            str(sop.ReferencedSOPInstanceUID)
+            for study in sr.get("CurrentRequestedProcedureEvidenceSequence") or []
+            for series in study.get("ReferencedSeriesSequence") or []
+            for sop in series.get("ReferencedSOPSequence") or []
+        }
+        texts = [str(item.get("TextValue", "")) for item in sr.get("ContentSequence") or []]
+        said = " ".join(texts)
+        scores = sorted(re.findall(r"P\(tumour\) \d\.\d{3}", said))
+        unread = sum(t.startswith("A series could not be read") or ": not analysed (" in t for t in texts)
+        return referenced, scores, unread, texts[-3:]  # the algorithm, its version and the statement close it
+
+    return reading(report) == reading(ours)
 
 
 def verdict_report(

@@ -141,7 +141,7 @@ def send_results(
         if store is not None:
             audit.record(store, actor, "pacs_send_failed", target, code=error.code)
         raise
-    if head is not None and not finals and objects.same_reading(head, pulled.evidence, model):
+    if head is not None and not finals and objects.same_reading(head, chain[0]):
         chain = [head]  # the same reading sent again without a label (the watch, the command line): the PACS's
         # current version stands (a preliminary rebuilt from scratch would replace the reader's FINAL report)
     report, earlier = _placed(chain, head, lambda before, version: _version(pulled, model, finals, before, version))
