@@ -389,6 +389,25 @@ def test_a_diffusion_series_two_stacks_are_two_lines_told_apart_in_the_report(ti
     ]
 
 
+def test_report_text_from_another_character_set_survives_the_file(tiny_classifier) -> None:
+    """The report took the first image's character set: a series description in Cyrillic (its own header said
+    ISO_IR 144) was written as "?"."""
+    import io
+
+    from pydicom import dcmread
+
+    first = relabelled(tumour_study(STUDY), SpecificCharacterSet="ISO_IR 100", SeriesDescription="T1 axial")
+    second = dicom_series(head_volume(5, 96, range(2, 4), seed=3), study_uid=STUDY, series_uid=f"{STUDY}.2")
+    files = first + relabelled(second, SpecificCharacterSet="ISO_IR 144", SeriesDescription="Т2 аксиальная")
+    outcome = analyse_study(files, tiny_classifier)
+    model = final_model(tiny_classifier.card)
+    report = objects.verdict_report(objects.headers(files), outcome.series, outcome.verdict, model)
+    buffer = io.BytesIO()
+    report.save_as(buffer)
+    back = dcmread(io.BytesIO(buffer.getvalue()))
+    assert any("Т2 аксиальная" in str(item.get("TextValue", "")) for item in back.ContentSequence)
+
+
 def test_the_report_names_each_multiframe_files_own_series(tiny_classifier) -> None:
     """A multi-frame file's series key adds the file's hash: the report fell back to the first file's series, so a
     finding on the T1 post-contrast file was attributed to the FLAIR file."""

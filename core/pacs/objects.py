@@ -207,6 +207,9 @@ def content_fingerprint(
     return json.dumps([facts, model.name, model.version, model.weights_sha256, *reviewed, *unread_facts, *after])
 
 
+UTF8 = "ISO_IR 192"  # the first image's set wrote text outside it (another series' description, a name) as "?"
+
+
 def report_series(study_uid: str) -> str:
     """The Series Instance UID of our reports in a study (one series, every version)."""
     return _uid(study_uid, "report series")
@@ -307,6 +310,7 @@ def verdict_report(
         is_final=final_label is not None,
         previous_versions=[predecessor] if predecessor is not None else None,
     )
+    report.SpecificCharacterSet = UTF8  # texts from several series' headers and the reader's name: one set for all
     report.PreliminaryFlag = "FINAL" if final_label is not None else "PRELIMINARY"
     report.SeriesDescription = "BTD decision aid report"
     return report
@@ -358,6 +362,7 @@ def key_images(evidence: Sequence[Any], series: SeriesAnalysis) -> list[Any]:
         )
         image.copy_patient_and_study_information(reference)  # every identity qualifier the report keeps (the
         # issuer of the patient ID, of the accession number): an issuer-aware PACS filed them under another patient
+        image.SpecificCharacterSet = UTF8
         image.BurnedInAnnotation = "NO"  # an outline, no text: said, not left for a reader to guess
         image.PatientOrientation = list(orientation)  # every letter, as the app shows the edges
         source = _series_name(evidence, series).split(" (UID ")[0]
