@@ -790,6 +790,18 @@ def test_an_oblique_tumour_series_is_reported_with_key_images_that_name_every_le
     qualified = relabelled(files, IssuerOfPatientID="HOSP-A", StudyDescription="MR BRAIN")
     (image, *_) = objects.key_images(objects.headers(qualified), series)
     assert (image.IssuerOfPatientID, image.StudyDescription, image.BurnedInAnnotation) == ("HOSP-A", "MR BRAIN", "NO")
+    # each names the image it was made from: its instance number is the section's place in the app, not the source's
+    import io
+
+    from pydicom import dcmread
+
+    from core.imaging.scan import read_scan
+
+    by_uid = {str(dcmread(io.BytesIO(f), stop_before_pixels=True).SOPInstanceUID): f for f in files}
+    for key_image in images:
+        (source,) = key_image.SourceImageSequence
+        shown = read_scan(by_uid[str(source.ReferencedSOPInstanceUID)]).pixels
+        assert np.array_equal(key_image.pixel_array[..., 0], shown)  # the very section it shows
 
 
 def test_patients_names_never_reach_the_log_or_warnings_when_a_report_is_made(tiny_classifier, caplog, recwarn, capsys):

@@ -292,11 +292,11 @@ def test_a_study_with_a_localizer_and_a_series_that_cannot_be_put_together_reads
 def test_vendor_names_of_localizers_are_found_whatever_marks_join_them(description: str, localizer: bool) -> None:
     from pydicom.dataset import Dataset
 
-    from core.imaging.series import _is_localizer
+    from core.imaging.series_headers import is_localizer
 
     header = Dataset()
     header.SeriesDescription = description
-    assert _is_localizer(header) is localizer
+    assert is_localizer(header) is localizer
 
 
 def _non_image(sop_class: str, series_uid: str) -> bytes:

@@ -24,7 +24,6 @@ StudyInstanceUID (NIfTI volumes among them) take the upload's identity as their 
 from __future__ import annotations
 
 import hashlib
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -40,15 +39,11 @@ from core.imaging.limits import DEFAULT_LIMITS, DEFAULT_STUDY_LIMITS, Limits, St
 from core.imaging.nifti import read_nifti
 from core.imaging.nifti_header import check_nifti_budget, is_nifti
 from core.imaging.scan import HEADERLESS_DICOM, is_dicom, is_headerless_dicom
+from core.imaging.series_headers import is_localizer, series_name, stack_of, uid_key_of
 from core.imaging.volume import NO_STUDY_UID, SeriesError, Volume, hash_parts, radiological
 
 __all__ = ["SeriesError", "Upload", "Volume", "is_nifti", "read_study", "read_upload"]
 
-# a series description the main vendors give their positioning images (ImageType says LOCALIZER on most)
-# (a word of its own between any marks, an underscore too: "AAHead_Scout_64ch", "Survey_32ch_HeadCoil", "SmartSurvey")
-LOCALIZER = re.compile(
-    r"locali[sz]er|(?<![a-z])scout(?![a-z])|survey(?![a-z])|3[\s_-]*pl(ane)?[\s_-]*loc|tri[\s_-]*pilot", re.IGNORECASE
-)
 PER_FRAME = "PerFrameFunctionalGroupsSequence"
 
 
@@ -153,6 +148,7 @@ class _Section:
     multi_frame: bool = False
     uid_key: str = ""  # the hash of the study's and series' UIDs alone (a multi-frame file's series adds its own)
     stack: str = ""  # which of a series' stacks at the same positions (a b-value, an echo): "b = 1000 s/mm2"
+    source: tuple[str, str, int | None] = ("", "", None)  # its image's SOP class and instance UIDs, frame number
 
 
 def _floats(value: object, n: int) -> np.ndarray | None:
@@ -206,7 +202,7 @@ def _plane_position(group: object) -> np.ndarray | None:
 def _sections_of(data: bytes, header: object, limits: Limits) -> list[_Section]:
     ds = dicom.checked_dataset(data, limits, header)[0]
     study = hash_parts(str(ds.get("StudyInstanceUID", ""))) if ds.get("StudyInstanceUID") else NO_STUDY_UID
-    series = _uid_key(ds)  # the key a series that cannot be read is named under too
+    series = uid_key_of(ds)  # the key a series that cannot be read is named under too
     spacing = _spacing(ds.get("PixelSpacing"))
     # the declared distance between sections, for a series whose files give no positions: the spacing between
     # them where given (sections can have gaps or overlap), else their thickness
@@ -223,11 +219,13 @@ def _sections_of(data: bytes, header: object, limits: Limits) -> list[_Section]:
         orientation = _orientation(ds, None)
         pixels = display(dicom.decode_frame(ds, None), frame_view(ds, 0))
         instance = int(ds.get("InstanceNumber", 0) or 0)
+        source = (str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", "")), None)
         return [
             _Section(
-                study, series, position, orientation, instance, pixels, spacing, thickness, modality, stack=_stack(ds)
+                study, series, position, orientation, instance, pixels, spacing, thickness, modality,
+                stack=stack_of(ds), source=source,
             )
-        ]
+        ]  # fmt: skip
     uid_key, series = series, hash_parts(series, hashlib.sha256(data).hexdigest())  # each multi-frame file: a series
     shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
     per_frame = ds.get(PER_FRAME) or []
@@ -258,28 +256,10 @@ def _sections_of(data: bytes, header: object, limits: Limits) -> list[_Section]:
                 modality,
                 True,
                 uid_key,
+                source=(str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", "")), k + 1),
             )
         )
     return sections
-
-
-def _stack(ds: object) -> str:
-    """Which stack of its series a file's image belongs to where a series holds several at the same positions: its
-    diffusion b-value and echo number as the standard tags give them ("" when neither is given)."""
-    parts = []
-    b_value = _floats([ds.get("DiffusionBValue")], 1)  # type: ignore[attr-defined]
-    if b_value is not None and b_value[0] >= 0:
-        parts.append(f"b = {b_value[0]:g} s/mm2")
-    echo = _floats([ds.get("EchoNumbers")], 1)  # type: ignore[attr-defined]
-    if echo is not None:
-        parts.append(f"echo {echo[0]:g}")
-    return ", ".join(parts)
-
-
-def _is_localizer(header: object) -> bool:
-    """A positioning image: ImageType says LOCALIZER, or the series description is a vendor's name for one."""
-    image_type = [str(v).upper() for v in (header.get("ImageType") or [])]  # type: ignore[attr-defined]
-    return "LOCALIZER" in image_type or bool(LOCALIZER.search(str(header.get("SeriesDescription", "") or "")))  # type: ignore[attr-defined]
 
 
 def _dicom_series(
@@ -312,11 +292,11 @@ def _dicom_series(
         if dicom.is_non_image(header):
             non_images += 1
             continue
-        if _is_localizer(header):
+        if is_localizer(header):
             localizers += 1
             continue
-        key = _uid_key(header)
-        names.setdefault(key, _series_name(header))
+        key = uid_key_of(header)
+        names.setdefault(key, series_name(header))
         try:
             sections = _sections_of(data, header, limits)
         except FileTooLarge:
@@ -352,21 +332,6 @@ def _dicom_series(
     if not volumes and len(failed) == len(unread) and len({type(e) for e in failed.values()}) == 1:
         raise next(iter(failed.values()))  # nothing read, every series for one kind of reason: that refusal
     return volumes, unread, localizers, non_images
-
-
-def _uid_key(header: object) -> str:
-    """The hash of a file's study and series UIDs (a :class:`_Section`'s ``uid_key``)."""
-    return hash_parts(str(header.get("StudyInstanceUID", "")), str(header.get("SeriesInstanceUID", "")))  # type: ignore[attr-defined]
-
-
-def _series_name(header: object) -> str:
-    """How a reader finds a series in the study: "DICOM series 5" from its SeriesNumber, as their viewer lists it
-    (never its free-text description; "DICOM": the page numbers the series it shows in upload order, "Series 1")."""
-    number = header.get("SeriesNumber")  # type: ignore[attr-defined]
-    try:
-        return f"DICOM series {int(number)}"
-    except (TypeError, ValueError):
-        return "A DICOM series without a number"
 
 
 def _volume(sections: list[_Section], limits: StudyLimits) -> Volume:
@@ -447,4 +412,5 @@ def _volume(sections: list[_Section], limits: StudyLimits) -> Volume:
         positions_in_mm=in_mm,
         warnings=tuple(notes),
         uid_key=first.uid_key or first.series,
+        sources=tuple(s.source for _, s in kept),
     )

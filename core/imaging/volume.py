@@ -42,6 +42,9 @@ class Volume:
     positions_in_mm: bool = True  # False: the files gave no positions and the sections are numbered instead
     uid_key: str = ""  # :func:`series_key` of its source series (``series`` adds a multi-frame file's own hash)
     stack: str = ""  # which stack of its source series it is, where that holds several ("b = 1000 s/mm2")
+    # each section's source image (SOP class, SOP instance, frame number or None), in memory only, never saved nor
+    # shown: what a key image sent back to the PACS names as the image it was made from
+    sources: tuple[tuple[str, str, int | None], ...] = field(default=(), repr=False)
 
     @property
     def step_mm(self) -> float | None:

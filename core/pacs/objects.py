@@ -363,12 +363,33 @@ def key_images(evidence: Sequence[Any], series: SeriesAnalysis) -> list[Any]:
         image.copy_patient_and_study_information(reference)  # every identity qualifier the report keeps (the
         # issuer of the patient ID, of the accession number): an issuer-aware PACS filed them under another patient
         image.SpecificCharacterSet = UTF8
-        image.BurnedInAnnotation = "NO"  # an outline, no text: said, not left for a reader to guess
+        image.BurnedInAnnotation = "NO"
+        _name_source(image, series, index)  # an outline, no text: said, not left for a reader to guess
         image.PatientOrientation = list(orientation)  # every letter, as the app shows the edges
         source = _series_name(evidence, series).split(" (UID ")[0]
         image.SeriesDescription = f"BTD key sections of {source}"[:64]  # which series they come from
         images.append(image)
     return images
+
+
+def _name_source(image: Any, series: SeriesAnalysis, index: int) -> None:
+    """The source image a key image was made from (SourceImageSequence, "source image for image processing
+    operation"): its own instance number is the section's place in the app, not the source's, so a reader opening
+    "image 1" of the source series looked at another section."""
+    from pydicom.dataset import Dataset
+
+    sources = series.volume.sources
+    if index >= len(sources) or not sources[index][1]:
+        return
+    sop_class, sop_instance, frame = sources[index]
+    reference, purpose = Dataset(), Dataset()
+    reference.ReferencedSOPClassUID, reference.ReferencedSOPInstanceUID = sop_class, sop_instance
+    if frame is not None:
+        reference.ReferencedFrameNumber = frame
+    purpose.CodeValue, purpose.CodingSchemeDesignator = "121322", "DCM"
+    purpose.CodeMeaning = "Source image for image processing operation"
+    reference.PurposeOfReferenceCodeSequence = [purpose]
+    image.SourceImageSequence = [reference]
 
 
 def _digest(pixels: np.ndarray) -> str:

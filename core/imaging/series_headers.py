@@ -1,0 +1,57 @@
+"""What a DICOM series' headers say about its files, read before any pixel: whether a file is the scanner's
+localizer, which stack of its series it belongs to, and how a reader finds the series (:mod:`core.imaging.series`)."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from core.imaging.volume import hash_parts
+
+# a series description the main vendors give their positioning images (ImageType says LOCALIZER on most)
+# (a word of its own between any marks, an underscore too: "AAHead_Scout_64ch", "Survey_32ch_HeadCoil", "SmartSurvey")
+LOCALIZER = re.compile(
+    r"locali[sz]er|(?<![a-z])scout(?![a-z])|survey(?![a-z])|3[\s_-]*pl(ane)?[\s_-]*loc|tri[\s_-]*pilot", re.IGNORECASE
+)
+
+
+def _number(value: object) -> float | None:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def stack_of(ds: object) -> str:
+    """Which stack of its series a file's image belongs to where a series holds several at the same positions: its
+    diffusion b-value and echo number as the standard tags give them ("" when neither is given)."""
+    parts = []
+    b_value = _number(ds.get("DiffusionBValue"))  # type: ignore[attr-defined]
+    if b_value is not None and b_value >= 0:
+        parts.append(f"b = {b_value:g} s/mm2")
+    echo = _number(ds.get("EchoNumbers"))  # type: ignore[attr-defined]
+    if echo is not None:
+        parts.append(f"echo {echo:g}")
+    return ", ".join(parts)
+
+
+def is_localizer(header: object) -> bool:
+    """A positioning image: ImageType says LOCALIZER, or the series description is a vendor's name for one."""
+    image_type = [str(v).upper() for v in (header.get("ImageType") or [])]  # type: ignore[attr-defined]
+    return "LOCALIZER" in image_type or bool(LOCALIZER.search(str(header.get("SeriesDescription", "") or "")))  # type: ignore[attr-defined]
+
+
+def uid_key_of(header: object) -> str:
+    """The hash of a file's study and series UIDs (a :class:`_Section`'s ``uid_key``)."""
+    return hash_parts(str(header.get("StudyInstanceUID", "")), str(header.get("SeriesInstanceUID", "")))  # type: ignore[attr-defined]
+
+
+def series_name(header: object) -> str:
+    """How a reader finds a series in the study: "DICOM series 5" from its SeriesNumber, as their viewer lists it
+    (never its free-text description; "DICOM": the page numbers the series it shows in upload order, "Series 1")."""
+    number = header.get("SeriesNumber")  # type: ignore[attr-defined]
+    try:
+        return f"DICOM series {int(number)}"
+    except (TypeError, ValueError):
+        return "A DICOM series without a number"
