@@ -203,3 +203,18 @@ def run_core(args: list[str], env: dict[str, str], stdin: str | None = None, tim
         [sys.executable, "-m", "core", *args], input=stdin, cwd=root, capture_output=True, text=True,
         env=sandboxed(env), timeout=timeout,
     )  # fmt: skip
+
+
+def relabelled(files: list[bytes], **values: object) -> list[bytes]:
+    """DICOM ``files`` with header ``values`` set as a scanner wrote them."""
+    from pydicom import dcmread
+
+    out = []
+    for data in files:
+        ds = dcmread(io.BytesIO(data))
+        for keyword, value in values.items():
+            setattr(ds, keyword, value)
+        buffer = io.BytesIO()
+        ds.save_as(buffer)
+        out.append(buffer.getvalue())
+    return out

@@ -19,6 +19,7 @@ from core.services import pacs_watch
 from core.services.access import Actor
 from core.services.study_reading import analyse_study
 from core.storage.sqlite import SQLiteStore
+from tests.scans import relabelled
 
 RADIOLOGIST = Actor("dr-a", "radiologist")
 STUDY = "1.2.826.0.1.3680043.8.498.91"
@@ -75,6 +76,20 @@ class Feed:
     def stable_studies(self, since: int) -> tuple[list[tuple[int, str]], int, bool]:
         found = [(seq, uid) for seq, uid in enumerate(self.studies, start=1) if seq > since]
         return found, len(self.studies), True
+
+
+def pulled_and_saved(files: list[bytes], classifier, tmp_path: Path):
+    """The study of ``files`` pulled from a stand-in PACS, analysed and its series saved: (pulled, store, the saved
+    result ids, the model's facts, the PACS)."""
+    from core.services.studies import save_series
+
+    outcome = analyse_study(files, classifier)
+    pulled = pacs_service.Pulled(STUDY, outcome, tuple(objects.headers(files)))
+    store = SQLiteStore(tmp_path / "r.db")
+    ids = [save_series(s, store, actor=RADIOLOGIST, patient_ref=None).record_id for s in outcome.series]
+    card = classifier.card
+    model = objects.ModelFacts(card.name, card.version, card.weights_sha256)
+    return pulled, store, ids, model, StandIn({STUDY: files})
 
 
 def tumour_study(uid: str) -> list[bytes]:
@@ -180,16 +195,9 @@ def test_admins_and_supervisors_may_not_watch_the_pacs(tiny_classifier, tmp_path
 def test_sending_a_review_again_records_no_second_review_and_sends_the_same_report(tiny_classifier, tmp_path) -> None:
     """A retry after the PACS failed (the review was already saved) or a second press: each added a review and a
     new FINAL version naming one the PACS never received."""
-    from core.services.studies import save_series
 
     files = tumour_study(STUDY)
-    outcome = analyse_study(files, tiny_classifier)
-    pulled = pacs_service.Pulled(STUDY, outcome, tuple(objects.headers(files)))
-    store = SQLiteStore(tmp_path / "r.db")
-    ids = [save_series(s, store, actor=RADIOLOGIST, patient_ref=None).record_id for s in outcome.series]
-    card = tiny_classifier.card
-    model = objects.ModelFacts(card.name, card.version, card.weights_sha256)
-    pacs = StandIn({STUDY: files})
+    pulled, store, ids, model, pacs = pulled_and_saved(files, tiny_classifier, tmp_path)
     first = pacs_service.review_and_send(pacs, RADIOLOGIST, pulled, model, store, None, "glioma", ids)[0]
     again = pacs_service.review_and_send(pacs, RADIOLOGIST, pulled, model, store, None, "glioma", ids)[0]
     assert again == first and [len(store.reviews_of(i)) for i in ids] == [1] * len(ids)
@@ -204,17 +212,10 @@ def test_a_pacs_review_over_a_colleagues_review_made_since_the_page_was_drawn_is
     Worklist meanwhile, unseen (the Worklist's own review is compare-and-set): now no series is reviewed and
     nothing is sent; against the counts as they stand, it goes through."""
     from core.services import reviews
-    from core.services.studies import save_series
 
     files = tumour_study(STUDY) + dicom_series(head_volume(5, 96, seed=3), study_uid=STUDY, series_uid=f"{STUDY}.2")
-    outcome = analyse_study(files, tiny_classifier)
-    pulled = pacs_service.Pulled(STUDY, outcome, tuple(objects.headers(files)))
-    store = SQLiteStore(tmp_path / "r.db")
-    ids = [save_series(s, store, actor=RADIOLOGIST, patient_ref=None).record_id for s in outcome.series]
+    pulled, store, ids, model, pacs = pulled_and_saved(files, tiny_classifier, tmp_path)
     assert len(ids) == 2
-    card = tiny_classifier.card
-    model = objects.ModelFacts(card.name, card.version, card.weights_sha256)
-    pacs = StandIn({STUDY: files})
     on_screen = {rid: n for rid, (n, _) in pacs_service.study_reviews(store, RADIOLOGIST, ids).items()}
     assert on_screen == dict.fromkeys(ids, 0)
     reviews.review_result(store, Actor("dr-b", "radiologist"), ids[-1], "meningioma")  # the colleague, meanwhile
@@ -232,16 +233,9 @@ def test_a_worklist_review_of_one_series_of_several_is_no_study_report_of_its_re
     """dr-b reviewed the first of two series on the Worklist; a study review sent from the PACS panel then rebuilt
     dr-b's series label as a FINAL, COMPLETE study report "given by dr-b", a label dr-b never gave the study."""
     from core.services import reviews
-    from core.services.studies import save_series
 
     files = tumour_study(STUDY) + dicom_series(head_volume(5, 96, seed=3), study_uid=STUDY, series_uid=f"{STUDY}.2")
-    outcome = analyse_study(files, tiny_classifier)
-    pulled = pacs_service.Pulled(STUDY, outcome, tuple(objects.headers(files)))
-    store = SQLiteStore(tmp_path / "r.db")
-    ids = [save_series(s, store, actor=RADIOLOGIST, patient_ref=None).record_id for s in outcome.series]
-    card = tiny_classifier.card
-    model = objects.ModelFacts(card.name, card.version, card.weights_sha256)
-    pacs = StandIn({STUDY: files})
+    pulled, store, ids, model, pacs = pulled_and_saved(files, tiny_classifier, tmp_path)
     reviews.review_result(store, Actor("dr-b", "radiologist"), ids[0], "notumor")  # one series, on the Worklist
     on_screen = {rid: n for rid, (n, _) in pacs_service.study_reviews(store, RADIOLOGIST, ids).items()}
     pacs_service.review_and_send(pacs, RADIOLOGIST, pulled, model, store, None, "glioma", ids, on_screen)
@@ -552,23 +546,6 @@ def test_a_files_invalid_values_never_reach_warnings_or_the_log_when_a_report_is
     assert pacs.stored and str(pacs.stored[0][0].PatientBirthDate) == ""  # made and sent, the bad date left out
     said = caplog.text + " ".join(str(w.message) for w in recwarn.list)
     assert "1970-01-01" not in said
-
-
-def relabelled(files: list[bytes], **values: object) -> list[bytes]:
-    """``files`` with header ``values`` set as a scanner wrote them."""
-    import io
-
-    from pydicom import dcmread
-
-    out = []
-    for data in files:
-        ds = dcmread(io.BytesIO(data))
-        for keyword, value in values.items():
-            setattr(ds, keyword, value)
-        buffer = io.BytesIO()
-        ds.save_as(buffer)
-        out.append(buffer.getvalue())
-    return out
 
 
 def test_the_report_says_which_series_needs_review_and_the_threshold_each_was_judged_by(tiny_classifier) -> None:

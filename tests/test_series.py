@@ -24,6 +24,7 @@ from core.imaging.phantom_series import (
     zipped,
 )
 from core.imaging.series import SeriesError, read_study
+from tests.scans import relabelled
 
 
 def expected(volume: np.ndarray) -> np.ndarray:
@@ -155,19 +156,6 @@ def test_mixed_orientations_and_two_different_sections_at_one_position_are_refus
     assert len(deduplicated.sections) == 3 and "duplicate" in deduplicated.warnings[0]
 
 
-def _tagged(files: list[bytes], **values) -> list[bytes]:
-    """``files`` with each DICOM attribute of ``values`` set."""
-    out = []
-    for raw in files:
-        ds = pydicom.dcmread(io.BytesIO(raw))
-        for name, value in values.items():
-            setattr(ds, name, value)
-        buffer = io.BytesIO()
-        ds.save_as(buffer)
-        out.append(buffer.getvalue())
-    return out
-
-
 def test_a_diffusion_or_multi_echo_series_is_read_as_one_volume_per_stack_each_named() -> None:
     """A diffusion series' b0 and b1000 images (or a dual echo's) share their positions in one series: "Two different
     sections lie at the same position" left it unread, and with it every routine brain protocol without a "No
@@ -176,8 +164,8 @@ def test_a_diffusion_or_multi_echo_series_is_read_as_one_volume_per_stack_each_n
 
     t2 = dicom_series(head_volume(4, seed=1), series_uid="1.2.826.0.1.3680043.8.498.1.2")
     dwi = "1.2.826.0.1.3680043.8.498.1.3"
-    b0 = _tagged(dicom_series(head_volume(4, seed=2), series_uid=dwi), DiffusionBValue=0, SeriesNumber=5)
-    b1000 = _tagged(dicom_series(head_volume(4, seed=3), series_uid=dwi), DiffusionBValue=1000, SeriesNumber=5)
+    b0 = relabelled(dicom_series(head_volume(4, seed=2), series_uid=dwi), DiffusionBValue=0, SeriesNumber=5)
+    b1000 = relabelled(dicom_series(head_volume(4, seed=3), series_uid=dwi), DiffusionBValue=1000, SeriesNumber=5)
     upload = read_upload(t2 + b0 + b1000)
     assert upload.unread == () and [len(v.sections) for v in upload.volumes] == [4, 4, 4]
     assert len({v.series for v in upload.volumes}) == 3 and upload.volumes[1].uid_key == upload.volumes[2].uid_key
@@ -189,7 +177,9 @@ def test_a_diffusion_or_multi_echo_series_is_read_as_one_volume_per_stack_each_n
     ]
     assert sorted(v.stack for v in upload.volumes) == ["", "b = 0 s/mm2", "b = 1000 s/mm2"]
     assert not upload.volumes[0].warnings  # a series of one stack is as before
-    echoes = _tagged(b0, EchoNumbers=1) + _tagged(b0[:2], EchoNumbers=2)  # PD and T2 of a dual echo: 4 + 2 sections
+    echoes = relabelled(b0, EchoNumbers=1) + relabelled(
+        b0[:2], EchoNumbers=2
+    )  # PD and T2 of a dual echo: 4 + 2 sections
     (_, first, second) = read_upload(t2 + echoes).volumes
     assert (len(first.sections), len(second.sections)) == (4, 2) and "echo 2" in second.warnings[0]
     with pytest.raises(SeriesError, match=r"same position .* diffusion, multi-echo or dynamic"):  # files that do not
@@ -199,7 +189,7 @@ def test_a_diffusion_or_multi_echo_series_is_read_as_one_volume_per_stack_each_n
 def test_a_series_whose_files_are_not_mr_says_so_as_a_single_scan_does() -> None:
     """A secondary capture (OT) or a series without a modality was analysed without the warning the Scan page gives
     the same file: the series-reading path dropped it."""
-    (captured,) = read_study(_tagged(dicom_series(head_volume(3)), Modality="OT"))
+    (captured,) = read_study(relabelled(dicom_series(head_volume(3)), Modality="OT"))
     assert captured.warnings == ("The DICOM modality is 'OT', not MR: check that this is an MRI slice.",)
     (series,) = read_study(dicom_series(head_volume(3)))
     assert series.warnings == ()
@@ -212,7 +202,7 @@ def test_an_enhanced_files_window_in_its_functional_groups_is_applied_as_a_class
     from pydicom.dataset import Dataset
 
     volume = head_volume(4)
-    (classic,) = read_study(_tagged(dicom_series(volume), WindowCenter=800, WindowWidth=1200))
+    (classic,) = read_study(relabelled(dicom_series(volume), WindowCenter=800, WindowWidth=1200))
     ds = pydicom.dcmread(io.BytesIO(enhanced_multiframe(volume)))
     window = Dataset()
     window.WindowCenter, window.WindowWidth = 800, 1200
