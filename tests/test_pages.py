@@ -184,6 +184,8 @@ def test_scan_page_shows_original_crop_and_verdict_and_saves_once(app_environmen
     assert app.metric[0].label == "Verdict"
     assert app.metric[0].value in {"Glioma", "Meningioma", "Pituitary tumour", "No tumour", "Tumour, type uncertain"}
     probabilities = app.dataframe[0].value
+    bars = json.loads(app.dataframe[0].proto.columns)["bar"]  # narrow enough for the panel (they ran off its edge)
+    assert bars["width"] == 48 and bars["type_config"]["type"] == "progress"
     assert len(probabilities) == 4 and abs(probabilities["bar"].sum() - 100) < 0.01
     assert all(text.endswith("%") and text not in ("0.0%", "100.0%") for text in probabilities["probability"])
     app.run()  # a rerun (any widget change) must not save again

@@ -59,7 +59,9 @@ def probability_table(probabilities: dict[str, float]) -> None:
         frame,
         hide_index=True,
         width="stretch",
-        column_config={"bar": st.column_config.ProgressColumn(" ", format=" ", min_value=0, max_value=100)},
+        column_config={  # narrow enough for the panel's column (the bars ran past its right edge, cut)
+            "bar": st.column_config.ProgressColumn(" ", format=" ", min_value=0, max_value=100, width=48)
+        },
     )
 
 
