@@ -3,6 +3,7 @@ header, a JPEG 2000 SIZ marker) must be the header's Rows x Columns, which the b
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from core.errors import CorruptImage
@@ -40,25 +41,38 @@ def check_codestream(dataset: Any, frame: int | None, frames: int) -> None:
         )
 
 
-_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}  # start of frame (F7: LS)
+SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}  # start of frame (F7: LS)
+SOS = 0xDA
+
+
+def jpeg_segments(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """(marker, segment) of a JPEG or JPEG-LS codestream's marker segments after its start of image, in order (fill
+    bytes and each scan's entropy-coded data stepped over), up to its end of image or the first byte that is no
+    marker: the one walk the DICOM size check and the cut-short progressive check read."""
+    at = 2
+    while at + 4 <= len(data) and data[at] == 0xFF:
+        marker = data[at + 1]
+        if marker == 0xFF:  # a fill byte before a marker
+            at += 1
+            continue
+        if marker == 0xD9:  # end of image
+            return
+        length = int.from_bytes(data[at + 2 : at + 4], "big")
+        yield marker, data[at + 4 : at + 2 + length]
+        at += 2 + length
+        if marker == SOS:  # the scan's data: to the next marker (stuffed 0xFF00 and restarts are not markers)
+            while at + 1 < len(data) and not (data[at] == 0xFF and data[at + 1] not in (0x00, *range(0xD0, 0xD8))):
+                at += 1
 
 
 def _jpeg_frame_size(data: bytes) -> tuple[int, int]:
-    """(rows, columns) from a JPEG or JPEG-LS codestream's frame header, read by walking its marker segments (the
-    decoders' own parameter readers allocate the image first)."""
+    """(rows, columns) from a JPEG or JPEG-LS codestream's frame header (the decoders' own parameter readers
+    allocate the image first)."""
     if data[:2] != b"\xff\xd8":
         raise ValueError("no JPEG start of image")
-    at = 2
-    while at + 4 <= len(data):
-        if data[at] != 0xFF:
-            raise ValueError("not a marker")
-        if data[at + 1] == 0xFF:  # a fill byte before a marker
-            at += 1
-            continue
-        marker, length = data[at + 1], int.from_bytes(data[at + 2 : at + 4], "big")
-        if marker in _SOF:
-            if at + 9 > len(data):
+    for marker, segment in jpeg_segments(data):
+        if marker in SOF:
+            if len(segment) < 5:
                 raise ValueError("frame header cut off")
-            return int.from_bytes(data[at + 5 : at + 7], "big"), int.from_bytes(data[at + 7 : at + 9], "big")
-        at += 2 + length
+            return int.from_bytes(segment[1:3], "big"), int.from_bytes(segment[3:5], "big")
     raise ValueError("no frame header before the data")

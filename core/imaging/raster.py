@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from core.errors import CorruptImage, ImageTooLarge, MultiFrameImage, ScanError, UnsupportedFormat
+from core.imaging.codestream import SOS, jpeg_segments
 from core.imaging.limits import Limits, check_decoded_size, check_dimensions, stretch_to_uint8
 
 # Pillow's debug lines quote every EXIF tag's value as it decodes (an ImageDescription or Artist holding a name):
@@ -130,40 +131,20 @@ def _progressive_complete(data: bytes) -> bool:
     """Whether a progressive JPEG's scans, as their headers say, refine every component's DC and AC bands (1-63) to
     their last bit: a file cut short and closed with an end marker decodes without an error, blurred (a cut slice
     was called meningioma at 0.9997). A scan cut inside counts as there: its header is. True for a baseline JPEG."""
-    at, components, progressive, done = 2, [], False, {}
-    while at + 4 <= len(data) and data[at] == 0xFF:
-        marker = data[at + 1]
-        if marker == 0xFF:
-            at += 1
-            continue
-        if marker == 0xD9:
-            break
-        length = int.from_bytes(data[at + 2 : at + 4], "big")
-        segment = data[at + 4 : at + 2 + length]
+    components, progressive, done = [], False, {}
+    for marker, segment in jpeg_segments(data):
         if marker in _SOF_PROGRESSIVE | {0xC0, 0xC1}:
             progressive = marker in _SOF_PROGRESSIVE
             components = [segment[6 + 3 * k] for k in range(segment[5])] if len(segment) > 5 else []
             done = {c: set() for c in components}
-        elif marker == 0xDA and progressive and segment:
+        elif marker == SOS and progressive and segment:
             count = segment[0]
             ids = [segment[1 + 2 * k] for k in range(count)]
             start, end, approx = segment[1 + 2 * count], segment[2 + 2 * count], segment[3 + 2 * count]
             if approx & 0x0F == 0:  # the band's last bit
                 for c in ids:
                     done.setdefault(c, set()).update(range(start, end + 1))
-            at = _after_scan(data, at + 2 + length)
-            continue
-        at += 2 + length
     return not progressive or all(done.get(c, set()) >= set(range(64)) for c in components)
-
-
-def _after_scan(data: bytes, at: int) -> int:
-    """The position of the next marker after a scan's entropy-coded data (stuffed 0xFF00 and restarts skipped)."""
-    while at + 1 < len(data):
-        if data[at] == 0xFF and data[at + 1] not in (0x00, *range(0xD0, 0xD8)):
-            return at
-        at += 1
-    return len(data)
 
 
 def _check_png_depth(data: bytes, what: str) -> None:
