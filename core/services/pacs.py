@@ -202,8 +202,7 @@ def _version(
             reader, after,
         )  # fmt: skip
     except ValueError as error:
-        raise PacsReportRefused("The report could not be made: the study's headers hold a value the DICOM "
-                                "standard does not allow.") from error  # fmt: skip
+        raise _refused(error) from error
 
 
 def _report_objects(
@@ -226,12 +225,17 @@ def _report_objects(
         analysed = [s for s in every if s.label is not None]
         images = [image for series in analysed for image in objects.key_images(pulled.evidence, series)]
     except ValueError as error:
-        logger.info("event=pacs_report_refused error=%s", type(error).__name__)
-        raise PacsReportRefused(
-            "The report could not be made: the study's headers hold a value the DICOM standard does not allow "
-            "(for example a character set the report library does not support)."
-        ) from error
+        raise _refused(error) from error
     return chain, images
+
+
+def _refused(error: ValueError) -> PacsReportRefused:
+    """A report the library refused to make, said without the value it refused (it can be a patient's)."""
+    logger.info("event=pacs_report_refused error=%s", type(error).__name__)
+    return PacsReportRefused(
+        "The report could not be made: the study's headers hold a value the DICOM standard does not allow "
+        "(for example a character set the report library does not support)."
+    )
 
 
 def review_and_send(
