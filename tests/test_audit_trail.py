@@ -97,6 +97,31 @@ def test_a_deleted_event_after_the_verified_one_is_found_by_the_page_check(store
     assert not check.intact and "head says 8: events were deleted" in check.problem
 
 
+def test_an_event_written_past_the_head_is_found_by_the_page_check(store) -> None:
+    """The page re-hashed the events up to the head only: one written behind the application's back after it (a
+    forged review) was listed on the page under a green "the chain holds" until the next real event."""
+    from core.domain.people import chained
+
+    write(store, 3)
+    assert audit.verify_new(store, SUPERVISOR).intact
+    last = store.audit_events()[-1]
+    forged = chained(AuditEvent(last.at, "dr-b", "radiologist", "review", "f" * 64, {}), last.hash, last.seq + 1, None)
+    if isinstance(store, SQLiteStore):
+        with sqlite3.connect(store.path) as database:
+            database.execute(
+                "INSERT INTO audit (seq, at_ms, actor, role, action, target, detail, prev_hash, hash) "
+                "VALUES (?, ?, ?, ?, ?, ?, '{}', ?, ?)",
+                (4, int(last.at.timestamp() * 1000), "dr-b", "radiologist", "review", "f" * 64, last.hash, forged.hash),
+            )
+    else:
+        store._db["audit"].insert_one(
+            {"_id": 4, "at": last.at, "actor": "dr-b", "role": "radiologist", "action": "review",
+             "target": "f" * 64, "detail": {}, "prev_hash": last.hash, "hash": forged.hash}
+        )  # fmt: skip
+    check = audit.verify_new(store, SUPERVISOR)
+    assert not check.intact and check.first_bad.seq == 4 and store.audit_verified().seq == 3
+
+
 def test_an_edit_before_the_verified_event_is_found_by_the_full_check_on_the_command_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -148,6 +173,47 @@ def test_a_verified_point_that_no_longer_matches_the_chain_is_a_broken_chain(sto
         assert audit.verify(store).intact and audit.verify_new(store, SUPERVISOR).intact
     if case == "moved past an edit":
         assert check.first_bad.seq == 7
+
+
+def _raw_head(store):
+    """The chain's head row (SQLite) or document (MongoDB) as stored, to put back later."""
+    if isinstance(store, SQLiteStore):
+        with sqlite3.connect(store.path) as database:
+            return database.execute("SELECT seq, hash, keyed_since, mac FROM audit_head").fetchone()
+    return store._db["meta"].find_one({"_id": "audit_head"})
+
+
+def _put_head(store, raw) -> None:
+    """Put back a head read by :func:`_raw_head` behind the application's back (None: remove the head)."""
+    if isinstance(store, SQLiteStore):
+        with sqlite3.connect(store.path) as database:
+            database.execute("DELETE FROM audit_head")
+            if raw is not None:
+                database.execute("INSERT INTO audit_head (id, seq, hash, keyed_since, mac) VALUES (1, ?, ?, ?, ?)", raw)
+    elif raw is None:
+        store._db["meta"].delete_one({"_id": "audit_head"})
+    else:
+        store._db["meta"].replace_one({"_id": "audit_head"}, raw)
+
+
+@pytest.mark.parametrize("cut", ["to an earlier head", "to the first event, head removed"])
+def test_a_chain_cut_back_before_the_verified_event_stays_broken_after_a_full_check(store, cut) -> None:
+    """The newest events deleted and an earlier signed head put back (any backup holds one; MongoDB's first event
+    may stand without a head): the page's check found it, then a full check read the shorter chain as whole and
+    moved the verified point back to its end, which quieted the page. Every check now says broken; the point stays."""
+    write(store, 7)
+    earlier = _raw_head(store)
+    write(store, 3, start=7)
+    assert audit.verify_new(store, SUPERVISOR).intact and store.audit_verified().seq == 10
+    keep = 7 if cut == "to an earlier head" else 1
+    for seq in range(10, keep, -1):
+        tamper(store, seq)
+    _put_head(store, earlier if keep == 7 else None)
+    full = audit.verify(store)
+    assert not full.intact and store.audit_verified().seq == 10
+    if keep == 7:  # SQLite says a chain without its head is broken anyway
+        assert "event 10, verified earlier, is no longer in the chain" in full.problem
+    assert not audit.verify_new(store, SUPERVISOR).intact
 
 
 def test_an_unkeyed_trail_replaced_by_a_re_hashed_one_stays_broken_after_a_full_check(store) -> None:

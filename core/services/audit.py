@@ -71,9 +71,11 @@ def _verify_all(store: AuditTrail, expected_head: tuple[int, str] | None, keep_p
     ):
         problem = f"the noted head {expected_head[0]} is no longer in the chain: the trail was cut or replaced"
     point = store.audit_verified() if keep_point else None
-    moved = None
-    if point is not None and point.hash != BROKEN and key is None:  # an unkeyed chain whole in itself that lost the
-        moved = _point_moved(store, point, key)  # event verified before was replaced, re-hashed (a keyed one cannot be)
+    moved = None  # a chain whole in itself that lost the event verified before: cut back (the newest events deleted,
+    # an earlier signed head put back) or, unkeyed, replaced by a re-hashed one; the point stays. A point whose own
+    # signature fails is no evidence: the full check re-establishes it (a deleted point is no more)
+    if point is not None and point.hash != BROKEN and (key is None or point.mac == point.expected_mac(key)):
+        moved = _point_moved(store, point, key)
     problem = problem or moved
     if problem is None and last is not None and keep_point:  # a head one behind: the point stays at the head's
         _mark(store, (head.seq, head.hash) if _behind(events, head, last) else last, key)  # type: ignore[union-attr]
@@ -117,6 +119,10 @@ def verify_new(store: AuditTrail, actor: Actor) -> Verification:
     if moved is not None:  # checked whole to name what changed, but the point stays where it was
         whole = _verify_all(store, None, keep_point=False)
         return replace(whole, intact=False, problem=whole.problem or moved)
+    beyond = store.audit_events(head.seq if head is not None else 0, 1)
+    if beyond and store.audit_head() == head:  # an event past the head that no append since explains (one forged
+        return _verify_all(store, None, keep_point=False)  # behind the application's back, or MongoDB's head write
+        # cut off after its event): the chain is checked whole, and the point stays
     pending = head.seq - point.seq if head is not None else 0
     new = store.audit_events(point.seq, pending) if pending > 0 else []
     bad = first_broken(new, key, after=(point.seq, point.hash))
