@@ -129,6 +129,9 @@ picked = st.dataframe(
 )
 before = st.session_state.get("wl_chosen")
 chosen_key, note = chosen_id(ids, picked.selection.rows if picked and picked.selection else [], before)
+filters_now = (show, tuple(verdicts), tuple(gates), age, reference, disagreements)
+filters_changed = st.session_state.get("wl_filters", filters_now) != filters_now
+st.session_state["wl_filters"] = filters_now
 if note and before is not None and before == st.session_state.get(CONFLICT):  # left the list under the reader's
     chosen_key, note = before, None  # eyes, reviewed by another reader: kept open, with their review
     st.info("Another reader reviewed this result meanwhile, so it has left this list; it stays open here.")
@@ -137,6 +140,12 @@ elif note and before is not None and before == st.session_state.get(REVIEWED_HER
     st.info(
         "This result, just reviewed, is not in this list now (its review moved it past the end, or the filters "
         "changed); it stays open here."
+    )
+elif note and before is not None and not filters_changed:  # the list changed under the reader: another result
+    chosen_key, note = before, None  # opened in its place, and Shift+A then signed the one nobody had looked at
+    st.info(
+        "The result open here has left this list (another reader reviewed it, or newer results moved it past the "
+        "list's end); it stays open here. Choose a row to open another."
     )
 st.session_state["wl_chosen"] = chosen_key
 if chosen_key != st.session_state.get(CONFLICT):  # the reader moved on

@@ -1283,6 +1283,33 @@ def test_a_result_a_colleague_reviewed_meanwhile_stays_open_with_their_review_an
     assert "dr-b" in list(app.dataframe[-1].value["by"])  # the panel's reviews: the colleague's
 
 
+def test_a_result_that_leaves_the_list_under_the_reader_stays_open_and_agree_never_signs_another(
+    app_environment: Path, tiny_card: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A colleague's review took the open result off "not yet reviewed" before this reader pressed anything: the
+    next rerun opened another result, blamed the filters, and a reflex Shift+A signed the one never looked at. A
+    change of filters by the reader still opens the new list's first."""
+    from core.services import reviews
+    from core.services.access import Actor
+
+    store = three_saved_scans_on_a_list_of_two(app_environment, tiny_card, monkeypatch, capsys)
+    app = page("worklist.py")
+    app.session_state["wl_show"] = "not yet reviewed"
+    app.run()
+    opened = app.session_state["wl_chosen"]
+    reviews.review_result(store, Actor("dr-b", "radiologist"), opened, "notumor", ["false_alarm"], "")
+    app.run()
+    assert not app.exception and app.session_state["wl_chosen"] == opened
+    assert any("has left this list" in i.value for i in app.info)
+    assert not any("filters changed" in i.value for i in app.info)
+    next(b for b in app.button if b.label.startswith("Agree")).click().run()
+    signed = [r for r in store.recent(10) if r.review_count]
+    assert [r.id for r in signed] == [opened]  # the open one (with dr-b's review shown), never another
+    app.selectbox(key="wl_show").set_value("all").run()  # reviewed twice, it sorts past this list's cut of two
+    assert not app.exception and app.session_state["wl_chosen"] != opened
+    assert not any("has left this list" in i.value for i in app.info)
+
+
 def test_a_review_pressed_after_the_session_expired_or_the_account_was_disabled_is_not_saved(
     app_environment: Path, tiny_card: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
