@@ -71,10 +71,11 @@ except StoreError as error:
     st.stop()
 
 
-def older_match(query: WorklistQuery) -> bool:
-    """Whether results older than the age filter match the rest (False when the database cannot say)."""
+def older_match(query: WorklistQuery, **changes) -> bool:
+    """Whether results older than the age filter match the rest, with ``changes`` (False when the database cannot
+    say)."""
     try:
-        return bool(reviews.worklist(store, actor, replace(query, since=None), 1, audited=False))
+        return bool(reviews.worklist(store, actor, replace(query, since=None, before=query.since, **changes), 1, False))
     except StoreError:
         return False
 
@@ -86,6 +87,12 @@ if not results:
     elif days and older_match(query):
         st.caption(f"Older results match these filters: choose Age: any time to see them (the list shows the {age}).")
     st.stop()
+if days and SHOW[show] is not True and older_match(query, reviewed=False):  # unread work never ages out unseen
+    st.warning(
+        f"Results older than the {age.removeprefix('last ')} match these filters and are not yet reviewed: choose "
+        "Age: any time to read them.",
+        icon=":material/history:",
+    )
 order = "not yet reviewed first, then reviewed; within each flagged, then the rest, then refused; newest first"
 more = len(results) > LISTED  # read one more than shown: the list never stops short without saying so
 results = results[:LISTED]

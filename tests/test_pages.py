@@ -1283,6 +1283,27 @@ def test_a_result_a_colleague_reviewed_meanwhile_stays_open_with_their_review_an
     assert "dr-b" in list(app.dataframe[-1].value["by"])  # the panel's reviews: the colleague's
 
 
+def test_unread_results_older_than_the_age_filter_are_never_left_out_without_a_word(
+    app_environment: Path, tiny_card: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The default list is the last 7 days: an unread tumour saved 8 days ago was out of it, and only an empty list
+    said that older results matched."""
+    import sqlite3
+    from datetime import timedelta
+
+    store = three_saved_scans_on_a_list_of_two(app_environment, tiny_card, monkeypatch, capsys)
+    oldest = min(store.recent(10), key=lambda r: r.created_at)
+    with sqlite3.connect(app_environment / "results.sqlite3") as connection:
+        week = int(timedelta(days=8).total_seconds() * 1000)
+        connection.execute("UPDATE scans SET created_ms = created_ms - ? WHERE id = ?", (week, oldest.id))
+    app = page("worklist.py")
+    app.run()
+    assert not app.exception and len(app.dataframe[0].value) == 2
+    assert any("older than the 7 days match these filters and are not yet reviewed" in w.value for w in app.warning)
+    app.selectbox(key="wl_age").set_value("any time").run()
+    assert not any("older than" in w.value for w in app.warning)
+
+
 def test_a_result_that_leaves_the_list_under_the_reader_stays_open_and_agree_never_signs_another(
     app_environment: Path, tiny_card: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

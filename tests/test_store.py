@@ -922,6 +922,11 @@ def test_the_worklist_puts_unreviewed_first_then_flagged_then_refused_newest_fir
     assert [r.image_sha256[-1] for r in store.worklist(WorklistQuery(gates=("rejected",)))] == ["3"]
     assert [r.image_sha256[-1] for r in store.worklist(WorklistQuery(labels=("notumor",)))] == ["2", "4"]
     assert len(store.worklist(WorklistQuery(reviewed=None), limit=2)) == 2
+    hour = base + timedelta(hours=1)  # an age filter's window, and what it leaves out (the page warns of it)
+    assert [r.image_sha256[-1] for r in store.worklist(WorklistQuery(since=hour))] == ["2", "4", "3"]
+    assert [r.image_sha256[-1] for r in store.worklist(WorklistQuery(before=hour))] == ["1"]
+    window = WorklistQuery(reviewed=None, since=hour, before=base + timedelta(hours=4))
+    assert [r.image_sha256[-1] for r in store.worklist(window)] == ["2", "4", "3"]  # 5 at the end: left out
 
 
 def test_a_refused_image_is_never_listed_under_a_verdict_or_as_a_disagreement(store) -> None:

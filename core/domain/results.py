@@ -349,7 +349,8 @@ class ModelRow:
 @dataclass(frozen=True)
 class WorklistQuery:
     """Which results a radiologist's worklist shows: ``reviewed`` False = not yet reviewed, True = reviewed, None =
-    both; verdicts (``labels``), gate decisions, one patient's results, results since a time, disagreements only."""
+    both; verdicts (``labels``), gate decisions, one patient's results, results saved since a time (and before
+    another: what an age filter leaves out), disagreements only."""
 
     reviewed: bool | None = False
     labels: tuple[str, ...] = ()
@@ -357,6 +358,7 @@ class WorklistQuery:
     patient_ref: str | None = None
     since: datetime | None = None
     disagreements: bool = False
+    before: datetime | None = None
 
     def gates_listed(self) -> tuple[str, ...]:
         """The gate decisions listed, in the worklist's order (flagged, accepted, refused): a refused image has no

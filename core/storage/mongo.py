@@ -300,8 +300,9 @@ class MongoStore(MongoPeople, MongoQuality):
         match["gate"] = {"$in": list(query.gates_listed())}
         if query.patient_ref is not None:
             match["patient_ref"] = query.patient_ref
-        if query.since is not None:
-            match["created_at"] = {"$gte": query.since}
+        times = {"$gte": query.since, "$lt": query.before}
+        if any(value is not None for value in times.values()):
+            match["created_at"] = {op: value for op, value in times.items() if value is not None}
         if query.disagreements:
             match["final_label"] = {"$ne": None}
             match["$expr"] = {"$ne": ["$final_label", "$label"]}

@@ -198,6 +198,9 @@ class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
         if query.since is not None:
             clauses.append("created_ms >= ?")
             params.append(to_ms(query.since))
+        if query.before is not None:
+            clauses.append("created_ms < ?")
+            params.append(to_ms(query.before))
         if query.disagreements:
             clauses.append("final_label IS NOT NULL AND final_label != label")
         extra = "".join(f" AND {clause}" for clause in clauses)
