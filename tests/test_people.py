@@ -307,7 +307,11 @@ def test_images_past_retention_are_purged_by_an_admin_only_and_audited(store, tm
         retention.purge_images(store, images, RADIOLOGIST)
     monkeypatch.setenv("BTD_IMAGE_RETENTION_DAYS", "90")
     assert retention.purge_images(store, images, ADMIN) == 1
-    assert images.stored_keys() == [new] and store.audit_events()[-1].detail == {"older_than_days": 90, "deleted": 1}
+    assert images.stored_keys() == [new] and store.audit_events()[-1].detail == {
+        "older_than_days": 90,
+        "deleted": 1,
+        "kept_unread": 0,
+    }
     with pytest.raises(ValueError, match="at least 1 day"):  # 0 or fewer days would delete unreviewed images too
         retention.purge_images(store, images, ADMIN, -1)
     assert images.stored_keys() == [new]
@@ -318,6 +322,29 @@ def test_images_past_retention_are_purged_by_an_admin_only_and_audited(store, tm
     assert images.stored_keys() == [new]
     monkeypatch.setenv("BTD_IMAGE_RETENTION_DAYS", "3651")  # valid: over the page's old limit of 3,650
     assert retention.retention_days() == 3651
+
+
+def test_a_purge_keeps_the_images_of_results_nobody_has_reviewed_until_they_are(store, tmp_path) -> None:
+    """The purge deleted the worklist's oldest unread cases' images, which were then agreed with unseen."""
+    import os
+
+    from core.domain.people import Review
+    from core.services import retention
+
+    images = FolderImages(tmp_path / "images")
+    unread, read = images.put(synthetic_slice(128, seed=1)), images.put(synthetic_slice(128, seed=2))
+    past = datetime.now(UTC).timestamp() - 100 * 86400
+    for key in (unread, read):
+        os.utime(next((tmp_path / "images").glob(f"??/??/{key}.png")), (past, past))
+    now = datetime.now(UTC)
+    waiting, done = replace(make_record(1, now), image_key=unread), replace(make_record(2, now), image_key=read)
+    store.add(waiting), store.add(done)
+    store.add_review(Review(done.id, "dr", datetime.now(UTC), "agree", done.label, done.label))
+    assert store.unread_image_keys() == {unread}
+    assert retention.purge_images(store, images, ADMIN, 90) == 1 and images.stored_keys() == [unread]
+    assert store.audit_events()[-1].detail == {"older_than_days": 90, "deleted": 1, "kept_unread": 1}
+    store.add_review(Review(waiting.id, "dr", datetime.now(UTC), "agree", waiting.label, waiting.label))
+    assert retention.purge_images(store, images, ADMIN, 90) == 1 and images.stored_keys() == []
 
 
 def test_a_purge_deletes_the_drafts_a_killed_writer_left_and_carries_on_past_an_image_another_purge_took(

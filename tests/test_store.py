@@ -929,6 +929,17 @@ def test_the_worklist_puts_unreviewed_first_then_flagged_then_refused_newest_fir
     assert [r.image_sha256[-1] for r in store.worklist(window)] == ["2", "4", "3"]  # 5 at the end: left out
 
 
+def test_the_image_keys_of_unreviewed_results_are_what_a_purge_keeps(store) -> None:
+    base = utc(2026, 7, 1, 8)
+    keys = ["a" * 64, "b" * 64]
+    made = [replace(make_record(n, base), image_key=key) for n, key in enumerate([*keys, None], start=1)]
+    for record in made:
+        store.add(record)
+    assert store.unread_image_keys() == set(keys)
+    store.add_review(Review(made[0].id, "dr", base + timedelta(hours=1), "agree", made[0].label, made[0].label))
+    assert store.unread_image_keys() == {keys[1]}
+
+
 def test_a_refused_image_is_never_listed_under_a_verdict_or_as_a_disagreement(store) -> None:
     """A refused image's hidden class decided "disagrees", the Verdict filter and the Disagreements list (a row
     reading "Refused" under Verdict = glioma); and overriding it to that hidden class without a reason was refused

@@ -1,6 +1,7 @@
 """How long the de-identified images are kept: ``BTD_IMAGE_RETENTION_DAYS`` (default 90), purged by an admin (the
 Accounts page) or by the server's scheduler (``python -m core images purge``). Results stay; a result whose image
-is gone opens without it. Every purge is an audit event."""
+is gone opens without it. The image of a result nobody has reviewed yet is kept until it is (the purge deleted the
+worklist's oldest unread cases, which were then agreed with unseen). Every purge is an audit event."""
 
 from __future__ import annotations
 
@@ -32,15 +33,25 @@ def retention_days() -> int:
 
 
 def purge_images(store: Store, images: ImageStore, actor: Actor, days: int | None = None) -> int:
-    """Delete the images stored more than ``days`` (at least 1; default: the retention period) ago; returns how
-    many. The audit event is written first: a purge that cannot be audited deletes nothing."""
+    """Delete the images stored more than ``days`` (at least 1; default: the retention period) ago, but those of
+    results not yet reviewed; returns how many. The audit event is written first: a purge that cannot be audited
+    deletes nothing."""
     require(actor, DELETE_IMAGES)
     keep = retention_days() if days is None else days
     if keep < 1:
         raise ValueError(f"Images are kept at least 1 day (asked: {keep}); today's may not be reviewed yet.")
     cutoff = datetime.now(UTC) - timedelta(days=keep)
-    expired = images.expired(cutoff)
-    audit.record(store, actor, "images_purged", None, older_than_days=keep, deleted=len(expired))  # at most
+    old, unread = images.expired(cutoff), store.unread_image_keys()
+    expired = [key for key in old if key not in unread]
+    audit.record(  # at most: an image saved again meanwhile is kept
+        store,
+        actor,
+        "images_purged",
+        None,
+        older_than_days=keep,
+        deleted=len(expired),
+        kept_unread=len(old) - len(expired),
+    )
     deleted = sum(images.delete(key, stored_before=cutoff) for key in expired)  # saved again meanwhile: kept
     images.sweep(datetime.now(UTC) - timedelta(hours=1))  # pieces an interrupted deletion left behind
     return deleted

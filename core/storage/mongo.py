@@ -288,6 +288,14 @@ class MongoStore(MongoPeople, MongoQuality):
     def of_patient(self, patient_ref: str, limit: int) -> list[Record]:
         return self._newest({"patient_ref": patient_ref}, limit)
 
+    def unread_image_keys(self) -> set[str]:
+        """The image keys of results nobody has reviewed yet (the purge keeps them: a reader still has to see them)."""
+        with self._errors():
+            keys = self._collection.distinct(
+                "image_key", {"review_count": {"$in": [0, None]}, "image_key": {"$ne": None}}
+            )
+        return set(keys)
+
     def worklist(self, query: WorklistQuery, limit: int = 200) -> list[Record]:
         """Results to read: not yet reviewed first, then flagged, then rejected, newest first within each."""
         if limit <= 0:  # a real server refuses $limit 0

@@ -177,6 +177,11 @@ class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
         rows = self._query(f"SELECT {_COLUMNS} FROM scans{where} ORDER BY created_ms DESC LIMIT ?", [*params, limit])
         return [self._decode(row) for row in rows]
 
+    def unread_image_keys(self) -> set[str]:
+        """The image keys of results nobody has reviewed yet (the purge keeps them: a reader still has to see them)."""
+        rows = self._query("SELECT DISTINCT image_key FROM scans WHERE review_count = 0 AND image_key IS NOT NULL")
+        return {row["image_key"] for row in rows}
+
     def of_patient(self, patient_ref: str, limit: int) -> list[Record]:
         """One patient's results, newest first (the ``scans_by_patient`` index)."""
         rows = self._query(
