@@ -179,9 +179,15 @@ def test_a_review_is_recorded_with_its_history_and_audited(store, tmp_path, tiny
         record_id
     ]
     assert actions(store) == ["upload", "open", "review"]
-    assert (
-        store.audit_events()[-1].detail["final_label"] == other
-        and store.reviews_of(record_id)[0].note == "looks normal"
+    assert store.reviews_of(record_id)[0].note == "looks normal"
+    first = store.audit_events()[-1].detail
+    assert (first["final_label"], first["previous_final_label"], first["review_number"]) == (other, None, 1)
+    reviews.review_result(store, Actor("dr-b", "radiologist"), record_id, result.record.label)  # what it replaced
+    second = store.audit_events()[-1].detail
+    assert (second["previous_final_label"], second["previous_reviewer"], second["review_number"]) == (
+        other,
+        RADIOLOGIST.name,
+        2,
     )
     images.delete(result.record.image_key)
     assert "no longer kept" in reviews.open_result(store, images, RADIOLOGIST, record_id, tiny_classifier, None).note
@@ -1033,7 +1039,8 @@ def test_a_scan_uploaded_again_with_a_reference_gets_it_when_it_had_none_and_kee
     other = triage(scan, tiny_classifier, None, store, actor=RADIOLOGIST, patient_ref="b" * 64)
     assert store.get(first.record.id).patient_ref == "a" * 64 and other.record.patient_ref == "a" * 64
     assert "another patient reference" in other.status.message
-    assert [e.action for e in store.audit_events()].count("patient_reference_set") == 1
+    linked = [e.detail for e in store.audit_events() if e.action == "patient_reference_set"]
+    assert linked == [{"cleared": False, "previous": None, "new": "a" * 64}]  # traced, and undone, from the trail
     for typed in ("c" * 64, None):  # then the field is edited or cleared: that patient's result stays theirs
         other = apply_patient_reference(other, store, typed, RADIOLOGIST)
         assert (

@@ -160,6 +160,9 @@ def review_result(
                 model_label=record.label,
                 final_label=final_label,
                 reasons=list(reasons),
+                previous_final_label=record.final_label,  # what it replaced, and by whom (None: the first)
+                previous_reviewer=record.reviewer,
+                review_number=updated.review_count,
             )
     except ReviewedMeanwhile:
         if seen_reviews is not None and _pressed_twice(store.reviews_of(result_id), review, seen_reviews):

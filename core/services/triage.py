@@ -183,10 +183,11 @@ def save_record(
 
 
 def _record_or_undo(store: Store, actor: Actor, record_id: str, new: str | None, old: str | None) -> None:
-    """The event of a patient reference just set; the reference set back when it cannot be written (SQLite rolls
-    the unit back; MongoDB has no transaction, and the link stood unaudited)."""
+    """The event of a patient reference just set, with the keyed references before and after (a result linked to
+    the wrong patient is traced and undone from the trail); the reference set back when the event cannot be
+    written (SQLite rolls the unit back; MongoDB has no transaction, and the link stood unaudited)."""
     try:
-        audit.record(store, actor, "patient_reference_set", record_id, cleared=new is None)
+        audit.record(store, actor, "patient_reference_set", record_id, cleared=new is None, previous=old, new=new)
     except StoreError:
         with suppress(StoreError):
             store.set_patient_ref(record_id, old, was=new)
