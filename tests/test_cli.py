@@ -484,6 +484,24 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly(
     assert code == 2 and lines[0]["error"]["code"] == "internal_error"
 
 
+def test_a_real_pipe_closed_after_the_first_line_ends_the_command_quietly(tmp_path: Path, tiny_card: Path) -> None:
+    """`predict a b c | head -1` on a real pipe: the failed flush dropped its buffer, so a second flush (the check
+    for a closed reader) succeeded, and the command wrote two tracebacks and exited 1."""
+    import subprocess
+    import sys
+
+    scans = []
+    for n in range(4):
+        scans.append(tmp_path / f"scan{n}.png")
+        scans[-1].write_bytes(png_bytes(synthetic_slice(256, seed=n)))
+    command = [sys.executable, "-m", "core", "predict", "--model", str(tiny_card), *map(str, scans * 50)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).parents[1])
+    assert json.loads(process.stdout.readline())["file"].endswith("scan0.png")
+    process.stdout.close()  # as `head -1` does
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=300) == 141 and "Traceback" not in stderr, stderr
+
+
 def test_evaluate_refuses_a_folder_that_is_not_a_label_and_goes_on_past_a_failing_file(
     tmp_path: Path, tiny_card: Path, capsys, monkeypatch
 ) -> None:

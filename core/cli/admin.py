@@ -18,7 +18,16 @@ import sys
 from contextlib import suppress
 from typing import Any
 
-from core.cli.common import EXIT_OK, EXIT_REJECTED, EXIT_USAGE, emit, error_json, positive_int, stdin_secret
+from core.cli.common import (
+    EXIT_OK,
+    EXIT_REJECTED,
+    EXIT_USAGE,
+    emit,
+    error_json,
+    positive_int,
+    stdin_secret,
+    write,
+)
 from core.domain.people import ROLES, Account
 from core.services import accounts, audit, retention
 from core.services.access import COMMAND_LINE
@@ -226,7 +235,7 @@ def cmd_images_purge(args: argparse.Namespace) -> int:
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
     filters = {"action": args.action, "who": args.actor}
-    sys.stdout.write(audit.export_csv(_stored(), COMMAND_LINE, filters).decode("utf-8"))
+    write(sys.stdout, audit.export_csv(_stored(), COMMAND_LINE, filters).decode("utf-8"))
     return EXIT_OK
 
 

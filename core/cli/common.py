@@ -23,6 +23,21 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE)
 
 
+class OutputClosed(BrokenPipeError):
+    """The reader of what a command writes stopped reading (`| head -1`): the command ends quietly (exit 141). A
+    broken pipe of anything else (a worker's) is a failure like any other."""
+
+
+def write(stream: TextIO, text: str) -> None:
+    """``text`` written and flushed; a closed reader is :class:`OutputClosed` (a second flush to tell it apart
+    succeeds on a real pipe, the failed one having dropped its buffer: it read as another pipe, a traceback)."""
+    try:
+        stream.write(text)
+        stream.flush()
+    except BrokenPipeError as error:
+        raise OutputClosed(*error.args) from error
+
+
 def emit(obj: dict[str, Any], stream: TextIO) -> None:
     """One JSON line. A file name that is not valid text (bytes the file system allowed) is escaped, never a
     stop of the batch: a strict stream refuses the lone surrogates Python decodes such names to."""
@@ -31,8 +46,7 @@ def emit(obj: dict[str, Any], stream: TextIO) -> None:
         line.encode(getattr(stream, "encoding", None) or "utf-8")  # which wrote raw bytes back (not UTF-8 JSON)
     except (UnicodeEncodeError, LookupError):
         line = json.dumps(obj, ensure_ascii=True)  # \udcxx escapes: valid JSON, every byte named
-    stream.write(line + "\n")
-    stream.flush()
+    write(stream, line + "\n")
 
 
 def error_json(code: str, message: str) -> dict[str, Any]:

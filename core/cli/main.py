@@ -17,6 +17,7 @@ from typing import Any
 from core.cli import admin, model, pacs, scans, studies
 from core.cli.common import (
     EXIT_USAGE,
+    OutputClosed,
     Parser,
     degrees,
     emit,
@@ -256,11 +257,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))
-    except BrokenPipeError as error:
-        if _stdout_closed():  # the reader stopped (`| head`): nothing more can be said on that stream
-            _silence_stdout()
-            return EXIT_BROKEN_PIPE
-        return _internal_error(error)  # another pipe (a worker's): a failure like any other
+    except OutputClosed:  # the reader stopped (`| head`): nothing more can be said on that stream
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+    except BrokenPipeError as error:  # another pipe (a worker's): a failure like any other
+        return _internal_error(error)
     except (ModelError, StoreError, InvalidRecord, AccessDenied, PacsError) as error:
         emit(error_json(error.code, str(error)), sys.stdout)
         return EXIT_USAGE
@@ -279,14 +280,6 @@ def _internal_error(error: Exception) -> int:
     logging.getLogger("btd.cli").exception("event=cli_failed")
     emit(error_json("internal_error", f"The command failed ({type(error).__name__}); see the log."), sys.stdout)
     return EXIT_USAGE
-
-
-def _stdout_closed() -> bool:
-    try:
-        sys.stdout.flush()
-    except BrokenPipeError:
-        return True
-    return False
 
 
 EXIT_BROKEN_PIPE = 141  # as a shell reports a command ended by SIGPIPE

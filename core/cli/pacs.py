@@ -31,6 +31,7 @@ from core.cli.common import (
     error_json,
     seconds,
     stdin_secret,
+    write,
 )
 from core.cli.studies import emit_outcome, save_outcome
 from core.config import PacsSettings, data_dir, file_secrets, mongodb_uri, pacs_settings, patient_key
@@ -198,7 +199,7 @@ def cmd_serve_dev(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(EXIT_OK))  # stop cleanly (the folder removed) on TERM too
     with DevOrthanc() as server:  # a random password for a loopback-only, temporary server: shown to its starter
         found = {"rest": server.rest, "dicomweb": server.dicomweb, "user": server.user, "password": server.password}
-        print(json.dumps(found), flush=True)
+        write(sys.stdout, json.dumps(found) + "\n")
         with contextlib.suppress(KeyboardInterrupt):
             server.process.wait()
     return EXIT_OK
