@@ -110,6 +110,22 @@ def test_a_jpeg_cut_short_and_closed_with_an_end_marker_is_refused(keep: float, 
     assert read_scan(data).pixels.shape == (512, 512)  # whole, it is read
 
 
+@pytest.mark.parametrize("colour", [False, True])
+def test_a_whole_jpeg_whose_last_rows_are_mid_grey_is_read(colour: bool) -> None:
+    """An export's caption strip of grey 128 looks like the decoder's fill of a cut file: the whole file was refused
+    as cut short (the same pixels as a PNG were read)."""
+    from PIL import Image
+
+    pixels = synthetic_slice(256, tumour=True)
+    pixels[-16:] = 128
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).convert("RGB" if colour else "L").save(buffer, "JPEG", quality=90)
+    data = buffer.getvalue()
+    assert read_scan(data).pixels.shape == (256, 256)
+    with pytest.raises(CorruptImage, match="cut short"):  # cut, it still is refused
+        read_scan(data[: int(len(data) * 0.7)] + b"\xff\xd9")
+
+
 @pytest.mark.parametrize("keep", [0.15, 0.3, 0.5])
 def test_a_progressive_jpeg_cut_short_and_closed_with_an_end_marker_is_refused(keep: float) -> None:
     """A progressive JPEG cut so decodes without an error, blurred (no grey rows to find): the command line called

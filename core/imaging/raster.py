@@ -63,7 +63,7 @@ def read_raster(data: bytes, fmt: str, limits: Limits) -> tuple[np.ndarray, floa
                 image = _decode_within_budget(image, limits)
                 if fmt == "png":  # once decoded within the budget: counting its rows costs no more
                     _check_png_rows(data, size)
-                if fmt == "jpeg" and _grey_filled(image):
+                if fmt == "jpeg" and _grey_filled(image) and _fill_of_a_cut(data, size, limits):
                     raise CorruptImage(
                         "The JPEG file is cut short: its last rows are the decoder's grey fill, not the image."
                     )
@@ -95,6 +95,21 @@ def _grey_filled(image: Image.Image) -> bool:
             break
         filled += 1
     return 8 <= filled < pixels.shape[0]
+
+
+def _fill_of_a_cut(data: bytes, size: tuple[int, int], limits: Limits) -> bool:
+    """Whether grey last rows (:func:`_grey_filled`) are Pillow's fill of a file cut short, not an image's own (an
+    export's caption strip of mid-grey, refused as cut short): a second decoder, libjpeg, which fills a cut file
+    otherwise, reads them too. A file it cannot read, or too large to read again, stays refused."""
+    if size[0] * size[1] * 3 > limits.max_decoded_bytes:
+        return True
+    try:
+        from libjpeg import decode  # pylibjpeg's, pinned for compressed DICOM
+
+        pixels = decode(data)
+    except Exception:  # any failure of the second decoder leaves the first's verdict
+        return True
+    return not bool((np.asarray(pixels)[-8:] == 128).all())
 
 
 _CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # PNG colour type -> samples per pixel
