@@ -69,6 +69,18 @@ def test_monochrome1_and_monochrome2_give_same_crop_and_prediction(window, tiny_
     assert pa.tumour_probability == pytest.approx(pb.tumour_probability, abs=1e-3)
 
 
+def test_a_presentation_lut_shape_of_inverse_is_one_inversion_whatever_the_photometric_interpretation() -> None:
+    """An enhanced MR image may keep its grey scale the other way with Presentation LUT Shape INVERSE: it was shown
+    and analysed negative. A MONOCHROME1 image saying INVERSE as well (as a radiograph must) is not inverted twice."""
+    stored = stored_slice(256)
+    plain = read_scan(dicom_bytes(stored, window=(2048, 4096))).pixels.astype(int)
+    flipped = (MAX_12_BIT - stored).astype(np.uint16)
+    window = (MAX_12_BIT - 2048, 4096)
+    for photometric in ("MONOCHROME2", "MONOCHROME1"):
+        data = dicom_bytes(flipped, photometric=photometric, window=window, extra={"PresentationLUTShape": "INVERSE"})
+        assert np.abs(read_scan(data).pixels.astype(int) - plain).max() <= 1, photometric
+
+
 def test_rejects_dicom_without_preamble() -> None:
     with pytest.raises(UnsupportedFormat, match="preamble"):
         read_scan(dicom_bytes(stored_slice(), preamble=False))

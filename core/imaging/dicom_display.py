@@ -90,11 +90,19 @@ def display(stored: np.ndarray, dataset: Any) -> np.ndarray:
         shown = apply_window(values, *first_window(dataset), window_function(dataset))
     else:
         shown = stretch_to_uint8(values)
-    if str(dataset.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+    if inverted(dataset):
         shown = 255 - shown
     if padding is not None:
         shown = np.where(padding, 0, shown).astype(np.uint8)
     return shown
+
+
+def inverted(dataset: Any) -> bool:
+    """Whether the displayed grey scale runs the other way: MONOCHROME1, or a Presentation LUT Shape of INVERSE
+    (an enhanced MR image may say so; it was shown and analysed negative). The two are one inversion: a radiograph
+    says both of the same pixels (PS3.3 C.8.11.6), never inverted twice."""
+    photometric = str(dataset.get("PhotometricInterpretation", "")).upper()
+    return photometric == "MONOCHROME1" or str(dataset.get("PresentationLUTShape", "")).upper() == "INVERSE"
 
 
 def apply_voi_table(values: np.ndarray, dataset: Any) -> np.ndarray:
