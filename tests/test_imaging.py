@@ -70,6 +70,21 @@ def test_rejects_non_images_renamed_png_by_content(data: bytes, named: str) -> N
         read_scan(data)
 
 
+def test_an_uncompressed_nifti_volume_is_sent_to_where_volumes_are_read() -> None:
+    """A .nii (NIfTI-1 or -2) was "not a PNG, JPEG or DICOM scan (its content matches none of them)"; a .nii.gz
+    was named."""
+    import gzip
+
+    import nibabel
+
+    volume = np.zeros((16, 16, 4), dtype=np.int16)
+    for image in (nibabel.Nifti1Image(volume, np.eye(4)), nibabel.Nifti2Image(volume, np.eye(4))):
+        with pytest.raises(UnsupportedFormat, match="NIfTI volume, not a single scan: volumes are read on the Study"):
+            read_scan(image.to_bytes())
+        with pytest.raises(UnsupportedFormat, match=r"\.nii\.gz volume\? volumes are read .* python -m core study"):
+            read_scan(gzip.compress(image.to_bytes()))
+
+
 def test_sniffs_each_supported_format() -> None:
     image = synthetic_slice(64)
     assert sniff_format(png_bytes(image)) == "png"

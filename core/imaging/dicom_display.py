@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import CorruptImage
 from core.imaging.limits import stretch_to_uint8
 
 
@@ -79,6 +80,7 @@ def display(stored: np.ndarray, dataset: Any) -> np.ndarray:
     black, and left out of the stretch (white corners of a rotated slice shrank the brain crop and its score)."""
     from pydicom.pixels import apply_modality_lut
 
+    _check_rescale(dataset)
     values = apply_modality_lut(stored, dataset)
     padding = padding_of(stored, dataset)
     if padding is not None:
@@ -95,6 +97,16 @@ def display(stored: np.ndarray, dataset: Any) -> np.ndarray:
     if padding is not None:
         shown = np.where(padding, 0, shown).astype(np.uint8)
     return shown
+
+
+def _check_rescale(dataset: Any) -> None:
+    """Refuse a rescale slope that is not a non-zero number, or an intercept that is not a number: every value
+    became 0 or NaN, and the file was called a blank image."""
+    slope, intercept = dataset.get("RescaleSlope", 1), dataset.get("RescaleIntercept", 0)
+    if not (np.isfinite(float(slope)) and float(slope) != 0 and np.isfinite(float(intercept))):
+        raise CorruptImage(
+            "The DICOM header's rescale slope or intercept is not a usable number; the pixel values cannot be read."
+        )
 
 
 def inverted(dataset: Any) -> bool:

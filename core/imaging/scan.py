@@ -24,6 +24,7 @@ from core.errors import EmptyFile, FileTooLarge, MultiFrameImage, UnsupportedFor
 from core.imaging.dicom import count_frames, read_dicom
 from core.imaging.geometry import orientation_letters
 from core.imaging.limits import DEFAULT_LIMITS, Limits
+from core.imaging.nifti_header import is_nifti
 from core.imaging.raster import read_raster
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -32,6 +33,7 @@ DICOM_MAGIC_OFFSET = 128
 FORMATS = ("png", "jpeg", "dicom")
 
 # Signatures of things people drop on an image uploader by mistake, named in the rejection message.
+VOLUMES = "volumes are read on the Study page, or by python -m core study"
 _OTHER_SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"%PDF", "a PDF document"),
     (b"PK\x03\x04", "a ZIP archive or an Office document (a zip of DICOM series? Studies are read on the Study page)"),
@@ -41,7 +43,7 @@ _OTHER_SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"BM", "a BMP image"),
     (b"\x7fELF", "an executable program"),
     (b"MZ", "an executable program"),
-    (b"\x1f\x8b", "a gzip archive (a .nii.gz volume? Volumes are read on the Study page)"),
+    (b"\x1f\x8b", f"a gzip archive (a .nii.gz volume? {VOLUMES})"),
     (b"\x00\x00\x00\x0cjP  ", "a JPEG 2000 image"),
 )
 
@@ -109,6 +111,8 @@ def sniff_format(data: bytes) -> str:
             raise UnsupportedFormat(f"This file is {what}, not a PNG, JPEG or DICOM scan.")
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         raise UnsupportedFormat("This file is a WebP image, not a PNG, JPEG or DICOM scan.")
+    if is_nifti(data):
+        raise UnsupportedFormat(f"This file is a NIfTI volume, not a single scan: {VOLUMES}.")
     if is_headerless_dicom(data):
         raise UnsupportedFormat(HEADERLESS_DICOM)
     if data.lstrip()[:1] in (b"<", b"{"):
