@@ -199,7 +199,7 @@ def quality_section(viewer, first: date, last: date):
     )
     left, right = st.columns(2)
     left.plotly_chart(charts.agreement(board_q, period), width="stretch", key="agreement")
-    right.plotly_chart(charts.drift(board_q), width="stretch", key="drift")
+    right.plotly_chart(charts.drift(board_q, period), width="stretch", key="drift")
     matrix_labels = sorted({label for cell in overall.matrix for label in cell})
     if matrix_labels:
         st.markdown("**Model verdict (rows) against final label (columns)**, reviewed results")

@@ -476,6 +476,23 @@ def test_periods_cut_by_the_range_or_still_going_on_are_named_partial() -> None:
     )
 
 
+def test_count_axes_have_at_most_six_steps_and_one_periods_quality_charts_span_their_period() -> None:
+    """A tallest bar of 61 to 99 got a tick at every count (62 to 100 labels); the agreement and drift charts of a
+    single day zoomed into a millisecond, which the rate chart's axis was made to stop."""
+    from ui.charts import agreement_figure, count_ticks, drift_figure
+
+    for top in (1, 6, 7, 60, 61, 65, 99, 100, 650, 999, 6500, 123_456):
+        step = count_ticks(top)["dtick"]
+        assert top / step <= 6 and (step == 1 or top / step > 1), top
+    day = ["2026-03-01"]
+    charts = (
+        agreement_figure(day, [0.9], [(0.8, 0.95)], [0.1], [0.0], "day"),
+        drift_figure(day, [0.4], [(0.2, 0.6)], [0.5], [(0.2, 0.6)], [False], None, "day"),
+    )
+    for figure in charts:
+        assert list(figure.layout.xaxis.range) == ["2026-02-28 12:00:00", "2026-03-01 12:00:00"]
+
+
 def test_a_period_out_of_control_stands_out_without_colour() -> None:
     """Alarmed periods differed only by marker colour, two of nearly the same luminance: the same in greyscale."""
     from ui.charts import drift_figure

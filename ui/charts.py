@@ -65,10 +65,10 @@ def date_axis(starts: Sequence[str], period: str) -> dict[str, Any]:
 
 
 def count_ticks(largest: int | None) -> dict[str, object]:
-    """Axis settings for counts: whole numbers only, from zero."""
+    """Axis settings for counts: whole numbers only, from zero, at most six steps (61 to 99 got one tick each)."""
     top = max(int(largest or 0), 1)
     step = 10 ** max(0, math.floor(math.log10(top)) - 1)
-    for factor in (1, 2, 5, 10):
+    for factor in (1, 2, 5, 10, 20):
         if top / (step * factor) <= 6:
             step *= factor
             break
@@ -277,7 +277,7 @@ def agreement_figure(
     figure.update_layout(
         title=f"Agreement with the radiologists per {period}",
         yaxis={"title": "%", "range": [0, 100]},
-        xaxis={"type": "date"},
+        xaxis=date_axis(starts, period),  # one period: Plotly zoomed into a millisecond
         legend={"orientation": "h", "y": -0.2},
         **_LAYOUT,
     )
@@ -292,6 +292,7 @@ def drift_figure(
     mean_limits: Sequence[tuple[float, float] | None],
     alarms: Sequence[bool],
     baseline_end: str | None,
+    period: str = "day",
 ) -> go.Figure:
     """Control charts: the tumour rate against its p-chart limits (above) and the mean tumour probability
     against its x-bar limits (below), both from the baseline period; periods out of control as red crosses."""
@@ -337,7 +338,7 @@ def drift_figure(
     if baseline_end:
         figure.add_vline(x=baseline_end, line_dash="dot", line_color="#566573")
     figure.update_layout(title="Drift against the baseline (3-sigma control limits)", **{**_LAYOUT, "height": 420})
-    figure.update_xaxes(type="date")
+    figure.update_xaxes(**date_axis(starts, period))  # one period: Plotly zoomed into a millisecond
     return figure
 
 
@@ -383,7 +384,7 @@ def agreement(board: QualityBoard, period: str) -> go.Figure:
     )
 
 
-def drift(board: QualityBoard) -> go.Figure:
+def drift(board: QualityBoard, period: str) -> go.Figure:
     rows = board.rows
     end = board.drift.baseline_end.isoformat() if board.drift.baseline_end else None
     return drift_figure(
@@ -394,4 +395,5 @@ def drift(board: QualityBoard) -> go.Figure:
         [r.mean_limits for r in rows],
         [r.out_of_control for r in rows],
         end,
+        period,
     )
