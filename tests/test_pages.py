@@ -527,6 +527,7 @@ def test_a_database_error_in_the_quality_board_is_a_message_not_a_crashed_page(
     assert "summary,,studies,6" in made and ",agreement," not in made
     (export,) = exports(app_environment, "statistics_export")
     assert export.actor == "test-supervisor" and export.detail["period"] == "day"
+    assert export.detail["unit"] == "study" and export.detail["timezone"]  # another zone or unit: another file
 
 
 def test_a_time_zone_change_keeps_the_chosen_dates(app_environment: Path) -> None:

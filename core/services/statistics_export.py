@@ -15,7 +15,8 @@ from core.storage.protocol import AuditTrail
 
 
 def record_export(store: AuditTrail, actor: Actor, board: Dashboard) -> None:
-    """An export of the aggregates is an audit event naming its filters (those who may see statistics)."""
+    """An export of the aggregates is an audit event naming its filters (those who may see statistics), the time zone
+    and the unit counted with them: the same dates in two zones, or per study and per result, are other files."""
     require(actor, STATISTICS)
     audit.record(
         store,
@@ -26,6 +27,8 @@ def record_export(store: AuditTrail, actor: Actor, board: Dashboard) -> None:
         end=board.end_day.isoformat(),
         period=board.period,
         versions=list(board.versions),
+        timezone=board.timezone,
+        unit=board.unit,
     )
 
 
