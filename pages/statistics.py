@@ -270,8 +270,9 @@ def headline(dashboard) -> None:
         "is called by its rule, and its score is not that probability). "
         + ("None in this range, or fewer than 5 (withheld)." if dashboard.mean_confidence is None else ""),
     )
-    kpis[4].metric("Flagged for review", number(dashboard.flagged))
-    kpis[5].metric("Rejected (not brain MRI)", number(dashboard.rejected))
+    per_result = "Counted per result (a series once, a single scan once), whatever the unit above."
+    kpis[4].metric("Flagged results", number(dashboard.flagged), help=f"Flagged for review by the gate. {per_result}")
+    kpis[5].metric("Refused results", number(dashboard.rejected), help=f"Not a brain MRI, by the gate. {per_result}")
     st.caption(
         "The model's calls per class, counting results, as made: an override does not change them (the quality "
         "board below sets them against the final labels)."

@@ -477,7 +477,7 @@ def test_statistics_page_charts_the_stores_aggregates_under_the_small_count_rule
     metrics = {m.label: m.value for m in app.metric}
     assert metrics["Studies with a verdict"] == "13"  # single scans: a study each
     assert metrics["Tumour rate (model)"] == "61.5%"
-    assert metrics["Flagged for review"] == "0" and metrics["Rejected (not brain MRI)"] == "withheld"
+    assert metrics["Flagged results"] == "0" and metrics["Refused results"] == "withheld"
     # nothing reviewed: the rates against the final labels have nothing to count, which "withheld" read as a secret
     assert metrics["Reviewed"] == "0" and metrics["Agreement"] == "—" and metrics["Sensitivity"] == "—"
     # pituitary's 2 withheld, with no tumour's 5 beside it, and glioma's 6: the tumour rate gives their sum, 8
@@ -525,6 +525,8 @@ def test_a_database_error_in_the_quality_board_is_a_message_not_a_crashed_page(
     assert app.get("download_button") and not exports(app_environment, "statistics_export")
     made = downloads[-1]().decode()  # the figures that were read can still be exported, when pressed
     assert "summary,,studies,6" in made and ",agreement," not in made
+    assert "summary,,flagged_results," in made  # results whatever the unit: 18 flagged beside 6 studies misread
+    assert {"Flagged results", "Refused results"} <= {m.label for m in app.metric}
     (export,) = exports(app_environment, "statistics_export")
     assert export.actor == "test-supervisor" and export.detail["period"] == "day"
     assert export.detail["unit"] == "study" and export.detail["timezone"]  # another zone or unit: another file

@@ -63,8 +63,8 @@ def export_csv(board: Dashboard, quality: QualityBoard | None = None) -> bytes:
     row("summary", "", "mean_confidence_single_scans", board.mean_confidence, digits=4)
     row("summary", "", "today", board.today)
     row("summary", "", "mean_per_day_last_7_days", board.week_mean, digits=2)
-    row("summary", "", "flagged", board.flagged)
-    row("summary", "", "refused_by_gate", board.rejected)
+    row("summary", "", "flagged_results", board.flagged)  # results whatever the unit: named so beside "studies"
+    row("summary", "", "refused_results_by_gate", board.rejected)
     for period in board.periods:
         row("per_period", period.start.isoformat(), unit, period.scans)
         row("per_period", period.start.isoformat(), "tumour", period.tumours)
