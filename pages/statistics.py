@@ -187,10 +187,17 @@ def quality_section(viewer, first: date, last: date):
         else "95 % interval {:.1%} to {:.1%}".format(*overall.specificity_interval),
     )
     kpis[4].metric("Awaiting review", number(board_q.backlog))
+    median, p90 = board_q.turnaround_median_h, board_q.turnaround_p90_h
+    backlog = "Results" if board_q.backlog is None else f"The {number(board_q.backlog)} results"  # None: withheld
+    waiting = (  # a median of the reviewed alone is kindest when most wait: it never said they were left out
+        f" {backlog} awaiting review are not in it, and would lengthen it." if board_q.backlog != 0 else ""
+    )
     kpis[5].metric(
-        "Turnaround (median)",
-        "withheld" if board_q.turnaround_median_h is None else hours_within(board_q.turnaround_median_h),
-        help=None if board_q.turnaround_p90_h is None else f"90 % reviewed {hours_within(board_q.turnaround_p90_h)}",
+        "Turnaround of reviewed (median)",
+        ("—" if not overall.reviewed else "withheld") if median is None else hours_within(median),
+        help="From saving to the first review, of the results reviewed."
+        + ("" if p90 is None else f" 90 % of them were reviewed {hours_within(p90)}.")
+        + waiting,
     )
     st.caption(
         "Against the radiologists' final labels, reviewed results only, per scan or series (a study reviewed from the "
