@@ -168,6 +168,14 @@ def quality_section(viewer, first: date, last: date):
     st.subheader("Model quality: agreement with the radiologists and drift")
     if board_q.drift.message:
         st.error(board_q.drift.message, icon=":material/warning:")
+    starts = [row.start for row in board_q.rows]
+    if baseline_end is not None and starts and not starts[0] <= baseline_end < starts[-1]:  # the alarm was off, unsaid
+        where = "before the chosen range starts" if baseline_end < starts[0] else "on or after its last period"
+        st.warning(
+            f"The drift baseline ends {where}: no period is checked against it. Choose a day inside the range, or "
+            "leave it empty (the first half of the range).",
+            icon=":material/warning:",
+        )
     overall = board_q.overall
     kpis = st.columns(6)
     kpis[0].metric("Reviewed", number(overall.reviewed))

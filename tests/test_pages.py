@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -503,6 +503,10 @@ def test_statistics_page_charts_the_stores_aggregates_under_the_small_count_rule
     assert "SQLite" not in " ".join(c.value for c in app.caption)  # where results are kept: admins only
     tables = [frame.value for frame in app.dataframe]  # per model version (scans; agreement): no per-scan table
     assert len(tables) == 2 and all("time" not in table.columns for table in tables)
+    assert not any("drift baseline ends" in w.value for w in app.warning)
+    for baseline, where in ((date(2020, 1, 1), "before the chosen range starts"), (date.today(), "on or after its")):
+        app.date_input(key="stats_baseline").set_value(baseline).run()  # the drift alarm was off, unsaid
+        assert any(f"drift baseline ends {where}" in w.value for w in app.warning), where
 
 
 def test_a_database_error_in_the_quality_board_is_a_message_not_a_crashed_page(
