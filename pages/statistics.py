@@ -180,16 +180,18 @@ def quality_section(viewer, first: date, last: date):
     kpis = st.columns(6)
     kpis[0].metric("Reviewed", number(overall.reviewed))
     kpis[1].metric("Agreement", percent(overall.agreement, counted=overall.reviewed))
+    finals = [final for _, final in overall.matrix]  # what the reviewed were found to be: none a tumour, no
+    tumours = sum(final != statistics.NEGATIVE_LABEL for final in finals)  # sensitivity (nothing withheld)
     kpis[2].metric(
         "Sensitivity",
-        percent(overall.sensitivity, counted=overall.reviewed),
+        percent(overall.sensitivity, counted=overall.reviewed if tumours else 0),
         help=None
         if overall.sensitivity_interval is None
         else "95 % interval {:.1%} to {:.1%}".format(*overall.sensitivity_interval),
     )
     kpis[3].metric(
         "Specificity",
-        percent(overall.specificity, counted=overall.reviewed),
+        percent(overall.specificity, counted=overall.reviewed if len(finals) > tumours else 0),
         help=None
         if overall.specificity_interval is None
         else "95 % interval {:.1%} to {:.1%}".format(*overall.specificity_interval),

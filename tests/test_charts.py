@@ -121,6 +121,9 @@ def test_dashboard_withholds_small_counts_everywhere_and_the_export_names_its_fi
     assert cell[("per_period", "2026-11-20", "results")] == "withheld"
     assert cell[("per_period", "2026-11-20", "tumour")] == "withheld"
     assert cell[("per_period", "2026-11-11", "results")] == "0"  # an empty day is zero, a withheld one "withheld"
+    empty = next(r for r in rows if (r["key"], r["measure"]) == ("2026-11-11", "tumour_rate"))
+    assert (empty["value"], empty["low_95"], empty["high_95"]) == ("none", "none", "none")  # nothing kept back
+    assert cell[("per_period", "2026-11-20", "tumour_rate")] == "withheld"
     assert cell[("summary", "", "results")] == "15" and cell[("summary", "", "today")] == "withheld"
     assert (
         cell[("class_mix", "pituitary", "results")] == "withheld"

@@ -509,6 +509,21 @@ def test_statistics_page_charts_the_stores_aggregates_under_the_small_count_rule
         assert any(f"drift baseline ends {where}" in w.value for w in app.warning), where
 
 
+def test_a_sensitivity_with_no_reviewed_tumour_is_a_dash_not_withheld(app_environment: Path) -> None:
+    """Six reviewed results, none a tumour: the sensitivity has nothing to count, and "withheld" read as a figure
+    kept back."""
+    from core.domain.people import Review
+
+    store = stored(app_environment)
+    now = datetime.now(UTC)
+    for i in range(6):
+        record = make_record(i + 1, now - timedelta(hours=i + 1), "notumor")
+        store.add(record)
+        store.add_review(Review(record.id, "dr", now - timedelta(minutes=i), "agree", "notumor", "notumor"))
+    metrics = {m.label: m.value for m in page("statistics.py").run().metric}
+    assert metrics["Reviewed"] == "6" and metrics["Sensitivity"] == "—" and metrics["Specificity"] == "100.0%"
+
+
 def test_a_database_error_in_the_quality_board_is_a_message_not_a_crashed_page(
     app_environment: Path, monkeypatch: pytest.MonkeyPatch, downloads: list
 ) -> None:

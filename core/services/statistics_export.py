@@ -52,11 +52,16 @@ def export_csv(board: Dashboard, quality: QualityBoard | None = None) -> bytes:
         value: object,
         interval: tuple[float, float] | bool | None = False,
         digits: int | None = None,
+        counted: int | None = None,
     ) -> None:
         """``interval`` False: the measure has none (its cells empty; every count's read "withheld", and counting
-        those cells overcounted what was withheld); None: withheld with the value."""
+        those cells overcounted what was withheld); None: withheld with the value. ``counted`` 0: a rate of nothing
+        counted, "none" (it read "withheld", as if a figure were kept back)."""
         low, high = ("", "") if interval is False else (_cell(v, 4) for v in (interval or (None, None)))
-        writer.writerow([table, spreadsheet_safe(key), measure, _cell(value, digits), low, high])
+        cells = [_cell(value, digits), low, high]
+        if value is None and counted == 0:
+            cells = [NONE, *(NONE if cell else "" for cell in cells[1:])]
+        writer.writerow([table, spreadsheet_safe(key), measure, *cells])
 
     row("summary", "", unit, board.scans)
     row("summary", "", "tumour_rate", board.tumour_rate, board.tumour_interval, 4)
@@ -68,7 +73,7 @@ def export_csv(board: Dashboard, quality: QualityBoard | None = None) -> bytes:
     for period in board.periods:
         row("per_period", period.start.isoformat(), unit, period.scans)
         row("per_period", period.start.isoformat(), "tumour", period.tumours)
-        row("per_period", period.start.isoformat(), "tumour_rate", period.rate, period.interval, 4)
+        row("per_period", period.start.isoformat(), "tumour_rate", period.rate, period.interval, 4, period.scans)
     for label, count in board.per_class.items():
         row("class_mix", label, "results", count)
     bins = len(board.histogram)
@@ -86,6 +91,7 @@ def export_csv(board: Dashboard, quality: QualityBoard | None = None) -> bytes:
     return buffer.getvalue().encode("utf-8")
 
 
+NONE = "none"  # nothing counted: no figure, none kept back
 QUANTILE_NAMES = {0.1: "p10", 0.25: "p25", 0.5: "median", 0.75: "p75", 0.9: "p90"}
 
 
@@ -156,8 +162,8 @@ def _quality_export(row, quality: QualityBoard) -> None:
         row("accuracy", version, "sensitivity", board.sensitivity, board.sensitivity_interval, 4)
         row("accuracy", version, "specificity", board.specificity, board.specificity_interval, 4)
     drift = quality.drift
-    row("drift", "baseline", "start", drift.baseline_start.isoformat() if drift.baseline_start else WITHHELD)
-    row("drift", "baseline", "end", drift.baseline_end.isoformat() if drift.baseline_end else WITHHELD)
+    row("drift", "baseline", "start", drift.baseline_start.isoformat() if drift.baseline_start else NONE)  # no
+    row("drift", "baseline", "end", drift.baseline_end.isoformat() if drift.baseline_end else NONE)  # period in it
     row("drift", "baseline", "tumour_rate", drift.baseline_rate, digits=4)
     row("drift", "baseline", "mean_tumour_probability", drift.baseline_mean, digits=4)
     row("review", "", "backlog", quality.backlog)
@@ -166,7 +172,7 @@ def _quality_export(row, quality: QualityBoard) -> None:
     for q in quality.rows:
         key = q.start.isoformat()
         row("quality_per_period", key, "reviewed", q.reviewed)
-        row("quality_per_period", key, "agreement", q.agreement, q.agreement_interval, 4)
+        row("quality_per_period", key, "agreement", q.agreement, q.agreement_interval, 4, q.reviewed)
         # control limits are measures of their own: in the interval columns they read as a 95 % interval
         for measure, value, limits in (
             ("tumour_rate", q.tumour_rate, q.rate_limits),
