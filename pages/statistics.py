@@ -303,7 +303,7 @@ def volume_charts(dashboard) -> None:
     """The tumour rate over time, the class mix and the confidence histogram."""
     st.plotly_chart(charts.rate(dashboard), width="stretch", key="rate")
     if partial := statistics.partial_periods(dashboard, datetime.now(ZoneInfo(dashboard.timezone)).date()):
-        st.caption(f"{partial} Their counts cover only those days.")
+        st.caption(partial)
     left, right = st.columns(2)
     left.plotly_chart(charts.mix(dashboard, LABEL_NAMES), width="stretch", key="mix")
     right.plotly_chart(charts.confidence(dashboard), width="stretch", key="confidence")

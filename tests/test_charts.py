@@ -477,6 +477,8 @@ def test_periods_cut_by_the_range_or_still_going_on_are_named_partial() -> None:
         partial_periods(board(date(2026, 11, 5), date(2026, 11, 5), "day", [date(2026, 11, 5)]), date(2026, 12, 1))
         is None
     )
+    tomorrow = board(date(2026, 11, 4), date(2026, 11, 5), "day", [date(2026, 11, 4), date(2026, 11, 5)])
+    assert partial_periods(tomorrow, date(2026, 11, 4)) == "1 day of the range after today: no results yet."
 
 
 def test_count_axes_have_at_most_six_steps_and_one_periods_quality_charts_span_their_period() -> None:

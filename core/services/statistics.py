@@ -263,9 +263,14 @@ def version_rows(store: Dashboards, shown: Filters, scans_only: Filters, timezon
 
 def partial_periods(board: Dashboard, today: date) -> str | None:
     """Which of the board's periods hold fewer days than a whole period (the range cuts a week or a month, or the
-    period is still going on), said so that a short bar is not read as a fall: None when every one is whole."""
-    if board.period == "day" or not board.periods:
+    period is still going on), and the days of the range after today (a range chosen in a zone already on tomorrow:
+    its empty bar read as a day without service), said so that a short bar is not read as a fall: None when every
+    one is whole."""
+    if not board.periods:
         return None
+    if board.period == "day":
+        after = (board.end_day - max(today, board.start_day - timedelta(days=1))).days
+        return f"{after} day{'s' * (after > 1)} of the range after today: no results yet." if after > 0 else None
     notes = []
     first, last = board.periods[0].start, board.periods[-1].start
     if first < board.start_day:
@@ -274,7 +279,7 @@ def partial_periods(board: Dashboard, today: date) -> str | None:
     if next_period(last, board.period) - timedelta(days=1) > end:
         why = "is still going on" if end == today else f"ends with the range, on {board.end_day.isoformat()}"
         notes.append(f"the last ({last.isoformat()}) {why}")
-    return f"Partial {board.period}s: {'; '.join(notes)}." if notes else None
+    return f"Partial {board.period}s: {'; '.join(notes)}. Their counts cover only those days." if notes else None
 
 
 def withheld_recently(rows: Sequence[PeriodRow], period: str, timezone: str, now: datetime | None) -> bool:
