@@ -95,6 +95,17 @@ def test_turnaround_percentiles_come_from_hour_counts() -> None:
     assert turnaround({1: 2}) == (None, None)
 
 
+def test_lists_never_state_a_certainty_the_result_panel_does_not() -> None:
+    """The Worklist and History printed P = 0.9996 as 1.000 where the panel says ">99.9%"."""
+    from types import SimpleNamespace
+
+    from ui.wording import probability_shown
+
+    shown = [probability_shown(SimpleNamespace(gate="accepted", tumour_probability=p)) for p in (0.9996, 0.0004, 0.5)]
+    assert shown == ["0.999", "0.001", "0.500"]
+    assert probability_shown(SimpleNamespace(gate="rejected", tumour_probability=0.9)) == "—"
+
+
 def test_counts_that_add_up_to_the_reviewed_total_shown_are_withheld_as_groups() -> None:
     """The confusion cells, the periods' reviewed counts and the versions' reviewed counts each add up to the
     overall reviewed figure the page shows: withholding one alone would give it back as a difference."""

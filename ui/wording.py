@@ -51,9 +51,12 @@ def verdict_shown(record) -> str:
 
 
 def probability_shown(record) -> str:
-    """The tumour probability as lists show it, three decimals (so that the column sorts as numbers do), and a
-    dash for a refused scan (as :func:`verdict_shown`; a numeric column showed the word "None")."""
-    return "—" if record.gate == "rejected" else f"{record.tumour_probability:.3f}"
+    """The tumour probability as lists show it, three decimals (so that the column sorts as numbers do) held between
+    0.001 and 0.999 (0.9996 read 1.000, a certainty the result panel never states: ">99.9%"), and a dash for a
+    refused scan (as :func:`verdict_shown`; a numeric column showed the word "None")."""
+    if record.gate == "rejected":
+        return "—"
+    return f"{min(max(record.tumour_probability, 0.001), 0.999):.3f}"
 
 
 def hours_within(hours: float) -> str:
