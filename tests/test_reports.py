@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from dataclasses import replace
@@ -107,6 +108,10 @@ def test_names_in_other_scripts_and_long_names_reach_the_report_whole_and_told_a
     assert "??" not in words and "a" * 60 + "-end" in words.replace(" ", "")  # wrapped, never cut
     card = tiny_classifier.card
     assert f"limitations of {card.name} {card.version}, the model in use when this report was made" in words
+    reviewer = "ravi.shankar.venkataraman-" * 6 + "@hospital.example.org"  # a sign-on e-mail, longer than a line
+    review_result(store, Actor(reviewer, "radiologist"), ids[0], "glioma", ["missed_lesion"], "")
+    layout = text_of(study_report(store, images, author, ids, tiny_classifier, None), tmp_path)
+    assert not re.search(r"Reviewed {3,}by", layout)  # justified, its two words were a page apart
     from core.services.reports import _text
 
     assert _text("Jose\u0301") == "Jos\u00e9"  # an accent typed apart is one Latin-1 letter

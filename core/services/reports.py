@@ -64,7 +64,9 @@ def _png(rgb: np.ndarray) -> io.BytesIO:
     return io.BytesIO(data.tobytes())
 
 
-_NEXT_LINE = {"new_x": "LMARGIN", "new_y": "NEXT"}  # a cell that ends its line
+# a cell that ends its line, ragged right: fpdf2 justifies by default, and a long reviewer name (a sign-on e-mail)
+# printed as "Reviewed by" with the page's width between the two words
+_NEXT_LINE = {"new_x": "LMARGIN", "new_y": "NEXT", "align": "L"}
 
 
 def key_sections(view: SeriesView, count: int = 3) -> list[int]:
@@ -136,7 +138,7 @@ def _header(pdf, facts: list[tuple[str, str]]) -> None:
     pdf.set_font("Helvetica", size=10)
     for name, value in facts:
         pdf.cell(62, 5.5, _text(name))
-        pdf.multi_cell(0, 5.5, _text(value), align="L", **_NEXT_LINE)  # a long name wraps (it ran off the page)
+        pdf.multi_cell(0, 5.5, _text(value), **_NEXT_LINE)  # a long name wraps (it ran off the page)
     pdf.ln(2)
 
 
@@ -286,7 +288,7 @@ def _key_section_images(pdf, view: SeriesView, maps: dict[int, np.ndarray | None
         heat_note = " (heat map)" if map_ is not None else ""
         place = view.place(index)  # where it lies, as the viewer titles it: found again in the PACS by position
         caption = f"section {index + 1}, {place}\nP(tumour) {two_places(view.curve[index])}{heat_note}"
-        pdf.multi_cell(side, 3, _text(caption))
+        pdf.multi_cell(side, 3, _text(caption), align="L")
     pdf.set_y(y + side + CAPTION)
     if any(map_ is not None for map_ in maps.values()):
         pdf.set_font("Helvetica", size=7)
@@ -321,9 +323,9 @@ def _section_image(pdf, view: SeriesView, rgb: np.ndarray, x: float, y: float, s
     if not letters:  # the files give no orientation: said, never left to be assumed
         pdf.set_font("Helvetica", "", 6)
         note = "Orientation not given: left and right unknown"  # wrapped inside a narrow image (it ran past it)
-        rows = len(pdf.multi_cell(w - 1, 2.6, note, dry_run=True, output="LINES"))
+        rows = len(pdf.multi_cell(w - 1, 2.6, note, dry_run=True, output="LINES", align="L"))
         pdf.set_xy(left + 0.5, top + h - 0.8 - 2.6 * rows)
-        pdf.multi_cell(w - 1, 2.6, note)
+        pdf.multi_cell(w - 1, 2.6, note, align="L")
     pdf.set_text_color(0, 0, 0)
 
 
