@@ -118,7 +118,7 @@ st.dataframe(
                 "account": e.actor,
                 "role": e.role,
                 "action": e.action,
-                "target": (e.target or "")[:16],
+                "target": e.target or "",  # whole: the Target filter matches it exactly (cut, it could not be copied)
                 "detail": ", ".join(f"{k}={v}" for k, v in e.detail.items()),
             }
             for e in events

@@ -1442,6 +1442,22 @@ def test_the_audit_page_reads_the_trail_a_page_at_a_time_newest_first(
     assert not supervisor.exception and [t.label for t in supervisor.text_input] == ["Action", "Account"]
 
 
+def test_the_audit_table_shows_each_target_whole_for_the_target_filter(app_environment: Path) -> None:
+    """Targets were cut to 16 characters, and the Target filter matches whole ones: a result id could not be
+    copied from the table into it."""
+    from core.services import audit
+    from core.services.access import COMMAND_LINE
+    from core.services.resources import open_results_store
+
+    store = open_results_store()
+    audit.record(store, COMMAND_LINE, "review", "ab" * 32)
+    audit.record(store, COMMAND_LINE, "review", "cd" * 32)
+    app = page("audit.py", role="admin").run()
+    assert list(app.dataframe[0].value["target"]) == ["cd" * 32, "ab" * 32]
+    app.text_input(key="audit_target").set_value(app.dataframe[0].value["target"][1]).run()
+    assert list(app.dataframe[0].value["seq"]) == [1]
+
+
 def test_the_audit_page_finds_an_edit_made_after_the_chain_was_last_verified(app_environment: Path) -> None:
     import sqlite3
 
