@@ -46,6 +46,8 @@ def test_sign_in_checks_the_argon2_hash_and_is_audited(store, caplog) -> None:
         with pytest.raises(SignInFailed, match="Wrong account name or password"):  # the same words: no hint
             accounts.sign_in(store, f"{CANARY} Smith", PASSWORD)
     assert actions(store) == ["account_created", "sign_in", "sign_in_failed", "sign_in_failed"]
+    failed = store.audit_events()[2]  # whoever typed it is not the account: its target (its owner's own doings, no)
+    assert (failed.actor, failed.role, failed.target) == ("unknown", "none", "dr-a")
     trail = json.dumps([e.__dict__ for e in store.audit_events()], default=str)
     assert PASSWORD not in trail and "argon2" not in trail and CANARY not in trail  # not even the typed name
     assert PASSWORD not in caplog.text and "$argon2" not in caplog.text

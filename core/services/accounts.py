@@ -296,6 +296,12 @@ def sign_in(store: Store, name: str, password: str, now: datetime | None = None)
         raise
 
 
+# who a refused sign-in is recorded as: whoever typed it is not known (recorded as the account's own action, an
+# attacker's guesses at a name read as that user's doings when the trail was filtered by account); the account is
+# the event's target
+NOBODY = Actor("unknown", "none")
+
+
 def _sign_in(store: Store, name: str, password: str, now: datetime | None) -> Actor:
     from argon2.exceptions import InvalidHashError, VerificationError
 
@@ -305,27 +311,27 @@ def _sign_in(store: Store, name: str, password: str, now: datetime | None) -> Ac
     if account is None or account.password_hash is None:
         with suppress(VerificationError, InvalidHashError):
             hasher.verify(_dummy_hash(), password)  # the same work as a real check: timing does not tell
-        audit.record(store, Actor("unknown", "none"), "sign_in_failed", None, reason="unknown account")
+        audit.record(store, NOBODY, "sign_in_failed", None, reason="unknown account")
         raise SignInFailed(REFUSED)
     attempt = store.begin_sign_in(name, now)  # claimed atomically: parallel tries cannot share one count
     if attempt is None or attempt > MAX_FAILURES:
         with suppress(VerificationError, InvalidHashError):
             hasher.verify(_dummy_hash(), password)  # as long as any other refusal
-        audit.record(store, Actor(name, account.role), "sign_in_refused", name, reason="locked")
+        audit.record(store, NOBODY, "sign_in_refused", name, reason="locked")
         raise AccountLocked(REFUSED)
     try:
         hasher.verify(account.password_hash, password)
     except (VerificationError, InvalidHashError):
         locked = now + timedelta(minutes=LOCK_MINUTES) if attempt >= MAX_FAILURES else None
         store.end_sign_in(name, False, locked)
-        audit.record(store, Actor(name, account.role), "sign_in_failed", name, failures=attempt, locked=bool(locked))
+        audit.record(store, NOBODY, "sign_in_failed", name, failures=attempt, locked=bool(locked))
         raise SignInFailed(REFUSED) from None
     store.end_sign_in(name, True)
     verified = account.password_hash
     account = store.get_account(name) or account  # as it stands after the check: disabled or reset meanwhile?
     if account.disabled or account.password_hash != verified:
         reason = "disabled" if account.disabled else "password changed during sign-in"
-        audit.record(store, Actor(name, account.role), "sign_in_refused", name, reason=reason)
+        audit.record(store, NOBODY, "sign_in_refused", name, reason=reason)
         raise SignInFailed(REFUSED)
     if hasher.check_needs_rehash(verified):
         stronger = hasher.hash(password)
@@ -372,12 +378,12 @@ def external_actor(store: Store, claims: Mapping[str, Any], role_claim: str | No
     account = store.get_account(name) if name else None
     refused = _identity_refusal(store, name, account)
     if refused is not None:
-        audit.record(store, Actor("unknown", "none"), "sign_in_failed", None, reason=refused[0])
+        audit.record(store, NOBODY, "sign_in_failed", None, reason=refused[0])
         raise SignInFailed(f"This identity's name {refused[1]}; ask an administrator.")
     if role is None and account is not None and not account.disabled:
         role = account.role
     if not name or role is None or (account is not None and account.disabled):
-        audit.record(store, Actor("unknown", "none"), "sign_in_failed", None, reason="no role for this identity")
+        audit.record(store, NOBODY, "sign_in_failed", None, reason="no role for this identity")
         raise SignInFailed("This identity has no role in the triage dashboard; ask an administrator.")
     actor = Actor(name, role, via=via, signed_in_at=datetime.now(UTC))
     audit.record(store, actor, "sign_in", name, via="single sign-on")
