@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -30,6 +31,7 @@ PREDICTION_KEYS = {
     "model",
     "timings_ms",
     "gate",
+    "image",
     "warnings",
 }
 
@@ -88,6 +90,12 @@ def test_predict_prints_one_json_line_per_file(tmp_path: Path, tiny_card: Path, 
     secondary.write_bytes(dicom_bytes((synthetic_slice(256) * 16).astype(np.uint16), modality="OT"))
     code, (line,) = run_main(["predict", "--model", str(tiny_card), str(secondary)], capsys)
     assert "not MR: check that this is an MRI slice" in " ".join(line.get("warnings", [])), line
+    assert [line["image"] for line in lines] == [{"width": 512, "height": 512}, {"width": 300, "height": 300}]
+    large = tmp_path / "large.png"  # reduced to the working size: roi is in the reduced image, which "image" gives
+    large.write_bytes(png_bytes(cv2.resize(synthetic_slice(256, tumour=True), (3000, 2400))))
+    code, (line,) = run_main(["predict", "--model", str(tiny_card), str(large)], capsys)
+    assert line["image"] == {"width": 1500, "height": 1200} and "reduced" in " ".join(line["warnings"])
+    assert line["roi"][2] <= 1500 and line["roi"][3] <= 1200
 
 
 def test_every_bad_input_gets_its_specific_json_error(tmp_path: Path, tiny_card: Path, capsys) -> None:

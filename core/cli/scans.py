@@ -53,12 +53,16 @@ def _classify_file(path: Path, classifier: Classifier, frame: int | None) -> tup
         }, outcome
     gate = outcome.analysis.prediction.gate
     if gate.decision == REJECTED:  # never a diagnosis for what is not a brain MRI
-        message = "This does not look like a brain MRI slice: " + "; ".join(gate.reasons) + "."
+        message = "Refused by the input gate: " + "; ".join(gate.reasons) + "."  # each reason says what it is
         return {"file": str(path), "gate": gate.to_json(), **error_json("not_brain_mri", message)}, outcome
-    # what the Scan page shows above the verdict ("modality 'OT', not MR", "reduced"): a script reads it too
+    # what the Scan page shows above the verdict ("modality 'OT', not MR", "reduced"): a script reads it too, with
+    # the size of the image analysed, which ``roi`` is in (a large PNG or JPEG is reduced: a box drawn on the file
+    # itself was in the wrong place)
+    height, width = outcome.analysis.scan.pixels.shape[:2]
     result = {
         "file": str(path),
         **outcome.analysis.prediction.to_json(),
+        "image": {"width": int(width), "height": int(height)},
         "warnings": list(outcome.analysis.scan.warnings),
     }
     lesion = outcome.analysis.lesion
