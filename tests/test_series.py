@@ -228,6 +228,9 @@ def test_an_enhanced_files_window_in_its_functional_groups_is_applied_as_a_class
 
     for frame in (1, 2):
         assert np.array_equal(read_scan(out.getvalue(), frame=frame).pixels, enhanced.sections[frame])
+    facts = read_scan(out.getvalue(), frame=1).acquisition  # its pixel size and plane, in the groups too: the lesion
+    assert (facts["PixelSpacing"], facts["Plane"]) == ("0.9\\0.9", "axial")  # was in pixels on the Scan page
+    assert "TransferSyntax" in facts
 
 
 def test_an_enhanced_multiframe_file_is_one_series_ordered_by_its_frame_positions() -> None:

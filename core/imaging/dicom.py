@@ -303,8 +303,9 @@ def _read_checked(
     orientation = geometry.frame_orientation(dataset, frame if frames > 1 else None)
     transform = geometry.display_transform(orientation)
     shown = geometry.transformed_orientation(orientation, transform) if orientation else None
-    shown_pixels = display(pixels, frame_view(dataset, frame if frames > 1 else 0))
-    return geometry.apply_transform(shown_pixels, transform), acquisition_facts(dataset), notes, shown
+    view = frame_view(dataset, frame if frames > 1 else 0)
+    shown_pixels = display(pixels, view)
+    return geometry.apply_transform(shown_pixels, transform), acquisition_facts(view), notes, shown
 
 
 def _named(text: str) -> str:

@@ -39,17 +39,20 @@ def padding_of(stored: np.ndarray, dataset: Any) -> np.ndarray | None:
     return mask if mask.any() and not mask.all() else None
 
 
-_FRAME_GROUPS = {  # a functional group's macro -> the elements it carries that the display transform reads
+_FRAME_GROUPS = {  # a functional group's macro -> the elements it carries that the display or the facts read
     "PixelValueTransformationSequence": ("RescaleIntercept", "RescaleSlope", "RescaleType"),
     "FrameVOILUTSequence": ("WindowCenter", "WindowWidth", "VOILUTFunction", "WindowCenterWidthExplanation"),
+    # the pixel size and plane: an enhanced slice on the Scan page had neither (its lesion in pixels only)
+    "PixelMeasuresSequence": ("PixelSpacing", "SliceThickness", "SpacingBetweenSlices"),
+    "PlaneOrientationSequence": ("ImageOrientationPatient",),
 }
 
 
 def frame_view(dataset: Any, frame: int | None) -> Any:
-    """``dataset`` as :func:`display` reads it for one frame: an enhanced file keeps its rescale and window in its
-    functional groups (shared, or the frame's own, which wins), not at the top level, where they were not looked for
-    (its frames got a percentile stretch: the same series looked, and fed the model, otherwise than as classic files).
-    The dataset itself when it has no such group."""
+    """``dataset`` as :func:`display` and the acquisition facts read it for one frame: an enhanced file keeps its
+    rescale, window, pixel size and plane in its functional groups (shared, or the frame's own, which wins), not at
+    the top level, where they were not looked for (its frames got a percentile stretch: the same series looked, and
+    fed the model, otherwise than as classic files). The dataset itself when it has no such group."""
     from pydicom.dataset import Dataset
 
     groups = [(dataset.get("SharedFunctionalGroupsSequence") or [None])[0]]
@@ -72,6 +75,8 @@ def frame_view(dataset: Any, frame: int | None) -> Any:
             view.add(element)
     for element in found.values():
         view.add(element)
+    if hasattr(dataset, "file_meta"):  # its transfer syntax, one of the facts
+        view.file_meta = dataset.file_meta
     return view
 
 
