@@ -94,8 +94,8 @@ def test_predict_prints_one_json_line_per_file(tmp_path: Path, tiny_card: Path, 
     large = tmp_path / "large.png"  # reduced to the working size: roi is in the reduced image, which "image" gives
     large.write_bytes(png_bytes(cv2.resize(synthetic_slice(256, tumour=True), (3000, 2400))))
     code, (line,) = run_main(["predict", "--model", str(tiny_card), str(large)], capsys)
-    assert line["image"] == {"width": 1500, "height": 1200} and "reduced" in " ".join(line["warnings"])
-    assert line["roi"][2] <= 1500 and line["roi"][3] <= 1200
+    assert line["image"] == {"width": 2048, "height": 1638} and "reduced" in " ".join(line["warnings"])
+    assert line["roi"][2] <= 2048 and line["roi"][3] <= 1638
 
 
 def test_every_bad_input_gets_its_specific_json_error(tmp_path: Path, tiny_card: Path, capsys) -> None:

@@ -307,13 +307,18 @@ def test_an_image_over_the_working_side_is_reduced_once_decoded_and_says_so() ->
     large = cv2.resize(synthetic_slice(256), (3000, 3000), interpolation=cv2.INTER_LINEAR)
     for data in (png_bytes(large), jpeg_bytes(large)):
         scan = read_scan(data, Limits(working_side=1024))
-        assert max(scan.pixels.shape) <= 1024 and scan.pixels.shape[0] >= 512
+        assert scan.pixels.shape == (1024, 1024)  # the working side itself (a JPEG's was halved twice: 750)
         assert "reduced from 3000 x 3000" in scan.warnings[0]
     sixteen = Image.fromarray(cv2.resize(synthetic_slice(256), (2100, 2100)).astype(np.uint16) * 16)
     buffer = io.BytesIO()
     sixteen.save(buffer, "PNG")
     scan = read_scan(buffer.getvalue(), Limits(working_side=1024))
     assert scan.pixels.dtype == np.uint8 and max(scan.pixels.shape) <= 1024 and scan.pixels.max() == 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turned a quarter after the reduction, as a small one is
+    wide = cv2.resize(synthetic_slice(256), (3000, 2000), interpolation=cv2.INTER_LINEAR)
+    scan = read_scan(jpeg_bytes(wide, quality=95, exif=exif.tobytes()), Limits(working_side=1024))
+    assert scan.pixels.shape == (1024, 683)
 
 
 @pytest.mark.parametrize("channels", [3, 4])

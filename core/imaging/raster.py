@@ -174,7 +174,9 @@ def _check_png_depth(data: bytes, what: str) -> None:
 
 
 def _decode_within_budget(image: Image.Image, limits: Limits) -> Image.Image:
-    """Decode at most ``max_decoded_bytes`` and return an image no larger than the working side."""
+    """Decode at most ``max_decoded_bytes`` and return an image whose longer side is the working side when it was
+    longer (a JPEG's DCT-domain reduction halves it first; a whole factor after that shrank a 4,400-pixel JPEG to
+    1,100, half the working side, and a 4,100-pixel PNG to 1,367)."""
     side = limits.working_side
     width, height = image.size
     if image.format == "JPEG" and max(width, height) > side:
@@ -184,16 +186,16 @@ def _decode_within_budget(image: Image.Image, limits: Limits) -> Image.Image:
     image.load()  # raises on truncated data
     if max(image.size) <= side:
         return image
-    factor = math.ceil(max(image.size) / side)
+    scale = side / max(image.size)
+    size = (max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale)))
     if image.mode.startswith("I;16"):
-        pixels = np.asarray(image)
-        size = (max(1, image.size[0] // factor), max(1, image.size[1] // factor))
-        reduced = Image.fromarray(cv2.resize(pixels, size, interpolation=cv2.INTER_AREA))
-        reduced.info.update(image.info)  # its EXIF orientation too: applied after the reduction, as for any size
-        return reduced
-    if image.mode in ("1", "P"):
-        image = image.convert("L" if image.mode == "1" else ("RGBA" if "transparency" in image.info else "RGB"))
-    return image.reduce(factor)
+        reduced = Image.fromarray(cv2.resize(np.asarray(image), size, interpolation=cv2.INTER_AREA))
+    else:
+        if image.mode in ("1", "P"):
+            image = image.convert("L" if image.mode == "1" else ("RGBA" if "transparency" in image.info else "RGB"))
+        reduced = image.resize(size, Image.Resampling.BOX)  # each output pixel the mean of the area it covers
+    reduced.info.update(image.info)  # its EXIF orientation too: applied after the reduction, as for any size
+    return reduced
 
 
 def _describe(error: Exception) -> str:
