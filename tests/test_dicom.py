@@ -89,6 +89,13 @@ def test_a_rescale_that_is_not_a_usable_number_is_named(slope: str, intercept: s
         read_scan(data)
 
 
+@pytest.mark.parametrize("kept", [132, 140, 200])
+def test_a_dicom_file_cut_right_after_its_preamble_is_damaged_not_a_report(kept: int) -> None:
+    data = dicom_bytes(stored_slice())[:kept]
+    with pytest.raises(CorruptImage, match="damaged"):
+        read_scan(data)
+
+
 def test_rejects_dicom_without_preamble() -> None:
     with pytest.raises(UnsupportedFormat, match="preamble"):
         read_scan(dicom_bytes(stored_slice(), preamble=False))

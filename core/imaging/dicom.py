@@ -194,11 +194,12 @@ def header_of(data: bytes) -> Any:
 def is_non_image(header: Any) -> bool:
     """A DICOM object that is no image: no Rows/Columns and a class whose name is not an image's (a DICOMDIR index,
     a structured report, a presentation state, a key-object selection: what a CD or PACS export holds beside its
-    images). An image's class without its size is a cut file, not this."""
+    images). An image's class without its size is a cut file, not this; so is a file with no class at all (cut right
+    after its "DICM": it was called a report)."""
     meta = getattr(header, "file_meta", None)
     sop_class = header.get("SOPClassUID") or getattr(meta, "MediaStorageSOPClassUID", None)
     sized = header.get("Rows") is not None and header.get("Columns") is not None
-    return not sized and "Image" not in str(getattr(sop_class, "name", ""))
+    return not sized and sop_class is not None and "Image" not in str(getattr(sop_class, "name", ""))
 
 
 def _refuse_deflated(data: bytes) -> None:
