@@ -118,6 +118,9 @@ def test_every_bad_input_gets_its_specific_json_error(tmp_path: Path, tiny_card:
         assert by_file[name]["error"]["message"]
     assert by_file["missing.png"]["error"]["code"] == "not_found"
     assert by_file["a-folder"]["error"]["code"] == "is_a_folder" and "study" in by_file["a-folder"]["error"]["message"]
+    # a frame to choose is an option here (the message named the page's picker only)
+    assert "--frame N (0 to 1)" in by_file["volume.dcm"]["error"]["message"]
+    assert "--frame" not in by_file["animated.png"]["error"]["message"]
     assert "label" in by_file["good.png"]  # a bad file never stops the batch
 
 

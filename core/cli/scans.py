@@ -47,10 +47,10 @@ def _classify_file(path: Path, classifier: Classifier, frame: int | None) -> tup
         return {"file": str(path), **error_json("unreadable", f"The file cannot be read ({reason}).")}, ScanOutcome("")
     outcome = analyse_upload(data, classifier, frame)
     if outcome.analysis is None:
-        return {
-            "file": str(path),
-            **error_json(outcome.error_code or "scan_error", outcome.error_message or ""),
-        }, outcome
+        message = outcome.error_message or ""
+        if outcome.needs_frame:  # the page offers a picker; here it is an option
+            message += f" Here: --frame N (0 to {outcome.frames - 1}), or python -m core study FILE for all of them."
+        return {"file": str(path), **error_json(outcome.error_code or "scan_error", message)}, outcome
     gate = outcome.analysis.prediction.gate
     if gate.decision == REJECTED:  # never a diagnosis for what is not a brain MRI
         message = "Refused by the input gate: " + "; ".join(gate.reasons) + "."  # each reason says what it is

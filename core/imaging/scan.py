@@ -34,9 +34,10 @@ FORMATS = ("png", "jpeg", "dicom")
 
 # Signatures of things people drop on an image uploader by mistake, named in the rejection message.
 VOLUMES = "volumes are read on the Study page, or by python -m core study"
+STUDIES = "studies are read on the Study page, or by python -m core study"
 _OTHER_SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"%PDF", "a PDF document"),
-    (b"PK\x03\x04", "a ZIP archive or an Office document (a zip of DICOM series? Studies are read on the Study page)"),
+    (b"PK\x03\x04", f"a ZIP archive or an Office document (a zip of DICOM series? {STUDIES})"),
     (b"II*\x00", "a TIFF image"),
     (b"MM\x00*", "a TIFF image"),
     (b"GIF8", "a GIF image"),
