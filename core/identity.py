@@ -1,4 +1,5 @@
-"""Pseudonymous patient references: a keyed HMAC-SHA256 of what the user typed, never the text or a plain hash.
+"""Pseudonymous patient references: a keyed HMAC-SHA256 of what the user typed, never the text or a plain hash;
+and scan days moved by a keyed offset (:func:`scan_day`), which keep the days between a patient's scans only.
 
 The key comes from configuration (``BTD_HMAC_KEY`` or ``[identity] hmac_key`` in secrets). For the embedded
 single-machine mode, :func:`local_key` creates a random key file in the data directory on first use (mode 0600);
@@ -12,6 +13,7 @@ import hmac
 import os
 import secrets
 import unicodedata
+from datetime import date
 from pathlib import Path
 
 KEY_FILE = "patient-ref.key"
@@ -38,6 +40,20 @@ def pseudonymise(text: str | None, key: bytes) -> str | None:
     if len(key) < 16:
         raise ValueError("the patient-reference key must be at least 16 bytes")
     return hmac.new(key, normalise(text).encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+SHIFT_DAYS = 3653  # scan days are moved back by 1 to 3,653 days (about ten years), the same for every scan
+
+
+def scan_day(day: date | None, key: bytes) -> int | None:
+    """A scan's day as kept: days since 1970-01-01 moved back by an offset derived from the key (DICOM PS3.15's
+    "modified dates" kept longitudinal: the days between two scans hold, the dates themselves do not). One offset
+    for the whole installation, so that a patient reference typed or corrected later needs no re-dating; whoever
+    could undo it holds the key, with which the references can be recomputed anyway. None without a day."""
+    if day is None:
+        return None
+    offset = 1 + int.from_bytes(hmac.new(key, b"btd scan-day shift", hashlib.sha256).digest()[:4], "big") % SHIFT_DAYS
+    return (day - date(1970, 1, 1)).days - offset
 
 
 def local_key(data_dir: Path, name: str = KEY_FILE) -> bytes:

@@ -59,11 +59,13 @@ def bound(record, size) -> str:
 
 
 timeline([r for r in records if r.gate != "rejected"])  # a refused scan has no probability to plot
+days = history.days_from_first(records)  # a dated series' day from the first scan: never the date itself
 st.dataframe(
     pd.DataFrame(
         [
             {
                 "saved (UTC)": f"{r.created_at:%Y-%m-%d %H:%M}",
+                "scanned": f"day {days[r.id]}" if r.id in days else "",
                 "kind": r.kind,
                 "verdict": verdict_shown(r),
                 "flag": "needs review" if r.gate == "needs_review" and not r.review_count else "",  # as the
@@ -85,13 +87,20 @@ st.caption(
     "Lesion: a series' volume (mL) or a single scan's area (mm², or pixels without a pixel spacing), as the "
     "segmenter measured it. Change: a series' volume against the one series in the same plane of this patient's "
     "previous study; — when there is none or several (compare them below), when either volume is unknown, and for "
-    "single scans (two slices are not the same section). Results are in the order they were saved: scan dates are "
-    "not kept, so a prior study saved late reads as the later one, its change the other way round. Nor is the "
-    "sequence (T1, T1 with contrast, T2, FLAIR) kept: check that two series are the same sequence before reading a "
-    "change between them."
+    "single scans (two slices are not the same section). "
+    + (
+        "Series are compared in the order they were scanned: scanned gives the days from this patient's first scan "
+        "(their dates are not kept). "
+        if history.dated(records)
+        else "Series are compared in the order they were saved: some have no scan date (saved before dates were "
+        "kept, or a NIfTI volume), so a prior study saved late reads as the later one, its change the other way "
+        "round. "
+    )
+    + "The sequence (T1, T1 with contrast, T2, FLAIR) is not kept: check that two series are the same sequence "
+    "before reading a change between them."
 )
 
-series = [r for r in records if r.kind == "series"]
+series = history.course_order(records)  # oldest first: scanned, where every series has its scan day, else saved
 if not series:
     st.caption("No whole series saved for this patient: comparison and reports need series.")
     st.stop()
@@ -103,19 +112,21 @@ def describe(record) -> str:
     plane = (record.geometry or {}).get("plane") or "unknown plane"
     sections = count_of(record.section_count or 0, "section")
     read_by = f"{record.model_name} {record.model_version}"
+    scanned = f"scanned day {days[record.id]} · " if record.id in days else ""
     return (
-        f"saved {record.created_at:%Y-%m-%d %H:%M} UTC · {plane} · {sections} · {pretty(record.label)} · {read_by} "
-        f"· #{record.id[:6]}"
+        f"{scanned}saved {record.created_at:%Y-%m-%d %H:%M} UTC · {plane} · {sections} · {pretty(record.label)} · "
+        f"{read_by} · #{record.id[:6]}"
     )
 
 
 st.subheader("Compare with a prior")
 left, right = st.columns(2)
 current = left.selectbox("Series", series[::-1], format_func=describe, key="history_current")
-earlier = [r for r in series if r.created_at < current.created_at]
-# every other series can be chosen (scan dates are not kept: a prior pulled from the PACS after today's study was
-# saved later, and only earlier-saved ones were offered, so none); the default is the latest saved before it in the
-# same plane from another study (not another sequence of this one, nor a plane whose sections do not correspond)
+earlier = history.series_before(series, current)
+# every other series can be chosen (where some have no scan date, a prior pulled from the PACS after today's study
+# was saved later, and only earlier-saved ones were offered, so none); the default is the latest before it (scanned,
+# or saved) in the same plane from another study (not another sequence of this one, nor a plane whose sections do
+# not correspond)
 same_plane = [r for r in earlier if (r.geometry or {}).get("plane") == (current.geometry or {}).get("plane")]
 other_study = [r for r in same_plane if r.study_ref is None or r.study_ref != current.study_ref]
 choices = [r for r in series[::-1] if r.id != current.id]

@@ -152,6 +152,47 @@ def test_history_page_compares_a_series_with_its_prior_and_makes_the_report(
     st.cache_resource.clear()
 
 
+def test_a_prior_pulled_after_todays_study_is_compared_as_the_earlier_scan_and_its_date_is_not_kept(
+    tmp_path: Path, tiny_card: Path, tiny_classifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The study dates are read from the files and kept only as days between scans (a keyed offset): History lists
+    the prior scanned in January, saved after June's study, as day 0, and compares June's study with it."""
+    import sqlite3
+
+    from streamlit.testing.v1 import AppTest
+
+    from core.identity import scan_day
+    from tests.scans import relabelled
+
+    data = history_environment(tmp_path, tiny_card, monkeypatch)
+    store, images = SQLiteStore(data / "results.sqlite3"), FolderImages(data / "images")
+    key = local_key(data)
+    reference = pseudonymise("P-0042", key)
+    for n, when in enumerate(("20260601", "20260101")):  # June's study first, January's pulled from the PACS after
+        study = f"1.2.826.0.1.3680043.8.498.{40 + n}"
+        files = dicom_series(head_volume(6, 96, seed=n), study_uid=study, series_uid=f"{study}.1")
+        volume = read_study(relabelled(files, StudyDate=when, SeriesDate=when))[0]
+        save_series(analyse_volume(volume, tiny_classifier), store, actor=DOCTOR, patient_ref=reference,
+                    images=images, key=key)  # fmt: skip
+    june, january = sorted(store.recent(2), key=lambda r: r.created_at)
+    assert june.geometry["scan_day"] - january.geometry["scan_day"] == 151
+    assert june.geometry["scan_day"] == scan_day(datetime(2026, 6, 1).date(), key)
+    with sqlite3.connect(data / "results.sqlite3") as database:  # the dates themselves are nowhere
+        dump = "\n".join(database.iterdump())
+    unshifted = (datetime(2026, 6, 1) - datetime(1970, 1, 1)).days
+    assert "20260601" not in dump and "2026-06-01" not in dump and f"{unshifted}" not in dump
+    app = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "history.py"), default_timeout=60)
+    app.session_state["actor"] = DOCTOR
+    app.run()
+    app.text_input[0].set_value("P-0042").run()
+    assert not app.exception
+    assert app.dataframe[0].value["scanned"].tolist() == ["day 151", "day 0"]  # in the order saved
+    assert any("compared in the order they were scanned" in c.value for c in app.caption)
+    current, prior = app.selectbox(key="history_current"), app.selectbox(key=f"history_prior-{june.id}")
+    assert current.value.id == june.id and prior.value.id == january.id  # the latest scan, against the earlier
+    assert current.format_func(current.value).startswith("scanned day 151 · saved ")
+
+
 def lesion_history() -> list:
     """A patient's results, oldest first: series and single scans, measured or not."""
     start = datetime(2026, 9, 1, 9, tzinfo=UTC)
@@ -223,6 +264,31 @@ def test_a_change_is_only_claimed_between_one_lesion_measured_in_two_studies() -
     late.append(replace(make_series(12, at[2], study=1), lesion_ml=2.0))
     assert lesion_course(late[:2])[1].prior is records[0]
     assert lesion_course(late)[1].prior is None and lesion_course(late)[1].change is None
+
+
+def test_a_prior_study_saved_after_a_later_one_is_compared_in_the_order_of_scanning() -> None:
+    """A prior pulled from the PACS after today's study was saved later, so read as the later one: the tumour that
+    grew from 5 to 10 mL read as shrinking by 5 mL. With every series' scan day kept, the course is in the order of
+    scanning; without one of them it stays in the order of saving (the page says which)."""
+    from core.services.history import dated, days_from_first, series_before
+
+    def scanned(record, day: int):
+        return replace(record, geometry={**record.geometry, "scan_day": day})
+
+    saved = datetime(2026, 9, 1, 9, tzinfo=UTC)
+    today = scanned(replace(make_series(1, saved, study=1), lesion_ml=10.0), 20_000)
+    prior = scanned(replace(make_series(2, saved + timedelta(hours=1), study=2), lesion_ml=5.0), 20_000 - 150)
+    course = lesion_course([today, prior])  # in the order saved, as the page lists them
+    assert course[0].prior is prior and course[0].change == pytest.approx(5.0) and course[0].change_percent == 100
+    assert course[1].prior is None and course[1].change is None
+    assert dated([today, prior]) and days_from_first([today, prior]) == {today.id: 150, prior.id: 0}
+    assert series_before([today, prior], today) == [prior] and series_before([today, prior], prior) == []
+    same_day = scanned(replace(make_series(3, saved + timedelta(hours=2), study=3), lesion_ml=7.0), 20_000)
+    assert lesion_course([today, prior, same_day])[2].prior is prior  # another study the same day: not before it
+    undated = replace(make_series(4, saved + timedelta(hours=3), study=4), lesion_ml=8.0)  # a NIfTI volume
+    course = lesion_course([today, prior, undated])
+    assert not dated([today, prior, undated]) and course[1].prior is today  # saved order: the page says so
+    assert course[1].change == pytest.approx(-5.0)
 
 
 def test_two_series_of_todays_study_in_one_plane_get_no_change_and_a_few_voxels_before_no_percentage() -> None:

@@ -920,3 +920,29 @@ def test_a_nifti_acquired_in_another_plane_says_its_axial_sections_are_reformatt
     assert not any("thick across" in w for w in axial.warnings)
     overlapping = read_nifti(nibabel.Nifti1Image(data, np.diag([1.0, 1.0, 0.5, 1.0])).to_bytes())  # thin, axial
     assert not any("thick across" in w for w in overlapping.warnings)
+
+
+def test_a_series_scan_date_is_the_first_valid_dicom_date_and_is_kept_as_days_moved_by_the_key() -> None:
+    from datetime import date
+
+    from pydicom.dataset import Dataset
+
+    from core.identity import scan_day
+    from core.imaging.series_headers import scan_date
+
+    def header(**values) -> Dataset:
+        ds = Dataset()
+        for keyword, value in values.items():
+            setattr(ds, keyword, value)
+        return ds
+
+    assert scan_date(header(StudyDate="20260301", SeriesDate="20260302")) == date(2026, 3, 1)
+    assert scan_date(header(StudyDate="", SeriesDate="2026.03.02")) == date(2026, 3, 2)  # blanked; the old form
+    assert scan_date(header(StudyDate="20261341", AcquisitionDate="20260303")) == date(2026, 3, 3)  # no 13th month
+    assert scan_date(header(StudyDate="18991231")) is None and scan_date(header()) is None
+    (volume,) = read_study(relabelled(dicom_series(head_volume(3)), StudyDate="20260301"))
+    assert volume.scanned == date(2026, 3, 1)
+    one, other = b"k" * 32, b"j" * 32
+    days = [scan_day(date(2026, 3, 1), key) for key in (one, other)]
+    assert days[0] != days[1] and days[0] < (date(2026, 3, 1) - date(1970, 1, 1)).days  # moved back, by the key
+    assert scan_day(date(2026, 3, 11), one) - days[0] == 10 and scan_day(None, one) is None  # the days between

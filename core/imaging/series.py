@@ -27,6 +27,7 @@ import hashlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from datetime import date
 
 import numpy as np
 
@@ -39,7 +40,7 @@ from core.imaging.limits import DEFAULT_LIMITS, DEFAULT_STUDY_LIMITS, Limits, St
 from core.imaging.nifti import read_nifti
 from core.imaging.nifti_header import check_nifti_budget, is_nifti
 from core.imaging.scan import HEADERLESS_DICOM, is_dicom, is_headerless_dicom
-from core.imaging.series_headers import is_localizer, series_name, stack_of, uid_key_of
+from core.imaging.series_headers import is_localizer, scan_date, series_name, stack_of, uid_key_of
 from core.imaging.volume import NO_STUDY_UID, SeriesError, Volume, hash_parts, radiological
 
 __all__ = ["SeriesError", "Upload", "Volume", "is_nifti", "read_study", "read_upload"]
@@ -149,6 +150,7 @@ class _Section:
     uid_key: str = ""  # the hash of the study's and series' UIDs alone (a multi-frame file's series adds its own)
     stack: str = ""  # which of a series' stacks at the same positions (a b-value, an echo): "b = 1000 s/mm2"
     source: tuple[str, str, int | None] = ("", "", None)  # its image's SOP class and instance UIDs, frame number
+    scanned: date | None = None  # the day its study was scanned (:func:`scan_date`)
 
 
 def _floats(value: object, n: int) -> np.ndarray | None:
@@ -223,7 +225,7 @@ def _sections_of(data: bytes, header: object, limits: Limits) -> list[_Section]:
         return [
             _Section(
                 study, series, position, orientation, instance, pixels, spacing, thickness, modality,
-                stack=stack_of(ds), source=source,
+                stack=stack_of(ds), source=source, scanned=scan_date(ds),
             )
         ]  # fmt: skip
     uid_key, series = series, hash_parts(series, hashlib.sha256(data).hexdigest())  # each multi-frame file: a series
@@ -257,6 +259,7 @@ def _sections_of(data: bytes, header: object, limits: Limits) -> list[_Section]:
                 True,
                 uid_key,
                 source=(str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", "")), k + 1),
+                scanned=scan_date(ds),
             )
         )
     return sections
@@ -413,4 +416,5 @@ def _volume(sections: list[_Section], limits: StudyLimits) -> Volume:
         warnings=tuple(notes),
         uid_key=first.uid_key or first.series,
         sources=tuple(s.source for _, s in kept),
+        scanned=min((s.scanned for _, s in kept if s.scanned is not None), default=None),
     )

@@ -1,10 +1,12 @@
 """What a DICOM series' headers say about its files, read before any pixel: whether a file is the scanner's
-localizer, which stack of its series it belongs to, and how a reader finds the series (:mod:`core.imaging.series`)."""
+localizer, which stack of its series it belongs to, when it was scanned, and how a reader finds the series
+(:mod:`core.imaging.series`)."""
 
 from __future__ import annotations
 
 import math
 import re
+from datetime import date
 
 from core.imaging.volume import hash_parts
 
@@ -34,6 +36,24 @@ def stack_of(ds: object) -> str:
     if echo is not None:
         parts.append(f"echo {echo:g}")
     return ", ".join(parts)
+
+
+SCAN_DATES = ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate")  # the study's own first
+
+
+def scan_date(header: object) -> date | None:
+    """The day the file's study was scanned: the first of :data:`SCAN_DATES` that is a valid DICOM date (DA,
+    YYYYMMDD, or the old YYYY.MM.DD) from 1900 on; None when none is (an anonymiser may blank them)."""
+    for keyword in SCAN_DATES:
+        digits = str(header.get(keyword, "") or "").strip().replace(".", "")  # type: ignore[attr-defined]
+        if len(digits) == 8 and digits.isdigit():
+            try:
+                day = date(int(digits[:4]), int(digits[4:6]), int(digits[6:]))
+            except ValueError:
+                continue
+            if day.year >= 1900:
+                return day
+    return None
 
 
 def is_localizer(header: object) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from datetime import date
 from functools import cached_property
 
 import numpy as np
@@ -42,6 +43,7 @@ class Volume:
     positions_in_mm: bool = True  # False: the files gave no positions and the sections are numbered instead
     uid_key: str = ""  # :func:`series_key` of its source series (``series`` adds a multi-frame file's own hash)
     stack: str = ""  # which stack of its source series it is, where that holds several ("b = 1000 s/mm2")
+    scanned: date | None = None  # the day its study was scanned, in memory only: kept as days between scans
     # each section's source image (SOP class, SOP instance, frame number or None), in memory only, never saved nor
     # shown: what a key image sent back to the PACS names as the image it was made from
     sources: tuple[tuple[str, str, int | None], ...] = field(default=(), repr=False)

@@ -14,9 +14,11 @@ never when the previous study, or the current one, has several series in that pl
 sequence is not known: History's comparison lets the reader choose), never in percent of a prior volume under
 0.1 mL (a few voxels: any change is thousands of per cent), never between single scans (two slices are not
 known to be the same section), never when either volume is a lower bound or approximate (its caveats) or the two
-were measured by different segmenters (the step says why). The order is the order of saving: the app keeps no scan
-dates (they are removed with the identity), so a prior study saved after a later one reads as the later; the page
-says so.
+were measured by different segmenters (the step says why). "Previous" is in the order of scanning when every series
+of the patient has its scan day (:func:`dated`: kept as days between scans, :func:`core.identity.scan_day`), and in
+the order of saving otherwise (series saved before scan days were kept, a NIfTI volume): a prior study pulled from
+the PACS after a later one was then read as the later, its change the other way round; the page says which order
+holds.
 """
 
 from __future__ import annotations
@@ -194,9 +196,47 @@ def lesion_size(record: Record) -> tuple[float | None, str | None]:
     return None, None
 
 
+def scan_day_of(record: Record) -> int | None:
+    """A series' scan day as kept (days, moved by the installation's offset), None when it has none."""
+    day = (record.geometry or {}).get("scan_day")
+    return day if isinstance(day, int) and not isinstance(day, bool) else None
+
+
+def dated(records: Sequence[Record]) -> bool:
+    """Whether every series among ``records`` has its scan day: then they are compared in the order of scanning."""
+    series = [r for r in records if r.kind == "series"]
+    return bool(series) and all(scan_day_of(r) is not None for r in series)
+
+
+def days_from_first(records: Sequence[Record]) -> dict[str, int]:
+    """Each dated series' day counted from the patient's first scan (day 0), by result id: what the page shows of a
+    scan's date (the day kept is moved by the installation's offset, so that it is no date)."""
+    days = {r.id: day for r in records if (day := scan_day_of(r)) is not None}
+    first = min(days.values(), default=0)
+    return {record_id: day - first for record_id, day in days.items()}
+
+
+def course_order(records: Sequence[Record]) -> list[Record]:
+    """The series of ``records``, oldest first: in the order of scanning when all are :func:`dated`, else of saving."""
+    series = [r for r in records if r.kind == "series"]
+    if dated(series):
+        return sorted(series, key=lambda r: (scan_day_of(r), r.created_at))
+    return sorted(series, key=lambda r: r.created_at)
+
+
+def series_before(records: Sequence[Record], record: Record) -> list[Record]:
+    """The series of ``records`` that came before ``record``, oldest first: scanned on an earlier day when all are
+    :func:`dated` (one scanned the same day is not before it), else saved earlier."""
+    if dated(records):
+        day = scan_day_of(record)
+        return [r for r in course_order(records) if scan_day_of(r) < day]  # type: ignore[operator]
+    return [r for r in course_order(records) if r.created_at < record.created_at]
+
+
 def prior_series(earlier: Sequence[Record], record: Record) -> Record | None:
     """The series ``record``'s lesion is compared with: the only series in its plane of the latest earlier study
-    (another study UID) that has one; None when there is none, or several (see the module)."""
+    (another study UID) that has one, ``earlier`` oldest first; None when there is none, or several (see the
+    module)."""
     plane = (record.geometry or {}).get("plane")
     if record.kind != "series" or not plane or record.study_ref is None:
         return None
@@ -236,16 +276,17 @@ def _not_comparable(prior: Record, record: Record) -> str | None:
 
 
 def lesion_course(records: Sequence[Record]) -> list[LesionStep]:
-    """Each result (in the order given, oldest first) with its lesion size and, for a series, the change from its
-    prior series (:func:`prior_series`): in mL and in percent of the prior volume (None under
-    :data:`MIN_PRIOR_ML`). A series whose own study has another in its plane has no prior: a T1 and a FLAIR of
-    one day were each set against the same earlier series, one as growth and one as shrinkage."""
+    """Each result (in the order given, oldest saved first) with its lesion size and, for a series, the change from
+    its prior series (:func:`prior_series` among :func:`series_before` it: scanned before it where every series has
+    its scan day): in mL and in percent of the prior volume (None under :data:`MIN_PRIOR_ML`). A series whose own
+    study has another in its plane has no prior: a T1 and a FLAIR of one day were each set against the same earlier
+    series, one as growth and one as shrinkage."""
     in_plane = Counter(_plane_of_study(r) for r in records if r.kind == "series")
     steps = []
-    for k, record in enumerate(records):
+    for record in records:
         size, unit = lesion_size(record)
         alone = record.kind == "series" and in_plane[_plane_of_study(record)] == 1
-        prior = prior_series(records[:k], record) if alone else None
+        prior = prior_series(series_before(records, record), record) if alone else None
         if prior is not None and in_plane[_plane_of_study(prior)] != 1:  # that study has another series in the
             prior = None  # plane, saved after this one (sent later by the PACS): which to set it against is unknown
         before, before_unit = lesion_size(prior) if prior is not None else (None, None)

@@ -17,7 +17,7 @@ import numpy as np
 
 from core.domain.results import Record, Section, record_id
 from core.errors import StoreError
-from core.identity import pseudonymise
+from core.identity import pseudonymise, scan_day
 from core.model.classifier import Classifier
 from core.model.gate import ACCEPTED, NEEDS_REVIEW
 from core.model.volume import SeriesAnalysis
@@ -103,6 +103,7 @@ def series_record(
         | {"rule": applied_rule(analysis)}
         | ({"study_unread": study_unread} if study_unread else {})
         | ({"series_number": series_number} if series_number else {})
+        | ({"scan_day": day} if key and (day := scan_day(volume.scanned, key)) is not None else {})
         | ({"lesion_caveats": analysis.volume_caveats} if analysis.volume_caveats else {})
         | ({"lesion_model": analysis.lesion_model} if analysis.lesion_areas is not None else {}),
         lesion_px=None if analysis.lesion_areas is None else sum(analysis.lesion_areas),
