@@ -1355,6 +1355,35 @@ def test_a_result_that_leaves_the_list_under_the_reader_stays_open_and_agree_nev
     assert not any("has left this list" in i.value for i in app.info)
 
 
+def test_a_user_signed_in_with_a_password_changes_it_from_the_sidebar(app_environment: Path) -> None:
+    from core.services import accounts
+    from core.services.access import COMMAND_LINE
+    from core.services.resources import open_results_store
+
+    store = open_results_store()
+    accounts.add_account(store, COMMAND_LINE, "dr-a", "radiologist", "first password 1")
+    app = AppTest.from_file(str(ROOT / "pages" / "history.py"), default_timeout=60)
+    app.session_state["actor"] = accounts.sign_in(store, "dr-a", "first password 1")
+    app.run()
+    fields = {field.label: field for field in app.sidebar.text_input}
+    assert set(fields) == {"Current password", "New password", "New password again"}
+    fields["Current password"].set_value("first password 1")
+    fields["New password"].set_value("second password 2")
+    fields["New password again"].set_value("second password 2 ")
+    app.sidebar.button[-1].click().run()  # the form's button
+    assert [e.value for e in app.sidebar.error] == ["The two new passwords differ: nothing changed."]
+    fields = {field.label: field for field in app.sidebar.text_input}
+    fields["Current password"].set_value("first password 1")
+    fields["New password"].set_value("second password 2")
+    fields["New password again"].set_value("second password 2")
+    app.sidebar.button[-1].click().run()
+    assert not app.exception and next(s.value for s in app.sidebar.success).startswith("Password changed")
+    assert accounts.sign_in(store, "dr-a", "second password 2").name == "dr-a"
+    app.run()  # the session goes on under the new password (an administrator's reset would have ended it)
+    assert not app.exception and app.title[0].value == "Patient history"
+    assert not page("history.py").run().sidebar.text_input  # no password to change (single sign-on, this test's)
+
+
 def test_a_review_pressed_after_the_session_expired_or_the_account_was_disabled_is_not_saved(
     app_environment: Path, tiny_card: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -85,6 +85,42 @@ def test_disabled_accounts_and_short_passwords_are_refused(store) -> None:
     assert accounts.sign_in(store, "dr-a", PASSWORD).role == "supervisor"
 
 
+def test_users_change_their_own_password_once_the_current_one_is_checked(store) -> None:
+    """Only an administrator could set a password: a user who suspected theirs was seen had to ask for it."""
+    accounts.add_account(store, COMMAND_LINE, "dr-a", "radiologist", PASSWORD)
+    signed_in = accounts.sign_in(store, "dr-a", PASSWORD)
+    other_tab = accounts.sign_in(store, "dr-a", PASSWORD)  # another of the user's sessions
+    new = "a different passphrase"
+    for current, password, refused in (
+        (PASSWORD, "short", "12 characters"),
+        (PASSWORD, PASSWORD, "the one in use"),
+        ("not my password", new, "current password is wrong"),
+    ):
+        with pytest.raises(InvalidRecord, match=refused):
+            accounts.change_own_password(store, signed_in, current, password)
+    renewed = accounts.change_own_password(store, signed_in, PASSWORD, new)
+    assert accounts.refreshed_actor(store, renewed) == signed_in  # this session goes on, under the new password
+    assert accounts.refreshed_actor(store, other_tab) is None  # the others end
+    assert accounts.sign_in(store, "dr-a", new).name == "dr-a"
+    with pytest.raises(SignInFailed):
+        accounts.sign_in(store, "dr-a", PASSWORD)
+    trail = [(e.actor, e.action, e.target) for e in store.audit_events()]
+    assert ("dr-a", "password_change_failed", "dr-a") in trail and ("dr-a", "account_password_changed", "dr-a") in trail
+    assert PASSWORD not in str([e.detail for e in store.audit_events()])
+    with pytest.raises(InvalidRecord, match="no longer current"):  # the old session's fingerprint: not its password
+        accounts.change_own_password(store, other_tab, new, "yet another passphrase")
+    with pytest.raises(InvalidRecord, match="single sign-on"):
+        accounts.change_own_password(store, Actor("dr.x@hospital.example", "radiologist"), "", new)
+    current = accounts.sign_in(store, "dr-a", new)
+    for _ in range(accounts.MAX_FAILURES):  # an open session is no way round the lock
+        with pytest.raises(InvalidRecord, match="wrong"):
+            accounts.change_own_password(store, current, "guess number one", "yet another passphrase")
+    with pytest.raises(SignInFailed):
+        accounts.change_own_password(store, current, new, "yet another passphrase")  # locked, the right one too
+    with pytest.raises(SignInFailed):
+        accounts.sign_in(store, "dr-a", new)
+
+
 def test_single_sign_on_identities_get_a_role_from_a_claim_or_a_local_account(store) -> None:
     claims = {"email": "dr.x@hospital.example", "groups": ["staff", "radiologist"]}
     assert accounts.external_actor(store, claims, "groups") == Actor("dr.x@hospital.example", "radiologist")

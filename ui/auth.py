@@ -18,7 +18,7 @@ from contextlib import suppress
 import streamlit as st
 
 from core.config import first_admin_command, sso_refusal
-from core.errors import AccessDenied, SignInFailed, StoreError
+from core.errors import AccessDenied, InvalidRecord, SignInFailed, StoreError
 from core.services import accounts, audit
 from core.services.access import OPEN_RESULT, Actor, allowed
 from core.services.sessions import COOKIE
@@ -130,6 +130,30 @@ def _start_session(actor: Actor) -> None:
     registry.forget(st.session_state.get(TOKEN_KEY))
     token = registry.issue(actor)
     st.session_state[TOKEN_KEY], st.session_state[BOUND_KEY], st.session_state[COOKIE_KEY] = token, False, token
+
+
+def password_form(actor: Actor) -> None:
+    """The sidebar's "Change my password" for an account signed in with a password: the current one, the new one
+    twice; a change starts this session anew (its other sessions end)."""
+    if not actor.credential:
+        return
+    with st.popover("Change my password"), st.form("own-password", clear_on_submit=True):
+        current = st.text_input("Current password", type="password")
+        new = st.text_input("New password", type="password", help=f"At least {accounts.MIN_PASSWORD} characters.")
+        again = st.text_input("New password again", type="password")
+        if not st.form_submit_button("Change password"):
+            return
+        if new != again:
+            st.error("The two new passwords differ: nothing changed.")
+            return
+        try:
+            renewed = accounts.change_own_password(resources.current_store(), actor, current, new)
+        except (InvalidRecord, SignInFailed, StoreError) as error:
+            st.error(str(error))
+            return
+        st.session_state[ACTOR_KEY], st.session_state[SEEN_KEY] = renewed, time.time()
+        _start_session(renewed)  # a new token: the browser's cookie is rewritten on the next run
+        st.success("Password changed. Your other sessions have ended.")
 
 
 def fragment_actor(activity: bool = True) -> Actor:

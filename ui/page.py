@@ -23,6 +23,7 @@ def setup_page(title: str, permission: str | None) -> Actor:
     with st.sidebar:
         st.markdown(f"Signed in as **{plain(actor.name)}** · {actor.role}")  # a name is text, never Markdown
         st.button("Sign out", on_click=auth.sign_out, key="sign-out")
+        auth.password_form(actor)
         st.markdown("### Model")
         try:
             card = resources.current_card()

@@ -223,6 +223,43 @@ def set_password(store: Store, actor: Actor, name: str, password: str) -> Accoun
         return _change(store, actor, account, changes, ("password_hash",), "account_password_set")
 
 
+def change_own_password(store: Store, actor: Actor, current: str, new: str, now: datetime | None = None) -> Actor:
+    """A signed-in user's own password changed, once the current one is checked there (a wrong one counts as a
+    failed sign-in: five lock the account, as at the sign-in form; an open session is no way round the lock).
+    Returns the session's actor anew: its other sessions end (the new password's fingerprint is not theirs), this one
+    goes on. A single-sign-on account's password is its provider's."""
+    from argon2.exceptions import InvalidHashError, VerificationError
+
+    if not actor.credential:
+        raise InvalidRecord("This account signs in through single sign-on: change the password with your provider.")
+    check_password(new)
+    if new == current:
+        raise InvalidRecord("The new password is the one in use: choose another.")
+    now = now or datetime.now(UTC)
+    account = _existing(store, actor.name)
+    if account.disabled or actor.credential != credential_of(account):  # set or disabled since this session began
+        raise InvalidRecord("This session is no longer current: sign in again.")
+    hasher = _hasher()
+    attempt = store.begin_sign_in(actor.name, now)
+    if attempt is None or attempt > MAX_FAILURES:
+        audit.record(store, actor, "password_change_refused", actor.name, reason="locked")
+        raise AccountLocked("Too many wrong passwords: the account is locked for a while; nothing changed.")
+    try:
+        hasher.verify(account.password_hash, current)
+    except (VerificationError, InvalidHashError):
+        locked = now + timedelta(minutes=LOCK_MINUTES) if attempt >= MAX_FAILURES else None
+        store.end_sign_in(actor.name, False, locked)
+        audit.record(store, actor, "password_change_failed", actor.name, failures=attempt, locked=bool(locked))
+        raise InvalidRecord("The current password is wrong: nothing changed.") from None
+    store.end_sign_in(actor.name, True)
+    new_hash = hasher.hash(new)  # the slow part, before the unit of work
+    with store.atomic():
+        account = _existing(store, actor.name)
+        changes = {"password_hash": new_hash, "failed_count": 0, "locked_until": None}
+        updated = _change(store, actor, account, changes, ("password_hash",), "account_password_changed")
+    return replace(actor, credential=credential_of(updated), signed_in_at=datetime.now(UTC))
+
+
 def credential_of(account: Account) -> str:
     """A fingerprint of the account's password hash (a new salt at every password set: a new fingerprint); empty
     for an account without a password."""
