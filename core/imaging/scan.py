@@ -30,7 +30,6 @@ from core.imaging.raster import read_raster
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 DICOM_MAGIC_OFFSET = 128
-FORMATS = ("png", "jpeg", "dicom")
 
 # Signatures of things people drop on an image uploader by mistake, named in the rejection message.
 VOLUMES = "volumes are read on the Study page, or by python -m core study"

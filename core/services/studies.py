@@ -1,13 +1,11 @@
-"""Studies: uploaded files (or a path on disk) -> series -> one analysis per series, as the Study page and the
-``study`` command use them. Never raises for bad input: an outcome carries the code and message instead.
-
-The study's verdict comes first (tumour when any of its series is called tumour); each series keeps its curve
-and per-section verdicts (:mod:`core.model.volume`).
+"""Saving an analysed study (:mod:`core.services.study_reading` reads it): each series as one record with its
+sections, its stored pixels and an audit event, under the patient's keyed reference, and linking saved series to a
+reference typed later. Each series' save reports its status ("saved", "already saved", "not saved" with the
+reason).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -39,9 +37,6 @@ from core.services.triage import (
 )
 from core.storage.images import ImageStore
 from core.storage.protocol import Store
-
-logger = logging.getLogger("btd.studies")
-
 
 UNREAD_SERIES = (
     "{} series could not be analysed (no section passed the input checks, or the series could not be put "

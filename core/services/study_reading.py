@@ -153,7 +153,7 @@ def analyse_path(path: Path, classifier: Classifier) -> StudyOutcome:
     return analyse_study(files, classifier, str(path), ignored)
 
 
-# --- saving a series ------------------------------------------------------------------------------------------
+# --- what the command line prints of a series ---------------------------------------------------------------
 
 
 def display_png(volume: Volume) -> tuple[dict[str, str], bytes]:

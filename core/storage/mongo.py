@@ -8,7 +8,6 @@ in the constructor, so the app starts while the database is down. Same contract 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from itertools import pairwise
@@ -39,9 +38,6 @@ from core.storage.protocol import (
     day_rows,
     fold_summary,
 )
-
-logger = logging.getLogger("btd.storage")
-
 
 _INDEXES = (
     [("created_at", 1), ("model_version", 1), ("label", 1), ("gate", 1)],

@@ -12,7 +12,6 @@ Schema versions live in ``PRAGMA user_version``; :mod:`core.storage.migrations` 
 from __future__ import annotations
 
 import json
-import logging
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -37,8 +36,6 @@ from core.storage.protocol import EVERYTHING, day_rows
 from core.storage.sqlite_aggregates import SQLiteAggregates, day_sql
 from core.storage.sqlite_people import SQLitePeople
 from core.storage.sqlite_quality import SQLiteQuality
-
-logger = logging.getLogger("btd.storage")
 
 STUDY_WITH_VERDICT = "(tumour = 1 OR unread = 0)"  # the study rule (StudyOutcome.verdict): no "no tumour" unread
 _COLUMNS = ", ".join(spec.sql_column for spec in FIELDS)  # the results table's columns, from the one field table
@@ -193,10 +190,9 @@ class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
         """Results to read: not yet reviewed first, then flagged, then rejected, newest first within each. One
         small query per (reviewed, gate) group, in that order, each served by the ``scans_unreviewed`` index."""
         clauses, params = [], []
-        for column, values in (("label", query.labels),):
-            if values:
-                clauses.append(f"{column} IN ({', '.join('?' * len(values))})")
-                params += list(values)
+        if query.labels:
+            clauses.append(f"label IN ({', '.join('?' * len(query.labels))})")
+            params += list(query.labels)
         if query.patient_ref is not None:
             clauses.append("patient_ref = ?")
             params.append(query.patient_ref)

@@ -35,8 +35,6 @@ import numpy as np
 from core.training.cache import CropCache
 from core.training.transplants import crop_donor, transplant_with_mask
 
-LESION_SOURCES = ("LGG", "Normal-heads", "Training")
-
 
 @dataclass(frozen=True)
 class SegmentConfig:
