@@ -210,10 +210,14 @@ class SeriesRule:
         was not fitted (one section at 0.3 is no tumour as a series either)."""
         return self.threshold if used >= self.neighbours else max(self.threshold, floor)
 
-    def calls_tumour(self, probabilities: Sequence[float | None], floor: float, breaks: Collection[int] = ()) -> bool:
-        """The series call: what the app serves and what the rule's fitting and figures count (one function)."""
-        score, used = self.score(probabilities, breaks)
+    def calls(self, score: float | None, used: int, floor: float) -> bool:
+        """The series call from its :meth:`score`: what the app serves (:func:`core.model.volume.analyse_volume`)
+        and what the rule's fitting and figures count (:meth:`calls_tumour`), one function."""
         return score is not None and score >= self.threshold_for(used, floor)
+
+    def calls_tumour(self, probabilities: Sequence[float | None], floor: float, breaks: Collection[int] = ()) -> bool:
+        """The series call from the sections' probabilities (:meth:`calls`)."""
+        return self.calls(*self.score(probabilities, breaks), floor)
 
     def to_json(self) -> dict[str, Any]:
         return {"neighbours": self.neighbours, "threshold": self.threshold, "fitted_on": self.fitted_on}

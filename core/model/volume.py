@@ -225,12 +225,8 @@ def analyse_volume(volume: Volume, classifier: Classifier, batch_size: int = 64)
     card = classifier.card
     rule = card.series
     score, used = rule.score([s.tumour_probability for s in sections], volume.gap_starts)  # runs stop at a gap
-    # the same call as SeriesRule.calls_tumour, from the score just computed
-    label = (
-        None
-        if score is None
-        else (UNKNOWN_TYPE if score >= rule.threshold_for(used, card.rule.threshold) else card.negative_label)
-    )
+    called = rule.calls(score, used, card.rule.threshold)
+    label = None if score is None else (UNKNOWN_TYPE if called else card.negative_label)
     stages = dict.fromkeys(
         ("crop", "preprocess", "predict", "decide", *(("segment",) if classifier.segmenter else ())), 0.0
     )

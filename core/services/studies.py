@@ -20,7 +20,7 @@ from core.model.classifier import Classifier
 from core.model.gate import ACCEPTED, NEEDS_REVIEW
 from core.model.volume import SeriesAnalysis
 from core.services.access import ANALYSE, Actor, require
-from core.services.series_views import SeriesView, geometry_of, series_view
+from core.services.series_views import SeriesView, geometry_of, rule_of, series_view
 from core.services.study_reading import StudyOutcome, analyse_study
 from core.services.triage import (
     ALREADY_SAVED,
@@ -110,14 +110,7 @@ def applied_rule(analysis: SeriesAnalysis) -> dict[str, Any]:
     """The series rule as the record keeps it: the rule's threshold and neighbours, and the neighbours the verdict
     rested on with the threshold it was judged by (higher when fewer than the rule's could be analysed: History and
     the report stated the rule's own beside such a verdict)."""
-    rule = analysis.rule
-    applied = analysis.applied_threshold
-    return {
-        "threshold": rule.threshold,
-        "neighbours": rule.neighbours,
-        "used": analysis.neighbours_used,
-        "applied": applied,
-    }
+    return rule_of(analysis.rule) | {"used": analysis.neighbours_used, "applied": analysis.applied_threshold}
 
 
 def section_rows(analysis: SeriesAnalysis) -> list[Section]:
