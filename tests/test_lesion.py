@@ -212,15 +212,54 @@ def test_a_section_that_could_not_be_analysed_inside_the_lesion_is_named_beside_
 
     classifier = with_segmenter(Classifier.from_card(tiny_card), tiny_lesion_card)
     heads = head_volume(7, 128, range(2, 5))
-    whole = analyse_volume(read_study(dicom_series(heads))[0], classifier)
+    whole = lesion_on(analyse_volume(read_study(dicom_series(heads))[0], classifier), range(2, 5))
     assert whole.lesion_ml is not None and not any("lower bound" in note for note in whole.warnings)
     heads[3] = 0  # a blank section inside the lesion's span: no head, not analysed
-    series = analyse_volume(read_study(dicom_series(heads))[0], classifier)
+    series = lesion_on(analyse_volume(read_study(dicom_series(heads))[0], classifier), range(2, 5))
     assert [s.index for s in series.refused] == [3]
     assert series.lesion_ml is not None and series.lesion_ml < whole.lesion_ml
     (note,) = [note for note in series.warnings if "lower bound" in note]
-    assert note.startswith("1 section(s) inside the lesion's span (sections 1-7)")
+    assert note.startswith("1 section(s) inside or next to the lesion's span (sections 3-5)")
     assert note in series.to_json()["warnings"]
+
+
+def lesion_on(series, sections: range):
+    """``series`` as if its segmenter had marked the lesion on ``sections`` only (the test segmenter marks every
+    analysed section whole)."""
+    from dataclasses import replace
+
+    def marked(section):
+        if section.analysis is None or section.index in sections:
+            return section
+        return replace(section, analysis=replace(section.analysis, lesion=replace(section.analysis.lesion, area_px=0)))
+
+    return replace(series, sections=tuple(marked(s) for s in series.sections))
+
+
+def test_a_lesion_the_analysed_sections_may_cut_short_is_a_lower_bound_and_a_declared_step_approximate(
+    tiny_card: Path, tiny_lesion_card: Path
+) -> None:
+    """A lesion next to a section that could not be analysed, or reaching the series' first or last section, got
+    its volume without a caveat: at a follow-up whose slab began inside the lesion, History read -50 %. A series
+    without positions took its slice thickness as the step (sections 6.5 mm apart measured 23 % short), unsaid."""
+    from core.imaging.phantom_series import dicom_series, head_volume
+    from core.imaging.series import read_study
+    from core.model.volume import analyse_volume
+    from tests.scans import relabelled
+
+    classifier = with_segmenter(Classifier.from_card(tiny_card), tiny_lesion_card)
+    heads = head_volume(8, 128, range(3, 6))
+    heads[2] = 0  # no head found next to the lesion: it may go on there
+    series = analyse_volume(read_study(dicom_series(heads))[0], classifier)
+    assert [s.index for s in series.refused] == [2]
+    assert any("next to the lesion's span (sections 4-6)" in note for note in lesion_on(series, range(3, 6)).warnings)
+    whole = analyse_volume(read_study(dicom_series(head_volume(8, 128, range(0, 3))))[0], classifier)
+    (edge,) = [n for n in lesion_on(whole, range(0, 3)).warnings if "reaches" in n]
+    assert edge.startswith("the lesion reaches the series' first section (sections 1-3)") and "lower bound" in edge
+    unplaced = relabelled(dicom_series(head_volume(5, 128, range(1, 3))), ImagePositionPatient=None)
+    series = analyse_volume(read_study(unplaced)[0], classifier)
+    assert not series.volume.positions_in_mm
+    assert any("no section positions" in n and "approximate" in n for n in lesion_on(series, range(1, 3)).warnings)
 
 
 def test_a_gap_in_the_files_inside_the_lesion_is_named_beside_the_volume(
@@ -234,5 +273,7 @@ def test_a_gap_in_the_files_inside_the_lesion_is_named_beside_the_volume(
     classifier = with_segmenter(Classifier.from_card(tiny_card), tiny_lesion_card)
     series = analyse_volume(read_study(dicom_series(head_volume(8, 128, range(2, 6)), skip=(4,)))[0], classifier)
     assert series.lesion_ml is not None and series.volume.gap_starts == (4,)
-    assert any("a gap in the files lies inside the lesion's span" in note for note in series.warnings)
+    assert any("a gap in the files lies inside or at the lesion's span" in note for note in series.warnings)
     assert any("not evenly spaced" in note for note in series.warnings)
+    after_gap = lesion_on(series, range(4, 6))  # the lesion begins right after the lost file: it may hold some too
+    assert any("gap in the files lies inside or at the lesion's span (sections 5-6)" in n for n in after_gap.warnings)

@@ -124,22 +124,37 @@ class SeriesAnalysis:
         return self._volume_caveats(span) if span is not None else []
 
     def _volume_caveats(self, span: tuple[int, int]) -> list[str]:
-        """Why the lesion volume may be short or rough: sections inside its span not analysed, a gap in the files
-        inside it, or steps between sections that differ (the volume uses the median step)."""
+        """Why the lesion volume may be short or rough: sections inside its span or next to it not analysed, a gap
+        in the files inside it or at its ends, a lesion reaching the series' first or last section (each: the lesion
+        may go on there, a lower bound; one cut so at a follow-up read as shrinking), steps between sections that
+        differ (the volume uses the median step), or a step the files declare without placing their sections."""
         notes, inside = [], f"(sections {span[0] + 1}-{span[1] + 1})"
-        missing = [s.index for s in self.refused if span[0] < s.index < span[1]]
+        missing = [s.index for s in self.refused if span[0] - 1 <= s.index <= span[1] + 1]
         if missing:
             notes.append(
-                f"{len(missing)} section(s) inside the lesion's span {inside} could not be analysed: the lesion "
-                "volume leaves them out and is a lower bound"
+                f"{len(missing)} section(s) inside or next to the lesion's span {inside} could not be analysed: the "
+                "lesion volume leaves them out and is a lower bound"
             )
-        if any(span[0] < k <= span[1] for k in self.volume.gap_starts):
-            notes.append(f"a gap in the files lies inside the lesion's span {inside}: the volume is a lower bound")
+        if any(span[0] <= k <= span[1] + 1 for k in self.volume.gap_starts):
+            notes.append(
+                f"a gap in the files lies inside or at the lesion's span {inside}: the volume is a lower bound"
+            )
+        ends = [name for name, k in (("first", 0), ("last", len(self.sections) - 1)) if k in span]
+        if ends:
+            notes.append(
+                f"the lesion reaches the series' {' and '.join(ends)} section {inside}: it may go on beyond, and the "
+                "volume is a lower bound"
+            )
         steps = np.diff(self.volume.positions) if self.volume.positions_in_mm else np.array([])
         if steps.size and steps.min() > 0 and steps.max() > 1.1 * steps.min():
             notes.append(
                 f"the sections are not evenly spaced ({steps.min():.1f} to {steps.max():.1f} mm): the lesion volume "
                 "uses the median step and is approximate"
+            )
+        if not self.volume.positions_in_mm and len(self.sections) > 1:
+            notes.append(
+                "the files give no section positions: the step between sections is the one they declare (slice "
+                "thickness or spacing), not measured, and the lesion volume is approximate"
             )
         return notes
 
