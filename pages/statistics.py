@@ -163,19 +163,8 @@ baseline_end = st.date_input(
 )
 
 
-def quality_section(viewer, first: date, last: date):
-    board_q = quality(viewer, first, last, timezone, period, tuple(picked), baseline_end, source)
-    st.subheader("Model quality: agreement with the radiologists and drift")
-    if board_q.drift.message:
-        st.error(board_q.drift.message, icon=":material/warning:")
-    starts = [row.start for row in board_q.rows]
-    if baseline_end is not None and starts and not starts[0] <= baseline_end < starts[-1]:  # the alarm was off, unsaid
-        where = "before the chosen range starts" if baseline_end < starts[0] else "on or after its last period"
-        st.warning(
-            f"The drift baseline ends {where}: no period is checked against it. Choose a day inside the range, or "
-            "leave it empty (the first half of the range).",
-            icon=":material/warning:",
-        )
+def quality_figures(board_q) -> None:
+    """The quality board's headline: reviewed, agreement, sensitivity, specificity, backlog and turnaround."""
     overall = board_q.overall
     kpis = st.columns(6)
     kpis[0].metric("Reviewed", number(overall.reviewed))
@@ -214,6 +203,23 @@ def quality_section(viewer, first: date, last: date):
         "PACS gives its label to each of its series: a series the model called no tumour in a tumour study counts "
         "as missed). Intervals are 95 % Wilson."
     )
+
+
+def quality_section(viewer, first: date, last: date):
+    board_q = quality(viewer, first, last, timezone, period, tuple(picked), baseline_end, source)
+    st.subheader("Model quality: agreement with the radiologists and drift")
+    if board_q.drift.message:
+        st.error(board_q.drift.message, icon=":material/warning:")
+    starts = [row.start for row in board_q.rows]
+    if baseline_end is not None and starts and not starts[0] <= baseline_end < starts[-1]:  # the alarm was off, unsaid
+        where = "before the chosen range starts" if baseline_end < starts[0] else "on or after its last period"
+        st.warning(
+            f"The drift baseline ends {where}: no period is checked against it. Choose a day inside the range, or "
+            "leave it empty (the first half of the range).",
+            icon=":material/warning:",
+        )
+    quality_figures(board_q)
+    overall = board_q.overall
     left, right = st.columns(2)
     left.plotly_chart(charts.agreement(board_q, period), width="stretch", key="agreement")
     right.plotly_chart(charts.drift(board_q, period), width="stretch", key="drift")
