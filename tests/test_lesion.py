@@ -181,6 +181,35 @@ def test_predict_writes_a_lesion_mask_of_each_inputs_size_and_reports_its_area(
     assert json.loads(off.stdout)["error"]["code"] == "no_lesion_model" and off.returncode == 2
 
 
+@pytest.mark.parametrize(
+    ("orientation", "turn"),
+    [
+        ([-1, 0, 0, 0, -1, 0], lambda a: a[::-1, ::-1]),  # stored upside down and mirrored: shown turned
+        ([0, 1, 0, 1, 0, 0], lambda a: a.T),  # stored transposed
+    ],
+)
+def test_a_dicom_slices_lesion_mask_is_written_in_the_files_own_pixel_order(
+    tmp_path: Path, tiny_card: Path, tiny_lesion_card: Path, monkeypatch, capsys, orientation, turn
+) -> None:
+    """The mask was in the displayed (radiological) order: laid on the file's pixel array it put the lesion in the
+    other hemisphere, and a transposed file's mask was not even its size."""
+    from core.cli import main
+
+    monkeypatch.setenv("BTD_LESION_MODEL", str(tiny_lesion_card))
+    stored = (synthetic_slice(240, tumour=True)[:, 20:] * 16).astype(np.uint16)  # 240 rows, 220 columns
+    path = tmp_path / "slice.dcm"
+    path.write_bytes(dicom_bytes(stored, extra={"ImageOrientationPatient": orientation}))
+    assert main(["predict", "--model", str(tiny_card), "--lesion-masks", str(tmp_path / "masks"), str(path)]) == 0
+    line = json.loads(capsys.readouterr().out.splitlines()[-1])
+    mask = cv2.imread(line["lesion_mask"], cv2.IMREAD_UNCHANGED)
+    assert mask.shape == stored.shape and int((mask == 255).sum()) == line["lesion_px"]
+    x0, y0, x1, y1 = line["roi"]  # the test segmenter marks the brain box, given in the displayed view
+    shown = np.zeros((line["image"]["height"], line["image"]["width"]), np.uint8)
+    shown[y0:y1, x0:x1] = 255
+    assert shown.shape != mask.shape or not np.array_equal(shown, mask)  # turned: not the displayed order
+    assert dice(turn(shown) > 0, mask > 0) > 0.98
+
+
 def test_a_series_lesion_volume_is_its_areas_times_the_voxel_size_and_the_study_json_carries_it(
     tiny_card: Path, tiny_lesion_card: Path
 ) -> None:

@@ -24,6 +24,7 @@ from core.cli.common import (
 from core.errors import ScanError, StoreError
 from core.evaluation.evaluate import NothingToScore, evaluate_folder
 from core.imaging import read_file_bytes
+from core.imaging.geometry import undo_transform
 from core.model.classifier import Classifier
 from core.model.gate import REJECTED
 from core.services.access import COMMAND_LINE
@@ -72,13 +73,16 @@ def _classify_file(path: Path, classifier: Classifier, frame: int | None) -> tup
 
 
 def _write_mask(folder: Path, source: Path, outcome: ScanOutcome) -> str | None:
-    """The lesion mask of an analysed slice as ``<input file name>.lesion.png`` (255 = lesion), the slice's size;
-    a name already taken (the same file name in two folders, an earlier run's mask) gets ``-2``, ``-3``... so that
-    no mask overwrites another file (:func:`write_new`)."""
+    """The lesion mask of an analysed slice as ``<input file name>.lesion.png`` (255 = lesion), in the file's own
+    pixel order (a DICOM slice shown turned to the radiological view is turned back: laid on the file's pixel array,
+    a mask in the displayed order put the lesion in the other hemisphere); a name already taken (the same file name
+    in two folders, an earlier run's mask) gets ``-2``, ``-3``... so that no mask overwrites another file
+    (:func:`write_new`)."""
     analysis = outcome.analysis
     if analysis is None or analysis.lesion is None or analysis.prediction.gate.decision == REJECTED:
         return None
-    ok, encoded = cv2.imencode(".png", analysis.lesion.mask.astype(np.uint8) * 255)
+    stored = undo_transform(analysis.lesion.mask, analysis.scan.display)
+    ok, encoded = cv2.imencode(".png", stored.astype(np.uint8) * 255)
     if not ok:
         return None
     return str(write_new(folder, source.name, ".lesion.png", encoded.tobytes()))

@@ -138,9 +138,10 @@ DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian: pydic
 
 def read_dicom(
     data: bytes, limits: Limits, frame: int | None
-) -> tuple[np.ndarray, dict[str, str], tuple[str, ...], tuple[float, ...] | None]:
+) -> tuple[np.ndarray, dict[str, str], tuple[str, ...], tuple[float, ...] | None, geometry.DisplayTransform]:
     """(display pixels in the radiological view of their plane, acquisition facts, warnings, the row and column
-    directions as shown, or None when the file gives none) of one frame of a DICOM file.
+    directions as shown, or None when the file gives none, and the transform that turned the stored pixels so) of
+    one frame of a DICOM file.
 
     pydicom converts header values lazily: a malformed value (an empty window, frames = "x") surfaces as a
     ValueError wherever it is first read, so every read below is one guarded step.
@@ -286,7 +287,7 @@ def checked_dataset(data: bytes, limits: Limits, header: Any = None) -> tuple[An
 
 def _read_checked(
     data: bytes, limits: Limits, frame: int | None
-) -> tuple[np.ndarray, dict[str, str], tuple[str, ...], tuple[float, ...] | None]:
+) -> tuple[np.ndarray, dict[str, str], tuple[str, ...], tuple[float, ...] | None, geometry.DisplayTransform]:
     header = header_of(data)
     frames = frames_of(header)
     if frames > 1 and frame is None:
@@ -306,7 +307,7 @@ def _read_checked(
     shown = geometry.transformed_orientation(orientation, transform) if orientation else None
     view = frame_view(dataset, frame if frames > 1 else 0)
     shown_pixels = display(pixels, view)
-    return geometry.apply_transform(shown_pixels, transform), acquisition_facts(view), notes, shown
+    return geometry.apply_transform(shown_pixels, transform), acquisition_facts(view), notes, shown, transform
 
 
 def _named(text: str) -> str:

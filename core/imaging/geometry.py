@@ -93,6 +93,17 @@ def apply_transform(pixels: np.ndarray, transform: DisplayTransform) -> np.ndarr
     return np.ascontiguousarray(pixels)
 
 
+def undo_transform(pixels: np.ndarray, transform: DisplayTransform) -> np.ndarray:
+    """The inverse of :func:`apply_transform`: pixels as shown back in the file's stored order."""
+    if transform.flip_left_right:
+        pixels = np.flip(pixels, axis=-1)
+    if transform.flip_up_down:
+        pixels = np.flip(pixels, axis=-2)
+    if transform.transpose:
+        pixels = np.swapaxes(pixels, -1, -2)
+    return np.ascontiguousarray(pixels)
+
+
 def transformed_spacing(spacing: tuple[float, float] | None, transform: DisplayTransform) -> tuple[float, float] | None:
     """(row, column) spacing after ``transform`` (a transpose swaps them)."""
     if spacing is None or not transform.transpose:

@@ -22,7 +22,7 @@ import numpy as np
 
 from core.errors import EmptyFile, FileTooLarge, MultiFrameImage, UnsupportedFormat
 from core.imaging.dicom import count_frames, read_dicom
-from core.imaging.geometry import orientation_letters
+from core.imaging.geometry import DisplayTransform, orientation_letters
 from core.imaging.limits import DEFAULT_LIMITS, Limits
 from core.imaging.nifti_header import is_nifti
 from core.imaging.raster import read_raster
@@ -67,6 +67,8 @@ class Scan:
     acquisition: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     warnings: tuple[str, ...] = ()
     orientation: tuple[float, ...] | None = None  # row and column directions as shown (a DICOM file's; else None)
+    # how the file's stored pixels were turned to be shown (a DICOM file's; the identity else)
+    display: DisplayTransform = field(default_factory=DisplayTransform)
 
     @property
     def letters(self) -> dict[str, str]:
@@ -147,7 +149,7 @@ def read_scan(data: bytes, limits: Limits = DEFAULT_LIMITS, frame: int | None = 
     digest = hashlib.sha256(data).hexdigest()
     if fmt == "dicom":
         frames = count_frames(data)
-        pixels, acquisition, notes, orientation = read_dicom(data, limits, frame)
+        pixels, acquisition, notes, orientation, display = read_dicom(data, limits, frame)
         return Scan(
             pixels=pixels,
             format=fmt,
@@ -158,6 +160,7 @@ def read_scan(data: bytes, limits: Limits = DEFAULT_LIMITS, frame: int | None = 
             acquisition=MappingProxyType(acquisition),
             warnings=notes,
             orientation=orientation,
+            display=display,
         )
     if frame not in (None, 0):
         raise MultiFrameImage(f"A {fmt.upper()} file has a single frame; frame {frame} does not exist.", frames=1)
