@@ -239,6 +239,27 @@ def test_a_lesion_volume_saved_as_a_lower_bound_says_so_in_the_report_and_on_reo
     assert "lower bound" in text and f"{record.lesion_ml:.2f} mL" in text
 
 
+def test_the_key_section_is_the_one_of_the_most_suspicious_with_the_largest_lesion() -> None:
+    """The most suspicious section alone was segmented: "No lesion found on this section" was printed beside the
+    volume of a lesion on the next key section."""
+    from types import SimpleNamespace
+
+    from core.model.lesion import Lesion
+    from core.services.reports import key_lesion
+    from tests.scans import synthetic_slice
+
+    sections = np.stack([synthetic_slice(128, seed=k) for k in range(5)])
+    view = SimpleNamespace(curve=[0.1, 0.9, 0.8, 0.7, None], sections=sections, geometry={"spacing": [1.0, 1.0]})
+    areas = iter([0, 40, 0])  # the key sections 1, 2, 3 in order: the lesion on 2, the highest P on 1
+
+    def lesion(pixels, box, spacing):
+        area = next(areas)
+        return Lesion(np.zeros(pixels.shape, bool), area, float(area), [], "fake 1")
+
+    key = key_lesion(view, SimpleNamespace(name="fake 1 (abcdef12)", lesion=lesion))
+    assert key.index == 2 and key.lesion.area_px == 40 and key.segmenter == "fake 1 (abcdef12)"
+
+
 def test_a_report_states_the_lesion_volume_and_outlines_the_lesion_on_the_key_section(
     segmented_study, tmp_path: Path, tiny_classifier: Classifier
 ) -> None:
@@ -251,8 +272,11 @@ def test_a_report_states_the_lesion_volume_and_outlines_the_lesion_on_the_key_se
     assert f"Lesion volume (segmenter): {record.lesion_ml:.2f} mL ({record.lesion_px:,} px over its sections)" in text
     assert "Lesion outline" in text and "Segmented again for this report by tiny-lesion 0.0.1" in text
     assert "Lesion on this section: " in text and " mm²" in text and "(outlined in magenta)" in text
-    assert f"Series lesion volume (stored when it was saved): {record.lesion_ml:.2f} mL" in text
-    assert "Key section " in text and " of 8 (highest P(tumour) " in text
+    by = record.geometry["lesion_model"]
+    assert f"Series lesion volume (stored when it was saved, measured by {by}): {record.lesion_ml:.2f} mL" in " ".join(
+        text.split()
+    )
+    assert "Key section " in text and " of 8 (the largest lesion of the most suspicious sections" in text
     listing = subprocess.run(
         ["pdfimages", "-list", str(tmp_path / "report.pdf")], capture_output=True, text=True, check=True
     ).stdout.splitlines()[2:]

@@ -159,20 +159,25 @@ class KeyLesion:
 
 
 def key_lesion(view: SeriesView, segmenter: Segmenter) -> KeyLesion | None:
-    """The lesion on the key section with the highest tumour probability, segmented from the stored (displayed)
-    pixels inside their brain box, its area in mm^2 with the displayed pixel spacing; None without key sections."""
+    """The largest lesion of the key sections (the highest tumour probability among equals), each segmented from
+    the stored (displayed) pixels inside their brain box, its area in mm^2 with the displayed pixel spacing; None
+    without key sections. (The key section was the most suspicious one alone: "No lesion found on this section"
+    was printed beside the series' volume of a lesion on the next key section.)"""
     keys = key_sections(view)
     if not keys:
         return None
-    index = max(keys, key=lambda i: view.curve[i] or 0.0)
-    pixels = np.ascontiguousarray(view.sections[index])
-    name = f"{segmenter.card.name} {segmenter.card.version}"
-    try:
-        box = find_brain(pixels).box
-    except NoBrainFound:
-        return KeyLesion(index, None, name)
     spacing = view.geometry.get("spacing")
-    return KeyLesion(index, segmenter.lesion(pixels, box, (spacing[0], spacing[1]) if spacing else None), name)
+    found = []
+    for index in keys:
+        pixels = np.ascontiguousarray(view.sections[index])
+        try:
+            box = find_brain(pixels).box
+        except NoBrainFound:
+            found.append(KeyLesion(index, None, segmenter.name))
+            continue
+        lesion = segmenter.lesion(pixels, box, (spacing[0], spacing[1]) if spacing else None)
+        found.append(KeyLesion(index, lesion, segmenter.name))
+    return max(found, key=lambda k: (k.lesion.area_px if k.lesion else -1, view.curve[k.index] or 0.0))
 
 
 def outlined(section: np.ndarray, lesion: Lesion | None, side: int = 512) -> np.ndarray:
@@ -197,11 +202,13 @@ def key_lesion_lines(record: Record, view: SeriesView, key: KeyLesion) -> list[s
         mm2 = f"{lesion.area_mm2:,.1f} mm², " if lesion.area_mm2 is not None else ""
         found = f"Lesion on this section: {mm2}{lesion.area_px:,} px (outlined in magenta)"
     stored = f"{record.lesion_ml:.2f} mL" if record.lesion_ml is not None else "not known"
+    by = (record.geometry or {}).get("lesion_model")  # who measured the volume: the key section's may be another
     return [
-        f"Key section {key.index + 1} of {len(view.curve)} (highest P(tumour) {two_places(view.curve[key.index])})",
+        f"Key section {key.index + 1} of {len(view.curve)} (the largest lesion of the most suspicious sections; "
+        f"P(tumour) {two_places(view.curve[key.index])})",
         found,
         f"Segmented again for this report by {key.segmenter}, from the stored section.",
-        f"Series lesion volume (stored when it was saved): {stored}",
+        f"Series lesion volume (stored when it was saved{f', measured by {by}' if by else ''}): {stored}",
     ]
 
 
