@@ -87,7 +87,9 @@ st.caption(
     "Lesion: a series' volume (mL) or a single scan's area (mm², or pixels without a pixel spacing), as the "
     "segmenter measured it. Change: a series' volume against the one series in the same plane of this patient's "
     "previous study; — when there is none or several (compare them below), when either volume is unknown, and for "
-    "single scans (two slices are not the same section). "
+    "single scans (two slices are not the same section); no per cent of a prior under 1 mL (a false lesion or two). "
+    "A volume agrees with a hand-drawn one only as well as the segmenter's card says: read a small change as "
+    "none. "
     + (
         "Series are compared in the order they were scanned: scanned gives the days from this patient's first scan "
         "(their dates are not kept). "

@@ -308,6 +308,15 @@ def test_two_series_of_todays_study_in_one_plane_get_no_change_and_a_few_voxels_
     ]
     (_, grown) = lesion_course(tiny)
     assert grown.change == pytest.approx(1.196) and grown.change_percent is None
+    false_lesion = [replace(tiny[0], lesion_ml=0.38), replace(tiny[1], lesion_ml=1.58)]  # one false lesion's size
+    (_, grown) = lesion_course(false_lesion)  # before: "+317 %"
+    assert grown.change == pytest.approx(1.2) and grown.change_percent is None
+    thin = replace(tiny[1], geometry={**tiny[1].geometry, "thickness": 1.0}, lesion_ml=6.0)  # a 3D sequence
+    (_, step) = lesion_course([replace(tiny[0], lesion_ml=4.0), thin])
+    assert (
+        step.change is None
+        and step.not_compared == "not compared: sections 5 mm thick then 1 mm (another partial volume)"
+    )
 
 
 def test_a_lower_bound_or_another_segmenters_volume_is_never_a_change() -> None:

@@ -8,13 +8,14 @@ the last section with a verdict), not by millimetres. Reading a history is an au
 The lesion's course (:func:`lesion_course`): each result's size as the segmenter measured it (a series' volume in
 mL; a single scan's area in mm^2, or in pixels when its pixel spacing is unknown) and, for a series, its change from
 the same lesion measured before: the one series in the same plane of the patient's previous study (another study
-UID), saved before it. A change is only computed between two known volumes in mL: never across an unknown one (not
+UID) before it. A change is only computed between two known volumes in mL: never across an unknown one (not
 measured, or no voxel size), never between two series of one study (two sequences of one day are not a course),
 never when the previous study, or the current one, has several series in that plane (which one is the same
 sequence is not known: History's comparison lets the reader choose), never in percent of a prior volume under
-0.1 mL (a few voxels: any change is thousands of per cent), never between single scans (two slices are not
-known to be the same section), never when either volume is a lower bound or approximate (its caveats) or the two
-were measured by different segmenters (the step says why). "Previous" is in the order of scanning when every series
+1 mL (about two false lesions' worth: any change is hundreds of per cent), never between single scans (two slices
+are not known to be the same section), never when either volume is a lower bound or approximate (its caveats),
+when one series' sections are much thicker than the other's, or when the two were measured by different
+segmenters (the step says why). "Previous" is in the order of scanning when every series
 of the patient has its scan day (:func:`dated`: kept as days between scans, :func:`core.identity.scan_day`), and in
 the order of saving otherwise (series saved before scan days were kept, a NIfTI volume): a prior study pulled from
 the PACS after a later one was then read as the later, its change the other way round; the page says which order
@@ -253,7 +254,11 @@ def prior_series(earlier: Sequence[Record], record: Record) -> Record | None:
     return same_study[0] if len(same_study) == 1 else None
 
 
-MIN_PRIOR_ML = 0.1  # a prior volume below this gets a change in mL, never in per cent
+# a prior volume below this gets a change in mL, never in per cent: one false lesion as the segmenter's card counts
+# them (100 px on a section) is about 0.4 mL at 0.8 mm pixels and 5 mm sections, and a percentage of such a prior
+# said "+317 %" of nothing (it was 0.1 mL)
+MIN_PRIOR_ML = 1.0
+THICKNESS_RATIO = 1.5  # sections thicker than the other series' by more: another partial volume, not compared
 
 
 def _plane_of_study(record: Record) -> tuple[str | None, str | None]:
@@ -262,11 +267,15 @@ def _plane_of_study(record: Record) -> tuple[str | None, str | None]:
 
 def _not_comparable(prior: Record, record: Record) -> str | None:
     """Why two volumes in mL are still not a change: one is a lower bound or approximate (sections inside the
-    lesion not analysed, a gap, uneven steps: a lower bound read as the lesion shrinking), or another segmenter
+    lesion not analysed, a gap, uneven steps: a lower bound read as the lesion shrinking), the sections of one are
+    much thicker than the other's (:data:`THICKNESS_RATIO`: the partial volume differs), or another segmenter
     measured the prior (each record names its own; of two saved before they did, one model's readings only)."""
     before, now = prior.geometry or {}, record.geometry or {}
     if before.get("lesion_caveats") or now.get("lesion_caveats"):
         return "not compared: a volume is a lower bound or approximate"
+    thick = [float(g["thickness"]) for g in (before, now) if isinstance(g.get("thickness"), int | float)]
+    if len(thick) == 2 and min(thick) > 0 and max(thick) > THICKNESS_RATIO * min(thick):  # 1 mm 3D against 5 mm 2D
+        return f"not compared: sections {thick[0]:g} mm thick then {thick[1]:g} mm (another partial volume)"
     if before.get("lesion_model") != now.get("lesion_model"):
         return f"not compared: measured by another segmenter ({before.get('lesion_model') or 'not recorded'})"
     same_model = (prior.model_name, prior.model_version) == (record.model_name, record.model_version)
