@@ -239,6 +239,20 @@ def test_a_lesion_volume_saved_as_a_lower_bound_says_so_in_the_report_and_on_reo
     assert "lower bound" in text and f"{record.lesion_ml:.2f} mL" in text
 
 
+def test_a_few_voxels_of_lesion_are_never_written_as_no_volume_at_all() -> None:
+    """A measured lesion of 0.003 mL printed "0.00 mL", read as none, on the page and in the report."""
+    from core.services.report_text import ml_text
+    from ui.lesion import lesion_size, volume_line
+
+    assert (ml_text(0.003), ml_text(0.0), ml_text(1.234)) == ("<0.01", "0.00", "1.23")
+    assert volume_line([10], 0.003, (0, 0)) == "Lesion volume: <0.01 mL, section 1"
+    assert (lesion_size(0.004, "mL"), lesion_size(0.38, "mL"), lesion_size(12.44, "mL")) == (
+        "<0.01 mL",
+        "0.38 mL",
+        "12.4 mL",
+    )
+
+
 def test_the_key_section_is_the_one_of_the_most_suspicious_with_the_largest_lesion() -> None:
     """The most suspicious section alone was segmented: "No lesion found on this section" was printed beside the
     volume of a lesion on the next key section."""

@@ -25,6 +25,9 @@ def _mm2(value: float) -> str:
 
 
 def _ml(value: float) -> str:
+    """ "12.4", "0.38"; a lesion measured under 0.005 mL is "<0.01" (it printed "0.00", read as no lesion)."""
+    if 0 < value < 0.005:
+        return "<0.01"
     return f"{value:,.1f}" if abs(value) >= 1 else f"{value:.2f}"
 
 

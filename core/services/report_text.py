@@ -77,15 +77,18 @@ def series_lines(record: Record, view: SeriesView | None, reviews: Sequence) -> 
     return lines
 
 
+def ml_text(value: float) -> str:
+    """A volume as the report writes it: two decimals; under 0.005 mL (a few voxels) "<0.01", never "0.00"."""
+    return "<0.01" if 0 < value < 0.005 else f"{value:.2f}"
+
+
 def lesion_line(record: Record) -> str:
     """The series' lesion as the segmenter measured it when the series was saved: its volume, or its area in
     pixels when the voxel size is unknown, or that it was not measured."""
     caveats = "".join(f"; {note}" for note in (record.geometry or {}).get("lesion_caveats") or [])
-    if record.lesion_ml is not None:
-        return (
-            f"Lesion volume (segmenter): {record.lesion_ml:.2f} mL ({record.lesion_px or 0:,} px over its sections)"
-            + caveats  # a lower bound (sections not analysed inside it, a gap) is said where the volume is
-        )
+    if record.lesion_ml is not None:  # a lower bound (sections not analysed, a gap) is said where the volume is
+        volume = f"{ml_text(record.lesion_ml)} mL ({record.lesion_px or 0:,} px over its sections)"
+        return f"Lesion volume (segmenter): {volume}{caveats}"
     if record.lesion_px is not None:
         return f"Lesion area (segmenter): {record.lesion_px:,} px over its sections; no volume (voxel size not known)"
     return "Lesion volume: not measured (no lesion segmenter when the series was saved)"

@@ -33,6 +33,7 @@ from core.services.report_text import (
     DEFAULT_LIMITATIONS,
     MIXED_PATIENTS,
     card_notes,
+    ml_text,
     series_lines,
     study_facts,
     study_headline,
@@ -201,7 +202,7 @@ def key_lesion_lines(record: Record, view: SeriesView, key: KeyLesion) -> list[s
     else:
         mm2 = f"{lesion.area_mm2:,.1f} mm², " if lesion.area_mm2 is not None else ""
         found = f"Lesion on this section: {mm2}{lesion.area_px:,} px (outlined in magenta)"
-    stored = f"{record.lesion_ml:.2f} mL" if record.lesion_ml is not None else "not known"
+    stored = f"{ml_text(record.lesion_ml)} mL" if record.lesion_ml is not None else "not known"
     by = (record.geometry or {}).get("lesion_model")  # who measured the volume: the key section's may be another
     return [
         f"Key section {key.index + 1} of {len(view.curve)} (the largest lesion of the most suspicious sections; "
