@@ -208,6 +208,24 @@ def test_a_dicom_slices_lesion_mask_is_written_in_the_files_own_pixel_order(
     shown[y0:y1, x0:x1] = 255
     assert shown.shape != mask.shape or not np.array_equal(shown, mask)  # turned: not the displayed order
     assert dice(turn(shown) > 0, mask > 0) > 0.98
+    assert Path(line["lesion_mask"]).name == "slice.dcm.lesion.png"
+
+
+def test_a_frames_lesion_mask_is_named_after_its_frame(
+    tmp_path: Path, tiny_card: Path, tiny_lesion_card: Path, monkeypatch, capsys
+) -> None:
+    """Frames 0 and 1 of one file came out as "f.dcm.lesion.png" and "f.dcm-2.lesion.png"."""
+    from core.cli import main
+
+    monkeypatch.setenv("BTD_LESION_MODEL", str(tiny_lesion_card))
+    stored = (synthetic_slice(200, tumour=True) * 16).astype(np.uint16)
+    path = tmp_path / "volume.dcm"
+    path.write_bytes(dicom_bytes(np.stack([stored, stored]), frames=2))
+    for frame in ("1", "0"):
+        command = ["predict", "--model", str(tiny_card), "--frame", frame, "--lesion-masks", str(tmp_path / "m")]
+        assert main([*command, str(path)]) == 0
+    names = [Path(json.loads(line)["lesion_mask"]).name for line in capsys.readouterr().out.splitlines()]
+    assert names == ["volume.dcm.frame1.lesion.png", "volume.dcm.frame0.lesion.png"]
 
 
 def test_a_series_lesion_volume_is_its_areas_times_the_voxel_size_and_the_study_json_carries_it(

@@ -73,7 +73,8 @@ def _classify_file(path: Path, classifier: Classifier, frame: int | None) -> tup
 
 
 def _write_mask(folder: Path, source: Path, outcome: ScanOutcome) -> str | None:
-    """The lesion mask of an analysed slice as ``<input file name>.lesion.png`` (255 = lesion), in the file's own
+    """The lesion mask of an analysed slice as ``<input file name>.lesion.png`` (``.frameN.lesion.png`` for frame N
+    of a multi-frame file; 255 = lesion), in the file's own
     pixel order (a DICOM slice shown turned to the radiological view is turned back: laid on the file's pixel array,
     a mask in the displayed order put the lesion in the other hemisphere); a name already taken (the same file name
     in two folders, an earlier run's mask) gets ``-2``, ``-3``... so that no mask overwrites another file
@@ -85,7 +86,9 @@ def _write_mask(folder: Path, source: Path, outcome: ScanOutcome) -> str | None:
     ok, encoded = cv2.imencode(".png", stored.astype(np.uint8) * 255)
     if not ok:
         return None
-    return str(write_new(folder, source.name, ".lesion.png", encoded.tobytes()))
+    frame = analysis.scan.frame  # one frame of a multi-frame file: named after it (frames 0 and 1 came out as
+    stem = source.name if frame is None else f"{source.name}.frame{frame}"  # "f.dcm" and "f.dcm-2")
+    return str(write_new(folder, stem, ".lesion.png", encoded.tobytes()))
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
