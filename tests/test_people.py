@@ -1381,3 +1381,11 @@ def test_a_purge_never_deletes_an_image_saved_again_while_it_deletes(tmp_path, m
     monkeypatch.setattr(image_module.os, "rename", real)
     assert images.get(key) is not None and images.stored_keys() == [key]  # the fresh copy stays
     assert not list((tmp_path / "images").rglob(".*.purge"))
+
+
+def test_the_final_labels_offered_are_each_offered_once() -> None:
+    """A binary card's own "tumour" is the label "tumour, type uncertain" is kept under: it was offered twice."""
+    from core.services.reviews import review_labels
+
+    assert review_labels(("notumor", "tumour")) == ["notumor", "tumour"]
+    assert review_labels(("glioma", "notumor")) == ["glioma", "notumor", "tumour"]

@@ -44,8 +44,9 @@ LISTED = 200  # the worklist's length on the page (it reads one more, to say whe
 
 def review_labels(labels: Sequence[str], record: Record | None = None) -> list[str]:
     """The final labels a reader may choose: the model's classes and "tumour, type uncertain"; for an override of a
-    verdict (``record``), every one but the verdict itself (a refused image has none: every label)."""
-    every = [*labels, UNKNOWN_TYPE]
+    verdict (``record``), every one but the verdict itself (a refused image has none: every label). Each once: a
+    binary card's own "tumour" is that label (it was offered twice)."""
+    every = list(dict.fromkeys([*labels, UNKNOWN_TYPE]))
     if record is None or record.gate == REFUSED:
         return every
     return [label for label in every if label != record.label]
