@@ -122,6 +122,22 @@ def test_an_event_written_past_the_head_is_found_by_the_page_check(store) -> Non
     assert not check.intact and check.first_bad.seq == 4 and store.audit_verified().seq == 3
 
 
+def test_appends_whose_head_writes_are_still_under_way_are_no_alarm_on_the_page() -> None:
+    """MongoDB writes an event, then the head: with several copies of the app appending, the page's check saw
+    events past the head, checked the chain whole and reported "events were deleted" on a healthy trail."""
+    import mongomock
+
+    store = MongoStore(mongomock.MongoClient(tz_aware=True), collection=f"scans_{uuid.uuid4().hex[:8]}")
+    store.audit_key = KEY
+    write(store, 3)
+    assert audit.verify_new(store, SUPERVISOR).intact
+    pending = store._db["meta"].find_one({"_id": "audit_head"})
+    write(store, 2, start=3)  # two appends whose head writes have not landed yet
+    store._db["meta"].replace_one({"_id": "audit_head"}, pending)
+    check = audit.verify_new(store, SUPERVISOR)
+    assert check.intact and check.problem is None and store.audit_verified().seq == 3
+
+
 def test_an_edit_before_the_verified_event_is_found_by_the_full_check_on_the_command_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

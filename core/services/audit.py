@@ -119,10 +119,12 @@ def verify_new(store: AuditTrail, actor: Actor) -> Verification:
     if moved is not None:  # checked whole to name what changed, but the point stays where it was
         whole = _verify_all(store, None, keep_point=False)
         return replace(whole, intact=False, problem=whole.problem or moved)
-    beyond = store.audit_events(head.seq if head is not None else 0, 1)
-    if beyond and store.audit_head() == head:  # an event past the head that no append since explains (one forged
-        return _verify_all(store, None, keep_point=False)  # behind the application's back, or MongoDB's head write
-        # cut off after its event): the chain is checked whole, and the point stays
+    # events past the head: appends whose head write is still under way (MongoDB writes it after its event, and
+    # several copies of the app append at once), which follow from the head; one that does not (written behind the
+    # application's back: a forged review, listed under a green "the chain holds") has the chain checked whole
+    beyond = store.audit_events(head.seq) if head is not None else []
+    if beyond and first_broken(beyond, key, after=(head.seq, head.hash)) is not None:  # type: ignore[union-attr]
+        return _verify_all(store, None, keep_point=False)  # the point stays
     pending = head.seq - point.seq if head is not None else 0
     new = store.audit_events(point.seq, pending) if pending > 0 else []
     bad = first_broken(new, key, after=(point.seq, point.hash))
