@@ -1378,6 +1378,9 @@ def test_a_user_signed_in_with_a_password_changes_it_from_the_sidebar(app_enviro
     fields["New password again"].set_value("second password 2")
     app.sidebar.button[-1].click().run()
     assert not app.exception and next(s.value for s in app.sidebar.success).startswith("Password changed")
+    token = app.session_state["session_token"]  # the new session's, and the browser's cookie written at once (a
+    assert token and "cookie_to_write" not in app.session_state  # reload before another run sent the old one)
+    assert any(f"btd_session={token}" in str(h.proto) for h in app.get("html"))
     assert accounts.sign_in(store, "dr-a", "second password 2").name == "dr-a"
     app.run()  # the session goes on under the new password (an administrator's reset would have ended it)
     assert not app.exception and app.title[0].value == "Patient history"

@@ -100,6 +100,7 @@ def test_users_change_their_own_password_once_the_current_one_is_checked(store) 
             accounts.change_own_password(store, signed_in, current, password)
     renewed = accounts.change_own_password(store, signed_in, PASSWORD, new)
     assert accounts.refreshed_actor(store, renewed) == signed_in  # this session goes on, under the new password
+    assert renewed.signed_in_at == signed_in.signed_in_at  # and no longer than it would have
     assert accounts.refreshed_actor(store, other_tab) is None  # the others end
     assert accounts.sign_in(store, "dr-a", new).name == "dr-a"
     with pytest.raises(SignInFailed):
@@ -119,6 +120,32 @@ def test_users_change_their_own_password_once_the_current_one_is_checked(store) 
         accounts.change_own_password(store, current, new, "yet another passphrase")  # locked, the right one too
     with pytest.raises(SignInFailed):
         accounts.sign_in(store, "dr-a", new)
+
+
+def test_an_administrators_reset_during_a_users_own_change_wins_and_an_outlived_session_changes_nothing(
+    store, monkeypatch
+) -> None:
+    """The user's change was written over the account as read again after the check: a reset (or a disable) made
+    in between was overwritten. A session past its 12 hours got a new sign-in time from the change."""
+    accounts.add_account(store, COMMAND_LINE, "dr-a", "radiologist", PASSWORD)
+    signed_in = accounts.sign_in(store, "dr-a", PASSWORD)
+    real = store.end_sign_in
+
+    def reset_meanwhile(name, succeeded, locked_until=None):
+        real(name, succeeded, locked_until)
+        if succeeded:
+            monkeypatch.setattr(store, "end_sign_in", real)
+            accounts.set_password(store, ADMIN, "dr-a", "the administrator's reset")
+
+    monkeypatch.setattr(store, "end_sign_in", reset_meanwhile)
+    with pytest.raises(InvalidRecord, match="changed"):
+        accounts.change_own_password(store, signed_in, PASSWORD, "a different passphrase")
+    assert accounts.sign_in(store, "dr-a", "the administrator's reset").name == "dr-a"
+    assert "account_password_changed" not in actions(store)
+    current = accounts.sign_in(store, "dr-a", "the administrator's reset")
+    old = replace(current, signed_in_at=datetime.now(UTC) - timedelta(hours=accounts.SESSION_HOURS + 1))
+    with pytest.raises(InvalidRecord, match="no longer current"):
+        accounts.change_own_password(store, old, "the administrator's reset", "a different passphrase")
 
 
 def test_single_sign_on_identities_get_a_role_from_a_claim_or_a_local_account(store) -> None:

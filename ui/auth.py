@@ -132,11 +132,16 @@ def _start_session(actor: Actor) -> None:
     st.session_state[TOKEN_KEY], st.session_state[BOUND_KEY], st.session_state[COOKIE_KEY] = token, False, token
 
 
+PASSWORD_CHANGED = "password_changed"
+
+
 def password_form(actor: Actor) -> None:
     """The sidebar's "Change my password" for an account signed in with a password: the current one, the new one
     twice; a change starts this session anew (its other sessions end)."""
     if not actor.credential:
         return
+    if st.session_state.pop(PASSWORD_CHANGED, False):
+        st.success("Password changed. Your other sessions have ended.")
     with st.popover("Change my password"), st.form("own-password", clear_on_submit=True):
         current = st.text_input("Current password", type="password")
         new = st.text_input("New password", type="password", help=f"At least {accounts.MIN_PASSWORD} characters.")
@@ -152,8 +157,9 @@ def password_form(actor: Actor) -> None:
             st.error(str(error))
             return
         st.session_state[ACTOR_KEY], st.session_state[SEEN_KEY] = renewed, time.time()
-        _start_session(renewed)  # a new token: the browser's cookie is rewritten on the next run
-        st.success("Password changed. Your other sessions have ended.")
+        _start_session(renewed)  # a new token, written to the browser's cookie by the run that follows at once (a
+        st.session_state[PASSWORD_CHANGED] = True  # reload before it sent the forgotten one: signed out), whose
+        st.rerun()  # page holds the renewed actor (this run's refused its downloads)
 
 
 def fragment_actor(activity: bool = True) -> Actor:

@@ -227,7 +227,9 @@ def change_own_password(store: Store, actor: Actor, current: str, new: str, now:
     """A signed-in user's own password changed, once the current one is checked there (a wrong one counts as a
     failed sign-in: five lock the account, as at the sign-in form; an open session is no way round the lock).
     Returns the session's actor anew: its other sessions end (the new password's fingerprint is not theirs), this one
-    goes on. A single-sign-on account's password is its provider's."""
+    goes on, no longer than it would have (its sign-in time stays). A single-sign-on account's password is its
+    provider's. The change is written only over the account as it was checked: an administrator's reset or disable
+    in between wins (it was overwritten, the user's change audited as normal)."""
     from argon2.exceptions import InvalidHashError, VerificationError
 
     if not actor.credential:
@@ -237,7 +239,7 @@ def change_own_password(store: Store, actor: Actor, current: str, new: str, now:
         raise InvalidRecord("The new password is the one in use: choose another.")
     now = now or datetime.now(UTC)
     account = _existing(store, actor.name)
-    if account.disabled or actor.credential != credential_of(account):  # set or disabled since this session began
+    if refreshed_actor(store, actor) is None:  # outlived, disabled, or a password set since this session began
         raise InvalidRecord("This session is no longer current: sign in again.")
     hasher = _hasher()
     attempt = store.begin_sign_in(actor.name, now)
@@ -253,11 +255,11 @@ def change_own_password(store: Store, actor: Actor, current: str, new: str, now:
         raise InvalidRecord("The current password is wrong: nothing changed.") from None
     store.end_sign_in(actor.name, True)
     new_hash = hasher.hash(new)  # the slow part, before the unit of work
-    with store.atomic():
-        account = _existing(store, actor.name)
+    with store.atomic():  # over the account as checked: a reset or a disable since makes it refused
         changes = {"password_hash": new_hash, "failed_count": 0, "locked_until": None}
-        updated = _change(store, actor, account, changes, ("password_hash",), "account_password_changed")
-    return replace(actor, credential=credential_of(updated), signed_in_at=datetime.now(UTC))
+        checked = ("password_hash", "disabled", "sessions_from")
+        updated = _change(store, actor, account, changes, checked, "account_password_changed")
+    return replace(actor, credential=credential_of(updated))
 
 
 def credential_of(account: Account) -> str:
