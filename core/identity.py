@@ -47,9 +47,11 @@ SHIFT_DAYS = 3653  # scan days are moved back by 1 to 3,653 days (about ten year
 
 def scan_day(day: date | None, key: bytes) -> int | None:
     """A scan's day as kept: days since 1970-01-01 moved back by an offset derived from the key (DICOM PS3.15's
-    "modified dates" kept longitudinal: the days between two scans hold, the dates themselves do not). One offset
-    for the whole installation, so that a patient reference typed or corrected later needs no re-dating; whoever
-    could undo it holds the key, with which the references can be recomputed anyway. None without a day."""
+    "modified dates" kept longitudinal: the days between two scans hold). One offset for the whole installation,
+    so that a patient reference typed or corrected later needs no re-dating. It keeps the date out of sight, not
+    out of reach: every record keeps its save time, and a series saved on the day it was scanned gives the offset
+    away to whoever holds the database (the save times already told when most studies were scanned; the prior
+    studies' dates are what this adds). None without a day."""
     if day is None:
         return None
     offset = 1 + int.from_bytes(hmac.new(key, b"btd scan-day shift", hashlib.sha256).digest()[:4], "big") % SHIFT_DAYS

@@ -43,7 +43,7 @@ class Volume:
     positions_in_mm: bool = True  # False: the files gave no positions and the sections are numbered instead
     uid_key: str = ""  # :func:`series_key` of its source series (``series`` adds a multi-frame file's own hash)
     stack: str = ""  # which stack of its source series it is, where that holds several ("b = 1000 s/mm2")
-    scanned: date | None = None  # the day its study was scanned, in memory only: kept as days between scans
+    scanned: date | None = field(default=None, repr=False)  # its study's scan day, in memory only (never printed)
     # each section's source image (SOP class, SOP instance, frame number or None), in memory only, never saved nor
     # shown: what a key image sent back to the PACS names as the image it was made from
     sources: tuple[tuple[str, str, int | None], ...] = field(default=(), repr=False)
