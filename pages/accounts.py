@@ -92,18 +92,20 @@ except ValueError as error:  # nothing is deleted on a setting nobody can read
     st.stop()
 st.caption(
     f"De-identified images of saved results are kept {kept_days} days for review "
-    "(BTD_IMAGE_RETENTION_DAYS); older ones can be deleted now. Results stay; deleting is an audit event."
+    "(BTD_IMAGE_RETENTION_DAYS); older ones can be deleted now, except those of results nobody has reviewed yet "
+    "(kept until they are). Results stay; deleting is an audit event."
 )
 days = st.number_input("Delete images older than (days)", 1, retention.MAX_RETENTION_DAYS, kept_days, key="purge_days")
 purges = st.session_state.get("purges", 0)
 purge_confirmed = st.checkbox(
-    f"I confirm deleting every stored image older than {int(days)} days", key=f"purge_ok_{purges}"
+    f"I confirm deleting the stored images older than {int(days)} days of reviewed results", key=f"purge_ok_{purges}"
 )
 if st.button("Delete older images", type="secondary", disabled=not purge_confirmed):
     st.session_state["purges"] = purges + 1  # one confirmation, one deletion: the next run's box is unticked
     try:
-        deleted = retention.purge_images(store, resources.image_store(store), actor, int(days))
+        purged = retention.purge_images(store, resources.image_store(store), actor, int(days))
     except StoreError as error:
         st.error(str(error))
     else:
-        st.success(f"Deleted {deleted} image(s).")
+        kept = f"; {purged.kept_unread} kept, their results not reviewed yet" if purged.kept_unread else ""
+        st.success(f"Deleted {purged.deleted} image(s){kept}.")

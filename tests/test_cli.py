@@ -580,6 +580,12 @@ def test_a_retention_setting_out_of_range_exits_2_like_the_option(tmp_path, caps
     monkeypatch.setenv("BTD_IMAGE_RETENTION_DAYS", "abc")
     code, lines = run_main(["images", "purge"], capsys)
     assert code == 2 and lines[0]["error"]["code"] == "invalid_days" and "BTD_IMAGE_RETENTION_DAYS" in json.dumps(lines)
+    monkeypatch.setenv("BTD_IMAGE_RETENTION_DAYS", "30")  # a purge says what it kept of unreviewed results too
+    from core.services.resources import open_results_store
+
+    open_results_store()  # the app's first run made the database
+    code, lines = run_main(["images", "purge"], capsys)
+    assert code == 0 and lines == [{"deleted": 0, "kept_unread": 0, "older_than_days": 30}]
 
 
 def test_a_pacs_password_without_a_user_name_is_a_usage_error(tmp_path: Path, capsys, monkeypatch) -> None:

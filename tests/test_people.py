@@ -377,7 +377,7 @@ def test_images_past_retention_are_purged_by_an_admin_only_and_audited(store, tm
     with pytest.raises(AccessDenied):
         retention.purge_images(store, images, RADIOLOGIST)
     monkeypatch.setenv("BTD_IMAGE_RETENTION_DAYS", "90")
-    assert retention.purge_images(store, images, ADMIN) == 1
+    assert retention.purge_images(store, images, ADMIN).deleted == 1
     assert images.stored_keys() == [new] and store.audit_events()[-1].detail == {
         "older_than_days": 90,
         "deleted": 1,
@@ -412,10 +412,11 @@ def test_a_purge_keeps_the_images_of_results_nobody_has_reviewed_until_they_are(
     store.add(waiting), store.add(done)
     store.add_review(Review(done.id, "dr", datetime.now(UTC), "agree", done.label, done.label))
     assert store.unread_image_keys() == {unread}
-    assert retention.purge_images(store, images, ADMIN, 90) == 1 and images.stored_keys() == [unread]
+    assert retention.purge_images(store, images, ADMIN, 90) == retention.Purged(1, 1)
+    assert images.stored_keys() == [unread]
     assert store.audit_events()[-1].detail == {"older_than_days": 90, "deleted": 1, "kept_unread": 1}
     store.add_review(Review(waiting.id, "dr", datetime.now(UTC), "agree", waiting.label, waiting.label))
-    assert retention.purge_images(store, images, ADMIN, 90) == 1 and images.stored_keys() == []
+    assert retention.purge_images(store, images, ADMIN, 90).deleted == 1 and images.stored_keys() == []
 
 
 def test_a_purge_deletes_the_drafts_a_killed_writer_left_and_carries_on_past_an_image_another_purge_took(
@@ -434,7 +435,7 @@ def test_a_purge_deletes_the_drafts_a_killed_writer_left_and_carries_on_past_an_
     draft.write_bytes(b"pixels"), fresh.write_bytes(b"being written now")
     past = datetime.now(UTC).timestamp() - 2 * 3600
     os.utime(draft, (past, past))
-    assert retention.purge_images(store, images, ADMIN, 30) == 0
+    assert retention.purge_images(store, images, ADMIN, 30).deleted == 0
     assert not draft.exists() and fresh.exists() and images.stored_keys() == [kept]  # a write under way is kept
     listed = images.stored_keys
 
@@ -460,7 +461,7 @@ def test_an_image_saved_again_is_kept_a_whole_period_from_then_and_a_purge_that_
     past = datetime.now(UTC).timestamp() - 100 * 86400
     os.utime(next((tmp_path / "images").glob(f"??/??/{key}.png")), (past, past))
     assert images.put(synthetic_slice(128, seed=3)) == key  # a new model's result on the same pixels, day 100
-    assert retention.purge_images(store, images, ADMIN, 90) == 0 and images.stored_keys() == [key]
+    assert retention.purge_images(store, images, ADMIN, 90).deleted == 0 and images.stored_keys() == [key]
     os.utime(next((tmp_path / "images").glob(f"??/??/{key}.png")), (past, past))
 
     def broken(event):

@@ -225,11 +225,11 @@ def cmd_images_purge(args: argparse.Namespace) -> int:
     try:  # a retention setting that cannot be read deletes nothing (read as the default, it deleted images)
         days = retention.retention_days() if args.days is None else args.days
         store = _stored()
-        deleted = retention.purge_images(store, open_image_store(store), COMMAND_LINE, days)
+        purged = retention.purge_images(store, open_image_store(store), COMMAND_LINE, days)
     except ValueError as error:  # a setting or option out of range: exit 2 whichever gave it (--days 0 did)
         emit(error_json("invalid_days", str(error)), sys.stdout)
         return EXIT_USAGE
-    emit({"deleted": deleted, "older_than_days": days}, sys.stdout)
+    emit({"deleted": purged.deleted, "kept_unread": purged.kept_unread, "older_than_days": days}, sys.stdout)
     return EXIT_OK
 
 

@@ -6,6 +6,7 @@ worklist's oldest unread cases, which were then agreed with unseen). Every purge
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from core.services import audit
@@ -32,10 +33,18 @@ def retention_days() -> int:
     return int(value)
 
 
-def purge_images(store: Store, images: ImageStore, actor: Actor, days: int | None = None) -> int:
+@dataclass(frozen=True)
+class Purged:
+    """What a purge did: images deleted, and images past the period kept because their results are not reviewed."""
+
+    deleted: int
+    kept_unread: int
+
+
+def purge_images(store: Store, images: ImageStore, actor: Actor, days: int | None = None) -> Purged:
     """Delete the images stored more than ``days`` (at least 1; default: the retention period) ago, but those of
-    results not yet reviewed; returns how many. The audit event is written first: a purge that cannot be audited
-    deletes nothing."""
+    results not yet reviewed (each said). The audit event is written first: a purge that cannot be audited deletes
+    nothing."""
     require(actor, DELETE_IMAGES)
     keep = retention_days() if days is None else days
     if keep < 1:
@@ -54,4 +63,4 @@ def purge_images(store: Store, images: ImageStore, actor: Actor, days: int | Non
     )
     deleted = sum(images.delete(key, stored_before=cutoff) for key in expired)  # saved again meanwhile: kept
     images.sweep(datetime.now(UTC) - timedelta(hours=1))  # pieces an interrupted deletion left behind
-    return deleted
+    return Purged(deleted, len(old) - len(expired))
