@@ -7,6 +7,7 @@ LUT (on integer values, as its table is indexed) or the first window (LINEAR, LI
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -107,8 +108,11 @@ def display(stored: np.ndarray, dataset: Any) -> np.ndarray:
 def _check_rescale(dataset: Any) -> None:
     """Refuse a rescale slope that is not a non-zero number, or an intercept that is not a number: every value
     became 0 or NaN, and the file was called a blank image."""
-    slope, intercept = dataset.get("RescaleSlope", 1), dataset.get("RescaleIntercept", 0)
-    if not (np.isfinite(float(slope)) and float(slope) != 0 and np.isfinite(float(intercept))):
+    try:  # an empty or multi-valued one is no number either (it ended as an internal error)
+        slope, intercept = float(dataset.get("RescaleSlope", 1)), float(dataset.get("RescaleIntercept", 0))
+    except (TypeError, ValueError):
+        slope = intercept = math.nan
+    if not (math.isfinite(slope) and slope != 0 and math.isfinite(intercept)):
         raise CorruptImage(
             "The DICOM header's rescale slope or intercept is not a usable number; the pixel values cannot be read."
         )
