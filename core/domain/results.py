@@ -24,15 +24,14 @@ from typing import Any
 
 from core.domain.times import as_utc
 from core.errors import InvalidRecord
-from core.model.decision import UNKNOWN_TYPE
+from core.model.decision import ACCEPTED, NEEDS_REVIEW, REJECTED, UNKNOWN_TYPE
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 IMAGE_FORMATS = ("png", "jpeg", "dicom", "nifti")
 KINDS = ("scan", "series")  # one image (or frame), or a whole series with its sections
-GATE_DECISIONS = ("accepted", "needs_review", "rejected")
-SHOWN = ("accepted", "needs_review")  # gate decisions whose verdict was shown to the user
-REFUSED = "rejected"  # the input gate refused the image: no verdict
-WORKLIST_GATES = ("needs_review", "accepted", REFUSED)  # the worklist's order: flagged first, refused last
+GATE_DECISIONS = (ACCEPTED, NEEDS_REVIEW, REJECTED)  # REJECTED: the input gate refused the image, no verdict
+SHOWN = (ACCEPTED, NEEDS_REVIEW)  # gate decisions whose verdict was shown to the user
+WORKLIST_GATES = (NEEDS_REVIEW, ACCEPTED, REJECTED)  # the worklist's order: flagged first, refused last
 REVIEW_VERDICTS = ("agree", "override")  # the latest review's action (the history is in the reviews table)
 
 
@@ -66,7 +65,7 @@ class Record:
     frame: int | None = None
     patient_ref: str | None = None
     uploader: str | None = None
-    gate: str = "accepted"
+    gate: str = ACCEPTED
     gate_score: float | None = None
     reviewer: str | None = None  # the latest review (the whole history: Store.reviews_of)
     review_verdict: str | None = None
@@ -90,7 +89,7 @@ class Record:
     def disagrees(self) -> bool:
         """The radiologist's final label differs from the model's verdict. A refused image has no verdict to differ
         from (the class the model picked for it is never shown, and the statistics leave it out of agreement)."""
-        return self.final_label is not None and self.final_label != self.label and self.gate != REFUSED
+        return self.final_label is not None and self.final_label != self.label and self.gate != REJECTED
 
     @property
     def study_unread(self) -> int:
@@ -367,7 +366,7 @@ class WorklistQuery:
         return tuple(
             gate
             for gate in WORKLIST_GATES
-            if (not self.gates or gate in self.gates) and not (gate == REFUSED and without_verdict)
+            if (not self.gates or gate in self.gates) and not (gate == REJECTED and without_verdict)
         )
 
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+# the input gate's decisions (:mod:`core.model.gate`), as results keep them: shown, shown flagged, or refused
+ACCEPTED, NEEDS_REVIEW, REJECTED = "accepted", "needs_review", "rejected"
 UNKNOWN_TYPE = "tumour"  # tumour present, type not given (a data folder) or uncertain (a verdict)
 # the one label that means "no tumour", for every model, record, review, statistic and report (a card naming another
 # is refused: the stores and the statistics count tumours against this name)

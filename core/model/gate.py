@@ -26,9 +26,9 @@ import numpy as np
 
 from core.errors import ModelError
 from core.imaging import Scan
+from core.model.decision import ACCEPTED, NEEDS_REVIEW, REJECTED  # the gate's decisions, written once
 from core.model.roi import BrainRegion
 
-ACCEPTED, NEEDS_REVIEW, REJECTED = "accepted", "needs_review", "rejected"
 IMAGE_FEATURES = ("energy", "area", "fill", "background", "flatness", "colourfulness")  # what the fixed checks use
 # the head's grey level and contrast: what a network that standardises each image (model 3) no longer sees
 HEAD_INTENSITY = ("head_mean", "head_std")

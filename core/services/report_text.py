@@ -9,7 +9,7 @@ from datetime import datetime
 
 from core.domain.results import Record
 from core.model.classifier import Classifier
-from core.model.decision import LABEL_NAMES, NEGATIVE_LABEL, percent
+from core.model.decision import LABEL_NAMES, NEEDS_REVIEW, NEGATIVE_LABEL, percent
 from core.services.series_views import SeriesView
 
 NAMES = LABEL_NAMES
@@ -63,7 +63,7 @@ def series_lines(record: Record, view: SeriesView | None, reviews: Sequence) -> 
                 f"Judged on {rule['used']} neighbouring sections only, at {rule['applied']:.2f} (fewer than the rule "
                 "asks): needs review"
             )
-    if record.gate == "needs_review":
+    if record.gate == NEEDS_REVIEW:
         flagged = "Flagged for review (the verdict rests on fewer sections than the rule asks, or is uncertain)"
         lines.append(flagged + ("; reviewed below" if reviews else ""))
     if reviews:
@@ -102,7 +102,7 @@ def study_headline(records: Sequence[Record], model_tumour: bool, unread: int = 
     model = "Tumour" if model_tumour else ("none" if unread else "No tumour")
     if unread:
         model += f" ({unread} series of the study could not be analysed: read them yourself)"
-    if any(r.gate == "needs_review" and not r.final_label for r in records):  # as the PACS report says it
+    if any(r.gate == NEEDS_REVIEW and not r.final_label for r in records):  # as the PACS report says it
         model += " (flagged for review: read the series marked so first)"
     reviewed = [r for r in records if r.final_label]
     if reviewed and len(reviewed) == len(records):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from core.domain.people import REASON_CODES, Review
-from core.domain.results import REFUSED, Record, WorklistQuery
+from core.domain.results import Record, WorklistQuery
 from core.errors import InvalidRecord, ReviewedMeanwhile, ScanError, StoreError, UnauditedChange
 from core.imaging import read_scan
 from core.model.analysis import analyse_scan
@@ -47,7 +47,7 @@ def review_labels(labels: Sequence[str], record: Record | None = None) -> list[s
     verdict (``record``), every one but the verdict itself (a refused image has none: every label). Each once: a
     binary card's own "tumour" is that label (it was offered twice)."""
     every = list(dict.fromkeys([*labels, UNKNOWN_TYPE]))
-    if record is None or record.gate == REFUSED:
+    if record is None or record.gate == REJECTED:
         return every
     return [label for label in every if label != record.label]
 

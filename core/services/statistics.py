@@ -41,7 +41,7 @@ from core.analytics.stats import (
 )
 from core.domain.results import SHOWN, DayCount, Filters
 from core.domain.times import next_period, period_start
-from core.model.decision import NEGATIVE_LABEL
+from core.model.decision import NEEDS_REVIEW, NEGATIVE_LABEL, REJECTED
 from core.services.access import STATISTICS, Actor, require
 from core.storage.protocol import Dashboards
 
@@ -218,8 +218,8 @@ def dashboard(
         mean_confidence=scan_summary.mean_confidence if suppress_small(scan_summary.total) else None,
         today=None if hide_recent or today_gives_back(rows, period, timezone, now, today) else suppress_small(today),
         week_mean=None if hide_recent or suppress_small(week) is None else week / 7,
-        flagged=suppress_small(gates.get("needs_review", 0)),
-        rejected=suppress_small(gates.get("rejected", 0)),
+        flagged=suppress_small(gates.get(NEEDS_REVIEW, 0)),
+        rejected=suppress_small(gates.get(REJECTED, 0)),
         per_class=dict(zip(classes, class_counts, strict=True)),
         periods=rows,
         histogram=suppress_group(store.confidence_histogram(scans_only)),

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from core.domain.people import Account, AuditEvent, AuditHead, AuditQuery, Review, VerifiedPoint
 from core.domain.results import (
     LESION_QUANTILES,
-    REFUSED,
+    REJECTED,
     DayCount,
     DayQuality,
     Filters,
@@ -158,10 +158,10 @@ def day_rows(rows: Sequence[tuple[int, int, int]]) -> list[DayCount]:
 def check_review(record: Record, review: Review, seen_reviews: int | None = None) -> None:
     """A review must be of this result's verdict and name one of the model's labels (or tumour, type unknown); a
     refused image's is an override; ``seen_reviews`` (when given) must still be the result's number of reviews."""
-    review.validate(refused=record.gate == REFUSED)
+    review.validate(refused=record.gate == REJECTED)
     if review.model_label != record.label:
         raise InvalidRecord("The review is not of this result's verdict.")
-    if record.gate == REFUSED and review.action == "agree":
+    if record.gate == REJECTED and review.action == "agree":
         raise InvalidRecord("The input gate refused this image: there is no verdict to agree with; override it.")
     if seen_reviews is not None and record.review_count != seen_reviews:
         raise ReviewedMeanwhile()
