@@ -88,7 +88,7 @@ def pulled_and_saved(files: list[bytes], classifier, tmp_path: Path):
     store = SQLiteStore(tmp_path / "r.db")
     ids = [save_series(s, store, actor=RADIOLOGIST, patient_ref=None).record_id for s in outcome.series]
     card = classifier.card
-    model = objects.ModelFacts(card.name, card.version, card.weights_sha256)
+    model = objects.ModelFacts.of(card)
     return pulled, store, ids, model, StandIn({STUDY: files})
 
 
@@ -104,7 +104,7 @@ def test_each_reviewed_report_names_the_version_before_it(tiny_classifier) -> No
     assert pulled.outcome.series and pulled.outcome.series[0].label is not None
     pacs = StandIn({STUDY: files})
     card = tiny_classifier.card
-    model = objects.ModelFacts(card.name, card.version, card.weights_sha256)
+    model = objects.ModelFacts.of(card)
     send = pacs_service.send_results
     preliminary = send(pacs, RADIOLOGIST, pulled, model, None, None)[0]
     first = send(pacs, RADIOLOGIST, pulled, model, None, None, final_label="glioma")[0]
@@ -540,7 +540,7 @@ def test_a_files_invalid_values_never_reach_warnings_or_the_log_when_a_report_is
     outcome = analyse_study(files, tiny_classifier)
     pulled = pacs_service.Pulled(STUDY, outcome, tuple(objects.headers(files)))
     card = tiny_classifier.card
-    model = objects.ModelFacts(card.name, card.version, card.weights_sha256)
+    model = objects.ModelFacts.of(card)
     pacs = StandIn({STUDY: files})
     assert pacs_service.send_results(pacs, RADIOLOGIST, pulled, model, None, None)
     assert pacs.stored and str(pacs.stored[0][0].PatientBirthDate) == ""  # made and sent, the bad date left out
@@ -592,7 +592,7 @@ def test_a_report_is_made_for_the_header_values_real_scanners_write(tiny_classif
     set the report library cannot write is refused with a PACS error that quotes nothing, before anything is sent
     or audited."""
     card = tiny_classifier.card
-    model = objects.ModelFacts(card.name, card.version, card.weights_sha256)
+    model = objects.ModelFacts.of(card)
     store = SQLiteStore(tmp_path / "r.db")
     for sex, charset, written in (("U", ["", "ISO 2022 IR 87"], ""), ("male", "ISO 2022 IR 100", "M")):
         files = relabelled(tumour_study(STUDY), PatientSex=sex, SpecificCharacterSet=charset)
@@ -624,9 +624,7 @@ def test_a_send_the_audit_trail_cannot_record_is_not_made(tiny_classifier, tmp_p
 
     monkeypatch.setattr(store, "append_audit", unavailable)
     with pytest.raises(StoreUnavailable):
-        pacs_service.send_results(
-            pacs, RADIOLOGIST, pulled, objects.ModelFacts(card.name, card.version, card.weights_sha256), store, None
-        )
+        pacs_service.send_results(pacs, RADIOLOGIST, pulled, objects.ModelFacts.of(card), store, None)
     assert pacs.stored == []
 
 
@@ -725,7 +723,7 @@ def test_a_reviewed_report_sent_first_takes_the_versions_it_replaces_with_it(tin
     pulled = pacs_service.Pulled(STUDY, analyse_study(files, tiny_classifier), tuple(objects.headers(files)))
     pacs = StandIn({STUDY: files})
     card = tiny_classifier.card
-    model = objects.ModelFacts(card.name, card.version, card.weights_sha256)
+    model = objects.ModelFacts.of(card)
     returned = pacs_service.send_results(
         pacs, RADIOLOGIST, pulled, model, None, None, final_label="meningioma", earlier_finals=[("glioma", "dr-b")]
     )
@@ -793,7 +791,7 @@ def test_patients_names_never_reach_the_log_or_warnings_when_a_report_is_made(ti
     pulled = pacs_service.Pulled(STUDY, analyse_study(files, tiny_classifier), tuple(objects.headers(files)))
     card = tiny_classifier.card
     pacs = StandIn({STUDY: files})
-    model = objects.ModelFacts(card.name, card.version, card.weights_sha256)
+    model = objects.ModelFacts.of(card)
     assert pacs_service.send_results(pacs, RADIOLOGIST, pulled, model, None, None)
     captured = capsys.readouterr()
     said = caplog.text + " ".join(str(w.message) for w in recwarn.list) + captured.out + captured.err

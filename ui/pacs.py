@@ -263,7 +263,7 @@ def _send(
     seen: dict[str, int] | None = None,
 ) -> None:
     card = classifier.card
-    model = ModelFacts(card.name, card.version, card.weights_sha256)
+    model = ModelFacts.of(card)
     try:
         store = resources.current_store()
     except StoreError as error:  # a send that cannot be audited is not made

@@ -129,7 +129,7 @@ def cmd_analyse(args: argparse.Namespace) -> int:
         saved = save_outcome(pulled.outcome, (store, images, key), reference)
     if args.send and pulled.outcome.error_code is None:
         card = classifier.card
-        model = ModelFacts(card.name, card.version, card.weights_sha256)
+        model = ModelFacts.of(card)
         read = [state for s, state in zip(pulled.outcome.series, saved or [], strict=False) if s.label is not None]
         if any(state.state == NOT_SAVED for state in read):  # no report in the PACS for a result nobody can review
             extra["send_error"] = {"code": "not_saved", "message": "a series could not be saved; nothing was sent"}

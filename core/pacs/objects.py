@@ -61,6 +61,11 @@ class ModelFacts:
     version: str
     weights_sha256: str
 
+    @classmethod
+    def of(cls, card: Any) -> ModelFacts:
+        """The facts a report names of the model ``card`` describes (the one place they are taken from a card)."""
+        return cls(card.name, card.version, card.weights_sha256)
+
 
 # Type 2 attributes of the patient and study modules a report copies from its evidence: present, maybe empty.
 _TYPE_2 = (

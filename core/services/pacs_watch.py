@@ -236,7 +236,7 @@ def _handle(watcher: Watcher, study_uid: str, actor: Actor) -> dict[str, Any]:
         line["unanalysed_series"] = pulled.outcome.unanalysed  # why there is no verdict: the report says so too
     if watcher.send and any(s.label is not None for s in pulled.outcome.series):
         card = watcher.classifier.card
-        model = objects.ModelFacts(card.name, card.version, card.weights_sha256)
+        model = objects.ModelFacts.of(card)
         try:
             line["stored"] = send_results(watcher.pacs, actor, pulled, model, watcher.store, watcher.key)
         except PacsError as error:
