@@ -1257,7 +1257,7 @@ def test_a_version_5_database_gets_its_shifted_day_roll_ups_built_on_upgrade(tmp
     connection.commit()
     connection.close()
     upgraded = SQLiteStore(path)
-    assert upgraded.schema_version() == SCHEMA_VERSION == 12 and (tmp_path / "results.sqlite3.v5.bak").exists()
+    assert upgraded.schema_version() == SCHEMA_VERSION == 13 and (tmp_path / "results.sqlite3.v5.bak").exists()
     shifted = sqlite3.connect(path).execute("SELECT count(DISTINCT shift), sum(n), sum(reviewed) FROM rollup_shifted")
     assert shifted.fetchone() == (12, 12 * len(FIXTURE), 12)
     assert _same(
@@ -1307,7 +1307,7 @@ def test_a_version_4_database_gets_its_day_roll_ups_built_on_upgrade(tmp_path: P
     connection.commit()
     connection.close()
     upgraded = SQLiteStore(path)
-    assert upgraded.schema_version() == SCHEMA_VERSION == 12 and (tmp_path / "results.sqlite3.v4.bak").exists()
+    assert upgraded.schema_version() == SCHEMA_VERSION == 13 and (tmp_path / "results.sqlite3.v4.bak").exists()
     tables = {row[0] for row in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
     assert {"rollup_day", "confusion_day", "days_on_insert", "scans_studies"} <= tables and "scans_series" not in tables
     assert (
@@ -1358,7 +1358,7 @@ def test_a_version_6_database_gets_the_orientation_its_nifti_series_pixels_reall
     connection.commit()
     connection.close()
     upgraded = SQLiteStore(path)
-    assert upgraded.schema_version() == SCHEMA_VERSION == 12 and (tmp_path / "results.sqlite3.v6.bak").exists()
+    assert upgraded.schema_version() == SCHEMA_VERSION == 13 and (tmp_path / "results.sqlite3.v6.bak").exists()
     assert upgraded.get(nifti.id).geometry["orientation"] == [-1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
     assert upgraded.get(nifti.id).geometry["plane"] == "axial"
     assert upgraded.get(dicom.id).geometry["orientation"] == old["orientation"]
@@ -1399,7 +1399,7 @@ def test_a_version_7_database_gets_its_audit_trail_indexed_keeping_the_chain(tmp
     downgrade = [f"DROP INDEX {name}" for name in sorted(AUDIT_SEARCH_INDEXES)]
     sqlite3.connect(path).executescript(";".join([*downgrade, "DROP TABLE audit_verified", "PRAGMA user_version = 7"]))
     upgraded = SQLiteStore(path)
-    assert upgraded.schema_version() == SCHEMA_VERSION == 12 and (tmp_path / "results.sqlite3.v7.bak").exists()
+    assert upgraded.schema_version() == SCHEMA_VERSION == 13 and (tmp_path / "results.sqlite3.v7.bak").exists()
     found = {row[0] for row in sqlite3.connect(path).execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert AUDIT_SEARCH_INDEXES | {"audit_by_action"} <= found
     assert upgraded.audit_events() == before and first_broken(upgraded.audit_events()) is None
@@ -1498,7 +1498,7 @@ def test_a_version_8_database_gets_the_lesion_columns_and_keeps_its_results(tmp_
     downgrade = [f"ALTER TABLE scans DROP COLUMN {name}" for name in ("lesion_px", "lesion_mm2", "lesion_ml")]
     sqlite3.connect(path).executescript(";".join([*downgrade, "PRAGMA user_version = 8"]))
     upgraded = SQLiteStore(path)
-    assert upgraded.schema_version() == SCHEMA_VERSION == 12 and (tmp_path / "results.sqlite3.v8.bak").exists()
+    assert upgraded.schema_version() == SCHEMA_VERSION == 13 and (tmp_path / "results.sqlite3.v8.bak").exists()
     assert upgraded.get(old.id) == old and old.lesion_px is None  # never segmented: no area claimed
     measured = replace(FIXTURE[1], lesion_px=420, lesion_mm2=105.0)
     assert upgraded.add(measured) and upgraded.get(measured.id).lesion_mm2 == 105.0
@@ -1535,14 +1535,28 @@ def test_a_version_11_database_gets_the_accounts_sessions_from_column_and_keeps_
     store = SQLiteStore(path)
     store.put_account(Account("dr-a", "radiologist", "$argon2id$hash", disabled=True, created_at=utc(2026, 1, 1)))
     del store
-    downgrade = ["ALTER TABLE accounts DROP COLUMN sessions_from_ms", "PRAGMA user_version = 11"]
-    sqlite3.connect(path).executescript(";".join(downgrade))
+    downgrade = ["ALTER TABLE accounts DROP COLUMN sessions_from_ms", "ALTER TABLE accounts DROP COLUMN must_change"]
+    sqlite3.connect(path).executescript(";".join([*downgrade, "PRAGMA user_version = 11"]))
     upgraded = SQLiteStore(path)
-    assert upgraded.schema_version() == SCHEMA_VERSION == 12 and (tmp_path / "results.sqlite3.v11.bak").exists()
+    assert upgraded.schema_version() == SCHEMA_VERSION == 13 and (tmp_path / "results.sqlite3.v11.bak").exists()
     account = upgraded.get_account("dr-a")
     assert (account.password_hash, account.disabled, account.sessions_from) == ("$argon2id$hash", True, None)
     assert upgraded.update_account("dr-a", {"sessions_from": utc(2026, 2, 1)}, {"disabled": True})
     assert upgraded.get_account("dr-a").sessions_from == utc(2026, 2, 1)
+
+
+def test_a_version_12_database_gets_the_accounts_must_change_column_with_no_password_temporary(tmp_path: Path) -> None:
+    path = tmp_path / "results.sqlite3"
+    store = SQLiteStore(path)
+    store.put_account(Account("dr-a", "radiologist", "$argon2id$hash", created_at=utc(2026, 1, 1)))
+    del store
+    downgrade = ["ALTER TABLE accounts DROP COLUMN must_change", "PRAGMA user_version = 12"]
+    sqlite3.connect(path).executescript(";".join(downgrade))
+    upgraded = SQLiteStore(path)
+    assert upgraded.schema_version() == 13 and (tmp_path / "results.sqlite3.v12.bak").exists()
+    assert upgraded.get_account("dr-a").must_change is False  # a password set before: not a temporary one
+    assert upgraded.update_account("dr-a", {"must_change": True}, {"password_hash": "$argon2id$hash"})
+    assert upgraded.get_account("dr-a").must_change is True
 
 
 def version_8_database(folder: Path) -> Path:

@@ -40,6 +40,7 @@ class Account:
     locked_until: datetime | None = None
     created_at: datetime | None = None
     sessions_from: datetime | None = None  # sessions signed in up to this time have ended (set when disabled)
+    must_change: bool = False  # a password someone else set (a temporary one): its owner chooses another first
 
     def validate(self) -> Account:
         if not self.name or len(self.name) > 64 or not all(c.isalnum() or c in "._@-" for c in self.name):

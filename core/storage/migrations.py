@@ -104,6 +104,8 @@ def migrate_sqlite(connection: sqlite3.Connection, path: Path) -> int:
             if found <= 11:
                 added = _add_columns(connection, "accounts", ("sessions_from_ms INTEGER",))
                 logger.warning("event=store_migrated store=sqlite to=12 account_column_added=%d", added)
+            if found <= 12:  # an administrator's temporary password (older ones were not)
+                _add_columns(connection, "accounts", ("must_change INTEGER NOT NULL DEFAULT 0",))
             connection.execute("DROP INDEX IF EXISTS scans_series")  # version 4's, now scans_studies (covering)
             logger.warning("event=store_migrated store=sqlite to=%d", SCHEMA_VERSION)  # roll-ups rebuilt below
         create_schema(connection)

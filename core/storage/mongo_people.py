@@ -62,6 +62,7 @@ class MongoPeople:
             locked_until=as_utc(document["locked_until"]) if document.get("locked_until") else None,
             created_at=as_utc(document["created_at"]) if document.get("created_at") else None,
             sessions_from=as_utc(document["sessions_from"]) if document.get("sessions_from") else None,
+            must_change=bool(document.get("must_change")),  # absent before version 13: no
         )
 
     def get_account(self, name: str) -> Account | None:
@@ -342,4 +343,5 @@ def _account_fields(account: Account) -> dict[str, Any]:
         "failed_count": account.failed_count,
         "locked_until": account.locked_until,
         "sessions_from": account.sessions_from,
+        "must_change": account.must_change,
     }

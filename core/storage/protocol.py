@@ -36,12 +36,13 @@ from core.model.decision import UNKNOWN_TYPE
 
 HISTOGRAM_BINS = 20
 EVERYTHING = Filters()
-SCHEMA_VERSION = 12  # 1: round 1 (id had the patient reference); 2: id = image + model + frame; 3: people; 4: series;
+SCHEMA_VERSION = 13  # 1: round 1 (id had the patient reference); 2: id = image + model + frame; 3: people; 4: series;
 # 5: whole-day roll-ups; 6: days shifted by whole hours (both SQLite only); 7: NIfTI series' orientation corrected;
 # 8: audit filters indexed, the last verified audit event kept; 9: lesion area and volume; 10: MongoDB results
 # written before version 4 given the fields its validator requires (SQLite: no change); 11: a series' count of its
 # study's unread series as a column of its own, for the studies' chart (SQLite; MongoDB reads it from the geometry);
-# 12: an account's sessions_from (disabling an account ends the sessions signed in before it, idle ones too)
+# 12: an account's sessions_from (disabling an account ends the sessions signed in before it, idle ones too);
+# 13: an account's must_change (a temporary password an administrator set: its owner chooses another first)
 
 
 class UnitOfWork(Protocol):
@@ -86,7 +87,7 @@ class AuditTrail(Protocol):
 
 
 # the account fields ``update_account`` may set or compare (the name is the key; the creation time never changes)
-ACCOUNT_FIELDS = ("role", "password_hash", "disabled", "failed_count", "locked_until", "sessions_from")
+ACCOUNT_FIELDS = ("role", "password_hash", "disabled", "failed_count", "locked_until", "sessions_from", "must_change")
 
 
 def check_account_fields(*fields: Mapping[str, Any]) -> None:

@@ -87,7 +87,8 @@ PEOPLE = (
         failed_count INTEGER NOT NULL DEFAULT 0,
         locked_until_ms INTEGER,
         created_ms INTEGER NOT NULL,
-        sessions_from_ms INTEGER
+        sessions_from_ms INTEGER,
+        must_change INTEGER NOT NULL DEFAULT 0 CHECK (must_change IN (0, 1))
     )""",
     """CREATE TABLE IF NOT EXISTS reviews (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,

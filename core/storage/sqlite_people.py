@@ -25,6 +25,7 @@ _VALUE_OF = {
     "disabled": lambda v: int(bool(v)),
     "locked_until": lambda v: to_ms(v) if v is not None else None,
     "sessions_from": lambda v: to_ms(v) if v is not None else None,
+    "must_change": lambda v: int(bool(v)),
 }
 
 
@@ -50,6 +51,7 @@ class SQLitePeople(SQLiteBase):
             locked_until=from_ms(row["locked_until_ms"]) if row["locked_until_ms"] is not None else None,
             created_at=from_ms(row["created_ms"]),
             sessions_from=from_ms(row["sessions_from_ms"]) if row["sessions_from_ms"] is not None else None,
+            must_change=bool(row["must_change"]),
         )
 
     def get_account(self, name: str) -> Account | None:
@@ -65,7 +67,7 @@ class SQLitePeople(SQLiteBase):
             account,
             "DO UPDATE SET role = excluded.role, password_hash = excluded.password_hash, disabled = excluded.disabled, "
             "failed_count = excluded.failed_count, locked_until_ms = excluded.locked_until_ms, "
-            "sessions_from_ms = excluded.sessions_from_ms",
+            "sessions_from_ms = excluded.sessions_from_ms, must_change = excluded.must_change",
         )
 
     def insert_account(self, account: Account) -> bool:
@@ -81,7 +83,7 @@ class SQLitePeople(SQLiteBase):
         with self._errors():
             cursor = self._connection().execute(
                 "INSERT INTO accounts (name, role, password_hash, disabled, failed_count, locked_until_ms, created_ms, "
-                f"sessions_from_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) {on_conflict}",
+                f"sessions_from_ms, must_change) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) {on_conflict}",
                 (
                     account.name,
                     account.role,
@@ -91,6 +93,7 @@ class SQLitePeople(SQLiteBase):
                     locked,
                     to_ms(created),
                     ended,
+                    int(account.must_change),
                 ),
             )
         return cursor.rowcount == 1
