@@ -19,13 +19,14 @@ try:
 except StoreError as error:
     st.error(f"The accounts cannot be read: {error}")
     st.stop()
+SIGN_IN = {(False, False): "single sign-on", (True, False): "password", (True, True): "temporary password"}
 st.dataframe(
     pd.DataFrame(
         [
             {
                 "account": a.name,
                 "role": a.role,
-                "sign-in": "password" if a.password_hash else "single sign-on",
+                "sign-in": SIGN_IN[(bool(a.password_hash), a.must_change)],
                 "disabled": a.disabled,
                 "locked until (UTC)": f"{a.locked_until:%Y-%m-%d %H:%M}" if a.locked_until else "",
             }
@@ -35,6 +36,10 @@ st.dataframe(
     hide_index=True,
     width="stretch",
 )
+
+
+TEMPORARY = "Temporary: the user chooses their own at the next sign-in"
+TEMPORARY_HELP = "Until then the account can do nothing else (you know this password; they should be the only one)."
 
 
 def attempt(change, *args) -> None:
@@ -58,17 +63,21 @@ with left.form("new-account", clear_on_submit=True):
     name = st.text_input("Account name")
     role = st.selectbox("Role", ROLES)
     password = st.text_input("Password (at least 12 characters; empty: single sign-on only)", type="password")
+    first_temporary = st.checkbox(TEMPORARY, value=True, key="new-temporary", help=TEMPORARY_HELP)
     if st.form_submit_button("Create"):
         if not password and not accounts.single_sign_on_ready():  # it was made, listed and could never sign in
             st.error("Give a password: single sign-on is not set up, so an account without one could not sign in.")
         else:
-            attempt(accounts.add_account, name.strip(), role, password or None)
+            attempt(accounts.add_account, name.strip(), role, password or None, first_temporary)
 with right.form(f"change-account-{st.session_state.get('account_changes', 0)}"):  # a new, empty form after a change
     st.markdown("**Change an account**")
     target = st.selectbox("Account", [a.name for a in people], index=None, placeholder="Choose an account")
     change = st.radio("Change", ["role", "password", "disable", "enable", "unlock"], index=None, horizontal=True)
     new_role = st.selectbox("New role (for a role change)", ROLES, index=None, placeholder="Choose a role")
     new_password = st.text_input("New password (for a password change)", type="password")
+    reset_temporary = st.checkbox(
+        TEMPORARY, value=True, key=f"reset-temporary-{st.session_state.get('account_changes', 0)}", help=TEMPORARY_HELP
+    )
     confirmed = st.checkbox("I confirm this change")
     if st.form_submit_button("Apply"):
         if target is None or change is None or (change == "role" and new_role is None):
@@ -78,7 +87,7 @@ with right.form(f"change-account-{st.session_state.get('account_changes', 0)}"):
         elif change == "role":
             attempt(accounts.set_role, target, new_role)
         elif change == "password":
-            attempt(accounts.set_password, target, new_password)
+            attempt(accounts.set_password, target, new_password, reset_temporary)
         elif change == "unlock":
             attempt(accounts.unlock, target)
         else:

@@ -1092,16 +1092,57 @@ def test_the_accounts_form_changes_nothing_until_an_account_a_change_and_a_confi
     app.radio[0].set_value("role")
     next(b for b in app.button if b.label == "Apply").click().run()
     assert "tick 'I confirm this change'" in app.warning[0].value and store.get_account("dr-a").role == "radiologist"
-    app.checkbox[0].check()
+    next(c for c in app.checkbox if c.label == "I confirm this change").check()
     next(b for b in app.button if b.label == "Apply").click().run()
     assert not app.exception and store.get_account("dr-a").role == "supervisor"
     assert app.success[0].value == "Saved." and "supervisor" in app.dataframe[0].value["role"].tolist()
-    assert not app.checkbox[0].value  # a new, empty form: the next change needs its own confirmation
+    assert not next(c for c in app.checkbox if c.label == "I confirm this change").value  # a new, empty form
     new_name = next(t for t in app.text_input if t.label == "Account name")
     new_name.set_value("dr-b")
     next(b for b in app.button if b.label == "Create").click().run()  # no password, no single sign-on set up:
     assert not app.exception and "single sign-on is not set up" in app.error[0].value  # it could never sign in
     assert store.get_account("dr-b") is None
+
+
+def test_a_password_an_administrator_sets_is_temporary_and_its_owner_chooses_another_before_anything_else(
+    app_environment: Path,
+) -> None:
+    """An administrator who set a user's password knew it for good: nothing made the user choose their own."""
+    from core.errors import AccessDenied
+    from core.services import accounts, reviews
+    from core.services.access import COMMAND_LINE
+    from core.services.reviews import WorklistQuery
+
+    store = stored(app_environment)
+    accounts.add_account(store, COMMAND_LINE, "root", "admin", "a long enough password")
+    accounts.add_account(store, COMMAND_LINE, "dr-a", "radiologist", "first password 1")
+    admin = page("accounts.py")
+    admin.session_state["actor"] = Actor("root", "admin")
+    admin.run()
+    next(s for s in admin.selectbox if s.label == "Account").set_value("dr-a")
+    admin.radio[0].set_value("password")
+    next(t for t in admin.text_input if t.label.startswith("New password")).set_value("the administrator's one")
+    assert next(c for c in admin.checkbox if c.label.startswith("Temporary")).value  # by default
+    next(c for c in admin.checkbox if c.label == "I confirm this change").check()
+    next(b for b in admin.button if b.label == "Apply").click().run()
+    assert not admin.exception and store.get_account("dr-a").must_change
+    assert "temporary password" in admin.dataframe[0].value["sign-in"].tolist()
+    doctor = accounts.sign_in(store, "dr-a", "the administrator's one")
+    with pytest.raises(AccessDenied, match="Choose a new password first"):  # the services refuse, not a screen
+        reviews.worklist(store, doctor, WorklistQuery())
+    app = AppTest.from_file(str(ROOT / "pages" / "worklist.py"), default_timeout=60)
+    app.session_state["actor"] = doctor
+    app.run()
+    assert not app.exception and app.title[0].value == "Choose a new password" and not app.dataframe
+    fields = {field.label: field for field in app.text_input}
+    fields["Current password"].set_value("the administrator's one")
+    fields["New password"].set_value("my very own passphrase")
+    fields["New password again"].set_value("my very own passphrase")
+    next(b for b in app.button if b.label == "Change password").click().run()
+    assert not app.exception and app.title[0].value == "Worklist"
+    assert not store.get_account("dr-a").must_change and accounts.sign_in(store, "dr-a", "my very own passphrase")
+    trail = [(e.action, e.detail.get("temporary")) for e in store.audit_events() if e.target == "dr-a"]
+    assert ("account_password_set", True) in trail and ("account_password_changed", None) in trail
 
 
 def test_the_first_admin_command_shown_creates_an_admin_this_server_then_signs_in(app_environment: Path) -> None:

@@ -348,6 +348,7 @@ def test_the_first_admin_is_made_at_the_command_line_and_audit_verify_finds_an_e
         "role": "admin",
         "disabled": False,
         "sign_in": "password",
+        "temporary_password": False,
         "locked_until": None,
     }
     assert run_cli(["users", "add", "dr-b", "--role", "radiologist", "--password-stdin"], capsys, "short\n")[0] == 2
@@ -363,6 +364,9 @@ def test_the_first_admin_is_made_at_the_command_line_and_audit_verify_finds_an_e
     database.commit()
     code, lines = run_cli(["audit", "verify"], capsys)
     assert code == 1 and lines[0]["intact"] is False and lines[0]["first_bad_event"]["seq"] == 2
+    reset = ["users", "set-password", "root", "--password-stdin", "--temporary"]  # its owner chooses another first
+    code, lines = run_cli(reset, capsys, "a temporary passphrase\n")
+    assert code == 0 and lines[0]["updated"]["temporary_password"] is True
 
 
 def test_images_past_retention_are_purged_by_an_admin_only_and_audited(store, tmp_path, monkeypatch) -> None:

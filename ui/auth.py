@@ -142,7 +142,24 @@ def password_form(actor: Actor) -> None:
         return
     if st.session_state.pop(PASSWORD_CHANGED, False):
         st.success("Password changed. Your other sessions have ended.")
-    with st.popover("Change my password"), st.form("own-password", clear_on_submit=True):
+    with st.popover("Change my password"):
+        _password_fields(actor)
+
+
+def temporary_password_screen(actor: Actor) -> None:
+    """All a user signed in with a temporary password sees (the services refuse the rest): choose a new one."""
+    st.title("Choose a new password")
+    st.info(
+        "An administrator set your password: it is a temporary one. Choose your own before going on; the "
+        "administrator will not know it."
+    )
+    _password_fields(actor)
+    st.button("Sign out", on_click=sign_out, key="sign-out-temporary")
+
+
+def _password_fields(actor: Actor) -> None:
+    """The current password and the new one twice, in a form that changes it (:func:`password_form`)."""
+    with st.form("own-password", clear_on_submit=True):
         current = st.text_input("Current password", type="password")
         new = st.text_input("New password", type="password", help=f"At least {accounts.MIN_PASSWORD} characters.")
         again = st.text_input("New password again", type="password")
@@ -181,7 +198,7 @@ def callback_actor(permission: str) -> Actor | None:
     or None when the session has ended or the role no longer allows ``permission`` (the callback then does
     nothing, and the page run that follows shows the sign-in form or the refusal)."""
     actor = current_actor()
-    return actor if actor is not None and allowed(actor, permission) else None
+    return actor if actor is not None and not actor.must_change and allowed(actor, permission) else None
 
 
 def still_signed_in() -> Callable[[], bool]:
@@ -319,6 +336,10 @@ def require(permission: str | None) -> Actor:
     if actor is None:
         write_pending_cookie()  # a sign-out's: the browser forgets its cookie
         sign_in_screen()
+        st.stop()
+    if actor.must_change:  # a temporary password: nothing else until it is replaced (the services refuse anyway)
+        write_pending_cookie()
+        temporary_password_screen(actor)
         st.stop()
     if permission is not None and not allowed(actor, permission):
         st.error(f"The {actor.role} role may not {permission}.")

@@ -34,6 +34,8 @@ from core.services.access import COMMAND_LINE
 from core.services.resources import open_image_store, open_results_store
 from core.storage.protocol import Store
 
+TEMPORARY = "the password is a temporary one: its owner must choose another at the next sign-in, before anything else"
+
 
 def add_commands(commands: Any) -> None:
     store = commands.add_parser("store", help="the embedded database's register")
@@ -56,6 +58,7 @@ def add_commands(commands: Any) -> None:
     how = add.add_mutually_exclusive_group(required=True)
     how.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     how.add_argument("--sso", action="store_true", help="no password: signs in through single sign-on only")
+    add.add_argument("--temporary", action="store_true", help=TEMPORARY)
     add.set_defaults(run=cmd_users_add)
     verbs.add_parser("list", help="every account, without password hashes").set_defaults(run=cmd_users_list)
     for verb, disabled in (("disable", True), ("enable", False)):
@@ -72,6 +75,7 @@ def add_commands(commands: Any) -> None:
     password = verbs.add_parser("set-password", help="set a password (read from standard input)")
     password.add_argument("name")
     password.add_argument("--password-stdin", action="store_true", required=True)
+    password.add_argument("--temporary", action="store_true", help=TEMPORARY)
     password.set_defaults(run=cmd_users_set_password)
     trail = commands.add_parser("audit", help="verify or export the audit trail")
     steps = trail.add_subparsers(dest="verb", required=True, parser_class=type(trail))
@@ -104,6 +108,7 @@ def _shown(account: Account) -> dict[str, Any]:
         "role": account.role,
         "disabled": account.disabled,
         "sign_in": "password" if account.password_hash else "single sign-on",
+        "temporary_password": account.must_change,
         "locked_until": account.locked_until.isoformat() if account.locked_until else None,
     }
 
@@ -115,10 +120,9 @@ def _stored() -> Store:
 
 def cmd_users_add(args: argparse.Namespace) -> int:
     password = None if args.sso else _password()
-    emit(
-        {"created": _shown(accounts.add_account(open_results_store(), COMMAND_LINE, args.name, args.role, password))},
-        sys.stdout,
-    )
+    store = open_results_store()
+    created = accounts.add_account(store, COMMAND_LINE, args.name, args.role, password, temporary=args.temporary)
+    emit({"created": _shown(created)}, sys.stdout)
     return EXIT_OK
 
 
@@ -150,7 +154,7 @@ def cmd_users_set_role(args: argparse.Namespace) -> int:
 
 
 def cmd_users_set_password(args: argparse.Namespace) -> int:
-    account = accounts.set_password(_stored(), COMMAND_LINE, args.name, _password())
+    account = accounts.set_password(_stored(), COMMAND_LINE, args.name, _password(), temporary=args.temporary)
     emit({"updated": _shown(account)}, sys.stdout)
     return EXIT_OK
 

@@ -54,6 +54,8 @@ class Actor:
     credential: str = field(default="", compare=False, repr=False)
     via: str = field(default="", compare=False, repr=False)
     signed_in_at: datetime | None = field(default=None, compare=False, repr=False)
+    # signed in with a temporary password an administrator set: nothing but choosing a new one until then
+    must_change: bool = field(default=False, compare=False, repr=False)
 
 
 VIA_CLAIM, VIA_ACCOUNT = "claim", "account"
@@ -70,6 +72,8 @@ def require(actor: Actor | None, permission: str) -> Actor:
     """``actor`` when its role grants ``permission``; :class:`AccessDenied` otherwise (or when nobody is signed in)."""
     if actor is None:
         raise AccessDenied(f"Sign in to {permission}.")
+    if actor.must_change:  # enforced here, not by a screen: every service refuses until the password is new
+        raise AccessDenied("Choose a new password first: this one is a temporary one an administrator set.")
     if not allowed(actor, permission):
         raise AccessDenied(f"The {actor.role} role may not {permission}.")
     return actor

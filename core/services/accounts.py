@@ -65,8 +65,11 @@ def check_password(password: str) -> None:
         raise InvalidRecord("A password is not only spaces or one character repeated.")
 
 
-def add_account(store: Store, actor: Actor, name: str, role: str, password: str | None) -> Account:
-    """Create an account (admins; ``password`` None for a single-sign-on account)."""
+def add_account(
+    store: Store, actor: Actor, name: str, role: str, password: str | None, temporary: bool = False
+) -> Account:
+    """Create an account (admins; ``password`` None for a single-sign-on account; ``temporary``: its owner must
+    choose another at the first sign-in, before anything else)."""
     require(actor, ACCOUNTS)
     if not name.isascii():  # "admin" with a Cyrillic "a", or a full-width "ROOT": another account in the trail
         raise InvalidRecord(
@@ -79,12 +82,18 @@ def add_account(store: Store, actor: Actor, name: str, role: str, password: str 
         raise InvalidRecord(f"An account named {twin} exists already (names differ only in case).")  # "alice"
     if password is not None:
         check_password(password)
-    account = Account(name, role, _hasher().hash(password) if password else None, created_at=datetime.now(UTC))
+    account = Account(
+        name,
+        role,
+        _hasher().hash(password) if password else None,
+        created_at=datetime.now(UTC),
+        must_change=temporary and password is not None,
+    )
     with store.atomic():  # the change and its audit event: both or neither
         if not store.insert_account(account.validate()):  # created meanwhile (the page and the command line)
             raise InvalidRecord(f"An account named {name} exists already.")
         try:
-            audit.record(store, actor, "account_created", name, role=role)
+            audit.record(store, actor, "account_created", name, role=role, temporary=account.must_change)
         except StoreError:  # SQLite rolls the unit back; MongoDB needs the undo (an admin stood, unaudited)
             if not getattr(store, "rolls_back", True):
                 with suppress(StoreError):
@@ -213,14 +222,16 @@ def unlock(store: Store, actor: Actor, name: str) -> Account:
         return _change(store, actor, account, changes, ("password_hash",), "account_unlocked")
 
 
-def set_password(store: Store, actor: Actor, name: str, password: str) -> Account:
+def set_password(store: Store, actor: Actor, name: str, password: str, temporary: bool = False) -> Account:
+    """An administrator sets ``name``'s password (its sessions end); ``temporary``: its owner must choose another at
+    the next sign-in, before anything else (the administrator knows this one)."""
     require(actor, ACCOUNTS)
     check_password(password)
     new_hash = _hasher().hash(password)  # the slow part, before the unit of work
     with store.atomic():  # the read, the change and its audit event: both or neither
         account = _existing(store, name)
-        changes = {"password_hash": new_hash, "failed_count": 0, "locked_until": None}
-        return _change(store, actor, account, changes, ("password_hash",), "account_password_set")
+        changes = {"password_hash": new_hash, "failed_count": 0, "locked_until": None, "must_change": temporary}
+        return _change(store, actor, account, changes, ("password_hash",), "account_password_set", temporary=temporary)
 
 
 def change_own_password(store: Store, actor: Actor, current: str, new: str, now: datetime | None = None) -> Actor:
@@ -256,10 +267,10 @@ def change_own_password(store: Store, actor: Actor, current: str, new: str, now:
     store.end_sign_in(actor.name, True)
     new_hash = hasher.hash(new)  # the slow part, before the unit of work
     with store.atomic():  # over the account as checked: a reset or a disable since makes it refused
-        changes = {"password_hash": new_hash, "failed_count": 0, "locked_until": None}
+        changes = {"password_hash": new_hash, "failed_count": 0, "locked_until": None, "must_change": False}
         checked = ("password_hash", "disabled", "sessions_from")
         updated = _change(store, actor, account, changes, checked, "account_password_changed")
-    return replace(actor, credential=credential_of(updated))
+    return replace(actor, credential=credential_of(updated), must_change=False)
 
 
 def credential_of(account: Account) -> str:
@@ -293,7 +304,9 @@ def refreshed_actor(store: Store, actor: Actor) -> Actor | None:
         return None
     if actor.via == VIA_ACCOUNT and account.password_hash is not None:
         return None
-    return actor if account.role == actor.role else replace(actor, role=account.role)
+    if (account.role, account.must_change) == (actor.role, actor.must_change):
+        return actor
+    return replace(actor, role=account.role, must_change=account.must_change)
 
 
 def outlived(actor: Actor, now: datetime | None = None) -> bool:
@@ -376,7 +389,9 @@ def _sign_in(store: Store, name: str, password: str, now: datetime | None) -> Ac
         stronger = hasher.hash(password)
         if _rehash(store, account, stronger):  # the session carries the fingerprint of the hash it signed in with
             account = replace(account, password_hash=stronger)
-    actor = Actor(name, account.role, credential_of(account), signed_in_at=datetime.now(UTC))  # ``now``: the lock's
+    actor = Actor(  # signed in now (``now`` is the lock's clock)
+        name, account.role, credential_of(account), signed_in_at=datetime.now(UTC), must_change=account.must_change
+    )
     audit.record(store, actor, "sign_in", name)
     return actor
 
