@@ -192,7 +192,7 @@ def quality_figures(board_q) -> None:
         f" {backlog} awaiting review are not in it, and would lengthen it." if board_q.backlog != 0 else ""
     )
     kpis[5].metric(
-        "Turnaround of reviewed (median)",
+        "Review turnaround (median)",
         ("—" if not overall.reviewed else "withheld") if median is None else hours_within(median),
         help="From saving to the first review, of the results reviewed."
         + ("" if p90 is None else f" 90 % of them were reviewed {hours_within(p90)}.")

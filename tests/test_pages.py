@@ -480,7 +480,7 @@ def test_statistics_page_charts_the_stores_aggregates_under_the_small_count_rule
     assert metrics["Flagged results"] == "0" and metrics["Refused results"] == "withheld"
     # nothing reviewed: the rates against the final labels have nothing to count, which "withheld" read as a secret
     assert metrics["Reviewed"] == "0" and metrics["Agreement"] == "—" and metrics["Sensitivity"] == "—"
-    turnaround = next(m for m in app.metric if m.label == "Turnaround of reviewed (median)")
+    turnaround = next(m for m in app.metric if m.label == "Review turnaround (median)")
     assert turnaround.value == "—" and "13 results awaiting review are not in it" in turnaround.proto.help
     # pituitary's 2 withheld, with no tumour's 5 beside it, and glioma's 6: the tumour rate gives their sum, 8
     assert metrics["Glioma"] == "withheld" and metrics["Pituitary tumour"] == "withheld"
