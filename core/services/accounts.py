@@ -240,7 +240,7 @@ def change_own_password(store: Store, actor: Actor, current: str, new: str, now:
     Returns the session's actor anew: its other sessions end (the new password's fingerprint is not theirs), this one
     goes on, no longer than it would have (its sign-in time stays). A single-sign-on account's password is its
     provider's. The change is written only over the account as it was checked: an administrator's reset or disable
-    in between wins (it was overwritten, the user's change audited as normal)."""
+    in between wins (one was overwritten by a change written over the account as read again)."""
     from argon2.exceptions import InvalidHashError, VerificationError
 
     if not actor.credential:
