@@ -1070,18 +1070,23 @@ def test_a_disabled_supervisor_is_signed_out_and_a_demoted_admin_can_no_longer_m
     assert not admin.exception and not admin.get("form") and "may not manage accounts" in admin.error[0].value
 
 
-def test_the_accounts_form_changes_nothing_until_an_account_a_change_and_a_confirmation_are_given(
-    app_environment: Path,
-) -> None:
+def accounts_page_of_root(app_environment: Path, doctor_password: str):
+    """The store with an admin "root" and a radiologist "dr-a", and the Accounts page as root has run it."""
     from core.services import accounts
     from core.services.access import COMMAND_LINE
 
     store = stored(app_environment)
     accounts.add_account(store, COMMAND_LINE, "root", "admin", "a long enough password")
-    accounts.add_account(store, COMMAND_LINE, "dr-a", "radiologist", "a long enough password")
+    accounts.add_account(store, COMMAND_LINE, "dr-a", "radiologist", doctor_password)
     app = page("accounts.py")
     app.session_state["actor"] = Actor("root", "admin")
-    app.run()
+    return store, app.run()
+
+
+def test_the_accounts_form_changes_nothing_until_an_account_a_change_and_a_confirmation_are_given(
+    app_environment: Path,
+) -> None:
+    store, app = accounts_page_of_root(app_environment, "a long enough password")
     apply = next(b for b in app.button if b.label == "Apply")
     apply.click().run()  # one click on the defaults once demoted the only admin
     assert not app.exception and "Choose an account" in app.error[0].value
@@ -1110,15 +1115,9 @@ def test_a_password_an_administrator_sets_is_temporary_and_its_owner_chooses_ano
     """An administrator who set a user's password knew it for good: nothing made the user choose their own."""
     from core.errors import AccessDenied
     from core.services import accounts, reviews
-    from core.services.access import COMMAND_LINE
     from core.services.reviews import WorklistQuery
 
-    store = stored(app_environment)
-    accounts.add_account(store, COMMAND_LINE, "root", "admin", "a long enough password")
-    accounts.add_account(store, COMMAND_LINE, "dr-a", "radiologist", "first password 1")
-    admin = page("accounts.py")
-    admin.session_state["actor"] = Actor("root", "admin")
-    admin.run()
+    store, admin = accounts_page_of_root(app_environment, "first password 1")
     next(s for s in admin.selectbox if s.label == "Account").set_value("dr-a")
     admin.radio[0].set_value("password")
     next(t for t in admin.text_input if t.label.startswith("New password")).set_value("the administrator's one")
