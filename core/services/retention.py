@@ -43,7 +43,7 @@ class Purged:
 
 def purge_images(store: Store, images: ImageStore, actor: Actor, days: int | None = None) -> Purged:
     """Delete the images stored more than ``days`` (at least 1; default: the retention period) ago, but those of
-    results not yet reviewed (each said). The audit event is written first: a purge that cannot be audited deletes
+    results not yet reviewed (counted). The audit event is written first: a purge that cannot be audited deletes
     nothing."""
     require(actor, DELETE_IMAGES)
     keep = retention_days() if days is None else days
