@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from core.cli.common import (
@@ -25,6 +24,7 @@ from core.errors import ScanError, StoreError
 from core.evaluation.evaluate import NothingToScore, evaluate_folder
 from core.imaging import read_file_bytes
 from core.imaging.geometry import undo_transform
+from core.imaging.raster import encode_png
 from core.model.classifier import Classifier
 from core.model.gate import REJECTED
 from core.services.access import COMMAND_LINE
@@ -83,12 +83,10 @@ def _write_mask(folder: Path, source: Path, outcome: ScanOutcome) -> str | None:
     if analysis is None or analysis.lesion is None or analysis.prediction.gate.decision == REJECTED:
         return None
     stored = undo_transform(analysis.lesion.mask, analysis.scan.display)
-    ok, encoded = cv2.imencode(".png", stored.astype(np.uint8) * 255)
-    if not ok:
-        return None
+    encoded = encode_png(stored.astype(np.uint8) * 255)
     frame = analysis.scan.frame  # one frame of a multi-frame file: named after it (frames 0 and 1 came out as
     stem = source.name if frame is None else f"{source.name}.frame{frame}"  # "f.dcm" and "f.dcm-2")
-    return str(write_new(folder, stem, ".lesion.png", encoded.tobytes()))
+    return str(write_new(folder, stem, ".lesion.png", encoded))
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

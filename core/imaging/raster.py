@@ -236,3 +236,13 @@ def _to_gray(image: Image.Image) -> tuple[np.ndarray, float]:
     if image.mode != "L":
         image = image.convert("L")
     return np.asarray(image), 0.0
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """``pixels`` (uint8: grey, or BGR as OpenCV orders colour) as a PNG with nothing but pixels in it: the one
+    encoder of the image store, the pages' images, the report's and the command line's masks. ValueError when OpenCV
+    cannot encode them (a uint8 image of 2 or 3 dimensions always encodes)."""
+    ok, data = cv2.imencode(".png", np.ascontiguousarray(pixels))
+    if not ok:  # pragma: no cover - see above
+        raise ValueError("the image could not be encoded as PNG")
+    return data.tobytes()

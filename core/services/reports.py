@@ -22,6 +22,7 @@ import numpy as np
 from core.domain.results import Record
 from core.errors import InvalidRecord, NoBrainFound
 from core.imaging.geometry import orientation_letters
+from core.imaging.raster import encode_png
 from core.model.classifier import Classifier
 from core.model.decision import two_places
 from core.model.explain import HEAT_MEANING, Explainer, overlay
@@ -59,10 +60,7 @@ def _lettering(c: str) -> bool:
 
 
 def _png(rgb: np.ndarray) -> io.BytesIO:
-    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:  # pragma: no cover - OpenCV always encodes a uint8 image
-        raise ValueError("PNG encoding failed")
-    return io.BytesIO(data.tobytes())
+    return io.BytesIO(encode_png(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)))
 
 
 # a cell that ends its line, ragged right: fpdf2 justifies by default, and a long reviewer name (a sign-on e-mail)

@@ -16,6 +16,7 @@ from pathlib import Path
 from core.errors import FileTooLarge, ScanError
 from core.imaging.archive import is_zip
 from core.imaging.limits import DEFAULT_STUDY_LIMITS, StudyLimits
+from core.imaging.raster import encode_png
 from core.imaging.scan import is_dicom
 from core.imaging.series import is_nifti, read_upload
 from core.imaging.volume import Volume
@@ -159,11 +160,6 @@ def analyse_path(path: Path, classifier: Classifier) -> StudyOutcome:
 def display_png(volume: Volume) -> tuple[dict[str, str], bytes]:
     """The series' middle section as the viewer displays it (PNG, pixels only) and the letters at its edges
     ({"top", "bottom", "left", "right"}: R/L, A/P, H/F; empty when the files give no orientation)."""
-    import cv2
-
-    middle = volume.sections[len(volume.sections) // 2]
-    ok, png = cv2.imencode(".png", middle)
-    if not ok:
-        raise ValueError("the section could not be encoded as PNG")
+    png = encode_png(volume.sections[len(volume.sections) // 2])
     letters = volume.letters
-    return {side: letters[side] for side in ("top", "bottom", "left", "right") if side in letters}, png.tobytes()
+    return {side: letters[side] for side in ("top", "bottom", "left", "right") if side in letters}, png

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from core.imaging.raster import encode_png
 from core.model.analysis import Analysis, Prediction
 from core.model.explain import Explainer, overlay
 from core.model.gate import REJECTED
@@ -68,7 +69,7 @@ class ScanView:
             return self.original_png
         bgr = cv2.imdecode(np.frombuffer(self.original_png, np.uint8), cv2.IMREAD_COLOR)
         draw_outline(bgr, self.outline, OUTLINE_RGB[::-1])
-        return _png(bgr)
+        return encode_png(bgr)
 
     def overlay(self, label: str, opacity: float) -> np.ndarray | None:
         """RGB crop with the heat map of ``label`` blended in (None when there is no map: a refused scan)."""
@@ -97,19 +98,12 @@ def display_scale(shape: tuple[int, ...]) -> float:
     return min(1.0, DISPLAY_SIDE / max(shape[:2]))
 
 
-def _png(bgr: np.ndarray) -> bytes:
-    ok, encoded = cv2.imencode(".png", bgr)
-    if not ok:  # pragma: no cover - OpenCV always encodes a uint8 image
-        raise ValueError("PNG encoding failed")
-    return encoded.tobytes()
-
-
 def _display_png(pixels: np.ndarray, box: tuple[int, int, int, int]) -> bytes:
     boxed = with_box(pixels, box)
     scale = display_scale(boxed.shape)
     if scale < 1:
         boxed = cv2.resize(boxed, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-    return _png(cv2.cvtColor(boxed, cv2.COLOR_RGB2BGR))
+    return encode_png(cv2.cvtColor(boxed, cv2.COLOR_RGB2BGR))
 
 
 def scan_view(analysis: Analysis, explainer: Explainer | None) -> ScanView:

@@ -19,10 +19,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-import cv2
 import numpy as np
 
 from core.errors import StoreError, StoreUnavailable
+from core.imaging.raster import encode_png
 
 _KEY = re.compile(r"^[0-9a-f]{64}$")
 
@@ -38,10 +38,10 @@ class ImageStore(Protocol):
 
 def encode(pixels: np.ndarray) -> bytes:
     """The pixels as a PNG with nothing but pixels in it."""
-    ok, data = cv2.imencode(".png", np.ascontiguousarray(pixels))
-    if not ok:  # pragma: no cover - a uint8 2-D array always encodes
-        raise StoreError("The image could not be encoded for the image store.")
-    return data.tobytes()
+    try:
+        return encode_png(pixels)
+    except ValueError as error:  # pragma: no cover - a uint8 2-D array always encodes
+        raise StoreError("The image could not be encoded for the image store.") from error
 
 
 def _check(key: str) -> None:
