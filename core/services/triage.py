@@ -139,11 +139,19 @@ def save(
     except InvalidRecord as error:  # one result that fails its own checks: that file not saved, the batch goes on
         logger.warning("event=save_failed code=%s", error.code)
         return SaveStatus(NOT_SAVED, f"{error} (nothing was saved)")
+    return _kept_and_saved(record, analysis, store, actor, images)[1]
+
+
+def _kept_and_saved(
+    record: Record, analysis: Analysis, store: Store | None, actor: Actor, images: ImageStore | None
+) -> tuple[Record, SaveStatus]:
+    """The record with its kept image's key, and the status of writing it (the image first: a record never names
+    pixels that were not kept; an image that cannot be kept saves nothing)."""
     try:
         record = replace(record, image_key=keep_image(images, analysis.scan.pixels))
     except StoreError as error:
-        return image_not_kept(error)
-    return save_record(record, store, actor, analysis.prediction.gate.decision)
+        return record, image_not_kept(error, record.id)
+    return record, save_record(record, store, actor, analysis.prediction.gate.decision)
 
 
 def keep_image(images: ImageStore | None, pixels: Any) -> str | None:
@@ -281,14 +289,7 @@ def triage(
         logger.warning("event=save_failed code=%s", error.code)
         message = f"The result cannot be recorded ({error}); nothing was saved."
         return Triaged(outcome.sha256, outcome.frames, frame, None, error.code, message)
-    try:
-        record, kept = replace(record, image_key=keep_image(images, analysis.scan.pixels)), None
-    except StoreError as error:
-        kept = error
-    if kept is not None:
-        status = image_not_kept(kept, record.id)
-    else:
-        status = save_record(record, store, actor, analysis.prediction.gate.decision)
+    record, status = _kept_and_saved(record, analysis, store, actor, images)
     view = scan_view(analysis, explainer)
     triaged = Triaged(outcome.sha256, outcome.frames, analysis.scan.frame, view, record=record, status=status)
     if status.state == ALREADY_SAVED and store is not None:  # uploaded before: link the reference typed now
