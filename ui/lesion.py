@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from core.services.report_text import ml_text
+
 OUTLINE_LABEL = "Outline"
 OUTLINE_HELP = (
     "The lesion segmenter's outline (magenta): where it marks abnormal tissue. A decision aid to check against the "
@@ -25,10 +27,8 @@ def _mm2(value: float) -> str:
 
 
 def _ml(value: float) -> str:
-    """ "12.4", "0.38"; a lesion measured under 0.005 mL is "<0.01" (it printed "0.00", read as no lesion)."""
-    if 0 < value < 0.005:
-        return "<0.01"
-    return f"{value:,.1f}" if abs(value) >= 1 else f"{value:.2f}"
+    """ "12.4"; under 1 mL as the report writes it ("0.38", "<0.01": it printed "0.00", read as no lesion)."""
+    return f"{value:,.1f}" if abs(value) >= 1 else ml_text(value)
 
 
 def _px(value: float) -> str:
