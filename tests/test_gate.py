@@ -260,3 +260,25 @@ def test_a_folds_learned_checks_never_read_its_held_out_institution(tmp_path: Pa
     validation = {(tmp_path / "Training" / "glioma" / "b.png").resolve()}
     gate_learning.collect_samples(None, tmp_path, validation, held_out=held)
     assert sorted(read) == ["a.png", "b.png"]  # trained on a, thresholds set on b, c never read
+
+
+def test_random_noise_in_a_head_shaped_outline_is_refused_and_textured_slices_are_not() -> None:
+    """Uniform noise inside a disc passed every fixed check, and model 3 called it "no tumour" for review: tissue
+    is smooth from pixel to pixel (every real section of the shared data: correlation at least 0.30), noise is not."""
+    from core.model.gate import structure
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:256, :256]
+    disc = ((yy - 128) ** 2 + (xx - 128) ** 2) < 100**2
+    noisy = read_scan(png_bytes((disc * rng.integers(40, 256, (256, 256))).astype(np.uint8)))
+    region = find_brain(noisy.pixels)
+    assert structure(noisy, region) < 0.05
+    assert "the head region is random noise from pixel to pixel, unlike tissue" in image_reasons(
+        noisy, region, GatePolicy()
+    )
+    for size in (64, 128, 512):
+        scan = read_scan(png_bytes(synthetic_slice(size, tumour=size == 128, seed=size)))
+        region = find_brain(scan.pixels)
+        assert structure(scan, region) > 0.3
+        assert image_reasons(scan, region, GatePolicy()) == [], size
+    assert GatePolicy.from_card({"min_structure": 0.5}).min_structure == 0.5

@@ -1,8 +1,9 @@
 """The input gate: is this a brain MRI slice the model was built for?
 
-- ``rejected`` with reasons when cheap image checks fail (colour, no brain-sized region, a region the shape of a
-  page or a frame, a bright background) or when the model's energy score says the input is unlike its training
-  data (energy = -T * logsumexp(logits / T), Liu et al. 2020; threshold fitted on the validation split);
+- ``rejected`` with reasons when cheap image checks fail (colour, no brain-sized region, a region the shape of a page
+  or a frame, a bright background, a flat or a random-noise head region) or when the model's energy score says the
+  input is unlike its training data (energy = -T * logsumexp(logits / T), Liu et al. 2020; threshold fitted on the
+  validation split);
 - ``accepted`` otherwise; an accepted verdict becomes ``needs_review`` when the decision rule says so (its tumour
   probability is in the card's review band: :mod:`core.model.decision`), see :func:`with_review`.
 
@@ -85,6 +86,7 @@ class GatePolicy:
     max_fill: float = 0.95
     max_background: float = 0.25
     max_flatness: float = 0.60
+    min_structure: float = 0.15
     max_energy: float | None = None  # from the card; None = no model-based check
     checks: tuple[LearnedCheck, ...] = ()  # from the card's "learned" list
 
@@ -147,6 +149,21 @@ def _flatness(inside: np.ndarray) -> float:
     return float(counts[max(0, mode - 2) : mode + 3].sum() / inside.size)
 
 
+def structure(scan: Scan, region: BrainRegion) -> float:
+    """Correlation of each head-region pixel with its right and lower neighbours: tissue is smooth from pixel to
+    pixel, random noise is not (14,834 real sections of every source: at least 0.30, 1 % below 0.44; white noise:
+    0.00). A blank or flat region counts as structured (1.0): :func:`flatness` refuses it."""
+    mask = region.mask(scan.pixels.shape)
+    pixels = scan.pixels.astype(np.float32)
+    across = mask[:, :-1] & mask[:, 1:]
+    down = mask[:-1] & mask[1:]
+    first = np.concatenate([pixels[:, :-1][across], pixels[:-1][down]])
+    second = np.concatenate([pixels[:, 1:][across], pixels[1:][down]])
+    if first.size < 2 or first.std() == 0 or second.std() == 0:
+        return 1.0
+    return float(np.corrcoef(first, second)[0, 1])
+
+
 def image_reasons(scan: Scan, region: BrainRegion, policy: GatePolicy) -> list[str]:
     reasons = []
     if scan.colourfulness > policy.max_colourfulness:
@@ -159,6 +176,8 @@ def image_reasons(scan: Scan, region: BrainRegion, policy: GatePolicy) -> list[s
         reasons.append("its background is bright, unlike an MRI slice")
     if flatness(scan, region) > policy.max_flatness:
         reasons.append("the head region is mostly one flat intensity, like a drawing rather than a scan")
+    if structure(scan, region) < policy.min_structure:
+        reasons.append("the head region is random noise from pixel to pixel, unlike tissue")
     return reasons
 
 
