@@ -324,3 +324,27 @@ def test_a_gap_in_the_files_inside_the_lesion_is_named_beside_the_volume(
     assert any("not evenly spaced" in note for note in series.warnings)
     after_gap = lesion_on(series, range(4, 6))  # the lesion begins right after the lost file: it may hold some too
     assert any("gap in the files lies inside or at the lesion's span (sections 5-6)" in n for n in after_gap.warnings)
+
+
+def test_a_sections_title_gives_its_lesion_in_square_millimetres_from_the_series_source_spacing(
+    tiny_card: Path, tiny_lesion_card: Path
+) -> None:
+    """The viewer titled a section "lesion 1,368 px" even with the pixel spacing known (a radiologist reads mm²);
+    the areas are of the source pixels, so the source spacing measures them, not the displayed pixels'."""
+    from dataclasses import replace
+
+    from core.imaging.phantom_series import dicom_series, head_volume
+    from core.imaging.series import read_study
+    from core.model.volume import analyse_volume
+    from core.services.series_views import series_view
+    from ui.viewer_figures import lesion_note
+
+    volume = read_study(dicom_series(head_volume(4, 128, range(1, 3))))[0]
+    view = series_view(analyse_volume(volume, with_segmenter(Classifier.from_card(tiny_card), tiny_lesion_card)))
+    assert view.lesion_areas is not None and view.lesion_mm2 is not None and volume.spacing is not None
+    index = next(i for i, area in enumerate(view.lesion_areas) if area)
+    mm2 = view.lesion_areas[index] * volume.spacing[0] * volume.spacing[1]
+    assert view.lesion_mm2[index] == pytest.approx(mm2, abs=0.01)
+    assert lesion_note(view, index) == f" · lesion {mm2:,.0f} mm²"
+    assert lesion_note(replace(view, lesion_mm2=None), index) == f" · lesion {view.lesion_areas[index]:,} px"
+    assert lesion_note(replace(view, lesion_areas=(0,) * len(view.lesion_areas)), index) == ""

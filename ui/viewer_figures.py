@@ -22,6 +22,7 @@ import plotly.graph_objects as go
 from core.imaging.dicom_display import apply_window
 from core.model.explain import overlay
 from core.services.views import OUTLINE_RGB, draw_outline
+from ui.lesion import lesion_size
 
 OUTLINE_COLOR = "#{:02x}{:02x}{:02x}".format(*OUTLINE_RGB)
 
@@ -86,9 +87,12 @@ def rule_side(view: Any, p: float) -> str:
 
 
 def lesion_note(view: Any, index: int) -> str:
-    """ " · lesion 1,368 px" for a section with a lesion outlined (a title's ending); "" otherwise."""
-    areas = view.lesion_areas
-    return f" · lesion {areas[index]:,} px" if areas is not None and areas[index] else ""
+    """ " · lesion 342 mm²" for a section with a lesion outlined (a title's ending; " · lesion 1,368 px" when the
+    series gives no pixel spacing); "" otherwise."""
+    areas, mm2 = view.lesion_areas, view.lesion_mm2
+    if areas is None or not areas[index]:
+        return ""
+    return f" · lesion {lesion_size(mm2[index], 'mm2')}" if mm2 is not None else f" · lesion {areas[index]:,} px"
 
 
 def outline_shapes(outline: Sequence[np.ndarray]) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ from core.model.classifier import Classifier
 from core.model.decision import SeriesRule
 from core.model.explain import Explainer
 from core.model.gate import NEEDS_REVIEW
-from core.model.lesion import sections_spanned
+from core.model.lesion import area_mm2, sections_spanned
 from core.model.volume import SeriesAnalysis
 from core.services.access import OPEN_RESULT, Actor, require
 from core.services.triage import SaveStatus
@@ -105,6 +105,7 @@ class SeriesView:
     record: Record | None = None
     status: SaveStatus | None = None
     lesion_areas: tuple[int, ...] | None = None  # per section, in source pixels; None without a segmenter
+    lesion_mm2: tuple[float, ...] | None = None  # per section; None without a segmenter or a pixel spacing
     lesion_ml: float | None = None  # None without a segmenter or a voxel size
     outlines: tuple[tuple[np.ndarray, ...], ...] | None = None  # per section: lesion contours on displayed pixels
     needs_review: bool = False  # the verdict rests on fewer neighbours than the rule's, or lies in the review band
@@ -184,6 +185,9 @@ def series_view(analysis: SeriesAnalysis, status: SaveStatus | None = None, reco
         record=record,
         status=status,
         lesion_areas=None if areas is None else tuple(areas),
+        lesion_mm2=None
+        if areas is None or volume.spacing is None
+        else tuple(area_mm2(a, volume.spacing) for a in areas),
         lesion_ml=analysis.lesion_ml,
         outlines=None if areas is None else tuple(scaled_outline(x.outline, scale) if x else () for x in lesions),
         # analysed again after a colleague reviewed it: the flag is done with, as on the Worklist and in the PDF
