@@ -181,3 +181,19 @@ def test_study_command_writes_the_displayed_middle_section_and_its_letters(
     assert main(["study", "--display-out", str(tmp_path / "a-file"), "--save", str(path)]) == 2
     (line,) = [json.loads(text) for text in capsys.readouterr().out.splitlines()]
     assert line["error"]["code"] == "unwritable" and not (tmp_path / "data").exists()
+
+
+def test_direction_cosines_a_little_off_unit_length_are_normalised_before_they_measure_steps() -> None:
+    """Cosines within the 5 % a file may be off were used as written: ``1.04\\0\\0\\0\\1.04\\0`` made every step
+    between sections, and so every lesion volume, 8 % too large with no word."""
+    from core.imaging.phantom_series import head_volume
+    from tests.scans import relabelled
+
+    files = relabelled(
+        dicom_series(head_volume(4, 64), spacing=2.5), ImageOrientationPatient=[1.04, 0, 0, 0.02, 1.04, 0]
+    )
+    volume = read_study(files)[0]
+    assert volume.step_mm == pytest.approx(2.5, rel=1e-3)
+    row, column = np.array(volume.orientation[:3]), np.array(volume.orientation[3:])
+    assert np.linalg.norm(row) == pytest.approx(1.0) and np.linalg.norm(column) == pytest.approx(1.0)
+    assert row @ column == pytest.approx(0.0, abs=1e-12)

@@ -185,8 +185,17 @@ def frame_orientation(dataset: Any, frame: int | None) -> tuple[float, ...] | No
         except (TypeError, ValueError):
             cosines = np.array([])
         if cosines.size == 6 and np.isfinite(cosines).all() and _unit_and_orthogonal(cosines[:3], cosines[3:]):
-            return tuple(float(v) for v in cosines)
+            return _orthonormal(cosines[:3], cosines[3:])
     return None
+
+
+def _orthonormal(row: np.ndarray, column: np.ndarray) -> tuple[float, ...]:
+    """The cosines made exactly unit and at right angles (the column's part along the row taken off): used as
+    written, ``1.04\\0\\0\\0\\1.04\\0`` lengthened every step between sections, and each volume, by 8 %."""
+    row = row / np.linalg.norm(row)
+    column = column - (column @ row) * row
+    column = column / np.linalg.norm(column)
+    return tuple(float(v) for v in np.concatenate([row, column]))
 
 
 def _unit_and_orthogonal(row: np.ndarray, column: np.ndarray, tolerance: float = 0.05) -> bool:
