@@ -197,3 +197,14 @@ def test_direction_cosines_a_little_off_unit_length_are_normalised_before_they_m
     row, column = np.array(volume.orientation[:3]), np.array(volume.orientation[3:])
     assert np.linalg.norm(row) == pytest.approx(1.0) and np.linalg.norm(column) == pytest.approx(1.0)
     assert row @ column == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_position_along_an_oblique_normal_names_both_sides_it_leans_to_as_the_edge_letters_do() -> None:
+    """At 45 degrees between left and posterior the dominant axis alone was a tie: "L 30.9 mm" hid the second
+    direction the edge letters name."""
+    from core.imaging.geometry import place_text
+
+    oblique = (0.7071, -0.7071, 0.0, 0.0, 0.0, -1.0)  # normal (0.71, 0.71, 0): towards left and posterior
+    assert (place_text(oblique, 30.9), place_text(oblique, -30.9)) == ("LP 30.9 mm", "RA 30.9 mm")
+    assert (place_text((1, 0, 0, 0, 1, 0), 12.0), place_text((1, 0, 0, 0, 1, 0), -12.0)) == ("H 12.0 mm", "F 12.0 mm")
+    assert place_text(None, -4.0) == "-4.0 mm"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +155,10 @@ def test_mixed_orientations_and_two_different_sections_at_one_position_are_refus
         read_study(clash)
     (deduplicated,) = read_study(dicom_series(head_volume(3)) + dicom_series(head_volume(3))[:1])
     assert len(deduplicated.sections) == 3 and "duplicate" in deduplicated.warnings[0]
+    # the note names the side, as the viewer's titles do: a bare "-26.2 mm" on a sagittal series read as a side
+    sagittal = dicom_series(head_volume(3), orientation=SAGITTAL)
+    (named,) = read_study(sagittal + sagittal[1:2])
+    assert re.fullmatch(r"A duplicate of the section at [LR] \d+\.\d mm was left out\.", named.warnings[0])
 
 
 def test_a_diffusion_or_multi_echo_series_is_read_as_one_volume_per_stack_each_named() -> None:

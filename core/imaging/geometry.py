@@ -129,17 +129,34 @@ def orientation_letters(orientation: Sequence[float] | None) -> dict[str, str]:
     was a tie, and one letter stood at two edges."""
     if not orientation or len(orientation) < 6:
         return {}
-
-    def letter(vector: np.ndarray) -> str:
-        named = ""
-        for axis in sorted(range(3), key=lambda a: -abs(vector[a])):  # stable: x before y before z at a tie
-            if not named or abs(vector[axis]) >= 0.5:
-                positive, negative = (("L", "R"), ("P", "A"), ("H", "F"))[axis]
-                named += positive if vector[axis] > 0 else negative
-        return named
-
     row, column = np.asarray(orientation[:3], float), np.asarray(orientation[3:6], float)
-    return {"right": letter(row), "left": letter(-row), "bottom": letter(column), "top": letter(-column)}
+    return {"right": _letters(row), "left": _letters(-row), "bottom": _letters(column), "top": _letters(-column)}
+
+
+def _letters(vector: np.ndarray) -> str:
+    """The patient direction of ``vector`` (LPS): its dominant axis, then each other axis it leans 30 degrees or
+    more towards."""
+    named = ""
+    for axis in sorted(range(3), key=lambda a: -abs(vector[a])):  # stable: x before y before z at a tie
+        if not named or abs(vector[axis]) >= 0.5:
+            positive, negative = (("L", "R"), ("P", "A"), ("H", "F"))[axis]
+            named += positive if vector[axis] > 0 else negative
+    return named
+
+
+def toward(orientation: Sequence[float] | None, position: float) -> str:
+    """The patient direction a position along the displayed view's normal points to, with a space ("L ", "LA " on
+    an oblique normal, by the letters' rule); ``-`` for a negative one when the orientation is not known."""
+    if orientation is None or len(orientation) != 6:
+        return "-" if position < 0 else ""
+    normal = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:], float))
+    return _letters(normal if position >= 0 else -normal) + " "
+
+
+def place_text(orientation: Sequence[float] | None, position: float) -> str:
+    """ "L 30.0 mm": a position along the displayed view's normal with the side it points to (a bare "-30.0 mm"
+    on a sagittal series read as a side)."""
+    return f"{toward(orientation, position)}{abs(position):.1f} mm"
 
 
 def gap_starts(positions: Sequence[float], ratio: float = DEFAULT_STUDY_LIMITS.max_gap_ratio) -> list[int]:

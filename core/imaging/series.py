@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date
+from functools import partial
 
 import numpy as np
 
@@ -35,7 +36,13 @@ from core.errors import CorruptImage, FileTooLarge, ScanError, UnsupportedFormat
 from core.imaging import dicom
 from core.imaging.archive import declared_size, is_zip, unzip
 from core.imaging.dicom_display import display, frame_view
-from core.imaging.geometry import display_transform, frame_orientation, gap_notes, transformed_orientation
+from core.imaging.geometry import (
+    display_transform,
+    frame_orientation,
+    gap_notes,
+    place_text,
+    transformed_orientation,
+)
 from core.imaging.limits import DEFAULT_LIMITS, DEFAULT_STUDY_LIMITS, Limits, StudyLimits
 from core.imaging.nifti import read_nifti
 from core.imaging.nifti_header import check_nifti_budget, is_nifti
@@ -338,7 +345,7 @@ def _dicom_series(
 
 
 def _one_per_position(
-    keyed: list[tuple[float, _Section]], where: str, notes: list[str]
+    keyed: list[tuple[float, _Section]], where: Callable[[float], str], notes: list[str]
 ) -> list[tuple[float, _Section]]:
     """The sections in order, a duplicate of the one before at its position left out (and said in ``notes``); two
     different images at one position are no stack (:class:`SeriesError`)."""
@@ -346,10 +353,10 @@ def _one_per_position(
     for position, section in keyed:
         if kept and abs(position - kept[-1][0]) < 1e-3:
             if np.array_equal(section.pixels, kept[-1][1].pixels):
-                notes.append(f"A duplicate of the section at {where.format(position)} was left out.")
+                notes.append(f"A duplicate of the section at {where(position)} was left out.")
                 continue
             raise SeriesError(
-                f"Two different sections lie at the same position ({where.format(position)}) in one series (a "
+                f"Two different sections lie at the same position ({where(position)}) in one series (a "
                 "diffusion, multi-echo or dynamic series whose files do not say which image is which?)."
             )
         kept.append((position, section))
@@ -377,6 +384,7 @@ def _volume(sections: list[_Section], limits: StudyLimits) -> Volume:
         notes.append(f"{left} file{'s' if left > 1 else ''} without a position in the head left out.")
         sections = placed
     in_mm = reference is not None and all(s.position is not None for s in sections)
+    shown = None
     if in_mm:  # along the normal of the view as shown, so the stack runs the same way whatever the encoding
         shown = transformed_orientation(reference, display_transform(reference))  # type: ignore[arg-type]
         normal = np.cross(shown[:3], shown[3:])
@@ -396,7 +404,7 @@ def _volume(sections: list[_Section], limits: StudyLimits) -> Volume:
             f"All {len(sections)} images of one series lie at one position (a dynamic, cine or multi-echo series): "
             "it is not a stack of sections to triage."
         )
-    kept = _one_per_position(keyed, "{:.1f} mm" if in_mm else "number {:.0f}", notes)
+    kept = _one_per_position(keyed, partial(place_text, shown) if in_mm else "number {:.0f}".format, notes)
     notes += gap_notes([p for p, _ in kept], in_mm, limits.max_gap_ratio)
     positions = [p for p, _ in kept]
     first = kept[0][1]

@@ -11,7 +11,7 @@ import numpy as np
 
 from core.domain.results import Record
 from core.errors import ScanError
-from core.imaging.geometry import gap_starts
+from core.imaging.geometry import gap_starts, place_text
 from core.imaging.scan import Scan
 from core.imaging.volume import Volume
 from core.model.analysis import Analysis, analyse_scan
@@ -42,16 +42,6 @@ def geometry_of(volume: Volume) -> dict[str, Any]:
         "section_order": SECTION_ORDER,
     } | ({"notes": list(volume.warnings)} if volume.warnings else {})  # a gap, a file left out...: kept, so that
     # a reopened series and its PDF say them as the page that analysed it did (their words name no patient)
-
-
-def toward(orientation: Any, position: float) -> str:
-    """The patient direction (``L``/``R``, ``P``/``A``, ``H``/``F``, DICOM's patient axes) a position along the
-    displayed view's normal points to, with a space; ``-`` for a negative one when the orientation is not known."""
-    if orientation is None or len(orientation) != 6:
-        return "-" if position < 0 else ""
-    normal = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:], float))
-    axis = int(np.argmax(np.abs(normal)))
-    return ("LPH"[axis] if normal[axis] * position >= 0 else "RAF"[axis]) + " "
 
 
 def rule_of(rule: Any) -> dict[str, Any]:
@@ -127,7 +117,7 @@ class SeriesView:
         position = self.positions[index]
         if not self.geometry.get("positions_in_mm", True):
             return f"file number {position:.0f}"
-        return f"{toward(self.geometry.get('orientation'), position)}{abs(position):.1f} mm"
+        return place_text(self.geometry.get("orientation"), position)
 
     @property
     def lesion_span(self) -> tuple[int, int] | None:
