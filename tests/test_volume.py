@@ -204,8 +204,9 @@ def test_study_command_prints_one_line_per_series_from_folders_zips_and_volumes(
     (folder.parent / "notes.txt").write_text("not an image")
     # every series carries a drawn lesion: a learned gate may judge a lesion-free cartoon head no brain MRI at all
     # (model 3's refuses each section of one), and this test is about reading, not about the gate
-    files = dicom_series(head_volume(6, 128, range(2, 4)), series_uid="1.2.3.1")
-    files += dicom_series(head_volume(6, 128, range(1, 3), seed=9), series_uid="1.2.3.2")
+    study = "1.2.826.0.1.3680043.8.498.2"  # another study than the folder's
+    files = dicom_series(head_volume(6, 128, range(2, 4)), study_uid=study, series_uid="1.2.3.1")
+    files += dicom_series(head_volume(6, 128, range(1, 3), seed=9), study_uid=study, series_uid="1.2.3.2")
     two = zipped(files, [f"s/{i}.dcm" for i in range(len(files))])
     (tmp_path / "study.zip").write_bytes(two)
     (tmp_path / "head.nii.gz").write_bytes(nifti(head_volume(10, 128, range(3, 7)), gz=True))
@@ -606,3 +607,26 @@ def test_a_study_is_stored_tumour_series_first_and_nothing_after_a_series_that_c
     # saved tumour first, each keeps its number on the Study page (History's PDF numbered them in saving order)
     monkeypatch.undo()
     assert [store.get(v.status.record_id).geometry["series_number"] for v in again.views[1:]] == [2, 3]
+
+
+def test_a_study_given_in_two_paths_is_refused_on_the_second_not_given_a_second_verdict(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A study's T1 and FLAIR folders given as two PATHs each got a study verdict of their own (one "notumor",
+    one "tumour") on lines carrying the same study: the second is refused, unsaved, and names the first."""
+    from core.storage.sqlite import SQLiteStore
+
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("MONGODB_URI", raising=False)
+    for folder, uid, lesion in (("t1", "1.2.3.1", range(2, 4)), ("flair", "1.2.3.2", range(1, 4))):
+        (tmp_path / folder).mkdir()
+        for k, data in enumerate(dicom_series(head_volume(6, 128, lesion), series_uid=uid)):
+            (tmp_path / folder / f"{k}.dcm").write_bytes(data)
+    (tmp_path / "other.nii.gz").write_bytes(nifti(head_volume(6, 128, range(2, 4)), gz=True))
+    paths = [str(tmp_path / name) for name in ("t1", "flair", "other.nii.gz")]
+    code, lines = study_lines(["--save", *paths], capsys)
+    assert code == 1 and [line["source"] for line in lines] == paths
+    assert "error" not in lines[0] and lines[0]["saved"] == "saved" and "error" not in lines[2]
+    assert lines[1]["error"]["code"] == "study_split" and paths[0] in lines[1]["error"]["message"]
+    assert "saved" not in lines[1] and "study_verdict" not in lines[1]
+    assert SQLiteStore(tmp_path / "data" / "results.sqlite3").summary().total == 2  # t1's series and the volume

@@ -33,10 +33,29 @@ def cmd_study(args: argparse.Namespace) -> int:
             emit(error_json(getattr(error, "code", "bad_configuration"), str(error)), sys.stdout)
             return EXIT_USAGE
     status, unsaved = EXIT_OK, False
+    read_from: dict[str, str] = {}  # study -> the PATH its series came from
     for name in args.paths:
-        done, not_saved = emit_outcome(name, analyse_path(Path(name), classifier), args, (store, images, key))
+        outcome = one_study(analyse_path(Path(name), classifier), read_from)
+        done, not_saved = emit_outcome(name, outcome, args, (store, images, key))
         status, unsaved = max(status, done), unsaved or not_saved
     return EXIT_NOT_SAVED if unsaved else status
+
+
+def one_study(outcome: StudyOutcome, read_from: dict[str, str]) -> StudyOutcome:
+    """``outcome``, or a refusal when its study's series were read from an earlier PATH of this run: each PATH is
+    judged as one study, and a study given in two folders got two study verdicts (no tumour for its T1 folder,
+    tumour for its FLAIR folder). ``read_from`` learns the studies of an outcome it lets through."""
+    studies = {series.volume.study for series in outcome.series}
+    earlier = next((read_from[study] for study in studies if study in read_from), None)
+    if earlier is not None:
+        message = (
+            f"Series of this study were already read from {earlier}, and each PATH is judged as one whole study: "
+            "give all of a study's series in one folder or zip (the study verdict printed for the earlier PATH "
+            "covers its own series only)."
+        )
+        return StudyOutcome(outcome.source, error_code="study_split", error_message=message)
+    read_from.update(dict.fromkeys(studies, outcome.source))
+    return outcome
 
 
 def emit_outcome(
