@@ -253,6 +253,37 @@ def test_a_few_voxels_of_lesion_are_never_written_as_no_volume_at_all() -> None:
     )
 
 
+def test_key_sections_are_those_the_verdict_rested_on_not_isolated_spikes_elsewhere() -> None:
+    """The PDF showed and outlined the three likeliest sections anywhere (isolated spikes at 4, 26 and 28) while
+    the verdict rested on the run 13-17 where the viewer opens; the PACS key images lead with that run too."""
+    from types import SimpleNamespace
+
+    from core.model.volume import key_sections as sections_to_see
+    from core.pacs.objects import key_sections as key_images_of
+    from core.services.reports import key_sections
+
+    curve = [0.05] * 30
+    for spike in (3, 25, 27):
+        curve[spike] = 0.99
+    for k, p in zip(range(12, 17), (0.8, 0.85, 0.9, 0.88, 0.82), strict=True):
+        curve[k] = p
+    assert key_sections(SimpleNamespace(curve=curve, window=tuple(range(12, 17)))) == [13, 14, 15]
+    assert key_sections(SimpleNamespace(curve=curve, window=())) == [3, 25, 27]  # no rule known: the likeliest
+    assert sections_to_see(curve, [12, 13], 3) == [3, 12, 13]  # a short window, then the likeliest
+    assert sections_to_see([0.5, None, 0.7], [0, 1, 2], 3) == [0, 2]  # a skipped section is never shown
+    series = SimpleNamespace(
+        curve=curve,
+        tumour_sections=[i for i, p in enumerate(curve) if p >= 0.5],
+        window=[SimpleNamespace(index=i) for i in range(12, 17)],
+    )
+    assert key_images_of(series) == [3, 12, 13, 14, 15, 16, 25, 27]
+    crowded = [0.99] * 20 + curve[12:17]  # twenty likelier sections than the deciding five: the five stay
+    series = SimpleNamespace(
+        curve=crowded, tumour_sections=list(range(25)), window=[SimpleNamespace(index=i) for i in range(20, 25)]
+    )
+    assert set(range(20, 25)) <= set(key_images_of(series)) and len(key_images_of(series)) == 12
+
+
 def test_the_key_section_is_the_one_of_the_most_suspicious_with_the_largest_lesion() -> None:
     """The most suspicious section alone was segmented: "No lesion found on this section" was printed beside the
     volume of a lesion on the next key section."""
@@ -263,7 +294,9 @@ def test_the_key_section_is_the_one_of_the_most_suspicious_with_the_largest_lesi
     from tests.scans import synthetic_slice
 
     sections = np.stack([synthetic_slice(128, seed=k) for k in range(5)])
-    view = SimpleNamespace(curve=[0.1, 0.9, 0.8, 0.7, None], sections=sections, geometry={"spacing": [1.0, 1.0]})
+    view = SimpleNamespace(
+        curve=[0.1, 0.9, 0.8, 0.7, None], window=(1, 2, 3), sections=sections, geometry={"spacing": [1.0, 1.0]}
+    )
     areas = iter([0, 40, 0])  # the key sections 1, 2, 3 in order: the lesion on 2, the highest P on 1
 
     def lesion(pixels, box, spacing):

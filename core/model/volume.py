@@ -14,7 +14,7 @@ their reason; they never count, and they break a run of neighbours.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any
@@ -208,6 +208,23 @@ class SeriesAnalysis:
             "warnings": self.warnings,
             "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
         }
+
+
+def key_sections(
+    curve: Sequence[float | None], window: Sequence[int], count: int, among: Sequence[int] | None = None
+) -> list[int]:
+    """The sections a reader should see first, in series order: those of the deciding window (the sections that
+    set the verdict; the likeliest ``count`` of a longer one), then, with room left, the likeliest others of
+    ``among`` (default: every analysed section). The three likeliest sections anywhere were shown and outlined,
+    isolated ones away from the sections the verdict rested on."""
+
+    def likeliest(indices: Sequence[int]) -> list[int]:
+        return sorted((i for i in indices if curve[i] is not None), key=lambda i: -(curve[i] or 0.0))
+
+    chosen = likeliest(window)[:count]
+    pool = range(len(curve)) if among is None else among
+    chosen += [i for i in likeliest(pool) if i not in chosen][: count - len(chosen)]
+    return sorted(chosen)
 
 
 def section_scan(volume: Volume, index: int) -> Scan:

@@ -36,6 +36,7 @@ import numpy as np
 from core.imaging.dicom import quiet_pydicom
 from core.model.decision import LABEL_NAMES, UNKNOWN_TYPE
 from core.model.volume import SeriesAnalysis
+from core.model.volume import key_sections as sections_to_see
 
 MANUFACTURER = "BTD brain MRI triage (decision aid)"
 
@@ -325,10 +326,11 @@ MAX_KEY_IMAGES = 12  # a reader opens a few key sections, not every section over
 
 
 def key_sections(series: SeriesAnalysis) -> list[int]:
-    """The sections at or above the rule's threshold, the :data:`MAX_KEY_IMAGES` most likely tumour, in order."""
-    curve = series.curve
-    likeliest = sorted(series.tumour_sections, key=lambda i: -(curve[i] or 0.0))[:MAX_KEY_IMAGES]
-    return sorted(likeliest)
+    """Up to :data:`MAX_KEY_IMAGES` sections at or above the rule's threshold, in order: those the verdict rested
+    on first, then the most likely tumour (:func:`core.model.volume.key_sections`)."""
+    marked = series.tumour_sections
+    deciding = [s.index for s in series.window if s.index in marked]
+    return sections_to_see(series.curve, deciding, MAX_KEY_IMAGES, among=marked)
 
 
 def key_images(evidence: Sequence[Any], series: SeriesAnalysis) -> list[Any]:

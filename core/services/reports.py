@@ -28,6 +28,7 @@ from core.model.decision import two_places
 from core.model.explain import HEAT_MEANING, Explainer, overlay
 from core.model.lesion import Lesion, Segmenter
 from core.model.roi import find_brain
+from core.model.volume import key_sections as sections_to_see
 from core.services import audit
 from core.services.access import OPEN_RESULT, Actor, require
 from core.services.report_text import (
@@ -69,9 +70,9 @@ _NEXT_LINE = {"new_x": "LMARGIN", "new_y": "NEXT", "align": "L"}
 
 
 def key_sections(view: SeriesView, count: int = 3) -> list[int]:
-    """The sections a reader should see first: the highest tumour probabilities, in series order."""
-    scored = sorted((p, i) for i, p in enumerate(view.curve) if p is not None)
-    return sorted(i for _, i in scored[-count:])
+    """The sections a reader should see first: those the verdict rested on (the viewer opens at them), in series
+    order (:func:`core.model.volume.key_sections`)."""
+    return sections_to_see(view.curve, view.window, count)
 
 
 def _curve(pdf, view: SeriesView, x: float, y: float, w: float, h: float) -> None:
