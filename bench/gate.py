@@ -37,11 +37,13 @@ from core.model.gate import REJECTED
 
 
 def refused(data: bytes, classifier: Classifier) -> tuple[bool, str]:
+    """Whether the gate (or the reader) refused it, and why: the gate's first reason, the reader's code, else the
+    gate's decision."""
     try:
         gate = analyse(data, classifier).prediction.gate
     except ScanError as error:
         return True, error.code
-    return gate.decision == REJECTED, gate.decision
+    return gate.decision == REJECTED, gate.reasons[0] if gate.decision == REJECTED else gate.decision
 
 
 def main() -> None:
@@ -74,6 +76,7 @@ def main() -> None:
             "needs_review_fraction": round(float(np.mean([o[1] == "needs_review" for o in outcomes])), 4),
             "by_reason": reasons,
         }
+    if args.data and args.cam > 0:
         explainer = Explainer(classifier)
         tumours = [path for label, path in files if label != classifier.card.negative_label][: args.cam]
         ratios, costs = [], []

@@ -158,6 +158,13 @@ class PacsRefused(PacsError):
     code = "pacs_refused"
 
 
+class PacsForbidden(PacsRefused):
+    """The PACS refused one request to this account (HTTP 403: it may read but not store, say); the watch tries a
+    study so refused a few times, then leaves it behind."""
+
+    code = "pacs_forbidden"
+
+
 class PacsMalformed(PacsError):
     """The PACS answered with something that is not the DICOMweb JSON or DICOM asked for."""
 

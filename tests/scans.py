@@ -159,15 +159,17 @@ __all__ = [
 
 
 @contextmanager
-def garbage_pacs(body: bytes = b"<html>not DICOMweb</html>", declared: int | None = None) -> Iterator[str]:
-    """A local HTTP server that answers every GET with ``body`` labelled as DICOM JSON: its DICOMweb root
-    (``declared``: the length its header announces, more than it sends for an answer cut off)."""
+def garbage_pacs(
+    body: bytes = b"<html>not DICOMweb</html>", declared: int | None = None, status: int = 200
+) -> Iterator[str]:
+    """A local HTTP server that answers every GET with ``body`` labelled as DICOM JSON, and with HTTP ``status``:
+    its DICOMweb root (``declared``: the length its header announces, more than it sends for an answer cut off)."""
     import threading
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
     class Garbage(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            self.send_response(200)
+            self.send_response(status)
             self.send_header("Content-Type", "application/dicom+json")
             self.send_header("Content-Length", str(declared or len(body)))
             self.end_headers()

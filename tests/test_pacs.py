@@ -280,6 +280,30 @@ def test_a_pacs_that_answers_malformed_json_is_reported_as_such() -> None:
         Pacs(url).search()
 
 
+def test_a_busy_pacs_is_said_at_once_as_one_to_try_again_and_a_refused_request_names_the_request() -> None:
+    """dicomweb-client retried 503s for 30 s, then raised a RetryError nobody caught: the watch marked the study
+    handled for good ("internal_error") and the page showed an exception. A 403 read as a wrong password."""
+    import time
+
+    import requests
+
+    from core.pacs.client import OrthancChanges
+
+    with garbage_pacs(b"{}", status=503) as url:
+        started = time.monotonic()
+        with pytest.raises(PacsUnreachable, match=r"busy or unavailable \(HTTP 503\) for the series search"):
+            Pacs(url).series_of("1.2.826.0.1.3680043.8.498.1")
+        assert time.monotonic() - started < 5
+        with pytest.raises(PacsUnreachable, match="busy"):
+            Pacs(url).search()
+        with pytest.raises(PacsUnreachable, match="busy"):
+            OrthancChanges(url.removesuffix("/dicom-web"), requests.Session()).stable_studies(0)
+    with garbage_pacs(b"{}", status=403) as url, pytest.raises(PacsRefused, match=r"refused the series search to"):
+        Pacs(url).series_of("1.2.826.0.1.3680043.8.498.1")
+    with garbage_pacs(b"{}", status=401) as url, pytest.raises(PacsRefused, match="user name or password"):
+        Pacs(url).series_of("1.2.826.0.1.3680043.8.498.1")
+
+
 def test_an_answer_cut_off_is_a_pacs_failure_to_retry_not_a_crash() -> None:
     import requests
 

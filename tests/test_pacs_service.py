@@ -678,6 +678,32 @@ def test_an_outage_is_waited_out_and_a_report_that_could_not_be_sent_is_sent_by_
     assert sent["saved"] == ["already saved"] and sent["stored"] and state.seen(uid)
 
 
+def test_a_pacs_that_refuses_our_reports_has_the_study_left_behind_not_pulled_and_audited_for_ever(
+    tiny_classifier, tmp_path
+) -> None:
+    """An account that may read but not store (HTTP 403 on STOW) was waited out as a wrong password is: every
+    watch pulled, analysed and audited every study again, four events a study every ten seconds, for ever."""
+    from core.errors import PacsForbidden
+
+    uid = f"{STUDY}.14"
+    pacs, store = StandIn({uid: tumour_study(uid)}), SQLiteStore(tmp_path / "r.db")
+
+    def forbidden(datasets: list) -> list[str]:
+        raise PacsForbidden("The PACS refused the store to this account (HTTP 403).")
+
+    pacs.store = forbidden
+    watcher = pacs_watch.Watcher(pacs, Feed([uid]), tiny_classifier, store, None, None, True)
+    for _ in range(pacs_watch.MAX_TRIES - 1):
+        (line,) = pacs_watch.watch_once(watcher, pacs_watch.WatchState.load(tmp_path / "w.json"), RADIOLOGIST)
+        assert line["send_error"]["code"] == "pacs_forbidden" and line["retry"]
+    state = pacs_watch.WatchState.load(tmp_path / "w.json")
+    (line,) = pacs_watch.watch_once(watcher, state, RADIOLOGIST)
+    assert "left behind" in line["left_behind"] and "retry" not in line and state.seen(uid)
+    pulls = [e for e in store.audit_events() if e.action == "pacs_pull"]
+    assert pacs_watch.watch_once(watcher, state, RADIOLOGIST) == [] and len(pulls) == pacs_watch.MAX_TRIES
+    assert store.summary().total == 1  # the series stays saved for review: only the report never reached the PACS
+
+
 def test_a_damaged_watch_state_is_refused_not_taken_for_a_first_start(tmp_path) -> None:
     """A state file cut short was read as a first start: the watch went back to the beginning of the PACS's
     history and analysed, and with --send wrote reports into, every study it ever held."""
@@ -995,3 +1021,12 @@ def test_text_from_the_pacs_and_names_reach_the_page_as_text_never_as_markdown()
 
 def final_model(card) -> objects.ModelFacts:
     return objects.ModelFacts(card.name, card.version, "0" * 64)
+
+
+def test_the_watchs_exit_status_tells_a_failed_study_or_report_and_not_a_study_without_brain_mr() -> None:
+    """``pacs watch --once`` exited 0 while the PACS refused every report: a run from cron showed nothing wrong."""
+    assert pacs_watch.failed({"retry": True, "skipped": "pacs_unreachable"})
+    assert pacs_watch.failed({"send_error": {"code": "pacs_forbidden"}, "left_behind": "..."})
+    assert pacs_watch.failed({"skipped": "internal_error"})
+    assert not pacs_watch.failed({"skipped": "no_mr_series", "reason": "CT"})
+    assert not pacs_watch.failed({"verdict": "tumour", "saved": ["saved"], "stored": ["1"]})

@@ -167,15 +167,16 @@ def cmd_watch(args: argparse.Namespace) -> int:
         emit(error_json(error.code, str(error)), sys.stdout)
         return EXIT_USAGE
     while True:
+        failed = False
         try:
             for line in pacs_watch.watch_once(watcher, state, COMMAND_LINE):
+                failed = failed or pacs_watch.failed(line)
                 emit(_for_the_log(line, key), sys.stdout)
         except PacsError as error:  # the PACS is down or refuses: say so, keep watching (or stop with --once)
             emit(error_json(error.code, str(error)), sys.stdout)
-            if args.once:
-                return EXIT_REJECTED
-        if args.once:
-            return EXIT_OK
+            failed = True
+        if args.once:  # 1 when the PACS failed a study or its report (a run from cron shows it)
+            return EXIT_REJECTED if failed else EXIT_OK
         time.sleep(args.interval)
 
 

@@ -19,6 +19,7 @@ from urllib.parse import quote
 from core.errors import (
     FileTooLarge,
     PacsError,
+    PacsForbidden,
     PacsMalformed,
     PacsNotFound,
     PacsQueryRefused,
@@ -96,6 +97,24 @@ AS_STORED = (("application/dicom", "*"),)  # any transfer syntax: the app decode
 WILDCARDS = frozenset("*?,\\")  # QIDO's wildcards and its list separator (Orthanc splits on a comma, encoded too)
 
 
+BUSY = frozenset({408, 429, 502, 503, 504})  # answers of a PACS (or its proxy) that is overloaded or restarting
+
+
+def answer_error(status: int | None, what: str) -> PacsError:
+    """What an HTTP error answer to the ``what`` means to the reader: a refused password (401), a refused request
+    (403: the account may read but not store, say), a busy PACS (:data:`BUSY`, tried again later) or a failure."""
+    if status == 401:
+        return PacsRefused("The PACS refused the user name or password.")
+    if status == 403:
+        return PacsForbidden(
+            f"The PACS refused the {what} to this account (HTTP 403): it may not be allowed to do this; ask the PACS "
+            "administrator."
+        )
+    if status in BUSY:
+        return PacsUnreachable(f"The PACS is busy or unavailable (HTTP {status}) for the {what}; try again later.")
+    return PacsError(f"The PACS failed the {what} (HTTP {status}).")
+
+
 class Pacs:
     """One PACS's DICOMweb root (for Orthanc ``http://host:8042/dicom-web``)."""
 
@@ -120,6 +139,9 @@ class Pacs:
         self.limits = limits
         self._session, self._timeout_s = session, timeout_s
         self._client = DICOMwebClient(self.url, session=session, timeout=timeout_s)
+        # the client's own retries (5 tries over 30 s on 408/429/503/504) ended in a RetryError nothing expected: a
+        # busy PACS is said at once (:data:`BUSY`), and the watch or the reader tries again
+        self._client.set_http_retry_params(retry=False)
         quiet_pydicom()  # the PACS's files are parsed by the client
 
     @contextmanager
@@ -132,14 +154,12 @@ class Pacs:
         except requests.HTTPError as error:
             status = getattr(error.response, "status_code", None)
             logger.warning("event=pacs_failed what=%s status=%s", what, status)
-            if status in (401, 403):
-                raise PacsRefused("The PACS refused the user name or password (or this request).") from error
             if status == 404:  # DICOMweb answers a search with none found; "not found" is the service's address
                 raise PacsUnreachable(
                     f"The PACS answered 'not found' to the {what} (HTTP 404): no DICOMweb service at this address; "
                     "check it."
                 ) from error
-            raise PacsError(f"The PACS failed the {what} (HTTP {status}).") from error
+            raise answer_error(status, what) from error
         except (requests.ConnectionError, requests.Timeout) as error:
             logger.warning("event=pacs_unreachable what=%s", what)
             raise PacsUnreachable("The PACS does not answer; check its address, or try again later.") from error
@@ -364,11 +384,9 @@ class OrthancChanges:
             return response.json()
         except requests.HTTPError as error:
             status = getattr(error.response, "status_code", None)
-            if status in (401, 403):
-                raise PacsRefused("The PACS refused the user name or password (or this request).") from error
             if status == 404 and study:
                 raise PacsNotFound("The PACS no longer has this study.") from error
-            raise PacsError(f"The PACS failed the change feed (HTTP {status}).") from error
+            raise answer_error(status, "change feed") from error
         except (requests.ConnectionError, requests.Timeout) as error:
             raise PacsUnreachable("The PACS does not answer; check its address, or try again later.") from error
         except ValueError as error:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.errors import PacsError, PacsRefused, PacsUnreachable, StoreError
+from core.errors import PacsError, PacsForbidden, PacsRefused, PacsUnreachable, StoreError
 from core.model.classifier import Classifier
 from core.pacs import objects
 from core.pacs.client import OrthancChanges, Pacs
@@ -131,7 +131,10 @@ class Watcher:
 # the PACS did not answer, or failed (HTTP 5xx): the study is tried again by the next watch, never dropped
 STORE_DOWN = "store_unavailable"
 # a refused user name or password is waited out as an outage is (it left every study behind for good)
-RETRIED = frozenset({PacsUnreachable.code, PacsRefused.code, PacsError.code, STORE_DOWN})
+RETRIED = frozenset({PacsUnreachable.code, PacsRefused.code, PacsForbidden.code, PacsError.code, STORE_DOWN})
+# answers that are not an outage: a study so answered is left behind after MAX_TRIES watches (a PACS refusing our
+# reports, HTTP 403, had every watch pull, analyse and audit every study again, for ever)
+COUNTED = frozenset({PacsError.code, PacsForbidden.code})
 # a study the PACS answers with an error (not an outage) this many watches in a row is left behind, so that it
 # does not hold back every study after it in the feed
 MAX_TRIES = 5
@@ -168,10 +171,18 @@ def watch_once(watcher: Watcher, state: WatchState, actor: Actor) -> list[dict[s
     return lines
 
 
+def failed(line: dict[str, Any]) -> bool:
+    """Whether a watch line is a failure to tell (the exit status of ``pacs watch --once``): a study to try again
+    or left behind, a report not sent, a study that broke the watch; not a study without brain MR."""
+    return bool(line.get("retry") or line.get("left_behind") or line.get("send_error")) or (
+        line.get("skipped") == "internal_error"
+    )
+
+
 def _given_up(state: WatchState, study_uid: str, line: dict[str, Any]) -> bool:
     """Whether a study the PACS failed (``line``) is now left behind: after :data:`MAX_TRIES` watches that got
     an error answer for it (an outage, or our own database down, is waited out however long it lasts)."""
-    if line["skipped"] != PacsError.code:
+    if line["skipped"] not in COUNTED:
         return False
     tries = state.failed(study_uid)
     if tries < MAX_TRIES:
