@@ -165,6 +165,13 @@ class PacsForbidden(PacsRefused):
     code = "pacs_forbidden"
 
 
+class PacsStudyChanged(PacsError):
+    """The study's MR images in the PACS are not those that were analysed (a series added since the pull): a
+    report made from the pull would replace a reading of the study as it is."""
+
+    code = "study_changed"
+
+
 class PacsMalformed(PacsError):
     """The PACS answered with something that is not the DICOMweb JSON or DICOM asked for."""
 

@@ -1030,3 +1030,26 @@ def test_the_watchs_exit_status_tells_a_failed_study_or_report_and_not_a_study_w
     assert pacs_watch.failed({"skipped": "internal_error"})
     assert not pacs_watch.failed({"skipped": "no_mr_series", "reason": "CT"})
     assert not pacs_watch.failed({"verdict": "tumour", "saved": ["saved"], "stored": ["1"]})
+
+
+def test_a_pull_kept_while_the_study_changed_in_the_pacs_is_not_sent_over_the_newer_reading(
+    tiny_classifier, tmp_path
+) -> None:
+    """An analysis kept on a page (or pulled before a series arrived) was sent FINAL after a later pull had reported
+    the study with its new series: the PACS's current report then named the old series only."""
+    from core.errors import PacsStudyChanged
+
+    uid = f"{STUDY}.15"
+    pacs, store = StandIn({uid: tumour_study(uid)}), SQLiteStore(tmp_path / "r.db")
+    model = objects.ModelFacts.of(tiny_classifier.card)
+    old = pacs_service.pull_and_analyse(pacs, RADIOLOGIST, uid, tiny_classifier, store, None)
+    assert old.fingerprint is not None
+    pacs.files[uid] = [*pacs.files[uid], *tumour_study(uid)[:2]]  # two more MR images arrived
+    new = pacs_service.pull_and_analyse(pacs, RADIOLOGIST, uid, tiny_classifier, store, None)
+    assert pacs_service.send_results(pacs, RADIOLOGIST, new, model, store, None)
+    sent = len(pacs.stored)
+    with pytest.raises(PacsStudyChanged, match="analyse it again"):
+        pacs_service.send_results(pacs, RADIOLOGIST, old, model, store, None, final_label="notumor")
+    assert len(pacs.stored) == sent
+    assert store.audit_events()[-1].action == "pacs_send_failed"
+    assert store.audit_events()[-1].detail["code"] == "study_changed"

@@ -8,6 +8,7 @@ ID (:func:`patient_reference`). Every pull is an audit event (the study's keyed 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -20,6 +21,7 @@ from core.errors import (
     InvalidRecord,
     PacsError,
     PacsReportRefused,
+    PacsStudyChanged,
     ReviewedMeanwhile,
 )
 from core.identity import pseudonymise
@@ -59,6 +61,14 @@ class Pulled:
     study_uid: str
     outcome: StudyOutcome
     evidence: tuple[Any, ...] = ()
+    fingerprint: str | None = None  # the study's MR series as the PACS listed them when pulled (:func:`mr_fingerprint`)
+
+
+def mr_fingerprint(pacs: Pacs, study_uid: str) -> str:
+    """What decides whether a study changed since it was analysed: its MR series and how many images each holds
+    (one series search; objects of other modalities, our own report among them, do not count)."""
+    series = sorted(f"{s.series_uid}:{s.instances}" for s in pacs.series_of(study_uid) if s.modality.upper() == "MR")
+    return hashlib.sha256("\n".join(series).encode()).hexdigest()
 
 
 SEVERAL_PATIENTS = (
@@ -76,6 +86,7 @@ def pull_and_analyse(
     require(actor, ANALYSE)
     source = f"PACS study {study_uid}"
     try:
+        fingerprint = mr_fingerprint(pacs, study_uid)  # before the images: a series added meanwhile is told at send
         files, left_out = pacs.retrieve_mr(study_uid)
     except (PacsError, FileTooLarge) as error:
         logger.info("event=pacs_pull_refused code=%s", error.code)
@@ -92,7 +103,7 @@ def pull_and_analyse(
     if left_out and outcome.error_code is None:  # named as unread: the study then has no "no tumour" verdict
         notes = (*outcome.notes, *(f"A series could not be read: {reason}" for reason in left_out))
         outcome = replace(outcome, unread=(*outcome.unread, *left_out), notes=notes)
-    return Pulled(study_uid, outcome, evidence)
+    return Pulled(study_uid, outcome, evidence, fingerprint)
 
 
 def pacs_patient_id(pulled: Pulled) -> str:
@@ -136,6 +147,7 @@ def send_results(
     chain, images = _report_objects(pulled, model, finals)
     target = _target(pulled.study_uid, key)
     try:  # the PACS's current report, which ours replaces (asked before anything leaves)
+        _unchanged_since_pulled(pacs, pulled)
         head = pacs.report_head(pulled.study_uid, objects.report_series(pulled.study_uid))
     except PacsError as error:
         if store is not None:
@@ -156,6 +168,16 @@ def send_results(
         raise
     replaced = {str(version.SOPInstanceUID) for version in earlier}
     return [uid for uid in stored if uid not in replaced]
+
+
+def _unchanged_since_pulled(pacs: Pacs, pulled: Pulled) -> None:
+    """:class:`PacsStudyChanged` when the study's MR series in the PACS are not those pulled: an analysis kept on a
+    page (or a pull sent late) replaced, FINAL, the report of a later reading that covered a series added since."""
+    if pulled.fingerprint is not None and mr_fingerprint(pacs, pulled.study_uid) != pulled.fingerprint:
+        raise PacsStudyChanged(
+            "The study's MR images in the PACS changed since it was analysed (a series was added or removed): "
+            "analyse it again before sending; nothing was sent."
+        )
 
 
 def _placed(chain: list[Any], head: Any | None, version_after: Callable[[Any, int], Any]) -> tuple[Any, list[Any]]:

@@ -19,7 +19,7 @@ from core.model.classifier import Classifier
 from core.pacs import objects
 from core.pacs.client import OrthancChanges, Pacs
 from core.services.access import ANALYSE, PACS, Actor, require
-from core.services.pacs import pacs_patient_id, patient_reference, pull_and_analyse, send_results
+from core.services.pacs import mr_fingerprint, pacs_patient_id, patient_reference, pull_and_analyse, send_results
 from core.services.studies import NOT_SAVED, save_study_statuses
 from core.storage.images import ImageStore
 from core.storage.protocol import Store
@@ -106,13 +106,6 @@ LEGACY = "handled"  # a study handled before fingerprints were kept
 def _plain(study_uid: str) -> str:
     """A study's name in files written without a key (and before keys): the SHA-256 of its UID."""
     return hashlib.sha256(study_uid.encode()).hexdigest()
-
-
-def mr_fingerprint(pacs: Pacs, study_uid: str) -> str:
-    """What decides whether a study changed since it was analysed: its MR series and how many images each holds
-    (one series search; objects of other modalities, our own report among them, do not count)."""
-    series = sorted(f"{s.series_uid}:{s.instances}" for s in pacs.series_of(study_uid) if s.modality.upper() == "MR")
-    return hashlib.sha256("\n".join(series).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
