@@ -178,8 +178,11 @@ def first_admin_command(secrets: Mapping[str, Any]) -> str:
     if os.environ.get("BTD_SECRETS"):  # the server's secrets file (its audit key, database): never the default
         settings += f"BTD_SECRETS={shlex.quote(str(Path(os.environ['BTD_SECRETS']).resolve()))} "
     if mongodb_uri(secrets):
-        settings += "MONGODB_URI='<the server's MongoDB URI>' "
+        settings += 'MONGODB_URI="<the server\'s MongoDB URI>" '
+    for name, what in (("BTD_AUDIT_KEY", "audit key"), ("BTD_HMAC_KEY", "patient key")):
+        if os.environ.get(name):  # named, never printed: an event under another key reads as tampering for good
+            settings += f'{name}="<the server\'s {what}>" '
     return (
         f"cd {shlex.quote(str(PROJECT_ROOT))} && echo 'a long password' | {settings}{python} -m core users add admin "
-        "--role admin --password-stdin"
+        "--role admin --password-stdin --temporary"  # the password printed here is changed at the first sign-in
     )

@@ -339,3 +339,19 @@ def test_a_head_whose_own_write_was_cut_off_after_its_event_is_no_tampering_alar
     tamper(store, 4)  # the last event deleted as well: the head past the end is still an alarm
     tamper(store, 3)
     assert "events were deleted" in (audit.verify(store).problem or "")
+
+
+def test_an_event_is_never_written_under_another_key_than_the_one_that_signs_the_chain(store) -> None:
+    """The first-admin command run without the server's BTD_AUDIT_KEY wrote its event under the data folder's own
+    key: the trail read as tampered with from that event on, for good. It is refused and nothing is written."""
+    from core.errors import StoreError
+
+    audit.record(store, ADMIN, "account_created", "dr-a")
+    signed = store.audit_head()
+    store.audit_key = b"another key, the data folder's own"
+    with pytest.raises(StoreError, match="another audit key"):
+        audit.record(store, ADMIN, "account_created", "dr-b")
+    assert len(store.audit_events()) == 1 and store.audit_head() == signed
+    store.audit_key = KEY
+    audit.record(store, ADMIN, "account_created", "dr-b")
+    assert audit.verify(store).intact and len(store.audit_events()) == 2

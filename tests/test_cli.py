@@ -462,7 +462,10 @@ def test_a_password_from_standard_input_loses_a_windows_line_ending(tmp_path, mo
     monkeypatch.setattr(sys, "stdin", io.StringIO("a long password\r\n"))
     code, _ = run_main(["users", "add", "boss", "--role", "admin", "--password-stdin"], capsys)
     assert code == 0
-    assert accounts.sign_in(open_store(None, tmp_path / "data"), "boss", "a long password").role == "admin"
+    from core.config import audit_key
+
+    store = open_store(None, tmp_path / "data", audit_key({}, shared_database=False))  # as the command's
+    assert accounts.sign_in(store, "boss", "a long password").role == "admin"
 
 
 def test_a_reader_that_stops_reading_ends_the_command_quietly(

@@ -157,3 +157,22 @@ def test_the_app_reads_the_one_secrets_file_the_command_line_reads() -> None:
 
     assert '--secrets.files "/etc/btd/secrets.toml"' in started("BTD_SECRETS=/etc/btd/secrets.toml")
     assert "--secrets.files" not in started("BTD_SECRETS=")
+
+
+def test_the_first_admin_command_names_the_servers_keys_and_makes_the_printed_password_temporary(monkeypatch) -> None:
+    """Run without the server's BTD_AUDIT_KEY the command wrote its event under the data folder's own key (the trail
+    then read as tampered with); and the password it prints, the README's too, stayed the admin's for good."""
+    import shlex
+
+    from core.config import first_admin_command
+
+    monkeypatch.setenv("BTD_AUDIT_KEY", "a" * 64)
+    monkeypatch.setenv("BTD_HMAC_KEY", "b" * 64)
+    command = first_admin_command({})
+    assert 'BTD_AUDIT_KEY="<the server\'s audit key>"' in command and "a" * 64 not in command
+    assert 'BTD_HMAC_KEY="<the server\'s patient key>"' in command and "b" * 64 not in command
+    assert command.endswith("--password-stdin --temporary")
+    shlex.split(command)  # quoted as a shell reads it (an apostrophe inside single quotes left one open)
+    monkeypatch.delenv("BTD_AUDIT_KEY")
+    monkeypatch.delenv("BTD_HMAC_KEY")
+    assert "BTD_AUDIT_KEY" not in first_admin_command({}) and "BTD_HMAC_KEY" not in first_admin_command({})

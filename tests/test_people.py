@@ -1315,6 +1315,9 @@ def test_an_admin_unlocks_an_account_someone_keeps_locked(store, tmp_path, monke
 
     monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("MONGODB_URI", raising=False)
+    from core.config import audit_key
+
+    store.audit_key = audit_key({}, shared_database=False)  # the data folder's, as the command line's and the app's
     out = io.StringIO()
     monkeypatch.setattr(sys, "stdout", out)
     assert main(["users", "unlock", "root"]) == 0

@@ -27,8 +27,21 @@ from core.storage.protocol import AuditTrail
 logger = logging.getLogger("btd.audit")
 
 
+ANOTHER_KEY = (
+    "This database's audit trail is signed with another audit key than this process has (BTD_AUDIT_KEY, [audit] key "
+    "in the secrets file, else the data folder's audit.key): nothing was written. Run it with the server's "
+    "settings; an event written under this key would read as tampering from then on."
+)
+
+
 def record(store: AuditTrail, actor: Actor, event: str, target: str | None = None, **detail: Any) -> AuditEvent:
-    """Append one event named ``event`` (raises the store's error when it cannot: what cannot be audited fails)."""
+    """Append one event named ``event`` (raises the store's error when it cannot: what cannot be audited fails).
+    Refused under a key that does not sign the chain's head: a command run without the server's BTD_AUDIT_KEY
+    wrote its event under the data folder's own key, and the trail read as tampered with, for good."""
+    head = store.audit_head()
+    if head is not None and not head.signed_by(getattr(store, "audit_key", None)):
+        logger.warning("event=audit_refused reason=another_key")
+        raise StoreError(ANOTHER_KEY)
     return store.append_audit(AuditEvent(datetime.now(UTC), actor.name, actor.role, event, target, dict(detail)))
 
 
