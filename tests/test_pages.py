@@ -100,7 +100,12 @@ def saved_series(data_dir: Path, classifier, sections: int, tumour: range):
 
 
 def stored(data_dir: Path) -> SQLiteStore:
-    return SQLiteStore(data_dir / "results.sqlite3")
+    """The app's database, keyed as the app keys it (an event under another key is refused)."""
+    from core.config import audit_key, file_secrets
+
+    store = SQLiteStore(data_dir / "results.sqlite3")
+    store.audit_key = audit_key(file_secrets(), shared_database=False)
+    return store
 
 
 def as_local_account(data_dir: Path, name: str) -> tuple[SQLiteStore, AppTest]:
@@ -1692,7 +1697,7 @@ def test_the_study_viewer_outlines_each_section_and_gives_the_lesion_volume_and_
     spec = json.loads(app.get("plotly_chart")[0].proto.spec)
     paths = [s for s in spec["layout"].get("shapes", []) if s["type"] == "path"]
     assert paths and any(s["line"]["color"] == "#ff00ff" for s in paths)
-    assert " · lesion " in spec["layout"]["title"]["text"] and " px" in spec["layout"]["title"]["text"]
+    assert " · lesion " in spec["layout"]["title"]["text"] and " mm²" in spec["layout"]["title"]["text"]
     toggle.set_value(False).run()
     assert not app.exception
     spec = json.loads(app.get("plotly_chart")[0].proto.spec)
