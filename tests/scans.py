@@ -220,3 +220,13 @@ def relabelled(files: list[bytes], **values: object) -> list[bytes]:
         ds.save_as(buffer)
         out.append(buffer.getvalue())
     return out
+
+
+def empty_database(folder: Path) -> Path:
+    """The app's database as its first start leaves it: a command that saves refuses a data folder without one (a
+    mistyped folder made a new database nobody reads)."""
+    from core.storage.sqlite import SQLiteStore
+
+    folder.mkdir(parents=True, exist_ok=True)
+    SQLiteStore(folder / "results.sqlite3")
+    return folder

@@ -17,7 +17,7 @@ from PIL import Image
 
 from core.cli import main
 from core.cli.main import build_parser
-from tests.scans import dicom_bytes, jpeg_bytes, png_bytes, synthetic_slice
+from tests.scans import dicom_bytes, empty_database, jpeg_bytes, png_bytes, synthetic_slice
 from tests.test_imaging import bomb_png
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -318,6 +318,7 @@ def test_predict_can_back_fill_the_database_once(tmp_path: Path, tiny_card: Path
     from core.storage.sqlite import SQLiteStore
 
     monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    empty_database(tmp_path / "data")  # as the app's first start leaves it
     monkeypatch.delenv("MONGODB_URI", raising=False)
     scan = tmp_path / "ZZCANARY_scan.png"
     scan.write_bytes(png_bytes(synthetic_slice(256, tumour=True)))
@@ -336,6 +337,7 @@ def test_predict_save_exits_3_when_a_result_could_not_be_saved(
     from core.errors import StoreUnavailable
 
     monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    empty_database(tmp_path / "data")  # as the app's first start leaves it
     monkeypatch.delenv("MONGODB_URI", raising=False)
     scan = tmp_path / "scan.png"
     scan.write_bytes(png_bytes(synthetic_slice(256, tumour=True)))
@@ -356,8 +358,9 @@ def test_predict_save_goes_on_past_an_image_store_that_is_not_a_folder(
     """With "images" a file, removing the draft raised its own NotADirectoryError: one "bad_input" line, exit 2,
     and no file after the first was read."""
     monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    empty_database(tmp_path / "data")  # as the app's first start leaves it
     monkeypatch.delenv("MONGODB_URI", raising=False)
-    (tmp_path / "data").mkdir()
+    (tmp_path / "data").mkdir(exist_ok=True)
     (tmp_path / "data" / "images").write_bytes(b"not a folder")
     scans = [tmp_path / f"scan-{k}.png" for k in range(2)]
     for k, scan in enumerate(scans):
@@ -600,3 +603,23 @@ def test_a_pacs_password_without_a_user_name_is_a_usage_error(tmp_path: Path, ca
         monkeypatch.setattr(sys, "stdin", io.StringIO("secret\n"))
         code, lines = run_main([*command, "--url", "http://127.0.0.1:9/dicom-web", "--password-stdin"], capsys)
         assert code == 2 and lines[0]["error"]["code"] == "bad_usage" and "--user" in lines[0]["error"]["message"]
+
+
+def test_a_command_that_saves_makes_no_new_database_in_a_mistyped_data_folder(
+    tmp_path: Path, tiny_card: Path, capsys, monkeypatch
+) -> None:
+    """``predict --save`` into a mistyped BTD_DATA_DIR said "saved" into a new database nobody reads, and ``pacs
+    watch`` there took the folder for a first start: every study the PACS ever held analysed again (and, sending,
+    reported again)."""
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "dataa"))
+    monkeypatch.delenv("MONGODB_URI", raising=False)
+    scan = tmp_path / "scan.png"
+    scan.write_bytes(png_bytes(synthetic_slice(256)))
+    for command in (
+        ["predict", "--model", str(tiny_card), "--save", str(scan)],
+        ["study", "--model", str(tiny_card), "--save", str(tmp_path)],
+        ["pacs", "watch", "--url", "http://127.0.0.1:1/dicom-web", "--once"],
+    ):
+        code, lines = run_main(command, capsys)
+        assert code == 2 and "There is no results database" in lines[-1]["error"]["message"], command
+    assert not (tmp_path / "dataa").exists()

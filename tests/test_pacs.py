@@ -29,7 +29,7 @@ from core.services import pacs as pacs_service
 from core.services import pacs_watch
 from core.services.access import Actor
 from core.storage.sqlite import SQLiteStore
-from tests.scans import garbage_pacs, run_core
+from tests.scans import empty_database, garbage_pacs, run_core
 
 ROOT = Path(__file__).resolve().parents[1]
 RADIOLOGIST, SUPERVISOR, ADMIN = Actor("dr-a", "radiologist"), Actor("boss", "supervisor"), Actor("root", "admin")
@@ -189,6 +189,7 @@ def test_the_pacs_command_prints_the_study_lines_with_the_study_uid(orthanc, tin
     command = ["pacs", "analyse", "--url", orthanc.dicomweb, "--study", STUDY, "--user", orthanc.user]
     command += ["--password-stdin", "--model", str(tiny_card)]
     env = {"PATH": "/usr/bin:/bin", "BTD_DATA_DIR": str(tmp_path), "BTD_LESION_MODEL": "none"}
+    empty_database(tmp_path)  # as the app's first start leaves it
     done = run_core(command, env, orthanc.password + "\n")
     (line,) = [json.loads(text) for text in done.stdout.splitlines()]
     assert done.returncode == 0 and line["study_uid"] == STUDY and line["slices"] == 8 and line["series_verdict"]
@@ -201,6 +202,7 @@ def test_the_watch_command_logs_each_study_under_its_keyed_reference_never_its_u
     """A daemon's output ends in the system journal: the watch printed every study's UID there."""
     command = ["pacs", "watch", "--url", orthanc.dicomweb, "--rest", orthanc.rest, "--once", "--user", orthanc.user]
     env = {"PATH": "/usr/bin:/bin", "BTD_DATA_DIR": str(tmp_path), "BTD_LESION_MODEL": "none"}
+    empty_database(tmp_path)  # as the app's first start leaves it
     done = run_core([*command, "--password-stdin", "--model", str(tiny_card)], env, orthanc.password + "\n")
     lines = [json.loads(text) for text in done.stdout.splitlines()]
     assert done.returncode == 0 and lines and all(len(line["study_ref"]) == 64 for line in lines), done.stdout
@@ -333,6 +335,7 @@ def test_pacs_analyse_saves_under_the_patients_reference_before_sending_and_send
     pacs = Pacs(orthanc.dicomweb, orthanc.user, orthanc.password)
     pacs.store(_datasets(dicom_series(head_volume(6, 96, range(2, 4)), study_uid=study, series_uid=f"{study}.1")))
     monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    empty_database(tmp_path / "data")  # as the app's first start leaves it
     monkeypatch.setenv("BTD_LESION_MODEL", "none")
     args = ["pacs", "analyse", "--url", orthanc.dicomweb, "--study", study, "--user", orthanc.user]
     args += ["--password-stdin", "--model", str(tiny_card), "--save", "--send"]

@@ -19,7 +19,7 @@ from core.services import pacs_watch
 from core.services.access import Actor
 from core.services.study_reading import analyse_study
 from core.storage.sqlite import SQLiteStore
-from tests.scans import relabelled
+from tests.scans import empty_database, relabelled
 
 RADIOLOGIST = Actor("dr-a", "radiologist")
 STUDY = "1.2.826.0.1.3680043.8.498.91"
@@ -918,6 +918,7 @@ def test_the_watchs_rest_root_is_checked_like_the_pacs_address(rest, tmp_path, m
     from core.cli import main
 
     monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    empty_database(tmp_path / "data")  # as the app's first start leaves it
     code = main(["pacs", "watch", "--url", "http://127.0.0.1:1/dicom-web", "--rest", rest, "--once"])
     (line,) = capsys.readouterr().out.splitlines()
     assert code == 2 and "not an http(s) URL with a host" in json.loads(line)["error"]["message"]

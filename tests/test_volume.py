@@ -19,6 +19,7 @@ from core.model.volume import SeriesAnalysis, analyse_volume, section_scan
 from core.services.access import Actor
 from core.training.series_fit import choose, tumour_free_stretches, volume_key
 from core.training.sources import Item
+from tests.scans import empty_database
 
 DOCTOR = Actor("dr-v", "radiologist")
 
@@ -247,6 +248,7 @@ def test_study_exit_status_says_rejected_for_an_unread_series_and_never_not_save
     from pydicom.filebase import DicomBytesIO
 
     monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    empty_database(tmp_path / "data")  # as the app's first start leaves it
     (tmp_path / "black").mkdir()
     for k, data in enumerate(dicom_series(np.zeros((3, 64, 64), np.uint16))):
         (tmp_path / "black" / f"{k}.dcm").write_bytes(data)
@@ -338,6 +340,7 @@ def test_study_command_saves_each_series_once_with_save(
     from core.storage.sqlite import SQLiteStore
 
     monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    empty_database(tmp_path / "data")  # as the app's first start leaves it
     monkeypatch.delenv("MONGODB_URI", raising=False)
     (tmp_path / "s.zip").write_bytes(zipped(dicom_series(head_volume(6, 128, range(2, 5)))))
     code, lines = study_lines(["--save", str(tmp_path / "s.zip")], capsys)
@@ -617,6 +620,7 @@ def test_a_study_given_in_two_paths_is_refused_on_the_second_not_given_a_second_
     from core.storage.sqlite import SQLiteStore
 
     monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    empty_database(tmp_path / "data")  # as the app's first start leaves it
     monkeypatch.delenv("MONGODB_URI", raising=False)
     for folder, uid, lesion in (("t1", "1.2.3.1", range(2, 4)), ("flair", "1.2.3.2", range(1, 4))):
         (tmp_path / folder).mkdir()

@@ -114,7 +114,7 @@ def cmd_analyse(args: argparse.Namespace) -> int:
     classifier = load_classifier(args.model)
     store, images, key = None, None, None
     try:
-        store = open_results_store()
+        store = open_results_store(existing=True)  # a mistyped folder is no new database
         key = patient_key(file_secrets(), shared_database=bool(mongodb_uri(file_secrets())))
         images = open_image_store(store) if args.save else None
     except (StoreError, ValueError) as error:
@@ -150,7 +150,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         emit(refused, sys.stdout)
         return EXIT_USAGE
     try:
-        store = open_results_store()
+        store = open_results_store(existing=True)  # a mistyped folder is no new database
         key = patient_key(file_secrets(), shared_database=bool(mongodb_uri(file_secrets())))
         images = open_image_store(store)
     except (StoreError, ValueError) as error:

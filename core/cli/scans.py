@@ -104,7 +104,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     store, images = None, None
     if args.save:  # back-fill: the database the app uses (MONGODB_URI, else BTD_DATA_DIR's SQLite file)
         try:
-            store = open_results_store()
+            store = open_results_store(existing=True)  # a mistyped folder is no new database
             images = open_image_store(store)
         except (StoreError, ValueError) as error:  # ValueError: the audit key cannot be made (as `study` says)
             emit(error_json(getattr(error, "code", "bad_configuration"), str(error)), sys.stdout)

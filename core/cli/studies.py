@@ -26,7 +26,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     store, images, key = None, None, None
     if args.save:  # the database the app uses (MONGODB_URI, else BTD_DATA_DIR's SQLite file)
         try:
-            store = open_results_store()
+            store = open_results_store(existing=True)  # a mistyped folder is no new database
             images = open_image_store(store)
             key = patient_key(file_secrets(), shared_database=bool(mongodb_uri(file_secrets())))
         except (StoreError, ValueError) as error:

@@ -38,7 +38,10 @@ def open_results_store(secrets: Mapping[str, Any] | None = None, existing: bool 
     secrets = file_secrets() if secrets is None else secrets
     uri = mongodb_uri(secrets)
     if existing and not uri and not (data_dir() / DATABASE_FILE).exists():
-        raise StoreError(f"There is no results database in {data_dir()} (BTD_DATA_DIR): nothing was read or made.")
+        raise StoreError(
+            f"There is no results database in {data_dir()} (BTD_DATA_DIR): nothing was read or made. Check the "
+            "folder; the app's first start (or `users add`) makes a new one."
+        )
     return open_store(uri, data_dir(), audit_key(secrets, shared_database=bool(uri)))
 
 
