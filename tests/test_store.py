@@ -2013,3 +2013,31 @@ def test_a_backup_taken_after_another_process_upgraded_the_file_never_replaces_t
     assert copy.execute("PRAGMA user_version").fetchone()[0] == 8
     copy.close()
     assert sorted(p.name for p in tmp_path.iterdir() if "tmp" in p.name) == []
+
+
+def test_a_full_disk_is_said_as_such_when_saving_and_when_upgrading(tmp_path: Path, monkeypatch) -> None:
+    """A full disk read "cannot be opened for writing" (a permissions problem), and during an upgrade SQLite's own
+    rollback made ours fail with "cannot rollback - no transaction is active", which hid the cause."""
+    from core.storage import migrations
+
+    store = SQLiteStore(tmp_path / "results.sqlite3")
+    connection = store._connection()
+    connection.execute(f"PRAGMA max_page_count = {connection.execute('PRAGMA page_count').fetchone()[0]}")
+    with pytest.raises(StoreUnavailable, match="disk holding the results database is full"):
+        for k in range(100):
+            store.append_audit(
+                AuditEvent(utc(2026, 5, 1), "root", "admin", "account_created", f"u{k}", {"pad": "x" * 4000})
+            )
+    real = migrations.create_schema
+
+    def on_a_full_disk(connection: sqlite3.Connection) -> None:
+        connection.execute(f"PRAGMA max_page_count = {connection.execute('PRAGMA page_count').fetchone()[0]}")
+        real(connection)
+
+    monkeypatch.setattr(migrations, "create_schema", on_a_full_disk)
+    path = tmp_path / "old.sqlite3"
+    shutil.copy(ROUND_1_DATABASE, path)
+    with pytest.raises(StoreError, match="is full"):
+        SQLiteStore(path)
+    monkeypatch.setattr(migrations, "create_schema", real)
+    assert SQLiteStore(path).summary().total == 6  # nothing half-done: the upgrade runs whole on a disk with room

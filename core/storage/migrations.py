@@ -116,7 +116,8 @@ def migrate_sqlite(connection: sqlite3.Connection, path: Path) -> int:
         connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         connection.execute("COMMIT")
     except BaseException:
-        connection.execute("ROLLBACK")
+        if connection.in_transaction:  # SQLite rolled back itself on a full disk: a second ROLLBACK hid the cause
+            connection.execute("ROLLBACK")
         raise
     finally:
         connection.execute("PRAGMA foreign_keys=ON")

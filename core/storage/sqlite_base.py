@@ -93,7 +93,13 @@ class SQLiteBase:
             text = str(error).lower()
             if "locked" in text or "busy" in text:
                 raise StoreUnavailable("The results database is locked by another process; try again.") from error
-            if "unable to open" in text or "readonly" in text or "disk i/o" in text:
+            if "full" in text:  # SQLITE_FULL: it was read as a permissions problem, or hidden by a rollback's error
+                raise StoreUnavailable("The disk holding the results database is full; nothing was saved.") from error
+            if "disk i/o" in text:
+                raise StoreUnavailable(
+                    "The results database could not be read or written (an input/output error)."
+                ) from error
+            if "unable to open" in text or "readonly" in text:
                 raise StoreUnavailable("The results database file cannot be opened for writing.") from error
             raise StoreError(f"The results database failed: {error}.") from error
         except sqlite3.DatabaseError as error:
