@@ -7,8 +7,9 @@ import re
 from typing import Any
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-# where a spreadsheet set to another list separator (";" in much of Europe, a tab) starts a new cell inside ours
-_INNER_CELL = re.compile(r"([;\t])(\s*)(?=[=+\-@])")
+# where a spreadsheet starts a new cell inside ours: set to another list separator (";" in much of Europe, a tab),
+# or in a line written as text (a comment heading the audit export or the statistics), at a comma or a line break
+_INNER_CELL = re.compile(r"([;,\t\r\n])(\s*)(?=[=+\-@])")
 
 
 def spreadsheet_safe(value: Any) -> Any:
