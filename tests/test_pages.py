@@ -17,7 +17,7 @@ from streamlit.testing.v1 import AppTest
 from core.identity import local_key, pseudonymise
 from core.services.access import Actor
 from core.storage.sqlite import SQLiteStore
-from tests.scans import dicom_bytes, png_bytes, sandboxed, synthetic_slice
+from tests.scans import dicom_bytes, empty_database, png_bytes, sandboxed, synthetic_slice
 from tests.test_store import make_record
 
 pytestmark = pytest.mark.pages  # whole pages run by Streamlit's AppTest: make check leaves them out
@@ -1200,6 +1200,7 @@ def test_a_refused_result_saved_from_the_command_line_opens_on_the_worklist_and_
     noise = (np.random.default_rng(1).random((128, 128)) * 255).astype(np.uint8)
     path = app_environment.parent / "noise.png"
     path.write_bytes(png_bytes(noise))
+    empty_database(app_environment)  # as the app's first start leaves it
     main(["predict", "--model", str(tiny_card), "--save", str(path)])
     assert '"saved": "saved"' in capsys.readouterr().out
     app = page("worklist.py")
@@ -1226,6 +1227,7 @@ def test_the_override_form_starts_with_no_label_and_saves_nothing_until_one_is_c
 
     path = app_environment.parent / "scan.png"
     path.write_bytes(png_bytes(synthetic_slice(256)))
+    empty_database(app_environment)  # as the app's first start leaves it
     main(["predict", "--model", str(tiny_card), "--save", str(path)])
     capsys.readouterr()
     app = page("worklist.py")
@@ -1251,6 +1253,7 @@ def test_a_review_pressed_on_a_stale_panel_never_replaces_a_colleagues_and_says_
 
     path = app_environment.parent / "scan.png"
     path.write_bytes(png_bytes(synthetic_slice(256, tumour=True)))
+    empty_database(app_environment)  # as the app's first start leaves it
     main(["predict", "--model", str(tiny_card), "--save", str(path)])
     capsys.readouterr()
     store = stored(app_environment)
@@ -1286,6 +1289,7 @@ def three_saved_scans_on_a_list_of_two(app_environment: Path, tiny_card: Path, m
     for n in range(3):
         path = app_environment.parent / f"scan{n}.png"
         path.write_bytes(png_bytes(synthetic_slice(256, tumour=n % 2 == 0, seed=n)))
+        empty_database(app_environment)  # as the app's first start leaves it
         main(["predict", "--model", str(tiny_card), "--save", str(path)])
     capsys.readouterr()
     monkeypatch.setattr(reviews, "LISTED", 2)
@@ -1446,6 +1450,7 @@ def test_a_review_pressed_after_the_session_expired_or_the_account_was_disabled_
 
     path = app_environment.parent / "scan.png"
     path.write_bytes(png_bytes(synthetic_slice(256, tumour=True)))
+    empty_database(app_environment)  # as the app's first start leaves it
     main(["predict", "--model", str(tiny_card), "--save", str(path)])
     capsys.readouterr()
     app = page("worklist.py")
