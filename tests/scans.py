@@ -230,3 +230,13 @@ def empty_database(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     SQLiteStore(folder / "results.sqlite3")
     return folder
+
+
+def app_store(path: Path):
+    """The app's SQLite database at ``path``, keyed as the app keys it (an event under another key is refused)."""
+    from core.config import audit_key, file_secrets
+    from core.storage.sqlite import SQLiteStore
+
+    store = SQLiteStore(path)
+    store.audit_key = audit_key(file_secrets(), shared_database=False)
+    return store

@@ -20,6 +20,7 @@ from core.services.series_views import series_view
 from core.services.studies import save_series
 from core.storage.images import FolderImages
 from core.storage.sqlite import SQLiteStore
+from tests.scans import app_store
 from tests.test_store import make_record, make_series
 
 DOCTOR = Actor("dr-h", "radiologist")
@@ -100,7 +101,7 @@ def test_history_page_compares_a_series_with_its_prior_and_makes_the_report(
     from streamlit.testing.v1 import AppTest
 
     data = history_environment(tmp_path, tiny_card, monkeypatch)
-    store, images = SQLiteStore(data / "results.sqlite3"), FolderImages(data / "images")
+    store, images = app_store(data / "results.sqlite3"), FolderImages(data / "images")
     reference = pseudonymise("P-0042", local_key(data))
     for n, tumour in enumerate((None, range(3, 6))):
         analysis = analyse_volume(

@@ -21,7 +21,7 @@ from core.services import pacs as pacs_service
 from core.services import reviews
 from core.services.access import Actor
 from core.storage.sqlite import SQLiteStore
-from tests.scans import garbage_pacs
+from tests.scans import app_store, garbage_pacs
 
 pytestmark = pytest.mark.pages
 
@@ -117,7 +117,7 @@ def test_a_radiologist_searches_picks_analyses_and_sends_the_report_back_once(
     assert len(app.get("plotly_chart")) == 2  # the viewer's section and curve, as for an upload
     assert any("from the PACS" in c.value for c in app.caption)
 
-    store = SQLiteStore(app_environment / "results.sqlite3")
+    store = app_store(app_environment / "results.sqlite3")
     (series,) = store.recent(5)
     assert series.kind == "series" and series.section_count == 6
     assert series.patient_ref == pacs_service.patient_reference(PATIENT, local_key(app_environment))

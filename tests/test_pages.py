@@ -17,7 +17,7 @@ from streamlit.testing.v1 import AppTest
 from core.identity import local_key, pseudonymise
 from core.services.access import Actor
 from core.storage.sqlite import SQLiteStore
-from tests.scans import dicom_bytes, empty_database, png_bytes, sandboxed, synthetic_slice
+from tests.scans import app_store, dicom_bytes, empty_database, png_bytes, sandboxed, synthetic_slice
 from tests.test_store import make_record
 
 pytestmark = pytest.mark.pages  # whole pages run by Streamlit's AppTest: make check leaves them out
@@ -100,12 +100,7 @@ def saved_series(data_dir: Path, classifier, sections: int, tumour: range):
 
 
 def stored(data_dir: Path) -> SQLiteStore:
-    """The app's database, keyed as the app keys it (an event under another key is refused)."""
-    from core.config import audit_key, file_secrets
-
-    store = SQLiteStore(data_dir / "results.sqlite3")
-    store.audit_key = audit_key(file_secrets(), shared_database=False)
-    return store
+    return app_store(data_dir / "results.sqlite3")
 
 
 def as_local_account(data_dir: Path, name: str) -> tuple[SQLiteStore, AppTest]:
