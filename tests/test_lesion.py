@@ -348,3 +348,28 @@ def test_a_sections_title_gives_its_lesion_in_square_millimetres_from_the_series
     assert lesion_note(view, index) == f" · lesion {mm2:,.0f} mm²"
     assert lesion_note(replace(view, lesion_mm2=None), index) == f" · lesion {view.lesion_areas[index]:,} px"
     assert lesion_note(replace(view, lesion_areas=(0,) * len(view.lesion_areas)), index) == ""
+
+
+def test_a_mistyped_lesion_model_path_is_refused_not_taken_for_no_segmenter(
+    tiny_card: Path, tiny_lesion_card: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """``BTD_LESION_MODEL=models/btd-lesionn.json`` analysed every scan without outlines or volumes, exit 0 and no
+    word; "none" is how lesions are turned off."""
+    import json
+
+    from core.cli import main
+    from core.errors import ModelError
+    from core.services.resources import load_classifier
+
+    monkeypatch.setenv("BTD_LESION_MODEL", str(tmp_path / "btd-lesionn.json"))
+    with pytest.raises(ModelError, match=r"btd-lesionn\.json \(BTD_LESION_MODEL\) is not a file"):
+        load_classifier(tiny_card)
+    scan = tmp_path / "scan.png"
+    scan.write_bytes(png_bytes(synthetic_slice(256)))
+    assert main(["predict", "--model", str(tiny_card), str(scan)]) == 2
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["error"]["code"] == "model_error"
+    assert load_classifier(tiny_card, lesions=False).segmenter is None  # a command that reads no lesions
+    monkeypatch.setenv("BTD_LESION_MODEL", "none")
+    assert load_classifier(tiny_card).segmenter is None
+    monkeypatch.setenv("BTD_LESION_MODEL", str(tiny_lesion_card))
+    assert load_classifier(tiny_card).segmenter is not None

@@ -6,12 +6,13 @@ at import time.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from core.config import audit_key, data_dir, file_secrets, lesion_card_path, model_card_path, mongodb_uri
-from core.errors import StoreError
+from core.errors import ModelError, StoreError
 from core.model.classifier import Classifier, with_segmenter
 from core.model.explain import Explainer
 from core.storage import DATABASE_FILE, open_store
@@ -23,7 +24,16 @@ def load_classifier(card_path: str | Path | None = None, lesions: bool = True) -
     """The model named by ``card_path`` (default: ``BTD_MODEL`` or the shipped card), hash-checked and loaded, with
     the lesion segmenter beside it (``BTD_LESION_MODEL`` or the shipped one) unless ``lesions`` is False."""
     classifier = Classifier.from_card(Path(card_path) if card_path else model_card_path())
-    return with_segmenter(classifier, lesion_card_path()) if lesions else classifier
+    if not lesions:
+        return classifier
+    lesion_card = lesion_card_path()
+    if lesion_card is not None and os.environ.get("BTD_LESION_MODEL") and not lesion_card.is_file():
+        # a mistyped path turned lesion outlines and volumes off without a word (the shipped card may be absent)
+        raise ModelError(
+            f"The lesion model card {lesion_card} (BTD_LESION_MODEL) is not a file; set BTD_LESION_MODEL=none to "
+            "run without lesion outlines and volumes."
+        )
+    return with_segmenter(classifier, lesion_card)
 
 
 def load_explainer(classifier: Classifier) -> Explainer:
