@@ -42,11 +42,41 @@ def file_secrets() -> dict[str, Any]:
 
     path = Path(os.environ.get("BTD_SECRETS") or PROJECT_ROOT / ".streamlit" / "secrets.toml")
     try:
-        return tomllib.loads(path.read_text())
+        secrets = tomllib.loads(path.read_text())
     except FileNotFoundError:
         return {}
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise ValueError(f"the secrets file {path} cannot be read ({type(error).__name__})") from error
+    if mistake := secrets_mistake(secrets):
+        raise ValueError(f"{mistake}: {path}")
+    return secrets
+
+
+# the settings each section of the secrets file may hold ([auth] is Streamlit's own, and checked by it)
+SECRET_KEYS = {
+    "mongo": {"uri"},
+    "audit": {"key"},
+    "identity": {"hmac_key"},
+    "pacs": {"url", "user", "password", "verify_tls"},
+}
+
+
+def secrets_mistake(secrets: Mapping[str, Any]) -> str | None:
+    """Why the secrets cannot be used as written, or None: a section written as a single value, or a setting its
+    section does not have (``[mongo] url`` for ``uri`` opened the embedded database instead, without a word)."""
+    for section, known in SECRET_KEYS.items():
+        values = secrets.get(section)
+        if values is None:
+            continue
+        if not isinstance(values, Mapping):
+            return f"[{section}] in the secrets file is a single value, not a section of settings"
+        unknown = sorted(set(values) - known)
+        if unknown:
+            return (
+                f"[{section}] in the secrets file has no setting {', '.join(unknown)} (it takes "
+                f"{', '.join(sorted(known))})"
+            )
+    return None
 
 
 def authlib_installed() -> bool:

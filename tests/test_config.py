@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import tomllib
 from pathlib import Path
@@ -176,3 +177,25 @@ def test_the_first_admin_command_names_the_servers_keys_and_makes_the_printed_pa
     monkeypatch.delenv("BTD_AUDIT_KEY")
     monkeypatch.delenv("BTD_HMAC_KEY")
     assert "BTD_AUDIT_KEY" not in first_admin_command({}) and "BTD_HMAC_KEY" not in first_admin_command({})
+
+
+def test_a_mistyped_setting_in_the_secrets_file_is_refused_by_name_not_ignored(tmp_path, monkeypatch) -> None:
+    """``[mongo] url`` (for ``uri``) saved into the embedded database instead, and ``[audit] hmac_key`` hashed the
+    trail with the data folder's key, without a word; ``mongo = "..."`` (no section) crashed every command."""
+    import pytest
+
+    from core.config import file_secrets, secrets_mistake
+
+    path = tmp_path / "secrets.toml"
+    monkeypatch.setenv("BTD_SECRETS", str(path))
+    for text, said in (
+        ('[mongo]\nurl = "mongodb://db.example"\n', "[mongo] in the secrets file has no setting url (it takes uri)"),
+        ('[audit]\nhmac_key = "' + "ab" * 32 + '"\n', "[audit] in the secrets file has no setting hmac_key"),
+        ('mongo = "mongodb://db.example"\n', "[mongo] in the secrets file is a single value"),
+    ):
+        path.write_text(text)
+        with pytest.raises(ValueError, match=re.escape(said)):
+            file_secrets()
+    path.write_text('[mongo]\nuri = "mongodb://db.example"\n[pacs]\nurl = "http://p/dicom-web"\nverify_tls = false\n')
+    assert file_secrets()["mongo"]["uri"] == "mongodb://db.example"
+    assert secrets_mistake({"auth": {"anything": "Streamlit's own"}}) is None

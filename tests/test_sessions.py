@@ -324,3 +324,20 @@ def test_a_secrets_file_that_cannot_be_read_opens_no_database_and_makes_no_key(m
     assert "mounted/secrets.toml cannot be read" in resources.secrets_problem()
     (folder / "secrets.toml").unlink()  # no file at all: nothing configured, the embedded database as before
     assert resources.secrets_problem() is None
+
+
+def test_a_mistyped_secret_opens_no_database_in_the_app_either(monkeypatch, tmp_path) -> None:
+    """The app read ``[mongo] url`` as no MongoDB and opened the embedded database beside a configured one."""
+    from core.errors import StoreError
+    from ui import resources
+
+    class Typo:
+        def to_dict(self):
+            return {"mongo": {"url": "mongodb://db.example"}}
+
+    monkeypatch.setattr(resources.st, "secrets", Typo())
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    assert "has no setting url" in resources.secrets_problem()
+    with pytest.raises(StoreError, match=r"No database is opened: \[mongo\] in the secrets file has no setting url"):
+        resources.current_store()
+    assert not (tmp_path / "data").exists()

@@ -13,7 +13,7 @@ from typing import Any
 
 import streamlit as st
 
-from core.config import audit_key, data_dir, model_card_path, mongodb_uri, patient_key
+from core.config import audit_key, data_dir, model_card_path, mongodb_uri, patient_key, secrets_mistake
 from core.errors import StoreError
 from core.model.card import ModelCard
 from core.model.classifier import Classifier
@@ -40,8 +40,7 @@ def secrets_problem() -> str | None:
     """Why a secrets file that exists cannot be read (a TOML typo, its permissions), or None. Read as empty, it
     opened the embedded database and made new keys beside it, while the command line refused the same file."""
     try:
-        st.secrets.to_dict()
-        return None
+        return secrets_mistake(st.secrets.to_dict())
     except Exception:
         import tomllib
 
