@@ -1054,3 +1054,19 @@ def test_a_pull_kept_while_the_study_changed_in_the_pacs_is_not_sent_over_the_ne
     assert len(pacs.stored) == sent
     assert store.audit_events()[-1].action == "pacs_send_failed"
     assert store.audit_events()[-1].detail["code"] == "study_changed"
+
+
+def test_each_reading_sends_its_key_images_in_a_series_of_its_own(tiny_classifier) -> None:
+    """Every reading's key images went into one series per source series: after a second model's reading the PACS
+    held two sets under one name, and a series re-read as "no tumour" kept its old tumour key images there."""
+    from dataclasses import replace
+
+    files = tumour_study(STUDY)
+    (series,) = analyse_study(files, tiny_classifier).series
+    series = replace(series, rule=replace(series.rule, threshold=0.0))  # every section a key section
+    evidence = objects.headers(files)
+    first = {str(image.SeriesInstanceUID) for image in objects.key_images(evidence, series)}
+    assert len(first) == 1 and first == {str(i.SeriesInstanceUID) for i in objects.key_images(evidence, series)}
+    other = replace(series, model_version="9.9.9+00000000")
+    (image, *_) = objects.key_images(evidence, other)
+    assert str(image.SeriesInstanceUID) not in first and "(9.9.9+00000000)" in image.SeriesDescription

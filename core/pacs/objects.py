@@ -357,7 +357,11 @@ def key_images(evidence: Sequence[Any], series: SeriesAnalysis) -> list[Any]:
             bits_allocated=8,
             coordinate_system="PATIENT",
             patient_orientation=(orientation[0][0], orientation[1][0]),  # highdicom takes one letter an edge
-            series_instance_uid=_uid(reference.StudyInstanceUID, series.volume.series, "key images"),
+            # one series a reading (its model and score): a second reading's images went into the first's series,
+            # two sets under one name, a series re-read as "no tumour" keeping its old tumour key images
+            series_instance_uid=_uid(
+                reference.StudyInstanceUID, series.volume.series, "key images", series.model_version, series.score
+            ),
             series_number=9902,
             # what it shows is part of its identity: an outline added (a segmenter installed) under the UID of the
             # image without it was "sent" while the PACS kept the old picture
@@ -374,7 +378,8 @@ def key_images(evidence: Sequence[Any], series: SeriesAnalysis) -> list[Any]:
         _name_source(image, series, index)  # an outline, no text: said, not left for a reader to guess
         image.PatientOrientation = list(orientation)  # every letter, as the app shows the edges
         source = _series_name(evidence, series).split(" (UID ")[0]
-        image.SeriesDescription = f"BTD key sections of {source}"[:64]  # which series they come from
+        image.SeriesDescription = f"BTD key sections ({series.model_version}) of {source}"[:64]  # which reading, of
+        # which series
         images.append(image)
     return images
 
