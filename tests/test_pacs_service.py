@@ -1070,3 +1070,15 @@ def test_each_reading_sends_its_key_images_in_a_series_of_its_own(tiny_classifie
     other = replace(series, model_version="9.9.9+00000000")
     (image, *_) = objects.key_images(evidence, other)
     assert str(image.SeriesInstanceUID) not in first and "(9.9.9+00000000)" in image.SeriesDescription
+
+
+def test_a_report_the_pacs_says_it_stored_but_does_not_hold_is_not_sent(tiny_classifier, tmp_path) -> None:
+    """An Orthanc filtering what it accepts answered the STOW with every instance stored while it kept none; the
+    page said "Sent" and the audit trail a send that never arrived."""
+    files = tumour_study(STUDY)
+    pulled = pacs_service.Pulled(STUDY, analyse_study(files, tiny_classifier), tuple(objects.headers(files)))
+    store, pacs = SQLiteStore(tmp_path / "r.db"), StandIn({STUDY: files})
+    pacs.store = lambda datasets: [str(ds.SOPInstanceUID) for ds in datasets]  # says stored, keeps nothing
+    with pytest.raises(PacsError, match="does not list it"):
+        pacs_service.send_results(pacs, RADIOLOGIST, pulled, objects.ModelFacts.of(tiny_classifier.card), store, None)
+    assert [e.action for e in store.audit_events()][-2:] == ["pacs_send", "pacs_send_failed"]

@@ -162,12 +162,25 @@ def send_results(
         audit.record(store, actor, "pacs_send", target, report=report_ref, key_images=len(images))
     try:  # the versions it replaces go along (the PACS keeps one copy of each): never a predecessor it lacks
         stored = pacs.store([report, *earlier, *images])
+        _holds(pacs, pulled.study_uid, report)
     except PacsError as error:
         if store is not None:
             audit.record(store, actor, "pacs_send_failed", target, code=error.code)
         raise
     replaced = {str(version.SOPInstanceUID) for version in earlier}
     return [uid for uid in stored if uid not in replaced]
+
+
+def _holds(pacs: Pacs, study_uid: str, report: Any) -> None:
+    """:class:`PacsError` unless the PACS now lists ``report`` as the study's current one: a PACS that drops what it
+    is sent (a filter on what it accepts) still answered the STOW with every instance stored, and the page said
+    "Sent"."""
+    current = pacs.report_head(study_uid, objects.report_series(study_uid))
+    if current is None or str(current.SOPInstanceUID) != str(report.SOPInstanceUID):
+        raise PacsError(
+            "The PACS answered that it stored the report but does not list it as the study's report: it may have "
+            "refused it after answering (ask the PACS administrator); it was not sent."
+        )
 
 
 def _unchanged_since_pulled(pacs: Pacs, pulled: Pulled) -> None:
