@@ -71,6 +71,8 @@ def test_a_study_is_found_pulled_into_memory_and_analysed_like_an_upload(orthanc
     hits = pacs_service.search(pacs, RADIOLOGIST, patient_id="PACS-TEST-001", description="BRAIN")
     assert STUDY in [h.study_uid for h in hits] and hits[0].modalities == ("MR",) and hits[0].instances == 8
     assert pacs_service.search(pacs, RADIOLOGIST, start="20270101") == []  # a date range that excludes it
+    # exact, as the page promises: Orthanc matches a patient ID ignoring case, another patient's ID among them
+    assert pacs_service.search(pacs, RADIOLOGIST, patient_id="pacs-test-001") == []
     store = SQLiteStore(tmp_path / "results.sqlite3")
     key = b"k" * 32
     outcome = pacs_service.pull_and_analyse(pacs, RADIOLOGIST, STUDY, tiny_classifier, store, key).outcome
@@ -227,6 +229,8 @@ def test_pacs_failures_each_get_their_own_message(orthanc, tiny_classifier) -> N
     good = Pacs(orthanc.dicomweb, orthanc.user, orthanc.password)
     with pytest.raises(PacsNotFound, match="no MR series"):
         good.retrieve_mr(CT_STUDY)
+    with pytest.raises(PacsNotFound, match="no study with this Study Instance UID"):  # a mistyped UID
+        good.retrieve_mr("1.2.826.0.1.3680043.8.498.999999")
     small = Pacs(orthanc.dicomweb, orthanc.user, orthanc.password, limits=StudyLimits(max_files=3))
     with pytest.raises(FileTooLarge, match="limit is 3"):
         small.retrieve_mr(STUDY)

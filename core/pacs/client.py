@@ -214,6 +214,8 @@ class Pacs:
             ]
         if any(not h.study_uid for h in hits):
             raise PacsMalformed("The PACS listed a study without its Study Instance UID.")
+        if patient_id:  # exact, as promised: Orthanc matches a patient ID ignoring case ("zzmrn-7" found "ZZMRN-7")
+            hits = [h for h in hits if h.patient_id == patient_id]
         return sorted(hits, key=lambda h: h.date, reverse=True)
 
     def _get_json(self, url: str) -> list[dict[str, Any]]:
@@ -245,7 +247,10 @@ class Pacs:
         each series left out was (over the limits: the largest are left out, named, and the study then has no "no
         tumour" verdict). Refuses a study with no MR series, and one none of whose series fits (counted from the
         search before anything is retrieved, and again while retrieving)."""
-        found = [s for s in self.series_of(study_uid) if s.modality.upper() == "MR"]
+        every = self.series_of(study_uid)
+        if not every:  # a mistyped UID read "no MR series", as if the study held other images
+            raise PacsNotFound("The PACS has no study with this Study Instance UID (or it holds no series).")
+        found = [s for s in every if s.modality.upper() == "MR"]
         if not found:
             raise PacsNotFound("This study has no MR series.")
         series, left_out = within_limits(found, self.limits)
