@@ -265,7 +265,9 @@ def test_a_study_without_mr_or_over_the_limits_is_explained(orthanc, monkeypatch
     requests.delete(f"{orthanc.rest}{found['Path']}", auth=auth, timeout=10).raise_for_status()
     button(app, "Analyse the chosen study").click().run()
     assert not app.exception and len(app.error) == 1 and not app.metric
-    assert app.error[0].value == "This study cannot be analysed. This study has no MR series."
+    assert app.error[0].value == (  # its only series deleted: the PACS lists nothing of it any more
+        "This study cannot be analysed. The PACS has no study with this Study Instance UID (or it holds no series)."
+    )
 
 
 def test_a_supervisor_is_refused_the_page_and_the_pacs_service_refuses_them_wherever_they_get_to() -> None:
