@@ -4,6 +4,7 @@ report names the version before it, and a watch never drops a study the PACS fai
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -266,6 +267,10 @@ def test_a_report_of_a_study_read_again_replaces_the_pacs_current_one_never_stan
     pacs_service.review_and_send(pacs, RADIOLOGIST, pulled, model, store, None, "glioma", ids)
     final = pacs.report_head(STUDY, series_uid)
     assert final.PreliminaryFlag == "FINAL" and int(final.InstanceNumber) == 2
+    # its dates and times are the server's local ones: the zone they are in goes with them (a PACS elsewhere, or a
+    # server kept on UTC, showed the report at another hour)
+    offset = final.TimezoneOffsetFromUTC
+    assert re.fullmatch(r"[+-]\d{4}", offset) and offset == objects.utc_offset()
     pacs_service.send_results(pacs, RADIOLOGIST, pulled, model, store, None)  # the same reading, no label
     assert pacs.report_head(STUDY, series_uid).SOPInstanceUID == final.SOPInstanceUID  # the FINAL stays current
     series = outcome.series[0]  # the same images and model read otherwise (a rule changed, a series now read)

@@ -22,6 +22,7 @@ PACS); nothing of it is stored by the app.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import io
 import json
@@ -317,9 +318,16 @@ def verdict_report(
         previous_versions=[predecessor] if predecessor is not None else None,
     )
     report.SpecificCharacterSet = UTF8  # texts from several series' headers and the reader's name: one set for all
+    report.TimezoneOffsetFromUTC = utc_offset()
     report.PreliminaryFlag = "FINAL" if final_label is not None else "PRELIMINARY"
     report.SeriesDescription = "BTD decision aid report"
     return report
+
+
+def utc_offset() -> str:
+    """The server's offset from UTC ("+0100"), which the objects' dates and times are in (the library writes local
+    time): without it a PACS in another zone, or a server kept on UTC, showed the report at the wrong hour."""
+    return datetime.datetime.now().astimezone().strftime("%z")
 
 
 MAX_KEY_IMAGES = 12  # a reader opens a few key sections, not every section over the threshold
@@ -374,6 +382,7 @@ def key_images(evidence: Sequence[Any], series: SeriesAnalysis) -> list[Any]:
         image.copy_patient_and_study_information(reference)  # every identity qualifier the report keeps (the
         # issuer of the patient ID, of the accession number): an issuer-aware PACS filed them under another patient
         image.SpecificCharacterSet = UTF8
+        image.TimezoneOffsetFromUTC = utc_offset()
         image.BurnedInAnnotation = "NO"
         _name_source(image, series, index)  # an outline, no text: said, not left for a reader to guess
         image.PatientOrientation = list(orientation)  # every letter, as the app shows the edges
