@@ -6,6 +6,7 @@ the validator and write concern, and it needs a MongoDB the tests can reach.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -1452,6 +1453,12 @@ def test_a_vanished_database_is_refused_not_replaced_by_an_empty_one(tmp_path: P
     assert str(tmp_path) not in str(vanished.value)
     assert not (data / "results.sqlite3").exists()
     monkeypatch.setenv("BTD_DATA_DIR", str(data))
+    state = os.environ["BTD_STATE_DIR"]
+    monkeypatch.setenv("BTD_STATE_DIR", str(tmp_path / "another-state"))  # not the register that knows it
+    assert main(["store", "forget"]) == 1  # it said "forgotten": false with exit 0, and the server still refused
+    said = json.loads(capsys.readouterr().out)
+    assert said["error"]["code"] == "not_registered" and "another-state" in said["error"]["message"]
+    monkeypatch.setenv("BTD_STATE_DIR", state)
     assert main(["store", "forget"]) == 0 and '"forgotten": true' in capsys.readouterr().out
     assert open_store(None, data).summary().total == 0  # a new database, on purpose
     # a remembered file emptied to 0 bytes (a failed copy, a full disk) opened as a new, empty database too

@@ -169,7 +169,14 @@ def cmd_store_forget(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if database.exists():  # emptied to 0 bytes: nothing of it to keep, and a new database goes in its place
         database.unlink()
-    emit({"forgotten": stamps.forget(database), "database": str(database)}, sys.stdout)
+    if not stamps.forget(database):  # it said {"forgotten": false} with exit 0, and the server still refused
+        message = (
+            f"{database} is not in the register {stamps.register_file()}: run this with the server's BTD_STATE_DIR "
+            "(and BTD_DATA_DIR)"
+        )
+        emit({**error_json("not_registered", message), "forgotten": False, "database": str(database)}, sys.stdout)
+        return EXIT_REJECTED
+    emit({"forgotten": True, "database": str(database)}, sys.stdout)
     return EXIT_OK
 
 
