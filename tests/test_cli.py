@@ -623,3 +623,15 @@ def test_a_command_that_saves_makes_no_new_database_in_a_mistyped_data_folder(
         code, lines = run_main(command, capsys)
         assert code == 2 and "There is no results database" in lines[-1]["error"]["message"], command
     assert not (tmp_path / "dataa").exists()
+
+
+def test_a_password_that_is_not_utf8_is_refused_by_name(tmp_path, monkeypatch, capsys) -> None:
+    """Latin-1 bytes on standard input answered "UnicodeEncodeError: ... surrogates not allowed"."""
+    import io
+
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    raw = io.TextIOWrapper(io.BytesIO(b"\xff\xfe a long password\n"), encoding="utf-8", errors="surrogateescape")
+    monkeypatch.setattr(sys, "stdin", raw)
+    code, lines = run_main(["users", "add", "bob", "--role", "radiologist", "--password-stdin"], capsys)
+    assert code == 2 and "not UTF-8 text" in lines[0]["error"]["message"]
+    assert "surrogates" not in lines[0]["error"]["message"]

@@ -79,7 +79,12 @@ def write_new(folder: Path, stem: str, suffix: str, data: bytes) -> Path:
 def stdin_secret() -> str:
     """One line of standard input as a password: its line ending removed, a Windows one too (a trailing carriage
     return made a password typed in a Windows-edited file one nobody could type at the sign-in form)."""
-    return sys.stdin.readline().rstrip("\r\n")
+    line = sys.stdin.readline().rstrip("\r\n")
+    try:
+        line.encode("utf-8")  # bytes that are not UTF-8 reach Python as lone surrogates: refused by name
+    except UnicodeEncodeError:
+        raise ValueError("The password on standard input is not UTF-8 text; give it as UTF-8.") from None
+    return line
 
 
 def positive_int(text: str) -> int:
