@@ -1087,3 +1087,18 @@ def test_a_report_the_pacs_says_it_stored_but_does_not_hold_is_not_sent(tiny_cla
     with pytest.raises(PacsError, match="does not list it"):
         pacs_service.send_results(pacs, RADIOLOGIST, pulled, objects.ModelFacts.of(tiny_classifier.card), store, None)
     assert [e.action for e in store.audit_events()][-2:] == ["pacs_send", "pacs_send_failed"]
+
+
+@pytest.mark.parametrize(
+    ("url", "rest"),
+    [
+        ("http://pacs.example:8042/dicom-web", "http://pacs.example:8042"),
+        ("http://pacs.example:8042/dicom-web/", "http://pacs.example:8042"),
+        ("https://pacs.example/orthanc/dicom-web", "https://pacs.example/orthanc"),
+        ("http://127.0.0.1:8042", "http://127.0.0.1:8042"),  # it was cut to "http:/" and refused as no URL
+    ],
+)
+def test_the_watchs_rest_root_is_worked_out_from_the_dicomweb_root(url: str, rest: str) -> None:
+    from core.cli.pacs import rest_root
+
+    assert rest_root(url) == rest

@@ -157,7 +157,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         emit(error_json(getattr(error, "code", "bad_configuration"), str(error)), sys.stdout)
         return EXIT_USAGE
     connection = pacs.connect(settings)
-    rest = args.rest or settings.url.rstrip("/").rsplit("/", 1)[0]  # Orthanc: http://host:8042/dicom-web
+    rest = args.rest or rest_root(settings.url)
     watcher = pacs_watch.Watcher(
         connection, OrthancChanges.of(connection, rest), load_classifier(args.model), store, images, key, args.send
     )
@@ -178,6 +178,16 @@ def cmd_watch(args: argparse.Namespace) -> int:
         if args.once:  # 1 when the PACS failed a study or its report (a run from cron shows it)
             return EXIT_REJECTED if failed else EXIT_OK
         time.sleep(args.interval)
+
+
+def rest_root(url: str) -> str:
+    """Orthanc's REST root from its DICOMweb root (``http://host:8042/dicom-web`` -> ``http://host:8042``): the
+    address without its last path segment; a root without a path is its own (it was cut to "http:/")."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    path = parts.path.rstrip("/")
+    return urlunsplit((parts.scheme, parts.netloc, path.rsplit("/", 1)[0] if path else "", "", ""))
 
 
 def _for_the_log(line: dict, key: bytes | None) -> dict:
