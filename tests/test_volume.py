@@ -612,11 +612,12 @@ def test_a_study_is_stored_tumour_series_first_and_nothing_after_a_series_that_c
     assert [store.get(v.status.record_id).geometry["series_number"] for v in again.views[1:]] == [2, 3]
 
 
-def test_a_study_given_in_two_paths_is_refused_on_the_second_not_given_a_second_verdict(
+def test_a_study_given_in_two_paths_states_the_verdict_of_all_its_series_on_the_second(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A study's T1 and FLAIR folders given as two PATHs each got a study verdict of their own (one "notumor",
-    one "tumour") on lines carrying the same study: the second is refused, unsaved, and names the first."""
+    one "tumour") on lines carrying the same study: the second states the verdict of both, says why, and both are
+    saved (the database judges the study from all its series)."""
     from core.storage.sqlite import SQLiteStore
 
     monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
@@ -629,8 +630,37 @@ def test_a_study_given_in_two_paths_is_refused_on_the_second_not_given_a_second_
     (tmp_path / "other.nii.gz").write_bytes(nifti(head_volume(6, 128, range(2, 4)), gz=True))
     paths = [str(tmp_path / name) for name in ("t1", "flair", "other.nii.gz")]
     code, lines = study_lines(["--save", *paths], capsys)
-    assert code == 1 and [line["source"] for line in lines] == paths
-    assert "error" not in lines[0] and lines[0]["saved"] == "saved" and "error" not in lines[2]
-    assert lines[1]["error"]["code"] == "study_split" and paths[0] in lines[1]["error"]["message"]
-    assert "saved" not in lines[1] and "study_verdict" not in lines[1]
-    assert SQLiteStore(tmp_path / "data" / "results.sqlite3").summary().total == 2  # t1's series and the volume
+    assert [line["source"] for line in lines] == paths and all(line["saved"] == "saved" for line in lines)
+    assert code == (1 if any("error" in line for line in lines) else 0)  # no refusal for the split itself
+    assert lines[0]["study"] == lines[1]["study"] != lines[2]["study"]
+    verdicts = [lines[0]["series_verdict"], lines[1]["series_verdict"]]
+    both = "tumour" if "tumour" in verdicts else None if None in verdicts else "notumor"
+    assert lines[1]["study_verdict"] == both and lines[0]["study_verdict"] == verdicts[0]
+    assert any(paths[0] in w and "all its series" in w for w in lines[1]["warnings"])
+    assert not any("also read from" in w for w in lines[0]["warnings"] + lines[2]["warnings"])
+    assert SQLiteStore(tmp_path / "data" / "results.sqlite3").summary().total == 3
+
+
+def test_the_second_path_of_a_study_is_judged_with_the_series_of_the_first() -> None:
+    """T1 read "no tumour" from one folder, FLAIR "tumour" from another: the second PATH's lines say "tumour" for
+    the study; a series nobody could read in the first keeps the study from "no tumour"."""
+    from types import SimpleNamespace
+
+    from core.cli.studies import whole_study
+    from core.services.study_reading import StudyOutcome
+
+    def series(label: str | None) -> SimpleNamespace:
+        return SimpleNamespace(
+            volume=SimpleNamespace(study="s"), label=label, is_tumour=label not in (None, "notumor"),
+            negative_label="notumor", needs_review=False,
+        )  # fmt: skip
+
+    seen: dict = {}
+    t1 = StudyOutcome("t1", (series("notumor"),))
+    assert whole_study(t1, seen) == (t1, None)
+    judged, note = whole_study(StudyOutcome("flair", (series("glioma"),)), seen)
+    assert judged.verdict == "tumour" and "also read from t1" in note
+    seen = {}
+    whole_study(StudyOutcome("t1", (series("notumor"),), unread=("a series could not be read",)), seen)
+    judged, _ = whole_study(StudyOutcome("t2", (series("notumor"),)), seen)
+    assert judged.verdict is None  # the first PATH's unread series: no "no tumour" for the study

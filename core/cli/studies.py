@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.cli.common import EXIT_NOT_SAVED, EXIT_OK, EXIT_REJECTED, EXIT_USAGE, emit, error_json, write_new
@@ -33,29 +34,52 @@ def cmd_study(args: argparse.Namespace) -> int:
             emit(error_json(getattr(error, "code", "bad_configuration"), str(error)), sys.stdout)
             return EXIT_USAGE
     status, unsaved = EXIT_OK, False
-    read_from: dict[str, str] = {}  # study -> the PATH its series came from
+    seen: dict[str, Seen] = {}  # study -> the PATH its first series came from, and each series' verdict so far
     for name in args.paths:
-        outcome = one_study(analyse_path(Path(name), classifier), read_from)
-        done, not_saved = emit_outcome(name, outcome, args, (store, images, key))
+        outcome = analyse_path(Path(name), classifier)
+        judged, note = whole_study(outcome, seen)
+        done, not_saved = emit_outcome(name, outcome, args, (store, images, key), judged=judged, note=note)
         status, unsaved = max(status, done), unsaved or not_saved
     return EXIT_NOT_SAVED if unsaved else status
 
 
-def one_study(outcome: StudyOutcome, read_from: dict[str, str]) -> StudyOutcome:
-    """``outcome``, or a refusal when its study's series were read from an earlier PATH of this run: each PATH is
-    judged as one study, and a study given in two folders got two study verdicts (no tumour for its T1 folder,
-    tumour for its FLAIR folder). ``read_from`` learns the studies of an outcome it lets through."""
+@dataclass(frozen=True)
+class Judged:
+    """What a study's verdict needs of a series read from an earlier PATH (its pixels long gone)."""
+
+    label: str | None
+    is_tumour: bool
+    negative_label: str
+    needs_review: bool
+
+
+@dataclass
+class Seen:
+    source: str
+    series: list[Judged] = field(default_factory=list)
+    unread: list[str] = field(default_factory=list)
+
+
+def whole_study(outcome: StudyOutcome, seen: dict[str, Seen]) -> tuple[StudyOutcome, str | None]:
+    """The outcome whose study verdict the lines of ``outcome`` state, and a note: each PATH was judged as a study
+    of its own, so a study given in two folders got two verdicts ("notumor" for its T1 folder, "tumour" for its
+    FLAIR one). A PATH holding series of a study read from an earlier one states the verdict of all its series
+    read so far, and says so; ``seen`` learns this outcome's series."""
     studies = {series.volume.study for series in outcome.series}
-    earlier = next((read_from[study] for study in studies if study in read_from), None)
-    if earlier is not None:
-        message = (
-            f"Series of this study were already read from {earlier}, and each PATH is judged as one whole study: "
-            "give all of a study's series in one folder or zip (the study verdict printed for the earlier PATH "
-            "covers its own series only)."
-        )
-        return StudyOutcome(outcome.source, error_code="study_split", error_message=message)
-    read_from.update(dict.fromkeys(studies, outcome.source))
-    return outcome
+    if len(studies) != 1:  # nothing read, or refused as several studies
+        return outcome, None
+    (study,) = studies
+    earlier = seen.get(study)
+    record = seen.setdefault(study, Seen(outcome.source))
+    record.series += [Judged(s.label, s.is_tumour, s.negative_label, s.needs_review) for s in outcome.series]
+    record.unread += outcome.unread
+    if earlier is None:
+        return outcome, None
+    note = (
+        f"Series of this study were also read from {earlier.source}: the study verdict here is that of all its "
+        "series read so far (the earlier PATH's lines stated its own series only); give a study in one PATH."
+    )
+    return StudyOutcome(outcome.source, tuple(record.series), unread=tuple(record.unread)), note  # type: ignore[arg-type]
 
 
 def emit_outcome(
@@ -65,10 +89,14 @@ def emit_outcome(
     saving: tuple,
     extra: dict | None = None,
     saved: list | None = None,
+    judged: StudyOutcome | None = None,
+    note: str | None = None,
 ) -> tuple[int, bool]:
     """One JSON line per series of ``outcome`` (or one error line), saved when ``args.save`` (``saved``: the
     statuses of a save already made, one per series); returns the exit status it calls for and whether a save
-    failed. ``extra`` goes into every line (the PACS study's UID)."""
+    failed. ``extra`` goes into every line (the PACS study's UID); ``judged``: the outcome whose study verdict the
+    lines state (default ``outcome``), with ``note`` among their warnings."""
+    judged = judged or outcome
     if outcome.error_code:
         emit(
             {"source": name, **(extra or {}), **error_json(outcome.error_code, outcome.error_message or "")}, sys.stdout
@@ -78,11 +106,11 @@ def emit_outcome(
     if args.save and saved is None:
         saved = save_outcome(outcome, saving)
     for number, series in enumerate(outcome.series):
-        result = {"source": name, **(extra or {}), **series.to_json(), "study_verdict": outcome.verdict}
-        result["study_needs_review"] = outcome.needs_review
+        result = {"source": name, **(extra or {}), **series.to_json(), "study_verdict": judged.verdict}
+        result["study_needs_review"] = judged.needs_review
         result["timings_ms"] = {"read": round(outcome.read_ms, 1), **result["timings_ms"]}
         result["timings_ms"]["total"] = round(outcome.read_ms + series.timings_ms["series"], 1)
-        result["warnings"] = [*result["warnings"], *outcome.notes]
+        result["warnings"] = [*result["warnings"], *outcome.notes, *([note] if note else [])]
         if getattr(args, "display_out", None):
             letters, png = display_png(series.volume)
             out = write_new(Path(args.display_out), series.volume.series[:16], ".png", png)
