@@ -142,7 +142,8 @@ def _key(configured: str | None, what: str, shared_database: bool, local_file: s
     from core.identity import local_key
 
     if configured:
-        if configured.strip().upper().startswith("REPLACE"):  # the example's placeholder: a publicly known key
+        if configured.strip().upper().startswith(("REPLACE", "<")):  # a placeholder (the example's, the printed
+            # first-admin command's "<the server's audit key>") is a publicly known key
             raise ValueError(f"the configured {what} is the example's placeholder; set a random one")
         try:
             key = bytes.fromhex(configured)

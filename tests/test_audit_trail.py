@@ -344,17 +344,40 @@ def test_a_head_whose_own_write_was_cut_off_after_its_event_is_no_tampering_alar
     assert "events were deleted" in (audit.verify(store).problem or "")
 
 
-def test_an_event_is_never_written_under_another_key_than_the_one_that_signs_the_chain(store) -> None:
+def test_a_command_whose_key_does_not_sign_the_chain_is_refused_and_the_server_never_is(
+    store, tmp_path, monkeypatch, capsys
+) -> None:
     """The first-admin command run without the server's BTD_AUDIT_KEY wrote its event under the data folder's own
-    key: the trail read as tampered with from that event on, for good. It is refused and nothing is written."""
+    key: the trail read as tampered with from that event on, for good. A command checks the chain's last event
+    (never the head alone: one written before keying, or lost, let the wrong key in); the server is never refused
+    (an early version refused every audited action, sign-in included, to the server keyed the right way)."""
+    from core.cli import main
     from core.errors import StoreError
+    from core.services.resources import open_results_store
+    from core.storage import open_store
 
     audit.record(store, ADMIN, "account_created", "dr-a")
-    signed = store.audit_head()
+    assert audit.signs_the_chain(store)
     store.audit_key = b"another key, the data folder's own"
-    with pytest.raises(StoreError, match="another audit key"):
-        audit.record(store, ADMIN, "account_created", "dr-b")
-    assert len(store.audit_events()) == 1 and store.audit_head() == signed
+    assert not audit.signs_the_chain(store)
+    store.audit_key = None
+    assert not audit.signs_the_chain(store)
     store.audit_key = KEY
     audit.record(store, ADMIN, "account_created", "dr-b")
     assert audit.verify(store).intact and len(store.audit_events()) == 2
+    if isinstance(store, SQLiteStore):  # the head row lost (or written before keying): the events still say
+        database = sqlite3.connect(store.path)
+        database.execute("DELETE FROM audit_head")
+        database.commit()
+        database.close()
+        store.audit_key = b"another key, the data folder's own"
+        assert not audit.signs_the_chain(store)
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "served"))  # the data folder's own key made, then a server
+    audit.record(open_results_store(), ADMIN, "account_created", "dr-c")  # started with BTD_AUDIT_KEY writes on
+    served = open_store(None, tmp_path / "served", bytes.fromhex("ab" * 32))  # as the app opens it: never refused
+    audit.record(served, ADMIN, "account_created", "dr-d")
+    with pytest.raises(StoreError, match="not signed with this command's audit key"):
+        open_results_store()
+    assert main(["users", "list"]) == 2 and "not signed with this" in capsys.readouterr().out
+    assert main(["audit", "verify"]) == 1  # verify still reads it, and says it does not hold under this key
+    assert len(served.audit_events()) == 2  # nothing written

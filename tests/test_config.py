@@ -174,6 +174,13 @@ def test_the_first_admin_command_names_the_servers_keys_and_makes_the_printed_pa
     assert 'BTD_HMAC_KEY="<the server\'s patient key>"' in command and "b" * 64 not in command
     assert command.endswith("--password-stdin --temporary")
     shlex.split(command)  # quoted as a shell reads it (an apostrophe inside single quotes left one open)
+    import pytest
+
+    from core.config import audit_key
+
+    monkeypatch.setenv("BTD_AUDIT_KEY", "<the server's audit key>")  # run as printed: a publicly known key
+    with pytest.raises(ValueError, match="placeholder"):
+        audit_key({}, shared_database=False)
     monkeypatch.delenv("BTD_AUDIT_KEY")
     monkeypatch.delenv("BTD_HMAC_KEY")
     assert "BTD_AUDIT_KEY" not in first_admin_command({}) and "BTD_HMAC_KEY" not in first_admin_command({})

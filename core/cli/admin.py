@@ -214,7 +214,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             emit(error_json("bad_usage", "--expect-head takes SEQ:HASH as printed by an earlier verify"), sys.stdout)
             return EXIT_USAGE
         expected = (int(seq), digest)
-    result = audit.verify(_stored(), expected)
+    result = audit.verify(open_results_store(existing=True, same_key=False), expected)  # it says what is wrong
     report: dict[str, Any] = {
         "intact": result.intact,
         "events": result.events,

@@ -171,10 +171,6 @@ class AuditHead:
         text = f"{self.seq}|{self.hash}|{self.keyed_since}".encode()
         return hmac.new(key, text, hashlib.sha256).hexdigest()
 
-    def signed_by(self, key: bytes | None) -> bool:
-        """Whether ``key`` signs this head (a chain not keyed yet is signed by any key)."""
-        return not self.keyed_since or (key is not None and hmac.compare_digest(self.mac, self.expected_mac(key)))
-
     def after(self, seq: int, digest: str, key: bytes | None) -> AuditHead:
         """The head once event ``seq`` with hash ``digest`` is appended (keyed from it on when this is the first
         keyed event)."""

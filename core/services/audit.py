@@ -10,6 +10,7 @@ events after the last verified one. Events are filtered and paged in the databas
 from __future__ import annotations
 
 import csv
+import hmac
 import io
 import json
 import logging
@@ -18,7 +19,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from core.domain.people import KEYED, AuditEvent, AuditHead, AuditQuery, VerifiedPoint, first_broken
+from core.domain.people import KEYED, AuditEvent, AuditHead, AuditQuery, VerifiedPoint, event_hash, first_broken
 from core.errors import AccessDenied, StoreError
 from core.services.access import AUDIT_EXPORT, AUDIT_READ, OPEN_RESULT, Actor, allowed, require
 from core.services.exports import spreadsheet_safe
@@ -27,22 +28,31 @@ from core.storage.protocol import AuditTrail
 logger = logging.getLogger("btd.audit")
 
 
+def record(store: AuditTrail, actor: Actor, event: str, target: str | None = None, **detail: Any) -> AuditEvent:
+    """Append one event named ``event`` (raises the store's error when it cannot: what cannot be audited fails)."""
+    return store.append_audit(AuditEvent(datetime.now(UTC), actor.name, actor.role, event, target, dict(detail)))
+
+
 ANOTHER_KEY = (
-    "This database's audit trail is signed with another audit key than this process has (BTD_AUDIT_KEY, [audit] key "
-    "in the secrets file, else the data folder's audit.key): nothing was written. Run it with the server's "
-    "settings; an event written under this key would read as tampering from then on."
+    "The last event of this database's audit trail is not signed with this command's audit key (BTD_AUDIT_KEY, "
+    "[audit] key in the secrets file, else the data folder's audit.key): nothing was read or written. Run it with "
+    "the server's settings (an event under another key would read as tampering from then on); if the trail was "
+    "edited, `audit verify` says where."
 )
 
 
-def record(store: AuditTrail, actor: Actor, event: str, target: str | None = None, **detail: Any) -> AuditEvent:
-    """Append one event named ``event`` (raises the store's error when it cannot: what cannot be audited fails).
-    Refused under a key that does not sign the chain's head: a command run without the server's BTD_AUDIT_KEY
-    wrote its event under the data folder's own key, and the trail read as tampered with, for good."""
+def signs_the_chain(store: AuditTrail) -> bool:
+    """Whether the store's key signs the chain's last event (a chain not keyed yet, or empty: any key does). What a
+    command checks before it writes: one run without the server's BTD_AUDIT_KEY wrote its event under the data
+    folder's own key, and the trail read as tampered with, for good. Read from the events, not the head (a head
+    written before keying, or lost, would let the wrong key in)."""
     head = store.audit_head()
-    if head is not None and not head.signed_by(getattr(store, "audit_key", None)):
-        logger.warning("event=audit_refused reason=another_key")
-        raise StoreError(ANOTHER_KEY)
-    return store.append_audit(AuditEvent(datetime.now(UTC), actor.name, actor.role, event, target, dict(detail)))
+    tail = store.audit_events(since_seq=max(0, (head.seq if head else 0) - 1))
+    last = tail[-1] if tail else None
+    if last is None or not last.hash.startswith(KEYED):
+        return True
+    key = getattr(store, "audit_key", None)
+    return key is not None and hmac.compare_digest(event_hash(last, key), last.hash)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from core.config import audit_key, data_dir, file_secrets, lesion_card_path, mod
 from core.errors import ModelError, StoreError
 from core.model.classifier import Classifier, with_segmenter
 from core.model.explain import Explainer
+from core.services import audit
 from core.storage import DATABASE_FILE, open_store
 from core.storage.images import FolderImages, GridFSImages, ImageStore
 from core.storage.protocol import Store
@@ -40,11 +41,15 @@ def load_explainer(classifier: Classifier) -> Explainer:
     return Explainer(classifier)
 
 
-def open_results_store(secrets: Mapping[str, Any] | None = None, existing: bool = False) -> Store:
-    """The configured database: MongoDB when a URI is set (environment or secrets: by default the app's secrets
-    file, :func:`core.config.file_secrets`), else the embedded SQLite file. ``existing``: refuse an embedded
-    database that is not there yet rather than create it (a command that reads or changes what is stored, run with
-    a mistyped data folder, made an empty database and its keys there and answered "intact")."""
+def open_results_store(
+    secrets: Mapping[str, Any] | None = None, existing: bool = False, same_key: bool = True
+) -> Store:
+    """The configured database for a command: MongoDB when a URI is set (environment or secrets: by default the
+    app's secrets file, :func:`core.config.file_secrets`), else the embedded SQLite file. ``existing``: refuse an
+    embedded database that is not there yet rather than create it (a command that reads or changes what is stored,
+    run with a mistyped data folder, made an empty database and its keys there and answered "intact").
+    ``same_key``: refuse a database whose audit trail another key signs (:func:`audit.signs_the_chain`; off for
+    ``audit verify``, which says what does not hold)."""
     secrets = file_secrets() if secrets is None else secrets
     uri = mongodb_uri(secrets)
     if existing and not uri and not (data_dir() / DATABASE_FILE).exists():
@@ -52,7 +57,10 @@ def open_results_store(secrets: Mapping[str, Any] | None = None, existing: bool 
             f"There is no results database in {data_dir()} (BTD_DATA_DIR): nothing was read or made. Check the "
             "folder; the app's first start (or `users add`) makes a new one."
         )
-    return open_store(uri, data_dir(), audit_key(secrets, shared_database=bool(uri)))
+    store = open_store(uri, data_dir(), audit_key(secrets, shared_database=bool(uri)))
+    if same_key and not audit.signs_the_chain(store):
+        raise StoreError(audit.ANOTHER_KEY)
+    return store
 
 
 def open_image_store(store: Store) -> ImageStore:
