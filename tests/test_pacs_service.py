@@ -1102,3 +1102,21 @@ def test_the_watchs_rest_root_is_worked_out_from_the_dicomweb_root(url: str, res
     from core.cli.pacs import rest_root
 
     assert rest_root(url) == rest
+
+
+def test_a_review_is_not_recorded_against_a_pull_the_pacs_no_longer_matches(tiny_classifier, tmp_path) -> None:
+    """The reviews were recorded, then the send refused (the study had changed): the label stood against the old
+    analysis and the page said to press Send again, which could never work."""
+    from core.errors import PacsStudyChanged
+
+    uid = f"{STUDY}.16"
+    pacs, store = StandIn({uid: tumour_study(uid)}), SQLiteStore(tmp_path / "r.db")
+    pulled = pacs_service.pull_and_analyse(pacs, RADIOLOGIST, uid, tiny_classifier, store, None)
+    saved = pacs_service.save_pulled(pulled, store, actor=RADIOLOGIST, images=None, key=None)
+    ids = [view.record.id for view in saved.views]
+    pacs.files[uid] = [*pacs.files[uid], *tumour_study(uid)[:2]]  # a series arrived since the pull
+    model = objects.ModelFacts.of(tiny_classifier.card)
+    with pytest.raises(PacsStudyChanged):
+        pacs_service.review_and_send(pacs, RADIOLOGIST, pulled, model, store, None, "glioma", ids)
+    assert all(store.get(rid).review_count == 0 for rid in ids) and pacs.stored == []
+    assert store.audit_events()[-1].action == "pacs_send_failed"

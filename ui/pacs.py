@@ -20,7 +20,7 @@ from typing import Any
 import streamlit as st
 
 from core.config import PacsSettings, pacs_settings
-from core.errors import AccessDenied, PacsError, ReviewedMeanwhile, StoreError
+from core.errors import AccessDenied, PacsError, PacsStudyChanged, ReviewedMeanwhile, StoreError
 from core.pacs.client import SEARCH_LIMIT, StudyHit
 from core.pacs.objects import ModelFacts
 from core.services import pacs as pacs_service
@@ -282,6 +282,10 @@ def _send(
     except ReviewedMeanwhile as error:  # a colleague reviewed a series since this page was drawn: shown above now
         sent.pop(pulled.study_uid, None)
         st.error(f"Not sent: {error} Their review is shown above; choose your final label again.")
+        return
+    except PacsStudyChanged as error:  # trying again cannot help: the analysis is of the study as it was
+        sent.pop(pulled.study_uid, None)
+        st.error(f"Not sent: {error} Press Analyse the chosen study again.")
         return
     except (PacsError, AccessDenied, StoreError) as error:
         sent.pop(pulled.study_uid, None)

@@ -310,6 +310,11 @@ def review_and_send(
     seen = seen or {}
     if any(seen.get(rid, record.review_count) != record.review_count for rid, record in _records(store, due)):
         raise ReviewedMeanwhile()  # checked for every series before any is reviewed
+    try:  # before any review: a label recorded against an analysis the PACS no longer matches could never be sent
+        _unchanged_since_pulled(pacs, pulled)
+    except PacsError as error:
+        audit.record(store, actor, "pacs_send_failed", _target(pulled.study_uid, key), code=error.code)
+        raise
     with store.atomic():  # every series' review or none (SQLite; MongoDB writes one after the other)
         for result_id in due:
             reviews.review_result(store, actor, result_id, final_label, seen_reviews=seen.get(result_id))
