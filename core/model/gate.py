@@ -149,16 +149,23 @@ def _flatness(inside: np.ndarray) -> float:
     return float(counts[max(0, mode - 2) : mode + 3].sum() / inside.size)
 
 
+STRUCTURE_SIDE = 512  # rows and columns read for the pixel-to-pixel correlation, at most
+
+
 def structure(scan: Scan, region: BrainRegion) -> float:
     """Correlation of each head-region pixel with its right and lower neighbours: tissue is smooth from pixel to
     pixel, random noise is not (14,834 real sections of every source: at least 0.30, 1 % below 0.44; white noise:
     0.00). A blank or flat region counts as structured (1.0): :func:`flatness` refuses it."""
-    mask = region.mask(scan.pixels.shape)
-    pixels = scan.pixels.astype(np.float32)
-    across = mask[:, :-1] & mask[:, 1:]
-    down = mask[:-1] & mask[1:]
-    first = np.concatenate([pixels[:, :-1][across], pixels[:-1][down]])
-    second = np.concatenate([pixels[:, 1:][across], pixels[1:][down]])
+    mask, pixels = region.mask(scan.pixels.shape), scan.pixels
+    # neighbours along every step-th row and column (a 2048 px frame cost 188 MB and 0.3 s whole); never a shrunken
+    # copy, whose averaging smooths noise into structure (noise in a disc read 0.30 at a quarter of its size)
+    step = max(1, -(-max(pixels.shape) // STRUCTURE_SIDE))
+    rows, rows_mask = pixels[::step].astype(np.float32), mask[::step]
+    columns, columns_mask = pixels[:, ::step].astype(np.float32), mask[:, ::step]
+    across = rows_mask[:, :-1] & rows_mask[:, 1:]
+    down = columns_mask[:-1] & columns_mask[1:]
+    first = np.concatenate([rows[:, :-1][across], columns[:-1][down]])
+    second = np.concatenate([rows[:, 1:][across], columns[1:][down]])
     if first.size < 2 or first.std() == 0 or second.std() == 0:
         return 1.0
     return float(np.corrcoef(first, second)[0, 1])
