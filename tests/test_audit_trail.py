@@ -305,6 +305,10 @@ def test_the_export_reads_every_matching_event_a_page_at_a_time_oldest_first(sto
     made = audit.export_csv(store, ADMIN, {"who": 'x,=HYPERLINK("http://e.example")'}).decode()
     heading = next(csv.reader(io.StringIO(made.splitlines()[0])))  # written as text: a comma opened a cell
     assert not any(cell.lstrip().startswith(("=", "+", "-", "@")) for cell in heading), heading
+    from core.services.exports import spreadsheet_safe
+
+    # in a cell the CSV writer quotes, a comma or a line break opens nothing: a reader's note keeps its text
+    assert spreadsheet_safe("Findings:\n- oedema") == "Findings:\n- oedema" and spreadsheet_safe("[1, -3]") == "[1, -3]"
 
 
 def test_the_audit_export_has_no_cell_a_spreadsheet_would_run(store) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 from core.domain.people import KEYED, AuditEvent, AuditHead, AuditQuery, VerifiedPoint, event_hash, first_broken
 from core.errors import AccessDenied, StoreError
 from core.services.access import AUDIT_EXPORT, AUDIT_READ, OPEN_RESULT, Actor, allowed, require
-from core.services.exports import spreadsheet_safe
+from core.services.exports import spreadsheet_safe, text_line_safe
 from core.storage.protocol import AuditTrail
 
 logger = logging.getLogger("btd.audit")
@@ -319,7 +319,7 @@ def export_csv(store: AuditTrail, actor: Actor, filters: Mapping[str, Any]) -> b
     buffer = io.StringIO()
     shown = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in filters.items() if v is not None}
     heading = f"# audit events; filters: {json.dumps(shown, sort_keys=True) if shown else 'none'}"
-    buffer.write(f"{spreadsheet_safe(heading)}\n")  # typed filters are text too: no formula a spreadsheet would run
+    buffer.write(f"{text_line_safe(heading)}\n")  # typed filters are text too: no formula a spreadsheet would run
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["seq", "at_utc", "actor", "role", "action", "target", "detail", "prev_hash", "hash"])
     for e in chosen:  # names and details are text users chose: no cell a spreadsheet would run
