@@ -48,6 +48,9 @@ class StandIn:
         reports = {str(d.SOPInstanceUID): d for d in held}
         return max(reports.values(), key=lambda d: (int(d.InstanceNumber), str(d.SOPInstanceUID))) if reports else None
 
+    def holds(self, study_uid: str, series_uid: str, sop_uid: str) -> bool:
+        return any(str(d.SOPInstanceUID) == sop_uid for batch in self.stored for d in batch)
+
     def series_of(self, study_uid: str) -> list[SeriesHit]:
         """The study's files as one MR series (enough for the watch's fingerprint: adding files changes it)."""
         return [SeriesHit(f"{study_uid}.mr", "MR", "", len(self.files.get(study_uid, [])))]
@@ -1084,7 +1087,7 @@ def test_a_report_the_pacs_says_it_stored_but_does_not_hold_is_not_sent(tiny_cla
     pulled = pacs_service.Pulled(STUDY, analyse_study(files, tiny_classifier), tuple(objects.headers(files)))
     store, pacs = SQLiteStore(tmp_path / "r.db"), StandIn({STUDY: files})
     pacs.store = lambda datasets: [str(ds.SOPInstanceUID) for ds in datasets]  # says stored, keeps nothing
-    with pytest.raises(PacsError, match="does not list it"):
+    with pytest.raises(PacsError, match="does not list it"):  # "stored", yet kept nothing
         pacs_service.send_results(pacs, RADIOLOGIST, pulled, objects.ModelFacts.of(tiny_classifier.card), store, None)
     assert [e.action for e in store.audit_events()][-2:] == ["pacs_send", "pacs_send_failed"]
 

@@ -215,7 +215,7 @@ class Pacs:
         if any(not h.study_uid for h in hits):
             raise PacsMalformed("The PACS listed a study without its Study Instance UID.")
         if patient_id:  # exact, as promised: Orthanc matches a patient ID ignoring case ("zzmrn-7" found "ZZMRN-7")
-            hits = [h for h in hits if h.patient_id == patient_id]
+            hits = [h for h in hits if h.patient_id.strip() == patient_id.strip()]  # a padded value is the same
         return sorted(hits, key=lambda h: h.date, reverse=True)
 
     def _get_json(self, url: str) -> list[dict[str, Any]]:
@@ -324,6 +324,15 @@ class Pacs:
             return None
         uid = max(numbered)[1]
         return self._call("report retrieval", lambda: self._client.retrieve_instance(study_uid, series_uid, uid))
+
+    def holds(self, study_uid: str, series_uid: str, sop_uid: str) -> bool:
+        """Whether the PACS lists instance ``sop_uid`` of the series (a search, after a store it answered)."""
+        wanted = {"SOPInstanceUID": sop_uid}
+        found = self._call(
+            "report search", lambda: self._client.search_for_instances(study_uid, series_uid, search_filters=wanted)
+        )
+        with self._errors("report search"):
+            return any(str(_value(i, "00080018")) == sop_uid for i in found)
 
     def store(self, datasets: Sequence[Any]) -> list[str]:
         """Store DICOM datasets (STOW-RS); returns the SOP Instance UIDs the PACS accepted."""
