@@ -352,7 +352,9 @@ def test_the_first_admin_is_made_at_the_command_line_and_audit_verify_finds_an_e
         "locked_until": None,
     }
     assert run_cli(["users", "add", "dr-b", "--role", "radiologist", "--password-stdin"], capsys, "short\n")[0] == 2
-    assert run_cli(["users", "add", "sso@x.org", "--role", "supervisor", "--sso"], capsys)[0] == 0
+    code, lines = run_cli(["users", "add", "sso@x.org", "--role", "supervisor", "--sso", "--temporary"], capsys)
+    assert code == 0 and lines[0]["created"]["sign_in"] == "single sign-on"  # made ahead of single sign-on: said
+    assert "cannot sign in until it is" in lines[0]["warning"] and "--temporary ignored" in lines[0]["notes"][0]
     assert run_cli(["users", "disable", "sso@x.org"], capsys)[1][0]["updated"]["disabled"] is True
     assert [line["name"] for line in run_cli(["users", "list"], capsys)[1]] == ["root", "sso@x.org"]
     code, lines = run_cli(["audit", "verify"], capsys)

@@ -122,7 +122,12 @@ def cmd_users_add(args: argparse.Namespace) -> int:
     password = None if args.sso else _password()
     store = open_results_store()
     created = accounts.add_account(store, COMMAND_LINE, args.name, args.role, password, temporary=args.temporary)
-    emit({"created": _shown(created)}, sys.stdout)
+    said: dict[str, Any] = {"created": _shown(created)}
+    if args.sso and not accounts.single_sign_on_ready():  # made ahead of single sign-on, as an admin may: said
+        said["warning"] = "single sign-on is not set up: this account cannot sign in until it is"
+    if args.sso and args.temporary:
+        said.setdefault("notes", []).append("--temporary ignored: a single-sign-on account has no password")
+    emit(said, sys.stdout)
     return EXIT_OK
 
 
