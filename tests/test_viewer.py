@@ -227,3 +227,24 @@ def test_probabilities_are_never_printed_as_certainty() -> None:
 
     assert [percent(p) for p in (0.9996, 0.0004, 0.123)] == [">99.9%", "<0.1%", "12.3%"]
     assert [two_places(p) for p in (0.996, 0.004, 0.5)] == [">0.99", "<0.01", "0.50"]
+
+
+def test_a_sections_heat_map_is_made_from_the_pixels_the_model_read_and_drawn_on_the_displayed_ones(
+    tiny_classifier, monkeypatch
+) -> None:
+    """The heat map re-analysed the square display copy of a 1.8 x 0.9 mm series: P(tumour) 1.00 on the curve, 0.28
+    to 0.64 on the copy, so the map explained another input than the verdict's."""
+    from core.model.explain import Explainer
+    from core.services import series_views
+    from tests.scans import relabelled
+
+    files = relabelled(dicom_series(head_volume(3, 64)), PixelSpacing=[1.8, 0.9])
+    view = series_view(analyse_volume(read_study(files)[0], tiny_classifier))
+    assert view.read is not None and view.read.shape == (3, 64, 64) and view.sections.shape[1:] == (128, 64)
+    read = []
+    real = series_views.analyse_scan
+    monkeypatch.setattr(series_views, "analyse_scan", lambda scan, c: read.append(scan.pixels.shape) or real(scan, c))
+    heat = series_views.section_heat(view, 1, tiny_classifier, Explainer(tiny_classifier))
+    assert read == [(64, 64)] and heat is not None and heat.shape == (128, 64)
+    square = series_view(analyse_volume(read_study(dicom_series(head_volume(3, 64)))[0], tiny_classifier))
+    assert square.read is None  # the displayed sections are those read: not kept twice

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 
 from core.domain.results import Record
@@ -57,8 +58,6 @@ def unstacked(pixels: np.ndarray, count: int) -> np.ndarray:
 
 def _stored_sections(record: Record, images: ImageStore | None) -> np.ndarray | None:
     """The de-identified sections of a saved series from the image store (None once purged or without a store)."""
-    import cv2
-
     if images is None or record.image_key is None or record.section_count is None:
         return None
     data = images.get(record.image_key)
@@ -100,6 +99,9 @@ class SeriesView:
     outlines: tuple[tuple[np.ndarray, ...], ...] | None = None  # per section: lesion contours on displayed pixels
     needs_review: bool = False  # the verdict rests on fewer neighbours than the rule's, or lies in the review band
     rule_threshold: float | None = None  # the rule's own, when the verdict was judged at a higher one (``threshold``)
+    # the sections as the model read them, where the displayed ones differ (stretched square, or shrunk): a heat map
+    # is made from them (one made from the display copy explained another input than the verdict's)
+    read: np.ndarray | None = None
 
     @property
     def marked(self) -> list[int]:
@@ -129,8 +131,6 @@ def _display(sections: np.ndarray, spacing: Sequence[float] | None) -> tuple[np.
     """The sections as the viewer and the quick scroller draw them: square pixels (the coarser axis stretched when
     rows and columns are spaced unlike: 0.5 x 5 mm pixels were drawn ten times squashed, while the PDF drew them
     true) and at most :data:`DISPLAY_SIDE` a side; with the spacing of the displayed pixels."""
-    import cv2
-
     rows_mm, columns_mm = (float(spacing[0]), float(spacing[1])) if spacing else (1.0, 1.0)
     known = min(rows_mm, columns_mm) > 0  # a zero spacing (saved before it was refused): square as stored
     fy, fx = (rows_mm / min(rows_mm, columns_mm), columns_mm / min(rows_mm, columns_mm)) if known else (1.0, 1.0)
@@ -155,6 +155,7 @@ def series_view(analysis: SeriesAnalysis, status: SaveStatus | None = None, reco
     return SeriesView(
         key=volume.sha256,
         sections=sections,
+        read=None if sections is volume.sections else volume.sections,
         positions=tuple(volume.positions),
         geometry=geometry,
         curve=tuple(analysis.curve),
@@ -205,6 +206,7 @@ def stored_series_view(
     return SeriesView(
         key=record.id,
         sections=sections,
+        read=None if sections is pixels else pixels,
         positions=tuple(s.position for s in rows),
         geometry=dict(record.geometry) | {"spacing": spacing},
         curve=curve,
@@ -254,12 +256,16 @@ def section_heat(view: SeriesView, index: int, classifier: Classifier, explainer
     card = classifier.card
     if index in view.skipped or view.model != f"{card.name} {card.version}":
         return None
-    pixels = np.ascontiguousarray(view.sections[index])
+    pixels = np.ascontiguousarray((view.sections if view.read is None else view.read)[index])
     try:
         analysis = analyse_scan(Scan(pixels, "volume", f"{view.key}:{index}", int(pixels.nbytes)), classifier)
     except ScanError:
         return None
-    return explainer.explain(analysis, explained_label(view, analysis, card)).on_scan
+    heat = explainer.explain(analysis, explained_label(view, analysis, card)).on_scan
+    shown = view.sections[index].shape
+    if heat.shape != shown:  # made on the pixels the model read, drawn on the displayed ones
+        heat = cv2.resize(heat.astype(np.float32), (shown[1], shown[0]), interpolation=cv2.INTER_LINEAR)
+    return heat
 
 
 def explained_label(view: SeriesView, analysis: Analysis, card: ModelCard) -> str | None:
