@@ -376,6 +376,11 @@ def test_a_command_whose_key_does_not_sign_the_chain_is_refused_and_the_server_n
         database.close()
         store.audit_key = b"another key, the data folder's own"
         assert not audit.signs_the_chain(store)
+        store.audit_key = KEY
+        audit.record(store, ADMIN, "account_created", "dr-e")
+        tamper(store, 3)  # the newest event deleted: the head is ahead of the events, and their tail was empty
+        store.audit_key = None
+        assert not audit.signs_the_chain(store)
     monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "served"))  # the data folder's own key made, then a server
     audit.record(open_results_store(), ADMIN, "account_created", "dr-c")  # started with BTD_AUDIT_KEY writes on
     served = open_store(None, tmp_path / "served", bytes.fromhex("ab" * 32))  # as the app opens it: never refused

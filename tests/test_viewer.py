@@ -248,3 +248,5 @@ def test_a_sections_heat_map_is_made_from_the_pixels_the_model_read_and_drawn_on
     assert read == [(64, 64)] and heat is not None and heat.shape == (128, 64)
     square = series_view(analyse_volume(read_study(dicom_series(head_volume(3, 64)))[0], tiny_classifier))
     assert square.read is None  # the displayed sections are those read: not kept twice
+    shrunk = series_view(analyse_volume(read_study(dicom_series(head_volume(2, 600)))[0], tiny_classifier))
+    assert shrunk.sections.shape[1:] == (512, 512) and shrunk.read is None  # shrunk only: the same anatomy

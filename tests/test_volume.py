@@ -639,6 +639,8 @@ def test_a_study_given_in_two_paths_states_the_verdict_of_all_its_series_on_the_
     assert any(paths[0] in w and "all its series" in w for w in lines[1]["warnings"])
     assert not any("also read from" in w for w in lines[0]["warnings"] + lines[2]["warnings"])
     assert SQLiteStore(tmp_path / "data" / "results.sqlite3").summary().total == 3
+    _, again = study_lines([paths[0], str(tmp_path / "t1" / "."), paths[0]], capsys)  # one PATH given thrice
+    assert len(again) == 1 and not any("also read from" in w for w in again[0]["warnings"])
 
 
 def test_the_second_path_of_a_study_is_judged_with_the_series_of_the_first() -> None:

@@ -35,12 +35,25 @@ def cmd_study(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     status, unsaved = EXIT_OK, False
     seen: dict[str, Seen] = {}  # study -> the PATH its first series came from, and each series' verdict so far
-    for name in args.paths:
+    for name in _once(args.paths):
         outcome = analyse_path(Path(name), classifier)
         judged, note = whole_study(outcome, seen)
         done, not_saved = emit_outcome(name, outcome, args, (store, images, key), judged=judged, note=note)
         status, unsaved = max(status, done), unsaved or not_saved
     return EXIT_NOT_SAVED if unsaved else status
+
+
+def _once(paths: list[str]) -> list[str]:
+    """The PATHs, one given twice (the same file or folder however written) read once: its series were counted
+    twice, and it was told to give a study in one PATH when it had."""
+    seen: set[Path] = set()
+    kept = []
+    for name in paths:
+        resolved = Path(name).resolve()
+        if resolved not in seen:
+            seen.add(resolved)
+            kept.append(name)
+    return kept
 
 
 @dataclass(frozen=True)

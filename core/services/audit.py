@@ -48,6 +48,8 @@ def signs_the_chain(store: AuditTrail) -> bool:
     written before keying, or lost, would let the wrong key in)."""
     head = store.audit_head()
     tail = store.audit_events(since_seq=max(0, (head.seq if head else 0) - 1))
+    if not tail and head is not None:  # the newest events deleted (the head ahead of them): the real last one
+        tail = store.audit_events()
     last = tail[-1] if tail else None
     if last is None or not last.hash.startswith(KEYED):
         return True

@@ -99,8 +99,8 @@ class SeriesView:
     outlines: tuple[tuple[np.ndarray, ...], ...] | None = None  # per section: lesion contours on displayed pixels
     needs_review: bool = False  # the verdict rests on fewer neighbours than the rule's, or lies in the review band
     rule_threshold: float | None = None  # the rule's own, when the verdict was judged at a higher one (``threshold``)
-    # the sections as the model read them, where the displayed ones differ (stretched square, or shrunk): a heat map
-    # is made from them (one made from the display copy explained another input than the verdict's)
+    # the sections as the model read them, where the display stretches them square: a heat map is made from them
+    # (one made from the display copy explained another input than the verdict's)
     read: np.ndarray | None = None
 
     @property
@@ -145,6 +145,15 @@ def _display(sections: np.ndarray, spacing: Sequence[float] | None) -> tuple[np.
     return shown, [rows_mm * ry, columns_mm * rx] if spacing else None
 
 
+def _stretched(spacing: Sequence[float] | None) -> bool:
+    """Whether the display stretches the sections square (pixels spaced unlike in rows and columns): then what the
+    model read is kept beside them for a heat map (a copy only shrunk shows the same anatomy, and a 1024 px series
+    kept whole beside it held five times the memory)."""
+    if not spacing or min(float(spacing[0]), float(spacing[1])) <= 0:
+        return False
+    return abs(float(spacing[0]) - float(spacing[1])) > 1e-6 * max(float(spacing[0]), float(spacing[1]))
+
+
 def series_view(analysis: SeriesAnalysis, status: SaveStatus | None = None, record: Record | None = None) -> SeriesView:
     volume = analysis.volume
     sections, spacing = _display(volume.sections, volume.spacing)
@@ -155,7 +164,7 @@ def series_view(analysis: SeriesAnalysis, status: SaveStatus | None = None, reco
     return SeriesView(
         key=volume.sha256,
         sections=sections,
-        read=None if sections is volume.sections else volume.sections,
+        read=volume.sections if _stretched(volume.spacing) else None,
         positions=tuple(volume.positions),
         geometry=geometry,
         curve=tuple(analysis.curve),
@@ -206,7 +215,7 @@ def stored_series_view(
     return SeriesView(
         key=record.id,
         sections=sections,
-        read=None if sections is pixels else pixels,
+        read=pixels if _stretched(record.geometry.get("spacing")) else None,  # type: ignore[arg-type]
         positions=tuple(s.position for s in rows),
         geometry=dict(record.geometry) | {"spacing": spacing},
         curve=curve,
