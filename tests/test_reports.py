@@ -295,7 +295,11 @@ def test_the_key_section_is_the_one_of_the_most_suspicious_with_the_largest_lesi
 
     sections = np.stack([synthetic_slice(128, seed=k) for k in range(5)])
     view = SimpleNamespace(
-        curve=[0.1, 0.9, 0.8, 0.7, None], window=(1, 2, 3), sections=sections, geometry={"spacing": [1.0, 1.0]}
+        curve=[0.1, 0.9, 0.8, 0.7, None],
+        window=(1, 2, 3),
+        sections=sections,
+        read=None,
+        geometry={"spacing": [1.0, 1.0]},
     )
     areas = iter([0, 40, 0])  # the key sections 1, 2, 3 in order: the lesion on 2, the highest P on 1
 
@@ -529,3 +533,29 @@ def test_a_report_whose_events_cannot_all_be_written_leaves_none(
         study_report(store, images, doctor, ids, tiny_classifier, None)
     monkeypatch.undo()
     assert not [e for e in store.audit_events() if e.action == "report"]
+
+
+def test_a_stretched_series_key_lesion_is_segmented_from_the_pixels_the_model_read(
+    tiny_card: Path, tiny_lesion_card: Path
+) -> None:
+    """The PDF segmented the square display copy of a 1.8 x 0.9 mm series, another input than the model's (and
+    than its heat map's): it now reads the stored section, measures it with that section's spacing and draws the
+    outline on the displayed one."""
+    from core.imaging.phantom_series import dicom_series, head_volume
+    from core.imaging.series import read_study
+    from core.model.classifier import Classifier, with_segmenter
+    from core.model.volume import analyse_volume
+    from core.services.reports import key_lesion
+    from core.services.series_views import series_view
+    from tests.scans import relabelled
+
+    classifier = with_segmenter(Classifier.from_card(tiny_card), tiny_lesion_card)
+    files = relabelled(dicom_series(head_volume(6, 64, range(1, 5))), PixelSpacing=[1.8, 0.9])
+    view = series_view(analyse_volume(read_study(files)[0], classifier))
+    assert view.read is not None and view.sections.shape[1:] == (128, 64)
+    key = key_lesion(view, classifier.segmenter)
+    assert key is not None and key.lesion is not None and key.lesion.area_px > 0
+    assert key.lesion.mask.shape == (64, 64)  # the stored section's, as the model read it
+    assert key.lesion.area_mm2 == pytest.approx(key.lesion.area_px * 1.8 * 0.9, rel=1e-3)
+    points = np.concatenate(key.lesion.outline)
+    assert points[:, 1].max() > 64 and points[:, 1].max() < 128 and points[:, 0].max() < 64  # on the displayed one

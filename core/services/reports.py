@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import cv2
@@ -159,23 +159,29 @@ class KeyLesion:
 
 
 def key_lesion(view: SeriesView, segmenter: Segmenter) -> KeyLesion | None:
-    """The largest lesion of the key sections (the highest tumour probability among equals), each segmented from
-    the stored (displayed) pixels inside their brain box, its area in mm^2 with the displayed pixel spacing; None
-    without key sections. (The key section was the most suspicious one alone: "No lesion found on this section"
-    was printed beside the series' volume of a lesion on the next key section.)"""
+    """The largest lesion of the key sections (the highest tumour probability among equals), each segmented inside
+    its brain box from the pixels the model read (a stretched series' stored ones, else the displayed ones), its
+    area in mm^2 with their spacing and its outline on the displayed section; None without key sections. (The key
+    section was the most suspicious one alone: "No lesion found on this section" was printed beside the series'
+    volume of a lesion on the next key section.)"""
     keys = key_sections(view)
     if not keys:
         return None
-    spacing = view.geometry.get("spacing")
+    shown = view.sections.shape[1:]
+    read = view.sections if view.read is None else view.read
+    scale = np.array([shown[1] / read.shape[2], shown[0] / read.shape[1]])  # (x, y): read pixels -> displayed ones
+    spacing = view.geometry.get("spacing")  # the displayed pixels'
     found = []
     for index in keys:
-        pixels = np.ascontiguousarray(view.sections[index])
+        pixels = np.ascontiguousarray(read[index])
         try:
             box = find_brain(pixels).box
         except NoBrainFound:
             found.append(KeyLesion(index, None, segmenter.name))
             continue
-        lesion = segmenter.lesion(pixels, box, (spacing[0], spacing[1]) if spacing else None)
+        lesion = segmenter.lesion(pixels, box, (spacing[0] * scale[1], spacing[1] * scale[0]) if spacing else None)
+        if view.read is not None:
+            lesion = replace(lesion, outline=list(scaled_outline(lesion.outline, scale)))
         found.append(KeyLesion(index, lesion, segmenter.name))
     return max(found, key=lambda k: (k.lesion.area_px if k.lesion else -1, view.curve[k.index] or 0.0))
 
