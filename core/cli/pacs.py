@@ -111,6 +111,7 @@ def cmd_analyse(args: argparse.Namespace) -> int:
     if (refused := _unusable(settings)) is not None:
         emit(refused, sys.stdout)
         return EXIT_USAGE
+    connection = pacs.connect(settings)  # a malformed address is said before any database is opened
     classifier = load_classifier(args.model)
     store, images, key = None, None, None
     try:
@@ -120,7 +121,6 @@ def cmd_analyse(args: argparse.Namespace) -> int:
     except (StoreError, ValueError) as error:
         emit(error_json(getattr(error, "code", "bad_configuration"), str(error)), sys.stdout)
         return EXIT_USAGE
-    connection = pacs.connect(settings)
     pulled = pacs.pull_and_analyse(connection, COMMAND_LINE, args.study, classifier, store, key)
     extra: dict[str, Any] = {"study_uid": args.study}
     saved = None
@@ -149,6 +149,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
     if (refused := _unusable(settings)) is not None:
         emit(refused, sys.stdout)
         return EXIT_USAGE
+    connection = pacs.connect(settings)  # malformed addresses are said before any database is opened
+    changes = OrthancChanges.of(connection, args.rest or rest_root(settings.url))
     try:
         store = open_results_store(existing=True)  # a mistyped folder is no new database
         key = patient_key(file_secrets(), shared_database=bool(mongodb_uri(file_secrets())))
@@ -156,11 +158,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     except (StoreError, ValueError) as error:
         emit(error_json(getattr(error, "code", "bad_configuration"), str(error)), sys.stdout)
         return EXIT_USAGE
-    connection = pacs.connect(settings)
-    rest = args.rest or rest_root(settings.url)
-    watcher = pacs_watch.Watcher(
-        connection, OrthancChanges.of(connection, rest), load_classifier(args.model), store, images, key, args.send
-    )
+    watcher = pacs_watch.Watcher(connection, changes, load_classifier(args.model), store, images, key, args.send)
     try:
         state = pacs_watch.WatchState.load(data_dir() / "pacs-watch.json", key)
     except PacsError as error:  # damaged: never taken for a first start (every study in the PACS again)
