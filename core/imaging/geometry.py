@@ -144,19 +144,15 @@ def _letters(vector: np.ndarray) -> str:
     return named
 
 
-def toward(orientation: Sequence[float] | None, position: float) -> str:
-    """The patient direction a position along the displayed view's normal points to, with a space ("L ", "LA " on
-    an oblique normal, by the letters' rule); ``-`` for a negative one when the orientation is not known."""
-    if orientation is None or len(orientation) != 6:
-        return "-" if position < 0 else ""
-    normal = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:], float))
-    return _letters(normal if position >= 0 else -normal) + " "
-
-
 def place_text(orientation: Sequence[float] | None, position: float) -> str:
-    """ "L 30.0 mm": a position along the displayed view's normal with the side it points to (a bare "-30.0 mm"
-    on a sagittal series read as a side)."""
-    return f"{toward(orientation, position)}{abs(position):.1f} mm"
+    """ "L 30.0 mm": a position along the displayed view's normal with the patient direction it points to, by the
+    edge letters' rule ("LA" on an oblique normal: a bare "-30.0 mm" on a sagittal series read as a side); signed
+    when the orientation is not known."""
+    distance = f"{abs(position):.1f} mm"
+    if orientation is None or len(orientation) != 6:
+        return ("-" if position < 0 else "") + distance
+    normal = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:], float))
+    return f"{_letters(normal if position >= 0 else -normal)} {distance}"
 
 
 def gap_starts(positions: Sequence[float], ratio: float = DEFAULT_STUDY_LIMITS.max_gap_ratio) -> list[int]:
