@@ -446,10 +446,10 @@ def test_a_study_that_breaks_the_watch_is_reported_and_left_behind_and_one_not_s
     watcher = pacs_watch.Watcher(pacs, Feed([bad, good]), tiny_classifier, store, None, None)
     real = pacs_watch._handle
 
-    def breaks_on_bad(w, uid, actor):
+    def breaks_on_bad(w, uid, actor, *rest):
         if uid == bad:
             raise ValueError("a study the code cannot handle")
-        return real(w, uid, actor)
+        return real(w, uid, actor, *rest)
 
     monkeypatch.setattr(pacs_watch, "_handle", breaks_on_bad)
     state = pacs_watch.WatchState.load(tmp_path / "watch.json")

@@ -78,15 +78,24 @@ SEVERAL_PATIENTS = (
 
 
 def pull_and_analyse(
-    pacs: Pacs, actor: Actor, study_uid: str, classifier: Classifier, store: AuditTrail | None, key: bytes | None
+    pacs: Pacs,
+    actor: Actor,
+    study_uid: str,
+    classifier: Classifier,
+    store: AuditTrail | None,
+    key: bytes | None,
+    fingerprint: str | None = None,
 ) -> Pulled:
     """Retrieve the study's MR series into memory and analyse them as an upload; never raises for a PACS or scan
-    problem (the outcome carries its code and message). Those who may search the PACS and analyse scans only."""
+    problem (the outcome carries its code and message). ``fingerprint``: the study's :func:`mr_fingerprint` when
+    the caller has just taken it (the watch), else taken here. Those who may search the PACS and analyse scans
+    only."""
     require(actor, PACS)
     require(actor, ANALYSE)
     source = f"PACS study {study_uid}"
     try:
-        fingerprint = mr_fingerprint(pacs, study_uid)  # before the images: a series added meanwhile is told at send
+        fingerprint = fingerprint or mr_fingerprint(pacs, study_uid)  # before the images: a series added meanwhile
+        # is told at send
         files, left_out = pacs.retrieve_mr(study_uid)
     except (PacsError, FileTooLarge) as error:
         logger.info("event=pacs_pull_refused code=%s", error.code)

@@ -197,18 +197,18 @@ def _handled_once(watcher: Watcher, state: WatchState, study_uid: str, actor: Ac
         fingerprint = f"unknown ({error.code})"  # analysed (and its error reported) as any study would be
     if before is not None and before in (fingerprint, LEGACY):
         return None, fingerprint
-    line = _handled_safely(watcher, study_uid, actor)
+    line = _handled_safely(watcher, study_uid, actor, None if fingerprint.startswith("unknown") else fingerprint)
     if before is not None:
         line["again"] = "MR images were added to the study after it was analysed"
     return line, fingerprint
 
 
-def _handled_safely(watcher: Watcher, study_uid: str, actor: Actor) -> dict[str, Any]:
+def _handled_safely(watcher: Watcher, study_uid: str, actor: Actor, fingerprint: str | None) -> dict[str, Any]:
     """:func:`_handle`, never raising: the database unavailable is tried again; anything else that one study
     raises is logged and reported for that study, which is then left behind (an exception used to stop the watch,
     and the restarted watch met the same study first and stopped again: triage stopped for every later study)."""
     try:
-        return _handle(watcher, study_uid, actor)
+        return _handle(watcher, study_uid, actor, fingerprint)
     except StoreError as error:
         return {"study_uid": study_uid, "skipped": STORE_DOWN, "reason": str(error)}
     except Exception:
@@ -220,8 +220,10 @@ def _handled_safely(watcher: Watcher, study_uid: str, actor: Actor) -> dict[str,
         }
 
 
-def _handle(watcher: Watcher, study_uid: str, actor: Actor) -> dict[str, Any]:
-    pulled = pull_and_analyse(watcher.pacs, actor, study_uid, watcher.classifier, watcher.store, watcher.key)
+def _handle(watcher: Watcher, study_uid: str, actor: Actor, fingerprint: str | None) -> dict[str, Any]:
+    pulled = pull_and_analyse(
+        watcher.pacs, actor, study_uid, watcher.classifier, watcher.store, watcher.key, fingerprint
+    )
     if pulled.outcome.error_code:
         logger.info("event=pacs_study_skipped code=%s", pulled.outcome.error_code)
         return {"study_uid": study_uid, "skipped": pulled.outcome.error_code, "reason": pulled.outcome.error_message}
