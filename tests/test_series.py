@@ -910,21 +910,40 @@ def test_a_nifti_in_metres_or_microns_is_measured_in_millimetres_and_one_slice_i
         assert read_nifti(flat.to_bytes()).sections.shape[0] == 1
 
 
-def test_a_nifti_acquired_in_another_plane_says_its_axial_sections_are_reformatted_across_thick_voxels() -> None:
-    """A 2-D sagittal acquisition (5 mm across x) was cut into axial sections silently: thick-slab reformats, read
-    by the classifier and stretched five times in the viewer, where its DICOM twin is read sagittally."""
+@pytest.mark.parametrize(("orientation", "plane"), [(SAGITTAL, "sagittal"), (CORONAL, "coronal"), (AXIAL, "axial")])
+def test_a_nifti_is_cut_in_the_plane_it_was_acquired_in_as_its_dicom_twin_is(orientation, plane) -> None:
+    """A 2-D sagittal acquisition (5 mm across x) was cut into axial sections: thick-slab reformats, read by the
+    classifier and stretched five times in the viewer, where its DICOM twin is read sagittally."""
+    import nibabel
+
+    volume = head_volume(6)
+    (dicom,) = read_study(dicom_series(volume, orientation=orientation))
+    # the same voxels stored as NIfTI (RAS+): voxel (i, j, k) is column i, row j of section k, placed as DICOM has it
+    row, column = np.array(orientation[:3]), np.array(orientation[3:])
+    affine = np.eye(4)
+    lps_to_ras = np.array([-1.0, -1.0, 1.0])
+    affine[:3, 0], affine[:3, 1] = row * 0.9 * lps_to_ras, column * 0.9 * lps_to_ras
+    affine[:3, 2], affine[:3, 3] = np.cross(row, column) * 5.0 * lps_to_ras, np.array([-100.0, -100.0, 0]) * lps_to_ras
+    (twin,) = read_study([nibabel.Nifti1Image(np.transpose(volume, (2, 1, 0)).astype(np.int16), affine).to_bytes()])
+    assert twin.plane == dicom.plane == plane and twin.sections.shape == dicom.sections.shape == (6, 128, 128)
+    assert twin.letters == dicom.letters and twin.spacing == pytest.approx(dicom.spacing) == (0.9, 0.9)
+    assert twin.positions == pytest.approx(dicom.positions) and twin.step_mm == pytest.approx(5.0)
+    # the DICOM sections are stretched one by one, the volume's as a whole: the same picture, not the same bytes
+    assert np.corrcoef(twin.sections.ravel(), dicom.sections.ravel())[0, 1] > 0.98 and not twin.warnings
+
+
+def test_a_nifti_of_thin_or_thick_voxels_in_every_direction_is_cut_axially() -> None:
     import nibabel
 
     from core.imaging.nifti import read_nifti
     from core.imaging.phantom_series import head_volume
 
     data = np.transpose(head_volume(4, 64)[:, ::-1, ::-1], (2, 1, 0)).astype(np.int16)
-    sagittal = read_nifti(nibabel.Nifti1Image(data, np.diag([5.0, 0.9, 0.9, 1.0])).to_bytes())
-    assert any("5.0 mm thick across its axial sections" in w for w in sagittal.warnings)
-    axial = read_nifti(nibabel.Nifti1Image(data, np.diag([0.9, 0.9, 5.0, 1.0])).to_bytes())
-    assert not any("thick across" in w for w in axial.warnings)
     overlapping = read_nifti(nibabel.Nifti1Image(data, np.diag([1.0, 1.0, 0.5, 1.0])).to_bytes())  # thin, axial
-    assert not any("thick across" in w for w in overlapping.warnings)
+    assert overlapping.plane == "axial" and overlapping.sections.shape[0] == 4 and not overlapping.warnings
+    coarse = read_nifti(nibabel.Nifti1Image(data, np.diag([4.0, 4.0, 1.0, 1.0])).to_bytes())  # no thin plane
+    assert coarse.plane == "axial" and any("4.0 mm thick within its sections" in w for w in coarse.warnings)
+    assert coarse.spacing == (4.0, 4.0)
 
 
 def test_a_series_scan_date_is_the_first_valid_dicom_date_and_is_kept_as_days_moved_by_the_key() -> None:

@@ -111,14 +111,14 @@ def transformed_spacing(spacing: tuple[float, float] | None, transform: DisplayT
     return spacing[1], spacing[0]
 
 
-def nifti_orientation(affine: np.ndarray) -> tuple[float, ...]:
-    """Row and column directions (LPS) of a section ``data[:, :, k].T`` of a NIfTI volume with this ``affine``:
-    column indices follow the first voxel axis (i), row indices the second (j). NIfTI's world is RAS+, so x and y
-    change sign on the way to LPS."""
+def nifti_orientation(affine: np.ndarray, across: tuple[int, int] = (0, 1)) -> tuple[float, ...]:
+    """Row and column directions (LPS) of a section of a NIfTI volume with this ``affine`` whose column indices
+    follow the voxel axis ``across[0]`` and row indices ``across[1]`` (``data[:, :, k].T``: the first axis, i, then
+    the second, j). NIfTI's world is RAS+, so x and y change sign on the way to LPS."""
     ras_to_lps = np.array([-1.0, -1.0, 1.0])
     axes = np.asarray(affine, float)[:3, :3]
-    row = axes[:, 0] / np.linalg.norm(axes[:, 0]) * ras_to_lps
-    column = axes[:, 1] / np.linalg.norm(axes[:, 1]) * ras_to_lps
+    row = axes[:, across[0]] / np.linalg.norm(axes[:, across[0]]) * ras_to_lps
+    column = axes[:, across[1]] / np.linalg.norm(axes[:, across[1]]) * ras_to_lps
     return tuple(float(v) + 0.0 for v in (*row, *column))
 
 

@@ -1,6 +1,7 @@
 """NIfTI volumes (``.nii`` / ``.nii.gz``, nibabel): brought to the closest RAS+ orientation
-(``as_closest_canonical``) and cut into axial sections, their directions, spacing and steps from one matrix (the
-affine nibabel chose: sform, else qform); a header that gives no orientation is shown without left and right."""
+(``as_closest_canonical``) and cut into sections in the plane it was acquired in (axial unless its voxels are thick
+along another axis), their directions, spacing and steps from one matrix (the affine nibabel chose: sform, else
+qform); a header that gives no orientation is shown without left and right."""
 
 from __future__ import annotations
 
@@ -38,16 +39,27 @@ def _nifti_placement(header: object) -> tuple[bool, tuple[str, ...]]:
     return True, ()
 
 
-def _nifti_normal_steps(affine: np.ndarray, shown: tuple[float, ...]) -> tuple[float, float]:
+def _cut_axis(zooms: np.ndarray) -> int:
+    """The voxel axis (RAS+) the volume is cut across: one whose voxels are thick, the slice axis of a 2-D
+    acquisition (5 mm along x: a sagittal one), else the third (axial sections). Cut axially, a sagittal volume
+    became thick-slab reformats, stretched five times in the viewer and read so by the classifier, where its DICOM
+    twin is read in its own plane."""
+    for axis in (0, 1):
+        if zooms[axis] >= 2.0 and zooms[axis] > 1.5 * max(zooms[a] for a in range(3) if a != axis):
+            return axis
+    return 2
+
+
+def _nifti_normal_steps(affine: np.ndarray, shown: tuple[float, ...], axis: int) -> tuple[float, float]:
     """The first section's position and the step between sections along the normal of the sections as shown (in
-    LPS, as DICOM positions are): the third voxel axis projected on it. A sheared affine (a gantry tilt) moves each
-    section sideways as well: its zoom along that axis is longer than the step, and positions, steps and volumes
-    taken from it came out a few per cent too large."""
+    LPS, as DICOM positions are): the voxel axis ``axis`` the sections are cut across, projected on it. A sheared
+    affine (a gantry tilt) moves each section sideways as well: its zoom along that axis is longer than the step,
+    and positions, steps and volumes taken from it came out a few per cent too large."""
     ras_to_lps = np.array([-1.0, -1.0, 1.0])
     normal = np.cross(shown[:3], shown[3:])
     normal = normal / np.linalg.norm(normal)
     origin = float((np.asarray(affine, float)[:3, 3] * ras_to_lps) @ normal)
-    return origin, float((np.asarray(affine, float)[:3, 2] * ras_to_lps) @ normal)
+    return origin, float((np.asarray(affine, float)[:3, axis] * ras_to_lps) @ normal)
 
 
 def _grey(section: np.ndarray, low: float, high: float, slope: float) -> np.ndarray:
@@ -62,9 +74,8 @@ _MM_PER_UNIT = {"meter": 1000.0, "micron": 0.001}  # NIfTI's xyzt_units; "mm" an
 
 
 def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volume:
-    """A NIfTI volume (optionally gzipped) as axial sections in RAS+ orientation, intensities stretched over the
-    whole volume (0.5th-99.5th percentile); a volume acquired in another plane (thick voxels across the axial
-    sections) is still cut axially, and said to be."""
+    """A NIfTI volume (optionally gzipped) as sections in its acquisition plane (:func:`_cut_axis`) in the
+    radiological view, intensities stretched over the whole volume (0.5th-99.5th percentile)."""
     import nibabel
 
     compressed = data[:2] == b"\x1f\x8b"
@@ -98,43 +109,50 @@ def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volum
         volume = volume[..., 0]
     if volume.ndim != 3:
         raise SeriesError(f"The NIfTI image has {volume.ndim} dimensions; a single 3-D volume is needed.")
-    if volume.shape[2] > limits.max_sections:
-        raise FileTooLarge(f"The volume holds {volume.shape[2]} sections; the limit is {limits.max_sections}.")
-    low, high = stretch_bounds(volume)
     # the spacing comes from the same matrix as the directions (pixdim can disagree with the sform it is under)
     # in millimetres whatever the header's unit (one in metres gave a spacing of 0.0009 "mm": distances, gaps and
     # lesion volumes 1000 times off, unsaid)
     to_mm = _MM_PER_UNIT.get(stored.header.get_xyzt_units()[0], 1.0)
     zooms = np.linalg.norm(np.asarray(image.affine, float)[:3, :3], axis=0) * to_mm
-    # section k as stored: rows follow the second voxel axis (j), columns the first (i); the affine says where
-    # each points in the patient, and radiological() turns them into the radiological view; one section at a time.
-    # Without an orientation in the header (codes 0) the reader's affine still puts anterior at the top (readers
-    # differ on left and right only), so the view is turned the same way and then no direction is claimed.
+    axis = _cut_axis(zooms)
+    across = tuple(a for a in range(3) if a != axis)  # a section's columns follow the first, its rows the second
+    if volume.shape[axis] > limits.max_sections:
+        raise FileTooLarge(f"The volume holds {volume.shape[axis]} sections; the limit is {limits.max_sections}.")
+    low, high = stretch_bounds(volume)
+    # the affine says where each section's axes point in the patient, and radiological() turns them into the
+    # radiological view of their plane; one section at a time. Without an orientation in the header (codes 0) the
+    # reader's affine still puts anterior at the top (readers differ on left and right only), so the view is turned
+    # the same way and then no direction is claimed.
     sections, spacing, orientation = radiological(
-        np.stack([_grey(volume[:, :, k].T, low, high, slope) for k in range(volume.shape[2])]),
-        (float(zooms[1]), float(zooms[0])),
-        nifti_orientation(image.affine),
+        np.stack([_grey(np.take(volume, k, axis=axis).T, low, high, slope) for k in range(volume.shape[axis])]),
+        (float(zooms[across[1]]), float(zooms[across[0]])),
+        nifti_orientation(image.affine, across),  # type: ignore[arg-type]
     )
     orientation = orientation if placed else None
-    thick = max(zooms[0], zooms[1])
-    if thick >= 2.0 and thick > 1.5 * zooms[2]:  # thick voxels across the axial sections: another plane's acquisition
-        # (not an axial volume of thin overlapping sections: 1 x 1 mm in plane, 0.5 mm apart)
+    thick = max(zooms[a] for a in across)
+    if thick >= 2.0 and thick > 1.5 * zooms[axis]:  # thick voxels within the sections (along two axes at once): no
+        # plane of thin voxels to cut in (not a volume of thin overlapping sections: 1 x 1 mm, 0.5 mm apart)
         notes = (
             *notes,
-            f"The volume's voxels are {thick:.1f} mm thick across its axial sections (acquired in "
-            "another plane, sagittal or coronal): its axial sections are reformatted across them, coarser than the "
-            "acquisition; read it in its own plane too.",
+            f"The volume's voxels are {thick:.1f} mm thick within its sections: they are reformatted across them, "
+            "coarser than the acquisition.",
         )
     digest = hashlib.sha256(data).hexdigest()
-    origin, step = 0.0, float(zooms[2])
+    origin, step = 0.0, float(zooms[axis])
     if orientation:
-        origin, step = (value * to_mm for value in _nifti_normal_steps(image.affine, orientation))
+        origin, step = (value * to_mm for value in _nifti_normal_steps(image.affine, orientation, axis))
+    if step < 0:  # the sections run along the view's normal, as a DICOM series' do (a coronal volume's RAS+ order
+        # runs to anterior, the view's normal to posterior): section k is section k of the DICOM twin
+        sections = np.ascontiguousarray(sections[::-1])
+        origin, step = origin + (len(sections) - 1) * step, -step
     return Volume(
         source="NIfTI volume",
         study=NO_STUDY_UID,  # the upload names the study (read_study)
-        series=hash_parts("nifti-series", digest),
+        # cut in another plane than axial, the same file is another series (a reading of its axial cut, saved
+        # before sections were cut in the acquisition plane, is not this one's)
+        series=hash_parts("nifti-series", digest, *([f"cut across axis {axis}"] if axis != 2 else [])),
         sections=sections,
-        positions=tuple(round(origin + k * step, 3) for k in range(volume.shape[2])),
+        positions=tuple(round(origin + k * step, 3) for k in range(volume.shape[axis])),
         spacing=spacing,
         thickness=step,
         orientation=orientation,
