@@ -171,6 +171,51 @@ def test_an_overridden_study_leads_with_the_radiologists_label_and_keeps_the_mod
     assert text.count("Final label (radiologist): No tumour; model verdict:") == 2
 
 
+def test_a_review_saved_while_the_report_is_made_is_in_its_headline_as_in_its_body(
+    saved_study, tmp_path: Path, tiny_classifier: Classifier, monkeypatch
+) -> None:
+    """The results were read before the seconds of heat maps and outlines, their reviews after: a colleague's
+    override saved meanwhile was listed in the body under a headline "not yet reviewed"."""
+    import core.services.reports as reports
+
+    store, images, doctor, ids = saved_study
+    colleague, made = Actor("dr-b", "radiologist"), reports.stored_series_view
+
+    def slow_view(record, *args, **kwargs):
+        if record.id == ids[0] and not store.reviews_of(ids[0]):  # the colleague presses Save meanwhile
+            for record_id in ids:
+                review_result(store, colleague, record_id, "glioma", ["missed_lesion"], "")
+        return made(record, *args, **kwargs)
+
+    monkeypatch.setattr(reports, "stored_series_view", slow_view)
+    text = text_of(study_report(store, images, doctor, ids, tiny_classifier, None), tmp_path)
+    headline = next(line for line in text.splitlines() if line.strip().startswith("Study:"))
+    assert headline.strip().startswith("Study: Tumour (radiologist's final label)"), headline
+    assert "not yet reviewed" not in text and text.count("Final label (radiologist): Glioma") == 2
+
+
+def test_a_result_whose_review_summary_was_not_written_is_reported_from_its_reviews(
+    saved_study, tmp_path: Path, tiny_classifier: Classifier
+) -> None:
+    """MongoDB writes a review, then the result's summary: a timeout between the two left the result saying
+    "not reviewed" until the next review, and its report's headline said so above the review itself."""
+    store, images, doctor, ids = saved_study
+    for record_id in ids:
+        review_result(store, doctor, record_id, "glioma", ["missed_lesion"], "")
+
+    class SummaryBehind:
+        def __getattr__(self, name):
+            return getattr(store, name)
+
+        def get(self, record_id):
+            record = store.get(record_id)
+            return record and replace(record, review_count=0, final_label=None, reviewer=None, review_verdict=None)
+
+    text = text_of(study_report(SummaryBehind(), images, doctor, ids, tiny_classifier, None), tmp_path)
+    headline = next(line for line in text.splitlines() if line.strip().startswith("Study:"))
+    assert headline.strip().startswith("Study: Tumour (radiologist's final label)"), headline
+
+
 def test_the_header_and_a_series_section_are_plain_lines(saved_study) -> None:
     store, _, doctor, ids = saved_study
     record = store.get(ids[0])

@@ -359,6 +359,44 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+def _reportable(store: Store, record_ids: Sequence[str]) -> list[Record]:
+    """The saved series results ``record_ids``, refused unless they make one report: one patient, one reading."""
+    records = [store.get(i) for i in record_ids]
+    if not records or any(r is None or r.kind != "series" for r in records):
+        raise InvalidRecord("A report is made of saved series results.")
+    if len({r.patient_ref for r in records}) > 1:  # type: ignore[union-attr]  # a report names one patient
+        raise InvalidRecord(MIXED_PATIENTS)
+    # one reading: series read by two model versions were printed under the first one's model (the pages pass one;
+    # the service no longer trusts them to). Not one study reference: a series saved before keeps the study it was
+    # first saved under (its record is its pixels and model), and a study uploaded again with it is still one study
+    if len({(r.model_name, r.model_version) for r in records}) > 1:  # type: ignore[union-attr]
+        raise InvalidRecord("A report is of one reading: these series were read by different model versions.")
+    return records  # type: ignore[return-value]
+
+
+def _reviewed(store: Store, record_ids: Sequence[str]) -> tuple[list[Record], dict[str, list]]:
+    """The results and their reviews as one state: the results checked again (a patient link moved meanwhile),
+    then their reviews, the latest of which each result's verdict line states (a review saved between the two
+    reads, or one whose summary a MongoDB timeout left unwritten, is in the body and the headline alike)."""
+    records = _reportable(store, record_ids)
+    reviews = {r.id: store.reviews_of(r.id) for r in records}
+    return [_as_reviewed(r, reviews[r.id]) for r in records], reviews
+
+
+def _as_reviewed(record: Record, reviews: Sequence) -> Record:
+    if len(reviews) <= record.review_count:
+        return record
+    last = reviews[-1]
+    return replace(
+        record,
+        reviewer=last.reviewer,
+        review_verdict=last.action,
+        final_label=last.final_label,
+        reviewed_at=last.created_at,
+        review_count=len(reviews),
+    )
+
+
 def study_report(
     store: Store,
     images: ImageStore | None,
@@ -375,17 +413,7 @@ def study_report(
     reads the count its series' records kept); ``numbers``: the series' numbers on the page that asks for it. An
     audit event names every result reported."""
     require(actor, OPEN_RESULT)
-    records = [store.get(i) for i in record_ids]
-    if not records or any(r is None or r.kind != "series" for r in records):
-        raise InvalidRecord("A report is made of saved series results.")
-    if len({r.patient_ref for r in records}) > 1:  # type: ignore[union-attr]  # a report names one patient
-        raise InvalidRecord(MIXED_PATIENTS)
-    # one reading: series read by two model versions were printed under the first one's model (the pages pass one;
-    # the service no longer trusts them to). Not one study reference: a series saved before keeps the study it was
-    # first saved under (its record is its pixels and model), and a study uploaded again with it is still one study
-    if len({(r.model_name, r.model_version) for r in records}) > 1:  # type: ignore[union-attr]
-        raise InvalidRecord("A report is of one reading: these series were read by different model versions.")
-    unread = max([unread, *(r.study_unread for r in records)])  # type: ignore[union-attr]
+    records = _reportable(store, record_ids)
     views = [stored_series_view(r, store, images, classifier.card, actor) for r in records]  # type: ignore[arg-type]
     shown = list(numbers) if numbers is not None else list(range(1, len(records) + 1))
     if len(shown) != len(records):
@@ -402,7 +430,10 @@ def study_report(
     lesions = None
     if segmenter is not None:
         lesions = {n: key_lesion(v, segmenter) for n, v in zip(shown, views, strict=True) if v is not None}
-    reviews = {r.id: store.reviews_of(r.id) for r in records}  # type: ignore[union-attr]
+    records, reviews = _reviewed(store, record_ids)  # after the seconds above: a review saved meanwhile is in
+    # the headline as well as in the body (read before them, the headline said "not yet reviewed: no tumour" above
+    # a colleague's "final label Glioma")
+    unread = max([unread, *(r.study_unread for r in records)])
     notes = card_notes(classifier)
     data = render(records, views, reviews, notes, heat, actor.name, lesions=lesions, unread=unread, numbers=shown)  # type: ignore[arg-type]
     with store.atomic():  # every result's event or none: a report that failed half-way is no event on SQLite
