@@ -203,6 +203,9 @@ if new:
     reference, images = resources.patient_reference(session.patient_text), resources.image_store(store)
     progress = st.progress(0.0, text="Analysing…") if len(new) > 1 else None
     for done, file in enumerate(new, start=1):
+        # each file saved is an action of its own: an account disabled or demoted during a batch saved the rest
+        if (actor := callback_actor(ANALYSE)) is None:  # type: ignore[assignment]
+            st.rerun()  # the run that follows shows the sign-in form or the refusal
         data = file.getvalue()
         result = triage(data, classifier, explainer, store, actor=actor, patient_ref=reference, images=images)
         upload = Upload(file.file_id, file.name, {result.frame: result}, frame=result.frame)

@@ -9,6 +9,7 @@ from core.services.access import ANALYSE
 from core.services.studies import link_study, needs_link, triage_study
 from core.services.study_reading import upload_refusal
 from ui import pacs, resources
+from ui.auth import callback_actor
 from ui.page import setup_page
 from ui.study import current, earlier_note, keep, pacs_study_uid, show_study, studies, unsaved
 
@@ -63,6 +64,7 @@ with upload:
                 patient_ref=patient_ref,
                 images=resources.image_store(store),
                 key=key,
+                recheck=lambda: callback_actor(ANALYSE),  # the seconds of reading: a disabled account saves nothing
             )
             results[signature] = study  # kept before any Streamlit call (session_state's included, so not by
             keep(signature, study)  # keep() alone): a rerun asked for meanwhile stops the script at the next one

@@ -269,6 +269,59 @@ def test_a_study_report_is_handed_over_only_while_the_session_and_account_last(
         downloads[-1]()
 
 
+def _changed_by_an_admin(data_dir: Path, change: str) -> None:
+    from core.services import accounts
+
+    if change == "disable":
+        accounts.set_disabled(stored(data_dir), Actor("root", "admin"), "dr-b")
+    else:
+        accounts.set_role(stored(data_dir), Actor("root", "admin"), "dr-b", "supervisor")
+
+
+@pytest.mark.parametrize("change", ["disable", "demote"])
+def test_an_account_disabled_or_demoted_during_a_batch_saves_no_more_of_it(
+    app_environment: Path, monkeypatch, change: str
+) -> None:
+    """The Scan page saved every file of a batch as the actor its run began with: an account disabled or made
+    supervisor meanwhile went on saving results under its name."""
+    from core.services import triage
+
+    store, app = as_local_account(app_environment, "scan.py")
+    real = triage.triage
+
+    def first_then_changed(*args, **kwargs):
+        result = real(*args, **kwargs)
+        _changed_by_an_admin(app_environment, change)  # while the batch goes on
+        return result
+
+    monkeypatch.setattr(triage, "triage", first_then_changed)
+    files = [(f"{k}.png", png_bytes(synthetic_slice(256, seed=k)), "image/png") for k in range(3)]
+    app.file_uploader[0].set_value(files).run()
+    assert not app.exception and len(store.recent(10)) == 1  # the first file only
+    uploads = [e for e in store.audit_events() if e.action == "upload"]
+    assert [e.actor for e in uploads] == ["dr-b"] and not app.file_uploader  # signed out, or refused the page
+
+
+def test_an_account_disabled_while_its_study_is_read_saves_nothing(app_environment: Path, monkeypatch) -> None:
+    from core.imaging.phantom_series import dicom_series, head_volume
+    from core.services import studies
+
+    store, app = as_local_account(app_environment, "study.py")
+    real = studies.analyse_study
+
+    def read_then_disabled(*args, **kwargs):
+        outcome = real(*args, **kwargs)
+        _changed_by_an_admin(app_environment, "disable")  # during the seconds of reading
+        return outcome
+
+    monkeypatch.setattr(studies, "analyse_study", read_then_disabled)
+    files = [(f"IM{k}", data, "application/dicom") for k, data in enumerate(dicom_series(head_volume(6, 128)))]
+    app.file_uploader[0].set_value(files).run()
+    next(b for b in app.button if b.label == "Analyse this study").click().run(timeout=120)
+    assert not app.exception and not store.recent(10)
+    assert not [e for e in store.audit_events() if e.action == "upload"] and not app.file_uploader
+
+
 def test_a_reference_typed_after_uploading_updates_the_one_record(app_environment: Path) -> None:
     app = page("scan.py").run()
     app.file_uploader[0].set_value([("a.png", png_bytes(synthetic_slice(256, tumour=True)), "image/png")]).run()

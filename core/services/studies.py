@@ -6,7 +6,7 @@ reason).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -184,11 +184,19 @@ def triage_study(
     patient_ref: str | None,
     images: ImageStore | None,
     key: bytes | None,
+    recheck: Callable[[], Actor | None] | None = None,
 ) -> StudyResult:
-    """Read, analyse and save every series of an upload; the study's verdict first. Never raises for bad input."""
+    """Read, analyse and save every series of an upload; the study's verdict first. Never raises for bad input.
+    ``recheck``: the actor as the session stands once the study is read (the page's sign-in check); None saves
+    nothing (an account disabled or demoted during the seconds of reading saved the study all the same)."""
     require(actor, ANALYSE)
     outcome = analyse_study(files, classifier)
+    if recheck is not None and (actor := recheck()) is None:  # type: ignore[assignment]
+        return StudyResult(error_code="signed_out", error_message=SIGNED_OUT)
     return save_study(outcome, store, actor=actor, patient_ref=patient_ref, images=images, key=key)
+
+
+SIGNED_OUT = "Not saved: your session ended, or your account was changed, while the study was being read."
 
 
 def save_study_series(
