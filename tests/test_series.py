@@ -946,6 +946,30 @@ def test_a_nifti_of_thin_or_thick_voxels_in_every_direction_is_cut_axially() -> 
     assert coarse.spacing == (4.0, 4.0)
 
 
+def test_files_of_two_patients_are_refused_even_under_one_study_uid(tiny_classifier) -> None:
+    """Two patients' series under one Study Instance UID (a mislabelled study, two CDs' files dropped together)
+    were read as one study: both filed under the reference typed, the other patient's series in this one's history
+    and report. The PACS pull refused them; an upload and the command line did not."""
+    from core.imaging.series import SeveralPatients, read_upload
+    from core.services.study_reading import analyse_study
+
+    uid = "1.2.826.0.1.3680043.8.498.91"
+    first = relabelled(dicom_series(head_volume(4), study_uid=uid, series_uid=uid + ".1"), PatientID="ZZ-1")
+    second = dicom_series(head_volume(4, seed=9), study_uid=uid, series_uid=uid + ".2")
+    with pytest.raises(SeveralPatients, match="more than one patient"):
+        read_upload([*first, *relabelled(second, PatientID="ZZ-2")])
+    with pytest.raises(SeveralPatients):  # one ID, two issuers: two hospitals' patients
+        read_upload(
+            [*relabelled(first, IssuerOfPatientID="A"), *relabelled(second, PatientID="ZZ-1", IssuerOfPatientID="B")]
+        )
+    outcome = analyse_study([*first, *relabelled(second, PatientID="ZZ-2")], tiny_classifier)
+    assert outcome.error_code == "several_patients" and not outcome.series
+    # one patient, with or without an issuer on some of its files, or files without an ID: one study
+    same = relabelled(second, PatientID=" ZZ-1 ", IssuerOfPatientID="A")
+    assert len(read_upload([*first, *same]).volumes) == 2
+    assert len(read_upload([*first, *relabelled(second, PatientID="")]).volumes) == 2
+
+
 def test_a_series_scan_date_is_the_first_valid_dicom_date_and_is_kept_as_days_moved_by_the_key() -> None:
     from datetime import date
 

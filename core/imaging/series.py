@@ -47,12 +47,30 @@ from core.imaging.limits import DEFAULT_LIMITS, DEFAULT_STUDY_LIMITS, Limits, St
 from core.imaging.nifti import read_nifti
 from core.imaging.nifti_header import check_nifti_budget, is_nifti
 from core.imaging.scan import HEADERLESS_DICOM, is_dicom, is_headerless_dicom
-from core.imaging.series_headers import is_localizer, scan_date, series_name, stack_of, uid_key_of
+from core.imaging.series_headers import (
+    is_localizer,
+    scan_date,
+    series_name,
+    several_patients,
+    stack_of,
+    uid_key_of,
+)
 from core.imaging.volume import NO_STUDY_UID, SeriesError, Volume, hash_parts, radiological
 
 __all__ = ["SeriesError", "Upload", "Volume", "is_nifti", "read_study", "read_upload"]
 
 PER_FRAME = "PerFrameFunctionalGroupsSequence"
+
+
+class SeveralPatients(SeriesError):
+    code = "several_patients"
+
+
+SEVERAL_PATIENTS = (
+    "The files belong to more than one patient (their patient IDs differ, even under one Study Instance UID): they "
+    "are not read as one study, whose verdict, report and history would be filed under one of them. Upload each "
+    "patient's study on its own."
+)
 
 
 @dataclass(frozen=True)
@@ -289,6 +307,9 @@ def _dicom_series(
         if frames > study_limits.max_sections:
             raise FileTooLarge(f"A file holds {frames} frames; the limit is {study_limits.max_sections} sections.")
         headers.append(header)
+    if several_patients(headers):  # before any pixel is decoded: filed under one, the other's series went into
+        # that patient's history and report
+        raise SeveralPatients(SEVERAL_PATIENTS)
     if pixels > study_limits.max_dicom_pixels:
         raise FileTooLarge(
             f"The DICOM files hold {pixels / 2**20:.0f} M pixels in all; the limit is "

@@ -62,6 +62,21 @@ def is_localizer(header: object) -> bool:
     return "LOCALIZER" in image_type or bool(LOCALIZER.search(str(header.get("SeriesDescription", "") or "")))  # type: ignore[attr-defined]
 
 
+def several_patients(headers: list) -> bool:
+    """Whether the files belong to more than one patient: two patient IDs, or one ID from two issuers (files
+    without an ID are no evidence either way). Compared in memory only, never kept."""
+    issuers: dict[str, set[str]] = {}
+    for header in headers:
+        try:
+            patient = str(header.get("PatientID", "") or "").strip()
+            issuer = str(header.get("IssuerOfPatientID", "") or "").strip()
+        except Exception:  # a malformed value: no evidence (its series is named unread where its pixels are read)
+            continue
+        if patient:
+            issuers.setdefault(patient, set()).update({issuer} if issuer else set())
+    return len(issuers) > 1 or any(len(named) > 1 for named in issuers.values())
+
+
 def uid_key_of(header: object) -> str:
     """The hash of a file's study and series UIDs (a :class:`_Section`'s ``uid_key``)."""
     return hash_parts(str(header.get("StudyInstanceUID", "")), str(header.get("SeriesInstanceUID", "")))  # type: ignore[attr-defined]
