@@ -343,6 +343,43 @@ def test_a_cd_export_reads_its_images_and_leaves_out_its_index_reports_and_other
         read_upload([zipped([*t1[1:], headerless])])
 
 
+def test_dicom_files_without_their_preamble_in_a_folder_refuse_the_study_never_shorten_it(
+    tmp_path: Path, tiny_classifier
+) -> None:
+    """A folder's files written without the preamble were left out as "not DICOM": the sections of a tumour among
+    them went missing from a study then called "no tumour", with a note about ignored files only. Only four leading
+    tags were known as such a file; one opening on its SOP Class UID, or on its 'DICM' marker, was not."""
+    from pydicom import dcmread, dcmwrite
+
+    from core.imaging.scan import is_headerless_dicom
+    from core.services.study_reading import analyse_path
+
+    files = dicom_series(head_volume(6))
+
+    def bare(data: bytes, implicit: bool) -> bytes:
+        ds = dcmread(io.BytesIO(data))
+        del ds.file_meta
+        ds.preamble = None  # written bare: neither preamble nor marker
+        for keyword in ("SpecificCharacterSet", "ImageType"):
+            if keyword in ds:
+                delattr(ds, keyword)
+        buffer = io.BytesIO()
+        dcmwrite(buffer, ds, implicit_vr=implicit, little_endian=True, enforce_file_format=False)
+        return buffer.getvalue()
+
+    for headerless in (bare(files[5], True), bare(files[5], False), files[5][128:]):
+        assert is_headerless_dicom(headerless), headerless[:8]
+        folder = tmp_path / f"study-{headerless[:2].hex()}-{len(headerless)}"
+        folder.mkdir()
+        for k, data in enumerate([*files[:5], headerless]):
+            (folder / f"IM{k}").write_bytes(data)
+        outcome = analyse_path(folder, tiny_classifier)
+        assert outcome.error_code == "unsupported_format" and not outcome.series
+        assert "without the standard 128-byte preamble" in (outcome.error_message or "")
+    for other in (b"\x89PNG\r\n\x1a\n", b"PK\x03\x04", b"\x08\x00\x16\x00\xff\xff\xff\x7f", b"hello world"):
+        assert not is_headerless_dicom(other + b"\x00" * 16)
+
+
 def test_a_classic_multiframe_file_is_numbered_in_stored_order_and_measured_by_its_declared_step() -> None:
     """Frames of a classic multi-frame file carry no positions: they were placed along the stored normal, and a
     file whose frames run the other way came out mirrored head to foot, its positions named on the wrong side. They

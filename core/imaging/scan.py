@@ -95,9 +95,20 @@ HEADERLESS_DICOM = (
 )
 
 
+_VRS = frozenset(
+    b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV".split()
+)
+
+
 def is_headerless_dicom(data: bytes) -> bool:
-    """A DICOM data set written without the Part 10 preamble (its first element a group 0002 or 0008 tag)."""
-    return data[:4] in (b"\x08\x00\x05\x00", b"\x08\x00\x08\x00", b"\x02\x00\x00\x00", b"\x02\x00\x01\x00")
+    """A DICOM data set written without the Part 10 preamble: its 'DICM' marker first, or its first element a
+    group 0002 or 0008 tag followed by a value representation (explicit VR) or a short length (implicit VR). Four
+    leading tags only were known: a data set opening on its SOP Class UID was left out of a folder unsaid."""
+    if data[:4] == b"DICM":
+        return True
+    if len(data) < 8 or data[:2] not in (b"\x02\x00", b"\x08\x00"):
+        return False
+    return data[4:6] in _VRS or int.from_bytes(data[4:8], "little") < 1024
 
 
 def sniff_format(data: bytes) -> str:

@@ -122,6 +122,8 @@ def read_upload(
             volumes.append(read_nifti(data, study_limits))
         elif is_dicom(data):
             slices.append(data)
+        elif is_headerless_dicom(data):  # refused as in a zip: never read short of its sections
+            raise UnsupportedFormat(f"A file of the study: {HEADERLESS_DICOM}")
         else:
             raise UnsupportedFormat(
                 "A file is neither DICOM nor NIfTI; a series holds DICOM files or one NIfTI volume."

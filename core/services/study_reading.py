@@ -17,7 +17,7 @@ from core.errors import FileTooLarge, ScanError
 from core.imaging.archive import is_zip
 from core.imaging.limits import DEFAULT_STUDY_LIMITS, StudyLimits
 from core.imaging.raster import encode_png
-from core.imaging.scan import is_dicom
+from core.imaging.scan import is_dicom, is_headerless_dicom
 from core.imaging.series import is_nifti, read_upload
 from core.imaging.volume import Volume
 from core.model.classifier import Classifier
@@ -72,7 +72,9 @@ SEVERAL_STUDIES = (
 
 
 def _wanted(data: bytes) -> bool:
-    return is_zip(data) or is_nifti(data) or is_dicom(data)
+    """A file of a folder to read: a DICOM file written without its preamble too (left out as "another file", it
+    took a tumour's sections out of a study called "no tumour"; read_upload refuses the study and says why)."""
+    return is_zip(data) or is_nifti(data) or is_dicom(data) or is_headerless_dicom(data)
 
 
 def upload_refusal(sizes: Sequence[int], limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> str | None:
