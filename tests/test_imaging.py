@@ -22,7 +22,7 @@ from core.errors import (
     UnsupportedFormat,
 )
 from core.imaging import Limits, read_scan, sniff_format, stretch_to_uint8
-from tests.scans import CANARY, jpeg_bytes, png_bytes, synthetic_slice
+from tests.scans import CANARY, dicom_bytes, jpeg_bytes, png_bytes, synthetic_slice
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
@@ -423,3 +423,24 @@ def test_importing_the_app_leaves_pillows_bomb_and_truncation_guards_on() -> Non
                 importlib.import_module(module.name)
     assert Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS <= 200_000_000
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+def test_a_damaged_rle_frame_is_a_corrupt_image_not_a_decoder_panic_that_ends_the_batch() -> None:
+    """An RLE segment that runs two bytes past the frame made the Rust decoder panic; pyo3's PanicException is a
+    BaseException, which no ``except Exception`` caught: the command line printed a traceback and no line for the
+    file, nor for the files after it."""
+    from pydicom import dcmread
+    from pydicom.encaps import encapsulate, generate_frames
+    from pydicom.uid import RLELossless
+
+    ds = dcmread(io.BytesIO(dicom_bytes((synthetic_slice(64) * 16).astype(np.uint16))))
+    ds.compress(RLELossless)
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    count, first, second = struct.unpack_from("<3I", frame)
+    run = bytes([0xFF, 0x00])  # one replicate run, the value 0 twice, opening the second segment
+    ds.PixelData = encapsulate([struct.pack("<16I", count, first, second + len(run), *[0] * 13) + run + frame[64:]])
+    ds["PixelData"].VR = "OB"
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    with pytest.raises(CorruptImage, match=r"damaged|cannot be decoded"):
+        read_scan(buffer.getvalue())

@@ -395,6 +395,11 @@ def decode_frame(dataset: Any, frame: int | None) -> np.ndarray:
         if "length" in text or "less than" in text or "expected" in text or "truncat" in text:
             raise CorruptImage("The DICOM pixel data is truncated: the file ends before the image does.") from error
         raise CorruptImage("The DICOM pixel data cannot be decoded.") from error
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as error:  # a decoder written in Rust panics on a damaged codestream (an RLE segment
+        # that runs past the frame): pyo3's PanicException is no Exception, and it ended a whole batch
+        raise CorruptImage("The DICOM pixel data is damaged: its decoder failed on it.") from error
     if pixels.ndim != 2:
         raise UnsupportedDicom(f"Unexpected DICOM pixel layout {pixels.shape}; a single grayscale slice is needed.")
     return pixels
