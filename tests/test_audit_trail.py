@@ -77,6 +77,64 @@ def test_the_page_check_rehashes_only_the_events_after_the_last_verified_one(sto
     assert audit.verify(store).checked == 6  # the command line's check: always everything
 
 
+class Busy:
+    """The store as the application's other writers make it: ``writes`` events appended after each read of the
+    head or of the events (the seconds between two reads of a long chain)."""
+
+    def __init__(self, store, writes: int = 2) -> None:
+        self.store, self.writes, self.written = store, writes, 0
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+    def _meanwhile(self) -> None:
+        write(self.store, self.writes, start=100 + self.written)
+        self.written += self.writes
+
+    def audit_head(self):
+        head = self.store.audit_head()
+        self._meanwhile()
+        return head
+
+    def audit_events(self, *args):
+        events = self.store.audit_events(*args)
+        self._meanwhile()
+        return events
+
+
+def test_the_full_check_holds_while_the_application_writes(store) -> None:
+    """The events were read, then the head: events appended between the two put the head past the events read.
+    "events were deleted", exit 1, 8 times in 20 beside a few readers at work, and the page said broken until a
+    quiet full check."""
+    write(store, 5)
+    check = audit.verify(Busy(store))
+    assert check.intact and check.problem is None, check.problem
+    assert audit.verify_new(store, SUPERVISOR).intact and audit.verify(store).intact  # the point is not broken
+
+
+def test_the_page_check_never_marks_over_what_a_full_check_found_meanwhile(store) -> None:
+    """The page's check read the verified point, re-hashed the new events (seconds) and then marked its end: a
+    full check that found an edit meanwhile had its "broken" mark overwritten, and the page said whole again."""
+    write(store, 5)
+    audit.verify_new(store, SUPERVISOR)
+    write(store, 3, start=5)
+    tamper(store, 2, actor="someone-else")  # before the point: the full check's to find
+
+    class FullCheckMeanwhile:
+        def __getattr__(self, name):
+            return getattr(store, name)
+
+        def audit_events(self, *args):
+            events = store.audit_events(*args)
+            if args:  # the page's read of the new events: the full check runs meanwhile
+                assert not audit.verify(store).intact
+            return events
+
+    audit.verify_new(FullCheckMeanwhile(), SUPERVISOR)
+    assert store.audit_verified().hash == audit.BROKEN
+    assert not audit.verify_new(store, SUPERVISOR).intact
+
+
 def test_an_edit_after_the_verified_event_is_found_by_the_page_check(store) -> None:
     write(store, 5)
     audit.verify_new(store, SUPERVISOR)

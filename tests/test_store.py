@@ -484,6 +484,11 @@ def test_the_last_verified_audit_event_is_kept(store) -> None:
     assert store.audit_verified() == VerifiedPoint(12, "hmac:" + "c" * 64, "d" * 64)
     store.mark_audit_verified(VerifiedPoint(9, "e" * 64))  # replaced as given (a full check may set it back)
     assert store.audit_verified() == VerifiedPoint(9, "e" * 64, "")
+    # over a given point only (the page's check, begun from a point a full check has replaced meanwhile)
+    assert not store.mark_audit_verified(VerifiedPoint(20, "f" * 64), replacing=VerifiedPoint(12, "e" * 64))
+    assert store.audit_verified() == VerifiedPoint(9, "e" * 64, "")
+    assert store.mark_audit_verified(VerifiedPoint(20, "f" * 64), replacing=VerifiedPoint(9, "e" * 64))
+    assert store.audit_verified() == VerifiedPoint(20, "f" * 64, "")
 
 
 def test_every_audit_filter_reads_an_index_in_the_order_shown(store) -> None:

@@ -77,13 +77,20 @@ def verify(store: AuditTrail, expected_head: tuple[int, str] | None = None) -> V
 
 
 def _verify_all(store: AuditTrail, expected_head: tuple[int, str] | None, keep_point: bool) -> Verification:
-    events = store.audit_events()
     key = getattr(store, "audit_key", None)
+    # the head first, then the events: read the other way round, events the app appended between the two reads
+    # (the longer the chain, the wider the gap) put the head past the events read, "events were deleted", and the
+    # page's check then said broken until a quiet full check. Events appended after the head was read are
+    # re-hashed with the chain; its end is compared at the head read
     head = store.audit_head()
+    events = store.audit_events()
+    if head is None and events:  # the first event written meanwhile, or the head removed: asked again
+        head = store.audit_head()
     bad = first_broken(events, key)
-    last = (events[-1].seq or 0, events[-1].hash) if events else None
+    upto = events if head is None else [e for e in events if (e.seq or 0) <= head.seq]
+    last = (upto[-1].seq or 0, upto[-1].hash) if upto else None
     apart = bool(getattr(store, "head_written_apart", False))  # MongoDB: the head is a write after its event's
-    problem = _problem(events, bad, head, key, last, apart)
+    problem = _problem(upto, bad, head, key, last, apart)
     if problem is None and not events and head is None and _holds_audited(store):
         problem = (
             "the chain is empty, yet the database holds accounts or results, whose creation is audited: the trail "
@@ -103,7 +110,7 @@ def _verify_all(store: AuditTrail, expected_head: tuple[int, str] | None, keep_p
         moved = _point_moved(store, point, key)
     problem = problem or moved
     if problem is None and last is not None and keep_point:  # a head one behind: the point stays at the head's
-        _mark(store, (head.seq, head.hash) if _behind(events, head, last) else last, key)  # type: ignore[union-attr]
+        _mark(store, (head.seq, head.hash) if _behind(upto, head, last) else last, key)  # type: ignore[union-attr]
     elif problem is not None and keep_point and moved is None:  # an edit before the point, which still stands:
         _mark(store, (0, BROKEN), key)  # the page's check says broken from now on, until a full check finds it whole
     return Verification(problem is None, len(events), bad, head, problem, key is not None, len(events))
@@ -156,7 +163,7 @@ def verify_new(store: AuditTrail, actor: Actor) -> Verification:
     last = (new[-1].seq or 0, new[-1].hash) if new else (point.seq, point.hash)
     problem = _problem(new, bad, head, key, last)
     if problem is None and new:
-        _mark(store, last, key)
+        _mark(store, last, key, replacing=point)
     return Verification(problem is None, last[0], bad, head, problem, key is not None, len(new))
 
 
@@ -234,10 +241,12 @@ def _point_moved(store: AuditTrail, point: VerifiedPoint, key: bytes | None) -> 
     return None
 
 
-def _mark(store: AuditTrail, last: tuple[int, str], key: bytes | None) -> None:
-    """Keep ``last`` as the verified point (a store that cannot be written keeps the check's answer all the same)."""
+def _mark(store: AuditTrail, last: tuple[int, str], key: bytes | None, replacing: VerifiedPoint | None = None) -> None:
+    """Keep ``last`` as the verified point (a store that cannot be written keeps the check's answer all the same);
+    ``replacing``: only over that point, the one the check began from (a full check that found the chain broken
+    meanwhile, its mark overwritten by the page's, read as whole again)."""
     try:
-        store.mark_audit_verified(VerifiedPoint.signed(last[0], last[1], key))
+        store.mark_audit_verified(VerifiedPoint.signed(last[0], last[1], key), replacing)
     except StoreError as error:
         logger.warning("event=audit_verified_not_kept reason=%s", type(error).__name__)
 

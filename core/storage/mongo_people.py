@@ -324,13 +324,18 @@ class MongoPeople:
             point = self._db["meta"].find_one({"_id": "audit_verified"})
         return VerifiedPoint(int(point["seq"]), str(point["hash"]), str(point.get("mac") or "")) if point else None
 
-    def mark_audit_verified(self, point: VerifiedPoint) -> None:
+    def mark_audit_verified(self, point: VerifiedPoint, replacing: VerifiedPoint | None = None) -> bool:
+        """As :meth:`SQLiteStore.mark_audit_verified`: with ``replacing``, only over that point."""
+        found = {"_id": "audit_verified"}
+        if replacing is not None:
+            found |= {"seq": replacing.seq, "hash": replacing.hash, "mac": replacing.mac}
         with self._errors():
-            self._people("meta").update_one(
-                {"_id": "audit_verified"},
+            written = self._people("meta").update_one(
+                found,
                 {"$set": {"seq": point.seq, "hash": point.hash, "mac": point.mac}},
-                upsert=True,
+                upsert=replacing is None,
             )
+        return replacing is None or bool(written.matched_count)
 
 
 def _account_fields(account: Account) -> dict[str, Any]:

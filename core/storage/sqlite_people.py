@@ -307,10 +307,23 @@ class SQLitePeople(SQLiteBase):
         rows = self._query("SELECT seq, hash, mac FROM audit_verified WHERE id = 1")
         return VerifiedPoint(int(rows[0][0]), str(rows[0][1]), str(rows[0][2])) if rows else None
 
-    def mark_audit_verified(self, point: VerifiedPoint) -> None:
+    def mark_audit_verified(self, point: VerifiedPoint, replacing: VerifiedPoint | None = None) -> bool:
+        """Keep ``point``; with ``replacing``, only over that point (a check that read it before its seconds of
+        re-hashing must not overwrite what a full check marked meanwhile). Whether it was kept."""
         with self._errors():
-            self._connection().execute(
-                "INSERT INTO audit_verified (id, seq, hash, mac) VALUES (1, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
-                "seq = excluded.seq, hash = excluded.hash, mac = excluded.mac",
-                (point.seq, point.hash, point.mac),
+            if replacing is None:
+                self._connection().execute(
+                    "INSERT INTO audit_verified (id, seq, hash, mac) VALUES (1, ?, ?, ?) ON CONFLICT(id) DO UPDATE "
+                    "SET seq = excluded.seq, hash = excluded.hash, mac = excluded.mac",
+                    (point.seq, point.hash, point.mac),
+                )
+                return True
+            return bool(
+                self._connection()
+                .execute(
+                    "UPDATE audit_verified SET seq = ?, hash = ?, mac = ? WHERE id = 1 AND seq = ? AND hash = ? "
+                    "AND mac = ?",
+                    (point.seq, point.hash, point.mac, replacing.seq, replacing.hash, replacing.mac),
+                )
+                .rowcount
             )
