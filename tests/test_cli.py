@@ -201,6 +201,26 @@ def test_bad_usage_exits_2_with_json(capsys) -> None:
 @pytest.mark.parametrize(
     "args",
     [
+        ["users", "set-password", "admin1", "--password", "Hunter2-S3CRET-pw"],
+        ["users", "set-password", "admin1", "--password=Hunter2-S3CRET-pw"],
+        ["pacs", "watch", "--once", "--url", "http://127.0.0.1:9/dicom-web", "--password", "Hunter2-S3CRET-pw"],
+        ["users", "add", "dr-c", "--role", "radiologist", "--pass", "Hunter2-S3CRET-pw"],
+    ],
+)
+def test_a_secret_typed_after_a_mistyped_option_is_never_quoted_back(args: list[str], capsys) -> None:
+    """argparse took ``--password`` for an abbreviation of ``--password-stdin``, and the secret, left over, was
+    quoted back as an unrecognised argument on standard output, which a scheduler keeps in its log."""
+    with pytest.raises(SystemExit) as usage:
+        main(args)
+    out = capsys.readouterr()
+    (line,) = [json.loads(text) for text in out.out.splitlines()]
+    assert usage.value.code == 2 and line["error"]["code"] == "bad_usage"
+    assert "S3CRET" not in out.out + out.err and "--pass" in line["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
         ["pacs", "watch", "--url", "http://127.0.0.1:9/dicom-web", "--interval", value]
         for value in ("-1", "0", "nan", "inf", "soon")
     ]

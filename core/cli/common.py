@@ -16,9 +16,20 @@ EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_NOT_SAVED = 0, 1, 2, 3  # 3: --save cou
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse that reports bad usage as one JSON line on stdout (and exits 2) instead of free text."""
+    """argparse that reports bad usage as one JSON line on stdout (and exits 2) instead of free text. Options are
+    never abbreviated: ``--password 'secret'`` was taken for ``--password-stdin``, and the secret, left over,
+    was quoted back as an unrecognised argument (where a scheduler keeps the output). Unrecognised values are
+    not quoted back either."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)  # each sub-command's parser too (they are made by this class)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        prefix = "unrecognized arguments: "
+        if message.startswith(prefix):
+            named = [w.split("=")[0] if w.startswith("-") else "<a value>" for w in message[len(prefix) :].split()]
+            message = prefix + " ".join(named) + " (values are not repeated: one could be a secret)"
         emit({"error": {"code": "bad_usage", "message": message}}, sys.stdout)
         self.exit(EXIT_USAGE)
 
