@@ -350,6 +350,26 @@ def test_predict_can_back_fill_the_database_once(tmp_path: Path, tiny_card: Path
     assert store.summary().total == 1 and store.recent(1)[0].uploader == "cli"
 
 
+def test_a_second_pacs_watch_of_one_data_folder_is_refused(
+    tmp_path: Path, tiny_card: Path, capsys, monkeypatch
+) -> None:
+    """Two watches of one data folder pulled, analysed and sent every study twice, and overwrote each other's state."""
+    import os
+
+    from core.services.pacs_watch import WatchState
+
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("MONGODB_URI", raising=False)
+    empty_database(tmp_path / "data")
+    running = WatchState.exclusive(tmp_path / "data" / "pacs-watch.lock")  # the first watch
+    args = ["pacs", "watch", "--once", "--url", "http://127.0.0.1:9/dicom-web", "--model", str(tiny_card)]
+    code, (line,) = run_main(args, capsys)
+    assert code == 2 and line["error"]["code"] == "watch_running"
+    os.close(running)
+    code, lines = run_main(args, capsys)  # the first gone: this one watches (the PACS is not there)
+    assert code == 1 and lines[0]["error"]["code"] != "watch_running"
+
+
 def test_predict_save_exits_3_when_a_result_could_not_be_saved(
     tmp_path: Path, tiny_card: Path, capsys, monkeypatch
 ) -> None:

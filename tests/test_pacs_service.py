@@ -344,6 +344,44 @@ def current_reports(pacs: StandIn) -> list[str]:
     return sorted(set(reports) - replaced)
 
 
+def test_the_watch_state_is_private_to_the_server_and_two_writers_never_empty_it(tmp_path) -> None:
+    """Saved through one fixed draft name: a second writer truncated the draft the first then moved in place (a
+    watch read an empty state and stopped, or failed on the draft gone, 300 times in 300); the file was readable
+    by every account where the database is not."""
+    import stat
+    import threading
+
+    path, failures = tmp_path / "pacs-watch.json", []
+
+    def writer(n: int) -> None:
+        state = pacs_watch.WatchState(path, key=b"k" * 32)
+        for k in range(150):
+            try:
+                state.save(k, {f"{STUDY}.{n}.{k}": "fingerprint"})
+                assert pacs_watch.WatchState.load(path, b"k" * 32).last >= 0
+            except Exception as error:  # collected for the assertion below
+                failures.append(error)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures[:3]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_a_second_watch_of_one_data_folder_is_refused_while_the_first_runs(tmp_path) -> None:
+    import os
+
+    first = pacs_watch.WatchState.exclusive(tmp_path / "pacs-watch.lock")
+    assert first is not None and pacs_watch.WatchState.exclusive(tmp_path / "pacs-watch.lock") is None
+    os.close(first)  # the first watch ended
+    again = pacs_watch.WatchState.exclusive(tmp_path / "pacs-watch.lock")
+    assert again is not None
+    os.close(again)
+
+
 def test_the_watch_state_names_studies_by_a_keyed_hash_and_still_reads_a_file_written_before(tmp_path) -> None:
     """The state file kept a plain SHA-256 of each Study Instance UID: whoever held it could test which PACS studies
     were triaged. With a key it keeps an HMAC; a file written before keys is still honoured (no study redone)."""

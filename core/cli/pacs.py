@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
@@ -158,7 +159,21 @@ def cmd_watch(args: argparse.Namespace) -> int:
     except (StoreError, ValueError) as error:
         emit(error_json(getattr(error, "code", "bad_configuration"), str(error)), sys.stdout)
         return EXIT_USAGE
-    watcher = pacs_watch.Watcher(connection, changes, load_classifier(args.model), store, images, key, args.send)
+    lock = pacs_watch.WatchState.exclusive(data_dir() / "pacs-watch.lock")
+    if lock is None:
+        emit(error_json("watch_running", "Another pacs watch runs on this data folder: one at a time."), sys.stdout)
+        return EXIT_USAGE
+    try:
+        return _watch(
+            args,
+            pacs_watch.Watcher(connection, changes, load_classifier(args.model), store, images, key, args.send),
+            key,
+        )
+    finally:
+        os.close(lock)
+
+
+def _watch(args: argparse.Namespace, watcher: pacs_watch.Watcher, key: bytes | None) -> int:
     try:
         state = pacs_watch.WatchState.load(data_dir() / "pacs-watch.json", key)
     except PacsError as error:  # damaged: never taken for a first start (every study in the PACS again)

@@ -10,6 +10,7 @@ import hmac
 import json
 import logging
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,12 +93,34 @@ class WatchState:
             self.handled[name] = fingerprint
         self.handled = dict(list(self.handled.items())[-10_000:])
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_suffix(".tmp")
-        with partial.open("w") as out:
-            out.write(json.dumps({"last": last, "handled": self.handled, "tries": self.tries}))
-            out.flush()
-            os.fsync(out.fileno())  # on disk before it replaces the old state: a crash leaves one or the other
-        os.replace(partial, self.path)
+        # a draft of its own, readable by the server's account only (as the database is): one fixed draft name
+        # let a second writer truncate the draft the first was about to move in place (a watch then read an
+        # empty state, or failed on the draft gone)
+        handle, partial = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "w") as out:
+                out.write(json.dumps({"last": last, "handled": self.handled, "tries": self.tries}))
+                out.flush()
+                os.fsync(out.fileno())  # on disk before it replaces the old state: a crash leaves one or the other
+            os.replace(partial, self.path)
+        except BaseException:
+            Path(partial).unlink(missing_ok=True)
+            raise
+
+    @staticmethod
+    def exclusive(path: Path) -> int | None:
+        """An open lock on ``path`` (the watch's lock file) while this process lives, or None when another watch
+        holds it: two watches of one data folder pulled, analysed and sent every study twice."""
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(handle)
+            return None
+        return handle
 
 
 LEGACY = "handled"  # a study handled before fingerprints were kept
