@@ -444,3 +444,30 @@ def test_a_damaged_rle_frame_is_a_corrupt_image_not_a_decoder_panic_that_ends_th
     ds.save_as(buffer, enforce_file_format=True)
     with pytest.raises(CorruptImage, match=r"damaged|cannot be decoded"):
         read_scan(buffer.getvalue())
+
+
+def test_a_bit_layout_the_standard_forbids_is_refused_and_a_lower_case_photometric_is_read() -> None:
+    """A 12-bit image stored at the top of 16 bits (HighBit 15) was read from its low 12 bits, another picture,
+    called "no tumour" where its true pixels read meningioma; "monochrome2" was "pixel data cannot be decoded";
+    a whole file without Rows was "cut inside its header"."""
+    from core.errors import UnsupportedDicom
+
+    stored = (synthetic_slice(64) * 16).astype(np.uint16)
+    with pytest.raises(UnsupportedDicom, match="bit layout"):
+        read_scan(dicom_bytes(stored << 4, extra={"BitsStored": 12, "HighBit": 15}))
+    with pytest.raises(UnsupportedDicom, match="bit layout"):
+        read_scan(dicom_bytes(stored, extra={"BitsStored": 16, "BitsAllocated": 8}))
+    plain = read_scan(dicom_bytes(stored, extra={"BitsStored": 12, "HighBit": 11}))
+    lower = read_scan(
+        dicom_bytes(stored, extra={"BitsStored": 12, "HighBit": 11, "PhotometricInterpretation": "monochrome2"})
+    )
+    assert np.array_equal(plain.pixels, lower.pixels)
+
+    from pydicom import dcmread
+
+    ds = dcmread(io.BytesIO(dicom_bytes(stored)))
+    del ds.Rows
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    with pytest.raises(CorruptImage, match="lacks the image's size"):
+        read_scan(buffer.getvalue())

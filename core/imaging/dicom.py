@@ -235,6 +235,23 @@ def _transfer_syntax(data: bytes) -> str | None:
     return None
 
 
+def check_bit_layout(header: Any) -> None:
+    """Refuse a bit layout the standard does not allow for an image (PS3.5 8.1.1: the high bit is one below the
+    bits stored, which fit in the bits allocated): a 12-bit image stored at the top of 16 bits (HighBit 15) was read
+    from its low 12 bits, another picture, and called "no tumour" where its true pixels read meningioma."""
+    try:
+        allocated, stored = int(header.get("BitsAllocated") or 0), int(header.get("BitsStored") or 0)
+        high = header.get("HighBit")
+        high = None if high is None else int(high)
+    except invalid_values() as error:
+        raise CorruptImage(INVALID_HEADER) from error
+    if stored and allocated and (stored > allocated or (high is not None and high != stored - 1)):
+        raise UnsupportedDicom(
+            f"This DICOM image's bit layout is not one the standard allows (bits allocated {allocated}, stored "
+            f"{stored}, high bit {high}): its pixels would be misread. Export it again from the scanner or PACS."
+        )
+
+
 def checked_dataset(data: bytes, limits: Limits, header: Any = None) -> tuple[Any, tuple[str, ...]]:
     """The one DICOM reader: the header first (stop before pixels: modality, body part, dimensions and decoded size
     against the budget, grayscale, a decodable transfer syntax), then the whole dataset; with the modality notes.
@@ -252,6 +269,10 @@ def checked_dataset(data: bytes, limits: Limits, header: Any = None) -> tuple[An
         )
     rows, columns = header.get("Rows"), header.get("Columns")
     if rows is None or columns is None:
+        if not is_non_image(header) and b"\xe0\x7f\x10\x00" in data[132:]:  # its pixels are there: not cut short
+            raise CorruptImage(
+                "The DICOM header lacks the image's size (Rows or Columns): its pixels cannot be laid out."
+            )
         if not is_non_image(header):  # an image's class: the file is cut
             raise CorruptImage("The DICOM file is damaged: it ends inside its header, before the image's size.")
         raise NoPixelData(
@@ -269,11 +290,15 @@ def checked_dataset(data: bytes, limits: Limits, header: Any = None) -> tuple[An
             f"This DICOM image is in colour ({kind or f'{samples} samples per pixel'}); the model reads grayscale "
             "MRI (MONOCHROME1/2) only."
         )
+    check_bit_layout(header)
     check_transfer_syntax(header)
     try:
         dataset = dcmread(io.BytesIO(data))
     except _damaged_header() as error:
         raise CorruptImage("The DICOM file is damaged: its pixel data cannot be read.") from error
+    if "PhotometricInterpretation" in dataset and dataset.PhotometricInterpretation != photometric:
+        dataset.PhotometricInterpretation = photometric  # "monochrome2": the decoder knows upper case only (it was
+        # "cannot be decoded")
     if "PixelData" not in dataset:
         if "FloatPixelData" in dataset or "DoubleFloatPixelData" in dataset:
             raise UnsupportedDicom("This DICOM file holds floating-point pixels (a parametric map), not an MR image.")
