@@ -1007,6 +1007,21 @@ def test_files_of_two_patients_are_refused_even_under_one_study_uid(tiny_classif
     assert len(read_upload([*first, *relabelled(second, PatientID="")]).volumes) == 2
 
 
+def test_a_malformed_value_where_a_series_is_told_leaves_that_series_unread_not_the_study_failed() -> None:
+    """One flipped bit in a file's SeriesNumber VR ("I2" for "IS") turned the whole study into "Unexpected error;
+    try again": the values that tell a file's series were read outside the guard its pixels have."""
+    from core.imaging.series import read_upload
+
+    uid = "1.2.826.0.1.3680043.8.498.92"
+    good = dicom_series(head_volume(4), study_uid=uid, series_uid=uid + ".1")
+    other = relabelled(dicom_series(head_volume(4, seed=5), study_uid=uid, series_uid=uid + ".2"), SeriesNumber=7)
+    flipped = other[0].replace(b"\x20\x00\x11\x00IS", b"\x20\x00\x11\x00I2", 1)
+    assert flipped != other[0]
+    upload = read_upload([*good, flipped, *other[1:]])
+    assert len(upload.volumes) == 1 and upload.volumes[0].sections.shape[0] == 4
+    assert len(upload.unread) == 1 and "header holds invalid values" in upload.unread[0]
+
+
 def test_a_series_scan_date_is_the_first_valid_dicom_date_and_is_kept_as_days_moved_by_the_key() -> None:
     from datetime import date
 

@@ -236,16 +236,13 @@ def _transfer_syntax(data: bytes) -> str | None:
 
 
 def check_bit_layout(header: Any) -> None:
-    """Refuse a bit layout the standard does not allow for an image (PS3.5 8.1.1: the high bit is one below the
-    bits stored, which fit in the bits allocated): a 12-bit image stored at the top of 16 bits (HighBit 15) was read
-    from its low 12 bits, another picture, and called "no tumour" where its true pixels read meningioma."""
+    """Refuse a bit layout the standard forbids (PS3.5 8.1.1: HighBit is BitsStored - 1, within BitsAllocated): a
+    12-bit image stored at the top of 16 bits was read from its low 12 bits, another picture ("no tumour")."""
     try:
-        allocated, stored = int(header.get("BitsAllocated") or 0), int(header.get("BitsStored") or 0)
-        high = header.get("HighBit")
-        high = None if high is None else int(high)
+        allocated, stored, high = (int(header.get(k) or 0) for k in ("BitsAllocated", "BitsStored", "HighBit"))
     except invalid_values() as error:
         raise CorruptImage(INVALID_HEADER) from error
-    if stored and allocated and (stored > allocated or (high is not None and high != stored - 1)):
+    if stored and allocated and (stored > allocated or (high and high != stored - 1)):
         raise UnsupportedDicom(
             f"This DICOM image's bit layout is not one the standard allows (bits allocated {allocated}, stored "
             f"{stored}, high bit {high}): its pixels would be misread. Export it again from the scanner or PACS."
@@ -437,7 +434,7 @@ def acquisition_facts(dataset: Any) -> dict[str, str]:
         if value not in (None, ""):
             several = isinstance(value, Sequence) and not isinstance(value, str | bytes)  # pydicom's MultiValue too
             facts[name] = "\\".join(str(v) for v in value) if several else str(value)
-    plane = plane_of(dataset.get("ImageOrientationPatient"))
+    plane = geometry.plane_of(dataset.get("ImageOrientationPatient"))
     if plane:
         facts["Plane"] = plane
     meta = getattr(dataset, "file_meta", None)
@@ -445,12 +442,3 @@ def acquisition_facts(dataset: Any) -> dict[str, str]:
     if uid is not None:
         facts["TransferSyntax"] = str(uid.name)
     return facts
-
-
-def plane_of(orientation: Any) -> str | None:
-    """Axial, coronal or sagittal from ImageOrientationPatient (the normal's dominant axis)."""
-    try:
-        cosines = [float(v) for v in orientation[:6]]
-    except (TypeError, ValueError, IndexError):
-        return None
-    return geometry.plane_of(cosines)

@@ -45,10 +45,14 @@ class DisplayTransform:
 
 
 def plane_of(orientation: Sequence[float] | None) -> str | None:
-    """Axial, coronal or sagittal from row and column directions (the normal's dominant axis)."""
-    if orientation is None or len(orientation) < 6:
+    """Axial, coronal or sagittal from row and column directions (the normal's dominant axis; None when they are
+    not six numbers, as a malformed ImageOrientationPatient may be)."""
+    try:
+        if orientation is None or len(orientation) < 6:
+            return None
+        row, column = np.asarray(orientation[:3], float), np.asarray(orientation[3:6], float)
+    except (TypeError, ValueError):
         return None
-    row, column = np.asarray(orientation[:3], float), np.asarray(orientation[3:6], float)
     normal = np.abs(np.cross(row, column))
     if not np.isfinite(normal).all() or normal.max() == 0:
         return None

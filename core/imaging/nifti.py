@@ -70,6 +70,23 @@ def _grey(section: np.ndarray, low: float, high: float, slope: float) -> np.ndar
     return apply_stretch(section, low, high)
 
 
+COARSE = "they are reformatted across them, coarser than the acquisition."
+
+
+def _along_normal(
+    sections: np.ndarray, affine: np.ndarray, shown: tuple[float, ...] | None, axis: int, to_mm: float
+) -> tuple[np.ndarray, float, float]:
+    """The sections, the first one's position and the step between them, running along the view's normal as a
+    DICOM series' do (a coronal volume's RAS+ order runs to anterior, the view's normal to posterior): section k is
+    section k of the DICOM twin. Without an orientation: in stored order, from 0, one voxel apart."""
+    if not shown:
+        return sections, 0.0, float(np.linalg.norm(np.asarray(affine, float)[:3, axis]) * to_mm)
+    origin, step = (value * to_mm for value in _nifti_normal_steps(affine, shown, axis))
+    if step < 0:
+        return np.ascontiguousarray(sections[::-1]), origin + (len(sections) - 1) * step, -step
+    return sections, origin, step
+
+
 _MM_PER_UNIT = {"meter": 1000.0, "micron": 0.001}  # NIfTI's xyzt_units; "mm" and "unknown" (read as mm) are 1
 
 
@@ -132,19 +149,9 @@ def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volum
     thick = max(zooms[a] for a in across)
     if thick >= 2.0 and thick > 1.5 * zooms[axis]:  # thick voxels within the sections (along two axes at once): no
         # plane of thin voxels to cut in (not a volume of thin overlapping sections: 1 x 1 mm, 0.5 mm apart)
-        notes = (
-            *notes,
-            f"The volume's voxels are {thick:.1f} mm thick within its sections: they are reformatted across them, "
-            "coarser than the acquisition.",
-        )
+        notes = (*notes, f"The volume's voxels are {thick:.1f} mm thick within its sections: {COARSE}")
     digest = hashlib.sha256(data).hexdigest()
-    origin, step = 0.0, float(zooms[axis])
-    if orientation:
-        origin, step = (value * to_mm for value in _nifti_normal_steps(image.affine, orientation, axis))
-    if step < 0:  # the sections run along the view's normal, as a DICOM series' do (a coronal volume's RAS+ order
-        # runs to anterior, the view's normal to posterior): section k is section k of the DICOM twin
-        sections = np.ascontiguousarray(sections[::-1])
-        origin, step = origin + (len(sections) - 1) * step, -step
+    sections, origin, step = _along_normal(sections, image.affine, orientation, axis, to_mm)
     return Volume(
         source="NIfTI volume",
         study=NO_STUDY_UID,  # the upload names the study (read_study)

@@ -48,9 +48,10 @@ from core.imaging.nifti import read_nifti
 from core.imaging.nifti_header import check_nifti_budget, is_nifti
 from core.imaging.scan import HEADERLESS_DICOM, is_dicom, is_headerless_dicom
 from core.imaging.series_headers import (
-    is_localizer,
+    SEVERAL_PATIENTS,
+    SeveralPatients,
+    kind_of,
     scan_date,
-    series_name,
     several_patients,
     stack_of,
     uid_key_of,
@@ -60,17 +61,6 @@ from core.imaging.volume import NO_STUDY_UID, SeriesError, Volume, hash_parts, r
 __all__ = ["SeriesError", "Upload", "Volume", "is_nifti", "read_study", "read_upload"]
 
 PER_FRAME = "PerFrameFunctionalGroupsSequence"
-
-
-class SeveralPatients(SeriesError):
-    code = "several_patients"
-
-
-SEVERAL_PATIENTS = (
-    "The files belong to more than one patient (their patient IDs differ, even under one Study Instance UID): they "
-    "are not read as one study, whose verdict, report and history would be filed under one of them. Upload each "
-    "patient's study on its own."
-)
 
 
 @dataclass(frozen=True)
@@ -321,15 +311,15 @@ def _dicom_series(
     names: dict[str, str] = {}  # a series' UID key: how a reader finds it in the study (its number)
     failed: dict[str, ScanError] = {}  # a series with a file that cannot be read: not read short, named unread
     localizers = non_images = 0
-    for data, header in zip(files, headers, strict=True):
-        if dicom.is_non_image(header):
-            non_images += 1
+    for index, (data, header) in enumerate(zip(files, headers, strict=True)):
+        kind, key, name = kind_of(header, index)
+        non_images, localizers = non_images + (kind == "no image"), localizers + (kind == "localizer")
+        if kind in ("no image", "localizer"):
             continue
-        if is_localizer(header):
-            localizers += 1
+        names.setdefault(key, name)
+        if kind == "unreadable":  # a malformed value where its series is told (a flipped bit in its number's VR):
+            failed.setdefault(key, CorruptImage(dicom.INVALID_HEADER))  # that series unread, not the study failed
             continue
-        key = uid_key_of(header)
-        names.setdefault(key, series_name(header))
         try:
             sections = _sections_of(data, header, limits)
         except FileTooLarge:

@@ -8,7 +8,8 @@ import math
 import re
 from datetime import date
 
-from core.imaging.volume import hash_parts
+from core.imaging import dicom
+from core.imaging.volume import SeriesError, hash_parts
 
 # a series description the main vendors give their positioning images (ImageType says LOCALIZER on most)
 # (a word of its own between any marks, an underscore too: "AAHead_Scout_64ch", "Survey_32ch_HeadCoil", "SmartSurvey")
@@ -62,6 +63,17 @@ def is_localizer(header: object) -> bool:
     return "LOCALIZER" in image_type or bool(LOCALIZER.search(str(header.get("SeriesDescription", "") or "")))  # type: ignore[attr-defined]
 
 
+class SeveralPatients(SeriesError):
+    code = "several_patients"
+
+
+SEVERAL_PATIENTS = (
+    "The files belong to more than one patient (their patient IDs differ, even under one Study Instance UID): they "
+    "are not read as one study, whose verdict, report and history would be filed under one of them. Upload each "
+    "patient's study on its own."
+)
+
+
 def several_patients(headers: list) -> bool:
     """Whether the files belong to more than one patient: two patient IDs, or one ID from two issuers (files
     without an ID are no evidence either way). Compared in memory only, never kept."""
@@ -90,3 +102,20 @@ def series_name(header: object) -> str:
         return f"DICOM series {int(number)}"
     except (TypeError, ValueError):
         return "A DICOM series without a number"
+
+
+def kind_of(header: object, index: int) -> tuple[str, str, str]:
+    """A file's kind ("image", "no image", "localizer", or "unreadable" when the values that tell it are
+    malformed), its series' UID key and its series' name."""
+    try:
+        key = uid_key_of(header)
+    except dicom.invalid_values():
+        key = hash_parts("a file whose series cannot be told", str(index))
+    try:
+        if dicom.is_non_image(header):
+            return "no image", key, ""
+        if is_localizer(header):
+            return "localizer", key, ""
+        return "image", key, series_name(header)
+    except dicom.invalid_values():
+        return "unreadable", key, "A DICOM series whose header cannot be read"
