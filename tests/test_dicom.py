@@ -364,6 +364,19 @@ def test_head_descriptions_are_accepted_even_when_they_mention_another_part() ->
         assert read_scan(dicom_bytes(stored_slice(), extra=fields)).pixels.shape == (128, 128)
 
 
+def test_a_head_filed_with_spaces_or_in_another_language_is_read_and_an_unknown_part_is_not_misnamed() -> None:
+    """"HEAD NECK" was refused though "HEADNECK" was read; a German scanner's "KOPF" was "of the kopf"."""
+    from core.errors import WrongBodyPart
+
+    for part in ("HEAD NECK", "HEAD^NECK", "head-neck", "KOPF", "Tête", "CABEZA"):
+        assert read_scan(dicom_bytes(stored_slice(), extra={"BodyPartExamined": part})).pixels.shape == (128, 128)
+    with pytest.raises(WrongBodyPart, match="not one this app knows for the head") as unknown:
+        read_scan(dicom_bytes(stored_slice(), extra={"BodyPartExamined": "CSPINE"}))
+    assert "of the cspine" not in str(unknown.value)
+    with pytest.raises(WrongBodyPart, match="of the pelvis"):
+        read_scan(dicom_bytes(stored_slice(), extra={"BodyPartExamined": "PELVIS"}))
+
+
 def test_a_deflated_dicom_is_refused_by_name_before_it_is_inflated() -> None:
     """pydicom inflates a deflated dataset whole before any element is read: a few KB could ask for gigabytes."""
     import tracemalloc

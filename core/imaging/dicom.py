@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import io
-import re
 import struct
 import zlib
 from collections.abc import Sequence
@@ -26,10 +25,10 @@ from core.errors import (
     NoPixelData,
     ScanError,
     UnsupportedDicom,
-    WrongBodyPart,
     WrongModality,
 )
 from core.imaging import geometry
+from core.imaging.body_part import check_body_part, quoted
 from core.imaging.codestream import check_codestream
 from core.imaging.dicom_display import display, frame_view
 from core.imaging.limits import Limits, check_decoded_size, check_dimensions
@@ -56,48 +55,6 @@ ACQUISITION_FIELDS: tuple[str, ...] = (
 
 # The working copy of one frame is float64 after the modality LUT.
 _WORKING_BYTES_PER_PIXEL = 8
-
-# Body parts a brain slice may be filed under (BodyPartExamined defined terms and common local values).
-_HEAD_PARTS = {
-    "HEAD", "BRAIN", "SKULL", "HEADNECK", "HEAD_NECK", "NEURO", "CEREBRUM", "CRANIUM", "IAC", "ORBIT",
-    # parts of the brain a protocol is named after (a pituitary study is one of the model's four classes)
-    "PITUITARY", "SELLA", "BRAINSTEM", "CEREBELLUM", "POSTERIORFOSSA", "HYPOPHYSIS",
-}  # fmt: skip
-# Words in a study or series description that name another part of the body.
-_OTHER_PARTS = (
-    "ABDOMEN",
-    "ABDOMINAL",
-    "PELVIS",
-    "PELVIC",
-    "CHEST",
-    "THORAX",
-    "THORACIC",
-    "LUNG",
-    "CARDIAC",
-    "HEART",
-    "BREAST",
-    "MAMMO",
-    "KNEE",
-    "SHOULDER",
-    "HIP",
-    "SPINE",
-    "LUMBAR",
-    "SACRUM",
-    "LIVER",
-    "KIDNEY",
-    "RENAL",
-    "PROSTATE",
-    "UTERUS",
-    "ANKLE",
-    "WRIST",
-    "ELBOW",
-    "FOOT",
-    "HAND",
-    "FEMUR",
-    "RECTUM",
-    "PANCREAS",
-    "BOWEL",
-)
 
 # what a damaged header raises while it is parsed (a file cut inside its header: struct.error, pydicom's
 # BytesLengthException; an unknown value representation: NotImplementedError) besides the usual: each once reached
@@ -282,7 +239,7 @@ def checked_dataset(data: bytes, limits: Limits, header: Any = None) -> tuple[An
     if not photometric.strip():  # empty: no colour to name ("in colour (1 samples per pixel)" was said)
         raise CorruptImage("The DICOM header leaves its Photometric Interpretation empty; it cannot be displayed.")
     if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        kind = _named(photometric) if samples == 1 or photometric not in ("MONOCHROME1", "MONOCHROME2") else ""
+        kind = quoted(photometric) if samples == 1 or photometric not in ("MONOCHROME1", "MONOCHROME2") else ""
         raise UnsupportedDicom(
             f"This DICOM image is in colour ({kind or f'{samples} samples per pixel'}); the model reads grayscale "
             "MRI (MONOCHROME1/2) only."
@@ -332,12 +289,6 @@ def _read_checked(
     return geometry.apply_transform(shown_pixels, transform), acquisition_facts(view), notes, shown, transform
 
 
-def _named(text: str) -> str:
-    """A file's own words as a message quotes them: letters, digits, spaces and ``_.-`` only, at most 32 characters
-    (messages reach the page, where markup in a crafted header would render)."""
-    return re.sub(r"[^A-Za-z0-9 _.-]", "", text)[:32]
-
-
 def _says_burnt_in(value: Any) -> bool:
     """Whether a BurnedInAnnotation value says YES (any case, padded either side, any of several values)."""
     values = [value] if value is None or isinstance(value, str | bytes) else list(value)  # a MultiValue too
@@ -349,31 +300,10 @@ def check_modality(modality: str) -> tuple[str, ...]:
     if modality in _MR_MODALITIES:
         return ()
     if modality in _TOLERATED_MODALITIES:
-        return (f"The DICOM modality is '{_named(modality) or 'missing'}', not MR: check that this is an MRI slice.",)
+        return (f"The DICOM modality is '{quoted(modality) or 'missing'}', not MR: check that this is an MRI slice.",)
     raise WrongModality(
-        f"This DICOM file is modality {_named(modality)}; the model was trained on brain MRI (MR) only."
+        f"This DICOM file is modality {quoted(modality)}; the model was trained on brain MRI (MR) only."
     )
-
-
-def check_body_part(header: Any) -> None:
-    """Refuse a file that says it shows another part of the body: BodyPartExamined, or a study or series
-    description naming one (and no head). The descriptions are only searched for those words, never kept."""
-    part = str(header.get("BodyPartExamined", "") or "").strip().upper()
-    if part and part not in _HEAD_PARTS:
-        raise WrongBodyPart(
-            f"This DICOM file is of the {_named(part).lower()} (BodyPartExamined); the model reads brain MRI."
-        )
-    for name in ("StudyDescription", "SeriesDescription", "ProtocolName"):
-        words = set(re.findall(r"[A-Z]+", str(header.get(name, "") or "").upper()))
-        named = sorted(words & set(_OTHER_PARTS))
-        if named and not words & (_HEAD_PARTS | {"HEAD", "BRAIN"}):
-            raise WrongBodyPart(
-                f"This DICOM file's {_spaced(name)} names the {named[0].lower()}; the model reads brain MRI only."
-            )
-
-
-def _spaced(name: str) -> str:
-    return re.sub(r"(?<!^)([A-Z])", r" \1", name).lower()
 
 
 def check_transfer_syntax(header: Any) -> None:
@@ -388,7 +318,7 @@ def check_transfer_syntax(header: Any) -> None:
         compressed = uid.is_compressed
     except ValueError:  # a transfer syntax pydicom does not know (JPEG XL, a private one): named, not "invalid"
         raise UnsupportedDicom(
-            f"This DICOM file uses a transfer syntax this installation does not know ({_named(str(uid))}). "
+            f"This DICOM file uses a transfer syntax this installation does not know ({quoted(str(uid))}). "
             "Export it uncompressed (Explicit VR Little Endian)."
         ) from None
     if not compressed:
@@ -399,7 +329,7 @@ def check_transfer_syntax(header: Any) -> None:
         available = False
     if not available:
         raise UnsupportedDicom(
-            f"This DICOM file is compressed with '{_named(uid.name)}', which this installation cannot decode. "
+            f"This DICOM file is compressed with '{quoted(uid.name)}', which this installation cannot decode. "
             "Export it uncompressed (Explicit VR Little Endian)."
         )
 
