@@ -365,7 +365,7 @@ def test_head_descriptions_are_accepted_even_when_they_mention_another_part() ->
 
 
 def test_a_head_filed_with_spaces_or_in_another_language_is_read_and_an_unknown_part_is_not_misnamed() -> None:
-    """"HEAD NECK" was refused though "HEADNECK" was read; a German scanner's "KOPF" was "of the kopf"."""
+    """ "HEAD NECK" was refused though "HEADNECK" was read; a German scanner's "KOPF" was "of the kopf"."""
     from core.errors import WrongBodyPart
 
     for part in ("HEAD NECK", "HEAD^NECK", "head-neck", "KOPF", "Tête", "CABEZA"):
