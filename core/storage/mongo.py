@@ -14,6 +14,7 @@ from itertools import pairwise
 from typing import Any
 
 from core.domain.results import (
+    REJECTED,
     DayCount,
     Filters,
     ModelRow,
@@ -285,11 +286,10 @@ class MongoStore(MongoPeople, MongoQuality):
         return self._newest({"patient_ref": patient_ref}, limit)
 
     def unread_image_keys(self) -> set[str]:
-        """The image keys of results nobody has reviewed yet (the purge keeps them: a reader still has to see them)."""
+        """As :meth:`SQLiteStore.unread_image_keys`: unreviewed, but not refused by the input gate."""
+        unread = {"review_count": {"$in": [0, None]}, "image_key": {"$ne": None}, "gate": {"$ne": REJECTED}}
         with self._errors():
-            keys = self._collection.distinct(
-                "image_key", {"review_count": {"$in": [0, None]}, "image_key": {"$ne": None}}
-            )
+            keys = self._collection.distinct("image_key", unread)
         return set(keys)
 
     def worklist(self, query: WorklistQuery, limit: int = 200) -> list[Record]:
