@@ -1295,6 +1295,35 @@ def test_an_account_name_that_differs_from_another_only_in_case_is_refused(store
     assert [a.name for a in store.accounts()] == ["alice"]
 
 
+def test_two_names_differing_only_in_case_created_at_once_make_one_account(store, monkeypatch) -> None:
+    """Each creation checked for its twin before its seconds of password hashing, the other's insert after: both
+    "DrJones" and "drjones" were created when two admins (or a page and the command line) made them at once."""
+    import threading
+
+    real, both_hashing = accounts._hasher, threading.Barrier(2)
+
+    class Slow:
+        def hash(self, password: str) -> str:
+            both_hashing.wait(timeout=10)  # each has passed its first check before either inserts
+            return real().hash(password)
+
+    monkeypatch.setattr(accounts, "_hasher", Slow)
+    refused = []
+
+    def create(name: str) -> None:
+        try:
+            accounts.add_account(SQLiteStore(store.path), COMMAND_LINE, name, "radiologist", PASSWORD)
+        except InvalidRecord as error:
+            refused.append(str(error))
+
+    threads = [threading.Thread(target=create, args=(name,)) for name in ("DrJones", "drjones")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(store.accounts()) == 1 and len(refused) == 1 and "differ only in case" in refused[0]
+
+
 def test_the_audit_trails_own_names_are_not_account_names(store) -> None:
     for name in ("cli", "unknown", "CLI"):
         with pytest.raises(InvalidRecord, match="reserved"):

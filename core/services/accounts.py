@@ -65,6 +65,11 @@ def check_password(password: str) -> None:
         raise InvalidRecord("A password is not only spaces or one character repeated.")
 
 
+def _no_twin(store: Store, name: str) -> None:
+    if twin := next((a.name for a in store.accounts() if a.name.lower() == name.lower()), None):  # "Alice" beside
+        raise InvalidRecord(f"An account named {twin} exists already (names differ only in case).")  # "alice"
+
+
 def add_account(
     store: Store, actor: Actor, name: str, role: str, password: str | None, temporary: bool = False
 ) -> Account:
@@ -78,8 +83,7 @@ def add_account(
         )
     if store.get_account(name) is not None:
         raise InvalidRecord(f"An account named {name} exists already.")
-    if twin := next((a.name for a in store.accounts() if a.name.lower() == name.lower()), None):  # "Alice" beside
-        raise InvalidRecord(f"An account named {twin} exists already (names differ only in case).")  # "alice"
+    _no_twin(store, name)
     if password is not None:
         check_password(password)
     account = Account(
@@ -90,6 +94,8 @@ def add_account(
         must_change=temporary and password is not None,
     )
     with store.atomic():  # the change and its audit event: both or neither
+        _no_twin(store, name)  # again where writers queue (SQLite): "DrJones" and "drjones" made at once were both
+        # created, each checked before the other's seconds of password hashing ended
         if not store.insert_account(account.validate()):  # created meanwhile (the page and the command line)
             raise InvalidRecord(f"An account named {name} exists already.")
         try:
