@@ -11,7 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from core.errors import CorruptImage, FileTooLarge, UnsupportedFormat
+from core.errors import CorruptImage, FileTooLarge, ScanError, UnsupportedFormat
 from core.imaging.geometry import orientation_letters
 from core.imaging.limits import StudyLimits
 from core.imaging.phantom_series import (
@@ -24,7 +24,7 @@ from core.imaging.phantom_series import (
     nifti,
     zipped,
 )
-from core.imaging.series import SeriesError, read_study
+from core.imaging.series import SeriesError, read_study, read_upload
 from tests.scans import relabelled
 
 
@@ -378,6 +378,44 @@ def test_dicom_files_without_their_preamble_in_a_folder_refuse_the_study_never_s
         assert "without the standard 128-byte preamble" in (outcome.error_message or "")
     for other in (b"\x89PNG\r\n\x1a\n", b"PK\x03\x04", b"\x08\x00\x16\x00\xff\xff\xff\x7f", b"hello world"):
         assert not is_headerless_dicom(other + b"\x00" * 16)
+
+
+def test_a_study_folder_reads_linked_folders_and_refuses_a_part_it_cannot_read(tmp_path: Path, monkeypatch) -> None:
+    """The folder walk skipped a subfolder it could not read (permissions) and did not follow a linked one: the
+    FLAIR series with the tumour went missing, and the T1 series alone was called "no tumour", exit 0."""
+    import os
+
+    from core.services.study_reading import files_of
+
+    uid = "1.2.826.0.1.3680043.8.498.93"
+    study, elsewhere = tmp_path / "study", tmp_path / "elsewhere" / "flair"
+    (study / "t1").mkdir(parents=True)
+    elsewhere.mkdir(parents=True)
+    for k, data in enumerate(dicom_series(head_volume(4), study_uid=uid, series_uid=uid + ".1")):
+        (study / "t1" / f"IM{k}").write_bytes(data)
+    for k, data in enumerate(dicom_series(head_volume(4, seed=3), study_uid=uid, series_uid=uid + ".2")):
+        (elsewhere / f"IM{k}").write_bytes(data)
+    (study / "flair").symlink_to(elsewhere, target_is_directory=True)
+    (study / "t1" / "loop").symlink_to(study, target_is_directory=True)  # a link back up: each folder read once
+    files, ignored = files_of(study)
+    assert len(files) == 8 and ignored == 0
+    assert len(read_upload(files).volumes) == 2
+
+    real = os.scandir
+
+    def denied(path):
+        if Path(path).name == "flair":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", denied)
+    with pytest.raises(ScanError, match=r"cannot be read \(permission denied\)") as refused:
+        files_of(study)
+    assert refused.value.code == "unreadable"
+    monkeypatch.setattr(os, "scandir", real)
+    (study / "t1" / "IM9").symlink_to(tmp_path / "gone")
+    with pytest.raises(ScanError, match="broken link"):
+        files_of(study)
 
 
 def test_a_classic_multiframe_file_is_numbered_in_stored_order_and_measured_by_its_declared_step() -> None:

@@ -8,6 +8,7 @@ and per-section verdicts (:mod:`core.model.volume`). Saving it is :mod:`core.ser
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -94,7 +95,7 @@ def files_of(path: Path, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> tuple[li
     index and other files are ignored and counted). Sizes are checked on disk before anything is read."""
     if not path.exists():
         raise FileNotFoundError(path)
-    paths = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    paths = [path] if path.is_file() else _files_under(path)
     total = sum(p.stat().st_size for p in paths)
     if total > limits.max_total_bytes:
         raise FileTooLarge(
@@ -110,6 +111,31 @@ def files_of(path: Path, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> tuple[li
         else:
             ignored += 1
     return found, ignored
+
+
+class UnreadablePart(ScanError):
+    code = "unreadable"
+
+
+def _files_under(folder: Path) -> list[Path]:
+    """Every file under ``folder``, through linked folders too (each folder once: a link loop ends). A part that
+    cannot be read (a folder without permission, a broken link) refuses the whole: skipped, it took a series out
+    of the study unsaid, and the rest was called "no tumour"."""
+    found, seen = [], set()
+
+    def refuse(error: OSError) -> None:
+        why = (error.strerror or type(error).__name__).lower()
+        raise UnreadablePart(f"A folder inside it cannot be read ({why}): its series would be missing from the study.")
+
+    for top, folders, names in os.walk(folder, onerror=refuse, followlinks=True):
+        seen.add(os.path.realpath(top))
+        folders[:] = sorted(f for f in folders if os.path.realpath(os.path.join(top, f)) not in seen)
+        for name in sorted(names):
+            file = Path(top, name)
+            if not file.is_file():
+                raise UnreadablePart("A file inside it is a broken link or not a regular file: the study is not read.")
+            found.append(file)
+    return found
 
 
 def analyse_study(
