@@ -406,6 +406,25 @@ def test_a_head_whose_own_write_was_cut_off_after_its_event_is_no_tampering_alar
     assert "events were deleted" in (audit.verify(store).problem or "")
 
 
+def test_audit_verify_under_the_wrong_key_says_so_and_leaves_the_pages_check_whole(tmp_path, monkeypatch, capsys):
+    """Run without the server's BTD_AUDIT_KEY, ``audit verify`` read every event as edited and wrote its "broken"
+    mark, signed with its own key: the Audit page's check under the right key then raised an alarm."""
+    from core.cli import main
+    from core.storage import open_store
+
+    served = open_store(None, tmp_path, KEY)  # the server, as the app opens it
+    audit.record(served, ADMIN, "account_created", "dr-a")
+    audit.record(served, ADMIN, "account_created", "dr-b")
+    assert audit.verify_new(served, SUPERVISOR).intact
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("BTD_AUDIT_KEY", "0123456789abcdef" * 4)  # not the server's
+    assert main(["audit", "verify"]) == 1
+    said = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert "does not sign the chain's last event" in said["problem"] and "first_bad_event" not in said
+    check = audit.verify_new(served, SUPERVISOR)
+    assert check.intact and check.problem is None
+
+
 def test_a_command_whose_key_does_not_sign_the_chain_is_refused_and_the_server_never_is(
     store, tmp_path, monkeypatch, capsys
 ) -> None:
@@ -446,5 +465,10 @@ def test_a_command_whose_key_does_not_sign_the_chain_is_refused_and_the_server_n
     with pytest.raises(StoreError, match="not signed with this command's audit key"):
         open_results_store()
     assert main(["users", "list"]) == 2 and "not signed with this" in capsys.readouterr().out
+    audit.verify_new(served, SUPERVISOR)  # the Audit page's check: the point it keeps
+    point = served.audit_verified()
     assert main(["audit", "verify"]) == 1  # verify still reads it, and says it does not hold under this key
-    assert len(served.audit_events()) == 2  # nothing written
+    said = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert "does not sign the chain's last event" in said["problem"] and "first_bad_event" not in said
+    assert len(served.audit_events()) == 2  # nothing written: no event, and no "broken" mark for the page
+    assert served.audit_verified() == point  # what the server's own check found stands

@@ -68,12 +68,13 @@ class Verification:
     checked: int = 0  # how many events this check re-hashed (a check from the last verified event: the new ones)
 
 
-def verify(store: AuditTrail, expected_head: tuple[int, str] | None = None) -> Verification:
+def verify(store: AuditTrail, expected_head: tuple[int, str] | None = None, keep_point: bool = True) -> Verification:
     """Re-hash the whole chain in order with the audit key, then compare its end with the head kept apart from the
     events (and with ``expected_head``, one an operator noted earlier): edited, re-hashed or deleted events,
     including the last ones or all of them, are found. An intact chain's end becomes the verified point from which
-    :func:`verify_new` goes on (this full check is what re-establishes it after a broken one)."""
-    return _verify_all(store, expected_head, keep_point=True)
+    :func:`verify_new` goes on (this full check is what re-establishes it after a broken one); ``keep_point``
+    False: nothing is written (a check under a key that may not be the server's)."""
+    return _verify_all(store, expected_head, keep_point=keep_point)
 
 
 def _verify_all(store: AuditTrail, expected_head: tuple[int, str] | None, keep_point: bool) -> Verification:
