@@ -183,6 +183,45 @@ def test_study_command_writes_the_displayed_middle_section_and_its_letters(
     assert line["error"]["code"] == "unwritable" and not (tmp_path / "data").exists()
 
 
+def test_study_output_that_cannot_be_written_is_refused_first_or_said_on_its_line_and_a_link_loop_is_one_path(
+    tmp_path, tiny_card, capsys, monkeypatch
+) -> None:
+    """A display folder that existed read-only passed the check (it only made the folder): the batch saved its
+    first series, then stopped on its first picture with 'bad_input', unreported, the other PATHs never read. A
+    PATH that is a link loop ended the whole batch with 'internal_error' before anything was read."""
+    import json
+    import tempfile
+
+    from core.cli import main
+    from core.cli import studies as study_command
+
+    shape = (80, 96, 5)
+    path = tmp_path / "head.nii"
+    path.write_bytes(nifti_of(centred(NIFTI_AXES["LPS"], shape), shape))
+    (tmp_path / "read-only").mkdir()
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", denied)  # root may write anywhere: the folder refuses as it would
+    assert main(["study", "--model", str(tiny_card), "--display-out", str(tmp_path / "read-only"), str(path)]) == 2
+    (line,) = [json.loads(text) for text in capsys.readouterr().out.splitlines()]
+    assert line["error"]["code"] == "unwritable" and "permission denied" in line["error"]["message"]
+    monkeypatch.undo()
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(study_command, "write_new", full)
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    code = main(
+        ["study", "--model", str(tiny_card), "--display-out", str(tmp_path / "out"), str(tmp_path / "loop"), str(path)]
+    )
+    lines = [json.loads(text) for text in capsys.readouterr().out.splitlines()]
+    assert code == 1 and len(lines) == 2 and lines[0]["error"]["code"] in ("unreadable", "not_found")
+    assert lines[1]["display"]["error"] == "not written (no space left on device)" and "study_verdict" in lines[1]
+
+
 def test_direction_cosines_a_little_off_unit_length_are_normalised_before_they_measure_steps() -> None:
     """Cosines within the 5 % a file may be off were used as written: ``1.04\\0\\0\\0\\1.04\\0`` made every step
     between sections, and so every lesion volume, 8 % too large with no word."""

@@ -8,6 +8,7 @@ import math
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -68,6 +69,20 @@ def progress(items: Sequence[Any], description: str = "") -> Iterator[Any]:
     from tqdm import tqdm
 
     return iter(tqdm(items, desc=description, file=sys.stderr, disable=len(items) < 20, leave=False))
+
+
+def unwritable(folder: Path, what: str) -> dict[str, Any] | None:
+    """The error line for an output ``folder`` that cannot be made or written in (None: it can), checked before
+    anything is analysed or saved: a folder that existed read-only let a batch save its first results and then
+    stop on its first file, unreported."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        why = (error.strerror or type(error).__name__).lower()
+        return error_json("unwritable", f"The {what} {folder} cannot be written in ({why}).")
+    return None
 
 
 def write_new(folder: Path, stem: str, suffix: str, data: bytes) -> Path:

@@ -18,6 +18,7 @@ from core.cli.common import (
     emit,
     error_json,
     progress,
+    unwritable,
     write_new,
 )
 from core.errors import ScanError, StoreError
@@ -96,10 +97,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if classifier.segmenter is None:
             emit(error_json("no_lesion_model", "No lesion segmenter is installed (btd-lesion.json)."), sys.stdout)
             return EXIT_USAGE
-        try:
-            masks.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            emit(error_json("unwritable", f"The mask folder {masks} cannot be created."), sys.stdout)
+        if (refused := unwritable(masks, "mask folder")) is not None:
+            emit(refused, sys.stdout)
             return EXIT_USAGE
     store, images = None, None
     if args.save:  # back-fill: the database the app uses (MONGODB_URI, else BTD_DATA_DIR's SQLite file)
@@ -115,7 +114,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if "error" in result:
             status = EXIT_REJECTED
         elif masks is not None:
-            result["lesion_mask"] = _write_mask(masks, Path(name), outcome)
+            try:  # a full disk midway: said on the file's line, never the end of the batch
+                result["lesion_mask"] = _write_mask(masks, Path(name), outcome)
+            except OSError as error:
+                result["lesion_mask_error"] = f"not written ({(error.strerror or 'error').lower()})"
         if args.save and outcome.analysis is not None:  # gate-rejected scans are recorded as such, like in the app
             saved = save(outcome.analysis, store, actor=COMMAND_LINE, patient_ref=None, images=images)
             result["saved"] = saved.state + (f": {saved.message}" if saved.message else "")

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.cli.common import EXIT_NOT_SAVED, EXIT_OK, EXIT_REJECTED, EXIT_USAGE, emit, error_json, write_new
+from core.cli.common import (
+    EXIT_NOT_SAVED,
+    EXIT_OK,
+    EXIT_REJECTED,
+    EXIT_USAGE,
+    emit,
+    error_json,
+    unwritable,
+    write_new,
+)
 from core.config import file_secrets, mongodb_uri, patient_key
 from core.errors import StoreError
 from core.services.access import COMMAND_LINE
@@ -17,12 +27,10 @@ from core.services.study_reading import StudyOutcome, analyse_path, display_png
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    if args.display_out:  # checked before anything is analysed or saved (a file there stopped the batch midway)
-        try:
-            Path(args.display_out).mkdir(parents=True, exist_ok=True)
-        except OSError:
-            emit(error_json("unwritable", f"The folder {args.display_out} cannot be created."), sys.stdout)
-            return EXIT_USAGE
+    # checked before anything is analysed or saved (a file there, or a read-only folder, stopped the batch midway)
+    if args.display_out and (refused := unwritable(Path(args.display_out), "folder")) is not None:
+        emit(refused, sys.stdout)
+        return EXIT_USAGE
     classifier = load_classifier(args.model)
     store, images, key = None, None, None
     if args.save:  # the database the app uses (MONGODB_URI, else BTD_DATA_DIR's SQLite file)
@@ -49,7 +57,10 @@ def _once(paths: list[str]) -> list[str]:
     seen: set[Path] = set()
     kept = []
     for name in paths:
-        resolved = Path(name).resolve()
+        try:
+            resolved = Path(name).resolve()
+        except (OSError, RuntimeError):  # a link loop (Python 3.11 raises RuntimeError): read, and named unreadable
+            resolved = Path(os.path.abspath(name))
         if resolved not in seen:
             seen.add(resolved)
             kept.append(name)
@@ -126,8 +137,13 @@ def emit_outcome(
         result["warnings"] = [*result["warnings"], *outcome.notes, *([note] if note else [])]
         if getattr(args, "display_out", None):
             letters, png = display_png(series.volume)
-            out = write_new(Path(args.display_out), series.volume.series[:16], ".png", png)
-            result["display"] = {**letters, "image": str(out)}
+            try:  # a full disk midway: said on the series' line, never the end of a batch whose results are saved
+                result["display"] = {
+                    **letters,
+                    "image": str(write_new(Path(args.display_out), series.volume.series[:16], ".png", png)),
+                }
+            except OSError as error:
+                result["display"] = {**letters, "error": f"not written ({(error.strerror or 'error').lower()})"}
         if series.label is None:
             result |= error_json(
                 "no_brain_sections",
