@@ -205,6 +205,8 @@ def test_bad_usage_exits_2_with_json(capsys) -> None:
         ["users", "set-password", "admin1", "--password=Hunter2-S3CRET-pw"],
         ["pacs", "watch", "--once", "--url", "http://127.0.0.1:9/dicom-web", "--password", "Hunter2-S3CRET-pw"],
         ["users", "add", "dr-c", "--role", "radiologist", "--pass", "Hunter2-S3CRET-pw"],
+        ["pacs", "analyse", "--study", "1.2.3", "--user", "u", "--password", "-Hunter2-S3CRET-pw"],
+        ["pacs", "analyse", "--study", "1.2.3", "--user", "u", "--password", "--S3CRET=pw"],
     ],
 )
 def test_a_secret_typed_after_a_mistyped_option_is_never_quoted_back(args: list[str], capsys) -> None:
@@ -215,7 +217,7 @@ def test_a_secret_typed_after_a_mistyped_option_is_never_quoted_back(args: list[
     out = capsys.readouterr()
     (line,) = [json.loads(text) for text in out.out.splitlines()]
     assert usage.value.code == 2 and line["error"]["code"] == "bad_usage"
-    assert "S3CRET" not in out.out + out.err and "--pass" in line["error"]["message"]
+    assert "S3CRET" not in out.out + out.err
 
 
 @pytest.mark.parametrize(

@@ -28,11 +28,26 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         prefix = "unrecognized arguments: "
-        if message.startswith(prefix):
-            named = [w.split("=")[0] if w.startswith("-") else "<a value>" for w in message[len(prefix) :].split()]
-            message = prefix + " ".join(named) + " (values are not repeated: one could be a secret)"
+        if message.startswith(prefix):  # an option of some command is named; anything else (a secret that begins
+            # with "-" too) is not repeated
+            known = _options(self)
+            said = [
+                w.split("=")[0] if w.split("=")[0] in known else "<not repeated>"
+                for w in message[len(prefix) :].split()
+            ]
+            message = prefix + " ".join(said) + " (other words are not repeated: one could be a secret; see --help)"
         emit({"error": {"code": "bad_usage", "message": message}}, sys.stdout)
         self.exit(EXIT_USAGE)
+
+
+def _options(parser: argparse.ArgumentParser) -> set[str]:
+    """Every option string of ``parser`` and of its commands' parsers."""
+    found: set[str] = set()
+    for action in parser._actions:
+        found.update(action.option_strings)
+        for sub in (action.choices or {}).values() if isinstance(action, argparse._SubParsersAction) else ():
+            found |= _options(sub)
+    return found
 
 
 class OutputClosed(BrokenPipeError):
