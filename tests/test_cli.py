@@ -543,6 +543,36 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly(
     assert code == 2 and lines[0]["error"]["code"] == "internal_error"
 
 
+def test_standard_output_closed_full_or_gone_before_a_usage_error_ends_the_command_quietly(
+    tmp_path: Path, tiny_card: Path, monkeypatch
+) -> None:
+    """A usage error written to a closed pipe (`predict 2>e | true`) escaped main's handler, which began after the
+    arguments were parsed; `>/dev/full` failed again inside the handler that reported the first failure; `>&-`
+    (no standard output at all) was an AttributeError: three tracebacks, exit 1."""
+    import io
+    import sys
+
+    class Failing(io.StringIO):
+        def __init__(self, error: OSError) -> None:
+            super().__init__()
+            self.error = error
+
+        def write(self, text: str) -> int:
+            raise self.error
+
+        def flush(self) -> None:
+            raise self.error
+
+    scan = tmp_path / "scan.png"
+    scan.write_bytes(png_bytes(synthetic_slice(256)))
+    monkeypatch.setattr(sys, "stdout", Failing(BrokenPipeError(32, "Broken pipe")))
+    assert main(["predict"]) == 141  # the usage error's own line
+    monkeypatch.setattr(sys, "stdout", Failing(OSError(28, "No space left on device")))
+    assert main(["predict", "--model", str(tiny_card), str(scan)]) == 2
+    monkeypatch.setattr(sys, "stdout", None)
+    assert main(["predict", "--model", str(tiny_card), str(scan)]) == 2
+
+
 def test_a_real_pipe_closed_after_the_first_line_ends_the_command_quietly(tmp_path: Path, tiny_card: Path) -> None:
     """`predict a b c | head -1` on a real pipe: the failed flush dropped its buffer, so a second flush (the check
     for a closed reader) succeeded, and the command wrote two tracebacks and exited 1."""

@@ -8,6 +8,7 @@ unusable model or database, 3 when a result asked to be saved (``--save``) could
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -254,12 +255,28 @@ def _add_standard_training_commands(commands: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; whatever happens, one JSON line or a quiet exit, never a traceback: its own report that
+    cannot be written either (standard output closed, on a full disk) ends it quietly too."""
+    if sys.stdout is None:  # started with standard output closed (`>&-`): nothing it did could be reported
+        with contextlib.suppress(Exception):
+            sys.stderr.write("Standard output is closed: nothing was run (each result is a line on it).\n")
+        return EXIT_USAGE
+    try:
+        return _run(argv)
+    except OutputClosed:  # the reader stopped (`| head`), a usage error's line included: nothing more can be said
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+    except OSError:  # the error's own line could not be written (standard output on a full disk)
+        _silence_stdout()
+        return EXIT_USAGE
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))
-    except OutputClosed:  # the reader stopped (`| head`): nothing more can be said on that stream
-        _silence_stdout()
-        return EXIT_BROKEN_PIPE
+    except OutputClosed:
+        raise
     except BrokenPipeError as error:  # another pipe (a worker's): a failure like any other
         return _internal_error(error)
     except (ModelError, StoreError, InvalidRecord, AccessDenied, PacsError) as error:
