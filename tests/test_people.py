@@ -337,6 +337,33 @@ def run_cli(args: list[str], capsys, stdin: str = "") -> tuple[int, list[dict]]:
     return code, [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
 
 
+def test_a_password_is_asked_without_echo_at_a_terminal_and_missing_standard_input_is_said(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """Typed at a terminal the password was echoed on the screen; with standard input closed (`<&-`) the command
+    failed with an AttributeError."""
+    import getpass
+
+    from core.cli import main
+
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("MONGODB_URI", raising=False)
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    asked = []
+    monkeypatch.setattr(getpass, "getpass", lambda prompt: asked.append(prompt) or PASSWORD)
+    monkeypatch.setattr(sys, "stdin", Terminal(""))
+    assert main(["users", "add", "root", "--role", "admin", "--password-stdin"]) == 0
+    assert asked == ["Password (not shown): "] and PASSWORD not in capsys.readouterr().out
+    monkeypatch.setattr(sys, "stdin", None)
+    assert main(["users", "set-password", "root", "--password-stdin"]) == 2
+    (line,) = [json.loads(text) for text in capsys.readouterr().out.splitlines()]
+    assert "no standard input" in line["error"]["message"]
+
+
 def test_the_first_admin_is_made_at_the_command_line_and_audit_verify_finds_an_edited_event(
     tmp_path, capsys, monkeypatch
 ) -> None:

@@ -119,8 +119,17 @@ def write_new(folder: Path, stem: str, suffix: str, data: bytes) -> Path:
 
 def stdin_secret() -> str:
     """One line of standard input as a password: its line ending removed, a Windows one too (a trailing carriage
-    return made a password typed in a Windows-edited file one nobody could type at the sign-in form)."""
-    line = sys.stdin.readline().rstrip("\r\n")
+    return made a password typed in a Windows-edited file one nobody could type at the sign-in form). Typed at a
+    terminal it is asked for without echo (it was shown on the screen as it was typed); without standard input at
+    all it is a ValueError that says so."""
+    if sys.stdin is None or sys.stdin.closed:
+        raise ValueError("There is no standard input to read the password from: pipe it in (echo '...' |).")
+    if sys.stdin.isatty():
+        import getpass
+
+        line = getpass.getpass("Password (not shown): ")
+    else:
+        line = sys.stdin.readline().rstrip("\r\n")
     try:
         line.encode("utf-8")  # bytes that are not UTF-8 reach Python as lone surrogates: refused by name
     except UnicodeEncodeError:
