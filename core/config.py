@@ -76,6 +76,11 @@ def secrets_mistake(secrets: Mapping[str, Any]) -> str | None:
                 f"[{section}] in the secrets file has no setting {', '.join(unknown)} (it takes "
                 f"{', '.join(sorted(known))})"
             )
+        for name, value in values.items():  # `key = 5` was an internal error naming nothing
+            wanted = bool if name == "verify_tls" else str
+            if not isinstance(value, wanted):
+                kind = "true or false" if wanted is bool else "text in quotes"
+                return f"[{section}] {name} in the secrets file is not {kind}"
     return None
 
 

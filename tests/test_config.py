@@ -199,6 +199,10 @@ def test_a_mistyped_setting_in_the_secrets_file_is_refused_by_name_not_ignored(t
         ('[mongo]\nurl = "mongodb://db.example"\n', "[mongo] in the secrets file has no setting url (it takes uri)"),
         ('[audit]\nhmac_key = "' + "ab" * 32 + '"\n', "[audit] in the secrets file has no setting hmac_key"),
         ('mongo = "mongodb://db.example"\n', "[mongo] in the secrets file is a single value"),
+        # a setting of the wrong type was an internal error naming nothing ("AttributeError; see the log")
+        ("[audit]\nkey = 5\n", "[audit] key in the secrets file is not text in quotes"),
+        ('[identity]\nhmac_key = ["a"]\n', "[identity] hmac_key in the secrets file is not text in quotes"),
+        ('[pacs]\nverify_tls = "no"\n', "[pacs] verify_tls in the secrets file is not true or false"),
     ):
         path.write_text(text)
         with pytest.raises(ValueError, match=re.escape(said)):
