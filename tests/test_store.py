@@ -1463,6 +1463,10 @@ def test_a_vanished_database_is_refused_not_replaced_by_an_empty_one(tmp_path: P
     assert str(tmp_path) not in str(vanished.value)
     assert not (data / "results.sqlite3").exists()
     monkeypatch.setenv("BTD_DATA_DIR", str(data))
+    # a command that reads says the same, never "there is no database: the first start makes one", which the
+    # server then refused to do
+    assert main(["users", "list"]) == 2
+    assert json.loads(capsys.readouterr().out)["error"]["code"] == "store_vanished"
     state = os.environ["BTD_STATE_DIR"]
     monkeypatch.setenv("BTD_STATE_DIR", str(tmp_path / "another-state"))  # not the register that knows it
     assert main(["store", "forget"]) == 1  # it said "forgotten": false with exit 0, and the server still refused

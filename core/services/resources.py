@@ -16,7 +16,7 @@ from core.errors import ModelError, StoreError
 from core.model.classifier import Classifier, with_segmenter
 from core.model.explain import Explainer
 from core.services import audit
-from core.storage import DATABASE_FILE, open_store
+from core.storage import DATABASE_FILE, open_store, stamps
 from core.storage.images import FolderImages, GridFSImages, ImageStore
 from core.storage.protocol import Store
 
@@ -53,6 +53,7 @@ def open_results_store(
     secrets = file_secrets() if secrets is None else secrets
     uri = mongodb_uri(secrets)
     if existing and not uri and not (data_dir() / DATABASE_FILE).exists():
+        stamps.check(data_dir() / DATABASE_FILE)  # one known to have been there has vanished: said so, as to the app
         raise StoreError(
             f"There is no results database in {data_dir()} (BTD_DATA_DIR): nothing was read or made. Check the "
             "folder; the app's first start (or `users add`) makes a new one."
