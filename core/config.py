@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.errors import ConfigError
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = PROJECT_ROOT / "models"
 DEFAULT_MODEL_NAME = "btd-ensemble"
@@ -46,9 +48,9 @@ def file_secrets() -> dict[str, Any]:
     except FileNotFoundError:
         return {}
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
-        raise ValueError(f"the secrets file {path} cannot be read ({type(error).__name__})") from error
+        raise ConfigError(f"the secrets file {path} cannot be read ({type(error).__name__})") from error
     if mistake := secrets_mistake(secrets):
-        raise ValueError(f"{mistake}: {path}")
+        raise ConfigError(f"{mistake}: {path}")
     return secrets
 
 
@@ -149,13 +151,13 @@ def _key(configured: str | None, what: str, shared_database: bool, local_file: s
     if configured:
         if configured.strip().upper().startswith(("REPLACE", "<")):  # a placeholder (the example's, the printed
             # first-admin command's "<the server's audit key>") is a publicly known key
-            raise ValueError(f"the configured {what} is the example's placeholder; set a random one")
+            raise ConfigError(f"the configured {what} is the example's placeholder; set a random one")
         try:
             key = bytes.fromhex(configured)
         except ValueError:
             key = configured.encode("utf-8")
         if len(key) < 16:
-            raise ValueError(f"the configured {what} is shorter than 16 bytes")
+            raise ConfigError(f"the configured {what} is shorter than 16 bytes")
         return key
     if shared_database:
         return None
@@ -166,12 +168,12 @@ def _key(configured: str | None, what: str, shared_database: bool, local_file: s
         try:
             stamps.check(folder / DATABASE_FILE)
         except stamps.StoreVanished as error:  # a new key would silently stick once the backup is restored
-            raise ValueError(f"the {what} is gone with the results database; restore the data folder") from error
+            raise ConfigError(f"the {what} is gone with the results database; restore the data folder") from error
         # never a new key beside a database nobody could check: its error (a corrupt file) as the store's own, which
         # every page and command names as such (wrapped, it read as a configuration mistake)
         keyed = holds_keyed_data(folder / DATABASE_FILE, local_file)
         if keyed:  # the database restored without its key file
-            raise ValueError(
+            raise ConfigError(
                 f"the {what} file {local_file} is missing beside a results database made with it; restore it from "
                 "the same backup (a new key would read the audit trail as tampered with, or lose every patient's "
                 "History)"

@@ -80,6 +80,12 @@ class NoModelAnswer(ScanError):
     code = "no_model_answer"
 
 
+class ConfigError(ValueError):
+    """A setting, the secrets file or a key file cannot be used; the message names which (never a secret)."""
+
+    code = "bad_configuration"
+
+
 class ModelError(Exception):
     """The model file or its card cannot be used (missing, hash mismatch, shape disagrees with the card)."""
 

@@ -16,6 +16,8 @@ import unicodedata
 from datetime import date
 from pathlib import Path
 
+from core.errors import ConfigError
+
 KEY_FILE = "patient-ref.key"
 
 
@@ -62,10 +64,12 @@ def local_key(data_dir: Path, name: str = KEY_FILE) -> bytes:
     """Read the embedded-mode key ``name`` from ``data_dir``, creating a random one on first use. A key file that
     cannot be read or created (permissions, a read-only disk) is a ValueError, which every caller reports as an
     unusable key (it was a PermissionError that crashed every page, the sign-in page too)."""
+    if data_dir.exists() and not data_dir.is_dir():  # it read "cannot be read or created (File exists)"
+        raise ConfigError(f"the data folder (BTD_DATA_DIR) is a file, not a folder: the key file {name} cannot be made")
     try:
         return _local_key(data_dir, name)
     except OSError as error:
-        raise ValueError(f"the key file {name} cannot be read or created ({error.strerror or error})") from error
+        raise ConfigError(f"the key file {name} cannot be read or created ({error.strerror or error})") from error
 
 
 def _local_key(data_dir: Path, name: str) -> bytes:
@@ -82,7 +86,10 @@ def _local_key(data_dir: Path, name: str) -> bytes:
             pass
         finally:
             draft.unlink()
-    key = bytes.fromhex(path.read_text().strip())
+    try:  # "non-hexadecimal number found in fromhex() arg at position 0" named no file
+        key = bytes.fromhex(path.read_text().strip())
+    except ValueError:
+        key = b""
     if len(key) < 16:
-        raise ValueError(f"{path} does not hold a valid key; restore it from a backup")
+        raise ConfigError(f"the key file {name} does not hold a valid key; restore it from a backup")
     return key

@@ -372,6 +372,38 @@ def test_a_second_pacs_watch_of_one_data_folder_is_refused(
     assert code == 1 and lines[0]["error"]["code"] != "watch_running"
 
 
+def test_a_configuration_fault_is_bad_configuration_from_every_command_and_names_its_file(
+    tmp_path: Path, tiny_card: Path, capsys, monkeypatch
+) -> None:
+    """The same fault got 'bad_input' from one command and 'bad_configuration' from another, a damaged key file
+    read 'ValueError: non-hexadecimal number found in fromhex() arg at position 0' (naming no file), and a data
+    folder that is a file 'cannot be read or created (File exists)'."""
+    monkeypatch.delenv("MONGODB_URI", raising=False)
+    monkeypatch.delenv("BTD_AUDIT_KEY", raising=False)
+    scan = tmp_path / "scan.png"
+    scan.write_bytes(png_bytes(synthetic_slice(256)))
+    monkeypatch.setenv("BTD_DATA_DIR", str(empty_database(tmp_path / "data")))
+    (tmp_path / "data" / "audit.key").write_text("zz-not-hex")
+    for args in (["users", "list"], ["predict", "--save", "--model", str(tiny_card), str(scan)]):
+        code, (line,) = run_main(args, capsys)
+        assert code == 2 and line["error"]["code"] == "bad_configuration", args
+        assert (
+            "audit.key does not hold a valid key" in line["error"]["message"]
+            and "fromhex" not in line["error"]["message"]
+        )
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "a-file"))
+    code, (line,) = run_main(["users", "list"], capsys)
+    assert code == 2 and line["error"]["code"] in ("bad_configuration", "store_error")
+    secrets = tmp_path / "secrets.toml"
+    secrets.write_text("[mongo\nuri = 'x'\n")
+    monkeypatch.setenv("BTD_SECRETS", str(secrets))
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    for args in (["users", "list"], ["predict", "--save", "--model", str(tiny_card), str(scan)]):
+        code, (line,) = run_main(args, capsys)
+        assert code == 2 and line["error"]["code"] == "bad_configuration" and "secrets file" in line["error"]["message"]
+
+
 def test_predict_save_exits_3_when_a_result_could_not_be_saved(
     tmp_path: Path, tiny_card: Path, capsys, monkeypatch
 ) -> None:

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from core.errors import ConfigError
 from core.services import audit
 from core.services.access import DELETE_IMAGES, Actor, require
 from core.storage.images import ImageStore
@@ -27,7 +28,7 @@ def retention_days() -> int:
     if not value:
         return DEFAULT_RETENTION_DAYS
     if not value.isdigit() or not 1 <= int(value) <= MAX_RETENTION_DAYS:
-        raise ValueError(
+        raise ConfigError(
             f"BTD_IMAGE_RETENTION_DAYS is {value[:20]!r}; it must be a whole number of days from 1 to "
             f"{MAX_RETENTION_DAYS:,}"
         )
