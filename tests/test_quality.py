@@ -230,6 +230,46 @@ def test_when_one_period_alone_is_withheld_no_other_figure_sums_it_back(tmp_path
     assert all(m.tumour_rate is None for m in board.models)
 
 
+def test_a_board_reads_one_state_of_the_database_while_results_are_saved(tmp_path) -> None:
+    """Each aggregate was its own read: results saved between them gave a board whose classes did not add up to
+    its count (2 boards in 40 beside a steady writer)."""
+    from datetime import UTC, datetime
+
+    from core.services.access import Actor
+    from core.services.statistics import dashboard
+    from core.storage.sqlite import SQLiteStore
+    from tests.test_store import make_record
+
+    store, writer = SQLiteStore(tmp_path / "results.sqlite3"), SQLiteStore(tmp_path / "results.sqlite3")
+    start = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+    for n in range(40):
+        store.add(make_record(n + 1, start + timedelta(minutes=n), ["glioma", "notumor"][n % 2]))
+
+    class Busy:
+        written = 0
+
+        def __getattr__(self, name):
+            method = getattr(store, name)
+            if name == "snapshot":
+                return method
+
+            def read(*args, **kwargs):
+                found = method(*args, **kwargs)
+                for k in range(12):  # another reader's uploads land between two of the board's queries
+                    Busy.written += 1
+                    writer.add(make_record(100 + Busy.written, start + timedelta(minutes=50 + k), "meningioma"))
+                return found
+
+            return read
+
+    board = dashboard(
+        Busy(), Actor("boss", "supervisor"), start_day=date(2026, 11, 2), end_day=date(2026, 11, 3), timezone="UTC",
+        period="day", unit="result", now=datetime(2026, 12, 1, tzinfo=UTC),
+    )  # fmt: skip
+    assert Busy.written > 0 and board.scans == sum(v for v in board.per_class.values() if v is not None) == 40
+    assert sum(p.scans for p in board.periods if p.scans is not None) == 40
+
+
 def test_the_mean_tumour_probability_and_its_drift_alarm_read_single_scans_only(tmp_path) -> None:
     """A series' score is the lowest of its best window under its own threshold, not a probability on a single
     scan's scale: mixed into the mean, a day of many studies moved the x-bar chart and raised a drift alarm."""

@@ -134,6 +134,13 @@ class SQLiteBase:
         with self._errors(), self._transaction():
             yield
 
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads inside see one state of the database (one read transaction on this thread's connection), none of
+        the writes that land meanwhile: a board of several aggregates that add up."""
+        with self._errors(), self._transaction("DEFERRED"):
+            yield
+
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._errors():
             return self._connection().execute(sql, params).fetchall()
