@@ -1060,6 +1060,28 @@ def test_a_malformed_value_where_a_series_is_told_leaves_that_series_unread_not_
     assert len(upload.unread) == 1 and "header holds invalid values" in upload.unread[0]
 
 
+def test_an_enhanced_multi_echo_file_is_read_as_one_volume_per_echo_from_its_frames_groups() -> None:
+    """Its frames give their echo time in the standard per-frame sequence, which was not read: two echoes at each
+    position were refused as "two different sections ... whose files do not say which image is which"."""
+    from pydicom import dcmread
+    from pydicom.dataset import Dataset
+
+    from core.imaging.phantom_series import enhanced_multiframe
+    from core.imaging.series import read_upload
+
+    volume = np.concatenate([head_volume(4), head_volume(4, seed=7)])
+    ds = dcmread(io.BytesIO(enhanced_multiframe(volume, order=[0, 1, 2, 3, 0, 1, 2, 3])))
+    for k, group in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        echo = Dataset()
+        echo.EffectiveEchoTime = 10.0 if k < 4 else 80.0
+        group.MREchoSequence = [echo]
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    upload = read_upload([buffer.getvalue()])
+    assert not upload.unread and sorted(v.stack for v in upload.volumes) == ["echo time 10 ms", "echo time 80 ms"]
+    assert all(v.sections.shape[0] == 4 for v in upload.volumes)
+
+
 def test_a_series_scan_date_is_the_first_valid_dicom_date_and_is_kept_as_days_moved_by_the_key() -> None:
     from datetime import date
 

@@ -48,8 +48,8 @@ from core.imaging.nifti import read_nifti
 from core.imaging.nifti_header import check_nifti_budget, is_nifti
 from core.imaging.scan import HEADERLESS_DICOM, is_dicom, is_headerless_dicom
 from core.imaging.series_headers import (
-    SEVERAL_PATIENTS,
     SeveralPatients,
+    frame_stack,
     kind_of,
     scan_date,
     several_patients,
@@ -277,6 +277,7 @@ def _sections_of(data: bytes, header: object, limits: Limits) -> list[_Section]:
                 uid_key,
                 source=(str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", "")), k + 1),
                 scanned=scan_date(ds),
+                stack=frame_stack(group, shared),
             )
         )
     return sections
@@ -301,7 +302,7 @@ def _dicom_series(
         headers.append(header)
     if several_patients(headers):  # before any pixel is decoded: filed under one, the other's series went into
         # that patient's history and report
-        raise SeveralPatients(SEVERAL_PATIENTS)
+        raise SeveralPatients()
     if pixels > study_limits.max_dicom_pixels:
         raise FileTooLarge(
             f"The DICOM files hold {pixels / 2**20:.0f} M pixels in all; the limit is "

@@ -39,6 +39,24 @@ def stack_of(ds: object) -> str:
     return ", ".join(parts)
 
 
+def frame_stack(*groups: object) -> str:
+    """:func:`stack_of` for a frame of an enhanced file, from its functional groups (its own first, then the
+    shared one): the diffusion b-value and the effective echo time the standard sequences give ("" when none).
+    Without them a multi-echo file's frames at each position were "two different sections at one position ...
+    whose files do not say which image is which", though they did."""
+    parts: list[str] = []
+    for group in (g for g in groups if g is not None):
+        diffusion = (group.get("MRDiffusionSequence") or [None])[0]  # type: ignore[attr-defined]
+        echo = (group.get("MREchoSequence") or [None])[0]  # type: ignore[attr-defined]
+        b_value = _number(diffusion.get("DiffusionBValue")) if diffusion is not None else None
+        time = _number(echo.get("EffectiveEchoTime")) if echo is not None else None
+        if b_value is not None and b_value >= 0 and not any(p.startswith("b = ") for p in parts):
+            parts.append(f"b = {b_value:g} s/mm2")
+        if time is not None and not any(p.startswith("echo") for p in parts):
+            parts.append(f"echo time {time:g} ms")
+    return ", ".join(parts)
+
+
 SCAN_DATES = ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate")  # the study's own first
 
 
@@ -63,15 +81,18 @@ def is_localizer(header: object) -> bool:
     return "LOCALIZER" in image_type or bool(LOCALIZER.search(str(header.get("SeriesDescription", "") or "")))  # type: ignore[attr-defined]
 
 
-class SeveralPatients(SeriesError):
-    code = "several_patients"
-
-
 SEVERAL_PATIENTS = (
     "The files belong to more than one patient (their patient IDs differ, even under one Study Instance UID): they "
     "are not read as one study, whose verdict, report and history would be filed under one of them. Upload each "
     "patient's study on its own."
 )
+
+
+class SeveralPatients(SeriesError):
+    code = "several_patients"
+
+    def __init__(self, message: str = SEVERAL_PATIENTS) -> None:
+        super().__init__(message)
 
 
 def several_patients(headers: list) -> bool:
