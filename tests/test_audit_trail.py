@@ -423,6 +423,14 @@ def test_audit_verify_under_the_wrong_key_says_so_and_leaves_the_pages_check_who
     assert "does not sign the chain's last event" in said["problem"] and "first_bad_event" not in said
     check = audit.verify_new(served, SUPERVISOR)
     assert check.intact and check.problem is None
+    # under the server's own key, an edit of the newest event is an edit: named, and marked for the page (the
+    # first version of this fix called it a wrong key, and the page stayed green)
+    monkeypatch.setenv("BTD_AUDIT_KEY", KEY.hex())
+    tamper(served, 2, actor="someone-else")
+    assert main(["audit", "verify"]) == 1
+    said = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert said["problem"].startswith("event 2 was edited") and said["first_bad_event"]["seq"] == 2
+    assert not audit.verify_new(served, SUPERVISOR).intact
 
 
 def test_a_command_whose_key_does_not_sign_the_chain_is_refused_and_the_server_never_is(
