@@ -42,20 +42,21 @@ ANOTHER_KEY = (
 
 
 def under_another_key(store: AuditTrail) -> bool:
-    """Whether the store's key signs nothing of a keyed chain: not its last event (:func:`signs_the_chain`), nor
-    its head, nor its first keyed event. A key that fails the last event alone is the server's, and that event was
+    """Whether the store's key is not the one that keeps the chain: it fails the chain's last event
+    (:func:`signs_the_chain`) and the head, which the key of every append signs (with no signed head: the first
+    keyed event too). A key that fails the last event while it signs the head is the server's, and that event was
     edited: told apart, an edit of the newest event read as "run it with the server's key"."""
     if signs_the_chain(store):
         return False
     key, head = getattr(store, "audit_key", None), store.audit_head()
     if key is None:
         return True
-    if head is not None and head.mac and hmac.compare_digest(head.mac, head.expected_mac(key)):
-        return False
-    if head is not None and head.keyed_since:
-        first = next(iter(store.audit_events(since_seq=head.keyed_since - 1, limit=1)), None)
-    else:  # no head to say where the keyed part begins (lost): looked for
-        first = next((e for e in store.audit_events() if e.hash.startswith(KEYED)), None)
+    if head is not None and head.mac:
+        return (
+            not hmac.compare_digest(head.mac, head.expected_mac(key))
+            and first_broken(store.audit_events(), key) is not None
+        )  # every event holds under it: the head alone was altered, which verify names
+    first = next((e for e in store.audit_events() if e.hash.startswith(KEYED)), None)
     return first is None or not hmac.compare_digest(event_hash(first, key), first.hash)
 
 
