@@ -457,6 +457,8 @@ def test_a_bit_layout_the_standard_forbids_is_refused_and_a_lower_case_photometr
         read_scan(dicom_bytes(stored << 4, extra={"BitsStored": 12, "HighBit": 15}))
     with pytest.raises(UnsupportedDicom, match="bit layout"):
         read_scan(dicom_bytes(stored, extra={"BitsStored": 16, "BitsAllocated": 8}))
+    with pytest.raises(UnsupportedDicom, match="high bit 0"):  # 0 is a high bit given, not one missing
+        read_scan(dicom_bytes(stored, extra={"BitsStored": 12, "HighBit": 0}))
     plain = read_scan(dicom_bytes(stored, extra={"BitsStored": 12, "HighBit": 11}))
     lower = read_scan(
         dicom_bytes(stored, extra={"BitsStored": 12, "HighBit": 11, "PhotometricInterpretation": "monochrome2"})

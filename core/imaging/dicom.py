@@ -196,10 +196,11 @@ def check_bit_layout(header: Any) -> None:
     """Refuse a bit layout the standard forbids (PS3.5 8.1.1: HighBit is BitsStored - 1, within BitsAllocated): a
     12-bit image stored at the top of 16 bits was read from its low 12 bits, another picture ("no tumour")."""
     try:
-        allocated, stored, high = (int(header.get(k) or 0) for k in ("BitsAllocated", "BitsStored", "HighBit"))
+        allocated, stored = (int(header.get(k) or 0) for k in ("BitsAllocated", "BitsStored"))
+        high = None if header.get("HighBit") in (None, "") else int(header.get("HighBit"))  # 0 is a value
     except invalid_values() as error:
         raise CorruptImage(INVALID_HEADER) from error
-    if stored and allocated and (stored > allocated or (high and high != stored - 1)):
+    if stored and allocated and (stored > allocated or (high is not None and high != stored - 1)):
         raise UnsupportedDicom(
             f"This DICOM image's bit layout is not one the standard allows (bits allocated {allocated}, stored "
             f"{stored}, high bit {high}): its pixels would be misread. Export it again from the scanner or PACS."
