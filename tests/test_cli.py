@@ -207,6 +207,8 @@ def test_bad_usage_exits_2_with_json(capsys) -> None:
         ["users", "add", "dr-c", "--role", "radiologist", "--pass", "Hunter2-S3CRET-pw"],
         ["pacs", "analyse", "--study", "1.2.3", "--user", "u", "--password", "-Hunter2-S3CRET-pw"],
         ["pacs", "analyse", "--study", "1.2.3", "--user", "u", "--password", "--S3CRET=pw"],
+        ["users", "set-password", "admin1", "--password-stdin=Hunter2-S3CRET"],  # "ignored explicit argument"
+        ["users", "add", "dr-c", "--role", "S3CRET", "--password-stdin"],  # "invalid choice"
     ],
 )
 def test_a_secret_typed_after_a_mistyped_option_is_never_quoted_back(args: list[str], capsys) -> None:
@@ -384,7 +386,7 @@ def test_a_configuration_fault_is_bad_configuration_from_every_command_and_names
     scan.write_bytes(png_bytes(synthetic_slice(256)))
     monkeypatch.setenv("BTD_DATA_DIR", str(empty_database(tmp_path / "data")))
     (tmp_path / "data" / "audit.key").write_text("zz-not-hex")
-    for args in (["users", "list"], ["predict", "--save", "--model", str(tiny_card), str(scan)]):
+    for args in (["users", "list"], ["predict", "--save", "--model", str(tiny_card), str(scan)], ["images", "purge"]):
         code, (line,) = run_main(args, capsys)
         assert code == 2 and line["error"]["code"] == "bad_configuration", args
         assert (

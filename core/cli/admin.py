@@ -30,6 +30,7 @@ from core.cli.common import (
     write,
 )
 from core.domain.people import ROLES, Account
+from core.errors import ConfigError
 from core.services import accounts, audit, retention
 from core.services.access import COMMAND_LINE
 from core.services.resources import open_image_store, open_results_store
@@ -253,9 +254,15 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 def cmd_images_purge(args: argparse.Namespace) -> int:
     try:  # a retention setting that cannot be read deletes nothing (read as the default, it deleted images)
         days = retention.retention_days() if args.days is None else args.days
-        store = _stored()
+    except ValueError as error:  # the setting out of range: exit 2, as the option's (--days 0 did)
+        emit(error_json("invalid_days", str(error)), sys.stdout)
+        return EXIT_USAGE
+    store = _stored()  # a damaged key file or secrets file: bad_configuration, as from every command
+    try:
         purged = retention.purge_images(store, open_image_store(store), COMMAND_LINE, days)
-    except ValueError as error:  # a setting or option out of range: exit 2 whichever gave it (--days 0 did)
+    except ConfigError:
+        raise
+    except ValueError as error:
         emit(error_json("invalid_days", str(error)), sys.stdout)
         return EXIT_USAGE
     emit({"deleted": purged.deleted, "kept_unread": purged.kept_unread, "older_than_days": days}, sys.stdout)

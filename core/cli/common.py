@@ -27,26 +27,33 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        known = _options(self)
         prefix = "unrecognized arguments: "
         if message.startswith(prefix):  # an option of some command is named; anything else (a secret that begins
             # with "-" too) is not repeated
-            known = _options(self)
             said = [
                 w.split("=")[0] if w.split("=")[0] in known else "<not repeated>"
                 for w in message[len(prefix) :].split()
             ]
             message = prefix + " ".join(said) + " (other words are not repeated: one could be a secret; see --help)"
+        # a value argparse quotes ("ignored explicit argument 'SECRET'" for --password-stdin=SECRET, "invalid
+        # choice: '...'") is repeated only when it is an option, a command or a choice
+        message = re.sub(r"'([^']*)'", lambda m: m.group(0) if m.group(1) in known else "'<not repeated>'", message)
         emit({"error": {"code": "bad_usage", "message": message}}, sys.stdout)
         self.exit(EXIT_USAGE)
 
 
 def _options(parser: argparse.ArgumentParser) -> set[str]:
-    """Every option string of ``parser`` and of its commands' parsers."""
+    """Every option string, command name and choice of ``parser`` and of its commands' parsers: the words a usage
+    message may repeat."""
     found: set[str] = set()
     for action in parser._actions:
         found.update(action.option_strings)
-        for sub in (action.choices or {}).values() if isinstance(action, argparse._SubParsersAction) else ():
-            found |= _options(sub)
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found |= {name} | _options(sub)
+        elif action.choices is not None:
+            found.update(str(choice) for choice in action.choices)
     return found
 
 
