@@ -61,6 +61,31 @@ class Searchable(StandIn):
         return ["study-1", "study-2"]
 
 
+def test_a_pull_judges_two_patients_by_the_uploads_rule(tmp_path: Path, tiny_classifier) -> None:
+    """The pull compared raw patient IDs: one file without an ID beside the patient's refused the study, while one
+    ID from two issuers (two hospitals' patients) passed, each unlike an upload of the same files."""
+    first = relabelled(dicom_series(head_volume(3), study_uid=STUDY, series_uid=f"{STUDY}.1"), PatientID="ZZ-1")
+    second = dicom_series(head_volume(3, seed=4), study_uid=STUDY, series_uid=f"{STUDY}.2")
+    store = SQLiteStore(tmp_path / "r.db")
+    without_id = StandIn({STUDY: [*first, *relabelled(second, PatientID="")]})
+    pulled = pacs_service.pull_and_analyse(without_id, RADIOLOGIST, STUDY, tiny_classifier, store, b"k" * 32)
+    assert pulled.outcome.error_code is None and len(pulled.outcome.series) == 2
+    issuers = StandIn(
+        {
+            STUDY: [
+                *relabelled(first, IssuerOfPatientID="A"),
+                *relabelled(second, PatientID="ZZ-1", IssuerOfPatientID="B"),
+            ]
+        }
+    )
+    pulled = pacs_service.pull_and_analyse(issuers, RADIOLOGIST, STUDY, tiny_classifier, store, b"k" * 32)
+    assert pulled.outcome.error_code == "several_patients"
+    assert [e.detail.get("refused") for e in store.audit_events() if e.action == "pacs_pull"] == [
+        None,
+        "several_patients",
+    ]
+
+
 def test_a_pacs_search_is_an_audit_event_without_its_filters(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "r.db")
     hits = pacs_service.search(Searchable({}), RADIOLOGIST, store, patient_id="PACS-TEST-001", description="x")

@@ -25,6 +25,7 @@ from core.errors import (
     ReviewedMeanwhile,
 )
 from core.identity import pseudonymise
+from core.imaging.series_headers import several_patients
 from core.model.classifier import Classifier
 from core.pacs import objects
 from core.pacs.client import Pacs, StudyHit
@@ -101,7 +102,7 @@ def pull_and_analyse(
         logger.info("event=pacs_pull_refused code=%s", error.code)
         return Pulled(study_uid, StudyOutcome(source, error_code=error.code, error_message=str(error)))
     evidence = tuple(objects.headers(files))
-    several = len({str(h.get("PatientID", "") or "") for h in evidence}) > 1  # one Study Instance UID, two patients
+    several = several_patients(list(evidence))  # one Study Instance UID, two patients (as an upload is judged)
     if store is not None:  # every pull is an event, a refused one too (its images were retrieved)
         refused = {"refused": "several_patients"} if several else {}
         audit.record(store, actor, "pacs_pull", _target(study_uid, key), instances=len(files), **refused)
