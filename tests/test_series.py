@@ -397,6 +397,9 @@ def test_a_study_folder_reads_linked_folders_and_refuses_a_part_it_cannot_read(t
         (elsewhere / f"IM{k}").write_bytes(data)
     (study / "flair").symlink_to(elsewhere, target_is_directory=True)
     (study / "t1" / "loop").symlink_to(study, target_is_directory=True)  # a link back up: each folder read once
+    (study / "again").symlink_to(elsewhere, target_is_directory=True)  # two links to one folder
+    (study / "t1-too").symlink_to(study / "t1", target_is_directory=True)  # a link to a sibling
+    (study / "t1" / "IM0-again").symlink_to(study / "t1" / "IM0")  # a file linked twice
     files, ignored = files_of(study)
     assert len(files) == 8 and ignored == 0
     assert len(read_upload(files).volumes) == 2
@@ -404,7 +407,7 @@ def test_a_study_folder_reads_linked_folders_and_refuses_a_part_it_cannot_read(t
     real = os.scandir
 
     def denied(path):
-        if Path(path).name == "flair":
+        if Path(os.path.realpath(path)) == elsewhere.resolve():
             raise PermissionError(13, "Permission denied", str(path))
         return real(path)
 

@@ -121,20 +121,27 @@ def _files_under(folder: Path) -> list[Path]:
     """Every file under ``folder``, through linked folders too (each folder once: a link loop ends). A part that
     cannot be read (a folder without permission, a broken link) refuses the whole: skipped, it took a series out
     of the study unsaid, and the rest was called "no tumour"."""
-    found, seen = [], set()
+    found, folders_seen, files_seen = [], {os.path.realpath(folder)}, set()
 
     def refuse(error: OSError) -> None:
         why = (error.strerror or type(error).__name__).lower()
         raise UnreadablePart(f"A folder inside it cannot be read ({why}): its series would be missing from the study.")
 
     for top, folders, names in os.walk(folder, onerror=refuse, followlinks=True):
-        seen.add(os.path.realpath(top))
-        folders[:] = sorted(f for f in folders if os.path.realpath(os.path.join(top, f)) not in seen)
+        kept = []  # each folder once, however many links lead to it: queued once (two links to one folder, or a
+        for name in sorted(folders):  # link to a sibling, read its files twice)
+            real = os.path.realpath(os.path.join(top, name))
+            if real not in folders_seen:
+                folders_seen.add(real)
+                kept.append(name)
+        folders[:] = kept
         for name in sorted(names):
             file = Path(top, name)
             if not file.is_file():
                 raise UnreadablePart("A file inside it is a broken link or not a regular file: the study is not read.")
-            found.append(file)
+            if (real := os.path.realpath(file)) not in files_seen:  # a file linked twice is one file
+                files_seen.add(real)
+                found.append(file)
     return found
 
 
