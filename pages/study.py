@@ -6,7 +6,7 @@ import streamlit as st
 
 from core.errors import ModelError, StoreError
 from core.services.access import ANALYSE
-from core.services.studies import link_study, needs_link, triage_study
+from core.services.studies import SIGNED_OUT_CODE, link_study, needs_link, triage_study
 from core.services.study_reading import upload_refusal
 from ui import pacs, resources
 from ui.auth import callback_actor
@@ -66,6 +66,8 @@ with upload:
                 key=key,
                 recheck=lambda: callback_actor(ANALYSE),  # the seconds of reading: a disabled account saves nothing
             )
+            if study.error_code == SIGNED_OUT_CODE:  # not kept: the run that follows shows the sign-in form or the
+                st.rerun()  # refusal, and the same files are offered again to an account that may analyse them
             results[signature] = study  # kept before any Streamlit call (session_state's included, so not by
             keep(signature, study)  # keep() alone): a rerun asked for meanwhile stops the script at the next one
         st.rerun()  # drawn again without the button and its "nothing is analysed" note

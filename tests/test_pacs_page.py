@@ -307,3 +307,29 @@ def test_a_study_whose_series_were_not_saved_cannot_be_sent_until_they_are(
     pacs = Pacs(orthanc.dicomweb, orthanc.user, orthanc.password)
     study_uid = app.session_state["pacs_pulled"].study_uid
     assert "SR" not in {s.modality for s in pacs.series_of(study_uid)}
+
+
+def test_a_study_pulled_while_its_readers_account_is_disabled_is_not_saved(app_environment: Path, monkeypatch) -> None:
+    """The Study page's PACS tab saved a pulled study as the actor its run began with: an account an administrator
+    disabled during the pull had the study saved under its name."""
+    from core.services import accounts
+    from core.services import pacs as pacs_service
+    from tests.scans import app_store
+
+    store = app_store(app_environment / "results.sqlite3")
+    accounts.add_account(store, Actor("root", "admin"), "dr-b", "radiologist", "a long enough password 1")
+    app = AppTest.from_file(str(ROOT / "pages" / "study.py"), default_timeout=120)
+    app.session_state["actor"] = Actor("dr-b", "radiologist")
+    app.run()
+    real = pacs_service.pull_and_analyse
+
+    def pulled_then_disabled(*args, **kwargs):
+        pulled = real(*args, **kwargs)
+        accounts.set_disabled(app_store(app_environment / "results.sqlite3"), Actor("root", "admin"), "dr-b")
+        return pulled
+
+    monkeypatch.setattr(pacs_service, "pull_and_analyse", pulled_then_disabled)
+    search(app, patient_id=PATIENT)
+    button(app, "Analyse the chosen study").click().run()
+    assert not app.exception and not store.recent(10)
+    assert not [e for e in store.audit_events() if e.action == "upload"]

@@ -322,6 +322,34 @@ def test_an_account_disabled_while_its_study_is_read_saves_nothing(app_environme
     assert not [e for e in store.audit_events() if e.action == "upload"] and not app.file_uploader
 
 
+def test_a_study_whose_reader_was_demoted_while_it_was_read_is_offered_again_once_the_role_is_back(
+    app_environment: Path, monkeypatch
+) -> None:
+    """The refusal was kept for those files: "This upload cannot be read as a study: Not saved ..." stayed, and
+    Analyse was never offered again, though the upload could be read."""
+    from core.imaging.phantom_series import dicom_series, head_volume
+    from core.services import accounts, studies
+
+    store, app = as_local_account(app_environment, "study.py")
+    real = studies.analyse_study
+
+    def read_then_demoted(*args, **kwargs):
+        outcome = real(*args, **kwargs)
+        _changed_by_an_admin(app_environment, "demote")
+        return outcome
+
+    monkeypatch.setattr(studies, "analyse_study", read_then_demoted)
+    files = [(f"IM{k}", data, "application/dicom") for k, data in enumerate(dicom_series(head_volume(6, 128)))]
+    app.file_uploader[0].set_value(files).run()
+    next(b for b in app.button if b.label == "Analyse this study").click().run(timeout=120)
+    assert not app.exception and not store.recent(10) and not app.file_uploader  # refused the page meanwhile
+    monkeypatch.setattr(studies, "analyse_study", real)
+    accounts.set_role(stored(app_environment), Actor("root", "admin"), "dr-b", "radiologist")
+    app.run()
+    assert not any("cannot be read as a study" in e.value for e in app.error)
+    assert any(b.label == "Analyse this study" for b in app.button)
+
+
 def test_a_reference_typed_after_uploading_updates_the_one_record(app_environment: Path) -> None:
     app = page("scan.py").run()
     app.file_uploader[0].set_value([("a.png", png_bytes(synthetic_slice(256, tumour=True)), "image/png")]).run()

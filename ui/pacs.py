@@ -24,9 +24,10 @@ from core.errors import AccessDenied, PacsError, PacsStudyChanged, ReviewedMeanw
 from core.pacs.client import SEARCH_LIMIT, StudyHit
 from core.pacs.objects import ModelFacts
 from core.services import pacs as pacs_service
-from core.services.access import HISTORY, REVIEW, Actor, allowed
+from core.services.access import HISTORY, PACS, REVIEW, Actor, allowed
 from core.services.reviews import review_labels
 from ui import resources
+from ui.auth import callback_actor
 from ui.study import keep, pacs_name, pacs_study_uid, studies, unsaved
 from ui.wording import count_of, plain, pretty
 
@@ -158,6 +159,8 @@ def _analyse(actor: Actor, hit: StudyHit, classifier: Any, key: bytes | None) ->
             if pulled.outcome.error_code:
                 st.error(f"This study cannot be analysed. {pulled.outcome.error_message}")
                 return
+            if (actor := callback_actor(PACS)) is None:  # disabled or demoted during the pull: nothing saved, and
+                st.rerun()  # the run that follows shows the sign-in form or the refusal
             study = pacs_service.save_pulled(pulled, store, actor=actor, images=resources.image_store(store), key=key)
             results[pacs_name(hit.study_uid)] = study  # before any Streamlit call (a rerun asked for stops there)
             st.session_state[PULLED] = pulled  # one study's analyses at most: what a send needs

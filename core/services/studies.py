@@ -192,10 +192,11 @@ def triage_study(
     require(actor, ANALYSE)
     outcome = analyse_study(files, classifier)
     if recheck is not None and (actor := recheck()) is None:  # type: ignore[assignment]
-        return StudyResult(error_code="signed_out", error_message=SIGNED_OUT)
+        return StudyResult(error_code=SIGNED_OUT_CODE, error_message=SIGNED_OUT)
     return save_study(outcome, store, actor=actor, patient_ref=patient_ref, images=images, key=key)
 
 
+SIGNED_OUT_CODE = "signed_out"
 SIGNED_OUT = "Not saved: your session ended, or your account was changed, while the study was being read."
 
 
