@@ -944,11 +944,6 @@ def test_the_image_keys_of_unreviewed_results_are_what_a_purge_keeps(store) -> N
     assert store.unread_image_keys() == set(keys)
     store.add_review(Review(made[0].id, "dr", base + timedelta(hours=1), "agree", made[0].label, made[0].label))
     assert store.unread_image_keys() == {keys[1]}
-    # an image the input gate refused is no case to read: it may show anything (a request form with a patient's
-    # name), and unreviewed it was kept for good
-    refused = replace(make_record(9, base), image_key="c" * 64, gate="rejected")
-    store.add(refused)
-    assert store.unread_image_keys() == {keys[1]}
 
 
 def test_a_refused_image_is_never_listed_under_a_verdict_or_as_a_disagreement(store) -> None:

@@ -1,8 +1,7 @@
 """How long the de-identified images are kept: ``BTD_IMAGE_RETENTION_DAYS`` (default 90), purged by an admin (the
 Accounts page) or by the server's scheduler (``python -m core images purge``). Results stay; a result whose image
 is gone opens without it. The image of a result nobody has reviewed yet is kept until it is (the purge deleted the
-worklist's oldest unread cases, which were then agreed with unseen), but for one the input gate refused (no brain
-MRI: it may show anything, and was kept for good). Every purge is an audit event."""
+worklist's oldest unread cases, which were then agreed with unseen). Every purge is an audit event."""
 
 from __future__ import annotations
 

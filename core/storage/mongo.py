@@ -14,7 +14,6 @@ from itertools import pairwise
 from typing import Any
 
 from core.domain.results import (
-    REJECTED,
     DayCount,
     Filters,
     ModelRow,
@@ -286,10 +285,11 @@ class MongoStore(MongoPeople, MongoQuality):
         return self._newest({"patient_ref": patient_ref}, limit)
 
     def unread_image_keys(self) -> set[str]:
-        """As :meth:`SQLiteStore.unread_image_keys`: unreviewed, but not refused by the input gate."""
-        unread = {"review_count": {"$in": [0, None]}, "image_key": {"$ne": None}, "gate": {"$ne": REJECTED}}
+        """The image keys of results nobody has reviewed yet (the purge keeps them: a reader still has to see them)."""
         with self._errors():
-            keys = self._collection.distinct("image_key", unread)
+            keys = self._collection.distinct(
+                "image_key", {"review_count": {"$in": [0, None]}, "image_key": {"$ne": None}}
+            )
         return set(keys)
 
     def worklist(self, query: WorklistQuery, limit: int = 200) -> list[Record]:

@@ -20,7 +20,6 @@ from typing import Any
 
 from core.domain.results import (
     FIELDS,
-    REJECTED,
     DayCount,
     Field,
     Filters,
@@ -176,13 +175,8 @@ class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
         return [self._decode(row) for row in rows]
 
     def unread_image_keys(self) -> set[str]:
-        """The image keys of results nobody has reviewed yet (the purge keeps them: a reader still has to see them),
-        but those the input gate refused: no brain MRI, they may show anything (a scanned request form with a
-        patient's name), and unreviewed they were kept for good."""
-        rows = self._query(
-            "SELECT DISTINCT image_key FROM scans WHERE review_count = 0 AND image_key IS NOT NULL AND gate != ?",
-            (REJECTED,),
-        )
+        """The image keys of results nobody has reviewed yet (the purge keeps them: a reader still has to see them)."""
+        rows = self._query("SELECT DISTINCT image_key FROM scans WHERE review_count = 0 AND image_key IS NOT NULL")
         return {row["image_key"] for row in rows}
 
     def of_patient(self, patient_ref: str, limit: int) -> list[Record]:
