@@ -1022,6 +1022,14 @@ def test_a_nifti_of_thin_or_thick_voxels_in_every_direction_is_cut_axially() -> 
     coarse = read_nifti(nibabel.Nifti1Image(data, np.diag([4.0, 4.0, 1.0, 1.0])).to_bytes())  # no thin plane
     assert coarse.plane == "axial" and any("4.0 mm thick within its sections" in w for w in coarse.warnings)
     assert coarse.spacing == (4.0, 4.0)
+    for zooms in ([5.0, 1.0, 5.0], [1.0, 5.0, 5.0]):  # thick along two axes, one of them the third: said too
+        both = read_nifti(nibabel.Nifti1Image(data, np.diag([*zooms, 1.0])).to_bytes())
+        assert any("5.0 mm thick within its sections" in w for w in both.warnings), zooms
+    # 64 sections of 5 mm would span 320 mm, more than any head: a header whose spacing is not the volume's, cut
+    # axially and said to be coarse (cut across x, it made 64 sagittal slivers, each refused as no brain)
+    implausible = read_nifti(nibabel.Nifti1Image(data, np.diag([5.0, 0.9, 0.9, 1.0])).to_bytes())
+    assert implausible.plane == "axial" and implausible.sections.shape[0] == 4
+    assert any("5.0 mm thick within its sections" in w for w in implausible.warnings)
 
 
 def test_files_of_two_patients_are_refused_even_under_one_study_uid(tiny_classifier) -> None:

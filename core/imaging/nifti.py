@@ -39,13 +39,18 @@ def _nifti_placement(header: object) -> tuple[bool, tuple[str, ...]]:
     return True, ()
 
 
-def _cut_axis(zooms: np.ndarray) -> int:
+HEAD_MM = 300.0  # no head is longer than this along any axis: a stack of thick sections longer is no acquisition
+
+
+def _cut_axis(zooms: np.ndarray, shape: tuple[int, ...]) -> int:
     """The voxel axis (RAS+) the volume is cut across: one whose voxels are thick, the slice axis of a 2-D
     acquisition (5 mm along x: a sagittal one), else the third (axial sections). Cut axially, a sagittal volume
     became thick-slab reformats, stretched five times in the viewer and read so by the classifier, where its DICOM
-    twin is read in its own plane."""
+    twin is read in its own plane. Not when the thick sections would span more than a head (128 of 5 mm: 640 mm, a
+    header whose spacing is not the volume's), which is cut axially and said to be coarse."""
     for axis in (0, 1):
-        if zooms[axis] >= 2.0 and zooms[axis] > 1.5 * max(zooms[a] for a in range(3) if a != axis):
+        thick = zooms[axis] >= 2.0 and zooms[axis] > 1.5 * max(zooms[a] for a in range(3) if a != axis)
+        if thick and zooms[axis] * shape[axis] <= HEAD_MM:
             return axis
     return 2
 
@@ -131,7 +136,7 @@ def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volum
     # lesion volumes 1000 times off, unsaid)
     to_mm = _MM_PER_UNIT.get(stored.header.get_xyzt_units()[0], 1.0)
     zooms = np.linalg.norm(np.asarray(image.affine, float)[:3, :3], axis=0) * to_mm
-    axis = _cut_axis(zooms)
+    axis = _cut_axis(zooms, volume.shape)
     across = tuple(a for a in range(3) if a != axis)  # a section's columns follow the first, its rows the second
     if volume.shape[axis] > limits.max_sections:
         raise FileTooLarge(f"The volume holds {volume.shape[axis]} sections; the limit is {limits.max_sections}.")
@@ -147,8 +152,8 @@ def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volum
     )
     orientation = orientation if placed else None
     thick = max(zooms[a] for a in across)
-    if thick >= 2.0 and thick > 1.5 * zooms[axis]:  # thick voxels within the sections (along two axes at once): no
-        # plane of thin voxels to cut in (not a volume of thin overlapping sections: 1 x 1 mm, 0.5 mm apart)
+    if thick >= 2.0 and thick > 1.5 * min(zooms):  # thick voxels within the sections (along two axes at once, or a
+        # thick axis not cut across): coarse (not a volume of thin overlapping sections: 1 x 1 mm, 0.5 mm apart)
         notes = (*notes, f"The volume's voxels are {thick:.1f} mm thick within its sections: {COARSE}")
     digest = hashlib.sha256(data).hexdigest()
     sections, origin, step = _along_normal(sections, image.affine, orientation, axis, to_mm)
