@@ -350,6 +350,26 @@ def test_a_study_whose_reader_was_demoted_while_it_was_read_is_offered_again_onc
     assert any(b.label == "Analyse this study" for b in app.button)
 
 
+def test_a_reviewed_slice_uploaded_again_leads_with_its_final_label(app_environment: Path) -> None:
+    """Uploaded again after a radiologist overrode it, a slice showed the model's verdict alone, "Result already
+    saved" in grey, and the batch table and CSV had no final label either."""
+    from core.services.reviews import review_result
+
+    scan = png_bytes(synthetic_slice(256, seed=3))
+    first = page("scan.py").run()
+    first.file_uploader[0].set_value([("a.png", scan, "image/png")]).run()
+    store = stored(app_environment)
+    (record,) = store.recent(1)
+    final = "glioma" if record.label != "glioma" else "meningioma"
+    review_result(store, Actor("dr-b", "radiologist"), record.id, final, ["missed_lesion"], "")
+    again = page("scan.py").run()
+    again.file_uploader[0].set_value([("a.png", scan, "image/png")]).run()
+    said = [e.value for e in again.error] + [i.value for i in again.info]
+    assert any(f"final label **{final.capitalize()}** by dr-b" in text for text in said), said
+    table = next(d.value for d in again.dataframe if "verdict" in d.value)  # the batch summary
+    assert list(table["final_label"]) == [final.capitalize()]
+
+
 def test_a_reference_typed_after_uploading_updates_the_one_record(app_environment: Path) -> None:
     app = page("scan.py").run()
     app.file_uploader[0].set_value([("a.png", png_bytes(synthetic_slice(256, tumour=True)), "image/png")]).run()

@@ -126,10 +126,13 @@ def summary_row(index: int, name: str, result: Triaged) -> dict[str, Any]:
     reasons = list(prediction.gate.reasons)
     if result.status is not None and result.status.message:
         reasons.append(result.status.message)
+    record = result.record
+    reviewed = pretty(record.final_label) if record is not None and record.review_count and record.final_label else None
     return {
         **row,
         "result": state,
         "verdict": pretty(prediction.label),
+        "final_label": reviewed,  # a radiologist's, when the result was reviewed before this upload
         "tumour": prediction.is_tumour,  # the decision itself, never read back from the wording
         # as computed (rounded to 4 places, 0.99995 read 1.0 in the CSV: a certainty the panel never states)
         "tumour_probability": float(prediction.tumour_probability),

@@ -21,7 +21,7 @@ from ui.batch import Upload
 from ui.lesion import CAVEAT, OUTLINE_HELP, OUTLINE_LABEL, area_line, stored_volume_line
 from ui.viewer import series_panel, verdict_line
 from ui.viewer_figures import NO_ORIENTATION
-from ui.wording import CALL_CONFIDENCE, CONFIDENCE_HELP, count_of, percent, pretty, verdict_shown
+from ui.wording import CALL_CONFIDENCE, CONFIDENCE_HELP, count_of, percent, plain, pretty, verdict_shown
 
 PREDICTED = "the verdict's class"
 
@@ -69,6 +69,14 @@ def _verdict(result: Triaged) -> None:
     view = result.view
     assert view is not None
     prediction, gate = view.prediction, view.prediction.gate
+    record = result.record
+    if record is not None and record.review_count and record.final_label:  # uploaded again after its review: the
+        # radiologist's label leads, as on the Worklist, History and the PDF
+        said = (
+            f"Reviewed since it was saved: final label **{pretty(record.final_label)}** by {plain(record.reviewer)}"
+            f" on {record.reviewed_at:%Y-%m-%d %H:%M} UTC (the model's verdict is below)."
+        )
+        (st.error if record.final_label != prediction.label else st.info)(said, icon=":material/rate_review:")
     if gate.decision == REJECTED:
         st.error("Not a brain MRI slice the model can read: " + "; ".join(gate.reasons) + ". No verdict given.")
     else:

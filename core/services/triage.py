@@ -300,9 +300,21 @@ def triage(
 
 def linked_to_saved(triaged: Triaged, store: Store, patient_ref: str | None, actor: Actor) -> Triaged:
     """A result uploaded again (``already saved``) as it stands in the store, with the reference typed now applied
-    when it had none (:func:`reference_for_saved`)."""
+    when it had none (:func:`reference_for_saved`), and its reviews since: a radiologist's final label was not
+    shown where the result came back, only the model's verdict it had overridden."""
     status, kept = reference_for_saved(store, actor, triaged.record.id, patient_ref, triaged.status)  # type: ignore
-    return replace(triaged, record=replace(triaged.record, patient_ref=kept), status=status)  # type: ignore[type-var]
+    record = replace(triaged.record, patient_ref=kept)  # type: ignore[type-var]
+    with suppress(StoreError):  # unread, the model's verdict stands alone, as before
+        if (saved := store.get(record.id)) is not None and saved.review_count:
+            record = replace(
+                record,
+                reviewer=saved.reviewer,
+                review_verdict=saved.review_verdict,
+                final_label=saved.final_label,
+                reviewed_at=saved.reviewed_at,
+                review_count=saved.review_count,
+            )
+    return replace(triaged, record=record, status=status)
 
 
 def reference_for_saved(
