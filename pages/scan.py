@@ -243,6 +243,13 @@ st.caption(
     f"{count_of(len(rows), 'file')} received{same}; {len(verdicts)} with a verdict, {tumours} of them a tumour; "
     f"{review} {'needs' if review == 1 else 'need'} review. File names are shown here only: they are never saved."
 )
+mixed = sum(1 for u in session if u.current is not None and u.current.status is not None and u.current.status.others)
+if mixed:  # identical pixels under two patients: said above the table too, not only on each scan's panel
+    st.warning(
+        f"{count_of(mixed, 'scan')} of this batch {'is' if mixed == 1 else 'are'} already saved under another "
+        "patient's reference (see each panel): check which patient each belongs to.",
+        icon=":material/warning:",
+    )
 st.dataframe(
     on_screen(table),
     hide_index=True,

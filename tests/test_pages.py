@@ -370,6 +370,24 @@ def test_a_reviewed_slice_uploaded_again_leads_with_its_final_label(app_environm
     assert list(table["final_label"]) == [final.capitalize()]
 
 
+def test_a_slice_already_saved_under_another_patient_is_a_warning_on_its_panel_and_above_the_batch(
+    app_environment: Path,
+) -> None:
+    """The same pixels under a second patient's reference got a grey caption, "correct it there", naming no place,
+    and nothing above the batch: identical images under two patients are a likely mix-up."""
+    scan = png_bytes(synthetic_slice(256, seed=5))
+    first = page("scan.py").run()
+    first.text_input[0].input("ZZCANARY Patient A").run()
+    first.file_uploader[0].set_value([("a.png", scan, "image/png")]).run()
+    second = page("scan.py").run()
+    second.text_input[0].input("ZZCANARY Patient B").run()
+    second.file_uploader[0].set_value([("a.png", scan, "image/png")]).run()
+    warnings = [w.value for w in second.warning]
+    assert any("identical pixels under two patients usually mean a mix-up" in w for w in warnings), warnings
+    assert any(w.startswith("1 scan of this batch is already saved under another patient's") for w in warnings)
+    assert not any("correct it there" in c.value for c in second.caption)
+
+
 def test_a_reference_typed_after_uploading_updates_the_one_record(app_environment: Path) -> None:
     app = page("scan.py").run()
     app.file_uploader[0].set_value([("a.png", png_bytes(synthetic_slice(256, tumour=True)), "image/png")]).run()

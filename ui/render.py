@@ -101,6 +101,8 @@ def _verdict(result: Triaged) -> None:
     status = result.status
     if status is not None and status.state in (NOT_SAVED, NOT_UPDATED):
         st.warning(f"{status.state.capitalize()}: {status.message}", icon=":material/warning:")
+    elif status is not None and status.others:  # another patient's image, a likely mix-up: never a grey caption
+        st.warning(f"Result {status.state}, but {status.message}.", icon=":material/warning:")
     elif status is not None:
         note = f": {status.message}" if status.message else ""
         st.caption(f"Result {status.state}{note}. Analysed in {prediction.timings_ms['total']:.0f} ms.")

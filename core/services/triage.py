@@ -54,7 +54,11 @@ class ScanOutcome:
         return self.error_code == MultiFrameImage.code and self.frames > 1 and self.frame is None
 
 
-OTHER_REFERENCE = "it is saved under another patient reference, which was kept (correct it there if it is wrong)"
+OTHER_REFERENCE = (
+    "the same image is saved under another patient reference, which was kept: identical pixels under two patients "
+    "usually mean a mix-up; check which patient it belongs to before reading it as this one's (the audit trail "
+    "names the upload)"
+)
 
 
 @dataclass(frozen=True)
