@@ -603,3 +603,14 @@ def test_a_range_of_refused_scans_only_is_not_called_empty(tmp_path) -> None:
     board = board_of(date(2026, 11, 20), date(2026, 11, 20))
     assert board.scans == 0 and board.rejected is None and not board.empty
     assert board_of(date(2026, 11, 1), date(2026, 11, 2)).empty
+
+
+def test_the_curves_legend_sits_above_the_plot_never_over_the_sections_near_1() -> None:
+    """At y 1.15 with a 10 px top margin the legend lay over the plot's top band and hid the deciding sections
+    (P(tumour) near 1) of every tumour series."""
+    from ui.viewer_figures import curve_figure
+
+    figure = curve_figure([0.2, 0.99, 1.0, 0.98], 0.5, 2)
+    layout = figure["layout"]
+    legend, top = layout["legend"], layout["margin"]["t"]
+    assert legend["yanchor"] == "bottom" and legend["y"] >= 1.0 and top >= 30  # in the margin, above the axes

@@ -279,8 +279,10 @@ def _curve_axes(threshold: float, current: int, height: int) -> dict[str, Any]:
         "height": height,
         "shapes": shapes,
         "showlegend": True,
-        "legend": {"orientation": "h", "y": 1.15},
-        "margin": {"l": 40, "r": 10, "t": 10, "b": 30},
+        # above the plot, in a margin of its own: at y 1.15 with a 10 px margin it lay over the top of the plot, and
+        # hid the deciding sections, whose P(tumour) is near 1
+        "legend": {"orientation": "h", "y": 1.0, "yanchor": "bottom", "x": 0, "xanchor": "left"},
+        "margin": {"l": 40, "r": 10, "t": 34, "b": 30},
         "xaxis": {"title": {"text": "section"}},
         "yaxis": {"range": [-0.05, 1.05], "title": {"text": "P(tumour)"}},
         "annotations": [rule],
