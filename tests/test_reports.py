@@ -604,3 +604,24 @@ def test_a_stretched_series_key_lesion_is_segmented_from_the_pixels_the_model_re
     assert key.lesion.area_mm2 == pytest.approx(key.lesion.area_px * 1.8 * 0.9, rel=1e-3)
     points = np.concatenate(key.lesion.outline)
     assert points[:, 1].max() > 64 and points[:, 1].max() < 128 and points[:, 0].max() < 64  # on the displayed one
+
+
+def test_the_reports_curve_draws_every_section_read_even_one_between_two_skipped() -> None:
+    """Only lines joined neighbouring sections: one above the threshold between two skipped ones was not drawn at
+    all, and points at P 1 sat on the frame's top edge."""
+    from types import SimpleNamespace
+
+    from core.services.reports import _curve
+
+    drawn: list = []
+
+    class Page:
+        def __getattr__(self, name):
+            return lambda *args, **kwargs: drawn.append((name, args, kwargs))
+
+    view = SimpleNamespace(curve=(0.1, None, 0.95, None, 1.0, 0.2), threshold=0.3)
+    _curve(Page(), view, 10.0, 20.0, 100.0, 30.0)
+    dots = [kwargs for name, _, kwargs in drawn if name == "circle"]
+    assert len(dots) == 4  # every section read, the isolated ones too
+    assert [round(d["x"]) for d in dots if d["radius"] > 0.5] == [50, 90]  # the two above the threshold, marked
+    assert all(20.0 < d["y"] < 50.0 for d in dots)  # inside the frame, never on its edges

@@ -87,15 +87,20 @@ def _curve(pdf, view: SeriesView, x: float, y: float, w: float, h: float) -> Non
         pdf.set_dash_pattern()
     pdf.set_draw_color(21, 101, 192)
     previous = None
+    inner = y + 0.8, h - 1.6  # points at 0 and 1 drawn inside the frame, not on its edges
     for i, p in enumerate(view.curve):
-        point = None if p is None else (x + w * i / n, y + h * (1 - float(p)))
+        point = None if p is None else (x + w * i / n, inner[0] + inner[1] * (1 - float(p)))
         if point and previous:
             pdf.line(*previous, *point)
+        if point:  # a dot for every section read: one between two skipped ones has no line, and was not drawn
+            above = view.threshold is not None and float(p) >= view.threshold  # type: ignore[arg-type]
+            pdf.set_fill_color(*((211, 47, 47) if above else (21, 101, 192)))
+            pdf.circle(x=point[0], y=point[1], radius=0.6 if above else 0.35, style="F")
         previous = point
     pdf.set_font("Helvetica", size=7)
     pdf.set_xy(x, y + h + 0.5)
     rule = "" if view.threshold is None else f"; dashed: the threshold the verdict was judged by {view.threshold:.2f}"
-    pdf.cell(w, 3, _text(f"section 1 ... {len(view.curve)}{rule}"))
+    pdf.cell(w, 3, _text(f"section 1 ... {len(view.curve)}; red: at or above the threshold{rule}; P(tumour) 0 to 1"))
 
 
 def render(
