@@ -62,28 +62,24 @@ class Searchable(StandIn):
 
 
 def test_a_pull_judges_two_patients_by_the_uploads_rule(tmp_path: Path, tiny_classifier) -> None:
-    """The pull compared raw patient IDs: one file without an ID beside the patient's refused the study, while one
-    ID from two issuers (two hospitals' patients) passed, each unlike an upload of the same files."""
+    """The pull compared raw patient IDs: one ID from two issuers (two hospitals' patients) passed, unlike an upload
+    of the same files. A file without an ID beside the patient's is refused by a pull still: the first version of
+    this fix let it through, and a study whose first file had no ID was saved without its patient and its report
+    sent to the PACS with an empty Patient ID."""
     first = relabelled(dicom_series(head_volume(3), study_uid=STUDY, series_uid=f"{STUDY}.1"), PatientID="ZZ-1")
     second = dicom_series(head_volume(3, seed=4), study_uid=STUDY, series_uid=f"{STUDY}.2")
-    store = SQLiteStore(tmp_path / "r.db")
-    without_id = StandIn({STUDY: [*first, *relabelled(second, PatientID="")]})
-    pulled = pacs_service.pull_and_analyse(without_id, RADIOLOGIST, STUDY, tiny_classifier, store, b"k" * 32)
+    store, key = SQLiteStore(tmp_path / "r.db"), b"k" * 32
+    for files in ([*first, *relabelled(second, PatientID="")], [*relabelled(second, PatientID=""), *first]):
+        pulled = pacs_service.pull_and_analyse(StandIn({STUDY: files}), RADIOLOGIST, STUDY, tiny_classifier, store, key)
+        assert pulled.outcome.error_code == "several_patients"
+    one = StandIn({STUDY: [*first, *relabelled(second, PatientID=" ZZ-1")]})  # one patient, its ID padded
+    pulled = pacs_service.pull_and_analyse(one, RADIOLOGIST, STUDY, tiny_classifier, store, key)
     assert pulled.outcome.error_code is None and len(pulled.outcome.series) == 2
-    issuers = StandIn(
-        {
-            STUDY: [
-                *relabelled(first, IssuerOfPatientID="A"),
-                *relabelled(second, PatientID="ZZ-1", IssuerOfPatientID="B"),
-            ]
-        }
-    )
-    pulled = pacs_service.pull_and_analyse(issuers, RADIOLOGIST, STUDY, tiny_classifier, store, b"k" * 32)
+    issuers = [*relabelled(first, IssuerOfPatientID="A"), *relabelled(second, PatientID="ZZ-1", IssuerOfPatientID="B")]
+    pulled = pacs_service.pull_and_analyse(StandIn({STUDY: issuers}), RADIOLOGIST, STUDY, tiny_classifier, store, key)
     assert pulled.outcome.error_code == "several_patients"
-    assert [e.detail.get("refused") for e in store.audit_events() if e.action == "pacs_pull"] == [
-        None,
-        "several_patients",
-    ]
+    refusals = [e.detail.get("refused") for e in store.audit_events() if e.action == "pacs_pull"]
+    assert refusals == ["several_patients", "several_patients", None, "several_patients"]
 
 
 def test_a_pacs_search_is_an_audit_event_without_its_filters(tmp_path: Path) -> None:

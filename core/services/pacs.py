@@ -102,7 +102,10 @@ def pull_and_analyse(
         logger.info("event=pacs_pull_refused code=%s", error.code)
         return Pulled(study_uid, StudyOutcome(source, error_code=error.code, error_message=str(error)))
     evidence = tuple(objects.headers(files))
-    several = several_patients(list(evidence))  # one Study Instance UID, two patients (as an upload is judged)
+    # one Study Instance UID, two patients (as an upload is judged); and, the report going back to the PACS under the
+    # patient its first file names, a file without a patient ID beside ones with it (saved and sent without one)
+    named = {bool(str(h.get("PatientID", "") or "").strip()) for h in evidence}
+    several = several_patients(list(evidence)) or len(named) > 1
     if store is not None:  # every pull is an event, a refused one too (its images were retrieved)
         refused = {"refused": "several_patients"} if several else {}
         audit.record(store, actor, "pacs_pull", _target(study_uid, key), instances=len(files), **refused)
