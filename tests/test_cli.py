@@ -209,6 +209,8 @@ def test_bad_usage_exits_2_with_json(capsys) -> None:
         ["pacs", "analyse", "--study", "1.2.3", "--user", "u", "--password", "--S3CRET=pw"],
         ["users", "set-password", "admin1", "--password-stdin=Hunter2-S3CRET"],  # "ignored explicit argument"
         ["users", "add", "dr-c", "--role", "S3CRET", "--password-stdin"],  # "invalid choice"
+        ["users", "set-password", "admin1", "--password-stdin=Hunter2's-S3CRET"],  # quoted "..." by argparse
+        ["users", "add", "dr-c", "--role", "Hunter2's-S3CRET", "--password-stdin"],
     ],
 )
 def test_a_secret_typed_after_a_mistyped_option_is_never_quoted_back(args: list[str], capsys) -> None:

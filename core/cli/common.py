@@ -26,8 +26,15 @@ class Parser(argparse.ArgumentParser):
         kwargs.setdefault("allow_abbrev", False)  # each sub-command's parser too (they are made by this class)
         super().__init__(*args, **kwargs)
 
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        self._words = list(sys.argv[1:] if args is None else args)  # what was typed, for error() to leave out
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str) -> None:  # type: ignore[override]
         known = _options(self)
+        for word in getattr(self, "_words", []):  # every word typed that is no option, command or choice, and what
+            for part in {word, word.partition("=")[2]} - known - {""}:  # follows an "=", however argparse quotes it
+                message = message.replace(repr(part), "'<not repeated>'")  # argparse quotes a value as repr()
         prefix = "unrecognized arguments: "
         if message.startswith(prefix):  # an option of some command is named; anything else (a secret that begins
             # with "-" too) is not repeated
