@@ -420,7 +420,7 @@ def test_audit_verify_under_the_wrong_key_says_so_and_leaves_the_pages_check_who
     monkeypatch.setenv("BTD_AUDIT_KEY", "0123456789abcdef" * 4)  # not the server's
     assert main(["audit", "verify"]) == 1
     said = json.loads(capsys.readouterr().out.splitlines()[-1])
-    assert "does not sign the chain's last event" in said["problem"] and "first_bad_event" not in said
+    assert "does not sign the chain: run it with the server's" in said["problem"] and "first_bad_event" not in said
     check = audit.verify_new(served, SUPERVISOR)
     assert check.intact and check.problem is None
     # under the server's own key, an edit of the newest event is an edit: named, and marked for the page (the
@@ -431,6 +431,17 @@ def test_audit_verify_under_the_wrong_key_says_so_and_leaves_the_pages_check_who
     said = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert said["problem"].startswith("event 2 was edited") and said["first_bad_event"]["seq"] == 2
     assert not audit.verify_new(served, SUPERVISOR).intact
+    # the newest event deleted, the one before it edited and an earlier head put back: the head holds under the
+    # server's key, so an edit (the second version of this fix called it a wrong key)
+    audit.record(served, ADMIN, "account_created", "dr-c")
+    before = _raw_head(served)
+    audit.record(served, ADMIN, "account_created", "dr-d")
+    tamper(served, 4)
+    tamper(served, 3, actor="someone-else")
+    _put_head(served, before)
+    assert main(["audit", "verify"]) == 1
+    said = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert "was edited" in said["problem"] and "first_bad_event" in said
 
 
 def test_a_command_whose_key_does_not_sign_the_chain_is_refused_and_the_server_never_is(
@@ -477,6 +488,8 @@ def test_a_command_whose_key_does_not_sign_the_chain_is_refused_and_the_server_n
     point = served.audit_verified()
     assert main(["audit", "verify"]) == 1  # verify still reads it, and says it does not hold under this key
     said = json.loads(capsys.readouterr().out.splitlines()[-1])
-    assert "does not sign the chain's last event" in said["problem"] and "first_bad_event" not in said
+    # its key signs the first event only: not the server's, or a tail edited with its head; both said, event named
+    assert said["problem"].startswith("the audit key this command runs with signs the chain's first keyed event")
+    assert said["first_bad_event"]["seq"] == 2
     assert len(served.audit_events()) == 2  # nothing written: no event, and no "broken" mark for the page
     assert served.audit_verified() == point  # what the server's own check found stands

@@ -213,12 +213,6 @@ def cmd_store_backup(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-WRONG_KEY = (
-    "the audit key this command runs with does not sign the chain's last event: run it with the server's "
-    "BTD_AUDIT_KEY (if that is the key, the chain was rewritten under another one); nothing was marked"
-)
-
-
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     expected = None
     if args.expect_head:
@@ -230,10 +224,11 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     store = open_results_store(existing=True, same_key=False)  # it says what is wrong
     # under a key that does not sign the chain (not the server's BTD_AUDIT_KEY) every event reads as edited: said as
     # such, and no "broken" mark written for the Audit page, whose check under the right key then raised an alarm
-    other = audit.under_another_key(store)  # not an edit of the last event: that is found, marked and said
-    result = audit.verify(store, expected, keep_point=not other)
-    if other:
-        result = replace(result, intact=False, first_bad=None, problem=WRONG_KEY)
+    doubt = audit.key_doubt(store)  # an edit under the server's key is found, marked and said; a doubt marks nothing
+    result = audit.verify(store, expected, keep_point=doubt is None)
+    if doubt is not None:  # the first event that does not hold is named where the key may be the server's
+        bad = result.first_bad if doubt == audit.UNCLEAR_KEY else None
+        result = replace(result, intact=False, first_bad=bad, problem=doubt)
     report: dict[str, Any] = {
         "intact": result.intact,
         "events": result.events,

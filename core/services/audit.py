@@ -41,23 +41,36 @@ ANOTHER_KEY = (
 )
 
 
-def under_another_key(store: AuditTrail) -> bool:
-    """Whether the store's key is not the one that keeps the chain: it fails the chain's last event
-    (:func:`signs_the_chain`) and the head, which the key of every append signs (with no signed head: the first
-    keyed event too). A key that fails the last event while it signs the head is the server's, and that event was
-    edited: told apart, an edit of the newest event read as "run it with the server's key"."""
+WRONG_KEY = (
+    "the audit key this command runs with does not sign the chain: run it with the server's BTD_AUDIT_KEY (if that "
+    "is the key, the chain was rewritten under another one); nothing was marked"
+)
+UNCLEAR_KEY = (
+    "the audit key this command runs with signs the chain's first keyed event but not its head nor its last event: "
+    "either it is not the server's (the first events written under the data folder's key, the rest under the "
+    "server's), or events at the end were edited and the head altered; run it with the server's BTD_AUDIT_KEY to "
+    "tell; nothing was marked"
+)
+
+
+def key_doubt(store: AuditTrail) -> str | None:
+    """Why the store's key may not be the one that keeps the chain (None: it is, and whatever does not hold is an
+    edit that verify names and marks). A key that fails the last event while it signs the head, which every
+    append signs, is the server's and that event was edited; one that signs neither the head nor the first keyed
+    event is another (:data:`WRONG_KEY`); one that signs the first keyed event alone cannot be told from the
+    server's key over a tail edited with its head (:data:`UNCLEAR_KEY`). Either of the last two marks nothing: an
+    edit of the newest event read as a wrong key, and a wrong key's "broken" mark raised the page's alarm."""
     if signs_the_chain(store):
-        return False
+        return None
     key, head = getattr(store, "audit_key", None), store.audit_head()
     if key is None:
-        return True
-    if head is not None and head.mac:
-        return (
-            not hmac.compare_digest(head.mac, head.expected_mac(key))
-            and first_broken(store.audit_events(), key) is not None
-        )  # every event holds under it: the head alone was altered, which verify names
+        return WRONG_KEY
+    if head is not None and head.mac and hmac.compare_digest(head.mac, head.expected_mac(key)):
+        return None
     first = next((e for e in store.audit_events() if e.hash.startswith(KEYED)), None)
-    return first is None or not hmac.compare_digest(event_hash(first, key), first.hash)
+    if first is None or not hmac.compare_digest(event_hash(first, key), first.hash):
+        return WRONG_KEY
+    return UNCLEAR_KEY if head is not None and head.mac else None
 
 
 def signs_the_chain(store: AuditTrail) -> bool:
