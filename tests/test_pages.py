@@ -383,9 +383,13 @@ def test_a_slice_already_saved_under_another_patient_is_a_warning_on_its_panel_a
     second.text_input[0].input("ZZCANARY Patient B").run()
     second.file_uploader[0].set_value([("a.png", scan, "image/png")]).run()
     warnings = [w.value for w in second.warning]
-    assert any("identical pixels under two patients usually mean a mix-up" in w for w in warnings), warnings
+    assert any("the same pixels under two patients usually mean a mix-up" in w for w in warnings), warnings
     assert any(w.startswith("1 scan of this batch is already saved under another patient's") for w in warnings)
     assert not any("correct it there" in c.value for c in second.caption)
+    # uploaded again with no reference typed: it keeps its own, which is no second patient (no mix-up said)
+    third = page("scan.py").run()
+    third.file_uploader[0].set_value([("a.png", scan, "image/png")]).run()
+    assert not any("mix-up" in w.value or "another patient's" in w.value for w in third.warning)
 
 
 def test_a_reference_typed_after_uploading_updates_the_one_record(app_environment: Path) -> None:

@@ -623,5 +623,12 @@ def test_the_reports_curve_draws_every_section_read_even_one_between_two_skipped
     _curve(Page(), view, 10.0, 20.0, 100.0, 30.0)
     dots = [kwargs for name, _, kwargs in drawn if name == "circle"]
     assert len(dots) == 4  # every section read, the isolated ones too
-    assert [round(d["x"]) for d in dots if d["radius"] > 0.5] == [50, 90]  # the two above the threshold, marked
-    assert all(20.0 < d["y"] < 50.0 for d in dots)  # inside the frame, never on its edges
+    assert [round(d["x"]) for d in dots if d["radius"] > 0.5] == [50, 89]  # the two above the threshold, marked
+    assert all(20.0 < d["y"] < 50.0 and 10.0 < d["x"] < 110.0 for d in dots)  # inside the frame, off its edges
+    (threshold,) = [args for name, args, _ in drawn if name == "line" and args[1] == args[3]]  # the dashed line
+    below = next(d for d in dots if round(d["x"]) == 11)  # P 0.1, under the threshold 0.3: drawn below its line
+    assert below["y"] > threshold[1]
+    drawn.clear()
+    _curve(Page(), SimpleNamespace(curve=(0.4,), threshold=None), 10.0, 20.0, 100.0, 30.0)
+    (caption,) = [args for name, args, _ in drawn if name == "cell"]
+    assert "red" not in caption[2]  # no threshold, no red: the caption does not say there is

@@ -15,7 +15,7 @@ from PIL import Image
 
 from core.model.explain import HEAT_MEANING, heat_title
 from core.model.gate import NEEDS_REVIEW, REJECTED
-from core.services.triage import NOT_SAVED, NOT_UPDATED, Triaged
+from core.services.triage import NOT_SAVED, NOT_UPDATED, OTHER_REFERENCE, Triaged
 from ui.auth import fragment_actor
 from ui.batch import Upload
 from ui.lesion import CAVEAT, OUTLINE_HELP, OUTLINE_LABEL, area_line, stored_volume_line
@@ -72,11 +72,13 @@ def _verdict(result: Triaged) -> None:
     record = result.record
     if record is not None and record.review_count and record.final_label:  # uploaded again after its review: the
         # radiologist's label leads, as on the Worklist, History and the PDF
+        refused = gate.decision == REJECTED  # no verdict of the model's to set it beside
         said = (
             f"Reviewed since it was saved: final label **{pretty(record.final_label)}** by {plain(record.reviewer)}"
-            f" on {record.reviewed_at:%Y-%m-%d %H:%M} UTC (the model's verdict is below)."
+            f" on {record.reviewed_at:%Y-%m-%d %H:%M} UTC" + ("." if refused else " (the model's verdict is below).")
         )
-        (st.error if record.final_label != prediction.label else st.info)(said, icon=":material/rate_review:")
+        differs = not refused and record.final_label != prediction.label
+        (st.error if differs else st.info)(said, icon=":material/rate_review:")
     if gate.decision == REJECTED:
         st.error("Not a brain MRI slice the model can read: " + "; ".join(gate.reasons) + ". No verdict given.")
     else:
@@ -101,7 +103,7 @@ def _verdict(result: Triaged) -> None:
     status = result.status
     if status is not None and status.state in (NOT_SAVED, NOT_UPDATED):
         st.warning(f"{status.state.capitalize()}: {status.message}", icon=":material/warning:")
-    elif status is not None and status.others:  # another patient's image, a likely mix-up: never a grey caption
+    elif status is not None and status.message == OTHER_REFERENCE:  # another patient's, a likely mix-up: no grey
         st.warning(f"Result {status.state}, but {status.message}.", icon=":material/warning:")
     elif status is not None:
         note = f": {status.message}" if status.message else ""

@@ -17,7 +17,7 @@ import hashlib
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from numbers import Integral, Real
 from typing import Any
@@ -101,6 +101,17 @@ class Record:
     def confidence(self) -> float:
         """The probability that the tumour / no-tumour call is right (:mod:`core.model.decision`)."""
         return float(self.tumour_probability if self.is_tumour else 1.0 - self.tumour_probability)
+
+    def reviewed_as(self, other: Record) -> Record:
+        """This result with the review summary of ``other`` (the same result as stored: the reviews given since)."""
+        return replace(
+            self,
+            reviewer=other.reviewer,
+            review_verdict=other.review_verdict,
+            final_label=other.final_label,
+            reviewed_at=other.reviewed_at,
+            review_count=other.review_count,
+        )
 
     def validate(self) -> Record:
         """Raise :class:`InvalidRecord` unless every field obeys its rule in :data:`FIELDS` and the fields agree

@@ -79,17 +79,20 @@ def _curve(pdf, view: SeriesView, x: float, y: float, w: float, h: float) -> Non
     pdf.set_draw_color(150, 150, 150)
     pdf.rect(x, y, w, h)
     n = max(len(view.curve) - 1, 1)
+    left, top, wide, high = x + 1.0, y + 0.8, w - 2.0, h - 1.6  # dots inside the frame, the threshold on their scale
+
+    def at(i: int, p: float) -> tuple[float, float]:
+        return left + wide * i / n, top + high * (1 - p)
+
     if view.threshold is not None:
         pdf.set_draw_color(211, 47, 47)
         pdf.set_dash_pattern(dash=1, gap=1)
-        ty = y + h * (1 - view.threshold)
-        pdf.line(x, ty, x + w, ty)
+        pdf.line(x, at(0, view.threshold)[1], x + w, at(0, view.threshold)[1])
         pdf.set_dash_pattern()
     pdf.set_draw_color(21, 101, 192)
     previous = None
-    inner = y + 0.8, h - 1.6  # points at 0 and 1 drawn inside the frame, not on its edges
     for i, p in enumerate(view.curve):
-        point = None if p is None else (x + w * i / n, inner[0] + inner[1] * (1 - float(p)))
+        point = None if p is None else at(i, float(p))
         if point and previous:
             pdf.line(*previous, *point)
         if point:  # a dot for every section read: one between two skipped ones has no line, and was not drawn
@@ -99,8 +102,12 @@ def _curve(pdf, view: SeriesView, x: float, y: float, w: float, h: float) -> Non
         previous = point
     pdf.set_font("Helvetica", size=7)
     pdf.set_xy(x, y + h + 0.5)
-    rule = "" if view.threshold is None else f"; dashed: the threshold the verdict was judged by {view.threshold:.2f}"
-    pdf.cell(w, 3, _text(f"section 1 ... {len(view.curve)}; red: at or above the threshold{rule}; P(tumour) 0 to 1"))
+    rule = (
+        ""
+        if view.threshold is None
+        else f"; red: at or above the threshold; dashed: the threshold the verdict was judged by {view.threshold:.2f}"
+    )
+    pdf.cell(w, 3, _text(f"section 1 ... {len(view.curve)}{rule}; P(tumour) 0 to 1"))
 
 
 def render(
@@ -392,14 +399,8 @@ def _as_reviewed(record: Record, reviews: Sequence) -> Record:
     if len(reviews) <= record.review_count:
         return record
     last = reviews[-1]
-    return replace(
-        record,
-        reviewer=last.reviewer,
-        review_verdict=last.action,
-        final_label=last.final_label,
-        reviewed_at=last.created_at,
-        review_count=len(reviews),
-    )
+    latest = replace(record, reviewer=last.reviewer, review_verdict=last.action, final_label=last.final_label)
+    return record.reviewed_as(replace(latest, reviewed_at=last.created_at, review_count=len(reviews)))
 
 
 def study_report(

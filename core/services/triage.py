@@ -55,9 +55,8 @@ class ScanOutcome:
 
 
 OTHER_REFERENCE = (
-    "the same image is saved under another patient reference, which was kept: identical pixels under two patients "
-    "usually mean a mix-up; check which patient it belongs to before reading it as this one's (the audit trail "
-    "names the upload)"
+    "it is saved under another patient reference, which was kept: the same pixels under two patients usually mean a "
+    "mix-up; check which patient it belongs to before reading it as this one's"
 )
 
 
@@ -310,14 +309,7 @@ def linked_to_saved(triaged: Triaged, store: Store, patient_ref: str | None, act
     record = replace(triaged.record, patient_ref=kept)  # type: ignore[type-var]
     with suppress(StoreError):  # unread, the model's verdict stands alone, as before
         if (saved := store.get(record.id)) is not None and saved.review_count:
-            record = replace(
-                record,
-                reviewer=saved.reviewer,
-                review_verdict=saved.review_verdict,
-                final_label=saved.final_label,
-                reviewed_at=saved.reviewed_at,
-                review_count=saved.review_count,
-            )
+            record = record.reviewed_as(saved)
     return replace(triaged, record=record, status=status)
 
 
@@ -332,7 +324,7 @@ def reference_for_saved(
         if saved is None or saved.patient_ref == patient_ref:
             return status, saved.patient_ref if saved is not None else patient_ref
         if patient_ref is None:  # typed nothing: it keeps its patient's, and typing one later never moves it
-            note = "it is saved under a patient reference, which was kept (correct it there if it is wrong)"
+            note = "it is saved under a patient reference, which was kept"
             return SaveStatus(status.state, note, record_id, others=True), saved.patient_ref
         if saved.patient_ref is None:
             with store.atomic():  # the change and its audit event: both or neither
