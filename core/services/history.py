@@ -159,8 +159,11 @@ def change(current: SeriesView, index: int, prior: SeriesView) -> tuple[int, Cha
     """The matching prior section and the change in tumour probability, for the series and at this section. Two
     series whose sections do not correspond (:func:`sections_correspond`: an axial section was paired with a
     sagittal one by its index, and a series without positions with one that may run the other way) match no
-    section: the prior's deciding section is given, and no change at the section."""
-    comparable = model_caveat(current, prior) is None  # another model's probabilities: no change in them
+    section: the prior's deciding section is given, and no change at the section; series of two planes get no
+    change of the series either."""
+    # another model's probabilities, or another plane's series (a sagittal series' score is no earlier state of an
+    # axial one's: "+0.09" in red read as progression): no change in them
+    comparable = model_caveat(current, prior) is None and _plane(current) == _plane(prior)
     before = prior.score if comparable else None
     if not sections_correspond(current, prior):
         shown = prior.window[len(prior.window) // 2] if prior.window else len(prior.sections) // 2
