@@ -335,8 +335,9 @@ def test_a_cd_export_reads_its_images_and_leaves_out_its_index_reports_and_other
         read_upload([index, state])
     with pytest.raises(SeriesError, match="The zip holds no DICOM or NIfTI file"):
         read_upload([zipped(others)])
-    with pytest.raises(UnsupportedFormat, match="neither DICOM nor NIfTI"):  # a file given itself: said, not skipped
-        read_upload([*t1, others[1]])
+    with pytest.raises(UnsupportedFormat, match="neither DICOM nor NIfTI") as loose:  # a file given itself: said,
+        read_upload([*t1, others[1]])  # not skipped, with what to do (it said what was wrong only)
+    assert "remove it from the files chosen" in str(loose.value) and "Scan page" in str(loose.value)
     headerless = t1[0][128 + 4 :]  # an older export without the preamble: said, not left out as another file
     assert headerless[:2] == b"\x02\x00"
     with pytest.raises(UnsupportedFormat, match="without the standard 128-byte preamble"):

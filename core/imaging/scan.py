@@ -89,6 +89,10 @@ def is_dicom(data: bytes) -> bool:
     return data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == b"DICM"
 
 
+NEITHER = (
+    "A file is neither DICOM nor NIfTI (a read-me, a picture?): remove it from the files chosen, or upload the folder "
+    "as a zip, whose other files are left out. PNG and JPEG slices go on the Scan page."
+)
 HEADERLESS_DICOM = (
     "This looks like a DICOM file without the standard 128-byte preamble and 'DICM' marker. "
     "Export it from the PACS as a standard DICOM (Part 10) file."

@@ -46,7 +46,7 @@ from core.imaging.geometry import (
 from core.imaging.limits import DEFAULT_LIMITS, DEFAULT_STUDY_LIMITS, Limits, StudyLimits
 from core.imaging.nifti import read_nifti
 from core.imaging.nifti_header import check_nifti_budget, is_nifti
-from core.imaging.scan import HEADERLESS_DICOM, is_dicom, is_headerless_dicom
+from core.imaging.scan import HEADERLESS_DICOM, NEITHER, is_dicom, is_headerless_dicom
 from core.imaging.series_headers import (
     SeveralPatients,
     frame_stack,
@@ -115,9 +115,7 @@ def read_upload(
         elif is_headerless_dicom(data):  # refused as in a zip: never read short of its sections
             raise UnsupportedFormat(f"A file of the study: {HEADERLESS_DICOM}")
         else:
-            raise UnsupportedFormat(
-                "A file is neither DICOM nor NIfTI; a series holds DICOM files or one NIfTI volume."
-            )
+            raise UnsupportedFormat(NEITHER)  # what to do, not only what is wrong: the page names no file
     if len(slices) > study_limits.max_files:
         raise FileTooLarge(
             f"The upload holds {len(slices)} DICOM files; the limit is {study_limits.max_files} "
