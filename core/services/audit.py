@@ -142,8 +142,8 @@ def _verify_all(store: AuditTrail, expected_head: tuple[int, str] | None, keep_p
     if point is not None and point.hash != BROKEN and (key is None or point.mac == point.expected_mac(key)):
         moved = _point_moved(store, point, key)
     problem = problem or moved
-    if problem is None and last is not None and keep_point:  # a head one behind: the point stays at the head's
-        _mark(store, (head.seq, head.hash) if _behind(upto, head, last) else last, key)  # type: ignore[union-attr]
+    if problem is None and last is not None and keep_point:  # at the head (events past it, appended meanwhile or
+        _mark(store, last, key)  # a MongoDB head one behind, are the next check's)
     elif problem is not None and keep_point and moved is None:  # an edit before the point, which still stands:
         _mark(store, (0, BROKEN), key)  # the page's check says broken from now on, until a full check finds it whole
     return Verification(problem is None, len(events), bad, head, problem, key is not None, len(events))
@@ -200,16 +200,6 @@ def verify_new(store: AuditTrail, actor: Actor) -> Verification:
     return Verification(problem is None, last[0], bad, head, problem, key is not None, len(new))
 
 
-def _behind(events: Sequence[AuditEvent], head: AuditHead | None, last: tuple[int, str] | None) -> bool:
-    """Whether the chain is intact one event past a head that names the event before it."""
-    return (
-        head is not None
-        and last is not None
-        and last[0] == head.seq + 1
-        and any((e.seq, e.hash) == (head.seq, head.hash) for e in events)
-    )
-
-
 def _problem(
     events: Sequence[AuditEvent],
     bad: AuditEvent | None,
@@ -243,10 +233,6 @@ def _problem(
     ]
     if unkeyed:
         return f"event {unkeyed[0].seq} is not keyed where the chain is: it was re-hashed without the key"
-    if apart and _behind(events, head, last):  # the head's own write cut off after its event (a MongoDB timeout
-        # between the two); the next event moves it. Deleted events leave the head past the end.
-        logger.warning("event=audit_head_behind by=1")
-        return None
     if last != (head.seq, head.hash) and not (last is None and head.seq == 0):
         return f"the chain ends at {last[0] if last else 0} but its head says {head.seq}: events were deleted"
     return None
