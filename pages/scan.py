@@ -10,7 +10,6 @@ from core.services.access import ANALYSE
 from core.services.triage import (
     NOT_SAVED,
     NOT_UPDATED,
-    OTHER_REFERENCE,
     apply_patient_reference,
     batch_csv,
     record_batch_export,
@@ -244,7 +243,7 @@ st.caption(
     f"{count_of(len(rows), 'file')} received{same}; {len(verdicts)} with a verdict, {tumours} of them a tumour; "
     f"{review} {'needs' if review == 1 else 'need'} review. File names are shown here only: they are never saved."
 )
-mixed = sum(1 for u in session if u.current and u.current.status and u.current.status.message == OTHER_REFERENCE)
+mixed = sum(1 for u in session if u.current and u.current.status and u.current.status.another_patient)
 if mixed:  # identical pixels under two patients: said above the table too, not only on each scan's panel
     st.warning(
         f"{count_of(mixed, 'scan')} of this batch {'is' if mixed == 1 else 'are'} already saved under another "

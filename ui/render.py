@@ -15,7 +15,7 @@ from PIL import Image
 
 from core.model.explain import HEAT_MEANING, heat_title
 from core.model.gate import NEEDS_REVIEW, REJECTED
-from core.services.triage import NOT_SAVED, NOT_UPDATED, OTHER_REFERENCE, Triaged
+from core.services.triage import NOT_SAVED, NOT_UPDATED, Triaged
 from ui.auth import fragment_actor
 from ui.batch import Upload
 from ui.lesion import CAVEAT, OUTLINE_HELP, OUTLINE_LABEL, area_line, stored_volume_line
@@ -103,7 +103,7 @@ def _verdict(result: Triaged) -> None:
     status = result.status
     if status is not None and status.state in (NOT_SAVED, NOT_UPDATED):
         st.warning(f"{status.state.capitalize()}: {status.message}", icon=":material/warning:")
-    elif status is not None and status.message == OTHER_REFERENCE:  # another patient's, a likely mix-up: no grey
+    elif status is not None and status.another_patient:  # another patient's, a likely mix-up: no grey
         st.warning(f"Result {status.state}, but {status.message}.", icon=":material/warning:")
     elif status is not None:
         note = f": {status.message}" if status.message else ""

@@ -13,7 +13,7 @@ from core.errors import InvalidRecord, StoreError
 from core.services import reports
 from core.services.access import Actor
 from core.services.studies import NOT_SAVED, StudyResult
-from core.services.triage import NOT_UPDATED, OTHER_REFERENCE
+from core.services.triage import NOT_UPDATED
 from ui import resources
 from ui.auth import report_download
 from ui.viewer import series_panel, verdict_line
@@ -109,7 +109,7 @@ def show_study(
                 st.error(f"Not saved: {view.status.message}")
             elif view.status is not None and view.status.state == NOT_UPDATED:
                 st.warning(f"Saved, but {view.status.message}")
-            elif view.status is not None and view.status.message == OTHER_REFERENCE:  # a likely mix-up: no grey
+            elif view.status is not None and view.status.another_patient:  # a likely mix-up: no grey
                 st.warning(f"Result {view.status.state}, but {view.status.message}.", icon=":material/warning:")
             elif view.status is not None:
                 note = f": {view.status.message}" if view.status.message else ""

@@ -102,15 +102,12 @@ class Record:
         """The probability that the tumour / no-tumour call is right (:mod:`core.model.decision`)."""
         return float(self.tumour_probability if self.is_tumour else 1.0 - self.tumour_probability)
 
-    def reviewed_as(self, other: Record) -> Record:
-        """This result with the review summary of ``other`` (the same result as stored: the reviews given since)."""
+    def reviewed_as(
+        self, reviewer: str | None, verdict: str | None, final_label: str | None, at: datetime | None, count: int
+    ) -> Record:
+        """This result with a review summary given since it was read (the latest review, and how many there are)."""
         return replace(
-            self,
-            reviewer=other.reviewer,
-            review_verdict=other.review_verdict,
-            final_label=other.final_label,
-            reviewed_at=other.reviewed_at,
-            review_count=other.review_count,
+            self, reviewer=reviewer, review_verdict=verdict, final_label=final_label, reviewed_at=at, review_count=count
         )
 
     def validate(self) -> Record:

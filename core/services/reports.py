@@ -399,8 +399,7 @@ def _as_reviewed(record: Record, reviews: Sequence) -> Record:
     if len(reviews) <= record.review_count:
         return record
     last = reviews[-1]
-    latest = replace(record, reviewer=last.reviewer, review_verdict=last.action, final_label=last.final_label)
-    return record.reviewed_as(replace(latest, reviewed_at=last.created_at, review_count=len(reviews)))
+    return record.reviewed_as(last.reviewer, last.action, last.final_label, last.created_at, len(reviews))
 
 
 def study_report(

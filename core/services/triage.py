@@ -67,6 +67,12 @@ class SaveStatus:
     record_id: str | None = None
     others: bool = False  # saved before under another patient's reference: this session never relinks it
 
+    @property
+    def another_patient(self) -> bool:
+        """Saved before under another patient's reference than the one typed now: a likely mix-up, said as a
+        warning wherever the result comes back (not when nothing was typed: it keeps its own)."""
+        return self.others and self.message == OTHER_REFERENCE
+
 
 def analyse_upload(data: bytes, classifier: Classifier, frame: int | None = None) -> ScanOutcome:
     """Analyse one upload (``frame`` of a multi-frame DICOM); never raises for a bad file."""
@@ -309,7 +315,9 @@ def linked_to_saved(triaged: Triaged, store: Store, patient_ref: str | None, act
     record = replace(triaged.record, patient_ref=kept)  # type: ignore[type-var]
     with suppress(StoreError):  # unread, the model's verdict stands alone, as before
         if (saved := store.get(record.id)) is not None and saved.review_count:
-            record = record.reviewed_as(saved)
+            record = record.reviewed_as(
+                saved.reviewer, saved.review_verdict, saved.final_label, saved.reviewed_at, saved.review_count
+            )
     return replace(triaged, record=record, status=status)
 
 
