@@ -1118,3 +1118,30 @@ def test_a_series_scan_date_is_the_first_valid_dicom_date_and_is_kept_as_days_mo
     days = [scan_day(date(2026, 3, 1), key) for key in (one, other)]
     assert days[0] != days[1] and days[0] < (date(2026, 3, 1) - date(1970, 1, 1)).days  # moved back, by the key
     assert scan_day(date(2026, 3, 11), one) - days[0] == 10 and scan_day(None, one) is None  # the days between
+
+
+def test_a_study_path_that_is_not_a_folder_is_read_as_one_file(tmp_path: Path, tiny_classifier) -> None:
+    """A pipe (``study <(cat study.zip)``) or a device was walked as a folder and refused with "a folder inside
+    it cannot be read (not a directory)"; it is one file, read as such. An empty file in a study was "neither DICOM
+    nor NIfTI (a read-me, a picture?)": it is said to be empty."""
+    import os
+    import threading
+
+    from core.services.study_reading import analyse_path, files_of
+
+    uid = "1.2.826.0.1.3680043.8.498.94"
+    data = dicom_series(head_volume(1), study_uid=uid, series_uid=uid + ".1")[0]
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+
+    def feed() -> None:
+        with open(pipe, "wb") as writer:
+            writer.write(data)
+
+    feeder = threading.Thread(target=feed, daemon=True)  # never holds the run up when the pipe is not read
+    feeder.start()
+    files, ignored = files_of(pipe)
+    feeder.join(timeout=10)
+    assert files == [data] and ignored == 0
+    empty = analyse_path(Path(os.devnull), tiny_classifier)
+    assert empty.error_code == "empty_file" and "folder" not in (empty.error_message or "")

@@ -93,6 +93,7 @@ NEITHER = (
     "A file is neither DICOM nor NIfTI (a read-me, a picture?): remove it from the files chosen, or upload the folder "
     "as a zip, whose other files are left out. PNG and JPEG slices go on the Scan page."
 )
+EMPTY_PART = "A file is empty (0 bytes): an export or a copy stopped short? Remove it from the files chosen."
 HEADERLESS_DICOM = (
     "This looks like a DICOM file without the standard 128-byte preamble and 'DICM' marker. "
     "Export it from the PACS as a standard DICOM (Part 10) file."

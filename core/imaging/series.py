@@ -32,7 +32,7 @@ from functools import partial
 
 import numpy as np
 
-from core.errors import CorruptImage, FileTooLarge, ScanError, UnsupportedFormat
+from core.errors import CorruptImage, EmptyFile, FileTooLarge, ScanError, UnsupportedFormat
 from core.imaging import dicom
 from core.imaging.archive import declared_size, is_zip, unzip
 from core.imaging.dicom_display import display, frame_view
@@ -46,7 +46,7 @@ from core.imaging.geometry import (
 from core.imaging.limits import DEFAULT_LIMITS, DEFAULT_STUDY_LIMITS, Limits, StudyLimits
 from core.imaging.nifti import read_nifti
 from core.imaging.nifti_header import check_nifti_budget, is_nifti
-from core.imaging.scan import HEADERLESS_DICOM, NEITHER, is_dicom, is_headerless_dicom
+from core.imaging.scan import EMPTY_PART, HEADERLESS_DICOM, NEITHER, is_dicom, is_headerless_dicom
 from core.imaging.series_headers import (
     SeveralPatients,
     frame_stack,
@@ -114,8 +114,8 @@ def read_upload(
             slices.append(data)
         elif is_headerless_dicom(data):  # refused as in a zip: never read short of its sections
             raise UnsupportedFormat(f"A file of the study: {HEADERLESS_DICOM}")
-        else:
-            raise UnsupportedFormat(NEITHER)  # what to do, not only what is wrong: the page names no file
+        else:  # what to do, not only what is wrong: the page names no file
+            raise UnsupportedFormat(NEITHER) if data else EmptyFile(EMPTY_PART)
     if len(slices) > study_limits.max_files:
         raise FileTooLarge(
             f"The upload holds {len(slices)} DICOM files; the limit is {study_limits.max_files} "

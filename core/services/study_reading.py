@@ -95,7 +95,8 @@ def files_of(path: Path, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> tuple[li
     index and other files are ignored and counted). Sizes are checked on disk before anything is read."""
     if not path.exists():
         raise FileNotFoundError(path)
-    paths = [path] if path.is_file() else _files_under(path)
+    folder = path.is_dir()  # anything else is one file: a pipe (``study <(unzip -p ...)``) or a device too
+    paths = _files_under(path) if folder else [path]
     total = sum(p.stat().st_size for p in paths)
     if total > limits.max_total_bytes:
         raise FileTooLarge(
@@ -106,7 +107,7 @@ def files_of(path: Path, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> tuple[li
     found, ignored = [], 0
     for p in paths:
         data = p.read_bytes()
-        if path.is_file() or (p.name.upper() != "DICOMDIR" and _wanted(data)):
+        if not folder or (p.name.upper() != "DICOMDIR" and _wanted(data)):
             found.append(data)
         else:
             ignored += 1
