@@ -341,3 +341,30 @@ def test_a_mistyped_secret_opens_no_database_in_the_app_either(monkeypatch, tmp_
     with pytest.raises(StoreError, match=r"No database is opened: \[mongo\] in the secrets file has no setting url"):
         resources.current_store()
     assert not (tmp_path / "data").exists()
+
+
+def test_the_app_opens_no_database_whose_audit_trail_another_key_signs(monkeypatch, tmp_path) -> None:
+    """Only the commands checked the key: the app, started under a rotated or mistyped BTD_AUDIT_KEY, wrote every
+    sign-in under it, and the trail read as tampered with from then on, under either key."""
+    from core.errors import StoreError
+    from core.services import audit
+    from core.services.access import COMMAND_LINE
+    from ui import resources
+
+    class NoSecrets:
+        def to_dict(self):
+            return {}
+
+    monkeypatch.setattr(resources.st, "secrets", NoSecrets())
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("BTD_AUDIT_KEY", "the server's audit key, long enough")
+    resources._store.clear()
+    audit.record(resources.current_store(), COMMAND_LINE, "store_backup", None)
+    resources._store.clear()
+    monkeypatch.setenv("BTD_AUDIT_KEY", "another audit key, just as long")
+    with pytest.raises(StoreError, match="not signed with the app's audit key"):
+        resources.current_store()
+    monkeypatch.setenv("BTD_AUDIT_KEY", "the server's audit key, long enough")
+    store = resources.current_store()  # the refusal is not kept: started again with the right key, it opens
+    assert len(store.audit_events()) == 1 and audit.verify(store).intact
+    resources._store.clear()

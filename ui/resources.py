@@ -18,6 +18,7 @@ from core.errors import StoreError
 from core.model.card import ModelCard
 from core.model.classifier import Classifier
 from core.model.explain import Explainer
+from core.services import audit
 from core.services.resources import load_classifier, load_explainer, open_image_store
 from core.services.sessions import SessionRegistry
 from core.storage import open_store
@@ -133,7 +134,17 @@ def _store(uri: str | None, directory: str) -> Store:
         key = audit_key(secrets(), shared_database=bool(uri))
     except ValueError as error:  # a configured key too short or malformed: every page says so, none crashes
         raise StoreError(f"The audit key is not usable ({error}); fix the configuration.") from error
-    return open_store(uri, Path(directory), key)
+    store = open_store(uri, Path(directory), key)
+    if not audit.signs_the_chain(store):  # a start under a rotated or mistyped key wrote every sign-in under it,
+        raise StoreError(ANOTHER_KEY)  # and the trail read as tampered with, for good (the commands refused it)
+    return store
+
+
+ANOTHER_KEY = (
+    "The last event of this database's audit trail is not signed with the app's audit key (BTD_AUDIT_KEY, [audit] "
+    "key in the secrets file, else the data folder's audit.key): nothing was read or written. Start the app with "
+    "the key that signs the trail; if the trail was edited, `python -m core audit verify` says where."
+)
 
 
 def current_store() -> Store:
