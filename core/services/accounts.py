@@ -427,7 +427,7 @@ def external_actor(store: Store, claims: Mapping[str, Any], role_claim: str | No
     ``role_claim`` when the deployment maps one (a role name or a list holding one), else from the local account
     of that name created for single sign-on (no password: a password account named like an identity's claim is
     never taken over) and only from a verified e-mail when the provider says whether it is. No role, no entry."""
-    email_unverified = claims.get("email") and claims.get("email_verified") is False
+    email_unverified = claims.get("email") and str(claims.get("email_verified", True)).lower() != "true"  # "false", 0
     name = str(("" if email_unverified else claims.get("email")) or claims.get("sub") or "")
     role = None
     if role_claim:
