@@ -359,7 +359,10 @@ def test_the_export_reads_every_matching_event_a_page_at_a_time_oldest_first(sto
     made = audit.export_csv(store, ADMIN, {"who": "x;=HYPERLINK(1);y", "target": "a" * 64}).decode()
     assert ";=HYPERLINK" not in made.splitlines()[0]  # the typed filter in the heading is no formula either
     seen = audit.events(store, SUPERVISOR, action="audit_export", limit=1)[0]  # supervisors read this event:
-    assert seen.detail["filters"] == {"who": "x;=HYPERLINK(1);y", "by_target": True}  # not which result it was
+    assert seen.detail["filters"] == {"by_who": True, "by_target": True}  # not which result it was, nor a typed
+    audit.export_csv(store, ADMIN, {"who": "Smith John MRN 0012345", "action": "review"})  # name that matched none
+    seen = audit.events(store, SUPERVISOR, action="audit_export", limit=1)[0]
+    assert seen.detail == {"events": 0, "filters": {"by_who": True, "by_action": True}}
     made = audit.export_csv(store, ADMIN, {"who": 'x,=HYPERLINK("http://e.example")'}).decode()
     heading = next(csv.reader(io.StringIO(made.splitlines()[0])))  # written as text: a comma opened a cell
     assert not any(cell.lstrip().startswith(("=", "+", "-", "@")) for cell in heading), heading

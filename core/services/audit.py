@@ -356,8 +356,10 @@ def export_csv(store: AuditTrail, actor: Actor, filters: Mapping[str, Any]) -> b
         cells = [e.actor, e.role, e.action, e.target or "", json.dumps(e.detail, sort_keys=True)]
         writer.writerow([e.seq, e.at.isoformat(), *map(spreadsheet_safe, cells), e.prev_hash, e.hash])
     # which events left, too; the target as a flag only (supervisors read this event: which result or patient an
-    # admin looked into is theirs no more than a target filter is)
-    kept = {k: v for k, v in shown.items() if k != "target"} | ({"by_target": True} if "target" in shown else {})
+    # admin looked into is theirs no more than a target filter is); a typed name or action only when events matched
+    # it (a patient's name typed in the wrong field matches none, and was kept for good in the trail)
+    flagged = ("target", "who", "action") if not chosen else ("target",)
+    kept = {k: v for k, v in shown.items() if k not in flagged} | {f"by_{k}": True for k in flagged if k in shown}
     record(store, actor, "audit_export", None, events=len(chosen), filters=kept)
     return buffer.getvalue().encode("utf-8")
 
