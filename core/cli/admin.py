@@ -14,6 +14,7 @@ standard input only (never from the command line, where other users and shell hi
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from contextlib import suppress
 from dataclasses import replace
@@ -216,8 +217,8 @@ def cmd_store_backup(args: argparse.Namespace) -> int:
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     expected = None
     if args.expect_head:
-        seq, _, digest = args.expect_head.partition(":")
-        if not seq.isdigit() or not digest:
+        seq, _, digest = args.expect_head.partition(":")  # a typo is refused, never a "broken" mark for the page
+        if not re.fullmatch(r"[0-9]+", seq, re.ASCII) or not re.fullmatch(r"(hmac:)?[0-9a-f]{64}", digest):
             emit(error_json("bad_usage", "--expect-head takes SEQ:HASH as printed by an earlier verify"), sys.stdout)
             return EXIT_USAGE
         expected = (int(seq), digest)
