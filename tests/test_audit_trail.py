@@ -196,6 +196,24 @@ def test_appends_whose_head_writes_are_still_under_way_are_no_alarm_on_the_page(
     assert check.intact and check.problem is None and store.audit_verified().seq == 3
 
 
+def test_a_mongodb_event_whose_id_is_text_breaks_the_chain_and_blocks_no_append() -> None:
+    """An event inserted behind the app's back with ``_id: "2"`` was listed and exported under "chain intact" (read
+    by number, never checked), and every append after the next failed "too busy" (text sorts above numbers)."""
+    import mongomock
+
+    store = MongoStore(mongomock.MongoClient(tz_aware=True), collection=f"scans_{uuid.uuid4().hex[:8]}")
+    store.audit_key = KEY
+    write(store, 3)
+    events = store._people("audit")
+    forged = events.find_one({"_id": 2}) | {"_id": "2", "action": "account_role_changed", "detail": {"role": "admin"}}
+    events.insert_one(forged)
+    check = audit.verify(store)
+    assert not check.intact and check.first_bad.action == "account_role_changed" and check.first_bad.seq == -1
+    assert not audit.verify_new(store, SUPERVISOR).intact
+    for k in range(2):  # appends go on after the last numbered event
+        assert audit.record(store, ADMIN, "store_backup", None).seq == 4 + k
+
+
 def test_an_edit_before_the_verified_event_is_found_by_the_full_check_on_the_command_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
