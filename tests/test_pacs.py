@@ -279,6 +279,24 @@ def test_a_study_uid_shared_by_two_patients_is_refused_not_filed_under_the_first
     assert "more than one patient" in (outcome.error_message or "")
 
 
+def test_a_study_the_pacs_filed_under_a_corrected_patient_since_the_pull_is_not_sent(orthanc, tiny_classifier) -> None:
+    """A real PACS reconciled between pull and send (a trauma alias replaced by the patient's ID, the same UIDs):
+    the report went under the alias, beside the study filed under the patient."""
+    from core.errors import PacsStudyChanged
+
+    uid = "1.2.826.0.1.3680043.8.498.92"
+    files = dicom_series(head_volume(3, 64), study_uid=uid, series_uid=f"{uid}.1")
+    pacs = Pacs(orthanc.dicomweb, orthanc.user, orthanc.password)
+    pacs.store(_datasets(files, PatientID="TRAUMA-0001"))
+    pulled = pacs_service.pull_and_analyse(pacs, RADIOLOGIST, uid, tiny_classifier, None, None)
+    pacs.store(_datasets(files, PatientID="MRN-424242"))
+    card = tiny_classifier.card
+    with pytest.raises(PacsStudyChanged, match="patient or accession number corrected"):
+        model = ModelFacts(card.name, card.version, card.weights_sha256)
+        pacs_service.send_results(pacs, RADIOLOGIST, pulled, model, None, None)
+    assert {s.modality for s in pacs.series_of(uid)} == {"MR"}  # nothing sent
+
+
 def test_a_pacs_that_answers_malformed_json_is_reported_as_such() -> None:
     with garbage_pacs(b'{"not": "a list of DICOM JSON"') as url, pytest.raises(PacsMalformed, match="not valid"):
         Pacs(url).search()

@@ -3,6 +3,7 @@ report names the version before it, and a watch never drops a study the PACS fai
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from dataclasses import replace
@@ -54,6 +55,14 @@ class StandIn:
     def series_of(self, study_uid: str) -> list[SeriesHit]:
         """The study's files as one MR series (enough for the watch's fingerprint: adding files changes it)."""
         return [SeriesHit(f"{study_uid}.mr", "MR", "", len(self.files.get(study_uid, [])))]
+
+    def patient_of(self, study_uid: str) -> list[tuple[str, ...]]:
+        """The patient and accession number the study's files name, as a study search lists them."""
+        from pydicom import dcmread
+
+        keywords = ("PatientID", "IssuerOfPatientID", "PatientName", "AccessionNumber")
+        headers = [dcmread(io.BytesIO(f), stop_before_pixels=True) for f in self.files.get(study_uid, [])]
+        return sorted({tuple(str(h.get(k, "") or "") for k in keywords) for h in headers})
 
 
 class Searchable(StandIn):
@@ -968,6 +977,7 @@ def test_a_study_over_the_limits_is_pulled_without_its_largest_series_which_it_n
     files = tumour_study(STUDY)
     pacs = Pacs("http://pacs.invalid/dicom-web", limits=limits)
     monkeypatch.setattr(pacs, "series_of", lambda study_uid: [t1, perfusion])
+    monkeypatch.setattr(pacs, "patient_of", lambda study_uid: [("PACS-TEST-001", "", "", "")])
     sent = [pydicom.dcmread(io.BytesIO(data)) for data in files]
     monkeypatch.setattr(pacs._client, "retrieve_series_metadata", lambda *_: [d.to_json_dict() for d in sent])
     monkeypatch.setattr(pacs._client, "iter_series", lambda study_uid, series_uid, **_: iter(sent))
@@ -1121,6 +1131,24 @@ def test_a_pull_kept_while_the_study_changed_in_the_pacs_is_not_sent_over_the_ne
     assert len(pacs.stored) == sent
     assert store.audit_events()[-1].action == "pacs_send_failed"
     assert store.audit_events()[-1].detail["code"] == "study_changed"
+
+
+def test_a_pull_is_not_sent_once_the_pacs_filed_the_study_under_a_corrected_patient(tiny_classifier, tmp_path) -> None:
+    """The PACS reconciled the study (a trauma alias replaced by the patient's ID, the same UIDs) between pull and
+    send: the report went to the PACS under the alias, beside the study now filed under the patient."""
+    from core.errors import PacsStudyChanged
+
+    uid = f"{STUDY}.16"
+    pacs, store = StandIn({uid: relabelled(tumour_study(uid), PatientID="TRAUMA-0001")}), SQLiteStore(tmp_path / "r")
+    model = objects.ModelFacts.of(tiny_classifier.card)
+    pulled = pacs_service.pull_and_analyse(pacs, RADIOLOGIST, uid, tiny_classifier, store, None)
+    for corrected in ({"PatientID": "MRN-424242"}, {"AccessionNumber": "ACC-2"}):
+        pacs.files[uid] = relabelled(tumour_study(uid), **{"PatientID": "TRAUMA-0001", **corrected})
+        with pytest.raises(PacsStudyChanged, match="patient or accession number corrected"):
+            pacs_service.send_results(pacs, RADIOLOGIST, pulled, model, store, None)
+        assert pacs.stored == []
+    pacs.files[uid] = relabelled(tumour_study(uid), PatientID="TRAUMA-0001")  # as pulled: sent
+    assert pacs_service.send_results(pacs, RADIOLOGIST, pulled, model, store, None)
 
 
 def test_each_reading_sends_its_key_images_in_a_series_of_its_own(tiny_classifier) -> None:

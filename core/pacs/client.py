@@ -227,6 +227,15 @@ class Pacs:
             raise ValueError("not a list of DICOM JSON objects")
         return found
 
+    def patient_of(self, study_uid: str) -> list[tuple[str, ...]]:
+        """The study's patient as the PACS files it now (ID, its issuer, name; the accession number): a report sent
+        after the PACS corrected them went under the patient the study had when it was pulled."""
+        tags = ("00100020", "00100021", "00100010", "00080050")
+        query = f"StudyInstanceUID={quote(study_uid)}&" + "&".join(f"includefield={tag}" for tag in tags)
+        found = self._call("study search", lambda: self._get_json(f"{self.url}/studies?{query}"))
+        with self._errors("study search"):
+            return sorted(tuple(str(_value(s, tag)) for tag in tags) for s in found)
+
     def series_of(self, study_uid: str) -> list[SeriesHit]:
         fields = ("SeriesDescription", "NumberOfSeriesRelatedInstances", "Modality", "SeriesNumber")
         found = self._call("series search", lambda: self._client.search_for_series(study_uid, fields=fields))

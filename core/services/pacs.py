@@ -67,9 +67,10 @@ class Pulled:
 
 def mr_fingerprint(pacs: Pacs, study_uid: str) -> str:
     """What decides whether a study changed since it was analysed: its MR series and how many images each holds
-    (one series search; objects of other modalities, our own report among them, do not count)."""
+    (one series search; objects of other modalities, our own report among them, do not count), and the patient and
+    accession number the PACS files it under (one study search: corrected since, a report went to the old ones)."""
     series = sorted(f"{s.series_uid}:{s.instances}" for s in pacs.series_of(study_uid) if s.modality.upper() == "MR")
-    return hashlib.sha256("\n".join(series).encode()).hexdigest()
+    return hashlib.sha256(repr((series, pacs.patient_of(study_uid))).encode()).hexdigest()
 
 
 SEVERAL_PATIENTS = (
@@ -200,8 +201,8 @@ def _unchanged_since_pulled(pacs: Pacs, pulled: Pulled) -> None:
     page (or a pull sent late) replaced, FINAL, the report of a later reading that covered a series added since."""
     if pulled.fingerprint is not None and mr_fingerprint(pacs, pulled.study_uid) != pulled.fingerprint:
         raise PacsStudyChanged(
-            "The study's MR images in the PACS changed since it was analysed (a series was added or removed): "
-            "analyse it again before sending; nothing was sent."
+            "The study in the PACS changed since it was analysed (a series was added or removed, or its patient or "
+            "accession number corrected): analyse it again before sending; nothing was sent."
         )
 
 

@@ -222,7 +222,7 @@ def _handled_once(watcher: Watcher, state: WatchState, study_uid: str, actor: Ac
         return None, fingerprint
     line = _handled_safely(watcher, study_uid, actor, None if fingerprint.startswith("unknown") else fingerprint)
     if before is not None:
-        line["again"] = "MR images were added to the study after it was analysed"
+        line["again"] = "the study's MR images or its patient changed after it was analysed"
     return line, fingerprint
 
 
