@@ -112,7 +112,7 @@ def test_a_radiologist_searches_picks_analyses_and_sends_the_report_back_once(
     app.selectbox(key="pacs_pick").set_value(1).run()  # the older study
     button(app, "Analyse the chosen study").click().run()
     assert not app.exception and not app.error
-    assert app.metric[0].label == "Study verdict" and app.metric[0].value in ("Tumour", "No tumour")
+    assert app.metric[0].label == "Study verdict (model)" and app.metric[0].value in ("Tumour", "No tumour")
     assert app.expander[0].label.startswith("Series 1 · Axial · 6 sections")
     assert len(app.get("plotly_chart")) == 2  # the viewer's section and curve, as for an upload
     assert any("from the PACS" in c.value for c in app.caption)
@@ -301,7 +301,7 @@ def test_a_study_whose_series_were_not_saved_cannot_be_sent_until_they_are(
     app = search(study_page(), patient_id=PATIENT)
     app.selectbox(key="pacs_pick").set_value(0).run()
     button(app, "Analyse the chosen study").click().run()
-    assert not app.exception and app.metric[0].label == "Study verdict"
+    assert not app.exception and app.metric[0].label == "Study verdict (model)"
     assert not any(b.label == "Send to PACS" for b in app.button)
     assert any(c.value.startswith("Not sendable yet: a series of this study is not saved") for c in app.caption)
     pacs = Pacs(orthanc.dicomweb, orthanc.user, orthanc.password)

@@ -774,7 +774,7 @@ def test_study_page_reads_a_zipped_series_shows_the_study_verdict_first_and_save
     assert not app.exception and not app.metric and stored(app_environment).summary().total == 0  # not yet
     next(b for b in app.button if b.label == "Analyse this study").click().run(timeout=120)
     assert not app.exception
-    assert app.metric[0].label == "Study verdict" and app.metric[0].value in ("Tumour", "No tumour")
+    assert app.metric[0].label == "Study verdict (model)" and app.metric[0].value in ("Tumour", "No tumour")
     assert app.expander[0].label.startswith("Series 1 · Axial · 8 sections")
     assert len(app.get("plotly_chart")) == 2  # the section and the curve
     slider = next(s for s in app.slider if s.label == "Section")
@@ -794,7 +794,8 @@ def test_study_page_reads_a_zipped_series_shows_the_study_verdict_first_and_save
 
 def test_a_study_analysed_again_after_a_review_shows_the_final_label_and_no_open_flag(app_environment: Path) -> None:
     """A colleague overrode the series; analysed again, the page showed the model's call flagged as open while the
-    PDF of the same page gave the final label."""
+    PDF of the same page gave the final label. On the page that analysed it, the review did not show at all, the
+    study's verdict in large type stayed the model's, and the PDF made before the review was still offered."""
     from core.imaging.phantom_series import dicom_series, head_volume, zipped
     from core.services.access import Actor
     from core.services.reviews import review_result
@@ -804,10 +805,19 @@ def test_a_study_analysed_again_after_a_review_shows_the_final_label_and_no_open
     app.file_uploader[0].set_value([("study.zip", study, "application/zip")]).run(timeout=120)
     next(b for b in app.button if b.label == "Analyse this study").click().run(timeout=120)
     flagged = any("Flagged for review" in w.value for w in app.warning)
+    next(b for b in app.button if b.label.startswith("Make the PDF report")).click().run()
+    assert app.get("download_button") and app.metric[0].label == "Study verdict (model)"
     store = stored(app_environment)
     (saved,) = store.recent(5)
     final = "notumor" if saved.is_tumour else "glioma"
     review_result(store, Actor("dr-b", "radiologist"), saved.id, final, ["false_alarm"] if saved.is_tumour else [])
+    app.run()  # the page that analysed it, on its next run
+    assert not app.exception and app.metric[0].label == "Study verdict (radiologist's final label)"
+    assert app.metric[0].value == ("No tumour" if final == "notumor" else "Tumour")
+    assert f"final {'No tumour' if final == 'notumor' else 'Glioma'} (model " in app.expander[0].label
+    assert not app.get("download_button")  # the PDF said "not reviewed yet": made again, it is offered
+    next(b for b in app.button if b.label.startswith("Make the PDF report")).click().run()
+    assert app.get("download_button")
     again = page("study.py").run()
     again.file_uploader[0].set_value([("study.zip", study, "application/zip")]).run(timeout=120)
     next(b for b in again.button if b.label == "Analyse this study").click().run(timeout=120)
@@ -1155,13 +1165,13 @@ def test_removing_files_one_by_one_from_the_study_uploader_saves_nothing_new(app
     app = page("study.py").run()
     app.file_uploader[0].set_value(files).run()
     next(b for b in app.button if b.label == "Analyse this study").click().run(timeout=120)
-    assert not app.exception and app.metric[0].label == "Study verdict"
+    assert not app.exception and app.metric[0].label == "Study verdict (model)"
     store = stored(app_environment)
     assert store.summary().total == 1
     for remaining in range(5, 0, -1):
         app.file_uploader[0].set_value(files[:remaining]).run()
         assert not app.exception
-        assert app.metric[0].label == "Study verdict"  # the analysed study stays on the page
+        assert app.metric[0].label == "Study verdict (model)"  # the analysed study stays on the page
         assert any("not analysed yet" in c.value for c in app.caption)
     assert store.summary().total == 1 and len(store.recent(10)) == 1
 

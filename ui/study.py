@@ -11,7 +11,9 @@ import streamlit as st
 
 from core.errors import InvalidRecord, StoreError
 from core.services import reports
+from core.services import studies as studies_service
 from core.services.access import Actor
+from core.services.report_text import reviewed_verdict
 from core.services.studies import NOT_SAVED, StudyResult
 from core.services.triage import NOT_UPDATED
 from ui import resources
@@ -78,8 +80,15 @@ def show_study(
     if study.error_code:
         st.error(f"This upload cannot be read as a study: {study.error_message}")
         return
-    verdict = {None: "No verdict", "tumour": "Tumour"}.get(study.verdict) or pretty(study.verdict or "")
-    st.metric("Study verdict", verdict, help="Tumour when any series is called tumour by the series rule.")
+    study = _as_it_stands(actor, study)
+    verdict = _said(study.verdict)
+    records = [view.record for view in study.views if view.record is not None]
+    final = reviewed_verdict(records, others=study.unread + len(study.views) - len(records))
+    if final is None:
+        st.metric("Study verdict (model)", verdict, help="Tumour when any series is called tumour by the series rule.")
+    else:  # reviewed: the radiologists' word leads, as in the PDF's headline (the model's led in large type)
+        st.metric("Study verdict (radiologist's final label)", _said(final), help=f"Model verdict: {verdict}.")
+        st.caption(f"Model verdict: {verdict}.")
     if any(view.needs_review for view in study.views):  # as the PDF, the PACS report and the command line say it
         st.warning("Flagged for review: read the series marked **needs review** first.", icon=":material/flag:")
     finals = [
@@ -87,7 +96,7 @@ def show_study(
         for n, v in enumerate(study.views, start=1)
         if v.record is not None and v.record.review_count and v.record.final_label
     ]
-    if finals:  # analysed again after a review: the model's verdict above is not the last word (the PDF's headline)
+    if finals:  # the series' own final labels, beside the study's
         st.info(f"Reviewed by a radiologist since it was saved: {'; '.join(finals)}.", icon=":material/task_alt:")
     st.caption(
         f"{len(study.views)} series · model {classifier.card.name} {classifier.card.version} · "
@@ -100,7 +109,10 @@ def show_study(
     for number, view in enumerate(study.views, start=1):
         plane = (view.geometry.get("plane") or "unknown plane").capitalize()
         sections = count_of(len(view.sections), "section")
-        header = f"Series {number} · {plane} · {sections} · {pretty(view.label or 'no verdict')}"
+        shown = pretty(view.label or "no verdict")
+        if view.record is not None and view.record.review_count and view.record.final_label:
+            shown = f"final {pretty(view.record.final_label)} (model {shown})"  # the reader's word first
+        header = f"Series {number} · {plane} · {sections} · {shown}"
         with st.expander(header, expanded=number == 1 or view.is_tumour):
             st.markdown(verdict_line(view))
             for warning in view.warnings:
@@ -122,9 +134,27 @@ def show_study(
     _report(actor, name, study, classifier, explainer)
 
 
+def _said(verdict: str | None) -> str:
+    return {None: "No verdict", "tumour": "Tumour"}.get(verdict) or pretty(verdict or "")
+
+
+def _as_it_stands(actor: Actor, study: StudyResult) -> StudyResult:
+    """The study with its saved series' reviews as they stand (read on every run); as analysed when the database
+    cannot be read now (said)."""
+    if not any(view.record is not None for view in study.views):
+        return study
+    try:
+        return studies_service.study_as_it_stands(resources.current_store(), actor, study)
+    except StoreError as error:
+        st.caption(f"Reviews since the analysis could not be read ({error}): the verdicts are as analysed.")
+        return study
+
+
 def _report(actor: Actor, name: Hashable, study: StudyResult, classifier: Any, explainer: Any) -> None:
-    saved = [view.record.id for view in study.views if view.record is not None]
-    made_for = (name, tuple(saved))  # a PDF made before a retry saved more series is not offered for them
+    records = [view.record for view in study.views if view.record is not None]
+    saved = [record.id for record in records]
+    # a PDF made before a retry saved more series, or before a colleague's review, is not offered for them
+    made_for = (name, tuple((r.id, r.review_count, r.final_label) for r in records))
     if unsaved(study):  # a report of the saved series alone could say "No tumour" of a study the page calls tumour
         st.caption("No PDF report yet: a series of this study is not saved. Retry saving above, then make it.")
         return

@@ -94,6 +94,16 @@ def lesion_line(record: Record) -> str:
     return "Lesion volume: not measured (no lesion segmenter when the series was saved)"
 
 
+def reviewed_verdict(records: Sequence[Record], others: int = 0) -> str | None:
+    """The study's verdict by its radiologists' final labels: "tumour" once a reviewed series is one (it makes the
+    study one), "notumor" when every series is reviewed so and ``others`` (series not among ``records``: unread or
+    not saved) is 0; else None, and the model's verdict stands."""
+    reviewed = [r.final_label for r in records if r.final_label]
+    if any(label != NEGATIVE_LABEL for label in reviewed):
+        return "tumour"
+    return NEGATIVE_LABEL if reviewed and len(reviewed) == len(records) and not others else None
+
+
 def study_headline(records: Sequence[Record], model_tumour: bool, unread: int = 0) -> str:
     """The report's first verdict line: the radiologists' final labels when every series is reviewed, or when a
     reviewed one is a tumour (it makes the study one), with the model's verdict beside them; the model's verdict,
@@ -106,11 +116,11 @@ def study_headline(records: Sequence[Record], model_tumour: bool, unread: int = 
         model += " (flagged for review: read the series marked so first)"
     reviewed = [r for r in records if r.final_label]
     if reviewed and len(reviewed) == len(records):
-        final = "Tumour" if any(r.final_label != NEGATIVE_LABEL for r in reviewed) else "No tumour"
-        if final == "No tumour" and unread:  # the reviews cover the saved series, not the ones nobody read
-            return f"Study: no verdict - the reviewed series are no tumour; model verdict: {model}"
+        if reviewed_verdict(records) == NEGATIVE_LABEL and unread:  # the reviews cover the saved series, not the
+            return f"Study: no verdict - the reviewed series are no tumour; model verdict: {model}"  # unread ones
+        final = "Tumour" if reviewed_verdict(records) == "tumour" else "No tumour"
         return f"Study: {final} (radiologist's final label) - model verdict: {model}"
-    if any(r.final_label != NEGATIVE_LABEL for r in reviewed):  # one tumour series makes a tumour study: a reader's
+    if reviewed_verdict(records) == "tumour":  # one tumour series makes a tumour study: a reader's
         return (  # tumour is the study's, whatever the unreviewed series (the model's "No tumour" led in large type)
             f"Study: Tumour (radiologist's final label, {len(reviewed)} of {len(records)} series reviewed) - "
             f"model verdict: {model}"

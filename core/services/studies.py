@@ -19,7 +19,7 @@ from core.identity import pseudonymise, scan_day
 from core.model.classifier import Classifier
 from core.model.gate import ACCEPTED, NEEDS_REVIEW
 from core.model.volume import SeriesAnalysis
-from core.services.access import ANALYSE, Actor, require
+from core.services.access import ANALYSE, OPEN_RESULT, Actor, require
 from core.services.series_views import SeriesView, geometry_of, rule_of, series_view
 from core.services.study_reading import StudyOutcome, analyse_study
 from core.services.triage import (
@@ -173,6 +173,21 @@ class StudyResult:
     error_message: str | None = None
     notes: tuple[str, ...] = ()
     unread: int = 0  # series of the study nobody could read (no section analysed, or not put together)
+
+
+def study_as_it_stands(store: Store, actor: Actor, study: StudyResult) -> StudyResult:
+    """``study`` with each saved series' record as it stands now: a colleague may have reviewed one since the page
+    analysed it (the page led with the model's verdict, and offered the PDF made before the review). No audit
+    event: the analysis that saved them was one."""
+    require(actor, OPEN_RESULT)
+    views = []
+    for view in study.views:
+        record = store.get(view.record.id) if view.record is not None else None
+        reviewed = record is not None and bool(record.review_count)
+        views.append(
+            view if record is None else replace(view, record=record, needs_review=view.needs_review and not reviewed)
+        )
+    return replace(study, views=tuple(views))
 
 
 def triage_study(
