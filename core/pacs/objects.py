@@ -102,26 +102,14 @@ _SEXES = {"M": "M", "F": "F", "O": "O", "MALE": "M", "FEMALE": "F"}
 
 def _standard_values(header: Any) -> None:
     """Values real scanners write that the standard does not allow, and highdicom refuses in the report (the
-    report was never made for them): a patient sex of "U" or "male" (type 2: written as M / F, else empty); a
-    character set whose first value is empty (the default repertoire, written out as ISO 2022 IR 6), or a single
-    ISO 2022 term (the same repertoire without code extensions: ISO_IR n)."""
-    from pydicom.charset import python_encoding
-
+    report was never made for them): a patient sex of "U" or "male" (type 2: written as M / F, else empty); and
+    character sets: every text value is read with the source's own, then the header says UTF-8, as our objects are
+    written (a Korean or Japanese set written with its first value empty, or one the report library does not
+    know, stopped the report)."""
     header.PatientSex = _SEXES.get(str(header.get("PatientSex") or "").strip().upper(), "")
-    if "SpecificCharacterSet" not in header:
-        return
-    value = header.SpecificCharacterSet
-    terms = [str(v or "").strip() for v in ([value] if isinstance(value, str | None) else value)]
-    if len(terms) > 1 and not terms[0]:
-        terms[0] = "ISO 2022 IR 6"
-    if terms == ["ISO 2022 IR 6"]:
-        terms = []
-    elif len(terms) == 1 and terms[0].replace("ISO 2022 IR ", "ISO_IR ") in python_encoding:
-        terms = [terms[0].replace("ISO 2022 IR ", "ISO_IR ")]
-    if not terms:
-        del header.SpecificCharacterSet
-    else:
-        header.SpecificCharacterSet = terms if len(terms) > 1 else terms[0]
+    if "SpecificCharacterSet" in header:
+        header.decode()
+        header.SpecificCharacterSet = UTF8
 
 
 def _uid(*parts: object) -> str:
