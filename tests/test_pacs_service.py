@@ -1169,6 +1169,11 @@ def test_each_reading_sends_its_key_images_in_a_series_of_its_own(tiny_classifie
     other = replace(series, model_version="9.9.9+00000000")
     (image, *_) = objects.key_images(evidence, other)
     assert str(image.SeriesInstanceUID) not in first and "(9.9.9+00000000)" in image.SeriesDescription
+    # a source series without number or description: named so, never by its UID cut to 64 characters (a valid UID)
+    bare = relabelled(files, SeriesNumber=None, SeriesDescription=None)
+    (image, *_) = objects.key_images(objects.headers(bare), series)
+    assert image.SeriesDescription.endswith(" of an unnamed series")
+    assert series.volume.series[:20] not in image.SeriesDescription
 
 
 def test_a_report_the_pacs_says_it_stored_but_does_not_hold_is_not_sent(tiny_classifier, tmp_path) -> None:

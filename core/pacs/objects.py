@@ -374,7 +374,8 @@ def key_images(evidence: Sequence[Any], series: SeriesAnalysis) -> list[Any]:
         image.BurnedInAnnotation = "NO"
         _name_source(image, series, index)  # an outline, no text: said, not left for a reader to guess
         image.PatientOrientation = list(orientation)  # every letter, as the app shows the edges
-        source = _series_name(evidence, series).split(" (UID ")[0]
+        name = _series_name(evidence, series)  # its UID, cut to the field's 64 characters, read as another's
+        source = "an unnamed series" if name.startswith("UID ") else name.split(" (UID ")[0]
         image.SeriesDescription = f"BTD key sections ({series.model_version}) of {source}"[:64]  # which reading, of
         # which series
         images.append(image)
