@@ -105,3 +105,16 @@ def test_expected_calibration_error_of_perfectly_calibrated_bins_is_zero() -> No
 def test_machine_names_the_cpu_and_its_cores_for_every_timing_report() -> None:
     described = machine()
     assert described.endswith(f"{os.cpu_count()} CPU cores") and platform.machine() in described
+
+
+def test_the_review_band_reason_states_the_probability_as_the_panel_does() -> None:
+    """The reason said "tumour probability 10%" beside a panel that said 9.9%: one probability, written one way."""
+    from core.model.decision import percent
+
+    rule = DecisionRule(labels=tuple(LABELS), review_band=(0.05, 0.89))
+    notumor = LABELS.index("notumor")
+    row = np.full(len(LABELS), 0.099 / (len(LABELS) - 1))
+    row[notumor] = 0.901
+    decision = rule.apply(row)
+    assert decision.review_reasons == ("tumour probability 9.9% is in the review band (5%-89%)",)
+    assert percent(decision.tumour_probability) == "9.9%"

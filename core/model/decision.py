@@ -146,7 +146,9 @@ class DecisionRule:
         reasons = []
         low, high = self.review_band
         if self.in_review_band(tumour_probability):
-            reasons.append(f"tumour probability {tumour_probability:.0%} is in the review band ({low:.0%}-{high:.0%})")
+            reasons.append(
+                f"tumour probability {percent(tumour_probability)} is in the review band ({low:.0%}-{high:.0%})"
+            )
         return Decision(label, is_tumour, tumour_probability, confidence, tuple(reasons))
 
 
