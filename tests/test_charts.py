@@ -260,10 +260,11 @@ def test_a_patients_timeline_within_one_day_spans_a_day_not_milliseconds() -> No
     from ui.viewer_figures import timeline_figure
 
     figure = timeline_figure(
-        ["2026-03-02 10:00", "2026-03-02 10:00"], [0.2, 0.7], ["notumor", "glioma"], ["scan", "series"], {}
+        ["2026-03-02 10:00", "2026-03-02 10:00"], [0.2, 0.999], ["notumor", "glioma"], ["scan", "series"], {}
     )
     low, high = (datetime.fromisoformat(v) for v in figure.layout.xaxis.range)
     assert high - low == timedelta(days=1) and low < datetime(2026, 3, 2, 10) < high
+    assert [list(t.customdata) for t in figure.data] == [["0.20"], [">0.99"]]  # hovered as titles write it: no 1.00
 
 
 def test_a_patients_timeline_colours_a_reviewed_result_by_the_radiologists_final_label() -> None:

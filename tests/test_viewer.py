@@ -62,7 +62,14 @@ def test_the_curve_marks_the_threshold_the_current_section_and_the_sections_abov
     line, above, skipped = figure["data"]
     assert line["x"] == [1, 2, 3, 4, 5] and line["y"] == [0.1, None, 0.9123, 0.95, 0.2] and not line["connectgaps"]
     assert (above["x"], above["y"], above["name"]) == ([3, 4], [0.9123, 0.95], "at or above threshold")
-    assert (skipped["x"], skipped["y"], skipped["name"]) == ([2], [0.0], "skipped")  # counted from 1, as titles
+    assert (skipped["x"], skipped["name"]) == ([2], "skipped")  # counted from 1, as titles
+    # below the probability axis, never at P(tumour) 0 (read as "no tumour" for an image nobody analysed)
+    low, _ = figure["layout"]["yaxis"]["range"]
+    assert low < skipped["y"][0] < 0 and min(figure["layout"]["yaxis"]["tickvals"]) == 0
+    # hovers write a probability as the titles do: never "1.00" nor "0.00"
+    near_one = curve_figure([0.998, 0.001], threshold=0.5, current=0, marked=[0])
+    assert near_one["data"][0]["text"] == [">0.99", "<0.01"] and near_one["data"][1]["text"] == [">0.99"]
+    assert "%{text}" in near_one["data"][0]["hovertemplate"] and ".2f" not in near_one["data"][0]["hovertemplate"]
     threshold, current = figure["layout"]["shapes"]
     assert threshold["y0"] == threshold["y1"] == 0.5 and current["x0"] == current["x1"] == 3
     assert figure["layout"]["annotations"][0]["text"] == "judged at 0.50" and figure["layout"]["height"] == 220

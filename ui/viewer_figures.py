@@ -23,6 +23,7 @@ from core.imaging.dicom_display import apply_window
 from core.model.explain import overlay
 from core.services.views import OUTLINE_RGB, draw_outline
 from ui.lesion import lesion_size
+from ui.wording import two_places
 
 OUTLINE_COLOR = "#{:02x}{:02x}{:02x}".format(*OUTLINE_RGB)
 
@@ -197,11 +198,14 @@ def curve_figure(
     return {"data": _curve_traces(y, marked), "layout": _curve_layout(threshold, current, height)}
 
 
-def _markers(x: list[int], y: list[float | None], name: str, marker: dict[str, Any], hover: str) -> dict[str, Any]:
+def _markers(
+    x: list[int], y: list[float | None], name: str, marker: dict[str, Any], hover: str, text: list[str] | None = None
+) -> dict[str, Any]:
     return {
         "type": "scatter",
         "x": x,
         "y": y,
+        "text": text,
         "mode": "markers",
         "name": name,
         "marker": marker,
@@ -209,14 +213,19 @@ def _markers(x: list[int], y: list[float | None], name: str, marker: dict[str, A
     }
 
 
+SKIPPED_AT = -0.12  # below the probability axis: a skipped section is no P(tumour) of 0 ("no tumour")
+
+
 def _curve_traces(y: list[float | None], marked: Sequence[int]) -> list[dict[str, Any]]:
     """The probability per section, then the sections at or above the threshold and the skipped ones (if any)."""
-    hover = "section %{x}: %{y:.2f}<extra></extra>"
+    hover = "section %{x}: %{text}<extra></extra>"  # written as the viewer's title writes it: never "1.00"
+    text = ["" if p is None else two_places(p) for p in y]
     data = [
         {
             "type": "scatter",
             "x": list(range(1, len(y) + 1)),  # sections counted from 1, as every title and the slider do
             "y": y,
+            "text": text,
             "mode": "lines+markers",
             "connectgaps": False,
             "name": "tumour probability",
@@ -227,12 +236,15 @@ def _curve_traces(y: list[float | None], marked: Sequence[int]) -> list[dict[str
     above = [i for i in marked if y[i] is not None]
     if above:
         marker = {"size": 9, "color": "#d32f2f"}
-        data.append(_markers([i + 1 for i in above], [y[i] for i in above], "at or above threshold", marker, hover))
+        shown = [text[i] for i in above]
+        data.append(
+            _markers([i + 1 for i in above], [y[i] for i in above], "at or above threshold", marker, hover, shown)
+        )
     skipped = [i for i, p in enumerate(y) if p is None]
     if skipped:
         marker = {"symbol": "x", "size": 6, "color": "#9e9e9e"}
-        hover_skipped = "section %{x}: skipped<extra></extra>"
-        data.append(_markers([i + 1 for i in skipped], [0.0] * len(skipped), "skipped", marker, hover_skipped))
+        hover_skipped = "section %{x}: skipped, not analysed<extra></extra>"
+        data.append(_markers([i + 1 for i in skipped], [SKIPPED_AT] * len(skipped), "skipped", marker, hover_skipped))
     return data
 
 
@@ -284,7 +296,7 @@ def _curve_axes(threshold: float, current: int, height: int) -> dict[str, Any]:
         "legend": {"orientation": "h", "y": 1.0, "yanchor": "bottom", "x": 0, "xanchor": "left"},
         "margin": {"l": 40, "r": 10, "t": 34, "b": 30},
         "xaxis": {"title": {"text": "section"}},
-        "yaxis": {"range": [-0.05, 1.05], "title": {"text": "P(tumour)"}},
+        "yaxis": {"range": [-0.18, 1.05], "tickvals": [0, 0.25, 0.5, 0.75, 1], "title": {"text": "P(tumour)"}},
         "annotations": [rule],
     }
 
@@ -321,7 +333,8 @@ def timeline_figure(
                 text=[
                     names.get(labels[i], labels[i]) + (" (radiologist)" if reviewed[i] else " (model)") for i in chosen
                 ],
-                hovertemplate="%{x} UTC<br>%{text}: P(tumour) %{y:.2f}<extra></extra>",
+                customdata=[two_places(probabilities[i]) for i in chosen],
+                hovertemplate="%{x} UTC<br>%{text}: P(tumour) %{customdata}<extra></extra>",
             )
         )
     figure.update_layout(
