@@ -116,9 +116,16 @@ def describe(record) -> str:
     read_by = f"{record.model_name} {record.model_version}"
     scanned = f"scanned day {days[record.id]} · " if record.id in days else ""
     return (
-        f"{scanned}saved {record.created_at:%Y-%m-%d %H:%M} UTC · {plane} · {sections} · {pretty(record.label)} · "
+        f"{scanned}saved {record.created_at:%Y-%m-%d %H:%M} UTC · {plane} · {sections} · {verdict_of(record)} · "
         f"{read_by} · #{record.id[:6]}"
     )
+
+
+def verdict_of(record) -> str:
+    """The reader's final label first once reviewed (an override read as the model's call in the picker)."""
+    if record.final_label:
+        return f"final {pretty(record.final_label)} (model {verdict_shown(record)})"
+    return verdict_shown(record)
 
 
 st.subheader("Compare with a prior")

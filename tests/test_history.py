@@ -192,6 +192,15 @@ def test_a_prior_pulled_after_todays_study_is_compared_as_the_earlier_scan_and_i
     current, prior = app.selectbox(key="history_current"), app.selectbox(key=f"history_prior-{june.id}")
     assert current.value.id == june.id and prior.value.id == january.id  # the latest scan, against the earlier
     assert current.format_func(current.value).startswith("scanned day 151 · saved ")
+    # overridden, the series is listed by its final label first (the picker gave the model's call alone)
+    from core.services.reviews import review_result
+    from ui.wording import pretty
+
+    final = "notumor" if june.is_tumour else "glioma"
+    review_result(store, DOCTOR, june.id, final, ["false_alarm"] if june.is_tumour else ["missed_lesion"])
+    app.run()
+    said = app.selectbox(key="history_current").format_func(app.selectbox(key="history_current").value)
+    assert f" · final {pretty(final)} (model {pretty(june.label)}) · " in said, said
 
 
 def lesion_history() -> list:
