@@ -40,7 +40,11 @@ GATES = {"needs review": "needs_review", "not a brain MRI": "rejected", "accepte
 filters = st.columns([1.1, 1.2, 1.3, 1, 1.3, 0.9])
 show = filters[0].selectbox("Show", list(SHOW), key="wl_show")
 verdicts = filters[1].multiselect(  # "tumour, type uncertain" too: a verdict of a card with a subtype rule
-    "Verdict", review_labels(classifier.card.labels), format_func=pretty, key="wl_verdicts"
+    "Model verdict",
+    review_labels(classifier.card.labels),
+    format_func=pretty,
+    key="wl_verdicts",
+    help="The model's call: a reviewed result whose final label differs is listed under the model's (Disagreements).",
 )
 gates = filters[2].multiselect("Flag", list(GATES), key="wl_gates")
 age = filters[3].selectbox("Age", list(AGES), index=1, key="wl_age")

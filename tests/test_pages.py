@@ -1471,6 +1471,7 @@ def test_a_result_a_colleague_reviewed_meanwhile_stays_open_with_their_review_an
     assert not app.exception and len(app.dataframe[0].value) == 2
     assert any("Showing the first 2 results in this order (not yet reviewed first" in w.value for w in app.warning)
     assert "Tumour, type uncertain" in app.multiselect(key="wl_verdicts").options
+    assert app.multiselect(key="wl_verdicts").label == "Model verdict"  # what it filters: never the final label
     opened = app.session_state["wl_chosen"]
     label = store.get(opened).label
     other = "notumor" if label != "notumor" else "glioma"
