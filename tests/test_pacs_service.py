@@ -708,23 +708,30 @@ def test_a_send_the_audit_trail_cannot_record_is_not_made(tiny_classifier, tmp_p
     assert pacs.stored == []
 
 
-def test_a_study_the_pacs_keeps_failing_is_left_behind_and_does_not_hold_back_the_feed(tiny_classifier, tmp_path):
+def test_a_study_the_pacs_keeps_failing_is_left_behind_and_does_not_hold_back_the_feed(
+    tiny_classifier, tmp_path, monkeypatch
+):
     """WADO-RS answering 406 or 500 for one study every time kept the watch at that study for ever: every study
-    after it in the feed was never triaged."""
+    after it in the feed was never triaged. Counted in watches alone (every 10 s), a PACS restarting (HTTP 500 for
+    under a minute) dropped the study from triage for good: it takes half an hour too."""
+    now = [1_000_000.0]
+    monkeypatch.setattr(pacs_watch, "clock", lambda: now[0])
     broken, later = f"{STUDY}.11", f"{STUDY}.12"
-    pacs = StandIn({broken: [], later: tumour_study(later)}, {broken: [PacsError("HTTP 500")] * 10})
+    pacs = StandIn({broken: [], later: tumour_study(later)}, {broken: [PacsError("HTTP 500")] * 20})
     watcher = pacs_watch.Watcher(
         pacs, Feed([broken, later]), tiny_classifier, SQLiteStore(tmp_path / "r.db"), None, None
     )
     first = pacs_watch.watch_once(watcher, pacs_watch.WatchState.load(tmp_path / "w.json"), RADIOLOGIST)
     assert [(line["study_uid"], line.get("retry")) for line in first] == [(broken, True), (later, None)]
-    for _ in range(pacs_watch.MAX_TRIES - 2):
+    for _ in range(pacs_watch.MAX_TRIES * 2):  # a minute of watches: waited out
+        now[0] += 10
         (line,) = pacs_watch.watch_once(watcher, pacs_watch.WatchState.load(tmp_path / "w.json"), RADIOLOGIST)
-        assert line["retry"] and line["study_uid"] == broken
+        assert line["retry"] and line["study_uid"] == broken and "left_behind" not in line
     assert pacs_watch.WatchState.load(tmp_path / "w.json").last == 0  # held at the failing study so far
+    now[0] += pacs_watch.GIVE_UP_AFTER_S
     state = pacs_watch.WatchState.load(tmp_path / "w.json")
     (line,) = pacs_watch.watch_once(watcher, state, RADIOLOGIST)
-    assert "left behind" in line["left_behind"] and "retry" not in line
+    assert "left behind" in line["left_behind"] and "over 32 minutes" in line["left_behind"] and "retry" not in line
     assert state.seen(broken) and state.last == 2 and pacs_watch.WatchState.load(tmp_path / "w.json").last == 2
 
 
@@ -759,7 +766,7 @@ def test_an_outage_is_waited_out_and_a_report_that_could_not_be_sent_is_sent_by_
 
 
 def test_a_pacs_that_refuses_our_reports_has_the_study_left_behind_not_pulled_and_audited_for_ever(
-    tiny_classifier, tmp_path
+    tiny_classifier, tmp_path, monkeypatch
 ) -> None:
     """An account that may read but not store (HTTP 403 on STOW) was waited out as a wrong password is: every
     watch pulled, analysed and audited every study again, four events a study every ten seconds, for ever."""
@@ -772,10 +779,13 @@ def test_a_pacs_that_refuses_our_reports_has_the_study_left_behind_not_pulled_an
         raise PacsForbidden("The PACS refused the store to this account (HTTP 403).")
 
     pacs.store = forbidden
+    now = [1_000_000.0]
+    monkeypatch.setattr(pacs_watch, "clock", lambda: now[0])
     watcher = pacs_watch.Watcher(pacs, Feed([uid]), tiny_classifier, store, None, None, True)
     for _ in range(pacs_watch.MAX_TRIES - 1):
         (line,) = pacs_watch.watch_once(watcher, pacs_watch.WatchState.load(tmp_path / "w.json"), RADIOLOGIST)
         assert line["send_error"]["code"] == "pacs_forbidden" and line["retry"]
+        now[0] += pacs_watch.GIVE_UP_AFTER_S / 4
     state = pacs_watch.WatchState.load(tmp_path / "w.json")
     (line,) = pacs_watch.watch_once(watcher, state, RADIOLOGIST)
     assert "left behind" in line["left_behind"] and "retry" not in line and state.seen(uid)

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ class WatchState:
     handled: dict[str, str] = field(default_factory=dict)
     tries: dict[str, int] = field(default_factory=dict)  # failed tries of a study the PACS keeps failing
     key: bytes | None = None
+    failing_since: dict[str, float] = field(default_factory=dict)  # when its first failed try of a row was (epoch s)
 
     def _name(self, study_uid: str) -> str:
         """A study's name in the file: keyed when there is a key."""
@@ -62,7 +64,8 @@ class WatchState:
             if isinstance(handled, list):  # written before fingerprints: handled, images unknown (never redone)
                 handled = dict.fromkeys(handled, LEGACY)
             tries = {str(k): int(v) for k, v in saved.get("tries", {}).items()}
-            return cls(path, int(saved["last"]), {str(k): str(v) for k, v in handled.items()}, tries, key)
+            since = {str(k): float(v) for k, v in saved.get("failing_since", {}).items()}
+            return cls(path, int(saved["last"]), {str(k): str(v) for k, v in handled.items()}, tries, key, since)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise PacsError(
                 f"The watch's state file ({path.name} in the data folder) cannot be read: restore it from a backup, "
@@ -77,11 +80,13 @@ class WatchState:
         found = self.handled.get(self._name(study_uid))
         return found if found is not None else self.handled.get(_plain(study_uid))  # as files before keys wrote it
 
-    def failed(self, study_uid: str) -> int:
-        """Count one more failed try of a study; returns how many there have been."""
+    def failed(self, study_uid: str, now: float) -> tuple[int, float]:
+        """Count one more failed try of a study at ``now``; returns how many there have been, and for how many
+        seconds it has failed (from its first failed try)."""
         name = self._name(study_uid)
         self.tries[name] = self.tries.pop(_plain(study_uid), 0) + self.tries.get(name, 0) + 1
-        return self.tries[name]
+        since = self.failing_since.setdefault(name, now)
+        return self.tries[name], max(0.0, now - since)
 
     def save(self, last: int, handled: dict[str, str] | None = None) -> None:
         self.last = last
@@ -90,6 +95,7 @@ class WatchState:
             for old in (name, _plain(uid)):  # newest last; a plain name written before keys goes
                 self.handled.pop(old, None)
                 self.tries.pop(old, None)
+                self.failing_since.pop(old, None)
             self.handled[name] = fingerprint
         self.handled = dict(list(self.handled.items())[-10_000:])
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -99,7 +105,8 @@ class WatchState:
         handle, partial = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}.", suffix=".tmp")
         try:
             with os.fdopen(handle, "w") as out:
-                out.write(json.dumps({"last": last, "handled": self.handled, "tries": self.tries}))
+                kept = {"last": last, "handled": self.handled, "tries": self.tries, "failing_since": self.failing_since}
+                out.write(json.dumps(kept))
                 out.flush()
                 os.fsync(out.fileno())  # on disk before it replaces the old state: a crash leaves one or the other
             os.replace(partial, self.path)
@@ -148,12 +155,18 @@ class Watcher:
 STORE_DOWN = "store_unavailable"
 # a refused user name or password is waited out as an outage is (it left every study behind for good)
 RETRIED = frozenset({PacsUnreachable.code, PacsRefused.code, PacsForbidden.code, PacsError.code, STORE_DOWN})
-# answers that are not an outage: a study so answered is left behind after MAX_TRIES watches (a PACS refusing our
-# reports, HTTP 403, had every watch pull, analyse and audit every study again, for ever)
+# answers that are not an outage: a study so answered is left behind in the end (a PACS refusing our reports,
+# HTTP 403, had every watch pull, analyse and audit every study again, for ever)
 COUNTED = frozenset({PacsError.code, PacsForbidden.code})
-# a study the PACS answers with an error (not an outage) this many watches in a row is left behind, so that it
-# does not hold back every study after it in the feed
+# a study the PACS answers with an error (not an outage) this many watches in a row, over at least this long, is
+# left behind, so that it does not hold back every study after it in the feed (counted in watches alone, a PACS
+# restarting, HTTP 500 for under a minute, dropped the study at the head of the feed from triage for good)
 MAX_TRIES = 5
+GIVE_UP_AFTER_S = 30 * 60
+
+
+def clock() -> float:
+    return time.time()
 
 
 def watch_once(watcher: Watcher, state: WatchState, actor: Actor) -> list[dict[str, Any]]:
@@ -196,15 +209,19 @@ def failed(line: dict[str, Any]) -> bool:
 
 
 def _given_up(state: WatchState, study_uid: str, line: dict[str, Any]) -> bool:
-    """Whether a study the PACS failed (``line``) is now left behind: after :data:`MAX_TRIES` watches that got
-    an error answer for it (an outage, or our own database down, is waited out however long it lasts)."""
+    """Whether a study the PACS failed (``line``) is now left behind: after :data:`MAX_TRIES` watches in a row that
+    got an error answer for it, over :data:`GIVE_UP_AFTER_S` at least (an outage, or our own database down, is
+    waited out however long it lasts)."""
     if line["skipped"] not in COUNTED:
         return False
-    tries = state.failed(study_uid)
-    if tries < MAX_TRIES:
+    tries, failing_s = state.failed(study_uid, clock())
+    if tries < MAX_TRIES or failing_s < GIVE_UP_AFTER_S:
         return False
-    logger.warning("event=pacs_study_left_behind tries=%d", tries)
-    line["left_behind"] = f"the PACS failed this study {tries} watches in a row; it is left behind (see the log)"
+    logger.warning("event=pacs_study_left_behind tries=%d minutes=%d", tries, failing_s // 60)
+    line["left_behind"] = (
+        f"the PACS failed this study {tries} watches in a row over {failing_s / 60:.0f} minutes; it is left behind "
+        "(see the log)"
+    )
     return True
 
 
