@@ -794,6 +794,21 @@ def test_a_pacs_that_refuses_our_reports_has_the_study_left_behind_not_pulled_an
     assert store.summary().total == 1  # the series stays saved for review: only the report never reached the PACS
 
 
+def test_a_pacs_whose_change_numbers_start_again_is_read_from_its_first_change(tiny_classifier, tmp_path) -> None:
+    """Orthanc's database reset or restored numbers its changes from 1 again: the watch took the smaller last change
+    as its own and the studies received before its next look were never triaged."""
+    first, second, third = (f"{STUDY}.{n}" for n in (21, 22, 23))
+    pacs = StandIn({uid: tumour_study(uid) for uid in (first, second, third)})
+    store = SQLiteStore(tmp_path / "r.db")
+    watcher = pacs_watch.Watcher(pacs, Feed([first, second, second]), tiny_classifier, store, None, None)
+    done = pacs_watch.watch_once(watcher, pacs_watch.WatchState.load(tmp_path / "w.json"), RADIOLOGIST)
+    assert [line["study_uid"] for line in done] == [first, second]
+    restored = pacs_watch.Watcher(pacs, Feed([first, third]), tiny_classifier, store, None, None)  # numbered 1, 2
+    state = pacs_watch.WatchState.load(tmp_path / "w.json")
+    assert [line["study_uid"] for line in pacs_watch.watch_once(restored, state, RADIOLOGIST)] == [third]
+    assert state.last == 2 and pacs_watch.watch_once(restored, state, RADIOLOGIST) == []  # the first: analysed
+
+
 def test_a_damaged_watch_state_is_refused_not_taken_for_a_first_start(tmp_path) -> None:
     """A state file cut short was read as a first start: the watch went back to the beginning of the PACS's
     history and analysed, and with --send wrote reports into, every study it ever held."""

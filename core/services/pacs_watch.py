@@ -184,6 +184,10 @@ def watch_once(watcher: Watcher, state: WatchState, actor: Actor) -> list[dict[s
     done = False
     while not done:
         studies, last, done = watcher.changes.stable_studies(state.last)
+        if last < state.last:  # the PACS numbers its changes from 1 again (its database reset or restored): the
+            logger.warning("event=pacs_feed_reset last=%d was=%d", last, state.last)  # studies numbered below ours
+            state.last, done = 0, False  # were passed over unread; read from its first change (those analysed
+            continue  # as they are are passed over: their fingerprints are kept)
         handled: dict[str, str] = {}
         failed = False
         for study_uid in dict.fromkeys(uid for _, uid in studies):
