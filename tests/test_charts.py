@@ -190,6 +190,27 @@ def test_today_is_withheld_when_its_period_minus_it_leaves_a_small_count(tmp_pat
     assert dashboard(store, Actor("boss", "supervisor"), period="week", **common).today == 5
 
 
+def test_today_and_the_week_are_withheld_when_their_period_less_both_leaves_a_small_count(tmp_path) -> None:
+    """Grouped by month: 3 results on 5 May, 16 over 13 to 19 May, 6 today (20 May). The month's 25, less "Today so
+    far" 6 and the 7-day mean times 7 (16), gave back the 3 of 1 to 12 May, a count never shown."""
+    store = SQLiteStore(tmp_path / "results.sqlite3")
+    now = datetime(2025, 5, 20, 15, 0, tzinfo=UTC)
+    days = {15: 3, **dict.fromkeys(range(1, 8), 0), 0: 6}
+    days.update({d: (3 if d <= 2 else 2) for d in range(1, 8)})  # 16 over the 7 days before today
+    for d, n in days.items():
+        for i in range(n):
+            store.add(make_record(1000 * d + i, now - timedelta(days=d, minutes=i + 1)))
+    common = {"start_day": date(2025, 5, 1), "end_day": date(2025, 5, 20), "timezone": "UTC", "now": now}
+    monthly = dashboard(store, Actor("boss", "supervisor"), period="month", **common)
+    assert monthly.periods[0].scans == 25 and monthly.today is None and monthly.week_mean is None
+    store.add(make_record(99_999, now - timedelta(days=15, minutes=30)))  # 4 on 5 May: still small
+    assert dashboard(store, Actor("boss", "supervisor"), period="month", **common).week_mean is None
+    for i in range(2):  # 6 before the week: no longer small, and both are shown
+        store.add(make_record(88_000 + i, now - timedelta(days=15, minutes=40 + i)))
+    shown = dashboard(store, Actor("boss", "supervisor"), period="month", **common)
+    assert shown.today == 6 and shown.week_mean == pytest.approx(16 / 7)
+
+
 def test_lesion_volume_counts_per_period_are_withheld_as_a_group_under_their_total() -> None:
     from core.domain.results import LesionPeriod
     from core.services.statistics import _lesion_rows as lesion_rows

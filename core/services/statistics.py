@@ -206,7 +206,9 @@ def dashboard(
     today, week = _recent_counts(store, shown, timezone, unit, now)
     periods = roll_up(days, period, start_day, end_day)
     rows = period_rows(periods)
-    hide_recent = withheld_recently(rows, period, timezone, now)
+    hide_recent = withheld_recently(rows, period, timezone, now) or recent_gives_back(
+        rows, period, timezone, now, today, week
+    )
     total, tumours = sum(d.total for d in days), sum(d.tumour for d in days)
     rate = safe_rate(tumours, total)
     # the only period with tumours withheld: every figure that sums the tumours would give it back (the rate times
@@ -232,7 +234,7 @@ def dashboard(
         tumour_rate=rate,
         tumour_interval=wilson_interval(tumours, total) if rate is not None else None,
         mean_confidence=scan_summary.mean_confidence if suppress_small(scan_summary.total) else None,
-        today=None if hide_recent or today_gives_back(rows, period, timezone, now, today) else suppress_small(today),
+        today=None if hide_recent else suppress_small(today),
         week_mean=None if hide_recent or suppress_small(week) is None else week / 7,
         flagged=suppress_small(gates.get(NEEDS_REVIEW, 0)),
         rejected=suppress_small(gates.get(REJECTED, 0)),
@@ -306,16 +308,21 @@ def withheld_recently(rows: Sequence[PeriodRow], period: str, timezone: str, now
     return any(r.scans is None and r.start <= local_today and next_period(r.start, period) > first for r in rows)
 
 
-def today_gives_back(rows: Sequence[PeriodRow], period: str, timezone: str, now: datetime | None, today: int) -> bool:
-    """Whether today's count, taken from the shown period it lies in, leaves 1 to 4: the period's earlier days, a
-    small count given back by subtraction (a week of 6 beside "Today so far" 5)."""
+def recent_gives_back(
+    rows: Sequence[PeriodRow], period: str, timezone: str, now: datetime | None, today: int, week: int
+) -> bool:
+    """Whether today's count or the last 7 days' (their mean times 7), taken from the shown periods around them,
+    leave 1 to 4: days never shown, a small count given back by subtraction (a week of 6 beside "Today so far" 5;
+    a month of 25 less today's 6 and the week's 16)."""
     local_today = (now or datetime.now(UTC)).astimezone(ZoneInfo(timezone)).date()
-    return any(
-        r.scans is not None
-        and r.start <= local_today < next_period(r.start, period)
-        and 0 < r.scans - today < SMALL_CELL
-        for r in rows
-    )
+    first = local_today - timedelta(7)
+    current = [r.scans for r in rows if r.scans is not None and r.start <= local_today < next_period(r.start, period)]
+    around = [r for r in rows if r.start <= local_today and next_period(r.start, period) > first]
+    left = [n - today for n in current]
+    if around and all(r.scans is not None for r in around) and around[0].start <= first:  # the week within them
+        spare = sum(r.scans or 0 for r in around) - today - week
+        left += [spare, spare + week, spare + today]
+    return any(0 < n < SMALL_CELL for n in left)
 
 
 def _recent_counts(
