@@ -63,6 +63,13 @@ def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised_and_names_left_o
     for hostile in ('=HYPERLINK("http://x","y")', "+1", "-2+3", "@SUM(A1)", "\tx", "\rx"):
         assert spreadsheet_safe(hostile) == "'" + hostile
     assert spreadsheet_safe("glioma") == "glioma" and spreadsheet_safe(-0.5) == -0.5
+    # after a ";" (a list separator in much of Europe), a quoted formula is a formula cell there too
+    from core.services.exports import text_line_safe
+
+    assert spreadsheet_safe('1;"=HYPERLINK(""http://x"")"') == '1;"\'=HYPERLINK(""http://x"")"'
+    assert spreadsheet_safe("a; =1+1") == "a; '=1+1"
+    assert text_line_safe('"=1+1", x') == '"\'=1+1", x' and text_line_safe('v 1,"-2"') == 'v 1,"\'-2"'
+    assert text_line_safe("=1") == "'=1" and text_line_safe("a,=1") == "a,'=1"
     rows = [{"scan": 1, "file": '=HYPERLINK("http://evil")', "verdict": "Glioma", "reason": "-looks odd"}]
     with_names = batch_csv(rows, with_names=True).decode()
     assert "'=HYPERLINK" in with_names and ",'-looks odd" in with_names

@@ -7,10 +7,12 @@ import re
 from typing import Any
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-# where a spreadsheet set to another list separator (";" in much of Europe, a tab) starts a new cell inside ours
-_INNER_CELL = re.compile(r"([;\t])(\s*)(?=[=+\-@])")
-# in a line written as text, not through the CSV writer (a heading), a comma or a line break starts one too
-_INNER_TEXT_CELL = re.compile(r"([;,\t\r\n])(\s*)(?=[=+\-@])")
+# where a spreadsheet set to another list separator (";" in much of Europe, a tab) starts a new cell inside ours,
+# quoted too (``1;"=HYPERLINK(...)"`` is a quoted formula cell there)
+_INNER_CELL = re.compile(r'([;\t]\s*"?)(?=[=+\-@])')
+# in a line written as text, not through the CSV writer (a heading), a comma or a line break starts one too, and
+# the line's own start with a quote
+_INNER_TEXT_CELL = re.compile(r'((?:^|[;,\t\r\n])\s*"|[;,\t\r\n]\s*)(?=[=+\-@])')
 
 
 def spreadsheet_safe(value: Any) -> Any:
@@ -20,7 +22,7 @@ def spreadsheet_safe(value: Any) -> Any:
     values pass unchanged."""
     if not isinstance(value, str):
         return value
-    value = _INNER_CELL.sub(r"\1\2'", value)
+    value = _INNER_CELL.sub(r"\1'", value)
     return "'" + value if value.startswith(_FORMULA_START) else value
 
 
@@ -28,5 +30,5 @@ def text_line_safe(line: str) -> str:
     """A line written into a CSV as text (a heading naming typed filters): as :func:`spreadsheet_safe`, and also
     after a comma or a line break, which open a cell there (in a cell the CSV writer quotes they do not, and a
     reader's note keeps its own text)."""
-    line = _INNER_TEXT_CELL.sub(r"\1\2'", line)
+    line = _INNER_TEXT_CELL.sub(r"\1'", line)
     return "'" + line if line.startswith(_FORMULA_START) else line
