@@ -1657,6 +1657,12 @@ def test_lesion_volumes_of_tumour_studies_per_period_have_the_quantiles_of_their
     assert [(m.start, m.studies) for m in months] == [(date(2026, 4, 1), 7)]
     assert store.lesion_volumes(replace(shown, model_versions=("9.9.9",)), "UTC", "week") == []
     assert store.lesion_volumes(Filters(), "UTC", "week")[0].studies == 8  # all gates: the refused one counts
+    # a study read by two model versions is two, as the studies per day count it: never a blend of their measures
+    again = replace(lesion_series(221, utc(2026, 4, 14, 9, 0), 30.0), model_version="2.0.0")
+    store.add_series(replace(again, id=record_id(again.image_sha256, "btd-cnn", "2.0.0")), series_sections())
+    (later,) = store.lesion_volumes(replace(shown, start=utc(2026, 4, 13)), "UTC", "week")
+    assert later.studies == 2 and later.quantiles == pytest.approx(np.quantile([12.0, 30.0], LESION_QUANTILES))
+    assert later.studies == sum(d.total for d in store.daily_studies(replace(shown, start=utc(2026, 4, 13)), "UTC"))
 
 
 def test_a_studys_lesion_volume_is_counted_on_its_first_series_day_as_its_study_is(store) -> None:

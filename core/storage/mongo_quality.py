@@ -145,7 +145,7 @@ class MongoQuality:
             {"$match": self._match(replace(filters, kinds=("series",), start=None, end=None))},
             {
                 "$group": {
-                    "_id": {"$ifNull": ["$study_ref", "$_id"]},
+                    "_id": {"study": {"$ifNull": ["$study_ref", "$_id"]}, "version": "$model_version"},
                     "at": {"$min": "$created_at"},
                     "ml": {"$avg": tumour_ml},  # nulls are left out of the mean
                 }

@@ -86,7 +86,8 @@ class SQLiteQuality(SQLiteBase):
     def lesion_volumes(self, filters: Filters, timezone: str, period: str) -> list[LesionPeriod]:
         """Tumour studies with a lesion volume per local period (day, week, month) of their first series, as the
         studies per day count them (a study's series grouped before the range applies), with the quantiles of their
-        volumes (the mean of its tumour series' volumes): grouped, ranked (window functions) and picked in SQL; only
+        volumes (the mean of its tumour series' volumes; per model version, as studies are counted, never a blend of
+        two models' measures): grouped, ranked (window functions) and picked in SQL; only
         the values at the quantiles' ranks leave the database. Periods without such a study are not listed."""
         where, params = where_sql(replace(filters, kinds=("series",), start=None, end=None))
         bounds = (("at_ms >= ?", filters.start), ("at_ms < ?", filters.end))
@@ -94,7 +95,8 @@ class SQLiteQuality(SQLiteBase):
         params = [*params, *(ms for _, ms in known)]
         studies = (
             f"SELECT min(created_ms) AS at_ms, avg(CASE WHEN is_tumour = 1 THEN lesion_ml END) AS ml FROM scans{where} "
-            f"GROUP BY COALESCE(study_ref, id) HAVING {' AND '.join(['ml IS NOT NULL', *(sql for sql, _ in known)])}"
+            f"GROUP BY COALESCE(study_ref, id), model_version "  # a study read by two models: two, as it is counted
+            f"HAVING {' AND '.join(['ml IS NOT NULL', *(sql for sql, _ in known)])}"
         )
         first, last = self._query(f"SELECT min(at_ms), max(at_ms) FROM ({studies})", params)[0]
         if first is None:
