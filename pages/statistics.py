@@ -185,7 +185,12 @@ def quality_figures(board_q) -> None:
         if overall.specificity_interval is None
         else "95 % interval {:.1%} to {:.1%}".format(*overall.specificity_interval),
     )
-    kpis[4].metric("Awaiting review", number(board_q.backlog))
+    kpis[4].metric(  # refused images wait on the Worklist too, counted apart: the figure says which it counts
+        "Verdicts awaiting review",
+        number(board_q.backlog),
+        help="Results with a verdict not reviewed yet. Images the input gate refused, also on the Worklist for a "
+        "radiologist to confirm or override, are in Refused results (reviewed or not), not here.",
+    )
     median, p90 = board_q.turnaround_median_h, board_q.turnaround_p90_h
     backlog = "Results" if board_q.backlog is None else f"The {number(board_q.backlog)} results"  # None: withheld
     waiting = (  # a median of the reviewed alone is kindest when most wait: it never said they were left out

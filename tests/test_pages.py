@@ -605,6 +605,8 @@ def test_statistics_page_charts_the_stores_aggregates_under_the_small_count_rule
     assert metrics["Reviewed"] == "0" and metrics["Agreement"] == "—" and metrics["Sensitivity"] == "—"
     turnaround = next(m for m in app.metric if m.label == "Review turnaround (median)")
     assert turnaround.value == "—" and "13 results awaiting review are not in it" in turnaround.proto.help
+    waiting = next(m for m in app.metric if m.label == "Verdicts awaiting review")  # refused images: counted apart
+    assert waiting.value == "13" and "Refused results" in waiting.proto.help
     # pituitary's 2 withheld, with no tumour's 5 beside it, and glioma's 6: the tumour rate gives their sum, 8
     assert metrics["Glioma"] == "withheld" and metrics["Pituitary tumour"] == "withheld"
     assert metrics["No tumour"] == "withheld"  # 13 - 6 - 5 would give the 2 pituitary away
