@@ -514,7 +514,7 @@ def test_count_axes_have_at_most_six_steps_and_one_periods_quality_charts_span_t
     day = ["2026-03-01"]
     charts = (
         agreement_figure(day, [0.9], [(0.8, 0.95)], [0.1], [0.0], "day"),
-        drift_figure(day, [0.4], [(0.2, 0.6)], [0.5], [(0.2, 0.6)], [False], None, "day"),
+        drift_figure(day, [0.4], [(0.2, 0.6)], [0.5], [(0.2, 0.6)], ([False], [False]), None, "day"),
     )
     for figure in charts:
         assert list(figure.layout.xaxis.range) == ["2026-02-28 12:00:00", "2026-03-01 12:00:00"]
@@ -526,10 +526,31 @@ def test_a_period_out_of_control_stands_out_without_colour() -> None:
 
     starts = ["2026-11-02", "2026-11-09", "2026-11-16"]
     limits = [(0.2, 0.6)] * 3
-    figure = drift_figure(starts, [0.4, 0.41, 0.9], limits, [0.5, 0.5, 0.8], limits, [False, False, True], None)
+    alarms = ([False, False, True], [False, False, True])
+    figure = drift_figure(starts, [0.4, 0.41, 0.9], limits, [0.5, 0.5, 0.8], limits, alarms, None)
     observed = [trace for trace in figure.data if trace.name == "observed"]
     assert observed and all(list(t.marker.symbol) == ["circle", "circle", "x"] for t in observed)
     assert all(list(t.text) == ["", "", "out of control"] for t in observed)
+
+
+def test_each_drift_panel_marks_its_own_measure_out_of_control() -> None:
+    """The tumour rate held at 50 % inside its limits while the mean probability left its own: both panels drew the
+    rate's point as an out-of-control cross, and the CSV had one flag for both."""
+    from core.analytics.quality import quality_rows
+    from core.domain.results import DayQuality
+
+    def day(k: int, mean: float) -> DayQuality:  # 40 verdicts, 20 tumours: a rate of 50 % each day
+        return DayQuality(date(2026, 2, 10 + k), 40, 20, 0, 0, 0, 0, 40 * mean, 40 * (mean**2 + 0.01), 40)
+
+    rows, drift = quality_rows([day(0, 0.5), day(1, 0.52), day(2, 0.48), day(3, 0.9)], date(2026, 2, 12))
+    last = rows[-1]
+    assert last.tumour_rate == 0.5 and not last.rate_out and last.mean_out and last.out_of_control
+    from core.services.statistics import QualityBoard
+    from ui.charts import drift as drift_chart
+
+    figure = drift_chart(QualityBoard(tuple(rows), drift, None, {}, None, None, None), "day")
+    rate_panel, mean_panel = (t for t in figure.data if t.name == "observed")
+    assert list(rate_panel.marker.symbol)[-1] == "circle" and list(mean_panel.marker.symbol)[-1] == "x"
 
 
 def test_a_versions_withheld_rate_or_agreement_cannot_be_had_by_subtraction(tmp_path) -> None:

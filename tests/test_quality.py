@@ -191,6 +191,7 @@ def test_the_overall_agreement_is_withheld_when_it_would_give_back_the_one_perio
         "tumour_rate",
         "tumour_rate_lower_control_limit",
         "tumour_rate_upper_control_limit",
+        "tumour_rate_out_of_control",  # which measure left its limits, each said apart
     ]
     assert limits[0].endswith(",,") and any("not 95 % intervals" in line for line in lines)
 

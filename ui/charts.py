@@ -290,12 +290,14 @@ def drift_figure(
     limits: Sequence[tuple[float, float] | None],
     means: Sequence[float | None],
     mean_limits: Sequence[tuple[float, float] | None],
-    alarms: Sequence[bool],
+    alarms: tuple[Sequence[bool], Sequence[bool]],
     baseline_end: str | None,
     period: str = "day",
 ) -> go.Figure:
     """Control charts: the tumour rate against its p-chart limits (above) and the mean tumour probability
-    against its x-bar limits (below), both from the baseline period; periods out of control as red crosses."""
+    against its x-bar limits (below), both from the baseline period; ``alarms``: per period, whether the rate and
+    whether the mean is out of control, each drawn as a red cross on its own panel (one list marked a rate inside
+    its limits out of control when the mean alone left them)."""
     figure = make_subplots(
         rows=2,
         cols=1,
@@ -303,7 +305,7 @@ def drift_figure(
         vertical_spacing=0.08,
         subplot_titles=("tumour rate % per scan or series", "mean tumour probability of single scans %"),
     )
-    for row, values, bounds in ((1, rates, limits), (2, means, mean_limits)):
+    for row, values, bounds, flags in ((1, rates, limits, alarms[0]), (2, means, mean_limits, alarms[1])):
         pct = [None if v is None else round(v * 100, 2) for v in values]
         for k, name in ((0, "lower limit"), (1, "upper limit")):
             figure.add_scatter(
@@ -325,11 +327,11 @@ def drift_figure(
             showlegend=row == 1,
             # out of control: red, and a larger cross with its words, so it shows without colour vision too
             marker={
-                "color": ["#c0392b" if alarm else "#1f6f8b" for alarm in alarms],
-                "symbol": ["x" if alarm else "circle" for alarm in alarms],
-                "size": [12 if alarm else 7 for alarm in alarms],
+                "color": ["#c0392b" if alarm else "#1f6f8b" for alarm in flags],
+                "symbol": ["x" if alarm else "circle" for alarm in flags],
+                "size": [12 if alarm else 7 for alarm in flags],
             },
-            text=["out of control" if alarm else "" for alarm in alarms],
+            text=["out of control" if alarm else "" for alarm in flags],
             hovertemplate="%{x}: %{y}% %{text}<extra></extra>",
             line_color="#1f6f8b",
             row=row,
@@ -393,7 +395,7 @@ def drift(board: QualityBoard, period: str) -> go.Figure:
         [r.rate_limits for r in rows],
         [r.mean_probability for r in rows],
         [r.mean_limits for r in rows],
-        [r.out_of_control for r in rows],
+        ([r.rate_out for r in rows], [r.mean_out for r in rows]),
         end,
         period,
     )

@@ -38,7 +38,9 @@ class QualityRow:
     rate_limits: tuple[float, float] | None  # p-chart limits around the baseline rate, for this period's size
     mean_probability: float | None
     mean_limits: tuple[float, float] | None
-    out_of_control: bool
+    out_of_control: bool  # either measure below
+    rate_out: bool = False  # the tumour rate outside its limits (each panel of the chart marks its own)
+    mean_out: bool = False  # the mean tumour probability outside its limits
 
 
 @dataclass(frozen=True)
@@ -135,10 +137,12 @@ def quality_rows(periods: Sequence[DayQuality], baseline_end: date | None) -> tu
             half = 3 * sd0 / math.sqrt(p.scored_n)
             mean_limits = (max(0.0, mean0 - half), min(1.0, mean0 + half))
         after = baseline_end is not None and p.day > baseline_end and shown is not None  # no alarm on a withheld
-        out = after and (  # period: the banner named a period whose figures nobody could see
-            (limits is not None and rate is not None and not limits[0] <= rate <= limits[1])
-            or (mean_limits is not None and mean is not None and not mean_limits[0] <= mean <= mean_limits[1])
+        # period: the banner named a period whose figures nobody could see
+        rate_out = after and limits is not None and rate is not None and not limits[0] <= rate <= limits[1]
+        mean_out = (
+            after and mean_limits is not None and mean is not None and not mean_limits[0] <= mean <= mean_limits[1]
         )
+        out = rate_out or mean_out
         if out:
             alarms.append(p.day)
         # a rate, its interval or its control limits give back the count they stand on: withheld with the count
@@ -160,6 +164,8 @@ def quality_rows(periods: Sequence[DayQuality], baseline_end: date | None) -> tu
                 mean_probability=mean,
                 mean_limits=mean_limits,
                 out_of_control=out,
+                rate_out=rate_out,
+                mean_out=mean_out,
             )
         )
     start = base[0].day if base else None

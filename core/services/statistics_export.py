@@ -185,3 +185,5 @@ def _quality_export(row, quality: QualityBoard) -> None:
         row("quality_per_period", key, "flagged_rate", q.flagged_rate, digits=4)
         row("quality_per_period", key, "refused_rate", q.rejected_rate, digits=4)
         row("quality_per_period", key, "out_of_control", str(q.out_of_control).lower())
+        row("quality_per_period", key, "tumour_rate_out_of_control", str(q.rate_out).lower())
+        row("quality_per_period", key, "mean_probability_out_of_control", str(q.mean_out).lower())
