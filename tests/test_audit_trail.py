@@ -212,6 +212,10 @@ def test_a_mongodb_event_whose_id_is_text_breaks_the_chain_and_blocks_no_append(
     assert not audit.verify_new(store, SUPERVISOR).intact
     for k in range(2):  # appends go on after the last numbered event
         assert audit.record(store, ADMIN, "store_backup", None).seq == 4 + k
+    assert audit.signs_the_chain(store) and audit.key_doubt(store) is None  # the forged event never reads as last
+    events.delete_one({"_id": "2"})
+    events.replace_one({"_id": 5}, events.find_one({"_id": 5}) | {"_id": 5.0})  # a JSON import: 5.0 is event 5
+    assert audit.verify(store).intact
 
 
 def test_an_edit_before_the_verified_event_is_found_by_the_full_check_on_the_command_line(
@@ -534,3 +538,21 @@ def test_a_mistyped_expected_head_is_refused_and_marks_nothing(tmp_path, monkeyp
         assert json.loads(capsys.readouterr().out)["error"]["code"] == "bad_usage"
     assert audit.verify_new(store, SUPERVISOR).intact  # the page's check still holds
     assert main(["audit", "verify", "--expect-head", head]) == 0
+
+
+def test_a_command_with_the_servers_key_opens_a_database_whose_newest_event_was_edited(tmp_path, monkeypatch) -> None:
+    """The newest event edited under the server's key: every command refused, blaming the key, and no one could run
+    ``users`` or a backup; the key signs the chain's head, so it is the server's, and verify names the edit."""
+    from core.errors import StoreError
+    from core.services.resources import open_results_store
+
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("BTD_AUDIT_KEY", "the server's audit key, long enough")
+    monkeypatch.delenv("MONGODB_URI", raising=False)
+    write(open_results_store(), 3)
+    tamper(open_results_store(), 3, actor="someone-else")
+    store = open_results_store()  # opened
+    assert audit.verify(store).first_bad.seq == 3
+    monkeypatch.setenv("BTD_AUDIT_KEY", "another audit key, just as long")
+    with pytest.raises(StoreError, match="not signed with this command's audit key"):
+        open_results_store()

@@ -367,4 +367,9 @@ def test_the_app_opens_no_database_whose_audit_trail_another_key_signs(monkeypat
     monkeypatch.setenv("BTD_AUDIT_KEY", "the server's audit key, long enough")
     store = resources.current_store()  # the refusal is not kept: started again with the right key, it opens
     assert len(store.audit_events()) == 1 and audit.verify(store).intact
+    from tests.test_audit_trail import tamper
+
+    tamper(store, 1, actor="someone-else")  # the newest event edited: no reason to lock everyone out
+    resources._store.clear()
+    assert not audit.verify(resources.current_store()).intact  # opened; verify names the edit
     resources._store.clear()

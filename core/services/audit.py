@@ -82,7 +82,7 @@ def signs_the_chain(store: AuditTrail) -> bool:
     tail = store.audit_events(since_seq=max(0, (head.seq if head else 0) - 1))
     if not tail and head is not None:  # the newest events deleted (the head ahead of them): the real last one
         tail = store.audit_events()
-    last = tail[-1] if tail else None
+    last = max(tail, key=lambda e: e.seq or 0) if tail else None  # a MongoDB event with a text _id reads last, as -1
     if last is None or not last.hash.startswith(KEYED):
         return True
     key = getattr(store, "audit_key", None)

@@ -290,7 +290,7 @@ class MongoPeople:
             detail=dict(document.get("detail") or {}),
             prev_hash=document["prev_hash"],
             hash=document["hash"],
-            seq=document["_id"] if isinstance(document["_id"], int) else -1,
+            seq=_sequence_number(document["_id"]),
         )
 
     @staticmethod
@@ -353,3 +353,10 @@ def _account_fields(account: Account) -> dict[str, Any]:
         "sessions_from": account.sessions_from,
         "must_change": account.must_change,
     }
+
+
+def _sequence_number(identity: Any) -> int:
+    """An event's sequence number from its ``_id``: a whole number (5.0 from a JSON import or the legacy shell too);
+    anything else, text written behind the app's back, reads as -1, a break in the chain."""
+    whole = isinstance(identity, int | float) and not isinstance(identity, bool) and float(identity).is_integer()
+    return int(identity) if whole else -1
