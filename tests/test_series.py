@@ -1145,3 +1145,8 @@ def test_a_study_path_that_is_not_a_folder_is_read_as_one_file(tmp_path: Path, t
     assert files == [data] and ignored == 0
     empty = analyse_path(Path(os.devnull), tiny_classifier)
     assert empty.error_code == "empty_file" and "folder" not in (empty.error_message or "")
+    from core.imaging.limits import StudyLimits
+
+    with pytest.raises(ScanError, match="over 0 MB, the limit") as refused:  # a device without end: read no further
+        files_of(Path("/dev/zero"), StudyLimits(max_total_bytes=1000))
+    assert refused.value.code == "file_too_large"

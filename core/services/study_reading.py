@@ -104,9 +104,13 @@ def files_of(path: Path, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> tuple[li
         )
     if len(paths) > limits.max_zip_members:
         raise FileTooLarge(f"The folder holds {len(paths)} files; the limit is {limits.max_zip_members}.")
-    found, ignored = [], 0
+    found, ignored, read = [], 0, 0
     for p in paths:
-        data = p.read_bytes()
+        with open(p, "rb") as handle:  # never past the limit: a pipe or a device has no size (/dev/zero no end)
+            data = handle.read(limits.max_total_bytes - read + 1)
+        read += len(data)
+        if read > limits.max_total_bytes:
+            raise FileTooLarge(f"The files are over {limits.max_total_bytes / 2**20:.0f} MB, the limit.")
         if not folder or (p.name.upper() != "DICOMDIR" and _wanted(data)):
             found.append(data)
         else:
