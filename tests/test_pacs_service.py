@@ -809,6 +809,27 @@ def test_a_pacs_whose_change_numbers_start_again_is_read_from_its_first_change(t
     assert state.last == 2 and pacs_watch.watch_once(restored, state, RADIOLOGIST) == []  # the first: analysed
 
 
+def test_a_study_kept_by_a_watch_before_patients_were_fingerprinted_is_not_analysed_again(
+    tiny_classifier, tmp_path
+) -> None:
+    """The fingerprint took the patient in: every study kept by the version before read as changed when it became
+    stable again (our own report stored in it does that), and was analysed and sent again."""
+    import hashlib
+
+    uid = f"{STUDY}.24"
+    pacs, store = StandIn({uid: tumour_study(uid)}), SQLiteStore(tmp_path / "r.db")
+    state = pacs_watch.WatchState.load(tmp_path / "w.json")
+    old = hashlib.sha256(f"{uid}.mr:{len(pacs.files[uid])}".encode()).hexdigest()  # as the version before kept it
+    state.save(0, {uid: old})
+    watcher = pacs_watch.Watcher(pacs, Feed([uid]), tiny_classifier, store, None, None, True)
+    assert pacs_watch.watch_once(watcher, pacs_watch.WatchState.load(tmp_path / "w.json"), RADIOLOGIST) == []
+    assert pacs.stored == [] and store.summary().total == 0
+    pacs.files[uid] = [*pacs.files[uid], *tumour_study(uid)[:1]]  # a series changed since: analysed again
+    watcher = pacs_watch.Watcher(pacs, Feed([uid, uid]), tiny_classifier, store, None, None, True)  # stable again
+    (line,) = pacs_watch.watch_once(watcher, pacs_watch.WatchState.load(tmp_path / "w.json"), RADIOLOGIST)
+    assert line["again"] and pacs.stored
+
+
 def test_a_damaged_watch_state_is_refused_not_taken_for_a_first_start(tmp_path) -> None:
     """A state file cut short was read as a first start: the watch went back to the beginning of the PACS's
     history and analysed, and with --send wrote reports into, every study it ever held."""

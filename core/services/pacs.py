@@ -69,8 +69,21 @@ def mr_fingerprint(pacs: Pacs, study_uid: str) -> str:
     """What decides whether a study changed since it was analysed: its MR series and how many images each holds
     (one series search; objects of other modalities, our own report among them, do not count), and the patient and
     accession number the PACS files it under (one study search: corrected since, a report went to the old ones)."""
-    series = sorted(f"{s.series_uid}:{s.instances}" for s in pacs.series_of(study_uid) if s.modality.upper() == "MR")
-    return hashlib.sha256(repr((series, pacs.patient_of(study_uid))).encode()).hexdigest()
+    identity = repr((_mr_series(pacs, study_uid), pacs.patient_of(study_uid)))
+    return FINGERPRINT + hashlib.sha256(identity.encode()).hexdigest()
+
+
+FINGERPRINT = "v2:"  # a fingerprint with the patient in it; one kept before is 64 hex digits (:func:`series_only`)
+
+
+def series_only(pacs: Pacs, study_uid: str) -> str:
+    """The fingerprint as kept before the patient was in it, to compare a watch's kept one with once (without it,
+    every study handled before an upgrade was analysed, and its report sent, again when it became stable again)."""
+    return hashlib.sha256("\n".join(_mr_series(pacs, study_uid)).encode()).hexdigest()
+
+
+def _mr_series(pacs: Pacs, study_uid: str) -> list[str]:
+    return sorted(f"{s.series_uid}:{s.instances}" for s in pacs.series_of(study_uid) if s.modality.upper() == "MR")
 
 
 SEVERAL_PATIENTS = (

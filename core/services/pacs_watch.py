@@ -10,6 +10,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -21,7 +22,14 @@ from core.model.classifier import Classifier
 from core.pacs import objects
 from core.pacs.client import OrthancChanges, Pacs
 from core.services.access import ANALYSE, PACS, Actor, require
-from core.services.pacs import mr_fingerprint, pacs_patient_id, patient_reference, pull_and_analyse, send_results
+from core.services.pacs import (
+    mr_fingerprint,
+    pacs_patient_id,
+    patient_reference,
+    pull_and_analyse,
+    send_results,
+    series_only,
+)
 from core.services.studies import NOT_SAVED, save_study_statuses
 from core.storage.images import ImageStore
 from core.storage.protocol import Store
@@ -239,12 +247,22 @@ def _handled_once(watcher: Watcher, state: WatchState, study_uid: str, actor: Ac
         if error.code in RETRIED:
             return {"study_uid": study_uid, "skipped": error.code, "reason": str(error)}, ""
         fingerprint = f"unknown ({error.code})"  # analysed (and its error reported) as any study would be
-    if before is not None and before in (fingerprint, LEGACY):
+    if before is not None and (before in (fingerprint, LEGACY) or _kept_before_and_same(watcher, study_uid, before)):
         return None, fingerprint
     line = _handled_safely(watcher, study_uid, actor, None if fingerprint.startswith("unknown") else fingerprint)
     if before is not None:
         line["again"] = "the study's MR images or its patient changed after it was analysed"
     return line, fingerprint
+
+
+def _kept_before_and_same(watcher: Watcher, study_uid: str, before: str) -> bool:
+    """Whether ``before``, a fingerprint kept by a version without the patient in it, still holds."""
+    if not re.fullmatch(r"[0-9a-f]{64}", before):
+        return False
+    try:
+        return before == series_only(watcher.pacs, study_uid)
+    except PacsError:
+        return False
 
 
 def _handled_safely(watcher: Watcher, study_uid: str, actor: Actor, fingerprint: str | None) -> dict[str, Any]:
