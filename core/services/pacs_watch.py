@@ -166,11 +166,13 @@ RETRIED = frozenset({PacsUnreachable.code, PacsRefused.code, PacsForbidden.code,
 # answers that are not an outage: a study so answered is left behind in the end (a PACS refusing our reports,
 # HTTP 403, had every watch pull, analyse and audit every study again, for ever)
 COUNTED = frozenset({PacsError.code, PacsForbidden.code})
-# a study the PACS answers with an error (not an outage) this many watches in a row, over at least this long, is
-# left behind, so that it does not hold back every study after it in the feed (counted in watches alone, a PACS
-# restarting, HTTP 500 for under a minute, dropped the study at the head of the feed from triage for good)
+# a study the PACS answers with an error (not an outage) this many watches in a row is left behind, so that it
+# does not hold back every study after it in the feed; a server error (HTTP 5xx) over this long at least too
+# (counted in watches alone, a PACS restarting, HTTP 500 for under a minute, dropped the study at the head of the
+# feed from triage for good); a refusal (HTTP 403) is no passing state: a longer wait had every study pulled and
+# audited every ten seconds
 MAX_TRIES = 5
-GIVE_UP_AFTER_S = 30 * 60
+GIVE_UP_AFTER_S = 10 * 60
 
 
 def clock() -> float:
@@ -222,12 +224,12 @@ def failed(line: dict[str, Any]) -> bool:
 
 def _given_up(state: WatchState, study_uid: str, line: dict[str, Any]) -> bool:
     """Whether a study the PACS failed (``line``) is now left behind: after :data:`MAX_TRIES` watches in a row that
-    got an error answer for it, over :data:`GIVE_UP_AFTER_S` at least (an outage, or our own database down, is
-    waited out however long it lasts)."""
+    got an error answer for it, a server error over :data:`GIVE_UP_AFTER_S` at least (an outage, or our own
+    database down, is waited out however long it lasts)."""
     if line["skipped"] not in COUNTED:
         return False
     tries, failing_s = state.failed(study_uid, clock())
-    if tries < MAX_TRIES or failing_s < GIVE_UP_AFTER_S:
+    if tries < MAX_TRIES or (line["skipped"] == PacsError.code and failing_s < GIVE_UP_AFTER_S):
         return False
     logger.warning("event=pacs_study_left_behind tries=%d minutes=%d", tries, failing_s // 60)
     line["left_behind"] = (
