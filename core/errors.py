@@ -201,3 +201,10 @@ class PacsNotFound(PacsError):
     """The PACS has no such study (or no MR series in it)."""
 
     code = "pacs_not_found"
+
+
+class PacsFeedWentBack(PacsError):
+    """The PACS's change feed numbers its changes below those a watch has read (its database reset or restored, or
+    the watch pointed at another PACS): an operator decides whether to read it from its first change."""
+
+    code = "pacs_feed_went_back"

@@ -794,9 +794,14 @@ def test_a_pacs_that_refuses_our_reports_has_the_study_left_behind_not_pulled_an
     assert store.summary().total == 1  # the series stays saved for review: only the report never reached the PACS
 
 
-def test_a_pacs_whose_change_numbers_start_again_is_read_from_its_first_change(tiny_classifier, tmp_path) -> None:
+def test_a_pacs_whose_change_numbers_went_back_stops_the_watch_until_an_operator_decides(
+    tiny_classifier, tmp_path
+) -> None:
     """Orthanc's database reset or restored numbers its changes from 1 again: the watch took the smaller last change
-    as its own and the studies received before its next look were never triaged."""
+    as its own and the studies received before its next look were never triaged. Read again from the first change
+    unasked, a PACS restored (or another one at the address) had its history analysed and reported."""
+    from core.errors import PacsFeedWentBack
+
     first, second, third = (f"{STUDY}.{n}" for n in (21, 22, 23))
     pacs = StandIn({uid: tumour_study(uid) for uid in (first, second, third)})
     store = SQLiteStore(tmp_path / "r.db")
@@ -804,9 +809,13 @@ def test_a_pacs_whose_change_numbers_start_again_is_read_from_its_first_change(t
     done = pacs_watch.watch_once(watcher, pacs_watch.WatchState.load(tmp_path / "w.json"), RADIOLOGIST)
     assert [line["study_uid"] for line in done] == [first, second]
     restored = pacs_watch.Watcher(pacs, Feed([first, third]), tiny_classifier, store, None, None)  # numbered 1, 2
+    events = len(store.audit_events())
+    with pytest.raises(PacsFeedWentBack, match=r"last change is now 2, and this watch had read up to 3.*w\.json"):
+        pacs_watch.watch_once(restored, pacs_watch.WatchState.load(tmp_path / "w.json"), RADIOLOGIST)
+    assert pacs_watch.WatchState.load(tmp_path / "w.json").last == 3 and len(store.audit_events()) == events
     state = pacs_watch.WatchState.load(tmp_path / "w.json")
+    state.save(0)  # the operator's answer: from its first change; the study analysed as it is passes by
     assert [line["study_uid"] for line in pacs_watch.watch_once(restored, state, RADIOLOGIST)] == [third]
-    assert state.last == 2 and pacs_watch.watch_once(restored, state, RADIOLOGIST) == []  # the first: analysed
 
 
 def test_a_study_kept_by_a_watch_before_patients_were_fingerprinted_is_not_analysed_again(

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.errors import PacsError, PacsForbidden, PacsRefused, PacsUnreachable, StoreError
+from core.errors import PacsError, PacsFeedWentBack, PacsForbidden, PacsRefused, PacsUnreachable, StoreError
 from core.model.classifier import Classifier
 from core.pacs import objects
 from core.pacs.client import OrthancChanges, Pacs
@@ -194,10 +194,9 @@ def watch_once(watcher: Watcher, state: WatchState, actor: Actor) -> list[dict[s
     done = False
     while not done:
         studies, last, done = watcher.changes.stable_studies(state.last)
-        if last < state.last:  # the PACS numbers its changes from 1 again (its database reset or restored): the
-            logger.warning("event=pacs_feed_reset last=%d was=%d", last, state.last)  # studies numbered below ours
-            state.last, done = 0, False  # were passed over unread; read from its first change (those analysed
-            continue  # as they are are passed over: their fingerprints are kept)
+        if last < state.last:  # the studies numbered below ours were passed over unread, and read from the first
+            raise PacsFeedWentBack(FEED_WENT_BACK.format(last=last, read=state.last, file=state.path.name))  # change
+            # unasked, a PACS restored (or another one) had its history analysed again, reports sent to it
         handled: dict[str, str] = {}
         failed = False
         for study_uid in dict.fromkeys(uid for _, uid in studies):
@@ -212,6 +211,14 @@ def watch_once(watcher: Watcher, state: WatchState, actor: Actor) -> list[dict[s
         state.save(state.last if failed else last, handled)
         done = done or failed
     return lines
+
+
+FEED_WENT_BACK = (
+    "The PACS's change feed went back: its last change is now {last}, and this watch had read up to {read} (its "
+    "database was reset or restored, or the PACS address names another PACS). Nothing was analysed. To read this "
+    'PACS from its first change, set "last" to 0 in {file} in the data folder: the studies analysed before, as '
+    "they are, are passed over; every other is analysed (and, with --send, reported to it)."
+)
 
 
 def failed(line: dict[str, Any]) -> bool:
