@@ -146,6 +146,7 @@ def main() -> None:
     if args.series and not store.summary(Filters(kinds=("series",))).total:
         add_series(store, args.series)
     last_30 = Filters(start=END - timedelta(days=30), end=END)
+    last_7 = Filters(start=END - timedelta(days=7), end=END)
     one_year = Filters(start=END - timedelta(days=365), end=END, model_versions=("1.1.0", "1.2.0"))
     queries = {
         "summary (all)": lambda: store.summary(),
@@ -173,6 +174,9 @@ def main() -> None:
         "worklist: unreviewed, newest 200": lambda: store.worklist(WorklistQuery()),
         "worklist: disagreements": lambda: store.worklist(WorklistQuery(reviewed=True, disagreements=True)),
         "studies per day (all, Europe/Paris)": lambda: store.daily_studies(Filters(), "Europe/Paris"),
+        "studies per day (last 7 days, Europe/Paris)": lambda: store.daily_studies(last_7, "Europe/Paris"),
+        "lesion volumes per day (last 7 days)": lambda: store.lesion_volumes(last_7, "Europe/Paris", "day"),
+        "lesion volumes per week (2 years)": lambda: store.lesion_volumes(Filters(), "Europe/Paris", "week"),
         "Statistics page: dashboard per study (2 years, Europe/Paris)": lambda: dashboard(
             store,
             SUPERVISOR,

@@ -1678,6 +1678,28 @@ def test_a_studys_lesion_volume_is_counted_on_its_first_series_day_as_its_study_
     assert both[0].quantiles == pytest.approx([9.0] * 5)
 
 
+def test_a_narrow_range_of_a_long_history_counts_each_study_on_its_first_series_day(store) -> None:
+    """The per-study boards group only the studies with a series in a narrow range (grouping every series ever
+    saved made a week's board cost as much as the whole history's): a study begun before the range and added to in
+    it is still not the range's, one begun in it and added to after is, a series without a study is its own."""
+    start = utc(2026, 4, 6)
+    store.add_series(lesion_series(300, start - timedelta(days=400), 1.0), series_sections())  # the history's start
+    store.add_series(lesion_series(301, start - timedelta(hours=2), 2.0, study=91), series_sections())
+    store.add_series(lesion_series(302, start + timedelta(hours=2), 3.0, study=91), series_sections())  # began before
+    store.add_series(lesion_series(303, start + timedelta(days=1), 4.0, study=92), series_sections())
+    store.add_series(lesion_series(304, start + timedelta(days=9), 6.0, study=92), series_sections())  # after the range
+    alone = replace(lesion_series(305, start + timedelta(days=2), 5.0), study_ref=None)
+    store.add_series(alone, series_sections())
+    week = Filters(start=start, end=start + timedelta(days=7))
+    assert [(d.day, d.total) for d in store.daily_studies(week, "UTC")] == [
+        (date(2026, 4, 7), 1),
+        (date(2026, 4, 8), 1),
+    ]
+    volumes = store.lesion_volumes(week, "UTC", "week")
+    assert [(v.start, v.studies) for v in volumes] == [(date(2026, 4, 6), 2)]
+    assert sorted(volumes[0].quantiles)[0] == pytest.approx(5.0) and max(volumes[0].quantiles) == pytest.approx(5.0)
+
+
 def test_both_stores_cut_a_moment_to_its_millisecond_and_answer_edge_queries_alike(store) -> None:
     """Found comparing the stores: SQLite rounded a moment 0.4 ms before midnight into the next day (BSON cuts it);
     sections came back in the order given and duplicates passed on MongoDB; a malformed patient reference, an

@@ -26,7 +26,27 @@ class MongoQuality:
     _aggregate: Any
     _match: Any
     _local_day: Any
+    _collection: Any
+    _errors: Any
     summary: Any
+
+    def _studies_in_range(self, filters: Filters) -> dict[str, Any]:
+        """The series of the studies with a series in ``filters``' time range, as SQLite's
+        :func:`core.storage.sqlite_quality.studies_in_range` keeps them (and for as narrow a range only)."""
+        if filters.start is None:
+            return {}
+        with self._errors():
+            ends = [self._collection.find_one({}, {"created_at": 1}, sort=[("created_at", way)]) for way in (1, -1)]
+        if ends[0] is None or ends[1] is None:
+            return {}
+        first, last = (to_ms(as_utc(end["created_at"])) for end in ends)
+        start, end = to_ms(filters.start), to_ms(filters.end) if filters.end is not None else last
+        if (min(end, last) - max(start, first)) * 4 > last - first:
+            return {}
+        within = {"$gte": filters.start} | ({"$lt": filters.end} if filters.end is not None else {})
+        with self._errors():
+            studies = self._collection.distinct("study_ref", {"kind": "series", "created_at": within})
+        return {"$or": [{"study_ref": {"$in": [s for s in studies if s]}}, {"study_ref": None, "created_at": within}]}
 
     def _scope(self, filters: Filters) -> dict[str, Any]:
         """Dates and model versions only: every verdict and gate decision counts."""
@@ -118,7 +138,11 @@ class MongoQuality:
         bounds = {op: when for op, when in (("$gte", filters.start), ("$lt", filters.end)) if when is not None}
         rows = self._aggregate(
             [
-                {"$match": self._match(replace(series, start=None, end=None))},  # every series of a study first
+                {
+                    "$match": {
+                        "$and": [self._match(replace(series, start=None, end=None)), self._studies_in_range(series)]
+                    }
+                },
                 {
                     "$group": {
                         "_id": {"study": {"$ifNull": ["$study_ref", "$_id"]}, "version": "$model_version"},
@@ -142,7 +166,14 @@ class MongoQuality:
         bounds = {op: when for op, when in (("$gte", filters.start), ("$lt", filters.end)) if when is not None}
         tumour_ml = {"$cond": [{"$and": ["$is_tumour", {"$ne": ["$lesion_ml", None]}]}, "$lesion_ml", None]}
         per_study = [
-            {"$match": self._match(replace(filters, kinds=("series",), start=None, end=None))},
+            {
+                "$match": {
+                    "$and": [
+                        self._match(replace(filters, kinds=("series",), start=None, end=None)),
+                        self._studies_in_range(filters),
+                    ]
+                }
+            },
             {
                 "$group": {
                     "_id": {"study": {"$ifNull": ["$study_ref", "$_id"]}, "version": "$model_version"},

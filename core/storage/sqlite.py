@@ -35,7 +35,7 @@ from core.errors import InvalidRecord
 from core.storage.protocol import EVERYTHING, day_rows
 from core.storage.sqlite_aggregates import SQLiteAggregates, day_sql
 from core.storage.sqlite_people import SQLitePeople
-from core.storage.sqlite_quality import SQLiteQuality
+from core.storage.sqlite_quality import SQLiteQuality, studies_in_range
 
 STUDY_WITH_VERDICT = "(tumour = 1 OR unread = 0)"  # the study rule (StudyOutcome.verdict): no "no tumour" unread
 _COLUMNS = ", ".join(spec.sql_column for spec in FIELDS)  # the results table's columns, from the one field table
@@ -132,10 +132,12 @@ class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
         day, day_params = day_sql(timezone, *span, instant="first_ms")
         where, params = self._where(replace(filters, kinds=(), start=None, end=None))  # every series of a study
         series = f"{where} AND kind = 'series'" if where else " WHERE kind = 'series'"
+        touching, touching_params = studies_in_range(filters, self._query)
         studies = (
             f"SELECT min(created_ms) AS first_ms, max(is_tumour) AS tumour, max(COALESCE(study_unread, 0)) AS unread "
-            f"FROM scans{series} GROUP BY COALESCE(study_ref, id), model_version"
+            f"FROM scans{series}{touching} GROUP BY COALESCE(study_ref, id), model_version"
         )
+        params = [*params, *touching_params]
         bounds = (("first_ms >= ?", filters.start), ("first_ms < ?", filters.end))
         known = [(sql, to_ms(when)) for sql, when in bounds if when is not None]
         within = " WHERE " + " AND ".join([STUDY_WITH_VERDICT, *(sql for sql, _ in known)])
