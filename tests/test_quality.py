@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from datetime import date, timedelta
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
@@ -310,3 +311,28 @@ def test_a_quiet_weekend_does_not_switch_the_rate_alarm_off_and_a_withheld_perio
     assert len(drift.alarms) == 10 and all(r.shown is not None for r in rows if r.start in drift.alarms)
     withheld = [r.start for r in rows if r.shown is None]
     assert withheld and not set(withheld) & set(drift.alarms)
+
+
+def test_the_export_says_none_where_nothing_was_counted_as_the_page_does(tmp_path) -> None:
+    """Twenty refused scans and nothing reviewed: the page showed dashes (nothing counted), the CSV 'withheld' for
+    the tumour rate, the agreement and the turnaround, as if figures were kept back."""
+    from core.services.access import Actor
+    from core.services.statistics import dashboard, quality_board
+    from core.services.statistics_export import export_csv
+    from core.storage.sqlite import SQLiteStore
+    from tests.test_store import make_record
+
+    store = SQLiteStore(tmp_path / "results.sqlite3")
+    start = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+    for n in range(20):
+        store.add(replace(make_record(n + 1, start + timedelta(minutes=n), "glioma"), gate="rejected"))
+    common = {"start_day": date(2026, 11, 2), "end_day": date(2026, 11, 3), "timezone": "UTC", "period": "day"}
+    supervisor = Actor("boss", "supervisor")
+    lines = export_csv(dashboard(store, supervisor, **common), quality_board(store, supervisor, **common))
+    lines = lines.decode().splitlines()
+    for expected in (
+        "summary,,tumour_rate,none,none,none",
+        "accuracy,all versions,agreement,none,,",
+        "review,,turnaround_median_h,none,,",
+    ):
+        assert expected in lines, (expected, [line for line in lines if expected.split(",")[2] in line])

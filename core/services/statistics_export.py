@@ -64,7 +64,7 @@ def export_csv(board: Dashboard, quality: QualityBoard | None = None) -> bytes:
         writer.writerow([table, spreadsheet_safe(key), measure, *cells])
 
     row("summary", "", unit, board.scans)
-    row("summary", "", "tumour_rate", board.tumour_rate, board.tumour_interval, 4)
+    row("summary", "", "tumour_rate", board.tumour_rate, board.tumour_interval, 4, board.scans)
     row("summary", "", "mean_confidence_single_scans", board.mean_confidence, digits=4)
     row("summary", "", "today", board.today)
     row("summary", "", "mean_per_day_last_7_days", board.week_mean, digits=2)
@@ -81,7 +81,7 @@ def export_csv(board: Dashboard, quality: QualityBoard | None = None) -> bytes:
         row("confidence", f"{k / bins:.2f}-{(k + 1) / bins:.2f}", "single_scans", count)
     for version in board.models:
         row("model_version", version.model, "results", version.scans)
-        row("model_version", version.model, "tumour_rate", version.tumour_rate, digits=4)
+        row("model_version", version.model, "tumour_rate", version.tumour_rate, digits=4, counted=version.scans)
         row("model_version", version.model, "mean_confidence_single_scans", version.mean_confidence, digits=4)
         row("model_version", version.model, "first_day", version.first.isoformat() if version.first else WITHHELD)
         row("model_version", version.model, "last_day", version.last.isoformat() if version.last else WITHHELD)
@@ -151,24 +151,41 @@ def _quality_export(row, quality: QualityBoard) -> None:
     """The agreement, accuracy, review and drift board."""
     overall = quality.overall
     row("accuracy", "all versions", "reviewed", overall.reviewed)
-    row("accuracy", "all versions", "agreement", overall.agreement, digits=4)
-    row("accuracy", "all versions", "sensitivity", overall.sensitivity, overall.sensitivity_interval, 4)
-    row("accuracy", "all versions", "specificity", overall.specificity, overall.specificity_interval, 4)
+    # nothing reviewed: "none", as the page's dash says, not "withheld" (a figure kept back)
+    row("accuracy", "all versions", "agreement", overall.agreement, digits=4, counted=overall.reviewed)
+    row(
+        "accuracy",
+        "all versions",
+        "sensitivity",
+        overall.sensitivity,
+        overall.sensitivity_interval,
+        4,
+        overall.reviewed,
+    )
+    row(
+        "accuracy",
+        "all versions",
+        "specificity",
+        overall.specificity,
+        overall.specificity_interval,
+        4,
+        overall.reviewed,
+    )
     for (label, final), n in sorted(overall.matrix.items()):  # the page's matrix: model verdict against final label
         row("confusion", f"{label} -> {final}", "reviewed", n)
     for version, board in quality.per_version.items():
         row("accuracy", version, "reviewed", board.reviewed)
-        row("accuracy", version, "agreement", board.agreement, digits=4)
-        row("accuracy", version, "sensitivity", board.sensitivity, board.sensitivity_interval, 4)
-        row("accuracy", version, "specificity", board.specificity, board.specificity_interval, 4)
+        row("accuracy", version, "agreement", board.agreement, digits=4, counted=board.reviewed)
+        row("accuracy", version, "sensitivity", board.sensitivity, board.sensitivity_interval, 4, board.reviewed)
+        row("accuracy", version, "specificity", board.specificity, board.specificity_interval, 4, board.reviewed)
     drift = quality.drift
     row("drift", "baseline", "start", drift.baseline_start.isoformat() if drift.baseline_start else NONE)  # no
     row("drift", "baseline", "end", drift.baseline_end.isoformat() if drift.baseline_end else NONE)  # period in it
     row("drift", "baseline", "tumour_rate", drift.baseline_rate, digits=4)
     row("drift", "baseline", "mean_tumour_probability", drift.baseline_mean, digits=4)
     row("review", "", "backlog", quality.backlog)
-    row("review", "", "turnaround_median_h", quality.turnaround_median_h, digits=2)
-    row("review", "", "turnaround_p90_h", quality.turnaround_p90_h, digits=2)
+    row("review", "", "turnaround_median_h", quality.turnaround_median_h, digits=2, counted=overall.reviewed)
+    row("review", "", "turnaround_p90_h", quality.turnaround_p90_h, digits=2, counted=overall.reviewed)
     for q in quality.rows:
         key = q.start.isoformat()
         row("quality_per_period", key, "reviewed", q.reviewed)
@@ -178,7 +195,14 @@ def _quality_export(row, quality: QualityBoard) -> None:
             ("tumour_rate", q.tumour_rate, q.rate_limits),
             ("mean_tumour_probability", q.mean_probability, q.mean_limits),
         ):
-            row("quality_per_period", key, measure, value, digits=4)
+            row(
+                "quality_per_period",
+                key,
+                measure,
+                value,
+                digits=4,
+                counted=q.shown if measure == "tumour_rate" else None,
+            )
             low, high = limits if limits else (None, None)
             row("quality_per_period", key, f"{measure}_lower_control_limit", low, digits=4)
             row("quality_per_period", key, f"{measure}_upper_control_limit", high, digits=4)
