@@ -330,6 +330,12 @@ def test_the_export_says_none_where_nothing_was_counted_as_the_page_does(tmp_pat
     supervisor = Actor("boss", "supervisor")
     lines = export_csv(dashboard(store, supervisor, **common), quality_board(store, supervisor, **common))
     lines = lines.decode().splitlines()
+    assert not any("could not be read" in line for line in lines)
+    assert any(line.startswith("# today and mean_per_day_last_7_days: today so far") for line in lines)  # live
+    weekly = dashboard(store, supervisor, **(common | {"period": "week"}))  # a Monday-Tuesday range of a week
+    made = export_csv(weekly).decode()
+    assert "# Partial weeks: the last (2026-11-02) ends with the range, on 2026-11-03." in made
+    assert "# the quality board (accuracy, confusion, review, drift) could not be read" in made
     for expected in (
         "summary,,tumour_rate,none,none,none",
         "accuracy,all versions,agreement,none,,",

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import csv
 import io
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from core.domain.results import LESION_QUANTILES
 from core.services import audit
 from core.services.access import STATISTICS, Actor, require
 from core.services.exports import spreadsheet_safe
-from core.services.statistics import WITHHELD, Dashboard, QualityBoard
+from core.services.statistics import WITHHELD, Dashboard, QualityBoard, partial_periods
 from core.storage.protocol import AuditTrail
 
 
@@ -41,6 +43,17 @@ def export_csv(board: Dashboard, quality: QualityBoard | None = None) -> bytes:
     empty."""
     buffer = io.StringIO()
     _comments(buffer, board)
+    today = datetime.now(ZoneInfo(board.timezone)).date()
+    if partial := partial_periods(board, today):  # as the page says it under its chart: a short bar is no fall
+        buffer.write(f"# {partial}\n")
+    buffer.write(  # live figures under a header of dates they do not belong to
+        f"# today and mean_per_day_last_7_days: today so far and the 7 whole days before it ({today.isoformat()}, "
+        f"{board.timezone}), whatever the dates above\n"
+    )
+    if quality is None:
+        buffer.write(
+            "# the quality board (accuracy, confusion, review, drift) could not be read: its rows are missing\n"
+        )
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["table", "key", "measure", "value", "low_95", "high_95"])
     unit = "studies" if board.unit == "study" else "results"
