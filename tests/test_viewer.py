@@ -257,3 +257,21 @@ def test_a_sections_heat_map_is_made_from_the_pixels_the_model_read_and_drawn_on
     assert square.read is None  # the displayed sections are those read: not kept twice
     shrunk = series_view(analyse_volume(read_study(dicom_series(head_volume(2, 600)))[0], tiny_classifier))
     assert shrunk.sections.shape[1:] == (512, 512) and shrunk.read is None  # shrunk only: the same anatomy
+
+
+def test_a_single_scan_with_unlike_pixel_spacing_is_drawn_true_as_the_study_page_draws_it(tiny_classifier) -> None:
+    """A 256 x 256 DICOM slice with 1.0 x 0.5 mm pixels was drawn square on the Scan page (squashed 2:1), while the
+    Study page drew the same file 512 x 256."""
+    import cv2
+
+    from core.imaging.scan import read_scan
+    from core.model.analysis import analyse_scan
+    from core.services.views import display_factors, scan_view
+    from tests.scans import dicom_bytes, synthetic_slice
+
+    data = dicom_bytes(synthetic_slice(256).astype("uint16") * 16, extra={"PixelSpacing": [1.0, 0.5]})
+    view = scan_view(analyse_scan(read_scan(data), tiny_classifier), None)
+    drawn = cv2.imdecode(np.frombuffer(view.original(), np.uint8), cv2.IMREAD_COLOR)
+    assert drawn.shape[:2] == (512, 256) and (view.height, view.width) == (256, 256)  # the file's own size said
+    assert display_factors((256, 256), (1.0, 0.5)) == (2.0, 1.0)
+    assert display_factors((1024, 512), None) == (0.5, 0.5) and display_factors((300, 300), (0.0, 0.5)) == (1.0, 1.0)

@@ -25,7 +25,7 @@ from core.model.lesion import area_mm2, sections_spanned
 from core.model.volume import SeriesAnalysis
 from core.services.access import OPEN_RESULT, Actor, require
 from core.services.triage import SaveStatus
-from core.services.views import DISPLAY_SIDE, scaled_outline
+from core.services.views import display_factors, scaled_outline
 from core.storage.images import ImageStore
 from core.storage.protocol import Store
 
@@ -132,10 +132,7 @@ def _display(sections: np.ndarray, spacing: Sequence[float] | None) -> tuple[np.
     rows and columns are spaced unlike: 0.5 x 5 mm pixels were drawn ten times squashed, while the PDF drew them
     true) and at most :data:`DISPLAY_SIDE` a side; with the spacing of the displayed pixels."""
     rows_mm, columns_mm = (float(spacing[0]), float(spacing[1])) if spacing else (1.0, 1.0)
-    known = min(rows_mm, columns_mm) > 0  # a zero spacing (saved before it was refused): square as stored
-    fy, fx = (rows_mm / min(rows_mm, columns_mm), columns_mm / min(rows_mm, columns_mm)) if known else (1.0, 1.0)
-    scale = min(1.0, DISPLAY_SIDE / max(sections.shape[1] * fy, sections.shape[2] * fx))
-    fy, fx = fy * scale, fx * scale
+    fy, fx = display_factors(sections.shape[1:], spacing)  # a zero spacing (saved before it was refused): as stored
     if abs(fy - 1) < 1e-6 and abs(fx - 1) < 1e-6:
         return sections, list(spacing) if spacing else None
     size = (max(1, round(sections.shape[2] * fx)), max(1, round(sections.shape[1] * fy)))  # (width, height)

@@ -18,6 +18,7 @@ from core.imaging.raster import encode_png
 from core.model.analysis import Analysis, Prediction
 from core.model.explain import Explainer, overlay
 from core.model.gate import REJECTED
+from core.model.lesion import pixel_spacing
 
 DISPLAY_SIDE = 512
 OUTLINE_RGB = (255, 0, 255)  # the lesion outline: magenta, apart from the green box and the red heat map
@@ -93,16 +94,24 @@ def model_view(model_input: np.ndarray) -> np.ndarray:
     return (np.clip(model_input[:, :, 0], 0, 1) * 255).astype(np.uint8)
 
 
-def display_scale(shape: tuple[int, ...]) -> float:
-    """How much an image of ``shape`` is shrunk for display (1.0 when it fits DISPLAY_SIDE already)."""
-    return min(1.0, DISPLAY_SIDE / max(shape[:2]))
+def display_factors(shape: tuple[int, ...], spacing: Sequence[float] | None = None) -> tuple[float, float]:
+    """The (row, column) factors an image of ``shape`` is drawn at: square pixels (the coarser axis stretched when
+    rows and columns are spaced unlike, as ``spacing`` in mm says; 1.0 x 0.5 mm pixels were drawn squashed 2:1 on
+    the Scan page while the Study page drew the same file true) and at most :data:`DISPLAY_SIDE` a side."""
+    rows_mm, columns_mm = (float(spacing[0]), float(spacing[1])) if spacing else (1.0, 1.0)
+    finest = min(rows_mm, columns_mm)
+    fy, fx = (rows_mm / finest, columns_mm / finest) if finest > 0 else (1.0, 1.0)  # a zero spacing: as stored
+    scale = min(1.0, DISPLAY_SIDE / max(shape[0] * fy, shape[1] * fx))
+    return fy * scale, fx * scale
 
 
-def _display_png(pixels: np.ndarray, box: tuple[int, int, int, int]) -> bytes:
+def _display_png(pixels: np.ndarray, box: tuple[int, int, int, int], spacing: Sequence[float] | None) -> bytes:
     boxed = with_box(pixels, box)
-    scale = display_scale(boxed.shape)
-    if scale < 1:
-        boxed = cv2.resize(boxed, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    fy, fx = display_factors(boxed.shape, spacing)
+    if abs(fy - 1) > 1e-6 or abs(fx - 1) > 1e-6:
+        size = (max(1, round(boxed.shape[1] * fx)), max(1, round(boxed.shape[0] * fy)))  # (width, height)
+        resampling = cv2.INTER_AREA if max(fx, fy) <= 1 else cv2.INTER_LINEAR
+        boxed = cv2.resize(boxed, size, interpolation=resampling)
     return encode_png(cv2.cvtColor(boxed, cv2.COLOR_RGB2BGR))
 
 
@@ -117,13 +126,15 @@ def scan_view(analysis: Analysis, explainer: Explainer | None) -> ScanView:
             on_input = explainer.heat_on_input(analysis.model_input, label)
             heat[label] = np.round(on_input * 255).astype(np.uint8)
     lesion = analysis.lesion if prediction.gate.decision != REJECTED else None  # no outline on a refused image
+    spacing = pixel_spacing(scan)
+    drawn_at = np.array(display_factors(scan.pixels.shape, spacing)[::-1])  # (x, y), as the outline's points
     return ScanView(
         sha256=scan.sha256,
         format=scan.format,
         width=scan.width,
         height=scan.height,
         frame=scan.frame,
-        original_png=_display_png(scan.pixels, prediction.roi),
+        original_png=_display_png(scan.pixels, prediction.roi, spacing),
         crop=model_view(analysis.model_input),
         prediction=prediction,
         heat=heat,
@@ -132,6 +143,6 @@ def scan_view(analysis: Analysis, explainer: Explainer | None) -> ScanView:
         warnings=tuple(scan.warnings),
         lesion_px=None if lesion is None else lesion.area_px,
         lesion_mm2=None if lesion is None else lesion.area_mm2,
-        outline=() if lesion is None else scaled_outline(lesion.outline, display_scale(scan.pixels.shape)),
+        outline=() if lesion is None else scaled_outline(lesion.outline, drawn_at),
         letters=scan.letters,
     )
