@@ -472,6 +472,7 @@ def test_a_two_frame_dicom_gives_two_results_with_a_frame_picker(app_environment
     assert not app.exception
     picker = app.number_input[0]
     assert picker.value is None and "0 to 1" in picker.label  # no frame chosen for the reader: frame 0 of a glioma
+    assert "counted from 0" in picker.label  # said: DICOM and the Study page count from 1
     assert stored(app_environment).summary().total == 0 and "choose the frame" in app.info[0].value  # volume said
     picker.set_value(0).run()  # "no tumour" and was saved before anyone looked
     assert stored(app_environment).summary().total == 1

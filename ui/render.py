@@ -129,13 +129,15 @@ def scan_panel(
     if frames > 1:  # nothing analysed nor saved until the reader picks (frame 0 of a glioma volume was saved as
         # "no tumour" before anyone chose)
         chosen = st.number_input(
-            f"Frame (0 to {frames - 1})",
+            f"Frame (0 to {frames - 1}, counted from 0 in the file's stored order)",
             0,
             frames - 1,
             upload.frame,
             key=f"frame-{upload.file_id}",
             placeholder="choose the frame to analyse",
-            help="This file holds several frames; each frame analysed is its own saved result.",
+            help="This file holds several frames; each frame analysed is its own saved result. Frames are counted "
+            "from 0 in the order the file stores them, as the command line's --frame counts them; the Study page "
+            "counts sections from 1 in order of position.",
         )
         if chosen is not None and chosen != upload.frame:
             choose_frame(upload, int(chosen))
