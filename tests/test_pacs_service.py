@@ -839,6 +839,30 @@ def test_a_study_kept_by_a_watch_before_patients_were_fingerprinted_is_not_analy
     assert line["again"] and pacs.stored
 
 
+def test_a_pacs_refusing_this_account_its_studies_is_waited_out_not_left_behind(tiny_classifier, tmp_path) -> None:
+    """A permission that slipped for 40 seconds (HTTP 403 on every study's search) had every study then waiting
+    left behind for good, never triaged once the permission came back; only a refused report is counted."""
+    from core.errors import PacsForbidden
+
+    uids = [f"{STUDY}.{n}" for n in (50, 51)]
+    pacs = StandIn({uid: tumour_study(uid) for uid in uids})
+    real, forbidden = pacs.series_of, [True]
+
+    def series_of(study_uid: str) -> list[SeriesHit]:
+        if forbidden[0]:
+            raise PacsForbidden("The PACS refused this request to this account (HTTP 403).")
+        return real(study_uid)
+
+    pacs.series_of = series_of
+    watcher = pacs_watch.Watcher(pacs, Feed(uids), tiny_classifier, SQLiteStore(tmp_path / "r.db"), None, None)
+    for _ in range(pacs_watch.MAX_TRIES + 2):
+        lines = pacs_watch.watch_once(watcher, pacs_watch.WatchState.load(tmp_path / "w.json"), RADIOLOGIST)
+        assert all(line["retry"] and "left_behind" not in line for line in lines) and len(lines) == 2
+    forbidden[0] = False
+    lines = pacs_watch.watch_once(watcher, pacs_watch.WatchState.load(tmp_path / "w.json"), RADIOLOGIST)
+    assert [line["study_uid"] for line in lines if line.get("verdict")] == uids
+
+
 def test_a_damaged_watch_state_is_refused_not_taken_for_a_first_start(tmp_path) -> None:
     """A state file cut short was read as a first start: the watch went back to the beginning of the PACS's
     history and analysed, and with --send wrote reports into, every study it ever held."""

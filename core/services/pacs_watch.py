@@ -232,8 +232,9 @@ def failed(line: dict[str, Any]) -> bool:
 def _given_up(state: WatchState, study_uid: str, line: dict[str, Any]) -> bool:
     """Whether a study the PACS failed (``line``) is now left behind: after :data:`MAX_TRIES` watches in a row that
     got an error answer for it, a server error over :data:`GIVE_UP_AFTER_S` at least (an outage, or our own
-    database down, is waited out however long it lasts)."""
-    if line["skipped"] not in COUNTED:
+    database down, is waited out however long it lasts; so is a refusal to read, HTTP 403 before anything was
+    sent: an account's permission slipping for 40 seconds left every study then waiting behind, for good)."""
+    if line["skipped"] not in COUNTED or (line["skipped"] == PacsForbidden.code and "send_error" not in line):
         return False
     tries, failing_s = state.failed(study_uid, clock())
     if tries < MAX_TRIES or (line["skipped"] == PacsError.code and failing_s < GIVE_UP_AFTER_S):
