@@ -211,6 +211,30 @@ def test_today_and_the_week_are_withheld_when_their_period_less_both_leaves_a_sm
     assert shown.today == 6 and shown.week_mean == pytest.approx(16 / 7)
 
 
+@pytest.mark.parametrize("unit", ["result", "study"])
+def test_today_and_the_week_are_withheld_when_the_range_begins_or_ends_inside_the_week(tmp_path, unit) -> None:
+    """2 results on 13 May, 5 on the 17th and 18th, 2 on the 19th, 10 today (20 May), the range 17 to 20 May: the
+    7-day mean times 7 (14) less the range's days before today (12) gave back the 2 of 13 May, whatever the
+    grouping; a range ending on 18 May gave back the 19th's 2 the same way (14 less 12)."""
+    store = SQLiteStore(tmp_path / "results.sqlite3")
+    now = datetime(2025, 5, 20, 15, 0, tzinfo=UTC)
+    for d, n in {7: 2, 3: 5, 2: 5, 1: 2, 0: 10}.items():
+        for i in range(n):
+            store.add(make_record(1000 * d + i, now - timedelta(days=d, minutes=i + 1)))
+    supervisor = Actor("boss", "supervisor")
+    for period in ("day", "week", "month"):
+        board = dashboard(
+            store, supervisor, start_day=date(2025, 5, 17), end_day=date(2025, 5, 20), timezone="UTC", period=period,
+            now=now, unit=unit,
+        )  # fmt: skip
+        assert board.today is None and board.week_mean is None, period
+    ended = dashboard(
+        store, supervisor, start_day=date(2025, 5, 10), end_day=date(2025, 5, 18), timezone="UTC", period="day",
+        now=now, unit=unit,
+    )  # fmt: skip
+    assert ended.week_mean is None
+
+
 def test_lesion_volume_counts_per_period_are_withheld_as_a_group_under_their_total() -> None:
     from core.domain.results import LesionPeriod
     from core.services.statistics import _lesion_rows as lesion_rows

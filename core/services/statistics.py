@@ -312,17 +312,18 @@ def recent_gives_back(
     rows: Sequence[PeriodRow], period: str, timezone: str, now: datetime | None, today: int, week: int
 ) -> bool:
     """Whether today's count or the last 7 days' (their mean times 7), taken from the shown periods around them,
-    leave 1 to 4: days never shown, a small count given back by subtraction (a week of 6 beside "Today so far" 5;
-    a month of 25 less today's 6 and the week's 16)."""
+    leave 1 to 4, either way: days never shown, a small count given back by subtraction (a week of 6 beside "Today
+    so far" 5; a month of 25 less today's 6 and the week's 16; a week of 17 less a range of 25 begun inside it,
+    today's 10 aside)."""
     local_today = (now or datetime.now(UTC)).astimezone(ZoneInfo(timezone)).date()
     first = local_today - timedelta(7)
     current = [r.scans for r in rows if r.scans is not None and r.start <= local_today < next_period(r.start, period)]
     around = [r for r in rows if r.start <= local_today and next_period(r.start, period) > first]
     left = [n - today for n in current]
-    if around and all(r.scans is not None for r in around) and around[0].start <= first:  # the week within them
-        spare = sum(r.scans or 0 for r in around) - today - week
+    if around and all(r.scans is not None for r in around):  # days in them and not in the week, or the other way
+        spare = sum(r.scans or 0 for r in around) - today - week  # round (a range starting or ending inside it)
         left += [spare, spare + week, spare + today]
-    return any(0 < n < SMALL_CELL for n in left)
+    return any(0 < abs(n) < SMALL_CELL for n in left)
 
 
 def _recent_counts(
