@@ -822,7 +822,8 @@ def test_a_study_kept_by_a_watch_before_patients_were_fingerprinted_is_not_analy
     tiny_classifier, tmp_path
 ) -> None:
     """The fingerprint took the patient in: every study kept by the version before read as changed when it became
-    stable again (our own report stored in it does that), and was analysed and sent again."""
+    stable again (our own report stored in it does that), and was analysed and sent again; kept as it was, a
+    correction of the patient since went unseen."""
     import hashlib
 
     uid = f"{STUDY}.24"
@@ -833,10 +834,16 @@ def test_a_study_kept_by_a_watch_before_patients_were_fingerprinted_is_not_analy
     watcher = pacs_watch.Watcher(pacs, Feed([uid]), tiny_classifier, store, None, None, True)
     assert pacs_watch.watch_once(watcher, pacs_watch.WatchState.load(tmp_path / "w.json"), RADIOLOGIST) == []
     assert pacs.stored == [] and store.summary().total == 0
-    pacs.files[uid] = [*pacs.files[uid], *tumour_study(uid)[:1]]  # a series changed since: analysed again
+    kept = pacs_watch.WatchState.load(tmp_path / "w.json").fingerprint(uid)
+    assert kept == pacs_service.mr_fingerprint(pacs, uid)  # brought up to date: a later correction of the patient
+    pacs.files[uid] = relabelled(pacs.files[uid], PatientID="MRN-1")  # is seen
     watcher = pacs_watch.Watcher(pacs, Feed([uid, uid]), tiny_classifier, store, None, None, True)  # stable again
     (line,) = pacs_watch.watch_once(watcher, pacs_watch.WatchState.load(tmp_path / "w.json"), RADIOLOGIST)
     assert line["again"] and pacs.stored
+    pacs.files[uid] = [*pacs.files[uid], *relabelled(tumour_study(uid)[:1], PatientID="MRN-1")]  # a series added
+    watcher = pacs_watch.Watcher(pacs, Feed([uid, uid, uid]), tiny_classifier, store, None, None, True)
+    (line,) = pacs_watch.watch_once(watcher, pacs_watch.WatchState.load(tmp_path / "w.json"), RADIOLOGIST)
+    assert line["again"] and len(pacs.stored) > 1
 
 
 def test_a_pacs_refusing_this_account_its_studies_is_waited_out_not_left_behind(tiny_classifier, tmp_path) -> None:

@@ -201,8 +201,10 @@ def watch_once(watcher: Watcher, state: WatchState, actor: Actor) -> list[dict[s
         failed = False
         for study_uid in dict.fromkeys(uid for _, uid in studies):
             line, fingerprint = _handled_once(watcher, state, study_uid, actor)
-            if line is None:
-                continue  # stable again with the same MR images: analysed already
+            if line is None:  # stable again with the same MR images: analysed already (a fingerprint kept before
+                if state.fingerprint(study_uid) not in (fingerprint, LEGACY):  # the patient was in it: brought up to
+                    handled[study_uid] = fingerprint  # date, or a correction of the patient since went unseen)
+                continue
             if line.get("skipped") in RETRIED and not _given_up(state, study_uid, line):
                 line["retry"] = failed = True
             else:
