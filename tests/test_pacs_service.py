@@ -818,6 +818,33 @@ def test_a_pacs_whose_change_numbers_went_back_stops_the_watch_until_an_operator
     assert [line["study_uid"] for line in pacs_watch.watch_once(restored, state, RADIOLOGIST)] == [third]
 
 
+def test_a_running_watch_reads_the_operators_answer_to_a_feed_that_went_back(tmp_path, monkeypatch, capsys) -> None:
+    """The message said to set "last" in the state file, but the running watch had read the file once: it kept
+    refusing, and its next save would have written over the operator's answer."""
+    import argparse
+
+    from core.cli import pacs as pacs_cli
+    from core.errors import PacsFeedWentBack
+
+    path = tmp_path / "pacs-watch.json"
+    pacs_watch.WatchState(path, last=30).save(30)
+    monkeypatch.setattr(pacs_cli, "data_dir", lambda: tmp_path)
+    monkeypatch.setattr(pacs_cli.time, "sleep", lambda seconds: None)
+    seen: list[int] = []
+
+    def watch_once(watcher, state, actor):
+        seen.append(state.last)
+        if len(seen) == 1:
+            pacs_watch.WatchState(path, last=30).save(0)  # the operator's answer, while the watch waits
+            raise PacsFeedWentBack("The PACS's change feed went back ...")
+        raise KeyboardInterrupt  # the test's end
+
+    monkeypatch.setattr(pacs_watch, "watch_once", watch_once)
+    with pytest.raises(KeyboardInterrupt):
+        pacs_cli._watch(argparse.Namespace(once=False, interval=0), None, None)
+    assert seen == [30, 0] and "pacs_feed_went_back" in capsys.readouterr().out
+
+
 def test_a_study_kept_by_a_watch_before_patients_were_fingerprinted_is_not_analysed_again(
     tiny_classifier, tmp_path
 ) -> None:

@@ -36,7 +36,7 @@ from core.cli.common import (
 )
 from core.cli.studies import emit_outcome, save_outcome
 from core.config import PacsSettings, data_dir, file_secrets, mongodb_uri, pacs_settings, patient_key
-from core.errors import PacsError, StoreError
+from core.errors import PacsError, PacsFeedWentBack, StoreError
 from core.pacs.client import OrthancChanges
 from core.pacs.objects import ModelFacts
 from core.services import pacs, pacs_watch
@@ -188,9 +188,20 @@ def _watch(args: argparse.Namespace, watcher: pacs_watch.Watcher, key: bytes | N
         except PacsError as error:  # the PACS is down or refuses: say so, keep watching (or stop with --once)
             emit(error_json(error.code, str(error)), sys.stdout)
             failed = True
+            if isinstance(error, PacsFeedWentBack):  # the operator's answer is the state file: read again
+                state = _reread(state, key)
         if args.once:  # 1 when the PACS failed a study or its report (a run from cron shows it)
             return EXIT_REJECTED if failed else EXIT_OK
         time.sleep(args.interval)
+
+
+def _reread(state: pacs_watch.WatchState, key: bytes | None) -> pacs_watch.WatchState:
+    """The watch's state as its file holds it now (an operator set "last" in it); as it was when it cannot be read."""
+    try:
+        return pacs_watch.WatchState.load(state.path, key)
+    except PacsError as error:
+        emit(error_json(error.code, str(error)), sys.stdout)
+        return state
 
 
 def rest_root(url: str) -> str:
