@@ -70,6 +70,7 @@ def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised_and_names_left_o
     assert spreadsheet_safe("a; =1+1") == "a; '=1+1"
     assert text_line_safe('"=1+1", x') == '"\'=1+1", x' and text_line_safe('v 1,"-2"') == 'v 1,"\'-2"'
     assert text_line_safe("=1") == "'=1" and text_line_safe("a,=1") == "a,'=1"
+    assert spreadsheet_safe('1;" =1+1"') == '1;" \'=1+1"' and text_line_safe('a," =1"') == 'a," \'=1"'  # a space in
     rows = [{"scan": 1, "file": '=HYPERLINK("http://evil")', "verdict": "Glioma", "reason": "-looks odd"}]
     with_names = batch_csv(rows, with_names=True).decode()
     assert "'=HYPERLINK" in with_names and ",'-looks odd" in with_names

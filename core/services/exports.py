@@ -9,10 +9,10 @@ from typing import Any
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 # where a spreadsheet set to another list separator (";" in much of Europe, a tab) starts a new cell inside ours,
 # quoted too (``1;"=HYPERLINK(...)"`` is a quoted formula cell there)
-_INNER_CELL = re.compile(r'([;\t]\s*"?)(?=[=+\-@])')
+_INNER_CELL = re.compile(r'([;\t]\s*"?\s*)(?=[=+\-@])')
 # in a line written as text, not through the CSV writer (a heading), a comma or a line break starts one too, and
 # the line's own start with a quote
-_INNER_TEXT_CELL = re.compile(r'((?:^|[;,\t\r\n])\s*"|[;,\t\r\n]\s*)(?=[=+\-@])')
+_INNER_TEXT_CELL = re.compile(r'((?:^|[;,\t\r\n])\s*"\s*|[;,\t\r\n]\s*)(?=[=+\-@])')
 
 
 def spreadsheet_safe(value: Any) -> Any:

@@ -13,6 +13,7 @@ from core.domain.times import as_utc, from_ms, period_bounds, to_ms
 from core.storage.protocol import day_rows, lesion_period, quantile_ranks
 
 SHOWN = {"$ne": ["$gate", "rejected"]}
+MAX_LISTED_STUDIES = 50_000  # study references (64 hex characters) a narrow-range board lists: about 4 MB
 REVIEWED = {"$and": [{"$gt": [{"$ifNull": ["$review_count", 0]}, 0]}, SHOWN]}
 
 
@@ -46,6 +47,8 @@ class MongoQuality:
         within = {"$gte": filters.start} | ({"$lt": filters.end} if filters.end is not None else {})
         with self._errors():
             studies = self._collection.distinct("study_ref", {"kind": "series", "created_at": within})
+        if len(studies) > MAX_LISTED_STUDIES:  # a list that long nears MongoDB's 16 MB command: the full grouping
+            return {}
         return {"$or": [{"study_ref": {"$in": [s for s in studies if s]}}, {"study_ref": None, "created_at": within}]}
 
     def _scope(self, filters: Filters) -> dict[str, Any]:
