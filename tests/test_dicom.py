@@ -499,6 +499,34 @@ def test_a_dicom_slice_reopened_from_the_worklist_keeps_its_patient_directions(t
     assert opened.view is not None and opened.view.letters == uploaded.view.letters
 
 
+def test_a_dicom_slice_reopened_from_the_worklist_is_drawn_as_true_as_on_the_scan_page(
+    tmp_path, tiny_classifier
+) -> None:
+    """The kept copy keeps no pixel spacing: a slice of 1.0 x 0.5 mm pixels, drawn true on the Scan page, was drawn
+    squashed 2:1 when a reviewer opened it."""
+    import cv2
+
+    from core.services.access import Actor
+    from core.services.reviews import open_result
+    from core.services.triage import triage
+    from core.storage.images import FolderImages
+    from core.storage.sqlite import SQLiteStore
+
+    store, images, doctor = (
+        SQLiteStore(tmp_path / "r.sqlite3"),
+        FolderImages(tmp_path / "img"),
+        Actor("dr", "radiologist"),
+    )
+    data = dicom_bytes(synthetic_slice(256).astype("uint16") * 16, extra={"PixelSpacing": [1.0, 0.5]})
+    uploaded = triage(data, tiny_classifier, None, store, actor=doctor, patient_ref=None, images=images)
+    opened = open_result(store, images, doctor, uploaded.record.id, tiny_classifier, None)
+    shape = [
+        cv2.imdecode(np.frombuffer(v.original(), np.uint8), cv2.IMREAD_COLOR).shape[:2]
+        for v in (uploaded.view, opened.view)
+    ]
+    assert shape == [(512, 256), (512, 256)] and store.get(uploaded.record.id).geometry["spacing"] == [1.0, 0.5]
+
+
 def test_a_dicom_cut_anywhere_in_its_header_is_named_damaged_never_an_unexpected_error() -> None:
     """Cut inside an element of the header (struct.error, pydicom's BytesLengthException), the file reached the user
     as "Unexpected error; try again", which no retry can fix."""

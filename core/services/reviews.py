@@ -105,6 +105,9 @@ def open_result(
         scan = read_scan(data)
         if orientation := (record.geometry or {}).get("orientation"):  # the kept copy's directions, as uploaded
             scan = replace(scan, orientation=tuple(float(v) for v in orientation))  # type: ignore[attr-defined]
+        if spacing := (record.geometry or {}).get("spacing"):  # and its pixel spacing: drawn true, areas in mm²
+            facts = {**scan.acquisition, "PixelSpacing": "\\".join(str(float(v)) for v in spacing)}
+            scan = replace(scan, acquisition=facts)  # type: ignore[attr-defined]
         analysis = analyse_scan(scan, classifier)
     except ScanError:
         return OpenedResult(record, None, store.reviews_of(result_id), "The stored image cannot be read.")

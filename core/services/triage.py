@@ -23,6 +23,7 @@ from core.imaging import frames_in
 from core.model.analysis import Analysis, analyse
 from core.model.classifier import Classifier
 from core.model.explain import Explainer
+from core.model.lesion import pixel_spacing
 from core.services import audit
 from core.services.access import ANALYSE, Actor, require
 from core.services.exports import spreadsheet_safe
@@ -125,9 +126,10 @@ def new_record(
         image_key=image_key,
         lesion_px=None if analysis.lesion is None else analysis.lesion.area_px,
         lesion_mm2=None if analysis.lesion is None else analysis.lesion.area_mm2,
-        # the directions of the stored (displayed) pixels: the kept PNG has none, and a reopened DICOM slice said
-        # "left and right unknown" where the upload had shown them
-        geometry={"orientation": list(scan.orientation)} if scan.orientation else {},
+        # the directions and the pixel spacing of the stored (displayed) pixels: the kept PNG has neither, and a
+        # reopened DICOM slice said "left and right unknown", and was drawn squashed, where the upload had not been
+        geometry=({"orientation": list(scan.orientation)} if scan.orientation else {})
+        | ({"spacing": list(spacing)} if (spacing := pixel_spacing(scan)) else {}),
     ).validate()
 
 
