@@ -23,6 +23,7 @@ from core.pacs import objects
 from core.pacs.client import OrthancChanges, Pacs
 from core.services.access import ANALYSE, PACS, Actor, require
 from core.services.pacs import (
+    FINGERPRINT,
     mr_fingerprint,
     pacs_patient_id,
     patient_reference,
@@ -201,9 +202,10 @@ def watch_once(watcher: Watcher, state: WatchState, actor: Actor) -> list[dict[s
         failed = False
         for study_uid in dict.fromkeys(uid for _, uid in studies):
             line, fingerprint = _handled_once(watcher, state, study_uid, actor)
-            if line is None:  # stable again with the same MR images: analysed already (a fingerprint kept before
-                if state.fingerprint(study_uid) not in (fingerprint, LEGACY):  # the patient was in it: brought up to
-                    handled[study_uid] = fingerprint  # date, or a correction of the patient since went unseen)
+            if line is None:  # stable again as it was analysed; a fingerprint kept before the patient was in it
+                # is brought up to date (kept, a later correction of the patient went unseen)
+                if fingerprint.startswith(FINGERPRINT) and state.fingerprint(study_uid) not in (fingerprint, LEGACY):
+                    handled[study_uid] = fingerprint
                 continue
             if line.get("skipped") in RETRIED and not _given_up(state, study_uid, line):
                 line["retry"] = failed = True
