@@ -1066,6 +1066,37 @@ def test_a_series_the_pacs_gives_short_is_not_analysed_short(monkeypatch: pytest
     assert len(pacs.retrieve_mr(STUDY)[0]) == 6
 
 
+def test_a_pull_that_failed_after_images_crossed_is_an_audit_event_and_one_before_is_not(
+    tiny_classifier, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retrieval that broke off after four of a series' six images had been received (a patient's images read)
+    left no trace in the audit trail: only a completed pull was an event."""
+    from core.pacs.client import Pacs
+    from core.services import audit
+
+    files = dicom_series(head_volume(6, 64), study_uid=STUDY, series_uid=f"{STUDY}.1")
+    sent = [pydicom.dcmread(io.BytesIO(data)) for data in files]
+    pacs = Pacs("http://pacs.invalid/dicom-web")
+    monkeypatch.setattr(pacs, "series_of", lambda study_uid: [SeriesHit(f"{STUDY}.1", "MR", "T1", 6)])
+    monkeypatch.setattr(pacs, "patient_of", lambda study_uid: [("ZZ-1", "", "", "")])
+    monkeypatch.setattr(pacs._client, "retrieve_series_metadata", lambda *_: [d.to_json_dict() for d in sent])
+    monkeypatch.setattr(pacs._client, "iter_series", lambda study_uid, series_uid, **_: iter(sent[:4]))
+    store, key = SQLiteStore(tmp_path / "r.db"), b"k" * 32
+    pulled = pacs_service.pull_and_analyse(pacs, RADIOLOGIST, STUDY, tiny_classifier, store, key)
+    assert pulled.outcome.error_code == "pacs_error" and not pulled.outcome.series
+    (event,) = store.audit_events()
+    assert (event.action, event.actor, event.detail) == (
+        "pacs_pull_failed",
+        "dr-a",
+        {"instances": 4, "code": "pacs_error"},
+    )
+    assert event.target == pacs_service.study_reference(STUDY, key) and STUDY not in event.target
+    assert audit.redacted(event).target is None  # a supervisor does not see which study
+    missing = StandIn({}, {STUDY: [PacsNotFound("The PACS has no study with this Study Instance UID.")]})
+    assert pacs_service.pull_and_analyse(missing, RADIOLOGIST, STUDY, tiny_classifier, store, key).outcome.error_code
+    assert len(store.audit_events()) == 1  # nothing was read: logged, not an event
+
+
 def test_a_study_over_the_limits_is_pulled_without_its_largest_series_which_it_names(
     tiny_classifier, monkeypatch
 ) -> None:

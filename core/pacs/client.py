@@ -282,28 +282,32 @@ class Pacs:
             )
         files: list[bytes] = []
         total = 0
-        for hit in series:
-            datasets = self._call(
-                "retrieval",  # as stored (JPEG 2000 too): asked for uncompressed, a PACS that cannot transcode failed
-                lambda hit=hit: self._client.iter_series(study_uid, hit.series_uid, media_types=AS_STORED),
-            )
-            before = len(files)
-            with self._errors("retrieval"):
-                for dataset in datasets:
-                    data = _file_bytes(dataset)
-                    total += len(data)
-                    files.append(data)
-                    if total > self.limits.max_total_bytes or len(files) > self.limits.max_files:
-                        raise FileTooLarge(
-                            f"The study is over the limits ({self.limits.max_files} images, "
-                            f"{self.limits.max_total_bytes / 2**20:.0f} MB)."
-                        )
-            if hit.instances is not None and len(files) - before < hit.instances:  # never a series analysed short
-                logger.warning("event=pacs_retrieval_short got=%d listed=%d", len(files) - before, hit.instances)
-                raise PacsError(
-                    f"The PACS gave {len(files) - before} of the {hit.instances} images it lists for a series; the "
-                    "study was not analysed short. Try again."
+        try:
+            for hit in series:
+                datasets = self._call(
+                    "retrieval",  # as stored (JPEG 2000 too): asked for uncompressed, one that cannot transcode failed
+                    lambda hit=hit: self._client.iter_series(study_uid, hit.series_uid, media_types=AS_STORED),
                 )
+                before = len(files)
+                with self._errors("retrieval"):
+                    for dataset in datasets:
+                        data = _file_bytes(dataset)
+                        total += len(data)
+                        files.append(data)
+                        if total > self.limits.max_total_bytes or len(files) > self.limits.max_files:
+                            raise FileTooLarge(
+                                f"The study is over the limits ({self.limits.max_files} images, "
+                                f"{self.limits.max_total_bytes / 2**20:.0f} MB)."
+                            )
+                if hit.instances is not None and len(files) - before < hit.instances:  # never a series analysed short
+                    logger.warning("event=pacs_retrieval_short got=%d listed=%d", len(files) - before, hit.instances)
+                    raise PacsError(
+                        f"The PACS gave {len(files) - before} of the {hit.instances} images it lists for a series; the "
+                        "study was not analysed short. Try again."
+                    )
+        except (PacsError, FileTooLarge) as error:  # some images may have crossed: the caller audits the attempt
+            error.received = len(files)  # type: ignore[attr-defined]
+            raise
         return files, skipped
 
     def _pixels_of(self, study_uid: str, series_uid: str) -> int:

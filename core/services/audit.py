@@ -323,6 +323,7 @@ RESULT_ACTIONS = frozenset(
         "worklist_patient",
         "patient_reference_set",
         "pacs_pull",
+        "pacs_pull_failed",
         "pacs_send",
         "pacs_send_failed",
         "results_export",

@@ -114,6 +114,9 @@ def pull_and_analyse(
         files, left_out = pacs.retrieve_mr(study_uid)
     except (PacsError, FileTooLarge) as error:
         logger.info("event=pacs_pull_refused code=%s", error.code)
+        received = getattr(error, "received", 0)  # images that crossed before a retrieval failed: an access too
+        if store is not None and received:
+            audit.record(store, actor, "pacs_pull_failed", _target(study_uid, key), instances=received, code=error.code)
         return Pulled(study_uid, StudyOutcome(source, error_code=error.code, error_message=str(error)))
     evidence = tuple(objects.headers(files))
     # one Study Instance UID, two patients (as an upload is judged); and, the report going back to the PACS under the
