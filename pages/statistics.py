@@ -293,10 +293,10 @@ def headline(dashboard) -> None:
     )
     kpis[3].metric(
         "Mean confidence",
-        "—" if dashboard.mean_confidence is None else f"{dashboard.mean_confidence:.1%}",
+        percent(dashboard.mean_confidence, counted=dashboard.single_scans),
         help="Single scans only: the probability that a scan's tumour / no-tumour call is right, averaged (a series "
         "is called by its rule, and its score is not that probability). "
-        + ("None in this range, or fewer than 5 (withheld)." if dashboard.mean_confidence is None else ""),
+        + ("" if dashboard.single_scans != 0 else "No single scans in this range."),
     )
     per_result = "Counted per result (a series once, a single scan once), whatever the unit above."
     kpis[4].metric("Flagged results", number(dashboard.flagged), help=f"Flagged for review by the gate. {per_result}")
@@ -349,7 +349,7 @@ def by_model_version(dashboard) -> None:
                     "model": m.model,
                     "results": number(m.scans),  # scans and series, each counted (studies are not split by version)
                     "tumour rate": percent(m.tumour_rate),  # as the headline gives it (it read 0.4321 here)
-                    "mean confidence (scans)": "—" if m.mean_confidence is None else f"{m.mean_confidence:.1%}",
+                    "mean confidence (scans)": percent(m.mean_confidence, counted=m.single_scans),
                     "first": m.first.isoformat() if m.first else WITHHELD_MARK,
                     "last": m.last.isoformat() if m.last else WITHHELD_MARK,
                 }

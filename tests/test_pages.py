@@ -600,7 +600,7 @@ def test_statistics_page_charts_the_stores_aggregates_under_the_small_count_rule
     assert not app.exception
     metrics = {m.label: m.value for m in app.metric}
     assert metrics["Studies with a verdict"] == "13"  # single scans: a study each
-    assert metrics["Tumour rate (model)"] == "61.5%"
+    assert metrics["Tumour rate (model)"] == "61.5%" and metrics["Mean confidence"] == "90.0%"
     assert metrics["Flagged results"] == "0" and metrics["Refused results"] == "withheld"
     # nothing reviewed: the rates against the final labels have nothing to count, which "withheld" read as a secret
     assert metrics["Reviewed"] == "0" and metrics["Agreement"] == "—" and metrics["Sensitivity"] == "—"
@@ -648,6 +648,24 @@ def test_a_sensitivity_with_no_reviewed_tumour_is_a_dash_not_withheld(app_enviro
         store.add_review(Review(record.id, "dr", now - timedelta(minutes=i), "agree", "notumor", "notumor"))
     metrics = {m.label: m.value for m in page("statistics.py").run().metric}
     assert metrics["Reviewed"] == "6" and metrics["Sensitivity"] == "—" and metrics["Specificity"] == "100.0%"
+
+
+def test_the_mean_confidence_of_no_single_scans_is_a_dash_and_of_a_few_withheld(app_environment: Path) -> None:
+    """Series only: the page's dash read "none, or fewer than 5 (withheld)" whichever it was."""
+    store = stored(app_environment)
+    now = datetime.now(UTC)
+    for i in range(6):
+        store.add(replace(make_record(i + 1, now - timedelta(hours=i + 1), "glioma"), section_count=20))
+    app = page("statistics.py").run()
+    confidence = next(m for m in app.metric if m.label == "Mean confidence")
+    assert confidence.value == "—" and "No single scans in this range" in confidence.proto.help
+    for i in range(3):
+        store.add(make_record(50 + i, now - timedelta(hours=i + 1), "glioma"))
+    st.cache_data.clear()  # the board is cached for a few seconds
+    app = page("statistics.py").run()
+    assert {m.label: m.value for m in app.metric}["Mean confidence"] == "withheld"
+    table = app.dataframe[0].value  # per model version
+    assert list(table["mean confidence (scans)"]) == ["withheld"]
 
 
 def test_a_database_error_in_the_quality_board_is_a_message_not_a_crashed_page(

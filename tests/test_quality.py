@@ -342,3 +342,36 @@ def test_the_export_says_none_where_nothing_was_counted_as_the_page_does(tmp_pat
         "review,,turnaround_median_h,none,,",
     ):
         assert expected in lines, (expected, [line for line in lines if expected.split(",")[2] in line])
+
+
+def test_a_mean_confidence_of_no_single_scans_is_none_and_one_of_a_few_is_withheld(tmp_path) -> None:
+    """A version that read only series had "withheld" for its single scans' mean confidence in the CSV (and the
+    page a dash for both): a figure seemed kept back where nothing was counted, and a small count looked like none."""
+    from core.services.access import Actor
+    from core.services.statistics import dashboard
+    from core.services.statistics_export import export_csv
+    from core.storage.sqlite import SQLiteStore
+    from tests.test_store import make_record
+
+    store = SQLiteStore(tmp_path / "results.sqlite3")
+    start = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+    for n in range(12):  # version 1: series only; version 2: six series and three single scans
+        version = "1.0.0" if n < 6 else "2.0.0"
+        store.add(replace(make_record(n + 1, start + timedelta(minutes=n), "glioma", version), section_count=20))
+    for n in range(3):
+        store.add(make_record(100 + n, start + timedelta(minutes=30 + n), "glioma", "2.0.0", 0.8))
+    common = {"start_day": date(2026, 11, 2), "end_day": date(2026, 11, 3), "timezone": "UTC", "period": "day"}
+    board = dashboard(store, Actor("boss", "supervisor"), **common)
+    assert (board.mean_confidence, board.single_scans) == (None, None)  # three single scans: withheld
+    versions = {row.model: (row.mean_confidence, row.single_scans) for row in board.models}
+    assert versions == {"btd-cnn 1.0.0": (None, 0), "btd-cnn 2.0.0": (None, None)}
+    lines = export_csv(board).decode().splitlines()
+    assert "summary,,mean_confidence_single_scans,withheld,," in lines
+    assert "model_version,btd-cnn 1.0.0,mean_confidence_single_scans,none,," in lines
+    assert "model_version,btd-cnn 2.0.0,mean_confidence_single_scans,withheld,," in lines
+    for n in range(3):  # six single scans of version 2: its mean and the headline's are shown
+        store.add(make_record(200 + n, start + timedelta(minutes=40 + n), "glioma", "2.0.0", 0.9))
+    board = dashboard(store, Actor("boss", "supervisor"), **common)
+    assert board.single_scans == 6 and board.mean_confidence == pytest.approx(0.85)
+    only_series = dashboard(store, Actor("boss", "supervisor"), **(common | {"versions": ["btd-cnn 1.0.0"]}))
+    assert (only_series.mean_confidence, only_series.single_scans) == (None, 0)

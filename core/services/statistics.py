@@ -68,6 +68,7 @@ class VersionRow:
     scans: int | None
     tumour_rate: float | None
     mean_confidence: float | None
+    single_scans: int | None  # those the mean is of (0: none, the mean "none"; withheld from 1 to 4)
     first: date | None  # None beside a withheld count: a single day of use would tell how few scans it read
     last: date | None
 
@@ -95,6 +96,7 @@ class Dashboard:
     tumour_rate: float | None
     tumour_interval: tuple[float, float] | None
     mean_confidence: float | None
+    single_scans: int | None  # as in VersionRow
     today: int | None
     week_mean: float | None
     flagged: int | None
@@ -234,6 +236,7 @@ def dashboard(
         tumour_rate=rate,
         tumour_interval=wilson_interval(tumours, total) if rate is not None else None,
         mean_confidence=scan_summary.mean_confidence if suppress_small(scan_summary.total) else None,
+        single_scans=suppress_small(scan_summary.total),
         today=None if hide_recent else suppress_small(today),
         week_mean=None if hide_recent or suppress_small(week) is None else week / 7,
         flagged=suppress_small(gates.get(NEEDS_REVIEW, 0)),
@@ -262,21 +265,23 @@ def version_rows(store: Dashboards, shown: Filters, scans_only: Filters, timezon
             for m, n in zip(models, model_totals, strict=True)
         ],
     )
-    scan_confidence = {
-        (m.model_name, m.model_version): m.mean_confidence if suppress_small(m.total) else None
-        for m in store.by_model(scans_only)
-    }
-    return tuple(
-        VersionRow(
-            model=f"{m.model_name} {m.model_version}",
-            scans=scans,
-            tumour_rate=version_rate,
-            mean_confidence=scan_confidence.get((m.model_name, m.model_version)) if scans else None,
-            first=m.first.astimezone(ZoneInfo(timezone)).date() if scans is not None else None,
-            last=m.last.astimezone(ZoneInfo(timezone)).date() if scans is not None else None,
+    singles = {(m.model_name, m.model_version): m for m in store.by_model(scans_only)}
+    rows = []
+    for m, scans, version_rate in zip(models, model_totals, version_rates, strict=True):
+        single = singles.get((m.model_name, m.model_version))
+        counted = None if scans is None else suppress_small(single.total if single else 0)
+        rows.append(
+            VersionRow(
+                model=f"{m.model_name} {m.model_version}",
+                scans=scans,
+                tumour_rate=version_rate,
+                mean_confidence=single.mean_confidence if single and counted else None,
+                single_scans=counted,
+                first=m.first.astimezone(ZoneInfo(timezone)).date() if scans is not None else None,
+                last=m.last.astimezone(ZoneInfo(timezone)).date() if scans is not None else None,
+            )
         )
-        for m, scans, version_rate in zip(models, model_totals, version_rates, strict=True)
-    )
+    return tuple(rows)
 
 
 def partial_periods(board: Dashboard, today: date) -> str | None:

@@ -78,7 +78,7 @@ def export_csv(board: Dashboard, quality: QualityBoard | None = None) -> bytes:
 
     row("summary", "", unit, board.scans)
     row("summary", "", "tumour_rate", board.tumour_rate, board.tumour_interval, 4, board.scans)
-    row("summary", "", "mean_confidence_single_scans", board.mean_confidence, digits=4)
+    row("summary", "", "mean_confidence_single_scans", board.mean_confidence, digits=4, counted=board.single_scans)
     row("summary", "", "today", board.today)
     row("summary", "", "mean_per_day_last_7_days", board.week_mean, digits=2)
     row("summary", "", "flagged_results", board.flagged)  # results whatever the unit: named so beside "studies"
@@ -95,7 +95,8 @@ def export_csv(board: Dashboard, quality: QualityBoard | None = None) -> bytes:
     for version in board.models:
         row("model_version", version.model, "results", version.scans)
         row("model_version", version.model, "tumour_rate", version.tumour_rate, digits=4, counted=version.scans)
-        row("model_version", version.model, "mean_confidence_single_scans", version.mean_confidence, digits=4)
+        confidence, singles = version.mean_confidence, version.single_scans
+        row("model_version", version.model, "mean_confidence_single_scans", confidence, digits=4, counted=singles)
         row("model_version", version.model, "first_day", version.first.isoformat() if version.first else WITHHELD)
         row("model_version", version.model, "last_day", version.last.isoformat() if version.last else WITHHELD)
     _lesion_export(row, board)
