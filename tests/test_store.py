@@ -1848,6 +1848,7 @@ def test_a_backup_taken_while_the_app_writes_holds_every_result_its_keys_and_ima
     assert main(["store", "backup", str(tmp_path / "backup")]) == 0
     made = json.loads(capsys.readouterr().out)
     assert made["results"] == len(FIXTURE) and made["keys"] == ["audit.key"] and made["images"] == 1
+    assert made["watch_state"] is False  # no PACS watch ran here
     assert oct((tmp_path / "backup").stat().st_mode)[-3:] == "700"
     assert oct((tmp_path / "backup" / "results.sqlite3").stat().st_mode)[-3:] == "600"
     assert SQLiteStore(tmp_path / "backup" / "results.sqlite3").summary().total == len(FIXTURE)
@@ -1857,6 +1858,44 @@ def test_a_backup_taken_while_the_app_writes_holds_every_result_its_keys_and_ima
     assert main(["store", "backup", str(tmp_path / "backup")]) == 2  # never over an earlier backup (exit 2: usage)
     assert "exists already" in capsys.readouterr().out
     assert [e.action for e in store.audit_events()] == ["store_backup"]  # a refused backup leaves no event
+
+
+def test_a_backup_holds_the_pacs_watchs_state_and_no_draft_and_outlives_an_image_purged_meanwhile(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A backup left out the PACS watch's state: restored, the watch went through the PACS's whole history again
+    (every study pulled, purged images stored again, reports sent again). An image a purge deleted while the backup
+    copied failed the whole backup, and images still being written (drafts) were copied in."""
+    import shutil
+
+    import numpy as np
+
+    from core.services.resources import open_image_store, open_results_store
+    from core.storage.backup import backup_embedded
+
+    data = tmp_path / "data"
+    monkeypatch.setenv("BTD_DATA_DIR", str(data))
+    monkeypatch.setenv("BTD_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("MONGODB_URI", raising=False)
+    store = open_results_store()
+    images = open_image_store(store)
+    keys = [images.put(np.full((64, 64), level, np.uint8)) for level in (60, 90, 120)]
+    kept = sorted((data / "images").rglob("*.png"))
+    (kept[0].parent / ".abc.1.2.part").write_bytes(b"half an image")  # a write in progress
+    (data / "pacs-watch.json").write_text('{"last": 4711, "handled": {}}')
+    purged = kept[1]
+    copy = shutil.copy2
+
+    def purged_meanwhile(source: str, target: str, **kwargs: object) -> object:
+        if Path(source) == purged and purged.exists():
+            purged.unlink()  # a purge deleting it just before it is copied
+        return copy(source, target, **kwargs)
+
+    monkeypatch.setattr(shutil, "copy2", purged_meanwhile)
+    made = backup_embedded(data, tmp_path / "backup")
+    assert made["watch_state"] is True and made["images"] == 2 and len(keys) == 3
+    assert (tmp_path / "backup" / "pacs-watch.json").read_text() == '{"last": 4711, "handled": {}}'
+    assert not list((tmp_path / "backup" / "images").rglob(".*"))  # no draft
 
 
 def test_an_image_purge_sweeps_the_chunks_an_interrupted_gridfs_deletion_left_behind() -> None:

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from core.storage.sqlite import SQLiteStore
 
 DATABASE_FILE = "results.sqlite3"
+WATCH_STATE = (
+    "pacs-watch.json"  # in the data folder: the PACS watch's place in its change feed (core.services.pacs_watch)
+)
 
 # what an embedded database holds that only its local key file reads right: events hashed with the audit key, and
 # patient and study references hashed with the patient-reference key (a study's series saved after a new key

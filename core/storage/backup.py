@@ -1,8 +1,8 @@
 """A consistent backup of the embedded store while the app runs: the database through SQLite's online backup (a
 copy of the file alone holds nothing written since the last checkpoint: those pages are in its ``-wal`` file), with
-the key files that read it (the audit key, the patient-reference key) and the de-identified images. The backup can
-re-identify patients (the patient-reference key beside the pseudonyms): keep it as the data folder is kept. MongoDB
-is backed up with the server's own tools (``mongodump``)."""
+the key files that read it (the audit key, the patient-reference key), the de-identified images and the PACS
+watch's state. The backup can re-identify patients (the patient-reference key beside the pseudonyms): keep it as
+the data folder is kept. MongoDB is backed up with the server's own tools (``mongodump``)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import StoreError
-from core.storage import DATABASE_FILE, read_only_uri
+from core.storage import DATABASE_FILE, WATCH_STATE, read_only_uri
 
 KEY_FILES = ("audit.key", "patient-ref.key")
 
@@ -61,6 +61,12 @@ def check_target(data_dir: Path, out: Path) -> Path:
 
 
 def _copy(data_dir: Path, database: Path, draft: Path) -> dict[str, Any]:
+    # the PACS watch's place in the change feed, copied before the database: every study it names as handled is
+    # then in the copy (the watch saves a study's results before its state). Restored without it, the watch went
+    # through the PACS's whole history again: every study pulled, purged images stored again, reports sent again
+    watch = (data_dir / WATCH_STATE).exists()
+    if watch:
+        shutil.copy2(data_dir / WATCH_STATE, draft / WATCH_STATE)
     target = draft / DATABASE_FILE
     os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     source = closing(sqlite3.connect(read_only_uri(database), uri=True, timeout=5))
@@ -76,7 +82,16 @@ def _copy(data_dir: Path, database: Path, draft: Path) -> dict[str, Any]:
     for name in keys:
         shutil.copy2(data_dir / name, draft / name)
     images = 0
-    if (data_dir / "images").is_dir():
-        shutil.copytree(data_dir / "images", draft / "images")
+    if (data_dir / "images").is_dir():  # without drafts (".part") and images a purge moved aside (".purge")
+        shutil.copytree(data_dir / "images", draft / "images", ignore=shutil.ignore_patterns(".*"), copy_function=_kept)
         images = sum(1 for _ in (draft / "images").rglob("*.png"))
-    return {"results": results, "keys": keys, "images": images}
+    return {"results": results, "keys": keys, "images": images, "watch_state": watch}
+
+
+def _kept(source: str, target: str) -> None:
+    """Copy an image unless it went while the backup ran (a purge deleted it): one such image failed the backup."""
+    try:
+        shutil.copy2(source, target)
+    except FileNotFoundError:
+        if os.path.exists(source):  # the target's folder is missing, say: a real failure
+            raise
