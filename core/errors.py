@@ -208,3 +208,10 @@ class PacsFeedWentBack(PacsError):
     the watch pointed at another PACS): an operator decides whether to read it from its first change."""
 
     code = "pacs_feed_went_back"
+
+
+class WatchStateMissing(PacsError):
+    """The PACS watch's state file is gone while this database's watch has run before (a restore from a backup
+    without it, a deleted file): taken for a first start, the watch went through the PACS's whole history again."""
+
+    code = "watch_state_missing"

@@ -840,9 +840,49 @@ def test_a_running_watch_reads_the_operators_answer_to_a_feed_that_went_back(tmp
         raise KeyboardInterrupt  # the test's end
 
     monkeypatch.setattr(pacs_watch, "watch_once", watch_once)
+    watcher = pacs_watch.Watcher(None, None, None, SQLiteStore(tmp_path / "r.db"), None, None)
     with pytest.raises(KeyboardInterrupt):
-        pacs_cli._watch(argparse.Namespace(once=False, interval=0), None, None)
+        pacs_cli._watch(argparse.Namespace(once=False, interval=0), watcher, None)
     assert seen == [30, 0] and "pacs_feed_went_back" in capsys.readouterr().out
+
+
+def test_a_watch_whose_state_file_went_is_refused_not_sent_through_the_pacss_whole_history(
+    tiny_classifier, tmp_path, monkeypatch, capsys
+) -> None:
+    """Restored from a backup without its state file (or the file deleted), the watch took itself for a first start
+    and pulled, analysed, saved and reported every study the PACS ever held. Its first start is now an audit event
+    and writes the file at once; a file gone after it is refused until an operator restores or writes one."""
+    from core.cli import pacs as pacs_cli
+    from core.errors import WatchStateMissing
+
+    first, second = f"{STUDY}.31", f"{STUDY}.32"
+    store, path = SQLiteStore(tmp_path / "r.db"), tmp_path / "pacs-watch.json"
+    pacs = StandIn({uid: tumour_study(uid) for uid in (first, second)})
+    watcher = pacs_watch.Watcher(pacs, Feed([first]), tiny_classifier, store, None, None)
+    state = pacs_watch.open_state(path, None, store, RADIOLOGIST)  # the first start
+    assert path.exists() and state.last == 0
+    assert [e.action for e in store.audit_events()] == ["pacs_watch_started"]
+    assert pacs_watch.open_state(path, None, store, RADIOLOGIST).last == 0  # a second start reads the file
+    assert [line["study_uid"] for line in pacs_watch.watch_once(watcher, state, RADIOLOGIST)] == [first]
+    path.unlink()  # restored from a backup without it
+    with pytest.raises(WatchStateMissing, match=r"pacs-watch\.json in the data folder\) is missing"):
+        pacs_watch.open_state(path, None, store, RADIOLOGIST)
+    assert not path.exists() and [e.action for e in store.audit_events()].count("pacs_watch_started") == 1
+    monkeypatch.setattr(pacs_cli, "data_dir", lambda: tmp_path)
+    pulls = len(store.audit_events())
+    assert pacs_cli._watch(argparse_once(), watcher, None) == 2  # the command says so and stops
+    said = json.loads(capsys.readouterr().out)["error"]
+    assert said["code"] == "watch_state_missing" and len(store.audit_events()) == pulls
+    path.write_text('{"last": 1}')  # the operator's answer: go on after change 1
+    watcher = pacs_watch.Watcher(pacs, Feed([first, second]), tiny_classifier, store, None, None)
+    state = pacs_watch.open_state(path, None, store, RADIOLOGIST)
+    assert [line["study_uid"] for line in pacs_watch.watch_once(watcher, state, RADIOLOGIST)] == [second]
+
+
+def argparse_once():
+    import argparse
+
+    return argparse.Namespace(once=True, interval=0)
 
 
 def test_a_study_kept_by_a_watch_before_patients_were_fingerprinted_is_not_analysed_again(

@@ -43,6 +43,7 @@ from core.services import pacs, pacs_watch
 from core.services.access import COMMAND_LINE
 from core.services.resources import load_classifier, open_image_store, open_results_store
 from core.services.studies import NOT_SAVED
+from core.storage import WATCH_STATE
 
 
 def add_commands(commands: Any) -> None:
@@ -175,8 +176,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 def _watch(args: argparse.Namespace, watcher: pacs_watch.Watcher, key: bytes | None) -> int:
     try:
-        state = pacs_watch.WatchState.load(data_dir() / "pacs-watch.json", key)
-    except PacsError as error:  # damaged: never taken for a first start (every study in the PACS again)
+        state = pacs_watch.open_state(data_dir() / WATCH_STATE, key, watcher.store, COMMAND_LINE)
+    except (PacsError, StoreError) as error:  # damaged or gone: never taken for a first start (every study again)
         emit(error_json(error.code, str(error)), sys.stdout)
         return EXIT_USAGE
     while True:
@@ -189,17 +190,18 @@ def _watch(args: argparse.Namespace, watcher: pacs_watch.Watcher, key: bytes | N
             emit(error_json(error.code, str(error)), sys.stdout)
             failed = True
             if isinstance(error, PacsFeedWentBack):  # the operator's answer is the state file: read again
-                state = _reread(state, key)
+                state = _reread(state, watcher)
         if args.once:  # 1 when the PACS failed a study or its report (a run from cron shows it)
             return EXIT_REJECTED if failed else EXIT_OK
         time.sleep(args.interval)
 
 
-def _reread(state: pacs_watch.WatchState, key: bytes | None) -> pacs_watch.WatchState:
-    """The watch's state as its file holds it now (an operator set "last" in it); as it was when it cannot be read."""
+def _reread(state: pacs_watch.WatchState, watcher: pacs_watch.Watcher) -> pacs_watch.WatchState:
+    """The watch's state as its file holds it now (an operator set "last" in it); as it was when it cannot be read
+    (or is gone: that is no first start)."""
     try:
-        return pacs_watch.WatchState.load(state.path, key)
-    except PacsError as error:
+        return pacs_watch.open_state(state.path, watcher.key, watcher.store, COMMAND_LINE)
+    except (PacsError, StoreError) as error:
         emit(error_json(error.code, str(error)), sys.stdout)
         return state
 

@@ -17,10 +17,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.errors import PacsError, PacsFeedWentBack, PacsForbidden, PacsRefused, PacsUnreachable, StoreError
+from core.domain.people import AuditQuery
+from core.errors import (
+    PacsError,
+    PacsFeedWentBack,
+    PacsForbidden,
+    PacsRefused,
+    PacsUnreachable,
+    StoreError,
+    WatchStateMissing,
+)
 from core.model.classifier import Classifier
 from core.pacs import objects
 from core.pacs.client import OrthancChanges, Pacs
+from core.services import audit
 from core.services.access import ANALYSE, PACS, Actor, require
 from core.services.pacs import (
     FINGERPRINT,
@@ -33,7 +43,7 @@ from core.services.pacs import (
 )
 from core.services.studies import NOT_SAVED, save_study_statuses
 from core.storage.images import ImageStore
-from core.storage.protocol import Store
+from core.storage.protocol import AuditTrail, Store
 
 logger = logging.getLogger("btd.pacs")
 
@@ -140,6 +150,28 @@ class WatchState:
 
 
 LEGACY = "handled"  # a study handled before fingerprints were kept
+
+
+def open_state(path: Path, key: bytes | None, store: AuditTrail, actor: Actor) -> WatchState:
+    """The watch's state at ``path``. No file is a first start only when this database's watch never started (an
+    audit event, then the file written at once, so that a watch failing before its first study is not mistaken for
+    one whose file went): restored from a backup without it, or deleted, the watch went through the PACS's whole
+    history again (every study pulled, purged images stored again, reports sent again)."""
+    if path.exists():
+        return WatchState.load(path, key)
+    if store.count_audit(AuditQuery(action=STARTED)):
+        raise WatchStateMissing(
+            f"The watch's state file ({path.name} in the data folder) is missing, but this database's watch has run "
+            "before: restore the file from the backup of this data folder, or write one holding "
+            '{"last": N}, N the PACS change to go on after (0 goes through its whole history again).'
+        )
+    audit.record(store, actor, STARTED)
+    state = WatchState(path, key=key)
+    state.save(0)
+    return state
+
+
+STARTED = "pacs_watch_started"  # the watch's first start on a database (no state file yet)
 
 
 def _plain(study_uid: str) -> str:
