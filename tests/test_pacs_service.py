@@ -877,6 +877,12 @@ def test_a_watch_whose_state_file_went_is_refused_not_sent_through_the_pacss_who
     watcher = pacs_watch.Watcher(pacs, Feed([first, second]), tiny_classifier, store, None, None)
     state = pacs_watch.open_state(path, None, store, RADIOLOGIST)
     assert [line["study_uid"] for line in pacs_watch.watch_once(watcher, state, RADIOLOGIST)] == [second]
+    before = SQLiteStore(tmp_path / "before.db")  # a watch that ran before the event existed: recorded at its start
+    assert pacs_watch.open_state(path, None, before, RADIOLOGIST).last == 2
+    assert [(e.action, e.detail) for e in before.audit_events()] == [("pacs_watch_started", {"last": 2})]
+    path.unlink()
+    with pytest.raises(WatchStateMissing):
+        pacs_watch.open_state(path, None, before, RADIOLOGIST)
 
 
 def argparse_once():

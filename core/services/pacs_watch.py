@@ -156,22 +156,27 @@ def open_state(path: Path, key: bytes | None, store: AuditTrail, actor: Actor) -
     """The watch's state at ``path``. No file is a first start only when this database's watch never started (an
     audit event, then the file written at once, so that a watch failing before its first study is not mistaken for
     one whose file went): restored from a backup without it, or deleted, the watch went through the PACS's whole
-    history again (every study pulled, purged images stored again, reports sent again)."""
+    history again (every study pulled, purged images stored again, reports sent again). A watch that ran before
+    this event existed records it at its next start, from where its file says."""
+    started = store.count_audit(AuditQuery(action=STARTED)) > 0
     if path.exists():
-        return WatchState.load(path, key)
-    if store.count_audit(AuditQuery(action=STARTED)):
+        state = WatchState.load(path, key)
+        if not started:
+            audit.record(store, actor, STARTED, last=state.last)
+        return state
+    if started:
         raise WatchStateMissing(
             f"The watch's state file ({path.name} in the data folder) is missing, but this database's watch has run "
             "before: restore the file from the backup of this data folder, or write one holding "
             '{"last": N}, N the PACS change to go on after (0 goes through its whole history again).'
         )
-    audit.record(store, actor, STARTED)
+    audit.record(store, actor, STARTED, last=0)
     state = WatchState(path, key=key)
     state.save(0)
     return state
 
 
-STARTED = "pacs_watch_started"  # the watch's first start on a database (no state file yet)
+STARTED = "pacs_watch_started"  # the watch's first start on a database, and the change it started after
 
 
 def _plain(study_uid: str) -> str:
