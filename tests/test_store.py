@@ -755,7 +755,7 @@ def test_a_version_2_mongodb_review_is_moved_into_the_history_once_even_by_two_u
     two history entries for one review."""
     import mongomock
 
-    from core.storage.migrations import _mongo_v2_to_v3
+    from core.storage.mongo_migrations import _mongo_v2_to_v3
 
     client = mongomock.MongoClient(tz_aware=True)
     database = client["brain_mri_triage"]
@@ -1373,7 +1373,7 @@ def test_a_version_6_database_gets_the_orientation_its_nifti_series_pixels_reall
 def test_a_version_6_mongodb_collection_gets_the_same_nifti_orientation_fix() -> None:
     import mongomock
 
-    from core.storage.migrations import migrate_mongo
+    from core.storage.mongo_migrations import migrate_mongo
 
     database = mongomock.MongoClient()["btd"]
     old = [1.0, 0.0, 0.0, 0.0, -1.0, 0.0]
@@ -1418,7 +1418,7 @@ def test_a_version_7_database_gets_its_audit_trail_indexed_keeping_the_chain(tmp
 def test_a_version_7_mongodb_database_gets_its_audit_trail_indexed() -> None:
     import mongomock
 
-    from core.storage.migrations import migrate_mongo
+    from core.storage.mongo_migrations import migrate_mongo
 
     database = mongomock.MongoClient()["btd"]
     database["results"].insert_one({"_id": "a", "kind": "scan"})

@@ -27,7 +27,7 @@ from core.domain.results import (
 )
 from core.domain.times import DAY_MS, EPOCH, as_utc, to_ms, utc_offset_segments
 from core.errors import InvalidRecord, StoreError, StoreUnavailable
-from core.storage.migrations import migrate_mongo, validator_not_installed
+from core.storage.mongo_migrations import migrate_mongo, validator_not_installed
 from core.storage.mongo_people import MongoPeople
 from core.storage.mongo_quality import MongoQuality
 from core.storage.mongo_schema import VALIDATOR

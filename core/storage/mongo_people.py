@@ -24,7 +24,7 @@ from core.storage.protocol import check_account_fields, check_review
 logger = logging.getLogger("btd.storage")
 
 # The audit page's filters, newest first (time, then sequence number): created by the schema set-up
-# (:func:`core.storage.migrations.migrate_mongo`) on every start.
+# (:func:`core.storage.mongo_migrations.migrate_mongo`) on every start.
 AUDIT_INDEXES = (
     [("at", -1), ("_id", -1)],
     [("actor", 1), ("at", -1), ("_id", -1)],
