@@ -1342,6 +1342,15 @@ def test_a_version_3_database_is_rebuilt_for_series_keeping_reviews_and_the_audi
         ("override", ("wrong_type",), "dural tail")
     ]
     assert len(store.audit_events()) == 1 and first_broken(store.audit_events()) is None
+    from core.services import audit
+
+    # upgraded under the server's audit key: its head is signed as it is made (unsigned, the first `audit verify`
+    # said the chain was altered, exit 1, and marked it broken on the Audit page until a full check after an event)
+    keyed = tmp_path / "keyed" / "results.sqlite3"
+    keyed.parent.mkdir()
+    shutil.copy(Path(__file__).parent / "data" / "results-v3.sqlite3", keyed)
+    checked = audit.verify(SQLiteStore(keyed, audit_key=b"k" * 32))
+    assert checked.intact and checked.problem is None, checked.problem
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):  # still append-only after the rebuild
         sqlite3.connect(path, isolation_level=None).execute("DELETE FROM reviews")
     assert store.add_series(make_series(40, utc(2026, 11, 29, 9, 0)), series_sections()) is True
@@ -1743,6 +1752,15 @@ def test_a_mongodb_audit_trail_from_before_version_7_gets_its_head_on_upgrade() 
     head = store.audit_head()
     assert head is not None and (head.seq, head.hash) == (last.seq, last.hash) == (3, last.hash)
     assert store.recent(5) == [] and first_broken(store.audit_events()) is None
+    from core.services import audit
+
+    database["meta"].delete_one({"_id": "audit_head"})  # again, now upgraded under the server's audit key: signed
+    database["meta"].update_one({"_id": "schema"}, {"$set": {"version": 6}})
+    keyed = MongoStore(client)
+    keyed.audit_key = b"k" * 32
+    assert keyed.schema_version() == SCHEMA_VERSION and keyed.audit_head().mac
+    checked = audit.verify(keyed)
+    assert checked.intact and checked.problem is None, checked.problem
 
 
 def test_a_vanished_data_folder_gets_no_new_keys_that_would_stick_after_the_backup_is_restored(

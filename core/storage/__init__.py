@@ -76,7 +76,7 @@ def open_store(mongodb_uri: str | None, data_dir: Path, audit_key: bytes | None 
         from core.storage.sqlite import SQLiteStore
 
         stamps.check(data_dir / DATABASE_FILE)  # a vanished database is refused, never silently replaced
-        store = SQLiteStore(data_dir / DATABASE_FILE)
+        store = SQLiteStore(data_dir / DATABASE_FILE, audit_key=audit_key)
         stamps.remember(data_dir / DATABASE_FILE)
     store.audit_key = audit_key
     return store

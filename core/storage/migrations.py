@@ -25,8 +25,7 @@ SQLite keeps its version in ``PRAGMA user_version``; MongoDB in the ``meta`` col
   an index for each filter (MongoDB: created on every start, as the results' are); the last event a check of the
   chain found intact is kept (SQLite: table ``audit_verified``; MongoDB: ``meta`` ``_id: "audit_verified"``), so
   the page re-hashes only the events after it. Upgrading builds the indexes; the first check verifies everything.
-
-- versions 9 to 12: docs/changes.md.
+- versions 9 to 13: docs/changes.md.
 
 An upgrade runs in one transaction after a backup copy of the file (``<file>.v<N>.bak``); a database newer than
 this code is refused rather than guessed at.
@@ -41,6 +40,7 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
+from core.domain.people import AuditHead
 from core.domain.results import record_id
 from core.errors import StoreError
 from core.storage import read_only_uri
@@ -58,8 +58,9 @@ from core.storage.schema import (
 logger = logging.getLogger("btd.storage")
 
 
-def migrate_sqlite(connection: sqlite3.Connection, path: Path) -> int:
-    """Bring the file to :data:`SCHEMA_VERSION` (creating it when empty); returns the version found."""
+def migrate_sqlite(connection: sqlite3.Connection, path: Path, key: bytes | None = None) -> int:
+    """Bring the file to :data:`SCHEMA_VERSION` (creating it when empty); returns the version found. ``key``: the
+    audit key, which signs an audit head the upgrade makes."""
     found = int(connection.execute("PRAGMA user_version").fetchone()[0])
     if found == SCHEMA_VERSION:
         return found
@@ -87,7 +88,7 @@ def migrate_sqlite(connection: sqlite3.Connection, path: Path) -> int:
                 _sqlite_v3_to_v4(connection)
                 logger.warning("event=store_migrated store=sqlite to=4")
             if found <= 6:
-                fixed = _sqlite_v6_to_v7(connection)
+                fixed = _sqlite_v6_to_v7(connection, key)
                 logger.warning("event=store_migrated store=sqlite to=7 nifti_orientations_fixed=%d", fixed)
             if found <= 7:
                 for statement in AUDIT_SEARCH:
@@ -147,7 +148,7 @@ OLD_NIFTI_ORIENTATION = [1.0, 0.0, 0.0, 0.0, -1.0, 0.0]  # what versions up to 6
 NIFTI_ORIENTATION_OF_OLD_PIXELS = [-1.0, 0.0, 0.0, 0.0, 1.0, 0.0]  # what their stored pixels really show
 
 
-def _sqlite_v6_to_v7(connection: sqlite3.Connection) -> int:
+def _sqlite_v6_to_v7(connection: sqlite3.Connection, key: bytes | None) -> int:
     """Correct the orientation recorded with NIfTI series saved before version 7 and start the audit chain's head
     (kept apart from the events) at the last event; returns how many orientations were corrected."""
     connection.execute(
@@ -157,6 +158,11 @@ def _sqlite_v6_to_v7(connection: sqlite3.Connection) -> int:
     connection.execute(
         "INSERT OR IGNORE INTO audit_head (id, seq, hash) SELECT 1, seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
     )
+    head = connection.execute(
+        "SELECT seq, hash FROM audit_head WHERE id = 1 AND keyed_since = 0 AND mac = ''"
+    ).fetchone()
+    if head is not None and key is not None:  # signed as it is made: unsigned, verify read it as altered
+        connection.execute("UPDATE audit_head SET mac = ? WHERE id = 1", (upgraded_head_mac(head[0], head[1], key),))
     cursor = connection.execute(
         "UPDATE scans SET geometry = json_set(geometry, '$.orientation', json(?)) "
         "WHERE kind = 'series' AND image_format = 'nifti' AND json_extract(geometry, '$.orientation') = json(?)",
@@ -296,3 +302,8 @@ def _sqlite_v3_to_v4(connection: sqlite3.Connection) -> None:
             "DROP TABLE rollup",
         ):
             connection.execute(statement)
+
+
+def upgraded_head_mac(seq: int, digest: str, key: bytes) -> str:
+    """The signature of an audit head an upgrade starts at the last event (the chain before it unkeyed)."""
+    return AuditHead(int(seq), str(digest)).expected_mac(key)

@@ -75,7 +75,7 @@ class MongoStore(MongoPeople, MongoQuality):
                 self._db.create_collection(self._name, validator=VALIDATOR)
             except Exception as error:  # said in the log, unless another replica created it (CollectionInvalid)
                 validator_not_installed(error)
-        migrate_mongo(self._db, self._collection, VALIDATOR)
+        migrate_mongo(self._db, self._collection, VALIDATOR, self.audit_key)
         for keys in _INDEXES:
             self._collection.create_index(keys)
         self._schema_ready = True

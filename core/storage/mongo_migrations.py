@@ -10,15 +10,18 @@ from typing import Any
 
 from core.domain.results import record_id
 from core.errors import StoreError
-from core.storage.migrations import NIFTI_ORIENTATION_OF_OLD_PIXELS, OLD_NIFTI_ORIENTATION
+from core.storage.migrations import NIFTI_ORIENTATION_OF_OLD_PIXELS, OLD_NIFTI_ORIENTATION, upgraded_head_mac
 from core.storage.mongo_people import AUDIT_INDEXES
 from core.storage.protocol import SCHEMA_VERSION
 
 logger = logging.getLogger("btd.storage")
 
 
-def migrate_mongo(database: Any, collection: Any, validator: dict[str, Any] | None = None) -> int:
-    """Bring a MongoDB collection to :data:`SCHEMA_VERSION`; returns the version found.
+def migrate_mongo(
+    database: Any, collection: Any, validator: dict[str, Any] | None = None, key: bytes | None = None
+) -> int:
+    """Bring a MongoDB collection to :data:`SCHEMA_VERSION`; returns the version found. ``key``: the audit key,
+    which signs an audit head the upgrade makes.
 
     Version 1 documents are re-keyed by inserting the merged copy under its new ``_id`` before deleting the old
     ones, so an interrupted upgrade loses nothing and the next start finishes it (inserts are idempotent).
@@ -52,10 +55,12 @@ def migrate_mongo(database: Any, collection: Any, validator: dict[str, Any] | No
         ).modified_count
         # an event's sequence number is its _id (it read a "seq" field no version wrote: KeyError on every call)
         last = database["audit"].find_one({}, {"hash": 1}, sort=[("_id", -1)])
-        if last is not None:  # the chain's head starts at its last event, as SQLite's upgrade starts it
+        if last is not None:  # the chain's head starts at its last event, as SQLite's upgrade starts (and signs) it
+            seq, digest = int(last["_id"]), str(last["hash"])
+            mac = upgraded_head_mac(seq, digest, key) if key is not None else ""
             database["meta"].update_one(
                 {"_id": "audit_head"},
-                {"$setOnInsert": {"seq": int(last["_id"]), "hash": str(last["hash"]), "keyed_since": 0, "mac": ""}},
+                {"$setOnInsert": {"seq": seq, "hash": digest, "keyed_since": 0, "mac": mac}},
                 upsert=True,
             )
         logger.warning("event=store_migrated store=mongodb to=7 nifti_orientations_fixed=%d", fixed)

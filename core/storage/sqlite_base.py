@@ -29,8 +29,9 @@ class SQLiteBase:
     audit_key: bytes | None = None  # keys the audit chain (set by open_store from the configuration)
     rolls_back = True  # a failure inside atomic() (or a unit of work around it) undoes every write in it
 
-    def __init__(self, path: Path, busy_timeout_s: float = 5.0) -> None:
+    def __init__(self, path: Path, busy_timeout_s: float = 5.0, audit_key: bytes | None = None) -> None:
         self.path = Path(path)
+        self.audit_key = audit_key  # before the first connection: an upgrade signs the audit head it makes
         self._busy_timeout_s = busy_timeout_s
         self._local = threading.local()
         self._migrate_lock = threading.Lock()
@@ -80,7 +81,7 @@ class SQLiteBase:
         connection.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_s * 1000)}")
         connection.execute("PRAGMA foreign_keys=ON")
         with self._migrate_lock:
-            migrate_sqlite(connection, self.path)
+            migrate_sqlite(connection, self.path, self.audit_key)
         return connection
 
     @contextmanager
