@@ -275,3 +275,16 @@ def test_a_single_scan_with_unlike_pixel_spacing_is_drawn_true_as_the_study_page
     assert drawn.shape[:2] == (512, 256) and (view.height, view.width) == (256, 256)  # the file's own size said
     assert display_factors((256, 256), (1.0, 0.5)) == (2.0, 1.0)
     assert display_factors((1024, 512), None) == (0.5, 0.5) and display_factors((300, 300), (0.0, 0.5)) == (1.0, 1.0)
+    # stored as columns down the patient's right (a display that turns rows into columns): its spacing turns with
+    # it. Read as stored, the 0.5 x 1 mm slice was drawn 4:1 on the Scan page and kept so for the Worklist
+    from core.model.lesion import pixel_spacing
+
+    turned = {"PixelSpacing": [0.5, 1.0], "ImageOrientationPatient": [0, 1, 0, 1, 0, 0]}
+    scan = read_scan(dicom_bytes(synthetic_slice(256).astype("uint16") * 16, extra=turned))
+    assert scan.display.transpose and pixel_spacing(scan) == (1.0, 0.5)
+    analysis = analyse_scan(scan, tiny_classifier)
+    view = scan_view(analysis, None)
+    assert cv2.imdecode(np.frombuffer(view.original(), np.uint8), cv2.IMREAD_COLOR).shape[:2] == (512, 256)
+    from core.services.triage import new_record
+
+    assert new_record(analysis, patient_ref=None, uploader="dr-a").geometry["spacing"] == [1.0, 0.5]  # the Worklist's

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from core.errors import ModelError
+from core.imaging.geometry import DisplayTransform, transformed_spacing
 from core.model.classifier import load_checked_model, traced
 from core.model.preprocess import InputSpec, input_to_image, to_model_input
 
@@ -143,8 +144,9 @@ def volume_ml(areas_px: Sequence[int], spacing: tuple[float, float] | None, step
 
 
 def pixel_spacing(scan: Any) -> tuple[float, float] | None:
-    """A single scan's (row, column) pixel spacing in mm from its DICOM PixelSpacing, or None (PNG, JPEG, or a
-    missing or malformed value)."""
+    """A single scan's (row, column) pixel spacing in mm from its DICOM PixelSpacing, as its pixels are shown (a
+    display that turns rows into columns swaps them: read as stored, a 0.5 x 1 mm slice was drawn 4:1), or None
+    (PNG, JPEG, or a missing or malformed value)."""
     text = scan.acquisition.get("PixelSpacing") if getattr(scan, "acquisition", None) else None
     try:
         values = tuple(float(v) for v in str(text).split("\\")) if text else ()
@@ -152,7 +154,7 @@ def pixel_spacing(scan: Any) -> tuple[float, float] | None:
         return None
     if len(values) != 2 or not all(np.isfinite(v) and v > 0 for v in values):
         return None
-    return values[0], values[1]
+    return transformed_spacing((values[0], values[1]), getattr(scan, "display", DisplayTransform()))
 
 
 def sections_spanned(areas_px: Sequence[int]) -> tuple[int, int] | None:
