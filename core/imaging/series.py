@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import date
 from functools import partial
@@ -56,7 +56,7 @@ from core.imaging.series_headers import (
     stack_of,
     uid_key_of,
 )
-from core.imaging.volume import NO_STUDY_UID, SeriesError, Volume, hash_parts, radiological
+from core.imaging.volume import NO_STUDY_UID, SeriesError, Volume, hash_parts, one_per_position, radiological
 
 __all__ = ["SeriesError", "Upload", "Volume", "is_nifti", "read_study", "read_upload"]
 
@@ -356,25 +356,6 @@ def _dicom_series(
     return volumes, unread, localizers, non_images
 
 
-def _one_per_position(
-    keyed: list[tuple[float, _Section]], where: Callable[[float], str], notes: list[str]
-) -> list[tuple[float, _Section]]:
-    """The sections in order, a duplicate of the one before at its position left out (and said in ``notes``); two
-    different images at one position are no stack (:class:`SeriesError`)."""
-    kept: list[tuple[float, _Section]] = []
-    for position, section in keyed:
-        if kept and abs(position - kept[-1][0]) < 1e-3:
-            if np.array_equal(section.pixels, kept[-1][1].pixels):
-                notes.append(f"A duplicate of the section at {where(position)} was left out.")
-                continue
-            raise SeriesError(
-                f"Two different sections lie at the same position ({where(position)}) in one series (a "
-                "diffusion, multi-echo or dynamic series whose files do not say which image is which?)."
-            )
-        kept.append((position, section))
-    return kept
-
-
 def _volume(sections: list[_Section], limits: StudyLimits) -> Volume:
     if len(sections) > limits.max_sections:
         raise FileTooLarge(f"A series holds {len(sections)} sections; the limit is {limits.max_sections}.")
@@ -416,7 +397,7 @@ def _volume(sections: list[_Section], limits: StudyLimits) -> Volume:
             f"All {len(sections)} images of one series lie at one position (a dynamic, cine or multi-echo series): "
             "it is not a stack of sections to triage."
         )
-    kept = _one_per_position(keyed, partial(place_text, shown) if in_mm else "number {:.0f}".format, notes)
+    kept = one_per_position(keyed, partial(place_text, shown) if in_mm else "number {:.0f}".format, notes)
     notes += gap_notes([p for p, _ in kept], in_mm, limits.max_gap_ratio)
     positions = [p for p, _ in kept]
     first = kept[0][1]

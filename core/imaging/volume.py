@@ -4,9 +4,11 @@ of their plane, with what the files say about their geometry, and the keys that 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 
@@ -101,3 +103,22 @@ def radiological(
         transformed_spacing(spacing, transform),
         transformed_orientation(orientation, transform),
     )
+
+
+def one_per_position(
+    keyed: list[tuple[float, Any]], where: Callable[[float], str], notes: list[str]
+) -> list[tuple[float, Any]]:
+    """The sections in order, a duplicate of the one before at its position left out (and said in ``notes``); two
+    different images at one position are no stack (:class:`SeriesError`)."""
+    kept: list[tuple[float, Any]] = []
+    for position, section in keyed:
+        if kept and abs(position - kept[-1][0]) < 1e-3:
+            if np.array_equal(section.pixels, kept[-1][1].pixels):
+                notes.append(f"A duplicate of the section at {where(position)} was left out.")
+                continue
+            raise SeriesError(
+                f"Two different sections lie at the same position ({where(position)}) in one series (a "
+                "diffusion, multi-echo or dynamic series whose files do not say which image is which?)."
+            )
+        kept.append((position, section))
+    return kept
