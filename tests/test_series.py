@@ -91,6 +91,32 @@ def test_files_without_positions_are_numbered_and_no_distance_in_mm_is_claimed()
     assert not any(" mm" in w for w in series.warnings)
 
 
+@pytest.mark.parametrize("plane", [AXIAL, SAGITTAL])
+def test_files_with_positions_but_no_orientation_are_stacked_by_their_positions_not_their_numbers(plane) -> None:
+    """An export that dropped ImageOrientationPatient alone, numbers in acquisition order (1, 3, 5, ..., 2, 4, ...):
+    the stack was put in that order, so the series rule's neighbours were sections two apart, and the note said
+    the files gave no positions."""
+    volume = head_volume(8, 64)
+    order = [0, 4, 1, 5, 2, 6, 3, 7]  # section k is acquired order[k]-th: interleaved
+
+    def no_orientation(ds, k) -> None:
+        del ds.ImageOrientationPatient
+        ds.InstanceNumber = order[k] + 1
+
+    (series,) = read_study(rewritten(dicom_series(volume, orientation=plane), no_orientation))
+    places = [
+        int(np.argmax([np.corrcoef(shown.ravel(), v.ravel())[0, 1] for v in volume])) for shown in series.sections
+    ]
+    assert places in (list(range(8)), list(range(7, -1, -1)))  # neighbours side by side, which way round unknown
+    assert series.positions_in_mm and series.step_mm == 5.0
+    assert series.orientation is None and series.plane is None  # no letters claimed
+    assert series.warnings == (
+        "The files give no orientation (ImageOrientationPatient): sections are ordered by their positions, and "
+        "which way they run (head or foot, left or right) is not known.",
+    )
+    assert not any("give no positions" in w for w in series.warnings)
+
+
 @pytest.mark.parametrize("plane", [AXIAL, CORONAL, SAGITTAL])
 def test_the_first_section_is_the_same_end_of_the_head_however_the_files_encode_their_orientation(plane) -> None:
     """A patient-safety check: the same sections encoded with a mirrored row direction (the normal reversed) come

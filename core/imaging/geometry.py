@@ -159,6 +159,18 @@ def place_text(orientation: Sequence[float] | None, position: float) -> str:
     return f"{_letters(normal if position >= 0 else -normal)} {distance}"
 
 
+def stack_line(positions: Sequence[Any]) -> np.ndarray | None:
+    """The direction (a unit vector) along which sections at ``positions`` (ImagePositionPatient, mm) lie, for files
+    that give no orientation: the positions' main axis, its largest component positive (which way the sections run
+    is not known); None when they lie at one point."""
+    points = np.asarray(positions, float)
+    centred = points - points.mean(axis=0)
+    if len(points) < 2 or float(np.abs(centred).max()) < 1e-3:
+        return None
+    axis = np.linalg.svd(centred, full_matrices=False)[2][0]
+    return axis if axis[np.argmax(np.abs(axis))] > 0 else -axis
+
+
 def gap_starts(positions: Sequence[float], ratio: float = DEFAULT_STUDY_LIMITS.max_gap_ratio) -> list[int]:
     """The sections (0-based) that follow a step over ``ratio`` times the usual one along a series: a section may
     be missing before each, so no run of neighbouring sections crosses it."""

@@ -41,6 +41,7 @@ from core.imaging.geometry import (
     frame_orientation,
     gap_notes,
     place_text,
+    stack_line,
     transformed_orientation,
 )
 from core.imaging.limits import DEFAULT_LIMITS, DEFAULT_STUDY_LIMITS, Limits, StudyLimits
@@ -376,11 +377,14 @@ def _volume(sections: list[_Section], limits: StudyLimits) -> Volume:
         left = len(sections) - len(placed)
         notes.append(f"{left} file{'s' if left > 1 else ''} without a position in the head left out.")
         sections = placed
-    in_mm = reference is not None and all(s.position is not None for s in sections)
-    shown = None
+    positions = [s.position for s in sections]
+    everywhere = all(p is not None for p in positions)  # an export or anonymiser may drop the orientation alone:
+    line = stack_line(positions) if reference is None and everywhere else None  # ordered by instance number, an
+    in_mm, shown = (reference is not None and everywhere) or line is not None, None  # interleaved series scrambled
     if in_mm:  # along the normal of the view as shown, so the stack runs the same way whatever the encoding
-        shown = transformed_orientation(reference, display_transform(reference))  # type: ignore[arg-type]
-        normal = np.cross(shown[:3], shown[3:])
+        if line is None:
+            shown = transformed_orientation(reference, display_transform(reference))  # type: ignore[arg-type]
+        normal = line if line is not None else np.cross(shown[:3], shown[3:])
         keyed = sorted(((float(s.position @ normal), s) for s in sections), key=lambda pair: pair[0])
     elif sections[0].multi_frame:
         notes.append(
@@ -389,9 +393,14 @@ def _volume(sections: list[_Section], limits: StudyLimits) -> Volume:
         )
         keyed = sorted(((float(s.instance), s) for s in sections), key=lambda pair: pair[0])
     else:
-        some = any(s.position is not None for s in sections) and reference is not None
+        some = any(p is not None for p in positions)
         notes.append(f"{'Some' if some else 'The'} files give no positions: sections are ordered by instance number.")
         keyed = sorted(((float(s.instance), s) for s in sections), key=lambda pair: pair[0])
+    if line is not None:
+        notes.append(
+            "The files give no orientation (ImageOrientationPatient): sections are ordered by their positions, and "
+            "which way they run (head or foot, left or right) is not known."
+        )
     if in_mm and sections[0].multi_frame and len(sections) > 1 and np.ptp([p for p, _ in keyed]) < 1e-3:
         raise SeriesError(
             f"All {len(sections)} images of one series lie at one position (a dynamic, cine or multi-echo series): "
