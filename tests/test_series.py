@@ -1037,6 +1037,23 @@ def test_a_nifti_is_cut_in_the_plane_it_was_acquired_in_as_its_dicom_twin_is(ori
     assert np.corrcoef(twin.sections.ravel(), dicom.sections.ravel())[0, 1] > 0.98 and not twin.warnings
 
 
+@pytest.mark.parametrize(("orientation", "plane"), [(SAGITTAL, "sagittal"), (CORONAL, "coronal")])
+@pytest.mark.parametrize("sections", [1, 8])
+def test_a_nifti_slab_of_thin_sections_or_a_single_one_is_cut_across_them(orientation, plane, sections) -> None:
+    """Eight sagittal sections of 1.8 mm (a pituitary slab), or one, were cut into 128 axial strips 8 (or 1)
+    pixels wide, each refused as no brain, with no word: the thickness rule wants 2 mm."""
+    import nibabel
+
+    volume = head_volume(sections)
+    row, column = np.array(orientation[:3]), np.array(orientation[3:])
+    affine, lps_to_ras = np.eye(4), np.array([-1.0, -1.0, 1.0])
+    affine[:3, 0], affine[:3, 1] = row * 0.9 * lps_to_ras, column * 0.9 * lps_to_ras
+    affine[:3, 2] = np.cross(row, column) * 1.8 * lps_to_ras
+    (twin,) = read_study([nibabel.Nifti1Image(np.transpose(volume, (2, 1, 0)).astype(np.int16), affine).to_bytes()])
+    assert twin.plane == plane and twin.sections.shape == (sections, 128, 128)
+    assert twin.spacing == pytest.approx((0.9, 0.9)) and (sections == 1 or twin.step_mm == pytest.approx(1.8))
+
+
 def test_a_nifti_of_thin_or_thick_voxels_in_every_direction_is_cut_axially() -> None:
     import nibabel
 

@@ -47,10 +47,17 @@ def _cut_axis(zooms: np.ndarray, shape: tuple[int, ...]) -> int:
     acquisition (5 mm along x: a sagittal one), else the third (axial sections). Cut axially, a sagittal volume
     became thick-slab reformats, stretched five times in the viewer and read so by the classifier, where its DICOM
     twin is read in its own plane. Not when the thick sections would span more than a head (128 of 5 mm: 640 mm, a
-    header whose spacing is not the volume's), which is cut axially and said to be coarse."""
+    header whose spacing is not the volume's), which is cut axially and said to be coarse. A slab, few sections of
+    voxels no thinner than those within them (a one-section sagittal file; 30 sagittal sections of 1.8 mm), is cut
+    across them whatever their thickness: cut axially, it became hundreds of strips a few pixels wide."""
     for axis in (0, 1):
-        thick = zooms[axis] >= 2.0 and zooms[axis] > 1.5 * max(zooms[a] for a in range(3) if a != axis)
+        others = [a for a in range(3) if a != axis]
+        thick = zooms[axis] >= 2.0 and zooms[axis] > 1.5 * max(zooms[a] for a in others)
         if thick and zooms[axis] * shape[axis] <= HEAD_MM:
+            return axis
+        few = 4 * shape[axis] <= min(shape[a] for a in others)
+        slab = shape[axis] == 1 or (few and zooms[axis] >= max(zooms[a] for a in others))
+        if slab and not 4 * shape[2] <= min(shape[0], shape[1]):  # an axial slab stays axial
             return axis
     return 2
 
