@@ -183,6 +183,27 @@ def test_study_command_writes_the_displayed_middle_section_and_its_letters(
     assert line["error"]["code"] == "unwritable" and not (tmp_path / "data").exists()
 
 
+def test_the_study_commands_picture_of_unlike_pixels_is_drawn_true_as_the_viewer_draws_it() -> None:
+    """0.5 x 1 mm pixels (a 64 x 128 stored section of a square field) were written 64 x 128, squashed 2:1."""
+    import cv2
+
+    from core.imaging.phantom_series import dicom_series, head_volume
+    from core.imaging.series import read_study
+    from core.services.study_reading import display_png
+
+    files = dicom_series(head_volume(3, 128)[:, ::2, :])
+
+    def spaced(ds, k) -> None:
+        ds.PixelSpacing = [1.8, 0.9]  # rows 1.8 mm apart, columns 0.9 mm
+
+    from tests.test_series import rewritten
+
+    (volume,) = read_study(rewritten(files, spaced))
+    assert volume.sections.shape[1:] == (64, 128)
+    _, png = display_png(volume)
+    assert cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE).shape == (128, 128)
+
+
 def test_study_output_that_cannot_be_written_is_refused_first_or_said_on_its_line_and_a_link_loop_is_one_path(
     tmp_path, tiny_card, capsys, monkeypatch
 ) -> None:

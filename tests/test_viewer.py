@@ -212,16 +212,17 @@ def test_pixels_spaced_unlike_in_rows_and_columns_are_drawn_square(tiny_classifi
     """A series of 2 x 1 mm pixels (rows x columns) was drawn with square pixels, squashed to half its height."""
     from dataclasses import replace
 
-    from core.services.series_views import _display
+    from core.services.series_views import as_displayed
 
     sections = np.zeros((2, 40, 60), np.uint8)
-    shown, spacing = _display(sections, (2.0, 1.0))
+    shown, spacing = as_displayed(sections, (2.0, 1.0))
     assert shown.shape == (2, 80, 60) and spacing == pytest.approx([1.0, 1.0])  # 80 mm tall, 60 mm wide
-    big, spacing = _display(np.zeros((1, 400, 300), np.uint8), (1.0, 3.0))  # 400 x 900 mm: fits DISPLAY_SIDE
+    big, spacing = as_displayed(np.zeros((1, 400, 300), np.uint8), (1.0, 3.0))  # 400 x 900 mm: fits DISPLAY_SIDE
     assert big.shape[2] / big.shape[1] == pytest.approx(900 / 400, rel=0.01) and spacing[0] == pytest.approx(
         spacing[1], rel=0.01
     )
-    assert _display(sections, None)[0].shape == (2, 40, 60) and _display(sections, (0.0, 1.0))[0].shape == (2, 40, 60)
+    assert as_displayed(sections, None)[0].shape == (2, 40, 60)
+    assert as_displayed(sections, (0.0, 1.0))[0].shape == (2, 40, 60)
     view = series_view(analyse_volume(read_study(dicom_series(head_volume(3, 64)))[0], tiny_classifier))
     assert view.sections.shape[1:] == (64, 64)  # square pixels stay as they are
     assert replace(view).geometry["spacing"] == pytest.approx([0.9, 0.9])

@@ -127,7 +127,7 @@ class SeriesView:
         return None if self.lesion_areas is None else sections_spanned(self.lesion_areas)
 
 
-def _display(sections: np.ndarray, spacing: Sequence[float] | None) -> tuple[np.ndarray, list[float] | None]:
+def as_displayed(sections: np.ndarray, spacing: Sequence[float] | None) -> tuple[np.ndarray, list[float] | None]:
     """The sections as the viewer and the quick scroller draw them: square pixels (the coarser axis stretched when
     rows and columns are spaced unlike: 0.5 x 5 mm pixels were drawn ten times squashed, while the PDF drew them
     true) and at most :data:`DISPLAY_SIDE` a side; with the spacing of the displayed pixels."""
@@ -153,7 +153,7 @@ def _stretched(spacing: Sequence[float] | None) -> bool:
 
 def series_view(analysis: SeriesAnalysis, status: SaveStatus | None = None, record: Record | None = None) -> SeriesView:
     volume = analysis.volume
-    sections, spacing = _display(volume.sections, volume.spacing)
+    sections, spacing = as_displayed(volume.sections, volume.spacing)
     geometry = geometry_of(volume) | {"spacing": spacing}
     areas = analysis.lesion_areas
     scale = np.array([sections.shape[2] / volume.sections.shape[2], sections.shape[1] / volume.sections.shape[1]])
@@ -204,7 +204,7 @@ def stored_series_view(
     if pixels is None:
         return None
     rows = store.sections_of(record.id)
-    sections, spacing = _display(pixels, record.geometry.get("spacing"))  # type: ignore[arg-type]
+    sections, spacing = as_displayed(pixels, record.geometry.get("spacing"))  # type: ignore[arg-type]
     rule: Any = record.geometry.get("rule")
     if rule is None and (record.model_name, record.model_version) == (card.name, card.version):
         rule = rule_of(card.series)

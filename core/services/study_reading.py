@@ -23,6 +23,7 @@ from core.imaging.series import is_nifti, read_upload
 from core.imaging.volume import Volume
 from core.model.classifier import Classifier
 from core.model.volume import SeriesAnalysis, analyse_volume
+from core.services.series_views import as_displayed
 
 logger = logging.getLogger("btd.studies")
 
@@ -198,8 +199,10 @@ def analyse_path(path: Path, classifier: Classifier) -> StudyOutcome:
 
 
 def display_png(volume: Volume) -> tuple[dict[str, str], bytes]:
-    """The series' middle section as the viewer displays it (PNG, pixels only) and the letters at its edges
-    ({"top", "bottom", "left", "right"}: R/L, A/P, H/F; empty when the files give no orientation)."""
-    png = encode_png(volume.sections[len(volume.sections) // 2])
+    """The series' middle section as the viewer displays it (PNG, pixels only: square, 0.5 x 1 mm pixels were
+    written squashed 2:1) and the letters at its edges ({"top", "bottom", "left", "right"}: R/L, A/P, H/F; empty
+    when the files give no orientation)."""
+    middle = len(volume.sections) // 2
+    png = encode_png(as_displayed(volume.sections[middle : middle + 1], volume.spacing)[0][0])
     letters = volume.letters
     return {side: letters[side] for side in ("top", "bottom", "left", "right") if side in letters}, png
