@@ -3,6 +3,7 @@ header, a JPEG 2000 SIZ marker) must be the header's Rows x Columns, which the b
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -76,3 +77,51 @@ def _jpeg_frame_size(data: bytes) -> tuple[int, int]:
                 raise ValueError("frame header cut off")
             return int.from_bytes(segment[1:3], "big"), int.from_bytes(segment[3:5], "big")
     raise ValueError("no frame header before the data")
+
+
+RESTARTS = range(0xD0, 0xD8)
+
+
+def restarts(data: bytes) -> tuple[int, int] | None:
+    """(the restart markers a baseline JPEG's single scan must hold, the ones it holds), or None for a file without
+    a restart interval or another kind (progressive, several scans). A file cut short and closed with an end marker
+    decodes without an error, its missing rows grey; with restart markers both decoders fill them so, and only the
+    count of intervals tells the cut (a slice missing a fifth of its rows was called glioma at 0.97)."""
+    at, interval, frame, scans = 2, 0, None, 0
+    while at + 4 <= len(data) and data[at] == 0xFF:
+        marker = data[at + 1]
+        if marker == 0xFF:
+            at += 1
+            continue
+        if marker == 0xD9 or (marker == SOS and scans):  # the end, or a second scan
+            return None
+        segment = data[at + 4 : at + 2 + int.from_bytes(data[at + 2 : at + 4], "big")]
+        at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+        if marker == 0xDD and len(segment) >= 2:  # DRI
+            interval = int.from_bytes(segment[:2], "big")
+        elif marker in (0xC0, 0xC1) and len(segment) >= 6:
+            frame = segment
+        elif marker in SOF:
+            return None
+        elif marker == SOS and segment:
+            scans, found = len(segment), 0
+            while at + 1 < len(data) and not (data[at] == 0xFF and data[at + 1] not in (0x00, *RESTARTS)):
+                found += data[at] == 0xFF and data[at + 1] in RESTARTS
+                at += 1
+            if not interval or frame is None:
+                return None
+            return _intervals(frame, segment[0], interval) - 1, found
+    return None
+
+
+def _intervals(frame: bytes, in_scan: int, interval: int) -> int:
+    """How many restart intervals of ``interval`` MCUs a scan of ``in_scan`` components of this frame header holds."""
+    height, width, count = int.from_bytes(frame[1:3], "big"), int.from_bytes(frame[3:5], "big"), frame[5]
+    factors = [(frame[7 + 3 * k] >> 4, frame[7 + 3 * k] & 0x0F) for k in range(count) if 8 + 3 * k <= len(frame)]
+    h_max, v_max = max((h for h, _ in factors), default=1), max((v for _, v in factors), default=1)
+    if in_scan == 1:  # one component's blocks (its sampling over the largest), one block an MCU
+        h, v = factors[0] if factors else (1, 1)
+        mcus = math.ceil(math.ceil(width * h / h_max) / 8) * math.ceil(math.ceil(height * v / v_max) / 8)
+    else:
+        mcus = math.ceil(width / (8 * h_max)) * math.ceil(height / (8 * v_max))
+    return math.ceil(mcus / interval)

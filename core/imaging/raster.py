@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from core.errors import CorruptImage, ImageTooLarge, MultiFrameImage, ScanError, UnsupportedFormat
-from core.imaging.codestream import SOS, jpeg_segments
+from core.imaging.codestream import SOS, jpeg_segments, restarts
 from core.imaging.limits import Limits, check_decoded_size, check_dimensions, stretch_to_uint8
 
 # Pillow's debug lines quote every EXIF tag's value as it decodes (an ImageDescription or Artist holding a name):
@@ -57,6 +57,11 @@ def read_raster(data: bytes, fmt: str, limits: Limits) -> tuple[np.ndarray, floa
                 if fmt == "jpeg" and not _progressive_complete(data):
                     raise CorruptImage(
                         "The JPEG file is cut short: its progressive scans end before the image is complete."
+                    )
+                if fmt == "jpeg" and (counted := restarts(data)) is not None and counted[1] < counted[0]:
+                    raise CorruptImage(
+                        f"The JPEG file is cut short: it holds {counted[1] + 1} of its {counted[0] + 1} restart "
+                        "intervals (the rest would read as grey)."
                     )
             with Image.open(io.BytesIO(data), formats=[pillow_format]) as image:
                 size = image.size
