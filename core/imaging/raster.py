@@ -120,15 +120,24 @@ def _fill_of_a_cut(data: bytes, size: tuple[int, int], limits: Limits) -> bool:
 _CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # PNG colour type -> samples per pixel
 
 
+# Adam7's seven passes: the first column and row each starts at, and the steps between them
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
 def _check_png_rows(data: bytes, size: tuple[int, int]) -> None:
     """Refuse a PNG whose image data holds fewer rows than its header declares: a stream closed properly at a row
-    boundary passes every checksum, and the missing rows were read as black. Non-interlaced images (an interlaced
-    one's passes are not counted here)."""
-    if len(data) < 29 or data[28] != 0:  # interlaced (Adam7)
+    boundary passes every checksum, and the missing rows were read as black. An interlaced one's passes are counted
+    row by row too (half of its last pass missing, a slice was called glioma at 0.83)."""
+    if len(data) < 29:
         return
     width, height = size
     depth, colour = data[24], data[25]
-    expected = height * (1 + math.ceil(width * _CHANNELS.get(colour, 1) * depth / 8))
+    bits = _CHANNELS.get(colour, 1) * depth
+    passes = _ADAM7 if data[28] == 1 else ((0, 0, 1, 1),)
+    expected = 0
+    for x0, y0, dx, dy in passes:
+        columns, rows = max(0, math.ceil((width - x0) / dx)), max(0, math.ceil((height - y0) / dy))
+        expected += rows * (1 + math.ceil(columns * bits / 8)) if columns else 0
     stream, at, got = zlib.decompressobj(), 8, 0
     while at + 8 <= len(data) and got <= expected:
         length, kind = struct.unpack(">I", data[at : at + 4])[0], data[at + 4 : at + 8]
