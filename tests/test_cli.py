@@ -743,3 +743,25 @@ def test_a_password_that_is_not_utf8_is_refused_by_name(tmp_path, monkeypatch, c
     code, lines = run_main(["users", "add", "bob", "--role", "radiologist", "--password-stdin"], capsys)
     assert code == 2 and "not UTF-8 text" in lines[0]["error"]["message"]
     assert "surrogates" not in lines[0]["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["users", "disable", "a\udcffb"],
+        ["users", "unlock", "a\udcffb"],
+        ["users", "set-role", "a\udcffb", "radiologist"],
+        ["audit", "export", "--actor", "a\udcffb"],
+        ["audit", "export", "--action", "a\udcffb"],
+    ],
+)
+def test_a_name_or_filter_that_is_not_utf8_is_a_usage_error_saying_so(command, tmp_path, monkeypatch, capsys) -> None:
+    """Bytes that are not UTF-8 (reaching Python as lone surrogates) answered with Python's own error as the
+    message: "UnicodeEncodeError: 'utf-8' codec can't encode character '\\udcff' ..."."""
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    with pytest.raises(SystemExit) as usage:  # a usage error, as argparse reports one
+        main(command)
+    (line,) = [json.loads(text) for text in capsys.readouterr().out.splitlines()]
+    assert usage.value.code == 2 and line["error"]["code"] == "bad_usage"
+    assert "not UTF-8 text" in line["error"]["message"] and "Unicode" not in line["error"]["message"]
+    assert not (tmp_path / "data").exists()  # refused before anything was opened

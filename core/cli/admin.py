@@ -28,6 +28,7 @@ from core.cli.common import (
     error_json,
     positive_int,
     stdin_secret,
+    utf8_text,
     write,
 )
 from core.domain.people import ROLES, Account
@@ -56,7 +57,7 @@ def add_commands(commands: Any) -> None:
     )
     verbs = users.add_subparsers(dest="verb", required=True, parser_class=type(users))
     add = verbs.add_parser("add", help="create an account")
-    add.add_argument("name")
+    add.add_argument("name", type=utf8_text)
     add.add_argument("--role", required=True, choices=ROLES)
     how = add.add_mutually_exclusive_group(required=True)
     how.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
@@ -66,17 +67,17 @@ def add_commands(commands: Any) -> None:
     verbs.add_parser("list", help="every account, without password hashes").set_defaults(run=cmd_users_list)
     for verb, disabled in (("disable", True), ("enable", False)):
         parser = verbs.add_parser(verb, help=f"{verb} an account")
-        parser.add_argument("name")
+        parser.add_argument("name", type=utf8_text)
         parser.set_defaults(run=cmd_users_disable, disabled=disabled)
     unlock = verbs.add_parser("unlock", help="end an account's sign-in lock now (failed attempts forgotten)")
-    unlock.add_argument("name")
+    unlock.add_argument("name", type=utf8_text)
     unlock.set_defaults(run=cmd_users_unlock)
     role = verbs.add_parser("set-role", help="change an account's role")
-    role.add_argument("name")
+    role.add_argument("name", type=utf8_text)
     role.add_argument("role", choices=ROLES)
     role.set_defaults(run=cmd_users_set_role)
     password = verbs.add_parser("set-password", help="set a password (read from standard input)")
-    password.add_argument("name")
+    password.add_argument("name", type=utf8_text)
     password.add_argument("--password-stdin", action="store_true", required=True)
     password.add_argument("--temporary", action="store_true", help=TEMPORARY)
     password.set_defaults(run=cmd_users_set_password)
@@ -96,8 +97,8 @@ def add_commands(commands: Any) -> None:
     )
     purge.set_defaults(run=cmd_images_purge)
     export = steps.add_parser("export", help="the events as CSV on stdout")
-    export.add_argument("--action")
-    export.add_argument("--actor")
+    export.add_argument("--action", type=utf8_text)
+    export.add_argument("--actor", type=utf8_text)
     export.set_defaults(run=cmd_audit_export)
 
 

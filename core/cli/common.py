@@ -151,6 +151,16 @@ def stdin_secret() -> str:
     return line
 
 
+def utf8_text(text: str) -> str:
+    """An argparse type: text that is UTF-8 (bytes that are not reach Python as lone surrogates, and an account name
+    or filter so given failed later with Python's own encoding error as its message)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError("not UTF-8 text; give it as UTF-8") from None
+    return text
+
+
 def positive_int(text: str) -> int:
     """An argparse type: a whole number from 1 to 36,500 (a bad one is a usage error, not a traceback later)."""
     return whole(1, 36_500)(text)
