@@ -18,6 +18,7 @@ from contextlib import suppress
 import streamlit as st
 
 from core.config import first_admin_command, sso_refusal
+from core.domain.people import MIN_PASSWORD
 from core.errors import AccessDenied, InvalidRecord, SignInFailed, StoreError
 from core.services import accounts, audit
 from core.services.access import OPEN_RESULT, Actor, allowed
@@ -161,7 +162,7 @@ def _password_fields(actor: Actor) -> None:
     """The current password and the new one twice, in a form that changes it (:func:`password_form`)."""
     with st.form("own-password", clear_on_submit=True):
         current = st.text_input("Current password", type="password")
-        new = st.text_input("New password", type="password", help=f"At least {accounts.MIN_PASSWORD} characters.")
+        new = st.text_input("New password", type="password", help=f"At least {MIN_PASSWORD} characters.")
         again = st.text_input("New password again", type="password")
         if not st.form_submit_button("Change password"):
             return

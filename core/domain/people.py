@@ -223,3 +223,15 @@ class AuditQuery:
             end=None if self.end is None else to_milliseconds(self.end),
             before=None if self.before is None else (to_milliseconds(self.before[0]), self.before[1]),
         )
+
+
+MIN_PASSWORD = 12
+
+
+def check_password(password: str) -> None:
+    """At least :data:`MIN_PASSWORD` characters, not only spaces and not one character repeated (twelve spaces
+    made an admin account)."""
+    if len(password) < MIN_PASSWORD:
+        raise InvalidRecord(f"A password has at least {MIN_PASSWORD} characters.")
+    if not password.strip() or len(set(password)) == 1:
+        raise InvalidRecord("A password is not only spaces or one character repeated.")

@@ -25,7 +25,7 @@ from functools import cache
 from typing import Any
 
 from core.config import file_secrets, sso_refusal
-from core.domain.people import RESERVED_NAMES, ROLES, Account
+from core.domain.people import RESERVED_NAMES, ROLES, Account, check_password
 from core.errors import AccountLocked, InvalidRecord, SignInFailed, StoreError
 from core.services import audit
 from core.services.access import ACCOUNTS, VIA_ACCOUNT, VIA_CLAIM, Actor, require
@@ -37,7 +37,6 @@ IDLE_MINUTES = 30
 SESSION_HOURS = 12  # the longest a sign-in lasts, however busy (the cookie's own lifetime): a role taken from an
 # identity provider's claim, never read again, is re-read at the next sign-in
 REFUSAL_SECONDS = 1.0  # longer than any refusal's own work: each takes this long
-MIN_PASSWORD = 12
 REFUSED = (
     f"Wrong account name or password. After {MAX_FAILURES} failed attempts in a row an account is locked for "
     f"{LOCK_MINUTES} minutes."
@@ -54,15 +53,6 @@ def _hasher() -> Any:
 def _dummy_hash() -> str:
     """A real hash of a random secret: checking a password against it costs what a real check costs."""
     return _hasher().hash(secrets.token_hex(16))
-
-
-def check_password(password: str) -> None:
-    """At least :data:`MIN_PASSWORD` characters, not only spaces and not one character repeated (twelve spaces
-    made an admin account)."""
-    if len(password) < MIN_PASSWORD:
-        raise InvalidRecord(f"A password has at least {MIN_PASSWORD} characters.")
-    if not password.strip() or len(set(password)) == 1:
-        raise InvalidRecord("A password is not only spaces or one character repeated.")
 
 
 def _no_twin(store: Store, name: str) -> None:
