@@ -17,7 +17,17 @@ from core.domain.results import WorklistQuery
 from core.errors import AccessDenied, AccountLocked, InvalidRecord, SignInFailed
 from core.services import accounts, audit, reviews, statistics
 from core.services.access import COMMAND_LINE, Actor
-from core.services.triage import NOT_SAVED, SAVED, SaveStatus, Triaged, apply_patient_reference, retry_save, triage
+from core.services.triage import (
+    NOT_SAVED,
+    SAVED,
+    SaveStatus,
+    Triaged,
+    apply_patient_reference,
+    linked_to_saved,
+    reference_for_saved,
+    retry_save,
+    triage,
+)
 from core.storage.images import FolderImages
 from core.storage.sqlite import SQLiteStore
 from tests.scans import CANARY, png_bytes, synthetic_slice
@@ -216,6 +226,8 @@ def saved_upload(store) -> Triaged:
         (None, lambda s, a: reviews.worklist(s, a, WorklistQuery())),
         (SUPERVISOR, lambda s, a: apply_patient_reference(saved_upload(s), s, "p" * 64, a)),
         (ADMIN, lambda s, a: retry_save(saved_upload(s), s, None, "p" * 64, a)),
+        (SUPERVISOR, lambda s, a: reference_for_saved(s, a, saved_upload(s).record.id, "p" * 64, SaveStatus(SAVED))),
+        (ADMIN, lambda s, a: linked_to_saved(saved_upload(s), s, "p" * 64, a)),  # a patient's reference written
     ],
 )
 def test_every_service_refuses_the_roles_that_may_not_use_it(store, who, call) -> None:

@@ -328,7 +328,9 @@ def reference_for_saved(
 ) -> tuple[SaveStatus, str | None]:
     """(the status, the reference the stored result keeps) for a result uploaded again: the reference typed now is
     applied when it had none (an audit event; it used to be dropped, so the patient's History stayed empty); one
-    saved under another patient's reference keeps it and the status says so, never relinked silently."""
+    saved under another patient's reference keeps it and the status says so, never relinked silently. Those who
+    analyse scans only (checked here too: it writes a patient's reference, whoever calls it)."""
+    require(actor, ANALYSE)
     try:
         saved = store.get(record_id)
         if saved is None or saved.patient_ref == patient_ref:
