@@ -13,7 +13,7 @@ from ui.lesion import lesion_change, lesion_size
 from ui.opened import opened_result
 from ui.page import setup_page
 from ui.viewer import comparison, timeline
-from ui.wording import count_of, pretty, probability_shown, verdict_shown
+from ui.wording import SCORE_COLUMN, count_of, pretty, probability_shown, verdict_shown
 
 actor = setup_page("History", HISTORY)
 st.title("Patient history")
@@ -70,7 +70,7 @@ st.dataframe(
                 "verdict": verdict_shown(r),
                 "flag": "needs review" if r.gate == "needs_review" and not r.review_count else "",  # as the
                 # Worklist, the Study page and the PDF flag it (History showed a flagged call as a plain one)
-                "tumour probability": probability_shown(r),
+                SCORE_COLUMN: probability_shown(r),
                 "lesion": bound(r, step.size) + lesion_size(step.size, step.unit),
                 "change": step.not_compared or lesion_change(step.change, step.unit, step.change_percent),
                 "sections": r.section_count or "",

@@ -1357,7 +1357,7 @@ def test_a_refused_result_saved_from_the_command_line_opens_on_the_worklist_and_
     app.run()
     assert not app.exception and any("input gate refused" in i.value for i in app.info)
     row = app.dataframe[0].value.iloc[0]  # no class or probability read as a diagnosis for what is not a brain MRI
-    assert row["verdict"] == "Refused: not a brain MRI" and row["tumour probability"] == "—"
+    assert row["verdict"] == "Refused: not a brain MRI" and row["tumour probability (series: score)"] == "—"
     assert [m.value for m in app.metric if m.label == "Model's verdict"] == ["Refused: not a brain MRI"]
     assert not any("Tumour probability" in m.value for m in app.markdown)
     assert not any(b.label.startswith("Agree") for b in app.button)  # nothing to agree with: a final label instead

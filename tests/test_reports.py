@@ -223,7 +223,7 @@ def test_the_header_and_a_series_section_are_plain_lines(saved_study) -> None:
     assert facts["Patient reference (pseudonymous)"] == "e" * 12 and facts["Series"] == "1"
     assert facts["Report made"] == "2026-12-01 10:05 UTC by dr-a" and facts["Model"].startswith("tiny ")
     lines = series_lines(record, None, [])  # no view: the images are gone, so no rule line
-    assert lines[0].startswith("Model verdict (not reviewed yet): ") and "series tumour probability" in lines[0]
+    assert lines[0].startswith("Model verdict (not reviewed yet): ") and "series score" in lines[0]
     flagged = ["Flagged for review (the verdict rests on fewer sections than the rule asks, or is uncertain)"]
     assert lines[1:] == [
         "Pixel spacing: 0.90 x 0.90 mm",

@@ -154,6 +154,24 @@ def test_a_series_verdict_that_needs_review_says_so_on_its_line(tiny_classifier)
     assert "needs review" not in verdict_line(replace(view, needs_review=False))
 
 
+def test_a_tumour_series_score_is_called_a_score_never_a_probability_of_tumour(tiny_classifier) -> None:
+    """A meningioma series read "series tumour probability 45.9%" (below even odds) on the viewer, the Worklist and
+    in the PDF: the number is its rule's score (the lowest of its best run of neighbouring sections)."""
+    from dataclasses import replace
+
+    from core.services.report_text import SERIES_SCORE, series_lines
+    from core.services.studies import series_record
+    from ui.viewer import verdict_line
+
+    analysis = analyse_volume(read_study(dicom_series(head_volume(6, 64)))[0], tiny_classifier)
+    view = replace(series_view(analysis), label="meningioma", score=0.459)
+    line = verdict_line(view)
+    assert "series score **45.9%**" in line and SERIES_SCORE in line and "probability **" not in line
+    record = replace(series_record(analysis, patient_ref=None, uploader="dr-a", key=None), label="meningioma")
+    (first, *_) = series_lines(replace(record, tumour_probability=0.459), None, [])
+    assert "series score 45.9%" in first and "tumour probability 45.9" not in first
+
+
 def test_a_sections_position_names_the_patient_side_it_lies_on(tiny_classifier) -> None:
     """A sagittal section 30 mm to the patient's left read "-30.0 mm" (measured along the view's normal, which
     points to the right): read against DICOM's x, the wrong hemisphere."""

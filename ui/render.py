@@ -15,6 +15,7 @@ from PIL import Image
 
 from core.model.explain import HEAT_MEANING, heat_title
 from core.model.gate import NEEDS_REVIEW, REJECTED
+from core.services.report_text import SERIES_SCORE
 from core.services.triage import NOT_SAVED, NOT_UPDATED, Triaged
 from ui.auth import fragment_actor
 from ui.batch import Upload
@@ -243,7 +244,8 @@ def result_panel(opened, labels: tuple[str, ...], classifier=None, explainer=Non
             st.markdown(saved)
         elif record.kind == "series":  # its score is judged by its own rule: not the probability that it is right
             st.markdown(
-                f"Series tumour probability **{percent(record.tumour_probability)}** (by its series rule) · {saved}"
+                f"Series score **{percent(record.tumour_probability)}** ({SERIES_SCORE}, judged by its series rule) · "
+                f"{saved}"
             )
         else:
             st.markdown(

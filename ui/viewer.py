@@ -13,6 +13,7 @@ import streamlit as st
 
 from core.imaging.geometry import orientation_letters
 from core.model.explain import HEAT_MEANING
+from core.services.report_text import SERIES_SCORE
 from core.services.series_views import SeriesView, section_heat
 from ui.auth import fragment_actor
 from ui.lesion import CAVEAT, OUTLINE_HELP, OUTLINE_LABEL, volume_line
@@ -32,7 +33,7 @@ from ui.wording import LABEL_NAMES, percent, plain, pretty, two_places
 def verdict_line(view: SeriesView) -> str:
     if view.label is None:
         return "No verdict: no section could be analysed."
-    score = "" if view.score is None else f" · series tumour probability **{percent(view.score)}**"
+    score = "" if view.score is None else f" · series score **{percent(view.score)}** ({SERIES_SCORE})"
     if view.threshold is None:  # saved by another model before rules were kept with the verdict
         return f"**{pretty(view.label)}**{score} · read by {view.model}, whose series rule was not recorded"
     rule = f"{view.neighbours} neighbouring sections at {judged_note(view)}"
@@ -272,11 +273,11 @@ def comparison(current: SeriesView, prior: SeriesView | None, classifier, explai
         )
     a, b = st.columns(2)
     a.metric(
-        "Series tumour probability",
+        "Series score",
         "-" if moved.series_now is None else two_places(moved.series_now),
         _delta(moved.series_change),
         delta_color="inverse",
-        help="Change since the prior series.",
+        help=f"The {SERIES_SCORE}; its change since the prior series.",
     )
     b.metric(
         "At this section",

@@ -50,6 +50,9 @@ def verdict_shown(record) -> str:
     return REFUSED if record.gate == "rejected" else pretty(record.label)
 
 
+SCORE_COLUMN = "tumour probability (series: score)"  # a series' is its rule's score, no probability
+
+
 def probability_shown(record) -> str:
     """The tumour probability as lists show it, three decimals (so that the column sorts as numbers do) held between
     0.001 and 0.999 (0.9996 read 1.000, a certainty the result panel never states: ">99.9%"), and a dash for a

@@ -3,9 +3,9 @@
 Per-section verdicts are noisy along a head: sections at its ends hold little brain, and one odd section should
 not make a tumour. The series rule (:class:`core.model.decision.SeriesRule`, stated in the model card's ``series``
 entry and fitted on validation *volumes*, never on single slices, by :mod:`core.training.series_fit`) says:
-**tumour when** ``k`` **neighbouring analysed sections all reach tumour probability** ``t``. Its score, shown as
-the series' tumour probability, is the highest level that ``k`` neighbouring sections all reach (the best window's
-lowest section).
+**tumour when** ``k`` **neighbouring analysed sections all reach tumour probability** ``t``. Its score (shown as
+the series' score, never as a tumour probability: a tumour series read 45.9 %) is the highest level that ``k``
+neighbouring sections all reach (the best window's lowest section).
 
 Sections the gate refuses (too little brain, not like a brain MRI) or without a head region are skipped with
 their reason; they never count, and they break a run of neighbours.
@@ -50,7 +50,7 @@ class SeriesAnalysis:
     volume: Volume
     sections: tuple[Section, ...]
     rule: SeriesRule
-    score: float | None  # the series' tumour probability (see the module docstring); None when nothing analysed
+    score: float | None  # the series' score (see the module docstring); None when nothing analysed
     neighbours_used: int
     label: str | None  # the series verdict: the negative label, a tumour type or "tumour"; None: nothing analysed
     timings_ms: Mapping[str, float]

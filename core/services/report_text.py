@@ -19,6 +19,9 @@ DEFAULT_LIMITATIONS = (
     "Trained on 2-D slices of adult brain MRI; other body parts, children and post-operative heads were not seen.",
 )
 
+# a series' score is no probability: a tumour series read "series tumour probability 45.9%" (below even odds)
+SERIES_SCORE = "the lowest tumour probability of its best run of neighbouring sections"
+
 
 def study_facts(records: Sequence[Record], author: str, now: datetime) -> list[tuple[str, str]]:
     """The header's (name, value) rows: the pseudonymous reference (a prefix only), when the study was saved, how
@@ -38,7 +41,7 @@ def series_lines(record: Record, view: SeriesView | None, reviews: Sequence) -> 
     spacing, the lesion's stored volume, the series rule (while the images are kept) and the last review."""
     spacing = (record.geometry or {}).get("spacing")
     model_line = (
-        f"{NAMES.get(record.label, record.label)} (series tumour probability {percent(record.tumour_probability)})"
+        f"{NAMES.get(record.label, record.label)} (series score {percent(record.tumour_probability)}: {SERIES_SCORE})"
     )
     lines = [
         f"Final label (radiologist): {NAMES.get(record.final_label, record.final_label)}; model verdict: {model_line}"
