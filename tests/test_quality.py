@@ -205,6 +205,32 @@ def test_every_period_of_the_range_is_listed_and_the_default_baseline_is_the_ran
     assert len(periods) == 90 and periods[0].shown == 0 and periods[-1].shown == 20
     _, drift = quality_rows(periods, None)
     assert drift.baseline_end == date(2026, 4, 14)  # the middle of the range, not of the ten days with data
+    # that baseline holds nothing: no limits anywhere, and it is said (the chart showed none, the page said
+    # nothing and the export read "out_of_control: false" for every period)
+    assert "Not checked for drift: the tumour rate" in drift.unchecked
+    assert "nor the mean tumour probability" in drift.unchecked and "2026-03-01 to 2026-04-14" in drift.unchecked
+    _, checked = quality_rows(periods, date(2026, 5, 24))
+    assert checked.baseline_rate is not None and checked.unchecked is None
+
+
+def test_the_export_says_unchecked_where_the_baseline_held_too_few_never_in_control(tmp_path) -> None:
+    from core.services.access import Actor
+    from core.services.statistics import dashboard, quality_board
+    from core.services.statistics_export import export_csv
+    from core.storage.sqlite import SQLiteStore
+    from tests.test_store import make_record
+
+    store = SQLiteStore(tmp_path / "results.sqlite3")
+    start = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+    for n in range(20):  # the last two days of a 20-day range: its default baseline (the first half) is empty
+        store.add(make_record(n + 1, start + timedelta(days=n % 2, minutes=n), "glioma"))
+    common = {"start_day": date(2026, 11, 2), "end_day": date(2026, 11, 21), "timezone": "UTC", "period": "day"}
+    boss = Actor("boss", "supervisor")
+    text = export_csv(dashboard(store, boss, **common), quality_board(store, boss, **common)).decode()
+    assert "# Not checked for drift: the tumour rate" in text
+    assert "quality_per_period,2026-11-20,out_of_control,unchecked,," in text.splitlines()
+    assert "quality_per_period,2026-11-21,tumour_rate_out_of_control,unchecked,," in text.splitlines()
+    assert ",false," not in text  # no period reads as checked and in control
 
 
 def test_when_one_period_alone_is_withheld_no_other_figure_sums_it_back(tmp_path) -> None:

@@ -52,6 +52,26 @@ class Drift:
     alarms: tuple[date, ...]  # periods after the baseline outside a control limit
 
     @property
+    def unchecked(self) -> str | None:
+        """What the drift check could not check, and why (the baseline holds too few results: with the default
+        baseline on a new site, the chart had no limits and the export said "not out of control", unsaid)."""
+        missing = [
+            what
+            for what, level in (
+                (f"the tumour rate (it needs {SMALL_CELL} results in the baseline)", self.baseline_rate),
+                (f"the mean tumour probability of single scans (it needs {SMALL_CELL} of them)", self.baseline_mean),
+            )
+            if level is None
+        ]
+        if not missing:
+            return None
+        where = f"from {self.baseline_start} to {self.baseline_end}" if self.baseline_start else "(no period in it)"
+        return (
+            f"Not checked for drift: {' nor '.join(missing)}; the baseline {where} holds too few. Choose a baseline "
+            "end day after which results have been saved for a while."
+        )
+
+    @property
     def message(self) -> str | None:
         if not self.alarms:
             return None

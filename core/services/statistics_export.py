@@ -54,6 +54,8 @@ def export_csv(board: Dashboard, quality: QualityBoard | None = None) -> bytes:
         buffer.write(
             "# the quality board (accuracy, confusion, review, drift) could not be read: its rows are missing\n"
         )
+    elif quality.drift.unchecked:  # its flags then read "unchecked", never "false"
+        buffer.write(f"# {quality.drift.unchecked}\n")
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["table", "key", "measure", "value", "low_95", "high_95"])
     unit = "studies" if board.unit == "study" else "results"
@@ -222,6 +224,13 @@ def _quality_export(row, quality: QualityBoard) -> None:
             row("quality_per_period", key, f"{measure}_upper_control_limit", high, digits=4)
         row("quality_per_period", key, "flagged_rate", q.flagged_rate, digits=4)
         row("quality_per_period", key, "refused_rate", q.rejected_rate, digits=4)
-        row("quality_per_period", key, "out_of_control", str(q.out_of_control).lower())
-        row("quality_per_period", key, "tumour_rate_out_of_control", str(q.rate_out).lower())
-        row("quality_per_period", key, "mean_probability_out_of_control", str(q.mean_out).lower())
+        # no limits: "unchecked" (it read "false", checked and in control, with a baseline holding too few)
+        flags = (
+            (q.out_of_control, q.rate_limits or q.mean_limits),
+            (q.rate_out, q.rate_limits),
+            (q.mean_out, q.mean_limits),
+        )
+        for name, (out, limits) in zip(
+            ("out_of_control", "tumour_rate_out_of_control", "mean_probability_out_of_control"), flags, strict=True
+        ):
+            row("quality_per_period", key, name, str(out).lower() if limits else "unchecked")
