@@ -11,7 +11,16 @@ from core.services.study_reading import upload_refusal
 from ui import pacs, resources
 from ui.auth import callback_actor
 from ui.page import setup_page
-from ui.study import current, earlier_note, keep, pacs_study_uid, show_study, studies, unsaved
+from ui.study import (
+    REFERENCE_PENDING,
+    current,
+    earlier_note,
+    keep,
+    pacs_study_uid,
+    show_study,
+    studies,
+    unsaved,
+)
 
 actor = setup_page("Study", ANALYSE)
 st.title("Study")
@@ -102,7 +111,9 @@ if shown is None:
 # a reference typed after the chosen files' study was analysed: linked when the reader says so (typed for the
 # next patient before dropping their files, it would otherwise have linked this one), as an audited change
 typed = resources.patient_reference(patient) if files and shown == signature else None
-if typed is not None and pacs_study_uid(shown) is None and needs_link(results[shown], typed):
+pending = typed is not None and pacs_study_uid(shown) is None  # the reference typed now is not the study's:
+pending = pending and (needs_link(results[shown], typed) or needs_link(results[shown], typed, moving=True))
+if pending and needs_link(results[shown], typed):
     st.warning(
         "The saved series of this study are not under the patient reference typed now (typed after it was analysed)."
     )
@@ -113,7 +124,7 @@ if typed is not None and pacs_study_uid(shown) is None and needs_link(results[sh
             st.error(f"The patient reference was not applied: {error}")
         else:
             st.rerun()
-elif typed is not None and pacs_study_uid(shown) is None and needs_link(results[shown], typed, moving=True):
+elif pending:
     st.warning(  # the reader's correction of a typing mistake (the Link button did nothing for these)
         "The saved series of this study are under the patient reference typed before. Move them only to correct a "
         "typing mistake: the study leaves that reference's History."
@@ -130,4 +141,13 @@ if signature != shown:
     if st.button("Clear this study from the page", key="study_clear"):
         st.session_state.pop("study_current", None)
         st.rerun()
-show_study(actor, shown, results[shown], classifier, explainer, lambda: pacs.send_panel(actor, shown, classifier, key))
+show_study(
+    actor,
+    shown,
+    results[shown],
+    classifier,
+    explainer,
+    lambda: pacs.send_panel(actor, shown, classifier, key),
+    # its PDF (the patient named by a hash only) was offered under the next patient's reference, typed meanwhile
+    report_note=REFERENCE_PENDING if pending else None,
+)

@@ -1074,14 +1074,22 @@ def test_a_reference_typed_after_a_study_was_analysed_links_its_saved_series(app
     store = stored(app_environment)
     (record,) = store.recent(5)
     assert not app.exception and record.patient_ref is None
+
+    def pdf_offered() -> bool:
+        return any(b.label.startswith("Make the PDF report") for b in app.button)
+
+    assert pdf_offered()
     app.text_input(key="study_patient").input("ZZCANARY Study Patient").run()
     assert store.get(record.id).patient_ref is None  # typed: linked only when the reader says so
+    # no PDF of the study under a reference that is not its own (the next patient's, typed meanwhile)
+    assert not pdf_offered() and any("No PDF report while the patient reference" in c.value for c in app.caption)
     next(b for b in app.button if b.label == "Link this study to the reference typed now").click().run()
     reference = pseudonymise("ZZCANARY Study Patient", local_key(app_environment))
-    assert not app.exception and store.get(record.id).patient_ref == reference
+    assert not app.exception and store.get(record.id).patient_ref == reference and pdf_offered()
     assert [e.action for e in store.audit_events()].count("patient_reference_set") == 1
     app.text_input(key="study_patient").input("ZZCANARY Other Patient").run()  # typed over: never moved by Link,
     assert not any(b.label.startswith("Link this study") for b in app.button)  # and Link offered no more
+    assert not pdf_offered()
     assert store.get(record.id).patient_ref == reference
     # the reader's correction of a typing mistake: a button of its own (Link did nothing for such a study)
     next(b for b in app.button if b.label == "Move this study's series to the reference typed now").click().run()

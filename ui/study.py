@@ -74,9 +74,11 @@ def show_study(
     classifier: Any,
     explainer: Any,
     actions: Callable[[], None] | None = None,
+    report_note: str | None = None,
 ) -> None:
     """The study's verdict (then ``actions``, what its source offers: sending to the PACS), then each series (its
-    verdict line, warnings, save state and viewer), then the PDF report of its saved series."""
+    verdict line, warnings, save state and viewer), then the PDF report of its saved series (``report_note``: why
+    none is offered now)."""
     if study.error_code:
         st.error(f"This upload cannot be read as a study: {study.error_message}")
         return
@@ -131,7 +133,16 @@ def show_study(
                     f"{count_of(len(view.skipped), 'section')} skipped (too little brain or not like a brain MRI)."
                 )
             series_panel(view, classifier, explainer, prefix=f"s{number}-{view.key[:8]}")
-    _report(actor, name, study, classifier, explainer)
+    if report_note is not None:
+        st.caption(report_note)
+    else:
+        _report(actor, name, study, classifier, explainer)
+
+
+REFERENCE_PENDING = (
+    "No PDF report while the patient reference typed now is not this study's: link or move the study above, or "
+    "clear the reference, then make it."
+)
 
 
 def _said(verdict: str | None) -> str:
