@@ -213,6 +213,7 @@ def save_override(seen: int | None) -> None:
         state[form["final"]], state[form["reasons"]], state[form["note"]] = None, [], ""
 
 
+KEYS = "Keyboard: Shift+A (two keys, so that a stray keypress never signs a review)"
 agree, override = st.columns([1, 2])
 refused = chosen.gate == "rejected"  # the class the model picked for it is nothing to agree with
 if refused:
@@ -221,14 +222,18 @@ if refused:
         "label (with the reason 'image unsuitable' when it is not a brain MRI)."
     )
 else:
+    # once reviewed, agreeing is a change of the final label: no shortcut (two stray keys on a result overridden
+    # to "No tumour" set its final label back to the model's) and the label it replaces is named
+    final = opened.record.final_label if opened.record.review_count else None
+    replaces = f" (replaces the final label {pretty(final)})" if final and final != chosen.label else ""
     agree.button(
-        f"Agree: {pretty(chosen.label)}",
-        type="primary",
+        f"Agree: {pretty(chosen.label)}{replaces}",
+        type="secondary" if final else "primary",
         key=f"agree-{chosen.id}",  # one button per result: a late press never agrees the result opened after it
-        shortcut="shift+a",
+        shortcut=None if final else "shift+a",
         on_click=save_review,
         args=(chosen.label, [], "", opened.record.review_count),
-        help="Keyboard: Shift+A (two keys, so that a stray keypress never signs a review)",
+        help="Reviewed already: a press records a new review." if final else KEYS,
     )
 with override.form(f"override-{chosen.id}", border=True):  # cleared when saved, never when refused
     labels = review_labels(classifier.card.labels, chosen)

@@ -1936,3 +1936,36 @@ def test_each_scan_panel_is_a_fragment_that_reruns_alone() -> None:
     decorated = {n.name for n in tree.body if isinstance(n, ast.FunctionDef) and n.decorator_list}
     panel = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "scan_panel")
     assert [ast.unparse(d) for d in panel.decorator_list] == ["st.fragment"] and decorated == {"scan_panel"}
+
+
+def test_agreeing_with_the_model_after_an_override_has_no_shortcut_and_names_the_label_it_replaces(
+    app_environment: Path, tiny_card: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On the reviewed list a result overridden to another label still had "Agree: <model's label>" bound to
+    Shift+A: two stray keys set its final label back to the model's."""
+    from core.cli import main
+    from core.services import reviews
+    from core.services.access import Actor
+    from ui.wording import pretty
+
+    path = app_environment.parent / "scan.png"
+    path.write_bytes(png_bytes(synthetic_slice(256, tumour=True)))
+    empty_database(app_environment)
+    main(["predict", "--model", str(tiny_card), "--save", str(path)])
+    capsys.readouterr()
+    store = stored(app_environment)
+    record = store.recent(1)[0]
+    app = page("worklist.py")
+    app.session_state["wl_show"] = "all"
+    app.run()
+    (agree,) = [b for b in app.button if b.label.startswith("Agree")]
+    assert agree.proto.shortcut and "replaces" not in agree.label  # not reviewed yet: Shift+A
+    other = "notumor" if record.label != "notumor" else "glioma"
+    reviews.review_result(store, Actor("dr-b", "radiologist"), record.id, other, ["false_alarm"], "")
+    app.run()
+    (agree,) = [b for b in app.button if b.label.startswith("Agree")]
+    assert not agree.proto.shortcut and f"(replaces the final label {pretty(other)})" in agree.label
+    # flagged (the tiny model's calls are all in its review band): the flag answered is said as such, no longer a
+    # yellow call to act
+    assert record.gate == "needs_review" and not any(w.value == "Flagged for review" for w in app.warning)
+    assert any("reviewed since (1 review)" in c.value for c in app.caption)

@@ -262,7 +262,9 @@ def result_panel(opened, labels: tuple[str, ...], classifier=None, explainer=Non
             st.markdown(f"**{lesion}**", help=CAVEAT)
             for note in (record.geometry or {}).get("lesion_caveats") or []:  # a lower bound is said with it
                 st.caption(f"Lesion volume: {note}.")
-        if record.gate != "accepted":
+        if record.gate == "needs_review" and opened.reviews:  # the flag was answered: no longer a call to act
+            st.caption(f"Flagged for review by the model; reviewed since ({count_of(len(opened.reviews), 'review')}).")
+        elif record.gate != "accepted":
             st.warning({"needs_review": "Flagged for review", "rejected": "Refused by the input gate"}[record.gate])
         if opened.reviews:
             st.markdown("**Reviews** (newest last)")
