@@ -127,6 +127,8 @@ def test_history_page_compares_a_series_with_its_prior_and_makes_the_report(
     assert app.dataframe[0].value["lesion"].tolist() == ["—", "—"]  # saved without a segmenter: nothing claimed
     assert app.dataframe[0].value["change"].tolist() == ["—", "—"]
     assert len(app.get("plotly_chart")) == 3  # the timeline, the current section and the prior's
+    # one kind of result: Plotly draws no legend, so the colours and the height are said under the timeline
+    assert any(c.value.startswith("Red: tumour, green: no tumour") for c in app.caption)
     heat = next(t for t in app.toggle if t.label == "Heat maps")
     assert heat.value is False  # red blobs side by side in a "change over time" view read as the lesion
     heat.set_value(True).run()

@@ -213,6 +213,11 @@ def timeline(records) -> None:
         config={"displaylogo": False},
         key="history-timeline",
     )
+    st.caption(  # with one kind of result Plotly drew no legend: red and green, circles and squares unexplained
+        "Red: tumour, green: no tumour (the radiologist's final label where reviewed, else the model's verdict); "
+        "circles: single scans, squares: series. Height: the model's tumour probability (a series: its score), "
+        "which an override does not change."
+    )
 
 
 def _delta(value: float | None) -> str | None:
