@@ -544,6 +544,17 @@ def test_count_axes_have_at_most_six_steps_and_one_periods_quality_charts_span_t
         assert list(figure.layout.xaxis.range) == ["2026-02-28 12:00:00", "2026-03-01 12:00:00"]
 
 
+def test_an_agreement_chart_with_every_period_withheld_says_why_it_is_empty() -> None:
+    """Forty-six reviews over a month of days, each day's fewer than 5: an empty chart, flat lines, no word."""
+    from ui.charts import agreement_figure
+
+    days = ["2026-03-01", "2026-03-02"]
+    empty = agreement_figure(days, [None, None], [None, None], [0.0, 0.0], [0.0, 0.0], "day")
+    (note,) = empty.layout.annotations
+    assert note.text.startswith("No day's agreement to draw: none reviewed, or fewer than 5 (withheld)")
+    assert not agreement_figure(days, [0.9, None], [None, None], [0.0, 0.0], [0.0, 0.0], "day").layout.annotations
+
+
 def test_a_period_out_of_control_stands_out_without_colour() -> None:
     """Alarmed periods differed only by marker colour, two of nearly the same luminance: the same in greyscale."""
     from ui.charts import drift_figure

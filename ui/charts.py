@@ -281,6 +281,16 @@ def agreement_figure(
         legend={"orientation": "h", "y": -0.2},
         **_LAYOUT,
     )
+    if starts and all(a is None for a in agreement):  # an empty line, unexplained, read as nothing reviewed
+        figure.add_annotation(
+            text=f"No {period}'s agreement to draw: none reviewed, or fewer than 5 (withheld). A longer period adds "
+            "them up.",
+            xref="paper",
+            yref="paper",
+            x=0.5,
+            y=0.5,
+            showarrow=False,
+        )
     return figure
 
 
