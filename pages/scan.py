@@ -18,7 +18,7 @@ from core.services.triage import (
 )
 from ui import resources
 from ui.auth import audited_download, callback_actor, fragment_actor
-from ui.batch import PERCENT_COLUMNS, Upload, batch, on_screen, summary_row
+from ui.batch import COLUMN_NAMES, PERCENT_COLUMNS, Upload, batch, on_screen, summary_row
 from ui.page import setup_page
 from ui.render import scan_panel
 from ui.wording import count_of
@@ -254,7 +254,10 @@ st.dataframe(
     on_screen(table),
     hide_index=True,
     width="stretch",
-    column_config={name: st.column_config.NumberColumn(format="%.1f%%") for name in PERCENT_COLUMNS},
+    column_config={
+        **{name: st.column_config.NumberColumn(name.replace("_", " "), format="%.1f%%") for name in PERCENT_COLUMNS},
+        **{name: st.column_config.TextColumn(label) for name, label in COLUMN_NAMES.items()},
+    },
 )
 left, middle, right = st.columns([1.2, 1, 1])
 with_names = left.checkbox("Include file names in the CSV", help="File names can carry patient identities.")

@@ -194,6 +194,12 @@ def test_scan_page_shows_original_crop_and_verdict_and_saves_once(app_environmen
     batch = app.dataframe[1].value
     assert batch["file"][0] == "ZZCANARY_MRN123.png"  # shown in the session, so a batch can be traced back
     assert 0.1 <= batch["tumour_probability"][0] <= 99.9  # percent, never certainty, and still a number to sort
+    assert batch["final_label"][0] == ""  # an empty cell, not a grey "None"
+    config = json.loads(app.dataframe[1].proto.columns)  # headed in words, not field names
+    assert (
+        config["final_label"]["label"] == "final label"
+        and config["tumour_probability"]["label"] == "tumour probability"
+    )
     assert app.get("download_button") and not exports(app_environment)  # made when pressed, not with the page
     made = downloads[-1]()
     assert b"ZZCANARY" not in made and b"verdict" in made

@@ -101,7 +101,14 @@ def on_screen(table: Any) -> Any:
     for column in PERCENT_COLUMNS:
         if column in shown:
             shown[column] = (shown[column].astype(float) * 100).clip(0.1, 99.9)
+    for column in ("final_label", "model_version", "reason", "verdict", "saved"):  # an empty cell, not "None"
+        if column in shown:
+            shown[column] = shown[column].astype(object).where(shown[column].notna(), "")
     return shown
+
+
+# the table's columns in words (the CSV keeps its field names)
+COLUMN_NAMES = {"sha256": "image hash", "final_label": "final label", "model_version": "model"}
 
 
 def summary_row(index: int, name: str, result: Triaged) -> dict[str, Any]:
