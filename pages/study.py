@@ -16,6 +16,7 @@ from ui.study import (
     current,
     earlier_note,
     keep,
+    not_its_reference,
     pacs_study_uid,
     show_study,
     studies,
@@ -136,6 +137,8 @@ elif pending:
             st.error(f"The patient reference was not applied: {error}")
         else:
             st.rerun()
+
+
 if signature != shown:
     st.caption(earlier_note(shown, bool(files) and signature not in results))
     if st.button("Clear this study from the page", key="study_clear"):
@@ -149,5 +152,8 @@ show_study(
     explainer,
     lambda: pacs.send_panel(actor, shown, classifier, key),
     # its PDF (the patient named by a hash only) was offered under the next patient's reference, typed meanwhile
-    report_note=REFERENCE_PENDING if pending else None,
+    # (with their files chosen, not yet analysed, too)
+    report_note=REFERENCE_PENDING
+    if not_its_reference(shown, results[shown], resources.patient_reference(patient))
+    else None,
 )

@@ -1085,6 +1085,8 @@ def test_a_reference_typed_after_a_study_was_analysed_links_its_saved_series(app
         return any(b.label.startswith("Make the PDF report") for b in app.button)
 
     assert pdf_offered()
+    next(b for b in app.button if b.label.startswith("Make the PDF report")).click().run()
+    assert app.get("download_button")  # made under no reference
     app.text_input(key="study_patient").input("ZZCANARY Study Patient").run()
     assert store.get(record.id).patient_ref is None  # typed: linked only when the reader says so
     # no PDF of the study under a reference that is not its own (the next patient's, typed meanwhile)
@@ -1092,6 +1094,7 @@ def test_a_reference_typed_after_a_study_was_analysed_links_its_saved_series(app
     next(b for b in app.button if b.label == "Link this study to the reference typed now").click().run()
     reference = pseudonymise("ZZCANARY Study Patient", local_key(app_environment))
     assert not app.exception and store.get(record.id).patient_ref == reference and pdf_offered()
+    assert not app.get("download_button")  # the PDF made before the Link named no reference: made again
     assert [e.action for e in store.audit_events()].count("patient_reference_set") == 1
     app.text_input(key="study_patient").input("ZZCANARY Other Patient").run()  # typed over: never moved by Link,
     assert not any(b.label.startswith("Link this study") for b in app.button)  # and Link offered no more
@@ -1122,6 +1125,9 @@ def test_the_next_patients_reference_is_never_offered_to_the_study_still_on_the_
     app.text_input(key="study_patient").input("ZZCANARY Next Patient").run()
     assert not app.exception and not any(b.label.startswith("Link this study") for b in app.button)
     assert stored(app_environment).get(record.id).patient_ref is None
+    # nor its PDF, which a reader would file under the patient whose reference is in the field
+    assert not any(b.label.startswith("Make the PDF report") for b in app.button)
+    assert any("No PDF report while the patient reference" in c.value for c in app.caption)
 
 
 def test_a_rerun_asked_for_while_a_study_is_analysed_keeps_the_saved_study_on_the_page(

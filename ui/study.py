@@ -62,6 +62,13 @@ def earlier_note(name: Hashable, files_waiting: bool) -> str:
     return f"Below: the study {source}." + (" The files now chosen are not analysed yet." if files_waiting else "")
 
 
+def not_its_reference(name: Hashable, study: StudyResult, typed_now: str | None) -> bool:
+    """Whether a reference is typed that is not the one the study's saved series are under (a PACS study's is the
+    PACS patient ID's, whatever is typed)."""
+    saved = {v.record.patient_ref for v in study.views if v.record is not None}
+    return typed_now is not None and pacs_study_uid(name) is None and saved != {typed_now}
+
+
 def unsaved(study: StudyResult) -> bool:
     """Whether a series of ``study`` that has a verdict failed to save (a retry can save it)."""
     return any(view.status is not None and view.status.state == NOT_SAVED and view.label for view in study.views)
@@ -164,8 +171,9 @@ def _as_it_stands(actor: Actor, study: StudyResult) -> StudyResult:
 def _report(actor: Actor, name: Hashable, study: StudyResult, classifier: Any, explainer: Any) -> None:
     records = [view.record for view in study.views if view.record is not None]
     saved = [record.id for record in records]
-    # a PDF made before a retry saved more series, or before a colleague's review, is not offered for them
-    made_for = (name, tuple((r.id, r.review_count, r.final_label) for r in records))
+    # a PDF made before a retry saved more series, a colleague's review, or a Link or Move (its header names the
+    # reference it was made under) is not offered for them
+    made_for = (name, tuple((r.id, r.review_count, r.final_label, r.patient_ref) for r in records))
     if unsaved(study):  # a report of the saved series alone could say "No tumour" of a study the page calls tumour
         st.caption("No PDF report yet: a series of this study is not saved. Retry saving above, then make it.")
         return
