@@ -175,6 +175,37 @@ def test_rejects_truncated_pixel_data() -> None:
             read_scan(whole[: len(whole) * 3 // 4])
 
 
+def test_a_jpeg_baseline_dicom_frame_with_restart_markers_cut_short_is_refused() -> None:
+    """A .jpg so cut was refused, its DICOM twin not: 104 of its 256 rows read as flat grey, without a word."""
+    import io
+
+    from PIL import Image
+    from pydicom import dcmread
+    from pydicom.encaps import encapsulate
+
+    from tests.scans import synthetic_slice
+
+    buffer = io.BytesIO()
+    Image.fromarray(synthetic_slice(256, tumour=True)).save(buffer, "JPEG", quality=90, restart_marker_rows=1)
+    whole = buffer.getvalue()
+
+    def wrapped(jpeg: bytes) -> bytes:
+        ds = dcmread(io.BytesIO(dicom_bytes(stored_slice())))
+        ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.50"  # JPEG Baseline, 8 bits
+        ds.Rows = ds.Columns = 256
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+        ds.PixelData = encapsulate([jpeg])
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
+        out = io.BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+        return out.getvalue()
+
+    assert read_scan(wrapped(whole)).pixels.shape == (256, 256)
+    with pytest.raises(CorruptImage, match="restart intervals"):
+        read_scan(wrapped(whole[: len(whole) * 6 // 10] + b"\xff\xd9"))
+
+
 def test_refuses_oversized_dicom_from_the_header() -> None:
     data = dicom_bytes(stored_slice(), pixel_data=False)
     # Patch Rows/Columns (US, little endian) to 20000 x 20000 in the header without adding pixels.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import struct
 import tracemalloc
 import zlib
@@ -146,6 +147,9 @@ def test_a_jpeg_with_restart_markers_cut_short_is_refused(keep: float, colour: b
     assert read_scan(data).pixels.shape == (512, 512)  # whole, it is read
     with pytest.raises(CorruptImage, match="restart intervals"):
         read_scan(data[: int(len(data) * keep)] + b"\xff\xd9")
+    # a fill byte (0xFF) before each restart marker, as the standard allows: read whole, never "cut short"
+    filled = re.sub(rb"\xff([\xd0-\xd7])", lambda marker: b"\xff" + marker.group(0), data)
+    assert restarts(filled) == whole and read_scan(filled).pixels.shape == (512, 512)
 
 
 @pytest.mark.parametrize("colour", [False, True])
