@@ -223,7 +223,8 @@ def quality_section(viewer, first: date, last: date):
             "leave it empty (the first half of the range).",
             icon=":material/warning:",
         )
-    elif board_q.drift.unchecked and any(row.shown for row in board_q.rows):  # none at all: nothing to check
+    elif board_q.drift.unchecked and any(row.shown != 0 for row in board_q.rows):  # nothing at all: nothing to check
+        # (a withheld period, None, holds results)
         st.warning(board_q.drift.unchecked, icon=":material/warning:")
     quality_figures(board_q)
     overall = board_q.overall

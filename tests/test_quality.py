@@ -211,6 +211,12 @@ def test_every_period_of_the_range_is_listed_and_the_default_baseline_is_the_ran
     assert "nor the mean tumour probability" in drift.unchecked and "2026-03-01 to 2026-04-14" in drift.unchecked
     _, checked = quality_rows(periods, date(2026, 5, 24))
     assert checked.baseline_rate is not None and checked.unchecked is None
+    # a site reading series only (the PACS watch's) has no single scans: no mean to check, nothing to warn of
+    series_only = [replace(p, probability_sum=0.0, probability_squares=0.0, scored=0) for p in periods]
+    _, drift = quality_rows(series_only, date(2026, 5, 24))
+    assert drift.baseline_rate is not None and drift.baseline_mean is None and drift.unchecked is None
+    _, drift = quality_rows(series_only, None)  # the rate alone is said
+    assert "the tumour rate" in drift.unchecked and "single scans" not in drift.unchecked
 
 
 def test_the_export_says_unchecked_where_the_baseline_held_too_few_never_in_control(tmp_path) -> None:

@@ -50,25 +50,23 @@ class Drift:
     baseline_rate: float | None
     baseline_mean: float | None
     alarms: tuple[date, ...]  # periods after the baseline outside a control limit
+    single_scans: bool = True  # the range holds single scans
 
     @property
     def unchecked(self) -> str | None:
         """What the drift check could not check, and why (the baseline holds too few results: with the default
         baseline on a new site, the chart had no limits and the export said "not out of control", unsaid)."""
-        missing = [
-            what
-            for what, level in (
-                (f"the tumour rate (it needs {SMALL_CELL} results in the baseline)", self.baseline_rate),
-                (f"the mean tumour probability of single scans (it needs {SMALL_CELL} of them)", self.baseline_mean),
-            )
-            if level is None
-        ]
+        missing = []
+        if self.baseline_rate is None:
+            missing.append(f"the tumour rate (it needs {SMALL_CELL} results in the baseline)")
+        if self.baseline_mean is None and self.single_scans:  # a site reading series only has no mean to check
+            missing.append(f"the mean tumour probability of single scans (it needs {SMALL_CELL} of them)")
         if not missing:
             return None
         where = f"from {self.baseline_start} to {self.baseline_end}" if self.baseline_start else "(no period in it)"
         return (
-            f"Not checked for drift: {' nor '.join(missing)}; the baseline {where} holds too few. Choose a baseline "
-            "end day after which results have been saved for a while."
+            f"Not checked for drift: {' nor '.join(missing)}; the baseline {where} holds too few. Choose a later "
+            "baseline end (the baseline is the periods up to that day) so that it holds results."
         )
 
     @property
@@ -189,7 +187,8 @@ def quality_rows(periods: Sequence[DayQuality], baseline_end: date | None) -> tu
             )
         )
     start = base[0].day if base else None
-    return rows, Drift(start, baseline_end, rate0, mean0, tuple(alarms))
+    single = any(p.scored_n for p in periods)
+    return rows, Drift(start, baseline_end, rate0, mean0, tuple(alarms), single)
 
 
 def known_parts(
