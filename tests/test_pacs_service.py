@@ -13,7 +13,7 @@ import pydicom
 import pytest
 
 from core.domain.results import WorklistQuery
-from core.errors import AccessDenied, PacsError, PacsNotFound, PacsUnreachable, ReviewedMeanwhile
+from core.errors import AccessDenied, PacsError, PacsNotFound, PacsUnreachable, ReviewedMeanwhile, StoreError
 from core.imaging.phantom_series import dicom_series, head_volume
 from core.pacs import objects
 from core.pacs.client import SeriesHit
@@ -883,6 +883,24 @@ def test_a_watch_whose_state_file_went_is_refused_not_sent_through_the_pacss_who
     path.unlink()
     with pytest.raises(WatchStateMissing):
         pacs_watch.open_state(path, None, before, RADIOLOGIST)
+    path.write_text("{damaged")  # its advice is one the watch takes (moved away, the file is refused as missing)
+    with pytest.raises(PacsError, match=r'replace it with one holding \{"last": N\}') as damaged:
+        pacs_watch.open_state(path, None, before, RADIOLOGIST)
+    assert "move it away" not in str(damaged.value)
+    path.unlink()
+    fresh, calls = SQLiteStore(tmp_path / "fresh.db"), []
+
+    def down(event):
+        calls.append(event)
+        raise StoreError("The results database is locked by another process; try again.")
+
+    monkeypatch.setattr(fresh, "append_audit", down)  # the first start's event cannot be recorded
+    with pytest.raises(StoreError):
+        pacs_watch.open_state(path, None, fresh, RADIOLOGIST)
+    assert path.exists() and calls  # the file first: the next start is no missing file, and records the event
+    monkeypatch.undo()
+    assert pacs_watch.open_state(path, None, fresh, RADIOLOGIST).last == 0
+    assert [e.action for e in fresh.audit_events()] == ["pacs_watch_started"]
 
 
 def argparse_once():

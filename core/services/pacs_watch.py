@@ -88,7 +88,8 @@ class WatchState:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise PacsError(
                 f"The watch's state file ({path.name} in the data folder) cannot be read: restore it from a backup, "
-                "or move it away to start again from the beginning of the PACS's history."
+                'or replace it with one holding {"last": N}, N the PACS change to go on after (0 goes through '
+                "its whole history again)."
             ) from error
 
     def seen(self, study_uid: str) -> bool:
@@ -153,8 +154,8 @@ LEGACY = "handled"  # a study handled before fingerprints were kept
 
 
 def open_state(path: Path, key: bytes | None, store: AuditTrail, actor: Actor) -> WatchState:
-    """The watch's state at ``path``. No file is a first start only when this database's watch never started (an
-    audit event, then the file written at once, so that a watch failing before its first study is not mistaken for
+    """The watch's state at ``path``. No file is a first start only when this database's watch never started (the
+    file written at once, then an audit event, so that a watch failing before its first study is not mistaken for
     one whose file went): restored from a backup without it, or deleted, the watch went through the PACS's whole
     history again (every study pulled, purged images stored again, reports sent again). A watch that ran before
     this event existed records it at its next start, from where its file says."""
@@ -170,9 +171,9 @@ def open_state(path: Path, key: bytes | None, store: AuditTrail, actor: Actor) -
             "before: restore the file from the backup of this data folder, or write one holding "
             '{"last": N}, N the PACS change to go on after (0 goes through its whole history again).'
         )
-    audit.record(store, actor, STARTED, last=0)
     state = WatchState(path, key=key)
-    state.save(0)
+    state.save(0)  # first: an event recorded and a file then not written (a full disk) refused every later start
+    audit.record(store, actor, STARTED, last=0)  # failing, the next start finds the file and records it then
     return state
 
 
