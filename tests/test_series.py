@@ -115,6 +115,26 @@ def test_files_with_positions_but_no_orientation_are_stacked_by_their_positions_
         "which way they run (head or foot, left or right) is not known.",
     )
     assert not any("give no positions" in w for w in series.warnings)
+    # one file without a position among them is left out, as with an orientation (it put all in number order)
+
+    def one_unplaced(ds, k) -> None:
+        no_orientation(ds, k)
+        if k == 3:
+            del ds.ImagePositionPatient
+
+    (series,) = read_study(rewritten(dicom_series(volume, orientation=plane), one_unplaced))
+    places = [
+        int(np.argmax([np.corrcoef(shown.ravel(), v.ravel())[0, 1] for v in volume])) for shown in series.sections
+    ]
+    assert places in ([0, 1, 2, 4, 5, 6, 7], [7, 6, 5, 4, 2, 1, 0])
+    assert any("1 file without a position in the head left out" in w for w in series.warnings)
+
+    def one_point(ds, k) -> None:  # two different images at one point: no stack, as with an orientation
+        no_orientation(ds, k)
+        ds.ImagePositionPatient = [0.0, 0.0, 0.0]
+
+    with pytest.raises(SeriesError, match="Two different sections lie at the same position"):
+        read_study(rewritten(dicom_series(volume, orientation=plane), one_point))
 
 
 @pytest.mark.parametrize("plane", [AXIAL, CORONAL, SAGITTAL])

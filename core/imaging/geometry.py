@@ -159,14 +159,15 @@ def place_text(orientation: Sequence[float] | None, position: float) -> str:
     return f"{_letters(normal if position >= 0 else -normal)} {distance}"
 
 
-def stack_line(positions: Sequence[Any]) -> np.ndarray | None:
+def stack_line(positions: Sequence[Any]) -> np.ndarray:
     """The direction (a unit vector) along which sections at ``positions`` (ImagePositionPatient, mm) lie, for files
     that give no orientation: the positions' main axis, its largest component positive (which way the sections run
-    is not known); None when they lie at one point."""
+    is not known); any axis when they lie at one point (then one position for all, as with an orientation: two
+    different images there are no stack)."""
     points = np.asarray(positions, float)
     centred = points - points.mean(axis=0)
     if len(points) < 2 or float(np.abs(centred).max()) < 1e-3:
-        return None
+        return np.array([0.0, 0.0, 1.0])
     axis = np.linalg.svd(centred, full_matrices=False)[2][0]
     return axis if axis[np.argmax(np.abs(axis))] > 0 else -axis
 

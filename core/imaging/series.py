@@ -371,7 +371,7 @@ def _volume(sections: list[_Section], limits: StudyLimits) -> Volume:
     if reference is not None and any(np.abs(o - reference).max() > 1e-3 for o in orientations):
         raise SeriesError("One series mixes section orientations (e.g. axial and sagittal); upload them apart.")
     placed = [s for s in sections if s.position is not None]
-    if reference is not None and len(sections) > len(placed) and 2 * len(placed) > len(sections):
+    if len(sections) > len(placed) and 2 * len(placed) > len(sections):  # with or without an orientation
         # a file without a position (a derived or captured image) put every section in instance-number order,
         # which need not be the order in the head: the others are placed, it is left out and said
         left = len(sections) - len(placed)
