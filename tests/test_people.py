@@ -85,7 +85,7 @@ def test_disabled_accounts_and_short_passwords_are_refused(store) -> None:
     for weak in (" " * 12, "\t" * 14, "a" * 12):  # twelve spaces made an admin account
         with pytest.raises(InvalidRecord, match="one character repeated"):
             accounts.add_account(store, COMMAND_LINE, "dr-b", "admin", weak)
-    for untypable in ("Long-enough\x00pass-1", "Long-enough\tpass-1", "Long-enough pass-1\x7f"):  # piped in
+    for untypable in ("Long-enough\x00pass-1", "Long-enough\tpass-1", "Long-enough pass-1\x7f", "Long-enough\x85pass"):
         with pytest.raises(InvalidRecord, match="no control character"):  # a NUL: nobody could sign in with it
             accounts.add_account(store, COMMAND_LINE, "dr-b", "admin", untypable)
     assert store.accounts() == []

@@ -235,5 +235,5 @@ def check_password(password: str) -> None:
         raise InvalidRecord(f"A password has at least {MIN_PASSWORD} characters.")
     if not password.strip() or len(set(password)) == 1:
         raise InvalidRecord("A password is not only spaces or one character repeated.")
-    if any(ord(c) < 32 or ord(c) == 127 for c in password):  # piped in: one nobody could type at the sign-in form
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in password):  # piped in: nobody could type it at the form
         raise InvalidRecord("A password holds no control character (a tab, a NUL byte): no sign-in form can type one.")
