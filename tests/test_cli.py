@@ -753,6 +753,7 @@ def test_a_password_that_is_not_utf8_is_refused_by_name(tmp_path, monkeypatch, c
         ["users", "set-role", "a\udcffb", "radiologist"],
         ["audit", "export", "--actor", "a\udcffb"],
         ["audit", "export", "--action", "a\udcffb"],
+        ["pacs", "watch", "--once", "--user", "a\udcffb"],  # sent to the PACS in a header
     ],
 )
 def test_a_name_or_filter_that_is_not_utf8_is_a_usage_error_saying_so(command, tmp_path, monkeypatch, capsys) -> None:

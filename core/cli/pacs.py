@@ -32,6 +32,7 @@ from core.cli.common import (
     error_json,
     seconds,
     stdin_secret,
+    utf8_text,
     write,
 )
 from core.cli.studies import emit_outcome, save_outcome
@@ -75,7 +76,7 @@ def _connection_options(command: Any, study: bool) -> None:
         )
     else:
         command.add_argument("--rest", help="Orthanc's REST root when it is not the DICOMweb root's parent")
-    command.add_argument("--user", help="PACS user (default: BTD_PACS_USER / [pacs] user)")
+    command.add_argument("--user", type=utf8_text, help="PACS user (default: BTD_PACS_USER / [pacs] user)")
     command.add_argument("--password-stdin", action="store_true", help="read the PACS password from standard input")
     command.add_argument("--insecure", action="store_true", help="do not verify TLS certificates (tests only)")
     command.add_argument("--model", help="model card JSON (default: the shipped model or $BTD_MODEL)")
