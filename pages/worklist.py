@@ -37,7 +37,7 @@ AGES = {"last 24 hours": 1, "last 7 days": 7, "last 30 days": 30, "any time": No
 SHOW = {"not yet reviewed": False, "reviewed": True, "all": None}
 GATES = {"needs review": "needs_review", "not a brain MRI": "rejected", "accepted": "accepted"}
 
-filters = st.columns([1.1, 1.2, 1.3, 1, 1.3, 0.9])
+filters = [*st.columns([1, 1.4, 1.2]), *st.columns([1, 1.4, 1.2])]  # in one row, at 1400 px "not yet reviewe"
 show = filters[0].selectbox("Show", list(SHOW), key="wl_show")
 verdicts = filters[1].multiselect(  # "tumour, type uncertain" too: a verdict of a card with a subtype rule
     "Model verdict",
