@@ -246,7 +246,11 @@ with override.form(f"override-{chosen.id}", border=True):  # cleared when saved,
         key=f"override-final-{chosen.id}",
     )
     st.multiselect(
-        "Reasons", REASON_CODES, format_func=lambda code: code.replace("_", " "), key=f"override-reasons-{chosen.id}"
+        "Reasons",
+        REASON_CODES,
+        format_func=lambda code: code.replace("_", " "),
+        key=f"override-reasons-{chosen.id}",
+        select_all=False,  # "Select all" recorded every reason at once, contradicting each other (missed, false alarm)
     )
     st.text_input("Note (optional; no patient names)", max_chars=500, key=f"override-note-{chosen.id}")
     st.form_submit_button("Save override", on_click=save_override, args=(opened.record.review_count,))

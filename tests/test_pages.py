@@ -1972,6 +1972,8 @@ def test_agreeing_with_the_model_after_an_override_has_no_shortcut_and_names_the
     app.run()
     (agree,) = [b for b in app.button if b.label.startswith("Agree")]
     assert agree.proto.shortcut and "replaces" not in agree.label  # not reviewed yet: Shift+A
+    reasons = next(m for m in app.multiselect if m.label == "Reasons")
+    assert reasons.proto.select_all == 0  # no "Select all": every reason at once contradicts itself
     other = "notumor" if record.label != "notumor" else "glioma"
     reviews.review_result(store, Actor("dr-b", "radiologist"), record.id, other, ["false_alarm"], "")
     app.run()
