@@ -551,7 +551,7 @@ def test_an_agreement_chart_with_every_period_withheld_says_why_it_is_empty() ->
     days = ["2026-03-01", "2026-03-02"]
     empty = agreement_figure(days, [None, None], [None, None], [0.0, 0.0], [0.0, 0.0], "day")
     (note,) = empty.layout.annotations
-    assert note.text.startswith("No day's agreement to draw: none reviewed, or fewer than 5 (withheld)")
+    assert note.text.startswith("No day's agreement to draw:<br>none reviewed, or fewer than 5 (withheld)")
     assert not agreement_figure(days, [0.9, None], [None, None], [0.0, 0.0], [0.0, 0.0], "day").layout.annotations
 
 

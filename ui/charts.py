@@ -283,8 +283,8 @@ def agreement_figure(
     )
     if starts and all(a is None for a in agreement):  # an empty line, unexplained, read as nothing reviewed
         figure.add_annotation(
-            text=f"No {period}'s agreement to draw: none reviewed, or fewer than 5 (withheld). A longer period adds "
-            "them up.",
+            text=f"No {period}'s agreement to draw:<br>none reviewed, or fewer than 5 (withheld).<br>A longer period "
+            "adds them up.",  # on three lines: on one it ran past both edges of the chart
             xref="paper",
             yref="paper",
             x=0.5,
@@ -349,7 +349,10 @@ def drift_figure(
         )
     if baseline_end:
         figure.add_vline(x=baseline_end, line_dash="dot", line_color="#566573")
-    figure.update_layout(title="Drift against the baseline (3-sigma control limits)", **{**_LAYOUT, "height": 420})
+    figure.update_layout(  # room above the upper panel's own title: the figure's title was drawn over it
+        title="Drift against the baseline (3-sigma control limits)",
+        **{**_LAYOUT, "height": 440, "margin": {**_LAYOUT["margin"], "t": 70}},
+    )
     figure.update_xaxes(**date_axis(starts, period))  # one period: Plotly zoomed into a millisecond
     return figure
 
