@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import numpy as np
 import pytest
 
@@ -425,6 +428,31 @@ def test_a_deflated_dicom_is_refused_by_name_before_it_is_inflated() -> None:
     lying[140:144] = (0).to_bytes(4, "little")  # a group length of 0: pydicom ignores it, so must the check
     with pytest.raises(UnsupportedDicom, match="Deflated"):
         read_scan(bytes(lying))
+    # a meta our own parser read otherwise than pydicom: written in implicit VR (it saw no syntax), or naming the
+    # syntax twice (it took the first, pydicom keeps the last). One upload of 1 MB inflated to 1 GB in the server
+    bomb = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)  # one private element of 32 MB, inflated
+    element = struct.pack("<HH2sHI", 0x0011, 0x1010, b"OB", 0, 32 * 2**20)
+    body = bomb.compress(element) + b"".join(bomb.compress(b"\x00" * 2**20) for _ in range(32)) + bomb.flush()
+
+    def implicit(element: int, value: bytes) -> bytes:
+        value += b"\x00" * (len(value) % 2)
+        return struct.pack("<HHI", 2, element, len(value)) + value
+
+    def explicit(element: int, value: bytes) -> bytes:
+        value += b"\x00" * (len(value) % 2)
+        return struct.pack("<HH2sH", 2, element, b"UI", len(value)) + value
+
+    deflated, plain = DeflatedExplicitVRLittleEndian.encode(), b"1.2.840.10008.1.2.1"
+    for meta in (
+        implicit(0x0002, b"1.2.840.10008.5.1.4.1.1.4") + implicit(0x0003, b"1.2.3.4") + implicit(0x0010, deflated),
+        explicit(0x0002, b"1.2.840.10008.5.1.4.1.1.4") + explicit(0x0010, plain) + explicit(0x0010, deflated),
+    ):
+        tracemalloc.start()
+        with pytest.raises(UnsupportedDicom, match="Deflated"):
+            read_scan(b"\x00" * 128 + b"DICM" + meta + body)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 8 * 2**20  # never inflated
 
 
 def test_a_voi_table_of_zero_bits_and_a_nan_window_are_no_crash() -> None:

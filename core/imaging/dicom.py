@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import struct
+import warnings
 import zlib
 from collections.abc import Sequence
 from functools import cache
@@ -162,34 +163,30 @@ def is_non_image(header: Any) -> bool:
 
 def _refuse_deflated(data: bytes) -> None:
     """Refuse the deflated transfer syntax from the file meta alone: pydicom inflates the whole dataset before
-    reading any element, so a few KB could ask for gigabytes before the header's sizes are checked."""
-    if _transfer_syntax(data) == DEFLATED:
+    reading any element, so a few KB could ask for gigabytes before the header's sizes are checked. The meta is
+    read by pydicom's own reader, as :func:`pydicom.dcmread` then reads it: a parser of our own (explicit VR, first
+    copy) let through a meta written in implicit VR, and one naming the syntax twice (pydicom keeps the last)."""
+    if transfer_syntax_of(data) == DEFLATED:
         raise UnsupportedDicom(
             "This DICOM file uses the Deflated transfer syntax, which is not accepted; export it uncompressed or "
             "with a JPEG / JPEG 2000 / RLE transfer syntax."
         )
 
 
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+def transfer_syntax_of(data: bytes) -> str | None:
+    """The TransferSyntaxUID of a DICOM file's meta (group 2) as pydicom reads it before the dataset (None without
+    one, or when the meta cannot be read: the header reader then says what is wrong)."""
+    from pydicom.filereader import _read_file_meta_info, read_preamble
 
-
-def _transfer_syntax(data: bytes) -> str | None:
-    """The TransferSyntaxUID of the file meta (group 2, explicit VR little endian, after "DICM"), read element by
-    element up to the first element of another group, as pydicom reads it (a declared group length is ignored)."""
-    position = 132
-    while position + 8 <= len(data):
-        group, element = struct.unpack_from("<HH", data, position)
-        if group != 2:
-            return None
-        long_vr = data[position + 4 : position + 6] in _LONG_VRS
-        if position + (12 if long_vr else 8) > len(data):  # cut inside the element: the header reader says so
-            return None
-        length = struct.unpack_from("<I" if long_vr else "<H", data, position + (8 if long_vr else 6))[0]
-        value = position + (12 if long_vr else 8)
-        if element == 0x0010:
-            return data[value : value + length].rstrip(b"\x00 ").decode("ascii", "replace")
-        position = value + length
-    return None
+    stream = io.BytesIO(data)
+    try:
+        with warnings.catch_warnings():  # "expected explicit VR": said by the header reader, if at all
+            warnings.simplefilter("ignore")
+            read_preamble(stream, force=False)  # as dcmread reads it (never forced)
+            syntax = _read_file_meta_info(stream).get("TransferSyntaxUID")
+    except Exception:  # pydicom raises many types for a damaged meta; dcmread says it was damaged
+        return None
+    return None if syntax is None else str(syntax)
 
 
 def check_bit_layout(header: Any) -> None:
