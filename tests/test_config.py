@@ -84,6 +84,7 @@ def test_the_reverse_proxy_example_sets_tls_and_the_security_headers() -> None:
         "X-Content-Type-Options",
         "proxy_pass http://127.0.0.1:8501",
         "Upgrade $http_upgrade",
+        "limit_conn per_address",  # a flood of tabs from one address (each sign-in a 64 MiB check)
     ):
         assert needle in conf, needle
 

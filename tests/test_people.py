@@ -1499,3 +1499,47 @@ def test_the_final_labels_offered_are_each_offered_once() -> None:
 
     assert review_labels(("notumor", "tumour")) == ["notumor", "tumour"]
     assert review_labels(("glioma", "notumor")) == ["glioma", "notumor", "tumour"]
+
+
+def test_sign_ins_sent_at_once_never_run_more_than_two_password_checks_together(store, monkeypatch) -> None:
+    """Every refusal runs a full Argon2 check (64 MiB, 150 ms), an unknown name's too: 32 sent at once by anyone
+    who could reach the form took the server past 2 GB."""
+    import threading
+    import time
+
+    import argon2
+
+    from core.services import passwords
+
+    running, most, lock = [0], [0], threading.Lock()
+
+    class Counting:
+        def verify(self, hashed: str, password: str) -> bool:
+            with lock:
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+            time.sleep(0.05)
+            with lock:
+                running[0] -= 1
+            raise argon2.exceptions.VerifyMismatchError
+
+        def hash(self, password: str) -> str:
+            return "$argon2id$fake"
+
+    monkeypatch.setattr(argon2, "PasswordHasher", Counting)
+    monkeypatch.setattr(accounts, "_dummy_hash", lambda: "$argon2id$fake")  # the real one stays cached for others
+    refused: list[str] = []
+
+    def attempt(n: int) -> None:
+        try:
+            accounts.sign_in(SQLiteStore(store.path), f"nobody-{n}", "a wrong password")
+        except SignInFailed as error:
+            refused.append(str(error))
+
+    threads = [threading.Thread(target=attempt, args=(n,), daemon=True) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(refused) == 8 and len(set(refused)) == 1  # each refused, in the same words
+    assert 1 <= most[0] <= passwords.AT_ONCE == 2

@@ -29,6 +29,7 @@ from core.domain.people import RESERVED_NAMES, ROLES, Account, check_password
 from core.errors import AccountLocked, InvalidRecord, SignInFailed, StoreError
 from core.services import audit
 from core.services.access import ACCOUNTS, VIA_ACCOUNT, VIA_CLAIM, Actor, require
+from core.services.passwords import BoundedHasher
 from core.storage.protocol import Store
 
 MAX_FAILURES = 5
@@ -46,7 +47,7 @@ REFUSED = (
 def _hasher() -> Any:
     from argon2 import PasswordHasher
 
-    return PasswordHasher()
+    return BoundedHasher(PasswordHasher())  # two at a time in the process: a flood of sign-ins took gigabytes
 
 
 @cache
