@@ -1633,6 +1633,27 @@ def lesion_series(n: int, at: datetime, ml: float | None, label: str = "glioma",
     return replace(series, lesion_px=None if ml is None else int(ml * 1000), lesion_ml=ml)
 
 
+def test_the_lesion_volumes_and_the_ranges_ends_are_read_through_indexes_never_the_whole_table(tmp_path: Path) -> None:
+    """The series' kind was bound as a parameter ("kind IN (?)"), which kept SQLite off the partial index of series:
+    the lesion board read every result ever saved (144 ms of 380k, whatever the range), and the history's two ends
+    were read from a whole index (48 ms) three times a board."""
+    store = SQLiteStore(tmp_path / "results.sqlite3")
+    for k in range(40):
+        store.add_series(lesion_series(300 + k, utc(2026, 1, 1, 9) + timedelta(days=k), 2.0 + k), series_sections())
+    store.add(make_record(999, utc(2026, 1, 1, 8)))  # a single scan: never read by the lesion board
+    executed: list[str] = []
+    connection = store._connection()
+    connection.set_trace_callback(executed.append)
+    shown = Filters(start=utc(2026, 2, 1), end=utc(2026, 2, 5), gates=("accepted", "needs_review"))
+    assert [p.studies for p in store.lesion_volumes(shown, "UTC", "day")] == [1, 1, 1, 1]
+    connection.set_trace_callback(None)
+    selects = [sql for sql in executed if sql.lstrip().upper().startswith("SELECT")]
+    assert len(selects) >= 2
+    for sql in selects:
+        plan = [row[3] for row in connection.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall()]
+        assert "SCAN scans" not in plan, (sql, plan)  # a full read of the results table
+
+
 def test_lesion_volumes_of_tumour_studies_per_period_have_the_quantiles_of_their_volumes(store) -> None:
     import numpy as np
 
