@@ -73,7 +73,7 @@ st.dataframe(
                 SCORE_COLUMN: probability_shown(r),
                 "lesion": bound(r, step.size) + lesion_size(step.size, step.unit),
                 "change": step.not_compared or lesion_change(step.change, step.unit, step.change_percent),
-                "sections": r.section_count or "",
+                "sections": str(r.section_count or ""),  # text: numbers beside "" made Arrow refuse the column
                 "plane": (r.geometry or {}).get("plane") or "",
                 "final label": pretty(r.final_label) if r.final_label else "",
             }

@@ -124,6 +124,8 @@ def test_history_page_compares_a_series_with_its_prior_and_makes_the_report(
     app.text_input[0].set_value("  p-0042 ").run()  # case and spaces do not change the reference
     assert not app.exception
     assert app.dataframe[0].value["kind"].tolist() == ["series", "series"]
+    assert app.dataframe[0].value["sections"].tolist() == ["8", "8"]  # one type: numbers beside "" were refused by
+    # Arrow on every run (Streamlit then converted the table the slow way)
     assert app.dataframe[0].value["lesion"].tolist() == ["—", "—"]  # saved without a segmenter: nothing claimed
     assert app.dataframe[0].value["change"].tolist() == ["—", "—"]
     assert len(app.get("plotly_chart")) == 3  # the timeline, the current section and the prior's
