@@ -116,24 +116,17 @@ def _verify_all(store: AuditTrail, expected_head: tuple[int, str] | None, keep_p
     # page's check then said broken until a quiet full check. Events appended after the head was read are
     # re-hashed with the chain; its end is compared at the head read
     head = store.audit_head()
-    events = store.audit_events()
-    if head is None and events:  # the first event written meanwhile, or the head removed: asked again
+    if head is None and store.audit_events(0, 1):  # the first event written meanwhile, or the head removed: again
         head = store.audit_head()
-    bad = first_broken(events, key)
-    upto = events if head is None else [e for e in events if (e.seq or 0) <= head.seq]
-    last = (upto[-1].seq or 0, upto[-1].hash) if upto else None
+    walk = _walk(store, key, head, expected_head)
     apart = bool(getattr(store, "head_written_apart", False))  # MongoDB: the head is a write after its event's
-    problem = _problem(upto, bad, head, key, last, apart)
-    if problem is None and not events and head is None and _holds_audited(store):
+    problem = _problem(walk.upto, walk.unkeyed, walk.bad, head, key, walk.last, apart)
+    if problem is None and not walk.count and head is None and _holds_audited(store):
         problem = (
             "the chain is empty, yet the database holds accounts or results, whose creation is audited: the trail "
             "was removed"
         )
-    if (
-        problem is None
-        and expected_head is not None
-        and not any(e.seq == expected_head[0] and e.hash == expected_head[1] for e in events)
-    ):
+    if problem is None and expected_head is not None and not walk.noted:
         problem = f"the noted head {expected_head[0]} is no longer in the chain: the trail was cut or replaced"
     point = store.audit_verified() if keep_point else None
     moved = None  # a chain whole in itself that lost the event verified before: cut back (the newest events deleted,
@@ -142,11 +135,53 @@ def _verify_all(store: AuditTrail, expected_head: tuple[int, str] | None, keep_p
     if point is not None and point.hash != BROKEN and (key is None or point.mac == point.expected_mac(key)):
         moved = _point_moved(store, point, key)
     problem = problem or moved
-    if problem is None and last is not None and keep_point:  # at the head (events past it, appended meanwhile or
-        _mark(store, last, key)  # a MongoDB head one behind, are the next check's)
+    if problem is None and walk.last is not None and keep_point:  # at the head (events past it, appended meanwhile or
+        _mark(store, walk.last, key)  # a MongoDB head one behind, are the next check's)
     elif problem is not None and keep_point and moved is None:  # an edit before the point, which still stands:
         _mark(store, (0, BROKEN), key)  # the page's check says broken from now on, until a full check finds it whole
-    return Verification(problem is None, len(events), bad, head, problem, key is not None, len(events))
+    return Verification(problem is None, walk.count, walk.bad, head, problem, key is not None, walk.count)
+
+
+CHUNK = 10_000  # events read at a time by a full check: a list of every event held 1.3 GB for a million
+
+
+@dataclass
+class _Walk:
+    """What one pass over the whole chain found: how many events, the first broken one, the last one up to the head
+    (and how many up to it), the first unkeyed one where the head says the chain is keyed, and whether the noted
+    head was among them."""
+
+    count: int = 0
+    bad: AuditEvent | None = None
+    last: tuple[int, str] | None = None
+    upto: int = 0
+    unkeyed: AuditEvent | None = None
+    noted: bool = False
+
+
+def _walk(store: AuditTrail, key: bytes | None, head: AuditHead | None, expected: tuple[int, str] | None) -> _Walk:
+    """The chain re-hashed in order, :data:`CHUNK` events at a time, each chunk from the last one's end."""
+    walk, since, previous = _Walk(), 0, None
+    while chunk := store.audit_events(since, CHUNK):
+        walk.bad = walk.bad or first_broken(chunk, key, after=previous)
+        for event in chunk:
+            if head is None or (event.seq or 0) <= head.seq:
+                walk.last, walk.upto = (event.seq or 0, event.hash), walk.upto + 1
+                walk.unkeyed = walk.unkeyed or _first_unkeyed([event], head)
+            walk.noted = walk.noted or (expected is not None and (event.seq, event.hash) == expected)
+        walk.count += len(chunk)
+        previous = (chunk[-1].seq or 0, chunk[-1].hash)
+        if len(chunk) < CHUNK or not isinstance(chunk[-1].seq, int) or chunk[-1].seq <= since:
+            break  # the end, or events with no number (MongoDB lists them last, in every read): read once
+        since = chunk[-1].seq
+    return walk
+
+
+def _first_unkeyed(events: Sequence[AuditEvent], head: AuditHead | None) -> AuditEvent | None:
+    """The first event the head says is keyed (from its ``keyed_since`` on) whose hash is not."""
+    if head is None or not head.keyed_since:
+        return None
+    return next((e for e in events if (e.seq or 0) >= head.keyed_since and not e.hash.startswith(KEYED)), None)
 
 
 BROKEN = "broken"  # the verified point's hash after a full check found the chain broken (its sequence number: 0)
@@ -194,25 +229,27 @@ def verify_new(store: AuditTrail, actor: Actor) -> Verification:
     new = store.audit_events(point.seq, pending) if pending > 0 else []
     bad = first_broken(new, key, after=(point.seq, point.hash))
     last = (new[-1].seq or 0, new[-1].hash) if new else (point.seq, point.hash)
-    problem = _problem(new, bad, head, key, last)
+    problem = _problem(len(new), _first_unkeyed(new, head), bad, head, key, last)
     if problem is None and new:
         _mark(store, last, key, replacing=point)
     return Verification(problem is None, last[0], bad, head, problem, key is not None, len(new))
 
 
 def _problem(
-    events: Sequence[AuditEvent],
+    count: int,
+    unkeyed: AuditEvent | None,
     bad: AuditEvent | None,
     head: AuditHead | None,
     key: bytes | None,
     last: tuple[int, str] | None,
     apart: bool = False,
 ) -> str | None:
-    """What is wrong with a chain ending at ``last`` whose ``events`` (all, or those after the verified point) were
-    re-hashed and found first broken at ``bad``, given its ``head``; None when nothing is."""
+    """What is wrong with a chain ending at ``last`` whose ``count`` events (all, or those after the verified point)
+    were re-hashed and found first broken at ``bad`` (and first ``unkeyed`` where the head says they are keyed),
+    given its ``head``; None when nothing is."""
     if bad is not None:
         return f"event {bad.seq} was edited, re-hashed without the key, or an event before it was deleted"
-    if head is None and last is not None and apart and last[0] == 1 and len(events) == 1:  # the first event's head
+    if head is None and last is not None and apart and last[0] == 1 and count == 1:  # the first event's head
         logger.warning("event=audit_head_behind by=1")  # write cut off after it (MongoDB): the next event moves it
         return None
     if head is None and last is not None:
@@ -228,11 +265,8 @@ def _problem(
         )
     if key is not None and head.mac != head.expected_mac(key):
         return "the chain's head was altered (its signature does not hold)"
-    unkeyed = [
-        e for e in events if head.keyed_since and (e.seq or 0) >= head.keyed_since and not e.hash.startswith(KEYED)
-    ]
-    if unkeyed:
-        return f"event {unkeyed[0].seq} is not keyed where the chain is: it was re-hashed without the key"
+    if unkeyed is not None:
+        return f"event {unkeyed.seq} is not keyed where the chain is: it was re-hashed without the key"
     if last != (head.seq, head.hash) and not (last is None and head.seq == 0):
         return f"the chain ends at {last[0] if last else 0} but its head says {head.seq}: events were deleted"
     return None
