@@ -1983,3 +1983,17 @@ def test_agreeing_with_the_model_after_an_override_has_no_shortcut_and_names_the
     # yellow call to act
     assert record.gate == "needs_review" and not any(w.value == "Flagged for review" for w in app.warning)
     assert any("reviewed since (1 review)" in c.value for c in app.caption)
+
+
+def test_a_study_with_no_series_saved_is_told_to_retry_saving_whatever_reference_is_typed() -> None:
+    """The "reference typed is not this study's: link or move it" note replaced "retry saving" for a study whose
+    series the database did not take, where no Link or Move could be offered."""
+    from types import SimpleNamespace
+
+    from core.services.triage import NOT_SAVED, SaveStatus
+    from ui.study import not_its_reference
+
+    study = SimpleNamespace(views=[SimpleNamespace(record=None, status=SaveStatus(NOT_SAVED, "the database is down"))])
+    assert not not_its_reference(("files",), study, "p" * 64)
+    saved = SimpleNamespace(views=[SimpleNamespace(record=SimpleNamespace(patient_ref=None), status=None)])
+    assert not_its_reference(("files",), saved, "p" * 64) and not not_its_reference(("files",), saved, None)

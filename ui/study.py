@@ -64,9 +64,9 @@ def earlier_note(name: Hashable, files_waiting: bool) -> str:
 
 def not_its_reference(name: Hashable, study: StudyResult, typed_now: str | None) -> bool:
     """Whether a reference is typed that is not the one the study's saved series are under (a PACS study's is the
-    PACS patient ID's, whatever is typed)."""
+    PACS patient ID's, whatever is typed). With no series saved, no: the report's own note says to retry saving."""
     saved = {v.record.patient_ref for v in study.views if v.record is not None}
-    return typed_now is not None and pacs_study_uid(name) is None and saved != {typed_now}
+    return bool(saved) and typed_now is not None and pacs_study_uid(name) is None and saved != {typed_now}
 
 
 def unsaved(study: StudyResult) -> bool:
