@@ -187,6 +187,7 @@ def wait_idle(page) -> None:
 @pytest.mark.heavy  # it times the upload to the verdict: run alone (make test), never beside another worker
 def test_upload_to_verdict_and_statistics_in_chromium(server: str, tmp_path: Path) -> None:
     from playwright.sync_api import FilePayload, expect, sync_playwright
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
@@ -245,8 +246,16 @@ def test_upload_to_verdict_and_statistics_in_chromium(server: str, tmp_path: Pat
         page.get_by_role("button", name="Save override").click()
         wait_idle(page)
         expect(page.get_by_text("Review saved")).to_be_visible(timeout=30_000)  # and the next unread result is shown
-        page.get_by_test_id("stMain").get_by_test_id("stSelectbox").first.click()  # Show: not yet reviewed
-        page.get_by_role("option", name="reviewed", exact=True).click()
+        wait_idle(page)  # the message shows while the page still runs: a click then met a list being redrawn
+        reviewed_option = page.get_by_role("option", name="reviewed", exact=True)
+        for _ in range(3):  # Show: not yet reviewed; opened again if a late redraw closed it
+            page.get_by_test_id("stMain").get_by_test_id("stSelectbox").first.click()
+            try:
+                reviewed_option.wait_for(state="visible", timeout=5_000)
+                break
+            except PlaywrightTimeout:
+                continue
+        reviewed_option.click()
         wait_idle(page)
         expect(page.get_by_text("Disagreement: the model said")).to_be_visible(timeout=30_000)  # the newest reviewed
         page.wait_for_timeout(1000)
