@@ -225,9 +225,8 @@ else:
     # once reviewed, agreeing is a change of the final label: no shortcut (two stray keys on a result overridden
     # to "No tumour" set its final label back to the model's) and the label it replaces is named
     final = opened.record.final_label if opened.record.review_count else None
-    replaces = f" (replaces the final label {pretty(final)})" if final and final != chosen.label else ""
     agree.button(
-        f"Agree: {pretty(chosen.label)}{replaces}",
+        f"Agree: {pretty(chosen.label)}",
         type="secondary" if final else "primary",
         key=f"agree-{chosen.id}",  # one button per result: a late press never agrees the result opened after it
         shortcut=None if final else "shift+a",
@@ -235,6 +234,8 @@ else:
         args=(chosen.label, [], "", opened.record.review_count),
         help="Reviewed already: a press records a new review." if final else KEYS,
     )
+    if final and final != chosen.label:  # under the button: in its label it was cut off in the narrow column
+        agree.caption(f"Agreeing replaces the final label {pretty(final)}.")
 with override.form(f"override-{chosen.id}", border=True):  # cleared when saved, never when refused
     labels = review_labels(classifier.card.labels, chosen)
     st.selectbox(
