@@ -25,7 +25,7 @@ from core.model.lesion import area_mm2, sections_spanned
 from core.model.volume import SeriesAnalysis
 from core.services.access import OPEN_RESULT, Actor, require
 from core.services.triage import SaveStatus
-from core.services.views import display_factors, scaled_outline
+from core.services.views import display_factors, displayed, scaled_outline
 from core.storage.images import ImageStore
 from core.storage.protocol import Store
 
@@ -135,9 +135,7 @@ def as_displayed(sections: np.ndarray, spacing: Sequence[float] | None) -> tuple
     fy, fx = display_factors(sections.shape[1:], spacing)  # a zero spacing (saved before it was refused): as stored
     if abs(fy - 1) < 1e-6 and abs(fx - 1) < 1e-6:
         return sections, list(spacing) if spacing else None
-    size = (max(1, round(sections.shape[2] * fx)), max(1, round(sections.shape[1] * fy)))  # (width, height)
-    resampling = cv2.INTER_AREA if max(fx, fy) <= 1 else cv2.INTER_LINEAR
-    shown = np.stack([cv2.resize(s, size, interpolation=resampling) for s in sections])
+    shown = np.stack([displayed(section, spacing) for section in sections])
     ry, rx = sections.shape[1] / shown.shape[1], sections.shape[2] / shown.shape[2]
     return shown, [rows_mm * ry, columns_mm * rx] if spacing else None
 

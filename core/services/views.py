@@ -105,14 +105,18 @@ def display_factors(shape: tuple[int, ...], spacing: Sequence[float] | None = No
     return fy * scale, fx * scale
 
 
+def displayed(image: np.ndarray, spacing: Sequence[float] | None) -> np.ndarray:
+    """An image (grey or colour) resampled to :func:`display_factors`: the one resampling of every page's picture
+    (single scans here, a series' sections in :func:`core.services.series_views.as_displayed`)."""
+    fy, fx = display_factors(image.shape, spacing)
+    if abs(fy - 1) < 1e-6 and abs(fx - 1) < 1e-6:
+        return image
+    size = (max(1, round(image.shape[1] * fx)), max(1, round(image.shape[0] * fy)))  # (width, height)
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if max(fx, fy) <= 1 else cv2.INTER_LINEAR)
+
+
 def _display_png(pixels: np.ndarray, box: tuple[int, int, int, int], spacing: Sequence[float] | None) -> bytes:
-    boxed = with_box(pixels, box)
-    fy, fx = display_factors(boxed.shape, spacing)
-    if abs(fy - 1) > 1e-6 or abs(fx - 1) > 1e-6:
-        size = (max(1, round(boxed.shape[1] * fx)), max(1, round(boxed.shape[0] * fy)))  # (width, height)
-        resampling = cv2.INTER_AREA if max(fx, fy) <= 1 else cv2.INTER_LINEAR
-        boxed = cv2.resize(boxed, size, interpolation=resampling)
-    return encode_png(cv2.cvtColor(boxed, cv2.COLOR_RGB2BGR))
+    return encode_png(cv2.cvtColor(displayed(with_box(pixels, box), spacing), cv2.COLOR_RGB2BGR))
 
 
 def scan_view(analysis: Analysis, explainer: Explainer | None) -> ScanView:
