@@ -164,11 +164,11 @@ def _walk(store: AuditTrail, key: bytes | None, head: AuditHead | None, expected
     walk, since, previous = _Walk(), 0, None
     while chunk := store.audit_events(since, CHUNK):
         walk.bad = walk.bad or first_broken(chunk, key, after=previous)
-        for event in chunk:
-            if head is None or (event.seq or 0) <= head.seq:
-                walk.last, walk.upto = (event.seq or 0, event.hash), walk.upto + 1
-                walk.unkeyed = walk.unkeyed or _first_unkeyed([event], head)
-            walk.noted = walk.noted or (expected is not None and (event.seq, event.hash) == expected)
+        upto = [e for e in chunk if head is None or (e.seq or 0) <= head.seq]  # past the head: the next check's
+        if upto:
+            walk.last, walk.upto = (upto[-1].seq or 0, upto[-1].hash), walk.upto + len(upto)
+            walk.unkeyed = walk.unkeyed or _first_unkeyed(upto, head)
+        walk.noted = walk.noted or any((e.seq, e.hash) == expected for e in chunk)
         walk.count += len(chunk)
         previous = (chunk[-1].seq or 0, chunk[-1].hash)
         if len(chunk) < CHUNK or not isinstance(chunk[-1].seq, int) or chunk[-1].seq <= since:
