@@ -112,9 +112,8 @@ if shown is None:
 # a reference typed after the chosen files' study was analysed: linked when the reader says so (typed for the
 # next patient before dropping their files, it would otherwise have linked this one), as an audited change
 typed = resources.patient_reference(patient) if files and shown == signature else None
-pending = typed is not None and pacs_study_uid(shown) is None  # the reference typed now is not the study's:
-pending = pending and (needs_link(results[shown], typed) or needs_link(results[shown], typed, moving=True))
-if pending and needs_link(results[shown], typed):
+linkable = typed is not None and pacs_study_uid(shown) is None  # a PACS study's is the PACS patient ID's
+if linkable and needs_link(results[shown], typed):
     st.warning(
         "The saved series of this study are not under the patient reference typed now (typed after it was analysed)."
     )
@@ -125,7 +124,7 @@ if pending and needs_link(results[shown], typed):
             st.error(f"The patient reference was not applied: {error}")
         else:
             st.rerun()
-elif pending:
+elif linkable and needs_link(results[shown], typed, moving=True):
     st.warning(  # the reader's correction of a typing mistake (the Link button did nothing for these)
         "The saved series of this study are under the patient reference typed before. Move them only to correct a "
         "typing mistake: the study leaves that reference's History."
