@@ -218,6 +218,22 @@ def test_a_mongodb_event_whose_id_is_text_breaks_the_chain_and_blocks_no_append(
     assert audit.verify(store).intact
 
 
+def test_the_full_check_counts_every_mongodb_event_with_a_text_id_when_they_straddle_a_chunks_end(monkeypatch):
+    """Events with no number are listed after the numbered ones in every read and cannot be paged by number: when
+    they straddled the last chunk's end the check stopped there and counted fewer events than the trail holds."""
+    import mongomock
+
+    monkeypatch.setattr(audit, "CHUNK", 4)
+    store = MongoStore(mongomock.MongoClient(tz_aware=True), collection=f"scans_{uuid.uuid4().hex[:8]}")
+    store.audit_key = KEY
+    write(store, 6)  # a chunk of 4, then 2 numbered events and the 3 text ones: 5, past the chunk's end
+    events = store._people("audit")
+    for name in ("a", "b", "c"):
+        events.insert_one(events.find_one({"_id": 2}) | {"_id": name})
+    check = audit.verify(store)
+    assert not check.intact and check.events == 9 and check.first_bad.seq == -1
+
+
 def test_an_edit_before_the_verified_event_is_found_by_the_full_check_on_the_command_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -163,6 +163,9 @@ def _walk(store: AuditTrail, key: bytes | None, head: AuditHead | None, expected
     """The chain re-hashed in order, :data:`CHUNK` events at a time, each chunk from the last one's end."""
     walk, since, previous = _Walk(), 0, None
     while chunk := store.audit_events(since, CHUNK):
+        paged = isinstance(chunk[-1].seq, int) and chunk[-1].seq > since  # not an event with no number (MongoDB
+        if len(chunk) == CHUNK and not paged:  # lists them last, as -1, in every read): those cannot be paged by it
+            chunk = store.audit_events(since)  # the rest, read whole
         walk.bad = walk.bad or first_broken(chunk, key, after=previous)
         upto = [e for e in chunk if head is None or (e.seq or 0) <= head.seq]  # past the head: the next check's
         if upto:
@@ -171,8 +174,8 @@ def _walk(store: AuditTrail, key: bytes | None, head: AuditHead | None, expected
         walk.noted = walk.noted or any((e.seq, e.hash) == expected for e in chunk)
         walk.count += len(chunk)
         previous = (chunk[-1].seq or 0, chunk[-1].hash)
-        if len(chunk) < CHUNK or not isinstance(chunk[-1].seq, int) or chunk[-1].seq <= since:
-            break  # the end, or events with no number (MongoDB lists them last, in every read): read once
+        if len(chunk) < CHUNK or not paged:
+            break  # the end, or the events with no number, read once
         since = chunk[-1].seq
     return walk
 
