@@ -135,6 +135,9 @@ def test_files_with_positions_but_no_orientation_are_stacked_by_their_positions_
 
     with pytest.raises(SeriesError, match="Two different sections lie at the same position"):
         read_study(rewritten(dicom_series(volume, orientation=plane), one_point))
+    # one section alone: nothing is ordered, and the note said sections were ordered by their positions
+    (single,) = read_study(rewritten(dicom_series(volume[:1], orientation=plane), no_orientation))
+    assert single.warnings == ("The file gives no orientation (ImageOrientationPatient): left and right are unknown.",)
 
 
 @pytest.mark.parametrize("plane", [AXIAL, CORONAL, SAGITTAL])

@@ -396,17 +396,19 @@ def _volume(sections: list[_Section], limits: StudyLimits) -> Volume:
         some = any(p is not None for p in positions)
         notes.append(f"{'Some' if some else 'The'} files give no positions: sections are ordered by instance number.")
         keyed = sorted(((float(s.instance), s) for s in sections), key=lambda pair: pair[0])
-    if line is not None:
-        notes.append(
-            "The files give no orientation (ImageOrientationPatient): sections are ordered by their positions, and "
-            "which way they run (head or foot, left or right) is not known."
-        )
     if in_mm and sections[0].multi_frame and len(sections) > 1 and np.ptp([p for p, _ in keyed]) < 1e-3:
         raise SeriesError(
             f"All {len(sections)} images of one series lie at one position (a dynamic, cine or multi-echo series): "
             "it is not a stack of sections to triage."
         )
     kept = one_per_position(keyed, partial(place_text, shown) if in_mm else "number {:.0f}".format, notes)
+    if line is not None:  # one section alone is not ordered
+        notes.append(
+            "The files give no orientation (ImageOrientationPatient): sections are ordered by their positions, and "
+            "which way they run (head or foot, left or right) is not known."
+            if len(kept) > 1
+            else "The file gives no orientation (ImageOrientationPatient): left and right are unknown."
+        )
     notes += gap_notes([p for p, _ in kept], in_mm, limits.max_gap_ratio)
     positions = [p for p, _ in kept]
     first = kept[0][1]
