@@ -195,6 +195,7 @@ def test_scan_page_shows_original_crop_and_verdict_and_saves_once(app_environmen
     assert batch["file"][0] == "ZZCANARY_MRN123.png"  # shown in the session, so a batch can be traced back
     assert 0.1 <= batch["tumour_probability"][0] <= 99.9  # percent, never certainty, and still a number to sort
     assert batch["final_label"][0] == ""  # an empty cell, not a grey "None"
+    assert "frame" not in batch.columns  # a single image: no column of grey "None"
     config = json.loads(app.dataframe[1].proto.columns)  # headed in words, not field names
     assert (
         config["final_label"]["label"] == "final label"
@@ -487,7 +488,7 @@ def test_a_two_frame_dicom_gives_two_results_with_a_frame_picker(app_environment
     records = stored(app_environment).recent(5)
     assert sorted(r.frame for r in records) == [0, 1]  # frame 1 is its own result, not "already saved"
     batch = next(d.value for d in app.dataframe if "frame" in d.value.columns)  # beside the acquisition facts
-    assert batch["frame"][0] == 1
+    assert batch["frame"][0] == "1"
     downloads[-1]()  # the CSV carries frame 1's row: its audit event names that result, not every frame analysed
     (export,) = exports(app_environment)
     assert export.detail["results"] == [next(r.id for r in records if r.frame == 1)]

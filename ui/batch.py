@@ -104,6 +104,11 @@ def on_screen(table: Any) -> Any:
     for column in ("final_label", "model_version", "reason", "verdict", "saved"):  # an empty cell, not "None"
         if column in shown:
             shown[column] = shown[column].astype(object).where(shown[column].notna(), "")
+    if "frame" in shown:  # a column of grey "None" for a batch of single images; a frame number where there is one
+        frames = shown["frame"]
+        shown["frame"] = [str(int(f)) if there else "" for f, there in zip(frames, frames.notna(), strict=True)]
+        if frames.isna().all():
+            shown = shown.drop(columns="frame")
     return shown
 
 
