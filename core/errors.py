@@ -158,6 +158,13 @@ class PacsUnreachable(PacsError):
     code = "pacs_unreachable"
 
 
+class PacsTimedOut(PacsUnreachable):
+    """The PACS took a request and sent no answer in time: it is up, so a study every retrieval of which times out
+    (too large to prepare in time, say) is tried a while and then left behind, not waited on for ever."""
+
+    code = "pacs_timed_out"
+
+
 class PacsRefused(PacsError):
     """The PACS refused the credentials or the request (HTTP 401/403)."""
 

@@ -18,6 +18,7 @@ from core.errors import (
     PacsNotFound,
     PacsQueryRefused,
     PacsRefused,
+    PacsTimedOut,
     PacsUnreachable,
 )
 from core.imaging.limits import StudyLimits
@@ -326,6 +327,23 @@ def test_a_busy_pacs_is_said_at_once_as_one_to_try_again_and_a_refused_request_n
         Pacs(url).series_of("1.2.826.0.1.3680043.8.498.1")
     with garbage_pacs(b"{}", status=401) as url, pytest.raises(PacsRefused, match="user name or password"):
         Pacs(url).series_of("1.2.826.0.1.3680043.8.498.1")
+
+
+def test_a_pacs_that_takes_the_request_and_never_answers_has_timed_out_not_gone() -> None:
+    """A read timeout (the PACS up, the study too large to prepare in time) read as an outage, which the watch
+    waits out for ever: every study after it was held back. It is told apart; a port nothing listens on is not."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)  # connections are taken by the kernel and never answered
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/dicom-web"
+        with pytest.raises(PacsTimedOut, match=r"did not answer the search within 1 s") as timed_out:
+            Pacs(url, timeout_s=1).search()
+    assert timed_out.value.code == "pacs_timed_out" and isinstance(timed_out.value, PacsUnreachable)
+    with pytest.raises(PacsUnreachable, match="does not answer") as gone:
+        Pacs("http://127.0.0.1:9/dicom-web", timeout_s=1).search()
+    assert not isinstance(gone.value, PacsTimedOut)
 
 
 def test_an_answer_cut_off_is_a_pacs_failure_to_retry_not_a_crash() -> None:

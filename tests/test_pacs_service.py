@@ -13,7 +13,15 @@ import pydicom
 import pytest
 
 from core.domain.results import WorklistQuery
-from core.errors import AccessDenied, PacsError, PacsNotFound, PacsUnreachable, ReviewedMeanwhile, StoreError
+from core.errors import (
+    AccessDenied,
+    PacsError,
+    PacsNotFound,
+    PacsTimedOut,
+    PacsUnreachable,
+    ReviewedMeanwhile,
+    StoreError,
+)
 from core.imaging.phantom_series import dicom_series, head_volume
 from core.pacs import objects
 from core.pacs.client import SeriesHit
@@ -708,16 +716,18 @@ def test_a_send_the_audit_trail_cannot_record_is_not_made(tiny_classifier, tmp_p
     assert pacs.stored == []
 
 
+@pytest.mark.parametrize("error", [PacsError("HTTP 500"), PacsTimedOut("no answer within 10 s")])
 def test_a_study_the_pacs_keeps_failing_is_left_behind_and_does_not_hold_back_the_feed(
-    tiny_classifier, tmp_path, monkeypatch
+    tiny_classifier, tmp_path, monkeypatch, error
 ):
     """WADO-RS answering 406 or 500 for one study every time kept the watch at that study for ever: every study
     after it in the feed was never triaged. Counted in watches alone (every 10 s), a PACS restarting (HTTP 500 for
-    under a minute) dropped the study from triage for good: it takes ten minutes too."""
+    under a minute) dropped the study from triage for good: it takes ten minutes too. A study every retrieval of
+    which timed out (the PACS answering the feed and the other studies) was waited on for ever, as an outage."""
     now = [1_000_000.0]
     monkeypatch.setattr(pacs_watch, "clock", lambda: now[0])
     broken, later = f"{STUDY}.11", f"{STUDY}.12"
-    pacs = StandIn({broken: [], later: tumour_study(later)}, {broken: [PacsError("HTTP 500")] * 20})
+    pacs = StandIn({broken: [], later: tumour_study(later)}, {broken: [error] * 20})
     watcher = pacs_watch.Watcher(
         pacs, Feed([broken, later]), tiny_classifier, SQLiteStore(tmp_path / "r.db"), None, None
     )

@@ -24,6 +24,7 @@ from core.errors import (
     PacsNotFound,
     PacsQueryRefused,
     PacsRefused,
+    PacsTimedOut,
     PacsUnreachable,
 )
 from core.imaging.dicom import quiet_pydicom
@@ -160,6 +161,11 @@ class Pacs:
                     "check it."
                 ) from error
             raise answer_error(status, what) from error
+        except requests.ReadTimeout as error:  # connected, no answer: the PACS is up (a connect timeout is not)
+            logger.warning("event=pacs_timed_out what=%s", what)
+            raise PacsTimedOut(
+                f"The PACS did not answer the {what} within {self._timeout_s:g} s; try again later."
+            ) from error
         except (requests.ConnectionError, requests.Timeout) as error:
             logger.warning("event=pacs_unreachable what=%s", what)
             raise PacsUnreachable("The PACS does not answer; check its address, or try again later.") from error

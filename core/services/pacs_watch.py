@@ -23,6 +23,7 @@ from core.errors import (
     PacsFeedWentBack,
     PacsForbidden,
     PacsRefused,
+    PacsTimedOut,
     PacsUnreachable,
     StoreError,
     WatchStateMissing,
@@ -201,12 +202,16 @@ class Watcher:
 # the PACS did not answer, or failed (HTTP 5xx): the study is tried again by the next watch, never dropped
 STORE_DOWN = "store_unavailable"
 # a refused user name or password is waited out as an outage is (it left every study behind for good)
-RETRIED = frozenset({PacsUnreachable.code, PacsRefused.code, PacsForbidden.code, PacsError.code, STORE_DOWN})
+RETRIED = frozenset(
+    {PacsUnreachable.code, PacsTimedOut.code, PacsRefused.code, PacsForbidden.code, PacsError.code, STORE_DOWN}
+)
 # answers that are not an outage: a study so answered is left behind in the end (a PACS refusing our reports,
-# HTTP 403, had every watch pull, analyse and audit every study again, for ever)
-COUNTED = frozenset({PacsError.code, PacsForbidden.code})
+# HTTP 403, had every watch pull, analyse and audit every study again, for ever; one whose every retrieval timed
+# out, the PACS answering the feed and the other studies, held back every study after it for ever)
+COUNTED = frozenset({PacsError.code, PacsForbidden.code, PacsTimedOut.code})
+WAITED = frozenset({PacsError.code, PacsTimedOut.code})  # counted, and over GIVE_UP_AFTER_S too
 # a study the PACS answers with an error (not an outage) this many watches in a row is left behind, so that it
-# does not hold back every study after it in the feed; a server error (HTTP 5xx) over this long at least too
+# does not hold back every study after it in the feed; a server error (HTTP 5xx) or a timeout over this long too
 # (counted in watches alone, a PACS restarting, HTTP 500 for under a minute, dropped the study at the head of the
 # feed from triage for good); a refusal (HTTP 403) is no passing state: a longer wait had every study pulled and
 # audited every ten seconds
@@ -273,13 +278,13 @@ def failed(line: dict[str, Any]) -> bool:
 
 def _given_up(state: WatchState, study_uid: str, line: dict[str, Any]) -> bool:
     """Whether a study the PACS failed (``line``) is now left behind: after :data:`MAX_TRIES` watches in a row that
-    got an error answer for it, a server error over :data:`GIVE_UP_AFTER_S` at least (an outage, or our own
+    got an error answer for it, a server error or a timeout over :data:`GIVE_UP_AFTER_S` at least (an outage, or our own
     database down, is waited out however long it lasts; so is a refusal to read, HTTP 403 before anything was
     sent: an account's permission slipping for 40 seconds left every study then waiting behind, for good)."""
     if line["skipped"] not in COUNTED or (line["skipped"] == PacsForbidden.code and "send_error" not in line):
         return False
     tries, failing_s = state.failed(study_uid, clock())
-    if tries < MAX_TRIES or (line["skipped"] == PacsError.code and failing_s < GIVE_UP_AFTER_S):
+    if tries < MAX_TRIES or (line["skipped"] in WAITED and failing_s < GIVE_UP_AFTER_S):
         return False
     logger.warning("event=pacs_study_left_behind tries=%d minutes=%d", tries, failing_s // 60)
     line["left_behind"] = (
