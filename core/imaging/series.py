@@ -357,6 +357,14 @@ def _dicom_series(
     return volumes, unread, localizers, non_images
 
 
+# the note for files with positions and no orientation, by whether they are more than one section
+NO_ORIENTATION = {
+    True: "The files give no orientation (ImageOrientationPatient): sections are ordered by their positions, and "
+    "which way they run (head or foot, left or right) is not known.",
+    False: "The file gives no orientation (ImageOrientationPatient): left and right are unknown.",
+}
+
+
 def _volume(sections: list[_Section], limits: StudyLimits) -> Volume:
     if len(sections) > limits.max_sections:
         raise FileTooLarge(f"A series holds {len(sections)} sections; the limit is {limits.max_sections}.")
@@ -402,13 +410,8 @@ def _volume(sections: list[_Section], limits: StudyLimits) -> Volume:
             "it is not a stack of sections to triage."
         )
     kept = one_per_position(keyed, partial(place_text, shown) if in_mm else "number {:.0f}".format, notes)
-    if line is not None:  # one section alone is not ordered
-        notes.append(
-            "The files give no orientation (ImageOrientationPatient): sections are ordered by their positions, and "
-            "which way they run (head or foot, left or right) is not known."
-            if len(kept) > 1
-            else "The file gives no orientation (ImageOrientationPatient): left and right are unknown."
-        )
+    if line is not None:
+        notes.append(NO_ORIENTATION[len(kept) > 1])  # one section alone is not ordered
     notes += gap_notes([p for p, _ in kept], in_mm, limits.max_gap_ratio)
     positions = [p for p, _ in kept]
     first = kept[0][1]
