@@ -131,7 +131,7 @@ def test_watch_mode_analyses_each_new_brain_mr_study_once_also_after_a_restart_a
     import requests
 
     from core.domain.results import WorklistQuery
-    from core.pacs.client import OrthancChanges
+    from core.pacs.changes import OrthancChanges
     from core.storage.images import FolderImages
 
     pacs = Pacs(orthanc.dicomweb, orthanc.user, orthanc.password)
@@ -312,7 +312,7 @@ def test_a_busy_pacs_is_said_at_once_as_one_to_try_again_and_a_refused_request_n
 
     import requests
 
-    from core.pacs.client import OrthancChanges
+    from core.pacs.changes import OrthancChanges
 
     with garbage_pacs(b"{}", status=503) as url:
         started = time.monotonic()
@@ -349,7 +349,7 @@ def test_a_pacs_that_takes_the_request_and_never_answers_has_timed_out_not_gone(
 def test_an_answer_cut_off_is_a_pacs_failure_to_retry_not_a_crash() -> None:
     import requests
 
-    from core.pacs.client import OrthancChanges
+    from core.pacs.changes import OrthancChanges
 
     with garbage_pacs(b"[{", declared=5000) as url, pytest.raises(PacsUnreachable, match=r"broke off|does not answer"):
         Pacs(url, timeout_s=5).search()

@@ -1256,7 +1256,7 @@ def test_a_study_deleted_between_the_feed_and_its_read_is_passed_over_not_a_watc
     import requests
 
     from core.errors import PacsRefused
-    from core.pacs.client import OrthancChanges
+    from core.pacs.changes import OrthancChanges
 
     def answer(status: int, body: object) -> requests.Response:
         response = requests.Response()

@@ -38,7 +38,7 @@ from core.cli.common import (
 from core.cli.studies import emit_outcome, save_outcome
 from core.config import PacsSettings, data_dir, file_secrets, mongodb_uri, pacs_settings, patient_key
 from core.errors import PacsError, PacsFeedWentBack, StoreError
-from core.pacs.client import OrthancChanges
+from core.pacs.changes import OrthancChanges
 from core.pacs.objects import ModelFacts
 from core.services import pacs, pacs_watch
 from core.services.access import COMMAND_LINE

@@ -30,7 +30,8 @@ from core.errors import (
 )
 from core.model.classifier import Classifier
 from core.pacs import objects
-from core.pacs.client import OrthancChanges, Pacs
+from core.pacs.changes import OrthancChanges
+from core.pacs.client import Pacs
 from core.services import audit
 from core.services.access import ANALYSE, PACS, Actor, require
 from core.services.pacs import (
