@@ -29,7 +29,7 @@ from core.cli.common import (
     weight,
     whole,
 )
-from core.errors import AccessDenied, ConfigError, InvalidRecord, ModelError, PacsError, StoreError
+from core.errors import AccessDenied, ConfigError, ModelError, PacsError, StoreError
 from core.evaluation.neighbours import TWIN_THRESHOLD
 
 
@@ -279,7 +279,7 @@ def _run(argv: Sequence[str] | None) -> int:
         raise
     except BrokenPipeError as error:  # another pipe (a worker's): a failure like any other
         return _internal_error(error)
-    except (ModelError, StoreError, InvalidRecord, AccessDenied, PacsError, ConfigError) as error:
+    except (ModelError, StoreError, AccessDenied, PacsError, ConfigError) as error:  # InvalidRecord is a StoreError
         emit(error_json(error.code, str(error)), sys.stdout)
         return EXIT_USAGE
     except (OSError, ValueError, KeyError) as error:  # a missing split file, an unreadable folder, ...

@@ -57,7 +57,6 @@ def series_record(
     uploader: str | None,
     key: bytes | None,
     image_key: str | None = None,
-    created_at: datetime | None = None,
     study_unread: int = 0,
     series_number: int | None = None,
 ) -> Record:
@@ -74,7 +73,7 @@ def series_record(
     count, height, width = volume.sections.shape
     return Record(
         id=record_id(volume.sha256, analysis.model_name, analysis.model_version),
-        created_at=created_at or datetime.now(UTC),
+        created_at=datetime.now(UTC),
         image_sha256=volume.sha256,
         image_format="nifti" if volume.source.startswith("NIfTI") else "dicom",
         image_width=width,
@@ -157,7 +156,7 @@ def save_series(
         series_number=series_number,
     )
     sections = section_rows(analysis)
-    status = save_record(record, store, actor, record.gate, write=lambda r: store.add_series(r, sections))
+    status = save_record(record, store, actor, write=lambda r: store.add_series(r, sections))
     if status.state == ALREADY_SAVED and store is not None:  # uploaded before: link the reference typed now
         status = reference_for_saved(store, actor, record.id, patient_ref, status)[0]
     return status

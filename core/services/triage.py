@@ -97,14 +97,12 @@ def new_record(
     *,
     patient_ref: str | None,
     uploader: str | None,
-    created_at: datetime | None = None,
-    image_key: str | None = None,
 ) -> Record:
     """The record of one analysis (validated). ``patient_ref`` must already be pseudonymised."""
     prediction, scan = analysis.prediction, analysis.scan
     return Record(
         id=record_id(scan.sha256, prediction.model_name, prediction.model_version, scan.frame),
-        created_at=created_at or datetime.now(UTC),
+        created_at=datetime.now(UTC),
         image_sha256=scan.sha256,
         image_format=scan.format,
         image_width=scan.width,
@@ -123,7 +121,6 @@ def new_record(
         uploader=uploader,
         gate=prediction.gate.decision,
         gate_score=prediction.gate.energy,
-        image_key=image_key,
         lesion_px=None if analysis.lesion is None else analysis.lesion.area_px,
         lesion_mm2=None if analysis.lesion is None else analysis.lesion.area_mm2,
         # the directions and the pixel spacing of the stored (displayed) pixels: the kept PNG has neither, and a
@@ -162,7 +159,7 @@ def _kept_and_saved(
         record = replace(record, image_key=keep_image(images, analysis.scan.pixels))
     except StoreError as error:
         return record, image_not_kept(error, record.id)
-    return record, save_record(record, store, actor, analysis.prediction.gate.decision)
+    return record, save_record(record, store, actor)
 
 
 def keep_image(images: ImageStore | None, pixels: Any) -> str | None:
@@ -177,7 +174,7 @@ def image_not_kept(error: StoreError, record_id: str | None = None) -> SaveStatu
 
 
 def save_record(
-    record: Record, store: Store | None, actor: Actor, gate: str, write: Callable[[Record], bool] | None = None
+    record: Record, store: Store | None, actor: Actor, write: Callable[[Record], bool] | None = None
 ) -> SaveStatus:
     """Write ``record`` once (``write``: ``store.add`` unless given, e.g. a series with its sections) and its
     upload audit event as one unit of work: both or neither, so nothing touches a result unaudited. Every failure
@@ -190,7 +187,7 @@ def save_record(
         with store.atomic():
             created = (write or store.add)(record)
             state = SAVED if created else ALREADY_SAVED
-            audit.record(store, actor, "upload", record.id, state=state, gate=gate)
+            audit.record(store, actor, "upload", record.id, state=state, gate=record.gate)
     except StoreError as error:
         logger.warning("event=save_failed code=%s", error.code)
         if created and not getattr(store, "rolls_back", True):  # MongoDB: the result stood without its event; a
@@ -269,7 +266,7 @@ class Triaged:
 
     @property
     def needs_frame(self) -> bool:
-        return self.error_code == MultiFrameImage.code and self.frames > 1 and self.frame is None
+        return self.outcome().needs_frame
 
     def outcome(self) -> ScanOutcome:
         """The fields the batch table needs, without the analysis."""
@@ -377,8 +374,7 @@ def retry_save(
             record = replace(record, image_key=keep_image(images, triaged.unsaved_pixels))
         except StoreError as error:
             return replace(triaged, status=image_not_kept(error, record.id))
-    gate = triaged.view.prediction.gate.decision if triaged.view else record.gate
-    status = save_record(record, store, actor, gate)
+    status = save_record(record, store, actor)
     if status.state == ALREADY_SAVED:  # saved meanwhile (another replica): make sure it has this reference
         return apply_patient_reference(replace(triaged, status=status, unsaved_pixels=None), store, patient_ref, actor)
     kept = triaged.unsaved_pixels if status.state == NOT_SAVED else None

@@ -41,7 +41,6 @@ STUDY_WITH_VERDICT = "(tumour = 1 OR unread = 0)"  # the study rule (StudyOutcom
 _COLUMNS = ", ".join(spec.sql_column for spec in FIELDS)  # the results table's columns, from the one field table
 _TO_SQL = {"time": to_ms, "bool": int, "scores": json.dumps, "map": json.dumps, "box": json.dumps}
 _FROM_SQL = {"time": from_ms, "scores": json.loads, "map": json.loads, "box": json.loads}
-_SUMMARY_KEYS = ("label", "gate", "n", "tumour", "confidence", "first", "last")
 
 
 class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
