@@ -331,6 +331,9 @@ def test_saving_a_series_keeps_its_record_sections_pixels_and_an_audit_event(
     fresh = series_view(gapped)
     applied = gapped.rule.threshold_for(gapped.neighbours_used, gapped.single_threshold)
     assert fresh.threshold == pytest.approx(applied) and applied > gapped.rule.threshold
+    # the command line's tumour_slices and the key images sent to the PACS are the sections the screen and the PDF
+    # mark (they listed those at the rule's own 0.30 too, beside a verdict judged at 0.50)
+    assert gapped.tumour_sections == fresh.marked == [2, 3, 4] and gapped.curve[5] > gapped.rule.threshold
 
 
 def test_study_command_saves_each_series_once_with_save(

@@ -74,8 +74,10 @@ class SeriesAnalysis:
 
     @property
     def tumour_sections(self) -> list[int]:
-        """Indices (0-based, in series order) of analysed sections at or above the rule's threshold."""
-        return [s.index for s in self.analysed if (s.tumour_probability or 0.0) >= self.rule.threshold]
+        """Indices (0-based, in series order) of analysed sections at or above the threshold the verdict was judged
+        by (:attr:`applied_threshold`), as the viewer and the PDF mark them."""
+        threshold = self.applied_threshold
+        return [s.index for s in self.analysed if (s.tumour_probability or 0.0) >= threshold]
 
     @property
     def window(self) -> list[Section]:

@@ -322,15 +322,16 @@ MAX_KEY_IMAGES = 12  # a reader opens a few key sections, not every section over
 
 
 def key_sections(series: SeriesAnalysis) -> list[int]:
-    """Up to :data:`MAX_KEY_IMAGES` sections at or above the rule's threshold, in order: those the verdict rested
-    on first, then the most likely tumour (:func:`core.model.volume.key_sections`)."""
+    """Up to :data:`MAX_KEY_IMAGES` sections at or above the threshold the verdict was judged by, in order: those
+    it rested on first, then the most likely tumour (:func:`core.model.volume.key_sections`)."""
     marked = series.tumour_sections
     deciding = [s.index for s in series.window if s.index in marked]
     return sections_to_see(series.curve, deciding, MAX_KEY_IMAGES, among=marked)
 
 
 def key_images(evidence: Sequence[Any], series: SeriesAnalysis) -> list[Any]:
-    """Secondary Capture images of the series' sections at or above the rule's threshold, outline burned in."""
+    """Secondary Capture images of the series' sections at or above the threshold the verdict was judged by, outline
+    burned in."""
     import highdicom as hd
 
     quiet_highdicom()
