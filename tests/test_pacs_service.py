@@ -643,6 +643,9 @@ def test_the_report_says_which_series_needs_review_and_the_threshold_each_was_ju
     assert used < rule.neighbours and series.needs_review and series.label is not None
     line = objects._series_lines(objects.headers(files), series)
     assert f"tumour at >= {rule.threshold_for(used, series.single_threshold):.2f})" in line
+    # a clinical report never states certainty: the PACS's report read "P(tumour) 1.000" (the screen: ">99.9%")
+    sure, none = (objects._series_lines(objects.headers(files), replace(series, score=p)) for p in (0.99996, 2e-5))
+    assert "P(tumour) >0.999 (" in sure and "P(tumour) <0.001 (" in none
     assert f"fewer than the rule's {rule.neighbours}" in line and "NEEDS REVIEW (too few" in line
     card = tiny_classifier.card
     report = objects.verdict_report(

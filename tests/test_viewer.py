@@ -249,10 +249,11 @@ def test_pixels_spaced_unlike_in_rows_and_columns_are_drawn_square(tiny_classifi
 def test_probabilities_are_never_printed_as_certainty() -> None:
     """29 of 60 pituitary slices read "100.0%", and sections "P(tumour) 1.00", in the viewer, the scroller and the
     PDF."""
-    from core.model.decision import percent, two_places
+    from core.model.decision import bounded, percent, two_places
 
     assert [percent(p) for p in (0.9996, 0.0004, 0.123)] == [">99.9%", "<0.1%", "12.3%"]
     assert [two_places(p) for p in (0.996, 0.004, 0.5)] == [">0.99", "<0.01", "0.50"]
+    assert [bounded(p, 3) for p in (0.9995, 0.99949, 0.0005, 0.00049)] == [">0.999", "0.999", "0.001", "<0.001"]
 
 
 def test_a_sections_heat_map_is_made_from_the_pixels_the_model_read_and_drawn_on_the_displayed_ones(

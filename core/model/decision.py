@@ -42,11 +42,17 @@ def percent(probability: float) -> str:
 def two_places(probability: float) -> str:
     """A section's probability to two places, as the viewer, the scroller and the PDF print it: never "1.00" nor
     "0.00" (certainty the model does not have)."""
-    if probability >= 0.995:
-        return ">0.99"
-    if probability < 0.005:
-        return "<0.01"
-    return f"{probability:.2f}"
+    return bounded(probability, 2)
+
+
+def bounded(probability: float, places: int) -> str:
+    """``probability`` to ``places`` decimals, never rounded to certainty: ">0.999" and "<0.001" at three."""
+    step = 10.0**-places
+    if probability >= 1 - step / 2:
+        return f">{1 - step:.{places}f}"
+    if probability < step / 2:
+        return f"<{step:.{places}f}"
+    return f"{probability:.{places}f}"
 
 
 LABEL_NAMES = {  # how a label reads on the screen and in reports (one definition)

@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 from core.imaging.dicom import quiet_pydicom
-from core.model.decision import LABEL_NAMES, UNKNOWN_TYPE
+from core.model.decision import LABEL_NAMES, UNKNOWN_TYPE, bounded
 from core.model.volume import SeriesAnalysis
 from core.model.volume import key_sections as sections_to_see
 
@@ -165,7 +165,7 @@ def _series_lines(evidence: Sequence[Any], series: SeriesAnalysis, reviewed: boo
     used, rule = series.neighbours_used, series.rule
     fewer = f", fewer than the rule's {rule.neighbours}" if used < rule.neighbours else ""
     line = (
-        f"Series {name}: {_words(series.label)}; P(tumour) {series.score:.3f} (the lowest of the best {used} "
+        f"Series {name}: {_words(series.label)}; P(tumour) {bounded(series.score, 3)} (the lowest of the best {used} "
         f"neighbouring sections{fewer}; tumour at >= {series.applied_threshold:.2f})"
     )
     if series.needs_review:
@@ -224,7 +224,7 @@ def same_reading(report: Any, ours: Any) -> bool:
         }
         texts = [str(item.get("TextValue", "")) for item in sr.get("ContentSequence") or []]
         said = " ".join(texts)
-        scores = sorted(re.findall(r"P\(tumour\) \d\.\d{3}", said))
+        scores = sorted(re.findall(r"P\(tumour\) [<>]?\d\.\d{3}", said))
         unread = sum(t.startswith("A series could not be read") or ": not analysed (" in t for t in texts)
         return referenced, scores, unread, texts[-3:]  # the algorithm, its version and the statement close it
 
