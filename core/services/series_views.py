@@ -85,7 +85,7 @@ class SeriesView:
     label: str | None
     is_tumour: bool
     score: float | None
-    threshold: float | None  # the rule that made the verdict; None for a series saved before rules were recorded
+    threshold: float | None  # what the verdict was judged by; None for a series saved before rules were recorded
     neighbours: int | None  # by another model than the one served (its rule is not known)
     window: tuple[int, ...]
     probabilities: Mapping[str, float]
@@ -98,14 +98,14 @@ class SeriesView:
     lesion_ml: float | None = None  # None without a segmenter or a voxel size
     outlines: tuple[tuple[np.ndarray, ...], ...] | None = None  # per section: lesion contours on displayed pixels
     needs_review: bool = False  # the verdict rests on fewer neighbours than the rule's, or lies in the review band
-    rule_threshold: float | None = None  # the rule's own, when the verdict was judged at a higher one (``threshold``)
+    rule_threshold: float | None = None  # the rule's own (``threshold`` is higher when fewer neighbours were analysed)
     # the sections as the model read them, where the display stretches them square: a heat map is made from them
     # (one made from the display copy explained another input than the verdict's)
     read: np.ndarray | None = None
 
     @property
     def marked(self) -> list[int]:
-        """Sections at or above the rule's threshold."""
+        """Sections at or above the threshold the verdict was judged by."""
         if self.threshold is None:
             return []
         return [i for i, p in enumerate(self.curve) if p is not None and p >= self.threshold]
