@@ -26,13 +26,12 @@ from core.services.triage import (
     ALREADY_SAVED,
     NOT_SAVED,
     NOT_UPDATED,
-    OTHER_REFERENCE,
     SAVED,
     SaveStatus,
     image_not_kept,
     keep_image,
-    move_reference,
     reference_for_saved,
+    relinked,
     save_record,
 )
 from core.storage.images import ImageStore
@@ -340,14 +339,7 @@ def link_study(
             status = SaveStatus(SAVED, record_id=record.id)
         if record.patient_ref is None:
             status, kept = reference_for_saved(store, actor, record.id, patient_ref, status)
-        else:
-            try:
-                kept = move_reference(store, actor, record.id, patient_ref, record.patient_ref)
-            except StoreError as error:  # this series stays where it was, said; the others still move
-                message = f"the patient reference was not updated: {error}"
-                views.append(replace(view, status=SaveStatus(NOT_UPDATED, message, record.id)))
-                continue
-            moved = kept == patient_ref
-            status = SaveStatus(status.state, "" if moved else OTHER_REFERENCE, record.id, others=not moved)
+        else:  # failing, this series stays where it was, said; the others still move
+            status, kept = relinked(store, actor, record.id, patient_ref, record.patient_ref, status.state)
         views.append(replace(view, record=replace(record, patient_ref=kept), status=status))
     return replace(study, views=tuple(views))

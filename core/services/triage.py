@@ -223,16 +223,24 @@ def apply_patient_reference(triaged: Triaged, store: Store | None, patient_ref: 
     record = replace(triaged.record, patient_ref=patient_ref)
     if triaged.status is None or triaged.status.state == NOT_SAVED or store is None:
         return replace(triaged, record=record)
+    status, kept = relinked(store, actor, record.id, patient_ref, triaged.record.patient_ref, triaged.status.state)
+    return replace(triaged, record=replace(record, patient_ref=kept), status=status)
+
+
+def relinked(
+    store: Store, actor: Actor, record_id: str, new: str | None, old: str | None, state: str
+) -> tuple[SaveStatus, str | None]:
+    """(its status, the reference it keeps) for a saved result's reference moved from ``old`` to ``new``
+    (:func:`move_reference`): not updated, keeping ``old``, when the database failed; another patient's kept when
+    another session linked it meanwhile."""
     try:
-        kept = move_reference(store, actor, record.id, patient_ref, triaged.record.patient_ref)
+        kept = move_reference(store, actor, record_id, new, old)
     except StoreError as error:
         logger.warning("event=reference_update_failed code=%s", error.code)
-        status = SaveStatus(NOT_UPDATED, f"the patient reference was not updated: {error}", record.id)
-        return replace(triaged, status=status)
-    if kept != patient_ref:  # another session linked it meanwhile: kept
-        status = SaveStatus(triaged.status.state, OTHER_REFERENCE, record.id, others=True)
-        return replace(triaged, record=replace(record, patient_ref=kept), status=status)
-    return replace(triaged, record=record, status=SaveStatus(triaged.status.state, record_id=record.id))
+        return SaveStatus(NOT_UPDATED, f"the patient reference was not updated: {error}", record_id), old
+    if kept != new:
+        return SaveStatus(state, OTHER_REFERENCE, record_id, others=True), kept
+    return SaveStatus(state, record_id=record_id), new
 
 
 def move_reference(store: Store, actor: Actor, record_id: str, new: str | None, old: str | None) -> str | None:
@@ -335,14 +343,10 @@ def reference_for_saved(
         if patient_ref is None:  # typed nothing: it keeps its patient's, and typing one later never moves it
             note = "it is saved under a patient reference, which was kept"
             return SaveStatus(status.state, note, record_id, others=True), saved.patient_ref
-        if saved.patient_ref is None:
-            with store.atomic():  # the change and its audit event: both or neither
-                if store.set_patient_ref(record_id, patient_ref, was=None):
-                    _record_or_undo(store, actor, record_id, patient_ref, None)  # MongoDB: never a link unaudited
-                    return status, patient_ref
-                saved = store.get(record_id)  # linked by another session meanwhile
-            if saved is None or saved.patient_ref == patient_ref:
+        if saved.patient_ref is None:  # linked, with its audit event; or another session's link kept
+            if (kept := move_reference(store, actor, record_id, patient_ref, None)) == patient_ref:
                 return status, patient_ref
+            return SaveStatus(ALREADY_SAVED, OTHER_REFERENCE, record_id, others=True), kept
     except StoreError as error:  # the stored reference is unknown: keep none, so a retry applies the typed one
         logger.warning("event=reference_update_failed code=%s", error.code)
         return SaveStatus(NOT_UPDATED, f"the patient reference was not updated: {error}", record_id), None
