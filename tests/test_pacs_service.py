@@ -16,6 +16,7 @@ from core.domain.results import WorklistQuery
 from core.errors import (
     AccessDenied,
     PacsError,
+    PacsMalformed,
     PacsNotFound,
     PacsTimedOut,
     PacsUnreachable,
@@ -719,14 +720,23 @@ def test_a_send_the_audit_trail_cannot_record_is_not_made(tiny_classifier, tmp_p
     assert pacs.stored == []
 
 
-@pytest.mark.parametrize("error", [PacsError("HTTP 500"), PacsTimedOut("no answer within 10 s")])
+@pytest.mark.parametrize(
+    ("error", "wait"),
+    [
+        (PacsError("HTTP 500"), pacs_watch.GIVE_UP_AFTER_S),
+        (PacsMalformed("not valid DICOMweb"), pacs_watch.GIVE_UP_AFTER_S),
+        (PacsTimedOut("no answer within 10 s"), pacs_watch.STUCK_AFTER_S),
+        (PacsUnreachable("The PACS's answer to the retrieval broke off"), pacs_watch.STUCK_AFTER_S),
+    ],
+)
 def test_a_study_the_pacs_keeps_failing_is_left_behind_and_does_not_hold_back_the_feed(
-    tiny_classifier, tmp_path, monkeypatch, error
+    tiny_classifier, tmp_path, monkeypatch, error, wait
 ):
     """WADO-RS answering 406 or 500 for one study every time kept the watch at that study for ever: every study
     after it in the feed was never triaged. Counted in watches alone (every 10 s), a PACS restarting (HTTP 500 for
-    under a minute) dropped the study from triage for good: it takes ten minutes too. A study every retrieval of
-    which timed out (the PACS answering the feed and the other studies) was waited on for ever, as an outage."""
+    under a minute) dropped the study from triage for good: it takes ten minutes too. A study whose every retrieval
+    timed out or broke off, the PACS answering its search each time, was waited on for ever, as an outage: an hour.
+    An answer that is not DICOMweb was taken as the study's own fault, never tried again."""
     now = [1_000_000.0]
     monkeypatch.setattr(pacs_watch, "clock", lambda: now[0])
     broken, later = f"{STUDY}.11", f"{STUDY}.12"
@@ -741,10 +751,14 @@ def test_a_study_the_pacs_keeps_failing_is_left_behind_and_does_not_hold_back_th
         (line,) = pacs_watch.watch_once(watcher, pacs_watch.WatchState.load(tmp_path / "w.json"), RADIOLOGIST)
         assert line["retry"] and line["study_uid"] == broken and "left_behind" not in line
     assert pacs_watch.WatchState.load(tmp_path / "w.json").last == 0  # held at the failing study so far
-    now[0] += pacs_watch.GIVE_UP_AFTER_S
+    now[0] = 1_000_000.0 + wait - 60  # a minute short of the wait from its first failure
+    (line,) = pacs_watch.watch_once(watcher, pacs_watch.WatchState.load(tmp_path / "w.json"), RADIOLOGIST)
+    assert line["retry"] and "left_behind" not in line
+    now[0] += 60
     state = pacs_watch.WatchState.load(tmp_path / "w.json")
     (line,) = pacs_watch.watch_once(watcher, state, RADIOLOGIST)
-    assert "left behind" in line["left_behind"] and "over 12 minutes" in line["left_behind"] and "retry" not in line
+    minutes = f"over {wait // 60} minutes"
+    assert "left behind" in line["left_behind"] and minutes in line["left_behind"] and "retry" not in line
     assert state.seen(broken) and state.last == 2 and pacs_watch.WatchState.load(tmp_path / "w.json").last == 2
 
 
@@ -776,6 +790,25 @@ def test_an_outage_is_waited_out_and_a_report_that_could_not_be_sent_is_sent_by_
     state = pacs_watch.WatchState.load(tmp_path / "w.json")
     (sent,) = pacs_watch.watch_once(watcher, state, RADIOLOGIST)
     assert sent["saved"] == ["already saved"] and sent["stored"] and state.seen(uid)
+
+
+def test_an_outage_the_studys_search_fails_in_too_is_waited_out_past_the_hour(tiny_classifier, tmp_path, monkeypatch):
+    """Only a study the PACS will not deliver while it answers the study's search is stuck: when the search fails
+    too, the PACS is down, and its studies wait however long that lasts."""
+    now = [1_000_000.0]
+    monkeypatch.setattr(pacs_watch, "clock", lambda: now[0])
+    uid = f"{STUDY}.14"
+    pacs = StandIn({uid: tumour_study(uid)}, {uid: [PacsUnreachable("down")] * 20})
+
+    def down(study_uid: str) -> list:
+        raise PacsUnreachable("The PACS does not answer.")
+
+    pacs.series_of = down
+    watcher = pacs_watch.Watcher(pacs, Feed([uid]), tiny_classifier, SQLiteStore(tmp_path / "r.db"), None, None)
+    for _ in range(pacs_watch.MAX_TRIES + 2):
+        now[0] += pacs_watch.STUCK_AFTER_S
+        (line,) = pacs_watch.watch_once(watcher, pacs_watch.WatchState.load(tmp_path / "w.json"), RADIOLOGIST)
+        assert line["retry"] and "left_behind" not in line and line["skipped"] == "pacs_unreachable"
 
 
 def test_a_pacs_that_refuses_our_reports_has_the_study_left_behind_not_pulled_and_audited_for_ever(
@@ -1151,6 +1184,45 @@ def test_a_series_the_pacs_gives_short_is_not_analysed_short(monkeypatch: pytest
     assert len(pacs.retrieve_mr(STUDY)[0]) == 6
 
 
+def test_a_series_in_a_transfer_syntax_pydicom_does_not_know_is_named_unread_and_the_others_analysed(
+    tiny_classifier, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One series stored as JPEG XL failed the whole study as "not valid DICOMweb" (pydicom cannot write it back),
+    its good series unanalysed; the watch then took the study as handled."""
+    from core.errors import UnsupportedDicom
+    from core.pacs.client import Pacs
+    from core.services import audit
+
+    good = dicom_series(head_volume(6, 64), study_uid=STUDY, series_uid=f"{STUDY}.1")
+    odd = dicom_series(head_volume(4, 64), study_uid=STUDY, series_uid=f"{STUDY}.2")
+    sent = {f"{STUDY}.1": [pydicom.dcmread(io.BytesIO(data)) for data in good]}
+    sent[f"{STUDY}.2"] = [pydicom.dcmread(io.BytesIO(data)) for data in odd]
+    for dataset in sent[f"{STUDY}.2"][1:]:
+        dataset.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.110"  # JPEG XL: after one image read well
+    pacs = Pacs("http://pacs.invalid/dicom-web")
+    listed = [SeriesHit(f"{STUDY}.1", "MR", "T1", 6, "3"), SeriesHit(f"{STUDY}.2", "MR", "T2", 4, "4")]
+    monkeypatch.setattr(pacs, "series_of", lambda study_uid: listed)
+    monkeypatch.setattr(pacs, "patient_of", lambda study_uid: [("ZZ-1", "", "", "")])
+    monkeypatch.setattr(pacs._client, "retrieve_series_metadata", lambda _, uid: [d.to_json_dict() for d in sent[uid]])
+    monkeypatch.setattr(pacs._client, "iter_series", lambda study_uid, series_uid, **_: iter(sent[series_uid]))
+    files, left_out = pacs.retrieve_mr(STUDY)
+    assert len(files) == 6 and left_out == [
+        "DICOM series 4: its images are in a transfer syntax this app cannot read (1.2.840.10008.1.2.4.110) "
+        "(not analysed)"
+    ]
+    store = SQLiteStore(tmp_path / "r.db")
+    pulled = pacs_service.pull_and_analyse(pacs, RADIOLOGIST, STUDY, tiny_classifier, store, b"k" * 32)
+    assert pulled.outcome.error_code is None and len(pulled.outcome.series) == 1
+    assert pulled.outcome.unread == (left_out[0],) and pulled.outcome.verdict != "notumor"  # never "no tumour"
+    listed[:] = listed[1:]  # every series unreadable: refused, named, and its images' access audited
+    with pytest.raises(UnsupportedDicom, match="No MR series of this study can be read: DICOM series 4"):
+        pacs.retrieve_mr(STUDY)
+    refused = pacs_service.pull_and_analyse(pacs, RADIOLOGIST, STUDY, tiny_classifier, store, b"k" * 32)
+    assert refused.outcome.error_code == "unsupported_dicom"
+    assert [(e.action, e.detail.get("instances")) for e in store.audit_events()][-1] == ("pacs_pull_failed", 2)
+    assert audit.verify(store).intact
+
+
 def test_a_pull_that_failed_after_images_crossed_is_an_audit_event_and_one_before_is_not(
     tiny_classifier, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1339,7 +1411,10 @@ def test_the_watchs_exit_status_tells_a_failed_study_or_report_and_not_a_study_w
     assert pacs_watch.failed({"retry": True, "skipped": "pacs_unreachable"})
     assert pacs_watch.failed({"send_error": {"code": "pacs_forbidden"}, "left_behind": "..."})
     assert pacs_watch.failed({"skipped": "internal_error"})
-    assert not pacs_watch.failed({"skipped": "no_mr_series", "reason": "CT"})
+    assert not pacs_watch.failed({"skipped": "pacs_not_found", "reason": "This study has no MR series."})
+    assert not pacs_watch.failed({"skipped": "wrong_body_part", "reason": "a knee"})
+    for refused in ("file_too_large", "several_patients", "unsupported_dicom", "pacs_malformed"):  # brain MR not
+        assert pacs_watch.failed({"skipped": refused, "reason": "..."})  # triaged: it exited 0
     assert not pacs_watch.failed({"verdict": "tumour", "saved": ["saved"], "stored": ["1"]})
 
 

@@ -26,6 +26,7 @@ from core.errors import (
     PacsRefused,
     PacsTimedOut,
     PacsUnreachable,
+    UnsupportedDicom,
 )
 from core.imaging.dicom import quiet_pydicom
 from core.imaging.limits import DEFAULT_STUDY_LIMITS, StudyLimits
@@ -287,24 +288,31 @@ class Pacs:
                 f"{self.limits.max_dicom_pixels / 2**20:.0f} M (refused before retrieving them)."
             )
         files: list[bytes] = []
-        total = 0
+        total = dropped = 0  # images received of series that cannot be read: an access all the same
         try:
             for hit in series:
                 datasets = self._call(
                     "retrieval",  # as stored (JPEG 2000 too): asked for uncompressed, one that cannot transcode failed
                     lambda hit=hit: self._client.iter_series(study_uid, hit.series_uid, media_types=AS_STORED),
                 )
-                before = len(files)
-                with self._errors("retrieval"):
-                    for dataset in datasets:
-                        data = _file_bytes(dataset)
-                        total += len(data)
-                        files.append(data)
-                        if total > self.limits.max_total_bytes or len(files) > self.limits.max_files:
-                            raise FileTooLarge(
-                                f"The study is over the limits ({self.limits.max_files} images, "
-                                f"{self.limits.max_total_bytes / 2**20:.0f} MB)."
-                            )
+                before, held = len(files), total
+                try:
+                    with self._errors("retrieval"):
+                        for dataset in datasets:
+                            data = _file_bytes(dataset)
+                            total += len(data)
+                            files.append(data)
+                            if total > self.limits.max_total_bytes or len(files) > self.limits.max_files:
+                                raise FileTooLarge(
+                                    f"The study is over the limits ({self.limits.max_files} images, "
+                                    f"{self.limits.max_total_bytes / 2**20:.0f} MB)."
+                                )
+                except Unwritable as error:  # that series named as unread, not analysed; the others are (one
+                    dropped += len(files) - before + 1  # series in a transfer syntax pydicom does not know failed
+                    del files[before:]  # the whole study as "not valid DICOMweb")
+                    total = held
+                    skipped.append(f"DICOM series {hit.number or '?'}: {error} (not analysed)")
+                    continue
                 if hit.instances is not None and len(files) - before < hit.instances:  # never a series analysed short
                     logger.warning("event=pacs_retrieval_short got=%d listed=%d", len(files) - before, hit.instances)
                     raise PacsError(
@@ -312,8 +320,12 @@ class Pacs:
                         "study was not analysed short. Try again."
                     )
         except (PacsError, FileTooLarge) as error:  # some images may have crossed: the caller audits the attempt
-            error.received = len(files)  # type: ignore[attr-defined]
+            error.received = len(files) + dropped  # type: ignore[attr-defined]
             raise
+        if not files:  # every series unreadable: refused, each named
+            unreadable = UnsupportedDicom(f"No MR series of this study can be read: {'; '.join(skipped)}.")
+            unreadable.received = dropped  # type: ignore[attr-defined]
+            raise unreadable
         return files, skipped
 
     def _pixels_of(self, study_uid: str, series_uid: str) -> int:
@@ -391,10 +403,20 @@ def _optional_int(value: Any) -> int | None:
         return None
 
 
+class Unwritable(Exception):
+    """A retrieved image that cannot be written as a DICOM file (its transfer syntax unknown to pydicom): its
+    series cannot be read."""
+
+
 def _file_bytes(dataset: Any) -> bytes:
     """A retrieved dataset as DICOM file bytes (in memory), for the same reader uploads go through."""
     from pydicom import dcmwrite
 
     buffer = io.BytesIO()
-    dcmwrite(buffer, dataset, enforce_file_format=True)
+    try:
+        dcmwrite(buffer, dataset, enforce_file_format=True)
+    except (ValueError, TypeError, AttributeError, KeyError) as error:
+        syntax = str(getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", "") or "")
+        syntax = "".join(c for c in syntax if c in "0123456789.")[:64] or "not given"  # a UID, nothing else shown
+        raise Unwritable(f"its images are in a transfer syntax this app cannot read ({syntax})") from error
     return buffer.getvalue()

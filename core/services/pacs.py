@@ -17,12 +17,12 @@ from typing import Any
 from core.config import PacsSettings
 from core.domain.people import Review
 from core.errors import (
-    FileTooLarge,
     InvalidRecord,
     PacsError,
     PacsReportRefused,
     PacsStudyChanged,
     ReviewedMeanwhile,
+    ScanError,
 )
 from core.identity import pseudonymise
 from core.imaging.series_headers import several_patients
@@ -112,7 +112,7 @@ def pull_and_analyse(
         fingerprint = fingerprint or mr_fingerprint(pacs, study_uid)  # before the images: a series added meanwhile
         # is told at send
         files, left_out = pacs.retrieve_mr(study_uid)
-    except (PacsError, FileTooLarge) as error:
+    except (PacsError, ScanError) as error:
         logger.info("event=pacs_pull_refused code=%s", error.code)
         received = getattr(error, "received", 0)  # images that crossed before a retrieval failed: an access too
         if store is not None and received:

@@ -19,14 +19,19 @@ from typing import Any
 
 from core.domain.people import AuditQuery
 from core.errors import (
+    NoBrainFound,
     PacsError,
     PacsFeedWentBack,
     PacsForbidden,
+    PacsMalformed,
+    PacsNotFound,
     PacsRefused,
     PacsTimedOut,
     PacsUnreachable,
     StoreError,
     WatchStateMissing,
+    WrongBodyPart,
+    WrongModality,
 )
 from core.model.classifier import Classifier
 from core.pacs import objects
@@ -202,24 +207,22 @@ class Watcher:
     send: bool = False
 
 
-# the PACS did not answer, or failed (HTTP 5xx): the study is tried again by the next watch, never dropped
 STORE_DOWN = "store_unavailable"
-# a refused user name or password is waited out as an outage is (it left every study behind for good)
-RETRIED = frozenset(
-    {PacsUnreachable.code, PacsTimedOut.code, PacsRefused.code, PacsForbidden.code, PacsError.code, STORE_DOWN}
-)
-# answers that are not an outage: a study so answered is left behind in the end (a PACS refusing our reports,
-# HTTP 403, had every watch pull, analyse and audit every study again, for ever; one whose every retrieval timed
-# out, the PACS answering the feed and the other studies, held back every study after it for ever)
-COUNTED = frozenset({PacsError.code, PacsForbidden.code, PacsTimedOut.code})
-WAITED = frozenset({PacsError.code, PacsTimedOut.code})  # counted, and over GIVE_UP_AFTER_S too
-# a study the PACS answers with an error (not an outage) this many watches in a row is left behind, so that it
-# does not hold back every study after it in the feed; a server error (HTTP 5xx) or a timeout over this long too
-# (counted in watches alone, a PACS restarting, HTTP 500 for under a minute, dropped the study at the head of the
-# feed from triage for good); a refusal (HTTP 403) is no passing state: a longer wait had every study pulled and
-# audited every ten seconds
+UNDELIVERED = frozenset({PacsUnreachable.code, PacsTimedOut.code})  # no answer, an answer broken off, "busy"
+# the PACS did not answer, or failed (HTTP 5xx), or answered what is not DICOMweb: the study is tried again by the
+# next watch; a refused user name or password is waited out as an outage is (it left every study behind for good)
+RETRIED = UNDELIVERED | {PacsRefused.code, PacsForbidden.code, PacsError.code, PacsMalformed.code, STORE_DOWN}
+# a study the PACS answers with an error (not an outage) MAX_TRIES watches in a row is left behind, so that it does
+# not hold back every study after it in the feed: a server error (HTTP 5xx) or an answer that is not DICOMweb over
+# GIVE_UP_AFTER_S too (counted in watches alone, a PACS restarting, HTTP 500 for under a minute, dropped the study
+# at the head of the feed from triage for good); a refusal to store our report (HTTP 403) at once: no passing
+# state (a longer wait had every study pulled and audited every ten seconds). A study the PACS does not deliver
+# (UNDELIVERED) after answering its search that very watch is stuck, the PACS up (a retrieval that times out or
+# breaks off every time held back every later study for ever): left behind after STUCK_AFTER_S. An outage, the
+# search unanswered too, is waited out however long it lasts.
 MAX_TRIES = 5
 GIVE_UP_AFTER_S = 10 * 60
+STUCK_AFTER_S = 60 * 60
 
 
 def clock() -> float:
@@ -253,7 +256,7 @@ def watch_once(watcher: Watcher, state: WatchState, actor: Actor) -> list[dict[s
                 if fingerprint.startswith(FINGERPRINT) and state.fingerprint(study_uid) not in (fingerprint, LEGACY):
                     handled[study_uid] = fingerprint
                 continue
-            if line.get("skipped") in RETRIED and not _given_up(state, study_uid, line):
+            if line.get("skipped") in RETRIED and not _given_up(state, study_uid, line, answered=bool(fingerprint)):
                 line["retry"] = failed = True
             else:
                 handled[study_uid] = fingerprint or f"left behind ({line.get('skipped')})"
@@ -271,23 +274,35 @@ FEED_WENT_BACK = (
 )
 
 
+# why a study is skipped that is no failure: it has no MR series (or is gone), or no brain MR
+NOT_OURS = frozenset({PacsNotFound.code, WrongModality.code, WrongBodyPart.code, NoBrainFound.code})
+
+
 def failed(line: dict[str, Any]) -> bool:
     """Whether a watch line is a failure to tell (the exit status of ``pacs watch --once``): a study to try again
-    or left behind, a report not sent, a study that broke the watch; not a study without brain MR."""
+    or left behind, a report not sent, a study with brain MR that could not be triaged (refused as over the limits,
+    unreadable, two patients; it exited 0), one that broke the watch; not a study without brain MR."""
     return bool(line.get("retry") or line.get("left_behind") or line.get("send_error")) or (
-        line.get("skipped") == "internal_error"
+        line.get("skipped") is not None and line["skipped"] not in NOT_OURS
     )
 
 
-def _given_up(state: WatchState, study_uid: str, line: dict[str, Any]) -> bool:
-    """Whether a study the PACS failed (``line``) is now left behind: after :data:`MAX_TRIES` watches in a row that
-    got an error answer for it, a server error or a timeout over :data:`GIVE_UP_AFTER_S` at least (an outage, or our own
-    database down, is waited out however long it lasts; so is a refusal to read, HTTP 403 before anything was
-    sent: an account's permission slipping for 40 seconds left every study then waiting behind, for good)."""
-    if line["skipped"] not in COUNTED or (line["skipped"] == PacsForbidden.code and "send_error" not in line):
+def _given_up(state: WatchState, study_uid: str, line: dict[str, Any], answered: bool) -> bool:
+    """Whether a study the PACS failed (``line``) is now left behind (see :data:`MAX_TRIES`); ``answered``: the PACS
+    answered the study's search this watch. An outage, our own database down, and a refusal to read (HTTP 403
+    before anything was sent: an account's permission slipping for 40 seconds left every study then waiting
+    behind, for good) are waited out however long they last."""
+    code = line["skipped"]
+    if code in UNDELIVERED and answered:
+        wait = STUCK_AFTER_S
+    elif code in (PacsError.code, PacsMalformed.code):
+        wait = GIVE_UP_AFTER_S
+    elif code == PacsForbidden.code and "send_error" in line:
+        wait = 0
+    else:
         return False
     tries, failing_s = state.failed(study_uid, clock())
-    if tries < MAX_TRIES or (line["skipped"] in WAITED and failing_s < GIVE_UP_AFTER_S):
+    if tries < MAX_TRIES or failing_s < wait:
         return False
     logger.warning("event=pacs_study_left_behind tries=%d minutes=%d", tries, failing_s // 60)
     line["left_behind"] = (
