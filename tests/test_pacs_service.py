@@ -15,6 +15,7 @@ import pytest
 from core.domain.results import WorklistQuery
 from core.errors import (
     AccessDenied,
+    FileTooLarge,
     PacsError,
     PacsMalformed,
     PacsNotFound,
@@ -1221,6 +1222,31 @@ def test_a_series_in_a_transfer_syntax_pydicom_does_not_know_is_named_unread_and
     assert refused.outcome.error_code == "unsupported_dicom"
     assert [(e.action, e.detail.get("instances")) for e in store.audit_events()][-1] == ("pacs_pull_failed", 2)
     assert audit.verify(store).intact
+
+
+def test_a_multi_frame_series_over_the_sections_limit_is_left_out_before_retrieval(monkeypatch) -> None:
+    """One file of 12,800 frames counted as one image: it was retrieved whole (400 MB, 3 GB held), then the study
+    was refused with it, its other series unread. Its frames are counted from the metadata first."""
+    from core.imaging.limits import StudyLimits
+    from core.pacs.client import Pacs
+
+    good = dicom_series(head_volume(6, 64), study_uid=STUDY, series_uid=f"{STUDY}.1")
+    sent = {f"{STUDY}.1": [pydicom.dcmread(io.BytesIO(data)) for data in good]}
+    big = pydicom.dcmread(io.BytesIO(good[0])).to_json_dict() | {"00280008": {"vr": "IS", "Value": [600]}}
+    pacs = Pacs("http://pacs.invalid/dicom-web", limits=StudyLimits(max_sections=512))
+    listed = [SeriesHit(f"{STUDY}.1", "MR", "T1", 6, "3"), SeriesHit(f"{STUDY}.2", "MR", "cine", 1, "8")]
+    monkeypatch.setattr(pacs, "series_of", lambda study_uid: listed)
+    metadata = {f"{STUDY}.1": [d.to_json_dict() for d in sent[f"{STUDY}.1"]], f"{STUDY}.2": [big]}
+    monkeypatch.setattr(pacs._client, "retrieve_series_metadata", lambda _, uid: metadata[uid])
+    monkeypatch.setattr(pacs._client, "iter_series", lambda study_uid, series_uid, **_: iter(sent[series_uid]))
+    files, left_out = pacs.retrieve_mr(STUDY)  # never asked for series 8 (a KeyError)
+    assert len(files) == 6 and left_out == [
+        "DICOM series 8: 600 sections, left out to keep the study within 512 sections a series (not retrieved, "
+        "not analysed)"
+    ]
+    listed[:] = listed[1:]
+    with pytest.raises(FileTooLarge, match="No MR series of this study fits: DICOM series 8: 600 sections"):
+        pacs.retrieve_mr(STUDY)
 
 
 def test_a_pull_that_failed_after_images_crossed_is_an_audit_event_and_one_before_is_not(

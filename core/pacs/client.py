@@ -281,7 +281,16 @@ class Pacs:
             f"{self.limits.max_sections} sections a series (not retrieved, not analysed)"
             for s in left_out
         ]
-        pixels = sum(self._pixels_of(study_uid, hit.series_uid) for hit in series)
+        sizes = {hit.series_uid: self._size_of(study_uid, hit.series_uid) for hit in series}
+        for hit in [hit for hit in series if sizes[hit.series_uid][1] > self.limits.max_sections]:  # multi-frame
+            series.remove(hit)  # files: counted as images, a 12,800-frame file was retrieved whole, then refused
+            skipped.append(  # the study with it
+                f"DICOM series {hit.number or '?'}: {sizes[hit.series_uid][1]} sections, left out to keep the study "
+                f"within {self.limits.max_sections} sections a series (not retrieved, not analysed)"
+            )
+        if not series:
+            raise FileTooLarge(f"No MR series of this study fits: {'; '.join(skipped)}.")
+        pixels = sum(sizes[hit.series_uid][0] for hit in series)
         if pixels > self.limits.max_dicom_pixels:  # from the headers, before any image is held in memory
             raise FileTooLarge(
                 f"The study's MR series hold {pixels / 2**20:.0f} M pixels; the limit is "
@@ -328,19 +337,21 @@ class Pacs:
             raise unreadable
         return files, skipped
 
-    def _pixels_of(self, study_uid: str, series_uid: str) -> int:
-        """The pixels a series' images hold, from its metadata (WADO-RS, no pixel data): rows x columns x frames x
-        samples per image (one very large multi-frame file was held, about four times its size, before the byte
-        limit refused the study)."""
+    def _size_of(self, study_uid: str, series_uid: str) -> tuple[int, int]:
+        """(the pixels, the sections) a series' images hold, from its metadata (WADO-RS, no pixel data): rows x
+        columns x frames x samples per image, and frames (one very large multi-frame file was held, about four
+        times its size, before the byte limit refused the study)."""
         metadata = self._call("series metadata", lambda: self._client.retrieve_series_metadata(study_uid, series_uid))
         with self._errors("series metadata"):
-            return sum(
+            frames = [max(int(_value(m, "00280008", 1) or 1), 1) for m in metadata]  # NumberOfFrames (IS)
+            pixels = sum(
                 int(_value(m, "00280010", 0) or 0)  # Rows
                 * int(_value(m, "00280011", 0) or 0)  # Columns
-                * max(int(_value(m, "00280008", 1) or 1), 1)  # NumberOfFrames (IS)
+                * count
                 * max(int(_value(m, "00280002", 1) or 1), 1)  # SamplesPerPixel
-                for m in metadata
+                for m, count in zip(metadata, frames, strict=True)
             )
+            return pixels, sum(frames)
 
     def report_head(self, study_uid: str, series_uid: str) -> Any | None:
         """The current version of our report in the study (the highest-numbered instance of its report series, as
