@@ -7,6 +7,7 @@ import io
 import json
 import re
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pydicom
@@ -315,6 +316,13 @@ def test_a_report_of_a_study_read_again_replaces_the_pacs_current_one_never_stan
     # server kept on UTC, showed the report at another hour)
     offset = final.TimezoneOffsetFromUTC
     assert re.fullmatch(r"[+-]\d{4}", offset) and offset == objects.utc_offset()
+    # a study whose images give their offset: the report's is theirs, its own times written in it (said at the
+    # server's, the study's copied date and time moved by the difference)
+    tokyo = relabelled(first_files, TimezoneOffsetFromUTC="+0900", StudyDate="20240102", StudyTime="101500")
+    there = objects.verdict_report(objects.headers(tokyo), outcome.series, outcome.verdict, model)
+    made = datetime.strptime(there.ContentDate + there.ContentTime.split(".")[0] + "+0900", "%Y%m%d%H%M%S%z")
+    assert there.TimezoneOffsetFromUTC == "+0900" and (there.StudyDate, there.StudyTime) == ("20240102", "101500")
+    assert abs((made - datetime.now(UTC)).total_seconds()) < 120 and there.InstanceCreationDate == there.ContentDate
     pacs_service.send_results(pacs, RADIOLOGIST, pulled, model, store, None)  # the same reading, no label
     assert pacs.report_head(STUDY, series_uid).SOPInstanceUID == final.SOPInstanceUID  # the FINAL stays current
     series = outcome.series[0]  # the same images and model read otherwise (a rule changed, a series now read)

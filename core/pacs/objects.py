@@ -306,7 +306,7 @@ def verdict_report(
         previous_versions=[predecessor] if predecessor is not None else None,
     )
     report.SpecificCharacterSet = UTF8  # texts from several series' headers and the reader's name: one set for all
-    report.TimezoneOffsetFromUTC = utc_offset()
+    dated_as(report, evidence[0])
     report.PreliminaryFlag = "FINAL" if final_label is not None else "PRELIMINARY"
     report.SeriesDescription = "BTD decision aid report"
     return report
@@ -316,6 +316,24 @@ def utc_offset() -> str:
     """The server's offset from UTC ("+0100"), which the objects' dates and times are in (the library writes local
     time): without it a PACS in another zone, or a server kept on UTC, showed the report at the wrong hour."""
     return datetime.datetime.now().astimezone().strftime("%z")
+
+
+def dated_as(made: Any, source: Any) -> None:
+    """The offset from UTC of an object made from ``source`` (one of the study's images): the source's, when it
+    gives one, with the object's own creation and content times written in it (the study's date and time are
+    copied as they are: said to be at the server's offset, a study made at +0900 moved nine hours), else the
+    server's."""
+    offset = str(source.get("TimezoneOffsetFromUTC", "") or "")
+    if not re.fullmatch(r"[+-](0\d|1[0-4])[0-5]\d", offset):
+        made.TimezoneOffsetFromUTC = utc_offset()
+        return
+    delta = datetime.timedelta(hours=int(offset[1:3]), minutes=int(offset[3:]))
+    now = datetime.datetime.now(datetime.timezone(-delta if offset[0] == "-" else delta))
+    for prefix in ("InstanceCreation", "Content"):  # the times the library writes, in the server's zone
+        if f"{prefix}Date" in made:
+            setattr(made, f"{prefix}Date", now.strftime("%Y%m%d"))
+            setattr(made, f"{prefix}Time", now.strftime("%H%M%S.%f"))
+    made.TimezoneOffsetFromUTC = offset
 
 
 MAX_KEY_IMAGES = 12  # a reader opens a few key sections, not every section over the threshold
@@ -371,7 +389,7 @@ def key_images(evidence: Sequence[Any], series: SeriesAnalysis) -> list[Any]:
         image.copy_patient_and_study_information(reference)  # every identity qualifier the report keeps (the
         # issuer of the patient ID, of the accession number): an issuer-aware PACS filed them under another patient
         image.SpecificCharacterSet = UTF8
-        image.TimezoneOffsetFromUTC = utc_offset()
+        dated_as(image, reference)
         image.BurnedInAnnotation = "NO"
         _name_source(image, series, index)  # an outline, no text: said, not left for a reader to guess
         image.PatientOrientation = list(orientation)  # every letter, as the app shows the edges
