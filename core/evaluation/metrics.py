@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from core.analytics.stats import wilson_interval as wilson
-from core.model.decision import UNKNOWN_TYPE, DecisionRule, decision_confidence
+from core.model.decision import UNKNOWN_TYPE, DecisionRule, decision_confidence, tumour_probabilities
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
@@ -74,7 +74,7 @@ def classification_report(
         report["expected_calibration_error"] = expected_calibration_error(top.max(axis=1), top_label == t)
     is_tumour = true != negative_label
     flagged = predicted != negative_label
-    tumour_probability = 1.0 - probabilities[:, labels.index(negative_label)]
+    tumour_probability = tumour_probabilities(probabilities, labels, negative_label)
     if len(true):
         confidence = decision_confidence(tumour_probability, flagged)
         report["tumour_calibration_error"] = expected_calibration_error(confidence, flagged == is_tumour)

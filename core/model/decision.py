@@ -74,21 +74,34 @@ def decide(
 ) -> list[str]:
     """Rows of calibrated probabilities -> verdict labels (see the module docstring)."""
     labels = list(labels)
-    p = np.asarray(probabilities, dtype=np.float64).reshape(-1, len(labels))
-    negative = labels.index(negative_label)
-    tumour_scores = p.copy()
-    tumour_scores[:, negative] = -np.inf
-    tumour_label = tumour_scores.argmax(axis=1)
-    tumour_probability = 1.0 - p[:, negative]
-    positive = tumour_probability >= threshold
-    uncertain = np.zeros(len(p), bool)
+    positive = tumour_probabilities(probabilities, labels, negative_label) >= threshold
+    tumour_label, share = subtype_choice(probabilities, labels, negative_label)
+    uncertain = np.zeros(len(positive), bool)
     if subtype_min_share is not None and len(labels) > 2:
-        share = p[np.arange(len(p)), tumour_label] / np.maximum(tumour_probability, 1e-12)
         uncertain = share < subtype_min_share
     return [
         (UNKNOWN_TYPE if vague else labels[int(t)]) if flag else negative_label
         for t, flag, vague in zip(tumour_label, positive, uncertain, strict=True)
     ]
+
+
+def tumour_probabilities(probabilities: np.ndarray, labels: Sequence[str], negative_label: str) -> np.ndarray:
+    """P(tumour) of each row of probabilities (in ``labels`` order): one less the negative class's."""
+    p = np.asarray(probabilities, dtype=np.float64).reshape(-1, len(labels))
+    return 1.0 - p[:, list(labels).index(negative_label)]
+
+
+def subtype_choice(
+    probabilities: np.ndarray, labels: Sequence[str], negative_label: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(the most probable tumour type of each row, as an index into ``labels``; its share of P(tumour)), which the
+    verdict names when the share reaches the card's ``subtype_min_share``."""
+    p = np.asarray(probabilities, dtype=np.float64).reshape(-1, len(labels))
+    scores = p.copy()
+    scores[:, list(labels).index(negative_label)] = -np.inf
+    top = scores.argmax(axis=1)
+    share = p[np.arange(len(p)), top] / np.maximum(tumour_probabilities(p, labels, negative_label), 1e-12)
+    return top, share
 
 
 def decision_confidence(tumour_probability: float | np.ndarray, is_tumour: bool | np.ndarray) -> Any:
@@ -146,7 +159,7 @@ class DecisionRule:
         """One row of calibrated probabilities (in ``labels`` order) -> the decision."""
         row = np.asarray(probabilities, dtype=np.float64)
         label = self.labels_of(row[None])[0]
-        tumour_probability = float(1.0 - row[self.labels.index(self.negative_label)])
+        tumour_probability = float(tumour_probabilities(row, self.labels, self.negative_label)[0])
         is_tumour = label != self.negative_label
         confidence = float(decision_confidence(tumour_probability, is_tumour))
         reasons = []

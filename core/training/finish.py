@@ -29,7 +29,7 @@ from core.evaluation.splits import split_file_of
 from core.imaging import read_scan_file
 from core.model.analysis import analyse_scan
 from core.model.classifier import Classifier, logits_of
-from core.model.decision import DecisionRule
+from core.model.decision import DecisionRule, tumour_probabilities
 from core.model.explain import Explainer, stage_layers
 from core.model.preprocess import to_model_input
 from core.model.roi import find_brain
@@ -138,7 +138,7 @@ def fit_rule(logits: np.ndarray, labels: Sequence[str], threshold: float = 0.5) 
     temperature, negative_bias = fit_calibration(logits[typed], label_masks(labels)[typed], CLASSES.index(NEGATIVE))
     bias = negative_bias_vector(negative_bias)
     calibrated = calibrate(logits, temperature, bias)
-    tumour_probability = 1.0 - calibrated[:, CLASSES.index(NEGATIVE)]
+    tumour_probability = tumour_probabilities(calibrated, CLASSES, NEGATIVE)
     truth = np.array([label != NEGATIVE for label in labels])[typed]
     band = fit_review_band(tumour_probability[typed], truth, threshold=threshold)
     named = [label for label, k in zip(labels, typed, strict=True) if k]

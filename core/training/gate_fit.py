@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from core.evaluation.splits import read_held_out, read_split, split_file_of
+from core.model.decision import tumour_probabilities
 from core.model.preprocess import to_model_input
 from core.model.roi import find_brain
 from core.training.card_io import write_card
@@ -106,7 +107,7 @@ def fit_decision(
         rows.append(classifier.probabilities(to_model_input(scan.pixels, region.box, card.input)[None])[0])
         labels.append(label)
     probabilities = np.asarray(rows)
-    tumour_probability = 1.0 - probabilities[:, list(card.labels).index(NEGATIVE)]
+    tumour_probability = tumour_probabilities(probabilities, card.labels, NEGATIVE)
     truth, threshold = np.array([label != NEGATIVE for label in labels]), card.rule.threshold  # the card's, served
     band = fit_review_band(tumour_probability, truth, max_error, threshold=threshold)
     share = fit_subtype_share(probabilities, labels, min_type_accuracy, threshold=threshold)

@@ -9,7 +9,7 @@ import numpy as np
 
 from core.analytics.stats import wilson_interval
 from core.evaluation.metrics import classification_report, patient_interval
-from core.model.decision import DecisionRule, decide
+from core.model.decision import DecisionRule, decide, subtype_choice, tumour_probabilities
 from core.model.preprocess import InputSpec, square_to_input, to_model_input
 from core.model.roi import find_brain
 from core.training.augment import match_histogram
@@ -197,16 +197,11 @@ def fit_subtype_share(
     """The smallest share of P(tumour) the top type must hold for the verdict to name it, such that named types
     of validation tumours of known type (called tumour: P(tumour) from the card's ``threshold``) are right at least
     ``min_accuracy`` of the time (None: always name)."""
-    p = np.asarray(probabilities, np.float64)
-    negative = CLASSES.index(NEGATIVE)
-    tumour_probability = 1.0 - p[:, negative]
+    tumour_probability = tumour_probabilities(probabilities, CLASSES, NEGATIVE)
     typed = np.array([label in CLASSES and label != NEGATIVE for label in labels]) & (tumour_probability >= threshold)
     if not typed.any():
         return None
-    scores = p.copy()
-    scores[:, negative] = -1
-    top = scores.argmax(axis=1)
-    share = p[np.arange(len(p)), top] / np.maximum(tumour_probability, 1e-12)
+    top, share = subtype_choice(probabilities, CLASSES, NEGATIVE)
     right = np.array([CLASSES[t] == label for t, label in zip(top, labels, strict=True)])
     # "always name" (cut 0) is checked on every typed row: a top type holds at least a third of P(tumour), so a
     # first cut of 0.5 left the rows between a third and a half named without ever being checked
