@@ -21,7 +21,7 @@ from core.analytics.stats import (
     wilson_interval,
 )
 from core.domain.results import DayQuality
-from core.domain.times import next_period
+from core.domain.times import period_starts
 from core.model.decision import NEGATIVE_LABEL
 
 
@@ -88,10 +88,7 @@ def roll_up_quality(
     it, as :func:`core.analytics.stats.roll_up`)."""
     totals: dict[date, list[float]] = {}
     if first is not None and last is not None:
-        start = period_start(first, period)
-        while start <= last:
-            totals[start] = [0.0] * 9
-            start = next_period(start, period)
+        totals = {start: [0.0] * 9 for start in period_starts(first, last, period)}
     for row in days:
         bucket = totals.setdefault(period_start(row.day, period), [0.0] * 9)
         for k, value in enumerate(

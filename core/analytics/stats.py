@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import date
 
 from core.domain.results import DayCount
-from core.domain.times import PERIODS, next_period, period_start
+from core.domain.times import PERIODS, period_start, period_starts
 
 __all__ = [
     "PERIODS",
@@ -64,10 +64,7 @@ def roll_up(
     """
     totals: dict[date, list[int]] = {}
     if first is not None and last is not None:
-        start = period_start(first, period)
-        while start <= last:
-            totals[start] = [0, 0]
-            start = next_period(start, period)
+        totals = {start: [0, 0] for start in period_starts(first, last, period)}
     for row in days:
         bucket = totals.setdefault(period_start(row.day, period), [0, 0])
         bucket[0] += row.total

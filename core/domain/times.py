@@ -78,13 +78,28 @@ def next_period(start: date, period: str) -> date:
     return (start.replace(day=28) + timedelta(days=4)).replace(day=1)
 
 
+def period_starts(first: date, last: date, period: str) -> list[date]:
+    """The first day of every period from the one holding ``first`` to the one holding ``last``."""
+    starts, start = [], period_start(first, period)
+    while start <= last:
+        starts.append(start)
+        start = next_period(start, period)
+    return starts
+
+
+def local_midnight(day: date, timezone: str) -> datetime:
+    """The UTC instant of ``day``'s local midnight in ``timezone``."""
+    return datetime.combine(day, time(0), ZoneInfo(timezone)).astimezone(UTC)
+
+
+def local_day(moment: datetime | None, timezone: str) -> date:
+    """The local day in ``timezone`` of ``moment`` (None: now)."""
+    return (moment or datetime.now(UTC)).astimezone(ZoneInfo(timezone)).date()
+
+
 def period_bounds(first_ms: int, last_ms: int, timezone: str, period: str) -> list[tuple[date, int]]:
     """The local periods of ``timezone`` from the one holding ``first_ms`` to the one holding ``last_ms`` (UTC
     milliseconds, both included): each period's first local day and the UTC instant (ms) of its local midnight."""
     zone = ZoneInfo(timezone)
     first, last = (from_ms(ms).astimezone(zone).date() for ms in (first_ms, last_ms))
-    bounds, start = [], period_start(first, period)
-    while start <= last:
-        bounds.append((start, to_ms(datetime.combine(start, time(0), zone).astimezone(UTC))))
-        start = next_period(start, period)
-    return bounds
+    return [(start, to_ms(local_midnight(start, timezone))) for start in period_starts(first, last, period)]

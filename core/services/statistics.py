@@ -11,9 +11,8 @@ import contextlib
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from core.analytics.quality import (
     Accuracy,
@@ -43,7 +42,7 @@ from core.analytics.stats import (
     wilson_interval,
 )
 from core.domain.results import SHOWN, DayCount, Filters
-from core.domain.times import next_period, period_start
+from core.domain.times import local_day, local_midnight, next_period, period_starts
 from core.model.decision import NEEDS_REVIEW, NEGATIVE_LABEL, REJECTED
 from core.services.access import STATISTICS, Actor, require
 from core.storage.protocol import Dashboards
@@ -135,10 +134,6 @@ def _study_days(store: Dashboards, filters: Filters, timezone: str) -> list[DayC
     return [DayCount(day, n, t) for day, (n, t) in sorted(counts.items())]
 
 
-def local_midnight(day: date, timezone: str) -> datetime:
-    return datetime.combine(day, time(0), ZoneInfo(timezone)).astimezone(UTC)
-
-
 def date_range(start_day: date, end_day: date, timezone: str, versions: Sequence[str]) -> Filters:
     """Local days ``start_day`` to ``end_day`` inclusive in ``timezone``, for the chosen model versions."""
     return Filters(
@@ -154,10 +149,7 @@ def _lesion_rows(
     """Tumour studies with a lesion volume in the range and per period (every period listed, empty ones as zero),
     with the quantiles of their volumes, under the small-count rule."""
     found = {row.start: row for row in store.lesion_volumes(filters, timezone, period)}
-    starts, start = [], period_start(start_day, period)
-    while start <= end_day:
-        starts.append(start)
-        start = next_period(start, period)
+    starts = period_starts(start_day, end_day, period)
     counts = [found[s].studies if s in found else 0 for s in starts]
     shown = suppress_group(counts)  # they add up to the total shown: withheld as a group
     rows = [
@@ -277,8 +269,8 @@ def version_rows(store: Dashboards, shown: Filters, scans_only: Filters, timezon
                 tumour_rate=version_rate,
                 mean_confidence=single.mean_confidence if single and counted else None,
                 single_scans=counted,
-                first=m.first.astimezone(ZoneInfo(timezone)).date() if scans is not None else None,
-                last=m.last.astimezone(ZoneInfo(timezone)).date() if scans is not None else None,
+                first=local_day(m.first, timezone) if scans is not None else None,
+                last=local_day(m.last, timezone) if scans is not None else None,
             )
         )
     return tuple(rows)
@@ -308,7 +300,7 @@ def partial_periods(board: Dashboard, today: date) -> str | None:
 def withheld_recently(rows: Sequence[PeriodRow], period: str, timezone: str, now: datetime | None) -> bool:
     """Whether a period whose count is withheld overlaps today or the 7 days before it: then today's count and the
     week's mean are withheld too, or either minus the shown periods would give the withheld count back."""
-    local_today = (now or datetime.now(UTC)).astimezone(ZoneInfo(timezone)).date()
+    local_today = local_day(now, timezone)
     first = local_today - timedelta(7)
     return any(r.scans is None and r.start <= local_today and next_period(r.start, period) > first for r in rows)
 
@@ -320,7 +312,7 @@ def recent_gives_back(
     leave 1 to 4, either way: days never shown, a small count given back by subtraction (a week of 6 beside "Today
     so far" 5; a month of 25 less today's 6 and the week's 16; a week of 17 less a range of 25 begun inside it,
     today's 10 aside)."""
-    local_today = (now or datetime.now(UTC)).astimezone(ZoneInfo(timezone)).date()
+    local_today = local_day(now, timezone)
     first = local_today - timedelta(7)
     current = [r.scans for r in rows if r.scans is not None and r.start <= local_today < next_period(r.start, period)]
     around = [r for r in rows if r.start <= local_today and next_period(r.start, period) > first]
@@ -336,7 +328,7 @@ def _recent_counts(
 ) -> tuple[int, int]:
     """Today's count and the last 7 whole days' (before today), in ``unit``, with the page's versions but whatever
     its date range: live figures mean the same counted per result or per study."""
-    local_today = (now or datetime.now(UTC)).astimezone(ZoneInfo(timezone)).date()
+    local_today = local_day(now, timezone)
     today_start, week_start, tomorrow = (
         local_midnight(local_today, timezone),
         local_midnight(local_today - timedelta(7), timezone),

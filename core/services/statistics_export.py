@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import datetime
-from zoneinfo import ZoneInfo
 
 from core.domain.results import LESION_QUANTILES
+from core.domain.times import local_day
 from core.services import audit
 from core.services.access import STATISTICS, Actor, require
 from core.services.exports import spreadsheet_safe
@@ -43,7 +42,7 @@ def export_csv(board: Dashboard, quality: QualityBoard | None = None) -> bytes:
     empty."""
     buffer = io.StringIO()
     _comments(buffer, board)
-    today = datetime.now(ZoneInfo(board.timezone)).date()
+    today = local_day(None, board.timezone)
     if partial := partial_periods(board, today):  # as the page says it under its chart: a short bar is no fall
         buffer.write(f"# {partial}\n")
     buffer.write(  # live figures under a header of dates they do not belong to
