@@ -94,6 +94,13 @@ def error_json(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 
 
+def not_opened(error: Exception) -> int:
+    """Says why the database or a key could not be opened (a ValueError: a key that cannot be made) and returns the
+    usage exit status."""
+    emit(error_json(getattr(error, "code", "bad_configuration"), str(error)), sys.stdout)
+    return EXIT_USAGE
+
+
 def progress(items: Sequence[Any], description: str = "") -> Iterator[Any]:
     from tqdm import tqdm
 

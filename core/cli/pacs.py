@@ -30,19 +30,20 @@ from core.cli.common import (
     dicom_uid,
     emit,
     error_json,
+    not_opened,
     seconds,
     stdin_secret,
     utf8_text,
     write,
 )
 from core.cli.studies import emit_outcome, save_outcome
-from core.config import PacsSettings, data_dir, file_secrets, mongodb_uri, pacs_settings, patient_key
+from core.config import PacsSettings, data_dir, file_secrets, pacs_settings
 from core.errors import PacsError, PacsFeedWentBack, StoreError
 from core.pacs.changes import OrthancChanges
 from core.pacs.objects import ModelFacts
 from core.services import pacs, pacs_watch
 from core.services.access import COMMAND_LINE
-from core.services.resources import load_classifier, open_image_store, open_results_store
+from core.services.resources import load_classifier, open_for_saving
 from core.services.studies import NOT_SAVED
 from core.storage import WATCH_STATE
 
@@ -118,12 +119,10 @@ def cmd_analyse(args: argparse.Namespace) -> int:
     classifier = load_classifier(args.model)
     store, images, key = None, None, None
     try:
-        store = open_results_store(existing=True)  # a mistyped folder is no new database
-        key = patient_key(file_secrets(), shared_database=bool(mongodb_uri(file_secrets())))
-        images = open_image_store(store) if args.save else None
+        store, images, key = open_for_saving()
     except (StoreError, ValueError) as error:
-        emit(error_json(getattr(error, "code", "bad_configuration"), str(error)), sys.stdout)
-        return EXIT_USAGE
+        return not_opened(error)
+    images = images if args.save else None
     pulled = pacs.pull_and_analyse(connection, COMMAND_LINE, args.study, classifier, store, key)
     extra: dict[str, Any] = {"study_uid": args.study}
     saved = None
@@ -155,12 +154,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
     connection = pacs.connect(settings)  # malformed addresses are said before any database is opened
     changes = OrthancChanges.of(connection, args.rest or rest_root(settings.url))
     try:
-        store = open_results_store(existing=True)  # a mistyped folder is no new database
-        key = patient_key(file_secrets(), shared_database=bool(mongodb_uri(file_secrets())))
-        images = open_image_store(store)
+        store, images, key = open_for_saving()
     except (StoreError, ValueError) as error:
-        emit(error_json(getattr(error, "code", "bad_configuration"), str(error)), sys.stdout)
-        return EXIT_USAGE
+        return not_opened(error)
     lock = pacs_watch.WatchState.exclusive(data_dir() / "pacs-watch.lock")
     if lock is None:
         emit(error_json("watch_running", "Another pacs watch runs on this data folder: one at a time."), sys.stdout)

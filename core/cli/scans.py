@@ -17,6 +17,7 @@ from core.cli.common import (
     EXIT_USAGE,
     emit,
     error_json,
+    not_opened,
     progress,
     unwritable,
     write_new,
@@ -106,8 +107,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             store = open_results_store(existing=True)  # a mistyped folder is no new database
             images = open_image_store(store)
         except (StoreError, ValueError) as error:  # ValueError: the audit key cannot be made (as `study` says)
-            emit(error_json(getattr(error, "code", "bad_configuration"), str(error)), sys.stdout)
-            return EXIT_USAGE
+            return not_opened(error)
     status, unsaved = EXIT_OK, False
     for name in progress(args.files, "predict"):
         result, outcome = _classify_file(Path(name), classifier, args.frame)

@@ -15,13 +15,13 @@ from core.cli.common import (
     EXIT_USAGE,
     emit,
     error_json,
+    not_opened,
     unwritable,
     write_new,
 )
-from core.config import file_secrets, mongodb_uri, patient_key
 from core.errors import StoreError
 from core.services.access import COMMAND_LINE
-from core.services.resources import load_classifier, open_image_store, open_results_store
+from core.services.resources import load_classifier, open_for_saving
 from core.services.studies import NOT_SAVED, save_study_statuses
 from core.services.study_reading import StudyOutcome, analyse_path, display_png
 
@@ -35,12 +35,9 @@ def cmd_study(args: argparse.Namespace) -> int:
     store, images, key = None, None, None
     if args.save:  # the database the app uses (MONGODB_URI, else BTD_DATA_DIR's SQLite file)
         try:
-            store = open_results_store(existing=True)  # a mistyped folder is no new database
-            images = open_image_store(store)
-            key = patient_key(file_secrets(), shared_database=bool(mongodb_uri(file_secrets())))
+            store, images, key = open_for_saving()
         except (StoreError, ValueError) as error:
-            emit(error_json(getattr(error, "code", "bad_configuration"), str(error)), sys.stdout)
-            return EXIT_USAGE
+            return not_opened(error)
     status, unsaved = EXIT_OK, False
     seen: dict[str, Seen] = {}  # study -> the PATH its first series came from, and each series' verdict so far
     for name in _once(args.paths):

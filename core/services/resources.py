@@ -11,7 +11,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from core.config import audit_key, data_dir, file_secrets, lesion_card_path, model_card_path, mongodb_uri
+from core.config import (
+    audit_key,
+    data_dir,
+    file_secrets,
+    lesion_card_path,
+    model_card_path,
+    mongodb_uri,
+    patient_key,
+)
 from core.errors import ModelError, StoreError
 from core.model.classifier import Classifier, with_segmenter
 from core.model.explain import Explainer
@@ -68,3 +76,12 @@ def open_image_store(store: Store) -> ImageStore:
     """Where de-identified pixels are kept: GridFS beside a MongoDB store, else ``<data dir>/images``."""
     database = getattr(store, "_db", None)
     return GridFSImages(database) if database is not None else FolderImages(data_dir() / "images")
+
+
+def open_for_saving() -> tuple[Store, ImageStore, bytes | None]:
+    """The database the app uses, which must exist (a mistyped data folder is no new database), its image store
+    and the patient-reference key: what the command line saves studies with. Raises :class:`StoreError`, or
+    ValueError when a key cannot be made."""
+    store = open_results_store(existing=True)
+    images = open_image_store(store)
+    return store, images, patient_key(file_secrets(), shared_database=bool(mongodb_uri(file_secrets())))
