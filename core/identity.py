@@ -35,9 +35,9 @@ def normalise(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
-def pseudonymise(text: str | None, key: bytes) -> str | None:
-    """HMAC-SHA256 hex of the normalised text, or None when nothing was typed."""
-    if text is None or not normalise(text):
+def pseudonymise(text: str | None, key: bytes | None) -> str | None:
+    """HMAC-SHA256 hex of the normalised text, or None when nothing was typed or there is no key (none kept)."""
+    if text is None or not normalise(text) or key is None:
         return None
     if len(key) < 16:
         raise ValueError("the patient-reference key must be at least 16 bytes")

@@ -199,7 +199,7 @@ def patient_reference(text: str) -> str | None:
         key = current_patient_key()
     except ValueError:  # a configured key that cannot be used: references are disabled (the Scan page says why)
         return None
-    return pseudonymise(text, key) if key else None
+    return pseudonymise(text, key)
 
 
 def image_store(store: Store | None) -> ImageStore | None:

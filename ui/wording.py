@@ -7,7 +7,7 @@ import math
 import re
 
 from core.analytics.quality import TURNAROUND_CAP_H
-from core.model.decision import LABEL_NAMES, percent, two_places
+from core.model.decision import LABEL_NAMES, label_name, percent, two_places
 
 __all__ = [
     "CALL_CONFIDENCE",
@@ -38,7 +38,7 @@ def count_of(n: int, noun: str) -> str:
 
 
 def pretty(label: str) -> str:
-    return LABEL_NAMES.get(label, label)
+    return label_name(label)
 
 
 REFUSED = "Refused: not a brain MRI"

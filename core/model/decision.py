@@ -65,6 +65,11 @@ LABEL_NAMES = {  # how a label reads on the screen and in reports (one definitio
 DEFAULT_REVIEW_BAND = (0.2, 0.8)
 
 
+def label_name(label: str) -> str:
+    """A label in words (:data:`LABEL_NAMES`; one it does not know, as it is)."""
+    return LABEL_NAMES.get(label, label)
+
+
 def decide(
     probabilities: np.ndarray,
     labels: Sequence[str],

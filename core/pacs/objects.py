@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 from core.imaging.dicom import quiet_pydicom
-from core.model.decision import LABEL_NAMES, UNKNOWN_TYPE, bounded
+from core.model.decision import UNKNOWN_TYPE, bounded, label_name
 from core.model.volume import SeriesAnalysis
 from core.model.volume import key_sections as sections_to_see
 
@@ -151,7 +151,7 @@ def _words(label: str | None, study: bool = False) -> str | None:
     tumour, a series' one whose type is uncertain (the report wrote the raw codes, "notumor")."""
     if label is None:
         return None
-    return "Tumour" if study and label == UNKNOWN_TYPE else LABEL_NAMES.get(label, label)
+    return "Tumour" if study and label == UNKNOWN_TYPE else label_name(label)
 
 
 def _series_lines(evidence: Sequence[Any], series: SeriesAnalysis, reviewed: bool = False) -> str:

@@ -371,7 +371,7 @@ def study_reviews(store: Store, actor: Actor, result_ids: Sequence[str]) -> dict
 def study_reference(study_uid: str, key: bytes | None) -> str | None:
     """A PACS study's keyed reference, as its audit events and the watch's log name it (never the UID itself;
     None without a key)."""
-    return pseudonymise(study_uid, key) if key else None
+    return pseudonymise(study_uid, key)
 
 
 _target = study_reference  # the audit target of a PACS study
@@ -379,4 +379,4 @@ _target = study_reference  # the audit target of a PACS study
 
 def patient_reference(patient_id: str, key: bytes | None) -> str | None:
     """The keyed reference stored for a PACS patient ID (None without a key or an ID)."""
-    return pseudonymise(patient_id, key) if key and patient_id else None
+    return pseudonymise(patient_id, key)

@@ -9,10 +9,8 @@ from datetime import datetime
 
 from core.domain.results import Record
 from core.model.classifier import Classifier
-from core.model.decision import LABEL_NAMES, NEEDS_REVIEW, NEGATIVE_LABEL, percent
+from core.model.decision import NEEDS_REVIEW, NEGATIVE_LABEL, label_name, percent
 from core.services.series_views import SeriesView
-
-NAMES = LABEL_NAMES
 
 DEFAULT_LIMITATIONS = (
     "Decision support for a radiologist, not a diagnosis: every verdict is to be read with the images.",
@@ -40,11 +38,9 @@ def series_lines(record: Record, view: SeriesView | None, reviews: Sequence) -> 
     """The lines under a series' title: the verdict (the radiologist's final label first once reviewed), the pixel
     spacing, the lesion's stored volume, the series rule (while the images are kept) and the last review."""
     spacing = (record.geometry or {}).get("spacing")
-    model_line = (
-        f"{NAMES.get(record.label, record.label)} (series score {percent(record.tumour_probability)}: {SERIES_SCORE})"
-    )
+    model_line = f"{label_name(record.label)} (series score {percent(record.tumour_probability)}: {SERIES_SCORE})"
     lines = [
-        f"Final label (radiologist): {NAMES.get(record.final_label, record.final_label)}; model verdict: {model_line}"
+        f"Final label (radiologist): {label_name(record.final_label)}; model verdict: {model_line}"
         if record.final_label
         else f"Model verdict (not reviewed yet): {model_line}",
         f"Pixel spacing: {spacing[0]:.2f} x {spacing[1]:.2f} mm" if spacing else "Pixel spacing: not given",
@@ -73,7 +69,7 @@ def series_lines(record: Record, view: SeriesView | None, reviews: Sequence) -> 
         last = reviews[-1]
         lines.append(
             f"Reviewed by {last.reviewer} on {last.created_at:%Y-%m-%d %H:%M} UTC: final label "
-            f"{NAMES.get(last.final_label, last.final_label)} ({last.action})"
+            f"{label_name(last.final_label)} ({last.action})"
         )
     else:
         lines.append("Not reviewed by a radiologist yet.")

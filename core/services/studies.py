@@ -90,7 +90,7 @@ def series_record(
         uploader=uploader,
         gate=NEEDS_REVIEW if analysis.needs_review else ACCEPTED,
         image_key=image_key,
-        study_ref=pseudonymise(volume.study, key) if key else None,
+        study_ref=pseudonymise(volume.study, key),
         section_count=count,
         geometry=geometry_of(volume)
         | {"rule": applied_rule(analysis)}
