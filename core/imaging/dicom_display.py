@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import CorruptImage
+from core.imaging.geometry import functional_groups
 from core.imaging.limits import stretch_to_uint8
 
 
@@ -56,9 +57,8 @@ def frame_view(dataset: Any, frame: int | None) -> Any:
     fed the model, otherwise than as classic files). The dataset itself when it has no such group."""
     from pydicom.dataset import Dataset
 
-    groups = [(dataset.get("SharedFunctionalGroupsSequence") or [None])[0]]
-    per_frame = dataset.get("PerFrameFunctionalGroupsSequence") or []
-    groups.append(per_frame[frame] if frame is not None and frame < len(per_frame) else None)
+    own, shared = functional_groups(dataset, frame)
+    groups = (shared, own)  # the frame's own last: it wins
     found = {
         keyword: item[keyword]
         for group in groups

@@ -195,16 +195,21 @@ def gap_notes(positions: Sequence[float], in_mm: bool, ratio: float = DEFAULT_ST
     ]
 
 
+def functional_groups(dataset: Any, frame: int | None) -> tuple[Any | None, Any | None]:
+    """(the frame's own functional group, the shared one) of an enhanced file, None where it gives none; ``frame``
+    None on a file of one frame is that frame (it keeps its geometry and measures in its frame's group)."""
+    per_frame = dataset.get("PerFrameFunctionalGroupsSequence") or []
+    if frame is None and len(per_frame) == 1:
+        frame = 0
+    own = per_frame[frame] if frame is not None and frame < len(per_frame) else None
+    return own, (dataset.get("SharedFunctionalGroupsSequence") or [None])[0]
+
+
 def frame_orientation(dataset: Any, frame: int | None) -> tuple[float, ...] | None:
     """The row and column directions (ImageOrientationPatient) of one frame, the most specific the file gives: the
     frame's own functional group, else the shared group, else the file's top level; None when the file gives none
     (or only unusable ones). The one rule of the Scan page (one frame) and the Study page (the series)."""
-    per_frame = dataset.get("PerFrameFunctionalGroupsSequence") or []
-    if frame is None and len(per_frame) == 1:  # a one-frame enhanced file keeps its geometry in its frame's group
-        frame = 0
-    groups = [per_frame[frame]] if frame is not None and frame < len(per_frame) else []
-    groups += [(dataset.get("SharedFunctionalGroupsSequence") or [None])[0], dataset]
-    for group in groups:
+    for group in (*functional_groups(dataset, frame), dataset):
         if group is None:
             continue
         value = group.get("ImageOrientationPatient")

@@ -39,6 +39,7 @@ from core.imaging.dicom_display import display, frame_view
 from core.imaging.geometry import (
     display_transform,
     frame_orientation,
+    functional_groups,
     gap_notes,
     place_text,
     stack_line,
@@ -60,8 +61,6 @@ from core.imaging.series_headers import (
 from core.imaging.volume import NO_STUDY_UID, SeriesError, Volume, hash_parts, one_per_position, radiological
 
 __all__ = ["SeriesError", "Upload", "Volume", "is_nifti", "read_study", "read_upload"]
-
-PER_FRAME = "PerFrameFunctionalGroupsSequence"
 
 
 @dataclass(frozen=True)
@@ -228,7 +227,7 @@ def _sections_of(data: bytes, header: object, limits: Limits) -> list[_Section]:
     modality = str(ds.get("Modality", "") or "")
     frames = dicom.frames_of(ds)
     if frames == 1:  # a one-frame enhanced file keeps its position and measures in its functional groups
-        shared, own = ((ds.get(name) or [None])[0] for name in ("SharedFunctionalGroupsSequence", PER_FRAME))
+        own, shared = functional_groups(ds, 0)
         spacing, thickness = _measures(own, *_measures(shared, spacing, thickness))
         position = _floats(ds.get("ImagePositionPatient"), 3)
         for group in (own, shared):  # the frame's own group first
@@ -245,8 +244,7 @@ def _sections_of(data: bytes, header: object, limits: Limits) -> list[_Section]:
             )
         ]  # fmt: skip
     uid_key, series = series, hash_parts(series, hashlib.sha256(data).hexdigest())  # each multi-frame file: a series
-    shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
-    per_frame = ds.get(PER_FRAME) or []
+    shared = functional_groups(ds, None)[1]
     spacing, thickness = _measures(shared, spacing, thickness)
     # frames without a position of their own (a classic multi-frame file; an enhanced one without plane positions)
     # are numbered in stored order, not placed: which way they run along the normal is not in the file (placed
@@ -254,7 +252,7 @@ def _sections_of(data: bytes, header: object, limits: Limits) -> list[_Section]:
     # are not invented a stack; the declared distance still measures the step between them (volumes in mL)
     sections = []
     for k in range(frames):
-        group = per_frame[k] if k < len(per_frame) else None
+        group = functional_groups(ds, k)[0]
         own_orientation = _orientation(ds, k)
         frame_spacing, frame_thickness = _measures(group, spacing, thickness)
         position = _plane_position(group) if group is not None else None
