@@ -16,6 +16,7 @@ from core.services.access import STATISTICS, STORAGE_DETAILS, allowed
 from ui import charts, resources
 from ui.auth import audited_download, fragment_actor
 from ui.page import setup_page
+from ui.selection import dates_within
 from ui.wording import LABEL_NAMES, hours_within, pretty
 
 LIVE_WITHIN_SECONDS = 30  # what the page promises: a new result is on the board within this long
@@ -106,7 +107,9 @@ follows_today = st.session_state.get("stats_dates") in (None, st.session_state.g
 if follows_today:
     st.session_state["stats_dates"] = default_range(today)
 st.session_state["stats_default"] = default_range(today)
-# a day past today: a range chosen in a zone already on tomorrow stays valid when the zone is changed
+# a day past today: a range chosen in a zone already on tomorrow stays valid when the zone is changed (and one
+# further ahead is brought back to that day)
+st.session_state["stats_dates"] = dates_within(st.session_state["stats_dates"], today + timedelta(days=1))
 chosen = controls[1].date_input("Dates", key="stats_dates", max_value=today + timedelta(days=1))
 period = controls[2].radio("Group by", statistics.PERIODS, horizontal=True, index=0, key="stats_period")
 try:

@@ -717,6 +717,16 @@ def test_a_time_zone_change_keeps_the_chosen_dates(app_environment: Path) -> Non
     app.selectbox[0].set_value(zone).run()
     assert not app.exception
     assert app.date_input[0].value == (start, datetime.now(UTC).date())
+    # a range ending on tomorrow in a zone ahead, kept into one behind, ended past the new zone's last day: the page
+    # stopped on "This app has encountered an error" (StreamlitValueAboveMaxError) until it was reloaded
+    from ui.selection import dates_within
+
+    last = date(2026, 12, 8)
+    assert dates_within((date(2026, 11, 1), date(2026, 12, 9)), last) == (date(2026, 11, 1), last)
+    assert dates_within((date(2026, 12, 9),), last) == (last,)  # a range being picked: its first day alone
+    assert (
+        dates_within((date(2026, 11, 1), last), last) == (date(2026, 11, 1), last) and dates_within(None, last) is None
+    )
 
 
 def test_the_default_date_range_follows_today_and_a_chosen_one_stays(app_environment: Path) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from datetime import date
+from typing import Any
 
 
 def table_key(prefix: str, ids: Sequence[str]) -> str:
@@ -27,3 +29,12 @@ def chosen_id(ids: Sequence[str], rows: Sequence[int], previous: str | None) -> 
     if previous is None:
         return ids[0], None
     return ids[0], "The result that was open is not in this list any more (the filters changed): showing the first."
+
+
+def dates_within(dates: Any, last: date) -> Any:
+    """A date range kept across reruns, its days after ``last`` brought back to it (the widget refuses a value past
+    its ``max_value``: a range ending on tomorrow in a zone ahead, kept into one behind, stopped the page with an
+    error until it was reloaded); anything else as it is."""
+    if isinstance(dates, tuple | list):
+        return tuple(min(day, last) if isinstance(day, date) else day for day in dates)
+    return dates
