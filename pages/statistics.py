@@ -135,6 +135,12 @@ unit = controls[4].radio(
     "has no verdict); a single scan is a study of its own. Per scan or series: every saved result once.",
 )
 paused = controls[5].toggle("Pause", help=f"Stop refreshing (every {REFRESH_SECONDS} s)")
+try:  # no key (MongoDB without one): a series keeps no study, and "per study" counted every series as a study
+    ungrouped = resources.current_patient_key() is None
+except ValueError:
+    ungrouped = True
+if ungrouped and unit == "study":
+    st.warning(f"{statistics_export.UNGROUPED}.", icon=":material/warning:")
 
 days_chosen = list(chosen) if isinstance(chosen, tuple | list) else [chosen]
 if not days_chosen:
@@ -372,7 +378,7 @@ def exported(viewer, dashboard, quality) -> Callable[[], bytes]:
 
     def make(current) -> bytes:
         statistics_export.record_export(store, current, dashboard)
-        return statistics_export.export_csv(dashboard, quality)
+        return statistics_export.export_csv(dashboard, quality, ungrouped)
 
     return audited_download(store, viewer, STATISTICS, make)
 

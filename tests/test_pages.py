@@ -706,6 +706,25 @@ def test_a_database_error_in_the_quality_board_is_a_message_not_a_crashed_page(
     assert export.detail["unit"] == "study" and export.detail["timezone"]  # another zone or unit: another file
 
 
+def test_statistics_per_study_says_when_series_keep_no_study(app_environment: Path, monkeypatch, downloads) -> None:
+    """With no patient-reference key (MongoDB without one) a series is saved without its study, and "per study",
+    the page's default, counted every series as a study: 36 "studies" of 12, a third of the tumour rate, unsaid."""
+    from ui import resources
+
+    store = stored(app_environment)
+    for i in range(6):
+        store.add(make_record(i + 1, datetime.now(UTC) - timedelta(minutes=10 + i), "glioma"))
+    app = page("statistics.py").run()
+    said = lambda: any("each series counts as a study of its own" in w.value for w in app.warning)  # noqa: E731
+    assert not app.exception and not said()  # the local key keeps each series' study
+    monkeypatch.setattr(resources, "current_patient_key", lambda: None)
+    app.run()
+    assert said()
+    assert b"# No patient-reference key is configured" in downloads[-1]()
+    app.radio(key="stats_unit").set_value("result").run()
+    assert not said()  # per result, nothing is grouped
+
+
 def test_a_time_zone_change_keeps_the_chosen_dates(app_environment: Path) -> None:
     store = stored(app_environment)
     for i in range(6):
