@@ -298,7 +298,16 @@ def test_one_day_of_data_gets_a_whole_day_on_the_time_axis_not_milliseconds() ->
     figure = tumour_rate_figure(["2026-03-02"], [12], [0.5], [(0.25, 0.75)], "day")
     low, high = (datetime.fromisoformat(v) for v in figure.layout.xaxis2.range)
     assert high - low >= timedelta(days=1) and figure.layout.xaxis2.dtick == 86_400_000
-    assert low < datetime(2026, 3, 2) < high
+    assert low <= datetime(2026, 3, 2) < high
+    # each point and bar drawn across its period: centred on the period's first day, a month's bar stood mostly
+    # over the month before it, a week's over the week before
+    months = tumour_rate_figure(["2026-10-01", "2026-11-01"], [12, 182], [0.5, 0.4], [None, None], "month")
+    assert {(t.xperiod, t.xperiod0, t.xperiodalignment) for t in months.data} == {("M1", "2000-01-01", "middle")}
+    assert list(months.layout.xaxis2.range) == ["2026-10-01 00:00:00", "2026-12-02 00:00:00"]
+    assert months.layout.xaxis2.dtick == "M1"
+    weeks = tumour_rate_figure(["2026-11-16", "2026-11-23"], [12, 18], [0.5, 0.4], [None, None], "week")
+    assert {(t.xperiod, t.xperiod0) for t in weeks.data} == {(7 * 86_400_000, "2000-01-03")}  # from a Monday
+    assert weeks.layout.xaxis2.dtick == 7 * 86_400_000 and weeks.layout.xaxis2.tick0 == "2000-01-03"
 
 
 def test_a_patients_timeline_within_one_day_spans_a_day_not_milliseconds() -> None:
@@ -541,7 +550,7 @@ def test_count_axes_have_at_most_six_steps_and_one_periods_quality_charts_span_t
         drift_figure(day, [0.4], [(0.2, 0.6)], [0.5], [(0.2, 0.6)], ([False], [False]), None, "day"),
     )
     for figure in charts:
-        assert list(figure.layout.xaxis.range) == ["2026-02-28 12:00:00", "2026-03-01 12:00:00"]
+        assert list(figure.layout.xaxis.range) == ["2026-03-01 00:00:00", "2026-03-02 00:00:00"]
 
 
 def test_an_agreement_chart_with_every_period_withheld_says_why_it_is_empty() -> None:

@@ -52,16 +52,31 @@ def withheld_bars(counts: Sequence[int | None], colour: str | Sequence[str]) -> 
 
 
 def date_axis(starts: Sequence[str], period: str) -> dict[str, Any]:
-    """A date axis that always spans whole periods: with one period of data Plotly otherwise zooms into a
-    millisecond ("23:59:59.9995" ticks)."""
+    """A date axis that spans whole periods, from the first one's start to the last one's end (with one period of
+    data Plotly otherwise zooms into a millisecond, "23:59:59.9995" ticks), ticked at the periods' starts when
+    they are few enough to name each."""
     if not starts:
         return {"type": "date"}
     step = {"day": timedelta(days=1), "week": timedelta(days=7), "month": timedelta(days=31)}.get(period, timedelta(1))
     first, last = (datetime.fromisoformat(str(s)[:19]) for s in (min(starts), max(starts)))
-    axis: dict[str, Any] = {"type": "date", "range": [str(first - step / 2), str(last + step / 2)]}
+    axis: dict[str, Any] = {"type": "date", "range": [str(first), str(last + step)]}
     if period == "day" and (last - first) < timedelta(days=10):
         axis |= {"dtick": 86_400_000, "tickformat": "%b %d"}
+    elif period == "week" and (last - first) < timedelta(weeks=16):
+        axis |= {"dtick": 7 * 86_400_000, "tick0": MONDAY, "tickformat": "%b %d"}
+    elif period == "month" and (last - first) < timedelta(days=730):
+        axis |= {"dtick": "M1", "tick0": "2000-01-01", "tickformat": "%b %Y"}
     return axis
+
+
+MONDAY = "2000-01-03"  # weeks start on Mondays (core.domain.times.period_start)
+
+
+def in_periods(figure: go.Figure, period: str) -> None:
+    """Each point, bar and box drawn across the period it counts, from its start to its end (drawn centred on the
+    period's first day, November's bar stood mostly over October, and a week's over the one before)."""
+    span, first = {"week": (7 * 86_400_000, MONDAY), "month": ("M1", "2000-01-01")}.get(period, (86_400_000, MONDAY))
+    figure.update_traces(xperiod=span, xperiod0=first, xperiodalignment="middle")  # periods counted from ``first``
 
 
 def count_ticks(largest: int | None) -> dict[str, object]:
@@ -202,6 +217,7 @@ def _two_panel_layout(figure: go.Figure, title: str, starts: Sequence[str], peri
     )
     figure.update_xaxes(**date_axis(starts, period), row=1, col=1)
     figure.update_xaxes(**date_axis(starts, period), title=f"{period} starting", row=2, col=1)
+    in_periods(figure, period)
 
 
 def _period_ms(period: str) -> float:
@@ -281,6 +297,7 @@ def agreement_figure(
         legend={"orientation": "h", "y": -0.2},
         **_LAYOUT,
     )
+    in_periods(figure, period)
     if starts and all(a is None for a in agreement):  # an empty line, unexplained, read as nothing reviewed
         figure.add_annotation(
             text=f"No {period}'s agreement to draw:<br>none reviewed, or fewer than 5 (withheld).<br>A longer period "
@@ -354,6 +371,7 @@ def drift_figure(
         **{**_LAYOUT, "height": 440, "margin": {**_LAYOUT["margin"], "t": 70}},
     )
     figure.update_xaxes(**date_axis(starts, period))  # one period: Plotly zoomed into a millisecond
+    in_periods(figure, period)
     return figure
 
 
