@@ -299,6 +299,16 @@ def test_one_day_of_data_gets_a_whole_day_on_the_time_axis_not_milliseconds() ->
     low, high = (datetime.fromisoformat(v) for v in figure.layout.xaxis2.range)
     assert high - low >= timedelta(days=1) and figure.layout.xaxis2.dtick == 86_400_000
     assert low <= datetime(2026, 3, 2) < high
+    # most periods' rates withheld: said on the chart (an almost empty line read as a chart that failed)
+    hidden = tumour_rate_figure(
+        ["2026-03-01", "2026-03-02", "2026-03-03"], [8, 8, 0], [None, 0.5, None], [None] * 3, "day"
+    )
+    assert not hidden.layout.annotations  # one of two days with results withheld (the empty day is no rate)
+    few = tumour_rate_figure(
+        ["2026-03-01", "2026-03-02", "2026-03-03"], [8, 8, 12], [None, None, 0.5], [None] * 3, "day"
+    )
+    (note,) = few.layout.annotations
+    assert note.text.startswith("2 of 3 days' rates withheld") and "A longer period adds them up" in note.text
     # each point and bar drawn across its period: centred on the period's first day, a month's bar stood mostly
     # over the month before it, a week's over the week before
     months = tumour_rate_figure(["2026-10-01", "2026-11-01"], [12, 182], [0.5, 0.4], [None, None], "month")

@@ -127,6 +127,18 @@ def tumour_rate_figure(
     )
     tallest = _count_panel(figure, starts, scans, counted, period)
     _two_panel_layout(figure, f"Tumour rate per {period} (model's calls, {counted})", starts, period)
+    counted_in = [r for n, r in zip(scans, rates, strict=True) if n is None or n > 0]  # periods with results
+    hidden = sum(r is None for r in counted_in)
+    if hidden * 2 > len(counted_in):  # most of the line gone, unexplained: read as a chart that failed
+        figure.add_annotation(
+            text=f"{hidden} of {len(counted_in)} {period}s' rates withheld: fewer than {SMALL_CELL} results, tumours or "
+            f"others<br>in a {period} could identify patients. A longer period adds them up.",
+            xref="x domain",
+            yref="y domain",
+            x=0.5,
+            y=0.5,
+            showarrow=False,
+        )
     figure.update_yaxes(title="tumour rate %", range=[0, 100], row=1, col=1)
     figure.update_yaxes(title=counted, **count_ticks(tallest), row=2, col=1)
     return figure
