@@ -311,7 +311,12 @@ def headline(dashboard) -> None:
         + ("" if dashboard.single_scans != 0 else "No single scans in this range."),
     )
     per_result = "Counted per result (a series once, a single scan once), whatever the unit above."
-    kpis[4].metric("Flagged results", number(dashboard.flagged), help=f"Flagged for review by the gate. {per_result}")
+    kpis[4].metric(
+        "Flagged results",
+        number(dashboard.flagged),
+        help="Flagged for review: the tumour probability lies in the model's review band (uncertain), or a series "
+        f"rests on fewer neighbouring sections than its rule asks. {per_result}",
+    )
     kpis[5].metric("Refused results", number(dashboard.rejected), help=f"Not a brain MRI, by the gate. {per_result}")
     st.caption(
         "The model's calls per class, counting results, as made: an override does not change them (the quality "

@@ -561,6 +561,7 @@ def test_count_axes_have_at_most_six_steps_and_one_periods_quality_charts_span_t
     )
     for figure in charts:
         assert list(figure.layout.xaxis.range) == ["2026-03-01 00:00:00", "2026-03-02 00:00:00"]
+    assert charts[1].layout.yaxis.rangemode == charts[1].layout.yaxis2.rangemode == "nonnegative"  # no -1 % rate
 
 
 def test_an_agreement_chart_with_every_period_withheld_says_why_it_is_empty() -> None:

@@ -237,6 +237,10 @@ def test_the_export_says_unchecked_where_the_baseline_held_too_few_never_in_cont
     assert "quality_per_period,2026-11-20,out_of_control,unchecked,," in text.splitlines()
     assert "quality_per_period,2026-11-21,tumour_rate_out_of_control,unchecked,," in text.splitlines()
     assert ",false," not in text  # no period reads as checked and in control
+    # an empty baseline has no rate, mean or limits to keep back: "none" ("withheld" is a small count kept back)
+    lines = text.splitlines()
+    assert "drift,baseline,tumour_rate,none,," in lines and "drift,baseline,mean_tumour_probability,none,," in lines
+    assert "quality_per_period,2026-11-20,tumour_rate_upper_control_limit,none,," in lines
 
 
 def test_when_one_period_alone_is_withheld_no_other_figure_sums_it_back(tmp_path) -> None:

@@ -383,6 +383,7 @@ def drift_figure(
         **{**_LAYOUT, "height": 440, "margin": {**_LAYOUT["margin"], "t": 70}},
     )
     figure.update_xaxes(**date_axis(starts, period))  # one period: Plotly zoomed into a millisecond
+    figure.update_yaxes(rangemode="nonnegative")  # a rate of 0 alone ran the axis from -1 %
     in_periods(figure, period)
     return figure
 

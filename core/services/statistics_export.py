@@ -206,8 +206,10 @@ def _quality_export(row, quality: QualityBoard) -> None:
     drift = quality.drift
     row("drift", "baseline", "start", drift.baseline_start.isoformat() if drift.baseline_start else NONE)  # no
     row("drift", "baseline", "end", drift.baseline_end.isoformat() if drift.baseline_end else NONE)  # period in it
-    row("drift", "baseline", "tumour_rate", drift.baseline_rate, digits=4)
-    row("drift", "baseline", "mean_tumour_probability", drift.baseline_mean, digits=4)
+    # too few results in the baseline: no figure to keep back, "none" (they read "withheld", as did every control
+    # limit worked out from them)
+    row("drift", "baseline", "tumour_rate", drift.baseline_rate, digits=4, counted=0)
+    row("drift", "baseline", "mean_tumour_probability", drift.baseline_mean, digits=4, counted=0)
     row("review", "", "backlog", quality.backlog)
     row("review", "", "turnaround_median_h", quality.turnaround_median_h, digits=2, counted=overall.reviewed)
     row("review", "", "turnaround_p90_h", quality.turnaround_p90_h, digits=2, counted=overall.reviewed)
@@ -229,8 +231,10 @@ def _quality_export(row, quality: QualityBoard) -> None:
                 counted=q.shown if measure == "tumour_rate" else None,
             )
             low, high = limits if limits else (None, None)
-            row("quality_per_period", key, f"{measure}_lower_control_limit", low, digits=4)
-            row("quality_per_period", key, f"{measure}_upper_control_limit", high, digits=4)
+            base = drift.baseline_rate if measure == "tumour_rate" else drift.baseline_mean
+            for side, limit in (("lower", low), ("upper", high)):  # no baseline, no limit: "none"
+                counted = 0 if base is None else None
+                row("quality_per_period", key, f"{measure}_{side}_control_limit", limit, digits=4, counted=counted)
         row("quality_per_period", key, "flagged_rate", q.flagged_rate, digits=4)
         row("quality_per_period", key, "refused_rate", q.rejected_rate, digits=4)
         # no limits: "unchecked" (it read "false", checked and in control, with a baseline holding too few)
