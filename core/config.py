@@ -59,7 +59,7 @@ SECRET_KEYS = {
     "mongo": {"uri"},
     "audit": {"key"},
     "identity": {"hmac_key"},
-    "pacs": {"url", "user", "password", "verify_tls"},
+    "pacs": {"url", "user", "password", "verify_tls", "ca_file"},
 }
 
 
@@ -119,18 +119,25 @@ def mongodb_uri(secrets: Mapping[str, Any]) -> str | None:
 
 @dataclass(frozen=True)
 class PacsSettings:
-    """Where the PACS is: its DICOMweb root, the user and password, whether TLS certificates are verified."""
+    """Where the PACS is: its DICOMweb root, the user and password, whether TLS certificates are verified, and
+    against which certificate authorities (``ca_file``, a PEM bundle: a hospital's own; None, the system's)."""
 
     url: str
     user: str | None = None
     password: str | None = None
     verify_tls: bool = True
+    ca_file: str | None = None
+
+    @property
+    def verify(self) -> bool | str:
+        """What requests verifies the PACS's certificate with (False: not at all)."""
+        return (self.ca_file or True) if self.verify_tls else False
 
 
 def pacs_settings(secrets: Mapping[str, Any]) -> PacsSettings | None:
     """``BTD_PACS_URL`` / ``BTD_PACS_USER`` / ``BTD_PACS_PASSWORD`` from the environment, else the ``[pacs]`` section
-    of the Streamlit secrets (``url``, ``user``, ``password``, ``verify_tls``, true unless set false); None when no
-    PACS is configured."""
+    of the Streamlit secrets (``url``, ``user``, ``password``, ``verify_tls``, true unless set false, ``ca_file``, or
+    ``BTD_PACS_CA_FILE``); None when no PACS is configured."""
     section = secrets.get("pacs") or {}
     url = os.environ.get("BTD_PACS_URL") or section.get("url")
     if not url:
@@ -140,6 +147,7 @@ def pacs_settings(secrets: Mapping[str, Any]) -> PacsSettings | None:
         user=os.environ.get("BTD_PACS_USER") or section.get("user"),
         password=os.environ.get("BTD_PACS_PASSWORD") or section.get("password"),
         verify_tls=bool(section.get("verify_tls", True)),
+        ca_file=os.environ.get("BTD_PACS_CA_FILE") or section.get("ca_file") or None,
     )
 
 

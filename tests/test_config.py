@@ -210,4 +210,10 @@ def test_a_mistyped_setting_in_the_secrets_file_is_refused_by_name_not_ignored(t
             file_secrets()
     path.write_text('[mongo]\nuri = "mongodb://db.example"\n[pacs]\nurl = "http://p/dicom-web"\nverify_tls = false\n')
     assert file_secrets()["mongo"]["uri"] == "mongodb://db.example"
+    from core.config import pacs_settings  # a hospital's own certificate authority: a setting of its own
+
+    path.write_text('[pacs]\nurl = "https://p/dicom-web"\nca_file = "/etc/ssl/hospital.pem"\n')
+    assert pacs_settings(file_secrets()).verify == "/etc/ssl/hospital.pem"
+    monkeypatch.setenv("BTD_PACS_CA_FILE", "/srv/ca.pem")
+    assert pacs_settings(file_secrets()).verify == "/srv/ca.pem"
     assert secrets_mistake({"auth": {"anything": "Streamlit's own"}}) is None

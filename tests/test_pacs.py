@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import pydicom
@@ -14,6 +15,7 @@ from pydicom.uid import JPEG2000Lossless
 from core.errors import (
     AccessDenied,
     FileTooLarge,
+    PacsError,
     PacsMalformed,
     PacsNotFound,
     PacsQueryRefused,
@@ -344,6 +346,61 @@ def test_a_pacs_that_takes_the_request_and_never_answers_has_timed_out_not_gone(
     with pytest.raises(PacsUnreachable, match="does not answer") as gone:
         Pacs("http://127.0.0.1:9/dicom-web", timeout_s=1).search()
     assert not isinstance(gone.value, PacsTimedOut)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a certificate")
+def test_a_pacs_certificate_of_the_hospitals_own_authority_is_trusted_with_ca_file_and_named_without(
+    tmp_path, monkeypatch
+) -> None:
+    """A PACS whose certificate a hospital's own authority signed failed every request as "the PACS does not
+    answer; check its address", and no setting could name the authority."""
+    import ssl
+    import subprocess
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from core.config import PacsSettings
+
+    cert, key = tmp_path / "pacs.pem", tmp_path / "pacs.key"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert)),
+            *("-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+    class Empty(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/dicom+json")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"[]")
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Empty)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{server.server_address[1]}/dicom-web"
+    try:
+        with pytest.raises(PacsUnreachable, match=r"certificate could not be verified: .* \[pacs\] ca_file"):
+            pacs_service.connect(PacsSettings(url)).search()
+        assert pacs_service.connect(PacsSettings(url, ca_file=str(cert))).search() == []
+        # and a session's own setting holds whatever REQUESTS_CA_BUNDLE says (it replaced both, --insecure too)
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+        assert pacs_service.connect(PacsSettings(url, ca_file=str(cert))).search() == []
+        with pytest.warns(Warning, match="Unverified HTTPS request"):  # --insecure, for tests only
+            assert pacs_service.connect(PacsSettings(url, verify_tls=False)).search() == []
+        with pytest.raises(PacsError, match=r"certificate authority file \(ca_file\) cannot be read"):
+            pacs_service.connect(PacsSettings(url, ca_file=str(tmp_path / "gone.pem")))
+    finally:
+        server.shutdown()
 
 
 def test_an_answer_cut_off_is_a_pacs_failure_to_retry_not_a_crash() -> None:

@@ -94,6 +94,7 @@ def _settings(args: argparse.Namespace) -> PacsSettings | None:
         user=args.user or (configured.user if configured else None),
         password=password or None,
         verify_tls=not args.insecure and (configured.verify_tls if configured else True),
+        ca_file=configured.ca_file if configured else None,
     )
 
 

@@ -9,7 +9,7 @@ import logging
 from typing import Any
 
 from core.errors import PacsMalformed, PacsNotFound, PacsUnreachable
-from core.pacs.client import Pacs, answer_error, checked_address
+from core.pacs.client import TLS_FAILED, Pacs, answer_error, checked_address
 
 logger = logging.getLogger("btd.pacs")
 
@@ -34,6 +34,8 @@ class OrthancChanges:
             if status == 404 and study:
                 raise PacsNotFound("The PACS no longer has this study.") from error
             raise answer_error(status, "change feed") from error
+        except requests.exceptions.SSLError as error:
+            raise PacsUnreachable(TLS_FAILED) from error
         except (requests.ConnectionError, requests.Timeout) as error:
             raise PacsUnreachable("The PACS does not answer; check its address, or try again later.") from error
         except ValueError as error:

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -125,15 +126,14 @@ class Pacs:
         url: str,
         user: str | None = None,
         password: str | None = None,
-        verify_tls: bool = True,
+        verify_tls: bool | str = True,  # or a PEM file of the certificate authorities to trust
         timeout_s: float = 10.0,
         limits: StudyLimits = DEFAULT_STUDY_LIMITS,
     ) -> None:
-        import requests
         from dicomweb_client.api import DICOMwebClient
 
         url = checked_address(url)
-        session = requests.Session()
+        session = _session_class()()
         session.verify = verify_tls
         if user is not None:
             session.auth = (user, password or "")
@@ -162,6 +162,9 @@ class Pacs:
                     "check it."
                 ) from error
             raise answer_error(status, what) from error
+        except requests.exceptions.SSLError as error:  # read as "does not answer", the address blamed
+            logger.warning("event=pacs_tls_failed what=%s", what)
+            raise PacsUnreachable(TLS_FAILED) from error
         except requests.ReadTimeout as error:  # connected, no answer: the PACS is up (a connect timeout is not)
             logger.warning("event=pacs_timed_out what=%s", what)
             raise PacsTimedOut(
@@ -394,6 +397,27 @@ class Pacs:
                     "send again."
                 )
             return accepted
+
+
+@cache
+def _session_class() -> type:
+    import requests  # imported when a PACS is first used, as everywhere here
+
+    class Session(requests.Session):
+        """A session whose ``verify`` holds for every request: requests lets REQUESTS_CA_BUNDLE in the environment
+        replace a session's own (a hospital's authority file, or no check at all) on each request."""
+
+        def request(self, *args: Any, **kwargs: Any) -> Any:
+            kwargs.setdefault("verify", self.verify)
+            return super().request(*args, **kwargs)
+
+    return Session
+
+
+TLS_FAILED = (
+    "The PACS's TLS certificate could not be verified: a hospital's own certificate authority goes in [pacs] ca_file "
+    "(or BTD_PACS_CA_FILE), a PEM file."
+)
 
 
 def checked_address(url: str) -> str:

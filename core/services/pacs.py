@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -40,7 +41,11 @@ logger = logging.getLogger("btd.pacs")
 
 
 def connect(settings: PacsSettings, timeout_s: float = 10.0) -> Pacs:
-    return Pacs(settings.url, settings.user, settings.password, settings.verify_tls, timeout_s)
+    """The PACS of ``settings``; :class:`PacsError` for an address that is no http(s) URL, or a certificate
+    authority file that cannot be read (every request then failed as "the PACS does not answer")."""
+    if settings.verify_tls and settings.ca_file and not os.access(settings.ca_file, os.R_OK):
+        raise PacsError("The PACS's certificate authority file (ca_file) cannot be read; check its path.")
+    return Pacs(settings.url, settings.user, settings.password, settings.verify, timeout_s)
 
 
 def search(pacs: Pacs, actor: Actor, store: AuditTrail | None = None, **filters: str | None) -> list[StudyHit]:
