@@ -131,8 +131,8 @@ def tumour_rate_figure(
     hidden = sum(r is None for r in counted_in)
     if hidden * 2 > len(counted_in):  # most of the line gone, unexplained: read as a chart that failed
         figure.add_annotation(
-            text=f"{hidden} of {len(counted_in)} {period}s' rates withheld: fewer than {SMALL_CELL} results, tumours or "
-            f"others<br>in a {period} could identify patients. A longer period adds them up.",
+            text=f"{hidden} of {len(counted_in)} {period}s' rates withheld: fewer than {SMALL_CELL} results, "
+            f"tumours or others<br>in a {period} could identify patients. A longer period adds them up.",
             xref="x domain",
             yref="y domain",
             x=0.5,
