@@ -28,8 +28,8 @@ from core.errors import (
 from core.imaging.phantom_series import dicom_series, head_volume
 from core.pacs import objects
 from core.pacs.client import SeriesHit
-from core.services import audit, pacs_watch
 from core.services import pacs as pacs_service
+from core.services import pacs_watch
 from core.services.access import Actor
 from core.services.study_reading import analyse_study
 from core.storage.sqlite import SQLiteStore
@@ -942,14 +942,6 @@ def test_a_watch_whose_state_file_went_is_refused_not_sent_through_the_pacss_who
     with pytest.raises(PacsError, match=r'replace it with one holding \{"last": N\}') as damaged:
         pacs_watch.open_state(path, None, before, RADIOLOGIST)
     assert "move it away" not in str(damaged.value)
-    path.unlink()
-    legacy = SQLiteStore(tmp_path / "legacy.db")  # a watch from before the event, restored without its file, went
-    for pull in store.audit_events():  # through the whole history again; its pulls, as it recorded them
-        if pull.action == "pacs_pull":
-            audit.record(legacy, RADIOLOGIST, "pacs_pull", pull.target, **pull.detail)
-    with pytest.raises(WatchStateMissing, match=f"this database holds studies {RADIOLOGIST.name} pulled before"):
-        pacs_watch.open_state(path, None, legacy, RADIOLOGIST)
-    assert not path.exists() and pacs_watch.open_state(path, None, legacy, Actor("another", "radiologist")).last == 0
     path.unlink()
     fresh, calls = SQLiteStore(tmp_path / "fresh.db"), []
 

@@ -165,19 +165,17 @@ def open_state(path: Path, key: bytes | None, store: AuditTrail, actor: Actor) -
     file written at once, then an audit event, so that a watch failing before its first study is not mistaken for
     one whose file went): restored from a backup without it, or deleted, the watch went through the PACS's whole
     history again (every study pulled, purged images stored again, reports sent again). A watch that ran before
-    this event existed records it at its next start, from where its file says; restored without its file, its
-    pulls are the sign that it ran (any pull by the watch's account: ``pacs analyse`` pulls as it does)."""
+    this event existed records it at its next start, from where its file says."""
     started = store.count_audit(AuditQuery(action=STARTED)) > 0
     if path.exists():
         state = WatchState.load(path, key)
         if not started:
             audit.record(store, actor, STARTED, last=state.last)
         return state
-    if started or store.count_audit(AuditQuery(actor=actor.name, action="pacs_pull")) > 0:
-        ran = "this database's watch has run" if started else f"this database holds studies {actor.name} pulled"
+    if started:
         raise WatchStateMissing(
-            f"The watch's state file ({path.name} in the data folder) is missing, but {ran} before: restore the "
-            "file from the backup of this data folder, or write one holding "
+            f"The watch's state file ({path.name} in the data folder) is missing, but this database's watch has run "
+            "before: restore the file from the backup of this data folder, or write one holding "
             '{"last": N}, N the PACS change to go on after (0 goes through its whole history again).'
         )
     state = WatchState(path, key=key)
