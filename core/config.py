@@ -147,8 +147,14 @@ def pacs_settings(secrets: Mapping[str, Any]) -> PacsSettings | None:
         user=os.environ.get("BTD_PACS_USER") or section.get("user"),
         password=os.environ.get("BTD_PACS_PASSWORD") or section.get("password"),
         verify_tls=bool(section.get("verify_tls", True)),
-        ca_file=os.environ.get("BTD_PACS_CA_FILE") or section.get("ca_file") or None,
+        ca_file=pacs_ca_file(secrets),
     )
+
+
+def pacs_ca_file(secrets: Mapping[str, Any]) -> str | None:
+    """The PEM file of the certificate authorities the PACS's certificate is verified against: ``BTD_PACS_CA_FILE``
+    or ``[pacs] ca_file``, whatever gives the address (the command line's ``--url`` too); None: the system's."""
+    return os.environ.get("BTD_PACS_CA_FILE") or (secrets.get("pacs") or {}).get("ca_file") or None
 
 
 def _key(configured: str | None, what: str, shared_database: bool, local_file: str) -> bytes | None:

@@ -216,4 +216,11 @@ def test_a_mistyped_setting_in_the_secrets_file_is_refused_by_name_not_ignored(t
     assert pacs_settings(file_secrets()).verify == "/etc/ssl/hospital.pem"
     monkeypatch.setenv("BTD_PACS_CA_FILE", "/srv/ca.pem")
     assert pacs_settings(file_secrets()).verify == "/srv/ca.pem"
+    import argparse
+
+    from core.cli.pacs import _settings  # the command line's --url, no address configured: the authority still holds
+
+    path.write_text("")
+    given = argparse.Namespace(url="https://p/dicom-web", user=None, password_stdin=False, insecure=False)
+    assert pacs_settings(file_secrets()) is None and _settings(given).verify == "/srv/ca.pem"
     assert secrets_mistake({"auth": {"anything": "Streamlit's own"}}) is None

@@ -37,7 +37,7 @@ from core.cli.common import (
     write,
 )
 from core.cli.studies import emit_outcome, save_outcome
-from core.config import PacsSettings, data_dir, file_secrets, pacs_settings
+from core.config import PacsSettings, data_dir, file_secrets, pacs_ca_file, pacs_settings
 from core.errors import PacsError, PacsFeedWentBack, StoreError
 from core.pacs.changes import OrthancChanges
 from core.pacs.objects import ModelFacts
@@ -94,7 +94,7 @@ def _settings(args: argparse.Namespace) -> PacsSettings | None:
         user=args.user or (configured.user if configured else None),
         password=password or None,
         verify_tls=not args.insecure and (configured.verify_tls if configured else True),
-        ca_file=configured.ca_file if configured else None,
+        ca_file=pacs_ca_file(file_secrets()),
     )
 
 
