@@ -9,7 +9,8 @@ import logging
 from typing import Any
 
 from core.errors import PacsMalformed, PacsNotFound, PacsUnreachable
-from core.pacs.client import TLS_FAILED, Pacs, answer_error, checked_address
+from core.pacs.client import Pacs
+from core.pacs.http import TLS_FAILED, answer_error, checked_address
 
 logger = logging.getLogger("btd.pacs")
 

@@ -13,24 +13,22 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cache
 from typing import Any, TypeVar
 from urllib.parse import quote
 
 from core.errors import (
     FileTooLarge,
     PacsError,
-    PacsForbidden,
     PacsMalformed,
     PacsNotFound,
     PacsQueryRefused,
-    PacsRefused,
     PacsTimedOut,
     PacsUnreachable,
     UnsupportedDicom,
 )
 from core.imaging.dicom import quiet_pydicom
 from core.imaging.limits import DEFAULT_STUDY_LIMITS, StudyLimits
+from core.pacs.http import TLS_FAILED, answer_error, checked_address, session_class
 
 logger = logging.getLogger("btd.pacs")
 SEARCH_LIMIT = 50  # studies a search lists (QIDO limit): a full list says that more may match
@@ -100,24 +98,6 @@ AS_STORED = (("application/dicom", "*"),)  # any transfer syntax: the app decode
 WILDCARDS = frozenset("*?,\\")  # QIDO's wildcards and its list separator (Orthanc splits on a comma, encoded too)
 
 
-BUSY = frozenset({408, 429, 502, 503, 504})  # answers of a PACS (or its proxy) that is overloaded or restarting
-
-
-def answer_error(status: int | None, what: str) -> PacsError:
-    """What an HTTP error answer to the ``what`` means to the reader: a refused password (401), a refused request
-    (403: the account may read but not store, say), a busy PACS (:data:`BUSY`, tried again later) or a failure."""
-    if status == 401:
-        return PacsRefused("The PACS refused the user name or password.")
-    if status == 403:
-        return PacsForbidden(
-            f"The PACS refused the {what} to this account (HTTP 403): it may not be allowed to do this; ask the PACS "
-            "administrator."
-        )
-    if status in BUSY:
-        return PacsUnreachable(f"The PACS is busy or unavailable (HTTP {status}) for the {what}; try again later.")
-    return PacsError(f"The PACS failed the {what} (HTTP {status}).")
-
-
 class Pacs:
     """One PACS's DICOMweb root (for Orthanc ``http://host:8042/dicom-web``)."""
 
@@ -133,7 +113,7 @@ class Pacs:
         from dicomweb_client.api import DICOMwebClient
 
         url = checked_address(url)
-        session = _session_class()()
+        session = session_class()()
         session.verify = verify_tls
         if user is not None:
             session.auth = (user, password or "")
@@ -397,38 +377,6 @@ class Pacs:
                     "send again."
                 )
             return accepted
-
-
-@cache
-def _session_class() -> type:
-    import requests  # imported when a PACS is first used, as everywhere here
-
-    class Session(requests.Session):
-        """A session whose ``verify`` holds for every request: requests lets REQUESTS_CA_BUNDLE in the environment
-        replace a session's own (a hospital's authority file, or no check at all) on each request."""
-
-        def request(self, *args: Any, **kwargs: Any) -> Any:
-            kwargs.setdefault("verify", self.verify)
-            return super().request(*args, **kwargs)
-
-    return Session
-
-
-TLS_FAILED = (
-    "The PACS's TLS certificate could not be verified: a hospital's own certificate authority goes in [pacs] ca_file "
-    "(or BTD_PACS_CA_FILE), a PEM file."
-)
-
-
-def checked_address(url: str) -> str:
-    """An http(s) address with a host and no credentials in it, stripped; :class:`PacsError` otherwise (never
-    echoing it: an address written with its credentials would reach the message and the log)."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
-        raise PacsError("The PACS address is not an http(s) URL with a host (credentials go in their options).")
-    return url.strip()
 
 
 def _optional_int(value: Any) -> int | None:
