@@ -323,6 +323,11 @@ def test_a_report_of_a_study_read_again_replaces_the_pacs_current_one_never_stan
     made = datetime.strptime(there.ContentDate + there.ContentTime.split(".")[0] + "+0900", "%Y%m%d%H%M%S%z")
     assert there.TimezoneOffsetFromUTC == "+0900" and (there.StudyDate, there.StudyTime) == ("20240102", "101500")
     assert abs((made - datetime.now(UTC)).total_seconds()) < 120 and there.InstanceCreationDate == there.ContentDate
+    key_image = pydicom.Dataset()  # a key image's capture time too (it kept the server's, beside +0900)
+    key_image.DateOfSecondaryCapture, key_image.TimeOfSecondaryCapture = "19990101", "000000"
+    objects.dated_as(key_image, objects.headers(tokyo)[0])
+    captured = key_image.DateOfSecondaryCapture + key_image.TimeOfSecondaryCapture.split(".")[0] + "+0900"
+    assert abs((datetime.strptime(captured, "%Y%m%d%H%M%S%z") - datetime.now(UTC)).total_seconds()) < 120
     pacs_service.send_results(pacs, RADIOLOGIST, pulled, model, store, None)  # the same reading, no label
     assert pacs.report_head(STUDY, series_uid).SOPInstanceUID == final.SOPInstanceUID  # the FINAL stays current
     series = outcome.series[0]  # the same images and model read otherwise (a rule changed, a series now read)

@@ -318,6 +318,13 @@ def utc_offset() -> str:
     return datetime.datetime.now().astimezone().strftime("%z")
 
 
+MADE_AT = (  # the dates and times highdicom writes an object's making at, in the server's zone
+    ("InstanceCreationDate", "InstanceCreationTime"),
+    ("ContentDate", "ContentTime"),
+    ("DateOfSecondaryCapture", "TimeOfSecondaryCapture"),  # key images
+)
+
+
 def dated_as(made: Any, source: Any) -> None:
     """The offset from UTC of an object made from ``source`` (one of the study's images): the source's, when it
     gives one, with the object's own creation and content times written in it (the study's date and time are
@@ -329,10 +336,10 @@ def dated_as(made: Any, source: Any) -> None:
         return
     delta = datetime.timedelta(hours=int(offset[1:3]), minutes=int(offset[3:]))
     now = datetime.datetime.now(datetime.timezone(-delta if offset[0] == "-" else delta))
-    for prefix in ("InstanceCreation", "Content"):  # the times the library writes, in the server's zone
-        if f"{prefix}Date" in made:
-            setattr(made, f"{prefix}Date", now.strftime("%Y%m%d"))
-            setattr(made, f"{prefix}Time", now.strftime("%H%M%S.%f"))
+    for day, time in MADE_AT:  # the times the library writes, in the server's zone
+        if day in made:
+            setattr(made, day, now.strftime("%Y%m%d"))
+            setattr(made, time, now.strftime("%H%M%S.%f"))
     made.TimezoneOffsetFromUTC = offset
 
 
