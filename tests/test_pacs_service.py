@@ -1227,6 +1227,10 @@ def test_a_series_in_a_transfer_syntax_pydicom_does_not_know_is_named_unread_and
     assert refused.outcome.error_code == "unsupported_dicom"
     assert [(e.action, e.detail.get("instances")) for e in store.audit_events()][-1] == ("pacs_pull_failed", 2)
     assert audit.verify(store).intact
+    faulty = sent[f"{STUDY}.2"][0]  # a faulty image in a known syntax is no syntax to blame: the answer
+    del faulty.SOPInstanceUID, faulty.file_meta.MediaStorageSOPInstanceUID
+    with pytest.raises(PacsMalformed, match="not valid DICOMweb"):  # is not valid DICOM (tried again by a watch)
+        pacs.retrieve_mr(STUDY)
 
 
 def test_a_multi_frame_series_over_the_sections_limit_is_left_out_before_retrieval(monkeypatch) -> None:

@@ -394,12 +394,15 @@ class Unwritable(Exception):
 def _file_bytes(dataset: Any) -> bytes:
     """A retrieved dataset as DICOM file bytes (in memory), for the same reader uploads go through."""
     from pydicom import dcmwrite
+    from pydicom.uid import UID
 
     buffer = io.BytesIO()
     try:
         dcmwrite(buffer, dataset, enforce_file_format=True)
     except (ValueError, TypeError, AttributeError, KeyError) as error:
         syntax = str(getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", "") or "")
+        if UID(syntax).is_transfer_syntax:  # a syntax pydicom knows: the image itself is faulty (not valid DICOMweb)
+            raise
         syntax = "".join(c for c in syntax if c in "0123456789.")[:64] or "not given"  # a UID, nothing else shown
         raise Unwritable(f"its images are in a transfer syntax this app cannot read ({syntax})") from error
     return buffer.getvalue()
