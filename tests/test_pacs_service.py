@@ -823,6 +823,19 @@ def test_an_outage_the_studys_search_fails_in_too_is_waited_out_past_the_hour(ti
         now[0] += pacs_watch.STUCK_AFTER_S
         (line,) = pacs_watch.watch_once(watcher, pacs_watch.WatchState.load(tmp_path / "w.json"), RADIOLOGIST)
         assert line["retry"] and "left_behind" not in line and line["skipped"] == "pacs_unreachable"
+    # the study pulled, its report not taken (the PACS busy for its stores) for hours: left behind, never sent
+    pacs.failures.clear()
+    pacs.series_of = StandIn.series_of.__get__(pacs)
+
+    def busy(datasets: list) -> list[str]:
+        raise PacsUnreachable("The PACS is busy or unavailable (HTTP 503) for the store; try again later.")
+
+    pacs.store = busy
+    watcher = replace(watcher, send=True)
+    for _ in range(pacs_watch.MAX_TRIES + 2):
+        now[0] += pacs_watch.STUCK_AFTER_S
+        (line,) = pacs_watch.watch_once(watcher, pacs_watch.WatchState.load(tmp_path / "w.json"), RADIOLOGIST)
+        assert line["retry"] and "left_behind" not in line and line["send_error"]["code"] == "pacs_unreachable"
 
 
 def test_a_pacs_that_refuses_our_reports_has_the_study_left_behind_not_pulled_and_audited_for_ever(

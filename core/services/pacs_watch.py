@@ -217,7 +217,7 @@ RETRIED = UNDELIVERED | {PacsRefused.code, PacsForbidden.code, PacsError.code, P
 # state (a longer wait had every study pulled and audited every ten seconds). A study the PACS does not deliver
 # (UNDELIVERED) after answering its search that very watch is stuck, the PACS up (a retrieval that times out or
 # breaks off every time held back every later study for ever): left behind after STUCK_AFTER_S. An outage, the
-# search unanswered too, is waited out however long it lasts.
+# search unanswered too, is waited out however long it lasts; so is a report the PACS does not take.
 MAX_TRIES = 5
 GIVE_UP_AFTER_S = 10 * 60
 STUCK_AFTER_S = 60 * 60
@@ -291,8 +291,8 @@ def _given_up(state: WatchState, study_uid: str, line: dict[str, Any], answered:
     before anything was sent: an account's permission slipping for 40 seconds left every study then waiting
     behind, for good) are waited out however long they last."""
     code = line["skipped"]
-    if code in UNDELIVERED and answered:
-        wait = STUCK_AFTER_S
+    if code in UNDELIVERED and answered and "send_error" not in line:  # a report not taken: waited out (left
+        wait = STUCK_AFTER_S  # behind, it would never be sent)
     elif code in (PacsError.code, PacsMalformed.code):
         wait = GIVE_UP_AFTER_S
     elif code == PacsForbidden.code and "send_error" in line:
