@@ -313,7 +313,7 @@ def test_one_day_of_data_gets_a_whole_day_on_the_time_axis_not_milliseconds() ->
     # over the month before it, a week's over the week before
     months = tumour_rate_figure(["2026-10-01", "2026-11-01"], [12, 182], [0.5, 0.4], [None, None], "month")
     assert {(t.xperiod, t.xperiod0, t.xperiodalignment) for t in months.data} == {("M1", "2000-01-01", "middle")}
-    assert list(months.layout.xaxis2.range) == ["2026-10-01 00:00:00", "2026-12-02 00:00:00"]
+    assert list(months.layout.xaxis2.range) == ["2026-10-01 00:00:00", "2026-12-01 00:00:00"]  # November's end
     assert months.layout.xaxis2.dtick == "M1"
     weeks = tumour_rate_figure(["2026-11-16", "2026-11-23"], [12, 18], [0.5, 0.4], [None, None], "week")
     assert {(t.xperiod, t.xperiod0) for t in weeks.data} == {(7 * 86_400_000, "2000-01-03")}  # from a Monday
@@ -562,6 +562,25 @@ def test_count_axes_have_at_most_six_steps_and_one_periods_quality_charts_span_t
     for figure in charts:
         assert list(figure.layout.xaxis.range) == ["2026-03-01 00:00:00", "2026-03-02 00:00:00"]
     assert charts[1].layout.yaxis.rangemode == charts[1].layout.yaxis2.rangemode == "nonnegative"  # no -1 % rate
+    # a control limit is a step across its period, from its start to its end; the points sit in their periods'
+    # middle (limits shifted with them ran from one period's middle to the next's); the baseline's line at the end
+    # of its last period (at its start, that period's point read as after the baseline)
+    weeks = ["2026-02-23", "2026-03-02"]
+    drift = drift_figure(
+        weeks,
+        [0.4, 0.5],
+        [(0.2, 0.6)] * 2,
+        [0.5, 0.5],
+        [(0.2, 0.6)] * 2,
+        ([False] * 2, [False] * 2),
+        "2026-03-01",
+        "week",
+    )
+    limits = [t for t in drift.data if t.legendgroup == "limits"]
+    assert len(limits) == 4 and all(list(t.x) == [*weeks, "2026-03-09 00:00:00"] for t in limits)
+    assert all(t.xperiodalignment is None for t in limits) and list(limits[0].y) == [20.0, 20.0, 20.0]
+    assert {t.xperiodalignment for t in drift.data if t.legendgroup != "limits"} == {"middle"}
+    assert drift.layout.shapes[0].x0 == "2026-03-02 00:00:00"
 
 
 def test_an_agreement_chart_with_every_period_withheld_says_why_it_is_empty() -> None:

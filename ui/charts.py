@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from typing import Any
 
 import plotly.graph_objects as go
@@ -19,6 +19,7 @@ from plotly.subplots import make_subplots
 
 from core.analytics.stats import SMALL_CELL, WITHHELD_REASON
 from core.analytics.stats import WITHHELD as WITHHELD_MARK
+from core.domain.times import next_period, period_start
 from core.services.statistics import Dashboard, QualityBoard
 
 CLASS_COLOURS = {
@@ -57,9 +58,8 @@ def date_axis(starts: Sequence[str], period: str) -> dict[str, Any]:
     they are few enough to name each."""
     if not starts:
         return {"type": "date"}
-    step = {"day": timedelta(days=1), "week": timedelta(days=7), "month": timedelta(days=31)}.get(period, timedelta(1))
     first, last = (datetime.fromisoformat(str(s)[:19]) for s in (min(starts), max(starts)))
-    axis: dict[str, Any] = {"type": "date", "range": [str(first), str(last + step)]}
+    axis: dict[str, Any] = {"type": "date", "range": [str(first), str(period_end(last, period))]}
     if period == "day" and (last - first) < timedelta(days=10):
         axis |= {"dtick": 86_400_000, "tickformat": "%b %d"}
     elif period == "week" and (last - first) < timedelta(weeks=16):
@@ -72,11 +72,22 @@ def date_axis(starts: Sequence[str], period: str) -> dict[str, Any]:
 MONDAY = "2000-01-03"  # weeks start on Mondays (core.domain.times.period_start)
 
 
+def period_end(start: datetime, period: str) -> datetime:
+    """The end of the period that begins at ``start`` (the next one's first midnight)."""
+    return datetime.combine(next_period(start.date(), period), time(0))
+
+
 def in_periods(figure: go.Figure, period: str) -> None:
     """Each point, bar and box drawn across the period it counts, from its start to its end (drawn centred on the
-    period's first day, November's bar stood mostly over October, and a week's over the one before)."""
+    period's first day, November's bar stood mostly over October, and a week's over the one before); steps (control
+    limits) are drawn from each period's start to its end already."""
     span, first = {"week": (7 * 86_400_000, MONDAY), "month": ("M1", "2000-01-01")}.get(period, (86_400_000, MONDAY))
-    figure.update_traces(xperiod=span, xperiod0=first, xperiodalignment="middle")  # periods counted from ``first``
+    figure.update_traces(
+        xperiod=span,  # periods counted from ``first``
+        xperiod0=first,
+        xperiodalignment="middle",
+        selector=lambda trace: getattr(getattr(trace, "line", None), "shape", None) != "hv",
+    )
 
 
 def count_ticks(largest: int | None) -> dict[str, object]:
@@ -344,12 +355,15 @@ def drift_figure(
         vertical_spacing=0.08,
         subplot_titles=("tumour rate % per scan or series", "mean tumour probability of single scans %"),
     )
+    # each limit a step across its period, to the last one's end
+    edges = [*starts, str(period_end(datetime.fromisoformat(str(starts[-1])[:19]), period))] if starts else []
     for row, values, bounds, flags in ((1, rates, limits, alarms[0]), (2, means, mean_limits, alarms[1])):
         pct = [None if v is None else round(v * 100, 2) for v in values]
         for k, name in ((0, "lower limit"), (1, "upper limit")):
+            steps = [None if b is None else round(b[k] * 100, 2) for b in bounds]
             figure.add_scatter(
-                x=list(starts),
-                y=[None if b is None else round(b[k] * 100, 2) for b in bounds],
+                x=edges,
+                y=[*steps, steps[-1]] if steps else [],
                 mode="lines",
                 line={"color": "#95a5a6", "dash": "dash", "shape": "hv"},
                 name=name,
@@ -376,8 +390,9 @@ def drift_figure(
             row=row,
             col=1,
         )
-    if baseline_end:
-        figure.add_vline(x=baseline_end, line_dash="dot", line_color="#566573")
+    if baseline_end:  # at the end of the baseline's last period (a period starting by that day is in it)
+        last = datetime.combine(period_start(datetime.fromisoformat(baseline_end).date(), period), time(0))
+        figure.add_vline(x=str(period_end(last, period)), line_dash="dot", line_color="#566573")
     figure.update_layout(  # room above the upper panel's own title: the figure's title was drawn over it
         title="Drift against the baseline (3-sigma control limits)",
         **{**_LAYOUT, "height": 440, "margin": {**_LAYOUT["margin"], "t": 70}},
