@@ -1263,12 +1263,16 @@ def test_a_multi_frame_series_over_the_sections_limit_is_left_out_before_retriev
     monkeypatch.setattr(pacs._client, "iter_series", lambda study_uid, series_uid, **_: iter(sent[series_uid]))
     files, left_out = pacs.retrieve_mr(STUDY)  # never asked for series 8 (a KeyError)
     assert len(files) == 6 and left_out == [
-        "DICOM series 8: 600 sections, left out to keep the study within 512 sections a series (not retrieved, "
-        "not analysed)"
+        "DICOM series 8: a file of 600 frames, left out to keep the study within 512 sections a series (not "
+        "retrieved, not analysed)"
     ]
     listed[:] = listed[1:]
-    with pytest.raises(FileTooLarge, match="No MR series of this study fits: DICOM series 8: 600 sections"):
+    with pytest.raises(FileTooLarge, match="No MR series of this study fits: DICOM series 8: a file of 600 frames"):
         pacs.retrieve_mr(STUDY)
+    # two files of 300 frames: each a stack of its own, as an upload reads them (not 600 sections of one series)
+    two = big | {"00280008": {"vr": "IS", "Value": [300]}}
+    metadata[f"{STUDY}.2"] = [two, two]
+    assert pacs._size_of(STUDY, f"{STUDY}.2")[1] == 300
 
 
 def test_a_pull_that_failed_after_images_crossed_is_an_audit_event_and_one_before_is_not(

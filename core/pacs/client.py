@@ -268,8 +268,8 @@ class Pacs:
         for hit in [hit for hit in series if sizes[hit.series_uid][1] > self.limits.max_sections]:  # multi-frame
             series.remove(hit)  # files: counted as images, a 12,800-frame file was retrieved whole, then refused
             skipped.append(  # the study with it
-                f"DICOM series {hit.number or '?'}: {sizes[hit.series_uid][1]} sections, left out to keep the study "
-                f"within {self.limits.max_sections} sections a series (not retrieved, not analysed)"
+                f"DICOM series {hit.number or '?'}: a file of {sizes[hit.series_uid][1]} frames, left out to keep the "
+                f"study within {self.limits.max_sections} sections a series (not retrieved, not analysed)"
             )
         if not series:
             raise FileTooLarge(f"No MR series of this study fits: {'; '.join(skipped)}.")
@@ -321,9 +321,10 @@ class Pacs:
         return files, skipped
 
     def _size_of(self, study_uid: str, series_uid: str) -> tuple[int, int]:
-        """(the pixels, the sections) a series' images hold, from its metadata (WADO-RS, no pixel data): rows x
-        columns x frames x samples per image, and frames (one very large multi-frame file was held, about four
-        times its size, before the byte limit refused the study)."""
+        """(the pixels, the frames of its largest file) a series' images hold, from its metadata (WADO-RS, no pixel
+        data): rows x columns x frames x samples per image (one very large multi-frame file was held, about four
+        times its size, before the byte limit refused the study); each multi-frame file is read as a stack of its
+        own, so its frames are held to the sections a series may have."""
         metadata = self._call("series metadata", lambda: self._client.retrieve_series_metadata(study_uid, series_uid))
         with self._errors("series metadata"):
             frames = [max(int(_value(m, "00280008", 1) or 1), 1) for m in metadata]  # NumberOfFrames (IS)
@@ -334,7 +335,7 @@ class Pacs:
                 * max(int(_value(m, "00280002", 1) or 1), 1)  # SamplesPerPixel
                 for m, count in zip(metadata, frames, strict=True)
             )
-            return pixels, sum(frames)
+            return pixels, max(frames, default=0)
 
     def report_head(self, study_uid: str, series_uid: str) -> Any | None:
         """The current version of our report in the study (the highest-numbered instance of its report series, as
