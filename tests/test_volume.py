@@ -334,6 +334,9 @@ def test_saving_a_series_keeps_its_record_sections_pixels_and_an_audit_event(
     # the command line's tumour_slices and the key images sent to the PACS are the sections the screen and the PDF
     # mark (they listed those at the rule's own 0.30 too, beside a verdict judged at 0.50)
     assert gapped.tumour_sections == fresh.marked == [2, 3, 4] and gapped.curve[5] > gapped.rule.threshold
+    line = gapped.to_json()  # the command line's line says what they are cut at: found again from its curve
+    cut = line["rule"]["applied_threshold"]
+    assert cut == pytest.approx(applied) and [i for i, p in enumerate(line["curve"]) if p and p >= cut] == [2, 3, 4]
 
 
 def test_study_command_saves_each_series_once_with_save(

@@ -203,7 +203,10 @@ class SeriesAnalysis:
             "label": self.label,
             "tumour_probability": None if self.score is None else round(self.score, 6),
             "tumour_slices": self.tumour_sections,
-            "rule": self.rule.to_json() | {"neighbours_used": self.neighbours_used},
+            # the threshold the verdict was judged by too (the rule's, or higher on fewer neighbours): what
+            # tumour_slices are cut at
+            "rule": self.rule.to_json()
+            | {"neighbours_used": self.neighbours_used, "applied_threshold": round(self.applied_threshold, 6)},
             "curve": [None if p is None else round(p, 4) for p in self.curve],
             "skipped": {str(s.index): s.skipped for s in self.refused},
             "model": {"name": self.model_name, "version": self.model_version},
