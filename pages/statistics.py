@@ -136,11 +136,11 @@ unit = controls[4].radio(
 )
 paused = controls[5].toggle("Pause", help=f"Stop refreshing (every {REFRESH_SECONDS} s)")
 try:  # no key (MongoDB without one): a series keeps no study, and "per study" counted every series as a study
-    ungrouped = resources.current_patient_key() is None
-except ValueError:
-    ungrouped = True
+    ungrouped = statistics_export.UNGROUPED if resources.current_patient_key() is None else None
+except ValueError:  # a key that cannot be used: the pages save without one
+    ungrouped = statistics_export.UNUSABLE_KEY
 if ungrouped and unit == "study":
-    st.warning(f"{statistics_export.UNGROUPED}.", icon=":material/warning:")
+    st.warning(f"{ungrouped}.", icon=":material/warning:")
 
 days_chosen = list(chosen) if isinstance(chosen, tuple | list) else [chosen]
 if not days_chosen:

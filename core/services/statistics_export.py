@@ -38,20 +38,24 @@ UNGROUPED = (
     "No patient-reference key is configured ([identity] hmac_key): series are saved without their study, so per "
     "study each series counts as a study of its own"
 )
+UNUSABLE_KEY = (
+    "The patient-reference key cannot be used now (the Scan page says why): series saved meanwhile keep no study, "
+    "so per study each of them counts as a study of its own"
+)
 
 
-def export_csv(board: Dashboard, quality: QualityBoard | None = None, ungrouped: bool = False) -> bytes:
+def export_csv(board: Dashboard, quality: QualityBoard | None = None, ungrouped: str | None = None) -> bytes:
     """Everything the Statistics page shows, as one tidy CSV (``table, key, measure, value, low_95, high_95``):
     the headline figures, the rate per period, the class mix, the confidence histogram, the per-version table, the
     lesion volumes of tumour studies per period (when there are any) and, when given, the agreement, accuracy and
     drift board; comment lines first name the filters. Withheld small
     counts (those a total would give away with them, and rates that would reveal one) read ``withheld``, never 0 or
-    empty. ``ungrouped``: series were saved without their study (:data:`UNGROUPED`), said when counted per
+    empty. ``ungrouped``: why series may be saved without their study (:data:`UNGROUPED`), said when counted per
     study."""
     buffer = io.StringIO()
     _comments(buffer, board)
     if ungrouped and board.unit == "study":
-        buffer.write(f"# {UNGROUPED}\n")
+        buffer.write(f"# {ungrouped}\n")
     today = local_day(None, board.timezone)
     if partial := partial_periods(board, today):  # as the page says it under its chart: a short bar is no fall
         buffer.write(f"# {partial}\n")
