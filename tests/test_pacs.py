@@ -346,6 +346,31 @@ def test_a_pacs_that_takes_the_request_and_never_answers_has_timed_out_not_gone(
     with pytest.raises(PacsUnreachable, match="does not answer") as gone:
         Pacs("http://127.0.0.1:9/dicom-web", timeout_s=1).search()
     assert not isinstance(gone.value, PacsTimedOut)
+    # an answer begun and then stalled: requests says a lost connection, which read "check its address"
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Stalling(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/dicom+json")
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            self.wfile.write(b"[{")
+            self.wfile.flush()
+            time.sleep(3)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Stalling)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(PacsTimedOut, match="did not answer the search within 1 s"):
+            Pacs(f"http://127.0.0.1:{server.server_address[1]}/dicom-web", timeout_s=1).search()
+    finally:
+        server.shutdown()
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a certificate")

@@ -132,7 +132,12 @@ class Pacs:
         from pydicom.errors import InvalidDicomError
 
         try:
-            yield
+            try:
+                yield
+            except requests.ConnectionError as error:  # a read that timed out mid-answer comes as a lost connection
+                if _read_timed_out(error):
+                    raise _StalledMidAnswer() from error
+                raise
         except requests.HTTPError as error:
             status = getattr(error.response, "status_code", None)
             logger.warning("event=pacs_failed what=%s status=%s", what, status)
@@ -145,8 +150,8 @@ class Pacs:
         except requests.exceptions.SSLError as error:  # read as "does not answer", the address blamed
             logger.warning("event=pacs_tls_failed what=%s", what)
             raise PacsUnreachable(TLS_FAILED) from error
-        except requests.ReadTimeout as error:  # connected, no answer: the PACS is up (a connect timeout is not)
-            logger.warning("event=pacs_timed_out what=%s", what)
+        except (requests.ReadTimeout, _StalledMidAnswer) as error:  # connected, no answer (or none for a while
+            logger.warning("event=pacs_timed_out what=%s", what)  # mid-answer): the PACS is up
             raise PacsTimedOut(
                 f"The PACS did not answer the {what} within {self._timeout_s:g} s; try again later."
             ) from error
@@ -385,6 +390,16 @@ def _optional_int(value: Any) -> int | None:
         return None if value in (None, "") else int(value)
     except (TypeError, ValueError):
         return None
+
+
+class _StalledMidAnswer(Exception):
+    """An answer begun and then not continued within the timeout."""
+
+
+def _read_timed_out(error: Exception) -> bool:
+    from urllib3.exceptions import ReadTimeoutError
+
+    return any(isinstance(arg, ReadTimeoutError) for arg in error.args)
 
 
 class Unwritable(Exception):
