@@ -112,10 +112,10 @@ def test_names_in_other_scripts_and_long_names_reach_the_report_whole_and_told_a
     review_result(store, Actor(reviewer, "radiologist"), ids[0], "glioma", ["missed_lesion"], "")
     layout = text_of(study_report(store, images, author, ids, tiny_classifier, None), tmp_path)
     assert not re.search(r"Reviewed {3,}by", layout)  # justified, its two words were a page apart
-    from core.services.reports import _text
+    from core.services.report_drawing import pdf_text
 
-    assert _text("Jose\u0301") == "Jos\u00e9"  # an accent typed apart is one Latin-1 letter
-    assert _text("\u0915\u093f") != _text("\u0915\u0940")  # names differing by a vowel sign stay apart
+    assert pdf_text("Jose\u0301") == "Jos\u00e9"  # an accent typed apart is one Latin-1 letter
+    assert pdf_text("\u0915\u093f") != pdf_text("\u0915\u0940")  # names differing by a vowel sign stay apart
 
 
 def test_a_report_is_refused_to_a_visitor_and_for_single_scans(saved_study, tiny_classifier: Classifier) -> None:
@@ -450,7 +450,7 @@ def test_every_image_of_a_long_report_lies_inside_its_page_with_its_caption(
 def test_key_sections_keep_their_proportions_and_carry_the_patient_directions(tiny_classifier: Classifier) -> None:
     """A 96 x 128 sagittal section (1 mm pixels) is drawn 4:3 wide, not squashed square, with its letters."""
     from core.imaging.phantom_series import SAGITTAL
-    from core.services.reports import _section_image
+    from core.services.report_drawing import section_image
     from core.services.series_views import series_view
 
     volume = read_study(dicom_series(head_volume(4, 128)[:, :96, :], orientation=SAGITTAL))[0]
@@ -474,7 +474,7 @@ def test_key_sections_keep_their_proportions_and_carry_the_patient_directions(ti
         def set_text_color(self, *a) -> None: ...
 
     page = Page()
-    _section_image(page, view, np.zeros((*view.sections[0].shape, 3), np.uint8), 10.0, 20.0, 60.0)
+    section_image(page, view, np.zeros((*view.sections[0].shape, 3), np.uint8), 10.0, 20.0, 60.0)
     ((x, y, w, h),) = page.images
     assert (x, y, w, h) == pytest.approx((10.0, 27.5, 60.0, 45.0))  # 4:3, centred in its 60 x 60 box
     from fpdf import FPDF  # a narrow image without directions: its note wrapped inside it (it ran onto the next)
@@ -485,12 +485,12 @@ def test_key_sections_keep_their_proportions_and_carry_the_patient_directions(ti
         written.append((pdf.get_x(), pdf.get_y(), w)) or FPDF.multi_cell(pdf, w, h, text, **kw)
     )
     portrait = replace(view, geometry=dict(view.geometry) | {"orientation": None, "spacing": [1.0, 0.25]})
-    _section_image(pdf, portrait, np.zeros((*view.sections[0].shape, 3), np.uint8), 10.0, 20.0, 60.0)
+    section_image(pdf, portrait, np.zeros((*view.sections[0].shape, 3), np.uint8), 10.0, 20.0, 60.0)
     x, y, w = written[-1]  # 96 x 128 pixels at 1 x 0.25 mm: drawn 20 mm wide, the note 41 mm long
     assert w < 20 and x >= 10.0 + (60.0 - 20.0) / 2 and 20.0 < y < 80.0
     page.images.clear()  # a record saved before a zero spacing was refused: square pixels, not a division by zero
     zero = replace(view, geometry=dict(view.geometry) | {"spacing": [0.0, 0.0]})
-    _section_image(page, zero, np.zeros((*view.sections[0].shape, 3), np.uint8), 10.0, 20.0, 60.0)
+    section_image(page, zero, np.zeros((*view.sections[0].shape, 3), np.uint8), 10.0, 20.0, 60.0)
     assert page.images[0][2:] == pytest.approx((60.0, 45.0))
     letters = {text: at for text, at in page.texts}
     assert set(letters) == set(volume.letters.values()) and letters[volume.letters["top"]][1] < y + 2
@@ -611,7 +611,7 @@ def test_the_reports_curve_draws_every_section_read_even_one_between_two_skipped
     all, and points at P 1 sat on the frame's top edge."""
     from types import SimpleNamespace
 
-    from core.services.reports import _curve
+    from core.services.report_drawing import curve
 
     drawn: list = []
 
@@ -620,7 +620,7 @@ def test_the_reports_curve_draws_every_section_read_even_one_between_two_skipped
             return lambda *args, **kwargs: drawn.append((name, args, kwargs))
 
     view = SimpleNamespace(curve=(0.1, None, 0.95, None, 1.0, 0.2), threshold=0.3)
-    _curve(Page(), view, 10.0, 20.0, 100.0, 30.0)
+    curve(Page(), view, 10.0, 20.0, 100.0, 30.0)
     dots = [kwargs for name, _, kwargs in drawn if name == "circle"]
     assert len(dots) == 4  # every section read, the isolated ones too
     assert [round(d["x"]) for d in dots if d["radius"] > 0.5] == [50, 89]  # the two above the threshold, marked
@@ -629,6 +629,6 @@ def test_the_reports_curve_draws_every_section_read_even_one_between_two_skipped
     below = next(d for d in dots if round(d["x"]) == 11)  # P 0.1, under the threshold 0.3: drawn below its line
     assert below["y"] > threshold[1]
     drawn.clear()
-    _curve(Page(), SimpleNamespace(curve=(0.4,), threshold=None), 10.0, 20.0, 100.0, 30.0)
+    curve(Page(), SimpleNamespace(curve=(0.4,), threshold=None), 10.0, 20.0, 100.0, 30.0)
     (caption,) = [args for name, args, _ in drawn if name == "cell"]
     assert "red" not in caption[2]  # no threshold, no red: the caption does not say there is

@@ -10,19 +10,14 @@ one is an audit event.
 
 from __future__ import annotations
 
-import io
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-import cv2
 import numpy as np
 
 from core.domain.results import Record
 from core.errors import InvalidRecord, NoBrainFound
-from core.imaging.geometry import orientation_letters
-from core.imaging.raster import encode_png
 from core.model.classifier import Classifier
 from core.model.decision import two_places
 from core.model.explain import HEAT_MEANING, Explainer, overlay
@@ -31,6 +26,7 @@ from core.model.roi import find_brain
 from core.model.volume import key_sections as sections_to_see
 from core.services import audit
 from core.services.access import OPEN_RESULT, Actor, require
+from core.services.report_drawing import curve, outlined, pdf_text, section_image
 from core.services.report_text import (
     DEFAULT_LIMITATIONS,
     MIXED_PATIENTS,
@@ -41,28 +37,9 @@ from core.services.report_text import (
     study_headline,
 )
 from core.services.series_views import SeriesView, section_heat, stored_series_view
-from core.services.views import draw_outline, scaled_outline
+from core.services.views import scaled_outline
 from core.storage.images import ImageStore
 from core.storage.protocol import Store
-
-
-def _text(value: object) -> str:
-    """Text the PDF's core fonts can draw (Latin-1), with the few symbols used here spelled out and any other
-    letter or digit written as its code point ("<U+5F20>"): two reviewers named in another script both read "??",
-    and a sign-off could not be told from another's."""
-    text = str(value).replace("≥", ">=").replace("≤", "<=").replace("–", "-").replace("—", "-").replace("…", "...")
-    text = unicodedata.normalize("NFC", text)  # "e" and an accent as one Latin-1 letter where there is one
-    return "".join(c if ord(c) < 256 else f"<U+{ord(c):04X}>" if _lettering(c) else "?" for c in text)
-
-
-def _lettering(c: str) -> bool:
-    """A letter, digit or mark of a word (two names differing by a vowel sign stay two)."""
-    return c.isalnum() or unicodedata.category(c).startswith("M")
-
-
-def _png(rgb: np.ndarray) -> io.BytesIO:
-    return io.BytesIO(encode_png(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)))
-
 
 # a cell that ends its line, ragged right: fpdf2 justifies by default, and a long reviewer name (a sign-on e-mail)
 # printed as "Reviewed by" with the page's width between the two words
@@ -73,41 +50,6 @@ def key_sections(view: SeriesView, count: int = 3) -> list[int]:
     """The sections a reader should see first: those the verdict rested on (the viewer opens at them), in series
     order (:func:`core.model.volume.key_sections`)."""
     return sections_to_see(view.curve, view.window, count)
-
-
-def _curve(pdf, view: SeriesView, x: float, y: float, w: float, h: float) -> None:
-    pdf.set_draw_color(150, 150, 150)
-    pdf.rect(x, y, w, h)
-    n = max(len(view.curve) - 1, 1)
-    left, top, wide, high = x + 1.0, y + 0.8, w - 2.0, h - 1.6  # dots inside the frame, the threshold on their scale
-
-    def at(i: int, p: float) -> tuple[float, float]:
-        return left + wide * i / n, top + high * (1 - p)
-
-    if view.threshold is not None:
-        pdf.set_draw_color(211, 47, 47)
-        pdf.set_dash_pattern(dash=1, gap=1)
-        pdf.line(x, at(0, view.threshold)[1], x + w, at(0, view.threshold)[1])
-        pdf.set_dash_pattern()
-    pdf.set_draw_color(21, 101, 192)
-    previous = None
-    for i, p in enumerate(view.curve):
-        point = None if p is None else at(i, float(p))
-        if point and previous:
-            pdf.line(*previous, *point)
-        if point:  # a dot for every section read: one between two skipped ones has no line, and was not drawn
-            above = view.threshold is not None and float(p) >= view.threshold  # type: ignore[arg-type]
-            pdf.set_fill_color(*((211, 47, 47) if above else (21, 101, 192)))
-            pdf.circle(x=point[0], y=point[1], radius=0.6 if above else 0.35, style="F")
-        previous = point
-    pdf.set_font("Helvetica", size=7)
-    pdf.set_xy(x, y + h + 0.5)
-    rule = (
-        ""
-        if view.threshold is None
-        else f"; red: at or above the threshold; dashed: the threshold the verdict was judged by {view.threshold:.2f}"
-    )
-    pdf.cell(w, 3, _text(f"section 1 ... {len(view.curve)}{rule}; P(tumour) 0 to 1"))
 
 
 def render(
@@ -144,13 +86,13 @@ def render(
 def _header(pdf, facts: list[tuple[str, str]]) -> None:
     """The title, the not-a-diagnosis line and the study's facts as two columns."""
     pdf.set_font("Helvetica", "B", 15)
-    pdf.cell(0, 8, _text("Brain MRI triage report"), **_NEXT_LINE)
+    pdf.cell(0, 8, pdf_text("Brain MRI triage report"), **_NEXT_LINE)
     pdf.set_font("Helvetica", size=8)
-    pdf.cell(0, 4, _text("Decision support for a radiologist - not a diagnosis."), **_NEXT_LINE)
+    pdf.cell(0, 4, pdf_text("Decision support for a radiologist - not a diagnosis."), **_NEXT_LINE)
     pdf.set_font("Helvetica", size=10)
     for name, value in facts:
-        pdf.cell(62, 5.5, _text(name))
-        pdf.multi_cell(0, 5.5, _text(value), **_NEXT_LINE)  # a long name wraps (it ran off the page)
+        pdf.cell(62, 5.5, pdf_text(name))
+        pdf.multi_cell(0, 5.5, pdf_text(value), **_NEXT_LINE)  # a long name wraps (it ran off the page)
     pdf.ln(2)
 
 
@@ -158,7 +100,7 @@ def _verdict(pdf, records: Sequence[Record], unread: int = 0) -> None:
     """The study verdict in large type (:func:`study_headline`)."""
     pdf.set_font("Helvetica", "B", 13)
     headline = study_headline(records, any(r.is_tumour for r in records), unread)
-    pdf.multi_cell(0, 7, _text(headline), **_NEXT_LINE)
+    pdf.multi_cell(0, 7, pdf_text(headline), **_NEXT_LINE)
 
 
 @dataclass(frozen=True, eq=False)
@@ -198,17 +140,6 @@ def key_lesion(view: SeriesView, segmenter: Segmenter) -> KeyLesion | None:
     return max(found, key=lambda k: (k.lesion.area_px if k.lesion else -1, view.curve[k.index] or 0.0))
 
 
-def outlined(section: np.ndarray, lesion: Lesion | None, side: int = 512) -> np.ndarray:
-    """The grey section as RGB, enlarged to about ``side`` pixels, with the lesion's outline drawn as on screen
-    (:func:`core.services.views.draw_outline`: magenta over a dark rim)."""
-    scale = max(1, side // max(section.shape))
-    rgb = np.repeat(section[:, :, None], 3, axis=2)
-    if scale > 1:
-        rgb = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
-    draw_outline(rgb, scaled_outline(lesion.outline if lesion else [], scale))
-    return rgb
-
-
 def key_lesion_lines(record: Record, view: SeriesView, key: KeyLesion) -> list[str]:
     """What the outlined key section shows, beside it."""
     lesion = key.lesion
@@ -235,21 +166,21 @@ def _key_lesion(pdf, record: Record, view: SeriesView, key: KeyLesion | None, se
     if not segmented:
         pdf.set_font("Helvetica", size=8)
         note = "No lesion outline: no lesion segmenter is loaded (the stored volume is stated above)."
-        pdf.multi_cell(0, 4, _text(note), **_NEXT_LINE)
+        pdf.multi_cell(0, 4, pdf_text(note), **_NEXT_LINE)
         return
     if key is None:  # no key section to outline
         return
     side = 60
     _room_for(pdf, side + 4)
     y = pdf.get_y()
-    _section_image(pdf, view, outlined(view.sections[key.index], key.lesion), pdf.l_margin, y, side)
+    section_image(pdf, view, outlined(view.sections[key.index], key.lesion), pdf.l_margin, y, side)
     pdf.set_font("Helvetica", "B", 9)
     pdf.set_xy(pdf.l_margin + side + 5, y)
-    pdf.cell(0, 5, _text("Lesion outline"), **_NEXT_LINE)
+    pdf.cell(0, 5, pdf_text("Lesion outline"), **_NEXT_LINE)
     pdf.set_font("Helvetica", size=8.5)
     for line in key_lesion_lines(record, view, key):
         pdf.set_x(pdf.l_margin + side + 5)
-        pdf.multi_cell(0, 4.5, _text(line), **_NEXT_LINE)
+        pdf.multi_cell(0, 4.5, pdf_text(line), **_NEXT_LINE)
     pdf.set_y(y + side + 4)
 
 
@@ -267,20 +198,20 @@ def _series(
     plane = str((record.geometry or {}).get("plane") or "unknown plane")
     lines = series_lines(record, view, reviews)
     pdf.set_font("Helvetica", size=9)
-    rows = sum(len(pdf.multi_cell(0, 4.5, _text(line), dry_run=True, output="LINES")) for line in lines)
+    rows = sum(len(pdf.multi_cell(0, 4.5, pdf_text(line), dry_run=True, output="LINES")) for line in lines)
     # the title with its curve and key sections on one page (they once began the next page under no title)
     _room_for(pdf, 7 + 4.5 * rows + (0 if view is None else 34 + KEY_SIDE + CAPTION))
     pdf.set_font("Helvetica", "B", 11)
-    pdf.cell(0, 7, _text(f"Series {number}: {plane}, {_count(record.section_count or 0, 'section')}"), **_NEXT_LINE)
+    pdf.cell(0, 7, pdf_text(f"Series {number}: {plane}, {_count(record.section_count or 0, 'section')}"), **_NEXT_LINE)
     pdf.set_font("Helvetica", size=9)
     for line in lines:
-        pdf.multi_cell(0, 4.5, _text(line), **_NEXT_LINE)
+        pdf.multi_cell(0, 4.5, pdf_text(line), **_NEXT_LINE)
     if view is None:
-        pdf.multi_cell(0, 4.5, _text("The series' images are no longer kept (retention period)."), **_NEXT_LINE)
+        pdf.multi_cell(0, 4.5, pdf_text("The series' images are no longer kept (retention period)."), **_NEXT_LINE)
         return
     _room_for(pdf, 34 + KEY_SIDE + CAPTION)  # the curve and the key sections' row, with their captions, on one page
     top = pdf.get_y() + 1
-    _curve(pdf, view, pdf.l_margin, top, 180, 28)
+    curve(pdf, view, pdf.l_margin, top, 180, 28)
     pdf.set_y(top + 33)
     _key_section_images(pdf, view, {index: heat.get((number, index)) for index in key_sections(view)})
     _key_lesion(pdf, record, view, (lesions or {}).get(number), lesions is not None)
@@ -307,51 +238,17 @@ def _key_section_images(pdf, view: SeriesView, maps: dict[int, np.ndarray | None
     for k, (index, map_) in enumerate(maps.items()):
         section = view.sections[index]
         rgb = np.repeat(section[:, :, None], 3, axis=2) if map_ is None else overlay(section, map_, 0.4)
-        _section_image(pdf, view, rgb, pdf.l_margin + k * (side + 7), y, side)
+        section_image(pdf, view, rgb, pdf.l_margin + k * (side + 7), y, side)
         pdf.set_xy(pdf.l_margin + k * (side + 7), y + side + 0.5)
         pdf.set_font("Helvetica", size=7)
         heat_note = " (heat map)" if map_ is not None else ""
         place = view.place(index)  # where it lies, as the viewer titles it: found again in the PACS by position
         caption = f"section {index + 1}, {place}\nP(tumour) {two_places(view.curve[index])}{heat_note}"
-        pdf.multi_cell(side, 3, _text(caption), align="L")
+        pdf.multi_cell(side, 3, pdf_text(caption), align="L")
     pdf.set_y(y + side + CAPTION)
     if any(map_ is not None for map_ in maps.values()):
         pdf.set_font("Helvetica", size=7)
-        pdf.multi_cell(0, 3, _text(HEAT_MEANING), **_NEXT_LINE)
-
-
-def _section_image(pdf, view: SeriesView, rgb: np.ndarray, x: float, y: float, side: float) -> None:
-    """A displayed section in a ``side`` x ``side`` box, in its true proportions (pixel count and spacing), with
-    the patient directions at its edges as the viewer shows them."""
-    rows, columns = rgb.shape[:2]
-    spacing = view.geometry.get("spacing") or (1.0, 1.0)
-    if not (len(spacing) == 2 and float(spacing[0]) > 0 and float(spacing[1]) > 0):
-        spacing = (1.0, 1.0)  # a record saved before a zero spacing was refused: square pixels, not a crash
-    height, width = rows * float(spacing[0]), columns * float(spacing[1])  # millimetres when the spacing is known
-    scale = side / max(height, width)
-    w, h = width * scale, height * scale
-    left, top = x + (side - w) / 2, y + (side - h) / 2
-    pdf.image(_png(rgb), x=left, y=top, w=w, h=h)
-    letters = orientation_letters(view.geometry.get("orientation"))  # type: ignore[arg-type]
-    pdf.set_font("Helvetica", "B", 7)
-    pdf.set_text_color(255, 235, 59)
-    span = {edge: 2.5 * len(text) + 0.5 for edge, text in letters.items()}  # an oblique edge: "LP"
-    for edge, (lx, ly) in {
-        "top": (left + w / 2 - span.get("top", 3) / 2, top + 0.5),
-        "bottom": (left + w / 2 - span.get("bottom", 3) / 2, top + h - 3.5),
-        "left": (left + 0.5, top + h / 2 - 1.5),
-        "right": (left + w - span.get("right", 3), top + h / 2 - 1.5),
-    }.items():
-        if edge in letters:
-            pdf.set_xy(lx, ly)
-            pdf.cell(span[edge], 3, letters[edge])
-    if not letters:  # the files give no orientation: said, never left to be assumed
-        pdf.set_font("Helvetica", "", 6)
-        note = "Orientation not given: left and right unknown"  # wrapped inside a narrow image (it ran past it)
-        rows = len(pdf.multi_cell(w - 1, 2.6, note, dry_run=True, output="LINES", align="L"))
-        pdf.set_xy(left + 0.5, top + h - 0.8 - 2.6 * rows)
-        pdf.multi_cell(w - 1, 2.6, note, align="L")
-    pdf.set_text_color(0, 0, 0)
+        pdf.multi_cell(0, 3, pdf_text(HEAT_MEANING), **_NEXT_LINE)
 
 
 def _intended_use(pdf, card_notes: dict) -> None:
@@ -360,11 +257,11 @@ def _intended_use(pdf, card_notes: dict) -> None:
     title = "Intended use and known limitations"
     if model := card_notes.get("model"):  # a History report's older series were read by another version
         title += f" of {model}, the model in use when this report was made"
-    pdf.multi_cell(0, 6, _text(title), **_NEXT_LINE)
+    pdf.multi_cell(0, 6, pdf_text(title), **_NEXT_LINE)
     pdf.set_font("Helvetica", size=8)
     for line in [card_notes.get("intended_use", ""), *card_notes.get("limitations", DEFAULT_LIMITATIONS)]:
         if line:
-            pdf.multi_cell(0, 4, _text(f"- {line}"), **_NEXT_LINE)
+            pdf.multi_cell(0, 4, pdf_text(f"- {line}"), **_NEXT_LINE)
 
 
 def _count(n: int, noun: str) -> str:
