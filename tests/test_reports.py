@@ -86,6 +86,12 @@ def test_a_study_report_states_the_verdicts_the_review_and_the_model_and_renders
 
     page = np.asarray(Image.open(next(tmp_path.glob("page*.png"))).convert("L"))
     assert page.shape[0] > page.shape[1] and (page < 128).mean() > 0.02  # A4 portrait with text and images
+    # each key section as read, and under it, apart, its heat map (drawn over the only copy, it hid the anatomy)
+    subprocess.run(["pdfimages", "-png", str(tmp_path / "report.pdf"), str(tmp_path / "img")], check=True)
+    pictures = [np.asarray(Image.open(f).convert("RGB")).astype(int) for f in sorted(tmp_path.glob("img-*.png"))]
+    grey = [bool((np.ptp(p, axis=2) == 0).all()) for p in pictures]
+    assert len(pictures) == 12 and grey == ([True] * 3 + [False] * 3) * 2  # two series, three key sections each
+    assert "Below each section: its heat map." in text
     assert [e.action for e in store.audit_events()].count("report") == 2
     # numbered as the Study page numbered them (a series with no verdict, never saved, shifted the PDF's numbers)
     renumbered = text_of(study_report(store, images, doctor, ids, tiny_classifier, None, numbers=[1, 3]), tmp_path)
@@ -376,7 +382,7 @@ def test_a_report_states_the_lesion_volume_and_outlines_the_lesion_on_the_key_se
     listing = subprocess.run(
         ["pdfimages", "-list", str(tmp_path / "report.pdf")], capture_output=True, text=True, check=True
     ).stdout.splitlines()[2:]
-    assert len(listing) == 3 + 1  # the three key sections and the outlined one
+    assert len(listing) == 3 + 3 + 1  # the three key sections as read, their heat maps, and the outlined one
     outlined_page = int(listing[-1].split()[0])
     subprocess.run(
         [

@@ -2,10 +2,10 @@
 
 The report holds the pseudonymous reference (a prefix of its keyed hash, never a name), the study's facts
 (series, planes, sections, spacing), the study verdict and each series' verdict with the rule that made it, the
-tumour-probability curve, key sections with the heat map, the lesion's stored volume and, when a lesion segmenter
-is loaded, its outline on the key section (segmented again from the stored pixels), the model's name, version,
-intended use and known limitations, and the reviewer's final label once a radiologist has reviewed it. Producing
-one is an audit event.
+tumour-probability curve, key sections as read with their heat maps beneath, the lesion's stored volume and, when
+a lesion segmenter is loaded, its outline on the key section (segmented again from the stored pixels), the model's
+name, version, intended use and known limitations, and the reviewer's final label once a radiologist has reviewed
+it. Producing one is an audit event.
 """
 
 from __future__ import annotations
@@ -229,26 +229,38 @@ def _room_for(pdf, height: float) -> None:
 
 
 def _key_section_images(pdf, view: SeriesView, maps: dict[int, np.ndarray | None]) -> None:
-    """The key sections side by side, each with its heat map when there is one, captioned with P(tumour): the row
-    and its captions on one page (an image drawn past the bottom had its caption on the next page, beside another
-    section)."""
-    side = KEY_SIDE
-    _room_for(pdf, side + CAPTION)
+    """The key sections side by side as read, captioned with P(tumour), and below each, smaller, the same section
+    with its heat map when there is one (drawn over the only copy, the heat map hid the anatomy a reader checks the
+    verdict against): the rows and their captions on one page (an image drawn past the bottom had its caption on
+    the next page, beside another section)."""
+    side, heated = KEY_SIDE, any(map_ is not None for map_ in maps.values())
+    _room_for(pdf, side + CAPTION + (HEAT_SIDE + 8 if heated else 0))
     y = pdf.get_y()
-    for k, (index, map_) in enumerate(maps.items()):
-        section = view.sections[index]
-        rgb = np.repeat(section[:, :, None], 3, axis=2) if map_ is None else overlay(section, map_, 0.4)
-        section_image(pdf, view, rgb, pdf.l_margin + k * (side + 7), y, side)
-        pdf.set_xy(pdf.l_margin + k * (side + 7), y + side + 0.5)
+    for k, index in enumerate(maps):
+        section_image(pdf, view, np.repeat(view.sections[index][:, :, None], 3, axis=2), _column(pdf, k), y, side)
+        pdf.set_xy(_column(pdf, k), y + side + 0.5)
         pdf.set_font("Helvetica", size=7)
-        heat_note = " (heat map)" if map_ is not None else ""
         place = view.place(index)  # where it lies, as the viewer titles it: found again in the PACS by position
-        caption = f"section {index + 1}, {place}\nP(tumour) {two_places(view.curve[index])}{heat_note}"
+        caption = f"section {index + 1}, {place}\nP(tumour) {two_places(view.curve[index])}"
         pdf.multi_cell(side, 3, pdf_text(caption), align="L")
     pdf.set_y(y + side + CAPTION)
-    if any(map_ is not None for map_ in maps.values()):
+    if heated:
+        y = pdf.get_y()
+        for k, (index, map_) in enumerate(maps.items()):
+            if map_ is not None:
+                left = _column(pdf, k) + (side - HEAT_SIDE) / 2
+                section_image(pdf, view, overlay(view.sections[index], map_, 0.4), left, y, HEAT_SIDE)
+        pdf.set_y(y + HEAT_SIDE + 1)
         pdf.set_font("Helvetica", size=7)
-        pdf.multi_cell(0, 3, pdf_text(HEAT_MEANING), **_NEXT_LINE)
+        pdf.multi_cell(0, 3, pdf_text(f"Below each section: its heat map. {HEAT_MEANING}"), **_NEXT_LINE)
+
+
+HEAT_SIDE = 34  # mm: a key section's heat map, under it
+
+
+def _column(pdf, k: int) -> float:
+    """Where the ``k``-th key section's box begins across the page (mm)."""
+    return pdf.l_margin + k * (KEY_SIDE + 7)
 
 
 def _intended_use(pdf, card_notes: dict) -> None:
