@@ -20,7 +20,7 @@ from core.analytics.stats import (
     suppress_small,
     wilson_interval,
 )
-from core.domain.results import DayQuality
+from core.domain.results import TURNAROUND_CAP_H, DayQuality
 from core.domain.times import period_starts
 from core.model.decision import NEGATIVE_LABEL
 
@@ -239,9 +239,6 @@ def accuracy(confusion: Mapping[tuple[str, str], int]) -> Accuracy:
         specificity_interval=wilson_interval(cleared, negatives) if specificity is not None else None,
         matrix=matrix,
     )
-
-
-TURNAROUND_CAP_H = 720  # the stores' last bin: 720 hours or more
 
 
 def turnaround(hours: Mapping[int, int]) -> tuple[float | None, float | None]:

@@ -33,6 +33,7 @@ GATE_DECISIONS = (ACCEPTED, NEEDS_REVIEW, REJECTED)  # REJECTED: the input gate 
 SHOWN = (ACCEPTED, NEEDS_REVIEW)  # gate decisions whose verdict was shown to the user
 WORKLIST_GATES = (NEEDS_REVIEW, ACCEPTED, REJECTED)  # the worklist's order: flagged first, refused last
 REVIEW_VERDICTS = ("agree", "override")  # the latest review's action (the history is in the reviews table)
+TURNAROUND_CAP_H = 720  # review turnaround in whole hours, the stores' last bin: 720 hours (30 days) or more
 
 
 def record_id(image_sha256: str, model_name: str, model_version: str, frame: int | None = None) -> str:

@@ -375,7 +375,8 @@ class MongoStore(MongoPeople, MongoQuality):
         )
         return day_rows([(row["_id"], row["n"], row["tumour"]) for row in rows])
 
-    def confidence_histogram(self, filters: Filters = EVERYTHING, bins: int = HISTOGRAM_BINS) -> list[int]:
+    def confidence_histogram(self, filters: Filters = EVERYTHING) -> list[int]:
+        bins = HISTOGRAM_BINS
         bucket = {"$min": [{"$floor": {"$multiply": ["$confidence", bins]}}, bins - 1]}
         rows = self._aggregate([{"$match": self._match(filters)}, {"$group": {"_id": bucket, "n": {"$sum": 1}}}])
         counts = [0] * bins

@@ -8,7 +8,7 @@ from dataclasses import replace
 from datetime import date, timedelta
 from typing import Any
 
-from core.domain.results import LESION_QUANTILES, DayCount, DayQuality, Filters, LesionPeriod
+from core.domain.results import LESION_QUANTILES, TURNAROUND_CAP_H, DayCount, DayQuality, Filters, LesionPeriod
 from core.domain.times import as_utc, from_ms, period_bounds, to_ms
 from core.storage.protocol import day_rows, lesion_period, quantile_ranks
 
@@ -111,11 +111,12 @@ class MongoQuality:
         )
         return {(r["_id"]["label"], r["_id"]["final"]): int(r["n"]) for r in rows}
 
-    def turnaround_hours(self, filters: Filters, cap: int = 720) -> dict[int, int]:
-        if not 0 < cap <= 720:  # as the SQLite store, whose roll-up keeps hours up to 720
-            raise ValueError("cap must be between 1 and 720 hours")
-        hours = {
-            "$min": [{"$floor": {"$divide": [{"$subtract": ["$first_reviewed_at", "$created_at"]}, 3_600_000]}}, cap]
+    def turnaround_hours(self, filters: Filters) -> dict[int, int]:
+        hours = {  # capped as the SQLite store's roll-up keeps them
+            "$min": [
+                {"$floor": {"$divide": [{"$subtract": ["$first_reviewed_at", "$created_at"]}, 3_600_000]}},
+                TURNAROUND_CAP_H,
+            ]
         }
         rows = self._aggregate(
             [

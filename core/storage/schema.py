@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from core.domain.results import TURNAROUND_CAP_H
+
 SCANS = """
 CREATE TABLE IF NOT EXISTS scans (
     id TEXT PRIMARY KEY,
@@ -202,7 +204,9 @@ ROLLUP = (
 _DAY = "NEW.created_ms / 86400000"
 _SHOWN_REVIEWED = "{0}.review_count > 0 AND {0}.gate != 'rejected'"
 _CONFUSION_KEY = "(day, kind, model_version, label, final_label)"
-_TURNAROUND_HOURS = "min(CAST(({0}.first_reviewed_ms - {0}.created_ms) / 3600000 AS INTEGER), 720)"
+_TURNAROUND_HOURS = (
+    "min(CAST(({0}.first_reviewed_ms - {0}.created_ms) / 3600000 AS INTEGER), " + str(TURNAROUND_CAP_H) + ")"
+)
 DAYS = (
     ROLLUP[0].replace("rollup (", "rollup_day (", 1).replace("quarter", "day"),
     """CREATE TABLE IF NOT EXISTS confidence_day (

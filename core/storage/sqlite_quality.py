@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from core.domain.results import LESION_QUANTILES, Filters, LesionPeriod
+from core.domain.results import LESION_QUANTILES, TURNAROUND_CAP_H, Filters, LesionPeriod
 from core.domain.times import period_bounds, to_ms
 from core.storage.protocol import EVERYTHING, HISTOGRAM_BINS, lesion_period
 from core.storage.sqlite_aggregates import where_sql, whole_days_and_edges
@@ -46,11 +46,10 @@ class SQLiteQuality(SQLiteBase):
         totals = self._query(f"SELECT label, final_label, sum(n) FROM ({rows}) GROUP BY 1, 2 HAVING sum(n) > 0", params)
         return {(label, final or None): int(n) for label, final, n in totals}
 
-    def turnaround_hours(self, filters: Filters, cap: int = 720) -> dict[int, int]:
-        """Reviewed, shown results by whole hours from the result to its first review (capped at ``cap`` <= 720,
-        as the roll-up is); dates, versions and kinds filter."""
-        if not 0 < cap <= 720:
-            raise ValueError("cap must be between 1 and 720 hours")
+    def turnaround_hours(self, filters: Filters) -> dict[int, int]:
+        """Reviewed, shown results by whole hours from the result to its first review (capped at
+        :data:`TURNAROUND_CAP_H`, as the roll-up is); dates, versions and kinds filter."""
+        cap = TURNAROUND_CAP_H
         hours = f"min(CAST((first_reviewed_ms - created_ms) / 3600000 AS INTEGER), {cap})"
         rows, params = whole_days_and_edges(
             replace(filters, labels=(), gates=()),
@@ -67,10 +66,9 @@ class SQLiteQuality(SQLiteBase):
             merged[hour] = merged.get(hour, 0) + int(n)
         return merged
 
-    def confidence_histogram(self, filters: Filters = EVERYTHING, bins: int = HISTOGRAM_BINS) -> list[int]:
-        """Counts of the decision's confidence in ``bins`` equal bins over [0, 1] (bins divides 20)."""
-        if HISTOGRAM_BINS % bins:
-            raise ValueError(f"bins must divide {HISTOGRAM_BINS}")
+    def confidence_histogram(self, filters: Filters = EVERYTHING) -> list[int]:
+        """Counts of the decision's confidence in :data:`HISTOGRAM_BINS` equal bins over [0, 1]."""
+        bins = HISTOGRAM_BINS
         rows, params = whole_days_and_edges(
             filters,
             "twentieth, n",
