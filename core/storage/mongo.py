@@ -22,7 +22,6 @@ from core.domain.results import (
     Summary,
     WorklistQuery,
     from_row,
-    is_patient_ref,
     to_row,
 )
 from core.domain.times import DAY_MS, EPOCH, as_utc, to_ms, utc_offset_segments
@@ -35,6 +34,8 @@ from core.storage.protocol import (
     EVERYTHING,
     HISTOGRAM_BINS,
     SCHEMA_VERSION,
+    check_patient_ref,
+    check_series,
     day_rows,
     fold_summary,
 )
@@ -186,8 +187,7 @@ class MongoStore(MongoPeople, MongoQuality):
 
     def add_series(self, record: Record, sections: Sequence[Section]) -> bool:
         """A series with its sections inside its one document: a single write, so both or neither."""
-        if record.kind != "series" or record.section_count != len(sections):
-            raise InvalidRecord("A series record needs its section count and exactly that many sections.")
+        check_series(record, sections)
         if len({s.index for s in sections}) != len(sections):  # SQLite's key (record, index) refuses them too
             raise InvalidRecord("Two sections of one series have the same index.")
         sections = sorted(sections, key=lambda s: s.index)  # kept in series order, as SQLite returns them
@@ -216,8 +216,7 @@ class MongoStore(MongoPeople, MongoQuality):
 
     def set_patient_ref(self, record_id: str, patient_ref: str | None, was: str | None) -> bool:
         """As SQLite's: a compare-and-set from ``was``; False when unchanged (this one already, or not ``was``)."""
-        if patient_ref is not None and not is_patient_ref(patient_ref):
-            raise InvalidRecord("A patient reference is a keyed hash (64 hexadecimal characters).")
+        check_patient_ref(patient_ref)
         with self._errors():
             still = {"_id": record_id, "patient_ref": {"$eq": was, "$ne": patient_ref}}
             result = self._collection.update_one(still, {"$set": {"patient_ref": patient_ref}})

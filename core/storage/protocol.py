@@ -29,6 +29,7 @@ from core.domain.results import (
     Section,
     Summary,
     WorklistQuery,
+    is_patient_ref,
 )
 from core.domain.times import as_utc
 from core.errors import InvalidRecord, ReviewedMeanwhile
@@ -154,6 +155,18 @@ def fold_summary(rows: Sequence[Mapping[str, Any]]) -> Summary:
 
 def day_rows(rows: Sequence[tuple[int, int, int]]) -> list[DayCount]:
     return [DayCount(day=date(1970, 1, 1) + timedelta(days=int(d)), total=int(n), tumour=int(t)) for d, n, t in rows]
+
+
+def check_series(record: Record, sections: Sequence[Any]) -> None:
+    """Refuses a series record without exactly its sections (both stores write them with it)."""
+    if record.kind != "series" or record.section_count != len(sections):
+        raise InvalidRecord("A series record needs its section count and exactly that many sections.")
+
+
+def check_patient_ref(patient_ref: str | None) -> None:
+    """Refuses a patient reference that is no keyed hash (None: the reference cleared)."""
+    if patient_ref is not None and not is_patient_ref(patient_ref):
+        raise InvalidRecord("A patient reference is a keyed hash (64 hexadecimal characters).")
 
 
 def check_review(record: Record, review: Review, seen_reviews: int | None = None) -> None:

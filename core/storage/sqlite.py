@@ -27,12 +27,11 @@ from core.domain.results import (
     Section,
     WorklistQuery,
     from_row,
-    is_patient_ref,
     to_row,
 )
 from core.domain.times import from_ms, to_ms
 from core.errors import InvalidRecord
-from core.storage.protocol import EVERYTHING, day_rows
+from core.storage.protocol import EVERYTHING, check_patient_ref, check_series, day_rows
 from core.storage.sqlite_aggregates import SQLiteAggregates, day_sql
 from core.storage.sqlite_people import SQLitePeople
 from core.storage.sqlite_quality import SQLiteQuality, studies_in_range
@@ -91,8 +90,7 @@ class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
 
     def add_series(self, record: Record, sections: Sequence[Section]) -> bool:
         """A series and its sections in one transaction: both or neither. False when it was already saved."""
-        if record.kind != "series" or record.section_count != len(sections):
-            raise InvalidRecord("A series record needs its section count and exactly that many sections.")
+        check_series(record, sections)
         rows = [
             (record.id, s.index, s.position, s.tumour_probability, s.label, s.skipped)
             for s in (section.validate() for section in sections)
@@ -149,8 +147,7 @@ class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
     def set_patient_ref(self, record_id: str, patient_ref: str | None, was: str | None) -> bool:
         """Set or correct the pseudonymous reference of a saved result from ``was`` (a compare-and-set); False when
         it already had this one or had another than ``was`` (another session linked it meanwhile)."""
-        if patient_ref is not None and not is_patient_ref(patient_ref):
-            raise InvalidRecord("A patient reference is a keyed hash (64 hexadecimal characters).")
+        check_patient_ref(patient_ref)
         with self._errors():
             cursor = self._connection().execute(
                 "UPDATE scans SET patient_ref = ? WHERE id = ? AND patient_ref IS ? AND patient_ref IS NOT ?",
