@@ -442,15 +442,16 @@ def test_every_image_of_a_long_report_lies_inside_its_page_with_its_caption(
 
     volume = read_study(dicom_series(head_volume(8, 128, range(2, 6))))[0]
     view = series_view(analyse_volume(volume, classifier))
-    for start in range(140, 240, 4):  # a series whose lines end low on a page
-        placed.clear()
-        pdf = FPDF(format="A4")
+    heat = {(1, index): np.full(view.sections[index].shape, 0.5) for index in range(len(view.sections))}
+    for start, maps in ((start, maps) for start in range(100, 240, 4) for maps in ({}, heat)):  # lines ending low
+        placed.clear()  # on a page, with heat maps beneath the key sections and without (they took the sections
+        pdf = FPDF(format="A4")  # to the next page, apart from their title and curve)
         pdf.set_auto_page_break(True, margin=15)
         pdf.add_page()
         pdf.set_y(float(start))
-        _series(pdf, 1, store.get(record_id), view, [], {})
+        _series(pdf, 1, store.get(record_id), view, [], maps)
         assert placed and all(y + h <= bottom + 0.01 for _, y, h, bottom in placed)
-        assert titled[-1] == placed[0][0], start  # the title on the page of its images, never left behind
+        assert len({page for page, *_ in placed}) == 1 and titled[-1] == placed[0][0], start  # with its title
 
 
 def test_key_sections_keep_their_proportions_and_carry_the_patient_directions(tiny_classifier: Classifier) -> None:
@@ -494,6 +495,11 @@ def test_key_sections_keep_their_proportions_and_carry_the_patient_directions(ti
     section_image(pdf, portrait, np.zeros((*view.sections[0].shape, 3), np.uint8), 10.0, 20.0, 60.0)
     x, y, w = written[-1]  # 96 x 128 pixels at 1 x 0.25 mm: drawn 20 mm wide, the note 41 mm long
     assert w < 20 and x >= 10.0 + (60.0 - 20.0) / 2 and 20.0 < y < 80.0
+    # drawn under 12 mm wide (a tall thin section), no word fitted inside: fpdf2 stopped the whole report
+    thin = replace(portrait, geometry=dict(portrait.geometry) | {"spacing": [1.0, 0.05]})
+    section_image(pdf, thin, np.zeros((*view.sections[0].shape, 3), np.uint8), 10.0, 20.0, 60.0)
+    x, y, w = written[-1]  # 4 mm wide: the note beside it, in the box's margin
+    assert x == 10.0 and w == pytest.approx((60.0 - 4.0) / 2 - 1)
     page.images.clear()  # a record saved before a zero spacing was refused: square pixels, not a division by zero
     zero = replace(view, geometry=dict(view.geometry) | {"spacing": [0.0, 0.0]})
     section_image(page, zero, np.zeros((*view.sections[0].shape, 3), np.uint8), 10.0, 20.0, 60.0)

@@ -80,9 +80,12 @@ def outlined(section: np.ndarray, lesion: Lesion | None, side: int = 512) -> np.
     return rgb
 
 
-def section_image(pdf, view: SeriesView, rgb: np.ndarray, x: float, y: float, side: float) -> None:
+def section_image(
+    pdf, view: SeriesView, rgb: np.ndarray, x: float, y: float, side: float, directions: bool = True
+) -> None:
     """A displayed section in a ``side`` x ``side`` box, in its true proportions (pixel count and spacing), with
-    the patient directions at its edges as the viewer shows them."""
+    the patient directions at its edges as the viewer shows them (``directions`` False: none, a copy drawn beside
+    one that has them)."""
     rows, columns = rgb.shape[:2]
     spacing = view.geometry.get("spacing") or (1.0, 1.0)
     if not (len(spacing) == 2 and float(spacing[0]) > 0 and float(spacing[1]) > 0):
@@ -92,6 +95,8 @@ def section_image(pdf, view: SeriesView, rgb: np.ndarray, x: float, y: float, si
     w, h = width * scale, height * scale
     left, top = x + (side - w) / 2, y + (side - h) / 2
     pdf.image(png(rgb), x=left, y=top, w=w, h=h)
+    if not directions:
+        return
     letters = orientation_letters(view.geometry.get("orientation"))  # type: ignore[arg-type]
     pdf.set_font("Helvetica", "B", 7)
     pdf.set_text_color(255, 235, 59)
@@ -108,7 +113,11 @@ def section_image(pdf, view: SeriesView, rgb: np.ndarray, x: float, y: float, si
     if not letters:  # the files give no orientation: said, never left to be assumed
         pdf.set_font("Helvetica", "", 6)
         note = "Orientation not given: left and right unknown"  # wrapped inside a narrow image (it ran past it)
-        rows = len(pdf.multi_cell(w - 1, 2.6, note, dry_run=True, output="LINES", align="L"))
-        pdf.set_xy(left + 0.5, top + h - 0.8 - 2.6 * rows)
-        pdf.multi_cell(w - 1, 2.6, note, align="L")
+        inside = w >= 12  # narrower, a word did not fit (an error stopped the report): beside it, in black
+        width = w - 1 if inside else (side - w) / 2 - 1
+        if not inside:
+            pdf.set_text_color(0, 0, 0)
+        rows = len(pdf.multi_cell(width, 2.6, note, dry_run=True, output="LINES", align="L"))
+        pdf.set_xy(left + 0.5 if inside else x, top + h - 0.8 - 2.6 * rows)
+        pdf.multi_cell(width, 2.6, note, align="L")
     pdf.set_text_color(0, 0, 0)

@@ -199,8 +199,10 @@ def _series(
     lines = series_lines(record, view, reviews)
     pdf.set_font("Helvetica", size=9)
     rows = sum(len(pdf.multi_cell(0, 4.5, pdf_text(line), dry_run=True, output="LINES")) for line in lines)
+    maps = {index: heat.get((number, index)) for index in key_sections(view)} if view is not None else {}
+    block = 34 + _key_rows_height(maps)  # the curve, the key sections, their heat maps and captions
     # the title with its curve and key sections on one page (they once began the next page under no title)
-    _room_for(pdf, 7 + 4.5 * rows + (0 if view is None else 34 + KEY_SIDE + CAPTION))
+    _room_for(pdf, 7 + 4.5 * rows + (0 if view is None else block))
     pdf.set_font("Helvetica", "B", 11)
     pdf.cell(0, 7, pdf_text(f"Series {number}: {plane}, {_count(record.section_count or 0, 'section')}"), **_NEXT_LINE)
     pdf.set_font("Helvetica", size=9)
@@ -209,11 +211,11 @@ def _series(
     if view is None:
         pdf.multi_cell(0, 4.5, pdf_text("The series' images are no longer kept (retention period)."), **_NEXT_LINE)
         return
-    _room_for(pdf, 34 + KEY_SIDE + CAPTION)  # the curve and the key sections' row, with their captions, on one page
+    _room_for(pdf, block)  # the curve and the key sections' rows, with their captions, on one page
     top = pdf.get_y() + 1
     curve(pdf, view, pdf.l_margin, top, 180, 28)
     pdf.set_y(top + 33)
-    _key_section_images(pdf, view, {index: heat.get((number, index)) for index in key_sections(view)})
+    _key_section_images(pdf, view, maps)
     _key_lesion(pdf, record, view, (lesions or {}).get(number), lesions is not None)
 
 
@@ -234,7 +236,7 @@ def _key_section_images(pdf, view: SeriesView, maps: dict[int, np.ndarray | None
     verdict against): the rows and their captions on one page (an image drawn past the bottom had its caption on
     the next page, beside another section)."""
     side, heated = KEY_SIDE, any(map_ is not None for map_ in maps.values())
-    _room_for(pdf, side + CAPTION + (HEAT_SIDE + 8 if heated else 0))
+    _room_for(pdf, _key_rows_height(maps))
     y = pdf.get_y()
     for k, index in enumerate(maps):
         section_image(pdf, view, np.repeat(view.sections[index][:, :, None], 3, axis=2), _column(pdf, k), y, side)
@@ -249,13 +251,19 @@ def _key_section_images(pdf, view: SeriesView, maps: dict[int, np.ndarray | None
         for k, (index, map_) in enumerate(maps.items()):
             if map_ is not None:
                 left = _column(pdf, k) + (side - HEAT_SIDE) / 2
-                section_image(pdf, view, overlay(view.sections[index], map_, 0.4), left, y, HEAT_SIDE)
+                heated_section = overlay(view.sections[index], map_, 0.4)  # the directions: on the section above
+                section_image(pdf, view, heated_section, left, y, HEAT_SIDE, directions=False)
         pdf.set_y(y + HEAT_SIDE + 1)
         pdf.set_font("Helvetica", size=7)
         pdf.multi_cell(0, 3, pdf_text(f"Below each section: its heat map. {HEAT_MEANING}"), **_NEXT_LINE)
 
 
 HEAT_SIDE = 34  # mm: a key section's heat map, under it
+
+
+def _key_rows_height(maps: dict[int, np.ndarray | None]) -> float:
+    """The height (mm) of the key sections' row with its captions, and of their heat maps' when there are any."""
+    return KEY_SIDE + CAPTION + (HEAT_SIDE + 8 if any(map_ is not None for map_ in maps.values()) else 0)
 
 
 def _column(pdf, k: int) -> float:
