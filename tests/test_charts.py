@@ -577,8 +577,20 @@ def test_count_axes_have_at_most_six_steps_and_one_periods_quality_charts_span_t
         "week",
     )
     limits = [t for t in drift.data if t.legendgroup == "limits"]
-    assert len(limits) == 4 and all(list(t.x) == [*weeks, "2026-03-09 00:00:00"] for t in limits)
-    assert all(t.xperiodalignment is None for t in limits) and list(limits[0].y) == [20.0, 20.0, 20.0]
+    edges = ["2026-02-23", "2026-03-02", None, "2026-03-02", "2026-03-09 00:00:00", None]
+    assert len(limits) == 4 and all(list(t.x) == edges for t in limits)
+    assert all(t.xperiodalignment is None for t in limits) and list(limits[0].y) == [20.0, 20.0, None] * 2
+    quiet = drift_figure(  # a period without limits (too few results) after one with them: its own still drawn
+        weeks,
+        [0.4, None],
+        [(0.2, 0.6), None],
+        [0.5, None],
+        [(0.2, 0.6), None],
+        ([False] * 2, [False] * 2),
+        None,
+        "week",
+    )
+    assert list(next(t for t in quiet.data if t.legendgroup == "limits").y) == [20.0, 20.0, None, None, None, None]
     assert {t.xperiodalignment for t in drift.data if t.legendgroup != "limits"} == {"middle"}
     assert drift.layout.shapes[0].x0 == "2026-03-02 00:00:00"
 

@@ -79,14 +79,14 @@ def period_end(start: datetime, period: str) -> datetime:
 
 def in_periods(figure: go.Figure, period: str) -> None:
     """Each point, bar and box drawn across the period it counts, from its start to its end (drawn centred on the
-    period's first day, November's bar stood mostly over October, and a week's over the one before); steps (control
-    limits) are drawn from each period's start to its end already."""
+    period's first day, November's bar stood mostly over October, and a week's over the one before); control limits
+    are drawn from each period's start to its end already."""
     span, first = {"week": (7 * 86_400_000, MONDAY), "month": ("M1", "2000-01-01")}.get(period, (86_400_000, MONDAY))
     figure.update_traces(
         xperiod=span,  # periods counted from ``first``
         xperiod0=first,
         xperiodalignment="middle",
-        selector=lambda trace: getattr(getattr(trace, "line", None), "shape", None) != "hv",
+        selector=lambda trace: trace.legendgroup != "limits",
     )
 
 
@@ -355,17 +355,18 @@ def drift_figure(
         vertical_spacing=0.08,
         subplot_titles=("tumour rate % per scan or series", "mean tumour probability of single scans %"),
     )
-    # each limit a step across its period, to the last one's end
+    # each limit a segment across its period, from its start to its end (as steps, a period whose next one had no
+    # limit lost its own)
     edges = [*starts, str(period_end(datetime.fromisoformat(str(starts[-1])[:19]), period))] if starts else []
     for row, values, bounds, flags in ((1, rates, limits, alarms[0]), (2, means, mean_limits, alarms[1])):
         pct = [None if v is None else round(v * 100, 2) for v in values]
         for k, name in ((0, "lower limit"), (1, "upper limit")):
             steps = [None if b is None else round(b[k] * 100, 2) for b in bounds]
             figure.add_scatter(
-                x=edges,
-                y=[*steps, steps[-1]] if steps else [],
+                x=[x for i in range(len(steps)) for x in (edges[i], edges[i + 1], None)],
+                y=[y for step in steps for y in (step, step, None)],
                 mode="lines",
-                line={"color": "#95a5a6", "dash": "dash", "shape": "hv"},
+                line={"color": "#95a5a6", "dash": "dash"},
                 name=name,
                 showlegend=row == 1 and k == 0,
                 legendgroup="limits",
