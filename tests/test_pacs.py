@@ -369,6 +369,13 @@ def test_a_pacs_that_takes_the_request_and_never_answers_has_timed_out_not_gone(
     try:
         with pytest.raises(PacsTimedOut, match="did not answer the search within 1 s"):
             Pacs(f"http://127.0.0.1:{server.server_address[1]}/dicom-web", timeout_s=1).search()
+        import requests
+
+        from core.pacs.changes import OrthancChanges
+
+        feed = OrthancChanges(f"http://127.0.0.1:{server.server_address[1]}", requests.Session(), timeout_s=1)
+        with pytest.raises(PacsTimedOut, match="change feed did not answer within 1 s"):  # the watch's feed too
+            feed.stable_studies(0)
     finally:
         server.shutdown()
 

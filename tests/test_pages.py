@@ -727,9 +727,9 @@ def test_statistics_per_study_says_when_series_keep_no_study(app_environment: Pa
 
     monkeypatch.setattr(resources, "current_patient_key", unusable)  # not "none configured": it is, and unusable
     app.run()
-    assert any(w.value.startswith("The patient-reference key cannot be used now") for w in app.warning)
+    assert any(w.value.startswith("The patient-reference key cannot be read now") for w in app.warning)
     app.radio(key="stats_unit").set_value("result").run()
-    assert not said() and not any("cannot be used now" in w.value for w in app.warning)  # per result: no grouping
+    assert not said() and not any("cannot be read now" in w.value for w in app.warning)  # per result: no grouping
 
 
 def test_a_time_zone_change_keeps_the_chosen_dates(app_environment: Path) -> None:

@@ -8,9 +8,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from core.errors import PacsMalformed, PacsNotFound, PacsUnreachable
+from core.errors import PacsMalformed, PacsNotFound, PacsTimedOut, PacsUnreachable
 from core.pacs.client import Pacs
-from core.pacs.http import TLS_FAILED, answer_error, checked_address
+from core.pacs.http import TLS_FAILED, answer_error, checked_address, read_timed_out
 
 logger = logging.getLogger("btd.pacs")
 
@@ -37,7 +37,9 @@ class OrthancChanges:
             raise answer_error(status, "change feed") from error
         except requests.exceptions.SSLError as error:
             raise PacsUnreachable(TLS_FAILED) from error
-        except (requests.ConnectionError, requests.Timeout) as error:
+        except (requests.ConnectionError, requests.Timeout) as error:  # no answer in time, at first or mid-way
+            if isinstance(error, requests.ReadTimeout) or read_timed_out(error):
+                raise PacsTimedOut(f"The PACS's change feed did not answer within {self._timeout_s:g} s.") from error
             raise PacsUnreachable("The PACS does not answer; check its address, or try again later.") from error
         except ValueError as error:
             raise PacsMalformed("The PACS's change feed is not valid JSON.") from error

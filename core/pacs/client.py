@@ -28,7 +28,7 @@ from core.errors import (
 )
 from core.imaging.dicom import quiet_pydicom
 from core.imaging.limits import DEFAULT_STUDY_LIMITS, StudyLimits
-from core.pacs.http import TLS_FAILED, answer_error, checked_address, session_class
+from core.pacs.http import TLS_FAILED, answer_error, checked_address, read_timed_out, session_class
 
 logger = logging.getLogger("btd.pacs")
 SEARCH_LIMIT = 50  # studies a search lists (QIDO limit): a full list says that more may match
@@ -122,7 +122,7 @@ class Pacs:
         self._session, self._timeout_s = session, timeout_s
         self._client = DICOMwebClient(self.url, session=session, timeout=timeout_s)
         # the client's own retries (5 tries over 30 s on 408/429/503/504) ended in a RetryError nothing expected: a
-        # busy PACS is said at once (:data:`BUSY`), and the watch or the reader tries again
+        # busy PACS is said at once (:data:`core.pacs.http.BUSY`), and the watch or the reader tries again
         self._client.set_http_retry_params(retry=False)
         quiet_pydicom()  # the PACS's files are parsed by the client
 
@@ -135,7 +135,7 @@ class Pacs:
             try:
                 yield
             except requests.ConnectionError as error:  # a read that timed out mid-answer comes as a lost connection
-                if _read_timed_out(error):
+                if read_timed_out(error):
                     raise _StalledMidAnswer() from error
                 raise
         except requests.HTTPError as error:
@@ -394,12 +394,6 @@ def _optional_int(value: Any) -> int | None:
 
 class _StalledMidAnswer(Exception):
     """An answer begun and then not continued within the timeout."""
-
-
-def _read_timed_out(error: Exception) -> bool:
-    from urllib3.exceptions import ReadTimeoutError
-
-    return any(isinstance(arg, ReadTimeoutError) for arg in error.args)
 
 
 class Unwritable(Exception):

@@ -57,3 +57,11 @@ def checked_address(url: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
         raise PacsError("The PACS address is not an http(s) URL with a host (credentials go in their options).")
     return url.strip()
+
+
+def read_timed_out(error: Exception) -> bool:
+    """Whether a lost connection was an answer that stalled past the timeout mid-way (requests reports a read
+    timeout after the answer began as a ConnectionError)."""
+    from urllib3.exceptions import ReadTimeoutError
+
+    return any(isinstance(arg, ReadTimeoutError) for arg in error.args)

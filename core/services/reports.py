@@ -1,4 +1,4 @@
-"""PDF reports of a study (fpdf2): what the model said about each series, on one or two A4 pages.
+"""PDF reports of a study (fpdf2): what the model said about each series, on A4 pages (about one a series).
 
 The report holds the pseudonymous reference (a prefix of its keyed hash, never a name), the study's facts
 (series, planes, sections, spacing), the study verdict and each series' verdict with the rule that made it, the
