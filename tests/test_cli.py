@@ -186,7 +186,7 @@ def test_every_command_keeps_its_options() -> None:
         "pacs serve-dev": [],
         "pacs watch": [
             *("--url", "--rest", "--user", "--password-stdin", "--insecure", "--model", "--send", "--once"),
-            "--interval",
+            *("--from-now", "--interval"),
         ],
     }
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pydicom
@@ -173,6 +174,14 @@ def test_watch_mode_analyses_each_new_brain_mr_study_once_also_after_a_restart_a
     time.sleep(2.5)
     assert [line["study_uid"] for line in pacs_watch.watch_once(watcher, state, RADIOLOGIST)] == [later]
     assert pacs_watch.watch_once(watcher, state, RADIOLOGIST) == []
+    # a first start from now (--from-now) goes on after the feed's last change: none of the studies above again
+    fresh = SQLiteStore(tmp_path / "fresh.sqlite3")
+    assert watcher.changes.latest() == state.last > 0
+    now = pacs_watch.open_state(tmp_path / "now.json", b"k" * 32, fresh, RADIOLOGIST, watcher.changes.latest)
+    assert now.last == state.last and [(e.action, e.detail) for e in fresh.audit_events()] == [
+        ("pacs_watch_started", {"last": state.last})
+    ]
+    assert pacs_watch.watch_once(replace(watcher, store=fresh), now, RADIOLOGIST) == []
 
 
 def test_supervisors_and_admins_never_reach_pacs_images(orthanc, tiny_classifier) -> None:
@@ -212,6 +221,16 @@ def test_the_watch_command_logs_each_study_under_its_keyed_reference_never_its_u
     lines = [json.loads(text) for text in done.stdout.splitlines()]
     assert done.returncode == 0 and lines and all(len(line["study_ref"]) == 64 for line in lines), done.stdout
     assert STUDY not in done.stdout + done.stderr and CT_STUDY not in done.stdout + done.stderr
+    # --from-now on a first start: the PACS's history is not read (every study it lists, reports sent to each)
+    later = tmp_path / "later"
+    empty_database(later)
+    env["BTD_DATA_DIR"] = str(later)
+    done = run_core(
+        [*command, "--from-now", "--password-stdin", "--model", str(tiny_card)], env, orthanc.password + "\n"
+    )
+    assert (
+        done.returncode == 0 and done.stdout == "" and json.loads((later / "pacs-watch.json").read_text())["last"] > 0
+    )
 
 
 def test_a_watch_line_in_the_log_counts_the_objects_it_stored_and_never_names_them() -> None:

@@ -915,7 +915,7 @@ def test_a_running_watch_reads_the_operators_answer_to_a_feed_that_went_back(tmp
     monkeypatch.setattr(pacs_watch, "watch_once", watch_once)
     watcher = pacs_watch.Watcher(None, None, None, SQLiteStore(tmp_path / "r.db"), None, None)
     with pytest.raises(KeyboardInterrupt):
-        pacs_cli._watch(argparse.Namespace(once=False, interval=0), watcher, None)
+        pacs_cli._watch(argparse.Namespace(once=False, interval=0, from_now=False), watcher, None)
     assert seen == [30, 0] and "pacs_feed_went_back" in capsys.readouterr().out
 
 
@@ -979,7 +979,7 @@ def test_a_watch_whose_state_file_went_is_refused_not_sent_through_the_pacss_who
 def argparse_once():
     import argparse
 
-    return argparse.Namespace(once=True, interval=0)
+    return argparse.Namespace(once=True, interval=0, from_now=False)
 
 
 def test_a_study_kept_by_a_watch_before_patients_were_fingerprinted_is_not_analysed_again(

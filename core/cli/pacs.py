@@ -58,10 +58,18 @@ def add_commands(commands: Any) -> None:
         "--send", action="store_true", help="with --save: send the report (SR) and key images to the PACS"
     )
     analyse.set_defaults(run=cmd_analyse)
-    watch = verbs.add_parser("watch", help="analyse new stable MR studies onto the worklist (again when MR is added)")
+    watch = verbs.add_parser(
+        "watch", help="analyse each study that becomes stable, MR ones onto the worklist (again when MR is added)"
+    )
     _connection_options(watch, study=False)
     watch.add_argument("--send", action="store_true", help="also send each report and its key images")
     watch.add_argument("--once", action="store_true", help="handle what is new, then stop")
+    watch.add_argument(
+        "--from-now",
+        action="store_true",
+        help="on the first start, begin with the studies that become stable from now (without it, the first start "
+        "reads the PACS's whole change log: every brain MR study it still lists is analysed, and with --send reported)",
+    )
     watch.add_argument("--interval", type=seconds, default=10.0, help="seconds between looks at the change feed")
     watch.set_defaults(run=cmd_watch)
     serve = verbs.add_parser("serve-dev", help="start a local Orthanc (loopback, temporary) until interrupted")
@@ -102,7 +110,7 @@ def _unusable(settings: PacsSettings | None) -> dict | None:
     """The usage error that settings cannot connect with: no address, or a password without a user name (it was
     dropped, and the PACS's refusal pointed at the password)."""
     if settings is None:
-        return error_json("no_pacs", "No PACS address: give --url or set BTD_PACS_URL.")
+        return error_json("no_pacs", "No PACS address: give --url, or set BTD_PACS_URL or [pacs] url in secrets.")
     if settings.password and not settings.user:
         return error_json("bad_usage", "A PACS password needs a user name: give --user or set BTD_PACS_USER.")
     return None
@@ -174,7 +182,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 def _watch(args: argparse.Namespace, watcher: pacs_watch.Watcher, key: bytes | None) -> int:
     try:
-        state = pacs_watch.open_state(data_dir() / WATCH_STATE, key, watcher.store, COMMAND_LINE)
+        first = watcher.changes.latest if args.from_now else None
+        state = pacs_watch.open_state(data_dir() / WATCH_STATE, key, watcher.store, COMMAND_LINE, first)
     except (PacsError, StoreError) as error:  # damaged or gone: never taken for a first start (every study again)
         emit(error_json(error.code, str(error)), sys.stdout)
         return EXIT_USAGE

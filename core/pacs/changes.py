@@ -66,6 +66,13 @@ class OrthancChanges:
         except (KeyError, TypeError, ValueError) as error:
             raise PacsMalformed("The PACS's change feed is not what Orthanc sends.") from error
 
+    def latest(self) -> int:
+        """The number of the feed's last change (where a watch that begins from now starts after)."""
+        try:
+            return int(self._get("/changes?last")["Last"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise PacsMalformed("The PACS's change feed is not what Orthanc sends.") from error
+
     @classmethod
     def of(cls, pacs: Pacs, rest: str) -> OrthancChanges:
         return cls(rest, pacs._session, pacs._timeout_s)

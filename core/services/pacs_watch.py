@@ -13,6 +13,7 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,8 +161,12 @@ class WatchState:
 LEGACY = "handled"  # a study handled before fingerprints were kept
 
 
-def open_state(path: Path, key: bytes | None, store: AuditTrail, actor: Actor) -> WatchState:
-    """The watch's state at ``path``. No file is a first start only when this database's watch never started (the
+def open_state(
+    path: Path, key: bytes | None, store: AuditTrail, actor: Actor, first: Callable[[], int] | None = None
+) -> WatchState:
+    """The watch's state at ``path``; a first start goes on after change ``first()`` (the feed's last, a watch
+    begun from now), or reads the PACS's whole change log. No file is a first start only when this database's watch
+    never started (the
     file written at once, then an audit event, so that a watch failing before its first study is not mistaken for
     one whose file went): restored from a backup without it, or deleted, the watch went through the PACS's whole
     history again (every study pulled, purged images stored again, reports sent again). A watch that ran before
@@ -178,9 +183,9 @@ def open_state(path: Path, key: bytes | None, store: AuditTrail, actor: Actor) -
             "before: restore the file from the backup of this data folder, or write one holding "
             '{"last": N}, N the PACS change to go on after (0 goes through its whole history again).'
         )
-    state = WatchState(path, key=key)
-    state.save(0)  # first: an event recorded and a file then not written (a full disk) refused every later start
-    audit.record(store, actor, STARTED, last=0)  # failing, the next start finds the file and records it then
+    state, last = WatchState(path, key=key), first() if first is not None else 0
+    state.save(last)  # first: an event recorded and a file then not written (a full disk) refused every later start
+    audit.record(store, actor, STARTED, last=last)  # failing, the next start finds the file and records it then
     return state
 
 
