@@ -65,7 +65,14 @@ SECRET_KEYS = {
 
 def secrets_mistake(secrets: Mapping[str, Any]) -> str | None:
     """Why the secrets cannot be used as written, or None: a section written as a single value, or a setting its
-    section does not have (``[mongo] url`` for ``uri`` opened the embedded database instead, without a word)."""
+    section does not have (``[mongo] url`` for ``uri`` opened the embedded database instead, without a word), or a
+    section or setting it does not know (``[mongodb]``, a top-level ``MONGODB_URI``: read by nothing)."""
+    unknown_sections = sorted(set(secrets) - set(SECRET_KEYS) - {"auth"})
+    if unknown_sections:
+        return (
+            f"the secrets file has no section or setting {', '.join(unknown_sections)} (it takes "
+            f"{', '.join(f'[{name}]' for name in (*SECRET_KEYS, 'auth'))})"
+        )
     for section, known in SECRET_KEYS.items():
         values = secrets.get(section)
         if values is None:
@@ -225,8 +232,9 @@ def first_admin_command(secrets: Mapping[str, Any]) -> str:
 
     python = shlex.quote(str(PROJECT_ROOT / ".venv" / "bin" / "python"))
     settings = ""
-    if os.environ.get("BTD_DATA_DIR"):
-        settings += f"BTD_DATA_DIR={shlex.quote(str(data_dir().resolve()))} "
+    for name in ("BTD_DATA_DIR", "BTD_STATE_DIR"):  # the data folder, and the register of databases beside it
+        if os.environ.get(name):  # (another register takes a moved data folder for a first start)
+            settings += f"{name}={shlex.quote(str(Path(os.environ[name]).resolve()))} "
     if os.environ.get("BTD_SECRETS"):  # the server's secrets file (its audit key, database): never the default
         settings += f"BTD_SECRETS={shlex.quote(str(Path(os.environ['BTD_SECRETS']).resolve()))} "
     if mongodb_uri(secrets):

@@ -170,6 +170,9 @@ def test_the_first_admin_command_names_the_servers_keys_and_makes_the_printed_pa
 
     monkeypatch.setenv("BTD_AUDIT_KEY", "a" * 64)
     monkeypatch.setenv("BTD_HMAC_KEY", "b" * 64)
+    monkeypatch.setenv("BTD_STATE_DIR", "/srv/btd/state")  # the server's register, or the check of a vanished
+    assert "BTD_STATE_DIR=/srv/btd/state " in first_admin_command({})  # database is made against another one
+    monkeypatch.delenv("BTD_STATE_DIR")
     command = first_admin_command({})
     assert 'BTD_AUDIT_KEY="<the server\'s audit key>"' in command and "a" * 64 not in command
     assert 'BTD_HMAC_KEY="<the server\'s patient key>"' in command and "b" * 64 not in command
@@ -204,6 +207,9 @@ def test_a_mistyped_setting_in_the_secrets_file_is_refused_by_name_not_ignored(t
         ("[audit]\nkey = 5\n", "[audit] key in the secrets file is not text in quotes"),
         ('[identity]\nhmac_key = ["a"]\n', "[identity] hmac_key in the secrets file is not text in quotes"),
         ('[pacs]\nverify_tls = "no"\n', "[pacs] verify_tls in the secrets file is not true or false"),
+        # a section nothing reads was ignored: the embedded database opened instead of the configured one
+        ('[mongodb]\nuri = "mongodb://db.example"\n', "the secrets file has no section or setting mongodb"),
+        ('MONGODB_URI = "mongodb://db.example"\n', "no section or setting MONGODB_URI"),
     ):
         path.write_text(text)
         with pytest.raises(ValueError, match=re.escape(said)):
