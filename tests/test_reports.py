@@ -318,8 +318,11 @@ def test_key_sections_are_those_the_verdict_rested_on_not_isolated_spikes_elsewh
         curve[spike] = 0.99
     for k, p in zip(range(12, 17), (0.8, 0.85, 0.9, 0.88, 0.82), strict=True):
         curve[k] = p
-    assert key_sections(SimpleNamespace(curve=curve, window=tuple(range(12, 17)))) == [13, 14, 15]
-    assert key_sections(SimpleNamespace(curve=curve, window=())) == [3, 25, 27]  # no rule known: the likeliest
+    assert key_sections(SimpleNamespace(curve=curve, window=tuple(range(12, 17)), is_tumour=True)) == [13, 14, 15]
+    assert key_sections(SimpleNamespace(curve=curve, window=(), is_tumour=True)) == [3, 25, 27]  # no rule known
+    # a "no tumour" verdict: its window is its best run below the threshold, and sections over 0.99 in a shorter
+    # run were shown nowhere; the likeliest are
+    assert key_sections(SimpleNamespace(curve=curve, window=tuple(range(12, 17)), is_tumour=False)) == [3, 25, 27]
     assert sections_to_see(curve, [12, 13], 3) == [3, 12, 13]  # a short window, then the likeliest
     assert sections_to_see([0.5, None, 0.7], [0, 1, 2], 3) == [0, 2]  # a skipped section is never shown
     series = SimpleNamespace(
@@ -348,6 +351,7 @@ def test_the_key_section_is_the_one_of_the_most_suspicious_with_the_largest_lesi
     view = SimpleNamespace(
         curve=[0.1, 0.9, 0.8, 0.7, None],
         window=(1, 2, 3),
+        is_tumour=True,
         sections=sections,
         read=None,
         geometry={"spacing": [1.0, 1.0]},

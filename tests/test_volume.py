@@ -101,6 +101,34 @@ def test_a_study_with_a_series_that_cannot_be_put_together_gets_no_tumour_free_v
     assert any("could not be read" in note and "mixes section orientations" in note for note in outcome.notes)
 
 
+def test_a_no_tumour_series_with_sections_over_its_threshold_says_so_and_opens_at_the_likeliest() -> None:
+    """Sections 7-8 at 1.00 in a run of two, the verdict judged on a run of three elsewhere (0.38, 0.93, 0.66): "No
+    tumour", the viewer opened at section 12 and the PDF showed 11-13; the lesion was seen nowhere but on the
+    curve."""
+    from types import SimpleNamespace
+
+    from core.model.volume import Section
+    from ui.viewer import start_section
+
+    curve = [0.70, None, 0.94, 0.97, None, None, 0.999, 0.998, None, None, 0.38, 0.93, 0.66, None]
+
+    def read(p):
+        return SimpleNamespace(prediction=SimpleNamespace(tumour_probability=p), lesion=None)
+
+    sections = tuple(
+        Section(i, float(i), None if p is None else read(p), None if p else "gate") for i, p in enumerate(curve)
+    )
+    rule = SeriesRule(5, 0.3)
+    score, used = rule.score(curve)
+    volume = SimpleNamespace(warnings=[], gap_starts=(), sections=np.zeros((len(curve), 4, 4)))
+    series = SeriesAnalysis(volume, sections, rule, score, used, "notumor", {}, "m", "1", single_threshold=0.5)
+    assert used == 3 and series.applied_threshold == 0.5 and not series.is_tumour and series.tumour_sections
+    said = "sections 1, 3, 4, 7, 8 reach the threshold (0.50) outside the run the verdict was judged on: read them"
+    assert said in series.warnings
+    view = SimpleNamespace(curve=curve, window=(10, 11, 12), is_tumour=False, sections=volume.sections)
+    assert start_section(view) == 6  # the likeliest section, not the middle of the run below the threshold
+
+
 def test_the_shipped_card_states_its_series_rule() -> None:
     card = ModelCard.from_file(model_card_path())
     raw = json.loads(Path(model_card_path()).read_text())

@@ -78,7 +78,12 @@ def small_heat(heat: np.ndarray | None) -> np.ndarray | None:
 
 
 def start_section(view: SeriesView) -> int:
-    """The section that decided the verdict (the middle of the best window), else the middle of the series."""
+    """The section that decided a tumour verdict (the middle of the best window); under another verdict the
+    likeliest section (a "no tumour" opened at its best run below the threshold, sections over 0.99 elsewhere
+    unseen); else the middle of the series."""
+    read = [i for i, p in enumerate(view.curve) if p is not None]
+    if not view.is_tumour and read:
+        return max(read, key=lambda i: view.curve[i] or 0.0)
     return view.window[len(view.window) // 2] if view.window else len(view.sections) // 2
 
 

@@ -116,6 +116,18 @@ class SeriesAnalysis:
                 f"judged at least by the single-scan threshold ("
                 f"{self.applied_threshold:.2f})"
             )
+        judged = {s.index for s in self.window}
+        if (
+            self.label is not None
+            and not self.is_tumour
+            and (above := [i for i in self.tumour_sections if i not in judged])
+        ):
+            shown = ", ".join(str(i + 1) for i in above[:8]) + (", ..." if len(above) > 8 else "")
+            notes.append(  # a "no tumour" verdict beside sections that reach its threshold: said, never left unread
+                f"section{'s' * (len(above) > 1)} {shown} reach{'es' * (len(above) == 1)} the threshold "
+                f"({self.applied_threshold:.2f}) outside the run the verdict was judged on: read "
+                f"{'them' if len(above) > 1 else 'it'}"
+            )
         return notes + self.volume_caveats
 
     @property
@@ -216,17 +228,23 @@ class SeriesAnalysis:
 
 
 def key_sections(
-    curve: Sequence[float | None], window: Sequence[int], count: int, among: Sequence[int] | None = None
+    curve: Sequence[float | None],
+    window: Sequence[int],
+    count: int,
+    among: Sequence[int] | None = None,
+    called: bool = True,
 ) -> list[int]:
     """The sections a reader should see first, in series order: those of the deciding window (the sections that
     set the verdict; the likeliest ``count`` of a longer one), then, with room left, the likeliest others of
     ``among`` (default: every analysed section). The three likeliest sections anywhere were shown and outlined,
-    isolated ones away from the sections the verdict rested on."""
+    isolated ones away from the sections the verdict rested on. A series not ``called`` tumour: its likeliest
+    sections (its deciding window is the best run below the threshold: two sections over 0.99 in a shorter run
+    were shown nowhere, in the viewer nor the PDF)."""
 
     def likeliest(indices: Sequence[int]) -> list[int]:
         return sorted((i for i in indices if curve[i] is not None), key=lambda i: -(curve[i] or 0.0))
 
-    chosen = likeliest(window)[:count]
+    chosen = likeliest(window)[:count] if called else []
     pool = range(len(curve)) if among is None else among
     chosen += [i for i in likeliest(pool) if i not in chosen][: count - len(chosen)]
     return sorted(chosen)

@@ -47,9 +47,9 @@ _NEXT_LINE = {"new_x": "LMARGIN", "new_y": "NEXT", "align": "L"}
 
 
 def key_sections(view: SeriesView, count: int = 3) -> list[int]:
-    """The sections a reader should see first: those the verdict rested on (the viewer opens at them), in series
-    order (:func:`core.model.volume.key_sections`)."""
-    return sections_to_see(view.curve, view.window, count)
+    """The sections a reader should see first, in series order: those a tumour verdict rested on, the likeliest
+    under another (the viewer opens at them: :func:`core.model.volume.key_sections`)."""
+    return sections_to_see(view.curve, view.window, count, called=view.is_tumour)
 
 
 def render(
