@@ -135,7 +135,12 @@ def test_history_page_compares_a_series_with_its_prior_and_makes_the_report(
     assert heat.value is False  # red blobs side by side in a "change over time" view read as the lesion
     heat.set_value(True).run()
     assert any("not where a tumour is" in c.value for c in app.caption)
-    assert [m.label for m in app.metric] == ["Series score", "At this section"]
+    assert [m.label for m in app.metric] == ["Series score", "At this section, now"]  # the current series' value
+    import json
+    import re
+
+    titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in app.get("plotly_chart")[1:]]
+    assert all(re.search(r"section \d+, [RLAPSIFH]+ \d+\.\d mm · ", t) for t in titles), titles  # a match in mm
     assert any("1 series of this study could not be analysed" in w.value for w in app.warning)
     # both series are of one study: the default prior is the other sequence, and the page says so
     assert any(w.value.startswith("The prior is another series of the same study") for w in app.warning)

@@ -254,6 +254,9 @@ def test_probabilities_are_never_printed_as_certainty() -> None:
     assert [percent(p) for p in (0.9996, 0.0004, 0.123)] == [">99.9%", "<0.1%", "12.3%"]
     assert [two_places(p) for p in (0.996, 0.004, 0.5)] == [">0.99", "<0.01", "0.50"]
     assert [bounded(p, 3) for p in (0.9995, 0.99949, 0.0005, 0.00049)] == [">0.999", "0.999", "0.001", "<0.001"]
+    from ui.viewer import _delta  # History's change: no "+0.00" drawn as a red rise
+
+    assert [_delta(v) for v in (0.001, -0.004, 0.02, None)] == [None, None, "+0.02", None]
 
 
 def test_a_sections_heat_map_is_made_from_the_pixels_the_model_read_and_drawn_on_the_displayed_ones(

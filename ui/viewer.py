@@ -226,7 +226,9 @@ def timeline(records) -> None:
 
 
 def _delta(value: float | None) -> str | None:
-    return None if value is None else f"{value:+.2f}"
+    """A change of probability as the metrics show it; none to show below a hundredth (a "+0.00" drew a red up
+    arrow)."""
+    return None if value is None or abs(value) < 0.005 else f"{value:+.2f}"
 
 
 @st.fragment
@@ -253,7 +255,8 @@ def comparison(current: SeriesView, prior: SeriesView | None, classifier, explai
                 current.sections[index],
                 heat=_heat(current, index, classifier, explainer) if heat else None,
                 letters=letters,
-                title=f"Now · section {index + 1} · " + ("skipped" if p is None else f"P {two_places(p)}"),
+                title=f"Now · section {index + 1}, {current.place(index)} · "  # in mm: a match 15 mm off shows
+                + ("skipped" if p is None else f"P {two_places(p)}"),
                 height=420,
             ),
             config={"scrollZoom": True, "displaylogo": False},
@@ -273,7 +276,7 @@ def comparison(current: SeriesView, prior: SeriesView | None, classifier, explai
                 prior.sections[matched],
                 heat=_heat(prior, matched, classifier, explainer) if heat else None,
                 letters=orientation_letters(prior.geometry.get("orientation")),
-                title=f"Prior · section {matched + 1} · "
+                title=f"Prior · section {matched + 1}, {prior.place(matched)} · "
                 + ("skipped" if q is None else f"P {two_places(q)}")
                 + ("" if sections_correspond(current, prior) else " (its deciding section, not matched)"),
                 height=420,
@@ -290,7 +293,7 @@ def comparison(current: SeriesView, prior: SeriesView | None, classifier, explai
         help=f"The {SERIES_SCORE}; its change since the prior series.",
     )
     b.metric(
-        "At this section",
+        "At this section, now",  # the current series' value, beside the prior's image: its change since the prior's
         "-" if moved.section_now is None else two_places(moved.section_now),
         _delta(moved.section_change),
         delta_color="inverse",
