@@ -20,7 +20,7 @@ from ui.opened import opened_result
 from ui.page import setup_page
 from ui.render import result_panel
 from ui.selection import chosen_id, table_key
-from ui.wording import SCORE_COLUMN, count_of, pretty, probability_shown, verdict_shown
+from ui.wording import SCORE_COLUMN, count_of, pretty, probability_shown, series_kind, verdict_shown
 
 actor = setup_page("Worklist", WORKLIST)
 st.title("Worklist")
@@ -107,7 +107,7 @@ table = pd.DataFrame(
             "review": "⚠ disagrees" if r.disagrees else ("✓ reviewed" if r.review_count else "to read"),
             "time (UTC)": r.created_at.strftime("%Y-%m-%d %H:%M"),
             "verdict": verdict_shown(r),
-            "kind": "series" if r.kind == "series" else "scan",
+            "kind": series_kind(r) if r.kind == "series" else "scan",  # two series of a study told apart
             SCORE_COLUMN: probability_shown(r),
             "flag": {"needs_review": "needs review", "rejected": "not a brain MRI"}.get(r.gate, ""),
             "final label": pretty(r.final_label) if r.final_label else "",

@@ -1045,7 +1045,7 @@ def test_worklist_opens_a_saved_series_in_its_viewer_and_takes_a_review(app_envi
     status = saved_series(app_environment, tiny_classifier, sections=6, tumour=range(2, 4))
     app = page("worklist.py").run()
     assert not app.exception
-    assert app.dataframe[0].value["kind"].tolist() == ["series"]
+    assert app.dataframe[0].value["kind"].tolist() == ["series, axial, 6 sections"]  # two of one study told apart
     assert len(app.get("plotly_chart")) == 2 and any(s.label == "Section" for s in app.slider)
     next(t for t in app.toggle if t.label == "Heat map").set_value(True).run()
     kept = [m for m in app.session_state["viewer-heat"].values() if m is not None]

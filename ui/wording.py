@@ -20,6 +20,7 @@ __all__ = [
     "plain",
     "pretty",
     "probability_shown",
+    "series_kind",
     "two_places",
     "verdict_shown",
 ]
@@ -75,3 +76,13 @@ def plain(text: object) -> str:
     literally: every mark Markdown would read escaped (a name with underscores read in italics, and a link in a
     PACS's answer was a link on the page)."""
     return _MARKDOWN.sub(r"\\\1", str(text))
+
+
+def series_kind(record) -> str:
+    """A saved series as lists name it: its number on the Study page, its plane and its sections ("series 2,
+    coronal, 12 sections"; two "series" rows of one study read the same)."""
+    geometry = record.geometry or {}
+    number = f" {geometry['series_number']}" if geometry.get("series_number") else ""
+    plane = f", {geometry['plane']}" if geometry.get("plane") else ""
+    count = record.section_count or 0
+    return f"series{number}{plane}, {count} section{'s' * (count != 1)}"
