@@ -556,6 +556,7 @@ def test_a_dicom_slice_reopened_from_the_worklist_keeps_its_patient_directions(t
     assert uploaded.view.letters
     opened = open_result(store, images, doctor, uploaded.record.id, tiny_classifier, None)
     assert opened.view is not None and opened.view.letters == uploaded.view.letters
+    assert (opened.view.format, opened.view.frame) == ("dicom", None)  # as uploaded: it read "PNG", the kept copy's
 
 
 def test_a_dicom_slice_reopened_from_the_worklist_is_drawn_as_true_as_on_the_scan_page(

@@ -203,7 +203,9 @@ def _stored_scan(view, labels: tuple[str, ...]) -> None:
     inline_image(
         original,
         view.original(True),
-        f"{view.format.upper()} {view.width}×{view.height}{outlined}{edges(view.letters)}",
+        f"{view.format.upper()} {view.width}×{view.height}"
+        + (f" · frame {view.frame}" if view.frame is not None else "")  # counted as on the Scan page
+        + f"{outlined}{edges(view.letters)}",
     )
     inline_image(crop, view.crop, "As the model sees it")
     label = view.explained or labels[0]

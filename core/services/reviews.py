@@ -114,6 +114,8 @@ def open_result(
     if record.gate == REJECTED:  # the gate's decision as saved: the kept grey copy passes a colour check it failed
         gate = replace(analysis.prediction.gate, decision=REJECTED)
         analysis = replace(analysis, prediction=replace(analysis.prediction, gate=gate))
+    # the upload's format and frame, not the kept copy's: a DICOM frame read "PNG 256x256", its frame dropped
+    analysis = replace(analysis, scan=replace(analysis.scan, format=record.image_format, frame=record.frame))
     return OpenedResult(record, scan_view(analysis, explainer), store.reviews_of(result_id))
 
 
