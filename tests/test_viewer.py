@@ -39,6 +39,16 @@ def test_distances_are_in_millimetres_from_the_pixel_spacing_row_then_column() -
 
 def test_the_section_figure_carries_the_section_as_a_png_with_its_letters_and_line() -> None:
     section = np.tile(np.arange(64, dtype=np.uint8), (32, 1))
+    from ui.viewer_figures import TITLE_WIDTH, title_lines
+
+    long = (
+        "Section 7 of 12 · H 30.0 mm · P(tumour) 0.93 (at or above the series threshold 0.50) · as a single scan: "
+        "Glioma"
+    )
+    lines = title_lines(long)  # on one line it ran under the toolbar and past the chart's edge
+    assert len(lines) > 1 and " · ".join(lines) == long and all(len(x) <= TITLE_WIDTH for x in lines[:-1])
+    wrapped = section_figure(section, title=long)["layout"]
+    assert wrapped["title"]["text"] == "<br>".join(lines) and wrapped["margin"]["t"] == 12 + 20 * len(lines)
     figure = section_figure(section, letters={"left": "R", "right": "L"}, line=((1, 2), (30, 2)), title="t")
     png = _decode(figure["data"][0]["source"], "data:image/png;base64,")
     assert png.shape == (32, 64, 3) and np.array_equal(png[:, :, 0], section)  # lossless, grey in every channel

@@ -111,6 +111,21 @@ def outline_shapes(outline: Sequence[np.ndarray]) -> list[dict[str, Any]]:
     ]
 
 
+TITLE_WIDTH = 58  # characters a line of a section's title holds beside the chart's toolbar
+
+
+def title_lines(title: str) -> list[str]:
+    """A section's title on as many lines as it needs, broken between its parts (" · "): on one line, a long one
+    ran under Plotly's toolbar and past the chart's edge ("... at or above the series threshold 0.50" cut)."""
+    lines: list[str] = []
+    for part in title.split(" · ") if title else []:
+        if lines and len(lines[-1]) + 3 + len(part) <= TITLE_WIDTH:
+            lines[-1] += f" · {part}"
+        else:
+            lines.append(part)
+    return lines
+
+
 def section_figure(
     section: np.ndarray,
     *,
@@ -169,15 +184,16 @@ def section_figure(
         shapes.append(
             {"type": "line", "x0": x0, "y0": y0, "x1": x1, "y1": y1, "line": {"color": "#00e5ff", "width": 2}}
         )
+    lines = title_lines(title)
     return {
         "data": [{"type": "image", "source": source, "hovertemplate": "x %{x}, y %{y}<extra></extra>"}],
         "layout": {
-            "title": {"text": title},
+            "title": {"text": "<br>".join(lines), "x": 0, "xanchor": "left", "y": 0.99, "yanchor": "top"},
             "height": height,
             "dragmode": "pan",
             "annotations": annotations,
             "shapes": shapes,
-            "margin": {"l": 0, "r": 0, "t": 30 if title else 0, "b": 0},
+            "margin": {"l": 0, "r": 0, "t": 12 + 20 * len(lines) if title else 0, "b": 0},
             "xaxis": {"visible": False, "range": [-0.5, w - 0.5]},
             "yaxis": {"visible": False, "range": [h - 0.5, -0.5]},
         },
