@@ -132,12 +132,7 @@ class Pacs:
         from pydicom.errors import InvalidDicomError
 
         try:
-            try:
-                yield
-            except requests.ConnectionError as error:  # a read that timed out mid-answer comes as a lost connection
-                if read_timed_out(error):
-                    raise _StalledMidAnswer() from error
-                raise
+            yield
         except requests.HTTPError as error:
             status = getattr(error.response, "status_code", None)
             logger.warning("event=pacs_failed what=%s status=%s", what, status)
@@ -150,12 +145,12 @@ class Pacs:
         except requests.exceptions.SSLError as error:  # read as "does not answer", the address blamed
             logger.warning("event=pacs_tls_failed what=%s", what)
             raise PacsUnreachable(TLS_FAILED) from error
-        except (requests.ReadTimeout, _StalledMidAnswer) as error:  # connected, no answer (or none for a while
-            logger.warning("event=pacs_timed_out what=%s", what)  # mid-answer): the PACS is up
-            raise PacsTimedOut(
-                f"The PACS did not answer the {what} within {self._timeout_s:g} s; try again later."
-            ) from error
         except (requests.ConnectionError, requests.Timeout) as error:
+            if isinstance(error, requests.ReadTimeout) or read_timed_out(error):  # connected, no answer in time, at
+                logger.warning("event=pacs_timed_out what=%s", what)  # first or mid-way: the PACS is up
+                raise PacsTimedOut(
+                    f"The PACS did not answer the {what} within {self._timeout_s:g} s; try again later."
+                ) from error
             logger.warning("event=pacs_unreachable what=%s", what)
             raise PacsUnreachable("The PACS does not answer; check its address, or try again later.") from error
         except (ValueError, KeyError, TypeError, AttributeError, InvalidDicomError) as error:  # not DICOMweb / DICOM
@@ -390,10 +385,6 @@ def _optional_int(value: Any) -> int | None:
         return None if value in (None, "") else int(value)
     except (TypeError, ValueError):
         return None
-
-
-class _StalledMidAnswer(Exception):
-    """An answer begun and then not continued within the timeout."""
 
 
 class Unwritable(Exception):
