@@ -191,6 +191,11 @@ class PacsMalformed(PacsError):
     code = "pacs_malformed"
 
 
+class PacsAnswerTooLarge(PacsMalformed):
+    """One answer of the PACS is larger, once decompressed, than the app reads (a part with no end, a compression
+    bomb): refused while it arrives, before it fills the server's memory."""
+
+
 class PacsReportRefused(PacsError):
     """The report could not be made from the study's headers (a value the standard or the report library refuses);
     sending it again cannot help."""

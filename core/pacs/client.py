@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 from core.errors import (
     FileTooLarge,
+    PacsAnswerTooLarge,
     PacsError,
     PacsMalformed,
     PacsNotFound,
@@ -281,6 +282,9 @@ class Pacs:
             )
         files: list[bytes] = []
         total = dropped = 0  # images received of series that cannot be read: an access all the same
+        limits = self.limits
+        over = f"The study is over the limits ({limits.max_files} images, {limits.max_total_bytes / 2**20:.0f} MB)."
+        self._session.answer_bytes = self.limits.max_total_bytes  # a series' images come as one answer
         try:
             for hit in series:
                 datasets = self._call(
@@ -295,10 +299,9 @@ class Pacs:
                             total += len(data)
                             files.append(data)
                             if total > self.limits.max_total_bytes or len(files) > self.limits.max_files:
-                                raise FileTooLarge(
-                                    f"The study is over the limits ({self.limits.max_files} images, "
-                                    f"{self.limits.max_total_bytes / 2**20:.0f} MB)."
-                                )
+                                raise FileTooLarge(over)
+                except PacsAnswerTooLarge as error:  # one image without end, or a series beyond the study's bytes
+                    raise FileTooLarge(over) from error
                 except Unwritable as error:  # that series named as unread, not analysed; the others are (one
                     dropped += len(files) - before + 1  # series in a transfer syntax pydicom does not know failed
                     del files[before:]  # the whole study as "not valid DICOMweb")
@@ -314,6 +317,8 @@ class Pacs:
         except (PacsError, FileTooLarge) as error:  # some images may have crossed: the caller audits the attempt
             error.received = len(files) + dropped  # type: ignore[attr-defined]
             raise
+        finally:
+            self._session.answer_bytes = None
         if not files:  # every series unreadable: refused, each named
             unreadable = UnsupportedDicom(f"No MR series of this study can be read: {'; '.join(skipped)}.")
             unreadable.received = dropped  # type: ignore[attr-defined]

@@ -4,12 +4,17 @@ an HTTP error answer means to the reader."""
 
 from __future__ import annotations
 
+import socket
+import threading
+from contextlib import suppress
 from functools import cache
 from typing import Any
 
-from core.errors import PacsError, PacsForbidden, PacsRefused, PacsUnreachable
+from core.errors import PacsAnswerTooLarge, PacsError, PacsForbidden, PacsRefused, PacsTimedOut, PacsUnreachable
 
 BUSY = frozenset({408, 429, 502, 503, 504})  # answers of a PACS (or its proxy) that is overloaded or restarting
+ANSWER_BYTES = 128 * 2**20  # one answer as read (decompressed): a search, a series' metadata, the feed, a report
+ANSWER_DEADLINE_S = 600.0  # one answer whole: the timeout bounds each wait between two reads, not the answer
 
 
 def answer_error(status: int | None, what: str) -> PacsError:
@@ -32,14 +37,66 @@ def session_class() -> type:
     import requests  # imported when a PACS is first used, as everywhere here
 
     class Session(requests.Session):
-        """A session whose ``verify`` holds for every request: requests lets REQUESTS_CA_BUNDLE in the environment
-        replace a session's own (a hospital's authority file, or no check at all) on each request."""
+        """A session whose ``verify`` holds for every request (requests lets REQUESTS_CA_BUNDLE in the environment
+        replace a session's own, a hospital's authority file or no check at all, on each request), and whose every
+        answer is read within :data:`ANSWER_DEADLINE_S` and ``answer_bytes`` (:func:`bounded`)."""
 
-        def request(self, *args: Any, **kwargs: Any) -> Any:
+        answer_bytes: int | None = None  # a retrieval sets the study's byte limit for its answers
+
+        def request(self, method: str, url: str, stream: bool = False, **kwargs: Any) -> Any:
             kwargs.setdefault("verify", self.verify)
-            return super().request(*args, **kwargs)
+            response = super().request(method, url, stream=True, **kwargs)
+            bounded(response, self.answer_bytes or ANSWER_BYTES, ANSWER_DEADLINE_S)
+            if not stream:
+                response.content  # noqa: B018 -- read whole now, as requests does unasked, within the bounds
+            return response
 
     return Session
+
+
+def bounded(response: Any, most: int, seconds: float) -> None:
+    """Make ``response``'s body readable only within ``most`` bytes (as decompressed) and ``seconds`` from now:
+    a multipart part with no boundary grew in memory without end, and an answer trickled a byte at a time, each
+    within the timeout, held a retrieval (and the watch behind it) for ever. At the deadline the connection is cut,
+    which ends a read blocked on it; either way :class:`PacsAnswerTooLarge` or :class:`PacsTimedOut` is raised."""
+    import requests
+
+    chunks, connection = response.iter_content, _socket_of(response.raw)
+    expired = threading.Event()
+
+    def cut() -> None:
+        expired.set()
+        if connection is not None:
+            with suppress(OSError):  # already closed
+                socket.socket.shutdown(connection, socket.SHUT_RDWR)  # the plain socket's, under TLS too
+
+    def late() -> PacsTimedOut:
+        return PacsTimedOut(f"The PACS took more than {seconds / 60:g} min to send one answer; try again later.")
+
+    timer = threading.Timer(seconds, cut)
+    timer.daemon = True
+    timer.start()
+
+    def iter_content(chunk_size: int | None = 1, decode_unicode: bool = False) -> Any:
+        got = 0
+        try:
+            for chunk in chunks(chunk_size, decode_unicode):
+                got += len(chunk)
+                if got > most:
+                    raise PacsAnswerTooLarge(f"The PACS sent more than {most / 2**20:g} MB in one answer; refused.")
+                if expired.is_set():
+                    raise late()
+                yield chunk
+        except requests.RequestException as error:  # the connection cut at the deadline reads as a broken answer
+            if expired.is_set():
+                raise late() from error
+            raise
+        finally:
+            timer.cancel()
+        if expired.is_set():  # an answer without a length ends where it was cut
+            raise late()
+
+    response.iter_content = iter_content
 
 
 TLS_FAILED = (
@@ -65,3 +122,12 @@ def read_timed_out(error: Exception) -> bool:
     from urllib3.exceptions import ReadTimeoutError
 
     return any(isinstance(arg, ReadTimeoutError) for arg in error.args)
+
+
+def _socket_of(raw: Any) -> socket.socket | None:
+    """The socket an answer (urllib3's) is read from: its connection's, or, for an answer after which the
+    connection closes (http.client then lets go of it), its reader's."""
+    sock = getattr(getattr(raw, "connection", None), "sock", None)
+    if sock is None:
+        sock = getattr(getattr(getattr(getattr(raw, "_fp", None), "fp", None), "raw", None), "_sock", None)
+    return sock if isinstance(sock, socket.socket) else None

@@ -1,0 +1,147 @@
+"""Answers of a PACS that never end: each is read within a deadline and a byte budget, whatever its pace, length
+or compression (local HTTP servers built here; no Orthanc needed)."""
+
+from __future__ import annotations
+
+import gzip
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from core.errors import FileTooLarge, PacsMalformed, PacsTimedOut
+from core.imaging.limits import StudyLimits
+from core.pacs import http
+from core.pacs.changes import OrthancChanges
+from core.pacs.client import Pacs
+
+STUDY, SERIES = "1.2.826.0.1.3680043.8.498.501", "1.2.826.0.1.3680043.8.498.501.1"
+
+
+@contextmanager
+def serving(answer: Callable[[BaseHTTPRequestHandler], None]) -> Iterator[str]:
+    """A local HTTP server whose every GET ``answer`` writes; its address."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            with suppress(OSError):  # the client cut the connection: what these tests expect
+                answer(self)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+def dripping(declared: bool) -> Callable[[BaseHTTPRequestHandler], None]:
+    """An answer that sends a byte every 0.2 s, each well within the timeout, for far longer than any deadline."""
+
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        if declared:
+            handler.send_header("Content-Length", "1000")
+        handler.end_headers()
+        for _ in range(150):
+            handler.wfile.write(b" ")
+            handler.wfile.flush()
+            time.sleep(0.2)
+
+    return answer
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["with-length", "to-the-close"])
+def test_an_answer_trickled_a_byte_at_a_time_ends_at_the_deadline_as_timed_out(monkeypatch, declared) -> None:
+    """Each byte came within the 10 s timeout, so the answer had none: a search, and the watch's feed, waited as
+    long as the PACS (or a broken proxy) kept trickling."""
+    monkeypatch.setattr(http, "ANSWER_DEADLINE_S", 1.5)
+    with serving(dripping(declared)) as root:
+        for ask in (
+            lambda: Pacs(f"{root}/dicom-web", timeout_s=1).search(),
+            lambda: OrthancChanges.of(Pacs(f"{root}/dicom-web", timeout_s=1), root).stable_studies(0),
+        ):
+            started = time.monotonic()
+            with pytest.raises(PacsTimedOut, match=r"took more than 0.025 min to send one answer"):
+                ask()
+            assert 1.4 < time.monotonic() - started < 5
+
+
+def test_an_answer_larger_than_the_budget_is_refused_as_it_arrives_compressed_or_not(monkeypatch) -> None:
+    """A search answer of 3 MB against a 1 MB budget, plain and as a gzip bomb of a few KB: both refused, the bomb
+    counted as decompressed (it is what fills the memory)."""
+    monkeypatch.setattr(http, "ANSWER_BYTES", 2**20)
+    body = b"[" + b" " * (3 * 2**20) + b"]"
+    for encoding, sent in (("identity", body), ("gzip", gzip.compress(body))):
+
+        def answer(handler: BaseHTTPRequestHandler, encoding: str = encoding, sent: bytes = sent) -> None:
+            handler.send_response(200)
+            handler.send_header("Content-Type", "application/dicom+json")
+            handler.send_header("Content-Encoding", encoding)
+            handler.send_header("Content-Length", str(len(sent)))
+            handler.end_headers()
+            handler.wfile.write(sent)
+
+        with serving(answer) as root, pytest.raises(PacsMalformed, match=r"more than 1 MB in one answer"):
+            Pacs(f"{root}/dicom-web").search()
+    assert len(gzip.compress(body)) < 2**15
+
+
+def test_a_retrieved_image_without_end_is_refused_at_the_studys_byte_limit_holding_no_more() -> None:
+    """A multipart part with no closing boundary grew in memory without bound (the study's byte limit was checked
+    only once a part was whole): it is refused at the limit, as a study over the limits."""
+    sent: list[int] = []
+
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        path = handler.path.split("?")[0]
+        if path.endswith("/series"):  # the study's series
+            body = b'[{"0020000E": {"vr": "UI", "Value": ["%s"]}, "00080060": {"vr": "CS", "Value": ["MR"]},'
+            body = (body % SERIES.encode()) + b' "00201209": {"vr": "IS", "Value": [1]}}]'
+        elif path.endswith("/metadata"):  # one 64 x 64 image
+            body = b'[{"00280010": {"vr": "US", "Value": [64]}, "00280011": {"vr": "US", "Value": [64]}}]'
+        else:  # the images: a part that never ends
+            handler.send_response(200)
+            handler.send_header("Content-Type", 'multipart/related; type="application/dicom"; boundary=END')
+            handler.end_headers()
+            handler.wfile.write(b"--END\r\nContent-Type: application/dicom\r\n\r\n")
+            for _ in range(64):  # 16 MB, never a boundary
+                handler.wfile.write(b"\0" * 2**18)
+                sent.append(2**18)
+            return
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/dicom+json")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    limits = StudyLimits(max_total_bytes=2**20)
+    with serving(answer) as root, pytest.raises(FileTooLarge, match=r"over the limits \(1024 images, 1 MB\)") as over:
+        Pacs(f"{root}/dicom-web", limits=limits).retrieve_mr(STUDY)
+    assert over.value.received == 0  # type: ignore[attr-defined]
+    assert sum(sent) < 16 * 2**20  # the answer was cut, not read to its end
+
+
+def test_answers_within_their_budget_read_whole_and_release_their_connection() -> None:
+    """The bounds change nothing for an ordinary answer: read as before, the connection kept for the next one."""
+
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        body = b'[{"0020000D": {"vr": "UI", "Value": ["%s"]}}]' % STUDY.encode()
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/dicom+json")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    with serving(answer) as root:
+        pacs = Pacs(f"{root}/dicom-web")
+        assert [hit.study_uid for hit in pacs.search()] == [STUDY]
+        assert [hit.study_uid for hit in pacs.search()] == [STUDY]
+    assert threading.active_count() < 20  # each answer's deadline timer ended with it
