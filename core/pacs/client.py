@@ -247,39 +247,7 @@ class Pacs:
         each series left out was (over the limits: the largest are left out, named, and the study then has no "no
         tumour" verdict). Refuses a study with no MR series, and one none of whose series fits (counted from the
         search before anything is retrieved, and again while retrieving)."""
-        every = self.series_of(study_uid)
-        if not every:  # a mistyped UID read "no MR series", as if the study held other images
-            raise PacsNotFound("The PACS has no study with this Study Instance UID (or it holds no series).")
-        found = [s for s in every if s.modality.upper() == "MR"]
-        if not found:
-            raise PacsNotFound("This study has no MR series.")
-        series, left_out = within_limits(found, self.limits)
-        if not series:
-            raise FileTooLarge(
-                f"The study's smallest MR series holds {min(s.instances or 0 for s in found)} images; the limit is "
-                f"{self.limits.max_files} per study ({self.limits.max_sections} sections a series)."
-            )
-        skipped = [
-            f"DICOM series {s.number or '?'}: {s.instances} images, "
-            f"left out to keep the study within {self.limits.max_files} images, {self.limits.max_series} series and "
-            f"{self.limits.max_sections} sections a series (not retrieved, not analysed)"
-            for s in left_out
-        ]
-        sizes = {hit.series_uid: self._size_of(study_uid, hit.series_uid) for hit in series}
-        for hit in [hit for hit in series if sizes[hit.series_uid][1] > self.limits.max_sections]:  # multi-frame
-            series.remove(hit)  # files: counted as images, a 12,800-frame file was retrieved whole, then refused
-            skipped.append(  # the study with it
-                f"DICOM series {hit.number or '?'}: a file of {sizes[hit.series_uid][1]} frames, left out to keep the "
-                f"study within {self.limits.max_sections} sections a series (not retrieved, not analysed)"
-            )
-        if not series:
-            raise FileTooLarge(f"No MR series of this study fits: {'; '.join(skipped)}.")
-        pixels = sum(sizes[hit.series_uid][0] for hit in series)
-        if pixels > self.limits.max_dicom_pixels:  # from the headers, before any image is held in memory
-            raise FileTooLarge(
-                f"The study's MR series hold {pixels / 2**20:.0f} M pixels; the limit is "
-                f"{self.limits.max_dicom_pixels / 2**20:.0f} M (refused before retrieving them)."
-            )
+        series, skipped = self._planned(study_uid)
         files: list[bytes] = []
         total = dropped = 0  # images received of series that cannot be read: an access all the same
         limits = self.limits
@@ -324,6 +292,44 @@ class Pacs:
             unreadable.received = dropped  # type: ignore[attr-defined]
             raise unreadable
         return files, skipped
+
+    def _planned(self, study_uid: str) -> tuple[list[SeriesHit], list[str]]:
+        """The study's MR series to retrieve, and why each other was left out, from its searches and metadata
+        (no image held yet); :class:`FileTooLarge` when none fits."""
+        every = self.series_of(study_uid)
+        if not every:  # a mistyped UID read "no MR series", as if the study held other images
+            raise PacsNotFound("The PACS has no study with this Study Instance UID (or it holds no series).")
+        found = [s for s in every if s.modality.upper() == "MR"]
+        if not found:
+            raise PacsNotFound("This study has no MR series.")
+        series, left_out = within_limits(found, self.limits)
+        if not series:
+            raise FileTooLarge(
+                f"The study's smallest MR series holds {min(s.instances or 0 for s in found)} images; the limit is "
+                f"{self.limits.max_files} per study ({self.limits.max_sections} sections a series)."
+            )
+        skipped = [
+            f"DICOM series {s.number or '?'}: {s.instances} images, "
+            f"left out to keep the study within {self.limits.max_files} images, {self.limits.max_series} series and "
+            f"{self.limits.max_sections} sections a series (not retrieved, not analysed)"
+            for s in left_out
+        ]
+        sizes = {hit.series_uid: self._size_of(study_uid, hit.series_uid) for hit in series}
+        for hit in [hit for hit in series if sizes[hit.series_uid][1] > self.limits.max_sections]:  # multi-frame
+            series.remove(hit)  # files: counted as images, a 12,800-frame file was retrieved whole, then refused
+            skipped.append(  # the study with it
+                f"DICOM series {hit.number or '?'}: a file of {sizes[hit.series_uid][1]} frames, left out to keep the "
+                f"study within {self.limits.max_sections} sections a series (not retrieved, not analysed)"
+            )
+        if not series:
+            raise FileTooLarge(f"No MR series of this study fits: {'; '.join(skipped)}.")
+        pixels = sum(sizes[hit.series_uid][0] for hit in series)
+        if pixels > self.limits.max_dicom_pixels:  # from the headers, before any image is held in memory
+            raise FileTooLarge(
+                f"The study's MR series hold {pixels / 2**20:.0f} M pixels; the limit is "
+                f"{self.limits.max_dicom_pixels / 2**20:.0f} M (refused before retrieving them)."
+            )
+        return series, skipped
 
     def _size_of(self, study_uid: str, series_uid: str) -> tuple[int, int]:
         """(the pixels, the frames of its largest file) a series' images hold, from its metadata (WADO-RS, no pixel
