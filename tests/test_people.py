@@ -79,6 +79,59 @@ def test_five_failures_lock_the_account_for_fifteen_minutes(store) -> None:
     assert store.get_account("dr-a").failed_count == 0
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "mongomock"])
+def test_a_lock_lost_to_a_database_failure_is_set_at_the_next_try_and_ends_like_any_other(tmp_path, kind) -> None:
+    """The fifth wrong password's lock is written after its count: a database failure (or the server stopping) in
+    between left the count at five with no lock, and every later try, the right password two days on included, was
+    refused as locked, for good, until an administrator unlocked it."""
+    from core.errors import StoreUnavailable
+
+    if kind == "sqlite":
+        store = SQLiteStore(tmp_path / "results.sqlite3")
+    else:
+        import mongomock
+
+        from core.storage.mongo import MongoStore
+
+        store = MongoStore(mongomock.MongoClient(tz_aware=True), collection="scans")
+    accounts.add_account(store, COMMAND_LINE, "dr-a", "radiologist", PASSWORD)
+    now = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
+    for _ in range(accounts.MAX_FAILURES - 1):
+        with pytest.raises(SignInFailed):
+            accounts.sign_in(store, "dr-a", "not the password", now)
+    written = store.end_sign_in
+
+    def failing(*_: object) -> None:
+        raise StoreUnavailable("The results database is locked by another process; try again.")
+
+    store.end_sign_in = failing  # type: ignore[method-assign]
+    with pytest.raises(StoreUnavailable):
+        accounts.sign_in(store, "dr-a", "not the password", now)
+    store.end_sign_in = written  # type: ignore[method-assign]
+    assert store.get_account("dr-a").locked_until is None  # the lock lost
+    later = now + timedelta(days=2)
+    with pytest.raises(AccountLocked):  # the next try locks it, from then
+        accounts.sign_in(store, "dr-a", PASSWORD, later)
+    assert store.get_account("dr-a").locked_until is not None
+    with pytest.raises(AccountLocked):
+        accounts.sign_in(store, "dr-a", PASSWORD, later + timedelta(minutes=14))
+    assert accounts.sign_in(store, "dr-a", PASSWORD, later + timedelta(minutes=16)).role == "radiologist"
+    assert store.get_account("dr-a").failed_count == 0
+    session = accounts.sign_in(store, "dr-a", PASSWORD, later + timedelta(minutes=17))
+    for _ in range(accounts.MAX_FAILURES - 1):  # a password change's check counts and locks the same way
+        with pytest.raises(InvalidRecord, match="current password is wrong"):
+            accounts.change_own_password(store, session, "not the password", "another long password", later)
+    store.end_sign_in = failing  # type: ignore[method-assign]
+    with pytest.raises(StoreUnavailable):
+        accounts.change_own_password(store, session, "not the password", "another long password", later)
+    store.end_sign_in = written  # type: ignore[method-assign]
+    with pytest.raises(AccountLocked):
+        accounts.change_own_password(store, session, PASSWORD, "another long password", later + timedelta(days=1))
+    with pytest.raises(AccountLocked):
+        accounts.sign_in(store, "dr-a", PASSWORD, later + timedelta(days=1, minutes=14))
+    assert accounts.sign_in(store, "dr-a", PASSWORD, later + timedelta(days=1, minutes=16)).role == "radiologist"
+
+
 def test_disabled_accounts_and_short_passwords_are_refused(store) -> None:
     with pytest.raises(InvalidRecord, match="12 characters"):
         accounts.add_account(store, COMMAND_LINE, "dr-b", "radiologist", "short")

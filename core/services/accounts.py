@@ -29,11 +29,9 @@ from core.domain.people import RESERVED_NAMES, ROLES, Account, check_password
 from core.errors import AccountLocked, InvalidRecord, SignInFailed, StoreError
 from core.services import audit
 from core.services.access import ACCOUNTS, VIA_ACCOUNT, VIA_CLAIM, Actor, require
-from core.services.passwords import BoundedHasher
+from core.services.passwords import LOCK_MINUTES, MAX_FAILURES, BoundedHasher, claimed, failed
 from core.storage.protocol import Store
 
-MAX_FAILURES = 5
-LOCK_MINUTES = 15
 IDLE_MINUTES = 30
 SESSION_HOURS = 12  # the longest a sign-in lasts, however busy (the cookie's own lifetime): a role taken from an
 # identity provider's claim, never read again, is re-read at the next sign-in
@@ -250,16 +248,15 @@ def change_own_password(store: Store, actor: Actor, current: str, new: str, now:
     if refreshed_actor(store, actor) is None:  # outlived, disabled, or a password set since this session began
         raise InvalidRecord("This session is no longer current: sign in again.")
     hasher = _hasher()
-    attempt = store.begin_sign_in(actor.name, now)
-    if attempt is None or attempt > MAX_FAILURES:
+    attempt = claimed(store, actor.name, now)
+    if attempt is None:
         audit.record(store, actor, "password_change_refused", actor.name, reason="locked")
         raise AccountLocked("Too many wrong passwords: the account is locked for a while; nothing changed.")
     try:
         hasher.verify(account.password_hash, current)
     except (VerificationError, InvalidHashError):
-        locked = now + timedelta(minutes=LOCK_MINUTES) if attempt >= MAX_FAILURES else None
-        store.end_sign_in(actor.name, False, locked)
-        audit.record(store, actor, "password_change_failed", actor.name, failures=attempt, locked=bool(locked))
+        locked = failed(store, actor.name, attempt, now)
+        audit.record(store, actor, "password_change_failed", actor.name, failures=attempt, locked=locked)
         raise InvalidRecord("The current password is wrong: nothing changed.") from None
     store.end_sign_in(actor.name, True)
     new_hash = hasher.hash(new)  # the slow part, before the unit of work
@@ -362,8 +359,8 @@ def _sign_in(store: Store, name: str, password: str, now: datetime | None) -> Ac
             hasher.verify(_dummy_hash(), password)  # the same work as a real check: timing does not tell
         audit.record(store, NOBODY, "sign_in_failed", None, reason="unknown account")
         raise SignInFailed(REFUSED)
-    attempt = store.begin_sign_in(name, now)  # claimed atomically: parallel tries cannot share one count
-    if attempt is None or attempt > MAX_FAILURES:
+    attempt = claimed(store, name, now)  # claimed atomically: parallel tries cannot share one count
+    if attempt is None:
         with suppress(VerificationError, InvalidHashError):
             hasher.verify(_dummy_hash(), password)  # as long as any other refusal
         audit.record(store, NOBODY, "sign_in_refused", name, reason="locked")
@@ -371,9 +368,8 @@ def _sign_in(store: Store, name: str, password: str, now: datetime | None) -> Ac
     try:
         hasher.verify(account.password_hash, password)
     except (VerificationError, InvalidHashError):
-        locked = now + timedelta(minutes=LOCK_MINUTES) if attempt >= MAX_FAILURES else None
-        store.end_sign_in(name, False, locked)
-        audit.record(store, NOBODY, "sign_in_failed", name, failures=attempt, locked=bool(locked))
+        locked = failed(store, name, attempt, now)
+        audit.record(store, NOBODY, "sign_in_failed", name, failures=attempt, locked=locked)
         raise SignInFailed(REFUSED) from None
     store.end_sign_in(name, True)
     verified = account.password_hash

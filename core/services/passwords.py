@@ -1,4 +1,5 @@
-"""Argon2 password hashing, bounded: at most :data:`AT_ONCE` hashes and checks at a time in this process.
+"""Argon2 password hashing, bounded: at most :data:`AT_ONCE` hashes and checks at a time in this process; and the
+failures in a row that lock an account (:func:`claimed`, :func:`failed`).
 
 Each check takes 64 MiB and about 150 ms of a core (argon2-cffi's recommended parameters), and every sign-in
 refusal runs one on purpose, an unknown name too (so that timing never tells which names exist): 32 sign-ins sent at
@@ -9,9 +10,14 @@ as before, only later.
 from __future__ import annotations
 
 import threading
+from datetime import datetime, timedelta
 from typing import Any
 
+from core.storage.protocol import Store
+
 AT_ONCE = 2
+MAX_FAILURES = 5
+LOCK_MINUTES = 15
 _SLOTS = threading.BoundedSemaphore(AT_ONCE)
 
 
@@ -31,3 +37,21 @@ class BoundedHasher:
 
     def check_needs_rehash(self, hashed: str) -> bool:
         return self._inner.check_needs_rehash(hashed)
+
+
+def claimed(store: Store, name: str, now: datetime) -> int | None:
+    """A password check claimed for ``name`` (its failures in a row, this one counted), or None while it is locked.
+    A count past the limit with no lock in force locks it now: the last allowed failure's lock was never written
+    (the database or the server failed in between), and the account stayed refused until an admin unlocked it."""
+    attempt = store.begin_sign_in(name, now)
+    if attempt is not None and attempt > MAX_FAILURES:
+        store.end_sign_in(name, False, now + timedelta(minutes=LOCK_MINUTES))
+        return None
+    return attempt
+
+
+def failed(store: Store, name: str, attempt: int, now: datetime) -> bool:
+    """A claimed check that failed: the last allowed one locks the account for :data:`LOCK_MINUTES`; whether it did."""
+    locked = attempt >= MAX_FAILURES
+    store.end_sign_in(name, False, now + timedelta(minutes=LOCK_MINUTES) if locked else None)
+    return locked
