@@ -131,11 +131,18 @@ def frames_of(header: Any) -> int:
 
 def quiet_pydicom() -> None:
     """pydicom's default reading mode quotes a file's invalid values (a date of birth, a UID) in a warning and a log
-    line, which reach the server's log: values are read without that (what the app needs it checks itself). Called
-    before any DICOM is parsed (here, and where the PACS's files are)."""
+    line, which reach the server's log: values are read without that (what the app needs it checks itself), and
+    its other warnings are not shown and its logger says errors only (an unknown character set's name, which is
+    the file's text, reached the log and stderr for every file read). Called before any DICOM is parsed (here, and
+    where the PACS's files are); set once, process-wide, as highdicom is (``core.pacs.objects.quiet_highdicom``)."""
+    import logging
+    import warnings
+
     from pydicom import config
 
     config.settings.reading_validation_mode = config.IGNORE
+    warnings.filterwarnings("ignore", module=r"pydicom(\..*)?")
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
 
 
 def header_of(data: bytes) -> Any:
