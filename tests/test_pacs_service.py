@@ -1117,6 +1117,19 @@ def test_an_oblique_tumour_series_is_reported_with_key_images_that_name_every_le
         list(image.PatientOrientation) == [series.volume.letters["right"], series.volume.letters["bottom"]]
         for image in images
     )
+    # their pixel spacing, in the order shown (a series stored transposed, 2 x 1 mm pixels): a PACS drew them square
+    transposed = relabelled(
+        dicom_series(head_volume(6, 96, range(2, 4)), orientation=(0, 1, 0, 1, 0, 0), study_uid=STUDY),
+        PixelSpacing=[2.0, 1.0],
+    )
+    (stored,) = analyse_study(transposed, tiny_classifier).series
+    stored = replace(stored, rule=replace(stored.rule, threshold=0.0))
+    assert stored.volume.spacing == (1.0, 2.0)  # turned to the radiological view: rows 1 mm apart, columns 2 mm
+    (image, *_) = objects.key_images(objects.headers(transposed), stored)
+    assert [float(v) for v in image.PixelSpacing] == [1.0, 2.0]
+    assert (image.Rows, image.Columns) == stored.volume.sections.shape[1:]  # the pixels as shown, as spaced
+    unspaced = replace(stored, volume=replace(stored.volume, spacing=None))
+    assert "PixelSpacing" not in objects.key_images(objects.headers(transposed), unspaced)[0]
     # the identity qualifiers the report keeps, the key images keep too (an issuer-aware PACS filed them apart)
     qualified = relabelled(files, IssuerOfPatientID="HOSP-A", StudyDescription="MR BRAIN")
     (image, *_) = objects.key_images(objects.headers(qualified), series)

@@ -365,6 +365,7 @@ def key_images(evidence: Sequence[Any], series: SeriesAnalysis) -> list[Any]:
     if not letters:  # a Secondary Capture in patient coordinates needs its orientation: none without the files'
         return []
     orientation = (letters["right"], letters["bottom"])  # an oblique edge has several letters ("LP"), as DICOM allows
+    spacing = series.volume.spacing if series.volume.spacing and min(series.volume.spacing) > 0 else None  # as shown
     images = []
     for index in key_sections(series):
         pixels = np.ascontiguousarray(series.volume.sections[index])
@@ -378,6 +379,7 @@ def key_images(evidence: Sequence[Any], series: SeriesAnalysis) -> list[Any]:
             photometric_interpretation="RGB",
             bits_allocated=8,
             coordinate_system="PATIENT",
+            pixel_spacing=spacing,  # without it a PACS drew 1 x 2 mm pixels square: a round lesion squashed 2:1
             patient_orientation=(orientation[0][0], orientation[1][0]),  # highdicom takes one letter an edge
             # one series a reading (its model and score): a second reading's images went into the first's series,
             # two sets under one name, a series re-read as "no tumour" keeping its old tumour key images
