@@ -585,6 +585,17 @@ def test_a_dicom_slice_reopened_from_the_worklist_is_drawn_as_true_as_on_the_sca
         for v in (uploaded.view, opened.view)
     ]
     assert shape == [(512, 256), (512, 256)] and store.get(uploaded.record.id).geometry["spacing"] == [1.0, 0.5]
+    # stored transposed (rows run head to foot): the spacing beside the image read as the file's header (1 mm rows,
+    # 0.5 mm columns) on the Scan page, for an image shown turned, and the other way round once reopened
+    sideways = dicom_bytes(
+        synthetic_slice(256).astype("uint16") * 16,
+        extra={"PixelSpacing": [1.0, 0.5], "ImageOrientationPatient": [0, 0, -1, 1, 0, 0]},
+    )
+    uploaded = triage(sideways, tiny_classifier, None, store, actor=doctor, patient_ref=None, images=images)
+    opened = open_result(store, images, doctor, uploaded.record.id, tiny_classifier, None)
+    shown = [v.acquisition["PixelSpacing"] for v in (uploaded.view, opened.view)]
+    assert store.get(uploaded.record.id).geometry["spacing"] == [0.5, 1.0]  # turned: rows 0.5 mm apart
+    assert shown == ["0.5\\1.0", "0.5\\1.0"]  # as the image beside it, fresh and reopened
 
 
 def test_a_dicom_cut_anywhere_in_its_header_is_named_damaged_never_an_unexpected_error() -> None:

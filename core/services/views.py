@@ -119,6 +119,14 @@ def _display_png(pixels: np.ndarray, box: tuple[int, int, int, int], spacing: Se
     return encode_png(cv2.cvtColor(displayed(with_box(pixels, box), spacing), cv2.COLOR_RGB2BGR))
 
 
+def _facts_as_shown(acquisition: Mapping[str, str], spacing: tuple[float, float] | None) -> dict[str, str]:
+    """The file's acquisition facts, its pixel spacing as the image beside them is shown (rows, then columns): a
+    slice stored transposed read the header's order on the Scan page, turned to the image's once reopened."""
+    if spacing is None:
+        return dict(acquisition)
+    return {**acquisition, "PixelSpacing": "\\".join(str(float(v)) for v in spacing)}
+
+
 def scan_view(analysis: Analysis, explainer: Explainer | None) -> ScanView:
     """The session's view of an analysis: heat maps for every label unless the gate refused the scan."""
     scan, prediction = analysis.scan, analysis.prediction
@@ -143,7 +151,7 @@ def scan_view(analysis: Analysis, explainer: Explainer | None) -> ScanView:
         prediction=prediction,
         heat=heat,
         explained=explained,
-        acquisition=dict(scan.acquisition),
+        acquisition=_facts_as_shown(scan.acquisition, spacing),
         warnings=tuple(scan.warnings),
         lesion_px=None if lesion is None else lesion.area_px,
         lesion_mm2=None if lesion is None else lesion.area_mm2,
