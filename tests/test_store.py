@@ -1500,6 +1500,50 @@ def test_a_vanished_database_is_refused_not_replaced_by_an_empty_one(tmp_path: P
         running.summary()
 
 
+def test_an_emptied_database_with_images_beside_it_is_refused_whatever_the_register(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """With the register unreadable (or another BTD_STATE_DIR's, as a cron line without it runs), a database file
+    emptied to 0 bytes opened as a new, empty one: a purge then deleted the images of results nobody had reviewed,
+    and `audit verify` said "intact"."""
+    import gc
+
+    from core.cli import main
+    from core.storage import open_store
+    from core.storage.images import FolderImages
+    from core.storage.stamps import StoreVanished
+    from tests.scans import app_store, synthetic_slice
+
+    data = tmp_path / "data"
+    monkeypatch.setenv("BTD_DATA_DIR", str(data))
+    first = app_store(data / "results.sqlite3")  # the app's database and its keys
+    first.add(make_record(1, utc(2026, 5, 1, 9, 0), "glioma"))
+    FolderImages(data / "images").put(synthetic_slice(64))
+    for kept in (data / "images").rglob("*.png"):  # due for the purge
+        os.utime(kept, (time.time() - 100 * 86400,) * 2)
+    first._local.connection.close()
+    gc.collect()
+    for leftover in data.glob("results.sqlite3-*"):
+        leftover.unlink()
+    (data / "results.sqlite3").write_bytes(b"")
+    monkeypatch.setenv("BTD_STATE_DIR", str(tmp_path / "another-state"))  # a register that never knew it
+    with pytest.raises(StoreVanished, match=r"emptied to 0 bytes, its images still kept"):
+        open_store(None, data)
+    assert main(["images", "purge", "--days", "30"]) == 2
+    assert json.loads(capsys.readouterr().out)["error"]["code"] == "store_vanished"
+    assert any((data / "images").rglob("*.png")) and (data / "results.sqlite3").stat().st_size == 0
+    assert main(["store", "forget"]) == 0 and '"forgotten": true' in capsys.readouterr().out  # on purpose
+    assert open_store(None, data).summary().total == 0
+    # a brand-new data folder, and one whose images folder holds nothing, still make a database at first start
+    assert open_store(None, tmp_path / "new").summary().total == 0
+    (tmp_path / "bare" / "images").mkdir(parents=True)
+    (tmp_path / "bare" / "results.sqlite3").write_bytes(b"")
+    assert open_store(None, tmp_path / "bare").summary().total == 0
+    monkeypatch.setenv("MONGODB_URI", "mongodb://127.0.0.1:9/")  # it said "not registered: run this with the
+    assert main(["store", "forget"]) == 2  # server's BTD_STATE_DIR"
+    assert "the results are in MongoDB" in json.loads(capsys.readouterr().out)["error"]["message"]
+
+
 def test_the_health_check_writes_for_real(store) -> None:
     """A health check that only took a lock said "ready" while saves failed on a read-only or full disk."""
     store.ping()

@@ -169,16 +169,20 @@ def cmd_users_set_password(args: argparse.Namespace) -> int:
 
 
 def cmd_store_forget(args: argparse.Namespace) -> int:
-    from core.config import data_dir
+    from core.config import data_dir, file_secrets, mongodb_uri
     from core.storage import DATABASE_FILE, stamps
 
     database = data_dir() / DATABASE_FILE
+    if mongodb_uri(file_secrets()):  # it said "not registered: run this with the server's BTD_STATE_DIR"
+        emit(error_json("bad_usage", "the results are in MongoDB: there is no embedded database to forget"), sys.stdout)
+        return EXIT_USAGE
     if not stamps.gone(database):
         emit(error_json("bad_usage", f"{database} exists: nothing to forget"), sys.stdout)
         return EXIT_USAGE
-    if database.exists():  # emptied to 0 bytes: nothing of it to keep, and a new database goes in its place
+    emptied = database.exists()
+    if emptied:  # emptied to 0 bytes: nothing of it to keep, and a new database goes in its place
         database.unlink()
-    if not stamps.forget(database):  # it said {"forgotten": false} with exit 0, and the server still refused
+    if not stamps.forget(database) and not emptied:  # said {"forgotten": false}, exit 0, the server still refusing
         message = (
             f"{database} is not in the register {stamps.register_file()}: run this with the server's BTD_STATE_DIR "
             "(and BTD_DATA_DIR)"

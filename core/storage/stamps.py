@@ -66,14 +66,27 @@ def gone(database: Path) -> bool:
 
 
 def check(database: Path) -> None:
-    """Raise :class:`StoreVanished` when ``database`` is missing (or emptied) but is known to have existed."""
-    key = str(database.resolve())
-    if gone(database) and key in _read():
-        logging.getLogger("btd.storage").error("event=store_vanished path=%s", database)  # for the server's admin
-        raise StoreVanished(  # shown to every role and on the sign-in page: no path
-            f"The results database has disappeared (it was created {_read()[key]}); restore it from a "
-            "backup, or start a new empty one on purpose with `python -m core store forget`."
-        )
+    """Raise :class:`StoreVanished` when ``database`` is missing (or emptied) but is known to have existed: by the
+    register, or, for a file emptied to 0 bytes, by the images kept beside it (with the register unreadable, or
+    another BTD_STATE_DIR's, an emptied file became a new database, and a purge deleted every image)."""
+    if not gone(database):
+        return
+    created = _read().get(str(database.resolve()))
+    if created is None and not (database.exists() and _images_beside(database)):
+        return
+    logging.getLogger("btd.storage").error("event=store_vanished path=%s", database)  # for the server's admin
+    known = f"it was created {created}" if created else "emptied to 0 bytes, its images still kept"
+    raise StoreVanished(  # shown to every role and on the sign-in page: no path
+        f"The results database has disappeared ({known}); restore it from a backup, or start a new empty one on "
+        "purpose with `python -m core store forget`."
+    )
+
+
+def _images_beside(database: Path) -> bool:
+    """Whether the image store beside ``database`` (``images/``, :class:`core.storage.images.FolderImages`) keeps
+    any image: a database was there."""
+    folder = database.parent / "images"
+    return folder.is_dir() and any(path.is_file() for path in folder.rglob("*"))
 
 
 def remember(database: Path) -> None:
