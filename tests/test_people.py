@@ -496,6 +496,26 @@ def test_images_past_retention_are_purged_by_an_admin_only_and_audited(store, tm
     assert images.stored_keys() == [new]
     monkeypatch.setenv("BTD_IMAGE_RETENTION_DAYS", "3651")  # valid: over the page's old limit of 3,650
     assert retention.retention_days() == 3651
+    # a purge that fails part way (an image folder read-only): its event said every image was deleted, none was
+    from core.errors import StoreUnavailable
+
+    older = [images.put(synthetic_slice(128, seed=seed)) for seed in (3, 4, 5)]
+    for key in older:
+        os.utime(next((tmp_path / "images").glob(f"??/??/{key}.png")), (past, past))
+    deleting = images.delete
+
+    def failing_after_one(key: str, stored_before: datetime | None = None) -> bool:
+        if len(set(older) - set(images.stored_keys())) >= 1:
+            raise StoreUnavailable("The image store cannot be written.")
+        return deleting(key, stored_before)
+
+    monkeypatch.setattr(images, "delete", failing_after_one)
+    with pytest.raises(StoreUnavailable):
+        retention.purge_images(store, images, ADMIN, 90)
+    assert len(set(older) & set(images.stored_keys())) == 2
+    purged, failed = store.audit_events()[-2:]
+    assert (purged.action, purged.detail["deleted"]) == ("images_purged", 3)
+    assert (failed.action, failed.detail) == ("images_purge_failed", {"deleted": 1, "code": "store_unavailable"})
 
 
 def test_a_purge_keeps_the_images_of_results_nobody_has_reviewed_until_they_are(store, tmp_path) -> None:

@@ -6,10 +6,11 @@ worklist's oldest unread cases, which were then agreed with unseen). Every purge
 from __future__ import annotations
 
 import os
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from core.errors import ConfigError
+from core.errors import ConfigError, StoreError
 from core.services import audit
 from core.services.access import DELETE_IMAGES, Actor, require
 from core.storage.images import ImageStore
@@ -62,6 +63,13 @@ def purge_images(store: Store, images: ImageStore, actor: Actor, days: int | Non
         deleted=len(expired),
         kept_unread=len(old) - len(expired),
     )
-    deleted = sum(images.delete(key, stored_before=cutoff) for key in expired)  # saved again meanwhile: kept
-    images.sweep(datetime.now(UTC) - timedelta(hours=1))  # pieces an interrupted deletion left behind
+    deleted = 0
+    try:
+        for key in expired:
+            deleted += images.delete(key, stored_before=cutoff)  # saved again meanwhile: kept
+        images.sweep(datetime.now(UTC) - timedelta(hours=1))  # pieces an interrupted deletion left behind
+    except StoreError as error:  # the event said they were deleted: the trail says how far it went (a read-only
+        with suppress(StoreError):  # image folder kept them all under "images_purged, deleted: 7")
+            audit.record(store, actor, "images_purge_failed", None, deleted=deleted, code=error.code)
+        raise
     return Purged(deleted, len(old) - len(expired))
