@@ -718,6 +718,17 @@ def test_a_database_from_a_newer_release_is_refused(tmp_path: Path) -> None:
     sqlite3.connect(path).execute("PRAGMA user_version = 99").connection.close()
     with pytest.raises(StoreError, match="newer"):
         SQLiteStore(path)
+    # refused without a write: its journal mode was set (into the file's header) before its version was read
+    import gc
+
+    gc.collect()  # the stores above: their connections closed
+    later = sqlite3.connect(path)
+    later.execute("PRAGMA journal_mode=DELETE")
+    later.close()
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match="newer"):
+        SQLiteStore(path)
+    assert path.read_bytes() == before
 
 
 def test_a_round_2_mongodb_result_gets_every_field_the_validator_requires() -> None:

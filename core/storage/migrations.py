@@ -58,17 +58,24 @@ from core.storage.schema import (
 logger = logging.getLogger("btd.storage")
 
 
-def migrate_sqlite(connection: sqlite3.Connection, path: Path, key: bytes | None = None) -> int:
-    """Bring the file to :data:`SCHEMA_VERSION` (creating it when empty); returns the version found. ``key``: the
-    audit key, which signs an audit head the upgrade makes."""
+def not_newer(connection: sqlite3.Connection) -> int:
+    """The file's schema version; :class:`StoreError` when a later release wrote it. Read before anything is set
+    on the connection (its journal mode, written into the file's header, changed a database it then refused)."""
     found = int(connection.execute("PRAGMA user_version").fetchone()[0])
-    if found == SCHEMA_VERSION:
-        return found
     if found > SCHEMA_VERSION:
         raise StoreError(
             f"The results database has schema version {found}, newer than this release understands "
             f"({SCHEMA_VERSION}); upgrade the application."
         )
+    return found
+
+
+def migrate_sqlite(connection: sqlite3.Connection, path: Path, key: bytes | None = None) -> int:
+    """Bring the file to :data:`SCHEMA_VERSION` (creating it when empty); returns the version found. ``key``: the
+    audit key, which signs an audit head the upgrade makes."""
+    found = not_newer(connection)
+    if found == SCHEMA_VERSION:
+        return found
     has_table = connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'scans'").fetchone()
     if has_table:  # round 1 never set a version: a table without one is version 1
         _backup(connection, path, max(found, 1))  # before the write lock: the backup reads the whole file

@@ -18,7 +18,7 @@ from typing import Any
 
 from core.domain.results import Record
 from core.errors import InvalidRecord, StoreError, StoreUnavailable
-from core.storage.migrations import migrate_sqlite
+from core.storage.migrations import migrate_sqlite, not_newer
 
 logger = logging.getLogger("btd.storage")
 
@@ -75,6 +75,11 @@ class SQLiteBase:
             os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
         connection = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None)
         connection.row_factory = sqlite3.Row
+        try:
+            not_newer(connection)
+        except StoreError:
+            connection.close()
+            raise
         if connection.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":  # a network file system
             logger.warning("event=store_journal store=sqlite mode=rollback")  # readers can then make writes wait
         connection.execute("PRAGMA synchronous=FULL")
