@@ -44,6 +44,13 @@ def pseudonymise(text: str | None, key: bytes | None) -> str | None:
     return hmac.new(key, normalise(text).encode("utf-8"), hashlib.sha256).hexdigest()
 
 
+def fingerprint(key: bytes) -> str:
+    """What a database keeps to know the key its patient references were made with (the key cannot be recovered
+    from it): another installation's key file, restored with a backup, filed every new result apart from the
+    patient's History."""
+    return hmac.new(key, b"btd patient-reference key check", hashlib.sha256).hexdigest()[:32]
+
+
 SHIFT_DAYS = 3653  # scan days are moved back by 1 to 3,653 days (about ten years), the same for every scan
 
 

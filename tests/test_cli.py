@@ -733,6 +733,30 @@ def test_a_command_that_saves_makes_no_new_database_in_a_mistyped_data_folder(
     assert not (tmp_path / "dataa").exists()
 
 
+def test_a_patient_key_that_is_not_the_databases_is_refused_before_any_study_is_filed_under_it(
+    tmp_path: Path, tiny_card: Path, capsys, monkeypatch
+) -> None:
+    """A data folder restored with another installation's (or another backup's) patient-ref.key was used without a
+    word: a study's second series went under another study reference, the patient's History split in two."""
+    from core.imaging.phantom_series import dicom_series, head_volume
+    from core.services.resources import open_results_store
+
+    data = tmp_path / "data"
+    monkeypatch.setenv("BTD_DATA_DIR", str(data))
+    monkeypatch.delenv("MONGODB_URI", raising=False)
+    monkeypatch.delenv("BTD_HMAC_KEY", raising=False)
+    open_results_store()  # the app's first run made the database
+    series = tmp_path / "series"
+    series.mkdir()
+    for index, data_bytes in enumerate(dicom_series(head_volume(3, 64))):
+        (series / f"{index}.dcm").write_bytes(data_bytes)
+    code, lines = run_main(["study", "--model", str(tiny_card), "--save", str(series)], capsys)
+    assert code == 0 and lines[0]["saved"] == "saved"
+    (data / "patient-ref.key").write_bytes(bytes(range(32)).hex().encode())  # another installation's key
+    code, lines = run_main(["study", "--model", str(tiny_card), "--save", str(series)], capsys)
+    assert code == 2 and "patient-reference key is not the one" in lines[-1]["error"]["message"]
+
+
 def test_a_password_that_is_not_utf8_is_refused_by_name(tmp_path, monkeypatch, capsys) -> None:
     """Latin-1 bytes on standard input answered "UnicodeEncodeError: ... surrogates not allowed"."""
     import io

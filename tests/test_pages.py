@@ -732,6 +732,23 @@ def test_statistics_per_study_says_when_series_keep_no_study(app_environment: Pa
     assert not said() and not any("cannot be read now" in w.value for w in app.warning)  # per result: no grouping
 
 
+def test_the_scan_page_turns_patient_references_off_under_a_key_the_database_was_not_made_with(
+    app_environment: Path,
+) -> None:
+    """A data folder restored with another installation's patient-ref.key filed every new result apart from the
+    patient's History, without a word."""
+    from core.services.resources import checked_patient_key
+
+    store = stored(app_environment)
+    checked_patient_key(store, bytes(range(32)))  # the key the database's references were made with
+    app = page("scan.py").run()
+    assert not app.exception
+    assert any(
+        e.value.startswith("Patient references are disabled: the patient-reference key is not the one")
+        for e in app.error
+    )
+
+
 def test_a_time_zone_change_keeps_the_chosen_dates(app_environment: Path) -> None:
     store = stored(app_environment)
     for i in range(6):

@@ -84,6 +84,12 @@ def filled(store: SQLiteStore | MongoStore) -> SQLiteStore | MongoStore:
     return store
 
 
+def test_a_keys_fingerprint_is_recorded_once_and_then_only_read(store) -> None:
+    assert store.key_check("patient_reference", "a" * 32) == "a" * 32
+    assert store.key_check("patient_reference", "b" * 32) == "a" * 32  # another key: the first is kept
+    assert store.key_check("another", "b" * 32) == "b" * 32
+
+
 def test_a_bulk_insert_counts_the_results_it_added_and_nothing_else(store) -> None:
     """SQLite counted the daily roll-up triggers' writes too: 4,000 "new" for 250 results."""
     assert store.add_many(FIXTURE) == len(FIXTURE)

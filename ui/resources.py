@@ -19,7 +19,7 @@ from core.model.card import ModelCard
 from core.model.classifier import Classifier
 from core.model.explain import Explainer
 from core.services import audit
-from core.services.resources import load_classifier, load_explainer, open_image_store
+from core.services.resources import checked_patient_key, load_classifier, load_explainer, open_image_store
 from core.services.sessions import SessionRegistry
 from core.storage import open_store
 from core.storage.images import ImageStore
@@ -156,9 +156,9 @@ def current_store() -> Store:
 
 
 @st.cache_resource(show_spinner=False)
-def _patient_key(shared: bool, configured: str | None) -> bytes | None:
-    del configured  # part of the cache key only: a changed secret gives a new key
-    return patient_key(secrets(), shared)
+def _patient_key(shared: bool, configured: str | None, _store: Store, where: str) -> bytes | None:
+    del configured, where  # part of the cache key only: a changed secret or database gives a new check
+    return checked_patient_key(_store, patient_key(secrets(), shared))
 
 
 def current_patient_key() -> bytes | None:
@@ -167,8 +167,9 @@ def current_patient_key() -> bytes | None:
     if problem := secrets_problem():  # no key made beside a database that may not be the configured one
         raise ValueError(problem)
     identity = secrets().get("identity") or {}
+    uri = mongodb_uri(secrets())
     try:
-        return _patient_key(bool(mongodb_uri(secrets())), identity.get("hmac_key"))
+        return _patient_key(bool(uri), identity.get("hmac_key"), current_store(), f"{uri}|{data_dir()}")
     except StoreError as error:
         raise ValueError(str(error)) from error
 

@@ -20,7 +20,8 @@ from core.config import (
     mongodb_uri,
     patient_key,
 )
-from core.errors import ModelError, StoreError
+from core.errors import ConfigError, ModelError, StoreError
+from core.identity import fingerprint
 from core.model.classifier import Classifier, with_segmenter
 from core.model.explain import Explainer
 from core.services import audit
@@ -81,7 +82,24 @@ def open_image_store(store: Store) -> ImageStore:
 def open_for_saving() -> tuple[Store, ImageStore, bytes | None]:
     """The database the app uses, which must exist (a mistyped data folder is no new database), its image store
     and the patient-reference key: what the command line saves studies with. Raises :class:`StoreError`, or
-    ValueError when a key cannot be made."""
+    ValueError when a key cannot be made or is not the database's (:func:`checked_patient_key`)."""
     store = open_results_store(existing=True)
     images = open_image_store(store)
-    return store, images, patient_key(file_secrets(), shared_database=bool(mongodb_uri(file_secrets())))
+    key = patient_key(file_secrets(), shared_database=bool(mongodb_uri(file_secrets())))
+    return store, images, checked_patient_key(store, key)
+
+
+WRONG_PATIENT_KEY = (
+    "the patient-reference key is not the one this database's patient references were made with (another "
+    "installation's, or another backup's key file; with MongoDB, another server's BTD_HMAC_KEY): with it each "
+    "patient's new results would be filed apart from their History. Restore the key from the same backup as the "
+    "database (patient references stay off until then)"
+)
+
+
+def checked_patient_key(store: Store, key: bytes | None) -> bytes | None:
+    """``key``, once the database agrees it is the one its patient references were made with (the first key used
+    with it is recorded, as a fingerprint); a :class:`ConfigError` otherwise (:data:`WRONG_PATIENT_KEY`)."""
+    if key is not None and store.key_check("patient_reference", fingerprint(key)) != fingerprint(key):
+        raise ConfigError(WRONG_PATIENT_KEY)
+    return key

@@ -165,6 +165,19 @@ class MongoStore(MongoPeople, MongoQuality):
                 {"_id": "health"}, {"$set": {"at_ms": int(time.time() * 1000)}}, upsert=True
             )
 
+    def key_check(self, name: str, digest: str) -> str:
+        """As SQLite's: one upsert that keeps a recorded fingerprint (``meta``, ``_id: "key:<name>"``)."""
+        from pymongo import ReturnDocument
+
+        with self._errors():
+            document = self._people("meta").find_one_and_update(
+                {"_id": f"key:{name}"},
+                {"$setOnInsert": {"digest": digest}},
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
+            )
+        return str(document["digest"])
+
     def add(self, record: Record) -> bool:
         return self._insert(self._document(record))
 
