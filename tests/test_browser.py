@@ -260,6 +260,9 @@ def test_upload_to_verdict_and_statistics_in_chromium(server: str, tmp_path: Pat
         expect(page.get_by_text("Disagreement: the model said")).to_be_visible(timeout=30_000)  # the newest reviewed
         page.wait_for_timeout(1000)
         page.screenshot(path=str(ARTIFACTS / "worklist-page.png"), full_page=True)
+        reviews, main = page.get_by_test_id("stDataFrame").last, page.get_by_test_id("stMain")
+        assert reviews.bounding_box()["width"] > 0.6 * main.bounding_box()["width"]  # in the verdict's narrow
+        # column the reviews' reasons and note were cut off
 
         sign_out(page)
         expect(page.get_by_role("button", name="Sign in")).to_be_visible(timeout=30_000)

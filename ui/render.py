@@ -268,24 +268,24 @@ def result_panel(opened, labels: tuple[str, ...], classifier=None, explainer=Non
             st.caption(f"Flagged for review by the model; reviewed since ({count_of(len(opened.reviews), 'review')}).")
         elif record.gate != "accepted":
             st.warning({"needs_review": "Flagged for review", "rejected": "Refused by the input gate"}[record.gate])
-        if opened.reviews:
-            st.markdown("**Reviews** (newest last)")
-            st.dataframe(
-                pd.DataFrame(
-                    [
-                        {
-                            "when (UTC)": f"{r.created_at:%Y-%m-%d %H:%M}",
-                            "by": r.reviewer,
-                            "action": r.action,
-                            "final": pretty(r.final_label),
-                            "reasons": ", ".join(r.reasons),
-                            "note": r.note,
-                        }
-                        for r in opened.reviews
-                    ]
-                ),
-                hide_index=True,
-                width="stretch",
-            )
-        else:
+        if not opened.reviews:
             st.caption("Not reviewed yet.")
+    if opened.reviews:  # the page's width: in the verdict's column the reasons and the note were cut off
+        st.markdown("**Reviews** (newest last)")
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {
+                        "when (UTC)": f"{r.created_at:%Y-%m-%d %H:%M}",
+                        "by": r.reviewer,
+                        "action": r.action,
+                        "final": pretty(r.final_label),
+                        "reasons": ", ".join(r.reasons),
+                        "note": r.note,
+                    }
+                    for r in opened.reviews
+                ]
+            ),
+            hide_index=True,
+            width="stretch",
+        )
