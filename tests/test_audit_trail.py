@@ -257,6 +257,30 @@ def test_an_edit_before_the_verified_event_is_found_by_the_full_check_on_the_com
     assert store.audit_verified().seq == 0 and not check.intact and check.first_bad.seq == 2
 
 
+def test_a_full_check_that_read_the_chain_before_an_edit_never_clears_the_mark_of_one_that_found_it(
+    store, monkeypatch
+) -> None:
+    """Two full checks at once (the scheduled `audit verify`, the page's "Check every event"): the one that had read
+    the chain before an event was edited finished last and marked its point over the other's "broken" mark, and the
+    page's check then said the chain holds."""
+    write(store, 8)
+    assert audit.verify(store).intact
+    walk, other = audit._walk, []
+
+    def edited_meanwhile(*args, **kwargs):  # the first check has read the chain; then the edit, and the other check
+        walked = walk(*args, **kwargs)
+        monkeypatch.setattr(audit, "_walk", walk)
+        tamper(store, 5, action="account_deleted")
+        other.append(audit.verify(store))
+        return walked
+
+    monkeypatch.setattr(audit, "_walk", edited_meanwhile)
+    first = audit.verify(store)
+    assert first.intact and not other[0].intact  # each says what it read
+    page = audit.verify_new(store, SUPERVISOR)
+    assert not page.intact and page.first_bad.seq == 5
+
+
 @pytest.mark.parametrize("case", ["moved past an edit", "signature rewritten", "its event edited", "its event gone"])
 def test_a_verified_point_that_no_longer_matches_the_chain_is_a_broken_chain(store, case) -> None:
     """Whoever edits the database cannot make the page skip an edit by moving the verified point, and a point that

@@ -118,6 +118,7 @@ def _verify_all(store: AuditTrail, expected_head: tuple[int, str] | None, keep_p
     head = store.audit_head()
     if head is None and store.audit_events(0, 1):  # the first event written meanwhile, or the head removed: again
         head = store.audit_head()
+    started = store.audit_verified() if keep_point else None  # marked over only if still so when the walk ends
     walk = _walk(store, key, head, expected_head)
     apart = bool(getattr(store, "head_written_apart", False))  # MongoDB: the head is a write after its event's
     problem = _problem(walk.upto, walk.unkeyed, walk.bad, head, key, walk.last, apart)
@@ -136,7 +137,8 @@ def _verify_all(store: AuditTrail, expected_head: tuple[int, str] | None, keep_p
         moved = _point_moved(store, point, key)
     problem = problem or moved
     if problem is None and walk.last is not None and keep_point:  # at the head (events past it, appended meanwhile or
-        _mark(store, walk.last, key)  # a MongoDB head one behind, are the next check's)
+        _mark(store, walk.last, key, started)  # a MongoDB head one behind, are the next check's); not over a mark
+        # another check made meanwhile (one that found an edit made after this walk read past it: it read whole)
     elif problem is not None and keep_point and moved is None:  # an edit before the point, which still stands:
         _mark(store, (0, BROKEN), key)  # the page's check says broken from now on, until a full check finds it whole
     return Verification(problem is None, walk.count, walk.bad, head, problem, key is not None, walk.count)
