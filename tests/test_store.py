@@ -718,6 +718,30 @@ def test_a_round_1_database_opens_and_is_upgraded_in_place(tmp_path: Path) -> No
     assert store.accounts() == [] and store.audit_events() == []
 
 
+def test_connections_making_one_new_database_at_once_wait_for_each_other(tmp_path: Path) -> None:
+    """The app's first start beside a `users add` (or a watch): setting WAL mode answered "locked" at once, without
+    the busy timeout, and a third of the processes opening a new database together failed ("try again")."""
+    import threading
+
+    failed: list[str] = []
+    for attempt in range(50):
+        path, barrier = tmp_path / str(attempt) / "results.sqlite3", threading.Barrier(4)
+
+        def open_new(path: Path = path, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            try:
+                SQLiteStore(path).ping()
+            except StoreError as error:
+                failed.append(str(error))
+
+        openers = [threading.Thread(target=open_new) for _ in range(4)]
+        for opener in openers:
+            opener.start()
+        for opener in openers:
+            opener.join()
+    assert failed == []
+
+
 def test_a_database_from_a_newer_release_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "results.sqlite3"
     SQLiteStore(path)

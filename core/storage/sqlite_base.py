@@ -11,6 +11,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -80,14 +81,29 @@ class SQLiteBase:
         except StoreError:
             connection.close()
             raise
-        if connection.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":  # a network file system
-            logger.warning("event=store_journal store=sqlite mode=rollback")  # readers can then make writes wait
+        self._write_ahead(connection)
         connection.execute("PRAGMA synchronous=FULL")
         connection.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_s * 1000)}")
         connection.execute("PRAGMA foreign_keys=ON")
         with self._migrate_lock:
             migrate_sqlite(connection, self.path, self.audit_key)
         return connection
+
+    def _write_ahead(self, connection: sqlite3.Connection) -> None:
+        """WAL journal mode, waited for as long as any statement: SQLite answers "locked" at once, without its busy
+        handler, while another connection is making the same new file (a third of the processes opening a new
+        database together failed)."""
+        deadline = time.monotonic() + self._busy_timeout_s
+        while True:
+            try:
+                mode = str(connection.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+                break
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+        if mode.lower() != "wal":  # a network file system
+            logger.warning("event=store_journal store=sqlite mode=rollback")  # readers can then make writes wait
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
