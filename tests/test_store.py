@@ -1541,6 +1541,36 @@ def test_a_vanished_database_is_refused_not_replaced_by_an_empty_one(tmp_path: P
         running.summary()
 
 
+def test_databases_made_at_once_under_one_register_are_each_remembered(tmp_path: Path, monkeypatch) -> None:
+    """Each rewrote the register as it had read it: one of two databases made at once was forgotten, and once
+    deleted it came back as a new, empty database without a word."""
+    import threading
+
+    from core.storage import stamps
+
+    lost = 0
+    for attempt in range(20):
+        monkeypatch.setenv("BTD_STATE_DIR", str(tmp_path / f"state-{attempt}"))
+        made = []
+        for k in range(6):
+            (tmp_path / f"{attempt}-{k}").mkdir()
+            made.append(tmp_path / f"{attempt}-{k}" / "results.sqlite3")
+            made[-1].write_bytes(b"a database")
+        barrier = threading.Barrier(len(made))
+
+        def remember(database: Path, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            stamps.remember(database)
+
+        threads = [threading.Thread(target=remember, args=(database,)) for database in made]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        lost += len(made) - len(json.loads(stamps.register_file().read_text()))
+    assert lost == 0
+
+
 def test_an_emptied_database_with_images_beside_it_is_refused_whatever_the_register(
     tmp_path: Path, monkeypatch, capsys
 ) -> None:

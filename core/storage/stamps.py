@@ -12,6 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -44,7 +47,7 @@ def _write(entries: dict[str, str]) -> None:
     path = register_file()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        draft = path.with_name(f".{path.name}.{os.getpid()}")
+        draft = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
         draft.write_text(json.dumps(entries, indent=1, sort_keys=True))
         os.chmod(draft, 0o600)
         os.replace(draft, path)
@@ -89,19 +92,42 @@ def _images_beside(database: Path) -> bool:
     return folder.is_dir() and any(path.is_file() for path in folder.rglob("*"))
 
 
+@contextmanager
+def _changing() -> Iterator[None]:
+    """The register read and written again by one process or thread at a time: two databases made at once under
+    one state folder each wrote back the register as they had read it, and one was lost (deleted later, it came
+    back as a new, empty database). Without a lock file that can be made, as without a writable register."""
+    import fcntl
+
+    path = register_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path.with_name(f".{path.name}.lock"), "a")  # noqa: SIM115 -- closed below, its lock with it
+    except OSError:
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def remember(database: Path) -> None:
     """Record that ``database`` exists (once)."""
     key = str(database.resolve())
-    entries = _read()
-    if key not in entries and database.exists():
-        entries[key] = datetime.now(UTC).isoformat(timespec="seconds")
-        _write(entries)
+    if key in _read():  # every start and command: the register read, not locked
+        return
+    with _changing():
+        entries = _read()
+        if key not in entries and database.exists():
+            entries[key] = datetime.now(UTC).isoformat(timespec="seconds")
+            _write(entries)
 
 
 def forget(database: Path) -> bool:
     """Let a new database be created at ``database``; True when it was remembered."""
-    entries = _read()
-    removed = entries.pop(str(database.resolve()), None) is not None
-    if removed:
-        _write(entries)
+    with _changing():
+        entries = _read()
+        removed = entries.pop(str(database.resolve()), None) is not None
+        if removed:
+            _write(entries)
     return removed
