@@ -255,12 +255,12 @@ class Pacs:
         self._session.answer_bytes = self.limits.max_total_bytes  # a series' images come as one answer
         try:
             for hit in series:
-                datasets = self._call(
-                    "retrieval",  # as stored (JPEG 2000 too): asked for uncompressed, one that cannot transcode failed
-                    lambda hit=hit: self._client.iter_series(study_uid, hit.series_uid, media_types=AS_STORED),
-                )
                 before, held = len(files), total
                 try:
+                    datasets = self._call(  # a single-part answer is read here, whole
+                        "retrieval",  # as stored (JPEG 2000 too): asked for uncompressed, one that cannot transcode
+                        lambda hit=hit: self._client.iter_series(study_uid, hit.series_uid, media_types=AS_STORED),
+                    )  # failed
                     with self._errors("retrieval"):
                         for dataset in datasets:
                             data = _file_bytes(dataset)

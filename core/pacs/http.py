@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import weakref
 from contextlib import suppress
 from functools import cache
 from typing import Any
@@ -14,7 +15,8 @@ from core.errors import PacsAnswerTooLarge, PacsError, PacsForbidden, PacsRefuse
 
 BUSY = frozenset({408, 429, 502, 503, 504})  # answers of a PACS (or its proxy) that is overloaded or restarting
 ANSWER_BYTES = 128 * 2**20  # one answer as read (decompressed): a search, a series' metadata, the feed, a report
-ANSWER_DEADLINE_S = 600.0  # one answer whole: the timeout bounds each wait between two reads, not the answer
+ANSWER_DEADLINE_S = 600.0  # one answer whole (the timeout bounds each wait between two reads, not the answer), and
+ANSWER_RATE = 2**20  # a second more for each MB it may hold: a 1 GB series at a megabyte a second is not cut
 
 
 def answer_error(status: int | None, what: str) -> PacsError:
@@ -39,14 +41,21 @@ def session_class() -> type:
     class Session(requests.Session):
         """A session whose ``verify`` holds for every request (requests lets REQUESTS_CA_BUNDLE in the environment
         replace a session's own, a hospital's authority file or no check at all, on each request), and whose every
-        answer is read within :data:`ANSWER_DEADLINE_S` and ``answer_bytes`` (:func:`bounded`)."""
+        answer, a redirect's too, is read within ``answer_bytes`` and its deadline (:func:`bounded`)."""
 
         answer_bytes: int | None = None  # a retrieval sets the study's byte limit for its answers
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.hooks["response"].append(self._bounded)  # each answer as it comes, before a redirect reads it
+
+        def _bounded(self, response: Any, **_: Any) -> None:
+            most = self.answer_bytes or ANSWER_BYTES
+            bounded(response, most, ANSWER_DEADLINE_S + most / ANSWER_RATE)
 
         def request(self, method: str, url: str, stream: bool = False, **kwargs: Any) -> Any:
             kwargs.setdefault("verify", self.verify)
             response = super().request(method, url, stream=True, **kwargs)
-            bounded(response, self.answer_bytes or ANSWER_BYTES, ANSWER_DEADLINE_S)
             if not stream:
                 response.content  # noqa: B018 -- read whole now, as requests does unasked, within the bounds
             return response
@@ -57,30 +66,38 @@ def session_class() -> type:
 def bounded(response: Any, most: int, seconds: float) -> None:
     """Make ``response``'s body readable only within ``most`` bytes (as decompressed) and ``seconds`` from now:
     a multipart part with no boundary grew in memory without end, and an answer trickled a byte at a time, each
-    within the timeout, held a retrieval (and the watch behind it) for ever. At the deadline the connection is cut,
-    which ends a read blocked on it; either way :class:`PacsAnswerTooLarge` or :class:`PacsTimedOut` is raised."""
+    within the timeout, held a retrieval (and the watch behind it) for ever. At the deadline the connection is cut
+    while the answer still holds it, which ends a read blocked on it; either way :class:`PacsAnswerTooLarge` or
+    :class:`PacsTimedOut` is raised. Nothing here keeps the answer alive: an answer dropped unread (an error a
+    caller raised before reading it) ends its timer with it."""
     import requests
 
-    chunks, connection = response.iter_content, _socket_of(response.raw)
-    expired = threading.Event()
+    answer, expired = weakref.ref(response), threading.Event()
 
     def cut() -> None:
         expired.set()
+        held = answer()
+        connection = None if held is None else _socket_of(held.raw)  # None once back in the pool: another's now
         if connection is not None:
             with suppress(OSError):  # already closed
                 socket.socket.shutdown(connection, socket.SHUT_RDWR)  # the plain socket's, under TLS too
 
     def late() -> PacsTimedOut:
-        return PacsTimedOut(f"The PACS took more than {seconds / 60:g} min to send one answer; try again later.")
+        took = f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
+        return PacsTimedOut(f"The PACS took more than {took} to send one answer; try again later.")
 
     timer = threading.Timer(seconds, cut)
     timer.daemon = True
     timer.start()
+    weakref.finalize(response, timer.cancel)
+    read = type(response).iter_content  # not the bound method: the answer would hold itself through its reader
 
     def iter_content(chunk_size: int | None = 1, decode_unicode: bool = False) -> Any:
-        got = 0
+        got, held = 0, answer()
+        if held is None:
+            return
         try:
-            for chunk in chunks(chunk_size, decode_unicode):
+            for chunk in read(held, chunk_size, decode_unicode):
                 got += len(chunk)
                 if got > most:
                     raise PacsAnswerTooLarge(f"The PACS sent more than {most / 2**20:g} MB in one answer; refused.")
@@ -125,8 +142,8 @@ def read_timed_out(error: Exception) -> bool:
 
 
 def _socket_of(raw: Any) -> socket.socket | None:
-    """The socket an answer (urllib3's) is read from: its connection's, or, for an answer after which the
-    connection closes (http.client then lets go of it), its reader's."""
+    """The socket an answer (urllib3's) is still read from: its connection's until it is back in the pool, or,
+    for an answer after which the connection closes (http.client then lets go of it), its reader's until read."""
     sock = getattr(getattr(raw, "connection", None), "sock", None)
     if sock is None:
         sock = getattr(getattr(getattr(getattr(raw, "_fp", None), "fp", None), "raw", None), "_sock", None)
