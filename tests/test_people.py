@@ -516,6 +516,15 @@ def test_images_past_retention_are_purged_by_an_admin_only_and_audited(store, tm
     purged, failed = store.audit_events()[-2:]
     assert (purged.action, purged.detail["deleted"]) == ("images_purged", 3)
     assert (failed.action, failed.detail) == ("images_purge_failed", {"deleted": 1, "code": "store_unavailable"})
+    monkeypatch.setattr(images, "delete", deleting)
+
+    def unsweepable(started_before: datetime) -> int:  # the folder's own error, not the store's
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(images, "sweep", unsweepable)
+    with pytest.raises(StoreUnavailable, match="image store cannot be changed"):
+        retention.purge_images(store, images, ADMIN, 90)
+    assert store.audit_events()[-1].action == "images_purge_failed"
 
 
 def test_a_purge_keeps_the_images_of_results_nobody_has_reviewed_until_they_are(store, tmp_path) -> None:

@@ -373,6 +373,7 @@ def key_images(evidence: Sequence[Any], series: SeriesAnalysis) -> list[Any]:
         analysis = series.sections[index].analysis
         if analysis is not None and analysis.lesion is not None:
             cv2.polylines(rgb, [c.reshape(-1, 1, 2) for c in analysis.lesion.outline], True, (255, 200, 0), 1)
+        shown = (series.score, _digest(rgb), spacing)  # the picture as sent
         image = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=reference,
             pixel_array=rgb,
@@ -388,10 +389,8 @@ def key_images(evidence: Sequence[Any], series: SeriesAnalysis) -> list[Any]:
             ),
             series_number=9902,
             # what it shows is part of its identity: an outline added (a segmenter installed) under the UID of the
-            # image without it was "sent" while the PACS kept the old picture
-            sop_instance_uid=_uid(
-                reference.StudyInstanceUID, series.volume.series, "key image", index, series.score, _digest(rgb)
-            ),
+            # image without it was "sent" while the PACS kept the old picture; so is its spacing (sent without it)
+            sop_instance_uid=_uid(reference.StudyInstanceUID, series.volume.series, "key image", index, *shown),
             instance_number=index + 1,  # the section's number, as the app and the report count it
             manufacturer=MANUFACTURER,
         )

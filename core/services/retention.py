@@ -10,7 +10,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from core.errors import ConfigError, StoreError
+from core.errors import ConfigError, StoreError, StoreUnavailable
 from core.services import audit
 from core.services.access import DELETE_IMAGES, Actor, require
 from core.storage.images import ImageStore
@@ -68,8 +68,12 @@ def purge_images(store: Store, images: ImageStore, actor: Actor, days: int | Non
         for key in expired:
             deleted += images.delete(key, stored_before=cutoff)  # saved again meanwhile: kept
         images.sweep(datetime.now(UTC) - timedelta(hours=1))  # pieces an interrupted deletion left behind
-    except StoreError as error:  # the event said they were deleted: the trail says how far it went (a read-only
-        with suppress(StoreError):  # image folder kept them all under "images_purged, deleted: 7")
-            audit.record(store, actor, "images_purge_failed", None, deleted=deleted, code=error.code)
-        raise
+    except (StoreError, OSError) as error:  # the event said they were deleted: the trail says how far it went (a
+        # read-only image folder kept them all under "images_purged, deleted: 7")
+        failed = error if isinstance(error, StoreError) else StoreUnavailable("The image store cannot be changed.")
+        with suppress(StoreError):
+            audit.record(store, actor, "images_purge_failed", None, deleted=deleted, code=failed.code)
+        if failed is error:
+            raise
+        raise failed from error
     return Purged(deleted, len(old) - len(expired))

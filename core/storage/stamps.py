@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -107,7 +107,8 @@ def _changing() -> Iterator[None]:
         yield
         return
     with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        with suppress(OSError):  # a file system without locks (ENOLCK: some NFS mounts): changed, unlocked
+            fcntl.flock(handle, fcntl.LOCK_EX)
         yield
 
 
