@@ -167,6 +167,7 @@ def test_every_command_keeps_its_options() -> None:
         ],
         "store": [],
         "store forget": [],
+        "store accept-key": [],
         "store backup": ["out"],
         "users": [],
         "users add": ["name", "--role", "--password-stdin", "--sso", "--temporary"],
@@ -755,6 +756,16 @@ def test_a_patient_key_that_is_not_the_databases_is_refused_before_any_study_is_
     (data / "patient-ref.key").write_bytes(bytes(range(32)).hex().encode())  # another installation's key
     code, lines = run_main(["study", "--model", str(tiny_card), "--save", str(series)], capsys)
     assert code == 2 and "patient-reference key is not the one" in lines[-1]["error"]["message"]
+    assert "store accept-key" in lines[-1]["error"]["message"]
+    # the administrator decides this key is the right one (the recorded one was lost before any reference)
+    code, lines = run_main(["store", "accept-key"], capsys)
+    assert code == 0 and len(lines[0]["accepted"]) == 32
+    accepted = lines[0]["accepted"]
+    code, lines = run_main(["study", "--model", str(tiny_card), "--save", str(series)], capsys)
+    assert code == 0 and lines[0]["saved"] == "already saved"  # no longer refused (the same images: one record)
+    store = open_results_store()
+    assert store.key_check("patient_reference", "another") == accepted
+    assert [e.detail for e in store.audit_events() if e.action == "patient_key_accepted"] == [{"fingerprint": accepted}]
 
 
 def test_a_password_that_is_not_utf8_is_refused_by_name(tmp_path, monkeypatch, capsys) -> None:

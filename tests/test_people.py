@@ -17,6 +17,7 @@ from core.domain.results import WorklistQuery
 from core.errors import AccessDenied, AccountLocked, InvalidRecord, SignInFailed
 from core.services import accounts, audit, reviews, statistics
 from core.services.access import COMMAND_LINE, Actor
+from core.services.resources import accept_patient_key
 from core.services.triage import (
     NOT_SAVED,
     SAVED,
@@ -281,6 +282,8 @@ def saved_upload(store) -> Triaged:
         (ADMIN, lambda s, a: retry_save(saved_upload(s), s, None, "p" * 64, a)),
         (SUPERVISOR, lambda s, a: reference_for_saved(s, a, saved_upload(s).record.id, "p" * 64, SaveStatus(SAVED))),
         (ADMIN, lambda s, a: linked_to_saved(saved_upload(s), s, "p" * 64, a)),  # a patient's reference written
+        (RADIOLOGIST, lambda s, a: accept_patient_key(s, a)),
+        (SUPERVISOR, lambda s, a: accept_patient_key(s, a)),
     ],
 )
 def test_every_service_refuses_the_roles_that_may_not_use_it(store, who, call) -> None:

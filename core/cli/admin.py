@@ -47,6 +47,9 @@ def add_commands(commands: Any) -> None:
     store_verbs.add_parser("forget", help="let a new empty database be created where a vanished one was").set_defaults(
         run=cmd_store_forget
     )
+    store_verbs.add_parser(
+        "accept-key", help="record the configured patient-reference key as the database's (after a refusal)"
+    ).set_defaults(run=cmd_store_accept_key)
     backup = store_verbs.add_parser(
         "backup", help="a consistent copy of the embedded database, its key files and images, while the app runs"
     )
@@ -190,6 +193,13 @@ def cmd_store_forget(args: argparse.Namespace) -> int:
         emit({**error_json("not_registered", message), "forgotten": False, "database": str(database)}, sys.stdout)
         return EXIT_REJECTED
     emit({"forgotten": True, "database": str(database)}, sys.stdout)
+    return EXIT_OK
+
+
+def cmd_store_accept_key(args: argparse.Namespace) -> int:
+    from core.services.resources import accept_patient_key
+
+    emit({"accepted": accept_patient_key(_stored(), COMMAND_LINE)}, sys.stdout)
     return EXIT_OK
 
 

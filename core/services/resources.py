@@ -25,6 +25,7 @@ from core.identity import fingerprint
 from core.model.classifier import Classifier, with_segmenter
 from core.model.explain import Explainer
 from core.services import audit
+from core.services.access import SETTINGS, Actor, require
 from core.storage import DATABASE_FILE, open_store, stamps
 from core.storage.images import FolderImages, GridFSImages, ImageStore
 from core.storage.protocol import Store
@@ -93,8 +94,21 @@ WRONG_PATIENT_KEY = (
     "the patient-reference key is not the one this database's patient references were made with (another "
     "installation's, or another backup's key file; with MongoDB, another server's BTD_HMAC_KEY): with it each "
     "patient's new results would be filed apart from their History. Restore the key from the same backup as the "
-    "database (patient references stay off until then)"
+    "database (patient references stay off until then); if this key is the right one (the one recorded was used "
+    "by mistake, or lost before any reference was made), an administrator accepts it with `python -m core store "
+    "accept-key`"
 )
+
+
+def accept_patient_key(store: Store, actor: Actor) -> str:
+    """Record the configured patient-reference key as the one this database's references are made with (an
+    administrator's decision, audited); returns its fingerprint. :class:`ConfigError` when none is configured."""
+    require(actor, SETTINGS)
+    key = patient_key(file_secrets(), shared_database=bool(mongodb_uri(file_secrets())))
+    if key is None:
+        raise ConfigError("no patient-reference key is configured: there is none to accept")
+    audit.record(store, actor, "patient_key_accepted", None, fingerprint=fingerprint(key))  # first: an unaudited
+    return store.key_check("patient_reference", fingerprint(key), replace=True)  # change is none
 
 
 def checked_patient_key(store: Store, key: bytes | None) -> bytes | None:

@@ -165,14 +165,15 @@ class MongoStore(MongoPeople, MongoQuality):
                 {"_id": "health"}, {"$set": {"at_ms": int(time.time() * 1000)}}, upsert=True
             )
 
-    def key_check(self, name: str, digest: str) -> str:
-        """As SQLite's: one upsert that keeps a recorded fingerprint (``meta``, ``_id: "key:<name>"``)."""
+    def key_check(self, name: str, digest: str, replace: bool = False) -> str:
+        """As SQLite's: one upsert that keeps a recorded fingerprint unless ``replace`` (``meta``,
+        ``_id: "key:<name>"``)."""
         from pymongo import ReturnDocument
 
         with self._errors():
             document = self._people("meta").find_one_and_update(
                 {"_id": f"key:{name}"},
-                {"$setOnInsert": {"digest": digest}},
+                {"$set" if replace else "$setOnInsert": {"digest": digest}},
                 upsert=True,
                 return_document=ReturnDocument.AFTER,
             )

@@ -65,12 +65,16 @@ class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
                 (int(time.time() * 1000),),
             )
 
-    def key_check(self, name: str, digest: str) -> str:
+    def key_check(self, name: str, digest: str, replace: bool = False) -> str:
         """The fingerprint of key ``name`` this database's data was made with: ``digest`` recorded when it has
-        none yet (a table of its own, made when first needed, as ``health`` is: no schema version)."""
+        none yet, or with ``replace`` (a table of its own, made when first needed, as ``health`` is: no schema
+        version)."""
         with self._errors(), self._transaction() as connection:
             connection.execute("CREATE TABLE IF NOT EXISTS key_checks (name TEXT PRIMARY KEY, digest TEXT NOT NULL)")
-            connection.execute("INSERT OR IGNORE INTO key_checks (name, digest) VALUES (?, ?)", (name, digest))
+            connection.execute(
+                f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO key_checks (name, digest) VALUES (?, ?)",
+                (name, digest),
+            )
             return str(connection.execute("SELECT digest FROM key_checks WHERE name = ?", (name,)).fetchone()[0])
 
     # --- writes -------------------------------------------------------------------------------------------
