@@ -129,6 +129,40 @@ def test_a_no_tumour_series_with_sections_over_its_threshold_says_so_and_opens_a
     assert start_section(view) == 6  # the likeliest section, not the middle of the run below the threshold
 
 
+def test_a_saved_no_tumour_series_keeps_the_sections_it_was_not_judged_on_for_its_report(tiny_classifier) -> None:
+    """The warning above was the analysing page's alone: saved, reopened on the Worklist or in History, and in the
+    PDF (its images purged or not), the "No tumour" series said nothing of sections at 0.999."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from core.model.volume import Section
+    from core.services.report_text import series_lines
+    from core.services.studies import series_record
+
+    curve = [0.70, None, 0.94, 0.97, None, None, 0.999, 0.998, None, None, 0.38, 0.93, 0.66, None]
+    analysed = analyse_volume(read_study(dicom_series(head_volume(len(curve), 64)))[0], tiny_classifier)
+    roi = analysed.analysed[0].analysis.prediction.roi
+
+    def read(p):
+        shares = {"glioma": p, "meningioma": 0.0, "notumor": 1 - p, "pituitary": 0.0}
+        return SimpleNamespace(
+            prediction=SimpleNamespace(tumour_probability=p, roi=roi, probabilities=shares), lesion=None
+        )
+
+    sections = tuple(
+        Section(i, float(i), None if p is None else read(p), None if p else "gate") for i, p in enumerate(curve)
+    )
+    rule = SeriesRule(5, 0.3)
+    score, used = rule.score(curve)
+    series = replace(
+        analysed, sections=sections, rule=rule, score=score, neighbours_used=used, label="notumor", single_threshold=0.5
+    )
+    said = "sections 1, 3, 4, 7, 8 reach the threshold (0.50) outside the run the verdict was judged on: read them"
+    record = series_record(series, patient_ref=None, uploader="dr", key=None)
+    assert said in record.geometry["notes"]
+    assert f"Note: {said}" in series_lines(record, None, [])  # the report, its images purged or not
+
+
 def test_the_shipped_card_states_its_series_rule() -> None:
     card = ModelCard.from_file(model_card_path())
     raw = json.loads(Path(model_card_path()).read_text())
@@ -338,13 +372,13 @@ def test_saving_a_series_keeps_its_record_sections_pixels_and_an_audit_event(
     gapped = analyse_volume(read_study(dicom_series(head_volume(8, 160, range(2, 6)), skip=(4,)))[0], classifier)
     assert any("gap" in w.lower() for w in gapped.volume.warnings)
     saved = store.get(save_series(gapped, store, actor=doctor, patient_ref=None, images=images, key=key).record_id)
-    assert saved.geometry["notes"] == list(gapped.volume.warnings)
+    assert saved.geometry["notes"] == [*gapped.volume.warnings, *gapped.unjudged]  # as the Study page said them
     reopened = stored_series_view(saved, store, images, classifier.card, doctor)
     assert reopened.warnings[: len(gapped.volume.warnings)] == gapped.volume.warnings
     short = gapped.neighbours_used < gapped.rule.neighbours  # the gap cut the run: said as the Study page said it
     assert [w for w in reopened.warnings if "verdict rests on" in w] == ([reopened.warnings[-1]] if short else [])
     assert short and f"rests on {gapped.neighbours_used} neighbouring" in reopened.warnings[-1]
-    assert [f"Note: {w}" for w in gapped.volume.warnings] == [
+    assert [f"Note: {w}" for w in [*gapped.volume.warnings, *gapped.unjudged]] == [
         line for line in series_lines(saved, reopened, []) if line.startswith("Note: ")
     ]
     few = {"threshold": 0.3, "neighbours": 5, "used": 2, "applied": 0.5}  # a verdict on 2 neighbours, at 0.50

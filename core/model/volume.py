@@ -116,19 +116,22 @@ class SeriesAnalysis:
                 f"judged at least by the single-scan threshold ("
                 f"{self.applied_threshold:.2f})"
             )
+        return notes + self.unjudged + self.volume_caveats
+
+    @property
+    def unjudged(self) -> list[str]:
+        """What a "no tumour" verdict says of sections that reach its threshold outside the run it was judged on
+        (never left unread); kept with the saved series, so that a reopened one and its report say it too."""
         judged = {s.index for s in self.window}
-        if (
-            self.label is not None
-            and not self.is_tumour
-            and (above := [i for i in self.tumour_sections if i not in judged])
-        ):
-            shown = ", ".join(str(i + 1) for i in above[:8]) + (", ..." if len(above) > 8 else "")
-            notes.append(  # a "no tumour" verdict beside sections that reach its threshold: said, never left unread
-                f"section{'s' * (len(above) > 1)} {shown} reach{'es' * (len(above) == 1)} the threshold "
-                f"({self.applied_threshold:.2f}) outside the run the verdict was judged on: read "
-                f"{'them' if len(above) > 1 else 'it'}"
-            )
-        return notes + self.volume_caveats
+        above = [i for i in self.tumour_sections if i not in judged]
+        if self.label is None or self.is_tumour or not above:
+            return []
+        shown = ", ".join(str(i + 1) for i in above[:8]) + (", ..." if len(above) > 8 else "")
+        return [
+            f"section{'s' * (len(above) > 1)} {shown} reach{'es' * (len(above) == 1)} the threshold "
+            f"({self.applied_threshold:.2f}) outside the run the verdict was judged on: read "
+            f"{'them' if len(above) > 1 else 'it'}"
+        ]
 
     @property
     def volume_caveats(self) -> list[str]:

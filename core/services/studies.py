@@ -93,6 +93,7 @@ def series_record(
         study_ref=pseudonymise(volume.study, key),
         section_count=count,
         geometry=geometry_of(volume)
+        | ({"notes": [*volume.warnings, *analysis.unjudged]} if analysis.unjudged else {})  # said again when reopened
         | {"rule": applied_rule(analysis)}
         | ({"study_unread": study_unread} if study_unread else {})
         | ({"series_number": series_number} if series_number else {})
