@@ -520,6 +520,8 @@ def test_a_report_of_a_study_with_a_series_nobody_could_read_gives_no_no_tumour(
     assert study_headline(records, False) == "Study verdict (model, not yet reviewed): No tumour"
     headline = study_headline(records, False, unread=1)
     assert "No tumour" not in headline and "1 series of the study could not be analysed" in headline
+    assert headline.startswith("Study verdict (model, not yet reviewed): no verdict (")  # it read "none", as in
+    # "nothing found"
     # every saved series reviewed as no tumour: still no study verdict, the unread series is nobody's
     reviewed = [replace(r, final_label="notumor") for r in records]
     headline = study_headline(reviewed, False, unread=1)

@@ -108,7 +108,7 @@ def study_headline(records: Sequence[Record], model_tumour: bool, unread: int = 
     reviewed one is a tumour (it makes the study one), with the model's verdict beside them; the model's verdict,
     marked as such, while any series is unreviewed and no reviewed one is a tumour. ``unread``
     series (none of their sections could be analysed, so never saved) leave the model no "No tumour" to give."""
-    model = "Tumour" if model_tumour else ("none" if unread else "No tumour")
+    model = "Tumour" if model_tumour else ("no verdict" if unread else "No tumour")  # "none" read as none found
     if unread:
         model += f" ({unread} series of the study could not be analysed: read them yourself)"
     if any(r.gate == NEEDS_REVIEW and not r.final_label for r in records):  # as the PACS report says it
