@@ -58,8 +58,11 @@ def bound(record, size) -> str:
     return "≥ " if "lower bound" in caveats else "≈ "
 
 
-timeline([r for r in records if r.gate != "rejected"])  # a refused scan has no probability to plot
 days = history.days_from_first(records)  # a dated series' day from the first scan: never the date itself
+scanned = history.scanned_days(records)  # every result dated: shown in the order of scanning
+timeline([r for r in records if r.gate != "rejected"], scanned)  # a refused scan has no probability to plot
+steps = dict(zip([r.id for r in records], history.lesion_course(records), strict=True))
+shown = sorted(records, key=lambda r: (scanned[r.id], r.created_at)) if scanned else records
 st.dataframe(
     pd.DataFrame(
         [
@@ -77,7 +80,7 @@ st.dataframe(
                 "plane": (r.geometry or {}).get("plane") or "",
                 "final label": pretty(r.final_label) if r.final_label else "",
             }
-            for r, step in zip(records, history.lesion_course(records), strict=True)
+            for r, step in ((r, steps[r.id]) for r in shown)
         ]
     ),
     hide_index=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -196,8 +197,13 @@ def test_a_prior_pulled_after_todays_study_is_compared_as_the_earlier_scan_and_i
     app.run()
     app.text_input[0].set_value("P-0042").run()
     assert not app.exception
-    assert app.dataframe[0].value["scanned"].tolist() == ["day 151", "day 0"]  # in the order saved
+    # in the order scanned, table and timeline: by their saving, January's "No tumour" stood after June's study
+    assert app.dataframe[0].value["scanned"].tolist() == ["day 0", "day 151"]
+    drawn = json.loads(app.get("plotly_chart")[0].proto.spec)
+    assert sorted(x for trace in drawn["data"] for x in trace["x"]) == [0, 151]
+    assert drawn["layout"]["xaxis"]["title"]["text"] == "days from the first scan"
     assert any("compared in the order they were scanned" in c.value for c in app.caption)
+    assert any("Across: days from this patient's first scan." in c.value for c in app.caption)
     current, prior = app.selectbox(key="history_current"), app.selectbox(key=f"history_prior-{june.id}")
     assert current.value.id == june.id and prior.value.id == january.id  # the latest scan, against the earlier
     assert current.format_func(current.value).startswith("scanned day 151 · saved ")

@@ -204,16 +204,18 @@ def series_viewer(view: SeriesView, classifier, explainer, prefix: str, outlined
     )
 
 
-def timeline(records) -> None:
-    """A patient's results over time (scans and series), tumour probability on the vertical axis."""
+def timeline(records, days: dict[str, int] | None) -> None:
+    """A patient's results over time (scans and series), tumour probability on the vertical axis: across, the
+    days from the first scan when every result has its scan day (``days``), else when each was saved."""
     st.plotly_chart(
         timeline_figure(
-            [f"{r.created_at:%Y-%m-%d %H:%M}" for r in records],
+            [days[r.id] for r in records] if days else [f"{r.created_at:%Y-%m-%d %H:%M}" for r in records],
             [r.tumour_probability for r in records],
             [r.final_label or r.label for r in records],
             [r.kind for r in records],
             LABEL_NAMES,
             reviewed=[r.final_label is not None for r in records],
+            scanned=days is not None,
         ),
         config={"displaylogo": False},
         key="history-timeline",
@@ -221,7 +223,13 @@ def timeline(records) -> None:
     st.caption(  # with one kind of result Plotly drew no legend: red and green, circles and squares unexplained
         "Red: tumour, green: no tumour (the radiologist's final label where reviewed, else the model's verdict); "
         "circles: single scans, squares: series. Height: the model's tumour probability (a series: its score), "
-        "which an override does not change."
+        "which an override does not change. Across: "
+        + (
+            "days from this patient's first scan."
+            if days
+            else "when each was saved (UTC), not scanned: some have no scan date, so a study saved late stands "
+            "after the later ones."
+        )
     )
 
 

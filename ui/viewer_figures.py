@@ -325,10 +325,12 @@ def timeline_figure(
     names: Mapping[str, str],
     height: int = 260,
     reviewed: Sequence[bool] | None = None,
+    scanned: bool = False,
 ) -> go.Figure:
     """A patient's results over time: tumour probability per result, circles for scans, squares for series,
     coloured by verdict: the radiologist's final label where there is one (``reviewed``), else the model's (a no
-    tumour call overridden to glioma was drawn green)."""
+    tumour call overridden to glioma was drawn green). ``times``: when each was saved, or, ``scanned``, its day
+    from the patient's first scan."""
     reviewed = reviewed or [False] * len(labels)
     figure = go.Figure()
     for kind, symbol in (("scan", "circle"), ("series", "square")):
@@ -350,7 +352,8 @@ def timeline_figure(
                     names.get(labels[i], labels[i]) + (" (radiologist)" if reviewed[i] else " (model)") for i in chosen
                 ],
                 customdata=[two_places(probabilities[i]) for i in chosen],
-                hovertemplate="%{x} UTC<br>%{text}: P(tumour) %{customdata}<extra></extra>",
+                hovertemplate=("day %{x}" if scanned else "%{x} UTC")
+                + "<br>%{text}: P(tumour) %{customdata}<extra></extra>",
             )
         )
     figure.update_layout(
@@ -359,7 +362,9 @@ def timeline_figure(
         yaxis={"range": [-0.05, 1.05], "title": "P(tumour)"},
         legend={"orientation": "h"},
     )
-    if times:  # results within a day: show a whole day around them, never a millisecond
+    if scanned:
+        figure.update_xaxes(title="days from the first scan", rangemode="tozero")
+    elif times:  # results within a day: show a whole day around them, never a millisecond
         first, last = (datetime.fromisoformat(str(t)) for t in (min(times), max(times)))
         if last - first < timedelta(days=1):
             middle = first + (last - first) / 2

@@ -220,6 +220,14 @@ def days_from_first(records: Sequence[Record]) -> dict[str, int]:
     return {record_id: day - first for record_id, day in days.items()}
 
 
+def scanned_days(records: Sequence[Record]) -> dict[str, int] | None:
+    """Each result's day from the patient's first scan (:func:`days_from_first`) when every one of ``records`` has
+    its scan day, else None: then they are shown in the order of scanning (drawn by their saving, a study scanned
+    first and saved last stood after the later ones, its "No tumour" reading as a regression)."""
+    days = days_from_first(records)
+    return days if records and all(r.id in days for r in records) else None
+
+
 def course_order(records: Sequence[Record]) -> list[Record]:
     """The series of ``records``, oldest first: in the order of scanning when all are :func:`dated`, else of saving."""
     series = [r for r in records if r.kind == "series"]
