@@ -47,21 +47,21 @@ def series_lines(record: Record, view: SeriesView | None, reviews: Sequence) -> 
         lesion_line(record),
         *(f"Note: {note}" for note in (record.geometry or {}).get("notes") or ()),  # as the screen said them
     ]
+    rule = (record.geometry or {}).get("rule") or {}  # kept with the record: said once its images are purged too
     if view is not None and view.threshold is None:
         lines.append(f"Rule: that of {view.model}, not recorded with the verdict")
-    elif view is not None:
-        own = view.rule_threshold if view.rule_threshold is not None else view.threshold
-        judged = "" if own == view.threshold else f"; judged at {view.threshold:.2f} (fewer sections analysed)"
+    elif view is not None or rule:
+        neighbours, own = (view.neighbours, view.rule_threshold) if view else (rule["neighbours"], rule["threshold"])
+        applied = view.threshold if view else rule.get("applied", own)
+        own = own if own is not None else applied
+        judged = "" if own == applied else f"; judged at {applied:.2f} (fewer sections analysed)"
+        counted = f"; {len(view.marked)} sections at or above it; {len(view.skipped)} skipped" if view else ""
+        lines.append(f"Rule: tumour when {neighbours} neighbouring sections reach {own:.2f}{judged}{counted}")
+    if rule.get("used") is not None and rule["used"] < rule.get("neighbours", 0):
         lines.append(
-            f"Rule: tumour when {view.neighbours} neighbouring sections reach {own:.2f}{judged}; "
-            f"{len(view.marked)} sections at or above it; {len(view.skipped)} skipped"
+            f"Judged on {rule['used']} neighbouring sections only, at {rule['applied']:.2f} (fewer than the rule "
+            "asks): needs review"
         )
-        rule = (record.geometry or {}).get("rule") or {}
-        if rule.get("used") is not None and rule["used"] < rule.get("neighbours", 0):
-            lines.append(
-                f"Judged on {rule['used']} neighbouring sections only, at {rule['applied']:.2f} (fewer than the rule "
-                "asks): needs review"
-            )
     if record.gate == NEEDS_REVIEW:
         flagged = "Flagged for review (the verdict rests on fewer sections than the rule asks, or is uncertain)"
         lines.append(flagged + ("; reviewed below" if reviews else ""))
