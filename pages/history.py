@@ -171,11 +171,10 @@ prior_view = opened(prior.id) if prior is not None else None
 if now_view is None:
     st.info("The images of this series are no longer kept (retention period).")
 else:
-    if prior is not None and prior_view is None:  # said, never "no earlier series"
-        st.info("The images of the prior chosen are no longer kept (retention period): it cannot be shown.")
     for warning in now_view.warnings:  # what its reading said of it (a gap, a file left out, few neighbours)
         st.warning(warning)
-    comparison(now_view, prior_view, classifier, explainer)
+    # a prior whose images are purged: said, and its series score compared all the same (it read "no prior chosen")
+    comparison(now_view, prior_view, classifier, explainer, kept_prior=prior if prior_view is None else None)
 
 st.subheader("Report")
 whole = [r for r in series if r.study_ref is not None and r.study_ref == current.study_ref] or [current]

@@ -218,6 +218,46 @@ def test_a_prior_pulled_after_todays_study_is_compared_as_the_earlier_scan_and_i
     assert f" · final {pretty(final)} (model {pretty(june.label)}) · " in said, said
 
 
+def test_a_prior_whose_images_are_purged_is_said_so_and_its_series_score_still_compared(
+    tmp_path: Path, tiny_card: Path, tiny_classifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page said "the prior's images are no longer kept" and then "No prior chosen to show beside it", and the
+    change of the series score, which the prior's record still keeps, was not given."""
+    import sqlite3
+
+    from streamlit.testing.v1 import AppTest
+
+    from tests.scans import relabelled
+
+    data = history_environment(tmp_path, tiny_card, monkeypatch)
+    store, images = SQLiteStore(data / "results.sqlite3"), FolderImages(data / "images")
+    key = local_key(data)
+    reference = pseudonymise("P-0043", key)
+    for n, when in enumerate(("20260101", "20260601")):
+        study = f"1.2.826.0.1.3680043.8.498.{50 + n}"
+        files = dicom_series(
+            head_volume(6, 96, range(2, 4) if n else (), seed=n), study_uid=study, series_uid=f"{study}.1"
+        )
+        volume = read_study(relabelled(files, StudyDate=when, SeriesDate=when))[0]
+        save_series(analyse_volume(volume, tiny_classifier), store, actor=DOCTOR, patient_ref=reference,
+                    images=images, key=key)  # fmt: skip
+    january, june = sorted(store.recent(2), key=lambda r: r.created_at)
+    with sqlite3.connect(data / "results.sqlite3") as database:  # the tiny model scores both alike: January lower
+        database.execute("UPDATE scans SET tumour_probability = 0.25 WHERE id = ?", (january.id,))
+    assert images.delete(january.image_key)  # past its retention period
+    app = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "history.py"), default_timeout=60)
+    app.session_state["actor"] = DOCTOR
+    app.run()
+    app.text_input[0].set_value("P-0043").run()
+    assert not app.exception
+    assert app.selectbox(key=f"history_prior-{june.id}").value.id == january.id
+    said = [i.value for i in app.info]
+    assert any("images of the prior chosen are no longer kept" in s for s in said)
+    assert not any("No prior chosen" in s for s in said)
+    (score,) = [m for m in app.metric if m.label == "Series score"]
+    assert score.delta == f"{june.tumour_probability - 0.25:+.2f}"
+
+
 def lesion_history() -> list:
     """A patient's results, oldest first: series and single scans, measured or not."""
     start = datetime(2026, 9, 1, 9, tzinfo=UTC)

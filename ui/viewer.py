@@ -239,12 +239,47 @@ def _delta(value: float | None) -> str | None:
     return None if value is None or abs(value) < 0.005 else f"{value:+.2f}"
 
 
-@st.fragment
-def comparison(current: SeriesView, prior: SeriesView | None, classifier, explainer) -> None:
-    """The current series beside a prior at the matching position (relative place along the analysed head),
-    with the change in tumour probability for the series and at this section."""
-    from core.services.history import change, model_caveat, order_caveat, plane_caveat, sections_correspond
+def _beside(current: SeriesView, index: int, prior, kept_prior, heat: bool, classifier, explainer):
+    """The prior's matching section beside the current one (its record's series score alone once its images are
+    purged), and the change to show; None without a prior."""
+    from core.services.history import change, kept_change, model_caveat, order_caveat, plane_caveat, sections_correspond
 
+    if prior is None and kept_prior is None:
+        st.info("No prior chosen to show beside it.")
+        return None
+    if prior is None:  # said, never "no prior chosen", and its score still compared (its record keeps it)
+        st.info(
+            "The images of the prior chosen are no longer kept (retention period): its sections cannot be "
+            "shown; its series score is compared below."
+        )
+        moved = kept_change(current, index, kept_prior)
+    else:
+        matched, moved = change(current, index, prior)
+        for caveat in (plane_caveat(current, prior), order_caveat(current, prior), model_caveat(current, prior)):
+            if caveat:
+                st.warning(caveat)
+        q = prior.curve[matched]
+        st.plotly_chart(
+            section_figure(
+                prior.sections[matched],
+                heat=_heat(prior, matched, classifier, explainer) if heat else None,
+                letters=orientation_letters(prior.geometry.get("orientation")),
+                title=f"Prior · section {matched + 1}, {prior.place(matched)} · "
+                + ("skipped" if q is None else f"P {two_places(q)}")
+                + ("" if sections_correspond(current, prior) else " (its deciding section, not matched)"),
+                height=420,
+            ),
+            config={"scrollZoom": True, "displaylogo": False},
+            key="cmp-prior",
+        )
+    return moved
+
+
+@st.fragment
+def comparison(current: SeriesView, prior: SeriesView | None, classifier, explainer, kept_prior=None) -> None:
+    """The current series beside a prior at the matching position (relative place along the analysed head),
+    with the change in tumour probability for the series and at this section; ``kept_prior``: the record of a
+    prior chosen whose images are no longer kept (its series score is still compared)."""
     fragment_actor()
     count = len(current.sections)
     if count > 1:
@@ -271,27 +306,9 @@ def comparison(current: SeriesView, prior: SeriesView | None, classifier, explai
             key="cmp-now",
         )
     with right:
-        if prior is None:
-            st.info("No prior chosen to show beside it.")
-            return
-        matched, moved = change(current, index, prior)
-        for caveat in (plane_caveat(current, prior), order_caveat(current, prior), model_caveat(current, prior)):
-            if caveat:
-                st.warning(caveat)
-        q = prior.curve[matched]
-        st.plotly_chart(
-            section_figure(
-                prior.sections[matched],
-                heat=_heat(prior, matched, classifier, explainer) if heat else None,
-                letters=orientation_letters(prior.geometry.get("orientation")),
-                title=f"Prior · section {matched + 1}, {prior.place(matched)} · "
-                + ("skipped" if q is None else f"P {two_places(q)}")
-                + ("" if sections_correspond(current, prior) else " (its deciding section, not matched)"),
-                height=420,
-            ),
-            config={"scrollZoom": True, "displaylogo": False},
-            key="cmp-prior",
-        )
+        moved = _beside(current, index, prior, kept_prior, heat, classifier, explainer)
+    if moved is None:
+        return
     a, b = st.columns(2)
     a.metric(
         "Series score",

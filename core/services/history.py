@@ -173,6 +173,15 @@ def change(current: SeriesView, index: int, prior: SeriesView) -> tuple[int, Cha
     return matched, Change(before, current.score, at_section, current.curve[index])
 
 
+def kept_change(current: SeriesView, index: int, prior: Record) -> Change:
+    """The change since a prior whose images are no longer kept: of the series score alone, from its record, where
+    the two compare (one model, one plane, as :func:`change`); none at the section, which needs its curve shown."""
+    comparable = current.model == f"{prior.model_name} {prior.model_version}" and _plane(current) == (
+        prior.geometry or {}
+    ).get("plane")
+    return Change(prior.tumour_probability if comparable else None, current.score, None, current.curve[index])
+
+
 @dataclass(frozen=True)
 class LesionStep:
     """One result's lesion size and its change from the same lesion measured before (None: unknown or not
