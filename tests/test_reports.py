@@ -386,7 +386,7 @@ def test_a_report_states_the_lesion_volume_and_outlines_the_lesion_on_the_key_se
     pdf = study_report(store, images, doctor, [record_id], classifier, Explainer(classifier))
     text = text_of(pdf, tmp_path)
     assert f"Lesion volume (segmenter): {record.lesion_ml:.2f} mL ({record.lesion_px:,} px over its sections)" in text
-    assert "Lesion outline" in text and "Segmented again for this report by tiny-lesion 0.0.1" in text
+    assert "Series 1: lesion outline" in text and "Segmented again for this report by tiny-lesion 0.0.1" in text
     assert "Lesion on this section: " in text and " mm²" in text and "(outlined in magenta)" in text
     by = record.geometry["lesion_model"]
     assert f"Series lesion volume (stored when it was saved, measured by {by}): {record.lesion_ml:.2f} mL" in " ".join(
@@ -421,7 +421,7 @@ def test_a_report_states_the_lesion_volume_and_outlines_the_lesion_on_the_key_se
     # without a segmenter: the stored volume only, and a line saying why no outline is drawn
     text = text_of(study_report(store, images, doctor, [record_id], tiny_classifier, None), tmp_path)
     assert f"Lesion volume (segmenter): {record.lesion_ml:.2f} mL" in text
-    assert "No lesion outline: no lesion segmenter is loaded" in text and "Lesion outline\n" not in text
+    assert "No lesion outline: no lesion segmenter is loaded" in text and "lesion outline\n" not in text
 
 
 def test_every_image_of_a_long_report_lies_inside_its_page_with_its_caption(

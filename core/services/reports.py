@@ -151,6 +151,7 @@ def key_lesion_lines(record: Record, view: SeriesView, key: KeyLesion) -> list[s
         mm2 = f"{lesion.area_mm2:,.1f} mm², " if lesion.area_mm2 is not None else ""
         found = f"Lesion on this section: {mm2}{lesion.area_px:,} px (outlined in magenta)"
     stored = f"{ml_text(record.lesion_ml)} mL" if record.lesion_ml is not None else "not known"
+    stored += "".join(f"; {note}" for note in (record.geometry or {}).get("lesion_caveats") or [])  # a lower bound
     by = (record.geometry or {}).get("lesion_model")  # who measured the volume: the key section's may be another
     return [
         f"Key section {key.index + 1} of {len(view.curve)} (the largest lesion of the most suspicious sections; "
@@ -161,8 +162,9 @@ def key_lesion_lines(record: Record, view: SeriesView, key: KeyLesion) -> list[s
     ]
 
 
-def _key_lesion(pdf, record: Record, view: SeriesView, key: KeyLesion | None, segmented: bool) -> None:
-    """The key section with the lesion's outline and what it shows; without a segmenter, one line saying so."""
+def _key_lesion(pdf, number: int, record: Record, view: SeriesView, key: KeyLesion | None, segmented: bool) -> None:
+    """The key section with the lesion's outline and what it shows, under its series' number (alone at the top of a
+    page it read as the next series'); without a segmenter, one line saying so."""
     if not segmented:
         pdf.set_font("Helvetica", size=8)
         note = "No lesion outline: no lesion segmenter is loaded (the stored volume is stated above)."
@@ -176,7 +178,7 @@ def _key_lesion(pdf, record: Record, view: SeriesView, key: KeyLesion | None, se
     section_image(pdf, view, outlined(view.sections[key.index], key.lesion), pdf.l_margin, y, side)
     pdf.set_font("Helvetica", "B", 9)
     pdf.set_xy(pdf.l_margin + side + 5, y)
-    pdf.cell(0, 5, pdf_text("Lesion outline"), **_NEXT_LINE)
+    pdf.cell(0, 5, pdf_text(f"Series {number}: lesion outline"), **_NEXT_LINE)
     pdf.set_font("Helvetica", size=8.5)
     for line in key_lesion_lines(record, view, key):
         pdf.set_x(pdf.l_margin + side + 5)
@@ -216,7 +218,7 @@ def _series(
     curve(pdf, view, pdf.l_margin, top, 180, 28)
     pdf.set_y(top + 33)
     _key_section_images(pdf, view, maps)
-    _key_lesion(pdf, record, view, (lesions or {}).get(number), lesions is not None)
+    _key_lesion(pdf, number, record, view, (lesions or {}).get(number), lesions is not None)
 
 
 KEY_SIDE = 55  # mm: a key section's box
