@@ -753,19 +753,24 @@ def test_a_patient_key_that_is_not_the_databases_is_refused_before_any_study_is_
         (series / f"{index}.dcm").write_bytes(data_bytes)
     code, lines = run_main(["study", "--model", str(tiny_card), "--save", str(series)], capsys)
     assert code == 0 and lines[0]["saved"] == "saved"
+    first = open_results_store().key_check("patient_reference", "not this one")  # recorded at its first use
     (data / "patient-ref.key").write_bytes(bytes(range(32)).hex().encode())  # another installation's key
     code, lines = run_main(["study", "--model", str(tiny_card), "--save", str(series)], capsys)
     assert code == 2 and "patient-reference key is not the one" in lines[-1]["error"]["message"]
     assert "store accept-key" in lines[-1]["error"]["message"]
     # the administrator decides this key is the right one (the recorded one was lost before any reference)
     code, lines = run_main(["store", "accept-key"], capsys)
-    assert code == 0 and len(lines[0]["accepted"]) == 32
+    assert code == 0 and len(lines[0]["accepted"]) == 32 and lines[0]["changed"] is True
     accepted = lines[0]["accepted"]
+    code, lines = run_main(["store", "accept-key"], capsys)  # again: nothing to replace, no second event
+    assert code == 0 and lines[0] == {"accepted": accepted, "changed": False}
     code, lines = run_main(["study", "--model", str(tiny_card), "--save", str(series)], capsys)
     assert code == 0 and lines[0]["saved"] == "already saved"  # no longer refused (the same images: one record)
     store = open_results_store()
     assert store.key_check("patient_reference", "another") == accepted
-    assert [e.detail for e in store.audit_events() if e.action == "patient_key_accepted"] == [{"fingerprint": accepted}]
+    assert [e.detail for e in store.audit_events() if e.action == "patient_key_accepted"] == [
+        {"fingerprint": accepted, "replaced": first}  # what it replaced: a mistaken accept is traced and undone
+    ]
 
 
 def test_a_password_that_is_not_utf8_is_refused_by_name(tmp_path, monkeypatch, capsys) -> None:

@@ -256,6 +256,15 @@ def test_a_prior_whose_images_are_purged_is_said_so_and_its_series_score_still_c
     assert not any("No prior chosen" in s for s in said)
     (score,) = [m for m in app.metric if m.label == "Series score"]
     assert score.delta == f"{june.tumour_probability - 0.25:+.2f}"
+    assert not app.warning or not any("another model" in w.value for w in app.warning)
+    # read by another model: not compared, and said (a score shown with no change read as "unchanged")
+    with sqlite3.connect(data / "results.sqlite3") as database:
+        database.execute("UPDATE scans SET model_version = '0.0.0-older' WHERE id = ?", (january.id,))
+    app.run()
+    assert any("The prior was read by another model" in w.value for w in app.warning)
+    assert any("its sections cannot be shown." in i.value for i in app.info)
+    (score,) = [m for m in app.metric if m.label == "Series score"]
+    assert not score.delta
 
 
 def lesion_history() -> list:

@@ -155,8 +155,9 @@ def current_store() -> Store:
     return _store(mongodb_uri(secrets()), str(data_dir()))
 
 
-@st.cache_resource(show_spinner=False)
-def _patient_key(shared: bool, configured: str | None, _store: Store, where: str) -> bytes | None:
+@st.cache_resource(show_spinner=False, ttl=60)  # checked again each minute: a key accepted since by an administrator
+def _patient_key(shared: bool, configured: str | None, _store: Store, where: str) -> bytes | None:  # (store
+    # accept-key) refuses this server's other one within a minute, not at its next restart
     del configured, where  # part of the cache key only: a changed secret or database gives a new check
     return checked_patient_key(_store, patient_key(secrets(), shared))
 

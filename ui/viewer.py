@@ -242,16 +242,27 @@ def _delta(value: float | None) -> str | None:
 def _beside(current: SeriesView, index: int, prior, kept_prior, heat: bool, classifier, explainer):
     """The prior's matching section beside the current one (its record's series score alone once its images are
     purged), and the change to show; None without a prior."""
-    from core.services.history import change, kept_change, model_caveat, order_caveat, plane_caveat, sections_correspond
+    from core.services.history import (
+        change,
+        kept_caveat,
+        kept_change,
+        model_caveat,
+        order_caveat,
+        plane_caveat,
+        sections_correspond,
+    )
 
     if prior is None and kept_prior is None:
         st.info("No prior chosen to show beside it.")
         return None
     if prior is None:  # said, never "no prior chosen", and its score still compared (its record keeps it)
+        caveat = kept_caveat(current, kept_prior)
         st.info(
-            "The images of the prior chosen are no longer kept (retention period): its sections cannot be "
-            "shown; its series score is compared below."
+            "The images of the prior chosen are no longer kept (retention period): its sections cannot be shown"
+            + ("." if caveat else "; its series score is compared below.")
         )
+        if caveat:  # no change for another model or plane: said, never left to read as "unchanged"
+            st.warning(caveat)
         moved = kept_change(current, index, kept_prior)
     else:
         matched, moved = change(current, index, prior)

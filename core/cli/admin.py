@@ -199,7 +199,8 @@ def cmd_store_forget(args: argparse.Namespace) -> int:
 def cmd_store_accept_key(args: argparse.Namespace) -> int:
     from core.services.resources import accept_patient_key
 
-    emit({"accepted": accept_patient_key(_stored(), COMMAND_LINE)}, sys.stdout)
+    accepted, changed = accept_patient_key(_stored(), COMMAND_LINE)
+    emit({"accepted": accepted, "changed": changed}, sys.stdout)
     return EXIT_OK
 
 

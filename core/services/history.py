@@ -173,13 +173,29 @@ def change(current: SeriesView, index: int, prior: SeriesView) -> tuple[int, Cha
     return matched, Change(before, current.score, at_section, current.curve[index])
 
 
+def kept_caveat(current: SeriesView, prior: Record) -> str | None:
+    """Why the series score of a prior whose images are no longer kept is not compared (another model, another
+    plane, as :func:`change` judges), or None."""
+    model = f"{prior.model_name} {prior.model_version}"
+    if current.model != model:
+        return (
+            f"The prior was read by another model ({model}): its probabilities are on another scale, so no change "
+            "in them is given."
+        )
+    planes = [_plane(current) or "unknown plane", (prior.geometry or {}).get("plane") or "unknown plane"]
+    if planes[0] != planes[1]:
+        return (
+            f"This series is {planes[0]}, the prior {planes[1]}: its series score is no earlier state of this "
+            "one's, so no change is given."
+        )
+    return None
+
+
 def kept_change(current: SeriesView, index: int, prior: Record) -> Change:
     """The change since a prior whose images are no longer kept: of the series score alone, from its record, where
-    the two compare (one model, one plane, as :func:`change`); none at the section, which needs its curve shown."""
-    comparable = current.model == f"{prior.model_name} {prior.model_version}" and _plane(current) == (
-        prior.geometry or {}
-    ).get("plane")
-    return Change(prior.tumour_probability if comparable else None, current.score, None, current.curve[index])
+    the two compare (:func:`kept_caveat`); none at the section, which needs its curve shown."""
+    before = prior.tumour_probability if kept_caveat(current, prior) is None else None
+    return Change(before, current.score, None, current.curve[index])
 
 
 @dataclass(frozen=True)

@@ -151,7 +151,8 @@ def key_lesion_lines(record: Record, view: SeriesView, key: KeyLesion) -> list[s
         mm2 = f"{lesion.area_mm2:,.1f} mm², " if lesion.area_mm2 is not None else ""
         found = f"Lesion on this section: {mm2}{lesion.area_px:,} px (outlined in magenta)"
     stored = f"{ml_text(record.lesion_ml)} mL" if record.lesion_ml is not None else "not known"
-    stored += "".join(f"; {note}" for note in (record.geometry or {}).get("lesion_caveats") or [])  # a lower bound
+    if record.lesion_ml is not None:  # a lower bound is said where the volume is
+        stored += "".join(f"; {note}" for note in (record.geometry or {}).get("lesion_caveats") or [])
     by = (record.geometry or {}).get("lesion_model")  # who measured the volume: the key section's may be another
     return [
         f"Key section {key.index + 1} of {len(view.curve)} (the largest lesion of the most suspicious sections; "

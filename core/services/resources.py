@@ -100,15 +100,19 @@ WRONG_PATIENT_KEY = (
 )
 
 
-def accept_patient_key(store: Store, actor: Actor) -> str:
-    """Record the configured patient-reference key as the one this database's references are made with (an
-    administrator's decision, audited); returns its fingerprint. :class:`ConfigError` when none is configured."""
+def accept_patient_key(store: Store, actor: Actor) -> tuple[str, bool]:
+    """Record the configured patient-reference key (the command's settings: the server's, as for every command) as
+    the one this database's references are made with, an administrator's decision, audited with the fingerprint it
+    replaces; (its fingerprint, whether it changed anything). :class:`ConfigError` when none is configured."""
     require(actor, SETTINGS)
     key = patient_key(file_secrets(), shared_database=bool(mongodb_uri(file_secrets())))
     if key is None:
         raise ConfigError("no patient-reference key is configured: there is none to accept")
-    audit.record(store, actor, "patient_key_accepted", None, fingerprint=fingerprint(key))  # first: an unaudited
-    return store.key_check("patient_reference", fingerprint(key), replace=True)  # change is none
+    ours, recorded = fingerprint(key), store.key_check("patient_reference", fingerprint(key))
+    if recorded == ours:  # recorded already (or now, the database having none): nothing to replace
+        return ours, False
+    audit.record(store, actor, "patient_key_accepted", None, fingerprint=ours, replaced=recorded)  # before the change
+    return store.key_check("patient_reference", ours, replace=True), True
 
 
 def checked_patient_key(store: Store, key: bytes | None) -> bytes | None:
