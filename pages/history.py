@@ -190,13 +190,16 @@ if len(study) < len(whole):  # the same study read again by another model: each 
         "(choose a series read by the other one above for its report)."
     )
 unread = max(r.study_unread for r in study)
+named = f" ({names})" if (names := reports.unread_names(study)) else ""  # which, as the analysing page named them
 if unread and not any(r.is_tumour for r in study):  # the study rule: a tumour series makes it a tumour study
     st.warning(
-        f"{unread} series of this study could not be analysed when it was uploaded (not saved): the study has no "
-        "verdict from the model, whatever its saved series say. Read that series yourself."
+        f"{unread} series of this study could not be analysed when it was uploaded (not saved){named}: the study "
+        "has no verdict from the model, whatever its saved series say. Read that series yourself."
     )
 elif unread:
-    st.warning(f"{unread} series of this study could not be analysed when it was uploaded (not saved): read it too.")
+    st.warning(
+        f"{unread} series of this study could not be analysed when it was uploaded (not saved){named}: read it too."
+    )
 # what the report says: a review or a series saved since it was made (read afresh on every run) takes its download
 # away, so an old "not reviewed yet" PDF is never offered beside the final label
 as_made = tuple((r.id, r.review_count, r.final_label) for r in study)

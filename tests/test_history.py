@@ -117,6 +117,7 @@ def test_history_page_compares_a_series_with_its_prior_and_makes_the_report(
             images=images,
             key=local_key(data),
             study_unread=unread,
+            unread_named=("DICOM series 9: the file is cut off",) if unread else (),
         )
     app = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "history.py"), default_timeout=60)
     app.session_state["actor"] = DOCTOR
@@ -143,6 +144,7 @@ def test_history_page_compares_a_series_with_its_prior_and_makes_the_report(
     titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in app.get("plotly_chart")[1:]]
     assert all(re.search(r"section \d+, [RLAPSIFH]+ \d+\.\d mm · ", t) for t in titles), titles  # a match in mm
     assert any("1 series of this study could not be analysed" in w.value for w in app.warning)
+    assert any("(DICOM series 9: the file is cut off)" in w.value for w in app.warning)  # which one: it said none
     # both series are of one study: the default prior is the other sequence, and the page says so
     assert any(w.value.startswith("The prior is another series of the same study") for w in app.warning)
     button = next(b for b in app.button if b.label.startswith("Make the PDF report"))

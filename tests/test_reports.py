@@ -570,6 +570,31 @@ def test_a_report_made_later_from_history_still_gives_no_verdict_to_a_study_with
     assert "1 series of the study could not be analysed" in " ".join(text.split())
 
 
+def test_a_report_names_the_series_of_the_study_that_could_not_be_put_together(
+    tmp_path: Path, tiny_classifier: Classifier
+) -> None:
+    """ "1 series of the study could not be analysed", and not which: the Study page had named it (its DICOM series
+    number and why); the PDF made later from History, and History itself, named none to look for."""
+    from core.imaging.phantom_series import SAGITTAL
+    from core.services.studies import save_study
+    from core.services.study_reading import analyse_study
+    from tests.scans import relabelled
+
+    uid = "1.2.826.0.1.3680043.8.498.82"
+    files = dicom_series(head_volume(8, 128, range(2, 5)), study_uid=uid, series_uid=uid + ".1")
+    mixed = dicom_series(head_volume(3), study_uid=uid, series_uid=uid + ".7")  # mixed orientations: not put together
+    mixed += dicom_series(head_volume(3, seed=5), orientation=SAGITTAL, study_uid=uid, series_uid=uid + ".7")[:1]
+    outcome = analyse_study(files + relabelled(mixed, SeriesNumber=7), tiny_classifier)
+    (named,) = outcome.unread
+    assert named.startswith("DICOM series 7: ")
+    store, images, doctor = SQLiteStore(tmp_path / "r.db"), FolderImages(tmp_path / "img"), Actor("dr-a", "radiologist")
+    saved = save_study(outcome, store, actor=doctor, patient_ref=None, images=images, key=b"k" * 32)
+    ids = [view.record.id for view in saved.views if view.record is not None]
+    assert store.get(ids[0]).study_unread_named == (named,)
+    text = " ".join(text_of(study_report(store, images, doctor, ids, tiny_classifier, None), tmp_path).split())
+    assert f"Not analysed, read yourself: {named}" in text
+
+
 def test_a_report_of_a_study_whose_series_are_filed_under_two_patients_is_refused(
     saved_study, tiny_classifier: Classifier
 ) -> None:

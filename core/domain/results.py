@@ -99,6 +99,12 @@ class Record:
         return int((self.geometry or {}).get("study_unread", 0) or 0)
 
     @property
+    def study_unread_named(self) -> tuple[str, ...]:
+        """Which of those series could not be put together, and why ("DICOM series 9: ..."), as the analysing page
+        said it (none for a series saved before they were kept, or one none of whose sections could be read)."""
+        return tuple(str(name) for name in (self.geometry or {}).get("study_unread_named") or ())
+
+    @property
     def confidence(self) -> float:
         """The probability that the tumour / no-tumour call is right (:mod:`core.model.decision`)."""
         return float(self.tumour_probability if self.is_tumour else 1.0 - self.tumour_probability)

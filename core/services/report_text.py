@@ -103,6 +103,12 @@ def reviewed_verdict(records: Sequence[Record], others: int = 0) -> str | None:
     return NEGATIVE_LABEL if reviewed and len(reviewed) == len(records) and not others else None
 
 
+def unread_names(records: Sequence[Record]) -> str:
+    """The series of the study that could not be analysed, as the analysing page named them ("DICOM series 9:
+    ..."), once each; "" when none was named (a series none of whose sections could be read has no name kept)."""
+    return "; ".join(sorted({name for r in records for name in r.study_unread_named}))
+
+
 def study_headline(records: Sequence[Record], model_tumour: bool, unread: int = 0) -> str:
     """The report's first verdict line: the radiologists' final labels when every series is reviewed, or when a
     reviewed one is a tumour (it makes the study one), with the model's verdict beside them; the model's verdict,

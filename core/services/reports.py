@@ -35,6 +35,7 @@ from core.services.report_text import (
     series_lines,
     study_facts,
     study_headline,
+    unread_names,
 )
 from core.services.series_views import SeriesView, section_heat, stored_series_view
 from core.services.views import scaled_outline
@@ -101,6 +102,9 @@ def _verdict(pdf, records: Sequence[Record], unread: int = 0) -> None:
     pdf.set_font("Helvetica", "B", 13)
     headline = study_headline(records, any(r.is_tumour for r in records), unread)
     pdf.multi_cell(0, 7, pdf_text(headline), **_NEXT_LINE)
+    if named := unread_names(records):  # which: "1 series could not be analysed" named none to look for
+        pdf.set_font("Helvetica", size=9)
+        pdf.multi_cell(0, 4.5, pdf_text(f"Not analysed, read yourself: {named}"), **_NEXT_LINE)
 
 
 @dataclass(frozen=True, eq=False)

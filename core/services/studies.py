@@ -58,6 +58,7 @@ def series_record(
     image_key: str | None = None,
     study_unread: int = 0,
     series_number: int | None = None,
+    unread_named: Sequence[str] = (),
 ) -> Record:
     """The record of an analysed series (validated). Its study is kept as a keyed hash of the study's UID hash
     (None without a key: each series then counts as its own study); ``study_unread``: series of its study nobody
@@ -96,6 +97,7 @@ def series_record(
         | ({"notes": [*volume.warnings, *analysis.unjudged]} if analysis.unjudged else {})  # said again when reopened
         | {"rule": applied_rule(analysis)}
         | ({"study_unread": study_unread} if study_unread else {})
+        | ({"study_unread_named": list(unread_named)} if unread_named else {})  # named in its PDF and History
         | ({"series_number": series_number} if series_number else {})
         | ({"scan_day": day} if key and (day := scan_day(volume.scanned, key)) is not None else {})
         | ({"lesion_caveats": analysis.volume_caveats} if analysis.volume_caveats else {})
@@ -135,6 +137,7 @@ def save_series(
     key: bytes | None = None,
     study_unread: int = 0,
     series_number: int | None = None,
+    unread_named: Sequence[str] = (),
 ) -> SaveStatus:
     """Keep the series' de-identified pixels, write its record and sections once (both or neither), and audit the
     upload. A series with no analysed section is not saved (it has no verdict); ``study_unread``: how many series
@@ -154,6 +157,7 @@ def save_series(
         image_key=image_key,
         study_unread=study_unread,
         series_number=series_number,
+        unread_named=unread_named,
     )
     sections = section_rows(analysis)
     status = save_record(record, store, actor, write=lambda r: store.add_series(r, sections))
@@ -236,6 +240,7 @@ def save_study_series(
         key=key,
         study_unread=outcome.unanalysed,
         series_number=number,
+        unread_named=outcome.unread,
     )
 
 
