@@ -530,6 +530,41 @@ def test_images_past_retention_are_purged_by_an_admin_only_and_audited(store, tm
     assert store.audit_events()[-1].action == "images_purge_failed"
 
 
+@pytest.mark.parametrize("kind", ["folder", "gridfs"])
+def test_a_purge_while_another_runs_is_refused_before_it_claims_anything(store, tmp_path, kind) -> None:
+    """Two purges at once (the Accounts page's and a scheduled command) each recorded every expired image as deleted
+    by it: the trail claimed 120 deletions of 60 images."""
+    from core.errors import StoreUnavailable
+    from core.services import retention
+    from core.storage.images import GridFSImages
+
+    if kind == "folder":
+        images = FolderImages(tmp_path / "images")
+    else:  # the claim alone (mongomock has no GridFS bucket): the purge's own steps are tested with the folder
+        import mongomock
+
+        images = GridFSImages.__new__(GridFSImages)
+        images._meta = mongomock.MongoClient(tz_aware=True)["btd_purge"]["meta"]
+    events = len(store.audit_events())
+    with images.purging(), pytest.raises(StoreUnavailable, match="Another purge of the stored images is running"):
+        retention.purge_images(store, images, ADMIN, 90)  # another purge under way: refused before its event
+    assert len(store.audit_events()) == events  # nothing claimed
+    if kind == "folder":  # ended: the next one runs
+        assert retention.purge_images(store, images, ADMIN, 90).deleted == 0
+        assert store.audit_events()[-1].action == "images_purged"
+    else:  # ended, or its purge died: the claim is free again once its lease is over
+        from datetime import timedelta
+
+        with images.purging():
+            pass
+        with images.purging():
+            stale = {"$set": {"until": datetime.now(UTC) - timedelta(seconds=1), "token": "a dead purge's"}}
+            images._meta.update_one({"_id": "images_purge"}, stale)
+        images._meta.update_one({"_id": "images_purge"}, stale, upsert=True)
+        with images.purging():
+            pass
+
+
 def test_a_purge_keeps_the_images_of_results_nobody_has_reviewed_until_they_are(store, tmp_path) -> None:
     """The purge deleted the worklist's oldest unread cases' images, which were then agreed with unseen."""
     import os

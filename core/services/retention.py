@@ -51,29 +51,30 @@ def purge_images(store: Store, images: ImageStore, actor: Actor, days: int | Non
     keep = retention_days() if days is None else days
     if keep < 1:
         raise ValueError(f"Images are kept at least 1 day (asked: {keep}); today's may not be reviewed yet.")
-    cutoff = datetime.now(UTC) - timedelta(days=keep)
-    old, unread = images.expired(cutoff), store.unread_image_keys()
-    expired = [key for key in old if key not in unread]
-    audit.record(  # at most: an image saved again meanwhile is kept
-        store,
-        actor,
-        "images_purged",
-        None,
-        older_than_days=keep,
-        deleted=len(expired),
-        kept_unread=len(old) - len(expired),
-    )
-    deleted = 0
-    try:
-        for key in expired:
-            deleted += images.delete(key, stored_before=cutoff)  # saved again meanwhile: kept
-        images.sweep(datetime.now(UTC) - timedelta(hours=1))  # pieces an interrupted deletion left behind
-    except (StoreError, OSError) as error:  # the event said they were deleted: the trail says how far it went (a
-        # read-only image folder kept them all under "images_purged, deleted: 7")
-        failed = error if isinstance(error, StoreError) else StoreUnavailable("The image store cannot be changed.")
-        with suppress(StoreError):
-            audit.record(store, actor, "images_purge_failed", None, deleted=deleted, code=failed.code)
-        if failed is error:
-            raise
-        raise failed from error
-    return Purged(deleted, len(old) - len(expired))
+    with images.purging():  # one at a time: two at once each claimed every deletion in the trail
+        cutoff = datetime.now(UTC) - timedelta(days=keep)
+        old, unread = images.expired(cutoff), store.unread_image_keys()
+        expired = [key for key in old if key not in unread]
+        audit.record(  # at most: an image saved again meanwhile is kept
+            store,
+            actor,
+            "images_purged",
+            None,
+            older_than_days=keep,
+            deleted=len(expired),
+            kept_unread=len(old) - len(expired),
+        )
+        deleted = 0
+        try:
+            for key in expired:
+                deleted += images.delete(key, stored_before=cutoff)  # saved again meanwhile: kept
+            images.sweep(datetime.now(UTC) - timedelta(hours=1))  # pieces an interrupted deletion left behind
+        except (StoreError, OSError) as error:  # the event said they were deleted: the trail says how far it went (a
+            # read-only image folder kept them all under "images_purged, deleted: 7")
+            failed = error if isinstance(error, StoreError) else StoreUnavailable("The image store cannot be changed.")
+            with suppress(StoreError):
+                audit.record(store, actor, "images_purge_failed", None, deleted=deleted, code=failed.code)
+            if failed is error:
+                raise
+            raise failed from error
+        return Purged(deleted, len(old) - len(expired))

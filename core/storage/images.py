@@ -14,8 +14,8 @@ import os
 import re
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
-from datetime import UTC, datetime
+from contextlib import AbstractContextManager, contextmanager, suppress
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -34,6 +34,11 @@ class ImageStore(Protocol):
     def expired(self, before: datetime) -> list[str]: ...
     def stored_keys(self) -> list[str]: ...
     def sweep(self, started_before: datetime) -> int: ...
+    def purging(self) -> AbstractContextManager[None]: ...
+
+
+ANOTHER_PURGE = "Another purge of the stored images is running: try again once it has finished."
+PURGE_LEASE_S = 3600  # GridFS: a purge's claim, ended by the purge or, if it died, by this many seconds
 
 
 def encode(pixels: np.ndarray) -> bytes:
@@ -52,6 +57,27 @@ def _check(key: str) -> None:
 class FolderImages:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+
+    @contextmanager
+    def purging(self) -> Iterator[None]:
+        """One purge at a time (the page's and a scheduled command's): two at once each recorded every expired
+        image as deleted by it, and the trail claimed twice the deletions there were. A lock file beside the
+        images, held while the purge runs; another purge meanwhile is refused (:data:`ANOTHER_PURGE`)."""
+        import fcntl
+
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            handle = open(self.root / ".purge.lock", "a")  # noqa: SIM115 -- closed below, its lock with it
+        except OSError as error:  # a read-only image folder: nothing could be deleted, and nothing is claimed
+            raise StoreUnavailable("The image store cannot be changed.") from error
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as error:
+                raise StoreUnavailable(ANOTHER_PURGE) from error
+            except OSError:  # a file system without locks (ENOLCK): purged unlocked, as before
+                pass
+            yield
 
     def _path(self, key: str) -> Path:
         _check(key)
@@ -165,6 +191,29 @@ class GridFSImages:
 
         self._bucket = gridfs.GridFSBucket(database, bucket_name="images")
         self._files, self._chunks = database["images.files"], database["images.chunks"]
+        self._meta = database["meta"]
+
+    @contextmanager
+    def purging(self) -> Iterator[None]:
+        """One purge at a time, as :meth:`FolderImages.purging`: a claim in ``meta`` that ends with the purge, or
+        after :data:`PURGE_LEASE_S` when the process holding it died."""
+        from pymongo.errors import DuplicateKeyError
+
+        now, token = datetime.now(UTC), os.urandom(8).hex()
+        with _mongo_errors():
+            try:
+                self._meta.find_one_and_update(
+                    {"_id": "images_purge", "until": {"$lt": now}},
+                    {"$set": {"until": now + timedelta(seconds=PURGE_LEASE_S), "token": token}},
+                    upsert=True,
+                )
+            except DuplicateKeyError as error:  # held, and not expired
+                raise StoreUnavailable(ANOTHER_PURGE) from error
+        try:
+            yield
+        finally:
+            with suppress(StoreError), _mongo_errors():
+                self._meta.delete_one({"_id": "images_purge", "token": token})
 
     def put(self, pixels: np.ndarray) -> str:
         data = encode(pixels)

@@ -89,7 +89,7 @@ def _images_beside(database: Path) -> bool:
     """Whether the image store beside ``database`` (``images/``, :class:`core.storage.images.FolderImages`) keeps
     any image: a database was there."""
     folder = database.parent / "images"
-    return folder.is_dir() and any(path.is_file() for path in folder.rglob("*"))
+    return folder.is_dir() and any(path.is_file() for path in folder.rglob("*.png"))
 
 
 @contextmanager
