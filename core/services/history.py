@@ -107,15 +107,16 @@ def model_caveat(current: SeriesView, prior: SeriesView) -> str | None:
     """A warning when another model read the prior: its probabilities are on another scale (another calibration,
     another series rule), so no change in them is given (the same series read again by an older model read as a
     change "since the prior")."""
-    if current.model == prior.model:
+    return _another_model(current, prior.model, prior.record)
+
+
+def _another_model(current: SeriesView, model: str, prior: Record | None) -> str | None:
+    """:func:`model_caveat` for a prior read by ``model`` (its record ``prior``, when known)."""
+    if current.model == model:
         return None
-    same_images = (
-        current.record is not None
-        and prior.record is not None
-        and (current.record.image_sha256 == prior.record.image_sha256)
-    )
+    same_images = current.record is not None and prior is not None and current.record.image_sha256 == prior.image_sha256
     what = "This is the same series read by another model" if same_images else "The prior was read by another model"
-    return f"{what} ({prior.model}): its probabilities are on another scale, so no change in them is given."
+    return f"{what} ({model}): its probabilities are on another scale, so no change in them is given."
 
 
 def _plane(view: SeriesView) -> str | None:
@@ -176,12 +177,8 @@ def change(current: SeriesView, index: int, prior: SeriesView) -> tuple[int, Cha
 def kept_caveat(current: SeriesView, prior: Record) -> str | None:
     """Why the series score of a prior whose images are no longer kept is not compared (another model, another
     plane, as :func:`change` judges), or None."""
-    model = f"{prior.model_name} {prior.model_version}"
-    if current.model != model:
-        return (
-            f"The prior was read by another model ({model}): its probabilities are on another scale, so no change "
-            "in them is given."
-        )
+    if caveat := _another_model(current, f"{prior.model_name} {prior.model_version}", prior):
+        return caveat
     planes = [_plane(current) or "unknown plane", (prior.geometry or {}).get("plane") or "unknown plane"]
     if planes[0] != planes[1]:
         return (

@@ -86,8 +86,12 @@ def open_for_saving() -> tuple[Store, ImageStore, bytes | None]:
     ValueError when a key cannot be made or is not the database's (:func:`checked_patient_key`)."""
     store = open_results_store(existing=True)
     images = open_image_store(store)
-    key = patient_key(file_secrets(), shared_database=bool(mongodb_uri(file_secrets())))
-    return store, images, checked_patient_key(store, key)
+    return store, images, checked_patient_key(store, _configured_patient_key())
+
+
+def _configured_patient_key() -> bytes | None:
+    """The patient-reference key the command's settings give (the server's, as for every command)."""
+    return patient_key(file_secrets(), shared_database=bool(mongodb_uri(file_secrets())))
 
 
 WRONG_PATIENT_KEY = (
@@ -105,7 +109,7 @@ def accept_patient_key(store: Store, actor: Actor) -> tuple[str, bool]:
     the one this database's references are made with, an administrator's decision, audited with the fingerprint it
     replaces; (its fingerprint, whether it changed anything). :class:`ConfigError` when none is configured."""
     require(actor, SETTINGS)
-    key = patient_key(file_secrets(), shared_database=bool(mongodb_uri(file_secrets())))
+    key = _configured_patient_key()
     if key is None:
         raise ConfigError("no patient-reference key is configured: there is none to accept")
     ours, recorded = fingerprint(key), store.key_check("patient_reference", fingerprint(key))
