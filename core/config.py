@@ -35,6 +35,20 @@ def data_dir() -> Path:
     return Path(os.environ.get("BTD_DATA_DIR") or PROJECT_ROOT / "data")
 
 
+DEFAULT_SECRETS = PROJECT_ROOT / ".streamlit" / "secrets.toml"
+
+
+def missing_secrets(path: Path) -> str | None:
+    """Why a secrets file named in the configuration (``BTD_SECRETS``, the app's ``secrets.files``) cannot be used
+    because it is not there, or None. Only the project's own may be absent (no secrets: the embedded database and
+    local keys); a mistyped name ran the commands and the app on a new embedded database with new keys, without a
+    word, instead of the configured MongoDB."""
+    path = path.expanduser()
+    if path.exists() or path.resolve() == DEFAULT_SECRETS.resolve():
+        return None
+    return f"the secrets file {path} named in the configuration (BTD_SECRETS, secrets.files) does not exist"
+
+
 def file_secrets() -> dict[str, Any]:
     """The app's secrets file (``BTD_SECRETS``, else the project's ``.streamlit/secrets.toml``) for the command
     line, which Streamlit does not configure: the same database, keys and PACS as the app serves (the commands
@@ -42,7 +56,9 @@ def file_secrets() -> dict[str, Any]:
     another database, with other keys). Empty when there is none; a file that cannot be read is refused."""
     import tomllib
 
-    path = Path(os.environ.get("BTD_SECRETS") or PROJECT_ROOT / ".streamlit" / "secrets.toml")
+    path = Path(os.environ.get("BTD_SECRETS") or DEFAULT_SECRETS)
+    if problem := missing_secrets(path):
+        raise ConfigError(problem)
     try:
         secrets = tomllib.loads(path.read_text())
     except FileNotFoundError:

@@ -20,7 +20,10 @@ def state_register(tmp_path_factory: pytest.TempPathFactory) -> None:
     """The register of known databases (core.storage.stamps) in a test folder, never the user's own."""
     os.environ["BTD_STATE_DIR"] = str(tmp_path_factory.mktemp("state"))
     # the command line reads the app's secrets file: never a developer's own in the tests (a test names one)
-    os.environ["BTD_SECRETS"] = str(tmp_path_factory.mktemp("secrets") / "secrets.toml")
+    # (an empty one: a secrets file named but not there is refused)
+    secrets = tmp_path_factory.mktemp("secrets") / "secrets.toml"
+    secrets.touch()
+    os.environ["BTD_SECRETS"] = str(secrets)
 
 
 @pytest.fixture(autouse=True)

@@ -407,6 +407,12 @@ def test_a_configuration_fault_is_bad_configuration_from_every_command_and_names
     for args in (["users", "list"], ["predict", "--save", "--model", str(tiny_card), str(scan)]):
         code, (line,) = run_main(args, capsys)
         assert code == 2 and line["error"]["code"] == "bad_configuration" and "secrets file" in line["error"]["message"]
+    monkeypatch.setenv("BTD_SECRETS", str(tmp_path / "secret.toml"))  # mistyped: a new database and keys, rc 0
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "unmade"))
+    for args in (["users", "list"], ["predict", "--save", "--model", str(tiny_card), str(scan)]):
+        code, (line,) = run_main(args, capsys)
+        assert (code, line["error"]["code"]) == (2, "bad_configuration") and "not exist" in line["error"]["message"]
+    assert not (tmp_path / "unmade").exists()
 
 
 def test_predict_save_exits_3_when_a_result_could_not_be_saved(

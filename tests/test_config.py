@@ -134,6 +134,7 @@ def test_the_command_line_reads_the_apps_secrets_file(tmp_path: Path, monkeypatc
     monkeypatch.setenv("BTD_SECRETS", str(path))
     monkeypatch.delenv("BTD_HMAC_KEY", raising=False)
     monkeypatch.delenv("BTD_PACS_URL", raising=False)
+    path.write_text("")
     assert file_secrets() == {}
     path.write_text('[identity]\nhmac_key = "' + "ab" * 32 + '"\n[pacs]\nurl = "http://pacs.example/dicom-web"\n')
     assert patient_key(file_secrets(), shared_database=True) == bytes.fromhex("ab" * 32)
@@ -141,6 +142,21 @@ def test_the_command_line_reads_the_apps_secrets_file(tmp_path: Path, monkeypatc
     path.write_text("[identity\n")
     with pytest.raises(ValueError, match="cannot be read"):
         file_secrets()
+
+
+def test_a_secrets_file_named_but_not_there_is_refused_not_read_as_none(tmp_path: Path, monkeypatch) -> None:
+    """``BTD_SECRETS`` mistyped ran the commands on a new embedded database with new keys, rc 0, instead of the
+    configured MongoDB; only the project's own file may be absent (no secrets configured)."""
+    import pytest
+
+    from core.config import DEFAULT_SECRETS, file_secrets, missing_secrets
+
+    monkeypatch.setenv("BTD_SECRETS", str(tmp_path / "secret.toml"))
+    with pytest.raises(ValueError, match=r"secret\.toml named in the configuration \(BTD_SECRETS.*does not exist"):
+        file_secrets()
+    monkeypatch.setenv("BTD_SECRETS", "")  # set but empty: unset, as make run reads it
+    assert missing_secrets(DEFAULT_SECRETS) is None and missing_secrets(tmp_path) is None  # a folder of them
+    assert "does not exist" in missing_secrets(tmp_path / "secret.toml")
 
 
 def test_the_app_reads_the_one_secrets_file_the_command_line_reads() -> None:

@@ -326,6 +326,29 @@ def test_a_secrets_file_that_cannot_be_read_opens_no_database_and_makes_no_key(m
     assert resources.secrets_problem() is None
 
 
+def test_a_secrets_file_named_but_not_there_opens_no_database_and_is_logged_once(monkeypatch, tmp_path, caplog):
+    """``make run BTD_SECRETS=<a mistyped path>`` served the sign-in page on a new embedded database with new keys,
+    and the server's log said nothing (a failure to open showed on the sign-in page alone)."""
+    import logging
+
+    from streamlit import config
+
+    from core.errors import StoreError
+    from ui import resources
+
+    files = [str(tmp_path / "secret.toml")]
+    monkeypatch.setattr(config, "get_option", lambda name: files if name == "secrets.files" else None)
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setattr(resources, "_last_health", {})
+    with caplog.at_level(logging.ERROR, logger="btd.ui"):
+        for _ in range(3):
+            with pytest.raises(StoreError, match=r"No database is opened: the secrets file .*secret\.toml.*not exist"):
+                resources.current_store()
+    assert not (tmp_path / "data").exists()
+    logged = [r.getMessage() for r in caplog.records if "event=store_unopened" in r.getMessage()]
+    assert len(logged) == 1 and "code=store_error" in logged[0] and "secret.toml" in logged[0]
+
+
 def test_a_mistyped_secret_opens_no_database_in_the_app_either(monkeypatch, tmp_path) -> None:
     """The app read ``[mongo] url`` as no MongoDB and opened the embedded database beside a configured one."""
     from core.errors import StoreError

@@ -13,7 +13,15 @@ from typing import Any
 
 import streamlit as st
 
-from core.config import audit_key, data_dir, model_card_path, mongodb_uri, patient_key, secrets_mistake
+from core.config import (
+    audit_key,
+    data_dir,
+    missing_secrets,
+    model_card_path,
+    mongodb_uri,
+    patient_key,
+    secrets_mistake,
+)
 from core.errors import StoreError
 from core.model.card import ModelCard
 from core.model.classifier import Classifier
@@ -38,14 +46,17 @@ def secrets() -> Mapping[str, Any]:
 
 
 def secrets_problem() -> str | None:
-    """Why a secrets file that exists cannot be read (a TOML typo, its permissions), or None. Read as empty, it
-    opened the embedded database and made new keys beside it, while the command line refused the same file."""
+    """Why the secrets file named cannot be used (not there, a TOML typo, its permissions), or None. Read as
+    empty, it opened the embedded database and made new keys beside it, while the command line refused it."""
+    from streamlit import config
+
+    for name in config.get_option("secrets.files"):  # one named but not there (BTD_SECRETS mistyped): not "none"
+        if problem := missing_secrets(Path(name)):
+            return problem
     try:
         return secrets_mistake(st.secrets.to_dict())
     except Exception:
         import tomllib
-
-        from streamlit import config
 
         for name in config.get_option("secrets.files"):  # each file, or each .toml of a folder (a mounted secret)
             path = Path(name).expanduser()
@@ -149,10 +160,23 @@ ANOTHER_KEY = (
 )
 
 
+_last_health: dict[str, str] = {}  # the last state logged per store ("opening": why none could be opened)
+
+
 def current_store() -> Store:
-    if problem := secrets_problem():  # no database guessed at: the configured one may be another
-        raise StoreError(f"No database is opened: {problem}.")
-    return _store(mongodb_uri(secrets()), str(data_dir()))
+    """The database every page reads and writes. A configuration that opens none is said on the pages and, once
+    per reason, in the server's log (it showed on the sign-in page alone: the service's log read as healthy)."""
+    try:
+        if problem := secrets_problem():  # no database guessed at: the configured one may be another
+            raise StoreError(f"No database is opened: {problem}.")
+        store = _store(mongodb_uri(secrets()), str(data_dir()))
+    except StoreError as error:
+        if _last_health.get("opening") != str(error):  # the message is safe to show: no credentials
+            logger.error("event=store_unopened code=%s reason=%s", error.code, error)
+            _last_health["opening"] = str(error)
+        raise
+    _last_health.pop("opening", None)
+    return store
 
 
 @st.cache_resource(show_spinner=False, ttl=60)  # checked again each minute: a key accepted since by an administrator
@@ -173,9 +197,6 @@ def current_patient_key() -> bytes | None:
         return _patient_key(bool(uri), identity.get("hmac_key"), current_store(), f"{uri}|{data_dir()}")
     except StoreError as error:
         raise ValueError(str(error)) from error
-
-
-_last_health: dict[str, str] = {}  # the last state logged per store
 
 
 @st.cache_data(ttl=10, show_spinner=False)
