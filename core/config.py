@@ -258,7 +258,7 @@ def first_admin_command(secrets: Mapping[str, Any]) -> str:
     for name, what in (("BTD_AUDIT_KEY", "audit key"), ("BTD_HMAC_KEY", "patient key")):
         if os.environ.get(name):  # named, never printed: an event under another key reads as tampering for good
             settings += f'{name}="<the server\'s {what}>" '
-    return (
-        f"cd {shlex.quote(str(PROJECT_ROOT))} && echo 'a long password' | {settings}{python} -m core users add admin "
-        "--role admin --password-stdin --temporary"  # the password printed here is changed at the first sign-in
-    )
+    # no password in it: the page shows it to every visitor while no account exists, and the one it printed was
+    # anybody's to sign in with first (asked for at the terminal instead, twice, not shown nor kept in its history)
+    folder = shlex.quote(str(PROJECT_ROOT))
+    return f"cd {folder} && {settings}{python} -m core users add admin --role admin --password-stdin"

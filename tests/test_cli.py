@@ -540,20 +540,20 @@ def test_bad_values_a_corrupt_file_and_a_url_with_credentials_each_get_one_json_
 
 
 def test_a_password_from_standard_input_loses_a_windows_line_ending(tmp_path, monkeypatch, capsys) -> None:
-    """'a long password\\r' was stored: the first admin made from a Windows-edited file could not sign in."""
+    """'a long passphrase\\r' was stored: the first admin made from a Windows-edited file could not sign in."""
     import io
 
     from core.services import accounts
     from core.storage import open_store
 
     monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setattr(sys, "stdin", io.StringIO("a long password\r\n"))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("a long passphrase\r\n"))
     code, _ = run_main(["users", "add", "boss", "--role", "admin", "--password-stdin"], capsys)
     assert code == 0
     from core.config import audit_key
 
     store = open_store(None, tmp_path / "data", audit_key({}, shared_database=False))  # as the command's
-    assert accounts.sign_in(store, "boss", "a long password").role == "admin"
+    assert accounts.sign_in(store, "boss", "a long passphrase").role == "admin"
 
 
 def test_a_reader_that_stops_reading_ends_the_command_quietly(

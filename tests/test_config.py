@@ -177,9 +177,9 @@ def test_the_app_reads_the_one_secrets_file_the_command_line_reads() -> None:
     assert "--secrets.files" not in started("BTD_SECRETS=")
 
 
-def test_the_first_admin_command_names_the_servers_keys_and_makes_the_printed_password_temporary(monkeypatch) -> None:
+def test_the_first_admin_command_names_the_servers_keys_and_prints_no_password(monkeypatch) -> None:
     """Run without the server's BTD_AUDIT_KEY the command wrote its event under the data folder's own key (the trail
-    then read as tampered with); and the password it prints, the README's too, stayed the admin's for good."""
+    then read as tampered with); and the password it printed, shown to every visitor, was anybody's to use first."""
     import shlex
 
     from core.config import first_admin_command
@@ -192,7 +192,7 @@ def test_the_first_admin_command_names_the_servers_keys_and_makes_the_printed_pa
     command = first_admin_command({})
     assert 'BTD_AUDIT_KEY="<the server\'s audit key>"' in command and "a" * 64 not in command
     assert 'BTD_HMAC_KEY="<the server\'s patient key>"' in command and "b" * 64 not in command
-    assert command.endswith("--password-stdin --temporary")
+    assert command.endswith("--role admin --password-stdin") and "echo" not in command  # typed, not printed
     shlex.split(command)  # quoted as a shell reads it (an apostrophe inside single quotes left one open)
     import pytest
 

@@ -142,6 +142,9 @@ def test_disabled_accounts_and_short_passwords_are_refused(store) -> None:
     for untypable in ("Long-enough\x00pass-1", "Long-enough\tpass-1", "Long-enough pass-1\x7f", "Long-enough\x85pass"):
         with pytest.raises(InvalidRecord, match="no control character"):  # a NUL: nobody could sign in with it
             accounts.add_account(store, COMMAND_LINE, "dr-b", "admin", untypable)
+    for published in ("a long password", "A Long Password "):  # the first admin's, once printed on the sign-in
+        with pytest.raises(InvalidRecord, match="printed in this project's documentation"):  # page: anybody's
+            accounts.add_account(store, COMMAND_LINE, "admin", "admin", published)
     assert store.accounts() == []
     accounts.add_account(store, COMMAND_LINE, "dr-a", "radiologist", PASSWORD)
     accounts.set_disabled(store, ADMIN, "dr-a")
@@ -426,11 +429,17 @@ def test_a_password_is_asked_without_echo_at_a_terminal_and_missing_standard_inp
         def isatty(self) -> bool:
             return True
 
-    asked = []
-    monkeypatch.setattr(getpass, "getpass", lambda prompt: asked.append(prompt) or PASSWORD)
+    asked, typed = [], [PASSWORD, PASSWORD + "x"]  # asked twice: mistyped once, unseen, the account was lost
+    monkeypatch.setattr(getpass, "getpass", lambda prompt: asked.append(prompt) or typed[len(asked) - 1])
     monkeypatch.setattr(sys, "stdin", Terminal(""))
+    assert main(["users", "add", "root", "--role", "admin", "--password-stdin"]) == 2
+    (line,) = [json.loads(text) for text in capsys.readouterr().out.splitlines()]
+    assert "passwords typed differ" in line["error"]["message"] and PASSWORD not in json.dumps(line)
+    assert not (tmp_path / "data" / "results.sqlite3").exists()  # asked before any database is opened
+    asked, typed = [], [PASSWORD, PASSWORD]
     assert main(["users", "add", "root", "--role", "admin", "--password-stdin"]) == 0
-    assert asked == ["Password (not shown): "] and PASSWORD not in capsys.readouterr().out
+    assert asked == ["Password (not shown): ", "The same password again: "]
+    assert PASSWORD not in capsys.readouterr().out
     monkeypatch.setattr(sys, "stdin", None)
     assert main(["users", "set-password", "root", "--password-stdin"]) == 2
     (line,) = [json.loads(text) for text in capsys.readouterr().out.splitlines()]

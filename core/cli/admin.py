@@ -106,7 +106,7 @@ def add_commands(commands: Any) -> None:
 
 
 def _password() -> str:
-    return stdin_secret()
+    return stdin_secret(confirm=True)
 
 
 def _shown(account: Account) -> dict[str, Any]:

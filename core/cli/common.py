@@ -138,17 +138,20 @@ def write_new(folder: Path, stem: str, suffix: str, data: bytes) -> Path:
     raise FileExistsError(f"no free name for {stem}{suffix} in the output folder")
 
 
-def stdin_secret() -> str:
+def stdin_secret(confirm: bool = False) -> str:
     """One line of standard input as a password: its line ending removed, a Windows one too (a trailing carriage
     return made a password typed in a Windows-edited file one nobody could type at the sign-in form). Typed at a
-    terminal it is asked for without echo (it was shown on the screen as it was typed); without standard input at
-    all it is a ValueError that says so."""
+    terminal it is asked for without echo (it was shown on the screen as it was typed), twice when ``confirm`` (a
+    new account's password mistyped once, unseen, locked its owner out); without standard input at all it is a
+    ValueError that says so."""
     if sys.stdin is None or sys.stdin.closed:
         raise ValueError("There is no standard input to read the password from: pipe it in (echo '...' |).")
     if sys.stdin.isatty():
         import getpass
 
         line = getpass.getpass("Password (not shown): ")
+        if confirm and getpass.getpass("The same password again: ") != line:
+            raise ValueError("The two passwords typed differ; nothing was changed.")
     else:
         line = sys.stdin.readline().rstrip("\r\n")
     try:

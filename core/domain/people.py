@@ -226,6 +226,8 @@ class AuditQuery:
 
 
 MIN_PASSWORD = 12
+# passwords this project's pages and README once printed for the first admin: anybody's to sign in with
+PUBLISHED_PASSWORDS = frozenset({"a long password"})
 
 
 def check_password(password: str) -> None:
@@ -235,5 +237,7 @@ def check_password(password: str) -> None:
         raise InvalidRecord(f"A password has at least {MIN_PASSWORD} characters.")
     if not password.strip() or len(set(password)) == 1:
         raise InvalidRecord("A password is not only spaces or one character repeated.")
+    if password.strip().lower() in PUBLISHED_PASSWORDS:
+        raise InvalidRecord("That password is printed in this project's documentation: choose your own.")
     if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in password):  # piped in: nobody could type it at the form
         raise InvalidRecord("A password holds no control character (a tab, a NUL byte): no sign-in form can type one.")
