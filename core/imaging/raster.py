@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from core.errors import CorruptImage, ImageTooLarge, MultiFrameImage, ScanError, UnsupportedFormat
-from core.imaging.codestream import SOS, jpeg_segments, restarts
+from core.imaging.codestream import GREY_FILL, cut_short, fill_of_a_cut, grey_filled
 from core.imaging.limits import Limits, check_decoded_size, check_dimensions, stretch_to_uint8
 
 # Pillow's debug lines quote every EXIF tag's value as it decodes (an ImageDescription or Artist holding a name):
@@ -54,24 +54,15 @@ def read_raster(data: bytes, fmt: str, limits: Limits) -> tuple[np.ndarray, floa
                 if fmt == "png":
                     _check_png_depth(data, what)
                     header.verify()  # chunk CRCs and the IEND marker
-                if fmt == "jpeg" and not _progressive_complete(data):
-                    raise CorruptImage(
-                        "The JPEG file is cut short: its progressive scans end before the image is complete."
-                    )
-                if fmt == "jpeg" and (counted := restarts(data)) is not None and counted[1] < counted[0]:
-                    raise CorruptImage(
-                        f"The JPEG file is cut short: it holds {counted[1] + 1} of its {counted[0] + 1} restart "
-                        "intervals (the rest would read as grey)."
-                    )
+                if fmt == "jpeg" and (reason := cut_short(data)):
+                    raise CorruptImage(f"The JPEG file is cut short: {reason}")
             with Image.open(io.BytesIO(data), formats=[pillow_format]) as image:
                 size = image.size
                 image = _decode_within_budget(image, limits)
                 if fmt == "png":  # once decoded within the budget: counting its rows costs no more
                     _check_png_rows(data, size)
-                if fmt == "jpeg" and _grey_filled(image) and _fill_of_a_cut(data, size, limits):
-                    raise CorruptImage(
-                        "The JPEG file is cut short: its last rows are the decoder's grey fill, not the image."
-                    )
+                if fmt == "jpeg" and grey_filled(image) and fill_of_a_cut(data, size, limits.max_decoded_bytes):
+                    raise CorruptImage(f"The JPEG file is cut short: {GREY_FILL}")
                 image = ImageOps.exif_transpose(image)
                 pixels, colourfulness = _to_gray(image)
                 return pixels, colourfulness, declared
@@ -87,34 +78,6 @@ def read_raster(data: bytes, fmt: str, limits: Limits) -> tuple[np.ndarray, floa
         ) from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise CorruptImage(f"The {what} file is damaged or incomplete ({_describe(error)}).") from error
-
-
-def _grey_filled(image: Image.Image) -> bool:
-    """Whether a decoded JPEG ends in rows of the decoder's fill (mid-grey, 128, one block high at least): a file cut
-    short and closed with an end marker decodes without an error, its missing rows grey (a slice cut so was called
-    meningioma at 1.0)."""
-    pixels = np.asarray(image.convert("L"))
-    filled = 0
-    for row in pixels[::-1]:
-        if row.min() != 128 or row.max() != 128:
-            break
-        filled += 1
-    return 8 <= filled < pixels.shape[0]
-
-
-def _fill_of_a_cut(data: bytes, size: tuple[int, int], limits: Limits) -> bool:
-    """Whether grey last rows (:func:`_grey_filled`) are Pillow's fill of a file cut short, not an image's own (an
-    export's caption strip of mid-grey, refused as cut short): a second decoder, libjpeg, which fills a cut file
-    otherwise, reads them too. A file it cannot read, or too large to read again, stays refused."""
-    if size[0] * size[1] * 3 > limits.max_decoded_bytes:
-        return True
-    try:
-        from libjpeg import decode  # pylibjpeg's, pinned for compressed DICOM
-
-        pixels = decode(data)
-    except Exception:  # any failure of the second decoder leaves the first's verdict
-        return True
-    return not bool((np.asarray(pixels)[-8:] == 128).all())
 
 
 _CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # PNG colour type -> samples per pixel
@@ -151,29 +114,6 @@ def _check_png_rows(data: bytes, size: tuple[int, int]) -> None:
             f"The PNG file is cut short: its image data holds {got * 100 // expected} % of the rows its header "
             "declares (the rest would read as black)."
         )
-
-
-_SOF_PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}
-
-
-def _progressive_complete(data: bytes) -> bool:
-    """Whether a progressive JPEG's scans, as their headers say, refine every component's DC and AC bands (1-63) to
-    their last bit: a file cut short and closed with an end marker decodes without an error, blurred (a cut slice
-    was called meningioma at 0.9997). A scan cut inside counts as there: its header is. True for a baseline JPEG."""
-    components, progressive, done = [], False, {}
-    for marker, segment in jpeg_segments(data):
-        if marker in _SOF_PROGRESSIVE | {0xC0, 0xC1}:
-            progressive = marker in _SOF_PROGRESSIVE
-            components = [segment[6 + 3 * k] for k in range(segment[5])] if len(segment) > 5 else []
-            done = {c: set() for c in components}
-        elif marker == SOS and progressive and segment:
-            count = segment[0]
-            ids = [segment[1 + 2 * k] for k in range(count)]
-            start, end, approx = segment[1 + 2 * count], segment[2 + 2 * count], segment[3 + 2 * count]
-            if approx & 0x0F == 0:  # the band's last bit
-                for c in ids:
-                    done.setdefault(c, set()).update(range(start, end + 1))
-    return not progressive or all(done.get(c, set()) >= set(range(64)) for c in components)
 
 
 def _check_png_depth(data: bytes, what: str) -> None:
