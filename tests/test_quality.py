@@ -64,6 +64,23 @@ def test_a_shift_in_the_tumour_rate_raises_a_drift_alarm_and_a_steady_one_does_n
     assert rows[8].out_of_control and not rows[2].out_of_control and "Out of control" in drift.message
 
 
+def test_the_baseline_rate_counts_the_periods_whose_tumours_are_withheld_unless_one_alone_would_come_back() -> None:
+    """Days with 1-4 of either kind were left out of the baseline: five days of 5 tumours and 1 other were dropped,
+    the one of 5 tumours kept, the baseline read 100 %, its limits shrank to nothing, and every later day of 80 %
+    was flagged out of control."""
+    quiet = [day(d, 6, 5) for d in range(5)] + [day(5, 5, 5)]
+    later = [day(d, 25, 20) for d in range(6, 12)]
+    rows, drift = quality_rows([*quiet, *later], date(2026, 3, 6))
+    assert drift.baseline_rate == pytest.approx(30 / 35) and not drift.alarms
+    assert all(r.tumour_rate == 0.8 and not r.rate_out for r in rows[6:])
+    assert all(r.tumour_rate is None for r in rows[:5])  # still withheld, each
+    # one withheld in the baseline, its partner (the smallest other tumour count, 8) after it: the baseline's rate
+    # would give the 5 back, so that day is left out
+    lone = [day(0, 6, 5), *(day(d, 20, 10) for d in range(1, 6)), day(6, 25, 8)]
+    rows, drift = quality_rows(lone, date(2026, 3, 6))
+    assert rows[0].tumour_rate is None and rows[6].tumour_rate is None and drift.baseline_rate == pytest.approx(0.5)
+
+
 def test_weeks_sum_their_days() -> None:
     weeks = roll_up_quality([day(d, 10, 3, 2, 1) for d in range(14)], "week")
     assert [(w.day, w.shown, w.reviewed) for w in weeks] == [
@@ -135,7 +152,8 @@ def test_a_periods_withheld_tumours_or_agreements_are_not_given_back_by_the_othe
     rows, drift = quality_rows(periods, date(2026, 3, 3))
     assert [r.tumour_rate for r in rows] == [None, None, pytest.approx(0.5)]  # the 7 and its partner, the 5
     assert [r.agreement for r in rows] == [None, pytest.approx(1.0), None]  # the 7 and its partner, the 10
-    assert drift.baseline_rate == pytest.approx(0.5)  # from the shown day alone (22 of 40 gave the others back)
+    assert drift.baseline_rate == pytest.approx(0.55)  # the 7 and the 5 come back as their sum only, as the
+    # headline's 22 of 40 gives it: neither alone
     steady = [day(0, 10, 5), day(1, 10, 5), day(2, 20, 10)]
     assert quality_rows(steady, date(2026, 3, 3))[1].baseline_rate == pytest.approx(0.5)
 
