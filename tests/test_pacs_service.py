@@ -976,6 +976,19 @@ def test_a_watch_whose_state_file_went_is_refused_not_sent_through_the_pacss_who
     assert [e.action for e in fresh.audit_events()] == ["pacs_watch_started"]
 
 
+def test_from_now_on_a_watch_whose_first_start_failed_begins_from_now(tmp_path) -> None:
+    """A first start at a mistyped port wrote its state at change 0; the retry with --from-now was ignored (the file
+    was there), and the watch went through the PACS's whole history, with --send reporting into every old study."""
+    store, path = SQLiteStore(tmp_path / "r.db"), tmp_path / "pacs-watch.json"
+    assert pacs_watch.open_state(path, None, store, RADIOLOGIST).last == 0  # the failed first start's file
+    assert pacs_watch.open_state(path, None, store, RADIOLOGIST, lambda: 18).last == 18  # the retry: from now
+    assert json.loads(path.read_text())["last"] == 18
+    assert [e.detail for e in store.audit_events() if e.action == "pacs_watch_started"] == [{"last": 0}, {"last": 18}]
+    state = pacs_watch.WatchState.load(path)
+    state.save(20, {f"{STUDY}.41": "f"})  # a watch that has gone on: --from-now, on every start, is no first start
+    assert pacs_watch.open_state(path, None, store, RADIOLOGIST, lambda: 99).last == 20
+
+
 def argparse_once():
     import argparse
 

@@ -67,8 +67,9 @@ def add_commands(commands: Any) -> None:
     watch.add_argument(
         "--from-now",
         action="store_true",
-        help="on the first start, begin with the studies that become stable from now (without it, the first start "
-        "reads the PACS's whole change log: every brain MR study it still lists is analysed, and with --send reported)",
+        help="on the first start (or while no start got past the change log's beginning), begin with the studies "
+        "that become stable from now (without it, the first start reads the PACS's whole change log: every brain MR "
+        "study it still lists is analysed, and with --send reported)",
     )
     watch.add_argument("--interval", type=seconds, default=10.0, help="seconds between looks at the change feed")
     watch.set_defaults(run=cmd_watch)

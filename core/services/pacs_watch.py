@@ -170,11 +170,16 @@ def open_state(
     file written at once, then an audit event, so that a watch failing before its first study is not mistaken for
     one whose file went): restored from a backup without it, or deleted, the watch went through the PACS's whole
     history again (every study pulled, purged images stored again, reports sent again). A watch that ran before
-    this event existed records it at its next start, from where its file says."""
+    this event existed records it at its next start, from where its file says. A watch that never got past the
+    start of the change log (its first start failed: a mistyped port) still begins from ``first()``: ``--from-now``
+    on the retry was ignored, and the watch went through the PACS's whole history."""
     started = store.count_audit(AuditQuery(action=STARTED)) > 0
     if path.exists():
         state = WatchState.load(path, key)
-        if not started:
+        if first is not None and state.last == 0 and not (state.handled or state.tries):
+            state.save(last := first())
+            audit.record(store, actor, STARTED, last=last)
+        elif not started:
             audit.record(store, actor, STARTED, last=state.last)
         return state
     if started:
