@@ -660,3 +660,24 @@ def test_a_files_unknown_character_set_never_reaches_warnings_or_the_log(recwarn
     said = caplog.text + " ".join(str(w.message) for w in recwarn.list) + "".join(capsys.readouterr())
     assert scan.pixels.size and len(upload.volumes) == 1
     assert CANARY not in said
+
+
+def test_pixel_data_longer_than_the_header_declares_is_refused_not_read_short() -> None:
+    """20 frames stored, 10 declared: the study was judged on half the volume without a word; a NumberOfFrames of
+    0 or Rows half the stored ones read as "Unexpected DICOM pixel layout"."""
+    volume = np.stack([stored_slice()] * 20)
+    for data in (
+        dicom_bytes(volume, frames=10),
+        dicom_bytes(volume[:3], frames=1, extra={"NumberOfFrames": 0}),
+        dicom_bytes(np.concatenate([stored_slice(), stored_slice()])[None], extra={"Rows": 128}),
+    ):
+        with pytest.raises(CorruptImage, match="pixel data holds more than its header declares"):
+            read_scan(data, frame=0)
+    assert read_scan(dicom_bytes(volume[:2], frames=2), frame=1).pixels.size  # as declared: read
+
+
+def test_bits_allocated_or_pixel_representation_the_standard_forbids_is_named() -> None:
+    """Each was "The DICOM pixel data cannot be decoded", naming nothing to fix."""
+    for extra in ({"BitsAllocated": 12, "BitsStored": 12, "HighBit": 11}, {"PixelRepresentation": 5}):
+        with pytest.raises(UnsupportedDicom, match=r"bits allocated \(\d+\) or pixel representation \(\d\)"):
+            read_scan(dicom_bytes(stored_slice(), extra=extra))

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import io
+import math
 import struct
 import warnings
 import zlib
@@ -209,6 +210,28 @@ def check_bit_layout(header: Any) -> None:
             f"This DICOM image's bit layout is not one the standard allows (bits allocated {allocated}, stored "
             f"{stored}, high bit {high}): its pixels would be misread. Export it again from the scanner or PACS."
         )
+    representation = header.get("PixelRepresentation")
+    if allocated not in (1, 8, 16, 32) or (representation not in (None, "") and representation not in (0, 1)):
+        raise UnsupportedDicom(  # "cannot be decoded" was all a reader was told
+            f"This DICOM image's bits allocated ({allocated}) or pixel representation ({representation}) is not "
+            "one the standard allows (8, 16 or 32 bits; 0 unsigned or 1 signed): its pixels cannot be read."
+        )
+
+
+def check_pixel_length(dataset: Any, frames: int) -> None:
+    """Refuse uncompressed pixel data longer, by a row or more, than the header's frames of Rows x Columns: the
+    decoder read what the header declares and left the rest unsaid (20 frames stored, 10 declared: half a volume
+    judged as the whole; 256 rows stored, 128 declared)."""
+    syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None or not syntax.is_transfer_syntax or syntax.is_encapsulated:
+        return
+    row_bits = int(dataset.Columns) * int(dataset.get("SamplesPerPixel", 1) or 1) * int(dataset.BitsAllocated)
+    declared = math.ceil(int(dataset.Rows) * frames * row_bits / 8)
+    if len(dataset.PixelData) >= declared + math.ceil(row_bits / 8):
+        raise CorruptImage(
+            f"The DICOM pixel data holds more than its header declares ({frames} frame(s) of {dataset.Columns} x "
+            f"{dataset.Rows}): its size or frame count is wrong, so the image cannot be laid out."
+        )
 
 
 def checked_dataset(data: bytes, limits: Limits, header: Any = None) -> tuple[Any, tuple[str, ...]]:
@@ -266,6 +289,7 @@ def checked_dataset(data: bytes, limits: Limits, header: Any = None) -> tuple[An
             # short read as "no pixel data", where an uncompressed one cut short is "truncated")
             raise CorruptImage("The DICOM pixel data is truncated: the file ends before the image does.")
         raise NoPixelData("The DICOM file has an image header but no pixel data.")
+    check_pixel_length(dataset, frames_of(header))
     return dataset, notes
 
 
