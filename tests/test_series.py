@@ -764,6 +764,35 @@ def test_a_zero_or_negative_pixel_spacing_or_thickness_is_unknown_never_a_zero_m
     assert series.positions_in_mm and series.step_mm == 5.0  # the positions still place the sections
 
 
+def test_voxel_sizes_that_are_no_sizes_measure_nothing_in_nifti_or_dicom() -> None:
+    """pixdim 0 (nibabel read it as 1 mm, saying so on stderr only) or -1, and a spacing of 1e30 mm in either
+    format, were measured with: mm, mm2 and mL a header's mistake made, without a word."""
+    import struct
+
+    import nibabel
+
+    data = np.transpose(head_volume(6).astype(np.float32)[:, ::-1, ::-1], (2, 1, 0)).copy()
+    for pixdim in ((0.0, 2.0, 3.0), (-1.0, 2.0, 3.0), (1e30, 2.0, 3.0)):  # (NaN: refused as damaged)
+        image = nibabel.Nifti1Image(data, None)
+        image.header.set_qform(np.diag([2.0, 2.0, 3.0, 1.0]), 1)  # no sform: the affine is built from pixdim
+        raw = bytearray(image.to_bytes())
+        struct.pack_into("<3f", raw, 80, *pixdim)
+        (series,) = read_study([bytes(raw)])
+        assert series.spacing is None and series.step_mm is None and not series.positions_in_mm, pixdim
+        assert any("voxel sizes are not usable" in w for w in series.warnings)
+    huge = nibabel.Nifti1Image(data, np.diag([1e30, 2.0, 3.0, 1.0]))  # an sform of no size
+    (series,) = read_study([huge.to_bytes()])
+    assert series.spacing is None and not series.positions_in_mm
+    (series,) = read_study([nibabel.Nifti1Image(data, np.diag([2.0, 2.0, 3.0, 1.0])).to_bytes()])
+    assert series.spacing == pytest.approx((2.0, 2.0)) and series.step_mm == pytest.approx(3.0)  # a size: measured
+
+    def absurd(ds, k) -> None:
+        ds.PixelSpacing, ds.SliceThickness = [1e30, 1e30], 1e30
+
+    (series,) = read_study(rewritten(dicom_series(head_volume(3)), absurd))
+    assert series.spacing is None and series.thickness is None
+
+
 def test_a_nifti_header_that_puts_its_voxels_gigabytes_into_the_file_is_refused_before_inflating(monkeypatch) -> None:
     """A small volume with vox_offset 4e9: every size check passed and the gzip stream was inflated to 4 GB."""
     import gzip as gzip_module

@@ -44,6 +44,14 @@ class DisplayTransform:
         return not (self.transpose or self.flip_up_down or self.flip_left_right)
 
 
+PLAUSIBLE_MM = (0.01, 50.0)  # a pixel's or voxel's size in an MR image: outside, a header's mistake, not a size
+
+
+def plausible_mm(value: float) -> bool:
+    """Whether a pixel spacing or voxel size can be measured with (a spacing of 1e30 mm was, in mm and mL)."""
+    return bool(np.isfinite(value)) and PLAUSIBLE_MM[0] <= value <= PLAUSIBLE_MM[1]
+
+
 def plane_of(orientation: Sequence[float] | None) -> str | None:
     """Axial, coronal or sagittal from row and column directions (the normal's dominant axis; None when they are
     not six numbers, as a malformed ImageOrientationPatient may be)."""

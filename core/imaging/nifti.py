@@ -8,13 +8,14 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+from typing import Any
 
 import numpy as np
 
 from core.errors import CorruptImage, FileTooLarge
-from core.imaging.geometry import nifti_orientation
+from core.imaging.geometry import PLAUSIBLE_MM, nifti_orientation, plausible_mm
 from core.imaging.limits import DEFAULT_STUDY_LIMITS, StudyLimits, apply_stretch, stretch_bounds
-from core.imaging.nifti_header import nifti_bytes, nifti_head
+from core.imaging.nifti_header import declared_zooms, nifti_bytes, nifti_head
 from core.imaging.volume import NO_STUDY_UID, SeriesError, Volume, hash_parts, radiological
 
 
@@ -99,7 +100,33 @@ def _along_normal(
     return sections, origin, step
 
 
+def _sizes_usable(header: Any, declared: np.ndarray, zooms: np.ndarray) -> bool:
+    """Whether the voxel sizes can be measured with: each within :data:`PLAUSIBLE_MM`, and stored as positive
+    numbers where the affine is built from them (no sform): nibabel read a 0 or a -1 as 1 mm, and a file of 0 mm
+    voxels was measured in mm and mL without a word."""
+    stored_well = bool(np.isfinite(declared).all() and (declared > 0).all())
+    return all(plausible_mm(z) for z in zooms) and (stored_well or bool(header.get_sform(coded=True)[1]))
+
+
+UNMEASURED = (
+    "The NIfTI header's voxel sizes are not usable (zero, negative, not a number, or beyond "
+    f"{PLAUSIBLE_MM[0]}-{PLAUSIBLE_MM[1]:.0f} mm): no distance, area or volume is measured, and sections are numbered."
+)
+
+
 _MM_PER_UNIT = {"meter": 1000.0, "micron": 0.001}  # NIfTI's xyzt_units; "mm" and "unknown" (read as mm) are 1
+
+
+def _unpacked(data: bytes, limits: StudyLimits) -> tuple[bytes, bytes]:
+    """The file, unpacked when gzipped up to the end of its volume (never more), and its header."""
+    try:
+        needed = nifti_bytes(head := nifti_head(data), limits)
+        if data[:2] == b"\x1f\x8b":
+            with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
+                data = stream.read(needed + 1)
+    except (OSError, EOFError) as error:
+        raise CorruptImage("The .nii.gz file is damaged.") from error
+    return data, head
 
 
 def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volume:
@@ -107,14 +134,7 @@ def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volum
     radiological view, intensities stretched over the whole volume (0.5th-99.5th percentile)."""
     import nibabel
 
-    compressed = data[:2] == b"\x1f\x8b"
-    try:
-        needed = nifti_bytes(nifti_head(data), limits)
-        if compressed:
-            with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
-                data = stream.read(needed + 1)
-    except (OSError, EOFError) as error:
-        raise CorruptImage("The .nii.gz file is damaged.") from error
+    data, head = _unpacked(data, limits)
     try:
         kind = nibabel.Nifti2Image if int.from_bytes(data[:4], "little") == 540 else nibabel.Nifti1Image
         stored = kind.from_bytes(data)  # NIfTI-2 (64-bit sizes) reads as NIfTI-1 does, within the same budgets
@@ -143,6 +163,8 @@ def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volum
     # lesion volumes 1000 times off, unsaid)
     to_mm = _MM_PER_UNIT.get(stored.header.get_xyzt_units()[0], 1.0)
     zooms = np.linalg.norm(np.asarray(image.affine, float)[:3, :3], axis=0) * to_mm
+    if not (measured := _sizes_usable(stored.header, declared_zooms(head), zooms)):
+        zooms, notes = np.ones(3), (*notes, UNMEASURED)
     axis = _cut_axis(zooms, volume.shape)
     across = tuple(a for a in range(3) if a != axis)  # a section's columns follow the first, its rows the second
     if volume.shape[axis] > limits.max_sections:
@@ -173,9 +195,10 @@ def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volum
         # before sections were cut in the acquisition plane, is not this one's)
         series=hash_parts("nifti-series", digest, *([f"cut across axis {axis}"] if axis != 2 else [])),
         sections=sections,
-        positions=tuple(round(origin + k * step, 3) for k in range(volume.shape[axis])),
-        spacing=spacing,
-        thickness=step,
+        positions=tuple(round(origin + k * step, 3) if measured else float(k) for k in range(volume.shape[axis])),
+        positions_in_mm=measured,
+        spacing=spacing if measured else None,
+        thickness=step if measured else None,
         orientation=orientation,
         modality="MR",
         warnings=notes,

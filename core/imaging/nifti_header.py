@@ -57,6 +57,17 @@ def nifti_bytes(head: bytes, limits: StudyLimits) -> int:
     return offset + stored
 
 
+def declared_zooms(head: bytes) -> np.ndarray:
+    """The voxel sizes as the header stores them (pixdim, one per spatial axis it declares): nibabel's reading
+    sets a 0 to 1 and a negative one to its size, saying so on stderr only."""
+    import nibabel
+
+    header_class = nibabel.Nifti2Header if int.from_bytes(head[:4], "little") == 540 else nibabel.Nifti1Header
+    header = header_class.from_fileobj(io.BytesIO(head), check=False)
+    axes = min(3, len(header.get_data_shape()))
+    return np.asarray(header["pixdim"][1 : 1 + axes], float)
+
+
 def nifti_head(data: bytes) -> bytes:
     """The first 540 bytes of a NIfTI file, gzipped or not (the header first: a 1 MB file can unpack to GB)."""
     if data[:2] != b"\x1f\x8b":

@@ -42,6 +42,7 @@ from core.imaging.geometry import (
     functional_groups,
     gap_notes,
     place_text,
+    plausible_mm,
     stack_line,
     transformed_orientation,
 )
@@ -177,18 +178,19 @@ def _floats(value: object, n: int) -> np.ndarray | None:
 
 
 def _spacing(value: object) -> tuple[float, float] | None:
-    """A (row, column) PixelSpacing in mm, or None when missing, malformed, zero or negative (never a 0 mm claim)."""
+    """A (row, column) PixelSpacing in mm, or None when missing, malformed or not a size (0, negative, 1e30 mm):
+    never a 0 mm claim, nor mm and mL a header's mistake made."""
     found = _floats(value, 2)
-    return (float(found[0]), float(found[1])) if found is not None and (found > 0).all() else None
+    return (float(found[0]), float(found[1])) if found is not None and all(map(plausible_mm, found)) else None
 
 
 def _positive(value: object) -> float | None:
-    """A positive length in mm (SliceThickness), or None."""
+    """A length in mm (SliceThickness) that can be measured with (:func:`plausible_mm`), or None."""
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return None
-    return number if np.isfinite(number) and number > 0 else None
+    return number if plausible_mm(number) else None
 
 
 def _measures(group: object, spacing, thickness) -> tuple:

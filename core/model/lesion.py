@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from core.errors import ModelError
-from core.imaging.geometry import DisplayTransform, transformed_spacing
+from core.imaging.geometry import DisplayTransform, plausible_mm, transformed_spacing
 from core.model.classifier import load_checked_model, traced
 from core.model.preprocess import InputSpec, input_to_image, to_model_input
 
@@ -152,7 +152,7 @@ def pixel_spacing(scan: Any) -> tuple[float, float] | None:
         values = tuple(float(v) for v in str(text).split("\\")) if text else ()
     except ValueError:
         return None
-    if len(values) != 2 or not all(np.isfinite(v) and v > 0 for v in values):
+    if len(values) != 2 or not all(map(plausible_mm, values)):
         return None
     return transformed_spacing((values[0], values[1]), getattr(scan, "display", DisplayTransform()))
 
