@@ -178,18 +178,16 @@ def quality_figures(board_q) -> None:
     kpis = [*st.columns(3), *st.columns(3)]  # two rows: six in one cut "within 4 h" and their labels at 1400 px
     kpis[0].metric("Reviewed", number(overall.reviewed))
     kpis[1].metric("Agreement", percent(overall.agreement, counted=overall.reviewed))
-    finals = [final for _, final in overall.matrix]  # what the reviewed were found to be: none a tumour, no
-    tumours = sum(final != statistics.NEGATIVE_LABEL for final in finals)  # sensitivity (nothing withheld)
     kpis[2].metric(
         "Sensitivity",
-        percent(overall.sensitivity, counted=overall.reviewed if tumours else 0),
+        percent(overall.sensitivity, counted=overall.tumours_counted),
         help=None
         if overall.sensitivity_interval is None
         else "95 % interval {:.1%} to {:.1%}".format(*overall.sensitivity_interval),
     )
     kpis[3].metric(
         "Specificity",
-        percent(overall.specificity, counted=overall.reviewed if len(finals) > tumours else 0),
+        percent(overall.specificity, counted=overall.clear_counted),
         help=None
         if overall.specificity_interval is None
         else "95 % interval {:.1%} to {:.1%}".format(*overall.specificity_interval),
@@ -260,8 +258,8 @@ def quality_section(viewer, first: date, last: date):
                     "model version": available.get(v, v),
                     "reviewed": number(a.reviewed),
                     "agreement": percent(a.agreement, counted=a.reviewed),
-                    "sensitivity": percent(a.sensitivity, a.sensitivity_interval, a.reviewed),
-                    "specificity": percent(a.specificity, a.specificity_interval, a.reviewed),
+                    "sensitivity": percent(a.sensitivity, a.sensitivity_interval, a.tumours_counted),
+                    "specificity": percent(a.specificity, a.specificity_interval, a.clear_counted),
                 }
                 for v, a in board_q.per_version.items()
             ]

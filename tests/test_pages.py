@@ -655,8 +655,19 @@ def test_a_sensitivity_with_no_reviewed_tumour_is_a_dash_not_withheld(app_enviro
         record = make_record(i + 1, now - timedelta(hours=i + 1), "notumor")
         store.add(record)
         store.add_review(Review(record.id, "dr", now - timedelta(minutes=i), "agree", "notumor", "notumor"))
-    metrics = {m.label: m.value for m in page("statistics.py").run().metric}
+    app = page("statistics.py").run()
+    metrics = {m.label: m.value for m in app.metric}
     assert metrics["Reviewed"] == "6" and metrics["Sensitivity"] == "—" and metrics["Specificity"] == "100.0%"
+    (table,) = [t.value for t in app.dataframe if "sensitivity" in t.value.columns]  # per version: as the headline
+    assert list(table["sensitivity"]) == ["—"] and list(table["specificity"])[0].startswith("100.0%")
+    from core.services.statistics import dashboard, quality_board
+    from core.services.statistics_export import export_csv
+
+    boss, day = Actor("boss", "supervisor"), now.date()
+    ranges = {"start_day": day - timedelta(days=1), "end_day": day, "timezone": "UTC", "period": "day"}
+    made = export_csv(dashboard(store, boss, **ranges), quality_board(store, boss, **ranges)).decode()
+    sensitivities = [line for line in made.splitlines() if line.startswith("accuracy,") and ",sensitivity," in line]
+    assert len(sensitivities) == 2 and all(",none," in line for line in sensitivities)  # the CSV too, per version
 
 
 def test_the_mean_confidence_of_no_single_scans_is_a_dash_and_of_a_few_withheld(app_environment: Path) -> None:

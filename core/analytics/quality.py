@@ -220,6 +220,18 @@ class Accuracy:
     specificity_interval: tuple[float, float] | None
     matrix: Mapping[tuple[str, str], int | None]
 
+    @property
+    def tumours_counted(self) -> int | None:
+        """What the sensitivity stands on, as the page and the CSV tell "withheld" from "none": the reviewed count
+        when a reviewed result was found a tumour, else 0 (nothing to count; it read "withheld", a figure kept
+        back, in the per-version table and the CSV while the headline said none)."""
+        return self.reviewed if any(final != NEGATIVE_LABEL for _, final in self.matrix) else 0
+
+    @property
+    def clear_counted(self) -> int | None:
+        """What the specificity stands on (:attr:`tumours_counted`): reviewed results found without a tumour."""
+        return self.reviewed if any(final == NEGATIVE_LABEL for _, final in self.matrix) else 0
+
 
 def accuracy(confusion: Mapping[tuple[str, str], int]) -> Accuracy:
     total = sum(confusion.values())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 
+from core.analytics.quality import Accuracy
 from core.domain.results import LESION_QUANTILES
 from core.domain.times import local_day
 from core.services import audit
@@ -176,37 +177,25 @@ def _comments(buffer: io.StringIO, board: Dashboard) -> None:
     )
 
 
+def _rates(row, version: str, board: Accuracy) -> None:
+    """A board's sensitivity and specificity, "none" where no reviewed result had such a final label."""
+    row("accuracy", version, "sensitivity", board.sensitivity, board.sensitivity_interval, 4, board.tumours_counted)
+    row("accuracy", version, "specificity", board.specificity, board.specificity_interval, 4, board.clear_counted)
+
+
 def _quality_export(row, quality: QualityBoard) -> None:
     """The agreement, accuracy, review and drift board."""
     overall = quality.overall
     row("accuracy", "all versions", "reviewed", overall.reviewed)
     # nothing reviewed: "none", as the page's dash says, not "withheld" (a figure kept back)
     row("accuracy", "all versions", "agreement", overall.agreement, digits=4, counted=overall.reviewed)
-    row(
-        "accuracy",
-        "all versions",
-        "sensitivity",
-        overall.sensitivity,
-        overall.sensitivity_interval,
-        4,
-        overall.reviewed,
-    )
-    row(
-        "accuracy",
-        "all versions",
-        "specificity",
-        overall.specificity,
-        overall.specificity_interval,
-        4,
-        overall.reviewed,
-    )
+    _rates(row, "all versions", overall)
     for (label, final), n in sorted(overall.matrix.items()):  # the page's matrix: model verdict against final label
         row("confusion", f"{label} -> {final}", "reviewed", n)
     for version, board in quality.per_version.items():
         row("accuracy", version, "reviewed", board.reviewed)
         row("accuracy", version, "agreement", board.agreement, digits=4, counted=board.reviewed)
-        row("accuracy", version, "sensitivity", board.sensitivity, board.sensitivity_interval, 4, board.reviewed)
-        row("accuracy", version, "specificity", board.specificity, board.specificity_interval, 4, board.reviewed)
+        _rates(row, version, board)
     drift = quality.drift
     row("drift", "baseline", "start", drift.baseline_start.isoformat() if drift.baseline_start else NONE)  # no
     row("drift", "baseline", "end", drift.baseline_end.isoformat() if drift.baseline_end else NONE)  # period in it
