@@ -659,7 +659,7 @@ def test_a_sensitivity_with_no_reviewed_tumour_is_a_dash_not_withheld(app_enviro
     metrics = {m.label: m.value for m in app.metric}
     assert metrics["Reviewed"] == "6" and metrics["Sensitivity"] == "—" and metrics["Specificity"] == "100.0%"
     (table,) = [t.value for t in app.dataframe if "sensitivity" in t.value.columns]  # per version: as the headline
-    assert list(table["sensitivity"]) == ["—"] and list(table["specificity"])[0].startswith("100.0%")
+    assert list(table["sensitivity"]) == ["—"] and table["specificity"].iloc[0].startswith("100.0%")
     from core.services.statistics import dashboard, quality_board
     from core.services.statistics_export import export_csv
 
