@@ -90,7 +90,7 @@ def export_csv(board: Dashboard, quality: QualityBoard | None = None, ungrouped:
         cells = [_cell(value, digits), low, high]
         if value is None and counted == 0:
             cells = [NONE, *(NONE if cell else "" for cell in cells[1:])]
-        writer.writerow([table, spreadsheet_safe(key), measure, *cells])
+        writer.writerow([table, _cell(key), measure, *cells])
 
     row("summary", "", unit, board.scans)
     row("summary", "", "tumour_rate", board.tumour_rate, board.tumour_interval, 4, board.scans)
@@ -140,12 +140,13 @@ def _lesion_export(row, board: Dashboard) -> None:
 
 def _cell(value: object, digits: int | None = None) -> str:
     """A CSV cell: ``withheld`` for a withheld figure (None), the value otherwise (text a spreadsheet would run, such as
-    a model version starting with ``=``, neutralised)."""
+    a model version starting with ``=``, neutralised; on one line: a spreadsheet whose list separator is ``;``
+    ignores the quotes around a line break in mid-field, so a version "1.0\\n=cmd|..." began a row with a formula)."""
     if value is None:
         return WITHHELD
     if digits is not None and isinstance(value, int | float):
         return str(round(value, digits))
-    return spreadsheet_safe(value) if isinstance(value, str) else str(value)
+    return spreadsheet_safe(" ".join(value.split())) if isinstance(value, str) else str(value)
 
 
 def _comments(buffer: io.StringIO, board: Dashboard) -> None:
