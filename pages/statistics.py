@@ -4,7 +4,7 @@ Everything shown follows the small-count rule: counts from 1 to 4, and rates tha
 """
 
 from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo, available_timezones
 
 import pandas as pd
@@ -195,7 +195,9 @@ def quality_figures(board_q) -> None:
     kpis[4].metric(  # refused images wait on the Worklist too, counted apart: the figure says which it counts
         "Verdicts awaiting review",
         number(board_q.backlog),
-        help="Results with a verdict not reviewed yet. Images the input gate refused, also on the Worklist for a "
+        help="Results saved in the chosen dates with a verdict not reviewed yet (older ones waiting are on the "
+        "Worklist, not counted here: widen the dates to count them). Images the input gate refused, also on the "
+        "Worklist for a "
         "radiologist to confirm or override, are in Refused results (reviewed or not), not here.",
     )
     median, p90 = board_q.turnaround_median_h, board_q.turnaround_p90_h
@@ -415,7 +417,8 @@ def live_dashboard() -> None:
     st.download_button(
         "Export these aggregates (CSV)",
         exported(viewer, dashboard, shown_quality),
-        f"statistics-per-{period}-{datetime.now(UTC):%Y%m%d}.csv",
+        # the range, unit and period it holds (two exports of a day were one name), dated in the board's zone
+        f"statistics-{first:%Y%m%d}-{last:%Y%m%d}-per-{unit}-by-{period}.csv",
         "text/csv",
     )
 

@@ -688,6 +688,23 @@ def test_the_mean_confidence_of_no_single_scans_is_a_dash_and_of_a_few_withheld(
     assert list(table["mean confidence (scans)"]) == ["withheld"]
 
 
+def test_the_statistics_export_is_named_after_its_range_unit_and_period(app_environment: Path, monkeypatch) -> None:
+    """Named after the UTC date of the export: a day away from the board's own in New York's evening, and two
+    exports of one day (another range, per result) were one name."""
+    import streamlit
+
+    store = stored(app_environment)
+    for i in range(6):
+        store.add(make_record(i + 1, datetime.now(UTC) - timedelta(minutes=5 + i), "glioma"))
+    names: list[str] = []
+    real = streamlit.download_button
+    monkeypatch.setattr(streamlit, "download_button", lambda label, data, name, *a, **k: names.append(name) or real(
+        label, data, name, *a, **k))  # fmt: skip
+    app = page("statistics.py").run()
+    first, last = app.date_input(key="stats_dates").value
+    assert names == [f"statistics-{first:%Y%m%d}-{last:%Y%m%d}-per-study-by-day.csv"]
+
+
 def test_a_database_error_in_the_quality_board_is_a_message_not_a_crashed_page(
     app_environment: Path, monkeypatch: pytest.MonkeyPatch, downloads: list
 ) -> None:

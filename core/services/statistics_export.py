@@ -204,7 +204,7 @@ def _quality_export(row, quality: QualityBoard) -> None:
     # limit worked out from them)
     row("drift", "baseline", "tumour_rate", drift.baseline_rate, digits=4, counted=0)
     row("drift", "baseline", "mean_tumour_probability", drift.baseline_mean, digits=4, counted=0)
-    row("review", "", "backlog", quality.backlog)
+    row("review", "", "backlog_saved_in_range", quality.backlog)  # not older results waiting
     row("review", "", "turnaround_median_h", quality.turnaround_median_h, digits=2, counted=overall.reviewed)
     row("review", "", "turnaround_p90_h", quality.turnaround_p90_h, digits=2, counted=overall.reviewed)
     for q in quality.rows:
