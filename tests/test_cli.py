@@ -611,7 +611,9 @@ def test_standard_output_closed_full_or_gone_before_a_usage_error_ends_the_comma
     monkeypatch.setattr(sys, "stdout", Failing(BrokenPipeError(32, "Broken pipe")))
     assert main(["predict"]) == 141  # the usage error's own line
     monkeypatch.setattr(sys, "stdout", Failing(OSError(28, "No space left on device")))
+    monkeypatch.setattr(sys, "stderr", said := io.StringIO())
     assert main(["predict", "--model", str(tiny_card), str(scan)]) == 2
+    assert "output could not be written (No space left on device)" in said.getvalue()  # it was exit 2 in silence
     monkeypatch.setattr(sys, "stdout", None)
     assert main(["predict", "--model", str(tiny_card), str(scan)]) == 2
 

@@ -444,6 +444,10 @@ def test_a_password_is_asked_without_echo_at_a_terminal_and_missing_standard_inp
     assert main(["users", "set-password", "root", "--password-stdin"]) == 2
     (line,) = [json.loads(text) for text in capsys.readouterr().out.splitlines()]
     assert "no standard input" in line["error"]["message"]
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # `< /dev/null`: "at least 12 characters" was the answer
+    assert main(["users", "set-password", "root", "--password-stdin"]) == 2
+    (line,) = [json.loads(text) for text in capsys.readouterr().out.splitlines()]
+    assert "no password on standard input" in line["error"]["message"]
 
 
 def test_the_first_admin_is_made_at_the_command_line_and_audit_verify_finds_an_edited_event(
@@ -1672,3 +1676,21 @@ def test_sign_ins_sent_at_once_never_run_more_than_two_password_checks_together(
         thread.join(timeout=60)
     assert len(refused) == 8 and len(set(refused)) == 1  # each refused, in the same words
     assert 1 <= most[0] <= passwords.AT_ONCE == 2
+
+
+def test_a_password_set_on_a_single_sign_on_account_says_that_its_sign_in_changed(tmp_path, capsys, monkeypatch):
+    """The account silently became a password account (its identity then gets no entry), and neither the command's
+    output nor the audit event said so."""
+    from core.config import audit_key
+    from core.storage import open_store
+
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("MONGODB_URI", raising=False)
+    assert run_cli(["users", "add", "dr@example.org", "--role", "radiologist", "--sso"], capsys)[0] == 0
+    code, (line,) = run_cli(["users", "set-password", "dr@example.org", "--password-stdin"], capsys, PASSWORD + "\n")
+    assert code == 0 and line["updated"]["sign_in"] == "password" and "single sign-on" in line["note"]
+    code, (line,) = run_cli(["users", "set-password", "dr@example.org", "--password-stdin"], capsys, PASSWORD + "\n")
+    assert code == 0 and "note" not in line  # a password account's reset: nothing changed in how it signs in
+    store = open_store(None, tmp_path / "data", audit_key({}, shared_database=False))
+    events = [e.detail for e in store.audit_events() if e.action == "account_password_set"]
+    assert events == [{"temporary": False, "was": "single sign-on"}, {"temporary": False}]

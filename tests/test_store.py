@@ -2278,3 +2278,6 @@ def test_a_full_disk_is_said_as_such_when_saving_and_when_upgrading(tmp_path: Pa
         SQLiteStore(path)
     monkeypatch.setattr(migrations, "create_schema", real)
     assert SQLiteStore(path).summary().total == 6  # nothing half-done: the upgrade runs whole on a disk with room
+    # a full disk where SQLite cannot make its journal files is its "disk I/O error": said with where to look
+    with pytest.raises(StoreUnavailable, match=r"input/output error.*disk has free space"), store._errors():
+        raise sqlite3.OperationalError("disk I/O error")

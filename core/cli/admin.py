@@ -166,8 +166,13 @@ def cmd_users_set_role(args: argparse.Namespace) -> int:
 
 
 def cmd_users_set_password(args: argparse.Namespace) -> int:
-    account = accounts.set_password(_stored(), COMMAND_LINE, args.name, _password(), temporary=args.temporary)
-    emit({"updated": _shown(account)}, sys.stdout)
+    store, password = _stored(), _password()
+    before = store.get_account(args.name)
+    account = accounts.set_password(store, COMMAND_LINE, args.name, password, temporary=args.temporary)
+    said: dict[str, Any] = {"updated": _shown(account)}
+    if before is not None and not before.password_hash:  # said, not done quietly
+        said["note"] = "this account signed in through single sign-on; it now signs in with this password only"
+    emit(said, sys.stdout)
     return EXIT_OK
 
 

@@ -153,7 +153,10 @@ def stdin_secret(confirm: bool = False) -> str:
         if confirm and getpass.getpass("The same password again: ") != line:
             raise ValueError("The two passwords typed differ; nothing was changed.")
     else:
-        line = sys.stdin.readline().rstrip("\r\n")
+        line = sys.stdin.readline()
+        if not line:  # nothing at all (`< /dev/null`): it read "a password has at least 12 characters"
+            raise ValueError("There is no password on standard input: pipe one line in (echo '...' |).")
+        line = line.rstrip("\r\n")
     try:
         line.encode("utf-8")  # bytes that are not UTF-8 reach Python as lone surrogates: refused by name
     except UnicodeEncodeError:

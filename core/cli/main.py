@@ -266,8 +266,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OutputClosed:  # the reader stopped (`| head`), a usage error's line included: nothing more can be said
         _silence_stdout()
         return EXIT_BROKEN_PIPE
-    except OSError:  # the error's own line could not be written (standard output on a full disk)
-        _silence_stdout()
+    except OSError as error:  # the error's own line could not be written (standard output on a full disk): said
+        _silence_stdout()  # on standard error, where it can be (an export to a full disk exited 2 in silence)
+        with contextlib.suppress(Exception):
+            sys.stderr.write(f"The command's output could not be written ({error.strerror or type(error).__name__}).\n")
         return EXIT_USAGE
 
 

@@ -219,14 +219,22 @@ def unlock(store: Store, actor: Actor, name: str) -> Account:
 
 def set_password(store: Store, actor: Actor, name: str, password: str, temporary: bool = False) -> Account:
     """An administrator sets ``name``'s password (its sessions end); ``temporary``: its owner must choose another at
-    the next sign-in, before anything else (the administrator knows this one)."""
+    the next sign-in, before anything else (the administrator knows this one). A single-sign-on account so becomes
+    a password account (its identity no longer enters: one named like an account with a password gets no entry),
+    and its event says so (``was``: the change of sign-in went unrecorded)."""
     require(actor, ACCOUNTS)
     check_password(password)
     new_hash = _hasher().hash(password)  # the slow part, before the unit of work
     with store.atomic():  # the read, the change and its audit event: both or neither
         account = _existing(store, name)
         changes = {"password_hash": new_hash, "failed_count": 0, "locked_until": None, "must_change": temporary}
-        return _change(store, actor, account, changes, ("password_hash",), "account_password_set", temporary=temporary)
+        was = {} if account.password_hash else {"was": SINGLE_SIGN_ON}
+        return _change(
+            store, actor, account, changes, ("password_hash",), "account_password_set", temporary=temporary, **was
+        )
+
+
+SINGLE_SIGN_ON = "single sign-on"
 
 
 def change_own_password(store: Store, actor: Actor, current: str, new: str, now: datetime | None = None) -> Actor:

@@ -118,8 +118,9 @@ class SQLiteBase:
             if "full" in text:  # SQLITE_FULL: it was read as a permissions problem, or hidden by a rollback's error
                 raise StoreUnavailable("The disk holding the results database is full; nothing was saved.") from error
             if "disk i/o" in text:
-                raise StoreUnavailable(
-                    "The results database could not be read or written (an input/output error)."
+                raise StoreUnavailable(  # also SQLite's answer when its journal files cannot be made (a full disk)
+                    "The results database could not be read or written (an input/output error): check that the "
+                    "data folder's disk has free space and is writable."
                 ) from error
             if "unable to open" in text or "readonly" in text:
                 raise StoreUnavailable("The results database file cannot be opened for writing.") from error
