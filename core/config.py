@@ -67,7 +67,26 @@ def file_secrets() -> dict[str, Any]:
         raise ConfigError(f"the secrets file {path} cannot be read ({type(error).__name__})") from error
     if mistake := secrets_mistake(secrets):
         raise ConfigError(f"{mistake}: {path}")
+    warn_if_readable(path)
     return secrets
+
+
+def warn_if_readable(path: Path) -> None:
+    """Log a warning when other accounts may read the secrets file (0644 as copied under a usual umask): it holds
+    the database's password and the patient-reference and audit keys, where every data file is 0600. Warned, not
+    refused: a mounted secret is often shown so whatever the secret store keeps."""
+    import logging
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if path.is_file() and mode & (stat.S_IRWXG | stat.S_IRWXO):
+        logging.getLogger("btd.config").warning(
+            "event=secrets_readable mode=%s hint=chmod 600 the secrets file (other accounts may read its keys)",
+            oct(stat.S_IMODE(mode)),
+        )
 
 
 # the settings each section of the secrets file may hold ([auth] is Streamlit's own, and checked by it)

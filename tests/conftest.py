@@ -22,7 +22,7 @@ def state_register(tmp_path_factory: pytest.TempPathFactory) -> None:
     # the command line reads the app's secrets file: never a developer's own in the tests (a test names one)
     # (an empty one: a secrets file named but not there is refused)
     secrets = tmp_path_factory.mktemp("secrets") / "secrets.toml"
-    secrets.touch()
+    secrets.touch(mode=0o600)
     os.environ["BTD_SECRETS"] = str(secrets)
 
 

@@ -159,6 +159,25 @@ def test_a_secrets_file_named_but_not_there_is_refused_not_read_as_none(tmp_path
     assert "does not exist" in missing_secrets(tmp_path / "secret.toml")
 
 
+def test_a_secrets_file_other_accounts_may_read_is_logged(tmp_path: Path, monkeypatch, caplog) -> None:
+    """Copied from the example under a usual umask it was 0644, holding the database's password and both keys, and
+    nothing said so."""
+    import logging
+
+    from core.config import file_secrets
+
+    path = tmp_path / "secrets.toml"
+    path.write_text('[identity]\nhmac_key = "' + "ab" * 32 + '"\n')
+    monkeypatch.setenv("BTD_SECRETS", str(path))
+    for mode, logged in ((0o644, True), (0o600, False)):
+        path.chmod(mode)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="btd.config"):
+            file_secrets()
+        said = [r.getMessage() for r in caplog.records if "event=secrets_readable" in r.getMessage()]
+        assert bool(said) == logged and (not said or "mode=0o644" in said[0]), mode
+
+
 def test_the_app_reads_the_one_secrets_file_the_command_line_reads() -> None:
     """Streamlit also merged ~/.streamlit/secrets.toml, which the command line never reads: a key kept there gave
     the app and the PACS watch two patient keys (History never matched), or two databases."""

@@ -21,6 +21,7 @@ from core.config import (
     mongodb_uri,
     patient_key,
     secrets_mistake,
+    warn_if_readable,
 )
 from core.errors import StoreError
 from core.model.card import ModelCard
@@ -140,7 +141,12 @@ def current_explainer() -> Explainer:
 
 @st.cache_resource(show_spinner=False)
 def _store(uri: str | None, directory: str) -> Store:
-    """The results database client (MongoDB when a URI is configured, else the embedded SQLite file)."""
+    """The results database client (MongoDB when a URI is configured, else the embedded SQLite file); a secrets file
+    other accounts may read is logged once here, as the commands log it."""
+    from streamlit import config
+
+    for name in config.get_option("secrets.files"):
+        warn_if_readable(Path(name).expanduser())
     try:
         key = audit_key(secrets(), shared_database=bool(uri))
     except ValueError as error:  # a configured key too short or malformed: every page says so, none crashes
