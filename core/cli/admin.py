@@ -1,4 +1,5 @@
-"""``users`` and ``audit``: accounts (the first admin is made here) and the audit trail, for the administrator.
+"""``users``, ``audit``, ``images`` and ``store``: accounts (the first admin is made here), the audit trail, image
+retention and the results database, for the administrator.
 
     python -m core users add NAME --role radiologist|supervisor|admin --password-stdin   (or --sso: no password)
     python -m core users list | disable NAME | enable NAME | unlock NAME | set-role NAME ROLE
@@ -6,6 +7,7 @@
     python -m core audit verify            exit 0 when the chain is intact, 1 naming the first bad event
     python -m core audit export [--action A] [--actor NAME]   CSV on stdout, headed by the filters
     python -m core images purge [--days N]   delete de-identified images older than the retention period
+    python -m core store backup DIR | accept-key | forget   the embedded database's copy, patient key, register
 
 The command line acts as the server's administrator (an audit event names it ``cli``). Passwords are read from
 standard input only (never from the command line, where other users and shell history would see them).
@@ -42,7 +44,9 @@ TEMPORARY = "the password is a temporary one: its owner must choose another at t
 
 
 def add_commands(commands: Any) -> None:
-    store = commands.add_parser("store", help="the embedded database's register")
+    store = commands.add_parser(
+        "store", help="the results database: back up, accept the patient-reference key, forget a vanished one"
+    )
     store_verbs = store.add_subparsers(dest="verb", required=True, parser_class=type(store))
     store_verbs.add_parser("forget", help="let a new empty database be created where a vanished one was").set_defaults(
         run=cmd_store_forget
@@ -53,7 +57,7 @@ def add_commands(commands: Any) -> None:
     backup = store_verbs.add_parser(
         "backup", help="a consistent copy of the embedded database, its key files and images, while the app runs"
     )
-    backup.add_argument("out", help="a new folder to write the backup into")
+    backup.add_argument("out", type=_folder, help="a new folder to write the backup into")
     backup.set_defaults(run=cmd_store_backup)
     users = commands.add_parser(
         "users", help="local accounts: add, list, disable, enable, unlock, set-role, set-password"
@@ -91,7 +95,9 @@ def add_commands(commands: Any) -> None:
     verify.set_defaults(run=cmd_audit_verify)
     images = commands.add_parser("images", help="the de-identified image store")
     image_verbs = images.add_subparsers(dest="verb", required=True, parser_class=type(images))
-    purge = image_verbs.add_parser("purge", help="delete images older than the retention period")
+    purge = image_verbs.add_parser(
+        "purge", help="delete images older than the retention period (those of results nobody reviewed are kept)"
+    )
     purge.add_argument(
         "--days",
         type=positive_int,
@@ -103,6 +109,13 @@ def add_commands(commands: Any) -> None:
     export.add_argument("--action", type=utf8_text)
     export.add_argument("--actor", type=utf8_text)
     export.set_defaults(run=cmd_audit_export)
+
+
+def _folder(text: str) -> str:
+    """An argparse type: a folder named (an empty one read as ".": "folder exists already")."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("name a new folder to write the backup into")
+    return text
 
 
 def _password() -> str:
