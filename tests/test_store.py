@@ -2009,8 +2009,9 @@ def test_a_backup_taken_while_the_app_writes_holds_every_result_its_keys_and_ima
     assert [e.action for e in SQLiteStore(tmp_path / "backup" / "results.sqlite3").audit_events()] == ["store_backup"]
     assert main(["store", "backup", str(tmp_path / "backup")]) == 2  # never over an earlier backup (exit 2: usage)
     assert "exists already" in capsys.readouterr().out
-    assert main(["store", "backup", " "]) == 2  # no folder named: it read as "." ("exists already")
-    assert "name a new folder" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as usage:  # no folder named: it read as "." ("exists already")
+        main(["store", "backup", " "])
+    assert usage.value.code == 2 and "name a new folder" in capsys.readouterr().out
     assert [e.action for e in store.audit_events()] == ["store_backup"]  # a refused backup leaves no event
 
 
