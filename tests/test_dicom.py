@@ -84,9 +84,12 @@ def test_a_presentation_lut_shape_of_inverse_is_one_inversion_whatever_the_photo
         assert np.abs(read_scan(data).pixels.astype(int) - plain).max() <= 1, photometric
 
 
-@pytest.mark.parametrize(("slope", "intercept"), [("NaN", "0"), ("0", "0"), ("1", "inf"), ("", "0"), (["1", "1"], "0")])
+@pytest.mark.parametrize(
+    ("slope", "intercept"),
+    [("NaN", "0"), ("0", "0"), ("1", "inf"), ("", "0"), (["1", "1"], "0"), ("1e308", "0"), ("1", "-1e300")],
+)
 def test_a_rescale_that_is_not_a_usable_number_is_named(slope: str, intercept: str) -> None:
-    """Every value became NaN or 0, and the file was called a blank image."""
+    """Every value became NaN, 0 or (a slope of 1e308) infinite, and the file was called a blank image."""
     data = dicom_bytes(stored_slice(), extra={"RescaleSlope": slope, "RescaleIntercept": intercept})
     with pytest.raises(CorruptImage, match="rescale slope or intercept is not a usable number"):
         read_scan(data)

@@ -110,9 +110,13 @@ def _check_rescale(dataset: Any) -> None:
     became 0 or NaN, and the file was called a blank image."""
     try:  # an empty or multi-valued one is no number either (it ended as an internal error)
         slope, intercept = float(dataset.get("RescaleSlope", 1)), float(dataset.get("RescaleIntercept", 0))
+        bits = int(dataset.get("BitsAllocated") or 16)
     except (TypeError, ValueError):
         slope = intercept = math.nan
-    if not (math.isfinite(slope) and slope != 0 and math.isfinite(intercept)):
+        bits = 16
+    # values past 1e30 are no MR values: a slope of 1e308 overflowed them all to infinity ("a blank image")
+    reach = abs(slope) * 2.0**bits + abs(intercept) if math.isfinite(slope) and math.isfinite(intercept) else math.inf
+    if not (slope != 0 and reach < 1e30):
         raise CorruptImage(
             "The DICOM header's rescale slope or intercept is not a usable number; the pixel values cannot be read."
         )
