@@ -59,10 +59,22 @@ def test_blank_or_speck_images_raise_no_brain_found(image: np.ndarray) -> None:
 
 
 def test_noise_never_crashes() -> None:
-    noise = np.random.default_rng(0).integers(0, 256, (300, 200), dtype=np.uint8)
-    try:
-        region = find_brain(noise)
-    except NoBrainFound:
-        return
-    x0, y0, x1, y1 = region.box
-    assert 0 <= x0 < x1 <= 200 and 0 <= y0 < y1 <= 300
+    """Noise of any shape, thin strips and single pixels included: a box inside the image or NoBrainFound, never
+    another error (the crop is the first step of every analysis)."""
+    rng = np.random.default_rng(0)
+    outcomes = []
+    for shape in ((300, 200), (200, 300), (64, 64), (1, 1), (1, 400), (400, 1), (3, 3), (2048, 16)):
+        for kind in ("uniform", "sparse", "bright"):
+            noise = rng.integers(0, 256, shape, dtype=np.uint8)
+            if kind == "sparse":
+                noise = noise * (rng.random(shape) < 0.05)
+            elif kind == "bright":
+                noise = noise | 128
+            try:
+                x0, y0, x1, y1 = find_brain(noise.astype(np.uint8)).box
+            except NoBrainFound:
+                outcomes.append("none")
+                continue
+            assert 0 <= x0 < x1 <= shape[1] and 0 <= y0 < y1 <= shape[0], (shape, kind)
+            outcomes.append("box")
+    assert len(outcomes) == 24 and "none" in outcomes  # a single pixel holds no brain
