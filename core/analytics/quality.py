@@ -131,16 +131,7 @@ def quality_rows(periods: Sequence[DayQuality], baseline_end: date | None) -> tu
     flagged_known, rejected_known = (
         known_parts(periods, shown_counts, part, everything) for part in ("flagged", "rejected")
     )
-    # the baseline rate from every baseline period whose count is shown: their withheld tumours come back from it
-    # only as a sum of two or more, as the complementary suppression allows, so one withheld alone is left out (one
-    # quiet weekend day with a withheld count switched the rate alarm off for the whole range, unsaid). Leaving out
-    # every withheld period dropped the days with 1-4 of either kind: the rate leant to 0 or 100 % on a quiet site,
-    # its limits shrank to nothing, and normal days raised the alarm (83 % called 100 %, every 80 % day flagged)
-    visible = [(p, k) for p, k, n in zip(periods, tumours, shown_counts, strict=True) if n is not None and p in base]
-    hidden = sum(k is None for _, k in visible)
-    counted = [p for p, k in visible if k is not None or hidden > 1]
-    n0 = sum(p.shown for p in counted)
-    rate0 = sum(p.tumour for p in counted) / n0 if n0 >= SMALL_CELL else None
+    rate0 = _baseline_rate(periods, base, tumours, shown_counts)
     m0 = sum(p.scored_n for p in base)  # the mean's own count (single scans on the board)
     mean0 = sum(p.probability_sum for p in base) / m0 if m0 >= SMALL_CELL else None
     sd0 = math.sqrt(max(sum(p.probability_squares for p in base) / m0 - mean0**2, 0.0)) if mean0 is not None else None
@@ -191,6 +182,25 @@ def quality_rows(periods: Sequence[DayQuality], baseline_end: date | None) -> tu
     start = base[0].day if base else None
     single = any(p.scored_n for p in periods)
     return rows, Drift(start, baseline_end, rate0, mean0, tuple(alarms), single)
+
+
+def _baseline_rate(
+    periods: Sequence[DayQuality],
+    base: Sequence[DayQuality],
+    tumours: Sequence[int | None],
+    counts: Sequence[int | None],
+) -> float | None:
+    """The drift baseline's tumour rate, from every baseline period whose count is shown: their withheld tumours
+    come back from it only as a sum of two or more, as the complementary suppression allows, so one withheld alone
+    is left out (one quiet weekend day with a withheld count switched the rate alarm off for the whole range,
+    unsaid). Leaving out every withheld period dropped the days with 1-4 of either kind: the rate leant to 0 or
+    100 % on a quiet site, its limits shrank to nothing, and normal days raised the alarm (83 % read 100 %, every
+    80 % day flagged)."""
+    visible = [(p, k) for p, k, n in zip(periods, tumours, counts, strict=True) if n is not None and p in base]
+    hidden = sum(k is None for _, k in visible)
+    counted = [p for p, k in visible if k is not None or hidden > 1]
+    n0 = sum(p.shown for p in counted)
+    return sum(p.tumour for p in counted) / n0 if n0 >= SMALL_CELL else None
 
 
 def known_parts(
