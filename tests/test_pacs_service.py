@@ -45,6 +45,7 @@ class StandIn:
 
     def __init__(self, files: dict[str, list[bytes]], failures: dict[str, list[Exception]] | None = None) -> None:
         self.files, self.failures, self.stored = files, failures or {}, []
+        self.listed: set[str] = set()  # report series the PACS lists besides those stored here (sent before)
 
     def retrieve_mr(self, study_uid: str) -> tuple[list[bytes], list[str]]:
         if self.failures.get(study_uid):
@@ -65,8 +66,12 @@ class StandIn:
         return any(str(d.SOPInstanceUID) == sop_uid for batch in self.stored for d in batch)
 
     def series_of(self, study_uid: str) -> list[SeriesHit]:
-        """The study's files as one MR series (enough for the watch's fingerprint: adding files changes it)."""
-        return [SeriesHit(f"{study_uid}.mr", "MR", "", len(self.files.get(study_uid, [])))]
+        """The study's files as one MR series (enough for the watch's fingerprint: adding files changes it), and
+        our report's series once one is stored."""
+        reports = {str(d.SeriesInstanceUID) for batch in self.stored for d in batch if d.Modality == "SR"}
+        reports |= self.listed
+        ours = [SeriesHit(uid, "SR", "", 1) for uid in sorted(reports) if uid == objects.report_series(study_uid)]
+        return [SeriesHit(f"{study_uid}.mr", "MR", "", len(self.files.get(study_uid, []))), *ours]
 
     def patient_of(self, study_uid: str) -> list[tuple[str, ...]]:
         """The patient and accession number the study's files name, as a study search lists them."""
@@ -1008,6 +1013,7 @@ def test_a_study_kept_by_a_watch_before_patients_were_fingerprinted_is_not_analy
     state = pacs_watch.WatchState.load(tmp_path / "w.json")
     old = hashlib.sha256(f"{uid}.mr:{len(pacs.files[uid])}".encode()).hexdigest()  # as the version before kept it
     state.save(0, {uid: old})
+    pacs.listed.add(objects.report_series(uid))  # the report the version before sent
     watcher = pacs_watch.Watcher(pacs, Feed([uid]), tiny_classifier, store, None, None, True)
     assert pacs_watch.watch_once(watcher, pacs_watch.WatchState.load(tmp_path / "w.json"), RADIOLOGIST) == []
     assert pacs.stored == [] and store.summary().total == 0
@@ -1021,6 +1027,29 @@ def test_a_study_kept_by_a_watch_before_patients_were_fingerprinted_is_not_analy
     watcher = pacs_watch.Watcher(pacs, Feed([uid, uid, uid]), tiny_classifier, store, None, None, True)
     (line,) = pacs_watch.watch_once(watcher, pacs_watch.WatchState.load(tmp_path / "w.json"), RADIOLOGIST)
     assert line["again"] and len(pacs.stored) > 1
+
+
+def test_a_study_whose_report_left_the_pacs_is_reported_again_when_it_is_stable_again(tiny_classifier, tmp_path):
+    """Deleted and sent again by the modality (a routine fix), or the PACS restored from a backup older than the
+    report: the same MR images came back without our report, the fingerprint matched, and the watch passed over
+    the study in silence; its readers in the PACS lost the report."""
+    uid = f"{STUDY}.26"
+    pacs, store = StandIn({uid: tumour_study(uid)}), SQLiteStore(tmp_path / "r.db")
+    state = pacs_watch.WatchState.load(tmp_path / "w.json")
+    watcher = pacs_watch.Watcher(pacs, Feed([uid]), tiny_classifier, store, None, None, True)
+    (line,) = pacs_watch.watch_once(watcher, state, RADIOLOGIST)
+    sent = [str(d.SOPInstanceUID) for batch in pacs.stored for d in batch]
+    assert sent and "again" not in line
+    watcher = replace(watcher, changes=Feed([uid, uid]))  # our report made the study stable again: nothing to do
+    assert pacs_watch.watch_once(watcher, state, RADIOLOGIST) == []
+    pacs.stored.clear()  # the study deleted and sent again: the same MR images, no report
+    watcher = replace(watcher, changes=Feed([uid, uid, uid]))
+    (line,) = pacs_watch.watch_once(watcher, state, RADIOLOGIST)
+    assert "no longer in the PACS" in line["again"] and line["saved"] == ["already saved"]
+    assert [str(d.SOPInstanceUID) for batch in pacs.stored for d in batch] == sent  # the same objects again
+    watcher = replace(watcher, send=False, changes=Feed([uid] * 4))  # not sending: nothing is looked for
+    pacs.stored.clear()
+    assert pacs_watch.watch_once(watcher, state, RADIOLOGIST) == []
 
 
 def test_a_pacs_refusing_this_account_its_studies_is_waited_out_not_left_behind(tiny_classifier, tmp_path) -> None:

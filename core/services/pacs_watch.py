@@ -330,12 +330,28 @@ def _handled_once(watcher: Watcher, state: WatchState, study_uid: str, actor: Ac
         if error.code in RETRIED:
             return {"study_uid": study_uid, "skipped": error.code, "reason": str(error)}, ""
         fingerprint = f"unknown ({error.code})"  # analysed (and its error reported) as any study would be
+    again = "the study's MR images or its patient changed after it was analysed"
     if before is not None and (before in (fingerprint, LEGACY) or _kept_before_and_same(watcher, study_uid, before)):
-        return None, fingerprint
+        if not (watcher.send and _report_missing(watcher, study_uid)):
+            return None, fingerprint
+        again = "our report is no longer in the PACS (the study deleted and sent again, or restored): sent again"
     line = _handled_safely(watcher, study_uid, actor, None if fingerprint.startswith("unknown") else fingerprint)
     if before is not None:
-        line["again"] = "the study's MR images or its patient changed after it was analysed"
+        line["again"] = again
     return line, fingerprint
+
+
+def _report_missing(watcher: Watcher, study_uid: str) -> bool:
+    """Whether a study analysed before as it is holds MR images but none of our reports: deleted and sent again
+    by the modality, or the PACS restored from a backup older than the report, it was passed over as handled, and
+    its readers in the PACS lost the report without a sign. Sent again, it stores nothing twice (its objects' UIDs
+    are the same). A PACS that cannot answer now: not missing (the study's next change asks again)."""
+    try:
+        series = watcher.pacs.series_of(study_uid)
+    except PacsError:
+        return False
+    ours = objects.report_series(study_uid)
+    return any(s.modality.upper() == "MR" for s in series) and not any(s.series_uid == ours for s in series)
 
 
 def _kept_before_and_same(watcher: Watcher, study_uid: str, before: str) -> bool:
