@@ -174,6 +174,32 @@ def test_a_glioma_patients_volume_is_a_tumour_and_a_healthy_head_is_not(classifi
     assert np.mean(called["LGG"]) >= 0.85 and not any(called["Normal-heads"]), called
 
 
+def test_a_series_too_short_for_the_rule_is_judged_without_changing_the_rules_own_figures(classifier) -> None:
+    """Five-section series cut from the validation volumes: the rule's one window was the whole series, and it found
+    61 % of the tumour windows; judged on their best two sections at the single-scan threshold as well, 85 %. The
+    volumes the rule was fitted on (runs of six sections or more) keep the card's figures (bench/short_series.py)."""
+    import json
+
+    from core.model.card import ModelCard
+    from core.training.series_fit import tumour_free_stretches, validation_curves
+
+    card = ModelCard.from_file(model_card_path())
+    rule, floor = card.series, card.rule.threshold
+    read = validation_curves(classifier, model_card_path(), SHARED_DATA)
+    figures = json.loads(model_card_path().read_text())["series"]["validation"]
+    found = np.mean([rule.calls_tumour(c, floor) for c, _ in read.tumour])
+    stretches = [part for c, marks in read.tumour for part in tumour_free_stretches(c, marks)]
+    assert round(found, 4) == figures["tumour_volume_sensitivity"]
+    assert (
+        round(np.mean([not rule.calls_tumour(c, floor) for c in stretches]), 4)
+        == figures["tumour_free_stretch_specificity"]
+    )
+    tumour = [c[i : i + 5] for c, marks in read.tumour for i in range(len(c) - 4) if sum(marks[i : i + 5]) >= 3]
+    clear = [c[i : i + 5] for c in read.normal for i in range(len(c) - 4)]
+    assert np.mean([rule.calls_tumour(c, floor) for c in tumour]) >= 0.8
+    assert np.mean([not rule.calls_tumour(c, floor) for c in clear]) >= 0.95
+
+
 def test_grad_cam_concentrates_inside_the_brain(classifier: Classifier, validation) -> None:
     explainer = Explainer(classifier)
     paths = [p for label in ("glioma", "meningioma", "pituitary") for p in handful(validation, label, 10)]

@@ -102,15 +102,15 @@ def test_a_study_with_a_series_that_cannot_be_put_together_gets_no_tumour_free_v
 
 
 def test_a_no_tumour_series_with_sections_over_its_threshold_says_so_and_opens_at_the_likeliest() -> None:
-    """Sections 7-8 at 1.00 in a run of two, the verdict judged on a run of three elsewhere (0.38, 0.93, 0.66): "No
-    tumour", the viewer opened at section 12 and the PDF showed 11-13; the lesion was seen nowhere but on the
-    curve."""
+    """Section 7 at 1.00 alone, the verdict judged on a run of three elsewhere (0.38, 0.93, 0.46): "No tumour", the
+    viewer opened at section 12 and the PDF showed 11-13; the lesion was seen nowhere but on the curve. (Sections
+    7-8 at 1.00 together are now called tumour: the series is too short for the rule, see the test below.)"""
     from types import SimpleNamespace
 
     from core.model.volume import Section
     from ui.viewer import start_section
 
-    curve = [0.70, None, 0.94, 0.97, None, None, 0.999, 0.998, None, None, 0.38, 0.93, 0.66, None]
+    curve = [0.70, None, 0.94, 0.2, None, None, 0.999, None, None, None, 0.38, 0.93, 0.46, None]
 
     def read(p):
         return SimpleNamespace(prediction=SimpleNamespace(tumour_probability=p), lesion=None)
@@ -119,11 +119,12 @@ def test_a_no_tumour_series_with_sections_over_its_threshold_says_so_and_opens_a
         Section(i, float(i), None if p is None else read(p), None if p else "gate") for i, p in enumerate(curve)
     )
     rule = SeriesRule(5, 0.3)
-    score, used = rule.score(curve)
+    score, used = rule.score(curve, floor=0.5)
+    assert not rule.calls(score, used, 0.5)
     volume = SimpleNamespace(warnings=[], gap_starts=(), sections=np.zeros((len(curve), 4, 4)))
     series = SeriesAnalysis(volume, sections, rule, score, used, "notumor", {}, "m", "1", single_threshold=0.5)
     assert used == 3 and series.applied_threshold == 0.5 and not series.is_tumour and series.tumour_sections
-    said = "sections 1, 3, 4, 7, 8 reach the threshold (0.50) outside the run the verdict was judged on: read them"
+    said = "sections 1, 3, 7 reach the threshold (0.50) outside the run the verdict was judged on: read them"
     assert said in series.warnings
     view = SimpleNamespace(curve=curve, window=(10, 11, 12), is_tumour=False, sections=volume.sections)
     assert start_section(view) == 6  # the likeliest section, not the middle of the run below the threshold
@@ -139,7 +140,7 @@ def test_a_saved_no_tumour_series_keeps_the_sections_it_was_not_judged_on_for_it
     from core.services.report_text import series_lines
     from core.services.studies import series_record
 
-    curve = [0.70, None, 0.94, 0.97, None, None, 0.999, 0.998, None, None, 0.38, 0.93, 0.66, None]
+    curve = [0.70, None, 0.94, 0.2, None, None, 0.999, None, None, None, 0.38, 0.93, 0.46, None]
     analysed = analyse_volume(read_study(dicom_series(head_volume(len(curve), 64)))[0], tiny_classifier)
     roi = analysed.analysed[0].analysis.prediction.roi
 
@@ -153,14 +154,31 @@ def test_a_saved_no_tumour_series_keeps_the_sections_it_was_not_judged_on_for_it
         Section(i, float(i), None if p is None else read(p), None if p else "gate") for i, p in enumerate(curve)
     )
     rule = SeriesRule(5, 0.3)
-    score, used = rule.score(curve)
+    score, used = rule.score(curve, floor=0.5)
     series = replace(
         analysed, sections=sections, rule=rule, score=score, neighbours_used=used, label="notumor", single_threshold=0.5
     )
-    said = "sections 1, 3, 4, 7, 8 reach the threshold (0.50) outside the run the verdict was judged on: read them"
+    said = "sections 1, 3, 7 reach the threshold (0.50) outside the run the verdict was judged on: read them"
     record = series_record(series, patient_ref=None, uploader="dr", key=None)
     assert said in record.geometry["notes"]
     assert f"Note: {said}" in series_lines(record, None, [])  # the report, its images purged or not
+
+
+def test_a_series_too_short_for_the_rule_is_judged_on_its_best_two_sections_at_the_single_scan_threshold() -> None:
+    """Five frames at 0.06, 0.38, 0.79, 0.98 and 0.98: the rule's one window was the whole series, and the normal
+    first frame made it "No tumour" (0.06), while the same frames less the first were called tumour. Longer
+    series, those the rule was fitted and measured on, are judged by the rule alone."""
+    rule = SeriesRule(5, 0.3)
+    short = [0.06, 0.38, 0.79, 0.98, 0.98]
+    assert rule.calls_tumour(short, 0.5) and rule.score(short, floor=0.5) == (0.98, 2)
+    assert rule.best_window(short, floor=0.5)[1] == [3, 4]
+    assert not rule.calls_tumour([0.06, 0.38, 0.79, 0.2, 0.98], 0.5)  # no two neighbours at 0.5: no tumour
+    assert rule.calls_tumour([0.06, None, 0.79, 0.98], 0.5)  # a skipped section breaks runs, as before
+    assert not rule.calls_tumour([0.98, None, 0.98, 0.1], 0.5)
+    longer = [0.06, 0.38, 0.79, 0.98, 0.98, 0.1]  # a run longer than the rule's five: the rule alone, as fitted
+    assert not rule.calls_tumour(longer, 0.5) and rule.score(longer, floor=0.5) == (0.1, 5)
+    assert rule.score(short) == (0.06, 5)  # no floor given: the rule's own window (what a stored verdict names)
+    assert rule.best_window(short, floor=0.5, size=5)[1] == [0, 1, 2, 3, 4]
 
 
 def test_the_shipped_card_states_its_series_rule() -> None:

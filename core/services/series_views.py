@@ -250,7 +250,8 @@ def _deciding_window(
     if rule is None:
         return ()
     breaks = gap_starts(positions)
-    return tuple(SeriesRule(int(rule["neighbours"]), float(rule["threshold"])).best_window(curve, breaks)[1])
+    found = SeriesRule(int(rule["neighbours"]), float(rule["threshold"]))  # the window's size as the verdict used it
+    return tuple(found.best_window(curve, breaks, size=int(rule["used"]) if rule.get("used") else None)[1])
 
 
 def section_heat(view: SeriesView, index: int, classifier: Classifier, explainer: Explainer) -> np.ndarray | None:

@@ -19,6 +19,7 @@ import json
 import re
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -111,12 +112,17 @@ def choose(
     return {"neighbours": k, "threshold": t, "sensitivity": sensitivity, "specificity": specificity}
 
 
-def fit_series(
-    card_path: Path, root: Path, log: Callable[[str], None] = print, restamp: bool = False
-) -> dict[str, Any]:
-    """Fit the series rule for the model of ``card_path`` and write it into the card's ``series`` (with
-    ``restamp``, under the version that names it: :func:`core.training.card_io.restamped`)."""
-    classifier = Classifier.from_card(card_path)
+@dataclass(frozen=True)
+class Curves:
+    """Each validation volume's section probabilities as the app reads them (None: a skipped section): the LGG
+    tumour volumes with which of their sections show the tumour, and the Normal-heads volumes."""
+
+    tumour: list[tuple[list[float | None], list[bool]]]
+    normal: list[list[float | None]]
+
+
+def validation_curves(classifier: Classifier, card_path: Path, root: Path) -> Curves:
+    """The volumes the series rule is fitted and measured on (see the module docstring), read by ``classifier``."""
     card = json.loads(card_path.read_text())
     folders = card.get("data", {}).get("folders")
     trained_on = set(VOLUME_SOURCES) if folders is None else {Path(folder).name for folder in folders}
@@ -126,14 +132,27 @@ def fit_series(
         if (root / source).is_dir():
             found = discover([root / source])
             chosen += found if source not in trained_on else [i for i in found if i.path.resolve() in listed]
-    positives, negatives, stretches = [], [], []
+    tumour, normal = [], []
     for members in volumes(chosen).values():
         curve = curves(classifier, members)
         if members[0].source == "LGG":
-            positives.append(curve)
-            stretches += tumour_free_stretches(curve, [m.label != "notumor" for m in members])
+            tumour.append((curve, [m.label != "notumor" for m in members]))
         else:
-            negatives.append(curve)
+            normal.append(curve)
+    return Curves(tumour, normal)
+
+
+def fit_series(
+    card_path: Path, root: Path, log: Callable[[str], None] = print, restamp: bool = False
+) -> dict[str, Any]:
+    """Fit the series rule for the model of ``card_path`` and write it into the card's ``series`` (with
+    ``restamp``, under the version that names it: :func:`core.training.card_io.restamped`)."""
+    classifier = Classifier.from_card(card_path)
+    card = json.loads(card_path.read_text())
+    read = validation_curves(classifier, card_path, root)
+    positives = [curve for curve, _ in read.tumour]
+    negatives = read.normal
+    stretches = [part for curve, marks in read.tumour for part in tumour_free_stretches(curve, marks)]
     if not positives or not negatives:
         raise ValueError("fitting the series rule needs tumour volumes (LGG) and tumour-free ones (Normal-heads)")
     floor = classifier.card.rule.threshold
