@@ -48,11 +48,20 @@ def test_the_section_figure_carries_the_section_as_a_png_with_its_letters_and_li
     lines = title_lines(long)  # on one line it ran under the toolbar and past the chart's edge
     assert len(lines) > 1 and " · ".join(lines) == long and all(len(x) <= TITLE_WIDTH for x in lines[:-1])
     wrapped = section_figure(section, title=long)["layout"]
-    assert wrapped["title"]["text"] == "<br>".join(lines) and wrapped["margin"]["t"] == 12 + 20 * len(lines)
+    assert wrapped["title"]["text"] == "<br>".join(lines) and wrapped["margin"]["t"] == 16 + 22 * len(lines)
+    # in the margin, its first line below the chart's top edge (at 0.99 of the chart it rose past it, half hidden
+    # under the control above)
+    assert wrapped["title"]["yref"] == "container" and wrapped["title"]["y"] <= 1 - 20 / wrapped["height"]
     figure = section_figure(section, letters={"left": "R", "right": "L"}, line=((1, 2), (30, 2)), title="t")
     png = _decode(figure["data"][0]["source"], "data:image/png;base64,")
     assert png.shape == (32, 64, 3) and np.array_equal(png[:, :, 0], section)  # lossless, grey in every channel
-    assert [a["text"] for a in figure["layout"]["annotations"]] == ["<b>R</b>", "<b>L</b>"]
+    letters = figure["layout"]["annotations"]
+    assert [a["text"] for a in letters] == ["<b>R</b>", "<b>L</b>"]
+    # at the image's edges (its axes' domains, fitted to it), on a dark box: placed on the whole chart, R and L
+    # stood in the page's margins beside a narrower image, yellow on near-white
+    assert all((a["xref"], a["yref"]) == ("x domain", "y domain") and a["bgcolor"] for a in letters)
+    assert [(a["x"], a["xanchor"]) for a in letters] == [(0.0, "left"), (1.0, "right")]
+    assert figure["layout"]["xaxis"]["constrain"] == figure["layout"]["yaxis"]["constrain"] == "domain"
     assert figure["layout"]["shapes"][0]["x1"] == 30
     unknown = section_figure(section, letters={})  # the files gave no orientation: said on the image
     assert [a["text"] for a in unknown["layout"]["annotations"]] == ["Orientation not given: left and right unknown"]

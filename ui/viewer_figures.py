@@ -150,16 +150,23 @@ def section_figure(
     # a PNG data URI, not a z array: a 256 x 256 x 3 array goes out as 196,608 JSON numbers on every scroll step
     source = data_uri(cv2.cvtColor(rgb.astype(np.uint8), cv2.COLOR_RGB2BGR), "png")
     h, w = section.shape
-    places = {"left": (0.01, 0.5), "right": (0.99, 0.5), "top": (0.5, 0.99), "bottom": (0.5, 0.01)}
+    # at the image's own edges (its axes' domains, fitted to the image): placed on the whole chart, R and L stood
+    # in the page's white margins beside a narrower image, yellow on near-white; on a dark box, seen on any pixels
+    places = {"left": (0.0, 0.5, "left"), "right": (1.0, 0.5, "right"), "top": (0.5, 1.0, "center"),
+              "bottom": (0.5, 0.0, "center")}  # fmt: skip
     annotations = [
         {
             "x": places[side][0],
             "y": places[side][1],
-            "xref": "paper",
-            "yref": "paper",
+            "xref": "x domain",
+            "yref": "y domain",
+            "xanchor": places[side][2],
+            "yanchor": {"top": "top", "bottom": "bottom"}.get(side, "middle"),
             "text": f"<b>{text}</b>",
             "showarrow": False,
             "font": {"color": "#ffd54f", "size": 16},
+            "bgcolor": "rgba(0, 0, 0, 0.6)",
+            "borderpad": 3,
         }
         for side, text in (letters or {}).items()
         if side in places
@@ -169,8 +176,8 @@ def section_figure(
             {
                 "x": 0.01,
                 "y": 0.01,
-                "xref": "paper",
-                "yref": "paper",
+                "xref": "x domain",
+                "yref": "y domain",
                 "xanchor": "left",
                 "yanchor": "bottom",
                 "text": NO_ORIENTATION,
@@ -188,14 +195,23 @@ def section_figure(
     return {
         "data": [{"type": "image", "source": source, "hovertemplate": "x %{x}, y %{y}<extra></extra>"}],
         "layout": {
-            "title": {"text": "<br>".join(lines), "x": 0, "xanchor": "left", "y": 0.99, "yanchor": "top"},
+            # inside the chart's top margin, below its top edge (at 0.99 of the chart its first line rose past the
+            # edge, under the control above the chart: the section's position in mm half hidden)
+            "title": {
+                "text": "<br>".join(lines),
+                "x": 0,
+                "xanchor": "left",
+                "yref": "container",
+                "y": 1 - 22 / height,  # the first line's height down: Plotly anchors a title by its first baseline
+                "yanchor": "top",
+            },
             "height": height,
             "dragmode": "pan",
             "annotations": annotations,
             "shapes": shapes,
-            "margin": {"l": 0, "r": 0, "t": 12 + 20 * len(lines) if title else 0, "b": 0},
-            "xaxis": {"visible": False, "range": [-0.5, w - 0.5]},
-            "yaxis": {"visible": False, "range": [h - 0.5, -0.5]},
+            "margin": {"l": 0, "r": 0, "t": 16 + 22 * len(lines) if title else 0, "b": 0},
+            "xaxis": {"visible": False, "range": [-0.5, w - 0.5], "constrain": "domain"},
+            "yaxis": {"visible": False, "range": [h - 0.5, -0.5], "constrain": "domain"},
         },
     }
 
