@@ -172,6 +172,12 @@ except (StoreError, InvalidRecord) as error:
     st.stop()
 chosen = opened.record  # as it stands now (it may be off the list: see above)
 st.divider()
+# which result is open, named as its row is: below the list, nothing told it (no row is ticked when the first
+# opens), and Shift+A signs what is open
+where = f"row {ids.index(chosen.id) + 1} of the list" if chosen.id in ids else "not in the list now"
+kind = f"series of {count_of(chosen.section_count or 0, 'section')}" if chosen.kind == "series" else "scan"
+state = "reviewed" if chosen.review_count else "to read"
+st.markdown(f"**Open:** {kind} saved {chosen.created_at:%Y-%m-%d %H:%M} UTC · {state} · {where}")
 result_panel(opened, classifier.card.labels, classifier, explainer)
 
 

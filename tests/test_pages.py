@@ -2052,6 +2052,13 @@ def test_agreeing_with_the_model_after_an_override_has_no_shortcut_and_names_the
     app.run()
     (agree,) = [b for b in app.button if b.label.startswith("Agree")]
     assert agree.proto.shortcut and not any("replaces" in c.value for c in app.caption)  # not reviewed yet: Shift+A
+    # what is open, named as its row is (no row is ticked when the first opens, and Shift+A signs it); why it is
+    # flagged, and how close the other types were ("wrong type" is a reason to override): neither was shown
+    assert any(m.value.startswith("**Open:** scan saved ") and "to read · row 1 of the list" in m.value
+               for m in app.markdown)  # fmt: skip
+    assert any(w.value.startswith("Flagged for review: its tumour probability") and "review band" in w.value
+               for w in app.warning)  # fmt: skip
+    assert any("class" in t.value.columns and len(t.value) == len(record.probabilities) for t in app.dataframe)
     reasons = next(m for m in app.multiselect if m.label == "Reasons")
     assert reasons.proto.select_all == 0  # no "Select all": every reason at once contradicts itself
     other = "notumor" if record.label != "notumor" else "glioma"

@@ -217,6 +217,20 @@ def _stored_scan(view, labels: tuple[str, ...]) -> None:
         looked.caption(HEAT_MEANING)
 
 
+def _flag_reason(record, classifier) -> str:
+    """Why a single scan was flagged, where the served model's review band tells it (the band is the card's, so
+    only for a result of the model served); "" otherwise (a series' reasons are its warnings above)."""
+    if record.gate != "needs_review" or record.kind == "series" or classifier is None:
+        return ""
+    card = classifier.card
+    if (record.model_name, record.model_version) != (card.name, card.version):
+        return ""
+    low, high = card.rule.review_band
+    if not low <= record.tumour_probability < high:
+        return ": the input gate found the image unusual (said when it was analysed)"
+    return f": its tumour probability {percent(record.tumour_probability)} is in the review band ({low:.0%}-{high:.0%})"
+
+
 def result_panel(opened, labels: tuple[str, ...], classifier=None, explainer=None) -> None:
     """A saved result as the worklist shows it: its image, crop and heat map (a series: its viewer and curve)
     while the pixels are kept, the verdict, the final label (a disagreement stands out) and the review history."""
@@ -255,6 +269,8 @@ def result_panel(opened, labels: tuple[str, ...], classifier=None, explainer=Non
                 f"{percent(record.confidence)} · {saved}",
                 help=CONFIDENCE_HELP,
             )
+            if record.probabilities:  # how close the other types were: "wrong type" is a reason to override
+                probability_table(dict(record.probabilities))
         if record.kind == "series":  # saved outlines are not kept: the volume it was saved with
             lesion = stored_volume_line(record.lesion_px, record.lesion_ml)
         else:
@@ -267,7 +283,10 @@ def result_panel(opened, labels: tuple[str, ...], classifier=None, explainer=Non
         if record.gate == "needs_review" and opened.reviews:  # the flag was answered: no longer a call to act
             st.caption(f"Flagged for review by the model; reviewed since ({count_of(len(opened.reviews), 'review')}).")
         elif record.gate != "accepted":
-            st.warning({"needs_review": "Flagged for review", "rejected": "Refused by the input gate"}[record.gate])
+            st.warning(
+                {"needs_review": "Flagged for review", "rejected": "Refused by the input gate"}[record.gate]
+                + _flag_reason(record, classifier)
+            )
         if not opened.reviews:
             st.caption("Not reviewed yet.")
     if opened.reviews:  # the page's width: in the verdict's column the reasons and the note were cut off
