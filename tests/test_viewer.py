@@ -94,6 +94,10 @@ def test_the_curve_marks_the_threshold_the_current_section_and_the_sections_abov
     assert figure["layout"]["annotations"][0]["text"] == "judged at 0.50" and figure["layout"]["height"] == 220
     plain = curve_figure([0.1, 0.2], threshold=0.7, current=0)  # nothing above, nothing skipped: the line alone
     assert [trace["name"] for trace in plain["data"]] == ["tumour probability"]
+    # whole sections from 1: a short series had ticks at 1.5 and 2.5, a long one a section "0"
+    assert figure["layout"]["xaxis"]["range"] == [0.5, 5.5] and figure["layout"]["xaxis"]["dtick"] == 1
+    long = curve_figure([0.1] * 40, threshold=0.5, current=0)["layout"]["xaxis"]
+    assert long["range"] == [0.5, 40.5] and long["tickformat"] == "d" and "dtick" not in long
 
 
 def test_the_quick_scroller_gets_every_section_as_a_jpeg_with_a_title_each(tiny_classifier) -> None:

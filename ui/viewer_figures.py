@@ -227,7 +227,10 @@ def curve_figure(
     sections above it and the current section; each point can be clicked to go there. No threshold line when the
     rule that made the verdict is not known."""
     y = [None if p is None else round(float(p), 4) for p in curve]
-    return {"data": _curve_traces(y, marked), "layout": _curve_layout(threshold, current, height)}
+    layout = _curve_layout(threshold, current, height)
+    # whole sections from 1: a short series had ticks at 1.5, 2.5 (and 0 to 2 for one section), a long one a "0"
+    layout["xaxis"] |= {"range": [0.5, len(y) + 0.5], "tickformat": "d"} | ({"dtick": 1} if len(y) <= 15 else {})
+    return {"data": _curve_traces(y, marked), "layout": layout}
 
 
 def _markers(
