@@ -75,6 +75,12 @@ def test_a_study_report_states_the_verdicts_the_review_and_the_model_and_renders
     assert "Not reviewed by a radiologist yet." in text and "Model verdict (not reviewed yet): " in text
     assert "Pixel spacing: 0.90 x 0.90 mm" in text and "tiny" in text and "limitations" in text.lower()
     assert "ZZCANARY" not in text  # the DICOM PatientName of the phantom never reaches a report
+    # every page names its study and its place: a page apart from the first named nothing
+    pages = text.split("\f")[:-1]
+    assert len(pages) >= 2 and all(
+        "patient reference eeeeeeeeeeee · study saved" in page and f"page {n} of {len(pages)}" in page
+        for n, page in enumerate(pages, start=1)
+    ), pages
     import re
 
     assert re.search(r"section \d+, [RLAPSIFH]+ ?\d+\.\d mm", text), text  # each key section's place, as the viewer's
@@ -681,7 +687,9 @@ def test_the_reports_curve_draws_every_section_read_even_one_between_two_skipped
     (threshold,) = [args for name, args, _ in drawn if name == "line" and args[1] == args[3]]  # the dashed line
     below = next(d for d in dots if round(d["x"]) == 11)  # P 0.1, under the threshold 0.3: drawn below its line
     assert below["y"] > threshold[1]
+    ticks = [args[2] for name, args, _ in drawn if name == "cell"][:-1]
+    assert ticks == ["1", "5", "6"]  # which dot is which section: the first, the last and every 5th
     drawn.clear()
     curve(Page(), SimpleNamespace(curve=(0.4,), threshold=None), 10.0, 20.0, 100.0, 30.0)
-    (caption,) = [args for name, args, _ in drawn if name == "cell"]
+    *_, caption = [args for name, args, _ in drawn if name == "cell"]
     assert "red" not in caption[2]  # no threshold, no red: the caption does not say there is

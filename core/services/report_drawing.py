@@ -59,14 +59,27 @@ def curve(pdf, view: SeriesView, x: float, y: float, w: float, h: float) -> None
             pdf.set_fill_color(*((211, 47, 47) if above else (21, 101, 192)))
             pdf.circle(x=point[0], y=point[1], radius=0.6 if above else 0.35, style="F")
         previous = point
+    pdf.set_font("Helvetica", size=6)
+    pdf.set_draw_color(150, 150, 150)
+    for number in section_ticks(len(view.curve)):  # which dot is which section (the caption said "1 ... 37" only)
+        tick = at(number - 1, 0.0)[0]
+        pdf.line(tick, y + h, tick, y + h + 0.8)
+        pdf.set_xy(tick - 4, y + h + 0.8)
+        pdf.cell(8, 2.4, str(number), align="C")
     pdf.set_font("Helvetica", size=7)
-    pdf.set_xy(x, y + h + 0.5)
+    pdf.set_xy(x, y + h + 3.5)
     rule = (
         ""
         if view.threshold is None
         else f"; red: at or above the threshold; dashed: the threshold the verdict was judged by {view.threshold:.2f}"
     )
     pdf.cell(w, 3, pdf_text(f"section 1 ... {len(view.curve)}{rule}; P(tumour) 0 to 1"))
+
+
+def section_ticks(count: int) -> list[int]:
+    """The section numbers marked under the curve: the first, the last, and every 5th (10th past 50 sections)."""
+    step = 5 if count <= 50 else 10
+    return sorted({1, count, *range(step, count, step)}) if count > 1 else [1]
 
 
 def outlined(section: np.ndarray, lesion: Lesion | None, side: int = 512) -> np.ndarray:

@@ -71,12 +71,23 @@ def render(
     series' number as the page showed it (default 1, 2, ...: a series with no verdict, never saved, shifted them)."""
     from fpdf import FPDF
 
-    pdf = FPDF(format="A4")
+    facts = study_facts(records, author, now or datetime.now(UTC))
+    reference = f"patient reference {facts[0][1]} · study saved {facts[1][1]}"
+
+    class Report(FPDF):
+        def footer(self) -> None:
+            """Every page names its study and its place (a page apart from the first named nothing: a separated
+            page could not be matched to its patient)."""
+            self.set_y(-12)
+            self.set_font("Helvetica", size=7)
+            self.cell(0, 5, pdf_text(f"Brain MRI triage report · {reference} · page {self.page_no()} of {{nb}}"))
+
+    pdf = Report(format="A4")
     pdf.set_auto_page_break(True, margin=15)
     pdf.set_title("Brain MRI triage report")
     pdf.set_creator("brain-mri-triage")
     pdf.add_page()
-    _header(pdf, study_facts(records, author, now or datetime.now(UTC)))
+    _header(pdf, facts)
     _verdict(pdf, records, unread)
     for number, record, view in zip(numbers or range(1, len(records) + 1), records, views, strict=True):
         _series(pdf, number, record, view, list(reviews_by_record.get(record.id, [])), heat, lesions)
@@ -207,7 +218,7 @@ def _series(
     pdf.set_font("Helvetica", size=9)
     rows = sum(len(pdf.multi_cell(0, 4.5, pdf_text(line), dry_run=True, output="LINES")) for line in lines)
     maps = {index: heat.get((number, index)) for index in key_sections(view)} if view is not None else {}
-    block = 34 + _key_rows_height(maps)  # the curve, the key sections, their heat maps and captions
+    block = 37 + _key_rows_height(maps)  # the curve, the key sections, their heat maps and captions
     # the title with its curve and key sections on one page (they once began the next page under no title)
     _room_for(pdf, 7 + 4.5 * rows + (0 if view is None else block))
     pdf.set_font("Helvetica", "B", 11)
@@ -221,7 +232,7 @@ def _series(
     _room_for(pdf, block)  # the curve and the key sections' rows, with their captions, on one page
     top = pdf.get_y() + 1
     curve(pdf, view, pdf.l_margin, top, 180, 28)
-    pdf.set_y(top + 33)
+    pdf.set_y(top + 36)
     _key_section_images(pdf, view, maps)
     _key_lesion(pdf, number, record, view, (lesions or {}).get(number), lesions is not None)
 
