@@ -324,7 +324,17 @@ def test_a_report_of_a_study_read_again_replaces_the_pacs_current_one_never_stan
     # a study whose images give their offset: the report's is theirs, its own times written in it (said at the
     # server's, the study's copied date and time moved by the difference)
     tokyo = relabelled(first_files, TimezoneOffsetFromUTC="+0900", StudyDate="20240102", StudyTime="101500")
+    issuer, other = pydicom.Dataset(), pydicom.Dataset()
+    issuer.LocalNamespaceEntityID = "ACC-ISSUER"
+    other.PatientID, other.IssuerOfPatientID = "OTHER-555", "HOSP-B"
+    tokyo = relabelled(tokyo, IssuerOfAccessionNumberSequence=[issuer], OtherPatientIDsSequence=[other])
     there = objects.verdict_report(objects.headers(tokyo), outcome.series, outcome.verdict, model)
+    # the qualifiers its key images keep (a RIS matching on the accession number's issuer filed the SR apart)
+    assert there.IssuerOfAccessionNumberSequence[0].LocalNamespaceEntityID == "ACC-ISSUER"
+    assert (there.OtherPatientIDsSequence[0].PatientID, there.OtherPatientIDsSequence[0].IssuerOfPatientID) == (
+        "OTHER-555",
+        "HOSP-B",
+    )
     made = datetime.strptime(there.ContentDate + there.ContentTime.split(".")[0] + "+0900", "%Y%m%d%H%M%S%z")
     assert there.TimezoneOffsetFromUTC == "+0900" and (there.StudyDate, there.StudyTime) == ("20240102", "101500")
     assert abs((made - datetime.now(UTC)).total_seconds()) < 120 and there.InstanceCreationDate == there.ContentDate
