@@ -126,32 +126,10 @@ def title_lines(title: str) -> list[str]:
     return lines
 
 
-def section_figure(
-    section: np.ndarray,
-    *,
-    heat: np.ndarray | None = None,
-    opacity: float = 0.4,
-    letters: Mapping[str, str] | None = None,
-    line: tuple[tuple[float, float], tuple[float, float]] | None = None,
-    outline: Sequence[np.ndarray] | None = None,
-    title: str = "",
-    height: int = 560,
-) -> dict[str, Any]:
-    """A displayed section as a zoomable image (scroll to zoom, drag to pan), the heat map (0..1, same shape)
-    blended in when given, the patient directions at the edges, the lesion outline ((x, y) contours on displayed
-    pixels) and a measured line.
-
-    The viewer's figures are plain Plotly specifications (dicts): building and validating graph objects cost
-    tens of milliseconds per figure, on every step of a scroll through a series."""
-    if heat is None:
-        rgb = np.repeat(section[:, :, None], 3, axis=2)
-    else:  # the colours of the Scan page, the Worklist and the PDF (a red-white blend here read otherwise)
-        rgb = overlay(np.asarray(section, np.uint8), np.clip(heat, 0.0, 1.0).astype(np.float32), opacity)
-    # a PNG data URI, not a z array: a 256 x 256 x 3 array goes out as 196,608 JSON numbers on every scroll step
-    source = data_uri(cv2.cvtColor(rgb.astype(np.uint8), cv2.COLOR_RGB2BGR), "png")
-    h, w = section.shape
-    # at the image's own edges (its axes' domains, fitted to the image): placed on the whole chart, R and L stood
-    # in the page's white margins beside a narrower image, yellow on near-white; on a dark box, seen on any pixels
+def _letter_annotations(letters: Mapping[str, str] | None) -> list[dict[str, Any]]:
+    """The patient directions at the image's own edges (its axes' domains, fitted to the image): placed on the whole
+    chart, R and L stood in the page's white margins beside a narrower image, yellow on near-white; on a dark box,
+    seen on any pixels. Files that give no orientation: said on the image, never left to be assumed."""
     places = {"left": (0.0, 0.5, "left"), "right": (1.0, 0.5, "right"), "top": (0.5, 1.0, "center"),
               "bottom": (0.5, 0.0, "center")}  # fmt: skip
     annotations = [
@@ -185,6 +163,34 @@ def section_figure(
                 "font": {"color": "#ffd54f", "size": 12},
             }
         )
+    return annotations
+
+
+def section_figure(
+    section: np.ndarray,
+    *,
+    heat: np.ndarray | None = None,
+    opacity: float = 0.4,
+    letters: Mapping[str, str] | None = None,
+    line: tuple[tuple[float, float], tuple[float, float]] | None = None,
+    outline: Sequence[np.ndarray] | None = None,
+    title: str = "",
+    height: int = 560,
+) -> dict[str, Any]:
+    """A displayed section as a zoomable image (scroll to zoom, drag to pan), the heat map (0..1, same shape)
+    blended in when given, the patient directions at the edges, the lesion outline ((x, y) contours on displayed
+    pixels) and a measured line.
+
+    The viewer's figures are plain Plotly specifications (dicts): building and validating graph objects cost
+    tens of milliseconds per figure, on every step of a scroll through a series."""
+    if heat is None:
+        rgb = np.repeat(section[:, :, None], 3, axis=2)
+    else:  # the colours of the Scan page, the Worklist and the PDF (a red-white blend here read otherwise)
+        rgb = overlay(np.asarray(section, np.uint8), np.clip(heat, 0.0, 1.0).astype(np.float32), opacity)
+    # a PNG data URI, not a z array: a 256 x 256 x 3 array goes out as 196,608 JSON numbers on every scroll step
+    source = data_uri(cv2.cvtColor(rgb.astype(np.uint8), cv2.COLOR_RGB2BGR), "png")
+    h, w = section.shape
+    annotations = _letter_annotations(letters)
     shapes = outline_shapes(outline) if outline is not None else []
     if line is not None:
         (x0, y0), (x1, y1) = line
