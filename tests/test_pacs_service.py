@@ -1004,6 +1004,24 @@ def test_from_now_on_a_watch_whose_first_start_failed_begins_from_now(tmp_path) 
     assert pacs_watch.open_state(path, None, store, RADIOLOGIST, lambda: 99).last == 20
 
 
+def test_a_pacs_study_of_localizers_alone_so_far_is_no_failure_and_is_read_when_its_series_arrive(
+    tiny_classifier, tmp_path
+) -> None:
+    """Scanners often send the scout first, and Orthanc called the study stable before its series arrived: the
+    watch reported "series_error", worded for an upload, and exited 1 for a normal exam."""
+    uid = f"{STUDY}.27"
+    scout = relabelled(tumour_study(uid)[:3], ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
+    pacs, store = StandIn({uid: scout}), SQLiteStore(tmp_path / "r.db")
+    state = pacs_watch.WatchState.load(tmp_path / "w.json")
+    watcher = pacs_watch.Watcher(pacs, Feed([uid]), tiny_classifier, store, None, None)
+    (line,) = pacs_watch.watch_once(watcher, state, RADIOLOGIST)
+    assert line["skipped"] == "only_localizers" and "read when its series arrive" in line["reason"]
+    assert not pacs_watch.failed(line) and "upload" not in line["reason"]
+    pacs.files[uid] = scout + tumour_study(uid)  # the series arrive: the study's MR images changed
+    (line,) = pacs_watch.watch_once(replace(watcher, changes=Feed([uid, uid])), state, RADIOLOGIST)
+    assert line["again"] and line["saved"] == ["saved"] and not pacs_watch.failed(line)
+
+
 def argparse_once():
     import argparse
 

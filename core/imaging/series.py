@@ -59,7 +59,15 @@ from core.imaging.series_headers import (
     stack_of,
     uid_key_of,
 )
-from core.imaging.volume import NO_STUDY_UID, SeriesError, Volume, hash_parts, one_per_position, radiological
+from core.imaging.volume import (
+    NO_STUDY_UID,
+    OnlyLocalizers,
+    SeriesError,
+    Volume,
+    hash_parts,
+    one_per_position,
+    radiological,
+)
 
 __all__ = ["SeriesError", "Upload", "Volume", "is_nifti", "read_study", "read_upload"]
 
@@ -136,9 +144,7 @@ def read_upload(
         raise SeriesError(unread[0])
     if not volumes:
         if localizers:
-            raise SeriesError(
-                "The upload holds only localizer images (the scanner's positioning images); upload the series to read."
-            )
+            raise OnlyLocalizers()
         if non_images:
             raise SeriesError("The upload holds no image: only DICOM objects without one (an index, reports).")
         raise SeriesError("The zip holds no DICOM or NIfTI file." if others else "No series found in the upload.")

@@ -28,6 +28,17 @@ class SeriesError(ScanError):
     code = "series_error"
 
 
+class OnlyLocalizers(SeriesError):
+    """An upload, or a PACS study so far, of the scanner's positioning images alone: nothing to read yet."""
+
+    code = "only_localizers"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The upload holds only localizer images (the scanner's positioning images); upload the series to read."
+        )
+
+
 @dataclass(frozen=True, eq=False)
 class Volume:
     """One series, sections ordered along its normal: ``sections`` (N, H, W) uint8 as displayed."""

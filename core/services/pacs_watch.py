@@ -34,6 +34,7 @@ from core.errors import (
     WrongBodyPart,
     WrongModality,
 )
+from core.imaging.volume import OnlyLocalizers
 from core.model.classifier import Classifier
 from core.pacs import objects
 from core.pacs.changes import OrthancChanges
@@ -283,7 +284,16 @@ FEED_WENT_BACK = (
 
 
 # why a study is skipped that is no failure: it has no MR series (or is gone), or no brain MR
-NOT_OURS = frozenset({PacsNotFound.code, WrongModality.code, WrongBodyPart.code, NoBrainFound.code})
+# no brain MR series to read (yet: a study of the scout alone, stable before its series arrived, is read when they
+# do, its MR images changed; it exited 1 as a failure, for a normal exam)
+NOT_OURS = frozenset(
+    {PacsNotFound.code, WrongModality.code, WrongBodyPart.code, NoBrainFound.code, OnlyLocalizers.code}
+)
+
+
+LOCALIZERS_SO_FAR = (
+    "the study holds only localizer images so far (the scanner's positioning images): it is read when its series arrive"
+)
 
 
 def failed(line: dict[str, Any]) -> bool:
@@ -387,7 +397,8 @@ def _handle(watcher: Watcher, study_uid: str, actor: Actor, fingerprint: str | N
     )
     if pulled.outcome.error_code:
         logger.info("event=pacs_study_skipped code=%s", pulled.outcome.error_code)
-        return {"study_uid": study_uid, "skipped": pulled.outcome.error_code, "reason": pulled.outcome.error_message}
+        reason = LOCALIZERS_SO_FAR if pulled.outcome.error_code == OnlyLocalizers.code else pulled.outcome.error_message
+        return {"study_uid": study_uid, "skipped": pulled.outcome.error_code, "reason": reason}
     reference = patient_reference(pacs_patient_id(pulled), watcher.key)
     statuses = save_study_statuses(
         pulled.outcome, watcher.store, actor=actor, patient_ref=reference, images=watcher.images, key=watcher.key
