@@ -265,6 +265,9 @@ def test_pacs_failures_each_get_their_own_message(orthanc, tiny_classifier) -> N
         few.retrieve_mr(STUDY)
     with pytest.raises(PacsUnreachable, match="no DICOMweb service at this address"):  # a mistyped root: "no such
         Pacs(orthanc.dicomweb.replace("dicom-web", "dicomweb"), orthanc.user, orthanc.password).search()  # study"
+    # a series listed a moment ago and deleted since: not the address (an administrator was sent to check the URL)
+    with pytest.raises(PacsUnreachable, match=r"HTTP 404\): the study or series was deleted meanwhile"):
+        good._size_of(STUDY, "1.2.826.0.1.3680043.8.498.999998")
     with pytest.raises(PacsQueryRefused, match="exactly"):  # "*" listed every patient's studies, "A,B" two
         good.search(patient_id="PACS-TEST-001,PACS-TEST-002")
     hits = good.search(patient_id="PACS-TEST-001", description="MR, BRAIN")  # a comma is a word break, not a list

@@ -127,6 +127,8 @@ class Pacs:
         self._client.set_http_retry_params(retry=False)
         quiet_pydicom()  # the PACS's files are parsed by the client
 
+    GONE = frozenset({"series metadata", "retrieval", "report retrieval"})  # what asks for one listed resource
+
     @contextmanager
     def _errors(self, what: str) -> Iterator[None]:
         import requests
@@ -137,6 +139,11 @@ class Pacs:
         except requests.HTTPError as error:
             status = getattr(error.response, "status_code", None)
             logger.warning("event=pacs_failed what=%s status=%s", what, status)
+            if status == 404 and what in self.GONE:  # a resource it listed a moment ago: deleted meanwhile, not the
+                raise PacsUnreachable(  # address (an administrator was sent to check the URL)
+                    f"The PACS answered 'not found' to the {what} (HTTP 404): the study or series was deleted "
+                    "meanwhile, or moved; the study is tried again."
+                ) from error
             if status == 404:  # DICOMweb answers a search with none found; "not found" is the service's address
                 raise PacsUnreachable(
                     f"The PACS answered 'not found' to the {what} (HTTP 404): no DICOMweb service at this address; "
