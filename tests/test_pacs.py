@@ -455,6 +455,14 @@ def test_a_pacs_certificate_of_the_hospitals_own_authority_is_trusted_with_ca_fi
             pacs_service.connect(PacsSettings(url, ca_file=str(tmp_path / "gone.pem")))
     finally:
         server.shutdown()
+    plain = HTTPServer(("127.0.0.1", 0), Empty)  # an https address at a plain-http port: no certificate to blame
+    threading.Thread(target=plain.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(PacsUnreachable, match="TLS handshake with the PACS failed") as said:
+            pacs_service.connect(PacsSettings(f"https://127.0.0.1:{plain.server_address[1]}/dicom-web")).search()
+        assert "ca_file" not in str(said.value)  # it was sent off to install a certificate authority
+    finally:
+        plain.shutdown()
 
 
 def test_an_answer_cut_off_is_a_pacs_failure_to_retry_not_a_crash() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from core.errors import PacsMalformed, PacsNotFound, PacsTimedOut, PacsUnreachable
 from core.pacs.client import Pacs
-from core.pacs.http import TLS_FAILED, answer_error, checked_address, read_timed_out
+from core.pacs.http import answer_error, checked_address, read_timed_out, tls_failure
 
 logger = logging.getLogger("btd.pacs")
 
@@ -36,7 +36,7 @@ class OrthancChanges:
                 raise PacsNotFound("The PACS no longer has this study.") from error
             raise answer_error(status, "change feed") from error
         except requests.exceptions.SSLError as error:
-            raise PacsUnreachable(TLS_FAILED) from error
+            raise PacsUnreachable(tls_failure(error)) from error
         except (requests.ConnectionError, requests.Timeout) as error:  # no answer in time, at first or mid-way
             if isinstance(error, requests.ReadTimeout) or read_timed_out(error):
                 raise PacsTimedOut(f"The PACS's change feed did not answer within {self._timeout_s:g} s.") from error

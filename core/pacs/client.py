@@ -29,7 +29,7 @@ from core.errors import (
 )
 from core.imaging.dicom import quiet_pydicom
 from core.imaging.limits import DEFAULT_STUDY_LIMITS, StudyLimits
-from core.pacs.http import TLS_FAILED, answer_error, checked_address, read_timed_out, session_class
+from core.pacs.http import answer_error, checked_address, read_timed_out, session_class, tls_failure
 
 logger = logging.getLogger("btd.pacs")
 SEARCH_LIMIT = 50  # studies a search lists (QIDO limit): a full list says that more may match
@@ -152,7 +152,7 @@ class Pacs:
             raise answer_error(status, what) from error
         except requests.exceptions.SSLError as error:  # read as "does not answer", the address blamed
             logger.warning("event=pacs_tls_failed what=%s", what)
-            raise PacsUnreachable(TLS_FAILED) from error
+            raise PacsUnreachable(tls_failure(error)) from error
         except (requests.ConnectionError, requests.Timeout) as error:
             if isinstance(error, requests.ReadTimeout) or read_timed_out(error):  # connected, no answer in time, at
                 logger.warning("event=pacs_timed_out what=%s", what)  # first or mid-way: the PACS is up

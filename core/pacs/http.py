@@ -120,6 +120,16 @@ TLS_FAILED = (
     "The PACS's TLS certificate could not be verified: a hospital's own certificate authority goes in [pacs] ca_file "
     "(or BTD_PACS_CA_FILE), a PEM file."
 )
+TLS_HANDSHAKE = (
+    "The TLS handshake with the PACS failed (not its certificate): is the address's port one that speaks https, "
+    "and does the PACS accept this client's TLS versions?"
+)
+
+
+def tls_failure(error: BaseException) -> str:
+    """What a TLS failure says: the certificate authority's advice only when a certificate could not be verified
+    (an https address at a plain-http port was sent off to install a certificate authority)."""
+    return TLS_FAILED if "certificate verify failed" in str(error).lower() else TLS_HANDSHAKE
 
 
 def checked_address(url: str) -> str:
