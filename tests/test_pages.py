@@ -536,7 +536,10 @@ def test_a_dicom_file_without_an_extension_is_accepted(app_environment: Path) ->
     assert not app.exception and not app.error
     assert app.metric[0].label == "Verdict" and stored(app_environment).summary().total == 1
     # the patient directions at the image's edges, as the Study page gives them (a PNG says it has none)
-    assert "patient&#x27;s R at left, L at right, A at top" in shown_images(app)[0].proto.body
+    body = shown_images(app)[0].proto.body
+    assert "patient&#x27;s R at left, L at right, A at top, P at bottom" in body
+    # and on the image's edges, as the viewer and the PDF draw them (the caption alone named them, P never)
+    assert all(f'">{letter}</span>' in body for letter in "RLAP") and "position:absolute;left:2px" in body
     app.file_uploader[0].set_value([("slice.png", png_bytes(synthetic_slice(256)), "image/png")]).run()
     assert "left and right unknown" in shown_images(app)[0].proto.body
 

@@ -27,10 +27,11 @@ from ui.wording import CALL_CONFIDENCE, CONFIDENCE_HELP, count_of, percent, plai
 PREDICTED = "the verdict's class"
 
 
-def inline_image(container, image: bytes | np.ndarray, caption: str) -> None:
+def inline_image(container, image: bytes | np.ndarray, caption: str, letters: Mapping[str, str] | None = None) -> None:
     """An image inside the page itself (a PNG data URI), never a ``/media/`` URL: Streamlit's media URLs answer
     anyone who has them, without the session's cookie, for as long as the server keeps them; these pixels exist
-    only in the signed-in page. The caption is plain text (escaped)."""
+    only in the signed-in page. The caption is plain text (escaped). ``letters``: the patient directions, drawn at
+    the image's edges as the viewer and the PDF draw them (the caption alone named them, P never)."""
     if isinstance(image, bytes):
         png = image
     else:
@@ -39,11 +40,25 @@ def inline_image(container, image: bytes | np.ndarray, caption: str) -> None:
         png = buffer.getvalue()
     source = base64.b64encode(png).decode("ascii")
     text = html.escape(caption)
-    container.html(
-        f'<figure class="btd-image" style="margin:0"><img src="data:image/png;base64,{source}" alt="{text}" '
-        f'style="width:100%;height:auto"/><figcaption style="font-size:0.8rem;opacity:0.7">{text}</figcaption>'
-        "</figure>"
+    marks = "".join(
+        f'<span style="position:absolute;{_PLACES[side]};color:#ffd54f;background:rgba(0,0,0,0.6);font-weight:700;'
+        f'font-size:0.85rem;padding:0 3px;line-height:1.2">{html.escape(letter)}</span>'
+        for side, letter in (letters or {}).items()
+        if side in _PLACES
     )
+    container.html(
+        f'<figure class="btd-image" style="margin:0"><div style="position:relative"><img '
+        f'src="data:image/png;base64,{source}" alt="{text}" style="width:100%;height:auto;display:block"/>{marks}'
+        f'</div><figcaption style="font-size:0.8rem;opacity:0.7">{text}</figcaption></figure>'
+    )
+
+
+_PLACES = {
+    "left": "left:2px;top:50%;transform:translateY(-50%)",
+    "right": "right:2px;top:50%;transform:translateY(-50%)",
+    "top": "top:2px;left:50%;transform:translateX(-50%)",
+    "bottom": "bottom:2px;left:50%;transform:translateX(-50%)",
+}
 
 
 def probability_table(probabilities: dict[str, float]) -> None:
@@ -115,7 +130,10 @@ def edges(letters: Mapping[str, str]) -> str:
     """The patient directions at a shown image's edges for its caption, or that the file does not give them."""
     if not letters:
         return f" · {NO_ORIENTATION[0].lower()}{NO_ORIENTATION[1:]}"
-    return f" · patient's {letters['left']} at left, {letters['right']} at right, {letters['top']} at top"
+    return (
+        f" · patient's {letters['left']} at left, {letters['right']} at right, {letters['top']} at top, "
+        f"{letters['bottom']} at bottom"
+    )
 
 
 @st.fragment
@@ -171,6 +189,7 @@ def scan_panel(
         )
         + (" · lesion outlined (magenta)" if outlined else "")
         + edges(view.letters),
+        view.letters,
     )
     inline_image(crop, view.crop, f"As the model sees it ({view.crop.shape[0]} px)")
     if view.heat:
@@ -206,6 +225,7 @@ def _stored_scan(view, labels: tuple[str, ...]) -> None:
         f"{view.format.upper()} {view.width}×{view.height}"
         + (f" · frame {view.frame}" if view.frame is not None else "")  # counted as on the Scan page
         + f"{outlined}{edges(view.letters)}",
+        view.letters,
     )
     inline_image(crop, view.crop, "As the model sees it")
     label = view.explained or labels[0]
