@@ -42,11 +42,15 @@ def missing_secrets(path: Path) -> str | None:
     """Why a secrets file named in the configuration (``BTD_SECRETS``, the app's ``secrets.files``) cannot be used
     because it is not there, or None. Only the project's own may be absent (no secrets: the embedded database and
     local keys); a mistyped name ran the commands and the app on a new embedded database with new keys, without a
-    word, instead of the configured MongoDB."""
-    path = path.expanduser()
-    if path.exists() or path.resolve() == DEFAULT_SECRETS.resolve():
-        return None
-    return f"the secrets file {path} named in the configuration (BTD_SECRETS, secrets.files) does not exist"
+    word, instead of the configured MongoDB. The path as both readers take it: "~" is not expanded (Streamlit does
+    not, and a service's environment file passes it as written)."""
+    try:
+        if path.exists() or path.resolve() == DEFAULT_SECRETS.resolve():
+            return None
+    except OSError as error:  # a folder on the way this account may not enter: said, not an unexpected error
+        return f"the secrets file {path} named in the configuration cannot be read ({error.strerror})"
+    where = "" if path.is_absolute() else f" (from the folder {Path.cwd()})"
+    return f"the secrets file {path}{where} named in the configuration (BTD_SECRETS, secrets.files) does not exist"
 
 
 def file_secrets() -> dict[str, Any]:
@@ -71,6 +75,9 @@ def file_secrets() -> dict[str, Any]:
     return secrets
 
 
+_WARNED: set[tuple[Path, int]] = set()
+
+
 def warn_if_readable(path: Path) -> None:
     """Log a warning when other accounts may read the secrets file (0644 as copied under a usual umask): it holds
     the database's password and the patient-reference and audit keys, where every data file is 0600. Warned, not
@@ -82,7 +89,8 @@ def warn_if_readable(path: Path) -> None:
         mode = path.stat().st_mode
     except OSError:
         return
-    if path.is_file() and mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if path.is_file() and mode & (stat.S_IRWXG | stat.S_IRWXO) and (path, mode) not in _WARNED:
+        _WARNED.add((path, mode))  # once per file and mode in a process (a command reads the file several times)
         logging.getLogger("btd.config").warning(
             "event=secrets_readable mode=%s hint=chmod 600 the secrets file (other accounts may read its keys)",
             oct(stat.S_IMODE(mode)),

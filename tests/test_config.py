@@ -157,6 +157,9 @@ def test_a_secrets_file_named_but_not_there_is_refused_not_read_as_none(tmp_path
     monkeypatch.setenv("BTD_SECRETS", "")  # set but empty: unset, as make run reads it
     assert missing_secrets(DEFAULT_SECRETS) is None and missing_secrets(tmp_path) is None  # a folder of them
     assert "does not exist" in missing_secrets(tmp_path / "secret.toml")
+    # "~" as written (a service's environment file passes it so, and Streamlit reads it so): not there either
+    assert "does not exist" in missing_secrets(Path("~/no-such-folder/secrets.toml"))
+    assert "(from the folder " in missing_secrets(Path("relative/secrets.toml"))  # where it was looked for
 
 
 def test_a_secrets_file_other_accounts_may_read_is_logged(tmp_path: Path, monkeypatch, caplog) -> None:

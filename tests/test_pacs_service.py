@@ -676,7 +676,7 @@ def test_the_report_says_which_series_needs_review_and_the_threshold_each_was_ju
     # a clinical report never states certainty: the PACS's report read "P(tumour) 1.000" (the screen: ">99.9%")
     sure, none = (objects._series_lines(objects.headers(files), replace(series, score=p)) for p in (0.99996, 2e-5))
     assert "P(tumour) >0.999 (" in sure and "P(tumour) <0.001 (" in none
-    assert f"fewer than the rule's {rule.neighbours}" in line and "NEEDS REVIEW (too few" in line
+    assert f"fewer than the rule's {rule.neighbours}" in line and "NEEDS REVIEW (fewer neighbouring" in line
     card = tiny_classifier.card
     report = objects.verdict_report(
         objects.headers(files), outcome.series, outcome.verdict, objects.ModelFacts(card.name, card.version, "0" * 64)
@@ -1063,8 +1063,8 @@ def test_a_study_whose_report_left_the_pacs_is_reported_again_when_it_is_stable_
     the study in silence; its readers in the PACS lost the report."""
     uid = f"{STUDY}.26"
     pacs, store = StandIn({uid: tumour_study(uid)}), SQLiteStore(tmp_path / "r.db")
-    state = pacs_watch.WatchState.load(tmp_path / "w.json")
-    watcher = pacs_watch.Watcher(pacs, Feed([uid]), tiny_classifier, store, None, None, True)
+    state = pacs_watch.WatchState.load(tmp_path / "w.json", b"k" * 32)
+    watcher = pacs_watch.Watcher(pacs, Feed([uid]), tiny_classifier, store, None, b"k" * 32, True)
     (line,) = pacs_watch.watch_once(watcher, state, RADIOLOGIST)
     sent = [str(d.SOPInstanceUID) for batch in pacs.stored for d in batch]
     assert sent and "again" not in line
@@ -1078,6 +1078,15 @@ def test_a_study_whose_report_left_the_pacs_is_reported_again_when_it_is_stable_
     watcher = replace(watcher, send=False, changes=Feed([uid] * 4))  # not sending: nothing is looked for
     pacs.stored.clear()
     assert pacs_watch.watch_once(watcher, state, RADIOLOGIST) == []
+    # a study never reported (refused, or read without --send) is no report gone: it was pulled again and its line
+    # said "sent again", sending nothing
+    other = f"{STUDY}.28"
+    pacs.files[other] = tumour_study(other)
+    quiet = replace(watcher, send=False, changes=Feed([uid] * 4 + [other]))
+    (line,) = pacs_watch.watch_once(quiet, state, RADIOLOGIST)
+    assert line.get("saved") and "again" not in line and not pacs.stored
+    loud = replace(watcher, send=True, changes=Feed([uid] * 4 + [other, other]))
+    assert pacs_watch.watch_once(loud, state, RADIOLOGIST) == [] and not pacs.stored
 
 
 def test_a_pacs_refusing_this_account_its_studies_is_waited_out_not_left_behind(tiny_classifier, tmp_path) -> None:

@@ -239,7 +239,9 @@ def test_the_header_and_a_series_section_are_plain_lines(saved_study) -> None:
     flagged = ["Flagged for review (the verdict rests on fewer sections than the rule asks, or is uncertain)"]
     rule = record.geometry["rule"]
     judged = (
-        "" if rule["applied"] == rule["threshold"] else f"; judged at {rule['applied']:.2f} (fewer sections analysed)"
+        ""
+        if rule["applied"] == rule["threshold"]
+        else f"; judged at {rule['applied']:.2f} (on fewer neighbouring sections than the rule asks)"
     )
     few = [
         f"Judged on {rule['used']} neighbouring sections only, at {rule['applied']:.2f} (fewer than the rule asks): "

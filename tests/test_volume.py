@@ -168,7 +168,11 @@ def test_a_series_too_short_for_the_rule_is_judged_on_its_best_two_sections_at_t
     """Five frames at 0.06, 0.38, 0.79, 0.98 and 0.98: the rule's one window was the whole series, and the normal
     first frame made it "No tumour" (0.06), while the same frames less the first were called tumour. Longer
     series, those the rule was fitted and measured on, are judged by the rule alone."""
-    rule = SeriesRule(5, 0.3)
+    rule = SeriesRule(5, 0.3, short_run=2)  # as the shipped card says (a card without it: judged as before)
+    assert not SeriesRule(5, 0.3).calls_tumour([0.06, 0.38, 0.79, 0.98, 0.98], 0.5)
+    assert SeriesRule.from_card({"neighbours": 5, "threshold": 0.3, "short_run": 2}).short_run == 2
+    with pytest.raises(ValueError, match="short run"):
+        SeriesRule.from_card({"neighbours": 5, "threshold": 0.3, "short_run": 5})
     short = [0.06, 0.38, 0.79, 0.98, 0.98]
     assert rule.calls_tumour(short, 0.5) and rule.score(short, floor=0.5) == (0.98, 2)
     assert rule.best_window(short, floor=0.5)[1] == [3, 4]
@@ -179,6 +183,10 @@ def test_a_series_too_short_for_the_rule_is_judged_on_its_best_two_sections_at_t
     assert not rule.calls_tumour(longer, 0.5) and rule.score(longer, floor=0.5) == (0.1, 5)
     assert rule.score(short) == (0.06, 5)  # no floor given: the rule's own window (what a stored verdict names)
     assert rule.best_window(short, floor=0.5, size=5)[1] == [0, 1, 2, 3, 4]
+    assert rule.best_window([0.9, 0.9, 0.9], size=5)[1] == [0, 1, 2]  # a stored size past the runs: the longest
+    # the short sections are judged as the verdict judges them: at the higher of the floor and the rule's threshold
+    low_floor = SeriesRule(5, 0.3, short_run=2)
+    assert low_floor.score([0.06, 0.1, 0.25, 0.28, 0.28], floor=0.2) == (0.06, 5)
 
 
 def test_the_shipped_card_states_its_series_rule() -> None:

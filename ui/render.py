@@ -246,8 +246,8 @@ def _flag_reason(record, classifier) -> str:
     if (record.model_name, record.model_version) != (card.name, card.version):
         return ""
     low, high = card.rule.review_band
-    if not low <= record.tumour_probability < high:
-        return ": the input gate found the image unusual (said when it was analysed)"
+    if not low <= record.tumour_probability < high:  # flagged by a band this model's card no longer holds
+        return " (when it was analysed; its reason is not kept with the result)"
     return f": its tumour probability {percent(record.tumour_probability)} is in the review band ({low:.0%}-{high:.0%})"
 
 

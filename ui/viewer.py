@@ -12,6 +12,7 @@ import numpy as np
 import streamlit as st
 
 from core.imaging.geometry import orientation_letters
+from core.model.decision import FEWER
 from core.model.explain import HEAT_MEANING
 from core.services.report_text import SERIES_SCORE
 from core.services.series_views import SeriesView, section_heat
@@ -43,9 +44,10 @@ def verdict_line(view: SeriesView) -> str:
 
 
 def judged_note(view: SeriesView) -> str:
-    """The rule's threshold, and the one the verdict was judged by when it is higher (fewer sections analysed)."""
+    """The rule's threshold, and the one the verdict was judged by when it is higher (on fewer neighbouring sections
+    than the rule asks: too few analysed, or a series too short for the rule)."""
     own = view.rule_threshold if view.rule_threshold is not None else view.threshold
-    judged = "" if own == view.threshold else f"; judged at {view.threshold:.2f}: fewer sections analysed"
+    judged = "" if own == view.threshold else f"; judged at {view.threshold:.2f}: on {FEWER}"
     return f"{own:.2f} or more{judged}"
 
 

@@ -183,7 +183,10 @@ def in_review_band(score: np.ndarray | float, band: tuple[float, float]) -> np.n
     return (p >= low) & (p < high)
 
 
-SHORT_RUN = 2  # the neighbouring sections a series too short for the series rule is judged on at the floor
+# what a verdict judged on fewer neighbouring sections than the series rule asks is said to rest on, wherever it is
+# stated (viewer, PDF, SR): too few analysed, or a series too short for the rule (every section analysed: "fewer
+# sections analysed" was untrue)
+FEWER = "fewer neighbouring sections than the rule asks"
 
 
 def _best(probabilities: Sequence[float | None], runs: list[list[int]], k: int) -> tuple[float, list[int]]:
@@ -206,14 +209,18 @@ class SeriesRule:
     neighbours: int = 3
     threshold: float = 0.5
     fitted_on: str = "not fitted: the default of three neighbouring sections at 0.5"
+    short_run: int | None = None  # a series too short for the rule: judged on this many sections too (see below)
 
     @classmethod
     def from_card(cls, raw: Mapping[str, Any] | None) -> SeriesRule:
         if not raw:
             return cls()
-        rule = cls(int(raw["neighbours"]), float(raw["threshold"]), str(raw.get("fitted_on", "")))
+        short = int(raw["short_run"]) if raw.get("short_run") is not None else None
+        rule = cls(int(raw["neighbours"]), float(raw["threshold"]), str(raw.get("fitted_on", "")), short)
         if rule.neighbours < 1 or not 0.0 < rule.threshold < 1.0:
             raise ValueError("the series rule needs at least one neighbour and a threshold inside (0, 1)")
+        if short is not None and not 1 <= short < rule.neighbours:
+            raise ValueError("the series rule's short run is at least one section and fewer than its neighbours")
         return rule
 
     def best_window(
@@ -230,7 +237,8 @@ class SeriesRule:
 
         A series too short for the rule to slide along (no run longer than ``k``: every window was the whole run,
         so one normal end section cleared it) that the rule does not call tumour is judged on its best
-        :data:`SHORT_RUN` neighbouring sections at ``floor``, the single-scan threshold, when those reach it: five
+        ``short_run`` neighbouring sections (the card's; none: not) at ``floor``, the single-scan threshold, when
+        those reach it: five
         frames at 0.06, 0.38, 0.79, 0.98 and 0.98 were "no tumour", and the same frames less the first would
         have been called tumour. Never on the volumes the rule was fitted and measured on (runs of six sections
         or more there): on 5-section windows of them it finds 85 % of the tumour windows where the rule alone
@@ -245,12 +253,13 @@ class SeriesRule:
         if not runs:
             return None, []
         longest = max(len(run) for run in runs)
-        k = size or min(self.neighbours, longest)
+        k = min(size or self.neighbours, longest)  # a stored size past the runs found again: the longest
         best = _best(probabilities, runs, k)
-        too_short = size is None and floor is not None and longest <= self.neighbours and k > SHORT_RUN
+        short = self.short_run
+        too_short = size is None and floor is not None and short and longest <= self.neighbours and k > short
         if too_short and best[0] < self.threshold_for(k, floor):  # type: ignore[arg-type]
-            short = _best(probabilities, runs, SHORT_RUN)
-            return short if short[0] >= floor else best  # type: ignore[operator]
+            window = _best(probabilities, runs, short)  # type: ignore[arg-type]
+            return window if window[0] >= self.threshold_for(short, floor) else best  # type: ignore[arg-type]
         return best
 
     def score(
@@ -276,4 +285,5 @@ class SeriesRule:
         return self.calls(*self.score(probabilities, breaks, floor), floor)
 
     def to_json(self) -> dict[str, Any]:
-        return {"neighbours": self.neighbours, "threshold": self.threshold, "fitted_on": self.fitted_on}
+        short = {"short_run": self.short_run} if self.short_run else {}
+        return {"neighbours": self.neighbours, "threshold": self.threshold, "fitted_on": self.fitted_on} | short

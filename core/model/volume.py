@@ -114,8 +114,8 @@ class SeriesAnalysis:
             why = (
                 f"no {self.rule.neighbours} neighbouring sections could be analysed"
                 if len(full) < self.rule.neighbours
-                else f"the series is too short for the rule's {self.rule.neighbours} neighbouring sections to slide "
-                "along (one normal end section would clear it)"
+                else f"no run of neighbouring analysed sections is longer than the rule's {self.rule.neighbours}, so "
+                "its one window was a whole run (one normal end section would clear it)"
             )
             notes.append(
                 f"{why} (the series has {len(self.sections)}, {len(self.analysed)} analysed); the verdict rests on "

@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 from core.imaging.dicom import quiet_pydicom
-from core.model.decision import UNKNOWN_TYPE, bounded, label_name
+from core.model.decision import FEWER, UNKNOWN_TYPE, bounded, label_name
 from core.model.volume import SeriesAnalysis
 from core.model.volume import key_sections as sections_to_see
 
@@ -169,7 +169,7 @@ def _series_lines(evidence: Sequence[Any], series: SeriesAnalysis, reviewed: boo
         f"neighbouring sections{fewer}; tumour at >= {series.applied_threshold:.2f})"
     )
     if series.needs_review:
-        why = "too few neighbouring sections analysed" if used < rule.neighbours else "its score is in the review band"
+        why = FEWER if used < rule.neighbours else "its score is in the review band"
         line += f"; flagged for review ({why}), since reviewed" if reviewed else f"; NEEDS REVIEW ({why})"
     if series.lesion_ml is not None:
         line += f"; lesion volume {series.lesion_ml:.2f} mL"

@@ -49,6 +49,7 @@ from core.services.pacs import (
     pull_and_analyse,
     send_results,
     series_only,
+    study_reference,
 )
 from core.services.studies import NOT_SAVED, save_study_statuses
 from core.storage.images import ImageStore
@@ -352,10 +353,15 @@ def _handled_once(watcher: Watcher, state: WatchState, study_uid: str, actor: Ac
 
 
 def _report_missing(watcher: Watcher, study_uid: str) -> bool:
-    """Whether a study analysed before as it is holds MR images but none of our reports: deleted and sent again
-    by the modality, or the PACS restored from a backup older than the report, it was passed over as handled, and
-    its readers in the PACS lost the report without a sign. Sent again, it stores nothing twice (its objects' UIDs
-    are the same). A PACS that cannot answer now: not missing (the study's next change asks again)."""
+    """Whether a study reported before (its ``pacs_send`` event) holds MR images but none of our reports: deleted
+    and sent again by the modality, or the PACS restored from a backup older than the report, it was passed over as
+    handled, and its readers in the PACS lost the report without a sign. Sent again, it stores nothing twice (its
+    objects' UIDs are the same). A study never reported (not ours, no verdict), or no key to name it by: nothing
+    is missing (such a study was pulled again and said "sent again", sending nothing). A PACS that cannot answer
+    now: not missing (the study's next change asks again)."""
+    target = study_reference(study_uid, watcher.key)
+    if target is None or not watcher.store.count_audit(AuditQuery(action="pacs_send", target=target)):
+        return False
     try:
         series = watcher.pacs.series_of(study_uid)
     except PacsError:

@@ -9,7 +9,7 @@ from datetime import datetime
 
 from core.domain.results import Record
 from core.model.classifier import Classifier
-from core.model.decision import NEEDS_REVIEW, NEGATIVE_LABEL, label_name, percent
+from core.model.decision import FEWER, NEEDS_REVIEW, NEGATIVE_LABEL, label_name, percent
 from core.services.series_views import SeriesView
 
 DEFAULT_LIMITATIONS = (
@@ -54,7 +54,7 @@ def series_lines(record: Record, view: SeriesView | None, reviews: Sequence) -> 
         neighbours, own = (view.neighbours, view.rule_threshold) if view else (rule["neighbours"], rule["threshold"])
         applied = view.threshold if view else rule.get("applied", own)
         own = own if own is not None else applied
-        judged = "" if own == applied else f"; judged at {applied:.2f} (fewer sections analysed)"
+        judged = "" if own == applied else f"; judged at {applied:.2f} (on {FEWER})"
         counted = f"; {len(view.marked)} sections at or above it; {len(view.skipped)} skipped" if view else ""
         lines.append(f"Rule: tumour when {neighbours} neighbouring sections reach {own:.2f}{judged}{counted}")
     if rule.get("used") is not None and rule["used"] < rule.get("neighbours", 0):

@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import sqlite3
+import tempfile
 from contextlib import closing
 from pathlib import Path
 
@@ -184,8 +185,11 @@ def _backup(connection: sqlite3.Connection, path: Path, version: int) -> None:
     restore and a downgrade. Written to a draft renamed into place once it opens whole: never half a backup under
     the name, and the earlier copy stays if this one cannot be made."""
     target = path.with_name(f"{path.name}.v{version}.bak")
-    draft = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    os.close(os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+    # a draft of its own (0600), per process and per thread: named by the process alone, two threads opening a new
+    # database together wrote one draft, and one of them found it "not whole"
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(handle)
+    draft = Path(name)
     copy = sqlite3.connect(draft)
     try:
         connection.backup(copy)
