@@ -1002,6 +1002,11 @@ def test_from_now_on_a_watch_whose_first_start_failed_begins_from_now(tmp_path) 
     state = pacs_watch.WatchState.load(path)
     state.save(20, {f"{STUDY}.41": "f"})  # a watch that has gone on: --from-now, on every start, is no first start
     assert pacs_watch.open_state(path, None, store, RADIOLOGIST, lambda: 99).last == 20
+    empty, fresh = tmp_path / "empty.json", SQLiteStore(tmp_path / "fresh.db")  # a first start on a PACS with
+    watcher = pacs_watch.Watcher(StandIn({}), Feed([]), None, fresh, None, None)  # nothing in its feed, read all
+    pacs_watch.watch_once(watcher, pacs_watch.open_state(empty, None, fresh, RADIOLOGIST, lambda: 0), RADIOLOGIST)
+    assert pacs_watch.open_state(empty, None, fresh, RADIOLOGIST, lambda: 7).last == 0  # the same: a unit always
+    # passing --from-now skipped the studies sent while it was down
 
 
 def test_a_pacs_study_of_localizers_alone_so_far_is_no_failure_and_is_read_when_its_series_arrive(

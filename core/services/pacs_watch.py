@@ -73,6 +73,7 @@ class WatchState:
     tries: dict[str, int] = field(default_factory=dict)  # failed tries of a study the PACS keeps failing
     key: bytes | None = None
     failing_since: dict[str, float] = field(default_factory=dict)  # when its first failed try of a row was (epoch s)
+    read: bool = False  # whether a watch ever read the change feed (a first start that failed has not)
 
     def _name(self, study_uid: str) -> str:
         """A study's name in the file: keyed when there is a key."""
@@ -94,7 +95,8 @@ class WatchState:
                 handled = dict.fromkeys(handled, LEGACY)
             tries = {str(k): int(v) for k, v in saved.get("tries", {}).items()}
             since = {str(k): float(v) for k, v in saved.get("failing_since", {}).items()}
-            return cls(path, int(saved["last"]), {str(k): str(v) for k, v in handled.items()}, tries, key, since)
+            kept = {str(k): str(v) for k, v in handled.items()}
+            return cls(path, int(saved["last"]), kept, tries, key, since, bool(saved.get("read", False)))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise PacsError(
                 f"The watch's state file ({path.name} in the data folder) cannot be read: restore it from a backup, "
@@ -136,6 +138,7 @@ class WatchState:
         try:
             with os.fdopen(handle, "w") as out:
                 kept = {"last": last, "handled": self.handled, "tries": self.tries, "failing_since": self.failing_since}
+                kept["read"] = self.read
                 out.write(json.dumps(kept))
                 out.flush()
                 os.fsync(out.fileno())  # on disk before it replaces the old state: a crash leaves one or the other
@@ -172,13 +175,14 @@ def open_state(
     file written at once, then an audit event, so that a watch failing before its first study is not mistaken for
     one whose file went): restored from a backup without it, or deleted, the watch went through the PACS's whole
     history again (every study pulled, purged images stored again, reports sent again). A watch that ran before
-    this event existed records it at its next start, from where its file says. A watch that never got past the
-    start of the change log (its first start failed: a mistyped port) still begins from ``first()``: ``--from-now``
-    on the retry was ignored, and the watch went through the PACS's whole history."""
+    this event existed records it at its next start, from where its file says. A watch that never read the change
+    feed (its first start failed: a mistyped port) still begins from ``first()``: ``--from-now`` on the retry was
+    ignored, and the watch went through the PACS's whole history. One that read it, an empty one included, goes on
+    from where it stood (a unit that always passes ``--from-now`` skipped the studies sent while it was down)."""
     started = store.count_audit(AuditQuery(action=STARTED)) > 0
     if path.exists():
         state = WatchState.load(path, key)
-        if first is not None and state.last == 0 and not (state.handled or state.tries):
+        if first is not None and state.last == 0 and not (state.read or state.handled or state.tries):
             state.save(last := first())
             audit.record(store, actor, STARTED, last=last)
         elif not started:
@@ -254,6 +258,7 @@ def watch_once(watcher: Watcher, state: WatchState, actor: Actor) -> list[dict[s
     done = False
     while not done:
         studies, last, done = watcher.changes.stable_studies(state.last)
+        state.read = True  # saved below: --from-now no longer moves it (a PACS empty at the first start included)
         if last < state.last:  # the studies numbered below ours were passed over unread, and read from the first
             raise PacsFeedWentBack(FEED_WENT_BACK.format(last=last, read=state.last, file=state.path.name))  # change
             # unasked, a PACS restored (or another one) had its history analysed again, reports sent to it
