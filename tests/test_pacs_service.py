@@ -1007,6 +1007,8 @@ def test_from_now_on_a_watch_whose_first_start_failed_begins_from_now(tmp_path) 
     pacs_watch.watch_once(watcher, pacs_watch.open_state(empty, None, fresh, RADIOLOGIST, lambda: 0), RADIOLOGIST)
     assert pacs_watch.open_state(empty, None, fresh, RADIOLOGIST, lambda: 7).last == 0  # the same: a unit always
     # passing --from-now skipped the studies sent while it was down
+    path.write_text('{"last": 0}')  # an operator's answer, "go through the whole history again": taken as written
+    assert pacs_watch.open_state(path, None, store, RADIOLOGIST, lambda: 99).last == 0
 
 
 def test_a_pacs_study_of_localizers_alone_so_far_is_no_failure_and_is_read_when_its_series_arrive(

@@ -96,7 +96,9 @@ class WatchState:
             tries = {str(k): int(v) for k, v in saved.get("tries", {}).items()}
             since = {str(k): float(v) for k, v in saved.get("failing_since", {}).items()}
             kept = {str(k): str(v) for k, v in handled.items()}
-            return cls(path, int(saved["last"]), kept, tries, key, since, bool(saved.get("read", False)))
+            # no "read" mark: written by hand ({"last": 0} to go through the history again) or by an earlier
+            # version, never moved by --from-now; this version's first start writes "read": false
+            return cls(path, int(saved["last"]), kept, tries, key, since, bool(saved.get("read", True)))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise PacsError(
                 f"The watch's state file ({path.name} in the data folder) cannot be read: restore it from a backup, "
