@@ -237,12 +237,12 @@ class SeriesRule:
 
         A series too short for the rule to slide along (no run longer than ``k``: every window was the whole run,
         so one normal end section cleared it) that the rule does not call tumour is judged on its best
-        ``short_run`` neighbouring sections (the card's; none: not) at ``floor``, the single-scan threshold, when
-        those reach it: five
-        frames at 0.06, 0.38, 0.79, 0.98 and 0.98 were "no tumour", and the same frames less the first would
-        have been called tumour. Never on the volumes the rule was fitted and measured on (runs of six sections
-        or more there): on 5-section windows of them it finds 85 % of the tumour windows where the rule alone
-        found 61 %, and clears 94 % of the tumour-free ones (98 %)."""
+        ``short_run`` neighbouring sections (the card's; none: not at all) at the threshold a verdict on that many
+        is judged by (at least ``floor``, the single-scan threshold), when those reach it: five frames at 0.06,
+        0.38, 0.79, 0.98 and 0.98 were "no tumour", and the same frames less the first would have been called
+        tumour. Never on the volumes the rule was fitted and measured on (runs of six sections or more there): on
+        5-section windows of them it finds 85 % of the tumour windows where the rule alone found 61 %, and clears
+        94 % of the tumour-free ones (98 %)."""
         runs: list[list[int]] = [[]]
         for i, p in enumerate(probabilities):
             if p is None or i in breaks:

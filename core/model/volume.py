@@ -288,7 +288,7 @@ def analyse_volume(volume: Volume, classifier: Classifier, batch_size: int = 64)
     card = classifier.card
     rule = card.series
     score, used = rule.score([s.tumour_probability for s in sections], volume.gap_starts, card.rule.threshold)  # runs
-    # stop at a gap; a series too short for the rule is judged on its best two sections at the single-scan threshold
+    # stop at a gap; a series too short for the rule is also judged on its best few sections (the card's short run)
     called = rule.calls(score, used, card.rule.threshold)
     label = None if score is None else (UNKNOWN_TYPE if called else card.negative_label)
     stages = dict.fromkeys(

@@ -291,9 +291,8 @@ FEED_WENT_BACK = (
 )
 
 
-# why a study is skipped that is no failure: it has no MR series (or is gone), or no brain MR
-# no brain MR series to read (yet: a study of the scout alone, stable before its series arrived, is read when they
-# do, its MR images changed; it exited 1 as a failure, for a normal exam)
+# why a study is skipped that is no failure: it has no MR series (or is gone), or no brain MR, or none to read yet (a
+# study of the scout alone, stable before its series arrived, is read when they do: it exited 1, for a normal exam)
 NOT_OURS = frozenset(
     {PacsNotFound.code, WrongModality.code, WrongBodyPart.code, NoBrainFound.code, OnlyLocalizers.code}
 )
@@ -364,8 +363,8 @@ def _report_missing(watcher: Watcher, study_uid: str) -> bool:
     and sent again by the modality, or the PACS restored from a backup older than the report, it was passed over as
     handled, and its readers in the PACS lost the report without a sign. Sent again, it stores nothing twice (its
     objects' UIDs are the same). A study never reported (not ours, no verdict), or no key to name it by: nothing
-    is missing (such a study was pulled again and said "sent again", sending nothing). A PACS that cannot answer
-    now: not missing (the study's next change asks again)."""
+    is missing (without this check such a study was pulled again, its line saying "sent again" of nothing sent). A
+    PACS that cannot answer now: not missing (the study's next change asks again)."""
     target = study_reference(study_uid, watcher.key)
     if target is None or not watcher.store.count_audit(AuditQuery(action="pacs_send", target=target)):
         return False
