@@ -211,7 +211,8 @@ def check_bit_layout(header: Any) -> None:
             f"{stored}, high bit {high}): its pixels would be misread. Export it again from the scanner or PACS."
         )
     representation = header.get("PixelRepresentation")
-    if allocated not in (1, 8, 16, 32) or (representation not in (None, "") and representation not in (0, 1)):
+    # (64: a double-float parametric map, refused by name further on)
+    if allocated not in (1, 8, 16, 32, 64) or (representation not in (None, "") and representation not in (0, 1)):
         raise UnsupportedDicom(  # "cannot be decoded" was all a reader was told
             f"This DICOM image's bits allocated ({allocated}) or pixel representation ({representation}) is not "
             "one the standard allows (8, 16 or 32 bits; 0 unsigned or 1 signed): its pixels cannot be read."
