@@ -320,15 +320,23 @@ def test_one_day_of_data_gets_a_whole_day_on_the_time_axis_not_milliseconds() ->
     assert weeks.layout.xaxis2.dtick == 7 * 86_400_000 and weeks.layout.xaxis2.tick0 == "2000-01-03"
 
 
-def test_a_patients_timeline_within_one_day_spans_a_day_not_milliseconds() -> None:
+def test_a_patients_timeline_within_one_day_spans_its_results_with_room_not_milliseconds() -> None:
+    """Results at one moment spanned milliseconds; then a whole day, where results saved minutes apart sat on one
+    another, and the legend below the plot covered its first tick labels."""
     from ui.viewer_figures import timeline_figure
 
     figure = timeline_figure(
         ["2026-03-02 10:00", "2026-03-02 10:00"], [0.2, 0.999], ["notumor", "glioma"], ["scan", "series"], {}
     )
     low, high = (datetime.fromisoformat(v) for v in figure.layout.xaxis.range)
-    assert high - low == timedelta(days=1) and low < datetime(2026, 3, 2, 10) < high
+    assert high - low == timedelta(hours=1) and low < datetime(2026, 3, 2, 10) < high
     assert [list(t.customdata) for t in figure.data] == [["0.20"], [">0.99"]]  # hovered as titles write it: no 1.00
+    apart = timeline_figure(
+        ["2026-03-02 10:00", "2026-03-02 10:03"], [0.2, 0.9], ["notumor", "glioma"], ["scan"] * 2, {}
+    )
+    low, high = (datetime.fromisoformat(v) for v in apart.layout.xaxis.range)
+    assert timedelta(minutes=3) / (high - low) > 0.04  # three minutes apart: a twentieth of the axis, not 0.2 %
+    assert apart.layout.legend.yanchor == "bottom" and apart.layout.legend.y == 1.0  # above the plot
 
 
 def test_a_patients_timeline_colours_a_reviewed_result_by_the_radiologists_final_label() -> None:

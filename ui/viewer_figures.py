@@ -383,17 +383,17 @@ def timeline_figure(
         )
     figure.update_layout(
         height=height,
-        margin={"l": 40, "r": 10, "t": 10, "b": 30},
+        margin={"l": 40, "r": 10, "t": 30, "b": 30},
         yaxis={"range": [-0.05, 1.05], "title": "P(tumour)"},
-        legend={"orientation": "h"},
+        # above the plot: below it, it covered the first tick labels
+        legend={"orientation": "h", "y": 1.0, "yanchor": "bottom", "x": 0, "xanchor": "left"},
     )
     if scanned:
         figure.update_xaxes(title="days from the first scan", rangemode="tozero")
-    elif times:  # results within a day: show a whole day around them, never a millisecond
+    elif times:  # results within a day: around them with room (never a millisecond; a whole day stacked results
+        # saved minutes apart on one another)
         first, last = (datetime.fromisoformat(str(t)) for t in (min(times), max(times)))
         if last - first < timedelta(days=1):
-            middle = first + (last - first) / 2
-            figure.update_xaxes(
-                type="date", range=[str(middle - timedelta(hours=12)), str(middle + timedelta(hours=12))]
-            )
+            pad = max((last - first) * 0.15, timedelta(minutes=30))
+            figure.update_xaxes(type="date", range=[str(first - pad), str(last + pad)])
     return figure
