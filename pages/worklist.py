@@ -177,7 +177,8 @@ st.divider()
 where = f"row {ids.index(chosen.id) + 1} of the list" if chosen.id in ids else "not in the list now"
 kind = f"series of {count_of(chosen.section_count or 0, 'section')}" if chosen.kind == "series" else "scan"
 state = "reviewed" if chosen.review_count else "to read"
-st.markdown(f"**Open:** {kind} saved {chosen.created_at:%Y-%m-%d %H:%M} UTC · {state} · {where}")
+jump = " · [to the review ↓](#review)" if chosen.kind == "series" else ""  # below a series' viewer, 2,000 px down
+st.markdown(f"**Open:** {kind} saved {chosen.created_at:%Y-%m-%d %H:%M} UTC · {state} · {where}{jump}")
 result_panel(opened, classifier.card.labels, classifier, explainer)
 
 
@@ -220,6 +221,7 @@ def save_override(seen: int | None) -> None:
 
 
 KEYS = "Keyboard: Shift+A (two keys, so that a stray keypress never signs a review)"
+st.subheader("Review", anchor="review")
 agree, override = st.columns([1, 2])
 refused = chosen.gate == "rejected"  # the class the model picked for it is nothing to agree with
 if refused:

@@ -1095,6 +1095,9 @@ def test_worklist_opens_a_saved_series_in_its_viewer_and_takes_a_review(app_envi
     assert not app.exception
     assert app.dataframe[0].value["kind"].tolist() == ["series, axial, 6 sections"]  # two of one study told apart
     assert len(app.get("plotly_chart")) == 2 and any(s.label == "Section" for s in app.slider)
+    # the review form sits below the viewer, the scroller and the curve: a link goes to it
+    assert any("[to the review ↓](#review)" in m.value for m in app.markdown if m.value.startswith("**Open:**"))
+    assert any(h.value == "Review" and h.proto.anchor == "review" for h in app.subheader)
     next(t for t in app.toggle if t.label == "Heat map").set_value(True).run()
     kept = [m for m in app.session_state["viewer-heat"].values() if m is not None]
     assert not app.exception and kept and all(m.dtype == np.uint8 for m in kept)  # 8 bits a pixel, not float32
