@@ -684,3 +684,11 @@ def test_bits_allocated_or_pixel_representation_the_standard_forbids_is_named() 
     for extra in ({"BitsAllocated": 12, "BitsStored": 12, "HighBit": 11}, {"PixelRepresentation": 5}):
         with pytest.raises(UnsupportedDicom, match=r"bits allocated \(\d+\) or pixel representation \(\d\)"):
             read_scan(dicom_bytes(stored_slice(), extra=extra))
+
+
+def test_a_display_window_that_cannot_be_used_is_said_not_silently_replaced() -> None:
+    """A width of 0, negative or NaN fell back to automatic contrast, which a reader took for the file's own."""
+    for width in (0.0, -50.0, float("nan")):
+        scan = read_scan(dicom_bytes(stored_slice(), window=(2048.0, width)))
+        assert any("display window" in w and "automatic contrast" in w for w in scan.warnings), width
+    assert not any("display window" in w for w in read_scan(dicom_bytes(stored_slice(), window=(2048, 4096))).warnings)

@@ -32,7 +32,7 @@ from core.errors import (
 from core.imaging import geometry
 from core.imaging.body_part import check_body_part, quoted
 from core.imaging.codestream import check_codestream
-from core.imaging.dicom_display import display, frame_view
+from core.imaging.dicom_display import display, frame_view, window_note
 from core.imaging.limits import Limits, check_decoded_size, check_dimensions
 
 # DICOM modalities the model may see. Secondary captures and "other" are allowed with a warning because MR
@@ -316,6 +316,7 @@ def _read_checked(
     shown = geometry.transformed_orientation(orientation, transform) if orientation else None
     view = frame_view(dataset, frame if frames > 1 else 0)
     shown_pixels = display(pixels, view)
+    notes = (*notes, said) if (said := window_note(view)) else notes
     return geometry.apply_transform(shown_pixels, transform), acquisition_facts(view), notes, shown, transform
 
 

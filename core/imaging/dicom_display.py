@@ -154,6 +154,25 @@ def apply_voi_table(values: np.ndarray, dataset: Any) -> np.ndarray:
     return np.clip(shown + 0.5, 0, 255).astype(np.uint8)
 
 
+def window_note(dataset: Any) -> str | None:
+    """What a reader is told when the file's own display window cannot be used (a width of 0, negative or not a
+    number): the image is shown with automatic contrast instead, which looked like the file's own, unsaid."""
+    if dataset.get("VOILUTSequence") or "WindowCenter" not in dataset or "WindowWidth" not in dataset:
+        return None
+    try:
+        center, width = first_window(dataset)
+    except (TypeError, ValueError):
+        return None
+    function = window_function(dataset)
+    lowest = 1.0 if function == "LINEAR" else 0.0
+    if math.isfinite(center) and math.isfinite(width) and (width >= lowest if lowest else width > 0):
+        return None
+    return (
+        f"The file's display window (centre {center:g}, width {width:g}) cannot be used: the image is shown with "
+        "automatic contrast (its 0.5th to 99.5th percentile) instead."
+    )
+
+
 def first_window(dataset: Any) -> tuple[float, float]:
     """(centre, width) of the first window the header offers."""
     center_value, width_value = dataset.WindowCenter, dataset.WindowWidth
