@@ -138,11 +138,12 @@ def sniff_format(data: bytes) -> str:
     raise UnsupportedFormat("This file is not a PNG, JPEG or DICOM scan (its content matches none of them).")
 
 
-def _check_size(size: int, limits: Limits) -> None:
+def _check_size(size: int, limits: Limits, read_to_limit: bool = False) -> None:
+    """``read_to_limit``: ``size`` is what was read, one byte past the limit at most (a pipe, a device: "The file
+    is 50.0 MB; the limit is 50 MB" was said of /dev/zero)."""
     if size > limits.max_bytes:
-        raise FileTooLarge(
-            f"The file is {size / 2**20:.1f} MB; the limit is {limits.max_bytes / 2**20:.0f} MB per scan."
-        )
+        said = "more than the limit" if read_to_limit else f"{size / 2**20:.1f} MB"
+        raise FileTooLarge(f"The file is {said}; the limit is {limits.max_bytes / 2**20:.0f} MB per scan.")
 
 
 def frames_in(data: bytes, limits: Limits = DEFAULT_LIMITS) -> int:
@@ -194,7 +195,7 @@ def read_file_bytes(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> bytes:
     _check_size(Path(path).stat().st_size, limits)
     with open(path, "rb") as handle:  # at most one byte over the limit: a pipe or a growing file reports no size
         data = handle.read(limits.max_bytes + 1)
-    _check_size(len(data), limits)
+    _check_size(len(data), limits, read_to_limit=True)
     return data
 
 
