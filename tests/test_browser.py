@@ -241,7 +241,10 @@ def test_upload_to_verdict_and_statistics_in_chromium(server: str, tmp_path: Pat
         )  # the stored image, crop, heat map
         verdict = page.get_by_test_id("stMetric").filter(has_text="Model's verdict").get_by_test_id("stMetricValue")
         model_said = verdict.inner_text()
-        page.get_by_test_id("stForm").get_by_test_id("stSelectbox").click()
+        chooser = page.get_by_test_id("stForm").get_by_test_id("stSelectbox")
+        chooser.scroll_into_view_if_needed()  # with room below it for its options: at the window's bottom edge (the
+        page.mouse.wheel(0, 400)  # panel above it grew) they never opened
+        chooser.click()
         page.get_by_role("option").filter(has_not_text=model_said).first.click()
         page.get_by_role("button", name="Save override").click()
         wait_idle(page)
