@@ -20,7 +20,7 @@ from ui.opened import opened_result
 from ui.page import setup_page
 from ui.render import result_panel
 from ui.selection import chosen_id, table_key
-from ui.wording import SCORE_COLUMN, count_of, pretty, probability_shown, series_kind, verdict_shown
+from ui.wording import SCORE_COLUMN, count_of, pretty, probability_shown, result_kind, series_kind, verdict_shown
 
 actor = setup_page("Worklist", WORKLIST)
 st.title("Worklist")
@@ -175,10 +175,9 @@ st.divider()
 # which result is open, named as its row is: below the list, nothing told it (no row is ticked when the first
 # opens), and Shift+A signs what is open
 where = f"row {ids.index(chosen.id) + 1} of the list" if chosen.id in ids else "not in the list now"
-kind = f"series of {count_of(chosen.section_count or 0, 'section')}" if chosen.kind == "series" else "scan"
 state = "reviewed" if chosen.review_count else "to read"
 jump = " · [to the review ↓](#review)" if chosen.kind == "series" else ""  # below a series' viewer, 2,000 px down
-st.markdown(f"**Open:** {kind} saved {chosen.created_at:%Y-%m-%d %H:%M} UTC · {state} · {where}{jump}")
+st.markdown(f"**Open:** {result_kind(chosen)} saved {chosen.created_at:%Y-%m-%d %H:%M} UTC · {state} · {where}{jump}")
 result_panel(opened, classifier.card.labels, classifier, explainer)
 
 

@@ -22,7 +22,7 @@ from ui.batch import Upload
 from ui.lesion import CAVEAT, OUTLINE_HELP, OUTLINE_LABEL, area_line, stored_volume_line
 from ui.viewer import series_panel, verdict_line
 from ui.viewer_figures import NO_ORIENTATION
-from ui.wording import CALL_CONFIDENCE, CONFIDENCE_HELP, count_of, percent, plain, pretty, verdict_shown
+from ui.wording import CALL_CONFIDENCE, CONFIDENCE_HELP, count_of, percent, plain, pretty, result_kind, verdict_shown
 
 PREDICTED = "the verdict's class"
 
@@ -245,9 +245,9 @@ def _flag_reason(record, classifier) -> str:
     card = classifier.card
     if (record.model_name, record.model_version) != (card.name, card.version):
         return ""
-    low, high = card.rule.review_band
-    if not low <= record.tumour_probability < high:  # flagged by a band this model's card no longer holds
+    if not card.rule.in_review_band(record.tumour_probability):  # flagged by a band this card no longer holds
         return " (when it was analysed; its reason is not kept with the result)"
+    low, high = card.rule.review_band
     return f": its tumour probability {percent(record.tumour_probability)} is in the review band ({low:.0%}-{high:.0%})"
 
 
@@ -273,8 +273,7 @@ def result_panel(opened, labels: tuple[str, ...], classifier=None, explainer=Non
                 f"{pretty(record.final_label)}.",
                 icon=":material/report:",
             )
-        kind = f"series of {count_of(record.section_count or 0, 'section')}" if record.kind == "series" else "scan"
-        st.metric("Model's verdict", verdict_shown(record), help=f"The verdict on this {kind}.")
+        st.metric("Model's verdict", verdict_shown(record), help=f"The verdict on this {result_kind(record)}.")
         saved = f"model {record.model_name} {record.model_version} · saved {record.created_at:%Y-%m-%d %H:%M} UTC"
         if record.gate == "rejected":  # what the model made of something that is not a brain MRI means nothing
             st.markdown(saved)

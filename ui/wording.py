@@ -78,6 +78,11 @@ def plain(text: object) -> str:
     return _MARKDOWN.sub(r"\\\1", str(text))
 
 
+def result_kind(record) -> str:
+    """A saved result in a sentence: "scan", or "series of 6 sections" (the panel's help, the Worklist's open line)."""
+    return f"series of {count_of(record.section_count or 0, 'section')}" if record.kind == "series" else "scan"
+
+
 def series_kind(record) -> str:
     """A saved series as lists name it: its number on the Study page, its plane and its sections ("series 2,
     coronal, 12 sections"; two "series" rows of one study read the same)."""

@@ -194,7 +194,7 @@ def send_results(
     report, earlier = _placed(chain, head, lambda before, version: _version(pulled, model, finals, before, version))
     if store is not None:  # audited before anything leaves: a send the trail cannot record is not made
         report_ref = study_reference(str(report.SOPInstanceUID), key)  # keyed: the PACS maps the UID to the patient
-        audit.record(store, actor, "pacs_send", target, report=report_ref, key_images=len(images))
+        audit.record(store, actor, SENT, target, report=report_ref, key_images=len(images))
     try:  # the versions it replaces go along (the PACS keeps one copy of each): never a predecessor it lacks
         stored = pacs.store([report, *earlier, *images])
         _holds(pacs, pulled.study_uid, report)
@@ -371,6 +371,9 @@ def study_reviews(store: Store, actor: Actor, result_ids: Sequence[str]) -> dict
     compared against, as on the Worklist) and its reviews, oldest first (what the send panel shows)."""
     require(actor, REVIEW)
     return {rid: (record.review_count, store.reviews_of(rid)) for rid, record in _records(store, result_ids)}
+
+
+SENT = "pacs_send"  # the audit action of a report and its key images stored in the PACS (the watch asks for it)
 
 
 def study_reference(study_uid: str, key: bytes | None) -> str | None:

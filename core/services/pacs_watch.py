@@ -43,6 +43,7 @@ from core.services import audit
 from core.services.access import ANALYSE, PACS, Actor, require
 from core.services.pacs import (
     FINGERPRINT,
+    SENT,
     mr_fingerprint,
     pacs_patient_id,
     patient_reference,
@@ -366,7 +367,7 @@ def _report_missing(watcher: Watcher, study_uid: str) -> bool:
     is missing (without this check such a study was pulled again, its line saying "sent again" of nothing sent). A
     PACS that cannot answer now: not missing (the study's next change asks again)."""
     target = study_reference(study_uid, watcher.key)
-    if target is None or not watcher.store.count_audit(AuditQuery(action="pacs_send", target=target)):
+    if target is None or not watcher.store.count_audit(AuditQuery(action=SENT, target=target)):
         return False
     try:
         series = watcher.pacs.series_of(study_uid)
