@@ -183,6 +183,23 @@ class PacsSettings:
         """What requests verifies the PACS's certificate with (False: not at all)."""
         return (self.ca_file or True) if self.verify_tls else False
 
+    @property
+    def unencrypted(self) -> bool:
+        """Whether what is sent to and from the PACS crosses the network in clear: a plain-http address of another
+        machine (its images, patients' names and, with a user, the password on every request; the loopback, a local
+        Orthanc or a tunnel's end, does not leave the machine)."""
+        from ipaddress import ip_address
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.url.strip())
+        host = parts.hostname or ""
+        if parts.scheme.lower() != "http" or host == "localhost" or host.endswith(".localhost"):
+            return False
+        try:
+            return not ip_address(host).is_loopback
+        except ValueError:  # a name: a machine elsewhere, as far as the address says
+            return True
+
 
 def pacs_settings(secrets: Mapping[str, Any]) -> PacsSettings | None:
     """``BTD_PACS_URL`` / ``BTD_PACS_USER`` / ``BTD_PACS_PASSWORD`` from the environment, else the ``[pacs]`` section

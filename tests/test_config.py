@@ -268,3 +268,28 @@ def test_a_mistyped_setting_in_the_secrets_file_is_refused_by_name_not_ignored(t
     given = argparse.Namespace(url="https://p/dicom-web", user=None, password_stdin=False, insecure=False)
     assert pacs_settings(file_secrets()) is None and _settings(given).verify == "/srv/ca.pem"
     assert secrets_mistake({"auth": {"anything": "Streamlit's own"}}) is None
+
+
+def test_a_pacs_address_is_unencrypted_when_plain_http_leaves_the_machine() -> None:
+    """Basic authentication sends the PACS password on every request: over plain http to another machine it, the
+    images and the patients' names crossed the network in clear unsaid."""
+    from core.config import PacsSettings
+
+    unencrypted = {
+        url: PacsSettings(url).unencrypted
+        for url in (
+            "http://pacs.hospital.example:8042/dicom-web",
+            "HTTP://10.1.2.3:8042/dicom-web",
+            "http://[2001:db8::1]:8042/dicom-web",
+            "https://pacs.hospital.example/dicom-web",
+            "http://127.0.0.1:8042/dicom-web",
+            "http://127.8.0.1:8042/dicom-web",
+            "http://localhost:8042/dicom-web",
+            "http://[::1]:8042/dicom-web",
+        )
+    }
+    assert [url for url, clear in unencrypted.items() if clear] == [
+        "http://pacs.hospital.example:8042/dicom-web",
+        "HTTP://10.1.2.3:8042/dicom-web",
+        "http://[2001:db8::1]:8042/dicom-web",
+    ]

@@ -5,6 +5,7 @@ report back; each PACS failure shown with its message; a supervisor refused by t
 from __future__ import annotations
 
 import io
+import logging
 from datetime import date
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+from core.config import PacsSettings
 from core.identity import local_key
 from core.imaging.phantom_series import dicom_series, head_volume
 from core.pacs.client import Pacs
@@ -333,3 +335,25 @@ def test_a_study_pulled_while_its_readers_account_is_disabled_is_not_saved(app_e
     button(app, "Analyse the chosen study").click().run()
     assert not app.exception and not store.recent(10)
     assert not [e for e in store.audit_events() if e.action == "upload"]
+
+
+def test_a_plain_http_pacs_elsewhere_is_warned_on_the_page_and_in_the_log(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The PACS's password went on every request, and the images and names with it, unencrypted: nothing said so."""
+    app = study_page()
+    assert not app.exception and not app.warning  # the test's Orthanc is on the loopback
+    monkeypatch.setenv("BTD_PACS_URL", "http://pacs.hospital.example:8042/dicom-web")
+    app = study_page()
+    (warning,) = app.warning
+    assert "plain http" in warning.value and "the PACS password on every request" in warning.value
+    monkeypatch.delenv("BTD_PACS_PASSWORD")
+    monkeypatch.delenv("BTD_PACS_USER")
+    assert "password" not in study_page().warning[0].value
+    monkeypatch.setattr(logging.getLogger("btd"), "propagate", True)  # the page set the process's log up
+    with caplog.at_level("WARNING", logger="btd.pacs"):
+        pacs_service.connect(PacsSettings("http://pacs2.hospital.example/dicom-web", "u", "p"))
+        pacs_service.connect(PacsSettings("http://pacs2.hospital.example/dicom-web", "u", "p"))
+        pacs_service.connect(PacsSettings("https://pacs2.hospital.example/dicom-web", "u", "p"))
+    lines = [r.getMessage() for r in caplog.records if "pacs_unencrypted" in r.getMessage()]
+    assert len(lines) == 1 and "password=yes" in lines[0] and "hospital" not in lines[0]

@@ -65,6 +65,12 @@ def pacs_panel(actor: Actor, classifier: Any, key: bytes | None) -> None:
         "MR studies in the PACS. A study is pulled into memory only (nothing of its images is written to disk), "
         "analysed and saved as an upload is, under the keyed reference of its PACS patient ID."
     )
+    if (configured := settings()) is not None and configured.unencrypted:
+        st.warning(
+            "The PACS's address is plain http: the studies' images and patients' names"
+            + (", and the PACS password on every request," if configured.password else "")
+            + " cross the hospital network unencrypted. Ask the administrator to configure its https address."
+        )
     _search_form(actor)
     hits: list[StudyHit] | None = st.session_state.get(HITS)
     if hits is None:

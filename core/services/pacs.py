@@ -38,6 +38,7 @@ from core.storage.images import ImageStore
 from core.storage.protocol import AuditTrail, Store
 
 logger = logging.getLogger("btd.pacs")
+_WARNED_UNENCRYPTED: set[str] = set()
 
 
 def connect(settings: PacsSettings, timeout_s: float = 10.0) -> Pacs:
@@ -45,6 +46,14 @@ def connect(settings: PacsSettings, timeout_s: float = 10.0) -> Pacs:
     authority file that cannot be read (every request then failed as "the PACS does not answer")."""
     if settings.verify_tls and settings.ca_file and not os.access(settings.ca_file, os.R_OK):
         raise PacsError("The PACS's certificate authority file (ca_file) cannot be read; check its path.")
+    if settings.unencrypted and settings.url not in _WARNED_UNENCRYPTED:  # once per address in a process (the watch
+        _WARNED_UNENCRYPTED.add(settings.url)  # connects once; the page on every action)
+        logger.warning(
+            "event=pacs_unencrypted password=%s hint=give the PACS's https address (images, names%s cross the "
+            "network in clear)",
+            "yes" if settings.password else "no",
+            " and the password" if settings.password else "",
+        )
     return Pacs(settings.url, settings.user, settings.password, settings.verify, timeout_s)
 
 
