@@ -32,13 +32,13 @@ reference = resources.patient_reference(typed)
 if reference is None:
     st.error("Patient references are disabled on this installation (no key is configured).")
     st.stop()
-seen_key = f"history-read-{reference}"
-try:  # read afresh on every run (a study saved or a review made meanwhile shows); audited once per session
-    read = history.patient_history(store, actor, reference, audited=seen_key not in st.session_state)
+seen_key = f"history-read-{reference}"  # the patient's results this session's audited reads showed
+try:  # read afresh on every run (a study saved or a review made meanwhile shows); audited when it shows new results
+    read = history.patient_history(store, actor, reference, seen=st.session_state.get(seen_key))
 except StoreError as error:
     st.error(f"The history cannot be read right now: {error}")
     st.stop()
-st.session_state[seen_key] = True
+st.session_state[seen_key] = st.session_state.get(seen_key, set()) | {record.id for record in read.records}
 records = read.records
 if not records:
     st.info("No result is saved under this reference.")

@@ -63,13 +63,12 @@ query = WorklistQuery(
     since=datetime.now(UTC) - timedelta(days=days) if days else None,
     disagreements=disagreements,
 )
-seen_key = f"worklist-read-{reference}"
-try:  # a patient's list: audited once per session, as History
-    results = reviews.worklist(
-        store, actor, query, LISTED + 1, audited=reference is not None and seen_key not in st.session_state
-    )
+seen_key = f"worklist-read-{reference}"  # the patient's results this session's audited reads listed
+try:  # a patient's list: audited when it shows results not listed before in this session (as History, once)
+    seen = st.session_state.get(seen_key)
+    results = reviews.worklist(store, actor, query, LISTED + 1, seen=seen)
     if reference is not None:
-        st.session_state[seen_key] = True
+        st.session_state[seen_key] = (seen or set()) | {record.id for record in results[:LISTED]}
 except StoreError as error:
     st.error(f"The results database cannot be read: {error}")
     st.stop()

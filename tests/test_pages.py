@@ -418,10 +418,11 @@ def test_a_reference_typed_after_uploading_updates_the_one_record(app_environmen
     assert app.text_input[0].value == ""  # the next batch does not start under this patient's reference
 
 
-def test_history_reads_a_patient_afresh_on_every_run_and_audits_the_read_once(
+def test_history_reads_a_patient_afresh_on_every_run_and_audits_each_read_that_shows_new_results(
     app_environment: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """It kept the first read for the whole session: a study saved meanwhile was missing from the table."""
+    """It kept the first read for the whole session: a study saved meanwhile was missing from the table. Audited
+    once per session, the study shown later was never in the trail."""
     store = stored(app_environment)
     reference = pseudonymise("ZZCANARY Patient", local_key(app_environment))
     store.add(replace(make_record(1, datetime(2026, 11, 1, 9, tzinfo=UTC)), patient_ref=reference))
@@ -432,13 +433,36 @@ def test_history_reads_a_patient_afresh_on_every_run_and_audits_the_read_once(
     store.add(replace(make_record(2, datetime(2026, 12, 1, 9, tzinfo=UTC)), patient_ref=reference))
     app.run()
     assert not app.exception and len(app.dataframe[0].value) == 2 and not app.warning
-    assert [e.action for e in store.audit_events()].count("history") == 1
+    assert [e.detail for e in store.audit_events() if e.action == "history"] == [{"results": 1}, {"results": 2}]
+    app.run()  # the same results again: the page's rerun, not a new read
+    assert [e.action for e in store.audit_events()].count("history") == 2
     from core.services import history
 
     monkeypatch.setattr(history, "LIMIT", 1)  # more saved results than a history shows: said, the newest kept
     app.run()
     assert not app.exception and len(app.dataframe[0].value) == 1
     assert any("more than 1 saved results" in w.value for w in app.warning)
+
+
+def test_a_worklist_filtered_to_a_patient_audits_each_read_that_lists_results_not_listed_before(
+    app_environment: Path,
+) -> None:
+    """Audited once per session per patient: the first read (last 7 days, nothing) stood in the trail as the whole
+    of what was seen, while a wider age filter then listed the patient's three older results unaudited."""
+    store = stored(app_environment)
+    reference = pseudonymise("ZZCANARY Patient", local_key(app_environment))
+    for k in range(3):
+        store.add(replace(make_record(k + 1, datetime.now(UTC) - timedelta(days=20 + k)), patient_ref=reference))
+    app = page("worklist.py")
+    app.run()
+    app.text_input(key="wl_patient").input("ZZCANARY Patient").run()
+    assert not app.exception and not app.dataframe
+    app.selectbox(key="wl_age").select("any time").run()
+    assert not app.exception and len(app.dataframe[0].value) == 3
+    app.run()
+    app.selectbox(key="wl_age").select("last 7 days").run()  # a narrower list of what was seen: no new read
+    events = [(e.target, e.detail) for e in store.audit_events() if e.action == "worklist_patient"]
+    assert events == [(reference, {"results": 0}), (reference, {"results": 3})]
 
 
 def test_the_worklist_never_lists_every_patient_under_a_reference_it_cannot_compute(

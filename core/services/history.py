@@ -25,7 +25,7 @@ holds.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from core.domain.results import Record
@@ -46,14 +46,18 @@ class PatientHistory:
     earlier_left_out: bool = False
 
 
-def patient_history(store: Store, actor: Actor, patient_ref: str, audited: bool = True) -> PatientHistory:
+def patient_history(
+    store: Store, actor: Actor, patient_ref: str, seen: Collection[str] | None = None
+) -> PatientHistory:
     """The patient's results (scans and series), newest :data:`LIMIT` in time order, read as they stand now; the
-    read is an audit event unless ``audited`` is False (the page's later reruns of a history it already audited in
-    this session). Read in time order: the worklist's order (unreviewed first) once cut the history's middle."""
+    read is an audit event unless every result it shows is among ``seen`` (those the page's earlier audited reads of
+    this patient showed in this session: its reruns; a study saved meanwhile is a new read). Read in time order: the
+    worklist's order (unreviewed first) once cut the history's middle."""
     require(actor, HISTORY)
     records = store.of_patient(patient_ref, LIMIT + 1)
-    if audited:  # the keyed reference only
-        audit.record(store, actor, "history", patient_ref, results=min(len(records), LIMIT))
+    shown = {record.id for record in records[:LIMIT]}
+    if seen is None or not shown.issubset(seen):  # the keyed reference only
+        audit.record(store, actor, "history", patient_ref, results=len(shown))
     return PatientHistory(sorted(records[:LIMIT], key=lambda r: r.created_at), len(records) > LIMIT)
 
 

@@ -7,7 +7,7 @@ the same model for its crop and heat map (the model is deterministic, so the ver
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
@@ -53,15 +53,22 @@ def review_labels(labels: Sequence[str], record: Record | None = None) -> list[s
 
 
 def worklist(
-    store: Store, actor: Actor, query: WorklistQuery, limit: int = LISTED, audited: bool = True
+    store: Store,
+    actor: Actor,
+    query: WorklistQuery,
+    limit: int = LISTED,
+    audited: bool = True,
+    seen: Collection[str] | None = None,
 ) -> list[Record]:
     """The results to read. Filtered to one patient, the read is an audit event under the keyed reference, as
-    History's is (it listed a patient's results unaudited), unless ``audited`` is False (the page's later reruns of
-    a list it already audited in this session)."""
+    History's is (it listed a patient's results unaudited), unless every result listed is among ``seen`` (those the
+    page's earlier audited reads of this patient listed in this session: its reruns; a filter changed to list
+    others was a new read, unaudited) or ``audited`` is False (a probe that shows no result)."""
     require(actor, WORKLIST)
     results = store.worklist(query, limit)
-    if query.patient_ref is not None and audited:
-        audit.record(store, actor, "worklist_patient", query.patient_ref, results=min(len(results), LISTED))
+    shown = {record.id for record in results[:LISTED]}
+    if query.patient_ref is not None and audited and (seen is None or not shown.issubset(seen)):
+        audit.record(store, actor, "worklist_patient", query.patient_ref, results=len(shown))
     return results
 
 
