@@ -427,6 +427,35 @@ def test_saving_a_series_keeps_its_record_sections_pixels_and_an_audit_event(
     assert cut == pytest.approx(applied) and [i for i, p in enumerate(line["curve"]) if p and p >= cut] == [2, 3, 4]
 
 
+def test_a_series_saved_before_its_order_was_kept_names_no_direction_for_a_sections_place(
+    classifier: Classifier, tmp_path: Path
+) -> None:
+    """NIfTI series saved before schema 7 (the upgrade corrected their orientation, not their positions), and DICOM
+    files encoding a mirrored view saved before sections were ordered along the displayed normal, kept positions
+    running against their orientation: reopened, a section 10 mm toward the head read "F 10.0 mm", a sagittal one
+    on the right "L 20.0 mm", in the viewer's title, the quick scroller, History and the PDF."""
+    from dataclasses import replace
+
+    from core.services.access import Actor
+    from core.services.series_views import LEGACY_ORDER, stored_series_view
+    from core.services.studies import save_series
+    from core.storage.images import FolderImages
+    from core.storage.sqlite import SQLiteStore
+
+    store, images = SQLiteStore(tmp_path / "results.sqlite3"), FolderImages(tmp_path / "images")
+    analysis = analyse_volume(read_study(dicom_series(head_volume(4, 64)))[0], classifier)
+    doctor = Actor("dr-a", "radiologist")
+    saved = store.get(save_series(analysis, store, actor=doctor, patient_ref=None, images=images).record_id)
+    now = stored_series_view(saved, store, images, classifier.card, doctor)
+    assert all(now.place(i)[0] in "HF" for i in range(4)) and LEGACY_ORDER not in now.warnings
+    geometry = {k: v for k, v in saved.geometry.items() if k != "section_order"}
+    legacy = stored_series_view(replace(saved, geometry=geometry), store, images, classifier.card, doctor)
+    assert [legacy.place(i) for i in range(4)] == [f"{abs(p):.1f} mm, direction not known" for p in legacy.positions]
+    assert LEGACY_ORDER in legacy.warnings and "check the level and side by eye" in LEGACY_ORDER
+    numbered = replace(saved, geometry=geometry | {"positions_in_mm": False})  # numbered files: no mm, no warning
+    assert LEGACY_ORDER not in stored_series_view(numbered, store, images, classifier.card, doctor).warnings
+
+
 def test_study_command_saves_each_series_once_with_save(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -119,6 +119,8 @@ class SeriesView:
         position = self.positions[index]
         if not self.geometry.get("positions_in_mm", True):
             return f"file number {position:.0f}"
+        if self.geometry.get("section_order") != SECTION_ORDER:  # saved before: its positions may run against its
+            return f"{abs(position):.1f} mm, direction not known"  # orientation (H read as F, L as R)
         return place_text(self.geometry.get("orientation"), position)
 
     @property
@@ -225,10 +227,24 @@ def stored_series_view(
         window=_deciding_window(curve, tuple(s.position for s in rows), rule),
         probabilities=dict(record.probabilities),
         model=f"{record.model_name} {record.model_version}",
-        warnings=tuple(record.geometry.get("notes") or ()) + _few_neighbours(rule),
+        warnings=tuple(record.geometry.get("notes") or ()) + _few_neighbours(rule) + _legacy_order(record),
         record=record,
         needs_review=record.gate == NEEDS_REVIEW and not record.review_count,  # reviewed: done
     )
+
+
+LEGACY_ORDER = (
+    "saved by an earlier version, which did not keep which way its section positions run (NIfTI series, and DICOM "
+    "files encoding a mirrored view, were stored against their orientation): sections are placed in mm without a "
+    "direction; check the level and side by eye"
+)
+
+
+def _legacy_order(record: Record) -> tuple[str, ...]:
+    """The warning of a series saved before sections were ordered along the displayed view's normal (no
+    ``section_order``): its place texts name no direction (:meth:`SeriesView.place`)."""
+    positions_in_mm = record.geometry.get("positions_in_mm", True)
+    return () if record.geometry.get("section_order") == SECTION_ORDER or not positions_in_mm else (LEGACY_ORDER,)
 
 
 def _few_neighbours(rule: dict[str, Any] | None) -> tuple[str, ...]:
