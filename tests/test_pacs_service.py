@@ -3,6 +3,7 @@ report names the version before it, and a watch never drops a study the PACS fai
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import re
@@ -675,7 +676,21 @@ def test_the_report_says_which_series_needs_review_and_the_threshold_each_was_ju
     assert f"tumour at >= {rule.threshold_for(used, series.single_threshold):.2f})" in line
     # a clinical report never states certainty: the PACS's report read "P(tumour) 1.000" (the screen: ">99.9%")
     sure, none = (objects._series_lines(objects.headers(files), replace(series, score=p)) for p in (0.99996, 2e-5))
-    assert "P(tumour) >0.999 (" in sure and "P(tumour) <0.001 (" in none
+    assert "series score >0.999 (" in sure and "series score <0.001 (" in none
+    # named as the screen and the PDF name it: the lowest of a run of sections, not the series' tumour probability
+    assert "P(tumour)" not in line and "the lowest tumour probability of its best run of neighbouring sections" in line
+    # a report an earlier version sent, in its words ("P(tumour) 0.459 (the lowest of the best 2 ..."), is the same
+    # reading: sent again unchanged, never a new version replacing a reader's FINAL one
+    facts = objects.ModelFacts(tiny_classifier.card.name, tiny_classifier.card.version, "0" * 64)
+    ours = objects.verdict_report(objects.headers(files), outcome.series, outcome.verdict, facts)
+    earlier = copy.deepcopy(ours)
+    for item in earlier.ContentSequence:
+        text = str(item.get("TextValue", ""))
+        item.TextValue = re.sub(r"series score (\S+) \(", r"P(tumour) \1 (the lowest of the best ", text)
+    assert "P(tumour) " in " ".join(str(i.get("TextValue", "")) for i in earlier.ContentSequence)
+    assert objects.same_reading(earlier, ours)
+    other = objects.verdict_report(objects.headers(files), [replace(series, score=0.5)], outcome.verdict, facts)
+    assert not objects.same_reading(earlier, other) and series.score != 0.5
     assert f"fewer than the rule's {rule.neighbours}" in line and "NEEDS REVIEW (fewer neighbouring" in line
     card = tiny_classifier.card
     report = objects.verdict_report(
@@ -1483,6 +1498,9 @@ def test_the_reports_coded_lesion_volume_is_a_tumour_series_and_never_a_no_tumou
     assert coded(card.negative_label) == []
     (volume,) = coded("glioma")
     assert float(volume.MeasuredValueSequence[0].NumericValue) == 2.5
+    assert "; lesion volume 2.50 mL" in objects._series_lines(objects.headers(files), series)
+    monkeypatch.setattr(SeriesAnalysis, "lesion_ml", property(lambda self: 0.004))  # a few voxels
+    assert "; lesion volume <0.01 mL" in objects._series_lines(objects.headers(files), series)  # as the PDF: not 0.00
 
 
 def test_a_study_deleted_between_the_feed_and_its_read_is_passed_over_not_a_watch_stopped_for_good() -> None:

@@ -182,7 +182,8 @@ def test_a_tumour_series_score_is_called_a_score_never_a_probability_of_tumour(t
     in the PDF: the number is its rule's score (the lowest of its best run of neighbouring sections)."""
     from dataclasses import replace
 
-    from core.services.report_text import SERIES_SCORE, series_lines
+    from core.model.decision import SERIES_SCORE
+    from core.services.report_text import series_lines
     from core.services.studies import series_record
     from ui.viewer import verdict_line
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from core.services.report_text import ml_text
+from core.model.decision import ml_text
 
 OUTLINE_LABEL = "Outline"
 OUTLINE_HELP = (

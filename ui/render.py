@@ -13,9 +13,9 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
+from core.model.decision import SERIES_SCORE
 from core.model.explain import HEAT_MEANING, heat_title
 from core.model.gate import NEEDS_REVIEW, REJECTED
-from core.services.report_text import SERIES_SCORE
 from core.services.triage import NOT_SAVED, NOT_UPDATED, Triaged
 from ui.auth import fragment_actor
 from ui.batch import Upload

@@ -12,9 +12,8 @@ import numpy as np
 import streamlit as st
 
 from core.imaging.geometry import orientation_letters
-from core.model.decision import FEWER
+from core.model.decision import FEWER, SERIES_SCORE
 from core.model.explain import HEAT_MEANING
-from core.services.report_text import SERIES_SCORE
 from core.services.series_views import SeriesView, section_heat
 from ui.auth import fragment_actor
 from ui.lesion import CAVEAT, OUTLINE_HELP, OUTLINE_LABEL, volume_line

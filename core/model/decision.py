@@ -55,6 +55,11 @@ def bounded(probability: float, places: int) -> str:
     return f"{probability:.{places}f}"
 
 
+def ml_text(value: float) -> str:
+    """A lesion volume as the reports write it: two decimals; under 0.005 mL (a few voxels) "<0.01", never "0.00"."""
+    return "<0.01" if 0 < value < 0.005 else f"{value:.2f}"
+
+
 LABEL_NAMES = {  # how a label reads on the screen and in reports (one definition)
     "glioma": "Glioma",
     "meningioma": "Meningioma",
@@ -182,6 +187,10 @@ def in_review_band(score: np.ndarray | float, band: tuple[float, float]) -> np.n
     p = np.asarray(score, dtype=np.float64)
     return (p >= low) & (p < high)
 
+
+# a series' score is no probability: a tumour series read "series tumour probability 45.9%" (below even odds); the
+# screen, the PDF and the report sent to the PACS name it so
+SERIES_SCORE = "the lowest tumour probability of its best run of neighbouring sections"
 
 # what a verdict judged on fewer neighbouring sections than the series rule asks is said to rest on, wherever it is
 # stated (viewer, PDF, SR): too few analysed, or a series too short for the rule (every section analysed: "fewer

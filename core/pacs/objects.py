@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 from core.imaging.dicom import quiet_pydicom
-from core.model.decision import FEWER, UNKNOWN_TYPE, bounded, label_name
+from core.model.decision import FEWER, SERIES_SCORE, UNKNOWN_TYPE, bounded, label_name, ml_text
 from core.model.volume import SeriesAnalysis
 from core.model.volume import key_sections as sections_to_see
 
@@ -165,14 +165,14 @@ def _series_lines(evidence: Sequence[Any], series: SeriesAnalysis, reviewed: boo
     used, rule = series.neighbours_used, series.rule
     fewer = f", fewer than the rule's {rule.neighbours}" if used < rule.neighbours else ""
     line = (
-        f"Series {name}: {_words(series.label)}; P(tumour) {bounded(series.score, 3)} (the lowest of the best {used} "
-        f"neighbouring sections{fewer}; tumour at >= {series.applied_threshold:.2f})"
+        f"Series {name}: {_words(series.label)}; series score {bounded(series.score, 3)} ({SERIES_SCORE}: {used} "
+        f"sections{fewer}; tumour at >= {series.applied_threshold:.2f})"
     )
     if series.needs_review:
         why = FEWER if used < rule.neighbours else "its score is in the review band"
         line += f"; flagged for review ({why}), since reviewed" if reviewed else f"; NEEDS REVIEW ({why})"
     if series.lesion_ml is not None:
-        line += f"; lesion volume {series.lesion_ml:.2f} mL"
+        line += f"; lesion volume {ml_text(series.lesion_ml)} mL"
     return line
 
 
@@ -224,7 +224,8 @@ def same_reading(report: Any, ours: Any) -> bool:
         }
         texts = [str(item.get("TextValue", "")) for item in sr.get("ContentSequence") or []]
         said = " ".join(texts)
-        scores = sorted(re.findall(r"P\(tumour\) [<>]?\d\.\d{3}", said))
+        scores = sorted(re.findall(r"(?:series score|P\(tumour\)) ([<>]?\d\.\d{3})", said))  # "P(tumour)":
+        # the reports of earlier versions, already in the PACS
         unread = sum(t.startswith("A series could not be read") or ": not analysed (" in t for t in texts)
         return referenced, scores, unread, texts[-3:]  # the algorithm, its version and the statement close it
 

@@ -9,16 +9,13 @@ from datetime import datetime
 
 from core.domain.results import Record
 from core.model.classifier import Classifier
-from core.model.decision import FEWER, NEEDS_REVIEW, NEGATIVE_LABEL, label_name, percent
+from core.model.decision import FEWER, NEEDS_REVIEW, NEGATIVE_LABEL, SERIES_SCORE, label_name, ml_text, percent
 from core.services.series_views import SeriesView
 
 DEFAULT_LIMITATIONS = (
     "Decision support for a radiologist, not a diagnosis: every verdict is to be read with the images.",
     "Trained on 2-D slices of adult brain MRI; other body parts, children and post-operative heads were not seen.",
 )
-
-# a series' score is no probability: a tumour series read "series tumour probability 45.9%" (below even odds)
-SERIES_SCORE = "the lowest tumour probability of its best run of neighbouring sections"
 
 
 def study_facts(records: Sequence[Record], author: str, now: datetime) -> list[tuple[str, str]]:
@@ -74,11 +71,6 @@ def series_lines(record: Record, view: SeriesView | None, reviews: Sequence) -> 
     else:
         lines.append("Not reviewed by a radiologist yet.")
     return lines
-
-
-def ml_text(value: float) -> str:
-    """A volume as the report writes it: two decimals; under 0.005 mL (a few voxels) "<0.01", never "0.00"."""
-    return "<0.01" if 0 < value < 0.005 else f"{value:.2f}"
 
 
 def lesion_line(record: Record) -> str:

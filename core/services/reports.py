@@ -19,7 +19,7 @@ import numpy as np
 from core.domain.results import Record
 from core.errors import InvalidRecord, NoBrainFound
 from core.model.classifier import Classifier
-from core.model.decision import two_places
+from core.model.decision import ml_text, two_places
 from core.model.explain import HEAT_MEANING, Explainer, overlay
 from core.model.lesion import Lesion, Segmenter
 from core.model.roi import find_brain
@@ -31,7 +31,6 @@ from core.services.report_text import (
     DEFAULT_LIMITATIONS,
     MIXED_PATIENTS,
     card_notes,
-    ml_text,
     series_lines,
     study_facts,
     study_headline,
