@@ -29,6 +29,7 @@ from core.services import pacs as service
 from core.services.access import COMMAND_LINE
 from core.services.resources import load_classifier
 from core.services.study_reading import analyse_path
+from core.storage.sqlite import SQLiteStore
 
 STUDY = "1.2.826.0.1.3680043.8.498.176"
 
@@ -53,13 +54,14 @@ def main() -> None:
         card = classifier.card
         model = ModelFacts(card.name, card.version, card.weights_sha256)
         pulls, sends, disk = [], [], []
+        trail = SQLiteStore(Path(folder) / "results.sqlite3")  # every pull and send is audited, as in use
         for _ in range(args.repeats):
             started = time.perf_counter()
-            pulled = service.pull_and_analyse(pacs, COMMAND_LINE, STUDY, classifier, None, None)
+            pulled = service.pull_and_analyse(pacs, COMMAND_LINE, STUDY, classifier, trail, None)
             pulls.append(time.perf_counter() - started)
             assert pulled.outcome.error_code is None, pulled.outcome.error_message
             started = time.perf_counter()
-            stored = service.send_results(pacs, COMMAND_LINE, pulled, model, None, None)
+            stored = service.send_results(pacs, COMMAND_LINE, pulled, model, trail, None)
             sends.append(time.perf_counter() - started)
             started = time.perf_counter()
             analyse_path(Path(folder), classifier)

@@ -240,3 +240,14 @@ def app_store(path: Path):
     store = SQLiteStore(path)
     store.audit_key = audit_key(file_secrets(), shared_database=False)
     return store
+
+
+class Trail:
+    """An audit trail kept in memory: for services that must audit what they do, tested apart from a database."""
+
+    def __init__(self) -> None:
+        self.events: list = []
+
+    def append_audit(self, event):
+        self.events.append(event)
+        return event

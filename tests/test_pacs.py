@@ -33,7 +33,7 @@ from core.services import pacs as pacs_service
 from core.services import pacs_watch
 from core.services.access import Actor
 from core.storage.sqlite import SQLiteStore
-from tests.scans import empty_database, garbage_pacs, run_core
+from tests.scans import Trail, empty_database, garbage_pacs, run_core
 
 ROOT = Path(__file__).resolve().parents[1]
 RADIOLOGIST, SUPERVISOR, ADMIN = Actor("dr-a", "radiologist"), Actor("boss", "supervisor"), Actor("root", "admin")
@@ -72,11 +72,13 @@ def orthanc():
 
 def test_a_study_is_found_pulled_into_memory_and_analysed_like_an_upload(orthanc, tiny_classifier, tmp_path) -> None:
     pacs = Pacs(orthanc.dicomweb, orthanc.user, orthanc.password)
-    hits = pacs_service.search(pacs, RADIOLOGIST, patient_id="PACS-TEST-001", description="BRAIN")
+    hits = pacs_service.search(pacs, RADIOLOGIST, Trail(), None, patient_id="PACS-TEST-001", description="BRAIN")
     assert STUDY in [h.study_uid for h in hits] and hits[0].modalities == ("MR",) and hits[0].instances == 8
-    assert pacs_service.search(pacs, RADIOLOGIST, start="20270101") == []  # a date range that excludes it
+    assert (
+        pacs_service.search(pacs, RADIOLOGIST, Trail(), None, start="20270101") == []
+    )  # a date range that excludes it
     # exact, as the page promises: Orthanc matches a patient ID ignoring case, another patient's ID among them
-    assert pacs_service.search(pacs, RADIOLOGIST, patient_id="pacs-test-001") == []
+    assert pacs_service.search(pacs, RADIOLOGIST, Trail(), None, patient_id="pacs-test-001") == []
     store = SQLiteStore(tmp_path / "results.sqlite3")
     key = b"k" * 32
     outcome = pacs_service.pull_and_analyse(pacs, RADIOLOGIST, STUDY, tiny_classifier, store, key).outcome
@@ -186,17 +188,17 @@ def test_watch_mode_analyses_each_new_brain_mr_study_once_also_after_a_restart_a
 
 def test_supervisors_and_admins_never_reach_pacs_images(orthanc, tiny_classifier) -> None:
     pacs = Pacs(orthanc.dicomweb, orthanc.user, orthanc.password)
-    pulled = pacs_service.pull_and_analyse(pacs, RADIOLOGIST, STUDY, tiny_classifier, None, None)
+    pulled = pacs_service.pull_and_analyse(pacs, RADIOLOGIST, STUDY, tiny_classifier, Trail(), None)
     facts = ModelFacts("m", "1", "0" * 64)
     for actor in (SUPERVISOR, ADMIN):  # searching, pulling, reviewing and sending are a radiologist's
         with pytest.raises(AccessDenied):
-            pacs_service.search(pacs, actor)
+            pacs_service.search(pacs, actor, Trail(), None)
         with pytest.raises(AccessDenied):
-            pacs_service.pull_and_analyse(pacs, actor, STUDY, tiny_classifier, None, None)
+            pacs_service.pull_and_analyse(pacs, actor, STUDY, tiny_classifier, Trail(), None)
         with pytest.raises(AccessDenied):
             pacs_service.review_and_send(pacs, actor, pulled, facts, None, None, "glioma", ["x"])
         with pytest.raises(AccessDenied):
-            pacs_service.send_results(pacs, actor, pulled, facts, None, None)
+            pacs_service.send_results(pacs, actor, pulled, facts, Trail(), None)
 
 
 def test_the_pacs_command_prints_the_study_lines_with_the_study_uid(orthanc, tiny_card, tmp_path) -> None:
@@ -256,7 +258,7 @@ def test_pacs_failures_each_get_their_own_message(orthanc, tiny_classifier) -> N
     small = Pacs(orthanc.dicomweb, orthanc.user, orthanc.password, limits=StudyLimits(max_files=3))
     with pytest.raises(FileTooLarge, match="limit is 3"):
         small.retrieve_mr(STUDY)
-    outcome = pacs_service.pull_and_analyse(small, RADIOLOGIST, STUDY, tiny_classifier, None, None).outcome
+    outcome = pacs_service.pull_and_analyse(small, RADIOLOGIST, STUDY, tiny_classifier, Trail(), None).outcome
     assert outcome.error_code == "file_too_large" and outcome.series == ()  # nothing analysed from a part
     # pixels counted from the series' metadata before any image is held (one huge multi-frame file was held whole)
     few = Pacs(orthanc.dicomweb, orthanc.user, orthanc.password, limits=StudyLimits(max_dicom_pixels=1000))
@@ -285,7 +287,7 @@ def test_a_study_the_pacs_keeps_as_jpeg_2000_is_pulled_as_stored(orthanc, tiny_c
     pacs.store(j2k)
     files, left_out = pacs.retrieve_mr(J2K_STUDY)
     assert len(files) == 4 and left_out == []
-    outcome = pacs_service.pull_and_analyse(pacs, RADIOLOGIST, J2K_STUDY, tiny_classifier, None, None).outcome
+    outcome = pacs_service.pull_and_analyse(pacs, RADIOLOGIST, J2K_STUDY, tiny_classifier, Trail(), None).outcome
     assert outcome.error_code is None and len(outcome.series[0].sections) == 4
 
 
@@ -313,12 +315,12 @@ def test_a_study_the_pacs_filed_under_a_corrected_patient_since_the_pull_is_not_
     files = dicom_series(head_volume(3, 64), study_uid=uid, series_uid=f"{uid}.1")
     pacs = Pacs(orthanc.dicomweb, orthanc.user, orthanc.password)
     pacs.store(_datasets(files, PatientID="TRAUMA-0001"))
-    pulled = pacs_service.pull_and_analyse(pacs, RADIOLOGIST, uid, tiny_classifier, None, None)
+    pulled = pacs_service.pull_and_analyse(pacs, RADIOLOGIST, uid, tiny_classifier, Trail(), None)
     pacs.store(_datasets(files, PatientID="MRN-424242"))
     card = tiny_classifier.card
     with pytest.raises(PacsStudyChanged, match="patient or accession number corrected"):
         model = ModelFacts(card.name, card.version, card.weights_sha256)
-        pacs_service.send_results(pacs, RADIOLOGIST, pulled, model, None, None)
+        pacs_service.send_results(pacs, RADIOLOGIST, pulled, model, Trail(), None)
     assert {s.modality for s in pacs.series_of(uid)} == {"MR"}  # nothing sent
 
 

@@ -28,13 +28,13 @@ from core.errors import (
 )
 from core.imaging.phantom_series import dicom_series, head_volume
 from core.pacs import objects
-from core.pacs.client import SeriesHit
+from core.pacs.client import SeriesHit, StudyHit
 from core.services import pacs as pacs_service
 from core.services import pacs_watch
 from core.services.access import Actor
 from core.services.study_reading import analyse_study
 from core.storage.sqlite import SQLiteStore
-from tests.scans import empty_database, relabelled
+from tests.scans import Trail, empty_database, relabelled
 
 RADIOLOGIST = Actor("dr-a", "radiologist")
 STUDY = "1.2.826.0.1.3680043.8.498.91"
@@ -84,8 +84,11 @@ class StandIn:
 
 
 class Searchable(StandIn):
-    def search(self, **filters: str | None) -> list[str]:
-        return ["study-1", "study-2"]
+    def search(self, **filters: str | None) -> list[StudyHit]:
+        return [
+            StudyHit(f"1.2.826.0.1.3680043.10.1.{k}", "20261201", "MR BRAIN", ("MR",), patient, "ZZCANARY^Listed", 1, 6)
+            for k, patient in enumerate(("PACS-TEST-001", "PACS-TEST-001", "PACS-TEST-002"))
+        ]
 
 
 def test_a_pull_judges_two_patients_by_the_uploads_rule(tmp_path: Path, tiny_classifier) -> None:
@@ -109,14 +112,25 @@ def test_a_pull_judges_two_patients_by_the_uploads_rule(tmp_path: Path, tiny_cla
     assert refusals == ["several_patients", "several_patients", None, "several_patients"]
 
 
-def test_a_pacs_search_is_an_audit_event_without_its_filters(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "r.db")
-    hits = pacs_service.search(Searchable({}), RADIOLOGIST, store, patient_id="PACS-TEST-001", description="x")
-    assert hits == ["study-1", "study-2"]
-    (event,) = store.audit_events()
-    assert (event.action, event.actor, event.target) == ("pacs_search", "dr-a", None)
-    assert event.detail == {"studies": 2, "by_patient_id": True}  # never the patient ID typed
-    assert "PACS-TEST-001" not in str(event)
+def test_a_pacs_search_is_an_audit_event_naming_whose_names_it_showed_never_its_filters(tmp_path: Path) -> None:
+    """The search shows patients' names and IDs: its event said how many studies, not whose, where History's read
+    names its patient. It now names them by their keyed references; nothing typed or shown is in it."""
+    store, key = SQLiteStore(tmp_path / "r.db"), b"k" * 32
+    hits = pacs_service.search(Searchable({}), RADIOLOGIST, store, key, patient_id="PACS-TEST-001", description="x")
+    assert len(hits) == 3
+    first, second = (pacs_service.patient_reference(f"PACS-TEST-00{n}", key) for n in (1, 2))
+    pacs_service.search(Searchable({}), RADIOLOGIST, store, key, start="20261201")
+    pacs_service.search(Searchable({}), RADIOLOGIST, store, None, start="20261201")  # no key: no reference
+    by_id, by_date, unkeyed = store.audit_events()
+    assert (by_id.action, by_id.actor, by_id.target) == ("pacs_search", "dr-a", first)
+    assert by_id.detail == {"studies": 3, "by_patient_id": True, "patients": sorted([first, second])}
+    assert by_date.target is None and by_date.detail["patients"] == sorted([first, second])
+    assert unkeyed.target is None and unkeyed.detail == {"studies": 3, "by_patient_id": False}
+    said = str(store.audit_events())
+    assert "PACS-TEST" not in said and "ZZCANARY" not in said and "20261201" not in said
+    from core.services import audit
+
+    assert audit.redacted(by_id).target is None and audit.redacted(by_id).detail == {}  # a supervisor: who, when
 
 
 class Feed:
@@ -158,14 +172,14 @@ def test_each_reviewed_report_names_the_version_before_it(tiny_classifier) -> No
     card = tiny_classifier.card
     model = objects.ModelFacts.of(card)
     send = pacs_service.send_results
-    preliminary = send(pacs, RADIOLOGIST, pulled, model, None, None)[0]
-    first = send(pacs, RADIOLOGIST, pulled, model, None, None, final_label="glioma")[0]
-    assert send(pacs, RADIOLOGIST, pulled, model, None, None, final_label="glioma")[0] == first  # the same: again
+    preliminary = send(pacs, RADIOLOGIST, pulled, model, Trail(), None)[0]
+    first = send(pacs, RADIOLOGIST, pulled, model, Trail(), None, final_label="glioma")[0]
+    assert send(pacs, RADIOLOGIST, pulled, model, Trail(), None, final_label="glioma")[0] == first  # the same: again
     second = send(
-        pacs, RADIOLOGIST, pulled, model, None, None, final_label="meningioma", earlier_finals=[("glioma", "dr-a")]
+        pacs, RADIOLOGIST, pulled, model, Trail(), None, final_label="meningioma", earlier_finals=[("glioma", "dr-a")]
     )[0]
     elsewhere = StandIn({STUDY: files})  # the same review by another reader, sent to a PACS of its own
-    other_reader = send(elsewhere, Actor("dr-b", "radiologist"), pulled, model, None, None, final_label="glioma")[0]
+    other_reader = send(elsewhere, Actor("dr-b", "radiologist"), pulled, model, Trail(), None, final_label="glioma")[0]
     assert other_reader != first  # it names another reader: a new instance, never the old one's UID
     assert len({preliminary, first, second}) == 3
 
@@ -191,7 +205,7 @@ def test_each_reviewed_report_names_the_version_before_it(tiny_classifier) -> No
         RADIOLOGIST,
         pulled,
         model,
-        None,
+        Trail(),
         None,
         final_label="glioma",
         earlier_finals=[("glioma", "dr-a"), ("meningioma", "dr-a")],
@@ -658,7 +672,7 @@ def test_a_files_invalid_values_never_reach_warnings_or_the_log_when_a_report_is
     card = tiny_classifier.card
     model = objects.ModelFacts.of(card)
     pacs = StandIn({STUDY: files})
-    assert pacs_service.send_results(pacs, RADIOLOGIST, pulled, model, None, None)
+    assert pacs_service.send_results(pacs, RADIOLOGIST, pulled, model, Trail(), None)
     assert pacs.stored and str(pacs.stored[0][0].PatientBirthDate) == ""  # made and sent, the bad date left out
     said = caplog.text + " ".join(str(w.message) for w in recwarn.list)
     assert "1970-01-01" not in said
@@ -1182,7 +1196,7 @@ def test_a_reviewed_report_sent_first_takes_the_versions_it_replaces_with_it(tin
     card = tiny_classifier.card
     model = objects.ModelFacts.of(card)
     returned = pacs_service.send_results(
-        pacs, RADIOLOGIST, pulled, model, None, None, final_label="meningioma", earlier_finals=[("glioma", "dr-b")]
+        pacs, RADIOLOGIST, pulled, model, Trail(), None, final_label="meningioma", earlier_finals=[("glioma", "dr-b")]
     )
     (batch,) = pacs.stored
     final = batch[0]
@@ -1263,7 +1277,7 @@ def test_patients_names_never_reach_the_log_or_warnings_when_a_report_is_made(ti
     card = tiny_classifier.card
     pacs = StandIn({STUDY: files})
     model = objects.ModelFacts.of(card)
-    assert pacs_service.send_results(pacs, RADIOLOGIST, pulled, model, None, None)
+    assert pacs_service.send_results(pacs, RADIOLOGIST, pulled, model, Trail(), None)
     captured = capsys.readouterr()
     said = caplog.text + " ".join(str(w.message) for w in recwarn.list) + captured.out + captured.err
     assert "ZZCANARY" not in said and str(pacs.stored[0][0].PatientName) == "ZZCANARYSMITH"  # kept in the report
@@ -1453,7 +1467,7 @@ def test_a_study_over_the_limits_is_pulled_without_its_largest_series_which_it_n
     sent = [pydicom.dcmread(io.BytesIO(data)) for data in files]
     monkeypatch.setattr(pacs._client, "retrieve_series_metadata", lambda *_: [d.to_json_dict() for d in sent])
     monkeypatch.setattr(pacs._client, "iter_series", lambda study_uid, series_uid, **_: iter(sent))
-    pulled = pacs_service.pull_and_analyse(pacs, RADIOLOGIST, STUDY, tiny_classifier, None, None)
+    pulled = pacs_service.pull_and_analyse(pacs, RADIOLOGIST, STUDY, tiny_classifier, Trail(), None)
     assert pulled.outcome.error_code is None and len(pulled.outcome.series) == 1
     assert any(reason.startswith("DICOM series 9: 50 images, left out") for reason in pulled.outcome.unread)
     assert pulled.outcome.verdict != "notumor"  # a study with a series nobody read is never "no tumour"

@@ -71,7 +71,7 @@ def pacs_panel(actor: Actor, classifier: Any, key: bytes | None) -> None:
             + (", and the PACS password on every request," if configured.password else "")
             + " cross the hospital network unencrypted. Ask the administrator to configure its https address."
         )
-    _search_form(actor)
+    _search_form(actor, key)
     hits: list[StudyHit] | None = st.session_state.get(HITS)
     if hits is None:
         return
@@ -94,7 +94,7 @@ def pacs_panel(actor: Actor, classifier: Any, key: bytes | None) -> None:
         _analyse(actor, hits[chosen or 0], classifier, key)
 
 
-def _search_form(actor: Actor) -> None:
+def _search_form(actor: Actor, key: bytes | None) -> None:
     with st.form("pacs_search", border=False):
         columns = st.columns([1, 1.2, 1.4])
         patient_id = columns[0].text_input("Patient ID", key="pacs_patient_id")
@@ -122,6 +122,7 @@ def _search_form(actor: Actor) -> None:
                 _connect(),
                 actor,
                 store,
+                key,
                 patient_id=patient_id.strip() or None,
                 start=start,
                 end=end,

@@ -361,6 +361,7 @@ RESULT_ACTIONS = frozenset(
         "history",
         "worklist_patient",
         "patient_reference_set",
+        "pacs_search",
         "pacs_pull",
         "pacs_pull_failed",
         "pacs_send",

@@ -57,15 +57,23 @@ def connect(settings: PacsSettings, timeout_s: float = 10.0) -> Pacs:
     return Pacs(settings.url, settings.user, settings.password, settings.verify, timeout_s)
 
 
-def search(pacs: Pacs, actor: Actor, store: AuditTrail | None = None, **filters: str | None) -> list[StudyHit]:
+def search(pacs: Pacs, actor: Actor, store: AuditTrail, key: bytes | None, **filters: str | None) -> list[StudyHit]:
     """MR studies matching ``filters`` (patient_id, start, end, description); radiologists only. The search shows
-    patients' names, so it is an audit event (how many studies, whether by patient ID; never the filters)."""
+    patients' names, so it is an audit event naming whose: the keyed reference of the patient ID searched for (its
+    target) and of each patient listed, as History's read names its patient (never the filters, an ID or a name)."""
     require(actor, PACS)
     hits = pacs.search(**filters)
-    if store is not None:
-        audit.record(
-            store, actor, "pacs_search", None, studies=len(hits), by_patient_id=bool(filters.get("patient_id"))
-        )
+    searched = patient_reference(filters.get("patient_id") or "", key)
+    listed = sorted({ref for hit in hits if (ref := patient_reference(hit.patient_id, key)) is not None})
+    audit.record(
+        store,
+        actor,
+        "pacs_search",
+        searched,
+        studies=len(hits),
+        by_patient_id=bool(filters.get("patient_id")),
+        **({"patients": listed} if key is not None else {}),
+    )
     return hits
 
 
@@ -111,7 +119,7 @@ def pull_and_analyse(
     actor: Actor,
     study_uid: str,
     classifier: Classifier,
-    store: AuditTrail | None,
+    store: AuditTrail,
     key: bytes | None,
     fingerprint: str | None = None,
 ) -> Pulled:
@@ -129,7 +137,7 @@ def pull_and_analyse(
     except (PacsError, ScanError) as error:
         logger.info("event=pacs_pull_refused code=%s", error.code)
         received = getattr(error, "received", 0)  # images that crossed before a retrieval failed: an access too
-        if store is not None and received:
+        if received:
             audit.record(store, actor, "pacs_pull_failed", _target(study_uid, key), instances=received, code=error.code)
         return Pulled(study_uid, StudyOutcome(source, error_code=error.code, error_message=str(error)))
     evidence = tuple(objects.headers(files))
@@ -137,9 +145,8 @@ def pull_and_analyse(
     # patient its first file names, a file without a patient ID beside ones with it (saved and sent without one)
     named = {bool(str(h.get("PatientID", "") or "").strip()) for h in evidence}
     several = several_patients(list(evidence)) or len(named) > 1
-    if store is not None:  # every pull is an event, a refused one too (its images were retrieved)
-        refused = {"refused": "several_patients"} if several else {}
-        audit.record(store, actor, "pacs_pull", _target(study_uid, key), instances=len(files), **refused)
+    refused = {"refused": "several_patients"} if several else {}  # every pull is an event, a refused one too (its
+    audit.record(store, actor, "pacs_pull", _target(study_uid, key), instances=len(files), **refused)  # images came)
     if several:  # analysed as one, it was filed under the first patient
         logger.warning("event=pacs_pull_refused code=several_patients")
         return Pulled(study_uid, StudyOutcome(source, error_code="several_patients", error_message=SEVERAL_PATIENTS))
@@ -171,7 +178,7 @@ def send_results(
     actor: Actor,
     pulled: Pulled,
     model: objects.ModelFacts,
-    store: AuditTrail | None,
+    store: AuditTrail,
     key: bytes | None,
     final_label: str | None = None,
     earlier_finals: Sequence[tuple[str, str]] = (),
@@ -194,22 +201,20 @@ def send_results(
         _unchanged_since_pulled(pacs, pulled)
         head = pacs.report_head(pulled.study_uid, objects.report_series(pulled.study_uid))
     except PacsError as error:
-        if store is not None:
-            audit.record(store, actor, "pacs_send_failed", target, code=error.code)
+        audit.record(store, actor, "pacs_send_failed", target, code=error.code)
         raise
     if head is not None and not finals and objects.same_reading(head, chain[0]):
         chain = [head]  # the same reading sent again without a label (the watch, the command line): the PACS's
         # current version stands (a preliminary rebuilt from scratch would replace the reader's FINAL report)
     report, earlier = _placed(chain, head, lambda before, version: _version(pulled, model, finals, before, version))
-    if store is not None:  # audited before anything leaves: a send the trail cannot record is not made
-        report_ref = study_reference(str(report.SOPInstanceUID), key)  # keyed: the PACS maps the UID to the patient
-        audit.record(store, actor, SENT, target, report=report_ref, key_images=len(images))
+    report_ref = study_reference(str(report.SOPInstanceUID), key)  # keyed: the PACS maps the UID to the patient
+    audit.record(store, actor, SENT, target, report=report_ref, key_images=len(images))  # audited before anything
+    # leaves: a send the trail cannot record is not made
     try:  # the versions it replaces go along (the PACS keeps one copy of each): never a predecessor it lacks
         stored = pacs.store([report, *earlier, *images])
         _holds(pacs, pulled.study_uid, report)
     except PacsError as error:
-        if store is not None:
-            audit.record(store, actor, "pacs_send_failed", target, code=error.code)
+        audit.record(store, actor, "pacs_send_failed", target, code=error.code)
         raise
     replaced = {str(version.SOPInstanceUID) for version in earlier}
     return [uid for uid in stored if uid not in replaced]
