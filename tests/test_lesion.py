@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from core.errors import ModelError
+from core.imaging.geometry import pixel_spacing
 from core.model.analysis import analyse
 from core.model.classifier import Classifier, with_segmenter
 from core.model.lesion import (
@@ -21,7 +22,6 @@ from core.model.lesion import (
     Segmenter,
     area_mm2,
     lesion_of,
-    pixel_spacing,
     sections_spanned,
     volume_ml,
 )

@@ -324,7 +324,7 @@ def test_a_single_scan_with_unlike_pixel_spacing_is_drawn_true_as_the_study_page
     assert display_factors((1024, 512), None) == (0.5, 0.5) and display_factors((300, 300), (0.0, 0.5)) == (1.0, 1.0)
     # stored as columns down the patient's right (a display that turns rows into columns): its spacing turns with
     # it. Read as stored, the 0.5 x 1 mm slice was drawn 4:1 on the Scan page and kept so for the Worklist
-    from core.model.lesion import pixel_spacing
+    from core.imaging.geometry import pixel_spacing
 
     turned = {"PixelSpacing": [0.5, 1.0], "ImageOrientationPatient": [0, 1, 0, 1, 0, 0]}
     scan = read_scan(dicom_bytes(synthetic_slice(256).astype("uint16") * 16, extra=turned))

@@ -247,8 +247,7 @@ def _flag_reason(record, classifier) -> str:
         return ""
     if not card.rule.in_review_band(record.tumour_probability):  # flagged by a band this card no longer holds
         return " (when it was analysed; its reason is not kept with the result)"
-    low, high = card.rule.review_band
-    return f": its tumour probability {percent(record.tumour_probability)} is in the review band ({low:.0%}-{high:.0%})"
+    return f": its {card.rule.band_reason(record.tumour_probability)}"
 
 
 def result_panel(opened, labels: tuple[str, ...], classifier=None, explainer=None) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 from core.domain.times import as_utc
 from core.errors import InvalidRecord
-from core.model.decision import ACCEPTED, NEEDS_REVIEW, REJECTED, UNKNOWN_TYPE
+from core.model.decision import ACCEPTED, NEEDS_REVIEW, REJECTED, UNKNOWN_TYPE, decision_confidence
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 IMAGE_FORMATS = ("png", "jpeg", "dicom", "nifti")
@@ -107,7 +107,7 @@ class Record:
     @property
     def confidence(self) -> float:
         """The probability that the tumour / no-tumour call is right (:mod:`core.model.decision`)."""
-        return float(self.tumour_probability if self.is_tumour else 1.0 - self.tumour_probability)
+        return float(decision_confidence(self.tumour_probability, self.is_tumour))
 
     def reviewed_as(
         self, reviewer: str | None, verdict: str | None, final_label: str | None, at: datetime | None, count: int

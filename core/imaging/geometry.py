@@ -123,6 +123,26 @@ def transformed_spacing(spacing: tuple[float, float] | None, transform: DisplayT
     return spacing[1], spacing[0]
 
 
+def spacing_text(spacing: Sequence[float]) -> str:
+    """A (row, column) pixel spacing in mm as DICOM's PixelSpacing writes it ("0.9\\0.9"): what a scan's acquisition
+    facts hold for it, read back by :func:`pixel_spacing`."""
+    return "\\".join(str(float(v)) for v in spacing)
+
+
+def pixel_spacing(scan: Any) -> tuple[float, float] | None:
+    """A single scan's (row, column) pixel spacing in mm from its DICOM PixelSpacing, as its pixels are shown (a
+    display that turns rows into columns swaps them: read as stored, a 0.5 x 1 mm slice was drawn 4:1), or None
+    (PNG, JPEG, or a missing or malformed value)."""
+    text = scan.acquisition.get("PixelSpacing") if getattr(scan, "acquisition", None) else None
+    try:
+        values = tuple(float(v) for v in str(text).split("\\")) if text else ()
+    except ValueError:
+        return None
+    if len(values) != 2 or not all(map(plausible_mm, values)):
+        return None
+    return transformed_spacing((values[0], values[1]), getattr(scan, "display", DisplayTransform()))
+
+
 def nifti_orientation(affine: np.ndarray, across: tuple[int, int] = (0, 1)) -> tuple[float, ...]:
     """Row and column directions (LPS) of a section of a NIfTI volume with this ``affine`` whose column indices
     follow the voxel axis ``across[0]`` and row indices ``across[1]`` (``data[:, :, k].T``: the first axis, i, then

@@ -15,9 +15,10 @@ import numpy as np
 
 from core.errors import NoModelAnswer, ScanError
 from core.imaging import DEFAULT_LIMITS, Limits, Scan, read_scan
+from core.imaging.geometry import pixel_spacing
 from core.model.classifier import Classifier
 from core.model.gate import REJECTED, GateResult, assess, with_review
-from core.model.lesion import Lesion, Segmenter, lesion_of, pixel_spacing
+from core.model.lesion import Lesion, Segmenter, lesion_of
 from core.model.preprocess import to_model_input
 from core.model.roi import BrainRegion, find_brain
 

@@ -165,6 +165,11 @@ class DecisionRule:
     def in_review_band(self, tumour_probability: np.ndarray | float) -> np.ndarray:
         return in_review_band(tumour_probability, self.review_band)
 
+    def band_reason(self, tumour_probability: float) -> str:
+        """Why a probability in the review band is flagged, as every place that says it words it."""
+        low, high = self.review_band
+        return f"tumour probability {percent(tumour_probability)} is in the review band ({low:.0%}-{high:.0%})"
+
     def apply(self, probabilities: Sequence[float]) -> Decision:
         """One row of calibrated probabilities (in ``labels`` order) -> the decision."""
         row = np.asarray(probabilities, dtype=np.float64)
@@ -173,11 +178,8 @@ class DecisionRule:
         is_tumour = label != self.negative_label
         confidence = float(decision_confidence(tumour_probability, is_tumour))
         reasons = []
-        low, high = self.review_band
         if self.in_review_band(tumour_probability):
-            reasons.append(
-                f"tumour probability {percent(tumour_probability)} is in the review band ({low:.0%}-{high:.0%})"
-            )
+            reasons.append(self.band_reason(tumour_probability))
         return Decision(label, is_tumour, tumour_probability, confidence, tuple(reasons))
 
 

@@ -21,7 +21,6 @@ import cv2
 import numpy as np
 
 from core.errors import ModelError
-from core.imaging.geometry import DisplayTransform, plausible_mm, transformed_spacing
 from core.model.classifier import load_checked_model, traced
 from core.model.preprocess import InputSpec, input_to_image, to_model_input
 
@@ -141,20 +140,6 @@ def volume_ml(areas_px: Sequence[int], spacing: tuple[float, float] | None, step
     if spacing is None or step_mm is None or not step_mm > 0:
         return None
     return round(sum(areas_px) * float(spacing[0]) * float(spacing[1]) * float(step_mm) / 1000.0, 3)
-
-
-def pixel_spacing(scan: Any) -> tuple[float, float] | None:
-    """A single scan's (row, column) pixel spacing in mm from its DICOM PixelSpacing, as its pixels are shown (a
-    display that turns rows into columns swaps them: read as stored, a 0.5 x 1 mm slice was drawn 4:1), or None
-    (PNG, JPEG, or a missing or malformed value)."""
-    text = scan.acquisition.get("PixelSpacing") if getattr(scan, "acquisition", None) else None
-    try:
-        values = tuple(float(v) for v in str(text).split("\\")) if text else ()
-    except ValueError:
-        return None
-    if len(values) != 2 or not all(map(plausible_mm, values)):
-        return None
-    return transformed_spacing((values[0], values[1]), getattr(scan, "display", DisplayTransform()))
 
 
 def sections_spanned(areas_px: Sequence[int]) -> tuple[int, int] | None:

@@ -23,6 +23,7 @@ import numpy as np
 
 from core.errors import NoBrainFound, ScanError
 from core.imaging import Scan
+from core.imaging.geometry import spacing_text
 from core.imaging.volume import Volume
 from core.model.analysis import Analysis, analyse_scans
 from core.model.classifier import Classifier
@@ -261,7 +262,7 @@ def key_sections(
 def section_scan(volume: Volume, index: int) -> Scan:
     """Section ``index`` of a series as a :class:`Scan` (what the single-image pipeline takes)."""
     pixels = np.ascontiguousarray(volume.sections[index])
-    spacing = {"PixelSpacing": "\\".join(str(v) for v in volume.spacing)} if volume.spacing else {}
+    spacing = {"PixelSpacing": spacing_text(volume.spacing)} if volume.spacing else {}
     return Scan(
         pixels=pixels,
         format=volume.modality.lower() or "volume",

@@ -15,6 +15,7 @@ from core.domain.people import REASON_CODES, Review
 from core.domain.results import Record, WorklistQuery
 from core.errors import InvalidRecord, ReviewedMeanwhile, ScanError, StoreError, UnauditedChange
 from core.imaging import read_scan
+from core.imaging.geometry import spacing_text
 from core.model.analysis import analyse_scan
 from core.model.classifier import Classifier
 from core.model.decision import UNKNOWN_TYPE
@@ -113,7 +114,7 @@ def open_result(
         if orientation := (record.geometry or {}).get("orientation"):  # the kept copy's directions, as uploaded
             scan = replace(scan, orientation=tuple(float(v) for v in orientation))  # type: ignore[attr-defined]
         if spacing := (record.geometry or {}).get("spacing"):  # and its pixel spacing: drawn true, areas in mm²
-            facts = {**scan.acquisition, "PixelSpacing": "\\".join(str(float(v)) for v in spacing)}
+            facts = {**scan.acquisition, "PixelSpacing": spacing_text(spacing)}
             scan = replace(scan, acquisition=facts)  # type: ignore[attr-defined]
         analysis = analyse_scan(scan, classifier)
     except ScanError:

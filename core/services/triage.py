@@ -20,10 +20,10 @@ from typing import Any
 from core.domain.results import Record, record_id
 from core.errors import InvalidRecord, MultiFrameImage, ScanError, StoreError
 from core.imaging import frames_in
+from core.imaging.geometry import pixel_spacing
 from core.model.analysis import Analysis, analyse
 from core.model.classifier import Classifier
 from core.model.explain import Explainer
-from core.model.lesion import pixel_spacing
 from core.services import audit
 from core.services.access import ANALYSE, Actor, require
 from core.services.exports import spreadsheet_safe

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from core.imaging.geometry import pixel_spacing, spacing_text
 from core.imaging.raster import encode_png
 from core.model.analysis import Analysis, Prediction
 from core.model.explain import Explainer, overlay
 from core.model.gate import REJECTED
-from core.model.lesion import pixel_spacing
 
 DISPLAY_SIDE = 512
 OUTLINE_RGB = (255, 0, 255)  # the lesion outline: magenta, apart from the green box and the red heat map
@@ -124,7 +124,7 @@ def _facts_as_shown(acquisition: Mapping[str, str], spacing: tuple[float, float]
     slice stored transposed read the header's order on the Scan page, turned to the image's once reopened."""
     if spacing is None:
         return dict(acquisition)
-    return {**acquisition, "PixelSpacing": "\\".join(str(float(v)) for v in spacing)}
+    return {**acquisition, "PixelSpacing": spacing_text(spacing)}
 
 
 def scan_view(analysis: Analysis, explainer: Explainer | None) -> ScanView:
