@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -197,12 +198,9 @@ def send_results(
     finals = [*earlier_finals, (final_label, actor.name)] if final_label is not None else []
     chain, images = _report_objects(pulled, model, finals)
     target = _target(pulled.study_uid, key)
-    try:  # the PACS's current report, which ours replaces (asked before anything leaves)
-        _unchanged_since_pulled(pacs, pulled)
+    with _failure_audited(store, actor, target):  # the PACS's current report, which ours replaces (asked before
+        _unchanged_since_pulled(pacs, pulled)  # anything leaves)
         head = pacs.report_head(pulled.study_uid, objects.report_series(pulled.study_uid))
-    except PacsError as error:
-        audit.record(store, actor, "pacs_send_failed", target, code=error.code)
-        raise
     if head is not None and not finals and objects.same_reading(head, chain[0]):
         chain = [head]  # the same reading sent again without a label (the watch, the command line): the PACS's
         # current version stands (a preliminary rebuilt from scratch would replace the reader's FINAL report)
@@ -210,14 +208,21 @@ def send_results(
     report_ref = study_reference(str(report.SOPInstanceUID), key)  # keyed: the PACS maps the UID to the patient
     audit.record(store, actor, SENT, target, report=report_ref, key_images=len(images))  # audited before anything
     # leaves: a send the trail cannot record is not made
-    try:  # the versions it replaces go along (the PACS keeps one copy of each): never a predecessor it lacks
-        stored = pacs.store([report, *earlier, *images])
+    with _failure_audited(store, actor, target):  # the versions it replaces go along (the PACS keeps one copy of
+        stored = pacs.store([report, *earlier, *images])  # each): never a predecessor it lacks
         _holds(pacs, pulled.study_uid, report)
+    replaced = {str(version.SOPInstanceUID) for version in earlier}
+    return [uid for uid in stored if uid not in replaced]
+
+
+@contextmanager
+def _failure_audited(store: AuditTrail, actor: Actor, target: str | None) -> Iterator[None]:
+    """A send's step whose :class:`PacsError` is audited (``pacs_send_failed`` with its code) and raised on."""
+    try:
+        yield
     except PacsError as error:
         audit.record(store, actor, "pacs_send_failed", target, code=error.code)
         raise
-    replaced = {str(version.SOPInstanceUID) for version in earlier}
-    return [uid for uid in stored if uid not in replaced]
 
 
 def _holds(pacs: Pacs, study_uid: str, report: Any) -> None:
@@ -358,11 +363,8 @@ def review_and_send(
     seen = seen or {}
     if any(seen.get(rid, record.review_count) != record.review_count for rid, record in _records(store, due)):
         raise ReviewedMeanwhile()  # checked for every series before any is reviewed
-    try:  # before any review: a label recorded against an analysis the PACS no longer matches could never be sent
-        _unchanged_since_pulled(pacs, pulled)
-    except PacsError as error:
-        audit.record(store, actor, "pacs_send_failed", _target(pulled.study_uid, key), code=error.code)
-        raise
+    with _failure_audited(store, actor, _target(pulled.study_uid, key)):  # before any review: a label recorded
+        _unchanged_since_pulled(pacs, pulled)  # against an analysis the PACS no longer matches could never be sent
     with store.atomic():  # every series' review or none (SQLite; MongoDB writes one after the other)
         for result_id in due:
             reviews.review_result(store, actor, result_id, final_label, seen_reviews=seen.get(result_id))
