@@ -819,7 +819,7 @@ def test_a_sign_in_attempt_is_claimed_atomically_in_either_store(tmp_path: Path,
 
         store = MongoStore(mongomock.MongoClient(tz_aware=True), collection="scans_people")
     now = datetime(2026, 12, 1, 9, tzinfo=UTC)
-    store.put_account(Account("dr-a", "radiologist", "x", created_at=now))
+    store.insert_account(Account("dr-a", "radiologist", "x", created_at=now))
     assert [store.begin_sign_in("dr-a", now) for _ in range(3)] == [1, 2, 3]
     store.end_sign_in("dr-a", False, now + timedelta(minutes=15))
     assert store.begin_sign_in("dr-a", now + timedelta(minutes=1)) is None  # locked: nothing claimed

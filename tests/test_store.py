@@ -382,9 +382,10 @@ def test_a_refused_image_is_never_agreed_with(store) -> None:
 
 def test_accounts_are_kept_and_updated(store) -> None:
     assert store.get_account("dr-a") is None and store.accounts() == []
-    store.put_account(Account("dr-a", "radiologist", "$argon2id$hash", created_at=utc(2026, 1, 1)))
-    store.put_account(Account("boss", "supervisor", None, created_at=utc(2026, 1, 2)))
-    store.put_account(replace(store.get_account("dr-a"), failed_count=3, locked_until=utc(2026, 1, 1, 0, 15)))
+    assert store.insert_account(Account("dr-a", "radiologist", "$argon2id$hash", created_at=utc(2026, 1, 1)))
+    assert store.insert_account(Account("boss", "supervisor", None, created_at=utc(2026, 1, 2)))
+    assert not store.insert_account(Account("dr-a", "admin", None, created_at=utc(2026, 1, 3)))  # taken: unchanged
+    assert store.update_account("dr-a", {"failed_count": 3, "locked_until": utc(2026, 1, 1, 0, 15)}, {})
     account = store.get_account("dr-a")
     assert (account.role, account.password_hash, account.failed_count) == ("radiologist", "$argon2id$hash", 3)
     assert account.locked_until == utc(2026, 1, 1, 0, 15) and account.created_at == utc(2026, 1, 1)
@@ -392,12 +393,13 @@ def test_accounts_are_kept_and_updated(store) -> None:
     assert account.sessions_from is None and store.get_account("boss").sessions_from is None
     assert store.update_account("dr-a", {"sessions_from": utc(2026, 1, 3, 8)}, {"sessions_from": None})
     assert store.get_account("dr-a").sessions_from == utc(2026, 1, 3, 8)
-    store.put_account(replace(store.get_account("dr-a"), role="admin"))  # kept by a whole-account write
-    assert store.get_account("dr-a").sessions_from == utc(2026, 1, 3, 8)
+    assert store.update_account("dr-a", {"role": "admin"}, {"role": "radiologist"})  # the other fields kept
+    assert store.get_account("dr-a").sessions_from == utc(2026, 1, 3, 8) and store.get_account("dr-a").role == "admin"
     with pytest.raises(InvalidRecord):
-        store.put_account(Account("dr a; drop", "radiologist"))
+        store.insert_account(Account("dr a; drop", "radiologist"))
     with pytest.raises(InvalidRecord):
-        store.put_account(Account("x", "superuser"))
+        store.insert_account(Account("x", "superuser"))
+    assert [a.name for a in store.accounts()] == ["boss", "dr-a"]
 
 
 def test_an_account_is_created_once_and_changed_only_from_what_was_read(store) -> None:
@@ -1671,7 +1673,7 @@ def test_a_version_10_database_gets_its_series_study_unread_column_from_their_ge
 def test_a_version_11_database_gets_the_accounts_sessions_from_column_and_keeps_its_accounts(tmp_path: Path) -> None:
     path = tmp_path / "results.sqlite3"
     store = SQLiteStore(path)
-    store.put_account(Account("dr-a", "radiologist", "$argon2id$hash", disabled=True, created_at=utc(2026, 1, 1)))
+    store.insert_account(Account("dr-a", "radiologist", "$argon2id$hash", disabled=True, created_at=utc(2026, 1, 1)))
     del store
     downgrade = ["ALTER TABLE accounts DROP COLUMN sessions_from_ms", "ALTER TABLE accounts DROP COLUMN must_change"]
     sqlite3.connect(path).executescript(";".join([*downgrade, "PRAGMA user_version = 11"]))
@@ -1686,7 +1688,7 @@ def test_a_version_11_database_gets_the_accounts_sessions_from_column_and_keeps_
 def test_a_version_12_database_gets_the_accounts_must_change_column_with_no_password_temporary(tmp_path: Path) -> None:
     path = tmp_path / "results.sqlite3"
     store = SQLiteStore(path)
-    store.put_account(Account("dr-a", "radiologist", "$argon2id$hash", created_at=utc(2026, 1, 1)))
+    store.insert_account(Account("dr-a", "radiologist", "$argon2id$hash", created_at=utc(2026, 1, 1)))
     del store
     downgrade = ["ALTER TABLE accounts DROP COLUMN must_change", "PRAGMA user_version = 12"]
     sqlite3.connect(path).executescript(";".join(downgrade))

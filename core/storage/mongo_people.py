@@ -120,14 +120,6 @@ class MongoPeople:
             found = self._people("accounts").update_one({"_id": name, **expected}, {"$set": dict(changes)})
         return found.matched_count == 1
 
-    def put_account(self, account: Account) -> None:
-        with self._errors():
-            self._people("accounts").update_one(
-                {"_id": account.name},
-                {"$set": _account_fields(account), "$setOnInsert": {"created_at": account.created_at}},
-                upsert=True,
-            )
-
     # --- reviews ------------------------------------------------------------------------------------------
 
     def add_review(self, review: Review, seen_reviews: int | None = None) -> Record:

@@ -61,21 +61,8 @@ class SQLitePeople(SQLiteBase):
     def accounts(self) -> list[Account]:
         return [self._account(row) for row in self._query("SELECT * FROM accounts ORDER BY name")]
 
-    def put_account(self, account: Account) -> None:
-        """Create or replace an account (every field as given)."""
-        self._write_account(
-            account,
-            "DO UPDATE SET role = excluded.role, password_hash = excluded.password_hash, disabled = excluded.disabled, "
-            "failed_count = excluded.failed_count, locked_until_ms = excluded.locked_until_ms, "
-            "sessions_from_ms = excluded.sessions_from_ms, must_change = excluded.must_change",
-        )
-
     def insert_account(self, account: Account) -> bool:
         """Create an account; False (nothing written) when one of that name exists."""
-        return self._write_account(account, "DO NOTHING")
-
-    def _write_account(self, account: Account, on_conflict: str) -> bool:
-        """Insert ``account``, ``on_conflict`` (a fixed clause) when its name exists; whether a row was written."""
         account.validate()
         created = account.created_at or from_ms(0)
         locked = to_ms(account.locked_until) if account.locked_until else None
@@ -83,7 +70,7 @@ class SQLitePeople(SQLiteBase):
         with self._errors():
             cursor = self._connection().execute(
                 "INSERT INTO accounts (name, role, password_hash, disabled, failed_count, locked_until_ms, created_ms, "
-                f"sessions_from_ms, must_change) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) {on_conflict}",
+                "sessions_from_ms, must_change) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO NOTHING",
                 (
                     account.name,
                     account.role,
