@@ -4,6 +4,7 @@ password. Every change is an audit event; passwords are never shown or logged.""
 import pandas as pd
 import streamlit as st
 
+from core.domain.people import MAX_PASSWORD
 from core.errors import InvalidRecord, StoreError
 from core.services import accounts, retention
 from core.services.access import ACCOUNTS
@@ -62,7 +63,9 @@ with left.form("new-account", clear_on_submit=True):
     st.markdown("**New account**")
     name = st.text_input("Account name")
     role = st.selectbox("Role", ROLES)
-    password = st.text_input("Password (at least 12 characters; empty: single sign-on only)", type="password")
+    password = st.text_input(
+        "Password (at least 12 characters; empty: single sign-on only)", type="password", max_chars=MAX_PASSWORD
+    )
     first_temporary = st.checkbox(TEMPORARY, value=True, key="new-temporary", help=TEMPORARY_HELP)
     if st.form_submit_button("Create"):
         if not password and not accounts.single_sign_on_ready():  # it was made, listed and could never sign in
@@ -74,7 +77,7 @@ with right.form(f"change-account-{st.session_state.get('account_changes', 0)}"):
     target = st.selectbox("Account", [a.name for a in people], index=None, placeholder="Choose an account")
     change = st.radio("Change", ["role", "password", "disable", "enable", "unlock"], index=None, horizontal=True)
     new_role = st.selectbox("New role (for a role change)", ROLES, index=None, placeholder="Choose a role")
-    new_password = st.text_input("New password (for a password change)", type="password")
+    new_password = st.text_input("New password (for a password change)", type="password", max_chars=MAX_PASSWORD)
     reset_temporary = st.checkbox(
         TEMPORARY, value=True, key=f"reset-temporary-{st.session_state.get('account_changes', 0)}", help=TEMPORARY_HELP
     )

@@ -64,6 +64,28 @@ def test_sign_in_checks_the_argon2_hash_and_is_audited(store, caplog) -> None:
     assert PASSWORD not in caplog.text and "$argon2" not in caplog.text
 
 
+def test_a_password_longer_than_any_that_can_be_set_is_refused_as_a_wrong_one_never_hashed_whole(store) -> None:
+    """Megabytes typed or sent to the sign-in form were hashed whole in one of the process's two password slots."""
+    from core.services.passwords import BoundedHasher
+
+    accounts.add_account(store, COMMAND_LINE, "dr-a", "radiologist", PASSWORD)
+    with pytest.raises(SignInFailed, match="Wrong account name or password"):
+        accounts.sign_in(store, "dr-a", PASSWORD + "x" * 5_000_000)
+    assert actions(store)[-1] == "sign_in_failed"
+    seen = []
+
+    class Inner:
+        def verify(self, hashed: str, password: str) -> bool:
+            seen.append(len(password))
+            return True
+
+    BoundedHasher(Inner()).verify("hash", "y" * 1025)
+    BoundedHasher(Inner()).verify("hash", "y" * 1024)
+    assert seen == [0, 1024]
+    with pytest.raises(InvalidRecord, match="at most 1,024 characters"):
+        accounts.add_account(store, COMMAND_LINE, "dr-b", "radiologist", "z" * 1000 + "w" * 25)
+
+
 def test_five_failures_lock_the_account_for_fifteen_minutes(store) -> None:
     accounts.add_account(store, COMMAND_LINE, "dr-a", "radiologist", PASSWORD)
     now = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
@@ -448,6 +470,20 @@ def test_a_password_is_asked_without_echo_at_a_terminal_and_missing_standard_inp
     assert main(["users", "set-password", "root", "--password-stdin"]) == 2
     (line,) = [json.loads(text) for text in capsys.readouterr().out.splitlines()]
     assert "no password on standard input" in line["error"]["message"]
+
+    class Endless(io.StringIO):  # `< /dev/zero`: read until the command ran out of memory
+        def readline(self, size: int = -1) -> str:
+            assert 0 < size < 10_000, "an unbounded read"
+            return "\0" * size
+
+    monkeypatch.setattr(sys, "stdin", Endless())
+    assert main(["users", "set-password", "root", "--password-stdin"]) == 2
+    (line,) = [json.loads(text) for text in capsys.readouterr().out.splitlines()]
+    assert "longer than a password may be (1,024 characters)" in line["error"]["message"]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("x" * 1000 + "yz" * 20 + "\n"))  # a whole line, as long
+    assert main(["users", "set-password", "root", "--password-stdin"]) == 2
+    (line,) = [json.loads(text) for text in capsys.readouterr().out.splitlines()]
+    assert "longer than a password may be" in line["error"]["message"]
 
 
 def test_the_first_admin_is_made_at_the_command_line_and_audit_verify_finds_an_edited_event(

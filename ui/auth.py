@@ -18,7 +18,7 @@ from contextlib import suppress
 import streamlit as st
 
 from core.config import first_admin_command, sso_refusal
-from core.domain.people import MIN_PASSWORD
+from core.domain.people import MAX_PASSWORD, MIN_PASSWORD
 from core.errors import AccessDenied, InvalidRecord, SignInFailed, StoreError
 from core.services import accounts, audit
 from core.services.access import OPEN_RESULT, Actor, allowed
@@ -161,9 +161,11 @@ def temporary_password_screen(actor: Actor) -> None:
 def _password_fields(actor: Actor) -> None:
     """The current password and the new one twice, in a form that changes it (:func:`password_form`)."""
     with st.form("own-password", clear_on_submit=True):
-        current = st.text_input("Current password", type="password")
-        new = st.text_input("New password", type="password", help=f"At least {MIN_PASSWORD} characters.")
-        again = st.text_input("New password again", type="password")
+        current = st.text_input("Current password", type="password", max_chars=MAX_PASSWORD)
+        new = st.text_input(
+            "New password", type="password", max_chars=MAX_PASSWORD, help=f"At least {MIN_PASSWORD} characters."
+        )
+        again = st.text_input("New password again", type="password", max_chars=MAX_PASSWORD)
         if not st.form_submit_button("Change password"):
             return
         if new != again:
@@ -289,7 +291,7 @@ def sign_in_screen() -> None:
     form = st.empty()  # emptied on success, so the form does not linger greyed while the model loads
     with form.form("sign-in", enter_to_submit=True):
         name = st.text_input("Account")
-        password = st.text_input("Password", type="password")
+        password = st.text_input("Password", type="password", max_chars=MAX_PASSWORD)
         submitted = st.form_submit_button("Sign in", type="primary")
     if submitted:
         try:

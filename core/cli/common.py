@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from core.domain.people import MAX_PASSWORD
+
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_NOT_SAVED = 0, 1, 2, 3  # 3: --save could not save every result
 
 
@@ -153,10 +155,14 @@ def stdin_secret(confirm: bool = False) -> str:
         if confirm and getpass.getpass("The same password again: ") != line:
             raise ValueError("The two passwords typed differ; nothing was changed.")
     else:
-        line = sys.stdin.readline()
+        line = sys.stdin.readline(MAX_PASSWORD + 2)  # a bounded read: `< /dev/zero` read until memory ran out
         if not line:  # nothing at all (`< /dev/null`): it read "a password has at least 12 characters"
             raise ValueError("There is no password on standard input: pipe one line in (echo '...' |).")
         line = line.rstrip("\r\n")
+        if len(line) > MAX_PASSWORD:
+            raise ValueError(
+                f"The line on standard input is longer than a password may be ({MAX_PASSWORD:,} characters)"
+            )
     try:
         line.encode("utf-8")  # bytes that are not UTF-8 reach Python as lone surrogates: refused by name
     except UnicodeEncodeError:

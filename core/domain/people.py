@@ -226,6 +226,7 @@ class AuditQuery:
 
 
 MIN_PASSWORD = 12
+MAX_PASSWORD = 1024  # characters: piped from /dev/zero, a password was read until the command ran out of memory
 # passwords this project's pages and README once printed for the first admin: anybody's to sign in with
 PUBLISHED_PASSWORDS = frozenset({"a long password"})
 
@@ -235,6 +236,8 @@ def check_password(password: str) -> None:
     made an admin account)."""
     if len(password) < MIN_PASSWORD:
         raise InvalidRecord(f"A password has at least {MIN_PASSWORD} characters.")
+    if len(password) > MAX_PASSWORD:
+        raise InvalidRecord(f"A password has at most {MAX_PASSWORD:,} characters.")
     if not password.strip() or len(set(password)) == 1:
         raise InvalidRecord("A password is not only spaces or one character repeated.")
     if password.strip().lower() in PUBLISHED_PASSWORDS:

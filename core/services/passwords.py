@@ -13,6 +13,7 @@ import threading
 from datetime import datetime, timedelta
 from typing import Any
 
+from core.domain.people import MAX_PASSWORD
 from core.storage.protocol import Store
 
 AT_ONCE = 2
@@ -32,6 +33,8 @@ class BoundedHasher:
             return self._inner.hash(password)
 
     def verify(self, hashed: str, password: str) -> bool:
+        if len(password) > MAX_PASSWORD:  # never one set here (megabytes sent to the form): checked as a wrong one,
+            password = ""  # with the same work and the same refusal
         with _SLOTS:
             return self._inner.verify(hashed, password)
 
