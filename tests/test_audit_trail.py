@@ -562,7 +562,7 @@ def test_a_command_whose_key_does_not_sign_the_chain_is_refused_and_the_server_n
 
 def test_a_mistyped_expected_head_is_refused_and_marks_nothing(tmp_path, monkeypatch, capsys) -> None:
     """``--expect-head 1:abc`` (a hash cut short) read as "the trail was cut or replaced" and turned the Audit page
-    red with nothing edited; an Arabic-Indic digit was read as a sequence number."""
+    red with nothing edited; an Arabic-Indic digit was read as a sequence number; an empty one checked nothing."""
     from core.cli import main
     from core.services.resources import open_results_store
 
@@ -573,7 +573,8 @@ def test_a_mistyped_expected_head_is_refused_and_marks_nothing(tmp_path, monkeyp
     assert main(["audit", "verify"]) == 0
     head = json.loads(capsys.readouterr().out)["head"]
     seq, digest = head.split(":", 1)
-    for typo in ("1:abc", f"\u0661:{digest}", f"{seq}:{digest[:-1]}", f"{seq}{digest}"):
+    # "" too: `--expect-head "$HEAD"` with the variable unset passed as intact, the rollback check unmade
+    for typo in ("1:abc", f"\u0661:{digest}", f"{seq}:{digest[:-1]}", f"{seq}{digest}", "", " "):
         assert main(["audit", "verify", "--expect-head", typo]) == 2
         assert json.loads(capsys.readouterr().out)["error"]["code"] == "bad_usage"
     assert audit.verify_new(store, SUPERVISOR).intact  # the page's check still holds

@@ -250,7 +250,7 @@ def cmd_store_backup(args: argparse.Namespace) -> int:
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     expected = None
-    if args.expect_head:
+    if args.expect_head is not None:  # given empty (a cron line's unset variable), it is a typo: no check passed
         seq, _, digest = args.expect_head.partition(":")  # a typo is refused, never a "broken" mark for the page
         if not re.fullmatch(r"[0-9]+", seq, re.ASCII) or not re.fullmatch(r"(hmac:)?[0-9a-f]{64}", digest):
             emit(error_json("bad_usage", "--expect-head takes SEQ:HASH as printed by an earlier verify"), sys.stdout)
