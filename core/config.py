@@ -191,7 +191,10 @@ class PacsSettings:
         from ipaddress import ip_address
         from urllib.parse import urlsplit
 
-        parts = urlsplit(self.url.strip())
+        try:
+            parts = urlsplit(self.url.strip())
+        except ValueError:  # not an address (a bracket left open): refused as such where it is connected to
+            return False
         host = parts.hostname or ""
         if parts.scheme.lower() != "http" or host == "localhost" or host.endswith(".localhost"):
             return False

@@ -1473,9 +1473,20 @@ def test_a_study_over_the_limits_is_pulled_without_its_largest_series_which_it_n
     assert pulled.outcome.verdict != "notumor"  # a study with a series nobody read is never "no tumour"
 
 
-@pytest.mark.parametrize("rest", ["notaurl", "ftp://pacs.example", "http://user:secret@pacs.example:8042"])
+@pytest.mark.parametrize(
+    "rest",
+    [
+        "notaurl",
+        "ftp://pacs.example",
+        "http://user:secret@pacs.example:8042",
+        "http://127.0.0.1:99999/",
+        "http://[::1/",
+        "http://127.0.0.1:0/",
+    ],
+)
 def test_the_watchs_rest_root_is_checked_like_the_pacs_address(rest, tmp_path, monkeypatch, capsys) -> None:
-    """``--rest notaurl`` read as "the change feed is not valid JSON", and one with credentials in it was used."""
+    """``--rest notaurl`` read as "the change feed is not valid JSON", and one with credentials in it was used; a
+    port past 65535 read so too (nothing had answered), and a bracket left open was Python's "Invalid IPv6 URL"."""
     import json
 
     from core.cli import main
@@ -1484,8 +1495,11 @@ def test_the_watchs_rest_root_is_checked_like_the_pacs_address(rest, tmp_path, m
     empty_database(tmp_path / "data")  # as the app's first start leaves it
     code = main(["pacs", "watch", "--url", "http://127.0.0.1:1/dicom-web", "--rest", rest, "--once"])
     (line,) = capsys.readouterr().out.splitlines()
-    assert code == 2 and "not an http(s) URL with a host" in json.loads(line)["error"]["message"]
+    assert code == 2 and "not an http(s) URL with a host and a port" in json.loads(line)["error"]["message"]
     assert "secret" not in line
+    code = main(["pacs", "analyse", "--url", rest.rstrip("/") + "/dicom-web", "--study", "1.2.3.4"])  # the address
+    (line,) = capsys.readouterr().out.splitlines()
+    assert code == 2 and "not an http(s) URL with a host and a port" in json.loads(line)["error"]["message"]
 
 
 def test_the_reports_coded_lesion_volume_is_a_tumour_series_and_never_a_no_tumour_studys(

@@ -137,9 +137,17 @@ def checked_address(url: str) -> str:
     echoing it: an address written with its credentials would reach the message and the log)."""
     from urllib.parse import urlsplit
 
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
-        raise PacsError("The PACS address is not an http(s) URL with a host (credentials go in their options).")
+    refused = PacsError(
+        "The PACS address is not an http(s) URL with a host and a port from 1 to 65535 (credentials go in their "
+        "options)."
+    )
+    try:  # a port past 65535, or a bracket left open, raised Python's own error; a port 0 no connection can use
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        raise refused from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password or port == 0:
+        raise refused
     return url.strip()
 
 
