@@ -669,6 +669,9 @@ def test_gate_decisions_are_counted_and_rejected_scans_left_out_of_verdicts(stor
 def test_unusable_mongodb_uri_is_a_store_error() -> None:
     with pytest.raises(StoreError, match="MongoDB URI"):
         open_store("mongodb://user:secret@host:notaport/", Path("/nonexistent"))
+    for unusable in ("not-a-uri", "/srv/mongo", "localhost:27017"):  # a host name to pymongo: "cannot be reached"
+        with pytest.raises(StoreError, match="does not start with mongodb:// or mongodb"):
+            open_store(unusable, Path("/nonexistent"))
 
 
 def test_saving_without_a_database_reports_not_saved(tiny_classifier) -> None:

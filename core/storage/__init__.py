@@ -67,6 +67,9 @@ def open_store(mongodb_uri: str | None, data_dir: Path, audit_key: bytes | None 
 
         from core.storage.mongo import MongoStore
 
+        if not mongodb_uri.strip().lower().startswith(("mongodb://", "mongodb+srv://")):  # pymongo takes a bare
+            # word for a host name: a value set wrong ("not-a-uri", a path) read as "MongoDB cannot be reached"
+            raise StoreError("The MongoDB URI cannot be used: it does not start with mongodb:// or mongodb+srv://.")
         try:
             store: SQLiteStore | MongoStore = MongoStore.connect(mongodb_uri)
         except (PyMongoError, ValueError) as error:  # ConfigurationError, InvalidURI, unresolvable SRV record
