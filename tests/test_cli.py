@@ -685,7 +685,7 @@ def test_evaluate_refuses_an_empty_folder_and_a_split_that_does_not_fit_it(tmp_p
         split.write_text(json.dumps({"validation": entries}))
         code, lines = run_main(["evaluate", "--model", str(tiny_card), "--split", str(split), str(data)], capsys)
         assert code == 2 and lines[0]["error"]["code"] == "bad_input" and said in lines[0]["error"]["message"]
-    for text in ("[]", '{"train": []}', "not json"):
+    for text in ("[]", '{"train": []}', "not json", "[" * 100_000 + "]" * 100_000):
         split.write_text(text)
         code, lines = run_main(["evaluate", "--model", str(tiny_card), "--split", str(split), str(data)], capsys)
         assert code == 2 and "is not a split file" in lines[0]["error"]["message"]

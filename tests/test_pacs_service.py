@@ -990,6 +990,10 @@ def test_a_watch_whose_state_file_went_is_refused_not_sent_through_the_pacss_who
     assert pacs_cli._watch(argparse_once(), watcher, None) == 2  # the command says so and stops
     said = json.loads(capsys.readouterr().out)["error"]
     assert said["code"] == "watch_state_missing" and len(store.audit_events()) == pulls
+    for written in ("1e400", '"5"', "true", "-1", "5.5", "[" * 100_000 + "]" * 100_000):  # not a change number
+        path.write_text(f'{{"last": {written}}}')  # (1e400: an OverflowError, an internal error; "5": taken)
+        with pytest.raises(PacsError, match=r"state file .* cannot be read"):
+            pacs_watch.open_state(path, None, store, RADIOLOGIST)
     path.write_text('{"last": 1}')  # the operator's answer: go on after change 1
     watcher = pacs_watch.Watcher(pacs, Feed([first, second]), tiny_classifier, store, None, None)
     state = pacs_watch.open_state(path, None, store, RADIOLOGIST)

@@ -17,7 +17,7 @@ def read_split(split_file: Path, root: Path) -> list[tuple[str, Path]]:
     try:
         entries = json.loads(split_file.read_text())["validation"]
         return [(str(label), root / str(relative)) for relative, label in entries]
-    except (KeyError, TypeError, ValueError) as error:
+    except (KeyError, TypeError, ValueError, RecursionError) as error:
         raise ValueError(
             f"{split_file.name} is not a split file: no 'validation' list of [path, label] pairs"
         ) from error

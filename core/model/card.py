@@ -60,7 +60,7 @@ class ModelCard:
             raise ModelError(
                 f"Model card {path.name} cannot be read ({error.strerror or type(error).__name__})."
             ) from error
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:  # nested past Python's depth
             raise ModelError(f"Model card {path.name} is not valid JSON.") from error
         try:
             spec = raw["input"]

@@ -51,7 +51,7 @@ class LesionCard:
                 figures=dict(raw.get("figures", {})),
                 path=path,
             )
-        except (OSError, ValueError, KeyError, TypeError) as error:
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as error:
             raise ModelError(f"Lesion card {path.name} cannot be read ({type(error).__name__}).") from error
 
     @property

@@ -99,8 +99,11 @@ class WatchState:
             kept = {str(k): str(v) for k, v in handled.items()}
             # no "read" mark: written by hand ({"last": 0} to go through the history again) or by an earlier
             # version, never moved by --from-now; this version's first start writes "read": false
-            return cls(path, int(saved["last"]), kept, tries, key, since, bool(saved.get("read", True)))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            last = saved["last"]  # a change number as written: "5", true, -1, 5.5 and 1e400 are none
+            if isinstance(last, bool) or not isinstance(last, int) or last < 0:
+                raise ValueError("not a change number")
+            return cls(path, last, kept, tries, key, since, bool(saved.get("read", True)))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
             raise PacsError(
                 f"The watch's state file ({path.name} in the data folder) cannot be read: restore it from a backup, "
                 'or replace it with one holding {"last": N}, N the PACS change to go on after (0 goes through '
