@@ -183,6 +183,23 @@ def test_an_upload_whose_headers_declare_too_many_pixels_is_refused_before_any_i
         read_study([enhanced_multiframe(head_volume(6))], study_limits=StudyLimits(max_dicom_pixels=5 * 128 * 128))
 
 
+def test_a_file_of_more_frames_than_a_series_may_hold_leaves_its_series_unread_and_the_others_read() -> None:
+    """One 600-frame file of another series in a study folder refused the whole study ("file_too_large"), its good
+    series unanalysed and the file unnamed, where any other unreadable file leaves only its own series unread."""
+    from core.imaging import dicom
+
+    series = dicom_series(head_volume(6, 64))
+    same = {k: pydicom.dcmread(io.BytesIO(series[0])).get(k) for k in ("StudyInstanceUID", "PatientID", "PatientName")}
+    long = relabelled([enhanced_multiframe(head_volume(10, 64))], **same)
+    upload = read_upload([*series, *long], study_limits=StudyLimits(max_sections=8))
+    assert [volume.sections.shape[0] for volume in upload.volumes] == [6]
+    (unread,) = upload.unread
+    assert unread == "A DICOM series without a number: A file holds 10 frames; the limit is 8 sections."
+    with pytest.raises(FileTooLarge, match="A file holds 10 frames; the limit is 8 sections"):  # alone: as before
+        read_upload(long, study_limits=StudyLimits(max_sections=8))
+    assert dicom.frames_of(pydicom.dcmread(io.BytesIO(long[0]), stop_before_pixels=True)) == 10
+
+
 def test_two_series_in_one_zip_come_back_apart_and_monochrome1_reads_as_monochrome2() -> None:
     first = dicom_series(head_volume(5, seed=1), series_uid="1.2.3.1")
     second = dicom_series(head_volume(4, seed=9), series_uid="1.2.3.2", orientation=SAGITTAL)

@@ -52,6 +52,33 @@ def plausible_mm(value: float) -> bool:
     return bool(np.isfinite(value)) and PLAUSIBLE_MM[0] <= value <= PLAUSIBLE_MM[1]
 
 
+def dicom_floats(value: object, n: int) -> np.ndarray | None:
+    """The first ``n`` numbers of a multi-valued DICOM element (ImagePositionPatient, PixelSpacing), or None when
+    there are fewer, or one is not a finite number."""
+    try:
+        array = np.array([float(v) for v in value][:n])  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        return None
+    return array if array.size == n and np.isfinite(array).all() else None
+
+
+def dicom_spacing(value: object) -> tuple[float, float] | None:
+    """A (row, column) PixelSpacing in mm, or None when missing, malformed or not a size (0, negative, 1e30 mm):
+    never a 0 mm claim, nor mm and mL a header's mistake made."""
+    found = dicom_floats(value, 2)
+    return (float(found[0]), float(found[1])) if found is not None and all(map(plausible_mm, found)) else None
+
+
+def dicom_length(value: object) -> float | None:
+    """A length in mm (SliceThickness, SpacingBetweenSlices) that can be measured with (:func:`plausible_mm`), or
+    None."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if plausible_mm(number) else None
+
+
 def plane_of(orientation: Sequence[float] | None) -> str | None:
     """Axial, coronal or sagittal from row and column directions (the normal's dominant axis; None when they are
     not six numbers, as a malformed ImageOrientationPatient may be)."""
@@ -243,11 +270,8 @@ def frame_orientation(dataset: Any, frame: int | None) -> tuple[float, ...] | No
         value = group.get("ImageOrientationPatient")
         if value is None and group.get("PlaneOrientationSequence"):
             value = group.PlaneOrientationSequence[0].get("ImageOrientationPatient")
-        try:
-            cosines = np.array([float(v) for v in value][:6]) if value is not None else np.array([])
-        except (TypeError, ValueError):
-            cosines = np.array([])
-        if cosines.size == 6 and np.isfinite(cosines).all() and _unit_and_orthogonal(cosines[:3], cosines[3:]):
+        cosines = dicom_floats(value, 6)
+        if cosines is not None and _unit_and_orthogonal(cosines[:3], cosines[3:]):
             return _orthonormal(cosines[:3], cosines[3:])
     return None
 

@@ -37,12 +37,14 @@ from core.imaging import dicom
 from core.imaging.archive import declared_size, is_zip, unzip
 from core.imaging.dicom_display import display, frame_view
 from core.imaging.geometry import (
+    dicom_floats,
+    dicom_length,
+    dicom_spacing,
     display_transform,
     frame_orientation,
     functional_groups,
     gap_notes,
     place_text,
-    plausible_mm,
     stack_line,
     transformed_orientation,
 )
@@ -175,38 +177,14 @@ class _Section:
     scanned: date | None = None  # the day its study was scanned (:func:`scan_date`)
 
 
-def _floats(value: object, n: int) -> np.ndarray | None:
-    try:
-        array = np.array([float(v) for v in value][:n])  # type: ignore[union-attr]
-    except (TypeError, ValueError):
-        return None
-    return array if array.size == n and np.isfinite(array).all() else None
-
-
-def _spacing(value: object) -> tuple[float, float] | None:
-    """A (row, column) PixelSpacing in mm, or None when missing, malformed or not a size (0, negative, 1e30 mm):
-    never a 0 mm claim, nor mm and mL a header's mistake made."""
-    found = _floats(value, 2)
-    return (float(found[0]), float(found[1])) if found is not None and all(map(plausible_mm, found)) else None
-
-
-def _positive(value: object) -> float | None:
-    """A length in mm (SliceThickness) that can be measured with (:func:`plausible_mm`), or None."""
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return number if plausible_mm(number) else None
-
-
 def _measures(group: object, spacing, thickness) -> tuple:
     """Pixel spacing and thickness from a functional group (shared or one frame's), else as given."""
     if group is None or not group.get("PixelMeasuresSequence"):  # type: ignore[attr-defined]
         return spacing, thickness
     measures = group.PixelMeasuresSequence[0]  # type: ignore[attr-defined]
-    spacing = _spacing(measures.get("PixelSpacing")) or spacing
+    spacing = dicom_spacing(measures.get("PixelSpacing")) or spacing
     thickness = (
-        _positive(measures.get("SpacingBetweenSlices")) or _positive(measures.get("SliceThickness")) or thickness
+        dicom_length(measures.get("SpacingBetweenSlices")) or dicom_length(measures.get("SliceThickness")) or thickness
     )
     return spacing, thickness
 
@@ -221,23 +199,23 @@ def _plane_position(group: object) -> np.ndarray | None:
     """The ImagePositionPatient of a functional group's PlanePositionSequence, or None."""
     if not group.get("PlanePositionSequence"):  # type: ignore[attr-defined]
         return None
-    return _floats(group.PlanePositionSequence[0].get("ImagePositionPatient"), 3)  # type: ignore[attr-defined]
+    return dicom_floats(group.PlanePositionSequence[0].get("ImagePositionPatient"), 3)  # type: ignore[attr-defined]
 
 
 def _sections_of(data: bytes, header: object, limits: Limits) -> list[_Section]:
     ds = dicom.checked_dataset(data, limits, header)[0]
     study = hash_parts(str(ds.get("StudyInstanceUID", ""))) if ds.get("StudyInstanceUID") else NO_STUDY_UID
     series = uid_key_of(ds)  # the key a series that cannot be read is named under too
-    spacing = _spacing(ds.get("PixelSpacing"))
+    spacing = dicom_spacing(ds.get("PixelSpacing"))
     # the declared distance between sections, for a series whose files give no positions: the spacing between
     # them where given (sections can have gaps or overlap), else their thickness
-    thickness = _positive(ds.get("SpacingBetweenSlices")) or _positive(ds.get("SliceThickness"))
+    thickness = dicom_length(ds.get("SpacingBetweenSlices")) or dicom_length(ds.get("SliceThickness"))
     modality = str(ds.get("Modality", "") or "")
     frames = dicom.frames_of(ds)
     if frames == 1:  # a one-frame enhanced file keeps its position and measures in its functional groups
         own, shared = functional_groups(ds, 0)
         spacing, thickness = _measures(own, *_measures(shared, spacing, thickness))
-        position = _floats(ds.get("ImagePositionPatient"), 3)
+        position = dicom_floats(ds.get("ImagePositionPatient"), 3)
         for group in (own, shared):  # the frame's own group first
             if position is None and group is not None:
                 position = _plane_position(group)
@@ -294,16 +272,18 @@ def _dicom_series(
     """Every DICOM series of the upload, after checking from the headers alone that their pixels fit the budget;
     the reasons of those that cannot be put together; how many localizer images and objects without an image (a
     DICOMDIR, a report, a presentation state: not a series nobody could read) were left out."""
-    headers, pixels = [], 0
-    for data in files:
+    headers, pixels, oversized = [], 0, {}
+    for index, data in enumerate(files):
         header = dicom.header_of(data)
         try:  # a file whose sizes are not counts gives no pixels here: its series is named unread below
             frames = dicom.frames_of(header)
-            pixels += int(header.get("Rows") or 0) * int(header.get("Columns") or 0) * frames
+            size = int(header.get("Rows") or 0) * int(header.get("Columns") or 0) * frames
         except (ScanError, *dicom.invalid_values()):
-            frames = 0
-        if frames > study_limits.max_sections:
-            raise FileTooLarge(f"A file holds {frames} frames; the limit is {study_limits.max_sections} sections.")
+            frames, size = 0, 0
+        if frames > study_limits.max_sections:  # never decoded; its series named unread, the others read (it
+            oversized[index] = f"A file holds {frames} frames; the limit is {study_limits.max_sections} sections."
+        else:  # refused the whole study)
+            pixels += size
         headers.append(header)
     if several_patients(headers):  # before any pixel is decoded: filed under one, the other's series went into
         # that patient's history and report
@@ -325,6 +305,9 @@ def _dicom_series(
         names.setdefault(key, name)
         if kind == "unreadable":  # a malformed value where its series is told (a flipped bit in its number's VR):
             failed.setdefault(key, CorruptImage(dicom.INVALID_HEADER))  # that series unread, not the study failed
+            continue
+        if index in oversized:
+            failed.setdefault(key, FileTooLarge(oversized[index]))
             continue
         try:
             sections = _sections_of(data, header, limits)
