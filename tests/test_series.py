@@ -483,9 +483,19 @@ def test_a_study_folder_reads_linked_folders_and_refuses_a_part_it_cannot_read(t
         files_of(study)
     assert refused.value.code == "unreadable"
     monkeypatch.setattr(os, "scandir", real)
-    (study / "t1" / "IM9").symlink_to(tmp_path / "gone")
-    with pytest.raises(ScanError, match="broken link"):
+    (study / "t1" / "IM9").symlink_to(tmp_path / "gone")  # each odd entry named: which of thousands, and what
+    with pytest.raises(ScanError, match=r"^t1/IM9 inside it is a link to nothing: the study is not read"):
         files_of(study)
+    (study / "t1" / "IM9").unlink()
+    os.mkfifo(study / "t1" / "pipe")  # never opened: a read of it waits for ever
+    with pytest.raises(ScanError, match=r"^t1/pipe inside it is not a regular file"):
+        files_of(study)
+    (study / "t1" / "pipe").unlink()
+    (study / "t1" / "up").symlink_to(tmp_path, target_is_directory=True)  # "-> ..", "-> /": all above read as it
+    with pytest.raises(ScanError, match=r"^t1/up inside it links to a folder that holds the study folder itself"):
+        files_of(study)
+    (study / "t1" / "up").unlink()
+    assert len(files_of(study)[0]) == 8
 
 
 def test_a_classic_multiframe_file_is_numbered_in_stored_order_and_measured_by_its_declared_step() -> None:

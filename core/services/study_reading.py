@@ -127,7 +127,8 @@ def _files_under(folder: Path) -> list[Path]:
     """Every file under ``folder``, through linked folders too (each folder once: a link loop ends). A part that
     cannot be read (a folder without permission, a broken link) refuses the whole: skipped, it took a series out
     of the study unsaid, and the rest was called "no tumour"."""
-    found, folders_seen, files_seen = [], {os.path.realpath(folder)}, set()
+    root = os.path.realpath(folder)
+    found, folders_seen, files_seen = [], {root}, set()
 
     def refuse(error: OSError) -> None:
         why = (error.strerror or type(error).__name__).lower()
@@ -137,18 +138,32 @@ def _files_under(folder: Path) -> list[Path]:
         kept = []  # each folder once, however many links lead to it: queued once (two links to one folder, or a
         for name in sorted(folders):  # link to a sibling, read its files twice)
             real = os.path.realpath(os.path.join(top, name))
+            if root.startswith(real.rstrip(os.sep) + os.sep):  # "up -> ..", "-> /": every file above read as the study
+                raise UnreadablePart(
+                    f"{_inside(folder, top, name)} inside it links to a folder that holds the study folder itself "
+                    "(every file there would be read as part of the study); remove the link."
+                )
             if real not in folders_seen:
                 folders_seen.add(real)
                 kept.append(name)
         folders[:] = kept
         for name in sorted(names):
             file = Path(top, name)
-            if not file.is_file():
-                raise UnreadablePart("A file inside it is a broken link or not a regular file: the study is not read.")
+            if not file.is_file():  # named: which of thousands it is, and what it is
+                what = "a link to nothing" if file.is_symlink() and not file.exists() else "not a regular file"
+                raise UnreadablePart(
+                    f"{_inside(folder, top, name)} inside it is {what}: the study is not read (its series could be "
+                    "missing from it); remove it or replace it with the file."
+                )
             if (real := os.path.realpath(file)) not in files_seen:  # a file linked twice is one file
                 files_seen.add(real)
                 found.append(file)
     return found
+
+
+def _inside(folder: Path, top: str, name: str) -> str:
+    """An entry's path under the study folder, as a message names it."""
+    return str(Path(os.path.relpath(os.path.join(top, name), folder)))
 
 
 def analyse_study(
