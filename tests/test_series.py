@@ -587,6 +587,12 @@ def test_zips_with_path_tricks_bombs_or_too_many_files_are_refused_before_readin
         read_study([zipped(files)], study_limits=StudyLimits(max_zip_members=1))
     with pytest.raises(FileTooLarge, match="sections"):
         read_study(files, study_limits=StudyLimits(max_sections=1))
+    empty = zipped([], [])  # its end record alone: it read as "neither DICOM nor NIfTI (a read-me, a picture?)"
+    assert empty[:4] == b"PK\x05\x06"
+    with pytest.raises(ScanError, match="The zip holds no file") as refused:
+        read_study([empty])
+    assert refused.value.code == "empty_file"
+    assert len(read_study([*files, empty])) == 1  # beside a series (a folder's stray one): nothing to refuse
 
 
 def test_orientation_letters_follow_the_direction_cosines() -> None:

@@ -13,7 +13,9 @@ from core.imaging.limits import DEFAULT_STUDY_LIMITS, StudyLimits
 
 
 def is_zip(data: bytes) -> bool:
-    return data[:4] == b"PK\x03\x04"
+    """A zip's first bytes: a member's header, or the end record alone of an empty zip (read as "neither DICOM nor
+    NIfTI, a read-me or a picture?")."""
+    return data[:4] in (b"PK\x03\x04", b"PK\x05\x06")
 
 
 READABLE = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)

@@ -37,6 +37,7 @@ STUDIES = "studies are read on the Study page, or by python -m core study"
 _OTHER_SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"%PDF", "a PDF document"),
     (b"PK\x03\x04", f"a ZIP archive or an Office document (a zip of DICOM series? {STUDIES})"),
+    (b"PK\x05\x06", "an empty ZIP archive"),
     (b"II*\x00", "a TIFF image"),
     (b"MM\x00*", "a TIFF image"),
     (b"GIF8", "a GIF image"),

@@ -105,12 +105,13 @@ def read_upload(
     if declared > study_limits.max_total_bytes:  # from the zips' directories: refused before any is unpacked
         raise FileTooLarge(f"The upload is over {study_limits.max_total_bytes / 2**20:.0f} MB in all.")
     expanded: list[bytes] = []
-    others = 0  # a zip's files that are neither DICOM nor NIfTI (a CD's viewer program, macOS's "._" copies)
+    others = empty_zips = 0  # a zip's files that are neither DICOM nor NIfTI (a CD's viewer program, macOS's "._")
     for data in files:
         if not is_zip(data):
             expanded.append(data)
             continue
         members = unzip(data, study_limits)
+        empty_zips += not members
         if any(is_headerless_dicom(m) for m in members):  # an older export: said, never left out as "other files"
             raise UnsupportedFormat(f"A file in the zip: {HEADERLESS_DICOM}")
         readable = [m for m in members if is_nifti(m) or is_dicom(m)]
@@ -149,6 +150,8 @@ def read_upload(
             raise OnlyLocalizers()
         if non_images:
             raise SeriesError("The upload holds no image: only DICOM objects without one (an index, reports).")
+        if empty_zips and not others:
+            raise EmptyFile("The zip holds no file.")
         raise SeriesError("The zip holds no DICOM or NIfTI file." if others else "No series found in the upload.")
     left_out = (
         (localizers, "localizer image(s) (the scanner's positioning images)"),
