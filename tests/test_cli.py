@@ -535,6 +535,15 @@ def test_bad_values_a_corrupt_file_and_a_url_with_credentials_each_get_one_json_
     corrupt.write_bytes(b"PK\x03\x04" + b"junk" * 50)
     code, lines = run_main(["cache", "--from", str(corrupt), "--out", str(tmp_path / "out.npz")], capsys)
     assert code == 2 and len(lines) == 1 and "error" in lines[0] and "junk" not in json.dumps(lines)
+    picture = tmp_path / "brain.png"  # numpy's advice was to load it "unsafely" (pickles allowed); empty: EOFError
+    picture.write_bytes(png_bytes(synthetic_slice(64)))
+    (tmp_path / "empty.npz").write_bytes(b"")
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    for given in (picture, tmp_path / "empty.npz", tmp_path / "other.npz"):
+        code, lines = run_main(["cache", "--from", str(given), "--out", str(tmp_path / "out.npz")], capsys)
+        said = lines[0]["error"]["message"]
+        assert code == 2 and f"{given.name} is not a crop cache written by `python -m core cache`" in said
+        assert "pickle" not in said and "unsafe" not in said
     code, lines = run_main(["pacs", "watch", "--url", "admin:s3cret@pacs.example:8042/dicom-web", "--once"], capsys)
     assert code == 2 and lines[0]["error"]["code"] == "pacs_error" and "s3cret" not in json.dumps(lines)
 

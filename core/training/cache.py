@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -71,16 +72,25 @@ class CropCache:
 
     @classmethod
     def load(cls, path: Path) -> CropCache:
-        with np.load(path) as saved:
-            fields = {name: saved[name] for name in _TEXT_FIELDS}
-            crops, masks = _unpacked(saved) if "jpeg" in saved.files else (saved["crops"], saved["masks"])
-            return cls(
-                crops=crops,
-                masks=masks,
-                tumour_pixels=saved["tumour_pixels"],
-                rejected=json.loads(str(saved["rejected"])),
-                **fields,
-            )
+        """The cache written by ``python -m core cache``; ValueError naming the file when it is none (numpy's own
+        advice for a picture given instead was to load it "unsafely", pickles allowed; an empty or cut file was an
+        internal error)."""
+        try:
+            with np.load(path) as saved:
+                fields = {name: saved[name] for name in _TEXT_FIELDS}
+                crops, masks = _unpacked(saved) if "jpeg" in saved.files else (saved["crops"], saved["masks"])
+                return cls(
+                    crops=crops,
+                    masks=masks,
+                    tumour_pixels=saved["tumour_pixels"],
+                    rejected=json.loads(str(saved["rejected"])),
+                    **fields,
+                )
+        except (ValueError, KeyError, EOFError, AttributeError, zipfile.BadZipFile) as error:
+            raise ValueError(
+                f"{Path(path).name} is not a crop cache written by `python -m core cache` (or it is cut short): "
+                "build one with that command."
+            ) from error
 
 
 def _packed(crops: np.ndarray, masks: np.ndarray, quality: int) -> dict[str, np.ndarray]:
