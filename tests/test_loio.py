@@ -111,6 +111,9 @@ def test_two_folds_of_one_institution_or_of_two_settings_are_refused(tmp_path: P
             collect(card, [write(tmp_path / "a.json", fold_card("CS")), write(tmp_path / "b.json", other)])
     with pytest.raises(ValueError, match="no fold card"):
         collect(card, [])
+    (tmp_path / "list.json").write_text("[1, 2, 3]")  # an internal error: 'list' object has no attribute 'get'
+    with pytest.raises(ValueError, match=r"list\.json: not a model card"):
+        collect(card, [tmp_path / "list.json"])
     assert "metrics" not in json.loads(card.read_text())
 
 

@@ -77,17 +77,26 @@ def _recipe(card: dict[str, Any]) -> dict[str, Any]:
     return {**config, "schedule": card.get("training", {}).get("schedule")}
 
 
+def _card(path: Path) -> dict[str, Any]:
+    """A card's JSON object; ValueError naming the file when it holds another JSON value (a list was an internal
+    error: ``'list' object has no attribute 'get'``)."""
+    read = json.loads(path.read_text())
+    if not isinstance(read, dict):
+        raise ValueError(f"{path}: not a model card (a JSON object)")
+    return read
+
+
 def collect(card_path: Path, fold_paths: list[Path]) -> dict[str, Any]:
     """Write the folds' rows into the card at ``card_path`` (replacing an earlier table) and return the section.
     Refused, the card untouched: a file that is no fold, two folds of one institution, a fold of another recipe
     than the card's (``training.recipe``) or of other settings than the first fold's."""
     if not fold_paths:
         raise ValueError("no fold card given")
-    card = json.loads(card_path.read_text())
+    card = _card(card_path)
     rows: dict[str, dict[str, Any]] = {}
     recipe: dict[str, Any] | None = None
     for path in fold_paths:
-        fold = json.loads(Path(path).read_text())
+        fold = _card(Path(path))
         institution, row = fold_row(fold, str(path))
         if fold.get("training", {}).get("recipe") != card.get("training", {}).get("recipe"):
             raise ValueError(f"{path}: trained by another recipe than the card's; it estimates another model")
