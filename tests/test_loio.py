@@ -127,3 +127,10 @@ def test_the_command_answers_a_bad_fold_with_a_json_error(tmp_path: Path) -> Non
     assert done.returncode == 2
     error = json.loads(done.stdout)["error"]
     assert error["code"] == "bad_input" and "no held-out figures" in error["message"]
+    assert not error["message"].startswith("ValueError")  # the sentence for the user, not Python's type before it
+    done = subprocess.run(
+        [sys.executable, "-m", "core", "loio", "--model", str(card), str(tmp_path / "gone.json")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    error = json.loads(done.stdout)["error"]  # "FileNotFoundError: [Errno 2] No such file or directory: '...'"
+    assert done.returncode == 2 and error["message"] == f"No such file or directory: {tmp_path / 'gone.json'}"

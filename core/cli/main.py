@@ -285,12 +285,24 @@ def _run(argv: Sequence[str] | None) -> int:
         emit(error_json(error.code, str(error)), sys.stdout)
         return EXIT_USAGE
     except (OSError, ValueError, KeyError) as error:  # a missing split file, an unreadable folder, ...
-        emit(error_json("bad_input", f"{type(error).__name__}: {error}"), sys.stdout)
+        emit(error_json("bad_input", _said(error)), sys.stdout)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
     except Exception as error:
         return _internal_error(error)
+
+
+def _said(error: OSError | ValueError | KeyError) -> str:
+    """A bad input's message: ours as written (a ValueError's text is the sentence for the user, without Python's
+    "ValueError: " before it), a system error's reason and the file it names ("[Errno 2] No such file or
+    directory: 'x'" read as Python's), a missing key named as one."""
+    if isinstance(error, OSError):
+        why = (error.strerror or type(error).__name__).capitalize()
+        return f"{why}: {error.filename}" if error.filename else why
+    if isinstance(error, KeyError):
+        return f"A value it needs is missing ({error})."
+    return str(error) or type(error).__name__
 
 
 def _internal_error(error: Exception) -> int:
