@@ -27,7 +27,7 @@ from core.errors import (
     StoreError,
 )
 from core.imaging.phantom_series import dicom_series, head_volume
-from core.pacs import objects
+from core.pacs import captures, objects
 from core.pacs.client import SeriesHit, StudyHit
 from core.services import pacs as pacs_service
 from core.services import pacs_watch
@@ -551,7 +551,7 @@ def test_the_report_names_each_multiframe_files_own_series(tiny_classifier) -> N
     files = [relabelled(7, "FLAIR"), relabelled(3, "T1 post")]
     outcome = analyse_study(files, tiny_classifier)
     evidence = objects.headers(files)
-    named = sorted(objects._source_series(evidence, series) for series in outcome.series)
+    named = sorted(objects.source_series(evidence, series) for series in outcome.series)
     assert named == ["1.2.3.4.3", "1.2.3.4.7"]
     lines = [objects._series_lines(evidence, series) for series in outcome.series]
     assert any(line.startswith("Series 3 T1 post") for line in lines) and any("7 FLAIR" in line for line in lines)
@@ -1231,7 +1231,7 @@ def test_an_oblique_tumour_series_is_reported_with_key_images_that_name_every_le
     (series,) = outcome.series
     series = replace(series, rule=replace(series.rule, threshold=0.0))  # every section a key section
     assert any(len(letter) > 1 for letter in series.volume.letters.values())
-    images = objects.key_images(objects.headers(files), series)
+    images = captures.key_images(objects.headers(files), series)
     assert images and all(
         list(image.PatientOrientation) == [series.volume.letters["right"], series.volume.letters["bottom"]]
         for image in images
@@ -1244,15 +1244,15 @@ def test_an_oblique_tumour_series_is_reported_with_key_images_that_name_every_le
     (stored,) = analyse_study(transposed, tiny_classifier).series
     stored = replace(stored, rule=replace(stored.rule, threshold=0.0))
     assert stored.volume.spacing == (1.0, 2.0)  # turned to the radiological view: rows 1 mm apart, columns 2 mm
-    (image, *_) = objects.key_images(objects.headers(transposed), stored)
+    (image, *_) = captures.key_images(objects.headers(transposed), stored)
     assert [float(v) for v in image.PixelSpacing] == [1.0, 2.0]
     assert (image.Rows, image.Columns) == stored.volume.sections.shape[1:]  # the pixels as shown, as spaced
     unspaced = replace(stored, volume=replace(stored.volume, spacing=None))
-    (without, *_) = objects.key_images(objects.headers(transposed), unspaced)
+    (without, *_) = captures.key_images(objects.headers(transposed), unspaced)
     assert "PixelSpacing" not in without and without.SOPInstanceUID != image.SOPInstanceUID  # sent again: a new one
     # the identity qualifiers the report keeps, the key images keep too (an issuer-aware PACS filed them apart)
     qualified = relabelled(files, IssuerOfPatientID="HOSP-A", StudyDescription="MR BRAIN")
-    (image, *_) = objects.key_images(objects.headers(qualified), series)
+    (image, *_) = captures.key_images(objects.headers(qualified), series)
     assert (image.IssuerOfPatientID, image.StudyDescription, image.BurnedInAnnotation) == ("HOSP-A", "MR BRAIN", "NO")
     # each names the image it was made from: its instance number is the section's place in the app, not the source's
     import io
@@ -1582,13 +1582,13 @@ def test_a_key_image_that_shows_something_else_is_a_new_instance(tiny_classifier
     (series,) = analyse_study(files, tiny_classifier).series
     series = replace(series, rule=replace(series.rule, threshold=0.0))  # every section a key section
     evidence = objects.headers(files)
-    first = [str(image.SOPInstanceUID) for image in objects.key_images(evidence, series)]
-    assert first == [str(image.SOPInstanceUID) for image in objects.key_images(evidence, series)]  # sent again: same
+    first = [str(image.SOPInstanceUID) for image in captures.key_images(evidence, series)]
+    assert first == [str(image.SOPInstanceUID) for image in captures.key_images(evidence, series)]  # sent again: same
     drawn = list(series.volume.sections)
     drawn[0] = drawn[0].copy()
     drawn[0][10:20, 10:20] = 255  # what an outline burned in does to the picture
     changed = replace(series, volume=replace(series.volume, sections=drawn))
-    second = [str(image.SOPInstanceUID) for image in objects.key_images(evidence, changed)]
+    second = [str(image.SOPInstanceUID) for image in captures.key_images(evidence, changed)]
     assert second[0] != first[0] and second[1:] == first[1:]
 
 
@@ -1670,14 +1670,14 @@ def test_each_reading_sends_its_key_images_in_a_series_of_its_own(tiny_classifie
     (series,) = analyse_study(files, tiny_classifier).series
     series = replace(series, rule=replace(series.rule, threshold=0.0))  # every section a key section
     evidence = objects.headers(files)
-    first = {str(image.SeriesInstanceUID) for image in objects.key_images(evidence, series)}
-    assert len(first) == 1 and first == {str(i.SeriesInstanceUID) for i in objects.key_images(evidence, series)}
+    first = {str(image.SeriesInstanceUID) for image in captures.key_images(evidence, series)}
+    assert len(first) == 1 and first == {str(i.SeriesInstanceUID) for i in captures.key_images(evidence, series)}
     other = replace(series, model_version="9.9.9+00000000")
-    (image, *_) = objects.key_images(evidence, other)
+    (image, *_) = captures.key_images(evidence, other)
     assert str(image.SeriesInstanceUID) not in first and "(9.9.9+00000000)" in image.SeriesDescription
     # a source series without number or description: named so, never by its UID cut to 64 characters (a valid UID)
     bare = relabelled(files, SeriesNumber=None, SeriesDescription=None)
-    (image, *_) = objects.key_images(objects.headers(bare), series)
+    (image, *_) = captures.key_images(objects.headers(bare), series)
     assert image.SeriesDescription.endswith(" of an unnamed series")
     assert series.volume.series[:20] not in image.SeriesDescription
 
@@ -1725,3 +1725,26 @@ def test_a_review_is_not_recorded_against_a_pull_the_pacs_no_longer_matches(tiny
         pacs_service.review_and_send(pacs, RADIOLOGIST, pulled, model, store, None, "glioma", ids)
     assert all(store.get(rid).review_count == 0 for rid in ids) and pacs.stored == []
     assert store.audit_events()[-1].action == "pacs_send_failed"
+
+
+def test_the_objects_uids_are_made_under_the_sites_own_root_when_one_is_set(tiny_classifier, monkeypatch) -> None:
+    """DICOM asks whoever makes objects to make their UIDs under their own organisation root: every report and key
+    image was made under pydicom's, which a hospital could not replace."""
+    files = tumour_study(STUDY)
+    outcome = analyse_study(files, tiny_classifier)
+    facts = objects.ModelFacts(tiny_classifier.card.name, tiny_classifier.card.version, "0" * 64)
+    made = objects.verdict_report(objects.headers(files), outcome.series, outcome.verdict, facts)
+    assert str(made.SOPInstanceUID).startswith(objects.PYDICOM_ROOT)  # unset: as before, the same UIDs
+    monkeypatch.setenv("BTD_UID_ROOT", "1.2.826.0.1.3680043.10.999.")
+    report = objects.verdict_report(objects.headers(files), outcome.series, outcome.verdict, facts)
+    (series,) = outcome.series
+    images = captures.key_images(objects.headers(files), series)
+    made_here = [report.SOPInstanceUID, report.SeriesInstanceUID, objects.report_series(STUDY)]
+    made_here += [uid for image in images for uid in (image.SOPInstanceUID, image.SeriesInstanceUID)]
+    assert images and all(str(uid).startswith("1.2.826.0.1.3680043.10.999.") for uid in made_here)
+    assert all(len(str(uid)) <= 64 for uid in made_here)
+    assert str(report.StudyInstanceUID) == STUDY  # the study's own is kept
+    for wrong in ("1.2.3", "1.2.03.", "abc.", "1." * 30):
+        monkeypatch.setenv("BTD_UID_ROOT", wrong)
+        with pytest.raises(PacsError, match="BTD_UID_ROOT is not a UID root"):
+            objects.report_series(STUDY)

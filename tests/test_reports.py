@@ -328,7 +328,7 @@ def test_key_sections_are_those_the_verdict_rested_on_not_isolated_spikes_elsewh
     from types import SimpleNamespace
 
     from core.model.volume import key_sections as sections_to_see
-    from core.pacs.objects import key_sections as key_images_of
+    from core.pacs.captures import key_sections as key_images_of
     from core.services.reports import key_sections
 
     curve = [0.05] * 30

@@ -10,11 +10,11 @@
   previous review's when the study is reviewed again), so that the PACS holds one chain of versions, never two
   final reports that both claim to replace the preliminary one; a study read again (a series came later, another
   model) gets a version that names the PACS's current one (:func:`core.services.pacs.send_results`).
-- The **key images**: a Secondary Capture series per analysed series with its sections at or above the rule's
-  threshold (the 12 most likely tumour when there are more), the lesion outline (or the section alone) burned in.
-- Identity: every UID is derived from the study, the series and the result's content (a key image's from its
-  pixels too), so sending the same result
-  twice stores the same instances again (the PACS keeps one), while a new version gets new instances.
+- The **key images** (:mod:`core.pacs.captures`): a Secondary Capture series per analysed series with its sections
+  at or above the rule's threshold (the 12 most likely tumour when there are more), the lesion outline burned in.
+- Identity: every UID is derived, under the site's root (``BTD_UID_ROOT``, else pydicom's), from the study, the
+  series and the result's content (a key image's from its pixels too), so sending the same result twice stores the
+  same instances again (the PACS keeps one), while a new version gets new instances.
 
 Patient and study attributes are copied from the source images (this object belongs to that patient's study in the
 PACS); nothing of it is stored by the app.
@@ -23,7 +23,6 @@ PACS); nothing of it is stored by the app.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import io
 import json
 import re
@@ -31,13 +30,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
-import numpy as np
-
 from core.imaging.dicom import quiet_pydicom
 from core.model.decision import FEWER, SERIES_SCORE, UNKNOWN_TYPE, bounded, label_name, ml_text
 from core.model.volume import SeriesAnalysis
-from core.model.volume import key_sections as sections_to_see
 
 MANUFACTURER = "BTD brain MRI triage (decision aid)"
 
@@ -112,10 +107,28 @@ def _standard_values(header: Any) -> None:
         header.SpecificCharacterSet = UTF8
 
 
-def _uid(*parts: object) -> str:
+def uid(*parts: object) -> str:
+    """A UID derived from ``parts`` under the site's root (:func:`uid_root`): the same parts, the same UID."""
     from pydicom.uid import generate_uid
 
-    return str(generate_uid(entropy_srcs=["btd-decision-aid", *(str(p) for p in parts)]))
+    return str(generate_uid(prefix=uid_root(), entropy_srcs=["btd-decision-aid", *(str(p) for p in parts)]))
+
+
+PYDICOM_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's, given free for software: the default
+
+
+def uid_root() -> str:
+    """The organisation root the objects' UIDs are made under: ``BTD_UID_ROOT`` (the hospital's own, as DICOM asks
+    of whoever makes objects), else pydicom's; :class:`PacsError` for one that is not a UID root of at most 54
+    characters ending in "." (pydicom refuses it as the report is made, after the audit event)."""
+    import os
+
+    from core.errors import PacsError
+
+    root = os.environ.get("BTD_UID_ROOT", "").strip() or PYDICOM_ROOT
+    if len(root) > 54 or not re.fullmatch(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*\.", root, re.ASCII):
+        raise PacsError("BTD_UID_ROOT is not a UID root: digits in dot-separated parts ending in '.', 54 at most.")
+    return root
 
 
 def _codes() -> dict[str, Any]:
@@ -134,16 +147,16 @@ def _codes() -> dict[str, Any]:
     }
 
 
-def _series_name(evidence: Sequence[Any], series: SeriesAnalysis) -> str:
+def series_name(evidence: Sequence[Any], series: SeriesAnalysis) -> str:
     """How a reader finds the series in the PACS: its number and description, and its Series Instance UID."""
-    uid = _source_series(evidence, series)
-    header = next((e for e in evidence if str(e.SeriesInstanceUID) == uid), None)
+    source = source_series(evidence, series)
+    header = next((e for e in evidence if str(e.SeriesInstanceUID) == source), None)
     number = header.get("SeriesNumber") if header is not None else None
     description = str(header.get("SeriesDescription", "") or "").strip() if header is not None else ""
     shown = " ".join(part for part in (f"{number}" if number not in (None, "") else "", description) if part)
     if series.volume.stack:  # one of several stacks of the series (a b-value, an echo): two lines told apart
         shown = f"{shown}, images at {series.volume.stack}" if shown else f"images at {series.volume.stack}"
-    return f"{shown} (UID {uid})" if shown else f"UID {uid}"
+    return f"{shown} (UID {source})" if shown else f"UID {source}"
 
 
 def _words(label: str | None, study: bool = False) -> str | None:
@@ -158,7 +171,7 @@ def _series_lines(evidence: Sequence[Any], series: SeriesAnalysis, reviewed: boo
     """The series' verdict as the app states it: the threshold it was judged by (the single-scan one when it rests
     on fewer neighbours than the rule asks for), whether it goes to review first and why (or went, once the study
     is reviewed: a FINAL report said NEEDS REVIEW), why nothing was analysed."""
-    name = _series_name(evidence, series)
+    name = series_name(evidence, series)
     if series.label is None:
         reasons = "; ".join(sorted({s.skipped for s in series.refused if s.skipped}))[:300]
         return f"Series {name}: not analysed ({reasons or 'no section could be analysed'}): read it yourself"
@@ -207,7 +220,7 @@ UTF8 = "ISO_IR 192"  # the first image's set wrote text outside it (another seri
 
 def report_series(study_uid: str) -> str:
     """The Series Instance UID of our reports in a study (one series, every version)."""
-    return _uid(study_uid, "report series")
+    return uid(study_uid, "report series")
 
 
 def same_reading(report: Any, ours: Any) -> bool:
@@ -298,7 +311,7 @@ def verdict_report(
         content=root,
         series_instance_uid=report_series(study_uid),
         series_number=9901,
-        sop_instance_uid=_uid(study_uid, "report", fingerprint),
+        sop_instance_uid=uid(study_uid, "report", fingerprint),
         instance_number=version,
         manufacturer=MANUFACTURER,
         # never COMPLETE while a series could not be read, or was not analysed ("read it yourself")
@@ -344,97 +357,7 @@ def dated_as(made: Any, source: Any) -> None:
     made.TimezoneOffsetFromUTC = offset
 
 
-MAX_KEY_IMAGES = 12  # a reader opens a few key sections, not every section over the threshold
-
-
-def key_sections(series: SeriesAnalysis) -> list[int]:
-    """Up to :data:`MAX_KEY_IMAGES` sections at or above the threshold the verdict was judged by, in order: those
-    it rested on first, then the most likely tumour (:func:`core.model.volume.key_sections`)."""
-    marked = series.tumour_sections
-    deciding = [s.index for s in series.window if s.index in marked]
-    return sections_to_see(series.curve, deciding, MAX_KEY_IMAGES, among=marked)
-
-
-def key_images(evidence: Sequence[Any], series: SeriesAnalysis) -> list[Any]:
-    """Secondary Capture images of the series' sections at or above the threshold the verdict was judged by, outline
-    burned in."""
-    import highdicom as hd
-
-    quiet_highdicom()
-    reference = next((e for e in evidence if str(e.SeriesInstanceUID) == _source_series(evidence, series)), evidence[0])
-    letters = series.volume.letters  # the displayed section's edges: rows run to "right", columns to "bottom"
-    if not letters:  # a Secondary Capture in patient coordinates needs its orientation: none without the files'
-        return []
-    orientation = (letters["right"], letters["bottom"])  # an oblique edge has several letters ("LP"), as DICOM allows
-    spacing = series.volume.spacing if series.volume.spacing and min(series.volume.spacing) > 0 else None  # as shown
-    images = []
-    for index in key_sections(series):
-        pixels = np.ascontiguousarray(series.volume.sections[index])
-        rgb = cv2.cvtColor(pixels, cv2.COLOR_GRAY2RGB)
-        analysis = series.sections[index].analysis
-        if analysis is not None and analysis.lesion is not None:
-            cv2.polylines(rgb, [c.reshape(-1, 1, 2) for c in analysis.lesion.outline], True, (255, 200, 0), 1)
-        shown = (series.score, _digest(rgb), spacing)  # the picture as sent
-        image = hd.sc.SCImage.from_ref_dataset(
-            ref_dataset=reference,
-            pixel_array=rgb,
-            photometric_interpretation="RGB",
-            bits_allocated=8,
-            coordinate_system="PATIENT",
-            pixel_spacing=spacing,  # without it a PACS drew 1 x 2 mm pixels square: a round lesion squashed 2:1
-            patient_orientation=(orientation[0][0], orientation[1][0]),  # highdicom takes one letter an edge
-            # one series a reading (its model and score): a second reading's images went into the first's series,
-            # two sets under one name, a series re-read as "no tumour" keeping its old tumour key images
-            series_instance_uid=_uid(
-                reference.StudyInstanceUID, series.volume.series, "key images", series.model_version, series.score
-            ),
-            series_number=9902,
-            # what it shows is part of its identity: an outline added (a segmenter installed) under the UID of the
-            # image without it was "sent" while the PACS kept the old picture; so is its spacing (sent without it)
-            sop_instance_uid=_uid(reference.StudyInstanceUID, series.volume.series, "key image", index, *shown),
-            instance_number=index + 1,  # the section's number, as the app and the report count it
-            manufacturer=MANUFACTURER,
-        )
-        image.copy_patient_and_study_information(reference)  # every identity qualifier the report keeps (the
-        # issuer of the patient ID, of the accession number): an issuer-aware PACS filed them under another patient
-        image.SpecificCharacterSet = UTF8
-        dated_as(image, reference)
-        image.BurnedInAnnotation = "NO"
-        _name_source(image, series, index)  # an outline, no text: said, not left for a reader to guess
-        image.PatientOrientation = list(orientation)  # every letter, as the app shows the edges
-        name = _series_name(evidence, series)  # its UID, cut to the field's 64 characters, read as another's
-        source = "an unnamed series" if name.startswith("UID ") else name.split(" (UID ")[0]
-        image.SeriesDescription = f"BTD key sections ({series.model_version}) of {source}"[:64]  # which reading, of
-        # which series
-        images.append(image)
-    return images
-
-
-def _name_source(image: Any, series: SeriesAnalysis, index: int) -> None:
-    """The source image a key image was made from (SourceImageSequence, "source image for image processing
-    operation"): its own instance number is the section's place in the app, not the source's, so a reader opening
-    "image 1" of the source series looked at another section."""
-    from pydicom.dataset import Dataset
-
-    sources = series.volume.sources
-    if index >= len(sources) or not sources[index][1]:
-        return
-    sop_class, sop_instance, frame = sources[index]
-    reference, purpose = Dataset(), Dataset()
-    reference.ReferencedSOPClassUID, reference.ReferencedSOPInstanceUID = sop_class, sop_instance
-    if frame is not None:
-        reference.ReferencedFrameNumber = frame
-    purpose.CodeValue, purpose.CodingSchemeDesignator = "121322", "DCM"
-    purpose.CodeMeaning = "Source image for image processing operation"
-    reference.PurposeOfReferenceCodeSequence = [purpose]
-    image.SourceImageSequence = [reference]
-
-
-def _digest(pixels: np.ndarray) -> str:
-    return hashlib.sha256(pixels.tobytes()).hexdigest()[:16]
-
-
-def _source_series(evidence: Sequence[Any], series: SeriesAnalysis) -> str:
+def source_series(evidence: Sequence[Any], series: SeriesAnalysis) -> str:
     """The source Series Instance UID of an analysed series (its volume keeps a hash of it: match by hash; a
     multi-frame file's volume by the hash of its UIDs alone). "unknown" when none matches, never another's."""
     from core.imaging.volume import series_key

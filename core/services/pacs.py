@@ -29,7 +29,7 @@ from core.errors import (
 from core.identity import pseudonymise
 from core.imaging.series_headers import several_patients
 from core.model.classifier import Classifier
-from core.pacs import objects
+from core.pacs import captures, objects
 from core.pacs.client import Pacs, StudyHit
 from core.services import audit, reviews
 from core.services.access import ANALYSE, PACS, REVIEW, Actor, require
@@ -311,7 +311,7 @@ def _report_objects(
                 )
             )
         analysed = [s for s in every if s.label is not None]
-        images = [image for series in analysed for image in objects.key_images(pulled.evidence, series)]
+        images = [image for series in analysed for image in captures.key_images(pulled.evidence, series)]
     except ValueError as error:
         raise _refused(error) from error
     return chain, images
