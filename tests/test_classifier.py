@@ -136,6 +136,16 @@ def test_the_shipped_card_states_its_use_limits_sources_and_rules() -> None:
     assert card.weights_path.is_file() and (path.parent / raw["data"]["split_file"]).is_file()
     assert "radiologist" in raw["intended_use"] and len(raw["limitations"]) >= 4
     assert all(len(limit) > 40 for limit in raw["limitations"])
+    # printed in every PDF report: a radiologist's words, never a repository path nor an institution's code name
+    # (it cited "docs/model-report.md", "bench/heat_layers.py" and "institution CS"); its FLAIR figure is the card's
+    # own (it said 91 % where the card holds 0.9045)
+    import re
+
+    said = " ".join(raw["limitations"])
+    assert not re.search(r"docs/|bench/|\.py\b|\.md\b|\binstitution (CS|DU|FG)\b", said), said
+    lgg = raw["metrics"]["validation"]["per_source"]["LGG"]["targets"]["all"]
+    for stated in re.findall(r"FLAIR (\d+) %", said):
+        assert int(stated) == round(100 * lgg["sensitivity_by_sequence"]["flair"]["value"])
     sources = {source["folder"]: source for source in raw["data_sources"]}
     assert {"Training", "LGG", "Normal-heads", "Web-tumour"} <= set(sources)
     assert all(source["licence"] and source["what"] for source in sources.values())
