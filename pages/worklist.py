@@ -64,7 +64,7 @@ query = WorklistQuery(
     disagreements=disagreements,
 )
 seen_key = f"worklist-read-{reference}"  # the patient's results this session's audited reads listed
-try:  # a patient's list: audited when it shows results not listed before in this session (as History, once)
+try:  # a patient's list: audited when it shows results not listed before in this session, as History
     seen = st.session_state.get(seen_key)
     results = reviews.worklist(store, actor, query, LISTED + 1, seen=seen)
     if reference is not None:
