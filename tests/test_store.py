@@ -25,7 +25,7 @@ import pytest
 from core.analytics.stats import roll_up, suppress_small
 from core.domain.people import GENESIS, Account, AuditEvent, AuditQuery, Review, VerifiedPoint, first_broken
 from core.domain.results import FIELDS, DayCount, Filters, Record, Section, WorklistQuery, record_id
-from core.domain.times import utc_offset_segments
+from core.domain.times import to_ms, utc_offset_segments
 from core.errors import InvalidRecord, StoreError, StoreUnavailable
 from core.identity import local_key, pseudonymise
 from core.storage import open_store
@@ -515,6 +515,11 @@ def test_every_audit_filter_reads_an_index_in_the_order_shown(store) -> None:
             sql = f"EXPLAIN QUERY PLAN SELECT * FROM audit{where} ORDER BY at_ms DESC, seq DESC LIMIT 10"
             plan = " ".join(row[-1] for row in store._query(sql, values))
             assert "USING INDEX audit_by_" in plan and "TEMP B-TREE" not in plan, plan
+        # a page of a dated range: one upper bound on the time, the page's (with the range's end too, the index range
+        # ended at the end, and every newer event was walked to reach each page)
+        where, values = store._audit_where(AuditQuery(end=utc(2026, 6, 1), before=(utc(2026, 5, 2), 9)))
+        assert where.count("at_ms <= ?") == 1 and where.count("at_ms < ?") == 1 and "(at_ms < ? OR" in where
+        assert values[0] == to_ms(utc(2026, 5, 2))
         return
     indexes = [list(spec["key"]) for spec in store._db["audit"].index_information().values()]
     assert [("at", -1), ("_id", -1)] in indexes and [("target", 1), ("at", -1), ("_id", -1)] in indexes
