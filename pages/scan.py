@@ -12,6 +12,8 @@ from core.services.triage import (
     NOT_UPDATED,
     apply_patient_reference,
     batch_csv,
+    patient_named,
+    patients_differ,
     record_batch_export,
     retry_save,
     triage,
@@ -62,18 +64,38 @@ def _apply_reference(moving: bool) -> None:
     current = callback_actor(ANALYSE)  # run before the page's own sign-in check: the session as it stands now
     if current is None:
         return
-    reference, store = resources.patient_reference(session.patient_text), open_store()
+    reference, store = typed_reference(), open_store()
+    if reference is None:  # none typed, or never one over several patients' files (said on the page)
+        return
     for upload in session:
         for frame, result in upload.results.items():
             if moving or result.record is None or result.record.patient_ref is None:
                 upload.results[frame] = apply_patient_reference(result, store, reference, current)
 
 
+def several_patients(*more: dict[str, str] | None) -> bool:
+    """Whether this session's DICOM files (and ``more``) name more than one patient."""
+    return patients_differ([*(upload.patient for upload in session), *more])
+
+
+def typed_reference(*more: dict[str, str] | None):
+    """The reference typed, for the session's scans (and files naming ``more`` patients): none when they name
+    several patients (one reference filed three patients' slices under one, unsaid)."""
+    return None if several_patients(*more) else resources.patient_reference(session.patient_text)
+
+
+MIXED_PATIENTS = (
+    "The DICOM files of this session name more than one patient (their Patient IDs differ): no scan added since is "
+    "filed under the patient reference typed. Clear this session's results and upload each patient's files with "
+    "that patient's reference."
+)
+
+
 def elsewhere() -> int:
     """This session's results (saved or waiting for a retry) under a reference other than the one typed now (none
     when the field is empty or references are off); those kept under another session's patient are not counted
     (they stay where they are)."""
-    reference = resources.patient_reference(session.patient_text)
+    reference = typed_reference()
     if reference is None:
         return 0
     return len(  # results, not uploads: the same image uploaded twice is one result
@@ -121,7 +143,7 @@ def choose_frame(upload: Upload, frame: int) -> None:
         # one file is one patient: a later frame takes the reference its earlier frames were analysed under (one
         # typed between two frames filed them under two patients)
         earlier = [r.record.patient_ref for r in upload.results.values() if r.record and r.record.patient_ref]
-        reference = earlier[0] if earlier else resources.patient_reference(session.patient_text)
+        reference = earlier[0] if earlier else typed_reference()
         upload.results[frame] = triage(
             upload.data,
             classifier,
@@ -139,7 +161,7 @@ def retry_unsaved() -> None:
     current = callback_actor(ANALYSE)  # run before the page's own sign-in check: the session as it stands now
     if current is None:
         return
-    reference, store = resources.patient_reference(session.patient_text), open_store()
+    reference, store = typed_reference(), open_store()
     images = resources.image_store(store)
     for upload in session:
         for frame, result in upload.results.items():
@@ -200,7 +222,8 @@ uploads = st.file_uploader(
 new = [upload for upload in uploads or [] if upload.file_id not in session.uploads]
 if new:
     store = open_store()
-    reference, images = resources.patient_reference(session.patient_text), resources.image_store(store)
+    named = {file.file_id: patient_named(file.getvalue()) for file in new}
+    reference, images = typed_reference(*named.values()), resources.image_store(store)
     progress = st.progress(0.0, text="Analysing…") if len(new) > 1 else None
     for done, file in enumerate(new, start=1):
         # each file saved is an action of its own: an account disabled or demoted during a batch saved the rest
@@ -208,7 +231,9 @@ if new:
             st.rerun()  # the run that follows shows the sign-in form or the refusal
         data = file.getvalue()
         result = triage(data, classifier, explainer, store, actor=actor, patient_ref=reference, images=images)
-        upload = Upload(file.file_id, file.name, {result.frame: result}, frame=result.frame)
+        upload = Upload(
+            file.file_id, file.name, {result.frame: result}, frame=result.frame, patient=named[file.file_id]
+        )
         if result.frames > 1:  # keep the bytes for the frames the reader picks
             upload.data = data
         session.uploads[file.file_id] = upload
@@ -216,6 +241,8 @@ if new:
             progress.progress(done / len(new), text=f"Analysed {done} of {len(new)} scans")
     session.seen |= {file.file_id for file in uploads or []}
 
+if session.patient_text.strip() and several_patients():
+    st.error(MIXED_PATIENTS, icon=":material/group:")
 if not len(session):
     st.info("Drop one scan or a whole batch. Each is cropped to the brain and classified; results are saved once.")
     st.stop()

@@ -399,6 +399,39 @@ def test_a_slice_already_saved_under_another_patient_is_a_warning_on_its_panel_a
     assert not any("mix-up" in w.value or "another patient's" in w.value for w in third.warning)
 
 
+def test_dicom_slices_of_several_patients_are_never_filed_under_one_reference(app_environment: Path) -> None:
+    """Three patients' DICOM slices uploaded under one typed reference were all saved under it, and History listed
+    them as one patient's; the Study page refuses such an upload. The Scan page now files none of them under the
+    reference (the first patient's scan saved before the second came keeps it) and says why."""
+
+    def slice_of(patient: str, seed: int) -> bytes:
+        pixels = (synthetic_slice(128, tumour=True, seed=seed).astype("uint16") * 16)[None]
+        return dicom_bytes(pixels, extra={"PatientID": patient})
+
+    store = stored(app_environment)
+    reference = pseudonymise("ZZCANARY Patient", local_key(app_environment))
+    app = page("scan.py").run()
+    app.text_input[0].input("ZZCANARY Patient").run()
+    first = ("a.dcm", slice_of("ZZ-A", 1), "application/dicom")
+    app.file_uploader[0].set_value([first]).run()
+    assert not app.exception and [r.patient_ref for r in store.recent(5)] == [reference]  # one patient so far
+    both = [first, ("b.dcm", slice_of("ZZ-B", 2), "application/dicom")]
+    app.file_uploader[0].set_value(both).run()
+    assert not app.exception and sorted(str(r.patient_ref) for r in store.recent(5)) == sorted([reference, "None"])
+    assert any("name more than one patient" in e.value for e in app.error)
+    app.text_input[0].input("ZZCANARY Patient 2").run()  # typed again: moved onto nobody, offered for nobody
+    assert sorted(str(r.patient_ref) for r in store.recent(5)) == sorted([reference, "None"])
+    assert not any(b.label.startswith("Move ") for b in app.button)
+    raw = (app_environment / "results.sqlite3").read_bytes()
+    assert b"ZZ-A" not in raw and b"ZZ-B" not in raw  # compared in memory only
+    fresh = page("scan.py").run()  # a new session, one patient's two slices: both filed under its reference
+    fresh.text_input[0].input("ZZCANARY Patient 3").run()
+    same = [("c.dcm", slice_of("ZZ-C", 3), "application/dicom"), ("d.dcm", slice_of("ZZ-C", 4), "application/dicom")]
+    fresh.file_uploader[0].set_value(same).run()
+    third = pseudonymise("ZZCANARY Patient 3", local_key(app_environment))
+    assert not fresh.error and [r.patient_ref for r in store.recent(2)] == [third, third]
+
+
 def test_a_reference_typed_after_uploading_updates_the_one_record(app_environment: Path) -> None:
     app = page("scan.py").run()
     app.file_uploader[0].set_value([("a.png", png_bytes(synthetic_slice(256, tumour=True)), "image/png")]).run()

@@ -30,6 +30,8 @@ class Upload:
     results: dict[int | None, Triaged] = field(default_factory=dict)
     frame: int | None = None  # the frame shown (multi-frame files)
     data: bytes | None = None  # kept for multi-frame files only
+    patient: dict[str, str] | None = None  # who a DICOM file names (hashed, this session only): a batch of several
+    # patients takes no reference
 
     @property
     def current(self) -> Triaged | None:

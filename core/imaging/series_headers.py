@@ -110,6 +110,28 @@ def several_patients(headers: list) -> bool:
     return len(issuers) > 1 or any(len(named) > 1 for named in issuers.values())
 
 
+def patient_named(data: bytes) -> dict[str, str] | None:
+    """Who a DICOM file names as its patient, as :func:`several_patients` compares files: its Patient ID and issuer,
+    each hashed (files uploaded one by one are compared in memory; never stored, shown or logged). None for another
+    format, a file naming no patient, or one whose header cannot be read (no evidence either way)."""
+    import hashlib
+
+    from core.errors import ScanError
+    from core.imaging.scan import is_dicom
+
+    if not is_dicom(data):
+        return None
+    try:
+        header = dicom.header_of(data)
+        patient = str(header.get("PatientID", "") or "").strip()
+        issuer = str(header.get("IssuerOfPatientID", "") or "").strip()
+    except (ScanError, *dicom.invalid_values()):
+        return None
+    hashed = {name: hashlib.sha256(value.encode()).hexdigest() if value else "" for name, value in
+              (("PatientID", patient), ("IssuerOfPatientID", issuer))}  # fmt: skip
+    return hashed if patient else None
+
+
 def uid_key_of(header: object) -> str:
     """The hash of a file's study and series UIDs (a :class:`_Section`'s ``uid_key``)."""
     return hash_parts(str(header.get("StudyInstanceUID", "")), str(header.get("SeriesInstanceUID", "")))  # type: ignore[attr-defined]

@@ -21,6 +21,8 @@ from core.domain.results import Record, record_id
 from core.errors import InvalidRecord, MultiFrameImage, ScanError, StoreError
 from core.imaging import frames_in
 from core.imaging.geometry import pixel_spacing
+from core.imaging.series_headers import patient_named as patient_named  # the Scan page's, beside patients_differ
+from core.imaging.series_headers import several_patients
 from core.model.analysis import Analysis, analyse
 from core.model.classifier import Classifier
 from core.model.explain import Explainer
@@ -279,6 +281,13 @@ class Triaged:
     def outcome(self) -> ScanOutcome:
         """The fields the batch table needs, without the analysis."""
         return ScanOutcome(self.sha256, None, self.error_code, self.error_message, self.frames, self.frame)
+
+
+def patients_differ(named: Sequence[Mapping[str, str] | None]) -> bool:
+    """Whether files that named these patients (:func:`patient_named`; None: no evidence) belong to more than one:
+    one reference typed for a batch filed slices of three patients under one, with no word (the Study page refuses
+    such an upload)."""
+    return several_patients([patient for patient in named if patient])
 
 
 def triage(
