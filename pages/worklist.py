@@ -219,6 +219,7 @@ def save_override(seen: int | None) -> None:
 
 
 KEYS = "Keyboard: Shift+A (two keys, so that a stray keypress never signs a review)"
+FLAGGED = "Flagged for review: agreeing takes a click, after reading the images (no keyboard shortcut)."
 st.subheader("Review", anchor="review")
 agree, override = st.columns([1, 2])
 refused = chosen.gate == "rejected"  # the class the model picked for it is nothing to agree with
@@ -229,19 +230,23 @@ if refused:
     )
 else:
     # once reviewed, agreeing is a change of the final label: no shortcut (two stray keys on a result overridden
-    # to "No tumour" set its final label back to the model's) and the label it replaces is named
+    # to "No tumour" set its final label back to the model's) and the label it replaces is named; nor for a result
+    # flagged for review (a series called "No tumour" beside two sections at 0.99 was signed by one Shift+A)
     final = opened.record.final_label if opened.record.review_count else None
+    flagged = chosen.gate == "needs_review" and not final
     agree.button(
         f"Agree: {pretty(chosen.label)}",
         type="secondary" if final else "primary",
         key=f"agree-{chosen.id}",  # one button per result: a late press never agrees the result opened after it
-        shortcut=None if final else "shift+a",
+        shortcut=None if final or flagged else "shift+a",
         on_click=save_review,
         args=(chosen.label, [], "", opened.record.review_count),
-        help="Reviewed already: a press records a new review." if final else KEYS,
+        help="Reviewed already: a press records a new review." if final else FLAGGED if flagged else KEYS,
     )
     if final and final != chosen.label:  # under the button: in its label it was cut off in the narrow column
         agree.caption(f"Agreeing replaces the final label {pretty(final)}.")
+    elif flagged:
+        agree.caption(FLAGGED)
 with override.form(f"override-{chosen.id}", border=True):  # cleared when saved, never when refused
     labels = review_labels(classifier.card.labels, chosen)
     st.selectbox(

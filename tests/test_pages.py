@@ -2114,7 +2114,10 @@ def test_agreeing_with_the_model_after_an_override_has_no_shortcut_and_names_the
     app.session_state["wl_show"] = "all"
     app.run()
     (agree,) = [b for b in app.button if b.label.startswith("Agree")]
-    assert agree.proto.shortcut and not any("replaces" in c.value for c in app.caption)  # not reviewed yet: Shift+A
+    assert not any("replaces" in c.value for c in app.caption)  # not reviewed yet
+    # flagged (the tiny model's calls are all in its review band): no Shift+A, a click after reading the images
+    assert not agree.proto.shortcut and any(c.value.startswith("Flagged for review: agreeing takes a click")
+                                            for c in app.caption)  # fmt: skip
     # what is open, named as its row is (no row is ticked when the first opens, and Shift+A signs it); why it is
     # flagged, and how close the other types were ("wrong type" is a reason to override): neither was shown
     assert any(m.value.startswith("**Open:** scan saved ") and "to read · row 1 of the list" in m.value
@@ -2135,6 +2138,16 @@ def test_agreeing_with_the_model_after_an_override_has_no_shortcut_and_names_the
     # yellow call to act
     assert record.gate == "needs_review" and not any(w.value == "Flagged for review" for w in app.warning)
     assert any("reviewed since (1 review)" in c.value for c in app.caption)
+
+
+def test_a_result_not_flagged_is_agreed_with_shift_a(app_environment: Path) -> None:
+    """Shift+A stays for a result the model called outside its review band (only flagged ones lost it)."""
+    store = stored(app_environment)
+    store.add(make_record(1, datetime.now(UTC)))
+    assert store.recent(1)[0].gate != "needs_review"
+    app = page("worklist.py").run()
+    (agree,) = [b for b in app.button if b.label.startswith("Agree")]
+    assert not app.exception and agree.proto.shortcut and not any(c.value.startswith("Flagged") for c in app.caption)
 
 
 def test_a_study_with_no_series_saved_is_told_to_retry_saving_whatever_reference_is_typed() -> None:
