@@ -221,4 +221,4 @@ if st.button(f"Make the PDF report of this study ({len(study)} series)", key="hi
         st.error(f"The report cannot be made: {error}")
 made = st.session_state.get("history_pdf")
 if made and made[0] == as_made:
-    report_download(actor, made[1])
+    report_download(actor, made[1], reports.report_name(study))

@@ -149,8 +149,16 @@ def test_history_page_compares_a_series_with_its_prior_and_makes_the_report(
     assert any(w.value.startswith("The prior is another series of the same study") for w in app.warning)
     button = next(b for b in app.button if b.label.startswith("Make the PDF report"))
     assert button.label.endswith("(2 series)")  # both series share the study's UID: one report for the study
+    names: list[str] = []
+    real = st.download_button
+    monkeypatch.setattr(st, "download_button", lambda label, data, name, *a, **k: names.append(name) or real(
+        label, data, name, *a, **k))  # fmt: skip
     button.click().run()
     assert not app.exception and app.get("download_button")
+    # named by its reference's prefix and the study's time, as its header gives them (every one was
+    # "study-report.pdf": several downloaded could not be told apart)
+    first = min(store.recent(5), key=lambda r: r.created_at)
+    assert names == [f"study-report-{first.patient_ref[:12]}-{first.created_at:%Y%m%d-%H%M}Z.pdf"]
     actions = [e.action for e in store.audit_events()]
     assert actions.count("history") == 1 and actions.count("open") == 2 and actions.count("report") == 2
     # reviewed meanwhile (another session): the PDF made before it said "not reviewed yet", so it is not offered

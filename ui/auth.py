@@ -229,7 +229,7 @@ def audited_download(store, actor: Actor, permission: str, make: Callable[[Actor
     return made
 
 
-def report_download(actor: Actor, pdf: bytes) -> None:
+def report_download(actor: Actor, pdf: bytes, name: str) -> None:
     """The button of a PDF report already made (its making was the audit event): its bytes handed over only while
     this session lives and the account may still open results (given as bytes, Streamlit served them from a
     media address that answers without the session, after sign-out or expiry too)."""
@@ -240,9 +240,7 @@ def report_download(actor: Actor, pdf: bytes) -> None:
         why = None
     except StoreError as error:
         data, why = b"", f"Not now: the account cannot be checked ({error})."
-    st.download_button(
-        "Download the report (PDF)", data, "study-report.pdf", "application/pdf", disabled=why is not None, help=why
-    )
+    st.download_button("Download the report (PDF)", data, name, "application/pdf", disabled=why is not None, help=why)
 
 
 def sign_out(reason: str = "signed out") -> None:

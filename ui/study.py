@@ -197,4 +197,4 @@ def _report(actor: Actor, name: Hashable, study: StudyResult, classifier: Any, e
             st.error(f"The report cannot be made: {error}")
     made = st.session_state.get("study_pdf")
     if made and made[0] == made_for:
-        report_download(actor, made[1])
+        report_download(actor, made[1], reports.report_name(records))

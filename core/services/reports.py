@@ -336,6 +336,14 @@ def _as_reviewed(record: Record, reviews: Sequence) -> Record:
     return record.reviewed_as(last.reviewer, last.action, last.final_label, last.created_at, len(reviews))
 
 
+def report_name(records: Sequence[Record]) -> str:
+    """The PDF's file name: the pseudonymous reference's prefix and the time the study was saved, as its header
+    gives them (every report downloaded was "study-report.pdf": a reader with several could not tell them apart)."""
+    first = min(records, key=lambda record: record.created_at)
+    reference = first.patient_ref[:12] if first.patient_ref else "no-reference"
+    return f"study-report-{reference}-{first.created_at:%Y%m%d-%H%M}Z.pdf"
+
+
 def study_report(
     store: Store,
     images: ImageStore | None,
