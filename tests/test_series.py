@@ -200,6 +200,16 @@ def test_a_file_of_more_frames_than_a_series_may_hold_leaves_its_series_unread_a
     assert dicom.frames_of(pydicom.dcmread(io.BytesIO(long[0]), stop_before_pixels=True)) == 10
 
 
+def test_a_study_of_one_series_with_a_cut_file_is_refused_naming_the_series() -> None:
+    """One DICOM file cut short refused a one-series study with "The DICOM pixel data is truncated", naming no
+    series (the reader looked for it among thousands); a study of several names it among the unread."""
+    files = dicom_series(head_volume(6, 64))
+    files[3] = files[3][:-2000]
+    with pytest.raises(ScanError, match=r"^(DICOM series \d+|A DICOM series without a number): ") as refused:
+        read_study(files)
+    assert "truncated" in str(refused.value) or "cut" in str(refused.value)
+
+
 def test_two_series_in_one_zip_come_back_apart_and_monochrome1_reads_as_monochrome2() -> None:
     first = dicom_series(head_volume(5, seed=1), series_uid="1.2.3.1")
     second = dicom_series(head_volume(4, seed=9), series_uid="1.2.3.2", orientation=SAGITTAL)

@@ -345,7 +345,8 @@ def _dicom_series(
             )
         volumes.append(volume)
     if not volumes and len(failed) == len(unread) and len({type(e) for e in failed.values()}) == 1:
-        raise next(iter(failed.values()))  # nothing read, every series for one kind of reason: that refusal
+        key, error = next(iter(failed.items()))  # nothing read, every series for one kind of reason: that refusal,
+        raise type(error)(f"{names[key]}: {error}") from error  # naming the series (a study refused, none named)
     return volumes, unread, localizers, non_images
 
 
