@@ -619,6 +619,7 @@ def test_bad_file_gets_its_reason_and_the_batch_goes_on(app_environment: Path) -
     assert list(table["file"]) == ["fake.png", "good.png", "black.png"]
     assert table["result"][0] == "rejected" and table["result"][2] == "rejected"
     assert table["result"][1] in ("classified", "needs review")
+    assert table["tumour"][0] == "" and table["tumour"][2] == ""  # no verdict: an empty cell, not a grey "None"
     assert stored(app_environment).summary().total == 1
 
 

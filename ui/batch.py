@@ -103,7 +103,7 @@ def on_screen(table: Any) -> Any:
     for column in PERCENT_COLUMNS:
         if column in shown:
             shown[column] = (shown[column].astype(float) * 100).clip(0.1, 99.9)
-    for column in ("final_label", "model_version", "reason", "verdict", "saved"):  # an empty cell, not "None"
+    for column in ("final_label", "model_version", "reason", "verdict", "saved", "tumour"):  # empty, not "None"
         if column in shown:
             shown[column] = shown[column].astype(object).where(shown[column].notna(), "")
     if "frame" in shown:  # a column of grey "None" for a batch of single images; a frame number where there is one
