@@ -383,25 +383,22 @@ def export_csv(store: AuditTrail, actor: Actor, filters: Mapping[str, Any]) -> b
     """The filtered events as CSV, oldest first, headed by the filters used (admins); the export is itself an
     event. Read from the database a page at a time."""
     require(actor, AUDIT_EXPORT)
-    pages: list[str] = []  # each page as its CSV text, oldest first within it: the events themselves, all held at
-    count, before = 0, None  # once, took six times the CSV's size (531 MB for 300k events)
-    while page := events(store, actor, **filters, before=before, limit=EXPORT_PAGE):
-        pages.append(_csv_rows(reversed(page)))
+    pages: list[bytes] = []  # each page as its CSV bytes, oldest first within it: the events themselves, all held
+    count, before = 0, None  # at once, took six times the CSV's size (531 MB for 300k events); text pages copied
+    while page := events(store, actor, **filters, before=before, limit=EXPORT_PAGE):  # into one buffer and encoded,
+        pages.append(_csv_rows(reversed(page)).encode("utf-8"))  # three (836 MB for 268 MB): now twice, once joined
         count, before = count + len(page), _after(page)
-    buffer = io.StringIO()
     shown = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in filters.items() if v is not None}
     heading = f"# audit events; filters: {json.dumps(shown, sort_keys=True) if shown else 'none'}"
-    buffer.write(f"{text_line_safe(heading)}\n")  # typed filters are text too: no formula a spreadsheet would run
-    buffer.write("seq,at_utc,actor,role,action,target,detail,prev_hash,hash\n")
-    for text in reversed(pages):  # read newest first: the oldest page last
-        buffer.write(text)
+    head = f"{text_line_safe(heading)}\nseq,at_utc,actor,role,action,target,detail,prev_hash,hash\n"  # typed filters
+    # are text too: no formula a spreadsheet would run
     # which events left, too; the target as a flag only (supervisors read this event: which result or patient an
     # admin looked into is theirs no more than a target filter is); a typed name or action only when events matched
     # it (a patient's name typed in the wrong field matches none, and was kept for good in the trail)
     flagged = ("target", "who", "action") if not count else ("target",)
     kept = {k: v for k, v in shown.items() if k not in flagged} | {f"by_{k}": True for k in flagged if k in shown}
     record(store, actor, "audit_export", None, events=count, filters=kept)
-    return buffer.getvalue().encode("utf-8")
+    return b"".join([head.encode("utf-8"), *reversed(pages)])  # read newest first: the oldest page last
 
 
 def _csv_rows(chosen: Any) -> str:
