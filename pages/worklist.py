@@ -107,6 +107,8 @@ table = pd.DataFrame(
             "time (UTC)": r.created_at.strftime("%Y-%m-%d %H:%M"),
             "verdict": verdict_shown(r),
             "kind": series_kind(r) if r.kind == "series" else "scan",  # two series of a study told apart
+            "patient ref.": r.patient_ref[:12] if r.patient_ref else "",  # the prefix the PDF prints: rows of one
+            # patient, and a report, matched (nothing on the list tied a result to anyone)
             SCORE_COLUMN: probability_shown(r),
             "flag": {"needs_review": "needs review", "rejected": "not a brain MRI"}.get(r.gate, ""),
             "final label": pretty(r.final_label) if r.final_label else "",
@@ -136,6 +138,7 @@ picked = st.dataframe(
     selection_mode="single-row",
     key=table_key("wl_table", ids),
     height=min(38 * (len(table) + 1), 360),
+    column_config={"flag": st.column_config.TextColumn("flag", width="medium")},  # "needs r" at 1,500 px
 )
 before = st.session_state.get("wl_chosen")
 chosen_key, note = chosen_id(ids, picked.selection.rows if picked and picked.selection else [], before)

@@ -492,6 +492,7 @@ def test_a_worklist_filtered_to_a_patient_audits_each_read_that_lists_results_no
     assert not app.exception and not app.dataframe
     app.selectbox(key="wl_age").select("any time").run()
     assert not app.exception and len(app.dataframe[0].value) == 3
+    assert app.dataframe[0].value["patient ref."].tolist() == [reference[:12]] * 3  # as the PDF prints it
     app.run()
     app.selectbox(key="wl_age").select("last 7 days").run()  # a narrower list of what was seen: no new read
     events = [(e.target, e.detail) for e in store.audit_events() if e.action == "worklist_patient"]
