@@ -134,3 +134,6 @@ def test_the_command_answers_a_bad_fold_with_a_json_error(tmp_path: Path) -> Non
     )  # fmt: skip
     error = json.loads(done.stdout)["error"]  # "FileNotFoundError: [Errno 2] No such file or directory: '...'"
     assert done.returncode == 2 and error["message"] == f"No such file or directory: {tmp_path / 'gone.json'}"
+    from core.cli.main import _said
+
+    assert _said(FileExistsError("no free name for the export")) == "No free name for the export"  # ours, kept

@@ -297,8 +297,9 @@ def _said(error: OSError | ValueError | KeyError) -> str:
     """A bad input's message: ours as written (a ValueError's text is the sentence for the user, without Python's
     "ValueError: " before it), a system error's reason and the file it names ("[Errno 2] No such file or
     directory: 'x'" read as Python's), a missing key named as one."""
-    if isinstance(error, OSError):
-        why = (error.strerror or type(error).__name__).capitalize()
+    if isinstance(error, OSError):  # a system error's reason, or the sentence one of ours was raised with
+        why = error.strerror or str(error) or type(error).__name__
+        why = why[:1].upper() + why[1:]
         return f"{why}: {error.filename}" if error.filename else why
     if isinstance(error, KeyError):
         return f"A value it needs is missing ({error})."
