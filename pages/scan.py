@@ -64,7 +64,7 @@ def _apply_reference(moving: bool) -> None:
     current = callback_actor(ANALYSE)  # run before the page's own sign-in check: the session as it stands now
     if current is None:
         return
-    reference, store = typed_reference(), open_store()
+    reference, store = typed_reference(moving=moving), open_store()
     if reference is None:  # none typed, or never one over several patients' files (said on the page)
         return
     for upload in session:
@@ -73,29 +73,37 @@ def _apply_reference(moving: bool) -> None:
                 upload.results[frame] = apply_patient_reference(result, store, reference, current)
 
 
-def several_patients(*more: dict[str, str] | None) -> bool:
-    """Whether this session's DICOM files (and ``more``) name more than one patient."""
-    return patients_differ([*(upload.patient for upload in session), *more])
+def several_patients(*more: dict[str, str] | None, moving: bool = False) -> bool:
+    """Whether the DICOM files the reference typed now would cover name more than one patient: ``more`` and this
+    session's scans under that reference or under none (all of them, ``moving`` them onto it). Scans kept under
+    an earlier reference are the earlier patient's: the next patient's, with the next reference typed, take it."""
+    typed = resources.patient_reference(session.patient_text)
+    covered = [
+        upload.patient
+        for upload in session
+        if moving or any(r.record is None or r.record.patient_ref in (None, typed) for r in upload.results.values())
+    ]
+    return patients_differ([*covered, *more])
 
 
-def typed_reference(*more: dict[str, str] | None):
-    """The reference typed, for the session's scans (and files naming ``more`` patients): none when they name
+def typed_reference(*more: dict[str, str] | None, moving: bool = False):
+    """The reference typed, for the scans it covers (and files naming ``more`` patients): none when they name
     several patients (one reference filed three patients' slices under one, unsaid)."""
-    return None if several_patients(*more) else resources.patient_reference(session.patient_text)
+    return None if several_patients(*more, moving=moving) else resources.patient_reference(session.patient_text)
 
 
 MIXED_PATIENTS = (
-    "The DICOM files of this session name more than one patient (their Patient IDs differ): no scan added since is "
-    "filed under the patient reference typed. Clear this session's results and upload each patient's files with "
-    "that patient's reference."
+    "The DICOM files the patient reference typed would cover name more than one patient (their Patient IDs differ): "
+    "those of a second patient are saved without it. Type each patient's own reference before uploading their "
+    "files (a reference typed now goes to the scans saved without one), or clear this session's results."
 )
 
 
 def elsewhere() -> int:
     """This session's results (saved or waiting for a retry) under a reference other than the one typed now (none
     when the field is empty or references are off); those kept under another session's patient are not counted
-    (they stay where they are)."""
-    reference = typed_reference()
+    (they stay where they are); none when moving them would put several patients under one reference."""
+    reference = typed_reference(moving=True)
     if reference is None:
         return 0
     return len(  # results, not uploads: the same image uploaded twice is one result

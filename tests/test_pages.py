@@ -419,9 +419,15 @@ def test_dicom_slices_of_several_patients_are_never_filed_under_one_reference(ap
     app.file_uploader[0].set_value(both).run()
     assert not app.exception and sorted(str(r.patient_ref) for r in store.recent(5)) == sorted([reference, "None"])
     assert any("name more than one patient" in e.value for e in app.error)
-    app.text_input[0].input("ZZCANARY Patient 2").run()  # typed again: moved onto nobody, offered for nobody
-    assert sorted(str(r.patient_ref) for r in store.recent(5)) == sorted([reference, "None"])
-    assert not any(b.label.startswith("Move ") for b in app.button)
+    # the second patient's own reference typed: it goes to the scan saved without one, the first keeps its own,
+    # and moving the first onto it (two patients under one) is not offered
+    app.text_input[0].input("ZZCANARY Patient 2").run()
+    second = pseudonymise("ZZCANARY Patient 2", local_key(app_environment))
+    assert sorted(str(r.patient_ref) for r in store.recent(5)) == sorted([reference, second])
+    assert not any(b.label.startswith("Move ") for b in app.button) and not app.error
+    later = ("e.dcm", slice_of("ZZ-B", 5), "application/dicom")  # the next patient's next slice: the page said
+    app.file_uploader[0].set_value([later]).run()  # "new scans take the reference typed now"
+    assert [r.patient_ref for r in store.recent(1)] == [second] and not app.error
     raw = (app_environment / "results.sqlite3").read_bytes()
     assert b"ZZ-A" not in raw and b"ZZ-B" not in raw  # compared in memory only
     fresh = page("scan.py").run()  # a new session, one patient's two slices: both filed under its reference
