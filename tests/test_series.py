@@ -208,6 +208,10 @@ def test_a_study_of_one_series_with_a_cut_file_is_refused_naming_the_series() ->
     with pytest.raises(ScanError, match=r"^(DICOM series \d+|A DICOM series without a number): ") as refused:
         read_study(files)
     assert "truncated" in str(refused.value) or "cut" in str(refused.value)
+    other = [relabelled([f], SeriesInstanceUID="1.2.826.0.1.3680043.8.498.1.2", SeriesNumber=7)[0] for f in files]
+    with pytest.raises(ScanError, match=r", DICOM series 7: ") as refused:  # two series cut: both named, not one
+        read_study([*relabelled(files, SeriesNumber=5), *other])
+    assert str(refused.value).startswith("DICOM series 5, DICOM series 7: ")
 
 
 def test_two_series_in_one_zip_come_back_apart_and_monochrome1_reads_as_monochrome2() -> None:

@@ -345,9 +345,19 @@ def _dicom_series(
             )
         volumes.append(volume)
     if not volumes and len(failed) == len(unread) and len({type(e) for e in failed.values()}) == 1:
-        key, error = next(iter(failed.items()))  # nothing read, every series for one kind of reason: that refusal,
-        raise type(error)(f"{names[key]}: {error}") from error  # naming the series (a study refused, none named)
+        raise _refusal(failed, names)  # nothing read, every series for one kind of reason: that refusal
     return volumes, unread, localizers, non_images
+
+
+def _refusal(failed: dict[str, ScanError], names: dict[str, str]) -> ScanError:
+    """The one reason no series could be read, naming them (a study refused, none named; then the first alone, and
+    a reader who mended it learnt of the next only by uploading again): four, then how many more."""
+    error = next(iter(failed.values()))
+    named = [names[key] for key in failed]
+    more = f" and {len(named) - 4} more" if len(named) > 4 else ""
+    refusal = type(error)(f"{', '.join(named[:4])}{more}: {error}")
+    refusal.__cause__ = error
+    return refusal
 
 
 # the note for files with positions and no orientation, by whether they are more than one section
