@@ -289,7 +289,7 @@ def sign_in_screen() -> None:
     form = st.empty()  # emptied on success, so the form does not linger greyed while the model loads
     with form.form("sign-in", enter_to_submit=True):
         name = st.text_input("Account")
-        password = st.text_input("Password", type="password", max_chars=MAX_PASSWORD)
+        password = st.text_input("Password", type="password")  # one set before the limit still signs in
         submitted = st.form_submit_button("Sign in", type="primary")
     if submitted:
         try:

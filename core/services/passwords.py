@@ -16,6 +16,10 @@ from typing import Any
 from core.domain.people import MAX_PASSWORD
 from core.storage.protocol import Store
 
+# the longest password checked at sign-in: longer than any that can be set now (MAX_PASSWORD), so that one set
+# before that limit existed still signs in
+MAX_CHECKED = 64 * MAX_PASSWORD
+
 AT_ONCE = 2
 MAX_FAILURES = 5
 LOCK_MINUTES = 15
@@ -33,7 +37,7 @@ class BoundedHasher:
             return self._inner.hash(password)
 
     def verify(self, hashed: str, password: str) -> bool:
-        if len(password) > MAX_PASSWORD:  # never one set here (megabytes sent to the form): checked as a wrong one,
+        if len(password) > MAX_CHECKED:  # never one set here (megabytes sent to the form): checked as a wrong one,
             password = ""  # with the same work and the same refusal
         with _SLOTS:
             return self._inner.verify(hashed, password)
