@@ -161,7 +161,7 @@ def temporary_password_screen(actor: Actor) -> None:
 def _password_fields(actor: Actor) -> None:
     """The current password and the new one twice, in a form that changes it (:func:`password_form`)."""
     with st.form("own-password", clear_on_submit=True):
-        current = st.text_input("Current password", type="password", max_chars=MAX_PASSWORD)
+        current = st.text_input("Current password", type="password")  # one set before the limit too
         new = st.text_input(
             "New password", type="password", max_chars=MAX_PASSWORD, help=f"At least {MIN_PASSWORD} characters."
         )
