@@ -1727,14 +1727,17 @@ def test_a_review_is_not_recorded_against_a_pull_the_pacs_no_longer_matches(tiny
     assert store.audit_events()[-1].action == "pacs_send_failed"
 
 
-def test_the_objects_uids_are_made_under_the_sites_own_root_when_one_is_set(tiny_classifier, monkeypatch) -> None:
+def test_the_objects_uids_are_made_under_the_sites_own_root_when_one_is_set(
+    tiny_classifier, monkeypatch, capsys, tmp_path
+) -> None:
     """DICOM asks whoever makes objects to make their UIDs under their own organisation root: every report and key
     image was made under pydicom's, which a hospital could not replace."""
     files = tumour_study(STUDY)
     outcome = analyse_study(files, tiny_classifier)
     facts = objects.ModelFacts(tiny_classifier.card.name, tiny_classifier.card.version, "0" * 64)
     made = objects.verdict_report(objects.headers(files), outcome.series, outcome.verdict, facts)
-    assert str(made.SOPInstanceUID).startswith(objects.PYDICOM_ROOT)  # unset: as before, the same UIDs
+    assert str(made.SOPInstanceUID).startswith(objects.PYDICOM_ROOT)  # unset: the UIDs made before
+    assert objects.report_series(STUDY) == "1.2.826.0.1.3680043.8.498.13882216794543682675091960672740834771"
     monkeypatch.setenv("BTD_UID_ROOT", "1.2.826.0.1.3680043.10.999.")
     report = objects.verdict_report(objects.headers(files), outcome.series, outcome.verdict, facts)
     (series,) = outcome.series
@@ -1748,3 +1751,11 @@ def test_the_objects_uids_are_made_under_the_sites_own_root_when_one_is_set(tiny
         monkeypatch.setenv("BTD_UID_ROOT", wrong)
         with pytest.raises(PacsError, match="BTD_UID_ROOT is not a UID root"):
             objects.report_series(STUDY)
+    # said when a send is asked for, before anything is pulled (each study was pulled, analysed and saved, then its
+    # send failed, and the watch pulled it again)
+    from core.cli import main
+
+    for command in (["watch", "--once"], ["analyse", "--study", STUDY, "--save"]):
+        assert main(["pacs", *command, "--url", "http://127.0.0.1:9/dicom-web", "--send"]) == 2
+        (line,) = capsys.readouterr().out.splitlines()
+        assert "BTD_UID_ROOT is not a UID root" in json.loads(line)["error"]["message"]

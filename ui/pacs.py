@@ -22,7 +22,7 @@ import streamlit as st
 from core.config import PacsSettings, pacs_settings
 from core.errors import AccessDenied, PacsError, PacsStudyChanged, ReviewedMeanwhile, StoreError
 from core.pacs.client import SEARCH_LIMIT, StudyHit
-from core.pacs.objects import ModelFacts
+from core.pacs.objects import ModelFacts, uid_root
 from core.services import pacs as pacs_service
 from core.services.access import HISTORY, PACS, REVIEW, Actor, allowed
 from core.services.reviews import review_labels
@@ -195,6 +195,11 @@ def send_panel(actor: Actor, name: Any, classifier: Any, key: bytes | None) -> N
             "Not sendable yet: a series of this study is not saved. Press 'Analyse the chosen study' again once the "
             "database is back (its saved series answer 'already saved'), then send."
         )
+        return
+    try:
+        uid_root()  # the site's UID root, before a reader reviews for a send that would fail
+    except PacsError as error:
+        st.error(f"Reports cannot be sent: {error}")
         return
     sent: dict[str, int] = st.session_state.setdefault(SENT, {})
     so_far = st.container()  # the study's reviews so far, above the choice of a final label

@@ -40,7 +40,7 @@ from core.cli.studies import emit_outcome, save_outcome
 from core.config import PacsSettings, data_dir, file_secrets, pacs_ca_file, pacs_settings
 from core.errors import PacsError, PacsFeedWentBack, StoreError
 from core.pacs.changes import OrthancChanges
-from core.pacs.objects import ModelFacts
+from core.pacs.objects import ModelFacts, uid_root
 from core.services import pacs, pacs_watch
 from core.services.access import COMMAND_LINE
 from core.services.resources import load_classifier, open_for_saving
@@ -107,9 +107,15 @@ def _settings(args: argparse.Namespace) -> PacsSettings | None:
     )
 
 
-def _unusable(settings: PacsSettings | None) -> dict | None:
+def _unusable(settings: PacsSettings | None, send: bool = False) -> dict | None:
     """The usage error that settings cannot connect with: no address, or a password without a user name (it was
-    dropped, and the PACS's refusal pointed at the password)."""
+    dropped, and the PACS's refusal pointed at the password); sending, a UID root that cannot be used (each study
+    was pulled, analysed and saved before its send failed, and the watch pulled it again and again)."""
+    if send:
+        try:
+            uid_root()
+        except PacsError as error:
+            return error_json(error.code, str(error))
     if settings is None:
         return error_json("no_pacs", "No PACS address: give --url, or set BTD_PACS_URL or [pacs] url in secrets.")
     if settings.password and not settings.user:
@@ -122,7 +128,7 @@ def cmd_analyse(args: argparse.Namespace) -> int:
         emit(error_json("bad_usage", "--send needs --save: a report is sent for saved results only."), sys.stdout)
         return EXIT_USAGE
     settings = _settings(args)
-    if (refused := _unusable(settings)) is not None:
+    if (refused := _unusable(settings, args.send)) is not None:
         emit(refused, sys.stdout)
         return EXIT_USAGE
     connection = pacs.connect(settings)  # a malformed address is said before any database is opened
@@ -158,7 +164,7 @@ def cmd_analyse(args: argparse.Namespace) -> int:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    if (refused := _unusable(settings)) is not None:
+    if (refused := _unusable(settings, args.send)) is not None:
         emit(refused, sys.stdout)
         return EXIT_USAGE
     connection = pacs.connect(settings)  # malformed addresses are said before any database is opened
