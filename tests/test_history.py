@@ -265,7 +265,7 @@ def test_a_prior_whose_images_are_purged_is_said_so_and_its_series_score_still_c
     assert any("images of the prior chosen are no longer kept" in s for s in said)
     assert not any("No prior chosen" in s for s in said)
     (score,) = [m for m in app.metric if m.label == "Series score"]
-    assert score.delta == f"{june.tumour_probability - 0.25:+.2f}"
+    assert score.delta == f"{june.tumour_probability - 0.25:+.2f} in score since the prior"  # not the lesion's size
     assert not app.warning or not any("another model" in w.value for w in app.warning)
     # read by another model: not compared, and said (a score shown with no change read as "unchanged")
     with sqlite3.connect(data / "results.sqlite3") as database:

@@ -234,10 +234,10 @@ def timeline(records, days: dict[str, int] | None) -> None:
     )
 
 
-def _delta(value: float | None) -> str | None:
-    """A change of probability as the metrics show it; none to show below a hundredth (a "+0.00" drew a red up
-    arrow)."""
-    return None if value is None or abs(value) < 0.005 else f"{value:+.2f}"
+def _delta(value: float | None, what: str) -> str | None:
+    """A change of probability as the metrics show it, named (a red "+0.89" under a series read as the lesion's
+    growth); none to show below a hundredth (a "+0.00" drew a red up arrow)."""
+    return None if value is None or abs(value) < 0.005 else f"{value:+.2f} {what} since the prior"
 
 
 def _beside(current: SeriesView, index: int, prior, kept_prior, heat: bool, classifier, explainer):
@@ -325,14 +325,14 @@ def comparison(current: SeriesView, prior: SeriesView | None, classifier, explai
     a.metric(
         "Series score",
         "-" if moved.series_now is None else two_places(moved.series_now),
-        _delta(moved.series_change),
+        _delta(moved.series_change, "in score"),
         delta_color="inverse",
         help=f"The {SERIES_SCORE}; its change since the prior series.",
     )
     b.metric(
         "At this section, now",  # the current series' value, beside the prior's image: its change since the prior's
         "-" if moved.section_now is None else two_places(moved.section_now),
-        _delta(moved.section_change),
+        _delta(moved.section_change, "in probability"),
         delta_color="inverse",
         help="Matched by relative place along the analysed head: studies on different days are not in the "
         "same coordinates.",
