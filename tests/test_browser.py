@@ -311,6 +311,9 @@ def test_a_study_pages_in_the_quick_scroller_and_opens_in_the_viewer(server: str
         expect(scroller).to_be_visible(timeout=30_000)
         start = int(scroller.get_attribute("data-section") or "0")
         assert 1 <= start <= 24
+        # the patient's directions on the image's edges, as the viewer draws them (a caption below named them)
+        sides = {side: page.locator(f".btd-cine-letter[data-side={side}]").first for side in ("left", "right", "top")}
+        assert {side: mark.inner_text() for side, mark in sides.items()} == {"left": "R", "right": "L", "top": "A"}
         scroller.click(position={"x": 5, "y": 5})
         for _ in range(3):
             page.keyboard.press("ArrowRight")

@@ -22,7 +22,10 @@ _CSS = """
 .btd-cine-title { font-weight: 600; margin: 0.25rem 0; }
 .btd-cine-title.marked { color: #c0392b; }
 .btd-cine-stage { background: #000; display: flex; justify-content: center; border-radius: 4px; }
-.btd-cine-stage img { height: 360px; max-width: 100%; object-fit: contain; }
+.btd-cine-frame { position: relative; line-height: 0; }
+.btd-cine-letter { position: absolute; color: #ffd54f; background: rgba(0, 0, 0, 0.6); font-weight: 700;
+  font-size: 0.85rem; padding: 0 3px; line-height: 1.2; }
+.btd-cine-stage img { height: 360px; max-width: 100%; object-fit: contain; display: block; }
 .btd-cine-bar { display: flex; gap: 0.75rem; align-items: center; margin-top: 0.25rem; }
 .btd-cine-bar input { flex: 1; accent-color: var(--st-primary-color, #1f6f8b); }
 .btd-cine-bar button { font: inherit; padding: 0.25rem 0.75rem; border-radius: 0.5rem; cursor: pointer;
@@ -40,10 +43,24 @@ export default function (component) {
     root.setAttribute("role", "group");
     root.setAttribute("aria-label", "Quick scroll through the series");
     root.innerHTML = '<div class="btd-cine-title" aria-live="polite"></div>' +
-      '<div class="btd-cine-stage"><img alt="section of the series"></div>' +
+      '<div class="btd-cine-stage"><div class="btd-cine-frame"><img alt="section of the series"></div></div>' +
       '<div class="btd-cine-bar"><input type="range" min="0" step="1" aria-label="Quick scroll section">' +
       '<button type="button">Open in the viewer</button></div>';
     parentElement.appendChild(root);
+  }
+  const stage = root.querySelector(".btd-cine-frame");  // the image's own box: letters on its edges, not the page's
+  stage.querySelectorAll(".btd-cine-letter").forEach((mark) => mark.remove());
+  const places = { top: "top:2px;left:50%;transform:translateX(-50%)",
+                   bottom: "bottom:2px;left:50%;transform:translateX(-50%)",
+                   left: "left:2px;top:50%;transform:translateY(-50%)",
+                   right: "right:2px;top:50%;transform:translateY(-50%)" };
+  for (const [side, letter] of Object.entries(data.letters || {})) {
+    const mark = document.createElement("span");
+    mark.className = "btd-cine-letter";
+    mark.dataset.side = side;
+    mark.style.cssText = places[side];
+    mark.textContent = letter;  // text, never markup
+    stage.appendChild(mark);
   }
   const title = root.querySelector(".btd-cine-title");
   const img = root.querySelector("img");
@@ -116,9 +133,11 @@ def quick_scroll(view: SeriesView, prefix: str, start: int, outlined: bool = Fal
         "frames": _frames(view, outlined),
         "titles": titles(view),
         "marked": [index in marked for index in range(len(view.sections))],
+        "letters": orientation_letters(view.geometry.get("orientation")) or {},  # on the image's edges, as the
+        # viewer draws them (the caption alone named them, the frames none)
     }
     result = _CINE(key=f"{prefix}-cine", data=data, on_open_change=lambda: None)
-    st.caption(directions(view))  # the frames carry no letters: the same directions hold for every section
+    st.caption(directions(view))  # and in words: the same directions hold for every section
     opened = getattr(result, "open", None)
     return None if opened is None else int(opened)
 
