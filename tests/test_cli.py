@@ -531,6 +531,11 @@ def test_bad_values_a_corrupt_file_and_a_url_with_credentials_each_get_one_json_
             main(args)
         (line,) = [json.loads(text) for text in capsys.readouterr().out.splitlines()]
         assert usage.value.code == 2 and line["error"]["code"] == "bad_usage" and "36500" in line["error"]["message"]
+    for command in ("calibrate", "fit-gate", "fit-series", "fit-decision"):  # answered about a split file before
+        with pytest.raises(SystemExit) as usage:
+            main([command, "--data", str(tmp_path / "nowhere")])
+        (line,) = [json.loads(text) for text in capsys.readouterr().out.splitlines()]
+        assert usage.value.code == 2 and f"not a folder: {tmp_path / 'nowhere'}" in line["error"]["message"]
     corrupt = tmp_path / "cache.npz"
     corrupt.write_bytes(b"PK\x03\x04" + b"junk" * 50)
     code, lines = run_main(["cache", "--from", str(corrupt), "--out", str(tmp_path / "out.npz")], capsys)

@@ -180,6 +180,14 @@ def utf8_text(text: str) -> str:
     return text
 
 
+def folder(text: str) -> str:
+    """An argparse type: a folder that exists (``--data /nonexistent`` was answered about a split file or the first
+    training file, never about the folder given)."""
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"not a folder: {text}")
+    return text
+
+
 def positive_int(text: str) -> int:
     """An argparse type: a whole number from 1 to 36,500 (a bad one is a usage error, not a traceback later)."""
     return whole(1, 36_500)(text)

@@ -23,6 +23,7 @@ from core.cli.common import (
     degrees,
     emit,
     error_json,
+    folder,
     positive,
     positive_int,
     share,
@@ -88,28 +89,34 @@ def _add_fitting_commands(commands: Any) -> None:
     loio: gather its leave-one-institution-out folds' figures into it; ensemble: trained models as one."""
     fit_gate = commands.add_parser("fit-gate", help="fit the input gate's energy threshold on the validation split")
     fit_gate.add_argument("--model", help="model card JSON (default: the shipped model)")
-    fit_gate.add_argument("--data", required=True, metavar="ROOT", help="the folder that holds the training folders")
+    fit_gate.add_argument(
+        "--data", required=True, type=folder, metavar="ROOT", help="the folder that holds the training folders"
+    )
     fit_gate.set_defaults(run=model.cmd_fit_gate)
     fit_decision = commands.add_parser(
         "fit-decision", help="fit the review band and the subtype rule on the validation split, into the card"
     )
     fit_decision.add_argument("--model", help="model card JSON (default: the shipped model)")
     fit_decision.add_argument(
-        "--data", required=True, metavar="ROOT", help="the folder that holds the training folders"
+        "--data", required=True, type=folder, metavar="ROOT", help="the folder that holds the training folders"
     )
     fit_decision.set_defaults(run=model.cmd_fit_decision)
     calibrate = commands.add_parser(
         "calibrate", help="refit calibration, decision rule, per-source figures and the gate of a trained model"
     )
     calibrate.add_argument("--model", help="model card JSON (default: the shipped model)")
-    calibrate.add_argument("--data", required=True, metavar="ROOT", help="the folder that holds the training folders")
+    calibrate.add_argument(
+        "--data", required=True, type=folder, metavar="ROOT", help="the folder that holds the training folders"
+    )
     calibrate.add_argument(
         "--batchnorm", action="store_true", help="first recompute batch-normalisation statistics on training scans"
     )
     calibrate.set_defaults(run=model.cmd_calibrate)
     series = commands.add_parser("fit-series", help="fit the series rule on validation volumes (LGG, Normal-heads)")
     series.add_argument("--model", help="model card JSON (default: the shipped model)")
-    series.add_argument("--data", required=True, metavar="ROOT", help="the folder that holds LGG and Normal-heads")
+    series.add_argument(
+        "--data", required=True, type=folder, metavar="ROOT", help="the folder that holds LGG and Normal-heads"
+    )
     series.set_defaults(run=model.cmd_fit_series)
     loio = commands.add_parser(
         "loio", help="write the leave-one-institution-out table of fold models (--hold-out INST) into a card"
@@ -124,7 +131,9 @@ def _add_fitting_commands(commands: Any) -> None:
         "--member", action="append", required=True, metavar="CARD", help="a member's card (model 3's first)"
     )
     ensemble.add_argument("--out", required=True, metavar="DIR")
-    ensemble.add_argument("--data", metavar="ROOT", help="the training folders: finish the card (calibration, rules)")
+    ensemble.add_argument(
+        "--data", type=folder, metavar="ROOT", help="the training folders: finish the card (calibration, rules)"
+    )
     ensemble.set_defaults(run=model.cmd_ensemble)
 
 
@@ -180,7 +189,7 @@ def _add_standard_training_commands(commands: Any) -> None:
     """cache, train-standard: model 3 from the crop cache (:mod:`core.training.standard_run`)."""
     cache = commands.add_parser("cache", help="decode and crop the training folders once, for train-standard")
     source = cache.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", metavar="ROOT", help="the folder that holds the training folders")
+    source.add_argument("--data", type=folder, metavar="ROOT", help="the folder that holds the training folders")
     source.add_argument("--from", dest="source", metavar="FILE", help="an existing cache to write again (--jpeg)")
     cache.add_argument("--out", default="data/cache/brain-mri-128.npz", metavar="FILE")
     cache.add_argument("--size", type=whole(32, 1024), default=128, help="crop side in pixels")
@@ -200,7 +209,9 @@ def _add_standard_training_commands(commands: Any) -> None:
         help="the validation split to keep (a card's split file)",
     )
     standard.add_argument("--out", default="data/runs", metavar="DIR")
-    standard.add_argument("--data", metavar="ROOT", help="the training folders: finish the card on the raw files")
+    standard.add_argument(
+        "--data", type=folder, metavar="ROOT", help="the training folders: finish the card on the raw files"
+    )
     standard.add_argument(
         "--width", type=whole(1, 1024), default=None, help="ResNet base width (64: the published ResNet-18)"
     )
@@ -336,7 +347,10 @@ def _add_lesion_commands(commands: Any) -> None:
     )
     lesion.add_argument("--cache", default="data/cache/brain-mri-128.npz", metavar="FILE")
     lesion.add_argument(
-        "--data", metavar="ROOT", help="the training folders, for scoring each fold (without: train the folds only)"
+        "--data",
+        type=folder,
+        metavar="ROOT",
+        help="the training folders, for scoring each fold (without: train the folds only)",
     )
     lesion.add_argument("--out", default="models", metavar="DIR")
     folds = lesion.add_mutually_exclusive_group()
