@@ -616,3 +616,21 @@ def test_the_full_check_reads_the_chain_a_chunk_at_a_time_and_finds_what_it_foun
     tamper(store, 8, actor="someone-else")
     edited = audit.verify(store)
     assert not edited.intact and edited.first_bad.seq == 5  # the first break, still
+
+
+def test_an_export_whose_filters_match_nothing_says_so(tmp_path, monkeypatch, capsys) -> None:
+    """``audit export --action nonsense`` printed the heading and no event, exit 0, and nothing said that the
+    action was mistyped (the actions are not the page's words: "sign in failed" matches nothing)."""
+    from core.cli import main
+    from core.services.resources import open_results_store
+
+    monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("MONGODB_URI", raising=False)
+    write(open_results_store(), 2)
+    capsys.readouterr()
+    assert main(["audit", "export", "--action", "account created"]) == 0
+    out, err = capsys.readouterr()
+    assert out.count("\n") == 2 and "No event matches these filters" in err  # the heading, the columns
+    assert main(["audit", "export", "--action", "account_created"]) == 0
+    out, err = capsys.readouterr()
+    assert out.count(",account_created,") == 2 and "No event matches" not in err

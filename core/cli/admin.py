@@ -301,7 +301,14 @@ def cmd_images_purge(args: argparse.Namespace) -> int:
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
     filters = {"action": args.action, "who": args.actor}
-    write(sys.stdout, audit.export_csv(_stored(), COMMAND_LINE, filters).decode("utf-8"))
+    store = _stored()
+    write(sys.stdout, audit.export_csv(store, COMMAND_LINE, filters).decode("utf-8"))
+    if (args.action or args.actor) and not audit.count(store, COMMAND_LINE, **filters):  # a typo read as "none"
+        print(  # (the CSV's heading names the filters; said here too, where the reader looks)
+            "No event matches these filters: actions are written as the Audit page lists them (sign_in_failed, "
+            "review, open), accounts by their names.",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 
