@@ -280,7 +280,12 @@ def test_probabilities_are_never_printed_as_certainty() -> None:
     assert [bounded(p, 3) for p in (0.9995, 0.99949, 0.0005, 0.00049)] == [">0.999", "0.999", "0.001", "<0.001"]
     from ui.viewer import _delta  # History's change: no "+0.00" drawn as a red rise
 
-    assert [_delta(v) for v in (0.001, -0.004, 0.02, None)] == [None, None, "+0.02", None]
+    assert [_delta(v, "in score") for v in (0.001, -0.004, 0.02, None)] == [
+        None,
+        None,
+        "+0.02 in score since the prior",
+        None,
+    ]
 
 
 def test_a_sections_heat_map_is_made_from_the_pixels_the_model_read_and_drawn_on_the_displayed_ones(
