@@ -13,7 +13,7 @@ import streamlit as st
 
 from core.imaging.geometry import orientation_letters
 from core.services.series_views import SeriesView
-from ui.viewer_figures import NO_ORIENTATION, cine_frames, lesion_note, rule_side
+from ui.viewer_figures import LETTER_PLACES, LETTER_STYLE, NO_ORIENTATION, cine_frames, lesion_note, rule_side
 from ui.wording import two_places
 
 _CSS = """
@@ -23,8 +23,6 @@ _CSS = """
 .btd-cine-title.marked { color: #c0392b; }
 .btd-cine-stage { background: #000; display: flex; justify-content: center; border-radius: 4px; }
 .btd-cine-frame { position: relative; line-height: 0; }
-.btd-cine-letter { position: absolute; color: #ffd54f; background: rgba(0, 0, 0, 0.6); font-weight: 700;
-  font-size: 0.85rem; padding: 0 3px; line-height: 1.2; }
 .btd-cine-stage img { height: 360px; max-width: 100%; object-fit: contain; display: block; }
 .btd-cine-bar { display: flex; gap: 0.75rem; align-items: center; margin-top: 0.25rem; }
 .btd-cine-bar input { flex: 1; accent-color: var(--st-primary-color, #1f6f8b); }
@@ -50,15 +48,11 @@ export default function (component) {
   }
   const stage = root.querySelector(".btd-cine-frame");  // the image's own box: letters on its edges, not the page's
   stage.querySelectorAll(".btd-cine-letter").forEach((mark) => mark.remove());
-  const places = { top: "top:2px;left:50%;transform:translateX(-50%)",
-                   bottom: "bottom:2px;left:50%;transform:translateX(-50%)",
-                   left: "left:2px;top:50%;transform:translateY(-50%)",
-                   right: "right:2px;top:50%;transform:translateY(-50%)" };
-  for (const [side, letter] of Object.entries(data.letters || {})) {
+  for (const [side, letter] of Object.entries(data.letters || {})) {  // placed and styled as the Scan page's
     const mark = document.createElement("span");
     mark.className = "btd-cine-letter";
     mark.dataset.side = side;
-    mark.style.cssText = places[side];
+    mark.style.cssText = "position:absolute;" + data.letter_places[side] + ";" + data.letter_style;
     mark.textContent = letter;  // text, never markup
     stage.appendChild(mark);
   }
@@ -135,6 +129,8 @@ def quick_scroll(view: SeriesView, prefix: str, start: int, outlined: bool = Fal
         "marked": [index in marked for index in range(len(view.sections))],
         "letters": orientation_letters(view.geometry.get("orientation")) or {},  # on the image's edges, as the
         # viewer draws them (the caption alone named them, the frames none)
+        "letter_places": LETTER_PLACES,
+        "letter_style": LETTER_STYLE,
     }
     result = _CINE(key=f"{prefix}-cine", data=data, on_open_change=lambda: None)
     st.caption(directions(view))  # and in words: the same directions hold for every section

@@ -21,7 +21,7 @@ from ui.auth import fragment_actor
 from ui.batch import Upload
 from ui.lesion import CAVEAT, OUTLINE_HELP, OUTLINE_LABEL, area_line, stored_volume_line
 from ui.viewer import series_panel, verdict_line
-from ui.viewer_figures import NO_ORIENTATION
+from ui.viewer_figures import LETTER_PLACES, LETTER_STYLE, NO_ORIENTATION
 from ui.wording import CALL_CONFIDENCE, CONFIDENCE_HELP, count_of, percent, plain, pretty, result_kind, verdict_shown
 
 PREDICTED = "the verdict's class"
@@ -41,24 +41,15 @@ def inline_image(container, image: bytes | np.ndarray, caption: str, letters: Ma
     source = base64.b64encode(png).decode("ascii")
     text = html.escape(caption)
     marks = "".join(
-        f'<span style="position:absolute;{_PLACES[side]};color:#ffd54f;background:rgba(0,0,0,0.6);font-weight:700;'
-        f'font-size:0.85rem;padding:0 3px;line-height:1.2">{html.escape(letter)}</span>'
+        f'<span style="position:absolute;{LETTER_PLACES[side]};{LETTER_STYLE}">{html.escape(letter)}</span>'
         for side, letter in (letters or {}).items()
-        if side in _PLACES
+        if side in LETTER_PLACES
     )
     container.html(
         f'<figure class="btd-image" style="margin:0"><div style="position:relative"><img '
         f'src="data:image/png;base64,{source}" alt="{text}" style="width:100%;height:auto;display:block"/>{marks}'
         f'</div><figcaption style="font-size:0.8rem;opacity:0.7">{text}</figcaption></figure>'
     )
-
-
-_PLACES = {
-    "left": "left:2px;top:50%;transform:translateY(-50%)",
-    "right": "right:2px;top:50%;transform:translateY(-50%)",
-    "top": "top:2px;left:50%;transform:translateX(-50%)",
-    "bottom": "bottom:2px;left:50%;transform:translateX(-50%)",
-}
 
 
 def probability_table(probabilities: dict[str, float]) -> None:

@@ -126,6 +126,19 @@ def title_lines(title: str) -> list[str]:
     return lines
 
 
+# the patient directions drawn over an image in the page (the Scan page's images, the quick scroller): at each edge's
+# middle, on a dark box, as the viewer's figure draws them (:func:`_letter_annotations`)
+LETTER_PLACES = {
+    "left": "left:2px;top:50%;transform:translateY(-50%)",
+    "right": "right:2px;top:50%;transform:translateY(-50%)",
+    "top": "top:2px;left:50%;transform:translateX(-50%)",
+    "bottom": "bottom:2px;left:50%;transform:translateX(-50%)",
+}
+LETTER_STYLE = (
+    "color:#ffd54f;background:rgba(0,0,0,0.6);font-weight:700;font-size:0.85rem;padding:0 3px;line-height:1.2"
+)
+
+
 def _letter_annotations(letters: Mapping[str, str] | None) -> list[dict[str, Any]]:
     """The patient directions at the image's own edges (its axes' domains, fitted to the image): placed on the whole
     chart, R and L stood in the page's white margins beside a narrower image, yellow on near-white; on a dark box,
