@@ -132,9 +132,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_cache(args: argparse.Namespace) -> int:
     from core.training.cache import CropCache, build_cache
 
-    given = Path(args.data or args.source)
-    if not (given.is_dir() if args.data else given.is_file()):
-        emit(error_json("not_found", f"not a {'directory' if args.data else 'file'}: {given}"), sys.stdout)
+    given = Path(args.data or args.source)  # --data is a folder already (checked as the options are read)
+    if args.source and not given.is_file():
+        emit(error_json("not_found", f"not a file: {given}"), sys.stdout)
         return EXIT_USAGE
     if args.source and Path(args.out).resolve() == given.resolve():
         emit(error_json("bad_usage", f"--out is the cache being read ({given}): name another file"), sys.stdout)
@@ -207,11 +207,9 @@ def cmd_train_lesion(args: argparse.Namespace) -> int:
 
     names = ("draws", "width", "batch", "backbone", "fold_backbones", "tune")
     overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
-    given = [(args.cache, Path(args.cache).is_file())] + ([(args.data, Path(args.data).is_dir())] if args.data else [])
-    for path, is_there in given:
-        if not is_there:
-            emit(error_json("not_found", f"not found: {path}"), sys.stdout)
-            return EXIT_USAGE
+    if not Path(args.cache).is_file():  # --data is a folder already (checked as the options are read)
+        emit(error_json("not_found", f"not found: {args.cache}"), sys.stdout)
+        return EXIT_USAGE
     command = "python -m core " + " ".join(sys.argv[1:] if sys.argv[0].endswith("__main__.py") else ["train-lesion"])
     config = replace(SegmentConfig(), **overrides)
     root = Path(args.data) if args.data else None
