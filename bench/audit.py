@@ -1,6 +1,7 @@
 """Audit trail benchmark: fill a temporary SQLite store with a keyed chain of audit events, then time what the audit
 page does on each rerun (the filtered, paged query and its count, read in the database), the page's chain check
-after one new event (from the last verified event on), and the command line's full check of every event.
+after one new event (from the last verified event on), and the command line's full check of every event; then
+the page's check once a full check has found the chain broken.
 
     .venv/bin/python bench/audit.py [--events 200000] [--days 365]
 
@@ -125,6 +126,23 @@ def incremental(store: SQLiteStore, repeats: int = 7) -> dict[str, float]:
     return {"p50": round(statistics.median(samples), 2), "max": round(max(samples), 2)}
 
 
+def broken(store: SQLiteStore, path: Path, repeats: int = 3) -> dict[str, float]:
+    """The page's check after one new event each time, once a full check found an old event edited (it re-hashed
+    the whole chain on each such rerun before it kept the full check's finding)."""
+    with sqlite3.connect(path) as connection:
+        connection.execute("DROP TRIGGER audit_append_only_update")
+        connection.execute("UPDATE audit SET actor = 'someone-else' WHERE seq = 10")
+    assert not audit.verify(store).intact  # marks the chain broken
+    samples = []
+    for _ in range(repeats):
+        audit.record(store, ADMIN, "audit_export", None, events=0)
+        t0 = time.perf_counter()
+        check = audit.verify_new(store, SUPERVISOR)
+        samples.append((time.perf_counter() - t0) * 1000)
+        assert not check.intact, check
+    return {"p50": round(statistics.median(samples), 2), "max": round(max(samples), 2)}
+
+
 def upgrade_from_version_7(path: Path) -> float:
     """Reopen the file as version 7 wrote it (no audit indexes but the one by action): the backup and index build."""
     connection = sqlite3.connect(path)
@@ -165,9 +183,11 @@ def main() -> None:
         report["incremental_check_after_1_event_ms"] = incremental(store)
         report["full_check_ms"] = timed(lambda: audit.verify(store), repeats=3)
         assert audit.verify(store).intact
+        report["broken_chain_page_check_after_1_event_ms"] = broken(store, path)
     table = {f"page rerun, {name}": figures for name, figures in report["page_rerun_ms"].items()}
     table |= {name: report[name] for name in ("filter_in_python_ms", "incremental_check_after_1_event_ms")}
     table |= {"full check (command line)": report["full_check_ms"]}
+    table |= {"page check after 1 event, chain found broken": report["broken_chain_page_check_after_1_event_ms"]}
     table |= {"first page check (everything, once)": {"p50": report["first_page_check_ms"]}}
     table |= {"upgrade from version 7 (backup, indexes)": {"p50": report["upgrade_from_version_7_ms"]}}
     for name, figures in table.items():

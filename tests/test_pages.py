@@ -1793,7 +1793,8 @@ def test_a_review_pressed_after_the_session_expired_or_the_account_was_disabled_
 
 
 def test_the_audit_page_says_when_the_chain_does_not_hold(app_environment: Path) -> None:
-    """It assumed a broken chain always names an event; a deleted tail (the head no longer matches) names none."""
+    """It assumed a broken chain always names an event; a deleted tail (the head no longer matches) names none but
+    the verified one it took."""
     import sqlite3
 
     from core.services import accounts
@@ -1811,7 +1812,7 @@ def test_the_audit_page_says_when_the_chain_does_not_hold(app_environment: Path)
     database.close()
     st.cache_data.clear()  # a minute later, or a new head
     app.run()
-    assert not app.exception and "events were deleted" in app.error[0].value
+    assert not app.exception and "event 3, verified earlier, is no longer in the chain" in app.error[0].value
 
 
 def test_the_audit_page_reads_the_trail_a_page_at_a_time_newest_first(
@@ -1914,8 +1915,10 @@ def test_the_audit_page_never_calls_the_whole_chain_intact_after_checking_only_i
     app.button(key="audit_check_all").click().run()
     assert app.error[0].value.startswith("The audit chain does not hold: event 2 was edited")
     st.cache_data.clear()
-    app.run()  # the page's own check starts again from the chain's start until a full check finds it whole
-    assert not app.exception and app.error[0].value.startswith("The audit chain does not hold: event 2 was edited")
+    app.run()  # the page's own check says broken, without re-hashing, until a full check finds the chain whole
+    assert not app.exception and app.error[0].value.startswith("The audit chain does not hold: a full check found")
+    app.button(key="audit_check_all").click().run()  # which names the edit again
+    assert app.error[0].value.startswith("The audit chain does not hold: event 2 was edited")
 
 
 # --- the lesion segmenter on screen (issue 26) -------------------------------------------------------------------

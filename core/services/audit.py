@@ -190,6 +190,9 @@ def _first_unkeyed(events: Sequence[AuditEvent], head: AuditHead | None) -> Audi
 
 
 BROKEN = "broken"  # the verified point's hash after a full check found the chain broken (its sequence number: 0)
+BROKEN_BEFORE = (
+    "a full check found the chain broken (Check every event, or python -m core audit verify, names what changed)"
+)
 
 
 def full_check(store: AuditTrail, actor: Actor) -> Verification:
@@ -211,7 +214,9 @@ def verify_new(store: AuditTrail, actor: Actor) -> Verification:
     compare the chain's end with its head. A verified point that no longer matches the chain (its event edited or
     deleted, or the point itself rewritten) is a broken chain: the whole chain is then checked to name what changed,
     and reported broken even where that finds nothing else; the point is never moved over it. Edits before the
-    verified point are :func:`verify`'s to find (``python -m core audit verify``)."""
+    verified point are :func:`verify`'s to find (``python -m core audit verify``). A chain found broken is not
+    re-hashed on every look: the page said so after re-hashing a million events for 20 s on each rerun that followed
+    a new event; the full check (the page's "Check every event", the command line) names what changed."""
     require(actor, AUDIT_READ)
     key = getattr(store, "audit_key", None)
     point = store.audit_verified()  # then the head: it is at or after the point, and every event up to it is written
@@ -220,16 +225,16 @@ def verify_new(store: AuditTrail, actor: Actor) -> Verification:
         return verify(store)
     moved = _point_moved(store, point, key)
     if moved is None and point.hash == BROKEN:  # a full check found the chain broken: not checked from here
-        moved = "a full check found the chain broken (python -m core audit verify names what changed)"
-    if moved is not None:  # checked whole to name what changed, but the point stays where it was
-        whole = _verify_all(store, None, keep_point=False)
-        return replace(whole, intact=False, problem=whole.problem or moved)
+        moved = BROKEN_BEFORE
+    if moved is not None:  # broken; the point stays where it was, and the full check names what changed
+        return Verification(False, head.seq if head else 0, None, head, moved, key is not None)
     # events past the head: appends whose head write is still under way (MongoDB writes it after its event, and
     # several copies of the app append at once), which follow from the head; one that does not (written behind the
-    # application's back: a forged review, listed under a green "the chain holds") has the chain checked whole
+    # application's back: a forged review, listed under a green "the chain holds") breaks the chain there
     beyond = store.audit_events(head.seq) if head is not None else []
-    if beyond and first_broken(beyond, key, after=(head.seq, head.hash)) is not None:  # type: ignore[union-attr]
-        return _verify_all(store, None, keep_point=False)  # the point stays
+    if beyond and (bad := first_broken(beyond, key, after=(head.seq, head.hash))) is not None:  # type: ignore[union-attr]
+        problem = _problem(len(beyond), None, bad, head, key, None)
+        return Verification(False, head.seq, bad, head, problem, key is not None, len(beyond))  # type: ignore[union-attr]
     pending = head.seq - point.seq if head is not None else 0
     new = store.audit_events(point.seq, pending) if pending > 0 else []
     bad = first_broken(new, key, after=(point.seq, point.hash))
