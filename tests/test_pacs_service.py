@@ -1759,3 +1759,31 @@ def test_the_objects_uids_are_made_under_the_sites_own_root_when_one_is_set(
         assert main(["pacs", *command, "--url", "http://127.0.0.1:9/dicom-web", "--send"]) == 2
         (line,) = capsys.readouterr().out.splitlines()
         assert "BTD_UID_ROOT is not a UID root" in json.loads(line)["error"]["message"]
+
+
+def test_the_report_names_each_series_key_sections_as_images_a_pacs_viewer_opens(tiny_classifier) -> None:
+    """The report named a series and its score and no image: a reader in the PACS looked for the key sections by
+    hand. Each series' line is followed by its key sections' source images, those its key images show."""
+    files = dicom_series(head_volume(6, 96, range(2, 4)), study_uid=STUDY, series_uid=f"{STUDY}.1")
+    outcome = analyse_study(files, tiny_classifier)
+    (series,) = outcome.series
+    series = replace(series, rule=replace(series.rule, threshold=0.0))  # every section a key section
+    facts = objects.ModelFacts(tiny_classifier.card.name, tiny_classifier.card.version, "0" * 64)
+    report = objects.verdict_report(objects.headers(files), [series], outcome.verdict, facts)
+    buffer = io.BytesIO()
+    report.save_as(buffer, enforce_file_format=True)
+    items = list(pydicom.dcmread(io.BytesIO(buffer.getvalue())).ContentSequence)
+    kinds = [str(item.ValueType) for item in items]
+    line = next(k for k, item in enumerate(items) if str(item.get("TextValue", "")).startswith("Series "))
+    named = [item.ReferencedSOPSequence[0] for item in items if item.ValueType == "IMAGE"]
+    assert kinds[line + 1 : line + 1 + len(named)] == ["IMAGE"] * len(named) == ["IMAGE"] * 6  # under its line
+    assert all(item.ConceptNameCodeSequence[0].CodeValue == "121200" for item in items if item.ValueType == "IMAGE")
+    sent = [image.SourceImageSequence[0] for image in captures.key_images(objects.headers(files), series)]
+    assert [str(n.ReferencedSOPInstanceUID) for n in named] == [str(s.ReferencedSOPInstanceUID) for s in sent]
+    assert {str(n.ReferencedSOPClassUID) for n in named} == {str(s.ReferencedSOPClassUID) for s in sent}
+    # a report an earlier version sent, without them, is the same reading (never a new version over a FINAL one)
+    earlier = copy.deepcopy(report)
+    earlier.ContentSequence = [item for item in earlier.ContentSequence if item.ValueType != "IMAGE"]
+    assert objects.same_reading(earlier, report)
+    unread = objects.verdict_report(objects.headers(files), [replace(series, label=None, score=None)], None, facts)
+    assert not any(item.ValueType == "IMAGE" for item in unread.ContentSequence)  # nothing analysed, nothing named

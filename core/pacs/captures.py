@@ -13,18 +13,16 @@ import cv2
 import numpy as np
 
 from core.model.volume import SeriesAnalysis
-from core.model.volume import key_sections as sections_to_see
-from core.pacs.objects import MANUFACTURER, UTF8, dated_as, quiet_highdicom, series_name, source_series, uid
-
-MAX_KEY_IMAGES = 12  # a reader opens a few key sections, not every section over the threshold
-
-
-def key_sections(series: SeriesAnalysis) -> list[int]:
-    """Up to :data:`MAX_KEY_IMAGES` sections at or above the threshold the verdict was judged by, in order: those
-    it rested on first, then the most likely tumour (:func:`core.model.volume.key_sections`)."""
-    marked = series.tumour_sections
-    deciding = [s.index for s in series.window if s.index in marked]
-    return sections_to_see(series.curve, deciding, MAX_KEY_IMAGES, among=marked)
+from core.pacs.objects import (
+    MANUFACTURER,
+    UTF8,
+    dated_as,
+    key_sections,
+    quiet_highdicom,
+    series_name,
+    source_series,
+    uid,
+)
 
 
 def key_images(evidence: Sequence[Any], series: SeriesAnalysis) -> list[Any]:

@@ -1,9 +1,10 @@
 """What goes back to the PACS (highdicom): a Comprehensive SR with the study's verdict and the key images.
 
 - The **Structured Report** (one series per study, "BTD decision aid"): once reviewed, first the radiologist's
-  final label and the account that gave it; the model's study verdict (named so), each series' verdict, P(tumour)
-  and the series rule, the lesion volume when segmented, the model's name, version and weights hash, the statement
-  that this is a decision aid that needs a radiologist's review. ``PreliminaryFlag`` is PRELIMINARY and
+  final label and the account that gave it; the model's study verdict (named so), each series' verdict, series
+  score and rule, followed by its key sections' source images (IMAGE items), the lesion volume when segmented,
+  the model's name, version and weights hash, the statement that this is a decision aid that needs a
+  radiologist's review. ``PreliminaryFlag`` is PRELIMINARY and
   ``CompletionFlag`` PARTIAL until a review makes it FINAL and COMPLETE (PARTIAL still when a series could not be
   read or analysed); a reviewed report is a new
   instance in the same series that lists the version before it as its predecessor (the preliminary report, or the
@@ -33,6 +34,7 @@ from typing import Any
 from core.imaging.dicom import quiet_pydicom
 from core.model.decision import FEWER, SERIES_SCORE, UNKNOWN_TYPE, bounded, label_name, ml_text
 from core.model.volume import SeriesAnalysis
+from core.model.volume import key_sections as sections_to_see
 
 MANUFACTURER = "BTD brain MRI triage (decision aid)"
 
@@ -131,6 +133,38 @@ def uid_root() -> str:
     return root
 
 
+MAX_KEY_IMAGES = 12  # a reader opens a few key sections, not every section over the threshold
+
+
+def key_sections(series: SeriesAnalysis) -> list[int]:
+    """The sections sent as key images and named by the report: up to :data:`MAX_KEY_IMAGES` at or above the
+    threshold the verdict was judged by, in order: those it rested on first, then the most likely tumour
+    (:func:`core.model.volume.key_sections`)."""
+    marked = series.tumour_sections
+    deciding = [s.index for s in series.window if s.index in marked]
+    return sections_to_see(series.curve, deciding, MAX_KEY_IMAGES, among=marked)
+
+
+def _series_items(evidence: Sequence[Any], series: SeriesAnalysis, reviewed: bool, codes: dict) -> list[Any]:
+    """The series' line, then the source images of its key sections, each an IMAGE item: a PACS viewer opens them
+    from the report (it named the series and its score, and no image to look at)."""
+    import highdicom as hd
+
+    line = hd.sr.TextContentItem(codes["finding"], _series_lines(evidence, series, reviewed), "CONTAINS")
+    sources = series.volume.sources if series.label is not None else ()  # nothing analysed: nothing to name
+    return [line] + [
+        hd.sr.ImageContentItem(
+            codes["illustration"],
+            sources[k][0],
+            sources[k][1],
+            referenced_frame_numbers=sources[k][2],
+            relationship_type="CONTAINS",
+        )
+        for k in key_sections(series)
+        if k < len(sources) and sources[k][0] and sources[k][1]
+    ]
+
+
 def _codes() -> dict[str, Any]:
     from highdicom.sr import CodedConcept
 
@@ -144,6 +178,7 @@ def _codes() -> dict[str, Any]:
         "ml": CodedConcept("mL", "UCUM", "milliliter"),
         "probability": CodedConcept("{probability}", "UCUM", "probability"),
         "tumour": CodedConcept("108369006", "SCT", "Neoplasm"),
+        "illustration": CodedConcept("121200", "DCM", "Illustration of Finding"),
     }
 
 
@@ -281,7 +316,7 @@ def verdict_report(
         text = f"Radiologist's final label: {_words(final_label)}{by}"  # model's verdict, unnamed as such
         items.append(hd.sr.TextContentItem(codes["finding"], text, "CONTAINS"))
     items.append(hd.sr.TextContentItem(codes["finding"], f"Model verdict (decision aid): {stated}", "CONTAINS"))
-    items += [hd.sr.TextContentItem(codes["finding"], _series_lines(evidence, s, reviewed), "CONTAINS") for s in series]
+    items += [item for s in series for item in _series_items(evidence, s, reviewed, codes)]
     items += [
         hd.sr.TextContentItem(
             codes["finding"], f"A series could not be read ({reason[:200]}): read it yourself", "CONTAINS"
