@@ -198,7 +198,7 @@ def test_each_reviewed_report_names_the_version_before_it(tiny_classifier) -> No
     assert [int(report(u).InstanceNumber) for u in (preliminary, first, second)] == [1, 2, 3]
     assert [report(u).PreliminaryFlag for u in (preliminary, first, second)] == ["PRELIMINARY", "FINAL", "FINAL"]
     texts = [str(item.get("TextValue", "")) for item in report(preliminary).ContentSequence]
-    assert any(text.startswith(f"Series UID {STUDY}.1: ") for text in texts)  # a reader finds it in the PACS
+    assert any(text.startswith(f"DICOM series UID {STUDY}.1: ") for text in texts)  # a reader finds it in the PACS
     # glioma -> meningioma -> glioma: the third review is a version of its own, not the first one again
     third = send(
         pacs,
@@ -505,11 +505,11 @@ def test_a_diffusion_series_two_stacks_are_two_lines_told_apart_in_the_report(ti
     lines = [
         str(i.get("TextValue", ""))
         for i in report.ContentSequence
-        if str(i.get("TextValue", "")).startswith("Series 5")
+        if str(i.get("TextValue", "")).startswith("DICOM series 5")
     ]
     assert sorted(line.split(" (UID")[0] for line in lines) == [
-        "Series 5, images at b = 0 s/mm2",
-        "Series 5, images at b = 1000 s/mm2",
+        "DICOM series 5, images at b = 0 s/mm2",
+        "DICOM series 5, images at b = 1000 s/mm2",
     ]
 
 
@@ -554,7 +554,7 @@ def test_the_report_names_each_multiframe_files_own_series(tiny_classifier) -> N
     named = sorted(objects.source_series(evidence, series) for series in outcome.series)
     assert named == ["1.2.3.4.3", "1.2.3.4.7"]
     lines = [objects._series_lines(evidence, series) for series in outcome.series]
-    assert any(line.startswith("Series 3 T1 post") for line in lines) and any("7 FLAIR" in line for line in lines)
+    assert any(line.startswith("DICOM series 3 T1 post") for line in lines) and any("7 FLAIR" in line for line in lines)
 
 
 def test_a_study_that_breaks_the_watch_is_reported_and_left_behind_and_one_not_saved_is_tried_again(
@@ -1774,7 +1774,7 @@ def test_the_report_names_each_series_key_sections_as_images_a_pacs_viewer_opens
     report.save_as(buffer, enforce_file_format=True)
     items = list(pydicom.dcmread(io.BytesIO(buffer.getvalue())).ContentSequence)
     kinds = [str(item.ValueType) for item in items]
-    line = next(k for k, item in enumerate(items) if str(item.get("TextValue", "")).startswith("Series "))
+    line = next(k for k, item in enumerate(items) if str(item.get("TextValue", "")).startswith("DICOM series "))
     named = [item.ReferencedSOPSequence[0] for item in items if item.ValueType == "IMAGE"]
     assert kinds[line + 1 : line + 1 + len(named)] == ["IMAGE"] * len(named) == ["IMAGE"] * 6  # under its line
     assert all(item.ConceptNameCodeSequence[0].CodeValue == "121200" for item in items if item.ValueType == "IMAGE")

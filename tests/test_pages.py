@@ -17,7 +17,7 @@ from streamlit.testing.v1 import AppTest
 from core.identity import local_key, pseudonymise
 from core.services.access import Actor
 from core.storage.sqlite import SQLiteStore
-from tests.scans import app_store, dicom_bytes, empty_database, png_bytes, sandboxed, synthetic_slice
+from tests.scans import app_store, dicom_bytes, empty_database, png_bytes, relabelled, sandboxed, synthetic_slice
 from tests.test_store import make_record
 
 pytestmark = pytest.mark.pages  # whole pages run by Streamlit's AppTest: make check leaves them out
@@ -948,13 +948,14 @@ def test_study_page_reads_a_zipped_series_shows_the_study_verdict_first_and_save
 
     app = page("study.py").run()
     assert not app.exception and app.title[0].value == "Study"
-    study = zipped(dicom_series(head_volume(8, 128, range(3, 6))), [f"export/IM{k}" for k in range(8)])
+    series = relabelled(dicom_series(head_volume(8, 128, range(3, 6))), SeriesNumber=4)
+    study = zipped(series, [f"export/IM{k}" for k in range(8)])
     app.file_uploader[0].set_value([("ZZCANARY_study.zip", study, "application/zip")]).run(timeout=120)
     assert not app.exception and not app.metric and stored(app_environment).summary().total == 0  # not yet
     next(b for b in app.button if b.label == "Analyse this study").click().run(timeout=120)
     assert not app.exception
     assert app.metric[0].label == "Study verdict (model)" and app.metric[0].value in ("Tumour", "No tumour")
-    assert app.expander[0].label.startswith("Series 1 · Axial · 8 sections")
+    assert app.expander[0].label.startswith("Series 1 (DICOM series 4) · Axial · 8 sections")  # as the PACS has it
     assert len(app.get("plotly_chart")) == 2  # the section and the curve
     slider = next(s for s in app.slider if s.label == "Section")
     assert (slider.min, slider.max) == (1, 8)  # counted from 1, as the titles count sections

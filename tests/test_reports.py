@@ -695,3 +695,48 @@ def test_the_reports_curve_draws_every_section_read_even_one_between_two_skipped
     curve(Page(), SimpleNamespace(curve=(0.4,), threshold=None), 10.0, 20.0, 100.0, 30.0)
     *_, caption = [args for name, args, _ in drawn if name == "cell"]
     assert "red" not in caption[2]  # no threshold, no red: the caption does not say there is
+
+
+def test_the_pdf_the_lists_and_the_pacs_report_name_each_series_by_the_scanners_number_too(
+    tiny_classifier: Classifier, tmp_path: Path
+) -> None:
+    """The PDF's "Series 2: sagittal" was the page's count in upload order while the report sent to the PACS wrote
+    "Series 5 SAG T1": a reader opened series 2 in their viewer, another series. The page's number now carries the
+    scanner's beside it, and the PACS report writes "DICOM series 5"."""
+    from core.imaging.phantom_series import SAGITTAL
+    from core.pacs import objects
+    from core.services.studies import save_study
+    from core.services.study_reading import analyse_study
+    from tests.scans import relabelled
+    from ui.wording import series_kind
+
+    uid = "1.2.826.0.1.3680043.8.498.83"
+    axial = relabelled(
+        dicom_series(head_volume(8, 96, range(2, 5)), study_uid=uid, series_uid=uid + ".1"), SeriesNumber=5
+    )
+    sagittal = dicom_series(head_volume(6, 96, seed=4), orientation=SAGITTAL, study_uid=uid, series_uid=uid + ".2")
+    files = axial + relabelled(sagittal, SeriesNumber=3)
+    outcome = analyse_study(files, tiny_classifier)
+    store, images, doctor = SQLiteStore(tmp_path / "r.db"), FolderImages(tmp_path / "img"), Actor("dr-a", "radiologist")
+    saved = save_study(outcome, store, actor=doctor, patient_ref=None, images=images, key=b"k" * 32)
+    records = [store.get(view.record.id) for view in saved.views]
+    by_plane = {r.geometry["plane"]: r for r in records}
+    assert (by_plane["axial"].geometry["dicom_series"], by_plane["sagittal"].geometry["dicom_series"]) == (5, 3)
+    page = {r.geometry["plane"]: r.geometry["series_number"] for r in records}
+    assert series_kind(by_plane["sagittal"]) == f"series {page['sagittal']} (DICOM series 3), sagittal, 6 sections"
+    text = " ".join(
+        text_of(study_report(store, images, doctor, [r.id for r in records], tiny_classifier, None), tmp_path).split()
+    )
+    assert f"Series {page['axial']} (DICOM series 5): axial, 8 sections" in text
+    assert f"Series {page['sagittal']} (DICOM series 3): sagittal, 6 sections" in text
+    sr = objects.verdict_report(
+        objects.headers(files), outcome.series, outcome.verdict, objects.ModelFacts("m", "1", "0" * 64)
+    )
+    lines = sorted(
+        str(i.TextValue).split(" (UID")[0] for i in sr.ContentSequence if "TextValue" in i and "UID" in str(i.TextValue)
+    )
+    assert lines == ["DICOM series 3", "DICOM series 5"]
+    nifti = replace(
+        by_plane["axial"], geometry={k: v for k, v in by_plane["axial"].geometry.items() if k != "dicom_series"}
+    )
+    assert "DICOM" not in series_kind(nifti)  # a NIfTI volume (or a series saved before) has no such number

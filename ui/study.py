@@ -14,6 +14,7 @@ from core.services import reports
 from core.services import studies as studies_service
 from core.services.access import Actor
 from core.services.report_text import reviewed_verdict
+from core.services.series_views import scanner_series
 from core.services.studies import NOT_SAVED, StudyResult
 from core.services.triage import NOT_UPDATED
 from ui import resources
@@ -121,7 +122,7 @@ def show_study(
         shown = pretty(view.label or "no verdict")
         if view.record is not None and view.record.review_count and view.record.final_label:
             shown = f"final {pretty(view.record.final_label)} (model {shown})"  # the reader's word first
-        header = f"Series {number} · {plane} · {sections} · {shown}"
+        header = f"Series {number}{scanner_series(view.geometry)} · {plane} · {sections} · {shown}"
         with st.expander(header, expanded=number == 1 or view.is_tumour):
             st.markdown(verdict_line(view))
             for warning in view.warnings:

@@ -8,6 +8,7 @@ import re
 
 from core.analytics.quality import TURNAROUND_CAP_H
 from core.model.decision import LABEL_NAMES, label_name, percent, two_places
+from core.services.series_views import scanner_series
 
 __all__ = [
     "CALL_CONFIDENCE",
@@ -84,10 +85,11 @@ def result_kind(record) -> str:
 
 
 def series_kind(record) -> str:
-    """A saved series as lists name it: its number on the Study page, its plane and its sections ("series 2,
-    coronal, 12 sections"; two "series" rows of one study read the same)."""
+    """A saved series as lists name it: its number on the Study page (and the scanner's), its plane and its
+    sections ("series 2 (DICOM series 5), coronal, 12 sections"; two "series" rows of one study read the same)."""
     geometry = record.geometry or {}
     number = f" {geometry['series_number']}" if geometry.get("series_number") else ""
+    number += scanner_series(geometry)
     plane = f", {geometry['plane']}" if geometry.get("plane") else ""
     count = record.section_count or 0
     return f"series{number}{plane}, {count} section{'s' * (count != 1)}"

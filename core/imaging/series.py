@@ -57,6 +57,7 @@ from core.imaging.series_headers import (
     frame_stack,
     kind_of,
     scan_date,
+    series_number,
     several_patients,
     stack_of,
     uid_key_of,
@@ -178,6 +179,7 @@ class _Section:
     stack: str = ""  # which of a series' stacks at the same positions (a b-value, an echo): "b = 1000 s/mm2"
     source: tuple[str, str, int | None] = ("", "", None)  # its image's SOP class and instance UIDs, frame number
     scanned: date | None = None  # the day its study was scanned (:func:`scan_date`)
+    number: int | None = None  # its series' SeriesNumber
 
 
 def _measures(group: object, spacing, thickness) -> tuple:
@@ -229,7 +231,7 @@ def _sections_of(data: bytes, header: object, limits: Limits) -> list[_Section]:
         return [
             _Section(
                 study, series, position, orientation, instance, pixels, spacing, thickness, modality,
-                stack=stack_of(ds), source=source, scanned=scan_date(ds),
+                stack=stack_of(ds), source=source, scanned=scan_date(ds), number=series_number(ds),
             )
         ]  # fmt: skip
     uid_key, series = series, hash_parts(series, hashlib.sha256(data).hexdigest())  # each multi-frame file: a series
@@ -264,6 +266,7 @@ def _sections_of(data: bytes, header: object, limits: Limits) -> list[_Section]:
                 source=(str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", "")), k + 1),
                 scanned=scan_date(ds),
                 stack=frame_stack(group, shared),
+                number=series_number(ds),
             )
         )
     return sections
@@ -443,4 +446,5 @@ def _volume(sections: list[_Section], limits: StudyLimits) -> Volume:
         uid_key=first.uid_key or first.series,
         sources=tuple(s.source for _, s in kept),
         scanned=min((s.scanned for _, s in kept if s.scanned is not None), default=None),
+        number=first.number,
     )

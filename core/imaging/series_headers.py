@@ -137,14 +137,19 @@ def uid_key_of(header: object) -> str:
     return hash_parts(str(header.get("StudyInstanceUID", "")), str(header.get("SeriesInstanceUID", "")))  # type: ignore[attr-defined]
 
 
+def series_number(header: object) -> int | None:
+    """The series' SeriesNumber, as the reader's viewer lists it (None: none, or not a number)."""
+    try:
+        return int(header.get("SeriesNumber"))  # type: ignore[attr-defined]
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
 def series_name(header: object) -> str:
     """How a reader finds a series in the study: "DICOM series 5" from its SeriesNumber, as their viewer lists it
     (never its free-text description; "DICOM": the page numbers the series it shows in upload order, "Series 1")."""
-    number = header.get("SeriesNumber")  # type: ignore[attr-defined]
-    try:
-        return f"DICOM series {int(number)}"
-    except (TypeError, ValueError):
-        return "A DICOM series without a number"
+    number = series_number(header)
+    return "A DICOM series without a number" if number is None else f"DICOM series {number}"
 
 
 def kind_of(header: object, index: int) -> tuple[str, str, str]:

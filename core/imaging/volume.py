@@ -60,6 +60,7 @@ class Volume:
     # each section's source image (SOP class, SOP instance, frame number or None), in memory only, never saved nor
     # shown: what a key image sent back to the PACS names as the image it was made from
     sources: tuple[tuple[str, str, int | None], ...] = field(default=(), repr=False)
+    number: int | None = None  # the DICOM series' SeriesNumber, as the reader's viewer lists it (None: NIfTI, none)
 
     @property
     def step_mm(self) -> float | None:

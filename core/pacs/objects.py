@@ -183,7 +183,8 @@ def _codes() -> dict[str, Any]:
 
 
 def series_name(evidence: Sequence[Any], series: SeriesAnalysis) -> str:
-    """How a reader finds the series in the PACS: its number and description, and its Series Instance UID."""
+    """How a reader finds the series in the PACS: its number and description, and its Series Instance UID (the
+    report writes "DICOM series 3 AX FLAIR (UID ...)", as the app and the PDF name it beside their own number)."""
     source = source_series(evidence, series)
     header = next((e for e in evidence if str(e.SeriesInstanceUID) == source), None)
     number = header.get("SeriesNumber") if header is not None else None
@@ -209,11 +210,11 @@ def _series_lines(evidence: Sequence[Any], series: SeriesAnalysis, reviewed: boo
     name = series_name(evidence, series)
     if series.label is None:
         reasons = "; ".join(sorted({s.skipped for s in series.refused if s.skipped}))[:300]
-        return f"Series {name}: not analysed ({reasons or 'no section could be analysed'}): read it yourself"
+        return f"DICOM series {name}: not analysed ({reasons or 'no section could be analysed'}): read it yourself"
     used, rule = series.neighbours_used, series.rule
     fewer = f", fewer than the rule's {rule.neighbours}" if used < rule.neighbours else ""
     line = (
-        f"Series {name}: {_words(series.label)}; series score {bounded(series.score, 3)} ({SERIES_SCORE}: {used} "
+        f"DICOM series {name}: {_words(series.label)}; series score {bounded(series.score, 3)} ({SERIES_SCORE}: {used} "
         f"sections{fewer}; tumour at >= {series.applied_threshold:.2f})"
     )
     if series.needs_review:

@@ -36,7 +36,7 @@ from core.services.report_text import (
     study_headline,
     unread_names,
 )
-from core.services.series_views import SeriesView, section_heat, stored_series_view
+from core.services.series_views import SeriesView, scanner_series, section_heat, stored_series_view
 from core.services.views import scaled_outline
 from core.storage.images import ImageStore
 from core.storage.protocol import Store
@@ -221,7 +221,8 @@ def _series(
     # the title with its curve and key sections on one page (they once began the next page under no title)
     _room_for(pdf, 7 + 4.5 * rows + (0 if view is None else block))
     pdf.set_font("Helvetica", "B", 11)
-    pdf.cell(0, 7, pdf_text(f"Series {number}: {plane}, {_count(record.section_count or 0, 'section')}"), **_NEXT_LINE)
+    title = f"Series {number}{scanner_series(record.geometry)}: {plane}, {_count(record.section_count or 0, 'section')}"
+    pdf.cell(0, 7, pdf_text(title), **_NEXT_LINE)
     pdf.set_font("Helvetica", size=9)
     for line in lines:
         pdf.multi_cell(0, 4.5, pdf_text(line), **_NEXT_LINE)

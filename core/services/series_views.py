@@ -33,16 +33,30 @@ SECTION_ORDER = "displayed normal"  # sections sorted along the displayed view's
 
 
 def geometry_of(volume: Volume) -> dict[str, Any]:
-    return {
-        "spacing": list(volume.spacing) if volume.spacing else None,
-        "thickness": volume.thickness,
-        "orientation": list(volume.orientation) if volume.orientation else None,
-        "plane": volume.plane,
-        "source": volume.source,
-        "positions_in_mm": volume.positions_in_mm,
-        "section_order": SECTION_ORDER,
-    } | ({"notes": list(volume.warnings)} if volume.warnings else {})  # a gap, a file left out...: kept, so that
-    # a reopened series and its PDF say them as the page that analysed it did (their words name no patient)
+    """What a saved series keeps of its volume's geometry; its notes (a gap, a file left out...), so that a reopened
+    series and its PDF say them as the page that analysed it did (their words name no patient); its scanner's
+    series number, by which the reader finds it in their viewer and the PACS report names it."""
+    return (
+        {
+            "spacing": list(volume.spacing) if volume.spacing else None,
+            "thickness": volume.thickness,
+            "orientation": list(volume.orientation) if volume.orientation else None,
+            "plane": volume.plane,
+            "source": volume.source,
+            "positions_in_mm": volume.positions_in_mm,
+            "section_order": SECTION_ORDER,
+        }
+        | ({"notes": list(volume.warnings)} if volume.warnings else {})
+        | ({"dicom_series": volume.number} if volume.number is not None else {})
+    )
+
+
+def scanner_series(geometry: dict[str, Any] | None) -> str:
+    """ " (DICOM series 3)" beside the page's own number of a series ("Series 1", in upload order), where the
+    series came with a SeriesNumber: the PDF's "Series 2: sagittal" was DICOM series 5, and its series 2 another
+    (the report sent to the PACS names series by that number)."""
+    number = (geometry or {}).get("dicom_series")
+    return f" (DICOM series {number})" if isinstance(number, int) and not isinstance(number, bool) else ""
 
 
 def rule_of(rule: Any) -> dict[str, Any]:
