@@ -121,6 +121,14 @@ def test_lists_never_state_a_certainty_the_result_panel_does_not() -> None:
 
     shown = [probability_shown(SimpleNamespace(gate="accepted", tumour_probability=p)) for p in (0.9996, 0.0004, 0.5)]
     assert shown == ["0.999", "0.001", "0.500"]
+    # cut as the panel cuts it: a scan at 0.0496 (no review) read "0.050", the review band's edge
+    assert probability_shown(SimpleNamespace(gate="accepted", tumour_probability=0.0496)) == "0.049"
+    import pandas as pd
+
+    from ui.batch import on_screen
+
+    table = on_screen(pd.DataFrame({"tumour_probability": [0.049556, 0.999787, 0.0002]}))
+    assert list(table["tumour_probability"]) == [4.9, 99.9, 0.1]  # in percent, as the panel's "4.9%"
     assert probability_shown(SimpleNamespace(gate="rejected", tumour_probability=0.9)) == "—"
 
 

@@ -101,6 +101,7 @@ def test_the_curve_marks_the_threshold_the_current_section_and_the_sections_abov
 
 
 def test_the_quick_scroller_gets_every_section_as_a_jpeg_with_a_title_each(tiny_classifier) -> None:
+    from core.model.decision import two_places
     from ui.cine import titles
 
     volume = read_study(dicom_series(head_volume(6, 64, range(2, 4))))[0]
@@ -114,7 +115,7 @@ def test_the_quick_scroller_gets_every_section_as_a_jpeg_with_a_title_each(tiny_
     assert len(lines) == 6 and lines[0].startswith("Section 1 of 6 · ") and lines[-1].startswith("Section 6 of 6")
     for index, line in enumerate(lines):
         p = view.curve[index]
-        assert ("skipped" in line) if p is None else (f"P(tumour) {p:.2f}" in line)
+        assert ("skipped" in line) if p is None else (f"P(tumour) {two_places(p)}" in line)
 
 
 def test_sections_of_files_without_positions_are_titled_by_their_number_not_in_millimetres(tiny_classifier) -> None:
@@ -277,7 +278,18 @@ def test_probabilities_are_never_printed_as_certainty() -> None:
 
     assert [percent(p) for p in (0.9996, 0.0004, 0.123)] == [">99.9%", "<0.1%", "12.3%"]
     assert [two_places(p) for p in (0.996, 0.004, 0.5)] == [">0.99", "<0.01", "0.50"]
-    assert [bounded(p, 3) for p in (0.9995, 0.99949, 0.0005, 0.00049)] == [">0.999", "0.999", "0.001", "<0.001"]
+    assert [bounded(p, 3) for p in (0.9995, 0.999, 0.0005, 0.001)] == [">0.999", "0.999", "<0.001", "0.001"]
+
+
+@pytest.mark.parametrize("threshold", [0.05, 0.3, 0.5, 0.89])  # the card's review band, series and scan thresholds
+def test_a_value_below_a_threshold_never_reads_as_the_threshold(threshold: float) -> None:
+    """Rounded, a section at 0.2996 read "P(tumour) 0.30 (below the series threshold 0.30)", and a scan at 0.0496
+    "5.0%" unflagged beside a flagged "5.0%" "in the review band (5%-89%)". Every figure is cut, never rounded up."""
+    from core.model.decision import bounded, percent, two_places
+
+    for value in (threshold - 0.0004, threshold - 1e-5, threshold, threshold + 1e-5):
+        shown = [float(percent(value).rstrip("%")) / 100, float(two_places(value)), float(bounded(value, 3))]
+        assert all((s < threshold) == (value < threshold) for s in shown), (value, shown)
     from ui.viewer import _delta  # History's change: no "+0.00" drawn as a red rise
 
     assert [_delta(v, "in score") for v in (0.001, -0.004, 0.02, None)] == [

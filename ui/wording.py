@@ -7,7 +7,7 @@ import math
 import re
 
 from core.analytics.quality import TURNAROUND_CAP_H
-from core.model.decision import LABEL_NAMES, label_name, percent, two_places
+from core.model.decision import LABEL_NAMES, cut, label_name, percent, two_places
 from core.services.series_views import scanner_series
 
 __all__ = [
@@ -61,7 +61,7 @@ def probability_shown(record) -> str:
     refused scan (as :func:`verdict_shown`; a numeric column showed the word "None")."""
     if record.gate == "rejected":
         return "—"
-    return f"{min(max(record.tumour_probability, 0.001), 0.999):.3f}"
+    return f"{cut(min(max(record.tumour_probability, 0.001), 0.999), 3):.3f}"  # cut, as every figure shown
 
 
 def hours_within(hours: float) -> str:

@@ -15,6 +15,7 @@ Used by the app, the CLI, the batch CSV, the evaluator, training and the statist
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,14 +30,23 @@ UNKNOWN_TYPE = "tumour"  # tumour present, type not given (a data folder) or unc
 NEGATIVE_LABEL = "notumor"
 
 
+def cut(value: float, places: int) -> float:
+    """``value`` cut (never rounded up) to ``places`` decimals, as every probability and score is shown: rounded,
+    0.2996 read "0.30 (below the series threshold 0.30)" and 0.0496 "5.0%", unflagged, beside a flagged "5.0%" in
+    the review band (5%-89%); cut, a value shown at a threshold is at it or past it. (The float's own error, as in
+    0.3 stored as 0.29999..., is not cut off.)"""
+    scale = 10.0**places
+    return math.floor(value * scale + 1e-6) / scale
+
+
 def percent(probability: float) -> str:
-    """A probability as the screen and the report state it: never "100.0%" nor "0.0%" (a calibrated model's
-    rounding read as certainty it does not have, on a phantom too)."""
-    if probability >= 0.999:
+    """A probability as the screen and the report state it, cut to one decimal (:func:`cut`): never "100.0%" nor
+    "0.0%" (a calibrated model's rounding read as certainty it does not have, on a phantom too)."""
+    if probability > 0.999:
         return ">99.9%"
-    if probability <= 0.001:
+    if probability < 0.001:
         return "<0.1%"
-    return f"{probability:.1%}"
+    return f"{cut(probability * 100, 1):.1f}%"
 
 
 def two_places(probability: float) -> str:
@@ -46,13 +56,14 @@ def two_places(probability: float) -> str:
 
 
 def bounded(probability: float, places: int) -> str:
-    """``probability`` to ``places`` decimals, never rounded to certainty: ">0.999" and "<0.001" at three."""
+    """``probability`` cut to ``places`` decimals (:func:`cut`), never shown as certain: ">0.999" and "<0.001" at
+    three."""
     step = 10.0**-places
-    if probability >= 1 - step / 2:
+    if probability > 1 - step:
         return f">{1 - step:.{places}f}"
-    if probability < step / 2:
+    if probability < step:
         return f"<{step:.{places}f}"
-    return f"{probability:.{places}f}"
+    return f"{cut(probability, places):.{places}f}"
 
 
 def ml_text(value: float) -> str:
