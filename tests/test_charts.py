@@ -331,6 +331,9 @@ def test_a_patients_timeline_within_one_day_spans_its_results_with_room_not_mill
     low, high = (datetime.fromisoformat(v) for v in figure.layout.xaxis.range)
     assert high - low == timedelta(hours=1) and low < datetime(2026, 3, 2, 10) < high
     assert [list(t.customdata) for t in figure.data] == [["0.20"], [">0.99"]]  # hovered as titles write it: no 1.00
+    # a series' value is named its score, as every other place names it, not a probability (it read "P(tumour)")
+    assert ["P(tumour)" in t.hovertemplate for t in figure.data] == [True, False]
+    assert "series score" in figure.data[1].hovertemplate
     apart = timeline_figure(
         ["2026-03-02 10:00", "2026-03-02 10:03"], [0.2, 0.9], ["notumor", "glioma"], ["scan"] * 2, {}
     )

@@ -375,6 +375,7 @@ def timeline_figure(
         chosen = [i for i, k in enumerate(kinds) if k == kind]
         if not chosen:
             continue
+        value = "series score" if kind == "series" else "P(tumour)"  # a series' is its rule's score, no probability
         figure.add_trace(
             go.Scatter(
                 x=[times[i] for i in chosen],
@@ -391,13 +392,13 @@ def timeline_figure(
                 ],
                 customdata=[two_places(probabilities[i]) for i in chosen],
                 hovertemplate=("day %{x}" if scanned else "%{x} UTC")
-                + "<br>%{text}: P(tumour) %{customdata}<extra></extra>",
+                + f"<br>%{{text}}: {value} %{{customdata}}<extra></extra>",
             )
         )
     figure.update_layout(
         height=height,
         margin={"l": 40, "r": 10, "t": 30, "b": 30},
-        yaxis={"range": [-0.05, 1.05], "title": "P(tumour)"},
+        yaxis={"range": [-0.05, 1.05], "title": "P(tumour); series: score"},
         # above the plot: below it, it covered the first tick labels
         legend={"orientation": "h", "y": 1.0, "yanchor": "bottom", "x": 0, "xanchor": "left"},
     )
