@@ -13,7 +13,7 @@ from ui.lesion import lesion_change, lesion_size
 from ui.opened import opened_result
 from ui.page import setup_page
 from ui.viewer import comparison, timeline
-from ui.wording import SCORE_COLUMN, count_of, pretty, probability_shown, verdict_shown
+from ui.wording import SCORE_COLUMN, count_of, flag_shown, pretty, probability_shown, verdict_shown
 
 actor = setup_page("History", HISTORY)
 st.title("Patient history")
@@ -71,8 +71,7 @@ st.dataframe(
                 "scanned": f"day {days[r.id]}" if r.id in days else "",
                 "kind": r.kind,
                 "verdict": verdict_shown(r),
-                "flag": "needs review" if r.gate == "needs_review" and not r.review_count else "",  # as the
-                # Worklist, the Study page and the PDF flag it (History showed a flagged call as a plain one)
+                "flag": flag_shown(r),  # as the Worklist, the Study page and the PDF flag it
                 SCORE_COLUMN: probability_shown(r),
                 "lesion": bound(r, step.size) + lesion_size(step.size, step.unit),
                 "change": step.not_compared or lesion_change(step.change, step.unit, step.change_percent),

@@ -20,7 +20,16 @@ from ui.opened import opened_result
 from ui.page import setup_page
 from ui.render import result_panel
 from ui.selection import chosen_id, table_key
-from ui.wording import SCORE_COLUMN, count_of, pretty, probability_shown, result_kind, series_kind, verdict_shown
+from ui.wording import (
+    SCORE_COLUMN,
+    count_of,
+    flag_shown,
+    pretty,
+    probability_shown,
+    result_kind,
+    series_kind,
+    verdict_shown,
+)
 
 actor = setup_page("Worklist", WORKLIST)
 st.title("Worklist")
@@ -35,7 +44,7 @@ except (StoreError, ModelError) as error:
 
 AGES = {"last 24 hours": 1, "last 7 days": 7, "last 30 days": 30, "any time": None}
 SHOW = {"not yet reviewed": False, "reviewed": True, "all": None}
-GATES = {"needs review": "needs_review", "not a brain MRI": "rejected", "accepted": "accepted"}
+GATES = {"needs review": "needs_review", "refused by the input gate": "rejected", "accepted": "accepted"}
 
 filters = [*st.columns([1, 1.4, 1.2]), *st.columns([1, 1.4, 1.2])]  # in one row, at 1400 px "not yet reviewe"
 show = filters[0].selectbox("Show", list(SHOW), key="wl_show")
@@ -110,7 +119,7 @@ table = pd.DataFrame(
             "patient ref.": r.patient_ref[:12] if r.patient_ref else "",  # the prefix the PDF prints: rows of one
             # patient, and a report, matched (nothing on the list tied a result to anyone)
             SCORE_COLUMN: probability_shown(r),
-            "flag": {"needs_review": "needs review", "rejected": "not a brain MRI"}.get(r.gate, ""),
+            "flag": flag_shown(r),
             "final label": pretty(r.final_label) if r.final_label else "",
             "reviewed by": r.reviewer or "",
             "model": r.model_version,

@@ -377,6 +377,32 @@ def test_a_reviewed_slice_uploaded_again_leads_with_its_final_label(app_environm
     assert list(table["final_label"]) == [final.capitalize()]
 
 
+def test_a_flag_a_review_answered_is_no_call_to_act_and_a_refused_scans_final_label_is_kept() -> None:
+    """The Worklist still flagged a reviewed result "needs review" (History did not), the Scan page counted a scan
+    uploaded again after its review among those that "need review", and the batch table and CSV left out the final
+    label of a refused scan (a verdict's was there)."""
+    from types import SimpleNamespace as Of
+
+    from ui.batch import summary_row
+    from ui.wording import flag_shown
+
+    assert [flag_shown(Of(gate="needs_review", review_count=n)) for n in (0, 1)] == ["needs review", ""]
+    assert flag_shown(Of(gate="rejected", review_count=1)) == "refused"  # a fact of the result, not a call to act
+
+    def upload(decision: str, reviews: int) -> Of:
+        gate = Of(decision=decision, reasons=("tumour probability 60.0% is in the review band (5%-89%)",))
+        prediction = Of(gate=gate, label="glioma", is_tumour=True, tumour_probability=0.6, confidence=0.6,
+                        model_version="v1")  # fmt: skip
+        record = Of(review_count=reviews, final_label="notumor" if reviews else None)
+        return Of(view=Of(prediction=prediction), record=record, status=None, needs_frame=False, frame=None,
+                  sha256="a" * 64)  # fmt: skip
+
+    assert summary_row(1, "a.png", upload("needs_review", 0))["result"] == "needs review"
+    assert summary_row(1, "a.png", upload("needs_review", 1))["result"] == "reviewed since"
+    refused = summary_row(1, "a.png", upload("rejected", 1))
+    assert (refused["result"], refused["final_label"], refused["verdict"]) == ("refused", "No tumour", None)
+
+
 def test_a_slice_already_saved_under_another_patient_is_a_warning_on_its_panel_and_above_the_batch(
     app_environment: Path,
 ) -> None:
@@ -1531,8 +1557,11 @@ def test_a_refused_result_saved_from_the_command_line_opens_on_the_worklist_and_
     app.run()
     assert not app.exception and any("input gate refused" in i.value for i in app.info)
     row = app.dataframe[0].value.iloc[0]  # no class or probability read as a diagnosis for what is not a brain MRI
-    assert row["verdict"] == "Refused: not a brain MRI" and row["tumour probability (series: score)"] == "—"
-    assert [m.value for m in app.metric if m.label == "Model's verdict"] == ["Refused: not a brain MRI"]
+    assert row["verdict"] == "Refused by the input gate" and row["tumour probability (series: score)"] == "—"
+    assert row["flag"] == "refused"
+    assert [m.value for m in app.metric if m.label == "Model's verdict"] == ["Refused by the input gate"]
+    # the panel says why, from the kept image read again (every place said "not a brain MRI", a brain slice too)
+    assert any(w.value.startswith("Refused by the input gate: ") for w in app.warning)
     assert not any("Tumour probability" in m.value for m in app.markdown)
     assert not any(b.label.startswith("Agree") for b in app.button)  # nothing to agree with: a final label instead
     app.selectbox[-1].set_value("notumor")

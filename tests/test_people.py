@@ -1371,6 +1371,10 @@ def test_a_stale_panel_never_replaces_a_colleagues_review_and_a_refused_image_is
     assert (saved.review_verdict, saved.final_label, saved.disagrees) == ("override", "notumor", False)
     saved = reviews.review_result(store, RADIOLOGIST, refused.id, "notumor", ["image_unsuitable"])
     assert (saved.review_verdict, saved.final_label) == ("override", "notumor")
+    # its event names no class of the model's either (it read "model_label": "notumor", where every screen says
+    # a refused image has none)
+    events = [e for e in store.audit_events() if e.action == "review"]
+    assert [e.detail["model_label"] for e in events] == ["glioma", "glioma", None, None]
 
 
 def test_a_reference_link_that_failed_on_a_re_upload_is_applied_by_the_retry(

@@ -17,7 +17,7 @@ import streamlit as st
 
 from core.model.gate import NEEDS_REVIEW, REJECTED
 from core.services.triage import Triaged
-from ui.wording import pretty
+from ui.wording import REFUSED_FLAG, pretty
 
 STATE_KEY = "scan_batch"
 
@@ -91,7 +91,10 @@ def result_state(result: Triaged) -> str:
     if result.view is None:
         return "choose a frame" if result.needs_frame else "rejected"
     decision = result.view.prediction.gate.decision
-    return {REJECTED: "not a brain MRI", NEEDS_REVIEW: "needs review"}.get(decision, "classified")
+    reviewed = result.record is not None and result.record.review_count  # uploaded again after its review
+    if decision == NEEDS_REVIEW and reviewed:
+        return "reviewed since"  # the flag was answered (the page counted it "needs review" beside its final label)
+    return {REJECTED: REFUSED_FLAG, NEEDS_REVIEW: "needs review"}.get(decision, "classified")
 
 
 PERCENT_COLUMNS = ("tumour_probability", "confidence")
@@ -129,11 +132,14 @@ def summary_row(index: int, name: str, result: Triaged) -> dict[str, Any]:
     if result.view is None:
         return {**row, "result": state, **empty, "model_version": None, "saved": saved, "reason": result.error_message}
     prediction = result.view.prediction
-    if state == "not a brain MRI":
+    record = result.record
+    reviewed = pretty(record.final_label) if record is not None and record.review_count and record.final_label else None
+    if state == REFUSED_FLAG:
         return {
             **row,
             "result": state,
             **empty,
+            "final_label": reviewed,  # a radiologist's, as for a verdict (a refused scan's was left out)
             "model_version": prediction.model_version,
             "saved": saved,
             "reason": "; ".join(prediction.gate.reasons),
@@ -141,8 +147,6 @@ def summary_row(index: int, name: str, result: Triaged) -> dict[str, Any]:
     reasons = list(prediction.gate.reasons)
     if result.status is not None and result.status.message:
         reasons.append(result.status.message)
-    record = result.record
-    reviewed = pretty(record.final_label) if record is not None and record.review_count and record.final_label else None
     return {
         **row,
         "result": state,

@@ -89,7 +89,9 @@ def _verdict(result: Triaged) -> None:
     if gate.decision == REJECTED:
         st.error("Not a brain MRI slice the model can read: " + "; ".join(gate.reasons) + ". No verdict given.")
     else:
-        if gate.decision == NEEDS_REVIEW:
+        if gate.decision == NEEDS_REVIEW and record is not None and record.review_count:  # the flag was answered
+            st.caption(f"Flagged for review ({'; '.join(gate.reasons)}); reviewed since.")
+        elif gate.decision == NEEDS_REVIEW:
             st.warning(f"Needs review: {'; '.join(gate.reasons)}.", icon=":material/rate_review:")
         st.metric(
             "Verdict",
@@ -174,7 +176,7 @@ def scan_panel(
         f"{view.format.upper()} {view.width}×{view.height}"
         + (f" · frame {view.frame}" if view.frame is not None else "")
         + (
-            " · region found boxed (refused: not a brain MRI)"
+            " · region found boxed (refused by the input gate)"
             if view.prediction.gate.decision == "rejected"
             else " · brain region boxed"
         )
@@ -228,9 +230,12 @@ def _stored_scan(view, labels: tuple[str, ...]) -> None:
         looked.caption(HEAT_MEANING)
 
 
-def _flag_reason(record, classifier) -> str:
+def _flag_reason(record, classifier, view=None) -> str:
     """Why a single scan was flagged, where the served model's review band tells it (the band is the card's, so
-    only for a result of the model served); "" otherwise (a series' reasons are its warnings above)."""
+    only for a result of the model served), or refused, where its kept image read again says why (a slice with too
+    little brain read as "not a brain MRI"); "" otherwise (a series' reasons are its warnings above)."""
+    if record.gate == "rejected" and view is not None and view.prediction.gate.reasons:
+        return ": " + "; ".join(view.prediction.gate.reasons)
     if record.gate != "needs_review" or record.kind == "series" or classifier is None:
         return ""
     card = classifier.card
@@ -294,7 +299,7 @@ def result_panel(opened, labels: tuple[str, ...], classifier=None, explainer=Non
         elif record.gate != "accepted":
             st.warning(
                 {"needs_review": "Flagged for review", "rejected": "Refused by the input gate"}[record.gate]
-                + _flag_reason(record, classifier)
+                + _flag_reason(record, classifier, opened.view)
             )
         if not opened.reviews:
             st.caption("Not reviewed yet.")

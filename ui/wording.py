@@ -15,7 +15,9 @@ __all__ = [
     "CONFIDENCE_HELP",
     "LABEL_NAMES",
     "REFUSED",
+    "REFUSED_FLAG",
     "count_of",
+    "flag_shown",
     "hours_within",
     "percent",
     "plain",
@@ -43,7 +45,18 @@ def pretty(label: str) -> str:
     return label_name(label)
 
 
-REFUSED = "Refused: not a brain MRI"
+# a brain slice at the vertex ("too little brain") is refused as a radiograph is: lists name the refusal, the panels
+# its reasons (every list read "not a brain MRI" for both)
+REFUSED = "Refused by the input gate"
+REFUSED_FLAG = "refused"
+
+
+def flag_shown(record) -> str:
+    """A saved result's flag as lists show it: the review flag until the result is reviewed (the review answered
+    it: History showed none, the Worklist "needs review" still), a refusal always."""
+    if record.gate == "rejected":
+        return REFUSED_FLAG
+    return "needs review" if record.gate == "needs_review" and not record.review_count else ""
 
 
 def verdict_shown(record) -> str:

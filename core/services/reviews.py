@@ -171,7 +171,7 @@ def review_result(
                 "review",
                 result_id,
                 action=action,
-                model_label=record.label,
+                model_label=None if record.gate == REJECTED else record.label,  # a refused image has no class
                 final_label=final_label,
                 reasons=list(reasons),
                 previous_final_label=record.final_label,  # what it replaced, and by whom (None: the first)
