@@ -1530,7 +1530,7 @@ def test_the_reports_coded_lesion_volume_is_a_tumour_series_and_never_a_no_tumou
     assert coded(card.negative_label) == []
     (volume,) = coded("glioma")
     assert float(volume.MeasuredValueSequence[0].NumericValue) == 2.5
-    assert "; lesion volume 2.50 mL" in objects._series_lines(objects.headers(files), series)
+    assert "; lesion volume 2.5 mL" in objects._series_lines(objects.headers(files), series)
     monkeypatch.setattr(SeriesAnalysis, "lesion_ml", property(lambda self: 0.004))  # a few voxels
     assert "; lesion volume <0.01 mL" in objects._series_lines(objects.headers(files), series)  # as the PDF: not 0.00
 

@@ -16,6 +16,7 @@ from core.errors import AccessDenied, InvalidRecord
 from core.imaging.phantom_series import CORONAL, dicom_series, head_volume
 from core.imaging.series import read_study
 from core.model.classifier import Classifier
+from core.model.decision import ml_text
 from core.model.explain import Explainer
 from core.model.volume import analyse_volume
 from core.services.access import Actor
@@ -266,7 +267,7 @@ def test_the_lesion_line_states_the_stored_volume_or_the_pixels_or_that_none_was
     store, _, _, ids = saved_study
     record = store.get(ids[0])
     assert lesion_line(replace(record, lesion_px=5120, lesion_ml=3.456)) == (
-        "Lesion volume (segmenter): 3.46 mL (5,120 px over its sections)"
+        "Lesion volume (segmenter): 3.5 mL (5,120 px over its sections)"
     )
     assert lesion_line(replace(record, lesion_px=5120)).startswith("Lesion area (segmenter): 5,120 px")
     assert lesion_line(record).startswith("Lesion volume: not measured")
@@ -305,15 +306,17 @@ def test_a_lesion_volume_saved_as_a_lower_bound_says_so_in_the_report_and_on_reo
     assert any(n.startswith("1 section(s) inside or next to the lesion's span") for n in notes)
     assert all("lower bound" in n for n in notes)
     text = " ".join(text_of(study_report(store, images, doctor, [record.id], classifier, None), tmp_path).split())
-    assert "lower bound" in text and f"{record.lesion_ml:.2f} mL" in text
+    assert "lower bound" in text and f"{ml_text(record.lesion_ml)} mL" in text
 
 
 def test_a_few_voxels_of_lesion_are_never_written_as_no_volume_at_all() -> None:
     """A measured lesion of 0.003 mL printed "0.00 mL", read as none, on the page and in the report."""
-    from core.services.report_text import ml_text
-    from ui.lesion import lesion_size, volume_line
+    from ui.lesion import area_line, lesion_size, volume_line
 
-    assert (ml_text(0.003), ml_text(0.0), ml_text(1.234)) == ("<0.01", "0.00", "1.23")
+    assert (ml_text(0.003), ml_text(0.0), ml_text(1.234), ml_text(0.384)) == ("<0.01", "0.00", "1.2", "0.38")
+    # one writing on every surface: the screen's 1.2 mL and 342 mm² were the PDF's 1.25 mL and 342.4 mm²
+    assert lesion_size(3.75, "mL") == f"{ml_text(3.75)} mL" == "3.8 mL"
+    assert area_line(1368, 342.44) == "Lesion: 342 mm² (1,368 px)" and lesion_size(342.44, "mm2") == "342 mm²"
     assert volume_line([10], 0.003, (0, 0)) == "Lesion volume: <0.01 mL, section 1"
     assert (lesion_size(0.004, "mL"), lesion_size(0.38, "mL"), lesion_size(12.44, "mL")) == (
         "<0.01 mL",
@@ -393,12 +396,15 @@ def test_a_report_states_the_lesion_volume_and_outlines_the_lesion_on_the_key_se
     assert record.geometry["lesion_model"].startswith("tiny-lesion 0.0.1 (")  # History compares one segmenter's
     pdf = study_report(store, images, doctor, [record_id], classifier, Explainer(classifier))
     text = text_of(pdf, tmp_path)
-    assert f"Lesion volume (segmenter): {record.lesion_ml:.2f} mL ({record.lesion_px:,} px over its sections)" in text
+    assert (
+        f"Lesion volume (segmenter): {ml_text(record.lesion_ml)} mL ({record.lesion_px:,} px over its sections)" in text
+    )
     assert "Series 1: lesion outline" in text and "Segmented again for this report by tiny-lesion 0.0.1" in text
     assert "Lesion on this section: " in text and " mm²" in text and "(outlined in magenta)" in text
     by = record.geometry["lesion_model"]
-    assert f"Series lesion volume (stored when it was saved, measured by {by}): {record.lesion_ml:.2f} mL" in " ".join(
-        text.split()
+    assert (
+        f"Series lesion volume (stored when it was saved, measured by {by}): {ml_text(record.lesion_ml)} mL"
+        in " ".join(text.split())
     )
     assert "Key section " in text and " of 8 (the largest lesion of the most suspicious sections" in text
     listing = subprocess.run(
@@ -428,7 +434,7 @@ def test_a_report_states_the_lesion_volume_and_outlines_the_lesion_on_the_key_se
     assert magenta.sum() > 200  # the outline is drawn on the key section, in the screen's colour
     # without a segmenter: the stored volume only, and a line saying why no outline is drawn
     text = text_of(study_report(store, images, doctor, [record_id], tiny_classifier, None), tmp_path)
-    assert f"Lesion volume (segmenter): {record.lesion_ml:.2f} mL" in text
+    assert f"Lesion volume (segmenter): {ml_text(record.lesion_ml)} mL" in text
     assert "No lesion outline: no lesion segmenter is loaded" in text and "lesion outline\n" not in text
 
 

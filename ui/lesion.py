@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from core.model.decision import ml_text
+from core.model.decision import ml_text, mm2_text
 
 OUTLINE_LABEL = "Outline"
 OUTLINE_HELP = (
@@ -22,20 +22,11 @@ CAVEAT = "Outlined by the lesion segmenter: a decision aid to check against the 
 NOT_KNOWN = "—"  # an unknown size or a change that cannot be computed
 
 
-def _mm2(value: float) -> str:
-    return f"{value:,.0f}" if abs(value) >= 10 else f"{value:.1f}"
-
-
-def _ml(value: float) -> str:
-    """ "12.4"; under 1 mL as the report writes it ("0.38", "<0.01": it printed "0.00", read as no lesion)."""
-    return f"{value:,.1f}" if abs(value) >= 1 else ml_text(value)
-
-
 def _px(value: float) -> str:
     return f"{value:,.0f}"
 
 
-_UNITS = {"mL": (_ml, " mL"), "mm2": (_mm2, " mm²"), "px": (_px, " px")}  # one way to write each unit
+_UNITS = {"mL": (ml_text, " mL"), "mm2": (mm2_text, " mm²"), "px": (_px, " px")}  # one way to write each unit
 
 
 def area_line(area_px: int | None, area_mm2: float | None) -> str | None:
@@ -46,7 +37,7 @@ def area_line(area_px: int | None, area_mm2: float | None) -> str | None:
         return "No lesion outlined"
     if area_mm2 is None:
         return f"Lesion: {area_px:,} px (no pixel spacing)"
-    return f"Lesion: {_mm2(area_mm2)} mm² ({area_px:,} px)"
+    return f"Lesion: {mm2_text(area_mm2)} mm² ({area_px:,} px)"
 
 
 def span_text(span: tuple[int, int]) -> str:
@@ -64,7 +55,7 @@ def volume_line(areas: Sequence[int] | None, volume_ml: float | None, span: tupl
         return "No lesion outlined in this series"
     if volume_ml is None:
         return f"Lesion: {sum(areas):,} px over {span_text(span)} (no voxel size: no volume in mL)"
-    return f"Lesion volume: {_ml(volume_ml)} mL, {span_text(span)}"
+    return f"Lesion volume: {ml_text(volume_ml)} mL, {span_text(span)}"
 
 
 def stored_volume_line(lesion_px: int | None, volume_ml: float | None) -> str | None:
@@ -75,11 +66,11 @@ def stored_volume_line(lesion_px: int | None, volume_ml: float | None) -> str | 
         return "No lesion outlined in this series (as saved)"
     if volume_ml is None:
         return f"Lesion: {lesion_px:,} px in all (no voxel size), as saved; outlines are not kept"
-    return f"Lesion volume: {_ml(volume_ml)} mL, as saved; outlines are not kept"
+    return f"Lesion volume: {ml_text(volume_ml)} mL, as saved; outlines are not kept"
 
 
 def lesion_size(size: float | None, unit: str | None) -> str:
-    """ "3.75 mL", "105.0 mm²", "1,234 px"; "—" when not measured."""
+    """ "3.8 mL", "105 mm²", "1,234 px"; "—" when not measured."""
     if size is None or unit not in _UNITS:
         return NOT_KNOWN
     number, suffix = _UNITS[unit]

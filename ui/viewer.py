@@ -327,7 +327,7 @@ def comparison(current: SeriesView, prior: SeriesView | None, classifier, explai
         "-" if moved.series_now is None else two_places(moved.series_now),
         _delta(moved.series_change, "in score"),
         delta_color="inverse",
-        help=f"The {SERIES_SCORE}; its change since the prior series.",
+        help=f"The series score, {SERIES_SCORE}; its change since the prior series.",
     )
     b.metric(
         "At this section, now",  # the current series' value, beside the prior's image: its change since the prior's

@@ -67,8 +67,17 @@ def bounded(probability: float, places: int) -> str:
 
 
 def ml_text(value: float) -> str:
-    """A lesion volume as the reports write it: two decimals; under 0.005 mL (a few voxels) "<0.01", never "0.00"."""
+    """A lesion volume as every screen, the PDF and the PACS report write it (the screen's 1.2 mL was the PDF's
+    1.25): one decimal from 1 mL ("12.4"), two under it ("0.38"), and under 0.005 mL (a few voxels) "<0.01", never
+    "0.00" (read as no lesion)."""
+    if abs(value) >= 1:
+        return f"{value:,.1f}"
     return "<0.01" if 0 < value < 0.005 else f"{value:.2f}"
+
+
+def mm2_text(value: float) -> str:
+    """A lesion area as every screen and the PDF write it: whole mm² from 10 ("342"), one decimal under it."""
+    return f"{value:,.0f}" if abs(value) >= 10 else f"{value:.1f}"
 
 
 LABEL_NAMES = {  # how a label reads on the screen and in reports (one definition)

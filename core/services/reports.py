@@ -19,7 +19,7 @@ import numpy as np
 from core.domain.results import Record
 from core.errors import InvalidRecord, NoBrainFound
 from core.model.classifier import Classifier
-from core.model.decision import ml_text, two_places
+from core.model.decision import ml_text, mm2_text, two_places
 from core.model.explain import HEAT_MEANING, Explainer, overlay
 from core.model.lesion import Lesion, Segmenter
 from core.model.roi import find_brain
@@ -162,7 +162,7 @@ def key_lesion_lines(record: Record, view: SeriesView, key: KeyLesion) -> list[s
     elif lesion.area_px == 0:
         found = "No lesion found on this section"
     else:
-        mm2 = f"{lesion.area_mm2:,.1f} mm², " if lesion.area_mm2 is not None else ""
+        mm2 = f"{mm2_text(lesion.area_mm2)} mm², " if lesion.area_mm2 is not None else ""
         found = f"Lesion on this section: {mm2}{lesion.area_px:,} px (outlined in magenta)"
     stored = f"{ml_text(record.lesion_ml)} mL" if record.lesion_ml is not None else "not known"
     if record.lesion_ml is not None:  # a lower bound is said where the volume is
