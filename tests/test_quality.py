@@ -138,7 +138,8 @@ def test_counts_that_add_up_to_the_reviewed_total_shown_are_withheld_as_groups()
     from core.services.statistics import per_version_accuracy
 
     cells = accuracy({("glioma", "glioma"): 20, ("notumor", "notumor"): 27, ("glioma", "notumor"): 3})
-    assert cells.reviewed == 50 and list(cells.matrix.values()).count(None) == 2
+    assert cells.reviewed == 50 and {c: n for c, n in cells.matrix.items() if n is not None} == {("notumor",) * 2: 27}
+    assert len(cells.matrix) == 16  # every cell: an empty one beside withheld ones is withheld too (its 0 told)
     assert cells.sensitivity_interval is None and cells.specificity_interval is None  # they give counts back
     assert cells.sensitivity is None and cells.specificity is None and cells.agreement is None  # so do rates
     apart = accuracy(  # the withheld cells are disagreements on no-tumour finals: agreement and sensitivity stand
@@ -151,6 +152,24 @@ def test_counts_that_add_up_to_the_reviewed_total_shown_are_withheld_as_groups()
     assert rows[0].agreement is None and rows[0].agreement_interval is None  # 80 % of ? would give the 30 back
     versions = per_version_accuracy({"a": {("glioma", "glioma"): 40}, "b": {("glioma", "glioma"): 3}})
     assert [v.reviewed for v in versions.values()] == [None, None]
+
+
+def test_no_rate_gives_back_a_withheld_refused_count_or_a_withheld_versions_reviewed_count() -> None:
+    """A supervisor's review worked out withheld counts from the board and its CSV: a week's flagged rate, 0.1562
+    beside 30 shown, was 5 of 32 (2 refused, withheld); a version whose reviewed count was withheld as a small
+    one's partner showed its agreement, 90.5 %: 95 of 105, and the small one 1."""
+    from core.services.statistics import per_version_accuracy
+
+    weeks = [day(k, 30, 12, flagged=5, rejected=n) for k, n in enumerate((2, 7, 9))]  # the 2 and its partner
+    rows, _ = quality_rows(weeks, None)
+    assert [r.rejected_rate is None for r in rows] == [True, True, False]
+    assert [r.flagged_rate is None for r in rows] == [True, True, False] and rows[2].flagged_rate == 5 / 39
+    versions = per_version_accuracy(
+        {"a": {("glioma", "glioma"): 95, ("glioma", "notumor"): 10}, "b": {("glioma", "glioma"): 1}}
+    )
+    assert [v.reviewed for v in versions.values()] == [None, None]
+    assert all(v.agreement is None and v.sensitivity is None for v in versions.values())
+    assert versions["a"].tumours_counted is None  # "withheld", never "—" (none), which tells a cell's emptiness
 
 
 def test_a_periods_withheld_tumours_or_agreements_are_not_given_back_by_the_other_periods_rates() -> None:

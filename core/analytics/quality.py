@@ -22,7 +22,7 @@ from core.analytics.stats import (
 )
 from core.domain.results import TURNAROUND_CAP_H, DayQuality
 from core.domain.times import period_starts
-from core.model.decision import NEGATIVE_LABEL
+from core.model.decision import CLASSES, NEGATIVE_LABEL
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,8 @@ def quality_rows(periods: Sequence[DayQuality], baseline_end: date | None) -> tu
                 reviewed=reviewed,
                 agreement=agreement,
                 agreement_interval=wilson_interval(p.agreed, p.reviewed) if agreement is not None else None,
-                flagged_rate=safe_rate(p.flagged, all_scans) if flagged is not None else None,
+                # its count over the shown and the refused: with the refused withheld, it gave them back (5 / 32)
+                flagged_rate=safe_rate(p.flagged, all_scans) if None not in (flagged, rejected) else None,
                 rejected_rate=safe_rate(p.rejected, all_scans) if rejected is not None else None,
                 tumour_rate=rate,
                 rate_limits=limits,
@@ -237,11 +238,15 @@ class Accuracy:
         """What the sensitivity stands on, as the page and the CSV tell "withheld" from "none": the reviewed count
         when a reviewed result was found a tumour, else 0 (nothing to count; it read "withheld", a figure kept
         back, in the per-version table and the CSV while the headline said none)."""
+        if None in self.matrix.values():  # "none" beside withheld cells tells which cells are empty
+            return self.reviewed
         return self.reviewed if any(final != NEGATIVE_LABEL for _, final in self.matrix) else 0
 
     @property
     def clear_counted(self) -> int | None:
         """What the specificity stands on (:attr:`tumours_counted`): reviewed results found without a tumour."""
+        if None in self.matrix.values():
+            return self.reviewed
         return self.reviewed if any(final == NEGATIVE_LABEL for _, final in self.matrix) else 0
 
 
@@ -259,6 +264,8 @@ def accuracy(confusion: Mapping[tuple[str, str], int]) -> Accuracy:
     agreement = None if any(label == final for label, final in withheld) else safe_rate(agreed, total)
     sensitivity = None if any(final != NEGATIVE_LABEL for _, final in withheld) else safe_rate(found, positives)
     specificity = None if any(final == NEGATIVE_LABEL for _, final in withheld) else safe_rate(cleared, negatives)
+    if withheld:  # every cell, none left out as empty: zeros beside withheld cells gave a withheld agreement back
+        matrix = _withheld_zeros(matrix)  # (a day's every off-diagonal cell 0: every call agreed)
     return Accuracy(
         reviewed=suppress_small(total),
         agreement=agreement,
@@ -299,6 +306,12 @@ def scored_by_scans(day: DayQuality, scans: DayQuality | None) -> DayQuality:
     )
 
 
+def _withheld_zeros(matrix: Mapping[tuple[str, str], int | None]) -> dict[tuple[str, str], int | None]:
+    """``matrix`` over every class (:data:`CLASSES` and those in it) with its empty cells withheld as well."""
+    labels = sorted({label for cell in matrix for label in cell} | set(CLASSES))
+    return {(a, b): matrix.get((a, b)) for a in labels for b in labels}
+
+
 def without_agreement(board: Accuracy) -> Accuracy:
     """``board`` without the agreement, the cells of its matrix (the diagonal adds up to it, and the reviewed count
     minus the other cells too), and the sensitivity and specificity (each, with the interval that gives its count,
@@ -306,7 +319,7 @@ def without_agreement(board: Accuracy) -> Accuracy:
     return replace(
         board,
         agreement=None,
-        matrix=dict.fromkeys(board.matrix),
+        matrix=_withheld_zeros(dict.fromkeys(board.matrix)),
         sensitivity=None,
         sensitivity_interval=None,
         specificity=None,
@@ -317,8 +330,9 @@ def without_agreement(board: Accuracy) -> Accuracy:
 def per_version_accuracy(confusions: Mapping[str, Mapping[tuple[str, str], int]]) -> dict[str, Accuracy]:
     """Each version's accuracy, their reviewed counts (which add up to the overall one shown) withheld as a group."""
     reviewed = suppress_group([sum(c.values()) for c in confusions.values()])
-    boards = [
-        replace(accuracy(confusion), reviewed=n) for confusion, n in zip(confusions.values(), reviewed, strict=True)
+    boards = [  # a count withheld (a small one's partner too) withholds its rates: 90.5 % beside it was 95 of 105
+        replace(accuracy(confusion) if n is not None else without_agreement(accuracy(confusion)), reviewed=n)
+        for confusion, n in zip(confusions.values(), reviewed, strict=True)
     ]
     # the versions' cells and agreements add up to the overall ones too: one version with a figure withheld alone
     # was the overall minus the others', so the smallest other version is withheld whole with it

@@ -111,6 +111,8 @@ def suppress_classes(labels: Sequence[str], counts: Sequence[int], negative: str
     inner = complement([counts[k] for k in tumours], [shown[k] for k in tumours])
     for k, value in zip(tumours, inner, strict=True):
         shown[k] = value
+    if None in shown:  # an empty class beside withheld ones says every call was of the others: a day's 3 results,
+        shown = [None if n == 0 else v for n, v in zip(counts, shown, strict=True)]  # no "no tumour", all tumours
     return tuple(shown)
 
 

@@ -28,6 +28,7 @@ UNKNOWN_TYPE = "tumour"  # tumour present, type not given (a data folder) or unc
 # the one label that means "no tumour", for every model, record, review, statistic and report (a card naming another
 # is refused: the stores and the statistics count tumours against this name)
 NEGATIVE_LABEL = "notumor"
+CLASSES = ("glioma", "meningioma", NEGATIVE_LABEL, "pituitary")  # the four every model reads and every board lists
 
 
 def cut(value: float, places: int) -> float:

@@ -43,7 +43,7 @@ from core.analytics.stats import (
 )
 from core.domain.results import SHOWN, DayCount, Filters
 from core.domain.times import local_day, local_midnight, next_period, period_starts
-from core.model.decision import NEEDS_REVIEW, NEGATIVE_LABEL, REJECTED
+from core.model.decision import CLASSES, NEEDS_REVIEW, NEGATIVE_LABEL, REJECTED
 from core.services.access import STATISTICS, Actor, require
 from core.storage.protocol import Dashboards
 
@@ -200,9 +200,11 @@ def dashboard(
     today, week = _recent_counts(store, shown, timezone, unit, now)
     periods = roll_up(days, period, start_day, end_day)
     rows = period_rows(periods)
-    hide_recent = withheld_recently(rows, period, timezone, now) or recent_gives_back(
-        rows, period, timezone, now, today, week
-    )
+    gives_back = recent_gives_back(rows, period, timezone, now, today, week)
+    # today's count beside a withheld period before it gives nothing back (the week's mean does): "Today so far"
+    # was withheld while today's own bar, the same count, stood on the board
+    hide_today = gives_back or withheld_recently(rows, period, timezone, now, days=0)
+    hide_week = gives_back or withheld_recently(rows, period, timezone, now)
     total, tumours = sum(d.total for d in days), sum(d.tumour for d in days)
     rate = safe_rate(tumours, total)
     # the only period with tumours withheld: every figure that sums the tumours would give it back (the rate times
@@ -213,8 +215,8 @@ def dashboard(
     # of its deciding sections under its own threshold (a tumour series at 0.30 read as 30 % sure): scans only
     scans_only = replace(shown, kinds=("scan",))
     scan_summary = store.summary(scans_only)
-    classes = sorted(summary.per_class)
-    class_counts = suppress_classes(classes, [summary.per_class[k] for k in classes], NEGATIVE_LABEL)
+    classes = sorted(set(summary.per_class) | set(CLASSES))  # every class, an empty one too (zero, or withheld)
+    class_counts = suppress_classes(classes, [summary.per_class.get(k, 0) for k in classes], NEGATIVE_LABEL)
     if lone:
         class_counts = tuple(None if c != NEGATIVE_LABEL else n for c, n in zip(classes, class_counts, strict=True))
     lesion_studies, lesions = _lesion_rows(store, shown, timezone, period, start_day, end_day)
@@ -229,8 +231,8 @@ def dashboard(
         tumour_interval=wilson_interval(tumours, total) if rate is not None else None,
         mean_confidence=scan_summary.mean_confidence if suppress_small(scan_summary.total) else None,
         single_scans=suppress_small(scan_summary.total),
-        today=None if hide_recent else suppress_small(today),
-        week_mean=None if hide_recent or suppress_small(week) is None else week / 7,
+        today=None if hide_today else suppress_small(today),
+        week_mean=None if hide_week or suppress_small(week) is None else week / 7,
         flagged=suppress_small(gates.get(NEEDS_REVIEW, 0)),
         rejected=suppress_small(gates.get(REJECTED, 0)),
         per_class=dict(zip(classes, class_counts, strict=True)),
@@ -297,11 +299,13 @@ def partial_periods(board: Dashboard, today: date) -> str | None:
     return f"Partial {board.period}s: {'; '.join(notes)}. Their counts cover only those days." if notes else None
 
 
-def withheld_recently(rows: Sequence[PeriodRow], period: str, timezone: str, now: datetime | None) -> bool:
-    """Whether a period whose count is withheld overlaps today or the 7 days before it: then today's count and the
-    week's mean are withheld too, or either minus the shown periods would give the withheld count back."""
+def withheld_recently(
+    rows: Sequence[PeriodRow], period: str, timezone: str, now: datetime | None, days: int = 7
+) -> bool:
+    """Whether a period whose count is withheld overlaps today or the ``days`` before it: then the count over them
+    (the week's mean, today's) is withheld too, or it minus the shown periods would give the withheld count back."""
     local_today = local_day(now, timezone)
-    first = local_today - timedelta(7)
+    first = local_today - timedelta(days)
     return any(r.scans is None and r.start <= local_today and next_period(r.start, period) > first for r in rows)
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from core.evaluation.neighbours import TWIN_THRESHOLD
+from core.model.decision import CLASSES as CLASSES  # the classes trained: the ones every board lists
 from core.model.preprocess import InputSpec
 
-CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
 NEGATIVE = "notumor"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm"}
 
