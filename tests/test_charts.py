@@ -39,6 +39,7 @@ def test_the_rate_is_drawn_above_the_counts_with_its_interval() -> None:
     assert list(bars.y) == [10, 4, 0] and bars.customdata[1] == WITHHELD  # withheld: hatched, labelled, not zero
     assert list(bars.text) == ["", "withheld", ""] and list(bars.marker.pattern.shape) == ["", "/", ""]
     assert figure.layout.yaxis2.tickformat == ",d" and figure.layout.yaxis2.dtick >= 1  # whole scans only
+    assert bars.showlegend is False  # the legend drew its swatch as the first bar: hatched grey when withheld
     assert figure.layout.title.text == "Tumour rate per week (model's calls, scans)"
     studies = tumour_rate_figure(["2026-03-02"], [10], [0.4], [None], "week", "studies")  # not "scans" for studies
     assert studies.layout.yaxis2.title.text == "studies" and "studies" in studies.layout.title.text
@@ -651,6 +652,8 @@ def test_each_drift_panel_marks_its_own_measure_out_of_control() -> None:
     figure = drift_chart(QualityBoard(tuple(rows), drift, None, {}, None, None, None), "day")
     rate_panel, mean_panel = (t for t in figure.data if t.name == "observed")
     assert list(rate_panel.marker.symbol)[-1] == "circle" and list(mean_panel.marker.symbol)[-1] == "x"
+    # one legend entry for both limits, named for both (it read "lower limit", the upper one's dashes too)
+    assert [t.name for t in figure.data if t.showlegend and t.legendgroup == "limits"] == ["control limits (3 sd)"]
 
 
 def test_a_versions_withheld_rate_or_agreement_cannot_be_had_by_subtraction(tmp_path) -> None:

@@ -227,6 +227,7 @@ def _count_panel(
         customdata=bars["customdata"],
         hovertemplate=f"%{{x}}: %{{customdata}} {noun}<extra></extra>",
         width=0.85 * _period_ms(period),
+        showlegend=False,  # its axis names it; the legend drew its swatch as the first bar, hatched when withheld
         row=2,
         col=1,
     )
@@ -360,14 +361,14 @@ def drift_figure(
     edges = [*starts, str(period_end(datetime.fromisoformat(str(starts[-1])[:19]), period))] if starts else []
     for row, values, bounds, flags in ((1, rates, limits, alarms[0]), (2, means, mean_limits, alarms[1])):
         pct = [None if v is None else round(v * 100, 2) for v in values]
-        for k, name in ((0, "lower limit"), (1, "upper limit")):
+        for k in (0, 1):
             steps = [None if b is None else round(b[k] * 100, 2) for b in bounds]
             figure.add_scatter(
                 x=[x for i in range(len(steps)) for x in (edges[i], edges[i + 1], None)],
                 y=[y for step in steps for y in (step, step, None)],
                 mode="lines",
                 line={"color": "#95a5a6", "dash": "dash"},
-                name=name,
+                name="control limits (3 sd)",  # one legend entry for both lines (it read "lower limit")
                 showlegend=row == 1 and k == 0,
                 legendgroup="limits",
                 row=row,
