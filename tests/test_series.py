@@ -1292,3 +1292,33 @@ def test_a_study_path_that_is_not_a_folder_is_read_as_one_file(tmp_path: Path, t
     with pytest.raises(ScanError, match="over 0 MB, the limit") as refused:  # a device without end: read no further
         files_of(Path("/dev/zero"), StudyLimits(max_total_bytes=1000))
     assert refused.value.code == "file_too_large"
+
+
+def test_a_damaged_nii_gz_is_refused_never_analysed_as_it_decompresses() -> None:
+    """A byte flipped inside the deflate stream: the reader stopped at the end of the volume, never reached the
+    gzip trailer, and analysed and saved a volume a third of whose voxels had changed, with no word said."""
+    import gzip
+
+    packed = nifti(head_volume(6, 64, range(2, 4)), gz=True)
+    assert read_study([packed])[0].sections.shape[0] == 6
+    wrong_crc = packed[:-8] + bytes([packed[-8] ^ 0xFF]) + packed[-7:]  # the data intact, its checksum not
+    flipped = bytearray(packed)
+    flipped[len(packed) // 2] ^= 0x10  # inside the compressed data
+    for damaged in (wrong_crc, bytes(flipped)):
+        with pytest.raises(CorruptImage, match="damaged"):
+            read_study([damaged])
+    padded = gzip.compress(gzip.decompress(packed) + b"\x00" * (2 << 20))  # far more than the header's volume
+    with pytest.raises(CorruptImage, match="more than the volume its header describes"):
+        read_study([padded])
+
+
+def test_a_nifti_whose_unit_code_nifti_does_not_define_is_read_unmeasured_not_an_internal_error() -> None:
+    import nibabel
+
+    raw = bytearray(nifti(head_volume(4, 64)))
+    raw[123] = 0xF0  # xyzt_units: no such code (nibabel raised KeyError: "Unexpected error; try again")
+    with pytest.raises(KeyError):
+        nibabel.Nifti1Image.from_bytes(bytes(raw)).header.get_xyzt_units()
+    (series,) = read_study([bytes(raw)])
+    assert series.spacing is None and not series.positions_in_mm  # no size claimed in an unknown unit
+    assert any("a unit NIfTI does not define" in w for w in series.warnings)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import zlib
 from typing import Any
 
 import numpy as np
@@ -109,7 +110,8 @@ def _sizes_usable(header: Any, declared: np.ndarray, zooms: np.ndarray) -> bool:
 
 
 UNMEASURED = (
-    "The NIfTI header's voxel sizes are not usable (zero, negative, not a number, or beyond "
+    "The NIfTI header's voxel sizes are not usable (zero, negative, not a number, in a unit NIfTI does not define, "
+    "or beyond "
     f"{PLAUSIBLE_MM[0]}-{PLAUSIBLE_MM[1]:.0f} mm): no distance, area or volume is measured, and sections are numbered."
 )
 
@@ -117,16 +119,32 @@ UNMEASURED = (
 _MM_PER_UNIT = {"meter": 1000.0, "micron": 0.001}  # NIfTI's xyzt_units; "mm" and "unknown" (read as mm) are 1
 
 
+TRAILING = 1 << 20  # bytes a .nii.gz may hold past its volume (padding) before it is not one volume
+
+
 def _unpacked(data: bytes, limits: StudyLimits) -> tuple[bytes, bytes]:
-    """The file, unpacked when gzipped up to the end of its volume (never more), and its header."""
+    """The file, unpacked when gzipped up to the end of its volume (never more, but for :data:`TRAILING` bytes),
+    and its header. Read to its end, so that its checksum is checked: a byte flipped in the stream was analysed
+    and saved, a third of the voxels changed and no word said."""
     try:
         needed = nifti_bytes(head := nifti_head(data), limits)
         if data[:2] == b"\x1f\x8b":
             with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
                 data = stream.read(needed + 1)
-    except (OSError, EOFError) as error:
-        raise CorruptImage("The .nii.gz file is damaged.") from error
+                if len(stream.read(TRAILING + 1)) > TRAILING:
+                    raise CorruptImage("The .nii.gz file holds more than the volume its header describes.")
+    except (OSError, EOFError, zlib.error) as error:
+        raise CorruptImage("The .nii.gz file is damaged (its compressed data do not check out).") from error
     return data, head
+
+
+def _mm_per_unit(header: Any) -> float | None:
+    """Millimetres per unit of the header's ``xyzt_units`` (None: a code NIfTI does not define; it was an
+    internal error)."""
+    try:
+        return _MM_PER_UNIT.get(header.get_xyzt_units()[0], 1.0)
+    except KeyError:
+        return None
 
 
 def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volume:
@@ -161,9 +179,10 @@ def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volum
     # the spacing comes from the same matrix as the directions (pixdim can disagree with the sform it is under)
     # in millimetres whatever the header's unit (one in metres gave a spacing of 0.0009 "mm": distances, gaps and
     # lesion volumes 1000 times off, unsaid)
-    to_mm = _MM_PER_UNIT.get(stored.header.get_xyzt_units()[0], 1.0)
+    unit = _mm_per_unit(stored.header)  # an undefined unit: no size is claimed
+    to_mm = unit or 1.0
     zooms = np.linalg.norm(np.asarray(image.affine, float)[:3, :3], axis=0) * to_mm
-    if not (measured := _sizes_usable(stored.header, declared_zooms(head), zooms)):
+    if not (measured := unit is not None and _sizes_usable(stored.header, declared_zooms(head), zooms)):
         zooms, notes = np.ones(3), (*notes, UNMEASURED)
     axis = _cut_axis(zooms, volume.shape)
     across = tuple(a for a in range(3) if a != axis)  # a section's columns follow the first, its rows the second
