@@ -313,6 +313,34 @@ def test_exif_orientation_is_applied() -> None:
     assert scan.pixels[:16].mean() > 200  # the left edge is now on top
 
 
+def test_damaged_exif_or_a_marker_damaged_into_the_image_data_is_corrupt_never_an_internal_error() -> None:
+    """An EXIF-rotated slice whose EXIF holds a SHORT tag written as text, and a JPEG whose image data hold a byte
+    damaged into a marker, were "Unexpected error; try again" (Pillow's struct.error, an IndexError); the same
+    damage in a DICOM file's JPEG was "the DICOM header holds invalid values"."""
+    from core.imaging.codestream import cut_short
+
+    gray = np.ascontiguousarray(np.rot90(synthetic_slice(128), 1))
+    exif = Image.Exif()
+    exif[0x0112], exif[0x013B] = 6, "x" * 19  # orientation, and an ASCII tag (Artist)
+    for fmt in ("JPEG", "PNG"):
+        buffer = io.BytesIO()
+        Image.fromarray(gray).save(buffer, fmt, exif=exif)
+        data = bytearray(buffer.getvalue())
+        for entry, tag in ((b"\x3b\x01\x02\x00", b"\x23\x01"), (b"\x01\x3b\x00\x02", b"\x01\x23")):  # either order
+            if (at := data.find(entry)) >= 0:  # the Artist entry, made GrayResponseCurve (a SHORT) holding text
+                data[at : at + 2] = tag
+        if fmt == "PNG":  # its chunk's checksum made good again: only the EXIF value is wrong
+            chunk = data.find(b"eXIf")
+            length = struct.unpack(">I", data[chunk - 4 : chunk])[0]
+            crc = zlib.crc32(bytes(data[chunk : chunk + 4 + length])) & 0xFFFFFFFF
+            data[chunk + 4 + length : chunk + 8 + length] = struct.pack(">I", crc)
+        with pytest.raises(CorruptImage, match="EXIF data"):
+            read_scan(bytes(data))
+    frame = bytearray(b"\xff\xd8\xff\xc2\x00\x0b\x08\x00\x10\x00\x10\x05\x01\x11\x00\xff\xd9")  # 5 components, 1 given
+    with pytest.raises(CorruptImage, match="marker segment is shorter"):
+        cut_short(bytes(frame))
+
+
 def test_colour_photo_reports_colourfulness() -> None:
     rng = np.random.default_rng(0)
     colour = rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)

@@ -1322,3 +1322,27 @@ def test_a_nifti_whose_unit_code_nifti_does_not_define_is_read_unmeasured_not_an
     (series,) = read_study([bytes(raw)])
     assert series.spacing is None and not series.positions_in_mm  # no size claimed in an unknown unit
     assert any("a unit NIfTI does not define" in w for w in series.warnings)
+
+
+def test_a_zip_with_names_in_another_encoding_or_a_directory_pointing_astray_is_damaged_not_an_internal_error() -> None:
+    """Names flagged UTF-8 but written otherwise raised UnicodeDecodeError, and an end record giving a wrong offset
+    of the directory "negative seek value": both "Unexpected error; try again", which a retry cannot help; a bad
+    checksum read "damaged (BadZipFile)"."""
+    import struct
+    import zipfile
+
+    files = dicom_series(head_volume(2))
+    good = zipped(files, ["name0_\u00e9.dcm", "name1_\u00e9.dcm"])
+    named = bytes(good).replace("\u00e9".encode(), b"\xff\xfe")  # flag bit 11 (UTF-8) set by zipfile, kept
+    with pytest.raises(CorruptImage, match="not in the encoding it declares"):
+        read_study([named])
+    astray = bytearray(good)
+    struct.pack_into("<I", astray, astray.rfind(b"PK\x05\x06") + 16, 0xC0000000)
+    with pytest.raises(CorruptImage, match="damaged"):
+        read_study([bytes(astray)])
+    with zipfile.ZipFile(stored := io.BytesIO(), "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("a.dcm", files[0])
+    rotten = bytearray(stored.getvalue())
+    rotten[30 + len("a.dcm") + 200] ^= 0xFF  # inside its stored data: its CRC no longer matches
+    with pytest.raises(CorruptImage, match=r"damaged \(a checksum does not match\)"):
+        read_study([bytes(rotten)])

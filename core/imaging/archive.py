@@ -25,7 +25,9 @@ def _members(data: bytes) -> tuple[zipfile.ZipFile, list[zipfile.ZipInfo]]:
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         return archive, [m for m in archive.infolist() if not m.is_dir()]
-    except zipfile.BadZipFile as error:
+    except UnicodeDecodeError as error:  # flagged UTF-8, written otherwise: it was an internal error
+        raise CorruptImage("The zip's file names are not in the encoding it declares (UTF-8); zip it again.") from error
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
         raise CorruptImage("The zip archive is damaged.") from error
 
 
@@ -63,8 +65,10 @@ def unzip(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> list[bytes
         try:
             with archive.open(member) as handle:
                 content = handle.read(member.file_size + 1)
-        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as error:  # a bad CRC, a cut stream
-            raise CorruptImage(f"A file in the zip is damaged ({type(error).__name__}); refused.") from error
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as error:  # a bad CRC, a cut stream,
+            # a directory pointing before the file's start ("negative seek value": it was an internal error)
+            why = "a checksum does not match" if "crc" in str(error).lower() else "it cannot be unpacked"
+            raise CorruptImage(f"A file in the zip is damaged ({why}); refused.") from error
         if len(content) > member.file_size:  # the header lied about the size
             raise FileTooLarge("A file in the zip is larger than its header says; refused.")
         out.append(content)

@@ -49,10 +49,16 @@ def check_codestream(dataset: Any, frame: int | None, frames: int) -> None:
 
 def cut_short(data: bytes) -> str | None:
     """Why a JPEG codestream is cut short, as its structure tells, or None: progressive scans missing, or restart
-    intervals missing (both decode without an error, the missing part blurred or grey)."""
-    if not progressive_complete(data):
+    intervals missing (both decode without an error, the missing part blurred or grey). A marker segment shorter
+    than its fields (a byte of the image data damaged into a marker) is :class:`CorruptImage`: it was an internal
+    error for a .jpg, and "invalid header values" for a DICOM file."""
+    try:
+        complete, counted = progressive_complete(data), restarts(data)
+    except IndexError as error:
+        raise CorruptImage("The JPEG image data are damaged: a marker segment is shorter than its fields.") from error
+    if not complete:
         return "its progressive scans end before the image is complete."
-    if (counted := restarts(data)) is not None and counted[1] < counted[0]:
+    if counted is not None and counted[1] < counted[0]:
         return f"it holds {counted[1] + 1} of its {counted[0] + 1} restart intervals (the rest would read as grey)."
     return None
 

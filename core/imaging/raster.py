@@ -16,6 +16,7 @@ import math
 import struct
 import warnings
 import zlib
+from typing import Any
 
 import cv2
 import numpy as np
@@ -63,7 +64,7 @@ def read_raster(data: bytes, fmt: str, limits: Limits) -> tuple[np.ndarray, floa
                     _check_png_rows(data, size)
                 if fmt == "jpeg" and grey_filled(image) and fill_of_a_cut(data, size, limits.max_decoded_bytes):
                     raise CorruptImage(f"The JPEG file is cut short: {GREY_FILL}")
-                image = ImageOps.exif_transpose(image)
+                image = _upright(image, what)
                 pixels, colourfulness = _to_gray(image)
                 return pixels, colourfulness, declared
     except ScanError:
@@ -150,6 +151,15 @@ def _decode_within_budget(image: Image.Image, limits: Limits) -> Image.Image:
         reduced = image.resize(size, Image.Resampling.BOX)  # each output pixel the mean of the area it covers
     reduced.info.update(image.info)  # its EXIF orientation too: applied after the reduction, as for any size
     return reduced
+
+
+def _upright(image: Any, what: str) -> Any:
+    """``image`` turned as its EXIF orientation says; damaged EXIF values (a tag of the wrong type) are
+    :class:`CorruptImage`: which way up the slice is cannot be known (it was an internal error)."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except (struct.error, TypeError, KeyError, IndexError) as error:
+        raise CorruptImage(f"The {what} file's EXIF data (which way up the image is) are damaged.") from error
 
 
 def _describe(error: Exception) -> str:
