@@ -62,7 +62,8 @@ def read_raster(data: bytes, fmt: str, limits: Limits) -> tuple[np.ndarray, floa
                 image = _decode_within_budget(image, limits)
                 if fmt == "png":  # once decoded within the budget: counting its rows costs no more
                     _check_png_rows(data, size)
-                if fmt == "jpeg" and grey_filled(image) and fill_of_a_cut(data, size, limits.max_decoded_bytes):
+                filled = grey_filled(image) if fmt == "jpeg" else None
+                if filled is not None and fill_of_a_cut(data, size, limits.max_decoded_bytes, filled):
                     raise CorruptImage(f"The JPEG file is cut short: {GREY_FILL}")
                 image = _upright(image, what)
                 pixels, colourfulness = _to_gray(image)
