@@ -954,7 +954,7 @@ def test_a_session_idle_for_thirty_minutes_is_signed_out() -> None:
     import time
 
     app = page("scan.py")
-    app.session_state["actor_seen"] = time.time() - 31 * 60
+    app.session_state["actor_seen"] = time.monotonic() - 31 * 60
     app.run()
     assert not app.exception and [t.label for t in app.text_input] == ["Account", "Password"]
     assert any("expired" in i.value for i in app.info) and not app.file_uploader
@@ -1809,7 +1809,7 @@ def test_a_review_pressed_after_the_session_expired_or_the_account_was_disabled_
     app = page("worklist.py")
     app.session_state["wl_show"] = "not yet reviewed"
     app.run()
-    app.session_state["actor_seen"] = time.time() - 31 * 60  # left open for 31 minutes
+    app.session_state["actor_seen"] = time.monotonic() - 31 * 60  # left open for 31 minutes
     next(b for b in app.button if b.label.startswith("Agree")).click().run()
     assert not app.exception and stored(app_environment).recent(1)[0].review_count == 0
     store = open_results_store()

@@ -55,14 +55,14 @@ def test_a_timed_refresh_checks_the_session_but_never_keeps_it_alive(monkeypatch
 
     store = SQLiteStore(tmp_path / "results.sqlite3")
     boss = Actor("boss", "supervisor")
-    state = {auth.ACTOR_KEY: boss, auth.SEEN_KEY: time.time() - 20 * 60}
+    state = {auth.ACTOR_KEY: boss, auth.SEEN_KEY: time.monotonic() - 20 * 60}
     monkeypatch.setattr(auth.st, "session_state", state)
     monkeypatch.setattr(auth, "_browser_token", lambda: None)
     monkeypatch.setattr(auth.resources, "current_store", lambda: store)
     monkeypatch.setattr(auth.resources, "session_registry", lambda: SessionRegistry())
     seen = state[auth.SEEN_KEY]
     assert auth.current_actor(activity=False) == boss and state[auth.SEEN_KEY] == seen  # checked, not refreshed
-    state[auth.SEEN_KEY] = time.time() - 31 * 60
+    state[auth.SEEN_KEY] = time.monotonic() - 31 * 60
     assert auth.current_actor(activity=False) is None and auth.ACTOR_KEY not in state  # expired while refreshing
     state.update({auth.ACTOR_KEY: boss, auth.SEEN_KEY: seen})
     assert auth.current_actor() == boss and state[auth.SEEN_KEY] > seen  # a user's own action is activity
@@ -396,3 +396,16 @@ def test_the_app_opens_no_database_whose_audit_trail_another_key_signs(monkeypat
     resources._store.clear()
     assert not audit.verify(resources.current_store()).intact  # opened; verify names the edit
     resources._store.clear()
+
+
+def test_idle_expiry_runs_on_a_clock_that_a_step_of_the_wall_clock_never_moves(monkeypatch) -> None:
+    """Idle time was wall-clock time: with the clock stepped back an hour (a time sync), a session idle for 88
+    minutes was still alive."""
+    import time
+
+    stopped = time.time() - 3600
+    monkeypatch.setattr(time, "time", lambda: stopped)  # stepped back, and standing still
+    registry = SessionRegistry(idle_seconds=0.05)
+    token = registry.issue(Actor("dr-a", "radiologist"))
+    time.sleep(0.1)
+    assert registry.resume(token) is None

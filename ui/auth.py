@@ -67,7 +67,7 @@ def _resumed_actor() -> Actor | None:
     if actor is None:
         registry.forget(token)
         return None
-    st.session_state[ACTOR_KEY], st.session_state[SEEN_KEY] = actor, time.time()
+    st.session_state[ACTOR_KEY], st.session_state[SEEN_KEY] = actor, time.monotonic()
     st.session_state[TOKEN_KEY], st.session_state[BOUND_KEY] = token, True
     with suppress(StoreError):
         audit.record(store, actor, "session_resumed", actor.name)
@@ -94,7 +94,7 @@ def current_actor(activity: bool = True) -> Actor | None:
     elif st.session_state.get(BOUND_KEY):  # this connection lacks the browser's secret: not the signed-in browser
         sign_out("session cookie missing")
         return None
-    now = time.time()
+    now = time.monotonic()
     seen = st.session_state.get(SEEN_KEY, now)
     registry = resources.session_registry()
     # idle here, but the browser's session is in use in another of its tabs (they share the token, kept alive by
@@ -176,7 +176,7 @@ def _password_fields(actor: Actor) -> None:
         except (InvalidRecord, SignInFailed, StoreError) as error:
             st.error(str(error))
             return
-        st.session_state[ACTOR_KEY], st.session_state[SEEN_KEY] = renewed, time.time()
+        st.session_state[ACTOR_KEY], st.session_state[SEEN_KEY] = renewed, time.monotonic()
         _start_session(renewed)  # a new token, written to the browser's cookie by the run that follows at once (a
         st.session_state[PASSWORD_CHANGED] = True  # reload before it sent the forgotten one: signed out), whose
         st.rerun()  # page holds the renewed actor (this run's refused its downloads)
@@ -299,7 +299,7 @@ def sign_in_screen() -> None:
         except StoreError as error:
             st.error(f"Sign-in is unavailable right now: {error}")
         else:
-            st.session_state[ACTOR_KEY], st.session_state[SEEN_KEY] = actor, time.time()
+            st.session_state[ACTOR_KEY], st.session_state[SEEN_KEY] = actor, time.monotonic()
             _start_session(actor)
             form.empty()
             st.info(f"Signed in as {actor.name}. Loading…")
@@ -323,7 +323,7 @@ def _single_sign_on(store) -> None:
             st.error(str(error))
             st.button("Sign out of the identity provider", on_click=st.logout)
             return
-        st.session_state[ACTOR_KEY], st.session_state[SEEN_KEY] = actor, time.time()
+        st.session_state[ACTOR_KEY], st.session_state[SEEN_KEY] = actor, time.monotonic()
         _start_session(actor)
         st.rerun()
     st.button("Sign in with your organisation's account", on_click=st.login, type="primary")

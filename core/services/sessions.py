@@ -18,6 +18,7 @@ import hashlib
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from core.services.access import Actor
@@ -35,11 +36,12 @@ class _Entry:
 class SessionRegistry:
     """Token hashes -> (the user as signed in, last activity). Tokens themselves are never stored."""
 
-    def __init__(self, idle_seconds: float = IDLE_MINUTES * 60, clock=time.time) -> None:
+    def __init__(self, idle_seconds: float = IDLE_MINUTES * 60, clock: Callable[[], float] | None = None) -> None:
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
         self._idle = idle_seconds
-        self._clock = clock
+        # idle time on a clock no step of the wall clock moves (stepped back an hour, an idle session lived 88 min)
+        self._clock = clock or time.monotonic
 
     @staticmethod
     def _key(token: str) -> str:
