@@ -754,6 +754,12 @@ def test_a_command_that_saves_makes_no_new_database_in_a_mistyped_data_folder(
         code, lines = run_main(command, capsys)
         assert code == 2 and "There is no results database" in lines[-1]["error"]["message"], command
     assert not (tmp_path / "dataa").exists()
+    # a database cut to an empty file (a full disk, a failed copy) beside its key: made anew over, "saved"
+    (tmp_path / "dataa").mkdir()
+    (tmp_path / "dataa" / "results.sqlite3").write_bytes(b"")
+    code, lines = run_main(["predict", "--model", str(tiny_card), "--save", str(scan)], capsys)
+    assert code == 2 and "is an empty file" in lines[-1]["error"]["message"]
+    assert (tmp_path / "dataa" / "results.sqlite3").stat().st_size == 0
 
 
 def test_a_patient_key_that_is_not_the_databases_is_refused_before_any_study_is_filed_under_it(

@@ -62,11 +62,18 @@ def open_results_store(
     ``audit verify``, which says what does not hold)."""
     secrets = file_secrets() if secrets is None else secrets
     uri = mongodb_uri(secrets)
-    if existing and not uri and not (data_dir() / DATABASE_FILE).exists():
-        stamps.check(data_dir() / DATABASE_FILE)  # one known to have been there has vanished: said so, as to the app
+    path = data_dir() / DATABASE_FILE
+    if existing and not uri and not path.exists():
+        stamps.check(path)  # one known to have been there has vanished: said so, as to the app
         raise StoreError(
             f"There is no results database in {data_dir()} (BTD_DATA_DIR): nothing was read or made. Check the "
             "folder; the app's first start (or `users add`) makes a new one."
+        )
+    if existing and not uri and path.stat().st_size == 0:  # a database cut to nothing (a full disk, a copy that
+        stamps.check(path)  # failed): it was made anew over, and `predict --save` answered "saved"
+        raise StoreError(
+            f"The results database in {data_dir()} (BTD_DATA_DIR) is an empty file: nothing was read or made. "
+            "Restore it from a backup, or remove the empty file for a new database."
         )
     store = open_store(uri, data_dir(), audit_key(secrets, shared_database=bool(uri)))
     if same_key and audit.key_doubt(store) is not None:  # the newest event edited under the server's key: not the
