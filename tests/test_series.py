@@ -1346,3 +1346,16 @@ def test_a_zip_with_names_in_another_encoding_or_a_directory_pointing_astray_is_
     rotten[30 + len("a.dcm") + 200] ^= 0xFF  # inside its stored data: its CRC no longer matches
     with pytest.raises(CorruptImage, match=r"damaged \(a checksum does not match\)"):
         read_study([bytes(rotten)])
+
+
+def test_voxels_that_are_not_numbers_are_shown_as_background_and_said() -> None:
+    """A block of NaN inside the brain was drawn black (as a mask's outside is) with no word said."""
+    import nibabel
+
+    data = np.transpose(head_volume(6, 64), (2, 1, 0)).astype(np.float32)
+    data[20:30, 20:30, 2:4] = np.nan
+    (series,) = read_study([nibabel.Nifti1Image(data, np.diag([1.0, 1.0, 3.0, 1.0])).to_bytes()])
+    assert any("200 of its voxels are not numbers" in note for note in series.warnings)
+    assert (series.sections >= 0).all() and series.sections.dtype == np.uint8  # drawn, as background
+    (plain,) = read_study([nibabel.Nifti1Image(np.nan_to_num(data), np.diag([1.0, 1.0, 3.0, 1.0])).to_bytes()])
+    assert not any("not numbers" in note for note in plain.warnings)
