@@ -17,7 +17,7 @@ from ui import charts, resources
 from ui.auth import audited_download, fragment_actor
 from ui.page import setup_page
 from ui.selection import dates_within
-from ui.wording import LABEL_NAMES, hours_within, pretty
+from ui.wording import LABEL_NAMES, hours_within, plain, pretty
 
 LIVE_WITHIN_SECONDS = 30  # what the page promises: a new result is on the board within this long
 REFRESH_SECONDS = 25  # the board re-runs this often ...
@@ -92,7 +92,7 @@ def versions(actor, source: str) -> dict[str, str]:
 
 browser_zone = st.context.timezone if st.context.timezone in available_timezones() else "UTC"
 zones = sorted({browser_zone, "UTC", "Europe/London", "Europe/Paris", "America/New_York", "Asia/Tokyo"})
-controls = st.columns([1, 1.4, 1, 1.2, 0.9, 0.8])
+controls = st.columns([1, 1.4, 1.2, 1, 0.8])
 timezone = controls[0].selectbox("Time zone", zones, index=zones.index(browser_zone), key="stats_zone")
 today = datetime.now(ZoneInfo(timezone)).date()
 
@@ -117,7 +117,7 @@ try:
 except StoreError as error:
     st.error(f"The results database cannot be read: {error}")
     st.stop()
-picked = controls[3].multiselect(
+picked = st.multiselect(  # a row of its own: in a column, a version read "+944..." and two showed as one
     "Model versions",
     list(available),
     format_func=lambda v: available.get(v, v),
@@ -125,7 +125,7 @@ picked = controls[3].multiselect(
     key="stats_versions",
 )
 UNIT_NAMES = {"study": "per study", "result": "per scan or series"}
-unit = controls[4].radio(
+unit = controls[3].radio(
     "Count",
     list(UNIT_NAMES),
     format_func=UNIT_NAMES.get,
@@ -134,7 +134,7 @@ unit = controls[4].radio(
     "once), tumour when any of its series is, not at all when none is and one of its series could not be read (it "
     "has no verdict); a single scan is a study of its own. Per scan or series: every saved result once.",
 )
-paused = controls[5].toggle("Pause", help=f"Stop refreshing (every {REFRESH_SECONDS} s)")
+paused = controls[4].toggle("Pause", help=f"Stop refreshing (every {REFRESH_SECONDS} s)")
 try:  # no key (MongoDB without one): a series keeps no study, and "per study" counted every series as a study
     ungrouped = statistics_export.UNGROUPED if resources.current_patient_key() is None else None
 except ValueError:  # a key that cannot be used: the pages save without one
@@ -147,6 +147,13 @@ if not days_chosen:
     st.info("Choose a start and an end date.")
     st.stop()
 start_day, end_day = days_chosen[0], days_chosen[-1]
+# what the board counts, said: a date typed past the allowed range stayed in its field, in red, above the figures
+# of the range before it
+counted = ", ".join(available.get(v, v) for v in picked) if picked else "all versions"
+st.caption(
+    f"Counting {start_day:%d %b %Y} to {end_day:%d %b %Y} ({timezone}), {plain(counted)}, {UNIT_NAMES[unit]}.",
+    help="Dates past tomorrow cannot be chosen: a range typed beyond it is not applied.",
+)
 
 
 WITHHELD_MARK, WITHHELD = statistics.WITHHELD_TEXT
