@@ -87,8 +87,8 @@ days = controls[2].date_input(
     "Dates (UTC)", (today - timedelta(days=30), today), key="audit_dates", on_change=first_page
 )
 start_day, end_day = (days[0], days[-1]) if isinstance(days, tuple | list) and days else (today, today)
-filters = {
-    "action": action.strip() or None,
+filters = {  # an action as its events name it: "Review " or "sign in failed" matched nothing, unsaid
+    "action": "_".join(action.lower().split()) or None,
     "who": who.strip() or None,
     "start": datetime.combine(start_day, time(0), UTC),
     "end": datetime.combine(end_day + timedelta(days=1), time(0), UTC),

@@ -1875,6 +1875,8 @@ def test_the_audit_page_reads_the_trail_a_page_at_a_time_newest_first(
     assert list(app.dataframe[0].value["seq"]) == [5, 4]
     app.text_input(key="audit_target").set_value("user-2").run()
     assert list(app.dataframe[0].value["seq"]) == [2] and app.caption[0].value.startswith("1 event matches")
+    app.text_input(key="audit_action").set_value(" Account Created ").run()  # as the events name it, whatever case
+    assert list(app.dataframe[0].value["seq"]) == [2]
     made = downloads[-1]().decode().splitlines()  # the matching events, made when pressed, itself an event
     assert len(made) == 3 and ",user-2," in made[2] and exports(app_environment, "audit_export")
     supervisor = page("audit.py").run()  # no filter by target: it would say who touched which result
