@@ -11,6 +11,7 @@ from core.services.access import ACCOUNTS
 from core.services.accounts import ROLES
 from ui import resources
 from ui.page import setup_page
+from ui.wording import count_of
 
 actor = setup_page("Accounts", ACCOUNTS)
 st.title("Accounts")
@@ -110,7 +111,8 @@ st.caption(
 days = st.number_input("Delete images older than (days)", 1, retention.MAX_RETENTION_DAYS, kept_days, key="purge_days")
 purges = st.session_state.get("purges", 0)
 purge_confirmed = st.checkbox(
-    f"I confirm deleting the stored images older than {int(days)} days of reviewed results", key=f"purge_ok_{purges}"
+    f"I confirm deleting the stored images older than {count_of(int(days), 'day')} of reviewed results",
+    key=f"purge_ok_{purges}",
 )
 if st.button("Delete older images", type="secondary", disabled=not purge_confirmed):
     st.session_state["purges"] = purges + 1  # one confirmation, one deletion: the next run's box is unticked

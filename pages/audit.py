@@ -126,6 +126,8 @@ st.dataframe(
     ),
     hide_index=True,
     width="stretch",
+    height=600,  # about 16 rows of the page's 500 (it showed 10); the detail column as wide as the page allows
+    column_config={"detail": st.column_config.TextColumn("detail", width="large")},
 )
 paging = st.columns(2)
 paging[0].button("Newest", on_click=first_page, disabled=not pages, key="audit_newest")
