@@ -4,6 +4,7 @@ each series with its viewer and curve, then the PDF report. One rendering path f
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -136,10 +137,11 @@ def show_study(
             elif view.status is not None:
                 note = f": {view.status.message}" if view.status.message else ""
                 st.caption(f"Result {view.status.state}{note}.")
-            if view.skipped:
-                st.caption(
-                    f"{count_of(len(view.skipped), 'section')} skipped (too little brain or not like a brain MRI)."
-                )
+            if view.skipped:  # why, as the scroller says it section by section (it read one guess for all)
+                reasons = Counter(reason or "not read" for reason in view.skipped.values()).most_common()
+                said = "; ".join(f"{why} ({n})" if len(reasons) > 1 else why for why, n in reasons[:3])
+                more = f"; {len(reasons) - 3} other reasons" if len(reasons) > 3 else ""
+                st.caption(f"{count_of(len(view.skipped), 'section')} skipped: {plain(said)}{more}.")
             series_panel(view, classifier, explainer, prefix=f"s{number}-{view.key[:8]}")
     if report_note is not None:
         st.caption(report_note)
