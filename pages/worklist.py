@@ -26,6 +26,7 @@ from ui.wording import (
     flag_shown,
     pretty,
     probability_shown,
+    reason_shown,
     result_kind,
     series_kind,
     verdict_shown,
@@ -272,7 +273,7 @@ with override.form(f"override-{chosen.id}", border=True):  # cleared when saved,
     st.multiselect(
         "Reasons",
         REASON_CODES,
-        format_func=lambda code: code.replace("_", " "),
+        format_func=reason_shown,
         key=f"override-reasons-{chosen.id}",
         select_all=False,  # "Select all" recorded every reason at once, contradicting each other (missed, false alarm)
     )

@@ -1575,6 +1575,9 @@ def test_a_refused_result_saved_from_the_command_line_opens_on_the_worklist_and_
     app.multiselect[-1].set_value(["image_unsuitable"])
     next(b for b in app.button if b.label == "Save override").click().run()
     assert not app.exception and stored(app_environment).recent(1)[0].review_count == 1
+    app.selectbox(key="wl_show").set_value("reviewed").run()
+    history = next(d.value for d in app.dataframe if "reasons" in d.value.columns)  # in the form's words
+    assert list(history["reasons"]) == ["image unsuitable"]
 
 
 def test_the_override_form_starts_with_no_label_and_saves_nothing_until_one_is_chosen(

@@ -22,7 +22,17 @@ from ui.batch import Upload
 from ui.lesion import CAVEAT, OUTLINE_HELP, OUTLINE_LABEL, area_line, stored_volume_line
 from ui.viewer import series_panel, verdict_line
 from ui.viewer_figures import LETTER_PLACES, LETTER_STYLE, NO_ORIENTATION
-from ui.wording import CALL_CONFIDENCE, CONFIDENCE_HELP, count_of, percent, plain, pretty, result_kind, verdict_shown
+from ui.wording import (
+    CALL_CONFIDENCE,
+    CONFIDENCE_HELP,
+    count_of,
+    percent,
+    plain,
+    pretty,
+    reason_shown,
+    result_kind,
+    verdict_shown,
+)
 
 PREDICTED = "the verdict's class"
 
@@ -313,7 +323,7 @@ def result_panel(opened, labels: tuple[str, ...], classifier=None, explainer=Non
                         "by": r.reviewer,
                         "action": r.action,
                         "final": pretty(r.final_label),
-                        "reasons": ", ".join(r.reasons),
+                        "reasons": ", ".join(map(reason_shown, r.reasons)),
                         "note": r.note,
                     }
                     for r in opened.reviews

@@ -23,6 +23,7 @@ __all__ = [
     "plain",
     "pretty",
     "probability_shown",
+    "reason_shown",
     "series_kind",
     "two_places",
     "verdict_shown",
@@ -75,6 +76,12 @@ def probability_shown(record) -> str:
     if record.gate == "rejected":
         return "—"
     return f"{cut(min(max(record.tumour_probability, 0.001), 0.999), 3):.3f}"  # cut, as every figure shown
+
+
+def reason_shown(code: str) -> str:
+    """A review's reason code as the form and the review history show it ("wrong type"; the history read
+    "wrong_type")."""
+    return code.replace("_", " ")
 
 
 def hours_within(hours: float) -> str:
