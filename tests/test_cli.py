@@ -834,3 +834,16 @@ def test_a_name_or_filter_that_is_not_utf8_is_a_usage_error_saying_so(command, t
     assert usage.value.code == 2 and line["error"]["code"] == "bad_usage"
     assert "not UTF-8 text" in line["error"]["message"] and "Unicode" not in line["error"]["message"]
     assert not (tmp_path / "data").exists()  # refused before anything was opened
+
+
+def test_a_missing_card_is_named_with_where_its_path_came_from(tmp_path: Path, capsys, monkeypatch) -> None:
+    """`ensemble --member missing.json` and `predict --model missing.json` said "BTD_MODEL names it, else the
+    shipped card", which neither did."""
+    scan = tmp_path / "scan.png"
+    scan.write_bytes(png_bytes(synthetic_slice(128)))
+    monkeypatch.delenv("BTD_MODEL", raising=False)
+    code, lines = run_main(["predict", "--model", str(tmp_path / "missing.json"), str(scan)], capsys)
+    assert code == 2 and lines[-1]["error"]["message"] == f"Model card not found: {tmp_path / 'missing.json'}."
+    monkeypatch.setenv("BTD_MODEL", str(tmp_path / "configured.json"))
+    code, lines = run_main(["predict", str(scan)], capsys)
+    assert code == 2 and "configured.json (BTD_MODEL names it" in lines[-1]["error"]["message"]

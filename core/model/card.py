@@ -53,7 +53,7 @@ class ModelCard:
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError as error:
-            raise ModelError(f"Model card not found: {path} (BTD_MODEL names it, else the shipped card).") from error
+            raise ModelError(f"Model card not found: {path}.") from error
         except IsADirectoryError as error:
             raise ModelError(f"Model card {path.name} is a folder; give the card's JSON file.") from error
         except OSError as error:

@@ -34,6 +34,9 @@ from core.storage.protocol import Store
 def load_classifier(card_path: str | Path | None = None, lesions: bool = True) -> Classifier:
     """The model named by ``card_path`` (default: ``BTD_MODEL`` or the shipped card), hash-checked and loaded, with
     the lesion segmenter beside it (``BTD_LESION_MODEL`` or the shipped one) unless ``lesions`` is False."""
+    if card_path is None and not model_card_path().is_file():  # said where the path came from (a card given with
+        # --model or --member was told "BTD_MODEL names it", which it did not)
+        raise ModelError(f"Model card not found: {model_card_path()} (BTD_MODEL names it, else the shipped card).")
     classifier = Classifier.from_card(Path(card_path) if card_path else model_card_path())
     if not lesions:
         return classifier
