@@ -176,7 +176,8 @@ def read_nifti(data: bytes, limits: StudyLimits = DEFAULT_STUDY_LIMITS) -> Volum
         volume = volume[..., 0]
     if volume.ndim != 3:
         raise SeriesError(f"The NIfTI image has {volume.ndim} dimensions; a single 3-D volume is needed.")
-    missing = volume.size - int(np.count_nonzero(np.isfinite(volume))) if volume.dtype.kind == "f" else 0
+    finite = (int(np.count_nonzero(np.isfinite(plane))) for plane in volume)  # a plane at a time: no volume-sized mask
+    missing = volume.size - sum(finite) if volume.dtype.kind == "f" else 0
     if missing:  # drawn black as a mask's outside is: inside the brain, unsaid
         notes = (*notes, f"{missing:,} of its voxels are not numbers (NaN or infinite): they are shown as background.")
     # the spacing comes from the same matrix as the directions (pixdim can disagree with the sform it is under)
