@@ -173,18 +173,19 @@ def test_a_jpeg_with_restart_markers_cut_short_is_refused(keep: float, colour: b
     assert restarts(filled) == whole and read_scan(filled).pixels.shape == (512, 512)
 
 
-@pytest.mark.parametrize("colour", [False, True])
-def test_a_whole_jpeg_whose_last_rows_are_mid_grey_is_read(colour: bool) -> None:
+@pytest.mark.parametrize(("colour", "side"), [(False, 256), (True, 256), (False, 3000)])
+def test_a_whole_jpeg_whose_last_rows_are_mid_grey_is_read(colour: bool, side: int) -> None:
     """An export's caption strip of grey 128 looks like the decoder's fill of a cut file: the whole file was refused
-    as cut short (the same pixels as a PNG were read)."""
+    as cut short (the same pixels as a PNG were read). One over the working side is read reduced: its strip, found
+    there, was looked for in the full-size reading at the reduced one's place, and the file refused."""
     from PIL import Image
 
-    pixels = synthetic_slice(256, tumour=True)
-    pixels[-16:] = 128
+    pixels = synthetic_slice(side, tumour=True)
+    pixels[-16 * (side // 256) :] = 128
     buffer = io.BytesIO()
     Image.fromarray(pixels).convert("RGB" if colour else "L").save(buffer, "JPEG", quality=90)
     data = buffer.getvalue()
-    assert read_scan(data).pixels.shape == (256, 256)
+    assert read_scan(data).pixels.shape[0] == min(side, 2048)
     with pytest.raises(CorruptImage, match="cut short"):  # cut, it still is refused
         read_scan(data[: int(len(data) * 0.7)] + b"\xff\xd9")
 

@@ -132,10 +132,14 @@ def grey_filled(image: Any) -> Region | None:
     return None
 
 
-def fill_of_a_cut(data: bytes, size: tuple[int, int], max_decoded_bytes: int, region: Region) -> bool:
+def fill_of_a_cut(
+    data: bytes, size: tuple[int, int], max_decoded_bytes: int, region: Region, found_in: tuple[int, int] | None = None
+) -> bool:
     """Whether a grey ``region`` (:func:`grey_filled`) is Pillow's fill of a file cut short, not an image's own (an
     export's caption strip of mid-grey, refused as cut short): a second decoder, libjpeg, which fills a cut file
-    otherwise, reads it too. A file it cannot read, or too large to read again, stays refused."""
+    otherwise, reads it too. ``found_in``: the (width, height) of the image the region was found in, when Pillow
+    read it reduced (the region is scaled to the file's ``size``: a large export's own grey strip was looked for in
+    the wrong place and refused). A file it cannot read, or too large to read again, stays refused."""
     if size[0] * size[1] * 3 > max_decoded_bytes:
         return True
     try:
@@ -144,6 +148,10 @@ def fill_of_a_cut(data: bytes, size: tuple[int, int], max_decoded_bytes: int, re
         pixels = decode(data)
     except Exception:  # any failure of the second decoder leaves the first's verdict
         return True
+    if found_in is not None and found_in != size:  # inside the reduced region's footprint, never past it
+        rows, columns = region
+        fy, fx = size[1] / found_in[1], size[0] / found_in[0]
+        region = slice(math.ceil(rows.start * fy), size[1]), slice(math.ceil(columns.start * fx), size[0])
     return not bool((np.asarray(pixels)[region] == 128).all())
 
 

@@ -63,7 +63,7 @@ def read_raster(data: bytes, fmt: str, limits: Limits) -> tuple[np.ndarray, floa
                 if fmt == "png":  # once decoded within the budget: counting its rows costs no more
                     _check_png_rows(data, size)
                 filled = grey_filled(image) if fmt == "jpeg" else None
-                if filled is not None and fill_of_a_cut(data, size, limits.max_decoded_bytes, filled):
+                if filled is not None and fill_of_a_cut(data, size, limits.max_decoded_bytes, filled, image.size):
                     raise CorruptImage(f"The JPEG file is cut short: {GREY_FILL}")
                 image = _upright(image, what)
                 pixels, colourfulness = _to_gray(image)
