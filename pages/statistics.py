@@ -324,7 +324,11 @@ def headline(dashboard) -> None:
         help="Flagged for review: the tumour probability lies in the model's review band (uncertain), or a series "
         f"rests on fewer neighbouring sections than its rule asks. {per_result}",
     )
-    kpis[5].metric("Refused results", number(dashboard.rejected), help=f"Not a brain MRI, by the gate. {per_result}")
+    kpis[5].metric(
+        "Refused results",
+        number(dashboard.rejected),
+        help=f"Refused by the input gate (not a brain MRI slice it can read). {per_result}",
+    )
     st.caption(
         "The model's calls per class, counting results, as made: an override does not change them (the quality "
         "board below sets them against the final labels)."

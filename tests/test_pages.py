@@ -650,7 +650,7 @@ def test_bad_file_gets_its_reason_and_the_batch_goes_on(app_environment: Path) -
     assert len(shown_images(app)) == 3  # the good one
     table = app.dataframe[-1].value
     assert list(table["file"]) == ["fake.png", "good.png", "black.png"]
-    assert table["result"][0] == "rejected" and table["result"][2] == "rejected"
+    assert table["result"][0] == "not read" and table["result"][2] == "not read"  # not the gate's "refused"
     assert table["result"][1] in ("classified", "needs review")
     assert table["tumour"][0] == "" and table["tumour"][2] == ""  # no verdict: an empty cell, not a grey "None"
     assert stored(app_environment).summary().total == 1

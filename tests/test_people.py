@@ -375,6 +375,13 @@ def test_a_result_the_gate_refused_reopens_without_a_heat_map(
     )
     assert opened.view is not None and opened.view.heat == {} and opened.view.outline == ()
     assert opened.view.prediction.gate.decision == REJECTED
+    # and no reason of the reading again given as the refusal's ("review band" read as why it was refused)
+    from dataclasses import replace as changed
+
+    card = tiny_classifier.card  # every reading again in the review band: flagged, its reason the band's
+    monkeypatch.setattr(tiny_classifier, "card", changed(card, rule=changed(card.rule, review_band=(0.0, 1.0))))
+    opened = reviews.open_result(store, images, RADIOLOGIST, result.record.id, tiny_classifier, None)
+    assert opened.view.prediction.gate.decision == REJECTED and opened.view.prediction.gate.reasons == ()
 
 
 def test_a_save_that_cannot_be_audited_is_reported_not_saved(store, tiny_classifier, monkeypatch) -> None:

@@ -89,7 +89,8 @@ def batch() -> Batch:
 def result_state(result: Triaged) -> str:
     """What happened to one upload, in the words of the batch table."""
     if result.view is None:
-        return "choose a frame" if result.needs_frame else "rejected"
+        return "choose a frame" if result.needs_frame else "not read"  # its reason beside it ("rejected" read as
+        # the gate's "refused", another outcome)
     decision = result.view.prediction.gate.decision
     reviewed = result.record is not None and result.record.review_count  # uploaded again after its review
     if decision == NEEDS_REVIEW and reviewed:

@@ -25,6 +25,7 @@ from ui.viewer_figures import LETTER_PLACES, LETTER_STYLE, NO_ORIENTATION
 from ui.wording import (
     CALL_CONFIDENCE,
     CONFIDENCE_HELP,
+    REFUSED,
     count_of,
     percent,
     plain,
@@ -97,7 +98,7 @@ def _verdict(result: Triaged) -> None:
         differs = not refused and record.final_label != prediction.label
         (st.error if differs else st.info)(said, icon=":material/rate_review:")
     if gate.decision == REJECTED:
-        st.error("Not a brain MRI slice the model can read: " + "; ".join(gate.reasons) + ". No verdict given.")
+        st.error(f"{REFUSED}: " + "; ".join(gate.reasons) + ". No verdict given.")  # as the lists name it
     else:
         if gate.decision == NEEDS_REVIEW and record is not None and record.review_count:  # the flag was answered
             st.caption(f"Flagged for review ({'; '.join(gate.reasons)}); reviewed since.")

@@ -193,7 +193,7 @@ def _key_lesion(pdf, number: int, record: Record, view: SeriesView, key: KeyLesi
     section_image(pdf, view, outlined(view.sections[key.index], key.lesion), pdf.l_margin, y, side)
     pdf.set_font("Helvetica", "B", 9)
     pdf.set_xy(pdf.l_margin + side + 5, y)
-    pdf.cell(0, 5, pdf_text(f"Series {number}: lesion outline"), **_NEXT_LINE)
+    pdf.cell(0, 5, pdf_text(f"Series {number}{scanner_series(record.geometry)}: lesion outline"), **_NEXT_LINE)
     pdf.set_font("Helvetica", size=8.5)
     for line in key_lesion_lines(record, view, key):
         pdf.set_x(pdf.l_margin + side + 5)

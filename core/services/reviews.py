@@ -120,7 +120,9 @@ def open_result(
     except ScanError:
         return OpenedResult(record, None, store.reviews_of(result_id), "The stored image cannot be read.")
     if record.gate == REJECTED:  # the gate's decision as saved: the kept grey copy passes a colour check it failed
-        gate = replace(analysis.prediction.gate, decision=REJECTED)
+        # (and then its reasons are no refusal's: "review band" was given as why it was refused)
+        reread = analysis.prediction.gate
+        gate = replace(reread, decision=REJECTED, reasons=reread.reasons if reread.decision == REJECTED else ())
         analysis = replace(analysis, prediction=replace(analysis.prediction, gate=gate))
     # the upload's format and frame, not the kept copy's: a DICOM frame read "PNG 256x256", its frame dropped
     analysis = replace(analysis, scan=replace(analysis.scan, format=record.image_format, frame=record.frame))
