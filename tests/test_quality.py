@@ -140,6 +140,8 @@ def test_counts_that_add_up_to_the_reviewed_total_shown_are_withheld_as_groups()
     cells = accuracy({("glioma", "glioma"): 20, ("notumor", "notumor"): 27, ("glioma", "notumor"): 3})
     assert cells.reviewed == 50 and {c: n for c, n in cells.matrix.items() if n is not None} == {("notumor",) * 2: 27}
     assert len(cells.matrix) == 16  # every cell: an empty one beside withheld ones is withheld too (its 0 told)
+    unlabelled = accuracy({("glioma", None): 2, ("glioma", "glioma"): 10})  # a final label lost (an old row)
+    assert unlabelled.matrix[("glioma", None)] is None and len(unlabelled.matrix) == 25
     assert cells.sensitivity_interval is None and cells.specificity_interval is None  # they give counts back
     assert cells.sensitivity is None and cells.specificity is None and cells.agreement is None  # so do rates
     apart = accuracy(  # the withheld cells are disagreements on no-tumour finals: agreement and sensitivity stand

@@ -314,6 +314,7 @@ def test_a_few_voxels_of_lesion_are_never_written_as_no_volume_at_all() -> None:
     from ui.lesion import area_line, lesion_size, volume_line
 
     assert (ml_text(0.003), ml_text(0.0), ml_text(1.234), ml_text(0.384)) == ("<0.01", "0.00", "1.2", "0.38")
+    assert (ml_text(0.996), ml_text(1.0)) == ("1.0", "1.0")  # one writing across 1 mL ("1.00" beside "1.0")
     # one writing on every surface: the screen's 1.2 mL and 342 mm² were the PDF's 1.25 mL and 342.4 mm²
     assert lesion_size(3.75, "mL") == f"{ml_text(3.75)} mL" == "3.8 mL"
     assert area_line(1368, 342.44) == "Lesion: 342 mm² (1,368 px)" and lesion_size(342.44, "mm2") == "342 mm²"

@@ -146,7 +146,7 @@ def browser_session(monkeypatch, store, doctor):
 
     registry = SessionRegistry()
     token = registry.issue(doctor)
-    state = {auth.ACTOR_KEY: doctor, auth.SEEN_KEY: time.time(), auth.TOKEN_KEY: token, auth.BOUND_KEY: True}
+    state = {auth.ACTOR_KEY: doctor, auth.SEEN_KEY: time.monotonic(), auth.TOKEN_KEY: token, auth.BOUND_KEY: True}
     monkeypatch.setattr(auth.st, "session_state", state)
     monkeypatch.setattr(auth, "_browser_token", lambda: token)
     monkeypatch.setattr(auth.resources, "current_store", lambda: store)
@@ -196,7 +196,7 @@ def test_an_export_made_after_the_session_ended_elsewhere_is_refused(monkeypatch
     registry = SessionRegistry()
     admin = Actor("admin-a", "admin")
     token = registry.issue(admin)
-    state = {auth.ACTOR_KEY: admin, auth.SEEN_KEY: time.time(), auth.TOKEN_KEY: token, auth.BOUND_KEY: True}
+    state = {auth.ACTOR_KEY: admin, auth.SEEN_KEY: time.monotonic(), auth.TOKEN_KEY: token, auth.BOUND_KEY: True}
     monkeypatch.setattr(auth.st, "session_state", state)
     monkeypatch.setattr(auth.resources, "session_registry", lambda: registry)
     alive = auth.still_signed_in()
@@ -219,7 +219,7 @@ def test_a_fragment_reruns_the_whole_app_when_the_role_changed_since_the_page_ra
     accounts.add_account(store, COMMAND_LINE, "root", "admin", "a long enough password")
     accounts.add_account(store, COMMAND_LINE, "dr-a", "radiologist", "another long password")
     doctor = accounts.sign_in(store, "dr-a", "another long password")
-    state = {auth.ACTOR_KEY: doctor, auth.SEEN_KEY: time.time()}
+    state = {auth.ACTOR_KEY: doctor, auth.SEEN_KEY: time.monotonic()}
     monkeypatch.setattr(auth.st, "session_state", state)
     monkeypatch.setattr(auth, "_browser_token", lambda: None)
     monkeypatch.setattr(auth.resources, "current_store", lambda: store)
@@ -250,8 +250,13 @@ def test_an_idle_tab_never_signs_out_the_tab_of_the_same_browser_in_use(monkeypa
     monkeypatch.setattr(auth, "_browser_token", lambda: token)
     monkeypatch.setattr(auth.resources, "current_store", lambda: store)
     monkeypatch.setattr(auth.resources, "session_registry", lambda: registry)
-    idle = {auth.ACTOR_KEY: boss, auth.SEEN_KEY: time.time() - 31 * 60, auth.TOKEN_KEY: token, auth.BOUND_KEY: True}
-    busy = {auth.ACTOR_KEY: boss, auth.SEEN_KEY: time.time(), auth.TOKEN_KEY: token, auth.BOUND_KEY: True}
+    idle = {
+        auth.ACTOR_KEY: boss,
+        auth.SEEN_KEY: time.monotonic() - 31 * 60,
+        auth.TOKEN_KEY: token,
+        auth.BOUND_KEY: True,
+    }
+    busy = {auth.ACTOR_KEY: boss, auth.SEEN_KEY: time.monotonic(), auth.TOKEN_KEY: token, auth.BOUND_KEY: True}
     monkeypatch.setattr(auth.st, "session_state", busy)
     assert auth.current_actor() == boss  # the tab in use: its click touches the shared token
     monkeypatch.setattr(auth.st, "session_state", idle)
@@ -260,7 +265,10 @@ def test_an_idle_tab_never_signs_out_the_tab_of_the_same_browser_in_use(monkeypa
     assert auth.current_actor() == boss and registry.alive(token)
     clock.now += 1801  # then every tab left alone: the shared token idles out, and the idle tab ends
     monkeypatch.setattr(auth.st, "session_state", idle)
+    said = []
+    monkeypatch.setattr(auth, "sign_out", lambda reason: said.append(reason))
     assert auth.current_actor(activity=False) is None and not registry.alive(token)
+    assert said == ["expired"]  # idle here, and nowhere else busy: expired (not "signed out elsewhere")
 
 
 def test_a_sign_in_ends_after_a_working_day_however_busy(monkeypatch, tmp_path) -> None:
@@ -406,6 +414,7 @@ def test_idle_expiry_runs_on_a_clock_that_a_step_of_the_wall_clock_never_moves(m
     stopped = time.time() - 3600
     monkeypatch.setattr(time, "time", lambda: stopped)  # stepped back, and standing still
     registry = SessionRegistry(idle_seconds=0.05)
+    assert registry._clock is time.monotonic  # by default (the wall clock was bound as the default before)
     token = registry.issue(Actor("dr-a", "radiologist"))
     time.sleep(0.1)
     assert registry.resume(token) is None

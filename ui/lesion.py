@@ -78,7 +78,7 @@ def lesion_size(size: float | None, unit: str | None) -> str:
 
 
 def lesion_change(change: float | None, unit: str | None, percent: float | None) -> str:
-    """ "+1.20 mL (+32%)"; without the percentage when the previous size was 0; "—" when there is no change."""
+    """ "+1.2 mL (+32%)"; without the percentage when the previous size was 0; "—" when there is no change."""
     if change is None or unit not in _UNITS:
         return NOT_KNOWN
     number, suffix = _UNITS[unit]

@@ -308,7 +308,7 @@ def scored_by_scans(day: DayQuality, scans: DayQuality | None) -> DayQuality:
 
 def _withheld_zeros(matrix: Mapping[tuple[str, str], int | None]) -> dict[tuple[str, str], int | None]:
     """``matrix`` over every class (:data:`CLASSES` and those in it) with its empty cells withheld as well."""
-    labels = sorted({label for cell in matrix for label in cell} | set(CLASSES))
+    labels = sorted({label for cell in matrix for label in cell} | set(CLASSES), key=str)  # a None final label too
     return {(a, b): matrix.get((a, b)) for a in labels for b in labels}
 
 

@@ -71,7 +71,7 @@ def ml_text(value: float) -> str:
     """A lesion volume as every screen, the PDF and the PACS report write it (the screen's 1.2 mL was the PDF's
     1.25): one decimal from 1 mL ("12.4"), two under it ("0.38"), and under 0.005 mL (a few voxels) "<0.01", never
     "0.00" (read as no lesion)."""
-    if abs(value) >= 1:
+    if round(abs(value), 2) >= 1:  # 0.996 too: "1.0", never "1.00" beside it
         return f"{value:,.1f}"
     return "<0.01" if 0 < value < 0.005 else f"{value:.2f}"
 

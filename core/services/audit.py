@@ -212,11 +212,10 @@ def chain_head(store: AuditTrail, actor: Actor) -> tuple[int, str] | None:
 def verify_new(store: AuditTrail, actor: Actor) -> Verification:
     """The page's check: re-hash only the events after the last verified one (the whole chain the first time), and
     compare the chain's end with its head. A verified point that no longer matches the chain (its event edited or
-    deleted, or the point itself rewritten) is a broken chain: the whole chain is then checked to name what changed,
-    and reported broken even where that finds nothing else; the point is never moved over it. Edits before the
-    verified point are :func:`verify`'s to find (``python -m core audit verify``). A chain found broken is not
-    re-hashed on every look: the page said so after re-hashing a million events for 20 s on each rerun that followed
-    a new event; the full check (the page's "Check every event", the command line) names what changed."""
+    deleted, or the point itself rewritten) is a broken chain, reported so; the point is never moved over it. Edits
+    before the verified point are :func:`verify`'s to find (``python -m core audit verify``). A chain found broken
+    is not re-hashed on every look: the page said so after re-hashing a million events for 20 s on each rerun that
+    followed a new event; the full check (the page's "Check every event", the command line) names what changed."""
     require(actor, AUDIT_READ)
     key = getattr(store, "audit_key", None)
     point = store.audit_verified()  # then the head: it is at or after the point, and every event up to it is written
