@@ -18,6 +18,7 @@ from core.domain.results import WorklistQuery
 from core.errors import (
     AccessDenied,
     FileTooLarge,
+    InvalidRecord,
     PacsError,
     PacsMalformed,
     PacsNotFound,
@@ -1787,3 +1788,24 @@ def test_the_report_names_each_series_key_sections_as_images_a_pacs_viewer_opens
     assert objects.same_reading(earlier, report)
     unread = objects.verdict_report(objects.headers(files), [replace(series, label=None, score=None)], None, facts)
     assert not any(item.ValueType == "IMAGE" for item in unread.ContentSequence)  # nothing analysed, nothing named
+
+
+def test_a_study_whose_images_are_saved_for_another_patient_is_not_reviewed_or_reported_from_the_pacs(
+    tiny_classifier, tmp_path
+) -> None:
+    """The same images filed under two patients in the PACS are one result (pixels and model), saved under the
+    first patient's reference. Reviewed from the second patient's study, the review went onto the first's result
+    and the second's study got FINAL reports of the first's labels, "given by" a reader who never read it."""
+    from core.services import reviews
+
+    key = b"k" * 32
+    pulled, store, ids, model, pacs = pulled_and_saved(tumour_study(STUDY), tiny_classifier, tmp_path)
+    first = pacs_service.patient_reference("SOMEONE-ELSE", key)
+    store.set_patient_ref(ids[0], first, None)
+    reviews.review_result(store, Actor("dr-h", "radiologist"), ids[0], "glioma")  # the first patient's reader
+    with pytest.raises(InvalidRecord, match="saved for another patient"):
+        pacs_service.review_and_send(pacs, RADIOLOGIST, pulled, model, store, key, "notumor", ids, {ids[0]: 1})
+    assert [r.reviewer for r in store.reviews_of(ids[0])] == ["dr-h"] and pacs.stored == []
+    store.set_patient_ref(ids[0], pacs_service.patient_reference(pacs_service.pacs_patient_id(pulled), key), first)
+    pacs_service.review_and_send(pacs, RADIOLOGIST, pulled, model, store, key, "notumor", ids, {ids[0]: 1})
+    assert len(pacs.stored) == 1  # under this study's own patient: reviewed and sent

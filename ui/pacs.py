@@ -20,7 +20,7 @@ from typing import Any
 import streamlit as st
 
 from core.config import PacsSettings, pacs_settings
-from core.errors import AccessDenied, PacsError, PacsStudyChanged, ReviewedMeanwhile, StoreError
+from core.errors import AccessDenied, InvalidRecord, PacsError, PacsStudyChanged, ReviewedMeanwhile, StoreError
 from core.pacs.client import SEARCH_LIMIT, StudyHit
 from core.pacs.objects import ModelFacts, uid_root
 from core.services import pacs as pacs_service
@@ -301,6 +301,10 @@ def _send(
     except PacsStudyChanged as error:  # trying again cannot help: the analysis is of the study as it was
         sent.pop(pulled.study_uid, None)
         st.error(f"Not sent: {error} Press Analyse the chosen study again.")
+        return
+    except InvalidRecord as error:  # its images saved for another patient, or a result gone: not to try again
+        sent.pop(pulled.study_uid, None)
+        st.error(f"Not sent: {error}")
         return
     except (PacsError, AccessDenied, StoreError) as error:
         sent.pop(pulled.study_uid, None)

@@ -347,6 +347,12 @@ def review_and_send(
     require(actor, PACS)
     if not result_ids:
         raise PacsError("The study's series were not saved, so there is no result to review.")
+    # a result is its images' (pixels and model): the same images saved for another patient are that patient's
+    # result, its reviews theirs. Reviewed from here, this patient's PACS study got FINAL reports of the other
+    # patient's labels, "given by" readers who never read it, and this review went onto the other's result
+    ours = patient_reference(pacs_patient_id(pulled), key)
+    if any(record.patient_ref not in (None, ours) for _, record in _records(store, result_ids)):
+        raise InvalidRecord(ANOTHER_PATIENTS)
     histories = [store.reviews_of(rid) for rid in result_ids]
     history = histories[0]
     # pressed again (a retry after the PACS failed, or a second press): the same review is not recorded twice and
@@ -369,6 +375,12 @@ def review_and_send(
         for result_id in due:
             reviews.review_result(store, actor, result_id, final_label, seen_reviews=seen.get(result_id))
     return send_results(pacs, actor, pulled, model, store, key, final_label=final_label, earlier_finals=earlier)
+
+
+ANOTHER_PATIENTS = (
+    "The same images are saved for another patient (a study filed twice, or under the wrong patient?): this study "
+    "is not reviewed or reported from here. Check the PACS, and the other patient's results on the Worklist."
+)
 
 
 def _reviewed_so(history: Sequence[Review], final_label: str, actor: Actor) -> bool:
