@@ -26,6 +26,7 @@ from core.errors import (
 )
 from core.imaging.limits import StudyLimits
 from core.imaging.phantom_series import dicom_series, head_volume
+from core.pacs import objects
 from core.pacs.client import Pacs
 from core.pacs.objects import ModelFacts
 from core.pacs.orthanc import DevOrthanc, available
@@ -518,3 +519,15 @@ def test_pacs_analyse_saves_under_the_patients_reference_before_sending_and_send
     assert line["saved"] == "saved" and line["stored"]
     (saved,) = SQLiteStore(tmp_path / "data" / "results.sqlite3").worklist(WorklistQuery(), 10)
     assert saved.patient_ref == pacs_service.patient_reference("PACS-TEST-001", local_key(tmp_path / "data"))
+
+
+def test_the_pacs_is_asked_for_dicom_json_alone_and_logs_no_error_for_our_searches(orthanc) -> None:
+    """The client library asked for "application/dicom+json, application/json": Orthanc logged an error for every
+    series and report search (five for each study sent)."""
+    pacs = Pacs(orthanc.dicomweb, orthanc.user, orthanc.password)
+    assert "MR" in [s.modality for s in pacs.series_of(STUDY)]  # (reports sent by the tests before: SR, OT)
+    report_series = objects.report_series(STUDY)
+    pacs.report_head(STUDY, report_series)
+    assert not pacs.holds(STUDY, report_series, "1.2.3")
+    log = (orthanc.folder / "orthanc.log").read_text(errors="replace")
+    assert "Unsupported return MIME type" not in log, [line for line in log.splitlines() if "MIME" in line][:3]
