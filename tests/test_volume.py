@@ -294,8 +294,12 @@ def test_study_command_prints_one_line_per_series_from_folders_zips_and_volumes(
     # every series carries a drawn lesion: a learned gate may judge a lesion-free cartoon head no brain MRI at all
     # (model 3's refuses each section of one), and this test is about reading, not about the gate
     study = "1.2.826.0.1.3680043.8.498.2"  # another study than the folder's
+    from tests.scans import relabelled
+
     files = dicom_series(head_volume(6, 128, range(2, 4)), study_uid=study, series_uid="1.2.3.1")
-    files += dicom_series(head_volume(6, 128, range(1, 3), seed=9), study_uid=study, series_uid="1.2.3.2")
+    files += relabelled(  # the scanner's number: each line names it, as the app and the PACS report do
+        dicom_series(head_volume(6, 128, range(1, 3), seed=9), study_uid=study, series_uid="1.2.3.2"), SeriesNumber=7
+    )
     two = zipped(files, [f"s/{i}.dcm" for i in range(len(files))])
     (tmp_path / "study.zip").write_bytes(two)
     (tmp_path / "head.nii.gz").write_bytes(nifti(head_volume(10, 128, range(3, 7)), gz=True))
@@ -304,6 +308,8 @@ def test_study_command_prints_one_line_per_series_from_folders_zips_and_volumes(
     )
     assert code == 0
     assert [line["source"] for line in lines].count(str(tmp_path / "study.zip")) == 2
+    zipped_numbers = [line["dicom_series"] for line in lines if line["source"] == str(tmp_path / "study.zip")]
+    assert sorted(zipped_numbers, key=str) == [7, None] and lines[-1]["dicom_series"] is None  # NIfTI: none
     first = lines[0]
     assert first["slices"] == 8 and first["series_verdict"] in ("tumour", "notumor")
     assert first["study_needs_review"] is any(line["needs_review"] for line in lines[:1])  # its study: one series

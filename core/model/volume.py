@@ -215,6 +215,7 @@ class SeriesAnalysis:
         return lesion | {
             "study": self.volume.study,
             "series": self.volume.series,
+            "dicom_series": self.volume.number,  # the scanner's SeriesNumber, as the app and the PACS report name it
             "plane": self.volume.plane,
             "slices": len(self.sections),
             "analysed": len(self.analysed),
