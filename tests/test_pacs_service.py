@@ -1312,7 +1312,7 @@ def test_a_report_whose_study_has_a_series_it_could_not_read_is_a_new_instance_n
         == after.SOPInstanceUID
     )
     texts = [str(item.get("TextValue", "")) for item in after.ContentSequence]
-    assert any(t.startswith("A series could not be read (Series 7: ") for t in texts)
+    assert any(t.startswith("A series could not be read, read it yourself: Series 7: ") for t in texts)
 
 
 def test_a_series_the_pacs_gives_short_is_not_analysed_short(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -320,7 +320,7 @@ def verdict_report(
     items += [item for s in series for item in _series_items(evidence, s, reviewed, codes)]
     items += [
         hd.sr.TextContentItem(
-            codes["finding"], f"A series could not be read ({reason[:200]}): read it yourself", "CONTAINS"
+            codes["finding"], f"A series could not be read, read it yourself: {reason[:200]}", "CONTAINS"
         )
         for reason in unread
     ]
