@@ -978,7 +978,8 @@ def test_study_page_reads_a_zipped_series_shows_the_study_verdict_first_and_save
     app = page("study.py").run()
     assert not app.exception and app.title[0].value == "Study"
     volume = head_volume(8, 128, range(3, 6))
-    volume[7] = 0  # a blank last section: skipped, and said why
+    volume[6] = (np.random.default_rng(0).random((128, 128)) * 4000).astype(volume.dtype)  # noise: skipped, and
+    volume[7] = 0  # a blank last section: both said why, each
     series = relabelled(dicom_series(volume), SeriesNumber=4)
     study = zipped(series, [f"export/IM{k}" for k in range(8)])
     app.file_uploader[0].set_value([("ZZCANARY_study.zip", study, "application/zip")]).run(timeout=120)
@@ -987,8 +988,9 @@ def test_study_page_reads_a_zipped_series_shows_the_study_verdict_first_and_save
     assert not app.exception
     assert app.metric[0].label == "Study verdict (model)" and app.metric[0].value in ("Tumour", "No tumour")
     assert app.expander[0].label.startswith("Series 1 (DICOM series 4) · Axial · 8 sections")  # as the PACS has it
-    skipped = next(c.value for c in app.caption if "section skipped" in c.value)
-    assert skipped.startswith("1 section skipped: no head region")  # its reason, not one guess for every section
+    skipped = next(c.value for c in app.caption if "sections skipped" in c.value).splitlines()
+    assert skipped[0] == "2 sections skipped:" and len(skipped) == 3  # their reasons, not one guess for all
+    assert {line[:5] for line in skipped[1:]} == {"- 1: "} and any("no head region" in line for line in skipped)
     assert len(app.get("plotly_chart")) == 2  # the section and the curve
     slider = next(s for s in app.slider if s.label == "Section")
     assert (slider.min, slider.max) == (1, 8)  # counted from 1, as the titles count sections

@@ -139,9 +139,12 @@ def show_study(
                 st.caption(f"Result {view.status.state}{note}.")
             if view.skipped:  # why, as the scroller says it section by section (it read one guess for all)
                 reasons = Counter(reason or "not read" for reason in view.skipped.values()).most_common()
-                said = "; ".join(f"{why} ({n})" if len(reasons) > 1 else why for why, n in reasons[:3])
-                more = f"; {len(reasons) - 3} other reasons" if len(reasons) > 3 else ""
-                st.caption(f"{count_of(len(view.skipped), 'section')} skipped: {plain(said)}{more}.")
+                skipped = f"{count_of(len(view.skipped), 'section')} skipped"
+                if len(reasons) == 1:
+                    st.caption(f"{skipped}: {plain(reasons[0][0])}.")
+                else:  # a list: one section's reason can hold several, joined by ";" (they read as one run)
+                    more = [f"- {len(reasons) - 3} other reasons"] if len(reasons) > 3 else []
+                    st.caption("\n".join([f"{skipped}:", *(f"- {n}: {plain(why)}" for why, n in reasons[:3]), *more]))
             series_panel(view, classifier, explainer, prefix=f"s{number}-{view.key[:8]}")
     if report_note is not None:
         st.caption(report_note)
