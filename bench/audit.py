@@ -114,7 +114,9 @@ def in_python(store: SQLiteStore) -> None:
     [e for e in store.audit_events() if e.action == "review" and e.at >= start]
 
 
-def after_new_events(store: SQLiteStore, repeats: int, expected: Callable[[audit.Verification], bool]):
+def after_new_events(
+    store: SQLiteStore, repeats: int, expected: Callable[[audit.Verification], bool]
+) -> dict[str, float]:
     """The page's check after one new event each time, each answer as ``expected``."""
     samples = []
     for _ in range(repeats):
@@ -132,8 +134,8 @@ def incremental(store: SQLiteStore, repeats: int = 7) -> dict[str, float]:
 
 
 def broken(store: SQLiteStore, path: Path, repeats: int = 3) -> dict[str, float]:
-    """The page's check after one new event each time, once a full check found an old event edited (it re-hashed
-    the whole chain on each such rerun, to name the edit again)."""
+    """The page's check after one new event each time, once a full check found an old event edited (before session
+    30 it re-hashed the whole chain on each such rerun, to name the edit again; now it says broken at once)."""
     with sqlite3.connect(path) as connection:
         connection.execute("DROP TRIGGER audit_append_only_update")
         connection.execute("UPDATE audit SET actor = 'someone-else' WHERE seq = 10")

@@ -152,6 +152,13 @@ class PacsError(Exception):
     code = "pacs_error"
 
 
+class PacsAnotherPatient(PacsError):
+    """A series of the study is saved as another patient's result (the same images saved for them first): nothing
+    of it is reviewed or reported from this study; trying again cannot help."""
+
+    code = "another_patient"
+
+
 class PacsUnreachable(PacsError):
     """No answer from the PACS (wrong address, down, timed out); the caller may retry later."""
 

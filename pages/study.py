@@ -12,9 +12,11 @@ from ui import pacs, resources
 from ui.auth import callback_actor
 from ui.page import setup_page
 from ui.study import (
+    ANOTHER_PATIENTS_PDF,
     REFERENCE_PENDING,
     current,
     earlier_note,
+    filed_elsewhere,
     keep,
     not_its_reference,
     pacs_study_uid,
@@ -152,7 +154,10 @@ show_study(
     lambda: pacs.send_panel(actor, shown, classifier, key),
     # its PDF (the patient named by a hash only) was offered under the next patient's reference, typed meanwhile
     # (with their files chosen, not yet analysed, too)
-    report_note=REFERENCE_PENDING
-    if not_its_reference(shown, results[shown], resources.patient_reference(patient))
-    else None,
+    # and one whose images were saved for another patient would be that patient's report
+    report_note=ANOTHER_PATIENTS_PDF
+    if filed_elsewhere(results[shown])
+    else (
+        REFERENCE_PENDING if not_its_reference(shown, results[shown], resources.patient_reference(patient)) else None
+    ),
 )

@@ -200,3 +200,15 @@ def test_an_answer_dropped_unread_ends_its_deadline_with_it() -> None:
         while running() > before and time.monotonic() < deadline:
             time.sleep(0.05)
         assert running() == before
+
+
+@pytest.mark.parametrize("uid", ["..", "1.2/../../patients", "1.2.3?x=1", "", "1." * 40 + "1"])
+def test_a_uid_from_the_pacs_that_is_not_a_dicom_uid_never_reaches_a_search_address(uid: str) -> None:
+    """A study UID of ".." searched every series of the PACS ("/dicom-web/series"): the path took it as given."""
+    from core.errors import PacsMalformed
+    from core.pacs.client import Pacs
+
+    pacs = Pacs("http://127.0.0.1:1/dicom-web")
+    for search in (lambda: pacs.series_of(uid), lambda: pacs.report_head("1.2.3", uid)):
+        with pytest.raises(PacsMalformed, match="not a DICOM UID"):
+            search()

@@ -18,7 +18,7 @@ from core.domain.results import WorklistQuery
 from core.errors import (
     AccessDenied,
     FileTooLarge,
-    InvalidRecord,
+    PacsAnotherPatient,
     PacsError,
     PacsMalformed,
     PacsNotFound,
@@ -1803,9 +1803,14 @@ def test_a_study_whose_images_are_saved_for_another_patient_is_not_reviewed_or_r
     first = pacs_service.patient_reference("SOMEONE-ELSE", key)
     store.set_patient_ref(ids[0], first, None)
     reviews.review_result(store, Actor("dr-h", "radiologist"), ids[0], "glioma")  # the first patient's reader
-    with pytest.raises(InvalidRecord, match="saved for another patient"):
+    with pytest.raises(PacsAnotherPatient, match="saved for another patient"):
         pacs_service.review_and_send(pacs, RADIOLOGIST, pulled, model, store, key, "notumor", ids, {ids[0]: 1})
     assert [r.reviewer for r in store.reviews_of(ids[0])] == ["dr-h"] and pacs.stored == []
+    # nor is a preliminary report sent for it (the panel's, the watch's, `pacs analyse --send`): its result is on
+    # the other patient's worklist, never made final from this study
+    with pytest.raises(PacsAnotherPatient):
+        pacs_service.send_results(pacs, RADIOLOGIST, pulled, model, store, key)
+    assert pacs.stored == [] and PacsAnotherPatient.code not in pacs_watch.RETRIED
     store.set_patient_ref(ids[0], pacs_service.patient_reference(pacs_service.pacs_patient_id(pulled), key), first)
     pacs_service.review_and_send(pacs, RADIOLOGIST, pulled, model, store, key, "notumor", ids, {ids[0]: 1})
     assert len(pacs.stored) == 1  # under this study's own patient: reviewed and sent

@@ -990,7 +990,8 @@ def test_study_page_reads_a_zipped_series_shows_the_study_verdict_first_and_save
     assert app.expander[0].label.startswith("Series 1 (DICOM series 4) · Axial · 8 sections")  # as the PACS has it
     skipped = next(c.value for c in app.caption if "sections skipped" in c.value).splitlines()
     assert skipped[0] == "2 sections skipped:" and len(skipped) == 3  # their reasons, not one guess for all
-    assert {line[:5] for line in skipped[1:]} == {"- 1: "} and any("no head region" in line for line in skipped)
+    assert all(line.startswith("- ") and line.endswith(" (1 section)") for line in skipped[1:])
+    assert any("no head region" in line for line in skipped)  # "- 1: ..." read as section 1
     assert len(app.get("plotly_chart")) == 2  # the section and the curve
     slider = next(s for s in app.slider if s.label == "Section")
     assert (slider.min, slider.max) == (1, 8)  # counted from 1, as the titles count sections
@@ -1040,6 +1041,24 @@ def test_a_study_analysed_again_after_a_review_shows_the_final_label_and_no_open
     assert any("Reviewed by a radiologist since it was saved: series 1:" in i.value for i in again.info)
     assert flagged and not any("Flagged for review" in w.value for w in again.warning)
     assert any("(reviewed)" in m.value and "dr-b" in m.value for m in again.markdown)
+
+
+def test_a_study_saved_for_another_patient_offers_no_pdf_under_this_one(app_environment: Path) -> None:
+    """Uploaded under patient B, a study whose images were saved for patient A offered "Make the PDF report": a
+    report of A's result, A's reference and A's reviews (the page warned of the mix-up, and made it all the same)."""
+    from core.imaging.phantom_series import dicom_series, head_volume, zipped
+    from ui.study import ANOTHER_PATIENTS_PDF
+
+    study = zipped(dicom_series(head_volume(8, 128, range(3, 6))), [f"export/IM{k}" for k in range(8)])
+    for patient in ("ZZCANARY Patient A", "ZZCANARY Patient B"):
+        app = page("study.py").run()
+        app.text_input[0].input(patient).run()
+        app.file_uploader[0].set_value([("study.zip", study, "application/zip")]).run(timeout=120)
+        next(b for b in app.button if b.label == "Analyse this study").click().run(timeout=120)
+        offered = any(b.label.startswith("Make the PDF report") for b in app.button)
+        assert not app.exception and offered is (patient.endswith("A"))
+    assert any(c.value == ANOTHER_PATIENTS_PDF for c in app.caption), [c.value[:80] for c in app.caption]
+    assert not any(b.label.startswith("Move this study") for b in app.button), [b.label for b in app.button]
 
 
 def test_a_study_whose_series_could_not_be_saved_is_saved_by_the_retry_once_the_database_is_back(

@@ -20,7 +20,15 @@ from typing import Any
 import streamlit as st
 
 from core.config import PacsSettings, pacs_settings
-from core.errors import AccessDenied, InvalidRecord, PacsError, PacsStudyChanged, ReviewedMeanwhile, StoreError
+from core.errors import (
+    AccessDenied,
+    InvalidRecord,
+    PacsAnotherPatient,
+    PacsError,
+    PacsStudyChanged,
+    ReviewedMeanwhile,
+    StoreError,
+)
 from core.pacs.client import SEARCH_LIMIT, StudyHit
 from core.pacs.objects import ModelFacts, uid_root
 from core.services import pacs as pacs_service
@@ -28,7 +36,7 @@ from core.services.access import HISTORY, PACS, REVIEW, Actor, allowed
 from core.services.reviews import review_labels
 from ui import resources
 from ui.auth import callback_actor
-from ui.study import keep, pacs_name, pacs_study_uid, studies, unsaved
+from ui.study import filed_elsewhere, keep, pacs_name, pacs_study_uid, studies, unsaved
 from ui.wording import count_of, plain, pretty
 
 logger = logging.getLogger("btd.ui")
@@ -196,6 +204,9 @@ def send_panel(actor: Actor, name: Any, classifier: Any, key: bytes | None) -> N
             "database is back (its saved series answer 'already saved'), then send."
         )
         return
+    if study is not None and filed_elsewhere(study):  # refused by the service too; said before a label is chosen
+        st.warning(f"Not sendable: {pacs_service.ANOTHER_PATIENTS}", icon=":material/warning:")
+        return
     try:
         uid_root()  # the site's UID root, before a reader reviews for a send that would fail
     except PacsError as error:
@@ -302,7 +313,7 @@ def _send(
         sent.pop(pulled.study_uid, None)
         st.error(f"Not sent: {error} Press Analyse the chosen study again.")
         return
-    except InvalidRecord as error:  # its images saved for another patient, or a result gone: not to try again
+    except (InvalidRecord, PacsAnotherPatient) as error:  # a result gone, or filed for another patient: no retry
         sent.pop(pulled.study_uid, None)
         st.error(f"Not sent: {error}")
         return

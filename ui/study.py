@@ -71,6 +71,18 @@ def not_its_reference(name: Hashable, study: StudyResult, typed_now: str | None)
     return bool(saved) and typed_now is not None and pacs_study_uid(name) is None and saved != {typed_now}
 
 
+def filed_elsewhere(study: StudyResult) -> bool:
+    """Whether a series of ``study`` is saved as another patient's result (the same images saved for them before):
+    its PDF would be theirs (their reference, their reviews), and nothing of it goes to the PACS."""
+    return any(view.status is not None and view.status.others for view in study.views)
+
+
+ANOTHER_PATIENTS_PDF = (
+    "No PDF report: a series of this study is saved as another patient's result (the same images saved for them "
+    "before), so the report would be theirs. Check which patient the study belongs to."
+)
+
+
 def unsaved(study: StudyResult) -> bool:
     """Whether a series of ``study`` that has a verdict failed to save (a retry can save it)."""
     return any(view.status is not None and view.status.state == NOT_SAVED and view.label for view in study.views)
@@ -144,7 +156,8 @@ def show_study(
                     st.caption(f"{skipped}: {plain(reasons[0][0])}.")
                 else:  # a list: one section's reason can hold several, joined by ";" (they read as one run)
                     more = [f"- {len(reasons) - 3} other reasons"] if len(reasons) > 3 else []
-                    st.caption("\n".join([f"{skipped}:", *(f"- {n}: {plain(why)}" for why, n in reasons[:3]), *more]))
+                    listed = (f"- {plain(why)} ({count_of(n, 'section')})" for why, n in reasons[:3])
+                    st.caption("\n".join([f"{skipped}:", *listed, *more]))
             series_panel(view, classifier, explainer, prefix=f"s{number}-{view.key[:8]}")
     if report_note is not None:
         st.caption(report_note)

@@ -1,5 +1,6 @@
-"""A PACS over DICOMweb (dicomweb-client): search studies (QIDO-RS), retrieve a study's MR series into memory
-(WADO-RS; nothing written to disk, as for uploads), store objects (STOW-RS).
+"""A PACS over DICOMweb: search studies and series (QIDO-RS, requests of its own asking for DICOM JSON alone),
+retrieve a study's MR series into memory (WADO-RS through dicomweb-client; nothing written to disk, as for
+uploads), store objects (STOW-RS, the same).
 
 Every failure is a :class:`core.errors.PacsError` with a message safe to show: the address and credentials never
 appear in it, nor does any patient data. TLS certificates are verified unless the configuration says otherwise.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -234,14 +236,19 @@ class Pacs:
         with self._errors("study search"):
             return sorted(tuple(str(_value(s, tag)) for tag in tags) for s in found)
 
-    def _search(self, path: str, query: str) -> str:
-        """The QIDO-RS address of a search under ``path`` (UIDs quoted), asked for as DICOM JSON alone: the client
-        library asked for two types, and Orthanc logged an error for each of its searches."""
-        return f"{self.url}/{'/'.join(quote(part, safe='') for part in path.split('/'))}?{query}"
+    def _search(self, query: str, study_uid: str, series_uid: str | None = None) -> str:
+        """The QIDO-RS address of a search of a study's series (or of one series' instances), asked for as DICOM
+        JSON alone (the client library asked for two types, and Orthanc logged an error for each search). The UIDs
+        come from the PACS: one that is not digits and dots ("..", "1/x") is refused, never put into the path."""
+        uids = [study_uid] if series_uid is None else [study_uid, series_uid]
+        if not all(re.fullmatch(r"[0-9]+(\.[0-9]+)*", uid) and len(uid) <= 64 for uid in uids):
+            raise PacsMalformed("The PACS gave a UID that is not a DICOM UID (digits and dots).")
+        path = f"studies/{study_uid}/series" + (f"/{series_uid}/instances" if series_uid else "")
+        return f"{self.url}/{path}?{query}"
 
     def series_of(self, study_uid: str) -> list[SeriesHit]:
         fields = "&".join(f"includefield={tag}" for tag in ("0008103E", "00201209", "00080060", "00200011"))
-        url = self._search(f"studies/{study_uid}/series", fields)
+        url = self._search(fields, study_uid)
         found = self._call("series search", lambda: self._get_json(url))
         with self._errors("series search"):
             return [
@@ -364,7 +371,7 @@ class Pacs:
     def report_head(self, study_uid: str, series_uid: str) -> Any | None:
         """The current version of our report in the study (the highest-numbered instance of its report series, as
         a dataset), or None when the PACS holds none."""
-        url = self._search(f"studies/{study_uid}/series/{series_uid}/instances", "includefield=00200013")
+        url = self._search("includefield=00200013", study_uid, series_uid)
         found = self._call("report search", lambda: self._get_json(url))
         with self._errors("report search"):
             numbered = [(_optional_int(_value(i, "00200013", None)) or 0, str(_value(i, "00080018"))) for i in found]
@@ -375,7 +382,7 @@ class Pacs:
 
     def holds(self, study_uid: str, series_uid: str, sop_uid: str) -> bool:
         """Whether the PACS lists instance ``sop_uid`` of the series (a search, after a store it answered)."""
-        url = self._search(f"studies/{study_uid}/series/{series_uid}/instances", f"SOPInstanceUID={quote(sop_uid)}")
+        url = self._search(f"SOPInstanceUID={quote(sop_uid)}", study_uid, series_uid)
         found = self._call("report search", lambda: self._get_json(url))
         with self._errors("report search"):
             return any(str(_value(i, "00080018")) == sop_uid for i in found)

@@ -18,8 +18,10 @@ from typing import Any
 
 from core.config import PacsSettings
 from core.domain.people import Review
+from core.domain.results import record_id
 from core.errors import (
     InvalidRecord,
+    PacsAnotherPatient,
     PacsError,
     PacsReportRefused,
     PacsStudyChanged,
@@ -195,6 +197,8 @@ def send_results(
     analysed = [s for s in pulled.outcome.series if s.label is not None]
     if not pulled.evidence or not analysed:
         raise PacsError("There is no analysed series to report on.")
+    if _filed_elsewhere(store, pulled, key):  # its result is on the other patient's worklist: never made final here
+        raise PacsAnotherPatient(ANOTHER_PATIENTS)
     finals = [*earlier_finals, (final_label, actor.name)] if final_label is not None else []
     chain, images = _report_objects(pulled, model, finals)
     target = _target(pulled.study_uid, key)
@@ -352,7 +356,7 @@ def review_and_send(
     # patient's labels, "given by" readers who never read it, and this review went onto the other's result
     ours = patient_reference(pacs_patient_id(pulled), key)
     if any(record.patient_ref not in (None, ours) for _, record in _records(store, result_ids)):
-        raise InvalidRecord(ANOTHER_PATIENTS)
+        raise PacsAnotherPatient(ANOTHER_PATIENTS)
     histories = [store.reviews_of(rid) for rid in result_ids]
     history = histories[0]
     # pressed again (a retry after the PACS failed, or a second press): the same review is not recorded twice and
@@ -381,6 +385,18 @@ ANOTHER_PATIENTS = (
     "The same images are saved for another patient (a study filed twice, or under the wrong patient?): this study "
     "is not reviewed or reported from here. Check the PACS, and the other patient's results on the Worklist."
 )
+
+
+def _filed_elsewhere(store: AuditTrail, pulled: Pulled, key: bytes | None) -> bool:
+    """Whether an analysed series of the study is saved as another patient's result (by its images and model; a
+    store of the audit trail alone holds no result to tell)."""
+    get = getattr(store, "get", None)
+    ours = patient_reference(pacs_patient_id(pulled), key)
+    for series in (s for s in pulled.outcome.series if s.label is not None and callable(get)):
+        record = get(record_id(series.volume.sha256, series.model_name, series.model_version))
+        if record is not None and record.patient_ref not in (None, ours):
+            return True
+    return False
 
 
 def _reviewed_so(history: Sequence[Review], final_label: str, actor: Actor) -> bool:
