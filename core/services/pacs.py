@@ -354,8 +354,7 @@ def review_and_send(
     # a result is its images' (pixels and model): the same images saved for another patient are that patient's
     # result, its reviews theirs. Reviewed from here, this patient's PACS study got FINAL reports of the other
     # patient's labels, "given by" readers who never read it, and this review went onto the other's result
-    ours = patient_reference(pacs_patient_id(pulled), key)
-    if any(record.patient_ref not in (None, ours) for _, record in _records(store, result_ids)):
+    if _filed_elsewhere(store, pulled, key):  # before any review is recorded
         raise PacsAnotherPatient(ANOTHER_PATIENTS)
     histories = [store.reviews_of(rid) for rid in result_ids]
     history = histories[0]
