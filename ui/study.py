@@ -72,9 +72,10 @@ def not_its_reference(name: Hashable, study: StudyResult, typed_now: str | None)
 
 
 def filed_elsewhere(study: StudyResult) -> bool:
-    """Whether a series of ``study`` is saved as another patient's result (the same images saved for them before):
-    its PDF would be theirs (their reference, their reviews), and nothing of it goes to the PACS."""
-    return any(view.status is not None and view.status.others for view in study.views)
+    """Whether a series of ``study`` is saved as another patient's result than the one it came with (the same images
+    saved for them before): its PDF would be theirs (their reference, their reviews), and nothing of it goes to the
+    PACS. Uploaded again with no reference typed, it is its own patient's, as saved."""
+    return any(view.status is not None and view.status.another_patient for view in study.views)
 
 
 ANOTHER_PATIENTS_PDF = (
