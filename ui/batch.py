@@ -12,9 +12,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import streamlit as st
 
+from core.model.decision import cut
 from core.model.gate import NEEDS_REVIEW, REJECTED
 from core.services.triage import Triaged
 from ui.wording import REFUSED_FLAG, pretty
@@ -107,7 +107,7 @@ def on_screen(table: Any) -> Any:
     shown = table.copy()
     for column in PERCENT_COLUMNS:
         if column in shown:
-            shown[column] = np.floor(shown[column].astype(float) * 1000 + 1e-6).clip(1, 999) / 10  # cut, as shown
+            shown[column] = cut(shown[column].to_numpy(float) * 100, 1).clip(0.1, 99.9)  # as the panel cuts it
     for column in ("final_label", "model_version", "reason", "verdict", "saved", "tumour"):  # empty, not "None"
         if column in shown:
             shown[column] = shown[column].astype(object).where(shown[column].notna(), "")

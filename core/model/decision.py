@@ -15,7 +15,6 @@ Used by the app, the CLI, the batch CSV, the evaluator, training and the statist
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,13 +30,14 @@ NEGATIVE_LABEL = "notumor"
 CLASSES = ("glioma", "meningioma", NEGATIVE_LABEL, "pituitary")  # the four every model reads and every board lists
 
 
-def cut(value: float, places: int) -> float:
+def cut(value: Any, places: int) -> Any:
     """``value`` cut (never rounded up) to ``places`` decimals, as every probability and score is shown: rounded,
     0.2996 read "0.30 (below the series threshold 0.30)" and 0.0496 "5.0%", unflagged, beside a flagged "5.0%" in
     the review band (5%-89%); cut, a value shown at a threshold is at it or past it. (The float's own error, as in
-    0.3 stored as 0.29999..., is not cut off.)"""
+    0.3 stored as 0.29999..., is not cut off.) A number, or an array of them (a table's column)."""
     scale = 10.0**places
-    return math.floor(value * scale + 1e-6) / scale
+    cut_off = np.floor(np.asarray(value, dtype=np.float64) * scale + 1e-6) / scale
+    return float(cut_off) if cut_off.ndim == 0 else cut_off
 
 
 def percent(probability: float) -> str:
