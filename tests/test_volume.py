@@ -239,9 +239,25 @@ def test_the_series_rule_is_fitted_only_on_volumes_the_model_never_trained_on(
     tmp_path: Path, tiny_card: Path, monkeypatch: pytest.MonkeyPatch, folders, volumes_used
 ) -> None:
     """Model-3 cards did not list their folders, and the rule was fitted on their training patients too."""
+    from core.training import series_fit
+
+    card_path, root = series_fit_setup(tmp_path, tiny_card, folders)
+    seen: list[str] = []
+
+    def curves(classifier, members):  # the section probabilities, without the network: only the choice matters
+        seen.append(series_fit.volume_key(members[0])[0])
+        return [0.9 if m.label != "notumor" else 0.1 for m in members]
+
+    monkeypatch.setattr(series_fit, "curves", curves)
+    series_fit.fit_series(card_path, root, log=lambda _: None)
+    assert set(seen) == volumes_used
+
+
+def series_fit_setup(tmp_path: Path, tiny_card: Path, folders, series: dict | None = None) -> tuple[Path, Path]:
+    """A copy of the tiny card (with ``series`` as its series rule) and a data folder of LGG and Normal-heads
+    volumes, three LGG patients of two institutions and two subjects, the first of each in the validation split."""
     import shutil
 
-    from core.training import series_fit
     from tests.scans import png_bytes, synthetic_slice
     from tests.test_training import lgg_like
 
@@ -257,6 +273,8 @@ def test_the_series_rule_is_fitted_only_on_volumes_the_model_never_trained_on(
     card = json.loads(tiny_card.read_text())
     shutil.copy(tiny_card.parent / card["weights"]["file"], card_path.parent)
     card["data"] = {} if folders is None else {"folders": folders}
+    if series is not None:
+        card["series"] = series
     card_path.write_text(json.dumps(card))
     validation = [
         [f"LGG/{label}/TCGA_AA_0000_20000101_{k + 1}_flair.jpg", label]
@@ -264,15 +282,48 @@ def test_the_series_rule_is_fitted_only_on_volumes_the_model_never_trained_on(
     ]
     validation += [[f"Normal-heads/notumor/subj01_t1_ax_{k:03d}.png", "notumor"] for k in range(6)]
     card_path.with_name("m.split.json").write_text(json.dumps({"validation": validation}))
-    seen: list[str] = []
+    return card_path, root
 
-    def curves(classifier, members):  # the section probabilities, without the network: only the choice matters
-        seen.append(series_fit.volume_key(members[0])[0])
-        return [0.9 if m.label != "notumor" else 0.1 for m in members]
 
-    monkeypatch.setattr(series_fit, "curves", curves)
-    series_fit.fit_series(card_path, root, log=lambda _: None)
-    assert set(seen) == volumes_used
+@pytest.mark.parametrize(("fitted", "kept"), [(5, 2), (3, 2), (2, None), (1, None)])
+def test_a_refit_series_rule_keeps_the_cards_rule_for_short_series_where_it_still_fits(
+    tmp_path: Path, tiny_card: Path, monkeypatch: pytest.MonkeyPatch, fitted: int, kept: int | None
+) -> None:
+    """`fit-series` (and `calibrate`, which runs it) wrote the series rule without its `short_run`: a refit that
+    chose the very same rule stopped calling the five-frame series 0.06, 0.38, 0.79, 0.98, 0.98 a tumour."""
+    from core.training import series_fit
+
+    shipped = {"neighbours": 5, "threshold": 0.3, "fitted_on": "the shipped card's", "short_run": 2}
+    card_path, root = series_fit_setup(tmp_path, tiny_card, None, shipped)
+    monkeypatch.setattr(series_fit, "curves", lambda classifier, members: [0.5] * len(members))
+    asked: list[int | None] = []
+
+    def choose(positives, negatives, floor, short_run=None):  # the choice is tested below; here, what is written
+        asked.append(short_run)
+        return {"neighbours": fitted, "threshold": 0.3, "sensitivity": 1.0, "specificity": 1.0}
+
+    monkeypatch.setattr(series_fit, "choose", choose)
+    written = series_fit.fit_series(card_path, root, log=lambda _: None)
+    assert asked == [2]  # the candidates were measured with it
+    assert written.get("short_run") == kept and written["neighbours"] == fitted
+    rule = ModelCard.from_file(card_path).series
+    assert (rule.neighbours, rule.threshold, rule.short_run) == (fitted, 0.3, kept)
+    assert written["validation"]["volumes"]["normal"] == 1
+
+
+def test_the_series_rule_is_chosen_with_the_cards_rule_for_short_series() -> None:
+    from core.training.series_fit import share_right, with_short_run
+
+    five_frames = [0.06, 0.38, 0.79, 0.98, 0.98]  # a tumour series shorter than the rule can slide along
+    healthy = [0.1] * 5
+    without = choose([five_frames], [healthy], 0.5)
+    assert (without["neighbours"], without["threshold"]) == (4, 0.35)  # five neighbours never find this series
+    with_it = choose([five_frames], [healthy], 0.5, short_run=2)
+    assert (with_it["neighbours"], with_it["threshold"]) == (5, 0.95)
+    served = with_short_run(SeriesRule(5, 0.95), 2)
+    assert share_right(served, [five_frames], True, 0.5) == 1.0
+    assert share_right(SeriesRule(5, 0.95), [five_frames], True, 0.5) == 0.0
+    assert with_short_run(SeriesRule(2, 0.5), 2).short_run is None  # as many as the rule's own: no rule for short ones
 
 
 def study_lines(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[dict]]:

@@ -90,14 +90,19 @@ def curves(classifier: Classifier, members: list[Item]) -> list[float | None]:
 
 
 def choose(
-    positives: list[list[float | None]], negatives: list[list[float | None]], floor: float = DecisionRule.threshold
+    positives: list[list[float | None]],
+    negatives: list[list[float | None]],
+    floor: float = DecisionRule.threshold,
+    short_run: int | None = None,
 ) -> dict[str, Any]:
     """The rule (see the module docstring) and its figures on these volumes, each call made as the app makes it
-    (``floor``: the card's single-scan threshold, for scores resting on fewer neighbours than the rule's)."""
+    (``floor``: the card's single-scan threshold, for scores resting on fewer neighbours than the rule's;
+    ``short_run``: the card's rule for series too short for it, kept by every rule it still fits:
+    :func:`with_short_run`)."""
     table = []
     for k in NEIGHBOURS:
         for t in THRESHOLDS:
-            rule = SeriesRule(k, t)
+            rule = with_short_run(SeriesRule(k, t), short_run)
 
             def called(curve: list[float | None], rule: SeriesRule = rule) -> bool:
                 return rule.calls_tumour(curve, floor)
@@ -110,6 +115,14 @@ def choose(
     key = (lambda r: (r[3], r[0], r[1])) if good else (lambda r: (r[2] + r[3], r[0], r[1]))
     k, t, sensitivity, specificity = max(pool, key=key)
     return {"neighbours": k, "threshold": t, "sensitivity": sensitivity, "specificity": specificity}
+
+
+def with_short_run(rule: SeriesRule, short_run: int | None) -> SeriesRule:
+    """``rule`` judging series too short for it on ``short_run`` sections too, where that is fewer than its own
+    neighbours (a refit kept the card's rule for short series: dropped, a five-frame series with two sections at
+    0.98 was cleared by its normal end frame again, though the rule was the same)."""
+    kept = short_run if short_run is not None and short_run < rule.neighbours else None
+    return SeriesRule(rule.neighbours, rule.threshold, rule.fitted_on, kept)
 
 
 @dataclass(frozen=True)
@@ -155,17 +168,17 @@ def fit_series(
     stretches = [part for curve, marks in read.tumour for part in tumour_free_stretches(curve, marks)]
     if not positives or not negatives:
         raise ValueError("fitting the series rule needs tumour volumes (LGG) and tumour-free ones (Normal-heads)")
-    floor = classifier.card.rule.threshold
-    fitted = choose(positives, negatives + stretches, floor)
-    rule = SeriesRule(fitted["neighbours"], fitted["threshold"])
+    floor, short_run = classifier.card.rule.threshold, classifier.card.series.short_run
+    fitted = choose(positives, negatives + stretches, floor, short_run)
+    rule = with_short_run(SeriesRule(fitted["neighbours"], fitted["threshold"]), short_run)
     check = {
         "normal_heads_specificity": share_right(rule, negatives, False, floor),
         "tumour_free_stretch_specificity": share_right(rule, stretches, False, floor),
         "tumour_volume_sensitivity": share_right(rule, positives, True, floor),
     }
-    card["series"] = {
-        "neighbours": rule.neighbours,
-        "threshold": rule.threshold,
+    if short_run is not None and rule.short_run is None:
+        log(f"series rule: its rule for short series ({short_run} sections) is dropped: the rule asks no more")
+    card["series"] = rule.to_json() | {
         "fitted_on": f"{len(positives)} LGG tumour volumes, {len(negatives)} Normal-heads volumes and "
         f"{len(stretches)} tumour-free LGG stretches the model never trained on: the fewest false tumour volumes "
         f"among rules finding at least {MIN_SENSITIVITY:.0%} of tumour volumes",
