@@ -241,18 +241,24 @@ def test_an_administrators_reset_during_a_users_own_change_wins_and_an_outlived_
 
 
 def test_single_sign_on_identities_get_a_role_from_a_claim_or_a_local_account(store) -> None:
-    claims = {"email": "dr.x@hospital.example", "groups": ["staff", "radiologist"]}
+    claims = {"email": "dr.x@hospital.example", "email_verified": True, "groups": ["staff", "radiologist"]}
     assert accounts.external_actor(store, claims, "groups") == Actor("dr.x@hospital.example", "radiologist")
     with pytest.raises(SignInFailed, match="no role"):
-        accounts.external_actor(store, {"email": "visitor@hospital.example"})
+        accounts.external_actor(store, {"email": "visitor@hospital.example", "email_verified": True})
     accounts.add_account(store, ADMIN, "visitor@hospital.example", "supervisor", None)
-    assert accounts.external_actor(store, {"email": "visitor@hospital.example"}).role == "supervisor"
+    assert (
+        accounts.external_actor(store, {"email": "visitor@hospital.example", "email_verified": True}).role
+        == "supervisor"
+    )
 
 
 def test_a_single_sign_on_identity_never_takes_a_password_accounts_role_nor_an_unverified_email(store) -> None:
     """An identity whose e-mail claim read "admin" (or a colleague's address, unverified) got that account's role."""
     accounts.add_account(store, COMMAND_LINE, "admin", "admin", PASSWORD)
-    for claims in ({"email": "admin", "sub": "idp-123"}, {"email": "admin", "groups": ["radiologist"]}):
+    for claims in (
+        {"email": "admin", "email_verified": True, "sub": "idp-123"},
+        {"email": "admin", "email_verified": True, "groups": ["radiologist"]},
+    ):
         with pytest.raises(SignInFailed, match="local account with a password"):  # whatever role its claim gives
             accounts.external_actor(store, claims, "groups")
     accounts.add_account(store, ADMIN, "dr.y@hospital.example", "radiologist", None)
@@ -260,14 +266,22 @@ def test_a_single_sign_on_identity_never_takes_a_password_accounts_role_nor_an_u
     for flag in (False, "false", 0, None):  # providers that send the claim as text or a number: "false" was verified
         with pytest.raises(SignInFailed, match="no role"):
             accounts.external_actor(store, unverified | {"email_verified": flag})
+    silent = {"email": "dr.y@hospital.example", "sub": "idp-456"}  # a provider that does not say (Entra ID's e-mail,
+    with pytest.raises(SignInFailed, match="no role"):  # which its users may edit): taken as verified, anybody
+        accounts.external_actor(store, silent)  # who typed a colleague's address signed in as that colleague
+    assert accounts.external_actor(store, silent | {"groups": ["supervisor"]}, "groups").name == "idp-456"
     assert accounts.external_actor(store, unverified | {"email_verified": "true"}).role == "radiologist"
     verified = unverified | {"email_verified": True}
     assert accounts.external_actor(store, verified) == Actor("dr.y@hospital.example", "radiologist")
     # a name with a line break in it, or one differing from an account's only in case: refused
     with pytest.raises(SignInFailed, match="characters the triage dashboard cannot show"):
-        accounts.external_actor(store, {"email": "dr\nx@corp.example", "groups": ["admin"]}, "groups")
+        accounts.external_actor(
+            store, {"email": "dr\nx@corp.example", "email_verified": True, "groups": ["admin"]}, "groups"
+        )
     with pytest.raises(SignInFailed, match="only in case"):
-        accounts.external_actor(store, {"email": "DR.Y@hospital.example", "groups": ["admin"]}, "groups")
+        accounts.external_actor(
+            store, {"email": "DR.Y@hospital.example", "email_verified": True, "groups": ["admin"]}, "groups"
+        )
     assert actions(store)[-2:] == ["sign_in_failed", "sign_in_failed"]
     for name in ("o'brien@hospital.example", "auth0|5f7c1e", '"[a](b)"@corp.example'):  # real names sign in (the
         assert accounts.external_actor(store, {"sub": name, "groups": ["radiologist"]}, "groups").name == name  # page
@@ -787,7 +801,7 @@ def test_enabling_a_disabled_account_again_does_not_bring_back_its_sessions(stor
     interaction found the account enabled): a disable now ends the sessions signed in before it, for good."""
     accounts.add_account(store, COMMAND_LINE, "boss", "supervisor", PASSWORD)
     before = accounts.sign_in(store, "boss", PASSWORD)
-    claims = {"email": "dr.y@hospital.example"}
+    claims = {"email": "dr.y@hospital.example", "email_verified": True}
     accounts.add_account(store, COMMAND_LINE, "dr.y@hospital.example", "radiologist", None)
     sso_before = accounts.external_actor(store, claims)
     for name in ("boss", "dr.y@hospital.example"):
@@ -1499,7 +1513,7 @@ def test_a_single_sign_on_session_keeps_to_where_its_role_came_from(store) -> No
     accounts.set_disabled(store, COMMAND_LINE, "dr.x@hospital.example")
     assert accounts.refreshed_actor(store, claimed) is None  # its sign-in would be refused now
     accounts.add_account(store, COMMAND_LINE, "dr.y@hospital.example", "radiologist", None)
-    local = accounts.external_actor(store, {"email": "dr.y@hospital.example"})
+    local = accounts.external_actor(store, {"email": "dr.y@hospital.example", "email_verified": True})
     assert local.via == "account" and accounts.refreshed_actor(store, local) == local
     accounts.set_role(store, COMMAND_LINE, "dr.y@hospital.example", "supervisor")
     assert accounts.refreshed_actor(store, local).role == "supervisor"  # follows the account it came from

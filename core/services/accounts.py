@@ -421,9 +421,11 @@ def external_actor(store: Store, claims: Mapping[str, Any], role_claim: str | No
     """The actor for an identity provider's user: the name is the e-mail (or the subject); the role comes from
     ``role_claim`` when the deployment maps one (a role name or a list holding one), else from the local account
     of that name created for single sign-on (no password: a password account named like an identity's claim is
-    never taken over) and only from a verified e-mail when the provider says whether it is. No role, no entry."""
-    email_unverified = claims.get("email") and str(claims.get("email_verified", True)).lower() != "true"  # "false", 0
-    name = str(("" if email_unverified else claims.get("email")) or claims.get("sub") or "")
+    never taken over) and only from an e-mail the provider says it verified (a provider that does not say, such as
+    Entra ID's e-mail its users may edit, named an identity by any colleague's address: the subject names it then).
+    No role, no entry."""
+    verified = str(claims.get("email_verified", "")).lower() == "true"  # True, or "true" as text ("false", 0: not)
+    name = str((claims.get("email") if verified else "") or claims.get("sub") or "")
     role = None
     if role_claim:
         value = claims.get(role_claim)
