@@ -27,6 +27,7 @@ from core.services.triage import (
     linked_to_saved,
     reference_for_saved,
     retry_save,
+    save_record,
     triage,
 )
 from core.storage.images import FolderImages
@@ -299,6 +300,10 @@ def saved_upload(store) -> Triaged:
     [
         (SUPERVISOR, lambda s, a: triage(png_bytes(synthetic_slice(128)), None, None, s, actor=a, patient_ref=None)),
         (ADMIN, lambda s, a: triage(png_bytes(synthetic_slice(128)), None, None, s, actor=a, patient_ref=None)),
+        # the one writer every save goes through (a series, a PACS study, a retry): a script calling it as a
+        # supervisor or an administrator saved a result under that name
+        (SUPERVISOR, lambda s, a: save_record(make_record(2, datetime(2026, 1, 2, tzinfo=UTC)), s, a)),
+        (ADMIN, lambda s, a: save_record(make_record(2, datetime(2026, 1, 2, tzinfo=UTC)), s, a)),
         (SUPERVISOR, lambda s, a: reviews.review_result(s, a, "0" * 64, "glioma")),
         (ADMIN, lambda s, a: reviews.review_result(s, a, "0" * 64, "glioma")),
         (SUPERVISOR, lambda s, a: reviews.worklist(s, a, WorklistQuery())),

@@ -181,6 +181,7 @@ def save_record(
     """Write ``record`` once (``write``: ``store.add`` unless given, e.g. a series with its sections) and its
     upload audit event as one unit of work: both or neither, so nothing touches a result unaudited. Every failure
     is a status with its reason and one log line; a second call for the same upload answers 'already saved'."""
+    require(actor, ANALYSE)  # checked here too: every writer of a result goes through it (its callers check first)
     if store is None:
         logger.warning("event=save_failed code=store_unavailable")
         return SaveStatus(NOT_SAVED, "the results database is unavailable", record.id)
