@@ -282,7 +282,9 @@ def test_a_full_check_that_read_the_chain_before_an_edit_never_clears_the_mark_o
     assert not page.intact and page.problem == audit.BROKEN_BEFORE
 
 
-@pytest.mark.parametrize("case", ["moved past an edit", "signature rewritten", "its event edited", "its event gone"])
+@pytest.mark.parametrize(
+    "case", ["moved past an edit", "signature rewritten", "its event edited", "its content edited", "its event gone"]
+)
 def test_a_verified_point_that_no_longer_matches_the_chain_is_a_broken_chain(store, case) -> None:
     """Whoever edits the database cannot make the page skip an edit by moving the verified point, and a point that
     does not match is reported and left where it was (never silently verified again); the full check names the
@@ -299,6 +301,8 @@ def test_a_verified_point_that_no_longer_matches_the_chain_is_a_broken_chain(sto
         store.mark_audit_verified(VerifiedPoint(3, events[3].hash, "0" * 64))
     elif case == "its event edited":
         tamper(store, 6, hash="hmac:" + "f" * 64)
+    elif case == "its content edited":  # the newest event, its hash left: the page showed the forged actor under
+        tamper(store, 6, actor="someone-else")  # "the chain holds", nothing re-hashed
     else:
         tamper(store, 6)
     stored = store.audit_verified()
@@ -311,6 +315,8 @@ def test_a_verified_point_that_no_longer_matches_the_chain_is_a_broken_chain(sto
         assert audit.verify(store).intact and audit.verify_new(store, SUPERVISOR).intact
     if case == "moved past an edit":
         assert audit.verify(store).first_bad.seq == 7 and not audit.verify_new(store, SUPERVISOR).intact
+    if case == "its content edited":
+        assert check.problem.startswith("event 6 was edited") and audit.verify(store).first_bad.seq == 6
 
 
 def _raw_head(store):

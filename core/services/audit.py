@@ -300,6 +300,10 @@ def _point_moved(store: AuditTrail, point: VerifiedPoint, key: bytes | None) -> 
     found = store.audit_events(point.seq - 1, 1)
     if not found or (found[0].seq, found[0].hash) != (point.seq, point.hash):
         return f"event {point.seq}, verified earlier, is no longer in the chain as it was: the trail was changed"
+    # its content re-hashed too (one HMAC): the newest event edited after a check (its actor, a label), its hash
+    # left, read as holding with nothing re-hashed, and the page showed the forged actor
+    if first_broken(found, key, after=(point.seq - 1, found[0].prev_hash)) is not None:
+        return f"event {point.seq} was edited, re-hashed without the key, or an event before it was deleted"
     return None
 
 
