@@ -272,6 +272,7 @@ def _sso_refusal() -> str | None:
 
 def sign_in_screen() -> None:
     """The only thing a visitor sees: a sign-in form (and a single-sign-on button when configured)."""
+    write_pending_cookie()  # a sign-out's, when the entry script shows this form: the browser forgets its cookie
     st.title("Brain MRI triage")
     st.caption("A decision aid for trained readers. Sign in to continue.")
     if message := st.session_state.pop("signed_out_reason", None):
@@ -335,7 +336,6 @@ def require(permission: str | None) -> Actor:
     shows the sign-in screen or the refusal and stops."""
     actor = current_actor()
     if actor is None:
-        write_pending_cookie()  # a sign-out's: the browser forgets its cookie
         sign_in_screen()
         st.stop()
     if actor.must_change:  # a temporary password: nothing else until it is replaced (the services refuse anyway)
