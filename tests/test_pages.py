@@ -148,17 +148,6 @@ def test_entry_script_opens_the_scan_page_for_a_radiologist() -> None:
     assert "Signed in as **test-radiologist**" in " ".join(m.value for m in app.sidebar.markdown)
 
 
-def test_signing_out_through_the_entry_script_deletes_the_browsers_session_cookie() -> None:
-    """The entry script shows the sign-in form itself once signed out, and only the pages wrote the cookie a
-    sign-out asks for: the browser kept the dead token for up to a working day."""
-    app = entry("supervisor").run()
-    assert not app.exception and app.title[0].value == "Statistics"
-    next(b for b in app.sidebar.button if b.label == "Sign out").click().run()
-    assert not app.exception and app.button[0].label == "Sign in"
-    assert "cookie_to_write" not in app.session_state
-    assert any("btd_session=; Path=/; SameSite=Strict; Max-Age=0" in str(h.proto) for h in app.get("html"))
-
-
 @pytest.mark.parametrize(
     ("role", "name", "allowed"),
     [
