@@ -585,7 +585,7 @@ def test_a_study_that_breaks_the_watch_is_reported_and_left_behind_and_one_not_s
     pacs.files[later] = tumour_study(later)
     from core.services.triage import SaveStatus
 
-    monkeypatch.setattr("core.services.studies.save_study_series", lambda *a, **k: SaveStatus("not saved", "disk full"))
+    monkeypatch.setattr("core.services.studies.save_series", lambda *a, **k: SaveStatus("not saved", "disk full"))
     again = pacs_watch.watch_once(
         pacs_watch.Watcher(pacs, Feed([bad, good, later]), tiny_classifier, store, None, None), state, RADIOLOGIST
     )

@@ -792,6 +792,42 @@ def test_a_study_is_stored_tumour_series_first_and_nothing_after_a_series_that_c
     assert [store.get(v.status.record_id).geometry["series_number"] for v in again.views[1:]] == [2, 3]
 
 
+def test_a_series_whose_record_fails_its_checks_keeps_no_image_and_the_study_save_goes_on(
+    tmp_path, tiny_classifier, monkeypatch
+) -> None:
+    """A single scan's record was checked before its pixels were kept, a series' after: a refused series record left
+    an image no result names, and its error escaped the study's save (the Study page and `study --save` failed)."""
+    from dataclasses import replace
+
+    from core.errors import InvalidRecord
+    from core.imaging.phantom_series import head_volume, nifti
+    from core.services import studies
+    from core.services.access import Actor
+    from core.services.studies import NOT_SAVED, NOT_TRIED, save_study
+    from core.services.study_reading import analyse_study
+    from core.storage.images import FolderImages
+    from core.storage.sqlite import SQLiteStore
+
+    outcome = analyse_study([nifti(head_volume(4)), nifti(head_volume(4, seed=7))], tiny_classifier)
+    clear, glioma = (replace(s, label=label) for s, label in zip(outcome.series, ("notumor", "glioma"), strict=True))
+    outcome = replace(outcome, series=(clear, glioma))
+    store, images = SQLiteStore(tmp_path / "results.sqlite3"), FolderImages(tmp_path / "images")
+    real = studies.series_record
+
+    def refused(analysis, **kwargs):  # as a non-finite lesion volume from a header's infinite spacing is
+        record = real(analysis, **kwargs)
+        if record.label == "glioma":
+            raise InvalidRecord("Record refused: lesion_ml is not a finite number.")
+        return record
+
+    monkeypatch.setattr(studies, "series_record", refused)
+    result = save_study(outcome, store, actor=Actor("dr", "radiologist"), patient_ref=None, images=images, key=None)
+    assert [v.status.state for v in result.views] == [NOT_SAVED, NOT_SAVED]
+    assert result.views[1].status.message == "Record refused: lesion_ml is not a finite number. (nothing was saved)"
+    assert result.views[0].status.message == NOT_TRIED  # no tumour-free study stored in its place
+    assert store.summary().total == 0 and not [p for p in (tmp_path / "images").rglob("*") if p.is_file()]
+
+
 def test_a_study_given_in_two_paths_states_the_verdict_of_all_its_series_on_the_second(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

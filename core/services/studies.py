@@ -6,6 +6,7 @@ reason).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from core.domain.results import Record, Section, record_id
-from core.errors import StoreError
+from core.errors import InvalidRecord, StoreError
 from core.identity import pseudonymise, scan_day
 from core.model.classifier import Classifier
 from core.model.gate import ACCEPTED, NEEDS_REVIEW
@@ -36,6 +37,8 @@ from core.services.triage import (
 )
 from core.storage.images import ImageStore
 from core.storage.protocol import Store
+
+logger = logging.getLogger("btd.studies")
 
 UNREAD_SERIES = (
     "{} series could not be analysed (no section passed the input checks, or the series could not be put "
@@ -145,20 +148,23 @@ def save_series(
     require(actor, ANALYSE)
     if analysis.label is None:
         return SaveStatus(NOT_SAVED, "no section of this series could be analysed, so there is no verdict to save")
+    try:  # checked before its pixels are kept, as a single scan's: a refused record left an image no result names,
+        record = series_record(  # and its error stopped the whole study's save
+            analysis,
+            patient_ref=patient_ref,
+            uploader=actor.name,
+            key=key,
+            study_unread=study_unread,
+            series_number=series_number,
+            unread_named=unread_named,
+        )
+    except InvalidRecord as error:  # that series not saved; the study's save goes on as after any failed series
+        logger.warning("event=save_failed code=%s", error.code)
+        return SaveStatus(NOT_SAVED, f"{error} (nothing was saved)")
     try:
-        image_key = keep_image(images, stacked(analysis.volume.sections))
+        record = replace(record, image_key=keep_image(images, stacked(analysis.volume.sections)))
     except StoreError as error:
         return image_not_kept(error)
-    record = series_record(
-        analysis,
-        patient_ref=patient_ref,
-        uploader=actor.name,
-        key=key,
-        image_key=image_key,
-        study_unread=study_unread,
-        series_number=series_number,
-        unread_named=unread_named,
-    )
     sections = section_rows(analysis)
     status = save_record(record, store, actor, write=lambda r: store.add_series(r, sections))
     if status.state == ALREADY_SAVED and store is not None:  # uploaded before: link the reference typed now
@@ -218,32 +224,6 @@ SIGNED_OUT_CODE = "signed_out"
 SIGNED_OUT = "Not saved: your session ended, or your account was changed, while the study was being read."
 
 
-def save_study_series(
-    analysis: SeriesAnalysis,
-    outcome: StudyOutcome,
-    store: Store | None,
-    *,
-    actor: Actor,
-    patient_ref: str | None,
-    images: ImageStore | None,
-    key: bytes | None,
-) -> SaveStatus:
-    """Save one series of an analysed study (the page's, the command line's, the PACS watch's), keeping how many
-    series of its study nobody could read: a report made later from it gives no verdict the study did not have."""
-    number = next((k for k, series in enumerate(outcome.series, start=1) if series is analysis), None)
-    return save_series(
-        analysis,
-        store,
-        actor=actor,
-        patient_ref=patient_ref,
-        images=images,
-        key=key,
-        study_unread=outcome.unanalysed,
-        series_number=number,
-        unread_named=outcome.unread,
-    )
-
-
 NOT_TRIED = "not tried: a series of this study that decides its verdict could not be saved; retry"
 
 
@@ -267,8 +247,16 @@ def save_study_statuses(
         if failed and analysis.label is not None:
             statuses[index] = SaveStatus(NOT_SAVED, NOT_TRIED)
             continue
-        statuses[index] = save_study_series(
-            analysis, outcome, store, actor=actor, patient_ref=patient_ref, images=images, key=key
+        statuses[index] = save_series(  # with how many series of its study nobody could read: a report made
+            analysis,  # later from it gives no verdict the study did not have
+            store,
+            actor=actor,
+            patient_ref=patient_ref,
+            images=images,
+            key=key,
+            study_unread=outcome.unanalysed,
+            series_number=index + 1,  # its number on the Study page
+            unread_named=outcome.unread,
         )
         failed = failed or (statuses[index].state == NOT_SAVED and analysis.label is not None)
     return [statuses[i] for i in range(len(outcome.series))]
