@@ -402,6 +402,18 @@ def test_a_flag_a_review_answered_is_no_call_to_act_and_a_refused_scans_final_la
     refused = summary_row(1, "a.png", upload("rejected", 1))
     assert (refused["result"], refused["final_label"], refused["verdict"]) == ("refused", "No tumour", None)
 
+    # a file not read first in the batch: its row had no final label column, nor had the CSV (taken from row one)
+    from core.services.triage import batch_csv
+    from ui.batch import COLUMNS
+
+    unread = Of(view=None, record=None, status=None, needs_frame=False, frame=None, sha256="b" * 64,
+                error_message="not an image", error_code="unsupported")  # fmt: skip
+    rows = [summary_row(1, "x.dcm", unread), summary_row(2, "a.png", upload("needs_review", 1))]
+    assert [list(row) for row in rows] == [list(COLUMNS)] * 2
+    header, _, second = batch_csv(rows, with_names=False).decode().splitlines()
+    assert header.split(",") == [c for c in COLUMNS if c != "file"] and ",No tumour," in second
+    assert batch_csv([{"a": 1}, {"a": 2, "b": 3}], with_names=False).decode().splitlines()[0] == "a,b"
+
 
 def test_a_slice_already_saved_under_another_patient_is_a_warning_on_its_panel_and_above_the_batch(
     app_environment: Path,
@@ -664,9 +676,9 @@ def test_needs_review_reason_is_in_the_batch_table(app_environment: Path) -> Non
         assert "review band" in row["reason"]
     assert 50.0 <= row["confidence"] <= 99.9  # percent: the call's, never P(no tumour) beside a tumour verdict
     # the decision is a column of its own (counted from it, and in the CSV), never read back from the wording
-    assert bool(row["tumour"]) is (row["verdict"] != "No tumour")
+    assert row["tumour"] == ("no" if row["verdict"] == "No tumour" else "yes")
     summary = next(c.value for c in app.caption if "with a verdict" in c.value)
-    assert f"1 with a verdict, {int(bool(row['tumour']))} of them a tumour" in summary
+    assert f"1 with a verdict, {int(row['tumour'] == 'yes')} of them a tumour" in summary
 
 
 def test_uploads_and_reference_survive_leaving_the_page_and_coming_back(app_environment: Path) -> None:

@@ -108,7 +108,11 @@ def on_screen(table: Any) -> Any:
     for column in PERCENT_COLUMNS:
         if column in shown:
             shown[column] = cut(shown[column].to_numpy(float) * 100, 1).clip(0.1, 99.9)  # as the panel cuts it
-    for column in ("final_label", "model_version", "reason", "verdict", "saved", "tumour"):  # empty, not "None"
+    if "tumour" in shown:  # the decision in words: true and false beside "" made Arrow refuse the column (logged)
+        shown["tumour"] = [
+            {True: "yes", False: "no"}.get(v, "") if isinstance(v, bool) else "" for v in shown["tumour"]
+        ]
+    for column in ("final_label", "model_version", "reason", "verdict", "saved"):  # empty, not "None"
         if column in shown:
             shown[column] = shown[column].astype(object).where(shown[column].notna(), "")
     if "frame" in shown:  # a column of grey "None" for a batch of single images; a frame number where there is one
@@ -123,9 +127,23 @@ def on_screen(table: Any) -> Any:
 COLUMN_NAMES = {"sha256": "image hash", "final_label": "final label", "model_version": "model"}
 
 
+# every row's columns, in order, whatever became of its file: a batch whose first file could not be read had no
+# final label column (the CSV took its columns from the first row, and dropped the radiologist's labels)
+COLUMNS = (
+    "scan", "file", "frame", "sha256", "result", "verdict", "final_label", "tumour", "tumour_probability",
+    "confidence", "model_version", "saved", "reason",
+)  # fmt: skip
+
+
 def summary_row(index: int, name: str, result: Triaged) -> dict[str, Any]:
-    """One row of the batch table and CSV (verdicts by their display names). ``name`` is the file name, shown in the
-    session only: the caller leaves it out of the CSV unless the user asks for it (names can carry identities)."""
+    """One row of the batch table and CSV (verdicts by their display names), with every one of :data:`COLUMNS`.
+    ``name`` is the file name, shown in the session only: the caller leaves it out of the CSV unless the user asks
+    for it (names can carry identities)."""
+    row = _summary(index, name, result)
+    return {column: row.get(column) for column in COLUMNS}
+
+
+def _summary(index: int, name: str, result: Triaged) -> dict[str, Any]:
     row: dict[str, Any] = {"scan": index, "file": name, "frame": result.frame, "sha256": result.sha256[:12]}
     state = result_state(result)
     empty = {"verdict": None, "tumour": None, "tumour_probability": None, "confidence": None}

@@ -408,7 +408,8 @@ def batch_csv(rows: Sequence[Mapping[str, Any]], with_names: bool) -> bytes:
     import csv
     import io
 
-    columns = [c for c in (rows[0] if rows else {}) if with_names or c != "file"]
+    every = dict.fromkeys(column for row in rows for column in row)  # each row's, in order (a first row without
+    columns = [c for c in every if with_names or c != "file"]  # one of them dropped that column for all)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
