@@ -81,7 +81,9 @@ def several_patients(*more: dict[str, str] | None, moving: bool = False) -> bool
     covered = [
         upload.patient
         for upload in session
-        if moving or any(r.record is None or r.record.patient_ref in (None, typed) for r in upload.results.values())
+        if any(r.view is not None or r.record is not None for r in upload.results.values())  # a file not read is
+        # saved under nobody: a CT of another patient dropped in kept the reference from the patient's own scans
+        and (moving or any(r.record is None or r.record.patient_ref in (None, typed) for r in upload.results.values()))
     ]
     return patients_differ([*covered, *more])
 
@@ -93,9 +95,10 @@ def typed_reference(*more: dict[str, str] | None, moving: bool = False):
 
 
 MIXED_PATIENTS = (
-    "The DICOM files the patient reference typed would cover name more than one patient (their Patient IDs differ): "
-    "those of a second patient are saved without it. Type each patient's own reference before uploading their "
-    "files (a reference typed now goes to the scans saved without one), or clear this session's results."
+    "The DICOM files the patient reference typed would cover name more than one patient (their Patient IDs differ), "
+    "so the scans of the batch that brought the second patient are saved without it (those saved under it before "
+    "keep it). Type each patient's own reference before uploading their files (a reference typed now goes to the "
+    "scans saved without one), or clear this session's results."
 )
 
 
@@ -248,6 +251,8 @@ if new:
         if progress:
             progress.progress(done / len(new), text=f"Analysed {done} of {len(new)} scans")
     session.seen |= {file.file_id for file in uploads or []}
+    if reference is None:  # withheld for files naming several patients: those not read name nobody's scans (one
+        _apply_reference(moving=False)  # patient's left): the reference goes to the scans saved without one
 
 if session.patient_text.strip() and several_patients():
     st.error(MIXED_PATIENTS, icon=":material/group:")

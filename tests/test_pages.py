@@ -476,6 +476,25 @@ def test_dicom_slices_of_several_patients_are_never_filed_under_one_reference(ap
     assert not fresh.error and [r.patient_ref for r in store.recent(2)] == [third, third]
 
 
+def test_a_file_of_another_patient_that_could_not_be_read_does_not_withhold_the_reference(
+    app_environment: Path,
+) -> None:
+    """A CT slice of another patient in a batch (not read: no result, nothing saved) counted as a second patient:
+    the patient's own scans were saved without the reference typed, and the message said only "a second patient's"
+    were."""
+    pixels = (synthetic_slice(128, tumour=True, seed=1).astype("uint16") * 16)[None]
+    own = dicom_bytes(pixels, extra={"PatientID": "ZZ-A"})
+    other = dicom_bytes(pixels, extra={"PatientID": "ZZ-B", "Modality": "CT"})
+    app = page("scan.py").run()
+    app.text_input[0].input("ZZCANARY Patient").run()
+    app.file_uploader[0].set_value([("ct.dcm", other, "application/dicom"), ("a.dcm", own, "application/dicom")]).run()
+    results = list(app.dataframe[-1].value["result"])
+    assert not app.exception and results[0] == "not read" and results[1] != "not read", results
+    reference = pseudonymise("ZZCANARY Patient", local_key(app_environment))
+    assert [r.patient_ref for r in stored(app_environment).recent(5)] == [reference]
+    assert not any("more than one patient" in e.value for e in app.error)
+
+
 def test_a_reference_typed_after_uploading_updates_the_one_record(app_environment: Path) -> None:
     app = page("scan.py").run()
     app.file_uploader[0].set_value([("a.png", png_bytes(synthetic_slice(256, tumour=True)), "image/png")]).run()
