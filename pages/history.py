@@ -135,13 +135,14 @@ left, right = st.columns(2)
 current = left.selectbox("Series", series[::-1], format_func=describe, key="history_current")
 earlier = history.series_before(series, current)
 # every other series can be chosen (where some have no scan date, a prior pulled from the PACS after today's study
-# was saved later, and only earlier-saved ones were offered, so none); the default is the latest before it (scanned,
-# or saved) in the same plane from another study (not another sequence of this one, nor a plane whose sections do
-# not correspond)
+# was saved later, and only earlier-saved ones were offered, so none); the default is the table's prior: the one
+# series in the same plane of the latest earlier study. Where that study has several (a FLAIR and a T1 with
+# contrast: the sequence is not kept), none is chosen for the reader (the latest was, and a T1c prior beside
+# today's FLAIR read "+0.11 in score since the prior", in red, where the table above said no change is measured)
+candidates = history.prior_candidates(earlier, current)
 same_plane = [r for r in earlier if (r.geometry or {}).get("plane") == (current.geometry or {}).get("plane")]
-other_study = [r for r in same_plane if r.study_ref is None or r.study_ref != current.study_ref]
 choices = [r for r in series[::-1] if r.id != current.id]
-best = (other_study or same_plane or earlier)[-1:] if earlier else []
+best = candidates if len(candidates) == 1 else [] if candidates else (same_plane or earlier)[-1:]
 prior = right.selectbox(
     "Prior (any other series of this patient)",
     choices,
@@ -160,6 +161,11 @@ def opened(record_id: str):
         st.stop()
 
 
+if prior is None and len(candidates) > 1:
+    st.info(
+        f"The prior study has {len(candidates)} series in this plane (the sequence is not kept): choose the one of "
+        "the same sequence as this series to compare them."
+    )
 if prior is not None and prior.study_ref is not None and prior.study_ref == current.study_ref:
     st.warning(  # the default when the patient has no earlier study in this plane: said, never taken for a course
         "The prior is another series of the same study (another sequence of the same day): the comparison shows "

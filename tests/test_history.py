@@ -228,6 +228,38 @@ def test_a_prior_pulled_after_todays_study_is_compared_as_the_earlier_scan_and_i
     assert f" · final {pretty(final)} (model {pretty(june.label)}) · " in said, said
 
 
+def test_no_prior_is_chosen_for_the_reader_when_the_prior_study_has_several_series_in_the_plane(
+    tmp_path: Path, tiny_card: Path, tiny_classifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """January's FLAIR and T1 with contrast, June's FLAIR: the picker chose January's latest series (the T1c) and
+    the panel read "+0.11 in score since the prior" in red, where the table above said no change is measured (the
+    sequence is not kept). No prior is chosen now, and the page says why."""
+    from streamlit.testing.v1 import AppTest
+
+    from tests.scans import relabelled
+
+    data = history_environment(tmp_path, tiny_card, monkeypatch)
+    store, images = SQLiteStore(data / "results.sqlite3"), FolderImages(data / "images")
+    key = local_key(data)
+    reference = pseudonymise("P-0042", key)
+    for n, (study, when) in enumerate([("1", "20260101"), ("1", "20260101"), ("2", "20260601")]):
+        uid = f"1.2.826.0.1.3680043.8.498.5{study}"
+        files = dicom_series(head_volume(6, 96, seed=n), study_uid=uid, series_uid=f"{uid}.{n}")
+        volume = read_study(relabelled(files, StudyDate=when, SeriesDate=when))[0]
+        save_series(analyse_volume(volume, tiny_classifier), store, actor=DOCTOR, patient_ref=reference,
+                    images=images, key=key)  # fmt: skip
+    june = max(store.recent(3), key=lambda r: r.geometry["scan_day"])
+    app = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "history.py"), default_timeout=60)
+    app.session_state["actor"] = DOCTOR
+    app.run()
+    app.text_input[0].set_value("P-0042").run()
+    assert not app.exception and app.selectbox(key="history_current").value.id == june.id
+    assert app.selectbox(key=f"history_prior-{june.id}").value is None
+    assert any(i.value.startswith("The prior study has 2 series in this plane") for i in app.info)
+    assert app.dataframe[0].value["change"].tolist() == ["—", "—", "—"]  # the table's prior: none either
+    assert not app.metric or not any("since the prior" in str(m.value) for m in app.metric)
+
+
 def test_a_prior_whose_images_are_purged_is_said_so_and_its_series_score_still_compared(
     tmp_path: Path, tiny_card: Path, tiny_classifier, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -271,13 +271,12 @@ def series_before(records: Sequence[Record], record: Record) -> list[Record]:
     return [r for r in course_order(records) if r.created_at < record.created_at]
 
 
-def prior_series(earlier: Sequence[Record], record: Record) -> Record | None:
-    """The series ``record``'s lesion is compared with: the only series in its plane of the latest earlier study
-    (another study UID) that has one, ``earlier`` oldest first; None when there is none, or several (see the
-    module)."""
+def prior_candidates(earlier: Sequence[Record], record: Record) -> list[Record]:
+    """The series in ``record``'s plane of the latest earlier study (another study UID) that has one, ``earlier``
+    oldest first: one is the prior; several are sequences nobody can tell apart here (the sequence is not kept)."""
     plane = (record.geometry or {}).get("plane")
     if record.kind != "series" or not plane or record.study_ref is None:
-        return None
+        return []
     candidates = [
         r
         for r in earlier
@@ -285,10 +284,14 @@ def prior_series(earlier: Sequence[Record], record: Record) -> Record | None:
         and r.study_ref not in (None, record.study_ref)
         and (r.geometry or {}).get("plane") == plane
     ]
-    if not candidates:
-        return None
-    same_study = [r for r in candidates if r.study_ref == candidates[-1].study_ref]
-    return same_study[0] if len(same_study) == 1 else None
+    return [r for r in candidates if r.study_ref == candidates[-1].study_ref] if candidates else []
+
+
+def prior_series(earlier: Sequence[Record], record: Record) -> Record | None:
+    """The series ``record``'s lesion is compared with: the only one of :func:`prior_candidates`; None when there
+    is none, or several (see the module)."""
+    candidates = prior_candidates(earlier, record)
+    return candidates[0] if len(candidates) == 1 else None
 
 
 # a prior volume below this gets a change in mL, never in per cent: one false lesion as the segmenter's card counts
