@@ -1023,6 +1023,9 @@ def test_study_page_reads_a_zipped_series_shows_the_study_verdict_first_and_save
     assert skipped[0] == "2 sections skipped:" and len(skipped) == 3  # their reasons, not one guess for all
     assert all(line.startswith("- ") and line.endswith(" (1 section)") for line in skipped[1:])
     assert any("no head region" in line for line in skipped)  # "- 1: ..." read as section 1
+    # one clause (it read "no head region (No brain region found: the image is blank (a single uniform intensity).)")
+    assert "- no head region: the image is blank \\(a single uniform intensity\\) (1 section)" in skipped  # Markdown
+    assert any(c.value.startswith("A skipped section is not read by the model") for c in app.caption)
     assert len(app.get("plotly_chart")) == 2  # the section and the curve
     slider = next(s for s in app.slider if s.label == "Section")
     assert (slider.min, slider.max) == (1, 8)  # counted from 1, as the titles count sections

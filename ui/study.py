@@ -159,11 +159,21 @@ def show_study(
                     more = [f"- {len(reasons) - 3} other reasons"] if len(reasons) > 3 else []
                     listed = (f"- {plain(why)} ({count_of(n, 'section')})" for why, n in reasons[:3])
                     st.caption("\n".join([f"{skipped}:", *listed, *more]))
+                st.caption(SKIPPED_NOTE)
             series_panel(view, classifier, explainer, prefix=f"s{number}-{view.key[:8]}")
     if report_note is not None:
         st.caption(report_note)
     else:
         _report(actor, name, study, classifier, explainer)
+
+
+# the gate refused ordinary upper-brain sections of a brain series as "another body part, a radiograph or a
+# non-medical image": its reasons are worded for single images
+SKIPPED_NOTE = (
+    "A skipped section is not read by the model, and the series rule's neighbouring sections do not run across it. "
+    "The input gate also refuses some ordinary sections of brain series, with reasons worded for other images "
+    "(another body part): read skipped sections yourself."
+)
 
 
 REFERENCE_PENDING = (

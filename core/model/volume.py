@@ -273,6 +273,13 @@ def section_scan(volume: Volume, index: int) -> Scan:
     )
 
 
+def _clause(message: str) -> str:
+    """A sentence of :mod:`core.model.roi` as the clause after "no head region: " (it read "no head region (No
+    brain region found: the image is blank (a single uniform intensity).)")."""
+    text = message.removeprefix("No brain region found: ").rstrip(".")
+    return text[:1].lower() + text[1:]
+
+
 def analyse_volume(volume: Volume, classifier: Classifier, batch_size: int = 64) -> SeriesAnalysis:
     """Every section through the gate and the model, then the card's series rule."""
     started = time.perf_counter()
@@ -280,7 +287,7 @@ def analyse_volume(volume: Volume, classifier: Classifier, batch_size: int = 64)
     sections = []
     for index, (result, position) in enumerate(zip(results, volume.positions, strict=True)):
         if isinstance(result, ScanError):
-            why = f"no head region ({result})" if isinstance(result, NoBrainFound) else str(result)
+            why = f"no head region: {_clause(str(result))}" if isinstance(result, NoBrainFound) else str(result)
             sections.append(Section(index, position, None, why))
         elif result.prediction.gate.decision == REJECTED:
             sections.append(Section(index, position, None, "; ".join(result.prediction.gate.reasons)))
