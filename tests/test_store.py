@@ -271,6 +271,18 @@ def test_latest_records_newest_first(filled) -> None:
     assert [r.label for r in filled.recent(5, Filters(labels=("notumor",)))] == ["notumor"] * 3
 
 
+def test_a_limit_of_none_or_fewer_lists_nothing_on_either_store(filled) -> None:
+    """SQLite read LIMIT -1 as "every row", MongoDB's store gave none: a caller's bad arithmetic listed the whole
+    table on one store only."""
+    filled.append_audit(AuditEvent(datetime(2026, 3, 1, tzinfo=UTC), "a", "admin", "open", None, {}))
+    patient = "e" * 64
+    filled.add(replace(make_record(99, datetime(2026, 3, 1, tzinfo=UTC)), patient_ref=patient))
+    for limit in (0, -1):
+        assert filled.recent(limit) == [] and filled.of_patient(patient, limit) == []
+        assert filled.worklist(WorklistQuery(), limit) == [] and filled.find_audit(AuditQuery(), limit) == []
+    assert filled.recent(1) and filled.of_patient(patient, 1) and filled.find_audit(AuditQuery(), 1)
+
+
 def test_reviews_are_an_append_only_history_whose_latest_is_the_final_label(filled) -> None:
     record = FIXTURE[2]  # pituitary
     assert filled.get(record.id).final_label is None and filled.reviews_of(record.id) == []

@@ -181,7 +181,9 @@ class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
 
     def recent(self, limit: int, filters: Filters = EVERYTHING) -> list[Record]:
         where, params = self._where(filters)
-        rows = self._query(f"SELECT {_COLUMNS} FROM scans{where} ORDER BY created_ms DESC LIMIT ?", [*params, limit])
+        rows = self._query(
+            f"SELECT {_COLUMNS} FROM scans{where} ORDER BY created_ms DESC LIMIT ?", [*params, max(limit, 0)]
+        )
         return [self._decode(row) for row in rows]
 
     def unread_image_keys(self) -> set[str]:
@@ -192,7 +194,8 @@ class SQLiteStore(SQLiteAggregates, SQLitePeople, SQLiteQuality):
     def of_patient(self, patient_ref: str, limit: int) -> list[Record]:
         """One patient's results, newest first (the ``scans_by_patient`` index)."""
         rows = self._query(
-            f"SELECT {_COLUMNS} FROM scans WHERE patient_ref = ? ORDER BY created_ms DESC LIMIT ?", (patient_ref, limit)
+            f"SELECT {_COLUMNS} FROM scans WHERE patient_ref = ? ORDER BY created_ms DESC LIMIT ?",
+            (patient_ref, max(limit, 0)),  # none or fewer: no result, as on MongoDB (SQLite's LIMIT -1 is "all")
         )
         return [self._decode(row) for row in rows]
 

@@ -287,7 +287,9 @@ class SQLitePeople(SQLiteBase):
     def find_audit(self, query: AuditQuery, limit: int) -> list[AuditEvent]:
         """The events ``query`` selects, newest first (time, then sequence number), at most ``limit``."""
         where, values = self._audit_where(query)
-        rows = self._query(f"SELECT * FROM audit{where} ORDER BY at_ms DESC, seq DESC LIMIT ?", [*values, limit])
+        rows = self._query(
+            f"SELECT * FROM audit{where} ORDER BY at_ms DESC, seq DESC LIMIT ?", [*values, max(limit, 0)]
+        )
         return [self._audit_event(row) for row in rows]
 
     def count_audit(self, query: AuditQuery) -> int:
