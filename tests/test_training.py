@@ -525,6 +525,35 @@ def test_a_refit_writes_its_rules_and_their_version_in_one_write(tmp_path: Path,
     assert changed["decision"] != decision and changed["version"] != after["version"]
 
 
+def test_every_fit_leaves_out_a_validation_file_the_app_refuses_before_the_model(tmp_path: Path) -> None:
+    """calibrate left out a validation file with no head region (the app never gives one to the model), while
+    fit-decision and fit-gate stopped at it with NoBrainFound."""
+    import json
+
+    from core.training.finish import raw_logits, split_items
+    from core.training.gate_fit import fit_decision, fit_gate
+    from tests.scans import png_bytes, synthetic_slice, write_model_card
+
+    (tmp_path / "model").mkdir()
+    card_path = write_model_card(tmp_path / "model")
+    entries = []
+    for k, label in enumerate(["notumor", "glioma"] * 3):
+        path = tmp_path / "Training" / label / f"{k}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(png_bytes(synthetic_slice(128, tumour=label != "notumor", seed=k)))
+        entries.append([f"Training/{label}/{k}.png", label])
+    (tmp_path / "Training" / "notumor" / "blank.png").write_bytes(png_bytes(np.full((128, 128), 40, np.uint8)))
+    entries.append(["Training/notumor/blank.png", "notumor"])
+    card_path.with_name(f"{card_path.stem}.split.json").write_text(json.dumps({"validation": entries}))
+    _, kept = raw_logits(Classifier.from_card(card_path), split_items(tmp_path, entries, {}))
+    assert len(kept) == 6  # calibrate's path
+    decision = fit_decision(card_path, tmp_path)
+    assert "validation split (6 scans of a known class)" in decision["fitted_on"]
+    gate = fit_gate(card_path, tmp_path)
+    assert gate["validation_scans"] == 7 and gate["validation_rejected_at_most"] >= 1  # refused, as by the app
+    assert "validation split (6 scans)" in json.loads(card_path.read_text())["gate"]["fitted_on"]
+
+
 def test_a_card_whose_labels_are_in_another_order_is_refused_before_anything_is_fitted(tmp_path: Path) -> None:
     """The fits index the outputs in CLASSES' order: a card listing its labels otherwise would get its no-tumour
     bias and its type rule on the wrong columns."""

@@ -23,7 +23,6 @@ from typing import Any
 import cv2
 import numpy as np
 
-from core.errors import ScanError
 from core.evaluation.metrics import classification_report
 from core.evaluation.splits import split_file_of
 from core.imaging import read_scan_file
@@ -32,13 +31,12 @@ from core.model.classifier import Classifier, logits_of
 from core.model.decision import DecisionRule, tumour_probabilities
 from core.model.explain import Explainer, stage_layers
 from core.model.preprocess import to_model_input
-from core.model.roi import find_brain
 from core.training.calibration import calibrate, fit_calibration, negative_bias_vector
 from core.training.card_io import write_card
 from core.training.config import CLASSES, NEGATIVE
 from core.training.data import label_masks
 from core.training.gate_fit import fit_gate
-from core.training.probes import LGG_MIN_TUMOUR, fit_review_band, fit_subtype_share, source_report
+from core.training.probes import LGG_MIN_TUMOUR, fit_review_band, fit_subtype_share, readable, source_report
 from core.training.series_fit import VOLUME_SOURCES, fit_series
 from core.training.sources import Item, discover
 
@@ -58,12 +56,9 @@ def raw_logits(classifier: Classifier, items: Sequence[Item]) -> tuple[np.ndarra
     app can read (crop found), in batches."""
     inputs, kept = [], []
     for item in items:
-        try:
-            pixels = read_scan_file(item.path).pixels
-            inputs.append(to_model_input(pixels, find_brain(pixels).box, classifier.card.input))
+        if (read := readable(item.path)) is not None:
+            inputs.append(to_model_input(read[0].pixels, read[1].box, classifier.card.input))
             kept.append(item)
-        except ScanError:
-            continue
     rows = [
         logits_of(classifier.scores(np.stack(inputs[i : i + 64]))[0], classifier.card)
         for i in range(0, len(inputs), 64)
@@ -231,13 +226,11 @@ def recalibrate_saved_batchnorm(card_path: Path, root: Path, count: int = 3000, 
     rng = np.random.default_rng(seed)
     share = max(1, count // max(1, len(groups)))
     chosen = [g[i] for g in groups.values() for i in rng.permutation(len(g))[:share]]
-    inputs = []
-    for item in chosen:
-        try:
-            pixels = read_scan_file(item.path).pixels
-            inputs.append(to_model_input(pixels, find_brain(pixels).box, classifier.card.input))
-        except ScanError:
-            continue
+    inputs = [
+        to_model_input(read[0].pixels, read[1].box, classifier.card.input)
+        for read in map(readable, (item.path for item in chosen))
+        if read is not None
+    ]
     recalibrate_batchnorm(classifier.model, np.stack(inputs))
     weights = classifier.card.weights_path
     keras.saving.save_model(classifier.model, weights)

@@ -9,7 +9,6 @@ from typing import Any
 from core.evaluation.splits import read_held_out, read_split, split_file_of
 from core.model.decision import tumour_probabilities
 from core.model.preprocess import to_model_input
-from core.model.roi import find_brain
 from core.training.card_io import write_card
 from core.training.gate_learning import NOT_BRAIN, fit_learned_checks
 
@@ -23,18 +22,20 @@ def fit_gate(card_path: Path, root: Path, quantile: float = 0.995, restamp: bool
     large, familiar source set a threshold that refuses many scans of a smaller, less familiar one. Returns the
     threshold, the share of validation scans the whole gate then rejects and the energy refusals per source.
     """
-    from core.imaging import read_scan_file
     from core.model.classifier import Classifier, embedding_layer
     from core.model.gate import GatePolicy, energy, fit_energy_threshold, image_reasons, policy_section
+    from core.training.probes import readable
 
     classifier = Classifier.from_card(card_path)
     card = classifier.card
-    energies, sources, image_rejected = [], [], 0
+    energies, sources, image_rejected, unread = [], [], 0, 0
     files = read_split(split_file_of(card_path), root)
     for _, path in files:
+        if (read := readable(path)) is None:  # refused by the app before the model: no energy to fit
+            unread += 1
+            continue
+        scan, region = read
         sources.append(path.resolve().relative_to(root.resolve()).parts[0])
-        scan = read_scan_file(path)
-        region = find_brain(scan.pixels)
         raw, _ = classifier.scores(to_model_input(scan.pixels, region.box, card.input)[None])
         energies.append(energy(raw[0], card.temperature))
         image_rejected += bool(image_reasons(scan, region, GatePolicy()))
@@ -43,7 +44,7 @@ def fit_gate(card_path: Path, root: Path, quantile: float = 0.995, restamp: bool
         by_source.setdefault(source, []).append(value)
     large = [values for values in by_source.values() if len(values) >= 20] or [energies]
     threshold = max(fit_energy_threshold(values, quantile) for values in large)
-    rejected = sum(bool(e > threshold) for e in energies) + image_rejected
+    rejected = sum(bool(e > threshold) for e in energies) + image_rejected + unread
     per_source = {s: round(sum(e > threshold for e in v) / len(v), 4) for s, v in sorted(by_source.items())}
     checks, learned = [], None
     if (root / NOT_BRAIN).is_dir() and embedding_layer(classifier.model) is not None:
@@ -51,7 +52,7 @@ def fit_gate(card_path: Path, root: Path, quantile: float = 0.995, restamp: bool
         checks, learned = fit_learned_checks(classifier, root, {path.resolve() for _, path in files}, held_out=held_out)
     frame = relaxed_frame_bounds(learned)
     policy = GatePolicy(max_energy=threshold, checks=tuple(checks), **frame)
-    fitted_on = f"validation split ({len(files)} scans), the highest per-source energy quantile {quantile}"
+    fitted_on = f"validation split ({len(energies)} scans), the highest per-source energy quantile {quantile}"
     if checks:
         fitted_on += "; learned checks: core.training.gate_learning"
     raw = json.loads(card_path.read_text())  # the weights and their hash are unchanged
@@ -88,11 +89,10 @@ def fit_decision(
 
     import numpy as np
 
-    from core.imaging import read_scan_file
     from core.model.classifier import Classifier
     from core.training.config import CLASSES, NEGATIVE
     from core.training.finish import kept_threshold
-    from core.training.probes import fit_review_band, fit_subtype_share
+    from core.training.probes import fit_review_band, fit_subtype_share, readable
 
     classifier = Classifier.from_card(card_path)
     card = classifier.card
@@ -100,10 +100,9 @@ def fit_decision(
         raise ValueError(f"fit-decision takes a card whose labels are {list(CLASSES)}, not {list(card.labels)}")
     labels, rows = [], []
     for label, path in read_split(split_file_of(card_path), root):
-        if label not in CLASSES:
-            continue  # never fit on the web-style scans of unknown type
-        scan = read_scan_file(path)
-        region = find_brain(scan.pixels)
+        if label not in CLASSES or (read := readable(path)) is None:
+            continue  # never fit on the web-style scans of unknown type, nor on a file the app refuses
+        scan, region = read
         rows.append(classifier.probabilities(to_model_input(scan.pixels, region.box, card.input)[None])[0])
         labels.append(label)
     probabilities = np.asarray(rows)

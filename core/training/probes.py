@@ -3,20 +3,34 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from core.analytics.stats import wilson_interval
+from core.errors import ScanError
 from core.evaluation.metrics import classification_report, patient_interval
+from core.imaging import Scan, read_scan_file
 from core.model.decision import DecisionRule, decide, subtype_choice, tumour_probabilities
 from core.model.preprocess import InputSpec, square_to_input, to_model_input
-from core.model.roi import find_brain
+from core.model.roi import BrainRegion, find_brain
 from core.training.augment import match_histogram
 from core.training.calibration import calibrate, softmax
 from core.training.config import CLASSES, NEGATIVE
 from core.training.lesions import synthetic_lesion
 from core.training.sources import Item
+
+
+def readable(path: Path) -> tuple[Scan, BrainRegion] | None:
+    """A file as the app reads it and its head region, or None where the app refuses it before the model (not
+    read, or no head found): every fit leaves such a file out (fit-gate and fit-decision stopped at one, where
+    calibrate left it out)."""
+    try:
+        scan = read_scan_file(path)
+        return scan, find_brain(scan.pixels)
+    except ScanError:
+        return None
 
 
 def inference_inputs(images: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
