@@ -6,7 +6,6 @@ reason).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -32,13 +31,12 @@ from core.services.triage import (
     image_not_kept,
     keep_image,
     reference_for_saved,
+    refused_record,
     relinked,
     save_record,
 )
 from core.storage.images import ImageStore
 from core.storage.protocol import Store
-
-logger = logging.getLogger("btd.studies")
 
 UNREAD_SERIES = (
     "{} series could not be analysed (no section passed the input checks, or the series could not be put "
@@ -159,8 +157,7 @@ def save_series(
             unread_named=unread_named,
         )
     except InvalidRecord as error:  # that series not saved; the study's save goes on as after any failed series
-        logger.warning("event=save_failed code=%s", error.code)
-        return SaveStatus(NOT_SAVED, f"{error} (nothing was saved)")
+        return SaveStatus(NOT_SAVED, refused_record(error))
     try:
         record = replace(record, image_key=keep_image(images, stacked(analysis.volume.sections)))
     except StoreError as error:

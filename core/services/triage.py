@@ -147,9 +147,16 @@ def save(
     try:  # checked before its image is kept: a refused record leaves no image behind
         record = new_record(analysis, patient_ref=patient_ref, uploader=actor.name)
     except InvalidRecord as error:  # one result that fails its own checks: that file not saved, the batch goes on
-        logger.warning("event=save_failed code=%s", error.code)
-        return SaveStatus(NOT_SAVED, f"{error} (nothing was saved)")
+        return SaveStatus(NOT_SAVED, refused_record(error))
     return _kept_and_saved(record, analysis, store, actor, images)[1]
+
+
+def refused_record(error: InvalidRecord) -> str:
+    """What a result its own checks refused says, logged once: one wording for a scan and a series, on the page and
+    the command line (they read "Record refused: ... (nothing was saved)" and "The result cannot be recorded
+    (Record refused: ...); nothing was saved.")."""
+    logger.warning("event=save_failed code=%s", error.code)
+    return f"{error} (nothing was saved)"
 
 
 def _kept_and_saved(
@@ -312,9 +319,7 @@ def triage(
     try:  # checked before its image is kept: a refused record leaves no image behind
         record = new_record(analysis, patient_ref=patient_ref, uploader=actor.name)
     except InvalidRecord as error:  # the page's batch goes on past it (it stopped there, a traceback on screen)
-        logger.warning("event=save_failed code=%s", error.code)
-        message = f"The result cannot be recorded ({error}); nothing was saved."
-        return Triaged(outcome.sha256, outcome.frames, frame, None, error.code, message)
+        return Triaged(outcome.sha256, outcome.frames, frame, None, error.code, refused_record(error))
     record, status = _kept_and_saved(record, analysis, store, actor, images)
     view = scan_view(analysis, explainer)
     triaged = Triaged(outcome.sha256, outcome.frames, analysis.scan.frame, view, record=record, status=status)
