@@ -706,7 +706,7 @@ def test_the_report_says_which_series_needs_review_and_the_threshold_each_was_ju
     assert objects.same_reading(earlier, ours)
     other = objects.verdict_report(objects.headers(files), [replace(series, score=0.5)], outcome.verdict, facts)
     assert not objects.same_reading(earlier, other) and series.score != 0.5
-    assert f"fewer than the rule's {rule.neighbours}" in line and "NEEDS REVIEW (fewer neighbouring" in line
+    assert f"fewer than the rule's {rule.neighbours}" in line and "NEEDS REVIEW (it rests on 2 neighbouring" in line
     card = tiny_classifier.card
     report = objects.verdict_report(
         objects.headers(files), outcome.series, outcome.verdict, objects.ModelFacts(card.name, card.version, "0" * 64)

@@ -237,22 +237,25 @@ def test_the_header_and_a_series_section_are_plain_lines(saved_study) -> None:
     assert facts["Report made"] == "2026-12-01 10:05 UTC by dr-a" and facts["Model"].startswith("tiny ")
     lines = series_lines(record, None, [])  # no view: the images are gone; the rule kept with the record is said
     assert lines[0].startswith("Model verdict (not reviewed yet): ") and "series score" in lines[0]
-    flagged = ["Flagged for review (the verdict rests on fewer sections than the rule asks, or is uncertain)"]
     rule = record.geometry["rule"]
+    fewer = rule["used"] < rule["neighbours"]  # which of the two reasons (the PDF said "..., or is uncertain")
+    why = f"it rests on {rule['used']} neighbouring" if fewer else "its score is in the review band"
     judged = (
         ""
         if rule["applied"] == rule["threshold"]
         else f"; judged at {rule['applied']:.2f} (on fewer neighbouring sections than the rule asks)"
     )
-    few = [
-        f"Judged on {rule['used']} neighbouring sections only, at {rule['applied']:.2f} (fewer than the rule asks): "
-        "needs review"
+    few = [  # as the Study page says it of the series, fresh or reopened
+        f"The verdict rests on {rule['used']} neighbouring sections (the rule asks {rule['neighbours']}), judged at "
+        f"least by the single-scan threshold ({rule['applied']:.2f})"
     ]
+    flagged = [line for line in lines if line.startswith("Flagged for review (")]
+    assert flagged == ([] if record.gate != "needs_review" else [next(f for f in flagged if why in f)])
     assert lines[1:] == [
         "Pixel spacing: 0.90 x 0.90 mm",
         "Lesion volume: not measured (no lesion segmenter when the series was saved)",
         f"Rule: tumour when {rule['neighbours']} neighbouring sections reach {rule['threshold']:.2f}{judged}",
-        *(few if rule["used"] < rule["neighbours"] else []),  # both were dropped once the images were purged
+        *(few if fewer else []),  # both were dropped once the images were purged
         *(flagged if record.gate == "needs_review" else []),  # the PDF never said a series needed review
         "Not reviewed by a radiologist yet.",
     ]

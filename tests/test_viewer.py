@@ -178,7 +178,7 @@ def test_a_series_verdict_that_needs_review_says_so_on_its_line(tiny_classifier)
     assert "needs review" not in verdict_line(replace(view, needs_review=False))
     # which of the two reasons (it read "few neighbours, or in the uncertain band" for both)
     full = replace(view, needs_review=True, neighbours=3, window=(0, 1, 2))
-    assert verdict_line(full).count("(its score is in the uncertain band)") == 1
+    assert verdict_line(full).count("(its score is in the review band)") == 1
     short = replace(full, window=(1, 2))
     assert "**needs review** (it rests on 2 neighbouring sections, fewer than the rule's 3)" in verdict_line(short)
 

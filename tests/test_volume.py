@@ -678,8 +678,10 @@ def test_a_verdict_resting_on_fewer_neighbours_than_the_rule_takes_at_least_the_
     record = series_record(analysis, patient_ref=None, uploader="dr", key=None)
     assert record.geometry["rule"] == {"threshold": 0.01, "neighbours": 4, "used": 1, "applied": 0.999}
     lines = "\n".join(series_lines(record, series_view(analysis), []))
-    assert "Judged on 1 neighbouring sections only, at 1.00 (fewer than the rule asks): needs review" in lines
-    assert "Flagged for review" in lines
+    said = "the verdict rests on 1 neighbouring section (the rule asks 4), judged at least by the single-scan "
+    assert f"{said}threshold (1.00)" in " ".join(analysis.warnings)  # fresh, and in the PDF made later
+    assert f"T{said[1:]}threshold (1.00)" in lines
+    assert "Flagged for review (it rests on 1 neighbouring section, fewer than the rule's 4)" in lines
 
 
 def test_a_sections_heat_map_explains_the_series_call_not_the_sections_own(tmp_path, tiny_classifier) -> None:

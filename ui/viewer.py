@@ -12,7 +12,7 @@ import numpy as np
 import streamlit as st
 
 from core.imaging.geometry import orientation_letters
-from core.model.decision import FEWER, SERIES_SCORE
+from core.model.decision import FEWER, SERIES_SCORE, review_reason
 from core.model.explain import HEAT_MEANING
 from core.services.series_views import SeriesView, section_heat
 from ui.auth import fragment_actor
@@ -27,7 +27,7 @@ from ui.viewer_figures import (
     timeline_figure,
     windowed,
 )
-from ui.wording import LABEL_NAMES, count_of, percent, plain, pretty, two_places
+from ui.wording import LABEL_NAMES, percent, plain, pretty, two_places
 
 
 def verdict_line(view: SeriesView) -> str:
@@ -38,17 +38,9 @@ def verdict_line(view: SeriesView) -> str:
         return f"**{pretty(view.label)}**{score} · read by {view.model}, whose series rule was not recorded"
     rule = f"{view.neighbours} neighbouring sections at {judged_note(view)}"
     above = f"{len(view.marked)} of {len(view.sections)} sections above"
-    review = f" · **needs review** ({review_reason(view)})" if view.needs_review else ""
+    why = review_reason(len(view.window), view.neighbours or len(view.window))
+    review = f" · **needs review** ({why})" if view.needs_review else ""
     return f"**{pretty(view.label)}**{score} · rule: tumour when {rule} · {above}{review}{reviewed(view)}"
-
-
-def review_reason(view: SeriesView) -> str:
-    """Why a series verdict goes to review, of the two reasons (it read "few neighbours, or in the uncertain band",
-    and the reader could not tell which)."""
-    used = len(view.window)
-    if view.neighbours is not None and used < view.neighbours:
-        return f"it rests on {count_of(used, 'neighbouring section')}, fewer than the rule's {view.neighbours}"
-    return "its score is in the uncertain band"
 
 
 def judged_note(view: SeriesView) -> str:

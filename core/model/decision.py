@@ -221,6 +221,25 @@ SERIES_SCORE = "the lowest tumour probability of its best run of neighbouring se
 FEWER = "fewer neighbouring sections than the rule asks"
 
 
+def rests_on(used: int, neighbours: int, applied: float) -> str:
+    """What a verdict judged on fewer neighbouring sections than the rule asks says of it, fresh or reopened, on the
+    screen and in the PDF (three wordings once: the same series read otherwise once saved)."""
+    sections = "section" if used == 1 else "sections"
+    return (
+        f"the verdict rests on {used} neighbouring {sections} (the rule asks {neighbours}), judged at least by the "
+        f"single-scan threshold ({applied:.2f})"
+    )
+
+
+def review_reason(used: int, neighbours: int) -> str:
+    """Which of the two reasons sends a series verdict to review (it read "few neighbours, or in the uncertain
+    band" on the screen and "fewer sections ..., or is uncertain" in the PDF, and the reader could not tell)."""
+    if used < neighbours:
+        sections = "section" if used == 1 else "sections"
+        return f"it rests on {used} neighbouring {sections}, fewer than the rule's {neighbours}"
+    return "its score is in the review band"
+
+
 def _best(probabilities: Sequence[float | None], runs: list[list[int]], k: int) -> tuple[float, list[int]]:
     """The window of ``k`` neighbouring sections of ``runs`` whose lowest probability is highest, and that level."""
     best: tuple[float, list[int]] | None = None

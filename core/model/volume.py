@@ -27,7 +27,7 @@ from core.imaging.geometry import spacing_text
 from core.imaging.volume import Volume
 from core.model.analysis import Analysis, analyse_scans
 from core.model.classifier import Classifier
-from core.model.decision import UNKNOWN_TYPE, SeriesRule, decide, in_review_band
+from core.model.decision import UNKNOWN_TYPE, SeriesRule, decide, in_review_band, rests_on
 from core.model.gate import REJECTED
 from core.model.lesion import sections_spanned, volume_ml
 
@@ -118,10 +118,9 @@ class SeriesAnalysis:
                 else f"no run of neighbouring analysed sections is longer than the rule's {self.rule.neighbours}, so "
                 "its one window was a whole run (one normal end section would clear it)"
             )
-            notes.append(
-                f"{why} (the series has {len(self.sections)}, {len(self.analysed)} analysed); the verdict rests on "
-                f"{self.neighbours_used}, judged at least by the single-scan threshold ({self.applied_threshold:.2f})"
-            )
+            counted = f"(the series has {len(self.sections)}, {len(self.analysed)} analysed)"
+            resting = rests_on(self.neighbours_used, self.rule.neighbours, self.applied_threshold)
+            notes.append(f"{why} {counted}; {resting}")
         return notes + self.unjudged + self.volume_caveats
 
     @property

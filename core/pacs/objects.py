@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.imaging.dicom import quiet_pydicom
-from core.model.decision import FEWER, SERIES_SCORE, UNKNOWN_TYPE, bounded, label_name, ml_text
+from core.model.decision import SERIES_SCORE, UNKNOWN_TYPE, bounded, label_name, ml_text, review_reason
 from core.model.volume import SeriesAnalysis
 from core.model.volume import key_sections as sections_to_see
 
@@ -218,7 +218,7 @@ def _series_lines(evidence: Sequence[Any], series: SeriesAnalysis, reviewed: boo
         f"sections{fewer}; tumour at >= {series.applied_threshold:.2f})"
     )
     if series.needs_review:
-        why = FEWER if used < rule.neighbours else "its score is in the review band"
+        why = review_reason(used, rule.neighbours)
         line += f"; flagged for review ({why}), since reviewed" if reviewed else f"; NEEDS REVIEW ({why})"
     if series.lesion_ml is not None:
         line += f"; lesion volume {ml_text(series.lesion_ml)} mL"

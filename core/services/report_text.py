@@ -9,7 +9,17 @@ from datetime import datetime
 
 from core.domain.results import Record
 from core.model.classifier import Classifier
-from core.model.decision import FEWER, NEEDS_REVIEW, NEGATIVE_LABEL, SERIES_SCORE, label_name, ml_text, percent
+from core.model.decision import (
+    FEWER,
+    NEEDS_REVIEW,
+    NEGATIVE_LABEL,
+    SERIES_SCORE,
+    label_name,
+    ml_text,
+    percent,
+    rests_on,
+    review_reason,
+)
 from core.services.series_views import SeriesView
 
 DEFAULT_LIMITATIONS = (
@@ -54,14 +64,13 @@ def series_lines(record: Record, view: SeriesView | None, reviews: Sequence) -> 
         judged = "" if own == applied else f"; judged at {applied:.2f} (on {FEWER})"
         counted = f"; {len(view.marked)} sections at or above it; {len(view.skipped)} skipped" if view else ""
         lines.append(f"Rule: tumour when {neighbours} neighbouring sections reach {own:.2f}{judged}{counted}")
-    if rule.get("used") is not None and rule["used"] < rule.get("neighbours", 0):
-        lines.append(
-            f"Judged on {rule['used']} neighbouring sections only, at {rule['applied']:.2f} (fewer than the rule "
-            "asks): needs review"
-        )
+    fewer = rule.get("used") is not None and rule["used"] < rule.get("neighbours", 0)
+    if fewer:
+        note = rests_on(int(rule["used"]), int(rule["neighbours"]), float(rule["applied"]))
+        lines.append(note[:1].upper() + note[1:])
     if record.gate == NEEDS_REVIEW:
-        flagged = "Flagged for review (the verdict rests on fewer sections than the rule asks, or is uncertain)"
-        lines.append(flagged + ("; reviewed below" if reviews else ""))
+        why = review_reason(int(rule["used"]), int(rule["neighbours"])) if fewer else "its score is in the review band"
+        lines.append(f"Flagged for review ({why})" + ("; reviewed below" if reviews else ""))
     if reviews:
         last = reviews[-1]
         lines.append(

@@ -18,7 +18,7 @@ from core.imaging.volume import Volume
 from core.model.analysis import Analysis, analyse_scan
 from core.model.card import ModelCard
 from core.model.classifier import Classifier
-from core.model.decision import SeriesRule
+from core.model.decision import SeriesRule, rests_on
 from core.model.explain import Explainer
 from core.model.gate import NEEDS_REVIEW
 from core.model.lesion import area_mm2, sections_spanned
@@ -266,10 +266,7 @@ def _few_neighbours(rule: dict[str, Any] | None) -> tuple[str, ...]:
     with it (the reopened series stated the rule's threshold alone, the PDF and the report sent the one applied)."""
     if not rule or rule.get("used") is None or rule["used"] >= rule.get("neighbours", 0):
         return ()
-    return (
-        f"the verdict rests on {rule['used']} neighbouring sections (the rule asks {rule['neighbours']}), judged at "
-        f"least by the single-scan threshold ({rule['applied']:.2f})",
-    )
+    return (rests_on(int(rule["used"]), int(rule["neighbours"]), float(rule["applied"])),)
 
 
 def _deciding_window(
