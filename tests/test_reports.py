@@ -334,7 +334,7 @@ def test_key_sections_are_those_the_verdict_rested_on_not_isolated_spikes_elsewh
     the verdict rested on the run 13-17 where the viewer opens; the PACS key images lead with that run too."""
     from types import SimpleNamespace
 
-    from core.model.volume import key_sections as sections_to_see
+    from core.model.volume import sections_to_see
     from core.pacs.captures import key_sections as key_images_of
     from core.services.reports import key_sections
 

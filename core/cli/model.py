@@ -18,10 +18,15 @@ def card_version(card: Path) -> str:
     return str(json.loads(card.read_text())["version"])
 
 
+def chosen_card(args: argparse.Namespace) -> Path:
+    """The card a refit works on: ``--model``, else the one served (``BTD_MODEL``, or the shipped card)."""
+    return Path(args.model) if args.model else model_card_path()
+
+
 def cmd_fit_gate(args: argparse.Namespace) -> int:
     from core.training.gate_fit import fit_gate
 
-    card = Path(args.model) if args.model else model_card_path()
+    card = chosen_card(args)
     fitted = fit_gate(card, Path(args.data), restamp=True)
     emit({**fitted, "version": card_version(card)}, sys.stdout)
     return EXIT_OK
@@ -30,7 +35,7 @@ def cmd_fit_gate(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from core.training.finish import finish_card, recalibrate_saved_batchnorm
 
-    card = Path(args.model) if args.model else model_card_path()
+    card = chosen_card(args)
     if args.batchnorm:
         print(f"batch normalisation: {recalibrate_saved_batchnorm(card, Path(args.data))}", file=sys.stderr)
     done = finish_card(card, Path(args.data), log=lambda message: print(message, file=sys.stderr), restamp=True)
@@ -49,7 +54,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_fit_series(args: argparse.Namespace) -> int:
     from core.training.series_fit import fit_series
 
-    card = Path(args.model) if args.model else model_card_path()
+    card = chosen_card(args)
     fitted = fit_series(card, Path(args.data), log=lambda message: print(message, file=sys.stderr), restamp=True)
     emit({**fitted, "version": card_version(card)}, sys.stdout)
     return EXIT_OK
@@ -58,7 +63,7 @@ def cmd_fit_series(args: argparse.Namespace) -> int:
 def cmd_loio(args: argparse.Namespace) -> int:
     from core.training.loio import collect
 
-    card = Path(args.model) if args.model else model_card_path()
+    card = chosen_card(args)
     section = collect(card, [Path(f) for f in args.folds])
     emit({"model": str(card), "leave_one_institution_out": section}, sys.stdout)
     return EXIT_OK
@@ -83,7 +88,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 def cmd_fit_decision(args: argparse.Namespace) -> int:
     from core.training.gate_fit import fit_decision
 
-    card = Path(args.model) if args.model else model_card_path()
+    card = chosen_card(args)
     fitted = fit_decision(card, Path(args.data), restamp=True)
     emit({**fitted, "version": card_version(card)}, sys.stdout)
     return EXIT_OK

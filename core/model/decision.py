@@ -155,7 +155,7 @@ class Decision:
 class DecisionRule:
     """Threshold, review band and subtype rule of one model (from its card)."""
 
-    labels: tuple[str, ...] = ("glioma", "meningioma", NEGATIVE_LABEL, "pituitary")
+    labels: tuple[str, ...] = CLASSES
     negative_label: str = NEGATIVE_LABEL
     threshold: float = 0.5
     review_band: tuple[float, float] = DEFAULT_REVIEW_BAND

@@ -236,7 +236,7 @@ class SeriesAnalysis:
         }
 
 
-def key_sections(
+def sections_to_see(
     curve: Sequence[float | None],
     window: Sequence[int],
     count: int,

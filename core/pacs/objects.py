@@ -33,8 +33,7 @@ from typing import Any
 
 from core.imaging.dicom import quiet_pydicom
 from core.model.decision import SERIES_SCORE, UNKNOWN_TYPE, bounded, label_name, ml_text, review_reason
-from core.model.volume import SeriesAnalysis
-from core.model.volume import key_sections as sections_to_see
+from core.model.volume import SeriesAnalysis, sections_to_see
 
 MANUFACTURER = "BTD brain MRI triage (decision aid)"
 
@@ -139,7 +138,7 @@ MAX_KEY_IMAGES = 12  # a reader opens a few key sections, not every section over
 def key_sections(series: SeriesAnalysis) -> list[int]:
     """The sections sent as key images and named by the report: up to :data:`MAX_KEY_IMAGES` at or above the
     threshold the verdict was judged by, in order: those it rested on first, then the most likely tumour
-    (:func:`core.model.volume.key_sections`)."""
+    (:func:`core.model.volume.sections_to_see`)."""
     marked = series.tumour_sections
     deciding = [s.index for s in series.window if s.index in marked]
     return sections_to_see(series.curve, deciding, MAX_KEY_IMAGES, among=marked)

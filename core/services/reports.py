@@ -23,7 +23,7 @@ from core.model.decision import ml_text, mm2_text, two_places
 from core.model.explain import HEAT_MEANING, Explainer, overlay
 from core.model.lesion import Lesion, Segmenter
 from core.model.roi import find_brain
-from core.model.volume import key_sections as sections_to_see
+from core.model.volume import sections_to_see
 from core.services import audit
 from core.services.access import OPEN_RESULT, Actor, require
 from core.services.report_drawing import curve, outlined, pdf_text, section_image
@@ -48,7 +48,7 @@ _NEXT_LINE = {"new_x": "LMARGIN", "new_y": "NEXT", "align": "L"}
 
 def key_sections(view: SeriesView, count: int = 3) -> list[int]:
     """The sections a reader should see first, in series order: those a tumour verdict rested on, the likeliest
-    under another (the viewer opens at them: :func:`core.model.volume.key_sections`)."""
+    under another (the viewer opens at them: :func:`core.model.volume.sections_to_see`)."""
     return sections_to_see(view.curve, view.window, count, called=view.is_tumour)
 
 

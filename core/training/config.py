@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 
 from core.evaluation.neighbours import TWIN_THRESHOLD
 from core.model.decision import CLASSES as CLASSES  # the classes trained: the ones every board lists
+from core.model.decision import NEGATIVE_LABEL
 from core.model.preprocess import InputSpec
 
-NEGATIVE = "notumor"
+NEGATIVE = NEGATIVE_LABEL  # the negative class, named once
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm"}
 
 

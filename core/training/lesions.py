@@ -12,6 +12,22 @@ def _smooth_noise(shape: tuple[int, int], sigma: float, rng: np.random.Generator
     return noise / max(float(noise.std()), 1e-6)
 
 
+def bright_head(square: np.ndarray) -> np.ndarray | None:
+    """The head of a uint8 square crop as bright tissue by Otsu, its largest region filled (None: none found). Not
+    the crop's outline (find_brain): that one takes in the face and neck on sagittal and low axial slices, and
+    lesions placed in it landed in orbits and sinuses."""
+    _, bright = cv2.threshold(cv2.GaussianBlur(square, (5, 5), 0), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    contours, _ = cv2.findContours(bright, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return None
+    return cv2.drawContours(np.zeros_like(square), [max(contours, key=cv2.contourArea)], -1, 255, cv2.FILLED)
+
+
+def inner_part(head: np.ndarray) -> np.ndarray:
+    """Where a lesion may be placed in ``head``: eroded by 15 % of the side each way."""
+    return cv2.erode(head, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (int(0.3 * head.shape[0]) | 1,) * 2))
+
+
 def synthetic_lesion(square: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
     """Paste a random tumour-like lesion into a uint8 square brain crop; None when none fits or it would not show.
 
@@ -21,15 +37,10 @@ def synthetic_lesion(square: np.ndarray, rng: np.random.Generator) -> np.ndarray
     of that source, so the slice's look stops predicting the label.
     """
     side = square.shape[0]
-    # Bright tissue by Otsu, not the crop's outline (find_brain): that one takes in the face and neck on sagittal and
-    # low axial slices, and lesions then land in orbits and sinuses.
-    _, bright = cv2.threshold(cv2.GaussianBlur(square, (5, 5), 0), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    contours, _ = cv2.findContours(bright, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    if not contours:
+    head = bright_head(square)
+    if head is None:
         return None
-    head = cv2.drawContours(np.zeros_like(square), [max(contours, key=cv2.contourArea)], -1, 255, cv2.FILLED)
-    inner = cv2.erode(head, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (int(0.3 * side) | 1,) * 2))
-    ys, xs = np.nonzero(inner)
+    ys, xs = np.nonzero(inner_part(head))
     if len(xs) < 20:
         return None
     brain = square[head > 0].astype(np.float32)

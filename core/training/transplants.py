@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from core.imaging import read_scan_file
+from core.training.lesions import bright_head, inner_part
 from core.training.sources import Item
 
 DONOR_SEQUENCES = ("flair", "t1c")
@@ -67,14 +68,10 @@ def donors(items: Sequence[Item], images: Sequence[np.ndarray], min_pixels: int 
 
 
 def brain_interior(square: np.ndarray) -> np.ndarray:
-    """Where a lesion may be placed: bright tissue by Otsu, largest region, eroded by 15 % of the side."""
-    side = square.shape[0]
-    _, bright = cv2.threshold(cv2.GaussianBlur(square, (5, 5), 0), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    contours, _ = cv2.findContours(bright, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    if not contours:
-        return np.zeros_like(square)
-    head = cv2.drawContours(np.zeros_like(square), [max(contours, key=cv2.contourArea)], -1, 255, cv2.FILLED)
-    return cv2.erode(head, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (int(0.3 * side) | 1,) * 2))
+    """Where a lesion may be placed: the bright head (:func:`core.training.lesions.bright_head`), eroded by 15 % of
+    the side, as a painted lesion's place."""
+    head = bright_head(square)
+    return np.zeros_like(square) if head is None else inner_part(head)
 
 
 def transplant(square: np.ndarray, donor: Donor, rng: np.random.Generator) -> np.ndarray | None:
