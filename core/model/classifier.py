@@ -45,13 +45,19 @@ def calibrated_probabilities(raw: np.ndarray, card: ModelCard) -> np.ndarray:
 
 def calibrated_logits(logits: np.ndarray, card: ModelCard) -> np.ndarray:
     """Logits (a softmax model's log-probabilities: :func:`logits_of`) -> probabilities with the card's temperature
-    and bias."""
-    scaled = np.asarray(logits, np.float64) / card.temperature + np.array(
-        [card.logit_bias.get(label, 0.0) for label in card.labels]
-    )
-    scaled -= scaled.max(axis=1, keepdims=True)
-    exp = np.exp(scaled)
-    return exp / exp.sum(axis=1, keepdims=True)
+    and bias, in the card's label order."""
+    return calibrate(logits, card.temperature, np.array([card.logit_bias.get(label, 0.0) for label in card.labels]))
+
+
+def calibrate(logits: np.ndarray, temperature: float, bias: np.ndarray | None = None) -> np.ndarray:
+    """Calibrated probabilities: softmax(logits / T + bias), as served and as fitted (one formula)."""
+    return softmax(np.asarray(logits, np.float64) / temperature + (0.0 if bias is None else bias))
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def embedding_layer(model: Any) -> Any | None:

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from core.model.classifier import calibrate as calibrate  # the one formula, served and fitted
+from core.model.classifier import softmax as softmax
 from core.training.config import CLASSES, NEGATIVE
 
 
@@ -56,17 +58,6 @@ def fit_calibration(logits: np.ndarray, masks: np.ndarray, negative: int) -> tup
 def negative_bias_vector(negative_bias: float) -> np.ndarray:
     """The per-class logit bias of a fitted calibration: ``negative_bias`` on the no-tumour logit, 0 elsewhere."""
     return np.array([negative_bias if c == NEGATIVE else 0.0 for c in CLASSES])
-
-
-def calibrate(logits: np.ndarray, temperature: float, bias: np.ndarray | None = None) -> np.ndarray:
-    """Calibrated probabilities: softmax(logits / T + bias)."""
-    return softmax(np.asarray(logits, np.float64) / temperature + (0.0 if bias is None else bias))
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def recalibrate_batchnorm(model: Any, inputs: np.ndarray, batch_size: int = 64) -> None:
