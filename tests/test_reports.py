@@ -497,7 +497,7 @@ def test_key_sections_keep_their_proportions_and_carry_the_patient_directions(ti
 
     class Page:
         def __init__(self) -> None:
-            self.images, self.texts, self.at = [], [], (0.0, 0.0)
+            self.images, self.texts, self.filled, self.at = [], [], [], (0.0, 0.0)
 
         def image(self, data, x, y, w, h) -> None:
             self.images.append((x, y, w, h))
@@ -505,10 +505,13 @@ def test_key_sections_keep_their_proportions_and_carry_the_patient_directions(ti
         def set_xy(self, x, y) -> None:
             self.at = (x, y)
 
-        def cell(self, w, h, text) -> None:
+        def cell(self, w, h, text, fill=False) -> None:
             self.texts.append((text, self.at))
+            self.filled.append(fill)
 
         def set_font(self, *a) -> None: ...
+
+        def set_fill_color(self, *a) -> None: ...
 
         def set_text_color(self, *a) -> None: ...
 
@@ -538,6 +541,7 @@ def test_key_sections_keep_their_proportions_and_carry_the_patient_directions(ti
     assert page.images[0][2:] == pytest.approx((60.0, 45.0))
     letters = {text: at for text, at in page.texts}
     assert set(letters) == set(volume.letters.values()) and letters[volume.letters["top"]][1] < y + 2
+    assert page.filled and all(page.filled)  # each on its dark box: a yellow "F" on the bright neck was not read
 
 
 def test_a_report_of_a_study_with_a_series_nobody_could_read_gives_no_no_tumour(saved_study) -> None:
@@ -696,11 +700,15 @@ def test_the_reports_curve_draws_every_section_read_even_one_between_two_skipped
     assert len(dots) == 4  # every section read, the isolated ones too
     assert [round(d["x"]) for d in dots if d["radius"] > 0.5] == [50, 89]  # the two above the threshold, marked
     assert all(20.0 < d["y"] < 50.0 and 10.0 < d["x"] < 110.0 for d in dots)  # inside the frame, off its edges
-    (threshold,) = [args for name, args, _ in drawn if name == "line" and args[1] == args[3]]  # the dashed line
+    (threshold,) = [args for name, args, _ in drawn if name == "line" and args[0::2] == (10.0, 110.0)]  # dashed
     below = next(d for d in dots if round(d["x"]) == 11)  # P 0.1, under the threshold 0.3: drawn below its line
     assert below["y"] > threshold[1]
-    ticks = [args[2] for name, args, _ in drawn if name == "cell"][:-1]
+    ticks = [args[2] for name, args, kwargs in drawn if name == "cell" and kwargs.get("align") == "C"]
     assert ticks == ["1", "5", "6"]  # which dot is which section: the first, the last and every 5th
+    scale = [args for name, args, kwargs in drawn if name == "cell" and kwargs.get("align") == "R"]
+    assert [text for *_, text in scale] == ["0", "0.5", "1"]  # the caption's "0 to 1" alone left the dots unread
+    levels = [args[1] for name, args, _ in drawn if name == "set_xy"][-4:-1]  # each beside its level, 1 on top
+    assert 50.0 >= levels[0] > levels[1] > levels[2] >= 20.0 - 1.2
     drawn.clear()
     curve(Page(), SimpleNamespace(curve=(0.4,), threshold=None), 10.0, 20.0, 100.0, 30.0)
     *_, caption = [args for name, args, _ in drawn if name == "cell"]

@@ -66,6 +66,11 @@ def curve(pdf, view: SeriesView, x: float, y: float, w: float, h: float) -> None
         pdf.line(tick, y + h, tick, y + h + 0.8)
         pdf.set_xy(tick - 4, y + h + 0.8)
         pdf.cell(8, 2.4, str(number), align="C")
+    for value in (0.0, 0.5, 1.0):  # the scale beside it (the caption's "0 to 1" alone left the dots unread)
+        level = at(0, value)[1]
+        pdf.line(x - 0.8, level, x, level)
+        pdf.set_xy(x - 5.8, level - 1.2)
+        pdf.cell(5, 2.4, f"{value:g}", align="R")
     pdf.set_font("Helvetica", size=7)
     pdf.set_xy(x, y + h + 3.5)
     rule = (
@@ -113,6 +118,7 @@ def section_image(
     letters = orientation_letters(view.geometry.get("orientation"))  # type: ignore[arg-type]
     pdf.set_font("Helvetica", "B", 7)
     pdf.set_text_color(255, 235, 59)
+    pdf.set_fill_color(0, 0, 0)  # on a dark box: yellow on bright tissue (the neck under a coronal "F") was lost
     span = {edge: 2.5 * len(text) + 0.5 for edge, text in letters.items()}  # an oblique edge: "LP"
     for edge, (lx, ly) in {
         "top": (left + w / 2 - span.get("top", 3) / 2, top + 0.5),
@@ -122,7 +128,7 @@ def section_image(
     }.items():
         if edge in letters:
             pdf.set_xy(lx, ly)
-            pdf.cell(span[edge], 3, letters[edge])
+            pdf.cell(span[edge], 3, letters[edge], fill=True)
     if not letters:  # the files give no orientation: said, never left to be assumed
         pdf.set_font("Helvetica", "", 6)
         note = "Orientation not given: left and right unknown"  # wrapped inside a narrow image (it ran past it)
