@@ -14,7 +14,6 @@ from typing import Any
 import streamlit as st
 
 from core.config import (
-    audit_key,
     data_dir,
     missing_secrets,
     model_card_path,
@@ -27,10 +26,14 @@ from core.errors import StoreError
 from core.model.card import ModelCard
 from core.model.classifier import Classifier
 from core.model.explain import Explainer
-from core.services import audit
-from core.services.resources import checked_patient_key, load_classifier, load_explainer, open_image_store
+from core.services.resources import (
+    checked_patient_key,
+    load_classifier,
+    load_explainer,
+    open_image_store,
+    open_results_store,
+)
 from core.services.sessions import SessionRegistry
-from core.storage import open_store
 from core.storage.images import ImageStore
 from core.storage.protocol import Store
 
@@ -145,18 +148,13 @@ def _store(uri: str | None, directory: str) -> Store:
     other accounts may read is logged once here, as the commands log it."""
     from streamlit import config
 
+    del uri, directory  # the cache key only: the store is the one the settings name now
     for name in config.get_option("secrets.files"):
         warn_if_readable(Path(name).expanduser())
-    try:
-        key = audit_key(secrets(), shared_database=bool(uri))
+    try:  # a start under a rotated or mistyped key wrote every sign-in under it, and the trail read as tampered
+        return open_results_store(secrets(), another_key=ANOTHER_KEY)  # with, for good: refused, as by the commands
     except ValueError as error:  # a configured key too short or malformed: every page says so, none crashes
         raise StoreError(f"The audit key is not usable ({error}); fix the configuration.") from error
-    store = open_store(uri, Path(directory), key)
-    # a start under a rotated or mistyped key wrote every sign-in under it, and the trail read as tampered with, for
-    # good (the commands refused it); an edited newest event under the right key is no reason (verify names it)
-    if audit.key_doubt(store) is not None:
-        raise StoreError(ANOTHER_KEY)
-    return store
 
 
 ANOTHER_KEY = (

@@ -55,14 +55,18 @@ def load_explainer(classifier: Classifier) -> Explainer:
 
 
 def open_results_store(
-    secrets: Mapping[str, Any] | None = None, existing: bool = False, same_key: bool = True
+    secrets: Mapping[str, Any] | None = None,
+    existing: bool = False,
+    same_key: bool = True,
+    another_key: str = audit.ANOTHER_KEY,
 ) -> Store:
     """The configured database for a command: MongoDB when a URI is set (environment or secrets: by default the
     app's secrets file, :func:`core.config.file_secrets`), else the embedded SQLite file. ``existing``: refuse an
     embedded database that is not there yet rather than create it (a command that reads or changes what is stored,
     run with a mistyped data folder, made an empty database and its keys there and answered "intact").
     ``same_key``: refuse a database whose audit trail another key signs (:func:`audit.key_doubt`; off for
-    ``audit verify``, which says what does not hold)."""
+    ``audit verify``, which says what does not hold), in the words ``another_key`` (the app's and the commands'
+    differ). Opened for the app and the commands alike (the app's own copy of these steps once drifted from it)."""
     secrets = file_secrets() if secrets is None else secrets
     uri = mongodb_uri(secrets)
     path = data_dir() / DATABASE_FILE
@@ -80,7 +84,7 @@ def open_results_store(
         )
     store = open_store(uri, data_dir(), audit_key(secrets, shared_database=bool(uri)))
     if same_key and audit.key_doubt(store) is not None:  # the newest event edited under the server's key: not the
-        raise StoreError(audit.ANOTHER_KEY)  # key's fault (every command refused, blaming the key); verify names it
+        raise StoreError(another_key)  # key's fault (every command refused, blaming the key); verify names it
     return store
 
 
