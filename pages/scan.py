@@ -295,7 +295,15 @@ st.dataframe(
     hide_index=True,
     width="stretch",
     column_config={
-        **{name: st.column_config.NumberColumn(name.replace("_", " "), format="%.1f%%") for name in PERCENT_COLUMNS},
+        **{
+            name: st.column_config.NumberColumn(
+                name.replace("_", " "),
+                format="%.1f%%",
+                help="In per cent, held between 0.1 and 99.9 so that the column sorts: 99.9 here is the panel's "
+                ">99.9% (never a certainty); empty where there is no verdict.",
+            )
+            for name in PERCENT_COLUMNS
+        },
         **{name: st.column_config.TextColumn(label) for name, label in COLUMN_NAMES.items()},
     },
 )
