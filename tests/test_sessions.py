@@ -231,6 +231,43 @@ def test_a_fragment_reruns_the_whole_app_when_the_role_changed_since_the_page_ra
     assert auth.fragment_actor().role == "supervisor" and reruns == ["app"]  # the page then refuses its images
 
 
+def test_an_unattended_page_ends_with_its_session_without_a_click(monkeypatch, tmp_path) -> None:
+    """Idle expiry took effect at the next interaction only: the Worklist's and History's images stayed on an
+    unattended screen past the idle limit. Every page's sidebar checks the session once a minute (a timed run,
+    never the user's activity) and reruns the app, which then shows the sign-in form."""
+    import ast
+    import inspect
+    import time
+
+    from core.services import accounts
+    from core.services.access import COMMAND_LINE
+    from core.storage.sqlite import SQLiteStore
+    from ui import auth, page
+
+    tree = ast.parse(inspect.getsource(page))
+    watch = next(f for f in tree.body if isinstance(f, ast.FunctionDef) and f.name == "idle_watch")
+    assert [ast.unparse(d) for d in watch.decorator_list] == ["st.fragment(run_every=IDLE_CHECK_SECONDS)"]
+    assert "auth.fragment_actor(activity=False)" in ast.unparse(watch)
+    setup = next(f for f in tree.body if isinstance(f, ast.FunctionDef) and f.name == "setup_page")
+    assert "idle_watch()" in ast.unparse(setup) and page.IDLE_CHECK_SECONDS <= 60
+    store = SQLiteStore(tmp_path / "results.sqlite3")
+    accounts.add_account(store, COMMAND_LINE, "dr-a", "radiologist", "another long password")
+    doctor = accounts.sign_in(store, "dr-a", "another long password")
+    state = {auth.ACTOR_KEY: doctor, auth.SEEN_KEY: time.monotonic()}
+    monkeypatch.setattr(auth.st, "session_state", state)
+    monkeypatch.setattr(auth, "_browser_token", lambda: None)
+    monkeypatch.setattr(auth.resources, "current_store", lambda: store)
+    monkeypatch.setattr(auth.resources, "session_registry", lambda: SessionRegistry())
+    reruns: list[str] = []
+    monkeypatch.setattr(auth.st, "rerun", lambda scope="app": reruns.append(scope))
+    seen = state[auth.SEEN_KEY]
+    page.idle_watch.__wrapped__()  # the fragment's body, as a timed run calls it
+    assert reruns == [] and state[auth.SEEN_KEY] == seen  # a timed check is no activity: the idle clock runs on
+    state[auth.SEEN_KEY] = time.monotonic() - accounts.IDLE_MINUTES * 60 - 1
+    page.idle_watch.__wrapped__()
+    assert reruns == ["app"] and auth.ACTOR_KEY not in state  # signed out: the rerun shows the sign-in form
+
+
 def test_an_idle_tab_never_signs_out_the_tab_of_the_same_browser_in_use(monkeypatch, tmp_path) -> None:
     """Statistics left open in one tab expired after 30 minutes and forgot the token every tab of the browser
     shares: the tab in use was signed out at its next click."""

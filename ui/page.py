@@ -11,6 +11,16 @@ from core.services.access import STORAGE_DETAILS, Actor, allowed
 from ui import auth, resources
 from ui.wording import plain
 
+IDLE_CHECK_SECONDS = 60
+
+
+@st.fragment(run_every=IDLE_CHECK_SECONDS)
+def idle_watch() -> None:
+    """The session's checks once a minute without the user (never counted as activity): an unattended screen ends
+    with its session, the sign-in form in place of the images (they stayed on the Worklist or History until the
+    next click, whatever the idle limit)."""
+    auth.fragment_actor(activity=False)
+
 
 def setup_page(title: str, permission: str | None) -> Actor:
     """Page config, then the signed-in actor allowed ``permission`` (else the sign-in form or a refusal, and the
@@ -21,6 +31,7 @@ def setup_page(title: str, permission: str | None) -> Actor:
     actor = auth.require(permission)
     auth.write_pending_cookie()  # a sign-in's: the browser keeps the session across reloads
     with st.sidebar:
+        idle_watch()
         st.markdown(f"Signed in as **{plain(actor.name)}** · {actor.role}")  # a name is text, never Markdown
         st.button("Sign out", on_click=auth.sign_out, key="sign-out")
         auth.password_form(actor)

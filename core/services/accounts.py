@@ -6,7 +6,7 @@
   message after the same time (``REFUSAL_SECONDS``), so neither timing nor wording tells which names exist. Every
   attempt is an audit event (an unknown name is recorded as "unknown", not as typed: people type patient names in
   the wrong field).
-- Sessions expire after ``IDLE_MINUTES`` without activity (checked by the UI at every interaction).
+- Sessions expire after ``IDLE_MINUTES`` without activity (checked by the UI at every run and once a minute).
 - Single sign-on (Streamlit's ``st.login``, OIDC): :func:`external_actor` maps the identity provider's claims to a
   role, from a claim the deployment names or from the local account of that name created with ``--sso`` (no
   password; a password account's name is refused, and an unverified e-mail is not used).
