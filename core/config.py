@@ -170,7 +170,8 @@ def mongodb_uri(secrets: Mapping[str, Any]) -> str | None:
 @dataclass(frozen=True)
 class PacsSettings:
     """Where the PACS is: its DICOMweb root, the user and password, whether TLS certificates are verified, and
-    against which certificate authorities (``ca_file``, a PEM bundle: a hospital's own; None, the system's)."""
+    against which certificate authorities (``ca_file``, a PEM bundle: a hospital's own; None, certifi's bundle, not
+    the system's store)."""
 
     url: str
     user: str | None = None
@@ -223,7 +224,8 @@ def pacs_settings(secrets: Mapping[str, Any]) -> PacsSettings | None:
 
 def pacs_ca_file(secrets: Mapping[str, Any]) -> str | None:
     """The PEM file of the certificate authorities the PACS's certificate is verified against: ``BTD_PACS_CA_FILE``
-    or ``[pacs] ca_file``, whatever gives the address (the command line's ``--url`` too); None: the system's."""
+    or ``[pacs] ca_file``, whatever gives the address (the command line's ``--url`` too); None: certifi's bundle (not
+    the system's store)."""
     return os.environ.get("BTD_PACS_CA_FILE") or (secrets.get("pacs") or {}).get("ca_file") or None
 
 

@@ -51,7 +51,12 @@ def _add_scan_commands(commands: Any) -> None:
     """predict, study, evaluate: classify scans, whole series, or a labelled folder."""
     predict = commands.add_parser("predict", help="classify scans, one JSON line per file")
     predict.add_argument("--model", help="model card JSON (default: the shipped model or $BTD_MODEL)")
-    predict.add_argument("--frame", type=int, default=None, help="frame index for multi-frame DICOM files")
+    predict.add_argument(
+        "--frame",
+        type=int,
+        default=None,
+        help="the frame to analyse in every FILE (0 in a single-frame file: give multi-frame files a run of their own)",
+    )
     predict.add_argument("--save", action="store_true", help="also save each result to the app's database")
     predict.add_argument(
         "--lesion-masks", metavar="DIR", help="write each analysed slice's lesion mask as DIR/<file name>.lesion.png"
@@ -88,7 +93,9 @@ def _add_fitting_commands(commands: Any) -> None:
     """fit-gate, fit-decision, calibrate, fit-series: refit parts of a trained model's card on its validation data;
     loio: gather its leave-one-institution-out folds' figures into it; ensemble: trained models as one."""
     fit_gate = commands.add_parser("fit-gate", help="fit the input gate's energy threshold on the validation split")
-    fit_gate.add_argument("--model", help="model card JSON (default: the shipped model)")
+    fit_gate.add_argument(
+        "--model", help="model card JSON to refit (default: the served one, $BTD_MODEL or the shipped model)"
+    )
     fit_gate.add_argument(
         "--data", required=True, type=folder, metavar="ROOT", help="the folder that holds the training folders"
     )
@@ -96,7 +103,9 @@ def _add_fitting_commands(commands: Any) -> None:
     fit_decision = commands.add_parser(
         "fit-decision", help="fit the review band and the subtype rule on the validation split, into the card"
     )
-    fit_decision.add_argument("--model", help="model card JSON (default: the shipped model)")
+    fit_decision.add_argument(
+        "--model", help="model card JSON to refit (default: the served one, $BTD_MODEL or the shipped model)"
+    )
     fit_decision.add_argument(
         "--data", required=True, type=folder, metavar="ROOT", help="the folder that holds the training folders"
     )
@@ -104,7 +113,9 @@ def _add_fitting_commands(commands: Any) -> None:
     calibrate = commands.add_parser(
         "calibrate", help="refit calibration, decision rule, per-source figures and the gate of a trained model"
     )
-    calibrate.add_argument("--model", help="model card JSON (default: the shipped model)")
+    calibrate.add_argument(
+        "--model", help="model card JSON to refit (default: the served one, $BTD_MODEL or the shipped model)"
+    )
     calibrate.add_argument(
         "--data", required=True, type=folder, metavar="ROOT", help="the folder that holds the training folders"
     )
@@ -113,7 +124,9 @@ def _add_fitting_commands(commands: Any) -> None:
     )
     calibrate.set_defaults(run=model.cmd_calibrate)
     series = commands.add_parser("fit-series", help="fit the series rule on validation volumes (LGG, Normal-heads)")
-    series.add_argument("--model", help="model card JSON (default: the shipped model)")
+    series.add_argument(
+        "--model", help="model card JSON to refit (default: the served one, $BTD_MODEL or the shipped model)"
+    )
     series.add_argument(
         "--data", required=True, type=folder, metavar="ROOT", help="the folder that holds LGG and Normal-heads"
     )
@@ -121,7 +134,7 @@ def _add_fitting_commands(commands: Any) -> None:
     loio = commands.add_parser(
         "loio", help="write the leave-one-institution-out table of fold models (--hold-out INST) into a card"
     )
-    loio.add_argument("--model", help="model card JSON the folds estimate (default: the shipped model)")
+    loio.add_argument("--model", help="model card JSON the folds estimate (default: $BTD_MODEL or the shipped model)")
     loio.add_argument("folds", nargs="+", metavar="FOLD_CARD", help="one finished fold card per left-out institution")
     loio.set_defaults(run=model.cmd_loio)
     ensemble = commands.add_parser(
