@@ -205,9 +205,9 @@ def test_an_export_made_after_the_session_ended_elsewhere_is_refused(monkeypatch
     assert not alive()
 
 
-def test_a_fragment_reruns_the_whole_app_when_the_role_changed_since_the_page_ran(monkeypatch, tmp_path) -> None:
-    """A radiologist demoted to supervisor kept paging through a viewer's images: only the fragment reran, and it
-    checked expiry and a disabled account but not the role, which the page's own check would refuse."""
+def fragment_session(monkeypatch, tmp_path):
+    """A radiologist's page session as a fragment sees it (no browser cookie), and the reruns it asks for:
+    (store, doctor, session state, reruns)."""
     import time
 
     from core.services import accounts
@@ -226,6 +226,17 @@ def test_a_fragment_reruns_the_whole_app_when_the_role_changed_since_the_page_ra
     monkeypatch.setattr(auth.resources, "session_registry", lambda: SessionRegistry())
     reruns: list[str] = []
     monkeypatch.setattr(auth.st, "rerun", lambda scope="app": reruns.append(scope))
+    return store, doctor, state, reruns
+
+
+def test_a_fragment_reruns_the_whole_app_when_the_role_changed_since_the_page_ran(monkeypatch, tmp_path) -> None:
+    """A radiologist demoted to supervisor kept paging through a viewer's images: only the fragment reran, and it
+    checked expiry and a disabled account but not the role, which the page's own check would refuse."""
+    from core.services import accounts
+    from core.services.access import COMMAND_LINE
+    from ui import auth
+
+    store, doctor, _, reruns = fragment_session(monkeypatch, tmp_path)
     assert auth.fragment_actor() == doctor and reruns == []
     accounts.set_role(store, COMMAND_LINE, "dr-a", "supervisor")
     assert auth.fragment_actor().role == "supervisor" and reruns == ["app"]  # the page then refuses its images
@@ -240,8 +251,6 @@ def test_an_unattended_page_ends_with_its_session_without_a_click(monkeypatch, t
     import time
 
     from core.services import accounts
-    from core.services.access import COMMAND_LINE
-    from core.storage.sqlite import SQLiteStore
     from ui import auth, page
 
     tree = ast.parse(inspect.getsource(page))
@@ -250,16 +259,7 @@ def test_an_unattended_page_ends_with_its_session_without_a_click(monkeypatch, t
     assert "auth.fragment_actor(activity=False)" in ast.unparse(watch)
     setup = next(f for f in tree.body if isinstance(f, ast.FunctionDef) and f.name == "setup_page")
     assert "idle_watch()" in ast.unparse(setup) and page.IDLE_CHECK_SECONDS <= 60
-    store = SQLiteStore(tmp_path / "results.sqlite3")
-    accounts.add_account(store, COMMAND_LINE, "dr-a", "radiologist", "another long password")
-    doctor = accounts.sign_in(store, "dr-a", "another long password")
-    state = {auth.ACTOR_KEY: doctor, auth.SEEN_KEY: time.monotonic()}
-    monkeypatch.setattr(auth.st, "session_state", state)
-    monkeypatch.setattr(auth, "_browser_token", lambda: None)
-    monkeypatch.setattr(auth.resources, "current_store", lambda: store)
-    monkeypatch.setattr(auth.resources, "session_registry", lambda: SessionRegistry())
-    reruns: list[str] = []
-    monkeypatch.setattr(auth.st, "rerun", lambda scope="app": reruns.append(scope))
+    _, _, state, reruns = fragment_session(monkeypatch, tmp_path)
     seen = state[auth.SEEN_KEY]
     page.idle_watch.__wrapped__()  # the fragment's body, as a timed run calls it
     assert reruns == [] and state[auth.SEEN_KEY] == seen  # a timed check is no activity: the idle clock runs on
