@@ -64,9 +64,10 @@ def _apply_reference(moving: bool) -> None:
     current = callback_actor(ANALYSE)  # run before the page's own sign-in check: the session as it stands now
     if current is None:
         return
-    reference, store = typed_reference(moving=moving), open_store()
+    reference = typed_reference(moving=moving)
     if reference is None:  # none typed, or never one over several patients' files (said on the page)
         return
+    store = open_store()
     for upload in session:
         for frame, result in upload.results.items():
             if moving or result.record is None or result.record.patient_ref is None:
@@ -81,11 +82,16 @@ def several_patients(*more: dict[str, str] | None, moving: bool = False) -> bool
     covered = [
         upload.patient
         for upload in session
-        if any(r.view is not None or r.record is not None for r in upload.results.values())  # a file not read is
-        # saved under nobody: a CT of another patient dropped in kept the reference from the patient's own scans
+        if readable(upload)  # a file not read is saved under nobody: a CT of another patient dropped in kept the
+        # reference from the patient's own scans
         and (moving or any(r.record is None or r.record.patient_ref in (None, typed) for r in upload.results.values()))
     ]
     return patients_differ([*covered, *more])
+
+
+def readable(upload: Upload) -> bool:
+    """Whether a file was read, or may yet be (a multi-frame file waiting for its frame: it names its patient)."""
+    return upload.data is not None or any(r.view is not None or r.record is not None for r in upload.results.values())
 
 
 def typed_reference(*more: dict[str, str] | None, moving: bool = False):
@@ -154,7 +160,7 @@ def choose_frame(upload: Upload, frame: int) -> None:
         # one file is one patient: a later frame takes the reference its earlier frames were analysed under (one
         # typed between two frames filed them under two patients)
         earlier = [r.record.patient_ref for r in upload.results.values() if r.record and r.record.patient_ref]
-        reference = earlier[0] if earlier else typed_reference()
+        reference = earlier[0] if earlier else typed_reference(upload.patient)
         upload.results[frame] = triage(
             upload.data,
             classifier,
@@ -251,8 +257,8 @@ if new:
         if progress:
             progress.progress(done / len(new), text=f"Analysed {done} of {len(new)} scans")
     session.seen |= {file.file_id for file in uploads or []}
-    if reference is None:  # withheld for files naming several patients: those not read name nobody's scans (one
-        _apply_reference(moving=False)  # patient's left): the reference goes to the scans saved without one
+    if reference is None and session.patient_text.strip():  # withheld for files naming several patients: those
+        _apply_reference(moving=False)  # not read name nobody's scans (one patient's left): it goes to them
 
 if session.patient_text.strip() and several_patients():
     st.error(MIXED_PATIENTS, icon=":material/group:")

@@ -495,6 +495,27 @@ def test_a_file_of_another_patient_that_could_not_be_read_does_not_withhold_the_
     assert not any("more than one patient" in e.value for e in app.error)
 
 
+def test_a_second_patients_multi_frame_file_waiting_for_its_frame_still_names_its_patient(
+    app_environment: Path,
+) -> None:
+    """Only files that were read counted as patients: a multi-frame file is read when its frame is picked, so a
+    second patient's one counted for nobody, and its frame was filed under the first patient's reference."""
+    pixels = (synthetic_slice(128, tumour=True, seed=1).astype("uint16") * 16)[None]
+    first = ("a.dcm", dicom_bytes(pixels, extra={"PatientID": "ZZ-A"}), "application/dicom")
+    frames = np.stack([synthetic_slice(128, seed=1), synthetic_slice(128, tumour=True, seed=2)]).astype("uint16") * 16
+    multi = ("b.dcm", dicom_bytes(frames, frames=2, extra={"PatientID": "ZZ-B"}), "application/dicom")
+    app = page("scan.py").run()
+    app.text_input[0].input("ZZCANARY Patient").run()
+    app.file_uploader[0].set_value([first]).run()
+    reference = pseudonymise("ZZCANARY Patient", local_key(app_environment))
+    app.file_uploader[0].set_value([first, multi]).run()
+    assert any("more than one patient" in e.value for e in app.error)
+    app.number_input[0].set_value(0).run()
+    assert not app.exception
+    saved = {r.frame: r.patient_ref for r in stored(app_environment).recent(5)}
+    assert saved == {None: reference, 0: None}  # the second patient's frame under no reference, never the first's
+
+
 def test_a_reference_typed_after_uploading_updates_the_one_record(app_environment: Path) -> None:
     app = page("scan.py").run()
     app.file_uploader[0].set_value([("a.png", png_bytes(synthetic_slice(256, tumour=True)), "image/png")]).run()
