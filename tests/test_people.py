@@ -271,9 +271,17 @@ def test_a_single_sign_on_identity_never_takes_a_password_accounts_role_nor_an_u
     with pytest.raises(SignInFailed, match="no role"):  # which its users may edit): taken as verified, anybody
         accounts.external_actor(store, silent)  # who typed a colleague's address signed in as that colleague
     assert accounts.external_actor(store, silent | {"groups": ["supervisor"]}, "groups").name == "idp-456"
+    with pytest.raises(SignInFailed, match=r"This identity \(idp-456\) has no role"):  # named: an administrator
+        accounts.external_actor(store, silent)  # makes its --sso account under that name
+    assert store.audit_events()[-1].detail.get("identity") == "idp-456"
     assert accounts.external_actor(store, unverified | {"email_verified": "true"}).role == "radiologist"
     verified = unverified | {"email_verified": True}
     assert accounts.external_actor(store, verified) == Actor("dr.y@hospital.example", "radiologist")
+    # an account disabled under the e-mail still refuses the identity the provider does not vouch for: disabling
+    # it was how an administrator kept a role-claim user out, and the subject's name walked past it
+    accounts.set_disabled(store, ADMIN, "dr.y@hospital.example")
+    with pytest.raises(SignInFailed, match="no role"):
+        accounts.external_actor(store, silent | {"groups": ["radiologist"]}, "groups")
     # a name with a line break in it, or one differing from an account's only in case: refused
     with pytest.raises(SignInFailed, match="characters the triage dashboard cannot show"):
         accounts.external_actor(

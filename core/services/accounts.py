@@ -418,14 +418,15 @@ def _identity_refusal(store: Store, name: str, account: Account | None) -> tuple
 
 
 def external_actor(store: Store, claims: Mapping[str, Any], role_claim: str | None = None) -> Actor:
-    """The actor for an identity provider's user: the name is the e-mail (or the subject); the role comes from
-    ``role_claim`` when the deployment maps one (a role name or a list holding one), else from the local account
-    of that name created for single sign-on (no password: a password account named like an identity's claim is
-    never taken over) and only from an e-mail the provider says it verified (a provider that does not say, such as
-    Entra ID's e-mail its users may edit, named an identity by any colleague's address: the subject names it then).
-    No role, no entry."""
+    """The actor for an identity provider's user: named by the e-mail only where the provider says it verified it
+    (Entra ID's, which its users may edit, does not: it named anyone by a colleague's address), else the subject;
+    the role comes from ``role_claim`` when the deployment maps one (a role name or a list holding one), else from
+    the local account of that name made for single sign-on (a password account's is never taken over). No role,
+    no entry; an account disabled under the e-mail, verified or not, refuses the identity too."""
     verified = str(claims.get("email_verified", "")).lower() == "true"  # True, or "true" as text ("false", 0: not)
-    name = str((claims.get("email") if verified else "") or claims.get("sub") or "")
+    email = str(claims.get("email") or "")
+    name = str((email if verified else "") or claims.get("sub") or "")
+    unverified = store.get_account(email) if email and not verified else None  # its account, disabled: refused
     role = None
     if role_claim:
         value = claims.get(role_claim)
@@ -439,9 +440,9 @@ def external_actor(store: Store, claims: Mapping[str, Any], role_claim: str | No
         raise SignInFailed(f"This identity's name {refused[1]}; ask an administrator.")
     if role is None and account is not None and not account.disabled:
         role = account.role
-    if not name or role is None or (account is not None and account.disabled):
-        audit.record(store, NOBODY, "sign_in_failed", None, reason="no role for this identity")
-        raise SignInFailed("This identity has no role in the triage dashboard; ask an administrator.")
+    if not name or role is None or any(a is not None and a.disabled for a in (account, unverified)):
+        audit.record(store, NOBODY, "sign_in_failed", None, reason="no role for this identity", identity=name)
+        raise SignInFailed(f"This identity ({name or 'unnamed'}) has no role in the triage dashboard; ask an admin.")
     actor = Actor(name, role, via=via, signed_in_at=datetime.now(UTC))
     audit.record(store, actor, "sign_in", name, via="single sign-on")
     return actor
