@@ -141,8 +141,9 @@ earlier = history.series_before(series, current)
 # today's FLAIR read "+0.11 in score since the prior", in red, where the table above said no change is measured)
 candidates = history.prior_candidates(earlier, current)
 same_plane = [r for r in earlier if (r.geometry or {}).get("plane") == (current.geometry or {}).get("plane")]
-choices = [r for r in series[::-1] if r.id != current.id]
-best = candidates if len(candidates) == 1 else [] if candidates else (same_plane or earlier)[-1:]
+other_study = [r for r in same_plane if r.study_ref is None or r.study_ref != current.study_ref]  # not a sequence
+choices = [r for r in series[::-1] if r.id != current.id]  # of this study where an earlier one has no study UID
+best = candidates if len(candidates) == 1 else [] if candidates else (other_study or same_plane or earlier)[-1:]
 prior = right.selectbox(
     "Prior (any other series of this patient)",
     choices,

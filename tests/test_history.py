@@ -260,6 +260,38 @@ def test_no_prior_is_chosen_for_the_reader_when_the_prior_study_has_several_seri
     assert not app.metric or not any("since the prior" in str(m.value) for m in app.metric)
 
 
+def test_an_earlier_series_without_a_study_uid_is_the_default_prior_before_another_sequence_of_the_same_study(
+    tmp_path: Path, tiny_card: Path, tiny_classifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An earlier series saved without a study reference (no key then) and today's study of two sequences: the
+    default prior of today's second sequence is the earlier series, never today's other sequence (a review of this
+    session's change caught it choosing the latter)."""
+    from streamlit.testing.v1 import AppTest
+
+    from core.imaging.phantom_series import nifti
+
+    data = history_environment(tmp_path, tiny_card, monkeypatch)
+    store, images = SQLiteStore(data / "results.sqlite3"), FolderImages(data / "images")
+    key = local_key(data)
+    reference = pseudonymise("P-0042", key)
+    volumes = [read_study([nifti(head_volume(6, 96, seed=9))])[0]]
+    uid = "1.2.826.0.1.3680043.8.498.61"
+    volumes += [read_study(dicom_series(head_volume(6, 96, seed=n), study_uid=uid, series_uid=f"{uid}.{n}"))[0]
+                for n in (1, 2)]  # fmt: skip
+    for n, volume in enumerate(volumes):
+        save_series(analyse_volume(volume, tiny_classifier), store, actor=DOCTOR, patient_ref=reference,
+                    images=images, key=key if n else None)  # fmt: skip
+    earlier, _, today = sorted(store.recent(3), key=lambda r: r.created_at)
+    assert earlier.study_ref is None and today.study_ref is not None
+    app = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "history.py"), default_timeout=60)
+    app.session_state["actor"] = DOCTOR
+    app.run()
+    app.text_input[0].set_value("P-0042").run()
+    assert not app.exception and app.selectbox(key="history_current").value.id == today.id
+    assert app.selectbox(key=f"history_prior-{today.id}").value.id == earlier.id
+    assert not any(w.value.startswith("The prior is another series of the same study") for w in app.warning)
+
+
 def test_a_prior_whose_images_are_purged_is_said_so_and_its_series_score_still_compared(
     tmp_path: Path, tiny_card: Path, tiny_classifier, monkeypatch: pytest.MonkeyPatch
 ) -> None:
