@@ -266,6 +266,26 @@ def test_the_header_and_a_series_section_are_plain_lines(saved_study) -> None:
     assert lines[-1] == "Reviewed by dr-a on 2026-11-30 09:00 UTC: final label Meningioma (override)"
 
 
+def test_a_flag_on_a_record_older_than_its_rules_neighbours_keeps_both_reasons(saved_study) -> None:
+    """The PDF named one reason for a flag from the neighbours kept with the record: one saved before they were
+    kept read "its score is in the review band", though it may have been flagged for too few neighbours."""
+    from types import SimpleNamespace
+
+    store, _, _, ids = saved_study
+    record = store.get(ids[0])
+    older = dict(record.geometry["rule"])
+    del older["used"], older["applied"]
+    flagged = replace(record, gate="needs_review", geometry=dict(record.geometry) | {"rule": older})
+    lines = series_lines(flagged, None, [])
+    assert "Flagged for review (fewer neighbouring sections than the rule asks, or a score in the review band)" in lines
+    view = SimpleNamespace(neighbours=older["neighbours"], window=(4, 5), threshold=None, model="tiny")
+    lines = series_lines(flagged, view, [])  # reopened: the view's window tells
+    assert (
+        f"Flagged for review (it rests on 2 neighbouring sections, fewer than the rule's {older['neighbours']})"
+        in lines
+    )
+
+
 def test_the_lesion_line_states_the_stored_volume_or_the_pixels_or_that_none_was_measured(saved_study) -> None:
     store, _, _, ids = saved_study
     record = store.get(ids[0])

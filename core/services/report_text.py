@@ -69,8 +69,7 @@ def series_lines(record: Record, view: SeriesView | None, reviews: Sequence) -> 
         note = rests_on(int(rule["used"]), int(rule["neighbours"]), float(rule["applied"]))
         lines.append(note[:1].upper() + note[1:])
     if record.gate == NEEDS_REVIEW:
-        why = review_reason(int(rule["used"]), int(rule["neighbours"])) if fewer else "its score is in the review band"
-        lines.append(f"Flagged for review ({why})" + ("; reviewed below" if reviews else ""))
+        lines.append(f"Flagged for review ({_flag_reason(rule, view)})" + ("; reviewed below" if reviews else ""))
     if reviews:
         last = reviews[-1]
         lines.append(
@@ -80,6 +79,17 @@ def series_lines(record: Record, view: SeriesView | None, reviews: Sequence) -> 
     else:
         lines.append("Not reviewed by a radiologist yet.")
     return lines
+
+
+def _flag_reason(rule: dict, view: SeriesView | None) -> str:
+    """Why a series was flagged, as the screen says it: from the neighbours the verdict used (kept with the record,
+    else the reopened view's window); a record older than either keeps both reasons (one named alone may be
+    untrue)."""
+    neighbours = rule.get("neighbours") or (view.neighbours if view is not None else None)
+    used = rule.get("used") if rule.get("used") is not None else (len(view.window) if view and view.window else None)
+    if used is None or neighbours is None:
+        return "fewer neighbouring sections than the rule asks, or a score in the review band"
+    return review_reason(int(used), int(neighbours))
 
 
 def lesion_line(record: Record) -> str:
