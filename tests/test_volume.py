@@ -828,6 +828,13 @@ def test_a_series_whose_record_fails_its_checks_keeps_no_image_and_the_study_sav
     assert result.views[1].status.message == "Record refused: lesion_ml is not a finite number. (nothing was saved)"
     assert result.views[0].status.message == NOT_TRIED  # no tumour-free study stored in its place
     assert store.summary().total == 0 and not [p for p in (tmp_path / "images").rglob("*") if p.is_file()]
+    # a section the store would refuse (a position that is no number) is checked before the pixels are kept too
+    monkeypatch.setattr(studies, "series_record", real)
+    rows = studies.section_rows
+    monkeypatch.setattr(studies, "section_rows", lambda a: [replace(rows(a)[0], position=float("nan")), *rows(a)[1:]])
+    result = save_study(outcome, store, actor=Actor("dr", "radiologist"), patient_ref=None, images=images, key=None)
+    assert result.views[1].status.message.startswith("Section refused: ")
+    assert store.summary().total == 0 and not [p for p in (tmp_path / "images").rglob("*") if p.is_file()]
 
 
 def test_a_study_given_in_two_paths_states_the_verdict_of_all_its_series_on_the_second(

@@ -156,13 +156,13 @@ def save_series(
             series_number=series_number,
             unread_named=unread_named,
         )
+        sections = [section.validate() for section in section_rows(analysis)]  # a section the store would refuse
     except InvalidRecord as error:  # that series not saved; the study's save goes on as after any failed series
         return SaveStatus(NOT_SAVED, refused_record(error))
     try:
         record = replace(record, image_key=keep_image(images, stacked(analysis.volume.sections)))
     except StoreError as error:
         return image_not_kept(error)
-    sections = section_rows(analysis)
     status = save_record(record, store, actor, write=lambda r: store.add_series(r, sections))
     if status.state == ALREADY_SAVED and store is not None:  # uploaded before: link the reference typed now
         status = reference_for_saved(store, actor, record.id, patient_ref, status)[0]
