@@ -294,6 +294,7 @@ def test_a_refit_series_rule_keeps_the_cards_rule_for_short_series_where_it_stil
     from core.training import series_fit
 
     shipped = {"neighbours": 5, "threshold": 0.3, "fitted_on": "the shipped card's", "short_run": 2}
+    shipped["short_run_measured"] = "its figures on 5-section windows"
     card_path, root = series_fit_setup(tmp_path, tiny_card, None, shipped)
     monkeypatch.setattr(series_fit, "curves", lambda classifier, members: [0.5] * len(members))
     asked: list[int | None] = []
@@ -309,6 +310,8 @@ def test_a_refit_series_rule_keeps_the_cards_rule_for_short_series_where_it_stil
     rule = ModelCard.from_file(card_path).series
     assert (rule.neighbours, rule.threshold, rule.short_run) == (fitted, 0.3, kept)
     assert written["validation"]["volumes"]["normal"] == 1
+    kept_figures = written.get("short_run_measured") == shipped["short_run_measured"]
+    assert kept_figures is (fitted == 5)  # of the very rule refitted; another rule's short run is not measured so
 
 
 def test_the_series_rule_is_chosen_with_the_cards_rule_for_short_series() -> None:

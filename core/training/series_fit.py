@@ -178,13 +178,20 @@ def fit_series(
     }
     if short_run is not None and rule.short_run is None:
         log(f"series rule: its rule for short series ({short_run} sections) is dropped: the rule asks no more")
-    card["series"] = rule.to_json() | {
-        "fitted_on": f"{len(positives)} LGG tumour volumes, {len(negatives)} Normal-heads volumes and "
-        f"{len(stretches)} tumour-free LGG stretches the model never trained on: the fewest false tumour volumes "
-        f"among rules finding at least {MIN_SENSITIVITY:.0%} of tumour volumes",
-        "validation": {"volumes": {"tumour": len(positives), "normal": len(negatives), "stretches": len(stretches)}}
-        | check,
-    }
+    before = card.get("series") or {}
+    same = rule.short_run and (before.get("neighbours"), before.get("threshold")) == (rule.neighbours, rule.threshold)
+    measured = {"short_run_measured": before["short_run_measured"]} if same and "short_run_measured" in before else {}
+    card["series"] = (
+        rule.to_json()
+        | {
+            "fitted_on": f"{len(positives)} LGG tumour volumes, {len(negatives)} Normal-heads volumes and "
+            f"{len(stretches)} tumour-free LGG stretches the model never trained on: the fewest false tumour volumes "
+            f"among rules finding at least {MIN_SENSITIVITY:.0%} of tumour volumes",
+            "validation": {"volumes": {"tumour": len(positives), "normal": len(negatives), "stretches": len(stretches)}}
+            | check,
+        }
+        | measured
+    )  # the short-run rule's own figures, while they are of the rule the card serves
     write_card(card_path, card, restamp=restamp)
     log(f"series rule: {json.dumps(card['series'])}")
     return card["series"]
