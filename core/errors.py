@@ -159,6 +159,13 @@ class PacsAnotherPatient(PacsError):
     code = "another_patient"
 
 
+class PacsAnotherStudy(PacsAnotherPatient):
+    """A series of the study is saved as another study's result (the same images, a study filed twice): the same,
+    for another study of the patient."""
+
+    code = "another_study"
+
+
 class PacsUnreachable(PacsError):
     """No answer from the PACS (wrong address, down, timed out); the caller may retry later."""
 

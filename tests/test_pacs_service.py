@@ -14,7 +14,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from core.domain.results import WorklistQuery
+from core.domain.results import WorklistQuery, record_id
 from core.errors import (
     AccessDenied,
     FileTooLarge,
@@ -1788,6 +1788,37 @@ def test_the_report_names_each_series_key_sections_as_images_a_pacs_viewer_opens
     assert objects.same_reading(earlier, report)
     unread = objects.verdict_report(objects.headers(files), [replace(series, label=None, score=None)], None, facts)
     assert not any(item.ValueType == "IMAGE" for item in unread.ContentSequence)  # nothing analysed, nothing named
+
+
+def test_a_study_whose_images_are_saved_from_another_study_is_not_reviewed_or_reported_from_the_pacs(
+    tiny_classifier, tmp_path
+) -> None:
+    """A study filed twice in the PACS (one patient's same images under two study UIDs) is one result, saved from
+    the first study. Reviewed from the second, the review went onto the first study's result, and the second got
+    FINAL reports of every earlier label, "given by" readers who never opened it (seven versions in one send)."""
+    from core.errors import PacsAnotherStudy
+    from core.services import reviews
+    from core.services.studies import save_series
+
+    key, earlier = b"k" * 32, f"{STUDY}.9"
+    first = analyse_study(tumour_study(earlier), tiny_classifier)
+    store = SQLiteStore(tmp_path / "r.db")
+    ids = [save_series(s, store, actor=RADIOLOGIST, patient_ref=None, key=key).record_id for s in first.series]
+    reviews.review_result(store, Actor("dr-h", "radiologist"), ids[0], "glioma")  # the first study's reader
+    files = tumour_study(STUDY)
+    pulled = pacs_service.Pulled(STUDY, analyse_study(files, tiny_classifier), tuple(objects.headers(files)))
+    series = pulled.outcome.series[0]
+    assert record_id(series.volume.sha256, series.model_name, series.model_version) == ids[0]  # the same result
+    pacs, model = StandIn({STUDY: files}), objects.ModelFacts.of(tiny_classifier.card)
+    assert pacs_service.not_sendable(store, RADIOLOGIST, pulled, key) == pacs_service.ANOTHER_STUDY  # said first
+    with pytest.raises(PacsAnotherStudy, match="saved from another study"):
+        pacs_service.review_and_send(pacs, RADIOLOGIST, pulled, model, store, key, "notumor", ids, {ids[0]: 1})
+    assert [r.reviewer for r in store.reviews_of(ids[0])] == ["dr-h"] and pacs.stored == []
+    with pytest.raises(PacsAnotherStudy):
+        pacs_service.send_results(pacs, RADIOLOGIST, pulled, model, store, key)
+    assert pacs.stored == [] and PacsAnotherStudy.code not in pacs_watch.RETRIED
+    headers = tuple(objects.headers(tumour_study(earlier)))
+    assert pacs_service.not_sendable(store, RADIOLOGIST, pacs_service.Pulled(earlier, first, headers), key) is None
 
 
 def test_a_study_whose_images_are_saved_for_another_patient_is_not_reviewed_or_reported_from_the_pacs(

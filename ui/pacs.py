@@ -36,7 +36,7 @@ from core.services.access import HISTORY, PACS, REVIEW, Actor, allowed
 from core.services.reviews import review_labels
 from ui import resources
 from ui.auth import callback_actor
-from ui.study import filed_elsewhere, keep, pacs_name, pacs_study_uid, studies, unsaved
+from ui.study import keep, pacs_name, pacs_study_uid, studies, unsaved
 from ui.wording import count_of, plain, pretty
 
 logger = logging.getLogger("btd.ui")
@@ -204,8 +204,13 @@ def send_panel(actor: Actor, name: Any, classifier: Any, key: bytes | None) -> N
             "database is back (its saved series answer 'already saved'), then send."
         )
         return
-    if study is not None and filed_elsewhere(study):  # refused by the service too; said before a label is chosen
-        st.warning(f"Not sendable: {pacs_service.ANOTHER_PATIENTS}", icon=":material/warning:")
+    try:  # the same images saved for another patient, or from another study: refused by the service too; said
+        refusal = pacs_service.not_sendable(resources.current_store(), actor, pulled, key)  # before a label is chosen
+    except StoreError as error:
+        st.error(f"Reports cannot be sent right now: {error}")
+        return
+    if refusal is not None:
+        st.warning(f"Not sendable: {refusal}", icon=":material/warning:")
         return
     try:
         uid_root()  # the site's UID root, before a reader reviews for a send that would fail

@@ -22,6 +22,7 @@ from core.domain.results import record_id
 from core.errors import (
     InvalidRecord,
     PacsAnotherPatient,
+    PacsAnotherStudy,
     PacsError,
     PacsReportRefused,
     PacsStudyChanged,
@@ -197,8 +198,8 @@ def send_results(
     analysed = [s for s in pulled.outcome.series if s.label is not None]
     if not pulled.evidence or not analysed:
         raise PacsError("There is no analysed series to report on.")
-    if _filed_elsewhere(store, pulled, key):  # its result is on the other patient's worklist: never made final here
-        raise PacsAnotherPatient(ANOTHER_PATIENTS)
+    if elsewhere := filed_elsewhere(store, pulled, key):  # its result is on the other's worklist: never final here
+        raise elsewhere
     finals = [*earlier_finals, (final_label, actor.name)] if final_label is not None else []
     chain, images = _report_objects(pulled, model, finals)
     target = _target(pulled.study_uid, key)
@@ -351,11 +352,8 @@ def review_and_send(
     require(actor, PACS)
     if not result_ids:
         raise PacsError("The study's series were not saved, so there is no result to review.")
-    # a result is its images' (pixels and model): the same images saved for another patient are that patient's
-    # result, its reviews theirs. Reviewed from here, this patient's PACS study got FINAL reports of the other
-    # patient's labels, "given by" readers who never read it, and this review went onto the other's result
-    if _filed_elsewhere(store, pulled, key):  # before any review is recorded
-        raise PacsAnotherPatient(ANOTHER_PATIENTS)
+    if elsewhere := filed_elsewhere(store, pulled, key):  # before any review is recorded (it went onto the other's)
+        raise elsewhere
     histories = [store.reviews_of(rid) for rid in result_ids]
     history = histories[0]
     # pressed again (a retry after the PACS failed, or a second press): the same review is not recorded twice and
@@ -384,18 +382,33 @@ ANOTHER_PATIENTS = (
     "The same images are saved for another patient (a study filed twice, or under the wrong patient?): this study "
     "is not reviewed or reported from here. Check the PACS, and the other patient's results on the Worklist."
 )
+ANOTHER_STUDY = (
+    "The same images are saved from another study (a study filed twice?): their reviews are that study's, and this "
+    "one is not reviewed or reported from here. Check the PACS; review the study they were first saved from."
+)
 
 
-def _filed_elsewhere(store: AuditTrail, pulled: Pulled, key: bytes | None) -> bool:
-    """Whether an analysed series of the study is saved as another patient's result (by its images and model; a
-    store of the audit trail alone holds no result to tell)."""
+def filed_elsewhere(store: AuditTrail, pulled: Pulled, key: bytes | None) -> PacsAnotherPatient | None:
+    """Why the study is neither reviewed nor reported from here (raised by the caller): an analysed series is saved
+    as another patient's result, or another study's (a result is its images' and model's: reviewed from here, this
+    study got FINAL reports of the other's labels "given by" readers who never opened it); None when it may be. A
+    store of the audit trail alone holds no result to tell."""
     get = getattr(store, "get", None)
     ours = patient_reference(pacs_patient_id(pulled), key)
     for series in (s for s in pulled.outcome.series if s.label is not None and callable(get)):
         record = get(record_id(series.volume.sha256, series.model_name, series.model_version))
         if record is not None and record.patient_ref not in (None, ours):
-            return True
-    return False
+            return PacsAnotherPatient(ANOTHER_PATIENTS)
+        if record is not None and record.study_ref not in (None, pseudonymise(series.volume.study, key)):
+            return PacsAnotherStudy(ANOTHER_STUDY)
+    return None
+
+
+def not_sendable(store: Store, actor: Actor, pulled: Pulled, key: bytes | None) -> str | None:
+    """What the send panel says before a label is chosen when :func:`filed_elsewhere` would refuse the study."""
+    require(actor, PACS)
+    refusal = filed_elsewhere(store, pulled, key)
+    return None if refusal is None else str(refusal)
 
 
 def _reviewed_so(history: Sequence[Review], final_label: str, actor: Actor) -> bool:
