@@ -117,7 +117,15 @@ def test_a_radiologist_searches_picks_analyses_and_sends_the_report_back_once(
     assert app.metric[0].label == "Study verdict (model)" and app.metric[0].value in ("Tumour", "No tumour")
     assert app.expander[0].label.startswith("Series 1 · Axial · 6 sections")
     assert len(app.get("plotly_chart")) == 2  # the viewer's section and curve, as for an upload
-    assert any("from the PACS" in c.value for c in app.caption)
+    # the study on the page is named: its date, description and patient (it read "the study from the PACS" alone)
+    named = "2026-11-03 · MR HEAD ROUTINE · ZZCANARY Pacspatient"
+    assert any(c.value.startswith(f"Below: the study from the PACS: {named} (") for c in app.caption)
+    picker = app.selectbox(key="pacs_pick")
+    assert picker.format_func(1).startswith(f"2 · {named} (")  # two patients' studies alike read the same
+    picker.set_value(0).run()  # another study chosen, not analysed: the one below is said to be another
+    assert any(c.value.startswith("The study on the page below is another one") for c in app.caption)
+    app.selectbox(key="pacs_pick").set_value(1).run()
+    assert not any(c.value.startswith("The study on the page below is another one") for c in app.caption)
 
     store = app_store(app_environment / "results.sqlite3")
     (series,) = store.recent(5)
@@ -253,6 +261,8 @@ def test_a_study_without_mr_or_over_the_limits_is_explained(orthanc, monkeypatch
 
     app = search(study_page(), patient_id="PACS-UI-002")
     assert app.dataframe[0].value["description"].tolist() == ["MR BRAIN FOLLOW-UP"]
+    button(app, "Analyse the chosen study").click().run()  # read once: on the page
+    assert not app.exception and app.metric and any(c.value.startswith("Below: the study") for c in app.caption)
     real_connect = pacs_service.connect
     monkeypatch.setattr(
         pacs_service,
@@ -260,7 +270,10 @@ def test_a_study_without_mr_or_over_the_limits_is_explained(orthanc, monkeypatch
         lambda settings: Pacs(settings.url, settings.user, settings.password, limits=StudyLimits(max_files=3)),
     )
     button(app, "Analyse the chosen study").click().run()
+    # refused, the study shown before leaves the page: under the refusal it read as the chosen one (another
+    # patient's verdict under a study refused as two patients')
     assert not app.exception and "the limit is 3 per study" in app.error[0].value and not app.metric
+    assert not any(c.value.startswith("Below: the study from the PACS") for c in app.caption)
     monkeypatch.setattr(pacs_service, "connect", real_connect)
     auth = (orthanc.user, orthanc.password)  # the study's MR series leaves the PACS after the search listed it
     (found,) = requests.post(f"{orthanc.rest}/tools/lookup", data=f"{EMPTIED_STUDY}.1", auth=auth, timeout=10).json()

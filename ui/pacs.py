@@ -36,7 +36,7 @@ from core.services.access import HISTORY, PACS, REVIEW, Actor, allowed
 from core.services.reviews import review_labels
 from ui import resources
 from ui.auth import callback_actor
-from ui.study import keep, pacs_name, pacs_study_uid, studies, unsaved
+from ui.study import CURRENT, LABELS, current, keep, pacs_name, pacs_study_uid, studies, unsaved
 from ui.wording import count_of, plain, pretty
 
 logger = logging.getLogger("btd.ui")
@@ -95,11 +95,22 @@ def pacs_panel(actor: Actor, classifier: Any, key: bytes | None) -> None:
     chosen = st.selectbox(
         "Study to analyse",
         range(len(hits)),
-        format_func=lambda i: f"{i + 1} · {_day(hits[i].date)} · {hits[i].description or 'no description'}",
+        format_func=lambda i: f"{i + 1} · {study_label(actor, hits[i])}",  # two patients' alike read the same
         key="pacs_pick",
     )
+    shown = current()
+    if pacs_study_uid(shown) is not None and shown != pacs_name(hits[chosen or 0].study_uid):
+        st.caption("The study on the page below is another one: press Analyse to read the chosen one.")
     if st.button("Analyse the chosen study", type="primary", key="pacs_analyse"):
         _analyse(actor, hits[chosen or 0], classifier, key)
+
+
+def study_label(actor: Actor, hit: StudyHit) -> str:
+    """A found study in words: its date and description, and its patient for those who may see one."""
+    label = f"{_day(hit.date)} · {hit.description or 'no description'}"
+    if allowed(actor, HISTORY):  # as the table of studies found shows them
+        label += f" · {hit.patient_name.replace('^', ' ').strip() or '—'} ({hit.patient_id or 'no ID'})"
+    return label
 
 
 def _search_form(actor: Actor, key: bytes | None) -> None:
@@ -170,6 +181,8 @@ def _analyse(actor: Actor, hit: StudyHit, classifier: Any, key: bytes | None) ->
     results = studies()
     try:
         with st.spinner(f"Pulling {count_of(hit.instances or 0, 'image')} from the PACS and analysing them…"):
+            st.session_state.pop(CURRENT, None)  # the study shown before leaves the page: under a refusal, it read
+            # as the chosen one (another patient's verdict under a study refused as two patients')
             pulled = pacs_service.pull_and_analyse(_connect(), actor, hit.study_uid, classifier, store, key)
             if pulled.outcome.error_code:
                 st.error(f"This study cannot be analysed. {pulled.outcome.error_message}")
@@ -178,6 +191,7 @@ def _analyse(actor: Actor, hit: StudyHit, classifier: Any, key: bytes | None) ->
                 st.rerun()  # the run that follows shows the sign-in form or the refusal
             study = pacs_service.save_pulled(pulled, store, actor=actor, images=resources.image_store(store), key=key)
             results[pacs_name(hit.study_uid)] = study  # before any Streamlit call (a rerun asked for stops there)
+            st.session_state.setdefault(LABELS, {})[pacs_name(hit.study_uid)] = study_label(actor, hit)
             st.session_state[PULLED] = pulled  # one study's analyses at most: what a send needs
             keep(pacs_name(hit.study_uid), study)
     except (PacsError, AccessDenied, StoreError) as error:  # the audit of a pull fails with the database too

@@ -25,6 +25,7 @@ from ui.wording import count_of, plain, pretty
 
 KEPT = 3  # studies a session keeps (each holds its sections at display size)
 CURRENT = "study_current"
+LABELS = "study_labels"  # a PACS study's date and description (and patient, for those who may see one), by name
 
 
 def studies() -> dict[Hashable, StudyResult]:
@@ -59,8 +60,11 @@ def current() -> Hashable | None:
 
 
 def earlier_note(name: Hashable, files_waiting: bool) -> str:
-    """Why the study below is not the files now chosen."""
-    source = "from the PACS" if pacs_study_uid(name) else "analysed earlier in this session"
+    """Why the study below is not the files now chosen, and which it is (a PACS study was never named: another
+    study chosen in the picker, or another patient's refused, sat above another patient's verdict)."""
+    label = st.session_state.get(LABELS, {}).get(name)
+    source = f"from the PACS: {label}" if label else "from the PACS" if pacs_study_uid(name) else "analysed earlier"
+    source += "" if pacs_study_uid(name) else " in this session"
     return f"Below: the study {source}." + (" The files now chosen are not analysed yet." if files_waiting else "")
 
 
