@@ -161,6 +161,10 @@ def test_a_radiologist_searches_picks_analyses_and_sends_the_report_back_once(
     button(app, "Send to PACS").click().run()
     assert not app.exception and not app.error
     assert store.get(series.id).final_label == "glioma" and store.get(series.id).review_count == 1
+    # drawn again with the review just sent (the page above still read the study unreviewed until the next run)
+    assert any(i.value.startswith("Reviewed by a radiologist since it was saved: series 1: Glioma") for i in app.info)
+    assert app.metric[0].label == "Study verdict (radiologist's final label)"
+    assert any(s.value.startswith("Sent: the PACS holds") for s in app.success)
     (report_series,) = [s for s in pacs.series_of(OTHER_STUDY) if s.modality == "SR"]
     reports = pacs._client.retrieve_series(OTHER_STUDY, report_series.series_uid)
     final = next(r for r in reports if r.CompletionFlag == "COMPLETE")
@@ -183,8 +187,13 @@ def test_a_radiologist_searches_picks_analyses_and_sends_the_report_back_once(
     assert any("Meningioma by dr-b" in i.value for i in app.info)
     button(app, "Send to PACS").click().run()  # pressed again, against the reviews now on screen
     assert not app.exception and not app.error and store.get(series.id).final_label == "pituitary"
-    # a label chosen for one study stayed chosen for the next one pulled: one press sent it as its final report
+    assert not any(w.value.startswith("Another review of this study") for w in app.warning)  # its own: no warning
+    # a colleague's review while the reader chooses a label: the box above changed quietly, and the send went over
+    # it (the pick is a run of its own, which the send is then compared against): said now
+    reviews.review_result(store, Actor("dr-c", "radiologist"), series.id, "meningioma")
     final_label(app).set_value("glioma").run()
+    assert any(w.value.startswith("Another review of this study was saved") for w in app.warning)
+    # a label chosen for one study stayed chosen for the next one pulled: one press sent it as its final report
     app.selectbox(key="pacs_pick").set_value(0).run()  # the newer study
     button(app, "Analyse the chosen study").click().run()
     assert not app.exception and final_label(app).value is None

@@ -253,7 +253,11 @@ def send_panel(actor: Actor, name: Any, classifier: Any, key: bytes | None) -> N
         "Sending again stores nothing new.",
     ):
         _send(actor, pulled, classifier, key, sent, final, ids, seen)
-    st.session_state[SHOWN_REVIEWS] = (study_uid, _reviews_so_far(so_far, actor, ids))
+    counts = _reviews_so_far(so_far, actor, ids)
+    if seen is not None and counts is not None and counts != seen:  # a colleague's review since the last run: the
+        # box above changed quietly while a label was being chosen, and a send then went over it unwarned
+        so_far.warning("Another review of this study was saved since you last looked: read it above before sending.")
+    st.session_state[SHOWN_REVIEWS] = (study_uid, counts)
     if study_uid in sent:
         stored = sent[study_uid]
         st.success(
@@ -346,3 +350,6 @@ def _send(
         st.error("Not sent: the report could not be made. Press Send to PACS to try again.")
         return
     sent[pulled.study_uid] = len(stored)
+    if final_label is not None:  # the study above was drawn before this review: drawn again with it (the page read
+        st.session_state.pop(SHOWN_REVIEWS, None)  # the previous final label until the next full run), and this
+        st.rerun()  # review is no colleague's to warn of
