@@ -7,6 +7,7 @@ import streamlit as st
 from core.errors import InvalidRecord, ModelError, StoreError
 from core.services import history, reports
 from core.services.access import HISTORY
+from core.services.series_views import scanner_series
 from ui import resources
 from ui.auth import report_download
 from ui.lesion import lesion_change, lesion_size
@@ -76,7 +77,7 @@ st.dataframe(
                 "lesion": bound(r, step.size) + lesion_size(step.size, step.unit),
                 "change": step.not_compared or lesion_change(step.change, step.unit, step.change_percent),
                 "sections": str(r.section_count or ""),  # text: numbers beside "" made Arrow refuse the column
-                "plane": (r.geometry or {}).get("plane") or "",
+                "plane": ((r.geometry or {}).get("plane") or "") + scanner_series(r.geometry),  # which sequence
                 "final label": pretty(r.final_label) if r.final_label else "",
             }
             for r, step in ((r, steps[r.id]) for r in shown)
@@ -113,7 +114,8 @@ if not series:
 def describe(record) -> str:
     """A series as the pickers list it: unique (two sequences of one study saved in one minute read alike, and
     Streamlit kept the last of two equal labels: one could not be chosen), with the model that read it."""
-    plane = (record.geometry or {}).get("plane") or "unknown plane"
+    plane = ((record.geometry or {}).get("plane") or "unknown plane") + scanner_series(record.geometry)  # the
+    # scanner's number tells two sequences of one study apart (the sequence itself is not kept)
     sections = count_of(record.section_count or 0, "section")
     read_by = f"{record.model_name} {record.model_version}"
     scanned = f"scanned day {days[record.id]} · " if record.id in days else ""
@@ -165,7 +167,7 @@ def opened(record_id: str):
 if prior is None and len(candidates) > 1:
     st.info(
         f"The prior study has {len(candidates)} series in this plane (the sequence is not kept): choose the one of "
-        "the same sequence as this series to compare them."
+        "the same sequence as this series to compare them (their DICOM series numbers, in the PACS, tell which)."
     )
 if prior is not None and prior.study_ref is not None and prior.study_ref == current.study_ref:
     st.warning(  # the default when the patient has no earlier study in this plane: said, never taken for a course

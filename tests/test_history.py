@@ -245,7 +245,7 @@ def test_no_prior_is_chosen_for_the_reader_when_the_prior_study_has_several_seri
     for n, (study, when) in enumerate([("1", "20260101"), ("1", "20260101"), ("2", "20260601")]):
         uid = f"1.2.826.0.1.3680043.8.498.5{study}"
         files = dicom_series(head_volume(6, 96, seed=n), study_uid=uid, series_uid=f"{uid}.{n}")
-        volume = read_study(relabelled(files, StudyDate=when, SeriesDate=when))[0]
+        volume = read_study(relabelled(files, StudyDate=when, SeriesDate=when, SeriesNumber=n + 3))[0]
         save_series(analyse_volume(volume, tiny_classifier), store, actor=DOCTOR, patient_ref=reference,
                     images=images, key=key)  # fmt: skip
     june = max(store.recent(3), key=lambda r: r.geometry["scan_day"])
@@ -256,6 +256,9 @@ def test_no_prior_is_chosen_for_the_reader_when_the_prior_study_has_several_seri
     assert not app.exception and app.selectbox(key="history_current").value.id == june.id
     assert app.selectbox(key=f"history_prior-{june.id}").value is None
     assert any(i.value.startswith("The prior study has 2 series in this plane") for i in app.info)
+    listed = " ".join(app.selectbox(key=f"history_prior-{june.id}").options)  # each by the scanner's number,
+    assert all(f"axial (DICOM series {n}) · " in listed for n in (3, 4))  # as the PACS names them
+    assert "axial (DICOM series 3)" in app.dataframe[0].value["plane"].tolist()
     assert app.dataframe[0].value["change"].tolist() == ["—", "—", "—"]  # the table's prior: none either
     assert not app.metric or not any("since the prior" in str(m.value) for m in app.metric)
 
