@@ -180,7 +180,8 @@ def _analyse(actor: Actor, hit: StudyHit, classifier: Any, key: bytes | None) ->
         return
     results = studies()
     try:
-        with st.spinner(f"Pulling {count_of(hit.instances or 0, 'image')} from the PACS and analysing them…"):
+        # the study's image count holds every series (our own report and key images too): not said as pulled
+        with st.spinner("Pulling the study's MR images from the PACS and analysing them…"):
             st.session_state.pop(CURRENT, None)  # the study shown before leaves the page: under a refusal, it read
             # as the chosen one (another patient's verdict under a study refused as two patients')
             pulled = pacs_service.pull_and_analyse(_connect(), actor, hit.study_uid, classifier, store, key)

@@ -383,7 +383,7 @@ def _volume(sections: list[_Section], limits: StudyLimits) -> Volume:
     orientations = [s.orientation for s in sections if s.orientation is not None]
     reference = orientations[0] if orientations else None
     if reference is not None and any(np.abs(o - reference).max() > 1e-3 for o in orientations):
-        raise SeriesError("One series mixes section orientations (e.g. axial and sagittal); upload them apart.")
+        raise SeriesError("One series mixes section orientations (e.g. axial and sagittal): it is not read as one.")
     placed = [s for s in sections if s.position is not None]
     if len(sections) > len(placed) and 2 * len(placed) > len(sections):  # with or without an orientation
         # a file without a position (a derived or captured image) put every section in instance-number order,
