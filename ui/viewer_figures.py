@@ -196,12 +196,13 @@ def section_figure(
 
     The viewer's figures are plain Plotly specifications (dicts): building and validating graph objects cost
     tens of milliseconds per figure, on every step of a scroll through a series."""
+    # a PNG data URI, not a z array: a 256 x 256 x 3 array goes out as 196,608 JSON numbers on every scroll step;
+    # without a heat map a grey one (the section in three channels was 2.6 times the bytes on every key press)
     if heat is None:
-        rgb = np.repeat(section[:, :, None], 3, axis=2)
+        source = data_uri(np.ascontiguousarray(section, dtype=np.uint8), "png")
     else:  # the colours of the Scan page, the Worklist and the PDF (a red-white blend here read otherwise)
         rgb = overlay(np.asarray(section, np.uint8), np.clip(heat, 0.0, 1.0).astype(np.float32), opacity)
-    # a PNG data URI, not a z array: a 256 x 256 x 3 array goes out as 196,608 JSON numbers on every scroll step
-    source = data_uri(cv2.cvtColor(rgb.astype(np.uint8), cv2.COLOR_RGB2BGR), "png")
+        source = data_uri(cv2.cvtColor(rgb.astype(np.uint8), cv2.COLOR_RGB2BGR), "png")
     h, w = section.shape
     annotations = _letter_annotations(letters)
     shapes = outline_shapes(outline) if outline is not None else []
