@@ -87,3 +87,31 @@ def test_the_fitted_layer_is_the_stage_whose_peaks_fall_inside_tumours_most_ofte
     assert fitted["localisation_by_layer"] == shares and fitted["localisation"]["share"] == 0.3
     shares.update(dict.fromkeys(stages, None))  # no tumour slice to judge by: the last feature map, as before
     assert finish.fit_explain_layer(classifier, [])["layer"] == stages[-1]
+
+
+def test_a_scans_view_makes_each_other_labels_heat_map_when_first_asked_for(tiny_classifier) -> None:
+    """Every label's Grad-CAM was made up front for every scan (half a batch's CPU), though only the explained
+    label's is shown until the reader picks another: those are made when first asked for, the same maps."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from core.imaging import read_scan
+    from core.model.analysis import analyse_scan
+    from core.model.gate import REJECTED, GateResult
+    from core.services.views import scan_view
+    from tests.scans import png_bytes, synthetic_slice
+
+    explainer = Explainer(tiny_classifier)
+    analysis = analyse_scan(read_scan(png_bytes(synthetic_slice(256, tumour=True))), tiny_classifier)
+    view = scan_view(analysis, explainer)
+    assert list(view.heat) == [view.explained]  # the default's alone
+    other = next(label for label in tiny_classifier.card.labels if label != view.explained)
+    assert view.heat_of(other, None) is None  # without the explainer, not made
+    made = view.heat_of(other, explainer)
+    expected = np.round(explainer.heat_on_input(analysis.model_input, other) * 255).astype(np.uint8)
+    assert made is not None and np.array_equal(made, expected) and other in view.heat
+    assert view.overlay(other, 0.5).shape == (*view.crop.shape, 3)  # kept: no explainer needed again
+    gate = GateResult(REJECTED, ("not a head",), 1.0)
+    refused = scan_view(replace(analysis, prediction=replace(analysis.prediction, gate=gate)), explainer)
+    assert refused.heat == {} and refused.heat_of(other, explainer) is None and refused.model_input is None

@@ -708,6 +708,27 @@ def test_bad_file_gets_its_reason_and_the_batch_goes_on(app_environment: Path) -
     assert stored(app_environment).summary().total == 1
 
 
+def test_another_labels_heat_map_is_made_when_the_reader_picks_it(app_environment: Path) -> None:
+    """Only the verdict's map is made with the analysis; the reader's pick of another makes it then."""
+    import re
+
+    app = page("scan.py").run()
+    app.file_uploader[0].set_value([("s.png", png_bytes(synthetic_slice(256, tumour=True)), "image/png")]).run()
+
+    def heat_maps() -> list[tuple[str, str]]:  # (its caption, its pixels) as the page shows them
+        found = (
+            re.search(r'src="(data:[^"]+)" alt="(Regions that weighed[^"]*)"', h.proto.body) for h in app.get("html")
+        )
+        return [(m.group(2), m.group(1)) for m in found if m]
+
+    ((caption, pixels),) = heat_maps()
+    picker = next(s for s in app.selectbox if s.label == "Heat map of")
+    other = next(label for label in ("Glioma", "Meningioma", "Pituitary tumour", "No tumour") if label not in caption)
+    picker.set_value(next(o for o in picker.options if o == other)).run()
+    ((picked, drawn),) = heat_maps()
+    assert not app.exception and other in picked and drawn != pixels
+
+
 def test_needs_review_reason_is_in_the_batch_table(app_environment: Path) -> None:
     app = page("scan.py").run()
     app.file_uploader[0].set_value([("s.png", png_bytes(synthetic_slice(256)), "image/png")]).run()

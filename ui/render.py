@@ -13,10 +13,12 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
+from core.errors import ModelError
 from core.model.decision import SERIES_SCORE
 from core.model.explain import HEAT_MEANING, heat_title
 from core.model.gate import NEEDS_REVIEW, REJECTED
 from core.services.triage import NOT_SAVED, NOT_UPDATED, Triaged
+from ui import resources
 from ui.auth import fragment_actor
 from ui.batch import Upload
 from ui.lesion import CAVEAT, OUTLINE_HELP, OUTLINE_LABEL, area_line, stored_volume_line
@@ -205,7 +207,8 @@ def scan_panel(
         )
         opacity = looked.slider("Heat map opacity", 0.0, 1.0, 0.45, 0.05, key=f"opacity-{upload.file_id}")
         label = explained if explained != PREDICTED else view.explained or labels[0]
-        inline_image(looked, view.overlay(label, opacity), heat_title(pretty(label)))
+        # another label's map is made when first asked for (all four up front were half a batch's CPU)
+        inline_image(looked, view.overlay(label, opacity, _explainer()), heat_title(pretty(label)))
         looked.caption(HEAT_MEANING)
     with verdict:
         _verdict(result)
@@ -217,6 +220,15 @@ def scan_panel(
                 pd.DataFrame({"field": list(view.acquisition), "value": list(view.acquisition.values())}),
                 hide_index=True,
             )
+
+
+def _explainer():
+    """The served model's explainer, for a heat map made when asked for (None when the model cannot be loaded:
+    the map is then not shown, as for a scan without one)."""
+    try:
+        return resources.current_explainer()
+    except ModelError:
+        return None
 
 
 def _stored_scan(view, labels: tuple[str, ...]) -> None:

@@ -55,7 +55,8 @@ class ScanView:
     original_png: bytes
     crop: np.ndarray  # uint8, the model's view of the crop (size x size)
     prediction: Prediction
-    heat: Mapping[str, np.ndarray] = field(default_factory=dict)  # label -> uint8 (size x size)
+    heat: dict[str, np.ndarray] = field(default_factory=dict)  # label -> uint8 (size x size): the default's, then
+    # each other label's once asked for (:meth:`heat_of`; all four up front were half a batch's CPU)
     explained: str | None = None  # the label whose map is shown by default
     acquisition: Mapping[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
@@ -63,6 +64,7 @@ class ScanView:
     lesion_mm2: float | None = None  # in mm^2 when the scan gives its pixel spacing
     outline: tuple[np.ndarray, ...] = ()  # the lesion's contours, (x, y) on the displayed original
     letters: Mapping[str, str] = field(default_factory=dict)  # patient directions at its edges ({}: not given)
+    model_input: np.ndarray | None = field(default=None, repr=False)  # what another label's map is made from
 
     def original(self, outlined: bool = False) -> bytes:
         """The displayed original (PNG) with the brain box and, when asked and there is one, the lesion outline."""
@@ -72,12 +74,23 @@ class ScanView:
         draw_outline(bgr, self.outline, OUTLINE_RGB[::-1])
         return encode_png(bgr)
 
-    def overlay(self, label: str, opacity: float) -> np.ndarray | None:
+    def heat_of(self, label: str, explainer: Explainer | None) -> np.ndarray | None:
+        """The heat map of ``label`` (uint8), made the first time it is asked for; None for a refused scan (no map
+        at all) or without the explainer a label not yet made needs."""
+        if label not in self.heat and self.heat and explainer is not None and self.model_input is not None:
+            self.heat[label] = _heat(explainer, self.model_input, label)
+        return self.heat.get(label)
+
+    def overlay(self, label: str, opacity: float, explainer: Explainer | None = None) -> np.ndarray | None:
         """RGB crop with the heat map of ``label`` blended in (None when there is no map: a refused scan)."""
-        heat = self.heat.get(label)
+        heat = self.heat_of(label, explainer)
         if heat is None:
             return None
         return overlay(self.crop, heat.astype(np.float32) / 255.0, opacity)
+
+
+def _heat(explainer: Explainer, model_input: np.ndarray, label: str) -> np.ndarray:
+    return np.round(explainer.heat_on_input(model_input, label) * 255).astype(np.uint8)
 
 
 def with_box(pixels: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
@@ -128,15 +141,14 @@ def _facts_as_shown(acquisition: Mapping[str, str], spacing: tuple[float, float]
 
 
 def scan_view(analysis: Analysis, explainer: Explainer | None) -> ScanView:
-    """The session's view of an analysis: heat maps for every label unless the gate refused the scan."""
+    """The session's view of an analysis: the heat map of the label explained by default (the others when asked
+    for: :meth:`ScanView.heat_of`) unless the gate refused the scan."""
     scan, prediction = analysis.scan, analysis.prediction
     heat: dict[str, np.ndarray] = {}
     explained = None
     if explainer is not None and prediction.gate.decision != REJECTED:
         explained = explainer.default_label(prediction)
-        for label in explainer.classifier.card.labels:
-            on_input = explainer.heat_on_input(analysis.model_input, label)
-            heat[label] = np.round(on_input * 255).astype(np.uint8)
+        heat[explained] = _heat(explainer, analysis.model_input, explained)
     lesion = analysis.lesion if prediction.gate.decision != REJECTED else None  # no outline on a refused image
     spacing = pixel_spacing(scan)
     drawn_at = np.array(display_factors(scan.pixels.shape, spacing)[::-1])  # (x, y), as the outline's points
@@ -157,4 +169,5 @@ def scan_view(analysis: Analysis, explainer: Explainer | None) -> ScanView:
         lesion_mm2=None if lesion is None else lesion.area_mm2,
         outline=() if lesion is None else scaled_outline(lesion.outline, drawn_at),
         letters=scan.letters,
+        model_input=analysis.model_input if heat else None,
     )
