@@ -199,6 +199,38 @@ def test_a_radiologist_searches_picks_analyses_and_sends_the_report_back_once(
     assert not app.exception and final_label(app).value is None
 
 
+def test_no_colleagues_review_is_warned_of_after_ones_own_failed_send_or_a_new_analysis(
+    app_environment: Path, orthanc, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The review is recorded before the report leaves: when the PACS then failed, the next run read the reader's
+    own review as a colleague's ("Another review ... since you last looked"); so did a study pulled again with a
+    series added (a new result among the counts)."""
+    from core.errors import PacsUnreachable
+    from ui.pacs import SHOWN_REVIEWS
+
+    def warned() -> list[str]:
+        return [w.value for w in app.warning if w.value.startswith("Another review of this study")]
+
+    app = search(study_page(), patient_id=PATIENT)
+    app.selectbox(key="pacs_pick").set_value(1).run()
+    button(app, "Analyse the chosen study").click().run()
+    final_label(app).set_value("glioma").run()
+    real = pacs_service.send_results
+    monkeypatch.setattr(pacs_service, "send_results", lambda *a, **k: (_ for _ in ()).throw(PacsUnreachable("down")))
+    button(app, "Send to PACS").click().run()
+    assert not app.exception and app.error[0].value.startswith("Not sent: down") and not warned()
+    app.run()  # and on the next run: the counts on screen are those of this send's review
+    assert not warned()
+    monkeypatch.setattr(pacs_service, "send_results", real)
+    uid, counts = app.session_state[SHOWN_REVIEWS]
+    app.session_state[SHOWN_REVIEWS] = (uid, {"a result no longer in it": 0, **counts})  # as after a series left
+    app.run()
+    assert not warned()  # a result one of the two counts lacks is no review
+    app.session_state[SHOWN_REVIEWS] = (uid, dict.fromkeys(counts, 0))
+    button(app, "Analyse the chosen study").click().run()  # pulled again: read afresh, nobody's "since"
+    assert not app.exception and not warned()
+
+
 def final_label(app):
     """The send panel's choice of a final label (keyed per study)."""
     return next(s for s in app.selectbox if s.label == "Your final label (optional)")

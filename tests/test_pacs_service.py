@@ -1819,6 +1819,9 @@ def test_a_study_whose_images_are_saved_from_another_study_is_not_reviewed_or_re
     assert pacs.stored == [] and PacsAnotherStudy.code not in pacs_watch.RETRIED
     headers = tuple(objects.headers(tumour_study(earlier)))
     assert pacs_service.not_sendable(store, RADIOLOGIST, pacs_service.Pulled(earlier, first, headers), key) is None
+    # without the key (references off: it could not be read) neither check can be made: every study, its own
+    # pulled again too, read as another's
+    assert pacs_service.not_sendable(store, RADIOLOGIST, pacs_service.Pulled(earlier, first, headers), None) is None
 
 
 def test_a_study_whose_images_are_saved_for_another_patient_is_not_reviewed_or_reported_from_the_pacs(

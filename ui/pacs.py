@@ -199,6 +199,7 @@ def _analyse(actor: Actor, hit: StudyHit, classifier: Any, key: bytes | None) ->
         st.error(str(error))
         return
     st.session_state.setdefault(SENT, {}).pop(hit.study_uid, None)
+    st.session_state.pop(SHOWN_REVIEWS, None)  # a new analysis: its reviews are read afresh, nobody's "since"
     st.rerun()  # drawn again with the study below
 
 
@@ -247,16 +248,18 @@ def send_panel(actor: Actor, name: Any, classifier: Any, key: bytes | None) -> N
     ids = _saved_ids(name)
     shown = st.session_state.get(SHOWN_REVIEWS)  # the review counts the last run put on screen: a review is
     seen = shown[1] if shown and shown[0] == study_uid else None  # saved against those (as on the Worklist)
-    if st.button(
+    pressed = st.button(
         "Send to PACS",
         key="pacs_send",
         help="The report (a DICOM Structured Report) and the key images go into this study in the PACS. "
         "Sending again stores nothing new.",
-    ):
+    )
+    if pressed:
         _send(actor, pulled, classifier, key, sent, final, ids, seen)
     counts = _reviews_so_far(so_far, actor, ids)
-    if seen is not None and counts is not None and counts != seen:  # a colleague's review since the last run: the
-        # box above changed quietly while a label was being chosen, and a send then went over it unwarned
+    # a colleague's review since the last run (not this run's own send, kept when the PACS then failed; not a series
+    # added since): the box above changed quietly while a label was being chosen, and a send went over it unwarned
+    if not pressed and seen and counts and any(seen.get(rid, n) != n for rid, n in counts.items()):
         so_far.warning("Another review of this study was saved since you last looked: read it above before sending.")
     st.session_state[SHOWN_REVIEWS] = (study_uid, counts)
     if study_uid in sent:

@@ -50,6 +50,7 @@ def keep(name: Hashable, study: StudyResult) -> None:
     results[name] = study
     for old in list(results)[:-KEPT]:
         results.pop(old)
+        st.session_state.get(LABELS, {}).pop(old, None)  # a PACS study's words (its patient's name) go with it
     st.session_state[CURRENT] = name
 
 

@@ -394,13 +394,16 @@ def filed_elsewhere(store: AuditTrail, pulled: Pulled, key: bytes | None) -> Pac
     study got FINAL reports of the other's labels "given by" readers who never opened it); None when it may be. A
     store of the audit trail alone holds no result to tell."""
     get = getattr(store, "get", None)
+    if key is None or not callable(get):  # without the key neither can be told (every study read as another's)
+        return None
     ours = patient_reference(pacs_patient_id(pulled), key)
-    for series in (s for s in pulled.outcome.series if s.label is not None and callable(get)):
-        record = get(record_id(series.volume.sha256, series.model_name, series.model_version))
-        if record is not None and record.patient_ref not in (None, ours):
-            return PacsAnotherPatient(ANOTHER_PATIENTS)
-        if record is not None and record.study_ref not in (None, pseudonymise(series.volume.study, key)):
-            return PacsAnotherStudy(ANOTHER_STUDY)
+    analysed = [s for s in pulled.outcome.series if s.label is not None]
+    pairs = [(get(record_id(s.volume.sha256, s.model_name, s.model_version)), s) for s in analysed]
+    pairs = [(record, series) for record, series in pairs if record is not None]
+    if any(record.patient_ref not in (None, ours) for record, _ in pairs):  # the graver first
+        return PacsAnotherPatient(ANOTHER_PATIENTS)
+    if any(record.study_ref not in (None, pseudonymise(series.volume.study, key)) for record, series in pairs):
+        return PacsAnotherStudy(ANOTHER_STUDY)
     return None
 
 
