@@ -208,7 +208,10 @@ def scan_panel(
         opacity = looked.slider("Heat map opacity", 0.0, 1.0, 0.45, 0.05, key=f"opacity-{upload.file_id}")
         label = explained if explained != PREDICTED else view.explained or labels[0]
         # another label's map is made when first asked for (all four up front were half a batch's CPU)
-        inline_image(looked, view.overlay(label, opacity, _explainer()), heat_title(pretty(label)))
+        if (blended := view.overlay(label, opacity, _explainer())) is None:
+            looked.caption(f"The heat map of {pretty(label)} cannot be made now: the model is not loaded.")
+        else:
+            inline_image(looked, blended, heat_title(pretty(label)))
         looked.caption(HEAT_MEANING)
     with verdict:
         _verdict(result)
