@@ -77,7 +77,7 @@ st.dataframe(
                 "lesion": bound(r, step.size) + lesion_size(step.size, step.unit),
                 "change": step.not_compared or lesion_change(step.change, step.unit, step.change_percent),
                 "sections": str(r.section_count or ""),  # text: numbers beside "" made Arrow refuse the column
-                "plane": ((r.geometry or {}).get("plane") or "") + scanner_series(r.geometry),  # which sequence
+                "plane": (((r.geometry or {}).get("plane") or "") + scanner_series(r.geometry)).strip(),  # which
                 "final label": pretty(r.final_label) if r.final_label else "",
             }
             for r, step in ((r, steps[r.id]) for r in shown)
