@@ -7,6 +7,7 @@ import base64
 import html
 import io
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -40,18 +41,30 @@ from ui.wording import (
 PREDICTED = "the verdict's class"
 
 
-def inline_image(container, image: bytes | np.ndarray, caption: str, letters: Mapping[str, str] | None = None) -> None:
+@dataclass(frozen=True)
+class Encoded:
+    """A PNG already in base64 (a view's, made once)."""
+
+    base64: str
+
+
+def inline_image(
+    container, image: bytes | np.ndarray | Encoded, caption: str, letters: Mapping[str, str] | None = None
+) -> None:
     """An image inside the page itself (a PNG data URI), never a ``/media/`` URL: Streamlit's media URLs answer
     anyone who has them, without the session's cookie, for as long as the server keeps them; these pixels exist
     only in the signed-in page. The caption is plain text (escaped). ``letters``: the patient directions, drawn at
     the image's edges as the viewer and the PDF draw them (the caption alone named them, P never)."""
-    if isinstance(image, bytes):
-        png = image
+    if isinstance(image, Encoded):  # made once by the view: not encoded again on every rerun
+        source = image.base64
     else:
-        buffer = io.BytesIO()
-        Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG")
-        png = buffer.getvalue()
-    source = base64.b64encode(png).decode("ascii")
+        if isinstance(image, bytes):
+            png = image
+        else:
+            buffer = io.BytesIO()
+            Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG")
+            png = buffer.getvalue()
+        source = base64.b64encode(png).decode("ascii")
     text = html.escape(caption)
     marks = "".join(
         f'<span style="position:absolute;{LETTER_PLACES[side]};{LETTER_STYLE}">{html.escape(letter)}</span>'
@@ -185,7 +198,7 @@ def scan_panel(
     )
     inline_image(
         original,
-        view.original(outlined),
+        Encoded(view.original_b64(outlined)),
         f"{view.format.upper()} {view.width}×{view.height}"
         + (f" · frame {view.frame}" if view.frame is not None else "")
         + (
@@ -197,7 +210,7 @@ def scan_panel(
         + edges(view.letters),
         view.letters,
     )
-    inline_image(crop, view.crop, f"As the model sees it ({view.crop.shape[0]} px)")
+    inline_image(crop, Encoded(view.crop_b64()), f"As the model sees it ({view.crop.shape[0]} px)")
     if view.heat:
         explained = looked.selectbox(
             "Heat map of",
@@ -208,10 +221,10 @@ def scan_panel(
         opacity = looked.slider("Heat map opacity", 0.0, 1.0, 0.45, 0.05, key=f"opacity-{upload.file_id}")
         label = explained if explained != PREDICTED else view.explained or labels[0]
         # another label's map is made when first asked for (all four up front were half a batch's CPU)
-        if (blended := view.overlay(label, opacity, _explainer())) is None:
+        if (blended := view.overlay_b64(label, opacity, _explainer())) is None:
             looked.caption(f"The heat map of {pretty(label)} cannot be made now: the model is not loaded.")
         else:
-            inline_image(looked, blended, heat_title(pretty(label)))
+            inline_image(looked, Encoded(blended), heat_title(pretty(label)))
         looked.caption(HEAT_MEANING)
     with verdict:
         _verdict(result)
@@ -240,19 +253,19 @@ def _stored_scan(view, labels: tuple[str, ...]) -> None:
     outlined = " · lesion outlined (magenta)" if view.outline else ""
     inline_image(
         original,
-        view.original(True),
+        Encoded(view.original_b64(True)),
         f"{view.format.upper()} {view.width}×{view.height}"
         + (f" · frame {view.frame}" if view.frame is not None else "")  # counted as on the Scan page
         + f"{outlined}{edges(view.letters)}",
         view.letters,
     )
-    inline_image(crop, view.crop, "As the model sees it")
+    inline_image(crop, Encoded(view.crop_b64()), "As the model sees it")
     label = view.explained or labels[0]
-    heat = view.overlay(label, 0.45)
+    heat = view.overlay_b64(label, 0.45)
     if heat is None:  # a refused image: the model's attention on it means nothing
         looked.info("No heat map: the input gate refused this image.")
     else:
-        inline_image(looked, heat, heat_title(pretty(label)))
+        inline_image(looked, Encoded(heat), heat_title(pretty(label)))
         looked.caption(HEAT_MEANING)
 
 

@@ -8,8 +8,10 @@ display size), and the analysis is dropped.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import base64
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -65,6 +67,7 @@ class ScanView:
     outline: tuple[np.ndarray, ...] = ()  # the lesion's contours, (x, y) on the displayed original
     letters: Mapping[str, str] = field(default_factory=dict)  # patient directions at its edges ({}: not given)
     model_input: np.ndarray | None = field(default=None, repr=False)  # what another label's map is made from
+    encoded: dict[str, tuple[Any, str]] = field(default_factory=dict, repr=False)  # base64 PNGs last shown, by kind
 
     def original(self, outlined: bool = False) -> bytes:
         """The displayed original (PNG) with the brain box and, when asked and there is one, the lesion outline."""
@@ -80,6 +83,29 @@ class ScanView:
         if label not in self.heat and self.heat and explainer is not None and self.model_input is not None:
             self.heat[label] = _heat(explainer, self.model_input, label)
         return self.heat.get(label)
+
+    def original_b64(self, outlined: bool = False) -> str:
+        """:meth:`original` as base64, made once (a batch's page encoded its 40 panels again on every rerun)."""
+        return self._encoded("original", outlined, lambda: self.original(outlined))
+
+    def crop_b64(self) -> str:
+        """The model's view as a base64 PNG, made once."""
+        return self._encoded("crop", None, lambda: encode_png(self.crop))
+
+    def overlay_b64(self, label: str, opacity: float, explainer: Explainer | None = None) -> str | None:
+        """:meth:`overlay` as a base64 PNG, the last one asked for kept (None: no map)."""
+        if self.heat_of(label, explainer) is None:
+            return None
+
+        def make() -> bytes:
+            return encode_png(cv2.cvtColor(self.overlay(label, opacity), cv2.COLOR_RGB2BGR))  # type: ignore[arg-type]
+
+        return self._encoded("overlay", (label, opacity), make)
+
+    def _encoded(self, kind: str, key: Any, make: Callable[[], bytes]) -> str:
+        if kind not in self.encoded or self.encoded[kind][0] != key:
+            self.encoded[kind] = (key, base64.b64encode(make()).decode("ascii"))
+        return self.encoded[kind][1]
 
     def overlay(self, label: str, opacity: float, explainer: Explainer | None = None) -> np.ndarray | None:
         """RGB crop with the heat map of ``label`` blended in (None when there is no map: a refused scan)."""
