@@ -137,22 +137,17 @@ left, right = st.columns(2)
 current = left.selectbox("Series", series[::-1], format_func=describe, key="history_current")
 earlier = history.series_before(series, current)
 # every other series can be chosen (where some have no scan date, a prior pulled from the PACS after today's study
-# was saved later, and only earlier-saved ones were offered, so none); the default is the table's prior: the one
-# series in the same plane of the latest earlier study. Where that study has several (a FLAIR and a T1 with
-# contrast: the sequence is not kept), none is chosen for the reader (the latest was, and a T1c prior beside
-# today's FLAIR read "+0.11 in score since the prior", in red, where the table above said no change is measured)
+# was saved later, and only earlier-saved ones were offered, so none); the default is the service's
 candidates = history.prior_candidates(earlier, current)
-same_plane = [r for r in earlier if (r.geometry or {}).get("plane") == (current.geometry or {}).get("plane")]
-other_study = [r for r in same_plane if r.study_ref is None or r.study_ref != current.study_ref]  # not a sequence
-choices = [r for r in series[::-1] if r.id != current.id]  # of this study where an earlier one has no study UID
-best = candidates if len(candidates) == 1 else [] if candidates else (other_study or same_plane or earlier)[-1:]
+choices = [r for r in series[::-1] if r.id != current.id]
+best = history.default_prior(earlier, current)
 prior = right.selectbox(
     "Prior (any other series of this patient)",
     choices,
     format_func=describe,
     key=f"history_prior-{current.id}",  # the default prior follows the series chosen (a kept value did not)
     placeholder="choose a series" if choices else "no other series saved",
-    index=choices.index(best[0]) if best else None,
+    index=choices.index(best) if best is not None else None,
 )
 
 

@@ -287,6 +287,22 @@ def prior_candidates(earlier: Sequence[Record], record: Record) -> list[Record]:
     return [r for r in candidates if r.study_ref == candidates[-1].study_ref] if candidates else []
 
 
+def default_prior(earlier: Sequence[Record], record: Record) -> Record | None:
+    """The prior History's comparison offers first for ``record``: the table's (:func:`prior_series`); none where
+    the latest earlier study has several series in its plane (a FLAIR and a T1 with contrast: the sequence is not
+    kept; the latest was chosen, and a T1c prior beside today's FLAIR read "+0.11 in score since the prior", in red,
+    where the table said no change is measured); where no earlier study has one, the latest earlier series in its
+    plane from another study (one without a study UID too) before another sequence of its own, else any."""
+    candidates = prior_candidates(earlier, record)
+    if candidates:
+        return candidates[0] if len(candidates) == 1 else None
+    plane = (record.geometry or {}).get("plane")
+    same_plane = [r for r in earlier if (r.geometry or {}).get("plane") == plane]
+    other_study = [r for r in same_plane if r.study_ref is None or r.study_ref != record.study_ref]
+    found = other_study or same_plane or list(earlier)
+    return found[-1] if found else None
+
+
 def prior_series(earlier: Sequence[Record], record: Record) -> Record | None:
     """The series ``record``'s lesion is compared with: the only one of :func:`prior_candidates`; None when there
     is none, or several (see the module)."""
