@@ -6,7 +6,7 @@ import streamlit as st
 
 from core.domain.people import MAX_PASSWORD
 from core.errors import InvalidRecord, StoreError
-from core.services import accounts, retention
+from core.services import accounts, retention, single_sign_on
 from core.services.access import ACCOUNTS
 from core.services.accounts import ROLES
 from ui import resources
@@ -69,7 +69,7 @@ with left.form("new-account", clear_on_submit=True):
     )
     first_temporary = st.checkbox(TEMPORARY, value=True, key="new-temporary", help=TEMPORARY_HELP)
     if st.form_submit_button("Create"):
-        if not password and not accounts.single_sign_on_ready():  # it was made, listed and could never sign in
+        if not password and not single_sign_on.single_sign_on_ready():  # it was made, listed and could never sign in
             st.error("Give a password: single sign-on is not set up, so an account without one could not sign in.")
         else:
             attempt(accounts.add_account, name.strip(), role, password or None, first_temporary)

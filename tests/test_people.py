@@ -15,7 +15,7 @@ import pytest
 
 from core.domain.results import WorklistQuery
 from core.errors import AccessDenied, AccountLocked, InvalidRecord, SignInFailed
-from core.services import accounts, audit, reviews, statistics
+from core.services import accounts, audit, reviews, single_sign_on, statistics
 from core.services.access import COMMAND_LINE, Actor
 from core.services.resources import accept_patient_key
 from core.services.triage import (
@@ -243,12 +243,12 @@ def test_an_administrators_reset_during_a_users_own_change_wins_and_an_outlived_
 
 def test_single_sign_on_identities_get_a_role_from_a_claim_or_a_local_account(store) -> None:
     claims = {"email": "dr.x@hospital.example", "email_verified": True, "groups": ["staff", "radiologist"]}
-    assert accounts.external_actor(store, claims, "groups") == Actor("dr.x@hospital.example", "radiologist")
+    assert single_sign_on.external_actor(store, claims, "groups") == Actor("dr.x@hospital.example", "radiologist")
     with pytest.raises(SignInFailed, match="no role"):
-        accounts.external_actor(store, {"email": "visitor@hospital.example", "email_verified": True})
+        single_sign_on.external_actor(store, {"email": "visitor@hospital.example", "email_verified": True})
     accounts.add_account(store, ADMIN, "visitor@hospital.example", "supervisor", None)
     assert (
-        accounts.external_actor(store, {"email": "visitor@hospital.example", "email_verified": True}).role
+        single_sign_on.external_actor(store, {"email": "visitor@hospital.example", "email_verified": True}).role
         == "supervisor"
     )
 
@@ -261,40 +261,40 @@ def test_a_single_sign_on_identity_never_takes_a_password_accounts_role_nor_an_u
         {"email": "admin", "email_verified": True, "groups": ["radiologist"]},
     ):
         with pytest.raises(SignInFailed, match="local account with a password"):  # whatever role its claim gives
-            accounts.external_actor(store, claims, "groups")
+            single_sign_on.external_actor(store, claims, "groups")
     accounts.add_account(store, ADMIN, "dr.y@hospital.example", "radiologist", None)
     unverified = {"email": "dr.y@hospital.example", "email_verified": False, "sub": "idp-456"}
     for flag in (False, "false", 0, None):  # providers that send the claim as text or a number: "false" was verified
         with pytest.raises(SignInFailed, match="no role"):
-            accounts.external_actor(store, unverified | {"email_verified": flag})
+            single_sign_on.external_actor(store, unverified | {"email_verified": flag})
     silent = {"email": "dr.y@hospital.example", "sub": "idp-456"}  # a provider that does not say (Entra ID's e-mail,
     with pytest.raises(SignInFailed, match="no role"):  # which its users may edit): taken as verified, anybody
-        accounts.external_actor(store, silent)  # who typed a colleague's address signed in as that colleague
-    assert accounts.external_actor(store, silent | {"groups": ["supervisor"]}, "groups").name == "idp-456"
+        single_sign_on.external_actor(store, silent)  # who typed a colleague's address signed in as that colleague
+    assert single_sign_on.external_actor(store, silent | {"groups": ["supervisor"]}, "groups").name == "idp-456"
     with pytest.raises(SignInFailed, match=r"This identity \(idp-456\) has no role"):  # named: an administrator
-        accounts.external_actor(store, silent)  # makes its --sso account under that name
+        single_sign_on.external_actor(store, silent)  # makes its --sso account under that name
     assert store.audit_events()[-1].detail.get("identity") == "idp-456"
-    assert accounts.external_actor(store, unverified | {"email_verified": "true"}).role == "radiologist"
+    assert single_sign_on.external_actor(store, unverified | {"email_verified": "true"}).role == "radiologist"
     verified = unverified | {"email_verified": True}
-    assert accounts.external_actor(store, verified) == Actor("dr.y@hospital.example", "radiologist")
+    assert single_sign_on.external_actor(store, verified) == Actor("dr.y@hospital.example", "radiologist")
     # an account disabled under the e-mail still refuses the identity the provider does not vouch for: disabling
     # it was how an administrator kept a role-claim user out, and the subject's name walked past it
     accounts.set_disabled(store, ADMIN, "dr.y@hospital.example")
     with pytest.raises(SignInFailed, match="no role"):
-        accounts.external_actor(store, silent | {"groups": ["radiologist"]}, "groups")
+        single_sign_on.external_actor(store, silent | {"groups": ["radiologist"]}, "groups")
     # a name with a line break in it, or one differing from an account's only in case: refused
     with pytest.raises(SignInFailed, match="characters the triage dashboard cannot show"):
-        accounts.external_actor(
+        single_sign_on.external_actor(
             store, {"email": "dr\nx@corp.example", "email_verified": True, "groups": ["admin"]}, "groups"
         )
     with pytest.raises(SignInFailed, match="only in case"):
-        accounts.external_actor(
+        single_sign_on.external_actor(
             store, {"email": "DR.Y@hospital.example", "email_verified": True, "groups": ["admin"]}, "groups"
         )
     assert actions(store)[-2:] == ["sign_in_failed", "sign_in_failed"]
     for name in ("o'brien@hospital.example", "auth0|5f7c1e", '"[a](b)"@corp.example'):  # real names sign in (the
-        assert accounts.external_actor(store, {"sub": name, "groups": ["radiologist"]}, "groups").name == name  # page
-    # escapes Markdown wherever it shows a name)
+        claims = {"sub": name, "groups": ["radiologist"]}  # page escapes Markdown wherever it shows a name)
+        assert single_sign_on.external_actor(store, claims, "groups").name == name
 
 
 def saved_upload(store) -> Triaged:
@@ -816,7 +816,7 @@ def test_enabling_a_disabled_account_again_does_not_bring_back_its_sessions(stor
     before = accounts.sign_in(store, "boss", PASSWORD)
     claims = {"email": "dr.y@hospital.example", "email_verified": True}
     accounts.add_account(store, COMMAND_LINE, "dr.y@hospital.example", "radiologist", None)
-    sso_before = accounts.external_actor(store, claims)
+    sso_before = single_sign_on.external_actor(store, claims)
     for name in ("boss", "dr.y@hospital.example"):
         accounts.set_disabled(store, ADMIN, name)
         accounts.set_disabled(store, ADMIN, name, False)
@@ -825,7 +825,7 @@ def test_enabling_a_disabled_account_again_does_not_bring_back_its_sessions(stor
     assert accounts.refreshed_actor(store, sso_before) is None
     after = accounts.sign_in(store, "boss", PASSWORD)  # a new sign-in is a new session
     assert accounts.refreshed_actor(store, after) == after
-    sso_after = accounts.external_actor(store, claims)
+    sso_after = single_sign_on.external_actor(store, claims)
     assert accounts.refreshed_actor(store, sso_after) == sso_after
     accounts.set_role(store, ADMIN, "boss", "radiologist")  # other changes keep the time of the last disable
     assert store.get_account("boss").sessions_from == ended
@@ -1523,13 +1523,13 @@ def test_a_single_sign_on_session_keeps_to_where_its_role_came_from(store) -> No
     taken out of the admin group stayed admin."""
     accounts.add_account(store, COMMAND_LINE, "dr.x@hospital.example", "admin", None)
     claims = {"email": "dr.x@hospital.example", "email_verified": True, "groups": ["radiologist"]}
-    claimed = accounts.external_actor(store, claims, "groups")
+    claimed = single_sign_on.external_actor(store, claims, "groups")
     assert claimed.role == "radiologist" and claimed.via == "claim"
     assert accounts.refreshed_actor(store, claimed).role == "radiologist"  # not the local account's admin
     accounts.set_disabled(store, COMMAND_LINE, "dr.x@hospital.example")
     assert accounts.refreshed_actor(store, claimed) is None  # its sign-in would be refused now
     accounts.add_account(store, COMMAND_LINE, "dr.y@hospital.example", "radiologist", None)
-    local = accounts.external_actor(store, {"email": "dr.y@hospital.example", "email_verified": True})
+    local = single_sign_on.external_actor(store, {"email": "dr.y@hospital.example", "email_verified": True})
     assert local.via == "account" and accounts.refreshed_actor(store, local) == local
     accounts.set_role(store, COMMAND_LINE, "dr.y@hospital.example", "supervisor")
     assert accounts.refreshed_actor(store, local).role == "supervisor"  # follows the account it came from
@@ -1584,7 +1584,7 @@ def test_the_audit_trails_own_names_are_not_account_names(store) -> None:
         with pytest.raises(InvalidRecord, match="reserved"):
             accounts.add_account(store, COMMAND_LINE, name, "radiologist", PASSWORD)
     with pytest.raises(SignInFailed, match="reserved"):
-        accounts.external_actor(store, {"sub": "cli", "groups": ["admin"]}, "groups")
+        single_sign_on.external_actor(store, {"sub": "cli", "groups": ["admin"]}, "groups")
     assert store.accounts() == []
 
 

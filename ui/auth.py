@@ -4,7 +4,7 @@ The acting user lives in this session's state (server-side); a page reload signs
 session cookie (:mod:`core.services.sessions`), to which the script session is bound. Local accounts sign in with a form
 (:func:`core.services.accounts.sign_in`: Argon2, throttling, audit); when ``[auth]`` is configured in
 ``.streamlit/secrets.toml`` a button signs in through Streamlit's ``st.login`` (OIDC) and the identity provider's
-claims are mapped to a role (:func:`core.services.accounts.external_actor`, the claim named by ``[auth]
+claims are mapped to a role (:func:`core.services.single_sign_on.external_actor`, the claim named by ``[auth]
 role_claim`` or the ``--sso`` local account of that e-mail; refused while ``cookie_secret`` is a placeholder). Signing
 out ends the provider's identity cookie too. The services check the role again for everything they do.
 """
@@ -20,7 +20,7 @@ import streamlit as st
 from core.config import first_admin_command, sso_refusal
 from core.domain.people import MAX_PASSWORD, MIN_PASSWORD
 from core.errors import AccessDenied, InvalidRecord, SignInFailed, StoreError
-from core.services import accounts, audit
+from core.services import accounts, audit, single_sign_on
 from core.services.access import OPEN_RESULT, Actor, allowed
 from core.services.sessions import COOKIE
 from ui import resources
@@ -319,7 +319,7 @@ def _single_sign_on(store) -> None:
     user = st.user
     if getattr(user, "is_logged_in", False):
         try:
-            actor = accounts.external_actor(store, user.to_dict(), config.get("role_claim"))
+            actor = single_sign_on.external_actor(store, user.to_dict(), config.get("role_claim"))
         except SignInFailed as error:
             st.error(str(error))
             st.button("Sign out of the identity provider", on_click=st.logout)

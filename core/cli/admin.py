@@ -35,7 +35,7 @@ from core.cli.common import (
 )
 from core.domain.people import ROLES, Account
 from core.errors import ConfigError
-from core.services import accounts, audit, retention
+from core.services import accounts, audit, retention, single_sign_on
 from core.services.access import COMMAND_LINE
 from core.services.resources import open_image_store, open_results_store
 from core.storage.protocol import Store
@@ -143,7 +143,7 @@ def cmd_users_add(args: argparse.Namespace) -> int:
     store = open_results_store()
     created = accounts.add_account(store, COMMAND_LINE, args.name, args.role, password, temporary=args.temporary)
     said: dict[str, Any] = {"created": _shown(created)}
-    if args.sso and not accounts.single_sign_on_ready():  # made ahead of single sign-on, as an admin may: said
+    if args.sso and not single_sign_on.single_sign_on_ready():  # made ahead of single sign-on, as an admin may: said
         said["warning"] = "single sign-on is not set up: this account cannot sign in until it is"
     if args.sso and args.temporary:
         said.setdefault("notes", []).append("--temporary ignored: a single-sign-on account has no password")

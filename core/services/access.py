@@ -62,6 +62,7 @@ VIA_CLAIM, VIA_ACCOUNT = "claim", "account"
 
 
 COMMAND_LINE = Actor("cli", "system")
+NOBODY = Actor("unknown", "none")  # who a refused sign-in was: never the name typed
 
 
 def allowed(actor: Actor | None, permission: str) -> bool:

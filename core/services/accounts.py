@@ -7,9 +7,7 @@
   attempt is an audit event (an unknown name is recorded as "unknown", not as typed: people type patient names in
   the wrong field).
 - Sessions expire after ``IDLE_MINUTES`` without activity (checked by the UI at every run and once a minute).
-- Single sign-on (Streamlit's ``st.login``, OIDC): :func:`external_actor` maps the identity provider's claims to a
-  role, from a claim the deployment names or from the local account of that name created with ``--sso`` (no
-  password; a password account's name is refused, and an unverified e-mail is not used).
+- Single sign-on: :mod:`core.services.single_sign_on`.
 """
 
 from __future__ import annotations
@@ -17,19 +15,18 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
 
-from core.config import file_secrets, sso_refusal
-from core.domain.people import RESERVED_NAMES, ROLES, Account, check_password
+from core.domain.people import ROLES, Account, check_password
 from core.errors import AccountLocked, InvalidRecord, SignInFailed, StoreError
 from core.services import audit
-from core.services.access import ACCOUNTS, VIA_ACCOUNT, VIA_CLAIM, Actor, require
+from core.services.access import ACCOUNTS, NOBODY, VIA_ACCOUNT, VIA_CLAIM, Actor, require
 from core.services.passwords import LOCK_MINUTES, MAX_FAILURES, BoundedHasher, claimed, failed
+from core.services.single_sign_on import single_sign_on_ready
 from core.storage.protocol import Store
 
 IDLE_MINUTES = 30
@@ -95,15 +92,6 @@ def add_account(
                     store.uncreate_account(account)
             raise
     return account
-
-
-def single_sign_on_ready() -> bool:
-    """Whether single sign-on is set up and usable (read once per change, not once per account)."""
-    try:
-        secrets = file_secrets()
-        return bool(secrets.get("auth")) and sso_refusal(secrets) is None
-    except ValueError:  # a secrets file that cannot be read: no single sign-on to count on
-        return False
 
 
 def _manages(account: Account, sso: bool) -> bool:
@@ -353,7 +341,6 @@ def sign_in(store: Store, name: str, password: str, now: datetime | None = None)
 # who a refused sign-in is recorded as: whoever typed it is not known (recorded as the account's own action, an
 # attacker's guesses at a name read as that user's doings when the trail was filtered by account); the account is
 # the event's target
-NOBODY = Actor("unknown", "none")
 
 
 def _sign_in(store: Store, name: str, password: str, now: datetime | None) -> Actor:
@@ -401,48 +388,3 @@ def _rehash(store: Store, seen: Account, new_hash: str) -> bool:
     """Store a stronger hash of the same password, unless the password changed since ``seen`` was read (an admin's
     reset meanwhile: the session then keeps the old hash's fingerprint, which the reset ends); whether it did."""
     return store.update_account(seen.name, {"password_hash": new_hash}, {"password_hash": seen.password_hash})
-
-
-def _identity_refusal(store: Store, name: str, account: Account | None) -> tuple[str, str] | None:
-    """Why an identity's name cannot sign in (the audit's reason, the screen's words), or None."""
-    if name.lower() in RESERVED_NAMES:  # the trail's names for the command line and for failed sign-ins
-        return "reserved name", "is reserved by the triage dashboard"
-    if len(name) > 254 or not name.isprintable():  # a line break or a control character in a name shown to others
-        return "unusable identity name", "has characters the triage dashboard cannot show"  # (Markdown is escaped)
-    if account is None and name and any(a.name.lower() == name.lower() for a in store.accounts()):  # "DR-A" by "dr-a"
-        return "name differs only in case", "differs from an account's only in case"
-    if account is not None and account.password_hash is not None:  # a local password account's name: refused, or
-        # every later run (which re-reads the account by name) would give the identity that account's role
-        return "name of a password account", "belongs to a local account with a password"
-    return None
-
-
-def external_actor(store: Store, claims: Mapping[str, Any], role_claim: str | None = None) -> Actor:
-    """The actor for an identity provider's user: named by the e-mail only where the provider says it verified it
-    (Entra ID's, which its users may edit, does not: it named anyone by a colleague's address), else the subject;
-    the role comes from ``role_claim`` when the deployment maps one (a role name or a list holding one), else from
-    the local account of that name made for single sign-on (a password account's is never taken over). No role,
-    no entry; an account disabled under the e-mail, verified or not, refuses the identity too."""
-    verified = str(claims.get("email_verified", "")).lower() == "true"  # True, or "true" as text ("false", 0: not)
-    email = str(claims.get("email") or "")
-    name = str((email if verified else "") or claims.get("sub") or "")
-    unverified = store.get_account(email) if email and not verified else None  # its account, disabled: refused
-    role = None
-    if role_claim:
-        value = claims.get(role_claim)
-        values = value if isinstance(value, list | tuple) else [value]
-        role = next((str(v) for v in values if str(v) in ROLES), None)
-    via = VIA_CLAIM if role is not None else VIA_ACCOUNT
-    account = store.get_account(name) if name else None
-    refused = _identity_refusal(store, name, account)
-    if refused is not None:
-        audit.record(store, NOBODY, "sign_in_failed", None, reason=refused[0])
-        raise SignInFailed(f"This identity's name {refused[1]}; ask an administrator.")
-    if role is None and account is not None and not account.disabled:
-        role = account.role
-    if not name or role is None or any(a is not None and a.disabled for a in (account, unverified)):
-        audit.record(store, NOBODY, "sign_in_failed", None, reason="no role for this identity", identity=name)
-        raise SignInFailed(f"This identity ({name or 'unnamed'}) has no role in the triage dashboard; ask an admin.")
-    actor = Actor(name, role, via=via, signed_in_at=datetime.now(UTC))
-    audit.record(store, actor, "sign_in", name, via="single sign-on")
-    return actor
