@@ -24,9 +24,12 @@ holds.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
+from typing import Any
 
 from core.domain.results import Record
 from core.services import audit
@@ -265,10 +268,14 @@ def course_order(records: Sequence[Record]) -> list[Record]:
 def series_before(records: Sequence[Record], record: Record) -> list[Record]:
     """The series of ``records`` that came before ``record``, oldest first: scanned on an earlier day when all are
     :func:`dated` (one scanned the same day is not before it), else saved earlier."""
-    if dated(records):
-        day = scan_day_of(record)
-        return [r for r in course_order(records) if scan_day_of(r) < day]  # type: ignore[operator]
-    return [r for r in course_order(records) if r.created_at < record.created_at]
+    return _before(course_order(records), dated(records), record)
+
+
+def _before(ordered: Sequence[Record], by_day: bool, record: Record) -> list[Record]:
+    """:func:`series_before` from the series already in :func:`course_order` (whether they are :func:`dated`): the
+    part of that order before ``record``'s day (or time saved)."""
+    key: Callable[[Record], Any] = scan_day_of if by_day else attrgetter("created_at")
+    return list(ordered[: bisect_left(ordered, key(record), key=key)])
 
 
 def prior_candidates(earlier: Sequence[Record], record: Record) -> list[Record]:
@@ -277,14 +284,13 @@ def prior_candidates(earlier: Sequence[Record], record: Record) -> list[Record]:
     plane = (record.geometry or {}).get("plane")
     if record.kind != "series" or not plane or record.study_ref is None:
         return []
-    candidates = [
-        r
-        for r in earlier
-        if r.kind == "series"
-        and r.study_ref not in (None, record.study_ref)
-        and (r.geometry or {}).get("plane") == plane
-    ]
-    return [r for r in candidates if r.study_ref == candidates[-1].study_ref] if candidates else []
+
+    def candidate(r: Record, study: str | None = None) -> bool:
+        in_study = r.study_ref not in (None, record.study_ref) if study is None else r.study_ref == study
+        return in_study and r.kind == "series" and (r.geometry or {}).get("plane") == plane
+
+    latest = next((r.study_ref for r in reversed(earlier) if candidate(r)), None)  # from the newest: a long
+    return [r for r in earlier if candidate(r, latest)] if latest is not None else []  # history's search stops soon
 
 
 def default_prior(earlier: Sequence[Record], record: Record) -> Record | None:
@@ -347,11 +353,12 @@ def lesion_course(records: Sequence[Record]) -> list[LesionStep]:
     study has another in its plane has no prior: a T1 and a FLAIR of one day were each set against the same earlier
     series, one as growth and one as shrinkage."""
     in_plane = Counter(_plane_of_study(r) for r in records if r.kind == "series")
+    ordered, by_day = course_order(records), dated(records)  # once: per record, 500 series took 0.4 s a rerun
     steps = []
     for record in records:
         size, unit = lesion_size(record)
         alone = record.kind == "series" and in_plane[_plane_of_study(record)] == 1
-        prior = prior_series(series_before(records, record), record) if alone else None
+        prior = prior_series(_before(ordered, by_day, record), record) if alone else None
         if prior is not None and in_plane[_plane_of_study(prior)] != 1:  # that study has another series in the
             prior = None  # plane, saved after this one (sent later by the PACS): which to set it against is unknown
         before, before_unit = lesion_size(prior) if prior is not None else (None, None)
