@@ -214,7 +214,7 @@ def quality_figures(board_q) -> None:
     )
     kpis[5].metric(
         "Review turnaround (median)",
-        ("—" if not overall.reviewed else "withheld") if median is None else hours_within(median),
+        ("—" if overall.reviewed == 0 else "withheld") if median is None else hours_within(median),  # None: withheld
         help="From saving to the first review, of the results reviewed."
         + ("" if p90 is None else f" 90 % of them were reviewed {hours_within(p90)}.")
         + waiting,

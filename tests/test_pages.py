@@ -824,6 +824,23 @@ def test_statistics_page_charts_the_stores_aggregates_under_the_small_count_rule
         assert any(f"drift baseline ends {where}" in w.value for w in app.warning), where
 
 
+def test_a_turnaround_of_a_withheld_number_of_reviews_is_withheld_not_a_dash(app_environment: Path) -> None:
+    """Three of twelve results reviewed: the count is withheld, and the turnaround read "—" (nothing reviewed)
+    beside "Reviewed: withheld", while the CSV said withheld."""
+    from core.domain.people import Review
+
+    store = stored(app_environment)
+    now = datetime.now(UTC)
+    for i in range(12):
+        record = make_record(i + 1, now - timedelta(hours=i + 1), "notumor")
+        store.add(record)
+        if i < 3:
+            store.add_review(Review(record.id, "dr", now - timedelta(minutes=i), "agree", "notumor", "notumor"))
+    app = page("statistics.py").run()
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["Reviewed"] == "withheld" and metrics["Review turnaround (median)"] == "withheld"
+
+
 def test_a_sensitivity_with_no_reviewed_tumour_is_a_dash_not_withheld(app_environment: Path) -> None:
     """Six reviewed results, none a tumour: the sensitivity has nothing to count, and "withheld" read as a figure
     kept back."""
