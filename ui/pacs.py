@@ -32,7 +32,7 @@ from core.errors import (
 from core.pacs.client import SEARCH_LIMIT, StudyHit
 from core.pacs.objects import ModelFacts, uid_root
 from core.services import pacs as pacs_service
-from core.services.access import HISTORY, PACS, REVIEW, Actor, allowed
+from core.services.access import PACS, Actor
 from core.services.reviews import review_labels
 from ui import resources
 from ui.auth import callback_actor
@@ -86,7 +86,7 @@ def pacs_panel(actor: Actor, classifier: Any, key: bytes | None) -> None:
     if not hits:
         st.info("No MR study in the PACS matches this search.")
         return
-    _hits_table(actor, hits)
+    _hits_table(hits)
     if len(hits) >= SEARCH_LIMIT:  # the PACS's first matches, in its own order: today's study may not be among them
         st.warning(
             f"The PACS lists at most {SEARCH_LIMIT} studies per search: more match, and newer ones may be left out. "
@@ -95,7 +95,7 @@ def pacs_panel(actor: Actor, classifier: Any, key: bytes | None) -> None:
     chosen = st.selectbox(
         "Study to analyse",
         range(len(hits)),
-        format_func=lambda i: f"{i + 1} · {study_label(actor, hits[i])}",  # two patients' alike read the same
+        format_func=lambda i: f"{i + 1} · {study_label(hits[i])}",  # two patients' alike read the same
         key="pacs_pick",
     )
     shown = current()
@@ -105,12 +105,10 @@ def pacs_panel(actor: Actor, classifier: Any, key: bytes | None) -> None:
         _analyse(actor, hits[chosen or 0], classifier, key)
 
 
-def study_label(actor: Actor, hit: StudyHit) -> str:
-    """A found study in words: its date and description, and its patient for those who may see one."""
-    label = f"{_day(hit.date)} · {hit.description or 'no description'}"
-    if allowed(actor, HISTORY):  # as the table of studies found shows them
-        label += f" · {hit.patient_name.replace('^', ' ').strip() or '—'} ({hit.patient_id or 'no ID'})"
-    return label
+def study_label(hit: StudyHit) -> str:
+    """A found study in words: its date, description and patient, as the table of studies found shows them."""
+    patient = f"{hit.patient_name.replace('^', ' ').strip() or '—'} ({hit.patient_id or 'no ID'})"
+    return f"{_day(hit.date)} · {hit.description or 'no description'} · {patient}"
 
 
 def _search_form(actor: Actor, key: bytes | None) -> None:
@@ -158,16 +156,20 @@ def _search_form(actor: Actor, key: bytes | None) -> None:
     st.session_state[HITS] = hits
 
 
-def _hits_table(actor: Actor, hits: list[StudyHit]) -> None:
-    """The studies found; the patient's name and ID only for those who may see a patient's history (on screen)."""
-    identity = allowed(actor, HISTORY)
-    rows = []
-    for number, hit in enumerate(hits, start=1):
-        row: dict[str, Any] = {"#": number, "date": _day(hit.date), "description": hit.description or "—"}
-        if identity:
-            row |= {"patient": hit.patient_name.replace("^", " ").strip() or "—", "patient ID": hit.patient_id}
-        row |= {"series": hit.series, "images": hit.instances}
-        rows.append(row)
+def _hits_table(hits: list[StudyHit]) -> None:
+    """The studies found, with their patient's name and ID (on screen only)."""
+    rows = [
+        {
+            "#": number,
+            "date": _day(hit.date),
+            "description": hit.description or "—",
+            "patient": hit.patient_name.replace("^", " ").strip() or "—",
+            "patient ID": hit.patient_id,
+            "series": hit.series,
+            "images": hit.instances,
+        }
+        for number, hit in enumerate(hits, start=1)
+    ]
     st.dataframe(rows, hide_index=True, width="stretch")  # its own height: up to ten rows, then it scrolls
 
 
@@ -192,7 +194,7 @@ def _analyse(actor: Actor, hit: StudyHit, classifier: Any, key: bytes | None) ->
                 st.rerun()  # the run that follows shows the sign-in form or the refusal
             study = pacs_service.save_pulled(pulled, store, actor=actor, images=resources.image_store(store), key=key)
             results[pacs_name(hit.study_uid)] = study  # before any Streamlit call (a rerun asked for stops there)
-            st.session_state.setdefault(LABELS, {})[pacs_name(hit.study_uid)] = study_label(actor, hit)
+            st.session_state.setdefault(LABELS, {})[pacs_name(hit.study_uid)] = study_label(hit)
             st.session_state[PULLED] = pulled  # one study's analyses at most: what a send needs
             keep(pacs_name(hit.study_uid), study)
     except (PacsError, AccessDenied, StoreError) as error:  # the audit of a pull fails with the database too
@@ -274,7 +276,7 @@ def send_panel(actor: Actor, name: Any, classifier: Any, key: bytes | None) -> N
 def _reviews_so_far(box: Any, actor: Actor, result_ids: Sequence[str]) -> dict[str, int] | None:
     """Say in ``box`` how the study's saved series stand reviewed (read after any send of this run); returns each
     one's number of reviews (None when they cannot be read: a review then is not checked against them)."""
-    if not result_ids or not allowed(actor, REVIEW):
+    if not result_ids:
         return None
     try:
         found = pacs_service.study_reviews(resources.current_store(), actor, result_ids)

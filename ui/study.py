@@ -25,7 +25,7 @@ from ui.wording import count_of, plain, pretty
 
 KEPT = 3  # studies a session keeps (each holds its sections at display size)
 CURRENT = "study_current"
-LABELS = "study_labels"  # a PACS study's date and description (and patient, for those who may see one), by name
+LABELS = "study_labels"  # a PACS study's date and description and patient, by name
 
 
 def studies() -> dict[Hashable, StudyResult]:

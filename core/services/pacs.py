@@ -1,4 +1,4 @@
-"""Studies from the PACS, analysed exactly as uploads: search (radiologists and admins), pull a study's MR series
+"""Studies from the PACS, analysed exactly as uploads: search (radiologists), pull a study's MR series
 into memory and run the same study pipeline (reader, gate, model, series rule) on them.
 
 Supervisors never reach PACS images (checked here, whatever the page shows). Patient names and IDs from the PACS are
