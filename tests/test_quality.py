@@ -290,6 +290,34 @@ def test_the_export_says_unchecked_where_the_baseline_held_too_few_never_in_cont
     assert "quality_per_period,2026-11-20,tumour_rate_upper_control_limit,none,," in lines
 
 
+def test_an_empty_periods_rates_and_limits_are_none_in_the_export_never_withheld(tmp_path) -> None:
+    """A day with nothing saved after a baseline that holds: its tumour rate read "none", but its mean probability,
+    both control limits and its flagged and refused rates read "withheld", a few results kept back where there
+    were none."""
+    from core.services.access import Actor
+    from core.services.statistics import dashboard, quality_board
+    from core.services.statistics_export import export_csv
+    from core.storage.sqlite import SQLiteStore
+    from tests.test_store import make_record
+
+    store = SQLiteStore(tmp_path / "results.sqlite3")
+    start = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+    for n in range(20):  # ten a day on the first two days of four: the default baseline, then two empty days
+        store.add(make_record(n + 1, start + timedelta(days=n % 2, minutes=n), "glioma" if n % 3 else "notumor"))
+    common = {"start_day": date(2026, 11, 2), "end_day": date(2026, 11, 5), "timezone": "UTC", "period": "day"}
+    boss = Actor("boss", "supervisor")
+    board = quality_board(store, boss, **common)
+    assert board.drift.baseline_rate is not None and board.drift.baseline_mean is not None
+    lines = export_csv(dashboard(store, boss, **common), board).decode().splitlines()
+    empty = [
+        line for line in lines if line.startswith("quality_per_period,2026-11-05,") and "out_of_control" not in line
+    ]
+    assert "quality_per_period,2026-11-05,reviewed,0,," in empty
+    rates = [line for line in empty if ",reviewed," not in line]
+    assert len(rates) == 9 and all(",none," in line for line in rates)  # agreement, 2 x (measure, 2 limits),
+    assert not any("withheld" in line for line in empty)  # flagged and refused rates
+
+
 def test_when_one_period_alone_is_withheld_no_other_figure_sums_it_back(tmp_path) -> None:
     """Day one 20 scans, 18 tumours (2 without: withheld); day two 30, no tumour. The headline rate was withheld,
     but the tumour classes (10 glioma + 8 meningioma) and the one version's tumour rate gave the 18 back."""

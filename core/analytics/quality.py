@@ -41,6 +41,8 @@ class QualityRow:
     out_of_control: bool  # either measure below
     rate_out: bool = False  # the tumour rate outside its limits (each panel of the chart marks its own)
     mean_out: bool = False  # the mean tumour probability outside its limits
+    scored: int | None = None  # its single scans, which the mean counts (withheld as ``shown``)
+    empty: bool = False  # nothing saved in it, refused or not: its rates are of nothing, not withheld
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,8 @@ def quality_rows(periods: Sequence[DayQuality], baseline_end: date | None) -> tu
                 out_of_control=out,
                 rate_out=rate_out,
                 mean_out=mean_out,
+                scored=scored,
+                empty=not all_scans,
             )
         )
     start = base[0].day if base else None

@@ -216,21 +216,21 @@ def _quality_export(row, quality: QualityBoard) -> None:
             ("tumour_rate", q.tumour_rate, q.rate_limits),
             ("mean_tumour_probability", q.mean_probability, q.mean_limits),
         ):
-            row(
-                "quality_per_period",
-                key,
-                measure,
-                value,
-                digits=4,
-                counted=q.shown if measure == "tumour_rate" else None,
-            )
+            counted = q.shown if measure == "tumour_rate" else q.scored  # an empty period's: "none" (not withheld)
+            row("quality_per_period", key, measure, value, digits=4, counted=counted)
             low, high = limits if limits else (None, None)
             base = drift.baseline_rate if measure == "tumour_rate" else drift.baseline_mean
             for side, limit in (("lower", low), ("upper", high)):  # no baseline, no limit: "none"
-                counted = 0 if base is None else None
-                row("quality_per_period", key, f"{measure}_{side}_control_limit", limit, digits=4, counted=counted)
-        row("quality_per_period", key, "flagged_rate", q.flagged_rate, digits=4)
-        row("quality_per_period", key, "refused_rate", q.rejected_rate, digits=4)
+                row(
+                    "quality_per_period",
+                    key,
+                    f"{measure}_{side}_control_limit",
+                    limit,
+                    digits=4,
+                    counted=0 if base is None else counted,
+                )
+        row("quality_per_period", key, "flagged_rate", q.flagged_rate, digits=4, counted=0 if q.empty else None)
+        row("quality_per_period", key, "refused_rate", q.rejected_rate, digits=4, counted=0 if q.empty else None)
         # no limits: "unchecked" (it read "false", checked and in control, with a baseline holding too few)
         flags = (
             (q.out_of_control, q.rate_limits or q.mean_limits),
