@@ -74,6 +74,13 @@ class NoBrainFound(ScanError):
     code = "no_brain_found"
 
 
+class SeveralImages(NoBrainFound):
+    """Several heads in one image (a multi-up export, a mosaic): the crop took the largest alone, and a tumour in
+    another tile was judged "no tumour" with confidence."""
+
+    code = "several_images"
+
+
 class NoModelAnswer(ScanError):
     """The model's output for this image is not a number (a fault of the model, or an input it cannot read)."""
 

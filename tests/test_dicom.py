@@ -692,3 +692,26 @@ def test_a_display_window_that_cannot_be_used_is_said_not_silently_replaced() ->
         scan = read_scan(dicom_bytes(stored_slice(), window=(2048.0, width)))
         assert any("display window" in w and "automatic contrast" in w for w in scan.warnings), width
     assert not any("display window" in w for w in read_scan(dicom_bytes(stored_slice(), window=(2048, 4096))).warnings)
+
+
+def test_a_siemens_mosaic_is_refused_by_name_not_read_as_one_head(tmp_path, tiny_classifier) -> None:
+    """Image Type MOSAIC: a series' sections tiled in one image; its largest tile alone was read and the image
+    called no tumour with the tumour in another tile."""
+    from core.errors import SeveralImages
+    from core.imaging.scan import read_scan
+    from core.services.access import Actor
+    from core.services.triage import triage
+    from core.storage.images import FolderImages
+    from core.storage.sqlite import SQLiteStore
+
+    mosaic = ["ORIGINAL", "PRIMARY", "M", "ND", "NORM", "MOSAIC"]
+    data = dicom_bytes(synthetic_slice(256).astype(np.uint16) * 16, extra={"ImageType": mosaic})
+    with pytest.raises(SeveralImages, match="mosaic"):
+        read_scan(data)
+    store, images = SQLiteStore(tmp_path / "results.sqlite3"), FolderImages(tmp_path / "images")
+    shown = triage(
+        data, tiny_classifier, None, store, actor=Actor("dr-a", "radiologist"), patient_ref=None, images=images
+    )
+    assert shown.error_code == "several_images" and store.summary().total == 0 and not images.stored_keys()
+    plain = ["ORIGINAL", "PRIMARY", "M", "ND", "NORM"]
+    assert read_scan(dicom_bytes(synthetic_slice(256).astype(np.uint16) * 16, extra={"ImageType": plain}))

@@ -78,3 +78,35 @@ def test_noise_never_crashes() -> None:
             assert 0 <= x0 < x1 <= shape[1] and 0 <= y0 < y1 <= shape[0], (shape, kind)
             outcomes.append("box")
     assert len(outcomes) == 24 and "none" in outcomes  # a single pixel holds no brain
+
+
+def montage(rows: int, cols: int, size: int = 200, tumour_at: int | None = None) -> np.ndarray:
+    """Slices tiled edge to edge, as a viewer's multi-up export or a scanner's mosaic lays them out."""
+    tiles = [synthetic_slice(size, tumour=k == tumour_at, seed=k) for k in range(rows * cols)]
+    return np.vstack([np.hstack(tiles[r * cols : (r + 1) * cols]) for r in range(rows)])
+
+
+@pytest.mark.parametrize(("rows", "cols"), [(2, 2), (1, 2), (2, 1), (3, 3)])
+def test_several_heads_in_one_image_are_refused_not_read_as_the_largest_alone(rows: int, cols: int) -> None:
+    """A 2 x 2 export with a glioma in one tile was cropped to one column of tiles and called no tumour at 0.03
+    (accepted by the gate, saved): one head was read and the others ignored."""
+    from core.errors import SeveralImages
+
+    for tumour_at in range(rows * cols):
+        with pytest.raises(SeveralImages, match="several heads side by side"):
+            find_brain(montage(rows, cols, tumour_at=tumour_at))
+
+
+def test_a_slice_with_smaller_or_narrow_regions_beside_the_head_is_not_taken_for_several_heads() -> None:
+    """What a real slice has beside its largest region: eyes, a region a fifth of its size, or two hemispheres at
+    the vertex (each twice as high as wide): none is a second head."""
+    head = synthetic_slice(256)
+    eye = head.copy()
+    yy, xx = np.mgrid[0:256, 0:256]
+    eye[((yy - 20) ** 2 + (xx - 30) ** 2) <= 18**2] = 200  # round, about a sixth of the head's area
+    assert find_brain(eye).box[2] - find_brain(eye).box[0] >= 150
+    hemispheres = np.zeros((256, 256), np.uint8)
+    for cx in (96, 160):  # two half-ellipses 60 x 180 with a 4-pixel fissure
+        hemispheres[((yy - 128) / 90.0) ** 2 + ((xx - cx) / 30.0) ** 2 <= 1.0] = 180
+    hemispheres[:, 126:130] = 0
+    assert find_brain(hemispheres).area_fraction > 0.05

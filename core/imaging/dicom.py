@@ -26,6 +26,7 @@ from core.errors import (
     MultiFrameImage,
     NoPixelData,
     ScanError,
+    SeveralImages,
     UnsupportedDicom,
     WrongModality,
 )
@@ -249,6 +250,12 @@ def checked_dataset(data: bytes, limits: Limits, header: Any = None) -> tuple[An
         raise BurnedInText(
             "This DICOM file says its pixels carry burnt-in text (patient details): it is not analysed or kept. "
             "Use a copy without it (most scanners can export one)."
+        )
+    image_type = header.get("ImageType") or []
+    if "MOSAIC" in [str(v).strip().upper() for v in ([image_type] if isinstance(image_type, str) else image_type)]:
+        raise SeveralImages(  # a Siemens mosaic: the crop took one of its tiles, and the others went unread
+            "This DICOM image is a mosaic (Image Type MOSAIC): the sections of a series tiled in one image, which "
+            "would be read as one head. Export the series with one image per section."
         )
     rows, columns = header.get("Rows"), header.get("Columns")
     if rows is None or columns is None:

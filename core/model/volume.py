@@ -286,7 +286,7 @@ def analyse_volume(volume: Volume, classifier: Classifier, batch_size: int = 64)
     sections = []
     for index, (result, position) in enumerate(zip(results, volume.positions, strict=True)):
         if isinstance(result, ScanError):
-            why = f"no head region: {_clause(str(result))}" if isinstance(result, NoBrainFound) else str(result)
+            why = f"no head region: {_clause(str(result))}" if result.code == NoBrainFound.code else str(result)
             sections.append(Section(index, position, None, why))
         elif result.prediction.gate.decision == REJECTED:
             sections.append(Section(index, position, None, "; ".join(result.prediction.gate.reasons)))
