@@ -87,7 +87,7 @@ with right.form(f"change-account-{st.session_state.get('account_changes', 0)}"):
         if target is None or change is None or (change == "role" and new_role is None):
             st.error("Choose an account, a change and, for a role change, the new role.")
         elif not confirmed:
-            st.warning(f"Nothing changed: tick 'I confirm this change' to {change} {target}.")
+            st.warning(f"Nothing changed for {target}: tick 'I confirm this change', then press Apply again.")
         elif change == "role":
             attempt(accounts.set_role, target, new_role)
         elif change == "password":

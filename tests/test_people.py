@@ -1581,8 +1581,10 @@ def test_two_names_differing_only_in_case_created_at_once_make_one_account(store
 
 def test_the_audit_trails_own_names_are_not_account_names(store) -> None:
     for name in ("cli", "unknown", "CLI"):
-        with pytest.raises(InvalidRecord, match="reserved"):
-            accounts.add_account(store, COMMAND_LINE, name, "radiologist", PASSWORD)
+        with pytest.raises(
+            InvalidRecord, match="reserved: the audit trail names the command line and failed sign-ins cli and unknown"
+        ):
+            accounts.add_account(store, COMMAND_LINE, name, "radiologist", PASSWORD)  # it quoted a Python tuple
     with pytest.raises(SignInFailed, match="reserved"):
         single_sign_on.external_actor(store, {"sub": "cli", "groups": ["admin"]}, "groups")
     assert store.accounts() == []
@@ -1772,3 +1774,16 @@ def test_a_password_set_on_a_single_sign_on_account_says_that_its_sign_in_change
     store = open_store(None, tmp_path / "data", audit_key({}, shared_database=False))
     events = [e.detail for e in store.audit_events() if e.action == "account_password_set"]
     assert events == [{"temporary": False, "was": "single sign-on"}, {"temporary": False}]
+
+
+def test_an_admin_sets_their_own_password_in_the_sidebar_not_as_another_account(store) -> None:
+    """Reset on the Accounts page, an admin's own password signed them out with "An administrator disabled your
+    account or set its password", and it asked nothing of the current one (as Change my password does)."""
+    accounts.add_account(store, COMMAND_LINE, "root", "admin", PASSWORD)
+    before = store.get_account("root")
+    with pytest.raises(InvalidRecord, match="Change my password in the sidebar"):
+        accounts.set_password(store, Actor("ROOT", "admin"), "root", "an entirely new passphrase")
+    assert store.get_account("root").password_hash == before.password_hash
+    accounts.add_account(store, COMMAND_LINE, "dr-a", "radiologist", PASSWORD)
+    accounts.set_password(store, ADMIN, "dr-a", "an entirely new passphrase")  # another account's: as before
+    assert store.get_account("dr-a").must_change is False

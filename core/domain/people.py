@@ -46,7 +46,10 @@ class Account:
         if not self.name or len(self.name) > 64 or not all(c.isalnum() or c in "._@-" for c in self.name):
             raise InvalidRecord("An account name is 1 to 64 letters, digits or . _ @ -.")
         if self.name.lower() in RESERVED_NAMES:  # an account "cli" mixed a user's actions with the server's
-            raise InvalidRecord(f"The account name {self.name} is reserved (the audit trail's {RESERVED_NAMES}).")
+            raise InvalidRecord(
+                f"The account name {self.name} is reserved: the audit trail names the command line and failed "
+                f"sign-ins {' and '.join(RESERVED_NAMES)}."
+            )
         if self.role not in ROLES:
             raise InvalidRecord(f"A role is one of {', '.join(ROLES)}.")
         return self

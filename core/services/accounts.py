@@ -211,6 +211,8 @@ def set_password(store: Store, actor: Actor, name: str, password: str, temporary
     a password account (its identity no longer enters: one named like an account with a password gets no entry),
     and its event says so (``was``: the change of sign-in went unrecorded)."""
     require(actor, ACCOUNTS)
+    if actor.name.lower() == name.lower() and actor.role == "admin":  # it signed them out as if someone else had
+        raise InvalidRecord(OWN_PASSWORD)
     check_password(password)
     new_hash = _hasher().hash(password)  # the slow part, before the unit of work
     with store.atomic():  # the read, the change and its audit event: both or neither
@@ -223,6 +225,10 @@ def set_password(store: Store, actor: Actor, name: str, password: str, temporary
 
 
 SINGLE_SIGN_ON = "single sign-on"
+OWN_PASSWORD = (
+    "Your own password is changed with Change my password in the sidebar, which asks for the current one and keeps "
+    "you signed in; nothing changed."
+)
 
 
 def change_own_password(store: Store, actor: Actor, current: str, new: str, now: datetime | None = None) -> Actor:
