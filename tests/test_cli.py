@@ -562,8 +562,14 @@ def test_a_password_from_standard_input_loses_a_windows_line_ending(tmp_path, mo
 
     monkeypatch.setenv("BTD_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setattr(sys, "stdin", io.StringIO("a long passphrase\r\n"))
-    code, _ = run_main(["users", "add", "boss", "--role", "admin", "--password-stdin"], capsys)
-    assert code == 0
+    code, said = run_main(["users", "add", "boss", "--role", "admin", "--password-stdin"], capsys)
+    # made a database where none was: said (a mistyped BTD_DATA_DIR answered as if it were the server's)
+    assert code == 0 and said[0]["notes"] == [
+        f"a new, empty results database was made in {tmp_path / 'data'} (BTD_DATA_DIR)"
+    ]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("another long passphrase\n"))
+    code, said = run_main(["users", "add", "dr-b", "--role", "radiologist", "--password-stdin"], capsys)
+    assert code == 0 and "notes" not in said[0]  # the second: the database was there
     from core.config import audit_key
 
     store = open_store(None, tmp_path / "data", audit_key({}, shared_database=False))  # as the command's

@@ -6,10 +6,12 @@ the validator and write concern, and it needs a MongoDB the tests can reach.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import sqlite3
+import sys
 import threading
 import time
 import uuid
@@ -1532,6 +1534,9 @@ def test_a_vanished_database_is_refused_not_replaced_by_an_empty_one(tmp_path: P
     # server then refused to do
     assert main(["users", "list"]) == 2
     assert json.loads(capsys.readouterr().out)["error"]["code"] == "store_vanished"
+    monkeypatch.setattr(sys, "stdin", io.StringIO("a long passphrase\n"))  # the one that makes a database: the
+    assert main(["users", "add", "boss", "--role", "admin", "--password-stdin"]) == 2  # same, not "the audit key
+    assert json.loads(capsys.readouterr().out)["error"]["code"] == "store_vanished"  # is gone: bad configuration"
     state = os.environ["BTD_STATE_DIR"]
     monkeypatch.setenv("BTD_STATE_DIR", str(tmp_path / "another-state"))  # not the register that knows it
     assert main(["store", "forget"]) == 1  # it said "forgotten": false with exit 0, and the server still refused

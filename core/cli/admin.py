@@ -33,11 +33,13 @@ from core.cli.common import (
     utf8_text,
     write,
 )
+from core.config import data_dir
 from core.domain.people import ROLES, Account
 from core.errors import ConfigError
 from core.services import accounts, audit, retention, single_sign_on
 from core.services.access import COMMAND_LINE
 from core.services.resources import open_image_store, open_results_store
+from core.storage import DATABASE_FILE
 from core.storage.protocol import Store
 
 TEMPORARY = "the password is a temporary one: its owner must choose another at the next sign-in, before anything else"
@@ -140,9 +142,12 @@ def _stored() -> Store:
 
 def cmd_users_add(args: argparse.Namespace) -> int:
     password = None if args.sso else _password()
+    fresh = not (data_dir() / DATABASE_FILE).exists()
     store = open_results_store()
     created = accounts.add_account(store, COMMAND_LINE, args.name, args.role, password, temporary=args.temporary)
     said: dict[str, Any] = {"created": _shown(created)}
+    if fresh and getattr(store, "path", None) is not None:  # embedded, made now: a mistyped BTD_DATA_DIR said nothing
+        said["notes"] = [f"a new, empty results database was made in {data_dir()} (BTD_DATA_DIR)"]
     if args.sso and not single_sign_on.single_sign_on_ready():  # made ahead of single sign-on, as an admin may: said
         said["warning"] = "single sign-on is not set up: this account cannot sign in until it is"
     if args.sso and args.temporary:
@@ -190,8 +195,8 @@ def cmd_users_set_password(args: argparse.Namespace) -> int:
 
 
 def cmd_store_forget(args: argparse.Namespace) -> int:
-    from core.config import data_dir, file_secrets, mongodb_uri
-    from core.storage import DATABASE_FILE, stamps
+    from core.config import file_secrets, mongodb_uri
+    from core.storage import stamps
 
     database = data_dir() / DATABASE_FILE
     if mongodb_uri(file_secrets()):  # it said "not registered: run this with the server's BTD_STATE_DIR"

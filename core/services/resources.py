@@ -70,8 +70,9 @@ def open_results_store(
     secrets = file_secrets() if secrets is None else secrets
     uri = mongodb_uri(secrets)
     path = data_dir() / DATABASE_FILE
+    if not uri:  # one known to have been there has vanished: said so, before its audit key (gone with it) is
+        stamps.check(path)  # blamed ("fix the configuration") and by `users add` too (it said "bad configuration")
     if existing and not uri and not path.exists():
-        stamps.check(path)  # one known to have been there has vanished: said so, as to the app
         raise StoreError(
             f"There is no results database in {data_dir()} (BTD_DATA_DIR): nothing was read or made. Check the "
             "folder; the app's first start (or `users add`) makes a new one."
