@@ -1225,7 +1225,8 @@ def test_an_enhanced_multi_echo_file_is_read_as_one_volume_per_echo_from_its_fra
 
     volume = np.concatenate([head_volume(4), head_volume(4, seed=7)])
     ds = dcmread(io.BytesIO(enhanced_multiframe(volume, order=[0, 1, 2, 3, 0, 1, 2, 3])))
-    for k, group in enumerate(ds.PerFrameFunctionalGroupsSequence):
+    ds.PixelData = volume.astype("<u2").tobytes()  # each echo its own images (the order above stored the first's
+    for k, group in enumerate(ds.PerFrameFunctionalGroupsSequence):  # twice: one series' images, read once)
         echo = Dataset()
         echo.EffectiveEchoTime = 10.0 if k < 4 else 80.0
         group.MREchoSequence = [echo]
@@ -1359,3 +1360,23 @@ def test_voxels_that_are_not_numbers_are_shown_as_background_and_said() -> None:
     assert (series.sections >= 0).all() and series.sections.dtype == np.uint8  # drawn, as background
     (plain,) = read_study([nibabel.Nifti1Image(np.nan_to_num(data), np.diag([1.0, 1.0, 3.0, 1.0])).to_bytes()])
     assert not any("not numbers" in note for note in plain.warnings)
+
+
+def test_a_series_holding_another_series_images_is_read_once_and_said() -> None:
+    """A series sent twice (or re-exported with a corrected pixel spacing) was two volumes with one identity: the
+    page said "already saved" of the second, and the PDF printed the first's record, spacing and volume under
+    both series' numbers."""
+    volume = head_volume(n=8, size=96)
+    first = relabelled(dicom_series(volume, series_uid="1.2.3.1"), SeriesNumber=2)
+    again = relabelled(dicom_series(volume, series_uid="1.2.3.2"), SeriesNumber=3)
+    upload = read_upload(first + again)
+    assert [v.number for v in upload.volumes] == [2]
+    assert upload.notes == (
+        "DICOM series 3 holds the same images as DICOM series 2 (a series sent twice?): read once, as DICOM series 2.",
+    )
+    corrected = relabelled(dicom_series(volume, series_uid="1.2.3.3"), SeriesNumber=4, PixelSpacing=[1.2, 0.8])
+    upload = read_upload(first + corrected)
+    assert len(upload.volumes) == 1 and upload.volumes[0].spacing == (0.9, 0.9)
+    assert "one header is wrong; check which" in upload.notes[0]
+    other = relabelled(dicom_series(head_volume(n=8, size=96, seed=3), series_uid="1.2.3.4"), SeriesNumber=5)
+    assert len(read_upload(first + other).volumes) == 2 and not read_upload(first + other).notes  # two series

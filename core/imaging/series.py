@@ -6,11 +6,11 @@ DICOM, or a NIfTI volume (:mod:`core.imaging.nifti`), each turned into :class:`V
   shown), never by file name or InstanceNumber: the first section is the same end of the head however the files
   encode their orientation (axial: feet first, as NIfTI volumes). Enhanced multi-frame files give orientation,
   spacing and position per frame or shared. Pixel spacing, slice thickness and orientation are kept. Mixed
-  orientations in one series, two different sections at one position, and gaps are named; identical duplicates are
-  dropped. A series of several stacks at the same positions whose files say which is which (a diffusion series'
-  b-values, a multi-echo series' echoes) is read as one volume per stack, each named so. The scanner's localizer
-  images (positioning, three planes in one series) are left out and counted, as are DICOM objects without an image
-  (a DICOMDIR, a report) and a zip's files that are neither DICOM nor NIfTI.
+  orientations in one series, two different sections at one position, and gaps are named; duplicate sections are
+  dropped, a series holding another's images is read once (said). Stacks at the same positions whose files say
+  which is which (diffusion b-values, multi-echo echoes) are one volume each, named so. Localizer images (the
+  scanner's positioning, three planes in one series) are left out and counted, as are DICOM objects without an
+  image (a DICOMDIR, a report) and a zip's files that are neither DICOM nor NIfTI.
 - A series that cannot be put together (mixed orientations, two different sections at one place) does not stop the
   study: :func:`read_upload` reads the others and names it (the study then gets no "no tumour" verdict).
 - A zip is checked before anything is read from it (:mod:`core.imaging.archive`); the DICOM files' pixels are
@@ -67,6 +67,7 @@ from core.imaging.volume import (
     OnlyLocalizers,
     SeriesError,
     Volume,
+    each_once,
     hash_parts,
     one_per_position,
     radiological,
@@ -136,10 +137,9 @@ def read_upload(
         )
     found, unread, localizers, non_images = _dicom_series(slices, limits, study_limits)
     volumes += found
-    # one definition of a study: its StudyInstanceUID, else the upload itself (NIfTI files and DICOM files without
-    # the UID that came together are one study, as the page and the report show them)
+    # a study is its StudyInstanceUID, else the upload (NIfTI and UID-less DICOM files that came together are one)
     upload = hash_parts("upload", *sorted(hashlib.sha256(d).hexdigest() for d in expanded))
-    volumes = [replace(v, study=upload) if v.study in (NO_STUDY_UID, "") else v for v in volumes]
+    volumes, twice = each_once([replace(v, study=upload) if v.study in (NO_STUDY_UID, "") else v for v in volumes])
     if len(volumes) + len(unread) > study_limits.max_series:
         raise FileTooLarge(
             f"The upload holds {len(volumes) + len(unread)} series; the limit is {study_limits.max_series}."
@@ -159,7 +159,7 @@ def read_upload(
         (non_images, "DICOM object(s) without an image (a DICOMDIR index, reports, presentation states)"),
         (others, "file(s) in the zip that are neither DICOM nor NIfTI (a viewer program, an index, a read-me)"),
     )
-    notes = tuple(f"{n} {what} were left out." for n, what in left_out if n)
+    notes = (*twice, *(f"{n} {what} were left out." for n, what in left_out if n))
     return Upload(tuple(volumes), tuple(unread), notes)
 
 

@@ -134,3 +134,28 @@ def one_per_position(
             )
         kept.append((position, section))
     return kept
+
+
+def each_once(volumes: list[Volume]) -> tuple[list[Volume], list[str]]:
+    """The volumes, each content once, and what was left out: a series whose sections are another's as displayed
+    (sent twice, re-exported) is read as the first one only. Both were saved as one result (its id is the pixels'):
+    the page said "already saved" of the second while the PDF printed the first's record, spacing and volume
+    under both numbers. Where their geometry differs (a corrected export) one header is wrong, and that is said."""
+    kept: dict[str, Volume] = {}
+    notes = []
+    for volume in volumes:
+        first = kept.setdefault(volume.sha256, volume)
+        if first is volume:
+            continue
+        named = [f"DICOM series {v.number}" if v.number is not None else "another series" for v in (volume, first)]
+        note = f"{named[0]} holds the same images as {named[1]} (a series sent twice?): read once, as {named[1]}."
+        if _geometry(volume) != _geometry(first):
+            note += " Their pixel spacing, positions or orientation differ: one header is wrong; check which."
+        notes.append(note[0].upper() + note[1:])
+    return list(kept.values()), notes
+
+
+def _geometry(volume: Volume) -> tuple:
+    """What a volume's files say of where its sections lie, to 0.01 (mm, or direction cosines)."""
+    parts = (volume.spacing, (volume.thickness,), volume.orientation, volume.positions)
+    return tuple(None if part is None else tuple(None if x is None else round(x, 2) for x in part) for part in parts)
