@@ -657,6 +657,7 @@ def nifti_bomb(shape: tuple[int, int, int]) -> bytes:
     header = nibabel.Nifti1Header()
     header.set_data_shape(shape)
     header.set_data_dtype(np.uint8)
+    header["vox_offset"] = 352  # as a writer sets it (a new header says 0: the header read as voxels, refused)
     raw = io.BytesIO()
     raw.write(header.binaryblock + b"\x00" * 4)  # header and the empty extension block: voxels start at 352
     with gzip.GzipFile(fileobj=(out := io.BytesIO()), mode="wb") as stream:
@@ -1309,7 +1310,7 @@ def test_a_damaged_nii_gz_is_refused_never_analysed_as_it_decompresses() -> None
         with pytest.raises(CorruptImage, match="damaged"):
             read_study([damaged])
     padded = gzip.compress(gzip.decompress(packed) + b"\x00" * (2 << 20))  # far more than the header's volume
-    with pytest.raises(CorruptImage, match="more than the volume its header describes"):
+    with pytest.raises(CorruptImage, match="holds more voxels than its header declares"):
         read_study([padded])
 
 
@@ -1380,3 +1381,26 @@ def test_a_series_holding_another_series_images_is_read_once_and_said() -> None:
     assert "one header is wrong; check which" in upload.notes[0]
     other = relabelled(dicom_series(head_volume(n=8, size=96, seed=3), series_uid="1.2.3.4"), SeriesNumber=5)
     assert len(read_upload(first + other).volumes) == 2 and not read_upload(first + other).notes  # two series
+
+
+def test_a_nifti_holding_more_sections_than_its_header_declares_or_voxels_inside_its_header_is_refused() -> None:
+    """A header declaring 8 of the 16 sections stored read the first 8 as the whole head (tumour-free: "no
+    tumour"), without a word, plain or gzipped; and a voxel offset of 0 read the header's own bytes as voxels,
+    every section shifted."""
+    import gzip
+
+    from core.imaging.nifti import read_nifti
+
+    whole = nifti(head_volume(16, size=64))
+    assert read_nifti(whole).sections.shape[0] == 16
+    short = bytearray(whole)
+    short[46:48] = (8).to_bytes(2, "little")  # dim[3], the sections: 8 declared, 16 stored
+    for data in (bytes(short), gzip.compress(bytes(short))):
+        with pytest.raises(CorruptImage, match="holds more voxels than its header declares"):
+            read_nifti(data)
+    padded = whole + b"\x00" * 16  # less than a section past the volume: padding, read as before
+    assert read_nifti(padded).sections.shape[0] == 16 and read_nifti(gzip.compress(padded)).sections.shape[0] == 16
+    inside = bytearray(whole)
+    inside[108:112] = np.float32(0).tobytes()  # vox_offset
+    with pytest.raises(CorruptImage, match="puts the voxels inside itself"):
+        read_nifti(bytes(inside))

@@ -16,7 +16,7 @@ import numpy as np
 from core.errors import CorruptImage, FileTooLarge
 from core.imaging.geometry import PLAUSIBLE_MM, nifti_orientation, plausible_mm
 from core.imaging.limits import DEFAULT_STUDY_LIMITS, StudyLimits, apply_stretch, stretch_bounds
-from core.imaging.nifti_header import declared_zooms, nifti_bytes, nifti_head
+from core.imaging.nifti_header import declared_zooms, nifti_head, nifti_layout
 from core.imaging.volume import NO_STUDY_UID, SeriesError, Volume, hash_parts, radiological
 
 
@@ -119,22 +119,26 @@ UNMEASURED = (
 _MM_PER_UNIT = {"meter": 1000.0, "micron": 0.001}  # NIfTI's xyzt_units; "mm" and "unknown" (read as mm) are 1
 
 
-TRAILING = 1 << 20  # bytes a .nii.gz may hold past its volume (padding) before it is not one volume
+MORE_THAN_DECLARED = (
+    "The NIfTI file holds more voxels than its header declares (a section's worth or more past its volume): its "
+    "dimensions are wrong, and the volume it declares would leave sections out."
+)
 
 
 def _unpacked(data: bytes, limits: StudyLimits) -> tuple[bytes, bytes]:
-    """The file, unpacked when gzipped up to the end of its volume (never more, but for :data:`TRAILING` bytes),
-    and its header. Read to its end, so that its checksum is checked: a byte flipped in the stream was analysed
-    and saved, a third of the voxels changed and no word said."""
+    """The file, unpacked when gzipped up to the end of its volume (never more, but for less than a section), and
+    its header; refused when it holds a section's worth more (a header declaring 8 sections of 16 read half the
+    head, tumour-free, as the whole). Read to its end, so that its checksum is checked: a byte flipped in the
+    stream was analysed and saved, a third of the voxels changed and no word said."""
     try:
-        needed = nifti_bytes(head := nifti_head(data), limits)
+        needed, section = nifti_layout(head := nifti_head(data), limits)
         if data[:2] == b"\x1f\x8b":
             with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
-                data = stream.read(needed + 1)
-                if len(stream.read(TRAILING + 1)) > TRAILING:
-                    raise CorruptImage("The .nii.gz file holds more than the volume its header describes.")
+                data = stream.read(needed + section)  # fewer: the stream's end, its checksum checked
     except (OSError, EOFError, zlib.error) as error:
         raise CorruptImage("The .nii.gz file is damaged (its compressed data do not check out).") from error
+    if len(data) - needed >= section:
+        raise CorruptImage(MORE_THAN_DECLARED)
     return data, head
 
 

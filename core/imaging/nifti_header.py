@@ -28,6 +28,12 @@ def is_nifti(data: bytes) -> bool:
 def nifti_bytes(head: bytes, limits: StudyLimits) -> int:
     """From a NIfTI header alone: the bytes the file must hold (header and voxels), after checking the volume's
     dimensions and stored size against the limits (before any voxel is read)."""
+    return nifti_layout(head, limits)[0]
+
+
+def nifti_layout(head: bytes, limits: StudyLimits) -> tuple[int, int]:
+    """:func:`nifti_bytes`, and the bytes of the volume's smallest section along any axis: a file holding that
+    much past its volume holds a section (or more) its header does not declare."""
     import nibabel
 
     try:
@@ -54,7 +60,12 @@ def nifti_bytes(head: bytes, limits: StudyLimits) -> int:
         )
     if not 0 <= offset <= MAX_NIFTI_EXTENSIONS + 544:  # extensions between header and voxels: inflated too
         raise CorruptImage(f"The NIfTI header puts the voxels {offset:,} bytes into the file (a gzip bomb?).")
-    return offset + stored
+    if (head[344:347], offset < 352) == (b"n+1", True) or (head[4:7], offset < 544) == (b"n+2", True):  # 0: its
+        raise CorruptImage(  # own header was read as voxels, every section shifted, without a word
+            f"The NIfTI header puts the voxels inside itself (at byte {offset}): the file is damaged."
+        )
+    sides = (*shape, 1, 1)[:3]
+    return offset + stored, min(sides[0] * sides[1], sides[0] * sides[2], sides[1] * sides[2]) * itemsize
 
 
 def declared_zooms(head: bytes) -> np.ndarray:
