@@ -82,7 +82,7 @@ def local_key(data_dir: Path, name: str = KEY_FILE) -> bytes:
 def _local_key(data_dir: Path, name: str) -> bytes:
     path = data_dir / name
     if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         draft = data_dir / f".{name}.{os.getpid()}.{secrets.token_hex(4)}"
         fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:

@@ -112,15 +112,28 @@ def test_the_secrets_example_holds_no_real_values() -> None:
 
 
 def test_data_files_are_created_private(tmp_path) -> None:
+    import os
+
     from core.identity import local_key
     from core.storage.images import FolderImages
     from core.storage.sqlite import SQLiteStore
 
-    SQLiteStore(tmp_path / "results.sqlite3")
-    local_key(tmp_path)
-    FolderImages(tmp_path / "images").put(__import__("numpy").zeros((64, 64), "uint8"))
-    files = [tmp_path / "results.sqlite3", tmp_path / "patient-ref.key", *(tmp_path / "images").glob("??/??/*.png")]
+    data = tmp_path / "data"  # made by the store: its folders too are its owner's alone (0755 let any account list
+    SQLiteStore(data / "results.sqlite3")  # the image store's names and times: how many uploads, and when)
+    local_key(data)
+    FolderImages(data / "images").put(__import__("numpy").zeros((64, 64), "uint8"))
+    files = [data / "results.sqlite3", data / "patient-ref.key", *(data / "images").glob("??/??/*.png")]
     assert len(files) == 3 and all(oct(path.stat().st_mode)[-3:] == "600" for path in files)
+    previous = os.umask(0o022)  # the usual one: the folders' mode is the code's, not a strict umask's
+    try:
+        from core.cli.common import write_new
+
+        SQLiteStore(tmp_path / "other" / "results.sqlite3")
+        written = write_new(tmp_path / "masks", "scan", ".png", b"x")
+    finally:
+        os.umask(previous)
+    folders = [data, data / "images", tmp_path / "other", written.parent]
+    assert all(oct(folder.stat().st_mode)[-3:] == "700" for folder in folders)
 
 
 def test_the_command_line_reads_the_apps_secrets_file(tmp_path: Path, monkeypatch) -> None:

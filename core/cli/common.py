@@ -114,7 +114,7 @@ def unwritable(folder: Path, what: str) -> dict[str, Any] | None:
     anything is analysed or saved: a folder that existed read-only let a batch save its first results and then
     stop on its first file, unreported."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as error:
@@ -126,7 +126,7 @@ def unwritable(folder: Path, what: str) -> dict[str, Any] | None:
 def write_new(folder: Path, stem: str, suffix: str, data: bytes) -> Path:
     """Write ``data`` to a new file ``<stem><suffix>`` in ``folder`` (``<stem>-2<suffix>``... when that exists):
     never over another file, this run's or an earlier one's, and never through a link planted in a shared folder."""
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     for k in range(1, 10_000):
         target = folder / (f"{stem}{suffix}" if k == 1 else f"{stem}-{k}{suffix}")

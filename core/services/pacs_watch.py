@@ -136,7 +136,7 @@ class WatchState:
                 self.failing_since.pop(old, None)
             self.handled[name] = fingerprint
         self.handled = dict(list(self.handled.items())[-10_000:])
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         # a draft of its own, readable by the server's account only (as the database is): one fixed draft name
         # let a second writer truncate the draft the first was about to move in place (a watch then read an
         # empty state, or failed on the draft gone)
@@ -159,7 +159,7 @@ class WatchState:
         holds it: two watches of one data folder pulled, analysed and sent every study twice."""
         import fcntl
 
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -66,7 +66,7 @@ class FolderImages:
         import fcntl
 
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
             handle = open(self.root / ".purge.lock", "a")  # noqa: SIM115 -- closed below, its lock with it
         except OSError as error:  # a read-only image folder: nothing could be deleted, and nothing is claimed
             raise StoreUnavailable("The image store cannot be changed.") from error
@@ -97,7 +97,8 @@ class FolderImages:
                 raise StoreUnavailable(f"The image store cannot be written to ({error.strerror or error}).") from error
         draft = path.with_name(f".{key}.{os.getpid()}.{threading.get_ident()}.part")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            for folder in (self.root, path.parent.parent, path.parent):  # each its owner's alone: listed, the
+                folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # names and times said how many, and when
             fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)

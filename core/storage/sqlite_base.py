@@ -71,7 +71,7 @@ class SQLiteBase:
                 "The results database disappeared while the app was running; nothing more is saved "
                 "until it is restored from a backup (or the app is restarted after `python -m core store forget`)."
             )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not self.path.exists():  # created private: results are clinical data
             os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
         connection = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None)

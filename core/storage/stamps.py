@@ -46,7 +46,7 @@ def _read() -> dict[str, str]:
 def _write(entries: dict[str, str]) -> None:
     path = register_file()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         draft = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
         draft.write_text(json.dumps(entries, indent=1, sort_keys=True))
         os.chmod(draft, 0o600)
@@ -101,7 +101,7 @@ def _changing() -> Iterator[None]:
 
     path = register_file()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         handle = open(path.with_name(f".{path.name}.lock"), "a")  # noqa: SIM115 -- closed below, its lock with it
     except OSError:
         yield
