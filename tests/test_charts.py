@@ -313,6 +313,7 @@ def test_one_day_of_data_gets_a_whole_day_on_the_time_axis_not_milliseconds() ->
     )
     (note,) = few.layout.annotations
     assert note.text.startswith("2 of 3 days' rates withheld") and "A longer period adds them up" in note.text
+    assert note.y > 0.9 and note.yanchor == "top"  # along the top: in the panel's middle it lay over the points
     # each point and bar drawn across its period: centred on the period's first day, a month's bar stood mostly
     # over the month before it, a week's over the week before
     months = tumour_rate_figure(["2026-10-01", "2026-11-01"], [12, 182], [0.5, 0.4], [None, None], "month")
@@ -391,6 +392,10 @@ def test_lesion_volumes_are_a_box_per_period_above_the_studies_with_small_period
     assert box.yaxis == "y" and bars.yaxis == "y2" and figure.layout.yaxis.domain[0] > figure.layout.yaxis2.domain[1]
     assert list(bars.y) == [7, 4, 0] and list(bars.text) == ["", "withheld", ""] and bars.customdata[1] == WITHHELD
     assert figure.layout.title.text == "Lesion volume of tumour studies per week"
+    assert not figure.layout.annotations  # a box is drawn: nothing to explain
+    empty = lesion_volume_figure(["2026-03-02", "2026-03-09"], [7, None], [None, None], "week")
+    (note,) = empty.layout.annotations  # no box anywhere: an empty axis from 0 to 4 read as volumes of 0-4 mL
+    assert note.text.startswith("No box: no week has 10 tumour studies") and empty.layout.yaxis.showticklabels is False
 
 
 def test_the_dashboard_gives_lesion_volumes_per_period_under_the_small_count_rule_and_exports_them(tmp_path) -> None:

@@ -20,7 +20,7 @@ from plotly.subplots import make_subplots
 from core.analytics.stats import SMALL_CELL, WITHHELD_REASON
 from core.analytics.stats import WITHHELD as WITHHELD_MARK
 from core.domain.times import next_period, period_start
-from core.services.statistics import Dashboard, QualityBoard
+from core.services.statistics import LESION_QUANTILES_FROM, Dashboard, QualityBoard
 
 CLASS_COLOURS = {
     "glioma": "#c0392b",
@@ -147,7 +147,9 @@ def tumour_rate_figure(
             xref="x domain",
             yref="y domain",
             x=0.5,
-            y=0.5,
+            y=0.98,  # along the panel's top, on white: in its middle it lay over the rates that are shown
+            yanchor="top",
+            bgcolor="rgba(255,255,255,0.9)",
             showarrow=False,
         )
     figure.update_yaxes(title="tumour rate %", range=[0, 100], row=1, col=1)
@@ -282,6 +284,17 @@ def lesion_volume_figure(
     _two_panel_layout(figure, f"Lesion volume of tumour studies per {period}", starts, period)
     figure.update_yaxes(title="lesion volume (mL)", rangemode="tozero", row=1, col=1)
     figure.update_yaxes(title="studies", **count_ticks(tallest), row=2, col=1)
+    if not shown:  # an empty axis from 0 to 4 read as volumes of 0 to 4 mL
+        figure.update_yaxes(showticklabels=False, row=1, col=1)
+        figure.add_annotation(
+            text=f"No box: no {period} has {LESION_QUANTILES_FROM} tumour studies with a volume<br>(fewer would give "
+            "single studies' volumes back). A longer period adds them up.",
+            xref="x domain",
+            yref="y domain",
+            x=0.5,
+            y=0.5,
+            showarrow=False,
+        )
     return figure
 
 
