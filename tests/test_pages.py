@@ -972,6 +972,13 @@ def test_the_scan_page_turns_patient_references_off_under_a_key_the_database_was
         e.value.startswith("Patient references are disabled: the patient-reference key is not the one")
         for e in app.error
     )
+    # the administrator who must fix it (`store accept-key`, or the key restored) never opens the Scan page: their
+    # sidebar said "ready" on every page; it says why now, as a radiologist's never does
+    admin = page("accounts.py").run()
+    said = [w.value for w in admin.sidebar.warning]
+    assert any(w.startswith("Patient references are off: the patient-reference key is not the one") for w in said)
+    assert "store accept-key" in said[0]
+    assert not page("worklist.py").run().sidebar.warning
 
 
 def test_a_time_zone_change_keeps_the_chosen_dates(app_environment: Path) -> None:

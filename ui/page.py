@@ -65,5 +65,10 @@ def setup_page(title: str, permission: str | None) -> Actor:
             st.error(f"{where}: {problem}")
         else:
             st.success(f"{where}: ready", icon=":material/check_circle:")
+        if allowed(actor, STORAGE_DETAILS):  # the one who fixes it: it was said on the Scan page alone, which
+            try:  # administrators cannot open (their sidebar said "ready")
+                resources.current_patient_key()
+            except ValueError as error:
+                st.warning(f"Patient references are off: {error}.", icon=":material/key_off:")
         st.caption("A decision aid for trained readers; every verdict needs a radiologist's review.")
     return actor

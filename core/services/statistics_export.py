@@ -40,8 +40,9 @@ UNGROUPED = (
     "study each series counts as a study of its own"
 )
 UNUSABLE_KEY = (
-    "The patient-reference key cannot be read now (its setting, or the database it is checked against; the Scan "
-    "page says which): series saved meanwhile keep no study, so per study each of them counts as a study of its own"
+    "The patient-reference key cannot be read now (its setting, or the database it is checked against; the "
+    "sidebar says which to administrators, the Scan page to radiologists): series saved meanwhile keep no study, so "
+    "per study each of them counts as a study of its own"
 )
 
 
