@@ -581,3 +581,14 @@ def test_a_bit_layout_the_standard_forbids_is_refused_and_a_lower_case_photometr
     ds.save_as(buffer)
     with pytest.raises(CorruptImage, match="lacks the image's size"):
         read_scan(buffer.getvalue())
+
+
+def test_a_png_whose_text_or_profile_chunk_inflates_past_its_limit_is_named_so() -> None:
+    """Sound pixels with a zTXt or iCCP chunk inflating to megabytes were "damaged or incomplete (it cannot be
+    decoded)": the reader could not tell what to fix."""
+    plain = png_bytes(synthetic_slice(128))
+    inflating = zlib.compress(b"\x00" * (8 << 20), 9)
+    for kind, payload in ((b"zTXt", b"Comment\x00\x00" + inflating), (b"iCCP", b"profile\x00\x00" + inflating)):
+        data = plain[:33] + _png_chunk(kind, payload) + plain[33:]  # after IHDR
+        with pytest.raises(CorruptImage, match="a text or colour-profile chunk inflates past its limit"):
+            read_scan(data)

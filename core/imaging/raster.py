@@ -169,6 +169,8 @@ def _describe(error: Exception) -> str:
         return "the data ends early"
     if "checksum" in text or "crc" in text:
         return "a checksum does not match"
+    if "text_chunk" in text or "too much memory" in text:  # Pillow's limits on a PNG's text and ICC chunks
+        return "a text or colour-profile chunk inflates past its limit; the pixels may be sound, export it again"
     return "it cannot be decoded"
 
 
