@@ -508,24 +508,29 @@ def test_padding_around_a_rotated_slice_is_black_and_left_out_of_the_crop(window
     assert (box[2] - box[0]) >= 0.85 * (unpadded_box[2] - unpadded_box[0])  # the head, not a patch inside it
 
 
-def test_a_dicom_file_with_burnt_in_text_is_neither_analysed_nor_kept(tmp_path, tiny_classifier) -> None:
-    """BurnedInAnnotation YES (a name, a record number printed in the pixels) was analysed and its pixels kept
-    as the "de-identified" copy."""
-    from core.errors import BurnedInText
+def refused_and_not_kept(tmp_path, classifier, data: bytes, error: type, match: str) -> None:
+    """``data`` refused by the reader with ``error``, and by the Scan page's service: no result, no image kept."""
     from core.imaging.scan import read_scan
     from core.services.access import Actor
     from core.services.triage import triage
     from core.storage.images import FolderImages
     from core.storage.sqlite import SQLiteStore
 
-    data = dicom_bytes(synthetic_slice(256).astype(np.uint16) * 16, extra={"BurnedInAnnotation": "YES"})
-    with pytest.raises(BurnedInText, match="burnt-in text"):
+    with pytest.raises(error, match=match):
         read_scan(data)
     store, images = SQLiteStore(tmp_path / "results.sqlite3"), FolderImages(tmp_path / "images")
-    shown = triage(
-        data, tiny_classifier, None, store, actor=Actor("dr-a", "radiologist"), patient_ref=None, images=images
-    )
-    assert shown.error_code == "burned_in_annotation" and store.summary().total == 0 and not images.stored_keys()
+    shown = triage(data, classifier, None, store, actor=Actor("dr-a", "radiologist"), patient_ref=None, images=images)
+    assert shown.error_code == error.code and store.summary().total == 0 and not images.stored_keys()
+
+
+def test_a_dicom_file_with_burnt_in_text_is_neither_analysed_nor_kept(tmp_path, tiny_classifier) -> None:
+    """BurnedInAnnotation YES (a name, a record number printed in the pixels) was analysed and its pixels kept
+    as the "de-identified" copy."""
+    from core.errors import BurnedInText
+    from core.imaging.scan import read_scan
+
+    data = dicom_bytes(synthetic_slice(256).astype(np.uint16) * 16, extra={"BurnedInAnnotation": "YES"})
+    refused_and_not_kept(tmp_path, tiny_classifier, data, BurnedInText, "burnt-in text")
     for said in (" YES", "yes", ["NO", "YES"]):  # padded, lower case, one of several values: said all the same
         with pytest.raises(BurnedInText):
             read_scan(dicom_bytes(synthetic_slice(256).astype(np.uint16) * 16, extra={"BurnedInAnnotation": said}))
@@ -699,19 +704,9 @@ def test_a_siemens_mosaic_is_refused_by_name_not_read_as_one_head(tmp_path, tiny
     called no tumour with the tumour in another tile."""
     from core.errors import SeveralImages
     from core.imaging.scan import read_scan
-    from core.services.access import Actor
-    from core.services.triage import triage
-    from core.storage.images import FolderImages
-    from core.storage.sqlite import SQLiteStore
 
     mosaic = ["ORIGINAL", "PRIMARY", "M", "ND", "NORM", "MOSAIC"]
     data = dicom_bytes(synthetic_slice(256).astype(np.uint16) * 16, extra={"ImageType": mosaic})
-    with pytest.raises(SeveralImages, match="mosaic"):
-        read_scan(data)
-    store, images = SQLiteStore(tmp_path / "results.sqlite3"), FolderImages(tmp_path / "images")
-    shown = triage(
-        data, tiny_classifier, None, store, actor=Actor("dr-a", "radiologist"), patient_ref=None, images=images
-    )
-    assert shown.error_code == "several_images" and store.summary().total == 0 and not images.stored_keys()
+    refused_and_not_kept(tmp_path, tiny_classifier, data, SeveralImages, "mosaic")
     plain = ["ORIGINAL", "PRIMARY", "M", "ND", "NORM"]
     assert read_scan(dicom_bytes(synthetic_slice(256).astype(np.uint16) * 16, extra={"ImageType": plain}))
