@@ -3,7 +3,8 @@
 Algorithm (as in the original app): Gaussian blur, threshold, erode and dilate, largest external contour, its
 extreme points. Hardened: it works on a copy scaled to at most 256 px (any input size, same result), the threshold
 follows the image's own intensity distribution (Otsu, clamped) instead of a fixed 45, a margin is added around the
-box, and blank frames or specks raise :class:`NoBrainFound` instead of crashing on "no contour".
+box, and blank frames or specks raise :class:`NoBrainFound` instead of crashing on "no contour"; an image of several
+heads side by side (a multi-up export) raises :class:`SeveralImages` rather than crop one of them.
 """
 
 from __future__ import annotations
