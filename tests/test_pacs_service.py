@@ -354,6 +354,8 @@ def test_a_report_of_a_study_read_again_replaces_the_pacs_current_one_never_stan
     made = datetime.strptime(there.ContentDate + there.ContentTime.split(".")[0] + "+0900", "%Y%m%d%H%M%S%z")
     assert there.TimezoneOffsetFromUTC == "+0900" and (there.StudyDate, there.StudyTime) == ("20240102", "101500")
     assert abs((made - datetime.now(UTC)).total_seconds()) < 120 and there.InstanceCreationDate == there.ContentDate
+    contributed = str(there.ContributingEquipmentSequence[0].ContributionDateTime).split(".")[0] + "+0900"
+    assert abs((datetime.strptime(contributed, "%Y%m%d%H%M%S%z") - datetime.now(UTC)).total_seconds()) < 120
     key_image = pydicom.Dataset()  # a key image's capture time too (it kept the server's, beside +0900)
     key_image.DateOfSecondaryCapture, key_image.TimeOfSecondaryCapture = "19990101", "000000"
     objects.dated_as(key_image, objects.headers(tokyo)[0])
@@ -366,6 +368,11 @@ def test_a_report_of_a_study_read_again_replaces_the_pacs_current_one_never_stan
     pacs_service.send_results(pacs, RADIOLOGIST, replace(pulled, outcome=reread), model, store, None)
     head = pacs.report_head(STUDY, series_uid)
     assert head.PreliminaryFlag == "PRELIMINARY" and int(head.InstanceNumber) == 3  # it said the old reading
+    # the reviewed report it replaces: its label is said first, not dropped without a word (the PACS's current
+    # report read as if nobody had reviewed the study)
+    first = str(head.ContentSequence[0].TextValue)
+    assert first.startswith("The final report this version replaces") and "Radiologist's final label: Glioma" in first
+    assert head.ContinuityOfContent == "SEPARATE"  # each statement its own, labelled, in an SR viewer
     pacs.stored = [batch for batch in pacs.stored if head not in batch]  # as before it, for the rest of the test
     # a series arrives later: the study is read again and its preliminary report sent (the watch)
     files = first_files + dicom_series(head_volume(5, 96, seed=3), study_uid=STUDY, series_uid=f"{STUDY}.2")

@@ -258,6 +258,15 @@ def report_series(study_uid: str) -> str:
     return uid(study_uid, "report series")
 
 
+def final_label_said(report: Any | None) -> str | None:
+    """The radiologist's final label a FINAL report of ours states, as it states it ("Radiologist's final label:
+    Glioma (given by ...)"); None for another report."""
+    if report is None or report.get("PreliminaryFlag") != "FINAL":
+        return None
+    texts = (str(item.get("TextValue", "")) for item in report.get("ContentSequence") or [])
+    return next((text for text in texts if text.startswith("Radiologist's final label:")), None)
+
+
 def same_reading(report: Any, ours: Any) -> bool:
     """Whether a report in the PACS reads the same images (its evidence) with the same model, to the same series
     scores and unread series, as ``ours`` (this reading's report): the same images and model read otherwise (a
@@ -280,6 +289,32 @@ def same_reading(report: Any, ours: Any) -> bool:
     return reading(report) == reading(ours)
 
 
+def _leading_findings(
+    series: Sequence[SeriesAnalysis],
+    verdict: str | None,
+    final_label: str | None,
+    reader: str | None,
+    replaces_final: str | None,
+) -> list[str]:
+    """The report's first findings: the reader's label (or the one the FINAL report this version replaces gave),
+    then the model's verdict."""
+    stated = _words(verdict, study=True) or "none: a series could not be analysed (read it yourself)"
+    if any(s.needs_review for s in series):
+        stated += (
+            " (flagged for review; reviewed: the radiologist's final label above)"
+            if final_label is not None
+            else " (flagged for review: read the series marked NEEDS REVIEW first)"
+        )
+    texts = []
+    if replaces_final is not None and final_label is None:
+        replaced = "The final report this version replaces (a series added since, or the study read again)"
+        texts.append(f"{replaced}: {replaces_final}. This reading is not reviewed yet.")
+    if final_label is not None:  # a final report leads with the reader's label: its first finding, the one a
+        by = f" (given by {reader} in the triage dashboard)" if reader else ""  # viewer's preview shows, was the
+        texts.append(f"Radiologist's final label: {_words(final_label)}{by}")  # model's verdict, unnamed as such
+    return [*texts, f"Model verdict (decision aid): {stated}"]
+
+
 def verdict_report(
     evidence: Sequence[Any],
     series: Sequence[SeriesAnalysis],
@@ -291,31 +326,25 @@ def verdict_report(
     unread: Sequence[str] = (),
     reader: str | None = None,
     supersedes: str | None = None,
+    replaces_final: str | None = None,
 ) -> Any:
     """The Comprehensive SR for one study (see the module docstring); ``version`` is its instance number: 1 the
     preliminary report, 2 the first review's, 3 the next review's (default: 2 with a final label, else 1);
     ``reader``: the account that gave ``final_label``, named beside it (a final report named nobody);
-    ``supersedes``: the UID of another reading's report this version replaces (part of its identity). A report
-    listing a series nobody could read is never COMPLETE."""
+    ``supersedes``: the UID of another reading's report this version replaces (part of its identity);
+    ``replaces_final``: the radiologist's label that report stated (:func:`final_label_said`), said first in an
+    unreviewed version (it dropped the review without a word). A report listing a series nobody could read is
+    never COMPLETE."""
     import highdicom as hd
 
     quiet_highdicom()
     codes = _codes()
     study_uid = str(evidence[0].StudyInstanceUID)
-    stated = _words(verdict, study=True) or "none: a series could not be analysed (read it yourself)"
     reviewed = final_label is not None
-    if any(s.needs_review for s in series):
-        stated += (
-            " (flagged for review; reviewed: the radiologist's final label above)"
-            if reviewed
-            else " (flagged for review: read the series marked NEEDS REVIEW first)"
-        )
-    items = []
-    if final_label is not None:  # a final report leads with the reader's label: its first finding, the one a
-        by = f" (given by {reader} in the triage dashboard)" if reader else ""  # viewer's preview shows, was the
-        text = f"Radiologist's final label: {_words(final_label)}{by}"  # model's verdict, unnamed as such
-        items.append(hd.sr.TextContentItem(codes["finding"], text, "CONTAINS"))
-    items.append(hd.sr.TextContentItem(codes["finding"], f"Model verdict (decision aid): {stated}", "CONTAINS"))
+    items = [
+        hd.sr.TextContentItem(codes["finding"], text, "CONTAINS")
+        for text in _leading_findings(series, verdict, final_label, reader, replaces_final)
+    ]
     items += [item for s in series for item in _series_items(evidence, s, reviewed, codes)]
     items += [
         hd.sr.TextContentItem(
@@ -337,7 +366,9 @@ def verdict_report(
         ),
         hd.sr.TextContentItem(codes["comment"], STATEMENT, "CONTAINS"),
     ]
-    root = hd.sr.ContainerContentItem(codes["report"])
+    # separate statements, each shown with its concept name ("Finding: ..."): CONTINUOUS, the default, ran them into
+    # one paragraph in a PACS's SR viewer, the labels dropped and the model's name run into the text around it
+    root = hd.sr.ContainerContentItem(codes["report"], is_content_continuous=False)
     root.ContentSequence = hd.sr.ContentSequence(items, is_root=False)
     version = version or (2 if final_label is not None else 1)
     fingerprint = content_fingerprint(series, model, final_label, version, unread, reader, supersedes)
@@ -389,6 +420,9 @@ def dated_as(made: Any, source: Any) -> None:
         if day in made:
             setattr(made, day, now.strftime("%Y%m%d"))
             setattr(made, time, now.strftime("%H%M%S.%f"))
+    for equipment in made.get("ContributingEquipmentSequence") or []:  # a DT without a suffix is in the offset's
+        if "ContributionDateTime" in equipment:  # zone: written in the server's, it read nine hours early at +0900
+            equipment.ContributionDateTime = now.strftime("%Y%m%d%H%M%S.%f")
     made.TimezoneOffsetFromUTC = offset
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -24,7 +24,6 @@ from core.errors import (
     PacsAnotherPatient,
     PacsAnotherStudy,
     PacsError,
-    PacsReportRefused,
     PacsStudyChanged,
     ReviewedMeanwhile,
     ScanError,
@@ -32,10 +31,11 @@ from core.errors import (
 from core.identity import pseudonymise
 from core.imaging.series_headers import several_patients
 from core.model.classifier import Classifier
-from core.pacs import captures, objects
+from core.pacs import objects
 from core.pacs.client import Pacs, StudyHit
 from core.services import audit, reviews
 from core.services.access import ANALYSE, PACS, REVIEW, Actor, require
+from core.services.pacs_report import placed, report_objects, version_of
 from core.services.studies import StudyResult, save_study
 from core.services.study_reading import StudyOutcome, analyse_study
 from core.storage.images import ImageStore
@@ -201,7 +201,7 @@ def send_results(
     if elsewhere := filed_elsewhere(store, pulled, key):  # its result is on the other's worklist: never final here
         raise elsewhere
     finals = [*earlier_finals, (final_label, actor.name)] if final_label is not None else []
-    chain, images = _report_objects(pulled, model, finals)
+    chain, images = report_objects(pulled, model, finals)
     target = _target(pulled.study_uid, key)
     with _failure_audited(store, actor, target):  # the PACS's current report, which ours replaces (asked before
         _unchanged_since_pulled(pacs, pulled)  # anything leaves)
@@ -209,7 +209,7 @@ def send_results(
     if head is not None and not finals and objects.same_reading(head, chain[0]):
         chain = [head]  # the same reading sent again without a label (the watch, the command line): the PACS's
         # current version stands (a preliminary rebuilt from scratch would replace the reader's FINAL report)
-    report, earlier = _placed(chain, head, lambda before, version: _version(pulled, model, finals, before, version))
+    report, earlier = placed(chain, head, lambda before, version: version_of(pulled, model, finals, before, version))
     report_ref = study_reference(str(report.SOPInstanceUID), key)  # keyed: the PACS maps the UID to the patient
     audit.record(store, actor, SENT, target, report=report_ref, key_images=len(images))  # audited before anything
     # leaves: a send the trail cannot record is not made
@@ -249,86 +249,6 @@ def _unchanged_since_pulled(pacs: Pacs, pulled: Pulled) -> None:
             "The study in the PACS changed since it was analysed (a series was added or removed, or its patient or "
             "accession number corrected): analyse it again before sending; nothing was sent."
         )
-
-
-def _placed(chain: list[Any], head: Any | None, version_after: Callable[[Any, int], Any]) -> tuple[Any, list[Any]]:
-    """The report to send and the earlier versions to send with it, given the PACS's current version ``head``.
-    The chain is rebuilt from this analysis: sent whole to a PACS without our report; from the head on where the
-    head is one of its versions; and where the head comes from an earlier analysis of the study (a series came
-    later, another model read it), the report names that head as the version it replaces (rebuilt from scratch, it
-    named none: the PACS held two current reports, an old FINAL among them). Sent again, the same version."""
-    if head is None:
-        return chain[-1], chain[-2::-1]
-    uids = [str(version.SOPInstanceUID) for version in chain]
-    if str(head.SOPInstanceUID) in uids:
-        return chain[-1], chain[uids.index(str(head.SOPInstanceUID)) + 1 : -1][::-1]
-    number = int(head.get("InstanceNumber") or 0)
-    if str(version_after(_predecessor_of(head), number).SOPInstanceUID) == str(head.SOPInstanceUID):
-        return head, []  # this report, placed after an earlier analysis's, is the PACS's current one already
-    return version_after(head, number + 1), []
-
-
-def _predecessor_of(report: Any) -> Any | None:
-    """The version a report names as the one it replaces (its study, series, class and instance UIDs), or None."""
-    from pydicom.dataset import Dataset
-
-    for study in report.get("PredecessorDocumentsSequence") or []:
-        for series in study.get("ReferencedSeriesSequence") or []:
-            for sop in series.get("ReferencedSOPSequence") or []:
-                before = Dataset()
-                before.StudyInstanceUID, before.SeriesInstanceUID = study.StudyInstanceUID, series.SeriesInstanceUID
-                before.SOPClassUID, before.SOPInstanceUID = sop.ReferencedSOPClassUID, sop.ReferencedSOPInstanceUID
-                return before
-    return None
-
-
-def _version(
-    pulled: Pulled, model: objects.ModelFacts, finals: Sequence[tuple[str, str]], head: Any | None, version: int
-) -> Any:
-    """This analysis's latest report as version ``version``, naming ``head`` as the one it replaces."""
-    label, reader = finals[-1] if finals else (None, None)
-    outcome = pulled.outcome
-    after = str(head.SOPInstanceUID) if head is not None else None
-    try:
-        return objects.verdict_report(
-            pulled.evidence, list(outcome.series), outcome.verdict, model, label, head, version, outcome.unread,
-            reader, after,
-        )  # fmt: skip
-    except ValueError as error:
-        raise _refused(error) from error
-
-
-def _report_objects(
-    pulled: Pulled, model: objects.ModelFacts, finals: Sequence[tuple[str, str]]
-) -> tuple[list[Any], list[Any]]:
-    """The study's report versions (the chain from the preliminary one through each review in ``finals``, its
-    final label and reader, oldest first) and its key images, or :class:`PacsError` when the source headers hold a
-    value the report library refuses (never quoted: it can be a patient's)."""
-    every = list(pulled.outcome.series)  # the report names a series nobody could read too ("not analysed")
-    unread = pulled.outcome.unread
-    try:
-        chain = [objects.verdict_report(pulled.evidence, every, pulled.outcome.verdict, model, unread=unread)]
-        # each reviewed version names the one it replaces (one chain, one current) and the reader who gave it
-        for version, (label, reader) in enumerate(finals, start=2):
-            chain.append(
-                objects.verdict_report(
-                    pulled.evidence, every, pulled.outcome.verdict, model, label, chain[-1], version, unread, reader
-                )
-            )
-        analysed = [s for s in every if s.label is not None]
-        images = [image for series in analysed for image in captures.key_images(pulled.evidence, series)]
-    except ValueError as error:
-        raise _refused(error) from error
-    return chain, images
-
-
-def _refused(error: ValueError) -> PacsReportRefused:
-    """A report the library refused to make, said without the value it refused (it can be a patient's)."""
-    logger.info("event=pacs_report_refused error=%s", type(error).__name__)
-    return PacsReportRefused(
-        "The report could not be made: the study's headers hold a value the DICOM standard does not allow "
-        "(for example a character set the report library does not support)."
-    )
 
 
 def review_and_send(
