@@ -2347,3 +2347,17 @@ def test_a_study_with_no_series_saved_is_told_to_retry_saving_whatever_reference
     assert not not_its_reference(("files",), study, "p" * 64)
     saved = SimpleNamespace(views=[SimpleNamespace(record=SimpleNamespace(patient_ref=None), status=None)])
     assert not_its_reference(("files",), saved, "p" * 64) and not not_its_reference(("files",), saved, None)
+
+
+def test_the_sidebar_states_the_models_figures_on_the_patients_it_is_for_not_a_pooled_flattered_one() -> None:
+    """It showed "tumour sensitivity 89.0 %", the glioma patients' 76 % pooled with the public collection's flattered
+    99 %, a figure no document states; the README's are the glioma patients' clear tumours and tumour-free
+    sections, said optimistic, beside what a hospital it never saw gets."""
+    from ui.page import validation_line
+
+    card = json.loads((ROOT / "models" / "btd-ensemble.json").read_text())  # the shipped card
+    line = validation_line(card["metrics"]["validation"])
+    assert line is not None and line.startswith("On glioma patients held out of training")
+    assert "85 % of their clear tumour sections found, 92 % of their tumour-free sections cleared" in line
+    assert "Optimistic" in line and "never saw" in line and "89" not in line
+    assert validation_line({"accuracy": 0.9}) is None  # a card without the per-source figures: no line

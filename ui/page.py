@@ -22,6 +22,23 @@ def idle_watch() -> None:
     auth.fragment_actor(activity=False)
 
 
+def validation_line(validation: dict) -> str | None:
+    """What the card measured on the patients it would be used on, as the README states it: the glioma patients'
+    clear tumour sections found and tumour-free sections cleared (the pooled figures it showed, 89 % sensitivity,
+    counted the public collection's flattered 99 % with them and named no source), and why they are optimistic."""
+    targets = (((validation.get("per_source") or {}).get("LGG") or {}).get("targets") or {}).get("all") or {}
+    found, cleared = (targets.get(k) or {} for k in ("sensitivity", "specificity"))
+    if found.get("value") is None or cleared.get("value") is None:
+        return None
+    found_pc, cleared_pc = round(found["value"] * 100), round(cleared["value"] * 100)
+    return (
+        f"On glioma patients held out of training, at the hospitals it trained on: {found_pc} % of their clear "
+        f"tumour sections found, {cleared_pc} % of their tumour-free sections cleared. Optimistic: its calibration, "
+        "review band, gate and series rule were fitted on those patients, and at a hospital it never saw it does "
+        "worse (74-77 % found, 81-88 % cleared)."
+    )
+
+
 def setup_page(title: str, permission: str | None) -> Actor:
     """Page config, then the signed-in actor allowed ``permission`` (else the sign-in form or a refusal, and the
     page stops), then the sidebar: who is signed in, the model, and the storage's health (its location for
@@ -42,17 +59,8 @@ def setup_page(title: str, permission: str | None) -> Actor:
             st.error(str(error))
         else:
             st.markdown(f"**{card.name}** · version {card.version}")
-            validation = (card.metrics or {}).get("validation") or {}
-            if validation.get("accuracy") is not None:
-                st.caption(  # what the figures are: its calibration was fitted on these scans, many of the public
-                    # collection's have a mirrored copy or the next section in training, and they come from the
-                    # hospitals it trained on (at one it never saw it does worse: the README's limits)
-                    f"Validation ({validation.get('n', '?')} scans held out of training, many with a mirrored copy "
-                    f"or a neighbouring section in it; its calibration and review band were fitted on them): "
-                    f"accuracy {validation['accuracy']:.1%}, tumour sensitivity "
-                    f"{validation['tumour_sensitivity']:.1%}, specificity {validation['tumour_specificity']:.1%}. "
-                    "Optimistic; lower at a hospital it never saw."
-                )
+            if line := validation_line((card.metrics or {}).get("validation") or {}):
+                st.caption(line)
         st.markdown("### Storage")
         try:
             store = resources.current_store()

@@ -30,10 +30,12 @@ __all__ = [
 ]
 
 # what the confidence is: fitted on validation scans (calibration), not a promise at another hospital
-CALL_CONFIDENCE = "calibrated confidence in the tumour / no-tumour call"
+CALL_CONFIDENCE = "confidence in the tumour / no-tumour call (calibrated at the training hospitals)"
 CONFIDENCE_HELP = (
-    "Probabilities are calibrated on the model's validation scans; at another hospital or scanner the model is "
-    "right less often (the sidebar's model card). Never shown as 100%: no call is certain."
+    "Probabilities are calibrated on the model's validation scans, from the hospitals it trained on (about 2-3 "
+    "points off there, measured out of sample); at another hospital or scanner they are further off (about 10 "
+    "points) and the model is right less often (the sidebar's model figures). Never shown as 100%: no call is "
+    "certain."
 )
 
 

@@ -24,10 +24,10 @@ from core.model.classifier import Classifier
 
 # what a heat map is and is not, said wherever one is shown (screen and PDF): measured on 120 LGG validation tumour
 # slices (docs/model-report.md), no layer of the shipped ensemble put the peak inside the tumour on more than 18 %
-# of them, nor on the tumour's side of the midline much more often than by chance (the card's layer: 41 %)
+# of them, nor on the tumour's side of the midline as often as on the other (the card's layer: 41 %)
 HEAT_MEANING = (
     "The heat map shows regions that weighed on the score (Grad-CAM), not where a tumour is: on validation tumour "
-    "slices its peak rarely falls inside the tumour, and falls on the opposite side as often as on the tumour's."
+    "slices its peak rarely falls inside the tumour, and falls on the opposite side more often than on the tumour's."
 )
 
 
