@@ -35,6 +35,16 @@ from ui.wording import (
 actor = setup_page("Worklist", WORKLIST)
 st.title("Worklist")
 CONFLICT = "wl_conflict"  # the result whose review was refused: another reader reviewed it meanwhile
+MOVED = "wl_moved"  # moves by Previous / Next: the table is drawn anew, its ticked row cleared
+
+
+def open_row(result_id: str | None) -> None:
+    """Previous / Next: open ``result_id`` (a callback, before the page runs: the list's ticked row would win)."""
+    if result_id is not None:
+        st.session_state["wl_chosen"] = result_id
+        st.session_state[MOVED] = st.session_state.get(MOVED, 0) + 1
+
+
 REVIEWED_HERE = "wl_reviewed"  # the result this reader last reviewed on a list that keeps reviewed results
 try:
     store = resources.current_store()
@@ -116,11 +126,11 @@ table = pd.DataFrame(
             "review": "⚠ disagrees" if r.disagrees else ("✓ reviewed" if r.review_count else "to read"),
             "time (UTC)": r.created_at.strftime("%Y-%m-%d %H:%M"),
             "verdict": verdict_shown(r),
+            "flag": flag_shown(r),  # beside the verdict: at 1,024 px it was off-screen, a flagged "No tumour" plain
             "kind": series_kind(r) if r.kind == "series" else "scan",  # two series of a study told apart
             "patient ref.": r.patient_ref[:12] if r.patient_ref else "",  # the prefix the PDF prints: rows of one
             # patient, and a report, matched (nothing on the list tied a result to anyone)
             SCORE_COLUMN: probability_shown(r),
-            "flag": flag_shown(r),
             "final label": pretty(r.final_label) if r.final_label else "",
             "reviewed by": r.reviewer or "",
             "model": r.model_version,
@@ -135,10 +145,12 @@ if more:  # cut in the list's order, not by age: "older ones" were once said whe
         icon=":material/list:",
     )
 st.caption(f"{count_of(len(results), 'result')} · {order}.")
-if message := st.session_state.pop("review_saved", None):  # above the list: the next result opens below it
-    st.success(message)
+if message := st.session_state.pop("review_saved", None):  # above the list: the next result opens below it; and
+    st.success(message)  # where the reader is, far below the list (neither was in view after a review)
+    st.toast(message, icon=":material/task_alt:")
 if message := st.session_state.pop("review_error", None):
     st.error(message)
+    st.toast(message, icon=":material/error:")
 ids = [r.id for r in results]
 picked = st.dataframe(
     table,
@@ -146,9 +158,12 @@ picked = st.dataframe(
     width="stretch",
     on_select="rerun",
     selection_mode="single-row",
-    key=table_key("wl_table", ids),
+    key=f"{table_key('wl_table', ids)}-{st.session_state.get(MOVED, 0)}",  # a new one (no row ticked) after a move
     height=min(38 * (len(table) + 1), 360),
-    column_config={"flag": st.column_config.TextColumn("flag", width="medium")},  # "needs r" at 1,500 px
+    column_config={  # "needs r" at 1,500 px; "series 1 (DI" at every width
+        "flag": st.column_config.TextColumn("flag", width="medium"),
+        "kind": st.column_config.TextColumn("kind", width="large"),
+    },
 )
 before = st.session_state.get("wl_chosen")
 chosen_key, note = chosen_id(ids, picked.selection.rows if picked and picked.selection else [], before)
@@ -190,6 +205,19 @@ where = f"row {ids.index(chosen.id) + 1} of the list" if chosen.id in ids else "
 state = "reviewed" if chosen.review_count else "to read"
 jump = " · [to the review ↓](#review)" if chosen.kind == "series" else ""  # below a series' viewer, 2,000 px down
 st.markdown(f"**Open:** {result_kind(chosen)} saved {chosen.created_at:%Y-%m-%d %H:%M} UTC · {state} · {where}{jump}")
+at = ids.index(chosen.id) if chosen.id in ids else None  # the list's rows from the keyboard too: the table's own
+steps = st.columns([1, 1, 4])  # cursor never opened another row (only a click on its box did)
+for column, label, to, keys in ((steps[0], "Previous result", -1, "shift+p"), (steps[1], "Next result", 1, "shift+n")):
+    target = None if at is None or not 0 <= at + to < len(ids) else ids[at + to]
+    column.button(
+        label,
+        key=f"wl-step{to}",
+        disabled=target is None,
+        on_click=open_row,
+        args=(target,),
+        shortcut=keys,
+        help=f"Open the {'row above' if to < 0 else 'row below'} in the list (keyboard: {keys.title()}).",
+    )
 result_panel(opened, classifier.card.labels, classifier, explainer)
 
 

@@ -2361,3 +2361,33 @@ def test_the_sidebar_states_the_models_figures_on_the_patients_it_is_for_not_a_p
     assert "85 % of their clear tumour sections found, 92 % of their tumour-free sections cleared" in line
     assert "Optimistic" in line and "never saw" in line and "89" not in line
     assert validation_line({"accuracy": 0.9}) is None  # a card without the per-source figures: no line
+
+
+def test_the_worklist_opens_the_next_and_previous_rows_from_the_keyboard_and_says_a_review_where_the_reader_is(
+    app_environment: Path,
+) -> None:
+    """The table's own cursor never opened another row (only a click on its tick box did): a keyboard-only reader
+    took results in list order alone. And "Review saved" was drawn above the list, 1,200 px above the reader."""
+    store = stored(app_environment)
+    now = datetime.now(UTC)
+    for n in range(3):
+        store.add(make_record(n + 1, now - timedelta(minutes=n)))  # newest first: the list's order
+    app = page("worklist.py").run()
+
+    def opened() -> str:
+        return next(m.value for m in app.markdown if m.value.startswith("**Open:**"))
+
+    def step(label: str):
+        return next(b for b in app.button if b.label == label)
+
+    assert "row 1 of the list" in opened() and step("Previous result").disabled
+    assert step("Next result").proto.shortcut == "shift+n" and step("Previous result").proto.shortcut == "shift+p"
+    step("Next result").click().run()
+    assert "row 2 of the list" in opened() and not app.exception
+    step("Next result").click().run()
+    assert "row 3 of the list" in opened() and step("Next result").disabled
+    step("Previous result").click().run()
+    assert "row 2 of the list" in opened()
+    (agree,) = [b for b in app.button if b.label.startswith("Agree")]
+    agree.click().run()
+    assert any(t.value.startswith("Review saved") for t in app.toast)  # where the reader is, not only above
