@@ -248,7 +248,7 @@ def test_upload_to_verdict_and_statistics_in_chromium(server: str, tmp_path: Pat
         page.get_by_role("option").filter(has_not_text=model_said).first.click()
         page.get_by_role("button", name="Save override").click()
         wait_idle(page)
-        expect(page.get_by_text("Review saved")).to_be_visible(timeout=30_000)  # and the next unread result is shown
+        expect(page.get_by_text("Review saved").first).to_be_visible(timeout=30_000)  # and the next unread is shown
         wait_idle(page)  # the message shows while the page still runs: a click then met a list being redrawn
         reviewed_option = page.get_by_role("option", name="reviewed", exact=True)
         for _ in range(3):  # Show: not yet reviewed; opened again if a late redraw closed it
