@@ -127,10 +127,10 @@ table = pd.DataFrame(
             "time (UTC)": r.created_at.strftime("%Y-%m-%d %H:%M"),
             "verdict": verdict_shown(r),
             "flag": flag_shown(r),  # beside the verdict: at 1,024 px it was off-screen, a flagged "No tumour" plain
+            SCORE_COLUMN: probability_shown(r),
             "kind": series_kind(r) if r.kind == "series" else "scan",  # two series of a study told apart
             "patient ref.": r.patient_ref[:12] if r.patient_ref else "",  # the prefix the PDF prints: rows of one
             # patient, and a report, matched (nothing on the list tied a result to anyone)
-            SCORE_COLUMN: probability_shown(r),
             "final label": pretty(r.final_label) if r.final_label else "",
             "reviewed by": r.reviewer or "",
             "model": r.model_version,
@@ -206,7 +206,7 @@ state = "reviewed" if chosen.review_count else "to read"
 jump = " · [to the review ↓](#review)" if chosen.kind == "series" else ""  # below a series' viewer, 2,000 px down
 st.markdown(f"**Open:** {result_kind(chosen)} saved {chosen.created_at:%Y-%m-%d %H:%M} UTC · {state} · {where}{jump}")
 at = ids.index(chosen.id) if chosen.id in ids else None  # the list's rows from the keyboard too: the table's own
-steps = st.columns([1, 1, 4])  # cursor never opened another row (only a click on its box did)
+steps = st.columns([1, 1, 2])  # cursor never opened another row (only a click on its box did)
 for column, label, to, keys in ((steps[0], "Previous result", -1, "shift+p"), (steps[1], "Next result", 1, "shift+n")):
     target = None if at is None or not 0 <= at + to < len(ids) else ids[at + to]
     column.button(

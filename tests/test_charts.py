@@ -360,9 +360,12 @@ def test_a_patients_timeline_colours_a_reviewed_result_by_the_radiologists_final
         LABEL_NAMES,
         reviewed=[True, False],
     )
-    (trace,) = figure.data
-    assert list(trace.marker.color) == ["#d32f2f", "#2e7d32"]
-    assert trace.text[0].endswith("(radiologist)") and trace.text[1].endswith("(model)")
+    tumour, clear = figure.data
+    assert (tumour.marker.color, clear.marker.color) == ("#d32f2f", "#2e7d32")
+    assert tumour.text[0].endswith("(radiologist)") and clear.text[0].endswith("(model)")
+    # not by colour alone (a reader who cannot tell red from green could not tell them apart) and named
+    assert (tumour.marker.symbol, clear.marker.symbol) == ("circle", "circle-open")
+    assert (tumour.name, clear.name) == ("scan: tumour", "scan: no tumour")
 
 
 def test_a_new_result_reaches_the_live_board_within_the_promised_30_seconds() -> None:

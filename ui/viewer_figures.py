@@ -13,6 +13,7 @@ import base64
 import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
+from itertools import product
 from typing import Any
 
 import cv2
@@ -366,14 +367,15 @@ def timeline_figure(
     reviewed: Sequence[bool] | None = None,
     scanned: bool = False,
 ) -> go.Figure:
-    """A patient's results over time: tumour probability per result, circles for scans, squares for series,
-    coloured by verdict: the radiologist's final label where there is one (``reviewed``), else the model's (a no
-    tumour call overridden to glioma was drawn green). ``times``: when each was saved, or, ``scanned``, its day
-    from the patient's first scan."""
+    """A patient's results over time: tumour probability per result, circles for scans, squares for series, by
+    verdict (the radiologist's final label where there is one, ``reviewed``, else the model's: a no tumour call
+    overridden to glioma was drawn green): a tumour filled and red, no tumour open and green (by colour alone, a
+    reader who cannot tell red from green could not tell them apart; the legend named neither). ``times``: when
+    each was saved, or, ``scanned``, its day from the patient's first scan."""
     reviewed = reviewed or [False] * len(labels)
     figure = go.Figure()
-    for kind, symbol in (("scan", "circle"), ("series", "square")):
-        chosen = [i for i, k in enumerate(kinds) if k == kind]
+    for (kind, symbol), tumour in product((("scan", "circle"), ("series", "square")), (True, False)):
+        chosen = [i for i, k in enumerate(kinds) if k == kind and (labels[i] != "notumor") == tumour]
         if not chosen:
             continue
         value = "series score" if kind == "series" else "P(tumour)"  # a series' is its rule's score, no probability
@@ -382,11 +384,12 @@ def timeline_figure(
                 x=[times[i] for i in chosen],
                 y=[probabilities[i] for i in chosen],
                 mode="markers",
-                name=kind,
+                name=f"{kind}: {'tumour' if tumour else 'no tumour'}",
                 marker={
-                    "symbol": symbol,
+                    "symbol": symbol if tumour else f"{symbol}-open",
                     "size": 11,
-                    "color": ["#d32f2f" if labels[i] != "notumor" else "#2e7d32" for i in chosen],
+                    "color": "#d32f2f" if tumour else "#2e7d32",
+                    "line": {"width": 2},
                 },
                 text=[
                     names.get(labels[i], labels[i]) + (" (radiologist)" if reviewed[i] else " (model)") for i in chosen
