@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import io
 import json
 import os
@@ -803,7 +804,9 @@ def test_a_patient_key_that_is_not_the_databases_is_refused_before_any_study_is_
     store = open_results_store()
     assert store.key_check("patient_reference", "another") == accepted
     assert [e.detail for e in store.audit_events() if e.action == "patient_key_accepted"] == [
-        {"fingerprint": accepted, "replaced": first}  # what it replaced: a mistaken accept is traced and undone
+        # what it replaced: a mistaken accept is traced and undone; and which operating-system account ran the
+        # command (two administrators of one server were both "cli")
+        {"fingerprint": accepted, "replaced": first, "os_user": getpass.getuser()}
     ]
 
 

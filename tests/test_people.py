@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import io
 import json
 import logging
@@ -1773,7 +1774,8 @@ def test_a_password_set_on_a_single_sign_on_account_says_that_its_sign_in_change
     assert code == 0 and "note" not in line  # a password account's reset: nothing changed in how it signs in
     store = open_store(None, tmp_path / "data", audit_key({}, shared_database=False))
     events = [e.detail for e in store.audit_events() if e.action == "account_password_set"]
-    assert events == [{"temporary": False, "was": "single sign-on"}, {"temporary": False}]
+    user = {"os_user": getpass.getuser()}  # the command line's events name who ran it
+    assert events == [{"temporary": False, "was": "single sign-on"} | user, {"temporary": False} | user]
 
 
 def test_an_admin_sets_their_own_password_in_the_sidebar_not_as_another_account(store) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from core.domain.people import KEYED, AuditEvent, AuditHead, AuditQuery, VerifiedPoint, event_hash, first_broken
 from core.errors import AccessDenied, StoreError
-from core.services.access import AUDIT_EXPORT, AUDIT_READ, OPEN_RESULT, Actor, allowed, require
+from core.services.access import AUDIT_EXPORT, AUDIT_READ, COMMAND_LINE, OPEN_RESULT, Actor, allowed, require
 from core.services.exports import spreadsheet_safe, text_line_safe
 from core.storage.protocol import AuditTrail
 
@@ -29,8 +29,21 @@ logger = logging.getLogger("btd.audit")
 
 
 def record(store: AuditTrail, actor: Actor, event: str, target: str | None = None, **detail: Any) -> AuditEvent:
-    """Append one event named ``event`` (raises the store's error when it cannot: what cannot be audited fails)."""
+    """Append one event named ``event`` (raises the store's error when it cannot: what cannot be audited fails).
+    The command line's events name the operating-system account that ran it (two administrators of one server
+    were both "cli")."""
+    if actor == COMMAND_LINE:
+        detail = {**detail, "os_user": _os_user()}
     return store.append_audit(AuditEvent(datetime.now(UTC), actor.name, actor.role, event, target, dict(detail)))
+
+
+def _os_user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container's user without a name
+        return "unknown"
 
 
 ANOTHER_KEY = (
