@@ -1404,3 +1404,15 @@ def test_a_nifti_holding_more_sections_than_its_header_declares_or_voxels_inside
     inside[108:112] = np.float32(0).tobytes()  # vox_offset
     with pytest.raises(CorruptImage, match="puts the voxels inside itself"):
         read_nifti(bytes(inside))
+
+
+def test_a_nifti_with_header_extensions_is_read() -> None:
+    """The header was parsed from the file's first 540 bytes, extensions and all: one of more than about 190 bytes
+    (AFNI's, a long comment) refused the file as "damaged or is not a NIfTI volume"."""
+    import nibabel
+    from nibabel.nifti1 import Nifti1Extension
+
+    image = nibabel.Nifti1Image(head_volume(6, size=64).transpose(2, 1, 0), np.diag([0.9, 0.9, 5.0, 1.0]))
+    image.header.extensions.append(Nifti1Extension(6, b"a comment " * 300))  # 3 kB
+    (volume,) = read_study([image.to_bytes()])
+    assert volume.sections.shape == (6, 64, 64)

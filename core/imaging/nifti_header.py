@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import io
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -34,11 +35,8 @@ def nifti_bytes(head: bytes, limits: StudyLimits) -> int:
 def nifti_layout(head: bytes, limits: StudyLimits) -> tuple[int, int]:
     """:func:`nifti_bytes`, and the bytes of the volume's smallest section along any axis: a file holding that
     much past its volume holds a section (or more) its header does not declare."""
-    import nibabel
-
     try:
-        header_class = nibabel.Nifti2Header if int.from_bytes(head[:4], "little") == 540 else nibabel.Nifti1Header
-        header = header_class.from_fileobj(io.BytesIO(head), check=False)
+        header = _fixed_header(head)
         shape = tuple(int(n) for n in header.get_data_shape())
         itemsize = int(header.get_data_dtype().itemsize)
         offset = int(header.get_data_offset())
@@ -68,13 +66,21 @@ def nifti_layout(head: bytes, limits: StudyLimits) -> tuple[int, int]:
     return offset + stored, min(sides[0] * sides[1], sides[0] * sides[2], sides[1] * sides[2]) * itemsize
 
 
+def _fixed_header(head: bytes) -> Any:
+    """The header's fixed part (348 bytes, NIfTI-2's 540), its extensions left to the reader of the whole file: read
+    from the first 540 bytes, an extension past them (AFNI's, a 3 kB comment) refused the file as "damaged"."""
+    import nibabel
+
+    two = int.from_bytes(head[:4], "little") == 540
+    return (nibabel.Nifti2Header if two else nibabel.Nifti1Header).from_fileobj(
+        io.BytesIO(head[: 540 if two else 348]), check=False
+    )
+
+
 def declared_zooms(head: bytes) -> np.ndarray:
     """The voxel sizes as the header stores them (pixdim, one per spatial axis it declares): nibabel's reading
     sets a 0 to 1 and a negative one to its size, saying so on stderr only."""
-    import nibabel
-
-    header_class = nibabel.Nifti2Header if int.from_bytes(head[:4], "little") == 540 else nibabel.Nifti1Header
-    header = header_class.from_fileobj(io.BytesIO(head), check=False)
+    header = _fixed_header(head)
     axes = min(3, len(header.get_data_shape()))
     return np.asarray(header["pixdim"][1 : 1 + axes], float)
 
