@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import io
 import json
 import os
+import pwd
 import subprocess
 import sys
 from pathlib import Path
@@ -777,6 +777,8 @@ def test_a_patient_key_that_is_not_the_databases_is_refused_before_any_study_is_
     from core.imaging.phantom_series import dicom_series, head_volume
     from core.services.resources import open_results_store
 
+    monkeypatch.setenv("LOGNAME", "someone-else")  # the audit names the account by its user id, not by this
+
     data = tmp_path / "data"
     monkeypatch.setenv("BTD_DATA_DIR", str(data))
     monkeypatch.delenv("MONGODB_URI", raising=False)
@@ -806,7 +808,7 @@ def test_a_patient_key_that_is_not_the_databases_is_refused_before_any_study_is_
     assert [e.detail for e in store.audit_events() if e.action == "patient_key_accepted"] == [
         # what it replaced: a mistaken accept is traced and undone; and which operating-system account ran the
         # command (two administrators of one server were both "cli")
-        {"fingerprint": accepted, "replaced": first, "os_user": getpass.getuser()}
+        {"fingerprint": accepted, "replaced": first, "os_user": pwd.getpwuid(os.geteuid()).pw_name}
     ]
 
 

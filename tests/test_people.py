@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import getpass
 import io
 import json
 import logging
+import os
+import pwd
 import sqlite3
 import sys
 from dataclasses import replace
@@ -1774,7 +1775,7 @@ def test_a_password_set_on_a_single_sign_on_account_says_that_its_sign_in_change
     assert code == 0 and "note" not in line  # a password account's reset: nothing changed in how it signs in
     store = open_store(None, tmp_path / "data", audit_key({}, shared_database=False))
     events = [e.detail for e in store.audit_events() if e.action == "account_password_set"]
-    user = {"os_user": getpass.getuser()}  # the command line's events name who ran it
+    user = {"os_user": pwd.getpwuid(os.geteuid()).pw_name}  # the command line's events name who ran it
     assert events == [{"temporary": False, "was": "single sign-on"} | user, {"temporary": False} | user]
 
 

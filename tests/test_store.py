@@ -6,10 +6,10 @@ the validator and write concern, and it needs a MongoDB the tests can reach.
 
 from __future__ import annotations
 
-import getpass
 import io
 import json
 import os
+import pwd
 import shutil
 import sqlite3
 import sys
@@ -2034,7 +2034,7 @@ def test_a_backup_taken_while_the_app_writes_holds_every_result_its_keys_and_ima
     assert SQLiteStore(tmp_path / "backup" / "results.sqlite3").summary().total == len(FIXTURE)
     # a copy of every result and both keys is an event of the trail, the backup's own included
     assert [(e.action, e.detail) for e in store.audit_events()] == [
-        ("store_backup", {"folder": "backup", "os_user": getpass.getuser()})
+        ("store_backup", {"folder": "backup", "os_user": pwd.getpwuid(os.geteuid()).pw_name})
     ]
     assert [e.action for e in SQLiteStore(tmp_path / "backup" / "results.sqlite3").audit_events()] == ["store_backup"]
     assert main(["store", "backup", str(tmp_path / "backup")]) == 2  # never over an earlier backup (exit 2: usage)

@@ -35,7 +35,7 @@ def validation_line(validation: dict) -> str | None:
         f"On glioma patients held out of training, at the hospitals it trained on: {found_pc} % of their clear "
         f"tumour sections found, {cleared_pc} % of their tumour-free sections cleared. Optimistic: its calibration, "
         "review band, gate and series rule were fitted on those patients, and at a hospital it never saw it does "
-        "worse (74-77 % found, 81-88 % cleared)."
+        "worse (the README's Limits)."
     )
 
 

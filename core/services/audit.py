@@ -38,12 +38,15 @@ def record(store: AuditTrail, actor: Actor, event: str, target: str | None = Non
 
 
 def _os_user() -> str:
-    import getpass
+    """The account the process runs as, by its user id (getpass took LOGNAME or USER first: anyone could name
+    someone else); its number where it has no name (a container's)."""
+    import os
+    import pwd
 
     try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # a container's user without a name
-        return "unknown"
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
 
 
 ANOTHER_KEY = (
