@@ -82,6 +82,12 @@ def test_sections_without_a_head_are_skipped_with_their_reason_and_never_count(c
     assert {0, 1, 9} <= set(skipped) and all(skipped[i] for i in (0, 1, 9))
     assert result.curve[0] is None and result.to_json()["skipped"]["9"] == skipped[9]
     assert result.volume.plane == "sagittal"
+    # a section of two separate head-sized regions (a low section whose cerebellar hemispheres come apart): said
+    # for a section, never the single image's "upload each slice as its own image"
+    small = head_volume(2, 80)
+    stored[5] = np.pad(np.hstack([small[0], small[1]]), ((40, 40), (0, 0)))
+    result = analyse_volume(read_study(dicom_series(stored, orientation=SAGITTAL))[0], classifier)
+    assert {s.index: s.skipped for s in result.refused}[5] == "two separate regions the size of a head; not read"
 
 
 def test_a_series_with_nothing_to_analyse_has_no_verdict(classifier: Classifier) -> None:

@@ -279,6 +279,11 @@ def _clause(message: str) -> str:
     return text[:1].lower() + text[1:]
 
 
+# a section's reason worded for a section (the single image's advice, "upload each slice as its own image", was shown
+# against a series' low section whose cerebellar hemispheres came apart)
+SECTION_WHY = {"several_images": "two separate regions the size of a head; not read"}
+
+
 def analyse_volume(volume: Volume, classifier: Classifier, batch_size: int = 64) -> SeriesAnalysis:
     """Every section through the gate and the model, then the card's series rule."""
     started = time.perf_counter()
@@ -286,7 +291,8 @@ def analyse_volume(volume: Volume, classifier: Classifier, batch_size: int = 64)
     sections = []
     for index, (result, position) in enumerate(zip(results, volume.positions, strict=True)):
         if isinstance(result, ScanError):
-            why = f"no head region: {_clause(str(result))}" if result.code == NoBrainFound.code else str(result)
+            why = SECTION_WHY.get(result.code) or str(result)
+            why = f"no head region: {_clause(why)}" if result.code == NoBrainFound.code else why
             sections.append(Section(index, position, None, why))
         elif result.prediction.gate.decision == REJECTED:
             sections.append(Section(index, position, None, "; ".join(result.prediction.gate.reasons)))
