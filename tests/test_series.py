@@ -1373,7 +1373,8 @@ def test_a_series_holding_another_series_images_is_read_once_and_said() -> None:
     upload = read_upload(first + again)
     assert [v.number for v in upload.volumes] == [2]
     assert upload.notes == (
-        "DICOM series 3 holds the same images as DICOM series 2 (a series sent twice?): read once, as DICOM series 2.",
+        "The upload's series 2 (DICOM series 3) holds the same images as the upload's series 1 (DICOM series 2) (a "
+        "series sent twice?): read once, as the latter.",
     )
     corrected = relabelled(dicom_series(volume, series_uid="1.2.3.3"), SeriesNumber=4, PixelSpacing=[1.2, 0.8])
     upload = read_upload(first + corrected)
@@ -1381,6 +1382,12 @@ def test_a_series_holding_another_series_images_is_read_once_and_said() -> None:
     assert "one header is wrong; check which" in upload.notes[0]
     other = relabelled(dicom_series(head_volume(n=8, size=96, seed=3), series_uid="1.2.3.4"), SeriesNumber=5)
     assert len(read_upload(first + other).volumes) == 2 and not read_upload(first + other).notes  # two series
+    # blank series (one grey level each, whatever their stored values) are no content to tell apart, and series
+    # of two studies are left to the study's own checks (one of them vanished, unsaid)
+    blank = [dicom_series(np.full((4, 96, 96), v, np.uint16), series_uid=f"1.2.3.{v}") for v in (500, 900)]
+    assert len(read_upload(blank[0] + blank[1]).volumes) == 2
+    elsewhere = dicom_series(volume, study_uid="1.2.826.0.1.3680043.8.498.2", series_uid="1.2.3.6")
+    assert len(read_upload(first + elsewhere).volumes) == 2
 
 
 def test_a_nifti_holding_more_sections_than_its_header_declares_or_voxels_inside_its_header_is_refused() -> None:

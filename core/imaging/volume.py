@@ -137,22 +137,36 @@ def one_per_position(
 
 
 def each_once(volumes: list[Volume]) -> tuple[list[Volume], list[str]]:
-    """The volumes, each content once, and what was left out: a series whose sections are another's as displayed
-    (sent twice, re-exported) is read as the first one only. Both were saved as one result (its id is the pixels'):
-    the page said "already saved" of the second while the PDF printed the first's record, spacing and volume
-    under both numbers. Where their geometry differs (a corrected export) one header is wrong, and that is said."""
-    kept: dict[str, Volume] = {}
-    notes = []
-    for volume in volumes:
-        first = kept.setdefault(volume.sha256, volume)
-        if first is volume:
+    """The volumes, each content once, and what was left out: a series of a study whose sections are another's of
+    it as displayed (sent twice, re-exported) is read as the first one only. Both were saved as one result (its id
+    is the pixels'): the page said "already saved" of the second while the PDF printed the first's record, spacing
+    and volume under both numbers. Where their geometry differs (a corrected export) one header is wrong, and that
+    is said. Series of two studies are left to the study's own checks, and blank series (one grey level) are no
+    content to tell apart."""
+    kept: dict[tuple, int] = {}
+    chosen, notes = [], []
+    for k, volume in enumerate(volumes):
+        sections = volume.sections
+        if sections.size and sections.min() == sections.max():
+            chosen.append(volume)
             continue
-        named = [f"DICOM series {v.number}" if v.number is not None else "another series" for v in (volume, first)]
-        note = f"{named[0]} holds the same images as {named[1]} (a series sent twice?): read once, as {named[1]}."
-        if _geometry(volume) != _geometry(first):
+        first = kept.setdefault((volume.study, sections.shape, volume.sha256), k)
+        if first == k:
+            chosen.append(volume)
+            continue
+        named = [_named(volumes[n], n) for n in (k, first)]
+        note = f"{named[0]} holds the same images as {named[1]} (a series sent twice?): read once, as the latter."
+        if _geometry(volume) != _geometry(volumes[first]):
             note += " Their pixel spacing, positions or orientation differ: one header is wrong; check which."
         notes.append(note[0].upper() + note[1:])
-    return list(kept.values()), notes
+    return chosen, notes
+
+
+def _named(volume: Volume, index: int) -> str:
+    """A series as a note names it: its place in the upload, and its DICOM series number when it has one."""
+    return f"the upload's series {index + 1}" + (
+        f" (DICOM series {volume.number})" if volume.number is not None else ""
+    )
 
 
 def _geometry(volume: Volume) -> tuple:
