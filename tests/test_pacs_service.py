@@ -387,6 +387,15 @@ def test_a_report_of_a_study_read_again_replaces_the_pacs_current_one_never_stan
     pacs_service.send_results(pacs, RADIOLOGIST, later, model, store, None)  # sent again: nothing new
     assert {str(d.SOPInstanceUID) for batch in pacs.stored for d in batch if d.Modality == "SR"} == reports
     assert current_reports(pacs) == [str(head.SOPInstanceUID)]  # one current report
+    # a second series arrives later still: its version carries the label on (it dropped it again)
+    files3 = files + dicom_series(head_volume(5, 96, seed=5), study_uid=STUDY, series_uid=f"{STUDY}.3")
+    third = pacs_service.Pulled(STUDY, analyse_study(files3, tiny_classifier), tuple(objects.headers(files3)))
+    pacs_service.send_results(pacs, RADIOLOGIST, third, model, store, None)
+    fourth = pacs.report_head(STUDY, series_uid)
+    assert int(fourth.InstanceNumber) == 4 and fourth.PreliminaryFlag == "PRELIMINARY"
+    assert "Radiologist's final label: Glioma" in str(fourth.ContentSequence[0].TextValue)
+    assert str(fourth.ContentSequence[0].TextValue) == str(head.ContentSequence[0].TextValue)  # said once, as v3
+    pacs.stored = [batch for batch in pacs.stored if fourth not in batch]  # as before it, for the rest of the test
     later_ids = [save_series(s, store, actor=RADIOLOGIST, patient_ref=None).record_id for s in again.series]
     reviewed = pacs_service.review_and_send(pacs, RADIOLOGIST, later, model, store, None, "meningioma", later_ids)
     assert current_reports(pacs) == [reviewed[0]] and int(pacs.report_head(STUDY, series_uid).InstanceNumber) == 4

@@ -258,13 +258,21 @@ def report_series(study_uid: str) -> str:
     return uid(study_uid, "report series")
 
 
+REPLACED = "The final report this version replaces (a series added since, or the study read again): "
+NOT_REVIEWED_YET = ". This reading is not reviewed yet."
+
+
 def final_label_said(report: Any | None) -> str | None:
-    """The radiologist's final label a FINAL report of ours states, as it states it ("Radiologist's final label:
-    Glioma (given by ...)"); None for another report."""
-    if report is None or report.get("PreliminaryFlag") != "FINAL":
+    """The radiologist's final label a report of ours states, as it states it ("Radiologist's final label: Glioma
+    (given by ...)"): a FINAL report's own, or the one an unreviewed version carried from the FINAL report it
+    replaced (a second late series dropped it again); None for another report."""
+    if report is None:
         return None
-    texts = (str(item.get("TextValue", "")) for item in report.get("ContentSequence") or [])
-    return next((text for text in texts if text.startswith("Radiologist's final label:")), None)
+    texts = [str(item.get("TextValue", "")) for item in report.get("ContentSequence") or []]
+    if report.get("PreliminaryFlag") == "FINAL":
+        return next((text for text in texts if text.startswith("Radiologist's final label:")), None)
+    carried = next((text for text in texts if text.startswith(REPLACED) and text.endswith(NOT_REVIEWED_YET)), None)
+    return None if carried is None else carried[len(REPLACED) : -len(NOT_REVIEWED_YET)]
 
 
 def same_reading(report: Any, ours: Any) -> bool:
@@ -307,8 +315,7 @@ def _leading_findings(
         )
     texts = []
     if replaces_final is not None and final_label is None:
-        replaced = "The final report this version replaces (a series added since, or the study read again)"
-        texts.append(f"{replaced}: {replaces_final}. This reading is not reviewed yet.")
+        texts.append(f"{REPLACED}{replaces_final}{NOT_REVIEWED_YET}")
     if final_label is not None:  # a final report leads with the reader's label: its first finding, the one a
         by = f" (given by {reader} in the triage dashboard)" if reader else ""  # viewer's preview shows, was the
         texts.append(f"Radiologist's final label: {_words(final_label)}{by}")  # model's verdict, unnamed as such
