@@ -268,3 +268,16 @@ def test_a_position_along_an_oblique_normal_names_both_sides_it_leans_to_as_the_
     assert (place_text(oblique, 30.9), place_text(oblique, -30.9)) == ("LP 30.9 mm", "RA 30.9 mm")
     assert (place_text((1, 0, 0, 0, 1, 0), 12.0), place_text((1, 0, 0, 0, 1, 0), -12.0)) == ("H 12.0 mm", "F 12.0 mm")
     assert place_text(None, -4.0) == "-4.0 mm"
+
+
+def test_a_scans_pixel_spacing_is_read_as_a_series_sections_are() -> None:
+    """Two parsers of one header field: PixelSpacing 0.9\\0.9\\0.9 gave a series mm and mm2 and a single scan of the
+    same file pixels only."""
+    from types import SimpleNamespace
+
+    from core.imaging.geometry import dicom_spacing, pixel_spacing
+
+    for text in ("0.9\\0.9", "0.9\\0.9\\0.9", "a\\b", "0\\1", "0.5\\1.0", "1e30\\1"):
+        scan = SimpleNamespace(acquisition={"PixelSpacing": text})
+        assert pixel_spacing(scan) == dicom_spacing(text.split("\\")), text
+    assert pixel_spacing(SimpleNamespace(acquisition={"PixelSpacing": "0.9\\0.9\\0.9"})) == (0.9, 0.9)

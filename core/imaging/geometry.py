@@ -161,13 +161,9 @@ def pixel_spacing(scan: Any) -> tuple[float, float] | None:
     display that turns rows into columns swaps them: read as stored, a 0.5 x 1 mm slice was drawn 4:1), or None
     (PNG, JPEG, or a missing or malformed value)."""
     text = scan.acquisition.get("PixelSpacing") if getattr(scan, "acquisition", None) else None
-    try:
-        values = tuple(float(v) for v in str(text).split("\\")) if text else ()
-    except ValueError:
-        return None
-    if len(values) != 2 or not all(map(plausible_mm, values)):
-        return None
-    return transformed_spacing((values[0], values[1]), getattr(scan, "display", DisplayTransform()))
+    spacing = dicom_spacing(str(text).split("\\")) if text else None  # as a series' sections read it (a second
+    # parser gave a scan pixels only where its series had mm)
+    return None if spacing is None else transformed_spacing(spacing, getattr(scan, "display", DisplayTransform()))
 
 
 def nifti_orientation(affine: np.ndarray, across: tuple[int, int] = (0, 1)) -> tuple[float, ...]:
