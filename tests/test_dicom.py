@@ -299,6 +299,10 @@ def test_acquisition_facts_are_non_identifying() -> None:
     facts = dict(scan.acquisition)
     assert facts["Modality"] == "MR" and facts["Plane"] == "axial" and facts["MagneticFieldStrength"] == "1.5"
     assert CANARY not in repr(facts) and "MRN123" not in repr(facts)
+    # an orientation the pixels are not shown by (not unit vectors: no edge letters) names no plane either (the
+    # facts said "Plane: axial" beside "left and right unknown")
+    unusable = read_scan(dicom_bytes(stored_slice(), extra={"ImageOrientationPatient": [3, 0, 0, 0, 3, 0]}))
+    assert unusable.orientation is None and "Plane" not in dict(unusable.acquisition)
 
 
 def test_malformed_header_values_are_rejected_not_crashed() -> None:

@@ -324,7 +324,13 @@ def _read_checked(
     view = frame_view(dataset, frame if frames > 1 else 0)
     shown_pixels = display(pixels, view)
     notes = (*notes, said) if (said := window_note(view)) else notes
-    return geometry.apply_transform(shown_pixels, transform), acquisition_facts(view), notes, shown, transform
+    return (
+        geometry.apply_transform(shown_pixels, transform),
+        acquisition_facts(view, orientation),
+        notes,
+        shown,
+        transform,
+    )
 
 
 def _says_burnt_in(value: Any) -> bool:
@@ -395,15 +401,16 @@ def decode_frame(dataset: Any, frame: int | None) -> np.ndarray:
     return pixels
 
 
-def acquisition_facts(dataset: Any) -> dict[str, str]:
+def acquisition_facts(dataset: Any, orientation: Sequence[float] | None) -> dict[str, str]:
+    """The header's facts the page lists, with the plane of ``orientation`` (the one the pixels are shown by: the
+    raw ImageOrientationPatient named "axial" a file whose unusable orientation gave no letters)."""
     facts: dict[str, str] = {}
     for name in ACQUISITION_FIELDS:
         value = dataset.get(name)
         if value not in (None, ""):
             several = isinstance(value, Sequence) and not isinstance(value, str | bytes)  # pydicom's MultiValue too
             facts[name] = "\\".join(str(v) for v in value) if several else str(value)
-    plane = geometry.plane_of(dataset.get("ImageOrientationPatient"))
-    if plane:
+    if plane := geometry.plane_of(orientation):
         facts["Plane"] = plane
     meta = getattr(dataset, "file_meta", None)
     uid = getattr(meta, "TransferSyntaxUID", None)
