@@ -1423,3 +1423,17 @@ def test_a_nifti_with_header_extensions_is_read() -> None:
     image.header.extensions.append(Nifti1Extension(6, b"a comment " * 300))  # 3 kB
     (volume,) = read_study([image.to_bytes()])
     assert volume.sections.shape == (6, 64, 64)
+
+
+def test_an_image_type_of_one_value_is_read_as_one_value() -> None:
+    """ImageType written as one value was iterated letter by letter: "LOCALIZER" alone was no localizer (the
+    mosaic check read it as one value: one reading for both now)."""
+    from pydicom.dataset import Dataset
+
+    from core.imaging.series_headers import is_localizer
+
+    header = Dataset()
+    header.ImageType = "LOCALIZER"
+    assert is_localizer(header)
+    header.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    assert is_localizer(header)

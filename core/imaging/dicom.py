@@ -251,8 +251,7 @@ def checked_dataset(data: bytes, limits: Limits, header: Any = None) -> tuple[An
             "This DICOM file says its pixels carry burnt-in text (patient details): it is not analysed or kept. "
             "Use a copy without it (most scanners can export one)."
         )
-    image_type = header.get("ImageType") or []
-    if "MOSAIC" in [str(v).strip().upper() for v in ([image_type] if isinstance(image_type, str) else image_type)]:
+    if "MOSAIC" in image_type(header):
         raise SeveralImages(  # a Siemens mosaic: the crop took one of its tiles, and the others went unread
             "This DICOM image is a mosaic (Image Type MOSAIC): the sections of a series tiled in one image, which "
             "would be read as one head. Export the series with one image per section."
@@ -331,6 +330,12 @@ def _read_checked(
         shown,
         transform,
     )
+
+
+def image_type(header: Any) -> list[str]:
+    """ImageType's values, upper case: one value written as text is one value (iterated, "LOCALIZER" was letters)."""
+    value = header.get("ImageType") or []
+    return [str(v).strip().upper() for v in ([value] if isinstance(value, str) else value)]
 
 
 def _says_burnt_in(value: Any) -> bool:

@@ -77,8 +77,9 @@ def scan_date(header: object) -> date | None:
 
 def is_localizer(header: object) -> bool:
     """A positioning image: ImageType says LOCALIZER, or the series description is a vendor's name for one."""
-    image_type = [str(v).upper() for v in (header.get("ImageType") or [])]  # type: ignore[attr-defined]
-    return "LOCALIZER" in image_type or bool(LOCALIZER.search(str(header.get("SeriesDescription", "") or "")))  # type: ignore[attr-defined]
+    return "LOCALIZER" in dicom.image_type(header) or bool(
+        LOCALIZER.search(str(header.get("SeriesDescription", "") or ""))
+    )  # type: ignore[attr-defined]
 
 
 SEVERAL_PATIENTS = (
