@@ -140,3 +140,22 @@ def test_a_scans_pictures_are_encoded_once_for_every_rerun_of_its_page(tiny_clas
     shown = explained.overlay_b64(explained.explained, 0.45)
     assert explained.overlay_b64(explained.explained, 0.45) is shown
     assert explained.overlay_b64(explained.explained, 0.6) != shown  # another opacity: made for it
+
+
+def test_a_heat_map_of_an_uncropped_input_lands_where_its_input_was_padded_not_stretched() -> None:
+    """A card reading the whole slice (no crop) pads it to a square; its heat map was stretched back over the
+    slice instead: a band along the input's top came back half as deep again (75 rows of 300, not 50)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from core.model.explain import to_scan
+    from core.model.preprocess import input_to_image
+
+    height, width = 300, 400  # wider than high: padded above and below to 400 x 400 (50 rows each)
+    on_input = np.zeros((128, 128), np.float32)
+    on_input[:32] = 1.0  # the input's top quarter: 100 rows of the square, 50 of them padding
+    analysis = SimpleNamespace(scan=SimpleNamespace(pixels=np.zeros((height, width), np.uint8)), region=None)
+    on_scan = to_scan(on_input, analysis, cropped=False)
+    assert on_scan.shape == (height, width) and on_scan[:45].mean() > 0.95 and on_scan[56:].max() == 0
+    assert np.array_equal(on_scan, input_to_image(on_input, None, (height, width)))  # the lesion map's inverse

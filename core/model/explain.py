@@ -21,6 +21,7 @@ import numpy as np
 from core.errors import ModelError
 from core.model.analysis import Analysis, Prediction
 from core.model.classifier import Classifier
+from core.model.preprocess import input_to_image
 
 # what a heat map is and is not, said wherever one is shown (screen and PDF): measured on 120 LGG validation tumour
 # slices (docs/model-report.md), no layer of the shipped ensemble put the peak inside the tumour on more than 18 %
@@ -147,18 +148,9 @@ class Explainer:
 
 
 def to_scan(on_input: np.ndarray, analysis: Analysis, cropped: bool = True) -> np.ndarray:
-    """Map a map over the model input back onto the scan: undo the resize, the square padding and the crop."""
-    height, width = analysis.scan.pixels.shape
-    if not cropped:
-        return cv2.resize(on_input, (width, height), interpolation=cv2.INTER_LINEAR)
-    x0, y0, x1, y1 = analysis.region.box
-    crop_w, crop_h = x1 - x0, y1 - y0
-    side = max(crop_w, crop_h)
-    square = cv2.resize(on_input, (side, side), interpolation=cv2.INTER_LINEAR)
-    top, left = (side - crop_h) // 2, (side - crop_w) // 2
-    on_scan = np.zeros((height, width), np.float32)
-    on_scan[y0:y1, x0:x1] = square[top : top + crop_h, left : left + crop_w]
-    return on_scan
+    """Map a map over the model input back onto the scan: undo the resize, the square padding and the crop (the
+    lesion map's inverse: a second copy stretched an uncropped input's map where the input had been padded)."""
+    return input_to_image(on_input, analysis.region.box if cropped else None, analysis.scan.pixels.shape)
 
 
 def overlay(pixels: np.ndarray, heat: np.ndarray, opacity: float = 0.45) -> np.ndarray:
