@@ -72,17 +72,18 @@ def roll_up(
     return [PeriodRate(start, total, tumour) for start, (total, tumour) in sorted(totals.items())]
 
 
-def suppress_small(count: int, threshold: int = SMALL_CELL) -> int | None:
-    """Counts from 1 to threshold - 1 are withheld (None) so small cells cannot re-identify patients."""
-    return None if 0 < count < threshold else count
+def suppress_small(count: int) -> int | None:
+    """Counts from 1 to :data:`SMALL_CELL` - 1 are withheld (None) so small cells cannot re-identify patients (one
+    rule everywhere: no caller sets another threshold)."""
+    return None if 0 < count < SMALL_CELL else count
 
 
-def suppress_group(counts: Sequence[int], threshold: int = SMALL_CELL) -> tuple[int | None, ...]:
+def suppress_group(counts: Sequence[int]) -> tuple[int | None, ...]:
     """Counts that add up to a figure shown elsewhere (the class mix, the confidence bins, the periods or the
     versions to the total): each withheld as :func:`suppress_small`, and when that withholds exactly one, the
     smallest other non-zero count too (complementary suppression), so that no withheld count is the total minus
     the others shown."""
-    return complement(counts, [suppress_small(n, threshold) for n in counts])
+    return complement(counts, [suppress_small(n) for n in counts])
 
 
 def complement(counts: Sequence[int], shown: Sequence[int | None]) -> tuple[int | None, ...]:
@@ -116,9 +117,9 @@ def suppress_classes(labels: Sequence[str], counts: Sequence[int], negative: str
     return tuple(shown)
 
 
-def safe_rate(part: int, total: int, threshold: int = SMALL_CELL) -> float | None:
+def safe_rate(part: int, total: int) -> float | None:
     """``part / total``, or None when the total, the part or the rest is a withheld small count (or zero total)."""
-    if total < threshold or 0 < part < threshold or 0 < total - part < threshold:
+    if total < SMALL_CELL or 0 < part < SMALL_CELL or 0 < total - part < SMALL_CELL:
         return None
     return part / total
 
