@@ -24,6 +24,8 @@ from core.storage.protocol import EVERYTHING, day_rows, fold_summary
 from core.storage.schema import SHIFT_HOURS
 from core.storage.sqlite_base import SQLiteBase
 
+SHOWN_SQL = "gate != 'rejected'"  # a result with a verdict (the gate refused none of it)
+REVIEWED_SQL = f"review_count > 0 AND {SHOWN_SQL}"
 _SUMMARY_KEYS = ("label", "gate", "n", "tumour", "confidence", "first", "last")
 _MEASURES = ("n", "tumour", "reviewed", "agreed", "probability_sum", "probability_squares")  # in the roll-ups
 _SUMMED = ", ".join(f"sum({measure}) AS {measure}" for measure in _MEASURES)
@@ -285,7 +287,7 @@ class SQLiteAggregates(SQLiteBase):
         scope = Filters(
             start=filters.start, end=filters.end, model_versions=filters.model_versions, kinds=filters.kinds
         )
-        shown = "gate != 'rejected'"
+        shown = SHOWN_SQL
         if _aligned(scope):
             rolled = (
                 f"sum(CASE WHEN {shown} THEN n ELSE 0 END), sum(CASE WHEN {shown} THEN tumour ELSE 0 END), "
@@ -297,7 +299,7 @@ class SQLiteAggregates(SQLiteBase):
             )
             rows = [(day, *values) for day, _, *values in self._local_days(scope, timezone, rolled, by_gate=True)]
         else:
-            reviewed = f"review_count > 0 AND {shown}"
+            reviewed = REVIEWED_SQL
             rows = self._raw_days(
                 scope,
                 timezone,

@@ -13,11 +13,8 @@ from typing import Any
 from core.domain.results import LESION_QUANTILES, TURNAROUND_CAP_H, Filters, LesionPeriod
 from core.domain.times import period_bounds, to_ms
 from core.storage.protocol import EVERYTHING, HISTOGRAM_BINS, lesion_period
-from core.storage.sqlite_aggregates import where_sql, whole_days_and_edges
+from core.storage.sqlite_aggregates import REVIEWED_SQL, where_sql, whole_days_and_edges
 from core.storage.sqlite_base import SQLiteBase
-
-SHOWN_SQL = "gate != 'rejected'"
-REVIEWED_SQL = f"review_count > 0 AND {SHOWN_SQL}"
 
 
 class SQLiteQuality(SQLiteBase):
