@@ -1351,6 +1351,12 @@ def test_a_series_the_pacs_gives_short_is_not_analysed_short(monkeypatch: pytest
         pacs.retrieve_mr(STUDY)
     monkeypatch.setattr(pacs._client, "iter_series", lambda study_uid, series_uid, **_: iter(sent))
     assert len(pacs.retrieve_mr(STUDY)[0]) == 6
+    # a PACS answering with another study's images (as many): analysed as this study's, saved under that
+    # patient's reference, and its report and key images stored in the other study
+    other = [pydicom.dcmread(io.BytesIO(d)) for d in dicom_series(head_volume(6, 64), study_uid=f"{STUDY}9")]
+    monkeypatch.setattr(pacs._client, "iter_series", lambda study_uid, series_uid, **_: iter(other))
+    with pytest.raises(PacsMalformed, match="images of another study or series"):
+        pacs.retrieve_mr(STUDY)
 
 
 def test_a_series_in_a_transfer_syntax_pydicom_does_not_know_is_named_unread_and_the_others_analysed(
@@ -1864,3 +1870,14 @@ def test_a_study_whose_images_are_saved_for_another_patient_is_not_reviewed_or_r
     store.set_patient_ref(ids[0], pacs_service.patient_reference(pacs_service.pacs_patient_id(pulled), key), first)
     pacs_service.review_and_send(pacs, RADIOLOGIST, pulled, model, store, key, "notumor", ids, {ids[0]: 1})
     assert len(pacs.stored) == 1  # under this study's own patient: reviewed and sent
+
+
+def test_a_report_is_never_sent_into_another_study_than_the_one_pulled(tiny_classifier, tmp_path) -> None:
+    """The report takes its study from its evidence: images of another study, pulled as this one's, had the report
+    and key images stored in that other study."""
+    files = tumour_study(f"{STUDY}9")  # what the PACS gave for STUDY
+    pulled = pacs_service.Pulled(STUDY, analyse_study(files, tiny_classifier), tuple(objects.headers(files)))
+    pacs, store = StandIn({STUDY: files}), SQLiteStore(tmp_path / "r.db")
+    with pytest.raises(PacsMalformed, match="images of another study or series"):
+        pacs_service.send_results(pacs, RADIOLOGIST, pulled, final_model(tiny_classifier.card), store, None)
+    assert not pacs.stored

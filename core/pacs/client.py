@@ -283,6 +283,7 @@ class Pacs:
                     )  # failed
                     with self._errors("retrieval"):
                         for dataset in datasets:
+                            _of(dataset, study_uid, hit.series_uid)
                             data = _file_bytes(dataset)
                             total += len(data)
                             files.append(data)
@@ -417,6 +418,19 @@ def _optional_int(value: Any) -> int | None:
 class Unwritable(Exception):
     """A retrieved image that cannot be written as a DICOM file (its transfer syntax unknown to pydicom): its
     series cannot be read."""
+
+
+ANOTHER_SERIES = (
+    "The PACS answered a series' retrieval with images of another study or series: nothing of this study is "
+    "analysed, saved or sent (its report would have gone into that study). Ask the PACS administrator."
+)
+
+
+def _of(dataset: Any, study_uid: str, series_uid: str) -> None:
+    """:class:`PacsMalformed` for an image not of the study and series asked for (its report went into the other)."""
+    if (str(dataset.get("StudyInstanceUID", "")), str(dataset.get("SeriesInstanceUID", ""))) != (study_uid, series_uid):
+        logger.warning("event=pacs_retrieval_another_series")
+        raise PacsMalformed(ANOTHER_SERIES)
 
 
 def _file_bytes(dataset: Any) -> bytes:

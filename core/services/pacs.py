@@ -24,6 +24,7 @@ from core.errors import (
     PacsAnotherPatient,
     PacsAnotherStudy,
     PacsError,
+    PacsMalformed,
     PacsStudyChanged,
     ReviewedMeanwhile,
     ScanError,
@@ -32,7 +33,7 @@ from core.identity import pseudonymise
 from core.imaging.series_headers import several_patients
 from core.model.classifier import Classifier
 from core.pacs import objects
-from core.pacs.client import Pacs, StudyHit
+from core.pacs.client import ANOTHER_SERIES, Pacs, StudyHit
 from core.services import audit, reviews
 from core.services.access import ANALYSE, PACS, REVIEW, Actor, require
 from core.services.pacs_report import placed, report_objects, version_of
@@ -198,6 +199,8 @@ def send_results(
     analysed = [s for s in pulled.outcome.series if s.label is not None]
     if not pulled.evidence or not analysed:
         raise PacsError("There is no analysed series to report on.")
+    if any(str(header.StudyInstanceUID) != pulled.study_uid for header in pulled.evidence):  # never into another study
+        raise PacsMalformed(ANOTHER_SERIES)
     if elsewhere := filed_elsewhere(store, pulled, key):  # its result is on the other's worklist: never final here
         raise elsewhere
     finals = [*earlier_finals, (final_label, actor.name)] if final_label is not None else []
