@@ -1881,3 +1881,31 @@ def test_a_report_is_never_sent_into_another_study_than_the_one_pulled(tiny_clas
     with pytest.raises(PacsMalformed, match="images of another study or series"):
         pacs_service.send_results(pacs, RADIOLOGIST, pulled, final_model(tiny_classifier.card), store, None)
     assert not pacs.stored
+
+
+def test_a_store_the_pacs_made_but_answered_too_late_is_a_send_made(tiny_classifier, tmp_path) -> None:
+    """Orthanc stored the report and its key images but answered after the timeout: the send failed, and every
+    watch pulled and sent the study again, never reaching the studies after it. One it made but did not answer
+    is asked for and counted as sent; one it did not make still fails."""
+    from core.errors import PacsTimedOut
+
+    class Slow(StandIn):
+        def __init__(self, files, makes: bool) -> None:
+            super().__init__(files)
+            self.makes = makes
+
+        def store(self, datasets: list) -> list[str]:
+            if self.makes:
+                super().store(datasets)
+            raise PacsTimedOut("The PACS took the request and sent no answer in time.")
+
+    files = tumour_study(STUDY)
+    pulled = pacs_service.Pulled(STUDY, analyse_study(files, tiny_classifier), tuple(objects.headers(files)))
+    model, store = final_model(tiny_classifier.card), SQLiteStore(tmp_path / "r.db")
+    made = Slow({STUDY: files}, makes=True)
+    sent = pacs_service.send_results(made, RADIOLOGIST, pulled, model, store, None)
+    assert sent == [str(d.SOPInstanceUID) for d in made.stored[0]]
+    assert [e.action for e in store.audit_events()][-1] == "pacs_send"  # no failure recorded
+    with pytest.raises(PacsTimedOut):
+        pacs_service.send_results(Slow({STUDY: files}, makes=False), RADIOLOGIST, pulled, model, store, None)
+    assert [e.action for e in store.audit_events()][-1] == "pacs_send_failed"

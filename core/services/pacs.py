@@ -26,6 +26,7 @@ from core.errors import (
     PacsError,
     PacsMalformed,
     PacsStudyChanged,
+    PacsUnreachable,
     ReviewedMeanwhile,
     ScanError,
 )
@@ -217,7 +218,7 @@ def send_results(
     audit.record(store, actor, SENT, target, report=report_ref, key_images=len(images))  # audited before anything
     # leaves: a send the trail cannot record is not made
     with _failure_audited(store, actor, target):  # the versions it replaces go along (the PACS keeps one copy of
-        stored = pacs.store([report, *earlier, *images])  # each): never a predecessor it lacks
+        stored = _stored(pacs, pulled.study_uid, [report, *earlier, *images])  # each): never a predecessor it lacks
         _holds(pacs, pulled.study_uid, report)
     replaced = {str(version.SOPInstanceUID) for version in earlier}
     return [uid for uid in stored if uid not in replaced]
@@ -231,6 +232,19 @@ def _failure_audited(store: AuditTrail, actor: Actor, target: str | None) -> Ite
     except PacsError as error:
         audit.record(store, actor, "pacs_send_failed", target, code=error.code)
         raise
+
+
+def _stored(pacs: Pacs, study_uid: str, datasets: list[Any]) -> list[str]:
+    """STOW ``datasets``; when the PACS gave no answer in time, what it lists of them: a PACS slow to answer a
+    store it made (3 MB of key images) failed every watch on that study, which pulled and sent it again and never
+    reached the studies after it."""
+    try:
+        return pacs.store(datasets)
+    except PacsUnreachable:
+        if not all(pacs.holds(study_uid, str(d.SeriesInstanceUID), str(d.SOPInstanceUID)) for d in datasets):
+            raise
+        logger.info("event=pacs_store_unanswered_but_held objects=%d", len(datasets))
+        return [str(d.SOPInstanceUID) for d in datasets]
 
 
 def _holds(pacs: Pacs, study_uid: str, report: Any) -> None:
