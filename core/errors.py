@@ -105,6 +105,20 @@ class StoreError(Exception):
     code = "store_error"
 
 
+class WatchStateUnwritable(StoreError):
+    """The PACS watch's state file cannot be written (a read-only or full data folder): the studies just handled
+    are handled again by the next watch; ``lines``: what this watch did, said before the error."""
+
+    code = "watch_state_unwritable"
+    lines: tuple = ()
+
+    def __init__(self, name: str, why: str) -> None:
+        super().__init__(
+            f"The watch's state file {name} in the data folder cannot be written ({why}): the studies handled since "
+            "it was last written are handled again by the next watch. Free the disk or make the folder writable."
+        )
+
+
 class StoreUnavailable(StoreError):
     """The database cannot be reached (or is locked) right now; the caller may retry later."""
 

@@ -1909,3 +1909,30 @@ def test_a_store_the_pacs_made_but_answered_too_late_is_a_send_made(tiny_classif
     with pytest.raises(PacsTimedOut):
         pacs_service.send_results(Slow({STUDY: files}, makes=False), RADIOLOGIST, pulled, model, store, None)
     assert [e.action for e in store.audit_events()][-1] == "pacs_send_failed"
+
+
+def test_a_watch_whose_state_file_cannot_be_written_says_so_and_what_it_did(
+    tiny_classifier, tmp_path, monkeypatch
+) -> None:
+    """A read-only or full data folder: the watch stopped with "bad_input" naming a draft file, and the studies it
+    had just pulled, saved and sent were never said."""
+    import errno
+
+    from core.errors import WatchStateUnwritable
+
+    uid = f"{STUDY}.9"
+    watcher = pacs_watch.Watcher(
+        StandIn({uid: tumour_study(uid)}), Feed([uid]), tiny_classifier, SQLiteStore(tmp_path / "r.db"), None, None
+    )
+    state = pacs_watch.WatchState.load(tmp_path / "pacs-watch.json")
+
+    def refused(*_: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(pacs_watch.os, "replace", refused)
+    with pytest.raises(WatchStateUnwritable, match=r"pacs-watch\.json in the data folder cannot be written") as said:
+        pacs_watch.watch_once(watcher, state, RADIOLOGIST)
+    assert said.value.code == "watch_state_unwritable" and "Read-only file system" in str(said.value)
+    (line,) = said.value.lines  # what it did, said all the same
+    assert line["study_uid"] == uid and line["saved"] == ["saved"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".pacs-watch")] == []  # no draft left

@@ -38,7 +38,7 @@ from core.cli.common import (
 )
 from core.cli.studies import emit_outcome, save_outcome
 from core.config import PacsSettings, data_dir, file_secrets, pacs_ca_file, pacs_settings
-from core.errors import PacsError, PacsFeedWentBack, StoreError
+from core.errors import PacsError, PacsFeedWentBack, StoreError, WatchStateUnwritable
 from core.pacs.changes import OrthancChanges
 from core.pacs.objects import ModelFacts, uid_root
 from core.services import pacs, pacs_watch
@@ -200,7 +200,9 @@ def _watch(args: argparse.Namespace, watcher: pacs_watch.Watcher, key: bytes | N
             for line in pacs_watch.watch_once(watcher, state, COMMAND_LINE):
                 failed = failed or pacs_watch.failed(line)
                 emit(_for_the_log(line, key), sys.stdout)
-        except PacsError as error:  # the PACS is down or refuses: say so, keep watching (or stop with --once)
+        except (PacsError, WatchStateUnwritable) as error:  # the PACS is down or refuses, or the state file cannot
+            for line in getattr(error, "lines", ()):  # be written: say so (and what was done), keep watching
+                emit(_for_the_log(line, key), sys.stdout)
             emit(error_json(error.code, str(error)), sys.stdout)
             failed = True
             if isinstance(error, PacsFeedWentBack):  # the operator's answer is the state file: read again

@@ -31,6 +31,7 @@ from core.errors import (
     PacsUnreachable,
     StoreError,
     WatchStateMissing,
+    WatchStateUnwritable,
     WrongBodyPart,
     WrongModality,
 )
@@ -149,6 +150,9 @@ class WatchState:
                 out.flush()
                 os.fsync(out.fileno())  # on disk before it replaces the old state: a crash leaves one or the other
             os.replace(partial, self.path)
+        except OSError as error:  # said as the state file's (it read "bad_input", naming a draft file)
+            Path(partial).unlink(missing_ok=True)
+            raise WatchStateUnwritable(self.path.name, error.strerror or type(error).__name__) from error
         except BaseException:
             Path(partial).unlink(missing_ok=True)
             raise
@@ -282,7 +286,11 @@ def watch_once(watcher: Watcher, state: WatchState, actor: Actor) -> list[dict[s
             else:
                 handled[study_uid] = fingerprint or f"left behind ({line.get('skipped')})"
             lines.append(line)
-        state.save(state.last if failed else last, handled)
+        try:
+            state.save(state.last if failed else last, handled)
+        except WatchStateUnwritable as error:  # what was done is said all the same (the lines were lost with it)
+            error.lines = tuple(lines)
+            raise
         done = done or failed
     return lines
 
