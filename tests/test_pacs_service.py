@@ -31,7 +31,7 @@ from core.imaging.phantom_series import dicom_series, head_volume
 from core.pacs import captures, objects
 from core.pacs.client import SeriesHit, StudyHit
 from core.services import pacs as pacs_service
-from core.services import pacs_watch
+from core.services import pacs_watch, pacs_watch_state
 from core.services.access import Actor
 from core.services.study_reading import analyse_study
 from core.storage.sqlite import SQLiteStore
@@ -1929,10 +1929,32 @@ def test_a_watch_whose_state_file_cannot_be_written_says_so_and_what_it_did(
     def refused(*_: object) -> None:
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(pacs_watch.os, "replace", refused)
+    monkeypatch.setattr(pacs_watch_state.os, "replace", refused)
     with pytest.raises(WatchStateUnwritable, match=r"pacs-watch\.json in the data folder cannot be written") as said:
         pacs_watch.watch_once(watcher, state, RADIOLOGIST)
     assert said.value.code == "watch_state_unwritable" and "Read-only file system" in str(said.value)
     (line,) = said.value.lines  # what it did, said all the same
     assert line["study_uid"] == uid and line["saved"] == ["saved"]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".pacs-watch")] == []  # no draft left
+
+
+def test_a_study_left_behind_is_tried_again_when_stable_again_and_is_an_audit_event(
+    tiny_classifier, tmp_path, monkeypatch
+) -> None:
+    """Left behind under the fingerprint of its images (the PACS answered its search), it read as analysed: once the
+    PACS was mended and the study stable again, it was passed over for good, and no event said it was given up."""
+    now = [1_000_000.0]
+    monkeypatch.setattr(pacs_watch, "clock", lambda: now[0])
+    broken = f"{STUDY}.13"
+    pacs = StandIn({broken: tumour_study(broken)}, {broken: [PacsError("HTTP 500")] * pacs_watch.MAX_TRIES})
+    feed, store = Feed([broken]), SQLiteStore(tmp_path / "r.db")
+    watcher = pacs_watch.Watcher(pacs, feed, tiny_classifier, store, None, None)
+    for _ in range(pacs_watch.MAX_TRIES):
+        (line,) = pacs_watch.watch_once(watcher, pacs_watch.WatchState.load(tmp_path / "w.json"), RADIOLOGIST)
+        now[0] += pacs_watch.GIVE_UP_AFTER_S / 2
+    assert "left_behind" in line
+    (event,) = [e for e in store.audit_events() if e.action == "pacs_left_behind"]
+    assert event.detail == {"code": "pacs_error"}
+    feed.studies.append(broken)  # the PACS mended; the study stable again, its images as they were
+    (line,) = pacs_watch.watch_once(watcher, pacs_watch.WatchState.load(tmp_path / "w.json"), RADIOLOGIST)
+    assert line["study_uid"] == broken and line["saved"] == ["saved"]
