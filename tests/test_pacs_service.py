@@ -1955,6 +1955,9 @@ def test_a_study_left_behind_is_tried_again_when_stable_again_and_is_an_audit_ev
     assert "left_behind" in line
     (event,) = [e for e in store.audit_events() if e.action == "pacs_left_behind"]
     assert event.detail == {"code": "pacs_error"}
+    from core.services.audit import redacted
+
+    assert redacted(event).target is None  # a study's keyed reference: a supervisor sees who and when, not which
     feed.studies.append(broken)  # the PACS mended; the study stable again, its images as they were
     (line,) = pacs_watch.watch_once(watcher, pacs_watch.WatchState.load(tmp_path / "w.json"), RADIOLOGIST)
     assert line["study_uid"] == broken and line["saved"] == ["saved"]

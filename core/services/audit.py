@@ -390,6 +390,7 @@ RESULT_ACTIONS = frozenset(
         "pacs_pull_failed",
         "pacs_send",
         "pacs_send_failed",
+        "pacs_left_behind",
         "results_export",
     }
 )
