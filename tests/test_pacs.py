@@ -456,6 +456,9 @@ def test_a_pacs_certificate_of_the_hospitals_own_authority_is_trusted_with_ca_fi
             assert pacs_service.connect(PacsSettings(url, verify_tls=False)).search() == []
         with pytest.raises(PacsError, match=r"certificate authority file \(ca_file\) cannot be read"):
             pacs_service.connect(PacsSettings(url, ca_file=str(tmp_path / "gone.pem")))
+        (garbage := tmp_path / "garbage.pem").write_text("not a certificate\n")  # it read "is the port https?"
+        with pytest.raises(PacsError, match=r"certificate authority file \(ca_file\) holds no PEM certificate"):
+            pacs_service.connect(PacsSettings(url, ca_file=str(garbage)))
     finally:
         server.shutdown()
     plain = HTTPServer(("127.0.0.1", 0), Empty)  # an https address at a plain-http port: no certificate to blame

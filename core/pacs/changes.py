@@ -34,6 +34,11 @@ class OrthancChanges:
             status = getattr(error.response, "status_code", None)
             if status == 404 and study:
                 raise PacsNotFound("The PACS no longer has this study.") from error
+            if status == 404:  # a DICOMweb address given as --rest: an address to check, waited out as an outage
+                raise PacsUnreachable(
+                    "No Orthanc change feed at the PACS's REST address (HTTP 404): check --rest (Orthanc's root, "
+                    "not its /dicom-web)."
+                ) from error
             raise answer_error(status, "change feed") from error
         except requests.exceptions.SSLError as error:
             raise PacsUnreachable(tls_failure(error)) from error

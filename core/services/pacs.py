@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import ssl
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -52,6 +53,11 @@ def connect(settings: PacsSettings, timeout_s: float = 10.0) -> Pacs:
     authority file that cannot be read (every request then failed as "the PACS does not answer")."""
     if settings.verify_tls and settings.ca_file and not os.access(settings.ca_file, os.R_OK):
         raise PacsError("The PACS's certificate authority file (ca_file) cannot be read; check its path.")
+    if settings.verify_tls and settings.ca_file:  # not PEM: every request failed as "is the port one for https?"
+        try:
+            ssl.create_default_context(cafile=settings.ca_file)
+        except (ssl.SSLError, ValueError) as error:
+            raise PacsError("The PACS's certificate authority file (ca_file) holds no PEM certificate.") from error
     if settings.unencrypted and settings.url not in _WARNED_UNENCRYPTED:  # once per address in a process (the watch
         _WARNED_UNENCRYPTED.add(settings.url)  # connects once; the page on every action)
         logger.warning(
