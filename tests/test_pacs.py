@@ -459,6 +459,8 @@ def test_a_pacs_certificate_of_the_hospitals_own_authority_is_trusted_with_ca_fi
         (garbage := tmp_path / "garbage.pem").write_text("not a certificate\n")  # it read "is the port https?"
         with pytest.raises(PacsError, match=r"certificate authority file \(ca_file\) holds no PEM certificate"):
             pacs_service.connect(PacsSettings(url, ca_file=str(garbage)))
+        (folder := tmp_path / "authorities").mkdir()  # a folder of certificates, as requests takes one: connects
+        assert pacs_service.connect(PacsSettings(url, ca_file=str(folder))) is not None
     finally:
         server.shutdown()
     plain = HTTPServer(("127.0.0.1", 0), Empty)  # an https address at a plain-http port: no certificate to blame

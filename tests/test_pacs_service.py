@@ -1926,7 +1926,7 @@ def test_a_watch_whose_state_file_cannot_be_written_says_so_and_what_it_did(
     )
     state = pacs_watch.WatchState.load(tmp_path / "pacs-watch.json")
 
-    def refused(*_: object) -> None:
+    def refused(*_: object, **__: object) -> None:
         raise OSError(errno.EROFS, "Read-only file system")
 
     monkeypatch.setattr(pacs_watch_state.os, "replace", refused)
@@ -1936,6 +1936,10 @@ def test_a_watch_whose_state_file_cannot_be_written_says_so_and_what_it_did(
     (line,) = said.value.lines  # what it did, said all the same
     assert line["study_uid"] == uid and line["saved"] == ["saved"]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".pacs-watch")] == []  # no draft left
+    monkeypatch.undo()  # a read-only folder: the draft itself cannot be made (it was still "bad_input")
+    monkeypatch.setattr(pacs_watch_state.tempfile, "mkstemp", refused)
+    with pytest.raises(WatchStateUnwritable, match="Read-only file system"):
+        pacs_watch_state.WatchState.load(tmp_path / "pacs-watch.json").save(3)
 
 
 def test_a_study_left_behind_is_tried_again_when_stable_again_and_is_an_audit_event(
@@ -1961,3 +1965,4 @@ def test_a_study_left_behind_is_tried_again_when_stable_again_and_is_an_audit_ev
     feed.studies.append(broken)  # the PACS mended; the study stable again, its images as they were
     (line,) = pacs_watch.watch_once(watcher, pacs_watch.WatchState.load(tmp_path / "w.json"), RADIOLOGIST)
     assert line["study_uid"] == broken and line["saved"] == ["saved"]
+    assert line["again"] == "tried again: it was left behind (pacs_error)"  # not "its images changed"

@@ -53,10 +53,10 @@ def connect(settings: PacsSettings, timeout_s: float = 10.0) -> Pacs:
     authority file that cannot be read (every request then failed as "the PACS does not answer")."""
     if settings.verify_tls and settings.ca_file and not os.access(settings.ca_file, os.R_OK):
         raise PacsError("The PACS's certificate authority file (ca_file) cannot be read; check its path.")
-    if settings.verify_tls and settings.ca_file:  # not PEM: every request failed as "is the port one for https?"
-        try:
+    if settings.verify_tls and settings.ca_file and not os.path.isdir(settings.ca_file):  # a file not PEM: every
+        try:  # request failed as "is the port one for https?" (a folder of certificates is requests' ca_cert_dir)
             ssl.create_default_context(cafile=settings.ca_file)
-        except (ssl.SSLError, ValueError) as error:
+        except (ssl.SSLError, ValueError, OSError) as error:
             raise PacsError("The PACS's certificate authority file (ca_file) holds no PEM certificate.") from error
     if settings.unencrypted and settings.url not in _WARNED_UNENCRYPTED:  # once per address in a process (the watch
         _WARNED_UNENCRYPTED.add(settings.url)  # connects once; the page on every action)

@@ -243,7 +243,9 @@ def _handled_once(watcher: Watcher, state: WatchState, study_uid: str, actor: Ac
             return {"study_uid": study_uid, "skipped": error.code, "reason": str(error)}, ""
         fingerprint = f"unknown ({error.code})"  # analysed (and its error reported) as any study would be
     again = "the study's MR images or its patient changed after it was analysed"
-    if before is not None and (before in (fingerprint, LEGACY) or _kept_before_and_same(watcher, study_uid, before)):
+    if before is not None and before.startswith("left behind ("):  # never analysed: nothing of it changed
+        again = f"tried again: it was left behind ({before.removeprefix('left behind (')}"
+    elif before is not None and (before in (fingerprint, LEGACY) or _kept_before_and_same(watcher, study_uid, before)):
         if not (watcher.send and _report_missing(watcher, study_uid)):
             return None, fingerprint
         again = "our report is no longer in the PACS (the study deleted and sent again, or restored): sent again"

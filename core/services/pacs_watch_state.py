@@ -93,12 +93,13 @@ class WatchState:
                 self.failing_since.pop(old, None)
             self.handled[name] = fingerprint
         self.handled = dict(list(self.handled.items())[-10_000:])
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # a draft of its own, readable by the server's account only (as the database is): one fixed draft name
-        # let a second writer truncate the draft the first was about to move in place (a watch then read an
-        # empty state, or failed on the draft gone)
-        handle, partial = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}.", suffix=".tmp")
-        try:
+        partial = None
+        try:  # a read-only folder fails here, a full disk below: both said as the state file's
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # a draft of its own, readable by the server's account only (as the database is): one fixed draft name
+            # let a second writer truncate the draft the first was about to move in place (a watch then read an
+            # empty state, or failed on the draft gone)
+            handle, partial = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}.", suffix=".tmp")
             with os.fdopen(handle, "w") as out:
                 kept = {"last": last, "handled": self.handled, "tries": self.tries, "failing_since": self.failing_since}
                 kept["read"] = self.read
@@ -107,10 +108,12 @@ class WatchState:
                 os.fsync(out.fileno())  # on disk before it replaces the old state: a crash leaves one or the other
             os.replace(partial, self.path)
         except OSError as error:  # said as the state file's (it read "bad_input", naming a draft file)
-            Path(partial).unlink(missing_ok=True)
+            if partial is not None:
+                Path(partial).unlink(missing_ok=True)
             raise WatchStateUnwritable(self.path.name, error.strerror or type(error).__name__) from error
         except BaseException:
-            Path(partial).unlink(missing_ok=True)
+            if partial is not None:
+                Path(partial).unlink(missing_ok=True)
             raise
 
     @staticmethod
