@@ -38,11 +38,31 @@ CONFLICT = "wl_conflict"  # the result whose review was refused: another reader 
 MOVED = "wl_moved"  # moves by Previous / Next: the table is drawn anew, its ticked row cleared
 
 
+AT, AFTER = "wl_at", "wl_after"  # the open result's last row; (a result reviewed here, the row that followed it)
+
+
 def open_row(result_id: str | None) -> None:
     """Previous / Next: open ``result_id`` (a callback, before the page runs: the list's ticked row would win)."""
     if result_id is not None:
         st.session_state["wl_chosen"] = result_id
         st.session_state[MOVED] = st.session_state.get(MOVED, 0) + 1
+
+
+def step_target(ids: list[str], open_id: str, to: int) -> str | None:
+    """The result Previous (``to`` -1) or Next (1) opens: the row above or below the open one; after a review here,
+    Next is the row that followed it then (reviewed, it moved down the list, the unread ones above it); once it has
+    left the list (reviewed by a colleague), the rows around the place it had (both buttons were disabled)."""
+    reviewed, after = st.session_state.get(AFTER) or (None, None)
+    if to > 0 and reviewed == open_id and after in ids and after != open_id:
+        return after
+    if open_id in ids:
+        st.session_state[AT] = at = ids.index(open_id)
+        return ids[at + to] if 0 <= at + to < len(ids) else None
+    place = st.session_state.get(AT)
+    if place is None or not ids:
+        return None
+    at = min(place, len(ids)) - (1 if to < 0 else 0)  # the row that took its place, or the one above it
+    return ids[at] if 0 <= at < len(ids) else None
 
 
 REVIEWED_HERE = "wl_reviewed"  # the result this reader last reviewed on a list that keeps reviewed results
@@ -205,10 +225,9 @@ where = f"row {ids.index(chosen.id) + 1} of the list" if chosen.id in ids else "
 state = "reviewed" if chosen.review_count else "to read"
 jump = " · [to the review ↓](#review)" if chosen.kind == "series" else ""  # below a series' viewer, 2,000 px down
 st.markdown(f"**Open:** {result_kind(chosen)} saved {chosen.created_at:%Y-%m-%d %H:%M} UTC · {state} · {where}{jump}")
-at = ids.index(chosen.id) if chosen.id in ids else None  # the list's rows from the keyboard too: the table's own
-steps = st.columns([1, 1, 2])  # cursor never opened another row (only a click on its box did)
+steps = st.columns([1, 1, 2])  # the list's rows from the keyboard too: the table's own cursor never opened another
 for column, label, to, keys in ((steps[0], "Previous result", -1, "shift+p"), (steps[1], "Next result", 1, "shift+n")):
-    target = None if at is None or not 0 <= at + to < len(ids) else ids[at + to]
+    target = step_target(ids, chosen.id, to)
     column.button(
         label,
         key=f"wl-step{to}",
@@ -238,10 +257,12 @@ def save_review(final_label: str, reasons: list[str], note: str, seen: int | Non
             st.session_state[CONFLICT] = chosen.id
         return False
     st.session_state.pop(CONFLICT, None)  # looked at again and saved: nothing is kept open on its account
-    if SHOW[show] is False:  # reviewed, it leaves this list: the next one opens, as the reader expects
-        st.session_state["wl_chosen"] = None
+    after = next(iter(ids[ids.index(chosen.id) + 1 :]), None) if chosen.id in ids else None  # the row below it
+    if SHOW[show] is False:  # reviewed, it leaves this list: the next one opens, as the reader expects (the one
+        st.session_state["wl_chosen"] = after  # below it: the first opened, above where a Next walk had reached)
     else:  # it stays listed, but may move past the list's cut: kept open all the same
         st.session_state[REVIEWED_HERE] = chosen.id
+        st.session_state[AFTER] = (chosen.id, after)
     saved = f"{chosen.created_at:%Y-%m-%d %H:%M} UTC, model {verdict_shown(chosen)}"
     st.session_state["review_saved"] = f"Review saved: {pretty(final_label)} for the result of {saved}."
     return True

@@ -2391,3 +2391,46 @@ def test_the_worklist_opens_the_next_and_previous_rows_from_the_keyboard_and_say
     (agree,) = [b for b in app.button if b.label.startswith("Agree")]
     agree.click().run()
     assert any(t.value.startswith("Review saved") for t in app.toast)  # where the reader is, not only above
+
+
+def test_next_after_a_review_or_a_colleagues_review_goes_on_down_the_list(app_environment: Path) -> None:
+    """After a review in a Next walk the first result opened, above where the walk had reached; with Show: all,
+    the reviewed one moved below the unread and Next was disabled; and once the open result left the list (a
+    colleague reviewed it), both buttons were disabled."""
+    from core.services import reviews
+
+    store = stored(app_environment)
+    now = datetime.now(UTC)
+    records = [make_record(n + 1, now - timedelta(minutes=n)) for n in range(4)]
+    for record in records:
+        store.add(record)
+    ids = [r.id for r in records]  # newest first: the list's order
+    app = page("worklist.py").run()
+
+    def opened() -> str:
+        return next(m.value for m in app.markdown if m.value.startswith("**Open:**"))
+
+    def press(label: str) -> None:
+        next(b for b in app.button if b.label == label).click().run()
+
+    def agree() -> None:
+        next(b for b in app.button if b.label.startswith("Agree")).click().run()
+
+    press("Next result")
+    press("Next result")
+    assert "row 3 of the list" in opened()
+    agree()  # reviewed, it leaves the list: the one below it opens (row 3 of the three left), not the first
+    assert "row 3 of the list" in opened() and app.session_state["wl_chosen"] == ids[3]
+    reviews.review_result(store, Actor("dr-b", "radiologist"), ids[3], "glioma", [], "")  # a colleague, meanwhile
+    app.run()
+    assert "not in the list now" in opened()
+    assert not next(b for b in app.button if b.label == "Previous result").disabled  # the rows around its place
+    press("Previous result")
+    assert "row 2 of the list" in opened() and app.session_state["wl_chosen"] == ids[1]
+    app.session_state["wl_show"] = "all"
+    app.run()
+    press("Previous result")  # the first, unread
+    assert app.session_state["wl_chosen"] == ids[0]
+    agree()  # it stays listed, below the unread ones: Next is the one that followed it
+    press("Next result")
+    assert app.session_state["wl_chosen"] == ids[1]
